@@ -1,0 +1,3 @@
+module github.com/latchfw/latch
+
+go 1.26
