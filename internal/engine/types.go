@@ -186,10 +186,10 @@ type Request struct {
 	Protocol  Protocol       `json:"proto"`
 	Local     netip.AddrPort `json:"-"`
 	Remote    netip.AddrPort `json:"-"`
-	PID       int32          `json:"pid"`             // 0: unknown
-	Exe       string         `json:"exe"`             // "": unknown
-	UID       int32          `json:"uid"`             // -1: unknown
-	User      string         `json:"user,omitempty"`  // account name, "" if unknown
+	PID       int32          `json:"pid"`            // 0: unknown
+	Exe       string         `json:"exe"`            // "": unknown
+	UID       int32          `json:"uid"`            // -1: unknown
+	User      string         `json:"user,omitempty"` // account name, "" if unknown
 	Cmdline   string         `json:"cmdline,omitempty"`
 	Host      string         `json:"host,omitempty"`     // hostname learned from DNS, if any
 	Services  []string       `json:"services,omitempty"` // Windows: services hosted by svchost.exe

@@ -41,8 +41,8 @@ type Backend interface {
 // Stats are a backend's counters since it started.
 type Stats struct {
 	Backend   string            `json:"backend"`
-	Held      uint64            `json:"held"`      // connections handed to the Decider
-	Allowed   uint64            `json:"allowed"`   // verdicts carried out, by action
+	Held      uint64            `json:"held"`    // connections handed to the Decider
+	Allowed   uint64            `json:"allowed"` // verdicts carried out, by action
 	Denied    uint64            `json:"denied"`
 	Rejected  uint64            `json:"rejected"`
 	Overflows uint64            `json:"overflows"` // kernel queue overflows (ENOBUFS) survived
