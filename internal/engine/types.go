@@ -124,12 +124,17 @@ func ParseProtocol(s string) (Protocol, error) {
 // Action is what happens to a held connection.
 type Action uint8
 
-// Actions. Deny drops silently; Reject fails fast (TCP reset, ICMP unreachable).
+// Actions. Deny makes the connection fail fast without telling the peer anything:
+// a held TCP SYN is answered locally with a reset (the program sees "connection
+// refused" at once, DESIGN invariant 4), other protocols are dropped. Reject also
+// answers UDP and ICMP with an ICMP unreachable. Drop discards silently: a TCP
+// client waits until its own timeout (stealth, for rules that ask for it).
 const (
 	NoAction Action = iota
 	Allow
 	Deny
 	Reject
+	Drop
 )
 
 // String returns "allow", "deny", "reject" or "none".
@@ -141,6 +146,8 @@ func (a Action) String() string {
 		return "deny"
 	case Reject:
 		return "reject"
+	case Drop:
+		return "drop"
 	case NoAction:
 		return "none"
 	}
@@ -160,17 +167,19 @@ func (a *Action) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseAction parses "allow", "deny" or "reject".
+// ParseAction parses "allow", "deny", "reject" or "drop".
 func ParseAction(s string) (Action, error) {
 	switch strings.ToLower(s) {
 	case "allow", "accept":
 		return Allow, nil
-	case "deny", "drop":
+	case "deny", "block":
 		return Deny, nil
 	case "reject":
 		return Reject, nil
+	case "drop":
+		return Drop, nil
 	}
-	return 0, fmt.Errorf("action %q: want allow, deny or reject", s)
+	return 0, fmt.Errorf("action %q: want allow, deny, reject or drop", s)
 }
 
 // RequestID identifies one held connection for as long as it is held. Backends assign
