@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs every latch test: Go unit and kernel tests (network namespaces, NFQUEUE,
+# iptables/nftables, conntrack, SQLite), Windows cross-compilation checks, and the
+# Windows driver's C code under the kernel emulation harness.
+#
+# Usage: sudo ./test.sh            (root: the kernel tests create network namespaces)
+# On a fresh Debian machine with Go and gcc it installs the few packages it needs.
+set -euo pipefail
+cd "$(dirname "$0")"
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+
+need_pkgs=()
+command -v iptables >/dev/null || need_pkgs+=(iptables)
+command -v nft >/dev/null || need_pkgs+=(nftables)
+command -v conntrack >/dev/null || need_pkgs+=(conntrack)
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v tmux >/dev/null || need_pkgs+=(tmux)
+command -v make >/dev/null || need_pkgs+=(make)
+if ((${#need_pkgs[@]})); then
+	if [[ $(id -u) -ne 0 ]]; then
+		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2
+		exit 1
+	fi
+	echo "== installing ${need_pkgs[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+if [[ $(id -u) -ne 0 ]]; then
+	echo "test.sh: not root: kernel tests will be skipped (CI runs as root)" >&2
+fi
+
+echo "== go mod download"
+go mod download
+
+echo "== go vet (linux, windows)"
+go vet ./...
+GOOS=windows go vet ./...
+GOOS=windows go build -o /dev/null ./cmd/latch
+
+echo "== driver: C sources under the kernel emulation harness"
+make -C driver test
+
+echo "== go test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+go test -count=1 -timeout 20m -v ./... >"$log" 2>&1 || status=$?
+grep -E '^(ok|FAIL|---|panic:|\?)|^\s+--- FAIL|_test.go:[0-9]+:' "$log" | grep -v -- '--- PASS\|--- SKIP' || true
+if ((status)); then
+	echo "== go test failed; full log follows" >&2
+	cat "$log" >&2
+fi
+
+echo "== engine benchmarks (short)"
+go test -run '^$' -bench 'Match' -benchtime 2000x ./internal/engine/ | grep -E '^(Benchmark|ok)' || status=1
+
+passed=$(grep -cE '^\s*--- PASS' "$log" || true)
+failed=$(grep -cE '^\s*--- FAIL' "$log" || true)
+skipped=$(grep -cE '^\s*--- SKIP' "$log" || true)
+if ((status)) && ((failed == 0)); then failed=1; fi
+echo "go: $passed passed, $failed failed, $skipped skipped"
+exit "$status"

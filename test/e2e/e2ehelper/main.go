@@ -1,0 +1,289 @@
+// Command e2ehelper is the client and server that latch's end-to-end tests run inside
+// their network namespaces. Its path is known to the tests, so they can check that
+// latch attributes its connections to it.
+//
+//	e2ehelper serve ADDR            accept TCP connections and print "accepted N" for each
+//	e2ehelper serve-udp ADDR        echo UDP datagrams and print "datagram N" for each
+//	e2ehelper connect ADDR TIMEOUT  one TCP connect; prints a JSON result line
+//	e2ehelper udp ADDR TIMEOUT      one UDP exchange; prints a JSON result line
+//	e2ehelper flood ADDR N CONC TIMEOUT  N TCP connects from CONC workers; prints a JSON summary
+//	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
+//	                                second until stdin closes (an established flow)
+//	e2ehelper udp-stream ADDR       from one UDP socket, send a datagram every 100ms and
+//	                                print "reply N" or "noreply N" for each, until stdin closes
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Result is what connect and udp print.
+type Result struct {
+	Outcome string  `json:"outcome"` // connected, refused, timeout, error
+	Error   string  `json:"error,omitempty"`
+	Millis  float64 `json:"ms"`
+	PID     int     `json:"pid"`
+	Local   string  `json:"local,omitempty"`
+}
+
+// FloodResult is what flood prints.
+type FloodResult struct {
+	Attempts  int     `json:"attempts"`
+	Connected int64   `json:"connected"`
+	Refused   int64   `json:"refused"`
+	Timeout   int64   `json:"timeout"`
+	Other     int64   `json:"other"`
+	Seconds   float64 `json:"seconds"`
+}
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: e2ehelper serve|serve-udp|connect|udp|flood|hold ADDR ...")
+		os.Exit(2)
+	}
+	addr := os.Args[2]
+	switch os.Args[1] {
+	case "serve":
+		serve(addr)
+	case "serve-udp":
+		serveUDP(addr)
+	case "connect":
+		emit(connect(addr, duration(3)))
+	case "udp":
+		emit(udp(addr, duration(3)))
+	case "flood":
+		flood(addr, atoi(3), atoi(4), duration(5))
+	case "hold":
+		hold(addr)
+	case "udp-stream":
+		udpStream(addr)
+	default:
+		fmt.Fprintf(os.Stderr, "e2ehelper: unknown verb %q\n", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+func duration(i int) time.Duration {
+	d, err := time.ParseDuration(arg(i))
+	if err != nil {
+		fatal(err)
+	}
+	return d
+}
+
+func atoi(i int) int {
+	n, err := strconv.Atoi(arg(i))
+	if err != nil {
+		fatal(err)
+	}
+	return n
+}
+
+func arg(i int) string {
+	if i >= len(os.Args) {
+		fatal(fmt.Errorf("missing argument %d", i))
+	}
+	return os.Args[i]
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "e2ehelper:", err)
+	os.Exit(1)
+}
+
+func emit(v any) {
+	b, _ := json.Marshal(v)
+	fmt.Println(string(b))
+}
+
+func serve(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	fmt.Println("listening")
+	var n int64
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fatal(err)
+		}
+		fmt.Printf("accepted %d %s\n", atomic.AddInt64(&n, 1), c.RemoteAddr())
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 512)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+func serveUDP(addr string) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	fmt.Println("listening")
+	buf := make([]byte, 2048)
+	for n := 1; ; n++ {
+		k, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			fatal(err)
+		}
+		fmt.Printf("datagram %d %s\n", n, from)
+		pc.WriteTo(buf[:k], from)
+	}
+}
+
+func classify(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "connected"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "error"
+}
+
+func connect(addr string, timeout time.Duration) Result {
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	r := Result{Outcome: classify(err), Millis: ms(time.Since(start)), PID: os.Getpid()}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	r.Local = c.LocalAddr().String()
+	c.Close()
+	return r
+}
+
+func udp(addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+		return r
+	}
+	defer c.Close()
+	r.Local = c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err = c.Write([]byte("ping")); err == nil {
+		_, err = c.Read(make([]byte, 64))
+	}
+	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
+	if err != nil {
+		r.Error = err.Error()
+	}
+	return r
+}
+
+func flood(addr string, n, conc int, timeout time.Duration) {
+	var res FloodResult
+	res.Attempts = n
+	var next int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for atomic.AddInt64(&next, 1) <= int64(n) {
+				c, err := net.DialTimeout("tcp", addr, timeout)
+				switch classify(err) {
+				case "connected":
+					atomic.AddInt64(&res.Connected, 1)
+					c.Close()
+				case "refused":
+					atomic.AddInt64(&res.Refused, 1)
+				case "timeout":
+					atomic.AddInt64(&res.Timeout, 1)
+				default:
+					atomic.AddInt64(&res.Other, 1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res.Seconds = time.Since(start).Seconds()
+	emit(res)
+}
+
+func hold(addr string) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	r := Result{Outcome: classify(err), PID: os.Getpid()}
+	if err != nil {
+		r.Error = err.Error()
+		emit(r)
+		os.Exit(1)
+	}
+	r.Local = c.LocalAddr().String()
+	emit(r)
+	done := make(chan struct{})
+	go func() {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		close(done)
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+			if _, err := c.Write([]byte{1}); err != nil {
+				fmt.Println(`{"outcome":"broken"}`)
+				return
+			}
+		}
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func udpStream(addr string) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	defer c.Close()
+	fmt.Printf("local %s\n", c.LocalAddr())
+	done := make(chan struct{})
+	go func() {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		close(done)
+	}()
+	buf := make([]byte, 64)
+	for n := 1; n <= 3000; n++ {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		c.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		c.Write([]byte("ping"))
+		if _, err := c.Read(buf); err == nil {
+			fmt.Printf("reply %d\n", n)
+			time.Sleep(100 * time.Millisecond)
+		} else {
+			fmt.Printf("noreply %d\n", n)
+		}
+	}
+}
