@@ -14,10 +14,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/test/nettest"
 )
 
 var (
@@ -58,56 +59,26 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-var netCounter atomic.Int32
-
 // Net is a pair of namespaces: Client (where latch runs) and Server, joined by veth.
 type Net struct {
-	t        *testing.T
-	Client   string // namespace names
-	Server   string
-	ClientIP string
-	ServerIP string
+	*nettest.Pair
+	t *testing.T
 }
 
 // NewNet creates the namespaces and removes them when the test ends.
 func NewNet(t *testing.T) *Net {
 	t.Helper()
-	n := netCounter.Add(1)
-	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, n)
-	subnet := 1 + int(n)%250
-	nt := &Net{
-		t:        t,
-		Client:   "latch-e2e-c" + id,
-		Server:   "latch-e2e-s" + id,
-		ClientIP: fmt.Sprintf("198.18.%d.1", subnet),
-		ServerIP: fmt.Sprintf("198.18.%d.2", subnet),
+	p, err := nettest.NewPair()
+	if err != nil {
+		t.Fatal(err)
 	}
-	vc, vs := "lc"+id, "ls"+id
-	t.Cleanup(func() {
-		exec.Command("ip", "netns", "del", nt.Client).Run()
-		exec.Command("ip", "netns", "del", nt.Server).Run()
-	})
-	for _, args := range [][]string{
-		{"netns", "add", nt.Client},
-		{"netns", "add", nt.Server},
-		{"link", "add", vc, "netns", nt.Client, "type", "veth", "peer", "name", vs, "netns", nt.Server},
-		{"-n", nt.Client, "addr", "add", nt.ClientIP + "/24", "dev", vc},
-		{"-n", nt.Server, "addr", "add", nt.ServerIP + "/24", "dev", vs},
-		{"-n", nt.Client, "link", "set", vc, "up"},
-		{"-n", nt.Server, "link", "set", vs, "up"},
-		{"-n", nt.Client, "link", "set", "lo", "up"},
-		{"-n", nt.Server, "link", "set", "lo", "up"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	return nt
+	t.Cleanup(p.Close)
+	return &Net{Pair: p, t: t}
 }
 
 // Exec runs a command in namespace ns and returns its combined output.
 func (n *Net) Exec(ns string, name string, args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...).CombinedOutput()
+	out, err := nettest.Command(ns, name, args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -124,7 +95,7 @@ type Proc struct {
 func (n *Net) Start(ns string, name string, args ...string) *Proc {
 	n.t.Helper()
 	p := &Proc{lines: make(chan string, 100000)}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	p.cmd = nettest.Command(ns, name, args...)
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
 		n.t.Fatal(err)
