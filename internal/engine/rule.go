@@ -1,7 +1,12 @@
 package engine
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -11,8 +16,162 @@ type PortRange struct {
 	Lo, Hi uint16
 }
 
+// IsZero reports whether r is the zero range, which matches any port.
+func (r PortRange) IsZero() bool { return r == PortRange{} }
+
+// Contains reports whether port is in r. The zero range contains every port.
+func (r PortRange) Contains(port uint16) bool {
+	return r.IsZero() || (r.Lo <= port && port <= r.Hi)
+}
+
+// String returns "443", "1000-2000", or "any" for the zero range.
+func (r PortRange) String() string {
+	switch {
+	case r.IsZero():
+		return "any"
+	case r.Lo == r.Hi:
+		return strconv.Itoa(int(r.Lo))
+	}
+	return strconv.Itoa(int(r.Lo)) + "-" + strconv.Itoa(int(r.Hi))
+}
+
+// validate checks that r is the zero range or a range of real ports with Lo <= Hi.
+func (r PortRange) validate() error {
+	if r.IsZero() {
+		return nil
+	}
+	if r.Lo == 0 {
+		return fmt.Errorf("%d-%d: port 0 is not a port (leave the field empty for any port)", r.Lo, r.Hi)
+	}
+	if r.Lo > r.Hi {
+		return fmt.Errorf("%d-%d: low end above high end", r.Lo, r.Hi)
+	}
+	return nil
+}
+
+// width is the number of ports in r minus one; the zero range counts as all ports.
+func (r PortRange) width() int {
+	if r.IsZero() {
+		return 1 << 16
+	}
+	return int(r.Hi) - int(r.Lo)
+}
+
+// MarshalText implements encoding.TextMarshaler ("443", "1000-2000"; "" for any).
+func (r PortRange) MarshalText() ([]byte, error) {
+	if r.IsZero() {
+		return []byte{}, nil
+	}
+	return []byte(r.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler; see ParsePortRange.
+func (r *PortRange) UnmarshalText(b []byte) error {
+	v, err := ParsePortRange(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+// UnmarshalJSON accepts the text form ("443", "1000-2000") or a bare JSON number (443).
+func (r *PortRange) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		return r.UnmarshalText([]byte(s))
+	}
+	if string(b) == "null" {
+		*r = PortRange{}
+		return nil
+	}
+	return r.UnmarshalText(b)
+}
+
+// ParsePortRange parses "443" or "1000-2000". "" and "any" are the zero range (any
+// port). Port 0 and ranges whose low end is above the high end are errors.
+func ParsePortRange(s string) (PortRange, error) {
+	if s == "" || strings.EqualFold(s, "any") {
+		return PortRange{}, nil
+	}
+	lo, hi, isRange := strings.Cut(s, "-")
+	parse := func(p string) (uint16, error) {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || p == "" || p[0] == '+' {
+			return 0, fmt.Errorf("port range %q: %q is not a port number 1-65535", s, p)
+		}
+		if n == 0 {
+			return 0, fmt.Errorf("port range %q: port 0 is not a port (leave it empty for any port)", s)
+		}
+		return uint16(n), nil
+	}
+	l, err := parse(lo)
+	if err != nil {
+		return PortRange{}, err
+	}
+	h := l
+	if isRange {
+		if h, err = parse(hi); err != nil {
+			return PortRange{}, err
+		}
+	}
+	if l > h {
+		return PortRange{}, fmt.Errorf("port range %q: low end %d above high end %d", s, l, h)
+	}
+	return PortRange{l, h}, nil
+}
+
+// ParseRemote parses a remote address ("198.18.0.1", "2001:db8::1"; a single address
+// becomes a /32 or /128) or a CIDR prefix ("198.18.0.0/15"). Host bits set in a prefix
+// are cleared. "" and "any" are the zero prefix (any remote). IPv4-mapped IPv6 forms
+// and zones are errors: write IPv4 addresses as IPv4.
+func ParseRemote(s string) (netip.Prefix, error) {
+	if s == "" || strings.EqualFold(s, "any") {
+		return netip.Prefix{}, nil
+	}
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("remote %q: not an address or CIDR prefix: %v", s, err)
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("remote %q: not an address or CIDR prefix: %v", s, err)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("remote %q: zones are not allowed", s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if err := checkRemote(p); err != nil {
+		return netip.Prefix{}, fmt.Errorf("remote %q: %v", s, err)
+	}
+	return p.Masked(), nil
+}
+
+// checkRemote rejects prefixes that could never match a Request's (unmapped) address.
+func checkRemote(p netip.Prefix) error {
+	if p == (netip.Prefix{}) {
+		return nil
+	}
+	if !p.IsValid() {
+		return fmt.Errorf("invalid prefix")
+	}
+	if p.Addr().Is4In6() {
+		return fmt.Errorf("IPv4-mapped IPv6 prefix; write it as IPv4 (%s)", netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0)))
+	}
+	return nil
+}
+
 // Rule is one user rule. Empty match fields match anything. It is the unit of the
-// rules file, the API and `latch rules`.
+// rules file, the API and `latch rules`. Its JSON form writes Remote as CIDR text and
+// ports as "443" or "1000-2000"; see MarshalJSON.
 type Rule struct {
 	ID        RuleID       `json:"id"`
 	App       string       `json:"app,omitempty"`   // executable path, exact or glob (path.Match syntax plus "**")
@@ -26,4 +185,319 @@ type Rule struct {
 	Expires   time.Time    `json:"expires,omitzero"` // zero: forever
 	Created   time.Time    `json:"created,omitzero"`
 	Note      string       `json:"note,omitempty"`
+}
+
+// FieldError says which field of a rule is wrong and why.
+type FieldError struct {
+	Field string // JSON name of the field, e.g. "port"
+	Value string // the offending value as text
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("field %q (%s): %v", e.Field, e.Value, e.Err)
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// maxNoteLen bounds the free-text note, so that one rule cannot bloat the file.
+const maxNoteLen = 1024
+
+// Validate checks that r can be used: a real action, known direction, valid app
+// pattern, ranges with Lo <= Hi, a usable remote prefix, times in years 1-9999. The
+// error names the field and its value. Validate does not look at ID.
+func (r Rule) Validate() error {
+	switch r.Action {
+	case Allow, Deny, Reject, Drop:
+	case NoAction:
+		return &FieldError{"action", r.Action.String(), fmt.Errorf("required: allow, deny, reject or drop")}
+	default:
+		return &FieldError{"action", r.Action.String(), fmt.Errorf("want allow, deny, reject or drop")}
+	}
+	switch r.Direction {
+	case AnyDirection, Inbound, Outbound:
+	default:
+		return &FieldError{"dir", r.Direction.String(), fmt.Errorf("want in, out or any")}
+	}
+	if err := validateApp(r.App); err != nil {
+		return &FieldError{"app", strconv.Quote(r.App), err}
+	}
+	if err := validateUser(r.User); err != nil {
+		return &FieldError{"user", strconv.Quote(r.User), err}
+	}
+	if err := checkRemote(r.Remote); err != nil {
+		return &FieldError{"remote", r.Remote.String(), err}
+	}
+	if r.Remote != (netip.Prefix{}) && r.Remote != r.Remote.Masked() {
+		return &FieldError{"remote", r.Remote.String(), fmt.Errorf("host bits set; did you mean %s?", r.Remote.Masked())}
+	}
+	if err := r.Port.validate(); err != nil {
+		return &FieldError{"port", r.Port.String(), err}
+	}
+	if err := r.LocalPort.validate(); err != nil {
+		return &FieldError{"local_port", r.LocalPort.String(), err}
+	}
+	if err := validateTime(r.Expires); err != nil {
+		return &FieldError{"expires", r.Expires.String(), err}
+	}
+	if err := validateTime(r.Created); err != nil {
+		return &FieldError{"created", r.Created.String(), err}
+	}
+	if len(r.Note) > maxNoteLen {
+		return &FieldError{"note", fmt.Sprintf("%d bytes", len(r.Note)), fmt.Errorf("longer than %d bytes", maxNoteLen)}
+	}
+	return nil
+}
+
+func validateUser(u string) error {
+	if u != strings.TrimSpace(u) {
+		return fmt.Errorf("leading or trailing space")
+	}
+	if strings.ContainsAny(u, "\x00\n") {
+		return fmt.Errorf("control character")
+	}
+	if u != "" && (u[0] == '-' || u[0] == '+') {
+		if _, err := strconv.ParseInt(u, 10, 64); err == nil {
+			return fmt.Errorf("uid must be a number 0-4294967294")
+		}
+	}
+	if looksNumeric(u) {
+		if _, err := strconv.ParseUint(u, 10, 32); err != nil {
+			return fmt.Errorf("uid must be a number 0-4294967294")
+		}
+	}
+	return nil
+}
+
+func looksNumeric(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func validateTime(t time.Time) error {
+	if t.IsZero() {
+		return nil
+	}
+	if y := t.UTC().Year(); y < 1 || y > 9999 {
+		return fmt.Errorf("year %d outside 1-9999", y)
+	}
+	return nil
+}
+
+// Expired reports whether r has an expiry at or before now.
+func (r Rule) Expired(now time.Time) bool {
+	return !r.Expires.IsZero() && !now.Before(r.Expires)
+}
+
+// Matches reports whether r matches req at time now. An expired rule matches nothing.
+func (r Rule) Matches(req *Request, now time.Time) bool {
+	if r.Expired(now) {
+		return false
+	}
+	return r.matchesIgnoringExpiry(req)
+}
+
+func (r *Rule) matchesIgnoringExpiry(req *Request) bool {
+	if r.Direction != AnyDirection && r.Direction != req.Direction {
+		return false
+	}
+	if r.Protocol != AnyProtocol && r.Protocol != req.Protocol {
+		return false
+	}
+	if !r.Port.Contains(req.Remote.Port()) || !r.LocalPort.Contains(req.Local.Port()) {
+		return false
+	}
+	if r.Remote.IsValid() && !r.Remote.Contains(req.Remote.Addr().Unmap()) {
+		return false
+	}
+	if r.User != "" && !userMatches(r.User, req) {
+		return false
+	}
+	if r.App != "" && !appMatches(r.App, req.Exe) {
+		return false
+	}
+	return true
+}
+
+// userMatches compares a rule's user (name or numeric uid) with a request's.
+// Names with a domain part ("DOMAIN\name", Windows) compare case-insensitively.
+func userMatches(user string, req *Request) bool {
+	if looksNumeric(user) {
+		if req.UID >= 0 && strconv.FormatInt(int64(req.UID), 10) == user {
+			return true
+		}
+		return user == req.User
+	}
+	if req.User == "" {
+		return false
+	}
+	if strings.ContainsRune(user, '\\') {
+		return strings.EqualFold(user, req.User)
+	}
+	return user == req.User
+}
+
+// String returns the rule on one line, e.g.
+// "#3 allow out tcp app=/usr/bin/curl remote=198.18.0.0/15 port=443 until 2026-11-21T15:00:00Z".
+func (r Rule) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "#%d %s %s %s", r.ID, r.Action, r.Direction, r.Protocol)
+	if r.App != "" {
+		fmt.Fprintf(&b, " app=%s", quoteIfNeeded(r.App))
+	}
+	if r.User != "" {
+		fmt.Fprintf(&b, " user=%s", quoteIfNeeded(r.User))
+	}
+	if r.Remote.IsValid() {
+		fmt.Fprintf(&b, " remote=%s", r.Remote)
+	}
+	if !r.Port.IsZero() {
+		fmt.Fprintf(&b, " port=%s", r.Port)
+	}
+	if !r.LocalPort.IsZero() {
+		fmt.Fprintf(&b, " local_port=%s", r.LocalPort)
+	}
+	if !r.Expires.IsZero() {
+		fmt.Fprintf(&b, " until %s", r.Expires.UTC().Format(time.RFC3339))
+	}
+	if r.Note != "" {
+		fmt.Fprintf(&b, " # %s", strconv.Quote(r.Note))
+	}
+	return b.String()
+}
+
+func quoteIfNeeded(s string) string {
+	if strings.ContainsAny(s, " \t\"\n") || !strconv.CanBackquote(s) {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// ruleJSON is the wire form of a Rule. Enums, ports, remote and times are text so that
+// the parser, not encoding/json, says what is wrong with them and in which field.
+type ruleJSON struct {
+	ID        RuleID          `json:"id"`
+	App       string          `json:"app,omitempty"`
+	User      string          `json:"user,omitempty"`
+	Direction string          `json:"dir"`
+	Protocol  string          `json:"proto"`
+	Remote    string          `json:"remote,omitempty"`
+	Port      json.RawMessage `json:"port,omitempty"`
+	LocalPort json.RawMessage `json:"local_port,omitempty"`
+	Action    string          `json:"action"`
+	Expires   string          `json:"expires,omitempty"`
+	Created   string          `json:"created,omitempty"`
+	Note      string          `json:"note,omitempty"`
+}
+
+// MarshalJSON writes the rule with text enums ("out", "tcp", "allow"), Remote as CIDR
+// text, ports as "443" or "1000-2000" and times in RFC 3339, UTC. Empty fields are
+// left out.
+func (r Rule) MarshalJSON() ([]byte, error) {
+	w := ruleJSON{
+		ID:        r.ID,
+		App:       r.App,
+		User:      r.User,
+		Direction: r.Direction.String(),
+		Protocol:  r.Protocol.String(),
+		Action:    r.Action.String(),
+		Note:      r.Note,
+	}
+	if r.Remote.IsValid() {
+		w.Remote = r.Remote.String()
+	}
+	if !r.Port.IsZero() {
+		w.Port = json.RawMessage(strconv.Quote(r.Port.String()))
+	}
+	if !r.LocalPort.IsZero() {
+		w.LocalPort = json.RawMessage(strconv.Quote(r.LocalPort.String()))
+	}
+	if !r.Expires.IsZero() {
+		w.Expires = r.Expires.UTC().Format(time.RFC3339Nano)
+	}
+	if !r.Created.IsZero() {
+		w.Created = r.Created.UTC().Format(time.RFC3339Nano)
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON reads the form MarshalJSON writes, strictly: unknown fields, bad
+// enums, bad ports or prefixes and a missing action are errors naming the field. It
+// also accepts a bare address for remote and a number for a single port. The rule is
+// validated (see Validate).
+func (r *Rule) UnmarshalJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var w ruleJSON
+	if err := dec.Decode(&w); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data after rule")
+	}
+	var out Rule
+	var err error
+	out.ID = w.ID
+	out.App = w.App
+	out.User = w.User
+	out.Note = w.Note
+	if out.Direction, err = ParseDirection(w.Direction); err != nil {
+		return &FieldError{"dir", strconv.Quote(w.Direction), err}
+	}
+	if out.Protocol, err = ParseProtocol(w.Protocol); err != nil {
+		return &FieldError{"proto", strconv.Quote(w.Protocol), err}
+	}
+	if w.Action == "" {
+		return &FieldError{"action", `""`, fmt.Errorf("required: allow, deny, reject or drop")}
+	}
+	if out.Action, err = ParseAction(w.Action); err != nil {
+		return &FieldError{"action", strconv.Quote(w.Action), err}
+	}
+	if out.Remote, err = ParseRemote(w.Remote); err != nil {
+		return &FieldError{"remote", strconv.Quote(w.Remote), err}
+	}
+	if len(w.Port) > 0 {
+		if err := out.Port.UnmarshalJSON(w.Port); err != nil {
+			return &FieldError{"port", string(w.Port), err}
+		}
+	}
+	if len(w.LocalPort) > 0 {
+		if err := out.LocalPort.UnmarshalJSON(w.LocalPort); err != nil {
+			return &FieldError{"local_port", string(w.LocalPort), err}
+		}
+	}
+	if out.Expires, err = parseTime(w.Expires); err != nil {
+		return &FieldError{"expires", strconv.Quote(w.Expires), err}
+	}
+	if out.Created, err = parseTime(w.Created); err != nil {
+		return &FieldError{"created", strconv.Quote(w.Created), err}
+	}
+	if err := out.Validate(); err != nil {
+		return err
+	}
+	*r = out
+	return nil
+}
+
+// parseTime parses an RFC 3339 time and returns it in UTC ("" is the zero time).
+func parseTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("want an RFC 3339 time such as 2026-11-21T15:04:05Z")
+	}
+	t = t.UTC()
+	if err := validateTime(t); err != nil {
+		return time.Time{}, err
+	}
+	return t, nil
 }

@@ -1,14 +1,9 @@
-// Package engine holds latch's platform-neutral core: the description of a held
-// connection (Request), the answer to it (Verdict), the user's rules, the compiled
-// matcher that evaluates them and the prompt broker that asks a person.
-//
-// The engine knows no kernel. Backends in internal/intercept turn kernel events into
-// Requests and Verdicts back into kernel actions.
 package engine
 
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -104,7 +99,8 @@ func (p *Protocol) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseProtocol parses "tcp", "udp", "icmp", "icmpv6" or "any" (or "").
+// ParseProtocol parses "tcp", "udp", "icmp", "icmpv6" or "any" (or ""), or an IP
+// protocol number.
 func ParseProtocol(s string) (Protocol, error) {
 	switch strings.ToLower(s) {
 	case "any", "":
@@ -118,7 +114,11 @@ func ParseProtocol(s string) (Protocol, error) {
 	case "icmpv6", "ipv6-icmp":
 		return ICMPv6, nil
 	}
-	return 0, fmt.Errorf("protocol %q: want tcp, udp, icmp, icmpv6 or any", s)
+	// Other IP protocols by number, so that String and ParseProtocol round-trip.
+	if n, err := strconv.ParseUint(s, 10, 8); err == nil && len(s) <= 3 && s[0] != '+' {
+		return Protocol(n), nil
+	}
+	return 0, fmt.Errorf("protocol %q: want tcp, udp, icmp, icmpv6, any or a number 0-255", s)
 }
 
 // Action is what happens to a held connection.

@@ -1,0 +1,45 @@
+// Package engine holds latch's platform-neutral core: the description of a held
+// connection (Request), the answer to it (Verdict), the user's rules, the compiled
+// matcher that evaluates them and the prompt broker that asks a person.
+//
+// The engine knows no kernel. Backends in internal/intercept turn kernel events into
+// Requests and Verdicts back into kernel actions; they call Engine.Decide, which never
+// blocks.
+//
+// # Rules
+//
+// A Rule matches a Request when every field it sets matches; an empty field matches
+// anything. App is an executable path, either exact or a glob: path.Match syntax on
+// '/'-separated segments, plus a "**" segment that matches any number of segments
+// (including none). A pattern that looks like a Windows path ("C:\..." or "\\server\...")
+// uses '\' as its separator and matches case-insensitively. User is an account name or
+// a numeric uid. Remote is an address or CIDR prefix, Port and LocalPort inclusive
+// ranges. A rule whose Expires has passed never matches and is dropped from the set.
+//
+// # Precedence
+//
+// When several rules match, the most specific one decides. Two rules are compared field
+// by field, in this order, and the first field that differs settles it:
+//
+//  1. App: an exact path beats a glob, a glob beats no app.
+//  2. Remote: a narrower prefix beats a wider one, any prefix beats no remote.
+//  3. Port: a narrower range beats a wider one, any range beats no port.
+//  4. User: set beats unset.
+//  5. LocalPort: narrower beats wider beats unset.
+//  6. Protocol: set beats any.
+//  7. Direction: set beats any.
+//  8. Action: at equal specificity deny, reject and drop beat allow.
+//  9. ID: the lower ID (the older rule) wins.
+//
+// The order is total, so the verdict never depends on the order rules were added or
+// listed. All globs are equally specific among themselves.
+//
+// # Questions
+//
+// A Request no rule matches becomes a question (Prompt) for a person. Identical
+// questions (same executable, direction, protocol, remote address and port, and user)
+// share one Prompt; every connection attached to it gets the same verdict. Each Prompt
+// has a deadline (Config.PromptTimeout); when it passes, every attached connection gets
+// Config.Default with ReasonTimeout. Answering a Prompt may create a rule (see Answer
+// and Scope); any other open Prompt that rule matches is decided by it at once.
+package engine

@@ -1,0 +1,174 @@
+package engine
+
+import (
+	"fmt"
+	"path"
+	"strings"
+)
+
+// appPattern is a compiled Rule.App: an exact path or a glob split into segments.
+type appPattern struct {
+	raw     string
+	windows bool     // Windows path: '\' separates, case-insensitive
+	glob    bool     // has wildcards
+	key     string   // exact: the path to compare (lower-cased for Windows)
+	segs    []string // glob: segments; "**" matches any number of segments
+	literal []bool   // glob: segment has no wildcard
+	base    string   // glob: last segment if literal (lower-cased for Windows), else ""
+}
+
+// isWindowsPath reports whether p looks like a Windows path: "C:\..." or "\\server\...".
+func isWindowsPath(p string) bool {
+	if len(p) >= 3 && p[1] == ':' && p[2] == '\\' {
+		c := p[0] | 0x20
+		return 'a' <= c && c <= 'z'
+	}
+	return strings.HasPrefix(p, `\\`)
+}
+
+func hasMeta(s string, windows bool) bool {
+	if windows {
+		return strings.ContainsAny(s, "*?[")
+	}
+	return strings.ContainsAny(s, `*?[\`)
+}
+
+// normalizeWindows lower-cases a Windows path and turns its separators into '/'.
+func normalizeWindows(p string) string {
+	return strings.ReplaceAll(strings.ToLower(p), `\`, "/")
+}
+
+func compileApp(p string) (*appPattern, error) {
+	if p == "" {
+		return nil, nil
+	}
+	if strings.ContainsAny(p, "\x00\n") {
+		return nil, fmt.Errorf("control character in path")
+	}
+	a := &appPattern{raw: p, windows: isWindowsPath(p)}
+	a.glob = hasMeta(p, a.windows)
+	norm := p
+	if a.windows {
+		norm = normalizeWindows(p)
+	}
+	if !a.glob {
+		a.key = p
+		if a.windows {
+			a.key = strings.ToLower(p)
+		}
+		return a, nil
+	}
+	a.segs = strings.Split(norm, "/")
+	a.literal = make([]bool, len(a.segs))
+	for i, s := range a.segs {
+		if s == "**" {
+			continue
+		}
+		if strings.Contains(s, "**") {
+			return nil, fmt.Errorf("%q: \"**\" must be a whole path segment", s)
+		}
+		if _, err := path.Match(s, ""); err != nil {
+			return nil, fmt.Errorf("bad glob segment %q: %v", s, err)
+		}
+		a.literal[i] = !hasMeta(s, false)
+	}
+	if last := len(a.segs) - 1; a.literal[last] && a.segs[last] != "" {
+		a.base = a.segs[last]
+	}
+	return a, nil
+}
+
+func validateApp(p string) error {
+	_, err := compileApp(p)
+	return err
+}
+
+// match reports whether exe matches the pattern. An unknown exe ("") matches nothing.
+func (a *appPattern) match(exe string) bool {
+	if exe == "" {
+		return false
+	}
+	if a.windows {
+		if !isWindowsPath(exe) {
+			return false
+		}
+		if !a.glob {
+			return strings.EqualFold(a.raw, exe)
+		}
+		return matchSegments(a.segs, a.literal, normalizeWindows(exe))
+	}
+	if !a.glob {
+		return a.raw == exe
+	}
+	return matchSegments(a.segs, a.literal, exe)
+}
+
+// appMatches is the uncompiled form of appPattern.match, for Rule.Matches.
+func appMatches(pattern, exe string) bool {
+	a, err := compileApp(pattern)
+	if err != nil || a == nil {
+		return a == nil && err == nil
+	}
+	return a.match(exe)
+}
+
+// nextSegment returns the '/'-separated segment of name starting at i and the index
+// where the next one starts (len(name)+1 after the last).
+func nextSegment(name string, i int) (string, int) {
+	if j := strings.IndexByte(name[i:], '/'); j >= 0 {
+		return name[i : i+j], i + j + 1
+	}
+	return name[i:], len(name) + 1
+}
+
+// matchSegments matches name against glob segments. Every segment but "**" matches
+// exactly one name segment, so the classic one-backtrack-point wildcard algorithm is
+// exact and linear in practice.
+func matchSegments(segs []string, literal []bool, name string) bool {
+	pi, ni := 0, 0
+	starPi, starNi := -1, 0
+	for ni <= len(name) {
+		if pi < len(segs) && segs[pi] == "**" {
+			starPi, starNi = pi, ni
+			pi++
+			continue
+		}
+		if pi < len(segs) {
+			seg, next := nextSegment(name, ni)
+			var ok bool
+			if literal[pi] {
+				ok = segs[pi] == seg
+			} else {
+				ok, _ = path.Match(segs[pi], seg)
+			}
+			if ok {
+				pi, ni = pi+1, next
+				continue
+			}
+		}
+		if starPi >= 0 {
+			_, starNi = nextSegment(name, starNi)
+			pi, ni = starPi+1, starNi
+			continue
+		}
+		return false
+	}
+	for pi < len(segs) && segs[pi] == "**" {
+		pi++
+	}
+	return pi == len(segs)
+}
+
+// baseName returns the last path segment of exe as a glob index key.
+func baseName(exe string, windows bool) string {
+	if windows {
+		if i := strings.LastIndexByte(exe, '\\'); i >= 0 {
+			exe = exe[i+1:]
+		}
+		return strings.ToLower(exe)
+	}
+	if i := strings.LastIndexByte(exe, '/'); i >= 0 {
+		return exe[i+1:]
+	}
+	return exe
+}

@@ -1,0 +1,136 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+)
+
+// RulesFileVersion is the version of the rules file format ParseRules reads and
+// MarshalRules writes.
+const RulesFileVersion = 1
+
+// RuleError says which rule of a set is wrong. Index counts from 0 in the order given.
+type RuleError struct {
+	Index int
+	ID    RuleID // 0 if the rule has none (yet)
+	Err   error
+}
+
+func (e *RuleError) Error() string {
+	if e.ID != 0 {
+		return fmt.Sprintf("rule %d (id %d): %v", e.Index, e.ID, e.Err)
+	}
+	return fmt.Sprintf("rule %d: %v", e.Index, e.Err)
+}
+
+func (e *RuleError) Unwrap() error { return e.Err }
+
+// ParseRules strictly parses a rules file, {"version":1,"rules":[...]}. Unknown fields,
+// a missing or other version, bad enums, bad ports or prefixes, a missing action and
+// duplicate IDs are errors naming the rule (index and ID) and field. A rule with ID 0
+// (or none) gets an ID when it is given to an Engine. The rules come back in file order.
+func ParseRules(data []byte) ([]Rule, error) {
+	var f struct {
+		Version *int              `json:"version"`
+		Rules   []json.RawMessage `json:"rules"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("rules file: %w", describeJSONError(data, err))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("rules file: trailing data after the top-level object")
+	}
+	if f.Version == nil {
+		return nil, fmt.Errorf("rules file: field \"version\" missing (want %d)", RulesFileVersion)
+	}
+	if *f.Version != RulesFileVersion {
+		return nil, fmt.Errorf("rules file: version %d not supported (want %d)", *f.Version, RulesFileVersion)
+	}
+	rules := make([]Rule, 0, len(f.Rules))
+	for i, raw := range f.Rules {
+		var r Rule
+		if err := r.UnmarshalJSON(raw); err != nil {
+			return nil, &RuleError{Index: i, ID: peekID(raw), Err: err}
+		}
+		rules = append(rules, r)
+	}
+	if err := checkIDs(rules); err != nil {
+		return nil, err
+	}
+	return rules, nil
+}
+
+// checkIDs reports the first duplicate non-zero ID.
+func checkIDs(rules []Rule) error {
+	seen := make(map[RuleID]int, len(rules))
+	for i, r := range rules {
+		if r.ID == 0 {
+			continue
+		}
+		if j, dup := seen[r.ID]; dup {
+			return &RuleError{Index: i, ID: r.ID, Err: fmt.Errorf("field \"id\": %d already used by rule %d", r.ID, j)}
+		}
+		seen[r.ID] = i
+	}
+	return nil
+}
+
+// peekID returns the rule's "id" if it can be read, for error messages.
+func peekID(raw []byte) RuleID {
+	var p struct {
+		ID RuleID `json:"id"`
+	}
+	if json.Unmarshal(raw, &p) != nil {
+		return 0
+	}
+	return p.ID
+}
+
+// describeJSONError adds the line and column to a syntax error.
+func describeJSONError(data []byte, err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line, col := 1, 1
+		for _, c := range data[:min(int(se.Offset), len(data))] {
+			if c == '\n' {
+				line, col = line+1, 1
+			} else {
+				col++
+			}
+		}
+		return fmt.Errorf("line %d column %d (offset %d): %w", line, col, se.Offset, err)
+	}
+	return err
+}
+
+// MarshalRules writes rules as a rules file, sorted by ID, one rule per line, in the
+// form ParseRules reads.
+func MarshalRules(rules []Rule) []byte {
+	sorted := append([]Rule(nil), rules...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].ID < sorted[j].ID })
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "{\"version\": %d, \"rules\": [", RulesFileVersion)
+	for i, r := range sorted {
+		line, err := r.MarshalJSON()
+		if err != nil {
+			// Rule.MarshalJSON only marshals strings and numbers; it cannot fail.
+			panic(fmt.Sprintf("engine: marshalling rule %d: %v", r.ID, err))
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("\n  ")
+		b.Write(line)
+	}
+	if len(sorted) > 0 {
+		b.WriteByte('\n')
+	}
+	b.WriteString("]}\n")
+	return b.Bytes()
+}
