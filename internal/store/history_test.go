@@ -1,0 +1,219 @@
+package store
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+func testConn(i int) Conn {
+	t0 := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	return Conn{
+		Time: t0.Add(time.Duration(i) * time.Millisecond),
+		Request: engine.Request{
+			Direction: engine.Outbound,
+			Protocol:  engine.TCP,
+			Local:     netip.MustParseAddrPort(fmt.Sprintf("198.18.0.1:%d", 40000+i%20000)),
+			Remote:    netip.MustParseAddrPort("198.18.0.2:443"),
+			PID:       int32(1000 + i),
+			Exe:       fmt.Sprintf("/usr/bin/client%d", i),
+			UID:       0,
+			User:      "root",
+		},
+		Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: engine.RuleID(i%7 + 1)},
+	}
+}
+
+func TestHistoryRoundTripAndPersists(t *testing.T) {
+	path := filepath.Join(t.TempDir(), HistoryFileName)
+	h, err := OpenHistory(path, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := h.Record(testConn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Flush()
+	got, err := h.Recent(3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("Recent(3, 0) returned %d conns", len(got))
+	}
+	want := testConn(9)
+	c := got[2]
+	if !c.Time.Equal(want.Time) || c.Request.Exe != want.Request.Exe || c.Request.PID != want.Request.PID ||
+		c.Request.Local != want.Request.Local || c.Request.Remote != want.Request.Remote ||
+		c.Request.Direction != engine.Outbound || c.Request.Protocol != engine.TCP ||
+		c.Request.User != "root" || c.Request.UID != 0 || c.Verdict != want.Verdict {
+		t.Fatalf("newest conn read back as %+v, want %+v", c, want)
+	}
+	if got[0].ID >= got[1].ID || got[1].ID >= got[2].ID {
+		t.Errorf("Recent is not oldest first: ids %d %d %d", got[0].ID, got[1].ID, got[2].ID)
+	}
+	// Following: everything after an id, in order.
+	after, err := h.Recent(100, got[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != 2 || after[0].ID != got[1].ID {
+		t.Fatalf("Recent(100, %d) = %d conns starting at %d", got[0].ID, len(after), after[0].ID)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Record(testConn(11)); !errors.Is(err, ErrHistoryClosed) {
+		t.Errorf("Record after Close = %v, want ErrHistoryClosed", err)
+	}
+
+	// A real file in WAL mode that survives reopening.
+	h, err = OpenHistory(path, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if n, _ := h.Count(); n != 10 {
+		t.Fatalf("reopened history holds %d conns, want 10", n)
+	}
+	var mode string
+	if err := h.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+		t.Errorf("journal mode %q (%v), want wal", mode, err)
+	}
+}
+
+func TestHistoryIsBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), HistoryFileName)
+	h, err := OpenHistory(path, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 2500
+	for i := range total {
+		for h.Record(testConn(i)) != nil {
+			h.Flush() // the buffer is full: let the writer catch up, then retry
+		}
+	}
+	h.Flush()
+	if n, _ := h.Count(); n != 100 {
+		t.Fatalf("history holds %d conns with maxRows 100", n)
+	}
+	got, err := h.Recent(1000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 100 || got[99].Request.PID != 1000+total-1 || got[0].Request.PID != 1000+total-100 {
+		t.Fatalf("kept %d conns, pids %d..%d; want the newest 100", len(got), got[0].Request.PID, got[len(got)-1].Request.PID)
+	}
+	if s := h.Stats(); s.Recorded != total || s.Dropped != 0 {
+		t.Errorf("stats %+v, want %d recorded, 0 dropped", s, total)
+	}
+	h.Close()
+
+	// A smaller bound applies on open.
+	h, err = OpenHistory(path, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if n, _ := h.Count(); n != 10 {
+		t.Fatalf("reopened with maxRows 10: %d conns", n)
+	}
+}
+
+// TestHistoryRecordNeverBlocks stalls the writer behind another connection's exclusive
+// transaction and checks that Record drops and counts instead of waiting.
+func TestHistoryRecordNeverBlocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), HistoryFileName)
+	h, err := openHistory(path, 1000, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	blocker, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close()
+	conn, err := blocker.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(t.Context(), "BEGIN EXCLUSIVE"); err != nil {
+		t.Fatal(err)
+	}
+	full := 0
+	for i := range 200 {
+		if err := h.Record(testConn(i)); errors.Is(err, ErrHistoryFull) {
+			full++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if full == 0 {
+		t.Fatal("200 Records against a stalled writer with a 16-slot buffer all succeeded")
+	}
+	if _, err := conn.ExecContext(t.Context(), "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	h.Flush()
+	s := h.Stats()
+	if s.Dropped != uint64(full) || s.Recorded+s.Failed+s.Dropped != 200 {
+		t.Fatalf("stats %+v after %d drops of 200", s, full)
+	}
+	if n, _ := h.Count(); uint64(n) != s.Recorded {
+		t.Errorf("history holds %d conns, stats say %d recorded", n, s.Recorded)
+	}
+}
+
+func TestLockStateDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	l, err := LockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = LockStateDir(dir)
+	if err == nil {
+		t.Fatal("second LockStateDir on one directory succeeded")
+	}
+	want := fmt.Sprintf("in use by another latch daemon (pid %d)", pidSelf())
+	if !contains(err.Error(), want) {
+		t.Errorf("error %q does not say %q", err, want)
+	}
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	l, err = LockStateDir(dir)
+	if err != nil {
+		t.Fatalf("LockStateDir after Unlock: %v", err)
+	}
+	l.Unlock()
+}
+
+func BenchmarkHistoryRecord(b *testing.B) {
+	h, err := OpenHistory(filepath.Join(b.TempDir(), HistoryFileName), 100_000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	c := testConn(1)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if h.Record(c) != nil {
+			h.Flush()
+		}
+	}
+	h.Flush()
+	b.StopTimer()
+	s := h.Stats()
+	b.ReportMetric(float64(s.Dropped), "dropped")
+}
