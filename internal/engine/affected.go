@@ -1,0 +1,77 @@
+package engine
+
+// Affected returns a predicate that is true for requests whose verdict may differ
+// between the rule sets old and new: those that a rule present in only one of the sets
+// (added, removed, or changed in any field) matches. A request no changed rule matches
+// gets the same verdict from both sets, because precedence depends only on the rules
+// that match. Expiry is ignored, so a rule that expired counts as matching; the
+// predicate errs on the side of re-deciding. Unknown request fields
+// (no executable, no user) count as matching too: flows known only from conntrack lack
+// them.
+func Affected(old, new []Rule) func(*Request) bool {
+	before := make(map[RuleID]Rule, len(old))
+	for _, r := range old {
+		before[r.ID] = r
+	}
+	var changed []Rule
+	for _, r := range new {
+		o, ok := before[r.ID]
+		if ok && sameRule(o, r) {
+			delete(before, r.ID)
+			continue
+		}
+		changed = append(changed, r)
+	}
+	for _, r := range old {
+		if _, gone := before[r.ID]; gone {
+			changed = append(changed, r)
+		}
+	}
+	if len(changed) == 0 {
+		return func(*Request) bool { return false }
+	}
+	compiled := make([]*compiledRule, len(changed))
+	for i, r := range changed {
+		app, _ := compileApp(r.App)
+		compiled[i] = &compiledRule{Rule: r, app: app}
+	}
+	return func(req *Request) bool {
+		for _, c := range compiled {
+			if c.mayMatch(req) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// mayMatch is matches without expiry and with unknown fields matching anything: flows
+// known only from conntrack have no executable or user.
+func (c *compiledRule) mayMatch(req *Request) bool {
+	if c.Direction != AnyDirection && c.Direction != req.Direction {
+		return false
+	}
+	if c.Protocol != AnyProtocol && c.Protocol != req.Protocol {
+		return false
+	}
+	if !c.Port.Contains(req.Remote.Port()) || !c.LocalPort.Contains(req.Local.Port()) {
+		return false
+	}
+	if c.Remote.IsValid() && !c.Remote.Contains(req.Remote.Addr().Unmap()) {
+		return false
+	}
+	if c.User != "" && (req.UID >= 0 || req.User != "") && !userMatches(c.User, req) {
+		return false
+	}
+	if c.app != nil && req.Exe != "" && !c.app.match(req.Exe) {
+		return false
+	}
+	return true
+}
+
+// sameRule compares every field that affects matching or the verdict.
+func sameRule(a, b Rule) bool {
+	return a.ID == b.ID && a.App == b.App && a.User == b.User && a.Direction == b.Direction &&
+		a.Protocol == b.Protocol && a.Remote == b.Remote && a.Port == b.Port &&
+		a.LocalPort == b.LocalPort && a.Action == b.Action && a.Expires.Equal(b.Expires)
+}

@@ -1,0 +1,214 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Scope says what a rule created from an answer matches besides the executable (and
+// the request's direction and protocol, which it always matches).
+type Scope uint8
+
+// Scopes, from widest to narrowest. The zero value is ScopeApp.
+const (
+	ScopeApp         Scope = iota // the executable, to any remote address and port
+	ScopeAppHost                  // the executable, to this remote address (any port)
+	ScopeAppPort                  // the executable, to this remote port (any address)
+	ScopeAppHostPort              // the executable, to this remote address and port
+)
+
+// String returns "app", "app+host", "app+port" or "app+host+port".
+func (s Scope) String() string {
+	switch s {
+	case ScopeApp:
+		return "app"
+	case ScopeAppHost:
+		return "app+host"
+	case ScopeAppPort:
+		return "app+port"
+	case ScopeAppHostPort:
+		return "app+host+port"
+	}
+	return fmt.Sprintf("scope(%d)", uint8(s))
+}
+
+func (s Scope) host() bool { return s == ScopeAppHost || s == ScopeAppHostPort }
+func (s Scope) port() bool { return s == ScopeAppPort || s == ScopeAppHostPort }
+
+// MarshalText implements encoding.TextMarshaler.
+func (s Scope) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler; see ParseScope.
+func (s *Scope) UnmarshalText(b []byte) error {
+	v, err := ParseScope(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// ParseScope parses "app", "app+host", "app+port" or "app+host+port" ("" is "app";
+// the parts after "app" may come in either order).
+func ParseScope(s string) (Scope, error) {
+	switch strings.ToLower(s) {
+	case "app", "":
+		return ScopeApp, nil
+	case "app+host":
+		return ScopeAppHost, nil
+	case "app+port":
+		return ScopeAppPort, nil
+	case "app+host+port", "app+port+host":
+		return ScopeAppHostPort, nil
+	}
+	return 0, fmt.Errorf("scope %q: want app, app+host, app+port or app+host+port", s)
+}
+
+// Forever, as Answer.For, makes a rule that never expires.
+const Forever time.Duration = -1
+
+// Answer is a person's decision on a Prompt.
+type Answer struct {
+	Action Action
+	For    time.Duration // 0: once (no rule); Forever: rule without expiry; else rule expiring after
+	Scope  Scope         // what the created rule matches besides the app (also direction, proto)
+}
+
+// ParseFor parses how long an answer holds: "once" (0), "forever" (Forever), a Go
+// duration ("90m", "1h30m") or days ("1d", "7d", "1d12h"). Zero and negative
+// durations are errors; say "once" instead.
+func ParseFor(s string) (time.Duration, error) {
+	switch strings.ToLower(s) {
+	case "once", "":
+		return 0, nil
+	case "forever", "always":
+		return Forever, nil
+	}
+	rest := s
+	var days time.Duration
+	if i := strings.IndexByte(s, 'd'); i > 0 {
+		n, err := strconv.ParseUint(s[:i], 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("for %q: want once, forever, a duration such as 90m or a number of days such as 7d", s)
+		}
+		days, rest = time.Duration(n)*24*time.Hour, s[i+1:]
+	}
+	var d time.Duration
+	if rest != "" {
+		var err error
+		if d, err = time.ParseDuration(rest); err != nil || d < 0 {
+			return 0, fmt.Errorf("for %q: want once, forever, a duration such as 90m or a number of days such as 7d", s)
+		}
+	}
+	if d+days <= 0 {
+		return 0, fmt.Errorf("for %q: not a positive duration (use once)", s)
+	}
+	return d + days, nil
+}
+
+// formatFor is the inverse of ParseFor.
+func formatFor(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "once"
+	case d == Forever:
+		return "forever"
+	}
+	return d.String()
+}
+
+type answerJSON struct {
+	Action Action `json:"action"`
+	For    string `json:"for,omitempty"`
+	Scope  Scope  `json:"scope"`
+}
+
+// MarshalJSON writes {"action":"allow","for":"once"|"forever"|"1h0m0s","scope":"app"}.
+func (a Answer) MarshalJSON() ([]byte, error) {
+	return json.Marshal(answerJSON{a.Action, formatFor(a.For), a.Scope})
+}
+
+// UnmarshalJSON reads the form MarshalJSON writes; "for" takes anything ParseFor does.
+func (a *Answer) UnmarshalJSON(b []byte) error {
+	var w answerJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	d, err := ParseFor(w.For)
+	if err != nil {
+		return err
+	}
+	*a = Answer{Action: w.Action, For: d, Scope: w.Scope}
+	return nil
+}
+
+func (a Answer) validate() error {
+	switch a.Action {
+	case Allow, Deny, Reject, Drop:
+	default:
+		return fmt.Errorf("answer action %s: want allow, deny, reject or drop", a.Action)
+	}
+	if a.For < 0 && a.For != Forever {
+		return fmt.Errorf("answer for %v: negative duration (use once, forever or a positive duration)", a.For)
+	}
+	if a.Scope > ScopeAppHostPort {
+		return fmt.Errorf("answer %v: want app, app+host, app+port or app+host+port", a.Scope)
+	}
+	return nil
+}
+
+// ruleFromAnswer builds the rule an answer to a prompt raised by req creates.
+func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, error) {
+	if req.Exe == "" {
+		return Rule{}, fmt.Errorf("prompt %d: the executable is unknown, so %q cannot be remembered as a rule; answer once instead", id, a.Scope)
+	}
+	r := Rule{
+		App:       escapeGlob(req.Exe),
+		Direction: req.Direction,
+		Protocol:  req.Protocol,
+		Action:    a.Action,
+		Created:   now,
+		Note:      fmt.Sprintf("answer to prompt %d", id),
+	}
+	if a.Scope.host() {
+		addr := req.Remote.Addr().Unmap()
+		if !addr.IsValid() {
+			return Rule{}, fmt.Errorf("prompt %d: the remote address is unknown, so scope %q cannot be remembered; answer once or use scope app", id, a.Scope)
+		}
+		r.Remote = netip.PrefixFrom(addr.WithZone(""), addr.BitLen())
+	}
+	// Port-less protocols (ICMP) have no remote port; the rule then matches any.
+	if p := req.Remote.Port(); a.Scope.port() && p != 0 {
+		r.Port = PortRange{p, p}
+	}
+	if a.For > 0 {
+		r.Expires = now.Add(a.For)
+	}
+	return r, nil
+}
+
+// escapeGlob turns a path into an App pattern that matches exactly that path, even if
+// the path holds glob characters.
+func escapeGlob(p string) string {
+	windows := isWindowsPath(p)
+	if !hasMeta(p, windows) {
+		return p
+	}
+	var b strings.Builder
+	for _, c := range p {
+		switch {
+		case windows && (c == '*' || c == '?' || c == '['):
+			b.WriteString("[" + string(c) + "]")
+		case !windows && (c == '*' || c == '?' || c == '[' || c == '\\'):
+			b.WriteByte('\\')
+			b.WriteRune(c)
+		default:
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
+}

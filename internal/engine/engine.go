@@ -1,0 +1,716 @@
+package engine
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultPromptTimeout is the prompt timeout when Config.PromptTimeout is zero.
+const DefaultPromptTimeout = 30 * time.Second
+
+// DefaultMaxPrompts is the open-question limit when Config.MaxPrompts is zero.
+const DefaultMaxPrompts = 1024
+
+// subscriberBuffer is how many events a subscriber may fall behind before it loses some.
+const subscriberBuffer = 256
+
+// Config of the decision engine.
+type Config struct {
+	Default       Action           // verdict for an unanswered question (Allow, Deny, Reject, Drop)
+	PromptTimeout time.Duration    // how long a question may stay open (0: DefaultPromptTimeout); every hold ends by then
+	MaxPrompts    int              // open questions at most (0: DefaultMaxPrompts); beyond, Default at once (ReasonLimit)
+	Now           func() time.Time // nil: time.Now (tests inject a clock)
+}
+
+// PromptID identifies a question, unique within one Engine.
+type PromptID uint64
+
+// Prompt is an open question: a connection no rule decides, waiting for a person.
+type Prompt struct {
+	ID      PromptID  `json:"id"`
+	Request Request   `json:"request"` // the first request that raised it
+	Held    int       `json:"held"`    // connections waiting on it
+	Opened  time.Time `json:"opened"`
+	Expires time.Time `json:"expires"`
+}
+
+// EventKind says what an Event reports.
+type EventKind string
+
+// Event kinds.
+const (
+	EventPrompt   EventKind = "prompt"   // a question was opened
+	EventAnswered EventKind = "answered" // a question was closed: answered, timed out, decided by a new rule, or the engine closed
+	EventRules    EventKind = "rules"    // the rule set changed
+)
+
+// Event is something subscribers hear about. Receivers must not modify it.
+type Event struct {
+	Kind    EventKind `json:"kind"`
+	Prompt  *Prompt   `json:"prompt,omitempty"`
+	Verdict *Verdict  `json:"verdict,omitempty"`
+	Rules   []Rule    `json:"rules,omitempty"` // for "rules": the new set, sorted by ID
+}
+
+// Stats are the engine's counters since New.
+type Stats struct {
+	Decisions   map[Reason]uint64 `json:"decisions"`   // verdicts given, by reason
+	Open        int               `json:"open"`        // open questions
+	Held        int               `json:"held"`        // connections waiting on them
+	Rules       int               `json:"rules"`       // rules in force
+	Dropped     uint64            `json:"dropped"`     // events slow subscribers lost
+	Prompts     uint64            `json:"prompts"`     // questions opened
+	Subscribers int               `json:"subscribers"` // live subscriptions
+}
+
+// Engine decides held connections from rules and asks a person about the rest. All its
+// methods are safe for concurrent use. Decide never blocks: rule evaluation reads an
+// immutable compiled snapshot, and rule changes build a new one aside and swap it in.
+type Engine struct {
+	cfg Config
+	now func() time.Time
+
+	matcher atomic.Pointer[matcher]
+
+	// writeMu serializes rule changes; it is never taken by Decide.
+	writeMu     sync.Mutex
+	nextID      RuleID
+	expiryTimer *time.Timer
+	closedRules bool
+
+	// hookMu guards the OnRulesChanged hooks and the changes waiting for them.
+	hookMu      sync.Mutex
+	hooks       []func(old, new []Rule)
+	hookQueue   []rulesChange
+	hookRunning bool
+	hookWake    chan struct{}
+	done        chan struct{} // closed by Close
+
+	// mu guards the open questions. It is held only briefly, never while calling out.
+	mu           sync.Mutex
+	closed       bool
+	open         map[promptKey]*prompt
+	byID         map[PromptID]*prompt
+	lastPromptID PromptID
+
+	subMu      sync.Mutex
+	subs       map[*subscriber]struct{}
+	subsClosed bool
+	dropped    atomic.Uint64
+
+	counts [numReasons]atomic.Uint64
+}
+
+var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonLimit}
+
+const numReasons = len(reasons)
+
+func (e *Engine) count(r Reason) {
+	for i, x := range reasons {
+		if x == r {
+			e.counts[i].Add(1)
+			return
+		}
+	}
+}
+
+// promptKey is what makes two questions identical.
+type promptKey struct {
+	exe    string
+	dir    Direction
+	proto  Protocol
+	remote netip.AddrPort
+	uid    int32
+	user   string
+}
+
+func keyOf(req *Request) promptKey {
+	return promptKey{
+		exe:    req.Exe,
+		dir:    req.Direction,
+		proto:  req.Protocol,
+		remote: netip.AddrPortFrom(req.Remote.Addr().Unmap(), req.Remote.Port()),
+		uid:    req.UID,
+		user:   req.User,
+	}
+}
+
+type waiter struct {
+	req     Request
+	verdict func(Verdict)
+}
+
+type prompt struct {
+	Prompt
+	key     promptKey
+	waiters []waiter
+	timer   *time.Timer
+}
+
+func (p *prompt) snapshot() *Prompt {
+	s := p.Prompt
+	s.Held = len(p.waiters)
+	return &s
+}
+
+// delivery is a verdict to hand out once locks are released.
+type delivery struct {
+	fn func(Verdict)
+	v  Verdict
+}
+
+func (e *Engine) deliver(ds []delivery) {
+	for _, d := range ds {
+		e.count(d.v.Reason)
+		d.fn(d.v)
+	}
+}
+
+// New returns an engine with the given rules in force. Rules with ID 0 get fresh IDs;
+// invalid rules or duplicate IDs are an error naming the rule and field. Expired rules
+// are dropped.
+func New(cfg Config, rules []Rule) (*Engine, error) {
+	switch cfg.Default {
+	case Allow, Deny, Reject, Drop:
+	default:
+		return nil, fmt.Errorf("engine config: Default %s: want allow, deny, reject or drop", cfg.Default)
+	}
+	if cfg.PromptTimeout < 0 {
+		return nil, fmt.Errorf("engine config: PromptTimeout %v is negative", cfg.PromptTimeout)
+	}
+	if cfg.PromptTimeout == 0 {
+		cfg.PromptTimeout = DefaultPromptTimeout
+	}
+	if cfg.MaxPrompts < 0 {
+		return nil, fmt.Errorf("engine config: MaxPrompts %d is negative", cfg.MaxPrompts)
+	}
+	if cfg.MaxPrompts == 0 {
+		cfg.MaxPrompts = DefaultMaxPrompts
+	}
+	e := &Engine{
+		cfg:    cfg,
+		now:    cfg.Now,
+		nextID: 1,
+		open:   map[promptKey]*prompt{},
+		byID:   map[PromptID]*prompt{},
+		subs:   map[*subscriber]struct{}{},
+
+		hookWake: make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	e.matcher.Store(compile(nil))
+	prepared, err := e.prepare(rules)
+	if err != nil {
+		return nil, err
+	}
+	e.writeMu.Lock()
+	e.install(prepared)
+	return e, nil
+}
+
+// prepare validates a whole rule set and gives IDs to rules without one. Call with
+// writeMu held, or before the engine is shared.
+func (e *Engine) prepare(rules []Rule) ([]Rule, error) {
+	out := make([]Rule, len(rules))
+	copy(out, rules)
+	for i := range out {
+		if err := out[i].Validate(); err != nil {
+			return nil, &RuleError{Index: i, ID: out[i].ID, Err: err}
+		}
+	}
+	if err := checkIDs(out); err != nil {
+		return nil, err
+	}
+	next := e.nextID
+	for _, r := range out {
+		if r.ID >= next {
+			next = r.ID + 1
+		}
+	}
+	for i := range out {
+		if out[i].ID == 0 {
+			out[i].ID = next
+			next++
+		}
+	}
+	e.nextID = next
+	return out, nil
+}
+
+// Decide implements intercept.Decider: a matching rule answers at once (ReasonRule,
+// RuleID set); otherwise the request joins a question (Prompt). Identical questions
+// (same exe + direction + proto + remote ip + remote port, same user) share one Prompt.
+// When the Prompt is answered, times out (Default, ReasonTimeout) or the engine is
+// closed, verdict is called for every request attached. Never blocks; verdict may be
+// called before Decide returns, or later from another goroutine, exactly once.
+func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
+	now := e.now()
+	m := e.matcher.Load()
+	if c := m.match(req, now); c != nil {
+		e.count(ReasonRule)
+		verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
+		return
+	}
+	e.mu.Lock()
+	// Rule sets are swapped under mu; if one arrived since the lock-free look, it may
+	// decide this request, and its sweep of open prompts has already run.
+	if m2 := e.matcher.Load(); m2 != m {
+		if c := m2.match(req, now); c != nil {
+			e.mu.Unlock()
+			e.count(ReasonRule)
+			verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
+			return
+		}
+	}
+	if e.closed {
+		e.mu.Unlock()
+		e.deliver([]delivery{{verdict, Verdict{Action: e.cfg.Default, Reason: ReasonDefault}}})
+		return
+	}
+	key := keyOf(req)
+	if p := e.open[key]; p != nil {
+		p.waiters = append(p.waiters, waiter{*req, verdict})
+		e.mu.Unlock()
+		return
+	}
+	if len(e.open) >= e.cfg.MaxPrompts {
+		e.mu.Unlock()
+		e.deliver([]delivery{{verdict, Verdict{Action: e.cfg.Default, Reason: ReasonLimit}}})
+		return
+	}
+	e.lastPromptID++
+	p := &prompt{
+		Prompt: Prompt{
+			ID:      e.lastPromptID,
+			Request: *req,
+			Opened:  now,
+			Expires: now.Add(e.cfg.PromptTimeout),
+		},
+		key:     key,
+		waiters: []waiter{{*req, verdict}},
+	}
+	e.open[key] = p
+	e.byID[p.ID] = p
+	p.timer = time.AfterFunc(e.cfg.PromptTimeout, func() { e.expire(p) })
+	e.publish(Event{Kind: EventPrompt, Prompt: p.snapshot()})
+	e.mu.Unlock()
+}
+
+// closeLocked removes p from the open questions and returns its deliveries. Call with
+// mu held.
+func (e *Engine) closeLocked(p *prompt, v Verdict) []delivery {
+	delete(e.open, p.key)
+	delete(e.byID, p.ID)
+	p.timer.Stop()
+	ds := make([]delivery, len(p.waiters))
+	for i, w := range p.waiters {
+		ds[i] = delivery{w.verdict, v}
+	}
+	vv := v
+	e.publish(Event{Kind: EventAnswered, Prompt: p.snapshot(), Verdict: &vv})
+	return ds
+}
+
+// expire gives the default to everything waiting on p when its time is up.
+func (e *Engine) expire(p *prompt) {
+	e.mu.Lock()
+	if e.byID[p.ID] != p {
+		e.mu.Unlock() // answered meanwhile
+		return
+	}
+	ds := e.closeLocked(p, Verdict{Action: e.cfg.Default, Reason: ReasonTimeout})
+	e.mu.Unlock()
+	e.deliver(ds)
+}
+
+// Prompts returns the open questions, oldest first.
+func (e *Engine) Prompts() []Prompt {
+	e.mu.Lock()
+	out := make([]Prompt, 0, len(e.byID))
+	for _, p := range e.byID {
+		out = append(out, *p.snapshot())
+	}
+	e.mu.Unlock()
+	slices.SortFunc(out, func(a, b Prompt) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Answer decides prompt id: every connection waiting on it gets a.Action
+// (ReasonPrompt). Unless a.For is 0 (once), it also creates a rule from the prompt's
+// request, as a.Scope says, expiring after a.For unless Forever; it returns that rule.
+// Other open prompts the new rule matches are decided by it at once (ReasonRule).
+// Answering a prompt that is not open is an error; so is asking to remember an answer
+// for an unknown executable; in both cases nothing changes.
+func (e *Engine) Answer(id PromptID, a Answer) (*Rule, error) {
+	if err := a.validate(); err != nil {
+		return nil, fmt.Errorf("prompt %d: %w", id, err)
+	}
+	now := e.now()
+	// Hold writeMu across closing the prompt and adding its rule, so that the rule's ID
+	// is known when the verdicts go out and no other change slips in between.
+	e.writeMu.Lock()
+	e.mu.Lock()
+	p := e.byID[id]
+	if p == nil {
+		e.mu.Unlock()
+		e.writeMu.Unlock()
+		return nil, fmt.Errorf("prompt %d: not open (already answered, timed out, or never asked)", id)
+	}
+	var rule Rule
+	if a.For != 0 {
+		var err error
+		if rule, err = ruleFromAnswer(id, &p.Request, a, now); err == nil {
+			err = rule.Validate()
+		}
+		if err != nil {
+			e.mu.Unlock()
+			e.writeMu.Unlock()
+			return nil, err
+		}
+		rule.ID = e.nextID
+		e.nextID++
+	}
+	v := Verdict{Action: a.Action, Reason: ReasonPrompt, RuleID: rule.ID}
+	ds := e.closeLocked(p, v)
+	e.mu.Unlock()
+	if a.For == 0 {
+		e.writeMu.Unlock()
+		e.deliver(ds)
+		return nil, nil
+	}
+	old := e.currentRules()
+	rest := e.installLocked(append(old, rule), old)
+	e.deliver(ds)
+	e.deliver(rest)
+	return &rule, nil
+}
+
+// currentRules returns a copy of the rules in force, expired ones included.
+func (e *Engine) currentRules() []Rule {
+	m := e.matcher.Load()
+	out := make([]Rule, len(m.sorted))
+	copy(out, m.sorted)
+	return out
+}
+
+// Rules returns the rules in force, sorted by ID, without expired ones.
+func (e *Engine) Rules() []Rule {
+	now := e.now()
+	m := e.matcher.Load()
+	out := make([]Rule, 0, len(m.sorted))
+	for _, r := range m.sorted {
+		if !r.Expired(now) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// AddRule validates r, gives it the next ID (any ID in r is ignored) and, if it has
+// none, the current time as Created, and puts it in force. The error names the field.
+func (e *Engine) AddRule(r Rule) (Rule, error) {
+	if err := r.Validate(); err != nil {
+		return Rule{}, err
+	}
+	now := e.now()
+	if r.Expired(now) {
+		return Rule{}, &FieldError{"expires", r.Expires.String(), fmt.Errorf("already passed")}
+	}
+	if r.Created.IsZero() {
+		r.Created = now
+	}
+	e.writeMu.Lock()
+	r.ID = e.nextID
+	e.nextID++
+	old := e.currentRules()
+	e.install(append(old, r))
+	return r, nil
+}
+
+// RemoveRule takes rule id out of force and returns it. It is an error if there is no
+// such rule (or it has expired).
+func (e *Engine) RemoveRule(id RuleID) (Rule, error) {
+	now := e.now()
+	e.writeMu.Lock()
+	old := e.currentRules()
+	i := slices.IndexFunc(old, func(r Rule) bool { return r.ID == id })
+	if i < 0 || old[i].Expired(now) {
+		e.writeMu.Unlock()
+		return Rule{}, fmt.Errorf("rule %d: no such rule", id)
+	}
+	removed := old[i]
+	e.install(slices.Delete(slices.Clone(old), i, i+1))
+	return removed, nil
+}
+
+// ReplaceRules puts rs in force instead of the current set, all or nothing (import).
+// Rules with ID 0 get fresh IDs; errors name the rule and field.
+func (e *Engine) ReplaceRules(rs []Rule) error {
+	e.writeMu.Lock()
+	saved := e.nextID
+	prepared, err := e.prepare(rs)
+	if err != nil {
+		e.nextID = saved
+		e.writeMu.Unlock()
+		return err
+	}
+	e.install(prepared)
+	return nil
+}
+
+// PruneExpired drops expired rules from the set now, telling subscribers and
+// OnRulesChanged hooks. The engine also does this by itself when a rule expires.
+func (e *Engine) PruneExpired() {
+	now := e.now()
+	e.writeMu.Lock()
+	old := e.currentRules()
+	if !slices.ContainsFunc(old, func(r Rule) bool { return r.Expired(now) }) {
+		e.writeMu.Unlock()
+		return
+	}
+	e.install(old)
+}
+
+// OnRulesChanged registers fn to be called after every later change of the rule set,
+// with the set before and after (sorted by ID; old may hold rules that expired, new
+// holds none). Use it to re-decide flows the change affects (see Affected). Calls come
+// from one goroutine, in the order the changes happened, soon after each change is in
+// force, outside every engine lock (fn may call the engine). After Close, changes
+// already queued are still reported.
+func (e *Engine) OnRulesChanged(fn func(old, new []Rule)) {
+	e.hookMu.Lock()
+	e.hooks = append(e.hooks, fn)
+	start := !e.hookRunning
+	e.hookRunning = true
+	e.hookMu.Unlock()
+	if start {
+		go e.runHooks()
+	}
+}
+
+// install puts rules in force, decides the open prompts they now match, and tells
+// everyone. Call with writeMu held; install releases it.
+func (e *Engine) install(rules []Rule) {
+	e.deliver(e.installLocked(rules, e.currentRules()))
+}
+
+// installLocked swaps the matcher, sweeps open prompts and queues the change for
+// subscribers and hooks. Call with writeMu held; it releases writeMu and returns the
+// verdicts to hand out.
+func (e *Engine) installLocked(rules, old []Rule) []delivery {
+	now := e.now()
+	live := rules[:0:0]
+	for _, r := range rules {
+		if !r.Expired(now) {
+			live = append(live, r)
+		}
+	}
+	slices.SortFunc(live, func(a, b Rule) int { return cmp.Compare(a.ID, b.ID) })
+	m := compile(live)
+
+	var ds []delivery
+	e.mu.Lock()
+	e.matcher.Store(m)
+	for _, p := range e.byID {
+		kept := p.waiters[:0]
+		decided := 0
+		var last Verdict
+		for _, w := range p.waiters {
+			if c := m.match(&w.req, now); c != nil {
+				last = Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID}
+				ds = append(ds, delivery{w.verdict, last})
+				decided++
+			} else {
+				kept = append(kept, w)
+			}
+		}
+		clear(p.waiters[len(kept):])
+		p.waiters = kept
+		if len(kept) == 0 {
+			// Every connection waiting on it was decided: the question is closed.
+			delete(e.open, p.key)
+			delete(e.byID, p.ID)
+			p.timer.Stop()
+			snap := p.snapshot()
+			snap.Held = decided
+			e.publish(Event{Kind: EventAnswered, Prompt: snap, Verdict: &last})
+		}
+	}
+	e.mu.Unlock()
+
+	e.scheduleExpiry(live, now)
+	e.publish(Event{Kind: EventRules, Rules: live})
+	e.queueHooks(old, live)
+	e.writeMu.Unlock()
+	return ds
+}
+
+type rulesChange struct{ old, new []Rule }
+
+// queueHooks hands a change to the hook goroutine. Call with writeMu held, so that
+// changes queue in the order they happened.
+func (e *Engine) queueHooks(old, new []Rule) {
+	e.hookMu.Lock()
+	if len(e.hooks) > 0 {
+		e.hookQueue = append(e.hookQueue, rulesChange{old, new})
+	}
+	e.hookMu.Unlock()
+	select {
+	case e.hookWake <- struct{}{}:
+	default:
+	}
+}
+
+// runHooks calls the OnRulesChanged hooks, in order, outside every engine lock.
+func (e *Engine) runHooks() {
+	for {
+		select {
+		case <-e.hookWake:
+		case <-e.done:
+		}
+		e.hookMu.Lock()
+		q, hooks := e.hookQueue, e.hooks
+		e.hookQueue = nil
+		e.hookMu.Unlock()
+		for _, c := range q {
+			for _, fn := range hooks {
+				fn(c.old, c.new)
+			}
+		}
+		select {
+		case <-e.done:
+			e.hookMu.Lock()
+			empty := len(e.hookQueue) == 0
+			e.hookMu.Unlock()
+			if empty {
+				return
+			}
+		default:
+		}
+	}
+}
+
+// scheduleExpiry arms a timer for the earliest expiry in rules. Call with writeMu held.
+func (e *Engine) scheduleExpiry(rules []Rule, now time.Time) {
+	if e.expiryTimer != nil {
+		e.expiryTimer.Stop()
+		e.expiryTimer = nil
+	}
+	if e.closedRules {
+		return
+	}
+	var first time.Time
+	for _, r := range rules {
+		if !r.Expires.IsZero() && (first.IsZero() || r.Expires.Before(first)) {
+			first = r.Expires
+		}
+	}
+	if first.IsZero() {
+		return
+	}
+	e.expiryTimer = time.AfterFunc(max(first.Sub(now), 0)+time.Millisecond, e.PruneExpired)
+}
+
+// Close answers every open prompt with Default (ReasonDefault), stops the timers and
+// closes every subscription. Later requests still get rule verdicts; those no rule
+// matches get Default at once.
+func (e *Engine) Close() {
+	e.writeMu.Lock()
+	if !e.closedRules {
+		close(e.done)
+	}
+	e.closedRules = true
+	if e.expiryTimer != nil {
+		e.expiryTimer.Stop()
+		e.expiryTimer = nil
+	}
+	e.writeMu.Unlock()
+
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	var ds []delivery
+	for _, p := range e.byID {
+		ds = append(ds, e.closeLocked(p, Verdict{Action: e.cfg.Default, Reason: ReasonDefault})...)
+	}
+	e.mu.Unlock()
+	e.deliver(ds)
+
+	e.subMu.Lock()
+	e.subsClosed = true
+	for s := range e.subs {
+		close(s.ch)
+		delete(e.subs, s)
+	}
+	e.subMu.Unlock()
+}
+
+type subscriber struct {
+	ch chan Event
+}
+
+// Subscribe returns a channel of events (prompts opened and closed, rule changes) and a
+// func that ends the subscription and closes the channel. The channel is buffered; a
+// subscriber that falls behind loses events and never slows the engine. Close closes
+// every subscription.
+func (e *Engine) Subscribe() (events <-chan Event, cancel func()) {
+	s := &subscriber{ch: make(chan Event, subscriberBuffer)}
+	e.subMu.Lock()
+	if e.subsClosed {
+		close(s.ch)
+	} else {
+		e.subs[s] = struct{}{}
+	}
+	e.subMu.Unlock()
+	return s.ch, func() {
+		e.subMu.Lock()
+		if _, ok := e.subs[s]; ok {
+			delete(e.subs, s)
+			close(s.ch)
+		}
+		e.subMu.Unlock()
+	}
+}
+
+func (e *Engine) publish(ev Event) {
+	e.subMu.Lock()
+	for s := range e.subs {
+		select {
+		case s.ch <- ev:
+		default:
+			e.dropped.Add(1)
+		}
+	}
+	e.subMu.Unlock()
+}
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	st := Stats{Decisions: map[Reason]uint64{}, Dropped: e.dropped.Load()}
+	for i, r := range reasons {
+		st.Decisions[r] = e.counts[i].Load()
+	}
+	e.mu.Lock()
+	st.Open = len(e.byID)
+	for _, p := range e.byID {
+		st.Held += len(p.waiters)
+	}
+	st.Prompts = uint64(e.lastPromptID)
+	e.mu.Unlock()
+	st.Rules = len(e.Rules())
+	e.subMu.Lock()
+	st.Subscribers = len(e.subs)
+	e.subMu.Unlock()
+	return st
+}
