@@ -1,0 +1,219 @@
+package procattr
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// connRecord is the map value the hooks write for a socket cookie. Its layout is the
+// one the program stores on its stack (see hookProgram).
+type connRecord struct {
+	PidTgid uint64   // bpf_get_current_pid_tgid: tgid << 32 | tid
+	UIDGid  uint64   // bpf_get_current_uid_gid: gid << 32 | uid
+	BootNs  uint64   // bpf_ktime_get_boot_ns at connect/sendmsg
+	Comm    [16]byte // bpf_get_current_comm of the calling thread
+}
+
+const connRecordSize = 40
+
+func (r *connRecord) tgid() int32 { return int32(r.PidTgid >> 32) }
+
+func (r *connRecord) comm() string {
+	c := r.Comm[:]
+	if i := bytes.IndexByte(c, 0); i >= 0 {
+		c = c[:i]
+	}
+	return string(c)
+}
+
+// cgroupHooks owns the map and the programs attached to the cgroup.
+type cgroupHooks struct {
+	conns *ebpf.Map
+	progs []*ebpf.Program
+	links []link.Link
+}
+
+// hookedAttachTypes are the cgroup hooks that see every outbound TCP connect and
+// every UDP datagram sent with an address (connected UDP sockets go through connect).
+var hookedAttachTypes = []ebpf.AttachType{
+	ebpf.AttachCGroupInet4Connect,
+	ebpf.AttachCGroupInet6Connect,
+	ebpf.AttachCGroupUDP4Sendmsg,
+	ebpf.AttachCGroupUDP6Sendmsg,
+}
+
+// hookProgram records cookie → (pid_tgid, uid_gid, boot time, comm) in conns and
+// always allows the operation (returns 1): it observes, never filters.
+func hookProgram(conns *ebpf.Map) asm.Instructions {
+	const (
+		keyOff   = -8                  // u64 cookie
+		valueOff = -8 - connRecordSize // struct connRecord
+	)
+	return asm.Instructions{
+		// r6 = ctx (struct bpf_sock_addr *)
+		asm.Mov.Reg(asm.R6, asm.R1),
+		// key = bpf_get_socket_cookie(ctx)
+		asm.FnGetSocketCookie.Call(),
+		asm.StoreMem(asm.RFP, keyOff, asm.R0, asm.DWord),
+		asm.FnGetCurrentPidTgid.Call(),
+		asm.StoreMem(asm.RFP, valueOff, asm.R0, asm.DWord),
+		asm.FnGetCurrentUidGid.Call(),
+		asm.StoreMem(asm.RFP, valueOff+8, asm.R0, asm.DWord),
+		asm.FnKtimeGetBootNs.Call(),
+		asm.StoreMem(asm.RFP, valueOff+16, asm.R0, asm.DWord),
+		// bpf_get_current_comm(&value.comm, 16)
+		asm.Mov.Reg(asm.R1, asm.RFP),
+		asm.Add.Imm(asm.R1, valueOff+24),
+		asm.Mov.Imm(asm.R2, 16),
+		asm.FnGetCurrentComm.Call(),
+		// bpf_map_update_elem(conns, &key, &value, BPF_ANY)
+		asm.LoadMapPtr(asm.R1, conns.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, keyOff),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, valueOff),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnMapUpdateElem.Call(),
+		asm.Mov.Imm(asm.R0, 1),
+		asm.Return(),
+	}
+}
+
+// attachCgroupHooks loads the map and programs and attaches them to cgroupPath ("" :
+// the cgroup2 mount). On error nothing stays loaded or attached.
+func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err error) {
+	if cgroupPath == "" {
+		if cgroupPath, err = cgroup2Mount(); err != nil {
+			return nil, err
+		}
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF: %w", err)
+	}
+	h = &cgroupHooks{}
+	defer func() {
+		if err != nil {
+			h.close()
+			h = nil
+		}
+	}()
+	h.conns, err = ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "latch_conns",
+		Type:       ebpf.LRUHash,
+		KeySize:    8,
+		ValueSize:  connRecordSize,
+		MaxEntries: uint32(entries),
+	})
+	if err != nil {
+		return h, fmt.Errorf("create eBPF LRU hash map of %d entries: %w", entries, err)
+	}
+	insns := hookProgram(h.conns)
+	for _, at := range hookedAttachTypes {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name:         "latch_sockaddr",
+			Type:         ebpf.CGroupSockAddr,
+			AttachType:   at,
+			Instructions: insns,
+			License:      "Dual MIT/GPL",
+		})
+		if err != nil {
+			return h, fmt.Errorf("load eBPF program for %v: %w", at, err)
+		}
+		h.progs = append(h.progs, prog)
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: at, Program: prog})
+		if err != nil {
+			return h, fmt.Errorf("attach eBPF program to cgroup %s at %v: %w", cgroupPath, at, err)
+		}
+		h.links = append(h.links, l)
+	}
+	return h, nil
+}
+
+// lookup returns the record of the socket with this cookie.
+func (h *cgroupHooks) lookup(cookie uint64) (connRecord, bool) {
+	var rec connRecord
+	if err := h.conns.Lookup(&cookie, &rec); err != nil {
+		return connRecord{}, false
+	}
+	return rec, true
+}
+
+// close detaches the programs and frees the map. Safe on a partial h.
+func (h *cgroupHooks) close() error {
+	var errs []error
+	for _, l := range h.links {
+		errs = append(errs, l.Close())
+	}
+	for _, p := range h.progs {
+		errs = append(errs, p.Close())
+	}
+	if h.conns != nil {
+		errs = append(errs, h.conns.Close())
+	}
+	h.links, h.progs, h.conns = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// cgroup2Mount finds where the cgroup v2 hierarchy is mounted (e.g. /sys/fs/cgroup,
+// or /sys/fs/cgroup/unified on hybrid systems).
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+	}
+	defer f.Close()
+	return parseCgroup2Mount(f)
+}
+
+// parseCgroup2Mount returns the mount point of the first cgroup2 file system whose
+// root is the hierarchy's root ("/") in mountinfo.
+func parseCgroup2Mount(f io.Reader) (string, error) {
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		fields, postFields := strings.Fields(pre), strings.Fields(post)
+		if len(fields) < 5 || len(postFields) < 1 || postFields[0] != "cgroup2" || fields[3] != "/" {
+			continue
+		}
+		return unescapeMountPath(fields[4]), nil
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read /proc/self/mountinfo: %w", err)
+	}
+	return "", errors.New("no cgroup2 file system mounted (/proc/self/mountinfo)")
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for space and so on).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			o := s[i+1 : i+4]
+			if o[0] >= '0' && o[0] <= '3' && o[1] >= '0' && o[1] <= '7' && o[2] >= '0' && o[2] <= '7' {
+				b.WriteByte((o[0]-'0')<<6 | (o[1]-'0')<<3 | (o[2] - '0'))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

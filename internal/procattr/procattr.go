@@ -1,0 +1,87 @@
+// Package procattr tells which local process owns a connection, from the connection's
+// 5-tuple: the process id, its executable, user and command line.
+//
+// On Linux a Resolver combines three methods, fastest first:
+//
+//   - sock_diag: one SOCK_DIAG_BY_FAMILY request for the exact 5-tuple (never a dump)
+//     gives the socket's inode, owner uid and cookie. Every other method starts here.
+//   - ebpf-cgroup: small eBPF programs on the cgroup v2 root's connect4/connect6 and
+//     udp4/udp6 sendmsg hooks record, for every socket that connects or sends, its
+//     cookie → the pid, uid and comm of the thread that did it, in an LRU hash map.
+//     Resolve looks the sock_diag cookie up there.
+//   - procfs: the last resort, for sockets the hooks never saw (made before the hooks
+//     were attached, or a kernel without cgroup BPF): scan /proc/*/fd for
+//     "socket:[INODE]", with a cache and a bounded rescan rate.
+//
+// A Resolver never returns a wrong process: a pid is reported only after it has been
+// shown to be the process that connected the socket (its start time precedes the
+// eBPF record) or to hold the socket in its fd table, and the executable and command
+// line are read through the same /proc/PID directory handle, so a pid that exits and
+// is reused meanwhile makes the read fail instead of describing another program.
+// When attribution fails, Resolve returns Process{} (PID 0, Exe "") and an error.
+package procattr
+
+import (
+	"errors"
+	"time"
+)
+
+// Method names, as reported by Resolver.Methods and Process.Method.
+const (
+	MethodEBPF     = "ebpf-cgroup"
+	MethodSockDiag = "sock_diag"
+	MethodProcfs   = "procfs"
+)
+
+// Errors that Resolve wraps; test them with errors.Is.
+var (
+	// ErrUnsupported: the platform or the protocol cannot be attributed.
+	ErrUnsupported = errors.New("process attribution not supported")
+	// ErrNoSocket: no local socket has the 5-tuple (closed, or not a local connection).
+	ErrNoSocket = errors.New("no socket with this 5-tuple")
+	// ErrNoProcess: the socket exists but no live process could be shown to own it.
+	ErrNoProcess = errors.New("no process owns the socket")
+)
+
+// Process describes the local process that owns a connection. The zero value means
+// unknown.
+type Process struct {
+	PID     int32  `json:"pid"`               // thread group id; 0: unknown
+	Exe     string `json:"exe"`               // /proc/PID/exe without " (deleted)"; "": unknown
+	UID     int32  `json:"uid"`               // owner of the socket; -1: unknown
+	User    string `json:"user,omitempty"`    // account name of UID, "" if none
+	Cmdline string `json:"cmdline,omitempty"` // arguments joined by spaces
+	Comm    string `json:"comm,omitempty"`    // the kernel's short task name
+	Method  string `json:"method,omitempty"`  // which method found the pid (MethodEBPF, MethodProcfs)
+}
+
+// Options configure a Resolver. The zero value enables every method the kernel allows.
+type Options struct {
+	// DisableEBPF keeps the eBPF cgroup hooks off.
+	DisableEBPF bool
+	// DisableProcfs never scans /proc/*/fd.
+	DisableProcfs bool
+	// CgroupPath is the cgroup v2 directory the hooks attach to. "" finds the cgroup2
+	// mount in /proc/self/mountinfo (its root covers every process).
+	CgroupPath string
+	// EBPFEntries is the size of the cookie → pid LRU map; 0 means 65536.
+	EBPFEntries int
+	// ProcfsRescanInterval is the least time between two full /proc scans; 0 means
+	// 50ms. A socket not found while a rescan is not yet allowed is reported unknown.
+	ProcfsRescanInterval time.Duration
+	// SockDiagSockets is how many sock_diag lookups may run at once; 0 means 2.
+	// The netlink sockets are opened by NewResolver, in the calling thread's network
+	// namespace, which is the namespace whose sockets Resolve finds.
+	SockDiagSockets int
+}
+
+// Stats count Resolve outcomes since the Resolver was made.
+type Stats struct {
+	EBPF      uint64 `json:"ebpf"`       // attributed by the eBPF record
+	Procfs    uint64 `json:"procfs"`     // attributed by the /proc fd scan
+	NoSocket  uint64 `json:"no_socket"`  // sock_diag found no socket
+	NoProcess uint64 `json:"no_process"` // socket found, process unknown
+	FullScans uint64 `json:"full_scans"` // full /proc scans made
+}
+
+func unknown() Process { return Process{UID: -1} }

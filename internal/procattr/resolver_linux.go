@@ -1,0 +1,210 @@
+package procattr
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// Resolver attributes connections to processes. It is safe for concurrent use.
+type Resolver struct {
+	diag   *sockDiag
+	hooks  *cgroupHooks // nil: eBPF off or refused by the kernel
+	procfs *procScanner // nil: disabled
+	users  userCache
+
+	methodErrs map[string]error
+
+	ebpfHits, procfsHits, noSocket, noProcess atomic.Uint64
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewResolver opens the sock_diag sockets and, unless disabled, attaches the eBPF
+// cgroup hooks. A kernel that refuses the hooks (no cgroup BPF, not root) is no
+// error: Resolve then uses procfs, and Methods and MethodErrors say so. It fails only
+// if sock_diag, which every method needs, cannot be opened.
+func NewResolver(opts Options) (*Resolver, error) {
+	if opts.EBPFEntries <= 0 {
+		opts.EBPFEntries = 65536
+	}
+	if opts.ProcfsRescanInterval <= 0 {
+		opts.ProcfsRescanInterval = 50 * time.Millisecond
+	}
+	if opts.SockDiagSockets <= 0 {
+		opts.SockDiagSockets = 2
+	}
+	diag, err := newSockDiag(opts.SockDiagSockets)
+	if err != nil {
+		return nil, fmt.Errorf("procattr: %w", err)
+	}
+	r := &Resolver{diag: diag, methodErrs: make(map[string]error)}
+	if opts.DisableEBPF {
+		r.methodErrs[MethodEBPF] = errors.New("disabled by options")
+	} else if h, err := attachCgroupHooks(opts.CgroupPath, opts.EBPFEntries); err != nil {
+		r.methodErrs[MethodEBPF] = err
+	} else {
+		r.hooks = h
+	}
+	if opts.DisableProcfs {
+		r.methodErrs[MethodProcfs] = errors.New("disabled by options")
+	} else {
+		r.procfs = newProcScanner(opts.ProcfsRescanInterval)
+	}
+	return r, nil
+}
+
+// Methods lists the attribution methods that are live, fastest first, e.g.
+// ["ebpf-cgroup", "sock_diag", "procfs"].
+func (r *Resolver) Methods() []string {
+	var m []string
+	if r.hooks != nil {
+		m = append(m, MethodEBPF)
+	}
+	m = append(m, MethodSockDiag)
+	if r.procfs != nil {
+		m = append(m, MethodProcfs)
+	}
+	return m
+}
+
+// MethodErrors says why each method missing from Methods is off.
+func (r *Resolver) MethodErrors() map[string]error {
+	out := make(map[string]error, len(r.methodErrs))
+	for k, v := range r.methodErrs {
+		out[k] = v
+	}
+	return out
+}
+
+// Stats returns the Resolve outcome counters.
+func (r *Resolver) Stats() Stats {
+	var full uint64
+	if r.procfs != nil {
+		full = r.procfs.fullScans.Load()
+	}
+	return Stats{
+		EBPF:      r.ebpfHits.Load(),
+		Procfs:    r.procfsHits.Load(),
+		NoSocket:  r.noSocket.Load(),
+		NoProcess: r.noProcess.Load(),
+		FullScans: full,
+	}
+}
+
+// Resolve returns the process that owns the local socket of a TCP or UDP connection
+// from local to remote (local is this host's end). uid is the socket owner the
+// packet carries (NFQUEUE's UID attribute), or -1; a socket with another owner is
+// not the one that sent the packet.
+//
+// When no process can be shown to own the socket, Resolve returns a Process with
+// PID 0 and Exe "" (UID and User filled if the socket was found) and an error that
+// wraps ErrNoSocket, ErrNoProcess or ErrUnsupported.
+func (r *Resolver) Resolve(proto engine.Protocol, local, remote netip.AddrPort, uid int32) (Process, error) {
+	si, err := r.diag.lookup(proto, local, remote)
+	if err != nil {
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
+	}
+	if uid >= 0 && uint32(uid) != si.UID {
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: socket inode %d belongs to uid %d, packet to uid %d: %w",
+			proto, local, remote, si.Inode, si.UID, uid, ErrNoSocket)
+	}
+	owner := Process{UID: int32(si.UID), User: r.users.name(si.UID)}
+
+	var ebpfErr error
+	if r.hooks != nil {
+		p, err := r.viaEBPF(si, owner)
+		if err == nil {
+			r.ebpfHits.Add(1)
+			return p, nil
+		}
+		ebpfErr = err
+	}
+	if r.procfs != nil {
+		p, err := r.viaProcfs(si, owner)
+		if err == nil {
+			r.procfsHits.Add(1)
+			return p, nil
+		}
+		r.noProcess.Add(1)
+		return owner, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, errors.Join(ebpfErr, err))
+	}
+	r.noProcess.Add(1)
+	if ebpfErr == nil {
+		ebpfErr = fmt.Errorf("socket inode %d: no live method maps sockets to processes: %w", si.Inode, ErrNoProcess)
+	}
+	return owner, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, ebpfErr)
+}
+
+// viaEBPF attributes the socket to the process the hooks recorded for its cookie.
+// The record names the process that connected or sent at a known time; the process
+// now at that pid is the same one if it started before then (two live processes
+// never share a pid). A process too young to tell by its start time must hold the
+// socket.
+func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
+	rec, ok := r.hooks.lookup(si.Cookie)
+	if !ok {
+		return unknown(), fmt.Errorf("socket cookie %d: no eBPF record (connected before the hooks were attached?): %w", si.Cookie, ErrNoProcess)
+	}
+	d, err := openProcDir(rec.tgid())
+	if err != nil {
+		return unknown(), fmt.Errorf("eBPF record pid %d: %w: %w", rec.tgid(), err, ErrNoProcess)
+	}
+	defer d.close()
+	st, err := d.stat()
+	if err != nil {
+		return unknown(), fmt.Errorf("eBPF record pid %d: %w: %w", rec.tgid(), err, ErrNoProcess)
+	}
+	tick := uint64(time.Second) / clockTicks()
+	if (st.StartTime+1)*tick > rec.BootNs {
+		var scratch scanScratch
+		if _, held := d.holdsSocket(si.Inode, &scratch); !held {
+			return unknown(), fmt.Errorf("pid %d started after the eBPF record and holds no socket inode %d: %w", d.pid, si.Inode, ErrNoProcess)
+		}
+	}
+	p := owner
+	if err := describe(d, st, &p); err != nil {
+		return unknown(), fmt.Errorf("pid %d: %w: %w", d.pid, err, ErrNoProcess)
+	}
+	p.Method = MethodEBPF
+	return p, nil
+}
+
+// viaProcfs attributes the socket to a process whose fd table holds it.
+func (r *Resolver) viaProcfs(si socketInfo, owner Process) (Process, error) {
+	d, err := r.procfs.find(si.Inode)
+	if err != nil {
+		return unknown(), err
+	}
+	defer d.close()
+	st, err := d.stat()
+	if err != nil {
+		return unknown(), fmt.Errorf("pid %d: %w: %w", d.pid, err, ErrNoProcess)
+	}
+	p := owner
+	if err := describe(d, st, &p); err != nil {
+		return unknown(), fmt.Errorf("pid %d: %w: %w", d.pid, err, ErrNoProcess)
+	}
+	p.Method = MethodProcfs
+	return p, nil
+}
+
+// Close detaches the eBPF hooks and closes the sock_diag sockets. Resolve must not be
+// called after Close.
+func (r *Resolver) Close() error {
+	r.closeOnce.Do(func() {
+		if r.hooks != nil {
+			r.closeErr = r.hooks.close()
+		}
+		r.diag.close()
+	})
+	return r.closeErr
+}

@@ -1,0 +1,244 @@
+package procattr
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// modes are the ways the tests run a Resolver: each method alone, then combined.
+var modes = []struct {
+	name       string
+	opts       Options
+	wantMethod string // "" : either
+}{
+	{"ebpf", Options{DisableProcfs: true}, MethodEBPF},
+	{"procfs", Options{DisableEBPF: true}, MethodProcfs},
+	{"combined", Options{}, ""},
+}
+
+// newResolverIn makes a Resolver whose sock_diag sockets live in netns ns.
+func newResolverIn(t *testing.T, ns string, opts Options) *Resolver {
+	t.Helper()
+	var r *Resolver
+	var err error
+	inNetns(t, ns, func() { r, err = NewResolver(opts) })
+	if err != nil {
+		t.Fatalf("NewResolver(%+v): %v", opts, err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	if !opts.DisableEBPF && !slices.Contains(r.Methods(), MethodEBPF) {
+		t.Fatalf("eBPF hooks refused on this kernel (CI needs them): %v", r.MethodErrors()[MethodEBPF])
+	}
+	return r
+}
+
+func wantProcess(t *testing.T, got Process, err error, pid int32, wantMethod string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("Resolve: %v", err)
+	}
+	if got.PID != pid || got.Exe != clientExe {
+		t.Fatalf("Resolve = pid %d exe %q, want pid %d exe %q", got.PID, got.Exe, pid, clientExe)
+	}
+	if wantMethod != "" && got.Method != wantMethod {
+		t.Errorf("Method = %q, want %q", got.Method, wantMethod)
+	}
+	if got.UID != 0 || got.User != "root" {
+		t.Errorf("UID, User = %d, %q; want 0, root", got.UID, got.User)
+	}
+	if got.Comm == "" || got.Cmdline == "" {
+		t.Errorf("Comm %q, Cmdline %q: want both", got.Comm, got.Cmdline)
+	}
+}
+
+func wantUnknown(t *testing.T, got Process, err error, want error) {
+	t.Helper()
+	if err == nil || got.PID != 0 || got.Exe != "" {
+		t.Fatalf("Resolve = %+v, %v; want unknown (pid 0, exe \"\") and an error", got, err)
+	}
+	if !errors.Is(err, want) {
+		t.Errorf("Resolve error %v, want one wrapping %v", err, want)
+	}
+}
+
+// TestResolveTCPSynSent attributes a connection whose SYN is still unanswered, as it
+// is while latch holds it in the queue.
+func TestResolveTCPSynSent(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, m.opts)
+			remote := netip.MustParseAddrPort("198.18.0.2:9")
+			c := startClient(t, ns, "tcp", remote)
+			p, err := r.Resolve(engine.TCP, c.Local, remote, 0)
+			wantProcess(t, p, err, c.pid(), m.wantMethod)
+			if p.Cmdline != clientExe+" tcp 198.18.0.2:9" {
+				t.Errorf("Cmdline = %q", p.Cmdline)
+			}
+		})
+	}
+}
+
+// TestResolveTCPEstablished covers IPv4 and IPv6 connections that completed.
+func TestResolveTCPEstablished(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	for _, listen := range []string{"127.0.0.1:0", "[::1]:0"} {
+		remote := listenIn(t, ns, listen)
+		for _, m := range modes {
+			t.Run(m.name+"/"+remote.Addr().String(), func(t *testing.T) {
+				r := newResolverIn(t, ns, m.opts)
+				c := startClient(t, ns, "tcp", remote)
+				p, err := r.Resolve(engine.TCP, c.Local, remote, 0)
+				wantProcess(t, p, err, c.pid(), m.wantMethod)
+			})
+		}
+	}
+}
+
+// TestResolveUDP covers an unconnected socket that only used sendto (bound to the
+// wildcard address: the packet's local address is not the socket's) and a
+// connected one, over IPv4 and IPv6.
+func TestResolveUDP(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	cases := []struct {
+		mode, remote, localAddr string
+	}{
+		{"udp-sendto", "198.18.0.2:53", "198.18.0.1"},
+		{"udp-sendto", "[::1]:53", "::1"},
+		{"udp-connect", "198.18.0.2:53", "198.18.0.1"},
+		{"udp-connect", "[::1]:5353", "::1"},
+	}
+	for _, tc := range cases {
+		for _, m := range modes {
+			t.Run(tc.mode+"/"+tc.remote+"/"+m.name, func(t *testing.T) {
+				r := newResolverIn(t, ns, m.opts)
+				remote := netip.MustParseAddrPort(tc.remote)
+				c := startClient(t, ns, tc.mode, remote)
+				local := netip.AddrPortFrom(netip.MustParseAddr(tc.localAddr), c.Local.Port())
+				p, err := r.Resolve(engine.UDP, local, remote, 0)
+				wantProcess(t, p, err, c.pid(), m.wantMethod)
+			})
+		}
+	}
+}
+
+// TestResolveClosedSocket: once the client closed its socket, the 5-tuple is
+// unknown even though the process that had it is still alive.
+func TestResolveClosedSocket(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, m.opts)
+			remote := netip.MustParseAddrPort("198.18.0.2:9")
+			c := startClient(t, ns, "tcp", remote)
+			p, err := r.Resolve(engine.TCP, c.Local, remote, -1)
+			wantProcess(t, p, err, c.pid(), m.wantMethod)
+			c.closeSocket(t)
+			p, err = r.Resolve(engine.TCP, c.Local, remote, -1)
+			wantUnknown(t, p, err, ErrNoSocket)
+		})
+	}
+}
+
+// TestResolveHandedOff: the process that connected exits after handing the socket
+// to a child. The eBPF record names a dead pid, which must not be reported; the fd
+// scan finds the child, which holds the socket now.
+func TestResolveHandedOff(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, m.opts)
+			c := startClient(t, ns, "tcp-handoff", remote)
+			c.wait(t) // reaped: its pid is gone
+			p, err := r.Resolve(engine.TCP, c.Local, remote, 0)
+			if m.opts.DisableProcfs {
+				wantUnknown(t, p, err, ErrNoProcess)
+				return
+			}
+			wantProcess(t, p, err, int32(c.Child), MethodProcfs)
+		})
+	}
+}
+
+// TestResolveWrongUID: a packet whose uid differs from the socket owner's is not that
+// socket's.
+func TestResolveWrongUID(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{})
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	c := startClient(t, ns, "tcp", remote)
+	p, err := r.Resolve(engine.TCP, c.Local, remote, 4242)
+	wantUnknown(t, p, err, ErrNoSocket)
+}
+
+// TestResolveNoSuchSocket: tuples nobody uses, a listener's port with the wrong peer,
+// and protocols sock_diag cannot look up.
+func TestResolveNoSuchSocket(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{})
+	ln := listenIn(t, ns, "127.0.0.1:0")
+	for _, tc := range []struct {
+		proto         engine.Protocol
+		local, remote string
+		want          error
+	}{
+		{engine.TCP, "198.18.0.1:1", "198.18.0.2:9", ErrNoSocket},
+		{engine.UDP, "198.18.0.1:1", "198.18.0.2:9", ErrNoSocket},
+		{engine.TCP, ln.String(), "127.0.0.1:40000", ErrNoSocket}, // only the listener has this port
+		{engine.TCP, "[::1]:1", "[::1]:2", ErrNoSocket},
+		{engine.ICMP, "198.18.0.1:0", "198.18.0.2:0", ErrUnsupported},
+	} {
+		p, err := r.Resolve(tc.proto, netip.MustParseAddrPort(tc.local), netip.MustParseAddrPort(tc.remote), -1)
+		wantUnknown(t, p, err, tc.want)
+	}
+	if _, err := r.Resolve(engine.TCP, netip.MustParseAddrPort("198.18.0.1:1"), netip.MustParseAddrPort("[::1]:2"), -1); err == nil {
+		t.Error("mixed families: no error")
+	}
+}
+
+func TestMethods(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	for _, tc := range []struct {
+		opts Options
+		want []string
+	}{
+		{Options{}, []string{MethodEBPF, MethodSockDiag, MethodProcfs}},
+		{Options{DisableEBPF: true}, []string{MethodSockDiag, MethodProcfs}},
+		{Options{DisableProcfs: true}, []string{MethodEBPF, MethodSockDiag}},
+	} {
+		r := newResolverIn(t, ns, tc.opts)
+		if got := r.Methods(); !slices.Equal(got, tc.want) {
+			t.Errorf("Methods() with %+v = %v, want %v", tc.opts, got, tc.want)
+		}
+	}
+	// A cgroup path that is not a cgroup: the hooks fail, the Resolver still works.
+	r := newResolverIn(t, ns, Options{DisableEBPF: true})
+	_ = r
+	var bad *Resolver
+	var err error
+	inNetns(t, ns, func() { bad, err = NewResolver(Options{CgroupPath: t.TempDir()}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if slices.Contains(bad.Methods(), MethodEBPF) || bad.MethodErrors()[MethodEBPF] == nil {
+		t.Errorf("cgroup path %q accepted: Methods %v", "tempdir", bad.Methods())
+	}
+}

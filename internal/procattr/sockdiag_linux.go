@@ -1,0 +1,350 @@
+package procattr
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// Wire layout of linux/inet_diag.h and linux/sock_diag.h.
+const (
+	sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
+	nlmsgHdrLen      = 16
+	inetDiagReqLen   = 56 // struct inet_diag_req_v2
+	inetDiagMsgLen   = 72 // struct inet_diag_msg
+	sockIDOffset     = 8  // inet_diag_sockid inside inet_diag_req_v2
+	msgSockIDOffset  = 4  // inet_diag_sockid inside inet_diag_msg
+	msgUIDOffset     = 64 // idiag_uid inside inet_diag_msg
+	msgInodeOffset   = 68 // idiag_inode inside inet_diag_msg
+	sockIDCookieOff  = 40 // idiag_cookie inside inet_diag_sockid
+	inetDiagNoCookie = ^uint32(0)
+)
+
+// socketInfo is what sock_diag says about one socket.
+type socketInfo struct {
+	Inode  uint32
+	UID    uint32
+	Cookie uint64
+	State  uint8
+	Local  netip.AddrPort // as the kernel reports it (may be unspecified for UDP)
+	Remote netip.AddrPort
+}
+
+// diagConn is one NETLINK_SOCK_DIAG socket with its buffers; it serves one request at
+// a time.
+type diagConn struct {
+	fd  int
+	seq uint32
+	req [nlmsgHdrLen + inetDiagReqLen]byte
+	buf []byte
+}
+
+func openDiagConn() (*diagConn, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("open NETLINK_SOCK_DIAG socket: %w", err)
+	}
+	// A reply to a lost request must never block a lookup for long.
+	tv := unix.Timeval{Sec: 1}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("set SO_RCVTIMEO on sock_diag socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind sock_diag socket: %w", err)
+	}
+	return &diagConn{fd: fd, buf: make([]byte, 32<<10)}, nil
+}
+
+func (c *diagConn) close() error { return unix.Close(c.fd) }
+
+// sockDiag runs single-socket lookups over a fixed pool of netlink sockets.
+type sockDiag struct {
+	pool chan *diagConn
+	all  []*diagConn
+	seq  atomic.Uint32
+}
+
+func newSockDiag(n int) (*sockDiag, error) {
+	d := &sockDiag{pool: make(chan *diagConn, n)}
+	for range n {
+		c, err := openDiagConn()
+		if err != nil {
+			d.close()
+			return nil, err
+		}
+		d.all = append(d.all, c)
+		d.pool <- c
+	}
+	return d, nil
+}
+
+func (d *sockDiag) close() {
+	for _, c := range d.all {
+		c.close()
+	}
+	d.all = nil
+}
+
+// lookup finds the socket of an outbound connection seen from this host: local is
+// this host's end, remote the peer's.
+//
+// TCP: the kernel looks the exact 4-tuple up in the established hash, where a
+// connecting (SYN_SENT) socket already is. If nothing is there it falls back to a
+// listener on the local port, which is not the connection: the reply is checked
+// against the whole 4-tuple.
+//
+// UDP: the kernel looks the socket up as it would for a packet arriving from remote
+// to local (the sockid's src and dst are swapped for historical reasons), so an
+// unconnected socket bound to 0.0.0.0 that sent with sendto is found; an exact
+// match on the connected form is tried first.
+func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort) (socketInfo, error) {
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if !local.IsValid() || !remote.IsValid() {
+		return socketInfo{}, fmt.Errorf("sock_diag: invalid address %v -> %v", local, remote)
+	}
+	if local.Addr().Is4() != remote.Addr().Is4() {
+		return socketInfo{}, fmt.Errorf("sock_diag: local %v and remote %v are of different families", local, remote)
+	}
+	var ipproto uint8
+	switch proto {
+	case engine.TCP:
+		ipproto = unix.IPPROTO_TCP
+	case engine.UDP:
+		ipproto = unix.IPPROTO_UDP
+	default:
+		return socketInfo{}, fmt.Errorf("sock_diag: protocol %v: %w", proto, ErrUnsupported)
+	}
+
+	c := <-d.pool
+	defer func() { d.pool <- c }()
+
+	if proto == engine.TCP {
+		si, err := d.request(c, ipproto, local, remote)
+		if err != nil {
+			return si, err
+		}
+		if si.Local != local || si.Remote != remote {
+			return socketInfo{}, fmt.Errorf("sock_diag tcp %v -> %v: only a socket %v -> %v matched: %w",
+				local, remote, si.Local, si.Remote, ErrNoSocket)
+		}
+		return si, nil
+	}
+	// UDP: the request is a packet from remote to local.
+	si, err := d.request(c, ipproto, remote, local)
+	if err != nil {
+		return si, err
+	}
+	if !udpMatches(si, local, remote) {
+		return socketInfo{}, fmt.Errorf("sock_diag udp %v -> %v: only a socket %v -> %v matched: %w",
+			local, remote, si.Local, si.Remote, ErrNoSocket)
+	}
+	return si, nil
+}
+
+// udpMatches reports whether a UDP socket could have sent local -> remote: same
+// local port, its bound address and peer either equal or wildcards.
+func udpMatches(si socketInfo, local, remote netip.AddrPort) bool {
+	if si.Local.Port() != local.Port() {
+		return false
+	}
+	if a := si.Local.Addr(); !a.IsUnspecified() && a != local.Addr() {
+		return false
+	}
+	if a := si.Remote.Addr(); !a.IsUnspecified() && si.Remote != remote {
+		return false
+	}
+	return true
+}
+
+// request sends one SOCK_DIAG_BY_FAMILY get (not a dump) with the given sockid
+// src/dst and decodes the reply.
+func (d *sockDiag) request(c *diagConn, ipproto uint8, src, dst netip.AddrPort) (socketInfo, error) {
+	seq := d.seq.Add(1)
+	b := c.req[:]
+	clear(b)
+	ne := binary.NativeEndian
+	ne.PutUint32(b[0:], uint32(len(b)))
+	ne.PutUint16(b[4:], sockDiagByFamily)
+	ne.PutUint16(b[6:], unix.NLM_F_REQUEST)
+	ne.PutUint32(b[8:], seq)
+	r := b[nlmsgHdrLen:]
+	if src.Addr().Is4() {
+		r[0] = unix.AF_INET
+	} else {
+		r[0] = unix.AF_INET6
+	}
+	r[1] = ipproto
+	ne.PutUint32(r[4:], ^uint32(0)) // idiag_states: all
+	putSockID(r[sockIDOffset:], src, dst)
+	ne.PutUint32(r[sockIDOffset+sockIDCookieOff:], inetDiagNoCookie)
+	ne.PutUint32(r[sockIDOffset+sockIDCookieOff+4:], inetDiagNoCookie)
+
+	if err := unix.Sendto(c.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return socketInfo{}, fmt.Errorf("sock_diag: send request: %w", err)
+	}
+	for {
+		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return socketInfo{}, fmt.Errorf("sock_diag: receive reply: %w", err)
+		}
+		si, done, err := parseDiagReply(c.buf[:n], seq)
+		if done {
+			return si, err
+		}
+		// A late reply to an earlier request that timed out: skip it.
+	}
+}
+
+// parseDiagReply decodes the messages of one datagram. done is false when none of
+// them answers seq.
+func parseDiagReply(b []byte, seq uint32) (si socketInfo, done bool, err error) {
+	ne := binary.NativeEndian
+	for len(b) >= nlmsgHdrLen {
+		l := ne.Uint32(b[0:])
+		typ := ne.Uint16(b[4:])
+		mseq := ne.Uint32(b[8:])
+		if l < nlmsgHdrLen || int(l) > len(b) {
+			return socketInfo{}, true, fmt.Errorf("sock_diag: reply message length %d at offset 0 of %d bytes", l, len(b))
+		}
+		body := b[nlmsgHdrLen:l]
+		next := (int(l) + 3) &^ 3
+		if next > len(b) {
+			next = len(b)
+		}
+		b = b[next:]
+		if mseq != seq {
+			continue
+		}
+		switch typ {
+		case unix.NLMSG_ERROR:
+			if len(body) < 4 {
+				return socketInfo{}, true, fmt.Errorf("sock_diag: error reply of %d bytes", len(body))
+			}
+			errno := -int32(ne.Uint32(body))
+			if errno == 0 {
+				continue // an ack, not an answer
+			}
+			if unix.Errno(errno) == unix.ENOENT {
+				return socketInfo{}, true, ErrNoSocket
+			}
+			return socketInfo{}, true, fmt.Errorf("sock_diag: kernel error: %w", unix.Errno(errno))
+		case sockDiagByFamily:
+			si, err := parseDiagMsg(body)
+			return si, true, err
+		}
+	}
+	return socketInfo{}, false, nil
+}
+
+// parseDiagMsg decodes a struct inet_diag_msg.
+func parseDiagMsg(m []byte) (socketInfo, error) {
+	if len(m) < inetDiagMsgLen {
+		return socketInfo{}, fmt.Errorf("sock_diag: inet_diag_msg of %d bytes, want %d", len(m), inetDiagMsgLen)
+	}
+	ne := binary.NativeEndian
+	id := m[msgSockIDOffset:]
+	sport := binary.BigEndian.Uint16(id[0:])
+	dport := binary.BigEndian.Uint16(id[2:])
+	var src, dst netip.Addr
+	switch m[0] {
+	case unix.AF_INET:
+		src = netip.AddrFrom4([4]byte(id[4:8]))
+		dst = netip.AddrFrom4([4]byte(id[20:24]))
+	case unix.AF_INET6:
+		src = netip.AddrFrom16([16]byte(id[4:20])).Unmap()
+		dst = netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	default:
+		return socketInfo{}, fmt.Errorf("sock_diag: reply family %d at offset 0", m[0])
+	}
+	return socketInfo{
+		State:  m[1],
+		Local:  netip.AddrPortFrom(src, sport),
+		Remote: netip.AddrPortFrom(dst, dport),
+		Cookie: uint64(ne.Uint32(id[sockIDCookieOff:])) | uint64(ne.Uint32(id[sockIDCookieOff+4:]))<<32,
+		UID:    ne.Uint32(m[msgUIDOffset:]),
+		Inode:  ne.Uint32(m[msgInodeOffset:]),
+	}, nil
+}
+
+// putSockID writes the addresses and ports of a struct inet_diag_sockid.
+func putSockID(id []byte, src, dst netip.AddrPort) {
+	binary.BigEndian.PutUint16(id[0:], src.Port())
+	binary.BigEndian.PutUint16(id[2:], dst.Port())
+	putAddr(id[4:20], src.Addr())
+	putAddr(id[20:36], dst.Addr())
+}
+
+func putAddr(b []byte, a netip.Addr) {
+	if a.Is4() {
+		a4 := a.As4()
+		copy(b, a4[:])
+		return
+	}
+	a16 := a.As16()
+	copy(b, a16[:])
+}
+
+// dump lists every socket of one family and protocol (NLM_F_DUMP) and returns how
+// many there were. It exists to measure what a dump costs against a single lookup.
+func (d *sockDiag) dump(family, ipproto uint8) (int, error) {
+	c := <-d.pool
+	defer func() { d.pool <- c }()
+	seq := d.seq.Add(1)
+	b := c.req[:]
+	clear(b)
+	ne := binary.NativeEndian
+	ne.PutUint32(b[0:], uint32(len(b)))
+	ne.PutUint16(b[4:], sockDiagByFamily)
+	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(b[8:], seq)
+	r := b[nlmsgHdrLen:]
+	r[0] = family
+	r[1] = ipproto
+	ne.PutUint32(r[4:], ^uint32(0))
+	if err := unix.Sendto(c.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, fmt.Errorf("sock_diag dump: send: %w", err)
+	}
+	count := 0
+	for {
+		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return count, fmt.Errorf("sock_diag dump: receive: %w", err)
+		}
+		m := c.buf[:n]
+		for len(m) >= nlmsgHdrLen {
+			l := ne.Uint32(m[0:])
+			typ := ne.Uint16(m[4:])
+			if l < nlmsgHdrLen || int(l) > len(m) {
+				return count, errors.New("sock_diag dump: truncated message")
+			}
+			mseq := ne.Uint32(m[8:])
+			m = m[min((int(l)+3)&^3, len(m)):]
+			if mseq != seq {
+				continue
+			}
+			switch typ {
+			case unix.NLMSG_DONE:
+				return count, nil
+			case unix.NLMSG_ERROR:
+				return count, errors.New("sock_diag dump: kernel error")
+			case sockDiagByFamily:
+				count++
+			}
+		}
+	}
+}
