@@ -70,6 +70,7 @@ func copyFile(dst, src string) error {
 //	udp-sendto ADDR  unbound, unconnected socket; one sendto
 //	udp-connect ADDR connect, then send
 //	tcp-handoff ADDR connect, hand the socket to a child (mode hold), exit
+//	MODE-dual ADDR   any of the above on an IPv6 socket, to IPv4-mapped ADDR
 //	hold             keep fd 3 open for a minute (or until killed)
 //
 // It prints "LOCAL ip:port" (and "CHILD pid" for tcp-handoff), then obeys stdin:
@@ -86,9 +87,12 @@ func runHelper(args []string) int {
 		return fail(fmt.Errorf("usage: mode addr, got %q", args))
 	}
 	mode, target := args[0], netip.MustParseAddrPort(args[1])
+	// A "-dual" mode uses an IPv6 socket with the IPv4-mapped form of an IPv4
+	// target, as dual-stack programs do.
+	mode, dual := strings.CutSuffix(mode, "-dual")
 	family := unix.AF_INET6
 	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(target.Port()), Addr: target.Addr().As16()}
-	if target.Addr().Is4() {
+	if target.Addr().Is4() && !dual {
 		family = unix.AF_INET
 		sa = &unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()}
 	}
@@ -128,7 +132,7 @@ func runHelper(args []string) int {
 	case *unix.SockaddrInet4:
 		fmt.Println("LOCAL", netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)))
 	case *unix.SockaddrInet6:
-		fmt.Println("LOCAL", netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)))
+		fmt.Println("LOCAL", netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)))
 	}
 	if mode == "tcp-handoff" {
 		child := exec.Command("/proc/self/exe", "hold")
@@ -264,7 +268,7 @@ var netnsSeq atomic.Uint32
 // newNetns makes a network namespace with loopback up and a veth pair whose end pa0
 // is 198.18.0.1/24. Packets to 198.18.0.2 vanish: a TCP connect to it stays in
 // SYN_SENT, as it does while latch holds its SYN.
-func newNetns(t *testing.T) string {
+func newNetns(t testing.TB) string {
 	t.Helper()
 	name := fmt.Sprintf("latch-pa-%d-%d", os.Getpid(), netnsSeq.Add(1))
 	run(t, "ip", "netns", "add", name)
@@ -280,7 +284,7 @@ func newNetns(t *testing.T) string {
 	return name
 }
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
@@ -288,7 +292,7 @@ func run(t *testing.T, args ...string) {
 }
 
 // inNetns runs fn on a thread switched to netns ns; sockets fn opens live there.
-func inNetns(t *testing.T, ns string, fn func()) {
+func inNetns(t testing.TB, ns string, fn func()) {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := os.Open("/proc/thread-self/ns/net")
@@ -320,7 +324,7 @@ func inNetns(t *testing.T, ns string, fn func()) {
 }
 
 // listenIn opens a TCP listener in netns ns on addr, closed at cleanup.
-func listenIn(t *testing.T, ns string, addr string) netip.AddrPort {
+func listenIn(t testing.TB, ns string, addr string) netip.AddrPort {
 	t.Helper()
 	var ln net.Listener
 	var err error
@@ -328,7 +332,7 @@ func listenIn(t *testing.T, ns string, addr string) netip.AddrPort {
 	if err != nil {
 		t.Fatalf("listen %s in %s: %v", addr, ns, err)
 	}
-	accepted := make(chan net.Conn, 64)
+	accepted := make(chan net.Conn, 1024)
 	t.Cleanup(func() {
 		ln.Close()
 		for {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -374,38 +373,6 @@ func (s *procScanner) touch(pid int32) {
 	}
 	copy(s.hot[1:], s.hot[:len(s.hot)-1])
 	s.hot[0] = pid
-}
-
-// describe fills p from the process directory d.
-func describe(d procDir, st procStat, p *Process) error {
-	var buf [4096]byte
-	exe, err := d.readlink("exe", buf[:])
-	if err != nil {
-		return err
-	}
-	exeStr := strings.TrimSuffix(string(exe), " (deleted)")
-	cmd, err := d.readFile("cmdline", buf[:])
-	if err != nil {
-		return err
-	}
-	p.PID = d.pid
-	p.Exe = exeStr
-	p.Cmdline = formatCmdline(cmd)
-	p.Comm = st.Comm
-	return nil
-}
-
-// formatCmdline joins NUL-separated arguments with spaces.
-func formatCmdline(b []byte) string {
-	b = bytes.TrimRight(b, "\x00")
-	out := make([]byte, len(b))
-	for i, c := range b {
-		if c == 0 {
-			c = ' '
-		}
-		out[i] = c
-	}
-	return string(out)
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's starttime, from the auxiliary

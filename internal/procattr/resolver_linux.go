@@ -15,6 +15,7 @@ import (
 type Resolver struct {
 	diag   *sockDiag
 	hooks  *cgroupHooks // nil: eBPF off or refused by the kernel
+	procs  *procCache   // processes the hooks named
 	procfs *procScanner // nil: disabled
 	users  userCache
 
@@ -51,6 +52,7 @@ func NewResolver(opts Options) (*Resolver, error) {
 		r.methodErrs[MethodEBPF] = err
 	} else {
 		r.hooks = h
+		r.procs = newProcCache(1024)
 	}
 	if opts.DisableProcfs {
 		r.methodErrs[MethodProcfs] = errors.New("disabled by options")
@@ -154,26 +156,20 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 	if !ok {
 		return unknown(), fmt.Errorf("socket cookie %d: no eBPF record (connected before the hooks were attached?): %w", si.Cookie, ErrNoProcess)
 	}
-	d, err := openProcDir(rec.tgid())
-	if err != nil {
-		return unknown(), fmt.Errorf("eBPF record pid %d: %w: %w", rec.tgid(), err, ErrNoProcess)
-	}
-	defer d.close()
-	st, err := d.stat()
-	if err != nil {
-		return unknown(), fmt.Errorf("eBPF record pid %d: %w: %w", rec.tgid(), err, ErrNoProcess)
-	}
-	tick := uint64(time.Second) / clockTicks()
-	if (st.StartTime+1)*tick > rec.BootNs {
-		var scratch scanScratch
-		if _, held := d.holdsSocket(si.Inode, &scratch); !held {
-			return unknown(), fmt.Errorf("pid %d started after the eBPF record and holds no socket inode %d: %w", d.pid, si.Inode, ErrNoProcess)
+	pid := rec.tgid()
+	e, ok := r.procs.live(pid)
+	if !ok {
+		var err error
+		if e, err = r.procs.load(pid); err != nil {
+			return unknown(), fmt.Errorf("eBPF record pid %d: %w: %w", pid, err, ErrNoProcess)
 		}
 	}
-	p := owner
-	if err := describe(d, st, &p); err != nil {
-		return unknown(), fmt.Errorf("pid %d: %w: %w", d.pid, err, ErrNoProcess)
+	tick := uint64(time.Second) / clockTicks()
+	if (e.startTicks+1)*tick > rec.BootNs && !r.procs.holdsSocket(e, si.Inode) {
+		return unknown(), fmt.Errorf("pid %d may have started after the eBPF record and holds no socket inode %d: %w", pid, si.Inode, ErrNoProcess)
 	}
+	p := owner
+	e.process(&p)
 	p.Method = MethodEBPF
 	return p, nil
 }
@@ -185,14 +181,12 @@ func (r *Resolver) viaProcfs(si socketInfo, owner Process) (Process, error) {
 		return unknown(), err
 	}
 	defer d.close()
-	st, err := d.stat()
+	e, err := readEntry(d)
 	if err != nil {
 		return unknown(), fmt.Errorf("pid %d: %w: %w", d.pid, err, ErrNoProcess)
 	}
 	p := owner
-	if err := describe(d, st, &p); err != nil {
-		return unknown(), fmt.Errorf("pid %d: %w: %w", d.pid, err, ErrNoProcess)
-	}
+	e.process(&p)
 	p.Method = MethodProcfs
 	return p, nil
 }
@@ -203,6 +197,7 @@ func (r *Resolver) Close() error {
 	r.closeOnce.Do(func() {
 		if r.hooks != nil {
 			r.closeErr = r.hooks.close()
+			r.procs.close()
 		}
 		r.diag.close()
 	})

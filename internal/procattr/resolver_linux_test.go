@@ -21,7 +21,7 @@ var modes = []struct {
 }
 
 // newResolverIn makes a Resolver whose sock_diag sockets live in netns ns.
-func newResolverIn(t *testing.T, ns string, opts Options) *Resolver {
+func newResolverIn(t testing.TB, ns string, opts Options) *Resolver {
 	t.Helper()
 	var r *Resolver
 	var err error
@@ -85,6 +85,13 @@ func TestResolveTCPSynSent(t *testing.T) {
 				t.Errorf("Cmdline = %q", p.Cmdline)
 			}
 		})
+		t.Run(m.name+"/dual-stack", func(t *testing.T) {
+			r := newResolverIn(t, ns, m.opts)
+			remote := netip.MustParseAddrPort("198.18.0.2:9")
+			c := startClient(t, ns, "tcp-dual", remote)
+			p, err := r.Resolve(engine.TCP, c.Local, remote, 0)
+			wantProcess(t, p, err, c.pid(), m.wantMethod)
+		})
 	}
 }
 
@@ -118,6 +125,8 @@ func TestResolveUDP(t *testing.T) {
 		{"udp-sendto", "[::1]:53", "::1"},
 		{"udp-connect", "198.18.0.2:53", "198.18.0.1"},
 		{"udp-connect", "[::1]:5353", "::1"},
+		{"udp-sendto-dual", "198.18.0.2:53", "198.18.0.1"},
+		{"udp-connect-dual", "198.18.0.2:53", "198.18.0.1"},
 	}
 	for _, tc := range cases {
 		for _, m := range modes {

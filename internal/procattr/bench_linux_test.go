@@ -1,0 +1,119 @@
+package procattr
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// backgroundConns is how many idle TCP connections the benchmarks' namespace holds
+// besides the one being resolved (each has two sockets, plus the listener): what a
+// dump must walk through and a single lookup does not.
+const backgroundConns = 256
+
+// benchSetup makes a namespace with backgroundConns loopback connections and one more
+// made by this process after the Resolver (so its hooks saw it). It returns the
+// Resolver and the tuple of that last connection.
+func benchSetup(b *testing.B, opts Options) (r *Resolver, local, remote netip.AddrPort) {
+	requireRoot(b)
+	ns := newNetns(b)
+	r = newResolverIn(b, ns, opts)
+	ln := listenIn(b, ns, "127.0.0.1:0")
+	var conns []net.Conn
+	b.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	inNetns(b, ns, func() {
+		for range backgroundConns + 1 {
+			c, err := net.Dial("tcp", ln.String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+	})
+	last := conns[len(conns)-1]
+	local = netip.MustParseAddrPort(last.LocalAddr().String())
+	remote = netip.MustParseAddrPort(last.RemoteAddr().String())
+	if opts.DisableEBPF && opts.DisableProcfs {
+		return r, local, remote
+	}
+	p, err := r.Resolve(engine.TCP, local, remote, 0)
+	if err != nil || p.PID != int32(os.Getpid()) {
+		b.Fatalf("Resolve = %+v, %v; want this process (%d)", p, err, os.Getpid())
+	}
+	return r, local, remote
+}
+
+// BenchmarkResolveEBPF is the hot path: sock_diag lookup, eBPF map lookup, /proc/PID
+// stat, exe and cmdline.
+func BenchmarkResolveEBPF(b *testing.B) {
+	r, local, remote := benchSetup(b, Options{DisableProcfs: true})
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := r.Resolve(engine.TCP, local, remote, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkResolveProcfs is the fallback once its cache knows the socket (one
+// readlink confirms the fd still points at it).
+func BenchmarkResolveProcfs(b *testing.B) {
+	r, local, remote := benchSetup(b, Options{DisableEBPF: true})
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := r.Resolve(engine.TCP, local, remote, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkProcfsFullScan is what the fallback costs for a socket it has not seen:
+// a walk over every /proc/*/fd on this host.
+func BenchmarkProcfsFullScan(b *testing.B) {
+	r, _, _ := benchSetup(b, Options{DisableEBPF: true})
+	b.ResetTimer()
+	for b.Loop() {
+		r.procfs.mu.Lock()
+		err := r.procfs.fullScan()
+		r.procfs.mu.Unlock()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(r.procfs.byInode)), "sockets")
+}
+
+// BenchmarkSockDiagLookup is one SOCK_DIAG_BY_FAMILY request for the exact tuple.
+func BenchmarkSockDiagLookup(b *testing.B) {
+	r, local, remote := benchSetup(b, Options{DisableEBPF: true, DisableProcfs: true})
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := r.diag.lookup(engine.TCP, local, remote); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSockDiagDump is the baseline a single lookup replaces: a dump of every
+// IPv4 TCP socket in the namespace.
+func BenchmarkSockDiagDump(b *testing.B) {
+	r, _, _ := benchSetup(b, Options{DisableEBPF: true, DisableProcfs: true})
+	n := 0
+	b.ResetTimer()
+	for b.Loop() {
+		var err error
+		if n, err = r.diag.dump(unix.AF_INET, unix.IPPROTO_TCP); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n), "sockets")
+}

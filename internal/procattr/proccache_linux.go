@@ -1,0 +1,182 @@
+package procattr
+
+import (
+	"bytes"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// procEntry is what Resolve knows about one live process. Its open /proc/PID
+// handle is tied to that process: when the process exits, reads through it fail even
+// if the pid is reused, so an entry can never describe another process.
+type procEntry struct {
+	dir        procDir
+	startTicks uint64 // /proc/PID/stat starttime
+	exe        string // as readlink gave it, " (deleted)" included
+	cmdline    string
+	comm       string
+}
+
+// procCache keeps procEntries of processes that made connections, so the hot path
+// costs one readlink (is it alive, has it exec'd?) instead of reading stat and
+// cmdline for every connection.
+//
+// An entry's dir handle is used under mu's read lock and closed only under its write
+// lock.
+type procCache struct {
+	mu    sync.RWMutex
+	byPID map[int32]*procEntry
+	max   int
+}
+
+func newProcCache(max int) *procCache {
+	return &procCache{byPID: make(map[int32]*procEntry), max: max}
+}
+
+// live returns the cached entry of pid if its process is still alive and still runs
+// the same executable. A dead or exec'd entry is dropped.
+func (c *procCache) live(pid int32) (*procEntry, bool) {
+	c.mu.RLock()
+	e, ok := c.byPID[pid]
+	alive := false
+	if ok {
+		var buf [4096]byte
+		n, err := unix.Readlinkat(e.dir.fd, "exe", buf[:])
+		alive = err == nil && string(buf[:n]) == e.exe
+	}
+	c.mu.RUnlock()
+	if ok && !alive {
+		c.drop(e)
+		return nil, false
+	}
+	return e, ok
+}
+
+// load reads pid's process afresh and caches it.
+func (c *procCache) load(pid int32) (*procEntry, error) {
+	d, err := openProcDir(pid)
+	if err != nil {
+		return nil, err
+	}
+	e, err := readEntry(d)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.byPID[pid]; ok {
+		if old.startTicks == e.startTicks && old.exe == e.exe {
+			// Another Resolve loaded the same process meanwhile: keep its entry,
+			// which callers may hold.
+			d.close()
+			return old, nil
+		}
+		old.dir.close()
+	}
+	if len(c.byPID) >= c.max {
+		c.evictLocked()
+	}
+	c.byPID[pid] = e
+	return e, nil
+}
+
+// holdsSocket reports whether e's process has the socket inode open. False if e is no
+// longer cached (its handle may be closed).
+func (c *procCache) holdsSocket(e *procEntry, inode uint32) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.byPID[e.dir.pid] != e {
+		return false
+	}
+	var scratch scanScratch
+	_, ok := e.dir.holdsSocket(inode, &scratch)
+	return ok
+}
+
+func (c *procCache) drop(e *procEntry) {
+	c.mu.Lock()
+	if c.byPID[e.dir.pid] == e {
+		delete(c.byPID, e.dir.pid)
+		e.dir.close()
+	}
+	c.mu.Unlock()
+}
+
+// evictLocked closes the entries of processes that are gone, or all entries if every
+// one is alive.
+func (c *procCache) evictLocked() {
+	var buf [1]byte
+	for pid, e := range c.byPID {
+		if _, err := unix.Readlinkat(e.dir.fd, "exe", buf[:]); err != nil {
+			e.dir.close()
+			delete(c.byPID, pid)
+		}
+	}
+	if len(c.byPID) < c.max {
+		return
+	}
+	for pid, e := range c.byPID {
+		e.dir.close()
+		delete(c.byPID, pid)
+	}
+}
+
+func (c *procCache) close() {
+	c.mu.Lock()
+	for pid, e := range c.byPID {
+		e.dir.close()
+		delete(c.byPID, pid)
+	}
+	c.mu.Unlock()
+}
+
+// readEntry reads stat, exe and cmdline through d.
+func readEntry(d procDir) (*procEntry, error) {
+	st, err := d.stat()
+	if err != nil {
+		return nil, err
+	}
+	var buf [4096]byte
+	exe, err := d.readlink("exe", buf[:])
+	if err != nil {
+		return nil, err
+	}
+	e := &procEntry{dir: d, startTicks: st.StartTime, comm: st.Comm, exe: string(exe)}
+	cmd, err := d.readFile("cmdline", buf[:])
+	if err != nil {
+		return nil, err
+	}
+	e.cmdline = formatCmdline(cmd)
+	return e, nil
+}
+
+// process fills p's process fields from e.
+func (e *procEntry) process(p *Process) {
+	p.PID = e.dir.pid
+	p.Exe = trimDeleted(e.exe)
+	p.Cmdline = e.cmdline
+	p.Comm = e.comm
+}
+
+func trimDeleted(exe string) string {
+	const suffix = " (deleted)"
+	if len(exe) > len(suffix) && exe[len(exe)-len(suffix):] == suffix {
+		return exe[:len(exe)-len(suffix)]
+	}
+	return exe
+}
+
+// formatCmdline joins NUL-separated arguments with spaces.
+func formatCmdline(b []byte) string {
+	b = bytes.TrimRight(b, "\x00")
+	out := make([]byte, len(b))
+	for i, ch := range b {
+		if ch == 0 {
+			ch = ' '
+		}
+		out[i] = ch
+	}
+	return string(out)
+}
