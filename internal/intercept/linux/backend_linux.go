@@ -1,0 +1,534 @@
+package linux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/intercept/linux/nfq"
+	"github.com/latchfw/latch/internal/intercept/linux/packet"
+)
+
+// ErrAnotherDaemon is wrapped by Run's error when another latch daemon already holds
+// the queue or the ruleset in this network namespace.
+var ErrAnotherDaemon = errors.New("another latch daemon is running in this network namespace")
+
+// Netfilter hook numbers as reported in NFQA_PACKET_HDR.
+const (
+	hookLocalIn  = 1
+	hookLocalOut = 3
+)
+
+const (
+	attributionWorkers = 4
+	maxReadErrors      = 100 // consecutive unexplained read errors before Run gives up
+)
+
+// Backend holds new connections in an NFQUEUE queue. It implements intercept.Backend.
+type Backend struct {
+	cfg Config
+	fw  firewall
+
+	running atomic.Bool
+	q       atomic.Pointer[nfq.Conn]
+	closing atomic.Bool
+
+	nextID atomic.Uint64
+
+	holdsMu sync.Mutex
+	holds   map[uint32]*hold
+
+	flows *flowTable
+
+	held, allowed, denied, rejected, dropped   atomic.Uint64
+	overflows, errs, malformed, verdictErrors  atomic.Uint64
+	holdTimeouts, attributionFailed, duplicate atomic.Uint64
+	latencySum, latencyMax, latencyN           atomic.Uint64
+}
+
+var _ intercept.Backend = (*Backend)(nil)
+
+// hold is one packet waiting for its verdict.
+type hold struct {
+	id    uint32
+	mark  uint32
+	proto uint8
+	req   *engine.Request
+	since time.Time
+	done  atomic.Bool
+}
+
+// New checks cfg, fills in defaults and detects the firewall mechanism. It changes
+// nothing in the kernel; Run does.
+func New(cfg Config) (*Backend, error) {
+	if cfg.QueueNum == 0 {
+		cfg.QueueNum = DefaultQueue
+	}
+	if cfg.HoldTimeout == 0 {
+		cfg.HoldTimeout = 5 * time.Minute
+	}
+	if cfg.HoldTimeout < 0 {
+		return nil, fmt.Errorf("linux backend: HoldTimeout %v is negative", cfg.HoldTimeout)
+	}
+	if cfg.MaxFlows == 0 {
+		cfg.MaxFlows = 65536
+	}
+	if cfg.MaxFlows < 0 {
+		return nil, fmt.Errorf("linux backend: MaxFlows %d is negative", cfg.MaxFlows)
+	}
+	if cfg.FlowTTL == 0 {
+		cfg.FlowTTL = 24 * time.Hour
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	fw, err := detectFirewall(cfg.Firewall, cfg.QueueNum)
+	if err != nil {
+		return nil, fmt.Errorf("linux backend: %w", err)
+	}
+	return &Backend{
+		cfg:   cfg,
+		fw:    fw,
+		holds: make(map[uint32]*hold),
+		flows: newFlowTable(cfg.MaxFlows, cfg.FlowTTL),
+	}, nil
+}
+
+// Name says which mechanism is in use, e.g. "nfqueue/iptables-nft".
+func (b *Backend) Name() string { return "nfqueue/" + b.fw.name() }
+
+// Queue returns the NFQUEUE queue number in use.
+func (b *Backend) Queue() uint16 { return b.cfg.QueueNum }
+
+// Run binds the queue, installs the ruleset, hands every held connection to d, and on
+// ctx done removes the ruleset and answers what is still held (accept if FailOpen,
+// else drop). It refuses to start, with an error wrapping ErrAnotherDaemon, when
+// another daemon holds the queue or latch's chains with a live queue.
+func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
+	if d == nil {
+		return errors.New("linux backend: Run with a nil Decider")
+	}
+	if !b.running.CompareAndSwap(false, true) {
+		return errors.New("linux backend: already running")
+	}
+	defer b.running.Store(false)
+	b.closing.Store(false)
+
+	if err := b.checkAlone(); err != nil {
+		return err
+	}
+	q, err := nfq.Open(b.cfg.QueueNum, nfq.Options{})
+	if err != nil {
+		if errors.Is(err, nfq.ErrQueueBusy) {
+			return fmt.Errorf("%w (queue %d is bound): %v", ErrAnotherDaemon, b.cfg.QueueNum, err)
+		}
+		return fmt.Errorf("linux backend: %w", err)
+	}
+	b.q.Store(q)
+	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback}
+	if err := b.fw.install(spec); err != nil {
+		b.q.Store(nil)
+		q.Close()
+		return fmt.Errorf("linux backend: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	var work chan *hold
+	if b.cfg.Resolver != nil {
+		work = make(chan *hold, 1024)
+		for range attributionWorkers {
+			wg.Go(func() {
+				for h := range work {
+					b.attribute(h.req)
+					b.decide(d, h)
+				}
+			})
+		}
+	}
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	wg.Go(func() { b.sweep(sweepCtx) })
+	if b.cfg.Ready != nil {
+		b.cfg.Ready()
+	}
+
+	readErr := b.read(ctx, q, d, work)
+
+	// Shutdown: stop queueing first, then answer what is still held.
+	b.closing.Store(true)
+	rmErr := b.fw.remove()
+	stopSweep()
+	if work != nil {
+		close(work)
+	}
+	wg.Wait()
+	b.releaseAll()
+	b.q.Store(nil)
+	q.Close()
+	if rmErr != nil {
+		rmErr = fmt.Errorf("linux backend: remove ruleset: %w", rmErr)
+	}
+	return errors.Join(readErr, rmErr)
+}
+
+// checkAlone refuses to start next to a live daemon and removes a dead one's leftovers.
+func (b *Backend) checkAlone() error {
+	bound, err := boundQueues()
+	if err != nil {
+		return fmt.Errorf("linux backend: read bound queues: %w", err)
+	}
+	if st, ok := bound[b.cfg.QueueNum]; ok {
+		return fmt.Errorf("%w (queue %d is bound by netlink port %d)", ErrAnotherDaemon, st.Queue, st.PortID)
+	}
+	exists, queues, err := b.fw.leftover()
+	if err != nil {
+		return fmt.Errorf("linux backend: look for an earlier ruleset: %w", err)
+	}
+	if !exists {
+		return nil
+	}
+	for _, q := range queues {
+		if st, ok := bound[q]; ok {
+			return fmt.Errorf("%w (its %s rules send to queue %d, bound by netlink port %d)", ErrAnotherDaemon, b.fw.name(), q, st.PortID)
+		}
+	}
+	b.cfg.Logf("removing the ruleset a stopped latch daemon left behind (queues %v)", queues)
+	if err := b.fw.removeLeftover(); err != nil {
+		return fmt.Errorf("linux backend: remove the ruleset a stopped daemon left behind: %w", err)
+	}
+	return nil
+}
+
+// read is the queue reader. It never waits for a decision.
+func (b *Backend) read(ctx context.Context, q *nfq.Conn, d intercept.Decider, work chan<- *hold) error {
+	stop := context.AfterFunc(ctx, func() { q.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	failures := 0
+	for {
+		pkts, err := q.Read()
+		for i := range pkts {
+			b.handle(&pkts[i], d, work)
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case nfq.IsOverflow(err):
+			// The kernel dropped messages to us; the packets stay held in the kernel
+			// until the sweep or the shutdown, and the queue keeps failing closed.
+			b.overflows.Add(1)
+		case nfq.IsClosed(err):
+			return fmt.Errorf("linux backend: queue closed: %w", err)
+		default:
+			// The kernel refused a verdict, or sent a message we could not decode.
+			b.errs.Add(1)
+			b.verdictErrors.Add(1)
+			failures++
+			if failures > maxReadErrors {
+				return fmt.Errorf("linux backend: %d read errors in a row, last: %w", failures, err)
+			}
+		}
+	}
+}
+
+// handle turns one queued packet into a Request and hands it on.
+func (b *Backend) handle(p *nfq.Packet, d intercept.Decider, work chan<- *hold) {
+	h := &hold{id: p.ID, mark: p.Mark, since: p.Time}
+	if p.Err != nil {
+		b.malformedPacket(h, p.Err)
+		return
+	}
+	pp, err := packet.Parse(p.Payload)
+	if err != nil {
+		b.malformedPacket(h, err)
+		return
+	}
+	h.proto = pp.Protocol
+	req := &engine.Request{
+		ID:       engine.RequestID(b.nextID.Add(1)),
+		Time:     p.Time,
+		Protocol: engine.Protocol(pp.Protocol),
+		UID:      -1,
+	}
+	src, dst := netip.AddrPortFrom(pp.Src, pp.SrcPort), netip.AddrPortFrom(pp.Dst, pp.DstPort)
+	if pp.Protocol == packet.ProtoICMP || pp.Protocol == packet.ProtoICMPv6 {
+		src, dst = netip.AddrPortFrom(pp.Src, 0), netip.AddrPortFrom(pp.Dst, 0)
+	}
+	if p.Hook == hookLocalIn {
+		req.Direction, req.Local, req.Remote = engine.Inbound, dst, src
+	} else {
+		req.Direction, req.Local, req.Remote = engine.Outbound, src, dst
+	}
+	if p.HasUID {
+		req.UID = int32(p.UID)
+	}
+	h.req = req
+	b.holdsMu.Lock()
+	b.holds[h.id] = h
+	b.holdsMu.Unlock()
+	if work != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
+		work <- h // attribution may take a while; the workers decide
+		return
+	}
+	b.decide(d, h)
+}
+
+func (b *Backend) malformedPacket(h *hold, err error) {
+	b.errs.Add(1)
+	b.malformed.Add(1)
+	b.cfg.Logf("dropping packet %d: %v", h.id, err)
+	b.holdsMu.Lock()
+	b.holds[h.id] = h
+	b.holdsMu.Unlock()
+	b.finish(h, nfq.Drop, 0, false)
+}
+
+func (b *Backend) attribute(req *engine.Request) {
+	p, err := b.cfg.Resolver.Resolve(req.Protocol, req.Local, req.Remote, req.UID)
+	if err != nil || p.PID == 0 {
+		b.attributionFailed.Add(1)
+	}
+	req.PID, req.Exe, req.User, req.Cmdline = p.PID, p.Exe, p.User, p.Cmdline
+	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
+		req.UID = p.UID
+	}
+}
+
+func (b *Backend) decide(d intercept.Decider, h *hold) {
+	b.held.Add(1)
+	d.Decide(h.req, func(v engine.Verdict) { b.apply(h, v) })
+}
+
+// apply carries out v for h. It runs on whatever goroutine the Decider answers from.
+func (b *Backend) apply(h *hold, v engine.Verdict) {
+	withMark := func(m uint32) uint32 { return h.mark&^MarkMask | m }
+	switch v.Action {
+	case engine.Allow:
+		if b.finish(h, nfq.Repeat, withMark(MarkAllow), true) {
+			b.allowed.Add(1)
+			b.flows.add(h.req, time.Now())
+		}
+	case engine.Deny:
+		// Fail fast: a TCP SYN is answered with a reset; other protocols are dropped.
+		var ok bool
+		if h.proto == packet.ProtoTCP {
+			ok = b.finish(h, nfq.Repeat, withMark(MarkReject), true)
+		} else {
+			ok = b.finish(h, nfq.Drop, 0, false)
+		}
+		if ok {
+			b.denied.Add(1)
+		}
+	case engine.Reject:
+		if b.finish(h, nfq.Repeat, withMark(MarkReject), true) {
+			b.rejected.Add(1)
+		}
+	case engine.Drop:
+		if b.finish(h, nfq.Drop, 0, false) {
+			b.denied.Add(1)
+			b.dropped.Add(1)
+		}
+	default:
+		if b.finish(h, nfq.Drop, 0, false) {
+			b.errs.Add(1)
+			b.cfg.Logf("request %d: verdict with action %v: dropped", h.req.ID, v.Action)
+		}
+	}
+}
+
+// finish sets the kernel verdict for h exactly once and reports whether this call did.
+func (b *Backend) finish(h *hold, v nfq.Verdict, mark uint32, setMark bool) bool {
+	if !h.done.CompareAndSwap(false, true) {
+		if !b.closing.Load() {
+			b.duplicate.Add(1)
+			b.errs.Add(1)
+		}
+		return false
+	}
+	b.holdsMu.Lock()
+	delete(b.holds, h.id)
+	b.holdsMu.Unlock()
+	q := b.q.Load()
+	if q == nil {
+		return false
+	}
+	if err := q.SetVerdict(h.id, v, mark, setMark); err != nil {
+		b.errs.Add(1)
+		b.verdictErrors.Add(1)
+		b.cfg.Logf("%v", err)
+		return false
+	}
+	lat := uint64(time.Since(h.since))
+	b.latencySum.Add(lat)
+	b.latencyN.Add(1)
+	for {
+		m := b.latencyMax.Load()
+		if lat <= m || b.latencyMax.CompareAndSwap(m, lat) {
+			break
+		}
+	}
+	return true
+}
+
+// sweep drops packets held longer than HoldTimeout: the backstop that keeps every hold
+// bounded in time even if a Decider never answers.
+func (b *Backend) sweep(ctx context.Context) {
+	period := min(b.cfg.HoldTimeout/4, time.Second)
+	t := time.NewTicker(max(period, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			var expired []*hold
+			b.holdsMu.Lock()
+			for _, h := range b.holds {
+				if now.Sub(h.since) > b.cfg.HoldTimeout {
+					expired = append(expired, h)
+				}
+			}
+			b.holdsMu.Unlock()
+			for _, h := range expired {
+				if b.finish(h, nfq.Drop, 0, false) {
+					b.holdTimeouts.Add(1)
+					b.errs.Add(1)
+				}
+			}
+		}
+	}
+}
+
+// releaseAll answers every packet still held when Run stops.
+func (b *Backend) releaseAll() {
+	b.holdsMu.Lock()
+	pending := make([]*hold, 0, len(b.holds))
+	for _, h := range b.holds {
+		pending = append(pending, h)
+	}
+	b.holdsMu.Unlock()
+	v := nfq.Drop
+	if b.cfg.FailOpen {
+		v = nfq.Accept
+	}
+	for _, h := range pending {
+		b.finish(h, v, 0, false)
+	}
+}
+
+// Redecide forgets the verdicts of allowed flows whose request matches affected (nil:
+// every flow latch allowed) by deleting their conntrack entries, so that their next
+// packet is held and decided again. It returns how many conntrack entries it deleted.
+func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
+	var keys map[flowKey]struct{}
+	if affected != nil {
+		keys = b.flows.take(affected, time.Now())
+		if len(keys) == 0 {
+			return 0, nil
+		}
+	} else {
+		b.flows.clear()
+	}
+	n, err := deleteConntrack(keys)
+	if err != nil {
+		return n, fmt.Errorf("linux backend: redecide: %w", err)
+	}
+	return n, nil
+}
+
+// Stats returns the backend's counters.
+func (b *Backend) Stats() intercept.Stats {
+	s := intercept.Stats{
+		Backend:   b.Name(),
+		Held:      b.held.Load(),
+		Allowed:   b.allowed.Load(),
+		Denied:    b.denied.Load(),
+		Rejected:  b.rejected.Load(),
+		Overflows: b.overflows.Load(),
+		Errors:    b.errs.Load(),
+		Extra: map[string]uint64{
+			"queue":                  uint64(b.cfg.QueueNum),
+			"dropped":                b.dropped.Load(),
+			"malformed":              b.malformed.Load(),
+			"verdict_errors":         b.verdictErrors.Load(),
+			"duplicate_verdicts":     b.duplicate.Load(),
+			"hold_timeouts":          b.holdTimeouts.Load(),
+			"attribution_failed":     b.attributionFailed.Load(),
+			"flows_remembered":       uint64(b.flows.len()),
+			"verdict_latency_max_us": b.latencyMax.Load() / 1000,
+		},
+	}
+	b.holdsMu.Lock()
+	s.Extra["pending"] = uint64(len(b.holds))
+	b.holdsMu.Unlock()
+	if n := b.latencyN.Load(); n > 0 {
+		s.Extra["verdict_latency_avg_us"] = b.latencySum.Load() / n / 1000
+	}
+	if b.running.Load() {
+		if qs, err := boundQueues(); err == nil {
+			if st, ok := qs[b.cfg.QueueNum]; ok {
+				s.Extra["queue_waiting"] = st.Waiting
+				s.Extra["queue_dropped"] = st.Dropped
+				s.Extra["queue_user_dropped"] = st.UserDropped
+			}
+		}
+	}
+	return s
+}
+
+// Cleanup removes the ruleset a crashed daemon left behind in the current network
+// namespace (with every mechanism that has one). It refuses while queueNum is bound,
+// that is while a daemon is alive.
+func Cleanup(queueNum uint16) error {
+	if queueNum == 0 {
+		queueNum = DefaultQueue
+	}
+	bound, err := boundQueues()
+	if err != nil {
+		return fmt.Errorf("cleanup: read bound queues: %w", err)
+	}
+	if st, ok := bound[queueNum]; ok {
+		return fmt.Errorf("cleanup: %w (queue %d is bound by netlink port %d); stop it instead", ErrAnotherDaemon, queueNum, st.PortID)
+	}
+	var errs []error
+	var fws []firewall
+	if _, err := exec.LookPath("nft"); err == nil {
+		fws = append(fws, &nftFirewall{})
+	}
+	for _, kind := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		if fw, err := newIptables(kind); err == nil {
+			fws = append(fws, fw)
+		}
+	}
+	for _, fw := range fws {
+		exists, queues, err := fw.leftover()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !exists {
+			continue
+		}
+		for _, q := range queues {
+			if st, ok := bound[q]; ok {
+				errs = append(errs, fmt.Errorf("cleanup: %s: %w (queue %d bound by netlink port %d)", fw.name(), ErrAnotherDaemon, q, st.PortID))
+				exists = false
+			}
+		}
+		if exists {
+			if err := fw.removeLeftover(); err != nil {
+				errs = append(errs, fmt.Errorf("cleanup: %s: %w", fw.name(), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

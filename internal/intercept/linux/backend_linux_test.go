@@ -1,0 +1,400 @@
+package linux
+
+import (
+	"errors"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestVerdicts(t *testing.T) {
+	tp := newTopo(t)
+	before := ruleset(t, tp.a)
+	ports := map[string]int{"allow": 9001, "reject": 9002, "deny": 9003, "drop": 9004}
+	servers := map[string]*tcpServer{}
+	for name, port := range ports {
+		servers[name] = listenTCP(t, tp, port)
+	}
+	d := startDaemon(t, tp, "9001=allow,9002=reject,9003=deny,9004=drop,*=deny")
+	if ruleset(t, tp.a) == before {
+		t.Fatal("the daemon is ready but the ruleset did not change")
+	}
+
+	t.Run("allow connects", func(t *testing.T) {
+		if _, err := dial(tp, ports["allow"], 5*time.Second); err != nil {
+			t.Fatalf("dial allowed port: %v", err)
+		}
+		if l, ok := d.waitLine("held out tcp "+addrA, 5*time.Second); !ok || !strings.Contains(l, addrB+":9001") {
+			t.Errorf("no held line for the allowed connection (got %q)", l)
+		} else if strings.Contains(l, "uid=-1") {
+			t.Errorf("held request has no uid: %q", l)
+		}
+	})
+	for _, name := range []string{"reject", "deny"} {
+		t.Run(name+" is refused at once", func(t *testing.T) {
+			took, err := dial(tp, ports[name], 5*time.Second)
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("dial %s port: err = %v, want ECONNREFUSED", name, err)
+			}
+			t.Logf("%s: connection refused after %v", name, took)
+		})
+	}
+	t.Run("drop is silent", func(t *testing.T) {
+		_, err := dial(tp, ports["drop"], 1500*time.Millisecond)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("dial dropped port: err = %v, want a timeout", err)
+		}
+	})
+	st := d.stop()
+	for _, name := range []string{"reject", "deny", "drop"} {
+		if n := servers[name].accepted.Load(); n != 0 {
+			t.Errorf("%s: server accepted %d connections, want 0", name, n)
+		}
+	}
+	if n := servers["allow"].accepted.Load(); n != 1 {
+		t.Errorf("allow: server accepted %d connections, want 1", n)
+	}
+	if st.Allowed < 1 || st.Rejected < 1 || st.Denied < 2 || st.Extra["dropped"] < 1 {
+		t.Errorf("stats = %+v, want allowed, rejected, denied and dropped counted", st)
+	}
+	if after := ruleset(t, tp.a); after != before {
+		t.Errorf("ruleset after a clean exit differs from before.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestNoHeadOfLineBlocking(t *testing.T) {
+	tp := newTopo(t)
+	listenTCP(t, tp, 9001)
+	listenTCP(t, tp, 9005)
+	d := startDaemon(t, tp, "9005=allow@3s,*=allow")
+	defer d.stop()
+
+	slowDone := make(chan error, 1)
+	go func() {
+		_, err := dial(tp, 9005, 10*time.Second)
+		slowDone <- err
+	}()
+	if _, ok := d.waitLine("held out tcp "+addrA, 5*time.Second); !ok {
+		t.Fatal("the slow connection was not held")
+	}
+	took, err := dial(tp, 9001, 5*time.Second)
+	if err != nil {
+		t.Fatalf("fast dial while another is held: %v", err)
+	}
+	select {
+	case err := <-slowDone:
+		t.Fatalf("the slow connection finished (%v) before the fast one; want the fast one first", err)
+	default:
+	}
+	t.Logf("fast connection took %v while the slow one was held", took)
+	if err := <-slowDone; err != nil {
+		t.Errorf("slow connection after its late allow: %v", err)
+	}
+}
+
+// TestFloodDenyLetsNothingThrough fires 5000 SYNs from 16 concurrent clients, each
+// firing its share as non-blocking connects in one burst, against a deny-everything
+// Decider: not one connection may reach the server, and the backend must survive.
+func TestFloodDenyLetsNothingThrough(t *testing.T) {
+	const clients, perClient = 16, 313
+	tp := newTopo(t)
+	flood := listenTCP(t, tp, 9003)
+	listenTCP(t, tp, 9001)
+	d := startDaemon(t, tp, "9001=allow,*=deny", "LATCH_TEST_QUIET=1")
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	outcome := map[string]int{}
+	start := time.Now()
+	for range clients {
+		wg.Go(func() {
+			res, err := burst(tp, 9003, perClient, 8*time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				outcome["error: "+err.Error()]++
+				return
+			}
+			for k, v := range res {
+				outcome[k] += v
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d connects in %v: %v", clients*perClient, time.Since(start), outcome)
+	if outcome["connected"] != 0 {
+		t.Errorf("%d connections completed under a deny-everything decider", outcome["connected"])
+	}
+	// Give any SYN that slipped past a moment to reach the server.
+	time.Sleep(300 * time.Millisecond)
+	if n := flood.accepted.Load(); n != 0 {
+		t.Errorf("server accepted %d connections, want 0", n)
+	}
+	if outcome["refused"] == 0 {
+		t.Errorf("no connection was refused: the deny verdicts did not reach the clients (%v)", outcome)
+	}
+	// The backend survived: a connection it allows still goes through.
+	if _, err := dial(tp, 9001, 5*time.Second); err != nil {
+		t.Fatalf("after the flood, an allowed connection failed: %v", err)
+	}
+	st := d.stop()
+	t.Logf("backend stats after the flood: %+v", st)
+	if st.Denied == 0 {
+		t.Errorf("stats counted no denied connections: %+v", st)
+	}
+	if st.Overflows > 0 || st.Extra["queue_user_dropped"] > 0 {
+		t.Logf("overflows survived: %d (kernel dropped %d for a full socket)", st.Overflows, st.Extra["queue_user_dropped"])
+	}
+}
+
+// burst opens n non-blocking TCP connections from ns A to B:port at once and waits
+// until each one is connected, refused, or deadline passes. It counts the outcomes.
+func burst(tp *topo, port, n int, deadline time.Duration) (map[string]int, error) {
+	res := map[string]int{}
+	err := inNS(tp.a, func() error {
+		sa := &unix.SockaddrInet4{Port: port, Addr: [4]byte{198, 18, 0, 2}}
+		var fds []int
+		defer func() {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}()
+		for range n {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			fds = append(fds, fd)
+			if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+				res["connect error "+err.Error()]++
+			}
+		}
+		pending := map[int]bool{}
+		for _, fd := range fds {
+			pending[fd] = true
+		}
+		end := time.Now().Add(deadline)
+		for len(pending) > 0 && time.Now().Before(end) {
+			pfds := make([]unix.PollFd, 0, len(pending))
+			for fd := range pending {
+				pfds = append(pfds, unix.PollFd{Fd: int32(fd), Events: unix.POLLOUT})
+			}
+			if _, err := unix.Poll(pfds, 100); err != nil && err != unix.EINTR {
+				return err
+			}
+			for _, p := range pfds {
+				if p.Revents == 0 {
+					continue
+				}
+				delete(pending, int(p.Fd))
+				soerr, err := unix.GetsockoptInt(int(p.Fd), unix.SOL_SOCKET, unix.SO_ERROR)
+				switch {
+				case err != nil:
+					res["getsockopt error"]++
+				case soerr == 0:
+					res["connected"]++
+				case syscall.Errno(soerr) == syscall.ECONNREFUSED:
+					res["refused"]++
+				default:
+					res[syscall.Errno(soerr).Error()]++
+				}
+			}
+		}
+		res["unanswered"] += len(pending)
+		return nil
+	})
+	return res, err
+}
+
+func TestUDPFirstPacketHeldAndRedecide(t *testing.T) {
+	tp := newTopo(t)
+	var srv *net.UDPConn
+	if err := inNS(tp.b, func() error {
+		var err error
+		srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(addrB), Port: 9101})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	got := make(chan string, 10)
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, _, err := srv.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			got <- string(buf[:n])
+		}
+	}()
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_REDECIDE_PORT=9101")
+	defer d.stop()
+
+	var c *net.UDPConn
+	if err := inNS(tp.a, func() error {
+		var err error
+		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.ParseIP(addrB), Port: 9101})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	send := func(msg string) {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("send %q: %v", msg, err)
+		}
+		select {
+		case m := <-got:
+			if m != msg {
+				t.Fatalf("server got %q, want %q", m, msg)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("server did not get %q", msg)
+		}
+	}
+	heldLine := "held out udp " + c.LocalAddr().String() + " " + addrB + ":9101"
+
+	send("one")
+	if _, ok := d.waitLine(heldLine, 2*time.Second); !ok {
+		t.Fatalf("first UDP packet was not held (want %q)", heldLine)
+	}
+	send("two")
+	if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
+		t.Fatalf("second packet of an allowed flow was held again: %q", l)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	l, ok := d.waitLine("redecided ", 5*time.Second)
+	if !ok {
+		t.Fatal("no answer to Redecide")
+	}
+	if n, _ := strconv.Atoi(strings.Fields(l)[1]); n < 1 || !strings.HasSuffix(l, "<nil>") {
+		t.Fatalf("Redecide: %q, want at least 1 conntrack entry deleted and no error", l)
+	}
+	send("three")
+	if _, ok := d.waitLine(heldLine, 2*time.Second); !ok {
+		t.Fatal("after Redecide the flow's next packet was not held again")
+	}
+}
+
+func TestCleanExitRestoresRuleset(t *testing.T) {
+	for _, pre := range []string{"", "others"} {
+		t.Run("existing="+pre, func(t *testing.T) {
+			tp := newTopo(t)
+			if pre != "" {
+				// Someone else's rules and mark bits must survive untouched.
+				for _, args := range [][]string{
+					{"iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "7", "-j", "ACCEPT"},
+					{"ip6tables", "-A", "INPUT", "-p", "udp", "--dport", "7", "-j", "ACCEPT"},
+				} {
+					if out, err := exec.Command("ip", append([]string{"netns", "exec", tp.a}, args...)...).CombinedOutput(); err != nil {
+						t.Fatalf("%v: %v: %s", args, err, out)
+					}
+				}
+			}
+			before := ruleset(t, tp.a)
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1")
+			during := ruleset(t, tp.a)
+			for _, want := range []string{"-A OUTPUT -j LATCH-OUT", "-A INPUT -j LATCH-IN", "--queue-num 4242", "--tcp-flags FIN,SYN,RST,ACK SYN"} {
+				if !strings.Contains(during, want) {
+					t.Errorf("installed ruleset lacks %q:\n%s", want, during)
+				}
+			}
+			d.stop()
+			if after := ruleset(t, tp.a); after != before {
+				t.Errorf("ruleset after a clean exit differs.\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
+	}
+}
+
+func TestFailClosedAfterKillAndCleanup(t *testing.T) {
+	tp := newTopo(t)
+	srv := listenTCP(t, tp, 9001)
+	before := ruleset(t, tp.a)
+	d := startDaemon(t, tp, "*=allow")
+	if _, err := dial(tp, 9001, 5*time.Second); err != nil {
+		t.Fatalf("dial with the daemon running: %v", err)
+	}
+
+	t.Run("second daemon refuses", func(t *testing.T) {
+		d2 := spawnDaemon(t, tp, "*=allow")
+		select {
+		case <-d2.exited:
+		case <-time.After(15 * time.Second):
+			t.Fatal("second daemon is still running")
+		}
+		if d2.cmd.ProcessState.ExitCode() == 0 {
+			t.Fatal("second daemon exited 0")
+		}
+		if msg := d2.errors(); !strings.Contains(msg, "another latch daemon is running") || !strings.Contains(msg, "4242") {
+			t.Errorf("second daemon's error does not say why: %q", msg)
+		}
+	})
+
+	d.cmd.Process.Kill()
+	<-d.exited
+	accepted := srv.accepted.Load()
+	if _, err := dial(tp, 9001, time.Second); err == nil {
+		t.Fatal("with the daemon killed, a new connection went through; want fail-closed")
+	}
+	if n := srv.accepted.Load(); n != accepted {
+		t.Fatalf("server accepted %d new connections with the daemon killed", n-accepted)
+	}
+
+	out, err := exec.Command("ip", "netns", "exec", tp.a, "env", childEnv+"=cleanup", osArgs0(), "-test.run=^$").CombinedOutput()
+	if err != nil {
+		t.Fatalf("Cleanup: %v: %s", err, out)
+	}
+	if after := ruleset(t, tp.a); after != before {
+		t.Errorf("ruleset after Cleanup differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if _, err := dial(tp, 9001, 5*time.Second); err != nil {
+		t.Fatalf("after Cleanup: %v", err)
+	}
+}
+
+func TestFailOpenAfterKill(t *testing.T) {
+	tp := newTopo(t)
+	listenTCP(t, tp, 9001)
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FAIL_OPEN=1")
+	d.cmd.Process.Kill()
+	<-d.exited
+	if _, err := dial(tp, 9001, 5*time.Second); err != nil {
+		t.Fatalf("fail-open with the daemon killed: %v", err)
+	}
+	out, err := exec.Command("ip", "netns", "exec", tp.a, "env", childEnv+"=cleanup", osArgs0(), "-test.run=^$").CombinedOutput()
+	if err != nil {
+		t.Fatalf("Cleanup: %v: %s", err, out)
+	}
+}
+
+func TestForcedNftablesWithoutKernelQueue(t *testing.T) {
+	tp := newTopo(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	// Where the kernel can queue from nftables this must succeed; where it cannot (these
+	// machines), the error must say so instead of installing a ruleset that drops.
+	d := spawnDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL=nftables")
+	if l, ok := d.waitLine("ready", 15*time.Second); ok {
+		t.Logf("native nftables queue works here: %s", l)
+		d.stop()
+		return
+	}
+	<-d.exited
+	if msg := d.errors(); !strings.Contains(msg, "nft_queue") {
+		t.Errorf("forced nftables failed without naming the missing queue support: %q", msg)
+	}
+}

@@ -1,0 +1,102 @@
+// Package linux is latch's Linux interception backend: netfilter rules send every new
+// connection to an NFQUEUE queue, the backend describes each held packet as an
+// engine.Request and carries out the Decider's verdict.
+//
+// # Ruleset
+//
+// The backend installs its own chains, LATCH-OUT (jumped to from the first position
+// of the filter table's OUTPUT chain) and, with Config.Inbound, LATCH-IN (from INPUT),
+// for IPv4 and IPv6, with iptables-nft or iptables-legacy; or a table "inet latch"
+// where the kernel's nftables can queue natively. In order, LATCH-OUT:
+//
+//  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
+//     (skb mark OwnMark, set with SO_MARK by Control);
+//  2. for a packet coming back from an allow verdict (mark MarkAllow, NF_REPEAT): saves
+//     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
+//  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
+//     REJECT with a TCP reset, or ICMP port unreachable for other protocols;
+//  4. queues every TCP SYN, matched by flags and not by conntrack state, so a SYN that
+//     hits a stale conntrack entry is held too;
+//  5. returns for flows whose conntrack mark says they were allowed;
+//  6. queues the first packet of every other flow (conntrack NEW): TCP picked up
+//     mid-stream (after Redecide deleted its entry), UDP, ICMP echo requests.
+//
+// Marks use only the bits of MarkMask, so marks set by others survive.
+//
+// Without a queue reader the NFQUEUE rules drop (fail-closed) or, with
+// Config.FailOpen, accept (--queue-bypass). A killed daemon leaves its rules in place,
+// which keeps failing closed; Cleanup removes them. On a clean exit Run removes every
+// rule, chain and table it added.
+package linux
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/procattr"
+)
+
+// DefaultQueue is the NFQUEUE queue number latch uses unless told otherwise.
+const DefaultQueue uint16 = 4242
+
+// Marks. latch owns the bits of MarkMask in the packet mark and the conntrack mark.
+const (
+	MarkMask   uint32 = 0x70000000
+	MarkAllow  uint32 = 0x10000000 // allowed: saved to the conntrack mark
+	MarkReject uint32 = 0x20000000 // rejected: the ruleset answers with a reset/unreachable
+	// OwnMark is the SO_MARK of the daemon's own sockets (see Control): their packets
+	// are never held.
+	OwnMark uint32 = 0x40000000
+)
+
+// Firewall mechanisms for Config.Firewall.
+const (
+	FirewallNftables       = "nftables"
+	FirewallIptablesNft    = "iptables-nft"
+	FirewallIptablesLegacy = "iptables-legacy"
+)
+
+// Resolver finds the local process that owns a connection; internal/procattr
+// implements it. A failure returns PID 0 / Exe "" and an error, never a wrong process.
+type Resolver interface {
+	Resolve(proto engine.Protocol, local, remote netip.AddrPort, uid int32) (procattr.Process, error)
+}
+
+// Config configures the backend. The zero value is not ready: use New, which fills in
+// defaults for zero fields as documented.
+type Config struct {
+	QueueNum uint16 // NFQUEUE queue number; 0: DefaultQueue
+	Inbound  bool   // also hold new inbound connections
+	// FailOpen: with no reader (daemon dead) new connections are accepted
+	// (--queue-bypass). false: they are dropped.
+	FailOpen bool
+	// ExemptLoopback: never hold traffic on the loopback interface (DefaultConfig sets
+	// it; a bool's zero value cannot default to true).
+	ExemptLoopback bool
+	// Firewall forces a mechanism: "" detects (nftables, else iptables-nft, else
+	// iptables-legacy), or one of the Firewall* constants.
+	Firewall string
+	// Resolver attributes connections to processes; nil: none (PID 0, Exe "").
+	Resolver Resolver
+	// HoldTimeout is a backstop: a held packet the Decider has not answered after it
+	// is dropped and counted as an error. 0: 5 minutes. Set it above the engine's
+	// prompt timeout.
+	HoldTimeout time.Duration
+	// MaxFlows bounds the memory of allowed flows kept for Redecide. 0: 65536.
+	MaxFlows int
+	// FlowTTL is how long an allowed flow is remembered for Redecide. 0: 24 hours.
+	FlowTTL time.Duration
+	// Ready, if set, is called once Run has bound the queue and installed the ruleset,
+	// that is once connections are being held.
+	Ready func()
+	// Logf, if set, receives notes about unusual events (leftover rules removed,
+	// verdict errors). nil: silent.
+	Logf func(format string, args ...any)
+}
+
+// DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,
+// loopback exempt, firewall detected, no attribution.
+func DefaultConfig() Config {
+	return Config{QueueNum: DefaultQueue, ExemptLoopback: true}
+}

@@ -1,0 +1,438 @@
+package linux
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Chain and table names latch owns.
+const (
+	chainOut = "LATCH-OUT"
+	chainIn  = "LATCH-IN"
+	nftTable = "latch" // family inet
+)
+
+// ruleSpec is what the ruleset must do.
+type ruleSpec struct {
+	queue          uint16
+	inbound        bool
+	failOpen       bool
+	exemptLoopback bool
+}
+
+// firewall installs and removes latch's ruleset with one mechanism.
+type firewall interface {
+	name() string
+	// install adds the ruleset; on error it leaves nothing behind.
+	install(spec ruleSpec) error
+	// remove deletes what install added (and, after install, whatever it had to create
+	// to add it, such as an empty filter table).
+	remove() error
+	// leftover reports whether latch's chains exist, and the queue numbers they use.
+	leftover() (exists bool, queues []uint16, err error)
+	// removeLeftover deletes latch's chains and jumps whoever installed them.
+	removeLeftover() error
+}
+
+// detectFirewall picks the mechanism: forced by name, or the first that works of
+// native nftables queue, iptables-nft, iptables-legacy.
+func detectFirewall(forced string, queue uint16) (firewall, error) {
+	switch forced {
+	case FirewallNftables:
+		if err := probeNftQueue(queue); err != nil {
+			return nil, fmt.Errorf("firewall %q: %w", forced, err)
+		}
+		return &nftFirewall{}, nil
+	case FirewallIptablesNft, FirewallIptablesLegacy:
+		fw, err := newIptables(forced)
+		if err != nil {
+			return nil, fmt.Errorf("firewall %q: %w", forced, err)
+		}
+		return fw, nil
+	case "":
+	default:
+		return nil, fmt.Errorf("firewall %q: want %q, %q, %q or empty (detect)", forced, FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy)
+	}
+	var errs []error
+	if err := probeNftQueue(queue); err == nil {
+		return &nftFirewall{}, nil
+	} else {
+		errs = append(errs, fmt.Errorf("nftables: %w", err))
+	}
+	for _, kind := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		fw, err := newIptables(kind)
+		if err == nil {
+			return fw, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", kind, err))
+	}
+	return nil, fmt.Errorf("no usable firewall mechanism: %w", errors.Join(errs...))
+}
+
+func run(stdin string, name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		if msg == "" {
+			msg = strings.TrimSpace(out.String())
+		}
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+	}
+	return out.String(), nil
+}
+
+// probeNftQueue checks that native nftables can queue: a table with a queue rule is
+// added and deleted in one transaction, so the probe leaves nothing behind either
+// way. A control probe with a counter tells "no nft" from "no queue".
+func probeNftQueue(queue uint16) error {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return fmt.Errorf("nft not installed: %w", err)
+	}
+	probe := func(stmt string) error {
+		script := fmt.Sprintf("add table inet latch_probe\nadd chain inet latch_probe c\nadd rule inet latch_probe c meta l4proto tcp %s\ndelete table inet latch_probe\n", stmt)
+		_, err := run(script, "nft", "-f", "-")
+		return err
+	}
+	if err := probe("counter"); err != nil {
+		return fmt.Errorf("nftables unusable: %w", err)
+	}
+	if err := probe(fmt.Sprintf("queue num %d bypass", queue)); err != nil {
+		return fmt.Errorf("the kernel cannot queue from nftables (nft_queue missing): %w", err)
+	}
+	return nil
+}
+
+// ---- iptables (nft-compat or legacy) ----
+
+type iptablesFirewall struct {
+	kind    string   // FirewallIptablesNft or FirewallIptablesLegacy
+	restore []string // restore commands for IPv4, IPv6
+	save    []string // iptables commands for IPv4, IPv6
+	nftFam  []string // nftables families for IPv4, IPv6 (iptables-nft)
+}
+
+func newIptables(kind string) (*iptablesFirewall, error) {
+	fw := &iptablesFirewall{kind: kind, nftFam: []string{"ip", "ip6"}}
+	variant := "nft"
+	want := "nf_tables"
+	if kind == FirewallIptablesLegacy {
+		variant, want = "legacy", "legacy"
+	}
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		cmd, restore := fam+"-"+variant, fam+"-"+variant+"-restore"
+		if _, err := exec.LookPath(cmd); err != nil {
+			// Older distributions ship only the plain names; accept them if -V says so.
+			out, verr := run("", fam, "-V")
+			if verr != nil || !strings.Contains(out, "("+want+")") && !(want == "legacy" && !strings.Contains(out, "nf_tables")) {
+				return nil, fmt.Errorf("%s not installed", cmd)
+			}
+			cmd, restore = fam, fam+"-restore"
+		}
+		if _, err := run("", cmd, "-w", "-t", "filter", "-S", "OUTPUT"); err != nil {
+			return nil, fmt.Errorf("%s unusable: %w", cmd, err)
+		}
+		fw.save = append(fw.save, cmd)
+		fw.restore = append(fw.restore, restore)
+	}
+	return fw, nil
+}
+
+func (fw *iptablesFirewall) name() string { return fw.kind }
+
+// createdMark tags a no-op rule at the end of LATCH-OUT that records which nftables
+// objects iptables-nft created for latch (it creates tables and base chains on
+// demand and leaves them behind), so that removal, even by Cleanup after a crash,
+// deletes them again and the ruleset ends as it began.
+const createdMark = "latch-created:"
+
+// iptablesRules returns the iptables-restore input of one family (v6: IPv6). created
+// lists the nftables objects ("table", "chain-OUTPUT", "chain-INPUT") iptables-nft
+// will create for it.
+func (spec ruleSpec) iptablesRules(v6 bool, created []string) string {
+	var b strings.Builder
+	q := fmt.Sprintf("-j NFQUEUE --queue-num %d", spec.queue)
+	if spec.failOpen {
+		q += " --queue-bypass"
+	}
+	allow := fmt.Sprintf("-m mark --mark %#x/%#x", MarkAllow, MarkMask)
+	reject := fmt.Sprintf("-m mark --mark %#x/%#x", MarkReject, MarkMask)
+	ctAllow := fmt.Sprintf("-m connmark --mark %#x/%#x", MarkAllow, MarkMask)
+	unreach, echo := "icmp-port-unreachable", "-p icmp -m icmp --icmp-type 8"
+	if v6 {
+		unreach, echo = "icmp6-port-unreachable", "-p ipv6-icmp -m icmp6 --icmpv6-type 128"
+	}
+	b.WriteString("*filter\n")
+	chain := func(name, hook, lo string, out bool) {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", name)
+		fmt.Fprintf(&b, "-I %s 1 -j %s\n", hook, name)
+		if spec.exemptLoopback {
+			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
+		}
+		if out {
+			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, OwnMark)
+		}
+		fmt.Fprintf(&b, "-A %s %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x\n", name, allow, MarkMask, MarkMask)
+		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
+		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
+		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
+		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN %s\n", name, q)
+		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
+		if out {
+			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate NEW %s\n", name, q)
+		}
+		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW %s\n", name, q)
+		fmt.Fprintf(&b, "-A %s %s -m conntrack --ctstate NEW %s\n", name, echo, q)
+		if out {
+			for _, c := range created {
+				fmt.Fprintf(&b, "-A %s -m comment --comment %s%s\n", name, createdMark, c)
+			}
+		}
+	}
+	chain(chainOut, "OUTPUT", "-o", true)
+	if spec.inbound {
+		chain(chainIn, "INPUT", "-i", false)
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+func (fw *iptablesFirewall) install(spec ruleSpec) error {
+	for i, v6 := range []bool{false, true} {
+		var created []string
+		if fw.kind == FirewallIptablesNft {
+			created = nftMissing(fw.nftFam[i], spec.inbound)
+		}
+		if _, err := run(spec.iptablesRules(v6, created), fw.restore[i], "-w", "--noflush"); err != nil {
+			fw.remove() // roll back whatever got in
+			return fmt.Errorf("install %s ruleset: %w", fw.kind, err)
+		}
+	}
+	return nil
+}
+
+// nftMissing lists the nftables objects of table "fam filter" that do not exist yet.
+func nftMissing(fam string, inbound bool) []string {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return nil // cannot tell, so nothing will be deleted
+	}
+	if _, err := run("", "nft", "list", "table", fam, "filter"); err != nil {
+		return []string{"table"}
+	}
+	var missing []string
+	hooks := []string{"OUTPUT"}
+	if inbound {
+		hooks = append(hooks, "INPUT")
+	}
+	for _, h := range hooks {
+		if _, err := run("", "nft", "list", "chain", fam, "filter", h); err != nil {
+			missing = append(missing, "chain-"+h)
+		}
+	}
+	return missing
+}
+
+func (fw *iptablesFirewall) remove() error { return fw.removeLeftover() }
+
+func (fw *iptablesFirewall) removeLeftover() error {
+	var errs []error
+	for i := range fw.save {
+		if err := fw.removeFamily(i); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeFamily removes the jumps to and the chains LATCH-OUT and LATCH-IN of family i,
+// one step at a time so that a half-present ruleset (a crash mid-install) goes too,
+// then the nftables objects created for them.
+func (fw *iptablesFirewall) removeFamily(i int) error {
+	cmd := fw.save[i]
+	var errs []error
+	var created []string
+	for _, c := range []struct{ chain, hook string }{{chainOut, "OUTPUT"}, {chainIn, "INPUT"}} {
+		out, err := run("", cmd, "-w", "-t", "filter", "-S", c.chain)
+		if err != nil {
+			continue // no such chain
+		}
+		for _, m := range regexp.MustCompile(createdMark+`([a-zA-Z-]+)`).FindAllStringSubmatch(out, -1) {
+			created = append(created, m[1])
+		}
+		for range 100 { // bounded: someone may have added the jump more than once
+			if _, err := run("", cmd, "-w", "-t", "filter", "-D", c.hook, "-j", c.chain); err != nil {
+				break
+			}
+		}
+		if _, err := run("", cmd, "-w", "-t", "filter", "-F", c.chain); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, err := run("", cmd, "-w", "-t", "filter", "-X", c.chain); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if fw.kind == FirewallIptablesNft && len(created) > 0 {
+		nftTidy(fw.nftFam[i], created)
+	}
+	return errors.Join(errs...)
+}
+
+// nftTidy deletes the objects iptables-nft created for latch, if they are empty:
+// "nft delete chain" refuses a chain with rules, and the table goes only when no chain
+// is left in it.
+func nftTidy(fam string, created []string) {
+	for _, c := range created {
+		if hook, ok := strings.CutPrefix(c, "chain-"); ok {
+			run("", "nft", "delete", "chain", fam, "filter", hook)
+		}
+	}
+	for _, c := range created {
+		if c != "table" {
+			continue
+		}
+		for _, h := range []string{"INPUT", "FORWARD", "OUTPUT"} {
+			if out, err := run("", "nft", "list", "chain", fam, "filter", h); err == nil && !strings.Contains(out, "policy drop") {
+				run("", "nft", "delete", "chain", fam, "filter", h)
+			}
+		}
+		out, err := run("", "nft", "list", "table", fam, "filter")
+		if err == nil && !strings.Contains(out, "chain ") && !strings.Contains(out, "set ") && !strings.Contains(out, "map ") {
+			run("", "nft", "delete", "table", fam, "filter")
+		}
+	}
+}
+
+var queueNumRE = regexp.MustCompile(`--queue-num (\d+)`)
+
+func (fw *iptablesFirewall) leftover() (bool, []uint16, error) {
+	exists := false
+	var queues []uint16
+	for _, cmd := range fw.save {
+		for _, chain := range []string{chainOut, chainIn} {
+			out, err := run("", cmd, "-w", "-t", "filter", "-S", chain)
+			if err != nil {
+				continue
+			}
+			exists = true
+			queues = appendQueues(queues, out)
+		}
+	}
+	return exists, queues, nil
+}
+
+func appendQueues(queues []uint16, ruleset string) []uint16 {
+	for _, m := range queueNumRE.FindAllStringSubmatch(ruleset, -1) {
+		n, err := strconv.ParseUint(m[1], 10, 16)
+		if err == nil && !containsQueue(queues, uint16(n)) {
+			queues = append(queues, uint16(n))
+		}
+	}
+	return queues
+}
+
+func containsQueue(qs []uint16, q uint16) bool {
+	for _, x := range qs {
+		if x == q {
+			return true
+		}
+	}
+	return false
+}
+
+// ---- native nftables ----
+
+type nftFirewall struct{ installed bool }
+
+func (fw *nftFirewall) name() string { return FirewallNftables }
+
+func (spec ruleSpec) nftRules() string {
+	var b strings.Builder
+	q := fmt.Sprintf("queue num %d", spec.queue)
+	if spec.failOpen {
+		q += " bypass"
+	}
+	fmt.Fprintf(&b, "add table inet %s\n", nftTable)
+	chain := func(name, hook, lo string, out bool) {
+		// Priority filter - 1: before iptables-nft's filter chains, like the first
+		// position in OUTPUT. Accept here ends only this chain; later base chains
+		// still see the packet.
+		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook %s priority filter - 1; policy accept; }\n", nftTable, name, hook)
+		r := func(format string, args ...any) {
+			fmt.Fprintf(&b, "add rule inet %s %s ", nftTable, name)
+			fmt.Fprintf(&b, format, args...)
+			b.WriteByte('\n')
+		}
+		if spec.exemptLoopback {
+			r(`%s "lo" accept`, lo)
+		}
+		if out {
+			r("meta mark & %#x == %#x accept", OwnMark, OwnMark)
+		}
+		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
+		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
+		r("tcp flags & (fin|syn|rst|ack) == syn %s", q)
+		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+		if out {
+			r("meta l4proto tcp ct state new %s", q)
+		}
+		r("meta l4proto udp ct state new %s", q)
+		r("icmp type echo-request ct state new %s", q)
+		r("icmpv6 type echo-request ct state new %s", q)
+	}
+	chain("output", "output", "oifname", true)
+	if spec.inbound {
+		chain("input", "input", "iifname", false)
+	}
+	return b.String()
+}
+
+func (fw *nftFirewall) install(spec ruleSpec) error {
+	if _, err := run(spec.nftRules(), "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("install nftables ruleset: %w", err)
+	}
+	fw.installed = true
+	return nil
+}
+
+func (fw *nftFirewall) remove() error {
+	if !fw.installed {
+		return nil
+	}
+	fw.installed = false
+	if _, err := run("", "nft", "delete", "table", "inet", nftTable); err != nil {
+		return fmt.Errorf("remove nftables ruleset: %w", err)
+	}
+	return nil
+}
+
+func (fw *nftFirewall) leftover() (bool, []uint16, error) {
+	out, err := run("", "nft", "list", "table", "inet", nftTable)
+	if err != nil {
+		return false, nil, nil
+	}
+	var queues []uint16
+	for _, m := range regexp.MustCompile(`queue (?:flags bypass )?(?:num|to) (\d+)`).FindAllStringSubmatch(out, -1) {
+		if n, err := strconv.ParseUint(m[1], 10, 16); err == nil && !containsQueue(queues, uint16(n)) {
+			queues = append(queues, uint16(n))
+		}
+	}
+	return true, queues, nil
+}
+
+func (fw *nftFirewall) removeLeftover() error {
+	if _, err := run("", "nft", "delete", "table", "inet", nftTable); err != nil {
+		return fmt.Errorf("remove leftover nftables table inet %s: %w", nftTable, err)
+	}
+	return nil
+}
