@@ -1,0 +1,168 @@
+// Package api is latch's local API: HTTP with JSON bodies over a unix socket on Linux
+// (a named pipe on Windows), served by the daemon and used by the latch command line.
+// Only root (on Windows, SYSTEM and Administrators) is served: the Linux server checks
+// each connection's peer credentials (SO_PEERCRED), the Windows pipe's security
+// descriptor admits no one else.
+//
+// Endpoints (all under /v1, errors are {"error": "..."} with a 4xx or 5xx status):
+//
+//	GET    /v1/status                 Status
+//	GET    /v1/rules                  {"rules": [Rule...]}
+//	POST   /v1/rules                  Rule (no id)            -> the Rule as added
+//	DELETE /v1/rules/{id}                                      -> the Rule removed
+//	GET    /v1/rules/export           the rules file ({"version":1,"rules":[...]})
+//	POST   /v1/rules/import           a rules file: replaces every rule -> {"rules": [...]}
+//	GET    /v1/prompts                {"prompts": [Prompt...]}
+//	POST   /v1/prompts/{id}/answer    AnswerRequest           -> {"rule": Rule|null}
+//	GET    /v1/conns?after=ID&n=N     {"conns": [Conn...]}, oldest first
+//	GET    /v1/events                 a stream of Event, one JSON object per line
+//
+// Request bodies are decoded strictly: unknown fields, wrong types and bad values are
+// a 400 error naming the field, and nothing changes.
+package api
+
+import (
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/store"
+)
+
+// EnvAddress is the environment variable that overrides the API address for every verb.
+const EnvAddress = "LATCH_API"
+
+// DefaultAddress returns $LATCH_API if set, else the platform's default address.
+func DefaultAddress() string {
+	if a := os.Getenv(EnvAddress); a != "" {
+		return a
+	}
+	return DefaultPath
+}
+
+// Status is what GET /v1/status returns: how the daemon runs and its counters.
+type Status struct {
+	Version         string             `json:"version"`
+	PID             int                `json:"pid"`
+	Started         time.Time          `json:"started"`
+	Backend         string             `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
+	Mode            string             `json:"mode"`    // "fail-closed" or "fail-open"
+	Default         engine.Action      `json:"default"` // verdict for unanswered questions
+	PromptTimeout   string             `json:"prompt_timeout"`
+	Inbound         bool               `json:"inbound"`
+	ExemptLoopback  bool               `json:"exempt_loopback"`
+	Queue           uint16             `json:"queue,omitempty"` // NFQUEUE number (Linux)
+	StateDir        string             `json:"state_dir"`
+	Attribution     []string           `json:"attribution"` // live process attribution methods
+	Kernel          intercept.Stats    `json:"kernel"`      // the backend's counters
+	Verdicts        map[string]uint64  `json:"verdicts"`    // verdicts carried out, by action
+	Decisions       map[string]uint64  `json:"decisions"`   // engine verdicts, by reason
+	PendingPrompts  int                `json:"pending_prompts"`
+	HeldConnections int                `json:"held_connections"` // connections waiting on those prompts
+	Rules           int                `json:"rules"`
+	History         store.HistoryStats `json:"history"`
+}
+
+// Prompt is an open question as the API shows it: a flat view of engine.Prompt.
+type Prompt struct {
+	ID         engine.PromptID  `json:"id"`
+	PID        int32            `json:"pid"`
+	Exe        string           `json:"exe"`
+	UID        int32            `json:"uid"`
+	User       string           `json:"user"`
+	Cmdline    string           `json:"cmdline,omitempty"`
+	Direction  engine.Direction `json:"direction"`
+	Proto      engine.Protocol  `json:"proto"`
+	LocalIP    string           `json:"local_ip"`
+	LocalPort  uint16           `json:"local_port"`
+	RemoteIP   string           `json:"remote_ip"`
+	RemotePort uint16           `json:"remote_port"`
+	Host       string           `json:"host,omitempty"`
+	Held       int              `json:"held"`
+	Opened     time.Time        `json:"opened"`
+	Expires    time.Time        `json:"expires"`
+}
+
+// Conn is one decided connection of the history: a flat view of store.Conn.
+type Conn struct {
+	ID         int64            `json:"id"`
+	Time       time.Time        `json:"time"`
+	Direction  engine.Direction `json:"direction"`
+	Proto      engine.Protocol  `json:"proto"`
+	LocalIP    string           `json:"local_ip"`
+	LocalPort  uint16           `json:"local_port"`
+	RemoteIP   string           `json:"remote_ip"`
+	RemotePort uint16           `json:"remote_port"`
+	PID        int32            `json:"pid"`
+	Exe        string           `json:"exe"`
+	UID        int32            `json:"uid"`
+	User       string           `json:"user"`
+	Cmdline    string           `json:"cmdline,omitempty"`
+	Host       string           `json:"host,omitempty"`
+	Verdict    engine.Action    `json:"verdict"`
+	Reason     engine.Reason    `json:"reason"`
+	RuleID     engine.RuleID    `json:"rule_id"`
+}
+
+// AnswerRequest is the body of POST /v1/prompts/{id}/answer.
+type AnswerRequest struct {
+	Action string `json:"action"`          // allow, deny, reject or drop (required)
+	For    string `json:"for,omitempty"`   // once (default), forever, or a duration such as 1h or 7d
+	Scope  string `json:"scope,omitempty"` // app, app+host, app+port or app+host+port (default)
+}
+
+// EventKind says what an Event reports.
+type EventKind string
+
+// Event kinds; besides the engine's, the stream starts with "hello".
+const (
+	EventHello    EventKind = "hello"
+	EventPrompt   EventKind = EventKind(engine.EventPrompt)
+	EventAnswered EventKind = EventKind(engine.EventAnswered)
+	EventRules    EventKind = EventKind(engine.EventRules)
+)
+
+// Event is one line of GET /v1/events.
+type Event struct {
+	Kind    EventKind       `json:"kind"`
+	Prompt  *Prompt         `json:"prompt,omitempty"`
+	Verdict *engine.Verdict `json:"verdict,omitempty"`
+	Rules   []engine.Rule   `json:"rules,omitempty"`
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// PromptView flattens an engine prompt for the API.
+func PromptView(p *engine.Prompt) Prompt {
+	r := &p.Request
+	return Prompt{
+		ID: p.ID, PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline,
+		Direction: r.Direction, Proto: r.Protocol,
+		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
+		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
+		Host: r.Host, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
+	}
+}
+
+// ConnView flattens a history entry for the API.
+func ConnView(c *store.Conn) Conn {
+	r := &c.Request
+	return Conn{
+		ID: c.ID, Time: c.Time, Direction: r.Direction, Proto: r.Protocol,
+		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
+		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
+		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
+		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
+	}
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.Unmap().String()
+}
