@@ -2,7 +2,9 @@ package linux
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -396,5 +398,135 @@ func TestForcedNftablesWithoutKernelQueue(t *testing.T) {
 	<-d.exited
 	if msg := d.errors(); !strings.Contains(msg, "nft_queue") {
 		t.Errorf("forced nftables failed without naming the missing queue support: %q", msg)
+	}
+}
+
+func TestInbound(t *testing.T) {
+	tp := newTopo(t)
+	var lnAllow, lnReject net.Listener
+	if err := inNS(tp.a, func() error {
+		var err error
+		if lnAllow, err = net.Listen("tcp4", addrA+":9201"); err != nil {
+			return err
+		}
+		lnReject, err = net.Listen("tcp4", addrA+":9202")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer lnAllow.Close()
+	defer lnReject.Close()
+	go func() {
+		for {
+			c, err := lnAllow.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	d := startDaemon(t, tp, "9201=allow,9202=reject,*=allow", "LATCH_TEST_INBOUND=1")
+	defer d.stop()
+	dialFromB := func(port int) error {
+		return inNS(tp.b, func() error {
+			c, err := net.DialTimeout("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)), 3*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+	}
+	if err := dialFromB(9201); err != nil {
+		t.Fatalf("inbound to an allowed port: %v", err)
+	}
+	if l, ok := d.waitLine("held in tcp "+addrA+":9201 "+addrB, 3*time.Second); !ok {
+		t.Fatalf("inbound connection not held as direction in (last %q)", l)
+	}
+	if err := dialFromB(9202); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("inbound to a rejected port: err = %v, want ECONNREFUSED", err)
+	}
+}
+
+// TestLoopbackIPv6 holds loopback traffic (exemption off) to exercise the IPv6 rules
+// and parser without any address outside the namespace.
+func TestLoopbackIPv6(t *testing.T) {
+	tp := newTopo(t)
+	var ln net.Listener
+	if err := inNS(tp.a, func() error {
+		var err error
+		ln, err = net.Listen("tcp6", "[::1]:9301")
+		return err
+	}); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	d := startDaemon(t, tp, "9301=allow,*=reject", "LATCH_TEST_HOLD_LOOPBACK=1")
+	defer d.stop()
+	dialLo := func(port int) error {
+		return inNS(tp.a, func() error {
+			c, err := net.DialTimeout("tcp6", net.JoinHostPort("::1", strconv.Itoa(port)), 3*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+	}
+	if err := dialLo(9301); err != nil {
+		t.Fatalf("allowed IPv6 loopback connection: %v", err)
+	}
+	if _, ok := d.waitLine("held out tcp [::1]:", 3*time.Second); !ok {
+		t.Fatal("IPv6 loopback connection was not held")
+	}
+	if err := dialLo(9302); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("rejected IPv6 loopback connection: err = %v, want ECONNREFUSED", err)
+	}
+}
+
+// TestHoldTimeoutBackstop: a Decider that never answers does not hold a packet forever.
+func TestHoldTimeoutBackstop(t *testing.T) {
+	tp := newTopo(t)
+	srv := listenTCP(t, tp, 9001)
+	d := startDaemon(t, tp, "*=allow@1h", "LATCH_TEST_HOLD_TIMEOUT=200ms")
+	if _, err := dial(tp, 9001, 800*time.Millisecond); err == nil {
+		t.Fatal("connection went through although the Decider never answered")
+	}
+	st := d.stop()
+	if st.Extra["hold_timeouts"] < 1 {
+		t.Errorf("hold_timeouts = %d, want at least 1 (stats %+v)", st.Extra["hold_timeouts"], st)
+	}
+	if n := srv.accepted.Load(); n != 0 {
+		t.Errorf("server accepted %d connections", n)
+	}
+}
+
+// TestAttribution: the held request names the process that connected: this test
+// binary, which dials from a thread in namespace A.
+func TestAttribution(t *testing.T) {
+	tp := newTopo(t)
+	listenTCP(t, tp, 9001)
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_ATTRIBUTE=1")
+	defer d.stop()
+	if _, err := dial(tp, 9001, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	l, ok := d.waitLine("held out tcp", 5*time.Second)
+	if !ok {
+		t.Fatal("connection not held")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("pid=%d exe=%s", os.Getpid(), exe); !strings.Contains(l, want) {
+		t.Errorf("held line %q does not name this process (%s)", l, want)
 	}
 }

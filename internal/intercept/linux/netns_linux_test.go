@@ -27,6 +27,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/procattr"
 	"golang.org/x/sys/unix"
 )
 
@@ -343,6 +344,24 @@ func runChild(mode string) int {
 	cfg.FailOpen = os.Getenv("LATCH_TEST_FAIL_OPEN") != ""
 	cfg.Inbound = os.Getenv("LATCH_TEST_INBOUND") != ""
 	cfg.Firewall = os.Getenv("LATCH_TEST_FIREWALL")
+	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
+	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
+		var err error
+		if cfg.HoldTimeout, err = time.ParseDuration(v); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+	}
+	if os.Getenv("LATCH_TEST_ATTRIBUTE") != "" {
+		// eBPF off: its hooks attach to the root cgroup, shared with the whole machine.
+		r, err := procattr.NewResolver(procattr.Options{DisableEBPF: true})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer r.Close()
+		cfg.Resolver = r
+	}
 	cfg.Ready = func() { say("ready") }
 	cfg.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 	b, err := New(cfg)
@@ -359,9 +378,13 @@ func runChild(mode string) int {
 	quiet := os.Getenv("LATCH_TEST_QUIET") != ""
 	dec := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
 		if !quiet {
-			say("held %s %s %s %s uid=%d", req.Direction, req.Protocol, req.Local, req.Remote, req.UID)
+			say("held %s %s %s %s uid=%d pid=%d exe=%s", req.Direction, req.Protocol, req.Local, req.Remote, req.UID, req.PID, req.Exe)
 		}
-		act, ok := policy[int(req.Remote.Port())]
+		port := req.Remote.Port()
+		if req.Direction == engine.Inbound {
+			port = req.Local.Port()
+		}
+		act, ok := policy[int(port)]
 		if !ok {
 			act = policy[-1]
 		}
