@@ -45,7 +45,7 @@ func TestDeviceMapDosPath(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{`\Device\HarddiskVolume3\Windows\System32\curl.exe`, `C:\Windows\System32\curl.exe`},
 		{`\device\harddiskvolume3\windows\system32\curl.exe`, `C:\windows\system32\curl.exe`}, // WFP lower-cases
-		{`\Device\HarddiskVolume31\Tools\x.exe`, `D:\Tools\x.exe`},                              // longest device wins, not a prefix of 3
+		{`\Device\HarddiskVolume31\Tools\x.exe`, `D:\Tools\x.exe`},                            // longest device wins, not a prefix of 3
 		{`\Device\HarddiskVolume3`, `C:`},
 		{`\Device\HarddiskVolume3x\a.exe`, `\Device\HarddiskVolume3x\a.exe`}, // not that device
 		{`\Device\CdRom0\setup.exe`, `E:\setup.exe`},
