@@ -2,7 +2,9 @@ package procattr
 
 import (
 	"errors"
+	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 
@@ -249,5 +251,39 @@ func TestMethods(t *testing.T) {
 	defer bad.Close()
 	if slices.Contains(bad.Methods(), MethodEBPF) || bad.MethodErrors()[MethodEBPF] == nil {
 		t.Errorf("cgroup path %q accepted: Methods %v", "tempdir", bad.Methods())
+	}
+}
+
+// TestResolveLongRunningProcess covers the eBPF fast path: a process that started
+// long before it connected is recognised by its start time, and a second lookup is
+// answered from the process cache.
+func TestResolveLongRunningProcess(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	ln := listenIn(t, ns, "127.0.0.1:0")
+	self, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, m.opts)
+			var c net.Conn
+			inNetns(t, ns, func() { c, err = net.Dial("tcp", ln.String()) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			local := netip.MustParseAddrPort(c.LocalAddr().String())
+			for range 2 {
+				p, err := r.Resolve(engine.TCP, local, ln, int32(os.Getuid()))
+				if err != nil || p.PID != int32(os.Getpid()) || p.Exe != self {
+					t.Fatalf("Resolve = %+v, %v; want pid %d exe %s", p, err, os.Getpid(), self)
+				}
+				if m.wantMethod != "" && p.Method != m.wantMethod {
+					t.Errorf("Method %q, want %q", p.Method, m.wantMethod)
+				}
+			}
+		})
 	}
 }

@@ -211,19 +211,17 @@ func (d *sockDiag) request(c *diagConn, ipproto uint8, src, dst netip.AddrPort) 
 // them answers seq.
 func parseDiagReply(b []byte, seq uint32) (si socketInfo, done bool, err error) {
 	ne := binary.NativeEndian
-	for len(b) >= nlmsgHdrLen {
+	for off := 0; len(b) >= nlmsgHdrLen; {
 		l := ne.Uint32(b[0:])
 		typ := ne.Uint16(b[4:])
 		mseq := ne.Uint32(b[8:])
 		if l < nlmsgHdrLen || int(l) > len(b) {
-			return socketInfo{}, true, fmt.Errorf("sock_diag: reply message length %d at offset 0 of %d bytes", l, len(b))
+			return socketInfo{}, true, fmt.Errorf("sock_diag: reply message at offset %d: length %d, %d bytes left", off, l, len(b))
 		}
 		body := b[nlmsgHdrLen:l]
-		next := (int(l) + 3) &^ 3
-		if next > len(b) {
-			next = len(b)
-		}
+		next := min((int(l)+3)&^3, len(b))
 		b = b[next:]
+		off += next
 		if mseq != seq {
 			continue
 		}
