@@ -25,6 +25,9 @@ import (
 // makes the client's /proc/PID/exe differ from the test process's own.
 const helperEnv = "LATCH_PROCATTR_HELPER"
 
+// bindDevEnv names a device the client binds its socket to (SO_BINDTODEVICE).
+const bindDevEnv = "LATCH_PROCATTR_BINDDEV"
+
 var clientExe string
 
 func TestMain(m *testing.M) {
@@ -104,6 +107,11 @@ func runHelper(args []string) int {
 	if err != nil {
 		return fail(err)
 	}
+	if dev := os.Getenv(bindDevEnv); dev != "" {
+		if err := unix.BindToDevice(fd, dev); err != nil {
+			return fail(err)
+		}
+	}
 	switch mode {
 	case "tcp", "tcp-handoff":
 		unix.SetNonblock(fd, true)
@@ -170,14 +178,14 @@ type client struct {
 
 // startClient runs the helper in netns ns ("" : this namespace) and waits for its
 // socket to exist.
-func startClient(t *testing.T, ns, mode string, target netip.AddrPort) *client {
+func startClient(t *testing.T, ns, mode string, target netip.AddrPort, env ...string) *client {
 	t.Helper()
 	args := []string{clientExe, mode, target.String()}
 	if ns != "" {
 		args = append([]string{"ip", "netns", "exec", ns}, args...)
 	}
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.Env = append(append(os.Environ(), helperEnv+"=1"), env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -109,7 +109,17 @@ func (r *Resolver) Stats() Stats {
 // PID 0 and Exe "" (UID and User filled if the socket was found) and an error that
 // wraps ErrNoSocket, ErrNoProcess or ErrUnsupported.
 func (r *Resolver) Resolve(proto engine.Protocol, local, remote netip.AddrPort, uid int32) (Process, error) {
-	si, err := r.diag.lookup(proto, local, remote)
+	return r.ResolveDev(proto, local, remote, uid, 0)
+}
+
+// ResolveDev is Resolve for a packet that leaves by interface ifindex (NFQUEUE's
+// outdev attribute; 0 if unknown). Only with it can a socket bound to a device
+// (SO_BINDTODEVICE, as VPN clients and `ping -I` use) be found.
+func (r *Resolver) ResolveDev(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int) (Process, error) {
+	if ifindex < 0 {
+		return unknown(), fmt.Errorf("procattr: interface index %d: want 0 (unknown) or more", ifindex)
+	}
+	si, err := r.diag.lookup(proto, local, remote, uint32(ifindex))
 	if err != nil {
 		r.noSocket.Add(1)
 		return unknown(), fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)

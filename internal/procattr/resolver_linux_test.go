@@ -287,3 +287,36 @@ func TestResolveLongRunningProcess(t *testing.T) {
 		})
 	}
 }
+
+// TestResolveBoundToDevice: a socket bound to an interface is found when the
+// packet's interface is given, and only then.
+func TestResolveBoundToDevice(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	var ifindex int
+	inNetns(t, ns, func() {
+		ifi, err := net.InterfaceByName("pa0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ifindex = ifi.Index
+	})
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	for _, proto := range []engine.Protocol{engine.TCP, engine.UDP} {
+		for _, m := range modes {
+			t.Run(proto.String()+"/"+m.name, func(t *testing.T) {
+				r := newResolverIn(t, ns, m.opts)
+				mode := "tcp"
+				if proto == engine.UDP {
+					mode = "udp-sendto"
+				}
+				c := startClient(t, ns, mode, remote, bindDevEnv+"=pa0")
+				local := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), c.Local.Port())
+				p, err := r.ResolveDev(proto, local, remote, 0, ifindex)
+				wantProcess(t, p, err, c.pid(), m.wantMethod)
+				p, err = r.Resolve(proto, local, remote, 0)
+				wantUnknown(t, p, err, ErrNoSocket)
+			})
+		}
+	}
+}

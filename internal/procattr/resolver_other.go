@@ -24,6 +24,12 @@ func (r *Resolver) Resolve(proto engine.Protocol, local, remote netip.AddrPort, 
 	return unknown(), fmt.Errorf("procattr on %s: %w", runtime.GOOS, ErrUnsupported)
 }
 
+// ResolveDev always returns an unknown Process and an error that wraps
+// ErrUnsupported.
+func (r *Resolver) ResolveDev(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int) (Process, error) {
+	return r.Resolve(proto, local, remote, uid)
+}
+
 // Methods returns no method: none is live here.
 func (r *Resolver) Methods() []string { return nil }
 

@@ -22,6 +22,7 @@ const (
 	msgSockIDOffset  = 4  // inet_diag_sockid inside inet_diag_msg
 	msgUIDOffset     = 64 // idiag_uid inside inet_diag_msg
 	msgInodeOffset   = 68 // idiag_inode inside inet_diag_msg
+	sockIDIfOff      = 36 // idiag_if inside inet_diag_sockid
 	sockIDCookieOff  = 40 // idiag_cookie inside inet_diag_sockid
 	inetDiagNoCookie = ^uint32(0)
 )
@@ -103,9 +104,13 @@ func (d *sockDiag) close() {
 //
 // UDP: the kernel looks the socket up as it would for a packet arriving from remote
 // to local (the sockid's src and dst are swapped for historical reasons), so an
-// unconnected socket bound to 0.0.0.0 that sent with sendto is found; an exact
-// match on the connected form is tried first.
-func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort) (socketInfo, error) {
+// unconnected socket bound to 0.0.0.0 that sent with sendto is found, and a
+// connected one is preferred to it, as for a reply.
+//
+// ifindex is the interface the packet leaves by, or 0. A socket bound to a device
+// (SO_BINDTODEVICE) is found only with that device's index; other sockets are found
+// either way.
+func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort, ifindex uint32) (socketInfo, error) {
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	if !local.IsValid() || !remote.IsValid() {
@@ -128,7 +133,7 @@ func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort) (
 	defer func() { d.pool <- c }()
 
 	if proto == engine.TCP {
-		si, err := d.request(c, ipproto, local, remote)
+		si, err := d.request(c, ipproto, local, remote, ifindex)
 		if err != nil {
 			return si, err
 		}
@@ -139,7 +144,7 @@ func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort) (
 		return si, nil
 	}
 	// UDP: the request is a packet from remote to local.
-	si, err := d.request(c, ipproto, remote, local)
+	si, err := d.request(c, ipproto, remote, local, ifindex)
 	if err != nil {
 		return si, err
 	}
@@ -166,8 +171,8 @@ func udpMatches(si socketInfo, local, remote netip.AddrPort) bool {
 }
 
 // request sends one SOCK_DIAG_BY_FAMILY get (not a dump) with the given sockid
-// src/dst and decodes the reply.
-func (d *sockDiag) request(c *diagConn, ipproto uint8, src, dst netip.AddrPort) (socketInfo, error) {
+// src/dst and interface and decodes the reply.
+func (d *sockDiag) request(c *diagConn, ipproto uint8, src, dst netip.AddrPort, ifindex uint32) (socketInfo, error) {
 	seq := d.seq.Add(1)
 	b := c.req[:]
 	clear(b)
@@ -185,6 +190,7 @@ func (d *sockDiag) request(c *diagConn, ipproto uint8, src, dst netip.AddrPort) 
 	r[1] = ipproto
 	ne.PutUint32(r[4:], ^uint32(0)) // idiag_states: all
 	putSockID(r[sockIDOffset:], src, dst)
+	ne.PutUint32(r[sockIDOffset+sockIDIfOff:], ifindex)
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff:], inetDiagNoCookie)
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff+4:], inetDiagNoCookie)
 
