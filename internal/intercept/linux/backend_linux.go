@@ -51,6 +51,10 @@ type Backend struct {
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
 	latencySum, latencyMax, latencyN           atomic.Uint64
+
+	// lastQueue is the kernel's view of the queue, read by Stats while running and
+	// once more when Run stops.
+	lastQueue atomic.Pointer[queueStatus]
 }
 
 var _ intercept.Backend = (*Backend)(nil)
@@ -124,7 +128,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	if err := b.checkAlone(); err != nil {
 		return err
 	}
-	q, err := nfq.Open(b.cfg.QueueNum, nfq.Options{})
+	q, err := nfq.Open(b.cfg.QueueNum, nfq.Options{ReadBuffer: b.cfg.ReadBuffer})
 	if err != nil {
 		if errors.Is(err, nfq.ErrQueueBusy) {
 			return fmt.Errorf("%w (queue %d is bound): %v", ErrAnotherDaemon, b.cfg.QueueNum, err)
@@ -169,6 +173,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	}
 	wg.Wait()
 	b.releaseAll()
+	b.readQueueStatus()
 	b.q.Store(nil)
 	q.Close()
 	if rmErr != nil {
@@ -474,15 +479,22 @@ func (b *Backend) Stats() intercept.Stats {
 		s.Extra["verdict_latency_avg_us"] = b.latencySum.Load() / n / 1000
 	}
 	if b.running.Load() {
-		if qs, err := boundQueues(); err == nil {
-			if st, ok := qs[b.cfg.QueueNum]; ok {
-				s.Extra["queue_waiting"] = st.Waiting
-				s.Extra["queue_dropped"] = st.Dropped
-				s.Extra["queue_user_dropped"] = st.UserDropped
-			}
-		}
+		b.readQueueStatus()
+	}
+	if st := b.lastQueue.Load(); st != nil {
+		s.Extra["queue_waiting"] = st.Waiting
+		s.Extra["queue_dropped"] = st.Dropped
+		s.Extra["queue_user_dropped"] = st.UserDropped
 	}
 	return s
+}
+
+func (b *Backend) readQueueStatus() {
+	if qs, err := boundQueues(); err == nil {
+		if st, ok := qs[b.cfg.QueueNum]; ok {
+			b.lastQueue.Store(&st)
+		}
+	}
 }
 
 // Cleanup removes the ruleset a crashed daemon left behind in the current network
@@ -504,8 +516,12 @@ func Cleanup(queueNum uint16) error {
 	if _, err := exec.LookPath("nft"); err == nil {
 		fws = append(fws, &nftFirewall{})
 	}
-	for _, kind := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
-		if fw, err := newIptables(kind); err == nil {
+	if fw, err := newIptables(FirewallIptablesNft); err == nil {
+		fws = append(fws, fw)
+	}
+	// Even listing legacy tables creates them in the namespace; look only if some are.
+	if legacyFilterPresent() {
+		if fw, err := newIptables(FirewallIptablesLegacy); err == nil {
 			fws = append(fws, fw)
 		}
 	}

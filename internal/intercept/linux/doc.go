@@ -87,6 +87,10 @@ type Config struct {
 	MaxFlows int
 	// FlowTTL is how long an allowed flow is remembered for Redecide. 0: 24 hours.
 	FlowTTL time.Duration
+	// ReadBuffer is the queue socket's receive buffer in bytes; 0: 8 MiB. When it
+	// overflows the kernel drops the packets it could not deliver (fail-closed) and
+	// Stats.Overflows counts it.
+	ReadBuffer int
 	// Ready, if set, is called once Run has bound the queue and installed the ruleset,
 	// that is once connections are being held.
 	Ready func()

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -148,6 +150,17 @@ func newIptables(kind string) (*iptablesFirewall, error) {
 }
 
 func (fw *iptablesFirewall) name() string { return fw.kind }
+
+// legacyFilterPresent reports whether an iptables-legacy filter table exists in this
+// network namespace, without creating one.
+func legacyFilterPresent() bool {
+	for _, f := range []string{"/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"} {
+		if b, err := os.ReadFile(f); err == nil && slices.Contains(strings.Fields(string(b)), "filter") {
+			return true
+		}
+	}
+	return false
+}
 
 // createdMark tags a no-op rule at the end of LATCH-OUT that records which nftables
 // objects iptables-nft created for latch (it creates tables and base chains on
