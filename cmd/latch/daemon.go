@@ -1,0 +1,303 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/store"
+)
+
+var daemonHelp = `Usage: latch daemon [flags]
+
+Holds every new outbound connection (TCP SYN, the first packet of a UDP flow, ICMP
+echo) until it is decided: by a rule, by a person answering a question ('latch
+prompts', 'latch answer', 'latch watch'), or by the default when nobody answers in
+time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits.
+
+  --state-dir DIR          rules (rules.json) and history (history.db) (default ` + defaultStateDir + `)
+  --api PATH               local API socket (default $LATCH_API, else ` + api.DefaultPath + `)
+  --default allow|deny|reject|drop
+                           verdict for a question nobody answers in time (default deny)
+  --prompt-timeout DUR     how long a question waits for an answer (default 30s)
+  --fail open|closed       while no daemon runs, new connections are accepted (open:
+                           queue bypass) or dropped (closed) (default closed)
+  --inbound                also hold new inbound connections
+  --exempt-loopback=BOOL   never hold loopback traffic (default true)
+  --queue N                NFQUEUE queue number (default 4242)
+  --max-history N          connections kept in the history (default 100000)
+  --backend auto|none      none holds nothing: the API, rules and questions work but no
+                           connection is intercepted (a test and development aid)
+
+Two daemons cannot share a state directory, an API socket or a queue: the second
+refuses to start.
+`
+
+// daemonOptions are the daemon's flags.
+type daemonOptions struct {
+	StateDir       string
+	API            string
+	Default        engine.Action
+	PromptTimeout  time.Duration
+	FailOpen       bool
+	Inbound        bool
+	ExemptLoopback bool
+	Queue          uint16
+	MaxHistory     int
+	Backend        string
+}
+
+func parseDaemonFlags(args []string) (*daemonOptions, error) {
+	fs := newFlags("daemon")
+	o := &daemonOptions{}
+	fs.StringVar(&o.StateDir, "state-dir", defaultStateDir, "")
+	fs.StringVar(&o.API, "api", api.DefaultAddress(), "")
+	def := fs.String("default", "deny", "")
+	fs.DurationVar(&o.PromptTimeout, "prompt-timeout", engine.DefaultPromptTimeout, "")
+	fail := fs.String("fail", "closed", "")
+	fs.BoolVar(&o.Inbound, "inbound", false, "")
+	fs.BoolVar(&o.ExemptLoopback, "exempt-loopback", true, "")
+	queue := fs.Uint("queue", 4242, "")
+	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
+	fs.StringVar(&o.Backend, "backend", "auto", "")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if err := wantArgs(pos, 0, ""); err != nil {
+		return nil, err
+	}
+	if o.Default, err = engine.ParseAction(*def); err != nil {
+		return nil, usagef("--default: %v", err)
+	}
+	switch *fail {
+	case "open":
+		o.FailOpen = true
+	case "closed":
+	default:
+		return nil, usagef("--fail %q: want open or closed", *fail)
+	}
+	if o.PromptTimeout <= 0 || o.PromptTimeout > 24*time.Hour {
+		return nil, usagef("--prompt-timeout %v: want a duration from 1ms to 24h", o.PromptTimeout)
+	}
+	if *queue == 0 || *queue > 65535 {
+		return nil, usagef("--queue %d: want 1 to 65535", *queue)
+	}
+	o.Queue = uint16(*queue)
+	if o.MaxHistory <= 0 {
+		return nil, usagef("--max-history %d: want a positive number", o.MaxHistory)
+	}
+	if o.StateDir == "" {
+		return nil, usagef("--state-dir: must not be empty")
+	}
+	if o.API == "" {
+		return nil, usagef("--api: must not be empty")
+	}
+	switch o.Backend {
+	case "auto", "none":
+	default:
+		return nil, usagef("--backend %q: want auto or none", o.Backend)
+	}
+	return o, nil
+}
+
+// platformBackend is the interception backend with what status shows about it.
+type platformBackend struct {
+	intercept.Backend
+	attribution func() []string // live attribution methods
+	close       func()          // releases what newBackend opened besides the backend
+}
+
+// noBackend holds nothing: `--backend none`.
+type noBackend struct{}
+
+func (noBackend) Name() string { return "none (nothing is intercepted)" }
+func (noBackend) Run(ctx context.Context, d intercept.Decider) error {
+	<-ctx.Done()
+	return nil
+}
+func (noBackend) Redecide(func(*engine.Request) bool) (int, error) { return 0, nil }
+func (noBackend) Stats() intercept.Stats                           { return intercept.Stats{Backend: "none"} }
+
+func runDaemon(ctx context.Context, args []string) error {
+	o, err := parseDaemonFlags(args)
+	if err != nil {
+		return err
+	}
+	return serveDaemon(ctx, o, nil)
+}
+
+// verdictCounts counts verdicts carried out, by action.
+type verdictCounts struct {
+	allow, deny, reject, drop, other atomic.Uint64
+}
+
+func (c *verdictCounts) add(a engine.Action) {
+	switch a {
+	case engine.Allow:
+		c.allow.Add(1)
+	case engine.Deny:
+		c.deny.Add(1)
+	case engine.Reject:
+		c.reject.Add(1)
+	case engine.Drop:
+		c.drop.Add(1)
+	default:
+		c.other.Add(1)
+	}
+}
+
+func (c *verdictCounts) snapshot() map[string]uint64 {
+	return map[string]uint64{
+		"allow": c.allow.Load(), "deny": c.deny.Load(), "reject": c.reject.Load(), "drop": c.drop.Load(),
+	}
+}
+
+// serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not
+// nil, is called once everything runs.
+func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error) {
+	logger := log.New(os.Stderr, "latch daemon: ", log.LstdFlags)
+	logf := logger.Printf
+
+	lock, err := store.LockStateDir(o.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+
+	rulesPath := filepath.Join(o.StateDir, store.RulesFileName)
+	if err := store.RemoveStaleTemps(rulesPath); err != nil {
+		logf("removing temporary files a crash left: %v", err)
+	}
+	rules, err := store.LoadRules(rulesPath)
+	if err != nil {
+		return fmt.Errorf("%w\n(the file is left as it is: fix it, or move it away to start with no rules)", err)
+	}
+	eng, err := engine.New(engine.Config{Default: o.Default, PromptTimeout: o.PromptTimeout}, rules)
+	if err != nil {
+		return fmt.Errorf("rules file %s: %w", rulesPath, err)
+	}
+	defer eng.Close()
+
+	hist, err := store.OpenHistory(filepath.Join(o.StateDir, store.HistoryFileName), o.MaxHistory)
+	if err != nil {
+		return err
+	}
+	defer hist.Close()
+
+	var be *platformBackend
+	if o.Backend == "none" {
+		be = &platformBackend{Backend: noBackend{}, attribution: func() []string { return nil }, close: func() {}}
+	} else if be, err = newBackend(o, logf); err != nil {
+		return err
+	}
+	defer be.close()
+
+	// Rules are saved on every change: at once by the API (which reports a failure
+	// to the user), and by this hook for changes the engine makes by itself (expiry).
+	var saveMu sync.Mutex
+	saveRules := func() error {
+		saveMu.Lock()
+		defer saveMu.Unlock()
+		return store.SaveRules(rulesPath, eng.Rules())
+	}
+	eng.OnRulesChanged(func(old, new []engine.Rule) {
+		if err := saveRules(); err != nil {
+			logf("%v", err)
+		}
+		if n, err := be.Redecide(engine.Affected(old, new)); err != nil {
+			logf("re-deciding flows after a rule change: %v", err)
+		} else if n > 0 {
+			logf("rule change: %d flows will be decided again", n)
+		}
+	})
+
+	var counts verdictCounts
+	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
+		eng.Decide(req, func(v engine.Verdict) {
+			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
+			verdict(v)
+			counts.add(v.Action)
+			if c.Time.IsZero() {
+				c.Time = time.Now()
+			}
+			hist.Record(c) // never blocks; a full buffer is counted in the history stats
+		})
+	})
+
+	started := time.Now()
+	mode := "fail-closed"
+	if o.FailOpen {
+		mode = "fail-open"
+	}
+	srv := api.NewServer(api.Config{
+		Engine:    eng,
+		History:   hist,
+		SaveRules: saveRules,
+		Logf:      logf,
+		Status: func() api.Status {
+			st := api.Status{
+				Version: latchVersion(), PID: os.Getpid(), Started: started,
+				Backend: be.Name(), Mode: mode, Default: o.Default, PromptTimeout: o.PromptTimeout.String(),
+				Inbound: o.Inbound, ExemptLoopback: o.ExemptLoopback, StateDir: o.StateDir,
+				Attribution: be.attribution(), Kernel: be.Stats(), Verdicts: counts.snapshot(),
+			}
+			if o.Backend != "none" {
+				st.Queue = o.Queue
+			}
+			return st
+		},
+	})
+	l, err := api.Listen(o.API)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(l) }()
+	defer func() {
+		srv.Close()
+		if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logf("API server: %v", err)
+		}
+	}()
+
+	runCtx, stopBackend := context.WithCancel(context.Background())
+	defer stopBackend()
+	runErr := make(chan error, 1)
+	go func() { runErr <- be.Run(runCtx, decider) }()
+
+	logf("started: backend %s, %s, default %s after %s, rules %d, API %s, state %s",
+		be.Name(), mode, o.Default, o.PromptTimeout, len(rules), o.API, o.StateDir)
+	if ready != nil {
+		ready()
+	}
+	select {
+	case err := <-runErr:
+		if err == nil {
+			err = errors.New("the interception backend stopped")
+		}
+		return fmt.Errorf("backend %s: %w", be.Name(), err)
+	case <-ctx.Done():
+	}
+	logf("stopping: removing interception")
+	stopBackend()
+	err = <-runErr
+	// Questions still open get the default now, and their verdicts reach the history.
+	eng.Close()
+	if err != nil {
+		logf("backend %s stopped with: %v", be.Name(), err)
+		return fmt.Errorf("stopping backend %s: %w", be.Name(), err)
+	}
+	logf("stopped")
+	return nil
+}

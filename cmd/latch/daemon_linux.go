@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/latchfw/latch/internal/intercept/linux"
+	"github.com/latchfw/latch/internal/procattr"
+)
+
+const defaultStateDir = "/var/lib/latch"
+
+// newBackend builds the NFQUEUE backend with process attribution.
+func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, error) {
+	res, err := procattr.NewResolver(procattr.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("process attribution: %w", err)
+	}
+	for method, err := range res.MethodErrors() {
+		logf("process attribution: %s unavailable: %v", method, err)
+	}
+	cfg := linux.DefaultConfig()
+	cfg.QueueNum = o.Queue
+	cfg.Inbound = o.Inbound
+	cfg.FailOpen = o.FailOpen
+	cfg.ExemptLoopback = o.ExemptLoopback
+	cfg.Resolver = res
+	cfg.HoldTimeout = o.PromptTimeout + max(o.PromptTimeout, 30*time.Second)
+	cfg.Logf = logf
+	be, err := linux.New(cfg)
+	if err != nil {
+		res.Close()
+		return nil, err
+	}
+	return &platformBackend{Backend: be, attribution: res.Methods, close: func() { res.Close() }}, nil
+}
+
+const cleanupHelp = `Usage: latch cleanup [--queue N]
+
+Removes the netfilter rules (chains LATCH-OUT/LATCH-IN, table inet latch) that a
+crashed or killed daemon left in this network namespace. A fail-closed daemon that
+died keeps dropping new connections until its rules are removed. Refuses while a
+daemon still holds the queue.
+`
+
+func runCleanup(ctx context.Context, args []string) error {
+	fs := newFlags("cleanup")
+	queue := fs.Uint("queue", uint(linux.DefaultQueue), "NFQUEUE queue number")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, ""); err != nil {
+		return err
+	}
+	if *queue == 0 || *queue > 65535 {
+		return usagef("--queue %d: want 1 to 65535", *queue)
+	}
+	if err := linux.Cleanup(uint16(*queue)); err != nil {
+		return err
+	}
+	fmt.Println("removed latch's leftover firewall rules (if there were any)")
+	return nil
+}

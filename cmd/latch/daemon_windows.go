@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/latchfw/latch/internal/intercept/windows"
+)
+
+// defaultStateDir is %ProgramData%\latch.
+var defaultStateDir = func() string {
+	pd := os.Getenv("ProgramData")
+	if pd == "" {
+		pd = `C:\ProgramData`
+	}
+	return filepath.Join(pd, "latch")
+}()
+
+// newBackend connects to latch's WFP callout driver through its Filter Manager port.
+func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, error) {
+	be, err := windows.New(windows.Config{Default: o.Default, PromptTimeout: o.PromptTimeout, Logf: logf})
+	if err != nil {
+		return nil, err
+	}
+	return &platformBackend{
+		Backend:     be,
+		attribution: func() []string { return []string{"wfp-flow"} },
+		close:       func() {},
+	}, nil
+}
+
+const cleanupHelp = `Usage: latch cleanup
+
+On Windows the driver removes its filters itself when it unloads; there is nothing
+to clean up.
+`
+
+func runCleanup(ctx context.Context, args []string) error {
+	return errors.New("not needed on Windows: the driver's filters live in a dynamic WFP session and vanish with it")
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/engine"
+)
+
+const promptsHelp = `Usage: latch prompts [--json]
+
+Lists the connections waiting for a decision, oldest first. Identical questions (same
+program, user, direction, protocol, remote address and port) are asked once; HELD says
+how many connections wait on it. Unanswered, a question gets the daemon's --default
+verdict when it EXPIRES.
+
+  --json   one JSON object per line: id, pid, exe, uid, user, direction, proto,
+           local_ip, local_port, remote_ip, remote_port, held, opened, expires
+`
+
+const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever] [--scope SCOPE]
+
+Decides question ID (see 'latch prompts'): every connection waiting on it gets the
+verdict. Unless --for is once (the default), the answer is also remembered as a rule
+for the program, expiring after DURATION (90m, 12h, 7d) or never (forever).
+
+  --scope app            the rule matches the program, any destination
+  --scope app+host       the program and this remote address
+  --scope app+port       the program and this remote port
+  --scope app+host+port  the program, this address and this port (default)
+(the rule also keeps the question's direction and protocol)
+`
+
+func runPrompts(ctx context.Context, args []string) error {
+	fs := newFlags("prompts")
+	asJSON := fs.Bool("json", false, "one JSON object per line")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, ""); err != nil {
+		return err
+	}
+	ps, err := client().Prompts(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		for _, p := range ps {
+			if err := enc.Encode(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(ps) == 0 {
+		fmt.Println("no questions waiting")
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tEXE\tPID\tUSER\tDIR\tPROTO\tREMOTE\tHELD\tEXPIRES")
+	now := time.Now()
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\n", p.ID, exeOrUnknown(p.Exe), pidOrDash(p.PID),
+			userOf(p.User, p.UID), p.Direction, p.Proto, hostPort(p.RemoteIP, p.RemotePort, p.Host), p.Held,
+			max(p.Expires.Sub(now), 0).Round(time.Second))
+	}
+	return tw.Flush()
+}
+
+func exeOrUnknown(exe string) string {
+	if exe == "" {
+		return "(unknown)"
+	}
+	return exe
+}
+
+func pidOrDash(pid int32) string {
+	if pid == 0 {
+		return "-"
+	}
+	return strconv.Itoa(int(pid))
+}
+
+func userOf(user string, uid int32) string {
+	switch {
+	case user != "":
+		return user
+	case uid >= 0:
+		return strconv.Itoa(int(uid))
+	}
+	return "-"
+}
+
+func hostPort(ip string, port uint16, host string) string {
+	if ip == "" {
+		return "-"
+	}
+	s := net.JoinHostPort(ip, strconv.Itoa(int(port)))
+	if host != "" {
+		s += " (" + host + ")"
+	}
+	return s
+}
+
+func runAnswer(ctx context.Context, args []string) error {
+	fs := newFlags("answer")
+	forStr := fs.String("for", "once", "once, forever or a duration such as 1h or 7d")
+	scope := fs.String("scope", "app+host+port", "app, app+host, app+port or app+host+port")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 2, "a question ID and allow, deny, reject or drop"); err != nil {
+		return err
+	}
+	id, err := strconv.ParseUint(pos[0], 10, 64)
+	if err != nil || id == 0 {
+		return usagef("question ID %q: want a positive number (see 'latch prompts')", pos[0])
+	}
+	req := api.AnswerRequest{Action: pos[1], For: *forStr, Scope: *scope}
+	if _, err := api.ParseAnswer(req); err != nil {
+		return usagef("%v", err)
+	}
+	return answer(ctx, os.Stdout, client(), engine.PromptID(id), req)
+}
+
+// answer sends an answer and says what it did.
+func answer(ctx context.Context, w io.Writer, c *api.Client, id engine.PromptID, req api.AnswerRequest) error {
+	rule, err := c.Answer(ctx, id, req)
+	if err != nil {
+		return err
+	}
+	if rule == nil {
+		fmt.Fprintf(w, "question %d: %s once\n", id, req.Action)
+	} else {
+		fmt.Fprintf(w, "question %d: %s; added rule %d: %s\n", id, req.Action, rule.ID, rule)
+	}
+	return nil
+}
