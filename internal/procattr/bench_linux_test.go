@@ -97,7 +97,7 @@ func BenchmarkSockDiagLookup(b *testing.B) {
 	r, local, remote := benchSetup(b, Options{DisableEBPF: true, DisableProcfs: true})
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := r.diag.lookup(engine.TCP, local, remote, 0); err != nil {
+		if _, err := r.diag.lookup(engine.TCP, local, remote, 0, false); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -43,13 +43,16 @@ type cgroupHooks struct {
 	links []link.Link
 }
 
-// hookedAttachTypes are the cgroup hooks that see every outbound TCP connect and
-// every UDP datagram sent with an address (connected UDP sockets go through connect).
+// hookedAttachTypes are the cgroup hooks that see every outbound TCP connect, every
+// UDP datagram sent with an address (connected UDP sockets go through connect) and
+// every explicit bind (servers, for inbound connections).
 var hookedAttachTypes = []ebpf.AttachType{
 	ebpf.AttachCGroupInet4Connect,
 	ebpf.AttachCGroupInet6Connect,
 	ebpf.AttachCGroupUDP4Sendmsg,
 	ebpf.AttachCGroupUDP6Sendmsg,
+	ebpf.AttachCGroupInet4Bind,
+	ebpf.AttachCGroupInet6Bind,
 }
 
 // hookProgram records cookie → (pid_tgid, uid_gid, boot time, comm) in conns and

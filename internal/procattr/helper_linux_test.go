@@ -73,6 +73,8 @@ func copyFile(dst, src string) error {
 //	udp-sendto ADDR  unbound, unconnected socket; one sendto
 //	udp-connect ADDR connect, then send
 //	tcp-handoff ADDR connect, hand the socket to a child (mode hold), exit
+//	tcp-listen ADDR  bind and listen
+//	udp-bind ADDR    bind
 //	MODE-dual ADDR   any of the above on an IPv6 socket, to IPv4-mapped ADDR
 //	hold             keep fd 3 open for a minute (or until killed)
 //
@@ -100,7 +102,7 @@ func runHelper(args []string) int {
 		sa = &unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()}
 	}
 	typ := unix.SOCK_DGRAM
-	if mode == "tcp" || mode == "tcp-handoff" {
+	if mode == "tcp" || mode == "tcp-handoff" || mode == "tcp-listen" {
 		typ = unix.SOCK_STREAM
 	}
 	fd, err := unix.Socket(family, typ, 0) // no CLOEXEC: tcp-handoff passes it on
@@ -128,6 +130,15 @@ func runHelper(args []string) int {
 		}
 		if _, err := unix.Write(fd, []byte("latch")); err != nil {
 			return fail(err)
+		}
+	case "tcp-listen", "udp-bind":
+		if err := unix.Bind(fd, sa); err != nil {
+			return fail(err)
+		}
+		if mode == "tcp-listen" {
+			if err := unix.Listen(fd, 16); err != nil {
+				return fail(err)
+			}
 		}
 	default:
 		return fail(fmt.Errorf("unknown mode %q", mode))

@@ -5,10 +5,10 @@
 //
 //   - sock_diag: one SOCK_DIAG_BY_FAMILY request for the exact 5-tuple (never a dump)
 //     gives the socket's inode, owner uid and cookie. Every other method starts here.
-//   - ebpf-cgroup: small eBPF programs on the cgroup v2 root's connect4/connect6 and
-//     udp4/udp6 sendmsg hooks record, for every socket that connects or sends, its
-//     cookie → the pid, uid and comm of the thread that did it, in an LRU hash map.
-//     Resolve looks the sock_diag cookie up there.
+//   - ebpf-cgroup: small eBPF programs on the cgroup v2 root's connect4/connect6,
+//     udp4/udp6 sendmsg and bind4/bind6 hooks record, for every socket that connects,
+//     sends or binds, its cookie → the pid, uid and comm of the thread that did it,
+//     in an LRU hash map. Resolve looks the sock_diag cookie up there.
 //   - procfs: the last resort, for sockets the hooks never saw (made before the hooks
 //     were attached, or a kernel without cgroup BPF): scan /proc/*/fd for
 //     "socket:[INODE]", with a cache and a bounded rescan rate.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,8 @@ func NewResolver(opts Options) (*Resolver, error) {
 	r := &Resolver{diag: diag, methodErrs: make(map[string]error)}
 	if opts.DisableEBPF {
 		r.methodErrs[MethodEBPF] = errors.New("disabled by options")
+	} else if err := inInitialPIDNamespace(); err != nil {
+		r.methodErrs[MethodEBPF] = err
 	} else if h, err := attachCgroupHooks(opts.CgroupPath, opts.EBPFEntries); err != nil {
 		r.methodErrs[MethodEBPF] = err
 	} else {
@@ -116,10 +119,22 @@ func (r *Resolver) Resolve(proto engine.Protocol, local, remote netip.AddrPort, 
 // outdev attribute; 0 if unknown). Only with it can a socket bound to a device
 // (SO_BINDTODEVICE, as VPN clients and `ping -I` use) be found.
 func (r *Resolver) ResolveDev(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int) (Process, error) {
+	return r.resolve(proto, local, remote, uid, ifindex, false)
+}
+
+// ResolveInbound returns the process that will accept an inbound connection from
+// remote to local (local is this host's end) that arrives by interface ifindex (0 if
+// unknown): the owner of the TCP socket listening on local, or of the UDP socket
+// bound there. A connection already accepted is found as in Resolve.
+func (r *Resolver) ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (Process, error) {
+	return r.resolve(proto, local, remote, -1, ifindex, true)
+}
+
+func (r *Resolver) resolve(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int, inbound bool) (Process, error) {
 	if ifindex < 0 {
 		return unknown(), fmt.Errorf("procattr: interface index %d: want 0 (unknown) or more", ifindex)
 	}
-	si, err := r.diag.lookup(proto, local, remote, uint32(ifindex))
+	si, err := r.diag.lookup(proto, local, remote, uint32(ifindex), inbound)
 	if err != nil {
 		r.noSocket.Add(1)
 		return unknown(), fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
@@ -212,4 +227,20 @@ func (r *Resolver) Close() error {
 		r.diag.close()
 	})
 	return r.closeErr
+}
+
+// initialPIDNamespace is the inode of the initial pid namespace (PROC_PID_INIT_INO).
+const initialPIDNamespace = "pid:[4026531836]"
+
+// inInitialPIDNamespace checks that pids the hooks record (which are the initial
+// namespace's) mean the same processes in this process's /proc.
+func inInitialPIDNamespace() error {
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return fmt.Errorf("read pid namespace: %w", err)
+	}
+	if ns != initialPIDNamespace {
+		return fmt.Errorf("running in pid namespace %s, not the initial one: eBPF pids would name other processes", ns)
+	}
+	return nil
 }

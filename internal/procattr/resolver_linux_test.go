@@ -320,3 +320,35 @@ func TestResolveBoundToDevice(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveInbound attributes a held inbound connection to the server that will
+// accept it: the listening TCP socket's or bound UDP socket's owner.
+func TestResolveInbound(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:40000")
+	for _, tc := range []struct {
+		proto      engine.Protocol
+		mode, addr string
+	}{
+		{engine.TCP, "tcp-listen", "0.0.0.0:8080"},
+		{engine.TCP, "tcp-listen", "198.18.0.1:8081"},
+		{engine.TCP, "tcp-listen", "[::]:8082"}, // dual-stack: not v6only
+		{engine.UDP, "udp-bind", "0.0.0.0:5353"},
+	} {
+		for _, m := range modes {
+			t.Run(tc.mode+"/"+tc.addr+"/"+m.name, func(t *testing.T) {
+				r := newResolverIn(t, ns, m.opts)
+				c := startClient(t, ns, tc.mode, netip.MustParseAddrPort(tc.addr))
+				local := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), c.Local.Port())
+				p, err := r.ResolveInbound(tc.proto, local, remote, 0)
+				wantProcess(t, p, err, c.pid(), m.wantMethod)
+				// Outbound, the same tuple has no socket: a listener is no connection.
+				if tc.proto == engine.TCP {
+					p, err = r.Resolve(tc.proto, local, remote, -1)
+					wantUnknown(t, p, err, ErrNoSocket)
+				}
+			})
+		}
+	}
+}

@@ -30,6 +30,12 @@ func (r *Resolver) ResolveDev(proto engine.Protocol, local, remote netip.AddrPor
 	return r.Resolve(proto, local, remote, uid)
 }
 
+// ResolveInbound always returns an unknown Process and an error that wraps
+// ErrUnsupported.
+func (r *Resolver) ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (Process, error) {
+	return r.Resolve(proto, local, remote, -1)
+}
+
 // Methods returns no method: none is live here.
 func (r *Resolver) Methods() []string { return nil }
 

@@ -25,6 +25,7 @@ const (
 	sockIDIfOff      = 36 // idiag_if inside inet_diag_sockid
 	sockIDCookieOff  = 40 // idiag_cookie inside inet_diag_sockid
 	inetDiagNoCookie = ^uint32(0)
+	tcpListen        = 10 // TCP_LISTEN
 )
 
 // socketInfo is what sock_diag says about one socket.
@@ -107,10 +108,13 @@ func (d *sockDiag) close() {
 // unconnected socket bound to 0.0.0.0 that sent with sendto is found, and a
 // connected one is preferred to it, as for a reply.
 //
-// ifindex is the interface the packet leaves by, or 0. A socket bound to a device
+// listener also accepts, for TCP, the socket listening on local (an inbound
+// connection that is being held has no socket of its own yet).
+//
+// ifindex is the interface the packet leaves or arrives by, or 0. A socket bound to a device
 // (SO_BINDTODEVICE) is found only with that device's index; other sockets are found
 // either way.
-func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort, ifindex uint32) (socketInfo, error) {
+func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort, ifindex uint32, listener bool) (socketInfo, error) {
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	if !local.IsValid() || !remote.IsValid() {
@@ -136,6 +140,10 @@ func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort, i
 		si, err := d.request(c, ipproto, local, remote, ifindex)
 		if err != nil {
 			return si, err
+		}
+		if listener && si.State == tcpListen && si.Local.Port() == local.Port() &&
+			(si.Local.Addr().IsUnspecified() || si.Local.Addr() == local.Addr()) {
+			return si, nil
 		}
 		if si.Local != local || si.Remote != remote {
 			return socketInfo{}, fmt.Errorf("sock_diag tcp %v -> %v: only a socket %v -> %v matched: %w",
