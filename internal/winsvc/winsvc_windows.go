@@ -1,0 +1,414 @@
+//go:build windows
+
+package winsvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/windows"
+	"golang.org/x/sys/windows/svc"
+	"golang.org/x/sys/windows/svc/eventlog"
+	"golang.org/x/sys/windows/svc/mgr"
+)
+
+var (
+	stdout io.Writer = os.Stdout
+	stderr io.Writer = os.Stderr
+)
+
+// DataDir returns where latch keeps its state by default: %ProgramData%\latch.
+func DataDir() string {
+	base := os.Getenv("ProgramData")
+	if base == "" {
+		if p, err := windows.KnownFolderPath(windows.FOLDERID_ProgramData, 0); err == nil {
+			base = p
+		} else {
+			base = `C:\ProgramData`
+		}
+	}
+	return filepath.Join(base, "latch")
+}
+
+// stateDirSDDL admits SYSTEM and Administrators only, inherited by what is created
+// inside: the rules and the connection history are nobody else's business.
+const stateDirSDDL = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"
+
+func commandTo(args []string, out, errOut io.Writer) error {
+	c, err := parse(args, errOut)
+	if err != nil {
+		return err
+	}
+	switch c.verb {
+	case "help":
+		_, err := io.WriteString(out, Usage)
+		return err
+	case "install":
+		return install(c, out)
+	case "uninstall":
+		return uninstall(c, out)
+	case "start":
+		return start(c, out)
+	case "stop":
+		return stop(c, out)
+	case "status":
+		return status(c, out)
+	}
+	return fmt.Errorf("latch service: unknown command %q", c.verb)
+}
+
+func connect() (*mgr.Mgr, error) {
+	m, err := mgr.Connect()
+	if err != nil {
+		if errors.Is(err, windows.ERROR_ACCESS_DENIED) {
+			return nil, fmt.Errorf("latch service: connect to the service control manager: %w (run as Administrator)", err)
+		}
+		return nil, fmt.Errorf("latch service: connect to the service control manager: %w", err)
+	}
+	return m, nil
+}
+
+func open(m *mgr.Mgr, name string) (*mgr.Service, error) {
+	s, err := m.OpenService(name)
+	if err != nil {
+		if errors.Is(err, windows.ERROR_SERVICE_DOES_NOT_EXIST) {
+			return nil, fmt.Errorf("latch service: no service named %q is installed (latch service install)", name)
+		}
+		return nil, fmt.Errorf("latch service: open service %q: %w", name, err)
+	}
+	return s, nil
+}
+
+func install(c command, out io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("latch service install: find this program's path: %w", err)
+	}
+	if exe, err = filepath.Abs(exe); err != nil {
+		return fmt.Errorf("latch service install: %w", err)
+	}
+	dir := DataDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("latch service install: create state directory %s: %w", dir, err)
+	}
+	if err := secureDir(dir); err != nil {
+		return fmt.Errorf("latch service install: restrict state directory %s: %w", dir, err)
+	}
+	m, err := connect()
+	if err != nil {
+		return err
+	}
+	defer m.Disconnect()
+	if s, err := m.OpenService(c.name); err == nil {
+		s.Close()
+		return fmt.Errorf("latch service install: a service named %q already exists (latch service uninstall first)", c.name)
+	}
+	cfg := mgr.Config{
+		DisplayName:  DisplayName,
+		Description:  Description,
+		StartType:    mgr.StartAutomatic,
+		ErrorControl: mgr.ErrorNormal,
+		SidType:      windows.SERVICE_SID_TYPE_UNRESTRICTED,
+	}
+	if c.manual {
+		cfg.StartType = mgr.StartManual
+	}
+	if c.driver != "" {
+		cfg.Dependencies = []string{c.driver}
+	}
+	s, err := m.CreateService(c.name, exe, cfg, append([]string{"daemon"}, c.daemonArgs...)...)
+	if err != nil {
+		return fmt.Errorf("latch service install: create service %q: %w", c.name, err)
+	}
+	defer s.Close()
+	undo := func(why error) error {
+		s.Delete()
+		return why
+	}
+	actions := []mgr.RecoveryAction{
+		{Type: mgr.ServiceRestart, Delay: 5 * time.Second},
+		{Type: mgr.ServiceRestart, Delay: 30 * time.Second},
+		{Type: mgr.ServiceRestart, Delay: 2 * time.Minute},
+	}
+	if err := s.SetRecoveryActions(actions, 24*60*60); err != nil {
+		return undo(fmt.Errorf("latch service install: set recovery actions: %w", err))
+	}
+	if err := s.SetRecoveryActionsOnNonCrashFailures(true); err != nil {
+		return undo(fmt.Errorf("latch service install: set recovery on failure exit: %w", err))
+	}
+	if err := eventlog.InstallAsEventCreate(c.name, eventlog.Error|eventlog.Warning|eventlog.Info); err != nil &&
+		!strings.Contains(err.Error(), "registry key already exists") {
+		return undo(fmt.Errorf("latch service install: register event log source %q: %w", c.name, err))
+	}
+	fmt.Fprintf(out, "installed service %q: %s daemon %s\nstate directory: %s\nstart it with: latch service start\n",
+		c.name, exe, strings.Join(c.daemonArgs, " "), dir)
+	return nil
+}
+
+func secureDir(dir string) error {
+	sd, err := windows.SecurityDescriptorFromString(stateDirSDDL)
+	if err != nil {
+		return err
+	}
+	dacl, _, err := sd.DACL()
+	if err != nil {
+		return err
+	}
+	return windows.SetNamedSecurityInfo(dir, windows.SE_FILE_OBJECT,
+		windows.DACL_SECURITY_INFORMATION|windows.PROTECTED_DACL_SECURITY_INFORMATION, nil, nil, dacl, nil)
+}
+
+func uninstall(c command, out io.Writer) error {
+	m, err := connect()
+	if err != nil {
+		return err
+	}
+	defer m.Disconnect()
+	s, err := open(m, c.name)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if st, err := s.Query(); err == nil && st.State != svc.Stopped {
+		if err := stopAndWait(s, c.name); err != nil {
+			return err
+		}
+	}
+	if err := s.Delete(); err != nil {
+		return fmt.Errorf("latch service uninstall: delete service %q: %w", c.name, err)
+	}
+	if err := eventlog.Remove(c.name); err != nil {
+		fmt.Fprintf(out, "note: event log source %q not removed: %v\n", c.name, err)
+	}
+	fmt.Fprintf(out, "removed service %q (the state directory %s is kept)\n", c.name, DataDir())
+	return nil
+}
+
+func start(c command, out io.Writer) error {
+	m, err := connect()
+	if err != nil {
+		return err
+	}
+	defer m.Disconnect()
+	s, err := open(m, c.name)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Start(); err != nil {
+		return fmt.Errorf("latch service start %q: %w", c.name, err)
+	}
+	st, err := waitFor(s, StopTimeout, func(st svc.State) bool { return st != svc.StartPending })
+	if err != nil {
+		return fmt.Errorf("latch service start %q: %w", c.name, err)
+	}
+	if st.State != svc.Running {
+		return fmt.Errorf("latch service start %q: the service %s instead of running (exit code %d, service code %d); "+
+			"see the Application event log, source %q", c.name, stateName(st.State), st.Win32ExitCode, st.ServiceSpecificExitCode, c.name)
+	}
+	fmt.Fprintf(out, "service %q is running (pid %d)\n", c.name, st.ProcessId)
+	return nil
+}
+
+func stop(c command, out io.Writer) error {
+	m, err := connect()
+	if err != nil {
+		return err
+	}
+	defer m.Disconnect()
+	s, err := open(m, c.name)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := stopAndWait(s, c.name); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "service %q stopped\n", c.name)
+	return nil
+}
+
+func stopAndWait(s *mgr.Service, name string) error {
+	if _, err := s.Control(svc.Stop); err != nil && !errors.Is(err, windows.ERROR_SERVICE_NOT_ACTIVE) {
+		return fmt.Errorf("latch service stop %q: %w", name, err)
+	}
+	if _, err := waitFor(s, StopTimeout, func(st svc.State) bool { return st == svc.Stopped }); err != nil {
+		return fmt.Errorf("latch service stop %q: %w", name, err)
+	}
+	return nil
+}
+
+func status(c command, out io.Writer) error {
+	m, err := connect()
+	if err != nil {
+		return err
+	}
+	defer m.Disconnect()
+	s, err := open(m, c.name)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	st, err := s.Query()
+	if err != nil {
+		return fmt.Errorf("latch service status %q: %w", c.name, err)
+	}
+	cfg, err := s.Config()
+	if err != nil {
+		return fmt.Errorf("latch service status %q: %w", c.name, err)
+	}
+	fmt.Fprintf(out, "service %q: %s", c.name, stateName(st.State))
+	if st.State == svc.Running {
+		fmt.Fprintf(out, " (pid %d)", st.ProcessId)
+	}
+	fmt.Fprintf(out, "\ncommand: %s\n", cfg.BinaryPathName)
+	return nil
+}
+
+// waitFor polls the service's state until done says so or timeout passes.
+func waitFor(s *mgr.Service, timeout time.Duration, done func(svc.State) bool) (svc.Status, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := s.Query()
+		if err != nil {
+			return st, err
+		}
+		if done(st.State) {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("still %s after %v", stateName(st.State), timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func stateName(s svc.State) string {
+	switch s {
+	case svc.Stopped:
+		return "stopped"
+	case svc.StartPending:
+		return "starting"
+	case svc.StopPending:
+		return "stopping"
+	case svc.Running:
+		return "running"
+	case svc.ContinuePending:
+		return "continuing"
+	case svc.PausePending:
+		return "pausing"
+	case svc.Paused:
+		return "paused"
+	}
+	return fmt.Sprintf("state %d", s)
+}
+
+// RunIfService runs run as a Windows service if the service control manager started
+// this process, and returns true with run's error once the service has stopped. run
+// gets a context that ends when Windows asks the service to stop or shut down; it
+// has StopTimeout to return. While it runs, the standard logger writes to the
+// Application event log (source: the service's name). If this process is not a
+// service, RunIfService returns false at once and does nothing.
+func RunIfService(run func(ctx context.Context) error) (isService bool, err error) {
+	isSvc, err := svc.IsWindowsService()
+	if err != nil {
+		return false, fmt.Errorf("latch: is this a Windows service? %w", err)
+	}
+	if !isSvc {
+		return false, nil
+	}
+	h := &handler{run: run}
+	if err := svc.Run(ServiceName, h); err != nil {
+		return true, fmt.Errorf("latch service: %w", err)
+	}
+	return true, h.err
+}
+
+type handler struct {
+	run func(ctx context.Context) error
+	err error
+}
+
+// eventWriter turns log lines into event log entries: errors and failures as
+// warnings, the rest as information.
+type eventWriter struct {
+	mu   sync.Mutex
+	elog *eventlog.Log
+}
+
+func (w *eventWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimRight(string(p), "\r\n")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	lower := strings.ToLower(msg)
+	if strings.Contains(lower, "error") || strings.Contains(lower, "fail") || strings.Contains(lower, "lost") {
+		w.elog.Warning(2, msg)
+	} else {
+		w.elog.Info(1, msg)
+	}
+	return len(p), nil
+}
+
+func (h *handler) Execute(args []string, r <-chan svc.ChangeRequest, changes chan<- svc.Status) (bool, uint32) {
+	name := ServiceName
+	if len(args) > 0 && args[0] != "" {
+		name = args[0]
+	}
+	changes <- svc.Status{State: svc.StartPending}
+	elog, err := eventlog.Open(name)
+	if err == nil {
+		defer elog.Close()
+		prevOut, prevFlags := log.Writer(), log.Flags()
+		log.SetOutput(&eventWriter{elog: elog})
+		log.SetFlags(0) // the event log stamps the time
+		defer func() { log.SetOutput(prevOut); log.SetFlags(prevFlags) }()
+		elog.Info(1, fmt.Sprintf("latch service %s starting", name))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- h.run(ctx) }()
+	changes <- svc.Status{State: svc.Running, Accepts: svc.AcceptStop | svc.AcceptShutdown}
+	for {
+		select {
+		case err := <-done:
+			h.err = err
+			if err != nil {
+				if elog != nil {
+					elog.Error(3, fmt.Sprintf("latch service %s failed: %v", name, err))
+				}
+				return true, 1 // a service-specific failure: the recovery actions restart it
+			}
+			return false, 0
+		case c := <-r:
+			switch c.Cmd {
+			case svc.Interrogate:
+				changes <- c.CurrentStatus
+			case svc.Stop, svc.Shutdown:
+				changes <- svc.Status{State: svc.StopPending, WaitHint: uint32(StopTimeout / time.Millisecond)}
+				cancel()
+				select {
+				case h.err = <-done:
+				case <-time.After(StopTimeout):
+					h.err = fmt.Errorf("the daemon did not stop within %v", StopTimeout)
+				}
+				if elog != nil {
+					if h.err != nil {
+						elog.Error(3, fmt.Sprintf("latch service %s stopped with an error: %v", name, h.err))
+					} else {
+						elog.Info(1, fmt.Sprintf("latch service %s stopped", name))
+					}
+				}
+				return false, 0
+			}
+		}
+	}
+}
