@@ -1,0 +1,349 @@
+// Command bench measures what latch costs a program that connects: connect() latency
+// (median, p99) and connections per second, in one run, for
+//
+//   - none:  no firewall at all;
+//   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
+//     round trip itself, which no queue-based firewall can avoid);
+//   - latch: the latch daemon with 10,000 rules loaded and process attribution on.
+//
+// and reports latch's added latency as a multiple of the floor's. Each scenario runs in
+// fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
+//
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept/linux/nfq"
+	"github.com/latchfw/latch/test/nettest"
+)
+
+const benchPort = 9000
+
+// Measurement is one scenario's numbers, as the client role prints them.
+type Measurement struct {
+	Scenario string  `json:"scenario"`
+	MedianUS float64 `json:"median_us"`
+	P99US    float64 `json:"p99_us"`
+	ConnPerS float64 `json:"conn_per_s"`
+	Failed   int     `json:"failed"`
+	Connects int     `json:"connects"`
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "role-client":
+			roleClient(os.Args[2:])
+			return
+		case "role-server":
+			roleServer(os.Args[2])
+			return
+		case "role-floor":
+			roleFloor()
+			return
+		}
+	}
+	n := flag.Int("n", 2000, "connects per phase (sequential latency, then concurrent throughput)")
+	conc := flag.Int("conc", 8, "concurrent connecting workers in the throughput phase")
+	nrules := flag.Int("rules", 10000, "rules loaded into latch")
+	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fatalf("bench needs root (network namespaces, netfilter)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fatalf("%v", err)
+	}
+	dir, err := os.MkdirTemp("", "latch-bench-")
+	if err != nil {
+		fatalf("%v", err)
+	}
+	defer os.RemoveAll(dir)
+	// Copy ourselves to a stable path: the latch scenario allows this executable by path.
+	client := filepath.Join(dir, "latch-bench-client")
+	if out, err := exec.Command("cp", self, client).CombinedOutput(); err != nil {
+		fatalf("cp: %v: %s", err, out)
+	}
+	if *latchBin == "" {
+		*latchBin = filepath.Join(dir, "latch")
+		if out, err := exec.Command("go", "build", "-o", *latchBin, "./cmd/latch").CombinedOutput(); err != nil {
+			fatalf("go build ./cmd/latch (run from the repository root): %v\n%s", err, out)
+		}
+	}
+
+	var results []Measurement
+	for _, sc := range []string{"none", "floor", "latch"} {
+		m, err := scenario(sc, client, *latchBin, dir, *n, *conc, *nrules)
+		if err != nil {
+			fatalf("scenario %s: %v", sc, err)
+		}
+		results = append(results, m)
+	}
+	report(results, *n, *conc, *nrules)
+}
+
+func scenario(name, client, latchBin, dir string, n, conc, nrules int) (Measurement, error) {
+	p, err := nettest.NewPair()
+	if err != nil {
+		return Measurement{}, err
+	}
+	defer p.Close()
+	addr := fmt.Sprintf("%s:%d", p.ServerIP, benchPort)
+	srv := nettest.Command(p.Server, client, "role-server", addr)
+	if err := startAndWait(srv, "listening"); err != nil {
+		return Measurement{}, fmt.Errorf("server: %v", err)
+	}
+	defer stop(srv)
+
+	switch name {
+	case "floor":
+		// The same match latch uses for TCP: SYNs by flag.
+		rule := []string{"-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "SYN,ACK,RST,FIN", "SYN", "-j", "NFQUEUE", "--queue-num", "4300"}
+		if out, err := nettest.Command(p.Client, "iptables", rule...).CombinedOutput(); err != nil {
+			return Measurement{}, fmt.Errorf("iptables: %v: %s", err, out)
+		}
+		floor := nettest.Command(p.Client, client, "role-floor")
+		if err := startAndWait(floor, "reading"); err != nil {
+			return Measurement{}, fmt.Errorf("floor reader: %v", err)
+		}
+		defer stop(floor)
+	case "latch":
+		state := filepath.Join(dir, "state-"+p.Client)
+		api := filepath.Join(dir, p.Client+".sock")
+		rulesFile := filepath.Join(dir, "rules.json")
+		if err := writeRules(rulesFile, client, p.ServerIP, nrules); err != nil {
+			return Measurement{}, err
+		}
+		d := nettest.Command(p.Client, latchBin, "daemon", "--state-dir", state, "--api", api, "--default", "deny")
+		d.Stdout, d.Stderr = os.Stderr, os.Stderr
+		if err := d.Start(); err != nil {
+			return Measurement{}, err
+		}
+		defer stop(d)
+		if err := waitAPI(latchBin, api); err != nil {
+			return Measurement{}, err
+		}
+		cli := exec.Command(latchBin, "rules", "import", rulesFile)
+		cli.Env = append(os.Environ(), "LATCH_API="+api)
+		if out, err := cli.CombinedOutput(); err != nil {
+			return Measurement{}, fmt.Errorf("latch rules import: %v: %s", err, out)
+		}
+	}
+	out, err := nettest.Command(p.Client, client, "role-client", addr, fmt.Sprint(n), fmt.Sprint(conc)).Output()
+	if err != nil {
+		return Measurement{}, fmt.Errorf("client: %v", err)
+	}
+	var m Measurement
+	if err := json.Unmarshal(out, &m); err != nil {
+		return Measurement{}, fmt.Errorf("client output %q: %v", out, err)
+	}
+	m.Scenario = name
+	if m.Failed > 0 {
+		return m, fmt.Errorf("%d of %d connects failed", m.Failed, m.Connects)
+	}
+	return m, nil
+}
+
+// writeRules writes nrules-1 rules that do not match the benchmark client (other apps,
+// other networks, other ports — a realistic mix) and one that allows it.
+func writeRules(path, client, serverIP string, nrules int) error {
+	rules := make([]engine.Rule, 0, nrules)
+	for i := 1; i < nrules; i++ {
+		r := engine.Rule{ID: engine.RuleID(i), Action: engine.Allow, Protocol: engine.TCP, Direction: engine.Outbound}
+		switch i % 4 {
+		case 0:
+			r.App = fmt.Sprintf("/opt/app%d/bin/app", i)
+		case 1:
+			r.App = fmt.Sprintf("/usr/lib/pkg%d/*", i)
+			r.Action = engine.Deny
+		case 2:
+			r.App = fmt.Sprintf("/usr/bin/tool%d", i)
+			r.Remote = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), 32)
+		case 3:
+			r.App = fmt.Sprintf("/usr/local/bin/svc%d", i)
+			r.Port = engine.PortRange{Lo: uint16(1000 + i%5000), Hi: uint16(1000 + i%5000)}
+		}
+		rules = append(rules, r)
+	}
+	rules = append(rules, engine.Rule{ID: engine.RuleID(nrules), App: client, Action: engine.Allow,
+		Protocol: engine.TCP, Port: engine.PortRange{Lo: benchPort, Hi: benchPort}})
+	return os.WriteFile(path, engine.MarshalRules(rules), 0o600)
+}
+
+func report(ms []Measurement, n, conc, nrules int) {
+	fmt.Printf("connect() to a veth peer, %d sequential connects for latency, %d with %d workers for throughput\n", n, n, conc)
+	fmt.Printf("%-8s %12s %12s %12s\n", "", "median µs", "p99 µs", "conn/s")
+	for _, m := range ms {
+		fmt.Printf("%-8s %12.1f %12.1f %12.0f\n", m.Scenario, m.MedianUS, m.P99US, m.ConnPerS)
+	}
+	none, floor, latch := ms[0], ms[1], ms[2]
+	floorAdd := floor.MedianUS - none.MedianUS
+	latchAdd := latch.MedianUS - none.MedianUS
+	fmt.Printf("added median latency: floor %.1f µs, latch (%d rules, attribution on) %.1f µs\n", floorAdd, nrules, latchAdd)
+	if floorAdd > 0 {
+		ratio := latchAdd / floorAdd
+		verdict := "within"
+		if ratio > 1.25 {
+			verdict = "OVER"
+		}
+		fmt.Printf("latch/floor added-latency ratio: %.2fx (target <= 1.25x: %s)\n", ratio, verdict)
+	}
+	fmt.Printf("throughput: floor %.2fx of none, latch %.2fx of none, latch %.2fx of floor\n",
+		floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
+}
+
+// roleClient connects n times one after another, then n times from conc workers.
+func roleClient(args []string) {
+	addr := args[0]
+	var n, conc int
+	fmt.Sscan(args[1], &n)
+	fmt.Sscan(args[2], &conc)
+	var m Measurement
+	lat := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			m.Failed++
+			continue
+		}
+		lat = append(lat, time.Since(start))
+		c.Close()
+	}
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		m.MedianUS = us(lat[len(lat)/2])
+		m.P99US = us(lat[len(lat)*99/100])
+	}
+	var next, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	m.ConnPerS = float64(n) / time.Since(start).Seconds()
+	m.Failed += int(failed.Load())
+	m.Connects = 2 * n
+	b, _ := json.Marshal(m)
+	fmt.Println(string(b))
+}
+
+func roleServer(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Println("listening")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fatalf("%v", err)
+		}
+		c.Close()
+	}
+}
+
+func roleFloor() {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	if err := nfq.AcceptAll(ctx, 4300, func() { fmt.Println("reading") }); err != nil && ctx.Err() == nil {
+		fatalf("floor reader: %v", err)
+	}
+}
+
+func startAndWait(cmd *exec.Cmd, line string) error {
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	got := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 256)
+		k, err := out.Read(buf)
+		if err != nil {
+			got <- err
+			return
+		}
+		if !strings.Contains(string(buf[:k]), line) {
+			got <- fmt.Errorf("printed %q, want %q", buf[:k], line)
+			return
+		}
+		got <- nil
+	}()
+	select {
+	case err := <-got:
+		return err
+	case <-time.After(15 * time.Second):
+		return fmt.Errorf("no %q within 15s", line)
+	}
+}
+
+func waitAPI(latchBin, api string) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		cli := exec.Command(latchBin, "status")
+		cli.Env = append(os.Environ(), "LATCH_API="+api)
+		if cli.Run() == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("latch daemon API %s did not answer within 15s", api)
+}
+
+func stop(cmd *exec.Cmd) {
+	if cmd.Process == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(1)
+}
