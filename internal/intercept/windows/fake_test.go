@@ -15,7 +15,7 @@ import (
 // fakeDriver plays the driver's side of the port in memory: it answers HELLO, records
 // VERDICTs and FLUSHes, answers STATS_QUERY, and sends messages to the connected port.
 type fakeDriver struct {
-	t *testing.T
+	t testing.TB
 
 	mu        sync.Mutex
 	port      *fakePort
@@ -31,7 +31,7 @@ type fakeDriver struct {
 	nextID    uint64
 }
 
-func newFakeDriver(t *testing.T) *fakeDriver {
+func newFakeDriver(t testing.TB) *fakeDriver {
 	return &fakeDriver{
 		t:         t,
 		pending:   make(map[uint64]bool),
