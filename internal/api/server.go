@@ -392,6 +392,8 @@ func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
 		}
 		after = x
 	}
+	// Connections decided before this request are shown, not left in the write buffer.
+	s.cfg.History.Flush()
 	cs, err := s.cfg.History.Recent(n, after)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())

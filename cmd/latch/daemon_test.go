@@ -1,0 +1,152 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/latchfw/latch/internal/store"
+)
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type daemonProc struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	done   chan struct{}
+	sock   string
+	dir    string
+	waited bool
+}
+
+// startDaemon runs `latch daemon --backend none` and waits until its API answers.
+func startDaemon(t *testing.T, stateDir, sock string, extra ...string) *daemonProc {
+	t.Helper()
+	args := append([]string{"daemon", "--backend", "none", "--state-dir", stateDir, "--api", sock}, extra...)
+	d := &daemonProc{cmd: exec.Command(latchBin, args...), out: &syncBuffer{}, done: make(chan struct{}), sock: sock, dir: stateDir}
+	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.done
+		if t.Failed() {
+			t.Logf("daemon output:\n%s", d.out.String())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := runLatch(t, []string{"LATCH_API=" + sock}, nil, "status")
+		if r.code == 0 {
+			return d
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("daemon exited: %s", d.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon API did not come up: %s", r.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (d *daemonProc) stop(t *testing.T) int {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("daemon did not stop on SIGTERM")
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+func TestDaemonLifecycle(t *testing.T) {
+	dir, err := os.MkdirTemp("", "latch-daemon-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	state, sock := filepath.Join(dir, "state"), filepath.Join(dir, "run", "latch.sock")
+	env := []string{"LATCH_API=" + sock}
+	d := startDaemon(t, state, sock, "--default", "reject", "--prompt-timeout", "5s", "--fail", "open")
+
+	st := runLatch(t, env, nil, "status").ok(t).stdout
+	for _, want := range []string{"none (nothing is intercepted)", "fail-open", "reject after 5s"} {
+		if !strings.Contains(st, want) {
+			t.Errorf("status lacks %q:\n%s", want, st)
+		}
+	}
+	runLatch(t, env, nil, "rules", "add", "--app", "/usr/bin/ssh", "--port", "22", "--action", "allow").ok(t)
+
+	// A second daemon on the same state dir refuses, clearly; so does one on the same socket.
+	r := runLatch(t, nil, nil, "daemon", "--backend", "none", "--state-dir", state, "--api", filepath.Join(dir, "other.sock"))
+	if r.code != 1 || !strings.Contains(r.stderr, "in use by another latch daemon (pid") {
+		t.Errorf("second daemon on one state dir: exit %d, %q", r.code, r.stderr)
+	}
+	r = runLatch(t, nil, nil, "daemon", "--backend", "none", "--state-dir", filepath.Join(dir, "state2"), "--api", sock)
+	if r.code != 1 || !strings.Contains(r.stderr, "another latch daemon is serving it") {
+		t.Errorf("second daemon on one socket: exit %d, %q", r.code, r.stderr)
+	}
+	runLatch(t, env, nil, "status").ok(t) // the first one is unharmed
+
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("daemon exit %d on SIGTERM: %s", code, d.out.String())
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind after a clean stop: %v", err)
+	}
+	if !strings.Contains(d.out.String(), "stopped") {
+		t.Errorf("daemon log lacks the clean stop:\n%s", d.out.String())
+	}
+
+	// The rules survive a restart.
+	d = startDaemon(t, state, sock)
+	rules := jsonLines(t, runLatch(t, env, nil, "rules", "list", "--json").ok(t).stdout)
+	if len(rules) != 1 || rules[0]["app"] != "/usr/bin/ssh" {
+		t.Errorf("rules after restart: %v", rules)
+	}
+	d.stop(t)
+
+	// A malformed rules file: the daemon refuses to start, names the field, and leaves
+	// the file alone.
+	rulesPath := filepath.Join(state, store.RulesFileName)
+	bad := []byte(`{"version":1,"rules":[{"id":1,"action":"allow","port":"70000"}]}`)
+	os.WriteFile(rulesPath, bad, 0o600)
+	r = runLatch(t, nil, nil, "daemon", "--backend", "none", "--state-dir", state, "--api", sock)
+	if r.code != 1 || !strings.Contains(r.stderr, "port") || !strings.Contains(r.stderr, rulesPath) {
+		t.Errorf("daemon with a malformed rules file: exit %d, %q", r.code, r.stderr)
+	}
+	if after, _ := os.ReadFile(rulesPath); !bytes.Equal(after, bad) {
+		t.Errorf("the refused rules file was changed: %s", after)
+	}
+}
