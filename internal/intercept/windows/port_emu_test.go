@@ -184,3 +184,41 @@ func TestEmulatedPortOutputTooLarge(t *testing.T) {
 		t.Fatalf("Send = %v", err)
 	}
 }
+
+// FuzzEmulatedPortFrames feeds arbitrary bytes from the harness side: the port must
+// never panic, and must end with an error once the bytes run out.
+func FuzzEmulatedPortFrames(f *testing.F) {
+	msg, _ := proto.Encode(&proto.Ack{})
+	frame := func(kind byte, body []byte) []byte {
+		b := binary.LittleEndian.AppendUint32(nil, uint32(1+len(body)))
+		return append(append(b, kind), body...)
+	}
+	f.Add(frame(emuMessage, append(make([]byte, 16), msg...)))
+	f.Add(frame(emuSendResult, []byte{0x46, 0x02, 0, 0xc0, 0, 0, 0, 0}))
+	f.Add(frame(emuSendResult, []byte{0, 0, 0, 0, 1, 0, 0, 0, 9}))
+	f.Add([]byte{1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, b := net.Pipe()
+		p := NewEmulatedPort(a)
+		defer p.Close()
+		go func() {
+			b.Write(data)
+			b.Close()
+		}()
+		buf := make([]byte, 256)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for {
+			_, n, err := p.GetMessage(ctx, buf)
+			if err != nil {
+				if errors.Is(err, context.DeadlineExceeded) {
+					t.Fatal("the port did not report the end of its input")
+				}
+				return
+			}
+			if n > len(buf) {
+				t.Fatalf("n %d > buffer %d", n, len(buf))
+			}
+		}
+	})
+}
