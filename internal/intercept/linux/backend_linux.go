@@ -27,7 +27,7 @@ const (
 )
 
 const (
-	attributionWorkers = 4
+	attributionReaders = 4   // concurrent readers when attribution is on
 	maxReadErrors      = 100 // consecutive unexplained read errors before Run gives up
 )
 
@@ -144,33 +144,36 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	}
 
 	var wg sync.WaitGroup
-	var work chan *hold
-	if b.cfg.Resolver != nil {
-		work = make(chan *hold, 1024)
-		for range attributionWorkers {
-			wg.Go(func() {
-				for h := range work {
-					b.attribute(h.req)
-					b.decide(d, h)
-				}
-			})
-		}
-	}
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	wg.Go(func() { b.sweep(sweepCtx) })
 	if b.cfg.Ready != nil {
 		b.cfg.Ready()
 	}
 
-	readErr := b.read(ctx, q, d, work)
+	// Several readers take turns on the socket: each handles the packets it read
+	// (attribution included) while another one reads on, so a slow attribution never
+	// stalls the queue, and the common case costs no hand-off between goroutines.
+	readers := 1
+	if b.cfg.Resolver != nil {
+		readers = attributionReaders
+	}
+	readErrs := make([]error, readers)
+	var rg sync.WaitGroup
+	for i := range readers {
+		rg.Go(func() {
+			readErrs[i] = b.read(ctx, q, d)
+			if readErrs[i] != nil {
+				q.SetReadDeadline(time.Unix(1, 0)) // stop the other readers too
+			}
+		})
+	}
+	rg.Wait()
+	readErr := errors.Join(readErrs...)
 
 	// Shutdown: stop queueing first, then answer what is still held.
 	b.closing.Store(true)
 	rmErr := b.fw.remove()
 	stopSweep()
-	if work != nil {
-		close(work)
-	}
 	wg.Wait()
 	b.releaseAll()
 	b.readQueueStatus()
@@ -211,14 +214,14 @@ func (b *Backend) checkAlone() error {
 }
 
 // read is the queue reader. It never waits for a decision.
-func (b *Backend) read(ctx context.Context, q *nfq.Conn, d intercept.Decider, work chan<- *hold) error {
+func (b *Backend) read(ctx context.Context, q *nfq.Conn, d intercept.Decider) error {
 	stop := context.AfterFunc(ctx, func() { q.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	failures := 0
 	for {
 		pkts, err := q.Read()
 		for i := range pkts {
-			b.handle(&pkts[i], d, work)
+			b.handle(&pkts[i], d)
 		}
 		if err == nil {
 			failures = 0
@@ -246,7 +249,7 @@ func (b *Backend) read(ctx context.Context, q *nfq.Conn, d intercept.Decider, wo
 }
 
 // handle turns one queued packet into a Request and hands it on.
-func (b *Backend) handle(p *nfq.Packet, d intercept.Decider, work chan<- *hold) {
+func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	h := &hold{id: p.ID, mark: p.Mark, since: p.Time}
 	if p.Err != nil {
 		b.malformedPacket(h, p.Err)
@@ -280,9 +283,8 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider, work chan<- *hold) 
 	b.holdsMu.Lock()
 	b.holds[h.id] = h
 	b.holdsMu.Unlock()
-	if work != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
-		work <- h // attribution may take a while; the workers decide
-		return
+	if b.cfg.Resolver != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
+		b.attribute(req)
 	}
 	b.decide(d, h)
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 	"github.com/latchfw/latch/internal/procattr"
 	"golang.org/x/sys/unix"
 )
@@ -50,7 +52,7 @@ var nsCounter atomic.Int32
 // topo is a pair of network namespaces joined by a veth pair.
 type topo struct{ a, b string }
 
-func newTopo(t *testing.T) *topo {
+func newTopo(t testing.TB) *topo {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces and netfilter rules")
@@ -113,7 +115,7 @@ func inNS(ns string, fn func() error) error {
 // ruleset returns what iptables-save, ip6tables-save and nft print in ns, without the
 // comment lines that carry timestamps and without counters. Other comments, such as
 // the warning that legacy tables exist, stay.
-func ruleset(t *testing.T, ns string) string {
+func ruleset(t testing.TB, ns string) string {
 	t.Helper()
 	var b strings.Builder
 	counters := regexp.MustCompile(`\[\d+:\d+\]`)
@@ -141,7 +143,7 @@ type tcpServer struct {
 	accepted atomic.Int64
 }
 
-func listenTCP(t *testing.T, tp *topo, port int) *tcpServer {
+func listenTCP(t testing.TB, tp *topo, port int) *tcpServer {
 	t.Helper()
 	s := &tcpServer{}
 	err := inNS(tp.b, func() error {
@@ -183,7 +185,7 @@ func dial(tp *topo, port int, timeout time.Duration) (time.Duration, error) {
 
 // daemon is a child process running the backend in namespace A.
 type daemon struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	lines  chan string
 	exited chan struct{}
@@ -194,7 +196,7 @@ type daemon struct {
 
 // startDaemon starts the backend in tp.a. policy maps remote ports to actions, see
 // childDecider. It waits for the ruleset to be in place unless wantReady is false.
-func startDaemon(t *testing.T, tp *topo, policy string, env ...string) *daemon {
+func startDaemon(t testing.TB, tp *topo, policy string, env ...string) *daemon {
 	t.Helper()
 	d := spawnDaemon(t, tp, policy, env...)
 	if _, ok := d.waitLine("ready", 15*time.Second); !ok {
@@ -203,10 +205,16 @@ func startDaemon(t *testing.T, tp *topo, policy string, env ...string) *daemon {
 	return d
 }
 
-func spawnDaemon(t *testing.T, tp *topo, policy string, env ...string) *daemon {
+func spawnDaemon(t testing.TB, tp *topo, policy string, env ...string) *daemon {
+	t.Helper()
+	return spawnChild(t, tp, "daemon", policy, env...)
+}
+
+// spawnChild runs this test binary in child mode (see runChild) in namespace A.
+func spawnChild(t testing.TB, tp *topo, mode, policy string, env ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", tp.a, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=daemon", "LATCH_TEST_POLICY="+policy)
+	cmd.Env = append(os.Environ(), childEnv+"="+mode, "LATCH_TEST_POLICY="+policy)
 	cmd.Env = append(cmd.Env, env...)
 	d := &daemon{t: t, cmd: cmd, lines: make(chan string, 100000), exited: make(chan struct{}), stderr: &strings.Builder{}}
 	cmd.Stderr = &lockedWriter{w: d.stderr, mu: &d.mu}
@@ -329,6 +337,26 @@ func runChild(mode string) int {
 			return 1
 		}
 		return 0
+	case "floor":
+		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer cancel()
+		ruleset := fmt.Sprintf("*filter\n-A OUTPUT -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN -j NFQUEUE --queue-num %d\nCOMMIT\n", queue)
+		if os.Getenv("LATCH_TEST_FLOOR_LATCH_RULES") != "" {
+			// The floor reader behind latch's full ruleset: what the ruleset costs.
+			ruleset = ruleSpec{queue: queue, exemptLoopback: true}.iptablesRules(false, nil)
+		}
+		if _, err := run(ruleset, "iptables-restore", "-w", "--noflush"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		err := nfq.AcceptAll(ctx, queue, func() { fmt.Println("ready") })
+		st, _ := json.Marshal(intercept.Stats{})
+		fmt.Printf("stats %s\n", st)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
 	case "daemon":
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
@@ -353,7 +381,9 @@ func runChild(mode string) int {
 			return 2
 		}
 	}
-	if os.Getenv("LATCH_TEST_ATTRIBUTE") != "" {
+	if os.Getenv("LATCH_TEST_ATTRIBUTE") == "instant" {
+		cfg.Resolver = instantResolver{}
+	} else if os.Getenv("LATCH_TEST_ATTRIBUTE") != "" {
 		// eBPF off: its hooks attach to the root cgroup, shared with the whole machine.
 		r, err := procattr.NewResolver(procattr.Options{DisableEBPF: true})
 		if err != nil {
@@ -459,3 +489,11 @@ func parsePolicy(s string) (map[int]policyAction, error) {
 
 // osArgs0 is the test binary, for running a child mode directly.
 func osArgs0() string { return os.Args[0] }
+
+// instantResolver answers at once: it measures what the attribution hand-off costs
+// without the cost of attribution itself.
+type instantResolver struct{}
+
+func (instantResolver) Resolve(engine.Protocol, netip.AddrPort, netip.AddrPort, int32) (procattr.Process, error) {
+	return procattr.Process{PID: 1, Exe: "/instant", UID: 0}, nil
+}
