@@ -2,6 +2,7 @@ package procattr
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -349,6 +350,41 @@ func TestResolveInbound(t *testing.T) {
 					wantUnknown(t, p, err, ErrNoSocket)
 				}
 			})
+		}
+	}
+}
+
+// TestResolveConcurrent: lookups from several goroutines (more than there are
+// sock_diag sockets) all get their own answer.
+func TestResolveConcurrent(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{})
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	var clients []*client
+	for range 4 {
+		clients = append(clients, startClient(t, ns, "tcp", remote))
+	}
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			for i := range 200 {
+				c := clients[(g+i)%len(clients)]
+				p, err := r.Resolve(engine.TCP, c.Local, remote, 0)
+				if err == nil && p.PID != c.pid() {
+					err = fmt.Errorf("Resolve(%v) = pid %d, want %d", c.Local, p.PID, c.pid())
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
 		}
 	}
 }
