@@ -116,6 +116,8 @@ type platformBackend struct {
 	intercept.Backend
 	attribution func() []string // live attribution methods
 	close       func()          // releases what newBackend opened besides the backend
+	// ready is closed once Run holds connections; nil: as soon as Run is called.
+	ready <-chan struct{}
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -202,6 +204,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return err
 	}
 	defer be.close()
+	if be.ready == nil {
+		ready := make(chan struct{})
+		close(ready)
+		be.ready = ready
+	}
 
 	// Rules are saved on every change: at once by the API (which reports a failure
 	// to the user), and by this hook for changes the engine makes by itself (expiry).
@@ -258,10 +265,31 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			return st
 		},
 	})
+	// Claim the socket now, so a second daemon fails before touching the firewall, but
+	// serve only once the backend holds connections: a client that gets an answer from
+	// the API may rely on interception being in place.
 	l, err := api.Listen(o.API)
 	if err != nil {
 		return err
 	}
+	defer l.Close()
+
+	runCtx, stopBackend := context.WithCancel(context.Background())
+	defer stopBackend()
+	runErr := make(chan error, 1)
+	go func() { runErr <- be.Run(runCtx, decider) }()
+	select {
+	case <-be.ready:
+	case err := <-runErr:
+		if err == nil {
+			err = errors.New("the interception backend stopped")
+		}
+		return fmt.Errorf("backend %s: %w", be.Name(), err)
+	case <-ctx.Done():
+		stopBackend()
+		return <-runErr
+	}
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
 	defer func() {
@@ -270,11 +298,6 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			logf("API server: %v", err)
 		}
 	}()
-
-	runCtx, stopBackend := context.WithCancel(context.Background())
-	defer stopBackend()
-	runErr := make(chan error, 1)
-	go func() { runErr <- be.Run(runCtx, decider) }()
 
 	logf("started: backend %s, %s, default %s after %s, rules %d, API %s, state %s",
 		be.Name(), mode, o.Default, o.PromptTimeout, len(rules), o.API, o.StateDir)

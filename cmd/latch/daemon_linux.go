@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/latchfw/latch/internal/intercept/linux"
@@ -28,12 +29,14 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.Resolver = res
 	cfg.HoldTimeout = o.PromptTimeout + max(o.PromptTimeout, 30*time.Second)
 	cfg.Logf = logf
+	ready := make(chan struct{})
+	cfg.Ready = sync.OnceFunc(func() { close(ready) })
 	be, err := linux.New(cfg)
 	if err != nil {
 		res.Close()
 		return nil, err
 	}
-	return &platformBackend{Backend: be, attribution: res.Methods, close: func() { res.Close() }}, nil
+	return &platformBackend{Backend: be, attribution: res.Methods, close: func() { res.Close() }, ready: ready}, nil
 }
 
 const cleanupHelp = `Usage: latch cleanup [--queue N]
