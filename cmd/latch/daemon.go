@@ -16,6 +16,7 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/internal/winsvc"
 )
 
 var daemonHelp = `Usage: latch daemon [flags]
@@ -136,6 +137,13 @@ func runDaemon(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Started by the Windows service control manager, the daemon runs as its service
+	// (logging to the event log); everywhere else this returns at once.
+	if isService, err := winsvc.RunIfService(func(ctx context.Context) error {
+		return serveDaemon(ctx, o, nil)
+	}); isService {
+		return err
+	}
 	return serveDaemon(ctx, o, nil)
 }
 
@@ -168,8 +176,8 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 // serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not
 // nil, is called once everything runs.
 func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error) {
-	logger := log.New(os.Stderr, "latch daemon: ", log.LstdFlags)
-	logf := logger.Printf
+	// The standard logger: a Windows service redirects it to the event log.
+	logf := func(format string, args ...any) { log.Printf("latch daemon: "+format, args...) }
 
 	lock, err := store.LockStateDir(o.StateDir)
 	if err != nil {

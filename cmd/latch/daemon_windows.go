@@ -3,20 +3,13 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 
 	"github.com/latchfw/latch/internal/intercept/windows"
+	"github.com/latchfw/latch/internal/winsvc"
 )
 
 // defaultStateDir is %ProgramData%\latch.
-var defaultStateDir = func() string {
-	pd := os.Getenv("ProgramData")
-	if pd == "" {
-		pd = `C:\ProgramData`
-	}
-	return filepath.Join(pd, "latch")
-}()
+var defaultStateDir = winsvc.DataDir()
 
 // newBackend connects to latch's WFP callout driver through its Filter Manager port.
 func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, error) {
@@ -26,7 +19,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	}
 	return &platformBackend{
 		Backend:     be,
-		attribution: func() []string { return []string{"wfp-flow"} },
+		attribution: func() []string { return []string{"wfp-driver"} }, // pid and image path come with each request
 		close:       func() {},
 	}, nil
 }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/winsvc"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -40,6 +41,8 @@ Usage: latch VERB [flags] [args]
 Daemon:
   daemon [flags]            hold and decide new connections (run as root); see 'latch help daemon'
   cleanup [--queue N]       remove netfilter rules a crashed daemon left behind
+  service install|uninstall|start|stop|status
+                            run the daemon as a Windows service (Windows only)
 
 Rules:
   rules list [--json]       show the rules in force
@@ -94,6 +97,7 @@ func init() {
 		"watch":   {runWatch, watchHelp},
 		"conns":   {runConns, connsHelp},
 		"status":  {runStatus, statusHelp},
+		"service": {runService, winsvc.Usage},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}
 }
@@ -187,6 +191,13 @@ func wantArgs(pos []string, n int, what string) error {
 		return usagef("want %s, got %d argument(s)", what, len(pos))
 	}
 	return nil
+}
+
+func runService(ctx context.Context, args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		return errHelp
+	}
+	return winsvc.Command(args)
 }
 
 func client() *api.Client { return api.NewClient("") }
