@@ -18,7 +18,7 @@ type procEntry struct {
 	comm       string
 }
 
-// procCache keeps procEntries of processes that made connections, so the hot path
+// procCache keeps procEntries of processes that own connections, so the hot path
 // costs one readlink (is it alive, has it exec'd?) instead of reading stat and
 // cmdline for every connection.
 //
@@ -80,6 +80,22 @@ func (c *procCache) load(pid int32) (*procEntry, error) {
 	}
 	c.byPID[pid] = e
 	return e, nil
+}
+
+// get returns the live cached entry of pid, or loads it.
+func (c *procCache) get(pid int32) (*procEntry, error) {
+	if e, ok := c.live(pid); ok {
+		return e, nil
+	}
+	return c.load(pid)
+}
+
+// fdPointsAt reports whether e's process has the socket inode open as fd. False if e
+// is no longer cached (its handle may be closed).
+func (c *procCache) fdPointsAt(e *procEntry, fd int, inode uint32) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.byPID[e.dir.pid] == e && e.dir.fdPointsAt(fd, inode)
 }
 
 // holdsSocket reports whether e's process has the socket inode open. False if e is no

@@ -160,12 +160,13 @@ func (d procDir) eachSocketFD(scratch *scanScratch, fn func(fd int, inode uint32
 }
 
 // fdPointsAt reports whether /proc/PID/fd/FD is still the socket inode.
-func (d procDir) fdPointsAt(fd int, inode uint32, scratch *scanScratch) bool {
-	n, err := unix.Readlinkat(d.fd, "fd/"+strconv.Itoa(fd), scratch.link[:])
+func (d procDir) fdPointsAt(fd int, inode uint32) bool {
+	var link [64]byte
+	n, err := unix.Readlinkat(d.fd, "fd/"+strconv.Itoa(fd), link[:])
 	if err != nil {
 		return false
 	}
-	ino, ok := parseSocketLink(scratch.link[:n])
+	ino, ok := parseSocketLink(link[:n])
 	return ok && ino == inode
 }
 
@@ -266,53 +267,54 @@ func newProcScanner(interval time.Duration) *procScanner {
 	return &procScanner{interval: interval, byInode: make(map[uint32]fdRef)}
 }
 
-// find returns the open /proc/PID directory of a process that holds the socket
-// inode, checked just now. The caller closes it.
-func (s *procScanner) find(inode uint32) (procDir, error) {
+// find returns where the socket inode was seen. A cached answer is not checked here:
+// the caller checks the fd through its own handle of the process and calls forget
+// if the fd no longer points at the socket. Otherwise the processes found recently
+// are scanned, then (at most once per interval) all of /proc.
+func (s *procScanner) find(inode uint32) (fdRef, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
 	if ref, ok := s.byInode[inode]; ok {
-		if d, err := openProcDir(ref.pid); err == nil {
-			if d.fdPointsAt(int(ref.fd), inode, &s.scratch) {
-				s.touch(ref.pid)
-				return d, nil
-			}
-			d.close()
-		}
-		delete(s.byInode, inode)
+		s.touch(ref.pid)
+		return ref, nil
 	}
 	for _, pid := range s.hot {
 		d, err := openProcDir(pid)
 		if err != nil {
 			continue
 		}
-		if fd, ok := d.holdsSocket(inode, &s.scratch); ok {
-			s.remember(inode, fdRef{pid: pid, fd: int32(fd)})
-			s.touch(pid)
-			return d, nil
-		}
+		fd, ok := d.holdsSocket(inode, &s.scratch)
 		d.close()
+		if ok {
+			ref := fdRef{pid: pid, fd: int32(fd)}
+			s.remember(inode, ref)
+			s.touch(pid)
+			return ref, nil
+		}
 	}
-	if !s.lastFull.IsZero() && time.Since(s.lastFull) < s.interval {
-		return procDir{fd: -1}, fmt.Errorf("socket inode %d not in the /proc scan of %v ago (next full scan in %v): %w",
-			inode, time.Since(s.lastFull).Round(time.Microsecond), s.interval-time.Since(s.lastFull), ErrNoProcess)
+	if since := time.Since(s.lastFull); !s.lastFull.IsZero() && since < s.interval {
+		return fdRef{}, fmt.Errorf("socket inode %d not in the /proc scan of %v ago (next full scan in %v): %w",
+			inode, since.Round(time.Microsecond), s.interval-since, ErrNoProcess)
 	}
 	if err := s.fullScan(); err != nil {
-		return procDir{fd: -1}, err
+		return fdRef{}, err
 	}
 	ref, ok := s.byInode[inode]
 	if !ok {
-		return procDir{fd: -1}, fmt.Errorf("socket inode %d in no /proc/*/fd: %w", inode, ErrNoProcess)
+		return fdRef{}, fmt.Errorf("socket inode %d in no /proc/*/fd: %w", inode, ErrNoProcess)
 	}
-	d, err := openProcDir(ref.pid)
-	if err == nil && d.fdPointsAt(int(ref.fd), inode, &s.scratch) {
-		s.touch(ref.pid)
-		return d, nil
+	s.touch(ref.pid)
+	return ref, nil
+}
+
+// forget drops a cached answer that turned out wrong.
+func (s *procScanner) forget(inode uint32, ref fdRef) {
+	s.mu.Lock()
+	if s.byInode[inode] == ref {
+		delete(s.byInode, inode)
 	}
-	d.close()
-	delete(s.byInode, inode)
-	return procDir{fd: -1}, fmt.Errorf("socket inode %d left pid %d during the scan: %w", inode, ref.pid, ErrNoProcess)
+	s.mu.Unlock()
 }
 
 // fullScan replaces the inode cache with every socket descriptor in /proc/*/fd.

@@ -16,7 +16,7 @@ import (
 type Resolver struct {
 	diag   *sockDiag
 	hooks  *cgroupHooks // nil: eBPF off or refused by the kernel
-	procs  *procCache   // processes the hooks named
+	procs  *procCache   // processes found to own sockets
 	procfs *procScanner // nil: disabled
 	users  userCache
 
@@ -46,7 +46,7 @@ func NewResolver(opts Options) (*Resolver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("procattr: %w", err)
 	}
-	r := &Resolver{diag: diag, methodErrs: make(map[string]error)}
+	r := &Resolver{diag: diag, procs: newProcCache(1024), methodErrs: make(map[string]error)}
 	if opts.DisableEBPF {
 		r.methodErrs[MethodEBPF] = errors.New("disabled by options")
 	} else if err := inInitialPIDNamespace(); err != nil {
@@ -55,7 +55,6 @@ func NewResolver(opts Options) (*Resolver, error) {
 		r.methodErrs[MethodEBPF] = err
 	} else {
 		r.hooks = h
-		r.procs = newProcCache(1024)
 	}
 	if opts.DisableProcfs {
 		r.methodErrs[MethodProcfs] = errors.New("disabled by options")
@@ -199,21 +198,23 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 	return p, nil
 }
 
-// viaProcfs attributes the socket to a process whose fd table holds it.
+// viaProcfs attributes the socket to a process whose fd table holds it, checked
+// through the same process handle its description is read from.
 func (r *Resolver) viaProcfs(si socketInfo, owner Process) (Process, error) {
-	d, err := r.procfs.find(si.Inode)
-	if err != nil {
-		return unknown(), err
+	for range 2 { // a stale cached fd costs one more, uncached, try
+		ref, err := r.procfs.find(si.Inode)
+		if err != nil {
+			return unknown(), err
+		}
+		if e, err := r.procs.get(ref.pid); err == nil && r.procs.fdPointsAt(e, int(ref.fd), si.Inode) {
+			p := owner
+			e.process(&p)
+			p.Method = MethodProcfs
+			return p, nil
+		}
+		r.procfs.forget(si.Inode, ref)
 	}
-	defer d.close()
-	e, err := readEntry(d)
-	if err != nil {
-		return unknown(), fmt.Errorf("pid %d: %w: %w", d.pid, err, ErrNoProcess)
-	}
-	p := owner
-	e.process(&p)
-	p.Method = MethodProcfs
-	return p, nil
+	return unknown(), fmt.Errorf("socket inode %d changed hands while it was looked up: %w", si.Inode, ErrNoProcess)
 }
 
 // Close detaches the eBPF hooks and closes the sock_diag sockets. Resolve must not be
@@ -222,8 +223,8 @@ func (r *Resolver) Close() error {
 	r.closeOnce.Do(func() {
 		if r.hooks != nil {
 			r.closeErr = r.hooks.close()
-			r.procs.close()
 		}
+		r.procs.close()
 		r.diag.close()
 	})
 	return r.closeErr
