@@ -185,7 +185,8 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	return errors.Join(readErr, rmErr)
 }
 
-// checkAlone refuses to start next to a live daemon and removes a dead one's leftovers.
+// checkAlone refuses to start next to a live daemon. A dead one's ruleset is left for
+// install to replace.
 func (b *Backend) checkAlone() error {
 	bound, err := boundQueues()
 	if err != nil {
@@ -206,10 +207,9 @@ func (b *Backend) checkAlone() error {
 			return fmt.Errorf("%w (its %s rules send to queue %d, bound by netlink port %d)", ErrAnotherDaemon, b.fw.name(), q, st.PortID)
 		}
 	}
-	b.cfg.Logf("removing the ruleset a stopped latch daemon left behind (queues %v)", queues)
-	if err := b.fw.removeLeftover(); err != nil {
-		return fmt.Errorf("linux backend: remove the ruleset a stopped daemon left behind: %w", err)
-	}
+	// install replaces it in one transaction, so a fail-closed ruleset keeps holding
+	// until the new one is in place.
+	b.cfg.Logf("replacing the ruleset a stopped latch daemon left behind (queues %v)", queues)
 	return nil
 }
 

@@ -547,3 +547,34 @@ func TestAttribution(t *testing.T) {
 		t.Errorf("held line %q does not name this process (%s)", l, want)
 	}
 }
+
+// TestRestartAfterKill: a daemon started after another was killed replaces the
+// leftover ruleset in one step and, on a clean exit, still restores the ruleset from
+// before the first daemon.
+func TestRestartAfterKill(t *testing.T) {
+	tp := newTopo(t)
+	listenTCP(t, tp, 9001)
+	before := ruleset(t, tp.a)
+	d1 := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1")
+	d1.cmd.Process.Kill()
+	<-d1.exited
+
+	d2 := startDaemon(t, tp, "*=allow")
+	during := ruleset(t, tp.a)
+	if n := strings.Count(during, "-A OUTPUT -j LATCH-OUT"); n != 2 { // once for IPv4, once for IPv6
+		t.Errorf("%d jumps to LATCH-OUT, want one per family:\n%s", n, during)
+	}
+	if strings.Contains(during, "LATCH-IN") {
+		t.Errorf("the inbound chain of the killed daemon is still there:\n%s", during)
+	}
+	if _, err := dial(tp, 9001, 5*time.Second); err != nil {
+		t.Fatalf("dial with the second daemon: %v", err)
+	}
+	if _, ok := d2.waitLine("held out tcp", 3*time.Second); !ok {
+		t.Error("the second daemon did not hold the connection")
+	}
+	d2.stop()
+	if after := ruleset(t, tp.a); after != before {
+		t.Errorf("ruleset after the second daemon's clean exit differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}

@@ -24,9 +24,37 @@
 // Marks use only the bits of MarkMask, so marks set by others survive.
 //
 // Without a queue reader the NFQUEUE rules drop (fail-closed) or, with
-// Config.FailOpen, accept (--queue-bypass). A killed daemon leaves its rules in place,
-// which keeps failing closed; Cleanup removes them. On a clean exit Run removes every
-// rule, chain and table it added.
+// Config.FailOpen, accept (--queue-bypass). A full queue or an overflowing socket
+// always drops (the queue is bound without NFQA_CFG_F_FAIL_OPEN); ENOBUFS is counted in
+// Stats.Overflows and the reader reads on. A killed daemon leaves its rules in place,
+// which keeps failing closed; the next daemon replaces them in one transaction, or
+// Cleanup removes them. On a clean exit Run removes every rule, chain and table it
+// added, including the filter tables and base chains iptables-nft created for it, so
+// iptables-save and nft list ruleset print what they printed before.
+//
+// # Verdicts
+//
+// Allow sets MarkAllow and NF_REPEAT: the packet runs through the hook again, the
+// ruleset saves the mark to conntrack, and later packets of the flow skip the queue.
+// Reject sets MarkReject and NF_REPEAT: the ruleset answers with a TCP reset (the
+// program sees "connection refused" at once) or an ICMP port unreachable. Deny does
+// the same for TCP and drops other protocols; Drop drops.
+//
+// # Redecide
+//
+// Redecide deletes the conntrack entries of allowed flows whose remembered Request
+// matches (Config.MaxFlows and FlowTTL bound that memory; Redecide(nil) finds every
+// entry by its mark). The flow's next outbound packet is then held again: a TCP SYN,
+// a TCP segment conntrack picks up mid-stream, or a UDP datagram. If the peer speaks
+// first after the deletion, conntrack sees the flow as inbound and the flow is not
+// held until its next connection.
+//
+// # Readers
+//
+// The read loop never waits for a decision: it parses the packet, builds the
+// Request, calls the Decider and reads on; verdicts are written from whatever
+// goroutine the Decider answers on. With a Resolver, several readers take turns on
+// the socket, so one slow attribution does not stall the queue.
 package linux
 
 import (

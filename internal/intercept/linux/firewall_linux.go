@@ -170,8 +170,8 @@ const createdMark = "latch-created:"
 
 // iptablesRules returns the iptables-restore input of one family (v6: IPv6). created
 // lists the nftables objects ("table", "chain-OUTPUT", "chain-INPUT") iptables-nft
-// will create for it.
-func (spec ruleSpec) iptablesRules(v6 bool, created []string) string {
+// will create for it. The jumps to the chains named in jumped exist already.
+func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]bool) string {
 	var b strings.Builder
 	q := fmt.Sprintf("-j NFQUEUE --queue-num %d", spec.queue)
 	if spec.failOpen {
@@ -186,8 +186,12 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string) string {
 	}
 	b.WriteString("*filter\n")
 	chain := func(name, hook, lo string, out bool) {
+		// With --noflush, declaring a chain that exists flushes it: a ruleset left by a
+		// stopped daemon is replaced in the same transaction, never removed first.
 		fmt.Fprintf(&b, ":%s - [0:0]\n", name)
-		fmt.Fprintf(&b, "-I %s 1 -j %s\n", hook, name)
+		if !jumped[name] {
+			fmt.Fprintf(&b, "-I %s 1 -j %s\n", hook, name)
+		}
 		if spec.exemptLoopback {
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
 		}
@@ -221,17 +225,50 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string) string {
 
 func (fw *iptablesFirewall) install(spec ruleSpec) error {
 	for i, v6 := range []bool{false, true} {
+		cmd := fw.save[i]
 		var created []string
-		if fw.kind == FirewallIptablesNft {
-			created = nftMissing(fw.nftFam[i], spec.inbound)
+		// A ruleset a stopped daemon left behind is adopted: its record of what was
+		// created for it carries over, and its jumps stay.
+		if old, err := run("", cmd, "-w", "-t", "filter", "-S", chainOut); err == nil {
+			created = createdMarks(old)
 		}
-		if _, err := run(spec.iptablesRules(v6, created), fw.restore[i], "-w", "--noflush"); err != nil {
+		if fw.kind == FirewallIptablesNft {
+			for _, c := range nftMissing(fw.nftFam[i], spec.inbound) {
+				if !slices.Contains(created, c) {
+					created = append(created, c)
+				}
+			}
+		}
+		jumped := map[string]bool{}
+		for _, c := range []struct{ chain, hook string }{{chainOut, "OUTPUT"}, {chainIn, "INPUT"}} {
+			if _, err := run("", cmd, "-w", "-t", "filter", "-C", c.hook, "-j", c.chain); err == nil {
+				jumped[c.chain] = true
+			}
+		}
+		if _, err := run(spec.iptablesRules(v6, created, jumped), fw.restore[i], "-w", "--noflush"); err != nil {
 			fw.remove() // roll back whatever got in
 			return fmt.Errorf("install %s ruleset: %w", fw.kind, err)
+		}
+		if !spec.inbound {
+			if _, err := removeChain(cmd, chainIn, "INPUT"); err != nil {
+				return fmt.Errorf("remove the inbound chain of an earlier ruleset: %w", err)
+			}
 		}
 	}
 	return nil
 }
+
+func createdMarks(ruleset string) []string {
+	var created []string
+	for _, m := range createdMarkRE.FindAllStringSubmatch(ruleset, -1) {
+		if !slices.Contains(created, m[1]) {
+			created = append(created, m[1])
+		}
+	}
+	return created
+}
+
+var createdMarkRE = regexp.MustCompile(createdMark + `([a-zA-Z-]+)`)
 
 // nftMissing lists the nftables objects of table "fam filter" that do not exist yet.
 func nftMissing(fam string, inbound bool) []string {
@@ -270,27 +307,12 @@ func (fw *iptablesFirewall) removeLeftover() error {
 // one step at a time so that a half-present ruleset (a crash mid-install) goes too,
 // then the nftables objects created for them.
 func (fw *iptablesFirewall) removeFamily(i int) error {
-	cmd := fw.save[i]
 	var errs []error
 	var created []string
 	for _, c := range []struct{ chain, hook string }{{chainOut, "OUTPUT"}, {chainIn, "INPUT"}} {
-		out, err := run("", cmd, "-w", "-t", "filter", "-S", c.chain)
+		marks, err := removeChain(fw.save[i], c.chain, c.hook)
+		created = append(created, marks...)
 		if err != nil {
-			continue // no such chain
-		}
-		for _, m := range regexp.MustCompile(createdMark+`([a-zA-Z-]+)`).FindAllStringSubmatch(out, -1) {
-			created = append(created, m[1])
-		}
-		for range 100 { // bounded: someone may have added the jump more than once
-			if _, err := run("", cmd, "-w", "-t", "filter", "-D", c.hook, "-j", c.chain); err != nil {
-				break
-			}
-		}
-		if _, err := run("", cmd, "-w", "-t", "filter", "-F", c.chain); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if _, err := run("", cmd, "-w", "-t", "filter", "-X", c.chain); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -298,6 +320,27 @@ func (fw *iptablesFirewall) removeFamily(i int) error {
 		nftTidy(fw.nftFam[i], created)
 	}
 	return errors.Join(errs...)
+}
+
+// removeChain removes chain and every jump to it from hook, and returns the created
+// marks it carried. A missing chain is no error.
+func removeChain(cmd, chain, hook string) ([]string, error) {
+	out, err := run("", cmd, "-w", "-t", "filter", "-S", chain)
+	if err != nil {
+		return nil, nil // no such chain
+	}
+	for range 100 { // bounded: someone may have added the jump more than once
+		if _, err := run("", cmd, "-w", "-t", "filter", "-D", hook, "-j", chain); err != nil {
+			break
+		}
+	}
+	if _, err := run("", cmd, "-w", "-t", "filter", "-F", chain); err != nil {
+		return createdMarks(out), err
+	}
+	if _, err := run("", cmd, "-w", "-t", "filter", "-X", chain); err != nil {
+		return createdMarks(out), err
+	}
+	return createdMarks(out), nil
 }
 
 // nftTidy deletes the objects iptables-nft created for latch, if they are empty:
@@ -411,7 +454,13 @@ func (spec ruleSpec) nftRules() string {
 }
 
 func (fw *nftFirewall) install(spec ruleSpec) error {
-	if _, err := run(spec.nftRules(), "nft", "-f", "-"); err != nil {
+	rules := spec.nftRules()
+	if _, err := run("", "nft", "list", "table", "inet", nftTable); err == nil {
+		// Replace a stopped daemon's table in the same transaction, never leaving a
+		// moment without one.
+		rules = fmt.Sprintf("delete table inet %s\n", nftTable) + rules
+	}
+	if _, err := run(rules, "nft", "-f", "-"); err != nil {
 		return fmt.Errorf("install nftables ruleset: %w", err)
 	}
 	fw.installed = true

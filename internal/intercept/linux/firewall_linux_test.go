@@ -52,7 +52,7 @@ func TestParseQueueStatus(t *testing.T) {
 }
 
 func TestIptablesRulesHoldSYNByFlag(t *testing.T) {
-	r := ruleSpec{queue: 4242, exemptLoopback: true}.iptablesRules(false, []string{"table"})
+	r := ruleSpec{queue: 4242, exemptLoopback: true}.iptablesRules(false, []string{"table"}, nil)
 	// The SYN rule comes before the conntrack shortcut: a SYN that hits a stale
 	// conntrack entry carrying latch's allow mark is still held.
 	syn := strings.Index(r, "--tcp-flags SYN,ACK,RST,FIN SYN -j NFQUEUE")
@@ -66,7 +66,7 @@ func TestIptablesRulesHoldSYNByFlag(t *testing.T) {
 	if !strings.Contains(r, "-m comment --comment latch-created:table") {
 		t.Errorf("ruleset does not record the table it creates:\n%s", r)
 	}
-	if !strings.Contains(ruleSpec{queue: 1, failOpen: true}.iptablesRules(true, nil), "--queue-bypass") {
+	if !strings.Contains(ruleSpec{queue: 1, failOpen: true}.iptablesRules(true, nil, nil), "--queue-bypass") {
 		t.Error("fail-open ruleset lacks --queue-bypass")
 	}
 }

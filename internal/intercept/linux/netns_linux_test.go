@@ -343,7 +343,7 @@ func runChild(mode string) int {
 		ruleset := fmt.Sprintf("*filter\n-A OUTPUT -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN -j NFQUEUE --queue-num %d\nCOMMIT\n", queue)
 		if os.Getenv("LATCH_TEST_FLOOR_LATCH_RULES") != "" {
 			// The floor reader behind latch's full ruleset: what the ruleset costs.
-			ruleset = ruleSpec{queue: queue, exemptLoopback: true}.iptablesRules(false, nil)
+			ruleset = ruleSpec{queue: queue, exemptLoopback: true}.iptablesRules(false, nil, nil)
 		}
 		if _, err := run(ruleset, "iptables-restore", "-w", "--noflush"); err != nil {
 			fmt.Fprintln(os.Stderr, err)
