@@ -1,0 +1,114 @@
+/*
+ * latch kernel emulation: the harness side. Tests and latch-sim use these to load
+ * the real driver, make connections that go through its callouts, inject faults and
+ * read what the verifier found. See driver/emu/README.md.
+ */
+#ifndef EMU_HARNESS_H
+#define EMU_HARNESS_H
+
+#include "latch_emu.h"
+
+/* ---- verifier ---- */
+/* Reports a rule violation: printed to stderr and recorded; aborts the process when
+   LATCH_EMU_ABORT=1 (bugcheck mode). */
+void emu_violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int emu_violation_count(void);
+const char *emu_violation_text(int index); /* first 256 kept */
+void emu_clear_violations(void);
+/* Returns 1 if any recorded violation contains needle. */
+int emu_violation_contains(const char *needle);
+/* Quiet mode: violations are recorded but not printed (tests that expect them). */
+void emu_set_quiet(int quiet);
+const char *emu_irql_name(KIRQL irql);
+
+/* ---- fault injection ---- */
+/* While recording, every allocation site (the caller's return address) is remembered. */
+void emu_fault_record(int on);
+int emu_fault_site_count(void);
+void *emu_fault_site(int index);
+/* All allocations from this site fail (NULL to stop failing). */
+void emu_fault_fail_site(void *site);
+long emu_fault_injected(void);
+/* Internal: called by every allocating routine. */
+int emu_fault_should_fail(void *site);
+
+/* ---- pool ---- */
+long emu_pool_outstanding(void);
+long emu_pool_total_allocations(void);
+
+/* ---- registry ---- */
+void emu_registry_set_dword(const char *name, ULONG value);
+void emu_registry_clear(void);
+
+/* ---- driver lifecycle ---- */
+void emu_reset(void);                                 /* before each load */
+NTSTATUS emu_load(DRIVER_INITIALIZE *entry);          /* DriverEntry at PASSIVE_LEVEL */
+/* Runs DriverObject->DriverUnload and the post-unload checks (leaks, incomplete
+   pends, flow contexts, callouts, handles, threads, ports). Returns the number of
+   violations recorded in total. */
+int emu_unload(void);
+/* The post-unload checks alone (after a failed DriverEntry, say). */
+void emu_check_clean(const char *when);
+int emu_driver_loaded(void);
+
+/* ---- Filter Manager ---- */
+void emu_set_port_path(const char *path);             /* unix socket path for the driver's port */
+const char *emu_port_name(void);                      /* the name the driver gave (ASCII-folded) */
+int emu_port_max_connections(void);
+int emu_port_has_default_sd(void);
+int emu_flt_operation_count(void);                    /* operation callbacks registered */
+NTSTATUS emu_flt_instance_setup_status(void);         /* what InstanceSetup returned for a volume */
+/* Calls the port's message-notify callback in-process, at PASSIVE_LEVEL, as a client
+   FilterSendMessage would (exact-size heap buffers). */
+NTSTATUS emu_port_call(const void *in, ULONG inLength, void *out, ULONG outLength, ULONG *returned);
+int emu_port_clients(void);
+
+/* ---- connections through WFP ---- */
+typedef struct emu_conn emu_conn;
+typedef struct emu_conn_params {
+    int v6;
+    int inbound;           /* ALE_AUTH_RECV_ACCEPT instead of ALE_AUTH_CONNECT */
+    UINT8 protocol;        /* 6 tcp, 17 udp, 1 icmp, 58 icmpv6 */
+    UINT8 local[16];       /* network order; v4 uses the first 4 bytes */
+    UINT8 remote[16];
+    UINT16 localPort;
+    UINT16 remotePort;
+    UINT64 pid;            /* 0: no PROCESS_ID metadata */
+    const char *path;      /* NT path (ASCII); NULL: no PROCESS_PATH metadata */
+    KIRQL irql;            /* PASSIVE_LEVEL or DISPATCH_LEVEL */
+} emu_conn_params;
+enum { EMU_CONN_PENDING = 0, EMU_CONN_PERMIT = 1, EMU_CONN_BLOCK = 2 };
+/* Runs the ALE classify on the calling thread at p->irql and returns the connection,
+   now pending or decided. Never NULL. Owned by the emulation until emu_reset. */
+emu_conn *emu_connect(const emu_conn_params *p);
+int emu_conn_state(emu_conn *c);
+int emu_conn_wait(emu_conn *c, int ms);               /* final state, or PENDING after ms */
+int emu_conn_has_flow_context(emu_conn *c);
+int emu_conn_reauthorizations(emu_conn *c);
+void emu_conn_data(emu_conn *c, ULONG bytes, int inbound); /* stream/datagram classify with the flow context */
+void emu_conn_close(emu_conn *c);                     /* the flow ends: flowDeleteFn for its contexts */
+int emu_pends_outstanding(void);                      /* pended operations not yet completed */
+int emu_flow_contexts(void);                          /* associations alive */
+int emu_callouts_registered(void);
+int emu_filters(void);
+/* Waits until no reauthorization scheduled by a transaction commit is running. */
+void emu_wait_reauth_idle(void);
+
+/* ---- a raw classify, for tests that play a wrong driver (seed 000) ---- */
+/* The callout registered for the ALE connect v4 layer is replaced by fn for the
+   next emu_connect calls (NULL restores). */
+void emu_override_classify(FWPS_CALLOUT_CLASSIFY_FN3 *fn);
+
+/* internal, shared by the emulation's files */
+void emu_require_irql(const char *routine, KIRQL max);
+void emu_flt_shutdown_all(void);
+void emu_wfp_check_clean(void);
+void emu_flt_check_clean(void);
+void emu_kernel_check_clean(void);
+void emu_wfp_reset(void);
+void emu_flt_reset(void);
+void emu_kernel_reset(void);
+extern PDRIVER_OBJECT emu_driver_object;
+extern UNICODE_STRING emu_registry_path;
+
+#endif

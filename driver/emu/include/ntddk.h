@@ -1,0 +1,2 @@
+/* emulation stand-in for the WDK header */
+#include "latch_emu.h"

@@ -1,0 +1,162 @@
+/*
+ * Flow contexts (seed 001). At ALE_FLOW_ESTABLISHED a context with the pid and
+ * process path is associated with the flow for the stream (TCP) or datagram-data
+ * layer, whose callouts count bytes and register flowDeleteFn, the only place a
+ * context is freed. Every live context is on g.FlowList so unload can remove them
+ * all before unregistering the callouts.
+ */
+#include "latch.h"
+
+static void FreeFlow(PLATCH_FLOW Flow)
+{
+    ExFreePoolWithTag(Flow, LATCH_TAG_FLOW);
+}
+
+void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Protocol, UINT8 IpVersion)
+{
+    PLATCH_FLOW flow;
+    UINT16 pathLen = 0;
+    const UINT8 *pathBytes = NULL;
+    ULONG index;
+    BOOLEAN removeNow = FALSE;
+    NTSTATUS status;
+    KIRQL irql;
+
+    if (!FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_FLOW_HANDLE)) {
+        return;
+    }
+    if (Protocol == 6) {
+        index = IpVersion == 4 ? LATCH_CALLOUT_STREAM_V4 : LATCH_CALLOUT_STREAM_V6;
+    } else {
+        index = IpVersion == 4 ? LATCH_CALLOUT_DATAGRAM_V4 : LATCH_CALLOUT_DATAGRAM_V6;
+    }
+    if (!g.CalloutRegistered[index]) {
+        return;
+    }
+    if (FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_PROCESS_PATH) && Meta->processPath != NULL &&
+        Meta->processPath->data != NULL) {
+        UINT32 units = Meta->processPath->size / sizeof(WCHAR);
+        pathBytes = Meta->processPath->data;
+        while (units > 0 && pathBytes[2 * (units - 1)] == 0 && pathBytes[2 * (units - 1) + 1] == 0) {
+            units--;
+        }
+        pathLen = units <= LATCH_MAX_PATH_UNITS ? (UINT16)units : 0;
+    }
+    flow = (PLATCH_FLOW)ExAllocatePool2(POOL_FLAG_NON_PAGED,
+                                        FIELD_OFFSET(LATCH_FLOW, Path) + sizeof(WCHAR) * (SIZE_T)(pathLen + 1),
+                                        LATCH_TAG_FLOW);
+    if (flow == NULL) {
+        LatchCount(LATCH_STAT_ALLOC_FAILURES);
+        return;
+    }
+    flow->FlowHandle = Meta->flowHandle;
+    flow->LayerId = IpVersion == 4 ? (Protocol == 6 ? FWPS_LAYER_STREAM_V4 : FWPS_LAYER_DATAGRAM_DATA_V4)
+                                   : (Protocol == 6 ? FWPS_LAYER_STREAM_V6 : FWPS_LAYER_DATAGRAM_DATA_V6);
+    flow->CalloutId = g.CalloutIds[index];
+    flow->ProcessId = FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_PROCESS_ID) ? Meta->processId : 0;
+    flow->PathLen = pathLen;
+    if (pathLen != 0) {
+        RtlCopyMemory(flow->Path, pathBytes, sizeof(WCHAR) * (SIZE_T)pathLen);
+    }
+
+    /* On the list before it is associated, so flowDeleteFn always finds it. */
+    KeAcquireSpinLock(&g.Lock, &irql);
+    if (!g.Accepting) {
+        KeReleaseSpinLock(&g.Lock, irql);
+        FreeFlow(flow);
+        return;
+    }
+    InsertTailList(&g.FlowList, &flow->Link);
+    g.FlowCount++;
+    KeReleaseSpinLock(&g.Lock, irql);
+
+    status = FwpsFlowAssociateContext0(flow->FlowHandle, flow->LayerId, flow->CalloutId, (UINT64)(ULONG_PTR)flow);
+    KeAcquireSpinLock(&g.Lock, &irql);
+    if (!NT_SUCCESS(status)) {
+        RemoveEntryList(&flow->Link);
+        g.FlowCount--;
+    } else {
+        /* Unload may have swept the list between our insert and the association. */
+        removeNow = flow->RemoveRequested;
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    if (!NT_SUCCESS(status)) {
+        FreeFlow(flow);
+    } else if (removeNow) {
+        FwpsFlowRemoveContext0(flow->FlowHandle, flow->LayerId, flow->CalloutId);
+    }
+}
+
+void LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
+{
+    PLATCH_FLOW flow = (PLATCH_FLOW)(ULONG_PTR)FlowContext;
+    KIRQL irql;
+
+    UNREFERENCED_PARAMETER(LayerId);
+    UNREFERENCED_PARAMETER(CalloutId);
+    if (flow == NULL) {
+        return;
+    }
+    KeAcquireSpinLock(&g.Lock, &irql);
+    RemoveEntryList(&flow->Link);
+    g.FlowCount--;
+    KeReleaseSpinLock(&g.Lock, irql);
+    FreeFlow(flow);
+}
+
+void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound)
+{
+    PLATCH_FLOW flow = (PLATCH_FLOW)(ULONG_PTR)FlowContext;
+    if (flow != NULL) {
+        InterlockedAdd64(Inbound ? &flow->BytesIn : &flow->BytesOut, (LONG64)Bytes);
+    }
+}
+
+void LatchRemoveAllFlows(void)
+{
+    LARGE_INTEGER tenMs;
+    ULONG spins;
+    KIRQL irql;
+
+    PAGED_CODE();
+    for (;;) {
+        PLIST_ENTRY link;
+        PLATCH_FLOW flow = NULL;
+        UINT64 handle = 0;
+        UINT16 layer = 0;
+        UINT32 callout = 0;
+
+        KeAcquireSpinLock(&g.Lock, &irql);
+        for (link = g.FlowList.Flink; link != &g.FlowList; link = link->Flink) {
+            PLATCH_FLOW f = CONTAINING_RECORD(link, LATCH_FLOW, Link);
+            if (!f->RemoveRequested) {
+                f->RemoveRequested = TRUE;
+                flow = f;
+                handle = f->FlowHandle;
+                layer = f->LayerId;
+                callout = f->CalloutId;
+                break;
+            }
+        }
+        KeReleaseSpinLock(&g.Lock, irql);
+        if (flow == NULL) {
+            break;
+        }
+        /* STATUS_SUCCESS: flowDeleteFn already ran. STATUS_PENDING: it runs when the
+           flow's current classify ends. Failure: the flow is being deleted (flowDeleteFn
+           is on its way) or its association is still being made (LatchFlowEstablished
+           sees RemoveRequested). Either way the context is freed by someone else. */
+        FwpsFlowRemoveContext0(handle, layer, callout);
+    }
+    tenMs.QuadPart = -100000LL;
+    for (spins = 0; spins < 500; spins++) {
+        ULONG live;
+        KeAcquireSpinLock(&g.Lock, &irql);
+        live = g.FlowCount;
+        KeReleaseSpinLock(&g.Lock, irql);
+        if (live == 0) {
+            break;
+        }
+        KeDelayExecutionThread(KernelMode, FALSE, &tenMs);
+    }
+}

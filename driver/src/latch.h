@@ -1,0 +1,206 @@
+/*
+ * latch WFP callout driver: shared declarations.
+ *
+ * Threading model (see driver/README.md):
+ *   classifyFn      IRQL <= DISPATCH_LEVEL  never sends, never waits: pend + queue
+ *   worker thread   PASSIVE_LEVEL           FltSendMessage (bounded), deadlines
+ *   port callbacks  PASSIVE_LEVEL           verdicts, hello, flush, stats
+ * One spin lock (g.Lock) guards the pending table, the send queue, the verdict cache
+ * and the flow list. Nothing that may wait or call back into WFP runs under it.
+ */
+#ifndef LATCH_H
+#define LATCH_H
+
+#include <fltKernel.h>
+#include <ndis.h>
+#include <fwpsk.h>
+#include <fwpmk.h>
+
+#include "../include/latch_proto.h"
+
+#define LATCH_TAG_GLOBAL  'gLtL'
+#define LATCH_TAG_PENDING 'pLtL'
+#define LATCH_TAG_FLOW    'fLtL'
+#define LATCH_TAG_MESSAGE 'mLtL'
+
+#define LATCH_PORT_NAME L"\\LatchPort"
+
+#define LATCH_MAX_PENDING             4096
+#define LATCH_MAX_PENDING_PER_PROCESS 256
+#define LATCH_CACHE_SLOTS             1024   /* power of two */
+#define LATCH_CACHE_PROBE             8
+#define LATCH_SEND_TIMEOUT_MS         1000   /* FltSendMessage delivery bound */
+#define LATCH_WORKER_TICK_MS          50     /* deadline granularity */
+#define LATCH_DEFAULT_TIMEOUT_MS      30000
+#define LATCH_REAUTH_GRACE_MS         10000  /* decided entries kept for the reauth pass */
+
+/* WFP callouts we register, in table order (callouts.c). */
+enum {
+    LATCH_CALLOUT_CONNECT_V4 = 0,
+    LATCH_CALLOUT_CONNECT_V6,
+    LATCH_CALLOUT_RECV_ACCEPT_V4,
+    LATCH_CALLOUT_RECV_ACCEPT_V6,
+    LATCH_CALLOUT_FLOW_ESTABLISHED_V4,
+    LATCH_CALLOUT_FLOW_ESTABLISHED_V6,
+    LATCH_CALLOUT_STREAM_V4,
+    LATCH_CALLOUT_STREAM_V6,
+    LATCH_CALLOUT_DATAGRAM_V4,
+    LATCH_CALLOUT_DATAGRAM_V6,
+    LATCH_CALLOUT_COUNT
+};
+
+typedef enum _LATCH_PENDING_STATE {
+    LatchPendingWaiting = 1, /* pended, waiting for a verdict (maybe not yet sent) */
+    LatchPendingDecided      /* verdict stored, operation completed, awaiting the reauth pass */
+} LATCH_PENDING_STATE;
+
+/* The connection as the driver saw it at an ALE layer. */
+typedef struct _LATCH_TUPLE {
+    UINT16 WireLayer;       /* LATCH_LAYER_* */
+    UINT8 Direction;        /* LATCH_DIRECTION_* */
+    UINT8 IpVersion;        /* 4 or 6 */
+    UINT8 Protocol;
+    UINT8 LocalAddr[16];    /* network order */
+    UINT8 RemoteAddr[16];
+    UINT16 LocalPort;
+    UINT16 RemotePort;
+    IF_INDEX InterfaceIndex;    /* inbound re-injection */
+    IF_INDEX SubInterfaceIndex;
+} LATCH_TUPLE;
+
+typedef struct _LATCH_PENDING {
+    LIST_ENTRY Link;            /* g.PendingList */
+    LIST_ENTRY SendLink;        /* g.SendQueue while Queued */
+    LIST_ENTRY CompleteLink;    /* a local batch being completed outside the lock */
+    BOOLEAN Queued;
+    LATCH_PENDING_STATE State;
+    UINT64 RequestId;
+    HANDLE CompletionContext;   /* from FwpsPendOperation0; completed exactly once */
+    UINT64 EndpointHandle;      /* matches the reauthorization pass */
+    LATCH_TUPLE Tuple;
+    UINT64 ProcessId;
+    LONGLONG Timestamp;
+    ULONGLONG Deadline;         /* KeQueryInterruptTime units */
+    ULONG Action;               /* LATCH_ACTION_*, once decided */
+    /* RECV_ACCEPT only: the referenced original packet and where to re-inject it. */
+    PNET_BUFFER_LIST NetBufferList;
+    ULONG NblOffset;
+    UINT32 IpHeaderSize;
+    UINT32 TransportHeaderSize;
+    COMPARTMENT_ID CompartmentId;
+    IF_INDEX InterfaceIndex;
+    IF_INDEX SubInterfaceIndex;
+    UINT16 PathLen;
+    WCHAR Path[1];              /* PathLen units */
+} LATCH_PENDING, *PLATCH_PENDING;
+
+typedef struct _LATCH_CACHE_SLOT {
+    UINT64 Key;                 /* 0: empty */
+    ULONGLONG Expires;
+    ULONG Action;
+} LATCH_CACHE_SLOT;
+
+typedef struct _LATCH_FLOW {
+    LIST_ENTRY Link;            /* g.FlowList */
+    UINT64 FlowHandle;
+    UINT16 LayerId;
+    UINT32 CalloutId;
+    BOOLEAN RemoveRequested;
+    UINT64 ProcessId;
+    volatile LONG64 BytesIn;
+    volatile LONG64 BytesOut;
+    UINT16 PathLen;
+    WCHAR Path[1];
+} LATCH_FLOW, *PLATCH_FLOW;
+
+typedef struct _LATCH_GLOBALS {
+    PDRIVER_OBJECT DriverObject;
+    PDEVICE_OBJECT DeviceObject;
+    PFLT_FILTER Filter;
+    PFLT_PORT ServerPort;
+    PFLT_PORT ClientPort;
+    HANDLE EngineHandle;
+    HANDLE InjectionHandleV4;
+    HANDLE InjectionHandleV6;
+    BOOLEAN CalloutRegistered[LATCH_CALLOUT_COUNT];
+    UINT32 CalloutIds[LATCH_CALLOUT_COUNT];
+    UINT64 DummyFilterIds[4];   /* toggled to force reauthorization */
+
+    KSPIN_LOCK Lock;
+    LIST_ENTRY PendingList;
+    LIST_ENTRY SendQueue;
+    ULONG PendingCount;         /* entries in PendingList in state Waiting */
+    LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
+    LIST_ENTRY FlowList;
+    ULONG FlowCount;
+
+    volatile LONG Accepting;    /* 0 once unload started: no new holds */
+    volatile LONG ClientReady;  /* a client connected and said HELLO */
+    volatile LONG ClientConnected;
+    volatile LONG StopWorker;
+    volatile LONG InjectionsInFlight;
+    volatile LONG64 NextRequestId;
+    ULONG DefaultAction;
+    ULONG TimeoutMs;
+
+    EX_RUNDOWN_REF MessageRundown; /* port message callbacks in flight */
+    KEVENT WorkerEvent;
+    PKTHREAD WorkerThread;
+    UINT8 *SendBuffer;          /* worker-owned, LATCH_MSG_MAX_SIZE */
+
+    volatile LONG64 Stats[LATCH_STATS_COUNT];
+} LATCH_GLOBALS;
+
+extern LATCH_GLOBALS g;
+
+#define LatchCount(i) InterlockedIncrement64(&g.Stats[(i)])
+#define LATCH_MS_TO_100NS(ms) ((ULONGLONG)(ms) * 10000ULL)
+
+/* driver.c */
+DRIVER_INITIALIZE DriverEntry;
+FLT_FILTER_UNLOAD_CALLBACK LatchFilterUnload;
+
+/* callouts.c */
+NTSTATUS LatchRegisterCallouts(void);
+void LatchUnregisterCallouts(void);
+NTSTATUS LatchForceReauthorization(void);
+
+/* pending.c */
+void LatchInitPending(void);
+NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES0 *Meta, void *LayerData,
+                   FWPS_CLASSIFY_OUT0 *ClassifyOut);
+BOOLEAN LatchTakeReauthVerdict(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle, ULONG *Action);
+NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, ULONG CacheTtlMs);
+void LatchExpirePending(void);
+void LatchCompleteAllWithDefault(ULONG StatIndex);
+void LatchFreeDecidedLeftovers(BOOLEAN All);
+BOOLEAN LatchDequeueForSend(UINT8 *Buffer, ULONG BufferLength, ULONG *Length, UINT64 *RequestId);
+void LatchSendFailed(UINT64 RequestId);
+
+/* worker.c */
+NTSTATUS LatchStartWorker(void);
+void LatchStopWorker(void);
+void LatchWakeWorker(void);
+
+/* port.c */
+NTSTATUS LatchOpenPort(void);
+void LatchClosePort(void);
+NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, ULONG OutputLength,
+                            ULONG *Returned);
+
+/* cache.c */
+BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+                         ULONG *Action);
+/* Caller holds g.Lock. */
+void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+                      ULONG Scope, ULONG TtlMs, ULONG Action);
+void LatchCacheFlush(void);
+void LatchCountAction(ULONG Action);
+
+/* flow.c */
+void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Protocol, UINT8 IpVersion);
+FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 LatchFlowDelete;
+void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound);
+void LatchRemoveAllFlows(void);
+
+#endif /* LATCH_H */

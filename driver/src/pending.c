@@ -1,0 +1,418 @@
+/*
+ * The pending table: every held connection between FwpsPendOperation0 and its one
+ * FwpsCompleteOperation0. Bounded in total and per process; every entry has a
+ * deadline. Entries are decided under g.Lock and completed outside it, because
+ * completing an ALE_AUTH_CONNECT operation re-enters classifyFn (reauthorization),
+ * which takes the lock again.
+ */
+#include "latch.h"
+
+void LatchInitPending(void)
+{
+    InitializeListHead(&g.PendingList);
+    InitializeListHead(&g.SendQueue);
+}
+
+static BOOLEAN IsInbound(const LATCH_PENDING *Entry)
+{
+    return Entry->Tuple.Direction == LATCH_DIRECTION_INBOUND;
+}
+
+void LatchCountAction(ULONG Action)
+{
+    LatchCount(Action == LATCH_ACTION_PERMIT ? LATCH_STAT_PERMITTED : LATCH_STAT_BLOCKED);
+}
+
+static ULONG CountWaitingForProcess(UINT64 ProcessId)
+{
+    PLIST_ENTRY link;
+    ULONG count = 0;
+
+    for (link = g.PendingList.Flink; link != &g.PendingList; link = link->Flink) {
+        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+        if (e->State == LatchPendingWaiting && e->ProcessId == ProcessId) {
+            count++;
+        }
+    }
+    return count;
+}
+
+static PLATCH_PENDING FindWaitingLocked(UINT64 RequestId)
+{
+    PLIST_ENTRY link;
+
+    for (link = g.PendingList.Flink; link != &g.PendingList; link = link->Flink) {
+        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+        if (e->State == LatchPendingWaiting && e->RequestId == RequestId) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+/* Marks a waiting entry decided and appends it to Batch for completion outside the
+   lock. Outbound entries stay in PendingList for the reauthorization pass; inbound
+   ones leave it (RECV_ACCEPT is not reauthorized: we re-inject instead). */
+static void DecideLocked(PLATCH_PENDING Entry, ULONG Action, PLIST_ENTRY Batch)
+{
+    NT_ASSERT(Entry->State == LatchPendingWaiting);
+    if (Entry->Queued) {
+        RemoveEntryList(&Entry->SendLink);
+        Entry->Queued = FALSE;
+    }
+    g.PendingCount--;
+    Entry->State = LatchPendingDecided;
+    Entry->Action = (Action == LATCH_ACTION_PERMIT) ? LATCH_ACTION_PERMIT : LATCH_ACTION_BLOCK;
+    Entry->Deadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(LATCH_REAUTH_GRACE_MS);
+    if (IsInbound(Entry)) {
+        RemoveEntryList(&Entry->Link);
+    }
+    InsertTailList(Batch, &Entry->CompleteLink);
+}
+
+static void FreeEntry(PLATCH_PENDING Entry)
+{
+    ExFreePoolWithTag(Entry, LATCH_TAG_PENDING);
+}
+
+static FWPS_INJECT_COMPLETE0 LatchInjectComplete;
+
+static void LatchInjectComplete(void *Context, NET_BUFFER_LIST *NetBufferList, BOOLEAN DispatchLevel)
+{
+    FwpsFreeCloneNetBufferList0(NetBufferList, 0);
+    FwpsDereferenceNetBufferList0((PNET_BUFFER_LIST)Context, DispatchLevel);
+    InterlockedDecrement(&g.InjectionsInFlight);
+}
+
+/* RECV_ACCEPT: clone the held packet (positioned back at its IP header), complete the
+   operation with the clone and re-inject it; classifyFn lets our own injection pass.
+   A block completes without a clone and drops the packet. */
+static void CompleteInbound(PLATCH_PENDING Entry)
+{
+    PNET_BUFFER_LIST original = Entry->NetBufferList;
+    PNET_BUFFER_LIST clone = NULL;
+    ULONG retreat = Entry->IpHeaderSize + Entry->TransportHeaderSize;
+    BOOLEAN v4 = Entry->Tuple.IpVersion == 4;
+    NTSTATUS status;
+
+    if (Entry->Action == LATCH_ACTION_PERMIT) {
+        PNET_BUFFER nb = NET_BUFFER_LIST_FIRST_NB(original);
+        if (NdisRetreatNetBufferDataStart(nb, retreat, 0, NULL) == NDIS_STATUS_SUCCESS) {
+            status = FwpsAllocateCloneNetBufferList0(original, NULL, NULL, 0, &clone);
+            NdisAdvanceNetBufferDataStart(nb, retreat, FALSE, NULL);
+            if (!NT_SUCCESS(status)) {
+                clone = NULL;
+                LatchCount(LATCH_STAT_ALLOC_FAILURES);
+            }
+        } else {
+            LatchCount(LATCH_STAT_ALLOC_FAILURES);
+        }
+    }
+    LatchCountAction(clone != NULL ? LATCH_ACTION_PERMIT : LATCH_ACTION_BLOCK);
+    FwpsCompleteOperation0(Entry->CompletionContext, clone);
+    if (clone != NULL) {
+        InterlockedIncrement(&g.InjectionsInFlight);
+        status = FwpsInjectTransportReceiveAsync0(v4 ? g.InjectionHandleV4 : g.InjectionHandleV6, NULL, NULL, 0,
+                                                  v4 ? AF_INET : AF_INET6, Entry->CompartmentId,
+                                                  Entry->Tuple.InterfaceIndex, Entry->Tuple.SubInterfaceIndex,
+                                                  clone, LatchInjectComplete, original);
+        if (!NT_SUCCESS(status)) {
+            InterlockedDecrement(&g.InjectionsInFlight);
+            FwpsFreeCloneNetBufferList0(clone, 0);
+            FwpsDereferenceNetBufferList0(original, FALSE);
+            LatchCount(LATCH_STAT_SEND_FAILURES);
+        }
+    } else {
+        FwpsDereferenceNetBufferList0(original, FALSE);
+    }
+    FreeEntry(Entry);
+}
+
+/* Completes every entry of a batch built by DecideLocked. Must not hold g.Lock. */
+static ULONG CompleteBatch(PLIST_ENTRY Batch)
+{
+    ULONG count = 0;
+
+    while (!IsListEmpty(Batch)) {
+        PLATCH_PENDING e = CONTAINING_RECORD(RemoveHeadList(Batch), LATCH_PENDING, CompleteLink);
+        count++;
+        if (IsInbound(e)) {
+            CompleteInbound(e);
+        } else {
+            /* Triggers the reauthorization pass, which applies e->Action and frees e
+               (possibly before this call returns): e is not touched afterwards. */
+            FwpsCompleteOperation0(e->CompletionContext, NULL);
+        }
+    }
+    return count;
+}
+
+NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES0 *Meta, void *LayerData,
+                   FWPS_CLASSIFY_OUT0 *ClassifyOut)
+{
+    PLATCH_PENDING entry;
+    UINT16 pathLen = 0;
+    const UINT8 *pathBytes = NULL;
+    BOOLEAN inbound = Tuple->Direction == LATCH_DIRECTION_INBOUND;
+    KIRQL irql;
+    NTSTATUS status;
+
+    if (!FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_COMPLETION_HANDLE) ||
+        Meta->completionHandle == NULL) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if (inbound && (LayerData == NULL ||
+                    !FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_IP_HEADER_SIZE |
+                                                              FWPS_METADATA_FIELD_TRANSPORT_HEADER_SIZE))) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if (FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_PROCESS_PATH) && Meta->processPath != NULL &&
+        Meta->processPath->data != NULL) {
+        UINT32 units = Meta->processPath->size / sizeof(WCHAR);
+        pathBytes = Meta->processPath->data;
+        /* The blob usually carries the terminating NUL; the wire form does not. */
+        while (units > 0 && pathBytes[2 * (units - 1)] == 0 && pathBytes[2 * (units - 1) + 1] == 0) {
+            units--;
+        }
+        /* A path we cannot send whole is not sent at all: a truncated path could
+           match another program's rule. */
+        pathLen = units <= LATCH_MAX_PATH_UNITS ? (UINT16)units : 0;
+    }
+
+    entry = (PLATCH_PENDING)ExAllocatePool2(POOL_FLAG_NON_PAGED,
+                                            FIELD_OFFSET(LATCH_PENDING, Path) + sizeof(WCHAR) * (SIZE_T)(pathLen + 1),
+                                            LATCH_TAG_PENDING);
+    if (entry == NULL) {
+        LatchCount(LATCH_STAT_ALLOC_FAILURES);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    entry->Tuple = *Tuple;
+    entry->EndpointHandle = FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_TRANSPORT_ENDPOINT_HANDLE)
+                                ? Meta->transportEndpointHandle : 0;
+    entry->ProcessId = FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_PROCESS_ID) ? Meta->processId : 0;
+    entry->PathLen = pathLen;
+    if (pathLen != 0) {
+        RtlCopyMemory(entry->Path, pathBytes, sizeof(WCHAR) * (SIZE_T)pathLen);
+    }
+    if (inbound) {
+        entry->IpHeaderSize = Meta->ipHeaderSize;
+        entry->TransportHeaderSize = Meta->transportHeaderSize;
+        entry->CompartmentId = FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_COMPARTMENT_ID)
+                                   ? Meta->compartmentId : 0;
+    }
+    KeQuerySystemTime((PLARGE_INTEGER)&entry->Timestamp);
+
+    KeAcquireSpinLock(&g.Lock, &irql);
+    if (!g.Accepting || !g.ClientConnected) {
+        KeReleaseSpinLock(&g.Lock, irql);
+        FreeEntry(entry);
+        LatchCount(LATCH_STAT_NO_CLIENT_DEFAULT);
+        return STATUS_DEVICE_BUSY;
+    }
+    if (g.PendingCount >= LATCH_MAX_PENDING ||
+        CountWaitingForProcess(entry->ProcessId) >= LATCH_MAX_PENDING_PER_PROCESS) {
+        KeReleaseSpinLock(&g.Lock, irql);
+        FreeEntry(entry);
+        LatchCount(LATCH_STAT_CAP_EXCEEDED);
+        return STATUS_QUOTA_EXCEEDED;
+    }
+    status = FwpsPendOperation0(Meta->completionHandle, &entry->CompletionContext);
+    if (!NT_SUCCESS(status)) {
+        KeReleaseSpinLock(&g.Lock, irql);
+        FreeEntry(entry);
+        return status;
+    }
+    if (inbound) {
+        /* Keep the packet alive past classify; released after re-injection or drop. */
+        FwpsReferenceNetBufferList0((PNET_BUFFER_LIST)LayerData, TRUE);
+        entry->NetBufferList = (PNET_BUFFER_LIST)LayerData;
+    }
+    entry->RequestId = (UINT64)InterlockedIncrement64(&g.NextRequestId);
+    entry->State = LatchPendingWaiting;
+    entry->Deadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(g.TimeoutMs);
+    InsertTailList(&g.PendingList, &entry->Link);
+    InsertTailList(&g.SendQueue, &entry->SendLink);
+    entry->Queued = TRUE;
+    g.PendingCount++;
+    KeReleaseSpinLock(&g.Lock, irql);
+
+    LatchCount(LATCH_STAT_PENDED);
+    LatchWakeWorker();
+    ClassifyOut->actionType = FWP_ACTION_BLOCK;
+    ClassifyOut->flags |= FWPS_CLASSIFY_OUT_FLAG_ABSORB;
+    ClassifyOut->rights &= ~FWPS_RIGHT_ACTION_WRITE;
+    return STATUS_SUCCESS;
+}
+
+static BOOLEAN TupleEqual(const LATCH_TUPLE *a, const LATCH_TUPLE *b)
+{
+    return a->WireLayer == b->WireLayer && a->Protocol == b->Protocol && a->LocalPort == b->LocalPort &&
+           a->RemotePort == b->RemotePort && RtlEqualMemory(a->LocalAddr, b->LocalAddr, 16) &&
+           RtlEqualMemory(a->RemoteAddr, b->RemoteAddr, 16);
+}
+
+BOOLEAN LatchTakeReauthVerdict(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle, ULONG *Action)
+{
+    PLIST_ENTRY link;
+    PLATCH_PENDING found = NULL;
+    KIRQL irql;
+
+    KeAcquireSpinLock(&g.Lock, &irql);
+    for (link = g.PendingList.Flink; link != &g.PendingList; link = link->Flink) {
+        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+        if (e->State == LatchPendingDecided && e->EndpointHandle == EndpointHandle && TupleEqual(&e->Tuple, Tuple)) {
+            found = e;
+            RemoveEntryList(&e->Link);
+            break;
+        }
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    if (found == NULL) {
+        return FALSE;
+    }
+    *Action = found->Action;
+    FreeEntry(found);
+    LatchCount(LATCH_STAT_REAUTHORIZED);
+    return TRUE;
+}
+
+NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, ULONG CacheTtlMs)
+{
+    LIST_ENTRY batch;
+    PLATCH_PENDING e;
+    KIRQL irql;
+
+    InitializeListHead(&batch);
+    KeAcquireSpinLock(&g.Lock, &irql);
+    e = FindWaitingLocked(RequestId);
+    if (e != NULL) {
+        if (CacheScope != LATCH_SCOPE_NONE) {
+            LatchCacheInsertLocked(&e->Tuple, e->ProcessId, e->Path, e->PathLen, CacheScope, CacheTtlMs, Action);
+        }
+        DecideLocked(e, Action, &batch);
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    if (e == NULL) {
+        LatchCount(LATCH_STAT_VERDICTS_LATE);
+        return STATUS_NOT_FOUND;
+    }
+    CompleteBatch(&batch);
+    return STATUS_SUCCESS;
+}
+
+void LatchExpirePending(void)
+{
+    LIST_ENTRY batch;
+    PLIST_ENTRY link, next;
+    ULONGLONG now = KeQueryInterruptTime();
+    ULONG count;
+    KIRQL irql;
+
+    InitializeListHead(&batch);
+    KeAcquireSpinLock(&g.Lock, &irql);
+    for (link = g.PendingList.Flink; link != &g.PendingList; link = next) {
+        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+        next = link->Flink;
+        if (e->State == LatchPendingWaiting && e->Deadline <= now) {
+            DecideLocked(e, g.DefaultAction, &batch);
+        }
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    for (count = CompleteBatch(&batch); count > 0; count--) {
+        LatchCount(LATCH_STAT_TIMED_OUT);
+    }
+}
+
+void LatchCompleteAllWithDefault(ULONG StatIndex)
+{
+    LIST_ENTRY batch;
+    PLIST_ENTRY link, next;
+    ULONG count;
+    KIRQL irql;
+
+    InitializeListHead(&batch);
+    KeAcquireSpinLock(&g.Lock, &irql);
+    for (link = g.PendingList.Flink; link != &g.PendingList; link = next) {
+        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+        next = link->Flink;
+        if (e->State == LatchPendingWaiting) {
+            DecideLocked(e, g.DefaultAction, &batch);
+        }
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    for (count = CompleteBatch(&batch); count > 0; count--) {
+        LatchCount(StatIndex);
+    }
+}
+
+void LatchFreeDecidedLeftovers(BOOLEAN All)
+{
+    LIST_ENTRY batch;
+    PLIST_ENTRY link, next;
+    ULONGLONG now = KeQueryInterruptTime();
+    KIRQL irql;
+
+    InitializeListHead(&batch);
+    KeAcquireSpinLock(&g.Lock, &irql);
+    for (link = g.PendingList.Flink; link != &g.PendingList; link = next) {
+        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+        next = link->Flink;
+        if (e->State == LatchPendingDecided && (All || e->Deadline <= now)) {
+            RemoveEntryList(&e->Link);
+            InsertTailList(&batch, &e->CompleteLink);
+        }
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    while (!IsListEmpty(&batch)) {
+        FreeEntry(CONTAINING_RECORD(RemoveHeadList(&batch), LATCH_PENDING, CompleteLink));
+    }
+}
+
+BOOLEAN LatchDequeueForSend(UINT8 *Buffer, ULONG BufferLength, ULONG *Length, UINT64 *RequestId)
+{
+    LATCH_MSG_CONNECT_REQUEST fixed;
+    PLATCH_PENDING e;
+    KIRQL irql;
+
+    *Length = 0;
+    KeAcquireSpinLock(&g.Lock, &irql);
+    if (IsListEmpty(&g.SendQueue)) {
+        KeReleaseSpinLock(&g.Lock, irql);
+        return FALSE;
+    }
+    e = CONTAINING_RECORD(RemoveHeadList(&g.SendQueue), LATCH_PENDING, SendLink);
+    e->Queued = FALSE;
+    RtlZeroMemory(&fixed, sizeof(fixed));
+    fixed.RequestId = e->RequestId;
+    fixed.Layer = e->Tuple.WireLayer;
+    fixed.Direction = e->Tuple.Direction;
+    fixed.IpVersion = e->Tuple.IpVersion;
+    fixed.Protocol = e->Tuple.Protocol;
+    RtlCopyMemory(fixed.LocalAddr, e->Tuple.LocalAddr, 16);
+    RtlCopyMemory(fixed.RemoteAddr, e->Tuple.RemoteAddr, 16);
+    fixed.LocalPort = e->Tuple.LocalPort;
+    fixed.RemotePort = e->Tuple.RemotePort;
+    fixed.ProcessId = e->ProcessId;
+    fixed.Timestamp = e->Timestamp;
+    fixed.PathLen = e->PathLen;
+    *Length = LatchEncodeConnectRequest(&fixed, e->Path, Buffer, BufferLength);
+    *RequestId = e->RequestId;
+    KeReleaseSpinLock(&g.Lock, irql);
+    return TRUE;
+}
+
+void LatchSendFailed(UINT64 RequestId)
+{
+    LIST_ENTRY batch;
+    PLATCH_PENDING e;
+    KIRQL irql;
+
+    InitializeListHead(&batch);
+    KeAcquireSpinLock(&g.Lock, &irql);
+    e = FindWaitingLocked(RequestId);
+    if (e != NULL) {
+        DecideLocked(e, g.DefaultAction, &batch);
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    CompleteBatch(&batch);
+}

@@ -1,0 +1,84 @@
+/*
+ * The worker: a system thread at PASSIVE_LEVEL, the only place that sends to the
+ * service. FltSendMessage carries no reply buffer and a bounded timeout, so a slow
+ * or absent reader costs at most LATCH_SEND_TIMEOUT_MS per message and a slow
+ * decision costs nothing (verdicts arrive in the port's message callback). It also
+ * enforces deadlines on a LATCH_WORKER_TICK_MS tick.
+ */
+#include "latch.h"
+
+static KSTART_ROUTINE LatchWorker;
+
+static void LatchWorker(PVOID Context)
+{
+    LARGE_INTEGER tick, sendTimeout;
+    UINT64 requestId;
+    ULONG length;
+
+    UNREFERENCED_PARAMETER(Context);
+    tick.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_WORKER_TICK_MS);
+    sendTimeout.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_SEND_TIMEOUT_MS);
+
+    while (!InterlockedCompareExchange(&g.StopWorker, 0, 0)) {
+        KeWaitForSingleObject(&g.WorkerEvent, Executive, KernelMode, FALSE, &tick);
+        if (InterlockedCompareExchange(&g.StopWorker, 0, 0)) {
+            break;
+        }
+        while (InterlockedCompareExchange(&g.ClientReady, 0, 0) &&
+               !InterlockedCompareExchange(&g.StopWorker, 0, 0) &&
+               LatchDequeueForSend(g.SendBuffer, LATCH_MSG_MAX_SIZE, &length, &requestId)) {
+            NTSTATUS status = length == 0 ? STATUS_INVALID_PARAMETER
+                                          : FltSendMessage(g.Filter, &g.ClientPort, g.SendBuffer, length, NULL,
+                                                           NULL, &sendTimeout);
+            if (status != STATUS_SUCCESS) { /* STATUS_TIMEOUT is a success code: not delivered */
+                LatchCount(LATCH_STAT_SEND_FAILURES);
+                LatchSendFailed(requestId);
+            }
+        }
+        LatchExpirePending();
+        LatchFreeDecidedLeftovers(FALSE);
+    }
+    PsTerminateSystemThread(STATUS_SUCCESS);
+}
+
+NTSTATUS LatchStartWorker(void)
+{
+    HANDLE thread;
+    OBJECT_ATTRIBUTES attributes;
+    NTSTATUS status;
+
+    PAGED_CODE();
+    InitializeObjectAttributes(&attributes, NULL, OBJ_KERNEL_HANDLE, NULL, NULL);
+    status = PsCreateSystemThread(&thread, THREAD_ALL_ACCESS, &attributes, NULL, NULL, LatchWorker, NULL);
+    if (!NT_SUCCESS(status)) {
+        return status;
+    }
+    status = ObReferenceObjectByHandle(thread, SYNCHRONIZE, *PsThreadType, KernelMode, (PVOID *)&g.WorkerThread,
+                                       NULL);
+    ZwClose(thread);
+    if (!NT_SUCCESS(status)) {
+        /* The thread runs but we cannot wait for it: stop it and give up. */
+        InterlockedExchange(&g.StopWorker, 1);
+        KeSetEvent(&g.WorkerEvent, IO_NO_INCREMENT, FALSE);
+        g.WorkerThread = NULL;
+    }
+    return status;
+}
+
+void LatchStopWorker(void)
+{
+    PAGED_CODE();
+    if (g.WorkerThread == NULL) {
+        return;
+    }
+    InterlockedExchange(&g.StopWorker, 1);
+    KeSetEvent(&g.WorkerEvent, IO_NO_INCREMENT, FALSE);
+    KeWaitForSingleObject(g.WorkerThread, Executive, KernelMode, FALSE, NULL);
+    ObDereferenceObject(g.WorkerThread);
+    g.WorkerThread = NULL;
+}
+
+void LatchWakeWorker(void)
+{
+    KeSetEvent(&g.WorkerEvent, IO_NO_INCREMENT, FALSE);
+}
