@@ -14,11 +14,23 @@
 //     "socket:[INODE]", with a cache and a bounded rescan rate.
 //
 // A Resolver never returns a wrong process: a pid is reported only after it has been
-// shown to be the process that connected the socket (its start time precedes the
-// eBPF record) or to hold the socket in its fd table, and the executable and command
-// line are read through the same /proc/PID directory handle, so a pid that exits and
-// is reused meanwhile makes the read fail instead of describing another program.
-// When attribution fails, Resolve returns Process{} (PID 0, Exe "") and an error.
+// shown to be the process that connected the socket (it started before the eBPF
+// record was made, and is still alive) or to hold the socket in its fd table, and
+// the executable and command line are read through the same /proc/PID directory
+// handle, which the kernel ties to the process rather than to the number: a pid that
+// exits and is reused makes the reads fail instead of describing another program.
+// When attribution fails, Resolve returns a Process with PID 0 and Exe "" and an
+// error.
+//
+// Namespaces: sock_diag sees the sockets of the network namespace NewResolver was
+// called in; the hooks see every process on the host (they sit on the cgroup root)
+// and record pids of the initial pid namespace, so they are used only when the
+// Resolver runs in that namespace.
+//
+// Known limits: a socket bound to a device is found only when its interface index is
+// given (ResolveDev); a process that execs its own executable again keeps, until it
+// exits, the command line it had when first seen; UDP sockets sharing a port through
+// SO_REUSEPORT are told apart only as far as the kernel's own reply lookup does.
 package procattr
 
 import (
