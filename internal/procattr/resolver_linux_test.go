@@ -241,8 +241,6 @@ func TestMethods(t *testing.T) {
 		}
 	}
 	// A cgroup path that is not a cgroup: the hooks fail, the Resolver still works.
-	r := newResolverIn(t, ns, Options{DisableEBPF: true})
-	_ = r
 	var bad *Resolver
 	var err error
 	inNetns(t, ns, func() { bad, err = NewResolver(Options{CgroupPath: t.TempDir()}) })
@@ -251,8 +249,13 @@ func TestMethods(t *testing.T) {
 	}
 	defer bad.Close()
 	if slices.Contains(bad.Methods(), MethodEBPF) || bad.MethodErrors()[MethodEBPF] == nil {
-		t.Errorf("cgroup path %q accepted: Methods %v", "tempdir", bad.Methods())
+		t.Errorf("a plain directory accepted as cgroup: Methods %v", bad.Methods())
 	}
+	t.Logf("eBPF refused as expected: %v", bad.MethodErrors()[MethodEBPF])
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	c := startClient(t, ns, "tcp", remote)
+	p, err := bad.Resolve(engine.TCP, c.Local, remote, 0)
+	wantProcess(t, p, err, c.pid(), MethodProcfs)
 }
 
 // TestResolveLongRunningProcess covers the eBPF fast path: a process that started
@@ -284,6 +287,13 @@ func TestResolveLongRunningProcess(t *testing.T) {
 				if m.wantMethod != "" && p.Method != m.wantMethod {
 					t.Errorf("Method %q, want %q", p.Method, m.wantMethod)
 				}
+			}
+			st := r.Stats()
+			if st.EBPF+st.Procfs != 2 || st.NoSocket+st.NoProcess != 0 {
+				t.Errorf("Stats = %+v, want 2 attributed", st)
+			}
+			if m.wantMethod == MethodProcfs && (st.Procfs != 2 || st.FullScans != 1) {
+				t.Errorf("Stats = %+v, want 2 by procfs after one full scan", st)
 			}
 		})
 	}
