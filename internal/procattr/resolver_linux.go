@@ -24,8 +24,11 @@ type Resolver struct {
 
 	ebpfHits, procfsHits, noSocket, noProcess atomic.Uint64
 
-	closeOnce sync.Once
-	closeErr  error
+	// life is held for reading by every Resolve and for writing by Close, so Close
+	// never pulls a socket, map or handle from under a Resolve.
+	life     sync.RWMutex
+	closed   bool
+	closeErr error
 }
 
 // NewResolver opens the sock_diag sockets and, unless disabled, attaches the eBPF
@@ -130,6 +133,11 @@ func (r *Resolver) ResolveInbound(proto engine.Protocol, local, remote netip.Add
 }
 
 func (r *Resolver) resolve(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int, inbound bool) (Process, error) {
+	r.life.RLock()
+	defer r.life.RUnlock()
+	if r.closed {
+		return unknown(), errors.New("procattr: Resolve on a closed Resolver")
+	}
 	if ifindex < 0 {
 		return unknown(), fmt.Errorf("procattr: interface index %d: want 0 (unknown) or more", ifindex)
 	}
@@ -217,16 +225,20 @@ func (r *Resolver) viaProcfs(si socketInfo, owner Process) (Process, error) {
 	return unknown(), fmt.Errorf("socket inode %d changed hands while it was looked up: %w", si.Inode, ErrNoProcess)
 }
 
-// Close detaches the eBPF hooks and closes the sock_diag sockets. Resolve must not be
-// called after Close.
+// Close detaches the eBPF hooks and closes the sock_diag sockets, after the Resolve
+// calls in progress have returned. Later Resolve calls return an error.
 func (r *Resolver) Close() error {
-	r.closeOnce.Do(func() {
-		if r.hooks != nil {
-			r.closeErr = r.hooks.close()
-		}
-		r.procs.close()
-		r.diag.close()
-	})
+	r.life.Lock()
+	defer r.life.Unlock()
+	if r.closed {
+		return r.closeErr
+	}
+	r.closed = true
+	if r.hooks != nil {
+		r.closeErr = r.hooks.close()
+	}
+	r.procs.close()
+	r.diag.close()
 	return r.closeErr
 }
 

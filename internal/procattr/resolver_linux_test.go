@@ -398,3 +398,24 @@ func TestResolveConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestResolveAfterClose(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	var r *Resolver
+	var err error
+	inNetns(t, ns, func() { r, err = NewResolver(Options{}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	p, err := r.Resolve(engine.TCP, netip.MustParseAddrPort("198.18.0.1:1"), netip.MustParseAddrPort("198.18.0.2:2"), -1)
+	if err == nil || p.PID != 0 {
+		t.Errorf("Resolve after Close = %+v, %v; want an error", p, err)
+	}
+}
