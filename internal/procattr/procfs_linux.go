@@ -147,6 +147,12 @@ func (d procDir) eachSocketFD(scratch *scanScratch, fn func(fd int, inode uint32
 		if !ok {
 			return true
 		}
+		if scratch.limited {
+			if scratch.budget <= 0 {
+				return false
+			}
+			scratch.budget--
+		}
 		n, err := unix.Readlinkat(dfd, string(name), scratch.link[:])
 		if err != nil {
 			return true
@@ -235,6 +241,9 @@ func eachDirent(dfd int, buf []byte, fn func(name []byte) bool) error {
 type scanScratch struct {
 	dents [8192]byte
 	link  [64]byte
+	// limited scans stop after budget descriptors.
+	limited bool
+	budget  int
 }
 
 // fdRef says where a socket was last seen.
@@ -259,6 +268,7 @@ type procScanner struct {
 }
 
 const (
+	hotScanBudget = 4096 // descriptors read per lookup in recent processes
 	hotPIDs       = 16
 	maxInodeCache = 1 << 18
 )
@@ -279,6 +289,11 @@ func (s *procScanner) find(inode uint32) (fdRef, error) {
 		s.touch(ref.pid)
 		return ref, nil
 	}
+	// A process with a huge fd table must not turn every lookup into a long scan
+	// (the caller is a packet read loop): the recent processes get a budget; what it
+	// misses, the rate-limited full scan finds.
+	s.scratch.limited, s.scratch.budget = true, hotScanBudget
+	defer func() { s.scratch.limited = false }()
 	for _, pid := range s.hot {
 		d, err := openProcDir(pid)
 		if err != nil {
@@ -297,6 +312,7 @@ func (s *procScanner) find(inode uint32) (fdRef, error) {
 		return fdRef{}, fmt.Errorf("socket inode %d not in the /proc scan of %v ago (next full scan in %v): %w",
 			inode, since.Round(time.Microsecond), s.interval-since, ErrNoProcess)
 	}
+	s.scratch.limited = false
 	if err := s.fullScan(); err != nil {
 		return fdRef{}, err
 	}
