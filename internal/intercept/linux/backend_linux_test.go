@@ -578,3 +578,32 @@ func TestRestartAfterKill(t *testing.T) {
 		t.Errorf("ruleset after the second daemon's clean exit differs.\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
+
+// TestOwnTrafficExempt: a socket marked by Control (the daemon's own) is never held,
+// even when everything else is denied.
+func TestOwnTrafficExempt(t *testing.T) {
+	tp := newTopo(t)
+	srv := listenTCP(t, tp, 9001)
+	d := startDaemon(t, tp, "*=deny")
+	defer d.stop()
+	err := inNS(tp.a, func() error {
+		dialer := net.Dialer{Timeout: 3 * time.Second, Control: Control}
+		c, err := dialer.Dial("tcp4", addrB+":9001")
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	if err != nil {
+		t.Fatalf("dial from a socket marked as latch's own: %v", err)
+	}
+	if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
+		t.Errorf("latch's own connection was held: %q", l)
+	}
+	if _, err := dial(tp, 9001, 3*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("an unmarked socket: err = %v, want ECONNREFUSED (denied)", err)
+	}
+	if n := srv.accepted.Load(); n != 1 {
+		t.Errorf("server accepted %d connections, want 1", n)
+	}
+}
