@@ -238,3 +238,21 @@ func quote(b []byte) string {
 	}
 	return s + `"`
 }
+
+func BenchmarkParse(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"ipv4-tcp-syn", ipv4(ProtoTCP, "198.18.0.1", "198.18.0.2", tcp(40000, 80, TCPSyn))},
+		{"ipv6-hbh-tcp", ipv6(0, "2001:db8::1", "2001:db8::2", append([]byte{ProtoTCP, 0, 1, 4, 0, 0, 0, 0}, tcp(40000, 443, TCPSyn)...))},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := Parse(bc.pkt); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
