@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"testing"
 
@@ -417,5 +418,43 @@ func TestResolveAfterClose(t *testing.T) {
 	p, err := r.Resolve(engine.TCP, netip.MustParseAddrPort("198.18.0.1:1"), netip.MustParseAddrPort("198.18.0.2:2"), -1)
 	if err == nil || p.PID != 0 {
 		t.Errorf("Resolve after Close = %+v, %v; want an error", p, err)
+	}
+}
+
+// TestResolveReusedPID: an eBPF record whose pid now belongs to a process that
+// started after the record was made (the recorded process exited and its pid was
+// given to another) must not name that other process.
+func TestResolveReusedPID(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	for _, m := range []struct {
+		name string
+		opts Options
+	}{{"ebpf", Options{DisableProcfs: true}}, {"combined", Options{}}} {
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, m.opts)
+			c := startClient(t, ns, "tcp", remote)
+			other := exec.Command("sleep", "30")
+			if err := other.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+			si, err := r.diag.lookup(engine.TCP, c.Local, remote, 0, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid := uint64(other.Process.Pid)
+			forged := connRecord{PidTgid: pid<<32 | pid, BootNs: 1} // made at boot
+			if err := r.hooks.conns.Put(si.Cookie, forged); err != nil {
+				t.Fatal(err)
+			}
+			p, err := r.Resolve(engine.TCP, c.Local, remote, 0)
+			if m.opts.DisableProcfs {
+				wantUnknown(t, p, err, ErrNoProcess)
+				return
+			}
+			wantProcess(t, p, err, c.pid(), MethodProcfs)
+		})
 	}
 }
