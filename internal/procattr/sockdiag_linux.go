@@ -62,6 +62,12 @@ func openDiagConn() (*diagConn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind sock_diag socket: %w", err)
 	}
+	// Connected to the kernel, the socket takes plain write and read: no address to
+	// build or decode per lookup.
+	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("connect sock_diag socket: %w", err)
+	}
 	return &diagConn{fd: fd, buf: make([]byte, 32<<10)}, nil
 }
 
@@ -202,11 +208,11 @@ func (d *sockDiag) request(c *diagConn, ipproto uint8, src, dst netip.AddrPort, 
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff:], inetDiagNoCookie)
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff+4:], inetDiagNoCookie)
 
-	if err := unix.Sendto(c.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if _, err := unix.Write(c.fd, b); err != nil {
 		return socketInfo{}, fmt.Errorf("sock_diag: send request: %w", err)
 	}
 	for {
-		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+		n, err := unix.Read(c.fd, c.buf)
 		if err == unix.EINTR {
 			continue
 		}
