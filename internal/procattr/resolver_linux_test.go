@@ -9,6 +9,9 @@ import (
 	"os/exec"
 	"slices"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
 )
@@ -457,4 +460,50 @@ func TestResolveReusedPID(t *testing.T) {
 			wantProcess(t, p, err, c.pid(), MethodProcfs)
 		})
 	}
+}
+
+// TestResolveTimeWait: a connection closed by this side lingers in TIME_WAIT, a
+// socket without a file that no process owns.
+func TestResolveTimeWait(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{})
+	var ln net.Listener
+	var c net.Conn
+	var err error
+	inNetns(t, ns, func() {
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err == nil {
+			c, err = net.Dial("tcp", ln.Addr().String())
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := netip.MustParseAddrPort(c.LocalAddr().String())
+	remote := netip.MustParseAddrPort(c.RemoteAddr().String())
+	c.Close() // active close: this end goes to TIME_WAIT once the peer closes too
+	srv.Close()
+	state := func() uint8 {
+		conn := <-r.diag.pool
+		defer func() { r.diag.pool <- conn }()
+		si, err := r.diag.requestOnce(conn, unix.IPPROTO_TCP, local, remote, 0)
+		if err != nil {
+			return 0
+		}
+		return si.State
+	}
+	const tcpTimeWait = 6
+	for i := 0; state() != tcpTimeWait; i++ {
+		if i == 100 {
+			t.Fatal("no TIME_WAIT socket after 1s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p, err := r.Resolve(engine.TCP, local, remote, -1)
+	wantUnknown(t, p, err, ErrNoSocket)
 }

@@ -117,9 +117,9 @@ func (d *sockDiag) close() {
 // listener also accepts, for TCP, the socket listening on local (an inbound
 // connection that is being held has no socket of its own yet).
 //
-// ifindex is the interface the packet leaves or arrives by, or 0. A socket bound to a device
-// (SO_BINDTODEVICE) is found only with that device's index; other sockets are found
-// either way.
+// ifindex is the interface the packet leaves or arrives by, or 0. A socket bound to
+// a device (SO_BINDTODEVICE) is found only with that device's index; other sockets
+// are found either way.
 func (d *sockDiag) lookup(proto engine.Protocol, local, remote netip.AddrPort, ifindex uint32, listener bool) (socketInfo, error) {
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
@@ -187,6 +187,15 @@ func udpMatches(si socketInfo, local, remote netip.AddrPort) bool {
 // request sends one SOCK_DIAG_BY_FAMILY get (not a dump) with the given sockid
 // src/dst and interface and decodes the reply.
 func (d *sockDiag) request(c *diagConn, ipproto uint8, src, dst netip.AddrPort, ifindex uint32) (socketInfo, error) {
+	si, err := d.requestOnce(c, ipproto, src, dst, ifindex)
+	if err == nil && si.Inode == 0 {
+		// A TIME_WAIT or SYN_RECV mini-socket: no file, so no process owns it.
+		return socketInfo{}, fmt.Errorf("sock_diag: %v -> %v is a mini-socket in state %d: %w", si.Local, si.Remote, si.State, ErrNoSocket)
+	}
+	return si, err
+}
+
+func (d *sockDiag) requestOnce(c *diagConn, ipproto uint8, src, dst netip.AddrPort, ifindex uint32) (socketInfo, error) {
 	seq := d.seq.Add(1)
 	b := c.req[:]
 	clear(b)
