@@ -43,7 +43,12 @@ type StatusError struct {
 	Status proto.NTStatus
 }
 
-func (e *StatusError) Error() string { return fmt.Sprintf("%s: %v", e.Op, e.Status) }
+func (e *StatusError) Error() string {
+	if e.Status == proto.StatusConnectionCountLimit {
+		return fmt.Sprintf("%s: %v (%v)", e.Op, ErrPortBusy, e.Status)
+	}
+	return fmt.Sprintf("%s: %v", e.Op, e.Status)
+}
 
 // Is makes errors.Is(err, ErrPortBusy) true for STATUS_CONNECTION_COUNT_LIMIT.
 func (e *StatusError) Is(target error) bool {

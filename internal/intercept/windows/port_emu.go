@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/latchfw/latch/internal/proto"
 )
@@ -182,11 +183,13 @@ func (p *emuPort) Send(in, out []byte) (int, error) {
 	}
 	p.waiters = append(p.waiters, w)
 	p.mu.Unlock()
-	_, err := p.conn.Write(frame)
+	_, werr := p.conn.Write(frame)
 	p.wmu.Unlock()
-	if err != nil {
-		p.fail(fmt.Errorf("%w: %v", ErrPortClosed, err))
-		return 0, p.closedErr()
+	var wdeadline <-chan time.Time
+	if werr != nil {
+		// The harness may have said why before it closed (a refused second client):
+		// give the reader a moment to read that rather than report a bare broken pipe.
+		wdeadline = time.After(time.Second)
 	}
 	var res sendResult
 	select {
@@ -197,6 +200,9 @@ func (p *emuPort) Send(in, out []byte) (int, error) {
 		default:
 			return 0, p.closedErr()
 		}
+	case <-wdeadline:
+		p.fail(fmt.Errorf("%w: %v", ErrPortClosed, werr))
+		return 0, p.closedErr()
 	}
 	if res.status != proto.StatusSuccess {
 		return 0, &StatusError{Op: "FilterSendMessage", Status: res.status}
