@@ -221,9 +221,9 @@ func (s *sim) unload() {
 type simDecider struct {
 	asked     atomic.Int64
 	denyHTTPS atomic.Bool // the rules changed: port 443 is denied by rule 4
-	mu    sync.Mutex
-	reqs  map[uint16]engine.Request // by remote port (outbound) or local port (inbound)
-	all   []engine.Request
+	mu        sync.Mutex
+	reqs      map[uint16]engine.Request // by remote port (outbound) or local port (inbound)
+	all       []engine.Request
 }
 
 func (d *simDecider) sawLocalPort(p uint16) bool {
