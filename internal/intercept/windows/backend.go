@@ -452,9 +452,9 @@ var ErrNotConnected = errors.New("windows backend: not connected to the latch dr
 
 // Redecide tells the driver to forget every cached verdict and re-authorize existing
 // flows (FLUSH), so that they are decided again under the new rules. The driver
-// cannot select flows, so affected is not consulted; the driver re-authorizes
-// asynchronously, so the count returned is 0 (its "reauthorized" counter, in Stats,
-// says how many it did).
+// cannot select flows, so affected is not consulted. The driver re-authorizes
+// asynchronously; the count returned is the number of flows it was tracking
+// (flow_contexts_live), every one of which it re-authorizes.
 func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
 	s := b.cur.Load()
 	if s == nil {
@@ -471,7 +471,11 @@ func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
 	if a.Status != proto.StatusSuccess {
 		return 0, fmt.Errorf("FLUSH: the driver refused it: %v", a.Status)
 	}
-	return 0, nil
+	st, err := b.DriverStats()
+	if err != nil {
+		return 0, nil // flushed; only the count is unknown
+	}
+	return int(min(st.FlowContextsLive, 1<<31-1)), nil
 }
 
 // DriverStats asks the driver for its counters (STATS_QUERY).

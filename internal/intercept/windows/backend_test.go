@@ -397,10 +397,11 @@ func TestReconnectBacksOffWhileDriverIsAway(t *testing.T) {
 
 func TestRedecideSendsFlush(t *testing.T) {
 	drv := newFakeDriver(t)
+	drv.stats.FlowContextsLive = 17
 	b, _, _ := startBackend(t, Config{Dial: drv.dial}, newRuleDecider())
 	drv.waitConnected(t)
-	if _, err := b.Redecide(nil); err != nil {
-		t.Fatal(err)
+	if n, err := b.Redecide(nil); err != nil || n != 17 {
+		t.Fatalf("Redecide = %d, %v; want the driver's 17 live flows", n, err)
 	}
 	drv.mu.Lock()
 	defer drv.mu.Unlock()

@@ -420,8 +420,8 @@ func TestSimCacheAndRedecide(t *testing.T) {
 	// The rules change: 443 is denied now. After Redecide the driver's cache no longer
 	// answers with the old verdict.
 	d.denyHTTPS.Store(true)
-	if _, err := b.Redecide(nil); err != nil {
-		t.Fatalf("Redecide: %v", err)
+	if n, err := b.Redecide(nil); err != nil || n != 2 {
+		t.Fatalf("Redecide = %d, %v; want the 2 established flows", n, err)
 	}
 	s.connect("c3", "v4 out tcp 198.18.0.1 50003 198.19.0.2 443 pid=1234 path="+curlPath)
 	if got := s.wait("c3", 5000); got != "block" {
