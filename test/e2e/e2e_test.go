@@ -282,9 +282,10 @@ func TestStopRemovesEveryRule(t *testing.T) {
 func TestFailClosedHoldsAfterSIGKILL(t *testing.T) {
 	n := NewNet(t)
 	srv := n.Serve(t, 8088)
-	d := n.StartDaemon("--fail", "closed", "--default", "allow")
+	d := n.StartDaemon("--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8088", "--action", "allow")
 	if r := n.Connect(t, 8088, 10*time.Second); r.Outcome != "connected" {
-		t.Fatalf("with the daemon up and default allow: %+v", r)
+		t.Fatalf("with the daemon up and an allow rule: %+v", r)
 	}
 	d.Signal(syscall.SIGKILL, 10*time.Second)
 	if r := n.Connect(t, 8088, 2*time.Second); r.Outcome == "connected" {
