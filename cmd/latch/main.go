@@ -197,7 +197,11 @@ func runService(ctx context.Context, args []string) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 		return errHelp
 	}
-	return winsvc.Command(args)
+	if err := winsvc.Command(args); err != nil {
+		// winsvc's messages already say "latch service: ".
+		return errors.New(strings.TrimPrefix(err.Error(), "latch service: "))
+	}
+	return nil
 }
 
 func client() *api.Client { return api.NewClient("") }

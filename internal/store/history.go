@@ -224,18 +224,18 @@ func (h *History) writer() {
 		case <-timer.C:
 			write()
 		case ack := <-h.flushes:
-			// Everything sent before Flush was called is in the queue already.
+			// Everything recorded before Flush was called is in the queue already: take
+			// as many as the queue holds now, writing in batches, then acknowledge.
 			acks = append(acks, ack)
-		drain:
-			for len(batch) < historyBatchMax*8 {
-				select {
-				case c, ok := <-h.queue:
-					if !ok {
-						break drain
-					}
-					batch = append(batch, c)
-				default:
-					break drain
+			for n := len(h.queue); n > 0; n-- {
+				c, ok := <-h.queue
+				if !ok {
+					break
+				}
+				batch = append(batch, c)
+				if len(batch) == historyBatchMax {
+					h.writeBatch(batch)
+					batch = batch[:0]
 				}
 			}
 			timer.Stop()
