@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,26 +29,38 @@ const helperEnv = "LATCH_PROCATTR_HELPER"
 // bindDevEnv names a device the client binds its socket to (SO_BINDTODEVICE).
 const bindDevEnv = "LATCH_PROCATTR_BINDDEV"
 
-var clientExe string
+var (
+	clientExe    string // set by makeClientExe
+	clientDir    string
+	clientOnce   sync.Once
+	clientExeErr error
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(runHelper(os.Args[1:]))
 	}
-	dir, err := os.MkdirTemp("", "latch-procattr-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	clientExe = filepath.Join(dir, "latch-procattr-client")
-	if err := copyFile(clientExe, "/proc/self/exe"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if clientDir != "" {
+		os.RemoveAll(clientDir)
+	}
 	os.Exit(code)
+}
+
+// makeClientExe copies this binary once, for the tests that start clients (fuzz
+// workers and parser tests never need it).
+func makeClientExe(t testing.TB) {
+	t.Helper()
+	clientOnce.Do(func() {
+		if clientDir, clientExeErr = os.MkdirTemp("", "latch-procattr-"); clientExeErr != nil {
+			return
+		}
+		clientExe = filepath.Join(clientDir, "latch-procattr-client")
+		clientExeErr = copyFile(clientExe, "/proc/self/exe")
+	})
+	if clientExeErr != nil {
+		t.Fatalf("copy test binary for the client: %v", clientExeErr)
+	}
 }
 
 func copyFile(dst, src string) error {
@@ -191,6 +204,7 @@ type client struct {
 // socket to exist.
 func startClient(t *testing.T, ns, mode string, target netip.AddrPort, env ...string) *client {
 	t.Helper()
+	makeClientExe(t)
 	args := []string{clientExe, mode, target.String()}
 	if ns != "" {
 		args = append([]string{"ip", "netns", "exec", ns}, args...)
