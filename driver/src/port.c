@@ -178,12 +178,12 @@ static NTSTATUS LatchPortMessage(PVOID PortCookie, PVOID InputBuffer, ULONG Inpu
     UNREFERENCED_PARAMETER(PortCookie);
     PAGED_CODE();
     *ReturnOutputBufferLength = 0;
-    if (InputBuffer == NULL || OutputBuffer == NULL) {
-        LatchCount(LATCH_STAT_MALFORMED_MESSAGES);
+    if (OutputBuffer == NULL) {
+        LatchCount(LATCH_STAT_MALFORMED_MESSAGES); /* nowhere to put even an ACK */
         return STATUS_INVALID_PARAMETER;
     }
-    /* Oversized input is malformed: the decoder refuses an empty buffer. */
-    length = InputBufferLength <= sizeof(input) ? InputBufferLength : 0;
+    /* Missing or oversized input is malformed: the decoder refuses an empty buffer. */
+    length = (InputBuffer != NULL && InputBufferLength <= sizeof(input)) ? InputBufferLength : 0;
     RtlZeroMemory(&input, sizeof(input));
     __try {
         if (length != 0) {

@@ -1,0 +1,32 @@
+/* The user-mode side of the emulated Filter Manager port, for tests. */
+#ifndef LATCH_CLIENT_H
+#define LATCH_CLIENT_H
+
+#include "t.h"
+
+typedef struct client client;
+typedef struct request {
+    LATCH_MSG_CONNECT_REQUEST msg;
+    WCHAR path[LATCH_MAX_PATH_UNITS + 1];
+    char pathAscii[LATCH_MAX_PATH_UNITS + 1];
+    UINT64 messageId;
+} request;
+
+/* Connects; NULL if refused, *refusedStatus (optional) gets the SEND_RESULT status. */
+client *client_connect(const char *path, NTSTATUS *refusedStatus);
+/* FilterSendMessage: sends msg, returns the status and copies up to outSize bytes. */
+NTSTATUS client_send(client *c, const void *msg, ULONG len, void *out, ULONG outSize, ULONG *got);
+/* HELLO; returns the HELLO_REPLY status (or the transport status on failure). */
+NTSTATUS client_hello(client *c, ULONG defaultAction, ULONG timeoutMs);
+/* The next CONNECT_REQUEST, waiting up to ms; 0 on timeout. Every request received is
+   decoded and checked with LatchDecodeConnectRequest. */
+int client_next_request(client *c, request *r, int ms);
+/* VERDICT; returns the ACK status. */
+NTSTATUS client_verdict(client *c, UINT64 id, ULONG action, ULONG scope, ULONG ttlMs);
+NTSTATUS client_flush(client *c, ULONG flags);
+int client_stats(client *c, UINT64 counters[LATCH_STATS_COUNT]);
+int client_closed(client *c);
+long client_bad_requests(client *c);
+void client_close(client *c);
+
+#endif

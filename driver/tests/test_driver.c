@@ -1,0 +1,966 @@
+/*
+ * The real driver under the emulation, driven through its callouts and its port the
+ * way Windows and the Go service would. Every test ends with the verifier's verdict
+ * (main.c fails a test with any unexpected violation).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+
+/* the driver's caps (src/latch.h) */
+#define LATCH_MAX_PENDING 4096
+#define LATCH_MAX_PENDING_PER_PROCESS 256
+
+DRIVER_INITIALIZE DriverEntry;
+
+static char portPath[108];
+static const char curl[] = "\\Device\\HarddiskVolume3\\Windows\\System32\\curl.exe";
+static const char edge[] = "\\Device\\HarddiskVolume3\\Program Files (x86)\\Microsoft\\Edge\\msedge.exe";
+
+void t_tmp_path(char *out, size_t n, const char *name)
+{
+    snprintf(out, n, "/tmp/latch-test-%d-%s.sock", (int)getpid(), name);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int load(void)
+{
+    t_tmp_path(portPath, sizeof(portPath), "port");
+    emu_set_port_path(portPath);
+    NTSTATUS st = emu_load(DriverEntry);
+    CHECK(NT_SUCCESS(st), "DriverEntry failed 0x%08x", (unsigned)st);
+    return NT_SUCCESS(st);
+}
+
+static client *connect_service(ULONG defaultAction, ULONG timeoutMs)
+{
+    client *c = client_connect(portPath, NULL);
+    CHECK(c != NULL, "the service cannot connect to %s", portPath);
+    if (c == NULL) {
+        return NULL;
+    }
+    NTSTATUS st = client_hello(c, defaultAction, timeoutMs);
+    CHECK(st == STATUS_SUCCESS, "HELLO answered 0x%08x", (unsigned)st);
+    return c;
+}
+
+static emu_conn_params params(int v6, int inbound, UINT8 proto, const char *local, UINT16 lport, const char *remote,
+                              UINT16 rport, UINT64 pid, const char *path)
+{
+    emu_conn_params p;
+    memset(&p, 0, sizeof(p));
+    p.v6 = v6;
+    p.inbound = inbound;
+    p.protocol = proto;
+    inet_pton(v6 ? AF_INET6 : AF_INET, local, p.local);
+    inet_pton(v6 ? AF_INET6 : AF_INET, remote, p.remote);
+    p.localPort = lport;
+    p.remotePort = rport;
+    p.pid = pid;
+    p.path = path;
+    p.irql = DISPATCH_LEVEL;
+    return p;
+}
+
+/* An outbound TCP v4 connection from pid to 198.19.0.2:rport, classified at DISPATCH_LEVEL. */
+static emu_conn *out4(UINT16 lport, UINT64 pid, const char *path, UINT16 rport)
+{
+    emu_conn_params p = params(0, 0, 6, "198.18.0.1", lport, "198.19.0.2", rport, pid, path);
+    return emu_connect(&p);
+}
+
+static UINT64 stat_of(client *c, int index)
+{
+    UINT64 counters[LATCH_STATS_COUNT];
+    if (!client_stats(c, counters)) {
+        CHECK(0, "STATS_QUERY failed");
+        return ~0ULL;
+    }
+    return counters[index];
+}
+
+static int unload_clean(void)
+{
+    int before = emu_violation_count();
+    emu_unload();
+    CHECK(emu_violation_count() == before, "unload was not clean: %s", emu_violation_text(before));
+    return emu_violation_count() == before;
+}
+
+/* ---------------------------------------------------------------------------------- */
+
+static void test_load_unload(void)
+{
+    REQUIRE(load(), "load");
+    CHECK(strcmp(emu_port_name(), "\\LatchPort") == 0, "port name %s", emu_port_name());
+    CHECK(emu_port_max_connections() == 1, "max connections %d", emu_port_max_connections());
+    CHECK(emu_port_has_default_sd(), "the port has no SYSTEM+Administrators descriptor");
+    CHECK(emu_flt_operation_count() == 0, "%d file-system operation callbacks registered", emu_flt_operation_count());
+    CHECK(emu_flt_instance_setup_status() == STATUS_FLT_DO_NOT_ATTACH, "instance setup returned 0x%08x",
+          (unsigned)emu_flt_instance_setup_status());
+    CHECK(emu_callouts_registered() == 10, "%d callouts registered", emu_callouts_registered());
+    CHECK(emu_filters() == 14, "%d filters (10 callout filters + 4 reauthorization triggers)", emu_filters());
+    unload_clean();
+    CHECK(emu_pool_outstanding() == 0, "pool left");
+}
+
+static void test_no_client_gets_default_at_once(void)
+{
+    emu_registry_set_dword("DefaultAction", LATCH_ACTION_PERMIT);
+    REQUIRE(load(), "load");
+    emu_conn *a = out4(40000, 100, curl, 443);
+    CHECK(emu_conn_state(a) == EMU_CONN_PERMIT, "no service, default permit: got %d", emu_conn_state(a));
+    CHECK(emu_conn_has_flow_context(a) == 1, "permitted TCP flow has no context");
+    unload_clean();
+
+    emu_reset();
+    emu_registry_set_dword("DefaultAction", LATCH_ACTION_BLOCK);
+    REQUIRE(load(), "load");
+    emu_conn *b = out4(40001, 100, curl, 443);
+    CHECK(emu_conn_state(b) == EMU_CONN_BLOCK, "no service, default block: got %d", emu_conn_state(b));
+    CHECK(emu_pends_outstanding() == 0, "something pended without a service");
+    unload_clean();
+}
+
+static void test_verdicts_round_trip(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *a = out4(40000, 4242, curl, 443);
+    CHECK(emu_conn_state(a) == EMU_CONN_PENDING, "not held while the service decides");
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "no request reached the service");
+    const UINT8 l[16] = {198, 18, 0, 1}, rem[16] = {198, 19, 0, 2};
+    CHECK(r.msg.Layer == LATCH_LAYER_CONNECT_V4 && r.msg.Direction == LATCH_DIRECTION_OUTBOUND &&
+              r.msg.IpVersion == 4 && r.msg.Protocol == 6 && memcmp(r.msg.LocalAddr, l, 16) == 0 &&
+              memcmp(r.msg.RemoteAddr, rem, 16) == 0 && r.msg.LocalPort == 40000 && r.msg.RemotePort == 443 &&
+              r.msg.ProcessId == 4242 && r.msg.RequestId != 0,
+          "request fields");
+    CHECK(strcmp(r.pathAscii, curl) == 0, "path %s", r.pathAscii);
+    LARGE_INTEGER t;
+    KeQuerySystemTime(&t);
+    CHECK(r.msg.Timestamp > t.QuadPart - 10 * 10000000LL && r.msg.Timestamp <= t.QuadPart, "timestamp");
+    CHECK(emu_conn_state(a) == EMU_CONN_PENDING, "decided before the verdict");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0) == STATUS_SUCCESS, "verdict ack");
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "permit verdict not applied");
+    CHECK(emu_conn_reauthorizations(a) == 1, "no reauthorization after completion");
+    CHECK(emu_conn_has_flow_context(a) == 1, "no flow context on the permitted flow");
+    emu_conn_data(a, 1000, 1);
+    emu_conn_data(a, 200, 0);
+
+    emu_conn *b = out4(40001, 4242, curl, 444);
+    REQUIRE(client_next_request(c, &r, 2000), "second request");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0) == STATUS_SUCCESS, "verdict ack");
+    CHECK(emu_conn_wait(b, 2000) == EMU_CONN_BLOCK, "block verdict not applied");
+    CHECK(emu_conn_has_flow_context(b) == 0, "a blocked connection got a flow context");
+
+    emu_conn_params p6 = params(1, 0, 17, "2001:2::1", 5353, "2001:2::2", 53, 7, NULL);
+    emu_conn *d = emu_connect(&p6);
+    REQUIRE(client_next_request(c, &r, 2000), "v6 request");
+    CHECK(r.msg.Layer == LATCH_LAYER_CONNECT_V6 && r.msg.IpVersion == 6 && r.msg.Protocol == 17 &&
+              r.msg.PathLen == 0 && r.msg.ProcessId == 7 && r.msg.LocalAddr[0] == 0x20 && r.msg.RemoteAddr[15] == 2,
+          "v6 request fields");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_REJECT, 0, 0) == STATUS_SUCCESS, "reject ack");
+    CHECK(emu_conn_wait(d, 2000) == EMU_CONN_BLOCK, "reject is a block at the ALE layer");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0) == STATUS_NOT_FOUND,
+          "a second verdict for a decided request must be NOT_FOUND");
+
+    emu_conn_params pp = params(0, 0, 6, "198.18.0.1", 40002, "198.19.0.3", 80, 9, curl);
+    pp.irql = PASSIVE_LEVEL;
+    emu_conn *e = emu_connect(&pp);
+    REQUIRE(client_next_request(c, &r, 2000), "passive-level request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(e, 2000) == EMU_CONN_PERMIT, "classify at PASSIVE_LEVEL");
+    CHECK(stat_of(c, LATCH_STAT_PENDED) == 4 && stat_of(c, LATCH_STAT_PERMITTED) == 2 &&
+              stat_of(c, LATCH_STAT_BLOCKED) == 2 && stat_of(c, LATCH_STAT_VERDICTS_LATE) == 1 &&
+              stat_of(c, LATCH_STAT_PENDING_NOW) == 0 && stat_of(c, LATCH_STAT_FLOW_CONTEXTS_LIVE) == 2,
+          "counters");
+    client_close(c);
+    unload_clean();
+}
+
+static void test_inbound_clone_reinject(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn_params p = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 51000, 880, "\\Device\\HarddiskVolume3\\sshd.exe");
+    emu_conn *a = emu_connect(&p);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "inbound request");
+    CHECK(r.msg.Layer == LATCH_LAYER_RECV_ACCEPT_V4 && r.msg.Direction == LATCH_DIRECTION_INBOUND &&
+              r.msg.LocalPort == 22,
+          "inbound request fields");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "inbound permit via clone + reinjection");
+    CHECK(emu_conn_has_flow_context(a) == 1, "inbound flow context");
+
+    emu_conn_params p6 = params(1, 1, 17, "2001:2::1", 5353, "2001:2::9", 40000, 0, NULL);
+    emu_conn *b = emu_connect(&p6);
+    REQUIRE(client_next_request(c, &r, 2000), "inbound v6 request");
+    CHECK(r.msg.Layer == LATCH_LAYER_RECV_ACCEPT_V6, "layer %u", r.msg.Layer);
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    CHECK(emu_conn_wait(b, 2000) == EMU_CONN_BLOCK, "inbound block drops the packet");
+    client_close(c);
+    unload_clean();
+}
+
+typedef struct load_ctx {
+    int thread;
+    int count;
+    emu_conn **conns;
+} load_ctx;
+
+static void *connect_thread(void *arg)
+{
+    load_ctx *x = arg;
+    for (int i = 0; i < x->count; i++) {
+        UINT16 rport = (UINT16)(1000 + x->thread * x->count + i);
+        emu_conn_params p = params(i % 5 == 0, 0, i % 3 == 0 ? 17 : 6, i % 5 == 0 ? "2001:2::1" : "198.18.0.1",
+                                   (UINT16)(20000 + i), i % 5 == 0 ? "2001:2::3" : "198.19.0.3", rport,
+                                   (UINT64)(100 + x->thread * 7 + i % 7), curl);
+        x->conns[i] = emu_connect(&p);
+    }
+    return NULL;
+}
+
+typedef struct answer_ctx {
+    client *c;
+    int expected;
+    int answered;
+    int delayEveryN;
+} answer_ctx;
+
+static void *answer_thread(void *arg)
+{
+    answer_ctx *a = arg;
+    request r;
+    while (a->answered < a->expected && client_next_request(a->c, &r, 5000)) {
+        ULONG action = (r.msg.RemotePort % 2 == 0) ? LATCH_ACTION_PERMIT : LATCH_ACTION_BLOCK;
+        if (client_verdict(a->c, r.msg.RequestId, action, 0, 0) == STATUS_SUCCESS) {
+            a->answered++;
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent_dispatch_connects(void)
+{
+    enum { THREADS = 4, PER = 150 };
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    answer_ctx ans = {c, THREADS * PER, 0, 0};
+    pthread_t at, ct[THREADS];
+    load_ctx ctx[THREADS];
+    pthread_create(&at, NULL, answer_thread, &ans);
+    double t0 = now();
+    for (int t = 0; t < THREADS; t++) {
+        ctx[t].thread = t;
+        ctx[t].count = PER;
+        ctx[t].conns = calloc(PER, sizeof(emu_conn *));
+        pthread_create(&ct[t], NULL, connect_thread, &ctx[t]);
+    }
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(ct[t], NULL);
+    }
+    pthread_join(at, NULL);
+    int wrong = 0, pending = 0;
+    for (int t = 0; t < THREADS; t++) {
+        for (int i = 0; i < PER; i++) {
+            int want = ((1000 + t * PER + i) % 2 == 0) ? EMU_CONN_PERMIT : EMU_CONN_BLOCK;
+            int got = emu_conn_wait(ctx[t].conns[i], 2000);
+            pending += got == EMU_CONN_PENDING;
+            wrong += got != want;
+        }
+        free(ctx[t].conns);
+    }
+    double secs = now() - t0;
+    printf("     %d connections from %d threads at DISPATCH_LEVEL decided in %.2fs (%.0f/s)\n", THREADS * PER, THREADS,
+           secs, THREADS * PER / secs);
+    CHECK(ans.answered == THREADS * PER, "the service answered %d of %d", ans.answered, THREADS * PER);
+    CHECK(wrong == 0 && pending == 0, "%d connections got the wrong verdict, %d still pending", wrong, pending);
+    CHECK(stat_of(c, LATCH_STAT_PENDING_NOW) == 0, "entries left pending");
+    CHECK(client_bad_requests(c) == 0, "%ld malformed requests from the driver", client_bad_requests(c));
+    client_close(c);
+    unload_clean();
+}
+
+static void test_deadline_applies_default(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 300);
+    REQUIRE(c != NULL, "service");
+    double t0 = now();
+    emu_conn *a = out4(40000, 1, curl, 443);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    int s = emu_conn_wait(a, 3000);
+    double waited = now() - t0;
+    CHECK(s == EMU_CONN_BLOCK, "unanswered connection: %d, want the default block", s);
+    CHECK(waited >= 0.29 && waited < 1.5, "deadline of 300 ms took %.3fs", waited);
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0) == STATUS_NOT_FOUND,
+          "a late verdict must be NOT_FOUND");
+    CHECK(stat_of(c, LATCH_STAT_TIMED_OUT) == 1 && stat_of(c, LATCH_STAT_VERDICTS_LATE) == 1, "counters");
+    /* default permit from HELLO */
+    CHECK(client_hello(c, LATCH_ACTION_PERMIT, 200) == STATUS_SUCCESS, "hello");
+    emu_conn *b = out4(40001, 1, curl, 443);
+    CHECK(emu_conn_wait(b, 3000) == EMU_CONN_PERMIT, "default permit after the deadline");
+    client_close(c);
+    unload_clean();
+}
+
+static void test_slow_answer_blocks_nobody(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *slow = out4(40000, 1, curl, 443);
+    request rs, rf;
+    REQUIRE(client_next_request(c, &rs, 2000), "first request");
+    emu_conn *fast[20];
+    for (int i = 0; i < 20; i++) {
+        fast[i] = out4((UINT16)(40001 + i), 2, edge, 80);
+        REQUIRE(client_next_request(c, &rf, 2000), "request %d arrived while the first is open", i);
+        client_verdict(c, rf.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+        CHECK(emu_conn_wait(fast[i], 2000) == EMU_CONN_PERMIT, "connection %d waited behind the slow one", i);
+    }
+    CHECK(emu_conn_state(slow) == EMU_CONN_PENDING, "the slow one was decided without an answer");
+    client_verdict(c, rs.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(slow, 2000) == EMU_CONN_PERMIT, "slow answer");
+    client_close(c);
+    unload_clean();
+}
+
+static void test_disconnect_mid_flight(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *held[10];
+    request r;
+    for (int i = 0; i < 10; i++) {
+        held[i] = out4((UINT16)(40000 + i), 5, curl, 443);
+        REQUIRE(client_next_request(c, &r, 2000), "request %d", i);
+    }
+    client_close(c); /* the service dies with ten questions open */
+    for (int i = 0; i < 10; i++) {
+        CHECK(emu_conn_wait(held[i], 2000) == EMU_CONN_BLOCK, "held connection %d not defaulted on disconnect", i);
+    }
+    emu_conn *after = out4(41000, 5, curl, 443);
+    CHECK(emu_conn_state(after) == EMU_CONN_BLOCK, "no service: default at once, got %d", emu_conn_state(after));
+    CHECK(emu_pends_outstanding() == 0, "pends left");
+    /* the service comes back */
+    c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "reconnect");
+    CHECK(stat_of(c, LATCH_STAT_NO_CLIENT_DEFAULT) == 11, "no_client_default %llu",
+          (unsigned long long)stat_of(c, LATCH_STAT_NO_CLIENT_DEFAULT));
+    emu_conn *again = out4(41001, 5, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request after reconnect");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(again, 2000) == EMU_CONN_PERMIT, "after reconnect");
+    client_close(c);
+    unload_clean();
+}
+
+static void test_one_client_at_a_time(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    NTSTATUS refused = 0;
+    client *second = client_connect(portPath, &refused);
+    CHECK(second == NULL && refused == STATUS_CONNECTION_COUNT_LIMIT, "second client: %p status 0x%08x",
+          (void *)second, (unsigned)refused);
+    if (second) {
+        client_close(second);
+    }
+    emu_conn *a = out4(40000, 5, curl, 443);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "the first client still gets requests");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "verdict");
+    client_close(c);
+    unload_clean();
+}
+
+static void test_hello_gates_requests(void)
+{
+    REQUIRE(load(), "load");
+    client *c = client_connect(portPath, NULL);
+    REQUIRE(c != NULL, "connect");
+    emu_conn *a = out4(40000, 5, curl, 443);
+    request r;
+    CHECK(!client_next_request(c, &r, 200), "a request went out before HELLO");
+    LATCH_MSG_HELLO h;
+    memset(&h, 0, sizeof(h));
+    LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
+    h.ServiceVersion = 2;
+    h.DefaultAction = LATCH_ACTION_BLOCK;
+    h.PendingTimeoutMs = 30000;
+    LATCH_MSG_HELLO_REPLY reply;
+    ULONG got = 0;
+    CHECK(client_send(c, &h, sizeof(h), &reply, sizeof(reply), &got) == STATUS_SUCCESS && got == sizeof(reply) &&
+              reply.Status == (UINT32)STATUS_REVISION_MISMATCH && reply.DriverVersion == 1,
+          "a service of version 2 must be refused in HELLO_REPLY (status 0x%08x)", reply.Status);
+    CHECK(!client_next_request(c, &r, 200), "a request went out to a refused service");
+    CHECK(client_hello(c, LATCH_ACTION_BLOCK, 30000) == STATUS_SUCCESS, "hello v1");
+    REQUIRE(client_next_request(c, &r, 2000), "the held request goes out after HELLO");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "verdict");
+    client_close(c);
+    unload_clean();
+}
+
+static void test_unload_with_pending_and_flows(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *flows[3], *held[5];
+    request r;
+    for (int i = 0; i < 3; i++) {
+        flows[i] = out4((UINT16)(40000 + i), 5, curl, 443);
+        REQUIRE(client_next_request(c, &r, 2000), "request");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+        CHECK(emu_conn_wait(flows[i], 2000) == EMU_CONN_PERMIT, "flow %d", i);
+    }
+    emu_conn_params pu = params(0, 0, 17, "198.18.0.1", 5000, "198.19.0.53", 53, 6, curl);
+    emu_conn *udp = emu_connect(&pu);
+    REQUIRE(client_next_request(c, &r, 2000), "udp request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(udp, 2000) == EMU_CONN_PERMIT, "udp flow");
+    emu_conn_data(udp, 512, 0);
+    for (int i = 0; i < 5; i++) {
+        held[i] = out4((UINT16)(41000 + i), 6, edge, 443);
+        REQUIRE(client_next_request(c, &r, 2000), "held request");
+    }
+    emu_conn_params pi = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 51000, 880, curl);
+    emu_conn *inbound = emu_connect(&pi);
+    REQUIRE(client_next_request(c, &r, 2000), "inbound request");
+    CHECK(emu_flow_contexts() == 4, "%d flow contexts live", emu_flow_contexts());
+    CHECK(emu_pends_outstanding() == 6, "%d pends outstanding", emu_pends_outstanding());
+    /* the service stays connected: unload must disconnect it */
+    unload_clean();
+    for (int i = 0; i < 5; i++) {
+        CHECK(emu_conn_state(held[i]) == EMU_CONN_BLOCK, "held connection %d not completed with the default", i);
+    }
+    CHECK(emu_conn_state(inbound) == EMU_CONN_BLOCK, "held inbound connection not completed with the default");
+    CHECK(emu_flow_contexts() == 0, "flow contexts left");
+    client_close(c);
+}
+
+static void test_malformed_messages_change_nothing(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *a = out4(40000, 5, curl, 443);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+
+    struct bad {
+        const char *what;
+        UINT16 type;
+        ULONG len;
+        ULONG off, size;
+        UINT64 value;
+    } bads[] = {
+        {"short", LATCH_TYPE_VERDICT, 8, 0, 0, 0},
+        {"empty", LATCH_TYPE_VERDICT, 0, 0, 0, 0},
+        {"oversized", LATCH_TYPE_VERDICT, 200, 0, 0, 0},
+        {"wrong magic", LATCH_TYPE_VERDICT, 40, 0, 4, 0x4c544348},
+        {"wrong version", LATCH_TYPE_VERDICT, 40, 4, 2, 2},
+        {"driver's type", LATCH_TYPE_VERDICT, 40, 6, 2, LATCH_TYPE_ACK},
+        {"unknown type", LATCH_TYPE_VERDICT, 40, 6, 2, 0x42},
+        {"connect request from the service", LATCH_TYPE_VERDICT, 40, 6, 2, LATCH_TYPE_CONNECT_REQUEST},
+        {"length field", LATCH_TYPE_VERDICT, 40, 8, 4, 41},
+        {"header reserved", LATCH_TYPE_VERDICT, 40, 12, 4, 1},
+        {"request id 0", LATCH_TYPE_VERDICT, 40, 16, 8, 0},
+        {"action 0", LATCH_TYPE_VERDICT, 40, 24, 4, 0},
+        {"action 4", LATCH_TYPE_VERDICT, 40, 24, 4, 4},
+        {"scope 3", LATCH_TYPE_VERDICT, 40, 28, 4, 3},
+        {"ttl without scope", LATCH_TYPE_VERDICT, 40, 32, 4, 5},
+        {"verdict reserved", LATCH_TYPE_VERDICT, 40, 36, 4, 1},
+        {"hello default 3", LATCH_TYPE_HELLO, 32, 20, 4, 3},
+        {"hello timeout 99", LATCH_TYPE_HELLO, 32, 24, 4, 99},
+        {"hello timeout too long", LATCH_TYPE_HELLO, 32, 24, 4, 600001},
+        {"hello reserved", LATCH_TYPE_HELLO, 32, 28, 4, 1},
+        {"flush flags", LATCH_TYPE_FLUSH, 24, 16, 4, 8},
+        {"flush reserved", LATCH_TYPE_FLUSH, 24, 20, 4, 1},
+        {"stats query length", LATCH_TYPE_STATS_QUERY, 24, 0, 0, 0},
+    };
+    int n = (int)(sizeof(bads) / sizeof(bads[0]));
+    for (int i = 0; i < n; i++) {
+        UINT8 msg[256];
+        memset(msg, 0, sizeof(msg));
+        ULONG full = bads[i].type == LATCH_TYPE_VERDICT ? 40 : bads[i].type == LATCH_TYPE_HELLO ? 32
+                   : bads[i].type == LATCH_TYPE_FLUSH  ? 24 : 16;
+        LatchInitHeader((LATCH_MSG_HEADER *)msg, bads[i].type, full);
+        if (bads[i].type == LATCH_TYPE_VERDICT) {
+            LATCH_MSG_VERDICT *v = (LATCH_MSG_VERDICT *)msg;
+            v->RequestId = r.msg.RequestId; /* a real pending id: a bad message must not decide it */
+            v->Action = LATCH_ACTION_PERMIT;
+        } else if (bads[i].type == LATCH_TYPE_HELLO) {
+            LATCH_MSG_HELLO *h = (LATCH_MSG_HELLO *)msg;
+            h->ServiceVersion = 1;
+            h->DefaultAction = LATCH_ACTION_PERMIT;
+            h->PendingTimeoutMs = 100;
+        }
+        if (bads[i].len != full) {
+            ((LATCH_MSG_HEADER *)msg)->Length = bads[i].len;
+        }
+        if (bads[i].size) {
+            memcpy(msg + bads[i].off, &bads[i].value, bads[i].size);
+        }
+        UINT8 out[64];
+        ULONG got = 0;
+        LATCH_MSG_ACK ack;
+        NTSTATUS st = client_send(c, msg, bads[i].len, out, sizeof(out), &got);
+        CHECK(st == STATUS_SUCCESS && NT_SUCCESS(LatchDecodeAck(out, got, &ack, NULL)) &&
+                  ack.Status == (UINT32)STATUS_INVALID_PARAMETER,
+              "%s: want an ACK with STATUS_INVALID_PARAMETER (transport 0x%08x, %u bytes)", bads[i].what,
+              (unsigned)st, got);
+    }
+    /* an output buffer too small for any answer */
+    LATCH_MSG_STATS_QUERY q;
+    LatchInitHeader(&q.Header, LATCH_TYPE_STATS_QUERY, sizeof(q));
+    UINT8 tiny[8];
+    ULONG got = 0;
+    CHECK(!NT_SUCCESS(client_send(c, &q, sizeof(q), tiny, sizeof(tiny), &got)) && got == 0,
+          "a stats reply into an 8-byte buffer must fail");
+    CHECK(emu_conn_state(a) == EMU_CONN_PENDING, "a malformed message decided the connection");
+    CHECK(stat_of(c, LATCH_STAT_MALFORMED_MESSAGES) == (UINT64)n, "malformed_messages %llu, want %d",
+          (unsigned long long)stat_of(c, LATCH_STAT_MALFORMED_MESSAGES), n);
+    /* the HELLO settings were not changed by the bad hellos: still 30 s, default block */
+    sleep_ms(300);
+    CHECK(emu_conn_state(a) == EMU_CONN_PENDING, "a bad HELLO changed the timeout");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "the good verdict still works");
+    client_close(c);
+    unload_clean();
+}
+
+static void test_cache_answers_without_round_trip(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "first");
+    emu_conn *b = out4(40001, 42, curl, 443);
+    CHECK(emu_conn_state(b) == EMU_CONN_PERMIT, "same pid + destination: decided in classify");
+    CHECK(!client_next_request(c, &r, 100), "a cached connection still asked the service");
+    emu_conn *other = out4(40002, 43, curl, 443);
+    CHECK(emu_conn_state(other) == EMU_CONN_PENDING, "another pid must not hit a scope-1 entry");
+    REQUIRE(client_next_request(c, &r, 2000), "request for the other pid");
+    /* scope 2: same path + remote address, any port and pid */
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_PATH_HOST, 60000);
+    CHECK(emu_conn_wait(other, 2000) == EMU_CONN_BLOCK, "blocked");
+    emu_conn *d = out4(40003, 99, "\\DEVICE\\HARDDISKVOLUME3\\WINDOWS\\SYSTEM32\\CURL.EXE", 8443);
+    CHECK(emu_conn_state(d) == EMU_CONN_BLOCK, "same path (other case) + host: decided by the scope-2 entry");
+    emu_conn *e = out4(40004, 99, edge, 8443);
+    CHECK(emu_conn_state(e) == EMU_CONN_PENDING, "another program must not hit the entry");
+    REQUIRE(client_next_request(c, &r, 2000), "edge request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 150);
+    CHECK(emu_conn_wait(e, 2000) == EMU_CONN_PERMIT, "edge");
+    sleep_ms(250);
+    emu_conn *f = out4(40005, 99, edge, 8443);
+    CHECK(emu_conn_state(f) == EMU_CONN_PENDING, "an expired entry still answered");
+    REQUIRE(client_next_request(c, &r, 2000), "request after expiry");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    emu_conn_wait(f, 2000);
+    CHECK(stat_of(c, LATCH_STAT_CACHE_HITS) == 2, "cache_hits %llu", (unsigned long long)stat_of(c, LATCH_STAT_CACHE_HITS));
+    client_close(c);
+    unload_clean();
+}
+
+static void test_flush_forces_reauthorization(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "permitted");
+    CHECK(emu_conn_has_flow_context(a) == 1, "flow context");
+    /* the rules changed: flush the cache and re-decide existing flows */
+    CHECK(client_flush(c, LATCH_FLUSH_CACHE | LATCH_FLUSH_REAUTHORIZE) == STATUS_SUCCESS, "flush ack");
+    REQUIRE(client_next_request(c, &r, 3000), "the existing flow was not asked about again");
+    CHECK(r.msg.LocalPort == 40000 && r.msg.ProcessId == 42, "reauthorization request is for the flow");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0) == STATUS_SUCCESS, "verdict ack");
+    emu_wait_reauth_idle(); /* the flow reads as permitted until its reauthorization classify returns */
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_BLOCK, "the new verdict tore the flow down");
+    CHECK(emu_conn_has_flow_context(a) == 0, "the torn-down flow kept its context");
+    emu_wait_reauth_idle();
+    emu_conn *b = out4(40001, 42, curl, 443);
+    CHECK(emu_conn_state(b) == EMU_CONN_PENDING, "the flushed cache still answered");
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    emu_conn_wait(b, 2000);
+    CHECK(client_flush(c, LATCH_FLUSH_CACHE) == STATUS_SUCCESS, "cache-only flush");
+    CHECK(emu_filters() == 14, "the reauthorization trigger leaked filters: %d", emu_filters());
+    client_close(c);
+    unload_clean();
+}
+
+static void test_caps_per_process_and_total(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    static emu_conn *held[LATCH_MAX_PENDING];
+    int n = 0;
+    for (int i = 0; i < LATCH_MAX_PENDING_PER_PROCESS; i++) {
+        held[n++] = out4((UINT16)(10000 + i), 77, curl, 443);
+    }
+    emu_conn *over = out4(30000, 77, curl, 443);
+    CHECK(emu_conn_state(over) == EMU_CONN_BLOCK, "the per-process cap did not apply the default at once");
+    emu_conn *otherPid = out4(30001, 78, curl, 443);
+    CHECK(emu_conn_state(otherPid) == EMU_CONN_PENDING, "another process was capped too");
+    held[n++] = otherPid;
+    for (UINT64 pid = 1000; n < LATCH_MAX_PENDING; pid++) {
+        for (int i = 0; i < LATCH_MAX_PENDING_PER_PROCESS && n < LATCH_MAX_PENDING; i++) {
+            held[n++] = out4((UINT16)(10000 + i), pid, edge, 443);
+        }
+    }
+    emu_conn *overTotal = out4(30002, 5000, curl, 443);
+    CHECK(emu_conn_state(overTotal) == EMU_CONN_BLOCK, "the total cap did not apply the default at once");
+    CHECK(stat_of(c, LATCH_STAT_CAP_EXCEEDED) == 2 && stat_of(c, LATCH_STAT_PENDING_NOW) == LATCH_MAX_PENDING,
+          "cap counters: cap_exceeded %llu pending_now %llu", (unsigned long long)stat_of(c, LATCH_STAT_CAP_EXCEEDED),
+          (unsigned long long)stat_of(c, LATCH_STAT_PENDING_NOW));
+    client_close(c); /* everything held gets the default */
+    int pending = 0;
+    for (int i = 0; i < n; i++) {
+        pending += emu_conn_wait(held[i], 2000) == EMU_CONN_PENDING;
+    }
+    CHECK(pending == 0, "%d connections still held after the service left", pending);
+    unload_clean();
+}
+
+/* One complete life of the driver, tolerant of any single failing allocation site:
+   whatever fails, every connection ends decided and unload leaves nothing behind. */
+static void fault_scenario(int *loadFailed)
+{
+    *loadFailed = 0;
+    t_tmp_path(portPath, sizeof(portPath), "port");
+    emu_set_port_path(portPath);
+    if (!NT_SUCCESS(emu_load(DriverEntry))) {
+        *loadFailed = 1;
+        emu_check_clean("failed DriverEntry");
+        return;
+    }
+    client *c = client_connect(portPath, NULL);
+    if (c != NULL) {
+        client_hello(c, LATCH_ACTION_BLOCK, 1000);
+    }
+    emu_conn_params po = params(0, 0, 6, "198.18.0.1", 40000, "198.19.0.2", 443, 42, curl);
+    emu_conn_params pi = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 51000, 880, curl);
+    emu_conn_params pu = params(1, 0, 17, "2001:2::1", 5353, "2001:2::2", 53, 7, curl);
+    emu_conn *conns[4];
+    conns[0] = emu_connect(&po);
+    conns[1] = emu_connect(&pi);
+    conns[2] = emu_connect(&pu);
+    request r;
+    while (c != NULL && client_next_request(c, &r, 300)) {
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
+    }
+    for (int i = 0; i < 3; i++) {
+        CHECK(emu_conn_wait(conns[i], 3000) != EMU_CONN_PENDING, "connection %d never decided", i);
+    }
+    emu_conn_data(conns[0], 100, 1);
+    emu_conn_data(conns[2], 100, 0);
+    if (c != NULL) {
+        client_flush(c, LATCH_FLUSH_CACHE | LATCH_FLUSH_REAUTHORIZE);
+        while (client_next_request(c, &r, 300)) {
+            client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+        }
+    }
+    emu_wait_reauth_idle();
+    conns[3] = emu_connect(&po);
+    while (c != NULL && client_next_request(c, &r, 300)) {
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    }
+    CHECK(emu_conn_wait(conns[3], 3000) != EMU_CONN_PENDING, "connection after flush never decided");
+    emu_conn_close(conns[2]);
+    emu_unload();
+    if (c != NULL) {
+        client_close(c);
+    }
+}
+
+static void test_fault_injection_every_site(void)
+{
+    int loadFailed;
+    emu_fault_record(1);
+    fault_scenario(&loadFailed);
+    emu_fault_record(0);
+    REQUIRE(!loadFailed && emu_violation_count() == 0, "the scenario fails without faults: %s", emu_violation_text(0));
+    int sites = emu_fault_site_count();
+    void *list[256];
+    for (int i = 0; i < sites; i++) {
+        list[i] = emu_fault_site(i);
+    }
+    printf("     %d allocation sites reached; failing each in turn\n", sites);
+    CHECK(sites >= 15, "only %d allocation sites reached", sites);
+    int failedLoads = 0;
+    for (int i = 0; i < sites; i++) {
+        emu_reset();
+        emu_clear_violations();
+        emu_fault_fail_site(list[i]);
+        int before = t_failed;
+        fault_scenario(&loadFailed);
+        failedLoads += loadFailed;
+        long injected = emu_fault_injected();
+        emu_fault_fail_site(NULL);
+        CHECK(injected > 0, "site %d (%p) was not reached again", i, list[i]);
+        if (emu_violation_count() != 0 || t_failed != before) {
+            CHECK(0, "with allocation site %d (%p) failing: %s", i, list[i], emu_violation_text(0));
+        }
+        emu_clear_violations();
+    }
+    printf("     %d of them make DriverEntry fail (cleaned up each time)\n", failedLoads);
+    CHECK(failedLoads > 0, "no site made DriverEntry fail");
+}
+
+/* ---- the verifier itself catches the classic bugs ---- */
+
+static FWPS_CALLOUT_CLASSIFY_FN3 Seed000Classify;
+
+/* The classify function of seed 000, verbatim in spirit: it pends, then calls
+   FltSendMessage right there, at whatever IRQL classify runs. */
+static void Seed000Classify(const FWPS_INCOMING_VALUES0 *inFixedValues,
+                            const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
+                            const void *classifyContext, const FWPS_FILTER3 *filter, UINT64 flowContext,
+                            FWPS_CLASSIFY_OUT0 *classifyOut)
+{
+    (void)layerData;
+    (void)classifyContext;
+    (void)filter;
+    (void)flowContext;
+    classifyOut->actionType = FWP_ACTION_PERMIT;
+    UINT32 flags = inFixedValues->incomingValue[FWPS_FIELD_ALE_AUTH_CONNECT_V4_FLAGS].value.uint32;
+    if (!(flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE)) {
+        HANDLE completion;
+        NTSTATUS status = FwpsPendOperation0(inMetaValues->completionHandle, &completion);
+        if (NT_SUCCESS(status)) {
+            char message[16] = "ask the user";
+            LARGE_INTEGER timeout;
+            timeout.QuadPart = -10000000LL;
+            PFLT_PORT port = NULL;
+            FltSendMessage(NULL, &port, message, sizeof(message), NULL, NULL, &timeout);
+            FwpsCompleteOperation0(completion, NULL);
+        }
+    }
+}
+
+static void test_verifier_catches_seed000(void)
+{
+    REQUIRE(load(), "load");
+    emu_set_quiet(1);
+    emu_override_classify(Seed000Classify);
+    emu_conn *a = out4(40000, 1, curl, 443); /* at DISPATCH_LEVEL */
+    (void)a;
+    emu_override_classify(NULL);
+    emu_set_quiet(0);
+    CHECK(emu_violation_contains("FltSendMessage called at IRQL 2 (DISPATCH_LEVEL)"),
+          "the seed-000 bug was not reported; first violation: %s", emu_violation_text(0));
+    CHECK(emu_violation_contains("a pended classify must return FWP_ACTION_BLOCK"),
+          "the permit after pend was not reported");
+    for (int i = 0; i < emu_violation_count(); i++) {
+        printf("     caught: %s\n", emu_violation_text(i));
+    }
+    emu_clear_violations();
+    unload_clean();
+}
+
+static void test_verifier_catches_lock_irql_and_pool_bugs(void)
+{
+    KSPIN_LOCK a, b;
+    KIRQL ia, ib;
+    emu_set_quiet(1);
+    KeInitializeSpinLock(&a);
+    KeInitializeSpinLock(&b);
+    KeAcquireSpinLock(&a, &ia);
+    CHECK(KeGetCurrentIrql() == DISPATCH_LEVEL, "spin lock did not raise the IRQL");
+    KeAcquireSpinLock(&b, &ib);
+    KeReleaseSpinLock(&a, ib); /* wrong order */
+    KeReleaseSpinLock(&b, ia);
+    CHECK(emu_violation_contains("released out of order"), "out-of-order release not reported");
+    CHECK(KeGetCurrentIrql() == PASSIVE_LEVEL, "IRQL not restored");
+    emu_clear_violations();
+
+    KeAcquireSpinLock(&a, &ia);
+    KeAcquireSpinLock(&a, &ib);
+    CHECK(emu_violation_contains("acquired recursively"), "recursive acquisition not reported");
+    KeReleaseSpinLock(&a, ia);
+    emu_clear_violations();
+
+    KEVENT ev;
+    KeInitializeEvent(&ev, NotificationEvent, FALSE);
+    LARGE_INTEGER t;
+    t.QuadPart = -10000;
+    KeRaiseIrql(DISPATCH_LEVEL, &ia);
+    KeWaitForSingleObject(&ev, Executive, KernelMode, FALSE, &t);
+    void *paged = ExAllocatePool2(POOL_FLAG_PAGED, 16, 'tseT');
+    KeLowerIrql(ia);
+    CHECK(emu_violation_contains("KeWaitForSingleObject (nonzero timeout) called at IRQL 2"), "wait at DISPATCH");
+    CHECK(emu_violation_contains("ExAllocatePool2(POOL_FLAG_PAGED) called at IRQL 2"), "paged pool at DISPATCH");
+    emu_clear_violations();
+
+    ExFreePoolWithTag(paged, 'xxxx');
+    CHECK(emu_violation_contains("allocated with tag"), "wrong tag not reported");
+    ExFreePoolWithTag(paged, 'tseT');
+    CHECK(emu_violation_contains("not a live pool allocation"), "double free not reported");
+    emu_clear_violations();
+
+    void *leak = ExAllocatePool2(POOL_FLAG_NON_PAGED, 24, 'kaeL');
+    (void)leak;
+    emu_check_clean("test");
+    CHECK(emu_violation_contains("leaked pool allocation") && emu_violation_contains("'Leak'"),
+          "a leak was not reported by tag");
+    emu_clear_violations();
+    emu_set_quiet(0);
+}
+
+static void test_verifier_catches_flow_context_pinning(void)
+{
+    REQUIRE(load(), "load");
+    /* the driver's own unload removes contexts; here a context is associated behind its
+       back, the seed-001 mistake, and unregistering must be refused loudly */
+    emu_conn *a = out4(40000, 1, curl, 443);
+    CHECK(emu_conn_state(a) == EMU_CONN_BLOCK, "no service: default");
+    emu_conn_params p = params(0, 0, 6, "198.18.0.1", 40001, "198.19.0.2", 443, 1, curl);
+    emu_registry_set_dword("DefaultAction", LATCH_ACTION_PERMIT);
+    (void)p;
+    emu_set_quiet(1);
+    /* callout 1 (connect v4) has no flowDeleteFn: associating must be refused */
+    CHECK(FwpsFlowAssociateContext0(1, FWPS_LAYER_STREAM_V4, 1, 1) != STATUS_SUCCESS, "associate accepted");
+    emu_set_quiet(0);
+    emu_clear_violations();
+    unload_clean();
+}
+
+static void test_sim_binary(void)
+{
+    char port[108], control[108];
+    t_tmp_path(port, sizeof(port), "simport");
+    t_tmp_path(control, sizeof(control), "simctl");
+    int out[2];
+    REQUIRE(pipe(out) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        execl(t_sim_path, t_sim_path, "--port", port, "--control", control, "--default", "block", "--timeout-ms",
+              "5000", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    FILE *simOut = fdopen(out[0], "r");
+    char line[4096];
+    REQUIRE(fgets(line, sizeof(line), simOut) != NULL && strncmp(line, "ready", 5) == 0, "latch-sim did not start");
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", control);
+    REQUIRE(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "control connect");
+    FILE *ctl = fdopen(fd, "r+");
+    char reply[8192];
+#define SIM(cmd, want)                                                                                           \
+    do {                                                                                                         \
+        fprintf(ctl, "%s\n", cmd);                                                                               \
+        fflush(ctl);                                                                                             \
+        if (fgets(reply, sizeof(reply), ctl) == NULL) {                                                          \
+            reply[0] = 0;                                                                                        \
+        }                                                                                                        \
+        reply[strcspn(reply, "\n")] = 0;                                                                         \
+        CHECK(strncmp(reply, want, strlen(want)) == 0, "%s -> '%s', want '%s'", cmd, reply, want);               \
+    } while (0)
+    client *c = client_connect(port, NULL);
+    REQUIRE(c != NULL, "port connect");
+    CHECK(client_hello(c, LATCH_ACTION_BLOCK, 5000) == STATUS_SUCCESS, "hello through the sim");
+    SIM("connect a v4 out tcp 198.18.0.1 49152 198.19.0.2 443 pid=4242 path=\\Device\\HarddiskVolume3\\Program Files\\x.exe",
+        "ok a");
+    SIM("outcome a", "pending");
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "request via the sim");
+    CHECK(strcmp(r.pathAscii, "\\Device\\HarddiskVolume3\\Program Files\\x.exe") == 0, "path with spaces: %s",
+          r.pathAscii);
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    SIM("wait a 2000", "permit");
+    SIM("connect b v6 in udp 2001:2::1 53 2001:2::2 4000 pid=0 path= irql=passive", "ok b");
+    REQUIRE(client_next_request(c, &r, 2000), "inbound request via the sim");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    SIM("wait b 2000", "block");
+    SIM("data a 10 in", "ok a");
+    SIM("close a", "ok a");
+    SIM("connect c v4 out icmp 198.18.0.1 0 198.19.0.2 0 pid=1 path=x", "ok c");
+    SIM("connect c v4 out icmp 198.18.0.1 0 198.19.0.2 0 pid=1 path=x", "error");
+    SIM("connect d v5 out tcp 1 2 3 4 pid=1 path=x", "error");
+    SIM("outcome nope", "error");
+    SIM("bogus", "error");
+    SIM("stats", "classified=");
+    CHECK(strstr(reply, "pended=3") != NULL && strstr(reply, "permitted=1") != NULL, "stats: %s", reply);
+    SIM("violations", "none");
+    SIM("unload", "clean");
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "latch-sim exit status %d", status);
+    fclose(ctl);
+    fclose(simOut);
+    client_close(c);
+#undef SIM
+}
+
+const test_case driver_tests[] = {
+    {"driver_load_unload_clean", "driver", test_load_unload, 1},
+    {"driver_no_client_default_at_once", "driver", test_no_client_gets_default_at_once, 1},
+    {"driver_verdicts_round_trip", "driver", test_verdicts_round_trip, 1},
+    {"driver_inbound_clone_reinject", "driver", test_inbound_clone_reinject, 1},
+    {"driver_concurrent_dispatch_connects", "driver", test_concurrent_dispatch_connects, 1},
+    {"driver_deadline_applies_default", "driver", test_deadline_applies_default, 1},
+    {"driver_slow_answer_blocks_nobody", "driver", test_slow_answer_blocks_nobody, 1},
+    {"driver_disconnect_mid_flight", "driver", test_disconnect_mid_flight, 1},
+    {"driver_one_client_at_a_time", "driver", test_one_client_at_a_time, 1},
+    {"driver_hello_gates_requests", "driver", test_hello_gates_requests, 1},
+    {"driver_unload_with_pending_and_flows", "driver", test_unload_with_pending_and_flows, 1},
+    {"driver_malformed_messages", "driver", test_malformed_messages_change_nothing, 1},
+    {"driver_cache_without_round_trip", "driver", test_cache_answers_without_round_trip, 1},
+    {"driver_flush_reauthorizes", "driver", test_flush_forces_reauthorization, 1},
+    {"driver_caps", "driver", test_caps_per_process_and_total, 1},
+    {"driver_fault_injection_every_site", "faults", test_fault_injection_every_site, 1},
+    {"verifier_catches_seed000", "verifier", test_verifier_catches_seed000, 1},
+    {"verifier_catches_lock_irql_pool_bugs", "verifier", test_verifier_catches_lock_irql_and_pool_bugs, 1},
+    {"verifier_catches_flow_context_misuse", "verifier", test_verifier_catches_flow_context_pinning, 1},
+    {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
+    {NULL, NULL, NULL, 0},
+};
