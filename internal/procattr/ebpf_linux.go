@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // connRecord is the map value the hooks write for a socket cookie. Its layout is the
@@ -97,7 +98,15 @@ func hookProgram(conns *ebpf.Map) asm.Instructions {
 func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err error) {
 	if cgroupPath == "" {
 		if cgroupPath, err = cgroup2Mount(); err != nil {
-			return nil, err
+			// `ip netns exec` and containers give the daemon a fresh /sys without the
+			// cgroup2 mount, yet the hierarchy is the same: mount it privately just for
+			// the attach. The links hold the cgroup, so the mount can go at once.
+			dir, merr := mountCgroup2()
+			if merr != nil {
+				return nil, fmt.Errorf("%w; mounting one failed: %v", err, merr)
+			}
+			defer unmountCgroup2(dir)
+			cgroupPath = dir
 		}
 	}
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
@@ -219,4 +228,23 @@ func unescapeMountPath(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// mountCgroup2 mounts the cgroup v2 hierarchy on a new temporary directory.
+func mountCgroup2() (string, error) {
+	dir, err := os.MkdirTemp("", "latch-cgroup2-")
+	if err != nil {
+		return "", err
+	}
+	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		os.Remove(dir)
+		return "", fmt.Errorf("mount cgroup2 on %s: %w", dir, err)
+	}
+	return dir, nil
+}
+
+// unmountCgroup2 undoes mountCgroup2.
+func unmountCgroup2(dir string) {
+	unix.Unmount(dir, unix.MNT_DETACH)
+	os.Remove(dir)
 }
