@@ -15,6 +15,8 @@ type appPattern struct {
 	segs    []string // glob: segments; "**" matches any number of segments
 	literal []bool   // glob: segment has no wildcard
 	base    string   // glob: last segment if literal (lower-cased for Windows), else ""
+	depth   int      // glob: number of leading literal segments
+	prefix  string   // glob: those segments joined by '/'
 }
 
 // isWindowsPath reports whether p looks like a Windows path: "C:\..." or "\\server\...".
@@ -75,6 +77,10 @@ func compileApp(p string) (*appPattern, error) {
 	if last := len(a.segs) - 1; a.literal[last] && a.segs[last] != "" {
 		a.base = a.segs[last]
 	}
+	for a.depth < len(a.segs) && a.segs[a.depth] != "**" && a.literal[a.depth] {
+		a.depth++
+	}
+	a.prefix = strings.Join(a.segs[:a.depth], "/")
 	return a, nil
 }
 
@@ -159,16 +165,30 @@ func matchSegments(segs []string, literal []bool, name string) bool {
 	return pi == len(segs)
 }
 
-// baseName returns the last path segment of exe as a glob index key.
-func baseName(exe string, windows bool) string {
-	if windows {
-		if i := strings.LastIndexByte(exe, '\\'); i >= 0 {
-			exe = exe[i+1:]
+// lastSegment returns the last '/'-separated segment of name.
+func lastSegment(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[i+1:]
+	}
+	return name
+}
+
+// leadingSegments returns the first k '/'-separated segments of name joined by '/', or
+// false if name has fewer than k segments.
+func leadingSegments(name string, k int) (string, bool) {
+	if k == 0 {
+		return "", true
+	}
+	pos := -1
+	for i := 0; i < k; i++ {
+		j := strings.IndexByte(name[pos+1:], '/')
+		if j < 0 {
+			if i == k-1 {
+				return name, true
+			}
+			return "", false
 		}
-		return strings.ToLower(exe)
+		pos += 1 + j
 	}
-	if i := strings.LastIndexByte(exe, '/'); i >= 0 {
-		return exe[i+1:]
-	}
-	return exe
+	return name[:pos], true
 }

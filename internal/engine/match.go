@@ -3,6 +3,7 @@ package engine
 import (
 	"cmp"
 	"encoding/binary"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -100,8 +101,84 @@ func comparePrecedence(a, b *compiledRule) int {
 	return cmp.Compare(a.ID, b.ID)
 }
 
-// smallBucket is the size up to which a bucket is scanned linearly.
-const smallBucket = 8
+// ruleRef is what the index stores per rule: the fields the match tests read, inline,
+// so that scanning a list reads memory in order instead of chasing a pointer per rule.
+type ruleRef struct {
+	remote           netip.Prefix // zero if none
+	expires          int64        // Unix ns; math.MaxInt64 if none
+	rank             int32
+	portLo, portHi   uint16 // 0, 65535 if any
+	lportLo, lportHi uint16
+	dir              Direction
+	proto            Protocol
+	hasUser, isGlob  bool
+	c                *compiledRule
+}
+
+func refOf(c *compiledRule) ruleRef {
+	r := ruleRef{
+		remote: c.Remote, expires: unixNanoClamped(c.Expires), rank: int32(c.rank),
+		portLo: c.Port.Lo, portHi: c.Port.Hi, lportLo: c.LocalPort.Lo, lportHi: c.LocalPort.Hi,
+		dir: c.Direction, proto: c.Protocol, hasUser: c.User != "", isGlob: c.app != nil && c.app.glob, c: c,
+	}
+	if c.Expires.IsZero() {
+		r.expires = math.MaxInt64
+	}
+	if c.Port.IsZero() {
+		r.portHi = math.MaxUint16
+	}
+	if c.LocalPort.IsZero() {
+		r.lportHi = math.MaxUint16
+	}
+	return r
+}
+
+// unixNanoClamped is t in Unix nanoseconds, clamped to the int64 range (years
+// 1678-2262) so that comparisons stay right for any valid time.
+func unixNanoClamped(t time.Time) int64 {
+	const limit = math.MaxInt64/int64(time.Second) - 1 // seconds
+	switch sec := t.Unix(); {
+	case sec < -limit:
+		return math.MinInt64
+	case sec > limit:
+		return math.MaxInt64 - 1
+	}
+	return t.UnixNano()
+}
+
+// query is a request with what the match tests need computed once.
+type query struct {
+	req    *Request
+	remote netip.Addr // unmapped
+	port   uint16
+	lport  uint16
+	now    int64
+}
+
+func (r *ruleRef) matches(q *query) bool {
+	return q.now < r.expires &&
+		(r.dir == AnyDirection || r.dir == q.req.Direction) &&
+		(r.proto == AnyProtocol || r.proto == q.req.Protocol) &&
+		r.portLo <= q.port && q.port <= r.portHi &&
+		r.lportLo <= q.lport && q.lport <= r.lportHi &&
+		(!r.remote.IsValid() || r.remote.Contains(q.remote)) &&
+		(!r.hasUser || userMatches(r.c.User, q.req)) &&
+		// The app is checked last: exact-path rules were selected by exe already, and
+		// glob matching is the most expensive test.
+		(!r.isGlob || r.c.app.match(q.req.Exe))
+}
+
+func firstMatch(list []ruleRef, q *query) *ruleRef {
+	for i := range list {
+		if list[i].matches(q) {
+			return &list[i]
+		}
+	}
+	return nil
+}
+
+// smallList is the size up to which rules are scanned linearly, unindexed.
+const smallList = 8
 
 // v6Key indexes an IPv6 prefix: the masked address and the prefix length.
 type v6Key struct {
@@ -109,63 +186,144 @@ type v6Key struct {
 	bits   uint8
 }
 
-// bucket holds rules of one app class (all exact for one path, all globs, or all
-// app-less rules) in precedence order. Because the app class is equal within a bucket,
-// the remote prefix length is the first key that differs; so the first matching rule
-// under the longest matching prefix is the bucket's winner, then single-port rules
-// without a remote, then the rest. Large buckets index those groups.
+// bucket holds rules of one app class (all exact for one path, all globs with one
+// index key, or all app-less rules) in precedence order. Because the app class is
+// equal within a bucket, the remote prefix length is the first key that differs: the
+// first matching rule under the longest matching prefix wins, and rules without a
+// remote come last. Large buckets index the rules by prefix; each prefix's rules, and
+// the rules without a remote, are then indexed by port (see portIndex).
 type bucket struct {
-	all []*compiledRule
+	all []ruleRef
 
 	indexed  bool
-	v4       map[uint64][]*compiledRule // key: bits<<32 | masked address
-	v4Bits   []uint8                    // prefix lengths present, longest first
-	v6       map[v6Key][]*compiledRule
+	v4       map[uint64]*portIndex // key: bits<<32 | masked address
+	v4Bits   []uint8               // prefix lengths present, longest first
+	v6       map[v6Key]*portIndex
 	v6Bits   []uint8
-	onePort  map[uint16][]*compiledRule // no remote, Port is a single port
-	leftover []*compiledRule            // no remote, Port any or a range
+	noRemote *portIndex
 }
 
-func (b *bucket) add(c *compiledRule) { b.all = append(b.all, c) }
+func (b *bucket) add(c *compiledRule) { b.all = append(b.all, refOf(c)) }
 
 // finish sorts the bucket and builds its index if it is large.
 func (b *bucket) finish() {
-	slices.SortFunc(b.all, func(x, y *compiledRule) int { return cmp.Compare(x.rank, y.rank) })
-	if len(b.all) <= smallBucket {
+	slices.SortFunc(b.all, func(x, y ruleRef) int { return cmp.Compare(x.rank, y.rank) })
+	if len(b.all) <= smallList {
+		b.all = slices.Clip(b.all)
 		return
 	}
 	b.indexed = true
-	b.v4 = map[uint64][]*compiledRule{}
-	b.v6 = map[v6Key][]*compiledRule{}
-	b.onePort = map[uint16][]*compiledRule{}
+	b.v4 = map[uint64]*portIndex{}
+	b.v6 = map[v6Key]*portIndex{}
+	b.noRemote = &portIndex{}
 	seen4, seen6 := map[uint8]bool{}, map[uint8]bool{}
-	for _, c := range b.all { // rank order, so every list below is in rank order
+	for _, r := range b.all { // rank order, so every list below is in rank order
 		switch {
-		case c.Remote.IsValid() && c.Remote.Addr().Is4():
-			bits := uint8(c.Remote.Bits())
-			k := v4KeyOf(c.Remote.Addr(), bits)
-			b.v4[k] = append(b.v4[k], c)
+		case r.remote.IsValid() && r.remote.Addr().Is4():
+			bits := uint8(r.remote.Bits())
+			k := v4KeyOf(r.remote.Addr(), bits)
+			if b.v4[k] == nil {
+				b.v4[k] = &portIndex{}
+			}
+			b.v4[k].all = append(b.v4[k].all, r)
 			if !seen4[bits] {
 				seen4[bits] = true
 				b.v4Bits = append(b.v4Bits, bits)
 			}
-		case c.Remote.IsValid():
-			bits := uint8(c.Remote.Bits())
-			k := v6KeyOf(c.Remote.Addr(), bits)
-			b.v6[k] = append(b.v6[k], c)
+		case r.remote.IsValid():
+			bits := uint8(r.remote.Bits())
+			k := v6KeyOf(r.remote.Addr(), bits)
+			if b.v6[k] == nil {
+				b.v6[k] = &portIndex{}
+			}
+			b.v6[k].all = append(b.v6[k].all, r)
 			if !seen6[bits] {
 				seen6[bits] = true
 				b.v6Bits = append(b.v6Bits, bits)
 			}
-		case !c.Port.IsZero() && c.Port.Lo == c.Port.Hi:
-			b.onePort[c.Port.Lo] = append(b.onePort[c.Port.Lo], c)
 		default:
-			b.leftover = append(b.leftover, c)
+			b.noRemote.all = append(b.noRemote.all, r)
 		}
 	}
+	b.all = nil
+	for _, pi := range b.v4 {
+		pi.finish()
+	}
+	for _, pi := range b.v6 {
+		pi.finish()
+	}
+	b.noRemote.finish()
 	desc := func(x, y uint8) int { return cmp.Compare(y, x) }
 	slices.SortFunc(b.v4Bits, desc)
 	slices.SortFunc(b.v6Bits, desc)
+}
+
+// portBlockShift sets the width of the port blocks narrow ranges are filed under, and
+// wideRange the width from which a range goes to the wide list instead.
+const (
+	portBlockShift = 8
+	wideRange      = 1024
+)
+
+// portIndex holds rules that agree on app class and remote prefix, in precedence
+// order. Port width is then the first key that differs, so single-port rules are tried
+// first, then ranges (narrow ones filed by 256-port block, wide ones in a list), then
+// rules for any port; the first match wins.
+type portIndex struct {
+	all     []ruleRef
+	indexed bool
+	one     map[uint16][]ruleRef
+	blocks  map[uint16][]ruleRef
+	wide    []ruleRef
+	anyPort []ruleRef
+}
+
+func (pi *portIndex) finish() {
+	if len(pi.all) <= smallList {
+		pi.all = slices.Clip(pi.all)
+		return
+	}
+	pi.indexed = true
+	pi.one = map[uint16][]ruleRef{}
+	pi.blocks = map[uint16][]ruleRef{}
+	for _, r := range pi.all {
+		switch w := int(r.portHi) - int(r.portLo); {
+		case r.portLo == 0 && r.portHi == math.MaxUint16:
+			pi.anyPort = append(pi.anyPort, r)
+		case w == 0:
+			pi.one[r.portLo] = append(pi.one[r.portLo], r)
+		case w < wideRange:
+			for blk := r.portLo >> portBlockShift; blk <= r.portHi>>portBlockShift; blk++ {
+				pi.blocks[blk] = append(pi.blocks[blk], r)
+			}
+		default:
+			pi.wide = append(pi.wide, r)
+		}
+	}
+	pi.all = nil
+}
+
+func (pi *portIndex) match(q *query) *ruleRef {
+	if pi == nil {
+		return nil
+	}
+	if !pi.indexed {
+		return firstMatch(pi.all, q)
+	}
+	if len(pi.one) > 0 {
+		if r := firstMatch(pi.one[q.port], q); r != nil {
+			return r
+		}
+	}
+	if len(pi.blocks) > 0 {
+		if r := firstMatch(pi.blocks[q.port>>portBlockShift], q); r != nil {
+			return r
+		}
+	}
+	if r := firstMatch(pi.wide, q); r != nil {
+		return r
+	}
+	return firstMatch(pi.anyPort, q)
 }
 
 func v4KeyOf(a netip.Addr, bits uint8) uint64 {
@@ -192,58 +350,57 @@ func v6KeyOf(a netip.Addr, bits uint8) v6Key {
 	return v6Key{hi, lo, bits}
 }
 
-func firstMatch(list []*compiledRule, req *Request, now time.Time) *compiledRule {
-	for _, c := range list {
-		if c.matches(req, now) {
-			return c
-		}
-	}
-	return nil
-}
-
-// match returns the bucket's winning rule for req, or nil.
-func (b *bucket) match(req *Request, remote netip.Addr, now time.Time) *compiledRule {
+// match returns the bucket's winning rule for q, or nil.
+func (b *bucket) match(q *query) *ruleRef {
 	if b == nil {
 		return nil
 	}
 	if !b.indexed {
-		return firstMatch(b.all, req, now)
+		return firstMatch(b.all, q)
 	}
-	if remote.Is4() {
+	if q.remote.Is4() {
 		if len(b.v4) > 0 {
 			for _, bits := range b.v4Bits {
-				if c := firstMatch(b.v4[v4KeyOf(remote, bits)], req, now); c != nil {
-					return c
+				if r := b.v4[v4KeyOf(q.remote, bits)].match(q); r != nil {
+					return r
 				}
 			}
 		}
-	} else if remote.IsValid() && len(b.v6) > 0 {
+	} else if q.remote.IsValid() && len(b.v6) > 0 {
 		for _, bits := range b.v6Bits {
-			if c := firstMatch(b.v6[v6KeyOf(remote, bits)], req, now); c != nil {
-				return c
+			if r := b.v6[v6KeyOf(q.remote, bits)].match(q); r != nil {
+				return r
 			}
 		}
 	}
-	if len(b.onePort) > 0 {
-		if c := firstMatch(b.onePort[req.Remote.Port()], req, now); c != nil {
-			return c
-		}
-	}
-	return firstMatch(b.leftover, req, now)
+	return b.noRemote.match(q)
 }
 
 // matcher is an immutable, compiled rule set. Engine swaps whole matchers, so Decide
 // reads one without locks.
 type matcher struct {
-	sorted   []Rule          // as given: sorted by ID
-	rules    []*compiledRule // precedence order
-	byID     map[RuleID]*compiledRule
-	exact    map[string]*bucket // exact Unix paths
-	exactWin map[string]*bucket // exact Windows paths, lower-cased
-	globBase map[string]*bucket // globs whose last segment is literal, by that segment
-	globRest *bucket            // other globs
-	anyApp   *bucket            // rules without app
-	expiries bool               // some rule has an expiry
+	sorted   []Rule                  // as given: sorted by ID
+	rules    []*compiledRule         // precedence order
+	exact    map[string]*bucket      // exact Unix paths
+	exactWin map[string]*bucket      // exact Windows paths, lower-cased
+	globs    map[globDirKey]*globDir // globs by their literal leading segments
+	globDeps []int                   // numbers of leading segments present in globs, ascending
+	anyApp   *bucket                 // rules without app
+}
+
+// globDir holds the globs that share literal leading segments, by last segment. A glob
+// can only match paths that start with its literal leading segments and, if its last
+// segment is literal, end with it.
+type globDir struct {
+	byBase map[string]*bucket
+	noBase *bucket // globs whose last segment has wildcards
+}
+
+// globDirKey keys m.globs: the leading segments, and how many there are (the empty
+// prefix of zero segments differs from the empty first segment of an absolute path).
+type globDirKey struct {
+	depth  int
+	prefix string
 }
 
 // compile builds a matcher. The rules must be valid (see Rule.Validate).
@@ -251,21 +408,14 @@ func compile(rules []Rule) *matcher {
 	m := &matcher{
 		sorted:   rules,
 		rules:    make([]*compiledRule, 0, len(rules)),
-		byID:     make(map[RuleID]*compiledRule, len(rules)),
 		exact:    map[string]*bucket{},
 		exactWin: map[string]*bucket{},
-		globBase: map[string]*bucket{},
-		globRest: &bucket{},
+		globs:    map[globDirKey]*globDir{},
 		anyApp:   &bucket{},
 	}
 	for _, r := range rules {
 		app, _ := compileApp(r.App) // validated by the caller
-		c := &compiledRule{Rule: r, app: app}
-		m.rules = append(m.rules, c)
-		m.byID[r.ID] = c
-		if !r.Expires.IsZero() {
-			m.expiries = true
-		}
+		m.rules = append(m.rules, &compiledRule{Rule: r, app: app})
 	}
 	slices.SortFunc(m.rules, comparePrecedence)
 	getBucket := func(mp map[string]*bucket, k string) *bucket {
@@ -285,18 +435,35 @@ func compile(rules []Rule) *matcher {
 			getBucket(m.exactWin, c.app.key).add(c)
 		case !c.app.glob:
 			getBucket(m.exact, c.app.key).add(c)
-		case c.app.base != "":
-			getBucket(m.globBase, c.app.base).add(c)
 		default:
-			m.globRest.add(c)
+			k := globDirKey{c.app.depth, c.app.prefix}
+			d := m.globs[k]
+			if d == nil {
+				d = &globDir{byBase: map[string]*bucket{}, noBase: &bucket{}}
+				m.globs[k] = d
+				if !slices.Contains(m.globDeps, c.app.depth) {
+					m.globDeps = append(m.globDeps, c.app.depth)
+				}
+			}
+			if c.app.base == "" {
+				d.noBase.add(c)
+			} else {
+				getBucket(d.byBase, c.app.base).add(c)
+			}
 		}
 	}
-	for _, mp := range []map[string]*bucket{m.exact, m.exactWin, m.globBase} {
+	for _, mp := range []map[string]*bucket{m.exact, m.exactWin} {
 		for _, b := range mp {
 			b.finish()
 		}
 	}
-	m.globRest.finish()
+	for _, d := range m.globs {
+		for _, b := range d.byBase {
+			b.finish()
+		}
+		d.noBase.finish()
+	}
+	slices.Sort(m.globDeps)
 	m.anyApp.finish()
 	return m
 }
@@ -304,34 +471,66 @@ func compile(rules []Rule) *matcher {
 // match returns the winning rule for req at now, or nil. It does not allocate for
 // Unix paths.
 func (m *matcher) match(req *Request, now time.Time) *compiledRule {
-	remote := req.Remote.Addr().Unmap()
-	exe := req.Exe
+	q := query{
+		req:    req,
+		remote: req.Remote.Addr().Unmap(),
+		port:   req.Remote.Port(),
+		lport:  req.Local.Port(),
+		now:    unixNanoClamped(now),
+	}
+	if r := m.matchQuery(&q); r != nil {
+		return r.c
+	}
+	return nil
+}
+
+func (m *matcher) matchQuery(q *query) *ruleRef {
+	exe := q.req.Exe
 	if exe != "" {
 		// App is the first precedence key: any exact-path match beats every glob, and
 		// any glob match beats every app-less rule.
 		windows := isWindowsPath(exe)
-		if b := m.exact[exe]; b != nil {
-			if c := b.match(req, remote, now); c != nil {
-				return c
-			}
+		if r := m.exact[exe].match(q); r != nil {
+			return r
 		}
 		if windows && len(m.exactWin) > 0 {
-			if c := m.exactWin[strings.ToLower(exe)].match(req, remote, now); c != nil {
-				return c
+			if r := m.exactWin[strings.ToLower(exe)].match(q); r != nil {
+				return r
 			}
 		}
-		var best *compiledRule
-		if len(m.globBase) > 0 {
-			best = m.globBase[baseName(exe, windows)].match(req, remote, now)
-		}
-		if c := m.globRest.match(req, remote, now); c != nil && (best == nil || c.rank < best.rank) {
-			best = c
-		}
-		if best != nil {
-			return best
+		if len(m.globs) > 0 {
+			var best *ruleRef
+			m.matchGlobs(q, exe, &best) // Unix globs see the path as it is
+			if windows {
+				m.matchGlobs(q, normalizeWindows(exe), &best) // Windows globs: lower case, '/'
+			}
+			if best != nil {
+				return best
+			}
 		}
 	}
-	return m.anyApp.match(req, remote, now)
+	return m.anyApp.match(q)
+}
+
+// matchGlobs improves *best with the glob buckets that fit name: those whose literal
+// leading segments and last segment are name's.
+func (m *matcher) matchGlobs(q *query, name string, best **ruleRef) {
+	base := lastSegment(name)
+	for _, depth := range m.globDeps {
+		prefix, ok := leadingSegments(name, depth)
+		if !ok {
+			return
+		}
+		d := m.globs[globDirKey{depth, prefix}]
+		if d == nil {
+			continue
+		}
+		for _, b := range [2]*bucket{d.byBase[base], d.noBase} {
+			if r := b.match(q); r != nil && (*best == nil || r.rank < (*best).rank) {
+				*best = r
+			}
+		}
+	}
 }
 
 // matchLinear is the unindexed reference: the first rule in precedence order that

@@ -1,0 +1,620 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// clock is an injectable clock for tests.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: t0} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// verdicts collects the verdicts of one request; it fails the test if one comes twice.
+type verdicts struct {
+	t  *testing.T
+	ch chan Verdict
+	n  atomic.Int32
+}
+
+func newVerdicts(t *testing.T) *verdicts {
+	return &verdicts{t: t, ch: make(chan Verdict, 1)}
+}
+
+func (v *verdicts) fn(got Verdict) {
+	if v.n.Add(1) > 1 {
+		v.t.Errorf("verdict %v delivered twice", got)
+		return
+	}
+	v.ch <- got
+}
+
+// wait returns the verdict, failing the test if none comes within a generous bound.
+func (v *verdicts) wait() Verdict {
+	v.t.Helper()
+	select {
+	case got := <-v.ch:
+		return got
+	case <-time.After(10 * time.Second):
+		v.t.Fatal("no verdict")
+		return Verdict{}
+	}
+}
+
+// pending fails the test if a verdict has already arrived.
+func (v *verdicts) pending() {
+	v.t.Helper()
+	select {
+	case got := <-v.ch:
+		v.t.Fatalf("unexpected verdict %v", got)
+	default:
+	}
+}
+
+func newEngine(t *testing.T, cfg Config, rules ...Rule) *Engine {
+	t.Helper()
+	if cfg.Default == NoAction {
+		cfg.Default = Deny
+	}
+	if cfg.PromptTimeout == 0 {
+		cfg.PromptTimeout = time.Hour // tests that want a timeout ask for a short one
+	}
+	e, err := New(cfg, rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+func reqTo(exe, remote string) *Request {
+	return &Request{
+		Direction: Outbound, Protocol: TCP, Exe: exe, UID: 1000, PID: 42,
+		Local:  netip.MustParseAddrPort("198.18.0.2:40000"),
+		Remote: netip.MustParseAddrPort(remote),
+	}
+}
+
+func onlyPrompt(t *testing.T, e *Engine) Prompt {
+	t.Helper()
+	ps := e.Prompts()
+	if len(ps) != 1 {
+		t.Fatalf("%d prompts open, want 1: %+v", len(ps), ps)
+	}
+	return ps[0]
+}
+
+func TestDecideByRule(t *testing.T) {
+	e := newEngine(t, Config{}, Rule{ID: 9, App: "/usr/bin/curl", Action: Allow})
+	v := newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), v.fn)
+	if got := v.wait(); got != (Verdict{Action: Allow, Reason: ReasonRule, RuleID: 9}) {
+		t.Errorf("verdict %+v", got)
+	}
+	if len(e.Prompts()) != 0 {
+		t.Error("a prompt was opened for a request a rule decides")
+	}
+}
+
+func TestPromptDedupAndAnswerOnce(t *testing.T) {
+	c := newClock()
+	e := newEngine(t, Config{Now: c.Now})
+	events, cancel := e.Subscribe()
+	defer cancel()
+
+	a, b := newVerdicts(t), newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), a.fn)
+	second := reqTo("/usr/bin/curl", "198.18.0.1:443")
+	second.Local = netip.MustParseAddrPort("198.18.0.2:40001") // another connection, same question
+	e.Decide(second, b.fn)
+	other := newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:80"), other.fn) // different port: new question
+
+	ps := e.Prompts()
+	if len(ps) != 2 || ps[0].Held != 2 || ps[1].Held != 1 || ps[0].ID >= ps[1].ID {
+		t.Fatalf("prompts %+v, want two, the first holding 2", ps)
+	}
+	if !ps[0].Expires.Equal(t0.Add(time.Hour)) || !ps[0].Opened.Equal(t0) {
+		t.Errorf("prompt times %v %v", ps[0].Opened, ps[0].Expires)
+	}
+	a.pending()
+	b.pending()
+
+	rule, err := e.Answer(ps[0].ID, Answer{Action: Allow})
+	if err != nil || rule != nil {
+		t.Fatalf("Answer once = %v, %v; want no rule, no error", rule, err)
+	}
+	for _, v := range []*verdicts{a, b} {
+		if got := v.wait(); got != (Verdict{Action: Allow, Reason: ReasonPrompt}) {
+			t.Errorf("verdict %+v", got)
+		}
+	}
+	other.pending()
+	if len(e.Rules()) != 0 {
+		t.Error("answering once created a rule")
+	}
+	if _, err := e.Answer(ps[0].ID, Answer{Action: Allow}); err == nil || !strings.Contains(err.Error(), "not open") {
+		t.Errorf("second answer: %v, want a not-open error", err)
+	}
+	if _, err := e.Answer(999, Answer{Action: Allow}); err == nil {
+		t.Error("answer to an unknown prompt: no error")
+	}
+
+	var kinds []EventKind
+	for len(events) > 0 {
+		kinds = append(kinds, (<-events).Kind)
+	}
+	if want := []EventKind{EventPrompt, EventPrompt, EventAnswered}; fmt.Sprint(kinds) != fmt.Sprint(want) {
+		t.Errorf("events %v, want %v", kinds, want)
+	}
+}
+
+func TestPromptTimeout(t *testing.T) {
+	e := newEngine(t, Config{Default: Reject, PromptTimeout: 20 * time.Millisecond})
+	a, b := newVerdicts(t), newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), a.fn)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), b.fn)
+	for _, v := range []*verdicts{a, b} {
+		if got := v.wait(); got != (Verdict{Action: Reject, Reason: ReasonTimeout}) {
+			t.Errorf("verdict %+v, want reject by timeout", got)
+		}
+	}
+	if len(e.Prompts()) != 0 {
+		t.Error("timed-out prompt still open")
+	}
+	if got := e.Stats().Decisions[ReasonTimeout]; got != 2 {
+		t.Errorf("timeout count %d, want 2", got)
+	}
+}
+
+func TestMaxPrompts(t *testing.T) {
+	e := newEngine(t, Config{Default: Deny, MaxPrompts: 2})
+	var vs []*verdicts
+	for i := range 3 {
+		v := newVerdicts(t)
+		vs = append(vs, v)
+		e.Decide(reqTo("/usr/bin/curl", fmt.Sprintf("198.18.0.%d:443", i+1)), v.fn)
+	}
+	if got := vs[2].wait(); got != (Verdict{Action: Deny, Reason: ReasonLimit}) {
+		t.Errorf("third question: %+v, want deny by limit", got)
+	}
+	vs[0].pending()
+	vs[1].pending()
+	// A request joining an open question is not limited.
+	join := newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), join.fn)
+	join.pending()
+	if ps := e.Prompts(); len(ps) != 2 || ps[0].Held != 2 {
+		t.Errorf("prompts %+v", ps)
+	}
+}
+
+func TestAnswerScopes(t *testing.T) {
+	for _, tc := range []struct {
+		scope  Scope
+		remote string
+		port   PortRange
+	}{
+		{ScopeApp, "", PortRange{}},
+		{ScopeAppHost, "198.18.0.7/32", PortRange{}},
+		{ScopeAppPort, "", PortRange{8443, 8443}},
+		{ScopeAppHostPort, "198.18.0.7/32", PortRange{8443, 8443}},
+	} {
+		t.Run(tc.scope.String(), func(t *testing.T) {
+			c := newClock()
+			e := newEngine(t, Config{Now: c.Now})
+			v := newVerdicts(t)
+			req := reqTo("/usr/bin/curl", "198.18.0.7:8443")
+			req.Protocol = UDP
+			e.Decide(req, v.fn)
+			rule, err := e.Answer(onlyPrompt(t, e).ID, Answer{Action: Deny, For: 2 * time.Hour, Scope: tc.scope})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Rule{ID: rule.ID, App: "/usr/bin/curl", Direction: Outbound, Protocol: UDP,
+				Port: tc.port, Action: Deny, Expires: t0.Add(2 * time.Hour), Created: t0, Note: rule.Note}
+			if tc.remote != "" {
+				want.Remote = pfx(tc.remote)
+			}
+			if *rule != want || rule.ID == 0 {
+				t.Errorf("rule\n %v\nwant\n %v", rule, want)
+			}
+			if got := v.wait(); got != (Verdict{Action: Deny, Reason: ReasonPrompt, RuleID: rule.ID}) {
+				t.Errorf("verdict %+v", got)
+			}
+			if rs := e.Rules(); len(rs) != 1 || rs[0] != *rule {
+				t.Errorf("rules %v", rs)
+			}
+			// The rule decides the next such connection, until it expires.
+			next := newVerdicts(t)
+			e.Decide(req, next.fn)
+			if got := next.wait(); got.Reason != ReasonRule || got.RuleID != rule.ID {
+				t.Errorf("next connection: %+v", got)
+			}
+			c.Advance(2 * time.Hour)
+			late := newVerdicts(t)
+			e.Decide(req, late.fn)
+			late.pending()
+			if len(e.Rules()) != 0 {
+				t.Error("expired rule still listed")
+			}
+		})
+	}
+}
+
+func TestAnswerForever(t *testing.T) {
+	e := newEngine(t, Config{})
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.7:443"), newVerdicts(t).fn)
+	rule, err := e.Answer(onlyPrompt(t, e).ID, Answer{Action: Allow, For: Forever, Scope: ScopeAppHostPort})
+	if err != nil || !rule.Expires.IsZero() {
+		t.Fatalf("rule %v, err %v; want a rule without expiry", rule, err)
+	}
+}
+
+func TestAnswerUnknownExe(t *testing.T) {
+	e := newEngine(t, Config{})
+	v := newVerdicts(t)
+	e.Decide(reqTo("", "198.18.0.7:443"), v.fn)
+	p := onlyPrompt(t, e)
+	if _, err := e.Answer(p.ID, Answer{Action: Allow, For: Forever}); err == nil || !strings.Contains(err.Error(), "unknown") {
+		t.Fatalf("remembering an answer for an unknown exe: %v, want an error", err)
+	}
+	v.pending() // nothing changed: still waiting
+	if len(e.Rules()) != 0 {
+		t.Fatal("a rule was created")
+	}
+	if _, err := e.Answer(p.ID, Answer{Action: Allow}); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.wait(); got.Action != Allow || got.Reason != ReasonPrompt {
+		t.Errorf("verdict %+v", got)
+	}
+}
+
+func TestAnswerDecidesOtherPrompts(t *testing.T) {
+	e := newEngine(t, Config{})
+	first, sameApp, otherApp := newVerdicts(t), newVerdicts(t), newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), first.fn)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.2:80"), sameApp.fn)
+	e.Decide(reqTo("/usr/bin/wget", "198.18.0.1:443"), otherApp.fn)
+	events, cancel := e.Subscribe()
+	defer cancel()
+
+	rule, err := e.Answer(e.Prompts()[0].ID, Answer{Action: Allow, For: Forever, Scope: ScopeApp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := first.wait(); got.Reason != ReasonPrompt {
+		t.Errorf("answered prompt: %+v", got)
+	}
+	if got := sameApp.wait(); got != (Verdict{Action: Allow, Reason: ReasonRule, RuleID: rule.ID}) {
+		t.Errorf("other prompt of the same app: %+v, want decided by the new rule", got)
+	}
+	otherApp.pending()
+	if ps := e.Prompts(); len(ps) != 1 || ps[0].Request.Exe != "/usr/bin/wget" {
+		t.Errorf("open prompts %+v, want only wget's", ps)
+	}
+	var kinds []EventKind
+	for len(events) > 0 {
+		ev := <-events
+		kinds = append(kinds, ev.Kind)
+		if ev.Kind == EventRules && (len(ev.Rules) != 1 || ev.Rules[0].ID != rule.ID) {
+			t.Errorf("rules event %+v", ev.Rules)
+		}
+	}
+	if fmt.Sprint(kinds) != fmt.Sprint([]EventKind{EventAnswered, EventAnswered, EventRules}) {
+		t.Errorf("events %v", kinds)
+	}
+}
+
+func TestAddRuleDecidesOpenPrompts(t *testing.T) {
+	e := newEngine(t, Config{})
+	v, stays := newVerdicts(t), newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), v.fn)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:80"), stays.fn)
+	r, err := e.AddRule(Rule{Port: PortRange{443, 443}, Action: Reject, ID: 77})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ID == 77 || r.ID == 0 || r.Created.IsZero() {
+		t.Errorf("AddRule kept the caller's ID or gave no Created: %+v", r)
+	}
+	if got := v.wait(); got != (Verdict{Action: Reject, Reason: ReasonRule, RuleID: r.ID}) {
+		t.Errorf("verdict %+v", got)
+	}
+	stays.pending()
+}
+
+// TestNoHeadOfLineBlocking: while a question waits for a person, connections that
+// rules decide are decided at once, and other questions open independently.
+func TestNoHeadOfLineBlocking(t *testing.T) {
+	e := newEngine(t, Config{}, Rule{App: "/usr/bin/ssh", Action: Allow})
+	waiting := newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), waiting.fn)
+	for i := range 100 {
+		decided := false
+		e.Decide(reqTo("/usr/bin/ssh", fmt.Sprintf("198.18.0.%d:22", i%250+1)), func(v Verdict) {
+			decided = v.Reason == ReasonRule
+		})
+		if !decided { // Decide answers rule matches before it returns
+			t.Fatalf("request %d matching a rule was not decided while a prompt is open", i)
+		}
+	}
+	waiting.pending()
+}
+
+func TestRemoveAndReplaceRules(t *testing.T) {
+	e := newEngine(t, Config{}, Rule{ID: 5, Action: Allow, App: "/usr/bin/curl"})
+	if _, err := e.RemoveRule(6); err == nil || !strings.Contains(err.Error(), "rule 6") {
+		t.Errorf("removing a missing rule: %v", err)
+	}
+	err := e.ReplaceRules([]Rule{{ID: 1, Action: Allow}, {ID: 2, Action: Allow, Port: PortRange{9, 3}}})
+	var re *RuleError
+	if !errors.As(err, &re) || re.Index != 1 || re.ID != 2 || !strings.Contains(err.Error(), `"port"`) {
+		t.Errorf("replace with a bad rule: %v", err)
+	}
+	if rs := e.Rules(); len(rs) != 1 || rs[0].ID != 5 {
+		t.Fatalf("failed replace changed the rules: %v", rs)
+	}
+	if err := e.ReplaceRules([]Rule{{ID: 1, Action: Deny}, {Action: Allow, App: "/bin/x"}}); err != nil {
+		t.Fatal(err)
+	}
+	rs := e.Rules()
+	if len(rs) != 2 || rs[0].ID != 1 || rs[1].ID <= 5 {
+		t.Errorf("rules after replace %v; the new rule must get an ID never used before", rs)
+	}
+	if r, err := e.RemoveRule(1); err != nil || r.Action != Deny {
+		t.Errorf("RemoveRule = %v, %v", r, err)
+	}
+	if r, err := e.AddRule(Rule{Action: Allow}); err != nil || r.ID <= rs[1].ID {
+		t.Errorf("AddRule after remove = %v, %v; IDs are never reused", r, err)
+	}
+	if _, err := e.AddRule(Rule{Action: Allow, Remote: pfx("198.18.0.1/15")}); err == nil || !strings.Contains(err.Error(), `"remote"`) {
+		t.Errorf("AddRule with a bad remote: %v", err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	if _, err := New(Config{Default: Deny}, []Rule{{ID: 1, Action: Allow}, {ID: 1, Action: Deny}}); err == nil || !strings.Contains(err.Error(), "id 1") {
+		t.Errorf("duplicate IDs: %v", err)
+	}
+	if _, err := New(Config{Default: Deny}, []Rule{{ID: 3}}); err == nil || !strings.Contains(err.Error(), `"action"`) {
+		t.Errorf("missing action: %v", err)
+	}
+	if _, err := New(Config{}, nil); err == nil || !strings.Contains(err.Error(), "Default") {
+		t.Errorf("no default: %v", err)
+	}
+}
+
+func TestCloseAnswersEverything(t *testing.T) {
+	e, err := New(Config{Default: Reject, PromptTimeout: time.Hour}, []Rule{{App: "/usr/bin/ssh", Action: Allow}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, _ := e.Subscribe()
+	a, b := newVerdicts(t), newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), a.fn)
+	e.Decide(reqTo("/usr/bin/wget", "198.18.0.1:443"), b.fn)
+	e.Close()
+	for _, v := range []*verdicts{a, b} {
+		if got := v.wait(); got != (Verdict{Action: Reject, Reason: ReasonDefault}) {
+			t.Errorf("verdict at close %+v", got)
+		}
+	}
+	for range events { // drains, then ends: Close closed the channel
+	}
+	after := newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.1:443"), after.fn)
+	if got := after.wait(); got.Reason != ReasonDefault {
+		t.Errorf("after close: %+v", got)
+	}
+	ssh := newVerdicts(t)
+	e.Decide(reqTo("/usr/bin/ssh", "198.18.0.1:22"), ssh.fn)
+	if got := ssh.wait(); got.Reason != ReasonRule {
+		t.Errorf("rule after close: %+v", got)
+	}
+	e.Close() // twice is fine
+}
+
+func TestSlowSubscriberDoesNotBlock(t *testing.T) {
+	e := newEngine(t, Config{PromptTimeout: time.Hour, MaxPrompts: 4096})
+	_, cancel := e.Subscribe() // never read
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		for i := range 2 * subscriberBuffer {
+			e.Decide(reqTo("/usr/bin/curl", fmt.Sprintf("198.18.%d.%d:443", i/250, i%250+1)), func(Verdict) {})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Decide blocked on a subscriber that does not read")
+	}
+	if e.Stats().Dropped == 0 {
+		t.Error("no events counted as dropped")
+	}
+}
+
+func TestOnRulesChangedAndAffected(t *testing.T) {
+	e := newEngine(t, Config{}, Rule{ID: 1, App: "/usr/bin/curl", Action: Allow}, Rule{ID: 2, Port: PortRange{22, 22}, Action: Allow})
+	type change struct{ old, new []Rule }
+	changes := make(chan change, 10)
+	e.OnRulesChanged(func(old, new []Rule) {
+		// A hook may call the engine: it runs outside engine locks.
+		_ = e.Rules()
+		changes <- change{old, new}
+	})
+	if _, err := e.RemoveRule(1); err != nil {
+		t.Fatal(err)
+	}
+	var c change
+	select {
+	case c = <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("hook not called")
+	}
+	if len(c.old) != 2 || len(c.new) != 1 || c.new[0].ID != 2 {
+		t.Fatalf("hook got old %v new %v", c.old, c.new)
+	}
+	affected := Affected(c.old, c.new)
+	curl := reqTo("/usr/bin/curl", "198.18.0.1:443")
+	ssh := reqTo("/usr/bin/ssh", "198.18.0.1:22")
+	unknown := reqTo("", "198.18.0.1:443") // a flow known only from conntrack
+	unknown.UID = -1
+	if !affected(curl) || affected(ssh) || !affected(unknown) {
+		t.Errorf("affected: curl %v ssh %v unknown %v; want true false true", affected(curl), affected(ssh), affected(unknown))
+	}
+	if Affected(c.new, c.new)(curl) {
+		t.Error("no change, yet affected")
+	}
+	changed := append([]Rule(nil), c.new...)
+	changed[0].Action = Deny
+	if !Affected(c.new, changed)(ssh) {
+		t.Error("changed action not affected")
+	}
+}
+
+// TestConcurrency runs deciders, answerers and rule writers at once; run with -race.
+// Every request must get exactly one verdict, within the prompt timeout.
+func TestConcurrency(t *testing.T) {
+	e := newEngine(t, Config{Default: Deny, PromptTimeout: 50 * time.Millisecond, MaxPrompts: 64})
+	const deciders, perDecider = 8, 400
+	var wg, answered sync.WaitGroup
+	var got atomic.Int64
+	stop := make(chan struct{})
+	for d := range deciders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perDecider {
+				var once atomic.Int32
+				answered.Add(1)
+				exe := fmt.Sprintf("/usr/bin/app%d", (d+i)%5)
+				e.Decide(reqTo(exe, fmt.Sprintf("198.18.0.%d:%d", i%7+1, 440+i%4)), func(Verdict) {
+					if once.Add(1) != 1 {
+						t.Error("verdict twice")
+						return
+					}
+					got.Add(1)
+					answered.Done()
+				})
+			}
+		}()
+	}
+	var writers sync.WaitGroup
+	writers.Add(2)
+	go func() { // answers whatever is open
+		defer writers.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for j, p := range e.Prompts() {
+				_, _ = e.Answer(p.ID, Answer{Action: Allow, For: []time.Duration{0, time.Minute}[j%2], Scope: ScopeAppHostPort})
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	go func() { // adds and removes rules
+		defer writers.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, err := e.AddRule(Rule{App: fmt.Sprintf("/usr/bin/app%d", i%5), Port: PortRange{441, 441}, Action: Reject})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_ = e.Rules()
+			_ = e.Stats()
+			if _, err := e.RemoveRule(r.ID); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	done := make(chan struct{})
+	go func() { answered.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%d of %d requests got a verdict", got.Load(), deciders*perDecider)
+	}
+	close(stop)
+	writers.Wait()
+}
+
+func TestParseForAndScope(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"once": 0, "forever": Forever, "90m": 90 * time.Minute, "1d": 24 * time.Hour,
+		"7d": 7 * 24 * time.Hour, "1d12h": 36 * time.Hour,
+	} {
+		if got, err := ParseFor(in); err != nil || got != want {
+			t.Errorf("ParseFor(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"0s", "-5m", "soon", "d", "1x", "-1d"} {
+		if _, err := ParseFor(bad); err == nil {
+			t.Errorf("ParseFor(%q): no error", bad)
+		}
+	}
+	for _, s := range []Scope{ScopeApp, ScopeAppHost, ScopeAppPort, ScopeAppHostPort} {
+		if got, err := ParseScope(s.String()); err != nil || got != s {
+			t.Errorf("ParseScope(%q) = %v, %v", s, got, err)
+		}
+	}
+	if _, err := ParseScope("host"); err == nil {
+		t.Error("ParseScope(host): no error")
+	}
+	var a Answer
+	if err := a.UnmarshalJSON([]byte(`{"action":"reject","for":"1d","scope":"app+port"}`)); err != nil ||
+		a != (Answer{Action: Reject, For: 24 * time.Hour, Scope: ScopeAppPort}) {
+		t.Errorf("Answer JSON: %+v %v", a, err)
+	}
+}
+
+func TestEscapedExeRule(t *testing.T) {
+	e := newEngine(t, Config{})
+	v := newVerdicts(t)
+	e.Decide(reqTo("/opt/odd[1]/bin*", "198.18.0.1:443"), v.fn)
+	rule, err := e.Answer(onlyPrompt(t, e).ID, Answer{Action: Allow, For: Forever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, near := newVerdicts(t), newVerdicts(t)
+	e.Decide(reqTo("/opt/odd[1]/bin*", "198.18.0.9:80"), next.fn)
+	if got := next.wait(); got.RuleID != rule.ID {
+		t.Errorf("exe with glob characters not matched by its own rule %q: %+v", rule.App, got)
+	}
+	e.Decide(reqTo("/opt/odd1/binx", "198.18.0.9:80"), near.fn)
+	near.pending()
+}
