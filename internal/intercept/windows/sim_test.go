@@ -34,7 +34,7 @@ var (
 )
 
 // buildSim builds latch-sim with `make -C driver sim` once per test binary.
-func buildSim(t *testing.T) string {
+func buildSim(t testing.TB) string {
 	t.Helper()
 	simOnce.Do(func() {
 		for _, tool := range []string{"make", "gcc"} {
@@ -67,7 +67,7 @@ func buildSim(t *testing.T) string {
 
 // sim is a running latch-sim.
 type sim struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     *exec.Cmd
 	port    string
 	control string
@@ -90,7 +90,7 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 	return b.Buffer.Write(p)
 }
 
-func startSim(t *testing.T, args ...string) *sim {
+func startSim(t testing.TB, args ...string) *sim {
 	t.Helper()
 	bin := buildSim(t)
 	// Unix socket paths must be short; t.TempDir can be long.
@@ -294,7 +294,7 @@ func (c *capturingDialer) port() Port {
 	return c.last
 }
 
-func runBackend(t *testing.T, cfg Config, d *simDecider) (*Backend, context.CancelFunc, <-chan error) {
+func runBackend(t testing.TB, cfg Config, d *simDecider) (*Backend, context.CancelFunc, <-chan error) {
 	t.Helper()
 	if cfg.Logf == nil {
 		cfg.Logf = t.Logf
@@ -616,4 +616,41 @@ func TestSimManyConcurrent(t *testing.T) {
 		t.Fatalf("driver stats %v", ds)
 	}
 	s.unload()
+}
+
+// BenchmarkSimRoundTrip measures a connection held by the real driver and decided by
+// a rule in the service: classify, pend, FltSendMessage over the emulated port, decode,
+// decide, VERDICT, complete, reauthorize. The baseline in the same run,
+// BenchmarkSimCacheHit, is the same connect answered from the driver's verdict cache
+// (the control-socket round trip and the classify, without the service).
+func BenchmarkSimRoundTrip(b *testing.B) {
+	s := startSim(b)
+	runBackend(b, Config{Dial: EmulatedDialer(s.port), CacheTTL: -1, Logf: func(string, ...any) {}}, &simDecider{})
+	i := 0
+	for b.Loop() {
+		i++
+		tag := "r" + strconv.Itoa(i)
+		s.connect(tag, fmt.Sprintf("v4 out tcp 198.18.0.1 %d 198.19.0.2 443 pid=1234 path=%s", 1024+i%60000, curlPath))
+		if got := s.wait(tag, 5000); got != "permit" {
+			b.Fatalf("%s: %s", tag, got)
+		}
+	}
+}
+
+func BenchmarkSimCacheHit(b *testing.B) {
+	s := startSim(b)
+	runBackend(b, Config{Dial: EmulatedDialer(s.port), Logf: func(string, ...any) {}}, &simDecider{})
+	s.connect("warm", "v4 out tcp 198.18.0.1 1023 198.19.0.2 443 pid=1234 path="+curlPath)
+	if got := s.wait("warm", 5000); got != "permit" {
+		b.Fatalf("warm: %s", got)
+	}
+	i := 0
+	for b.Loop() {
+		i++
+		tag := "h" + strconv.Itoa(i)
+		s.connect(tag, fmt.Sprintf("v4 out tcp 198.18.0.1 %d 198.19.0.2 443 pid=1234 path=%s", 1024+i%60000, curlPath))
+		if got := s.wait(tag, 5000); got != "permit" {
+			b.Fatalf("%s: %s", tag, got)
+		}
+	}
 }
