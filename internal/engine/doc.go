@@ -13,7 +13,7 @@
 // '/'-separated segments, plus a "**" segment that matches any number of segments
 // (including none). A pattern that looks like a Windows path ("C:\..." or "\\server\...")
 // uses '\' as its separator and matches case-insensitively. User is an account name or
-// a numeric uid. Remote is an address or CIDR prefix, Port and LocalPort inclusive
+// a numeric uid. Service (Windows) names a service the process hosts (svchost.exe). Remote is an address or CIDR prefix, Port and LocalPort inclusive
 // ranges. A rule whose Expires has passed never matches and is dropped from the set.
 //
 // # Precedence
@@ -21,7 +21,8 @@
 // When several rules match, the most specific one decides. Two rules are compared field
 // by field, in this order, and the first field that differs settles it:
 //
-//  1. App: an exact path beats a glob, a glob beats no app.
+//  1. App: an exact path beats a glob, a glob beats no app; then a rule naming a
+//     service beats one that does not.
 //  2. Remote: a narrower prefix beats a wider one, any prefix beats no remote.
 //  3. Port: a narrower range beats a wider one, any range beats no port.
 //  4. User: set beats unset.

@@ -36,6 +36,9 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 	if c.User != "" && !userMatches(c.User, req) {
 		return false
 	}
+	if c.Service != "" && !serviceMatches(c.Service, req) {
+		return false
+	}
 	// The app is checked last: exact-path rules were already selected by exe, and glob
 	// matching is the most expensive test.
 	if c.app != nil && c.app.glob && !c.app.match(req.Exe) {
@@ -77,6 +80,9 @@ func comparePrecedence(a, b *compiledRule) int {
 	if c := cmp.Compare(appClass(b.app), appClass(a.app)); c != 0 {
 		return c
 	}
+	if c := cmp.Compare(boolInt(b.Service != ""), boolInt(a.Service != "")); c != 0 {
+		return c
+	}
 	if c := cmp.Compare(remoteBits(b.Remote), remoteBits(a.Remote)); c != 0 {
 		return c
 	}
@@ -112,6 +118,7 @@ type ruleRef struct {
 	dir              Direction
 	proto            Protocol
 	hasUser, isGlob  bool
+	hasService       bool
 	c                *compiledRule
 }
 
@@ -119,7 +126,7 @@ func refOf(c *compiledRule) ruleRef {
 	r := ruleRef{
 		remote: c.Remote, expires: unixNanoClamped(c.Expires), rank: int32(c.rank),
 		portLo: c.Port.Lo, portHi: c.Port.Hi, lportLo: c.LocalPort.Lo, lportHi: c.LocalPort.Hi,
-		dir: c.Direction, proto: c.Protocol, hasUser: c.User != "", isGlob: c.app != nil && c.app.glob, c: c,
+		dir: c.Direction, proto: c.Protocol, hasUser: c.User != "", isGlob: c.app != nil && c.app.glob, hasService: c.Service != "", c: c,
 	}
 	if c.Expires.IsZero() {
 		r.expires = math.MaxInt64
@@ -163,6 +170,7 @@ func (r *ruleRef) matches(q *query) bool {
 		r.lportLo <= q.lport && q.lport <= r.lportHi &&
 		(!r.remote.IsValid() || r.remote.Contains(q.remote)) &&
 		(!r.hasUser || userMatches(r.c.User, q.req)) &&
+		(!r.hasService || serviceMatches(r.c.Service, q.req)) &&
 		// The app is checked last: exact-path rules were selected by exe already, and
 		// glob matching is the most expensive test.
 		(!r.isGlob || r.c.app.match(q.req.Exe))
@@ -194,6 +202,7 @@ type v6Key struct {
 // the rules without a remote, are then indexed by port (see portIndex).
 type bucket struct {
 	all []ruleRef
+	svc *bucket // rules of the same app class that name a service: they win first
 
 	indexed  bool
 	v4       map[uint64]*portIndex // key: bits<<32 | masked address
@@ -203,10 +212,21 @@ type bucket struct {
 	noRemote *portIndex
 }
 
-func (b *bucket) add(c *compiledRule) { b.all = append(b.all, refOf(c)) }
+func (b *bucket) add(c *compiledRule) {
+	if c.Service != "" {
+		if b.svc == nil {
+			b.svc = &bucket{}
+		}
+		b = b.svc
+	}
+	b.all = append(b.all, refOf(c))
+}
 
 // finish sorts the bucket and builds its index if it is large.
 func (b *bucket) finish() {
+	if b.svc != nil {
+		b.svc.finish()
+	}
 	slices.SortFunc(b.all, func(x, y ruleRef) int { return cmp.Compare(x.rank, y.rank) })
 	if len(b.all) <= smallList {
 		b.all = slices.Clip(b.all)
@@ -354,6 +374,11 @@ func v6KeyOf(a netip.Addr, bits uint8) v6Key {
 func (b *bucket) match(q *query) *ruleRef {
 	if b == nil {
 		return nil
+	}
+	if b.svc != nil && len(q.req.Services) > 0 {
+		if r := b.svc.match(q); r != nil {
+			return r
+		}
 	}
 	if !b.indexed {
 		return firstMatch(b.all, q)

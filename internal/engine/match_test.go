@@ -16,8 +16,9 @@ func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func curlReq() *Request {
 	return &Request{
 		Direction: Outbound, Protocol: TCP, Exe: "/usr/bin/curl", UID: 1000, User: "alice",
-		Local:  netip.MustParseAddrPort("198.18.0.2:40000"),
-		Remote: netip.MustParseAddrPort("198.18.1.5:443"),
+		Services: []string{"Dnscache"},
+		Local:    netip.MustParseAddrPort("198.18.0.2:40000"),
+		Remote:   netip.MustParseAddrPort("198.18.1.5:443"),
 	}
 }
 
@@ -70,6 +71,18 @@ func TestPrecedence(t *testing.T) {
 			{ID: 1, Action: Deny, Direction: Outbound},
 			{ID: 2, Action: Allow, Protocol: TCP},
 		}, 2},
+		{"service beats remote", []Rule{
+			{ID: 1, App: "/usr/bin/curl", Action: Deny, Remote: pfx("198.18.1.5/32")},
+			{ID: 2, App: "/usr/bin/curl", Action: Allow, Service: "dnscache"},
+		}, 2},
+		{"app beats service", []Rule{
+			{ID: 1, App: "/usr/bin/curl", Action: Deny},
+			{ID: 2, App: "/usr/bin/*", Action: Allow, Service: "Dnscache"},
+		}, 1},
+		{"service must be hosted", []Rule{
+			{ID: 1, Action: Deny},
+			{ID: 2, Action: Allow, Service: "wuauserv"},
+		}, 1},
 		{"direction beats nothing", []Rule{
 			{ID: 1, Action: Deny},
 			{ID: 2, Action: Allow, Direction: Outbound},
@@ -207,6 +220,9 @@ func randomRules(rng *rand.Rand, n int) []Rule {
 		if rng.IntN(20) == 0 {
 			r.Expires = t0.Add(time.Duration(rng.IntN(3)-1) * time.Hour)
 		}
+		if rng.IntN(10) == 0 {
+			r.Service = []string{"Dnscache", "wuauserv", "BITS"}[rng.IntN(3)]
+		}
 		rules = append(rules, r)
 	}
 	return rules
@@ -240,6 +256,9 @@ func randomRequest(rng *rand.Rand, n int) *Request {
 		addr = randAddr6(rng)
 	}
 	req.Remote = netip.AddrPortFrom(addr, uint16(1+rng.IntN(80)))
+	if rng.IntN(3) == 0 {
+		req.Services = []string{[]string{"dnscache", "WUAUSERV", "Other"}[rng.IntN(3)], "BITS"}[:1+rng.IntN(2)]
+	}
 	return req
 }
 

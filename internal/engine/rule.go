@@ -174,12 +174,13 @@ func checkRemote(p netip.Prefix) error {
 // ports as "443" or "1000-2000"; see MarshalJSON.
 type Rule struct {
 	ID        RuleID       `json:"id"`
-	App       string       `json:"app,omitempty"`   // executable path, exact or glob (path.Match syntax plus "**")
-	User      string       `json:"user,omitempty"`  // account name or numeric uid
-	Direction Direction    `json:"dir"`             // AnyDirection matches both
-	Protocol  Protocol     `json:"proto"`           // AnyProtocol matches all
-	Remote    netip.Prefix `json:"remote,omitzero"` // address or CIDR; zero matches all
-	Port      PortRange    `json:"port,omitzero"`   // remote port range
+	App       string       `json:"app,omitempty"`     // executable path, exact or glob (path.Match syntax plus "**")
+	User      string       `json:"user,omitempty"`    // account name or numeric uid
+	Service   string       `json:"service,omitempty"` // Windows: a service hosted by the process (Request.Services), case-insensitive
+	Direction Direction    `json:"dir"`               // AnyDirection matches both
+	Protocol  Protocol     `json:"proto"`             // AnyProtocol matches all
+	Remote    netip.Prefix `json:"remote,omitzero"`   // address or CIDR; zero matches all
+	Port      PortRange    `json:"port,omitzero"`     // remote port range
 	LocalPort PortRange    `json:"local_port,omitzero"`
 	Action    Action       `json:"action"`
 	Expires   time.Time    `json:"expires,omitzero"` // zero: forever
@@ -224,6 +225,9 @@ func (r Rule) Validate() error {
 	}
 	if err := validateUser(r.User); err != nil {
 		return &FieldError{"user", strconv.Quote(r.User), err}
+	}
+	if r.Service != strings.TrimSpace(r.Service) || strings.ContainsAny(r.Service, "\x00\n/\\") {
+		return &FieldError{"service", strconv.Quote(r.Service), fmt.Errorf("want a service name without spaces around it, slashes or control characters")}
 	}
 	if err := checkRemote(r.Remote); err != nil {
 		return &FieldError{"remote", r.Remote.String(), err}
@@ -320,6 +324,9 @@ func (r *Rule) matchesIgnoringExpiry(req *Request) bool {
 	if r.User != "" && !userMatches(r.User, req) {
 		return false
 	}
+	if r.Service != "" && !serviceMatches(r.Service, req) {
+		return false
+	}
 	if r.App != "" && !appMatches(r.App, req.Exe) {
 		return false
 	}
@@ -344,6 +351,16 @@ func userMatches(user string, req *Request) bool {
 	return user == req.User
 }
 
+// serviceMatches reports whether req's process hosts the named service.
+func serviceMatches(service string, req *Request) bool {
+	for _, s := range req.Services {
+		if strings.EqualFold(s, service) {
+			return true
+		}
+	}
+	return false
+}
+
 // String returns the rule on one line, e.g.
 // "#3 allow out tcp app=/usr/bin/curl remote=198.18.0.0/15 port=443 until 2026-11-21T15:00:00Z".
 func (r Rule) String() string {
@@ -351,6 +368,9 @@ func (r Rule) String() string {
 	fmt.Fprintf(&b, "#%d %s %s %s", r.ID, r.Action, r.Direction, r.Protocol)
 	if r.App != "" {
 		fmt.Fprintf(&b, " app=%s", quoteIfNeeded(r.App))
+	}
+	if r.Service != "" {
+		fmt.Fprintf(&b, " service=%s", quoteIfNeeded(r.Service))
 	}
 	if r.User != "" {
 		fmt.Fprintf(&b, " user=%s", quoteIfNeeded(r.User))
@@ -386,6 +406,7 @@ type ruleJSON struct {
 	ID        RuleID          `json:"id"`
 	App       string          `json:"app,omitempty"`
 	User      string          `json:"user,omitempty"`
+	Service   string          `json:"service,omitempty"`
 	Direction string          `json:"dir"`
 	Protocol  string          `json:"proto"`
 	Remote    string          `json:"remote,omitempty"`
@@ -405,6 +426,7 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		ID:        r.ID,
 		App:       r.App,
 		User:      r.User,
+		Service:   r.Service,
 		Direction: r.Direction.String(),
 		Protocol:  r.Protocol.String(),
 		Action:    r.Action.String(),
@@ -447,6 +469,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 	out.ID = w.ID
 	out.App = w.App
 	out.User = w.User
+	out.Service = w.Service
 	out.Note = w.Note
 	if out.Direction, err = ParseDirection(w.Direction); err != nil {
 		return &FieldError{"dir", strconv.Quote(w.Direction), err}
