@@ -105,6 +105,9 @@ func (l Layer) IPVersion() uint8 {
 	return 0
 }
 
+// RequestID names a connection the driver holds: nonzero, unique per driver load.
+type RequestID uint64
+
 // Direction says who opened a connection.
 type Direction uint8
 
@@ -224,7 +227,7 @@ func (m *HelloReply) decodeBody(b []byte) error {
 // ConnectRequest is a connection the driver holds until the service sends a Verdict
 // with the same RequestID.
 type ConnectRequest struct {
-	RequestID uint64 // nonzero, unique per driver load
+	RequestID RequestID // nonzero, unique per driver load
 	Layer     Layer
 	Direction Direction // must agree with Layer
 	IPVersion uint8     // 4 or 6, must agree with Layer
@@ -295,7 +298,7 @@ func (m *ConnectRequest) AppendBinary(b []byte) ([]byte, error) {
 	}
 	return appendChecked(b, func(b []byte) []byte {
 		b = appendHeader(b, TypeConnectRequest, m.Size())
-		b = le.AppendUint64(b, m.RequestID)
+		b = le.AppendUint64(b, uint64(m.RequestID))
 		b = le.AppendUint16(b, uint16(m.Layer))
 		b = append(b, byte(m.Direction), m.IPVersion, m.Protocol, 0, 0, 0)
 		b = appendAddr(b, m.Local.Addr())
@@ -327,7 +330,7 @@ func appendAddr(b []byte, a netip.Addr) []byte {
 
 func (m *ConnectRequest) decodeBody(b []byte) error {
 	const t = TypeConnectRequest
-	m.RequestID = le.Uint64(b[16:])
+	m.RequestID = RequestID(le.Uint64(b[16:]))
 	m.Layer = Layer(le.Uint16(b[24:]))
 	m.Direction = Direction(b[26])
 	m.IPVersion = b[27]
@@ -394,8 +397,8 @@ func decodeAddr(b []byte, off int, ipVersion uint8, field string) (netip.Addr, e
 
 // Verdict tells the driver what to do with the connection RequestID names.
 type Verdict struct {
-	RequestID  uint64 // nonzero
-	Action     Action // ActionPermit, ActionBlock or ActionReject
+	RequestID  RequestID // nonzero
+	Action     Action    // ActionPermit, ActionBlock or ActionReject
 	CacheScope CacheScope
 	CacheTTLMS uint32 // 0 with CacheNone, 1..MaxCacheTTLMS otherwise
 }
@@ -407,7 +410,7 @@ func (*Verdict) Type() Type { return TypeVerdict }
 func (m *Verdict) AppendBinary(b []byte) ([]byte, error) {
 	return appendChecked(b, func(b []byte) []byte {
 		b = appendHeader(b, TypeVerdict, VerdictSize)
-		b = le.AppendUint64(b, m.RequestID)
+		b = le.AppendUint64(b, uint64(m.RequestID))
 		b = le.AppendUint32(b, uint32(m.Action))
 		b = le.AppendUint32(b, uint32(m.CacheScope))
 		b = le.AppendUint32(b, m.CacheTTLMS)
@@ -417,7 +420,7 @@ func (m *Verdict) AppendBinary(b []byte) ([]byte, error) {
 
 func (m *Verdict) decodeBody(b []byte) error {
 	const t = TypeVerdict
-	m.RequestID = le.Uint64(b[16:])
+	m.RequestID = RequestID(le.Uint64(b[16:]))
 	m.Action = Action(le.Uint32(b[24:]))
 	m.CacheScope = CacheScope(le.Uint32(b[28:]))
 	m.CacheTTLMS = le.Uint32(b[32:])

@@ -14,6 +14,7 @@ package proto
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -150,8 +151,8 @@ func (e *DecodeError) Error() string {
 // VersionMismatch reports whether err is a *DecodeError for a message of another
 // wire format version, and which version that was.
 func VersionMismatch(err error) (got uint16, ok bool) {
-	de, isDE := err.(*DecodeError)
-	if !isDE || de.Field != "version" {
+	var de *DecodeError
+	if !errors.As(err, &de) || de.Field != "version" {
 		return 0, false
 	}
 	return de.gotVersion, true

@@ -360,7 +360,7 @@ func (b *Backend) handle(s *session, cr *proto.ConnectRequest, d intercept.Decid
 // wireVerdict turns an engine verdict into the VERDICT for driver request id. Only a
 // verdict a rule stands behind may be cached by the driver: an answer given once, a
 // default or a timeout must be asked again next time.
-func (b *Backend) wireVerdict(id uint64, v engine.Verdict) proto.Verdict {
+func (b *Backend) wireVerdict(id proto.RequestID, v engine.Verdict) proto.Verdict {
 	w := proto.Verdict{RequestID: id, Action: b.defaultWireAction()}
 	switch v.Action {
 	case engine.Allow:

@@ -235,7 +235,7 @@ func TestVerdictCacheScope(t *testing.T) {
 		{2007, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonLimit}, proto.Verdict{Action: proto.ActionBlock}},
 		{2008, engine.Verdict{Action: engine.NoAction, Reason: engine.ReasonError}, proto.Verdict{Action: proto.ActionBlock}},
 	}
-	ids := map[uint16]uint64{}
+	ids := map[uint16]proto.RequestID{}
 	for _, c := range cases {
 		ids[c.port] = drv.connect("198.19.0.2:"+itoa(int(c.port)), `\Device\HarddiskVolume3\app.exe`)
 	}
@@ -267,7 +267,7 @@ func TestVerdictIDsMatchRequests(t *testing.T) {
 	})
 	startBackend(t, Config{Dial: drv.dial}, dec)
 	drv.waitConnected(t)
-	idByPort := map[uint16]uint64{}
+	idByPort := map[uint16]proto.RequestID{}
 	for p := uint16(1000); p < 1010; p++ {
 		idByPort[p] = drv.connect("198.19.0.2:"+itoa(int(p)), `\Device\HarddiskVolume3\app.exe`)
 	}

@@ -23,18 +23,18 @@ type fakeDriver struct {
 	dialErr   error
 	hello     func(*proto.Hello) []byte // nil: HELLO_REPLY version 1
 	hellos    []proto.Hello
-	pending   map[uint64]bool // request ids sent and not yet answered
+	pending   map[proto.RequestID]bool // request ids sent and not yet answered
 	flushes   []proto.Flush
 	stats     proto.StatsReply
 	connected chan *fakePort // every new connection
 	verdicts  chan proto.Verdict
-	nextID    uint64
+	nextID    proto.RequestID
 }
 
 func newFakeDriver(t testing.TB) *fakeDriver {
 	return &fakeDriver{
 		t:         t,
-		pending:   make(map[uint64]bool),
+		pending:   make(map[proto.RequestID]bool),
 		connected: make(chan *fakePort, 16),
 		verdicts:  make(chan proto.Verdict, 1024),
 		nextID:    100,
@@ -97,7 +97,7 @@ func (d *fakeDriver) answer(p *fakePort, in []byte) []byte {
 }
 
 // connect sends a CONNECT_REQUEST to the current port and returns its request id.
-func (d *fakeDriver) connect(remote string, path string) uint64 {
+func (d *fakeDriver) connect(remote string, path string) proto.RequestID {
 	d.mu.Lock()
 	d.nextID++
 	id := d.nextID
