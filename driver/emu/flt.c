@@ -400,6 +400,9 @@ static void *acceptor_main(void *arg)
             }
             client_shutdown_and_join(gone);
         }
+        /* The Filter Manager queues a bounded amount of undelivered messages. */
+        int sndbuf = 32 * 1024;
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
         struct _EMU_FLT_PORT *c = calloc(1, sizeof(*c));
         c->magic = PORT_MAGIC;
         c->fd = fd;

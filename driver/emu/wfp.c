@@ -1525,6 +1525,7 @@ int emu_conn_has_flow_context(emu_conn *c)
 }
 
 int emu_conn_reauthorizations(emu_conn *c) { return c->reauths; }
+UINT64 emu_conn_flow_id(emu_conn *c) { return c->id; }
 
 void emu_conn_data(emu_conn *c, ULONG bytes, int inbound)
 {

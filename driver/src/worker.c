@@ -1,9 +1,9 @@
 /*
  * The worker: a system thread at PASSIVE_LEVEL, the only place that sends to the
  * service. FltSendMessage carries no reply buffer and a bounded timeout, so a slow
- * or absent reader costs at most LATCH_SEND_TIMEOUT_MS per message and a slow
- * decision costs nothing (verdicts arrive in the port's message callback). It also
- * enforces deadlines on a LATCH_WORKER_TICK_MS tick.
+ * or absent reader costs at most LATCH_SEND_TIMEOUT_MS once (then sends fail at once
+ * until one succeeds) and a slow decision costs nothing (verdicts arrive in the
+ * port's message callback). It also enforces deadlines on a LATCH_WORKER_TICK_MS tick.
  */
 #include "latch.h"
 
@@ -11,31 +11,44 @@ static KSTART_ROUTINE LatchWorker;
 
 static void LatchWorker(PVOID Context)
 {
-    LARGE_INTEGER tick, sendTimeout;
+    LARGE_INTEGER tick, sendTimeout, noWait;
+    BOOLEAN stalled = FALSE;
     UINT64 requestId;
     ULONG length;
 
     UNREFERENCED_PARAMETER(Context);
     tick.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_WORKER_TICK_MS);
     sendTimeout.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_SEND_TIMEOUT_MS);
+    noWait.QuadPart = 0;
 
     while (!InterlockedCompareExchange(&g.StopWorker, 0, 0)) {
+        ULONGLONG lastExpiry;
         KeWaitForSingleObject(&g.WorkerEvent, Executive, KernelMode, FALSE, &tick);
         if (InterlockedCompareExchange(&g.StopWorker, 0, 0)) {
             break;
         }
+        lastExpiry = KeQueryInterruptTime();
+        LatchExpirePending();
         while (InterlockedCompareExchange(&g.ClientReady, 0, 0) &&
                !InterlockedCompareExchange(&g.StopWorker, 0, 0) &&
                LatchDequeueForSend(g.SendBuffer, LATCH_MSG_MAX_SIZE, &length, &requestId)) {
             NTSTATUS status = length == 0 ? STATUS_INVALID_PARAMETER
                                           : FltSendMessage(g.Filter, &g.ClientPort, g.SendBuffer, length, NULL,
-                                                           NULL, &sendTimeout);
+                                                           NULL, stalled ? &noWait : &sendTimeout);
             if (status != STATUS_SUCCESS) { /* STATUS_TIMEOUT is a success code: not delivered */
                 LatchCount(LATCH_STAT_SEND_FAILURES);
                 LatchSendFailed(requestId);
             }
+            /* After one send timed out the service is not reading: fail the next ones at
+               once (default verdict) instead of waiting a send timeout for each, until a
+               send goes through again. */
+            stalled = status == STATUS_TIMEOUT || (stalled && status != STATUS_SUCCESS);
+            /* A service that stops reading makes every send wait; deadlines still hold. */
+            if (KeQueryInterruptTime() - lastExpiry >= LATCH_MS_TO_100NS(LATCH_WORKER_TICK_MS)) {
+                lastExpiry = KeQueryInterruptTime();
+                LatchExpirePending();
+            }
         }
-        LatchExpirePending();
         LatchFreeDecidedLeftovers(FALSE);
     }
     PsTerminateSystemThread(STATUS_SUCCESS);

@@ -868,6 +868,167 @@ static void test_verifier_catches_flow_context_pinning(void)
     unload_clean();
 }
 
+
+/* A service that connects, says HELLO and then never reads: the worker must not sit
+   out a send timeout per connection, and every connection still ends decided. */
+static void test_stalled_service(void)
+{
+    REQUIRE(load(), "load");
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", portPath);
+    REQUIRE(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect");
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    LATCH_MSG_HELLO h;
+    memset(&h, 0, sizeof(h));
+    LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
+    h.ServiceVersion = 1;
+    h.DefaultAction = LATCH_ACTION_BLOCK;
+    h.PendingTimeoutMs = 20000;
+    UINT8 frame[4 + 1 + 4 + sizeof(h)];
+    UINT32 flen = 1 + 4 + sizeof(h), outSize = 64;
+    memcpy(frame, &flen, 4);
+    frame[4] = 2;
+    memcpy(frame + 5, &outSize, 4);
+    memcpy(frame + 9, &h, sizeof(h));
+    REQUIRE(send(fd, frame, sizeof(frame), MSG_NOSIGNAL) == (ssize_t)sizeof(frame), "hello");
+    UINT8 result[4 + 1 + 8 + 32];
+    REQUIRE(recv(fd, result, sizeof(result), MSG_WAITALL) == (ssize_t)sizeof(result), "hello result");
+    /* from here on the service reads nothing */
+    enum { N = 600 };
+    static emu_conn *conns[N];
+    double t0 = now();
+    for (int i = 0; i < N; i++) {
+        conns[i] = out4((UINT16)(20000 + i), (UINT64)(1 + i % 100), curl, 443);
+    }
+    int pending = 0, blocked = 0;
+    for (int i = 0; i < N; i++) {
+        int s = emu_conn_wait(conns[i], 100);
+        pending += s == EMU_CONN_PENDING;
+        blocked += s == EMU_CONN_BLOCK;
+    }
+    double secs = now() - t0;
+    printf("     stalled service: %d of %d connections defaulted after %.2fs, %d delivered and waiting\n", blocked, N,
+           secs, pending);
+    CHECK(blocked > 0, "nothing was failed fast for a service that does not read");
+    CHECK(secs < 6, "connections waited %.2fs for a stalled service", secs);
+    close(fd); /* the rest get the default on disconnect */
+    for (int i = 0; i < N; i++) {
+        CHECK(emu_conn_wait(conns[i], 2000) == EMU_CONN_BLOCK, "connection %d", i);
+    }
+    unload_clean();
+}
+
+static HANDLE savedCompletion;
+static FWPS_CALLOUT_CLASSIFY_FN3 PendAndForgetClassify;
+
+/* Pends correctly and hands the completion context to the test, which then completes
+   it twice, or never. */
+static void PendAndForgetClassify(const FWPS_INCOMING_VALUES0 *inFixedValues,
+                                  const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
+                                  const void *classifyContext, const FWPS_FILTER3 *filter, UINT64 flowContext,
+                                  FWPS_CLASSIFY_OUT0 *classifyOut)
+{
+    (void)layerData;
+    (void)classifyContext;
+    (void)filter;
+    (void)flowContext;
+    if (inFixedValues->incomingValue[FWPS_FIELD_ALE_AUTH_CONNECT_V4_FLAGS].value.uint32 &
+        FWP_CONDITION_FLAG_IS_REAUTHORIZE) {
+        classifyOut->actionType = FWP_ACTION_PERMIT;
+        return;
+    }
+    if (NT_SUCCESS(FwpsPendOperation0(inMetaValues->completionHandle, &savedCompletion))) {
+        classifyOut->actionType = FWP_ACTION_BLOCK;
+        classifyOut->flags |= FWPS_CLASSIFY_OUT_FLAG_ABSORB;
+        classifyOut->rights &= ~FWPS_RIGHT_ACTION_WRITE;
+    }
+}
+
+static void test_verifier_catches_pend_misuse(void)
+{
+    REQUIRE(load(), "load");
+    emu_override_classify(PendAndForgetClassify);
+    emu_conn *a = out4(40000, 1, curl, 443);
+    CHECK(emu_conn_state(a) == EMU_CONN_PENDING, "pended");
+    FwpsCompleteOperation0(savedCompletion, NULL);
+    CHECK(emu_conn_state(a) == EMU_CONN_PERMIT, "completion did not reauthorize");
+    CHECK(emu_conn_reauthorizations(a) == 1, "reauthorizations %d", emu_conn_reauthorizations(a));
+    emu_set_quiet(1);
+    FwpsCompleteOperation0(savedCompletion, NULL);
+    CHECK(emu_violation_contains("completed twice"), "a double completion was not reported");
+    emu_clear_violations();
+    emu_conn *b = out4(40001, 1, curl, 443); /* pended and never completed */
+    CHECK(emu_conn_state(b) == EMU_CONN_PENDING, "pended");
+    emu_override_classify(NULL);
+    emu_unload();
+    emu_set_quiet(0);
+    CHECK(emu_violation_contains("was never completed"), "a pend never completed was not reported");
+    emu_clear_violations();
+}
+
+static FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 TestFlowDelete;
+static FWPS_CALLOUT_CLASSIFY_FN3 TestClassify;
+static FWPS_CALLOUT_NOTIFY_FN3 TestNotify;
+static int flowDeletes;
+static void TestFlowDelete(UINT16 layerId, UINT32 calloutId, UINT64 flowContext)
+{
+    (void)layerId;
+    (void)calloutId;
+    CHECK(flowContext == 0x1234, "flowDeleteFn got context 0x%llx", (unsigned long long)flowContext);
+    flowDeletes++;
+}
+static void TestClassify(const FWPS_INCOMING_VALUES0 *a, const FWPS_INCOMING_METADATA_VALUES0 *b, void *c,
+                         const void *d, const FWPS_FILTER3 *e, UINT64 f, FWPS_CLASSIFY_OUT0 *g)
+{
+    (void)a, (void)b, (void)c, (void)d, (void)e, (void)f, (void)g;
+}
+static NTSTATUS TestNotify(FWPS_CALLOUT_NOTIFY_TYPE t, const GUID *k, FWPS_FILTER3 *f)
+{
+    (void)t, (void)k, (void)f;
+    return STATUS_SUCCESS;
+}
+
+/* Seed 001: a flow context left associated pins the callout (and the driver). */
+static void test_verifier_catches_context_left_at_unregister(void)
+{
+    emu_registry_set_dword("DefaultAction", LATCH_ACTION_PERMIT);
+    REQUIRE(load(), "load");
+    emu_conn *a = out4(40000, 1, curl, 443); /* no service: permitted by default, flow established */
+    REQUIRE(emu_conn_state(a) == EMU_CONN_PERMIT, "permitted");
+    PDEVICE_OBJECT dev;
+    REQUIRE(NT_SUCCESS(IoCreateDevice(emu_driver_object, 0, NULL, FILE_DEVICE_NETWORK, 0, FALSE, &dev)), "device");
+    FWPS_CALLOUT3 co;
+    memset(&co, 0, sizeof(co));
+    co.calloutKey.Data1 = 0x7e57;
+    co.classifyFn = TestClassify;
+    co.notifyFn = TestNotify;
+    co.flowDeleteFn = TestFlowDelete;
+    UINT32 id = 0;
+    REQUIRE(NT_SUCCESS(FwpsCalloutRegister3(dev, &co, &id)), "register");
+    UINT64 flow = emu_conn_flow_id(a);
+    CHECK(FwpsFlowAssociateContext0(flow, FWPS_LAYER_STREAM_V4, id, 0x1234) == STATUS_SUCCESS, "associate");
+    CHECK(FwpsFlowAssociateContext0(flow, FWPS_LAYER_STREAM_V4, id, 0x1234) == STATUS_OBJECT_NAME_EXISTS,
+          "a second association must be STATUS_OBJECT_NAME_EXISTS");
+    emu_set_quiet(1);
+    CHECK(FwpsCalloutUnregisterById0(id) == STATUS_DEVICE_BUSY, "unregister with a context must be busy");
+    CHECK(emu_violation_contains("flow context(s) still associated"), "not reported");
+    emu_set_quiet(0);
+    emu_clear_violations();
+    flowDeletes = 0;
+    CHECK(FwpsFlowRemoveContext0(flow, FWPS_LAYER_STREAM_V4, id) == STATUS_SUCCESS, "remove");
+    CHECK(flowDeletes == 1, "flowDeleteFn ran %d times", flowDeletes);
+    CHECK(FwpsFlowRemoveContext0(flow, FWPS_LAYER_STREAM_V4, id) == STATUS_UNSUCCESSFUL,
+          "removing a context that is gone must be STATUS_UNSUCCESSFUL");
+    IoDeleteDevice(dev);
+    emu_conn_close(a);
+    CHECK(emu_flow_contexts() == 0, "the driver's context outlived the flow");
+    unload_clean();
+}
+
 static void test_sim_binary(void)
 {
     char port[108], control[108];
@@ -957,10 +1118,13 @@ const test_case driver_tests[] = {
     {"driver_cache_without_round_trip", "driver", test_cache_answers_without_round_trip, 1},
     {"driver_flush_reauthorizes", "driver", test_flush_forces_reauthorization, 1},
     {"driver_caps", "driver", test_caps_per_process_and_total, 1},
+    {"driver_stalled_service", "driver", test_stalled_service, 1},
     {"driver_fault_injection_every_site", "faults", test_fault_injection_every_site, 1},
     {"verifier_catches_seed000", "verifier", test_verifier_catches_seed000, 1},
     {"verifier_catches_lock_irql_pool_bugs", "verifier", test_verifier_catches_lock_irql_and_pool_bugs, 1},
     {"verifier_catches_flow_context_misuse", "verifier", test_verifier_catches_flow_context_pinning, 1},
+    {"verifier_catches_pend_misuse", "verifier", test_verifier_catches_pend_misuse, 1},
+    {"verifier_catches_context_at_unregister", "verifier", test_verifier_catches_context_left_at_unregister, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
 };
