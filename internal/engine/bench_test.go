@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -89,6 +90,40 @@ func BenchmarkCompile(b *testing.B) {
 			for b.Loop() {
 				compile(rules)
 			}
+		})
+	}
+}
+
+// BenchmarkMatchMiss measures the worst case: requests of known applications (their
+// exact and glob buckets exist) to an address no rule names, so every stage of the
+// index is searched. Compare with BenchmarkLinearScanMiss.
+func BenchmarkMatchMiss(b *testing.B) {
+	benchMiss(b, func(m *matcher, req *Request) bool { return m.match(req, t0) != nil })
+}
+
+// BenchmarkLinearScanMiss is BenchmarkMatchMiss without the index.
+func BenchmarkLinearScanMiss(b *testing.B) {
+	benchMiss(b, func(m *matcher, req *Request) bool { return m.matchLinear(req, t0) != nil })
+}
+
+func benchMiss(b *testing.B, match func(*matcher, *Request) bool) {
+	for _, n := range benchSizes {
+		m, reqs := benchSetup(n)
+		for i, r := range reqs {
+			miss := *r
+			// 2001:db8:ff::/48 is outside every rule's remote (see randAddr6).
+			miss.Remote = netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 15: byte(i)}), 47000)
+			reqs[i] = &miss
+		}
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			matched, i := 0, 0
+			for b.Loop() {
+				if match(m, reqs[i&4095]) {
+					matched++
+				}
+				i++
+			}
+			b.ReportMetric(float64(matched)/float64(i), "matched/op")
 		})
 	}
 }

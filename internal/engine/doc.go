@@ -35,6 +35,17 @@
 // The order is total, so the verdict never depends on the order rules were added or
 // listed. All globs are equally specific among themselves.
 //
+// # Evaluation
+//
+// Rules are compiled into an immutable index, rebuilt and swapped in atomically on
+// every change, so Decide never waits for a writer. Rules are grouped by app class
+// (exact path, looked up by path; glob, looked up by its literal leading segments and
+// last segment; none); within a large group, by remote prefix (longest first) and then
+// by port (single port, narrow range, wide range, any). Because the groups follow the
+// precedence keys, the first rule that matches in the most specific group that has one
+// is the winner, and evaluation stays well under a microsecond at 100,000 rules
+// (BenchmarkMatch; BenchmarkLinearScan is the plain scan for comparison).
+//
 // # Questions
 //
 // A Request no rule matches becomes a question (Prompt) for a person. Identical

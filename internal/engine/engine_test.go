@@ -618,3 +618,33 @@ func TestEscapedExeRule(t *testing.T) {
 	e.Decide(reqTo("/opt/odd1/binx", "198.18.0.9:80"), near.fn)
 	near.pending()
 }
+
+// TestExpiryPrunes: when a rule expires the engine drops it by itself and tells the
+// hooks, so the daemon can re-decide the flows it allowed.
+func TestExpiryPrunes(t *testing.T) {
+	e := newEngine(t, Config{})
+	changes := make(chan []Rule, 10)
+	e.OnRulesChanged(func(old, new []Rule) {
+		if len(old) == 1 && len(new) == 0 {
+			changes <- old
+		}
+	})
+	r, err := e.AddRule(Rule{App: "/usr/bin/curl", Action: Allow, Expires: time.Now().Add(30 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case old := <-changes:
+		if old[0].ID != r.ID {
+			t.Errorf("expired rule %v, want %d", old, r.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("expired rule not pruned")
+	}
+	if len(e.Rules()) != 0 {
+		t.Error("expired rule still listed")
+	}
+	if _, err := e.AddRule(Rule{Action: Allow, Expires: time.Now().Add(-time.Second)}); err == nil || !strings.Contains(err.Error(), "expires") {
+		t.Errorf("adding an expired rule: %v", err)
+	}
+}

@@ -407,6 +407,7 @@ type matcher struct {
 	sorted   []Rule                  // as given: sorted by ID
 	rules    []*compiledRule         // precedence order
 	exact    map[string]*bucket      // exact Unix paths
+	known    map[string]*knownApp    // per exact Unix path: its rules and the glob buckets that fit it
 	exactWin map[string]*bucket      // exact Windows paths, lower-cased
 	globs    map[globDirKey]*globDir // globs by their literal leading segments
 	globDeps []int                   // numbers of leading segments present in globs, ascending
@@ -434,6 +435,7 @@ func compile(rules []Rule) *matcher {
 		sorted:   rules,
 		rules:    make([]*compiledRule, 0, len(rules)),
 		exact:    map[string]*bucket{},
+		known:    map[string]*knownApp{},
 		exactWin: map[string]*bucket{},
 		globs:    map[globDirKey]*globDir{},
 		anyApp:   &bucket{},
@@ -490,7 +492,40 @@ func compile(rules []Rule) *matcher {
 	}
 	slices.Sort(m.globDeps)
 	m.anyApp.finish()
+	// Paths with exact rules are the ones requests name most; find their glob buckets
+	// now so that evaluation hashes the path once.
+	for exe, b := range m.exact {
+		k := &knownApp{exact: b}
+		m.eachGlobBucket(exe, func(gb *bucket) { k.globs = append(k.globs, gb) })
+		m.known[exe] = k
+	}
 	return m
+}
+
+// knownApp is what the matcher knows about an executable path that has exact rules.
+type knownApp struct {
+	exact *bucket
+	globs []*bucket // glob buckets whose literal segments fit the path
+}
+
+// eachGlobBucket calls fn for every glob bucket whose literal leading segments and last
+// segment fit name.
+func (m *matcher) eachGlobBucket(name string, fn func(*bucket)) {
+	base := lastSegment(name)
+	for _, depth := range m.globDeps {
+		prefix, ok := leadingSegments(name, depth)
+		if !ok {
+			return
+		}
+		if d := m.globs[globDirKey{depth, prefix}]; d != nil {
+			if b := d.byBase[base]; b != nil {
+				fn(b)
+			}
+			if len(d.noBase.all) > 0 || d.noBase.indexed || d.noBase.svc != nil {
+				fn(d.noBase)
+			}
+		}
+	}
 }
 
 // match returns the winning rule for req at now, or nil. It does not allocate for
@@ -515,8 +550,20 @@ func (m *matcher) matchQuery(q *query) *ruleRef {
 		// App is the first precedence key: any exact-path match beats every glob, and
 		// any glob match beats every app-less rule.
 		windows := isWindowsPath(exe)
-		if r := m.exact[exe].match(q); r != nil {
-			return r
+		if k := m.known[exe]; k != nil {
+			if r := k.exact.match(q); r != nil {
+				return r
+			}
+			var best *ruleRef
+			for _, b := range k.globs {
+				if r := b.match(q); r != nil && (best == nil || r.rank < best.rank) {
+					best = r
+				}
+			}
+			if best != nil {
+				return best
+			}
+			return m.anyApp.match(q)
 		}
 		if windows && len(m.exactWin) > 0 {
 			if r := m.exactWin[strings.ToLower(exe)].match(q); r != nil {

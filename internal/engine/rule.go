@@ -195,10 +195,12 @@ type FieldError struct {
 	Err   error
 }
 
+// Error returns e.g. `field "port" (2000-1000): low end above high end`.
 func (e *FieldError) Error() string {
 	return fmt.Sprintf("field %q (%s): %v", e.Field, e.Value, e.Err)
 }
 
+// Unwrap returns the underlying error.
 func (e *FieldError) Unwrap() error { return e.Err }
 
 // maxNoteLen bounds the free-text note, so that one rule cannot bloat the file.

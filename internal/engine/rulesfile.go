@@ -20,6 +20,7 @@ type RuleError struct {
 	Err   error
 }
 
+// Error returns e.g. `rule 3 (id 7): field "dir" ("up"): ...`.
 func (e *RuleError) Error() string {
 	if e.ID != 0 {
 		return fmt.Sprintf("rule %d (id %d): %v", e.Index, e.ID, e.Err)
@@ -27,6 +28,7 @@ func (e *RuleError) Error() string {
 	return fmt.Sprintf("rule %d: %v", e.Index, e.Err)
 }
 
+// Unwrap returns the underlying error, often a *FieldError.
 func (e *RuleError) Unwrap() error { return e.Err }
 
 // ParseRules strictly parses a rules file, {"version":1,"rules":[...]}. Unknown fields,
