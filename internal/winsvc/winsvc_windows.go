@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/windows"
@@ -337,78 +336,53 @@ type handler struct {
 	err error
 }
 
-// eventWriter turns log lines into event log entries: errors and failures as
-// warnings, the rest as information.
-type eventWriter struct {
-	mu   sync.Mutex
-	elog *eventlog.Log
-}
-
-func (w *eventWriter) Write(p []byte) (int, error) {
-	msg := strings.TrimRight(string(p), "\r\n")
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	lower := strings.ToLower(msg)
-	if strings.Contains(lower, "error") || strings.Contains(lower, "fail") || strings.Contains(lower, "lost") {
-		w.elog.Warning(2, msg)
-	} else {
-		w.elog.Info(1, msg)
-	}
-	return len(p), nil
-}
-
 func (h *handler) Execute(args []string, r <-chan svc.ChangeRequest, changes chan<- svc.Status) (bool, uint32) {
 	name := ServiceName
 	if len(args) > 0 && args[0] != "" {
 		name = args[0]
 	}
-	changes <- svc.Status{State: svc.StartPending}
-	elog, err := eventlog.Open(name)
-	if err == nil {
-		defer elog.Close()
+	var elog eventLogger
+	if l, err := eventlog.Open(name); err == nil {
+		defer l.Close()
+		elog = l
 		prevOut, prevFlags := log.Writer(), log.Flags()
-		log.SetOutput(&eventWriter{elog: elog})
+		log.SetOutput(&eventWriter{elog: l})
 		log.SetFlags(0) // the event log stamps the time
 		defer func() { log.SetOutput(prevOut); log.SetFlags(prevFlags) }()
-		elog.Info(1, fmt.Sprintf("latch service %s starting", name))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- h.run(ctx) }()
-	changes <- svc.Status{State: svc.Running, Accepts: svc.AcceptStop | svc.AcceptShutdown}
-	for {
-		select {
-		case err := <-done:
-			h.err = err
-			if err != nil {
-				if elog != nil {
-					elog.Error(3, fmt.Sprintf("latch service %s failed: %v", name, err))
+	stop := make(chan struct{})
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() {
+		for {
+			select {
+			case c := <-r:
+				switch c.Cmd {
+				case svc.Interrogate:
+					changes <- c.CurrentStatus
+				case svc.Stop, svc.Shutdown:
+					close(stop)
+					return
 				}
-				return true, 1 // a service-specific failure: the recovery actions restart it
-			}
-			return false, 0
-		case c := <-r:
-			switch c.Cmd {
-			case svc.Interrogate:
-				changes <- c.CurrentStatus
-			case svc.Stop, svc.Shutdown:
-				changes <- svc.Status{State: svc.StopPending, WaitHint: uint32(StopTimeout / time.Millisecond)}
-				cancel()
-				select {
-				case h.err = <-done:
-				case <-time.After(StopTimeout):
-					h.err = fmt.Errorf("the daemon did not stop within %v", StopTimeout)
-				}
-				if elog != nil {
-					if h.err != nil {
-						elog.Error(3, fmt.Sprintf("latch service %s stopped with an error: %v", name, h.err))
-					} else {
-						elog.Info(1, fmt.Sprintf("latch service %s stopped", name))
-					}
-				}
-				return false, 0
+			case <-finished:
+				return
 			}
 		}
+	}()
+	report := func(s svcState) {
+		switch s {
+		case stateStartPending:
+			changes <- svc.Status{State: svc.StartPending}
+		case stateRunning:
+			changes <- svc.Status{State: svc.Running, Accepts: svc.AcceptStop | svc.AcceptShutdown}
+		case stateStopPending:
+			changes <- svc.Status{State: svc.StopPending, WaitHint: uint32(StopTimeout / time.Millisecond)}
+		}
 	}
+	err, failed := serve(name, h.run, stop, report, elog, StopTimeout)
+	h.err = err
+	if failed {
+		return true, 1 // a service-specific failure: the recovery actions restart it
+	}
+	return false, 0
 }
