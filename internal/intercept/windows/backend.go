@@ -108,9 +108,9 @@ type Backend struct {
 	cur     atomic.Pointer[session]
 	nextID  atomic.Uint64
 
-	held, allowed, denied, rejected         atomic.Uint64
-	malformed, late, dropped, sendFailures  atomic.Uint64
-	reconnects, staleAcks, unexpectedAnswer atomic.Uint64
+	held, allowed, denied, rejected               atomic.Uint64
+	malformed, late, dropped, sendFailures        atomic.Uint64
+	reconnects, refusedVerdicts, unexpectedAnswer atomic.Uint64
 }
 
 var _ intercept.Backend = (*Backend)(nil)
@@ -423,7 +423,7 @@ func (b *Backend) sendVerdict(s *session, qv queuedVerdict) {
 	case proto.StatusNotFound:
 		b.late.Add(1) // the driver's deadline passed first and applied the default
 	default:
-		b.staleAcks.Add(1)
+		b.refusedVerdicts.Add(1)
 		b.logf("VERDICT for request %d: the driver refused it: %v", qv.wire.RequestID, a.Status)
 	}
 }
@@ -506,13 +506,13 @@ func (b *Backend) Stats() intercept.Stats {
 		Allowed:  b.allowed.Load(),
 		Denied:   b.denied.Load(),
 		Rejected: b.rejected.Load(),
-		Errors:   b.malformed.Load() + b.sendFailures.Load() + b.unexpectedAnswer.Load() + b.staleAcks.Load(),
+		Errors:   b.malformed.Load() + b.sendFailures.Load() + b.unexpectedAnswer.Load() + b.refusedVerdicts.Load(),
 		Extra: map[string]uint64{
 			"malformed_messages": b.malformed.Load(),
 			"verdicts_late":      b.late.Load(),
 			"verdicts_dropped":   b.dropped.Load(),
 			"send_failures":      b.sendFailures.Load(),
-			"verdicts_refused":   b.staleAcks.Load(),
+			"verdicts_refused":   b.refusedVerdicts.Load(),
 			"reconnects":         b.reconnects.Load(),
 			"connected":          0,
 		},
