@@ -270,7 +270,7 @@ static void *control_client(void *arg)
     int fd = (int)(intptr_t)arg;
     FILE *in = fdopen(fd, "r");
     char line[8192];
-    static char reply[65536];
+    char *reply = malloc(65536);
     while (in != NULL && fgets(line, sizeof(line), in) != NULL) {
         size_t len = strlen(line);
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
@@ -279,8 +279,13 @@ static void *control_client(void *arg)
         if (len == 0) {
             continue;
         }
-        pthread_mutex_lock(&cmdLock); /* one command at a time: replies stay in order */
-        int quit = handle(line, reply, sizeof(reply));
+        /* One command at a time across control connections, except `wait`, which
+           only reads state: a waiting connection never holds up another's commands. */
+        int waiting = strncmp(line, "wait ", 5) == 0;
+        if (!waiting) {
+            pthread_mutex_lock(&cmdLock);
+        }
+        int quit = handle(line, reply, 65536);
         size_t rl = strlen(reply);
         reply[rl] = '\n';
         if (send(fd, reply, rl + 1, MSG_NOSIGNAL) < 0) {
@@ -291,8 +296,11 @@ static void *control_client(void *arg)
             cleanup_files();
             _exit(code);
         }
-        pthread_mutex_unlock(&cmdLock);
+        if (!waiting) {
+            pthread_mutex_unlock(&cmdLock);
+        }
     }
+    free(reply);
     if (in != NULL) {
         fclose(in);
     }

@@ -18,7 +18,6 @@
 
 #include "../include/latch_proto.h"
 
-#define LATCH_TAG_GLOBAL  'gLtL'
 #define LATCH_TAG_PENDING 'pLtL'
 #define LATCH_TAG_FLOW    'fLtL'
 #define LATCH_TAG_MESSAGE 'mLtL'

@@ -626,6 +626,21 @@ static void test_flush_forces_reauthorization(void)
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
     emu_conn_wait(b, 2000);
     CHECK(client_flush(c, LATCH_FLUSH_CACHE) == STATUS_SUCCESS, "cache-only flush");
+    /* reauthorize without flushing: a flow whose verdict is cached is re-decided from
+       the cache, without a question */
+    emu_conn *d = out4(40002, 43, edge, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(d, 2000) == EMU_CONN_PERMIT, "permitted");
+    UINT64 hits = stat_of(c, LATCH_STAT_CACHE_HITS);
+    CHECK(client_flush(c, LATCH_FLUSH_REAUTHORIZE) == STATUS_SUCCESS, "reauthorize-only flush");
+    emu_wait_reauth_idle();
+    while (client_next_request(c, &r, 300)) { /* the other live flow (b) has no cached verdict */
+        CHECK(r.msg.LocalPort != 40002, "a cached flow was asked about again");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    }
+    CHECK(emu_conn_state(d) == EMU_CONN_PERMIT && stat_of(c, LATCH_STAT_CACHE_HITS) > hits,
+          "the cached flow was not re-decided from the cache");
     CHECK(emu_filters() == 14, "the reauthorization trigger leaked filters: %d", emu_filters());
     client_close(c);
     unload_clean();
@@ -922,6 +937,79 @@ static void test_stalled_service(void)
     unload_clean();
 }
 
+/* Random and mutated service messages straight into the driver's message callback:
+   nothing crashes, every answer is a well-formed message, a held connection stays
+   held unless a well-formed VERDICT names it. */
+static void test_port_message_fuzz(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *a = out4(40000, 5, curl, 443);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    unsigned seed = 777;
+    UINT8 valid[4][40];
+    ULONG lens[4] = {32, 40, 24, 16};
+    memset(valid, 0, sizeof(valid));
+    LATCH_MSG_HELLO *h = (LATCH_MSG_HELLO *)valid[0];
+    LatchInitHeader(&h->Header, LATCH_TYPE_HELLO, 32);
+    h->ServiceVersion = 1;
+    h->DefaultAction = LATCH_ACTION_BLOCK;
+    h->PendingTimeoutMs = 30000;
+    LATCH_MSG_VERDICT *v = (LATCH_MSG_VERDICT *)valid[1];
+    LatchInitHeader(&v->Header, LATCH_TYPE_VERDICT, 40);
+    v->RequestId = r.msg.RequestId + 1000; /* never the held one */
+    v->Action = LATCH_ACTION_PERMIT;
+    LATCH_MSG_FLUSH *f = (LATCH_MSG_FLUSH *)valid[2];
+    LatchInitHeader(&f->Header, LATCH_TYPE_FLUSH, 24);
+    f->Flags = LATCH_FLUSH_CACHE;
+    LatchInitHeader((LATCH_MSG_HEADER *)valid[3], LATCH_TYPE_STATS_QUERY, 16);
+    long answered = 0, refused = 0;
+    for (int i = 0; i < 20000; i++) {
+        int k = (int)(rand_r(&seed) % 4);
+        UINT8 msg[80];
+        ULONG len = lens[k];
+        memcpy(msg, valid[k], len);
+        int flips = (int)(rand_r(&seed) % 4);
+        for (int j = 0; j < flips; j++) {
+            msg[rand_r(&seed) % len] = (UINT8)rand_r(&seed);
+        }
+        if (rand_r(&seed) % 10 == 0) {
+            len = rand_r(&seed) % 80;
+        }
+        if (len >= 24 && ((LATCH_MSG_HEADER *)msg)->Type == LATCH_TYPE_VERDICT &&
+            memcmp(msg + 16, &r.msg.RequestId, 8) == 0) {
+            continue; /* a mutation that happens to name the held request */
+        }
+        if (len >= 20 && ((LATCH_MSG_HEADER *)msg)->Type == LATCH_TYPE_FLUSH) {
+            msg[16] &= (UINT8)~LATCH_FLUSH_REAUTHORIZE; /* keep the held connection out of it */
+        }
+        if (len >= 28 && ((LATCH_MSG_HEADER *)msg)->Type == LATCH_TYPE_HELLO) {
+            UINT32 t = 30000;
+            memcpy(msg + 24, &t, 4); /* a mutated timeout must not expire the held connection */
+        }
+        UINT8 out[160];
+        ULONG got = 0;
+        ULONG outLen = (rand_r(&seed) % 8 == 0) ? (ULONG)(rand_r(&seed) % 160) : 160;
+        NTSTATUS st = emu_port_call(msg, len, out, outLen, &got);
+        if (!NT_SUCCESS(st)) {
+            refused++;
+            continue;
+        }
+        LATCH_MSG_HEADER hdr;
+        CHECK(got <= outLen && NT_SUCCESS(LatchDecodeHeader(out, got, &hdr, NULL)), "answer %d is malformed", i);
+        answered++;
+    }
+    printf("     20000 fuzzed messages: %ld answered with a valid message, %ld refused (no room for an answer)\n",
+           answered, refused);
+    CHECK(emu_conn_state(a) == EMU_CONN_PENDING, "fuzzed messages decided the held connection");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "the real verdict");
+    client_close(c);
+    unload_clean();
+}
+
 static HANDLE savedCompletion;
 static FWPS_CALLOUT_CLASSIFY_FN3 PendAndForgetClassify;
 
@@ -1119,6 +1207,7 @@ const test_case driver_tests[] = {
     {"driver_flush_reauthorizes", "driver", test_flush_forces_reauthorization, 1},
     {"driver_caps", "driver", test_caps_per_process_and_total, 1},
     {"driver_stalled_service", "driver", test_stalled_service, 1},
+    {"driver_port_message_fuzz", "driver", test_port_message_fuzz, 1},
     {"driver_fault_injection_every_site", "faults", test_fault_injection_every_site, 1},
     {"verifier_catches_seed000", "verifier", test_verifier_catches_seed000, 1},
     {"verifier_catches_lock_irql_pool_bugs", "verifier", test_verifier_catches_lock_irql_and_pool_bugs, 1},
