@@ -98,7 +98,7 @@ void emu_wait_reauth_idle(void);
 /* ---- a raw classify, for tests that play a wrong driver (seed 000) ---- */
 /* The callout registered for the ALE connect v4 layer is replaced by fn for the
    next emu_connect calls (NULL restores). */
-void emu_override_classify(FWPS_CALLOUT_CLASSIFY_FN3 *fn);
+void emu_override_classify(FWPS_CALLOUT_CLASSIFY_FN3 fn);
 
 /* internal, shared by the emulation's files */
 void emu_require_irql(const char *routine, KIRQL max);

@@ -76,9 +76,9 @@ static struct callout {
     FWPS_CALLOUT3 reg;
     int inflight;
 } callouts[MAX_CALLOUTS]; /* id = index + 1 */
-static FWPS_CALLOUT_CLASSIFY_FN3 *overrideConnectV4;
+static FWPS_CALLOUT_CLASSIFY_FN3 overrideConnectV4;
 
-void emu_override_classify(FWPS_CALLOUT_CLASSIFY_FN3 *fn) { overrideConnectV4 = fn; }
+void emu_override_classify(FWPS_CALLOUT_CLASSIFY_FN3 fn) { overrideConnectV4 = fn; }
 
 int emu_callouts_registered(void)
 {
@@ -807,7 +807,7 @@ static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerDa
             }
             continue;
         }
-        FWPS_CALLOUT_CLASSIFY_FN3 *fn = callouts[ci].reg.classifyFn;
+        FWPS_CALLOUT_CLASSIFY_FN3 fn = callouts[ci].reg.classifyFn;
         if (layerId == FWPS_LAYER_ALE_AUTH_CONNECT_V4 && overrideConnectV4 != NULL) {
             fn = overrideConnectV4;
         }
@@ -1164,7 +1164,7 @@ FWPS_PACKET_INJECTION_STATE FwpsQueryPacketInjectionState0(HANDLE h, const NET_B
 
 NTSTATUS FwpsInjectTransportReceiveAsync0(HANDLE h, HANDLE injectionContext, PVOID reserved, UINT32 flags,
                                           ADDRESS_FAMILY af, COMPARTMENT_ID compartment, IF_INDEX ifIndex,
-                                          IF_INDEX subIfIndex, NET_BUFFER_LIST *nbl, FWPS_INJECT_COMPLETE0 *fn,
+                                          IF_INDEX subIfIndex, NET_BUFFER_LIST *nbl, FWPS_INJECT_COMPLETE0 fn,
                                           HANDLE completionContext)
 {
     (void)injectionContext;
@@ -1270,7 +1270,7 @@ NTSTATUS FwpsFlowAssociateContext0(UINT64 flowId, UINT16 layerId, UINT32 callout
 
 static void call_flow_delete(assoc *a)
 {
-    FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 *fn = NULL;
+    FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 fn = NULL;
     pthread_mutex_lock(&wlock);
     if (a->calloutId >= 1 && a->calloutId <= MAX_CALLOUTS) {
         fn = callouts[a->calloutId - 1].reg.flowDeleteFn;

@@ -13,16 +13,21 @@ DEFINE_GUID(LATCH_PROVIDER_KEY, 0x6c617463, 0x6800, 0x4000, 0x80, 0x00, 0x70, 0x
 DEFINE_GUID(LATCH_SUBLAYER_KEY, 0x6c617463, 0x6800, 0x4001, 0x80, 0x00, 0x73, 0x75, 0x62, 0x6c, 0x61, 0x79);
 DEFINE_GUID(LATCH_CALLOUT_KEY_BASE, 0x6c617463, 0x6801, 0x4000, 0x80, 0x00, 0x63, 0x61, 0x6c, 0x6c, 0x00, 0x00);
 
-static FWPS_CALLOUT_CLASSIFY_FN3 LatchClassifyAuth;
-static FWPS_CALLOUT_CLASSIFY_FN3 LatchClassifyFlowEstablished;
-static FWPS_CALLOUT_CLASSIFY_FN3 LatchClassifyStream;
-static FWPS_CALLOUT_CLASSIFY_FN3 LatchClassifyDatagram;
-static FWPS_CALLOUT_NOTIFY_FN3 LatchNotify;
+/* classifyFn (FWPS_CALLOUT_CLASSIFY_FN3) and notifyFn (FWPS_CALLOUT_NOTIFY_FN3) */
+#define LATCH_CLASSIFY_ARGS                                                                                     \
+    const FWPS_INCOMING_VALUES0 *inFixedValues, const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues,             \
+        void *layerData, const void *classifyContext, const FWPS_FILTER3 *filter, UINT64 flowContext,           \
+        FWPS_CLASSIFY_OUT0 *classifyOut
+static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS);
+static void NTAPI LatchClassifyFlowEstablished(LATCH_CLASSIFY_ARGS);
+static void NTAPI LatchClassifyStream(LATCH_CLASSIFY_ARGS);
+static void NTAPI LatchClassifyDatagram(LATCH_CLASSIFY_ARGS);
+static NTSTATUS NTAPI LatchNotify(FWPS_CALLOUT_NOTIFY_TYPE notifyType, const GUID *filterKey, FWPS_FILTER3 *filter);
 
 typedef struct _LATCH_CALLOUT_DEF {
     const GUID *LayerKey;
     UINT16 LayerId;
-    FWPS_CALLOUT_CLASSIFY_FN3 *Classify;
+    FWPS_CALLOUT_CLASSIFY_FN3 Classify;
     BOOLEAN FlowDelete;
     FWP_ACTION_TYPE FilterAction;
     UINT32 Flags;
@@ -140,10 +145,7 @@ static BOOLEAN ReadTuple(const FWPS_INCOMING_VALUES0 *In, LATCH_TUPLE *T, UINT32
     return TRUE;
 }
 
-static void LatchClassifyAuth(const FWPS_INCOMING_VALUES0 *inFixedValues,
-                              const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
-                              const void *classifyContext, const FWPS_FILTER3 *filter, UINT64 flowContext,
-                              FWPS_CLASSIFY_OUT0 *classifyOut)
+static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
 {
     LATCH_TUPLE tuple;
     UINT32 flags = 0;
@@ -205,10 +207,7 @@ static void ContinueIfAllowed(FWPS_CLASSIFY_OUT0 *ClassifyOut)
     }
 }
 
-static void LatchClassifyFlowEstablished(const FWPS_INCOMING_VALUES0 *inFixedValues,
-                                         const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
-                                         const void *classifyContext, const FWPS_FILTER3 *filter,
-                                         UINT64 flowContext, FWPS_CLASSIFY_OUT0 *classifyOut)
+static void NTAPI LatchClassifyFlowEstablished(LATCH_CLASSIFY_ARGS)
 {
     BOOLEAN v4 = inFixedValues->layerId == FWPS_LAYER_ALE_FLOW_ESTABLISHED_V4;
     UINT32 protocolIndex = v4 ? (UINT32)FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_PROTOCOL
@@ -224,10 +223,7 @@ static void LatchClassifyFlowEstablished(const FWPS_INCOMING_VALUES0 *inFixedVal
     ContinueIfAllowed(classifyOut);
 }
 
-static void LatchClassifyStream(const FWPS_INCOMING_VALUES0 *inFixedValues,
-                                const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
-                                const void *classifyContext, const FWPS_FILTER3 *filter, UINT64 flowContext,
-                                FWPS_CLASSIFY_OUT0 *classifyOut)
+static void NTAPI LatchClassifyStream(LATCH_CLASSIFY_ARGS)
 {
     FWPS_STREAM_CALLOUT_IO_PACKET0 *packet = (FWPS_STREAM_CALLOUT_IO_PACKET0 *)layerData;
 
@@ -242,10 +238,7 @@ static void LatchClassifyStream(const FWPS_INCOMING_VALUES0 *inFixedValues,
     ContinueIfAllowed(classifyOut);
 }
 
-static void LatchClassifyDatagram(const FWPS_INCOMING_VALUES0 *inFixedValues,
-                                  const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
-                                  const void *classifyContext, const FWPS_FILTER3 *filter, UINT64 flowContext,
-                                  FWPS_CLASSIFY_OUT0 *classifyOut)
+static void NTAPI LatchClassifyDatagram(LATCH_CLASSIFY_ARGS)
 {
     PNET_BUFFER_LIST nbl = (PNET_BUFFER_LIST)layerData;
     UINT32 directionIndex = inFixedValues->layerId == FWPS_LAYER_DATAGRAM_DATA_V4
@@ -262,7 +255,7 @@ static void LatchClassifyDatagram(const FWPS_INCOMING_VALUES0 *inFixedValues,
     ContinueIfAllowed(classifyOut);
 }
 
-static NTSTATUS LatchNotify(FWPS_CALLOUT_NOTIFY_TYPE notifyType, const GUID *filterKey, FWPS_FILTER3 *filter)
+static NTSTATUS NTAPI LatchNotify(FWPS_CALLOUT_NOTIFY_TYPE notifyType, const GUID *filterKey, FWPS_FILTER3 *filter)
 {
     UNREFERENCED_PARAMETER(notifyType);
     UNREFERENCED_PARAMETER(filterKey);

@@ -9,8 +9,10 @@
 
 LATCH_GLOBALS g;
 
-static FLT_INSTANCE_SETUP_CALLBACK LatchInstanceSetup;
-static FLT_INSTANCE_QUERY_TEARDOWN_CALLBACK LatchInstanceQueryTeardown;
+static NTSTATUS FLTAPI LatchInstanceSetup(PCFLT_RELATED_OBJECTS FltObjects, FLT_INSTANCE_SETUP_FLAGS Flags,
+                                          DEVICE_TYPE VolumeDeviceType, FLT_FILESYSTEM_TYPE VolumeFilesystemType);
+static NTSTATUS FLTAPI LatchInstanceQueryTeardown(PCFLT_RELATED_OBJECTS FltObjects,
+                                                  FLT_INSTANCE_QUERY_TEARDOWN_FLAGS Flags);
 
 static const FLT_OPERATION_REGISTRATION LatchNoOperations[] = {
     {IRP_MJ_OPERATION_END, 0, NULL, NULL, NULL},
@@ -28,7 +30,7 @@ static const FLT_REGISTRATION LatchFilterRegistration = {
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 };
 
-static NTSTATUS LatchInstanceSetup(PCFLT_RELATED_OBJECTS FltObjects, FLT_INSTANCE_SETUP_FLAGS Flags,
+static NTSTATUS FLTAPI LatchInstanceSetup(PCFLT_RELATED_OBJECTS FltObjects, FLT_INSTANCE_SETUP_FLAGS Flags,
                                    DEVICE_TYPE VolumeDeviceType, FLT_FILESYSTEM_TYPE VolumeFilesystemType)
 {
     UNREFERENCED_PARAMETER(FltObjects);
@@ -38,7 +40,7 @@ static NTSTATUS LatchInstanceSetup(PCFLT_RELATED_OBJECTS FltObjects, FLT_INSTANC
     return STATUS_FLT_DO_NOT_ATTACH; /* we filter no file system */
 }
 
-static NTSTATUS LatchInstanceQueryTeardown(PCFLT_RELATED_OBJECTS FltObjects, FLT_INSTANCE_QUERY_TEARDOWN_FLAGS Flags)
+static NTSTATUS FLTAPI LatchInstanceQueryTeardown(PCFLT_RELATED_OBJECTS FltObjects, FLT_INSTANCE_QUERY_TEARDOWN_FLAGS Flags)
 {
     UNREFERENCED_PARAMETER(FltObjects);
     UNREFERENCED_PARAMETER(Flags);
@@ -190,7 +192,7 @@ fail:
     return status;
 }
 
-NTSTATUS LatchFilterUnload(FLT_FILTER_UNLOAD_FLAGS Flags)
+NTSTATUS FLTAPI LatchFilterUnload(FLT_FILTER_UNLOAD_FLAGS Flags)
 {
     UNREFERENCED_PARAMETER(Flags);
     PAGED_CODE();

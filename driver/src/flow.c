@@ -87,7 +87,7 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Prot
     }
 }
 
-void LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
+void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
 {
     PLATCH_FLOW flow = (PLATCH_FLOW)(ULONG_PTR)FlowContext;
     KIRQL irql;

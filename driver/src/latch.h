@@ -157,7 +157,7 @@ extern LATCH_GLOBALS g;
 
 /* driver.c */
 DRIVER_INITIALIZE DriverEntry;
-FLT_FILTER_UNLOAD_CALLBACK LatchFilterUnload;
+NTSTATUS FLTAPI LatchFilterUnload(FLT_FILTER_UNLOAD_FLAGS Flags);
 
 /* callouts.c */
 NTSTATUS LatchRegisterCallouts(void);
@@ -198,7 +198,7 @@ void LatchCountAction(ULONG Action);
 
 /* flow.c */
 void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Protocol, UINT8 IpVersion);
-FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 LatchFlowDelete;
+void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext);
 void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound);
 void LatchRemoveAllFlows(void);
 

@@ -75,9 +75,7 @@ static void FreeEntry(PLATCH_PENDING Entry)
     ExFreePoolWithTag(Entry, LATCH_TAG_PENDING);
 }
 
-static FWPS_INJECT_COMPLETE0 LatchInjectComplete;
-
-static void LatchInjectComplete(void *Context, NET_BUFFER_LIST *NetBufferList, BOOLEAN DispatchLevel)
+static void NTAPI LatchInjectComplete(void *Context, NET_BUFFER_LIST *NetBufferList, BOOLEAN DispatchLevel)
 {
     FwpsFreeCloneNetBufferList0(NetBufferList, 0);
     FwpsDereferenceNetBufferList0((PNET_BUFFER_LIST)Context, DispatchLevel);

@@ -7,11 +7,7 @@
  */
 #include "latch.h"
 
-static FLT_CONNECT_NOTIFY LatchPortConnect;
-static FLT_DISCONNECT_NOTIFY LatchPortDisconnect;
-static FLT_MESSAGE_NOTIFY LatchPortMessage;
-
-static NTSTATUS LatchPortConnect(PFLT_PORT ClientPort, PVOID ServerPortCookie, PVOID ConnectionContext,
+static NTSTATUS FLTAPI LatchPortConnect(PFLT_PORT ClientPort, PVOID ServerPortCookie, PVOID ConnectionContext,
                                  ULONG SizeOfContext, PVOID *ConnectionPortCookie)
 {
     UNREFERENCED_PARAMETER(ServerPortCookie);
@@ -28,7 +24,7 @@ static NTSTATUS LatchPortConnect(PFLT_PORT ClientPort, PVOID ServerPortCookie, P
     return STATUS_SUCCESS;
 }
 
-static void LatchPortDisconnect(PVOID ConnectionCookie)
+static void FLTAPI LatchPortDisconnect(PVOID ConnectionCookie)
 {
     UNREFERENCED_PARAMETER(ConnectionCookie);
     PAGED_CODE();
@@ -155,7 +151,7 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
     return STATUS_SUCCESS;
 }
 
-static NTSTATUS LatchPortMessage(PVOID PortCookie, PVOID InputBuffer, ULONG InputBufferLength, PVOID OutputBuffer,
+static NTSTATUS FLTAPI LatchPortMessage(PVOID PortCookie, PVOID InputBuffer, ULONG InputBufferLength, PVOID OutputBuffer,
                                  ULONG OutputBufferLength, PULONG ReturnOutputBufferLength)
 {
     /* Service messages are small and fixed-size; copy before validating so the

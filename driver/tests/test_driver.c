@@ -767,7 +767,6 @@ static void test_fault_injection_every_site(void)
 
 /* ---- the verifier itself catches the classic bugs ---- */
 
-static FWPS_CALLOUT_CLASSIFY_FN3 Seed000Classify;
 
 /* The classify function of seed 000, verbatim in spirit: it pends, then calls
    FltSendMessage right there, at whatever IRQL classify runs. */
@@ -1011,7 +1010,6 @@ static void test_port_message_fuzz(void)
 }
 
 static HANDLE savedCompletion;
-static FWPS_CALLOUT_CLASSIFY_FN3 PendAndForgetClassify;
 
 /* Pends correctly and hands the completion context to the test, which then completes
    it twice, or never. */
@@ -1058,9 +1056,6 @@ static void test_verifier_catches_pend_misuse(void)
     emu_clear_violations();
 }
 
-static FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 TestFlowDelete;
-static FWPS_CALLOUT_CLASSIFY_FN3 TestClassify;
-static FWPS_CALLOUT_NOTIFY_FN3 TestNotify;
 static int flowDeletes;
 static void TestFlowDelete(UINT16 layerId, UINT32 calloutId, UINT64 flowContext)
 {

@@ -357,14 +357,13 @@ typedef enum _FLT_FILESYSTEM_TYPE { FLT_FSTYPE_UNKNOWN, FLT_FSTYPE_RAW, FLT_FSTY
 #define FLT_REGISTRATION_VERSION 0x0203
 #define IRP_MJ_OPERATION_END ((UCHAR)0x80)
 #define FLT_PORT_ALL_ACCESS (0x0001 | 0x000F0000L | SYNCHRONIZE)
-typedef NTSTATUS FLT_FILTER_UNLOAD_CALLBACK(FLT_FILTER_UNLOAD_FLAGS Flags);
-typedef FLT_FILTER_UNLOAD_CALLBACK *PFLT_FILTER_UNLOAD_CALLBACK;
-typedef NTSTATUS FLT_INSTANCE_SETUP_CALLBACK(PCFLT_RELATED_OBJECTS FltObjects, FLT_INSTANCE_SETUP_FLAGS Flags,
-                                             DEVICE_TYPE VolumeDeviceType, FLT_FILESYSTEM_TYPE VolumeFilesystemType);
-typedef FLT_INSTANCE_SETUP_CALLBACK *PFLT_INSTANCE_SETUP_CALLBACK;
-typedef NTSTATUS FLT_INSTANCE_QUERY_TEARDOWN_CALLBACK(PCFLT_RELATED_OBJECTS FltObjects,
-                                                      FLT_INSTANCE_QUERY_TEARDOWN_FLAGS Flags);
-typedef FLT_INSTANCE_QUERY_TEARDOWN_CALLBACK *PFLT_INSTANCE_QUERY_TEARDOWN_CALLBACK;
+/* Pointer typedefs only, as in fltKernel.h. */
+typedef NTSTATUS (FLTAPI *PFLT_FILTER_UNLOAD_CALLBACK)(FLT_FILTER_UNLOAD_FLAGS Flags);
+typedef NTSTATUS (FLTAPI *PFLT_INSTANCE_SETUP_CALLBACK)(PCFLT_RELATED_OBJECTS FltObjects,
+                                                        FLT_INSTANCE_SETUP_FLAGS Flags, DEVICE_TYPE VolumeDeviceType,
+                                                        FLT_FILESYSTEM_TYPE VolumeFilesystemType);
+typedef NTSTATUS (FLTAPI *PFLT_INSTANCE_QUERY_TEARDOWN_CALLBACK)(PCFLT_RELATED_OBJECTS FltObjects,
+                                                                 FLT_INSTANCE_QUERY_TEARDOWN_FLAGS Flags);
 typedef struct _FLT_OPERATION_REGISTRATION {
     UCHAR MajorFunction;
     FLT_OPERATION_REGISTRATION_FLAGS Flags;
@@ -390,14 +389,13 @@ typedef struct _FLT_REGISTRATION {
     PVOID NormalizeNameComponentExCallback;
     PVOID SectionNotificationCallback;
 } FLT_REGISTRATION;
-typedef NTSTATUS FLT_CONNECT_NOTIFY(PFLT_PORT ClientPort, PVOID ServerPortCookie, PVOID ConnectionContext,
-                                    ULONG SizeOfContext, PVOID *ConnectionPortCookie);
-typedef FLT_CONNECT_NOTIFY *PFLT_CONNECT_NOTIFY;
-typedef void FLT_DISCONNECT_NOTIFY(PVOID ConnectionCookie);
-typedef FLT_DISCONNECT_NOTIFY *PFLT_DISCONNECT_NOTIFY;
-typedef NTSTATUS FLT_MESSAGE_NOTIFY(PVOID PortCookie, PVOID InputBuffer, ULONG InputBufferLength,
-                                    PVOID OutputBuffer, ULONG OutputBufferLength, PULONG ReturnOutputBufferLength);
-typedef FLT_MESSAGE_NOTIFY *PFLT_MESSAGE_NOTIFY;
+typedef NTSTATUS (FLTAPI *PFLT_CONNECT_NOTIFY)(PFLT_PORT ClientPort, PVOID ServerPortCookie,
+                                               PVOID ConnectionContext, ULONG SizeOfContext,
+                                               PVOID *ConnectionPortCookie);
+typedef void (FLTAPI *PFLT_DISCONNECT_NOTIFY)(PVOID ConnectionCookie);
+typedef NTSTATUS (FLTAPI *PFLT_MESSAGE_NOTIFY)(PVOID PortCookie, PVOID InputBuffer, ULONG InputBufferLength,
+                                               PVOID OutputBuffer, ULONG OutputBufferLength,
+                                               PULONG ReturnOutputBufferLength);
 
 NTSTATUS FltRegisterFilter(PDRIVER_OBJECT Driver, const FLT_REGISTRATION *Registration, PFLT_FILTER *RetFilter);
 NTSTATUS FltStartFiltering(PFLT_FILTER Filter);
@@ -568,20 +566,21 @@ typedef struct FWPS_FILTER3_ {
 typedef enum FWPS_CALLOUT_NOTIFY_TYPE_ {
     FWPS_CALLOUT_NOTIFY_ADD_FILTER, FWPS_CALLOUT_NOTIFY_DELETE_FILTER, FWPS_CALLOUT_NOTIFY_ADD_FILTER_POST_COMMIT
 } FWPS_CALLOUT_NOTIFY_TYPE;
-typedef void FWPS_CALLOUT_CLASSIFY_FN3(const FWPS_INCOMING_VALUES0 *inFixedValues,
-                                       const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
-                                       const void *classifyContext, const FWPS_FILTER3 *filter,
-                                       UINT64 flowContext, FWPS_CLASSIFY_OUT0 *classifyOut);
-typedef NTSTATUS FWPS_CALLOUT_NOTIFY_FN3(FWPS_CALLOUT_NOTIFY_TYPE notifyType, const GUID *filterKey,
-                                         FWPS_FILTER3 *filter);
-typedef void FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0(UINT16 layerId, UINT32 calloutId, UINT64 flowContext);
+/* Pointer typedefs, as in fwpsk.h. */
+typedef void (NTAPI *FWPS_CALLOUT_CLASSIFY_FN3)(const FWPS_INCOMING_VALUES0 *inFixedValues,
+                                                const FWPS_INCOMING_METADATA_VALUES0 *inMetaValues, void *layerData,
+                                                const void *classifyContext, const FWPS_FILTER3 *filter,
+                                                UINT64 flowContext, FWPS_CLASSIFY_OUT0 *classifyOut);
+typedef NTSTATUS (NTAPI *FWPS_CALLOUT_NOTIFY_FN3)(FWPS_CALLOUT_NOTIFY_TYPE notifyType, const GUID *filterKey,
+                                                  FWPS_FILTER3 *filter);
+typedef void (NTAPI *FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0)(UINT16 layerId, UINT32 calloutId, UINT64 flowContext);
 #define FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW 0x00000001
 typedef struct FWPS_CALLOUT3_ {
     GUID calloutKey;
     UINT32 flags;
-    FWPS_CALLOUT_CLASSIFY_FN3 *classifyFn;
-    FWPS_CALLOUT_NOTIFY_FN3 *notifyFn;
-    FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 *flowDeleteFn;
+    FWPS_CALLOUT_CLASSIFY_FN3 classifyFn;
+    FWPS_CALLOUT_NOTIFY_FN3 notifyFn;
+    FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 flowDeleteFn;
 } FWPS_CALLOUT3;
 
 NTSTATUS FwpsCalloutRegister3(void *deviceObject, const FWPS_CALLOUT3 *callout, UINT32 *calloutId);
@@ -607,7 +606,7 @@ typedef enum FWPS_PACKET_INJECTION_STATE_ {
     FWPS_PACKET_NOT_INJECTED, FWPS_PACKET_INJECTED_BY_SELF, FWPS_PACKET_INJECTED_BY_OTHER,
     FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF, FWPS_PACKET_INJECTION_STATE_MAX
 } FWPS_PACKET_INJECTION_STATE;
-typedef void FWPS_INJECT_COMPLETE0(void *context, NET_BUFFER_LIST *netBufferList, BOOLEAN dispatchLevel);
+typedef void (NTAPI *FWPS_INJECT_COMPLETE0)(void *context, NET_BUFFER_LIST *netBufferList, BOOLEAN dispatchLevel);
 NTSTATUS FwpsInjectionHandleCreate0(ADDRESS_FAMILY addressFamily, UINT32 flags, HANDLE *injectionHandle);
 NTSTATUS FwpsInjectionHandleDestroy0(HANDLE injectionHandle);
 FWPS_PACKET_INJECTION_STATE FwpsQueryPacketInjectionState0(HANDLE injectionHandle,
@@ -623,7 +622,7 @@ NTSTATUS FwpsInjectTransportReceiveAsync0(HANDLE injectionHandle, HANDLE injecti
                                           UINT32 flags, ADDRESS_FAMILY addressFamily,
                                           COMPARTMENT_ID compartmentId, IF_INDEX interfaceIndex,
                                           IF_INDEX subInterfaceIndex, NET_BUFFER_LIST *netBufferList,
-                                          FWPS_INJECT_COMPLETE0 *completionFn, HANDLE completionContext);
+                                          FWPS_INJECT_COMPLETE0 completionFn, HANDLE completionContext);
 
 /* ==== WFP management API (fwpmk.h) ==== */
 typedef struct FWPM_DISPLAY_DATA0_ { wchar_t *name; wchar_t *description; } FWPM_DISPLAY_DATA0;
