@@ -23,17 +23,29 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/proto"
 )
 
 var (
-	simOnce sync.Once
-	simPath string
-	simErr  error
-	simSkip string
+	simOnce  sync.Once
+	simPath  string
+	simErr   error
+	simSkip  string
+	simBuild string // private build directory, removed by TestMain
 )
 
-// buildSim builds latch-sim with `make -C driver sim` once per test binary.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if simBuild != "" {
+		os.RemoveAll(simBuild)
+	}
+	os.Exit(code)
+}
+
+// buildSim builds latch-sim once per test binary with `make -C driver sim`, into a
+// directory of its own so that a concurrent build of driver/build cannot swap the
+// binary under a running test.
 func buildSim(t testing.TB) string {
 	t.Helper()
 	simOnce.Do(func() {
@@ -48,13 +60,17 @@ func buildSim(t testing.TB) string {
 			simErr = err
 			return
 		}
+		if simBuild, err = os.MkdirTemp("", "latch-sim-build-"); err != nil {
+			simErr = err
+			return
+		}
 		driver := filepath.Join(root, "driver")
-		out, err := exec.Command("make", "-C", driver, "sim").CombinedOutput()
+		out, err := exec.Command("make", "-s", "-C", driver, "BUILD="+simBuild, "sim").CombinedOutput()
 		if err != nil {
 			simErr = fmt.Errorf("make -C %s sim: %v\n%s", driver, err, out)
 			return
 		}
-		simPath = filepath.Join(driver, "build", "latch-sim")
+		simPath = filepath.Join(simBuild, "latch-sim")
 	})
 	if simSkip != "" {
 		t.Skip(simSkip)
@@ -294,7 +310,7 @@ func (c *capturingDialer) port() Port {
 	return c.last
 }
 
-func runBackend(t testing.TB, cfg Config, d *simDecider) (*Backend, context.CancelFunc, <-chan error) {
+func runBackend(t testing.TB, cfg Config, d intercept.Decider) (*Backend, context.CancelFunc, <-chan error) {
 	t.Helper()
 	if cfg.Logf == nil {
 		cfg.Logf = t.Logf
@@ -653,4 +669,101 @@ func BenchmarkSimCacheHit(b *testing.B) {
 			b.Fatalf("%s: %s", tag, got)
 		}
 	}
+}
+
+// TestSimWithEngine runs latch's real engine on the Windows backend and the real
+// driver: rules written with DOS paths and Windows service names decide held
+// connections, questions appear as prompts and are answered, unanswered ones get the
+// engine's default before the driver's own deadline, and a rule change re-decides.
+func TestSimWithEngine(t *testing.T) {
+	s := startSim(t)
+	eng, err := engine.New(engine.Config{Default: engine.Deny, PromptTimeout: 400 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	const curl = `C:\Windows\System32\curl.exe`
+	allowHTTPS, err := eng.AddRule(engine.Rule{App: curl, Protocol: engine.TCP, Port: engine.PortRange{Lo: 443, Hi: 443}, Action: engine.Allow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []engine.Rule{
+		{App: curl, Port: engine.PortRange{Lo: 25, Hi: 25}, Action: engine.Deny},
+		{Service: "dnscache", Protocol: engine.UDP, Port: engine.PortRange{Lo: 53, Hi: 53}, Action: engine.Allow},
+	} {
+		if _, err := eng.AddRule(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _, _ := runBackend(t, Config{
+		Dial: EmulatedDialer(s.port), Default: engine.Deny, PromptTimeout: 400 * time.Millisecond,
+		Devices:  &fakeDevices{table: map[string]string{"C:": `\Device\HarddiskVolume3`}},
+		Services: &fakeServices{byPID: map[uint32][]string{880: {"Dnscache", "NlaSvc"}}},
+	}, eng)
+
+	const svchost = `\Device\HarddiskVolume3\Windows\System32\svchost.exe`
+	s.connect("https", "v4 out tcp 198.18.0.1 50001 198.19.0.2 443 pid=1234 path="+curlPath)
+	s.connect("smtp", "v4 out tcp 198.18.0.1 50002 198.19.0.2 25 pid=1234 path="+curlPath)
+	s.connect("dns", "v4 out udp 198.18.0.1 50003 198.19.0.53 53 pid=880 path="+svchost)
+	s.connect("otherdns", "v4 out udp 198.18.0.1 50004 198.19.0.53 53 pid=990 path="+svchost)
+	for tag, want := range map[string]string{"https": "permit", "smtp": "block", "dns": "permit"} {
+		if got := s.wait(tag, 5000); got != want {
+			t.Errorf("%s: %s, want %s", tag, got, want)
+		}
+	}
+	// An svchost that hosts no Dnscache is not covered by the service rule: it is a
+	// question, and nobody answers it.
+	if got := s.wait("otherdns", 5000); got != "block" {
+		t.Errorf("otherdns: %s, want block (default after the prompt timeout)", got)
+	}
+
+	// A question, seen as a prompt with the program's DOS path, answered once.
+	s.connect("ask", "v4 out tcp 198.18.0.1 50005 198.19.0.2 8080 pid=1234 path="+curlPath)
+	var prompt engine.Prompt
+	eventually(t, "the prompt", func() bool {
+		for _, p := range eng.Prompts() {
+			if p.Request.Remote.Port() == 8080 {
+				prompt = p
+				return true
+			}
+		}
+		return false
+	})
+	if prompt.Request.Exe != curl || prompt.Request.PID != 1234 {
+		t.Errorf("prompt request %+v", prompt.Request)
+	}
+	if _, err := eng.Answer(prompt.ID, engine.Answer{Action: engine.Allow}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.wait("ask", 5000); got != "permit" {
+		t.Errorf("answered question: %s, want permit", got)
+	}
+
+	// Nobody answers: the engine's timeout verdict reaches the driver before the
+	// driver's own deadline (prompt timeout + grace) would have applied the default.
+	start := time.Now()
+	s.connect("unanswered", "v4 out tcp 198.18.0.1 50006 198.19.0.2 8081 pid=1234 path="+curlPath)
+	if got := s.wait("unanswered", 5000); got != "block" {
+		t.Errorf("unanswered: %s, want block", got)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 1300*time.Millisecond {
+		t.Errorf("unanswered question decided after %v, want about the 400 ms prompt timeout", d)
+	}
+	if n := s.stats()["timed_out"]; n != 0 {
+		t.Errorf("the driver timed out %d connections itself; the engine should have answered first", n)
+	}
+
+	// The allow rule goes; Redecide flushes the driver's cache, so the same connection
+	// is asked again instead of being permitted from the cache.
+	if _, err := eng.RemoveRule(allowHTTPS.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Redecide(nil); err != nil {
+		t.Fatal(err)
+	}
+	s.connect("https2", "v4 out tcp 198.18.0.1 50007 198.19.0.2 443 pid=1234 path="+curlPath)
+	if got := s.wait("https2", 5000); got != "block" {
+		t.Errorf("https after the allow rule was removed: %s, want block (asked, unanswered)", got)
+	}
+	s.unload()
 }
