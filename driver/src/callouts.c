@@ -182,7 +182,7 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
     pid = FWPS_IS_METADATA_FIELD_PRESENT(inMetaValues, FWPS_METADATA_FIELD_PROCESS_ID) ? inMetaValues->processId : 0;
     if (FWPS_IS_METADATA_FIELD_PRESENT(inMetaValues, FWPS_METADATA_FIELD_PROCESS_PATH) &&
         inMetaValues->processPath != NULL && inMetaValues->processPath->data != NULL) {
-        UINT32 units = inMetaValues->processPath->size / sizeof(WCHAR);
+        UINT32 units = inMetaValues->processPath->size / (UINT32)sizeof(WCHAR);
         path = (const WCHAR *)inMetaValues->processPath->data;
         while (units > 0 && path[units - 1] == 0) {
             units--;

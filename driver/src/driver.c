@@ -62,7 +62,7 @@ static BOOLEAN LatchReadDword(HANDLE Key, PCWSTR Name, ULONG *Value)
     name.Buffer = (PWSTR)Name;
     name.Length = 0;
     while (Name[name.Length / sizeof(WCHAR)] != 0) {
-        name.Length += sizeof(WCHAR);
+        name.Length += (USHORT)sizeof(WCHAR);
     }
     name.MaximumLength = name.Length;
     status = ZwQueryValueKey(Key, &name, KeyValuePartialInformation, &buffer, sizeof(buffer), &resultLength);

@@ -35,7 +35,7 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Prot
     }
     if (FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_PROCESS_PATH) && Meta->processPath != NULL &&
         Meta->processPath->data != NULL) {
-        UINT32 units = Meta->processPath->size / sizeof(WCHAR);
+        UINT32 units = Meta->processPath->size / (UINT32)sizeof(WCHAR);
         pathBytes = Meta->processPath->data;
         while (units > 0 && pathBytes[2 * (units - 1)] == 0 && pathBytes[2 * (units - 1) + 1] == 0) {
             units--;

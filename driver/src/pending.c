@@ -166,7 +166,7 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
     }
     if (FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_PROCESS_PATH) && Meta->processPath != NULL &&
         Meta->processPath->data != NULL) {
-        UINT32 units = Meta->processPath->size / sizeof(WCHAR);
+        UINT32 units = Meta->processPath->size / (UINT32)sizeof(WCHAR);
         pathBytes = Meta->processPath->data;
         /* The blob usually carries the terminating NUL; the wire form does not. */
         while (units > 0 && pathBytes[2 * (units - 1)] == 0 && pathBytes[2 * (units - 1) + 1] == 0) {
