@@ -14,6 +14,7 @@ import (
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 	"github.com/latchfw/latch/internal/intercept/linux/packet"
+	"github.com/latchfw/latch/internal/procattr"
 )
 
 // ErrAnotherDaemon is wrapped by Run's error when another latch daemon already holds
@@ -299,8 +300,17 @@ func (b *Backend) malformedPacket(h *hold, err error) {
 	b.finish(h, nfq.Drop, 0, false)
 }
 
+// attribute fills in the process that owns req's local socket: for an outbound
+// connection the socket that sent the packet, for an inbound one the socket that will
+// accept it (the packet carries no uid then: no local socket sent it).
 func (b *Backend) attribute(req *engine.Request) {
-	p, err := b.cfg.Resolver.Resolve(req.Protocol, req.Local, req.Remote, req.UID)
+	var p procattr.Process
+	var err error
+	if req.Direction == engine.Inbound {
+		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, 0)
+	} else {
+		p, err = b.cfg.Resolver.ResolveDev(req.Protocol, req.Local, req.Remote, req.UID, 0)
+	}
 	if err != nil || p.PID == 0 {
 		b.attributionFailed.Add(1)
 	}

@@ -607,3 +607,49 @@ func TestOwnTrafficExempt(t *testing.T) {
 		t.Errorf("server accepted %d connections, want 1", n)
 	}
 }
+
+// TestInboundAttribution: a held inbound connection names the process that listens
+// for it (this test binary, listening from a thread in namespace A), not "unknown".
+func TestInboundAttribution(t *testing.T) {
+	tp := newTopo(t)
+	var ln net.Listener
+	if err := inNS(tp.a, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addrA+":9211")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
+	defer d.stop()
+	if err := inNS(tp.b, func() error {
+		c, err := net.DialTimeout("tcp4", addrA+":9211", 3*time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}); err != nil {
+		t.Fatalf("inbound connection: %v", err)
+	}
+	l, ok := d.waitLine("held in tcp "+addrA+":9211 "+addrB, 3*time.Second)
+	if !ok {
+		t.Fatal("inbound connection not held")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("pid=%d exe=%s", os.Getpid(), exe); !strings.HasSuffix(l, want) {
+		t.Errorf("held line %q does not name the listening process (%s)", l, want)
+	}
+}

@@ -85,10 +85,18 @@ const (
 	FirewallIptablesLegacy = "iptables-legacy"
 )
 
-// Resolver finds the local process that owns a connection; internal/procattr
+// Resolver finds the local process that owns a connection; *procattr.Resolver
 // implements it. A failure returns PID 0 / Exe "" and an error, never a wrong process.
 type Resolver interface {
-	Resolve(proto engine.Protocol, local, remote netip.AddrPort, uid int32) (procattr.Process, error)
+	// ResolveDev finds the owner of the local socket of an outbound connection from
+	// local to remote. uid is the packet's socket owner (NFQUEUE's UID attribute) or
+	// -1; ifindex is the interface the packet leaves by (0 if unknown), needed to find
+	// a socket bound to a device (SO_BINDTODEVICE).
+	ResolveDev(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int) (procattr.Process, error)
+	// ResolveInbound finds the process that will accept an inbound connection from
+	// remote to local arriving by interface ifindex (0 if unknown): the owner of the
+	// socket listening on (TCP) or bound to (UDP) local.
+	ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (procattr.Process, error)
 }
 
 // Config configures the backend. The zero value is not ready: use New, which fills in

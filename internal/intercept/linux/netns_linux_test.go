@@ -494,6 +494,10 @@ func osArgs0() string { return os.Args[0] }
 // without the cost of attribution itself.
 type instantResolver struct{}
 
-func (instantResolver) Resolve(engine.Protocol, netip.AddrPort, netip.AddrPort, int32) (procattr.Process, error) {
+func (instantResolver) ResolveDev(engine.Protocol, netip.AddrPort, netip.AddrPort, int32, int) (procattr.Process, error) {
+	return procattr.Process{PID: 1, Exe: "/instant", UID: 0}, nil
+}
+
+func (instantResolver) ResolveInbound(engine.Protocol, netip.AddrPort, netip.AddrPort, int) (procattr.Process, error) {
 	return procattr.Process{PID: 1, Exe: "/instant", UID: 0}, nil
 }
