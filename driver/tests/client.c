@@ -69,8 +69,7 @@ static void *reader_main(void *arg)
             if (!NT_SUCCESS(LatchDecodeConnectRequest(aligned, len - 17, &r.msg, &path, NULL))) {
                 c->badRequests++;
             } else if (c->count < QUEUE_MAX) {
-                for (int i = 0; i < r.msg.PathLen; i++) {
-                    r.path[i] = path[i];
+                for (int i = 0; i < r.msg.PathLen && i + 1 < (int)sizeof(r.pathAscii); i++) {
                     r.pathAscii[i] = path[i] < 128 ? (char)path[i] : '?';
                 }
                 c->queue[(c->head + c->count) % QUEUE_MAX] = r;

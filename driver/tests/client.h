@@ -7,8 +7,7 @@
 typedef struct client client;
 typedef struct request {
     LATCH_MSG_CONNECT_REQUEST msg;
-    WCHAR path[LATCH_MAX_PATH_UNITS + 1];
-    char pathAscii[LATCH_MAX_PATH_UNITS + 1];
+    char pathAscii[512]; /* the path, ASCII-folded, truncated */
     UINT64 messageId;
 } request;
 

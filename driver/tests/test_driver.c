@@ -1009,6 +1009,65 @@ static void test_port_message_fuzz(void)
     unload_clean();
 }
 
+typedef struct traffic_ctx {
+    volatile int stop;
+    int made;
+    int pendingAtEnd;
+    UINT16 base;
+} traffic_ctx;
+
+static void *traffic_thread(void *arg)
+{
+    traffic_ctx *t = arg;
+    emu_conn *recent[64];
+    int n = 0;
+    while (!t->stop && t->made < 5000) {
+        emu_conn_params p = params(t->made % 4 == 0, t->made % 7 == 0, t->made % 3 == 0 ? 17 : 6, t->made % 4 == 0 ? "2001:2::1" : "198.18.0.1",
+                                   (UINT16)(t->base + t->made % 1000), t->made % 4 == 0 ? "2001:2::5" : "198.19.0.5", 443,
+                                   (UINT64)(10 + t->made % 50), curl);
+        emu_conn *c = emu_connect(&p);
+        t->made++;
+        recent[n++ % 64] = c;
+        if (n % 3 == 0) {
+            emu_conn_close(recent[(n + 17) % 64 < n ? (n + 17) % 64 : 0]);
+        }
+    }
+    for (int i = 0; i < 64 && i < n; i++) {
+        t->pendingAtEnd += emu_conn_wait(recent[i], 3000) == EMU_CONN_PENDING;
+    }
+    return NULL;
+}
+
+/* Unload while connections are being classified, answered and torn down on other
+   threads: the order of DriverUnload must hold under traffic. */
+static void test_unload_under_traffic(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    answer_ctx ans = {c, 1 << 30, 0, 0};
+    traffic_ctx t1 = {0, 0, 0, 20000}, t2 = {0, 0, 0, 30000};
+    pthread_t at, tt1, tt2;
+    pthread_create(&at, NULL, answer_thread, &ans);
+    pthread_create(&tt1, NULL, traffic_thread, &t1);
+    pthread_create(&tt2, NULL, traffic_thread, &t2);
+    sleep_ms(150);
+    int before = emu_violation_count();
+    emu_unload(); /* the service is still connected and answering */
+    CHECK(emu_violation_count() == before, "unload under traffic: %s", emu_violation_text(before));
+    t1.stop = t2.stop = 1;
+    pthread_join(tt1, NULL);
+    pthread_join(tt2, NULL);
+    pthread_join(at, NULL); /* the unload disconnected the service: the answerer stops */
+    client_close(c);
+    printf("     %d connections made around an unload, %d answered by the service\n", t1.made + t2.made,
+           ans.answered);
+    CHECK(t1.pendingAtEnd + t2.pendingAtEnd == 0, "%d connections left held after unload",
+          t1.pendingAtEnd + t2.pendingAtEnd);
+    CHECK(emu_pends_outstanding() == 0 && emu_flow_contexts() == 0, "pends %d, contexts %d",
+          emu_pends_outstanding(), emu_flow_contexts());
+}
+
 static HANDLE savedCompletion;
 
 /* Pends correctly and hands the completion context to the test, which then completes
@@ -1203,6 +1262,7 @@ const test_case driver_tests[] = {
     {"driver_caps", "driver", test_caps_per_process_and_total, 1},
     {"driver_stalled_service", "driver", test_stalled_service, 1},
     {"driver_port_message_fuzz", "driver", test_port_message_fuzz, 1},
+    {"driver_unload_under_traffic", "driver", test_unload_under_traffic, 1},
     {"driver_fault_injection_every_site", "faults", test_fault_injection_every_site, 1},
     {"verifier_catches_seed000", "verifier", test_verifier_catches_seed000, 1},
     {"verifier_catches_lock_irql_pool_bugs", "verifier", test_verifier_catches_lock_irql_and_pool_bugs, 1},
