@@ -285,7 +285,13 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	b.holds[h.id] = h
 	b.holdsMu.Unlock()
 	if b.cfg.Resolver != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
-		b.attribute(req)
+		// The interface lets procattr find sockets bound to a device (SO_BINDTODEVICE),
+		// which a lookup without it never matches.
+		ifindex := p.OutDev
+		if req.Direction == engine.Inbound {
+			ifindex = p.InDev
+		}
+		b.attribute(req, int(ifindex))
 	}
 	b.decide(d, h)
 }
@@ -303,13 +309,14 @@ func (b *Backend) malformedPacket(h *hold, err error) {
 // attribute fills in the process that owns req's local socket: for an outbound
 // connection the socket that sent the packet, for an inbound one the socket that will
 // accept it (the packet carries no uid then: no local socket sent it).
-func (b *Backend) attribute(req *engine.Request) {
+// ifindex is the interface the packet leaves (outbound) or arrived (inbound) by.
+func (b *Backend) attribute(req *engine.Request, ifindex int) {
 	var p procattr.Process
 	var err error
 	if req.Direction == engine.Inbound {
-		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, 0)
+		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, ifindex)
 	} else {
-		p, err = b.cfg.Resolver.ResolveDev(req.Protocol, req.Local, req.Remote, req.UID, 0)
+		p, err = b.cfg.Resolver.ResolveDev(req.Protocol, req.Local, req.Remote, req.UID, ifindex)
 	}
 	if err != nil || p.PID == 0 {
 		b.attributionFailed.Add(1)

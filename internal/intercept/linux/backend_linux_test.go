@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -652,4 +653,101 @@ func TestInboundAttribution(t *testing.T) {
 	if want := fmt.Sprintf("pid=%d exe=%s", os.Getpid(), exe); !strings.HasSuffix(l, want) {
 		t.Errorf("held line %q does not name the listening process (%s)", l, want)
 	}
+}
+
+// TestDeviceBoundAttribution: sockets bound to the veth device with SO_BINDTODEVICE
+// (as VPN clients and `ping -I` bind theirs) are attributed too: sock_diag finds them
+// only when asked with the interface the packet leaves or arrives by.
+func TestDeviceBoundAttribution(t *testing.T) {
+	tp := newTopo(t)
+	listenTCP(t, tp, 9001)
+	bindToVeth := func(network, address string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, tp.vethA)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	var ln net.Listener
+	if err := inNS(tp.a, func() error {
+		var err error
+		ln, err = (&net.ListenConfig{Control: bindToVeth}).Listen(context.Background(), "tcp4", addrA+":9212")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
+	defer d.stop()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("pid=%d exe=%s", os.Getpid(), exe)
+	check := func(t *testing.T, prefix string) {
+		t.Helper()
+		l, ok := d.waitLine(prefix, 3*time.Second)
+		if !ok {
+			t.Fatalf("no held line %q; daemon stderr:\n%s", prefix, d.errors())
+		}
+		if !strings.HasSuffix(l, want) {
+			t.Errorf("held line %q does not name this process (%s); daemon stderr:\n%s", l, want, d.errors())
+		}
+	}
+
+	t.Run("tcp out", func(t *testing.T) {
+		err := inNS(tp.a, func() error {
+			dl := net.Dialer{Timeout: 3 * time.Second, Control: bindToVeth}
+			c, err := dl.Dial("tcp4", addrB+":9001")
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+		if err != nil {
+			t.Fatalf("dial from a device-bound socket: %v", err)
+		}
+		check(t, "held out tcp "+addrA)
+	})
+	t.Run("udp out", func(t *testing.T) {
+		var c net.Conn
+		err := inNS(tp.a, func() error {
+			dl := net.Dialer{Control: bindToVeth}
+			var err error
+			c, err = dl.Dial("udp4", addrB+":9102")
+			return err
+		})
+		if err != nil {
+			t.Fatalf("device-bound UDP socket: %v", err)
+		}
+		// Open until the daemon has looked at it: the send does not wait for the verdict.
+		defer c.Close()
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatalf("send from a device-bound socket: %v", err)
+		}
+		check(t, "held out udp "+addrA)
+	})
+	t.Run("tcp in", func(t *testing.T) {
+		if err := inNS(tp.b, func() error {
+			c, err := net.DialTimeout("tcp4", addrA+":9212", 3*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		}); err != nil {
+			t.Fatalf("inbound connection to a device-bound listener: %v", err)
+		}
+		check(t, "held in tcp "+addrA+":9212 ")
+	})
 }

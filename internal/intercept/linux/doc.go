@@ -49,6 +49,14 @@
 // first after the deletion, conntrack sees the flow as inbound and the flow is not
 // held until its next connection.
 //
+// # Attribution
+//
+// With a Resolver, TCP and UDP requests name the local process: for an outbound
+// packet the owner of the socket that sent it (checked against the packet's uid), for
+// an inbound one the owner of the socket listening on, or bound to, the local
+// address. The interface the packet leaves or arrives by goes along, so sockets bound
+// to a device (SO_BINDTODEVICE: VPN clients, ping -I) are found too.
+//
 // # Readers
 //
 // The read loop never waits for a decision: it parses the packet, builds the

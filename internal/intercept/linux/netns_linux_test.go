@@ -50,7 +50,11 @@ func TestMain(m *testing.M) {
 var nsCounter atomic.Int32
 
 // topo is a pair of network namespaces joined by a veth pair.
-type topo struct{ a, b string }
+type topo struct {
+	a, b  string
+	vethA string // the veth end in a
+	vethB string // the veth end in b
+}
 
 func newTopo(t testing.TB) *topo {
 	t.Helper()
@@ -68,6 +72,7 @@ func newTopo(t testing.TB) *topo {
 		b: fmt.Sprintf("latch-lt%d-%d-b", os.Getpid(), n),
 	}
 	va, vb := fmt.Sprintf("lta%d%d", os.Getpid()%100000, n), fmt.Sprintf("ltb%d%d", os.Getpid()%100000, n)
+	tp.vethA, tp.vethB = va, vb
 	t.Cleanup(func() {
 		exec.Command("ip", "netns", "del", tp.a).Run()
 		exec.Command("ip", "netns", "del", tp.b).Run()
