@@ -85,7 +85,9 @@ int emu_conn_state(emu_conn *c);
 int emu_conn_wait(emu_conn *c, int ms);               /* final state, or PENDING after ms */
 int emu_conn_has_flow_context(emu_conn *c);
 int emu_conn_reauthorizations(emu_conn *c);
-UINT64 emu_conn_flow_id(emu_conn *c);           /* the flowHandle WFP gives the driver */
+UINT64 emu_conn_flow_id(emu_conn *c);
+/* The context the driver associated with the connection's flow at layerId (0: none). */
+UINT64 emu_conn_flow_context(emu_conn *c, UINT16 layerId);           /* the flowHandle WFP gives the driver */
 void emu_conn_data(emu_conn *c, ULONG bytes, int inbound); /* stream/datagram classify with the flow context */
 void emu_conn_close(emu_conn *c);                     /* the flow ends: flowDeleteFn for its contexts */
 int emu_pends_outstanding(void);                      /* pended operations not yet completed */

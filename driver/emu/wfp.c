@@ -1527,6 +1527,19 @@ int emu_conn_has_flow_context(emu_conn *c)
 int emu_conn_reauthorizations(emu_conn *c) { return c->reauths; }
 UINT64 emu_conn_flow_id(emu_conn *c) { return c->id; }
 
+UINT64 emu_conn_flow_context(emu_conn *c, UINT16 layerId)
+{
+    UINT64 ctx = 0;
+    pthread_mutex_lock(&wlock);
+    for (assoc *a = assocs; a; a = a->next) {
+        if (a->flowId == c->id && a->layerId == layerId) {
+            ctx = a->context;
+        }
+    }
+    pthread_mutex_unlock(&wlock);
+    return ctx;
+}
+
 void emu_conn_data(emu_conn *c, ULONG bytes, int inbound)
 {
     pthread_mutex_lock(&wlock);

@@ -97,12 +97,12 @@ static BOOLEAN ReadAddr(const FWPS_INCOMING_VALUES0 *In, UINT32 Index, BOOLEAN V
 }
 
 typedef struct _LATCH_FIELD_MAP {
-    UINT32 LocalAddr, RemoteAddr, LocalPort, RemotePort, Protocol, Flags, IfIndex, SubIfIndex;
+    UINT32 LocalAddr, RemoteAddr, LocalPort, RemotePort, Protocol, Flags, IfIndex, SubIfIndex, Direction;
 } LATCH_FIELD_MAP;
 
 #define LATCH_MAP(L) { FWPS_FIELD_##L##_IP_LOCAL_ADDRESS, FWPS_FIELD_##L##_IP_REMOTE_ADDRESS, \
     FWPS_FIELD_##L##_IP_LOCAL_PORT, FWPS_FIELD_##L##_IP_REMOTE_PORT, FWPS_FIELD_##L##_IP_PROTOCOL, \
-    FWPS_FIELD_##L##_FLAGS, FWPS_FIELD_##L##_INTERFACE_INDEX, FWPS_FIELD_##L##_SUB_INTERFACE_INDEX }
+    FWPS_FIELD_##L##_FLAGS, FWPS_FIELD_##L##_INTERFACE_INDEX, FWPS_FIELD_##L##_SUB_INTERFACE_INDEX, 0 }
 
 static const LATCH_FIELD_MAP MapConnectV4 = LATCH_MAP(ALE_AUTH_CONNECT_V4);
 static const LATCH_FIELD_MAP MapConnectV6 = LATCH_MAP(ALE_AUTH_CONNECT_V6);
@@ -207,18 +207,34 @@ static void ContinueIfAllowed(FWPS_CLASSIFY_OUT0 *ClassifyOut)
     }
 }
 
+#define LATCH_FLOW_MAP(L) { FWPS_FIELD_##L##_IP_LOCAL_ADDRESS, FWPS_FIELD_##L##_IP_REMOTE_ADDRESS, \
+    FWPS_FIELD_##L##_IP_LOCAL_PORT, FWPS_FIELD_##L##_IP_REMOTE_PORT, FWPS_FIELD_##L##_IP_PROTOCOL, \
+    0, 0, 0, FWPS_FIELD_##L##_DIRECTION }
+static const LATCH_FIELD_MAP MapEstablishedV4 = LATCH_FLOW_MAP(ALE_FLOW_ESTABLISHED_V4);
+static const LATCH_FIELD_MAP MapEstablishedV6 = LATCH_FLOW_MAP(ALE_FLOW_ESTABLISHED_V6);
+
 static void NTAPI LatchClassifyFlowEstablished(LATCH_CLASSIFY_ARGS)
 {
     BOOLEAN v4 = inFixedValues->layerId == FWPS_LAYER_ALE_FLOW_ESTABLISHED_V4;
-    UINT32 protocolIndex = v4 ? (UINT32)FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_PROTOCOL
-                              : (UINT32)FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_PROTOCOL;
+    const LATCH_FIELD_MAP *m = v4 ? &MapEstablishedV4 : &MapEstablishedV6;
+    LATCH_TUPLE tuple;
 
     UNREFERENCED_PARAMETER(layerData);
     UNREFERENCED_PARAMETER(classifyContext);
     UNREFERENCED_PARAMETER(filter);
     UNREFERENCED_PARAMETER(flowContext);
-    if (ValueIs(inFixedValues, protocolIndex, FWP_UINT8)) {
-        LatchFlowEstablished(inMetaValues, inFixedValues->incomingValue[protocolIndex].value.uint8, v4 ? 4 : 6);
+    RtlZeroMemory(&tuple, sizeof(tuple));
+    tuple.IpVersion = v4 ? 4 : 6;
+    if (ReadAddr(inFixedValues, m->LocalAddr, !v4, tuple.LocalAddr) &&
+        ReadAddr(inFixedValues, m->RemoteAddr, !v4, tuple.RemoteAddr) && ValueIs(inFixedValues, m->LocalPort, FWP_UINT16) &&
+        ValueIs(inFixedValues, m->RemotePort, FWP_UINT16) && ValueIs(inFixedValues, m->Protocol, FWP_UINT8) &&
+        ValueIs(inFixedValues, m->Direction, FWP_UINT32)) {
+        tuple.LocalPort = inFixedValues->incomingValue[m->LocalPort].value.uint16;
+        tuple.RemotePort = inFixedValues->incomingValue[m->RemotePort].value.uint16;
+        tuple.Protocol = inFixedValues->incomingValue[m->Protocol].value.uint8;
+        tuple.Direction = inFixedValues->incomingValue[m->Direction].value.uint32 == FWP_DIRECTION_INBOUND
+                              ? LATCH_DIRECTION_INBOUND : LATCH_DIRECTION_OUTBOUND;
+        LatchFlowEstablished(inMetaValues, &tuple);
     }
     ContinueIfAllowed(classifyOut);
 }

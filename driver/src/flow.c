@@ -12,8 +12,37 @@ static void FreeFlow(PLATCH_FLOW Flow)
     ExFreePoolWithTag(Flow, LATCH_TAG_FLOW);
 }
 
-void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Protocol, UINT8 IpVersion)
+static BOOLEAN SameConnection(const LATCH_TUPLE *a, const LATCH_TUPLE *b)
 {
+    return a->IpVersion == b->IpVersion && a->Protocol == b->Protocol && a->LocalPort == b->LocalPort &&
+           a->RemotePort == b->RemotePort && RtlEqualMemory(a->LocalAddr, b->LocalAddr, 16) &&
+           RtlEqualMemory(a->RemoteAddr, b->RemoteAddr, 16);
+}
+
+void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId)
+{
+    LATCH_RECENT *slot = &g.Recent[g.RecentNext++ % LATCH_RECENT_SLOTS]; /* oldest goes */
+    slot->Tuple = *Tuple;
+    slot->RequestId = RequestId;
+}
+
+/* Takes the id of the request that decided this connection, if it is still known. */
+static UINT64 TakeVerdictIdLocked(const LATCH_TUPLE *Tuple)
+{
+    ULONG i;
+    for (i = 0; i < LATCH_RECENT_SLOTS; i++) {
+        if (g.Recent[i].RequestId != 0 && SameConnection(&g.Recent[i].Tuple, Tuple)) {
+            UINT64 id = g.Recent[i].RequestId;
+            g.Recent[i].RequestId = 0;
+            return id;
+        }
+    }
+    return 0;
+}
+
+void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATCH_TUPLE *Tuple)
+{
+    UINT8 Protocol = Tuple->Protocol, IpVersion = Tuple->IpVersion;
     PLATCH_FLOW flow;
     UINT16 pathLen = 0;
     const UINT8 *pathBytes = NULL;
@@ -66,6 +95,7 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Prot
         FreeFlow(flow);
         return;
     }
+    flow->VerdictId = TakeVerdictIdLocked(Tuple);
     InsertTailList(&g.FlowList, &flow->Link);
     g.FlowCount++;
     KeReleaseSpinLock(&g.Lock, irql);

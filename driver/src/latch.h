@@ -32,6 +32,7 @@
 #define LATCH_WORKER_TICK_MS          50     /* deadline granularity */
 #define LATCH_DEFAULT_TIMEOUT_MS      30000
 #define LATCH_REAUTH_GRACE_MS         10000  /* decided entries kept for the reauth pass */
+#define LATCH_RECENT_SLOTS            256    /* verdict ids waiting for ALE_FLOW_ESTABLISHED */
 
 /* WFP callouts we register, in table order (callouts.c). */
 enum {
@@ -93,6 +94,12 @@ typedef struct _LATCH_PENDING {
     WCHAR Path[1];              /* PathLen units */
 } LATCH_PENDING, *PLATCH_PENDING;
 
+/* Which request decided a connection, until its flow is established. */
+typedef struct _LATCH_RECENT {
+    LATCH_TUPLE Tuple;
+    UINT64 RequestId;           /* 0: empty */
+} LATCH_RECENT;
+
 typedef struct _LATCH_CACHE_SLOT {
     UINT64 Key;                 /* 0: empty */
     ULONGLONG Expires;
@@ -106,6 +113,7 @@ typedef struct _LATCH_FLOW {
     UINT32 CalloutId;
     BOOLEAN RemoveRequested;
     UINT64 ProcessId;
+    UINT64 VerdictId;           /* the request whose verdict permitted the flow; 0: cache or default */
     volatile LONG64 BytesIn;
     volatile LONG64 BytesOut;
     UINT16 PathLen;
@@ -129,6 +137,9 @@ typedef struct _LATCH_GLOBALS {
     LIST_ENTRY PendingList;
     LIST_ENTRY SendQueue;
     ULONG PendingCount;         /* entries in PendingList in state Waiting */
+    ULONG DecidedCount;         /* entries in PendingList in state Decided */
+    LATCH_RECENT Recent[LATCH_RECENT_SLOTS];
+    ULONG RecentNext;
     LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
     LIST_ENTRY FlowList;
     ULONG FlowCount;
@@ -197,7 +208,9 @@ void LatchCacheFlush(void);
 void LatchCountAction(ULONG Action);
 
 /* flow.c */
-void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, UINT8 Protocol, UINT8 IpVersion);
+void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATCH_TUPLE *Tuple);
+/* Caller holds g.Lock. */
+void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId);
 void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext);
 void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound);
 void LatchRemoveAllFlows(void);

@@ -66,6 +66,11 @@ static void DecideLocked(PLATCH_PENDING Entry, ULONG Action, PLIST_ENTRY Batch)
     Entry->Deadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(LATCH_REAUTH_GRACE_MS);
     if (IsInbound(Entry)) {
         RemoveEntryList(&Entry->Link);
+        if (Entry->Action == LATCH_ACTION_PERMIT) {
+            LatchRememberVerdictLocked(&Entry->Tuple, Entry->RequestId);
+        }
+    } else {
+        g.DecidedCount++;
     }
     InsertTailList(Batch, &Entry->CompleteLink);
 }
@@ -207,7 +212,9 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
         LatchCount(LATCH_STAT_NO_CLIENT_DEFAULT);
         return STATUS_DEVICE_BUSY;
     }
-    if (g.PendingCount >= LATCH_MAX_PENDING ||
+    /* Decided entries count too: they live until their reauthorization pass, which
+       WFP normally sends at once, or LATCH_REAUTH_GRACE_MS. */
+    if (g.PendingCount >= LATCH_MAX_PENDING || g.PendingCount + g.DecidedCount >= 2 * LATCH_MAX_PENDING ||
         CountWaitingForProcess(entry->ProcessId) >= LATCH_MAX_PENDING_PER_PROCESS) {
         KeReleaseSpinLock(&g.Lock, irql);
         FreeEntry(entry);
@@ -261,6 +268,10 @@ BOOLEAN LatchTakeReauthVerdict(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle, 
         if (e->State == LatchPendingDecided && e->EndpointHandle == EndpointHandle && TupleEqual(&e->Tuple, Tuple)) {
             found = e;
             RemoveEntryList(&e->Link);
+            g.DecidedCount--;
+            if (e->Action == LATCH_ACTION_PERMIT) {
+                LatchRememberVerdictLocked(&e->Tuple, e->RequestId);
+            }
             break;
         }
     }
@@ -357,6 +368,7 @@ void LatchFreeDecidedLeftovers(BOOLEAN All)
         next = link->Flink;
         if (e->State == LatchPendingDecided && (All || e->Deadline <= now)) {
             RemoveEntryList(&e->Link);
+            g.DecidedCount--;
             InsertTailList(&batch, &e->CompleteLink);
         }
     }

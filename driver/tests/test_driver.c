@@ -15,10 +15,7 @@
 #include <unistd.h>
 
 #include "client.h"
-
-/* the driver's caps (src/latch.h) */
-#define LATCH_MAX_PENDING 4096
-#define LATCH_MAX_PENDING_PER_PROCESS 256
+#include "../src/latch.h" /* white-box checks of the driver's own records */
 
 DRIVER_INITIALIZE DriverEntry;
 
@@ -169,6 +166,13 @@ static void test_verdicts_round_trip(void)
     CHECK(emu_conn_has_flow_context(a) == 1, "no flow context on the permitted flow");
     emu_conn_data(a, 1000, 1);
     emu_conn_data(a, 200, 0);
+    PLATCH_FLOW flow = (PLATCH_FLOW)(ULONG_PTR)emu_conn_flow_context(a, FWPS_LAYER_STREAM_V4);
+    REQUIRE(flow != NULL, "no context at the stream layer");
+    CHECK(flow->ProcessId == 4242 && flow->VerdictId == r.msg.RequestId && flow->BytesIn == 1000 &&
+              flow->BytesOut == 200 && flow->PathLen == strlen(curl),
+          "flow context: pid %llu verdict %llu (want %llu) in %lld out %lld", (unsigned long long)flow->ProcessId,
+          (unsigned long long)flow->VerdictId, (unsigned long long)r.msg.RequestId, (long long)flow->BytesIn,
+          (long long)flow->BytesOut);
 
     emu_conn *b = out4(40001, 4242, curl, 444);
     REQUIRE(client_next_request(c, &r, 2000), "second request");
@@ -216,6 +220,11 @@ static void test_inbound_clone_reinject(void)
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
     CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "inbound permit via clone + reinjection");
     CHECK(emu_conn_has_flow_context(a) == 1, "inbound flow context");
+    PLATCH_FLOW flow = (PLATCH_FLOW)(ULONG_PTR)emu_conn_flow_context(a, FWPS_LAYER_STREAM_V4);
+    CHECK(flow != NULL && flow->VerdictId == r.msg.RequestId && flow->ProcessId == 880,
+          "inbound flow context does not carry the verdict id / pid");
+    CHECK(g.DecidedCount == 0 && g.PendingCount == 0, "entries left: %u decided, %u waiting", g.DecidedCount,
+          g.PendingCount);
 
     emu_conn_params p6 = params(1, 1, 17, "2001:2::1", 5353, "2001:2::9", 40000, 0, NULL);
     emu_conn *b = emu_connect(&p6);
@@ -453,6 +462,8 @@ static void test_unload_with_pending_and_flows(void)
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
     CHECK(emu_conn_wait(udp, 2000) == EMU_CONN_PERMIT, "udp flow");
     emu_conn_data(udp, 512, 0);
+    PLATCH_FLOW uflow = (PLATCH_FLOW)(ULONG_PTR)emu_conn_flow_context(udp, FWPS_LAYER_DATAGRAM_DATA_V4);
+    CHECK(uflow != NULL && uflow->BytesOut == 512 && uflow->BytesIn == 0, "datagram bytes not counted");
     for (int i = 0; i < 5; i++) {
         held[i] = out4((UINT16)(41000 + i), 6, edge, 443);
         REQUIRE(client_next_request(c, &r, 2000), "held request");
