@@ -329,7 +329,7 @@ static void test_deadline_applies_default(void)
     int s = emu_conn_wait(a, 3000);
     double waited = now() - t0;
     CHECK(s == EMU_CONN_BLOCK, "unanswered connection: %d, want the default block", s);
-    CHECK(waited >= 0.29 && waited < 1.5, "deadline of 300 ms took %.3fs", waited);
+    CHECK(waited >= 0.29 && waited < 3.0, "deadline of 300 ms took %.3fs", waited);
     CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0) == STATUS_NOT_FOUND,
           "a late verdict must be NOT_FOUND");
     CHECK(stat_of(c, LATCH_STAT_TIMED_OUT) == 1 && stat_of(c, LATCH_STAT_VERDICTS_LATE) == 1, "counters");
