@@ -96,6 +96,9 @@ int emu_callouts_registered(void);
 int emu_filters(void);
 /* Waits until no reauthorization scheduled by a transaction commit is running. */
 void emu_wait_reauth_idle(void);
+/* Reauthorization after completing an ALE_AUTH_CONNECT operation: 0 inline in
+   FwpsCompleteOperation0, 1 deferred to an emulation thread, 2 alternating (default). */
+void emu_set_reauth_mode(int mode);
 
 /* ---- a raw classify, for tests that play a wrong driver (seed 000) ---- */
 /* The callout registered for the ALE connect v4 layer is replaced by fn for the

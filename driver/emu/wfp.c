@@ -1404,18 +1404,89 @@ static void apply_result(emu_conn *c, int result, pend_record *pend)
     set_state(c, EMU_CONN_BLOCK);
 }
 
+/* The reauthorization that follows completing an ALE_AUTH_CONNECT operation. WFP runs
+   it asynchronously; the emulation alternates between running it inline, inside
+   FwpsCompleteOperation0 (strictest: a driver completing under its own lock deadlocks
+   and is reported), and later on a thread of its own (the realistic order: the
+   completing code has moved on). */
+static int reauthMode = 2; /* 0 inline, 1 deferred, 2 alternate */
+static unsigned reauthCounter;
+typedef struct reauth_item {
+    emu_conn *conn;
+    struct reauth_item *next;
+} reauth_item;
+static reauth_item *rqHead, *rqTail;
+static int rqBusy, rqStarted, rqStop;
+static pthread_t rqThread;
+static pthread_cond_t rqCond = PTHREAD_COND_INITIALIZER;
+
+void emu_set_reauth_mode(int mode) { reauthMode = mode; }
+
+static void reauthorize_now(emu_conn *c)
+{
+    pend_record *again = NULL;
+    pthread_mutex_lock(&wlock);
+    c->reauths++;
+    pthread_mutex_unlock(&wlock);
+    int res = conn_classify_auth(c, 1, NULL, &again);
+    apply_result(c, res, again);
+}
+
+static void *reauth_queue_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&wlock);
+    for (;;) {
+        while (rqHead == NULL && !rqStop) {
+            pthread_cond_wait(&rqCond, &wlock);
+        }
+        if (rqHead == NULL) {
+            break;
+        }
+        reauth_item *it = rqHead;
+        rqHead = it->next;
+        if (rqHead == NULL) {
+            rqTail = NULL;
+        }
+        rqBusy = 1;
+        pthread_mutex_unlock(&wlock);
+        reauthorize_now(it->conn);
+        free(it);
+        pthread_mutex_lock(&wlock);
+        rqBusy = 0;
+        pthread_cond_broadcast(&rqCond);
+    }
+    pthread_mutex_unlock(&wlock);
+    return NULL;
+}
+
 static void post_complete(pend_record *r, emu_nbl *nbl)
 {
     emu_conn *c = r->conn;
     const struct layer_info *li = layer_by_id(r->layerId);
     if (li->kind == K_CONNECT) {
         /* ALE_AUTH_CONNECT: completing triggers the reauthorization classify. */
-        pend_record *again = NULL;
         pthread_mutex_lock(&wlock);
-        c->reauths++;
+        int deferred = reauthMode == 1 || (reauthMode == 2 && (reauthCounter++ & 1));
+        if (deferred) {
+            reauth_item *it = calloc(1, sizeof(*it));
+            it->conn = c;
+            if (rqTail != NULL) {
+                rqTail->next = it;
+            } else {
+                rqHead = it;
+            }
+            rqTail = it;
+            if (!rqStarted) {
+                rqStarted = 1;
+                pthread_create(&rqThread, NULL, reauth_queue_main, NULL);
+            }
+            pthread_cond_broadcast(&rqCond);
+        }
         pthread_mutex_unlock(&wlock);
-        int res = conn_classify_auth(c, 1, NULL, &again);
-        apply_result(c, res, again);
+        if (!deferred) {
+            reauthorize_now(c);
+        }
         return;
     }
     /* ALE_AUTH_RECV_ACCEPT: no reauthorization. Without a clone the packet is gone;
@@ -1616,6 +1687,11 @@ static void *reauth_thread(void *arg)
 
 void emu_wait_reauth_idle(void)
 {
+    pthread_mutex_lock(&wlock);
+    while (rqHead != NULL || rqBusy) {
+        pthread_cond_wait(&rqCond, &wlock);
+    }
+    pthread_mutex_unlock(&wlock);
     for (;;) {
         pthread_mutex_lock(&wlock);
         if (reauthThreadCount == 0) {
@@ -1670,6 +1746,17 @@ void emu_wfp_check_clean(void)
 void emu_wfp_reset(void)
 {
     emu_wait_reauth_idle();
+    if (rqStarted) {
+        pthread_mutex_lock(&wlock);
+        rqStop = 1;
+        pthread_cond_broadcast(&rqCond);
+        pthread_mutex_unlock(&wlock);
+        pthread_join(rqThread, NULL);
+        rqStarted = rqStop = 0;
+    }
+    reauthCounter = 0;
+    const char *mode = getenv("LATCH_EMU_REAUTH");
+    reauthMode = (mode != NULL && mode[0] >= '0' && mode[0] <= '2') ? mode[0] - '0' : 2;
     pthread_mutex_lock(&wlock);
     while (pends) {
         pend_record *r = pends;

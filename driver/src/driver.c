@@ -112,11 +112,24 @@ static void LatchCleanup(void)
     ExWaitForRundownProtectionRelease(&g.MessageRundown); /* no service message is being handled */
     LatchCompleteAllWithDefault(LATCH_STAT_NO_CLIENT_DEFAULT);
     LatchStopWorker();
+    /* Completed outbound operations are decided by their reauthorization pass: let
+       those run while our callouts are still there, so the default really applies. */
+    tenMs.QuadPart = -100000LL;
+    for (spins = 0; spins < 200; spins++) {
+        ULONG decided;
+        KIRQL irql;
+        KeAcquireSpinLock(&g.Lock, &irql);
+        decided = g.DecidedCount;
+        KeReleaseSpinLock(&g.Lock, irql);
+        if (decided == 0) {
+            break;
+        }
+        KeDelayExecutionThread(KernelMode, FALSE, &tenMs);
+    }
     LatchClosePort();
     LatchRemoveAllFlows();
 
     /* Re-injected inbound packets still owned by the stack hold clone references. */
-    tenMs.QuadPart = -100000LL;
     for (spins = 0; InterlockedCompareExchange(&g.InjectionsInFlight, 0, 0) != 0 && spins < 500; spins++) {
         KeDelayExecutionThread(KernelMode, FALSE, &tenMs);
     }

@@ -1111,7 +1111,7 @@ static void test_verifier_catches_pend_misuse(void)
     emu_conn *a = out4(40000, 1, curl, 443);
     CHECK(emu_conn_state(a) == EMU_CONN_PENDING, "pended");
     FwpsCompleteOperation0(savedCompletion, NULL);
-    CHECK(emu_conn_state(a) == EMU_CONN_PERMIT, "completion did not reauthorize");
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "completion did not reauthorize");
     CHECK(emu_conn_reauthorizations(a) == 1, "reauthorizations %d", emu_conn_reauthorizations(a));
     emu_set_quiet(1);
     FwpsCompleteOperation0(savedCompletion, NULL);
