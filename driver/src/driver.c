@@ -100,9 +100,10 @@ static void LatchReadConfig(PUNICODE_STRING RegistryPath)
 }
 
 /* Undoes whatever DriverEntry got done, in the unload order of the design:
-   refuse new holds, complete every pending operation with the default, wait for the
-   worker, close the port, remove flow contexts, unregister callouts, close the
-   engine, unregister the filter. */
+   refuse new holds (and service messages), complete every pending operation with the
+   default, wait for the worker and for the reauthorization passes that apply those
+   verdicts, close the port, remove flow contexts, unregister callouts, close the
+   engine, unregister the filter (which disconnects the service), delete the device. */
 static void LatchCleanup(void)
 {
     LARGE_INTEGER tenMs;
