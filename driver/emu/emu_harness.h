@@ -62,6 +62,10 @@ NTSTATUS emu_flt_instance_setup_status(void);         /* what InstanceSetup retu
    FilterSendMessage would (exact-size heap buffers). */
 NTSTATUS emu_port_call(const void *in, ULONG inLength, void *out, ULONG outLength, ULONG *returned);
 int emu_port_clients(void);
+/* Writes a MESSAGE frame with these bytes to the connected client, as if the driver
+   had sent them (tests of the service's decoder against a broken driver). Returns 0,
+   or -1 if no client is connected. */
+int emu_port_inject_message(const void *message, ULONG length);
 
 /* ---- connections through WFP ---- */
 typedef struct emu_conn emu_conn;

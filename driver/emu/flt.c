@@ -688,6 +688,39 @@ NTSTATUS emu_port_call(const void *in, ULONG inLength, void *out, ULONG outLengt
     return st;
 }
 
+int emu_port_inject_message(const void *message, ULONG length)
+{
+    pthread_mutex_lock(&flock_);
+    struct _EMU_FLT_PORT *c = NULL;
+    for (struct _EMU_FLT_PORT *p = ports; p; p = p->next) {
+        if (!p->isServer && !p->disconnected && !p->closedByDriver) {
+            c = p;
+        }
+    }
+    if (c == NULL) {
+        pthread_mutex_unlock(&flock_);
+        return -1;
+    }
+    c->sendsInFlight++;
+    UINT64 id = ++c->nextMessageId;
+    pthread_mutex_unlock(&flock_);
+    UINT32 flen = 1 + 16 + length;
+    unsigned char *frame = malloc(4 + flen);
+    memcpy(frame, &flen, 4);
+    frame[4] = FRAME_MESSAGE;
+    memset(frame + 5, 0, 8);
+    memcpy(frame + 13, &id, 8);
+    memcpy(frame + 21, message, length);
+    pthread_mutex_lock(&c->writeLock);
+    int rc = write_all(c->fd, frame, 4 + flen);
+    pthread_mutex_unlock(&c->writeLock);
+    free(frame);
+    pthread_mutex_lock(&flock_);
+    c->sendsInFlight--;
+    pthread_mutex_unlock(&flock_);
+    return rc;
+}
+
 void emu_flt_check_clean(void)
 {
     pthread_mutex_lock(&flock_);

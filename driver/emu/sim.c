@@ -245,6 +245,26 @@ static int handle(char *line, char *reply, size_t n)
                 snprintf(reply, n, "ok %s", tag);
             }
         }
+    } else if (strcmp(cmd, "inject") == 0) {
+        /* inject HEX: a MESSAGE frame with these bytes, as if the driver sent them */
+        static unsigned char bytes[65536];
+        size_t count = 0, hexLen = args != NULL ? strlen(args) : 0;
+        int bad = hexLen == 0 || hexLen % 2 != 0 || hexLen / 2 > sizeof(bytes);
+        for (size_t i = 0; !bad && i < hexLen; i += 2) {
+            unsigned v;
+            char pair[3] = {args[i], args[i + 1], 0};
+            char *end;
+            v = (unsigned)strtoul(pair, &end, 16);
+            bad = *end != 0;
+            bytes[count++] = (unsigned char)v;
+        }
+        if (bad) {
+            snprintf(reply, n, "error inject: want inject HEXBYTES (even length, at most 65536 bytes)");
+        } else if (emu_port_inject_message(bytes, (ULONG)count) != 0) {
+            snprintf(reply, n, "error inject: no client connected");
+        } else {
+            snprintf(reply, n, "ok");
+        }
     } else if (strcmp(cmd, "stats") == 0) {
         cmd_stats(reply, n);
     } else if (strcmp(cmd, "violations") == 0) {

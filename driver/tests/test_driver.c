@@ -1242,6 +1242,10 @@ static void test_sim_binary(void)
     SIM("connect d v5 out tcp 1 2 3 4 pid=1 path=x", "error");
     SIM("outcome nope", "error");
     SIM("bogus", "error");
+    SIM("inject 4c544348", "ok");
+    SIM("inject 4c5", "error");
+    sleep_ms(100);
+    CHECK(client_bad_requests(c) == 1, "the injected message did not reach the client (%ld)", client_bad_requests(c));
     SIM("stats", "classified=");
     CHECK(strstr(reply, "pended=3") != NULL && strstr(reply, "permitted=1") != NULL, "stats: %s", reply);
     SIM("violations", "none");
