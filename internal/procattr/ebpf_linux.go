@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
@@ -23,9 +24,61 @@ type connRecord struct {
 	UIDGid  uint64   // bpf_get_current_uid_gid: gid << 32 | uid
 	BootNs  uint64   // bpf_ktime_get_boot_ns at connect/sendmsg
 	Comm    [16]byte // bpf_get_current_comm of the calling thread
+	// StartNs and ExecID identify the process and its image exactly: its thread group
+	// leader's start_boottime (the pid and it never repeat together) and self_exec_id
+	// (one more with every execve). 0 when the kernel would not let the hooks read the
+	// task (see taskFields).
+	StartNs uint64
+	ExecID  uint64
 }
 
-const connRecordSize = 40
+const connRecordSize = 56
+
+// taskFields are the offsets in struct task_struct, from the kernel's BTF, that the
+// hooks read to fill StartNs and ExecID.
+type taskFields struct {
+	groupLeader, startBoottime, selfExecID uint32
+	execIDSize                             uint8 // 4 before Linux 5.7, 8 since
+}
+
+// kernelTaskFields finds the task_struct members the hooks read in the running
+// kernel's BTF.
+func kernelTaskFields() (taskFields, error) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return taskFields{}, fmt.Errorf("load kernel BTF: %w", err)
+	}
+	var ts *btf.Struct
+	if err := spec.TypeByName("task_struct", &ts); err != nil {
+		return taskFields{}, fmt.Errorf("kernel BTF: task_struct: %w", err)
+	}
+	var f taskFields
+	found := 0
+	for _, m := range ts.Members {
+		if m.BitfieldSize != 0 {
+			continue
+		}
+		switch m.Name {
+		case "group_leader":
+			f.groupLeader = m.Offset.Bytes()
+			found++
+		case "start_boottime":
+			f.startBoottime = m.Offset.Bytes()
+			found++
+		case "self_exec_id":
+			size, err := btf.Sizeof(m.Type)
+			if err != nil || (size != 4 && size != 8) {
+				return taskFields{}, fmt.Errorf("kernel BTF: task_struct.self_exec_id of size %d (%v)", size, err)
+			}
+			f.selfExecID, f.execIDSize = m.Offset.Bytes(), uint8(size)
+			found++
+		}
+	}
+	if found != 3 {
+		return taskFields{}, fmt.Errorf("kernel BTF: task_struct lacks group_leader, start_boottime or self_exec_id")
+	}
+	return f, nil
+}
 
 func (r *connRecord) tgid() int32 { return int32(r.PidTgid >> 32) }
 
@@ -42,6 +95,8 @@ type cgroupHooks struct {
 	conns *ebpf.Map
 	progs []*ebpf.Program
 	links []link.Link
+	// identifies: the records carry StartNs and ExecID.
+	identifies bool
 }
 
 // hookedAttachTypes are the cgroup hooks that see every outbound TCP connect, every
@@ -57,13 +112,16 @@ var hookedAttachTypes = []ebpf.AttachType{
 }
 
 // hookProgram records cookie → (pid_tgid, uid_gid, boot time, comm) in conns and
-// always allows the operation (returns 1): it observes, never filters.
-func hookProgram(conns *ebpf.Map) asm.Instructions {
+// always allows the operation (returns 1): it observes, never filters. With task
+// fields it also records the thread group leader's start time and exec id, read
+// with bpf_probe_read_kernel (which zero-fills what it cannot read).
+func hookProgram(conns *ebpf.Map, task *taskFields) asm.Instructions {
 	const (
 		keyOff   = -8                  // u64 cookie
 		valueOff = -8 - connRecordSize // struct connRecord
+		leadOff  = valueOff - 8        // u64 scratch: the group leader's address
 	)
-	return asm.Instructions{
+	insns := asm.Instructions{
 		// r6 = ctx (struct bpf_sock_addr *)
 		asm.Mov.Reg(asm.R6, asm.R1),
 		// key = bpf_get_socket_cookie(ctx)
@@ -80,6 +138,29 @@ func hookProgram(conns *ebpf.Map) asm.Instructions {
 		asm.Add.Imm(asm.R1, valueOff+24),
 		asm.Mov.Imm(asm.R2, 16),
 		asm.FnGetCurrentComm.Call(),
+		asm.Mov.Imm(asm.R0, 0),
+		asm.StoreMem(asm.RFP, valueOff+40, asm.R0, asm.DWord),
+		asm.StoreMem(asm.RFP, valueOff+48, asm.R0, asm.DWord),
+	}
+	if task != nil {
+		read := func(dst int16, size int32, base asm.Register, off uint32) asm.Instructions {
+			return asm.Instructions{
+				asm.Mov.Reg(asm.R1, asm.RFP),
+				asm.Add.Imm(asm.R1, int32(dst)),
+				asm.Mov.Imm(asm.R2, size),
+				asm.Mov.Reg(asm.R3, base),
+				asm.Add.Imm(asm.R3, int32(off)),
+				asm.FnProbeReadKernel.Call(),
+			}
+		}
+		// r7 = current; r7 = current->group_leader
+		insns = append(insns, asm.FnGetCurrentTask.Call(), asm.Mov.Reg(asm.R7, asm.R0))
+		insns = append(insns, read(leadOff, 8, asm.R7, task.groupLeader)...)
+		insns = append(insns, asm.LoadMem(asm.R7, asm.RFP, leadOff, asm.DWord))
+		insns = append(insns, read(valueOff+40, 8, asm.R7, task.startBoottime)...)
+		insns = append(insns, read(valueOff+48, int32(task.execIDSize), asm.R7, task.selfExecID)...)
+	}
+	return append(insns,
 		// bpf_map_update_elem(conns, &key, &value, BPF_ANY)
 		asm.LoadMapPtr(asm.R1, conns.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -90,7 +171,7 @@ func hookProgram(conns *ebpf.Map) asm.Instructions {
 		asm.FnMapUpdateElem.Call(),
 		asm.Mov.Imm(asm.R0, 1),
 		asm.Return(),
-	}
+	)
 }
 
 // attachCgroupHooks loads the map and programs and attaches them to cgroupPath ("" :
@@ -130,18 +211,32 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 	if err != nil {
 		return h, fmt.Errorf("create eBPF LRU hash map of %d entries: %w", entries, err)
 	}
-	insns := hookProgram(h.conns)
+	// The programs that identify the process need BTF and, for bpf_get_current_task
+	// and bpf_probe_read_kernel, CAP_PERFMON; without them the records carry no
+	// identity and Resolve checks the process in /proc instead.
+	var task *taskFields
+	if f, err := kernelTaskFields(); err == nil {
+		task = &f
+	}
 	for _, at := range hookedAttachTypes {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name:         "latch_sockaddr",
-			Type:         ebpf.CGroupSockAddr,
-			AttachType:   at,
-			Instructions: insns,
-			License:      "Dual MIT/GPL",
-		})
+		load := func(task *taskFields) (*ebpf.Program, error) {
+			return ebpf.NewProgram(&ebpf.ProgramSpec{
+				Name:         "latch_sockaddr",
+				Type:         ebpf.CGroupSockAddr,
+				AttachType:   at,
+				Instructions: hookProgram(h.conns, task),
+				License:      "Dual MIT/GPL",
+			})
+		}
+		prog, err := load(task)
+		if err != nil && task != nil && len(h.progs) == 0 {
+			task = nil
+			prog, err = load(nil)
+		}
 		if err != nil {
 			return h, fmt.Errorf("load eBPF program for %v: %w", at, err)
 		}
+		h.identifies = task != nil
 		h.progs = append(h.progs, prog)
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: at, Program: prog})
 		if err != nil {

@@ -8,14 +8,19 @@
 //   - ebpf-cgroup: small eBPF programs on the cgroup v2 root's connect4/connect6,
 //     udp4/udp6 sendmsg and bind4/bind6 hooks record, for every socket that connects,
 //     sends or binds, its cookie → the pid, uid and comm of the thread that did it,
-//     in an LRU hash map. Resolve looks the sock_diag cookie up there.
+//     and (where the kernel's BTF and CAP_PERFMON allow reading the task) the start
+//     time and exec id of its process, in an LRU hash map. Resolve looks the
+//     sock_diag cookie up there.
 //   - procfs: the last resort, for sockets the hooks never saw (made before the hooks
 //     were attached, or a kernel without cgroup BPF): scan /proc/*/fd for
 //     "socket:[INODE]", with a cache and a bounded rescan rate.
 //
 // A Resolver never returns a wrong process: a pid is reported only after it has been
 // shown to be the process that connected the socket (it started before the eBPF
-// record was made, and is still alive) or to hold the socket in its fd table, and
+// record was made, and is still alive; or the record carries the exact start time
+// and exec id of a process already shown so, which no other process or image
+// shares: such a lookup costs no system call besides sock_diag and the map lookup)
+// or to hold the socket in its fd table, and
 // the executable and command line are read through the same /proc/PID directory
 // handle, which the kernel ties to the process rather than to the number: a pid that
 // exits and is reused makes the reads fail instead of describing another program.

@@ -3,6 +3,7 @@ package procattr
 import (
 	"bytes"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,6 +17,10 @@ type procEntry struct {
 	exe        string // as readlink gave it, " (deleted)" included
 	cmdline    string
 	comm       string
+	// startNs and execID, once bound (non-zero), are the identity an eBPF record of
+	// this process and image carries (connRecord.StartNs, ExecID). Guarded by the
+	// cache's mu.
+	startNs, execID uint64
 }
 
 // procCache keeps procEntries of processes that own connections, so the hot path
@@ -51,6 +56,36 @@ func (c *procCache) live(pid int32) (*procEntry, bool) {
 		return nil, false
 	}
 	return e, ok
+}
+
+// identified returns, without a system call, the cached entry bound (see bind) to
+// the process and image that pid, startNs and execID identify. A process's start
+// time never repeats with its pid, and its exec id changes with every execve, so
+// the entry describes exactly the process that made the record, whether or not it
+// is still alive.
+func (c *procCache) identified(pid int32, startNs, execID uint64) (*procEntry, bool) {
+	if startNs == 0 {
+		return nil, false
+	}
+	c.mu.RLock()
+	e, ok := c.byPID[pid]
+	ok = ok && e.startNs == startNs && e.execID == execID
+	c.mu.RUnlock()
+	return e, ok
+}
+
+// bind ties e to the identity an eBPF record carries, once the record has been
+// shown to be of e's process (see Resolver.viaEBPF). It refuses a start time that
+// does not agree with the one /proc gave for e.
+func (c *procCache) bind(e *procEntry, startNs, execID uint64) {
+	if startNs == 0 || startNs/(uint64(time.Second)/clockTicks()) != e.startTicks {
+		return
+	}
+	c.mu.Lock()
+	if c.byPID[e.dir.pid] == e {
+		e.startNs, e.execID = startNs, execID
+	}
+	c.mu.Unlock()
 }
 
 // load reads pid's process afresh and caches it.

@@ -179,16 +179,24 @@ func (r *Resolver) resolve(proto engine.Protocol, local, remote netip.AddrPort, 
 }
 
 // viaEBPF attributes the socket to the process the hooks recorded for its cookie.
-// The record names the process that connected or sent at a known time; the process
-// now at that pid is the same one if it started before then (two live processes
-// never share a pid). A process too young to tell by its start time must hold the
-// socket.
+// A record that carries the process's identity (start time and exec id) and matches
+// a cached process bound to it names that process at the cost of a map lookup.
+// Otherwise: the record names the process that connected or sent at a known time;
+// the process now at that pid is the same one if it started before then (two live
+// processes never share a pid). A process too young to tell by its start time must
+// hold the socket.
 func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 	rec, ok := r.hooks.lookup(si.Cookie)
 	if !ok {
 		return unknown(), fmt.Errorf("socket cookie %d: no eBPF record (connected before the hooks were attached?): %w", si.Cookie, ErrNoProcess)
 	}
 	pid := rec.tgid()
+	if e, ok := r.procs.identified(pid, rec.StartNs, rec.ExecID); ok {
+		p := owner
+		e.process(&p)
+		p.Method = MethodEBPF
+		return p, nil
+	}
 	e, ok := r.procs.live(pid)
 	if !ok {
 		var err error
@@ -200,6 +208,9 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 	if (e.startTicks+1)*tick > rec.BootNs && !r.procs.holdsSocket(e, si.Inode) {
 		return unknown(), fmt.Errorf("pid %d may have started after the eBPF record and holds no socket inode %d: %w", pid, si.Inode, ErrNoProcess)
 	}
+	// e's process made the record: its identity lets the next record of this
+	// process skip the checks above.
+	r.procs.bind(e, rec.StartNs, rec.ExecID)
 	p := owner
 	e.process(&p)
 	p.Method = MethodEBPF

@@ -507,3 +507,74 @@ func TestResolveTimeWait(t *testing.T) {
 	p, err := r.Resolve(engine.TCP, local, remote, -1)
 	wantUnknown(t, p, err, ErrNoSocket)
 }
+
+// TestResolveByRecordIdentity: once a process has been attributed, an eBPF record
+// carrying its exact identity (pid, start time, exec id) names it without checking
+// /proc again; a record that differs in start time (another process that got the
+// pid) or exec id (another image) never does.
+func TestResolveByRecordIdentity(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	if !r.hooks.identifies {
+		t.Fatal("the eBPF hooks do not record process identities on this kernel (CI needs them)")
+	}
+	c := startClient(t, ns, "tcp", netip.MustParseAddrPort("198.18.0.2:9"))
+	other := startClient(t, ns, "tcp", netip.MustParseAddrPort("198.18.0.2:10"))
+	p, err := r.Resolve(engine.TCP, c.Local, netip.MustParseAddrPort("198.18.0.2:9"), 0)
+	wantProcess(t, p, err, c.pid(), MethodEBPF)
+
+	si, err := r.diag.lookup(engine.TCP, c.Local, netip.MustParseAddrPort("198.18.0.2:9"), 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := r.hooks.lookup(si.Cookie)
+	if !ok {
+		t.Fatal("no eBPF record of the client's socket")
+	}
+	d, err := openProcDir(c.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := d.stat()
+	d.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tick := uint64(time.Second) / clockTicks(); rec.StartNs == 0 || rec.StartNs/tick != st.StartTime || rec.ExecID == 0 {
+		t.Fatalf("record StartNs %d ExecID %d; want the client's start time (%d ticks) and a non-zero exec id", rec.StartNs, rec.ExecID, st.StartTime)
+	}
+
+	// Records forged on the other client's socket, dated at boot: the checks in
+	// /proc would refuse every one of them (the recorded pid started later and holds
+	// no such socket), so only the identity can name the process.
+	otherRemote := netip.MustParseAddrPort("198.18.0.2:10")
+	osi, err := r.diag.lookup(engine.TCP, other.Local, otherRemote, 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("client pid %d: StartNs %d, ExecID %d", c.pid(), rec.StartNs, rec.ExecID)
+	pid := uint64(c.pid())
+	for _, tc := range []struct {
+		name            string
+		startNs, execID uint64
+		want            bool
+	}{
+		{"same process and image", rec.StartNs, rec.ExecID, true},
+		{"another process with the pid", rec.StartNs + 1, rec.ExecID, false},
+		{"another image after execve", rec.StartNs, rec.ExecID + 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			forged := connRecord{PidTgid: pid<<32 | pid, BootNs: 1, StartNs: tc.startNs, ExecID: tc.execID}
+			if err := r.hooks.conns.Put(osi.Cookie, forged); err != nil {
+				t.Fatal(err)
+			}
+			p, err := r.Resolve(engine.TCP, other.Local, otherRemote, 0)
+			if tc.want {
+				wantProcess(t, p, err, c.pid(), MethodEBPF)
+			} else {
+				wantUnknown(t, p, err, ErrNoProcess)
+			}
+		})
+	}
+}
