@@ -3,7 +3,9 @@ package linux
 import (
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -15,6 +17,9 @@ import (
 // median and p99 in µs; compare backend against floor in the same run:
 //
 //	go test -run '^$' -bench Connect ./internal/intercept/linux
+//
+// With LATCH_BENCH_CPUPROFILE_DIR=DIR the backend children write CPU profiles there,
+// one per scenario (DIR/backend-attribution-ebpf.pprof, ...).
 func BenchmarkConnect(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
@@ -30,16 +35,21 @@ func BenchmarkConnect(b *testing.B) {
 		{"backend", "daemon", []string{"LATCH_TEST_QUIET=1"}},
 		{"backend+instant-resolver", "daemon", []string{"LATCH_TEST_QUIET=1", "LATCH_TEST_ATTRIBUTE=instant"}},
 		{"backend+attribution", "daemon", []string{"LATCH_TEST_QUIET=1", "LATCH_TEST_ATTRIBUTE=1"}},
+		{"backend+attribution+ebpf", "daemon", []string{"LATCH_TEST_QUIET=1", "LATCH_TEST_ATTRIBUTE=ebpf"}},
 	} {
 		b.Run(sc.name, func(b *testing.B) {
 			tp := newTopo(b)
 			listenTCP(b, tp, 9001)
 			if sc.mode != "" {
-				d := spawnChild(b, tp, sc.mode, "*=allow", sc.env...)
+				env := sc.env
+				if dir := os.Getenv("LATCH_BENCH_CPUPROFILE_DIR"); dir != "" && sc.mode == "daemon" {
+					env = append(env, "LATCH_TEST_CPUPROFILE="+filepath.Join(dir, strings.ReplaceAll(sc.name, "+", "-")+".pprof"))
+				}
+				d := spawnChild(b, tp, sc.mode, "*=allow", env...)
 				if _, ok := d.waitLine("ready", 15*time.Second); !ok {
 					b.Fatalf("%s did not become ready: %s", sc.name, d.errors())
 				}
-				defer d.cmd.Process.Kill()
+				defer d.stop() // SIGTERM: the child writes its profile
 			}
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()

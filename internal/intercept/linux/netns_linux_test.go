@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -388,9 +389,10 @@ func runChild(mode string) int {
 	}
 	if os.Getenv("LATCH_TEST_ATTRIBUTE") == "instant" {
 		cfg.Resolver = instantResolver{}
-	} else if os.Getenv("LATCH_TEST_ATTRIBUTE") != "" {
-		// eBPF off: its hooks attach to the root cgroup, shared with the whole machine.
-		r, err := procattr.NewResolver(procattr.Options{DisableEBPF: true})
+	} else if a := os.Getenv("LATCH_TEST_ATTRIBUTE"); a != "" {
+		// eBPF off unless asked for ("ebpf", benchmarks only): its hooks attach to the
+		// root cgroup, shared with the whole machine.
+		r, err := procattr.NewResolver(procattr.Options{DisableEBPF: a != "ebpf"})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -442,6 +444,19 @@ func runChild(mode string) int {
 			say("redecided %d %v", n, err)
 		}
 	}()
+	if path := os.Getenv("LATCH_TEST_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
 	runErr := b.Run(ctx, dec)
 	st, _ := json.Marshal(b.Stats())
 	say("stats %s", st)
