@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench measures what latch costs a program that connects: connect() latency
 // (median, p99) and connections per second, in one run, for
 //
