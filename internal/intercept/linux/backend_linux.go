@@ -28,8 +28,11 @@ const (
 )
 
 const (
-	attributionReaders = 4   // concurrent readers when attribution is on
-	maxReadErrors      = 100 // consecutive unexplained read errors before Run gives up
+	maxReaders    = 4   // readers at most: one, and spares while others are stuck
+	maxReadErrors = 100 // consecutive unexplained read errors before Run gives up
+	// spareReaderAfter is how long a reader may be stuck in one packet (attribution
+	// scanning /proc, say) before a spare reader takes over the queue.
+	spareReaderAfter = 2 * time.Millisecond
 )
 
 // Backend holds new connections in an NFQUEUE queue. It implements intercept.Backend.
@@ -151,25 +154,13 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		b.cfg.Ready()
 	}
 
-	// Several readers take turns on the socket: each handles the packets it read
-	// (attribution included) while another one reads on, so a slow attribution never
-	// stalls the queue, and the common case costs no hand-off between goroutines.
-	readers := 1
-	if b.cfg.Resolver != nil {
-		readers = attributionReaders
-	}
-	readErrs := make([]error, readers)
-	var rg sync.WaitGroup
-	for i := range readers {
-		rg.Go(func() {
-			readErrs[i] = b.read(ctx, q, d)
-			if readErrs[i] != nil {
-				q.SetReadDeadline(time.Unix(1, 0)) // stop the other readers too
-			}
-		})
-	}
-	rg.Wait()
-	readErr := errors.Join(readErrs...)
+	// One reader handles what it reads, attribution included: the common case costs
+	// no hand-off between goroutines. A reader stuck in one packet for longer than
+	// spareReaderAfter (a slow attribution) starts a spare reader, so the queue never
+	// stalls behind it; spares leave once nobody is stuck.
+	rs := &readers{b: b, ctx: ctx, q: q, d: d}
+	rs.start()
+	readErr := rs.wait()
 
 	// Shutdown: stop queueing first, then answer what is still held.
 	b.closing.Store(true)
@@ -214,21 +205,92 @@ func (b *Backend) checkAlone() error {
 	return nil
 }
 
-// read is the queue reader. It never waits for a decision.
-func (b *Backend) read(ctx context.Context, q *nfq.Conn, d intercept.Decider) error {
+// readers are the goroutines reading the queue: one, plus spares while a reader is
+// stuck in a packet.
+type readers struct {
+	b   *Backend
+	ctx context.Context
+	q   *nfq.Conn
+	d   intercept.Decider
+
+	stuck atomic.Int32 // readers inside a packet for longer than spareReaderAfter
+	wg    sync.WaitGroup
+
+	mu       sync.Mutex
+	running  int
+	stopping bool
+	errs     []error
+}
+
+// start starts a reader unless maxReaders run or the readers are stopping.
+func (rs *readers) start() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.stopping || rs.running >= maxReaders {
+		return
+	}
+	rs.running++
+	spare := rs.running > 1
+	rs.wg.Go(func() {
+		err := rs.b.read(rs, spare)
+		rs.mu.Lock()
+		rs.running--
+		if err != nil {
+			rs.errs = append(rs.errs, err)
+		}
+		if !spare {
+			// The first reader stops only for good: no more spares (the wait group
+			// must not grow once it may be at zero), and the others stop too.
+			rs.stopping = true
+			rs.q.SetReadDeadline(time.Unix(1, 0))
+		} else if err != nil {
+			rs.q.SetReadDeadline(time.Unix(1, 0))
+		}
+		rs.mu.Unlock()
+	})
+}
+
+// wait returns once every reader has stopped, with their errors.
+func (rs *readers) wait() error {
+	rs.wg.Wait()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return errors.Join(rs.errs...)
+}
+
+// read is a queue reader. It never waits for a decision. A spare returns once no
+// reader is stuck.
+func (b *Backend) read(rs *readers, spare bool) error {
+	ctx, q, d := rs.ctx, rs.q, rs.d
 	stop := context.AfterFunc(ctx, func() { q.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
+	var stuck atomic.Bool
+	watch := time.AfterFunc(time.Hour, func() {
+		if stuck.CompareAndSwap(false, true) {
+			rs.stuck.Add(1)
+		}
+		rs.start()
+	})
+	watch.Stop()
+	unstick := func() {
+		watch.Stop()
+		// A watch that fired late is undone after the next packet.
+		if stuck.CompareAndSwap(true, false) {
+			rs.stuck.Add(-1)
+		}
+	}
+	defer unstick()
 	failures := 0
 	for {
 		pkts, err := q.Read()
 		for i := range pkts {
+			watch.Reset(spareReaderAfter)
 			b.handle(&pkts[i], d)
-		}
-		if err == nil {
-			failures = 0
-			continue
+			unstick()
 		}
 		switch {
+		case err == nil:
+			failures = 0
 		case ctx.Err() != nil:
 			return nil
 		case nfq.IsOverflow(err):
@@ -245,6 +307,9 @@ func (b *Backend) read(ctx context.Context, q *nfq.Conn, d intercept.Decider) er
 			if failures > maxReadErrors {
 				return fmt.Errorf("linux backend: %d read errors in a row, last: %w", failures, err)
 			}
+		}
+		if spare && rs.stuck.Load() == 0 {
+			return nil
 		}
 	}
 }

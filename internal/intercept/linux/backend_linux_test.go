@@ -751,3 +751,35 @@ func TestDeviceBoundAttribution(t *testing.T) {
 		check(t, "held in tcp "+addrA+":9212 ")
 	})
 }
+
+// TestSlowAttributionDoesNotStall: while the reader is stuck attributing one
+// connection (3s), a spare reader takes over the queue and other connections are
+// decided meanwhile.
+func TestSlowAttributionDoesNotStall(t *testing.T) {
+	tp := newTopo(t)
+	listenTCP(t, tp, 9001)
+	listenTCP(t, tp, 9005)
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_ATTRIBUTE=slow9005")
+	defer d.stop()
+	slowDone := make(chan error, 1)
+	go func() {
+		_, err := dial(tp, 9005, 10*time.Second)
+		slowDone <- err
+	}()
+	// The slow connection's SYN is being attributed (it prints its held line only
+	// after); give the reader time to pick it up.
+	time.Sleep(300 * time.Millisecond)
+	for i := range 3 {
+		if _, err := dial(tp, 9001, 5*time.Second); err != nil {
+			t.Fatalf("dial %d while another connection's attribution is slow: %v", i, err)
+		}
+		select {
+		case err := <-slowDone:
+			t.Fatalf("the slow connection finished (%v) before fast connection %d; want the fast ones first", err, i)
+		default:
+		}
+	}
+	if err := <-slowDone; err != nil {
+		t.Errorf("slow connection: %v", err)
+	}
+}

@@ -49,7 +49,13 @@ func BenchmarkConnect(b *testing.B) {
 				if _, ok := d.waitLine("ready", 15*time.Second); !ok {
 					b.Fatalf("%s did not become ready: %s", sc.name, d.errors())
 				}
-				defer d.stop() // SIGTERM: the child writes its profile
+				defer func() {
+					d.stop() // SIGTERM: the child writes its profile
+					// CPU the reader process spent per connect: steadier than latency on
+					// a busy machine, and what the reader's own work costs.
+					cpu := d.cmd.ProcessState.UserTime() + d.cmd.ProcessState.SystemTime()
+					b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "reader-cpu-µs/op")
+				}()
 			}
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()

@@ -61,8 +61,11 @@
 //
 // The read loop never waits for a decision: it parses the packet, builds the
 // Request, calls the Decider and reads on; verdicts are written from whatever
-// goroutine the Decider answers on. With a Resolver, several readers take turns on
-// the socket, so one slow attribution does not stall the queue.
+// goroutine the Decider answers on. One reader handles what it reads, so the common
+// case costs no hand-off between goroutines; a reader stuck in one packet for more
+// than a couple of milliseconds (an attribution that has to scan /proc) starts a
+// spare reader, up to four, so one slow attribution never stalls the queue. Spares
+// leave once no reader is stuck.
 package linux
 
 import (

@@ -387,9 +387,14 @@ func runChild(mode string) int {
 			return 2
 		}
 	}
-	if os.Getenv("LATCH_TEST_ATTRIBUTE") == "instant" {
+	switch a := os.Getenv("LATCH_TEST_ATTRIBUTE"); a {
+	case "":
+	case "instant":
 		cfg.Resolver = instantResolver{}
-	} else if a := os.Getenv("LATCH_TEST_ATTRIBUTE"); a != "" {
+	case "slow9005":
+		// Attribution of connections to port 9005 takes 3s.
+		cfg.Resolver = instantResolver{slowPort: 9005}
+	default:
 		// eBPF off unless asked for ("ebpf", benchmarks only): its hooks attach to the
 		// root cgroup, shared with the whole machine.
 		r, err := procattr.NewResolver(procattr.Options{DisableEBPF: a != "ebpf"})
@@ -511,10 +516,14 @@ func parsePolicy(s string) (map[int]policyAction, error) {
 func osArgs0() string { return os.Args[0] }
 
 // instantResolver answers at once: it measures what the attribution hand-off costs
-// without the cost of attribution itself.
-type instantResolver struct{}
+// without the cost of attribution itself. With slowPort, connections to that remote
+// port take 3s to attribute.
+type instantResolver struct{ slowPort uint16 }
 
-func (instantResolver) ResolveDev(engine.Protocol, netip.AddrPort, netip.AddrPort, int32, int) (procattr.Process, error) {
+func (r instantResolver) ResolveDev(_ engine.Protocol, _, remote netip.AddrPort, _ int32, _ int) (procattr.Process, error) {
+	if r.slowPort != 0 && remote.Port() == r.slowPort {
+		time.Sleep(3 * time.Second)
+	}
 	return procattr.Process{PID: 1, Exe: "/instant", UID: 0}, nil
 }
 
