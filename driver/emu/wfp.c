@@ -303,6 +303,11 @@ NTSTATUS FwpmTransactionBegin0(HANDLE h, UINT32 flags)
 }
 
 static void *reauth_thread(void *arg);
+static UINT16 auth_layer(struct emu_conn *c);
+typedef struct reauth_batch {
+    int count;
+    struct emu_conn *list[4096];
+} reauth_batch;
 
 static void txn_finish(engine *e, int commit)
 {
@@ -328,8 +333,16 @@ static void txn_finish(engine *e, int commit)
     e->inTxn = 0;
     e->changedLayers = 0;
     if (changed != 0 && reauthThreadCount < 64) {
-        /* WFP reauthorizes the flows of a layer whose policy changed, asynchronously. */
-        pthread_create(&reauthThreads[reauthThreadCount++], NULL, reauth_thread, (void *)(uintptr_t)changed);
+        /* WFP reauthorizes, asynchronously, the flows that exist when a layer's policy
+           changes: the list is taken now, the classifies run later. */
+        reauth_batch *b = calloc(1, sizeof(*b));
+        for (emu_conn *c = conns; c && b->count < 4096; c = c->next) {
+            if (c->state == EMU_CONN_PERMIT && c->flowAlive && !c->p.inbound &&
+                (changed & (1u << layer_index(auth_layer(c))))) {
+                b->list[b->count++] = c;
+            }
+        }
+        pthread_create(&reauthThreads[reauthThreadCount++], NULL, reauth_thread, b);
     }
     pthread_mutex_unlock(&wlock);
 }
@@ -1663,18 +1676,16 @@ int emu_pends_outstanding(void)
 /* ---- reauthorization after a policy change ---- */
 static void *reauth_thread(void *arg)
 {
-    unsigned changed = (unsigned)(uintptr_t)arg;
-    emu_conn *list[4096];
-    int n = 0;
-    pthread_mutex_lock(&wlock);
-    for (emu_conn *c = conns; c && n < 4096; c = c->next) {
-        if (c->state == EMU_CONN_PERMIT && c->flowAlive && !c->p.inbound &&
-            (changed & (1u << layer_index(auth_layer(c))))) {
-            list[n++] = c;
-        }
-    }
-    pthread_mutex_unlock(&wlock);
+    reauth_batch *b = arg;
+    emu_conn **list = b->list;
+    int n = b->count;
     for (int i = 0; i < n; i++) {
+        pthread_mutex_lock(&wlock);
+        int still = list[i]->state == EMU_CONN_PERMIT && list[i]->flowAlive;
+        pthread_mutex_unlock(&wlock);
+        if (!still) {
+            continue; /* closed or blocked since the commit */
+        }
         pend_record *pend = NULL;
         pthread_mutex_lock(&wlock);
         list[i]->reauths++;
@@ -1682,6 +1693,7 @@ static void *reauth_thread(void *arg)
         int r = conn_classify_auth(list[i], 1, NULL, &pend);
         apply_result(list[i], r, pend);
     }
+    free(b);
     return NULL;
 }
 

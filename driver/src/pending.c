@@ -131,14 +131,16 @@ static void CompleteInbound(PLATCH_PENDING Entry)
     FreeEntry(Entry);
 }
 
-/* Completes every entry of a batch built by DecideLocked. Must not hold g.Lock. */
-static ULONG CompleteBatch(PLIST_ENTRY Batch)
+/* Completes every entry of a batch built by DecideLocked, counting each in StatIndex
+   (if not LATCH_STATS_COUNT) before it is completed: a completed connection may be
+   observed at once. Must not hold g.Lock. */
+static void CompleteBatch(PLIST_ENTRY Batch, ULONG StatIndex)
 {
-    ULONG count = 0;
-
     while (!IsListEmpty(Batch)) {
         PLATCH_PENDING e = CONTAINING_RECORD(RemoveHeadList(Batch), LATCH_PENDING, CompleteLink);
-        count++;
+        if (StatIndex < LATCH_STATS_COUNT) {
+            LatchCount(StatIndex);
+        }
         if (IsInbound(e)) {
             CompleteInbound(e);
         } else {
@@ -147,7 +149,6 @@ static ULONG CompleteBatch(PLIST_ENTRY Batch)
             FwpsCompleteOperation0(e->CompletionContext, NULL);
         }
     }
-    return count;
 }
 
 NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES0 *Meta, void *LayerData,
@@ -305,7 +306,7 @@ NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, U
         LatchCount(LATCH_STAT_VERDICTS_LATE);
         return STATUS_NOT_FOUND;
     }
-    CompleteBatch(&batch);
+    CompleteBatch(&batch, LATCH_STATS_COUNT);
     return STATUS_SUCCESS;
 }
 
@@ -314,7 +315,6 @@ void LatchExpirePending(void)
     LIST_ENTRY batch;
     PLIST_ENTRY link, next;
     ULONGLONG now = KeQueryInterruptTime();
-    ULONG count;
     KIRQL irql;
 
     InitializeListHead(&batch);
@@ -327,16 +327,13 @@ void LatchExpirePending(void)
         }
     }
     KeReleaseSpinLock(&g.Lock, irql);
-    for (count = CompleteBatch(&batch); count > 0; count--) {
-        LatchCount(LATCH_STAT_TIMED_OUT);
-    }
+    CompleteBatch(&batch, LATCH_STAT_TIMED_OUT);
 }
 
 void LatchCompleteAllWithDefault(ULONG StatIndex)
 {
     LIST_ENTRY batch;
     PLIST_ENTRY link, next;
-    ULONG count;
     KIRQL irql;
 
     InitializeListHead(&batch);
@@ -349,9 +346,7 @@ void LatchCompleteAllWithDefault(ULONG StatIndex)
         }
     }
     KeReleaseSpinLock(&g.Lock, irql);
-    for (count = CompleteBatch(&batch); count > 0; count--) {
-        LatchCount(StatIndex);
-    }
+    CompleteBatch(&batch, StatIndex);
 }
 
 void LatchFreeDecidedLeftovers(BOOLEAN All)
@@ -424,5 +419,5 @@ void LatchSendFailed(UINT64 RequestId)
         DecideLocked(e, g.DefaultAction, &batch);
     }
     KeReleaseSpinLock(&g.Lock, irql);
-    CompleteBatch(&batch);
+    CompleteBatch(&batch, LATCH_STATS_COUNT);
 }

@@ -11,7 +11,8 @@ typedef struct request {
     UINT64 messageId;
 } request;
 
-/* Connects; NULL if refused, *refusedStatus (optional) gets the SEND_RESULT status. */
+/* Connects. With refusedStatus, waits (up to 2 s) for the harness to refuse the
+   connection and returns NULL with the SEND_RESULT status if it did. */
 client *client_connect(const char *path, NTSTATUS *refusedStatus);
 /* FilterSendMessage: sends msg, returns the status and copies up to outSize bytes. */
 NTSTATUS client_send(client *c, const void *msg, ULONG len, void *out, ULONG outSize, ULONG *got);
