@@ -280,9 +280,10 @@ func (b *Backend) read(rs *readers, spare bool) error {
 		}
 	}
 	defer unstick()
+	r := q.NewReader()
 	failures := 0
 	for {
-		pkts, err := q.Read()
+		pkts, err := r.Read()
 		for i := range pkts {
 			watch.Reset(spareReaderAfter)
 			b.handle(&pkts[i], d)

@@ -1,6 +1,7 @@
 package nfq
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,9 +9,10 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -118,14 +120,27 @@ type Packet struct {
 	hasID bool
 }
 
-// Conn is a bound NFQUEUE queue. Read must be called from one goroutine; SetVerdict may
-// be called from any goroutine at the same time.
+// Conn is a bound NFQUEUE queue. Each goroutine that reads needs its own Reader;
+// SetVerdict may be called from any goroutine at the same time.
+//
+// The socket is a plain netlink socket connected to the kernel: a read is one
+// recvmsg into the Reader's buffer, a verdict one write of a message built on the
+// stack, with no allocation and no lock beyond a read lock against Close.
 type Conn struct {
-	nl    *netlink.Conn
+	f     *os.File // the socket, for the runtime poller (blocking reads, deadlines)
+	raw   syscall.RawConn
+	fd    int // f's descriptor; valid while life is read-locked and closed is false
 	queue uint16
+	seq   uint32 // of the last configuration request; Open's goroutine only
 
-	closeOnce sync.Once
-	closeErr  error
+	life   sync.RWMutex
+	closed atomic.Bool
+
+	// pending holds packets that arrived while Open waited for the kernel's answer
+	// to a configuration request; the first Read returns them.
+	pendingMu  sync.Mutex
+	pending    []Packet
+	hasPending atomic.Bool
 }
 
 // Open binds queue num and configures it for copying packets. If another process (or
@@ -140,22 +155,23 @@ func Open(num uint16, opts Options) (*Conn, error) {
 	if opts.ReadBuffer == 0 {
 		opts.ReadBuffer = 8 << 20
 	}
-	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("nfqueue %d: open netlink socket: %w", num, err)
 	}
-	c := &Conn{nl: nl, queue: num}
-	if err := c.setReadBuffer(opts.ReadBuffer); err != nil {
-		nl.Close()
+	if err := setupSocket(fd, opts.ReadBuffer); err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("nfqueue %d: %w", num, err)
 	}
-	// Keep ENOBUFS visible (NETLINK_NO_ENOBUFS off): an overflow must be counted.
-	if err := nl.SetOption(netlink.NoENOBUFS, false); err != nil {
-		nl.Close()
-		return nil, fmt.Errorf("nfqueue %d: clear NETLINK_NO_ENOBUFS: %w", num, err)
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("nfqueue-%d", num))
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nfqueue %d: socket: %w", num, err)
 	}
+	c := &Conn{f: f, raw: raw, fd: fd, queue: num}
 	if err := c.config(attrCfgCmd, []byte{cfgCmdBind, 0, 0, 0}); err != nil {
-		nl.Close()
+		c.closeSocket()
 		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("nfqueue %d: bind: %w (%v)", num, ErrQueueBusy, err)
 		}
@@ -184,56 +200,110 @@ func Open(num uint16, opts Options) (*Conn, error) {
 	return c, nil
 }
 
-func (c *Conn) setReadBuffer(n int) error {
-	raw, err := c.nl.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("socket: %w", err)
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
-	}); err != nil {
-		return fmt.Errorf("socket control: %w", err)
-	}
-	if serr != nil {
+// setupSocket sizes the receive buffer, keeps ENOBUFS visible and binds and
+// connects the socket to the kernel.
+func setupSocket(fd, rcvbuf int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
 		// Without CAP_NET_ADMIN fall back to what rmem_max allows.
-		if err := c.nl.SetReadBuffer(n); err != nil {
-			return fmt.Errorf("set receive buffer %d: %w", n, err)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
+			return fmt.Errorf("set receive buffer %d: %w", rcvbuf, err)
 		}
+	}
+	// Keep ENOBUFS visible (NETLINK_NO_ENOBUFS off): an overflow must be counted.
+	if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 0); err != nil {
+		return fmt.Errorf("clear NETLINK_NO_ENOBUFS: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("bind netlink socket: %w", err)
+	}
+	// Connected to the kernel, the socket takes plain write and read.
+	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("connect netlink socket: %w", err)
 	}
 	return nil
 }
 
 func (c *Conn) flags(flags, mask uint32) error {
-	ae := netlink.NewAttributeEncoder()
-	ae.Bytes(attrCfgFlags, be32(flags))
-	ae.Bytes(attrCfgMask, be32(mask))
-	b, err := ae.Encode()
-	if err != nil {
-		return err
-	}
-	return c.execute(msgConfig, b)
+	b := appendAttr(nil, attrCfgFlags, flags)
+	b = appendAttr(b, attrCfgMask, mask)
+	return c.request(msgConfig, b)
 }
 
 func (c *Conn) config(attr uint16, value []byte) error {
-	ae := netlink.NewAttributeEncoder()
-	ae.Bytes(attr, value)
-	b, err := ae.Encode()
-	if err != nil {
-		return err
+	b := binary.NativeEndian.AppendUint16(nil, uint16(4+len(value)))
+	b = binary.NativeEndian.AppendUint16(b, attr)
+	b = append(b, value...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
 	}
-	return c.execute(msgConfig, b)
+	return c.request(msgConfig, b)
 }
 
-func (c *Conn) execute(msg uint8, attrs []byte) error {
-	_, err := c.nl.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(nfnlSubsysQueue<<8 | uint16(msg)),
-			Flags: netlink.Request | netlink.Acknowledge,
-		},
-		Data: append(c.nfgen(), attrs...),
-	})
-	return err
+// request sends a message with NLM_F_ACK and waits up to 5s for the kernel's
+// answer. Packets that arrive meanwhile are kept for the first Read. It must not
+// run while a Reader reads.
+func (c *Conn) request(msg uint8, attrs []byte) error {
+	c.seq++
+	seq := c.seq
+	b := make([]byte, nlmsgHdrLen, nlmsgHdrLen+4+len(attrs))
+	putNlmsghdr(b, uint16(nfnlSubsysQueue<<8|uint16(msg)), unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq, nlmsgHdrLen+4+len(attrs))
+	b = append(b, c.nfgen()...)
+	b = append(b, attrs...)
+	if err := c.write(b); err != nil {
+		return err
+	}
+	if err := c.f.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return err
+	}
+	defer c.f.SetReadDeadline(time.Time{})
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.recv(buf)
+		if err != nil {
+			return fmt.Errorf("wait for the kernel's answer: %w", err)
+		}
+		var answer error
+		answered := false
+		pkts, err := c.parse(buf[:n], nil, func(s uint32, errno unix.Errno) {
+			if s == seq {
+				answered = true
+				if errno != 0 {
+					answer = errno
+				}
+			}
+		})
+		for i := range pkts {
+			pkts[i].Payload = bytes.Clone(pkts[i].Payload)
+		}
+		if len(pkts) > 0 {
+			c.pendingMu.Lock()
+			c.pending = append(c.pending, pkts...)
+			c.hasPending.Store(true)
+			c.pendingMu.Unlock()
+		}
+		if err != nil {
+			return err
+		}
+		if answered {
+			return answer
+		}
+	}
+}
+
+// write sends one message to the kernel.
+func (c *Conn) write(b []byte) error {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed.Load() {
+		return os.ErrClosed
+	}
+	for {
+		_, err := unix.Write(c.fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		return err
+	}
 }
 
 // nfgen returns the nfgenmsg header addressing this queue.
@@ -241,65 +311,184 @@ func (c *Conn) nfgen() []byte {
 	return []byte{unix.AF_UNSPEC, 0 /* NFNETLINK_V0 */, byte(c.queue >> 8), byte(c.queue)}
 }
 
+const nlmsgHdrLen = 16
+
+func putNlmsghdr(b []byte, typ, flags uint16, seq uint32, length int) {
+	ne := binary.NativeEndian
+	ne.PutUint32(b[0:], uint32(length))
+	ne.PutUint16(b[4:], typ)
+	ne.PutUint16(b[6:], flags)
+	ne.PutUint32(b[8:], seq)
+	ne.PutUint32(b[12:], 0)
+}
+
 // SetVerdict sets the verdict for packet id. If setMark, the packet's mark becomes mark.
 // It is safe to call from any goroutine and does not wait for the kernel's answer; a
 // verdict the kernel refuses (for instance an unknown id) shows up as an error from Read.
 func (c *Conn) SetVerdict(id uint32, v Verdict, mark uint32, setMark bool) error {
-	// nfgenmsg (4) + verdict header attr (4+8) + mark attr (4+4)
-	b := make([]byte, 4, 24)
-	copy(b, c.nfgen())
-	b = appendAttr(b, attrVerdictHdr, uint32(v), id)
+	// nlmsghdr (16) + nfgenmsg (4) + verdict header attr (4+8) + mark attr (4+4)
+	var msg [nlmsgHdrLen + 4 + 12 + 8]byte
+	n := nlmsgHdrLen + 4 + 12
 	if setMark {
-		b = appendAttr(b, attrMark, mark)
+		n += 8
 	}
-	_, err := c.nl.Send(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(nfnlSubsysQueue<<8 | msgVerdict),
-			Flags: netlink.Request,
-		},
-		Data: b,
-	})
-	if err != nil {
+	putNlmsghdr(msg[:], nfnlSubsysQueue<<8|msgVerdict, unix.NLM_F_REQUEST, 0, n)
+	msg[16], msg[17], msg[18], msg[19] = unix.AF_UNSPEC, 0, byte(c.queue>>8), byte(c.queue)
+	putAttr(msg[20:], attrVerdictHdr, uint32(v), id)
+	if setMark {
+		putAttr(msg[32:], attrMark, mark)
+	}
+	if err := c.write(msg[:n]); err != nil {
 		return fmt.Errorf("nfqueue %d: verdict %v for packet %d: %w", c.queue, v, id, err)
 	}
 	return nil
 }
 
-func appendAttr(b []byte, typ uint16, vals ...uint32) []byte {
-	n := 4 + 4*len(vals)
-	b = binary.NativeEndian.AppendUint16(b, uint16(n))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	for _, v := range vals {
-		b = binary.BigEndian.AppendUint32(b, v)
+// putAttr writes a netlink attribute of big-endian u32 values at the start of b.
+func putAttr(b []byte, typ uint16, vals ...uint32) {
+	binary.NativeEndian.PutUint16(b, uint16(4+4*len(vals)))
+	binary.NativeEndian.PutUint16(b[2:], typ)
+	for i, v := range vals {
+		binary.BigEndian.PutUint32(b[4+4*i:], v)
 	}
+}
+
+func appendAttr(b []byte, typ uint16, vals ...uint32) []byte {
+	n := len(b)
+	b = append(b, make([]byte, 4+4*len(vals))...)
+	putAttr(b[n:], typ, vals...)
 	return b
 }
 
-// Read blocks until the kernel sends packets and returns them. It returns an error
-// wrapping unix.ENOBUFS when the socket overflowed (packets were lost to the reader
-// and stay held in the kernel until the queue is unbound); the caller counts it and
-// reads on. An error from the kernel about an earlier verdict wraps its errno.
-// After SetReadDeadline or Close it returns the corresponding error.
-func (c *Conn) Read() ([]Packet, error) {
-	msgs, err := c.nl.Receive()
+// Reader reads packets from a Conn into its own buffer. It is for one goroutine;
+// several Readers may read one Conn at the same time.
+type Reader struct {
+	c    *Conn
+	buf  []byte
+	pkts []Packet
+
+	// read is the poller callback, made once so that a read allocates nothing.
+	read    func(fd uintptr) bool
+	n       int
+	readErr error
+}
+
+// NewReader returns a Reader of c with a buffer of 64 KiB, which holds any message
+// for a copy range up to 60 KiB.
+func (c *Conn) NewReader() *Reader {
+	r := &Reader{c: c, buf: make([]byte, 64<<10)}
+	r.read = func(fd uintptr) bool {
+		for {
+			r.n, r.readErr = unix.Read(int(fd), r.buf)
+			if r.readErr != unix.EINTR {
+				break
+			}
+		}
+		return r.readErr != unix.EAGAIN
+	}
+	return r
+}
+
+// Read blocks until the kernel sends packets and returns them. They, their Payload
+// included, are valid until the next Read on r. It returns an error wrapping
+// unix.ENOBUFS when the socket overflowed (packets were lost to the reader and stay
+// held in the kernel until the queue is unbound); the caller counts it and reads on.
+// An error from the kernel about an earlier verdict wraps its errno, and comes with
+// the packets read with it. After SetReadDeadline or Close it returns the
+// corresponding error (see IsClosed).
+func (r *Reader) Read() ([]Packet, error) {
+	c := r.c
+	if c.hasPending.Load() {
+		c.pendingMu.Lock()
+		pkts := c.pending
+		c.pending = nil
+		c.hasPending.Store(false)
+		c.pendingMu.Unlock()
+		if len(pkts) > 0 {
+			return pkts, nil
+		}
+	}
+	n, err := c.recvWith(r)
 	if err != nil {
 		return nil, err
 	}
+	var kernelErr error
+	pkts, err := c.parse(r.buf[:n], r.pkts[:0], func(_ uint32, errno unix.Errno) {
+		if errno != 0 && kernelErr == nil {
+			kernelErr = fmt.Errorf("nfqueue %d: kernel: %w", c.queue, errno)
+		}
+	})
+	r.pkts = pkts
+	if err == nil {
+		err = kernelErr
+	}
+	return pkts, err
+}
+
+// recvWith reads one datagram with r's callback.
+func (c *Conn) recvWith(r *Reader) (int, error) {
+	if err := c.raw.Read(r.read); err != nil {
+		return 0, c.readError(err)
+	}
+	if r.readErr != nil {
+		return 0, fmt.Errorf("nfqueue %d: receive: %w", c.queue, r.readErr)
+	}
+	if r.n >= len(r.buf) {
+		return 0, fmt.Errorf("nfqueue %d: receive: message of %d bytes or more fills the buffer", c.queue, r.n)
+	}
+	return r.n, nil
+}
+
+// recv reads one datagram into buf; for Open's requests.
+func (c *Conn) recv(buf []byte) (int, error) {
+	r := &Reader{c: c, buf: buf}
+	r.read = func(fd uintptr) bool {
+		r.n, r.readErr = unix.Read(int(fd), r.buf)
+		return r.readErr != unix.EAGAIN && r.readErr != unix.EINTR
+	}
+	return c.recvWith(r)
+}
+
+func (c *Conn) readError(err error) error {
+	if c.closed.Load() {
+		return fmt.Errorf("nfqueue %d: receive: %w", c.queue, os.ErrClosed)
+	}
+	return fmt.Errorf("nfqueue %d: receive: %w", c.queue, err)
+}
+
+// parse decodes the netlink messages of one datagram: packets are appended to pkts,
+// acknowledgements and errors (NLMSG_ERROR) go to onAck with their sequence number.
+// A packet message that cannot be decoded past its id is returned with Err set; one
+// without an id, or a broken netlink header, ends parsing with an error.
+func (c *Conn) parse(b []byte, pkts []Packet, onAck func(seq uint32, errno unix.Errno)) ([]Packet, error) {
 	now := time.Now()
-	pkts := make([]Packet, 0, len(msgs))
-	for _, m := range msgs {
-		if m.Header.Type != netlink.HeaderType(nfnlSubsysQueue<<8|msgPacket) {
-			continue
+	ne := binary.NativeEndian
+	for off := 0; len(b)-off >= nlmsgHdrLen; {
+		l := int(ne.Uint32(b[off:]))
+		typ := ne.Uint16(b[off+4:])
+		seq := ne.Uint32(b[off+8:])
+		if l < nlmsgHdrLen || l > len(b)-off {
+			return pkts, fmt.Errorf("nfqueue %d: netlink message at offset %d: length %d, %d bytes left", c.queue, off, l, len(b)-off)
 		}
-		p, err := parsePacket(m.Data)
-		if err != nil {
-			if !p.hasID {
-				return pkts, fmt.Errorf("nfqueue %d: %w", c.queue, err)
+		body := b[off+nlmsgHdrLen : off+l]
+		off += (l + 3) &^ 3
+		switch typ {
+		case unix.NLMSG_ERROR:
+			if len(body) < 4 {
+				return pkts, fmt.Errorf("nfqueue %d: netlink error message of %d bytes", c.queue, len(body))
 			}
-			p.Err = err
+			onAck(seq, unix.Errno(-int32(ne.Uint32(body))))
+		case nfnlSubsysQueue<<8 | msgPacket:
+			p, err := parsePacket(body)
+			if err != nil {
+				if !p.hasID {
+					return pkts, fmt.Errorf("nfqueue %d: %w", c.queue, err)
+				}
+				p.Err = err
+			}
+			p.Time = now
+			pkts = append(pkts, p)
 		}
-		p.Time = now
-		pkts = append(pkts, p)
 	}
 	return pkts, nil
 }
@@ -376,18 +565,36 @@ func parsePacket(b []byte) (Packet, error) {
 }
 
 // SetReadDeadline makes a blocked Read return once t has passed.
-func (c *Conn) SetReadDeadline(t time.Time) error { return c.nl.SetReadDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.f.SetReadDeadline(t) }
 
 // Close unbinds the queue and closes the socket. The kernel drops every packet still
 // held in the queue (or, for a queue with --queue-bypass rules, nothing is held).
+// Reads in progress return an error for which IsClosed is true.
 func (c *Conn) Close() error {
-	c.closeOnce.Do(func() {
-		// Closing the socket unbinds the queue as well; the explicit unbind makes the
-		// intent visible in traces and frees the queue even if a dup of the fd lingers.
-		_ = c.config(attrCfgCmd, []byte{cfgCmdUnbind, 0, 0, 0})
-		c.closeErr = c.nl.Close()
-	})
-	return c.closeErr
+	if c.closed.Load() {
+		return nil
+	}
+	// Closing the socket unbinds the queue as well; the explicit unbind makes the
+	// intent visible in traces and frees the queue even if a dup of the fd lingers.
+	// Its answer is not awaited: a Reader may be reading.
+	var msg [nlmsgHdrLen + 4 + 8]byte
+	putNlmsghdr(msg[:], nfnlSubsysQueue<<8|msgConfig, unix.NLM_F_REQUEST, 0, len(msg))
+	msg[16], msg[17], msg[18], msg[19] = unix.AF_UNSPEC, 0, byte(c.queue>>8), byte(c.queue)
+	binary.NativeEndian.PutUint16(msg[20:], 8)
+	binary.NativeEndian.PutUint16(msg[22:], attrCfgCmd)
+	msg[24] = cfgCmdUnbind
+	_ = c.write(msg[:])
+	return c.closeSocket()
+}
+
+// closeSocket closes the socket once no write is in progress.
+func (c *Conn) closeSocket() error {
+	c.life.Lock()
+	defer c.life.Unlock()
+	if c.closed.Swap(true) {
+		return nil
+	}
+	return c.f.Close()
 }
 
 // IsOverflow reports whether err from Read means the socket buffer overflowed.
@@ -413,8 +620,9 @@ func AcceptAll(ctx context.Context, num uint16, ready func()) error {
 	if ready != nil {
 		ready()
 	}
+	r := c.NewReader()
 	for {
-		pkts, err := c.Read()
+		pkts, err := r.Read()
 		for _, p := range pkts {
 			if err := c.SetVerdict(p.ID, Accept, 0, false); err != nil {
 				return err

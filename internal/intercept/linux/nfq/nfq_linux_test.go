@@ -1,9 +1,19 @@
 package nfq
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // message builds an NFQNL_MSG_PACKET body: nfgenmsg and the given attributes.
@@ -89,4 +99,138 @@ func FuzzParsePacketMessage(f *testing.F) {
 			t.Fatalf("payload of %d bytes from a %d-byte message", len(p.Payload), len(b))
 		}
 	})
+}
+
+// nlmsg wraps body in a netlink header of type typ.
+func nlmsg(typ uint16, seq uint32, body []byte) []byte {
+	b := make([]byte, nlmsgHdrLen, nlmsgHdrLen+len(body)+3)
+	putNlmsghdr(b, typ, 0, seq, nlmsgHdrLen+len(body))
+	b = append(b, body...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// TestParseDatagram: one datagram with a packet, a refused verdict and another
+// packet gives both packets and the kernel's errno; a broken header is an error that
+// names its offset.
+func TestParseDatagram(t *testing.T) {
+	c := &Conn{queue: 4242}
+	pkt := func(id uint32) []byte {
+		hdr := binary.BigEndian.AppendUint32(nil, id)
+		hdr = binary.BigEndian.AppendUint16(hdr, 0x0800)
+		hdr = append(hdr, 3)
+		return nlmsg(nfnlSubsysQueue<<8|msgPacket, 0, message(attr(attrPacketHdr, hdr), attr(attrPayload, []byte{0x45, 0, 0})))
+	}
+	enoent := -int32(unix.ENOENT)
+	errno := binary.NativeEndian.AppendUint32(nil, uint32(enoent))
+	errno = append(errno, make([]byte, 16)...) // the refused request's header
+	dgram := append(append(pkt(7), nlmsg(2 /* NLMSG_ERROR */, 9, errno)...), pkt(8)...)
+	var acks []string
+	pkts, err := c.parse(dgram, nil, func(seq uint32, e unix.Errno) { acks = append(acks, fmt.Sprint(seq, e)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pkts) != 2 || pkts[0].ID != 7 || pkts[1].ID != 8 || string(pkts[1].Payload) != "\x45\x00\x00" {
+		t.Errorf("packets = %+v, want ids 7 and 8", pkts)
+	}
+	if len(acks) != 1 || acks[0] != fmt.Sprint(9, unix.ENOENT) {
+		t.Errorf("acks = %q, want one ENOENT for seq 9", acks)
+	}
+
+	broken := append(pkt(7), 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	pkts, err = c.parse(broken, nil, func(uint32, unix.Errno) {})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("offset %d", len(pkt(7)))) || len(pkts) != 1 {
+		t.Errorf("broken datagram: %d packets, err %v; want the first packet and an error naming the offset", len(pkts), err)
+	}
+}
+
+// TestQueueRoundTrip binds a queue in a fresh network namespace, has one packet held
+// by an NFQUEUE rule, reads it and accepts it; then a verdict for an unknown id comes
+// back as the kernel's ENOENT.
+func TestQueueRoundTrip(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace and netfilter rules")
+	}
+	ns := fmt.Sprintf("latch-nfq%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Skipf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	for _, args := range [][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", "4343"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // dies with the goroutine, namespace and all
+		f, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- roundTrip(t)
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func roundTrip(t *testing.T) error {
+	q, err := Open(4343, Options{})
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	if _, err := Open(4343, Options{}); !errors.Is(err, ErrQueueBusy) {
+		return fmt.Errorf("second Open of a bound queue: %v, want ErrQueueBusy", err)
+	}
+	sender, err := net.Dial("udp4", "127.0.0.1:9")
+	if err != nil {
+		return err
+	}
+	defer sender.Close()
+	if _, err := sender.Write([]byte("held")); err != nil {
+		return err
+	}
+	q.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r := q.NewReader()
+	pkts, err := r.Read()
+	if err != nil {
+		return fmt.Errorf("read: %v", err)
+	}
+	if len(pkts) != 1 || !pkts[0].HasUID || pkts[0].Hook != 3 || !bytes.HasSuffix(pkts[0].Payload, []byte("held")) {
+		return fmt.Errorf("read %+v, want the held datagram", pkts)
+	}
+	if err := q.SetVerdict(pkts[0].ID, Accept, 0, false); err != nil {
+		return err
+	}
+	if err := q.SetVerdict(pkts[0].ID+1000, Accept, 0, false); err != nil {
+		return err
+	}
+	if _, err := r.Read(); !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("read after a verdict for an unknown id: %v, want ENOENT", err)
+	}
+	q.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := r.Read(); !IsClosed(err) {
+		return fmt.Errorf("read past the deadline: %v, want a deadline error", err)
+	}
+	q.Close()
+	if _, err := r.Read(); !IsClosed(err) {
+		return fmt.Errorf("read after Close: %v, want IsClosed", err)
+	}
+	if err := q.SetVerdict(1, Accept, 0, false); err == nil {
+		return errors.New("SetVerdict after Close succeeded")
+	}
+	return nil
 }
