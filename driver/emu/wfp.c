@@ -191,8 +191,7 @@ typedef struct mobject {
 static mobject *mobjects;
 static UINT64 nextFilterId = 1000;
 
-static pthread_t reauthThreads[64];
-static int reauthThreadCount;
+static int reauthThreadsActive; /* commit-time reauthorization threads running */
 
 int emu_filters(void)
 {
@@ -332,7 +331,7 @@ static void txn_finish(engine *e, int commit)
     unsigned changed = commit ? e->changedLayers : 0;
     e->inTxn = 0;
     e->changedLayers = 0;
-    if (changed != 0 && reauthThreadCount < 64) {
+    if (changed != 0) {
         /* WFP reauthorizes, asynchronously, the flows that exist when a layer's policy
            changes: the list is taken now, the classifies run later. */
         reauth_batch *b = calloc(1, sizeof(*b));
@@ -342,7 +341,16 @@ static void txn_finish(engine *e, int commit)
                 b->list[b->count++] = c;
             }
         }
-        pthread_create(&reauthThreads[reauthThreadCount++], NULL, reauth_thread, b);
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        reauthThreadsActive++;
+        if (pthread_create(&t, &attr, reauth_thread, b) != 0) {
+            reauthThreadsActive--;
+            free(b);
+        }
+        pthread_attr_destroy(&attr);
     }
     pthread_mutex_unlock(&wlock);
 }
@@ -1392,6 +1400,10 @@ static void apply_result(emu_conn *c, int result, pend_record *pend)
         int early = pend->early;
         if (!early) {
             pend->state = PEND_PENDED;
+        }
+        /* Held until its reauthorization decides it. (A RECV_ACCEPT completed early may
+           already be decided by its re-injection: leave that alone.) */
+        if (!early || layer_by_id(pend->layerId)->kind == K_CONNECT) {
             c->state = EMU_CONN_PENDING;
             pthread_cond_broadcast(&wcond);
         }
@@ -1694,26 +1706,21 @@ static void *reauth_thread(void *arg)
         apply_result(list[i], r, pend);
     }
     free(b);
+    pthread_mutex_lock(&wlock);
+    reauthThreadsActive--;
+    pthread_cond_broadcast(&rqCond);
+    pthread_mutex_unlock(&wlock);
     return NULL;
 }
 
 void emu_wait_reauth_idle(void)
 {
+    /* Commit threads queue deferred reauthorizations: wait until neither runs. */
     pthread_mutex_lock(&wlock);
-    while (rqHead != NULL || rqBusy) {
+    while (rqHead != NULL || rqBusy || reauthThreadsActive > 0) {
         pthread_cond_wait(&rqCond, &wlock);
     }
     pthread_mutex_unlock(&wlock);
-    for (;;) {
-        pthread_mutex_lock(&wlock);
-        if (reauthThreadCount == 0) {
-            pthread_mutex_unlock(&wlock);
-            return;
-        }
-        pthread_t t = reauthThreads[--reauthThreadCount];
-        pthread_mutex_unlock(&wlock);
-        pthread_join(t, NULL);
-    }
 }
 
 /* ---- checks and reset ---- */

@@ -634,7 +634,9 @@ static void test_flush_forces_reauthorization(void)
     CHECK(r.msg.LocalPort == 40000 && r.msg.ProcessId == 42, "reauthorization request is for the flow");
     CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0) == STATUS_SUCCESS, "verdict ack");
     emu_wait_reauth_idle(); /* the flow reads as permitted until its reauthorization classify returns */
-    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_BLOCK, "the new verdict tore the flow down");
+    int st = emu_conn_wait(a, 2000);
+    CHECK(st == EMU_CONN_BLOCK, "the new verdict did not tear the flow down (state %d, %d reauthorizations)", st,
+          emu_conn_reauthorizations(a));
     CHECK(emu_conn_has_flow_context(a) == 0, "the torn-down flow kept its context");
     emu_wait_reauth_idle();
     emu_conn *b = out4(40001, 42, curl, 443);
