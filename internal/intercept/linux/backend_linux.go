@@ -264,30 +264,16 @@ func (b *Backend) read(rs *readers, spare bool) error {
 	ctx, q, d := rs.ctx, rs.q, rs.d
 	stop := context.AfterFunc(ctx, func() { q.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	var stuck atomic.Bool
-	watch := time.AfterFunc(time.Hour, func() {
-		if stuck.CompareAndSwap(false, true) {
-			rs.stuck.Add(1)
-		}
-		rs.start()
-	})
-	watch.Stop()
-	unstick := func() {
-		watch.Stop()
-		// A watch that fired late is undone after the next packet.
-		if stuck.CompareAndSwap(true, false) {
-			rs.stuck.Add(-1)
-		}
-	}
-	defer unstick()
+	w := newStuckWatch(rs)
+	defer w.stop()
 	r := q.NewReader()
 	failures := 0
 	for {
 		pkts, err := r.Read()
 		for i := range pkts {
-			watch.Reset(spareReaderAfter)
+			w.begin()
 			b.handle(&pkts[i], d)
-			unstick()
+			w.end()
 		}
 		switch {
 		case err == nil:
@@ -313,6 +299,72 @@ func (b *Backend) read(rs *readers, spare bool) error {
 			return nil
 		}
 	}
+}
+
+// stuckWatch notices a reader stuck in one packet for spareReaderAfter and starts
+// a spare reader. A packet costs it a clock read and two atomic stores: its timer is
+// armed by the first packet after a quiet spell and, while packets keep coming,
+// re-arms itself once per period instead of once per packet (re-arming a timer may
+// wake the runtime's poller thread).
+type stuckWatch struct {
+	rs    *readers
+	epoch time.Time
+	timer *time.Timer
+
+	busySince atomic.Int64 // ns after epoch the current packet began; 0: none
+	packets   atomic.Uint64
+	armed     atomic.Bool
+	stuck     atomic.Bool // counted in rs.stuck
+
+	seen uint64 // packets at the last firing; the timer's goroutine only
+}
+
+func newStuckWatch(rs *readers) *stuckWatch {
+	w := &stuckWatch{rs: rs, epoch: time.Now()}
+	w.timer = time.AfterFunc(time.Hour, w.fire)
+	w.timer.Stop()
+	return w
+}
+
+func (w *stuckWatch) begin() {
+	w.busySince.Store(max(int64(time.Since(w.epoch)), 1))
+	w.packets.Add(1)
+	if !w.armed.Load() && w.armed.CompareAndSwap(false, true) {
+		w.timer.Reset(spareReaderAfter)
+	}
+}
+
+func (w *stuckWatch) end() {
+	w.busySince.Store(0)
+	if w.stuck.CompareAndSwap(true, false) {
+		w.rs.stuck.Add(-1)
+	}
+}
+
+func (w *stuckWatch) fire() {
+	if since := w.busySince.Load(); since != 0 && time.Since(w.epoch)-time.Duration(since) >= spareReaderAfter {
+		if w.stuck.CompareAndSwap(false, true) {
+			w.rs.stuck.Add(1)
+		}
+		w.rs.start()
+	}
+	n := w.packets.Load()
+	if n != w.seen || w.busySince.Load() != 0 {
+		w.seen = n
+		w.timer.Reset(spareReaderAfter)
+		return
+	}
+	// Quiet: disarm. A packet that began meanwhile saw the timer armed and left it
+	// alone, so look once more.
+	w.armed.Store(false)
+	if w.packets.Load() != n && w.armed.CompareAndSwap(false, true) {
+		w.timer.Reset(spareReaderAfter)
+	}
+}
+
+func (w *stuckWatch) stop() {
+	w.timer.Stop()
+	w.end()
 }
 
 // handle turns one queued packet into a Request and hands it on.

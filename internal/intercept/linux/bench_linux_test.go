@@ -8,6 +8,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 )
 
 // BenchmarkConnect measures connect() from namespace A to a server in B, one at a time,
@@ -42,7 +46,7 @@ func BenchmarkConnect(b *testing.B) {
 			listenTCP(b, tp, 9001)
 			if sc.mode != "" {
 				env := sc.env
-				if dir := os.Getenv("LATCH_BENCH_CPUPROFILE_DIR"); dir != "" && sc.mode == "daemon" {
+				if dir := os.Getenv("LATCH_BENCH_CPUPROFILE_DIR"); dir != "" {
 					env = append(env, "LATCH_TEST_CPUPROFILE="+filepath.Join(dir, strings.ReplaceAll(sc.name, "+", "-")+".pprof"))
 				}
 				d := spawnChild(b, tp, sc.mode, "*=allow", env...)
@@ -79,5 +83,32 @@ func BenchmarkConnect(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "median-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 		})
+	}
+}
+
+// BenchmarkHandle is the backend's own work for one held SYN, without the kernel:
+// parse the queued packet, build the Request, attribute it (instantResolver), decide
+// (allow at once) and account for the verdict. The queue is not bound, so no
+// verdict is written (that syscall is in BenchmarkConnect) and no flow remembered.
+func BenchmarkHandle(b *testing.B) {
+	be, err := New(Config{Firewall: FirewallIptablesNft, Resolver: instantResolver{}})
+	if err != nil {
+		b.Skip(err)
+	}
+	syn := []byte{
+		0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2, // IPv4
+		0xc3, 0x50, 0x23, 0x29, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, // TCP SYN
+	}
+	allow := intercept.DeciderFunc(func(_ *engine.Request, verdict func(engine.Verdict)) {
+		verdict(engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule})
+	})
+	now := time.Now()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		p := nfq.Packet{ID: uint32(i), HWProto: 0x0800, Hook: hookLocalOut, HasUID: true, Payload: syn, Time: now}
+		be.handle(&p, allow)
+	}
+	if n := be.held.Load(); n != uint64(b.N) {
+		b.Fatalf("held %d of %d packets", n, b.N)
 	}
 }

@@ -346,6 +346,12 @@ func runChild(mode string) int {
 	case "floor":
 		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer cancel()
+		if stop, err := startCPUProfile(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		} else {
+			defer stop()
+		}
 		ruleset := fmt.Sprintf("*filter\n-A OUTPUT -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN -j NFQUEUE --queue-num %d\nCOMMIT\n", queue)
 		if os.Getenv("LATCH_TEST_FLOOR_LATCH_RULES") != "" {
 			// The floor reader behind latch's full ruleset: what the ruleset costs.
@@ -449,19 +455,12 @@ func runChild(mode string) int {
 			say("redecided %d %v", n, err)
 		}
 	}()
-	if path := os.Getenv("LATCH_TEST_CPUPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
+	defer stopProfile()
 	runErr := b.Run(ctx, dec)
 	st, _ := json.Marshal(b.Stats())
 	say("stats %s", st)
@@ -470,6 +469,23 @@ func runChild(mode string) int {
 		return 1
 	}
 	return 0
+}
+
+// startCPUProfile writes a CPU profile to $LATCH_TEST_CPUPROFILE, if set, until stop.
+func startCPUProfile() (stop func(), err error) {
+	path := os.Getenv("LATCH_TEST_CPUPROFILE")
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 type policyAction struct {
