@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -233,4 +234,15 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printJSONLines writes one JSON object per line, the --json form of every list verb.
+func printJSONLines[T any](items []T) error {
+	enc := json.NewEncoder(os.Stdout)
+	for _, it := range items {
+		if err := enc.Encode(it); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -54,13 +53,7 @@ func runPrompts(ctx context.Context, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		for _, p := range ps {
-			if err := enc.Encode(p); err != nil {
-				return err
-			}
-		}
-		return nil
+		return printJSONLines(ps)
 	}
 	if len(ps) == 0 {
 		fmt.Println("no questions waiting")

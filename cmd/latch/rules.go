@@ -77,13 +77,7 @@ func rulesList(ctx context.Context, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		for _, r := range rules {
-			if err := enc.Encode(r); err != nil {
-				return err
-			}
-		}
-		return nil
+		return printJSONLines(rules)
 	}
 	printRules(os.Stdout, rules)
 	return nil

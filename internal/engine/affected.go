@@ -48,16 +48,7 @@ func Affected(old, new []Rule) func(*Request) bool {
 // mayMatch is matches without expiry and with unknown fields matching anything: flows
 // known only from conntrack have no executable or user.
 func (c *compiledRule) mayMatch(req *Request) bool {
-	if c.Direction != AnyDirection && c.Direction != req.Direction {
-		return false
-	}
-	if c.Protocol != AnyProtocol && c.Protocol != req.Protocol {
-		return false
-	}
-	if !c.Port.Contains(req.Remote.Port()) || !c.LocalPort.Contains(req.Local.Port()) {
-		return false
-	}
-	if c.Remote.IsValid() && !c.Remote.Contains(req.Remote.Addr().Unmap()) {
+	if !c.matchesFlow(req) {
 		return false
 	}
 	if c.User != "" && (req.UID >= 0 || req.User != "") && !userMatches(c.User, req) {

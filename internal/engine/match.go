@@ -21,16 +21,7 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 	if !c.Expires.IsZero() && !now.Before(c.Expires) {
 		return false
 	}
-	if c.Direction != AnyDirection && c.Direction != req.Direction {
-		return false
-	}
-	if c.Protocol != AnyProtocol && c.Protocol != req.Protocol {
-		return false
-	}
-	if !c.Port.Contains(req.Remote.Port()) || !c.LocalPort.Contains(req.Local.Port()) {
-		return false
-	}
-	if c.Remote.IsValid() && !c.Remote.Contains(req.Remote.Addr().Unmap()) {
+	if !c.matchesFlow(req) {
 		return false
 	}
 	if c.User != "" && !userMatches(c.User, req) {
@@ -45,6 +36,15 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// matchesFlow checks the fields every request carries: direction, protocol,
+// addresses and ports.
+func (c *compiledRule) matchesFlow(req *Request) bool {
+	return (c.Direction == AnyDirection || c.Direction == req.Direction) &&
+		(c.Protocol == AnyProtocol || c.Protocol == req.Protocol) &&
+		c.Port.Contains(req.Remote.Port()) && c.LocalPort.Contains(req.Local.Port()) &&
+		(!c.Remote.IsValid() || c.Remote.Contains(req.Remote.Addr().Unmap()))
 }
 
 // appClass ranks the App field: exact beats glob beats any.
