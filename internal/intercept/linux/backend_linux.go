@@ -568,8 +568,9 @@ func (b *Backend) releaseAll() {
 }
 
 // Redecide forgets the verdicts of allowed flows whose request matches affected (nil:
-// every flow latch allowed) by deleting their conntrack entries, so that their next
-// packet is held and decided again. It returns how many conntrack entries it deleted.
+// every flow latch allowed): their conntrack entries get the mark MarkRedecide, so
+// that their next packet from the side that opened them is held and decided again.
+// It returns how many conntrack entries it marked (ICMP ones it deletes).
 func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
 	var keys map[flowKey]struct{}
 	if affected != nil {
@@ -580,7 +581,7 @@ func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
 	} else {
 		b.flows.clear()
 	}
-	n, err := deleteConntrack(keys)
+	n, err := markRedecide(keys)
 	if err != nil {
 		return n, fmt.Errorf("linux backend: redecide: %w", err)
 	}

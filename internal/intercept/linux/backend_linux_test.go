@@ -783,3 +783,117 @@ func TestSlowAttributionDoesNotStall(t *testing.T) {
 		t.Errorf("slow connection: %v", err)
 	}
 }
+
+// TestRedecidePeerSpeaksFirst: after Redecide, a flow whose peer sends first is
+// still held at this host's next packet. (Deleting the conntrack entry instead would
+// make the peer's packet open a new, inbound, entry and this host's packets its
+// replies, which are never held.)
+func TestRedecidePeerSpeaksFirst(t *testing.T) {
+	tp := newTopo(t)
+	const port = 9103
+	var usrv *net.UDPConn
+	var tln net.Listener
+	if err := inNS(tp.b, func() error {
+		var err error
+		if usrv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(addrB), Port: port}); err != nil {
+			return err
+		}
+		tln, err = net.Listen("tcp4", net.JoinHostPort(addrB, strconv.Itoa(port)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer usrv.Close()
+	defer tln.Close()
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	redecide := func(t *testing.T) {
+		t.Helper()
+		d.drain()
+		if err := d.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		l, ok := d.waitLine("redecided ", 5*time.Second)
+		if !ok {
+			t.Fatal("no answer to Redecide")
+		}
+		if n, _ := strconv.Atoi(strings.Fields(l)[1]); n < 1 || !strings.HasSuffix(l, "<nil>") {
+			t.Fatalf("Redecide: %q, want at least 1 conntrack entry marked and no error", l)
+		}
+	}
+	dial := func(network string) net.Conn {
+		t.Helper()
+		var c net.Conn
+		if err := inNS(tp.a, func() error {
+			var err error
+			c, err = net.DialTimeout(network, net.JoinHostPort(addrB, strconv.Itoa(port)), 3*time.Second)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	read := func(t *testing.T, c net.Conn, want string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("read %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+
+	t.Run("udp", func(t *testing.T) {
+		c := dial("udp4")
+		defer c.Close()
+		held := "held out udp " + c.LocalAddr().String() + " " + addrB
+		if _, err := c.Write([]byte("one")); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := d.waitLine(held, 3*time.Second); !ok {
+			t.Fatal("the first datagram was not held")
+		}
+		buf := make([]byte, 64)
+		usrv.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, from, err := usrv.ReadFromUDP(buf)
+		if err != nil || string(buf[:n]) != "one" {
+			t.Fatalf("server read %q, %v", buf[:n], err)
+		}
+		redecide(t)
+		if _, err := usrv.WriteToUDP([]byte("ping"), from); err != nil {
+			t.Fatal(err)
+		}
+		read(t, c, "ping")
+		if _, err := c.Write([]byte("two")); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := d.waitLine(held, 3*time.Second); !ok {
+			t.Fatal("after Redecide and a datagram from the peer, this host's next datagram was not held")
+		}
+	})
+	t.Run("tcp", func(t *testing.T) {
+		c := dial("tcp4")
+		defer c.Close()
+		held := "held out tcp " + c.LocalAddr().String() + " " + addrB
+		if _, ok := d.waitLine(held, 3*time.Second); !ok {
+			t.Fatal("the SYN was not held")
+		}
+		s, err := tln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		redecide(t)
+		if _, err := s.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		read(t, c, "ping")
+		if _, err := c.Write([]byte("pong")); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := d.waitLine(held, 3*time.Second); !ok {
+			t.Fatal("after Redecide and data from the peer, this host's next segment was not held")
+		}
+		read(t, s, "pong")
+	})
+}

@@ -17,9 +17,11 @@
 //     REJECT with a TCP reset, or ICMP port unreachable for other protocols;
 //  4. queues every TCP SYN, matched by flags and not by conntrack state, so a SYN that
 //     hits a stale conntrack entry is held too;
-//  5. returns for flows whose conntrack mark says they were allowed;
-//  6. queues the first packet of every other flow (conntrack NEW): TCP picked up
-//     mid-stream (after Redecide deleted its entry), UDP, ICMP echo requests.
+//  5. queues the packets that the side that opened a flow sends (conntrack direction
+//     original) while its conntrack mark is MarkRedecide (see Redecide);
+//  6. returns for flows whose conntrack mark says they were allowed;
+//  7. queues the first packet of every other flow (conntrack NEW): TCP picked up
+//     mid-stream, UDP, ICMP echo requests.
 //
 // Marks use only the bits of MarkMask, so marks set by others survive.
 //
@@ -42,12 +44,17 @@
 //
 // # Redecide
 //
-// Redecide deletes the conntrack entries of allowed flows whose remembered Request
+// Redecide gives the conntrack entries of allowed flows whose remembered Request
 // matches (Config.MaxFlows and FlowTTL bound that memory; Redecide(nil) finds every
-// entry by its mark). The flow's next outbound packet is then held again: a TCP SYN,
-// a TCP segment conntrack picks up mid-stream, or a UDP datagram. If the peer speaks
-// first after the deletion, conntrack sees the flow as inbound and the flow is not
-// held until its next connection.
+// entry by its mark) the mark MarkRedecide instead of MarkAllow. The next packet
+// the side that opened the flow sends (this host for an outbound flow: a SYN, a data
+// segment or bare ACK, a UDP datagram; the peer for an inbound one, with
+// Config.Inbound) is then held and decided again; an allow saves MarkAllow again.
+// Marking rather than deleting the entries keeps the flow's direction: after a
+// deletion, a peer that spoke first would make conntrack see the flow as a new
+// inbound one, and this host's packets as its replies, which are never held. The
+// other side's packets pass until then. ICMP entries are deleted instead (the
+// flow's own host speaks first).
 //
 // # Attribution
 //
@@ -87,6 +94,9 @@ const (
 	// OwnMark is the SO_MARK of the daemon's own sockets (see Control): their packets
 	// are never held.
 	OwnMark uint32 = 0x40000000
+	// MarkRedecide is a conntrack mark only: Redecide gives it to allowed flows whose
+	// verdict a rule change may have changed.
+	MarkRedecide uint32 = 0x30000000
 )
 
 // Firewall mechanisms for Config.Firewall.

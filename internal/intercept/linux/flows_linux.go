@@ -10,6 +10,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -128,17 +129,98 @@ func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	return ok
 }
 
-// deleteConntrack deletes the matching conntrack entries of both families with one dump
-// each and returns how many it deleted.
-func deleteConntrack(keys map[flowKey]struct{}) (int, error) {
+// ctaMarkMask is CTA_MARK_MASK (linux/netfilter/nfnetlink_conntrack.h): with it, a
+// mark update changes only the mask's bits.
+const ctaMarkMask = 21
+
+// markRedecide sets the conntrack mark of the matching entries to MarkRedecide, so
+// that the ruleset holds their next packet from the side that opened them, and
+// returns how many it marked. ICMP entries are deleted instead (their tuples carry
+// an echo id the flow table does not keep; echo flows are reopened by this host's
+// next request anyway).
+func markRedecide(keys map[flowKey]struct{}) (int, error) {
+	f := ctFilter{keys}
 	var total int
 	var errs []error
 	for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
-		n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, fam, ctFilter{keys})
-		total += int(n)
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, fam)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("delete conntrack entries (family %d): %w", fam, err))
+			errs = append(errs, fmt.Errorf("list conntrack entries (family %d): %w", fam, err))
+			continue
+		}
+		icmp := false
+		for _, flow := range flows {
+			if !f.MatchConntrackFlow(flow) {
+				continue
+			}
+			t := flow.Forward
+			if t.Protocol != unix.IPPROTO_TCP && t.Protocol != unix.IPPROTO_UDP {
+				icmp = true
+				continue
+			}
+			switch err := setConntrackMark(fam, t, MarkRedecide, MarkMask); {
+			case err == nil:
+				total++
+			case errors.Is(err, unix.ENOENT):
+				// Gone since the listing: its next packet is held as a new flow.
+			default:
+				errs = append(errs, fmt.Errorf("mark conntrack entry %s %v:%d -> %v:%d: %w", protoName(t.Protocol), t.SrcIP, t.SrcPort, t.DstIP, t.DstPort, err))
+			}
+		}
+		if icmp {
+			n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, fam, icmpFilter{f})
+			total += int(n)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("delete ICMP conntrack entries (family %d): %w", fam, err))
+			}
 		}
 	}
 	return total, errors.Join(errs...)
+}
+
+// icmpFilter is f for entries that are neither TCP nor UDP.
+type icmpFilter struct{ f ctFilter }
+
+func (i icmpFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	p := flow.Forward.Protocol
+	return p != unix.IPPROTO_TCP && p != unix.IPPROTO_UDP && i.f.MatchConntrackFlow(flow)
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case unix.IPPROTO_TCP:
+		return "tcp"
+	case unix.IPPROTO_UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto %d", p)
+}
+
+// setConntrackMark changes the bits of mask in the mark of the conntrack entry whose
+// original tuple is t (TCP or UDP) to mark, and nothing else in it. An entry that
+// no longer exists gives an error wrapping unix.ENOENT.
+func setConntrackMark(fam netlink.InetFamily, t netlink.IPTuple, mark, mask uint32) error {
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_NEW, unix.NLM_F_ACK)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(fam), Version: nl.NFNETLINK_V0})
+	srcType, dstType, src, dst := uint16(nl.CTA_IP_V4_SRC), uint16(nl.CTA_IP_V4_DST), t.SrcIP.To4(), t.DstIP.To4()
+	if fam == unix.AF_INET6 {
+		srcType, dstType, src, dst = nl.CTA_IP_V6_SRC, nl.CTA_IP_V6_DST, t.SrcIP.To16(), t.DstIP.To16()
+	}
+	if src == nil || dst == nil {
+		return fmt.Errorf("addresses %v -> %v are not of family %d", t.SrcIP, t.DstIP, fam)
+	}
+	orig := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
+	ip := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_IP, nil)
+	ip.AddRtAttr(int(srcType), src)
+	ip.AddRtAttr(int(dstType), dst)
+	proto := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_PROTO, nil)
+	proto.AddRtAttr(nl.CTA_PROTO_NUM, []byte{t.Protocol})
+	proto.AddRtAttr(nl.CTA_PROTO_SRC_PORT, nl.BEUint16Attr(t.SrcPort))
+	proto.AddRtAttr(nl.CTA_PROTO_DST_PORT, nl.BEUint16Attr(t.DstPort))
+	req.AddData(orig)
+	// Without NLM_F_CREATE this changes an existing entry only; of it, only the mark.
+	req.AddData(nl.NewRtAttr(nl.CTA_MARK, nl.BEUint32Attr(mark)))
+	req.AddData(nl.NewRtAttr(ctaMarkMask, nl.BEUint32Attr(mask)))
+	_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
+	return err
 }
