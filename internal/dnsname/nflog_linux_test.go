@@ -1,0 +1,217 @@
+package dnsname
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The kernel test: two network namespaces joined by a veth pair.
+//
+//	client ns: 198.18.7.1/24, 2001:2::1/64, NFLOG rule on INPUT udp sport 53, ListenNFLOG, resolver
+//	server ns: 198.18.7.2/24, 2001:2::2/64, a UDP DNS responder on port 53
+
+const testGroup = 4243
+
+// zone is what the test responder answers: name -> records, by query type.
+var zone = map[string]map[uint16][]testRR{
+	"www.latch.test": {
+		typeA:    {rrCNAME("www.latch.test", "e1.cdn.latch.test", 300), rrA("e1.cdn.latch.test", "198.18.5.5", 20)},
+		typeAAAA: {rrCNAME("www.latch.test", "e1.cdn.latch.test", 300), rrA("e1.cdn.latch.test", "2001:2::5:5", 20)},
+	},
+	"v6only.latch.test": {
+		typeA:    {rrA("v6only.latch.test", "198.18.6.7", 300)},
+		typeAAAA: {rrA("v6only.latch.test", "2001:2::6:7", 300)},
+	},
+}
+
+func TestNFLOGLabelsResolvedAddresses(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and netfilter rules")
+	}
+	for _, tool := range []string{"ip", "iptables", "ip6tables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s: %v", tool, err)
+		}
+	}
+	id := os.Getpid() % 100000
+	cli, srv := fmt.Sprintf("latch-dns%d-c", id), fmt.Sprintf("latch-dns%d-s", id)
+	vc, vs := fmt.Sprintf("ldc%d", id), fmt.Sprintf("lds%d", id)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, ns := range []string{cli, srv} {
+		run("ip", "netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	run("ip", "link", "add", vc, "netns", cli, "type", "veth", "peer", "name", vs, "netns", srv)
+	run("ip", "-n", cli, "addr", "add", "198.18.7.1/24", "dev", vc)
+	run("ip", "-n", srv, "addr", "add", "198.18.7.2/24", "dev", vs)
+	run("ip", "-n", cli, "-6", "addr", "add", "2001:2::1/64", "dev", vc, "nodad")
+	run("ip", "-n", srv, "-6", "addr", "add", "2001:2::2/64", "dev", vs, "nodad")
+	for _, l := range [][2]string{{cli, vc}, {srv, vs}, {cli, "lo"}, {srv, "lo"}} {
+		run("ip", "-n", l[0], "link", "set", l[1], "up")
+	}
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		run("ip", "netns", "exec", cli, tool, "-A", "INPUT", "-p", "udp", "--sport", "53", "-j", "NFLOG", "--nflog-group", fmt.Sprint(testGroup))
+	}
+
+	for _, addr := range []string{"198.18.7.2:53", "[2001:2::2]:53"} {
+		var pc net.PacketConn
+		if err := inNetns(srv, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err }); err != nil {
+			t.Fatalf("responder on %s: %v", addr, err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go serveDNS(pc)
+	}
+
+	cache := NewCache(0)
+	var stats NFLOGStats
+	ctx, cancel := context.WithCancel(context.Background())
+	listenErr := make(chan error, 1)
+	go func() {
+		listenErr <- inNetns(cli, func() error { return ListenNFLOGStats(ctx, testGroup, cache, &stats) })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-listenErr:
+			if err != nil {
+				t.Errorf("ListenNFLOG: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("ListenNFLOG did not return within 5s of cancel")
+		}
+	})
+
+	resolve := func(server, name string) []string {
+		t.Helper()
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var c net.Conn
+			err := inNetns(cli, func() (err error) {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, "udp", server)
+				return err
+			})
+			return c, err
+		}}
+		qctx, qcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer qcancel()
+		addrs, err := r.LookupHost(qctx, name+".")
+		if err != nil {
+			t.Fatalf("resolve %s via %s: %v", name, server, err)
+		}
+		return addrs
+	}
+	// waitLabel resolves until the cache labels addr: the listener may still be binding
+	// when the first answer arrives. Bounded: 20 tries, 250ms each.
+	waitLabel := func(server, name string, addrs ...string) {
+		t.Helper()
+		for try := 0; try < 20; try++ {
+			got := resolve(server, name)
+			deadline := time.Now().Add(250 * time.Millisecond)
+			for time.Now().Before(deadline) {
+				missing := ""
+				for _, a := range addrs {
+					if n, ok := cache.Lookup(netip.MustParseAddr(a)); !ok || n != name {
+						missing = a
+					}
+				}
+				if missing == "" {
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if try == 19 {
+				t.Fatalf("resolver got %v for %s via %s, but the cache does not label all of %v (stats: %d packets, %d responses, %d malformed)",
+					got, name, server, addrs, stats.Packets.Load(), stats.Responses.Load(), stats.Malformed.Load())
+			}
+		}
+	}
+
+	// Over IPv4: the CNAME chain is followed back to the name the program asked for.
+	waitLabel("198.18.7.2:53", "www.latch.test", "198.18.5.5", "2001:2::5:5")
+	// Over IPv6.
+	waitLabel("[2001:2::2]:53", "v6only.latch.test", "198.18.6.7", "2001:2::6:7")
+	if _, ok := cache.Lookup(netip.MustParseAddr("198.18.7.2")); ok {
+		t.Errorf("the DNS server's own address got a label")
+	}
+}
+
+// serveDNS answers A and AAAA queries from zone until pc is closed.
+func serveDNS(pc net.PacketConn) {
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		q := buf[:n]
+		if n < 12 {
+			continue
+		}
+		// The question: labels up to the root, then type and class.
+		off := 12
+		var labels []string
+		for off < n && q[off] != 0 && off+1+int(q[off]) < n {
+			labels = append(labels, string(q[off+1:off+1+int(q[off])]))
+			off += 1 + int(q[off])
+		}
+		if off+5 > n {
+			continue
+		}
+		qtype := binary.BigEndian.Uint16(q[off+1:])
+		question := q[12 : off+5]
+		answers := zone[strings.ToLower(strings.Join(labels, "."))][qtype]
+		rcode := uint16(0)
+		if answers == nil && zone[strings.ToLower(strings.Join(labels, "."))] == nil {
+			rcode = 3
+		}
+		resp := buildResponse(binary.BigEndian.Uint16(q), rcode, question, answers)
+		pc.WriteTo(resp, from)
+	}
+}
+
+// inNetns runs fn on a thread in the named network namespace. Sockets fn creates stay
+// in that namespace.
+func inNetns(name string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	target, err := os.Open("/run/netns/" + name)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("setns %s: %w", name, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: it ends with the goroutine instead of serving others
+		// in the wrong namespace.
+		return errors.Join(ferr, fmt.Errorf("setns back: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
