@@ -147,7 +147,7 @@ func TestParseMessage(t *testing.T) {
 func compressedResponse() []byte {
 	m := []byte{0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0}
 	m = append(m, question("www.example.com", typeA)...) // name at 12, "example" at 16
-	m = append(m, 0xc0, 12)                             // offset 33
+	m = append(m, 0xc0, 12)                              // offset 33
 	m = binary.BigEndian.AppendUint16(m, typeCNAME)
 	m = binary.BigEndian.AppendUint16(m, classIN)
 	m = binary.BigEndian.AppendUint32(m, 300)
@@ -244,7 +244,6 @@ func TestParsePacket(t *testing.T) {
 		}
 	}
 }
-
 
 // FuzzParseResponse checks that the parsers never panic, that errors are ParseErrors
 // naming an offset inside the input, and that every answer carries a name a rule could
