@@ -343,10 +343,11 @@ func (w *stuckWatch) end() {
 
 func (w *stuckWatch) fire() {
 	if since := w.busySince.Load(); since != 0 && time.Since(w.epoch)-time.Duration(since) >= spareReaderAfter {
+		// One spare per stuck reader; a spare that gets stuck in turn starts another.
 		if w.stuck.CompareAndSwap(false, true) {
 			w.rs.stuck.Add(1)
+			w.rs.start()
 		}
-		w.rs.start()
 	}
 	n := w.packets.Load()
 	if n != w.seen || w.busySince.Load() != 0 {
@@ -455,9 +456,12 @@ func (b *Backend) apply(h *hold, v engine.Verdict) {
 	withMark := func(m uint32) uint32 { return h.mark&^MarkMask | m }
 	switch v.Action {
 	case engine.Allow:
+		// Remembered before the verdict: once the packet is on its way a Redecide may
+		// come for it. If this verdict is not the one that counts, the flow's
+		// conntrack entry will not carry MarkAllow and Redecide passes it by.
+		b.flows.add(h.req, time.Now())
 		if b.finish(h, nfq.Repeat, withMark(MarkAllow), true) {
 			b.allowed.Add(1)
-			b.flows.add(h.req, time.Now())
 		}
 	case engine.Deny:
 		// Fail fast: a TCP SYN is answered with a reset; other protocols are dropped.
