@@ -897,3 +897,75 @@ func TestRedecidePeerSpeaksFirst(t *testing.T) {
 		read(t, s, "pong")
 	})
 }
+
+// TestRedecideInbound: after Redecide, an inbound flow is held again at the peer's
+// next packet, as an inbound request; this host's own packets on it (replies) are
+// not held.
+func TestRedecideInbound(t *testing.T) {
+	tp := newTopo(t)
+	const port = 9104
+	var ln net.Listener
+	if err := inNS(tp.a, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	var c net.Conn
+	if err := inNS(tp.b, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)), 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	held := fmt.Sprintf("held in tcp %s:%d %s", addrA, port, c.LocalAddr())
+	if _, ok := d.waitLine(held, 3*time.Second); !ok {
+		t.Fatal("the inbound SYN was not held")
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d.drain()
+	if err := d.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := d.waitLine("redecided ", 5*time.Second); !ok || !strings.HasPrefix(l, "redecided 1 ") {
+		t.Fatalf("Redecide: %q, want 1 conntrack entry marked", l)
+	}
+	read := func(c net.Conn, want string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("read %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+	// This host speaks first: its segment is not held; the peer's ACK of it is.
+	if _, err := s.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	read(c, "ping")
+	if _, err := c.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	read(s, "pong")
+	var heldIn bool
+	for _, l := range d.linesFor(300 * time.Millisecond) {
+		if strings.HasPrefix(l, "held out ") {
+			t.Errorf("this host's packet on a redecided inbound flow was held: %q", l)
+		}
+		heldIn = heldIn || strings.HasPrefix(l, held)
+	}
+	if !heldIn {
+		t.Error("after Redecide, the peer's next segment was not held as inbound")
+	}
+}

@@ -302,6 +302,20 @@ func (d *daemon) waitLine(prefix string, timeout time.Duration) (string, bool) {
 	}
 }
 
+// linesFor returns the lines printed so far and within the next d.
+func (d *daemon) linesFor(wait time.Duration) []string {
+	var out []string
+	deadline := time.After(wait)
+	for {
+		select {
+		case l := <-d.lines:
+			out = append(out, l)
+		case <-deadline:
+			return out
+		}
+	}
+}
+
 // drain discards the lines printed so far.
 func (d *daemon) drain() {
 	for {
@@ -451,7 +465,9 @@ func runChild(mode string) int {
 	redecidePort, _ := strconv.Atoi(os.Getenv("LATCH_TEST_REDECIDE_PORT"))
 	go func() {
 		for range usr1 {
-			n, err := b.Redecide(func(r *engine.Request) bool { return int(r.Remote.Port()) == redecidePort })
+			n, err := b.Redecide(func(r *engine.Request) bool {
+				return int(r.Remote.Port()) == redecidePort || int(r.Local.Port()) == redecidePort
+			})
 			say("redecided %d %v", n, err)
 		}
 	}()
