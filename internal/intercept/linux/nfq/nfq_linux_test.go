@@ -234,3 +234,21 @@ func roundTrip(t *testing.T) error {
 	}
 	return nil
 }
+
+// FuzzParseDatagram: no datagram from the kernel crashes the netlink framing, and
+// every packet it yields lies inside the datagram.
+func FuzzParseDatagram(f *testing.F) {
+	hdr := attr(attrPacketHdr, []byte{0, 0, 0, 9, 8, 0, 3})
+	f.Add(nlmsg(nfnlSubsysQueue<<8|msgPacket, 0, message(hdr, attr(attrPayload, []byte{0x45, 0, 0, 20}))))
+	f.Add(nlmsg(2, 7, make([]byte, 20)))
+	f.Add(append(nlmsg(nfnlSubsysQueue<<8|msgPacket, 0, message(hdr)), 255, 255, 0, 0))
+	c := &Conn{queue: 1}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pkts, _ := c.parse(b, nil, func(uint32, unix.Errno) {})
+		for _, p := range pkts {
+			if len(p.Payload) > len(b) || !p.hasID {
+				t.Fatalf("packet %+v from a %d-byte datagram", p, len(b))
+			}
+		}
+	})
+}
