@@ -6,7 +6,7 @@ package engine
 // gets the same verdict from both sets, because precedence depends only on the rules
 // that match. Expiry is ignored, so a rule that expired counts as matching; the
 // predicate errs on the side of re-deciding. Unknown request fields
-// (no executable, no user, no services) count as matching too: flows known only from conntrack lack
+// (no executable, no user, no services, no host) count as matching too: flows known only from conntrack lack
 // them.
 func Affected(old, new []Rule) func(*Request) bool {
 	before := make(map[RuleID]Rule, len(old))
@@ -32,8 +32,7 @@ func Affected(old, new []Rule) func(*Request) bool {
 	}
 	compiled := make([]*compiledRule, len(changed))
 	for i, r := range changed {
-		app, _ := compileApp(r.App)
-		compiled[i] = &compiledRule{Rule: r, app: app}
+		compiled[i] = compileRule(r)
 	}
 	return func(req *Request) bool {
 		for _, c := range compiled {
@@ -57,6 +56,9 @@ func (c *compiledRule) mayMatch(req *Request) bool {
 	if c.Service != "" && len(req.Services) > 0 && !serviceMatches(c.Service, req) {
 		return false
 	}
+	if c.host != "" && req.Host != "" && !hostMatches(c.host, normalizeHost(req.Host)) {
+		return false
+	}
 	if c.app != nil && req.Exe != "" && !c.app.match(req.Exe) {
 		return false
 	}
@@ -65,7 +67,7 @@ func (c *compiledRule) mayMatch(req *Request) bool {
 
 // sameRule compares every field that affects matching or the verdict.
 func sameRule(a, b Rule) bool {
-	return a.ID == b.ID && a.App == b.App && a.User == b.User && a.Service == b.Service && a.Direction == b.Direction &&
+	return a.ID == b.ID && a.App == b.App && a.User == b.User && a.Service == b.Service && a.Host == b.Host && a.Direction == b.Direction &&
 		a.Protocol == b.Protocol && a.Remote == b.Remote && a.Port == b.Port &&
 		a.LocalPort == b.LocalPort && a.Action == b.Action && a.Expires.Equal(b.Expires)
 }

@@ -16,9 +16,9 @@ type Scope uint8
 // Scopes, from widest to narrowest. The zero value is ScopeApp.
 const (
 	ScopeApp         Scope = iota // the executable, to any remote address and port
-	ScopeAppHost                  // the executable, to this remote address (any port)
+	ScopeAppHost                  // the executable, to this remote host (any port): its hostname if known, else its address
 	ScopeAppPort                  // the executable, to this remote port (any address)
-	ScopeAppHostPort              // the executable, to this remote address and port
+	ScopeAppHostPort              // the executable, to this remote host and port
 )
 
 // String returns "app", "app+host", "app+port" or "app+host+port".
@@ -174,7 +174,12 @@ func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, e
 		Created:   now,
 		Note:      fmt.Sprintf("answer to prompt %d", id),
 	}
-	if a.Scope.host() {
+	// A known hostname is what the person saw and what stays true when DNS hands out
+	// another address; the address is the fallback.
+	host, hostErr := ParseHost(req.Host)
+	if a.Scope.host() && host != "" && hostErr == nil && !strings.HasPrefix(host, "*") {
+		r.Host = host
+	} else if a.Scope.host() {
 		addr := req.Remote.Addr().Unmap()
 		if !addr.IsValid() {
 			return Rule{}, fmt.Errorf("prompt %d: the remote address is unknown, so scope %q cannot be remembered; answer once or use scope app", id, a.Scope)

@@ -13,8 +13,12 @@
 // '/'-separated segments, plus a "**" segment that matches any number of segments
 // (including none). A pattern that looks like a Windows path ("C:\..." or "\\server\...")
 // uses '\' as its separator and matches case-insensitively. User is an account name or
-// a numeric uid. Service (Windows) names a service the process hosts (svchost.exe). Remote is an address or CIDR prefix, Port and LocalPort inclusive
-// ranges. A rule whose Expires has passed never matches and is dropped from the set.
+// a numeric uid. Service (Windows) names a service the process hosts (svchost.exe).
+// Host is the remote's hostname as the program resolved it (Request.Host, learned from
+// DNS): an exact name, or "*.example.com", which matches every name below example.com
+// but not example.com itself; case and a trailing dot do not matter, and a request
+// whose hostname is unknown matches no Host rule. Remote is an address or CIDR prefix,
+// Port and LocalPort inclusive ranges. A rule whose Expires has passed never matches and is dropped from the set.
 //
 // # Precedence
 //
@@ -23,14 +27,17 @@
 //
 //  1. App: an exact path beats a glob, a glob beats no app; then a rule naming a
 //     service beats one that does not.
-//  2. Remote: a narrower prefix beats a wider one, any prefix beats no remote.
-//  3. Port: a narrower range beats a wider one, any range beats no port.
-//  4. User: set beats unset.
-//  5. LocalPort: narrower beats wider beats unset.
-//  6. Protocol: set beats any.
-//  7. Direction: set beats any.
-//  8. Action: at equal specificity deny, reject and drop beat allow.
-//  9. ID: the lower ID (the older rule) wins.
+//  2. Host: an exact name beats a wildcard, a wildcard with more labels beats one
+//     with fewer (*.a.example.com beats *.example.com), any host beats no host. A
+//     name is as specific as a single address, so it comes before Remote.
+//  3. Remote: a narrower prefix beats a wider one, any prefix beats no remote.
+//  4. Port: a narrower range beats a wider one, any range beats no port.
+//  5. User: set beats unset.
+//  6. LocalPort: narrower beats wider beats unset.
+//  7. Protocol: set beats any.
+//  8. Direction: set beats any.
+//  9. Action: at equal specificity deny, reject and drop beat allow.
+//  10. ID: the lower ID (the older rule) wins.
 //
 // The order is total, so the verdict never depends on the order rules were added or
 // listed. All globs are equally specific among themselves.
@@ -40,7 +47,8 @@
 // Rules are compiled into an immutable index, rebuilt and swapped in atomically on
 // every change, so Decide never waits for a writer. Rules are grouped by app class
 // (exact path, looked up by path; glob, looked up by its literal leading segments and
-// last segment; none); within a large group, by remote prefix (longest first) and then
+// last segment; none); then by service; then by host (exact names looked up by name,
+// wildcards by each suffix of the request's name); within a large group, by remote prefix (longest first) and then
 // by port (single port, narrow range, wide range, any). Because the groups follow the
 // precedence keys, the first rule that matches in the most specific group that has one
 // is the winner, and evaluation stays well under a microsecond at 100,000 rules
@@ -49,9 +57,10 @@
 // # Questions
 //
 // A Request no rule matches becomes a question (Prompt) for a person. Identical
-// questions (same executable, direction, protocol, remote address and port, and user)
-// share one Prompt; every connection attached to it gets the same verdict. Each Prompt
+// questions (same executable, direction, protocol, remote address, port and hostname,
+// and user) share one Prompt; every connection attached to it gets the same verdict. Each Prompt
 // has a deadline (Config.PromptTimeout); when it passes, every attached connection gets
 // Config.Default with ReasonTimeout. Answering a Prompt may create a rule (see Answer
-// and Scope); any other open Prompt that rule matches is decided by it at once.
+// and Scope; a "host" scope names the request's hostname when it is known, its address
+// otherwise); any other open Prompt that rule matches is decided by it at once.
 package engine

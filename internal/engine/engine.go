@@ -125,6 +125,7 @@ type promptKey struct {
 	dir    Direction
 	proto  Protocol
 	remote netip.AddrPort
+	host   string
 	uid    int32
 	user   string
 }
@@ -135,6 +136,7 @@ func keyOf(req *Request) promptKey {
 		dir:    req.Direction,
 		proto:  req.Protocol,
 		remote: netip.AddrPortFrom(req.Remote.Addr().Unmap(), req.Remote.Port()),
+		host:   normalizeHost(req.Host),
 		uid:    req.UID,
 		user:   req.User,
 	}

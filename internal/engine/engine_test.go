@@ -263,6 +263,100 @@ func TestAnswerScopes(t *testing.T) {
 	}
 }
 
+// TestAnswerHostScopes checks that a host scope names the hostname when the request
+// has one, so the rule still holds when DNS hands out another address, and the address
+// when it does not.
+func TestAnswerHostScopes(t *testing.T) {
+	for _, tc := range []struct {
+		scope Scope
+		port  PortRange
+	}{
+		{ScopeAppHost, PortRange{}},
+		{ScopeAppHostPort, PortRange{8443, 8443}},
+	} {
+		t.Run(tc.scope.String(), func(t *testing.T) {
+			e := newEngine(t, Config{Now: newClock().Now})
+			v := newVerdicts(t)
+			req := reqTo("/usr/bin/curl", "198.18.0.7:8443")
+			req.Host = "WWW.Example.com."
+			e.Decide(req, v.fn)
+			p := onlyPrompt(t, e)
+			if p.Request.Host != "WWW.Example.com." {
+				t.Errorf("prompt request host %q", p.Request.Host)
+			}
+			rule, err := e.Answer(p.ID, Answer{Action: Allow, For: Forever, Scope: tc.scope})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rule.Host != "www.example.com" || rule.Remote.IsValid() || rule.Port != tc.port {
+				t.Fatalf("rule %v: want host www.example.com, no remote, port %v", rule, tc.port)
+			}
+			v.wait()
+			// Same name, another address: decided by the rule.
+			moved := reqTo("/usr/bin/curl", "198.18.9.9:8443")
+			moved.Host = "www.example.com"
+			next := newVerdicts(t)
+			e.Decide(moved, next.fn)
+			if got := next.wait(); got.Reason != ReasonRule || got.RuleID != rule.ID || got.Action != Allow {
+				t.Errorf("same host, new address: %+v", got)
+			}
+			// Same address, name unknown: a question again.
+			bare := reqTo("/usr/bin/curl", "198.18.0.7:8443")
+			e.Decide(bare, newVerdicts(t).fn)
+			if ps := e.Prompts(); len(ps) != 1 {
+				t.Errorf("unknown host: %d prompts, want 1", len(ps))
+			}
+		})
+	}
+	// Unknown host: the address, as before.
+	e := newEngine(t, Config{Now: newClock().Now})
+	e.Decide(reqTo("/usr/bin/curl", "198.18.0.7:8443"), newVerdicts(t).fn)
+	rule, err := e.Answer(onlyPrompt(t, e).ID, Answer{Action: Allow, For: Forever, Scope: ScopeAppHost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rule.Host != "" || rule.Remote != pfx("198.18.0.7/32") {
+		t.Errorf("unknown host: rule %v, want remote 198.18.0.7/32", rule)
+	}
+}
+
+// TestPromptPerHost checks that connections to one address under two names are two
+// questions: the person may answer them differently.
+func TestPromptPerHost(t *testing.T) {
+	e := newEngine(t, Config{Now: newClock().Now})
+	a := reqTo("/usr/bin/curl", "198.18.0.7:443")
+	a.Host = "a.example.com"
+	b := reqTo("/usr/bin/curl", "198.18.0.7:443")
+	b.Host = "b.example.com"
+	a2 := reqTo("/usr/bin/curl", "198.18.0.7:443")
+	a2.Host = "A.example.com."
+	for _, r := range []*Request{a, b, a2} {
+		e.Decide(r, newVerdicts(t).fn)
+	}
+	ps := e.Prompts()
+	if len(ps) != 2 || ps[0].Held+ps[1].Held != 3 {
+		t.Errorf("%d prompts %+v, want 2 holding 3 connections", len(ps), ps)
+	}
+}
+
+func TestAffectedHost(t *testing.T) {
+	old := []Rule{{ID: 1, Action: Allow}}
+	added := append(old, Rule{ID: 2, Host: "*.example.com", Action: Deny})
+	affected := Affected(old, added)
+	in := reqTo("/usr/bin/curl", "198.18.0.1:443")
+	in.Host = "www.example.com"
+	out := reqTo("/usr/bin/curl", "198.18.0.1:443")
+	out.Host = "www.example.org"
+	unknown := reqTo("/usr/bin/curl", "198.18.0.1:443") // conntrack flows have no host
+	if !affected(in) || affected(out) || !affected(unknown) {
+		t.Errorf("affected: matching host %v, other host %v, unknown host %v; want true false true", affected(in), affected(out), affected(unknown))
+	}
+	renamed := []Rule{old[0], {ID: 2, Host: "*.example.net", Action: Deny}}
+	if !Affected(added, renamed)(in) {
+		t.Error("a changed host does not affect the old host's flows")
+	}
+}
+
 func TestAnswerForever(t *testing.T) {
 	e := newEngine(t, Config{})
 	e.Decide(reqTo("/usr/bin/curl", "198.18.0.7:443"), newVerdicts(t).fn)

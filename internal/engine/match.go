@@ -15,6 +15,15 @@ type compiledRule struct {
 	Rule
 	rank int // position in precedence order: lower wins
 	app  *appPattern
+	host string // Host in normal form
+	// hostKey is the matcher's number for host (an exact name) or for its suffix (a
+	// wildcard, ".example.com"); see matcher.hostKeys.
+	hostKey int32
+}
+
+func compileRule(r Rule) *compiledRule {
+	app, _ := compileApp(r.App) // validated by the caller
+	return &compiledRule{Rule: r, app: app, host: normalizeHost(r.Host)}
 }
 
 func (c *compiledRule) matches(req *Request, now time.Time) bool {
@@ -28,6 +37,9 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 		return false
 	}
 	if c.Service != "" && !serviceMatches(c.Service, req) {
+		return false
+	}
+	if c.host != "" && !hostMatches(c.host, normalizeHost(req.Host)) {
 		return false
 	}
 	// The app is checked last: exact-path rules were already selected by exe, and glob
@@ -81,6 +93,9 @@ func comparePrecedence(a, b *compiledRule) int {
 		return c
 	}
 	if c := cmp.Compare(boolInt(b.Service != ""), boolInt(a.Service != "")); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(hostSpecificity(b.host), hostSpecificity(a.host)); c != 0 {
 		return c
 	}
 	if c := cmp.Compare(remoteBits(b.Remote), remoteBits(a.Remote)); c != 0 {
@@ -157,9 +172,33 @@ func unixNanoClamped(t time.Time) int64 {
 type query struct {
 	req    *Request
 	remote netip.Addr // unmapped
+	host   string     // normalized; "" if unknown
 	port   uint16
 	lport  uint16
 	now    int64
+	// The matcher's numbers for host (if a rule names it exactly) and for those of its
+	// suffixes that a wildcard names, longest first (the order of precedence): nKeys of
+	// them, in keyBuf and then moreKeys. None when no rule can match the host, the
+	// common case. (A slice of keyBuf would make every query escape to the heap.)
+	nKeys    int
+	keyBuf   [4]int32
+	moreKeys []int32
+}
+
+func (q *query) hostKey(i int) int32 {
+	if i < len(q.keyBuf) {
+		return q.keyBuf[i]
+	}
+	return q.moreKeys[i-len(q.keyBuf)]
+}
+
+func (q *query) addHostKey(k int32) {
+	if q.nKeys < len(q.keyBuf) {
+		q.keyBuf[q.nKeys] = k
+	} else {
+		q.moreKeys = append(q.moreKeys, k)
+	}
+	q.nKeys++
 }
 
 func (r *ruleRef) matches(q *query) bool {
@@ -195,14 +234,19 @@ type v6Key struct {
 }
 
 // bucket holds rules of one app class (all exact for one path, all globs with one
-// index key, or all app-less rules) in precedence order. Because the app class is
-// equal within a bucket, the remote prefix length is the first key that differs: the
-// first matching rule under the longest matching prefix wins, and rules without a
-// remote come last. Large buckets index the rules by prefix; each prefix's rules, and
-// the rules without a remote, are then indexed by port (see portIndex).
+// index key, or all app-less rules) in precedence order. Rules that name a service go
+// to a sub-bucket tried first (service is the next precedence key), and within that
+// and the rest, rules that name a host go to sub-buckets by host (host comes next):
+// one per exact name, tried first, then one per wildcard suffix, tried from the
+// request's longest suffix to its shortest. Because the app class, service and host
+// are then equal within a bucket, the remote prefix length is the first key that
+// differs: the first matching rule under the longest matching prefix wins, and rules
+// without a remote come last. Large buckets index the rules by prefix; each prefix's
+// rules, and the rules without a remote, are then indexed by port (see portIndex).
 type bucket struct {
-	all []ruleRef
-	svc *bucket // rules of the same app class that name a service: they win first
+	all   []ruleRef
+	svc   *bucket           // rules of the same app class that name a service: they win first
+	hosts map[int32]*bucket // rules that name a host, by hostKey
 
 	indexed  bool
 	v4       map[uint64]*portIndex // key: bits<<32 | masked address
@@ -219,13 +263,30 @@ func (b *bucket) add(c *compiledRule) {
 		}
 		b = b.svc
 	}
+	if c.host != "" {
+		if b.hosts == nil {
+			b.hosts = map[int32]*bucket{}
+		}
+		if b.hosts[c.hostKey] == nil {
+			b.hosts[c.hostKey] = &bucket{}
+		}
+		b = b.hosts[c.hostKey]
+	}
 	b.all = append(b.all, refOf(c))
+}
+
+// empty reports whether b holds no rules.
+func (b *bucket) empty() bool {
+	return len(b.all) == 0 && !b.indexed && b.svc == nil && b.hosts == nil
 }
 
 // finish sorts the bucket and builds its index if it is large.
 func (b *bucket) finish() {
 	if b.svc != nil {
 		b.svc.finish()
+	}
+	for _, sub := range b.hosts {
+		sub.finish()
 	}
 	slices.SortFunc(b.all, func(x, y ruleRef) int { return cmp.Compare(x.rank, y.rank) })
 	if len(b.all) <= smallList {
@@ -380,6 +441,13 @@ func (b *bucket) match(q *query) *ruleRef {
 			return r
 		}
 	}
+	if b.hosts != nil {
+		for i := range q.nKeys { // exact name, then longest suffix first
+			if r := b.hosts[q.hostKey(i)].match(q); r != nil {
+				return r
+			}
+		}
+	}
 	if !b.indexed {
 		return firstMatch(b.all, q)
 	}
@@ -412,6 +480,25 @@ type matcher struct {
 	globs    map[globDirKey]*globDir // globs by their literal leading segments
 	globDeps []int                   // numbers of leading segments present in globs, ascending
 	anyApp   *bucket                 // rules without app
+	// hostKeys numbers every exact host and every wildcard suffix (".example.com")
+	// rules name, by hostHash, so that a request's name and suffixes are hashed once,
+	// in one pass, and not per bucket; hostNames[k] is the name, to rule out hash
+	// collisions. suffixLabels has bit n set if a wildcard suffix of n labels exists,
+	// so that suffixes no wildcard can name are not looked up.
+	hostKeys     map[uint64]int32
+	hostNames    []string
+	hostCollided map[string]int32 // names whose hash another name took first
+	suffixLabels uint64
+}
+
+// hostHash is FNV-1a over s's bytes from last to first, so that hostKeysOf gets the
+// hash of every suffix of a name in one pass.
+func hostHash(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := len(s) - 1; i >= 0; i-- {
+		h = (h ^ uint64(s[i])) * 1099511628211
+	}
+	return h
 }
 
 // globDir holds the globs that share literal leading segments, by last segment. A glob
@@ -439,11 +526,20 @@ func compile(rules []Rule) *matcher {
 		exactWin: map[string]*bucket{},
 		globs:    map[globDirKey]*globDir{},
 		anyApp:   &bucket{},
+		hostKeys: map[uint64]int32{},
 	}
 	for _, r := range rules {
-		app, _ := compileApp(r.App) // validated by the caller
-		m.rules = append(m.rules, &compiledRule{Rule: r, app: app})
+		c := compileRule(r)
+		if c.host != "" {
+			key, wild := strings.CutPrefix(c.host, "*") // ".example.com" cannot be an exact name
+			if wild {
+				m.suffixLabels |= 1 << min(strings.Count(key, "."), 63)
+			}
+			c.hostKey = m.internHost(key)
+		}
+		m.rules = append(m.rules, c)
 	}
+
 	slices.SortFunc(m.rules, comparePrecedence)
 	getBucket := func(mp map[string]*bucket, k string) *bucket {
 		b := mp[k]
@@ -521,7 +617,7 @@ func (m *matcher) eachGlobBucket(name string, fn func(*bucket)) {
 			if b := d.byBase[base]; b != nil {
 				fn(b)
 			}
-			if len(d.noBase.all) > 0 || d.noBase.indexed || d.noBase.svc != nil {
+			if !d.noBase.empty() {
 				fn(d.noBase)
 			}
 		}
@@ -534,14 +630,85 @@ func (m *matcher) match(req *Request, now time.Time) *compiledRule {
 	q := query{
 		req:    req,
 		remote: req.Remote.Addr().Unmap(),
+		host:   normalizeHost(req.Host),
 		port:   req.Remote.Port(),
 		lport:  req.Local.Port(),
 		now:    unixNanoClamped(now),
+	}
+	if q.host != "" && len(m.hostKeys) > 0 {
+		m.hostKeysOf(&q)
 	}
 	if r := m.matchQuery(&q); r != nil {
 		return r.c
 	}
 	return nil
+}
+
+// internHost returns name's key, adding it if new.
+func (m *matcher) internHost(name string) int32 {
+	h := hostHash(name)
+	if k, ok := m.hostKeys[h]; ok {
+		if m.hostNames[k] == name {
+			return k
+		}
+		// Another name has this hash: practically never, but never a wrong verdict.
+		if k, ok := m.hostCollided[name]; ok {
+			return k
+		}
+		if m.hostCollided == nil {
+			m.hostCollided = map[string]int32{}
+		}
+		k = int32(len(m.hostNames))
+		m.hostNames = append(m.hostNames, name)
+		m.hostCollided[name] = k
+		return k
+	}
+	k := int32(len(m.hostNames))
+	m.hostKeys[h] = k
+	m.hostNames = append(m.hostNames, name)
+	return k
+}
+
+// lookupHost returns the key of name, whose hash is h.
+func (m *matcher) lookupHost(h uint64, name string) (int32, bool) {
+	k, ok := m.hostKeys[h]
+	if !ok {
+		return 0, false
+	}
+	if m.hostNames[k] == name {
+		return k, true
+	}
+	k, ok = m.hostCollided[name]
+	return k, ok
+}
+
+// hostKeysOf fills q's host keys: the exact name's key, then the keys of the suffixes
+// wildcards name, longest first. One right-to-left pass hashes every suffix.
+func (m *matcher) hostKeysOf(q *query) {
+	host := q.host
+	var buf [8]int32
+	suffixes := buf[:0] // found right to left: shortest first
+	labels := 0
+	h := uint64(14695981039346656037)
+	for i := len(host) - 1; i >= 0; i-- {
+		h = (h ^ uint64(host[i])) * 1099511628211
+		if host[i] != '.' {
+			continue
+		}
+		labels++
+		if m.suffixLabels&(1<<min(labels, 63)) == 0 {
+			continue
+		}
+		if k, ok := m.lookupHost(h, host[i:]); ok {
+			suffixes = append(suffixes, k)
+		}
+	}
+	if k, ok := m.lookupHost(h, host); ok {
+		q.addHostKey(k)
+	}
+	for i := len(suffixes) - 1; i >= 0; i-- {
+		q.addHostKey(suffixes[i])
+	}
 }
 
 func (m *matcher) matchQuery(q *query) *ruleRef {

@@ -16,9 +16,9 @@ func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func curlReq() *Request {
 	return &Request{
 		Direction: Outbound, Protocol: TCP, Exe: "/usr/bin/curl", UID: 1000, User: "alice",
-		Services: []string{"Dnscache"},
-		Local:    netip.MustParseAddrPort("198.18.0.2:40000"),
-		Remote:   netip.MustParseAddrPort("198.18.1.5:443"),
+		Services: []string{"Dnscache"}, Host: "WWW.Example.com.", // rules see www.example.com
+		Local:  netip.MustParseAddrPort("198.18.0.2:40000"),
+		Remote: netip.MustParseAddrPort("198.18.1.5:443"),
 	}
 }
 
@@ -83,6 +83,43 @@ func TestPrecedence(t *testing.T) {
 			{ID: 1, Action: Deny},
 			{ID: 2, Action: Allow, Service: "wuauserv"},
 		}, 1},
+		{"host beats remote", []Rule{
+			{ID: 1, App: "/usr/bin/curl", Action: Deny, Remote: pfx("198.18.1.5/32"), Port: PortRange{443, 443}},
+			{ID: 2, App: "/usr/bin/curl", Action: Allow, Host: "www.example.com"},
+		}, 2},
+		{"app beats host", []Rule{
+			{ID: 1, App: "/usr/bin/curl", Action: Deny},
+			{ID: 2, App: "/usr/bin/*", Action: Allow, Host: "www.example.com"},
+		}, 1},
+		{"service beats host", []Rule{
+			{ID: 1, App: "/usr/bin/curl", Action: Deny, Host: "www.example.com"},
+			{ID: 2, App: "/usr/bin/curl", Action: Allow, Service: "dnscache"},
+		}, 2},
+		{"exact host beats wildcard", []Rule{
+			{ID: 1, Action: Deny, Host: "*.example.com", Remote: pfx("198.18.1.5/32")},
+			{ID: 2, Action: Allow, Host: "www.example.com"},
+		}, 2},
+		{"wildcard with more labels beats fewer", []Rule{
+			{ID: 1, Action: Deny, Host: "*.com", Port: PortRange{443, 443}},
+			{ID: 2, Action: Allow, Host: "*.example.com"},
+		}, 2},
+		{"wildcard host beats remote", []Rule{
+			{ID: 1, Action: Deny, Remote: pfx("198.18.1.5/32")},
+			{ID: 2, Action: Allow, Host: "*.example.com"},
+		}, 2},
+		{"wildcard does not match its apex", []Rule{
+			{ID: 1, Action: Deny},
+			{ID: 2, Action: Allow, Host: "*.www.example.com"},
+		}, 1},
+		{"host must match", []Rule{
+			{ID: 1, Action: Deny},
+			{ID: 2, Action: Allow, Host: "ww.example.com"},
+			{ID: 3, Action: Allow, Host: "*.ample.com"},
+		}, 1},
+		{"host case and trailing dot do not matter", []Rule{
+			{ID: 1, Action: Deny},
+			{ID: 2, Action: Allow, Host: "WWW.EXAMPLE.COM."},
+		}, 2},
 		{"direction beats nothing", []Rule{
 			{ID: 1, Action: Deny},
 			{ID: 2, Action: Allow, Direction: Outbound},
@@ -142,6 +179,40 @@ func TestPrecedence(t *testing.T) {
 				}
 			}
 		}
+		for _, r := range tc.rules {
+			if r.ID == tc.want && !r.Matches(curlReq(), t0) {
+				t.Errorf("%s: Rule.Matches says rule %d does not match", tc.name, r.ID)
+			}
+		}
+	}
+}
+
+// TestUnknownHost checks that a request whose hostname is unknown matches no Host
+// rule, however general, and still matches the rest.
+func TestUnknownHost(t *testing.T) {
+	rules := []Rule{
+		{ID: 1, Action: Deny},
+		{ID: 2, Action: Allow, Host: "*.com"},
+		{ID: 3, Action: Allow, App: "/usr/bin/curl", Host: "www.example.com"},
+	}
+	for i := 4; i < 40; i++ { // enough to index the buckets
+		rules = append(rules, Rule{ID: RuleID(i), Action: Allow, Host: fmt.Sprintf("h%d.example.com", i), Port: PortRange{443, 443}})
+	}
+	m := compile(rules)
+	req := curlReq()
+	req.Host = ""
+	for _, got := range []*compiledRule{m.match(req, t0), m.matchLinear(req, t0)} {
+		if got == nil || got.ID != 1 {
+			t.Errorf("unknown host: %v decides, want rule 1", got)
+		}
+	}
+	req.Host = "h7.example.com"
+	if got := m.match(req, t0); got == nil || got.ID != 7 {
+		t.Errorf("h7.example.com: %v decides, want rule 7", got)
+	}
+	req.Host = "x.h7.example.com"
+	if got := m.match(req, t0); got == nil || got.ID != 2 {
+		t.Errorf("x.h7.example.com: %v decides, want rule 2 (*.com)", got)
 	}
 }
 
@@ -223,6 +294,16 @@ func randomRules(rng *rand.Rand, n int) []Rule {
 		if rng.IntN(10) == 0 {
 			r.Service = []string{"Dnscache", "wuauserv", "BITS"}[rng.IntN(3)]
 		}
+		if rng.IntN(5) == 0 {
+			h, svc := rng.IntN(3), rng.IntN(2)
+			r.Host = []string{
+				fmt.Sprintf("h%d.svc%d.test", h, svc),
+				fmt.Sprintf("*.svc%d.test", svc),
+				fmt.Sprintf("*.h%d.svc%d.test", h, svc),
+				"*.test",
+				fmt.Sprintf("H%d.Svc%d.TEST.", h, svc), // matched in normal form
+			}[rng.IntN(5)]
+		}
 		rules = append(rules, r)
 	}
 	return rules
@@ -258,6 +339,14 @@ func randomRequest(rng *rand.Rand, n int) *Request {
 	req.Remote = netip.AddrPortFrom(addr, uint16(1+rng.IntN(80)))
 	if rng.IntN(3) == 0 {
 		req.Services = []string{[]string{"dnscache", "WUAUSERV", "Other"}[rng.IntN(3)], "BITS"}[:1+rng.IntN(2)]
+	}
+	switch rng.IntN(4) {
+	case 0:
+		req.Host = fmt.Sprintf("h%d.svc%d.test", rng.IntN(3), rng.IntN(2))
+	case 1:
+		req.Host = fmt.Sprintf("a.H%d.svc%d.test.", rng.IntN(3), rng.IntN(2))
+	case 2:
+		req.Host = fmt.Sprintf("svc%d.test", rng.IntN(2))
 	}
 	return req
 }
@@ -321,6 +410,11 @@ func realisticRules(rng *rand.Rand, n int) []Rule {
 		if rng.IntN(20) == 0 {
 			r.Expires = t0.Add(time.Duration(rng.IntN(3)-1) * time.Hour)
 		}
+		if h := rng.IntN(10); h == 0 {
+			r.Host = fmt.Sprintf("api%d.app%d.example", rng.IntN(4), app)
+		} else if h == 1 {
+			r.Host = fmt.Sprintf("*.app%d.example", app)
+		}
 		rules = append(rules, r)
 	}
 	return rules
@@ -378,6 +472,13 @@ func realisticRequests(rng *rand.Rand, rules []Rule, count int) []*Request {
 			if r.Protocol != AnyProtocol {
 				req.Protocol = r.Protocol
 			}
+			if h, wild := strings.CutPrefix(r.Host, "*"); wild {
+				req.Host = "cdn" + h
+			} else {
+				req.Host = r.Host
+			}
+		} else if rng.IntN(2) == 0 {
+			req.Host = fmt.Sprintf("www%d.app%d.example", rng.IntN(4), app)
 		}
 		req.Remote = netip.AddrPortFrom(addr, port)
 		reqs[i] = req

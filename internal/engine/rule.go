@@ -177,6 +177,7 @@ type Rule struct {
 	App       string       `json:"app,omitempty"`     // executable path, exact or glob (path.Match syntax plus "**")
 	User      string       `json:"user,omitempty"`    // account name or numeric uid
 	Service   string       `json:"service,omitempty"` // Windows: a service hosted by the process (Request.Services), case-insensitive
+	Host      string       `json:"host,omitempty"`    // remote hostname learned from DNS: exact, or "*.example.com" for its subdomains; see ParseHost
 	Direction Direction    `json:"dir"`               // AnyDirection matches both
 	Protocol  Protocol     `json:"proto"`             // AnyProtocol matches all
 	Remote    netip.Prefix `json:"remote,omitzero"`   // address or CIDR; zero matches all
@@ -230,6 +231,11 @@ func (r Rule) Validate() error {
 	}
 	if r.Service != strings.TrimSpace(r.Service) || strings.ContainsAny(r.Service, "\x00\n/\\") {
 		return &FieldError{"service", strconv.Quote(r.Service), fmt.Errorf("want a service name without spaces around it, slashes or control characters")}
+	}
+	if r.Host != "" {
+		if _, err := ParseHost(r.Host); err != nil {
+			return &FieldError{"host", strconv.Quote(r.Host), err}
+		}
 	}
 	if err := checkRemote(r.Remote); err != nil {
 		return &FieldError{"remote", r.Remote.String(), err}
@@ -329,6 +335,9 @@ func (r *Rule) matchesIgnoringExpiry(req *Request) bool {
 	if r.Service != "" && !serviceMatches(r.Service, req) {
 		return false
 	}
+	if r.Host != "" && !hostMatches(normalizeHost(r.Host), normalizeHost(req.Host)) {
+		return false
+	}
 	if r.App != "" && !appMatches(r.App, req.Exe) {
 		return false
 	}
@@ -377,6 +386,9 @@ func (r Rule) String() string {
 	if r.User != "" {
 		fmt.Fprintf(&b, " user=%s", quoteIfNeeded(r.User))
 	}
+	if r.Host != "" {
+		fmt.Fprintf(&b, " host=%s", quoteIfNeeded(r.Host))
+	}
 	if r.Remote.IsValid() {
 		fmt.Fprintf(&b, " remote=%s", r.Remote)
 	}
@@ -409,6 +421,7 @@ type ruleJSON struct {
 	App       string          `json:"app,omitempty"`
 	User      string          `json:"user,omitempty"`
 	Service   string          `json:"service,omitempty"`
+	Host      string          `json:"host,omitempty"`
 	Direction string          `json:"dir"`
 	Protocol  string          `json:"proto"`
 	Remote    string          `json:"remote,omitempty"`
@@ -429,6 +442,7 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		App:       r.App,
 		User:      r.User,
 		Service:   r.Service,
+		Host:      r.Host,
 		Direction: r.Direction.String(),
 		Protocol:  r.Protocol.String(),
 		Action:    r.Action.String(),
@@ -453,8 +467,9 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON reads the form MarshalJSON writes, strictly: unknown fields, bad
-// enums, bad ports or prefixes and a missing action are errors naming the field. It
-// also accepts a bare address for remote and a number for a single port. The rule is
+// enums, bad ports, prefixes or hostnames and a missing action are errors naming the
+// field. It also accepts a bare address for remote and a number for a single port, and
+// writes host in normal form (see ParseHost). The rule is
 // validated (see Validate).
 func (r *Rule) UnmarshalJSON(b []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -473,6 +488,9 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 	out.User = w.User
 	out.Service = w.Service
 	out.Note = w.Note
+	if out.Host, err = ParseHost(w.Host); err != nil {
+		return &FieldError{"host", strconv.Quote(w.Host), err}
+	}
 	if out.Direction, err = ParseDirection(w.Direction); err != nil {
 		return &FieldError{"dir", strconv.Quote(w.Direction), err}
 	}
@@ -525,4 +543,87 @@ func parseTime(s string) (time.Time, error) {
 		return time.Time{}, err
 	}
 	return t, nil
+}
+
+// Hostnames (Rule.Host).
+const (
+	maxHostLen  = 253
+	maxLabelLen = 63
+)
+
+// ParseHost checks a rule's hostname and returns it in normal form: lower case,
+// without a trailing dot. It is an exact name ("www.example.com") or a wildcard
+// ("*.example.com") that matches every name below example.com at any depth
+// ("a.example.com", "a.b.example.com") but not example.com itself: write a second rule
+// for the apex. Labels are letters, digits, '-' and '_' (what DNS answers latch reads
+// can hold). "" is no host (any). Addresses are errors: use Remote.
+func ParseHost(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	h := strings.ToLower(strings.TrimSuffix(s, "."))
+	if _, err := netip.ParseAddr(h); err == nil {
+		return "", fmt.Errorf("an address, not a hostname (use remote)")
+	}
+	name, wild := strings.CutPrefix(h, "*.")
+	if name == "" || h == "*" {
+		return "", fmt.Errorf("want a hostname such as www.example.com or *.example.com")
+	}
+	if len(h) > maxHostLen {
+		return "", fmt.Errorf("longer than %d characters", maxHostLen)
+	}
+	for i, label := range strings.Split(name, ".") {
+		if label == "" {
+			return "", fmt.Errorf("empty label")
+		}
+		if len(label) > maxLabelLen {
+			return "", fmt.Errorf("label %d longer than %d characters", i+1, maxLabelLen)
+		}
+		for _, c := range []byte(label) {
+			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				if c == '*' && !wild && i == 0 {
+					return "", fmt.Errorf("'*' only as a whole first label, as in *.example.com")
+				}
+				return "", fmt.Errorf("character %q in label %q: want letters, digits, '-' or '_' (and a leading \"*.\")", c, label)
+			}
+		}
+	}
+	return h, nil
+}
+
+// normalizeHost is a request's or a valid rule's hostname in normal form. It does not
+// allocate for names already in it.
+func normalizeHost(h string) string {
+	h = strings.TrimSuffix(h, ".")
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; 'A' <= c && c <= 'Z' {
+			return strings.ToLower(h)
+		}
+	}
+	return h
+}
+
+// hostMatches reports whether the normalized host matches the normalized pattern. An
+// unknown host ("") matches no pattern.
+func hostMatches(pattern, host string) bool {
+	if host == "" {
+		return false
+	}
+	if suffix, wild := strings.CutPrefix(pattern, "*"); wild {
+		return len(host) > len(suffix) && strings.HasSuffix(host, suffix)
+	}
+	return host == pattern
+}
+
+// hostSpecificity ranks a normalized Host for precedence: no host 0, a wildcard
+// 1 + its number of labels (so *.a.example.com beats *.example.com), an exact name
+// above every wildcard.
+func hostSpecificity(h string) int {
+	switch {
+	case h == "":
+		return 0
+	case strings.HasPrefix(h, "*."):
+		return 1 + strings.Count(h, ".")
+	}
+	return 1 << 10
 }

@@ -90,6 +90,9 @@ func TestValidateNamesField(t *testing.T) {
 		{"host bits", func(r *Rule) { r.Remote = netip.MustParsePrefix("198.18.0.1/15") }, "remote"},
 		{"mapped", func(r *Rule) { r.Remote = netip.MustParsePrefix("::ffff:198.18.0.0/120") }, "remote"},
 		{"uid range", func(r *Rule) { r.User = "99999999999" }, "user"},
+		{"host with a space", func(r *Rule) { r.Host = "www.example .com" }, "host"},
+		{"host is an address", func(r *Rule) { r.Host = "198.18.0.1" }, "host"},
+		{"host wildcard inside", func(r *Rule) { r.Host = "www.*.com" }, "host"},
 		{"year", func(r *Rule) { r.Expires = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "expires"},
 	} {
 		r := ok
@@ -105,9 +108,87 @@ func TestValidateNamesField(t *testing.T) {
 	}
 }
 
+func TestParseHost(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{"", "", ""},
+		{"www.example.com", "www.example.com", ""},
+		{"WWW.Example.COM.", "www.example.com", ""},
+		{"*.example.com", "*.example.com", ""},
+		{"*.Example.com.", "*.example.com", ""},
+		{"_dmarc.example-1.com", "_dmarc.example-1.com", ""},
+		{"localhost", "localhost", ""},
+		{"*", "", "want a hostname"},
+		{"*.", "", "want a hostname"},
+		{".", "", "want a hostname"},
+		{"*example.com", "", "'*' only as a whole first label"},
+		{"www.*.com", "", `character '*' in label "*"`},
+		{"a..b", "", "empty label"},
+		{".example.com", "", "empty label"},
+		{"198.18.0.1", "", "an address"},
+		{"2001:2::1", "", "an address"},
+		{"exa mple.com", "", `character ' '`},
+		{"héllo.com", "", "character"},
+		{strings.Repeat("a", 64) + ".com", "", "label 1 longer than 63"},
+		{strings.Repeat("a.", 127) + "com", "", "longer than 253"},
+	} {
+		got, err := ParseHost(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseHost(%q) = %q, %v; want error containing %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ParseHost(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		pattern, host string
+		want          bool
+	}{
+		{"www.example.com", "www.example.com", true},
+		{"www.example.com", "xwww.example.com", false},
+		{"*.example.com", "a.example.com", true},
+		{"*.example.com", "a.b.example.com", true},
+		{"*.example.com", "example.com", false}, // the apex is not a subdomain
+		{"*.example.com", "badexample.com", false},
+		{"*.example.com", "", false},
+		{"example.com", "", false},
+	} {
+		if got := hostMatches(tc.pattern, tc.host); got != tc.want {
+			t.Errorf("hostMatches(%q, %q) = %v, want %v", tc.pattern, tc.host, got, tc.want)
+		}
+	}
+}
+
+func TestRuleJSONHost(t *testing.T) {
+	var r Rule
+	if err := r.UnmarshalJSON([]byte(`{"id":1,"app":"/usr/bin/curl","host":"*.Example.COM.","port":443,"action":"allow"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if r.Host != "*.example.com" {
+		t.Errorf("host %q, want *.example.com (normal form)", r.Host)
+	}
+	b, _ := r.MarshalJSON()
+	if !bytes.Contains(b, []byte(`"host":"*.example.com"`)) {
+		t.Errorf("JSON %s lacks the host", b)
+	}
+	if !strings.Contains(r.String(), " host=*.example.com ") {
+		t.Errorf("String() = %q lacks the host", r.String())
+	}
+	err := r.UnmarshalJSON([]byte(`{"id":1,"host":"www.*.com","action":"allow"}`))
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "host" || !strings.Contains(err.Error(), `field "host" ("www.*.com")`) {
+		t.Errorf("bad host: %v, want a FieldError naming host", err)
+	}
+	if r.Host != "*.example.com" {
+		t.Errorf("a failed unmarshal changed the rule: host %q", r.Host)
+	}
+}
+
 func TestRuleJSONRoundTrip(t *testing.T) {
 	r := Rule{
-		ID: 7, App: "/usr/bin/curl", User: "1000", Direction: Outbound, Protocol: TCP,
+		ID: 7, App: "/usr/bin/curl", User: "1000", Direction: Outbound, Protocol: TCP, Host: "api.example.com",
 		Remote: netip.MustParsePrefix("198.18.0.0/15"), Port: PortRange{443, 443},
 		LocalPort: PortRange{1000, 2000}, Action: Reject,
 		Expires: time.Date(2026, 11, 21, 15, 0, 0, 5, time.UTC),
