@@ -89,6 +89,43 @@ CREATE TABLE IF NOT EXISTS conns (
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
 
+// addedColumns are the columns of conns that databases written by earlier versions
+// may lack, with the definition that adds them; old rows read the default.
+var addedColumns = []struct{ name, def string }{
+	{"host", "TEXT NOT NULL DEFAULT ''"},
+}
+
+// migrateHistory brings a conns table created by an earlier version up to
+// historySchema: CREATE TABLE IF NOT EXISTS leaves an existing table as it is.
+func migrateHistory(db *sql.DB) error {
+	rows, err := db.Query(`SELECT name FROM pragma_table_info('conns')`)
+	if err != nil {
+		return fmt.Errorf("reading the conns table's columns: %w", err)
+	}
+	have := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return fmt.Errorf("reading the conns table's columns: %w", err)
+		}
+		have[name] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the conns table's columns: %w", err)
+	}
+	for _, c := range addedColumns {
+		if have[c.name] {
+			continue
+		}
+		if _, err := db.Exec(`ALTER TABLE conns ADD COLUMN ` + c.name + ` ` + c.def); err != nil {
+			return fmt.Errorf("adding column %s to conns: %w", c.name, err)
+		}
+	}
+	return nil
+}
+
 // OpenHistory opens (creating if needed) the history database at path, keeping at most
 // maxRows connections (0: DefaultMaxRows); older ones are deleted as new ones arrive.
 func OpenHistory(path string, maxRows int) (*History, error) {
@@ -110,6 +147,10 @@ func openHistory(path string, maxRows, queueLen int) (*History, error) {
 	if _, err := db.Exec(historySchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("history %s: creating schema: %w", path, err)
+	}
+	if err := migrateHistory(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("history %s: %w", path, err)
 	}
 	h := &History{
 		db:      db,

@@ -16,7 +16,7 @@ import (
 
 func testConn(i int) Conn {
 	t0 := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
-	return Conn{
+	c := Conn{
 		Time: t0.Add(time.Duration(i) * time.Millisecond),
 		Request: engine.Request{
 			Direction: engine.Outbound,
@@ -30,6 +30,10 @@ func testConn(i int) Conn {
 		},
 		Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: engine.RuleID(i%7 + 1)},
 	}
+	if i%2 == 0 {
+		c.Request.Host = fmt.Sprintf("api%d.example.com", i)
+	}
+	return c
 }
 
 func TestHistoryRoundTripAndPersists(t *testing.T) {
@@ -58,6 +62,9 @@ func TestHistoryRoundTripAndPersists(t *testing.T) {
 		c.Request.Direction != engine.Outbound || c.Request.Protocol != engine.TCP ||
 		c.Request.User != "root" || c.Request.UID != 0 || c.Verdict != want.Verdict {
 		t.Fatalf("newest conn read back as %+v, want %+v", c, want)
+	}
+	if got[1].Request.Host != "api8.example.com" || got[2].Request.Host != "" {
+		t.Errorf("hosts read back as %q and %q, want api8.example.com and none", got[1].Request.Host, got[2].Request.Host)
 	}
 	if got[0].ID >= got[1].ID || got[1].ID >= got[2].ID {
 		t.Errorf("Recent is not oldest first: ids %d %d %d", got[0].ID, got[1].ID, got[2].ID)
@@ -89,6 +96,51 @@ func TestHistoryRoundTripAndPersists(t *testing.T) {
 	var mode string
 	if err := h.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
 		t.Errorf("journal mode %q (%v), want wal", mode, err)
+	}
+}
+
+// TestHistoryMigratesHost opens a history.db written before conns had a host column:
+// its rows stay, read with no host, and new rows keep theirs.
+func TestHistoryMigratesHost(t *testing.T) {
+	path := filepath.Join(t.TempDir(), HistoryFileName)
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := strings.Replace(historySchema, "\thost        TEXT    NOT NULL,\n", "", 1)
+	if old == historySchema {
+		t.Fatal("test out of date: no host column in historySchema to take out")
+	}
+	if _, err := db.Exec(old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
+		pid, exe, uid, user, cmdline, verdict, reason, rule_id)
+		VALUES (1, 'out', 'tcp', '198.18.0.1', 40000, '198.18.0.2', 443, 7, '/usr/bin/old', 0, 'root', '', 'allow', 'rule', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	for round := 0; round < 2; round++ { // the second open finds the column present
+		h, err := OpenHistory(path, 1000)
+		if err != nil {
+			t.Fatalf("open %d: %v", round, err)
+		}
+		if round == 0 {
+			c := testConn(2)
+			if err := h.Record(c); err != nil {
+				t.Fatal(err)
+			}
+			h.Flush()
+		}
+		got, err := h.Recent(10, 0)
+		h.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].Request.Exe != "/usr/bin/old" || got[0].Request.Host != "" || got[1].Request.Host != "api2.example.com" {
+			t.Fatalf("open %d: read back %+v", round, got)
+		}
 	}
 }
 
