@@ -246,6 +246,52 @@ func TestPromptsAndAnswer(t *testing.T) {
 	}
 }
 
+// TestHost checks that the hostname a backend learned reaches every view: prompts
+// (and their JSON), rules from answers and added rules, and history.
+func TestHost(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	ch := make(chan engine.Verdict, 1)
+	f.eng.Decide(&engine.Request{
+		Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
+		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
+		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
+		PID:    4242, Exe: "/usr/bin/firefox", UID: 0, User: "root", Host: "www.example.com",
+	}, func(v engine.Verdict) { ch <- v })
+	ps, err := f.client.Prompts(c)
+	if err != nil || len(ps) != 1 || ps[0].Host != "www.example.com" || ps[0].RemoteIP != "198.18.5.5" {
+		t.Fatalf("prompts %+v, %v; want one for www.example.com (198.18.5.5)", ps, err)
+	}
+	if b, _ := json.Marshal(ps[0]); !strings.Contains(string(b), `"host":"www.example.com"`) {
+		t.Errorf("prompt JSON %s lacks the host", b)
+	}
+	rule, err := f.client.Answer(c, ps[0].ID, AnswerRequest{Action: "allow", For: "forever", Scope: "app+host"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rule.Host != "www.example.com" || rule.Remote.IsValid() {
+		t.Errorf("app+host answer made %v, want a rule on the host, not the address", rule)
+	}
+	<-ch
+	added, err := f.client.AddRule(c, engine.Rule{Host: "*.Tracker.Example.", Action: engine.Deny})
+	if err != nil || added.Host != "*.tracker.example" {
+		t.Errorf("AddRule with a host = %v, %v; want host *.tracker.example", added, err)
+	}
+	rules, _ := f.client.Rules(c)
+	if len(rules) != 2 || rules[0].Host != "www.example.com" || rules[1].Host != "*.tracker.example" {
+		t.Errorf("rules %v", rules)
+	}
+	f.hist.Record(store.Conn{Time: time.Now(), Request: engine.Request{
+		Direction: engine.Outbound, Protocol: engine.TCP,
+		Remote: netip.MustParseAddrPort("198.18.5.5:443"), Exe: "/usr/bin/firefox", UID: 0, Host: "www.example.com",
+	}, Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: rule.ID}})
+	f.hist.Flush()
+	cs, err := f.client.Conns(c, 0, 1)
+	if err != nil || len(cs) != 1 || cs[0].Host != "www.example.com" {
+		t.Errorf("conns %+v, %v; want the host", cs, err)
+	}
+}
+
 func TestConns(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
@@ -344,6 +390,7 @@ func TestMalformedRequestsChangeNothing(t *testing.T) {
 		{"POST", "/v1/rules", `{"action":"maybe"}`, 400, "action"},
 		{"POST", "/v1/rules", `{"remote":"198.18.0.0/40","action":"allow"}`, 400, "remote"},
 		{"POST", "/v1/rules", `{"port":"2000-1000","action":"allow"}`, 400, "port"},
+		{"POST", "/v1/rules", `{"host":"www.*.example","action":"allow"}`, 400, `"host"`},
 		{"POST", "/v1/rules", `{"proto":"sctp","action":"allow"}`, 400, "proto"},
 		{"POST", "/v1/rules", `{"id":5,"action":"allow"}`, 400, `"id"`},
 		{"POST", "/v1/rules", `{"app":7,"action":"allow"}`, 400, "app"},

@@ -19,6 +19,8 @@ func FuzzRequestBodies(f *testing.F) {
 	for _, s := range []string{
 		`{"action":"allow","app":"/usr/bin/curl","port":"443"}`,
 		`{"action":"deny","remote":"198.18.0.0/15","proto":"udp","dir":"out"}`,
+		`{"action":"allow","app":"/usr/bin/firefox","host":"*.Example.COM.","port":443}`,
+		`{"action":"allow","host":"www.*.com"}`,
 		`{"action":"allow","colour":"red"}`,
 		`{"version":1,"rules":[{"id":3,"action":"reject","port":"1-1024"}]}`,
 		`{"version":1,"rules":[{"id":1,"action":"allow"},{"id":1,"action":"deny"}]}`,
