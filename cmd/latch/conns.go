@@ -16,14 +16,15 @@ import (
 const connsHelp = `Usage: latch conns [--json] [--follow] [-n N]
 
 Lists the most recent connections latch decided, oldest first: time, direction,
-protocol, local and remote address, pid, executable, user, verdict and why (rule ID,
-prompt, default, timeout, limit).
+protocol, local and remote address (with the hostname the program resolved, when latch
+saw it), pid, executable, user, verdict and why (rule ID, prompt, default, timeout,
+limit).
 
   -n N       how many (default 20)
   --follow   keep printing new connections as they are decided (Ctrl-C ends)
   --json     one JSON object per line: id, time, direction, proto, local_ip,
-             local_port, remote_ip, remote_port, pid, exe, uid, user, verdict,
-             reason, rule_id
+             local_port, remote_ip, remote_port, host (if known), pid, exe, uid,
+             user, verdict, reason, rule_id
 `
 
 // followInterval is how often --follow asks for new connections.

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/intercept/linux"
 	"github.com/latchfw/latch/internal/procattr"
 )
@@ -27,6 +28,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.FailOpen = o.FailOpen
 	cfg.ExemptLoopback = o.ExemptLoopback
 	cfg.Resolver = res
+	// Names from DNS responses label connections (prompts, history, host rules).
+	cfg.Hostnames = dnsname.NewCache(0)
 	cfg.HoldTimeout = o.PromptTimeout + max(o.PromptTimeout, 30*time.Second)
 	cfg.Logf = logf
 	ready := make(chan struct{})

@@ -207,6 +207,8 @@ func TestUsage(t *testing.T) {
 		{[]string{"rules", "add", "--port", "80"}, 2, "--action is required"},
 		{[]string{"rules", "add", "--action", "allow", "--remote", "198.18.0.0/33"}, 2, "--remote"},
 		{[]string{"rules", "add", "--action", "allow", "--port", "9-1"}, 2, "--port"},
+		{[]string{"rules", "add", "--action", "allow", "--host", "www.*.example"}, 2, "--host: character '*'"},
+		{[]string{"rules", "add", "--action", "allow", "--host", "198.18.0.1"}, 2, "use remote"},
 		{[]string{"rules", "add", "--action", "allow", "--colour", "red"}, 2, "-colour"},
 		{[]string{"rules", "rm", "x"}, 2, `rule ID "x"`},
 		{[]string{"answer", "1"}, 2, "want a question ID and allow"},
@@ -340,6 +342,59 @@ func TestPromptsAndAnswer(t *testing.T) {
 	}
 	if r := f.latch(t, "answer", id, "deny"); r.code != 1 || !strings.Contains(r.stderr, "not open") {
 		t.Errorf("answering a closed question: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+// TestHosts checks the hostname everywhere a remote is shown: rules add --host and
+// rules list, prompts, answer --scope app+host (a rule on the name) and conns.
+func TestHosts(t *testing.T) {
+	f := newFixture(t)
+	out := f.must(t, "rules", "add", "--app", "/usr/bin/curl", "--host", "*.Tracker.Example.", "--action", "deny")
+	if !strings.Contains(out, "host=*.tracker.example") {
+		t.Errorf("rules add --host said %q", out)
+	}
+	if list := f.must(t, "rules", "list"); !strings.Contains(list, "HOST") || !strings.Contains(list, "*.tracker.example") {
+		t.Errorf("rules list lacks the host:\n%s", list)
+	}
+	if rules := jsonLines(t, f.must(t, "rules", "list", "--json")); len(rules) != 1 || rules[0]["host"] != "*.tracker.example" {
+		t.Errorf("rules list --json: %v", rules)
+	}
+
+	ch := make(chan engine.Verdict, 1)
+	f.eng.Decide(&engine.Request{
+		Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
+		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
+		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
+		PID:    4242, Exe: "/usr/bin/firefox", UID: 0, User: "root", Host: "www.example.com",
+	}, func(v engine.Verdict) { ch <- v })
+	ps := jsonLines(t, f.must(t, "prompts", "--json"))
+	if len(ps) != 1 || ps[0]["host"] != "www.example.com" || ps[0]["remote_ip"] != "198.18.5.5" {
+		t.Fatalf("prompts --json: %v", ps)
+	}
+	if table := f.must(t, "prompts"); !strings.Contains(table, "www.example.com (198.18.5.5):443") {
+		t.Errorf("prompts table lacks the host:\n%s", table)
+	}
+	f.must(t, "answer", fmt.Sprint(ps[0]["id"]), "allow", "--for", "forever", "--scope", "app+host")
+	if v := waitVerdict(t, ch); v.Action != engine.Allow {
+		t.Errorf("answered allow, connection got %v", v)
+	}
+	rules := jsonLines(t, f.must(t, "rules", "list", "--json"))
+	if len(rules) != 2 || rules[1]["host"] != "www.example.com" || rules[1]["remote"] != nil || rules[1]["app"] != "/usr/bin/firefox" {
+		t.Errorf("answer --scope app+host made %v, want a rule on www.example.com", rules)
+	}
+
+	f.hist.Record(store.Conn{Time: time.Now(), Request: engine.Request{
+		Direction: engine.Outbound, Protocol: engine.TCP,
+		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
+		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
+		PID:    4242, Exe: "/usr/bin/firefox", UID: 0, User: "root", Host: "www.example.com",
+	}, Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 2}})
+	f.hist.Flush()
+	if cs := jsonLines(t, f.must(t, "conns", "--json")); len(cs) != 1 || cs[0]["host"] != "www.example.com" {
+		t.Errorf("conns --json: %v", cs)
+	}
+	if table := f.must(t, "conns"); !strings.Contains(table, "www.example.com (198.18.5.5):443") {
+		t.Errorf("conns table lacks the host:\n%s", table)
 	}
 }
 

@@ -17,12 +17,15 @@ import (
 const promptsHelp = `Usage: latch prompts [--json]
 
 Lists the connections waiting for a decision, oldest first. Identical questions (same
-program, user, direction, protocol, remote address and port) are asked once; HELD says
+program, user, direction, protocol, remote address, port and hostname) are asked once;
+the remote shows the hostname the program resolved, when latch saw it, as
+"www.example.com (198.18.5.5):443". HELD says
 how many connections wait on it. Unanswered, a question gets the daemon's --default
 verdict when it EXPIRES.
 
   --json   one JSON object per line: id, pid, exe, uid, user, direction, proto,
-           local_ip, local_port, remote_ip, remote_port, held, opened, expires
+           local_ip, local_port, remote_ip, remote_port, host (if known), held,
+           opened, expires
 `
 
 const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever] [--scope SCOPE]
@@ -32,9 +35,10 @@ verdict. Unless --for is once (the default), the answer is also remembered as a 
 for the program, expiring after DURATION (90m, 12h, 7d) or never (forever).
 
   --scope app            the rule matches the program, any destination
-  --scope app+host       the program and this remote address
+  --scope app+host       the program and this remote host: its hostname if known (the
+                         rule then holds whatever address DNS gives next), else its address
   --scope app+port       the program and this remote port
-  --scope app+host+port  the program, this address and this port (default)
+  --scope app+host+port  the program, this host and this port (default)
 (the rule also keeps the question's direction and protocol)
 `
 
@@ -94,15 +98,16 @@ func userOf(user string, uid int32) string {
 	return "-"
 }
 
+// hostPort shows a remote: "198.18.5.5:443", "[2001:2::5]:443", or with the hostname
+// the program resolved "www.example.com (198.18.5.5):443".
 func hostPort(ip string, port uint16, host string) string {
 	if ip == "" {
 		return "-"
 	}
-	s := net.JoinHostPort(ip, strconv.Itoa(int(port)))
 	if host != "" {
-		s += " (" + host + ")"
+		return host + " (" + ip + "):" + strconv.Itoa(int(port))
 	}
-	return s
+	return net.JoinHostPort(ip, strconv.Itoa(int(port)))
 }
 
 func runAnswer(ctx context.Context, args []string) error {

@@ -25,6 +25,9 @@ Match flags of 'rules add' (each left out matches anything):
   --user NAME|UID     account the program runs as
   --dir in|out|any    direction
   --proto tcp|udp|icmp|icmpv6|any
+  --host NAME         remote hostname as the program resolved it (learned from DNS):
+                      www.example.com, or *.example.com for every name below it (not
+                      example.com itself); a connection whose name is unknown never matches
   --remote IP|CIDR    remote address or network
   --port N|N-M        remote port or range
   --local-port N|N-M  local port or range
@@ -34,7 +37,8 @@ reject also answers UDP/ICMP with ICMP unreachable; drop discards silently.
 --for makes the rule expire (90m, 12h, 7d); forever (the default) never does.
 
 Precedence: the most specific matching rule wins (exact app > app glob > any app; then
-narrower remote, narrower port, user, local port, protocol, direction); at equal
+host: exact name > *.wildcard (more labels first) > none; then narrower remote,
+narrower port, user, local port, protocol, direction); at equal
 specificity deny/reject/drop beat allow, then the lower ID.
 
 'rules import' replaces the whole rule set, all or nothing; its file is the format
@@ -89,7 +93,7 @@ func printRules(w io.Writer, rules []engine.Rule) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tACTION\tDIR\tPROTO\tAPP\tUSER\tREMOTE\tPORT\tLOCAL-PORT\tEXPIRES\tNOTE")
+	fmt.Fprintln(tw, "ID\tACTION\tDIR\tPROTO\tAPP\tUSER\tHOST\tREMOTE\tPORT\tLOCAL-PORT\tEXPIRES\tNOTE")
 	for _, r := range rules {
 		remote, port, lport, expires := "-", "-", "-", "never"
 		if r.Remote.IsValid() {
@@ -104,8 +108,8 @@ func printRules(w io.Writer, rules []engine.Rule) {
 		if !r.Expires.IsZero() {
 			expires = r.Expires.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
-			orDash(r.App), orDash(r.User), remote, port, lport, expires, orDash(r.Note))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
+			orDash(r.App), orDash(r.User), orDash(r.Host), remote, port, lport, expires, orDash(r.Note))
 	}
 	tw.Flush()
 }
@@ -117,6 +121,7 @@ func rulesAdd(ctx context.Context, args []string) error {
 		user    = fs.String("user", "", "account name or uid")
 		dir     = fs.String("dir", "any", "in, out or any")
 		proto   = fs.String("proto", "any", "tcp, udp, icmp, icmpv6 or any")
+		host    = fs.String("host", "", "remote hostname, or *.example.com for its subdomains")
 		remote  = fs.String("remote", "", "remote IP or CIDR")
 		port    = fs.String("port", "", "remote port N or range N-M")
 		lport   = fs.String("local-port", "", "local port N or range N-M")
@@ -146,6 +151,9 @@ func rulesAdd(ctx context.Context, args []string) error {
 	}
 	if r.Protocol, err = engine.ParseProtocol(*proto); err != nil {
 		return errFlag("proto", err)
+	}
+	if r.Host, err = engine.ParseHost(*host); err != nil {
+		return errFlag("host", err)
 	}
 	if *remote != "" {
 		if r.Remote, err = engine.ParseRemote(*remote); err != nil {

@@ -227,7 +227,7 @@ func (w *watcher) add(p api.Prompt) {
 	if w.cur == nil {
 		w.next()
 	} else {
-		fmt.Fprintf(w.out, "\n  (question %d queued: %s to %s)\n", p.ID, exeOrUnknown(p.Exe), hostPort(p.RemoteIP, p.RemotePort, ""))
+		fmt.Fprintf(w.out, "\n  (question %d queued: %s to %s)\n", p.ID, exeOrUnknown(p.Exe), hostPort(p.RemoteIP, p.RemotePort, p.Host))
 		w.promptLine()
 	}
 }
