@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
@@ -55,6 +56,7 @@ type Backend struct {
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
 	latencySum, latencyMax, latencyN           atomic.Uint64
+	dnsStats                                   dnsname.NFLOGStats
 
 	// lastQueue is the kernel's view of the queue, read by Stats while running and
 	// once more when Run stops.
@@ -141,6 +143,12 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	}
 	b.q.Store(q)
 	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback}
+	if b.cfg.Hostnames != nil {
+		spec.dnsLogGroup = b.cfg.DNSLogGroup
+		if spec.dnsLogGroup == 0 {
+			spec.dnsLogGroup = DefaultDNSLogGroup
+		}
+	}
 	if err := b.fw.install(spec); err != nil {
 		b.q.Store(nil)
 		q.Close()
@@ -150,6 +158,15 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	var wg sync.WaitGroup
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	wg.Go(func() { b.sweep(sweepCtx) })
+	if spec.dnsLogGroup != 0 {
+		wg.Go(func() {
+			// Names are a label, not a decision input the kernel waits for: if the
+			// log cannot be read, connections go on being decided without them.
+			if err := dnsname.ListenNFLOGStats(sweepCtx, spec.dnsLogGroup, b.cfg.Hostnames, &b.dnsStats); err != nil && sweepCtx.Err() == nil {
+				b.cfg.Logf("hostnames from DNS are off: %v", err)
+			}
+		})
+	}
 	if b.cfg.Ready != nil {
 		b.cfg.Ready()
 	}
@@ -399,6 +416,9 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	if p.HasUID {
 		req.UID = int32(p.UID)
 	}
+	if b.cfg.Hostnames != nil {
+		req.Host, _ = b.cfg.Hostnames.Lookup(req.Remote.Addr())
+	}
 	h.req = req
 	b.holdsMu.Lock()
 	b.holds[h.id] = h
@@ -616,6 +636,12 @@ func (b *Backend) Stats() intercept.Stats {
 	}
 	b.holdsMu.Lock()
 	s.Extra["pending"] = uint64(len(b.holds))
+	if b.cfg.Hostnames != nil {
+		s.Extra["dns_responses"] = b.dnsStats.Responses.Load()
+		s.Extra["dns_malformed"] = b.dnsStats.Malformed.Load()
+		s.Extra["dns_overflows"] = b.dnsStats.Overflows.Load()
+		s.Extra["dns_names"] = uint64(b.cfg.Hostnames.Len())
+	}
 	b.holdsMu.Unlock()
 	if n := b.latencyN.Load(); n > 0 {
 		s.Extra["verdict_latency_avg_us"] = b.latencySum.Load() / n / 1000

@@ -79,12 +79,16 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/procattr"
 )
 
 // DefaultQueue is the NFQUEUE queue number latch uses unless told otherwise.
 const DefaultQueue uint16 = 4242
+
+// DefaultDNSLogGroup is the NFLOG group DNS responses are copied to for hostnames.
+const DefaultDNSLogGroup uint16 = 4243
 
 // Marks. latch owns the bits of MarkMask in the packet mark and the conntrack mark.
 const (
@@ -148,6 +152,12 @@ type Config struct {
 	// overflows the kernel drops the packets it could not deliver (fail-closed) and
 	// Stats.Overflows counts it.
 	ReadBuffer int
+	// Hostnames, if set, learns from DNS responses which name each address was asked
+	// for, and every Request carries the name of its remote address (Request.Host).
+	// The responses are copied to the daemon with NFLOG, which never holds them.
+	Hostnames *dnsname.Cache
+	// DNSLogGroup is the NFLOG group for those copies; 0: DefaultDNSLogGroup.
+	DNSLogGroup uint16
 	// Ready, if set, is called once Run has bound the queue and installed the ruleset,
 	// that is once connections are being held.
 	Ready func()

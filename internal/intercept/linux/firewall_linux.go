@@ -25,7 +25,12 @@ type ruleSpec struct {
 	inbound        bool
 	failOpen       bool
 	exemptLoopback bool
+	dnsLogGroup    uint16 // NFLOG group DNS responses are copied to; 0: none
 }
+
+// input says whether the ruleset needs the INPUT chain: to hold inbound connections,
+// or to see DNS responses.
+func (spec ruleSpec) input() bool { return spec.inbound || spec.dnsLogGroup != 0 }
 
 // firewall installs and removes latch's ruleset with one mechanism.
 type firewall interface {
@@ -185,13 +190,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		unreach, echo = "icmp6-port-unreachable", "-p ipv6-icmp -m icmp6 --icmpv6-type 128"
 	}
 	b.WriteString("*filter\n")
-	chain := func(name, hook, lo string, out bool) {
+	declare := func(name, hook string) {
 		// With --noflush, declaring a chain that exists flushes it: a ruleset left by a
 		// stopped daemon is replaced in the same transaction, never removed first.
 		fmt.Fprintf(&b, ":%s - [0:0]\n", name)
 		if !jumped[name] {
 			fmt.Fprintf(&b, "-I %s 1 -j %s\n", hook, name)
 		}
+	}
+	chain := func(name, hook, lo string, out bool) {
 		if spec.exemptLoopback {
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
 		}
@@ -216,7 +223,16 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			}
 		}
 	}
+	declare(chainOut, "OUTPUT")
 	chain(chainOut, "OUTPUT", "-o", true)
+	if spec.input() {
+		declare(chainIn, "INPUT")
+	}
+	if spec.dnsLogGroup != 0 {
+		// A copy of every DNS response, loopback included (a local resolver answers
+		// there); NFLOG never holds the packet.
+		fmt.Fprintf(&b, "-A %s -p udp -m udp --sport 53 -j NFLOG --nflog-group %d\n", chainIn, spec.dnsLogGroup)
+	}
 	if spec.inbound {
 		chain(chainIn, "INPUT", "-i", false)
 	}
@@ -234,7 +250,7 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 			created = createdMarks(old)
 		}
 		if fw.kind == FirewallIptablesNft {
-			for _, c := range nftMissing(fw.nftFam[i], spec.inbound) {
+			for _, c := range nftMissing(fw.nftFam[i], spec.input()) {
 				if !slices.Contains(created, c) {
 					created = append(created, c)
 				}
@@ -250,7 +266,7 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 			fw.remove() // roll back whatever got in
 			return fmt.Errorf("install %s ruleset: %w", fw.kind, err)
 		}
-		if !spec.inbound {
+		if !spec.input() {
 			if _, err := removeChain(cmd, chainIn, "INPUT"); err != nil {
 				return fmt.Errorf("remove the inbound chain of an earlier ruleset: %w", err)
 			}
@@ -449,6 +465,12 @@ func (spec ruleSpec) nftRules() string {
 		r("icmpv6 type echo-request ct state new %s", q)
 	}
 	chain("output", "output", "oifname", true)
+	if spec.input() {
+		fmt.Fprintf(&b, "add chain inet %s input { type filter hook input priority filter - 1; policy accept; }\n", nftTable)
+	}
+	if spec.dnsLogGroup != 0 {
+		fmt.Fprintf(&b, "add rule inet %s input udp sport 53 log group %d\n", nftTable, spec.dnsLogGroup)
+	}
 	if spec.inbound {
 		chain("input", "input", "iifname", false)
 	}

@@ -9,18 +9,25 @@
 //	e2ehelper flood ADDR N CONC TIMEOUT  N TCP connects from CONC workers; prints a JSON summary
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
+//	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
+//	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
+//	                                resolve NAME at the DNS server DNSADDR, connect to it
 //	e2ehelper udp-stream ADDR       from one UDP socket, send a datagram every 100ms and
 //	                                print "reply N" or "noreply N" for each, until stdin closes
 package main
 
 import (
 	"bufio"
+	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -67,6 +74,10 @@ func main() {
 		hold(addr)
 	case "udp-stream":
 		udpStream(addr)
+	case "dns-serve":
+		dnsServe(addr, arg(3), arg(4))
+	case "resolve-connect":
+		emit(resolveConnect(addr, arg(3), arg(4), duration(5)))
 	default:
 		fmt.Fprintf(os.Stderr, "e2ehelper: unknown verb %q\n", os.Args[1])
 		os.Exit(2)
@@ -286,4 +297,78 @@ func udpStream(addr string) {
 			fmt.Printf("noreply %d\n", n)
 		}
 	}
+}
+
+// dnsServe is a minimal authoritative DNS server: one A record.
+func dnsServe(addr, name, ip string) {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		fatal(fmt.Errorf("dns-serve: %q is not an IPv4 address", ip))
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	fmt.Println("listening")
+	buf := make([]byte, 512)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			fatal(err)
+		}
+		q := buf[:n]
+		if n < 12 || binary.BigEndian.Uint16(q[4:6]) != 1 {
+			continue
+		}
+		// The question: labels up to a zero byte, then type and class.
+		end := 12
+		var labels []string
+		for end < n && q[end] != 0 {
+			l := int(q[end])
+			if end+1+l > n {
+				break
+			}
+			labels = append(labels, string(q[end+1:end+1+l]))
+			end += 1 + l
+		}
+		end += 5
+		if end > n {
+			continue
+		}
+		qtype := binary.BigEndian.Uint16(q[end-4 : end-2])
+		resp := append([]byte(nil), q[:end]...)
+		resp[2] = 0x84 | (q[2] & 0x01) // response, authoritative, keep RD
+		resp[3] = 0
+		binary.BigEndian.PutUint16(resp[8:10], 0)
+		binary.BigEndian.PutUint16(resp[10:12], 0)
+		switch {
+		case !strings.EqualFold(strings.Join(labels, "."), name):
+			resp[3] = 3 // NXDOMAIN
+			binary.BigEndian.PutUint16(resp[6:8], 0)
+		case qtype == 1:
+			binary.BigEndian.PutUint16(resp[6:8], 1)
+			ip4 := a.As4()
+			resp = append(resp, 0xC0, 12, 0, 1, 0, 1, 0, 0, 1, 0x2C, 0, 4)
+			resp = append(resp, ip4[:]...)
+		default:
+			binary.BigEndian.PutUint16(resp[6:8], 0) // no AAAA: NODATA
+		}
+		pc.WriteTo(resp, from)
+	}
+}
+
+// resolveConnect looks NAME up at the DNS server dnsAddr, as a program with that
+// resolver would, and connects to the first address.
+func resolveConnect(dnsAddr, name, port string, timeout time.Duration) Result {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dnsAddr)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	addrs, err := r.LookupNetIP(ctx, "ip4", name)
+	if err != nil || len(addrs) == 0 {
+		return Result{Outcome: "error", Error: fmt.Sprintf("resolve %s: %v", name, err), PID: os.Getpid()}
+	}
+	return connect(net.JoinHostPort(addrs[0].String(), port), timeout)
 }
