@@ -134,6 +134,7 @@ type ruleRef struct {
 	proto            Protocol
 	hasUser, isGlob  bool
 	hasService       bool
+	hostKey          int32 // -1: no host; see compiledRule.hostKey
 	c                *compiledRule
 }
 
@@ -141,7 +142,11 @@ func refOf(c *compiledRule) ruleRef {
 	r := ruleRef{
 		remote: c.Remote, expires: unixNanoClamped(c.Expires), rank: int32(c.rank),
 		portLo: c.Port.Lo, portHi: c.Port.Hi, lportLo: c.LocalPort.Lo, lportHi: c.LocalPort.Hi,
-		dir: c.Direction, proto: c.Protocol, hasUser: c.User != "", isGlob: c.app != nil && c.app.glob, hasService: c.Service != "", c: c,
+		dir: c.Direction, proto: c.Protocol, hasUser: c.User != "", isGlob: c.app != nil && c.app.glob, hasService: c.Service != "",
+		hostKey: -1, c: c,
+	}
+	if c.host != "" {
+		r.hostKey = c.hostKey
 	}
 	if c.Expires.IsZero() {
 		r.expires = math.MaxInt64
@@ -192,6 +197,17 @@ func (q *query) hostKey(i int) int32 {
 	return q.moreKeys[i-len(q.keyBuf)]
 }
 
+// hasHostKey reports whether the request's name is k (an exact name) or lies below it
+// (a wildcard's suffix).
+func (q *query) hasHostKey(k int32) bool {
+	for i := range q.nKeys {
+		if q.hostKey(i) == k {
+			return true
+		}
+	}
+	return false
+}
+
 func (q *query) addHostKey(k int32) {
 	if q.nKeys < len(q.keyBuf) {
 		q.keyBuf[q.nKeys] = k
@@ -210,6 +226,7 @@ func (r *ruleRef) matches(q *query) bool {
 		(!r.remote.IsValid() || r.remote.Contains(q.remote)) &&
 		(!r.hasUser || userMatches(r.c.User, q.req)) &&
 		(!r.hasService || serviceMatches(r.c.Service, q.req)) &&
+		(r.hostKey < 0 || q.hasHostKey(r.hostKey)) &&
 		// The app is checked last: exact-path rules were selected by exe already, and
 		// glob matching is the most expensive test.
 		(!r.isGlob || r.c.app.match(q.req.Exe))
@@ -235,18 +252,20 @@ type v6Key struct {
 
 // bucket holds rules of one app class (all exact for one path, all globs with one
 // index key, or all app-less rules) in precedence order. Rules that name a service go
-// to a sub-bucket tried first (service is the next precedence key), and within that
-// and the rest, rules that name a host go to sub-buckets by host (host comes next):
-// one per exact name, tried first, then one per wildcard suffix, tried from the
-// request's longest suffix to its shortest. Because the app class, service and host
-// are then equal within a bucket, the remote prefix length is the first key that
+// to a sub-bucket tried first (service is the next precedence key). Host comes next: a
+// small bucket is scanned in rank order and checks each rule's host against the
+// request's host keys (no pointer to chase); a large one moves its host rules to
+// sub-buckets by host key, tried first in the order of the request's keys (exact
+// name, then the longest suffix). Because the app class, service and host are then
+// equal within what is indexed, the remote prefix length is the first key that
 // differs: the first matching rule under the longest matching prefix wins, and rules
 // without a remote come last. Large buckets index the rules by prefix; each prefix's
 // rules, and the rules without a remote, are then indexed by port (see portIndex).
 type bucket struct {
-	all   []ruleRef
-	svc   *bucket           // rules of the same app class that name a service: they win first
-	hosts map[int32]*bucket // rules that name a host, by hostKey
+	all    []ruleRef
+	svc    *bucket           // rules of the same app class that name a service: they win first
+	hosts  map[int32]*bucket // rules that name a host, by hostKey
+	isHost bool              // b is a host sub-bucket: its rules all name one host key
 
 	indexed  bool
 	v4       map[uint64]*portIndex // key: bits<<32 | masked address
@@ -263,15 +282,6 @@ func (b *bucket) add(c *compiledRule) {
 		}
 		b = b.svc
 	}
-	if c.host != "" {
-		if b.hosts == nil {
-			b.hosts = map[int32]*bucket{}
-		}
-		if b.hosts[c.hostKey] == nil {
-			b.hosts[c.hostKey] = &bucket{}
-		}
-		b = b.hosts[c.hostKey]
-	}
 	b.all = append(b.all, refOf(c))
 }
 
@@ -285,10 +295,34 @@ func (b *bucket) finish() {
 	if b.svc != nil {
 		b.svc.finish()
 	}
+	slices.SortFunc(b.all, func(x, y ruleRef) int { return cmp.Compare(x.rank, y.rank) })
+	if len(b.all) <= smallList {
+		// Scanned in rank order; ruleRef.matches checks the host.
+		b.all = slices.Clip(b.all)
+		return
+	}
+	// Host rules outrank the rest of the bucket: they go to sub-buckets by host, and
+	// the rest is indexed by remote and port.
+	rest := b.all[:0]
+	for _, r := range b.all {
+		if r.hostKey < 0 || b.isHost {
+			rest = append(rest, r)
+			continue
+		}
+		if b.hosts == nil {
+			b.hosts = map[int32]*bucket{}
+		}
+		sub := b.hosts[r.hostKey]
+		if sub == nil {
+			sub = &bucket{isHost: true}
+			b.hosts[r.hostKey] = sub
+		}
+		sub.all = append(sub.all, r)
+	}
+	b.all = rest
 	for _, sub := range b.hosts {
 		sub.finish()
 	}
-	slices.SortFunc(b.all, func(x, y ruleRef) int { return cmp.Compare(x.rank, y.rank) })
 	if len(b.all) <= smallList {
 		b.all = slices.Clip(b.all)
 		return
