@@ -27,6 +27,38 @@ const shardCount = 16
 type Cache struct {
 	shards [shardCount]shard
 	now    func() time.Time
+	feed   atomic.Pointer[feed] // the reader filling the cache, if any (see LookupWait)
+}
+
+// feed is what a reader (ListenNFLOG) tells LookupWait: whether responses are waiting
+// to be read or applied, and when a batch has been applied.
+type feed struct {
+	queued     func() bool // responses wait in the kernel socket
+	processing atomic.Bool // a batch has been read and is being applied
+	closed     atomic.Bool // the reader has stopped
+	mu         sync.Mutex
+	applied    chan struct{} // closed when a batch has been applied; then replaced
+}
+
+func newFeed(queued func() bool) *feed {
+	return &feed{queued: queued, applied: make(chan struct{})}
+}
+
+// backlog checks the socket before the flag: the reader sets the flag before it takes
+// a message out of the socket, so a response on its way is always seen by one of them.
+func (f *feed) backlog() bool { return !f.closed.Load() && (f.queued() || f.processing.Load()) }
+
+func (f *feed) wait() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applied
+}
+
+func (f *feed) batchDone() {
+	f.mu.Lock()
+	close(f.applied)
+	f.applied = make(chan struct{})
+	f.mu.Unlock()
 }
 
 type shard struct {
@@ -99,6 +131,41 @@ func (c *Cache) Lookup(addr netip.Addr) (string, bool) {
 		return "", false
 	}
 	return e.name, true
+}
+
+// LookupWait is Lookup for a connection about to be decided. A program connects right
+// after its DNS answer arrives, sometimes before the reader has applied the copy of
+// that answer; so on a miss, while a reader reports responses read or queued but not
+// yet applied, LookupWait waits for them, at most max. With no backlog (the usual
+// miss: an address the program did not look up by DNS) it returns at once.
+func (c *Cache) LookupWait(addr netip.Addr, max time.Duration) (string, bool) {
+	if name, ok := c.Lookup(addr); ok {
+		return name, true
+	}
+	f := c.feed.Load()
+	if f == nil || max <= 0 {
+		return "", false
+	}
+	var timer *time.Timer
+	for f.backlog() {
+		applied := f.wait()
+		if !f.backlog() { // applied between the check and taking the channel
+			break
+		}
+		if timer == nil {
+			timer = time.NewTimer(max)
+			defer timer.Stop()
+		}
+		select {
+		case <-applied:
+		case <-timer.C:
+			return c.Lookup(addr)
+		}
+		if name, ok := c.Lookup(addr); ok {
+			return name, true
+		}
+	}
+	return c.Lookup(addr)
 }
 
 // Add records that addr is name for ttl, clamped to MinTTL..MaxTTL. name should be in

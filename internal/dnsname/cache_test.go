@@ -179,3 +179,44 @@ func BenchmarkParsePacket(b *testing.B) {
 		}
 	}
 }
+
+// TestLookupWait checks that LookupWait waits only while a reader reports a backlog,
+// returns as soon as the answer is applied, and gives up after max.
+func TestLookupWait(t *testing.T) {
+	c := NewCache(0)
+	addr := netip.MustParseAddr("198.18.5.5")
+	start := time.Now()
+	if _, ok := c.LookupWait(addr, time.Second); ok || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("no reader: LookupWait hit or waited %v", time.Since(start))
+	}
+
+	var queued atomic.Bool
+	f := newFeed(queued.Load)
+	c.feed.Store(f)
+	start = time.Now()
+	if _, ok := c.LookupWait(addr, time.Second); ok || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("no backlog: LookupWait hit or waited %v", time.Since(start))
+	}
+
+	queued.Store(true)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		f.processing.Store(true)
+		queued.Store(false)
+		c.Add(addr, "www.example.com", time.Minute)
+		f.processing.Store(false)
+		f.batchDone()
+	}()
+	if name, ok := c.LookupWait(addr, 5*time.Second); !ok || name != "www.example.com" {
+		t.Fatalf("backlog: LookupWait = %q %v, want the name applied meanwhile", name, ok)
+	}
+
+	queued.Store(true) // a backlog that never drains: bounded by max
+	start = time.Now()
+	if _, ok := c.LookupWait(netip.MustParseAddr("198.18.6.6"), 50*time.Millisecond); ok {
+		t.Fatal("stuck backlog: hit")
+	}
+	if d := time.Since(start); d < 50*time.Millisecond || d > 2*time.Second {
+		t.Errorf("stuck backlog: waited %v, want about 50ms", d)
+	}
+}

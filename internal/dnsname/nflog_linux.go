@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -82,29 +83,63 @@ func ListenNFLOGStats(ctx context.Context, group uint16, cache *Cache, stats *NF
 		return fmt.Errorf("nflog group %d: set queue threshold: %w", group, err)
 	}
 
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("nflog group %d: %w", group, err)
+	}
+	f := newFeed(func() bool { return readable(raw) })
+	cache.feed.Store(f)
+	defer func() {
+		cache.feed.CompareAndSwap(f, nil)
+		f.closed.Store(true)
+		f.batchDone() // wakes LookupWait callers at once
+	}()
+
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
 		select {
 		case <-ctx.Done():
-			conn.Close() // unblocks Receive
+			conn.Close() // ends the read below
 		case <-done:
 		}
 	}()
+	// The socket is read here rather than with conn.Receive so that f.processing is set
+	// before a message leaves the socket: LookupWait checks the socket, then the flag,
+	// and so never finds neither while a response is on its way into the cache.
+	buf := make([]byte, 1<<16)
 	for {
-		msgs, err := conn.Receive()
+		var n int
+		var rerr error
+		err := raw.Read(func(fd uintptr) bool {
+			f.processing.Store(true)
+			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			if rerr == unix.EAGAIN || rerr == unix.EINTR {
+				f.processing.Store(false)
+				return false // wait until readable
+			}
+			return true
+		})
 		if ctx.Err() != nil {
 			return nil
 		}
+		if err == nil {
+			err = rerr
+		}
 		if err != nil {
+			f.processing.Store(false)
 			if errors.Is(err, unix.ENOBUFS) {
 				stats.Overflows.Add(1)
 				continue
 			}
 			return fmt.Errorf("nflog group %d: receive: %w", group, err)
 		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			stats.Malformed.Add(1)
+		}
 		for _, m := range msgs {
-			if m.Header.Type != netlink.HeaderType(nfnlSubsysULOG<<8|nfulnlMsgPacket) {
+			if m.Header.Type != nfnlSubsysULOG<<8|nfulnlMsgPacket {
 				continue
 			}
 			stats.Packets.Add(1)
@@ -121,7 +156,20 @@ func ListenNFLOGStats(ctx context.Context, group uint16, cache *Cache, stats *NF
 			stats.Responses.Add(1)
 			cache.AddResponse(resp)
 		}
+		f.processing.Store(false)
+		f.batchDone()
 	}
+}
+
+// readable reports whether the socket has data waiting, without reading it.
+func readable(raw syscall.RawConn) bool {
+	ready := false
+	raw.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(pfd, 0)
+		ready = err == nil && n > 0 && pfd[0].Revents&unix.POLLIN != 0
+	})
+	return ready
 }
 
 func cmdAttr(cmd uint8) netlink.Attribute {

@@ -150,6 +150,38 @@ func TestNFLOGLabelsResolvedAddresses(t *testing.T) {
 	if _, ok := cache.Lookup(netip.MustParseAddr("198.18.7.2")); ok {
 		t.Errorf("the DNS server's own address got a label")
 	}
+
+	// A program connects the moment its answer arrives, often before the reader has
+	// applied the copy: Lookup alone misses (logged: it depends on scheduling), and
+	// LookupWait, which waits while a response is queued or being applied, must not.
+	immediate, waited := 0, 0
+	var slowest time.Duration
+	const rounds = 50
+	for i := 0; i < rounds; i++ {
+		name := fmt.Sprintf("n%d.latch.test", i)
+		resolve("198.18.7.2:53", name)
+		addr := netip.AddrFrom4([4]byte{198, 18, 10, byte(i)})
+		if got, ok := cache.Lookup(addr); ok && got == name {
+			immediate++
+		}
+		start := time.Now()
+		if got, ok := cache.LookupWait(addr, time.Second); ok && got == name {
+			waited++
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	t.Logf("labelled when the resolver returned: Lookup %d of %d, LookupWait %d of %d (slowest wait %v)", immediate, rounds, waited, rounds, slowest)
+	if waited != rounds {
+		t.Errorf("LookupWait labelled %d of %d addresses right after their DNS answers", waited, rounds)
+	}
+	// No backlog, no wait: an address nobody resolved misses at once.
+	start := time.Now()
+	if name, ok := cache.LookupWait(netip.MustParseAddr("198.18.99.99"), time.Second); ok {
+		t.Errorf("unresolved address labelled %q", name)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("LookupWait waited %v for an address no DNS answer is pending for", d)
+	}
 }
 
 // serveDNS answers A and AAAA queries from zone until pc is closed.
@@ -176,9 +208,14 @@ func serveDNS(pc net.PacketConn) {
 		}
 		qtype := binary.BigEndian.Uint16(q[off+1:])
 		question := q[12 : off+5]
-		answers := zone[strings.ToLower(strings.Join(labels, "."))][qtype]
+		name := strings.ToLower(strings.Join(labels, "."))
+		answers := zone[name][qtype]
+		var seq int
+		if _, err := fmt.Sscanf(name, "n%d.latch.test", &seq); err == nil && qtype == typeA {
+			answers = []testRR{rrA(name, fmt.Sprintf("198.18.10.%d", seq%256), 60)}
+		}
 		rcode := uint16(0)
-		if answers == nil && zone[strings.ToLower(strings.Join(labels, "."))] == nil {
+		if answers == nil && zone[name] == nil && !strings.HasSuffix(name, ".latch.test") {
 			rcode = 3
 		}
 		resp := buildResponse(binary.BigEndian.Uint16(q), rcode, question, answers)
