@@ -326,3 +326,37 @@ func TestSecondDaemonRefuses(t *testing.T) {
 		t.Errorf("second daemon's error does not say why: %s", out)
 	}
 }
+
+func TestHostnameFromDNSLabelsAndMatches(t *testing.T) {
+	n := NewNet(t)
+	srv := n.Serve(t, 8090)
+	dns := n.Start(n.Server, helperBin, "dns-serve", n.ServerIP+":53", "svc.example.test", n.ServerIP)
+	dns.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "30s")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "53", "--action", "allow")
+
+	done := make(chan string, 1)
+	go func() {
+		out, _ := n.Exec(n.Client, helperBin, "resolve-connect", n.ServerIP+":53", "svc.example.test", "8090", "20s")
+		done <- out
+	}()
+	p := waitPrompt(t, d, 8090)
+	if p["host"] != "svc.example.test" {
+		t.Errorf("prompt %v: want host svc.example.test, the name the program looked up", p)
+	}
+	// A rule on the name decides the held connection.
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--host", "svc.example.test", "--action", "allow")
+	select {
+	case out := <-done:
+		if !strings.Contains(out, `"outcome":"connected"`) {
+			t.Fatalf("connection to svc.example.test after a host rule: %s", out)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("held connection not released by the host rule")
+	}
+	srv.WaitLine(t, 5*time.Second, func(l string) bool { return strings.HasPrefix(l, "accepted") })
+	c := findConn(t, d, 8090, 0)
+	if c["host"] != "svc.example.test" || c["reason"] != "rule" {
+		t.Errorf("history %v: want host svc.example.test, reason rule", c)
+	}
+}

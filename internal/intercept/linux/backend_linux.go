@@ -416,9 +416,6 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	if p.HasUID {
 		req.UID = int32(p.UID)
 	}
-	if b.cfg.Hostnames != nil {
-		req.Host, _ = b.cfg.Hostnames.Lookup(req.Remote.Addr())
-	}
 	h.req = req
 	b.holdsMu.Lock()
 	b.holds[h.id] = h
@@ -431,6 +428,11 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 			ifindex = p.InDev
 		}
 		b.attribute(req, int(ifindex))
+	}
+	if b.cfg.Hostnames != nil {
+		// After attribution, which gives the copy of the DNS answer the program just
+		// got time to arrive; LookupWait waits only while such a copy is in flight.
+		req.Host, _ = b.cfg.Hostnames.LookupWait(req.Remote.Addr(), 2*time.Millisecond)
 	}
 	b.decide(d, h)
 }
