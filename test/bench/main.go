@@ -11,7 +11,7 @@
 // and reports latch's added latency as a multiple of the floor's. Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5]
 package main
 
 import (
@@ -45,7 +45,6 @@ type Measurement struct {
 	MedianUS float64 `json:"median_us"`
 	P99US    float64 `json:"p99_us"`
 	ConnPerS float64 `json:"conn_per_s"`
-	Failed   int     `json:"failed"`
 	Connects int     `json:"connects"`
 }
 
@@ -66,6 +65,7 @@ func main() {
 	n := flag.Int("n", 2000, "connects per phase (sequential latency, then concurrent throughput)")
 	conc := flag.Int("conc", 8, "concurrent connecting workers in the throughput phase")
 	nrules := flag.Int("rules", 10000, "rules loaded into latch")
+	rounds := flag.Int("rounds", 5, "interleaved rounds the connects are split into")
 	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -92,77 +92,144 @@ func main() {
 		}
 	}
 
-	var results []Measurement
-	for _, sc := range []string{"none", "floor", "latch"} {
-		m, err := scenario(sc, client, *latchBin, dir, *n, *conc, *nrules)
+	// The three set-ups stay up side by side and the client visits them in turn, a
+	// slice of the connects each round: a machine whose speed drifts (a shared VM)
+	// then shifts all three alike instead of whichever ran last.
+	names := []string{"none", "floor", "latch"}
+	var targets []*target
+	for _, sc := range names {
+		tg, err := setup(sc, client, *latchBin, dir, *nrules)
+		if tg != nil {
+			defer tg.close()
+		}
 		if err != nil {
 			fatalf("scenario %s: %v", sc, err)
 		}
-		results = append(results, m)
+		targets = append(targets, tg)
 	}
-	report(results, *n, *conc, *nrules)
+	per := max(*n / *rounds, 1)
+	for r := 0; r < *rounds; r++ {
+		for _, tg := range targets {
+			if err := tg.measure(client, per, *conc); err != nil {
+				fatalf("scenario %s: %v", tg.name, err)
+			}
+		}
+	}
+	var results []Measurement
+	for _, tg := range targets {
+		results = append(results, tg.result())
+	}
+	report(results, per**rounds, *conc, *nrules, *rounds)
 }
 
-func scenario(name, client, latchBin, dir string, n, conc, nrules int) (Measurement, error) {
+// target is one scenario's namespaces and processes, and the samples taken so far.
+type target struct {
+	name    string
+	pair    *nettest.Pair
+	addr    string
+	procs   []*exec.Cmd
+	latency []float64 // µs, every sequential connect
+	conns   int       // connects of the concurrent phases
+	seconds float64   // their wall time
+	failed  int
+}
+
+func (tg *target) close() {
+	for i := len(tg.procs) - 1; i >= 0; i-- {
+		stop(tg.procs[i])
+	}
+	tg.pair.Close()
+}
+
+// measure runs one round: n sequential connects, then n from conc workers.
+func (tg *target) measure(client string, n, conc int) error {
+	out, err := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc)).Output()
+	if err != nil {
+		return fmt.Errorf("client: %v", err)
+	}
+	var r clientRound
+	if err := json.Unmarshal(out, &r); err != nil {
+		return fmt.Errorf("client output %q: %v", out, err)
+	}
+	if r.Failed > 0 {
+		return fmt.Errorf("%d of %d connects failed", r.Failed, 2*n)
+	}
+	tg.latency = append(tg.latency, r.LatencyUS...)
+	tg.conns += n
+	tg.seconds += r.Seconds
+	return nil
+}
+
+func (tg *target) result() Measurement {
+	slices.Sort(tg.latency)
+	m := Measurement{Scenario: tg.name, Connects: len(tg.latency) + tg.conns}
+	if k := len(tg.latency); k > 0 {
+		m.MedianUS = tg.latency[k/2]
+		m.P99US = tg.latency[k*99/100]
+	}
+	if tg.seconds > 0 {
+		m.ConnPerS = float64(tg.conns) / tg.seconds
+	}
+	return m
+}
+
+// clientRound is what the client role prints for one round.
+type clientRound struct {
+	LatencyUS []float64 `json:"latency_us"`
+	Seconds   float64   `json:"seconds"` // wall time of the concurrent phase
+	Failed    int       `json:"failed"`
+}
+
+// setup makes one scenario's namespaces and starts its server and, for floor and
+// latch, its queue reader. On error the target returned (if any) must still be closed.
+func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 	p, err := nettest.NewPair()
 	if err != nil {
-		return Measurement{}, err
+		return nil, err
 	}
-	defer p.Close()
-	addr := fmt.Sprintf("%s:%d", p.ServerIP, benchPort)
+	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort)}
+	addr := tg.addr
 	srv := nettest.Command(p.Server, client, "role-server", addr)
 	if err := startAndWait(srv, "listening"); err != nil {
-		return Measurement{}, fmt.Errorf("server: %v", err)
+		return tg, fmt.Errorf("server: %v", err)
 	}
-	defer stop(srv)
+	tg.procs = append(tg.procs, srv)
 
 	switch name {
 	case "floor":
 		// The same match latch uses for TCP: SYNs by flag.
 		rule := []string{"-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "SYN,ACK,RST,FIN", "SYN", "-j", "NFQUEUE", "--queue-num", "4300"}
 		if out, err := nettest.Command(p.Client, "iptables", rule...).CombinedOutput(); err != nil {
-			return Measurement{}, fmt.Errorf("iptables: %v: %s", err, out)
+			return tg, fmt.Errorf("iptables: %v: %s", err, out)
 		}
 		floor := nettest.Command(p.Client, client, "role-floor")
 		if err := startAndWait(floor, "reading"); err != nil {
-			return Measurement{}, fmt.Errorf("floor reader: %v", err)
+			return tg, fmt.Errorf("floor reader: %v", err)
 		}
-		defer stop(floor)
+		tg.procs = append(tg.procs, floor)
 	case "latch":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
 		rulesFile := filepath.Join(dir, "rules.json")
 		if err := writeRules(rulesFile, client, p.ServerIP, nrules); err != nil {
-			return Measurement{}, err
+			return tg, err
 		}
 		d := nettest.Command(p.Client, latchBin, "daemon", "--state-dir", state, "--api", api, "--default", "deny")
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
 		if err := d.Start(); err != nil {
-			return Measurement{}, err
+			return tg, err
 		}
-		defer stop(d)
+		tg.procs = append(tg.procs, d)
 		if err := waitAPI(latchBin, api); err != nil {
-			return Measurement{}, err
+			return tg, err
 		}
 		cli := exec.Command(latchBin, "rules", "import", rulesFile)
 		cli.Env = append(os.Environ(), "LATCH_API="+api)
 		if out, err := cli.CombinedOutput(); err != nil {
-			return Measurement{}, fmt.Errorf("latch rules import: %v: %s", err, out)
+			return tg, fmt.Errorf("latch rules import: %v: %s", err, out)
 		}
 	}
-	out, err := nettest.Command(p.Client, client, "role-client", addr, fmt.Sprint(n), fmt.Sprint(conc)).Output()
-	if err != nil {
-		return Measurement{}, fmt.Errorf("client: %v", err)
-	}
-	var m Measurement
-	if err := json.Unmarshal(out, &m); err != nil {
-		return Measurement{}, fmt.Errorf("client output %q: %v", out, err)
-	}
-	m.Scenario = name
-	if m.Failed > 0 {
-		return m, fmt.Errorf("%d of %d connects failed", m.Failed, m.Connects)
-	}
-	return m, nil
+	return tg, nil
 }
 
 // writeRules writes nrules-1 rules that do not match the benchmark client (other apps,
@@ -191,8 +258,8 @@ func writeRules(path, client, serverIP string, nrules int) error {
 	return os.WriteFile(path, engine.MarshalRules(rules), 0o600)
 }
 
-func report(ms []Measurement, n, conc, nrules int) {
-	fmt.Printf("connect() to a veth peer, %d sequential connects for latency, %d with %d workers for throughput\n", n, n, conc)
+func report(ms []Measurement, n, conc, nrules, rounds int) {
+	fmt.Printf("connect() to a veth peer, per scenario: %d sequential connects for latency, %d with %d workers for throughput, in %d interleaved rounds\n", n, n, conc, rounds)
 	fmt.Printf("%-8s %12s %12s %12s\n", "", "median µs", "p99 µs", "conn/s")
 	for _, m := range ms {
 		fmt.Printf("%-8s %12.1f %12.1f %12.0f\n", m.Scenario, m.MedianUS, m.P99US, m.ConnPerS)
@@ -213,36 +280,30 @@ func report(ms []Measurement, n, conc, nrules int) {
 		floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
 }
 
-// roleClient connects n times one after another, then n times from conc workers.
+// roleClient connects n times one after another, then n times from conc workers, and
+// prints a clientRound.
 func roleClient(args []string) {
 	addr := args[0]
 	var n, conc int
 	fmt.Sscan(args[1], &n)
 	fmt.Sscan(args[2], &conc)
-	var m Measurement
-	lat := make([]time.Duration, 0, n)
+	var r clientRound
+	r.LatencyUS = make([]float64, 0, n)
 	for i := 0; i < n; i++ {
 		start := time.Now()
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
-			m.Failed++
+			r.Failed++
 			continue
 		}
-		lat = append(lat, time.Since(start))
+		r.LatencyUS = append(r.LatencyUS, us(time.Since(start)))
 		c.Close()
-	}
-	slices.Sort(lat)
-	if len(lat) > 0 {
-		m.MedianUS = us(lat[len(lat)/2])
-		m.P99US = us(lat[len(lat)*99/100])
 	}
 	var next, failed atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
 	for w := 0; w < conc; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for next.Add(1) <= int64(n) {
 				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 				if err != nil {
@@ -251,13 +312,12 @@ func roleClient(args []string) {
 				}
 				c.Close()
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	m.ConnPerS = float64(n) / time.Since(start).Seconds()
-	m.Failed += int(failed.Load())
-	m.Connects = 2 * n
-	b, _ := json.Marshal(m)
+	r.Seconds = time.Since(start).Seconds()
+	r.Failed += int(failed.Load())
+	b, _ := json.Marshal(r)
 	fmt.Println(string(b))
 }
 
