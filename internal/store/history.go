@@ -51,6 +51,7 @@ type History struct {
 	maxRows int
 	queue   chan Conn
 	flushes chan chan struct{}
+	kick    chan struct{} // Record: the queue is past half full, write now
 	done    chan struct{}
 
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
@@ -157,6 +158,7 @@ func openHistory(path string, maxRows, queueLen int) (*History, error) {
 		maxRows: maxRows,
 		queue:   make(chan Conn, queueLen),
 		flushes: make(chan chan struct{}),
+		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
 	// A smaller bound than the last run's takes effect at once.
@@ -182,6 +184,12 @@ func (h *History) Record(c Conn) error {
 	}
 	select {
 	case h.queue <- c:
+		if len(h.queue) >= cap(h.queue)/2 {
+			select {
+			case h.kick <- struct{}{}:
+			default:
+			}
+		}
 		return nil
 	default:
 		h.dropped.Add(1)
@@ -231,13 +239,37 @@ func (h *History) Close() error {
 	return h.db.Close()
 }
 
+// writer moves recorded connections into the database in batches. It wakes once per
+// batch, not per connection: after the first connection of a batch it sleeps for
+// historyFlushGap (less if the queue fills past half, or a Flush comes), then takes
+// everything queued. Waking per connection would cost the decision path a thread
+// wake-up on every held connection.
 func (h *History) writer() {
 	defer close(h.done)
 	batch := make([]Conn, 0, historyBatchMax)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var acks []chan struct{}
-	write := func() {
+	closed := false
+	// take writes what the queue holds now, and then acknowledges waiting Flushes.
+	take := func() {
+	drain:
+		for !closed {
+			select {
+			case c, ok := <-h.queue:
+				if !ok {
+					closed = true
+					break drain
+				}
+				batch = append(batch, c)
+				if len(batch) == historyBatchMax {
+					h.writeBatch(batch)
+					batch = batch[:0]
+				}
+			default:
+				break drain
+			}
+		}
 		if len(batch) > 0 {
 			h.writeBatch(batch)
 			batch = batch[:0]
@@ -247,41 +279,32 @@ func (h *History) writer() {
 		}
 		acks = acks[:0]
 	}
-	for {
+	for !closed {
+		// Idle: wait for the first connection of a batch, a Flush, or Close.
 		select {
 		case c, ok := <-h.queue:
 			if !ok {
-				write()
+				closed = true
+				take()
 				return
 			}
-			if len(batch) == 0 {
-				timer.Reset(historyFlushGap)
-			}
 			batch = append(batch, c)
-			if len(batch) == historyBatchMax {
-				timer.Stop()
-				write()
-			}
-		case <-timer.C:
-			write()
 		case ack := <-h.flushes:
-			// Everything recorded before Flush was called is in the queue already: take
-			// as many as the queue holds now, writing in batches, then acknowledge.
+			// Everything recorded before Flush was called is in the queue already.
 			acks = append(acks, ack)
-			for n := len(h.queue); n > 0; n-- {
-				c, ok := <-h.queue
-				if !ok {
-					break
-				}
-				batch = append(batch, c)
-				if len(batch) == historyBatchMax {
-					h.writeBatch(batch)
-					batch = batch[:0]
-				}
-			}
-			timer.Stop()
-			write()
+			take()
+			continue
 		}
+		timer.Reset(historyFlushGap)
+		select {
+		case <-timer.C:
+		case <-h.kick:
+			timer.Stop()
+		case ack := <-h.flushes:
+			acks = append(acks, ack)
+			timer.Stop()
+		}
+		take()
 	}
 }
 
