@@ -55,7 +55,7 @@ type FloodResult struct {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: e2ehelper serve|serve-udp|connect|udp|flood|hold ADDR ...")
+		fmt.Fprintln(os.Stderr, "usage: e2ehelper VERB ADDR ... (verbs in the package doc)")
 		os.Exit(2)
 	}
 	addr := os.Args[2]
