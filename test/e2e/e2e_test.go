@@ -360,3 +360,25 @@ func TestHostnameFromDNSLabelsAndMatches(t *testing.T) {
 		t.Errorf("history %v: want host svc.example.test, reason rule", c)
 	}
 }
+
+func TestUnsolicitedDNSAnswerTeachesNoName(t *testing.T) {
+	n := NewNet(t)
+	n.Serve(t, 8091)
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "30s")
+	// The server's host claims, unasked, that bank.example.test is itself; a host rule
+	// for that name must not start matching connections to it.
+	if out, err := n.Exec(n.Server, helperBin, "dns-spoof", n.ClientIP+":40000", "bank.example.test", n.ServerIP); err != nil {
+		t.Fatalf("dns-spoof: %v\n%s", err, out)
+	}
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--host", "bank.example.test", "--action", "allow")
+	done := make(chan Result, 1)
+	go func() { done <- n.Connect(t, 8091, 20*time.Second) }()
+	p := waitPrompt(t, d, 8091)
+	if p["host"] != nil && p["host"] != "" {
+		t.Errorf("prompt %v carries a host name learned from an unsolicited DNS packet", p)
+	}
+	d.MustCLI(t, "answer", fmt.Sprint(int64(num(p["id"]))), "deny", "--for", "once")
+	if r := <-done; r.Outcome == "connected" {
+		t.Errorf("connection allowed by a host rule through a forged name: %+v", r)
+	}
+}

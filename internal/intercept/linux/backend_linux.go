@@ -29,8 +29,9 @@ const (
 )
 
 const (
-	maxReaders    = 4   // readers at most: one, and spares while others are stuck
-	maxReadErrors = 100 // consecutive unexplained read errors before Run gives up
+	maxReaders     = 4   // readers at most: one, and spares while others are stuck
+	maxReadErrors  = 100 // consecutive unexplained read errors before Run gives up
+	verdictRetries = 3   // further tries of a verdict whose write failed; the last is a drop
 	// spareReaderAfter is how long a reader may be stuck in one packet (attribution
 	// scanning /proc, say) before a spare reader takes over the queue.
 	spareReaderAfter = 2 * time.Millisecond
@@ -179,9 +180,17 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	rs.start()
 	readErr := rs.wait()
 
-	// Shutdown: stop queueing first, then answer what is still held.
+	// Shutdown: stop queueing first, then answer what is still held. A backend that
+	// fails while fail-closed leaves its ruleset in place, as a crash would: with no
+	// reader the queue drops new connections until a daemon starts again or
+	// `latch cleanup` removes it.
 	b.closing.Store(true)
-	rmErr := b.fw.remove()
+	var rmErr error
+	if readErr != nil && ctx.Err() == nil && !b.cfg.FailOpen {
+		b.cfg.Logf("fail-closed: leaving the ruleset in place after: %v", readErr)
+	} else {
+		rmErr = b.fw.remove()
+	}
 	stopSweep()
 	wg.Wait()
 	b.releaseAll()
@@ -303,6 +312,12 @@ func (b *Backend) read(rs *readers, spare bool) error {
 			b.overflows.Add(1)
 		case nfq.IsClosed(err):
 			return fmt.Errorf("linux backend: queue closed: %w", err)
+		case errors.As(err, new(*nfq.KernelError)):
+			// A reply to one of our verdicts, typically for a packet the kernel
+			// already dropped (its interface went down): not a broken socket, so it
+			// never counts toward giving up.
+			b.errs.Add(1)
+			b.verdictErrors.Add(1)
 		default:
 			// The kernel refused a verdict, or sent a message we could not decode.
 			b.errs.Add(1)
@@ -529,7 +544,17 @@ func (b *Backend) finish(h *hold, v nfq.Verdict, mark uint32, setMark bool) bool
 	if q == nil {
 		return false
 	}
-	if err := q.SetVerdict(h.id, v, mark, setMark); err != nil {
+	// A write can fail under memory pressure (ENOBUFS, ENOMEM). The packet must not
+	// stay held for ever (no sweep will see it again): retry, then fall back to drop.
+	err := q.SetVerdict(h.id, v, mark, setMark)
+	for try := 1; err != nil && try <= verdictRetries; try++ {
+		time.Sleep(time.Duration(try) * time.Millisecond)
+		if try == verdictRetries {
+			v, mark, setMark = nfq.Drop, 0, false
+		}
+		err = q.SetVerdict(h.id, v, mark, setMark)
+	}
+	if err != nil {
 		b.errs.Add(1)
 		b.verdictErrors.Add(1)
 		b.cfg.Logf("%v", err)

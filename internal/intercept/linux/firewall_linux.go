@@ -230,8 +230,10 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 	}
 	if spec.dnsLogGroup != 0 {
 		// A copy of every DNS response, loopback included (a local resolver answers
-		// there); NFLOG never holds the packet.
-		fmt.Fprintf(&b, "-A %s -p udp -m udp --sport 53 -j NFLOG --nflog-group %d\n", chainIn, spec.dnsLogGroup)
+		// there); NFLOG never holds the packet. Only replies to a query this host sent
+		// (conntrack REPLY direction): an unsolicited "answer" from port 53 must not
+		// teach names that host rules then trust.
+		fmt.Fprintf(&b, "-A %s -p udp -m udp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFLOG --nflog-group %d\n", chainIn, spec.dnsLogGroup)
 	}
 	if spec.inbound {
 		chain(chainIn, "INPUT", "-i", false)
@@ -469,7 +471,7 @@ func (spec ruleSpec) nftRules() string {
 		fmt.Fprintf(&b, "add chain inet %s input { type filter hook input priority filter - 1; policy accept; }\n", nftTable)
 	}
 	if spec.dnsLogGroup != 0 {
-		fmt.Fprintf(&b, "add rule inet %s input udp sport 53 log group %d\n", nftTable, spec.dnsLogGroup)
+		fmt.Fprintf(&b, "add rule inet %s input udp sport 53 ct state established ct direction reply log group %d\n", nftTable, spec.dnsLogGroup)
 	}
 	if spec.inbound {
 		chain("input", "input", "iifname", false)

@@ -10,6 +10,7 @@
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
 //	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
+//	e2ehelper dns-spoof ADDR NAME IP send ADDR, from port 53, an answer nobody asked for
 //	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
 //	e2ehelper udp-stream ADDR       from one UDP socket, send a datagram every 100ms and
@@ -76,6 +77,8 @@ func main() {
 		udpStream(addr)
 	case "dns-serve":
 		dnsServe(addr, arg(3), arg(4))
+	case "dns-spoof":
+		dnsSpoof(addr, arg(3), arg(4))
 	case "resolve-connect":
 		emit(resolveConnect(addr, arg(3), arg(4), duration(5)))
 	default:
@@ -371,4 +374,36 @@ func resolveConnect(dnsAddr, name, port string, timeout time.Duration) Result {
 		return Result{Outcome: "error", Error: fmt.Sprintf("resolve %s: %v", name, err), PID: os.Getpid()}
 	}
 	return connect(net.JoinHostPort(addrs[0].String(), port), timeout)
+}
+
+// dnsSpoof sends an unsolicited DNS response claiming NAME is IP, from port 53.
+func dnsSpoof(addr, name, ip string) {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		fatal(fmt.Errorf("dns-spoof: %q is not an IPv4 address", ip))
+	}
+	msg := []byte{0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0}
+	for _, l := range strings.Split(name, ".") {
+		msg = append(msg, byte(len(l)))
+		msg = append(msg, l...)
+	}
+	msg = append(msg, 0, 0, 1, 0, 1)
+	ip4 := a.As4()
+	msg = append(msg, 0xC0, 12, 0, 1, 0, 1, 0, 0, 1, 0x2C, 0, 4)
+	msg = append(msg, ip4[:]...)
+	c, err := net.ListenPacket("udp", ":53")
+	if err != nil {
+		fatal(err)
+	}
+	defer c.Close()
+	to, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := c.WriteTo(msg, to); err != nil {
+			fatal(err)
+		}
+	}
+	fmt.Println("sent")
 }

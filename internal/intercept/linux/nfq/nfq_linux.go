@@ -415,7 +415,7 @@ func (r *Reader) Read() ([]Packet, error) {
 	var kernelErr error
 	pkts, err := c.parse(r.buf[:n], r.pkts[:0], func(_ uint32, errno unix.Errno) {
 		if errno != 0 && kernelErr == nil {
-			kernelErr = fmt.Errorf("nfqueue %d: kernel: %w", c.queue, errno)
+			kernelErr = &KernelError{Queue: c.queue, Errno: errno}
 		}
 	})
 	r.pkts = pkts
@@ -596,6 +596,21 @@ func (c *Conn) closeSocket() error {
 	}
 	return c.f.Close()
 }
+
+// KernelError is the kernel's error reply to a message we sent, most often a verdict
+// for a packet it no longer holds (ENOENT: the packet was dropped when its interface
+// went away). It says nothing about the socket itself, which goes on working.
+type KernelError struct {
+	Queue uint16
+	Errno unix.Errno
+}
+
+func (e *KernelError) Error() string {
+	return fmt.Sprintf("nfqueue %d: kernel: %v", e.Queue, e.Errno)
+}
+
+// Unwrap returns the errno, so errors.Is(err, unix.ENOENT) works.
+func (e *KernelError) Unwrap() error { return e.Errno }
 
 // IsOverflow reports whether err from Read means the socket buffer overflowed.
 func IsOverflow(err error) bool { return errors.Is(err, unix.ENOBUFS) }
