@@ -95,6 +95,9 @@ UINT64 emu_conn_flow_context(emu_conn *c, UINT16 layerId);           /* the flow
 void emu_conn_data(emu_conn *c, ULONG bytes, int inbound); /* stream/datagram classify with the flow context */
 void emu_conn_close(emu_conn *c);                     /* the flow ends: flowDeleteFn for its contexts */
 int emu_pends_outstanding(void);                      /* pended operations not yet completed */
+/* FwpsFlowRemoveContext0 returns STATUS_PENDING and flowDeleteFn runs ms later on another
+   thread (0, the default after emu_reset: at once unless a classify holds the context). */
+void emu_set_flow_delete_delay_ms(int ms);
 int emu_flow_contexts(void);                          /* associations alive */
 int emu_callouts_registered(void);
 int emu_filters(void);

@@ -578,6 +578,14 @@ NTSTATUS FwpsCalloutUnregisterById0(const UINT32 id)
     for (assoc *a = assocs; a; a = a->next) {
         n += a->calloutId == id;
     }
+    if (n > 0) {
+        /* Real WFP: STATUS_DEVICE_BUSY and the callout stays registered (its classifyFn
+           and flowDeleteFn can still be called) until a later call succeeds. */
+        pthread_mutex_unlock(&wlock);
+        emu_violation("FwpsCalloutUnregisterById0(%u): %d flow context(s) still associated with the callout "
+                      "(the driver stays pinned: remove them with FwpsFlowRemoveContext0 first)", id, n);
+        return STATUS_DEVICE_BUSY;
+    }
     callouts[id - 1].registered = 0;
     while (callouts[id - 1].inflight > 0) {
         pthread_mutex_unlock(&wlock);
@@ -585,11 +593,6 @@ NTSTATUS FwpsCalloutUnregisterById0(const UINT32 id)
         pthread_mutex_lock(&wlock);
     }
     pthread_mutex_unlock(&wlock);
-    if (n > 0) {
-        emu_violation("FwpsCalloutUnregisterById0(%u): %d flow context(s) still associated with the callout "
-                      "(the driver stays pinned: remove them with FwpsFlowRemoveContext0 first)", id, n);
-        return STATUS_DEVICE_BUSY;
-    }
     return STATUS_SUCCESS;
 }
 
@@ -1306,6 +1309,25 @@ static void call_flow_delete(assoc *a)
     free(a);
 }
 
+static int flowDeleteDelayMs;
+void emu_set_flow_delete_delay_ms(int ms) { flowDeleteDelayMs = ms; }
+
+static void flow_delete(UINT64 flowId, int onlyPending);
+
+typedef struct late_delete {
+    UINT64 flowId;
+    int ms;
+} late_delete;
+
+static void *late_delete_thread(void *arg)
+{
+    late_delete *l = arg;
+    usleep((useconds_t)l->ms * 1000);
+    flow_delete(l->flowId, 1);
+    free(l);
+    return NULL;
+}
+
 NTSTATUS FwpsFlowRemoveContext0(UINT64 flowId, UINT16 layerId, UINT32 calloutId)
 {
     emu_require_irql("FwpsFlowRemoveContext0", DISPATCH_LEVEL);
@@ -1316,6 +1338,23 @@ NTSTATUS FwpsFlowRemoveContext0(UINT64 flowId, UINT16 layerId, UINT32 calloutId)
             if (a->busy > 0) {
                 a->removePending = 1;
                 pthread_mutex_unlock(&wlock);
+                return STATUS_PENDING;
+            }
+            if (flowDeleteDelayMs > 0) {
+                /* As if a classify with the context were running on another CPU:
+                   flowDeleteFn comes later, from another thread. */
+                late_delete *l = malloc(sizeof(*l));
+                pthread_t t;
+                a->removePending = 1;
+                pthread_mutex_unlock(&wlock);
+                l->flowId = flowId;
+                l->ms = flowDeleteDelayMs;
+                if (pthread_create(&t, NULL, late_delete_thread, l) == 0) {
+                    pthread_detach(t);
+                } else {
+                    free(l);
+                    flow_delete(flowId, 1);
+                }
                 return STATUS_PENDING;
             }
             *pp = a->next;
@@ -1764,6 +1803,7 @@ void emu_wfp_check_clean(void)
 
 void emu_wfp_reset(void)
 {
+    flowDeleteDelayMs = 0;
     emu_wait_reauth_idle();
     if (rqStarted) {
         pthread_mutex_lock(&wlock);

@@ -415,12 +415,21 @@ void LatchUnregisterCallouts(void)
     PAGED_CODE();
     for (i = 0; i < LATCH_CALLOUT_COUNT; i++) {
         if (g.CalloutRegistered[i]) {
-            NTSTATUS status = FwpsCalloutUnregisterById0(g.CalloutIds[i]);
-            if (!NT_SUCCESS(status)) {
+            NTSTATUS status;
+            /* STATUS_DEVICE_BUSY: a flow context of this callout is still there (its
+               flowDeleteFn has not run yet). Unloading with the callout registered
+               would leave WFP calling into freed code, so wait it out. */
+            while ((status = FwpsCalloutUnregisterById0(g.CalloutIds[i])) == STATUS_DEVICE_BUSY) {
+                LARGE_INTEGER tenMs;
+                tenMs.QuadPart = -100000LL;
+                KeDelayExecutionThread(KernelMode, FALSE, &tenMs);
+            }
+            if (NT_SUCCESS(status)) {
+                g.CalloutRegistered[i] = FALSE;
+            } else {
                 DbgPrintEx(DPFLTR_IHVNETWORK_ID, DPFLTR_ERROR_LEVEL, "latch: callout %u unregister 0x%08x\n",
                            (unsigned)i, (unsigned)status);
             }
-            g.CalloutRegistered[i] = FALSE;
         }
     }
     if (g.EngineHandle != NULL) {

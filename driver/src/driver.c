@@ -130,10 +130,11 @@ static void LatchCleanup(void)
     LatchClosePort();
     LatchRemoveAllFlows();
 
-    /* Re-injected inbound packets still owned by the stack hold clone references. */
-    for (spins = 0; InterlockedCompareExchange(&g.InjectionsInFlight, 0, 0) != 0 && spins < 500; spins++) {
-        KeDelayExecutionThread(KernelMode, FALSE, &tenMs);
-    }
+    /* Re-injected inbound packets still owned by the stack hold clone references and
+       call LatchInjectComplete later: wait for every one, however long (no new
+       injection starts now: every pending operation is completed). */
+    LatchInjectionDone(); /* drops the bias DriverEntry set */
+    KeWaitForSingleObject(&g.NoInjections, Executive, KernelMode, FALSE, NULL);
 
     LatchUnregisterCallouts();  /* unregisters callouts, closes the engine, injection handles */
     LatchFreeDecidedLeftovers(TRUE);
@@ -160,6 +161,9 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
     g.DriverObject = DriverObject;
     KeInitializeSpinLock(&g.Lock);
     InitializeListHead(&g.FlowList);
+    KeInitializeEvent(&g.NoFlows, NotificationEvent, TRUE);
+    KeInitializeEvent(&g.NoInjections, NotificationEvent, FALSE);
+    g.InjectionsInFlight = 1; /* the bias: the count cannot reach 0 before unload */
     LatchInitPending();
     KeInitializeEvent(&g.WorkerEvent, SynchronizationEvent, FALSE);
     ExInitializeRundownProtection(&g.MessageRundown);

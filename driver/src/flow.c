@@ -12,6 +12,22 @@ static void FreeFlow(PLATCH_FLOW Flow)
     ExFreePoolWithTag(Flow, LATCH_TAG_FLOW);
 }
 
+/* Caller holds g.Lock. NoFlows tracks FlowCount == 0 so unload can wait for the last
+   flowDeleteFn however late it comes (FwpsFlowRemoveContext0 may return STATUS_PENDING). */
+static void FlowCountIncLocked(void)
+{
+    if (g.FlowCount++ == 0) {
+        KeClearEvent(&g.NoFlows);
+    }
+}
+
+static void FlowCountDecLocked(void)
+{
+    if (--g.FlowCount == 0) {
+        KeSetEvent(&g.NoFlows, IO_NO_INCREMENT, FALSE);
+    }
+}
+
 static BOOLEAN SameConnection(const LATCH_TUPLE *a, const LATCH_TUPLE *b)
 {
     return a->IpVersion == b->IpVersion && a->Protocol == b->Protocol && a->LocalPort == b->LocalPort &&
@@ -97,14 +113,14 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATC
     }
     flow->VerdictId = TakeVerdictIdLocked(Tuple);
     InsertTailList(&g.FlowList, &flow->Link);
-    g.FlowCount++;
+    FlowCountIncLocked();
     KeReleaseSpinLock(&g.Lock, irql);
 
     status = FwpsFlowAssociateContext0(flow->FlowHandle, flow->LayerId, flow->CalloutId, (UINT64)(ULONG_PTR)flow);
     KeAcquireSpinLock(&g.Lock, &irql);
     if (!NT_SUCCESS(status)) {
         RemoveEntryList(&flow->Link);
-        g.FlowCount--;
+        FlowCountDecLocked();
     } else {
         /* Unload may have swept the list between our insert and the association. */
         removeNow = flow->RemoveRequested;
@@ -129,7 +145,7 @@ void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
     }
     KeAcquireSpinLock(&g.Lock, &irql);
     RemoveEntryList(&flow->Link);
-    g.FlowCount--;
+    FlowCountDecLocked();
     KeReleaseSpinLock(&g.Lock, irql);
     FreeFlow(flow);
 }
@@ -144,8 +160,6 @@ void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound)
 
 void LatchRemoveAllFlows(void)
 {
-    LARGE_INTEGER tenMs;
-    ULONG spins;
     KIRQL irql;
 
     PAGED_CODE();
@@ -178,15 +192,7 @@ void LatchRemoveAllFlows(void)
            sees RemoveRequested). Either way the context is freed by someone else. */
         FwpsFlowRemoveContext0(handle, layer, callout);
     }
-    tenMs.QuadPart = -100000LL;
-    for (spins = 0; spins < 500; spins++) {
-        ULONG live;
-        KeAcquireSpinLock(&g.Lock, &irql);
-        live = g.FlowCount;
-        KeReleaseSpinLock(&g.Lock, irql);
-        if (live == 0) {
-            break;
-        }
-        KeDelayExecutionThread(KernelMode, FALSE, &tenMs);
-    }
+    /* No timeout: until the last flowDeleteFn has run WFP holds pointers into our
+       pool and would refuse (STATUS_DEVICE_BUSY) to unregister the callouts. */
+    KeWaitForSingleObject(&g.NoFlows, Executive, KernelMode, FALSE, NULL);
 }

@@ -143,12 +143,14 @@ typedef struct _LATCH_GLOBALS {
     LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
     LIST_ENTRY FlowList;
     ULONG FlowCount;
+    KEVENT NoFlows;             /* signaled while FlowCount is 0 (set and cleared under g.Lock) */
 
     volatile LONG Accepting;    /* 0 once unload started: no new holds */
     volatile LONG ClientReady;  /* a client connected and said HELLO */
     volatile LONG ClientConnected;
     volatile LONG StopWorker;
-    volatile LONG InjectionsInFlight;
+    volatile LONG InjectionsInFlight; /* biased by 1 until unload drops the bias */
+    KEVENT NoInjections;        /* set when the count reaches 0 after the bias is dropped */
     volatile LONG64 NextRequestId;
     ULONG DefaultAction;
     ULONG TimeoutMs;
@@ -186,6 +188,7 @@ void LatchCompleteAllWithDefault(ULONG StatIndex);
 void LatchFreeDecidedLeftovers(BOOLEAN All);
 BOOLEAN LatchDequeueForSend(UINT8 *Buffer, ULONG BufferLength, ULONG *Length, UINT64 *RequestId);
 void LatchSendFailed(UINT64 RequestId);
+void LatchInjectionDone(void);
 
 /* worker.c */
 NTSTATUS LatchStartWorker(void);

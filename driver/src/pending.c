@@ -80,11 +80,18 @@ static void FreeEntry(PLATCH_PENDING Entry)
     ExFreePoolWithTag(Entry, LATCH_TAG_PENDING);
 }
 
+void LatchInjectionDone(void)
+{
+    if (InterlockedDecrement(&g.InjectionsInFlight) == 0) {
+        KeSetEvent(&g.NoInjections, IO_NO_INCREMENT, FALSE);
+    }
+}
+
 static void NTAPI LatchInjectComplete(void *Context, NET_BUFFER_LIST *NetBufferList, BOOLEAN DispatchLevel)
 {
     FwpsFreeCloneNetBufferList0(NetBufferList, 0);
     FwpsDereferenceNetBufferList0((PNET_BUFFER_LIST)Context, DispatchLevel);
-    InterlockedDecrement(&g.InjectionsInFlight);
+    LatchInjectionDone();
 }
 
 /* RECV_ACCEPT: clone the held packet (positioned back at its IP header), complete the
@@ -120,7 +127,7 @@ static void CompleteInbound(PLATCH_PENDING Entry)
                                                   Entry->Tuple.InterfaceIndex, Entry->Tuple.SubInterfaceIndex,
                                                   clone, LatchInjectComplete, original);
         if (!NT_SUCCESS(status)) {
-            InterlockedDecrement(&g.InjectionsInFlight);
+            LatchInjectionDone();
             FwpsFreeCloneNetBufferList0(clone, 0);
             FwpsDereferenceNetBufferList0(original, FALSE);
             LatchCount(LATCH_STAT_SEND_FAILURES);

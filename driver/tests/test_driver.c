@@ -1199,10 +1199,29 @@ static void test_verifier_catches_context_left_at_unregister(void)
     CHECK(flowDeletes == 1, "flowDeleteFn ran %d times", flowDeletes);
     CHECK(FwpsFlowRemoveContext0(flow, FWPS_LAYER_STREAM_V4, id) == STATUS_UNSUCCESSFUL,
           "removing a context that is gone must be STATUS_UNSUCCESSFUL");
+    CHECK(emu_callouts_registered() > 0, "a busy unregister must leave the callout registered");
+    CHECK(FwpsCalloutUnregisterById0(id) == STATUS_SUCCESS, "unregister after the context is gone");
     IoDeleteDevice(dev);
     emu_conn_close(a);
     CHECK(emu_flow_contexts() == 0, "the driver's context outlived the flow");
     unload_clean();
+}
+
+/* flowDeleteFn arriving late (FwpsFlowRemoveContext0 -> STATUS_PENDING, the delete
+   on another CPU after more than the old 5 s bound): unload must wait for it and only
+   then unregister the callouts, never unload with a context WFP still holds. */
+static void test_unload_waits_for_late_flow_delete(void)
+{
+    emu_registry_set_dword("DefaultAction", LATCH_ACTION_PERMIT);
+    REQUIRE(load(), "load");
+    emu_conn *a = out4(40100, 1, curl, 443); /* no service: permitted, flow context associated */
+    REQUIRE(emu_conn_state(a) == EMU_CONN_PERMIT, "permitted");
+    REQUIRE(emu_flow_contexts() == 1, "%d flow contexts", emu_flow_contexts());
+    emu_set_flow_delete_delay_ms(5300);
+    double t0 = now();
+    unload_clean();
+    CHECK(now() - t0 >= 5.2, "unload returned after %.2f s, before flowDeleteFn ran", now() - t0);
+    CHECK(emu_flow_contexts() == 0, "flow context left");
 }
 
 static void test_sim_binary(void)
@@ -1307,6 +1326,7 @@ const test_case driver_tests[] = {
     {"verifier_catches_flow_context_misuse", "verifier", test_verifier_catches_flow_context_pinning, 1},
     {"verifier_catches_pend_misuse", "verifier", test_verifier_catches_pend_misuse, 1},
     {"verifier_catches_context_at_unregister", "verifier", test_verifier_catches_context_left_at_unregister, 1},
+    {"driver_unload_waits_for_late_flow_delete", "driver", test_unload_waits_for_late_flow_delete, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
 };
