@@ -98,6 +98,9 @@ int emu_pends_outstanding(void);                      /* pended operations not y
 /* FwpsFlowRemoveContext0 returns STATUS_PENDING and flowDeleteFn runs ms later on another
    thread (0, the default after emu_reset: at once unless a classify holds the context). */
 void emu_set_flow_delete_delay_ms(int ms);
+/* 1: every successful FwpsFlowAssociateContext0 runs flowDeleteFn before it returns (the
+   flow ended on another CPU as soon as the context became WFP's). */
+void emu_set_flow_delete_on_associate(int on);
 int emu_flow_contexts(void);                          /* associations alive */
 int emu_callouts_registered(void);
 int emu_filters(void);

@@ -1256,6 +1256,10 @@ static emu_conn *conn_by_flow_locked(UINT64 flowId)
     return NULL;
 }
 
+static int deleteOnAssociate;
+void emu_set_flow_delete_on_associate(int on) { deleteOnAssociate = on; }
+static void call_flow_delete(assoc *a);
+
 NTSTATUS FwpsFlowAssociateContext0(UINT64 flowId, UINT16 layerId, UINT32 calloutId, UINT64 context)
 {
     emu_require_irql("FwpsFlowAssociateContext0", DISPATCH_LEVEL);
@@ -1287,6 +1291,14 @@ NTSTATUS FwpsFlowAssociateContext0(UINT64 flowId, UINT16 layerId, UINT32 callout
         a->context = context;
         a->next = assocs;
         assocs = a;
+        if (deleteOnAssociate) {
+            /* The flow ends on another CPU the moment the context is WFP's: its
+               flowDeleteFn runs before FwpsFlowAssociateContext0 has returned. */
+            assocs = a->next;
+            pthread_mutex_unlock(&wlock);
+            call_flow_delete(a);
+            return st;
+        }
     }
     pthread_mutex_unlock(&wlock);
     return st;
@@ -1804,6 +1816,7 @@ void emu_wfp_check_clean(void)
 void emu_wfp_reset(void)
 {
     flowDeleteDelayMs = 0;
+    deleteOnAssociate = 0;
     emu_wait_reauth_idle();
     if (rqStarted) {
         pthread_mutex_lock(&wlock);

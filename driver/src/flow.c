@@ -63,7 +63,10 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATC
     UINT16 pathLen = 0;
     const UINT8 *pathBytes = NULL;
     ULONG index;
-    BOOLEAN removeNow = FALSE;
+    BOOLEAN removeNow = FALSE, freeNow = FALSE;
+    UINT64 handle;
+    UINT16 layer;
+    UINT32 callout;
     NTSTATUS status;
     KIRQL irql;
 
@@ -104,7 +107,13 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATC
         RtlCopyMemory(flow->Path, pathBytes, sizeof(WCHAR) * (SIZE_T)pathLen);
     }
 
-    /* On the list before it is associated, so flowDeleteFn always finds it. */
+    /* On the list before it is associated, so flowDeleteFn always finds it. Once the
+       association succeeds the context is WFP's: flowDeleteFn may run on another CPU at
+       any moment, so what the association needs is copied first, and Associating keeps
+       flowDeleteFn from freeing it while this thread still looks at it. */
+    handle = flow->FlowHandle;
+    layer = flow->LayerId;
+    callout = flow->CalloutId;
     KeAcquireSpinLock(&g.Lock, &irql);
     if (!g.Accepting) {
         KeReleaseSpinLock(&g.Lock, irql);
@@ -112,24 +121,31 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATC
         return;
     }
     flow->VerdictId = TakeVerdictIdLocked(Tuple);
+    flow->Associating = TRUE;
     InsertTailList(&g.FlowList, &flow->Link);
     FlowCountIncLocked();
     KeReleaseSpinLock(&g.Lock, irql);
 
-    status = FwpsFlowAssociateContext0(flow->FlowHandle, flow->LayerId, flow->CalloutId, (UINT64)(ULONG_PTR)flow);
+    status = FwpsFlowAssociateContext0(handle, layer, callout, (UINT64)(ULONG_PTR)flow);
     KeAcquireSpinLock(&g.Lock, &irql);
+    flow->Associating = FALSE;
     if (!NT_SUCCESS(status)) {
         RemoveEntryList(&flow->Link);
         FlowCountDecLocked();
+        freeNow = TRUE;
+    } else if (flow->DeleteSeen) {
+        /* flowDeleteFn already ran (and unlinked it): ours to free. */
+        FlowCountDecLocked();
+        freeNow = TRUE;
     } else {
         /* Unload may have swept the list between our insert and the association. */
         removeNow = flow->RemoveRequested;
     }
     KeReleaseSpinLock(&g.Lock, irql);
-    if (!NT_SUCCESS(status)) {
+    if (freeNow) {
         FreeFlow(flow);
     } else if (removeNow) {
-        FwpsFlowRemoveContext0(flow->FlowHandle, flow->LayerId, flow->CalloutId);
+        FwpsFlowRemoveContext0(handle, layer, callout);
     }
 }
 
@@ -145,6 +161,12 @@ void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
     }
     KeAcquireSpinLock(&g.Lock, &irql);
     RemoveEntryList(&flow->Link);
+    InitializeListHead(&flow->Link);
+    if (flow->Associating) {
+        flow->DeleteSeen = TRUE; /* LatchFlowEstablished still holds it and frees it */
+        KeReleaseSpinLock(&g.Lock, irql);
+        return;
+    }
     FlowCountDecLocked();
     KeReleaseSpinLock(&g.Lock, irql);
     FreeFlow(flow);

@@ -112,6 +112,8 @@ typedef struct _LATCH_FLOW {
     UINT16 LayerId;
     UINT32 CalloutId;
     BOOLEAN RemoveRequested;
+    BOOLEAN Associating;        /* FwpsFlowAssociateContext0 in progress: flowDeleteFn must not free */
+    BOOLEAN DeleteSeen;         /* flowDeleteFn ran while Associating: the associating thread frees */
     UINT64 ProcessId;
     UINT64 VerdictId;           /* the request whose verdict permitted the flow; 0: cache or default */
     volatile LONG64 BytesIn;

@@ -1224,6 +1224,27 @@ static void test_unload_waits_for_late_flow_delete(void)
     CHECK(emu_flow_contexts() == 0, "flow context left");
 }
 
+/* The flow ends on another CPU right after FwpsFlowAssociateContext0 made the context
+   WFP's: flowDeleteFn runs before the association call returns. The establishing
+   thread must not touch the context afterwards (ASan reports a use after free) and the
+   context must be freed exactly once. */
+static void test_flow_deleted_during_association(void)
+{
+    emu_registry_set_dword("DefaultAction", LATCH_ACTION_PERMIT);
+    REQUIRE(load(), "load");
+    emu_set_flow_delete_on_associate(1);
+    long before = emu_pool_outstanding();
+    emu_conn *a = out4(40200, 1, curl, 443);
+    CHECK(emu_conn_state(a) == EMU_CONN_PERMIT, "permitted");
+    emu_conn_params pu = params(0, 0, 17, "198.18.0.1", 5002, "198.19.0.53", 53, 6, curl);
+    emu_conn *u = emu_connect(&pu);
+    CHECK(emu_conn_state(u) == EMU_CONN_PERMIT, "udp permitted");
+    CHECK(emu_flow_contexts() == 0, "%d flow contexts", emu_flow_contexts());
+    CHECK(emu_pool_outstanding() == before, "flow contexts leaked: %ld blocks, %ld before", emu_pool_outstanding(),
+          before);
+    unload_clean();
+}
+
 static void test_sim_binary(void)
 {
     char port[108], control[108];
@@ -1327,6 +1348,7 @@ const test_case driver_tests[] = {
     {"verifier_catches_pend_misuse", "verifier", test_verifier_catches_pend_misuse, 1},
     {"verifier_catches_context_at_unregister", "verifier", test_verifier_catches_context_left_at_unregister, 1},
     {"driver_unload_waits_for_late_flow_delete", "driver", test_unload_waits_for_late_flow_delete, 1},
+    {"driver_flow_deleted_during_association", "driver", test_flow_deleted_during_association, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
 };
