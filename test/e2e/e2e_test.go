@@ -382,3 +382,43 @@ func TestUnsolicitedDNSAnswerTeachesNoName(t *testing.T) {
 		t.Errorf("connection allowed by a host rule through a forged name: %+v", r)
 	}
 }
+
+func TestOtherProtocolsAreHeldToo(t *testing.T) {
+	n := NewNet(t)
+	srv := n.Start(n.Server, helperBin, "udplite-serve", n.ServerIP+":7000")
+	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "30s")
+	// UDP-Lite needs no privilege; a firewall that holds only TCP, UDP and ICMP would
+	// let it through unasked.
+	done := make(chan string, 1)
+	go func() {
+		out, _ := n.Exec(n.Client, helperBin, "udplite-send", n.ServerIP+":7000", "10")
+		done <- out
+	}()
+	// Attribution covers TCP and UDP sockets; this one's program may show as unknown.
+	var p map[string]any
+	for deadline := time.Now().Add(10 * time.Second); p == nil && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, q := range JSONLines(t, d.MustCLI(t, "prompts", "--json")) {
+			if int(num(q["remote_port"])) == 7000 {
+				p = q
+			}
+		}
+	}
+	if p == nil {
+		t.Fatalf("no question for the UDP-Lite flow; status:\n%s", d.MustCLI(t, "status"))
+	}
+	if p["proto"] != "136" {
+		t.Errorf("prompt %v: want proto 136 (UDP-Lite)", p)
+	}
+	<-done
+	if got := strings.Count(srv.Output(), "datagram "); got != 0 {
+		t.Errorf("%d UDP-Lite datagrams reached the server while the question was open", got)
+	}
+	d.MustCLI(t, "rules", "add", "--proto", "136", "--remote", n.ServerIP, "--port", "7000", "--action", "allow")
+	go func() {
+		out, _ := n.Exec(n.Client, helperBin, "udplite-send", n.ServerIP+":7000", "5")
+		done <- out
+	}()
+	srv.WaitLine(t, 10*time.Second, func(l string) bool { return strings.HasPrefix(l, "datagram ") })
+	<-done
+}

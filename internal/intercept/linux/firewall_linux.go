@@ -185,9 +185,9 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 	allow := fmt.Sprintf("-m mark --mark %#x/%#x", MarkAllow, MarkMask)
 	reject := fmt.Sprintf("-m mark --mark %#x/%#x", MarkReject, MarkMask)
 	ctAllow := fmt.Sprintf("-m connmark --mark %#x/%#x", MarkAllow, MarkMask)
-	unreach, echo := "icmp-port-unreachable", "-p icmp -m icmp --icmp-type 8"
+	unreach, echo, icmpName := "icmp-port-unreachable", "-p icmp -m icmp --icmp-type 8", "icmp"
 	if v6 {
-		unreach, echo = "icmp6-port-unreachable", "-p ipv6-icmp -m icmp6 --icmpv6-type 128"
+		unreach, echo, icmpName = "icmp6-port-unreachable", "-p ipv6-icmp -m icmp6 --icmpv6-type 128", "ipv6-icmp"
 	}
 	b.WriteString("*filter\n")
 	declare := func(name, hook string) {
@@ -217,6 +217,17 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		}
 		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW %s\n", name, q)
 		fmt.Fprintf(&b, "-A %s %s -m conntrack --ctstate NEW %s\n", name, echo, q)
+		// Every other protocol (SCTP, UDP-Lite, GRE, ...) is held too: a new flow of a
+		// protocol latch does not know is still a connection to decide, never a leak.
+		// IGMP is the kernel's multicast bookkeeping, no program's connection.
+		passed := []string{"tcp", "udp", icmpName, "igmp"}
+		if v6 {
+			passed = passed[:3]
+		}
+		for _, p := range passed {
+			fmt.Fprintf(&b, "-A %s -p %s -j RETURN\n", name, p)
+		}
+		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate NEW %s\n", name, q)
 		if out {
 			for _, c := range created {
 				fmt.Fprintf(&b, "-A %s -m comment --comment %s%s\n", name, createdMark, c)
@@ -465,6 +476,7 @@ func (spec ruleSpec) nftRules() string {
 		r("meta l4proto udp ct state new %s", q)
 		r("icmp type echo-request ct state new %s", q)
 		r("icmpv6 type echo-request ct state new %s", q)
+		r("meta l4proto != { tcp, udp, icmp, ipv6-icmp, igmp } ct state new %s", q)
 	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {

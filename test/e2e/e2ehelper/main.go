@@ -11,6 +11,8 @@
 //	                                second until stdin closes (an established flow)
 //	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
 //	e2ehelper dns-spoof ADDR NAME IP send ADDR, from port 53, an answer nobody asked for
+//	e2ehelper udplite-serve ADDR    print "datagram N" for each UDP-Lite datagram received
+//	e2ehelper udplite-send ADDR N   send N UDP-Lite datagrams, 100ms apart
 //	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
 //	e2ehelper udp-stream ADDR       from one UDP socket, send a datagram every 100ms and
@@ -79,6 +81,10 @@ func main() {
 		dnsServe(addr, arg(3), arg(4))
 	case "dns-spoof":
 		dnsSpoof(addr, arg(3), arg(4))
+	case "udplite-serve":
+		udpliteServe(addr)
+	case "udplite-send":
+		udpliteSend(addr, atoi(3))
 	case "resolve-connect":
 		emit(resolveConnect(addr, arg(3), arg(4), duration(5)))
 	default:
@@ -404,6 +410,48 @@ func dnsSpoof(addr, name, ip string) {
 		if _, err := c.WriteTo(msg, to); err != nil {
 			fatal(err)
 		}
+	}
+	fmt.Println("sent")
+}
+
+const protoUDPLite = 136
+
+func udpliteSockaddr(addr string) *syscall.SockaddrInet4 {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		fatal(fmt.Errorf("%q: want IPv4:port", addr))
+	}
+	return &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+}
+
+// udpliteServe counts UDP-Lite datagrams: a protocol few firewalls think of.
+func udpliteServe(addr string) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, protoUDPLite)
+	if err != nil {
+		fatal(fmt.Errorf("udplite socket: %w", err))
+	}
+	if err := syscall.Bind(fd, udpliteSockaddr(addr)); err != nil {
+		fatal(err)
+	}
+	fmt.Println("listening")
+	buf := make([]byte, 512)
+	for n := 1; ; n++ {
+		if _, _, err := syscall.Recvfrom(fd, buf, 0); err != nil {
+			fatal(err)
+		}
+		fmt.Printf("datagram %d\n", n)
+	}
+}
+
+func udpliteSend(addr string, n int) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, protoUDPLite)
+	if err != nil {
+		fatal(fmt.Errorf("udplite socket: %w", err))
+	}
+	to := udpliteSockaddr(addr)
+	for i := 0; i < n; i++ {
+		syscall.Sendto(fd, []byte("ping"), 0, to)
+		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Println("sent")
 }

@@ -12,10 +12,13 @@ import (
 
 // IP protocol numbers the parser understands.
 const (
-	ProtoICMP   = 1
-	ProtoTCP    = 6
-	ProtoUDP    = 17
-	ProtoICMPv6 = 58
+	ProtoICMP    = 1
+	ProtoTCP     = 6
+	ProtoDCCP    = 33
+	ProtoSCTP    = 132
+	ProtoUDPLite = 136
+	ProtoUDP     = 17
+	ProtoICMPv6  = 58
 )
 
 // TCP flag bits as they appear in the 14th byte of the TCP header.
@@ -66,7 +69,8 @@ func errorf(field string, off int, format string, args ...any) error {
 	return &Error{Field: field, Offset: off, Reason: fmt.Sprintf(format, args...)}
 }
 
-// Parse parses an IPv4 or IPv6 packet with a TCP, UDP, ICMP or ICMPv6 header. b may be
+// Parse parses an IPv4 or IPv6 packet with a TCP, UDP, ICMP or ICMPv6 header, or the
+// ports of DCCP, SCTP and UDP-Lite; other transport protocols parse without ports. b may be
 // truncated after the transport header (NFQUEUE copy range); everything Parse reads must
 // be inside b and consistent with the length fields.
 func Parse(b []byte) (Packet, error) {
@@ -181,7 +185,9 @@ func parseIPv6(b []byte) (Packet, error) {
 			}
 			hdrLen = (int(b[off+1]) + 2) * 4
 		default:
-			return Packet{}, errorf("ipv6 next header", off, "unsupported protocol %d", next)
+			// Not an extension header: the transport protocol.
+			p.Protocol = next
+			return p, parseL4(&p, b, off)
 		}
 		if off+hdrLen > len(b) {
 			return Packet{}, errorf("ipv6 extension header", off, "length %d beyond packet of %d bytes (type %d)", hdrLen, len(b), next)
@@ -236,8 +242,16 @@ func parseL4(p *Packet, b []byte, off int) error {
 			id := binary.BigEndian.Uint16(b[off+4:])
 			p.SrcPort, p.DstPort = id, id
 		}
+	case ProtoDCCP, ProtoSCTP, ProtoUDPLite:
+		// Their headers start with the two ports, like UDP's.
+		if rest < 4 {
+			return errorf("transport header", off, "%d bytes, want at least 4 (protocol %d ports)", rest, p.Protocol)
+		}
+		p.SrcPort = binary.BigEndian.Uint16(b[off:])
+		p.DstPort = binary.BigEndian.Uint16(b[off+2:])
 	default:
-		return errorf("protocol", off, "unsupported protocol %d", p.Protocol)
+		// Any other protocol (GRE, ESP, ...) is still a connection to decide, without
+		// ports: a firewall that passed what it cannot parse would leak.
 	}
 	return nil
 }

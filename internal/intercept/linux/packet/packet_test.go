@@ -120,7 +120,7 @@ func TestParseMalformed(t *testing.T) {
 		{"tcp doff 4", mut(func(b []byte) []byte { b[32] = 4 << 4; return b }), "tcp data offset"},
 		{"tcp doff beyond", mut(func(b []byte) []byte { b[32] = 15 << 4; return b }), "tcp data offset"},
 		{"tcp port 0", mut(func(b []byte) []byte { b[22], b[23] = 0, 0; return b }), "tcp port"},
-		{"unknown proto", mut(func(b []byte) []byte { b[9] = 47; return b }), "protocol"},
+		{"sctp without ports", ipv4(ProtoSCTP, "198.18.0.1", "198.18.0.2", []byte{1, 2}), "transport header"},
 		{"udp length 3", func() []byte {
 			b := ipv4(ProtoUDP, "198.18.0.1", "198.18.0.2", udp(1, 2, 0))
 			b[25] = 3
@@ -131,7 +131,6 @@ func TestParseMalformed(t *testing.T) {
 		{"short ipv6", ipv6(ProtoTCP, "2001:db8::1", "2001:db8::2", nil)[:39], "ipv6 header"},
 		{"ipv6 ext beyond", ipv6(60, "2001:db8::1", "2001:db8::2", []byte{ProtoTCP, 9, 0, 0, 0, 0, 0, 0}), "ipv6 extension header"},
 		{"ipv6 hop-by-hop late", ipv6(60, "2001:db8::1", "2001:db8::2", append([]byte{0, 0, 0, 0, 0, 0, 0, 0, ProtoTCP, 0, 0, 0, 0, 0, 0, 0}, tcp(1, 2, TCPSyn)...)), "ipv6 hop-by-hop header"},
-		{"ipv6 esp", ipv6(50, "2001:db8::1", "2001:db8::2", make([]byte, 16)), "ipv6 next header"},
 		{"ipv6 fragment later", ipv6(44, "2001:db8::1", "2001:db8::2", append([]byte{ProtoUDP, 0, 0, 8, 0, 0, 0, 1}, udp(1, 2, 0)...)), "ipv6 fragment offset"},
 		{"ipv6 header loop", ipv6(60, "2001:db8::1", "2001:db8::2", func() []byte {
 			var b []byte
@@ -252,6 +251,36 @@ func BenchmarkParse(b *testing.B) {
 				if _, err := Parse(bc.pkt); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// Protocols beyond TCP, UDP and ICMP are connections too: they parse (with ports where
+// the protocol has them) so the firewall can hold and decide them instead of passing
+// or dropping what it does not know.
+func TestParseOtherProtocols(t *testing.T) {
+	ports := []byte{0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 0}
+	tests := []struct {
+		name     string
+		in       []byte
+		proto    uint8
+		src, dst uint16
+	}{
+		{"sctp v4", ipv4(ProtoSCTP, "198.18.0.1", "198.18.0.2", ports), ProtoSCTP, 40000, 80},
+		{"udplite v6", ipv6(ProtoUDPLite, "2001:db8::1", "2001:db8::2", ports), ProtoUDPLite, 40000, 80},
+		{"dccp v4", ipv4(ProtoDCCP, "198.18.0.1", "198.18.0.2", ports), ProtoDCCP, 40000, 80},
+		{"gre v4", ipv4(47, "198.18.0.1", "198.18.0.2", make([]byte, 4)), 47, 0, 0},
+		{"esp v6", ipv6(50, "2001:db8::1", "2001:db8::2", make([]byte, 16)), 50, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse(tt.in)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if p.Protocol != tt.proto || p.SrcPort != tt.src || p.DstPort != tt.dst {
+				t.Errorf("Parse = protocol %d ports %d->%d, want %d ports %d->%d", p.Protocol, p.SrcPort, p.DstPort, tt.proto, tt.src, tt.dst)
 			}
 		})
 	}
