@@ -586,6 +586,18 @@ NTSTATUS FwpsCalloutUnregisterById0(const UINT32 id)
                       "(the driver stays pinned: remove them with FwpsFlowRemoveContext0 first)", id, n);
         return STATUS_DEVICE_BUSY;
     }
+    int filtersLeft = 0;
+    for (mobject *o = mobjects; o; o = o->next) {
+        filtersLeft += o->kind == 4 && o->state != OBJ_TXN_ADDED && (o->action & FWP_ACTION_FLAG_CALLOUT) &&
+                       IsEqualGUID(&o->calloutKey, &callouts[id - 1].reg.calloutKey);
+    }
+    if (filtersLeft > 0) {
+        /* Allowed by WFP, but until the filters go every matching connection is blocked
+           (a callout filter without its callout blocks): remove the filters first
+           (close the dynamic session) so an unload does not cut the machine off. */
+        emu_violation("FwpsCalloutUnregisterById0(%u): %d filter(s) still reference the callout; they block "
+                      "traffic until they are removed (close the engine first)", id, filtersLeft);
+    }
     callouts[id - 1].registered = 0;
     while (callouts[id - 1].inflight > 0) {
         pthread_mutex_unlock(&wlock);

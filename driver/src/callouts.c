@@ -413,6 +413,12 @@ void LatchUnregisterCallouts(void)
     ULONG i;
 
     PAGED_CODE();
+    /* Filters first (as the WFP inspect sample's TLInspectUnregisterCallouts): a filter
+       whose callout is unregistered blocks every matching connection until it goes. */
+    if (g.EngineHandle != NULL) {
+        FwpmEngineClose0(g.EngineHandle); /* dynamic session: filters, callouts, sublayer, provider go */
+        g.EngineHandle = NULL;
+    }
     for (i = 0; i < LATCH_CALLOUT_COUNT; i++) {
         if (g.CalloutRegistered[i]) {
             NTSTATUS status;
@@ -431,10 +437,6 @@ void LatchUnregisterCallouts(void)
                            (unsigned)i, (unsigned)status);
             }
         }
-    }
-    if (g.EngineHandle != NULL) {
-        FwpmEngineClose0(g.EngineHandle); /* dynamic session: filters, callouts, sublayer, provider go */
-        g.EngineHandle = NULL;
     }
     if (g.InjectionHandleV4 != NULL) {
         FwpsInjectionHandleDestroy0(g.InjectionHandleV4);

@@ -102,8 +102,8 @@ static void LatchReadConfig(PUNICODE_STRING RegistryPath)
 /* Undoes whatever DriverEntry got done, in the unload order of the design:
    refuse new holds (and service messages), complete every pending operation with the
    default, wait for the worker and for the reauthorization passes that apply those
-   verdicts, close the port, remove flow contexts, unregister callouts, close the
-   engine, unregister the filter (which disconnects the service), delete the device. */
+   verdicts, close the port, remove flow contexts, close the engine (the dynamic
+   session removes our filters), unregister callouts, unregister the filter (which disconnects the service), delete the device. */
 static void LatchCleanup(void)
 {
     LARGE_INTEGER tenMs;
@@ -136,7 +136,7 @@ static void LatchCleanup(void)
     LatchInjectionDone(); /* drops the bias DriverEntry set */
     KeWaitForSingleObject(&g.NoInjections, Executive, KernelMode, FALSE, NULL);
 
-    LatchUnregisterCallouts();  /* unregisters callouts, closes the engine, injection handles */
+    LatchUnregisterCallouts();  /* closes the engine (filters go), unregisters callouts, injection handles */
     LatchFreeDecidedLeftovers(TRUE);
 
     if (g.Filter != NULL) {
