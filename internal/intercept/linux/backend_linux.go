@@ -623,16 +623,14 @@ func (b *Backend) releaseAll() {
 // that their next packet from the side that opened them is held and decided again.
 // It returns how many conntrack entries it marked (ICMP ones it deletes).
 func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
-	var keys map[flowKey]struct{}
+	f := ctFilter{affected: affected}
 	if affected != nil {
-		keys = b.flows.take(affected, time.Now())
-		if len(keys) == 0 {
-			return 0, nil
-		}
+		f.keys = b.flows.take(affected, time.Now())
+		f.remembered = b.flows.has
 	} else {
 		b.flows.clear()
 	}
-	n, err := markRedecide(keys)
+	n, err := markRedecide(f)
 	if err != nil {
 		return n, fmt.Errorf("linux backend: redecide: %w", err)
 	}

@@ -57,7 +57,7 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 			}
 		}
 		// Still full: forget arbitrary flows (map order is random). Their conntrack
-		// entries stay; Redecide(nil) still finds them by mark.
+		// entries keep MarkAllow; Redecide finds them by mark and tuple.
 		for k := range t.m {
 			if len(t.m) < t.max*7/8 {
 				break
@@ -92,29 +92,37 @@ func (t *flowTable) clear() {
 	t.mu.Unlock()
 }
 
+func (t *flowTable) has(k flowKey) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.m[k]
+	return ok
+}
+
 func (t *flowTable) len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.m)
 }
 
-// ctFilter matches conntrack entries latch allowed (conntrack mark MarkAllow) whose
-// original tuple is in keys; nil keys match every entry latch allowed.
-type ctFilter struct{ keys map[flowKey]struct{} }
+// ctFilter matches conntrack entries latch allowed (conntrack mark MarkAllow) that a
+// rule change may affect: those whose original tuple is in keys, and, since the flow
+// table is bounded in size and age while conntrack keeps a quiet TCP flow for days,
+// those the table has forgotten if affected matches them with only their tuple known.
+// With nil keys and nil affected it matches every entry latch allowed.
+type ctFilter struct {
+	keys       map[flowKey]struct{}
+	remembered func(flowKey) bool // the table still knows the flow (and found it unaffected)
+	affected   func(*engine.Request) bool
+}
 
 func addrOf(ip net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(ip)
 	return a.Unmap()
 }
 
-// MatchConntrackFlow implements netlink.CustomConntrackFilter.
-func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
-	if flow.Mark&MarkMask != MarkAllow {
-		return false
-	}
-	if f.keys == nil {
-		return true
-	}
+// ctKey is flow's original tuple as a flowKey.
+func ctKey(flow *netlink.ConntrackFlow) flowKey {
 	t := flow.Forward
 	k := flowKey{proto: t.Protocol}
 	switch t.Protocol {
@@ -125,8 +133,29 @@ func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 		k.src = netip.AddrPortFrom(addrOf(t.SrcIP), 0)
 		k.dst = netip.AddrPortFrom(addrOf(t.DstIP), 0)
 	}
-	_, ok := f.keys[k]
-	return ok
+	return k
+}
+
+// MatchConntrackFlow implements netlink.CustomConntrackFilter.
+func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	if flow.Mark&MarkMask != MarkAllow {
+		return false
+	}
+	if f.keys == nil && f.affected == nil {
+		return true
+	}
+	k := ctKey(flow)
+	if _, ok := f.keys[k]; ok {
+		return true
+	}
+	if f.affected == nil || (f.remembered != nil && f.remembered(k)) {
+		return false
+	}
+	// Forgotten: whether this host opened the flow is not known either, so both
+	// readings are asked; unknown program and user match anything (engine.Affected).
+	out := engine.Request{Direction: engine.Outbound, Protocol: engine.Protocol(k.proto), Local: k.src, Remote: k.dst, UID: -1}
+	in := engine.Request{Direction: engine.Inbound, Protocol: engine.Protocol(k.proto), Local: k.dst, Remote: k.src, UID: -1}
+	return f.affected(&out) || f.affected(&in)
 }
 
 // ctaMarkMask is CTA_MARK_MASK (linux/netfilter/nfnetlink_conntrack.h): with it, a
@@ -138,8 +167,7 @@ const ctaMarkMask = 21
 // returns how many it marked. ICMP entries are deleted instead (their tuples carry
 // an echo id the flow table does not keep; echo flows are reopened by this host's
 // next request anyway).
-func markRedecide(keys map[flowKey]struct{}) (int, error) {
-	f := ctFilter{keys}
+func markRedecide(f ctFilter) (int, error) {
 	var total int
 	var errs []error
 	for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
