@@ -307,8 +307,8 @@ func (b *Backend) read(rs *readers, spare bool) error {
 		case ctx.Err() != nil:
 			return nil
 		case nfq.IsOverflow(err):
-			// The kernel dropped messages to us; the packets stay held in the kernel
-			// until the sweep or the shutdown, and the queue keeps failing closed.
+			// Our socket buffer overflowed: the kernel dropped the packets it could not
+			// deliver (fail-closed; counted in queue_user_dropped). Keep reading.
 			b.overflows.Add(1)
 		case nfq.IsClosed(err):
 			return fmt.Errorf("linux backend: queue closed: %w", err)
