@@ -80,6 +80,8 @@ typedef struct emu_conn_params {
     UINT64 pid;            /* 0: no PROCESS_ID metadata */
     const char *path;      /* NT path (ASCII); NULL: no PROCESS_PATH metadata */
     KIRQL irql;            /* PASSIVE_LEVEL or DISPATCH_LEVEL */
+    int retreatAfterAbsorb; /* inbound: once the classify absorbed the packet the stack moves its
+                               data start back to the transport header (as tcpip may) */
 } emu_conn_params;
 enum { EMU_CONN_PENDING = 0, EMU_CONN_PERMIT = 1, EMU_CONN_BLOCK = 2 };
 /* Runs the ALE classify on the calling thread at p->irql and returns the connection,

@@ -1630,6 +1630,13 @@ emu_conn *emu_connect(const emu_conn_params *p)
     }
     pend_record *pend = NULL;
     int r = conn_classify_auth(c, 0, packet, &pend);
+    if (packet != NULL && pend != NULL && p->retreatAfterAbsorb) {
+        ULONG tr = p->protocol == 6 ? 20 : 8;
+        pthread_mutex_lock(&wlock);
+        packet->nb.DataOffset -= tr;
+        packet->nb.DataLength += tr;
+        pthread_mutex_unlock(&wlock);
+    }
     if (packet != NULL) {
         nbl_release_if_unused(packet);
     }

@@ -107,6 +107,11 @@ static void CompleteInbound(PLATCH_PENDING Entry)
 
     if (Entry->Action == LATCH_ACTION_PERMIT) {
         PNET_BUFFER nb = NET_BUFFER_LIST_FIRST_NB(original);
+        if (NET_BUFFER_DATA_OFFSET(nb) != Entry->NblOffset) {
+            /* As the WFP inspect sample: after the absorb the stack retreated the
+               packet to its transport header; only the IP header is left to go. */
+            retreat = Entry->IpHeaderSize;
+        }
         if (NdisRetreatNetBufferDataStart(nb, retreat, 0, NULL) == NDIS_STATUS_SUCCESS) {
             status = FwpsAllocateCloneNetBufferList0(original, NULL, NULL, 0, &clone);
             NdisAdvanceNetBufferDataStart(nb, retreat, FALSE, NULL);
@@ -239,6 +244,9 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
         /* Keep the packet alive past classify; released after re-injection or drop. */
         FwpsReferenceNetBufferList0((PNET_BUFFER_LIST)LayerData, TRUE);
         entry->NetBufferList = (PNET_BUFFER_LIST)LayerData;
+        /* Where the data started at classify (after the transport header): the stack
+           may move it back once the packet is absorbed. */
+        entry->NblOffset = NET_BUFFER_DATA_OFFSET(NET_BUFFER_LIST_FIRST_NB((PNET_BUFFER_LIST)LayerData));
     }
     entry->RequestId = (UINT64)InterlockedIncrement64(&g.NextRequestId);
     entry->State = LatchPendingWaiting;

@@ -226,6 +226,18 @@ static void test_inbound_clone_reinject(void)
     CHECK(g.DecidedCount == 0 && g.PendingCount == 0, "entries left: %u decided, %u waiting", g.DecidedCount,
           g.PendingCount);
 
+    /* The stack moved the absorbed packet back to its transport header: the clone must
+       still start at the IP header (retreat by the IP header only). */
+    for (int v6 = 0; v6 <= 1; v6++) {
+        emu_conn_params pr = params(v6, 1, v6 ? 17 : 6, v6 ? "2001:2::1" : "198.18.0.1", 23,
+                                    v6 ? "2001:2::9" : "198.19.0.9", 51001, 881, "\\Device\\HarddiskVolume3\\sshd.exe");
+        pr.retreatAfterAbsorb = 1;
+        emu_conn *ra = emu_connect(&pr);
+        REQUIRE(client_next_request(c, &r, 2000), "inbound request (retreated packet)");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+        CHECK(emu_conn_wait(ra, 2000) == EMU_CONN_PERMIT, "v%d inbound permit of a retreated packet", v6 ? 6 : 4);
+    }
+
     emu_conn_params p6 = params(1, 1, 17, "2001:2::1", 5353, "2001:2::9", 40000, 0, NULL);
     emu_conn *b = emu_connect(&p6);
     REQUIRE(client_next_request(c, &r, 2000), "inbound v6 request");
