@@ -103,6 +103,12 @@ void emu_set_flow_delete_delay_ms(int ms);
 /* 1: every successful FwpsFlowAssociateContext0 runs flowDeleteFn before it returns (the
    flow ended on another CPU as soon as the context became WFP's). */
 void emu_set_flow_delete_on_associate(int on);
+/* 1: reauthorization classifies reach our callouts without FWPS_RIGHT_ACTION_WRITE (a
+   higher-priority filter blocked); the connection is blocked. */
+void emu_set_veto_reauth(int on);
+/* 1: every callout filter carries FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT; a callout that
+   permits or blocks and leaves the write right set is reported. */
+void emu_set_filters_clear_action_right(int on);
 int emu_flow_contexts(void);                          /* associations alive */
 int emu_callouts_registered(void);
 int emu_filters(void);

@@ -734,6 +734,10 @@ static int snapshot_filters(UINT16 layerId, filter_snap *out, int max)
     return n;
 }
 
+static int vetoReauth, forceClearActionRight;
+void emu_set_veto_reauth(int on) { vetoReauth = on; }
+void emu_set_filters_clear_action_right(int on) { forceClearActionRight = on; }
+
 /* Runs the filters of one layer for a connection. Returns EMU_CONN_PERMIT/BLOCK, or
    EMU_CONN_PENDING when a callout pended and absorbed (the record in *pendOut). */
 static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerData, UINT64 flowId,
@@ -747,7 +751,7 @@ static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerDa
     FWPS_INCOMING_METADATA_VALUES0 meta;
     filter_snap snaps[16];
     int result = -1;
-    UINT32 rights = FWPS_RIGHT_ACTION_WRITE;
+    UINT32 rights = (reauth && vetoReauth) ? 0 : FWPS_RIGHT_ACTION_WRITE;
 
     memset(values, 0, sizeof(values));
     /* every layer uses the common field order of latch_emu.h */
@@ -867,7 +871,8 @@ static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerDa
         filter.filterId = snaps[i].id;
         filter.weight.type = FWP_UINT8;
         filter.weight.uint8 = (UINT8)(snaps[i].weight > 255 ? 255 : snaps[i].weight);
-        filter.flags = (snaps[i].flags & FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT) ? FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT : 0;
+        filter.flags = ((snaps[i].flags & FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT) || forceClearActionRight)
+                           ? FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT : 0;
         filter.action.type = snaps[i].action;
         filter.action.calloutId = (UINT32)ci + 1;
         FWPS_CLASSIFY_OUT0 out;
@@ -917,6 +922,13 @@ static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerDa
             result = EMU_CONN_PENDING;
             break;
         }
+        if ((filter.flags & FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT) &&
+            (out.actionType == FWP_ACTION_PERMIT || out.actionType == FWP_ACTION_BLOCK) &&
+            (out.rights & FWPS_RIGHT_ACTION_WRITE)) {
+            emu_violation("classifyFn returned action 0x%x for a filter with FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT but "
+                          "left FWPS_RIGHT_ACTION_WRITE set (a lower-priority filter could override it)",
+                          out.actionType);
+        }
         rights = out.rights;
         if (snaps[i].action == FWP_ACTION_CALLOUT_TERMINATING || snaps[i].action == FWP_ACTION_CALLOUT_INSPECTION) {
             if (out.actionType == FWP_ACTION_PERMIT || out.actionType == FWP_ACTION_BLOCK) {
@@ -929,6 +941,9 @@ static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerDa
     }
     if (result == EMU_CONN_PENDING) {
         return result;
+    }
+    if (result < 0 && reauth && vetoReauth) {
+        return EMU_CONN_BLOCK; /* the higher-priority filter that took the write right blocked */
     }
     return result < 0 ? EMU_CONN_PERMIT : result;
 }
@@ -1836,6 +1851,8 @@ void emu_wfp_reset(void)
 {
     flowDeleteDelayMs = 0;
     deleteOnAssociate = 0;
+    vetoReauth = 0;
+    forceClearActionRight = 0;
     emu_wait_reauth_idle();
     if (rqStarted) {
         pthread_mutex_lock(&wlock);

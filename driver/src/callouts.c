@@ -156,11 +156,20 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
 
     UNREFERENCED_PARAMETER(classifyContext);
     UNREFERENCED_PARAMETER(flowContext);
-    if (!(classifyOut->rights & FWPS_RIGHT_ACTION_WRITE)) {
-        return; /* a higher-priority filter already decided */
-    }
     if (!ReadTuple(inFixedValues, &tuple, &flags)) {
-        ApplyAction(classifyOut, filter, g.DefaultAction);
+        if (classifyOut->rights & FWPS_RIGHT_ACTION_WRITE) {
+            ApplyAction(classifyOut, filter, g.DefaultAction);
+        }
+        return;
+    }
+    endpoint = FWPS_IS_METADATA_FIELD_PRESENT(inMetaValues, FWPS_METADATA_FIELD_TRANSPORT_ENDPOINT_HANDLE)
+                   ? inMetaValues->transportEndpointHandle : 0;
+    if (!(classifyOut->rights & FWPS_RIGHT_ACTION_WRITE)) {
+        /* A higher-priority filter already decided. If this is the reauthorization
+           pass of an operation we completed, its entry is done with all the same. */
+        if ((flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE) && LatchTakeReauthVerdict(&tuple, endpoint, &action)) {
+            UNREFERENCED_PARAMETER(action);
+        }
         return;
     }
     if (tuple.Direction == LATCH_DIRECTION_INBOUND && layerData != NULL) {
@@ -169,12 +178,13 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
         if (state == FWPS_PACKET_INJECTED_BY_SELF || state == FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF) {
             /* Our own re-injection of a connection already permitted. */
             classifyOut->actionType = FWP_ACTION_PERMIT;
+            if (filter->flags & FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT) {
+                classifyOut->rights &= ~FWPS_RIGHT_ACTION_WRITE;
+            }
             return;
         }
     }
     LatchCount(LATCH_STAT_CLASSIFIED);
-    endpoint = FWPS_IS_METADATA_FIELD_PRESENT(inMetaValues, FWPS_METADATA_FIELD_TRANSPORT_ENDPOINT_HANDLE)
-                   ? inMetaValues->transportEndpointHandle : 0;
     if ((flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE) && LatchTakeReauthVerdict(&tuple, endpoint, &action)) {
         ApplyAction(classifyOut, filter, action);
         return;

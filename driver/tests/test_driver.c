@@ -1257,6 +1257,47 @@ static void test_flow_deleted_during_association(void)
     unload_clean();
 }
 
+/* A higher-priority filter decided the reauthorization pass (no write right for us):
+   the decided entry must still be taken and freed, not left for the grace period. */
+static void test_reauth_without_write_right_frees_entry(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_set_veto_reauth(1);
+    emu_conn *a = out4(40300, 3, curl, 443);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_BLOCK, "the vetoing filter decides");
+    emu_wait_reauth_idle();
+    CHECK(g.DecidedCount == 0, "%u decided entries left after their reauthorization pass", g.DecidedCount);
+    client_close(c);
+    unload_clean();
+}
+
+/* Filters with FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT: every terminating action of ours,
+   including the permit of our own re-injected packet, must clear the write right. */
+static void test_clear_action_right_honoured(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_set_filters_clear_action_right(1);
+    emu_conn_params p = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 51010, 880, curl);
+    emu_conn *in = emu_connect(&p);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "inbound request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(in, 2000) == EMU_CONN_PERMIT, "inbound permit via re-injection");
+    emu_conn *out = out4(40301, 3, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "outbound request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(out, 2000) == EMU_CONN_PERMIT, "outbound permit");
+    client_close(c);
+    unload_clean();
+}
+
 static void test_sim_binary(void)
 {
     char port[108], control[108];
@@ -1361,6 +1402,8 @@ const test_case driver_tests[] = {
     {"verifier_catches_context_at_unregister", "verifier", test_verifier_catches_context_left_at_unregister, 1},
     {"driver_unload_waits_for_late_flow_delete", "driver", test_unload_waits_for_late_flow_delete, 1},
     {"driver_flow_deleted_during_association", "driver", test_flow_deleted_during_association, 1},
+    {"driver_reauth_without_write_right", "driver", test_reauth_without_write_right_frees_entry, 1},
+    {"driver_clear_action_right_honoured", "driver", test_clear_action_right_honoured, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
 };
