@@ -125,6 +125,7 @@ void emu_override_classify(FWPS_CALLOUT_CLASSIFY_FN3 fn);
 
 /* internal, shared by the emulation's files */
 void emu_require_irql(const char *routine, KIRQL max);
+int emu_spin_locks_held(void);                        /* by the calling thread */
 void emu_flt_shutdown_all(void);
 void emu_wfp_check_clean(void);
 void emu_flt_check_clean(void);

@@ -909,3 +909,8 @@ void emu_kernel_reset(void)
     tls.irql = PASSIVE_LEVEL;
     tls.held = 0;
 }
+
+int emu_spin_locks_held(void)
+{
+    return tls.held;
+}

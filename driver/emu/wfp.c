@@ -615,6 +615,10 @@ static void post_complete(pend_record *r, emu_nbl *nbl);
 
 NTSTATUS FwpsPendOperation0(HANDLE completionHandle, HANDLE *completionContext)
 {
+    if (emu_spin_locks_held() > 0) {
+        emu_violation("%s called while holding %d spin lock(s): the driver's lock must not be held across calls "
+                      "into WFP", "FwpsPendOperation0", emu_spin_locks_held());
+    }
     emu_require_irql("FwpsPendOperation0", DISPATCH_LEVEL);
     pthread_mutex_lock(&wlock);
     token *t = tokens;
@@ -1035,6 +1039,10 @@ static void nbl_release_if_unused(emu_nbl *n)
 
 void FwpsReferenceNetBufferList0(NET_BUFFER_LIST *nbl, BOOLEAN intendToModify)
 {
+    if (emu_spin_locks_held() > 0) {
+        emu_violation("%s called while holding %d spin lock(s): the driver's lock must not be held across calls "
+                      "into WFP", "FwpsReferenceNetBufferList0", emu_spin_locks_held());
+    }
     (void)intendToModify;
     emu_require_irql("FwpsReferenceNetBufferList0", DISPATCH_LEVEL);
     pthread_mutex_lock(&wlock);

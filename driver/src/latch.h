@@ -51,7 +51,8 @@ enum {
 
 typedef enum _LATCH_PENDING_STATE {
     LatchPendingWaiting = 1, /* pended, waiting for a verdict (maybe not yet sent) */
-    LatchPendingDecided      /* verdict stored, operation completed, awaiting the reauth pass */
+    LatchPendingDecided,     /* verdict stored, operation completed, awaiting the reauth pass */
+    LatchPendingReserved     /* counted against the caps while LatchPend pends outside the lock */
 } LATCH_PENDING_STATE;
 
 /* The connection as the driver saw it at an ALE layer. */

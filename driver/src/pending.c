@@ -30,7 +30,7 @@ static ULONG CountWaitingForProcess(UINT64 ProcessId)
 
     for (link = g.PendingList.Flink; link != &g.PendingList; link = link->Flink) {
         PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
-        if (e->State == LatchPendingWaiting && e->ProcessId == ProcessId) {
+        if ((e->State == LatchPendingWaiting || e->State == LatchPendingReserved) && e->ProcessId == ProcessId) {
             count++;
         }
     }
@@ -234,8 +234,17 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
         LatchCount(LATCH_STAT_CAP_EXCEEDED);
         return STATUS_QUOTA_EXCEEDED;
     }
+    /* Reserve the slot, then pend and reference outside the lock (they call into WFP). */
+    entry->State = LatchPendingReserved;
+    InsertTailList(&g.PendingList, &entry->Link);
+    g.PendingCount++;
+    KeReleaseSpinLock(&g.Lock, irql);
+
     status = FwpsPendOperation0(Meta->completionHandle, &entry->CompletionContext);
     if (!NT_SUCCESS(status)) {
+        KeAcquireSpinLock(&g.Lock, &irql);
+        RemoveEntryList(&entry->Link);
+        g.PendingCount--;
         KeReleaseSpinLock(&g.Lock, irql);
         FreeEntry(entry);
         return status;
@@ -249,13 +258,23 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
         entry->NblOffset = NET_BUFFER_DATA_OFFSET(NET_BUFFER_LIST_FIRST_NB((PNET_BUFFER_LIST)LayerData));
     }
     entry->RequestId = (UINT64)InterlockedIncrement64(&g.NextRequestId);
-    entry->State = LatchPendingWaiting;
     entry->Deadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(g.TimeoutMs);
-    InsertTailList(&g.PendingList, &entry->Link);
-    InsertTailList(&g.SendQueue, &entry->SendLink);
-    entry->Queued = TRUE;
-    g.PendingCount++;
-    KeReleaseSpinLock(&g.Lock, irql);
+
+    KeAcquireSpinLock(&g.Lock, &irql);
+    entry->State = LatchPendingWaiting;
+    if (!g.Accepting || !g.ClientConnected) {
+        /* Unload or a disconnect completed every waiting entry while we were pending
+           this one: it gets the default like they did. */
+        LIST_ENTRY batch;
+        InitializeListHead(&batch);
+        DecideLocked(entry, g.DefaultAction, &batch);
+        KeReleaseSpinLock(&g.Lock, irql);
+        CompleteBatch(&batch, LATCH_STAT_NO_CLIENT_DEFAULT);
+    } else {
+        InsertTailList(&g.SendQueue, &entry->SendLink);
+        entry->Queued = TRUE;
+        KeReleaseSpinLock(&g.Lock, irql);
+    }
 
     LatchCount(LATCH_STAT_PENDED);
     LatchWakeWorker();
