@@ -106,6 +106,8 @@ void emu_set_flow_delete_on_associate(int on);
 /* 1: reauthorization classifies reach our callouts without FWPS_RIGHT_ACTION_WRITE (a
    higher-priority filter blocked); the connection is blocked. */
 void emu_set_veto_reauth(int on);
+/* FwpsPendOperation0 calls refused with STATUS_FWP_CANNOT_PEND (a reauthorization). */
+int emu_reauth_pend_refusals(void);
 /* 1: every callout filter carries FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT; a callout that
    permits or blocks and leaves the write right set is reported. */
 void emu_set_filters_clear_action_right(int on);

@@ -124,6 +124,7 @@ typedef struct token {
     pend_record *pend;
     struct emu_conn *conn;
     UINT16 layerId;
+    int reauth;             /* a reauthorization classify: cannot be pended */
     struct token *next;
 } token;
 #define TOKEN_MAGIC 0x544f4b4eu
@@ -613,6 +614,9 @@ static int conn_classify_auth(emu_conn *c, int reauth, emu_nbl *packet, pend_rec
 static void apply_result(emu_conn *c, int result, pend_record *pend);
 static void post_complete(pend_record *r, emu_nbl *nbl);
 
+static int reauthPendRefusals;
+int emu_reauth_pend_refusals(void) { return reauthPendRefusals; }
+
 NTSTATUS FwpsPendOperation0(HANDLE completionHandle, HANDLE *completionContext)
 {
     if (emu_spin_locks_held() > 0) {
@@ -634,6 +638,12 @@ NTSTATUS FwpsPendOperation0(HANDLE completionHandle, HANDLE *completionContext)
         pthread_mutex_unlock(&wlock);
         emu_violation("FwpsPendOperation0: this classify was already pended");
         return STATUS_INVALID_PARAMETER;
+    }
+    if (t->reauth) {
+        /* Real WFP: a reauthorization classify cannot be pended. */
+        pthread_mutex_unlock(&wlock);
+        reauthPendRefusals++;
+        return STATUS_FWP_CANNOT_PEND;
     }
     pend_record *r = calloc(1, sizeof(*r));
     r->magic = PEND_MAGIC;
@@ -860,6 +870,7 @@ static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerDa
         t->magic = TOKEN_MAGIC;
         t->conn = c;
         t->layerId = layerId;
+        t->reauth = reauth;
         if (li->kind == K_CONNECT || li->kind == K_ACCEPT) {
             t->next = tokens;
             tokens = t;
@@ -1860,6 +1871,7 @@ void emu_wfp_reset(void)
     flowDeleteDelayMs = 0;
     deleteOnAssociate = 0;
     vetoReauth = 0;
+    reauthPendRefusals = 0;
     forceClearActionRight = 0;
     emu_wait_reauth_idle();
     if (rqStarted) {

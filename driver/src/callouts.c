@@ -151,6 +151,7 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
     UINT32 flags = 0;
     ULONG action;
     UINT64 pid, endpoint;
+    BOOLEAN reauth;
     const WCHAR *path = NULL;
     UINT16 pathLen = 0;
 
@@ -185,7 +186,8 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
         }
     }
     LatchCount(LATCH_STAT_CLASSIFIED);
-    if ((flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE) && LatchTakeReauthVerdict(&tuple, endpoint, &action)) {
+    reauth = (flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE) != 0;
+    if (reauth && LatchTakeReauthVerdict(&tuple, endpoint, &action)) {
         ApplyAction(classifyOut, filter, action);
         return;
     }
@@ -201,6 +203,16 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
     }
     if (LatchCacheLookup(&tuple, pid, path, pathLen, &action)) {
         LatchCount(LATCH_STAT_CACHE_HITS);
+        ApplyAction(classifyOut, filter, action);
+        return;
+    }
+    if (reauth) {
+        /* WFP refuses to pend a reauthorization (STATUS_FWP_CANNOT_PEND): an
+           established flow keeps the verdict it was let through with, anything
+           else gets the default. */
+        if (!LatchFlowVerdict(&tuple, &action)) {
+            action = g.DefaultAction;
+        }
         ApplyAction(classifyOut, filter, action);
         return;
     }

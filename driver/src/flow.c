@@ -97,6 +97,7 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATC
         LatchCount(LATCH_STAT_ALLOC_FAILURES);
         return;
     }
+    flow->Tuple = *Tuple;
     flow->FlowHandle = Meta->flowHandle;
     flow->LayerId = IpVersion == 4 ? (Protocol == 6 ? FWPS_LAYER_STREAM_V4 : FWPS_LAYER_DATAGRAM_DATA_V4)
                                    : (Protocol == 6 ? FWPS_LAYER_STREAM_V6 : FWPS_LAYER_DATAGRAM_DATA_V6);
@@ -170,6 +171,29 @@ void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
     FlowCountDecLocked();
     KeReleaseSpinLock(&g.Lock, irql);
     FreeFlow(flow);
+}
+
+/* The verdict an established flow was let through with (a context exists only for a
+   permitted flow), for its reauthorization pass, which cannot be pended. */
+BOOLEAN LatchFlowVerdict(const LATCH_TUPLE *Tuple, ULONG *Action)
+{
+    PLIST_ENTRY link;
+    BOOLEAN found = FALSE;
+    KIRQL irql;
+
+    KeAcquireSpinLock(&g.Lock, &irql);
+    for (link = g.FlowList.Flink; link != &g.FlowList; link = link->Flink) {
+        PLATCH_FLOW f = CONTAINING_RECORD(link, LATCH_FLOW, Link);
+        if (SameConnection(&f->Tuple, Tuple)) {
+            found = TRUE;
+            break;
+        }
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    if (found) {
+        *Action = LATCH_ACTION_PERMIT;
+    }
+    return found;
 }
 
 void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound)

@@ -109,6 +109,7 @@ typedef struct _LATCH_CACHE_SLOT {
 
 typedef struct _LATCH_FLOW {
     LIST_ENTRY Link;            /* g.FlowList */
+    LATCH_TUPLE Tuple;          /* matches the flow's reauthorization classify */
     UINT64 FlowHandle;
     UINT16 LayerId;
     UINT32 CalloutId;
@@ -219,6 +220,7 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATC
 void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId);
 void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext);
 void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound);
+BOOLEAN LatchFlowVerdict(const LATCH_TUPLE *Tuple, ULONG *Action);
 void LatchRemoveAllFlows(void);
 
 #endif /* LATCH_H */

@@ -629,6 +629,9 @@ static void test_cache_answers_without_round_trip(void)
     unload_clean();
 }
 
+/* WFP cannot pend a reauthorization (STATUS_FWP_CANNOT_PEND), so a reauthorized
+   connection is decided at once: its decided entry, the cache, the verdict its flow was
+   permitted with, else the default. */
 static void test_flush_forces_reauthorization(void)
 {
     REQUIRE(load(), "load");
@@ -640,38 +643,48 @@ static void test_flush_forces_reauthorization(void)
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
     CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "permitted");
     CHECK(emu_conn_has_flow_context(a) == 1, "flow context");
-    /* the rules changed: flush the cache and re-decide existing flows */
+    int before = emu_conn_reauthorizations(a);
+
+    /* cache flushed + reauthorize: the flow keeps the verdict it was permitted with */
     CHECK(client_flush(c, LATCH_FLUSH_CACHE | LATCH_FLUSH_REAUTHORIZE) == STATUS_SUCCESS, "flush ack");
-    REQUIRE(client_next_request(c, &r, 3000), "the existing flow was not asked about again");
-    CHECK(r.msg.LocalPort == 40000 && r.msg.ProcessId == 42, "reauthorization request is for the flow");
-    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0) == STATUS_SUCCESS, "verdict ack");
-    emu_wait_reauth_idle(); /* the flow reads as permitted until its reauthorization classify returns */
-    int st = emu_conn_wait(a, 2000);
-    CHECK(st == EMU_CONN_BLOCK, "the new verdict did not tear the flow down (state %d, %d reauthorizations)", st,
-          emu_conn_reauthorizations(a));
-    CHECK(emu_conn_has_flow_context(a) == 0, "the torn-down flow kept its context");
     emu_wait_reauth_idle();
+    CHECK(emu_conn_reauthorizations(a) > before, "the flow was not reauthorized");
+    CHECK(!client_next_request(c, &r, 300), "a reauthorization was sent as a request (port %u)", r.msg.LocalPort);
+    CHECK(emu_reauth_pend_refusals() == 0, "the driver tried to pend a reauthorization %d time(s)",
+          emu_reauth_pend_refusals());
+    CHECK(emu_conn_state(a) == EMU_CONN_PERMIT && emu_conn_has_flow_context(a) == 1,
+          "the permitted flow lost its verdict on reauthorization");
+
+    /* a new connection after the flush is asked again (the cache is empty) */
     emu_conn *b = out4(40001, 42, curl, 443);
     CHECK(emu_conn_state(b) == EMU_CONN_PENDING, "the flushed cache still answered");
     REQUIRE(client_next_request(c, &r, 2000), "request");
-    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
-    emu_conn_wait(b, 2000);
-    CHECK(client_flush(c, LATCH_FLUSH_CACHE) == STATUS_SUCCESS, "cache-only flush");
-    /* reauthorize without flushing: a flow whose verdict is cached is re-decided from
-       the cache, without a question */
-    emu_conn *d = out4(40002, 43, edge, 443);
-    REQUIRE(client_next_request(c, &r, 2000), "request");
-    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
-    CHECK(emu_conn_wait(d, 2000) == EMU_CONN_PERMIT, "permitted");
+    /* the service now blocks this program and destination, cached */
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(b, 2000) == EMU_CONN_BLOCK, "blocked");
+
+    /* reauthorize: the cached block re-decides the established flow, which goes */
     UINT64 hits = stat_of(c, LATCH_STAT_CACHE_HITS);
     CHECK(client_flush(c, LATCH_FLUSH_REAUTHORIZE) == STATUS_SUCCESS, "reauthorize-only flush");
     emu_wait_reauth_idle();
-    while (client_next_request(c, &r, 300)) { /* the other live flow (b) has no cached verdict */
-        CHECK(r.msg.LocalPort != 40002, "a cached flow was asked about again");
-        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
-    }
-    CHECK(emu_conn_state(d) == EMU_CONN_PERMIT && stat_of(c, LATCH_STAT_CACHE_HITS) > hits,
-          "the cached flow was not re-decided from the cache");
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_BLOCK, "the cached block did not tear the flow down");
+    CHECK(emu_conn_has_flow_context(a) == 0, "the torn-down flow kept its context");
+    CHECK(stat_of(c, LATCH_STAT_CACHE_HITS) > hits, "the flow was not re-decided from the cache");
+
+    /* no cached verdict and no flow context: the default (block) */
+    CHECK(client_flush(c, LATCH_FLUSH_CACHE) == STATUS_SUCCESS, "cache-only flush");
+    emu_set_flow_delete_on_associate(1);
+    emu_conn *d = out4(40002, 43, edge, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(d, 2000) == EMU_CONN_PERMIT, "permitted");
+    emu_set_flow_delete_on_associate(0);
+    CHECK(emu_conn_has_flow_context(d) == 0, "flow context");
+    CHECK(client_flush(c, LATCH_FLUSH_REAUTHORIZE) == STATUS_SUCCESS, "reauthorize-only flush");
+    emu_wait_reauth_idle();
+    CHECK(emu_conn_wait(d, 2000) == EMU_CONN_BLOCK, "a flow with nothing to go by did not get the default");
+    CHECK(!client_next_request(c, &r, 200), "a reauthorization was sent as a request");
+    CHECK(emu_reauth_pend_refusals() == 0, "the driver tried to pend a reauthorization");
     CHECK(emu_filters() == 14, "the reauthorization trigger leaked filters: %d", emu_filters());
     client_close(c);
     unload_clean();

@@ -154,6 +154,7 @@ void EmuAssertFailed(const char *expr, const char *file, int line);
 #define STATUS_FWP_NOT_FOUND           ((NTSTATUS)0xC0220008)
 #define STATUS_FWP_NO_TXN_IN_PROGRESS  ((NTSTATUS)0xC022000D)
 #define STATUS_FWP_TXN_IN_PROGRESS     ((NTSTATUS)0xC022000E)
+#define STATUS_FWP_CANNOT_PEND         ((NTSTATUS)0xC0220034)
 #define NDIS_STATUS_SUCCESS 0
 
 /* ---- IRQL ---- */
