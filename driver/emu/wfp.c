@@ -150,6 +150,7 @@ struct emu_conn {
     int flowEstablished;
     int reauths;
     emu_nbl *acceptClone;
+    int datagramsSent;      /* outbound UDP/ICMP: first datagrams that left (sent or re-injected) */
     struct emu_conn *next;
 };
 static emu_conn *conns;
@@ -809,6 +810,10 @@ static int classify_layer(emu_conn *c, UINT16 layerId, int reauth, void *layerDa
         meta.transportEndpointHandle = c->id * 16;
         meta.compartmentId = 1;
     }
+    if (li->kind == K_CONNECT && li->v6) {
+        meta.currentMetadataValues |= FWPS_METADATA_FIELD_REMOTE_SCOPE_ID;
+        meta.remoteScopeId.Value = 0;
+    }
     if (li->kind == K_ACCEPT) {
         meta.currentMetadataValues |= FWPS_METADATA_FIELD_IP_HEADER_SIZE | FWPS_METADATA_FIELD_TRANSPORT_HEADER_SIZE;
         meta.ipHeaderSize = li->v6 ? 40 : 20;
@@ -1291,6 +1296,59 @@ NTSTATUS FwpsInjectTransportReceiveAsync0(HANDLE h, HANDLE injectionContext, PVO
     return STATUS_SUCCESS;
 }
 
+NTSTATUS FwpsInjectTransportSendAsync1(HANDLE h, HANDLE injectionContext, UINT64 endpointHandle, UINT32 flags,
+                                       FWPS_TRANSPORT_SEND_PARAMS1 *sendArgs, ADDRESS_FAMILY af,
+                                       COMPARTMENT_ID compartment, NET_BUFFER_LIST *nbl, FWPS_INJECT_COMPLETE0 fn,
+                                       HANDLE completionContext)
+{
+    (void)injectionContext;
+    (void)flags;
+    (void)compartment;
+    emu_require_irql("FwpsInjectTransportSendAsync1", DISPATCH_LEVEL);
+    pthread_mutex_lock(&wlock);
+    injection *i = injection_get_locked(h);
+    emu_nbl *n = nbl_state(nbl);
+    int ok = i != NULL && n != NULL && nbl_live_locked(n) && n->isClone && fn != NULL && sendArgs != NULL &&
+             sendArgs->remoteAddress != NULL;
+    emu_conn *c = ok ? n->conn : NULL;
+    if (ok && i->af != af) {
+        emu_violation("FwpsInjectTransportSendAsync1: address family %u on a handle created for %u", af, i->af);
+    }
+    if (ok && (c->p.inbound || endpointHandle != c->id * 16 ||
+               memcmp(sendArgs->remoteAddress, c->p.remote, c->p.v6 ? 16 : 4) != 0)) {
+        emu_violation("FwpsInjectTransportSendAsync1: endpoint handle or remote address is not the connection's");
+    }
+    if (ok) {
+        n->injectedBy = h;
+        n->injected = 1;
+        c->datagramsSent++;
+    }
+    pthread_mutex_unlock(&wlock);
+    if (!ok) {
+        emu_violation("FwpsInjectTransportSendAsync1: bad injection handle, packet, send parameters or completion "
+                      "function");
+        return STATUS_INVALID_PARAMETER;
+    }
+    KIRQL old;
+    int raised = KeGetCurrentIrql() < DISPATCH_LEVEL;
+    if (raised) {
+        KeRaiseIrql(DISPATCH_LEVEL, &old);
+    }
+    fn(completionContext, nbl, TRUE);
+    if (raised) {
+        KeLowerIrql(old);
+    }
+    return STATUS_SUCCESS;
+}
+
+int emu_conn_datagrams_sent(emu_conn *c)
+{
+    pthread_mutex_lock(&wlock);
+    int n = c->datagramsSent;
+    pthread_mutex_unlock(&wlock);
+    return n;
+}
+
 /* ---- flows ---- */
 static emu_conn *conn_by_flow_locked(UINT64 flowId)
 {
@@ -1661,9 +1719,16 @@ emu_conn *emu_connect(const emu_conn_params *p)
     if (p->inbound) {
         ULONG ip = p->v6 ? 40 : 20, tr = p->protocol == 6 ? 20 : 8;
         packet = nbl_new(c, ip + tr, ip + tr); /* RECV_ACCEPT: data starts after the transport header */
+    } else if (p->protocol != 6) {
+        packet = nbl_new(c, 64, 0); /* ALE_AUTH_CONNECT of UDP/ICMP: the first datagram is layerData */
     }
     pend_record *pend = NULL;
     int r = conn_classify_auth(c, 0, packet, &pend);
+    if (!p->inbound && p->protocol != 6 && r == EMU_CONN_PERMIT) {
+        pthread_mutex_lock(&wlock);
+        c->datagramsSent++; /* permitted at once: the datagram goes on */
+        pthread_mutex_unlock(&wlock);
+    }
     if (packet != NULL && pend != NULL && p->retreatAfterAbsorb) {
         ULONG tr = p->protocol == 6 ? 20 : 8;
         pthread_mutex_lock(&wlock);

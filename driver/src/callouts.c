@@ -173,11 +173,12 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
         }
         return;
     }
-    if (tuple.Direction == LATCH_DIRECTION_INBOUND && layerData != NULL) {
+    if (layerData != NULL) {
         FWPS_PACKET_INJECTION_STATE state = FwpsQueryPacketInjectionState0(
             tuple.IpVersion == 4 ? g.InjectionHandleV4 : g.InjectionHandleV6, (const NET_BUFFER_LIST *)layerData, NULL);
         if (state == FWPS_PACKET_INJECTED_BY_SELF || state == FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF) {
-            /* Our own re-injection of a connection already permitted. */
+            /* Our own re-injection (inbound packet, outbound first datagram) of a
+               connection already permitted. */
             classifyOut->actionType = FWP_ACTION_PERMIT;
             if (filter->flags & FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT) {
                 classifyOut->rights &= ~FWPS_RIGHT_ACTION_WRITE;

@@ -83,8 +83,10 @@ typedef struct _LATCH_PENDING {
     LONGLONG Timestamp;
     ULONGLONG Deadline;         /* KeQueryInterruptTime units */
     ULONG Action;               /* LATCH_ACTION_*, once decided */
-    /* RECV_ACCEPT only: the referenced original packet and where to re-inject it. */
+    /* RECV_ACCEPT, and the first datagram of an outbound UDP/ICMP connection: the
+       referenced original packet and where to re-inject it. */
     PNET_BUFFER_LIST NetBufferList;
+    SCOPE_ID RemoteScopeId;     /* outbound datagram */
     ULONG NblOffset;
     UINT32 IpHeaderSize;
     UINT32 TransportHeaderSize;

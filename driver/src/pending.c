@@ -143,6 +143,86 @@ static void CompleteInbound(PLATCH_PENDING Entry)
     FreeEntry(Entry);
 }
 
+/* An outbound first datagram being re-sent: owns the reference on the original. */
+typedef struct _LATCH_SEND {
+    PNET_BUFFER_LIST Original;
+    UINT64 EndpointHandle;
+    SCOPE_ID RemoteScopeId;
+    COMPARTMENT_ID CompartmentId;
+    BOOLEAN V4;
+    UINT8 RemoteAddr[16];       /* network order, as WFP wants it */
+} LATCH_SEND, *PLATCH_SEND;
+
+static void NTAPI LatchSendComplete(void *Context, NET_BUFFER_LIST *NetBufferList, BOOLEAN DispatchLevel)
+{
+    PLATCH_SEND send = (PLATCH_SEND)Context;
+    FwpsFreeCloneNetBufferList0(NetBufferList, 0);
+    FwpsDereferenceNetBufferList0(send->Original, DispatchLevel);
+    ExFreePoolWithTag(send, LATCH_TAG_PENDING);
+    LatchInjectionDone();
+}
+
+/* Takes the entry's datagram before its operation is completed (the reauthorization
+   pass frees the entry): a send record on permit, NULL (reference dropped) otherwise. */
+static PLATCH_SEND TakeDatagram(PLATCH_PENDING Entry)
+{
+    PNET_BUFFER_LIST original = Entry->NetBufferList;
+    PLATCH_SEND send;
+
+    if (original == NULL) {
+        return NULL;
+    }
+    Entry->NetBufferList = NULL;
+    if (Entry->Action != LATCH_ACTION_PERMIT) {
+        FwpsDereferenceNetBufferList0(original, FALSE);
+        return NULL;
+    }
+    send = (PLATCH_SEND)ExAllocatePool2(POOL_FLAG_NON_PAGED, sizeof(LATCH_SEND), LATCH_TAG_PENDING);
+    if (send == NULL) {
+        LatchCount(LATCH_STAT_ALLOC_FAILURES);
+        FwpsDereferenceNetBufferList0(original, FALSE);
+        return NULL;
+    }
+    send->Original = original;
+    send->EndpointHandle = Entry->EndpointHandle;
+    send->RemoteScopeId = Entry->RemoteScopeId;
+    send->CompartmentId = Entry->CompartmentId;
+    send->V4 = Entry->Tuple.IpVersion == 4;
+    RtlCopyMemory(send->RemoteAddr, Entry->Tuple.RemoteAddr, sizeof(send->RemoteAddr));
+    return send;
+}
+
+/* As the WFP inspect sample: the permitted first datagram, absorbed at
+   ALE_AUTH_CONNECT, is cloned and sent again on its endpoint. */
+static void SendDatagram(PLATCH_SEND Send)
+{
+    FWPS_TRANSPORT_SEND_PARAMS1 params;
+    PNET_BUFFER_LIST clone = NULL;
+    NTSTATUS status;
+
+    status = FwpsAllocateCloneNetBufferList0(Send->Original, NULL, NULL, 0, &clone);
+    if (!NT_SUCCESS(status)) {
+        LatchCount(LATCH_STAT_ALLOC_FAILURES);
+        FwpsDereferenceNetBufferList0(Send->Original, FALSE);
+        ExFreePoolWithTag(Send, LATCH_TAG_PENDING);
+        return;
+    }
+    RtlZeroMemory(&params, sizeof(params));
+    params.remoteAddress = Send->RemoteAddr;
+    params.remoteScopeId = Send->RemoteScopeId;
+    InterlockedIncrement(&g.InjectionsInFlight);
+    status = FwpsInjectTransportSendAsync1(Send->V4 ? g.InjectionHandleV4 : g.InjectionHandleV6, NULL,
+                                           Send->EndpointHandle, 0, &params, Send->V4 ? AF_INET : AF_INET6,
+                                           Send->CompartmentId, clone, LatchSendComplete, Send);
+    if (!NT_SUCCESS(status)) {
+        FwpsFreeCloneNetBufferList0(clone, 0);
+        FwpsDereferenceNetBufferList0(Send->Original, FALSE);
+        ExFreePoolWithTag(Send, LATCH_TAG_PENDING);
+        LatchInjectionDone();
+        LatchCount(LATCH_STAT_SEND_FAILURES);
+    }
+}
+
 /* Completes every entry of a batch built by DecideLocked, counting each in StatIndex
    (if not LATCH_STATS_COUNT) before it is completed: a completed connection may be
    observed at once. Must not hold g.Lock. */
@@ -158,7 +238,11 @@ static void CompleteBatch(PLIST_ENTRY Batch, ULONG StatIndex)
         } else {
             /* Triggers the reauthorization pass, which applies e->Action and frees e
                (possibly before this call returns): e is not touched afterwards. */
+            PLATCH_SEND send = TakeDatagram(e);
             FwpsCompleteOperation0(e->CompletionContext, NULL);
+            if (send != NULL) {
+                SendDatagram(send);
+            }
         }
     }
 }
@@ -248,6 +332,16 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
         KeReleaseSpinLock(&g.Lock, irql);
         FreeEntry(entry);
         return status;
+    }
+    if (!inbound && Tuple->Protocol != 6 && LayerData != NULL) {
+        /* UDP/ICMP: the absorbed first datagram is sent again on permit. */
+        FwpsReferenceNetBufferList0((PNET_BUFFER_LIST)LayerData, TRUE);
+        entry->NetBufferList = (PNET_BUFFER_LIST)LayerData;
+        if (FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_REMOTE_SCOPE_ID)) {
+            entry->RemoteScopeId = Meta->remoteScopeId;
+        }
+        entry->CompartmentId = FWPS_IS_METADATA_FIELD_PRESENT(Meta, FWPS_METADATA_FIELD_COMPARTMENT_ID)
+                                   ? Meta->compartmentId : 0;
     }
     if (inbound) {
         /* Keep the packet alive past classify; released after re-injection or drop. */

@@ -1311,6 +1311,41 @@ static void test_clear_action_right_honoured(void)
     unload_clean();
 }
 
+/* Outbound UDP/ICMP: the first datagram is ALE_AUTH_CONNECT's layerData; pending
+   absorbs it, so on permit it must be cloned and sent again (on block it is dropped). */
+static void test_outbound_first_datagram_resent(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_PERMIT, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    for (int v6 = 0; v6 <= 1; v6++) {
+        emu_conn_params pu = params(v6, 0, 17, v6 ? "2001:2::1" : "198.18.0.1", (UINT16)(5100 + v6),
+                                    v6 ? "2001:2::53" : "198.19.0.53", 53, 7, curl);
+        emu_conn *u = emu_connect(&pu);
+        REQUIRE(client_next_request(c, &r, 2000), "udp request");
+        CHECK(emu_conn_datagrams_sent(u) == 0, "the datagram left before the verdict");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+        CHECK(emu_conn_wait(u, 2000) == EMU_CONN_PERMIT, "udp permitted");
+        emu_wait_reauth_idle();
+        CHECK(emu_conn_datagrams_sent(u) == 1, "v%d: the absorbed first datagram was %s", v6 ? 6 : 4,
+              emu_conn_datagrams_sent(u) == 0 ? "lost" : "sent more than once");
+    }
+    emu_conn_params pi = params(0, 0, 1, "198.18.0.1", 0, "198.19.0.7", 0, 7, curl);
+    emu_conn *icmp = emu_connect(&pi);
+    REQUIRE(client_next_request(c, &r, 2000), "icmp request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    CHECK(emu_conn_wait(icmp, 2000) == EMU_CONN_BLOCK, "icmp blocked");
+    CHECK(emu_conn_datagrams_sent(icmp) == 0, "a blocked datagram was sent");
+    /* one left pending: unload completes it with the default (permit here) and sends it */
+    emu_conn_params pl = params(0, 0, 17, "198.18.0.1", 5103, "198.19.0.53", 53, 7, curl);
+    emu_conn *last = emu_connect(&pl);
+    REQUIRE(client_next_request(c, &r, 2000), "udp request");
+    unload_clean();
+    CHECK(emu_conn_datagrams_sent(last) == 1, "the datagram completed at unload was not sent");
+    client_close(c);
+}
+
 static void test_sim_binary(void)
 {
     char port[108], control[108];
@@ -1417,6 +1452,7 @@ const test_case driver_tests[] = {
     {"driver_flow_deleted_during_association", "driver", test_flow_deleted_during_association, 1},
     {"driver_reauth_without_write_right", "driver", test_reauth_without_write_right_frees_entry, 1},
     {"driver_clear_action_right_honoured", "driver", test_clear_action_right_honoured, 1},
+    {"driver_outbound_first_datagram_resent", "driver", test_outbound_first_datagram_resent, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
 };

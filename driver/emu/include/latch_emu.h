@@ -504,6 +504,16 @@ typedef enum { EMU_ALE_FIELDS(STREAM_V6) } FWPS_FIELDS_STREAM_V6;
 typedef enum { EMU_ALE_FIELDS(DATAGRAM_DATA_V4) } FWPS_FIELDS_DATAGRAM_DATA_V4;
 typedef enum { EMU_ALE_FIELDS(DATAGRAM_DATA_V6) } FWPS_FIELDS_DATAGRAM_DATA_V6;
 
+typedef struct _SCOPE_ID {
+    union {
+        struct {
+            ULONG Zone : 28;
+            ULONG Level : 4;
+        };
+        ULONG Value;
+    };
+} SCOPE_ID;
+
 typedef struct FWPS_INCOMING_VALUE0_ { FWP_VALUE0 value; } FWPS_INCOMING_VALUE0;
 typedef struct FWPS_INCOMING_VALUES0_ {
     UINT16 layerId;
@@ -519,6 +529,7 @@ typedef struct FWPS_INCOMING_VALUES0_ {
 #define FWPS_METADATA_FIELD_COMPARTMENT_ID             0x00000800
 #define FWPS_METADATA_FIELD_COMPLETION_HANDLE          0x00004000
 #define FWPS_METADATA_FIELD_TRANSPORT_ENDPOINT_HANDLE  0x00008000
+#define FWPS_METADATA_FIELD_REMOTE_SCOPE_ID            0x00020000
 #define FWPS_METADATA_FIELD_PACKET_DIRECTION           0x00040000
 #define FWPS_IS_METADATA_FIELD_PRESENT(m, f) (((m)->currentMetadataValues & (f)) == (f))
 typedef struct FWPS_INCOMING_METADATA_VALUES0_ {
@@ -536,6 +547,7 @@ typedef struct FWPS_INCOMING_METADATA_VALUES0_ {
     ULONG compartmentId;
     HANDLE completionHandle;
     UINT64 transportEndpointHandle;
+    SCOPE_ID remoteScopeId;
     FWP_DIRECTION packetDirection;
 } FWPS_INCOMING_METADATA_VALUES0;
 
@@ -624,6 +636,20 @@ NTSTATUS FwpsInjectTransportReceiveAsync0(HANDLE injectionHandle, HANDLE injecti
                                           COMPARTMENT_ID compartmentId, IF_INDEX interfaceIndex,
                                           IF_INDEX subInterfaceIndex, NET_BUFFER_LIST *netBufferList,
                                           FWPS_INJECT_COMPLETE0 completionFn, HANDLE completionContext);
+typedef struct _WSACMSGHDR WSACMSGHDR;
+typedef struct FWPS_TRANSPORT_SEND_PARAMS1_ {
+    UCHAR *remoteAddress;
+    SCOPE_ID remoteScopeId;
+    WSACMSGHDR *controlData;
+    ULONG controlDataLength;
+    UCHAR *headerIncludeHeader;
+    ULONG headerIncludeHeaderLength;
+} FWPS_TRANSPORT_SEND_PARAMS1;
+NTSTATUS FwpsInjectTransportSendAsync1(HANDLE injectionHandle, HANDLE injectionContext, UINT64 endpointHandle,
+                                       UINT32 flags, FWPS_TRANSPORT_SEND_PARAMS1 *sendArgs,
+                                       ADDRESS_FAMILY addressFamily, COMPARTMENT_ID compartmentId,
+                                       NET_BUFFER_LIST *netBufferList, FWPS_INJECT_COMPLETE0 completionFn,
+                                       HANDLE completionContext);
 
 /* ==== WFP management API (fwpmk.h) ==== */
 typedef struct FWPM_DISPLAY_DATA0_ { wchar_t *name; wchar_t *description; } FWPM_DISPLAY_DATA0;
