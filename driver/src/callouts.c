@@ -168,8 +168,8 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
     if (!(classifyOut->rights & FWPS_RIGHT_ACTION_WRITE)) {
         /* A higher-priority filter already decided. If this is the reauthorization
            pass of an operation we completed, its entry is done with all the same. */
-        if ((flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE) && LatchTakeReauthVerdict(&tuple, endpoint, &action)) {
-            UNREFERENCED_PARAMETER(action);
+        if (flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE) {
+            (void)LatchTakeReauthVerdict(&tuple, endpoint, &action);
         }
         return;
     }
