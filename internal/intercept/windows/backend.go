@@ -451,10 +451,12 @@ func (b *Backend) request(s *session, m proto.Message, outSize int) (proto.Messa
 var ErrNotConnected = errors.New("windows backend: not connected to the latch driver")
 
 // Redecide tells the driver to forget every cached verdict and re-authorize existing
-// flows (FLUSH), so that they are decided again under the new rules. The driver
-// cannot select flows, so affected is not consulted. The driver re-authorizes
-// asynchronously; the count returned is the number of flows it was tracking
-// (flow_contexts_live), every one of which it re-authorizes.
+// flows (FLUSH), so that new connections are decided under the new rules at once.
+// A reauthorization cannot be pended (WFP refuses), so the driver decides it in the
+// kernel: an established flow keeps the permit its flow context records unless a
+// verdict cached since says otherwise (see driver/PROTOCOL.md, FLUSH). The driver
+// cannot select flows, so affected is not consulted. The count returned is the
+// number of flows the driver was tracking (flow_contexts_live).
 func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
 	s := b.cur.Load()
 	if s == nil {
