@@ -21,19 +21,27 @@ func num(v any) float64 {
 	return -1
 }
 
-// waitPrompt polls `latch prompts --json` until one for the test client shows up.
+// waitPrompt polls `latch prompts --json` until one from the test client to port
+// shows up.
 func waitPrompt(t *testing.T, d *Daemon, port int) map[string]any {
+	t.Helper()
+	return waitPromptFor(t, d, port, true)
+}
+
+// waitPromptFor is waitPrompt; withExe false accepts a question whose program is
+// unknown (attribution covers TCP and UDP sockets only).
+func waitPromptFor(t *testing.T, d *Daemon, port int, withExe bool) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, p := range JSONLines(t, d.MustCLI(t, "prompts", "--json")) {
-			if p["exe"] == helperBin && int(num(p["remote_port"])) == port {
+			if int(num(p["remote_port"])) == port && (!withExe || p["exe"] == helperBin) {
 				return p
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("no prompt for %s port %d; prompts:\n%s", helperBin, port, d.MustCLI(t, "prompts"))
+	t.Fatalf("no prompt for port %d; prompts:\n%s", port, d.MustCLI(t, "prompts"))
 	return nil
 }
 
@@ -395,18 +403,7 @@ func TestOtherProtocolsAreHeldToo(t *testing.T) {
 		out, _ := n.Exec(n.Client, helperBin, "udplite-send", n.ServerIP+":7000", "10")
 		done <- out
 	}()
-	// Attribution covers TCP and UDP sockets; this one's program may show as unknown.
-	var p map[string]any
-	for deadline := time.Now().Add(10 * time.Second); p == nil && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		for _, q := range JSONLines(t, d.MustCLI(t, "prompts", "--json")) {
-			if int(num(q["remote_port"])) == 7000 {
-				p = q
-			}
-		}
-	}
-	if p == nil {
-		t.Fatalf("no question for the UDP-Lite flow; status:\n%s", d.MustCLI(t, "status"))
-	}
+	p := waitPromptFor(t, d, 7000, false)
 	if p["proto"] != "136" {
 		t.Errorf("prompt %v: want proto 136 (UDP-Lite)", p)
 	}
