@@ -80,6 +80,7 @@ func main() {
 		fatalf("%v", err)
 	}
 	defer os.RemoveAll(dir)
+	atExit = append(atExit, func() { os.RemoveAll(dir) })
 	// Copy ourselves to a stable path: the latch scenario allows this executable by path.
 	client := filepath.Join(dir, "latch-bench-client")
 	if out, err := exec.Command("cp", self, client).CombinedOutput(); err != nil {
@@ -100,6 +101,7 @@ func main() {
 	for _, sc := range names {
 		tg, err := setup(sc, client, *latchBin, dir, *nrules)
 		if tg != nil {
+			atExit = append(atExit, tg.close)
 			defer tg.close()
 		}
 		if err != nil {
@@ -405,7 +407,14 @@ func stop(cmd *exec.Cmd) {
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
+// atExit is what fatalf undoes before it exits (os.Exit runs no defers): the
+// namespaces and processes of the set-ups made so far.
+var atExit []func()
+
 func fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	for i := len(atExit) - 1; i >= 0; i-- {
+		atExit[i]()
+	}
 	os.Exit(1)
 }
