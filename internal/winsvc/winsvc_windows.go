@@ -75,15 +75,22 @@ func connect() (*mgr.Mgr, error) {
 	return m, nil
 }
 
-func open(m *mgr.Mgr, name string) (*mgr.Service, error) {
-	s, err := m.OpenService(name)
+// openService connects to the service control manager and opens the service name;
+// closeService releases both.
+func openService(name string) (s *mgr.Service, closeService func(), err error) {
+	m, err := connect()
 	if err != nil {
-		if errors.Is(err, windows.ERROR_SERVICE_DOES_NOT_EXIST) {
-			return nil, fmt.Errorf("latch service: no service named %q is installed (latch service install)", name)
-		}
-		return nil, fmt.Errorf("latch service: open service %q: %w", name, err)
+		return nil, nil, err
 	}
-	return s, nil
+	s, err = m.OpenService(name)
+	if err != nil {
+		m.Disconnect()
+		if errors.Is(err, windows.ERROR_SERVICE_DOES_NOT_EXIST) {
+			return nil, nil, fmt.Errorf("latch service: no service named %q is installed (latch service install)", name)
+		}
+		return nil, nil, fmt.Errorf("latch service: open service %q: %w", name, err)
+	}
+	return s, func() { s.Close(); m.Disconnect() }, nil
 }
 
 func install(c command, out io.Writer) error {
@@ -166,16 +173,11 @@ func secureDir(dir string) error {
 }
 
 func uninstall(c command, out io.Writer) error {
-	m, err := connect()
+	s, closeService, err := openService(c.name)
 	if err != nil {
 		return err
 	}
-	defer m.Disconnect()
-	s, err := open(m, c.name)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	defer closeService()
 	if st, err := s.Query(); err == nil && st.State != svc.Stopped {
 		if err := stopAndWait(s, c.name); err != nil {
 			return err
@@ -192,16 +194,11 @@ func uninstall(c command, out io.Writer) error {
 }
 
 func start(c command, out io.Writer) error {
-	m, err := connect()
+	s, closeService, err := openService(c.name)
 	if err != nil {
 		return err
 	}
-	defer m.Disconnect()
-	s, err := open(m, c.name)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	defer closeService()
 	if err := s.Start(); err != nil {
 		return fmt.Errorf("latch service start %q: %w", c.name, err)
 	}
@@ -218,16 +215,11 @@ func start(c command, out io.Writer) error {
 }
 
 func stop(c command, out io.Writer) error {
-	m, err := connect()
+	s, closeService, err := openService(c.name)
 	if err != nil {
 		return err
 	}
-	defer m.Disconnect()
-	s, err := open(m, c.name)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	defer closeService()
 	if err := stopAndWait(s, c.name); err != nil {
 		return err
 	}
@@ -246,16 +238,11 @@ func stopAndWait(s *mgr.Service, name string) error {
 }
 
 func status(c command, out io.Writer) error {
-	m, err := connect()
+	s, closeService, err := openService(c.name)
 	if err != nil {
 		return err
 	}
-	defer m.Disconnect()
-	s, err := open(m, c.name)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	defer closeService()
 	st, err := s.Query()
 	if err != nil {
 		return fmt.Errorf("latch service status %q: %w", c.name, err)
