@@ -36,11 +36,7 @@ func runConns(ctx context.Context, args []string) error {
 	follow := fs.Bool("follow", false, "keep printing new connections")
 	fs.BoolVar(follow, "f", false, "same as --follow")
 	n := fs.Int("n", 20, "how many connections")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *n <= 0 || *n > 100_000 {

@@ -53,11 +53,7 @@ daemon still holds the queue.
 func runCleanup(ctx context.Context, args []string) error {
 	fs := newFlags("cleanup")
 	queue := fs.Uint("queue", uint(linux.DefaultQueue), "NFQUEUE queue number")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *queue == 0 || *queue > 65535 {

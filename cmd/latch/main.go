@@ -183,6 +183,15 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// parseFlagsOnly is parseFlags for a verb that takes no positional arguments.
+func parseFlagsOnly(fs *flag.FlagSet, args []string) error {
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	return wantArgs(pos, 0, "")
+}
+
 // wantArgs checks the number of positional arguments.
 func wantArgs(pos []string, n int, what string) error {
 	if len(pos) != n {
@@ -209,11 +218,7 @@ func client() *api.Client { return api.NewClient("") }
 
 func runVersion(ctx context.Context, args []string) error {
 	fs := newFlags("version")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	fmt.Printf("latch %s (%s %s/%s)\n", latchVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)

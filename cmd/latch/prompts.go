@@ -45,11 +45,7 @@ for the program, expiring after DURATION (90m, 12h, 7d) or never (forever).
 func runPrompts(ctx context.Context, args []string) error {
 	fs := newFlags("prompts")
 	asJSON := fs.Bool("json", false, "one JSON object per line")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	ps, err := client().Prompts(ctx)

@@ -69,11 +69,7 @@ func runRules(ctx context.Context, args []string) error {
 func rulesList(ctx context.Context, args []string) error {
 	fs := newFlags("rules list")
 	asJSON := fs.Bool("json", false, "one JSON object per line")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	rules, err := client().Rules(ctx)
@@ -131,13 +127,9 @@ func rulesAdd(ctx context.Context, args []string) error {
 		asJSON  = fs.Bool("json", false, "print the added rule as JSON")
 		r       engine.Rule
 		err     error
-		pos     []string
 		errFlag = func(flag string, err error) error { return usagef("--%s: %v", flag, err) }
 	)
-	if pos, err = parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err = parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *action == "" {
@@ -224,11 +216,7 @@ func rulesRemove(ctx context.Context, args []string) error {
 
 func rulesExport(ctx context.Context, args []string) error {
 	fs := newFlags("rules export")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	data, err := client().ExportRules(ctx)

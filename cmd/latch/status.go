@@ -21,11 +21,7 @@ pending, the process attribution methods in use and the history's size.
 func runStatus(ctx context.Context, args []string) error {
 	fs := newFlags("status")
 	asJSON := fs.Bool("json", false, "print the status as one JSON object")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	st, err := client().Status(ctx)

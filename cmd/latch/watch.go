@@ -70,11 +70,7 @@ func (c crlf) Write(p []byte) (int, error) {
 
 func runWatch(ctx context.Context, args []string) error {
 	fs := newFlags("watch")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, ""); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	c := client()
