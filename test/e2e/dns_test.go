@@ -351,3 +351,36 @@ func inNetns(name string, fn func() error) error {
 	runtime.UnlockOSThread()
 	return ferr
 }
+
+// TestDNSQueryHeldByAQuestionStillTeaches: a program's first DNS query is itself a
+// connection that may wait on a question longer than the answer window. The window
+// runs from when the query leaves, not from when it was held, so its answer still
+// labels the address.
+func TestDNSQueryHeldByAQuestionStillTeaches(t *testing.T) {
+	n := NewNet(t)
+	srv := n.Serve(t, 8096)
+	dns := startScriptedDNS(t, n.Server, n.ServerIP+":53")
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "30s")
+	d.MustCLI(t, "rules", "add", "--host", "slow.test", "--port", "8096", "--action", "allow")
+
+	out := make(chan string, 1)
+	go func() {
+		o, _ := n.Exec(n.Client, helperBin, "dns-query", n.ServerIP+":53", "slow.test", "20s")
+		out <- o
+	}()
+	p := waitPrompt(t, d, 53)
+	time.Sleep(6 * time.Second) // the user takes a while
+	d.MustCLI(t, "answer", fmt.Sprint(int64(num(p["id"]))), "allow", "--for", "once")
+	q := dns.next(t)
+	dns.send(t, q, q.response(0, rrA("slow.test", n.ServerIP)))
+	if o := <-out; !strings.Contains(o, n.ServerIP) {
+		t.Fatalf("dns-query slow.test: %s", o)
+	}
+	if r := n.Connect(t, 8096, 10*time.Second); r.Outcome != "connected" {
+		t.Errorf("connection to slow.test after its held query was answered: %+v", r)
+	}
+	srv.WaitLine(t, 5*time.Second, func(l string) bool { return strings.HasPrefix(l, "accepted") })
+	if c := findConn(t, d, 8096, 0); c["host"] != "slow.test" {
+		t.Errorf("history %v: want host slow.test", c)
+	}
+}
