@@ -55,10 +55,10 @@ func runStatus(ctx context.Context, args []string) error {
 		row("kernel extra", "%s", counters(k.Extra))
 	}
 	if n := st.DNS; n != nil {
-		row("dns", "%d queries tracked (%d waiting), %d answers, %d addresses learned (%d held), %d copies lost",
+		row("dns", "%d queries tracked (%d waiting), %d answered, %d addresses learned (%d held), copies lost %d times",
 			n.Queries, n.Pending, n.Answers, n.Learned, n.Names, n.Overflows)
 		row("dns ignored", "%s", counters(n.Ignored))
-		row("dns untracked", "%s", counters(n.QueriesNotTracked))
+		row("dns not tracked", "%s", counters(n.QueriesNotTracked))
 	}
 	row("verdicts", "%s", counters(st.Verdicts))
 	row("decided by", "%s", counters(st.Decisions))
