@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -281,4 +282,46 @@ func inNetns(name string, fn func() error) error {
 	}
 	runtime.UnlockOSThread()
 	return ferr
+}
+
+// FuzzNFLOGCopy checks that no kernel message crashes copyOf, and that what it reads
+// lies inside the message.
+func FuzzNFLOGCopy(f *testing.F) {
+	pkt := udpPacket(netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.0.2:53"), buildQuery(1, "www.example.com", typeA))
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: nfulaPacketHdr, Data: []byte{0x08, 0x00, hookLocalOut, 0}},
+		{Type: nfulaUID, Data: binary.BigEndian.AppendUint32(nil, 1000)},
+		{Type: nfulaPayload, Data: pkt},
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	msg := append([]byte{unix.AF_INET, 0, 0x10, 0x93}, attrs...)
+	f.Add(msg)
+	f.Add(msg[:len(msg)-3])
+	f.Add([]byte{2, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, ok := copyOf(data)
+		if !ok {
+			return
+		}
+		if len(c.payload) > len(data) || c.hook < -1 || c.hook > 255 || c.uid < -1 || c.uid > 1<<32-1 {
+			t.Fatalf("copy %+v from %d bytes", c, len(data))
+		}
+	})
+}
+
+func TestCopyOf(t *testing.T) {
+	pkt := []byte{0x45, 1, 2, 3}
+	attrs, _ := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: nfulaPacketHdr, Data: []byte{0x08, 0x00, hookLocalIn, 0}},
+		{Type: nfulaPayload, Data: pkt},
+	})
+	c, ok := copyOf(append([]byte{unix.AF_INET, 0, 0, 1}, attrs...))
+	if !ok || c.hook != hookLocalIn || c.uid != -1 || string(c.payload) != string(pkt) {
+		t.Errorf("copyOf: %+v %v", c, ok)
+	}
+	if _, ok := copyOf(append([]byte{unix.AF_INET, 0, 0, 1}, attrs[:8]...)); ok {
+		t.Error("a message without its payload attribute was read")
+	}
 }
