@@ -12,13 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// buildQuery returns a standard query (RD) for name and type.
-func buildQuery(id uint16, name string, qtype uint16) []byte {
-	m := binary.BigEndian.AppendUint16(nil, id)
-	m = append(m, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0)
-	return append(m, question(name, qtype)...)
-}
-
 // withAdditional appends records to msg's additional section.
 func withAdditional(msg []byte, rrs ...testRR) []byte {
 	m := append([]byte(nil), msg...)
