@@ -675,6 +675,18 @@ func (b *Backend) Stats() intercept.Stats {
 	}
 	b.holdsMu.Lock()
 	s.Extra["pending"] = uint64(len(b.holds))
+	if b.dns != nil {
+		// Kept for the metrics; `latch status` shows the learner's own counters.
+		d := b.dns.Stats()
+		responses := d.Answers
+		for _, n := range d.Ignored {
+			responses += n
+		}
+		s.Extra["dns_responses"] = responses
+		s.Extra["dns_malformed"] = d.Ignored[dnsname.IgnoredMalformed]
+		s.Extra["dns_overflows"] = d.Overflows
+		s.Extra["dns_names"] = uint64(d.Names)
+	}
 	b.holdsMu.Unlock()
 	if n := b.latencyN.Load(); n > 0 {
 		s.Extra["verdict_latency_avg_us"] = b.latencySum.Load() / n / 1000
