@@ -206,7 +206,9 @@ func TestForgedDNSAnswersTeachNoName(t *testing.T) {
 	if got := st.DNS.Ignored["unmatched"]; got < 4000 && st.DNS.Overflows == 0 {
 		t.Errorf("dns ignored unmatched %d, want the flood of 4,352 counted", got)
 	}
-	if text := d.MustCLI(t, "status"); !strings.Contains(text, "mismatched_question") {
+	text := d.MustCLI(t, "status")
+	t.Logf("status:\n%s", text)
+	if !strings.Contains(text, "mismatched_question") {
 		t.Errorf("status text does not show DNS answers ignored by reason:\n%s", text)
 	}
 }
