@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
@@ -116,6 +117,8 @@ type platformBackend struct {
 	close       func()          // releases what newBackend opened besides the backend
 	// ready is closed once Run holds connections; nil: as soon as Run is called.
 	ready <-chan struct{}
+	// dns returns the hostname learner's counters; nil where names are not learned.
+	dns func() *dnsname.Stats
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -266,6 +269,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			}
 			if o.Backend != "none" {
 				st.Queue = o.Queue
+			}
+			if be.dns != nil {
+				st.DNS = be.dns()
 			}
 			return st
 		},

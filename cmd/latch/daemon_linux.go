@@ -39,7 +39,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		res.Close()
 		return nil, err
 	}
-	return &platformBackend{Backend: be, attribution: res.Methods, close: func() { res.Close() }, ready: ready}, nil
+	return &platformBackend{Backend: be, attribution: res.Methods, dns: be.DNSStats, close: func() { res.Close() }, ready: ready}, nil
 }
 
 const cleanupHelp = `Usage: latch cleanup [--queue N]

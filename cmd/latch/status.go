@@ -15,7 +15,9 @@ const statusHelp = `Usage: latch status [--json]
 
 Shows how the daemon runs: interception backend and firewall mechanism, fail-open or
 fail-closed, the default verdict, the queue and decision counters, the questions
-pending, the process attribution methods in use and the history's size.
+pending, the process attribution methods in use, the hostnames learned from DNS
+answers (and the answers ignored, by reason: unmatched, late, duplicate,
+mismatched_question, truncated, malformed, other_type) and the history's size.
 `
 
 func runStatus(ctx context.Context, args []string) error {
@@ -51,6 +53,12 @@ func runStatus(ctx context.Context, args []string) error {
 		k.Held, k.Allowed, k.Denied, k.Rejected, k.Overflows, k.Errors)
 	if len(k.Extra) > 0 {
 		row("kernel extra", "%s", counters(k.Extra))
+	}
+	if n := st.DNS; n != nil {
+		row("dns", "%d queries tracked (%d waiting), %d answered, %d addresses learned (%d held), copies lost %d times",
+			n.Queries, n.Pending, n.Answers, n.Learned, n.Names, n.Overflows)
+		row("dns ignored", "%s", counters(n.Ignored))
+		row("dns not tracked", "%s", counters(n.QueriesNotTracked))
 	}
 	row("verdicts", "%s", counters(st.Verdicts))
 	row("decided by", "%s", counters(st.Decisions))

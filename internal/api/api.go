@@ -26,6 +26,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
@@ -63,6 +64,10 @@ type Status struct {
 	HeldConnections int                `json:"held_connections"` // connections waiting on those prompts
 	Rules           int                `json:"rules"`
 	History         store.HistoryStats `json:"history"`
+
+	// DNS counts the hostnames learned from DNS answers and the answers ignored, by
+	// reason (Linux; absent where names are not learned).
+	DNS *dnsname.Stats `json:"dns,omitempty"`
 }
 
 // Prompt is an open question as the API shows it: a flat view of engine.Prompt.

@@ -49,6 +49,13 @@ func question(name string, qtype uint16) []byte {
 	return binary.BigEndian.AppendUint16(q, classIN)
 }
 
+// buildQuery returns a standard query (RD) for name and type.
+func buildQuery(id uint16, name string, qtype uint16) []byte {
+	m := binary.BigEndian.AppendUint16(nil, id)
+	m = append(m, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0)
+	return append(m, question(name, qtype)...)
+}
+
 // buildResponse returns a response with id, rcode, the raw question q and answers,
 // without compression.
 func buildResponse(id uint16, rcode uint16, q []byte, answers []testRR) []byte {

@@ -208,7 +208,8 @@ func (c *Cache) Add(addr netip.Addr, name string, ttl time.Duration) {
 	}
 }
 
-// AddResponse records every answer of r.
+// AddResponse records every answer of r, without asking whether r answers a query
+// this host sent: Learner.Response does that.
 func (c *Cache) AddResponse(r *Response) {
 	for _, a := range r.Answers {
 		c.Add(a.Addr, a.Name, time.Duration(a.TTL)*time.Second)

@@ -2,10 +2,15 @@
 // address, so that latch can show "firefox wants example.com:443" and match rules on
 // names.
 //
-// On Linux a netfilter NFLOG rule copies every DNS response arriving in the namespace
-// (UDP source port 53) to ListenNFLOG, which parses it (ParsePacket) and records each
-// answered address in a Cache under the question's name: a CNAME chain is followed
-// back, so for
+// On Linux netfilter NFLOG rules copy every DNS query the host sends (UDP to port 53)
+// and every DNS response it receives on a flow it opened (UDP from port 53) to
+// ListenNFLOG, which hands them to a Learner. The Learner keeps the queries waiting
+// for an answer, and records the addresses of a response in a Cache only if the
+// response is the first answer to a waiting query (same client and server address and
+// port, transaction id, and question: name byte for byte as sent, type and class)
+// within AnswerWindow; everything else is counted by reason (Stats) and teaches
+// nothing. The question's name labels what its type asks for (A or AAAA records),
+// following a CNAME chain back, so for
 //
 //	www.example.com. CNAME e1.cdn.example.net.
 //	e1.cdn.example.net. A 198.18.5.5
@@ -17,7 +22,9 @@
 // LookupWait waits for it then (and only then; measured: up to ~0.2 ms).
 //
 // Names are only learned from plain DNS over UDP. A local stub resolver is fine (the
-// responses of systemd-resolved on 127.0.0.53 cross loopback and are seen), but answers
-// over TCP, DNS over TLS or HTTPS, and names a program cached itself before latch
-// started leave the host unknown.
+// queries to systemd-resolved on 127.0.0.53 and its responses cross loopback and are
+// seen), but answers over TCP, DNS over TLS or HTTPS, and names a program cached
+// itself before latch started leave the host unknown. An attacker on the path who
+// sees a query can still answer it first, as the program itself would believe; only a
+// resolver of latch's own would close that.
 package dnsname

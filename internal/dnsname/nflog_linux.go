@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/mdlayher/netlink"
@@ -24,40 +23,37 @@ const (
 
 	nfulnlCfgCmdBind  = 1
 	nfulnlCopyPacket  = 2
+	nfulaPacketHdr    = 1
 	nfulaPayload      = 9
+	nfulaUID          = 11
 	nfgenmsgLen       = 4
 	nlaTypeMask       = 0x3fff // drops NLA_F_NESTED and NLA_F_NET_BYTEORDER
 	copyRange         = 0xffff
 	defaultReadBuffer = 1 << 20
 )
 
-// NFLOGStats counts what ListenNFLOG saw. Read it with the methods of atomic.Uint64.
-type NFLOGStats struct {
-	Packets   atomic.Uint64 // packets received from the kernel
-	Responses atomic.Uint64 // DNS responses parsed
-	Malformed atomic.Uint64 // packets that were not a DNS response latch could read
-	Overflows atomic.Uint64 // times the socket buffer overflowed (ENOBUFS): packets were lost
-}
+// Netfilter hooks (linux/netfilter.h), as NFULA_PACKET_HDR names them.
+const (
+	hookLocalIn  = 1
+	hookLocalOut = 3
+)
 
-// ListenNFLOG reads copies of DNS responses that a netfilter NFLOG rule sends to
-// group and records their answers in cache, until ctx is done (then it returns nil).
-// NFLOG copies packets without holding them, so DNS is never delayed by latch. The
-// rule is the caller's, in the namespace ListenNFLOG runs in, e.g.
+// ListenNFLOG reads copies of the DNS queries this host sends and the responses it
+// receives, which netfilter NFLOG rules send to group, and hands them to l (queries
+// copied at the OUTPUT hook, responses at INPUT: the kernel says which), until ctx
+// is done (then it returns nil). NFLOG copies packets without holding them, so DNS is
+// never delayed by latch. The rules are the caller's, in the namespace ListenNFLOG
+// runs in, for IPv4 and IPv6, e.g.
 //
-//	iptables  -I INPUT -p udp --sport 53 -j NFLOG --nflog-group 4243
-//	ip6tables -I INPUT -p udp --sport 53 -j NFLOG --nflog-group 4243
+//	iptables -I OUTPUT -p udp --dport 53 -m conntrack --ctdir ORIGINAL -j NFLOG --nflog-group 4243
+//	iptables -I INPUT -p udp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFLOG --nflog-group 4243
 //
-// Binding fails if another socket has bound group. Responses that do not parse are
-// counted in stats (which may be nil) and skipped.
-func ListenNFLOG(ctx context.Context, group uint16, cache *Cache) error {
-	return ListenNFLOGStats(ctx, group, cache, nil)
-}
-
-// ListenNFLOGStats is ListenNFLOG with counters.
-func ListenNFLOGStats(ctx context.Context, group uint16, cache *Cache, stats *NFLOGStats) error {
-	if stats == nil {
-		stats = new(NFLOGStats)
-	}
+// One group carries both, so a query's copy is always read before its answer's.
+// Binding fails if another socket has bound group. Copies lost to a full socket
+// buffer are counted in l's Stats: a lost query only costs the name its answer
+// carried.
+func ListenNFLOG(ctx context.Context, group uint16, l *Learner) error {
+	cache := l.cache
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return fmt.Errorf("nflog group %d: netlink socket: %w", group, err)
@@ -129,32 +125,30 @@ func ListenNFLOGStats(ctx context.Context, group uint16, cache *Cache, stats *NF
 		if err != nil {
 			f.processing.Store(false)
 			if errors.Is(err, unix.ENOBUFS) {
-				stats.Overflows.Add(1)
+				l.noteOverflow()
 				continue
 			}
 			return fmt.Errorf("nflog group %d: receive: %w", group, err)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			stats.Malformed.Add(1)
+			l.ignore(IgnoredMalformed)
 		}
 		for _, m := range msgs {
 			if m.Header.Type != nfnlSubsysULOG<<8|nfulnlMsgPacket {
 				continue
 			}
-			stats.Packets.Add(1)
-			payload, ok := payloadOf(m.Data)
-			if !ok {
-				stats.Malformed.Add(1)
-				continue
+			c, ok := copyOf(m.Data)
+			switch {
+			case !ok:
+				l.ignore(IgnoredMalformed)
+			case c.hook == hookLocalOut:
+				l.Query(c.payload, c.uid)
+			case c.hook == hookLocalIn:
+				l.Response(c.payload)
+			default: // not from latch's rules
+				l.ignore(IgnoredMalformed)
 			}
-			resp, err := ParsePacket(payload)
-			if err != nil {
-				stats.Malformed.Add(1)
-				continue
-			}
-			stats.Responses.Add(1)
-			cache.AddResponse(resp)
 		}
 		f.processing.Store(false)
 		f.batchDone()
@@ -197,19 +191,40 @@ func configure(conn *netlink.Conn, group uint16, attr netlink.Attribute) error {
 	return err
 }
 
-// payloadOf returns the NFULA_PAYLOAD attribute of an NFULNL_MSG_PACKET message.
-func payloadOf(data []byte) ([]byte, bool) {
+// logCopy is what one NFULNL_MSG_PACKET message says about a packet.
+type logCopy struct {
+	payload []byte
+	hook    int   // the netfilter hook that copied it; -1 if not said
+	uid     int64 // the owner of the socket that sent it; -1 if not said
+}
+
+// copyOf reads an NFULNL_MSG_PACKET message: the packet (NFULA_PAYLOAD), the hook
+// (NFULA_PACKET_HDR) and the sending socket's user (NFULA_UID, present for packets a
+// local socket sent).
+func copyOf(data []byte) (logCopy, bool) {
+	c := logCopy{hook: -1, uid: -1}
 	if len(data) < nfgenmsgLen {
-		return nil, false
+		return c, false
 	}
 	ad, err := netlink.NewAttributeDecoder(data[nfgenmsgLen:])
 	if err != nil {
-		return nil, false
+		return c, false
 	}
+	found := false
 	for ad.Next() {
-		if ad.Type()&nlaTypeMask == nfulaPayload {
-			return ad.Bytes(), true
+		b := ad.Bytes()
+		switch ad.Type() & nlaTypeMask {
+		case nfulaPayload:
+			c.payload, found = b, true
+		case nfulaPacketHdr:
+			if len(b) >= 3 {
+				c.hook = int(b[2])
+			}
+		case nfulaUID:
+			if len(b) == 4 {
+				c.uid = int64(binary.BigEndian.Uint32(b))
+			}
 		}
 	}
-	return nil, false
+	return c, found && ad.Err() == nil
 }

@@ -14,13 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// The kernel test: two network namespaces joined by a veth pair.
+// The kernel tests: two network namespaces joined by a veth pair.
 //
-//	client ns: 198.18.7.1/24, 2001:2::1/64, NFLOG rule on INPUT udp sport 53, ListenNFLOG, resolver
-//	server ns: 198.18.7.2/24, 2001:2::2/64, a UDP DNS responder on port 53
+//	client ns: 198.18.7.1/24, fd00:7::1/64, NFLOG rules (OUTPUT udp dport 53, INPUT udp
+//	           sport 53 on a flow the client opened), ListenNFLOG, resolver
+//	server ns: 198.18.7.2 and .3/24, fd00:7::2 and ::3/64, DNS responders on port 53
 
 const testGroup = 4243
 
@@ -28,15 +30,25 @@ const testGroup = 4243
 var zone = map[string]map[uint16][]testRR{
 	"www.latch.test": {
 		typeA:    {rrCNAME("www.latch.test", "e1.cdn.latch.test", 300), rrA("e1.cdn.latch.test", "198.18.5.5", 20)},
-		typeAAAA: {rrCNAME("www.latch.test", "e1.cdn.latch.test", 300), rrA("e1.cdn.latch.test", "2001:2::5:5", 20)},
+		typeAAAA: {rrCNAME("www.latch.test", "e1.cdn.latch.test", 300), rrA("e1.cdn.latch.test", "fd00:5::5", 20)},
 	},
 	"v6only.latch.test": {
 		typeA:    {rrA("v6only.latch.test", "198.18.6.7", 300)},
-		typeAAAA: {rrA("v6only.latch.test", "2001:2::6:7", 300)},
+		typeAAAA: {rrA("v6only.latch.test", "fd00:6::7", 300)},
 	},
 }
 
-func TestNFLOGLabelsResolvedAddresses(t *testing.T) {
+// dnsNet is the two namespaces with a Learner reading the client's copies.
+type dnsNet struct {
+	cli, srv string
+	learner  *Learner
+	cache    *Cache
+}
+
+var netCounter int
+
+func newDNSNet(t *testing.T) *dnsNet {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces and netfilter rules")
 	}
@@ -45,46 +57,43 @@ func TestNFLOGLabelsResolvedAddresses(t *testing.T) {
 			t.Skipf("needs %s: %v", tool, err)
 		}
 	}
-	id := os.Getpid() % 100000
-	cli, srv := fmt.Sprintf("latch-dns%d-c", id), fmt.Sprintf("latch-dns%d-s", id)
-	vc, vs := fmt.Sprintf("ldc%d", id), fmt.Sprintf("lds%d", id)
+	netCounter++
+	id := fmt.Sprintf("%d%d", os.Getpid()%100000, netCounter)
+	n := &dnsNet{cli: "latch-dns" + id + "-c", srv: "latch-dns" + id + "-s"}
+	vc, vs := "ldc"+id, "lds"+id
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	for _, ns := range []string{cli, srv} {
+	for _, ns := range []string{n.cli, n.srv} {
 		run("ip", "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	}
-	run("ip", "link", "add", vc, "netns", cli, "type", "veth", "peer", "name", vs, "netns", srv)
-	run("ip", "-n", cli, "addr", "add", "198.18.7.1/24", "dev", vc)
-	run("ip", "-n", srv, "addr", "add", "198.18.7.2/24", "dev", vs)
-	run("ip", "-n", cli, "-6", "addr", "add", "2001:2::1/64", "dev", vc, "nodad")
-	run("ip", "-n", srv, "-6", "addr", "add", "2001:2::2/64", "dev", vs, "nodad")
-	for _, l := range [][2]string{{cli, vc}, {srv, vs}, {cli, "lo"}, {srv, "lo"}} {
+	run("ip", "link", "add", vc, "netns", n.cli, "type", "veth", "peer", "name", vs, "netns", n.srv)
+	run("ip", "-n", n.cli, "addr", "add", "198.18.7.1/24", "dev", vc)
+	run("ip", "-n", n.cli, "-6", "addr", "add", "fd00:7::1/64", "dev", vc, "nodad")
+	for _, a := range []string{"198.18.7.2/24", "198.18.7.3/24"} {
+		run("ip", "-n", n.srv, "addr", "add", a, "dev", vs)
+	}
+	for _, a := range []string{"fd00:7::2/64", "fd00:7::3/64"} {
+		run("ip", "-n", n.srv, "-6", "addr", "add", a, "dev", vs, "nodad")
+	}
+	for _, l := range [][2]string{{n.cli, vc}, {n.srv, vs}, {n.cli, "lo"}, {n.srv, "lo"}} {
 		run("ip", "-n", l[0], "link", "set", l[1], "up")
 	}
 	for _, tool := range []string{"iptables", "ip6tables"} {
-		run("ip", "netns", "exec", cli, tool, "-A", "INPUT", "-p", "udp", "--sport", "53", "-j", "NFLOG", "--nflog-group", fmt.Sprint(testGroup))
+		run("ip", "netns", "exec", n.cli, tool, "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-m", "conntrack", "--ctdir", "ORIGINAL", "-j", "NFLOG", "--nflog-group", fmt.Sprint(testGroup))
+		run("ip", "netns", "exec", n.cli, tool, "-A", "INPUT", "-p", "udp", "--sport", "53", "-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "REPLY", "-j", "NFLOG", "--nflog-group", fmt.Sprint(testGroup))
 	}
 
-	for _, addr := range []string{"198.18.7.2:53", "[2001:2::2]:53"} {
-		var pc net.PacketConn
-		if err := inNetns(srv, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err }); err != nil {
-			t.Fatalf("responder on %s: %v", addr, err)
-		}
-		t.Cleanup(func() { pc.Close() })
-		go serveDNS(pc)
-	}
-
-	cache := NewCache(0)
-	var stats NFLOGStats
+	n.cache = NewCache(0)
+	n.learner = NewLearner(n.cache)
 	ctx, cancel := context.WithCancel(context.Background())
 	listenErr := make(chan error, 1)
 	go func() {
-		listenErr <- inNetns(cli, func() error { return ListenNFLOGStats(ctx, testGroup, cache, &stats) })
+		listenErr <- inNetns(n.cli, func() error { return ListenNFLOG(ctx, testGroup, n.learner) })
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -97,6 +106,28 @@ func TestNFLOGLabelsResolvedAddresses(t *testing.T) {
 			t.Errorf("ListenNFLOG did not return within 5s of cancel")
 		}
 	})
+	// The listener feeds the cache once it has bound the group: copies sent before
+	// that are lost.
+	for deadline := time.Now().Add(5 * time.Second); n.cache.feed.Load() == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("ListenNFLOG did not bind its group within 5s")
+		}
+	}
+	return n
+}
+
+func TestNFLOGLabelsResolvedAddresses(t *testing.T) {
+	n := newDNSNet(t)
+	cli, srv := n.cli, n.srv
+	for _, addr := range []string{"198.18.7.2:53", "[fd00:7::2]:53"} {
+		var pc net.PacketConn
+		if err := inNetns(srv, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err }); err != nil {
+			t.Fatalf("responder on %s: %v", addr, err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go serveDNS(pc)
+	}
+	cache := n.cache
 
 	resolve := func(server, name string) []string {
 		t.Helper()
@@ -137,16 +168,16 @@ func TestNFLOGLabelsResolvedAddresses(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			if try == 19 {
-				t.Fatalf("resolver got %v for %s via %s, but the cache does not label all of %v (stats: %d packets, %d responses, %d malformed)",
-					got, name, server, addrs, stats.Packets.Load(), stats.Responses.Load(), stats.Malformed.Load())
+				t.Fatalf("resolver got %v for %s via %s, but the cache does not label all of %v (stats: %+v)",
+					got, name, server, addrs, n.learner.Stats())
 			}
 		}
 	}
 
 	// Over IPv4: the CNAME chain is followed back to the name the program asked for.
-	waitLabel("198.18.7.2:53", "www.latch.test", "198.18.5.5", "2001:2::5:5")
+	waitLabel("198.18.7.2:53", "www.latch.test", "198.18.5.5", "fd00:5::5")
 	// Over IPv6.
-	waitLabel("[2001:2::2]:53", "v6only.latch.test", "198.18.6.7", "2001:2::6:7")
+	waitLabel("[fd00:7::2]:53", "v6only.latch.test", "198.18.6.7", "fd00:6::7")
 	if _, ok := cache.Lookup(netip.MustParseAddr("198.18.7.2")); ok {
 		t.Errorf("the DNS server's own address got a label")
 	}
@@ -251,4 +282,46 @@ func inNetns(name string, fn func() error) error {
 	}
 	runtime.UnlockOSThread()
 	return ferr
+}
+
+// FuzzNFLOGCopy checks that no kernel message crashes copyOf, and that what it reads
+// lies inside the message.
+func FuzzNFLOGCopy(f *testing.F) {
+	pkt := udpPacket(netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.0.2:53"), buildQuery(1, "www.example.com", typeA))
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: nfulaPacketHdr, Data: []byte{0x08, 0x00, hookLocalOut, 0}},
+		{Type: nfulaUID, Data: binary.BigEndian.AppendUint32(nil, 1000)},
+		{Type: nfulaPayload, Data: pkt},
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	msg := append([]byte{unix.AF_INET, 0, 0x10, 0x93}, attrs...)
+	f.Add(msg)
+	f.Add(msg[:len(msg)-3])
+	f.Add([]byte{2, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, ok := copyOf(data)
+		if !ok {
+			return
+		}
+		if len(c.payload) > len(data) || c.hook < -1 || c.hook > 255 || c.uid < -1 || c.uid > 1<<32-1 {
+			t.Fatalf("copy %+v from %d bytes", c, len(data))
+		}
+	})
+}
+
+func TestCopyOf(t *testing.T) {
+	pkt := []byte{0x45, 1, 2, 3}
+	attrs, _ := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: nfulaPacketHdr, Data: []byte{0x08, 0x00, hookLocalIn, 0}},
+		{Type: nfulaPayload, Data: pkt},
+	})
+	c, ok := copyOf(append([]byte{unix.AF_INET, 0, 0, 1}, attrs...))
+	if !ok || c.hook != hookLocalIn || c.uid != -1 || string(c.payload) != string(pkt) {
+		t.Errorf("copyOf: %+v %v", c, ok)
+	}
+	if _, ok := copyOf(append([]byte{unix.AF_INET, 0, 0, 1}, attrs[:8]...)); ok {
+		t.Error("a message without its payload attribute was read")
+	}
 }

@@ -42,12 +42,36 @@ func TestParseMessage(t *testing.T) {
 			want: []Answer{ans("198.18.5.6", "www.example.com", 30)},
 		},
 		{
-			name: "AAAA and A, upper case question and trailing data in other sections",
+			name: "AAAA question: AAAA records only; upper case question",
 			msg: buildResponse(1, 0, question("WWW.Example.COM", typeAAAA), []testRR{
-				rrA("www.EXAMPLE.com", "2001:2::5", 120),
+				rrA("www.EXAMPLE.com", "fd00::5", 120),
 				rrA("www.example.com", "198.18.0.9", 120),
 			}),
-			want: []Answer{ans("2001:2::5", "www.example.com", 120), ans("198.18.0.9", "www.example.com", 120)},
+			want: []Answer{ans("fd00::5", "www.example.com", 120)},
+		},
+		{
+			name: "A question: A records only",
+			msg: buildResponse(1, 0, q, []testRR{
+				rrA("www.example.com", "fd00::5", 120),
+				rrA("www.example.com", "198.18.0.9", 120),
+			}),
+			want: []Answer{ans("198.18.0.9", "www.example.com", 120)},
+		},
+		{
+			name: "other question types and classes teach nothing",
+			msg: buildResponse(1, 0, question("www.example.com", 65), []testRR{ // HTTPS
+				rrA("www.example.com", "198.18.0.9", 120),
+			}),
+			want: nil,
+		},
+		{
+			name: "class CH question teaches nothing",
+			msg: func() []byte {
+				m := buildResponse(1, 0, q, []testRR{rrA("www.example.com", "198.18.0.9", 120)})
+				m[12+len(q)-1] = 3 // CH
+				return m
+			}(),
+			want: nil,
 		},
 		{
 			name: "records not reached from the question are ignored",
@@ -217,7 +241,7 @@ func TestParseLongName(t *testing.T) {
 func TestParsePacket(t *testing.T) {
 	msg := buildResponse(7, 0, question("api.example.com", typeA), []testRR{rrA("api.example.com", "198.18.2.2", 90)})
 	want := []Answer{ans("198.18.2.2", "api.example.com", 90)}
-	for _, src := range []string{"198.18.0.2:53", "[2001:2::2]:53"} {
+	for _, src := range []string{"198.18.0.2:53", "[fd00::2]:53"} {
 		s := netip.MustParseAddrPort(src)
 		d := netip.AddrPortFrom(s.Addr().Prev(), 40000)
 		pkt := udpPacket(s, d, msg)
@@ -227,6 +251,9 @@ func TestParsePacket(t *testing.T) {
 		}
 		if !reflect.DeepEqual(r.Answers, want) {
 			t.Errorf("%s: answers %v, want %v", src, r.Answers, want)
+		}
+		if r.Server != s || r.Client != d || r.ID != 7 || r.QName != "api.example.com" || r.QType != typeA || r.QClass != classIN {
+			t.Errorf("%s: response %+v: want server %v, client %v, id 7 and the question", src, r, s, d)
 		}
 		// Offsets count from the packet's start.
 		bad := append([]byte(nil), pkt...)
@@ -247,7 +274,7 @@ func TestParsePacket(t *testing.T) {
 
 // FuzzParseResponse checks that the parsers never panic, that errors are ParseErrors
 // naming an offset inside the input, and that every answer carries a name a rule could
-// match.
+// match and an address of the type the question asked for.
 func FuzzParseResponse(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
@@ -262,9 +289,15 @@ func FuzzParseResponse(f *testing.F) {
 				}
 				continue
 			}
+			if r.Question != Normalize(r.QName) {
+				t.Fatalf("question %q is not the wire name %q normalized", r.Question, r.QName)
+			}
 			for _, a := range r.Answers {
 				if !a.Addr.IsValid() || a.Addr.Is4In6() || a.Name != r.Question || len(a.Name) > maxNameLen || a.Name != Normalize(a.Name) {
 					t.Fatalf("bad answer %+v for question %q", a, r.Question)
+				}
+				if r.QClass != classIN || a.Addr.Is4() != (r.QType == typeA) || a.Addr.Is6() != (r.QType == typeAAAA) {
+					t.Fatalf("answer %v to a question of type %d class %d", a.Addr, r.QType, r.QClass)
 				}
 			}
 		}
@@ -273,13 +306,13 @@ func FuzzParseResponse(f *testing.F) {
 
 func fuzzSeeds() [][]byte {
 	q := question("www.example.com", typeA)
-	chain := buildResponse(1, 0, q, []testRR{rrCNAME("www.example.com", "e1.cdn.net", 300), rrA("e1.cdn.net", "198.18.5.5", 60), rrA("e1.cdn.net", "2001:2::5", 60)})
+	chain := buildResponse(1, 0, q, []testRR{rrCNAME("www.example.com", "e1.cdn.net", 300), rrA("e1.cdn.net", "198.18.5.5", 60), rrA("e1.cdn.net", "fd00::5", 60)})
 	return [][]byte{
 		chain,
 		compressedResponse(),
 		buildResponse(2, 3, q, nil),
 		udpPacket(netip.MustParseAddrPort("198.18.0.2:53"), netip.MustParseAddrPort("198.18.0.1:40000"), chain),
-		udpPacket(netip.MustParseAddrPort("[2001:2::2]:53"), netip.MustParseAddrPort("[2001:2::1]:40000"), compressedResponse()),
+		udpPacket(netip.MustParseAddrPort("[fd00::2]:53"), netip.MustParseAddrPort("[fd00::1]:40000"), compressedResponse()),
 	}
 }
 

@@ -57,7 +57,7 @@ type Backend struct {
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
 	latencySum, latencyMax, latencyN           atomic.Uint64
-	dnsStats                                   dnsname.NFLOGStats
+	dns                                        *dnsname.Learner // nil without Config.Hostnames
 
 	// lastQueue is the kernel's view of the queue, read by Stats while running and
 	// once more when Run stops.
@@ -104,12 +104,26 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linux backend: %w", err)
 	}
-	return &Backend{
+	b := &Backend{
 		cfg:   cfg,
 		fw:    fw,
 		holds: make(map[uint32]*hold),
 		flows: newFlowTable(cfg.MaxFlows, cfg.FlowTTL),
-	}, nil
+	}
+	if cfg.Hostnames != nil {
+		b.dns = dnsname.NewLearner(cfg.Hostnames)
+	}
+	return b, nil
+}
+
+// DNSStats returns what the hostname learner counted, or nil without
+// Config.Hostnames.
+func (b *Backend) DNSStats() *dnsname.Stats {
+	if b.dns == nil {
+		return nil
+	}
+	s := b.dns.Stats()
+	return &s
 }
 
 // Name says which mechanism is in use, e.g. "nfqueue/iptables-nft".
@@ -163,7 +177,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		wg.Go(func() {
 			// Names are a label, not a decision input the kernel waits for: if the
 			// log cannot be read, connections go on being decided without them.
-			if err := dnsname.ListenNFLOGStats(sweepCtx, spec.dnsLogGroup, b.cfg.Hostnames, &b.dnsStats); err != nil && sweepCtx.Err() == nil {
+			if err := dnsname.ListenNFLOG(sweepCtx, spec.dnsLogGroup, b.dns); err != nil && sweepCtx.Err() == nil {
 				b.cfg.Logf("hostnames from DNS are off: %v", err)
 			}
 		})
@@ -661,11 +675,17 @@ func (b *Backend) Stats() intercept.Stats {
 	}
 	b.holdsMu.Lock()
 	s.Extra["pending"] = uint64(len(b.holds))
-	if b.cfg.Hostnames != nil {
-		s.Extra["dns_responses"] = b.dnsStats.Responses.Load()
-		s.Extra["dns_malformed"] = b.dnsStats.Malformed.Load()
-		s.Extra["dns_overflows"] = b.dnsStats.Overflows.Load()
-		s.Extra["dns_names"] = uint64(b.cfg.Hostnames.Len())
+	if b.dns != nil {
+		// Kept for the metrics; `latch status` shows the learner's own counters.
+		d := b.dns.Stats()
+		responses := d.Answers
+		for _, n := range d.Ignored {
+			responses += n
+		}
+		s.Extra["dns_responses"] = responses
+		s.Extra["dns_malformed"] = d.Ignored[dnsname.IgnoredMalformed]
+		s.Extra["dns_overflows"] = d.Overflows
+		s.Extra["dns_names"] = uint64(d.Names)
 	}
 	b.holdsMu.Unlock()
 	if n := b.latencyN.Load(); n > 0 {

@@ -7,7 +7,10 @@
 // The backend installs its own chains, LATCH-OUT (jumped to from the first position
 // of the filter table's OUTPUT chain) and, with Config.Inbound, LATCH-IN (from INPUT),
 // for IPv4 and IPv6, with iptables-nft or iptables-legacy; or a table "inet latch"
-// where the kernel's nftables can queue natively. In order, LATCH-OUT:
+// where the kernel's nftables can queue natively. With Config.Hostnames, LATCH-OUT
+// first copies every DNS query (UDP to port 53, conntrack direction original) and
+// LATCH-IN every DNS response on a flow this host opened to the NFLOG group
+// DNSLogGroup. Then, in order, LATCH-OUT:
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
 //     (skb mark OwnMark, set with SO_MARK by Control);
@@ -87,7 +90,8 @@ import (
 // DefaultQueue is the NFQUEUE queue number latch uses unless told otherwise.
 const DefaultQueue uint16 = 4242
 
-// DefaultDNSLogGroup is the NFLOG group DNS responses are copied to for hostnames.
+// DefaultDNSLogGroup is the NFLOG group DNS queries and responses are copied to for
+// hostnames.
 const DefaultDNSLogGroup uint16 = 4243
 
 // Marks. latch owns the bits of MarkMask in the packet mark and the conntrack mark.
@@ -154,7 +158,10 @@ type Config struct {
 	ReadBuffer int
 	// Hostnames, if set, learns from DNS responses which name each address was asked
 	// for, and every Request carries the name of its remote address (Request.Host).
-	// The responses are copied to the daemon with NFLOG, which never holds them.
+	// The queries this host sends and the responses it receives are copied to the
+	// daemon with NFLOG, which never holds them, and a response teaches only if it is
+	// the first answer to one of those queries (dnsname.Learner); Backend.DNSStats
+	// counts the rest.
 	Hostnames *dnsname.Cache
 	// DNSLogGroup is the NFLOG group for those copies; 0: DefaultDNSLogGroup.
 	DNSLogGroup uint16

@@ -25,7 +25,7 @@ type ruleSpec struct {
 	inbound        bool
 	failOpen       bool
 	exemptLoopback bool
-	dnsLogGroup    uint16 // NFLOG group DNS responses are copied to; 0: none
+	dnsLogGroup    uint16 // NFLOG group DNS queries and responses are copied to; 0: none
 }
 
 // input says whether the ruleset needs the INPUT chain: to hold inbound connections,
@@ -235,15 +235,21 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		}
 	}
 	declare(chainOut, "OUTPUT")
+	if spec.dnsLogGroup != 0 {
+		// A copy of every DNS query this host sends, first in the chain so that
+		// queries on flows already allowed, over loopback and from the daemon are
+		// seen too (a held query is copied again when its verdict repeats the chain):
+		// an answer teaches a name only if it answers one of them.
+		fmt.Fprintf(&b, "-A %s -p udp -m udp --dport 53 -m conntrack --ctdir ORIGINAL -j NFLOG --nflog-group %d\n", chainOut, spec.dnsLogGroup)
+	}
 	chain(chainOut, "OUTPUT", "-o", true)
 	if spec.input() {
 		declare(chainIn, "INPUT")
 	}
 	if spec.dnsLogGroup != 0 {
 		// A copy of every DNS response, loopback included (a local resolver answers
-		// there); NFLOG never holds the packet. Only replies to a query this host sent
-		// (conntrack REPLY direction): an unsolicited "answer" from port 53 must not
-		// teach names that host rules then trust.
+		// there); NFLOG never holds the packet. Only replies on a flow this host opened
+		// (conntrack REPLY direction); the reader then binds each to its query.
 		fmt.Fprintf(&b, "-A %s -p udp -m udp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFLOG --nflog-group %d\n", chainIn, spec.dnsLogGroup)
 	}
 	if spec.inbound {
@@ -477,6 +483,11 @@ func (spec ruleSpec) nftRules() string {
 		r("icmp type echo-request ct state new %s", q)
 		r("icmpv6 type echo-request ct state new %s", q)
 		r("meta l4proto != { tcp, udp, icmp, ipv6-icmp, igmp } ct state new %s", q)
+	}
+	if spec.dnsLogGroup != 0 {
+		// DNS queries, first in the output chain (see iptablesRules).
+		fmt.Fprintf(&b, "add chain inet %s output { type filter hook output priority filter - 1; policy accept; }\n", nftTable)
+		fmt.Fprintf(&b, "add rule inet %s output udp dport 53 ct direction original log group %d\n", nftTable, spec.dnsLogGroup)
 	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {

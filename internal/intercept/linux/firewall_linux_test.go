@@ -18,6 +18,7 @@ func TestNftRulesetSyntax(t *testing.T) {
 	for _, spec := range []ruleSpec{
 		{queue: 4242, exemptLoopback: true},
 		{queue: 7, inbound: true, failOpen: true},
+		{queue: 9, exemptLoopback: true, dnsLogGroup: 4243},
 	} {
 		rules := spec.nftRules()
 		check := exec.Command("ip", "netns", "exec", tp.a, "nft", "-c", "-f", "-")

@@ -15,6 +15,10 @@
 //	e2ehelper udplite-send ADDR N   send N UDP-Lite datagrams, 100ms apart
 //	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
+//	e2ehelper dns-query DNSADDR NAME TIMEOUT
+//	                                one A query for NAME from a fresh UDP socket, as a stub
+//	                                resolver sends it; prints the first response with the
+//	                                query's id as a JSON line (or a timeout)
 //	e2ehelper udp-stream ADDR       from one UDP socket, send a datagram every 100ms and
 //	                                print "reply N" or "noreply N" for each, until stdin closes
 package main
@@ -22,6 +26,7 @@ package main
 import (
 	"bufio"
 	"context"
+	crand "crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -87,6 +92,8 @@ func main() {
 		udpliteSend(addr, atoi(3))
 	case "resolve-connect":
 		emit(resolveConnect(addr, arg(3), arg(4), duration(5)))
+	case "dns-query":
+		emit(dnsQuery(addr, arg(3), duration(4)))
 	default:
 		fmt.Fprintf(os.Stderr, "e2ehelper: unknown verb %q\n", os.Args[1])
 		os.Exit(2)
@@ -454,4 +461,100 @@ func udpliteSend(addr string, n int) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Println("sent")
+}
+
+// QueryResult is what dns-query prints.
+type QueryResult struct {
+	Outcome string   `json:"outcome"` // answer, timeout, error
+	Error   string   `json:"error,omitempty"`
+	ID      uint16   `json:"id"`
+	Local   string   `json:"local,omitempty"`
+	Addrs   []string `json:"addrs,omitempty"` // the A records of the answer, in order
+}
+
+// dnsQuery sends one A query for name to dnsAddr from a fresh UDP socket (random id,
+// ephemeral port) and waits for the first response carrying the query's id, as a stub
+// resolver does. It reads A records anywhere in the answer section.
+func dnsQuery(dnsAddr, name string, timeout time.Duration) QueryResult {
+	var idb [2]byte
+	if _, err := crand.Read(idb[:]); err != nil {
+		return QueryResult{Outcome: "error", Error: err.Error()}
+	}
+	id := binary.BigEndian.Uint16(idb[:])
+	msg := binary.BigEndian.AppendUint16(nil, id)
+	msg = append(msg, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0) // RD, one question
+	for _, l := range strings.Split(strings.TrimSuffix(name, "."), ".") {
+		msg = append(msg, byte(len(l)))
+		msg = append(msg, l...)
+	}
+	msg = append(msg, 0, 0, 1, 0, 1) // A, IN
+	c, err := net.Dial("udp", dnsAddr)
+	if err != nil {
+		return QueryResult{Outcome: "error", Error: err.Error(), ID: id}
+	}
+	defer c.Close()
+	res := QueryResult{ID: id, Local: c.LocalAddr().String()}
+	if _, err := c.Write(msg); err != nil {
+		res.Outcome, res.Error = "error", err.Error()
+		return res
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 1500)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				res.Outcome = "timeout"
+			} else {
+				res.Outcome, res.Error = "error", err.Error()
+			}
+			return res
+		}
+		if n < 12 || binary.BigEndian.Uint16(buf) != id || buf[2]&0x80 == 0 {
+			continue
+		}
+		res.Outcome = "answer"
+		res.Addrs = answerAddrs(buf[:n])
+		return res
+	}
+}
+
+// answerAddrs returns the A records of a response's answer section (names are skipped,
+// not checked).
+func answerAddrs(m []byte) []string {
+	skipName := func(off int) int {
+		for off < len(m) {
+			l := int(m[off])
+			if l&0xc0 == 0xc0 {
+				return off + 2
+			}
+			if l == 0 {
+				return off + 1
+			}
+			off += 1 + l
+		}
+		return len(m)
+	}
+	off := 12
+	for i := 0; i < int(binary.BigEndian.Uint16(m[4:])); i++ {
+		off = skipName(off) + 4
+	}
+	var addrs []string
+	for i := 0; i < int(binary.BigEndian.Uint16(m[6:])) && off < len(m); i++ {
+		off = skipName(off)
+		if off+10 > len(m) {
+			break
+		}
+		typ, rdlen := binary.BigEndian.Uint16(m[off:]), int(binary.BigEndian.Uint16(m[off+8:]))
+		off += 10
+		if off+rdlen > len(m) {
+			break
+		}
+		if typ == 1 && rdlen == 4 {
+			addrs = append(addrs, netip.AddrFrom4([4]byte(m[off:off+4])).String())
+		}
+		off += rdlen
+	}
+	return addrs
 }
