@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const statusHelp = `Usage: latch status [--json]
@@ -33,8 +35,8 @@ func runStatus(ctx context.Context, args []string) error {
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
-	row("daemon", "latch %s, pid %d, up %s", st.Version, st.PID, time.Since(st.Started).Round(time.Second))
-	row("backend", "%s", st.Backend)
+	row("daemon", "latch %s, pid %d, up %s", textesc.String(st.Version), st.PID, time.Since(st.Started).Round(time.Second))
+	row("backend", "%s", textesc.String(st.Backend))
 	if st.Queue != 0 {
 		row("queue", "%d", st.Queue)
 	}
@@ -43,7 +45,7 @@ func runStatus(ctx context.Context, args []string) error {
 	row("default", "%s after %s unanswered", st.Default, st.PromptTimeout)
 	row("holding", "outbound%s; loopback %s", map[bool]string{true: " and inbound", false: " only"}[st.Inbound],
 		map[bool]string{true: "exempt", false: "held too"}[st.ExemptLoopback])
-	row("attribution", "%s", orDash(strings.Join(st.Attribution, ", ")))
+	row("attribution", "%s", orDash(strings.Join(textesc.Strings(st.Attribution), ", ")))
 	row("rules", "%d", st.Rules)
 	row("pending", "%s, %s held", plural(st.PendingPrompts, "question"), plural(st.HeldConnections, "connection"))
 	k := st.Kernel
@@ -56,7 +58,7 @@ func runStatus(ctx context.Context, args []string) error {
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History
 	row("history", "%d recorded, %d dropped, %d failed, kept %d at most", h.Recorded, h.Dropped, h.Failed, h.MaxRows)
-	row("state dir", "%s", orDash(st.StateDir))
+	row("state dir", "%s", orDash(textesc.String(st.StateDir)))
 	return tw.Flush()
 }
 
@@ -69,7 +71,7 @@ func counters(m map[string]uint64) string {
 	slices.Sort(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+		parts[i] = fmt.Sprintf("%s %d", textesc.String(k), m[k])
 	}
 	if len(parts) == 0 {
 		return "-"

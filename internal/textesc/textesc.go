@@ -50,6 +50,58 @@ func String(s string) string {
 	return b.String()
 }
 
+// Quote returns String(s) in double quotes, for text that shows where a value ends
+// (a path with spaces among other fields). Inside, a double quote is shown as \"; a
+// backslash is also doubled before a double quote and at the end, so the closing
+// quote is never taken for an escaped one. Unquote gives back s.
+func Quote(s string) string {
+	var b strings.Builder
+	b.Grow(len(s) + 2)
+	b.WriteByte('"')
+	for i := 0; i < len(s); {
+		switch {
+		case s[i] == '"':
+			b.WriteString(`\"`)
+			i++
+		case s[i] == '\\' && (i+1 == len(s) || s[i+1] == '"'):
+			b.WriteString(`\\`)
+			i++
+		default:
+			i += appendNext(&b, s, i)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// Safe reports whether s holds nothing that rule 1 or 2 escapes: valid UTF-8 with no
+// control, format, separator (other than U+0020), private use or unassigned rune.
+func Safe(s string) bool {
+	for i := firstSpecial(s); i >= 0; {
+		if s[i] != '\\' {
+			return false
+		}
+		i++
+		if j := firstSpecial(s[i:]); j >= 0 {
+			i += j
+		} else {
+			break
+		}
+	}
+	return true
+}
+
+// Message shows free text, such as an error or a log message that may already quote
+// values with Go's %q: text that is Safe is shown as it is, backslashes included, so
+// what was quoted once is not quoted twice; other text is escaped by String. Data
+// fields (a path, a name in a table) always go through String.
+func Message(s string) string {
+	if Safe(s) {
+		return s
+	}
+	return String(s)
+}
+
 // Strings escapes each element of ss, for callers that join them.
 func Strings(ss []string) []string {
 	out := make([]string, len(ss))

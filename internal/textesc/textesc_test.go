@@ -118,6 +118,31 @@ func checkEscaped(t *testing.T, in string) {
 	if String(back) != out {
 		t.Fatalf("String is not stable on %q", in)
 	}
+	q := Quote(in)
+	for i, r := range q {
+		if forbidden(r) {
+			t.Fatalf("Quote(%q) = %q: forbidden rune %U at %d", in, q, r, i)
+		}
+	}
+	if back, err := Unquote(q); err != nil || back != in {
+		t.Fatalf("Unquote(Quote(%q) = %q) = %q, %v", in, q, back, err)
+	}
+}
+
+func TestQuote(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"", `""`},
+		{"/opt/My App/bin", `"/opt/My App/bin"`},
+		{`say "hi"`, `"say \"hi\""`},
+		{`C:\dir\`, `"C:\dir\\"`},
+		{`a\"b`, `"a\\\"b"`},
+		{"x\x1b[2K\rfirefox \u202E", `"x\x1b[2K\x0dfirefox \u{202E}"`},
+	} {
+		if got := Quote(c.in); got != c.want {
+			t.Errorf("Quote(%q) = %q, want %q", c.in, got, c.want)
+		}
+		checkEscaped(t, c.in)
+	}
 }
 
 // TestProperty draws random strings heavy in backslashes, escape letters, controls,
@@ -240,4 +265,27 @@ func BenchmarkString(b *testing.B) {
 			_ = String(dirty)
 		}
 	})
+}
+
+func TestMessage(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		safe bool
+		want string
+	}{
+		{`open "/tmp/x\x1b": no such file`, true, `open "/tmp/x\x1b": no such file`}, // quoted once already
+		{`C:\Users\x\latch.exe`, true, `C:\Users\x\latch.exe`},
+		{"open /tmp/x\x1b[2K: no such file", false, `open /tmp/x\x1b[2K: no such file`},
+		{"rule \"a\\x\"\nfake line", false, `rule "a\\x"\x0afake line`},
+		{"bidi \u202E", false, `bidi \u{202E}`},
+		{"", true, ""},
+		{`\`, true, `\`},
+	} {
+		if Safe(c.in) != c.safe {
+			t.Errorf("Safe(%q) = %v", c.in, !c.safe)
+		}
+		if got := Message(c.in); got != c.want {
+			t.Errorf("Message(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
 }

@@ -76,4 +76,34 @@ func Unescape(t string) (string, error) {
 	return b.String(), nil
 }
 
+// Unquote reverses Quote: t must be in double quotes, and inside it \" is a double
+// quote, \\ a backslash, and the rest reads as in Unescape.
+func Unquote(t string) (string, error) {
+	if len(t) < 2 || t[0] != '"' || t[len(t)-1] != '"' {
+		return "", fmt.Errorf("textesc: %q is not in double quotes", t)
+	}
+	inner := t[1 : len(t)-1]
+	var b strings.Builder
+	for i := 0; i < len(inner); {
+		c := inner[i]
+		switch {
+		case c == '"':
+			return "", fmt.Errorf("textesc: offset %d: a double quote not escaped", i+1)
+		case c == '\\' && i+1 < len(inner) && inner[i+1] == '"':
+			b.WriteByte('"')
+			i += 2
+		case c == '\\' && i+1 < len(inner) && inner[i+1] == '\\':
+			b.WriteString(`\\`)
+			i += 2
+		case c == '\\' && i+1 == len(inner):
+			return "", fmt.Errorf("textesc: a single backslash before the closing quote")
+		default:
+			b.WriteByte(c)
+			i++
+		}
+	}
+	// What is left is Unescape's form, with \" resolved.
+	return Unescape(b.String())
+}
+
 func isHex(c byte, digits string) bool { return strings.IndexByte(digits, c) >= 0 }
