@@ -290,3 +290,59 @@ func TestEscapedWatchLines(t *testing.T) {
 		t.Errorf("answered deny, got %+v", v)
 	}
 }
+
+// TestWatchTerminalDisguise runs `latch watch` in a real terminal (tmux) and raises a
+// question from a program named x ESC[2K CR firefox: on the old code the terminal
+// erased "x" and the question read "firefox (pid ...)". The screen must show the
+// escapes and never a line that begins with firefox as the program.
+func TestWatchTerminalDisguise(t *testing.T) {
+	f := newFixture(t)
+	tm, screen, waitScreen := tmuxWatch(t, f, 120, 40)
+	waitScreen("waiting for questions")
+	exe := "x\x1b[2K\rfirefox"
+	verdict := f.request(exe, 443)
+	waitScreen("198.18.0.2:443")
+	s := screen()
+	if !strings.Contains(s, `question 1: x\x1b[2K\x0dfirefox (pid 4242, user root)`) {
+		t.Errorf("the screen does not show the program's name escaped:\n%s", s)
+	}
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "firefox") {
+			t.Errorf("the screen shows a line that begins with firefox: %q\n%s", l, s)
+		}
+	}
+	tm("send-keys", "-t", "watch", "d")
+	time.Sleep(100 * time.Millisecond)
+	tm("send-keys", "-t", "watch", "o")
+	if v := waitVerdict(t, verdict); v.Action != engine.Deny {
+		t.Fatalf("keys d o gave %+v", v)
+	}
+}
+
+// TestWatchTerminalLongName: a program whose path is 6,000 characters (most of them
+// escapes, four cells each) and a long host name must not push the question off an
+// 80x24 screen: its number, the end of the path, the user, the destination and the
+// keys stay visible, and the screen says where the path was cut.
+func TestWatchTerminalLongName(t *testing.T) {
+	f := newFixture(t)
+	_, screen, waitScreen := tmuxWatch(t, f, 80, 24)
+	waitScreen("waiting for questions")
+	exe := "/tmp/" + strings.Repeat("\x1b[2K", 1000) + "/" + strings.Repeat("a", 1000) + "/evil-tail"
+	host := strings.Repeat("\x1b[1m.", 60) + "bank.test"
+	ch := make(chan engine.Verdict, 1)
+	f.eng.Decide(&engine.Request{
+		Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
+		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
+		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
+		PID:    4242, Exe: exe, UID: 0, User: "root", Host: host,
+	}, func(v engine.Verdict) { ch <- v })
+	waitScreen("[a]llow")
+	s := screen()
+	t.Logf("screen:\n%s", s)
+	for _, want := range []string{"question 1: /tmp/", "/evil-tail (pid 4242, user root)", "path cut at …, 5016 bytes in all",
+		"bank.test (198.18.5.5):443", "[a]llow [d]eny"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("the 80x24 screen lacks %q:\n%s", want, s)
+		}
+	}
+}

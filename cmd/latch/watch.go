@@ -281,7 +281,7 @@ func (w *watcher) next() {
 	exe, cut := w.shortExe(p.Exe, width-textesc.Width(head)-textesc.Width(tail)-1)
 	fmt.Fprintf(w.out, "\n%s%s%s\n", head, exe, tail)
 	if cut {
-		fmt.Fprintf(w.out, "  (path shortened where %s stands: %d bytes in all; 'latch prompts --json' shows it whole)\n",
+		fmt.Fprintf(w.out, "  (path cut at %s, %d bytes in all: 'latch prompts --json' shows it whole)\n",
 			textesc.Ellipsis, len(p.Exe))
 	}
 	held := ""
