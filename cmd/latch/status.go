@@ -34,7 +34,11 @@ func runStatus(ctx context.Context, args []string) error {
 		return json.NewEncoder(os.Stdout).Encode(st)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
+	// Every value comes from the daemon: anything left unescaped below (a mode, a
+	// duration) is escaped here too; what is already escaped is left as it is.
+	row := func(k, format string, args ...any) {
+		fmt.Fprintf(tw, "%s:\t%s\n", k, textesc.Message(fmt.Sprintf(format, args...)))
+	}
 	row("daemon", "latch %s, pid %d, up %s", textesc.String(st.Version), st.PID, time.Since(st.Started).Round(time.Second))
 	row("backend", "%s", textesc.String(st.Backend))
 	if st.Queue != 0 {
