@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/textesc"
 )
 
@@ -18,6 +19,12 @@ const statusHelp = `Usage: latch status [--json]
 Shows how the daemon runs: interception backend and firewall mechanism, fail-open or
 fail-closed, the default verdict, the queue and decision counters, the questions
 pending, the process attribution methods in use and the history's size.
+
+The kernel line counts connections held and decided, and the packets the kernel
+dropped before latch could hold them: "dropped by kernel N (queue full N, socket
+buffer full N)". Those never get through; a flood or a stalled daemon shows there.
+--json has it as kernel.kernel_dropped (and kernel.extra.queue_dropped,
+queue_user_dropped).
 `
 
 func runStatus(ctx context.Context, args []string) error {
@@ -53,8 +60,7 @@ func runStatus(ctx context.Context, args []string) error {
 	row("rules", "%d", st.Rules)
 	row("pending", "%s, %s held", plural(st.PendingPrompts, "question"), plural(st.HeldConnections, "connection"))
 	k := st.Kernel
-	row("kernel", "held %d, allowed %d, denied %d, rejected %d, overflows %d, errors %d",
-		k.Held, k.Allowed, k.Denied, k.Rejected, k.Overflows, k.Errors)
+	row("kernel", "%s", kernelLine(k))
 	if len(k.Extra) > 0 {
 		row("kernel extra", "%s", counters(k.Extra))
 	}
@@ -64,6 +70,20 @@ func runStatus(ctx context.Context, args []string) error {
 	row("history", "%d recorded, %d dropped, %d failed, kept %d at most", h.Recorded, h.Dropped, h.Failed, h.MaxRows)
 	row("state dir", "%s", orDash(textesc.String(st.StateDir)))
 	return tw.Flush()
+}
+
+// kernelLine is status's headline on the interception: what was held and decided,
+// and what the kernel dropped before latch could hold it (a full queue, a full socket
+// buffer), which no per-verdict counter sees.
+func kernelLine(k intercept.Stats) string {
+	dropped := fmt.Sprintf("dropped by kernel %d", k.KernelDropped)
+	qd, ok1 := k.Extra["queue_dropped"]
+	ud, ok2 := k.Extra["queue_user_dropped"]
+	if ok1 || ok2 {
+		dropped += fmt.Sprintf(" (queue full %d, socket buffer full %d)", qd, ud)
+	}
+	return fmt.Sprintf("held %d, allowed %d, denied %d, rejected %d, %s, overflows %d, errors %d",
+		k.Held, k.Allowed, k.Denied, k.Rejected, dropped, k.Overflows, k.Errors)
 }
 
 // counters formats a map of counters in key order: "allow 3, deny 1".

@@ -1,0 +1,35 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/intercept"
+)
+
+// TestStatusCountsKernelDrops: the kernel line says how many packets the kernel
+// dropped (a full queue, a full socket buffer); it used to say "overflows 0" while
+// queue_dropped counted millions.
+func TestStatusCountsKernelDrops(t *testing.T) {
+	f := newFixture(t)
+	f.kernel = intercept.Stats{Backend: "nfqueue/test", Held: 10, Denied: 10, KernelDropped: 3_450_000,
+		Extra: map[string]uint64{"queue_dropped": 3_449_000, "queue_user_dropped": 1_000}}
+	out := f.must(t, "status")
+	want := "held 10, allowed 0, denied 10, rejected 0, dropped by kernel 3450000 (queue full 3449000, socket buffer full 1000), overflows 0, errors 0\n"
+	if !strings.Contains(out, want) {
+		t.Errorf("status lacks\n%s in\n%s", want, out)
+	}
+	var st api.Status
+	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &st); err != nil || st.Kernel.KernelDropped != 3_450_000 {
+		t.Errorf("status --json: kernel %+v, %v", st.Kernel, err)
+	}
+	// A backend without the kernel's queue counters (Windows, none) says what it knows.
+	f.kernel = intercept.Stats{Backend: "wfp/test", Overflows: 2}
+	if out := f.must(t, "status"); !strings.Contains(out, "dropped by kernel 0, overflows 2, errors 0\n") {
+		t.Errorf("status without queue counters:\n%s", out)
+	}
+}
