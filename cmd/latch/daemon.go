@@ -171,15 +171,17 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 	}
 }
 
+// daemonLogf writes one line to the standard logger (a Windows service redirects it to
+// the event log). The message is escaped (internal/textesc): it may quote a path, a
+// user or a host name from outside, which must not disguise or split a log line.
+func daemonLogf(format string, args ...any) {
+	log.Print("latch daemon: " + textesc.Message(fmt.Sprintf(format, args...)))
+}
+
 // serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not
 // nil, is called once everything runs.
 func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error) {
-	// The standard logger: a Windows service redirects it to the event log.
-	// Every message is escaped (internal/textesc): it may quote a path, a user or a
-	// host name from outside, which must not disguise or split a log line.
-	logf := func(format string, args ...any) {
-		log.Print("latch daemon: " + textesc.Message(fmt.Sprintf(format, args...)))
-	}
+	logf := daemonLogf
 
 	lock, err := store.LockStateDir(o.StateDir)
 	if err != nil {

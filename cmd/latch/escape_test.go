@@ -28,7 +28,7 @@ import (
 // carriage return, line feeds that would start a fake record, a right-to-left
 // override and a zero-width joiner.
 const (
-	evilExe = "/tmp/x\x1b[2K\rfirefox\x1b[8m\n2026-12-04 00:00:00.000  out  tcp  /usr/bin/ok\u202Etxt.exe\u200D"
+	evilExe = "/tmp/x\x1b[2K\rfirefox\x1b[8m\n2026-12-04 00:00:00.000  out  tcp  /usr/bin/ok\u202Etxt.exe\u200D\xff"
 	// evilUser is what a password database entry could hold.
 	evilUser = "mal\x1b[1mlory\u202E\r\nroot"
 	evilHost = "www\x1b[2K\r.bank\u200D.test\n"
@@ -37,6 +37,18 @@ const (
 	evilApp  = "/tmp/x\x1bM\rfirefox\x1b(0\u202Etxt.exe\u200D"
 	evilNote = "note\x1b]0;window title\x07\nsecond line\u2028"
 )
+
+// viaJSON is s as it arrives through the API: encoding/json turns each byte that is
+// not valid UTF-8 into U+FFFD (a JSON string holds Unicode text, not bytes).
+func viaJSON(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		b.WriteRune(r) // an invalid byte decodes as U+FFFD, size 1
+		i += n
+	}
+	return b.String()
+}
 
 // forbiddenInText reports whether r must never reach the terminal from outside data:
 // controls other than the line feed that ends a record (and the tab a table may use),
@@ -91,7 +103,7 @@ func TestEscapedPromptsAnswerRules(t *testing.T) {
 	f.eng.Decide(evilRequest(), func(v engine.Verdict) { ch <- v })
 	f.request("/usr/bin/curl", 443)
 
-	checkText(t, "prompts", f.must(t, "prompts"), 3, evilExe, evilUser, evilHost)
+	checkText(t, "prompts", f.must(t, "prompts"), 3, viaJSON(evilExe), evilUser, evilHost)
 
 	var ps []api.Prompt
 	for _, l := range strings.Split(strings.TrimSpace(f.must(t, "prompts", "--json")), "\n") {
@@ -101,7 +113,7 @@ func TestEscapedPromptsAnswerRules(t *testing.T) {
 		}
 		ps = append(ps, p)
 	}
-	if len(ps) != 2 || ps[0].Exe != evilExe || ps[0].User != evilUser || ps[0].Host != evilHost {
+	if len(ps) != 2 || ps[0].Exe != viaJSON(evilExe) || ps[0].User != evilUser || ps[0].Host != evilHost {
 		t.Fatalf("prompts --json does not keep the exact text: %+v", ps)
 	}
 
@@ -153,7 +165,7 @@ func TestEscapedConns(t *testing.T) {
 	}
 	record(443)
 	record(444)
-	checkText(t, "conns", f.must(t, "conns"), 3, evilExe, evilUser, evilHost)
+	checkText(t, "conns", f.must(t, "conns"), 3, viaJSON(evilExe), evilUser, evilHost)
 	var cs []api.Conn
 	for _, l := range strings.Split(strings.TrimSpace(f.must(t, "conns", "--json")), "\n") {
 		var c api.Conn
@@ -162,7 +174,7 @@ func TestEscapedConns(t *testing.T) {
 		}
 		cs = append(cs, c)
 	}
-	if len(cs) != 2 || cs[0].Exe != evilExe || cs[0].User != evilUser || cs[1].Host != evilHost {
+	if len(cs) != 2 || cs[0].Exe != viaJSON(evilExe) || cs[0].User != evilUser || cs[1].Host != evilHost {
 		t.Fatalf("conns --json does not keep the exact text: %+v", cs)
 	}
 
@@ -194,10 +206,10 @@ func TestEscapedConns(t *testing.T) {
 	if h := next(); !strings.HasPrefix(h, "TIME") {
 		t.Fatalf("conns --follow began with %q", h)
 	}
-	checkText(t, "conns --follow, first page", next()+"\n", 1, evilExe, evilHost)
+	checkText(t, "conns --follow, first page", next()+"\n", 1, viaJSON(evilExe), evilHost)
 	record(445)
 	l := next()
-	checkText(t, "conns --follow, new connection", l+"\n", 1, evilExe, evilHost)
+	checkText(t, "conns --follow, new connection", l+"\n", 1, viaJSON(evilExe), evilHost)
 	if !strings.Contains(l, ":445") {
 		t.Errorf("conns --follow printed %q, want the connection to port 445", l)
 	}
@@ -279,7 +291,7 @@ func TestEscapedWatchLines(t *testing.T) {
 	f.eng.Decide(evilRequest(), func(v engine.Verdict) { ch <- v })
 	waitLine("answer ")
 	seen := all.String()
-	checkText(t, "watch", seen, strings.Count(seen, "\n"), evilExe, evilUser, evilHost)
+	checkText(t, "watch", seen, strings.Count(seen, "\n"), viaJSON(evilExe), evilUser, evilHost)
 	for _, l := range strings.Split(seen, "\n") {
 		if strings.HasPrefix(strings.TrimSpace(l), "firefox") || strings.HasPrefix(l, "2026-") {
 			t.Errorf("watch printed a line that begins with the disguise: %q", l)

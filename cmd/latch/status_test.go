@@ -4,6 +4,8 @@ package main
 
 import (
 	"encoding/json"
+	"log"
+	"os"
 	"strings"
 	"testing"
 
@@ -31,5 +33,25 @@ func TestStatusCountsKernelDrops(t *testing.T) {
 	f.kernel = intercept.Stats{Backend: "wfp/test", Overflows: 2}
 	if out := f.must(t, "status"); !strings.Contains(out, "dropped by kernel 0, overflows 2, errors 0\n") {
 		t.Errorf("status without queue counters:\n%s", out)
+	}
+}
+
+// TestDaemonLogEscapes: a log line that quotes outside text (an error naming a path)
+// stays one line and shows its control characters escaped.
+func TestDaemonLogEscapes(t *testing.T) {
+	var buf strings.Builder
+	log.SetOutput(&buf)
+	defer log.SetOutput(os.Stderr)
+	daemonLogf("saving rules: open %s: permission denied", "/var/lib/latch/rules\x1b[2K\r\nlatch daemon: stopped")
+	out := buf.String()
+	if strings.Count(out, "\n") != 1 || strings.Contains(out, "\x1b") || strings.Contains(out, "\r") ||
+		!strings.Contains(out, `rules\x1b[2K\x0d\x0alatch daemon: stopped: permission denied`) {
+		t.Errorf("daemon log line: %q", out)
+	}
+	// A message already quoted with %q is left as it is, not quoted twice.
+	buf.Reset()
+	daemonLogf("rule %q refused", "a\x1bb")
+	if want := `latch daemon: rule "a\x1bb" refused`; !strings.Contains(buf.String(), want) {
+		t.Errorf("daemon log line %q, want %q", buf.String(), want)
 	}
 }
