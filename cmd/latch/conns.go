@@ -26,7 +26,8 @@ characters escaped (\x1b, \u{202E}); --json keeps them as they are.
   --follow   keep printing new connections as they are decided (Ctrl-C ends)
   --json     one JSON object per line: id, time, direction, proto, local_ip,
              local_port, remote_ip, remote_port, host (if known), pid, exe, uid,
-             user, verdict, reason, rule_id
+             user, verdict, reason, rule_id, and raw (the exact bytes of text that
+             is not valid UTF-8, as in 'latch help prompts')
 `
 
 // followInterval is how often --follow asks for new connections.

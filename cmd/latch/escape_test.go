@@ -38,18 +38,6 @@ const (
 	evilNote = "note\x1b]0;window title\x07\nsecond line\u2028"
 )
 
-// viaJSON is s as it arrives through the API: encoding/json turns each byte that is
-// not valid UTF-8 into U+FFFD (a JSON string holds Unicode text, not bytes).
-func viaJSON(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		b.WriteRune(r) // an invalid byte decodes as U+FFFD, size 1
-		i += n
-	}
-	return b.String()
-}
-
 // forbiddenInText reports whether r must never reach the terminal from outside data:
 // controls other than the line feed that ends a record (and the tab a table may use),
 // format, separator, private use and unassigned runes.
@@ -103,7 +91,7 @@ func TestEscapedPromptsAnswerRules(t *testing.T) {
 	f.eng.Decide(evilRequest(), func(v engine.Verdict) { ch <- v })
 	f.request("/usr/bin/curl", 443)
 
-	checkText(t, "prompts", f.must(t, "prompts"), 3, viaJSON(evilExe), evilUser, evilHost)
+	checkText(t, "prompts", f.must(t, "prompts"), 3, evilExe, evilUser, evilHost)
 
 	var ps []api.Prompt
 	for _, l := range strings.Split(strings.TrimSpace(f.must(t, "prompts", "--json")), "\n") {
@@ -113,7 +101,7 @@ func TestEscapedPromptsAnswerRules(t *testing.T) {
 		}
 		ps = append(ps, p)
 	}
-	if len(ps) != 2 || ps[0].Exe != viaJSON(evilExe) || ps[0].User != evilUser || ps[0].Host != evilHost {
+	if len(ps) != 2 || ps[0].Exe != evilExe || ps[0].User != evilUser || ps[0].Host != evilHost {
 		t.Fatalf("prompts --json does not keep the exact text: %+v", ps)
 	}
 
@@ -165,7 +153,7 @@ func TestEscapedConns(t *testing.T) {
 	}
 	record(443)
 	record(444)
-	checkText(t, "conns", f.must(t, "conns"), 3, viaJSON(evilExe), evilUser, evilHost)
+	checkText(t, "conns", f.must(t, "conns"), 3, evilExe, evilUser, evilHost)
 	var cs []api.Conn
 	for _, l := range strings.Split(strings.TrimSpace(f.must(t, "conns", "--json")), "\n") {
 		var c api.Conn
@@ -174,7 +162,7 @@ func TestEscapedConns(t *testing.T) {
 		}
 		cs = append(cs, c)
 	}
-	if len(cs) != 2 || cs[0].Exe != viaJSON(evilExe) || cs[0].User != evilUser || cs[1].Host != evilHost {
+	if len(cs) != 2 || cs[0].Exe != evilExe || cs[0].User != evilUser || cs[1].Host != evilHost {
 		t.Fatalf("conns --json does not keep the exact text: %+v", cs)
 	}
 
@@ -206,10 +194,10 @@ func TestEscapedConns(t *testing.T) {
 	if h := next(); !strings.HasPrefix(h, "TIME") {
 		t.Fatalf("conns --follow began with %q", h)
 	}
-	checkText(t, "conns --follow, first page", next()+"\n", 1, viaJSON(evilExe), evilHost)
+	checkText(t, "conns --follow, first page", next()+"\n", 1, evilExe, evilHost)
 	record(445)
 	l := next()
-	checkText(t, "conns --follow, new connection", l+"\n", 1, viaJSON(evilExe), evilHost)
+	checkText(t, "conns --follow, new connection", l+"\n", 1, evilExe, evilHost)
 	if !strings.Contains(l, ":445") {
 		t.Errorf("conns --follow printed %q, want the connection to port 445", l)
 	}
@@ -291,7 +279,7 @@ func TestEscapedWatchLines(t *testing.T) {
 	f.eng.Decide(evilRequest(), func(v engine.Verdict) { ch <- v })
 	waitLine("answer ")
 	seen := all.String()
-	checkText(t, "watch", seen, strings.Count(seen, "\n"), viaJSON(evilExe), evilUser, evilHost)
+	checkText(t, "watch", seen, strings.Count(seen, "\n"), evilExe, evilUser, evilHost)
 	for _, l := range strings.Split(seen, "\n") {
 		if strings.HasPrefix(strings.TrimSpace(l), "firefox") || strings.HasPrefix(l, "2026-") {
 			t.Errorf("watch printed a line that begins with the disguise: %q", l)

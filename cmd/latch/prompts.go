@@ -28,7 +28,8 @@ Paths, user and host names are shown with control and invisible characters escap
 
   --json   one JSON object per line: id, pid, exe, uid, user, direction, proto,
            local_ip, local_port, remote_ip, remote_port, host (if known), held,
-           opened, expires
+           opened, expires, and raw: the exact bytes (base64) of exe, user, cmdline
+           or host where they are not valid UTF-8 (JSON text shows U+FFFD there)
 `
 
 const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever] [--scope SCOPE]

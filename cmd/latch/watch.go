@@ -29,6 +29,12 @@ Shows each question as it arrives, oldest first, and takes the answer:
        1 app   2 app+host   3 app+port   4 app+host+port (Enter)
   Esc goes back a step.
 
+Paths, user and host names are shown with control and invisible characters escaped
+(\x1b, \u{202E}: see "Text output" in the README). On a terminal, a path or host
+name too long for the screen is cut in the middle, where … stands, so that the
+question's number, the program's own name, the user, the destination and the keys
+stay in view; 'latch prompts --json' has it whole.
+
 When standard input is not a terminal, watch reads one answer per line for the
 question shown last:  ACTION [FOR] [SCOPE]  or  ID ACTION [FOR] [SCOPE]
 (for example "allow forever app+host", "3 deny once", "skip"). At the end of the
