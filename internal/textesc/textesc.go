@@ -209,18 +209,8 @@ func Deceptive(r rune) bool {
 	case r > unicode.MaxRune:
 		return true
 	}
-	if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp, unicode.Co) {
-		return true
-	}
-	if unicode.Is(unicode.Zs, r) {
-		return r != ' '
-	}
-	return !assigned(r)
-}
-
-// assigned reports whether r has a general category other than Cn in Go's tables.
-// Surrogates (Cs) never reach here from valid UTF-8.
-func assigned(r rune) bool {
-	return unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S, unicode.Z,
-		unicode.Cc, unicode.Cf, unicode.Co, unicode.Cs)
+	// Above ASCII, the runes rule 2 leaves alone are exactly those of categories L, M,
+	// N, P and S (every other category is Z, C or unassigned), which is what
+	// strconv.IsPrint tests with compact tables of the same Unicode version.
+	return !strconv.IsPrint(r)
 }
