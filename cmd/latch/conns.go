@@ -11,7 +11,6 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
-	"github.com/latchfw/latch/internal/textesc"
 )
 
 const connsHelp = `Usage: latch conns [--json] [--follow] [-n N]
@@ -131,5 +130,5 @@ func why(reason engine.Reason, rule engine.RuleID) string {
 		}
 		return fmt.Sprintf("%s (rule %d)", reason, rule)
 	}
-	return orDash(textesc.String(string(reason)))
+	return field(string(reason))
 }

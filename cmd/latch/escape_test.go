@@ -346,3 +346,48 @@ func TestWatchTerminalLongName(t *testing.T) {
 		}
 	}
 }
+
+// TestFieldsCannotPassForOthers: a value with spaces is quoted, so a path cannot
+// pretend to end early and show a pid, a user or more columns of its own, and a value
+// "-" cannot pass for an empty field.
+func TestFieldsCannotPassForOthers(t *testing.T) {
+	f := newFixture(t)
+	const exe = "/tmp/x (pid 1, user root)"
+	f.request(exe, 443)
+	if out := f.must(t, "prompts"); !strings.Contains(out, `  "/tmp/x (pid 1, user root)"  4242  root  `) {
+		t.Errorf("prompts does not quote a path with spaces:\n%s", out)
+	}
+	cmd := exec.Command(latchBin, "watch")
+	cmd.Env = append(os.Environ(), "LATCH_API="+f.sock)
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	found := make(chan string, 1)
+	go func() {
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "question ") {
+				found <- sc.Text()
+				return
+			}
+		}
+	}()
+	select {
+	case l := <-found:
+		if want := `question 1: "/tmp/x (pid 1, user root)" (pid 4242, user root)`; l != want {
+			t.Errorf("watch shows %q, want %q", l, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch showed no question")
+	}
+	stdin.Write([]byte("quit\n"))
+
+	f.must(t, "rules", "add", "--user", "-", "--note", "-", "--action", "deny")
+	list := f.must(t, "rules", "list")
+	if !strings.Contains(list, `  "-"  `) || !strings.HasSuffix(strings.TrimSpace(list), `"-"`) {
+		t.Errorf("rules list shows a user and a note \"-\" as if empty:\n%s", list)
+	}
+}

@@ -241,6 +241,38 @@ func plural(n int, word string) string {
 	return fmt.Sprintf("%d %ss", n, word)
 }
 
+// field shows a value from outside (a path, a name, a note) in a table or a line:
+// escaped by the one rule of internal/textesc, and in double quotes when it holds a
+// space or a double quote or could pass for a placeholder ("-", "(unknown)"), so that
+// it never looks like more columns, other fields or none; "-" when empty.
+func field(s string) string {
+	switch {
+	case s == "":
+		return "-"
+	case needsQuotes(s):
+		return textesc.Quote(s)
+	}
+	return textesc.String(s)
+}
+
+// shortField is field in at most width cells, cut in the middle where it is longer
+// (see textesc.Shorten); width <= 0 means no limit. It reports whether it cut.
+func shortField(s string, width int) (string, bool) {
+	switch {
+	case s == "":
+		return "-", false
+	case width <= 0:
+		return field(s), false
+	case needsQuotes(s):
+		return textesc.ShortenQuoted(s, width)
+	}
+	return textesc.Shorten(s, width)
+}
+
+func needsQuotes(s string) bool {
+	return s == "-" || s == "(unknown)" || strings.ContainsAny(s, ` "`)
+}
+
 // orDash shows empty fields in tables.
 func orDash(s string) string {
 	if strings.TrimSpace(s) == "" {

@@ -74,12 +74,12 @@ func runPrompts(ctx context.Context, args []string) error {
 	return tw.Flush()
 }
 
-// exeOrUnknown shows an executable's path, escaped (see internal/textesc).
+// exeOrUnknown shows an executable's path as a field (escaped, see field).
 func exeOrUnknown(exe string) string {
 	if exe == "" {
 		return "(unknown)"
 	}
-	return textesc.String(exe)
+	return field(exe)
 }
 
 func pidOrDash(pid int32) string {
@@ -93,7 +93,7 @@ func pidOrDash(pid int32) string {
 func userOf(user string, uid int32) string {
 	switch {
 	case user != "":
-		return textesc.String(user)
+		return field(user)
 	case uid >= 0:
 		return strconv.Itoa(int(uid))
 	}
@@ -108,7 +108,7 @@ func hostPort(ip string, port uint16, host string) string {
 		return "-"
 	}
 	if host != "" {
-		return textesc.String(host) + " (" + textesc.String(ip) + "):" + strconv.Itoa(int(port))
+		return field(host) + " (" + textesc.String(ip) + "):" + strconv.Itoa(int(port))
 	}
 	return textesc.String(net.JoinHostPort(ip, strconv.Itoa(int(port))))
 }

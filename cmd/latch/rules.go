@@ -106,8 +106,7 @@ func printRules(w io.Writer, rules []engine.Rule) {
 			expires = r.Expires.Local().Format(time.DateTime)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
-			orDash(textesc.String(r.App)), orDash(textesc.String(r.User)), orDash(textesc.String(r.Host)),
-			remote, port, lport, expires, orDash(textesc.String(r.Note)))
+			field(r.App), field(r.User), field(r.Host), remote, port, lport, expires, field(r.Note))
 	}
 	tw.Flush()
 }

@@ -68,7 +68,7 @@ func runStatus(ctx context.Context, args []string) error {
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History
 	row("history", "%d recorded, %d dropped, %d failed, kept %d at most", h.Recorded, h.Dropped, h.Failed, h.MaxRows)
-	row("state dir", "%s", orDash(textesc.String(st.StateDir)))
+	row("state dir", "%s", field(st.StateDir))
 	return tw.Flush()
 }
 

@@ -280,7 +280,7 @@ func (w *watcher) next() {
 	width := w.width()
 	user := userOf(p.User, p.UID)
 	if width > 0 && p.User != "" {
-		user, _ = textesc.Shorten(p.User, 24)
+		user, _ = shortField(p.User, 24)
 	}
 	head := fmt.Sprintf("question %d: ", p.ID)
 	tail := fmt.Sprintf(" (pid %s, user %s)", pidOrDash(p.PID), user)
@@ -306,13 +306,13 @@ func (w *watcher) next() {
 	w.promptLine()
 }
 
-// shortExe shows an executable's path escaped and, on a terminal, in at most width
+// shortExe shows an executable's path as a field and, on a terminal, in at most width
 // cells (at least 24). It reports whether it was shortened.
 func (w *watcher) shortExe(exe string, width int) (string, bool) {
 	if exe == "" || w.width() == 0 {
 		return exeOrUnknown(exe), false
 	}
-	return textesc.Shorten(exe, max(width, 24))
+	return shortField(exe, max(width, 24))
 }
 
 // remote shows a question's destination, its hostname escaped and, on a terminal,
@@ -320,7 +320,7 @@ func (w *watcher) shortExe(exe string, width int) (string, bool) {
 func (w *watcher) remote(p api.Prompt) string {
 	host := p.Host
 	if width := w.width(); width > 0 && host != "" {
-		if short, cut := textesc.Shorten(host, max(width/2, 24)); cut {
+		if short, cut := shortField(host, max(width/2, 24)); cut {
 			return short + " (" + textesc.String(p.RemoteIP) + "):" + strconv.Itoa(int(p.RemotePort))
 		}
 	}

@@ -22,5 +22,17 @@ func FuzzString(f *testing.F) {
 				t.Fatalf("Shorten(%q, %d) = %q: forbidden rune %U", s, width, got, r)
 			}
 		}
+		q, cut := ShortenQuoted(s, width)
+		if Width(q) > max(width, 10) || len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
+			t.Fatalf("ShortenQuoted(%q, %d) = %q: %d cells", s, width, q, Width(q))
+		}
+		for _, r := range q {
+			if forbidden(r) {
+				t.Fatalf("ShortenQuoted(%q, %d) = %q: forbidden rune %U", s, width, q, r)
+			}
+		}
+		if back, err := Unquote(q); !cut && (err != nil || back != s) {
+			t.Fatalf("ShortenQuoted(%q, %d) = %q, not cut, unquotes to %q, %v", s, width, q, back, err)
+		}
 	})
 }

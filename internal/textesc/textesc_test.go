@@ -242,6 +242,17 @@ func isWholeUnits(s, part string) bool {
 	return false
 }
 
+func TestShortenQuoted(t *testing.T) {
+	long := "/opt/My App/" + strings.Repeat("b", 100) + "/say \"hi\"\\"
+	got, cut := ShortenQuoted(long, 30)
+	if !cut || Width(got) > 30 || !strings.HasPrefix(got, `"/opt/My`) || !strings.HasSuffix(got, `/say \"hi\"\\"`) {
+		t.Errorf("ShortenQuoted(long, 30) = %q (%d cells), %v", got, Width(got), cut)
+	}
+	if got, cut := ShortenQuoted("/opt/My App/x", 30); cut || got != `"/opt/My App/x"` {
+		t.Errorf("ShortenQuoted of a short path = %q, %v", got, cut)
+	}
+}
+
 func TestWidth(t *testing.T) {
 	for _, c := range []struct {
 		s string

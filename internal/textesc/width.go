@@ -66,8 +66,19 @@ func wide(r rune) bool {
 // combining marks. The end gets the larger share: for a path it holds the program's
 // own name. A width below 8 counts as 8.
 func Shorten(s string, width int) (string, bool) {
-	width = max(width, 8)
-	t := String(s)
+	return shorten(String(s), max(width, 8))
+}
+
+// ShortenQuoted is Shorten for Quote: the result is in double quotes, which count
+// toward width (a width below 10 counts as 10), and the cut is inside them.
+func ShortenQuoted(s string, width int) (string, bool) {
+	q := Quote(s)
+	t, cut := shorten(q[1:len(q)-1], max(width, 10)-2)
+	return `"` + t + `"`, cut
+}
+
+// shorten cuts escaped text t to width cells, see Shorten.
+func shorten(t string, width int) (string, bool) {
 	if Width(t) <= width {
 		return t, false
 	}
@@ -128,7 +139,7 @@ func unitLen(t string) int {
 		return n
 	}
 	switch t[1] {
-	case '\\':
+	case '\\', '"':
 		return 2
 	case 'x':
 		if len(t) >= 4 {
