@@ -24,7 +24,16 @@
 //  4. Everything else is shown as it is.
 //
 // The result is unambiguous: Unescape gives back the exact bytes. JSON output is never
-// escaped this way; it keeps the exact bytes (encoding/json).
+// escaped this way; it keeps the text as it is (and internal/api carries bytes that
+// are not UTF-8, which a JSON string cannot hold, in base64 under "raw").
+//
+// Around String: Quote puts a value in double quotes where it must show where it ends
+// (a value with spaces among other fields), Unquote reverses it; Message shows free
+// text such as an error message, leaving text that is already safe as it is; Shorten
+// and ShortenQuoted cut escaped text to a screen width in the middle, never inside an
+// escape, and Width counts cells. Unicode categories are those of Go's unicode package
+// (Unicode 15.0.0 with Go 1.26); another implementation of the rule (the web UI) must
+// use the same categories to escape the same code points.
 package textesc
 
 import (
