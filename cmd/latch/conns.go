@@ -15,16 +15,18 @@ import (
 
 const connsHelp = `Usage: latch conns [--json] [--follow] [-n N]
 
-Lists the most recent connections latch decided, oldest first: time, direction,
-protocol, local and remote address (with the hostname the program resolved, when latch
-saw it), pid, executable, user, verdict and why (rule ID, prompt, default, timeout,
-limit).
+Lists the most recent connections latch decided, oldest first, one per line: time,
+direction, protocol, local and remote address (with the hostname the program resolved,
+when latch saw it), pid, executable, user, verdict and why (rule ID, prompt, default,
+timeout, limit). Paths, user and host names are shown with control and invisible
+characters escaped (\x1b, \u{202E}); --json keeps them as they are.
 
   -n N       how many (default 20)
   --follow   keep printing new connections as they are decided (Ctrl-C ends)
   --json     one JSON object per line: id, time, direction, proto, local_ip,
              local_port, remote_ip, remote_port, host (if known), pid, exe, uid,
-             user, verdict, reason, rule_id
+             user, verdict, reason, rule_id, and raw (the exact bytes of text that
+             is not valid UTF-8, as in 'latch help prompts')
 `
 
 // followInterval is how often --follow asks for new connections.
@@ -128,5 +130,5 @@ func why(reason engine.Reason, rule engine.RuleID) string {
 		}
 		return fmt.Sprintf("%s (rule %d)", reason, rule)
 	}
-	return orDash(string(reason))
+	return field(string(reason))
 }

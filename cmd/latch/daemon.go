@@ -17,6 +17,7 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/internal/textesc"
 	"github.com/latchfw/latch/internal/winsvc"
 )
 
@@ -173,11 +174,17 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 	}
 }
 
+// daemonLogf writes one line to the standard logger (a Windows service redirects it to
+// the event log). The message is escaped (internal/textesc): it may quote a path, a
+// user or a host name from outside, which must not disguise or split a log line.
+func daemonLogf(format string, args ...any) {
+	log.Print("latch daemon: " + textesc.Message(fmt.Sprintf(format, args...)))
+}
+
 // serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not
 // nil, is called once everything runs.
 func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error) {
-	// The standard logger: a Windows service redirects it to the event log.
-	logf := func(format string, args ...any) { log.Printf("latch daemon: "+format, args...) }
+	logf := daemonLogf
 
 	lock, err := store.LockStateDir(o.StateDir)
 	if err != nil {
@@ -191,7 +198,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	rules, err := store.LoadRules(rulesPath)
 	if err != nil {
-		return fmt.Errorf("%w\n(the file is left as it is: fix it, or move it away to start with no rules)", err)
+		return fmt.Errorf("%w (the file is left as it is: fix it, or move it away to start with no rules)", err)
 	}
 	eng, err := engine.New(engine.Config{Default: o.Default, PromptTimeout: o.PromptTimeout}, rules)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/textesc"
 	"github.com/latchfw/latch/internal/winsvc"
 )
 
@@ -144,10 +145,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, v.help)
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "latch %s: %v\nRun 'latch help %s' for usage.\n", name, err, name)
+		fmt.Fprintf(stderr, "latch %s: %s\nRun 'latch help %s' for usage.\n", name, textesc.Message(err.Error()), name)
 		return 2
 	default:
-		fmt.Fprintf(stderr, "latch %s: %v\n", name, err)
+		// An error may quote what it failed on: a path, a name, the daemon's answer.
+		fmt.Fprintf(stderr, "latch %s: %s\n", name, textesc.Message(err.Error()))
 		return 1
 	}
 }
@@ -208,8 +210,14 @@ func runService(ctx context.Context, args []string) error {
 		return errHelp
 	}
 	if err := winsvc.Command(args); err != nil {
-		// winsvc's messages already say "latch service: ".
-		return errors.New(strings.TrimPrefix(err.Error(), "latch service: "))
+		// winsvc's messages already say "latch service: ". One that ends with the
+		// usage text is a usage error: run() escapes the message into one line, so
+		// the usage is pointed to instead.
+		msg := strings.TrimPrefix(err.Error(), "latch service: ")
+		if m, ok := strings.CutSuffix(msg, "\n"+winsvc.Usage); ok {
+			return usagef("%s", m)
+		}
+		return errors.New(msg)
 	}
 	return nil
 }
@@ -231,6 +239,38 @@ func plural(n int, word string) string {
 		return fmt.Sprintf("%d %s", n, word)
 	}
 	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// field shows a value from outside (a path, a name, a note) in a table or a line:
+// escaped by the one rule of internal/textesc, and in double quotes when it holds a
+// space or a double quote or could pass for a placeholder ("-", "(unknown)"), so that
+// it never looks like more columns, other fields or none; "-" when empty.
+func field(s string) string {
+	switch {
+	case s == "":
+		return "-"
+	case needsQuotes(s):
+		return textesc.Quote(s)
+	}
+	return textesc.String(s)
+}
+
+// shortField is field in at most width cells, cut in the middle where it is longer
+// (see textesc.Shorten); width <= 0 means no limit. It reports whether it cut.
+func shortField(s string, width int) (string, bool) {
+	switch {
+	case s == "":
+		return "-", false
+	case width <= 0:
+		return field(s), false
+	case needsQuotes(s):
+		return textesc.ShortenQuoted(s, width)
+	}
+	return textesc.Shorten(s, width)
+}
+
+func needsQuotes(s string) bool {
+	return s == "-" || s == "(unknown)" || strings.ContainsAny(s, ` "`)
 }
 
 // orDash shows empty fields in tables.

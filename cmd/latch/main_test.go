@@ -22,6 +22,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
 )
 
@@ -55,6 +56,8 @@ type fixture struct {
 	hist      *store.History
 	sock      string
 	rulesPath string
+	stateDir  string          // what status reports
+	kernel    intercept.Stats // what status reports
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -79,7 +82,7 @@ func newFixture(t *testing.T) *fixture {
 		SaveRules: func() error { return store.SaveRules(f.rulesPath, f.eng.Rules()) },
 		Status: func() api.Status {
 			return api.Status{Backend: "nfqueue/test", Mode: "fail-closed", Default: engine.Deny, PromptTimeout: "1m0s",
-				Attribution: []string{"sock_diag"}, Queue: 4242}
+				Attribution: []string{"sock_diag"}, Queue: 4242, StateDir: f.stateDir, Kernel: f.kernel}
 		},
 	})
 	l, err := api.Listen(f.sock)

@@ -12,20 +12,24 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const promptsHelp = `Usage: latch prompts [--json]
 
-Lists the connections waiting for a decision, oldest first. Identical questions (same
-program, user, direction, protocol, remote address, port and hostname) are asked once;
-the remote shows the hostname the program resolved, when latch saw it, as
-"www.example.com (198.18.5.5):443". HELD says
-how many connections wait on it. Unanswered, a question gets the daemon's --default
-verdict when it EXPIRES.
+Lists the connections waiting for a decision, oldest first, one per line. Identical
+questions (same program, user, direction, protocol, remote address, port and hostname)
+are asked once; the remote shows the hostname the program resolved, when latch saw it,
+as "www.example.com (198.18.5.5):443". HELD says how many connections wait on it.
+Unanswered, a question gets the daemon's --default verdict when it EXPIRES.
+
+Paths, user and host names are shown with control and invisible characters escaped
+(\x1b, \u{202E}: see "Text output" in the README); --json keeps them as they are.
 
   --json   one JSON object per line: id, pid, exe, uid, user, direction, proto,
            local_ip, local_port, remote_ip, remote_port, host (if known), held,
-           opened, expires
+           opened, expires, and raw: the exact bytes (base64) of exe, user, cmdline
+           or host where they are not valid UTF-8 (JSON text shows U+FFFD there)
 `
 
 const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever] [--scope SCOPE]
@@ -70,11 +74,12 @@ func runPrompts(ctx context.Context, args []string) error {
 	return tw.Flush()
 }
 
+// exeOrUnknown shows an executable's path as a field (escaped, see field).
 func exeOrUnknown(exe string) string {
 	if exe == "" {
 		return "(unknown)"
 	}
-	return exe
+	return field(exe)
 }
 
 func pidOrDash(pid int32) string {
@@ -84,10 +89,11 @@ func pidOrDash(pid int32) string {
 	return strconv.Itoa(int(pid))
 }
 
+// userOf shows an account: its name, escaped, else its uid.
 func userOf(user string, uid int32) string {
 	switch {
 	case user != "":
-		return user
+		return field(user)
 	case uid >= 0:
 		return strconv.Itoa(int(uid))
 	}
@@ -95,15 +101,16 @@ func userOf(user string, uid int32) string {
 }
 
 // hostPort shows a remote: "198.18.5.5:443", "[2001:2::5]:443", or with the hostname
-// the program resolved "www.example.com (198.18.5.5):443".
+// the program resolved "www.example.com (198.18.5.5):443". The hostname comes from
+// DNS, where a label may hold any byte: it is escaped.
 func hostPort(ip string, port uint16, host string) string {
 	if ip == "" {
 		return "-"
 	}
 	if host != "" {
-		return host + " (" + ip + "):" + strconv.Itoa(int(port))
+		return field(host) + " (" + textesc.String(ip) + "):" + strconv.Itoa(int(port))
 	}
-	return net.JoinHostPort(ip, strconv.Itoa(int(port)))
+	return textesc.String(net.JoinHostPort(ip, strconv.Itoa(int(port))))
 }
 
 func runAnswer(ctx context.Context, args []string) error {
@@ -135,9 +142,9 @@ func answer(ctx context.Context, w io.Writer, c *api.Client, id engine.PromptID,
 		return err
 	}
 	if rule == nil {
-		fmt.Fprintf(w, "question %d: %s once\n", id, req.Action)
+		fmt.Fprintf(w, "question %d: %s once\n", id, textesc.String(req.Action))
 	} else {
-		fmt.Fprintf(w, "question %d: %s; added rule %d: %s\n", id, req.Action, rule.ID, rule)
+		fmt.Fprintf(w, "question %d: %s; added rule %d: %s\n", id, textesc.String(req.Action), rule.ID, rule)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const rulesHelp = `Usage:
@@ -105,7 +106,7 @@ func printRules(w io.Writer, rules []engine.Rule) {
 			expires = r.Expires.Local().Format(time.DateTime)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
-			orDash(r.App), orDash(r.User), orDash(r.Host), remote, port, lport, expires, orDash(r.Note))
+			field(r.App), field(r.User), field(r.Host), remote, port, lport, expires, field(r.Note))
 	}
 	tw.Flush()
 }
@@ -247,12 +248,12 @@ func rulesImport(ctx context.Context, args []string) error {
 	}
 	// Check locally first, so a broken file is reported with its name.
 	if _, err := engine.ParseRules(data); err != nil {
-		return fmt.Errorf("%s: %w (nothing changed)", pos[0], err)
+		return fmt.Errorf("%s: %w (nothing changed)", textesc.String(pos[0]), err)
 	}
 	rules, err := client().ImportRules(ctx, data)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("imported %s from %s; it replaces the previous set\n", plural(len(rules), "rule"), pos[0])
+	fmt.Printf("imported %s from %s; it replaces the previous set\n", plural(len(rules), "rule"), textesc.String(pos[0]))
 	return nil
 }

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const statusHelp = `Usage: latch status [--json]
@@ -18,6 +21,12 @@ fail-closed, the default verdict, the queue and decision counters, the questions
 pending, the process attribution methods in use, the hostnames learned from DNS
 answers (and the answers ignored, by reason: unmatched, late, duplicate,
 mismatched_question, truncated, malformed, other_type) and the history's size.
+
+The kernel line counts connections held and decided, and the packets the kernel
+dropped before latch could hold them: "dropped by kernel N (queue full N, socket
+buffer full N)". Those never get through; a flood or a stalled daemon shows there.
+--json has it as kernel.kernel_dropped (and kernel.extra.queue_dropped,
+queue_user_dropped).
 `
 
 func runStatus(ctx context.Context, args []string) error {
@@ -34,9 +43,13 @@ func runStatus(ctx context.Context, args []string) error {
 		return json.NewEncoder(os.Stdout).Encode(st)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
-	row("daemon", "latch %s, pid %d, up %s", st.Version, st.PID, time.Since(st.Started).Round(time.Second))
-	row("backend", "%s", st.Backend)
+	// Every value comes from the daemon: anything left unescaped below (a mode, a
+	// duration) is escaped here too; what is already escaped is left as it is.
+	row := func(k, format string, args ...any) {
+		fmt.Fprintf(tw, "%s:\t%s\n", k, textesc.Message(fmt.Sprintf(format, args...)))
+	}
+	row("daemon", "latch %s, pid %d, up %s", textesc.String(st.Version), st.PID, time.Since(st.Started).Round(time.Second))
+	row("backend", "%s", textesc.String(st.Backend))
 	if st.Queue != 0 {
 		row("queue", "%d", st.Queue)
 	}
@@ -45,12 +58,11 @@ func runStatus(ctx context.Context, args []string) error {
 	row("default", "%s after %s unanswered", st.Default, st.PromptTimeout)
 	row("holding", "outbound%s; loopback %s", map[bool]string{true: " and inbound", false: " only"}[st.Inbound],
 		map[bool]string{true: "exempt", false: "held too"}[st.ExemptLoopback])
-	row("attribution", "%s", orDash(strings.Join(st.Attribution, ", ")))
+	row("attribution", "%s", orDash(strings.Join(textesc.Strings(st.Attribution), ", ")))
 	row("rules", "%d", st.Rules)
 	row("pending", "%s, %s held", plural(st.PendingPrompts, "question"), plural(st.HeldConnections, "connection"))
 	k := st.Kernel
-	row("kernel", "held %d, allowed %d, denied %d, rejected %d, overflows %d, errors %d",
-		k.Held, k.Allowed, k.Denied, k.Rejected, k.Overflows, k.Errors)
+	row("kernel", "%s", kernelLine(k))
 	if len(k.Extra) > 0 {
 		row("kernel extra", "%s", counters(k.Extra))
 	}
@@ -64,8 +76,22 @@ func runStatus(ctx context.Context, args []string) error {
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History
 	row("history", "%d recorded, %d dropped, %d failed, kept %d at most", h.Recorded, h.Dropped, h.Failed, h.MaxRows)
-	row("state dir", "%s", orDash(st.StateDir))
+	row("state dir", "%s", field(st.StateDir))
 	return tw.Flush()
+}
+
+// kernelLine is status's headline on the interception: what was held and decided,
+// and what the kernel dropped before latch could hold it (a full queue, a full socket
+// buffer), which no per-verdict counter sees.
+func kernelLine(k intercept.Stats) string {
+	dropped := fmt.Sprintf("dropped by kernel %d", k.KernelDropped)
+	qd, ok1 := k.Extra["queue_dropped"]
+	ud, ok2 := k.Extra["queue_user_dropped"]
+	if ok1 || ok2 {
+		dropped += fmt.Sprintf(" (queue full %d, socket buffer full %d)", qd, ud)
+	}
+	return fmt.Sprintf("held %d, allowed %d, denied %d, rejected %d, %s, overflows %d, errors %d",
+		k.Held, k.Allowed, k.Denied, k.Rejected, dropped, k.Overflows, k.Errors)
 }
 
 // counters formats a map of counters in key order: "allow 3, deny 1".
@@ -77,7 +103,7 @@ func counters(m map[string]uint64) string {
 	slices.Sort(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+		parts[i] = fmt.Sprintf("%s %d", textesc.String(k), m[k])
 	}
 	if len(parts) == 0 {
 		return "-"

@@ -16,6 +16,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const watchHelp = `Usage: latch watch
@@ -27,6 +28,12 @@ Shows each question as it arrives, oldest first, and takes the answer:
   then, unless once, what the rule covers:
        1 app   2 app+host   3 app+port   4 app+host+port (Enter)
   Esc goes back a step.
+
+Paths, user and host names are shown with control and invisible characters escaped
+(\x1b, \u{202E}: see "Text output" in the README). On a terminal, a path or host
+name too long for the screen is cut in the middle, where … stands, so that the
+question's number, the program's own name, the user, the destination and the keys
+stay in view; 'latch prompts --json' has it whole.
 
 When standard input is not a terminal, watch reads one answer per line for the
 question shown last:  ACTION [FOR] [SCOPE]  or  ID ACTION [FOR] [SCOPE]
@@ -51,6 +58,10 @@ type watcher struct {
 	out         io.Writer
 	interactive bool
 	def         string // the daemon's default verdict, for the display
+
+	// width is the terminal's width in cells, to keep a question's key parts on
+	// screen; 0: standard output is not a terminal, nothing is shortened.
+	width func() int
 
 	open    map[engine.PromptID]api.Prompt
 	skipped map[engine.PromptID]bool
@@ -84,7 +95,8 @@ func runWatch(ctx context.Context, args []string) error {
 	if ev, err := stream.Next(); err != nil || ev.Kind != api.EventHello {
 		return fmt.Errorf("event stream did not start: %v", err)
 	}
-	w := &watcher{c: c, out: os.Stdout, open: map[engine.PromptID]api.Prompt{}, skipped: map[engine.PromptID]bool{}}
+	w := &watcher{c: c, out: os.Stdout, open: map[engine.PromptID]api.Prompt{}, skipped: map[engine.PromptID]bool{},
+		width: terminalWidth(int(os.Stdout.Fd()))}
 	if st, err := c.Status(ctx); err == nil {
 		w.def = st.Default.String()
 	}
@@ -223,7 +235,8 @@ func (w *watcher) add(p api.Prompt) {
 	if w.cur == nil {
 		w.next()
 	} else {
-		fmt.Fprintf(w.out, "\n  (question %d queued: %s to %s)\n", p.ID, exeOrUnknown(p.Exe), hostPort(p.RemoteIP, p.RemotePort, p.Host))
+		exe, _ := w.shortExe(p.Exe, w.width()/2)
+		fmt.Fprintf(w.out, "\n  (question %d queued: %s to %s)\n", p.ID, exe, w.remote(p))
 		w.promptLine()
 	}
 }
@@ -237,7 +250,7 @@ func (w *watcher) closed(id engine.PromptID, v *engine.Verdict) {
 	if w.cur != nil && w.cur.ID == id {
 		how := "closed"
 		if v != nil {
-			how = fmt.Sprintf("closed: %s (%s)", v.Action, v.Reason)
+			how = fmt.Sprintf("closed: %s (%s)", v.Action, textesc.String(string(v.Reason)))
 		}
 		fmt.Fprintf(w.out, "\nquestion %d %s\n", id, how)
 		w.cur = nil
@@ -261,8 +274,22 @@ func (w *watcher) next() {
 	slices.Sort(ids)
 	p := w.open[ids[0]]
 	w.cur = &p
+	// Everything from outside is escaped; on a terminal, long names are shortened so
+	// that the question's number, the end of the program's path (its own name), the
+	// user, the destination and the keys all stay on screen.
+	width := w.width()
 	user := userOf(p.User, p.UID)
-	fmt.Fprintf(w.out, "\nquestion %d: %s (pid %s, user %s)\n", p.ID, exeOrUnknown(p.Exe), pidOrDash(p.PID), user)
+	if width > 0 && p.User != "" {
+		user, _ = shortField(p.User, 24)
+	}
+	head := fmt.Sprintf("question %d: ", p.ID)
+	tail := fmt.Sprintf(" (pid %s, user %s)", pidOrDash(p.PID), user)
+	exe, cut := w.shortExe(p.Exe, width-textesc.Width(head)-textesc.Width(tail)-1)
+	fmt.Fprintf(w.out, "\n%s%s%s\n", head, exe, tail)
+	if cut {
+		fmt.Fprintf(w.out, "  (path cut at %s, %d bytes in all: 'latch prompts --json' shows it whole)\n",
+			textesc.Ellipsis, len(p.Exe))
+	}
 	held := ""
 	if p.Held > 1 {
 		held = fmt.Sprintf(", %d connections held", p.Held)
@@ -272,11 +299,46 @@ func (w *watcher) next() {
 		def = "the default"
 	}
 	fmt.Fprintf(w.out, "  wants %s %s to %s%s; %s in %s unless answered\n", p.Proto, p.Direction,
-		hostPort(p.RemoteIP, p.RemotePort, p.Host), held, def, max(time.Until(p.Expires), 0).Round(time.Second))
+		w.remote(p), held, def, max(time.Until(p.Expires), 0).Round(time.Second))
 	if len(ids) > 1 {
 		fmt.Fprintf(w.out, "  (%d more waiting)\n", len(ids)-1)
 	}
 	w.promptLine()
+}
+
+// shortExe shows an executable's path as a field and, on a terminal, in at most width
+// cells (at least 24). It reports whether it was shortened.
+func (w *watcher) shortExe(exe string, width int) (string, bool) {
+	if exe == "" || w.width() == 0 {
+		return exeOrUnknown(exe), false
+	}
+	return shortField(exe, max(width, 24))
+}
+
+// remote shows a question's destination, its hostname escaped and, on a terminal,
+// shortened to half the screen.
+func (w *watcher) remote(p api.Prompt) string {
+	host := p.Host
+	if width := w.width(); width > 0 && host != "" {
+		if short, cut := shortField(host, max(width/2, 24)); cut {
+			return short + " (" + textesc.String(p.RemoteIP) + "):" + strconv.Itoa(int(p.RemotePort))
+		}
+	}
+	return hostPort(p.RemoteIP, p.RemotePort, host)
+}
+
+// terminalWidth returns a function giving fd's width in cells now (it follows
+// resizes), or 0 when fd is not a terminal.
+func terminalWidth(fd int) func() int {
+	if !term.IsTerminal(fd) {
+		return func() int { return 0 }
+	}
+	return func() int {
+		if w, _, err := term.GetSize(fd); err == nil && w > 0 {
+			return w
+		}
+		return 80
+	}
 }
 
 func (w *watcher) promptLine() {
@@ -400,7 +462,7 @@ func (w *watcher) line(ctx context.Context, in string) bool {
 		req.Scope = f[2]
 	}
 	if _, err := api.ParseAnswer(req); err != nil {
-		fmt.Fprintf(w.out, "%q: %v\n", in, err)
+		fmt.Fprintf(w.out, "%q: %s\n", in, textesc.Message(err.Error()))
 		return false
 	}
 	w.send(ctx, id, req)
@@ -409,7 +471,7 @@ func (w *watcher) line(ctx context.Context, in string) bool {
 
 func (w *watcher) send(ctx context.Context, id engine.PromptID, req api.AnswerRequest) {
 	if err := answer(ctx, w.out, w.c, id, req); err != nil {
-		fmt.Fprintf(w.out, "question %d: %v\n", id, err)
+		fmt.Fprintf(w.out, "question %d: %s\n", id, textesc.Message(err.Error()))
 	}
 	delete(w.open, id)
 	delete(w.skipped, id)

@@ -18,35 +18,8 @@ import (
 // TestWatchTerminal runs `latch watch` in a real terminal (tmux), waits for it to show
 // a question, and answers it with keypresses: a (allow), f (forever), 2 (app+host).
 func TestWatchTerminal(t *testing.T) {
-	tmux, err := exec.LookPath("tmux")
-	if err != nil {
-		t.Skip("needs tmux")
-	}
 	f := newFixture(t)
-	server := fmt.Sprintf("latch-test-%d", os.Getpid())
-	tm := func(args ...string) (string, error) {
-		out, err := exec.Command(tmux, append([]string{"-L", server}, args...)...).CombinedOutput()
-		return string(out), err
-	}
-	t.Cleanup(func() { tm("kill-server") })
-	if out, err := tm("new-session", "-d", "-s", "watch", "-x", "200", "-y", "50",
-		"env", "LATCH_API="+f.sock, latchBin, "watch"); err != nil {
-		t.Fatalf("tmux: %v: %s", err, out)
-	}
-	screen := func() string {
-		out, _ := tm("capture-pane", "-p", "-t", "watch")
-		return out
-	}
-	waitScreen := func(want string) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(screen(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("watch never showed %q; screen:\n%s", want, screen())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	tm, screen, waitScreen := tmuxWatch(t, f, 200, 50)
 	waitScreen("waiting for questions")
 
 	verdict := f.request("/usr/bin/curl", 443)
@@ -90,6 +63,43 @@ func TestWatchTerminal(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// tmuxWatch runs `latch watch` against f in a real terminal (a tmux pane of width x
+// height cells) and returns functions to run tmux commands, read the screen, and wait
+// until the screen shows a text.
+func tmuxWatch(t *testing.T, f *fixture, width, height int) (tm func(args ...string) (string, error),
+	screen func() string, waitScreen func(want string)) {
+	t.Helper()
+	tmux, err := exec.LookPath("tmux")
+	if err != nil {
+		t.Skip("needs tmux")
+	}
+	server := fmt.Sprintf("latch-test-%d-%s", os.Getpid(), t.Name())
+	tm = func(args ...string) (string, error) {
+		out, err := exec.Command(tmux, append([]string{"-L", server}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() { tm("kill-server") })
+	if out, err := tm("new-session", "-d", "-s", "watch", "-x", fmt.Sprint(width), "-y", fmt.Sprint(height),
+		"env", "LATCH_API="+f.sock, latchBin, "watch"); err != nil {
+		t.Fatalf("tmux: %v: %s", err, out)
+	}
+	screen = func() string {
+		out, _ := tm("capture-pane", "-p", "-t", "watch")
+		return out
+	}
+	waitScreen = func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(screen(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("watch never showed %q; screen:\n%s", want, screen())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return tm, screen, waitScreen
 }
 
 // TestWatchLines answers through standard input when it is not a terminal.

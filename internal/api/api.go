@@ -88,6 +88,9 @@ type Prompt struct {
 	Held       int              `json:"held"`
 	Opened     time.Time        `json:"opened"`
 	Expires    time.Time        `json:"expires"`
+	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
+	// UTF-8 (see RawText); filled when marshalled.
+	Raw RawText `json:"raw,omitempty"`
 }
 
 // Conn is one decided connection of the history: a flat view of store.Conn.
@@ -109,6 +112,9 @@ type Conn struct {
 	Verdict    engine.Action    `json:"verdict"`
 	Reason     engine.Reason    `json:"reason"`
 	RuleID     engine.RuleID    `json:"rule_id"`
+	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
+	// UTF-8 (see RawText); filled when marshalled.
+	Raw RawText `json:"raw,omitempty"`
 }
 
 // AnswerRequest is the body of POST /v1/prompts/{id}/answer.

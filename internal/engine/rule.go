@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 // PortRange is an inclusive range of ports. The zero value matches any port.
@@ -374,6 +376,8 @@ func serviceMatches(service string, req *Request) bool {
 
 // String returns the rule on one line, e.g.
 // "#3 allow out tcp app=/usr/bin/curl remote=198.18.0.0/15 port=443 until 2026-11-21T15:00:00Z".
+// Values from outside (app, service, user, host, note) are escaped (internal/textesc),
+// so a rule is always one line that shows what it matches.
 func (r Rule) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "#%d %s %s %s", r.ID, r.Action, r.Direction, r.Protocol)
@@ -402,16 +406,19 @@ func (r Rule) String() string {
 		fmt.Fprintf(&b, " until %s", r.Expires.UTC().Format(time.RFC3339))
 	}
 	if r.Note != "" {
-		fmt.Fprintf(&b, " # %s", strconv.Quote(r.Note))
+		fmt.Fprintf(&b, " # %s", textesc.Quote(r.Note))
 	}
 	return b.String()
 }
 
+// quoteIfNeeded shows a field's value from outside (a path, a name) escaped by the one
+// rule of internal/textesc, in double quotes when it holds a space, a double quote or
+// a '#', so that a value cannot pass for more fields.
 func quoteIfNeeded(s string) string {
-	if strings.ContainsAny(s, " \t\"\n") || !strconv.CanBackquote(s) {
-		return strconv.Quote(s)
+	if strings.ContainsAny(s, " \"#") {
+		return textesc.Quote(s)
 	}
-	return s
+	return textesc.String(s)
 }
 
 // ruleJSON is the wire form of a Rule. Enums, ports, remote and times are text so that

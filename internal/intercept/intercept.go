@@ -40,12 +40,19 @@ type Backend interface {
 
 // Stats are a backend's counters since it started.
 type Stats struct {
-	Backend   string            `json:"backend"`
-	Held      uint64            `json:"held"`    // connections handed to the Decider
-	Allowed   uint64            `json:"allowed"` // verdicts carried out, by action
-	Denied    uint64            `json:"denied"`
-	Rejected  uint64            `json:"rejected"`
-	Overflows uint64            `json:"overflows"` // kernel queue overflows (ENOBUFS) survived
-	Errors    uint64            `json:"errors"`    // malformed kernel messages, failed verdicts
+	Backend  string `json:"backend"`
+	Held     uint64 `json:"held"`    // connections handed to the Decider
+	Allowed  uint64 `json:"allowed"` // verdicts carried out, by action
+	Denied   uint64 `json:"denied"`
+	Rejected uint64 `json:"rejected"`
+	// KernelDropped counts packets the kernel dropped before latch could hold them:
+	// a new connection's packet that met a full queue, or that the kernel could not
+	// deliver to latch's reader. None of them got through; their senders retry or
+	// fail. Linux: queue_dropped + queue_user_dropped of the kernel's queue.
+	KernelDropped uint64 `json:"kernel_dropped"`
+	// Overflows counts the times latch's reader found the kernel had dropped
+	// deliveries (ENOBUFS) and read on (Linux); the driver's cap_exceeded (Windows).
+	Overflows uint64            `json:"overflows"`
+	Errors    uint64            `json:"errors"` // malformed kernel messages, failed verdicts
 	Extra     map[string]uint64 `json:"extra,omitempty"`
 }

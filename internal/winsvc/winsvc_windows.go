@@ -17,6 +17,8 @@ import (
 	"golang.org/x/sys/windows/svc"
 	"golang.org/x/sys/windows/svc/eventlog"
 	"golang.org/x/sys/windows/svc/mgr"
+
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 var (
@@ -155,7 +157,7 @@ func install(c command, out io.Writer) error {
 		return undo(fmt.Errorf("latch service install: register event log source %q: %w", c.name, err))
 	}
 	fmt.Fprintf(out, "installed service %q: %s daemon %s\nstate directory: %s\nstart it with: latch service start\n",
-		c.name, exe, strings.Join(c.daemonArgs, " "), dir)
+		c.name, textesc.String(exe), textesc.String(strings.Join(c.daemonArgs, " ")), textesc.String(dir))
 	return nil
 }
 
@@ -255,7 +257,8 @@ func status(c command, out io.Writer) error {
 	if st.State == svc.Running {
 		fmt.Fprintf(out, " (pid %d)", st.ProcessId)
 	}
-	fmt.Fprintf(out, "\ncommand: %s\n", cfg.BinaryPathName)
+	// The service's command line is whatever the service control manager holds.
+	fmt.Fprintf(out, "\ncommand: %s\n", textesc.String(cfg.BinaryPathName))
 	return nil
 }
 

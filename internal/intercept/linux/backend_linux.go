@@ -698,6 +698,7 @@ func (b *Backend) Stats() intercept.Stats {
 		s.Extra["queue_waiting"] = st.Waiting
 		s.Extra["queue_dropped"] = st.Dropped
 		s.Extra["queue_user_dropped"] = st.UserDropped
+		s.KernelDropped = st.Dropped + st.UserDropped
 	}
 	return s
 }

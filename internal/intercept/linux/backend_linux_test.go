@@ -173,6 +173,12 @@ func testFlood(t *testing.T, overflow bool) {
 		t.Errorf("a %d-byte socket buffer never overflowed under the flood: %+v", 16384, st)
 	}
 	t.Logf("overflows survived: %d (kernel dropped %d for a full socket)", st.Overflows, st.Extra["queue_user_dropped"])
+	if overflow && st.KernelDropped == 0 {
+		t.Errorf("the reader saw %d overflows but KernelDropped is 0: %+v", st.Overflows, st)
+	}
+	if st.KernelDropped != st.Extra["queue_dropped"]+st.Extra["queue_user_dropped"] {
+		t.Errorf("KernelDropped %d is not queue_dropped + queue_user_dropped: %v", st.KernelDropped, st.Extra)
+	}
 }
 
 // burst opens n non-blocking TCP connections from ns A to B:port at once and waits

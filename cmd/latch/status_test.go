@@ -1,0 +1,57 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"log"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/intercept"
+)
+
+// TestStatusCountsKernelDrops: the kernel line says how many packets the kernel
+// dropped (a full queue, a full socket buffer); it used to say "overflows 0" while
+// queue_dropped counted millions.
+func TestStatusCountsKernelDrops(t *testing.T) {
+	f := newFixture(t)
+	f.kernel = intercept.Stats{Backend: "nfqueue/test", Held: 10, Denied: 10, KernelDropped: 3_450_000,
+		Extra: map[string]uint64{"queue_dropped": 3_449_000, "queue_user_dropped": 1_000}}
+	out := f.must(t, "status")
+	want := "held 10, allowed 0, denied 10, rejected 0, dropped by kernel 3450000 (queue full 3449000, socket buffer full 1000), overflows 0, errors 0\n"
+	if !strings.Contains(out, want) {
+		t.Errorf("status lacks\n%s in\n%s", want, out)
+	}
+	var st api.Status
+	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &st); err != nil || st.Kernel.KernelDropped != 3_450_000 {
+		t.Errorf("status --json: kernel %+v, %v", st.Kernel, err)
+	}
+	// A backend without the kernel's queue counters (Windows, none) says what it knows.
+	f.kernel = intercept.Stats{Backend: "wfp/test", Overflows: 2}
+	if out := f.must(t, "status"); !strings.Contains(out, "dropped by kernel 0, overflows 2, errors 0\n") {
+		t.Errorf("status without queue counters:\n%s", out)
+	}
+}
+
+// TestDaemonLogEscapes: a log line that quotes outside text (an error naming a path)
+// stays one line and shows its control characters escaped.
+func TestDaemonLogEscapes(t *testing.T) {
+	var buf strings.Builder
+	log.SetOutput(&buf)
+	defer log.SetOutput(os.Stderr)
+	daemonLogf("saving rules: open %s: permission denied", "/var/lib/latch/rules\x1b[2K\r\nlatch daemon: stopped")
+	out := buf.String()
+	if strings.Count(out, "\n") != 1 || strings.Contains(out, "\x1b") || strings.Contains(out, "\r") ||
+		!strings.Contains(out, `rules\x1b[2K\x0d\x0alatch daemon: stopped: permission denied`) {
+		t.Errorf("daemon log line: %q", out)
+	}
+	// A message already quoted with %q is left as it is, not quoted twice.
+	buf.Reset()
+	daemonLogf("rule %q refused", "a\x1bb")
+	if want := `latch daemon: rule "a\x1bb" refused`; !strings.Contains(buf.String(), want) {
+		t.Errorf("daemon log line %q, want %q", buf.String(), want)
+	}
+}
