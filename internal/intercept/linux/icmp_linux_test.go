@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -146,18 +147,27 @@ func (r *rawSock) waitSaw(marker string, d time.Duration) bool {
 // send sends msg to dst with the given TTL / hop limit (0: the default).
 func (r *rawSock) send(t *testing.T, dst string, msg []byte, hops int) {
 	t.Helper()
+	if err := r.trySend(dst, msg, hops); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// trySend is send that returns its error: a packet a firewall drops on the way out
+// fails with EPERM.
+func (r *rawSock) trySend(dst string, msg []byte, hops int) error {
 	if hops > 0 {
 		level, opt := unix.IPPROTO_IP, unix.IP_TTL
 		if r.v6 {
 			level, opt = unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS
 		}
 		if err := unix.SetsockoptInt(r.fd, level, opt, hops); err != nil {
-			t.Fatal(err)
+			return err
 		}
 	}
 	if err := unix.Sendto(r.fd, msg, 0, sockaddr(dst)); err != nil {
-		t.Fatalf("send %d bytes to %s: %v", len(msg), dst, err)
+		return fmt.Errorf("send %d bytes to %s: %w", len(msg), dst, err)
 	}
+	return nil
 }
 
 // joinGroup makes the socket's host a member of group on interface ifname.
@@ -509,4 +519,90 @@ func udpRefused(ns, src, dst string) error {
 		return fmt.Errorf("read: %v, want ECONNREFUSED (the ICMP error did not arrive)", err)
 	}
 	return nil
+}
+
+// TestNftICMPRuleset checks what the native nftables ruleset does with ICMP on
+// kernels that cannot queue from nftables (these machines): its queue statements
+// become drops, so what would be held must not reach the peer, and what the network
+// needs must pass without any verdict: neighbour discovery, MLD and IGMP reports,
+// the echo replies to the peer's pings and the errors about its flows.
+func TestNftICMPRuleset(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp := newTopo(t)
+	addSecondAddresses(t, tp)
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(ruleSpec{queue: testQueue, exemptLoopback: true}.nftRules(), "counter drop")
+	install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+	install.Stdin = strings.NewReader(rules)
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+	}
+	a4 := openRaw(t, tp.a, false, unix.IPPROTO_ICMP, addrA).capture()
+	a6 := openRaw(t, tp.a, true, unix.IPPROTO_ICMPV6, addr6A).capture()
+	b4 := openRaw(t, tp.b, false, unix.IPPROTO_ICMP, addrB).capture()
+	b6 := openRaw(t, tp.b, true, unix.IPPROTO_ICMPV6, "").capture()
+	bIGMP := openRaw(t, tp.b, false, unix.IPPROTO_IGMP, "").capture()
+	bIGMP.joinGroup(t, tp.b, tp.vethB, "224.0.0.22")
+	b6.joinGroup(t, tp.b, tp.vethB, "ff02::16")
+	bOther := map[int]*rawSock{
+		unix.IPPROTO_SCTP: openRaw(t, tp.b, false, unix.IPPROTO_SCTP, "").capture(),
+		unix.IPPROTO_UDP:  openRaw(t, tp.b, false, unix.IPPROTO_UDP, "").capture(),
+		unix.IPPROTO_IGMP: bIGMP,
+	}
+
+	for _, m := range heldMessages() {
+		if strings.Contains(m.name, "stale") {
+			continue // no conntrack entries from before here
+		}
+		dst, snd := addrB2, a4
+		if m.v6 {
+			dst, snd = addr6B2, a6
+		}
+		if m.proto != unix.IPPROTO_ICMP && m.proto != unix.IPPROTO_ICMPV6 {
+			snd = openRaw(t, tp.a, false, m.proto, addrA)
+		}
+		if err := snd.trySend(dst, m.msg, m.hops); err == nil {
+			t.Errorf("%s: sent, want dropped on the way out (EPERM)", m.name)
+		} else if !errors.Is(err, unix.EPERM) {
+			t.Fatal(err)
+		}
+	}
+	// The peer pings A (not held: no inbound chain): A's neighbour advertisement
+	// and echo replies go out.
+	b4.send(t, addrA, icmpMsg(8, 0, 0x4c20, []byte("peer-ping-4"), true), 0)
+	b6.send(t, addr6A, icmpMsg(128, 0, 0x4c20, []byte("peer-ping-6"), false), 0)
+	if !b4.waitSaw("peer-ping-4", 3*time.Second) {
+		t.Error("A's echo reply to the peer's IPv4 ping did not arrive")
+	}
+	if !b6.waitSaw("peer-ping-6", 3*time.Second) {
+		t.Error("A's echo reply to the peer's IPv6 ping did not arrive (neighbour discovery dropped?)")
+	}
+	for src, dst := range map[string]string{addrB: addrA, addr6B: addr6A} {
+		if err := udpRefused(tp.b, src, dst); err != nil {
+			t.Errorf("UDP from B to a closed port on %s: %v", dst, err)
+		}
+	}
+	aj4 := openRaw(t, tp.a, false, unix.IPPROTO_IGMP, "")
+	aj4.joinGroup(t, tp.a, tp.vethA, mcast4)
+	aj6 := openRaw(t, tp.a, true, unix.IPPROTO_ICMPV6, "")
+	aj6.joinGroup(t, tp.a, tp.vethA, mcast6)
+	if !bIGMP.waitSaw(string(netip.MustParseAddr(mcast4).AsSlice()), 3*time.Second) {
+		t.Error("the peer got no IGMP report for a group A joined")
+	}
+	if !b6.waitSaw(string(netip.MustParseAddr(mcast6).AsSlice()), 3*time.Second) {
+		t.Error("the peer got no MLD report for a group A joined")
+	}
+	for _, m := range heldMessages() {
+		rcv := b4
+		if m.v6 {
+			rcv = b6
+		}
+		if o := bOther[m.proto]; o != nil {
+			rcv = o
+		}
+		if rcv.saw(m.marker) {
+			t.Errorf("%s: reached the peer", m.name)
+		}
+	}
 }
