@@ -196,7 +196,19 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	defer eng.Close()
 
-	hist, err := store.OpenHistory(filepath.Join(o.StateDir, store.HistoryFileName), o.MaxHistory)
+	// Room for the rules comes first: the reserve is allocated before the history
+	// opens, and the history stops at a free-space floor, so a full disk never
+	// keeps a rule from being saved.
+	var rulesSize int64
+	if fi, err := os.Stat(rulesPath); err == nil {
+		rulesSize = fi.Size()
+	}
+	reserve, err := store.OpenReserve(o.StateDir, store.ReserveSize(rulesSize))
+	if err != nil {
+		logf("%v (rules are saved without it while the disk is full)", err)
+	}
+	hist, err := store.OpenHistoryOptions(filepath.Join(o.StateDir, store.HistoryFileName),
+		store.HistoryOptions{MaxRows: o.MaxHistory, Logf: logf})
 	if err != nil {
 		return err
 	}
@@ -221,7 +233,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	saveRules := func() error {
 		saveMu.Lock()
 		defer saveMu.Unlock()
-		return store.SaveRules(rulesPath, eng.Rules())
+		return reserve.SaveRules(rulesPath, eng.Rules())
 	}
 	eng.OnRulesChanged(func(old, new []engine.Rule) {
 		if err := saveRules(); err != nil {
@@ -263,6 +275,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				Backend: be.Name(), Mode: mode, Default: o.Default, PromptTimeout: o.PromptTimeout.String(),
 				Inbound: o.Inbound, ExemptLoopback: o.ExemptLoopback, StateDir: o.StateDir,
 				Attribution: be.attribution(), Kernel: be.Stats(), Verdicts: counts.snapshot(),
+				RulesReserve: reserve.Stats(),
 			}
 			if o.Backend != "none" {
 				st.Queue = o.Queue

@@ -63,6 +63,8 @@ type Status struct {
 	HeldConnections int                `json:"held_connections"` // connections waiting on those prompts
 	Rules           int                `json:"rules"`
 	History         store.HistoryStats `json:"history"`
+	// RulesReserve is the room kept for the rules file (see store.Reserve).
+	RulesReserve store.ReserveStats `json:"rules_reserve"`
 }
 
 // Prompt is an open question as the API shows it: a flat view of engine.Prompt.

@@ -212,7 +212,7 @@ func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) 
 		h.logf = func(string, ...any) {}
 	}
 	if err := h.open(); err != nil {
-		if !isDiskFull(err) || h.minFree < 0 {
+		if !h.isDiskFull(err) || h.minFree < 0 {
 			return nil, err
 		}
 		// A full disk does not keep the daemon from starting: the history stays
@@ -259,10 +259,22 @@ func (h *History) openFailed(err error) {
 	}
 }
 
-// isDiskFull reports whether err is SQLite's "database or disk is full".
-func isDiskFull(err error) bool {
+// isDiskFull reports whether err is SQLite's "database or disk is full", or an I/O
+// error (such as failing to grow the shared-memory file) while the disk has less
+// free space than a batch needs above the floor.
+func (h *History) isDiskFull(err error) bool {
 	var se *sqlite.Error
-	return errors.As(err, &se) && se.Code()&0xff == 13 // SQLITE_FULL and its extended codes
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code() & 0xff {
+	case 13: // SQLITE_FULL
+		return true
+	case 10: // SQLITE_IOERR
+		free, _, serr := diskSpace(h.dir)
+		return serr == nil && free-batchRoom(historyBatchMax) < h.minFree
+	}
+	return false
 }
 
 // errHistoryNotOpen answers queries while the database could not be opened.
@@ -468,7 +480,7 @@ func (h *History) writeBatch(batch []Conn) {
 	db := h.db.Load()
 	if db == nil {
 		if err := h.open(); err != nil {
-			if isDiskFull(err) {
+			if h.isDiskFull(err) {
 				h.openFailed(err)
 				h.noSpace.Add(uint64(len(batch)))
 			} else {

@@ -77,7 +77,8 @@ func (r *Reserve) fill() error {
 		return r.failed(err)
 	}
 	defer f.Close()
-	zeros := make([]byte, 64<<10)
+	// Block by block: a write larger than the room left may fail as a whole.
+	zeros := make([]byte, 4096)
 	off := r.size
 	for off < r.want {
 		n, err := f.WriteAt(zeros[:min(int64(len(zeros)), r.want-off)], off)
