@@ -21,12 +21,13 @@ import (
 
 var daemonHelp = `Usage: latch daemon [flags]
 
-Holds every new outbound connection (TCP SYN, the first packet of a UDP flow, ICMP
-echo) until it is decided: by a rule, by a person answering a question ('latch
-prompts', 'latch answer', 'latch watch'), or by the default when nobody answers in
-time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits.
+Holds every new outbound connection (TCP SYN, the first packet of a UDP flow, any
+ICMP message but errors about known flows and the link's own bookkeeping) until it is
+decided: by a rule, by a person answering a question ('latch prompts', 'latch
+answer', 'latch watch'), or by the default when nobody answers in time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits.
 
-  --state-dir DIR          rules (rules.json) and history (history.db) (default ` + defaultStateDir + `)
+  --state-dir DIR          rules (rules.json, with room kept in rules.reserve) and history
+                           (history.db) (default ` + defaultStateDir + `)
   --api PATH               local API socket (default $LATCH_API, else ` + api.DefaultPath + `)
   --default allow|deny|reject|drop
                            verdict for a question nobody answers in time (default deny)
