@@ -254,6 +254,11 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// UDP conntrack calls INVALID what it cannot parse (a raw socket's datagram
 		// with a bad length field): held too, never passed.
 		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
+		// The rest of TCP and UDP (replies, flows from before latch) passes here, so
+		// its packets do not walk the ICMP rules.
+		for _, p := range []string{"tcp", "udp"} {
+			fmt.Fprintf(&b, "-A %s -p %s -j RETURN\n", name, p)
+		}
 		// ICMP: every message is held but errors about a known flow, answers to a
 		// query the peer sent, and the link's own bookkeeping (see icmpExceptions).
 		// Not by conntrack state NEW: conntrack calls types it does not know INVALID
@@ -273,9 +278,6 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// protocol latch does not know is still a connection to decide, never a leak;
 		// so is a packet conntrack cannot place (INVALID: an SCTP ABORT out of the
 		// blue) or does not track.
-		for _, p := range []string{"tcp", "udp"} {
-			fmt.Fprintf(&b, "-A %s -p %s -j RETURN\n", name, p)
-		}
 		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
 		if out {
 			for _, c := range created {
@@ -523,6 +525,7 @@ func (spec ruleSpec) nftRules() string {
 			r("meta l4proto tcp ct state new %s", q)
 		}
 		r("meta l4proto udp ct state { new, invalid, untracked } %s", q)
+		r("meta l4proto { tcp, udp } accept")
 		// ICMP as in iptablesRules: everything held but errors about a known flow,
 		// answers to the peer's queries and the exceptions of icmpExceptions.
 		r("meta l4proto { icmp, ipv6-icmp } ct state related accept")
@@ -534,7 +537,7 @@ func (spec ruleSpec) nftRules() string {
 			r("icmpv6 type %d ip6 hoplimit %d accept", e.typ, e.hops)
 		}
 		r("meta l4proto { icmp, ipv6-icmp } %s", q)
-		r("meta l4proto != { tcp, udp } ct state { new, invalid, untracked } %s", q)
+		r("ct state { new, invalid, untracked } %s", q)
 	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {
