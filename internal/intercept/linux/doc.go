@@ -50,9 +50,10 @@
 // Later packets of an allowed ICMP flow (echo requests with the same identifier)
 // skip the queue by their conntrack mark, like any flow.
 //
-// What may send which ICMP: an unprivileged program can send only echo requests
-// (ping sockets, net.ipv4.ping_group_range), and those are held. Every other
-// message, errors included, needs a raw socket, that is CAP_NET_RAW in the host's
+// What may send which ICMP: an unprivileged program can send only echo and
+// extended echo requests (ping sockets, for the groups in
+// net.ipv4.ping_group_range; extended echo, RFC 8335, since Linux 5.13), with any
+// data, and those are held. Every other message, errors included, needs a raw socket, that is CAP_NET_RAW in the host's
 // network namespace (root, or a binary given the capability; a user namespace's
 // CAP_NET_RAW reaches only its own network namespaces). Such a process can also
 // forge packets that join a flow already allowed or opened by the peer (an error

@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -266,6 +268,9 @@ func heldMessages() []heldMessage {
 	add("icmpv6 node information query (139)", true, unix.IPPROTO_ICMPV6, func(mk []byte) []byte {
 		return icmpMsg(139, 0, 0x4c04, append(make([]byte, 4), mk...), false)
 	}, 0)
+	add("icmpv6 extended echo (160)", true, unix.IPPROTO_ICMPV6, func(mk []byte) []byte {
+		return icmpMsg(160, 0, 0x4c06, mk, false)
+	}, 0)
 	add("icmpv6 echo with data", true, unix.IPPROTO_ICMPV6, func(mk []byte) []byte {
 		return icmpMsg(128, 0, 0x4c05, mk, false)
 	}, 0)
@@ -405,6 +410,32 @@ func testICMPHeld(t *testing.T, firewall string, inbound bool) {
 		for _, m := range heldMessages() {
 			if receiver(m.v6, m.proto).saw(m.marker) {
 				t.Errorf("%s: reached the peer with no allow rule", m.name)
+			}
+		}
+	})
+
+	t.Run("unprivileged extended echo held", func(t *testing.T) {
+		// Ping sockets let any user in ping_group_range send echo and, since Linux
+		// 5.13, extended echo requests (RFC 8335), with data.
+		allowPingSockets(t, tp.a)
+		d.drain()
+		c := spawnChild(t, tp, "unpriv-icmp", "")
+		if _, ok := c.waitLine("done", 10*time.Second); !ok {
+			t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
+		}
+		lines := d.linesFor(500 * time.Millisecond)
+		for _, want := range []string{held("out", addrA, addrB2, false, unix.IPPROTO_ICMP), held("out", addr6A, addr6B2, true, unix.IPPROTO_ICMPV6)} {
+			if !slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, want) }) {
+				t.Errorf("no question %q for the unprivileged echo and extended echo requests; got %q", want, lines)
+			}
+		}
+		for _, m := range []string{"ping4-8", "ping4-42", "ping6-128", "ping6-160"} {
+			rcv := b4
+			if strings.HasPrefix(m, "ping6") {
+				rcv = b6
+			}
+			if rcv.saw("latch-marker-unprivileged-" + m) {
+				t.Errorf("an unprivileged %s reached the peer with no allow rule", m)
 			}
 		}
 	})
@@ -605,4 +636,117 @@ func TestNftICMPRuleset(t *testing.T) {
 			t.Errorf("%s: reached the peer", m.name)
 		}
 	}
+}
+
+// TestUnprivilegedICMPIsEchoOnly checks the premise of the ICMP exceptions: a
+// process without CAP_NET_RAW can send ICMP only through ping sockets, and those
+// carry echo requests only (held by latch); raw sockets, which could forge errors
+// about known flows or neighbour discovery, are refused.
+func TestUnprivilegedICMPIsEchoOnly(t *testing.T) {
+	tp := newTopo(t)
+	addSecondAddresses(t, tp)
+	allowPingSockets(t, tp.a)
+	d := spawnChild(t, tp, "unpriv-icmp", "")
+	lines := map[string]string{}
+	for {
+		l, ok := d.waitLine("", 10*time.Second)
+		if !ok {
+			break
+		}
+		if k, v, ok := strings.Cut(l, " "); ok {
+			lines[k] = v
+		}
+		if l == "done" {
+			break
+		}
+	}
+	if _, ok := lines["uid"]; !ok {
+		t.Fatalf("the child printed nothing useful: %v; stderr:\n%s", lines, d.errors())
+	}
+	want := map[string]string{
+		"uid":       "65534",
+		"raw4":      "operation not permitted",
+		"raw6":      "operation not permitted",
+		"ping4-8":   "ok",
+		"ping4-13":  "invalid argument",
+		"ping4-42":  "ok", // extended echo (RFC 8335 PROBE), since Linux 5.13
+		"ping4-3":   "invalid argument",
+		"ping6-128": "ok",
+		"ping6-160": "ok", // extended echo
+		"ping6-139": "invalid argument",
+		"ping6-135": "invalid argument",
+		"ping6-1":   "invalid argument",
+	}
+	for k, v := range want {
+		if lines[k] != v {
+			t.Errorf("%s: %q, want %q", k, lines[k], v)
+		}
+	}
+}
+
+// allowPingSockets lets every group use ping sockets in namespace ns, as systemd
+// sets it up on most distributions.
+func allowPingSockets(t *testing.T, ns string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647").CombinedOutput(); err != nil {
+		t.Fatalf("allow ping sockets in %s: %v: %s", ns, err, out)
+	}
+}
+
+// unprivilegedICMP is the child side of TestUnprivilegedICMPIsEchoOnly: it becomes
+// nobody and reports what each way of sending ICMP gives.
+func unprivilegedICMP() int {
+	if err := syscall.Setgroups(nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := syscall.Setresgid(65534, 65534, 65534); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := syscall.Setresuid(65534, 65534, 65534); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("uid", os.Getuid())
+	res := func(err error) string {
+		if err == nil {
+			return "ok"
+		}
+		return err.Error()
+	}
+	for _, c := range []struct {
+		name  string
+		fam   int
+		proto int
+	}{{"raw4", unix.AF_INET, unix.IPPROTO_ICMP}, {"raw6", unix.AF_INET6, unix.IPPROTO_ICMPV6}} {
+		fd, err := unix.Socket(c.fam, unix.SOCK_RAW, c.proto)
+		if err == nil {
+			unix.Close(fd)
+		}
+		fmt.Println(c.name, res(err))
+	}
+	for _, c := range []struct {
+		name  string
+		v6    bool
+		types []uint8
+	}{{"ping4", false, []uint8{8, 13, 42, 3}}, {"ping6", true, []uint8{128, 160, 139, 135, 1}}} {
+		fam, proto, dst := unix.AF_INET, unix.IPPROTO_ICMP, addrB2
+		if c.v6 {
+			fam, proto, dst = unix.AF_INET6, unix.IPPROTO_ICMPV6, addr6B2
+		}
+		fd, err := unix.Socket(fam, unix.SOCK_DGRAM, proto)
+		if err != nil {
+			fmt.Println(c.name, "socket:", err)
+			continue
+		}
+		for _, typ := range c.types {
+			marker := fmt.Sprintf("latch-marker-unprivileged-%s-%d", c.name, typ)
+			err := unix.Sendto(fd, icmpMsg(typ, 0, 0, []byte(marker), !c.v6), 0, sockaddr(dst))
+			fmt.Printf("%s-%d %s\n", c.name, typ, res(err))
+		}
+		unix.Close(fd)
+	}
+	fmt.Println("done")
+	return 0
 }

@@ -383,6 +383,8 @@ func runChild(mode string) int {
 			return 1
 		}
 		return 0
+	case "unpriv-icmp":
+		return unprivilegedICMP()
 	case "daemon":
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
