@@ -53,9 +53,10 @@
 // What may send which ICMP: an unprivileged program can send only echo and
 // extended echo requests (ping sockets, for the groups in
 // net.ipv4.ping_group_range; extended echo, RFC 8335, since Linux 5.13), with any
-// data, and those are held. Every other message, errors included, needs a raw socket, that is CAP_NET_RAW in the host's
-// network namespace (root, or a binary given the capability; a user namespace's
-// CAP_NET_RAW reaches only its own network namespaces). Such a process can also
+// data, and those are held. Every other message, errors included, needs a raw
+// socket, that is CAP_NET_RAW in the host's network namespace (root, or a binary
+// given the capability; a user namespace's CAP_NET_RAW reaches only its own network
+// namespaces). Such a process can also
 // forge packets that join a flow already allowed or opened by the peer (an error
 // quoting an allowed flow, a TCP segment of an allowed connection, a TCP packet
 // conntrack calls INVALID): latch decides per program for programs that use
