@@ -203,3 +203,43 @@ func du(dir string) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// TestHistoryResumesWhenRoomReturns: a history stopped for lack of space writes
+// again once space is freed, and says so once each way.
+func TestHistoryResumesWhenRoomReturns(t *testing.T) {
+	dir := smallFS(t, "4m")
+	var logged []string
+	h, err := OpenHistoryOptions(filepath.Join(dir, HistoryFileName), HistoryOptions{
+		Logf: func(f string, a ...any) { logged = append(logged, fmt.Sprintf(f, a...)) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	h.Record(testConn(0))
+	h.Flush()
+	fillDisk(t, dir)
+	for i := range 10 {
+		h.Record(testConn(1 + i))
+	}
+	h.Flush()
+	if st := h.Stats(); st.NoSpace != 10 || !st.Stopped || st.Recorded != 1 {
+		t.Fatalf("on a full disk: %+v, want 10 not recorded, stopped, 1 recorded", st)
+	}
+	if err := os.Remove(filepath.Join(dir, "filler")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		h.Record(testConn(100 + i))
+	}
+	h.Flush()
+	if st := h.Stats(); st.Recorded != 11 || st.Stopped {
+		t.Fatalf("after space was freed: %+v, want 11 recorded and writing", st)
+	}
+	if n, err := h.Count(); err != nil || n != 11 {
+		t.Errorf("history holds %d rows (%v), want 11", n, err)
+	}
+	if len(logged) != 2 || !strings.Contains(logged[0], "stopped writing") || !strings.Contains(logged[1], "writing again") {
+		t.Errorf("log: %q, want one line for the stop and one for the resume", logged)
+	}
+}
