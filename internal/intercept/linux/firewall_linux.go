@@ -142,9 +142,9 @@ type icmpException struct {
 //     snooping switches forward only to hosts that reported them.
 //
 // Everything else ICMP is held: echo, timestamp, address mask, extended echo (42,
-// RFC 8335), router discovery (9, 10), node information (139, 140), inverse
-// neighbour discovery, multicast router discovery, and errors that concern no flow
-// conntrack knows.
+// ICMPv6 160, RFC 8335), router discovery (9, 10), node information (139, 140),
+// inverse neighbour discovery, multicast router discovery, and errors that concern
+// no flow conntrack knows.
 func icmpExceptions(v6 bool) []icmpException {
 	if !v6 {
 		return []icmpException{{hops: 1}}
