@@ -23,12 +23,13 @@ import (
 
 var daemonHelp = `Usage: latch daemon [flags]
 
-Holds every new outbound connection (TCP SYN, the first packet of a UDP flow, ICMP
-echo) until it is decided: by a rule, by a person answering a question ('latch
-prompts', 'latch answer', 'latch watch'), or by the default when nobody answers in
-time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits.
+Holds every new outbound connection (TCP SYN, the first packet of a UDP flow, any
+ICMP message but errors about known flows and the link's own bookkeeping) until it is
+decided: by a rule, by a person answering a question ('latch prompts', 'latch
+answer', 'latch watch'), or by the default when nobody answers in time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits.
 
-  --state-dir DIR          rules (rules.json) and history (history.db) (default ` + defaultStateDir + `)
+  --state-dir DIR          rules (rules.json, with room kept in rules.reserve) and history
+                           (history.db) (default ` + defaultStateDir + `)
   --api PATH               local API socket (default $LATCH_API, else ` + api.DefaultPath + `)
   --default allow|deny|reject|drop
                            verdict for a question nobody answers in time (default deny)
@@ -206,7 +207,19 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	defer eng.Close()
 
-	hist, err := store.OpenHistory(filepath.Join(o.StateDir, store.HistoryFileName), o.MaxHistory)
+	// Room for the rules comes first: the reserve is allocated before the history
+	// opens, and the history stops at a free-space floor, so a full disk never
+	// keeps a rule from being saved.
+	var rulesSize int64
+	if fi, err := os.Stat(rulesPath); err == nil {
+		rulesSize = fi.Size()
+	}
+	reserve, err := store.OpenReserve(o.StateDir, store.ReserveSize(rulesSize))
+	if err != nil {
+		logf("%v (rules are saved without it while the disk is full)", err)
+	}
+	hist, err := store.OpenHistoryOptions(filepath.Join(o.StateDir, store.HistoryFileName),
+		store.HistoryOptions{MaxRows: o.MaxHistory, Logf: logf})
 	if err != nil {
 		return err
 	}
@@ -231,7 +244,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	saveRules := func() error {
 		saveMu.Lock()
 		defer saveMu.Unlock()
-		return store.SaveRules(rulesPath, eng.Rules())
+		return reserve.SaveRules(rulesPath, eng.Rules())
 	}
 	eng.OnRulesChanged(func(old, new []engine.Rule) {
 		if err := saveRules(); err != nil {
@@ -273,6 +286,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				Backend: be.Name(), Mode: mode, Default: o.Default, PromptTimeout: o.PromptTimeout.String(),
 				Inbound: o.Inbound, ExemptLoopback: o.ExemptLoopback, StateDir: o.StateDir,
 				Attribution: be.attribution(), Kernel: be.Stats(), Verdicts: counts.snapshot(),
+				RulesReserve: reserve.Stats(),
 			}
 			if o.Backend != "none" {
 				st.Queue = o.Queue

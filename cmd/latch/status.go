@@ -75,7 +75,18 @@ func runStatus(ctx context.Context, args []string) error {
 	row("verdicts", "%s", counters(st.Verdicts))
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History
-	row("history", "%d recorded, %d dropped, %d failed, kept %d at most", h.Recorded, h.Dropped, h.Failed, h.MaxRows)
+	row("history", "%d recorded, %d dropped, %d failed, %d not recorded for lack of disk space, kept %d at most",
+		h.Recorded, h.Dropped, h.Failed, h.NoSpace, h.MaxRows)
+	if h.Stopped {
+		row("history stopped", "less than %d bytes free on the state dir's disk: connections are counted, not recorded, until there is room", h.MinFree)
+	}
+	if r := st.RulesReserve; r.Want > 0 {
+		if r.Error != "" {
+			row("rules reserve", "%d of %d bytes: %s", r.Size, r.Want, textesc.Message(r.Error))
+		} else {
+			row("rules reserve", "%d bytes", r.Size)
+		}
+	}
 	row("state dir", "%s", field(st.StateDir))
 	return tw.Flush()
 }

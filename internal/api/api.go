@@ -64,6 +64,8 @@ type Status struct {
 	HeldConnections int                `json:"held_connections"` // connections waiting on those prompts
 	Rules           int                `json:"rules"`
 	History         store.HistoryStats `json:"history"`
+	// RulesReserve is the room kept for the rules file (see store.Reserve).
+	RulesReserve store.ReserveStats `json:"rules_reserve"`
 
 	// DNS counts the hostnames learned from DNS answers and the answers ignored, by
 	// reason (Linux; absent where names are not learned).

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite" // registers the "sqlite" driver
 )
 
 // HistoryFileName is the name of the history database inside the state directory.
@@ -40,14 +41,43 @@ type HistoryStats struct {
 	Recorded uint64 `json:"recorded"` // rows written
 	Dropped  uint64 `json:"dropped"`  // connections not recorded because the buffer was full
 	Failed   uint64 `json:"failed"`   // connections lost to a database error
-	MaxRows  int    `json:"max_rows"`
+	// NoSpace counts connections not recorded because the disk had less free space
+	// than MinFree.
+	NoSpace uint64 `json:"no_space"`
+	// Stopped: the history is not writing now, for lack of free space.
+	Stopped bool  `json:"stopped"`
+	MinFree int64 `json:"min_free"` // bytes of free space below which writing stops
+	MaxRows int   `json:"max_rows"`
+}
+
+// HistoryOptions configure OpenHistoryOptions.
+type HistoryOptions struct {
+	// MaxRows bounds the history; 0: DefaultMaxRows.
+	MaxRows int
+	// MinFree: while the file system holding the database has less free space than
+	// this, connections are counted (HistoryStats.NoSpace), not written, so the
+	// history never takes the last of the disk. 0: DefaultMinFree of the file
+	// system's size; negative: no floor.
+	MinFree int64
+	// Logf, if set, hears once when writing stops for lack of space and once when
+	// it resumes.
+	Logf func(format string, args ...any)
+}
+
+// DefaultMinFree is the free-space floor of the history on a file system of total
+// bytes: 1/32 of it, from 16 KiB to 256 MiB.
+func DefaultMinFree(total int64) int64 {
+	return min(max(total/32, 16<<10), 256<<20)
 }
 
 // History is the bounded connection history, an SQLite database in WAL mode. Record
 // never waits for the disk: a writer goroutine takes connections from a buffer and
 // writes them in batches, then deletes the oldest rows beyond the bound.
 type History struct {
-	db      *sql.DB
+	// db is nil while the database could not be opened for lack of space; the
+	// writer opens it once there is room.
+	db      atomic.Pointer[sql.DB]
+	path    string
 	maxRows int
 	queue   chan Conn
 	flushes chan chan struct{}
@@ -57,8 +87,17 @@ type History struct {
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
 
-	recorded, dropped, failed atomic.Uint64
-	lastErr                   atomic.Pointer[string]
+	recorded, dropped, failed, noSpace atomic.Uint64
+	lastErr                            atomic.Pointer[string]
+
+	dir     string // holds the database: its free space is watched
+	minFree int64  // < 0: no floor
+	logf    func(format string, args ...any)
+	spaceMu sync.Mutex
+	stopped atomic.Bool // below the floor at the last look
+	// failedFree is the free space when opening the database last failed for lack
+	// of room; it is tried again only once there is more. spaceMu guards it.
+	failedFree int64
 }
 
 const (
@@ -129,46 +168,117 @@ func migrateHistory(db *sql.DB) error {
 
 // OpenHistory opens (creating if needed) the history database at path, keeping at most
 // maxRows connections (0: DefaultMaxRows); older ones are deleted as new ones arrive.
+// Writing stops while free space is below DefaultMinFree (see OpenHistoryOptions).
 func OpenHistory(path string, maxRows int) (*History, error) {
-	return openHistory(path, maxRows, historyQueueLen)
+	return openHistory(path, HistoryOptions{MaxRows: maxRows}, historyQueueLen)
 }
 
-func openHistory(path string, maxRows, queueLen int) (*History, error) {
+// OpenHistoryOptions opens (creating if needed) the history database at path with o.
+func OpenHistoryOptions(path string, o HistoryOptions) (*History, error) {
+	return openHistory(path, o, historyQueueLen)
+}
+
+func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) {
+	maxRows := o.MaxRows
 	if maxRows < 0 {
 		return nil, fmt.Errorf("history %s: max rows %d: must not be negative", path, maxRows)
 	}
 	if maxRows == 0 {
 		maxRows = DefaultMaxRows
 	}
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("history %s: %w", path, err)
+	dir := filepath.Dir(path)
+	minFree := o.MinFree
+	if minFree == 0 {
+		_, total, err := diskSpace(dir)
+		if err != nil {
+			return nil, fmt.Errorf("history %s: %w", path, err)
+		}
+		minFree = DefaultMinFree(total)
 	}
-	if _, err := db.Exec(historySchema); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("history %s: creating schema: %w", path, err)
-	}
-	if err := migrateHistory(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("history %s: %w", path, err)
-	}
+	// journal_size_limit: the write-ahead log gives its room back after a checkpoint
+	// instead of keeping its largest size for ever.
 	h := &History{
-		db:      db,
+		path:    path,
 		maxRows: maxRows,
 		queue:   make(chan Conn, queueLen),
 		flushes: make(chan chan struct{}),
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+		dir:     dir,
+		minFree: minFree,
+		logf:    o.Logf,
 	}
-	// A smaller bound than the last run's takes effect at once.
-	if err := h.prune(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("history %s: %w", path, err)
+	if h.logf == nil {
+		h.logf = func(string, ...any) {}
+	}
+	if err := h.open(); err != nil {
+		if !h.isDiskFull(err) || h.minFree < 0 {
+			return nil, err
+		}
+		// A full disk does not keep the daemon from starting: the history stays
+		// closed, counting what it cannot record, until there is room.
+		h.openFailed(err)
 	}
 	go h.writer()
 	return h, nil
 }
+
+// open opens the database, creating or upgrading its schema, and applies the bound.
+func (h *History) open() error {
+	// journal_size_limit: the write-ahead log gives its room back after a checkpoint
+	// instead of keeping its largest size for ever.
+	dsn := "file:" + h.path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_pragma=journal_size_limit(1048576)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return fmt.Errorf("history %s: %w", h.path, err)
+	}
+	if _, err := db.Exec(historySchema); err != nil {
+		db.Close()
+		return fmt.Errorf("history %s: creating schema: %w", h.path, err)
+	}
+	if err := migrateHistory(db); err != nil {
+		db.Close()
+		return fmt.Errorf("history %s: %w", h.path, err)
+	}
+	// A smaller bound than the last run's takes effect at once.
+	if err := prune(db, h.maxRows); err != nil {
+		db.Close()
+		return fmt.Errorf("history %s: %w", h.path, err)
+	}
+	h.db.Store(db)
+	return nil
+}
+
+// openFailed notes that the database could not be opened for lack of room.
+func (h *History) openFailed(err error) {
+	h.spaceMu.Lock()
+	defer h.spaceMu.Unlock()
+	h.failedFree, _, _ = diskSpace(h.dir)
+	if !h.stopped.Swap(true) {
+		h.logf("history: stopped writing: %v; connections are counted (no_space), not recorded, until there is room again", err)
+	}
+}
+
+// isDiskFull reports whether err is SQLite's "database or disk is full", or an I/O
+// error (such as failing to grow the shared-memory file) while the disk has less
+// free space than a batch needs above the floor.
+func (h *History) isDiskFull(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code() & 0xff {
+	case 13: // SQLITE_FULL
+		return true
+	case 10: // SQLITE_IOERR
+		free, _, serr := diskSpace(h.dir)
+		return serr == nil && free-batchRoom(historyBatchMax) < h.minFree
+	}
+	return false
+}
+
+// errHistoryNotOpen answers queries while the database could not be opened.
+var errHistoryNotOpen = errors.New("history: not open (the disk was full)")
 
 // Record queues c for writing and returns at once. If the buffer is full the
 // connection is dropped, counted, and ErrHistoryFull returned: the decision path never
@@ -213,8 +323,53 @@ func (h *History) Stats() HistoryStats {
 		Recorded: h.recorded.Load(),
 		Dropped:  h.dropped.Load(),
 		Failed:   h.failed.Load(),
+		NoSpace:  h.noSpace.Load(),
+		Stopped:  !h.roomToWrite(),
+		MinFree:  h.minFree,
 		MaxRows:  h.maxRows,
 	}
+}
+
+// roomToWrite looks at the free space of the database's file system and reports
+// whether the history may write (see roomFor), logging when that changes. If the space
+// cannot be read, writing goes on (and a full disk shows as failed writes).
+func (h *History) roomToWrite() bool { return h.roomFor(0) }
+
+// batchRoom is what writing n connections may take on disk, generously: a row and
+// its index entry in the write-ahead log, the same pages again when a checkpoint
+// copies them into the database, and a few pages of B-tree and log overhead.
+func batchRoom(n int) int64 { return int64(n)*2048 + 32<<10 }
+
+// roomFor reports whether writing n more connections leaves at least the floor
+// free.
+func (h *History) roomFor(n int) bool {
+	if h.minFree < 0 {
+		return true
+	}
+	h.spaceMu.Lock()
+	defer h.spaceMu.Unlock()
+	free, _, err := diskSpace(h.dir)
+	if err != nil {
+		return !h.stopped.Load()
+	}
+	// Stop when the batch would take the free space below the floor; resume only
+	// once a full batch fits again, so that the history does not flap at the edge.
+	var below bool
+	if h.stopped.Load() {
+		below = free-batchRoom(historyBatchMax) < h.minFree
+	} else {
+		below = free-batchRoom(n) < h.minFree
+	}
+	below = below || h.db.Load() == nil && free <= h.failedFree
+	if below != h.stopped.Load() {
+		h.stopped.Store(below)
+		if below {
+			h.logf("history: stopped writing: %d bytes free on %s, below the floor of %d; connections are counted (no_space), not recorded, until there is room again", free, h.dir, h.minFree)
+		} else {
+			h.logf("history: writing again: %d bytes free on %s (floor %d)", free, h.dir, h.minFree)
+		}
+	}
+	return !below
 }
 
 // LastError is the last database error the writer met, or "".
@@ -236,7 +391,10 @@ func (h *History) Close() error {
 	close(h.queue)
 	h.closeMu.Unlock()
 	<-h.done
-	return h.db.Close()
+	if db := h.db.Load(); db != nil {
+		return db.Close()
+	}
+	return nil
 }
 
 // writer moves recorded connections into the database in batches. It wakes once per
@@ -315,7 +473,24 @@ func (h *History) fail(n int, err error) {
 }
 
 func (h *History) writeBatch(batch []Conn) {
-	tx, err := h.db.Begin()
+	if !h.roomFor(len(batch)) {
+		h.noSpace.Add(uint64(len(batch)))
+		return
+	}
+	db := h.db.Load()
+	if db == nil {
+		if err := h.open(); err != nil {
+			if h.isDiskFull(err) {
+				h.openFailed(err)
+				h.noSpace.Add(uint64(len(batch)))
+			} else {
+				h.fail(len(batch), err)
+			}
+			return
+		}
+		db = h.db.Load()
+	}
+	tx, err := db.Begin()
 	if err != nil {
 		h.fail(len(batch), err)
 		return
@@ -350,15 +525,15 @@ func (h *History) writeBatch(batch []Conn) {
 		return
 	}
 	h.recorded.Add(uint64(len(batch)))
-	if err := h.prune(); err != nil {
+	if err := prune(db, h.maxRows); err != nil {
 		h.fail(0, err)
 	}
 }
 
 // prune deletes the oldest rows beyond maxRows. IDs only grow (AUTOINCREMENT), so
 // the newest maxRows rows are those with id > max(id) - maxRows.
-func (h *History) prune() error {
-	_, err := h.db.Exec(`DELETE FROM conns WHERE id <= (SELECT MAX(id) FROM conns) - ?`, h.maxRows)
+func prune(db *sql.DB, maxRows int) error {
+	_, err := db.Exec(`DELETE FROM conns WHERE id <= (SELECT MAX(id) FROM conns) - ?`, maxRows)
 	if err != nil {
 		return fmt.Errorf("pruning history: %w", err)
 	}
@@ -380,12 +555,16 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 	}
 	const cols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
 		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id`
+	db := h.db.Load()
+	if db == nil {
+		return nil, errHistoryNotOpen
+	}
 	var rows *sql.Rows
 	var err error
 	if afterID > 0 {
-		rows, err = h.db.Query(`SELECT `+cols+` FROM conns WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
+		rows, err = db.Query(`SELECT `+cols+` FROM conns WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
 	} else {
-		rows, err = h.db.Query(`SELECT * FROM (SELECT `+cols+` FROM conns ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
+		rows, err = db.Query(`SELECT * FROM (SELECT `+cols+` FROM conns ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
@@ -426,8 +605,12 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 
 // Count returns how many connections the history holds.
 func (h *History) Count() (int, error) {
+	db := h.db.Load()
+	if db == nil {
+		return 0, errHistoryNotOpen
+	}
 	var n int
-	if err := h.db.QueryRow(`SELECT COUNT(*) FROM conns`).Scan(&n); err != nil {
+	if err := db.QueryRow(`SELECT COUNT(*) FROM conns`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("history: %w", err)
 	}
 	return n, nil

@@ -94,7 +94,7 @@ func TestHistoryRoundTripAndPersists(t *testing.T) {
 		t.Fatalf("reopened history holds %d conns, want 10", n)
 	}
 	var mode string
-	if err := h.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+	if err := h.db.Load().QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
 		t.Errorf("journal mode %q (%v), want wal", mode, err)
 	}
 }
@@ -187,7 +187,7 @@ func TestHistoryIsBounded(t *testing.T) {
 // transaction and checks that Record drops and counts instead of waiting.
 func TestHistoryRecordNeverBlocks(t *testing.T) {
 	path := filepath.Join(t.TempDir(), HistoryFileName)
-	h, err := openHistory(path, 1000, 16)
+	h, err := openHistory(path, HistoryOptions{MaxRows: 1000}, 16)
 	if err != nil {
 		t.Fatal(err)
 	}

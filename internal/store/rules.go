@@ -1,7 +1,8 @@
 // Package store keeps latch's state on disk: the rules file, written atomically so a
-// crash at any moment leaves either the old or the new rule set; the connection history
-// in SQLite, bounded and written in batches off the decision path; and the lock that
-// keeps two daemons from sharing one state directory.
+// crash at any moment leaves either the old or the new rule set, with room kept for it
+// by a reserve file; the connection history in SQLite, bounded, written in batches off
+// the decision path, and stopped at a free-space floor so it never takes the rules'
+// room; and the lock that keeps two daemons from sharing one state directory.
 package store
 
 import (

@@ -24,7 +24,46 @@
 //     original) while its conntrack mark is MarkRedecide (see Redecide);
 //  6. returns for flows whose conntrack mark says they were allowed;
 //  7. queues the first packet of every other flow (conntrack NEW): TCP picked up
-//     mid-stream, UDP, ICMP echo requests.
+//     mid-stream, UDP, and any other protocol; for UDP and other protocols also
+//     what conntrack cannot place (INVALID: a raw socket's datagram with a bad
+//     length, an SCTP ABORT out of the blue) or does not track (UNTRACKED);
+//  8. queues every ICMP and ICMPv6 message, whatever its type and conntrack state,
+//     but those the network needs (see below).
+//
+// # ICMP
+//
+// A conntrack state NEW match would miss most of ICMP: conntrack calls types it
+// does not know INVALID (extended echo, 42), neighbour discovery and MLD UNTRACKED,
+// and a query reusing a stale entry ESTABLISHED. So every ICMP message is held (a
+// question, decided by the engine's icmp/icmpv6 rules) except:
+//
+//   - errors about a flow conntrack knows (state RELATED: destination unreachable,
+//     packet too big, time exceeded, parameter problem, quoting a packet of a
+//     tracked flow), so that path MTU discovery works and programs learn that a
+//     port is closed; an error quoting nothing conntrack knows is held;
+//   - answers to a query the peer sent (ESTABLISHED, conntrack direction reply):
+//     the echo reply the kernel itself sends to a ping. Without Config.Inbound such
+//     queries are never held, with it they were decided on the way in;
+//   - IGMP with TTL 1 (IPv4), neighbour discovery (133-137) with hop limit 255
+//     and MLD (130-132, 143) with hop limit 1 (IPv6): the kernel's own
+//     bookkeeping, for no program, without which no IPv6 neighbour is reachable
+//     and multicast stops. The TTL and hop limit are the ones the RFCs prescribe,
+//     so the same types built to travel beyond the link are held.
+//
+// Later packets of an allowed ICMP flow (echo requests with the same identifier)
+// skip the queue by their conntrack mark, like any flow.
+//
+// What may send which ICMP: an unprivileged program can send only echo and
+// extended echo requests (ping sockets, for the groups in
+// net.ipv4.ping_group_range; extended echo, RFC 8335, since Linux 5.13), with any
+// data, and those are held. Every other message, errors included, needs a raw
+// socket, that is CAP_NET_RAW in the host's network namespace (root, or a binary
+// given the capability; a user namespace's CAP_NET_RAW reaches only its own network
+// namespaces). Such a process can also
+// forge packets that join a flow already allowed or opened by the peer (an error
+// quoting an allowed flow, a TCP segment of an allowed connection, a TCP packet
+// conntrack calls INVALID): latch decides per program for programs that use
+// sockets, not for holders of CAP_NET_RAW.
 //
 // Marks use only the bits of MarkMask, so marks set by others survive.
 //

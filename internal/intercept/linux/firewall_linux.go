@@ -119,6 +119,42 @@ func probeNftQueue(queue uint16) error {
 	return nil
 }
 
+// icmpException is a message that passes without a question because the network
+// needs it, whoever sends it: the kernel sends these on its own, for no program.
+type icmpException struct {
+	typ  uint8 // ICMPv6 type; unused for IGMP
+	hops uint8 // the TTL or hop limit the message must carry
+}
+
+// icmpExceptions lists what passes unheld besides errors about a known flow and
+// answers to a peer's query: for IPv4 IGMP, for IPv6 neighbour discovery and MLD.
+// Each is bound to the TTL or hop limit its RFC prescribes, which the kernel always
+// uses and receivers check: IGMP and MLD go out with 1, so they never leave the
+// link; neighbour discovery carries 255 (RFC 4861 receivers drop anything else).
+//   - IGMP (RFC 2236, 3376): membership reports for the groups sockets joined;
+//     without them a snooping switch or multicast router stops forwarding the
+//     groups (mDNS, SSDP).
+//   - 133-137, router and neighbour solicitation and advertisement, redirect (RFC
+//     4861): IPv6 address resolution, reachability, duplicate address detection,
+//     router discovery; without them no IPv6 packet reaches a neighbour.
+//   - 130-132, 143, MLD query, report and done (RFC 2710, 3810): IPv6's IGMP, and
+//     more: neighbour solicitations go to solicited-node multicast groups, which
+//     snooping switches forward only to hosts that reported them.
+//
+// Everything else ICMP is held: echo, timestamp, address mask, extended echo (42,
+// ICMPv6 160, RFC 8335), router discovery (9, 10), node information (139, 140),
+// inverse neighbour discovery, multicast router discovery, and errors that concern
+// no flow conntrack knows.
+func icmpExceptions(v6 bool) []icmpException {
+	if !v6 {
+		return []icmpException{{hops: 1}}
+	}
+	return []icmpException{
+		{133, 255}, {134, 255}, {135, 255}, {136, 255}, {137, 255},
+		{130, 1}, {131, 1}, {132, 1}, {143, 1},
+	}
+}
+
 // ---- iptables (nft-compat or legacy) ----
 
 type iptablesFirewall struct {
@@ -185,9 +221,9 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 	allow := fmt.Sprintf("-m mark --mark %#x/%#x", MarkAllow, MarkMask)
 	reject := fmt.Sprintf("-m mark --mark %#x/%#x", MarkReject, MarkMask)
 	ctAllow := fmt.Sprintf("-m connmark --mark %#x/%#x", MarkAllow, MarkMask)
-	unreach, echo, icmpName := "icmp-port-unreachable", "-p icmp -m icmp --icmp-type 8", "icmp"
+	unreach, icmpName := "icmp-port-unreachable", "icmp"
 	if v6 {
-		unreach, echo, icmpName = "icmp6-port-unreachable", "-p ipv6-icmp -m icmp6 --icmpv6-type 128", "ipv6-icmp"
+		unreach, icmpName = "icmp6-port-unreachable", "ipv6-icmp"
 	}
 	b.WriteString("*filter\n")
 	declare := func(name, hook string) {
@@ -215,19 +251,34 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		if out {
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate NEW %s\n", name, q)
 		}
-		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW %s\n", name, q)
-		fmt.Fprintf(&b, "-A %s %s -m conntrack --ctstate NEW %s\n", name, echo, q)
-		// Every other protocol (SCTP, UDP-Lite, GRE, ...) is held too: a new flow of a
-		// protocol latch does not know is still a connection to decide, never a leak.
-		// IGMP is the kernel's multicast bookkeeping, no program's connection.
-		passed := []string{"tcp", "udp", icmpName, "igmp"}
-		if v6 {
-			passed = passed[:3]
-		}
-		for _, p := range passed {
+		// UDP conntrack calls INVALID what it cannot parse (a raw socket's datagram
+		// with a bad length field): held too, never passed.
+		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
+		// The rest of TCP and UDP (replies, flows from before latch) passes here, so
+		// its packets do not walk the ICMP rules.
+		for _, p := range []string{"tcp", "udp"} {
 			fmt.Fprintf(&b, "-A %s -p %s -j RETURN\n", name, p)
 		}
-		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate NEW %s\n", name, q)
+		// ICMP: every message is held but errors about a known flow, answers to a
+		// query the peer sent, and the link's own bookkeeping (see icmpExceptions).
+		// Not by conntrack state NEW: conntrack calls types it does not know INVALID
+		// (extended echo) and neighbour discovery UNTRACKED, and a query that reuses a
+		// stale entry is ESTABLISHED.
+		fmt.Fprintf(&b, "-A %s -p %s -m conntrack --ctstate RELATED -j RETURN\n", name, icmpName)
+		fmt.Fprintf(&b, "-A %s -p %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j RETURN\n", name, icmpName)
+		for _, e := range icmpExceptions(v6) {
+			if v6 {
+				fmt.Fprintf(&b, "-A %s -p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq %d -j RETURN\n", name, e.typ, e.hops)
+			} else {
+				fmt.Fprintf(&b, "-A %s -p igmp -m ttl --ttl-eq %d -j RETURN\n", name, e.hops)
+			}
+		}
+		fmt.Fprintf(&b, "-A %s -p %s %s\n", name, icmpName, q)
+		// Every other protocol (SCTP, UDP-Lite, GRE, ...) is held too: a new flow of a
+		// protocol latch does not know is still a connection to decide, never a leak;
+		// so is a packet conntrack cannot place (INVALID: an SCTP ABORT out of the
+		// blue) or does not track.
+		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
 		if out {
 			for _, c := range created {
 				fmt.Fprintf(&b, "-A %s -m comment --comment %s%s\n", name, createdMark, c)
@@ -479,10 +530,20 @@ func (spec ruleSpec) nftRules() string {
 		if out {
 			r("meta l4proto tcp ct state new %s", q)
 		}
-		r("meta l4proto udp ct state new %s", q)
-		r("icmp type echo-request ct state new %s", q)
-		r("icmpv6 type echo-request ct state new %s", q)
-		r("meta l4proto != { tcp, udp, icmp, ipv6-icmp, igmp } ct state new %s", q)
+		r("meta l4proto udp ct state { new, invalid, untracked } %s", q)
+		r("meta l4proto { tcp, udp } accept")
+		// ICMP as in iptablesRules: everything held but errors about a known flow,
+		// answers to the peer's queries and the exceptions of icmpExceptions.
+		r("meta l4proto { icmp, ipv6-icmp } ct state related accept")
+		r("meta l4proto { icmp, ipv6-icmp } ct state established ct direction reply accept")
+		for _, e := range icmpExceptions(false) {
+			r("meta l4proto igmp ip ttl %d accept", e.hops)
+		}
+		for _, e := range icmpExceptions(true) {
+			r("icmpv6 type %d ip6 hoplimit %d accept", e.typ, e.hops)
+		}
+		r("meta l4proto { icmp, ipv6-icmp } %s", q)
+		r("ct state { new, invalid, untracked } %s", q)
 	}
 	if spec.dnsLogGroup != 0 {
 		// DNS queries, first in the output chain (see iptablesRules).

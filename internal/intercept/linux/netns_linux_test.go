@@ -383,6 +383,8 @@ func runChild(mode string) int {
 			return 1
 		}
 		return 0
+	case "unpriv-icmp":
+		return unprivilegedICMP()
 	case "daemon":
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
@@ -439,6 +441,25 @@ func runChild(mode string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	// LATCH_TEST_ADDR_POLICY decides by remote address first: "198.18.0.2=allow".
+	addrPolicy := map[netip.Addr]policyAction{}
+	for _, item := range strings.Split(os.Getenv("LATCH_TEST_ADDR_POLICY"), ",") {
+		if item == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(item, "=")
+		a, err := netip.ParseAddr(k)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		act, err := parsePolicy("*=" + v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		addrPolicy[a] = act[-1]
+	}
 	quiet := os.Getenv("LATCH_TEST_QUIET") != ""
 	dec := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
 		if !quiet {
@@ -448,7 +469,10 @@ func runChild(mode string) int {
 		if req.Direction == engine.Inbound {
 			port = req.Local.Port()
 		}
-		act, ok := policy[int(port)]
+		act, ok := addrPolicy[req.Remote.Addr()]
+		if !ok {
+			act, ok = policy[int(port)]
+		}
 		if !ok {
 			act = policy[-1]
 		}

@@ -93,6 +93,30 @@ func TestParseValid(t *testing.T) {
 	}
 }
 
+// TestParseEveryICMPType: the ruleset holds every ICMP message, so every type must
+// parse (and become a Request) with its type and code, whatever follows the header.
+func TestParseEveryICMPType(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		for typ := 0; typ < 256; typ++ {
+			body := append(icmpEcho(uint8(typ), 0x4c41), "data carried along"...)
+			body[1] = 3
+			var in []byte
+			if v6 {
+				in = ipv6(ProtoICMPv6, "fd00::1", "fd00::2", body)
+			} else {
+				in = ipv4(ProtoICMP, "198.18.0.1", "198.18.0.2", body)
+			}
+			p, err := Parse(in)
+			if err != nil {
+				t.Fatalf("v6=%v type %d: %v", v6, typ, err)
+			}
+			if p.ICMPType != uint8(typ) || p.ICMPCode != 3 {
+				t.Fatalf("v6=%v type %d: parsed type %d code %d", v6, typ, p.ICMPType, p.ICMPCode)
+			}
+		}
+	}
+}
+
 func TestParseTruncatedPayloadIsFine(t *testing.T) {
 	// NFQUEUE copies only the first bytes; the IP length may claim more.
 	b := ipv4(ProtoUDP, "198.18.0.1", "198.18.0.2", udp(5000, 53, 500))
