@@ -41,6 +41,8 @@ package procattr
 import (
 	"errors"
 	"time"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // Method names, as reported by Resolver.Methods and Process.Method.
@@ -64,12 +66,17 @@ var (
 // unknown.
 type Process struct {
 	PID     int32  `json:"pid"`               // thread group id; 0: unknown
-	Exe     string `json:"exe"`               // /proc/PID/exe without " (deleted)"; "": unknown
+	Exe     string `json:"exe"`               // /proc/PID/exe (without " (deleted)" unless verified); "": unknown
 	UID     int32  `json:"uid"`               // owner of the socket; -1: unknown
 	User    string `json:"user,omitempty"`    // account name of UID, "" if none
 	Cmdline string `json:"cmdline,omitempty"` // arguments joined by spaces
 	Comm    string `json:"comm,omitempty"`    // the kernel's short task name
 	Method  string `json:"method,omitempty"`  // which method found the pid (MethodEBPF, MethodProcfs)
+	// Identity says whether Exe is the host's name of the file the process runs
+	// (engine.IdentityVerified), or not; see the package doc.
+	Identity     engine.Identity `json:"identity"`
+	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" for engine.IdentityContainer
+	IdentityNote string          `json:"identity_note,omitempty"` // why Identity is not verified
 }
 
 // Options configure a Resolver. The zero value enables every method the kernel allows.
