@@ -223,7 +223,7 @@ func (w *watcher) add(p api.Prompt) {
 	if w.cur == nil {
 		w.next()
 	} else {
-		fmt.Fprintf(w.out, "\n  (question %d queued: %s to %s)\n", p.ID, exeOrUnknown(p.Exe), hostPort(p.RemoteIP, p.RemotePort, p.Host))
+		fmt.Fprintf(w.out, "\n  (question %d queued: %s to %s)\n", p.ID, programOf(p.Exe, p.Identity, p.Container), hostPort(p.RemoteIP, p.RemotePort, p.Host))
 		w.promptLine()
 	}
 }
@@ -262,7 +262,10 @@ func (w *watcher) next() {
 	p := w.open[ids[0]]
 	w.cur = &p
 	user := userOf(p.User, p.UID)
-	fmt.Fprintf(w.out, "\nquestion %d: %s (pid %s, user %s)\n", p.ID, exeOrUnknown(p.Exe), pidOrDash(p.PID), user)
+	fmt.Fprintf(w.out, "\nquestion %d: %s (pid %s, user %s)\n", p.ID, programOf(p.Exe, p.Identity, p.Container), pidOrDash(p.PID), user)
+	if onceOnly(p) {
+		fmt.Fprintf(w.out, "  NOT VERIFIED: %s; this program may not be the one its path names, so an answer applies to this question only\n", p.IdentityNote)
+	}
 	held := ""
 	if p.Held > 1 {
 		held = fmt.Sprintf(", %d connections held", p.Held)
@@ -324,6 +327,12 @@ func (w *watcher) input(ctx context.Context, in string) bool {
 		switch in {
 		case "a", "d", "r":
 			w.action = map[string]string{"a": "allow", "d": "deny", "r": "reject"}[in]
+			if onceOnly(*w.cur) {
+				// No rule can be remembered for a program that is not verified.
+				fmt.Fprintln(w.out, w.action, "once")
+				w.send(ctx, w.cur.ID, api.AnswerRequest{Action: w.action, For: "once"})
+				return false
+			}
 			w.stage = stageFor
 			fmt.Fprintln(w.out, w.action)
 			w.promptLine()

@@ -168,20 +168,40 @@ func containerOfPath(path string) string {
 				return "podman:" + s
 			}
 		}
-		if name, ok := strings.CutPrefix(s, "lxc.payload."); ok && name != "" {
+		if name, ok := strings.CutPrefix(s, "lxc.payload."); ok && isName(name) {
 			return "lxc:" + name
 		}
-		if parent == "lxc" && s != "" {
+		if parent == "lxc" && isName(s) {
 			return "lxc:" + s
 		}
 		if name, ok := strings.CutPrefix(s, "machine-"); ok && parent == "machine.slice" && strings.HasSuffix(name, ".scope") {
-			return "machine:" + unescapeSystemd(strings.TrimSuffix(name, ".scope"))
+			if name = unescapeSystemd(strings.TrimSuffix(name, ".scope")); isName(name) {
+				return "machine:" + name
+			}
 		}
 		if name, ok := strings.CutPrefix(s, "systemd-nspawn@"); ok && strings.HasSuffix(name, ".service") {
-			return "machine:" + unescapeSystemd(strings.TrimSuffix(name, ".service"))
+			if name = unescapeSystemd(strings.TrimSuffix(name, ".service")); isName(name) {
+				return "machine:" + name
+			}
 		}
 	}
 	return ""
+}
+
+// isName reports whether s is a container name latch shows: 1 to 64 letters,
+// digits, '.', '_' or '-' (a name is the cgroup's, which its creator chose: one that
+// is not this plain is not taken, so no output has to escape it).
+func isName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // isContainerID reports whether s is a 64-digit lower-case hex id, as docker,

@@ -214,6 +214,8 @@ func TestContainerOf(t *testing.T) {
 		{"0::/\n", ""},
 		{"0::/system.slice/docker-" + id[:63] + ".scope\n", ""},
 		{"garbage", ""},
+		{"0::/lxc.payload.\x1b[2Kfirefox\n", ""},
+		{"0::/machine.slice/machine-.scope\n", ""},
 		{"", ""},
 	} {
 		if got := containerOf([]byte(tc.cgroup)); got != tc.want {
@@ -234,8 +236,8 @@ func FuzzContainerOf(f *testing.F) {
 			return
 		}
 		rt, id, ok := strings.Cut(got, ":")
-		if !ok || rt == "" || id == "" {
-			t.Fatalf("containerOf(%q) = %q, want RUNTIME:ID", b, got)
+		if !ok || rt == "" || !isName(id) {
+			t.Fatalf("containerOf(%q) = %q, want RUNTIME:ID with a plain ID", b, got)
 		}
 	})
 }
