@@ -17,6 +17,10 @@
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
 //	e2ehelper udp-stream ADDR       from one UDP socket, send a datagram every 100ms and
 //	                                print "reply N" or "noreply N" for each, until stdin closes
+//	e2ehelper connect-after-line ADDR TIMEOUT
+//	                                print "ready", wait for a line on stdin, then connect
+//	e2ehelper memfd-exec VERB ARGS...  copy this executable into a memfd named
+//	                                "latch-e2e" and run VERB ARGS from there (fexecve)
 package main
 
 import (
@@ -35,6 +39,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Result is what connect and udp print.
@@ -69,6 +75,12 @@ func main() {
 		serveUDP(addr)
 	case "connect":
 		emit(connect(addr, duration(3)))
+	case "connect-after-line":
+		fmt.Println("ready")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		emit(connect(addr, duration(3)))
+	case "memfd-exec":
+		memfdExec(os.Args[2:])
 	case "udp":
 		emit(udp(addr, duration(3)))
 	case "flood":
@@ -454,4 +466,26 @@ func udpliteSend(addr string, n int) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Println("sent")
+}
+
+// memfdExec runs args (a verb and its arguments) from a memfd copy of this
+// executable: a program no file system path names.
+func memfdExec(args []string) {
+	fd, err := unix.MemfdCreate("latch-e2e", 0)
+	if err != nil {
+		fatal(fmt.Errorf("memfd_create: %w", err))
+	}
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		fatal(err)
+	}
+	for b := self; len(b) > 0; {
+		n, err := unix.Write(fd, b)
+		if err != nil {
+			fatal(fmt.Errorf("write memfd: %w", err))
+		}
+		b = b[n:]
+	}
+	argv := append([]string{"e2ehelper"}, args...)
+	fatal(unix.Exec(fmt.Sprintf("/proc/self/fd/%d", fd), argv, os.Environ()))
 }
