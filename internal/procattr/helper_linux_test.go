@@ -204,6 +204,19 @@ func runHelper(args []string) int {
 			}
 			return fail(unix.Exec(self, []string{self, f[2], f[3]}, os.Environ()))
 		}
+		// "umount-exec": unmount what is mounted over this executable's path and
+		// exec the file the path names then in mode hold, keeping the socket: the
+		// same pid, another program.
+		if sc.Text() == "umount-exec" {
+			self, err := os.Readlink("/proc/self/exe")
+			if err != nil {
+				return fail(err)
+			}
+			if err := unix.Unmount(self, unix.MNT_DETACH); err != nil {
+				return fail(fmt.Errorf("umount %s: %w", self, err))
+			}
+			return fail(unix.Exec(self, []string{self, "hold"}, os.Environ()))
+		}
 	}
 	return 0
 }

@@ -162,6 +162,34 @@ func TestIdentityRecheckedAfterExec(t *testing.T) {
 	}
 }
 
+// TestIdentityOfConnectionMadeBeforeExec: a forged program connects, then execs the
+// real program under the same path (same pid, socket kept): the connection is the
+// forger's, and the eBPF record of the image that made it says so.
+func TestIdentityOfConnectionMadeBeforeExec(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	forger := otherExe(t)
+	for _, m := range modes[:1] { // ebpf; procfs sees only the image that runs now
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, m.opts)
+			if !r.hooks.knowsExe {
+				t.Fatal("the eBPF hooks cannot read the executable's inode on this kernel")
+			}
+			c := startClientVia(t, ns, inMountNS(fmt.Sprintf("mount --bind %s %s", forger, clientExe)), "tcp", remote)
+			fmt.Fprintln(c.stdin, "umount-exec")
+			if line := c.readLine(t); line != "HOLDING" {
+				t.Fatalf("client after exec: %q", line)
+			}
+			p := resolveIdentity(t, r, c, remote)
+			wantIdentity(t, p, clientExe, engine.IdentityUnverified, "after it made this connection")
+			// A connection the real program makes now is verified.
+			c2 := startClient(t, ns, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c2, remote), clientExe, engine.IdentityVerified, "")
+		})
+	}
+}
+
 // TestIdentityOfContainerProcess: a process in another mount namespace and in a
 // cgroup named as docker names its containers is a container's, labelled with the
 // container id, and not verified.
