@@ -27,14 +27,53 @@ func (d procDir) exeFileID() (id fileID, nlink uint64, err error) {
 	return fileID{uint64(st.Dev), st.Ino}, uint64(st.Nlink), nil
 }
 
-// hostFileID stats path in the daemon's mount namespace (the host's) without
-// following any symbolic link: the executable's name the kernel gives is already
-// resolved, so a symlink on the way would name another file than the process's.
+// hostRoot is the host's file system: the root of process 1 (init, in the daemon's
+// pid namespace), whose mount namespace is the host's even when the daemon runs in
+// one of its own (systemd's PrivateTmp= or ProtectHome=, `ip netns exec`). Where it
+// cannot be opened, the daemon's own root.
+var hostRoot = sync.OnceValues(func() (fd int, ns string) { return openRoot("/proc/1") })
+
+// openRoot opens the root directory of the process at procDir ("/proc/1") and names
+// its mount namespace; where it cannot, AT_FDCWD and the daemon's own namespace.
+func openRoot(procDir string) (fd int, ns string) {
+	// Reading the process's namespace link needs the same access as following its
+	// root; a sandbox that denies it leaves the daemon's own view.
+	ns, err := os.Readlink(procDir + "/ns/mnt")
+	if err == nil {
+		fd, err = unix.Open(procDir+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
+	if err == nil {
+		var st unix.Stat_t
+		if err = unix.Fstatat(fd, "", &st, unix.AT_EMPTY_PATH); err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		ns, _ = os.Readlink("/proc/self/ns/mnt")
+		return unix.AT_FDCWD, ns
+	}
+	return fd, ns
+}
+
+// hostFileID stats path in the host's file system (see hostRoot) without following
+// any symbolic link: the executable's name the kernel gives is already resolved, so
+// a symlink on the way would name another file than the process's.
 func hostFileID(path string) (fileID, error) {
-	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{
+	root, _ := hostRoot()
+	return fileIDIn(root, path)
+}
+
+// fileIDIn is hostFileID in the file system whose root is the directory root
+// (AT_FDCWD: the daemon's own).
+func fileIDIn(root int, path string) (fileID, error) {
+	how := unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
 		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
+	}
+	if root != unix.AT_FDCWD {
+		how.Resolve |= unix.RESOLVE_IN_ROOT // "/" is process 1's root (AT_FDCWD would make it the cwd)
+	}
+	fd, err := unix.Openat2(root, path, &how)
 	var st unix.Stat_t
 	switch {
 	case err == nil:
@@ -42,6 +81,9 @@ func hostFileID(path string) (fileID, error) {
 		err = unix.Fstat(fd, &st)
 	case errors.Is(err, unix.ENOSYS):
 		// Kernels before 5.6: the last component at least is not followed.
+		if root != unix.AT_FDCWD {
+			path = fmt.Sprintf("/proc/self/fd/%d%s", root, path)
+		}
 		err = unix.Lstat(path, &st)
 	}
 	if err != nil {
@@ -52,12 +94,6 @@ func hostFileID(path string) (fileID, error) {
 	}
 	return fileID{uint64(st.Dev), st.Ino}, nil
 }
-
-// selfMountNS is the daemon's mount namespace, as /proc/self/ns/mnt names it.
-var selfMountNS = sync.OnceValue(func() string {
-	ns, _ := os.Readlink("/proc/self/ns/mnt")
-	return ns
-})
 
 // identity is what verification found about a process's executable.
 type identity struct {
@@ -95,11 +131,12 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 			why = fmt.Sprintf("the host's file at this path cannot be checked: %v", err)
 		}
 	}
-	// A process in another mount namespace, in a container runtime's cgroup, is the
+	// A process in another mount namespace than the host's, in a container
+	// runtime's cgroup, is the
 	// container's program: its path means something inside the container only.
 	var nsBuf [64]byte
 	ns, err := d.readlink("ns/mnt", nsBuf[:])
-	if err != nil || string(ns) == selfMountNS() {
+	if _, host := hostRoot(); err != nil || string(ns) == host {
 		return identity{status: engine.IdentityUnverified, note: why}
 	}
 	var cgBuf [8192]byte

@@ -1,6 +1,7 @@
 package procattr
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
 )
@@ -221,6 +224,45 @@ func TestIdentityOfContainerProcess(t *testing.T) {
 	wantIdentity(t, p, clientExe, engine.IdentityContainer, "docker:"+id)
 	if p.Container != "docker:"+id {
 		t.Errorf("container %q, want docker:%s", p.Container, id)
+	}
+}
+
+// TestFileIDInRoot checks the lookup of a path in another process's root, as the
+// host's file system is reached through process 1's (here this process's own root,
+// through /proc/self: process 1 may be out of reach in a test sandbox).
+func TestFileIDInRoot(t *testing.T) {
+	requireRoot(t)
+	makeClientExe(t)
+	root, ns := openRoot("/proc/self")
+	if root == unix.AT_FDCWD {
+		t.Fatalf("openRoot(/proc/self) fell back to the working directory (namespace %q)", ns)
+	}
+	defer unix.Close(root)
+	var st unix.Stat_t
+	if err := unix.Stat(clientExe, &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []int{root, unix.AT_FDCWD} {
+		id, err := fileIDIn(r, clientExe)
+		if err != nil || id != (fileID{uint64(st.Dev), st.Ino}) {
+			t.Errorf("root %d: fileIDIn(%s) = %v, %v; want %d/%d", r, clientExe, id, err, st.Dev, st.Ino)
+		}
+		link := filepath.Join(t.TempDir(), "link")
+		if err := os.Symlink(clientExe, link); err != nil {
+			t.Fatal(err)
+		}
+		if id, err := fileIDIn(r, link); err == nil {
+			t.Errorf("root %d: fileIDIn(symlink %s) = %v; want an error (symlinks are not followed)", r, link, id)
+		}
+		if id, err := fileIDIn(r, filepath.Dir(link)+"/../"+filepath.Base(filepath.Dir(link))+"/link"); err == nil {
+			t.Errorf("root %d: fileIDIn(path to a symlink) = %v; want an error", r, id)
+		}
+		if _, err := fileIDIn(r, "/nonexistent/latch"); !errors.Is(err, unix.ENOENT) {
+			t.Errorf("root %d: fileIDIn(/nonexistent/latch): %v; want ENOENT", r, err)
+		}
+		if _, err := fileIDIn(r, filepath.Dir(clientExe)); err == nil {
+			t.Errorf("root %d: fileIDIn(a directory): want an error", r)
+		}
 	}
 }
 
