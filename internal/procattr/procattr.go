@@ -31,7 +31,8 @@
 // executable, so Process.Identity says whether it can be trusted. The file the
 // process executes is stat'ed through /proc/PID/exe (the kernel follows the link to
 // the file itself, whatever namespace, root or name the process sees), the path is
-// stat'ed in the Resolver's own mount namespace without following symbolic links,
+// stat'ed in the host's file system (process 1's root, or the Resolver's own where
+// process 1 is out of reach) without following symbolic links,
 // and only if both are the same file (device and inode) is the identity
 // engine.IdentityVerified. Bind mounts, pivot_root, a chroot over a moved mount,
 // deleted or replaced files and memfds all run a file that is not the host's file at
