@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -117,5 +118,25 @@ func TestAnswerForUnverifiedProgramIsOnceOnly(t *testing.T) {
 			e.Decide(forged(IdentityVerified), real.fn)
 			real.pending()
 		}
+	}
+}
+
+func TestIdentityText(t *testing.T) {
+	for _, id := range []Identity{IdentityUnknown, IdentityVerified, IdentityUnverified, IdentityContainer} {
+		b, err := json.Marshal(Request{Identity: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `"identity":"` + id.String() + `"`; !strings.Contains(string(b), want) {
+			t.Errorf("%v as JSON: %s, want %s", id, b, want)
+		}
+		var back Request
+		if err := json.Unmarshal(b, &back); err != nil || back.Identity != id {
+			t.Errorf("%s: read back %v, %v", b, back.Identity, err)
+		}
+	}
+	var r Request
+	if err := json.Unmarshal([]byte(`{"identity":"trusted"}`), &r); err == nil {
+		t.Error(`identity "trusted" accepted`)
 	}
 }

@@ -344,7 +344,7 @@ func (h *History) writeBatch(batch []Conn) {
 			addrString(r.Remote.Addr()), int(r.Remote.Port()),
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			string(r.Identity), r.Container, r.IdentityNote)
+			r.Identity.String(), r.Container, r.IdentityNote)
 		if err != nil {
 			break
 		}
@@ -424,7 +424,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		r.Remote = addrPort(remoteIP, remotePort)
 		r.PID = int32(pid)
 		r.UID = int32(uid)
-		r.Identity = engine.Identity(identity)
+		r.Identity, _ = engine.ParseIdentity(identity) // unknown if not one of ours
 		c.Verdict.Action, _ = engine.ParseAction(verdict)
 		c.Verdict.Reason = engine.Reason(reason)
 		c.Verdict.RuleID = engine.RuleID(ruleID)
