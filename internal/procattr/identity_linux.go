@@ -80,7 +80,8 @@ func fileIDIn(root int, path string) (fileID, error) {
 		defer unix.Close(fd)
 		err = unix.Fstat(fd, &st)
 	case errors.Is(err, unix.ENOSYS):
-		// Kernels before 5.6: the last component at least is not followed.
+		// Kernels before 5.6 (no openat2): the last component at least is not
+		// followed.
 		if root != unix.AT_FDCWD {
 			path = fmt.Sprintf("/proc/self/fd/%d%s", root, path)
 		}
@@ -127,13 +128,15 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 			why = "the host's file at this path is another file than the one the process runs"
 		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
 			why = "no file has this path on the host"
+		case errors.Is(err, unix.ELOOP):
+			why = "the path goes through a symbolic link on the host"
 		default:
 			why = fmt.Sprintf("the host's file at this path cannot be checked: %v", err)
 		}
 	}
 	// A process in another mount namespace than the host's, in a container
-	// runtime's cgroup, is the
-	// container's program: its path means something inside the container only.
+	// runtime's cgroup, is the container's program: its path means something inside
+	// the container only.
 	var nsBuf [64]byte
 	ns, err := d.readlink("ns/mnt", nsBuf[:])
 	if _, host := hostRoot(); err != nil || string(ns) == host {
