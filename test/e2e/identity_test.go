@@ -29,6 +29,13 @@ var (
 	idBinsErr  error
 )
 
+// removeIdentityBins removes what identityBins built; TestMain calls it.
+func removeIdentityBins() {
+	if idBinsVal.Allowed != "" {
+		os.RemoveAll(filepath.Dir(filepath.Dir(idBinsVal.Allowed)))
+	}
+}
+
 func identityBins(t *testing.T) idBins {
 	t.Helper()
 	idBinsOnce.Do(func() {
