@@ -177,7 +177,7 @@ func (f *fixture) request(exe string, port uint16) chan engine.Verdict {
 		Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
 		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), port),
-		PID:    4242, Exe: exe, UID: 0, User: "root",
+		PID:    4242, Exe: exe, Identity: engine.IdentityVerified, UID: 0, User: "root",
 	}, func(v engine.Verdict) { ch <- v })
 	return ch
 }
@@ -368,7 +368,7 @@ func TestHosts(t *testing.T) {
 		Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
 		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
-		PID:    4242, Exe: "/usr/bin/firefox", UID: 0, User: "root", Host: "www.example.com",
+		PID:    4242, Exe: "/usr/bin/firefox", Identity: engine.IdentityVerified, UID: 0, User: "root", Host: "www.example.com",
 	}, func(v engine.Verdict) { ch <- v })
 	ps := jsonLines(t, f.must(t, "prompts", "--json"))
 	if len(ps) != 1 || ps[0]["host"] != "www.example.com" || ps[0]["remote_ip"] != "198.18.5.5" {
@@ -390,7 +390,7 @@ func TestHosts(t *testing.T) {
 		Direction: engine.Outbound, Protocol: engine.TCP,
 		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
-		PID:    4242, Exe: "/usr/bin/firefox", UID: 0, User: "root", Host: "www.example.com",
+		PID:    4242, Exe: "/usr/bin/firefox", Identity: engine.IdentityVerified, UID: 0, User: "root", Host: "www.example.com",
 	}, Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 2}})
 	f.hist.Flush()
 	if cs := jsonLines(t, f.must(t, "conns", "--json")); len(cs) != 1 || cs[0]["host"] != "www.example.com" {
@@ -408,7 +408,7 @@ func TestConnsAndStatus(t *testing.T) {
 			Direction: engine.Outbound, Protocol: engine.UDP,
 			Local:  netip.MustParseAddrPort("198.18.0.1:5353"),
 			Remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), port),
-			PID:    777, Exe: "/usr/bin/dig", UID: 0, User: "root",
+			PID:    777, Exe: "/usr/bin/dig", Identity: engine.IdentityVerified, UID: 0, User: "root",
 		}, Verdict: v})
 	}
 	record(53, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 3})

@@ -236,7 +236,7 @@ func (w *watcher) add(p api.Prompt) {
 		w.next()
 	} else {
 		exe, _ := w.shortExe(p.Exe, w.width()/2)
-		fmt.Fprintf(w.out, "\n  (question %d queued: %s to %s)\n", p.ID, exe, w.remote(p))
+		fmt.Fprintf(w.out, "\n  (question %d queued: %s%s to %s)\n", p.ID, exe, identityTag(p.Exe, p.Identity, p.Container), w.remote(p))
 		w.promptLine()
 	}
 }
@@ -283,12 +283,15 @@ func (w *watcher) next() {
 		user, _ = shortField(p.User, 24)
 	}
 	head := fmt.Sprintf("question %d: ", p.ID)
-	tail := fmt.Sprintf(" (pid %s, user %s)", pidOrDash(p.PID), user)
+	tail := identityTag(p.Exe, p.Identity, p.Container) + fmt.Sprintf(" (pid %s, user %s)", pidOrDash(p.PID), user)
 	exe, cut := w.shortExe(p.Exe, width-textesc.Width(head)-textesc.Width(tail)-1)
 	fmt.Fprintf(w.out, "\n%s%s%s\n", head, exe, tail)
 	if cut {
 		fmt.Fprintf(w.out, "  (path cut at %s, %d bytes in all: 'latch prompts --json' shows it whole)\n",
 			textesc.Ellipsis, len(p.Exe))
+	}
+	if onceOnly(p) {
+		fmt.Fprintf(w.out, "  NOT VERIFIED: %s; this program may not be the one its path names, so an answer applies to this question only\n", textesc.String(p.IdentityNote))
 	}
 	held := ""
 	if p.Held > 1 {
@@ -386,6 +389,12 @@ func (w *watcher) input(ctx context.Context, in string) bool {
 		switch in {
 		case "a", "d", "r":
 			w.action = map[string]string{"a": "allow", "d": "deny", "r": "reject"}[in]
+			if onceOnly(*w.cur) {
+				// No rule can be remembered for a program that is not verified.
+				fmt.Fprintln(w.out, w.action, "once")
+				w.send(ctx, w.cur.ID, api.AnswerRequest{Action: w.action, For: "once"})
+				return false
+			}
 			w.stage = stageFor
 			fmt.Fprintln(w.out, w.action)
 			w.promptLine()

@@ -87,9 +87,15 @@ type Prompt struct {
 	RemoteIP   string           `json:"remote_ip"`
 	RemotePort uint16           `json:"remote_port"`
 	Host       string           `json:"host,omitempty"`
-	Held       int              `json:"held"`
-	Opened     time.Time        `json:"opened"`
-	Expires    time.Time        `json:"expires"`
+	// Identity: "verified" (exe is the host's file the process runs), "unverified"
+	// or "container" (app rules do not match it, and an answer cannot be
+	// remembered as a rule), "" (no process). See engine.Identity.
+	Identity     engine.Identity `json:"identity"`
+	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" when identity is "container"
+	IdentityNote string          `json:"identity_note,omitempty"` // why the identity is not verified
+	Held         int             `json:"held"`
+	Opened       time.Time       `json:"opened"`
+	Expires      time.Time       `json:"expires"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -111,9 +117,14 @@ type Conn struct {
 	User       string           `json:"user"`
 	Cmdline    string           `json:"cmdline,omitempty"`
 	Host       string           `json:"host,omitempty"`
-	Verdict    engine.Action    `json:"verdict"`
-	Reason     engine.Reason    `json:"reason"`
-	RuleID     engine.RuleID    `json:"rule_id"`
+	// Identity as in Prompt; "" also for connections recorded before latch
+	// checked identities.
+	Identity     engine.Identity `json:"identity"`
+	Container    string          `json:"container,omitempty"`
+	IdentityNote string          `json:"identity_note,omitempty"`
+	Verdict      engine.Action   `json:"verdict"`
+	Reason       engine.Reason   `json:"reason"`
+	RuleID       engine.RuleID   `json:"rule_id"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -158,6 +169,7 @@ func PromptView(p *engine.Prompt) Prompt {
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		Host: r.Host, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
+		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 	}
 }
 
@@ -170,6 +182,7 @@ func ConnView(c *store.Conn) Conn {
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
 		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
+		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 	}
 }
 

@@ -103,9 +103,9 @@ func (f *fixture) request(exe string, port uint16) chan engine.Verdict {
 		Local:     netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote:    netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), port),
 		PID:       4242,
-		Exe:       exe,
-		UID:       0,
-		User:      "root",
+		Exe:       exe, Identity: engine.IdentityVerified,
+		UID:  0,
+		User: "root",
 	}, func(v engine.Verdict) { ch <- v })
 	return ch
 }
@@ -256,7 +256,7 @@ func TestHost(t *testing.T) {
 		Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
 		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
-		PID:    4242, Exe: "/usr/bin/firefox", UID: 0, User: "root", Host: "www.example.com",
+		PID:    4242, Exe: "/usr/bin/firefox", Identity: engine.IdentityVerified, UID: 0, User: "root", Host: "www.example.com",
 	}, func(v engine.Verdict) { ch <- v })
 	ps, err := f.client.Prompts(c)
 	if err != nil || len(ps) != 1 || ps[0].Host != "www.example.com" || ps[0].RemoteIP != "198.18.5.5" {
@@ -283,7 +283,7 @@ func TestHost(t *testing.T) {
 	}
 	f.hist.Record(store.Conn{Time: time.Now(), Request: engine.Request{
 		Direction: engine.Outbound, Protocol: engine.TCP,
-		Remote: netip.MustParseAddrPort("198.18.5.5:443"), Exe: "/usr/bin/firefox", UID: 0, Host: "www.example.com",
+		Remote: netip.MustParseAddrPort("198.18.5.5:443"), Exe: "/usr/bin/firefox", Identity: engine.IdentityVerified, UID: 0, Host: "www.example.com",
 	}, Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: rule.ID}})
 	f.hist.Flush()
 	cs, err := f.client.Conns(c, 0, 1)
@@ -300,7 +300,7 @@ func TestConns(t *testing.T) {
 			Direction: engine.Outbound, Protocol: engine.UDP,
 			Local:  netip.MustParseAddrPort("198.18.0.1:5000"),
 			Remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), uint16(53+i)),
-			PID:    int32(100 + i), Exe: "/usr/bin/dig", UID: 0, User: "root",
+			PID:    int32(100 + i), Exe: "/usr/bin/dig", Identity: engine.IdentityVerified, UID: 0, User: "root",
 		}, Verdict: engine.Verdict{Action: engine.Deny, Reason: engine.ReasonRule, RuleID: 7}})
 	}
 	f.hist.Flush()

@@ -44,7 +44,7 @@ func FuzzRequestBodies(f *testing.F) {
 		h := NewServer(Config{Engine: eng, Logf: func(string, ...any) {}}).Handler()
 		eng.Decide(&engine.Request{Direction: engine.Outbound, Protocol: engine.TCP,
 			Local: netip.MustParseAddrPort("198.18.0.1:40000"), Remote: netip.MustParseAddrPort("198.18.0.2:443"),
-			PID: 1, Exe: "/usr/bin/curl", UID: 0}, func(engine.Verdict) {})
+			PID: 1, Exe: "/usr/bin/curl", Identity: engine.IdentityVerified, UID: 0}, func(engine.Verdict) {})
 		ps := eng.Prompts()
 		if len(ps) == 0 {
 			t.Fatal("no open question")

@@ -166,6 +166,17 @@ func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, e
 	if req.Exe == "" {
 		return Rule{}, fmt.Errorf("prompt %d: the executable is unknown, so %q cannot be remembered as a rule; answer once instead", id, a.Scope)
 	}
+	// A rule for the path of a program whose identity is not verified would not
+	// match it again, and would match the host's program of that name, which is not
+	// the one the person was asked about (a forger could get the real program
+	// allowed, or blocked, that way).
+	if req.Identity != IdentityVerified {
+		what := "is not verified"
+		if req.Identity == IdentityContainer {
+			what = "is a container's (" + req.Container + ")"
+		}
+		return Rule{}, fmt.Errorf("prompt %d: the program %q %s, so no rule for its path can be remembered (it would apply to the host's %q, not to this program); answer once, or add a rule without --app", id, req.Exe, what, req.Exe)
+	}
 	r := Rule{
 		App:       escapeGlob(req.Exe),
 		Direction: req.Direction,

@@ -128,6 +128,10 @@ type promptKey struct {
 	host   string
 	uid    int32
 	user   string
+	// A forged or container program and the host's program of the same path are
+	// different programs: they never share a question (nor its answer).
+	identity  Identity
+	container string
 }
 
 func keyOf(req *Request) promptKey {
@@ -139,6 +143,9 @@ func keyOf(req *Request) promptKey {
 		host:   normalizeHost(req.Host),
 		uid:    req.UID,
 		user:   req.User,
+
+		identity:  req.Identity,
+		container: req.Container,
 	}
 }
 

@@ -90,7 +90,7 @@ func newEngine(t *testing.T, cfg Config, rules ...Rule) *Engine {
 
 func reqTo(exe, remote string) *Request {
 	return &Request{
-		Direction: Outbound, Protocol: TCP, Exe: exe, UID: 1000, PID: 42,
+		Direction: Outbound, Protocol: TCP, Exe: exe, Identity: IdentityVerified, UID: 1000, PID: 42,
 		Local:  netip.MustParseAddrPort("198.18.0.2:40000"),
 		Remote: netip.MustParseAddrPort(remote),
 	}

@@ -44,7 +44,7 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 	}
 	// The app is checked last: exact-path rules were already selected by exe, and glob
 	// matching is the most expensive test.
-	if c.app != nil && c.app.glob && !c.app.match(req.Exe) {
+	if c.app != nil && c.app.glob && !c.app.match(req.appExe()) {
 		return false
 	}
 	return true
@@ -229,7 +229,7 @@ func (r *ruleRef) matches(q *query) bool {
 		(r.hostKey < 0 || q.hasHostKey(r.hostKey)) &&
 		// The app is checked last: exact-path rules were selected by exe already, and
 		// glob matching is the most expensive test.
-		(!r.isGlob || r.c.app.match(q.req.Exe))
+		(!r.isGlob || r.c.app.match(q.req.appExe()))
 }
 
 func firstMatch(list []ruleRef, q *query) *ruleRef {
@@ -746,7 +746,7 @@ func (m *matcher) hostKeysOf(q *query) {
 }
 
 func (m *matcher) matchQuery(q *query) *ruleRef {
-	exe := q.req.Exe
+	exe := q.req.appExe() // "" for an identity that is not verified: no app rule matches
 	if exe != "" {
 		// App is the first precedence key: any exact-path match beats every glob, and
 		// any glob match beats every app-less rule.
@@ -810,7 +810,7 @@ func (m *matcher) matchGlobs(q *query, name string, best **ruleRef) {
 // matches. Tests compare it with match; benchmarks use it as the baseline.
 func (m *matcher) matchLinear(req *Request, now time.Time) *compiledRule {
 	for _, c := range m.rules {
-		if c.matches(req, now) && (c.app == nil || c.app.match(req.Exe)) {
+		if c.matches(req, now) && (c.app == nil || c.app.match(req.appExe())) {
 			return c
 		}
 	}

@@ -15,7 +15,7 @@ func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func curlReq() *Request {
 	return &Request{
-		Direction: Outbound, Protocol: TCP, Exe: "/usr/bin/curl", UID: 1000, User: "alice",
+		Direction: Outbound, Protocol: TCP, Exe: "/usr/bin/curl", Identity: IdentityVerified, UID: 1000, User: "alice",
 		Services: []string{"Dnscache"}, Host: "WWW.Example.com.", // rules see www.example.com
 		Local:  netip.MustParseAddrPort("198.18.0.2:40000"),
 		Remote: netip.MustParseAddrPort("198.18.1.5:443"),
@@ -234,7 +234,7 @@ func TestWindowsPaths(t *testing.T) {
 		{`C:\WINDOWS\System32\svchost.exe`, 80, 0},
 		{`/usr/bin/firefox.exe`, 443, 0},
 	} {
-		req := &Request{Direction: Outbound, Protocol: UDP, Exe: tc.exe, UID: -1,
+		req := &Request{Direction: Outbound, Protocol: UDP, Exe: tc.exe, Identity: IdentityVerified, UID: -1,
 			Remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), tc.port)}
 		var got RuleID
 		if c := m.match(req, t0); c != nil {
@@ -324,6 +324,8 @@ func randomRequest(rng *rand.Rand, n int) *Request {
 		Direction: Outbound, Protocol: []Protocol{TCP, UDP}[rng.IntN(2)],
 		UID: int32(1000 + rng.IntN(3)), Local: netip.MustParseAddrPort("198.18.0.2:40000"),
 	}
+	// Mostly verified; some not, which app rules must then never match.
+	req.Identity = []Identity{IdentityVerified, IdentityVerified, IdentityVerified, IdentityUnverified, IdentityContainer}[rng.IntN(5)]
 	switch rng.IntN(4) {
 	case 0:
 		req.Exe = fmt.Sprintf("/opt/app%d/bin/app%d", rng.IntN(apps), rng.IntN(4))
@@ -445,7 +447,7 @@ func realisticRequests(rng *rand.Rand, rules []Rule, count int) []*Request {
 	apps := max(len(rules)/4, 1)
 	reqs := make([]*Request, count)
 	for i := range reqs {
-		req := &Request{Direction: Outbound, Protocol: []Protocol{TCP, UDP}[rng.IntN(2)],
+		req := &Request{Direction: Outbound, Protocol: []Protocol{TCP, UDP}[rng.IntN(2)], Identity: IdentityVerified,
 			UID: int32(1000 + rng.IntN(3)), Local: netip.MustParseAddrPort("198.18.0.2:40000")}
 		app := rng.IntN(apps)
 		switch rng.IntN(10) {

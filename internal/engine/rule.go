@@ -340,7 +340,7 @@ func (r *Rule) matchesIgnoringExpiry(req *Request) bool {
 	if r.Host != "" && !hostMatches(normalizeHost(r.Host), normalizeHost(req.Host)) {
 		return false
 	}
-	if r.App != "" && !appMatches(r.App, req.Exe) {
+	if r.App != "" && !appMatches(r.App, req.appExe()) {
 		return false
 	}
 	return true

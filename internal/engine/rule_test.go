@@ -306,7 +306,7 @@ func TestAppGlob(t *testing.T) {
 func TestRuleMatches(t *testing.T) {
 	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 	req := &Request{
-		Direction: Outbound, Protocol: TCP, Exe: "/usr/bin/curl", UID: 1000, User: "alice",
+		Direction: Outbound, Protocol: TCP, Exe: "/usr/bin/curl", Identity: IdentityVerified, UID: 1000, User: "alice",
 		Local:  netip.MustParseAddrPort("198.18.0.2:40000"),
 		Remote: netip.MustParseAddrPort("198.18.1.5:443"),
 	}

@@ -202,6 +202,87 @@ type Request struct {
 	Cmdline   string         `json:"cmdline,omitempty"`
 	Host      string         `json:"host,omitempty"`     // hostname learned from DNS, if any
 	Services  []string       `json:"services,omitempty"` // Windows: services hosted by svchost.exe
+	// Identity says whether Exe is the host's name for the file the process runs.
+	// Only IdentityVerified lets app rules (exact paths and globs) match; the zero
+	// value (IdentityUnknown, "") does not.
+	Identity Identity `json:"identity"`
+	// Container names the container the process runs in, as "RUNTIME:ID" (e.g.
+	// "docker:3f4e…"), when Identity is IdentityContainer.
+	Container string `json:"container,omitempty"`
+	// IdentityNote says, when Identity is not IdentityVerified, why not (e.g. "the
+	// executable was deleted or replaced since the process started").
+	IdentityNote string `json:"identity_note,omitempty"`
+}
+
+// Identity is how far a Request's Exe can be trusted to name the program. It is
+// written as text: "verified", "unverified", "container", or "" (unknown).
+type Identity uint8
+
+// Identities. A backend sets IdentityVerified only when Exe, looked up in the host's
+// file system, is the very file the process executes: then no mount namespace,
+// chroot, pivot_root, deleted or replaced file or memfd can make a program carry
+// another program's path. Every other value keeps app rules from matching: only
+// rules without an app (user, address, port, ...) decide.
+const (
+	// IdentityUnknown: no process was found, or the entry was recorded before latch
+	// checked identities.
+	IdentityUnknown Identity = iota
+	// IdentityVerified: Exe names, on the host, the file the process executes.
+	IdentityVerified
+	// IdentityUnverified: the process runs something that is not the host's file at
+	// Exe (another mount namespace's file, a deleted or replaced file, a memfd).
+	IdentityUnverified
+	// IdentityContainer: like IdentityUnverified, for a process in another mount
+	// namespace whose cgroup names a container runtime: Exe is the container's
+	// path, and Container says which container.
+	IdentityContainer
+)
+
+// String returns "verified", "unverified", "container" or "" (unknown).
+func (i Identity) String() string {
+	switch i {
+	case IdentityUnknown:
+		return ""
+	case IdentityVerified:
+		return "verified"
+	case IdentityUnverified:
+		return "unverified"
+	case IdentityContainer:
+		return "container"
+	}
+	return fmt.Sprintf("identity(%d)", uint8(i))
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (i Identity) MarshalText() ([]byte, error) { return []byte(i.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler; see ParseIdentity.
+func (i *Identity) UnmarshalText(b []byte) error {
+	v, err := ParseIdentity(string(b))
+	if err != nil {
+		return err
+	}
+	*i = v
+	return nil
+}
+
+// ParseIdentity parses what Identity.String returns.
+func ParseIdentity(s string) (Identity, error) {
+	for _, i := range []Identity{IdentityUnknown, IdentityVerified, IdentityUnverified, IdentityContainer} {
+		if s == i.String() {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("identity %q: want verified, unverified, container or empty", s)
+}
+
+// appExe is the executable app rules match: Exe if it is verified, else "" (which
+// no app rule matches).
+func (r *Request) appExe() string {
+	if r.Identity != IdentityVerified {
+		return ""
+	}
+	return r.Exe
 }
 
 // RuleID identifies a rule. IDs are assigned by the engine, never reused within a

@@ -30,9 +30,91 @@ type connRecord struct {
 	// task (see taskFields).
 	StartNs uint64
 	ExecID  uint64
+	// ExeIno is the inode number of the file the process executed when it
+	// connected, sent or bound (current->mm->exe_file->f_inode->i_ino); 0 when the
+	// hooks could not read it (see exeFields). It tells a socket made by one image
+	// from the image the process runs when Resolve looks. (The device is not kept:
+	// btrfs and overlayfs report another one to stat than the super block's.)
+	ExeIno uint64
 }
 
-const connRecordSize = 56
+const connRecordSize = 64
+
+// exeFields are the offsets, from the kernel's BTF, of the chain the hooks follow
+// from the current task to its executable's inode number: task_struct.mm,
+// mm_struct.exe_file, file.f_inode, inode.i_ino.
+type exeFields struct {
+	mm, exeFile, fInode, iIno uint32
+	inoSize                   uint8
+}
+
+// kernelExeFields finds the members exeFields names in the running kernel's BTF.
+func kernelExeFields() (exeFields, error) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return exeFields{}, fmt.Errorf("load kernel BTF: %w", err)
+	}
+	var f exeFields
+	for _, m := range []struct {
+		strct, member string
+		off           *uint32
+		size          *uint8
+	}{
+		{"task_struct", "mm", &f.mm, nil},
+		{"mm_struct", "exe_file", &f.exeFile, nil},
+		{"file", "f_inode", &f.fInode, nil},
+		{"inode", "i_ino", &f.iIno, &f.inoSize},
+	} {
+		var st *btf.Struct
+		if err := spec.TypeByName(m.strct, &st); err != nil {
+			return exeFields{}, fmt.Errorf("kernel BTF: struct %s: %w", m.strct, err)
+		}
+		off, typ, ok := memberOffset(st, m.member)
+		if !ok {
+			return exeFields{}, fmt.Errorf("kernel BTF: struct %s has no member %s", m.strct, m.member)
+		}
+		size, err := btf.Sizeof(typ)
+		if err != nil {
+			return exeFields{}, fmt.Errorf("kernel BTF: %s.%s: %w", m.strct, m.member, err)
+		}
+		if m.size == nil && size != 8 || m.size != nil && size != 4 && size != 8 {
+			return exeFields{}, fmt.Errorf("kernel BTF: %s.%s of size %d", m.strct, m.member, size)
+		}
+		*m.off = off
+		if m.size != nil {
+			*m.size = uint8(size)
+		}
+	}
+	return f, nil
+}
+
+// memberOffset finds a named member of a struct or union in bytes, looking into
+// anonymous struct and union members (mm_struct keeps its fields in one).
+func memberOffset(typ btf.Type, name string) (uint32, btf.Type, bool) {
+	var members []btf.Member
+	switch t := typ.(type) {
+	case *btf.Struct:
+		members = t.Members
+	case *btf.Union:
+		members = t.Members
+	default:
+		return 0, nil, false
+	}
+	for _, m := range members {
+		if m.BitfieldSize != 0 {
+			continue
+		}
+		if m.Name == name {
+			return m.Offset.Bytes(), m.Type, true
+		}
+		if m.Name == "" {
+			if off, t, ok := memberOffset(btf.UnderlyingType(m.Type), name); ok {
+				return m.Offset.Bytes() + off, t, true
+			}
+		}
+	}
+	return 0, nil, false
+}
 
 // taskFields are the offsets in struct task_struct, from the kernel's BTF, that the
 // hooks read to fill StartNs and ExecID.
@@ -97,6 +179,8 @@ type cgroupHooks struct {
 	links []link.Link
 	// identifies: the records carry StartNs and ExecID.
 	identifies bool
+	// knowsExe: the records carry ExeDev and ExeIno.
+	knowsExe bool
 }
 
 // hookedAttachTypes are the cgroup hooks that see every outbound TCP connect, every
@@ -115,7 +199,11 @@ var hookedAttachTypes = []ebpf.AttachType{
 // always allows the operation (returns 1): it observes, never filters. With task
 // fields it also records the thread group leader's start time and exec id, read
 // with bpf_probe_read_kernel (which zero-fills what it cannot read).
-func hookProgram(conns *ebpf.Map, task *taskFields) asm.Instructions {
+//
+// With exe fields it also records the inode number of the executable, following
+// current->mm->exe_file->f_inode (zero where a pointer is NULL, as for a kernel
+// thread: every read of a bad address zero-fills).
+func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields) asm.Instructions {
 	const (
 		keyOff   = -8                  // u64 cookie
 		valueOff = -8 - connRecordSize // struct connRecord
@@ -141,6 +229,7 @@ func hookProgram(conns *ebpf.Map, task *taskFields) asm.Instructions {
 		asm.Mov.Imm(asm.R0, 0),
 		asm.StoreMem(asm.RFP, valueOff+40, asm.R0, asm.DWord),
 		asm.StoreMem(asm.RFP, valueOff+48, asm.R0, asm.DWord),
+		asm.StoreMem(asm.RFP, valueOff+56, asm.R0, asm.DWord),
 	}
 	if task != nil {
 		read := func(dst int16, size int32, base asm.Register, off uint32) asm.Instructions {
@@ -155,6 +244,19 @@ func hookProgram(conns *ebpf.Map, task *taskFields) asm.Instructions {
 		}
 		// r7 = current; r7 = current->group_leader
 		insns = append(insns, asm.FnGetCurrentTask.Call(), asm.Mov.Reg(asm.R7, asm.R0))
+		if exe != nil {
+			// r8 = current->mm->exe_file->f_inode, one pointer at a time through
+			// the scratch slot; then the inode's number.
+			for _, off := range []uint32{exe.mm, exe.exeFile, exe.fInode} {
+				base := asm.R8
+				if off == exe.mm {
+					base = asm.R7
+				}
+				insns = append(insns, read(leadOff, 8, base, off)...)
+				insns = append(insns, asm.LoadMem(asm.R8, asm.RFP, leadOff, asm.DWord))
+			}
+			insns = append(insns, read(valueOff+56, int32(exe.inoSize), asm.R8, exe.iIno)...)
+		}
 		insns = append(insns, read(leadOff, 8, asm.R7, task.groupLeader)...)
 		insns = append(insns, asm.LoadMem(asm.R7, asm.RFP, leadOff, asm.DWord))
 		insns = append(insns, read(valueOff+40, 8, asm.R7, task.startBoottime)...)
@@ -215,28 +317,37 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 	// and bpf_probe_read_kernel, CAP_PERFMON; without them the records carry no
 	// identity and Resolve checks the process in /proc instead.
 	var task *taskFields
+	var exe *exeFields
 	if f, err := kernelTaskFields(); err == nil {
 		task = &f
+		if e, err := kernelExeFields(); err == nil {
+			exe = &e
+		}
 	}
 	for _, at := range hookedAttachTypes {
-		load := func(task *taskFields) (*ebpf.Program, error) {
+		load := func(task *taskFields, exe *exeFields) (*ebpf.Program, error) {
 			return ebpf.NewProgram(&ebpf.ProgramSpec{
 				Name:         "latch_sockaddr",
 				Type:         ebpf.CGroupSockAddr,
 				AttachType:   at,
-				Instructions: hookProgram(h.conns, task),
+				Instructions: hookProgram(h.conns, task, exe),
 				License:      "Dual MIT/GPL",
 			})
 		}
-		prog, err := load(task)
+		prog, err := load(task, exe)
+		if err != nil && exe != nil && len(h.progs) == 0 {
+			exe = nil
+			prog, err = load(task, nil)
+		}
 		if err != nil && task != nil && len(h.progs) == 0 {
 			task = nil
-			prog, err = load(nil)
+			prog, err = load(nil, nil)
 		}
 		if err != nil {
 			return h, fmt.Errorf("load eBPF program for %v: %w", at, err)
 		}
 		h.identifies = task != nil
+		h.knowsExe = exe != nil
 		h.progs = append(h.progs, prog)
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: at, Program: prog})
 		if err != nil {

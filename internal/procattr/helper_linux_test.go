@@ -95,6 +95,10 @@ func copyFile(dst, src string) error {
 // "close" closes the socket and prints "CLOSED"; end of input exits.
 func runHelper(args []string) int {
 	fail := func(err error) int { fmt.Println("ERROR", err); return 1 }
+	if len(args) > 1 && args[0] == "memfd-exec" {
+		// Run the rest of the arguments from a memfd copy of this executable.
+		return fail(execMemfd(args[1:]))
+	}
 	if len(args) == 1 && args[0] == "hold" {
 		fmt.Println("HOLDING")
 		// Bounded: the test kills this process when it is done with it.
@@ -187,6 +191,32 @@ func runHelper(args []string) int {
 			unix.Close(fd)
 			fmt.Println("CLOSED")
 		}
+		// "exec-over FILE MODE ADDR": bind-mount FILE over this executable's path
+		// (in this process's mount namespace, which must be private) and exec that
+		// path again: the same pid and path, another program.
+		if f := strings.Fields(sc.Text()); len(f) == 4 && f[0] == "exec-over" {
+			self, err := os.Readlink("/proc/self/exe")
+			if err != nil {
+				return fail(err)
+			}
+			if err := unix.Mount(f[1], self, "", unix.MS_BIND, ""); err != nil {
+				return fail(fmt.Errorf("bind %s over %s: %w", f[1], self, err))
+			}
+			return fail(unix.Exec(self, []string{self, f[2], f[3]}, os.Environ()))
+		}
+		// "umount-exec": unmount what is mounted over this executable's path and
+		// exec the file the path names then in mode hold, keeping the socket: the
+		// same pid, another program.
+		if sc.Text() == "umount-exec" {
+			self, err := os.Readlink("/proc/self/exe")
+			if err != nil {
+				return fail(err)
+			}
+			if err := unix.Unmount(self, unix.MNT_DETACH); err != nil {
+				return fail(fmt.Errorf("umount %s: %w", self, err))
+			}
+			return fail(unix.Exec(self, []string{self, "hold"}, os.Environ()))
+		}
 	}
 	return 0
 }
@@ -204,8 +234,19 @@ type client struct {
 // socket to exist.
 func startClient(t *testing.T, ns, mode string, target netip.AddrPort, env ...string) *client {
 	t.Helper()
+	return startClientVia(t, ns, nil, mode, target, env...)
+}
+
+// startClientVia is startClient with the client's command line (the client
+// executable, mode and target) passed through wrap, which may run it another way
+// (in another mount namespace, say).
+func startClientVia(t *testing.T, ns string, wrap func(args []string) []string, mode string, target netip.AddrPort, env ...string) *client {
+	t.Helper()
 	makeClientExe(t)
 	args := []string{clientExe, mode, target.String()}
+	if wrap != nil {
+		args = wrap(args)
+	}
 	if ns != "" {
 		args = append([]string{"ip", "netns", "exec", ns}, args...)
 	}
@@ -398,4 +439,25 @@ func requireRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, sock_diag of other processes, eBPF cgroup hooks")
 	}
+}
+
+// execMemfd copies this executable into a memfd and executes it (fexecve) with
+// args: a program that exists in memory only.
+func execMemfd(args []string) error {
+	fd, err := unix.MemfdCreate("latch-test", 0)
+	if err != nil {
+		return fmt.Errorf("memfd_create: %w", err)
+	}
+	self, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	defer self.Close()
+	mem := os.NewFile(uintptr(fd), "memfd")
+	defer mem.Close() // only if the exec failed
+	if _, err := io.Copy(mem, self); err != nil {
+		return fmt.Errorf("copy into memfd: %w", err)
+	}
+	argv := append([]string{"latch-procattr-client"}, args...)
+	return unix.Exec(fmt.Sprintf("/proc/self/fd/%d", fd), argv, os.Environ())
 }

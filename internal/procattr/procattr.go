@@ -27,6 +27,23 @@
 // When attribution fails, Resolve returns a Process with PID 0 and Exe "" and an
 // error.
 //
+// Identity: a path is only what the process's own mount namespace calls its
+// executable, so Process.Identity says whether it can be trusted. The file the
+// process executes is stat'ed through /proc/PID/exe (the kernel follows the link to
+// the file itself, whatever namespace, root or name the process sees), the path is
+// stat'ed in the host's file system (process 1's root, or the Resolver's own where
+// process 1 is out of reach) without following symbolic links,
+// and only if both are the same file (device and inode) is the identity
+// engine.IdentityVerified. Bind mounts, pivot_root, a chroot over a moved mount,
+// deleted or replaced files and memfds all run a file that is not the host's file at
+// the path, so none is verified; a process in a container runtime's cgroup and
+// another mount namespace is engine.IdentityContainer, with the container's id. A
+// cached process is reused only while it runs the same file (an exec of another file
+// under the same name is seen), and the eBPF hooks record the inode of the
+// executable that made each socket, so a socket made before an exec is not credited
+// to the new image (the procfs method cannot tell: it sees only the image that runs
+// when it looks).
+//
 // Namespaces: sock_diag sees the sockets of the network namespace NewResolver was
 // called in; the hooks see every process on the host (they sit on the cgroup root)
 // and record pids of the initial pid namespace, so they are used only when the
@@ -41,6 +58,8 @@ package procattr
 import (
 	"errors"
 	"time"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // Method names, as reported by Resolver.Methods and Process.Method.
@@ -64,12 +83,17 @@ var (
 // unknown.
 type Process struct {
 	PID     int32  `json:"pid"`               // thread group id; 0: unknown
-	Exe     string `json:"exe"`               // /proc/PID/exe without " (deleted)"; "": unknown
+	Exe     string `json:"exe"`               // /proc/PID/exe (without " (deleted)" unless verified); "": unknown
 	UID     int32  `json:"uid"`               // owner of the socket; -1: unknown
 	User    string `json:"user,omitempty"`    // account name of UID, "" if none
 	Cmdline string `json:"cmdline,omitempty"` // arguments joined by spaces
 	Comm    string `json:"comm,omitempty"`    // the kernel's short task name
 	Method  string `json:"method,omitempty"`  // which method found the pid (MethodEBPF, MethodProcfs)
+	// Identity says whether Exe is the host's name of the file the process runs
+	// (engine.IdentityVerified), or not; see the package doc.
+	Identity     engine.Identity `json:"identity"`
+	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" for engine.IdentityContainer
+	IdentityNote string          `json:"identity_note,omitempty"` // why Identity is not verified
 }
 
 // Options configure a Resolver. The zero value enables every method the kernel allows.

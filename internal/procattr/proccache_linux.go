@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // procEntry is what Resolve knows about one live process. Its open /proc/PID
@@ -15,6 +17,8 @@ type procEntry struct {
 	dir        procDir
 	startTicks uint64 // /proc/PID/stat starttime
 	exe        string // as readlink gave it, " (deleted)" included
+	file       fileID // the file the process executes (see exeFileID)
+	ident      identity
 	cmdline    string
 	comm       string
 	// startNs and execID, once bound (non-zero), are the identity an eBPF record of
@@ -24,8 +28,9 @@ type procEntry struct {
 }
 
 // procCache keeps procEntries of processes that own connections, so the hot path
-// costs one readlink (is it alive, has it exec'd?) instead of reading stat and
-// cmdline for every connection.
+// costs one stat of /proc/PID/exe (is it alive, does it still run the same file?)
+// instead of reading stat and cmdline and verifying the executable for every
+// connection.
 //
 // An entry's dir handle is used under mu's read lock and closed only under its write
 // lock.
@@ -40,15 +45,16 @@ func newProcCache(max int) *procCache {
 }
 
 // live returns the cached entry of pid if its process is still alive and still runs
-// the same executable. A dead or exec'd entry is dropped.
+// the same executable file (device and inode: a name would not do, since an exec of
+// another file under the same name, in another mount namespace, keeps the name). A
+// dead entry, or one that exec'd another file, is dropped.
 func (c *procCache) live(pid int32) (*procEntry, bool) {
 	c.mu.RLock()
 	e, ok := c.byPID[pid]
 	alive := false
 	if ok {
-		var buf [4096]byte
-		n, err := unix.Readlinkat(e.dir.fd, "exe", buf[:])
-		alive = err == nil && string(buf[:n]) == e.exe
+		id, _, err := e.dir.exeFileID()
+		alive = err == nil && id == e.file
 	}
 	c.mu.RUnlock()
 	if ok && !alive {
@@ -102,7 +108,7 @@ func (c *procCache) load(pid int32) (*procEntry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.byPID[pid]; ok {
-		if old.startTicks == e.startTicks && old.exe == e.exe {
+		if old.startTicks == e.startTicks && old.exe == e.exe && old.file == e.file {
 			// Another Resolve loaded the same process meanwhile: keep its entry,
 			// which callers may hold.
 			d.close()
@@ -183,9 +189,17 @@ func (c *procCache) close() {
 	c.mu.Unlock()
 }
 
-// readEntry reads stat, exe and cmdline through d.
+// readEntry reads stat, exe and cmdline through d, and verifies the executable (see
+// verifyExe).
 func readEntry(d procDir) (*procEntry, error) {
 	st, err := d.stat()
+	if err != nil {
+		return nil, err
+	}
+	// The file first, then its name: verification compares the host's file at the
+	// name with this file, so a name read after an exec can only fail to verify, or
+	// verify what the host calls this very file.
+	file, nlink, err := d.exeFileID()
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +208,8 @@ func readEntry(d procDir) (*procEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &procEntry{dir: d, startTicks: st.StartTime, comm: st.Comm, exe: string(exe)}
+	e := &procEntry{dir: d, startTicks: st.StartTime, comm: st.Comm, exe: string(exe), file: file}
+	e.ident = verifyExe(d, e.exe, file, nlink)
 	cmd, err := d.readFile("cmdline", buf[:])
 	if err != nil {
 		return nil, err
@@ -206,7 +221,14 @@ func readEntry(d procDir) (*procEntry, error) {
 // process fills p's process fields from e.
 func (e *procEntry) process(p *Process) {
 	p.PID = e.dir.pid
-	p.Exe = trimDeleted(e.exe)
+	p.Exe = e.exe
+	if e.ident.status != engine.IdentityVerified {
+		// A verified path is the host's name of the file, even if it ends in
+		// " (deleted)"; otherwise the kernel's suffix says the file is gone, which
+		// the identity note says.
+		p.Exe = trimDeleted(e.exe)
+	}
+	p.Identity, p.Container, p.IdentityNote = e.ident.status, e.ident.container, e.ident.note
 	p.Cmdline = e.cmdline
 	p.Comm = e.comm
 }

@@ -208,6 +208,18 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 	if (e.startTicks+1)*tick > rec.BootNs && !r.procs.holdsSocket(e, si.Inode) {
 		return unknown(), fmt.Errorf("pid %d may have started after the eBPF record and holds no socket inode %d: %w", pid, si.Inode, ErrNoProcess)
 	}
+	if rec.ExeIno != 0 && rec.ExeIno != e.file.ino {
+		// The process executed another file since it made the socket: /proc
+		// describes the image it runs now, not the one that connected, so the
+		// connection's program is not verified (and the entry is not bound to this
+		// record's identity).
+		p := owner
+		e.process(&p)
+		p.Method = MethodEBPF
+		p.Identity, p.Container = engine.IdentityUnverified, ""
+		p.IdentityNote = "the process executed another program after it made this connection"
+		return p, nil
+	}
 	// e's process made the record: its identity lets the next record of this
 	// process skip the checks above.
 	r.procs.bind(e, rec.StartNs, rec.ExecID)

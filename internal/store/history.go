@@ -124,7 +124,10 @@ CREATE TABLE IF NOT EXISTS conns (
 	host        TEXT    NOT NULL,
 	verdict     TEXT    NOT NULL,
 	reason      TEXT    NOT NULL,
-	rule_id     INTEGER NOT NULL
+	rule_id     INTEGER NOT NULL,
+	identity    TEXT    NOT NULL DEFAULT '',
+	container   TEXT    NOT NULL DEFAULT '',
+	identity_note TEXT  NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
@@ -133,6 +136,11 @@ CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 // may lack, with the definition that adds them; old rows read the default.
 var addedColumns = []struct{ name, def string }{
 	{"host", "TEXT NOT NULL DEFAULT ''"},
+	// Rows written before latch verified program identities read identity "": not
+	// checked (engine.IdentityUnknown).
+	{"identity", "TEXT NOT NULL DEFAULT ''"},
+	{"container", "TEXT NOT NULL DEFAULT ''"},
+	{"identity_note", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -496,8 +504,9 @@ func (h *History) writeBatch(batch []Conn) {
 		return
 	}
 	stmt, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
-		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
+		identity, container, identity_note)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		tx.Rollback()
 		h.fail(len(batch), err)
@@ -509,7 +518,8 @@ func (h *History) writeBatch(batch []Conn) {
 			addrString(r.Local.Addr()), int(r.Local.Port()),
 			addrString(r.Remote.Addr()), int(r.Remote.Port()),
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
-			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID))
+			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
+			r.Identity.String(), r.Container, r.IdentityNote)
 		if err != nil {
 			break
 		}
@@ -554,7 +564,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		return nil, fmt.Errorf("history: n %d: must be positive", n)
 	}
 	const cols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note`
 	db := h.db.Load()
 	if db == nil {
 		return nil, errHistoryNotOpen
@@ -577,11 +587,12 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 			timeNS, pid, uid, ruleID      int64
 			localPort, remotePort         int
 			dir, proto, localIP, remoteIP string
-			verdict, reason               string
+			verdict, reason, identity     string
 		)
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
-			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID); err != nil {
+			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
+			&identity, &r.Container, &r.IdentityNote); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)
@@ -592,6 +603,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		r.Remote = addrPort(remoteIP, remotePort)
 		r.PID = int32(pid)
 		r.UID = int32(uid)
+		r.Identity, _ = engine.ParseIdentity(identity) // unknown if not one of ours
 		c.Verdict.Action, _ = engine.ParseAction(verdict)
 		c.Verdict.Reason = engine.Reason(reason)
 		c.Verdict.RuleID = engine.RuleID(ruleID)

@@ -33,7 +33,78 @@ func testConn(i int) Conn {
 	if i%2 == 0 {
 		c.Request.Host = fmt.Sprintf("api%d.example.com", i)
 	}
+	switch i % 3 {
+	case 0:
+		c.Request.Identity = engine.IdentityVerified
+	case 1:
+		c.Request.Identity = engine.IdentityUnverified
+		c.Request.IdentityNote = "the executable was deleted or replaced since the process started"
+	case 2:
+		c.Request.Identity = engine.IdentityContainer
+		c.Request.Container = "docker:" + strings.Repeat("ab", 32)
+		c.Request.IdentityNote = "runs in container"
+	}
 	return c
+}
+
+// TestHistoryKeepsIdentity: the identity, container and note read back as written,
+// and a database written before identities existed opens, keeps its rows (read as
+// identity "", not checked) and takes new rows with identities.
+func TestHistoryKeepsIdentity(t *testing.T) {
+	path := filepath.Join(t.TempDir(), HistoryFileName)
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The schema as it was before identities.
+	i := strings.Index(historySchema, ",\n\tidentity ")
+	j := strings.Index(historySchema, "\n);")
+	if i < 0 || j < i {
+		t.Fatal("test out of date: no identity column at the end of historySchema")
+	}
+	old := historySchema[:i] + historySchema[j:]
+	if strings.Contains(old, "identity") {
+		t.Fatalf("old schema still has identity columns:\n%s", old)
+	}
+	if _, err := db.Exec(old); err != nil {
+		t.Fatalf("%v\n%s", err, old)
+	}
+	if _, err := db.Exec(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id)
+		VALUES (1, 'out', 'tcp', '198.18.0.1', 40000, '198.18.0.2', 443, 7, '/usr/bin/old', 0, 'root', '', '', 'allow', 'rule', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	h, err := OpenHistory(path, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for i := 3; i < 6; i++ {
+		if err := h.Record(testConn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Flush()
+	got, err := h.Recent(10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 {
+		t.Fatalf("read back %d rows, want 4", len(got))
+	}
+	if r := got[0].Request; r.Exe != "/usr/bin/old" || r.Identity != engine.IdentityUnknown || r.Container != "" || r.IdentityNote != "" {
+		t.Errorf("old row: %+v; want identity \"\" (not checked)", r)
+	}
+	for k, c := range got[1:] {
+		want := testConn(3 + k).Request
+		r := c.Request
+		if r.Identity != want.Identity || r.Container != want.Container || r.IdentityNote != want.IdentityNote {
+			t.Errorf("row %d: identity %q container %q note %q; want %q %q %q", k+1,
+				r.Identity, r.Container, r.IdentityNote, want.Identity, want.Container, want.IdentityNote)
+		}
+	}
 }
 
 func TestHistoryRoundTripAndPersists(t *testing.T) {

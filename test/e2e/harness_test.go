@@ -47,6 +47,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	defer removeIdentityBins()
 	latchBin = filepath.Join(dir, "latch")
 	helperBin = filepath.Join(dir, "e2ehelper")
 	for bin, pkg := range map[string]string{latchBin: "../../cmd/latch", helperBin: "./e2ehelper"} {

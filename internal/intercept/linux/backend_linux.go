@@ -492,6 +492,7 @@ func (b *Backend) attribute(req *engine.Request, ifindex int) {
 		b.attributionFailed.Add(1)
 	}
 	req.PID, req.Exe, req.User, req.Cmdline = p.PID, p.Exe, p.User, p.Cmdline
+	req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
 	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}

@@ -580,9 +580,9 @@ func (r instantResolver) ResolveDev(_ engine.Protocol, _, remote netip.AddrPort,
 	if r.slowPort != 0 && remote.Port() == r.slowPort {
 		time.Sleep(3 * time.Second)
 	}
-	return procattr.Process{PID: 1, Exe: "/instant", UID: 0}, nil
+	return procattr.Process{PID: 1, Exe: "/instant", Identity: engine.IdentityVerified, UID: 0}, nil
 }
 
 func (instantResolver) ResolveInbound(engine.Protocol, netip.AddrPort, netip.AddrPort, int) (procattr.Process, error) {
-	return procattr.Process{PID: 1, Exe: "/instant", UID: 0}, nil
+	return procattr.Process{PID: 1, Exe: "/instant", Identity: engine.IdentityVerified, UID: 0}, nil
 }

@@ -238,11 +238,20 @@ func (d *describer) describe(cr *proto.ConnectRequest, id engine.RequestID) *eng
 		req.PID = int32(cr.ProcessID)
 	}
 	req.Exe = d.devices.DosPath(cr.PathString())
+	if req.Exe != "" {
+		// The driver reports the kernel's image path of the process (the ALE app
+		// id: the NT path of the file the image section was made from, mapped to a
+		// drive letter with the service's own, global device map). Windows has no
+		// per-process mount namespaces a user could remap it with, so it names the
+		// file the process runs.
+		req.Identity = engine.IdentityVerified
+	}
 	if req.PID == 0 {
 		return req
 	}
 	if req.PID == 4 && req.Exe == "" {
 		req.Exe = "System" // the kernel's own connections carry no image path
+		req.Identity = engine.IdentityVerified
 	}
 	ident := d.identity(uint32(req.PID))
 	if ident.image != "" && req.Exe != "" && !strings.EqualFold(ident.image, req.Exe) {

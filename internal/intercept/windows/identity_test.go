@@ -151,7 +151,7 @@ func TestDescribe(t *testing.T) {
 		ID: 77, Time: time.Date(2022, 6, 18, 4, 26, 40, 0, time.UTC), Direction: engine.Outbound, Protocol: engine.UDP,
 		Local:  netip.MustParseAddrPort("198.18.0.1:5000"), // v4-mapped is shown as IPv4
 		Remote: netip.MustParseAddrPort("[2001:2::9]:53"),
-		PID:    1200, Exe: `C:\Program Files\Mozilla Firefox\firefox.exe`, UID: -1, User: `DESKTOP\alice`,
+		PID:    1200, Exe: `C:\Program Files\Mozilla Firefox\firefox.exe`, Identity: engine.IdentityVerified, UID: -1, User: `DESKTOP\alice`,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("describe:\n got %+v\nwant %+v", got, want)

@@ -21,6 +21,10 @@
 //	                                query's id as a JSON line (or a timeout)
 //	e2ehelper udp-stream ADDR       from one UDP socket, send a datagram every 100ms and
 //	                                print "reply N" or "noreply N" for each, until stdin closes
+//	e2ehelper connect-after-line ADDR TIMEOUT
+//	                                print "ready", wait for a line on stdin, then connect
+//	e2ehelper memfd-exec VERB ARGS...  copy this executable into a memfd named
+//	                                "latch-e2e" and run VERB ARGS from there (fexecve)
 package main
 
 import (
@@ -74,6 +78,12 @@ func main() {
 		serveUDP(addr)
 	case "connect":
 		emit(connect(addr, duration(3)))
+	case "connect-after-line":
+		fmt.Println("ready")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		emit(connect(addr, duration(3)))
+	case "memfd-exec":
+		memfdExec(os.Args[2:])
 	case "udp":
 		emit(udp(addr, duration(3)))
 	case "flood":

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// programOf is how text output shows a program: its path, marked when the path is
+// not verified to be the host's file the process runs ("[unverified]"), or is a
+// container's ("[container docker:0123456789ab]"). App rules do not match such a
+// program, and an answer about it is for that question only.
+func programOf(exe string, id engine.Identity, container string) string {
+	return exeOrUnknown(exe) + identityTag(exe, id, container)
+}
+
+// identityTag is what follows a program's path in text: " [unverified]",
+// " [container RUNTIME:ID]", or nothing for a verified program (or one recorded
+// before latch checked identities, or no program at all).
+func identityTag(exe string, id engine.Identity, container string) string {
+	if exe == "" {
+		return ""
+	}
+	switch id {
+	case engine.IdentityUnverified:
+		return " [unverified]"
+	case engine.IdentityContainer:
+		return " [container " + shortContainer(container) + "]"
+	}
+	return ""
+}
+
+// shortContainer shortens "RUNTIME:ID" with a 64-digit id to 12 digits, as docker
+// and podman show ids.
+func shortContainer(c string) string {
+	if rt, id, ok := strings.Cut(c, ":"); ok && len(id) == 64 {
+		return rt + ":" + id[:12]
+	}
+	return c
+}
+
+// onceOnly reports whether a question can only be answered once: its program is known
+// but not verified, so the daemon refuses to remember a rule for its path.
+func onceOnly(p api.Prompt) bool {
+	return p.Exe != "" && p.Identity != engine.IdentityVerified
+}

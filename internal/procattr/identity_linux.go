@@ -1,0 +1,280 @@
+package procattr
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// fileID is the identity of a file: device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// exeFileID stats the file the process executes. /proc/PID/exe is a magic link: the
+// kernel follows it to the executable itself (mm->exe_file), whatever mount
+// namespace, root or name the process sees it under, and whether or not it is
+// still linked. nlink is 0 for a deleted file and for a memfd.
+func (d procDir) exeFileID() (id fileID, nlink uint64, err error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(d.fd, "exe", &st, 0); err != nil {
+		return fileID{}, 0, fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
+	}
+	return fileID{uint64(st.Dev), st.Ino}, uint64(st.Nlink), nil
+}
+
+// hostRoot is the host's file system: the root of process 1 (init, in the daemon's
+// pid namespace), whose mount namespace is the host's even when the daemon runs in
+// one of its own (systemd's PrivateTmp= or ProtectHome=, `ip netns exec`). Where it
+// cannot be opened, the daemon's own root.
+var hostRoot = sync.OnceValues(func() (fd int, ns string) { return openRoot("/proc/1") })
+
+// openRoot opens the root directory of the process at procDir ("/proc/1") and names
+// its mount namespace; where it cannot, AT_FDCWD and the daemon's own namespace.
+func openRoot(procDir string) (fd int, ns string) {
+	// Reading the process's namespace link needs the same access as following its
+	// root; a sandbox that denies it leaves the daemon's own view.
+	ns, err := os.Readlink(procDir + "/ns/mnt")
+	if err == nil {
+		fd, err = unix.Open(procDir+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
+	if err == nil {
+		var st unix.Stat_t
+		if err = unix.Fstatat(fd, "", &st, unix.AT_EMPTY_PATH); err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		ns, _ = os.Readlink("/proc/self/ns/mnt")
+		return unix.AT_FDCWD, ns
+	}
+	return fd, ns
+}
+
+// hostFileID stats path in the host's file system (see hostRoot) without following
+// any symbolic link: the executable's name the kernel gives is already resolved, so
+// a symlink on the way would name another file than the process's.
+func hostFileID(path string) (fileID, error) {
+	root, _ := hostRoot()
+	return fileIDIn(root, path)
+}
+
+// fileIDIn is hostFileID in the file system whose root is the directory root
+// (AT_FDCWD: the daemon's own).
+func fileIDIn(root int, path string) (fileID, error) {
+	how := unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	if root != unix.AT_FDCWD {
+		how.Resolve |= unix.RESOLVE_IN_ROOT // "/" is process 1's root (AT_FDCWD would make it the cwd)
+	}
+	fd, err := unix.Openat2(root, path, &how)
+	var st unix.Stat_t
+	switch {
+	case err == nil:
+		defer unix.Close(fd)
+		err = unix.Fstat(fd, &st)
+	case errors.Is(err, unix.ENOSYS):
+		// Kernels before 5.6 (no openat2): the last component at least is not
+		// followed.
+		if root != unix.AT_FDCWD {
+			path = fmt.Sprintf("/proc/self/fd/%d%s", root, path)
+		}
+		err = unix.Lstat(path, &st)
+	}
+	if err != nil {
+		return fileID{}, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fileID{}, fmt.Errorf("not a regular file (mode %o)", st.Mode)
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}
+
+// identity is what verification found about a process's executable.
+type identity struct {
+	status    engine.Identity
+	container string
+	note      string
+}
+
+// verifyExe decides how far exe, the name /proc/PID/exe gives (as readlink returned
+// it, " (deleted)" included), can be trusted. It is verified only if the host's file
+// at that path is the file the process executes (id, nlink from exeFileID): a path
+// is a string the process's own mount namespace (bind mounts, pivot_root, a chroot
+// over a moved mount) or a deleted file's last name produced, while the device and
+// inode are the kernel's, so equality means the host's path names this very
+// program. Any trick that runs another file under the path fails the comparison.
+func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
+	var why string
+	switch {
+	case nlink == 0 && strings.HasPrefix(exe, "/memfd:"):
+		why = "the executable is a memfd (an anonymous file in memory), which no path names"
+	case nlink == 0:
+		why = "the executable was deleted or replaced since the process started"
+	case !strings.HasPrefix(exe, "/"):
+		why = "the executable has no path on the host"
+	default:
+		host, err := hostFileID(exe)
+		switch {
+		case err == nil && host == id:
+			return identity{status: engine.IdentityVerified}
+		case err == nil:
+			why = "the host's file at this path is another file than the one the process runs"
+		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+			why = "no file has this path on the host"
+		case errors.Is(err, unix.ELOOP):
+			why = "the path goes through a symbolic link on the host"
+		default:
+			why = fmt.Sprintf("the host's file at this path cannot be checked: %v", err)
+		}
+	}
+	// A process in another mount namespace than the host's, in a container
+	// runtime's cgroup, is the container's program: its path means something inside
+	// the container only.
+	var nsBuf [64]byte
+	ns, err := d.readlink("ns/mnt", nsBuf[:])
+	if _, host := hostRoot(); err != nil || string(ns) == host {
+		return identity{status: engine.IdentityUnverified, note: why}
+	}
+	var cgBuf [8192]byte
+	if cg, err := d.readFile("cgroup", cgBuf[:]); err == nil {
+		if c := containerOf(cg); c != "" {
+			return identity{status: engine.IdentityContainer, container: c,
+				note: "the process runs in container " + c + " (another mount namespace): the path is the container's, not the host's"}
+		}
+	}
+	return identity{status: engine.IdentityUnverified, note: why + " (the process runs in another mount namespace)"}
+}
+
+// containerOf finds a container in the contents of /proc/PID/cgroup (cgroup v1 and
+// v2 lines "ID:CONTROLLERS:PATH") and returns it as "RUNTIME:ID", or "". It knows
+// the cgroup names of docker (systemd and cgroupfs drivers), podman, containerd
+// (CRI), CRI-O, Kubernetes pods, LXC/LXD and systemd-machined (nspawn) containers.
+// A cgroup name is chosen by whoever may create the cgroup (rootless containers
+// create theirs), so the result is a label only: it never makes a path trusted.
+func containerOf(cgroup []byte) string {
+	for _, line := range strings.Split(string(cgroup), "\n") {
+		// The path is everything after the second colon (v1 controller lists hold
+		// no colon; a path may).
+		i := strings.IndexByte(line, ':')
+		if i < 0 {
+			continue
+		}
+		j := strings.IndexByte(line[i+1:], ':')
+		if j < 0 {
+			continue
+		}
+		if c := containerOfPath(line[i+1+j+1:]); c != "" {
+			return c
+		}
+	}
+	return ""
+}
+
+func containerOfPath(path string) string {
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for k := len(segs) - 1; k >= 0; k-- {
+		s := segs[k]
+		parent := ""
+		if k > 0 {
+			parent = segs[k-1]
+		}
+		for _, p := range []struct{ prefix, runtime string }{
+			{"docker-", "docker"},
+			{"libpod-", "podman"},
+			{"cri-containerd-", "containerd"},
+			{"crio-", "cri-o"},
+		} {
+			if id, ok := strings.CutPrefix(s, p.prefix); ok {
+				id = strings.TrimSuffix(id, ".scope")
+				if isContainerID(id) { // not libpod-conmon-ID, crio-conmon-ID
+					return p.runtime + ":" + id
+				}
+			}
+		}
+		if isContainerID(s) {
+			switch {
+			case parent == "docker":
+				return "docker:" + s
+			case strings.HasPrefix(parent, "pod") || strings.Contains(path, "kubepods"):
+				return "kubernetes:" + s
+			case parent == "libpod_parent" || strings.HasPrefix(parent, "libpod"):
+				return "podman:" + s
+			}
+		}
+		if name, ok := strings.CutPrefix(s, "lxc.payload."); ok && isName(name) {
+			return "lxc:" + name
+		}
+		if parent == "lxc" && isName(s) {
+			return "lxc:" + s
+		}
+		if name, ok := strings.CutPrefix(s, "machine-"); ok && parent == "machine.slice" && strings.HasSuffix(name, ".scope") {
+			if name = unescapeSystemd(strings.TrimSuffix(name, ".scope")); isName(name) {
+				return "machine:" + name
+			}
+		}
+		if name, ok := strings.CutPrefix(s, "systemd-nspawn@"); ok && strings.HasSuffix(name, ".service") {
+			if name = unescapeSystemd(strings.TrimSuffix(name, ".service")); isName(name) {
+				return "machine:" + name
+			}
+		}
+	}
+	return ""
+}
+
+// isName reports whether s is a container name latch shows: 1 to 64 letters,
+// digits, '.', '_' or '-' (a name is the cgroup's, which its creator chose: one that
+// is not this plain is not taken, so no output has to escape it).
+func isName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// isContainerID reports whether s is a 64-digit lower-case hex id, as docker,
+// podman, containerd and CRI-O name containers.
+func isContainerID(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// unescapeSystemd undoes systemd's "\xNN" unit name escaping (machine names with a
+// '-' are escaped as \x2d).
+func unescapeSystemd(s string) string {
+	if !strings.Contains(s, `\x`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && s[i+1] == 'x' {
+			var v byte
+			if _, err := fmt.Sscanf(s[i+2:i+4], "%02x", &v); err == nil {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

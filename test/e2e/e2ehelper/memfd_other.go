@@ -1,0 +1,13 @@
+//go:build !linux
+
+package main
+
+import (
+	"fmt"
+	"runtime"
+)
+
+// memfdExec needs memfd_create, which only Linux has.
+func memfdExec(args []string) {
+	fatal(fmt.Errorf("memfd-exec: not supported on %s", runtime.GOOS))
+}
