@@ -80,6 +80,7 @@ func evilRequest() *engine.Request {
 		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote: netip.MustParseAddrPort("198.18.5.5:443"),
 		PID:    4242, Exe: evilExe, UID: 1000, User: evilUser, Host: evilHost,
+		Identity: engine.IdentityVerified, // a real file can have such a path
 	}
 }
 
