@@ -195,6 +195,8 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
 	}
 	defer eng.Close()
+	stopHits := keepRuleHits(eng, o.StateDir, logf)
+	defer stopHits()
 
 	hist, err := store.OpenHistory(filepath.Join(o.StateDir, store.HistoryFileName), o.MaxHistory)
 	if err != nil {

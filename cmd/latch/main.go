@@ -61,6 +61,7 @@ Questions:
 History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
   status [--json]           backend, mode, counters, pending questions
+  explain [flags]           which rule would decide a connection, and why; see 'latch help explain'
   version                   print latch's version
   help [VERB]               this text, or a verb's flags
 
@@ -98,6 +99,7 @@ func init() {
 		"watch":   {runWatch, watchHelp},
 		"conns":   {runConns, connsHelp},
 		"status":  {runStatus, statusHelp},
+		"explain": {runExplain, explainHelp},
 		"service": {runService, winsvc.Usage},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}

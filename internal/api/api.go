@@ -16,6 +16,8 @@
 //	POST   /v1/prompts/{id}/answer    AnswerRequest           -> {"rule": Rule|null}
 //	GET    /v1/conns?after=ID&n=N     {"conns": [Conn...]}, oldest first
 //	GET    /v1/events                 a stream of Event, one JSON object per line
+//	POST   /v1/explain                ExplainRequest          -> Explanation
+//	GET    /v1/rules/hits             {"hits": [RuleHits...]}: connections each rule decided
 //
 // Request bodies are decoded strictly: unknown fields, wrong types and bad values are
 // a 400 error naming the field, and nothing changes.

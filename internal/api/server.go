@@ -70,6 +70,8 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/prompts/{id}/answer", s.answer)
 	s.mux.HandleFunc("GET /v1/conns", s.conns)
 	s.mux.HandleFunc("GET /v1/events", s.events)
+	s.mux.HandleFunc("POST /v1/explain", s.explain)
+	s.mux.HandleFunc("GET /v1/rules/hits", s.ruleHits)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
