@@ -42,7 +42,7 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
 
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
-`
+` + observeHelp
 
 // daemonOptions are the daemon's flags.
 type daemonOptions struct {
@@ -56,6 +56,7 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	observeOptions // metrics and events (observe.go)
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -71,7 +72,11 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	checkObserve := addObserveFlags(fs, &o.observeOptions)
 	if err := parseFlagsOnly(fs, args); err != nil {
+		return nil, err
+	}
+	if err := checkObserve(); err != nil {
 		return nil, err
 	}
 	var err error
@@ -113,7 +118,11 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 type platformBackend struct {
 	intercept.Backend
 	attribution func() []string // live attribution methods
-	close       func()          // releases what newBackend opened besides the backend
+	// attrStats counts attributions by method and failures by cause (metrics); nil: none.
+	attrStats func() map[string]uint64
+	// warnings say what works less well than it could (reported as backend.degraded).
+	warnings []string
+	close    func() // releases what newBackend opened besides the backend
 	// ready is closed once Run holds connections; nil: as soon as Run is called.
 	ready <-chan struct{}
 }
@@ -236,11 +245,23 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		}
 	})
 
+	started := time.Now()
+	mode := "fail-closed"
+	if o.FailOpen {
+		mode = "fail-open"
+	}
+	obs, err := startObservers(o, eng, hist, be, mode, logf)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
+
 	var counts verdictCounts
 	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
 		eng.Decide(req, func(v engine.Verdict) {
 			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
 			verdict(v)
+			obs.decided(req, v)
 			counts.add(v.Action)
 			if c.Time.IsZero() {
 				c.Time = time.Now()
@@ -249,22 +270,19 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		})
 	})
 
-	started := time.Now()
-	mode := "fail-closed"
-	if o.FailOpen {
-		mode = "fail-open"
-	}
 	srv := api.NewServer(api.Config{
 		Engine:    eng,
 		History:   hist,
 		SaveRules: saveRules,
 		Logf:      logf,
+		EventLog:  obs.hub.Subscribe,
 		Status: func() api.Status {
 			st := api.Status{
 				Version: latchVersion(), PID: os.Getpid(), Started: started,
 				Backend: be.Name(), Mode: mode, Default: o.Default, PromptTimeout: o.PromptTimeout.String(),
 				Inbound: o.Inbound, ExemptLoopback: o.ExemptLoopback, StateDir: o.StateDir,
 				Attribution: be.attribution(), Kernel: be.Stats(), Verdicts: counts.snapshot(),
+				Events: obs.eventStats(),
 			}
 			if o.Backend != "none" {
 				st.Queue = o.Queue
@@ -308,6 +326,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	logf("started: backend %s, %s, default %s after %s, rules %d, API %s, state %s",
 		be.Name(), mode, o.Default, o.PromptTimeout, len(rules), o.API, o.StateDir)
+	obs.started()
 	if ready != nil {
 		ready()
 	}
@@ -316,7 +335,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		if err == nil {
 			err = errors.New("the interception backend stopped")
 		}
-		return fmt.Errorf("backend %s: %w", be.Name(), err)
+		err = fmt.Errorf("backend %s: %w", be.Name(), err)
+		obs.stopped(err)
+		return err
 	case <-ctx.Done():
 	}
 	logf("stopping: removing interception")
@@ -324,6 +345,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	err = <-runErr
 	// Questions still open get the default now, and their verdicts reach the history.
 	eng.Close()
+	obs.stopped(err)
 	if err != nil {
 		logf("backend %s stopped with: %v", be.Name(), err)
 		return fmt.Errorf("stopping backend %s: %w", be.Name(), err)

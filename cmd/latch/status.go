@@ -56,6 +56,13 @@ func runStatus(ctx context.Context, args []string) error {
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History
 	row("history", "%d recorded, %d dropped, %d failed, kept %d at most", h.Recorded, h.Dropped, h.Failed, h.MaxRows)
+	if len(st.Events) > 0 {
+		ev := make([]string, len(st.Events))
+		for i, e := range st.Events {
+			ev[i] = fmt.Sprintf("%s %d sent, %d dropped", e.Sink, e.Sent, e.Dropped)
+		}
+		row("events", "%s", strings.Join(ev, "; "))
+	}
 	row("state dir", "%s", orDash(st.StateDir))
 	return tw.Flush()
 }

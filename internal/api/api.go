@@ -16,6 +16,7 @@
 //	POST   /v1/prompts/{id}/answer    AnswerRequest           -> {"rule": Rule|null}
 //	GET    /v1/conns?after=ID&n=N     {"conns": [Conn...]}, oldest first
 //	GET    /v1/events                 a stream of Event, one JSON object per line
+//	GET    /v1/events/stream          latch.event/1 documents (docs/events.md), one per line
 //	POST   /v1/explain                ExplainRequest          -> Explanation
 //	GET    /v1/rules/hits             {"hits": [RuleHits...]}: connections each rule decided
 //
@@ -65,6 +66,14 @@ type Status struct {
 	HeldConnections int                `json:"held_connections"` // connections waiting on those prompts
 	Rules           int                `json:"rules"`
 	History         store.HistoryStats `json:"history"`
+	Events          []EventSinkStats   `json:"events,omitempty"` // event sinks: sent and dropped
+}
+
+// EventSinkStats are one event sink's counters in Status.
+type EventSinkStats struct {
+	Sink    string `json:"sink"` // file, syslog, api
+	Sent    uint64 `json:"sent"`
+	Dropped uint64 `json:"dropped"` // a full queue or a failed sink; verdicts never wait
 }
 
 // Prompt is an open question as the API shows it: a flat view of engine.Prompt.

@@ -64,6 +64,7 @@ type Hub struct {
 	in     chan item
 	sinks  []*sinkState
 	closed atomic.Bool
+	active atomic.Int32 // sinks + subscribers: with none, events are not even queued
 	stop   chan struct{}
 	done   chan struct{}
 	seq    uint64 // owned by the hub goroutine
@@ -93,6 +94,7 @@ func NewHub(cfg Config, sinks ...Sink) *Hub {
 			s.Run(st.ch, &st.c)
 		}()
 	}
+	h.active.Store(int32(len(h.sinks)))
 	go h.run()
 	return h
 }
@@ -100,7 +102,7 @@ func NewHub(cfg Config, sinks ...Sink) *Hub {
 // Decided reports a connection's verdict and how long the kernel held it. It never
 // blocks and does not allocate: a full queue drops the event (counted).
 func (h *Hub) Decided(req *engine.Request, v engine.Verdict, held time.Duration) {
-	if h == nil || h.closed.Load() {
+	if h == nil || h.active.Load() == 0 || h.closed.Load() {
 		return
 	}
 	h.send(item{req: *req, v: v, held: held, at: h.cfg.Now()})
@@ -109,7 +111,7 @@ func (h *Hub) Decided(req *engine.Request, v engine.Verdict, held time.Duration)
 // Emit reports any other event; the hub fills in schema, time (if zero), host and seq.
 // It never blocks.
 func (h *Hub) Emit(ev Event) {
-	if h == nil || h.closed.Load() {
+	if h == nil || h.active.Load() == 0 || h.closed.Load() {
 		return
 	}
 	if ev.Time.IsZero() {
@@ -196,12 +198,14 @@ func (h *Hub) Subscribe() (<-chan []byte, func()) {
 		close(ch)
 	} else {
 		h.subs[ch] = struct{}{}
+		h.active.Add(1)
 	}
 	h.subMu.Unlock()
 	return ch, func() {
 		h.subMu.Lock()
 		if _, ok := h.subs[ch]; ok {
 			delete(h.subs, ch)
+			h.active.Add(-1)
 			close(ch)
 		}
 		h.subMu.Unlock()

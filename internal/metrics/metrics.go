@@ -42,7 +42,7 @@ type Sources struct {
 	Engine      func() engine.Stats
 	Kernel      func() intercept.Stats
 	History     func() store.HistoryStats
-	HistoryRows func() (int, error)     // rows the history holds now
+	HistoryRows func() (int, error)      // rows the history holds now
 	Attribution func() map[string]uint64 // counts by method ("ebpf", "procfs", ...) and failure ("no_socket", ...)
 	Events      func() []SinkStats
 	Version     string
@@ -60,7 +60,7 @@ type Metrics struct {
 	closed    *prometheus.CounterVec
 }
 
-var actions = [...]engine.Action{engine.NoAction, engine.Allow, engine.Deny, engine.Reject, engine.Drop}
+var actions = [...]engine.Action{engine.Allow, engine.Deny, engine.Reject, engine.Drop}
 
 var knownReasons = [...]engine.Reason{engine.ReasonRule, engine.ReasonPrompt, engine.ReasonDefault,
 	engine.ReasonTimeout, engine.ReasonLimit, engine.ReasonExempt, engine.ReasonError}
