@@ -168,7 +168,7 @@ func CheckAddress(addr string, allowRemote bool) error {
 		return fmt.Errorf("metrics address %q: host %q: want a loopback IP address (or localhost)", addr, host)
 	}
 	if host == "" || !ip.IsLoopback() {
-		return fmt.Errorf("metrics address %q: not a loopback address; metrics name programs and hosts, so serving them to the network needs --metrics-allow-remote", addr)
+		return fmt.Errorf("metrics address %q: not a loopback address; serving metrics beyond this machine needs --metrics-allow-remote", addr)
 	}
 	return nil
 }
