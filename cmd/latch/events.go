@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,6 +43,8 @@ func runEvents(ctx context.Context, args []string) error {
 	}
 	defer st.Close()
 	go func() { <-ctx.Done(); st.Close() }()
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	defer out.Flush()
 	for {
 		line, err := st.Next()
 		if err != nil {
@@ -51,14 +54,20 @@ func runEvents(ctx context.Context, args []string) error {
 			return err
 		}
 		if *asJSON {
-			os.Stdout.Write(append(line, '\n'))
-			continue
+			out.Write(line)
+			out.WriteByte('\n')
+		} else {
+			var ev events.Event
+			if err := json.Unmarshal(line, &ev); err != nil {
+				return fmt.Errorf("event %q: %w", line, err)
+			}
+			fmt.Fprintln(out, eventLine(&ev))
 		}
-		var ev events.Event
-		if err := json.Unmarshal(line, &ev); err != nil {
-			return fmt.Errorf("event %q: %w", line, err)
+		if !st.Buffered() { // write out what arrived together
+			if err := out.Flush(); err != nil {
+				return err
+			}
 		}
-		fmt.Println(eventLine(&ev))
 	}
 }
 

@@ -2,11 +2,13 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 )
 
 func (s *Server) eventLog(w http.ResponseWriter, r *http.Request) {
@@ -49,15 +51,27 @@ func (s *Server) eventLog(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 			flusher.Flush()
+			// Wait for more to come before the next write (see events.Coalesce).
+			select {
+			case <-time.After(eventStreamCoalesce):
+			case <-r.Context().Done():
+				return
+			}
 		}
 	}
 }
 
+// eventStreamCoalesce batches the stream's writes, as the event sinks do.
+const eventStreamCoalesce = 20 * time.Millisecond
+
 // EventLogStream is an open GET /v1/events/stream.
 type EventLogStream struct {
 	body io.ReadCloser
-	sc   *bufio.Scanner
+	r    *bufio.Reader
 }
+
+// maxEventLine bounds one event document.
+const maxEventLine = 16 << 20
 
 // EventLog opens the latch.event/1 stream: once it returns, every later event is
 // delivered (unless the client falls behind by thousands, then some are lost).
@@ -66,26 +80,36 @@ func (c *Client) EventLog(ctx context.Context) (*EventLogStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	return &EventLogStream{body: resp.Body, sc: sc}, nil
+	return &EventLogStream{body: resp.Body, r: bufio.NewReaderSize(resp.Body, 256<<10)}, nil
 }
 
 // Next returns the next event document, exactly as the daemon encoded it; io.EOF when
 // the daemon ended the stream.
 func (s *EventLogStream) Next() (json.RawMessage, error) {
-	if !s.sc.Scan() {
-		if err := s.sc.Err(); err != nil {
-			return nil, err
+	var line []byte
+	for {
+		part, err := s.r.ReadSlice('\n')
+		line = append(line, part...)
+		if err == bufio.ErrBufferFull && len(line) < maxEventLine {
+			continue
 		}
-		return nil, io.EOF
+		if err == io.EOF && len(line) == 0 {
+			return nil, io.EOF
+		}
+		if err != nil && err != io.EOF {
+			return nil, fmt.Errorf("latch API event stream: %w", err)
+		}
+		break
 	}
-	line := s.sc.Bytes()
+	line = bytes.TrimSuffix(line, []byte("\n"))
 	if !json.Valid(line) {
 		return nil, fmt.Errorf("latch API event stream: not JSON: %q", line)
 	}
-	return append(json.RawMessage(nil), line...), nil
+	return line, nil
 }
+
+// Buffered reports whether more of the stream is already read (Next will not wait).
+func (s *EventLogStream) Buffered() bool { return s.r.Buffered() > 0 }
 
 // Close ends the stream.
 func (s *EventLogStream) Close() error { return s.body.Close() }

@@ -117,8 +117,9 @@ func (s *FileSink) Run(lines <-chan []byte, c *Counters) {
 			s.w.WriteByte('\n')
 			s.size += int64(len(line)) + 1
 			pending++
-			if len(lines) == 0 { // write a batch out when the queue is empty
+			if len(lines) == 0 { // write a batch out when the queue is empty, then wait for more
 				flush()
+				time.Sleep(Coalesce)
 			}
 		case <-tick.C:
 			flush()

@@ -242,33 +242,47 @@ func (h *Hub) Close(timeout time.Duration) {
 	}
 }
 
+// Coalesce is how long the hub and the sinks wait after handling a batch before they
+// take the next: events reach the sinks in batches at most this much later, and a
+// busy daemon wakes each of them tens of times a second instead of once per
+// connection (a verdict is never waiting for this either way).
+const Coalesce = 20 * time.Millisecond
+
 func (h *Hub) run() {
 	defer close(h.done)
 	for {
 		select {
 		case it := <-h.in:
 			h.handle(it)
+			for n := len(h.in); n > 0; n-- {
+				h.handle(<-h.in)
+			}
+			select {
+			case <-time.After(Coalesce):
+				continue
+			case <-h.stop:
+			}
 		case <-h.stop:
-			for {
-				select {
-				case it := <-h.in:
-					h.handle(it)
-					continue
-				default:
-				}
-				break
-			}
-			for _, s := range h.sinks {
-				close(s.ch)
-			}
-			h.subMu.Lock()
-			for ch := range h.subs {
-				close(ch)
-			}
-			h.subs = nil
-			h.subMu.Unlock()
-			return
 		}
+		for {
+			select {
+			case it := <-h.in:
+				h.handle(it)
+				continue
+			default:
+			}
+			break
+		}
+		for _, s := range h.sinks {
+			close(s.ch)
+		}
+		h.subMu.Lock()
+		for ch := range h.subs {
+			close(ch)
+		}
+		h.subs = nil
+		h.subMu.Unlock()
+		return
 	}
 }
 

@@ -216,31 +216,60 @@ func (s *SyslogSink) Format(line []byte) []byte {
 	return b.Bytes()
 }
 
-// Run implements Sink.
+// Run implements Sink. What is queued goes out in one write (stream transports) and
+// then the sink waits Coalesce for more.
 func (s *SyslogSink) Run(lines <-chan []byte, c *Counters) {
 	defer s.disconnect()
-	var frame []byte
+	var buf []byte
+	var batch [][]byte
 	for line := range lines {
-		if !s.connected() {
-			c.Dropped.Add(1)
-			continue
+		batch = append(batch[:0], line)
+		for n := len(lines); n > 0; n-- {
+			l, ok := <-lines
+			if !ok {
+				break
+			}
+			batch = append(batch, l)
 		}
-		msg := s.Format(line)
-		if s.framed() {
-			frame = strconv.AppendInt(frame[:0], int64(len(msg)), 10)
-			frame = append(frame, ' ')
-			frame = append(frame, msg...)
-		} else {
-			frame = append(frame[:0], msg...)
-		}
+		s.send(batch, &buf, c)
+		time.Sleep(Coalesce)
+	}
+}
+
+// send writes a batch: framed in one write on a stream, one datagram each otherwise.
+func (s *SyslogSink) send(batch [][]byte, buf *[]byte, c *Counters) {
+	if !s.connected() {
+		c.Dropped.Add(uint64(len(batch)))
+		return
+	}
+	write := func(b []byte, n int) bool {
 		s.conn.SetWriteDeadline(time.Now().Add(syslogWriteTimeout))
-		if _, err := s.conn.Write(frame); err != nil {
+		if _, err := s.conn.Write(b); err != nil {
 			s.logf("events syslog %s: %v (reconnecting)", s.address, err)
 			s.disconnect()
 			s.failed()
-			c.Dropped.Add(1)
-			continue
+			c.Dropped.Add(uint64(n))
+			return false
 		}
-		c.Sent.Add(1)
+		c.Sent.Add(uint64(n))
+		return true
+	}
+	if s.framed() {
+		b := (*buf)[:0]
+		for _, line := range batch {
+			msg := s.Format(line)
+			b = strconv.AppendInt(b, int64(len(msg)), 10)
+			b = append(b, ' ')
+			b = append(b, msg...)
+		}
+		*buf = b
+		write(b, len(batch))
+		return
+	}
+	for i, line := range batch {
+		if !write(s.Format(line), 1) {
+			c.Dropped.Add(uint64(len(batch) - i - 1))
+			return
+		}
 	}
 }
