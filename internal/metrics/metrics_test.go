@@ -25,8 +25,10 @@ func scrape(t *testing.T, m *Metrics) string {
 // scrape-time sources; promtool (when installed) finds nothing to say.
 func TestExposition(t *testing.T) {
 	m := New(Sources{
-		Engine:      func() engine.Stats { return engine.Stats{Prompts: 4, Open: 1, Held: 2, Rules: 7, Dropped: 3} },
-		Kernel:      func() intercept.Stats { return intercept.Stats{Held: 9, Allowed: 5, Overflows: 2, Extra: map[string]uint64{"queue_dropped": 6, "dns_names": 11}} },
+		Engine: func() engine.Stats { return engine.Stats{Prompts: 4, Open: 1, Held: 2, Rules: 7, Dropped: 3} },
+		Kernel: func() intercept.Stats {
+			return intercept.Stats{Held: 9, Allowed: 5, Overflows: 2, Extra: map[string]uint64{"queue_dropped": 6, "dns_names": 11}}
+		},
 		History:     func() store.HistoryStats { return store.HistoryStats{Recorded: 8, Dropped: 1} },
 		HistoryRows: func() (int, error) { return 8, nil },
 		Attribution: func() map[string]uint64 { return map[string]uint64{"ebpf": 7, "procfs": 1, "no_socket": 1} },
