@@ -20,9 +20,12 @@ import (
 // degradingBackend is a backend whose queue overflows and hold timeouts the test sets.
 type degradingBackend struct{ overflows, timeouts atomic.Uint64 }
 
-func (b *degradingBackend) Name() string                                       { return "test" }
-func (b *degradingBackend) Run(ctx context.Context, d intercept.Decider) error { <-ctx.Done(); return nil }
-func (b *degradingBackend) Redecide(func(*engine.Request) bool) (int, error)   { return 0, nil }
+func (b *degradingBackend) Name() string { return "test" }
+func (b *degradingBackend) Run(ctx context.Context, d intercept.Decider) error {
+	<-ctx.Done()
+	return nil
+}
+func (b *degradingBackend) Redecide(func(*engine.Request) bool) (int, error) { return 0, nil }
 func (b *degradingBackend) Stats() intercept.Stats {
 	return intercept.Stats{Backend: "test", Overflows: b.overflows.Load(), Extra: map[string]uint64{"hold_timeouts": b.timeouts.Load()}}
 }
