@@ -140,6 +140,7 @@ func (e *Engine) Explain(req *Request) Explanation {
 // ruleHits counts the connections one rule decided. It survives recompilation: the
 // engine keeps one per rule ID and every compiledRule of that ID points to it.
 type ruleHits struct {
+	rule Rule // the rule counted: a rule replaced under the same ID starts from zero
 	n    atomic.Uint64
 	last atomic.Int64 // Unix ns of the latest hit; 0: never
 }
@@ -219,7 +220,11 @@ func (e *Engine) attachHits(m *matcher) {
 	defer e.hitsMu.Unlock()
 	keep := make(map[RuleID]bool, len(m.rules))
 	for _, c := range m.rules {
+		if h := e.hits[c.ID]; h != nil && h.rule != c.Rule {
+			delete(e.hits, c.ID) // changed (rules import): its counts were another rule's
+		}
 		c.hits = e.hitsLocked(c.ID)
+		c.hits.rule = c.Rule
 		keep[c.ID] = true
 	}
 	for id := range e.hits {

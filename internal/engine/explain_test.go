@@ -255,4 +255,13 @@ func TestRuleHits(t *testing.T) {
 	want[1] = RuleHits{1, 13, t0}
 	want[3] = RuleHits{3, 2, t0.Add(time.Hour)}
 	check("after seeding")
+	// An import that keeps rule 3 as it is and changes rule 1 under the same ID: rule
+	// 1 starts from zero, rule 3 keeps its counts.
+	rules := e.Rules()
+	rules[0].Action = Deny
+	if err := e.ReplaceRules(rules); err != nil {
+		t.Fatal(err)
+	}
+	want[1] = RuleHits{ID: 1}
+	check("after an import changed rule 1")
 }

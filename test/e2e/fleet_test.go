@@ -114,7 +114,8 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 	n.Serve(t, 8081)
 	n.Serve(t, 8082)
 	const metricsAddr, promAddr = "127.0.0.1:9184", "127.0.0.1:9090"
-	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "20s", "--metrics", metricsAddr)
+	n.Serve(t, 8083)
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "3s", "--metrics", metricsAddr)
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8080", "--action", "allow")
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8081", "--action", "deny")
 
@@ -158,30 +159,35 @@ scrape_configs:
 	if r := <-done; r.Outcome != "connected" {
 		t.Fatalf("answered connect: %+v", r)
 	}
+	// One question nobody answers: the default (deny) after 3s.
+	if r := n.Connect(t, 8083, 15*time.Second); r.Outcome != "refused" {
+		t.Fatalf("unanswered connect: %+v", r)
+	}
 
 	for q, want := range map[string]float64{
 		`latch_decisions_total{action="allow",reason="rule"}`:   allowed,
 		`latch_decisions_total{action="deny",reason="rule"}`:    denied,
 		`latch_decisions_total{action="allow",reason="prompt"}`: 1,
-		`sum(latch_decisions_total)`:                            allowed + denied + 1,
-		`latch_verdict_latency_seconds_count`:                   allowed + denied + 1,
-		`latch_questions_opened_total`:                          1,
+		`latch_decisions_total{action="deny",reason="timeout"}`: 1,
+		`sum(latch_decisions_total)`:                            allowed + denied + 2,
+		`latch_verdict_latency_seconds_count`:                   allowed + denied + 2,
+		`latch_questions_opened_total`:                          2,
 		`latch_questions_closed_total{outcome="answered"}`:      1,
-		`latch_questions_closed_total{outcome="timeout"}`:       0,
+		`latch_questions_closed_total{outcome="timeout"}`:       1,
 		`latch_questions_open`:                                  0,
 		`latch_rules`:                                           2,
 		`latch_kernel_verdicts_total{action="allow"}`:           allowed + 1,
-		`latch_history_rows_written_total`:                      allowed + denied + 1,
-		`latch_history_rows`:                                    allowed + denied + 1,
+		`latch_history_rows_written_total`:                      allowed + denied + 2,
+		`latch_history_rows`:                                    allowed + denied + 2,
 		`latch_queue_overflows_total`:                           0,
 		`count(latch_build_info{version!=""})`:                  1,
-		// The answered question waited for the CLI: at least 1ms; the rule verdicts
-		// are in the sub-millisecond buckets.
-		`latch_verdict_latency_seconds_bucket{le="120"}`: allowed + denied + 1,
+		// The timed-out connection was held 3s, the others far less.
+		`latch_verdict_latency_seconds_bucket{le="2.5"}`: allowed + denied + 1,
+		`latch_verdict_latency_seconds_bucket{le="5"}`:   allowed + denied + 2,
 	} {
 		promWait(t, hc, promAddr, q, want)
 	}
-	if v, ok := promQuery(t, hc, promAddr, `sum(latch_attributions_total)`); !ok || v < allowed+denied+1 {
+	if v, ok := promQuery(t, hc, promAddr, `sum(latch_attributions_total)`); !ok || v < allowed+denied+2 {
 		t.Errorf("attributions: %v %v; want every connection attributed", v, ok)
 	}
 
