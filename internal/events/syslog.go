@@ -3,7 +3,6 @@ package events
 import (
 	"bytes"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -190,30 +189,41 @@ func (s *SyslogSink) failed() {
 
 // Format returns the RFC 5424 message for one event line (without framing).
 func (s *SyslogSink) Format(line []byte) []byte {
-	var head struct {
-		Event    string    `json:"event"`
-		Time     time.Time `json:"time"`
-		Decision *struct {
-			Action string `json:"action"`
-		} `json:"decision"`
-	}
-	json.Unmarshal(line, &head)
+	event, ts, action := headerFields(line)
 	sev := 6 // info
-	if head.Event == BackendDegraded || (head.Event == ConnectionDecided && head.Decision != nil && head.Decision.Action != "allow") {
+	if event == BackendDegraded || (event == ConnectionDecided && action != "allow") {
 		sev = 5 // notice
 	}
 	msgid := "-"
-	if head.Event != "" && len(head.Event) <= 32 {
-		msgid = head.Event
+	if event != "" && len(event) <= 32 {
+		msgid = event
 	}
-	ts := "-"
-	if !head.Time.IsZero() {
-		ts = head.Time.UTC().Format("2006-01-02T15:04:05.000000Z07:00")
+	stamp := "-"
+	if t, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+		stamp = t.UTC().Format("2006-01-02T15:04:05.000000Z07:00")
 	}
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "<%d>1 %s %s latch %s %s - ", facilityDaemon*8+sev, ts, s.hostname, s.pid, msgid)
-	b.Write(line)
-	return b.Bytes()
+	b := make([]byte, 0, len(line)+96)
+	b = fmt.Appendf(b, "<%d>1 %s %s latch %s %s - ", facilityDaemon*8+sev, stamp, s.hostname, s.pid, msgid)
+	return append(b, line...)
+}
+
+// headerFields reads the event type, time and decision action of a document the hub
+// encoded, without decoding it: in encoding/json's output a key in quotes followed by
+// a colon cannot occur inside a string value (its quotes would be escaped).
+func headerFields(line []byte) (event, ts, action string) {
+	get := func(key string) string {
+		i := bytes.Index(line, []byte(key))
+		if i < 0 {
+			return ""
+		}
+		rest := line[i+len(key):]
+		j := bytes.IndexByte(rest, '"')
+		if j < 0 || bytes.IndexByte(rest[:j], '\\') >= 0 {
+			return ""
+		}
+		return string(rest[:j])
+	}
+	return get(`"event":"`), get(`"time":"`), get(`"decision":{"action":"`)
 }
 
 // Run implements Sink. What is queued goes out in one write (stream transports) and

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/json"
 	"net"
 	"path/filepath"
 	"strings"
@@ -54,5 +55,27 @@ func TestSyslogDatagrams(t *testing.T) {
 		if st := h.Stats()[0]; st.Sent != 3 || st.Dropped != 0 {
 			t.Errorf("%s: %+v", url, st)
 		}
+	}
+}
+
+// TestSyslogHeaderNotSpoofable: text a program controls (its path) cannot change the
+// severity, MSGID or timestamp the sink reads from the document.
+func TestSyslogHeaderNotSpoofable(t *testing.T) {
+	s, _ := NewSyslogSink("udp://127.0.0.1:514", "h", nil)
+	req := testRequest(1)
+	req.Exe = `/tmp/"event":"daemon.started","time":"1999-01-01T00:00:00Z","decision":{"action":"allow"}`
+	ev := Event{Schema: Schema, Event: ConnectionDecided, Time: time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC), Seq: 1,
+		Connection: connectionOf(&req), Process: processOf(&req), Decision: decisionOf(engine.Verdict{Action: engine.Deny, Reason: engine.ReasonRule}, 0)}
+	// Put the process first so the spoof text comes before the real fields.
+	line, _ := json.Marshal(struct {
+		Process *Process `json:"process"`
+		Event
+	}{ev.Process, ev})
+	m := string(s.Format(line))
+	if !strings.HasPrefix(m, "<29>1 2026-05-06T07:08:09.000000Z h latch ") {
+		t.Fatalf("header %q", m[:min(len(m), 80)])
+	}
+	if !strings.Contains(m, " connection.decided - {") {
+		t.Fatalf("MSGID spoofed: %q", m[:min(len(m), 120)])
 	}
 }
