@@ -20,6 +20,8 @@ command -v make >/dev/null || need_pkgs+=(make)
 for tool in unshare setpriv pivot_root; do
 	command -v $tool >/dev/null || { need_pkgs+=(util-linux); break; }
 done
+command -v prometheus >/dev/null || need_pkgs+=(prometheus)   # metrics e2e: a real Prometheus scrapes latch
+command -v rsyslogd >/dev/null || need_pkgs+=(rsyslog)        # events e2e: a real rsyslog receives RFC 5424
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2

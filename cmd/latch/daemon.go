@@ -45,7 +45,7 @@ answer', 'latch watch'), or by the default when nobody answers in time. On SIGIN
 
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
-`
+` + observeHelp
 
 // daemonOptions are the daemon's flags.
 type daemonOptions struct {
@@ -59,6 +59,7 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	observeOptions // metrics and events (observe.go)
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -74,7 +75,11 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	checkObserve := addObserveFlags(fs, &o.observeOptions)
 	if err := parseFlagsOnly(fs, args); err != nil {
+		return nil, err
+	}
+	if err := checkObserve(); err != nil {
 		return nil, err
 	}
 	var err error
@@ -116,7 +121,11 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 type platformBackend struct {
 	intercept.Backend
 	attribution func() []string // live attribution methods
-	close       func()          // releases what newBackend opened besides the backend
+	// attrStats counts attributions by method and failures by cause (metrics); nil: none.
+	attrStats func() map[string]uint64
+	// warnings say what works less well than it could (reported as backend.degraded).
+	warnings []string
+	close    func() // releases what newBackend opened besides the backend
 	// ready is closed once Run holds connections; nil: as soon as Run is called.
 	ready <-chan struct{}
 	// dns returns the hostname learner's counters; nil where names are not learned.
@@ -206,6 +215,8 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
 	}
 	defer eng.Close()
+	stopHits := keepRuleHits(eng, o.StateDir, logf)
+	defer stopHits()
 
 	// Room for the rules comes first: the reserve is allocated before the history
 	// opens, and the history stops at a free-space floor, so a full disk never
@@ -257,11 +268,23 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		}
 	})
 
+	started := time.Now()
+	mode := "fail-closed"
+	if o.FailOpen {
+		mode = "fail-open"
+	}
+	obs, err := startObservers(o, eng, hist, be, mode, logf)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
+
 	var counts verdictCounts
 	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
 		eng.Decide(req, func(v engine.Verdict) {
 			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
 			verdict(v)
+			obs.decided(req, v)
 			counts.add(v.Action)
 			if c.Time.IsZero() {
 				c.Time = time.Now()
@@ -270,16 +293,12 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		})
 	})
 
-	started := time.Now()
-	mode := "fail-closed"
-	if o.FailOpen {
-		mode = "fail-open"
-	}
 	srv := api.NewServer(api.Config{
 		Engine:    eng,
 		History:   hist,
 		SaveRules: saveRules,
 		Logf:      logf,
+		EventLog:  obs.hub.Subscribe,
 		Status: func() api.Status {
 			st := api.Status{
 				Version: latchVersion(), PID: os.Getpid(), Started: started,
@@ -287,6 +306,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				Inbound: o.Inbound, ExemptLoopback: o.ExemptLoopback, StateDir: o.StateDir,
 				Attribution: be.attribution(), Kernel: be.Stats(), Verdicts: counts.snapshot(),
 				RulesReserve: reserve.Stats(),
+				Events:       obs.eventStats(),
 			}
 			if o.Backend != "none" {
 				st.Queue = o.Queue
@@ -333,6 +353,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	logf("started: backend %s, %s, default %s after %s, rules %d, API %s, state %s",
 		be.Name(), mode, o.Default, o.PromptTimeout, len(rules), o.API, o.StateDir)
+	obs.started()
 	if ready != nil {
 		ready()
 	}
@@ -341,7 +362,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		if err == nil {
 			err = errors.New("the interception backend stopped")
 		}
-		return fmt.Errorf("backend %s: %w", be.Name(), err)
+		err = fmt.Errorf("backend %s: %w", be.Name(), err)
+		obs.stopped(err)
+		return err
 	case <-ctx.Done():
 	}
 	logf("stopping: removing interception")
@@ -349,6 +372,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	err = <-runErr
 	// Questions still open get the default now, and their verdicts reach the history.
 	eng.Close()
+	obs.stopped(err)
 	if err != nil {
 		logf("backend %s stopped with: %v", be.Name(), err)
 		return fmt.Errorf("stopping backend %s: %w", be.Name(), err)

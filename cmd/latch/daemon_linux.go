@@ -19,8 +19,10 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	if err != nil {
 		return nil, fmt.Errorf("process attribution: %w", err)
 	}
+	var warnings []string
 	for method, err := range res.MethodErrors() {
 		logf("process attribution: %s unavailable: %v", method, err)
+		warnings = append(warnings, fmt.Sprintf("process attribution: %s unavailable: %v", method, err))
 	}
 	cfg := linux.DefaultConfig()
 	cfg.QueueNum = o.Queue
@@ -39,7 +41,12 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		res.Close()
 		return nil, err
 	}
-	return &platformBackend{Backend: be, attribution: res.Methods, dns: be.DNSStats, close: func() { res.Close() }, ready: ready}, nil
+	attrStats := func() map[string]uint64 {
+		st := res.Stats()
+		return map[string]uint64{"ebpf": st.EBPF, "procfs": st.Procfs, "no_socket": st.NoSocket, "no_process": st.NoProcess}
+	}
+	return &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
+		dns: be.DNSStats, close: func() { res.Close() }, ready: ready}, nil
 }
 
 const cleanupHelp = `Usage: latch cleanup [--queue N]

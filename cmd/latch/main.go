@@ -62,6 +62,8 @@ Questions:
 History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
   status [--json]           backend, mode, counters, pending questions
+  explain [flags]           which rule would decide a connection, and why; see 'latch help explain'
+  events --follow [--json]  every event (latch.event/1) as it happens
   version                   print latch's version
   help [VERB]               this text, or a verb's flags
 
@@ -99,6 +101,8 @@ func init() {
 		"watch":   {runWatch, watchHelp},
 		"conns":   {runConns, connsHelp},
 		"status":  {runStatus, statusHelp},
+		"explain": {runExplain, explainHelp},
+		"events":  {runEvents, eventsHelp},
 		"service": {runService, winsvc.Usage},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}

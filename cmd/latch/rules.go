@@ -77,20 +77,24 @@ func rulesList(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		return printJSONLines(rules)
+	hits, err := ruleHitsByID(ctx)
+	if err != nil {
+		return err
 	}
-	printRules(os.Stdout, rules)
+	if *asJSON {
+		return printRulesJSON(os.Stdout, rules, hits)
+	}
+	printRules(os.Stdout, rules, hits)
 	return nil
 }
 
-func printRules(w io.Writer, rules []engine.Rule) {
+func printRules(w io.Writer, rules []engine.Rule, hits map[engine.RuleID]engine.RuleHits) {
 	if len(rules) == 0 {
 		fmt.Fprintln(w, "no rules")
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tACTION\tDIR\tPROTO\tAPP\tUSER\tHOST\tREMOTE\tPORT\tLOCAL-PORT\tEXPIRES\tNOTE")
+	fmt.Fprintln(tw, "ID\tACTION\tDIR\tPROTO\tAPP\tUSER\tHOST\tREMOTE\tPORT\tLOCAL-PORT\tEXPIRES\tHITS\tLAST-HIT\tNOTE")
 	for _, r := range rules {
 		remote, port, lport, expires := "-", "-", "-", "never"
 		if r.Remote.IsValid() {
@@ -105,8 +109,13 @@ func printRules(w io.Writer, rules []engine.Rule) {
 		if !r.Expires.IsZero() {
 			expires = r.Expires.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
-			field(r.App), field(r.User), field(r.Host), remote, port, lport, expires, field(r.Note))
+		h := hits[r.ID]
+		last := "never"
+		if !h.LastHit.IsZero() {
+			last = h.LastHit.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
+			field(r.App), field(r.User), field(r.Host), remote, port, lport, expires, h.Hits, last, field(r.Note))
 	}
 	tw.Flush()
 }

@@ -87,6 +87,13 @@ func runStatus(ctx context.Context, args []string) error {
 			row("rules reserve", "%d bytes", r.Size)
 		}
 	}
+	if len(st.Events) > 0 {
+		ev := make([]string, len(st.Events))
+		for i, e := range st.Events {
+			ev[i] = fmt.Sprintf("%s %d sent, %d dropped", e.Sink, e.Sent, e.Dropped)
+		}
+		row("events", "%s", strings.Join(ev, "; "))
+	}
 	row("state dir", "%s", field(st.StateDir))
 	return tw.Flush()
 }

@@ -16,6 +16,9 @@
 //	POST   /v1/prompts/{id}/answer    AnswerRequest           -> {"rule": Rule|null}
 //	GET    /v1/conns?after=ID&n=N     {"conns": [Conn...]}, oldest first
 //	GET    /v1/events                 a stream of Event, one JSON object per line
+//	GET    /v1/events/stream          latch.event/1 documents (docs/events.md), one per line
+//	POST   /v1/explain                ExplainRequest          -> Explanation
+//	GET    /v1/rules/hits             {"hits": [RuleHits...]}: connections each rule decided
 //
 // Request bodies are decoded strictly: unknown fields, wrong types and bad values are
 // a 400 error naming the field, and nothing changes.
@@ -70,6 +73,15 @@ type Status struct {
 	// DNS counts the hostnames learned from DNS answers and the answers ignored, by
 	// reason (Linux; absent where names are not learned).
 	DNS *dnsname.Stats `json:"dns,omitempty"`
+
+	Events []EventSinkStats `json:"events,omitempty"` // event sinks: sent and dropped
+}
+
+// EventSinkStats are one event sink's counters in Status.
+type EventSinkStats struct {
+	Sink    string `json:"sink"` // file, syslog, api
+	Sent    uint64 `json:"sent"`
+	Dropped uint64 `json:"dropped"` // a full queue or a failed sink; verdicts never wait
 }
 
 // Prompt is an open question as the API shows it: a flat view of engine.Prompt.

@@ -38,6 +38,9 @@ type Config struct {
 	SaveRules func() error
 	// Logf logs server errors; nil: log.Printf.
 	Logf func(format string, args ...any)
+	// EventLog subscribes to the latch.event/1 stream (GET /v1/events/stream): a
+	// channel of JSON documents and a func that ends the subscription. nil: a 503.
+	EventLog func() (<-chan []byte, func())
 }
 
 // Server serves the local API.
@@ -70,6 +73,9 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/prompts/{id}/answer", s.answer)
 	s.mux.HandleFunc("GET /v1/conns", s.conns)
 	s.mux.HandleFunc("GET /v1/events", s.events)
+	s.mux.HandleFunc("POST /v1/explain", s.explain)
+	s.mux.HandleFunc("GET /v1/events/stream", s.eventLog)
+	s.mux.HandleFunc("GET /v1/rules/hits", s.ruleHits)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})

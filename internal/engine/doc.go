@@ -54,6 +54,16 @@
 // is the winner, and evaluation stays well under a microsecond at 100,000 rules
 // (BenchmarkMatch; BenchmarkLinearScan is the plain scan for comparison).
 //
+// # Explain and rule hits
+//
+// Explain answers "why": the rule Decide would use for a request (from the same
+// compiled matcher), the precedence step (Step, numbered as above) at which it beat
+// the best other matching rule, and every other matching rule with the step at which
+// it lost. The losers are found with the matcher's own per-rule test and the steps
+// with the comparison that orders the matcher, so the explanation cannot drift from
+// the decision. Each rule also counts the connections it decided and when last
+// (RuleHits): an atomic add on the decision path, kept across rule-set changes.
+//
 // # Questions
 //
 // A Request no rule matches becomes a question (Prompt) for a person. Identical

@@ -104,6 +104,10 @@ type Engine struct {
 	dropped    atomic.Uint64
 
 	counts [numReasons]atomic.Uint64
+
+	// hitsMu guards hits, the rule-hit counters by rule ID (see RuleHits).
+	hitsMu sync.Mutex
+	hits   map[RuleID]*ruleHits
 }
 
 var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonLimit}
@@ -264,6 +268,7 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 	now := e.now()
 	m := e.matcher.Load()
 	if c := m.match(req, now); c != nil {
+		c.hits.add(now)
 		e.count(ReasonRule)
 		verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
 		return
@@ -274,6 +279,7 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 	if m2 := e.matcher.Load(); m2 != m {
 		if c := m2.match(req, now); c != nil {
 			e.mu.Unlock()
+			c.hits.add(now)
 			e.count(ReasonRule)
 			verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
 			return
@@ -524,6 +530,7 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 	}
 	slices.SortFunc(live, func(a, b Rule) int { return cmp.Compare(a.ID, b.ID) })
 	m := compile(live)
+	e.attachHits(m)
 
 	var ds []delivery
 	e.mu.Lock()
@@ -534,6 +541,7 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 		var last Verdict
 		for _, w := range p.waiters {
 			if c := m.match(&w.req, now); c != nil {
+				c.hits.add(now)
 				last = Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID}
 				ds = append(ds, delivery{w.verdict, last})
 				decided++

@@ -19,6 +19,7 @@ type compiledRule struct {
 	// hostKey is the matcher's number for host (an exact name) or for its suffix (a
 	// wildcard, ".example.com"); see matcher.hostKeys.
 	hostKey int32
+	hits    *ruleHits // shared by every compilation of this rule ID; nil outside an Engine
 }
 
 func compileRule(r Rule) *compiledRule {
@@ -89,37 +90,48 @@ func boolInt(b bool) int {
 // comparePrecedence orders rules by precedence (see the package doc): negative when a
 // wins over b. It is a total order on rules with distinct IDs.
 func comparePrecedence(a, b *compiledRule) int {
+	_, c := precedenceStep(a, b)
+	return c
+}
+
+// precedenceStep compares a and b like comparePrecedence and also returns the step of
+// the package doc's precedence list that settled it (StepNone when a and b are the
+// same rule). Explain reports these steps; the matcher sorts by them.
+func precedenceStep(a, b *compiledRule) (Step, int) {
 	if c := cmp.Compare(appClass(b.app), appClass(a.app)); c != 0 {
-		return c
+		return StepApp, c
 	}
 	if c := cmp.Compare(boolInt(b.Service != ""), boolInt(a.Service != "")); c != 0 {
-		return c
+		return StepApp, c
 	}
 	if c := cmp.Compare(hostSpecificity(b.host), hostSpecificity(a.host)); c != 0 {
-		return c
+		return StepHost, c
 	}
 	if c := cmp.Compare(remoteBits(b.Remote), remoteBits(a.Remote)); c != 0 {
-		return c
+		return StepRemote, c
 	}
 	if c := cmp.Compare(a.Port.width(), b.Port.width()); c != 0 {
-		return c
+		return StepPort, c
 	}
 	if c := cmp.Compare(boolInt(b.User != ""), boolInt(a.User != "")); c != 0 {
-		return c
+		return StepUser, c
 	}
 	if c := cmp.Compare(a.LocalPort.width(), b.LocalPort.width()); c != 0 {
-		return c
+		return StepLocalPort, c
 	}
 	if c := cmp.Compare(boolInt(b.Protocol != AnyProtocol), boolInt(a.Protocol != AnyProtocol)); c != 0 {
-		return c
+		return StepProtocol, c
 	}
 	if c := cmp.Compare(boolInt(b.Direction != AnyDirection), boolInt(a.Direction != AnyDirection)); c != 0 {
-		return c
+		return StepDirection, c
 	}
 	if c := cmp.Compare(boolInt(blocks(b.Action)), boolInt(blocks(a.Action))); c != 0 {
-		return c
+		return StepAction, c
 	}
-	return cmp.Compare(a.ID, b.ID)
+	if c := cmp.Compare(a.ID, b.ID); c != 0 {
+		return StepID, c
+	}
+	return StepNone, 0
 }
 
 // ruleRef is what the index stores per rule: the fields the match tests read, inline,
@@ -810,9 +822,15 @@ func (m *matcher) matchGlobs(q *query, name string, best **ruleRef) {
 // matches. Tests compare it with match; benchmarks use it as the baseline.
 func (m *matcher) matchLinear(req *Request, now time.Time) *compiledRule {
 	for _, c := range m.rules {
-		if c.matches(req, now) && (c.app == nil || c.app.match(req.appExe())) {
+		if c.matchesRequest(req, now) {
 			return c
 		}
 	}
 	return nil
+}
+
+// matchesRequest reports whether c matches req at now, every field checked (the
+// unindexed test: matchLinear and Explain use it).
+func (c *compiledRule) matchesRequest(req *Request, now time.Time) bool {
+	return c.matches(req, now) && (c.app == nil || c.app.match(req.appExe()))
 }

@@ -563,8 +563,6 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 	if n <= 0 {
 		return nil, fmt.Errorf("history: n %d: must be positive", n)
 	}
-	const cols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note`
 	db := h.db.Load()
 	if db == nil {
 		return nil, errHistoryNotOpen
@@ -572,13 +570,22 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 	var rows *sql.Rows
 	var err error
 	if afterID > 0 {
-		rows, err = db.Query(`SELECT `+cols+` FROM conns WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
+		rows, err = db.Query(`SELECT `+connCols+` FROM conns WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
 	} else {
-		rows, err = db.Query(`SELECT * FROM (SELECT `+cols+` FROM conns ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
+		rows, err = db.Query(`SELECT * FROM (SELECT `+connCols+` FROM conns ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}
+	return scanConns(rows)
+}
+
+// connCols are the columns scanConns reads, in order.
+const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note`
+
+// scanConns reads rows of connCols and closes them.
+func scanConns(rows *sql.Rows) ([]Conn, error) {
 	defer rows.Close()
 	var out []Conn
 	for rows.Next() {

@@ -6,7 +6,10 @@
 //   - none:  no firewall at all;
 //   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
 //     round trip itself, which no queue-based firewall can avoid);
-//   - latch: the latch daemon with 10,000 rules loaded and process attribution on.
+//   - latch: the latch daemon with 10,000 rules loaded and process attribution on;
+//   - latch+sinks: the same with every observer on: metrics (--metrics), a JSON-lines
+//     events file, a syslog collector over TCP (a reader that discards), and an API
+//     follower (`latch events --follow --json`) — to compare with latch.
 //
 // and reports latch's added latency as a multiple of the floor's. Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
@@ -19,6 +22,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -60,6 +64,9 @@ func main() {
 		case "role-floor":
 			roleFloor()
 			return
+		case "role-collector":
+			roleCollector(os.Args[2])
+			return
 		}
 	}
 	n := flag.Int("n", 2000, "connects per phase (sequential latency, then concurrent throughput)")
@@ -96,7 +103,7 @@ func main() {
 	// The three set-ups stay up side by side and the client visits them in turn, a
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
-	names := []string{"none", "floor", "latch"}
+	names := []string{"none", "floor", "latch", "latch+sinks"}
 	var targets []*target
 	for _, sc := range names {
 		tg, err := setup(sc, client, *latchBin, dir, *nrules)
@@ -209,14 +216,24 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 			return tg, fmt.Errorf("floor reader: %v", err)
 		}
 		tg.procs = append(tg.procs, floor)
-	case "latch":
+	case "latch", "latch+sinks":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
 		rulesFile := filepath.Join(dir, "rules.json")
 		if err := writeRules(rulesFile, client, p.ServerIP, nrules); err != nil {
 			return tg, err
 		}
-		d := nettest.Command(p.Client, latchBin, "daemon", "--state-dir", state, "--api", api, "--default", "deny")
+		args := []string{"daemon", "--state-dir", state, "--api", api, "--default", "deny"}
+		if name == "latch+sinks" {
+			coll := nettest.Command(p.Client, client, "role-collector", "127.0.0.1:5514")
+			if err := startAndWait(coll, "listening"); err != nil {
+				return tg, fmt.Errorf("collector: %v", err)
+			}
+			tg.procs = append(tg.procs, coll)
+			args = append(args, "--metrics", "127.0.0.1:9184", "--events-file", filepath.Join(dir, p.Client+"-events.jsonl"),
+				"--events-syslog", "tcp://127.0.0.1:5514")
+		}
+		d := nettest.Command(p.Client, latchBin, args...)
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
 		if err := d.Start(); err != nil {
 			return tg, err
@@ -229,6 +246,15 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 		cli.Env = append(os.Environ(), "LATCH_API="+api)
 		if out, err := cli.CombinedOutput(); err != nil {
 			return tg, fmt.Errorf("latch rules import: %v: %s", err, out)
+		}
+		if name == "latch+sinks" {
+			follow := exec.Command(latchBin, "events", "--follow", "--json")
+			follow.Env = append(os.Environ(), "LATCH_API="+api)
+			follow.Stdout = io.Discard
+			if err := follow.Start(); err != nil {
+				return tg, fmt.Errorf("latch events --follow: %v", err)
+			}
+			tg.procs = append(tg.procs, follow)
 		}
 	}
 	return tg, nil
@@ -280,6 +306,32 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 	}
 	fmt.Printf("throughput: floor %.2fx of none, latch %.2fx of none, latch %.2fx of floor\n",
 		floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
+	if len(ms) > 3 {
+		sinks := ms[3]
+		diff := (sinks.MedianUS - latch.MedianUS) / latch.MedianUS * 100
+		verdict := "within"
+		if diff > 5 {
+			verdict = "OVER"
+		}
+		fmt.Printf("all sinks on (metrics, events file, syslog over TCP, API follower) vs off: median %.1f vs %.1f µs (%+.1f%%, target <= 5%%: %s); throughput %.2fx\n",
+			sinks.MedianUS, latch.MedianUS, diff, verdict, sinks.ConnPerS/latch.ConnPerS)
+	}
+}
+
+// roleCollector is a syslog collector that reads and discards a TCP stream.
+func roleCollector(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Println("listening")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fatalf("%v", err)
+		}
+		go io.Copy(io.Discard, c)
+	}
 }
 
 // roleClient connects n times one after another, then n times from conc workers, and
