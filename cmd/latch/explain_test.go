@@ -52,7 +52,7 @@ func TestExplainVerb(t *testing.T) {
 
 	// A past connection: the verdict then, the rule now; escaped path in text.
 	f.hist.Record(store.Conn{Time: time.Now(), Request: engine.Request{
-		Direction: engine.Outbound, Protocol: engine.TCP, Exe: "/usr/bin/curl", UID: 0, User: "root",
+		Direction: engine.Outbound, Protocol: engine.TCP, Exe: "/usr/bin/curl", Identity: engine.IdentityVerified, UID: 0, User: "root",
 		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote: netip.MustParseAddrPort("198.18.7.7:22"),
 	}, Verdict: engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}})
@@ -101,7 +101,7 @@ func TestRulesListHits(t *testing.T) {
 	f.must(t, "rules", "add", "--app", "/usr/bin/curl", "--action", "allow")
 	f.must(t, "rules", "add", "--app", "/usr/bin/wget", "--action", "deny")
 	for range 3 {
-		f.eng.Decide(&engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Exe: "/usr/bin/curl", UID: 0,
+		f.eng.Decide(&engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Exe: "/usr/bin/curl", Identity: engine.IdentityVerified, UID: 0,
 			Remote: netip.MustParseAddrPort("198.18.0.9:443")}, func(engine.Verdict) {})
 	}
 	rules := jsonLines(t, f.must(t, "rules", "list", "--json"))

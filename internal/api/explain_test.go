@@ -69,7 +69,7 @@ func TestExplainEndpoint(t *testing.T) {
 
 	// A past connection from the history.
 	f.hist.Record(store.Conn{Time: time.Now(), Request: engine.Request{
-		Direction: engine.Outbound, Protocol: engine.TCP, Exe: "/usr/bin/curl", UID: 0, User: "root",
+		Direction: engine.Outbound, Protocol: engine.TCP, Exe: "/usr/bin/curl", Identity: engine.IdentityVerified, UID: 0, User: "root",
 		Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
 		Remote: netip.MustParseAddrPort("198.18.0.9:8080"),
 	}, Verdict: engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}})
