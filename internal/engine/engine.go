@@ -13,9 +13,6 @@ import (
 // DefaultPromptTimeout is the prompt timeout when Config.PromptTimeout is zero.
 const DefaultPromptTimeout = 30 * time.Second
 
-// DefaultMaxPrompts is the open-question limit when Config.MaxPrompts is zero.
-const DefaultMaxPrompts = 1024
-
 // subscriberBuffer is how many events a subscriber may fall behind before it loses some.
 const subscriberBuffer = 256
 
@@ -23,8 +20,16 @@ const subscriberBuffer = 256
 type Config struct {
 	Default       Action           // verdict for an unanswered question (Allow, Deny, Reject, Drop)
 	PromptTimeout time.Duration    // how long a question may stay open (0: DefaultPromptTimeout); every hold ends by then
-	MaxPrompts    int              // open questions at most (0: DefaultMaxPrompts); beyond, Default at once (ReasonLimit)
 	Now           func() time.Time // nil: time.Now (tests inject a clock)
+
+	// Open questions at most: on the whole (0: DefaultMaxPrompts), per user (0:
+	// DefaultMaxPromptsPerUser) and per program of one user (0:
+	// DefaultMaxPromptsPerApp), shared fairly as questioncap.go says; a connection
+	// that may not raise a question gets Default at once (ReasonQuestionCap). A bound
+	// above the one that contains it is lowered to it.
+	MaxPrompts        int
+	MaxPromptsPerUser int
+	MaxPromptsPerApp  int
 }
 
 // PromptID identifies a question, unique within one Engine.
@@ -66,6 +71,8 @@ type Stats struct {
 	Dropped     uint64            `json:"dropped"`     // events slow subscribers lost
 	Prompts     uint64            `json:"prompts"`     // questions opened
 	Subscribers int               `json:"subscribers"` // live subscriptions
+	// QuestionCaps are the question bounds and how often they applied.
+	QuestionCaps QuestionCapStats `json:"question_caps"`
 }
 
 // Engine decides held connections from rules and asks a person about the rest. All its
@@ -97,6 +104,9 @@ type Engine struct {
 	open         map[promptKey]*prompt
 	byID         map[PromptID]*prompt
 	lastPromptID PromptID
+	users        map[userKey]*userLoad // open questions by user and program
+
+	capApp, capUser, capGlobal, capEvicted atomic.Uint64
 
 	subMu      sync.Mutex
 	subs       map[*subscriber]struct{}
@@ -106,7 +116,7 @@ type Engine struct {
 	counts [numReasons]atomic.Uint64
 }
 
-var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonLimit}
+var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap}
 
 const numReasons = len(reasons)
 
@@ -150,6 +160,7 @@ type waiter struct {
 type prompt struct {
 	Prompt
 	key     promptKey
+	user    userKey
 	waiters []waiter
 	timer   *time.Timer
 }
@@ -188,18 +199,31 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 	if cfg.PromptTimeout == 0 {
 		cfg.PromptTimeout = DefaultPromptTimeout
 	}
-	if cfg.MaxPrompts < 0 {
-		return nil, fmt.Errorf("engine config: MaxPrompts %d is negative", cfg.MaxPrompts)
+	for _, b := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"MaxPrompts", &cfg.MaxPrompts, DefaultMaxPrompts},
+		{"MaxPromptsPerUser", &cfg.MaxPromptsPerUser, DefaultMaxPromptsPerUser},
+		{"MaxPromptsPerApp", &cfg.MaxPromptsPerApp, DefaultMaxPromptsPerApp},
+	} {
+		if *b.v < 0 {
+			return nil, fmt.Errorf("engine config: %s %d is negative", b.name, *b.v)
+		}
+		if *b.v == 0 {
+			*b.v = b.def
+		}
 	}
-	if cfg.MaxPrompts == 0 {
-		cfg.MaxPrompts = DefaultMaxPrompts
-	}
+	cfg.MaxPromptsPerUser = min(cfg.MaxPromptsPerUser, cfg.MaxPrompts)
+	cfg.MaxPromptsPerApp = min(cfg.MaxPromptsPerApp, cfg.MaxPromptsPerUser)
 	e := &Engine{
 		cfg:    cfg,
 		now:    cfg.Now,
 		nextID: 1,
 		open:   map[promptKey]*prompt{},
 		byID:   map[PromptID]*prompt{},
+		users:  map[userKey]*userLoad{},
 		subs:   map[*subscriber]struct{}{},
 
 		hookWake: make(chan struct{}, 1),
@@ -283,10 +307,18 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 		e.mu.Unlock()
 		return
 	}
-	if len(e.open) >= e.cfg.MaxPrompts {
+	uk := userKeyOf(req)
+	evict, refused := e.admitLocked(uk, key.exe)
+	if refused != "" {
 		e.mu.Unlock()
-		e.deliver([]delivery{{verdict, Verdict{Action: e.cfg.Default, Reason: ReasonLimit}}})
+		e.countCap(refused)
+		e.deliver([]delivery{{verdict, Verdict{Action: e.cfg.Default, Reason: ReasonQuestionCap}}})
 		return
+	}
+	var evicted []delivery
+	if evict != nil {
+		evicted = e.closeLocked(evict, Verdict{Action: e.cfg.Default, Reason: ReasonQuestionCap})
+		e.capEvicted.Add(1)
 	}
 	e.lastPromptID++
 	p := &prompt{
@@ -297,21 +329,30 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 			Expires: now.Add(e.cfg.PromptTimeout),
 		},
 		key:     key,
+		user:    uk,
 		waiters: []waiter{{*req, verdict}},
 	}
 	e.open[key] = p
 	e.byID[p.ID] = p
+	e.addLoadLocked(p)
 	p.timer = time.AfterFunc(e.cfg.PromptTimeout, func() { e.expire(p) })
 	e.publish(Event{Kind: EventPrompt, Prompt: p.snapshot()})
 	e.mu.Unlock()
+	e.deliver(evicted)
+}
+
+// forgetLocked removes p from the open questions. Call with mu held.
+func (e *Engine) forgetLocked(p *prompt) {
+	delete(e.open, p.key)
+	delete(e.byID, p.ID)
+	e.dropLoadLocked(p)
+	p.timer.Stop()
 }
 
 // closeLocked removes p from the open questions and returns its deliveries. Call with
 // mu held.
 func (e *Engine) closeLocked(p *prompt, v Verdict) []delivery {
-	delete(e.open, p.key)
-	delete(e.byID, p.ID)
-	p.timer.Stop()
+	e.forgetLocked(p)
 	ds := make([]delivery, len(p.waiters))
 	for i, w := range p.waiters {
 		ds[i] = delivery{w.verdict, v}
@@ -538,9 +579,7 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 		p.waiters = kept
 		if len(kept) == 0 {
 			// Every connection waiting on it was decided: the question is closed.
-			delete(e.open, p.key)
-			delete(e.byID, p.ID)
-			p.timer.Stop()
+			e.forgetLocked(p)
 			snap := p.snapshot()
 			snap.Held = decided
 			e.publish(Event{Kind: EventAnswered, Prompt: snap, Verdict: &last})
@@ -710,6 +749,10 @@ func (e *Engine) Stats() Stats {
 	}
 	st.Prompts = uint64(e.lastPromptID)
 	e.mu.Unlock()
+	st.QuestionCaps = QuestionCapStats{
+		Max: e.cfg.MaxPrompts, PerUser: e.cfg.MaxPromptsPerUser, PerApp: e.cfg.MaxPromptsPerApp,
+		App: e.capApp.Load(), User: e.capUser.Load(), Global: e.capGlobal.Load(), Evicted: e.capEvicted.Load(),
+	}
 	st.Rules = len(e.Rules())
 	e.subMu.Lock()
 	st.Subscribers = len(e.subs)

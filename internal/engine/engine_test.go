@@ -196,7 +196,7 @@ func TestMaxPrompts(t *testing.T) {
 		vs = append(vs, v)
 		e.Decide(reqTo("/usr/bin/curl", fmt.Sprintf("198.18.0.%d:443", i+1)), v.fn)
 	}
-	if got := vs[2].wait(); got != (Verdict{Action: Deny, Reason: ReasonLimit}) {
+	if got := vs[2].wait(); got != (Verdict{Action: Deny, Reason: ReasonQuestionCap}) {
 		t.Errorf("third question: %+v, want deny by limit", got)
 	}
 	vs[0].pending()
@@ -532,7 +532,7 @@ func TestCloseAnswersEverything(t *testing.T) {
 }
 
 func TestSlowSubscriberDoesNotBlock(t *testing.T) {
-	e := newEngine(t, Config{PromptTimeout: time.Hour, MaxPrompts: 4096})
+	e := newEngine(t, Config{PromptTimeout: time.Hour, MaxPrompts: 4096, MaxPromptsPerUser: 4096, MaxPromptsPerApp: 4096})
 	_, cancel := e.Subscribe() // never read
 	defer cancel()
 	done := make(chan struct{})

@@ -217,9 +217,13 @@ const (
 	ReasonPrompt  Reason = "prompt"  // a person answered
 	ReasonDefault Reason = "default" // no rule, and no UI was there to ask (or asking is off)
 	ReasonTimeout Reason = "timeout" // a question went unanswered until the prompt timeout
-	ReasonLimit   Reason = "limit"   // too many questions open; the default applied at once
-	ReasonExempt  Reason = "exempt"  // latch's own traffic or loopback
-	ReasonError   Reason = "error"   // the backend could not describe the connection
+	// ReasonQuestionCap: the program, its user or the machine had its maximum of
+	// questions open (see Config.MaxPromptsPerApp), so the default applied at once,
+	// unasked; or an open question was closed early to make room for a program or user
+	// holding fewer (Stats.QuestionCaps counts both).
+	ReasonQuestionCap Reason = "question-cap"
+	ReasonExempt      Reason = "exempt" // latch's own traffic or loopback
+	ReasonError       Reason = "error"  // the backend could not describe the connection
 )
 
 // Verdict is the answer to a Request.
