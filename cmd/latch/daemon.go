@@ -37,6 +37,15 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --max-history N          connections kept in the history (default 100000)
+  --max-questions N        questions open at once at most (default 1024)
+  --max-questions-per-user N
+                           questions of one user's programs open at most (default 256)
+  --max-questions-per-app N
+                           questions of one program (of one user) open at most (default 64)
+                           A connection beyond a bound gets --default at once, unasked
+                           (history: question-cap); the user and global bounds are shared
+                           fairly: a program holding fewer questions takes the place of
+                           the newest question of the one holding the most.
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
 
@@ -56,6 +65,10 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+
+	MaxQuestions        int
+	MaxQuestionsPerUser int
+	MaxQuestionsPerApp  int
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -71,6 +84,9 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	fs.IntVar(&o.MaxQuestions, "max-questions", engine.DefaultMaxPrompts, "")
+	fs.IntVar(&o.MaxQuestionsPerUser, "max-questions-per-user", engine.DefaultMaxPromptsPerUser, "")
+	fs.IntVar(&o.MaxQuestionsPerApp, "max-questions-per-app", engine.DefaultMaxPromptsPerApp, "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
@@ -94,6 +110,20 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	o.Queue = uint16(*queue)
 	if o.MaxHistory <= 0 {
 		return nil, usagef("--max-history %d: want a positive number", o.MaxHistory)
+	}
+	for _, b := range []struct {
+		flag string
+		v    int
+	}{{"max-questions", o.MaxQuestions}, {"max-questions-per-user", o.MaxQuestionsPerUser}, {"max-questions-per-app", o.MaxQuestionsPerApp}} {
+		if b.v <= 0 || b.v > 1<<20 {
+			return nil, usagef("--%s %d: want a number from 1 to %d", b.flag, b.v, 1<<20)
+		}
+	}
+	if o.MaxQuestionsPerUser > o.MaxQuestions {
+		return nil, usagef("--max-questions-per-user %d is above --max-questions %d", o.MaxQuestionsPerUser, o.MaxQuestions)
+	}
+	if o.MaxQuestionsPerApp > o.MaxQuestionsPerUser {
+		return nil, usagef("--max-questions-per-app %d is above --max-questions-per-user %d", o.MaxQuestionsPerApp, o.MaxQuestionsPerUser)
 	}
 	if o.StateDir == "" {
 		return nil, usagef("--state-dir: must not be empty")
@@ -190,7 +220,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if err != nil {
 		return fmt.Errorf("%w\n(the file is left as it is: fix it, or move it away to start with no rules)", err)
 	}
-	eng, err := engine.New(engine.Config{Default: o.Default, PromptTimeout: o.PromptTimeout}, rules)
+	eng, err := engine.New(engine.Config{
+		Default: o.Default, PromptTimeout: o.PromptTimeout, MaxPrompts: o.MaxQuestions,
+		MaxPromptsPerUser: o.MaxQuestionsPerUser, MaxPromptsPerApp: o.MaxQuestionsPerApp,
+	}, rules)
 	if err != nil {
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
 	}

@@ -15,7 +15,10 @@ const statusHelp = `Usage: latch status [--json]
 
 Shows how the daemon runs: interception backend and firewall mechanism, fail-open or
 fail-closed, the default verdict, the queue and decision counters, the questions
-pending, the process attribution methods in use and the history's size.
+pending, the bounds on open questions and how often each applied ("question caps":
+connections given the default unasked because their program, their user or the
+machine had its maximum of questions open; questions evicted to make room for a
+program holding fewer), the process attribution methods in use and the history's size.
 `
 
 func runStatus(ctx context.Context, args []string) error {
@@ -46,6 +49,10 @@ func runStatus(ctx context.Context, args []string) error {
 	row("attribution", "%s", orDash(strings.Join(st.Attribution, ", ")))
 	row("rules", "%d", st.Rules)
 	row("pending", "%s, %s held", plural(st.PendingPrompts, "question"), plural(st.HeldConnections, "connection"))
+	q := st.QuestionCaps
+	row("questions", "at most %d open, %d per user, %d per program", q.Max, q.PerUser, q.PerApp)
+	row("question caps", "program %d, user %d, global %d (connections given the default unasked); evicted %d",
+		q.App, q.User, q.Global, q.Evicted)
 	k := st.Kernel
 	row("kernel", "held %d, allowed %d, denied %d, rejected %d, overflows %d, errors %d",
 		k.Held, k.Allowed, k.Denied, k.Rejected, k.Overflows, k.Errors)

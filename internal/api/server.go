@@ -152,6 +152,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	st.PendingPrompts = es.Open
 	st.HeldConnections = es.Held
+	st.QuestionCaps = es.QuestionCaps
 	st.Rules = es.Rules
 	if s.cfg.History != nil {
 		st.History = s.cfg.History.Stats()
