@@ -217,6 +217,11 @@ func TestUsage(t *testing.T) {
 		{[]string{"conns", "-n", "0"}, 2, "-n 0"},
 		{[]string{"daemon", "--default", "maybe"}, 2, "--default"},
 		{[]string{"daemon", "--fail", "sometimes"}, 2, "--fail"},
+		{[]string{"daemon", "--max-questions", "0"}, 2, "--max-questions 0: want a number from 1"},
+		{[]string{"daemon", "--max-questions-per-app", "-3"}, 2, "--max-questions-per-app -3"},
+		{[]string{"daemon", "--max-questions", "100", "--max-questions-per-user", "200"}, 2, "--max-questions-per-user 200 is above --max-questions 100"},
+		{[]string{"daemon", "--max-questions-per-user", "10", "--max-questions-per-app", "20"}, 2, "--max-questions-per-app 20 is above --max-questions-per-user 10"},
+		{[]string{"help", "daemon"}, 0, "--max-questions-per-app"},
 		{[]string{"version"}, 0, "latch "},
 	}
 	for _, c := range cases {
@@ -465,13 +470,15 @@ func TestConnsAndStatus(t *testing.T) {
 
 	f.request("/usr/bin/curl", 443)
 	st := f.must(t, "status")
-	for _, want := range []string{"nfqueue/test", "fail-closed", "deny", "1 question", "sock_diag", "4242"} {
+	for _, want := range []string{"nfqueue/test", "fail-closed", "deny", "1 question", "sock_diag", "4242",
+		"at most 1024 open, 256 per user, 64 per program", "question caps:  program 0, user 0, global 0"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("status lacks %q:\n%s", want, st)
 		}
 	}
 	var js api.Status
-	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &js); err != nil || js.PendingPrompts != 1 || js.Backend != "nfqueue/test" {
+	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &js); err != nil || js.PendingPrompts != 1 || js.Backend != "nfqueue/test" ||
+		js.QuestionCaps.PerApp != 64 || js.QuestionCaps.PerUser != 256 || js.QuestionCaps.Max != 1024 {
 		t.Errorf("status --json: %+v, %v", js, err)
 	}
 }
