@@ -16,6 +16,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/internal/strictjson"
 )
 
 // Body size limits: a rule is small, a rules file may hold 100,000 rules.
@@ -38,6 +39,11 @@ type Config struct {
 	SaveRules func() error
 	// Logf logs server errors; nil: log.Printf.
 	Logf func(format string, args ...any)
+	// CheckUser says whether a rule's user name (not a numeric uid) names an account
+	// on this system, for rules added or imported through the API (rules already in
+	// the rules file at start-up are not checked: an account removed later must not
+	// keep the daemon from starting). nil: SystemUser.
+	CheckUser func(name string) error
 }
 
 // Server serves the local API.
@@ -57,6 +63,9 @@ type Server struct {
 func NewServer(cfg Config) *Server {
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
+	}
+	if cfg.CheckUser == nil {
+		cfg.CheckUser = SystemUser
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), ctx: ctx, cancel: cancel}
@@ -205,12 +214,16 @@ func (s *Server) addRule(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var rule engine.Rule
-	if err := decodeStrict(data, &rule); err != nil {
+	if err := rule.UnmarshalJSON(data); err != nil {
 		writeError(w, http.StatusBadRequest, "rule: "+err.Error())
 		return
 	}
 	if rule.ID != 0 {
 		writeError(w, http.StatusBadRequest, `rule: field "id": assigned by the daemon, leave it out`)
+		return
+	}
+	if err := s.checkUser(&rule); err != nil {
+		writeError(w, http.StatusBadRequest, "rule: "+err.Error())
 		return
 	}
 	var added engine.Rule
@@ -265,6 +278,18 @@ func (s *Server) importRules(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "import: "+err.Error())
 		return
 	}
+	now := time.Now()
+	for i := range rules {
+		r := &rules[i]
+		err := s.checkUser(r)
+		if err == nil && r.Expired(now) {
+			err = &engine.FieldError{Field: "expires", Value: r.Expires.Format(time.RFC3339), Err: errors.New("already passed")}
+		}
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "import: "+(&engine.RuleError{Index: i, ID: r.ID, Err: err}).Error())
+			return
+		}
+	}
 	if !s.changeRules(w, func() (int, error) {
 		if err := s.cfg.Engine.ReplaceRules(rules); err != nil {
 			return http.StatusBadRequest, fmt.Errorf("import: %w", err)
@@ -290,7 +315,7 @@ func (s *Server) listPrompts(w http.ResponseWriter, r *http.Request) {
 }
 
 // ParseAnswer turns an AnswerRequest into an engine.Answer; errors name the field.
-// An empty For is "once", an empty Scope "app+host+port".
+// An empty (left out) For is "once", an empty Scope "app+host+port".
 func ParseAnswer(req AnswerRequest) (engine.Answer, error) {
 	var a engine.Answer
 	var err error
@@ -300,8 +325,10 @@ func ParseAnswer(req AnswerRequest) (engine.Answer, error) {
 	if a.Action, err = engine.ParseAction(req.Action); err != nil {
 		return a, fmt.Errorf(`field "action": %w`, err)
 	}
-	if a.For, err = engine.ParseFor(req.For); err != nil {
-		return a, fmt.Errorf(`field "for": %w`, err)
+	if req.For != "" {
+		if a.For, err = engine.ParseFor(req.For); err != nil {
+			return a, fmt.Errorf(`field "for": %w`, err)
+		}
 	}
 	a.Scope = engine.ScopeAppHostPort
 	if req.Scope != "" {
@@ -310,6 +337,49 @@ func ParseAnswer(req AnswerRequest) (engine.Answer, error) {
 		}
 	}
 	return a, nil
+}
+
+// decodeAnswer reads an AnswerRequest strictly: one object, fields spelt exactly and
+// given once, each a string; a field given must not be empty or null (leave it out
+// for its default).
+func decodeAnswer(data []byte) (AnswerRequest, error) {
+	var req AnswerRequest
+	members, err := strictjson.Object(data, "action", "for", "scope")
+	if err != nil {
+		return req, err
+	}
+	for _, f := range []struct {
+		name, def string
+		dst       *string
+	}{{"action", "", &req.Action}, {"for", "once", &req.For}, {"scope", "app+host+port", &req.Scope}} {
+		raw, ok := members[f.name]
+		if !ok {
+			continue
+		}
+		if strictjson.IsNull(raw) {
+			return req, fmt.Errorf("field %q: null is not a value", f.name)
+		}
+		v, err := strictjson.String(raw)
+		if err != nil {
+			return req, fmt.Errorf("field %q: %v", f.name, err)
+		}
+		if v == "" && f.def != "" {
+			return req, fmt.Errorf("field %q: empty (leave it out for %s)", f.name, f.def)
+		}
+		*f.dst = v
+	}
+	return req, nil
+}
+
+// checkUser refuses a rule whose user name names no account here.
+func (s *Server) checkUser(r *engine.Rule) error {
+	if r.User == "" || engine.IsUID(r.User) {
+		return nil
+	}
+	if err := s.cfg.CheckUser(r.User); err != nil {
+		return &engine.FieldError{Field: "user", Value: strconv.Quote(r.User), Err: err}
+	}
+	return nil
 }
 
 type answerBody struct {
@@ -326,8 +396,8 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req AnswerRequest
-	if err := decodeStrict(data, &req); err != nil {
+	req, err := decodeAnswer(data)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "answer: "+err.Error())
 		return
 	}
