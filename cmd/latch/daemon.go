@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +53,10 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
 `
+
+// trimRules is the size of a rule change (rules before plus after) from which the
+// daemon returns freed memory to the system once the change has settled.
+const trimRules = 10_000
 
 // daemonOptions are the daemon's flags.
 type daemonOptions struct {
@@ -250,15 +255,38 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	// Rules are saved on every change: at once by the API (which reports a failure
 	// to the user), and by this hook for changes the engine makes by itself (expiry).
+	// A change is saved once: the API saves before it replies, and the hook finds the
+	// file already at that generation (at 100,000 rules a save is a 10 MB file).
 	var saveMu sync.Mutex
+	var savedGen uint64
 	saveRules := func() error {
 		saveMu.Lock()
 		defer saveMu.Unlock()
-		return store.SaveRules(rulesPath, eng.Rules())
+		gen := eng.Generation()
+		if gen == savedGen {
+			return nil
+		}
+		if err := store.SaveRules(rulesPath, eng.Rules()); err != nil {
+			return err
+		}
+		savedGen = gen
+		return nil
 	}
+	savedGen = eng.Generation() // the rules file holds what the engine started with
+	// A change to a large rule set (an import of 100,000 rules) briefly needs the set
+	// several times over (request body, parsed rules, the new compiled matcher beside
+	// the old, the saved file); the Go runtime keeps those pages after they are free,
+	// and an idle daemon runs no collection that would give them back. So once such a
+	// change has settled, hand them back to the system.
+	trim := time.AfterFunc(time.Hour, debug.FreeOSMemory)
+	trim.Stop()
+	defer trim.Stop()
 	eng.OnRulesChanged(func(old, new []engine.Rule) {
 		if err := saveRules(); err != nil {
 			logf("%v", err)
+		}
+		if len(old)+len(new) >= trimRules {
+			trim.Reset(time.Second)
 		}
 		if n, err := be.Redecide(engine.Affected(old, new)); err != nil {
 			logf("re-deciding flows after a rule change: %v", err)
@@ -339,6 +367,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	logf("started: backend %s, %s, default %s after %s, rules %d, API %s, state %s",
 		be.Name(), mode, o.Default, o.PromptTimeout, len(rules), o.API, o.StateDir)
+	if len(rules) >= trimRules {
+		trim.Reset(time.Second) // reading a large rules file left the same garbage
+	}
 	if ready != nil {
 		ready()
 	}

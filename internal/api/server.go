@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -177,11 +178,29 @@ type rulesBody struct {
 }
 
 func (s *Server) listRules(w http.ResponseWriter, r *http.Request) {
-	rules := s.cfg.Engine.Rules()
-	if rules == nil {
-		rules = []engine.Rule{}
+	writeRules(w, s.cfg.Engine.Rules())
+}
+
+// writeRules writes {"rules": [...]} one rule at a time, so that a reply with 100,000
+// rules needs no buffer the size of the whole reply.
+func writeRules(w http.ResponseWriter, rules []engine.Rule) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString(`{"rules":[`)
+	for i := range rules {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		b, err := rules[i].MarshalJSON()
+		if err != nil {
+			// Rule.MarshalJSON only marshals strings and numbers; it cannot fail.
+			panic(fmt.Sprintf("api: marshalling rule %d: %v", rules[i].ID, err))
+		}
+		bw.Write(b)
 	}
-	writeJSON(w, http.StatusOK, rulesBody{rules})
+	bw.WriteString("]}\n")
+	bw.Flush()
 }
 
 // changeRules applies change and saves the result, undoing the change if the save

@@ -83,6 +83,7 @@ type Engine struct {
 	now func() time.Time
 
 	matcher atomic.Pointer[matcher]
+	gen     atomic.Uint64 // rule sets put in force (see Generation)
 
 	// writeMu serializes rule changes; it is never taken by Decide.
 	writeMu     sync.Mutex
@@ -233,7 +234,7 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 		e.now = time.Now
 	}
 	e.matcher.Store(compile(nil))
-	prepared, err := e.prepare(rules)
+	prepared, err := e.prepare(slices.Clone(rules))
 	if err != nil {
 		return nil, err
 	}
@@ -242,11 +243,10 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 	return e, nil
 }
 
-// prepare validates a whole rule set and gives IDs to rules without one. Call with
-// writeMu held, or before the engine is shared.
-func (e *Engine) prepare(rules []Rule) ([]Rule, error) {
-	out := make([]Rule, len(rules))
-	copy(out, rules)
+// prepare validates a whole rule set and gives IDs to rules without one, in place
+// (the slice must be the engine's own); on error it changes nothing. Call with writeMu
+// held, or before the engine is shared.
+func (e *Engine) prepare(out []Rule) ([]Rule, error) {
 	for i := range out {
 		if err := out[i].Validate(); err != nil {
 			return nil, &RuleError{Index: i, ID: out[i].ID, Err: err}
@@ -430,7 +430,7 @@ func (e *Engine) Answer(id PromptID, a Answer) (*Rule, error) {
 		return nil, nil
 	}
 	old := e.currentRules()
-	rest := e.installLocked(append(old, rule), old)
+	rest := e.installLocked(append(slices.Clip(old), rule), old)
 	e.deliver(ds)
 	e.deliver(rest)
 	return &rule, nil
@@ -443,6 +443,12 @@ func (e *Engine) currentRules() []Rule {
 	copy(out, m.sorted)
 	return out
 }
+
+// Generation counts the rule sets put in force since New: it changes with every
+// change of the rules (adding, removing, importing, an answer's rule, expiry), so a
+// caller that saved the rules at one generation knows whether they changed since.
+// Read it before Rules: the rules are then at least as new.
+func (e *Engine) Generation() uint64 { return e.gen.Load() }
 
 // Rules returns the rules in force, sorted by ID, without expired ones.
 func (e *Engine) Rules() []Rule {
@@ -474,7 +480,7 @@ func (e *Engine) AddRule(r Rule) (Rule, error) {
 	r.ID = e.nextID
 	e.nextID++
 	old := e.currentRules()
-	e.install(append(old, r))
+	e.install(append(slices.Clip(old), r))
 	return r, nil
 }
 
@@ -495,7 +501,9 @@ func (e *Engine) RemoveRule(id RuleID) (Rule, error) {
 }
 
 // ReplaceRules puts rs in force instead of the current set, all or nothing (import).
-// Rules with ID 0 get fresh IDs; errors name the rule and field.
+// Rules with ID 0 get fresh IDs; errors name the rule and field. The engine takes rs
+// over, without a copy (an import of 100,000 rules would otherwise need them twice
+// while the new matcher is built): the caller must not use rs afterwards.
 func (e *Engine) ReplaceRules(rs []Rule) error {
 	e.writeMu.Lock()
 	saved := e.nextID
@@ -550,7 +558,10 @@ func (e *Engine) install(rules []Rule) {
 // verdicts to hand out.
 func (e *Engine) installLocked(rules, old []Rule) []delivery {
 	now := e.now()
-	live := rules[:0:0]
+	// rules is the caller's own copy (every caller builds it for this call), so the
+	// expired ones are filtered out in place: at 100,000 rules a second copy would
+	// be another 20 MB while the old and the new matcher both live.
+	live := rules[:0]
 	for _, r := range rules {
 		if !r.Expired(now) {
 			live = append(live, r)
@@ -562,6 +573,7 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 	var ds []delivery
 	e.mu.Lock()
 	e.matcher.Store(m)
+	e.gen.Add(1)
 	for _, p := range e.byID {
 		kept := p.waiters[:0]
 		decided := 0

@@ -742,3 +742,21 @@ func TestExpiryPrunes(t *testing.T) {
 		t.Errorf("adding an expired rule: %v", err)
 	}
 }
+
+func TestAffectedLargeChangeRedecidesEverything(t *testing.T) {
+	var old, new []Rule
+	for i := range affectedCompileMax + 1 {
+		new = append(new, Rule{ID: RuleID(i + 1), App: fmt.Sprintf("/opt/app%d", i), Port: PortRange{443, 443}, Action: Allow})
+	}
+	req := reqTo("/usr/bin/curl", "198.18.0.1:22")
+	if !Affected(old, new)(req) {
+		t.Error("a change of more rules than Affected compiles must re-decide every request")
+	}
+	small := new[:10]
+	if Affected(old, small)(req) {
+		t.Error("a small change re-decides a request none of its rules matches")
+	}
+	if Affected(new, new)(req) {
+		t.Error("no change re-decides a request")
+	}
+}

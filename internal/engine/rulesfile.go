@@ -39,32 +39,66 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // with ID 0 (or none) gets an ID when it is given to an Engine. The rules come back in
 // file order.
 func ParseRules(data []byte) ([]Rule, error) {
-	members, err := strictjson.Object(data, "version", "rules")
-	if err != nil {
-		return nil, fmt.Errorf("rules file: %w", err)
-	}
-	v, ok := members["version"]
-	if !ok {
-		return nil, fmt.Errorf("rules file: field \"version\" missing (want %d)", RulesFileVersion)
-	}
-	if string(bytes.TrimSpace(v)) != strconv.Itoa(RulesFileVersion) {
-		return nil, fmt.Errorf("rules file: version %s not supported (want %d)", strictjson.Describe(v), RulesFileVersion)
-	}
-	list, ok := members["rules"]
-	if !ok {
-		return nil, fmt.Errorf("rules file: field \"rules\" missing (write \"rules\": [] for no rules)")
-	}
-	var raws []json.RawMessage
-	if len(list) == 0 || list[0] != '[' || json.Unmarshal(list, &raws) != nil {
-		return nil, fmt.Errorf("rules file: field \"rules\": want a list of rules ([] for none), got %s", strictjson.Describe(list))
-	}
-	rules := make([]Rule, 0, len(raws))
-	for i, raw := range raws {
-		var r Rule
-		if err := r.UnmarshalJSON(raw); err != nil {
-			return nil, &RuleError{Index: i, ID: peekID(raw), Err: err}
+	// The rules are read one by one from the data, not copied out first: a file of
+	// 100,000 rules is 10 MB.
+	var (
+		version, list bool
+		versionErr    error
+		ruleErr       error
+		rules         []Rule
+	)
+	err := strictjson.Members(data, []string{"version", "rules"}, func(key string, dec *json.Decoder) error {
+		if key == "version" {
+			version = true
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				return err
+			}
+			if string(v) != strconv.Itoa(RulesFileVersion) {
+				versionErr = fmt.Errorf("version %s not supported (want %d)", strictjson.Describe(v), RulesFileVersion)
+			}
+			return nil
 		}
-		rules = append(rules, r)
+		list = true
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if d, ok := tok.(json.Delim); !ok || d != '[' {
+			return fmt.Errorf("field \"rules\": want a list of rules ([] for none), got %s", strictjson.Kind(tok))
+		}
+		for i := 0; dec.More(); i++ {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return err
+			}
+			if ruleErr != nil {
+				continue
+			}
+			var r Rule
+			if err := r.UnmarshalJSON(raw); err != nil {
+				ruleErr = &RuleError{Index: i, ID: peekID(raw), Err: err}
+				continue
+			}
+			rules = append(rules, r)
+		}
+		_, err = dec.Token() // ']'
+		return err
+	})
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("rules file: %w", err)
+	case !version:
+		return nil, fmt.Errorf("rules file: field \"version\" missing (want %d)", RulesFileVersion)
+	case versionErr != nil:
+		return nil, fmt.Errorf("rules file: %w", versionErr)
+	case !list:
+		return nil, fmt.Errorf("rules file: field \"rules\" missing (write \"rules\": [] for no rules)")
+	case ruleErr != nil:
+		return nil, ruleErr
+	}
+	if rules == nil {
+		rules = []Rule{}
 	}
 	if err := checkIDs(rules); err != nil {
 		return nil, err

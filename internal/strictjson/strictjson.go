@@ -19,49 +19,76 @@ import (
 // an object, malformed JSON (with its offset), an unknown or misspelt key, a key given
 // twice, data after the object.
 func Object(data []byte, allowed ...string) (map[string]json.RawMessage, error) {
+	out := map[string]json.RawMessage{}
+	err := Members(data, allowed, func(key string, dec *json.Decoder) error {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return err
+		}
+		out[key] = raw
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Members checks data as Object does, but hands each member's value to fn as it
+// comes, in the order of the data, without keeping it: fn reads exactly one value
+// from dec (a large list can then be read item by item). An error from fn stops the
+// walk and is returned as it is, unless it is a JSON syntax error, which gets its
+// position.
+func Members(data []byte, allowed []string, fn func(key string, dec *json.Decoder) error) error {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, errors.New("empty: want a JSON object")
+		return errors.New("empty: want a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	tok, err := dec.Token()
 	if err != nil {
-		return nil, describe(data, err)
+		return describe(data, err)
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, fmt.Errorf("want a JSON object, got %s", kind(tok))
+		return fmt.Errorf("want a JSON object, got %s", kind(tok))
 	}
-	out := map[string]json.RawMessage{}
+	seen := make(map[string]bool, len(allowed))
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, describe(data, err)
+			return describe(data, err)
 		}
 		key, _ := tok.(string)
 		if !slices.Contains(allowed, key) {
 			for _, a := range allowed {
 				if strings.EqualFold(a, key) {
-					return nil, fmt.Errorf("unknown field %q (did you mean %q? names are lower case)", key, a)
+					return fmt.Errorf("unknown field %q (did you mean %q? names are lower case)", key, a)
 				}
 			}
-			return nil, fmt.Errorf("unknown field %q (want %s)", key, strings.Join(allowed, ", "))
+			return fmt.Errorf("unknown field %q (want %s)", key, strings.Join(allowed, ", "))
 		}
-		if _, dup := out[key]; dup {
-			return nil, fmt.Errorf("field %q given twice", key)
+		if seen[key] {
+			return fmt.Errorf("field %q given twice", key)
 		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, describe(data, err)
+		seen[key] = true
+		if err := fn(key, dec); err != nil {
+			var se *json.SyntaxError
+			if errors.As(err, &se) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return describe(data, err)
+			}
+			return err
 		}
-		out[key] = raw
 	}
 	if _, err := dec.Token(); err != nil {
-		return nil, describe(data, err)
+		return describe(data, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("trailing data after the JSON object at offset %d", dec.InputOffset())
+		return fmt.Errorf("trailing data after the JSON object at offset %d", dec.InputOffset())
 	}
-	return out, nil
+	return nil
 }
+
+// Kind names the JSON value a token starts ("an array", "null", ...), for errors.
+func Kind(tok json.Token) string { return kind(tok) }
 
 // IsNull reports whether a member's value is JSON null.
 func IsNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
@@ -90,6 +117,9 @@ func kind(tok json.Token) string {
 	case json.Delim:
 		if v == '[' {
 			return "an array"
+		}
+		if v == '{' {
+			return "an object"
 		}
 	case string:
 		return "a string"
