@@ -1,7 +1,8 @@
 // Command memimport measures the memory of a latch daemon holding 100,000 rules two
 // ways, side by side in interleaved rounds: started with them in its rules file
 // ("fresh"), and started empty and then given them by `latch rules import`
-// ("import"). It prints each daemon's resident set size (VmRSS) a few seconds after it
+// ("import"); and, for comparison, started with them and given them again
+// ("reimport"). It prints each daemon's resident set size (VmRSS) a few seconds after it
 // has its rules, and again later, and the ratio import/fresh (target: at most 1.5).
 //
 //	sudo go run ./test/memimport            # -rules 100000 -rounds 3
@@ -56,12 +57,12 @@ func run(nrules, rounds int, settle, later time.Duration) error {
 	type reading struct{ first, second, peak float64 }
 	res := map[string][]reading{}
 	for r := range rounds {
-		for _, scenario := range []string{"fresh", "import"} {
-			first, second, peak, err := measure(latch, filepath.Join(dir, fmt.Sprintf("%s-%d", scenario, r)), rulesFile, scenario == "fresh", settle, later)
+		for _, scenario := range []string{"fresh", "import", "reimport"} {
+			first, second, peak, err := measure(latch, filepath.Join(dir, fmt.Sprintf("%s-%d", scenario, r)), rulesFile, scenario, settle, later)
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %w", r+1, scenario, err)
 			}
-			fmt.Printf("round %d %-6s  RSS %6.1f MiB after %v, %6.1f MiB %v later, peak %6.1f MiB\n", r+1, scenario, first, settle, second, later, peak)
+			fmt.Printf("round %d %-8s  RSS %6.1f MiB after %v, %6.1f MiB %v later, peak %6.1f MiB\n", r+1, scenario, first, settle, second, later, peak)
 			res[scenario] = append(res[scenario], reading{first, second, peak})
 		}
 	}
@@ -80,17 +81,21 @@ func run(nrules, rounds int, settle, later time.Duration) error {
 	fmt.Printf("%d rules, mean of %d rounds: fresh start %.1f / %.1f MiB (peak %.1f), import into a running daemon %.1f / %.1f MiB (peak %.1f)\n",
 		nrules, rounds, f1, f2, fp, i1, i2, ip)
 	fmt.Printf("import/fresh: %.2fx after %v, %.2fx %v later (target <= 1.5x); peak %.2fx\n", i1/f1, settle, i2/f2, later, ip/fp)
+	r1, r2, rp := mean(res["reimport"], first), mean(res["reimport"], second), mean(res["reimport"], peak)
+	fmt.Printf("reimport (the same rules again into a daemon holding them): %.1f / %.1f MiB (peak %.1f), %.2fx / %.2fx of fresh\n",
+		r1, r2, rp, r1/f1, r2/f2)
 	return nil
 }
 
-// measure runs one daemon: with the rules in its rules file (fresh) or imported once
-// it runs, and reads its RSS settle after the rules are in, and later again.
-func measure(latch, dir, rulesFile string, fresh bool, settle, later time.Duration) (first, second, peak float64, err error) {
+// measure runs one daemon: with the rules in its rules file (fresh), imported once it
+// runs (import), or both (reimport), and reads its RSS settle after the rules are
+// in, and later again, and its peak.
+func measure(latch, dir, rulesFile, scenario string, settle, later time.Duration) (first, second, peak float64, err error) {
 	state := filepath.Join(dir, "state")
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return 0, 0, 0, err
 	}
-	if fresh {
+	if scenario != "import" {
 		data, err := os.ReadFile(rulesFile)
 		if err != nil {
 			return 0, 0, 0, err
@@ -123,7 +128,7 @@ func measure(latch, dir, rulesFile string, fresh bool, settle, later time.Durati
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !fresh {
+	if scenario != "fresh" {
 		if err := cli("rules", "import", rulesFile); err != nil {
 			return 0, 0, 0, err
 		}
