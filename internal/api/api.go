@@ -17,8 +17,11 @@
 //	GET    /v1/conns?after=ID&n=N     {"conns": [Conn...]}, oldest first
 //	GET    /v1/events                 a stream of Event, one JSON object per line
 //
-// Request bodies are decoded strictly: unknown fields, wrong types and bad values are
-// a 400 error naming the field, and nothing changes.
+// Request bodies are decoded strictly (package strictjson, and for rules the one parser
+// engine.RuleFields.Parse that the command line uses too): unknown or misspelt keys,
+// keys given twice, empty or null values, wrong types, aliases and bad values are a
+// 400 error naming the field, and nothing changes. A rule's user name must name an
+// account here (Config.CheckUser); an imported rule must not have expired.
 package api
 
 import (

@@ -139,12 +139,12 @@ func (a *Answer) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	d, err := time.Duration(0), error(nil)
+	var d time.Duration // left out: once
 	if w.For != "" {
-		d, err = ParseFor(w.For)
-	}
-	if err != nil {
-		return err
+		var err error
+		if d, err = ParseFor(w.For); err != nil {
+			return err
+		}
 	}
 	*a = Answer{Action: w.Action, For: d, Scope: w.Scope}
 	return nil
