@@ -43,12 +43,13 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
                            questions of one user's programs open at most (default 256)
   --max-questions-per-app N
                            questions of one program (of one user) open at most (default 64)
-                           A connection beyond a bound gets --default at once, unasked
-                           (history: question-cap); the user and global bounds are shared
-                           fairly: a program holding fewer questions takes the place of
-                           the newest question of the one holding the most.
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
+
+A connection beyond a question bound gets --default at once, unasked (history:
+question-cap). The user and global bounds are shared fairly: when one is full, a
+program (or user) holding fewer questions takes the place of the newest question of
+the one holding the most; 'latch status' counts each bound that applied.
 
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
