@@ -1,6 +1,7 @@
 package strictjson
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -42,4 +43,33 @@ func TestObject(t *testing.T) {
 	if _, err := String(m["a"]); err == nil {
 		t.Error("String(null) accepted")
 	}
+}
+
+// FuzzObject: whatever Object accepts is one valid JSON object whose keys are all
+// allowed, each once, exactly as spelt; it never panics.
+func FuzzObject(f *testing.F) {
+	for _, s := range []string{`{"a":1,"b":"x"}`, `{"a":1,"a":2}`, `{"A":1}`, `{"a":1} x`, `[]`, `{"a":{"a":1,"a":2}}`, `{"b":"\u0061"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Object(data, "a", "b")
+		if err != nil {
+			return
+		}
+		if !json.Valid(data) {
+			t.Fatalf("accepted invalid JSON %q", data)
+		}
+		var generic map[string]json.RawMessage
+		if err := json.Unmarshal(data, &generic); err != nil {
+			t.Fatalf("accepted %q, which is not an object: %v", data, err)
+		}
+		for k := range m {
+			if k != "a" && k != "b" {
+				t.Fatalf("accepted key %q", k)
+			}
+		}
+		if len(generic) != len(m) {
+			t.Fatalf("accepted %q: %d members, encoding/json sees %d", data, len(m), len(generic))
+		}
+	})
 }
