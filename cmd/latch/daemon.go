@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,12 +41,26 @@ answer', 'latch watch'), or by the default when nobody answers in time. On SIGIN
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --max-history N          connections kept in the history (default 100000)
+  --max-questions N        questions open at once at most (default 1024)
+  --max-questions-per-user N
+                           questions of one user's programs open at most (default 256)
+  --max-questions-per-app N
+                           questions of one program (of one user) open at most (default 64)
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
+
+A connection beyond a question bound gets --default at once, unasked (history:
+question-cap). The user and global bounds are shared fairly: when one is full, a
+program (or user) holding fewer questions takes the place of the newest question of
+the one holding the most; 'latch status' counts each bound that applied.
 
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
 ` + observeHelp
+
+// trimRules is the size of a rule change (rules before plus after) from which the
+// daemon returns freed memory to the system once the change has settled.
+const trimRules = 10_000
 
 // daemonOptions are the daemon's flags.
 type daemonOptions struct {
@@ -60,6 +75,10 @@ type daemonOptions struct {
 	MaxHistory     int
 	Backend        string
 	observeOptions // metrics and events (observe.go)
+
+	MaxQuestions        int
+	MaxQuestionsPerUser int
+	MaxQuestionsPerApp  int
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -76,6 +95,9 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
 	checkObserve := addObserveFlags(fs, &o.observeOptions)
+	fs.IntVar(&o.MaxQuestions, "max-questions", engine.DefaultMaxPrompts, "")
+	fs.IntVar(&o.MaxQuestionsPerUser, "max-questions-per-user", engine.DefaultMaxPromptsPerUser, "")
+	fs.IntVar(&o.MaxQuestionsPerApp, "max-questions-per-app", engine.DefaultMaxPromptsPerApp, "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
@@ -102,6 +124,20 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	o.Queue = uint16(*queue)
 	if o.MaxHistory <= 0 {
 		return nil, usagef("--max-history %d: want a positive number", o.MaxHistory)
+	}
+	for _, b := range []struct {
+		flag string
+		v    int
+	}{{"max-questions", o.MaxQuestions}, {"max-questions-per-user", o.MaxQuestionsPerUser}, {"max-questions-per-app", o.MaxQuestionsPerApp}} {
+		if b.v <= 0 || b.v > 1<<20 {
+			return nil, usagef("--%s %d: want a number from 1 to %d", b.flag, b.v, 1<<20)
+		}
+	}
+	if o.MaxQuestionsPerUser > o.MaxQuestions {
+		return nil, usagef("--max-questions-per-user %d is above --max-questions %d", o.MaxQuestionsPerUser, o.MaxQuestions)
+	}
+	if o.MaxQuestionsPerApp > o.MaxQuestionsPerUser {
+		return nil, usagef("--max-questions-per-app %d is above --max-questions-per-user %d", o.MaxQuestionsPerApp, o.MaxQuestionsPerUser)
 	}
 	if o.StateDir == "" {
 		return nil, usagef("--state-dir: must not be empty")
@@ -210,7 +246,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if err != nil {
 		return fmt.Errorf("%w (the file is left as it is: fix it, or move it away to start with no rules)", err)
 	}
-	eng, err := engine.New(engine.Config{Default: o.Default, PromptTimeout: o.PromptTimeout}, rules)
+	eng, err := engine.New(engine.Config{
+		Default: o.Default, PromptTimeout: o.PromptTimeout, MaxPrompts: o.MaxQuestions,
+		MaxPromptsPerUser: o.MaxQuestionsPerUser, MaxPromptsPerApp: o.MaxQuestionsPerApp,
+	}, rules)
 	if err != nil {
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
 	}
@@ -251,15 +290,38 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	// Rules are saved on every change: at once by the API (which reports a failure
 	// to the user), and by this hook for changes the engine makes by itself (expiry).
+	// A change is saved once: the API saves before it replies, and the hook finds the
+	// file already at that generation (at 100,000 rules a save is a 10 MB file).
 	var saveMu sync.Mutex
+	var savedGen uint64
 	saveRules := func() error {
 		saveMu.Lock()
 		defer saveMu.Unlock()
-		return reserve.SaveRules(rulesPath, eng.Rules())
+		gen := eng.Generation()
+		if gen == savedGen {
+			return nil
+		}
+		if err := reserve.SaveRules(rulesPath, eng.Rules()); err != nil {
+			return err
+		}
+		savedGen = gen
+		return nil
 	}
+	savedGen = eng.Generation() // the rules file holds what the engine started with
+	// A change to a large rule set (an import of 100,000 rules) briefly needs the set
+	// several times over (request body, parsed rules, the new compiled matcher beside
+	// the old, the saved file); the Go runtime keeps those pages after they are free,
+	// and an idle daemon runs no collection that would give them back. So once such a
+	// change has settled, hand them back to the system.
+	trim := time.AfterFunc(time.Hour, debug.FreeOSMemory)
+	trim.Stop()
+	defer trim.Stop()
 	eng.OnRulesChanged(func(old, new []engine.Rule) {
 		if err := saveRules(); err != nil {
 			logf("%v", err)
+		}
+		if len(old)+len(new) >= trimRules {
+			trim.Reset(time.Second)
 		}
 		if n, err := be.Redecide(engine.Affected(old, new)); err != nil {
 			logf("re-deciding flows after a rule change: %v", err)
@@ -354,6 +416,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	logf("started: backend %s, %s, default %s after %s, rules %d, API %s, state %s",
 		be.Name(), mode, o.Default, o.PromptTimeout, len(rules), o.API, o.StateDir)
 	obs.started()
+	if len(rules) >= trimRules {
+		trim.Reset(time.Second) // reading a large rules file left the same garbage
+	}
 	if ready != nil {
 		ready()
 	}

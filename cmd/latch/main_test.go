@@ -206,11 +206,11 @@ func TestUsage(t *testing.T) {
 		{[]string{"rules", "add", "--help"}, 0, "--local-port"},
 		{[]string{"frobnicate"}, 2, `unknown verb "frobnicate"`},
 		{[]string{"rules"}, 2, "want a subcommand"},
-		{[]string{"rules", "add", "--action", "maybe"}, 2, `--action: action "maybe"`},
+		{[]string{"rules", "add", "--action", "maybe"}, 2, `--action: field "action" ("maybe"): action "maybe"`},
 		{[]string{"rules", "add", "--port", "80"}, 2, "--action is required"},
 		{[]string{"rules", "add", "--action", "allow", "--remote", "198.18.0.0/33"}, 2, "--remote"},
 		{[]string{"rules", "add", "--action", "allow", "--port", "9-1"}, 2, "--port"},
-		{[]string{"rules", "add", "--action", "allow", "--host", "www.*.example"}, 2, "--host: character '*'"},
+		{[]string{"rules", "add", "--action", "allow", "--host", "www.*.example"}, 2, `--host: field "host" ("www.*.example"): character '*'`},
 		{[]string{"rules", "add", "--action", "allow", "--host", "198.18.0.1"}, 2, "use remote"},
 		{[]string{"rules", "add", "--action", "allow", "--colour", "red"}, 2, "-colour"},
 		{[]string{"rules", "rm", "x"}, 2, `rule ID "x"`},
@@ -220,6 +220,11 @@ func TestUsage(t *testing.T) {
 		{[]string{"conns", "-n", "0"}, 2, "-n 0"},
 		{[]string{"daemon", "--default", "maybe"}, 2, "--default"},
 		{[]string{"daemon", "--fail", "sometimes"}, 2, "--fail"},
+		{[]string{"daemon", "--max-questions", "0"}, 2, "--max-questions 0: want a number from 1"},
+		{[]string{"daemon", "--max-questions-per-app", "-3"}, 2, "--max-questions-per-app -3"},
+		{[]string{"daemon", "--max-questions", "100", "--max-questions-per-user", "200"}, 2, "--max-questions-per-user 200 is above --max-questions 100"},
+		{[]string{"daemon", "--max-questions-per-user", "10", "--max-questions-per-app", "20"}, 2, "--max-questions-per-app 20 is above --max-questions-per-user 10"},
+		{[]string{"help", "daemon"}, 0, "--max-questions-per-app"},
 		{[]string{"version"}, 0, "latch "},
 	}
 	for _, c := range cases {
@@ -468,13 +473,15 @@ func TestConnsAndStatus(t *testing.T) {
 
 	f.request("/usr/bin/curl", 443)
 	st := f.must(t, "status")
-	for _, want := range []string{"nfqueue/test", "fail-closed", "deny", "1 question", "sock_diag", "4242"} {
+	for _, want := range []string{"nfqueue/test", "fail-closed", "deny", "1 question", "sock_diag", "4242",
+		"at most 1024 open, 256 per user, 64 per program", "question caps:  program 0, user 0, global 0"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("status lacks %q:\n%s", want, st)
 		}
 	}
 	var js api.Status
-	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &js); err != nil || js.PendingPrompts != 1 || js.Backend != "nfqueue/test" {
+	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &js); err != nil || js.PendingPrompts != 1 || js.Backend != "nfqueue/test" ||
+		js.QuestionCaps.PerApp != 64 || js.QuestionCaps.PerUser != 256 || js.QuestionCaps.Max != 1024 {
 		t.Errorf("status --json: %+v, %v", js, err)
 	}
 }

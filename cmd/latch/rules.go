@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -122,67 +125,53 @@ func printRules(w io.Writer, rules []engine.Rule, hits map[engine.RuleID]engine.
 
 func rulesAdd(ctx context.Context, args []string) error {
 	fs := newFlags("rules add")
-	var (
-		app     = fs.String("app", "", "executable path or glob")
-		user    = fs.String("user", "", "account name or uid")
-		dir     = fs.String("dir", "any", "in, out or any")
-		proto   = fs.String("proto", "any", "tcp, udp, icmp, icmpv6 or any")
-		host    = fs.String("host", "", "remote hostname, or *.example.com for its subdomains")
-		remote  = fs.String("remote", "", "remote IP or CIDR")
-		port    = fs.String("port", "", "remote port N or range N-M")
-		lport   = fs.String("local-port", "", "local port N or range N-M")
-		action  = fs.String("action", "", "allow, deny, reject or drop")
-		forStr  = fs.String("for", "forever", "how long the rule holds: a duration (90m, 7d) or forever")
-		note    = fs.String("note", "", "free text shown with the rule")
-		asJSON  = fs.Bool("json", false, "print the added rule as JSON")
-		r       engine.Rule
-		err     error
-		errFlag = func(flag string, err error) error { return usagef("--%s: %v", flag, err) }
-	)
-	if err = parseFlagsOnly(fs, args); err != nil {
+	fs.String("app", "", "executable path or glob")
+	fs.String("user", "", "account name or uid")
+	fs.String("dir", "any", "in, out or any")
+	fs.String("proto", "any", "tcp, udp, icmp, icmpv6 or any")
+	fs.String("host", "", "remote hostname, or *.example.com for its subdomains")
+	fs.String("remote", "", "remote IP or CIDR")
+	fs.String("port", "", "remote port N or range N-M")
+	fs.String("local-port", "", "local port N or range N-M")
+	fs.String("action", "", "allow, deny, reject or drop")
+	forStr := fs.String("for", "forever", "how long the rule holds: a duration (90m, 7d) or forever")
+	fs.String("note", "", "free text shown with the rule")
+	asJSON := fs.Bool("json", false, "print the added rule as JSON")
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
-	if *action == "" {
+	// The flags given, as the fields of a rule: the API's parser reads them, so that
+	// both say the same about the same mistake. Flags left out match anything.
+	var f engine.RuleFields
+	field := map[string]**string{
+		"app": &f.App, "user": &f.User, "dir": &f.Direction, "proto": &f.Protocol, "host": &f.Host,
+		"remote": &f.Remote, "port": &f.Port, "local-port": &f.LocalPort, "action": &f.Action, "note": &f.Note,
+	}
+	fs.Visit(func(fl *flag.Flag) {
+		if dst, ok := field[fl.Name]; ok {
+			v := fl.Value.String()
+			*dst = &v
+		}
+	})
+	if f.Action == nil {
 		return usagef("--action is required: allow, deny, reject or drop")
-	}
-	if r.Action, err = engine.ParseAction(*action); err != nil {
-		return errFlag("action", err)
-	}
-	if r.Direction, err = engine.ParseDirection(*dir); err != nil {
-		return errFlag("dir", err)
-	}
-	if r.Protocol, err = engine.ParseProtocol(*proto); err != nil {
-		return errFlag("proto", err)
-	}
-	if r.Host, err = engine.ParseHost(*host); err != nil {
-		return errFlag("host", err)
-	}
-	if *remote != "" {
-		if r.Remote, err = engine.ParseRemote(*remote); err != nil {
-			return errFlag("remote", err)
-		}
-	}
-	if *port != "" {
-		if r.Port, err = engine.ParsePortRange(*port); err != nil {
-			return errFlag("port", err)
-		}
-	}
-	if *lport != "" {
-		if r.LocalPort, err = engine.ParsePortRange(*lport); err != nil {
-			return errFlag("local-port", err)
-		}
 	}
 	d, err := engine.ParseFor(*forStr)
 	switch {
 	case err != nil:
-		return errFlag("for", err)
+		return usagef("--for: %v", err)
 	case d == 0:
 		return usagef("--for once makes no rule; use a duration or forever")
 	case d != engine.Forever:
-		r.Expires = time.Now().Add(d).UTC()
+		exp := time.Now().Add(d).UTC().Format(time.RFC3339Nano)
+		f.Expires = &exp
 	}
-	r.App, r.User, r.Note = *app, *user, *note
-	if err := r.Validate(); err != nil {
+	r, err := f.Parse()
+	if err != nil {
+		var fe *engine.FieldError
+		if errors.As(err, &fe) {
+			return usagef("--%s: %v", flagName(fe.Field), err)
+		}
 		return usagef("%v", err)
 	}
 	added, err := client().AddRule(ctx, r)
@@ -194,6 +183,11 @@ func rulesAdd(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("added rule %d: %s\n", added.ID, added)
 	return nil
+}
+
+// flagName is the 'rules add' flag that sets a rule's field (JSON name).
+func flagName(field string) string {
+	return strings.ReplaceAll(field, "_", "-")
 }
 
 func rulesRemove(ctx context.Context, args []string) error {

@@ -18,9 +18,13 @@ const statusHelp = `Usage: latch status [--json]
 
 Shows how the daemon runs: interception backend and firewall mechanism, fail-open or
 fail-closed, the default verdict, the queue and decision counters, the questions
-pending, the process attribution methods in use, the hostnames learned from DNS
-answers (and the answers ignored, by reason: unmatched, late, duplicate,
-mismatched_question, truncated, malformed, other_type) and the history's size.
+pending, the bounds on open questions and how often each applied ("question caps":
+connections given the default unasked because their program, their user or the
+machine had its maximum of questions open; questions evicted to make room for a
+program holding fewer), the process attribution methods in use, the hostnames
+learned from DNS answers (and the answers ignored, by reason: unmatched, late,
+duplicate, mismatched_question, truncated, malformed, other_type) and the history's
+size.
 
 The kernel line counts connections held and decided, and the packets the kernel
 dropped before latch could hold them: "dropped by kernel N (queue full N, socket
@@ -61,6 +65,10 @@ func runStatus(ctx context.Context, args []string) error {
 	row("attribution", "%s", orDash(strings.Join(textesc.Strings(st.Attribution), ", ")))
 	row("rules", "%d", st.Rules)
 	row("pending", "%s, %s held", plural(st.PendingPrompts, "question"), plural(st.HeldConnections, "connection"))
+	q := st.QuestionCaps
+	row("questions", "at most %d open, %d per user, %d per program", q.Max, q.PerUser, q.PerApp)
+	row("question caps", "program %d, user %d, global %d (connections given the default unasked); evicted %d",
+		q.App, q.User, q.Global, q.Evicted)
 	k := st.Kernel
 	row("kernel", "%s", kernelLine(k))
 	if len(k.Extra) > 0 {

@@ -20,8 +20,11 @@
 //	POST   /v1/explain                ExplainRequest          -> Explanation
 //	GET    /v1/rules/hits             {"hits": [RuleHits...]}: connections each rule decided
 //
-// Request bodies are decoded strictly: unknown fields, wrong types and bad values are
-// a 400 error naming the field, and nothing changes.
+// Request bodies are decoded strictly (package strictjson, and for rules the one parser
+// engine.RuleFields.Parse that the command line uses too): unknown or misspelt keys,
+// keys given twice, empty or null values, wrong types, aliases and bad values are a
+// 400 error naming the field, and nothing changes. A rule's user name must name an
+// account here (Config.CheckUser); an imported rule must not have expired.
 package api
 
 import (
@@ -48,25 +51,29 @@ func DefaultAddress() string {
 
 // Status is what GET /v1/status returns: how the daemon runs and its counters.
 type Status struct {
-	Version         string             `json:"version"`
-	PID             int                `json:"pid"`
-	Started         time.Time          `json:"started"`
-	Backend         string             `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
-	Mode            string             `json:"mode"`    // "fail-closed" or "fail-open"
-	Default         engine.Action      `json:"default"` // verdict for unanswered questions
-	PromptTimeout   string             `json:"prompt_timeout"`
-	Inbound         bool               `json:"inbound"`
-	ExemptLoopback  bool               `json:"exempt_loopback"`
-	Queue           uint16             `json:"queue,omitempty"` // NFQUEUE number (Linux)
-	StateDir        string             `json:"state_dir"`
-	Attribution     []string           `json:"attribution"` // live process attribution methods
-	Kernel          intercept.Stats    `json:"kernel"`      // the backend's counters
-	Verdicts        map[string]uint64  `json:"verdicts"`    // verdicts carried out, by action
-	Decisions       map[string]uint64  `json:"decisions"`   // engine verdicts, by reason
-	PendingPrompts  int                `json:"pending_prompts"`
-	HeldConnections int                `json:"held_connections"` // connections waiting on those prompts
-	Rules           int                `json:"rules"`
-	History         store.HistoryStats `json:"history"`
+	Version         string            `json:"version"`
+	PID             int               `json:"pid"`
+	Started         time.Time         `json:"started"`
+	Backend         string            `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
+	Mode            string            `json:"mode"`    // "fail-closed" or "fail-open"
+	Default         engine.Action     `json:"default"` // verdict for unanswered questions
+	PromptTimeout   string            `json:"prompt_timeout"`
+	Inbound         bool              `json:"inbound"`
+	ExemptLoopback  bool              `json:"exempt_loopback"`
+	Queue           uint16            `json:"queue,omitempty"` // NFQUEUE number (Linux)
+	StateDir        string            `json:"state_dir"`
+	Attribution     []string          `json:"attribution"` // live process attribution methods
+	Kernel          intercept.Stats   `json:"kernel"`      // the backend's counters
+	Verdicts        map[string]uint64 `json:"verdicts"`    // verdicts carried out, by action
+	Decisions       map[string]uint64 `json:"decisions"`   // engine verdicts, by reason
+	PendingPrompts  int               `json:"pending_prompts"`
+	HeldConnections int               `json:"held_connections"` // connections waiting on those prompts
+	// QuestionCaps are the bounds on open questions (per program, per user, global)
+	// and how often each applied: connections given the default unasked, questions
+	// closed early to make room.
+	QuestionCaps engine.QuestionCapStats `json:"question_caps"`
+	Rules        int                     `json:"rules"`
+	History      store.HistoryStats      `json:"history"`
 	// RulesReserve is the room kept for the rules file (see store.Reserve).
 	RulesReserve store.ReserveStats `json:"rules_reserve"`
 

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +29,11 @@ func FuzzRequestBodies(f *testing.F) {
 		`{"action":"deny","for":"7d","scope":"app"}`,
 		`{"action":"allow"} trailing`,
 		`[]`, `null`, `"x"`, `{`, ``,
+		// Lax forms that must be refused (issue 14).
+		`{"action":"allow","remote":""}`, `{"action":"allow","proto":"0"}`, `{"action":"accept"}`,
+		`{"action":"ALLOW","app":"curl"}`, `{"action":"allow","remote":"198.18.0.1/15"}`,
+		`{"version":1,"rules":null}`, `{"Action":"allow","action":"deny"}`,
+		`{"action":"allow","for":"always","scope":"APP"}`, `{"action":"allow","port":null}`,
 	} {
 		f.Add(s)
 	}
@@ -59,6 +65,22 @@ func FuzzRequestBodies(f *testing.F) {
 				t.Fatalf("POST %s %q: content type %q", path, body, ct)
 			}
 			if rec.Code == http.StatusOK {
+				// What the API accepted is what it means: every rule in force reads
+				// back the same from its JSON, with an absolute app and no host bits.
+				for _, r := range eng.Rules() {
+					b, _ := r.MarshalJSON()
+					var again engine.Rule
+					err := again.UnmarshalJSON(b)
+					if b2, _ := again.MarshalJSON(); err != nil || !bytes.Equal(b, b2) || again.Remote != r.Remote || again.App != r.App {
+						t.Fatalf("POST %s %q: rule %v does not read back (%v): %s", path, body, r, err, b)
+					}
+					if r.App != "" && r.App[0] != '/' && r.App[0] != '\\' && !strings.Contains(r.App, `:\`) {
+						t.Fatalf("POST %s %q: accepted a relative app %q", path, body, r.App)
+					}
+					if r.Remote.IsValid() && r.Remote != r.Remote.Masked() {
+						t.Fatalf("POST %s %q: accepted host bits in %s", path, body, r.Remote)
+					}
+				}
 				continue
 			}
 			if rec.Code/100 != 4 {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/internal/strictjson"
 )
 
 // Body size limits: a rule is small, a rules file may hold 100,000 rules.
@@ -41,6 +43,11 @@ type Config struct {
 	// EventLog subscribes to the latch.event/1 stream (GET /v1/events/stream): a
 	// channel of JSON documents and a func that ends the subscription. nil: a 503.
 	EventLog func() (<-chan []byte, func())
+	// CheckUser says whether a rule's user name (not a numeric uid) names an account
+	// on this system, for rules added or imported through the API (rules already in
+	// the rules file at start-up are not checked: an account removed later must not
+	// keep the daemon from starting). nil: SystemUser.
+	CheckUser func(name string) error
 }
 
 // Server serves the local API.
@@ -60,6 +67,9 @@ type Server struct {
 func NewServer(cfg Config) *Server {
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
+	}
+	if cfg.CheckUser == nil {
+		cfg.CheckUser = SystemUser
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), ctx: ctx, cancel: cancel}
@@ -158,6 +168,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	st.PendingPrompts = es.Open
 	st.HeldConnections = es.Held
+	st.QuestionCaps = es.QuestionCaps
 	st.Rules = es.Rules
 	if s.cfg.History != nil {
 		st.History = s.cfg.History.Stats()
@@ -173,11 +184,29 @@ type rulesBody struct {
 }
 
 func (s *Server) listRules(w http.ResponseWriter, r *http.Request) {
-	rules := s.cfg.Engine.Rules()
-	if rules == nil {
-		rules = []engine.Rule{}
+	writeRules(w, s.cfg.Engine.Rules())
+}
+
+// writeRules writes {"rules": [...]} one rule at a time, so that a reply with 100,000
+// rules needs no buffer the size of the whole reply.
+func writeRules(w http.ResponseWriter, rules []engine.Rule) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString(`{"rules":[`)
+	for i := range rules {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		b, err := rules[i].MarshalJSON()
+		if err != nil {
+			// Rule.MarshalJSON only marshals strings and numbers; it cannot fail.
+			panic(fmt.Sprintf("api: marshalling rule %d: %v", rules[i].ID, err))
+		}
+		bw.Write(b)
 	}
-	writeJSON(w, http.StatusOK, rulesBody{rules})
+	bw.WriteString("]}\n")
+	bw.Flush()
 }
 
 // changeRules applies change and saves the result, undoing the change if the save
@@ -210,12 +239,16 @@ func (s *Server) addRule(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var rule engine.Rule
-	if err := decodeStrict(data, &rule); err != nil {
+	if err := rule.UnmarshalJSON(data); err != nil {
 		writeError(w, http.StatusBadRequest, "rule: "+err.Error())
 		return
 	}
 	if rule.ID != 0 {
 		writeError(w, http.StatusBadRequest, `rule: field "id": assigned by the daemon, leave it out`)
+		return
+	}
+	if err := s.checkUser(&rule); err != nil {
+		writeError(w, http.StatusBadRequest, "rule: "+err.Error())
 		return
 	}
 	var added engine.Rule
@@ -270,6 +303,18 @@ func (s *Server) importRules(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "import: "+err.Error())
 		return
 	}
+	now := time.Now()
+	for i := range rules {
+		r := &rules[i]
+		err := s.checkUser(r)
+		if err == nil && r.Expired(now) {
+			err = &engine.FieldError{Field: "expires", Value: r.Expires.Format(time.RFC3339), Err: errors.New("already passed")}
+		}
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "import: "+(&engine.RuleError{Index: i, ID: r.ID, Err: err}).Error())
+			return
+		}
+	}
 	if !s.changeRules(w, func() (int, error) {
 		if err := s.cfg.Engine.ReplaceRules(rules); err != nil {
 			return http.StatusBadRequest, fmt.Errorf("import: %w", err)
@@ -295,7 +340,7 @@ func (s *Server) listPrompts(w http.ResponseWriter, r *http.Request) {
 }
 
 // ParseAnswer turns an AnswerRequest into an engine.Answer; errors name the field.
-// An empty For is "once", an empty Scope "app+host+port".
+// An empty (left out) For is "once", an empty Scope "app+host+port".
 func ParseAnswer(req AnswerRequest) (engine.Answer, error) {
 	var a engine.Answer
 	var err error
@@ -305,8 +350,10 @@ func ParseAnswer(req AnswerRequest) (engine.Answer, error) {
 	if a.Action, err = engine.ParseAction(req.Action); err != nil {
 		return a, fmt.Errorf(`field "action": %w`, err)
 	}
-	if a.For, err = engine.ParseFor(req.For); err != nil {
-		return a, fmt.Errorf(`field "for": %w`, err)
+	if req.For != "" {
+		if a.For, err = engine.ParseFor(req.For); err != nil {
+			return a, fmt.Errorf(`field "for": %w`, err)
+		}
 	}
 	a.Scope = engine.ScopeAppHostPort
 	if req.Scope != "" {
@@ -315,6 +362,49 @@ func ParseAnswer(req AnswerRequest) (engine.Answer, error) {
 		}
 	}
 	return a, nil
+}
+
+// decodeAnswer reads an AnswerRequest strictly: one object, fields spelt exactly and
+// given once, each a string; a field given must not be empty or null (leave it out
+// for its default).
+func decodeAnswer(data []byte) (AnswerRequest, error) {
+	var req AnswerRequest
+	members, err := strictjson.Object(data, "action", "for", "scope")
+	if err != nil {
+		return req, err
+	}
+	for _, f := range []struct {
+		name, def string
+		dst       *string
+	}{{"action", "", &req.Action}, {"for", "once", &req.For}, {"scope", "app+host+port", &req.Scope}} {
+		raw, ok := members[f.name]
+		if !ok {
+			continue
+		}
+		if strictjson.IsNull(raw) {
+			return req, fmt.Errorf("field %q: null is not a value", f.name)
+		}
+		v, err := strictjson.String(raw)
+		if err != nil {
+			return req, fmt.Errorf("field %q: %v", f.name, err)
+		}
+		if v == "" && f.def != "" {
+			return req, fmt.Errorf("field %q: empty (leave it out for %s)", f.name, f.def)
+		}
+		*f.dst = v
+	}
+	return req, nil
+}
+
+// checkUser refuses a rule whose user name names no account here.
+func (s *Server) checkUser(r *engine.Rule) error {
+	if r.User == "" || engine.IsUID(r.User) {
+		return nil
+	}
+	if err := s.cfg.CheckUser(r.User); err != nil {
+		return &engine.FieldError{Field: "user", Value: strconv.Quote(r.User), Err: err}
+	}
+	return nil
 }
 
 type answerBody struct {
@@ -331,8 +421,8 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req AnswerRequest
-	if err := decodeStrict(data, &req); err != nil {
+	req, err := decodeAnswer(data)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "answer: "+err.Error())
 		return
 	}

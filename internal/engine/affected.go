@@ -7,16 +7,18 @@ package engine
 // that match. Expiry is ignored, so a rule that expired counts as matching; the
 // predicate errs on the side of re-deciding. Unknown request fields
 // (no executable, no user, no services, no host) count as matching too: flows known only from conntrack lack
-// them.
+// them. A change of more than affectedCompileMax rules (an import) affects every
+// request: compiling them all again beside the new matcher would double the memory
+// the change needs, and such a change re-decides nearly everything anyway.
 func Affected(old, new []Rule) func(*Request) bool {
-	before := make(map[RuleID]Rule, len(old))
-	for _, r := range old {
-		before[r.ID] = r
+	before := make(map[RuleID]int, len(old)) // index in old
+	for i, r := range old {
+		before[r.ID] = i
 	}
 	var changed []Rule
 	for _, r := range new {
-		o, ok := before[r.ID]
-		if ok && sameRule(o, r) {
+		i, ok := before[r.ID]
+		if ok && sameRule(old[i], r) {
 			delete(before, r.ID)
 			continue
 		}
@@ -29,6 +31,9 @@ func Affected(old, new []Rule) func(*Request) bool {
 	}
 	if len(changed) == 0 {
 		return func(*Request) bool { return false }
+	}
+	if len(changed) > affectedCompileMax {
+		return func(*Request) bool { return true }
 	}
 	compiled := make([]*compiledRule, len(changed))
 	for i, r := range changed {
@@ -43,6 +48,10 @@ func Affected(old, new []Rule) func(*Request) bool {
 		return false
 	}
 }
+
+// affectedCompileMax is the most changed rules Affected compiles to tell affected
+// requests from others.
+const affectedCompileMax = 4096
 
 // mayMatch is matches without expiry and with unknown fields matching anything: flows
 // known only from conntrack have no executable or user.

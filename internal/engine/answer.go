@@ -52,11 +52,11 @@ func (s *Scope) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseScope parses "app", "app+host", "app+port" or "app+host+port" ("" is "app";
-// the parts after "app" may come in either order).
+// ParseScope parses "app", "app+host", "app+port" or "app+host+port", lower case (the
+// parts after "app" may come in either order).
 func ParseScope(s string) (Scope, error) {
-	switch strings.ToLower(s) {
-	case "app", "":
+	switch s {
+	case "app":
 		return ScopeApp, nil
 	case "app+host":
 		return ScopeAppHost, nil
@@ -80,12 +80,13 @@ type Answer struct {
 
 // ParseFor parses how long an answer holds: "once" (0), "forever" (Forever), a Go
 // duration ("90m", "1h30m") or days ("1d", "7d", "1d12h"). Zero and negative
-// durations are errors; say "once" instead.
+// durations are errors; say "once" instead. "" is an error too: callers that default
+// to once say so themselves.
 func ParseFor(s string) (time.Duration, error) {
-	switch strings.ToLower(s) {
-	case "once", "":
+	switch s {
+	case "once":
 		return 0, nil
-	case "forever", "always":
+	case "forever":
 		return Forever, nil
 	}
 	rest := s
@@ -138,9 +139,12 @@ func (a *Answer) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	d, err := ParseFor(w.For)
-	if err != nil {
-		return err
+	var d time.Duration // left out: once
+	if w.For != "" {
+		var err error
+		if d, err = ParseFor(w.For); err != nil {
+			return err
+		}
 	}
 	*a = Answer{Action: w.Action, For: d, Scope: w.Scope}
 	return nil

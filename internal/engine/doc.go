@@ -73,4 +73,10 @@
 // Config.Default with ReasonTimeout. Answering a Prompt may create a rule (see Answer
 // and Scope; a "host" scope names the request's hostname when it is known, its address
 // otherwise); any other open Prompt that rule matches is decided by it at once.
+//
+// Open questions are bounded per program (of one user), per user and in all
+// (Config.MaxPromptsPerApp, MaxPromptsPerUser, MaxPrompts); the user and global bounds
+// are shared max-min fairly, so one program or user cannot take the questions away
+// from the others. A connection a bound refuses, and a question evicted to make room
+// for one holding fewer, get Config.Default with ReasonQuestionCap. See questioncap.go.
 package engine

@@ -13,9 +13,6 @@ import (
 // DefaultPromptTimeout is the prompt timeout when Config.PromptTimeout is zero.
 const DefaultPromptTimeout = 30 * time.Second
 
-// DefaultMaxPrompts is the open-question limit when Config.MaxPrompts is zero.
-const DefaultMaxPrompts = 1024
-
 // subscriberBuffer is how many events a subscriber may fall behind before it loses some.
 const subscriberBuffer = 256
 
@@ -23,8 +20,16 @@ const subscriberBuffer = 256
 type Config struct {
 	Default       Action           // verdict for an unanswered question (Allow, Deny, Reject, Drop)
 	PromptTimeout time.Duration    // how long a question may stay open (0: DefaultPromptTimeout); every hold ends by then
-	MaxPrompts    int              // open questions at most (0: DefaultMaxPrompts); beyond, Default at once (ReasonLimit)
 	Now           func() time.Time // nil: time.Now (tests inject a clock)
+
+	// Open questions at most: on the whole (0: DefaultMaxPrompts), per user (0:
+	// DefaultMaxPromptsPerUser) and per program of one user (0:
+	// DefaultMaxPromptsPerApp), shared fairly as questioncap.go says; a connection
+	// that may not raise a question gets Default at once (ReasonQuestionCap). A bound
+	// above the one that contains it is lowered to it.
+	MaxPrompts        int
+	MaxPromptsPerUser int
+	MaxPromptsPerApp  int
 }
 
 // PromptID identifies a question, unique within one Engine.
@@ -66,6 +71,8 @@ type Stats struct {
 	Dropped     uint64            `json:"dropped"`     // events slow subscribers lost
 	Prompts     uint64            `json:"prompts"`     // questions opened
 	Subscribers int               `json:"subscribers"` // live subscriptions
+	// QuestionCaps are the question bounds and how often they applied.
+	QuestionCaps QuestionCapStats `json:"question_caps"`
 }
 
 // Engine decides held connections from rules and asks a person about the rest. All its
@@ -76,6 +83,7 @@ type Engine struct {
 	now func() time.Time
 
 	matcher atomic.Pointer[matcher]
+	gen     atomic.Uint64 // rule sets put in force (see Generation)
 
 	// writeMu serializes rule changes; it is never taken by Decide.
 	writeMu     sync.Mutex
@@ -97,6 +105,9 @@ type Engine struct {
 	open         map[promptKey]*prompt
 	byID         map[PromptID]*prompt
 	lastPromptID PromptID
+	users        map[userKey]*userLoad // open questions by user and program
+
+	capApp, capUser, capGlobal, capEvicted atomic.Uint64
 
 	subMu      sync.Mutex
 	subs       map[*subscriber]struct{}
@@ -110,7 +121,7 @@ type Engine struct {
 	hits   map[RuleID]*ruleHits
 }
 
-var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonLimit}
+var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap}
 
 const numReasons = len(reasons)
 
@@ -161,6 +172,7 @@ type waiter struct {
 type prompt struct {
 	Prompt
 	key     promptKey
+	user    userKey
 	waiters []waiter
 	timer   *time.Timer
 }
@@ -199,18 +211,31 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 	if cfg.PromptTimeout == 0 {
 		cfg.PromptTimeout = DefaultPromptTimeout
 	}
-	if cfg.MaxPrompts < 0 {
-		return nil, fmt.Errorf("engine config: MaxPrompts %d is negative", cfg.MaxPrompts)
+	for _, b := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"MaxPrompts", &cfg.MaxPrompts, DefaultMaxPrompts},
+		{"MaxPromptsPerUser", &cfg.MaxPromptsPerUser, DefaultMaxPromptsPerUser},
+		{"MaxPromptsPerApp", &cfg.MaxPromptsPerApp, DefaultMaxPromptsPerApp},
+	} {
+		if *b.v < 0 {
+			return nil, fmt.Errorf("engine config: %s %d is negative", b.name, *b.v)
+		}
+		if *b.v == 0 {
+			*b.v = b.def
+		}
 	}
-	if cfg.MaxPrompts == 0 {
-		cfg.MaxPrompts = DefaultMaxPrompts
-	}
+	cfg.MaxPromptsPerUser = min(cfg.MaxPromptsPerUser, cfg.MaxPrompts)
+	cfg.MaxPromptsPerApp = min(cfg.MaxPromptsPerApp, cfg.MaxPromptsPerUser)
 	e := &Engine{
 		cfg:    cfg,
 		now:    cfg.Now,
 		nextID: 1,
 		open:   map[promptKey]*prompt{},
 		byID:   map[PromptID]*prompt{},
+		users:  map[userKey]*userLoad{},
 		subs:   map[*subscriber]struct{}{},
 
 		hookWake: make(chan struct{}, 1),
@@ -220,7 +245,7 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 		e.now = time.Now
 	}
 	e.matcher.Store(compile(nil))
-	prepared, err := e.prepare(rules)
+	prepared, err := e.prepare(slices.Clone(rules))
 	if err != nil {
 		return nil, err
 	}
@@ -229,11 +254,10 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 	return e, nil
 }
 
-// prepare validates a whole rule set and gives IDs to rules without one. Call with
-// writeMu held, or before the engine is shared.
-func (e *Engine) prepare(rules []Rule) ([]Rule, error) {
-	out := make([]Rule, len(rules))
-	copy(out, rules)
+// prepare validates a whole rule set and gives IDs to rules without one, in place
+// (the slice must be the engine's own); on error it changes nothing. Call with writeMu
+// held, or before the engine is shared.
+func (e *Engine) prepare(out []Rule) ([]Rule, error) {
 	for i := range out {
 		if err := out[i].Validate(); err != nil {
 			return nil, &RuleError{Index: i, ID: out[i].ID, Err: err}
@@ -296,10 +320,18 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 		e.mu.Unlock()
 		return
 	}
-	if len(e.open) >= e.cfg.MaxPrompts {
+	uk := userKeyOf(req)
+	evict, refused := e.admitLocked(uk, key.exe)
+	if refused != "" {
 		e.mu.Unlock()
-		e.deliver([]delivery{{verdict, Verdict{Action: e.cfg.Default, Reason: ReasonLimit}}})
+		e.countCap(refused)
+		e.deliver([]delivery{{verdict, Verdict{Action: e.cfg.Default, Reason: ReasonQuestionCap}}})
 		return
+	}
+	var evicted []delivery
+	if evict != nil {
+		evicted = e.closeLocked(evict, Verdict{Action: e.cfg.Default, Reason: ReasonQuestionCap})
+		e.capEvicted.Add(1)
 	}
 	e.lastPromptID++
 	p := &prompt{
@@ -310,21 +342,30 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 			Expires: now.Add(e.cfg.PromptTimeout),
 		},
 		key:     key,
+		user:    uk,
 		waiters: []waiter{{*req, verdict}},
 	}
 	e.open[key] = p
 	e.byID[p.ID] = p
+	e.addLoadLocked(p)
 	p.timer = time.AfterFunc(e.cfg.PromptTimeout, func() { e.expire(p) })
 	e.publish(Event{Kind: EventPrompt, Prompt: p.snapshot()})
 	e.mu.Unlock()
+	e.deliver(evicted)
+}
+
+// forgetLocked removes p from the open questions. Call with mu held.
+func (e *Engine) forgetLocked(p *prompt) {
+	delete(e.open, p.key)
+	delete(e.byID, p.ID)
+	e.dropLoadLocked(p)
+	p.timer.Stop()
 }
 
 // closeLocked removes p from the open questions and returns its deliveries. Call with
 // mu held.
 func (e *Engine) closeLocked(p *prompt, v Verdict) []delivery {
-	delete(e.open, p.key)
-	delete(e.byID, p.ID)
-	p.timer.Stop()
+	e.forgetLocked(p)
 	ds := make([]delivery, len(p.waiters))
 	for i, w := range p.waiters {
 		ds[i] = delivery{w.verdict, v}
@@ -402,7 +443,7 @@ func (e *Engine) Answer(id PromptID, a Answer) (*Rule, error) {
 		return nil, nil
 	}
 	old := e.currentRules()
-	rest := e.installLocked(append(old, rule), old)
+	rest := e.installLocked(append(slices.Clip(old), rule), old)
 	e.deliver(ds)
 	e.deliver(rest)
 	return &rule, nil
@@ -415,6 +456,12 @@ func (e *Engine) currentRules() []Rule {
 	copy(out, m.sorted)
 	return out
 }
+
+// Generation counts the rule sets put in force since New: it changes with every
+// change of the rules (adding, removing, importing, an answer's rule, expiry), so a
+// caller that saved the rules at one generation knows whether they changed since.
+// Read it before Rules: the rules are then at least as new.
+func (e *Engine) Generation() uint64 { return e.gen.Load() }
 
 // Rules returns the rules in force, sorted by ID, without expired ones.
 func (e *Engine) Rules() []Rule {
@@ -446,7 +493,7 @@ func (e *Engine) AddRule(r Rule) (Rule, error) {
 	r.ID = e.nextID
 	e.nextID++
 	old := e.currentRules()
-	e.install(append(old, r))
+	e.install(append(slices.Clip(old), r))
 	return r, nil
 }
 
@@ -467,7 +514,9 @@ func (e *Engine) RemoveRule(id RuleID) (Rule, error) {
 }
 
 // ReplaceRules puts rs in force instead of the current set, all or nothing (import).
-// Rules with ID 0 get fresh IDs; errors name the rule and field.
+// Rules with ID 0 get fresh IDs; errors name the rule and field. The engine takes rs
+// over, without a copy (an import of 100,000 rules would otherwise need them twice
+// while the new matcher is built): the caller must not use rs afterwards.
 func (e *Engine) ReplaceRules(rs []Rule) error {
 	e.writeMu.Lock()
 	saved := e.nextID
@@ -522,7 +571,10 @@ func (e *Engine) install(rules []Rule) {
 // verdicts to hand out.
 func (e *Engine) installLocked(rules, old []Rule) []delivery {
 	now := e.now()
-	live := rules[:0:0]
+	// rules is the caller's own copy (every caller builds it for this call), so the
+	// expired ones are filtered out in place: at 100,000 rules a second copy would
+	// be another 20 MB while the old and the new matcher both live.
+	live := rules[:0]
 	for _, r := range rules {
 		if !r.Expired(now) {
 			live = append(live, r)
@@ -535,6 +587,7 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 	var ds []delivery
 	e.mu.Lock()
 	e.matcher.Store(m)
+	e.gen.Add(1)
 	for _, p := range e.byID {
 		kept := p.waiters[:0]
 		decided := 0
@@ -553,9 +606,7 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 		p.waiters = kept
 		if len(kept) == 0 {
 			// Every connection waiting on it was decided: the question is closed.
-			delete(e.open, p.key)
-			delete(e.byID, p.ID)
-			p.timer.Stop()
+			e.forgetLocked(p)
 			snap := p.snapshot()
 			snap.Held = decided
 			e.publish(Event{Kind: EventAnswered, Prompt: snap, Verdict: &last})
@@ -725,6 +776,10 @@ func (e *Engine) Stats() Stats {
 	}
 	st.Prompts = uint64(e.lastPromptID)
 	e.mu.Unlock()
+	st.QuestionCaps = QuestionCapStats{
+		Max: e.cfg.MaxPrompts, PerUser: e.cfg.MaxPromptsPerUser, PerApp: e.cfg.MaxPromptsPerApp,
+		App: e.capApp.Load(), User: e.capUser.Load(), Global: e.capGlobal.Load(), Evicted: e.capEvicted.Load(),
+	}
 	st.Rules = len(e.Rules())
 	e.subMu.Lock()
 	st.Subscribers = len(e.subs)

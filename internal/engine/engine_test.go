@@ -196,7 +196,7 @@ func TestMaxPrompts(t *testing.T) {
 		vs = append(vs, v)
 		e.Decide(reqTo("/usr/bin/curl", fmt.Sprintf("198.18.0.%d:443", i+1)), v.fn)
 	}
-	if got := vs[2].wait(); got != (Verdict{Action: Deny, Reason: ReasonLimit}) {
+	if got := vs[2].wait(); got != (Verdict{Action: Deny, Reason: ReasonQuestionCap}) {
 		t.Errorf("third question: %+v, want deny by limit", got)
 	}
 	vs[0].pending()
@@ -532,7 +532,7 @@ func TestCloseAnswersEverything(t *testing.T) {
 }
 
 func TestSlowSubscriberDoesNotBlock(t *testing.T) {
-	e := newEngine(t, Config{PromptTimeout: time.Hour, MaxPrompts: 4096})
+	e := newEngine(t, Config{PromptTimeout: time.Hour, MaxPrompts: 4096, MaxPromptsPerUser: 4096, MaxPromptsPerApp: 4096})
 	_, cancel := e.Subscribe() // never read
 	defer cancel()
 	done := make(chan struct{})
@@ -740,5 +740,23 @@ func TestExpiryPrunes(t *testing.T) {
 	}
 	if _, err := e.AddRule(Rule{Action: Allow, Expires: time.Now().Add(-time.Second)}); err == nil || !strings.Contains(err.Error(), "expires") {
 		t.Errorf("adding an expired rule: %v", err)
+	}
+}
+
+func TestAffectedLargeChangeRedecidesEverything(t *testing.T) {
+	var old, new []Rule
+	for i := range affectedCompileMax + 1 {
+		new = append(new, Rule{ID: RuleID(i + 1), App: fmt.Sprintf("/opt/app%d", i), Port: PortRange{443, 443}, Action: Allow})
+	}
+	req := reqTo("/usr/bin/curl", "198.18.0.1:22")
+	if !Affected(old, new)(req) {
+		t.Error("a change of more rules than Affected compiles must re-decide every request")
+	}
+	small := new[:10]
+	if Affected(old, small)(req) {
+		t.Error("a small change re-decides a request none of its rules matches")
+	}
+	if Affected(new, new)(req) {
+		t.Error("no change re-decides a request")
 	}
 }

@@ -84,7 +84,24 @@ func compileApp(p string) (*appPattern, error) {
 	return a, nil
 }
 
+// validateApp checks a rule's App: an absolute path, clean (no "." or ".." segment,
+// no empty one), exact or glob. Executables are always named by such paths, so any
+// other pattern could never match; "**/curl" is written "/**/curl".
 func validateApp(p string) error {
+	if p == "" {
+		return nil
+	}
+	switch {
+	case isWindowsPath(p) || strings.HasPrefix(p, `\`): // C:\..., \server\..., \Device\...
+	case strings.HasPrefix(p, "/"):
+		for i, seg := range strings.Split(p[1:], "/") {
+			if seg == "" || seg == "." || seg == ".." {
+				return fmt.Errorf("not a clean absolute path: segment %d is %q (write the path as the program's executable is named, e.g. /usr/bin/curl)", i+1, seg)
+			}
+		}
+	default:
+		return fmt.Errorf("not an absolute path: want an executable such as /usr/bin/curl or a glob such as /usr/lib/firefox/** (relative paths never match)")
+	}
 	_, err := compileApp(p)
 	return err
 }

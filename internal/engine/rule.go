@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/latchfw/latch/internal/strictjson"
 	"github.com/latchfw/latch/internal/textesc"
 )
 
@@ -94,11 +95,15 @@ func (r *PortRange) UnmarshalJSON(b []byte) error {
 	return r.UnmarshalText(b)
 }
 
-// ParsePortRange parses "443" or "1000-2000". "" and "any" are the zero range (any
-// port). Port 0 and ranges whose low end is above the high end are errors.
+// ParsePortRange parses "443" or "1000-2000". "any" is the zero range (any port), the
+// same as leaving the field out. "", port 0 and ranges whose low end is above the high
+// end are errors.
 func ParsePortRange(s string) (PortRange, error) {
-	if s == "" || strings.EqualFold(s, "any") {
+	if s == "any" {
 		return PortRange{}, nil
+	}
+	if s == "" {
+		return PortRange{}, fmt.Errorf("port range \"\": empty (leave the field out, or write any, for any port)")
 	}
 	lo, hi, isRange := strings.Cut(s, "-")
 	parse := func(p string) (uint16, error) {
@@ -128,12 +133,16 @@ func ParsePortRange(s string) (PortRange, error) {
 }
 
 // ParseRemote parses a remote address ("198.18.0.1", "2001:db8::1"; a single address
-// becomes a /32 or /128) or a CIDR prefix ("198.18.0.0/15"). Host bits set in a prefix
-// are cleared. "" and "any" are the zero prefix (any remote). IPv4-mapped IPv6 forms
-// and zones are errors: write IPv4 addresses as IPv4.
+// becomes a /32 or /128) or a CIDR prefix ("198.18.0.0/15"). "any" is the zero prefix
+// (any remote), the same as leaving the field out. "", host bits set in a prefix
+// ("198.18.0.1/15": did you mean 198.18.0.0/15?), IPv4-mapped IPv6 forms and zones are
+// errors: write IPv4 addresses as IPv4.
 func ParseRemote(s string) (netip.Prefix, error) {
-	if s == "" || strings.EqualFold(s, "any") {
+	if s == "any" {
 		return netip.Prefix{}, nil
+	}
+	if s == "" {
+		return netip.Prefix{}, fmt.Errorf("remote \"\": empty (leave the field out, or write any, for any remote)")
 	}
 	var p netip.Prefix
 	if strings.Contains(s, "/") {
@@ -154,7 +163,10 @@ func ParseRemote(s string) (netip.Prefix, error) {
 	if err := checkRemote(p); err != nil {
 		return netip.Prefix{}, fmt.Errorf("remote %q: %v", s, err)
 	}
-	return p.Masked(), nil
+	if p != p.Masked() {
+		return netip.Prefix{}, fmt.Errorf("remote %q: host bits set; did you mean %s?", s, p.Masked())
+	}
+	return p, nil
 }
 
 // checkRemote rejects prefixes that could never match a Request's (unmapped) address.
@@ -282,6 +294,9 @@ func validateUser(u string) error {
 	}
 	return nil
 }
+
+// IsUID reports whether a rule's User is a numeric uid rather than an account name.
+func IsUID(user string) bool { return looksNumeric(user) }
 
 func looksNumeric(s string) bool {
 	if s == "" {
@@ -421,8 +436,7 @@ func quoteIfNeeded(s string) string {
 	return textesc.String(s)
 }
 
-// ruleJSON is the wire form of a Rule. Enums, ports, remote and times are text so that
-// the parser, not encoding/json, says what is wrong with them and in which field.
+// ruleJSON is the wire form of a Rule that MarshalJSON writes.
 type ruleJSON struct {
 	ID        RuleID          `json:"id"`
 	App       string          `json:"app,omitempty"`
@@ -438,6 +452,119 @@ type ruleJSON struct {
 	Expires   string          `json:"expires,omitempty"`
 	Created   string          `json:"created,omitempty"`
 	Note      string          `json:"note,omitempty"`
+}
+
+// ruleKeys are the JSON names of a rule's fields, in the order errors are reported.
+var ruleKeys = []string{"id", "action", "app", "user", "service", "host", "dir", "proto", "remote", "port",
+	"local_port", "expires", "created", "note"}
+
+// MaxRuleID is the largest rule ID: 2^53-1, so that every ID is exact in JavaScript
+// (the web UI) and the next ID never wraps around.
+const MaxRuleID RuleID = 1<<53 - 1
+
+// RuleFields is a rule in text, field by field, as a rules file, an API request or
+// the command line's flags give it. A nil field is left out: it matches anything (or,
+// for Action, is missing). Parse is the one parser for all of them, so that each says
+// the same about the same mistake.
+type RuleFields struct {
+	ID                                           *string
+	Action                                       *string
+	App, User, Service, Host                     *string
+	Direction, Protocol, Remote, Port, LocalPort *string
+	Expires, Created, Note                       *string
+}
+
+// Parse checks every field strictly and returns the rule: enums exactly as String
+// writes them (no aliases, lower case), ports 1-65535, a remote without host bits, an
+// absolute app path, a hostname (see ParseHost), RFC 3339 times, an ID from 1 to
+// MaxRuleID, and an action. A field given but empty is an error (leave it out to
+// match anything). "any" is accepted for dir, proto, remote, port and local_port and
+// means the same as leaving the field out. The error is a *FieldError naming the
+// field by its JSON name.
+func (f *RuleFields) Parse() (Rule, error) {
+	var out Rule
+	var err error
+	fe := func(field string, v *string, err error) error { return &FieldError{field, strconv.Quote(*v), err} }
+	for _, x := range []struct {
+		name string
+		v    *string
+	}{
+		{"id", f.ID}, {"action", f.Action}, {"app", f.App}, {"user", f.User}, {"service", f.Service},
+		{"host", f.Host}, {"dir", f.Direction}, {"proto", f.Protocol}, {"remote", f.Remote}, {"port", f.Port},
+		{"local_port", f.LocalPort}, {"expires", f.Expires}, {"created", f.Created},
+	} {
+		if x.v != nil && *x.v == "" {
+			if x.name == "action" {
+				return Rule{}, fe(x.name, x.v, fmt.Errorf("required: allow, deny, reject or drop"))
+			}
+			return Rule{}, fe(x.name, x.v, fmt.Errorf("empty: leave the field out to match anything"))
+		}
+	}
+	if f.ID != nil {
+		id, perr := strconv.ParseUint(*f.ID, 10, 64)
+		if perr != nil || RuleID(id) > MaxRuleID || (*f.ID)[0] == '+' || (len(*f.ID) > 1 && (*f.ID)[0] == '0') {
+			return Rule{}, fe("id", f.ID, fmt.Errorf("want a whole number from 1 to %d (0: none yet)", MaxRuleID))
+		}
+		out.ID = RuleID(id)
+	}
+	if f.Action == nil {
+		return Rule{}, &FieldError{"action", "missing", fmt.Errorf("required: allow, deny, reject or drop")}
+	}
+	if out.Action, err = ParseAction(*f.Action); err != nil {
+		return Rule{}, fe("action", f.Action, err)
+	}
+	for _, x := range []struct {
+		v   *string
+		dst *string
+	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note}} {
+		if x.v != nil {
+			*x.dst = *x.v
+		}
+	}
+	if f.Host != nil {
+		if out.Host, err = ParseHost(*f.Host); err != nil {
+			return Rule{}, fe("host", f.Host, err)
+		}
+	}
+	if f.Direction != nil {
+		if out.Direction, err = ParseDirection(*f.Direction); err != nil {
+			return Rule{}, fe("dir", f.Direction, err)
+		}
+	}
+	if f.Protocol != nil {
+		if out.Protocol, err = ParseProtocol(*f.Protocol); err != nil {
+			return Rule{}, fe("proto", f.Protocol, err)
+		}
+	}
+	if f.Remote != nil {
+		if out.Remote, err = ParseRemote(*f.Remote); err != nil {
+			return Rule{}, fe("remote", f.Remote, err)
+		}
+	}
+	if f.Port != nil {
+		if out.Port, err = ParsePortRange(*f.Port); err != nil {
+			return Rule{}, fe("port", f.Port, err)
+		}
+	}
+	if f.LocalPort != nil {
+		if out.LocalPort, err = ParsePortRange(*f.LocalPort); err != nil {
+			return Rule{}, fe("local_port", f.LocalPort, err)
+		}
+	}
+	if f.Expires != nil {
+		if out.Expires, err = parseTime(*f.Expires); err != nil {
+			return Rule{}, fe("expires", f.Expires, err)
+		}
+	}
+	if f.Created != nil {
+		if out.Created, err = parseTime(*f.Created); err != nil {
+			return Rule{}, fe("created", f.Created, err)
+		}
+	}
+	if err := out.Validate(); err != nil {
+		return Rule{}, err
+	}
+	return out, nil
 }
 
 // MarshalJSON writes the rule with text enums ("out", "tcp", "allow"), Remote as CIDR
@@ -473,63 +600,43 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 	return json.Marshal(w)
 }
 
-// UnmarshalJSON reads the form MarshalJSON writes, strictly: unknown fields, bad
-// enums, bad ports, prefixes or hostnames and a missing action are errors naming the
-// field. It also accepts a bare address for remote and a number for a single port, and
-// writes host in normal form (see ParseHost). The rule is
-// validated (see Validate).
+// UnmarshalJSON reads the form MarshalJSON writes, strictly (see RuleFields.Parse):
+// one object; keys known, spelt exactly and each given once; values strings (id a
+// number; port and local_port a string or a number); null for no field. It also
+// accepts a bare address for remote and writes host in normal form (see ParseHost).
 func (r *Rule) UnmarshalJSON(b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var w ruleJSON
-	if err := dec.Decode(&w); err != nil {
+	members, err := strictjson.Object(b, ruleKeys...)
+	if err != nil {
 		return err
 	}
-	if dec.More() {
-		return fmt.Errorf("trailing data after rule")
+	var f RuleFields
+	dst := map[string]**string{
+		"id": &f.ID, "action": &f.Action, "app": &f.App, "user": &f.User, "service": &f.Service, "host": &f.Host,
+		"dir": &f.Direction, "proto": &f.Protocol, "remote": &f.Remote, "port": &f.Port, "local_port": &f.LocalPort,
+		"expires": &f.Expires, "created": &f.Created, "note": &f.Note,
 	}
-	var out Rule
-	var err error
-	out.ID = w.ID
-	out.App = w.App
-	out.User = w.User
-	out.Service = w.Service
-	out.Note = w.Note
-	if out.Host, err = ParseHost(w.Host); err != nil {
-		return &FieldError{"host", strconv.Quote(w.Host), err}
-	}
-	if out.Direction, err = ParseDirection(w.Direction); err != nil {
-		return &FieldError{"dir", strconv.Quote(w.Direction), err}
-	}
-	if out.Protocol, err = ParseProtocol(w.Protocol); err != nil {
-		return &FieldError{"proto", strconv.Quote(w.Protocol), err}
-	}
-	if w.Action == "" {
-		return &FieldError{"action", `""`, fmt.Errorf("required: allow, deny, reject or drop")}
-	}
-	if out.Action, err = ParseAction(w.Action); err != nil {
-		return &FieldError{"action", strconv.Quote(w.Action), err}
-	}
-	if out.Remote, err = ParseRemote(w.Remote); err != nil {
-		return &FieldError{"remote", strconv.Quote(w.Remote), err}
-	}
-	if len(w.Port) > 0 {
-		if err := out.Port.UnmarshalJSON(w.Port); err != nil {
-			return &FieldError{"port", string(w.Port), err}
+	for _, k := range ruleKeys {
+		raw, ok := members[k]
+		if !ok {
+			continue
 		}
-	}
-	if len(w.LocalPort) > 0 {
-		if err := out.LocalPort.UnmarshalJSON(w.LocalPort); err != nil {
-			return &FieldError{"local_port", string(w.LocalPort), err}
+		if strictjson.IsNull(raw) {
+			return &FieldError{k, "null", fmt.Errorf("null is not a value: leave the field out to match anything")}
 		}
+		var v string
+		if k == "id" || ((k == "port" || k == "local_port") && raw[0] != '"') {
+			// A number: its text, checked by the field's parser.
+			if raw[0] == '"' || raw[0] == '{' || raw[0] == '[' || raw[0] == 't' || raw[0] == 'f' {
+				return &FieldError{k, strictjson.Describe(raw), fmt.Errorf("want a number")}
+			}
+			v = string(raw)
+		} else if v, err = strictjson.String(raw); err != nil {
+			return &FieldError{k, strictjson.Describe(raw), err}
+		}
+		*dst[k] = &v
 	}
-	if out.Expires, err = parseTime(w.Expires); err != nil {
-		return &FieldError{"expires", strconv.Quote(w.Expires), err}
-	}
-	if out.Created, err = parseTime(w.Created); err != nil {
-		return &FieldError{"created", strconv.Quote(w.Created), err}
-	}
-	if err := out.Validate(); err != nil {
+	out, err := f.Parse()
+	if err != nil {
 		return err
 	}
 	*r = out

@@ -20,8 +20,9 @@ func TestParsePortRange(t *testing.T) {
 	}{
 		{"443", PortRange{443, 443}, ""},
 		{"1000-2000", PortRange{1000, 2000}, ""},
-		{"", PortRange{}, ""},
+		{"", PortRange{}, "empty"},
 		{"any", PortRange{}, ""},
+		{"ANY", PortRange{}, "not a port number"},
 		{"65535", PortRange{65535, 65535}, ""},
 		{"2000-1000", PortRange{}, "low end 2000 above high end 1000"},
 		{"0", PortRange{}, "port 0"},
@@ -50,10 +51,12 @@ func TestParseRemote(t *testing.T) {
 	}{
 		{"198.18.0.1", "198.18.0.1/32", ""},
 		{"198.18.0.0/15", "198.18.0.0/15", ""},
-		{"198.18.3.4/15", "198.18.0.0/15", ""},
+		{"198.18.3.4/15", "", "host bits set; did you mean 198.18.0.0/15?"},
+		{"2001:db8::1/32", "", "host bits set; did you mean 2001:db8::/32?"},
+		{"any", "invalid Prefix", ""},
 		{"2001:db8::1", "2001:db8::1/128", ""},
 		{"2001:db8::/32", "2001:db8::/32", ""},
-		{"", "invalid Prefix", ""},
+		{"", "", "empty"},
 		{"198.18.0.0/33", "", "not an address or CIDR"},
 		{"example.com", "", "not an address or CIDR"},
 		{"::ffff:198.18.0.1", "", "IPv4-mapped"},
@@ -362,6 +365,18 @@ func FuzzParseRules(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// Lax forms that must be refused (issue 14): the fuzzer mutates from them.
+	for _, s := range []string{
+		`{"version":1,"rules":null}`,
+		`{"version":1,"rules":[{"action":"allow","remote":""}]}`,
+		`{"version":1,"rules":[{"action":"accept","proto":"0"}]}`,
+		`{"version":1,"rules":[{"action":"ALLOW","app":"curl","remote":"198.18.0.1/15"}]}`,
+		`{"version":1,"rules":[{"id":18446744073709551615,"action":"allow"}]}`,
+		`{"version":1,"rules":[{"action":"deny","action":"allow","Port":"22"}]}`,
+		`{"version":1,"rules":[{"action":"allow","port":443,"local_port":"1-2","host":"*.Example.COM."}]} x`,
+	} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rules, err := ParseRules(data)
 		if err != nil {
@@ -371,6 +386,18 @@ func FuzzParseRules(f *testing.F) {
 			if err := r.Validate(); err != nil {
 				t.Fatalf("rule %d parsed but does not validate: %v", i, err)
 			}
+			if r.ID > MaxRuleID {
+				t.Fatalf("rule %d parsed with ID %d above %d", i, r.ID, MaxRuleID)
+			}
+			if r.App != "" && r.App[0] != '/' && r.App[0] != '\\' && !isWindowsPath(r.App) {
+				t.Fatalf("rule %d parsed with a relative app %q", i, r.App)
+			}
+			if r.Remote.IsValid() && r.Remote != r.Remote.Masked() {
+				t.Fatalf("rule %d parsed with host bits in remote %s", i, r.Remote)
+			}
+		}
+		if err := checkIDs(rules); err != nil {
+			t.Fatalf("parsed with duplicate IDs: %v", err)
 		}
 		out := MarshalRules(rules)
 		again, err := ParseRules(out)

@@ -3,10 +3,11 @@ package engine
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"sort"
+	"strconv"
+
+	"github.com/latchfw/latch/internal/strictjson"
 )
 
 // RulesFileVersion is the version of the rules file format ParseRules reads and
@@ -31,36 +32,73 @@ func (e *RuleError) Error() string {
 // Unwrap returns the underlying error, often a *FieldError.
 func (e *RuleError) Unwrap() error { return e.Err }
 
-// ParseRules strictly parses a rules file, {"version":1,"rules":[...]}. Unknown fields,
-// a missing or other version, bad enums, bad ports or prefixes, a missing action and
-// duplicate IDs are errors naming the rule (index and ID) and field. A rule with ID 0
-// (or none) gets an ID when it is given to an Engine. The rules come back in file order.
+// ParseRules strictly parses a rules file, {"version":1,"rules":[...]}: both fields
+// are required ("rules": [] for none; null is an error), spelt exactly, given once,
+// with nothing after the object. Each rule is read as Rule.UnmarshalJSON says; bad
+// fields and duplicate IDs are errors naming the rule (index and ID) and field. A rule
+// with ID 0 (or none) gets an ID when it is given to an Engine. The rules come back in
+// file order.
 func ParseRules(data []byte) ([]Rule, error) {
-	var f struct {
-		Version *int              `json:"version"`
-		Rules   []json.RawMessage `json:"rules"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("rules file: %w", describeJSONError(data, err))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("rules file: trailing data after the top-level object")
-	}
-	if f.Version == nil {
-		return nil, fmt.Errorf("rules file: field \"version\" missing (want %d)", RulesFileVersion)
-	}
-	if *f.Version != RulesFileVersion {
-		return nil, fmt.Errorf("rules file: version %d not supported (want %d)", *f.Version, RulesFileVersion)
-	}
-	rules := make([]Rule, 0, len(f.Rules))
-	for i, raw := range f.Rules {
-		var r Rule
-		if err := r.UnmarshalJSON(raw); err != nil {
-			return nil, &RuleError{Index: i, ID: peekID(raw), Err: err}
+	// The rules are read one by one from the data, not copied out first: a file of
+	// 100,000 rules is 10 MB.
+	var (
+		version, list bool
+		versionErr    error
+		ruleErr       error
+		rules         []Rule
+	)
+	err := strictjson.Members(data, []string{"version", "rules"}, func(key string, dec *json.Decoder) error {
+		if key == "version" {
+			version = true
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				return err
+			}
+			if string(v) != strconv.Itoa(RulesFileVersion) {
+				versionErr = fmt.Errorf("version %s not supported (want %d)", strictjson.Describe(v), RulesFileVersion)
+			}
+			return nil
 		}
-		rules = append(rules, r)
+		list = true
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if d, ok := tok.(json.Delim); !ok || d != '[' {
+			return fmt.Errorf("field \"rules\": want a list of rules ([] for none), got %s", strictjson.Kind(tok))
+		}
+		for i := 0; dec.More(); i++ {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return err
+			}
+			if ruleErr != nil {
+				continue
+			}
+			var r Rule
+			if err := r.UnmarshalJSON(raw); err != nil {
+				ruleErr = &RuleError{Index: i, ID: peekID(raw), Err: err}
+				continue
+			}
+			rules = append(rules, r)
+		}
+		_, err = dec.Token() // ']'
+		return err
+	})
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("rules file: %w", err)
+	case !version:
+		return nil, fmt.Errorf("rules file: field \"version\" missing (want %d)", RulesFileVersion)
+	case versionErr != nil:
+		return nil, fmt.Errorf("rules file: %w", versionErr)
+	case !list:
+		return nil, fmt.Errorf("rules file: field \"rules\" missing (write \"rules\": [] for no rules)")
+	case ruleErr != nil:
+		return nil, ruleErr
+	}
+	if rules == nil {
+		rules = []Rule{}
 	}
 	if err := checkIDs(rules); err != nil {
 		return nil, err
@@ -74,6 +112,9 @@ func checkIDs(rules []Rule) error {
 	for i, r := range rules {
 		if r.ID == 0 {
 			continue
+		}
+		if r.ID > MaxRuleID {
+			return &RuleError{Index: i, ID: r.ID, Err: fmt.Errorf("field \"id\": %d above the largest ID %d", r.ID, MaxRuleID)}
 		}
 		if j, dup := seen[r.ID]; dup {
 			return &RuleError{Index: i, ID: r.ID, Err: fmt.Errorf("field \"id\": %d already used by rule %d", r.ID, j)}
@@ -92,23 +133,6 @@ func peekID(raw []byte) RuleID {
 		return 0
 	}
 	return p.ID
-}
-
-// describeJSONError adds the line and column to a syntax error.
-func describeJSONError(data []byte, err error) error {
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		line, col := 1, 1
-		for _, c := range data[:min(int(se.Offset), len(data))] {
-			if c == '\n' {
-				line, col = line+1, 1
-			} else {
-				col++
-			}
-		}
-		return fmt.Errorf("line %d column %d (offset %d): %w", line, col, se.Offset, err)
-	}
-	return err
 }
 
 // MarshalRules writes rules as a rules file, sorted by ID, one rule per line, in the

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -44,14 +43,15 @@ func (d *Direction) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseDirection parses "in", "out" or "any" (also "inbound", "outbound", "").
+// ParseDirection parses "in", "out" or "any", exactly so (lower case): a rule's
+// fields take no aliases, so that what a file or a request says is what it means.
 func ParseDirection(s string) (Direction, error) {
-	switch strings.ToLower(s) {
-	case "out", "outbound":
+	switch s {
+	case "out":
 		return Outbound, nil
-	case "in", "inbound":
+	case "in":
 		return Inbound, nil
-	case "any", "":
+	case "any":
 		return AnyDirection, nil
 	}
 	return 0, fmt.Errorf("direction %q: want in, out or any", s)
@@ -99,11 +99,12 @@ func (p *Protocol) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseProtocol parses "tcp", "udp", "icmp", "icmpv6" or "any" (or ""), or an IP
-// protocol number.
+// ParseProtocol parses "tcp", "udp", "icmp", "icmpv6" or "any" (lower case), or an IP
+// protocol number 1-255 in decimal without leading zeros (what String writes for
+// protocols without a name; "6" is tcp). "0" is refused: it is not "any".
 func ParseProtocol(s string) (Protocol, error) {
-	switch strings.ToLower(s) {
-	case "any", "":
+	switch s {
+	case "any":
 		return AnyProtocol, nil
 	case "icmp":
 		return ICMP, nil
@@ -111,14 +112,16 @@ func ParseProtocol(s string) (Protocol, error) {
 		return TCP, nil
 	case "udp":
 		return UDP, nil
-	case "icmpv6", "ipv6-icmp":
+	case "icmpv6":
 		return ICMPv6, nil
+	case "0":
+		return 0, fmt.Errorf("protocol %q: 0 is not a protocol (write any to match every protocol)", s)
 	}
 	// Other IP protocols by number, so that String and ParseProtocol round-trip.
-	if n, err := strconv.ParseUint(s, 10, 8); err == nil && len(s) <= 3 && s[0] != '+' {
+	if n, err := strconv.ParseUint(s, 10, 8); err == nil && s[0] != '0' && s[0] != '+' {
 		return Protocol(n), nil
 	}
-	return 0, fmt.Errorf("protocol %q: want tcp, udp, icmp, icmpv6, any or a number 0-255", s)
+	return 0, fmt.Errorf("protocol %q: want tcp, udp, icmp, icmpv6, any or a number 1-255", s)
 }
 
 // Action is what happens to a held connection.
@@ -167,12 +170,13 @@ func (a *Action) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseAction parses "allow", "deny", "reject" or "drop".
+// ParseAction parses "allow", "deny", "reject" or "drop", exactly so (lower case, no
+// aliases such as "accept").
 func ParseAction(s string) (Action, error) {
-	switch strings.ToLower(s) {
-	case "allow", "accept":
+	switch s {
+	case "allow":
 		return Allow, nil
-	case "deny", "block":
+	case "deny":
 		return Deny, nil
 	case "reject":
 		return Reject, nil
@@ -298,9 +302,13 @@ const (
 	ReasonPrompt  Reason = "prompt"  // a person answered
 	ReasonDefault Reason = "default" // no rule, and no UI was there to ask (or asking is off)
 	ReasonTimeout Reason = "timeout" // a question went unanswered until the prompt timeout
-	ReasonLimit   Reason = "limit"   // too many questions open; the default applied at once
-	ReasonExempt  Reason = "exempt"  // latch's own traffic or loopback
-	ReasonError   Reason = "error"   // the backend could not describe the connection
+	// ReasonQuestionCap: the program, its user or the machine had its maximum of
+	// questions open (see Config.MaxPromptsPerApp), so the default applied at once,
+	// unasked; or an open question was closed early to make room for a program or user
+	// holding fewer (Stats.QuestionCaps counts both).
+	ReasonQuestionCap Reason = "question-cap"
+	ReasonExempt      Reason = "exempt" // latch's own traffic or loopback
+	ReasonError       Reason = "error"  // the backend could not describe the connection
 )
 
 // Verdict is the answer to a Request.

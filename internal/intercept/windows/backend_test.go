@@ -232,7 +232,7 @@ func TestVerdictCacheScope(t *testing.T) {
 		{2004, engine.Verdict{Action: engine.Drop, Reason: engine.ReasonRule, RuleID: 9}, cached(proto.ActionBlock)},
 		{2005, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}, cached(proto.ActionPermit)},
 		{2006, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonDefault}, proto.Verdict{Action: proto.ActionPermit}},
-		{2007, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonLimit}, proto.Verdict{Action: proto.ActionBlock}},
+		{2007, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonQuestionCap}, proto.Verdict{Action: proto.ActionBlock}},
 		{2008, engine.Verdict{Action: engine.NoAction, Reason: engine.ReasonError}, proto.Verdict{Action: proto.ActionBlock}},
 	}
 	ids := map[uint16]proto.RequestID{}

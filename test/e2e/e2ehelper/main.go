@@ -7,6 +7,9 @@
 //	e2ehelper connect ADDR TIMEOUT  one TCP connect; prints a JSON result line
 //	e2ehelper udp ADDR TIMEOUT      one UDP exchange; prints a JSON result line
 //	e2ehelper flood ADDR N CONC TIMEOUT  N TCP connects from CONC workers; prints a JSON summary
+//	e2ehelper hold-many IP PORT N TIMEOUT  TCP connects to IP:PORT, IP:PORT+1, ... IP:PORT+N-1,
+//	                                all at once, each given up after TIMEOUT; prints "started",
+//	                                then a JSON summary (as flood) when all are done
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
 //	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
@@ -90,6 +93,8 @@ func main() {
 		flood(addr, atoi(3), atoi(4), duration(5))
 	case "hold":
 		hold(addr)
+	case "hold-many":
+		holdMany(addr, atoi(3), atoi(4), duration(5))
 	case "udp-stream":
 		udpStream(addr)
 	case "dns-serve":
@@ -291,6 +296,37 @@ func hold(addr string) {
 			}
 		}
 	}
+}
+
+func holdMany(ip string, port, n int, timeout time.Duration) {
+	if n < 1 || n > 10000 || port < 1 || port+n-1 > 65535 {
+		fatal(fmt.Errorf("hold-many: %d connections from port %d: want 1-10000 ports within 1-65535", n, port))
+	}
+	res := FloodResult{Attempts: n}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", net.JoinHostPort(ip, strconv.Itoa(port+i)), timeout)
+			switch classify(err) {
+			case "connected":
+				atomic.AddInt64(&res.Connected, 1)
+				c.Close()
+			case "refused":
+				atomic.AddInt64(&res.Refused, 1)
+			case "timeout":
+				atomic.AddInt64(&res.Timeout, 1)
+			default:
+				atomic.AddInt64(&res.Other, 1)
+			}
+		}()
+	}
+	fmt.Println("started")
+	wg.Wait()
+	res.Seconds = time.Since(start).Seconds()
+	emit(res)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
