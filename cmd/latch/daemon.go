@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/config"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
@@ -37,6 +38,9 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --max-history N          connections kept in the history (default 100000)
+  --config FILE            read flags from FILE, TOML, one key per flag: inbound = true
+                           (default ` + config.DefaultPath + `; a missing default file is fine);
+                           flags on the command line override the file
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
 
@@ -58,8 +62,10 @@ type daemonOptions struct {
 	Backend        string
 }
 
-func parseDaemonFlags(args []string) (*daemonOptions, error) {
+func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs := newFlags("daemon")
+	cfg := addConfigFlag(fs) // --config: every flag below can be set in the file
+	defer func() { err = cfg.explain(err) }()
 	o := &daemonOptions{}
 	fs.StringVar(&o.StateDir, "state-dir", defaultStateDir, "")
 	fs.StringVar(&o.API, "api", api.DefaultAddress(), "")
@@ -71,10 +77,9 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
-	if err := parseFlagsOnly(fs, args); err != nil {
+	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
-	var err error
 	if o.Default, err = engine.ParseAction(*def); err != nil {
 		return nil, usagef("--default: %v", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/config"
 	"github.com/latchfw/latch/internal/winsvc"
 )
 
@@ -42,6 +43,7 @@ Usage: latch VERB [flags] [args]
 Daemon:
   daemon [flags]            hold and decide new connections (run as root); see 'latch help daemon'
   cleanup [--queue N]       remove netfilter rules a crashed daemon left behind
+  config check FILE         check a daemon configuration file (` + config.DefaultPath + `)
   service install|uninstall|start|stop|status
                             run the daemon as a Windows service (Windows only)
 
@@ -99,6 +101,7 @@ func init() {
 		"conns":   {runConns, connsHelp},
 		"status":  {runStatus, statusHelp},
 		"service": {runService, winsvc.Usage},
+		"config":  {runConfig, configHelp},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}
 }
