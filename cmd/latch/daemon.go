@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -43,6 +44,8 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
                            flags on the command line override the file
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
+  --log-format text|json   log records on stderr as key=value text or JSON lines
+                           (log/slog; default text)
 
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
@@ -60,6 +63,7 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	LogFormat      string // text or json (log/slog on stderr)
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -77,6 +81,7 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	fs.StringVar(&o.LogFormat, "log-format", "text", "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -105,6 +110,9 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	}
 	if o.API == "" {
 		return nil, usagef("--api: must not be empty")
+	}
+	if _, err := newLogf(o.LogFormat, io.Discard); err != nil {
+		return nil, err
 	}
 	switch o.Backend {
 	case "auto", "none":
@@ -178,8 +186,12 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 // serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not
 // nil, is called once everything runs.
 func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error) {
-	// The standard logger: a Windows service redirects it to the event log.
-	logf := func(format string, args ...any) { log.Printf("latch daemon: "+format, args...) }
+	// Structured records on the standard logger's writer: stderr (journald keeps it),
+	// or the event log when a Windows service redirects it.
+	logf, err := newLogf(o.LogFormat, log.Writer())
+	if err != nil {
+		return err
+	}
 
 	lock, err := store.LockStateDir(o.StateDir)
 	if err != nil {
