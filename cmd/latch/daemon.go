@@ -17,6 +17,7 @@ import (
 	"github.com/latchfw/latch/internal/config"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/sdnotify"
 	"github.com/latchfw/latch/internal/store"
 	"github.com/latchfw/latch/internal/winsvc"
 )
@@ -326,6 +327,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if ready != nil {
 		ready()
 	}
+	// systemd (Type=notify): the kernel rules and the queue are live, the API serves.
+	if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		logf("%v", err)
+	}
 	select {
 	case err := <-runErr:
 		if err == nil {
@@ -334,6 +339,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return fmt.Errorf("backend %s: %w", be.Name(), err)
 	case <-ctx.Done():
 	}
+	sdnotify.Notify(sdnotify.Stopping)
 	logf("stopping: removing interception")
 	stopBackend()
 	err = <-runErr

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,4 +196,44 @@ func TestDaemonLogFormat(t *testing.T) {
 	if r.code != 2 || !strings.Contains(r.stderr, "--log-format") {
 		t.Errorf("--log-format xml: exit %d %q", r.code, r.stderr)
 	}
+}
+
+// TestDaemonNotifiesSystemd: under Type=notify the daemon sends READY=1 on
+// $NOTIFY_SOCKET once it serves (its API answers by then), and STOPPING=1 on SIGTERM.
+func TestDaemonNotifiesSystemd(t *testing.T) {
+	dir := t.TempDir()
+	ns := filepath.Join(dir, "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: ns, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sock := filepath.Join(dir, "latch.sock")
+	cmd := exec.Command(latchBin, "daemon", "--backend", "none", "--config", "", "--state-dir", filepath.Join(dir, "state"), "--api", sock)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	read := func() string {
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		b := make([]byte, 256)
+		n, err := c.Read(b)
+		if err != nil {
+			t.Fatalf("no notification: %v\n%s", err, out.String())
+		}
+		return string(b[:n])
+	}
+	if got := read(); got != "READY=1" {
+		t.Fatalf("first notification %q", got)
+	}
+	// Ready means serving: the API answers at once, no retry.
+	runLatch(t, []string{"LATCH_API=" + sock}, nil, "status").ok(t)
+	cmd.Process.Signal(syscall.SIGTERM)
+	if got := read(); got != "STOPPING=1" {
+		t.Fatalf("notification on SIGTERM %q", got)
+	}
+	cmd.Wait()
 }
