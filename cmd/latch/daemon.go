@@ -45,6 +45,10 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
                            flags on the command line override the file
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
+  --keep-rules-on-exit     fail-closed: a stop (SIGTERM) leaves the firewall rules in place,
+                           so new connections stay held (dropped) until the next daemon
+                           replaces them in one transaction: a restart lets nothing
+                           through. 'latch cleanup' removes them. latch.service sets it.
   --log-format text|json   log records on stderr as key=value text or JSON lines
                            (log/slog; default text)
 
@@ -65,6 +69,7 @@ type daemonOptions struct {
 	MaxHistory     int
 	Backend        string
 	LogFormat      string // text or json (log/slog on stderr)
+	KeepRules      bool   // --keep-rules-on-exit
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -83,6 +88,7 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
 	fs.StringVar(&o.LogFormat, "log-format", "text", "")
+	fs.BoolVar(&o.KeepRules, "keep-rules-on-exit", false, "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}

@@ -26,6 +26,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.QueueNum = o.Queue
 	cfg.Inbound = o.Inbound
 	cfg.FailOpen = o.FailOpen
+	cfg.KeepRulesOnExit = o.KeepRules
 	cfg.ExemptLoopback = o.ExemptLoopback
 	cfg.Resolver = res
 	// Names from DNS responses label connections (prompts, history, host rules).

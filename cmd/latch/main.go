@@ -43,6 +43,8 @@ Usage: latch VERB [flags] [args]
 Daemon:
   daemon [flags]            hold and decide new connections (run as root); see 'latch help daemon'
   cleanup [--queue N]       remove netfilter rules a crashed daemon left behind
+  boot-protect [flags]      before the daemon starts (at boot): drop every new connection
+                            the daemon would hold, until it takes over (Linux)
   config check FILE         check a daemon configuration file (` + config.DefaultPath + `)
   service install|uninstall|start|stop|status
                             run the daemon as a Windows service (Windows only)
@@ -92,17 +94,18 @@ var verbs map[string]verb
 
 func init() {
 	verbs = map[string]verb{
-		"daemon":  {runDaemon, daemonHelp},
-		"cleanup": {runCleanup, cleanupHelp},
-		"rules":   {runRules, rulesHelp},
-		"prompts": {runPrompts, promptsHelp},
-		"answer":  {runAnswer, answerHelp},
-		"watch":   {runWatch, watchHelp},
-		"conns":   {runConns, connsHelp},
-		"status":  {runStatus, statusHelp},
-		"service": {runService, winsvc.Usage},
-		"config":  {runConfig, configHelp},
-		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
+		"daemon":       {runDaemon, daemonHelp},
+		"cleanup":      {runCleanup, cleanupHelp},
+		"rules":        {runRules, rulesHelp},
+		"prompts":      {runPrompts, promptsHelp},
+		"answer":       {runAnswer, answerHelp},
+		"watch":        {runWatch, watchHelp},
+		"conns":        {runConns, connsHelp},
+		"status":       {runStatus, statusHelp},
+		"service":      {runService, winsvc.Usage},
+		"config":       {runConfig, configHelp},
+		"boot-protect": {runBootProtect, bootProtectHelp},
+		"version":      {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}
 }
 
