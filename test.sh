@@ -16,6 +16,9 @@ command -v conntrack >/dev/null || need_pkgs+=(conntrack)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
 command -v make >/dev/null || need_pkgs+=(make)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v lintian >/dev/null || need_pkgs+=(lintian)
+command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2
