@@ -19,6 +19,10 @@ command -v make >/dev/null || need_pkgs+=(make)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v lintian >/dev/null || need_pkgs+=(lintian)
 command -v setpriv >/dev/null || need_pkgs+=(util-linux)
+command -v rpm >/dev/null || need_pkgs+=(rpm)
+command -v man >/dev/null || need_pkgs+=(man-db)
+command -v zsh >/dev/null || need_pkgs+=(zsh)
+command -v fish >/dev/null || need_pkgs+=(fish)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2

@@ -66,7 +66,8 @@ History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
   status [--json]           backend, mode, counters, pending questions
   version                   print latch's version
-  help [VERB]               this text, or a verb's flags
+  help [VERB]               this text, or a verb's flags; help --man: the man page (roff)
+  completion bash|zsh|fish  shell completion script
 
 Every verb but daemon talks to the daemon's API at ` + api.DefaultPath + `
 (the LATCH_API environment variable, or --api on the daemon, sets another).
@@ -94,18 +95,16 @@ var verbs map[string]verb
 
 func init() {
 	verbs = map[string]verb{
-		"daemon":       {runDaemon, daemonHelp},
-		"cleanup":      {runCleanup, cleanupHelp},
-		"rules":        {runRules, rulesHelp},
-		"prompts":      {runPrompts, promptsHelp},
-		"answer":       {runAnswer, answerHelp},
-		"watch":        {runWatch, watchHelp},
-		"conns":        {runConns, connsHelp},
-		"status":       {runStatus, statusHelp},
-		"service":      {runService, winsvc.Usage},
-		"config":       {runConfig, configHelp},
-		"boot-protect": {runBootProtect, bootProtectHelp},
-		"version":      {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
+		"daemon":  {runDaemon, daemonHelp},
+		"cleanup": {runCleanup, cleanupHelp},
+		"rules":   {runRules, rulesHelp},
+		"prompts": {runPrompts, promptsHelp},
+		"answer":  {runAnswer, answerHelp},
+		"watch":   {runWatch, watchHelp},
+		"conns":   {runConns, connsHelp},
+		"status":  {runStatus, statusHelp},
+		"service": {runService, winsvc.Usage},
+		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}
 }
 
@@ -121,6 +120,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	name := args[0]
 	switch name {
 	case "help", "-h", "-help", "--help":
+		if len(args) > 1 && args[1] == "--man" {
+			if err := writeMan(stdout); err != nil {
+				fmt.Fprintf(stderr, "latch help --man: %v\n", err)
+				return 1
+			}
+			return 0
+		}
 		if len(args) > 1 {
 			if v, ok := verbs[args[1]]; ok {
 				fmt.Fprint(stdout, v.help)
