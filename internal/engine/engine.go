@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -422,6 +423,9 @@ func (e *Engine) AddRule(r Rule) (Rule, error) {
 	if err := r.Validate(); err != nil {
 		return Rule{}, err
 	}
+	if r.Source != "" {
+		return Rule{}, &FieldError{"source", strconv.Quote(r.Source), errSourceNotYours}
+	}
 	now := e.now()
 	if r.Expired(now) {
 		return Rule{}, &FieldError{"expires", r.Expires.String(), fmt.Errorf("already passed")}
@@ -448,6 +452,10 @@ func (e *Engine) RemoveRule(id RuleID) (Rule, error) {
 		e.writeMu.Unlock()
 		return Rule{}, fmt.Errorf("rule %d: no such rule", id)
 	}
+	if old[i].Source != "" {
+		e.writeMu.Unlock()
+		return Rule{}, managedError(old[i])
+	}
 	removed := old[i]
 	e.install(slices.Delete(slices.Clone(old), i, i+1))
 	return removed, nil
@@ -455,16 +463,19 @@ func (e *Engine) RemoveRule(id RuleID) (Rule, error) {
 
 // ReplaceRules puts rs in force instead of the current set, all or nothing (import).
 // Rules with ID 0 get fresh IDs; errors name the rule and field.
+//
+// Managed rules (Source set) stay as they are: those in rs are ignored, so an export,
+// which lists them too, imports again as it was.
 func (e *Engine) ReplaceRules(rs []Rule) error {
 	e.writeMu.Lock()
 	saved := e.nextID
-	prepared, err := e.prepare(rs)
+	prepared, err := e.prepare(OwnRules(rs))
 	if err != nil {
 		e.nextID = saved
 		e.writeMu.Unlock()
 		return err
 	}
-	e.install(prepared)
+	e.install(e.withManaged(prepared))
 	return nil
 }
 

@@ -187,6 +187,10 @@ type Rule struct {
 	Expires   time.Time    `json:"expires,omitzero"` // zero: forever
 	Created   time.Time    `json:"created,omitzero"`
 	Note      string       `json:"note,omitempty"`
+	// Source is where the rule comes from: empty for the user's own rules (changed
+	// through the API, saved in the state directory), else the path of the managed
+	// rule file it was loaded from (read-only; see Engine.SetManaged).
+	Source string `json:"source,omitempty"`
 }
 
 // FieldError says which field of a rule is wrong and why.
@@ -431,6 +435,7 @@ type ruleJSON struct {
 	Expires   string          `json:"expires,omitempty"`
 	Created   string          `json:"created,omitempty"`
 	Note      string          `json:"note,omitempty"`
+	Source    string          `json:"source,omitempty"`
 }
 
 // MarshalJSON writes the rule with text enums ("out", "tcp", "allow"), Remote as CIDR
@@ -447,6 +452,7 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		Protocol:  r.Protocol.String(),
 		Action:    r.Action.String(),
 		Note:      r.Note,
+		Source:    r.Source,
 	}
 	if r.Remote.IsValid() {
 		w.Remote = r.Remote.String()
@@ -488,6 +494,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 	out.User = w.User
 	out.Service = w.Service
 	out.Note = w.Note
+	out.Source = w.Source
 	if out.Host, err = ParseHost(w.Host); err != nil {
 		return &FieldError{"host", strconv.Quote(w.Host), err}
 	}
