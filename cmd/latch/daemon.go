@@ -49,6 +49,10 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
                            so new connections stay held (dropped) until the next daemon
                            replaces them in one transaction: a restart lets nothing
                            through. 'latch cleanup' removes them. latch.service sets it.
+  --managed-rules DIR      rule files (*.json, the 'rules export' format) that configuration
+                           management pushes, in force beside your rules but read-only;
+                           reloaded on SIGHUP, 'latch reload' and a change in DIR, all or
+                           nothing (default /etc/latch/rules.d; "" for none)
   --log-format text|json   log records on stderr as key=value text or JSON lines
                            (log/slog; default text)
 
@@ -70,6 +74,7 @@ type daemonOptions struct {
 	Backend        string
 	LogFormat      string // text or json (log/slog on stderr)
 	KeepRules      bool   // --keep-rules-on-exit
+	ManagedRules   string // --managed-rules DIR
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -89,6 +94,7 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.StringVar(&o.Backend, "backend", "auto", "")
 	fs.StringVar(&o.LogFormat, "log-format", "text", "")
 	fs.BoolVar(&o.KeepRules, "keep-rules-on-exit", false, "")
+	fs.StringVar(&o.ManagedRules, "managed-rules", defaultManagedRules(), "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -220,6 +226,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	defer eng.Close()
 
+	reloadManaged, err := startManaged(ctx, o.ManagedRules, eng, logf)
+	if err != nil {
+		return err
+	}
+
 	hist, err := store.OpenHistory(filepath.Join(o.StateDir, store.HistoryFileName), o.MaxHistory)
 	if err != nil {
 		return err
@@ -245,7 +256,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	saveRules := func() error {
 		saveMu.Lock()
 		defer saveMu.Unlock()
-		return store.SaveRules(rulesPath, eng.Rules())
+		return store.SaveRules(rulesPath, engine.OwnRules(eng.Rules())) // managed rules live in their files
 	}
 	eng.OnRulesChanged(func(old, new []engine.Rule) {
 		if err := saveRules(); err != nil {
@@ -280,6 +291,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		Engine:    eng,
 		History:   hist,
 		SaveRules: saveRules,
+		Reload:    reloadManaged,
 		Logf:      logf,
 		Status: func() api.Status {
 			st := api.Status{

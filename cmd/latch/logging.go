@@ -27,7 +27,7 @@ func newLogf(format string, w io.Writer) (func(string, ...any), error) {
 		msg := fmt.Sprintf(f, args...)
 		lower := strings.ToLower(msg)
 		level := slog.LevelInfo
-		if strings.Contains(lower, "error") || strings.Contains(lower, "failed") || strings.Contains(lower, "unavailable") || strings.Contains(lower, "lost") {
+		if strings.Contains(lower, "error") || strings.Contains(lower, "failed") || strings.Contains(lower, "unavailable") || strings.Contains(lower, "lost") || strings.Contains(lower, "not reloaded") || strings.Contains(lower, "cannot") {
 			level = slog.LevelWarn
 		}
 		l.Log(context.Background(), level, msg)

@@ -54,7 +54,9 @@ Rules:
   rules add [flags]         add a rule; see 'latch help rules'
   rules rm ID               remove rule ID
   rules export              print the rule set as a rules file
-  rules import FILE         replace the rule set with FILE's ('-': standard input)
+  rules import FILE         replace the rule set with FILE's ('-': standard input);
+                            --merge adds to it, --dry-run shows the difference only
+  reload                    read the managed rule files (/etc/latch/rules.d) again
 
 Questions:
   prompts [--json]          list connections waiting for a decision

@@ -7,4 +7,5 @@ func init() {
 	verbs["config"] = verb{runConfig, configHelp}
 	verbs["boot-protect"] = verb{runBootProtect, bootProtectHelp}
 	verbs["completion"] = verb{runCompletion, completionHelp}
+	verbs["reload"] = verb{runReload, reloadHelp}
 }
