@@ -44,8 +44,12 @@ func unitRoot(t *testing.T, bin string, units map[string]string) string {
 	if out, err := exec.Command("cp", bin, filepath.Join(root, "usr/bin/latch")).CombinedOutput(); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	touch, _ := exec.LookPath("touch")
-	exec.Command("cp", touch, filepath.Join(root, "usr/bin/touch")).Run()
+	for _, tool := range []string{"touch", "kill"} {
+		if p, err := exec.LookPath(tool); err == nil {
+			exec.Command("cp", p, filepath.Join(root, "usr/bin", tool)).Run()
+		}
+	}
+	os.Symlink("usr/bin", filepath.Join(root, "bin")) // merged /usr
 	for name, text := range units {
 		if err := os.WriteFile(filepath.Join(root, "etc/systemd/system", name), []byte(text), 0o644); err != nil {
 			t.Fatal(err)
