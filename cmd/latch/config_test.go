@@ -4,8 +4,8 @@ package main
 
 import (
 	"flag"
-	"fmt"
 	"os"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -112,5 +112,43 @@ func TestConfigCheckVerb(t *testing.T) {
 	r = runLatch(t, nil, nil, "config", "check")
 	if r.code != 2 {
 		t.Errorf("config check without a file: exit %d", r.code)
+	}
+}
+
+// TestConfigFileOthersMayWriteIsRefused: a configuration file or managed rule file
+// that a user other than root may change steers the firewall for them ("fail =
+// open", an allow-all rule): the daemon refuses it, and so does config check.
+func TestConfigFileOthersMayWriteIsRefused(t *testing.T) {
+	p := writeFile(t, "latch.toml", "fail = \"open\"\n")
+	os.Chmod(p, 0o666)
+	if _, err := parseDaemonFlags([]string{"--config", p}); err == nil || !strings.Contains(err.Error(), "may write") {
+		t.Errorf("a world-writable config file: %v", err)
+	}
+	if r := runLatch(t, nil, nil, "config", "check", p); r.code == 0 || !strings.Contains(r.stderr, "may write") {
+		t.Errorf("config check of a world-writable file: exit %d %q", r.code, r.stderr)
+	}
+	if os.Geteuid() == 0 {
+		os.Chmod(p, 0o644)
+		os.Chown(p, 65534, 65534)
+		if _, err := parseDaemonFlags([]string{"--config", p}); err == nil || !strings.Contains(err.Error(), "uid 65534") {
+			t.Errorf("a config file owned by nobody: %v", err)
+		}
+	}
+
+	dir := t.TempDir()
+	md := filepath.Join(dir, "rules.d")
+	os.Mkdir(md, 0o755)
+	mf := filepath.Join(md, "all.json")
+	os.WriteFile(mf, []byte(`{"version": 1, "rules": [{"dir": "any", "proto": "any", "action": "allow"}]}`), 0o666)
+	os.Chmod(mf, 0o666)
+	r := runLatch(t, nil, nil, "daemon", "--backend", "none", "--config", "", "--state-dir", filepath.Join(dir, "s"), "--api", filepath.Join(dir, "a.sock"), "--managed-rules", md)
+	if r.code == 0 || !strings.Contains(r.stderr, "may write") || !strings.Contains(r.stderr, mf) {
+		t.Errorf("a world-writable managed rule file: exit %d %q", r.code, r.stderr)
+	}
+	os.Chmod(mf, 0o644)
+	os.Chmod(md, 0o777)
+	r = runLatch(t, nil, nil, "daemon", "--backend", "none", "--config", "", "--state-dir", filepath.Join(dir, "s"), "--api", filepath.Join(dir, "a.sock"), "--managed-rules", md)
+	if r.code == 0 || !strings.Contains(r.stderr, "may write") || !strings.Contains(r.stderr, md) {
+		t.Errorf("a world-writable managed rules directory: exit %d %q", r.code, r.stderr)
 	}
 }

@@ -15,12 +15,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"sort"
 	"strconv"
 	"time"
 
+	"github.com/latchfw/latch/internal/fileperm"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 )
@@ -62,13 +64,34 @@ func (s *Sources) Line(name string) int {
 // ApplyFile reads the file at path and sets the flags of fs it names, except those in
 // set (the flags given on the command line, which win). A missing file is an error
 // wrapping fs.ErrNotExist; callers decide whether that matters.
+//
+// The file must be changeable by root (or the user running latch) only: see
+// fileperm.CheckTrusted.
 func ApplyFile(fs *flag.FlagSet, path string, set map[string]bool, reserved ...string) (*Sources, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config file: %w", err)
 	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	if err := fileperm.CheckFileInfo(path, st); err != nil {
+		return nil, fmt.Errorf("config file %w", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("config file %s: larger than %d bytes", path, maxFileSize)
+	}
 	return Apply(fs, path, data, set, reserved...)
 }
+
+// maxFileSize bounds the configuration file: a page of flags is a few kilobytes.
+const maxFileSize = 1 << 20
 
 // Apply is ApplyFile over the file's contents; name is used in errors. Keys in
 // reserved are flags of fs that the file must not set (such as --config itself). On

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/fileperm"
 )
 
 // MaxFileSize bounds one rule file.
@@ -48,6 +49,10 @@ func Load(dir string) ([]engine.Rule, error) {
 		return nil, nil
 	}
 	if err != nil {
+		return nil, fmt.Errorf("managed rules: %w", err)
+	}
+	// Whoever may add a file here may add rules.
+	if err := fileperm.CheckTrusted(dir); err != nil {
 		return nil, fmt.Errorf("managed rules: %w", err)
 	}
 	var names []string
@@ -84,6 +89,9 @@ func LoadFile(path string) ([]engine.Rule, error) {
 	}
 	if !st.Mode().IsRegular() {
 		return nil, &Error{File: path, Err: errors.New("not a regular file")}
+	}
+	if err := fileperm.CheckFileInfo(path, st); err != nil {
+		return nil, err
 	}
 	if st.Size() > MaxFileSize {
 		return nil, &Error{File: path, Err: fmt.Errorf("%d bytes: larger than %d", st.Size(), MaxFileSize)}
