@@ -1,5 +1,6 @@
 # latch: `make package` builds the .deb and .rpm into dist/ (nfpm, from Go).
 VERSION ?= 0.1.0
+DIST ?= dist
 
 .PHONY: package build clean
 
@@ -7,7 +8,7 @@ build:
 	go build -o latch ./cmd/latch
 
 package:
-	go run ./packaging/build -version $(VERSION) -out dist
+	go run ./packaging/build -version $(VERSION) -out $(DIST)
 
 clean:
-	rm -rf dist latch
+	rm -rf $(DIST) latch

@@ -73,8 +73,21 @@ func TestPackagesContents(t *testing.T) {
 	for _, tool := range []string{"dpkg-deb", "rpm", "lintian"} {
 		needTool(t, tool)
 	}
+	for _, tool := range []string{"make"} {
+		needTool(t, tool)
+	}
+	// The documented command.
 	dir := t.TempDir()
-	deb, rpm := buildPackages(t, "0.1.0", dir)
+	out, err := exec.Command("make", "-C", "..", "package", "VERSION=0.1.0", "DIST="+dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("make package: %v\n%s", err, out)
+	}
+	deb := filepath.Join(dir, "latch_0.1.0-1_"+runtime.GOARCH+".deb")
+	rpms, _ := filepath.Glob(filepath.Join(dir, "latch-0.1.0-1.*.rpm"))
+	if len(rpms) != 1 {
+		t.Fatalf("make package made no single rpm in %s:\n%s", dir, out)
+	}
+	rpm := rpms[0]
 
 	list := must(t, "dpkg-deb", "-c", deb)
 	for _, f := range append(packageFiles, "/lib/systemd/system/latch.service", "/lib/systemd/system/latch-boot.service", "/usr/share/doc/latch/copyright", "/usr/share/doc/latch/changelog.Debian.gz") {
@@ -114,7 +127,7 @@ func TestPackagesContents(t *testing.T) {
 	}
 
 	// lintian: no errors (warnings and information are printed).
-	out, err := exec.Command("lintian", "--fail-on", "error", deb).CombinedOutput()
+	out, err = exec.Command("lintian", "--fail-on", "error", deb).CombinedOutput()
 	t.Logf("lintian:\n%s", out)
 	if err != nil || strings.Contains(string(out), "\nE: ") || strings.HasPrefix(string(out), "E: ") {
 		t.Errorf("lintian reports errors: %v\n%s", err, out)

@@ -26,9 +26,10 @@ func docPage() *docgen.Page {
 		Summary: "per-application firewall: every new connection waits until latch decides it",
 		Usage:   usage,
 		Files: map[string]string{
-			config.DefaultPath: "the daemon's configuration: one key per daemon flag (latch config check FILE)",
-			defaultStateDir:    "rules (rules.json) and connection history (history.db)",
-			api.DefaultPath:    "the daemon's local API, for root only",
+			config.DefaultPath:   "the daemon's configuration: one key per daemon flag (latch config check FILE)",
+			defaultStateDir:      "rules (rules.json) and connection history (history.db)",
+			api.DefaultPath:      "the daemon's local API, for root only",
+			"/etc/latch/rules.d": "managed rule files (*.json, the 'rules export' format), read-only beside your rules (--managed-rules)",
 		},
 		SeeAlso: []string{"systemctl(1)", "iptables(8)", "nft(8)"},
 	}

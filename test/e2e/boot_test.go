@@ -215,3 +215,31 @@ func TestRestartUnderFloodLetsNothingThrough(t *testing.T) {
 		t.Errorf("ruleset after the test differs:\n%s", after)
 	}
 }
+
+// TestKeepRulesOnExitIsFailClosedOnly: a fail-open daemon removes its rules on stop
+// even with --keep-rules-on-exit (kept rules would hold nothing but block nothing
+// either: they bypass), and a fail-closed one keeps them until latch cleanup.
+func TestKeepRulesOnExitIsFailClosedOnly(t *testing.T) {
+	n := NewNet(t)
+	before := n.Ruleset(t)
+	d := n.StartDaemon("--config", "", "--fail", "open", "--keep-rules-on-exit")
+	if err := d.Signal(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if after := n.Ruleset(t); after != before {
+		t.Errorf("fail-open with --keep-rules-on-exit left rules:\n%s", after)
+	}
+	d = n.StartDaemon("--config", "", "--fail", "closed", "--keep-rules-on-exit")
+	if err := d.Signal(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if after := n.Ruleset(t); after == before {
+		t.Error("fail-closed with --keep-rules-on-exit removed its rules on stop")
+	}
+	if out, err := n.Exec(n.Client, latchBin, "cleanup"); err != nil {
+		t.Fatalf("cleanup: %v %s", err, out)
+	}
+	if after := n.Ruleset(t); after != before {
+		t.Errorf("after cleanup:\n%s", after)
+	}
+}
