@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	iofs "io/fs"
+	"path/filepath"
 	"regexp"
+	"runtime"
 
 	"github.com/latchfw/latch/internal/config"
 )
@@ -35,8 +37,16 @@ type daemonConfig struct {
 // addConfigFlag adds --config to the daemon's flag set.
 func addConfigFlag(fs *flag.FlagSet) *daemonConfig {
 	c := &daemonConfig{}
-	fs.StringVar(&c.path, "config", config.DefaultPath, "")
+	fs.StringVar(&c.path, "config", defaultConfigPath(), "")
 	return c
+}
+
+// defaultConfigPath is /etc/latch/latch.toml; on Windows %ProgramData%\latch\latch.toml.
+func defaultConfigPath() string {
+	if runtime.GOOS == "windows" {
+		return filepath.Join(defaultStateDir, "latch.toml")
+	}
+	return config.DefaultPath
 }
 
 // parse parses args, then fills every flag not given on the command line from the

@@ -4,8 +4,8 @@ package main
 
 import (
 	"flag"
-	"os"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"

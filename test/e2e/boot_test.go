@@ -112,6 +112,14 @@ func TestBootProtectHoldsUntilDaemonTakesOver(t *testing.T) {
 	if Accepted(allowed) != 1 {
 		t.Errorf("allowed server accepted %d, want 1", Accepted(allowed))
 	}
+	// boot-protect while a daemon runs changes nothing.
+	running := n.Ruleset(t)
+	if out, err := n.Exec(n.Client, latchBin, "boot-protect", "--config", ""); err != nil || !strings.Contains(out, "already") {
+		t.Errorf("boot-protect with a daemon running: %v %s", err, out)
+	}
+	if now := n.Ruleset(t); now != running {
+		t.Errorf("boot-protect changed a running daemon's rules:\n%s", now)
+	}
 	// A clean stop (no --keep-rules-on-exit) removes everything, boot rules included.
 	if err := d.Signal(syscall.SIGTERM, 20*time.Second); err != nil {
 		t.Fatal(err)
