@@ -27,7 +27,8 @@ var daemonHelp = `Usage: latch daemon [flags]
 Holds every new outbound connection (TCP SYN, the first packet of a UDP flow, ICMP
 echo) until it is decided: by a rule, by a person answering a question ('latch
 prompts', 'latch answer', 'latch watch'), or by the default when nobody answers in
-time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits.
+time. On SIGINT or SIGTERM it removes every firewall rule it installed (unless
+--keep-rules-on-exit) and exits; on SIGHUP it reads the managed rule files again.
 
   --state-dir DIR          rules (rules.json) and history (history.db) (default ` + defaultStateDir + `)
   --api PATH               local API socket (default $LATCH_API, else ` + api.DefaultPath + `)
