@@ -34,7 +34,9 @@ func defaultManagedRules() string {
 // until ctx is done. It returns the reload function (for `latch reload`).
 func startManaged(ctx context.Context, dir string, eng *engine.Engine, logf func(string, ...any)) (func() (string, error), error) {
 	if dir == "" {
-		return func() (string, error) { return "no managed rules directory (--managed-rules \"\")", nil }, nil
+		reload := func() (string, error) { return "nothing to reload: no managed rules directory (--managed-rules \"\")", nil }
+		onHangup(ctx, func() { msg, _ := reload(); logf("%s", msg) }) // SIGHUP must not end the daemon
+		return reload, nil
 	}
 	var mu sync.Mutex
 	load := func() (string, error) {
@@ -65,19 +67,7 @@ func startManaged(ctx context.Context, dir string, eng *engine.Engine, logf func
 		logf("reloaded %s", msg)
 		return msg, nil
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				reload()
-			}
-		}
-	}()
+	onHangup(ctx, func() { reload() })
 	if err := managed.Watch(ctx, dir, func() { reload() }); err != nil {
 		logf("managed rules: not watching for changes (SIGHUP and 'latch reload' still reload): %v", err)
 	}
@@ -95,4 +85,21 @@ func runReload(ctx context.Context, args []string) error {
 	}
 	fmt.Println(msg)
 	return nil
+}
+
+// onHangup calls fn on each SIGHUP until ctx is done.
+func onHangup(ctx context.Context, fn func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				fn()
+			}
+		}
+	}()
 }

@@ -140,3 +140,20 @@ func jsonNum(v any) string {
 }
 
 func strconvF(f float64) string { return fmt.Sprintf("%.0f", f) }
+
+// TestHangupWithoutManagedRules: SIGHUP (systemctl reload) never ends the daemon, even
+// with no managed rules directory.
+func TestHangupWithoutManagedRules(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "latch.sock")
+	d := startDaemon(t, filepath.Join(dir, "state"), sock, "--config", "", "--managed-rules", "")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	runLatch(t, []string{"LATCH_API=" + sock}, nil, "status").ok(t)
+	if !strings.Contains(d.out.String(), "nothing to reload") {
+		t.Errorf("no log of the SIGHUP:\n%s", d.out.String())
+	}
+	if code := d.stop(t); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+}
