@@ -34,7 +34,9 @@ func defaultManagedRules() string {
 // until ctx is done. It returns the reload function (for `latch reload`).
 func startManaged(ctx context.Context, dir string, eng *engine.Engine, logf func(string, ...any)) (func() (string, error), error) {
 	if dir == "" {
-		reload := func() (string, error) { return "nothing to reload: no managed rules directory (--managed-rules \"\")", nil }
+		reload := func() (string, error) {
+			return "nothing to reload: no managed rules directory (--managed-rules \"\")", nil
+		}
 		onHangup(ctx, func() { msg, _ := reload(); logf("%s", msg) }) // SIGHUP must not end the daemon
 		return reload, nil
 	}
