@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/fileperm"
@@ -60,6 +62,11 @@ func Load(dir string) ([]engine.Rule, error) {
 		n := e.Name()
 		if strings.HasPrefix(n, ".") || !strings.HasSuffix(n, ".json") || e.IsDir() {
 			continue
+		}
+		// The name is shown as each rule's source: no control characters or
+		// invalid UTF-8 that could play tricks on a terminal.
+		if !utf8.ValidString(n) || strings.IndexFunc(n, func(r rune) bool { return r < 0x20 || (r >= 0x7f && r < 0xa0) || unicode.Is(unicode.Cf, r) }) >= 0 {
+			return nil, fmt.Errorf("managed rules: file name %q in %s: control or format characters; rename it", n, dir)
 		}
 		names = append(names, n)
 	}

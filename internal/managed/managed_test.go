@@ -180,3 +180,14 @@ func TestEngineManagedRules(t *testing.T) {
 		t.Fatalf("a bad managed set changed the rules: %+v", after)
 	}
 }
+
+func TestLoadRefusesDeceptiveFileNames(t *testing.T) {
+	for _, name := range []string{"a\x1b[2Jb.json", "evil\u202e.json", "bad\xff.json", "new\nline.json"} {
+		dir := t.TempDir()
+		write(t, dir, name, `{"version": 1, "rules": []}`)
+		_, err := Load(dir)
+		if err == nil || strings.ContainsAny(err.Error(), "\x1b\n\u202e") {
+			t.Errorf("file %q: error %v", name, err)
+		}
+	}
+}
