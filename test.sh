@@ -22,6 +22,12 @@ for tool in unshare setpriv pivot_root; do
 done
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)   # metrics e2e: a real Prometheus scrapes latch
 command -v rsyslogd >/dev/null || need_pkgs+=(rsyslog)        # events e2e: a real rsyslog receives RFC 5424
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd) # packaging: systemd-analyze verify/security
+command -v lintian >/dev/null || need_pkgs+=(lintian)
+command -v rpm >/dev/null || need_pkgs+=(rpm)
+command -v man >/dev/null || need_pkgs+=(man-db)
+command -v zsh >/dev/null || need_pkgs+=(zsh)
+command -v fish >/dev/null || need_pkgs+=(fish)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2

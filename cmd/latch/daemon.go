@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -14,11 +15,12 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/config"
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/sdnotify"
 	"github.com/latchfw/latch/internal/store"
-	"github.com/latchfw/latch/internal/textesc"
 	"github.com/latchfw/latch/internal/winsvc"
 )
 
@@ -27,7 +29,9 @@ var daemonHelp = `Usage: latch daemon [flags]
 Holds every new outbound connection (TCP SYN, the first packet of a UDP flow, any
 ICMP message but errors about known flows and the link's own bookkeeping) until it is
 decided: by a rule, by a person answering a question ('latch prompts', 'latch
-answer', 'latch watch'), or by the default when nobody answers in time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits.
+answer', 'latch watch'), or by the default when nobody answers in time. On SIGINT or
+SIGTERM it removes every firewall rule it installed (unless --keep-rules-on-exit) and
+exits; on SIGHUP it reads the managed rule files again.
 
   --state-dir DIR          rules (rules.json, with room kept in rules.reserve) and history
                            (history.db) (default ` + defaultStateDir + `)
@@ -46,8 +50,21 @@ answer', 'latch watch'), or by the default when nobody answers in time. On SIGIN
                            questions of one user's programs open at most (default 256)
   --max-questions-per-app N
                            questions of one program (of one user) open at most (default 64)
+  --config FILE            read flags from FILE, TOML, one key per flag: inbound = true
+                           (default ` + config.DefaultPath + `; a missing default file is fine);
+                           flags on the command line override the file
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
+  --keep-rules-on-exit     fail-closed: a stop (SIGTERM) leaves the firewall rules in place,
+                           so new connections stay held (dropped) until the next daemon
+                           replaces them in one transaction: a restart lets nothing
+                           through. 'latch cleanup' removes them. latch.service sets it.
+  --managed-rules DIR      rule files (*.json, the 'rules export' format) that configuration
+                           management pushes, in force beside your rules but read-only;
+                           reloaded on SIGHUP, 'latch reload' and a change in DIR, all or
+                           nothing (default /etc/latch/rules.d; "" for none)
+  --log-format text|json   log records on stderr as key=value text or JSON lines
+                           (log/slog; default text)
 
 A connection beyond a question bound gets --default at once, unasked (history:
 question-cap). The user and global bounds are shared fairly: when one is full, a
@@ -79,10 +96,15 @@ type daemonOptions struct {
 	MaxQuestions        int
 	MaxQuestionsPerUser int
 	MaxQuestionsPerApp  int
+	LogFormat           string // text or json (log/slog on stderr)
+	KeepRules           bool   // --keep-rules-on-exit
+	ManagedRules        string // --managed-rules DIR
 }
 
-func parseDaemonFlags(args []string) (*daemonOptions, error) {
+func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs := newFlags("daemon")
+	cfg := addConfigFlag(fs) // --config: every flag below can be set in the file
+	defer func() { err = cfg.explain(err) }()
 	o := &daemonOptions{}
 	fs.StringVar(&o.StateDir, "state-dir", defaultStateDir, "")
 	fs.StringVar(&o.API, "api", api.DefaultAddress(), "")
@@ -98,13 +120,15 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	fs.IntVar(&o.MaxQuestions, "max-questions", engine.DefaultMaxPrompts, "")
 	fs.IntVar(&o.MaxQuestionsPerUser, "max-questions-per-user", engine.DefaultMaxPromptsPerUser, "")
 	fs.IntVar(&o.MaxQuestionsPerApp, "max-questions-per-app", engine.DefaultMaxPromptsPerApp, "")
-	if err := parseFlagsOnly(fs, args); err != nil {
+	fs.StringVar(&o.LogFormat, "log-format", "text", "")
+	fs.BoolVar(&o.KeepRules, "keep-rules-on-exit", false, "")
+	fs.StringVar(&o.ManagedRules, "managed-rules", defaultManagedRules(), "")
+	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
 	if err := checkObserve(); err != nil {
 		return nil, err
 	}
-	var err error
 	if o.Default, err = engine.ParseAction(*def); err != nil {
 		return nil, usagef("--default: %v", err)
 	}
@@ -144,6 +168,9 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	}
 	if o.API == "" {
 		return nil, usagef("--api: must not be empty")
+	}
+	if _, err := newLogf(o.LogFormat, io.Discard); err != nil {
+		return nil, err
 	}
 	switch o.Backend {
 	case "auto", "none":
@@ -220,17 +247,15 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 	}
 }
 
-// daemonLogf writes one line to the standard logger (a Windows service redirects it to
-// the event log). The message is escaped (internal/textesc): it may quote a path, a
-// user or a host name from outside, which must not disguise or split a log line.
-func daemonLogf(format string, args ...any) {
-	log.Print("latch daemon: " + textesc.Message(fmt.Sprintf(format, args...)))
-}
-
 // serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not
 // nil, is called once everything runs.
 func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error) {
-	logf := daemonLogf
+	// Structured records on the standard logger's writer: stderr (journald keeps it),
+	// or the event log when a Windows service redirects it.
+	logf, err := newLogf(o.LogFormat, log.Writer())
+	if err != nil {
+		return err
+	}
 
 	lock, err := store.LockStateDir(o.StateDir)
 	if err != nil {
@@ -256,6 +281,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	defer eng.Close()
 	stopHits := keepRuleHits(eng, o.StateDir, logf)
 	defer stopHits()
+
+	reloadManaged, err := startManaged(ctx, o.ManagedRules, eng, logf)
+	if err != nil {
+		return err
+	}
 
 	// Room for the rules comes first: the reserve is allocated before the history
 	// opens, and the history stops at a free-space floor, so a full disk never
@@ -301,7 +331,8 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		if gen == savedGen {
 			return nil
 		}
-		if err := reserve.SaveRules(rulesPath, eng.Rules()); err != nil {
+		// Managed rules live in their files.
+		if err := reserve.SaveRules(rulesPath, engine.OwnRules(eng.Rules())); err != nil {
 			return err
 		}
 		savedGen = gen
@@ -359,6 +390,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		Engine:    eng,
 		History:   hist,
 		SaveRules: saveRules,
+		Reload:    reloadManaged,
 		Logf:      logf,
 		EventLog:  obs.hub.Subscribe,
 		Status: func() api.Status {
@@ -422,6 +454,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if ready != nil {
 		ready()
 	}
+	// systemd (Type=notify): the kernel rules and the queue are live, the API serves.
+	if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		logf("%v", err)
+	}
 	select {
 	case err := <-runErr:
 		if err == nil {
@@ -432,6 +468,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return err
 	case <-ctx.Done():
 	}
+	sdnotify.Notify(sdnotify.Stopping)
 	logf("stopping: removing interception")
 	stopBackend()
 	err = <-runErr

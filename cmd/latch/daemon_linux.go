@@ -28,6 +28,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.QueueNum = o.Queue
 	cfg.Inbound = o.Inbound
 	cfg.FailOpen = o.FailOpen
+	cfg.KeepRulesOnExit = o.KeepRules
 	cfg.ExemptLoopback = o.ExemptLoopback
 	cfg.Resolver = res
 	// Names from DNS responses label connections (prompts, history, host rules).
@@ -52,7 +53,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 const cleanupHelp = `Usage: latch cleanup [--queue N]
 
 Removes the netfilter rules (chains LATCH-OUT/LATCH-IN, table inet latch) that a
-crashed or killed daemon left in this network namespace. A fail-closed daemon that
+crashed or killed daemon left in this network namespace, and those of boot
+protection (latch boot-protect) and of a daemon stopped with --keep-rules-on-exit. A fail-closed daemon that
 died keeps dropping new connections until its rules are removed. Refuses while a
 daemon still holds the queue.
 `

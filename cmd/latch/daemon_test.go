@@ -4,6 +4,9 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -149,4 +152,88 @@ func TestDaemonLifecycle(t *testing.T) {
 	if after, _ := os.ReadFile(rulesPath); !bytes.Equal(after, bad) {
 		t.Errorf("the refused rules file was changed: %s", after)
 	}
+}
+
+// TestDaemonLogFormat: --log-format json gives one JSON record per line on stderr
+// (slog: time, level, msg), text gives key=value records; config file sets it too.
+func TestDaemonLogFormat(t *testing.T) {
+	dir := t.TempDir()
+	for _, format := range []string{"json", "text"} {
+		state, sock := filepath.Join(dir, format, "state"), filepath.Join(dir, format, "latch.sock")
+		cfg := writeFile(t, "latch.toml", fmt.Sprintf("log-format = %q\n", format))
+		d := startDaemon(t, state, sock, "--config", cfg)
+		if code := d.stop(t); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		lines := strings.Split(strings.TrimSpace(d.out.String()), "\n")
+		var sawStarted bool
+		for _, l := range lines {
+			if format == "json" {
+				var rec map[string]any
+				if err := json.Unmarshal([]byte(l), &rec); err != nil {
+					t.Fatalf("json log line %q: %v", l, err)
+				}
+				if rec["level"] == nil || rec["time"] == nil || rec["msg"] == nil {
+					t.Errorf("json record lacks level/time/msg: %q", l)
+				}
+				if m, _ := rec["msg"].(string); strings.HasPrefix(m, "started:") {
+					sawStarted = true
+				}
+			} else {
+				if !strings.HasPrefix(l, "time=") || !strings.Contains(l, " level=") || !strings.Contains(l, " msg=") {
+					t.Errorf("text log line %q is no slog record", l)
+				}
+				if strings.Contains(l, `msg="started:`) {
+					sawStarted = true
+				}
+			}
+		}
+		if !sawStarted {
+			t.Errorf("%s: no started record in:\n%s", format, d.out.String())
+		}
+	}
+	r := runLatch(t, nil, nil, "daemon", "--backend", "none", "--log-format", "xml")
+	if r.code != 2 || !strings.Contains(r.stderr, "--log-format") {
+		t.Errorf("--log-format xml: exit %d %q", r.code, r.stderr)
+	}
+}
+
+// TestDaemonNotifiesSystemd: under Type=notify the daemon sends READY=1 on
+// $NOTIFY_SOCKET once it serves (its API answers by then), and STOPPING=1 on SIGTERM.
+func TestDaemonNotifiesSystemd(t *testing.T) {
+	dir := t.TempDir()
+	ns := filepath.Join(dir, "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: ns, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sock := filepath.Join(dir, "latch.sock")
+	cmd := exec.Command(latchBin, "daemon", "--backend", "none", "--config", "", "--state-dir", filepath.Join(dir, "state"), "--api", sock)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	read := func() string {
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		b := make([]byte, 256)
+		n, err := c.Read(b)
+		if err != nil {
+			t.Fatalf("no notification: %v\n%s", err, out.String())
+		}
+		return string(b[:n])
+	}
+	if got := read(); got != "READY=1" {
+		t.Fatalf("first notification %q", got)
+	}
+	// Ready means serving: the API answers at once, no retry.
+	runLatch(t, []string{"LATCH_API=" + sock}, nil, "status").ok(t)
+	cmd.Process.Signal(syscall.SIGTERM)
+	if got := read(); got != "STOPPING=1" {
+		t.Fatalf("notification on SIGTERM %q", got)
+	}
+	cmd.Wait()
 }

@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/config"
 	"github.com/latchfw/latch/internal/textesc"
 	"github.com/latchfw/latch/internal/winsvc"
 )
@@ -43,6 +44,9 @@ Usage: latch VERB [flags] [args]
 Daemon:
   daemon [flags]            hold and decide new connections (run as root); see 'latch help daemon'
   cleanup [--queue N]       remove netfilter rules a crashed daemon left behind
+  boot-protect [flags]      before the daemon starts (at boot): drop every new connection
+                            the daemon would hold, until it takes over (Linux)
+  config check FILE         check a daemon configuration file (` + config.DefaultPath + `)
   service install|uninstall|start|stop|status
                             run the daemon as a Windows service (Windows only)
 
@@ -51,7 +55,9 @@ Rules:
   rules add [flags]         add a rule; see 'latch help rules'
   rules rm ID               remove rule ID
   rules export              print the rule set as a rules file
-  rules import FILE         replace the rule set with FILE's ('-': standard input)
+  rules import FILE         replace the rule set with FILE's ('-': standard input);
+                            --merge adds to it, --dry-run shows the difference only
+  reload                    read the managed rule files (/etc/latch/rules.d) again
 
 Questions:
   prompts [--json]          list connections waiting for a decision
@@ -65,7 +71,8 @@ History and state:
   explain [flags]           which rule would decide a connection, and why; see 'latch help explain'
   events --follow [--json]  every event (latch.event/1) as it happens
   version                   print latch's version
-  help [VERB]               this text, or a verb's flags
+  help [VERB]               this text, or a verb's flags; help --man: the man page (roff)
+  completion bash|zsh|fish  shell completion script
 
 Every verb but daemon talks to the daemon's API at ` + api.DefaultPath + `
 (the LATCH_API environment variable, or --api on the daemon, sets another).
@@ -120,6 +127,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	name := args[0]
 	switch name {
 	case "help", "-h", "-help", "--help":
+		if len(args) > 1 && args[1] == "--man" {
+			if err := writeMan(stdout); err != nil {
+				fmt.Fprintf(stderr, "latch help --man: %v\n", err)
+				return 1
+			}
+			return 0
+		}
 		if len(args) > 1 {
 			if v, ok := verbs[args[1]]; ok {
 				fmt.Fprint(stdout, v.help)

@@ -22,7 +22,7 @@ const rulesHelp = `Usage:
   latch rules add --action allow|deny|reject|drop [match flags] [--for DURATION|forever] [--note TEXT]
   latch rules rm ID
   latch rules export > FILE
-  latch rules import FILE       (FILE '-' reads standard input)
+  latch rules import [--merge] [--dry-run] FILE   (FILE '-' reads standard input)
 
 Match flags of 'rules add' (each left out matches anything):
   --app PATH          executable, exact path or glob (*, ?, [..], ** across directories)
@@ -46,7 +46,11 @@ narrower port, user, local port, protocol, direction); at equal
 specificity deny/reject/drop beat allow, then the lower ID.
 
 'rules import' replaces the whole rule set, all or nothing; its file is the format
-'rules export' prints, which is also the daemon's rules.json.
+'rules export' prints, which is also the daemon's rules.json. --merge adds the file's
+rules that are not in the set yet and keeps the rest; --dry-run prints what would be
+added (+), removed (-) and changed (~), and changes nothing.
+Managed rules (SOURCE managed:FILE, from the daemon's --managed-rules directory) are
+read-only: change their file, then 'latch reload'. Import leaves them as they are.
 `
 
 func runRules(ctx context.Context, args []string) error {
@@ -97,7 +101,7 @@ func printRules(w io.Writer, rules []engine.Rule, hits map[engine.RuleID]engine.
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tACTION\tDIR\tPROTO\tAPP\tUSER\tHOST\tREMOTE\tPORT\tLOCAL-PORT\tEXPIRES\tHITS\tLAST-HIT\tNOTE")
+	fmt.Fprintln(tw, "ID\tACTION\tDIR\tPROTO\tAPP\tUSER\tHOST\tREMOTE\tPORT\tLOCAL-PORT\tEXPIRES\tHITS\tLAST-HIT\tNOTE\tSOURCE")
 	for _, r := range rules {
 		remote, port, lport, expires := "-", "-", "-", "never"
 		if r.Remote.IsValid() {
@@ -117,8 +121,12 @@ func printRules(w io.Writer, rules []engine.Rule, hits map[engine.RuleID]engine.
 		if !h.LastHit.IsZero() {
 			last = h.LastHit.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
-			field(r.App), field(r.User), field(r.Host), remote, port, lport, expires, h.Hits, last, field(r.Note))
+		source := "own"
+		if r.Source != "" {
+			source = "managed:" + r.Source
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Action, r.Direction, r.Protocol,
+			field(r.App), field(r.User), field(r.Host), remote, port, lport, expires, h.Hits, last, field(r.Note), field(source))
 	}
 	tw.Flush()
 }
@@ -233,6 +241,8 @@ func rulesExport(ctx context.Context, args []string) error {
 
 func rulesImport(ctx context.Context, args []string) error {
 	fs := newFlags("rules import")
+	merge := fs.Bool("merge", false, "add the file's rules to the set instead of replacing it")
+	dryRun := fs.Bool("dry-run", false, "print what would be added, removed and changed; change nothing")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -250,13 +260,61 @@ func rulesImport(ctx context.Context, args []string) error {
 		return err
 	}
 	// Check locally first, so a broken file is reported with its name.
-	if _, err := engine.ParseRules(data); err != nil {
+	incoming, err := engine.ParseRules(data)
+	if err != nil {
 		return fmt.Errorf("%s: %w (nothing changed)", textesc.String(pos[0]), err)
 	}
-	rules, err := client().ImportRules(ctx, data)
+	if !*merge && !*dryRun {
+		rules, err := client().ImportRules(ctx, data)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("imported %s from %s; it replaces the previous set\n", plural(len(rules), "rule"), pos[0])
+		return nil
+	}
+	c := client()
+	current, err := c.Rules(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("imported %s from %s; it replaces the previous set\n", plural(len(rules), "rule"), textesc.String(pos[0]))
+	own := engine.OwnRules(current)
+	var want []engine.Rule
+	if *merge {
+		want = engine.MergeRules(own, engine.OwnRules(incoming))
+	} else {
+		want = engine.OwnRules(incoming)
+	}
+	d := engine.DiffRules(own, want)
+	if *dryRun {
+		printDiff(os.Stdout, d)
+		fmt.Printf("dry run: %d added, %d removed, %d changed; nothing changed\n", len(d.Added), len(d.Removed), len(d.Changed))
+		return nil
+	}
+	rules, err := c.ImportRules(ctx, engine.MarshalRules(want))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("merged %s from %s: %d added; %s in force\n", plural(len(incoming), "rule"), textesc.String(pos[0]), len(d.Added), plural(len(engine.OwnRules(rules)), "own rule"))
 	return nil
+}
+
+// printDiff prints a rule set difference, one rule a line: + added, - removed,
+// ~ changed (old, then new).
+func printDiff(w io.Writer, d engine.RulesDiff) {
+	for _, r := range d.Added {
+		fmt.Fprintf(w, "+ %s\n", ruleLine(r))
+	}
+	for _, r := range d.Removed {
+		fmt.Fprintf(w, "- %s\n", ruleLine(r))
+	}
+	for _, c := range d.Changed {
+		fmt.Fprintf(w, "~ %s\n  -> %s\n", ruleLine(c.Old), ruleLine(c.New))
+	}
+}
+
+func ruleLine(r engine.Rule) string {
+	if r.ID == 0 {
+		return "(new) " + strings.TrimPrefix(r.String(), "#0 ")
+	}
+	return r.String()
 }

@@ -4,8 +4,6 @@ package main
 
 import (
 	"encoding/json"
-	"log"
-	"os"
 	"strings"
 	"testing"
 
@@ -37,21 +35,24 @@ func TestStatusCountsKernelDrops(t *testing.T) {
 }
 
 // TestDaemonLogEscapes: a log line that quotes outside text (an error naming a path)
-// stays one line and shows its control characters escaped.
+// stays one record on one line and shows its control characters escaped (slog's text
+// form quotes the message the Go way; JSON records escape as JSON does).
 func TestDaemonLogEscapes(t *testing.T) {
-	var buf strings.Builder
-	log.SetOutput(&buf)
-	defer log.SetOutput(os.Stderr)
-	daemonLogf("saving rules: open %s: permission denied", "/var/lib/latch/rules\x1b[2K\r\nlatch daemon: stopped")
-	out := buf.String()
-	if strings.Count(out, "\n") != 1 || strings.Contains(out, "\x1b") || strings.Contains(out, "\r") ||
-		!strings.Contains(out, `rules\x1b[2K\x0d\x0alatch daemon: stopped: permission denied`) {
-		t.Errorf("daemon log line: %q", out)
-	}
-	// A message already quoted with %q is left as it is, not quoted twice.
-	buf.Reset()
-	daemonLogf("rule %q refused", "a\x1bb")
-	if want := `latch daemon: rule "a\x1bb" refused`; !strings.Contains(buf.String(), want) {
-		t.Errorf("daemon log line %q, want %q", buf.String(), want)
+	for _, format := range []string{"text", "json"} {
+		var buf strings.Builder
+		logf, err := newLogf(format, &buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logf("saving rules: open %s: permission denied", "/var/lib/latch/rules\x1b[2K\r\nlatch daemon: stopped\u202e")
+		out := buf.String()
+		want := `rules\x1b[2K\r\nlatch daemon: stopped\u202e: permission denied` // Go quoting
+		if format == "json" {
+			// JSON keeps the exact text; only what would break the line is escaped.
+			want = `rules\u001b[2K\r\nlatch daemon: stopped` + "\u202e: permission denied"
+		}
+		if strings.Count(out, "\n") != 1 || strings.ContainsAny(out, "\x1b\r") || !strings.Contains(out, want) {
+			t.Errorf("%s daemon log line: %q", format, out)
+		}
 	}
 }

@@ -238,3 +238,13 @@ func (s *EventStream) Next() (Event, error) {
 
 // Close ends the stream.
 func (s *EventStream) Close() error { return s.body.Close() }
+
+// Reload makes the daemon read its managed rule files again; it returns what the
+// daemon did. A bad file is an error naming it, and the daemon keeps the rules it had.
+func (c *Client) Reload(ctx context.Context) (string, error) {
+	var b reloadBody
+	if err := c.do(ctx, "POST", "/v1/reload", []byte{}, &b); err != nil {
+		return "", err
+	}
+	return b.Message, nil
+}

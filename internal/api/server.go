@@ -38,6 +38,9 @@ type Config struct {
 	// made through the API before the reply; if it fails, the change is undone (an
 	// answer's verdict cannot be, and the reply says so). nil: rules are not saved.
 	SaveRules func() error
+	// Reload reads the managed rule files again (`latch reload`); it returns what it
+	// did, or why it kept the rules in force. nil: /v1/reload answers 501.
+	Reload func() (string, error)
 	// Logf logs server errors; nil: log.Printf.
 	Logf func(format string, args ...any)
 	// EventLog subscribes to the latch.event/1 stream (GET /v1/events/stream): a
@@ -86,6 +89,7 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/explain", s.explain)
 	s.mux.HandleFunc("GET /v1/events/stream", s.eventLog)
 	s.mux.HandleFunc("GET /v1/rules/hits", s.ruleHits)
+	s.mux.HandleFunc("POST /v1/reload", s.reload)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -278,6 +282,9 @@ func (s *Server) removeRule(w http.ResponseWriter, r *http.Request) {
 		}
 		var err error
 		removed, err = s.cfg.Engine.RemoveRule(engine.RuleID(id))
+		if errors.Is(err, engine.ErrManaged) {
+			return http.StatusForbidden, err
+		}
 		if err != nil {
 			return http.StatusNotFound, err
 		}
@@ -545,4 +552,24 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 	}
+}
+
+// reloadBody is the reply of /v1/reload.
+type reloadBody struct {
+	Message string `json:"message"`
+}
+
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Reload == nil {
+		writeError(w, http.StatusNotImplemented, "this daemon has nothing to reload")
+		return
+	}
+	s.ruleMu.Lock()
+	msg, err := s.cfg.Reload()
+	s.ruleMu.Unlock()
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, reloadBody{Message: msg})
 }

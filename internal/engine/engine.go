@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -482,6 +483,9 @@ func (e *Engine) AddRule(r Rule) (Rule, error) {
 	if err := r.Validate(); err != nil {
 		return Rule{}, err
 	}
+	if r.Source != "" {
+		return Rule{}, &FieldError{"source", strconv.Quote(r.Source), errSourceNotYours}
+	}
 	now := e.now()
 	if r.Expired(now) {
 		return Rule{}, &FieldError{"expires", r.Expires.String(), fmt.Errorf("already passed")}
@@ -508,6 +512,10 @@ func (e *Engine) RemoveRule(id RuleID) (Rule, error) {
 		e.writeMu.Unlock()
 		return Rule{}, fmt.Errorf("rule %d: no such rule", id)
 	}
+	if old[i].Source != "" {
+		e.writeMu.Unlock()
+		return Rule{}, managedError(old[i])
+	}
 	removed := old[i]
 	e.install(slices.Delete(slices.Clone(old), i, i+1))
 	return removed, nil
@@ -517,16 +525,19 @@ func (e *Engine) RemoveRule(id RuleID) (Rule, error) {
 // Rules with ID 0 get fresh IDs; errors name the rule and field. The engine takes rs
 // over, without a copy (an import of 100,000 rules would otherwise need them twice
 // while the new matcher is built): the caller must not use rs afterwards.
+//
+// Managed rules (Source set) stay as they are: those in rs are ignored, so an export,
+// which lists them too, imports again as it was.
 func (e *Engine) ReplaceRules(rs []Rule) error {
 	e.writeMu.Lock()
 	saved := e.nextID
-	prepared, err := e.prepare(rs)
+	prepared, err := e.prepare(OwnRules(rs))
 	if err != nil {
 		e.nextID = saved
 		e.writeMu.Unlock()
 		return err
 	}
-	e.install(prepared)
+	e.install(e.withManaged(prepared))
 	return nil
 }
 

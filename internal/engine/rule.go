@@ -201,6 +201,10 @@ type Rule struct {
 	Expires   time.Time    `json:"expires,omitzero"` // zero: forever
 	Created   time.Time    `json:"created,omitzero"`
 	Note      string       `json:"note,omitempty"`
+	// Source is where the rule comes from: empty for the user's own rules (changed
+	// through the API, saved in the state directory), else the path of the managed
+	// rule file it was loaded from (read-only; see Engine.SetManaged).
+	Source string `json:"source,omitempty"`
 }
 
 // FieldError says which field of a rule is wrong and why.
@@ -452,11 +456,12 @@ type ruleJSON struct {
 	Expires   string          `json:"expires,omitempty"`
 	Created   string          `json:"created,omitempty"`
 	Note      string          `json:"note,omitempty"`
+	Source    string          `json:"source,omitempty"`
 }
 
 // ruleKeys are the JSON names of a rule's fields, in the order errors are reported.
 var ruleKeys = []string{"id", "action", "app", "user", "service", "host", "dir", "proto", "remote", "port",
-	"local_port", "expires", "created", "note"}
+	"local_port", "expires", "created", "note", "source"}
 
 // MaxRuleID is the largest rule ID: 2^53-1, so that every ID is exact in JavaScript
 // (the web UI) and the next ID never wraps around.
@@ -472,6 +477,7 @@ type RuleFields struct {
 	App, User, Service, Host                     *string
 	Direction, Protocol, Remote, Port, LocalPort *string
 	Expires, Created, Note                       *string
+	Source                                       *string // a managed rule's file (see Rule.Source)
 }
 
 // Parse checks every field strictly and returns the rule: enums exactly as String
@@ -516,7 +522,7 @@ func (f *RuleFields) Parse() (Rule, error) {
 	for _, x := range []struct {
 		v   *string
 		dst *string
-	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note}} {
+	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note}, {f.Source, &out.Source}} {
 		if x.v != nil {
 			*x.dst = *x.v
 		}
@@ -581,6 +587,7 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		Protocol:  r.Protocol.String(),
 		Action:    r.Action.String(),
 		Note:      r.Note,
+		Source:    r.Source,
 	}
 	if r.Remote.IsValid() {
 		w.Remote = r.Remote.String()
@@ -613,7 +620,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 	dst := map[string]**string{
 		"id": &f.ID, "action": &f.Action, "app": &f.App, "user": &f.User, "service": &f.Service, "host": &f.Host,
 		"dir": &f.Direction, "proto": &f.Protocol, "remote": &f.Remote, "port": &f.Port, "local_port": &f.LocalPort,
-		"expires": &f.Expires, "created": &f.Created, "note": &f.Note,
+		"expires": &f.Expires, "created": &f.Created, "note": &f.Note, "source": &f.Source,
 	}
 	for _, k := range ruleKeys {
 		raw, ok := members[k]

@@ -460,29 +460,6 @@ type FloodResultE2E struct {
 	Seconds   float64 `json:"seconds"`
 }
 
-// startDaemonAt is StartDaemon with a given state directory and socket, so that a
-// test can restart a daemon on the same state.
-func (n *Net) startDaemonAt(state, sock string, flags ...string) *Daemon {
-	n.t.Helper()
-	d := &Daemon{net: n, API: sock, State: state}
-	d.Proc = n.Start(n.Client, latchBin, append([]string{"daemon", "--state-dir", state, "--api", sock}, flags...)...)
-	n.t.Cleanup(func() {
-		if n.t.Failed() {
-			n.t.Logf("daemon output:\n%s", d.Output())
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if _, err := d.CLI("status"); err == nil {
-			return d
-		}
-		if time.Now().After(deadline) || d.cmd.ProcessState != nil {
-			n.t.Fatalf("daemon did not come up; output:\n%s", d.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestExplainHitsAndEventStream: real connections are explained from the history,
 // counted for the rules that decided them (across a daemon restart), and streamed to
 // `latch events --follow --json` as valid latch.event/1 documents.
@@ -496,7 +473,7 @@ func TestExplainHitsAndEventStream(t *testing.T) {
 	n.Serve(t, 8081)
 	dir := t.TempDir()
 	state, sock := filepath.Join(dir, "state"), filepath.Join(dir, "latch.sock")
-	d := n.startDaemonAt(state, sock, "--default", "deny")
+	d := n.startDaemonAt(t, state, sock, "--default", "deny")
 
 	follow := exec.Command(latchBin, "events", "--follow", "--json")
 	follow.Env = append(os.Environ(), "LATCH_API="+sock)
@@ -580,7 +557,7 @@ func TestExplainHitsAndEventStream(t *testing.T) {
 	if err := d.Signal(syscall.SIGTERM, 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	d = n.startDaemonAt(state, sock, "--default", "deny")
+	d = n.startDaemonAt(t, state, sock, "--default", "deny")
 	if h := hits(d); fmt.Sprint(h) != fmt.Sprint(wantHits) {
 		t.Fatalf("rule hits after a restart %v, want %v", h, wantHits)
 	}

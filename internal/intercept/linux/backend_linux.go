@@ -202,6 +202,8 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	var rmErr error
 	if readErr != nil && ctx.Err() == nil && !b.cfg.FailOpen {
 		b.cfg.Logf("fail-closed: leaving the ruleset in place after: %v", readErr)
+	} else if b.cfg.KeepRulesOnExit && !b.cfg.FailOpen {
+		b.cfg.Logf("fail-closed: leaving the ruleset in place (keep rules on exit): new connections are dropped until a daemon starts again or 'latch cleanup'")
 	} else {
 		rmErr = b.fw.remove()
 	}

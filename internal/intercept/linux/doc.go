@@ -175,6 +175,11 @@ type Config struct {
 	// FailOpen: with no reader (daemon dead) new connections are accepted
 	// (--queue-bypass). false: they are dropped.
 	FailOpen bool
+	// KeepRulesOnExit: a fail-closed Run that stops because its context is done
+	// leaves the ruleset in place, as a crash would (no reader: new connections are
+	// dropped), so that a daemon started next replaces it atomically and nothing
+	// passes in between (a restart). Ignored when FailOpen.
+	KeepRulesOnExit bool
 	// ExemptLoopback: never hold traffic on the loopback interface (DefaultConfig sets
 	// it; a bool's zero value cannot default to true).
 	ExemptLoopback bool

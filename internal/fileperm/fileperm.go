@@ -1,0 +1,29 @@
+// Package fileperm checks that a file that steers the firewall (the configuration
+// file, a managed rule file) can be changed only by root, as sshd's StrictModes does:
+// otherwise a local user could write "fail = open" or an allow-everything rule.
+package fileperm
+
+import (
+	"fmt"
+	"os"
+)
+
+// CheckTrusted returns an error if the file or directory at path may be written by
+// someone other than root and the user running latch: its owner is another user, or
+// group or others have write permission. A symbolic link is followed (its target
+// is what is read).
+func CheckTrusted(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	return checkInfo(path, st)
+}
+
+func describe(path string, st os.FileInfo, why string) error {
+	return fmt.Errorf("%s (mode %04o): %s; refusing it, as it steers the firewall (chown root and chmod go-w it)", path, st.Mode().Perm(), why)
+}
+
+// CheckFileInfo is CheckTrusted for a file already opened and stat'ed (no race
+// between the check and the read).
+func CheckFileInfo(path string, st os.FileInfo) error { return checkInfo(path, st) }
