@@ -88,6 +88,7 @@ func evilRequest() *engine.Request {
 // escaped, one record per line; --json keeps the exact text.
 func TestEscapedPromptsAnswerRules(t *testing.T) {
 	f := newFixture(t)
+	f.anyUser = true // rules with hostile user names, as a hand-written rules file may hold
 	ch := make(chan engine.Verdict, 1)
 	f.eng.Decide(evilRequest(), func(v engine.Verdict) { ch <- v })
 	f.request("/usr/bin/curl", 443)
@@ -145,6 +146,7 @@ func TestEscapedPromptsAnswerRules(t *testing.T) {
 // line; --json keeps it.
 func TestEscapedConns(t *testing.T) {
 	f := newFixture(t)
+	f.anyUser = true // rules with hostile user names, as a hand-written rules file may hold
 	record := func(port uint16) {
 		r := evilRequest()
 		r.Remote = netip.AddrPortFrom(r.Remote.Addr(), port)
@@ -213,6 +215,7 @@ func TestEscapedConns(t *testing.T) {
 // quotes a hostile file name shows it escaped on one line.
 func TestEscapedStatusAndErrors(t *testing.T) {
 	f := newFixture(t)
+	f.anyUser = true // rules with hostile user names, as a hand-written rules file may hold
 	f.stateDir = "/var/lib/latch\n\x1b[2Kstate dir:  /elsewhere"
 	out := f.must(t, "status")
 	if strings.Contains(out, "\x1b") || !strings.Contains(out, textesc.String(f.stateDir)) {
@@ -243,6 +246,7 @@ func TestEscapedStatusAndErrors(t *testing.T) {
 // hostile text escaped, and no line of it begins with what the escapes would fake.
 func TestEscapedWatchLines(t *testing.T) {
 	f := newFixture(t)
+	f.anyUser = true // rules with hostile user names, as a hand-written rules file may hold
 	cmd := exec.Command(latchBin, "watch")
 	cmd.Env = append(os.Environ(), "LATCH_API="+f.sock)
 	stdin, _ := cmd.StdinPipe()
@@ -298,6 +302,7 @@ func TestEscapedWatchLines(t *testing.T) {
 // escapes and never a line that begins with firefox as the program.
 func TestWatchTerminalDisguise(t *testing.T) {
 	f := newFixture(t)
+	f.anyUser = true // rules with hostile user names, as a hand-written rules file may hold
 	tm, screen, waitScreen := tmuxWatch(t, f, 120, 40)
 	waitScreen("waiting for questions")
 	exe := "x\x1b[2K\rfirefox"
@@ -326,6 +331,7 @@ func TestWatchTerminalDisguise(t *testing.T) {
 // keys stay visible, and the screen says where the path was cut.
 func TestWatchTerminalLongName(t *testing.T) {
 	f := newFixture(t)
+	f.anyUser = true // rules with hostile user names, as a hand-written rules file may hold
 	_, screen, waitScreen := tmuxWatch(t, f, 80, 24)
 	waitScreen("waiting for questions")
 	exe := "/tmp/" + strings.Repeat("\x1b[2K", 1000) + "/" + strings.Repeat("a", 1000) + "/evil-tail"
@@ -353,6 +359,7 @@ func TestWatchTerminalLongName(t *testing.T) {
 // "-" cannot pass for an empty field.
 func TestFieldsCannotPassForOthers(t *testing.T) {
 	f := newFixture(t)
+	f.anyUser = true // rules with hostile user names, as a hand-written rules file may hold
 	const exe = "/tmp/x (pid 1, user root)"
 	f.request(exe, 443)
 	if out := f.must(t, "prompts"); !strings.Contains(out, `  "/tmp/x (pid 1, user root)"  4242  root  `) {
@@ -388,7 +395,7 @@ func TestFieldsCannotPassForOthers(t *testing.T) {
 
 	f.must(t, "rules", "add", "--user", "-", "--note", "-", "--action", "deny")
 	list := f.must(t, "rules", "list")
-	if !strings.Contains(list, `  "-"  `) || !strings.HasSuffix(strings.TrimSpace(list), `"-"`) {
+	if strings.Count(list, `  "-"  `) != 2 { // the user and the note, quoted; empty fields show -
 		t.Errorf("rules list shows a user and a note \"-\" as if empty:\n%s", list)
 	}
 }

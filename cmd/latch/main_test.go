@@ -58,6 +58,9 @@ type fixture struct {
 	rulesPath string
 	stateDir  string          // what status reports
 	kernel    intercept.Stats // what status reports
+	// anyUser makes every user name an account of this test system (the escaping
+	// tests give rules hostile user names); false: the system's accounts.
+	anyUser bool
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -79,6 +82,12 @@ func newFixture(t *testing.T) *fixture {
 	t.Cleanup(func() { f.hist.Close() })
 	srv := api.NewServer(api.Config{
 		Engine: f.eng, History: f.hist, Logf: t.Logf,
+		CheckUser: func(name string) error {
+			if f.anyUser {
+				return nil
+			}
+			return api.SystemUser(name)
+		},
 		SaveRules: func() error { return store.SaveRules(f.rulesPath, f.eng.Rules()) },
 		Status: func() api.Status {
 			return api.Status{Backend: "nfqueue/test", Mode: "fail-closed", Default: engine.Deny, PromptTimeout: "1m0s",

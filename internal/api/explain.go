@@ -75,26 +75,22 @@ func requestOf(er ExplainRequest) (engine.Request, error) {
 	if err != nil || addr.Zone() != "" {
 		return req, fmt.Errorf(`field "remote" %q: want an IP address`, er.Remote)
 	}
-	if req.Protocol, err = engine.ParseProtocol(er.Proto); err != nil {
-		return req, fmt.Errorf(`field "proto": %w`, err)
-	}
-	switch {
-	case er.Proto == "":
+	if er.Proto == "" {
 		req.Protocol = engine.TCP
-	case req.Protocol == engine.AnyProtocol:
+	} else if req.Protocol, err = engine.ParseProtocol(er.Proto); err != nil {
+		return req, fmt.Errorf(`field "proto": %w`, err)
+	} else if req.Protocol == engine.AnyProtocol {
 		return req, fmt.Errorf(`field "proto" %q: a connection has one protocol`, er.Proto)
 	}
 	if (req.Protocol == engine.TCP || req.Protocol == engine.UDP) && er.Port == 0 {
 		return req, fmt.Errorf(`field "port": required for %s: 1 to 65535`, req.Protocol)
 	}
-	if req.Direction, err = engine.ParseDirection(er.Dir); err != nil {
-		return req, fmt.Errorf(`field "dir": %w`, err)
-	}
-	if req.Direction == engine.AnyDirection {
-		if er.Dir != "" {
-			return req, fmt.Errorf(`field "dir" %q: a connection goes in or out`, er.Dir)
-		}
+	if er.Dir == "" {
 		req.Direction = engine.Outbound
+	} else if req.Direction, err = engine.ParseDirection(er.Dir); err != nil {
+		return req, fmt.Errorf(`field "dir": %w`, err)
+	} else if req.Direction == engine.AnyDirection {
+		return req, fmt.Errorf(`field "dir" %q: a connection goes in or out`, er.Dir)
 	}
 	if er.Host != "" {
 		if _, err := engine.ParseHost(er.Host); err != nil || er.Host[0] == '*' {

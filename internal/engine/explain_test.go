@@ -139,7 +139,7 @@ func TestExplainAgreesWithDecide(t *testing.T) {
 			rules[i].Remote = netip.PrefixFrom(randAddr4(rng), 24).Masked()
 		}
 	}
-	e := newEngine(t, Config{Now: newClock().Now, MaxPrompts: 1 << 20})
+	e := newEngine(t, Config{Now: newClock().Now, MaxPrompts: 1 << 20, MaxPromptsPerUser: 1 << 20, MaxPromptsPerApp: 1 << 20})
 	if err := e.ReplaceRules(rules); err != nil {
 		t.Fatal(err)
 	}

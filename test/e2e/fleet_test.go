@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -492,9 +493,9 @@ func TestExplainHitsAndEventStream(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond) // subscribed before the first rule
 
-	d.MustCLI(t, "rules", "add", "--app", helperBin, "--remote", n.ServerIP, "--port", "8080", "--action", "allow") // 1
-	d.MustCLI(t, "rules", "add", "--port", "8081", "--action", "deny")                                              // 2
-	d.MustCLI(t, "rules", "add", "--app", helperBin, "--remote", n.ServerIP+"/24", "--action", "allow")             // 3
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--remote", n.ServerIP, "--port", "8080", "--action", "allow")                                            // 1
+	d.MustCLI(t, "rules", "add", "--port", "8081", "--action", "deny")                                                                                         // 2
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--remote", netip.PrefixFrom(netip.MustParseAddr(n.ServerIP), 24).Masked().String(), "--action", "allow") // 3
 	for range 2 {
 		if r := n.Connect(t, 8080, 10*time.Second); r.Outcome != "connected" {
 			t.Fatalf("port 8080: %+v", r)
