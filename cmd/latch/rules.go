@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
 )
 
@@ -113,66 +114,26 @@ func printRules(w io.Writer, rules []engine.Rule) {
 func rulesAdd(ctx context.Context, args []string) error {
 	fs := newFlags("rules add")
 	var (
-		app     = fs.String("app", "", "executable path or glob")
-		user    = fs.String("user", "", "account name or uid")
-		dir     = fs.String("dir", "any", "in, out or any")
-		proto   = fs.String("proto", "any", "tcp, udp, icmp, icmpv6 or any")
-		host    = fs.String("host", "", "remote hostname, or *.example.com for its subdomains")
-		remote  = fs.String("remote", "", "remote IP or CIDR")
-		port    = fs.String("port", "", "remote port N or range N-M")
-		lport   = fs.String("local-port", "", "local port N or range N-M")
-		action  = fs.String("action", "", "allow, deny, reject or drop")
-		forStr  = fs.String("for", "forever", "how long the rule holds: a duration (90m, 7d) or forever")
-		note    = fs.String("note", "", "free text shown with the rule")
-		asJSON  = fs.Bool("json", false, "print the added rule as JSON")
-		r       engine.Rule
-		err     error
-		errFlag = func(flag string, err error) error { return usagef("--%s: %v", flag, err) }
+		f      api.RuleForm
+		asJSON = fs.Bool("json", false, "print the added rule as JSON")
 	)
-	if err = parseFlagsOnly(fs, args); err != nil {
+	fs.StringVar(&f.App, "app", "", "executable path or glob")
+	fs.StringVar(&f.User, "user", "", "account name or uid")
+	fs.StringVar(&f.Dir, "dir", "any", "in, out or any")
+	fs.StringVar(&f.Proto, "proto", "any", "tcp, udp, icmp, icmpv6 or any")
+	fs.StringVar(&f.Host, "host", "", "remote hostname, or *.example.com for its subdomains")
+	fs.StringVar(&f.Remote, "remote", "", "remote IP or CIDR")
+	fs.StringVar(&f.Port, "port", "", "remote port N or range N-M")
+	fs.StringVar(&f.LocalPort, "local-port", "", "local port N or range N-M")
+	fs.StringVar(&f.Action, "action", "", "allow, deny, reject or drop")
+	fs.StringVar(&f.For, "for", "forever", "how long the rule holds: a duration (90m, 7d) or forever")
+	fs.StringVar(&f.Note, "note", "", "free text shown with the rule")
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
-	if *action == "" {
-		return usagef("--action is required: allow, deny, reject or drop")
-	}
-	if r.Action, err = engine.ParseAction(*action); err != nil {
-		return errFlag("action", err)
-	}
-	if r.Direction, err = engine.ParseDirection(*dir); err != nil {
-		return errFlag("dir", err)
-	}
-	if r.Protocol, err = engine.ParseProtocol(*proto); err != nil {
-		return errFlag("proto", err)
-	}
-	if r.Host, err = engine.ParseHost(*host); err != nil {
-		return errFlag("host", err)
-	}
-	if *remote != "" {
-		if r.Remote, err = engine.ParseRemote(*remote); err != nil {
-			return errFlag("remote", err)
-		}
-	}
-	if *port != "" {
-		if r.Port, err = engine.ParsePortRange(*port); err != nil {
-			return errFlag("port", err)
-		}
-	}
-	if *lport != "" {
-		if r.LocalPort, err = engine.ParsePortRange(*lport); err != nil {
-			return errFlag("local-port", err)
-		}
-	}
-	d, err := engine.ParseFor(*forStr)
-	switch {
-	case err != nil:
-		return errFlag("for", err)
-	case d == 0:
-		return usagef("--for once makes no rule; use a duration or forever")
-	case d != engine.Forever:
-		r.Expires = time.Now().Add(d).UTC()
-	}
-	r.App, r.User, r.Note = *app, *user, *note
-	if err := r.Validate(); err != nil {
+	// The web UI parses its rule form with the same function: the same errors.
+	r, err := f.Rule(time.Now())
+	if err != nil {
 		return usagef("%v", err)
 	}
 	added, err := client().AddRule(ctx, r)

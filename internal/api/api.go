@@ -16,6 +16,10 @@
 //	POST   /v1/prompts/{id}/answer    AnswerRequest           -> {"rule": Rule|null}
 //	GET    /v1/conns?after=ID&n=N     {"conns": [Conn...]}, oldest first
 //	GET    /v1/events                 a stream of Event, one JSON object per line
+//	GET    /v1/history?from=&to=&step=&top=   HistorySummary (unix seconds; default the last hour by minute)
+//	GET    /v1/programs               ProgramsBody: every program in the history
+//	GET    /v1/programs/conns?exe=PATH&n=N    {"conns": [Conn...]}: a program's newest, oldest first
+//	POST   /v1/web/login              {"url": "..."}: a one-time login URL of the web UI (the daemon's --web)
 //
 // Request bodies are decoded strictly: unknown fields, wrong types and bad values are
 // a 400 error naming the field, and nothing changes.

@@ -36,6 +36,9 @@ type Config struct {
 	// made through the API before the reply; if it fails, the change is undone (an
 	// answer's verdict cannot be, and the reply says so). nil: rules are not saved.
 	SaveRules func() error
+	// Routes are further endpoints (pattern as for http.ServeMux, e.g.
+	// "POST /v1/web/login"), served behind the same peer-credential check.
+	Routes map[string]http.Handler
 	// Logf logs server errors; nil: log.Printf.
 	Logf func(format string, args ...any)
 }
@@ -70,6 +73,12 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/prompts/{id}/answer", s.answer)
 	s.mux.HandleFunc("GET /v1/conns", s.conns)
 	s.mux.HandleFunc("GET /v1/events", s.events)
+	s.mux.HandleFunc("GET /v1/history", s.history)
+	s.mux.HandleFunc("GET /v1/programs", s.programs)
+	s.mux.HandleFunc("GET /v1/programs/conns", s.programConns)
+	for pattern, h := range cfg.Routes {
+		s.mux.Handle(pattern, h)
+	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -406,8 +415,8 @@ func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, connsBody{out})
 }
 
-// eventView converts an engine event for the stream.
-func eventView(ev engine.Event) Event {
+// EventView converts an engine event to the API's form.
+func EventView(ev engine.Event) Event {
 	out := Event{Kind: EventKind(ev.Kind), Verdict: ev.Verdict, Rules: ev.Rules}
 	if ev.Prompt != nil {
 		p := PromptView(ev.Prompt)
@@ -443,7 +452,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			if enc.Encode(eventView(ev)) != nil {
+			if enc.Encode(EventView(ev)) != nil {
 				return
 			}
 			flusher.Flush()
