@@ -23,7 +23,7 @@ import (
 // fixture is a real web server on a loopback TCP port over a real engine, a real API
 // handler and a real SQLite history.
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	eng     *engine.Engine
 	hist    *store.History
 	api     *api.Server
@@ -36,7 +36,7 @@ type fixture struct {
 	verdict chan engine.Verdict
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{t: t, now: time.Now()}
 	var err error
@@ -149,7 +149,8 @@ const goodRule = `{"action":"allow","app":"/usr/bin/curl","port":"443"}`
 func TestLoginAndSessionCookie(t *testing.T) {
 	f := newFixture(t)
 	u := f.web.LoginURL()
-	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Get(u)
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noRedirect.Get(u)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +168,7 @@ func TestLoginAndSessionCookie(t *testing.T) {
 		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, Path=/", c)
 	}
 	// The token was used: a second login with it fails.
-	resp, err = http.Get(u)
+	resp, err = noRedirect.Get(u)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +179,7 @@ func TestLoginAndSessionCookie(t *testing.T) {
 	// An expired token fails.
 	u = f.web.LoginURL()
 	f.now = f.now.Add(TokenLifetime + time.Second)
-	if resp, err = http.Get(u); err != nil {
+	if resp, err = noRedirect.Get(u); err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
