@@ -37,6 +37,12 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --max-history N          connections kept in the history (default 100000)
+  --web IP:PORT            serve the web UI there (off by default); a loopback address
+                           unless --web-allow-remote; open it with 'latch web open'
+  --web-allow-remote       allow a --web address other machines can reach (needs
+                           --web-cert and --web-key: TLS)
+  --web-cert FILE          TLS certificate (PEM) for the web UI
+  --web-key FILE           TLS private key (PEM) for the web UI
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
 
@@ -56,6 +62,10 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	Web            string // web UI listen address; "" is off
+	WebAllowRemote bool
+	WebCert        string
+	WebKey         string
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -71,6 +81,10 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	fs.StringVar(&o.Web, "web", "", "")
+	fs.BoolVar(&o.WebAllowRemote, "web-allow-remote", false, "")
+	fs.StringVar(&o.WebCert, "web-cert", "", "")
+	fs.StringVar(&o.WebKey, "web-key", "", "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
@@ -100,6 +114,9 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	}
 	if o.API == "" {
 		return nil, usagef("--api: must not be empty")
+	}
+	if err := checkWebFlags(o); err != nil {
+		return nil, err
 	}
 	switch o.Backend {
 	case "auto", "none":
@@ -252,7 +269,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if o.FailOpen {
 		mode = "fail-open"
 	}
+	webUI := &webUI{}
 	srv := api.NewServer(api.Config{
+		Routes:    map[string]http.Handler{"POST /v1/web/login": webUI.loginHandler()},
 		Engine:    eng,
 		History:   hist,
 		SaveRules: saveRules,
@@ -293,6 +312,14 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	case <-ctx.Done():
 		stopBackend()
 		return <-runErr
+	}
+
+	if o.Web != "" {
+		stopWeb, err := webUI.start(o, srv, eng, hist, logf)
+		if err != nil {
+			return err
+		}
+		defer stopWeb()
 	}
 
 	serveErr := make(chan error, 1)

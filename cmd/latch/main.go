@@ -61,6 +61,10 @@ Questions:
 History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
   status [--json]           backend, mode, counters, pending questions
+
+Web UI (the daemon's --web):
+  web url                   print a one-time login URL
+  web open                  open it in the browser
   version                   print latch's version
   help [VERB]               this text, or a verb's flags
 
@@ -98,6 +102,7 @@ func init() {
 		"watch":   {runWatch, watchHelp},
 		"conns":   {runConns, connsHelp},
 		"status":  {runStatus, statusHelp},
+		"web":     {runWeb, webHelp},
 		"service": {runService, winsvc.Usage},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}

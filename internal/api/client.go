@@ -238,3 +238,14 @@ func (s *EventStream) Next() (Event, error) {
 
 // Close ends the stream.
 func (s *EventStream) Close() error { return s.body.Close() }
+
+// WebLoginURL asks the daemon for a one-time login URL of its web UI.
+func (c *Client) WebLoginURL(ctx context.Context) (string, error) {
+	var b struct {
+		URL string `json:"url"`
+	}
+	if err := c.do(ctx, "POST", "/v1/web/login", nil, &b); err != nil {
+		return "", err
+	}
+	return b.URL, nil
+}
