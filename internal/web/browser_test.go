@@ -1,0 +1,129 @@
+package web
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/test/browser"
+)
+
+// escCases are the escaping rule's cases (the same rule as internal/textesc).
+var escCases = map[string]string{
+	"/usr/bin/curl":           "/usr/bin/curl",
+	"/usr/bin/a\x1b[31mred":   `/usr/bin/a\x1b[31mred`,
+	"line\nbreak\ttab\x00":    `line\x0abreak\x09tab\x00`,
+	"del\x7f":                 `del\x7f`,
+	"/tmp/\u202Eexe.txt":      `/tmp/\u{202E}exe.txt`,
+	"zero\u200Bwidth\uFEFF":   `zero\u{200B}width\u{FEFF}`,
+	"nb\u00A0sp and space":    `nb\u{00A0}sp and space`,
+	"c1\u0085":                `c1\u{0085}`,
+	"sep\u2028\u2029":         `sep\u{2028}\u{2029}`,
+	"private\uE000":           `private\u{E000}`,
+	"soft\u00ADhyphen":        `soft\u{00AD}hyphen`,
+	`C:\Users\bob\app.exe`:    `C:\Users\bob\app.exe`,
+	`C:\x\u\\`:                `C:\\x\\u\\\`, // the last backslash has no next character
+	"back\\\u202E":            `back\\\u{202E}`,
+	"back\\\x1b":              `back\\\x1b`,
+	"é 中文 🙂":                 "é 中文 🙂",
+}
+
+// TestBrowserEscape runs web/esc.js in Chromium on the escaping rule's cases.
+func TestBrowserEscape(t *testing.T) {
+	f := newFixture(t)
+	ctx := browser.New(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
+		t.Fatal(err)
+	}
+	in := make([]string, 0, len(escCases))
+	for k := range escCases {
+		in = append(in, k)
+	}
+	data, _ := json.Marshal(in)
+	out, err := browser.Eval[[]string](ctx, `import('/esc.js').then(m => `+string(data)+`.map(m.esc))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range in {
+		if out[i] != escCases[s] {
+			t.Errorf("esc(%q) = %q, want %q", s, out[i], escCases[s])
+		}
+	}
+}
+
+// TestBrowserPages loads every view in Chromium over a real engine and history and
+// checks what a person sees; screenshots go to the test's artefacts.
+func TestBrowserPages(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now()
+	evil := "/opt/evil\x1b[31m\u202Etxt.exe"
+	for i := range 40 {
+		exe := []string{"/usr/bin/curl", "/usr/lib/firefox/firefox", evil}[i%3]
+		v := engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}
+		if i%4 == 1 {
+			v = engine.Verdict{Action: engine.Deny, Reason: engine.ReasonPrompt}
+		} else if i%7 == 3 {
+			v = engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}
+		}
+		f.hist.Record(store.Conn{Time: now.Add(-time.Duration(40-i) * 40 * time.Second), Request: engine.Request{
+			Direction: engine.Outbound, Protocol: engine.TCP, PID: int32(1000 + i), Exe: exe, User: "alice",
+			Local:  netip.MustParseAddrPort("198.18.0.1:40000"),
+			Remote: netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf("198.18.1.%d", i%5+1)), 443),
+			Host:   []string{"www.example.com", "", "cdn.example.net"}[i%3]}, Verdict: v})
+	}
+	f.hist.Flush()
+	ctx := browser.New(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(expr string) {
+		t.Helper()
+		if err := browser.WaitJS(ctx, expr, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait(`document.querySelector('nav.top') !== null`)
+	f.eng.Decide(&engine.Request{Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:40000"), Remote: netip.MustParseAddrPort("198.18.0.2:8443"),
+		PID: 4242, Exe: evil, User: "alice", UID: 1000, Host: "api.example.com",
+		Cmdline: evil + " --fetch https://api.example.com/"}, func(engine.Verdict) {})
+	wait(`document.querySelectorAll('.card').length === 1`)
+	wait(`document.title === '(1) latch'`)
+	text, _ := browser.Eval[string](ctx, `document.querySelector('.card').innerText`)
+	if !strings.Contains(text, `/opt/evil\x1b[31m\u{202E}txt.exe`) || strings.ContainsAny(text, "\x1b\u202E") ||
+		!strings.Contains(text, "api.example.com (198.18.0.2):8443/tcp") {
+		t.Errorf("question card shows %q; want the exe escaped and the destination", text)
+	}
+	browser.Screenshot(t, ctx, "1-questions")
+
+	for _, view := range []struct{ hash, ready string }{
+		{"live", `document.querySelectorAll('.lrow.conn').length > 5`},
+		{"rules", `document.querySelectorAll('tr[data-rule]').length === 1`},
+		{"history", `document.querySelector('.chart canvas') !== null && document.querySelectorAll('.top tbody tr').length > 0`},
+		{"programs", `document.querySelectorAll('tr[data-exe]').length === 3`},
+		{"status", `document.querySelector('.status .panel') !== null`},
+	} {
+		if err := chromedp.Do(ctx, chromedp.Navigate(f.base+"/#/"+view.hash)); err != nil {
+			t.Fatal(err)
+		}
+		wait(view.ready)
+		time.Sleep(200 * time.Millisecond)
+		browser.Screenshot(t, ctx, "2-"+view.hash)
+	}
+	body, _ := browser.Eval[string](ctx, `document.body.innerText`)
+	if strings.ContainsAny(body, "\x1b\u202E") {
+		t.Errorf("a page shows raw control characters")
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.base+"/#/programs/"+strings.ReplaceAll(evil, "\x1b", "%1B"))); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelectorAll('.program tbody tr').length > 5`)
+	browser.Screenshot(t, ctx, "3-program")
+}
