@@ -31,7 +31,7 @@ function Card({ p, selected, choice, setChoice, onAnswer, error, def, onSelect }
     if (selected && ref.current && ref.current.scrollIntoView) ref.current.scrollIntoView({ block: 'nearest' });
   }, [selected]);
   const name = base(p.exe);
-  return html`<article ref=${ref} class="card ${selected ? 'selected' : ''}" data-prompt=${p.id} onClick=${onSelect}>
+  return html`<article ref=${ref} class="card ${selected ? 'selected' : ''}" data-prompt=${p.id} data-opened=${p.opened} data-exe=${p.exe} onClick=${onSelect}>
     <header>
       <h2 class="prog" title=${esc(p.exe)}>${esc(name)}</h2>
       <span class="dir dir-${p.direction}">${p.direction === 'in' ? 'inbound' : 'outbound'}</span>
@@ -78,12 +78,20 @@ export function Questions({ prompts, status, notifyOn, setNotifyOn }) {
   const [choices, setChoices] = useState({});
   const [errors, setErrors] = useState({});
   const def = status && status.default;
-  const choiceOf = (p) => choices[p.id] || { scope: 'app+host+port', life: 'once' };
-  const setChoice = (p, c) => setChoices((cs) => ({ ...cs, [p.id]: c }));
+  const defaultChoice = { scope: 'app+host+port', life: 'once' };
+  // latest holds the choices as keys set them: keys may come faster than the page
+  // renders, and an answer must use what was chosen last.
+  const latest = useRef({});
+  const choiceOf = (p) => choices[p.id] || defaultChoice;
+  const updateChoice = (p, f) => {
+    latest.current = { ...latest.current, [p.id]: f(latest.current[p.id] || defaultChoice) };
+    setChoices(latest.current);
+  };
+  const setChoice = (p, c) => updateChoice(p, () => c);
   const idx = Math.min(sel, Math.max(0, prompts.length - 1));
 
   const answer = async (p, action) => {
-    const c = choiceOf(p);
+    const c = latest.current[p.id] || defaultChoice;
     try {
       await call('POST', `/api/v1/prompts/${p.id}/answer`, { action, for: c.life, scope: c.scope });
       setErrors((e) => ({ ...e, [p.id]: '' }));
@@ -102,13 +110,12 @@ export function Questions({ prompts, status, notifyOn, setNotifyOn }) {
         case 'j': setSel(Math.min(idx + 1, prompts.length - 1)); break;
         case 'k': setSel(Math.max(idx - 1, 0)); break;
         case '1': case '2': case '3': case '4':
-          if (p) setChoice(p, { ...choiceOf(p), scope: scopes[Number(e.key) - 1] });
+          if (p) updateChoice(p, (c) => ({ ...c, scope: scopes[Number(e.key) - 1] }));
           break;
         case 'ArrowLeft': case 'ArrowRight': {
           if (!p) break;
-          const c = choiceOf(p);
-          const i = lifetimes.indexOf(c.life) + (e.key === 'ArrowRight' ? 1 : -1);
-          setChoice(p, { ...c, life: lifetimes[Math.max(0, Math.min(lifetimes.length - 1, i))] });
+          const step = e.key === 'ArrowRight' ? 1 : -1;
+          updateChoice(p, (c) => ({ ...c, life: lifetimes[Math.max(0, Math.min(lifetimes.length - 1, lifetimes.indexOf(c.life) + step))] }));
           break;
         }
         case 'a': if (p) answer(p, 'allow'); break;

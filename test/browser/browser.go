@@ -34,6 +34,13 @@ func Find() string {
 // The browser stops when the test ends.
 func New(t testing.TB) context.Context {
 	t.Helper()
+	return NewIn(t, "")
+}
+
+// NewIn is New with the browser running in network namespace ns ("" for this one),
+// where it reaches what listens on that namespace's loopback.
+func NewIn(t testing.TB, ns string) context.Context {
+	t.Helper()
 	bin := Find()
 	if bin == "" {
 		t.Skip("chromium not installed (apt-get install chromium): the browser tests need it")
@@ -56,6 +63,16 @@ func New(t testing.TB) context.Context {
 		chromedp.Flag("disable-features", "Translate,OptimizationHints,MediaRouter"),
 		chromedp.UserDataDir(profile),
 		chromedp.WindowSize(1280, 900),
+	}
+	if ns != "" {
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			t.Fatalf("ip (iproute2) not found: %v", err)
+		}
+		opts = append(opts, chromedp.ModifyCmdFunc(func(cmd *exec.Cmd) {
+			cmd.Args = append([]string{"ip", "netns", "exec", ns, cmd.Path}, cmd.Args[1:]...)
+			cmd.Path = ip
+		}))
 	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelCtx := chromedp.NewContext(actx, chromedp.WithErrorf(func(f string, a ...any) {
