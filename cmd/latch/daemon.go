@@ -7,7 +7,9 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +30,8 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
 
   --state-dir DIR          rules (rules.json) and history (history.db) (default ` + defaultStateDir + `)
   --api PATH               local API socket (default $LATCH_API, else ` + api.DefaultPath + `)
+  --api-group NAME         members of group NAME may use the API too (answer questions,
+                           manage rules, read history, log in to the web UI); Linux
   --default allow|deny|reject|drop
                            verdict for a question nobody answers in time (default deny)
   --prompt-timeout DUR     how long a question waits for an answer (default 30s)
@@ -62,6 +66,7 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	APIGroup       string // group admitted to the API besides root; "" is none
 	Web            string // web UI listen address; "" is off
 	WebAllowRemote bool
 	WebCert        string
@@ -73,6 +78,7 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	o := &daemonOptions{}
 	fs.StringVar(&o.StateDir, "state-dir", defaultStateDir, "")
 	fs.StringVar(&o.API, "api", api.DefaultAddress(), "")
+	fs.StringVar(&o.APIGroup, "api-group", "", "")
 	def := fs.String("default", "deny", "")
 	fs.DurationVar(&o.PromptTimeout, "prompt-timeout", engine.DefaultPromptTimeout, "")
 	fail := fs.String("fail", "closed", "")
@@ -269,8 +275,21 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if o.FailOpen {
 		mode = "fail-open"
 	}
+	var group *api.Group
+	if o.APIGroup != "" {
+		g, err := user.LookupGroup(o.APIGroup)
+		if err != nil {
+			return fmt.Errorf("--api-group %q: %w", o.APIGroup, err)
+		}
+		gid, err := strconv.Atoi(g.Gid)
+		if err != nil {
+			return fmt.Errorf("--api-group %q: group id %q is not a number", o.APIGroup, g.Gid)
+		}
+		group = &api.Group{Name: o.APIGroup, GID: gid}
+	}
 	webUI := &webUI{}
 	srv := api.NewServer(api.Config{
+		Group:     group,
 		Routes:    map[string]http.Handler{"POST /v1/web/login": webUI.loginHandler()},
 		Engine:    eng,
 		History:   hist,
@@ -297,6 +316,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return err
 	}
 	defer l.Close()
+	if group != nil {
+		if err := api.ShareWithGroup(o.API, group); err != nil {
+			return err
+		}
+	}
 
 	runCtx, stopBackend := context.WithCancel(context.Background())
 	defer stopBackend()

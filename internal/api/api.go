@@ -1,8 +1,9 @@
 // Package api is latch's local API: HTTP with JSON bodies over a unix socket on Linux
 // (a named pipe on Windows), served by the daemon and used by the latch command line.
-// Only root (on Windows, SYSTEM and Administrators) is served: the Linux server checks
-// each connection's peer credentials (SO_PEERCRED), the Windows pipe's security
-// descriptor admits no one else.
+// Only root (on Windows, SYSTEM and Administrators) is served, and on Linux the members
+// of Config.Group if set: the Linux server checks each connection's peer credentials
+// (SO_PEERCRED, and the peer's supplementary groups from /proc/PID/status), the
+// Windows pipe's security descriptor admits no one else.
 //
 // Endpoints (all under /v1, errors are {"error": "..."} with a 4xx or 5xx status):
 //
@@ -34,6 +35,12 @@ import (
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
 )
+
+// Group is a group of users the API admits besides root.
+type Group struct {
+	Name string
+	GID  int
+}
 
 // EnvAddress is the environment variable that overrides the API address for every verb.
 const EnvAddress = "LATCH_API"

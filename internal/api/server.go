@@ -36,6 +36,9 @@ type Config struct {
 	// made through the API before the reply; if it fails, the change is undone (an
 	// answer's verdict cannot be, and the reply says so). nil: rules are not saved.
 	SaveRules func() error
+	// Group, if not nil, is a group whose members may use the API besides root
+	// (`latch daemon --api-group`; Linux).
+	Group *Group
 	// Routes are further endpoints (pattern as for http.ServeMux, e.g.
 	// "POST /v1/web/login"), served behind the same peer-credential check.
 	Routes map[string]http.Handler
@@ -116,7 +119,7 @@ func (s *Server) Close() error {
 
 func (s *Server) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := peerAllowed(r.Context()); err != nil {
+		if err := peerAllowed(r.Context(), s.cfg.Group); err != nil {
 			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
