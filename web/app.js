@@ -3,7 +3,7 @@
 import { render } from 'preact';
 import { useEffect, useState, useRef } from 'preact/hooks';
 import { login, get, stream } from './api.js';
-import { html, esc, base, dest } from './util.js';
+import { html, field, progName, dest } from './util.js';
 import { Questions } from './questions.js';
 import { Live } from './live.js';
 import { Rules } from './rules.js';
@@ -93,7 +93,7 @@ function App() {
           if (notifyRef.current && document.hidden) {
             const p = ev.prompt;
             // Plain text, escaped like the page; clicking shows the tab, nothing steals focus by itself.
-            const n = new Notification(`latch: ${esc(base(p.exe))}`, { body: `${esc(p.exe)} → ${esc(dest(p))}`, tag: 'latch-' + p.id });
+            const n = new Notification(`latch: ${progName(p)}`, { body: `${field(p, 'exe')} → ${dest(p)}`, tag: 'latch-' + p.id });
             n.onclick = () => { window.focus(); n.close(); };
           }
           break;

@@ -1,6 +1,6 @@
 // Live connections: every decided connection as it happens, in a virtualized list.
 import { useEffect, useState, useRef, useMemo } from 'preact/hooks';
-import { html, esc, base, dest, timeOf, verdictClass, reasonText } from './util.js';
+import { html, esc, field, progName, base, dest, timeOf, verdictClass, reasonText } from './util.js';
 
 export const ROW = 28; // px per row
 const OVERSCAN = 8;
@@ -19,9 +19,10 @@ function rowsOf(conns, f, grouped) {
   if (!grouped) return list.slice().reverse().map((c) => ({ c }));
   const apps = new Map();
   for (const c of list) {
-    let hosts = apps.get(c.exe);
-    if (!hosts) apps.set(c.exe, (hosts = new Map()));
-    const h = c.host || c.remote_ip;
+    const exe = field(c, 'exe');
+    let hosts = apps.get(exe);
+    if (!hosts) apps.set(exe, (hosts = new Map()));
+    const h = c.host ? field(c, 'host') : esc(c.remote_ip);
     let l = hosts.get(h);
     if (!l) hosts.set(h, (l = []));
     l.push(c);
@@ -32,7 +33,7 @@ function rowsOf(conns, f, grouped) {
     const hosts = apps.get(exe);
     let n = 0;
     for (const l of hosts.values()) n += l.length;
-    rows.push({ app: exe, n });
+    rows.push({ app: exe, name: progName(hosts.values().next().value[0]), n });
     for (const [h, l] of [...hosts.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
       rows.push({ host: h, n: l.length });
       for (let i = l.length - 1; i >= 0; i--) rows.push({ c: l[i] });
@@ -44,17 +45,17 @@ function rowsOf(conns, f, grouped) {
 function Row({ r, top, onRule }) {
   const style = { top: top + 'px' };
   if (r.app !== undefined) {
-    return html`<div class="lrow group-app" style=${style}><span title=${esc(r.app)}>${esc(base(r.app))}</span>
-      <span class="mono dim">${esc(r.app)}</span><span class="count">${r.n}</span></div>`;
+    return html`<div class="lrow group-app" style=${style}><span title=${r.app}>${r.name}</span>
+      <span class="mono dim">${r.app}</span><span class="count">${r.n}</span></div>`;
   }
   if (r.host !== undefined) {
-    return html`<div class="lrow group-host" style=${style}><span>${esc(r.host)}</span><span class="count">${r.n}</span></div>`;
+    return html`<div class="lrow group-host" style=${style}><span>${r.host}</span><span class="count">${r.n}</span></div>`;
   }
   const c = r.c;
   return html`<div class="lrow conn ${verdictClass(c)}" style=${style} data-conn=${c.id}>
     <span class="t">${timeOf(c.time)}</span>
-    <span class="app" title=${esc(c.exe)}>${esc(base(c.exe))}</span>
-    <span class="d">${esc(dest(c))}</span>
+    <span class="app" title=${field(c, 'exe')}>${progName(c)}</span>
+    <span class="d">${dest(c)}</span>
     <span class="dir">${c.direction}</span>
     <span class="verdict">${c.reason === 'timeout' ? c.verdict + ' (timeout)' : c.verdict}</span>
     <span class="why">${reasonText(c)}</span>

@@ -49,7 +49,7 @@ export function Program({ exe, rules, version, onRule }) {
         <td>${esc(r.host || '')}</td><td>${r.remote || ''}</td><td>${r.port || ''}</td><td>${r.expires ? dateTime(r.expires) : 'never'}</td></tr>`)}</tbody></table>`}
     <h3>Recent connections</h3>
     <table class="table"><thead><tr><th>time</th><th>destination</th><th>dir</th><th>verdict</th><th>rule / reason</th><th>pid</th><th></th></tr></thead>
-    <tbody>${conns.map((c) => html`<tr class=${verdictClass(c)}><td>${timeOf(c.time)}</td><td>${esc(dest(c))}</td><td>${c.direction}</td>
+    <tbody>${conns.map((c) => html`<tr class=${verdictClass(c)}><td>${timeOf(c.time)}</td><td>${dest(c)}</td><td>${c.direction}</td>
       <td class="verdict">${c.verdict}</td><td>${reasonText(c)}</td><td>${c.pid}</td>
       <td><button type="button" class="small" onClick=${() => onRule(c)}>rule…</button></td></tr>`)}</tbody></table>
   </section>`;

@@ -1,7 +1,7 @@
 // Questions: one card per open question, answered by mouse or keyboard.
 import { useEffect, useState, useRef } from 'preact/hooks';
 import { call } from './api.js';
-import { html, esc, base, dest } from './util.js';
+import { html, esc, field, progName, dest } from './util.js';
 
 export const scopes = ['app', 'app+host', 'app+port', 'app+host+port'];
 export const lifetimes = ['once', '5m', '1h', '1d', 'forever'];
@@ -30,21 +30,20 @@ function Card({ p, selected, choice, setChoice, onAnswer, error, def, onSelect }
     // Keep the selected card in view (this scrolls; it never moves the focus).
     if (selected && ref.current && ref.current.scrollIntoView) ref.current.scrollIntoView({ block: 'nearest' });
   }, [selected]);
-  const name = base(p.exe);
   return html`<article ref=${ref} class="card ${selected ? 'selected' : ''}" data-prompt=${p.id} data-opened=${p.opened} data-exe=${p.exe} onClick=${onSelect}>
     <header>
-      <h2 class="prog" title=${esc(p.exe)}>${esc(name)}</h2>
+      <h2 class="prog" title=${field(p, 'exe')}>${progName(p)}</h2>
       <span class="dir dir-${p.direction}">${p.direction === 'in' ? 'inbound' : 'outbound'}</span>
       ${p.held > 1 ? html`<span class="held">${p.held} connections waiting</span>` : null}
     </header>
-    <div class="dest">${esc(dest(p))}</div>
+    <div class="dest">${dest(p)}</div>
     <dl class="facts">
-      <dt>exe</dt><dd class="mono">${esc(p.exe || 'unknown')}</dd>
+      <dt>exe</dt><dd class="mono">${p.exe ? field(p, 'exe') : 'unknown'}</dd>
       <dt>pid</dt><dd>${p.pid || '?'}</dd>
-      <dt>user</dt><dd>${esc(p.user || '')}${p.uid >= 0 ? ` (${p.uid})` : ''}</dd>
+      <dt>user</dt><dd>${field(p, 'user')}${p.uid >= 0 ? ` (${p.uid})` : ''}</dd>
       ${p.parent_exe || p.parent ? html`<dt>parent</dt><dd class="mono">${esc(p.parent_exe || p.parent)}${p.ppid ? ` (${p.ppid})` : ''}</dd>` : null}
     </dl>
-    ${p.cmdline ? html`<details class="cmdline"><summary>command line</summary><code>${esc(p.cmdline)}</code></details>` : null}
+    ${p.cmdline ? html`<details class="cmdline"><summary>command line</summary><code>${field(p, 'cmdline')}</code></details>` : null}
     <${Countdown} p=${p} def=${def} />
     <div class="choices">
       <div class="seg" role="group" aria-label="scope">

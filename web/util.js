@@ -1,10 +1,10 @@
 // Small helpers shared by the views.
 import { h } from 'preact';
 import htm from 'htm';
-import { esc } from './esc.js';
+import { esc, escBytes, field } from './esc.js';
 
 export const html = htm.bind(h);
-export { esc };
+export { esc, field };
 
 // base is the last element of a path (either separator), the program's name.
 export function base(p) {
@@ -13,14 +13,28 @@ export function base(p) {
   return i >= 0 && i < p.length - 1 ? p.slice(i + 1) : p;
 }
 
-// dest shows a connection's remote end as the command line does:
+// dest shows a connection's remote end as the command line does, escaped:
 // host (ip):port/proto, or ip:port/proto when the name is unknown.
 export function dest(c) {
-  let ip = c.remote_ip || '?';
+  let ip = esc(c.remote_ip || '?');
   if (ip.includes(':')) ip = '[' + ip + ']';
   const port = c.remote_port ? ':' + c.remote_port : '';
-  const where = c.host ? `${c.host} (${ip})${port}` : `${ip}${port}`;
-  return `${where}/${c.proto}`;
+  const where = c.host ? `${field(c, 'host')} (${ip})${port}` : `${ip}${port}`;
+  return `${where}/${esc(c.proto)}`;
+}
+
+// progName shows the program's name (the last element of its exe path), escaped.
+export function progName(o) {
+  const raw = o && o.raw && o.raw.exe;
+  if (typeof raw === 'string') {
+    try {
+      const b = Uint8Array.from(atob(raw), (ch) => ch.charCodeAt(0));
+      let i = b.length - 1;
+      while (i >= 0 && b[i] !== 0x2f && b[i] !== 0x5c) i--;
+      return escBytes(i >= 0 && i < b.length - 1 ? b.subarray(i + 1) : b);
+    } catch (e) { /* fall back to the string */ }
+  }
+  return esc(base(o ? o.exe : ''));
 }
 
 export function timeOf(t) {

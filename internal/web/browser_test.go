@@ -1,6 +1,7 @@
 package web
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -17,22 +18,22 @@ import (
 
 // escCases are the escaping rule's cases (the same rule as internal/textesc).
 var escCases = map[string]string{
-	"/usr/bin/curl":           "/usr/bin/curl",
-	"/usr/bin/a\x1b[31mred":   `/usr/bin/a\x1b[31mred`,
-	"line\nbreak\ttab\x00":    `line\x0abreak\x09tab\x00`,
-	"del\x7f":                 `del\x7f`,
-	"/tmp/\u202Eexe.txt":      `/tmp/\u{202E}exe.txt`,
-	"zero\u200Bwidth\uFEFF":   `zero\u{200B}width\u{FEFF}`,
-	"nb\u00A0sp and space":    `nb\u{00A0}sp and space`,
-	"c1\u0085":                `c1\u{0085}`,
-	"sep\u2028\u2029":         `sep\u{2028}\u{2029}`,
-	"private\uE000":           `private\u{E000}`,
-	"soft\u00ADhyphen":        `soft\u{00AD}hyphen`,
-	`C:\Users\bob\app.exe`:    `C:\Users\bob\app.exe`,
-	`C:\x\u\\`:                `C:\\x\\u\\\`, // the last backslash has no next character
-	"back\\\u202E":            `back\\\u{202E}`,
-	"back\\\x1b":              `back\\\x1b`,
-	"é 中文 🙂":                 "é 中文 🙂",
+	"/usr/bin/curl":         "/usr/bin/curl",
+	"/usr/bin/a\x1b[31mred": `/usr/bin/a\x1b[31mred`,
+	"line\nbreak\ttab\x00":  `line\x0abreak\x09tab\x00`,
+	"del\x7f":               `del\x7f`,
+	"/tmp/\u202Eexe.txt":    `/tmp/\u{202E}exe.txt`,
+	"zero\u200Bwidth\uFEFF": `zero\u{200B}width\u{FEFF}`,
+	"nb\u00A0sp and space":  `nb\u{00A0}sp and space`,
+	"c1\u0085":              `c1\u{0085}`,
+	"sep\u2028\u2029":       `sep\u{2028}\u{2029}`,
+	"private\uE000":         `private\u{E000}`,
+	"soft\u00ADhyphen":      `soft\u{00AD}hyphen`,
+	`C:\Users\bob\app.exe`:  `C:\Users\bob\app.exe`,
+	`C:\x\u\\`:              `C:\\x\\u\\\`, // the last backslash has no next character
+	"back\\\u202E":          `back\\\u{202E}`,
+	"back\\\x1b":            `back\\\x1b`,
+	"é 中文 🙂":                "é 中文 🙂",
 }
 
 // TestBrowserEscape runs web/esc.js in Chromium on the escaping rule's cases.
@@ -54,6 +55,32 @@ func TestBrowserEscape(t *testing.T) {
 	for i, s := range in {
 		if out[i] != escCases[s] {
 			t.Errorf("esc(%q) = %q, want %q", s, out[i], escCases[s])
+		}
+	}
+	// Text that is not valid UTF-8 comes as exact bytes ("raw", base64) and is shown
+	// byte by byte.
+	raw := map[string]string{
+		"/tmp/a\xffb":               `/tmp/a\xffb`,
+		"a\\\xff":                   `a\\\xff`,
+		"\xe2\x80\xae.txt":          `\u{202E}.txt`,
+		"\xed\xa0\x80":              `\xed\xa0\x80`,
+		"\xc0\xaf/\xf4\x90\x80\x80": `\xc0\xaf/\xf4\x90\x80\x80`,
+		"caf\xc3\xa9 \xe2\x82":      `café \xe2\x82`,
+	}
+	keys := make([]string, 0, len(raw))
+	rin := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+		rin = append(rin, base64.StdEncoding.EncodeToString([]byte(k)))
+	}
+	data, _ = json.Marshal(rin)
+	out, err = browser.Eval[[]string](ctx, `import('/esc.js').then(m => `+string(data)+`.map(b => m.field({exe: "x", raw: {exe: b}}, "exe")))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		if out[i] != raw[k] {
+			t.Errorf("field(raw %q) = %q, want %q", k, out[i], raw[k])
 		}
 	}
 }
