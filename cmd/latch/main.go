@@ -65,6 +65,7 @@ History and state:
 Web UI (the daemon's --web):
   web url                   print a one-time login URL
   web open                  open it in the browser
+  notify                    show questions as desktop notifications (Allow/Deny/Open)
   version                   print latch's version
   help [VERB]               this text, or a verb's flags
 
@@ -103,6 +104,7 @@ func init() {
 		"conns":   {runConns, connsHelp},
 		"status":  {runStatus, statusHelp},
 		"web":     {runWeb, webHelp},
+		"notify":  {runNotify, notifyHelp},
 		"service": {runService, winsvc.Usage},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}
