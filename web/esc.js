@@ -42,8 +42,12 @@ function join(toks) {
   return out;
 }
 
+// plain is text that shows as itself: printable ASCII without a backslash.
+const plain = /^[\x20-\x5b\x5d-\x7e]*$/;
+
 export function esc(s) {
   if (s === undefined || s === null) return '';
+  if (plain.test(s)) return String(s);
   // By code point; a lone surrogate stays a single unit (and is escaped).
   return join(Array.from(String(s), (ch) => [ch, escapeOf(ch)]));
 }

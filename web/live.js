@@ -1,8 +1,17 @@
 // Live connections: every decided connection as it happens, in a virtualized list.
-import { useEffect, useState, useRef, useMemo } from 'preact/hooks';
+import { useEffect, useLayoutEffect, useState, useRef, useMemo } from 'preact/hooks';
 import { html, esc, field, progName, base, dest, timeOf, verdictClass, reasonText } from './util.js';
 
 export const ROW = 28; // px per row
+
+// view is a connection's text as shown, escaped once and kept with it: the list
+// regroups thousands of rows on every update.
+function view(c) {
+  if (!c._view) {
+    c._view = { exe: field(c, 'exe'), name: progName(c), dest: dest(c), host: c.host ? field(c, 'host') : esc(c.remote_ip) };
+  }
+  return c._view;
+}
 const OVERSCAN = 8;
 
 // rowsOf filters the connections and, when grouped, orders them app → host with a
@@ -19,21 +28,21 @@ function rowsOf(conns, f, grouped) {
   if (!grouped) return list.slice().reverse().map((c) => ({ c }));
   const apps = new Map();
   for (const c of list) {
-    const exe = field(c, 'exe');
-    let hosts = apps.get(exe);
-    if (!hosts) apps.set(exe, (hosts = new Map()));
-    const h = c.host ? field(c, 'host') : esc(c.remote_ip);
+    const v = view(c);
+    let hosts = apps.get(v.exe);
+    if (!hosts) apps.set(v.exe, (hosts = new Map()));
+    const h = v.host;
     let l = hosts.get(h);
     if (!l) hosts.set(h, (l = []));
     l.push(c);
   }
   const rows = [];
-  const names = [...apps.keys()].sort((a, b) => base(a).localeCompare(base(b)) || a.localeCompare(b));
+  const names = [...apps.keys()].sort();
   for (const exe of names) {
     const hosts = apps.get(exe);
     let n = 0;
     for (const l of hosts.values()) n += l.length;
-    rows.push({ app: exe, name: progName(hosts.values().next().value[0]), n });
+    rows.push({ app: exe, name: view(hosts.values().next().value[0]).name, n });
     for (const [h, l] of [...hosts.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
       rows.push({ host: h, n: l.length });
       for (let i = l.length - 1; i >= 0; i--) rows.push({ c: l[i] });
@@ -52,10 +61,11 @@ function Row({ r, top, onRule }) {
     return html`<div class="lrow group-host" style=${style}><span>${r.host}</span><span class="count">${r.n}</span></div>`;
   }
   const c = r.c;
+  const v = view(c);
   return html`<div class="lrow conn ${verdictClass(c)}" style=${style} data-conn=${c.id}>
     <span class="t">${timeOf(c.time)}</span>
-    <span class="app" title=${field(c, 'exe')}>${progName(c)}</span>
-    <span class="d">${dest(c)}</span>
+    <span class="app" title=${v.exe}>${v.name}</span>
+    <span class="d">${v.dest}</span>
     <span class="dir">${c.direction}</span>
     <span class="verdict">${c.reason === 'timeout' ? c.verdict + ' (timeout)' : c.verdict}</span>
     <span class="why">${reasonText(c)}</span>
@@ -64,6 +74,12 @@ function Row({ r, top, onRule }) {
 }
 
 export function Live({ conns, version, onRule, paused, setPaused }) {
+  // A benchmark may set window.latchRenderTimes to an array: each render's time, from
+  // here to the DOM committed, is pushed to it.
+  const t0 = performance.now();
+  useLayoutEffect(() => {
+    if (Array.isArray(window.latchRenderTimes)) window.latchRenderTimes.push(performance.now() - t0);
+  });
   const [f, setF] = useState({ app: '', verdict: '', dir: '', time: '' });
   const [grouped, setGrouped] = useState(true);
   const [scroll, setScroll] = useState(0);
