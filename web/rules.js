@@ -7,7 +7,7 @@ import { html, esc, dateTime, ruleToForm } from './util.js';
 
 const emptyForm = { app: '', user: '', dir: 'any', proto: 'any', host: '', remote: '', port: '', local_port: '', action: 'allow', for: 'forever', note: '' };
 const cols = [
-  ['id', 'id'], ['action', 'action'], ['dir', 'dir'], ['proto', 'proto'], ['app', 'app'], ['user', 'user'],
+  ['rank', 'rank'], ['id', 'id'], ['action', 'action'], ['dir', 'dir'], ['proto', 'proto'], ['app', 'app'], ['user', 'user'],
   ['host', 'host'], ['remote', 'remote'], ['port', 'port'], ['local_port', 'local port'], ['expires', 'expires'], ['note', 'note'],
 ];
 
@@ -56,13 +56,18 @@ function RuleForm({ form, setForm, onSubmit, onCancel, editing, error }) {
 
 export function Rules({ rules, draft, clearDraft }) {
   const [q, setQ] = useState('');
-  const [sort, setSort] = useState(['id', 1]);
+  const [sort, setSort] = useState(['rank', 1]);
   const [form, setForm] = useState(emptyForm);
   const [editing, setEditing] = useState(0);
   const [error, setError] = useState('');
   const [undo, setUndo] = useState(null);
   const [importing, setImporting] = useState(null);
   const [msg, setMsg] = useState('');
+  const [order, setOrder] = useState([]);
+  useEffect(() => {
+    call('GET', '/api/v1/rules/precedence').then((b) => setOrder(b.order), () => setOrder([]));
+  }, [rules]);
+  const rank = useMemo(() => new Map(order.map((id, i) => [id, i + 1])), [order]);
 
   // A row of the live view or a program page may hand over a draft rule.
   useEffect(() => {
@@ -75,13 +80,14 @@ export function Rules({ rules, draft, clearDraft }) {
 
   const shown = useMemo(() => {
     const needle = q.toLowerCase();
-    const list = rules.filter((r) => !needle || JSON.stringify(r).toLowerCase().includes(needle));
+    const list = rules.filter((r) => !needle || JSON.stringify(r).toLowerCase().includes(needle))
+      .map((r) => ({ ...r, rank: rank.get(r.id) || 0 }));
     const [k, dir] = sort;
     return list.slice().sort((a, b) => {
       const x = a[k] ?? '', y = b[k] ?? '';
       return (typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true })) * dir;
     });
-  }, [rules, q, sort]);
+  }, [rules, q, sort, rank]);
 
   const submit = async () => {
     try {
@@ -160,7 +166,7 @@ export function Rules({ rules, draft, clearDraft }) {
       <input type="search" placeholder="search rules" value=${q} onInput=${(e) => setQ(e.target.value)} aria-label="search rules" />
       <button type="button" onClick=${exportRules}>Export</button>
       <label class="button">Import…<input type="file" accept=".json,application/json" hidden onChange=${pickImport} /></label>
-      <span class="dim">${shown.length} of ${rules.length} rules · the most specific matching rule wins; at equal specificity deny beats allow</span>
+      <span class="dim">${shown.length} of ${rules.length} rules · rank: of the rules that match a connection, the lowest rank decides (the most specific; at equal specificity deny beats allow)</span>
     </div>
     ${undo ? html`<div class="toast">Deleted rule ${undo.id} (${esc(ruleText(undo))}). <button type="button" onClick=${undoRemove}>Undo</button></div>` : null}
     ${msg ? html`<div class="toast info">${esc(msg)}</div>` : null}
@@ -183,7 +189,7 @@ export function Rules({ rules, draft, clearDraft }) {
         ${label}${sort[0] === k ? (sort[1] > 0 ? ' ▲' : ' ▼') : ''}</th>`)}<th></th></tr></thead>
       <tbody>
         ${shown.map((r) => html`<tr key=${r.id} data-rule=${r.id}>
-          <td>${r.id}</td><td class=${'v-' + r.action}>${r.action}</td><td>${r.dir}</td><td>${r.proto}</td>
+          <td title="1 wins over every other rule that matches too">${r.rank || ''}</td><td>${r.id}</td><td class=${'v-' + r.action}>${r.action}</td><td>${r.dir}</td><td>${r.proto}</td>
           <td class="mono">${esc(r.app || '')}</td><td>${esc(r.user || '')}</td><td>${esc(r.host || '')}</td>
           <td>${r.remote || ''}</td><td>${r.port || ''}</td><td>${r.local_port || ''}</td>
           <td>${r.expires ? dateTime(r.expires) : 'never'}</td><td>${esc(r.note || '')}</td>

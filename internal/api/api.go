@@ -11,6 +11,7 @@
 //	GET    /v1/rules                  {"rules": [Rule...]}
 //	POST   /v1/rules                  Rule (no id)            -> the Rule as added
 //	DELETE /v1/rules/{id}                                      -> the Rule removed
+//	GET    /v1/rules/precedence       PrecedenceBody: rule IDs, the one that wins first
 //	GET    /v1/rules/export           the rules file ({"version":1,"rules":[...]})
 //	POST   /v1/rules/import           a rules file: replaces every rule -> {"rules": [...]}
 //	GET    /v1/prompts                {"prompts": [Prompt...]}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
 )
 
@@ -104,6 +105,16 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, sum)
+}
+
+// PrecedenceBody is what GET /v1/rules/precedence returns: rule IDs, the rule that
+// wins when several match first.
+type PrecedenceBody struct {
+	Order []engine.RuleID `json:"order"`
+}
+
+func (s *Server) rulePrecedence(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, PrecedenceBody{engine.Precedence(s.cfg.Engine.Rules())})
 }
 
 // programs serves GET /v1/programs: every program in the history with its counts.

@@ -84,3 +84,17 @@ func TestRuleFormErrorsNameTheFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestRulePrecedenceEndpoint(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	for _, r := range []engine.Rule{{Action: engine.Allow}, {App: "/usr/bin/curl", Action: engine.Allow}} {
+		if _, err := f.client.AddRule(c, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, body := f.raw(t, "GET", "/v1/rules/precedence", "")
+	if code != 200 || strings.TrimSpace(body) != `{"order":[2,1]}` {
+		t.Errorf("GET /v1/rules/precedence: %d %s", code, body)
+	}
+}

@@ -76,6 +76,7 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/prompts/{id}/answer", s.answer)
 	s.mux.HandleFunc("GET /v1/conns", s.conns)
 	s.mux.HandleFunc("GET /v1/events", s.events)
+	s.mux.HandleFunc("GET /v1/rules/precedence", s.rulePrecedence)
 	s.mux.HandleFunc("GET /v1/history", s.history)
 	s.mux.HandleFunc("GET /v1/programs", s.programs)
 	s.mux.HandleFunc("GET /v1/programs/conns", s.programConns)
