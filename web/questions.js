@@ -99,15 +99,20 @@ export function Questions({ prompts, status, notifyOn, setNotifyOn }) {
     }
   };
 
+  // The key handler is registered once and reads the latest state from here: a key
+  // pressed before an effect re-registers a handler must not act on an old card.
+  const now = useRef({});
+  now.current = { prompts, idx, answer, updateChoice };
   useEffect(() => {
     const onKey = (e) => {
       if (e.ctrlKey || e.metaKey || e.altKey) return;
       const t = e.target;
       if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT')) return;
+      const { prompts, idx, answer, updateChoice } = now.current;
       const p = prompts[idx];
       switch (e.key) {
-        case 'j': setSel(Math.min(idx + 1, prompts.length - 1)); break;
-        case 'k': setSel(Math.max(idx - 1, 0)); break;
+        case 'j': setSel(Math.min(idx + 1, prompts.length - 1)); now.current.idx = Math.min(idx + 1, prompts.length - 1); break;
+        case 'k': setSel(Math.max(idx - 1, 0)); now.current.idx = Math.max(idx - 1, 0); break;
         case '1': case '2': case '3': case '4':
           if (p) updateChoice(p, (c) => ({ ...c, scope: scopes[Number(e.key) - 1] }));
           break;
@@ -125,7 +130,7 @@ export function Questions({ prompts, status, notifyOn, setNotifyOn }) {
     };
     document.addEventListener('keydown', onKey);
     return () => document.removeEventListener('keydown', onKey);
-  });
+  }, []);
 
   const canNotify = typeof Notification !== 'undefined';
   return html`<section class="questions">

@@ -11,10 +11,14 @@ const cols = [
   ['host', 'host'], ['remote', 'remote'], ['port', 'port'], ['local_port', 'local port'], ['expires', 'expires'], ['note', 'note'],
 ];
 
-// key identifies a rule by what it does (not its id or creation time), for the diff.
+// ruleKey identifies a rule by what it does (not its id or creation time), for the
+// import preview: fields left out are their defaults.
 function ruleKey(r) {
-  const { id, created, ...rest } = r;
-  return JSON.stringify(Object.keys(rest).sort().map((k) => [k, rest[k]]));
+  let remote = r.remote || '';
+  if (remote && !remote.includes('/')) remote += remote.includes(':') ? '/128' : '/32';
+  return JSON.stringify([r.app || '', r.user || '', r.service || '', (r.host || '').toLowerCase().replace(/\.$/, ''),
+    r.dir || 'any', r.proto || 'any', remote, String(r.port || ''), String(r.local_port || ''), r.action || '',
+    r.expires || '', r.note || '']);
 }
 
 function ruleText(r) {

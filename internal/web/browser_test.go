@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -153,4 +155,91 @@ func TestBrowserPages(t *testing.T) {
 	}
 	wait(`document.querySelectorAll('.program tbody tr').length > 5`)
 	browser.Screenshot(t, ctx, "3-program")
+}
+
+// TestBrowserInteractions: j/k move between cards without taking the focus; a live
+// row makes a rule draft; import shows what changes before it replaces the rules.
+func TestBrowserInteractions(t *testing.T) {
+	f := newFixture(t)
+	f.hist.Record(store.Conn{Time: time.Now(), Request: engine.Request{Direction: engine.Outbound, Protocol: engine.UDP,
+		Exe: "/usr/bin/dig", Remote: netip.MustParseAddrPort("198.18.0.53:53"), Local: netip.MustParseAddrPort("198.18.0.1:5353")},
+		Verdict: engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}})
+	f.hist.Flush()
+	ctx := browser.New(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(expr string) {
+		t.Helper()
+		if err := browser.WaitJS(ctx, expr, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait(`document.querySelector('nav.top .conn-state.ok') !== null`)
+	for i, exe := range []string{"/usr/bin/curl", "/usr/bin/wget"} {
+		f.eng.Decide(&engine.Request{Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort("198.18.0.1:40000"), Remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), uint16(443+i)),
+			PID: int32(100 + i), Exe: exe}, func(engine.Verdict) {})
+	}
+	wait(`document.querySelectorAll('.card').length === 2`)
+	selected := func() string {
+		s, _ := browser.Eval[string](ctx, `document.querySelector('.card.selected h2').textContent`)
+		return s
+	}
+	if s := selected(); s != "curl" {
+		t.Errorf("first selected card %q, want curl", s)
+	}
+	if err := chromedp.Do(ctx, chromedp.KeyEvent("j")); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelector('.card.selected h2').textContent === 'wget'`)
+	if err := chromedp.Do(ctx, chromedp.KeyEvent("k")); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelector('.card.selected h2').textContent === 'curl'`)
+	if focus, _ := browser.Eval[string](ctx, `document.activeElement.tagName`); focus != "BODY" {
+		t.Errorf("the focus is on %s, want it left on the page body", focus)
+	}
+	// Deny from the keyboard answers the selected card only.
+	if err := chromedp.Do(ctx, chromedp.KeyEvent("d")); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelectorAll('.card').length === 1 && document.title === '(1) latch'`)
+	if ps := f.eng.Prompts(); len(ps) != 1 || ps[0].Request.Exe != "/usr/bin/wget" {
+		t.Errorf("open questions after d on curl: %+v", ps)
+	}
+
+	// A live row makes a rule draft.
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.base+"/#/live")); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelector('.lrow.conn.v-timeout button') !== null`)
+	if _, err := browser.Eval[string](ctx, `(() => { document.querySelector('.lrow.conn button').click(); return 'ok'; })()`); err != nil {
+		t.Fatal(err)
+	}
+	wait(`location.hash === '#/rules' && document.querySelector('.ruleform [name=app]').value === '/usr/bin/dig'`)
+	if form, _ := browser.Eval[string](ctx, `['action','proto','remote','port'].map(k => document.querySelector('.ruleform [name=' + k + ']').value).join(' ')`); form != "deny udp 198.18.0.53 53" {
+		t.Errorf("rule draft from the row: %q", form)
+	}
+
+	// Import: a preview of what changes, then the replacement.
+	file := filepath.Join(t.TempDir(), "rules.json")
+	os.WriteFile(file, []byte(`{"version":1,"rules":[{"id":1,"app":"/usr/bin/ssh","port":"22","action":"allow"},{"id":2,"app":"/usr/bin/nc","action":"deny"}]}`), 0o644)
+	if err := chromedp.Do(ctx, chromedp.SetUploadFiles(chromedp.CSS(".rules input[type=file]"), []string{file})); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelector('.importbox') !== null && document.querySelectorAll('.importbox .diff li').length === 1`)
+	diff, _ := browser.Eval[string](ctx, `document.querySelector('.importbox').innerText`)
+	if !strings.Contains(diff, "1 new · 0 removed · 1 unchanged") || !strings.Contains(diff, "+ deny · app /usr/bin/nc") {
+		t.Errorf("import preview %q", diff)
+	}
+	if len(f.eng.Rules()) != 1 {
+		t.Fatalf("the preview changed the rules: %+v", f.eng.Rules())
+	}
+	browser.Screenshot(t, ctx, "import-preview")
+	browser.Eval[string](ctx, `(() => { document.querySelector('.importbox button.primary').click(); return 'ok'; })()`)
+	wait(`document.querySelectorAll('tr[data-rule]').length === 2 && document.querySelector('.importbox') === null`)
+	if rs := f.eng.Rules(); len(rs) != 2 || rs[1].App != "/usr/bin/nc" {
+		t.Errorf("rules after import: %+v", rs)
+	}
 }
