@@ -76,19 +76,30 @@ function App() {
   useEffect(() => { if (!paused) bump(); }, [paused]);
 
   useEffect(() => {
+    // On (re)connect the page loads the current state while events keep coming: what
+    // the events say after hello wins over the loaded snapshot, which may be older.
+    let since = null;
     const reload = async () => {
+      since = { added: new Map(), removed: new Set(), rules: false };
+      const mine = since;
       const [ps, rs, cs, st] = await Promise.all([get('/api/v1/prompts'), get('/api/v1/rules'),
         get('/api/v1/conns?n=1000').catch(() => ({ conns: [] })), get('/api/v1/status').catch(() => null)]);
-      setPrompts(ps.prompts);
-      setRules(rs.rules);
+      if (since !== mine) return; // a newer hello took over
+      const list = ps.prompts.filter((p) => !mine.removed.has(p.id));
+      for (const p of mine.added.values()) if (!list.some((q) => q.id === p.id)) list.push(p);
+      list.sort((a, b) => a.id - b.id);
+      setPrompts(list);
+      if (!mine.rules) setRules(rs.rules);
       if (st) setStatus(st);
       addConns(cs.conns);
+      since = null;
     };
     return stream((ev) => {
       switch (ev.kind) {
         case 'hello': reload(); break;
         case 'gap': get('/api/v1/conns?n=1000').then((cs) => addConns(cs.conns)); break;
         case 'prompt':
+          if (since) since.added.set(ev.prompt.id, ev.prompt);
           setPrompts((ps) => ps.some((p) => p.id === ev.prompt.id) ? ps : [...ps, ev.prompt]);
           if (notifyRef.current && document.hidden) {
             const p = ev.prompt;
@@ -97,8 +108,14 @@ function App() {
             n.onclick = () => { window.focus(); n.close(); };
           }
           break;
-        case 'answered': setPrompts((ps) => ps.filter((p) => p.id !== ev.prompt.id)); break;
-        case 'rules': setRules(ev.rules || []); break;
+        case 'answered':
+          if (since) { since.removed.add(ev.prompt.id); since.added.delete(ev.prompt.id); }
+          setPrompts((ps) => ps.filter((p) => p.id !== ev.prompt.id));
+          break;
+        case 'rules':
+          if (since) since.rules = true;
+          setRules(ev.rules || []);
+          break;
         case 'conns': addConns(ev.conns); break;
       }
     }, setOnline);
