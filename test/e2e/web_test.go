@@ -136,7 +136,7 @@ func TestWebUI(t *testing.T) {
 	}
 	setForm(map[string]string{"remote": n.ServerIP})
 	submit()
-	wait(`document.querySelectorAll('tr[data-rule]').length === 2`, 5*time.Second)
+	wait(`document.querySelectorAll('tr[data-rule]').length === 2 && (document.querySelector('.toast.info') || {}).textContent?.startsWith('added rule')`, 5*time.Second)
 	rules = JSONLines(t, d.MustCLI(t, "rules", "list", "--json"))
 	if len(rules) != 2 || rules[1]["port"] != "9999" || rules[1]["action"] != "deny" || rules[1]["remote"] != n.ServerIP+"/32" {
 		t.Fatalf("rules after adding in the browser: %v", rules)
@@ -146,7 +146,7 @@ func TestWebUI(t *testing.T) {
 	wait(`document.querySelector('.ruleform h3').textContent.startsWith('Edit rule')`, 5*time.Second)
 	setForm(map[string]string{"port": "9998"})
 	submit()
-	wait(`[...document.querySelectorAll('tr[data-rule] td:nth-child(10)')].some(td => td.textContent === '9998')`, 5*time.Second)
+	wait(`[...document.querySelectorAll('tr[data-rule] td:nth-child(10)')].some(td => td.textContent === '9998') && (document.querySelector('.toast.info') || {}).textContent?.startsWith('saved rule')`, 5*time.Second)
 	rules = JSONLines(t, d.MustCLI(t, "rules", "list", "--json"))
 	if len(rules) != 2 || rules[1]["port"] != "9998" || int(num(rules[1]["id"])) == added {
 		t.Fatalf("rules after editing in the browser: %v", rules)
