@@ -37,6 +37,7 @@ function Card({ p, selected, choice, setChoice, onAnswer, error, def, onSelect }
       ${p.held > 1 ? html`<span class="held">${p.held} connections waiting</span>` : null}
     </header>
     <div class="dest">${dest(p)}</div>
+    ${p.identity && p.identity !== 'verified' ? html`<p class="identity">${p.identity === 'container' ? `in container ${esc(p.container || '')}` : 'identity not verified'}${p.identity_note ? ': ' + esc(p.identity_note) : ''} — an answer holds for this connection only</p>` : null}
     <dl class="facts">
       <dt>exe</dt><dd class="mono">${p.exe ? field(p, 'exe') : 'unknown'}</dd>
       <dt>pid</dt><dd>${p.pid || '?'}</dd>
