@@ -214,6 +214,22 @@ func TestBrowserInteractions(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait(`document.querySelector('.lrow.conn.v-timeout button') !== null`)
+	// Filters: by verdict, then by app.
+	setSel := func(sel, v string) {
+		t.Helper()
+		if _, err := browser.Eval[string](ctx, fmt.Sprintf(`(() => { const el = document.querySelector(%q); el.value = %q;
+			el.dispatchEvent(new Event(el.tagName === 'SELECT' ? 'change' : 'input', {bubbles: true})); return 'ok'; })()`, sel, v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setSel(`.live select[aria-label=verdict]`, "allow")
+	wait(`document.querySelectorAll('.lrow.conn').length === 0`)
+	setSel(`.live select[aria-label=verdict]`, "timeout")
+	wait(`document.querySelectorAll('.lrow.conn').length === 1`)
+	setSel(`.live input[type=search]`, "curl")
+	wait(`document.querySelectorAll('.lrow.conn').length === 0`)
+	setSel(`.live input[type=search]`, "dig")
+	wait(`document.querySelectorAll('.lrow.conn').length === 1`)
 	if _, err := browser.Eval[string](ctx, `(() => { document.querySelector('.lrow.conn button').click(); return 'ok'; })()`); err != nil {
 		t.Fatal(err)
 	}
@@ -241,5 +257,10 @@ func TestBrowserInteractions(t *testing.T) {
 	wait(`document.querySelectorAll('tr[data-rule]').length === 2 && document.querySelector('.importbox') === null`)
 	if rs := f.eng.Rules(); len(rs) != 2 || rs[1].App != "/usr/bin/nc" {
 		t.Errorf("rules after import: %+v", rs)
+	}
+	// Export is the rules file, from the page's session.
+	exp, err := browser.Eval[string](ctx, `fetch('/api/v1/rules/export').then(r => r.text())`)
+	if err != nil || !strings.Contains(exp, `"version": 1`) && !strings.Contains(exp, `"version":1`) || !strings.Contains(exp, "/usr/bin/nc") {
+		t.Errorf("export: %q, %v", exp, err)
 	}
 }
