@@ -1,7 +1,7 @@
 // Rules: a sortable, searchable table; add, edit and delete with the command line's
 // validation and errors (POST /api/rules/form parses like `latch rules add`); undo a
 // delete; import with a preview of what changes; export as a file.
-import { useState, useMemo, useEffect } from 'preact/hooks';
+import { useState, useMemo, useEffect, useRef } from 'preact/hooks';
 import { call } from './api.js';
 import { html, esc, dateTime, ruleToForm } from './util.js';
 
@@ -68,6 +68,9 @@ export function Rules({ rules, draft, clearDraft }) {
   const [importing, setImporting] = useState(null);
   const [msg, setMsg] = useState('');
   const [order, setOrder] = useState([]);
+  // gen counts forms started (edit, draft): a reply to an earlier submit must not
+  // clear a form the user has begun since.
+  const gen = useRef(0);
   useEffect(() => {
     call('GET', '/api/v1/rules/precedence').then((b) => setOrder(b.order), () => setOrder([]));
   }, [rules]);
@@ -76,6 +79,7 @@ export function Rules({ rules, draft, clearDraft }) {
   // A row of the live view or a program page may hand over a draft rule.
   useEffect(() => {
     if (!draft) return;
+    gen.current++;
     setForm({ ...emptyForm, ...draft });
     setEditing(0);
     setError('');
@@ -94,16 +98,19 @@ export function Rules({ rules, draft, clearDraft }) {
   }, [rules, q, sort, rank]);
 
   const submit = async () => {
+    const mine = gen.current;
     try {
       const body = { ...form };
       if (editing) body.replace = editing;
       const r = await call('POST', '/api/rules/form', body);
       setMsg(editing ? `saved rule ${r.id} (was ${editing})` : `added rule ${r.id}`);
-      setForm(emptyForm);
-      setEditing(0);
-      setError('');
+      if (gen.current === mine) {
+        setForm(emptyForm);
+        setEditing(0);
+        setError('');
+      }
     } catch (e) {
-      setError(e.message);
+      if (gen.current === mine) setError(e.message);
     }
   };
   const remove = async (r) => {
@@ -198,7 +205,7 @@ export function Rules({ rules, draft, clearDraft }) {
           <td>${r.remote || ''}</td><td>${r.port || ''}</td><td>${r.local_port || ''}</td>
           <td>${r.expires ? dateTime(r.expires) : 'never'}</td><td>${esc(r.note || '')}</td>
           <td class="rowbtns">
-            <button type="button" class="small" onClick=${() => { setForm(ruleToForm(r)); setEditing(r.id); setError(''); }}>edit</button>
+            <button type="button" class="small" onClick=${() => { gen.current++; setForm(ruleToForm(r)); setEditing(r.id); setError(''); }}>edit</button>
             <button type="button" class="small danger" onClick=${() => remove(r)}>delete</button>
           </td></tr>`)}
       </tbody>
