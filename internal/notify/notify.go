@@ -348,4 +348,3 @@ func escape(s string) string {
 	}
 	return b.String()
 }
-

@@ -15,7 +15,6 @@ import (
 	"github.com/latchfw/latch/test/browser"
 )
 
-
 // TestWebUI drives the web UI in a real headless Chromium running in the client
 // namespace against a real daemon holding real connections: a question appears as a
 // card, is answered by keyboard, and the held connection goes through; the rules page
@@ -118,7 +117,9 @@ func TestWebUI(t *testing.T) {
 				el.dispatchEvent(new Event(el.tagName === 'SELECT' ? 'change' : 'input', {bubbles: true})); return 'ok'; })()`, k, v))
 		}
 	}
-	submit := func() { eval(`(() => { document.querySelector('.ruleform button[type=submit]').click(); return 'ok'; })()`) }
+	submit := func() {
+		eval(`(() => { document.querySelector('.ruleform button[type=submit]').click(); return 'ok'; })()`)
+	}
 	cliOut, cliErr := d.CLI("rules", "add", "--app", helperBin, "--remote", "198.18.0.0/99", "--port", "9999", "--action", "deny")
 	if cliErr == nil {
 		t.Fatalf("the CLI accepted a bad CIDR: %s", cliOut)
