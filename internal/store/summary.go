@@ -55,10 +55,16 @@ func (h *History) Timeline(from, to time.Time, step time.Duration) ([]Bucket, er
 	if !to.After(from) {
 		return nil, fmt.Errorf("history timeline: %v to %v: empty range", from, to)
 	}
-	n := int((to.Sub(from) + step - 1) / step)
-	if n > maxBuckets {
+	// Sub saturates at the largest Duration: count steps without overflowing.
+	d := to.Sub(from)
+	steps := d / step
+	if d%step != 0 {
+		steps++
+	}
+	if steps > maxBuckets || steps < 0 || d == time.Duration(1<<63-1) {
 		return nil, fmt.Errorf("history timeline: %v to %v by %v: more than %d steps", from, to, step, maxBuckets)
 	}
+	n := int(steps)
 	out := make([]Bucket, n)
 	for i := range out {
 		out[i].Start = from.Add(time.Duration(i) * step)

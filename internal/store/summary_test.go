@@ -49,6 +49,10 @@ func TestTimelineTopPrograms(t *testing.T) {
 	if _, err := h.Timeline(t0, t0.Add(time.Hour*24*365), time.Second); err == nil {
 		t.Error("a timeline of a year by the second was accepted")
 	}
+	// A range longer than a Duration holds (about 292 years) is refused, not a panic.
+	if _, err := h.Timeline(time.Unix(1, 0), time.Unix(9999999999, 0), time.Second); err == nil {
+		t.Error("a timeline of 300 years by the second was accepted")
+	}
 
 	top, err := h.Top("host", t0, t0.Add(3*time.Minute), 10)
 	if err != nil {
