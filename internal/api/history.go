@@ -67,7 +67,7 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now().Unix()
-	const maxUnix = 253402300799 // 9999-12-31
+	const maxUnix = 9_000_000_000 // 2255: times are kept as int64 nanoseconds
 	to, err := intParam(q, "to", 1, maxUnix, now+1)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
