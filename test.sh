@@ -28,6 +28,10 @@ command -v rpm >/dev/null || need_pkgs+=(rpm)
 command -v man >/dev/null || need_pkgs+=(man-db)
 command -v zsh >/dev/null || need_pkgs+=(zsh)
 command -v fish >/dev/null || need_pkgs+=(fish)
+# the web UI is tested in a real headless Chromium (internal/web, test/e2e)
+command -v chromium >/dev/null || need_pkgs+=(chromium fonts-dejavu-core)
+# latch notify is tested against a real D-Bus session bus (internal/notify)
+command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2

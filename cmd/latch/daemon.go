@@ -8,8 +8,10 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +38,8 @@ exits; on SIGHUP it reads the managed rule files again.
   --state-dir DIR          rules (rules.json, with room kept in rules.reserve) and history
                            (history.db) (default ` + defaultStateDir + `)
   --api PATH               local API socket (default $LATCH_API, else ` + api.DefaultPath + `)
+  --api-group NAME         members of group NAME may use the API too (answer questions,
+                           manage rules, read history, log in to the web UI); Linux
   --default allow|deny|reject|drop
                            verdict for a question nobody answers in time (default deny)
   --prompt-timeout DUR     how long a question waits for an answer (default 30s)
@@ -53,6 +57,12 @@ exits; on SIGHUP it reads the managed rule files again.
   --config FILE            read flags from FILE, TOML, one key per flag: inbound = true
                            (default ` + config.DefaultPath + `; a missing default file is fine);
                            flags on the command line override the file
+  --web IP:PORT            serve the web UI there (off by default); a loopback address
+                           unless --web-allow-remote; open it with 'latch web open'
+  --web-allow-remote       allow a --web address other machines can reach (needs
+                           --web-cert and --web-key: TLS)
+  --web-cert FILE          TLS certificate (PEM) for the web UI
+  --web-key FILE           TLS private key (PEM) for the web UI
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
   --keep-rules-on-exit     fail-closed: a stop (SIGTERM) leaves the firewall rules in place,
@@ -99,6 +109,11 @@ type daemonOptions struct {
 	LogFormat           string // text or json (log/slog on stderr)
 	KeepRules           bool   // --keep-rules-on-exit
 	ManagedRules        string // --managed-rules DIR
+	APIGroup            string // group admitted to the API besides root; "" is none
+	Web                 string // web UI listen address; "" is off
+	WebAllowRemote      bool
+	WebCert             string
+	WebKey              string
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -108,6 +123,7 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	o := &daemonOptions{}
 	fs.StringVar(&o.StateDir, "state-dir", defaultStateDir, "")
 	fs.StringVar(&o.API, "api", api.DefaultAddress(), "")
+	fs.StringVar(&o.APIGroup, "api-group", "", "")
 	def := fs.String("default", "deny", "")
 	fs.DurationVar(&o.PromptTimeout, "prompt-timeout", engine.DefaultPromptTimeout, "")
 	fail := fs.String("fail", "closed", "")
@@ -123,6 +139,10 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.StringVar(&o.LogFormat, "log-format", "text", "")
 	fs.BoolVar(&o.KeepRules, "keep-rules-on-exit", false, "")
 	fs.StringVar(&o.ManagedRules, "managed-rules", defaultManagedRules(), "")
+	fs.StringVar(&o.Web, "web", "", "")
+	fs.BoolVar(&o.WebAllowRemote, "web-allow-remote", false, "")
+	fs.StringVar(&o.WebCert, "web-cert", "", "")
+	fs.StringVar(&o.WebKey, "web-key", "", "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -170,6 +190,9 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 		return nil, usagef("--api: must not be empty")
 	}
 	if _, err := newLogf(o.LogFormat, io.Discard); err != nil {
+		return nil, err
+	}
+	if err := checkWebFlags(o); err != nil {
 		return nil, err
 	}
 	switch o.Backend {
@@ -386,7 +409,22 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		})
 	})
 
+	var group *api.Group
+	if o.APIGroup != "" {
+		g, err := user.LookupGroup(o.APIGroup)
+		if err != nil {
+			return fmt.Errorf("--api-group %q: %w", o.APIGroup, err)
+		}
+		gid, err := strconv.Atoi(g.Gid)
+		if err != nil {
+			return fmt.Errorf("--api-group %q: group id %q is not a number", o.APIGroup, g.Gid)
+		}
+		group = &api.Group{Name: o.APIGroup, GID: gid}
+	}
+	webUI := &webUI{}
 	srv := api.NewServer(api.Config{
+		Group:     group,
+		Routes:    map[string]http.Handler{"POST /v1/web/login": webUI.loginHandler()},
 		Engine:    eng,
 		History:   hist,
 		SaveRules: saveRules,
@@ -419,6 +457,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return err
 	}
 	defer l.Close()
+	if group != nil {
+		if err := api.ShareWithGroup(o.API, group); err != nil {
+			return err
+		}
+	}
 
 	runCtx, stopBackend := context.WithCancel(context.Background())
 	defer stopBackend()
@@ -434,6 +477,14 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	case <-ctx.Done():
 		stopBackend()
 		return <-runErr
+	}
+
+	if o.Web != "" {
+		stopWeb, err := webUI.start(o, srv, eng, hist, logf)
+		if err != nil {
+			return err
+		}
+		defer stopWeb()
 	}
 
 	serveErr := make(chan error, 1)

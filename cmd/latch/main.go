@@ -70,6 +70,11 @@ History and state:
   status [--json]           backend, mode, counters, pending questions
   explain [flags]           which rule would decide a connection, and why; see 'latch help explain'
   events --follow [--json]  every event (latch.event/1) as it happens
+
+Web UI (the daemon's --web):
+  web url                   print a one-time login URL
+  web open                  open it in the browser
+  notify                    show questions as desktop notifications (Allow/Deny/Open)
   version                   print latch's version
   help [VERB]               this text, or a verb's flags; help --man: the man page (roff)
   completion bash|zsh|fish  shell completion script
@@ -110,6 +115,8 @@ func init() {
 		"status":  {runStatus, statusHelp},
 		"explain": {runExplain, explainHelp},
 		"events":  {runEvents, eventsHelp},
+		"web":     {runWeb, webHelp},
+		"notify":  {runNotify, notifyHelp},
 		"service": {runService, winsvc.Usage},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}

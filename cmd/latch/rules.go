@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/textesc"
 )
@@ -148,8 +148,10 @@ func rulesAdd(ctx context.Context, args []string) error {
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
-	// The flags given, as the fields of a rule: the API's parser reads them, so that
-	// both say the same about the same mistake. Flags left out match anything.
+	// The flags given, as the fields of a rule: the API's parser reads them (and the web
+	// UI's rule form goes through the same api.ParseRuleFields), so that all say the
+	// same about the same mistake. Flags left out match anything; a flag given empty
+	// is an error.
 	var f engine.RuleFields
 	field := map[string]**string{
 		"app": &f.App, "user": &f.User, "dir": &f.Direction, "proto": &f.Protocol, "host": &f.Host,
@@ -161,25 +163,8 @@ func rulesAdd(ctx context.Context, args []string) error {
 			*dst = &v
 		}
 	})
-	if f.Action == nil {
-		return usagef("--action is required: allow, deny, reject or drop")
-	}
-	d, err := engine.ParseFor(*forStr)
-	switch {
-	case err != nil:
-		return usagef("--for: %v", err)
-	case d == 0:
-		return usagef("--for once makes no rule; use a duration or forever")
-	case d != engine.Forever:
-		exp := time.Now().Add(d).UTC().Format(time.RFC3339Nano)
-		f.Expires = &exp
-	}
-	r, err := f.Parse()
+	r, err := api.ParseRuleFields(f, *forStr, time.Now())
 	if err != nil {
-		var fe *engine.FieldError
-		if errors.As(err, &fe) {
-			return usagef("--%s: %v", flagName(fe.Field), err)
-		}
 		return usagef("%v", err)
 	}
 	added, err := client().AddRule(ctx, r)
@@ -191,11 +176,6 @@ func rulesAdd(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("added rule %d: %s\n", added.ID, added)
 	return nil
-}
-
-// flagName is the 'rules add' flag that sets a rule's field (JSON name).
-func flagName(field string) string {
-	return strings.ReplaceAll(field, "_", "-")
 }
 
 func rulesRemove(ctx context.Context, args []string) error {

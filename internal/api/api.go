@@ -1,8 +1,9 @@
 // Package api is latch's local API: HTTP with JSON bodies over a unix socket on Linux
 // (a named pipe on Windows), served by the daemon and used by the latch command line.
-// Only root (on Windows, SYSTEM and Administrators) is served: the Linux server checks
-// each connection's peer credentials (SO_PEERCRED), the Windows pipe's security
-// descriptor admits no one else.
+// Only root (on Windows, SYSTEM and Administrators) is served, and on Linux the members
+// of Config.Group if set: the Linux server checks each connection's peer credentials
+// (SO_PEERCRED, and the peer's supplementary groups from /proc/PID/status), the
+// Windows pipe's security descriptor admits no one else.
 //
 // Endpoints (all under /v1, errors are {"error": "..."} with a 4xx or 5xx status):
 //
@@ -10,6 +11,7 @@
 //	GET    /v1/rules                  {"rules": [Rule...]}
 //	POST   /v1/rules                  Rule (no id)            -> the Rule as added
 //	DELETE /v1/rules/{id}                                      -> the Rule removed
+//	GET    /v1/rules/precedence       PrecedenceBody: rule IDs, the one that wins first
 //	GET    /v1/rules/export           the rules file ({"version":1,"rules":[...]})
 //	POST   /v1/rules/import           a rules file: replaces every rule -> {"rules": [...]}
 //	GET    /v1/prompts                {"prompts": [Prompt...]}
@@ -19,6 +21,10 @@
 //	GET    /v1/events/stream          latch.event/1 documents (docs/events.md), one per line
 //	POST   /v1/explain                ExplainRequest          -> Explanation
 //	GET    /v1/rules/hits             {"hits": [RuleHits...]}: connections each rule decided
+//	GET    /v1/history?from=&to=&step=&top=   HistorySummary (unix seconds; default the last hour by minute)
+//	GET    /v1/programs               ProgramsBody: every program in the history
+//	GET    /v1/programs/conns?exe=PATH&n=N    {"conns": [Conn...]}: a program's newest, oldest first
+//	POST   /v1/web/login              {"url": "..."}: a one-time login URL of the web UI (the daemon's --web)
 //
 // Request bodies are decoded strictly (package strictjson, and for rules the one parser
 // engine.RuleFields.Parse that the command line uses too): unknown or misspelt keys,
@@ -37,6 +43,12 @@ import (
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
 )
+
+// Group is a group of users the API admits besides root.
+type Group struct {
+	Name string
+	GID  int
+}
 
 // EnvAddress is the environment variable that overrides the API address for every verb.
 const EnvAddress = "LATCH_API"

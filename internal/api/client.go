@@ -248,3 +248,14 @@ func (c *Client) Reload(ctx context.Context) (string, error) {
 	}
 	return b.Message, nil
 }
+
+// WebLoginURL asks the daemon for a one-time login URL of its web UI.
+func (c *Client) WebLoginURL(ctx context.Context) (string, error) {
+	var b struct {
+		URL string `json:"url"`
+	}
+	if err := c.do(ctx, "POST", "/v1/web/login", nil, &b); err != nil {
+		return "", err
+	}
+	return b.URL, nil
+}

@@ -46,3 +46,8 @@ func describeJSONError(err error) error {
 	}
 	return err
 }
+
+// DecodeStrict decodes exactly one JSON value from data into v as the API's handlers
+// do (unknown fields, wrong types and trailing data are errors naming the field), for
+// servers that take the API's bodies elsewhere (the web UI).
+func DecodeStrict(data []byte, v any) error { return decodeStrict(data, v) }

@@ -50,6 +50,18 @@ func Listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
+// ShareWithGroup lets members of group g use the API socket at path: it becomes owned
+// by root:g, mode 0660. The server admits them too (Config.Group).
+func ShareWithGroup(path string, g *Group) error {
+	if err := os.Chown(path, 0, g.GID); err != nil {
+		return fmt.Errorf("API socket %s: giving it to group %s: %w", path, g.Name, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		return fmt.Errorf("API socket %s: %w", path, err)
+	}
+	return nil
+}
+
 // dial connects to the API socket at path.
 func dial(ctx context.Context, path string) (net.Conn, error) {
 	var d net.Dialer
@@ -57,7 +69,7 @@ func dial(ctx context.Context, path string) (net.Conn, error) {
 	if err != nil {
 		switch {
 		case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
-			return nil, fmt.Errorf("latch API at %s: permission denied: the API is for root only", path)
+			return nil, fmt.Errorf("latch API at %s: permission denied: the API is for root and the daemon's --api-group only", path)
 		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ECONNREFUSED):
 			return nil, fmt.Errorf("latch API at %s: no daemon is running (start one with `latch daemon`)", path)
 		}

@@ -49,4 +49,9 @@ func dial(ctx context.Context, path string) (net.Conn, error) {
 // already admitted only SYSTEM and Administrators.
 func connContext(ctx context.Context, c net.Conn) context.Context { return ctx }
 
-func peerAllowed(ctx context.Context) error { return nil }
+func peerAllowed(ctx context.Context, g *Group) error { return nil }
+
+// ShareWithGroup is Linux only: the pipe admits SYSTEM and Administrators.
+func ShareWithGroup(path string, g *Group) error {
+	return fmt.Errorf("API pipe %s: --api-group is not supported on Windows (the pipe admits SYSTEM and Administrators)", path)
+}

@@ -41,6 +41,12 @@ type Config struct {
 	// Reload reads the managed rule files again (`latch reload`); it returns what it
 	// did, or why it kept the rules in force. nil: /v1/reload answers 501.
 	Reload func() (string, error)
+	// Group, if not nil, is a group whose members may use the API besides root
+	// (`latch daemon --api-group`; Linux).
+	Group *Group
+	// Routes are further endpoints (pattern as for http.ServeMux, e.g.
+	// "POST /v1/web/login"), served behind the same peer-credential check.
+	Routes map[string]http.Handler
 	// Logf logs server errors; nil: log.Printf.
 	Logf func(format string, args ...any)
 	// EventLog subscribes to the latch.event/1 stream (GET /v1/events/stream): a
@@ -90,6 +96,13 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("GET /v1/events/stream", s.eventLog)
 	s.mux.HandleFunc("GET /v1/rules/hits", s.ruleHits)
 	s.mux.HandleFunc("POST /v1/reload", s.reload)
+	s.mux.HandleFunc("GET /v1/rules/precedence", s.rulePrecedence)
+	s.mux.HandleFunc("GET /v1/history", s.history)
+	s.mux.HandleFunc("GET /v1/programs", s.programs)
+	s.mux.HandleFunc("GET /v1/programs/conns", s.programConns)
+	for pattern, h := range cfg.Routes {
+		s.mux.Handle(pattern, h)
+	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -127,7 +140,7 @@ func (s *Server) Close() error {
 
 func (s *Server) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := peerAllowed(r.Context()); err != nil {
+		if err := peerAllowed(r.Context(), s.cfg.Group); err != nil {
 			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
@@ -509,8 +522,8 @@ func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, connsBody{out})
 }
 
-// eventView converts an engine event for the stream.
-func eventView(ev engine.Event) Event {
+// EventView converts an engine event to the API's form.
+func EventView(ev engine.Event) Event {
 	out := Event{Kind: EventKind(ev.Kind), Verdict: ev.Verdict, Rules: ev.Rules}
 	if ev.Prompt != nil {
 		p := PromptView(ev.Prompt)
@@ -546,7 +559,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			if enc.Encode(eventView(ev)) != nil {
+			if enc.Encode(EventView(ev)) != nil {
 				return
 			}
 			flusher.Flush()

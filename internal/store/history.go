@@ -587,7 +587,7 @@ const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip
 // scanConns reads rows of connCols and closes them.
 func scanConns(rows *sql.Rows) ([]Conn, error) {
 	defer rows.Close()
-	var out []Conn
+	out := []Conn{}
 	for rows.Next() {
 		var (
 			c                             Conn

@@ -145,7 +145,7 @@ func describe(data []byte, err error) error {
 				col++
 			}
 		}
-		return fmt.Errorf("malformed JSON at line %d column %d (offset %d): %v", line, col, se.Offset, se)
+		return fmt.Errorf("malformed JSON at line %d column %d (offset %d): %w", line, col, se.Offset, se)
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return errors.New("malformed JSON: unexpected EOF (the data ends too early)")

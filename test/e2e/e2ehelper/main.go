@@ -10,6 +10,7 @@
 //	e2ehelper hold-many IP PORT N TIMEOUT  TCP connects to IP:PORT, IP:PORT+1, ... IP:PORT+N-1,
 //	                                all at once, each given up after TIMEOUT; prints "started",
 //	                                then a JSON summary (as flood) when all are done
+//	e2ehelper latency ADDR N TIMEOUT  N sequential TCP connects; prints p50/p99 connect time (µs)
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
 //	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
@@ -41,6 +42,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +93,8 @@ func main() {
 		emit(udp(addr, duration(3)))
 	case "flood":
 		flood(addr, atoi(3), atoi(4), duration(5))
+	case "latency":
+		latency(addr, atoi(3), duration(4))
 	case "hold":
 		hold(addr)
 	case "hold-many":
@@ -266,6 +270,34 @@ func flood(addr string, n, conc int, timeout time.Duration) {
 	wg.Wait()
 	res.Seconds = time.Since(start).Seconds()
 	emit(res)
+}
+
+// LatencyResult is what latency prints: connect() times of sequential connects.
+type LatencyResult struct {
+	N         int     `json:"n"`
+	Connected int     `json:"connected"`
+	P50       float64 `json:"p50_us"`
+	P99       float64 `json:"p99_us"`
+}
+
+// latency makes n sequential TCP connects and prints the median and p99 connect time.
+func latency(addr string, n int, timeout time.Duration) {
+	var ds []float64
+	for range n {
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			continue
+		}
+		ds = append(ds, float64(time.Since(start).Nanoseconds())/1000)
+		c.Close()
+	}
+	r := LatencyResult{N: n, Connected: len(ds)}
+	if len(ds) > 0 {
+		sort.Float64s(ds)
+		r.P50, r.P99 = ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)]
+	}
+	emit(r)
 }
 
 func hold(addr string) {

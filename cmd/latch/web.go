@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/store"
+	iweb "github.com/latchfw/latch/internal/web"
+	assets "github.com/latchfw/latch/web"
+)
+
+const webHelp = `Usage:
+  latch web url     print a one-time login URL of the web UI (valid 5 minutes, one use)
+  latch web open    open that URL in your browser (xdg-open)
+
+The daemon serves the web UI when started with --web, e.g.
+  sudo latch daemon --web 127.0.0.1:7654
+The URL comes from the daemon over the API socket, so only those who may use the
+API (root, or members of --api-group) can log in. After login the browser keeps a
+session cookie for 24 hours.
+`
+
+func runWeb(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usagef("want a subcommand: url or open")
+	}
+	switch args[0] {
+	case "url", "open":
+	case "-h", "-help", "--help", "help":
+		return errHelp
+	default:
+		return usagef("unknown subcommand %q: want url or open", args[0])
+	}
+	fs := newFlags("web " + args[0])
+	if err := parseFlagsOnly(fs, args[1:]); err != nil {
+		return err
+	}
+	u, err := client().WebLoginURL(ctx)
+	if err != nil {
+		return err
+	}
+	if args[0] == "url" {
+		fmt.Println(u)
+		return nil
+	}
+	// As root (sudo), open the browser as the user who ran sudo, in their session.
+	cmd := exec.Command("xdg-open", u)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("xdg-open: %w (open this URL yourself: %s)", err, u)
+	}
+	go cmd.Wait()
+	fmt.Println("opening", u)
+	return nil
+}
+
+// checkWebFlags validates the --web flags.
+func checkWebFlags(o *daemonOptions) error {
+	if o.Web == "" {
+		if o.WebAllowRemote || o.WebCert != "" || o.WebKey != "" {
+			return usagef("--web-allow-remote, --web-cert and --web-key need --web IP:PORT")
+		}
+		return nil
+	}
+	if err := iweb.CheckAddr(o.Web, o.WebAllowRemote); err != nil {
+		return usagef("--web: %v", err)
+	}
+	if (o.WebCert == "") != (o.WebKey == "") {
+		return usagef("--web-cert and --web-key go together")
+	}
+	if o.WebAllowRemote && o.WebCert == "" {
+		return usagef("--web-allow-remote needs TLS: --web-cert FILE --web-key FILE")
+	}
+	return nil
+}
+
+// webUI is the daemon's web UI, if --web started one.
+type webUI struct {
+	srv atomic.Pointer[iweb.Server]
+}
+
+// loginHandler serves POST /v1/web/login on the API socket.
+func (w *webUI) loginHandler() http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		s := w.srv.Load()
+		if s == nil {
+			rw.Header().Set("Content-Type", "application/json")
+			rw.WriteHeader(http.StatusConflict)
+			fmt.Fprintln(rw, `{"error":"the web UI is off: start the daemon with --web 127.0.0.1:7654"}`)
+			return
+		}
+		s.LoginHandler().ServeHTTP(rw, r)
+	})
+}
+
+// start serves the web UI on o.Web; the returned function stops it.
+func (w *webUI) start(o *daemonOptions, srv *api.Server, eng *engine.Engine, hist *store.History, logf func(string, ...any)) (func(), error) {
+	ws, err := iweb.New(iweb.Config{Addr: o.Web, TLS: o.WebCert != "", API: srv.Handler(), Engine: eng,
+		History: hist, Assets: assets.Assets(), Logf: logf})
+	if err != nil {
+		return nil, err
+	}
+	l, err := iweb.Listen(o.Web)
+	if err != nil {
+		ws.Close()
+		return nil, err
+	}
+	hs := &http.Server{Handler: ws, ReadHeaderTimeout: 10 * time.Second}
+	if o.WebCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.WebCert, o.WebKey)
+		if err != nil {
+			l.Close()
+			ws.Close()
+			return nil, fmt.Errorf("--web-cert %s, --web-key %s: %w", o.WebCert, o.WebKey, err)
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var err error
+		if o.WebCert != "" {
+			err = hs.ServeTLS(l, "", "")
+		} else {
+			err = hs.Serve(l)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logf("web UI: %v", err)
+		}
+	}()
+	w.srv.Store(ws)
+	logf("web UI at %s (log in with 'latch web open' or 'latch web url')", ws.Origin())
+	return func() {
+		w.srv.Store(nil)
+		ws.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if hs.Shutdown(ctx) != nil {
+			hs.Close()
+		}
+		<-done
+	}, nil
+}

@@ -1,0 +1,350 @@
+// Package notify shows latch's open questions as desktop notifications
+// (freedesktop.org org.freedesktop.Notifications over the D-Bus session bus) with
+// Allow, Deny and Open actions, for `latch notify` in a user's desktop session. It
+// follows the daemon's event stream; when the daemon stops it closes its
+// notifications and waits for the daemon to come back.
+package notify
+
+import (
+	"context"
+	"fmt"
+	"html"
+	"path"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// D-Bus names of the notification service.
+const (
+	Service   = "org.freedesktop.Notifications"
+	Path      = dbus.ObjectPath("/org/freedesktop/Notifications")
+	Interface = "org.freedesktop.Notifications"
+)
+
+// Action keys of a question's notification.
+const (
+	ActionAllow = "allow"
+	ActionDeny  = "deny"
+	ActionOpen  = "open"
+)
+
+// Config says how to notify.
+type Config struct {
+	API *api.Client // the daemon's API
+	Bus *dbus.Conn  // the session bus
+	// For and Scope are how Allow and Deny answer (AnswerRequest.For and .Scope):
+	// "" is once, and app+host+port.
+	For, Scope string
+	// Open opens a URL (the web UI's login URL) in the user's browser; nil: Open is
+	// not offered.
+	Open func(url string) error
+	// Retry is how long to wait before trying the daemon again (default 1s).
+	Retry time.Duration
+	// Logf reports what happens (the daemon went away, an answer failed).
+	Logf func(format string, args ...any)
+}
+
+type notifier struct {
+	cfg     Config
+	obj     dbus.BusObject
+	markup  bool
+	actions bool
+	byID    map[uint32]engine.PromptID // notification -> question
+	shown   map[engine.PromptID]uint32 // question -> notification
+}
+
+// Run shows notifications until ctx is done. It returns an error only if the
+// notification service cannot be used at all.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Retry <= 0 {
+		cfg.Retry = time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	n := &notifier{cfg: cfg, obj: cfg.Bus.Object(Service, Path),
+		byID: map[uint32]engine.PromptID{}, shown: map[engine.PromptID]uint32{}}
+	var caps []string
+	if err := n.obj.CallWithContext(ctx, Interface+".GetCapabilities", 0).Store(&caps); err != nil {
+		return fmt.Errorf("desktop notifications (%s on the session bus): %w", Service, err)
+	}
+	for _, c := range caps {
+		n.markup = n.markup || c == "body-markup"
+		n.actions = n.actions || c == "actions"
+	}
+	for _, member := range []string{"ActionInvoked", "NotificationClosed"} {
+		if err := cfg.Bus.AddMatchSignalContext(ctx, dbus.WithMatchInterface(Interface), dbus.WithMatchMember(member),
+			dbus.WithMatchObjectPath(Path)); err != nil {
+			return fmt.Errorf("desktop notifications: subscribing to %s: %w", member, err)
+		}
+	}
+	signals := make(chan *dbus.Signal, 64)
+	cfg.Bus.Signal(signals)
+	defer cfg.Bus.RemoveSignal(signals)
+	defer n.closeAll()
+
+	away := false
+	for ctx.Err() == nil {
+		stream, err := cfg.API.Events(ctx)
+		if err != nil {
+			if !away {
+				cfg.Logf("latch daemon not reachable (%v); waiting for it", err)
+				away = true
+			}
+			if !sleep(ctx, cfg.Retry, signals, n) {
+				return nil
+			}
+			continue
+		}
+		if away {
+			cfg.Logf("latch daemon is back")
+			away = false
+		}
+		n.follow(ctx, stream, signals)
+		stream.Close()
+		n.closeAll()
+		if ctx.Err() == nil {
+			cfg.Logf("latch daemon stopped; waiting for it")
+			away = true
+		}
+	}
+	return nil
+}
+
+// sleep waits d, handling signals meanwhile; false if ctx ended.
+func sleep(ctx context.Context, d time.Duration, signals chan *dbus.Signal, n *notifier) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case s := <-signals:
+			n.signal(ctx, s)
+		}
+	}
+}
+
+// follow shows the daemon's questions until its event stream ends.
+func (n *notifier) follow(ctx context.Context, stream *api.EventStream, signals chan *dbus.Signal) {
+	events := make(chan api.Event)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		defer close(events)
+		for {
+			ev, err := stream.Next()
+			if err != nil {
+				return
+			}
+			select {
+			case events <- ev:
+			case <-done:
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-signals:
+			n.signal(ctx, s)
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			switch ev.Kind {
+			case api.EventHello:
+				// Questions opened before this stream started.
+				ps, err := n.cfg.API.Prompts(ctx)
+				if err != nil {
+					n.cfg.Logf("listing questions: %v", err)
+				}
+				for i := range ps {
+					n.show(ctx, &ps[i])
+				}
+			case api.EventPrompt:
+				if ev.Prompt != nil {
+					n.show(ctx, ev.Prompt)
+				}
+			case api.EventAnswered:
+				if ev.Prompt != nil {
+					n.close(ev.Prompt.ID)
+				}
+			}
+		}
+	}
+}
+
+// Text shows what a question's notification says: a summary and a body (plain text,
+// escaped like every latch output).
+func Text(p *api.Prompt) (summary, body string) {
+	name := escape(path.Base(p.Exe))
+	if p.Exe == "" {
+		name = "unknown program"
+	}
+	dest := escape(p.RemoteIP)
+	if strings.Contains(dest, ":") {
+		dest = "[" + dest + "]"
+	}
+	if p.Host != "" {
+		dest = escape(p.Host) + " (" + dest + ")"
+	}
+	if p.RemotePort != 0 {
+		dest += fmt.Sprintf(":%d", p.RemotePort)
+	}
+	dest += "/" + p.Proto.String()
+	verb := "wants to connect to"
+	if p.Direction == engine.Inbound {
+		verb = "is being reached from"
+	}
+	summary = fmt.Sprintf("latch: %s %s %s", name, verb, dest)
+	body = fmt.Sprintf("%s\npid %d, user %s", escape(p.Exe), p.PID, escape(p.User))
+	return summary, body
+}
+
+func (n *notifier) show(ctx context.Context, p *api.Prompt) {
+	if _, ok := n.shown[p.ID]; ok {
+		return
+	}
+	summary, body := Text(p)
+	if n.markup {
+		body = html.EscapeString(body)
+	}
+	var actions []string
+	if n.actions {
+		actions = []string{"default", "Open latch", ActionAllow, "Allow", ActionDeny, "Deny"}
+		if n.cfg.Open != nil {
+			actions = append(actions, ActionOpen, "Open")
+		}
+	}
+	timeout := int32(-1)
+	if left := time.Until(p.Expires); left > 0 {
+		timeout = int32(min(left, time.Hour) / time.Millisecond)
+	}
+	hints := map[string]dbus.Variant{
+		"urgency":  dbus.MakeVariant(byte(2)), // critical: a connection is held
+		"category": dbus.MakeVariant("network"),
+	}
+	var id uint32
+	err := n.obj.CallWithContext(ctx, Interface+".Notify", 0, "latch", uint32(0), "network-wireless",
+		summary, body, actions, hints, timeout).Store(&id)
+	if err != nil {
+		n.cfg.Logf("showing question %d: %v", p.ID, err)
+		return
+	}
+	n.byID[id] = p.ID
+	n.shown[p.ID] = id
+}
+
+func (n *notifier) close(pid engine.PromptID) {
+	id, ok := n.shown[pid]
+	if !ok {
+		return
+	}
+	delete(n.shown, pid)
+	delete(n.byID, id)
+	n.obj.Call(Interface+".CloseNotification", 0, id)
+}
+
+func (n *notifier) closeAll() {
+	for pid := range n.shown {
+		n.close(pid)
+	}
+}
+
+// signal handles the notification server's ActionInvoked and NotificationClosed.
+func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
+	if s == nil || s.Path != Path {
+		return
+	}
+	switch s.Name {
+	case Interface + ".NotificationClosed":
+		if len(s.Body) >= 1 {
+			if id, ok := s.Body[0].(uint32); ok {
+				if pid, ok := n.byID[id]; ok {
+					delete(n.byID, id)
+					delete(n.shown, pid)
+				}
+			}
+		}
+	case Interface + ".ActionInvoked":
+		if len(s.Body) < 2 {
+			return
+		}
+		id, ok1 := s.Body[0].(uint32)
+		key, ok2 := s.Body[1].(string)
+		pid, ok3 := n.byID[id]
+		if !ok1 || !ok2 || !ok3 {
+			return
+		}
+		switch key {
+		case ActionAllow, ActionDeny:
+			_, err := n.cfg.API.Answer(ctx, pid, api.AnswerRequest{Action: key, For: n.cfg.For, Scope: n.cfg.Scope})
+			if err != nil {
+				n.cfg.Logf("answering question %d %s: %v", pid, key, err)
+			}
+		case ActionOpen, "default":
+			if n.cfg.Open == nil {
+				return
+			}
+			u, err := n.cfg.API.WebLoginURL(ctx)
+			if err == nil {
+				err = n.cfg.Open(u)
+			}
+			if err != nil {
+				n.cfg.Logf("opening the web UI: %v", err)
+			}
+		}
+	}
+}
+
+// escape applies latch's escaping rule for text output (see internal/textesc; this
+// is the same rule, until that package is merged here): invalid UTF-8, C0 controls and
+// DEL as \xNN; other deceptive runes as \u{XXXX}; a backslash doubled before x, u, a
+// backslash or an escaped character.
+func escape(s string) string {
+	type tok struct {
+		s   string
+		r   rune
+		esc bool
+	}
+	var toks []tok
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			toks = append(toks, tok{fmt.Sprintf(`\x%02x`, s[i]), 0, true})
+		case r < 0x20 || r == 0x7f:
+			toks = append(toks, tok{fmt.Sprintf(`\x%02x`, r), r, true})
+		case (r >= 0x80 && r <= 0x9f) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp, unicode.Co) ||
+			(unicode.Is(unicode.Zs, r) && r != ' ') || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S, unicode.Z, unicode.C):
+			toks = append(toks, tok{fmt.Sprintf(`\u{%04X}`, r), r, true})
+		default:
+			toks = append(toks, tok{s[i : i+size], r, false})
+		}
+		i += size
+	}
+	var b strings.Builder
+	for i, t := range toks {
+		if t.r == '\\' && !t.esc && i+1 < len(toks) {
+			next := toks[i+1]
+			if next.esc || next.r == 'x' || next.r == 'u' || next.r == '\\' {
+				b.WriteString(`\\`)
+				continue
+			}
+		}
+		b.WriteString(t.s)
+	}
+	return b.String()
+}

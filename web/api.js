@@ -1,0 +1,45 @@
+// The web UI's calls to the daemon: the local API's endpoints under /api/v1 (the same
+// JSON the command line gets), with the session's CSRF token on every change.
+
+let csrf = '';
+
+// login reads the session's CSRF token; false when not logged in.
+export async function login() {
+  const r = await fetch('/api/session', { credentials: 'same-origin' });
+  if (!r.ok) return false;
+  csrf = (await r.json()).csrf;
+  return true;
+}
+
+// call sends a request and returns the parsed JSON reply; a reply other than 2xx
+// throws an Error whose message is the daemon's error text.
+export async function call(method, path, body) {
+  const opts = { method, headers: {}, credentials: 'same-origin' };
+  if (method !== 'GET') opts.headers['X-Latch-CSRF'] = csrf;
+  if (body !== undefined) {
+    opts.headers['Content-Type'] = 'application/json';
+    opts.body = typeof body === 'string' ? body : JSON.stringify(body);
+  }
+  const r = await fetch(path, opts);
+  const text = await r.text();
+  let j = null;
+  try { j = JSON.parse(text); } catch (e) { /* not JSON */ }
+  if (!r.ok) throw new Error(j && j.error ? j.error : `${r.status} ${r.statusText}`);
+  return j === null ? text : j;
+}
+
+export const get = (path) => call('GET', path);
+
+// stream opens the server-sent event stream and calls onEvent with each event; it
+// reconnects by itself (EventSource), calling onState(true|false) as it goes.
+export function stream(onEvent, onState) {
+  const es = new EventSource('/api/events');
+  es.onmessage = (m) => {
+    let ev;
+    try { ev = JSON.parse(m.data); } catch (e) { return; }
+    onEvent(ev);
+  };
+  es.onopen = () => onState(true);
+  es.onerror = () => onState(false);
+  return () => es.close();
+}
