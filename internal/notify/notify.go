@@ -12,13 +12,12 @@ import (
 	"path"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/godbus/dbus/v5"
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 // D-Bus names of the notification service.
@@ -58,6 +57,9 @@ type notifier struct {
 	actions bool
 	byID    map[uint32]engine.PromptID // notification -> question
 	shown   map[engine.PromptID]uint32 // question -> notification
+	// once are the questions about programs whose identity is not verified: an
+	// answer to them is for that question only (no rule can name such a program).
+	once map[engine.PromptID]bool
 }
 
 // Run shows notifications until ctx is done. It returns an error only if the
@@ -70,7 +72,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Logf = func(string, ...any) {}
 	}
 	n := &notifier{cfg: cfg, obj: cfg.Bus.Object(Service, Path),
-		byID: map[uint32]engine.PromptID{}, shown: map[engine.PromptID]uint32{}}
+		byID: map[uint32]engine.PromptID{}, shown: map[engine.PromptID]uint32{}, once: map[engine.PromptID]bool{}}
 	var caps []string
 	if err := n.obj.CallWithContext(ctx, Interface+".GetCapabilities", 0).Store(&caps); err != nil {
 		return fmt.Errorf("desktop notifications (%s on the session bus): %w", Service, err)
@@ -189,16 +191,16 @@ func (n *notifier) follow(ctx context.Context, stream *api.EventStream, signals 
 // Text shows what a question's notification says: a summary and a body (plain text,
 // escaped like every latch output).
 func Text(p *api.Prompt) (summary, body string) {
-	name := escape(path.Base(p.Exe))
+	name := textesc.String(path.Base(p.Exe))
 	if p.Exe == "" {
 		name = "unknown program"
 	}
-	dest := escape(p.RemoteIP)
+	dest := textesc.String(p.RemoteIP)
 	if strings.Contains(dest, ":") {
 		dest = "[" + dest + "]"
 	}
 	if p.Host != "" {
-		dest = escape(p.Host) + " (" + dest + ")"
+		dest = textesc.String(p.Host) + " (" + dest + ")"
 	}
 	if p.RemotePort != 0 {
 		dest += fmt.Sprintf(":%d", p.RemotePort)
@@ -209,7 +211,10 @@ func Text(p *api.Prompt) (summary, body string) {
 		verb = "is being reached from"
 	}
 	summary = fmt.Sprintf("latch: %s %s %s", name, verb, dest)
-	body = fmt.Sprintf("%s\npid %d, user %s", escape(p.Exe), p.PID, escape(p.User))
+	body = fmt.Sprintf("%s\npid %d, user %s", textesc.String(p.Exe), p.PID, textesc.String(p.User))
+	if onceOnly(p) {
+		body += "\nNOT VERIFIED: this program may not be the one its path names; Allow and Deny answer this connection only"
+	}
 	return summary, body
 }
 
@@ -245,6 +250,15 @@ func (n *notifier) show(ctx context.Context, p *api.Prompt) {
 	}
 	n.byID[id] = p.ID
 	n.shown[p.ID] = id
+	if onceOnly(p) {
+		n.once[p.ID] = true
+	}
+}
+
+// onceOnly says whether an answer about p can only be for that question: its program
+// is not verified to be the host's file at its path (see engine.Identity).
+func onceOnly(p *api.Prompt) bool {
+	return p.Exe != "" && p.Identity != engine.IdentityVerified
 }
 
 func (n *notifier) close(pid engine.PromptID) {
@@ -254,6 +268,7 @@ func (n *notifier) close(pid engine.PromptID) {
 	}
 	delete(n.shown, pid)
 	delete(n.byID, id)
+	delete(n.once, pid)
 	n.obj.Call(Interface+".CloseNotification", 0, id)
 }
 
@@ -275,6 +290,7 @@ func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
 				if pid, ok := n.byID[id]; ok {
 					delete(n.byID, id)
 					delete(n.shown, pid)
+					delete(n.once, pid)
 				}
 			}
 		}
@@ -290,7 +306,11 @@ func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
 		}
 		switch key {
 		case ActionAllow, ActionDeny:
-			_, err := n.cfg.API.Answer(ctx, pid, api.AnswerRequest{Action: key, For: n.cfg.For, Scope: n.cfg.Scope})
+			req := api.AnswerRequest{Action: key, For: n.cfg.For, Scope: n.cfg.Scope}
+			if n.once[pid] {
+				req.For, req.Scope = "once", ""
+			}
+			_, err := n.cfg.API.Answer(ctx, pid, req)
 			if err != nil {
 				n.cfg.Logf("answering question %d %s: %v", pid, key, err)
 			}
@@ -307,44 +327,4 @@ func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
 			}
 		}
 	}
-}
-
-// escape applies latch's escaping rule for text output (see internal/textesc; this
-// is the same rule, until that package is merged here): invalid UTF-8, C0 controls and
-// DEL as \xNN; other deceptive runes as \u{XXXX}; a backslash doubled before x, u, a
-// backslash or an escaped character.
-func escape(s string) string {
-	type tok struct {
-		s   string
-		r   rune
-		esc bool
-	}
-	var toks []tok
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size <= 1:
-			toks = append(toks, tok{fmt.Sprintf(`\x%02x`, s[i]), 0, true})
-		case r < 0x20 || r == 0x7f:
-			toks = append(toks, tok{fmt.Sprintf(`\x%02x`, r), r, true})
-		case (r >= 0x80 && r <= 0x9f) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp, unicode.Co) ||
-			(unicode.Is(unicode.Zs, r) && r != ' ') || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S, unicode.Z, unicode.C):
-			toks = append(toks, tok{fmt.Sprintf(`\u{%04X}`, r), r, true})
-		default:
-			toks = append(toks, tok{s[i : i+size], r, false})
-		}
-		i += size
-	}
-	var b strings.Builder
-	for i, t := range toks {
-		if t.r == '\\' && !t.esc && i+1 < len(toks) {
-			next := toks[i+1]
-			if next.esc || next.r == 'x' || next.r == 'u' || next.r == '\\' {
-				b.WriteString(`\\`)
-				continue
-			}
-		}
-		b.WriteString(t.s)
-	}
-	return b.String()
 }

@@ -138,7 +138,7 @@ func ask(eng *engine.Engine, exe string, port uint16) chan engine.Verdict {
 	ch := make(chan engine.Verdict, 1)
 	eng.Decide(&engine.Request{Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
 		Local: netip.MustParseAddrPort("198.18.0.1:40000"), Remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), port),
-		PID: 4242, Exe: exe, User: "alice"}, func(v engine.Verdict) { ch <- v })
+		PID: 4242, Exe: exe, Identity: engine.IdentityVerified, User: "alice"}, func(v engine.Verdict) { ch <- v })
 	return ch
 }
 
@@ -283,14 +283,15 @@ func TestNotifications(t *testing.T) {
 	}
 }
 
-func TestEscape(t *testing.T) {
-	for in, want := range map[string]string{
-		"/usr/bin/curl": "/usr/bin/curl", "a\x1bb": `a\x1bb`, "/tmp/\u202Ex": `/tmp/\u{202E}x`,
-		"bad\xff": `bad\xff`, `C:\x\u\\`: `C:\\x\\u\\\`, `C:\Users\bob`: `C:\Users\bob`, "nb\u00A0": `nb\u{00A0}`,
-		"back\\\x1b": `back\\\x1b`, "c1\u0085": `c1\u{0085}`, "é 中": "é 中",
-	} {
-		if got := escape(in); got != want {
-			t.Errorf("escape(%q) = %q, want %q", in, got, want)
-		}
+// TestUnverifiedAnswersOnce: a question about a program whose identity is not
+// verified says so, and its Allow/Deny answer that question only.
+func TestUnverifiedAnswersOnce(t *testing.T) {
+	p := &api.Prompt{ID: 1, Exe: "/usr/bin/curl", Identity: engine.IdentityUnverified, RemoteIP: "198.18.0.2", RemotePort: 443, Proto: engine.TCP}
+	if _, body := Text(p); !strings.Contains(body, "NOT VERIFIED") || !onceOnly(p) {
+		t.Errorf("unverified program: body %q, onceOnly %v", body, onceOnly(p))
+	}
+	p.Identity = engine.IdentityVerified
+	if _, body := Text(p); strings.Contains(body, "NOT VERIFIED") || onceOnly(p) {
+		t.Errorf("verified program: body %q, onceOnly %v", body, onceOnly(p))
 	}
 }
