@@ -39,6 +39,10 @@ answer', 'latch watch'), or by the default when nobody answers in time. On SIGIN
   --inbound                also hold new inbound connections
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
+  --host-rules-match-shared
+                           let host rules match a name another program resolved
+                           (host_source "shared"); by default they match only names
+                           the connecting program resolved itself ("own")
   --max-history N          connections kept in the history (default 100000)
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
@@ -59,6 +63,8 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	// HostRulesMatchShared: see engine.Config.HostRulesMatchShared.
+	HostRulesMatchShared bool
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -74,6 +80,7 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	fs.BoolVar(&o.HostRulesMatchShared, "host-rules-match-shared", false, "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
@@ -201,7 +208,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if err != nil {
 		return fmt.Errorf("%w (the file is left as it is: fix it, or move it away to start with no rules)", err)
 	}
-	eng, err := engine.New(engine.Config{Default: o.Default, PromptTimeout: o.PromptTimeout}, rules)
+	eng, err := engine.New(engine.Config{Default: o.Default, PromptTimeout: o.PromptTimeout, HostRulesMatchShared: o.HostRulesMatchShared}, rules)
 	if err != nil {
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
 	}

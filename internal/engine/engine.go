@@ -25,6 +25,11 @@ type Config struct {
 	PromptTimeout time.Duration    // how long a question may stay open (0: DefaultPromptTimeout); every hold ends by then
 	MaxPrompts    int              // open questions at most (0: DefaultMaxPrompts); beyond, Default at once (ReasonLimit)
 	Now           func() time.Time // nil: time.Now (tests inject a clock)
+	// HostRulesMatchShared lets host rules match a name another program resolved
+	// (Request.HostSource HostShared). Off, a host rule matches only names the
+	// connecting program resolved itself, so that one program's lookup never lets
+	// another through.
+	HostRulesMatchShared bool
 }
 
 // PromptID identifies a question, unique within one Engine.
@@ -261,6 +266,7 @@ func (e *Engine) prepare(rules []Rule) ([]Rule, error) {
 // closed, verdict is called for every request attached. Never blocks; verdict may be
 // called before Decide returns, or later from another goroutine, exactly once.
 func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
+	req.matchShared = e.cfg.HostRulesMatchShared
 	now := e.now()
 	m := e.matcher.Load()
 	if c := m.match(req, now); c != nil {

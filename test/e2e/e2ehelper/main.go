@@ -325,7 +325,18 @@ func udpStream(addr string) {
 	}
 }
 
-// dnsServe is a minimal authoritative DNS server: one A record.
+// servesName reports whether the comma-separated list names holds name.
+func servesName(names, name string) bool {
+	for _, n := range strings.Split(names, ",") {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// dnsServe is a minimal authoritative DNS server: one A record, for each of the
+// comma-separated names.
 func dnsServe(addr, name, ip string) {
 	a, err := netip.ParseAddr(ip)
 	if err != nil || !a.Is4() {
@@ -368,7 +379,7 @@ func dnsServe(addr, name, ip string) {
 		binary.BigEndian.PutUint16(resp[8:10], 0)
 		binary.BigEndian.PutUint16(resp[10:12], 0)
 		switch {
-		case !strings.EqualFold(strings.Join(labels, "."), name):
+		case !servesName(name, strings.Join(labels, ".")):
 			resp[3] = 3 // NXDOMAIN
 			binary.BigEndian.PutUint16(resp[6:8], 0)
 		case qtype == 1:

@@ -1,0 +1,83 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestPerProgramNames is issue 12's first test: two programs resolve different names
+// that share one address, and each connection carries the name its own program
+// resolved (host_source "own"), whichever lookup came last; a host rule for one name
+// does not let the other program through. A third program that resolved nothing sees
+// the machine-wide name only as "shared", which host rules do not match.
+func TestPerProgramNames(t *testing.T) {
+	bins := identityBins(t) // two verified programs of the same code at two paths
+	n := NewNet(t)
+	n.Serve(t, 8096)
+	dns := n.Start(n.Server, helperBin, "dns-serve", n.ServerIP+":53", "bank.test,cdn-other.test", n.ServerIP)
+	dns.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s")
+	d.MustCLI(t, "rules", "add", "--proto", "udp", "--port", "53", "--action", "allow")
+	d.MustCLI(t, "rules", "add", "--host", "bank.test", "--port", "8096", "--action", "allow")
+
+	resolve := func(bin, name string) {
+		t.Helper()
+		out, err := n.Exec(n.Client, bin, "dns-query", n.ServerIP+":53", name, "5s")
+		if err != nil || !strings.Contains(out, `"outcome":"answer"`) {
+			t.Fatalf("%s dns-query %s: %v\n%s", bin, name, err, out)
+		}
+	}
+	connect := func(bin string) Result {
+		t.Helper()
+		out, err := n.Exec(n.Client, bin, "connect", n.ServerIP+":8096", "5s")
+		if err != nil {
+			t.Fatalf("%s connect: %v\n%s", bin, err, out)
+		}
+		var r Result
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &r); err != nil {
+			t.Fatalf("connect output %q: %v", out, err)
+		}
+		return r
+	}
+	conn := func(pid int) map[string]any {
+		t.Helper()
+		return findConn(t, d, 8096, pid)
+	}
+
+	// Allowed resolves bank.test, then Forger resolves cdn-other.test to the same
+	// address: machine-wide, the latest name is cdn-other.test.
+	resolve(bins.Allowed, "bank.test")
+	resolve(bins.Forger, "cdn-other.test")
+	time.Sleep(100 * time.Millisecond) // the copies reach the daemon
+	if r := connect(bins.Allowed); r.Outcome != "connected" {
+		t.Errorf("the program that resolved bank.test was not let through by the rule for bank.test: %+v", r)
+	} else if c := conn(r.PID); c["host"] != "bank.test" || c["host_source"] != "own" || c["reason"] != "rule" {
+		t.Errorf("history %v: want host bank.test, host_source own, reason rule", c)
+	}
+
+	// Now Allowed resolves again, so bank.test is the latest name machine-wide; Forger
+	// still connects under its own name, and the rule for bank.test does not apply.
+	resolve(bins.Allowed, "bank.test")
+	time.Sleep(100 * time.Millisecond)
+	if r := connect(bins.Forger); r.Outcome == "connected" {
+		t.Errorf("the program that resolved cdn-other.test was let through by the rule for bank.test: %+v", r)
+	} else if c := conn(r.PID); c["host"] != "cdn-other.test" || c["host_source"] != "own" || c["verdict"] == "allow" {
+		t.Errorf("history %v: want host cdn-other.test, host_source own, not allowed", c)
+	}
+
+	// A program that resolved nothing: the machine-wide name, labelled shared, and no
+	// host rule matches it.
+	if r := n.Connect(t, 8096, 5*time.Second); r.Outcome == "connected" {
+		t.Errorf("a program that resolved no name was let through by the rule for bank.test: %+v", r)
+	} else if c := conn(r.PID); c["host"] != "bank.test" || c["host_source"] != "shared" {
+		t.Errorf("history %v: want host bank.test, host_source shared", c)
+	}
+	text := d.MustCLI(t, "conns")
+	if !strings.Contains(text, "shared") {
+		t.Errorf("conns does not say which name was shared:\n%s", text)
+	}
+}
