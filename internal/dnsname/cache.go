@@ -2,6 +2,7 @@ package dnsname
 
 import (
 	"encoding/binary"
+	"hash/maphash"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -84,7 +85,8 @@ func (f *feed) batchDone() {
 	f.mu.Unlock()
 }
 
-// table is one bounded map of names, sharded by address.
+// table is one bounded map of names, sharded (by address; per program, by address and
+// program).
 type table[K comparable] struct {
 	shards [shardCount]shard[K]
 }
@@ -136,17 +138,27 @@ func NewCache(maxEntries int) *Cache {
 
 func keyOf(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
 
-func shardIndex(a netip.Addr) int {
+func shardIndex(a netip.Addr) int { return int(addrHash(a, 0) % shardCount) }
+
+// ownShardIndex spreads one address's names of many programs (a CDN's address) over
+// the shards too.
+func ownShardIndex(a netip.Addr, p Program) int {
+	return int(addrHash(a, maphash.String(progSeed, p.Exe)) % shardCount)
+}
+
+var progSeed = maphash.MakeSeed()
+
+func addrHash(a netip.Addr, salt uint64) uint64 {
 	k := a.As16()
-	h := binary.LittleEndian.Uint64(k[8:]) ^ binary.LittleEndian.Uint64(k[:8])*0x9e3779b97f4a7c15
+	h := binary.LittleEndian.Uint64(k[8:]) ^ binary.LittleEndian.Uint64(k[:8])*0x9e3779b97f4a7c15 ^ salt
 	h ^= h >> 29
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 32
-	return int(h % shardCount)
+	return h
 }
 
-func (t *table[K]) lookup(addr netip.Addr, k K, now int64) (string, bool) {
-	s := &t.shards[shardIndex(addr)]
+func (t *table[K]) lookup(shardIdx int, k K, now int64) (string, bool) {
+	s := &t.shards[shardIdx]
 	s.mu.RLock()
 	e, ok := s.index[k]
 	if ok {
@@ -161,8 +173,8 @@ func (t *table[K]) lookup(addr netip.Addr, k K, now int64) (string, bool) {
 	return e.name, true
 }
 
-func (t *table[K]) add(addr netip.Addr, k K, name string, now, expires int64) {
-	s := &t.shards[shardIndex(addr)]
+func (t *table[K]) add(shardIdx int, k K, name string, now, expires int64) {
+	s := &t.shards[shardIdx]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.index[k]; ok {
@@ -210,7 +222,7 @@ func (c *Cache) Lookup(addr netip.Addr) (string, bool) {
 		return "", false
 	}
 	k := keyOf(addr)
-	return c.shared.lookup(k, k, c.now().UnixNano())
+	return c.shared.lookup(shardIndex(k), k, c.now().UnixNano())
 }
 
 // LookupFor returns the hostname prog itself last resolved addr to (own true), or
@@ -222,11 +234,11 @@ func (c *Cache) LookupFor(prog Program, addr netip.Addr) (name string, own, ok b
 	k := keyOf(addr)
 	now := c.now().UnixNano()
 	if prog.Known() {
-		if name, ok := c.own.lookup(k, ownKey{k, prog}, now); ok {
+		if name, ok := c.own.lookup(ownShardIndex(k, prog), ownKey{k, prog}, now); ok {
 			return name, true, true
 		}
 	}
-	name, ok = c.shared.lookup(k, k, now)
+	name, ok = c.shared.lookup(shardIndex(k), k, now)
 	return name, false, ok
 }
 
@@ -303,9 +315,9 @@ func (c *Cache) AddFor(prog Program, addr netip.Addr, name string, ttl time.Dura
 	expires := now + int64(ttl)
 	k := keyOf(addr)
 	if prog.Known() {
-		c.own.add(k, ownKey{k, prog}, name, now, expires)
+		c.own.add(ownShardIndex(k, prog), ownKey{k, prog}, name, now, expires)
 	}
-	c.shared.add(k, k, name, now, expires)
+	c.shared.add(shardIndex(k), k, name, now, expires)
 }
 
 // AddResponse records every answer of r, without asking whether r answers a query
