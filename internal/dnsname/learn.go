@@ -79,7 +79,8 @@ type Stats struct {
 type Learner struct {
 	cache     *Cache
 	now       func() time.Time
-	attribute atomic.Pointer[func(client, server netip.AddrPort, uid int64) Program]
+	attribute atomic.Pointer[func(tcp bool, client, server netip.AddrPort, uid int64) Program]
+	tcp       tcpStreams
 
 	mu        sync.Mutex
 	pending   map[queryKey]*list.Element // of *waiting
@@ -98,6 +99,7 @@ type Learner struct {
 type idKey struct {
 	client, server netip.AddrPort
 	id             uint16
+	tcp            bool
 }
 
 type queryKey struct {
@@ -136,11 +138,11 @@ func NewLearner(cache *Cache) *Learner {
 
 // SetAttributor makes the Learner ask fn, for each query it is about to track, which
 // program sent it (from the query's socket: client and server address and port, and
-// the sending user, -1 if unknown). The answer to a query whose program is known
+// the sending user, -1 if unknown; tcp for DNS over TCP). The answer to a query whose program is known
 // teaches that program's own names as well as the machine-wide ones. fn runs on the
 // reader's goroutine before the query's answer is read, while the asking socket still
 // waits for it; it should be quick. Without one, every name is machine-wide only.
-func (l *Learner) SetAttributor(fn func(client, server netip.AddrPort, uid int64) Program) {
+func (l *Learner) SetAttributor(fn func(tcp bool, client, server netip.AddrPort, uid int64) Program) {
 	if fn == nil {
 		l.attribute.Store(nil)
 		return
@@ -180,17 +182,21 @@ func (l *Learner) Query(pkt []byte, uid int64) (bool, string) {
 	if err != nil {
 		return l.notTrack(NotTrackedMalformed)
 	}
+	return l.query(q, uid, false)
+}
+
+func (l *Learner) query(q *Query, uid int64, tcp bool) (bool, string) {
 	if q.Question.Class != classIN || q.Question.Type != typeA && q.Question.Type != typeAAAA {
 		return l.notTrack(NotTrackedOtherType)
 	}
-	key := queryKey{idKey{keyAP(q.Client), keyAP(q.Server), q.ID}, q.Question}
+	key := queryKey{idKey{keyAP(q.Client), keyAP(q.Server), q.ID, tcp}, q.Question}
 	client := clientKey{uid: uid}
 	if uid < 0 {
 		client = clientKey{uid: -1, addr: key.client.Addr()}
 	}
 	var prog Program
 	if fn := l.attribute.Load(); fn != nil {
-		prog = (*fn)(key.client, key.server, uid)
+		prog = (*fn)(tcp, key.client, key.server, uid)
 	}
 	now := l.now()
 	l.mu.Lock()
@@ -229,10 +235,14 @@ func (l *Learner) Query(pkt []byte, uid int64) (bool, string) {
 // not teach.
 func (l *Learner) Response(pkt []byte) (int, string) {
 	r, err := parseResponsePacket(pkt)
+	return l.response(r, err, false)
+}
+
+func (l *Learner) response(r *Response, err error, tcp bool) (int, string) {
 	if r == nil {
 		return l.ignore(IgnoredMalformed)
 	}
-	key := queryKey{idKey{keyAP(r.Client), keyAP(r.Server), r.ID}, Question{r.QName, r.QType, r.QClass}}
+	key := queryKey{idKey{keyAP(r.Client), keyAP(r.Server), r.ID, tcp}, Question{r.QName, r.QType, r.QClass}}
 	now := l.now()
 	l.mu.Lock()
 	l.expire(now)

@@ -81,3 +81,22 @@ func TestPerProgramNames(t *testing.T) {
 		t.Errorf("conns does not say which name was shared:\n%s", text)
 	}
 }
+
+// TestDNSOverTCPAnswersLabel: a program that resolves over TCP (as after a truncated
+// UDP answer) gets its name on the connection, as its own, and the host rule applies.
+func TestDNSOverTCPAnswersLabel(t *testing.T) {
+	n := NewNet(t)
+	n.Serve(t, 8097)
+	dns := n.Start(n.Server, helperBin, "dns-serve", n.ServerIP+":53", "tcp-only.test", n.ServerIP)
+	dns.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s")
+	d.MustCLI(t, "rules", "add", "--port", "53", "--action", "allow")
+	d.MustCLI(t, "rules", "add", "--host", "tcp-only.test", "--port", "8097", "--action", "allow")
+	out, err := n.Exec(n.Client, helperBin, "resolve-connect-tcp", n.ServerIP+":53", "tcp-only.test", "8097", "10s")
+	if err != nil || !strings.Contains(out, `"outcome":"connected"`) {
+		t.Fatalf("resolve over TCP and connect, with a host rule for the name: %v\n%s\n%s\n%s", err, out, d.MustCLI(t, "status", "--json"), d.MustCLI(t, "conns"))
+	}
+	if c := findConn(t, d, 8097, 0); c["host"] != "tcp-only.test" || c["host_source"] != "own" || c["reason"] != "rule" {
+		t.Errorf("history %v: want host tcp-only.test (own), allowed by the host rule", c)
+	}
+}

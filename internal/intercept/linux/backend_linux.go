@@ -116,8 +116,12 @@ func New(cfg Config) (*Backend, error) {
 			// Each query is credited to the program whose socket sent it, so that its
 			// answer labels that program's connections (names "own") and others' only
 			// as the machine-wide fallback ("shared").
-			b.dns.SetAttributor(func(client, server netip.AddrPort, uid int64) dnsname.Program {
-				return b.queryProgram(engine.UDP, client, server, uid)
+			b.dns.SetAttributor(func(tcp bool, client, server netip.AddrPort, uid int64) dnsname.Program {
+				proto := engine.UDP
+				if tcp {
+					proto = engine.TCP
+				}
+				return b.queryProgram(proto, client, server, uid)
 			})
 		}
 	}
