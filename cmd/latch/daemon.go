@@ -14,6 +14,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/encdns"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
@@ -39,6 +40,9 @@ answer', 'latch watch'), or by the default when nobody answers in time. On SIGIN
   --inbound                also hold new inbound connections
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
+  --encrypted-dns-list FILE
+                           the encrypted DNS services (DoH) to flag, replacing the list
+                           shipped with latch (format: see 'latch rules preset')
   --host-rules-match-shared
                            let host rules match a name another program resolved
                            (host_source "shared"); by default they match only names
@@ -65,6 +69,8 @@ type daemonOptions struct {
 	Backend        string
 	// HostRulesMatchShared: see engine.Config.HostRulesMatchShared.
 	HostRulesMatchShared bool
+	// EncryptedDNS is the list of encrypted DNS services connections are flagged for.
+	EncryptedDNS *encdns.List
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -81,10 +87,17 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
 	fs.BoolVar(&o.HostRulesMatchShared, "host-rules-match-shared", false, "")
+	encList := fs.String("encrypted-dns-list", "", "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
 	var err error
+	o.EncryptedDNS = encdns.Shipped()
+	if *encList != "" {
+		if o.EncryptedDNS, err = encdns.Load(*encList); err != nil {
+			return nil, usagef("--encrypted-dns-list: %v", err)
+		}
+	}
 	if o.Default, err = engine.ParseAction(*def); err != nil {
 		return nil, usagef("--default: %v", err)
 	}
@@ -266,6 +279,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	var counts verdictCounts
 	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
+		// Flagged before deciding, so that the question shows it too.
+		if note, ok := o.EncryptedDNS.Match(req); ok && req.Note == "" {
+			req.Note = note
+		}
 		eng.Decide(req, func(v engine.Verdict) {
 			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
 			verdict(v)

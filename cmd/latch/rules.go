@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/latchfw/latch/internal/encdns"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/textesc"
 )
@@ -20,6 +21,7 @@ const rulesHelp = `Usage:
   latch rules rm ID
   latch rules export > FILE
   latch rules import FILE       (FILE '-' reads standard input)
+  latch rules preset block-encrypted-dns [--list FILE] [--print]
 
 Match flags of 'rules add' (each left out matches anything):
   --app PATH          executable, exact path or glob (*, ?, [..], ** across directories)
@@ -44,6 +46,13 @@ specificity deny/reject/drop beat allow, then the lower ID.
 
 'rules import' replaces the whole rule set, all or nothing; its file is the format
 'rules export' prints, which is also the daemon's rules.json.
+
+'rules preset block-encrypted-dns' adds deny rules for encrypted DNS: TCP and UDP port
+853 to anywhere (DNS over TLS/QUIC), and port 443 of every service of the list shipped
+with latch, or of --list FILE (DNS over HTTPS). FILE has one endpoint a line: an
+address, a CIDR prefix or a hostname, then the service's name; '#' starts a comment.
+The rules name no program: an allow rule for an app is more specific and still wins.
+--print shows the rules (as 'rules export' would) instead of adding them.
 `
 
 func runRules(ctx context.Context, args []string) error {
@@ -61,10 +70,12 @@ func runRules(ctx context.Context, args []string) error {
 		return rulesExport(ctx, args[1:])
 	case "import":
 		return rulesImport(ctx, args[1:])
+	case "preset":
+		return rulesPreset(ctx, args[1:])
 	case "-h", "-help", "--help", "help":
 		return errHelp
 	}
-	return usagef("unknown subcommand %q: want list, add, rm, export or import", args[0])
+	return usagef("unknown subcommand %q: want list, add, rm, export, import or preset", args[0])
 }
 
 func rulesList(ctx context.Context, args []string) error {
@@ -255,5 +266,42 @@ func rulesImport(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("imported %s from %s; it replaces the previous set\n", plural(len(rules), "rule"), textesc.String(pos[0]))
+	return nil
+}
+
+// rulesPreset adds a named set of rules; block-encrypted-dns is the one there is.
+func rulesPreset(ctx context.Context, args []string) error {
+	fs := newFlags("rules preset")
+	list := fs.String("list", "", "encrypted DNS services, replacing the shipped list")
+	print := fs.Bool("print", false, "show the rules instead of adding them")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "a preset name: block-encrypted-dns"); err != nil {
+		return err
+	}
+	if pos[0] != "block-encrypted-dns" {
+		return usagef("preset %q: want block-encrypted-dns", pos[0])
+	}
+	l := encdns.Shipped()
+	if *list != "" {
+		if l, err = encdns.Load(*list); err != nil {
+			return err
+		}
+	}
+	rules := l.BlockRules()
+	if *print {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rules)
+	}
+	for _, r := range rules {
+		added, err := client().AddRule(ctx, r)
+		if err != nil {
+			return fmt.Errorf("preset block-encrypted-dns: %w", err)
+		}
+		fmt.Printf("added rule %d: %s\n", added.ID, added)
+	}
 	return nil
 }

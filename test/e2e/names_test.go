@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +100,40 @@ func TestDNSOverTCPAnswersLabel(t *testing.T) {
 	}
 	if c := findConn(t, d, 8097, 0); c["host"] != "tcp-only.test" || c["host_source"] != "own" || c["reason"] != "rule" {
 		t.Errorf("history %v: want host tcp-only.test (own), allowed by the host rule", c)
+	}
+}
+
+// TestEncryptedDNSFlagged: a connection to an encrypted DNS service of the daemon's
+// list (a test host at a 198.18 address, port 443) is flagged in the question and in
+// history; `rules preset block-encrypted-dns` with the same list then denies it.
+func TestEncryptedDNSFlagged(t *testing.T) {
+	n := NewNet(t)
+	n.Serve(t, 443)
+	list := t.TempDir() + "/encdns.txt"
+	if err := os.WriteFile(list, []byte("# test\n"+n.ServerIP+" Test DoH\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "30s", "--encrypted-dns-list", list)
+	done := make(chan Result, 1)
+	go func() { done <- n.Connect(t, 443, 20*time.Second) }()
+	p := waitPrompt(t, d, 443)
+	note, _ := p["note"].(string)
+	if !strings.Contains(note, "encrypted DNS: names after this are not visible") || !strings.Contains(note, "Test DoH") {
+		t.Errorf("question %v: want a note saying it is encrypted DNS (Test DoH)", p)
+	}
+	if text := d.MustCLI(t, "prompts"); !strings.Contains(text, "encrypted DNS") {
+		t.Errorf("prompts does not show the flag:\n%s", text)
+	}
+	d.MustCLI(t, "answer", fmt.Sprint(int64(num(p["id"]))), "allow", "--for", "once")
+	if r := <-done; r.Outcome != "connected" {
+		t.Fatalf("allowed once: %+v", r)
+	}
+	if c := findConn(t, d, 443, 0); !strings.Contains(fmt.Sprint(c["note"]), "encrypted DNS") {
+		t.Errorf("history %v: want the encrypted DNS note", c)
+	}
+	// The preset blocks it, at once (a rule, no question).
+	d.MustCLI(t, "rules", "preset", "block-encrypted-dns", "--list", list)
+	if r := n.Connect(t, 443, 10*time.Second); r.Outcome != "refused" {
+		t.Errorf("after the preset: %+v, want refused", r)
 	}
 }
