@@ -15,7 +15,7 @@ import (
 // a message longer than maxTCPMessage or a stream begun before latch saw its SYN ends
 // the stream's learning; so do FIN and RST.
 const (
-	maxTCPStreams = 512       // streams followed at once (each direction is one); the oldest is dropped
+	maxTCPStreams = 512      // streams followed at once (each direction is one); the oldest is dropped
 	maxTCPMessage = 16 << 10 // longest DNS message reassembled; longer ones teach nothing
 )
 

@@ -25,7 +25,9 @@ func tcpPacket(src, dst netip.AddrPort, seq uint32, flags uint8, payload []byte)
 	return append(h, tcp...)
 }
 
-func framed(msg []byte) []byte { return append(binary.BigEndian.AppendUint16(nil, uint16(len(msg))), msg...) }
+func framed(msg []byte) []byte {
+	return append(binary.BigEndian.AppendUint16(nil, uint16(len(msg))), msg...)
+}
 
 // TestTCPAnswersTeach follows DNS over TCP: messages split over segments, a
 // retransmitted segment, and what must teach nothing (a stream whose SYN latch did
