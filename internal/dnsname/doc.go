@@ -27,9 +27,10 @@
 // Cache.LookupForWait returns a program's own name for an address, or the machine-wide
 // one, saying which.
 //
-// Names are only learned from plain DNS over UDP. A local stub resolver is fine (the
-// queries to systemd-resolved on 127.0.0.53 and its responses cross loopback and are
-// seen), but answers over TCP, DNS over TLS or HTTPS, and names a program cached
+// Names are learned from plain DNS over UDP and over TCP (Learner.Segment follows each
+// connection to port 53 from its SYN). A local stub resolver is fine (the queries to
+// systemd-resolved on 127.0.0.53 and its responses cross loopback and are seen), but
+// DNS over TLS or HTTPS (package encdns flags those connections) and names a program cached
 // itself before latch started leave the host unknown. An attacker on the path who
 // sees a query can still answer it first, as the program itself would believe; only a
 // resolver of latch's own would close that.
