@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept/linux"
 	"github.com/latchfw/latch/internal/procattr"
 )
@@ -29,7 +31,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.ExemptLoopback = o.ExemptLoopback
 	cfg.Resolver = res
 	// Names from DNS responses label connections (prompts, history, host rules).
-	cfg.Hostnames = dnsname.NewCache(0)
+	names := dnsname.NewCache(0)
+	cfg.Hostnames = names
 	cfg.HoldTimeout = o.PromptTimeout + max(o.PromptTimeout, 30*time.Second)
 	cfg.Logf = logf
 	ready := make(chan struct{})
@@ -39,7 +42,18 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		res.Close()
 		return nil, err
 	}
-	return &platformBackend{Backend: be, attribution: res.Methods, dns: be.DNSStats, close: func() { res.Close() }, ready: ready}, nil
+	identify := func(proto engine.Protocol, client, server netip.AddrPort) engine.Request {
+		req := engine.Request{UID: -1}
+		p, err := res.ResolveDev(proto, client, server, -1, 0)
+		if err != nil || p.PID == 0 {
+			return req
+		}
+		req.PID, req.Exe, req.UID, req.User, req.Cmdline = p.PID, p.Exe, p.UID, p.User, p.Cmdline
+		req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
+		return req
+	}
+	return &platformBackend{Backend: be, attribution: res.Methods, dns: be.DNSStats, close: func() { res.Close() }, ready: ready,
+		names: names, identify: identify, control: linux.Control}, nil
 }
 
 const cleanupHelp = `Usage: latch cleanup [--queue N]

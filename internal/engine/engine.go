@@ -259,6 +259,18 @@ func (e *Engine) prepare(rules []Rule) ([]Rule, error) {
 	return out, nil
 }
 
+// RuleFor returns the rule that would decide req now, if one does, without asking
+// anyone or counting a decision. A DNS resolver asks it with a request that names
+// only the program and the host (no address, port or protocol), so only rules that
+// constrain none of those can match.
+func (e *Engine) RuleFor(req *Request) (Rule, bool) {
+	req.matchShared = e.cfg.HostRulesMatchShared
+	if c := e.matcher.Load().match(req, e.now()); c != nil {
+		return c.Rule, true
+	}
+	return Rule{}, false
+}
+
 // Decide implements intercept.Decider: a matching rule answers at once (ReasonRule,
 // RuleID set); otherwise the request joins a question (Prompt). Identical questions
 // (same exe + direction + proto + remote ip + remote port, same user) share one Prompt.
