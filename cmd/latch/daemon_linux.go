@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/dnsproxy"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept/linux"
 	"github.com/latchfw/latch/internal/procattr"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const defaultStateDir = "/var/lib/latch"
@@ -56,17 +58,20 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		names: names, identify: identify, control: linux.Control}, nil
 }
 
-const cleanupHelp = `Usage: latch cleanup [--queue N]
+const cleanupHelp = `Usage: latch cleanup [--queue N] [--state-dir DIR] [--resolv-conf PATH]
 
 Removes the netfilter rules (chains LATCH-OUT/LATCH-IN, table inet latch) that a
 crashed or killed daemon left in this network namespace. A fail-closed daemon that
 died keeps dropping new connections until its rules are removed. Refuses while a
-daemon still holds the queue.
+daemon still holds the queue. A daemon that ran its local resolver (--dns-proxy)
+kept the original resolv.conf in its state directory: cleanup puts it back too.
 `
 
 func runCleanup(ctx context.Context, args []string) error {
 	fs := newFlags("cleanup")
 	queue := fs.Uint("queue", uint(linux.DefaultQueue), "NFQUEUE queue number")
+	stateDir := fs.String("state-dir", defaultStateDir, "the daemon's state directory")
+	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the resolv.conf the local resolver pointed")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
@@ -77,5 +82,10 @@ func runCleanup(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Println("removed latch's leftover firewall rules (if there were any)")
+	if restored, err := dnsproxy.RestoreLeftover(*resolvConf, *stateDir); err != nil {
+		return err
+	} else if restored {
+		fmt.Printf("restored %s\n", textesc.String(*resolvConf))
+	}
 	return nil
 }

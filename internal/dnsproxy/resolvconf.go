@@ -122,3 +122,17 @@ func writeAtomic(path string, b []byte) error {
 	}
 	return nil
 }
+
+// RestoreLeftover puts back the original resolv.conf that a daemon which did not stop
+// cleanly kept in stateDir, if there is one, and reports whether there was.
+func RestoreLeftover(path, stateDir string) (bool, error) {
+	backup := filepath.Join(stateDir, "resolv.conf.orig")
+	if _, err := os.Stat(backup); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	rc, err := OpenResolvConf(path, stateDir)
+	if err != nil {
+		return false, err
+	}
+	return true, rc.Restore()
+}

@@ -103,6 +103,19 @@ func TestDNSProxy(t *testing.T) {
 	if b, _ := os.ReadFile(resolv); string(b) != orig {
 		t.Errorf("resolv.conf after a clean stop:\n%s\nwant the original:\n%s", b, orig)
 	}
+
+	// Killed again: `latch cleanup` restores resolv.conf as well as the firewall.
+	d3 := n.StartDaemon(append(flags, "--state-dir", d.State)...)
+	d3.Signal(syscall.SIGKILL, 10*time.Second)
+	if b, _ := os.ReadFile(resolv); string(b) == orig {
+		t.Fatal("resolv.conf not pointed at the resolver")
+	}
+	if out, err := n.Exec(n.Client, latchBin, "cleanup", "--state-dir", d.State, "--resolv-conf", resolv); err != nil || !strings.Contains(out, "restored") {
+		t.Errorf("latch cleanup: %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(resolv); string(b) != orig {
+		t.Errorf("resolv.conf after cleanup:\n%s\nwant the original:\n%s", b, orig)
+	}
 }
 
 // Canary is the name Firefox asks before turning DNS over HTTPS on by itself.
