@@ -527,6 +527,12 @@ func programOf(req *engine.Request) dnsname.Program {
 	return dnsname.Program{Exe: req.Exe, Identity: uint8(req.Identity), Container: req.Container, UID: req.UID}
 }
 
+// endedResolver is a Resolver that also finds the program of a TCP connection that
+// ended since (procattr.Resolver.ResolveEnded).
+type endedResolver interface {
+	ResolveEnded(proto engine.Protocol, local, remote netip.AddrPort, uid int32) (procattr.Process, error)
+}
+
 // queryProgram finds the program that sent a DNS query from client to server, as
 // attribute does for a held connection; the zero Program if none is found.
 func (b *Backend) queryProgram(proto engine.Protocol, client, server netip.AddrPort, uid int64) dnsname.Program {
@@ -534,7 +540,15 @@ func (b *Backend) queryProgram(proto engine.Protocol, client, server netip.AddrP
 	if uid >= 0 && uid <= 1<<31-1 {
 		req.UID = int32(uid)
 	}
-	p, err := b.cfg.Resolver.ResolveDev(proto, client, server, req.UID, 0)
+	var p procattr.Process
+	var err error
+	if re, ok := b.cfg.Resolver.(endedResolver); ok {
+		// The copy is read a little after the query was sent: a short TCP connection
+		// may be in TIME_WAIT by then.
+		p, err = re.ResolveEnded(proto, client, server, req.UID)
+	} else {
+		p, err = b.cfg.Resolver.ResolveDev(proto, client, server, req.UID, 0)
+	}
 	if err != nil || p.PID == 0 {
 		return dnsname.Program{}
 	}
