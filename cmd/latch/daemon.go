@@ -342,6 +342,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		})
 	})
 
+	var proxy atomic.Pointer[dnsproxy.Proxy]
 	started := time.Now()
 	mode := "fail-closed"
 	if o.FailOpen {
@@ -365,6 +366,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			}
 			if be.dns != nil {
 				st.DNS = be.dns()
+			}
+			if p := proxy.Load(); p != nil {
+				ps := p.Stats()
+				st.DNSProxy = &ps
 			}
 			return st
 		},
@@ -395,12 +400,13 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 
 	if o.DNSProxy != "" {
-		stopProxy, err := startDNSProxy(o, be, eng, hist, logf)
+		p, stopProxy, err := startDNSProxy(o, be, eng, hist, logf)
 		if err != nil {
 			stopBackend()
 			<-runErr
 			return err
 		}
+		proxy.Store(p)
 		defer stopProxy()
 	}
 
@@ -441,9 +447,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 // startDNSProxy starts the local resolver and points resolv.conf at it; the function
 // it returns restores resolv.conf, then stops the resolver.
-func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hist *store.History, logf func(string, ...any)) (func(), error) {
+func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hist *store.History, logf func(string, ...any)) (*dnsproxy.Proxy, func(), error) {
 	if be.names == nil {
-		return nil, fmt.Errorf("--dns-proxy: the %s backend learns no names", be.Name())
+		return nil, nil, fmt.Errorf("--dns-proxy: the %s backend learns no names", be.Name())
 	}
 	listen := netip.MustParseAddrPort(o.DNSProxy)
 	var rc *dnsproxy.ResolvConf
@@ -451,7 +457,7 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	if o.ResolvConf != "none" {
 		var err error
 		if rc, err = dnsproxy.OpenResolvConf(o.ResolvConf, o.StateDir); err != nil {
-			return nil, fmt.Errorf("--dns-proxy: %w", err)
+			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
 		}
 		if len(upstream) == 0 {
 			upstream = rc.Nameservers(listen.Addr())
@@ -465,7 +471,7 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		},
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -475,17 +481,17 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	case <-ready:
 	case err := <-done:
 		cancel()
-		return nil, err
+		return nil, nil, err
 	}
 	if rc != nil {
 		if err := rc.Point(listen.Addr()); err != nil {
 			cancel()
 			<-done
-			return nil, fmt.Errorf("--dns-proxy: %w", err)
+			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
 		}
 	}
 	logf("local resolver on %s (UDP and TCP), forwarding to %s", o.DNSProxy, strings.Join(upstream, ", "))
-	return func() {
+	return p, func() {
 		if rc != nil {
 			if err := rc.Restore(); err != nil {
 				logf("local resolver: %v", err)

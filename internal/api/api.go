@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/dnsproxy"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
@@ -70,6 +71,8 @@ type Status struct {
 	// DNS counts the hostnames learned from DNS answers and the answers ignored, by
 	// reason (Linux; absent where names are not learned).
 	DNS *dnsname.Stats `json:"dns,omitempty"`
+	// DNSProxy counts what the local resolver (--dns-proxy) did, when it runs.
+	DNSProxy *dnsproxy.Stats `json:"dns_proxy,omitempty"`
 }
 
 // Prompt is an open question as the API shows it: a flat view of engine.Prompt.

@@ -83,6 +83,16 @@ func TestDNSProxy(t *testing.T) {
 		t.Errorf("the server accepted %d connections after the refusals", got-before)
 	}
 
+	var st struct {
+		Proxy *struct {
+			Queries, Refused, Canary, Attributed uint64
+		} `json:"dns_proxy"`
+	}
+	if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &st); err != nil || st.Proxy == nil ||
+		st.Proxy.Refused < 1 || st.Proxy.Canary < 1 || st.Proxy.Attributed < 3 {
+		t.Errorf("status dns_proxy: %+v %v", st.Proxy, err)
+	}
+
 	// Killed: DNS stops (nothing answers) and so do new connections (fail-closed).
 	d.Signal(syscall.SIGKILL, 10*time.Second)
 	if r := run("ok.test"); r.Outcome == "connected" || strings.Contains(r.Error, "no such host") {
