@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -47,6 +48,14 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	identify := func(proto engine.Protocol, client, server netip.AddrPort) engine.Request {
 		req := engine.Request{UID: -1}
 		p, err := res.ResolveDev(proto, client, server, -1, 0)
+		if errors.Is(err, procattr.ErrNoProcess) {
+			// The socket is there but no method named its process yet: without the
+			// eBPF hooks, /proc is rescanned at most every 50 ms. The program waits
+			// for its answer meanwhile, so ask once more rather than learn its names
+			// as nobody's.
+			time.Sleep(60 * time.Millisecond)
+			p, err = res.ResolveDev(proto, client, server, -1, 0)
+		}
 		if err != nil || p.PID == 0 {
 			return req
 		}
