@@ -7,18 +7,23 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/user"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/config"
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/dnsproxy"
+	"github.com/latchfw/latch/internal/encdns"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/sdnotify"
@@ -48,6 +53,23 @@ exits; on SIGHUP it reads the managed rule files again.
   --inbound                also hold new inbound connections
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
+  --encrypted-dns-list FILE
+                           the encrypted DNS services (DoH) to flag, replacing the list
+                           shipped with latch (format: see 'latch rules preset')
+  --dns-proxy ADDR         local resolver mode: answer the machine's DNS at ADDR (e.g.
+                           127.0.0.53:53, UDP and TCP), attribute each query to the asking
+                           program, learn its names exactly, refuse names a deny rule covers
+  --dns-upstream ADDR[,ADDR]
+                           servers the resolver forwards to (default: the name servers of
+                           the original resolv.conf)
+  --resolv-conf PATH       the resolv.conf pointed at the resolver while the daemon runs and
+                           restored when it stops (default /etc/resolv.conf; none: leave it)
+  --dns-refuse nxdomain|zero
+                           a refused name gets NXDOMAIN, or 0.0.0.0 / :: (default nxdomain)
+  --host-rules-match-shared
+                           let host rules match a name another program resolved
+                           (host_source "shared"); by default they match only names
+                           the connecting program resolved itself ("own")
   --max-history N          connections kept in the history (default 100000)
   --max-questions N        questions open at once at most (default 1024)
   --max-questions-per-user N
@@ -114,6 +136,15 @@ type daemonOptions struct {
 	WebAllowRemote      bool
 	WebCert             string
 	WebKey              string
+	// HostRulesMatchShared: see engine.Config.HostRulesMatchShared.
+	HostRulesMatchShared bool
+	// EncryptedDNS is the list of encrypted DNS services connections are flagged for.
+	EncryptedDNS *encdns.List
+	// Local resolver mode: see dnsproxy.
+	DNSProxy    string
+	DNSUpstream []string
+	ResolvConf  string
+	DNSRefuse   string
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -143,11 +174,43 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.BoolVar(&o.WebAllowRemote, "web-allow-remote", false, "")
 	fs.StringVar(&o.WebCert, "web-cert", "", "")
 	fs.StringVar(&o.WebKey, "web-key", "", "")
+	fs.BoolVar(&o.HostRulesMatchShared, "host-rules-match-shared", false, "")
+	encList := fs.String("encrypted-dns-list", "", "")
+	fs.StringVar(&o.DNSProxy, "dns-proxy", "", "")
+	upstream := fs.String("dns-upstream", "", "")
+	fs.StringVar(&o.ResolvConf, "resolv-conf", "/etc/resolv.conf", "")
+	fs.StringVar(&o.DNSRefuse, "dns-refuse", dnsproxy.RefuseNXDomain, "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
 	if err := checkObserve(); err != nil {
 		return nil, err
+	}
+	if *upstream != "" {
+		for _, u := range strings.Split(*upstream, ",") {
+			if _, err := netip.ParseAddrPort(u); err != nil {
+				return nil, usagef("--dns-upstream %q: want ADDRESS:PORT[,ADDRESS:PORT]", u)
+			}
+			o.DNSUpstream = append(o.DNSUpstream, u)
+		}
+	}
+	if o.DNSProxy != "" {
+		ap, err := netip.ParseAddrPort(o.DNSProxy)
+		if err != nil {
+			return nil, usagef("--dns-proxy %q: want ADDRESS:PORT, e.g. 127.0.0.53:53", o.DNSProxy)
+		}
+		if o.ResolvConf != "none" && ap.Port() != 53 {
+			return nil, usagef("--dns-proxy %s: resolv.conf names no port, so the resolver must listen on port 53 (or use --resolv-conf none)", o.DNSProxy)
+		}
+	}
+	if o.DNSRefuse != dnsproxy.RefuseNXDomain && o.DNSRefuse != dnsproxy.RefuseZero {
+		return nil, usagef("--dns-refuse %q: want nxdomain or zero", o.DNSRefuse)
+	}
+	o.EncryptedDNS = encdns.Shipped()
+	if *encList != "" {
+		if o.EncryptedDNS, err = encdns.Load(*encList); err != nil {
+			return nil, usagef("--encrypted-dns-list: %v", err)
+		}
 	}
 	if o.Default, err = engine.ParseAction(*def); err != nil {
 		return nil, usagef("--default: %v", err)
@@ -216,6 +279,11 @@ type platformBackend struct {
 	ready <-chan struct{}
 	// dns returns the hostname learner's counters; nil where names are not learned.
 	dns func() *dnsname.Stats
+	// For the local resolver (nil where there is none): the names it teaches, who
+	// sent a query, and the mark that keeps its own upstream queries from being held.
+	names    *dnsname.Cache
+	identify func(proto engine.Protocol, client, server netip.AddrPort) engine.Request
+	control  func(network, address string, c syscall.RawConn) error
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -297,6 +365,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	eng, err := engine.New(engine.Config{
 		Default: o.Default, PromptTimeout: o.PromptTimeout, MaxPrompts: o.MaxQuestions,
 		MaxPromptsPerUser: o.MaxQuestionsPerUser, MaxPromptsPerApp: o.MaxQuestionsPerApp,
+		HostRulesMatchShared: o.HostRulesMatchShared,
 	}, rules)
 	if err != nil {
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
@@ -397,6 +466,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	var counts verdictCounts
 	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
+		// Flagged before deciding, so that the question shows it too.
+		if note, ok := o.EncryptedDNS.Match(req); ok && req.Note == "" {
+			req.Note = note
+		}
 		eng.Decide(req, func(v engine.Verdict) {
 			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
 			verdict(v)
@@ -409,6 +482,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		})
 	})
 
+	var proxy atomic.Pointer[dnsproxy.Proxy]
 	var group *api.Group
 	if o.APIGroup != "" {
 		g, err := user.LookupGroup(o.APIGroup)
@@ -446,6 +520,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			if be.dns != nil {
 				st.DNS = be.dns()
 			}
+			if p := proxy.Load(); p != nil {
+				ps := p.Stats()
+				st.DNSProxy = &ps
+			}
 			return st
 		},
 	})
@@ -482,9 +560,21 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if o.Web != "" {
 		stopWeb, err := webUI.start(o, srv, eng, hist, logf)
 		if err != nil {
+			stopBackend()
+			<-runErr
 			return err
 		}
 		defer stopWeb()
+	}
+	if o.DNSProxy != "" {
+		p, stopProxy, err := startDNSProxy(o, be, eng, hist, logf)
+		if err != nil {
+			stopBackend()
+			<-runErr
+			return err
+		}
+		proxy.Store(p)
+		defer stopProxy()
 	}
 
 	serveErr := make(chan error, 1)
@@ -532,4 +622,63 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	logf("stopped")
 	return nil
+}
+
+// startDNSProxy starts the local resolver and points resolv.conf at it; the function
+// it returns restores resolv.conf, then stops the resolver.
+func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hist *store.History, logf func(string, ...any)) (*dnsproxy.Proxy, func(), error) {
+	if be.names == nil {
+		return nil, nil, fmt.Errorf("--dns-proxy: the %s backend learns no names", be.Name())
+	}
+	listen := netip.MustParseAddrPort(o.DNSProxy)
+	var rc *dnsproxy.ResolvConf
+	upstream := o.DNSUpstream
+	if o.ResolvConf != "none" {
+		var err error
+		if rc, err = dnsproxy.OpenResolvConf(o.ResolvConf, o.StateDir); err != nil {
+			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
+		}
+		if len(upstream) == 0 {
+			upstream = rc.Nameservers(listen.Addr())
+		}
+	}
+	p, err := dnsproxy.New(dnsproxy.Config{
+		Listen: o.DNSProxy, Upstream: upstream, Refuse: o.DNSRefuse,
+		Identify: be.identify, Decide: eng.RuleFor, Names: be.names, Control: be.control, Logf: logf,
+		Record: func(req engine.Request, v engine.Verdict) {
+			hist.Record(store.Conn{Time: req.Time, Request: req, Verdict: v})
+		},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() { done <- p.Run(ctx, func() { close(ready) }) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		cancel()
+		return nil, nil, err
+	}
+	if rc != nil {
+		if err := rc.Point(listen.Addr()); err != nil {
+			cancel()
+			<-done
+			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
+		}
+	}
+	logf("local resolver on %s (UDP and TCP), forwarding to %s", o.DNSProxy, strings.Join(upstream, ", "))
+	return p, func() {
+		if rc != nil {
+			if err := rc.Restore(); err != nil {
+				logf("local resolver: %v", err)
+			} else {
+				logf("local resolver: %s restored", rc.Path)
+			}
+		}
+		cancel()
+		<-done
+	}, nil
 }

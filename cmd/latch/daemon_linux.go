@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/dnsproxy"
+	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept/linux"
 	"github.com/latchfw/latch/internal/procattr"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const defaultStateDir = "/var/lib/latch"
@@ -32,7 +37,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.ExemptLoopback = o.ExemptLoopback
 	cfg.Resolver = res
 	// Names from DNS responses label connections (prompts, history, host rules).
-	cfg.Hostnames = dnsname.NewCache(0)
+	names := dnsname.NewCache(0)
+	cfg.Hostnames = names
 	cfg.HoldTimeout = o.PromptTimeout + max(o.PromptTimeout, 30*time.Second)
 	cfg.Logf = logf
 	ready := make(chan struct{})
@@ -46,22 +52,44 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		st := res.Stats()
 		return map[string]uint64{"ebpf": st.EBPF, "procfs": st.Procfs, "no_socket": st.NoSocket, "no_process": st.NoProcess}
 	}
+	identify := func(proto engine.Protocol, client, server netip.AddrPort) engine.Request {
+		req := engine.Request{UID: -1}
+		p, err := res.ResolveDev(proto, client, server, -1, 0)
+		if errors.Is(err, procattr.ErrNoProcess) {
+			// The socket is there but no method named its process yet: without the
+			// eBPF hooks, /proc is rescanned at most every 50 ms. The program waits
+			// for its answer meanwhile, so ask once more rather than learn its names
+			// as nobody's.
+			time.Sleep(60 * time.Millisecond)
+			p, err = res.ResolveDev(proto, client, server, -1, 0)
+		}
+		if err != nil || p.PID == 0 {
+			return req
+		}
+		req.PID, req.Exe, req.UID, req.User, req.Cmdline = p.PID, p.Exe, p.UID, p.User, p.Cmdline
+		req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
+		return req
+	}
 	return &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
-		dns: be.DNSStats, close: func() { res.Close() }, ready: ready}, nil
+		dns: be.DNSStats, close: func() { res.Close() }, ready: ready,
+		names: names, identify: identify, control: linux.Control}, nil
 }
 
-const cleanupHelp = `Usage: latch cleanup [--queue N]
+const cleanupHelp = `Usage: latch cleanup [--queue N] [--state-dir DIR] [--resolv-conf PATH]
 
 Removes the netfilter rules (chains LATCH-OUT/LATCH-IN, table inet latch) that a
 crashed or killed daemon left in this network namespace, and those of boot
 protection (latch boot-protect) and of a daemon stopped with --keep-rules-on-exit. A fail-closed daemon that
 died keeps dropping new connections until its rules are removed. Refuses while a
-daemon still holds the queue.
+daemon still holds the queue. A daemon that ran its local resolver (--dns-proxy)
+kept the original resolv.conf in its state directory: cleanup puts it back too.
 `
 
 func runCleanup(ctx context.Context, args []string) error {
 	fs := newFlags("cleanup")
 	queue := fs.Uint("queue", uint(linux.DefaultQueue), "NFQUEUE queue number")
+	stateDir := fs.String("state-dir", defaultStateDir, "the daemon's state directory")
+	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the resolv.conf the local resolver pointed")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
@@ -72,5 +100,10 @@ func runCleanup(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Println("removed latch's leftover firewall rules (if there were any)")
+	if restored, err := dnsproxy.RestoreLeftover(*resolvConf, *stateDir); err != nil {
+		return err
+	} else if restored {
+		fmt.Printf("restored %s\n", textesc.String(*resolvConf))
+	}
 	return nil
 }

@@ -68,7 +68,7 @@ func runPrompts(ctx context.Context, args []string) error {
 	now := time.Now()
 	for _, p := range ps {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\n", p.ID, programOf(p.Exe, p.Identity, p.Container), pidOrDash(p.PID),
-			userOf(p.User, p.UID), p.Direction, p.Proto, hostPort(p.RemoteIP, p.RemotePort, p.Host), p.Held,
+			userOf(p.User, p.UID), p.Direction, p.Proto, remoteOf(p.RemoteIP, p.RemotePort, p.Host, p.HostSource, p.Note), p.Held,
 			max(p.Expires.Sub(now), 0).Round(time.Second))
 	}
 	return tw.Flush()
@@ -103,6 +103,20 @@ func userOf(user string, uid int32) string {
 // hostPort shows a remote: "198.18.5.5:443", "[2001:2::5]:443", or with the hostname
 // the program resolved "www.example.com (198.18.5.5):443". The hostname comes from
 // DNS, where a label may hold any byte: it is escaped.
+// remoteOf is hostPort for a remote end, saying when its name is another program's
+// lookup (host_source "shared": host rules do not match it by default) and when the
+// connection goes to an encrypted DNS service.
+func remoteOf(ip string, port uint16, host, source, note string) string {
+	s := hostPort(ip, port, host)
+	if host != "" && source == engine.HostShared {
+		s += " [name shared]"
+	}
+	if note != "" {
+		s += " [" + textesc.String(note) + "]"
+	}
+	return s
+}
+
 func hostPort(ip string, port uint16, host string) string {
 	if ip == "" {
 		return "-"

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/encdns"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/textesc"
 )
@@ -23,6 +24,7 @@ const rulesHelp = `Usage:
   latch rules rm ID
   latch rules export > FILE
   latch rules import [--merge] [--dry-run] FILE   (FILE '-' reads standard input)
+  latch rules preset block-encrypted-dns [--list FILE] [--print]
 
 Match flags of 'rules add' (each left out matches anything):
   --app PATH          executable, exact path or glob (*, ?, [..], ** across directories)
@@ -51,6 +53,13 @@ rules that are not in the set yet and keeps the rest; --dry-run prints what woul
 added (+), removed (-) and changed (~), and changes nothing.
 Managed rules (SOURCE managed:FILE, from the daemon's --managed-rules directory) are
 read-only: change their file, then 'latch reload'. Import leaves them as they are.
+
+'rules preset block-encrypted-dns' adds deny rules for encrypted DNS: TCP and UDP port
+853 to anywhere (DNS over TLS/QUIC), and port 443 of every service of the list shipped
+with latch, or of --list FILE (DNS over HTTPS). FILE has one endpoint a line: an
+address, a CIDR prefix or a hostname, then the service's name; '#' starts a comment.
+The rules name no program: an allow rule for an app is more specific and still wins.
+--print shows the rules (as 'rules export' would) instead of adding them.
 `
 
 func runRules(ctx context.Context, args []string) error {
@@ -68,10 +77,12 @@ func runRules(ctx context.Context, args []string) error {
 		return rulesExport(ctx, args[1:])
 	case "import":
 		return rulesImport(ctx, args[1:])
+	case "preset":
+		return rulesPreset(ctx, args[1:])
 	case "-h", "-help", "--help", "help":
 		return errHelp
 	}
-	return usagef("unknown subcommand %q: want list, add, rm, export or import", args[0])
+	return usagef("unknown subcommand %q: want list, add, rm, export, import or preset", args[0])
 }
 
 func rulesList(ctx context.Context, args []string) error {
@@ -297,4 +308,41 @@ func ruleLine(r engine.Rule) string {
 		return "(new) " + strings.TrimPrefix(r.String(), "#0 ")
 	}
 	return r.String()
+}
+
+// rulesPreset adds a named set of rules; block-encrypted-dns is the one there is.
+func rulesPreset(ctx context.Context, args []string) error {
+	fs := newFlags("rules preset")
+	list := fs.String("list", "", "encrypted DNS services, replacing the shipped list")
+	print := fs.Bool("print", false, "show the rules instead of adding them")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "a preset name: block-encrypted-dns"); err != nil {
+		return err
+	}
+	if pos[0] != "block-encrypted-dns" {
+		return usagef("preset %q: want block-encrypted-dns", pos[0])
+	}
+	l := encdns.Shipped()
+	if *list != "" {
+		if l, err = encdns.Load(*list); err != nil {
+			return err
+		}
+	}
+	rules := l.BlockRules()
+	if *print {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rules)
+	}
+	for _, r := range rules {
+		added, err := client().AddRule(ctx, r)
+		if err != nil {
+			return fmt.Errorf("preset block-encrypted-dns: %w", err)
+		}
+		fmt.Printf("added rule %d: %s\n", added.ID, added)
+	}
+	return nil
 }

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/dnsproxy"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/store"
@@ -94,6 +95,8 @@ type Status struct {
 	DNS *dnsname.Stats `json:"dns,omitempty"`
 
 	Events []EventSinkStats `json:"events,omitempty"` // event sinks: sent and dropped
+	// DNSProxy counts what the local resolver (--dns-proxy) did, when it runs.
+	DNSProxy *dnsproxy.Stats `json:"dns_proxy,omitempty"`
 }
 
 // EventSinkStats are one event sink's counters in Status.
@@ -118,6 +121,13 @@ type Prompt struct {
 	RemoteIP   string           `json:"remote_ip"`
 	RemotePort uint16           `json:"remote_port"`
 	Host       string           `json:"host,omitempty"`
+	// HostSource says whose DNS answer gave host: "own" (this program resolved it),
+	// "shared" (another program did; host rules skip it unless the daemon runs with
+	// --host-rules-match-shared) or "none".
+	HostSource string `json:"host_source,omitempty"`
+	// Note is what latch wants you to know about the connection, e.g. that it goes
+	// to an encrypted DNS service, so names after it are not visible.
+	Note string `json:"note,omitempty"`
 	// Identity: "verified" (exe is the host's file the process runs), "unverified"
 	// or "container" (app rules do not match it, and an answer cannot be
 	// remembered as a rule), "" (no process). See engine.Identity.
@@ -148,6 +158,13 @@ type Conn struct {
 	User       string           `json:"user"`
 	Cmdline    string           `json:"cmdline,omitempty"`
 	Host       string           `json:"host,omitempty"`
+	// HostSource says whose DNS answer gave host: "own" (this program resolved it),
+	// "shared" (another program did; host rules skip it unless the daemon runs with
+	// --host-rules-match-shared) or "none".
+	HostSource string `json:"host_source,omitempty"`
+	// Note is what latch wants you to know about the connection, e.g. that it goes
+	// to an encrypted DNS service, so names after it are not visible.
+	Note string `json:"note,omitempty"`
 	// Identity as in Prompt; "" also for connections recorded before latch
 	// checked identities.
 	Identity     engine.Identity `json:"identity"`
@@ -199,7 +216,7 @@ func PromptView(p *engine.Prompt) Prompt {
 		Direction: r.Direction, Proto: r.Protocol,
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
-		Host: r.Host, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
+		Host: r.Host, HostSource: r.HostSource, Note: r.Note, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 	}
 }
@@ -212,6 +229,7 @@ func ConnView(c *store.Conn) Conn {
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
+		HostSource: r.HostSource, Note: r.Note,
 		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 	}

@@ -21,9 +21,16 @@
 // connects the moment its answer arrives, often before the copy has been applied, and
 // LookupWait waits for it then (and only then; measured: up to ~0.2 ms).
 //
-// Names are only learned from plain DNS over UDP. A local stub resolver is fine (the
-// queries to systemd-resolved on 127.0.0.53 and its responses cross loopback and are
-// seen), but answers over TCP, DNS over TLS or HTTPS, and names a program cached
+// Names are kept per program as well as machine-wide: with Learner.SetAttributor,
+// each query is credited to the program (Program: executable, identity, container,
+// user) whose socket sent it, and its answer teaches that program's own names;
+// Cache.LookupForWait returns a program's own name for an address, or the machine-wide
+// one, saying which.
+//
+// Names are learned from plain DNS over UDP and over TCP (Learner.Segment follows each
+// connection to port 53 from its SYN). A local stub resolver is fine (the queries to
+// systemd-resolved on 127.0.0.53 and its responses cross loopback and are seen), but
+// DNS over TLS or HTTPS (package encdns flags those connections) and names a program cached
 // itself before latch started leave the host unknown. An attacker on the path who
 // sees a query can still answer it first, as the program itself would believe; only a
 // resolver of latch's own would close that.

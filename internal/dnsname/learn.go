@@ -62,7 +62,9 @@ type Stats struct {
 	Learned           uint64            `json:"learned"`             // addresses learned from those answers
 	Ignored           map[string]uint64 `json:"ignored"`             // responses that taught nothing, by reason (Ignored...)
 	Pending           int               `json:"pending"`             // queries waiting for their answer now
-	Names             int               `json:"names"`               // addresses labelled now (expired ones until replaced)
+	Names             int               `json:"names"`               // addresses labelled machine-wide now (expired ones until replaced)
+	Attributed        uint64            `json:"attributed"`          // tracked queries whose program was known: their answers teach that program's own names
+	OwnNames          int               `json:"own_names"`           // (program, address) names held now (expired ones until replaced)
 	Overflows         uint64            `json:"overflows"`           // times copies were lost to a full socket buffer
 }
 
@@ -75,8 +77,10 @@ type Stats struct {
 // later than AnswerWindow after the query. Anything else is counted and teaches
 // nothing. A Learner is safe for concurrent use.
 type Learner struct {
-	cache *Cache
-	now   func() time.Time
+	cache     *Cache
+	now       func() time.Time
+	attribute atomic.Pointer[func(tcp bool, client, server netip.AddrPort, uid int64) Program]
+	tcp       tcpStreams
 
 	mu        sync.Mutex
 	pending   map[queryKey]*list.Element // of *waiting
@@ -87,14 +91,15 @@ type Learner struct {
 	ring      []queryKey // recent's keys, oldest at ringHead once full
 	ringHead  int
 
-	queries, answers, learned, overflows atomic.Uint64
-	ignored                              [len(ignoredReasons)]atomic.Uint64
-	notTracked                           [len(notTrackedReasons)]atomic.Uint64
+	queries, answers, learned, overflows, attributed atomic.Uint64
+	ignored                                          [len(ignoredReasons)]atomic.Uint64
+	notTracked                                       [len(notTrackedReasons)]atomic.Uint64
 }
 
 type idKey struct {
 	client, server netip.AddrPort
 	id             uint16
+	tcp            bool
 }
 
 type queryKey struct {
@@ -111,6 +116,7 @@ type clientKey struct {
 type waiting struct {
 	key    queryKey
 	client clientKey
+	prog   Program // who asked; zero: unknown
 	at     time.Time
 }
 
@@ -128,6 +134,20 @@ func NewLearner(cache *Cache) *Learner {
 		perClient: make(map[clientKey]int),
 		recent:    make(map[queryKey]recentQuery),
 	}
+}
+
+// SetAttributor makes the Learner ask fn, for each query it is about to track, which
+// program sent it (from the query's socket: client and server address and port, and
+// the sending user, -1 if unknown; tcp for DNS over TCP). The answer to a query whose program is known
+// teaches that program's own names as well as the machine-wide ones. fn runs on the
+// reader's goroutine before the query's answer is read, while the asking socket still
+// waits for it; it should be quick. Without one, every name is machine-wide only.
+func (l *Learner) SetAttributor(fn func(tcp bool, client, server netip.AddrPort, uid int64) Program) {
+	if fn == nil {
+		l.attribute.Store(nil)
+		return
+	}
+	l.attribute.Store(&fn)
 }
 
 // Cache returns the cache the Learner fills.
@@ -162,20 +182,32 @@ func (l *Learner) Query(pkt []byte, uid int64) (bool, string) {
 	if err != nil {
 		return l.notTrack(NotTrackedMalformed)
 	}
+	return l.query(q, uid, false)
+}
+
+func (l *Learner) query(q *Query, uid int64, tcp bool) (bool, string) {
 	if q.Question.Class != classIN || q.Question.Type != typeA && q.Question.Type != typeAAAA {
 		return l.notTrack(NotTrackedOtherType)
 	}
-	key := queryKey{idKey{keyAP(q.Client), keyAP(q.Server), q.ID}, q.Question}
+	key := queryKey{idKey{keyAP(q.Client), keyAP(q.Server), q.ID, tcp}, q.Question}
 	client := clientKey{uid: uid}
 	if uid < 0 {
 		client = clientKey{uid: -1, addr: key.client.Addr()}
+	}
+	var prog Program
+	if fn := l.attribute.Load(); fn != nil {
+		prog = (*fn)(tcp, key.client, key.server, uid)
 	}
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expire(now)
 	if e, ok := l.pending[key]; ok {
-		e.Value.(*waiting).at = now
+		w := e.Value.(*waiting)
+		w.at = now
+		if prog.Known() {
+			w.prog = prog
+		}
 		l.order.MoveToBack(e)
 		return true, ""
 	}
@@ -185,7 +217,10 @@ func (l *Learner) Query(pkt []byte, uid int64) (bool, string) {
 	if len(l.pending) >= MaxPendingQueries {
 		return l.notTrack(NotTrackedTableFull)
 	}
-	l.pending[key] = l.order.PushBack(&waiting{key, client, now})
+	l.pending[key] = l.order.PushBack(&waiting{key, client, prog, now})
+	if prog.Known() {
+		l.attributed.Add(1)
+	}
 	l.byID[key.idKey]++
 	l.perClient[client]++
 	l.queries.Add(1)
@@ -200,16 +235,23 @@ func (l *Learner) Query(pkt []byte, uid int64) (bool, string) {
 // not teach.
 func (l *Learner) Response(pkt []byte) (int, string) {
 	r, err := parseResponsePacket(pkt)
+	return l.response(r, err, false)
+}
+
+func (l *Learner) response(r *Response, err error, tcp bool) (int, string) {
 	if r == nil {
 		return l.ignore(IgnoredMalformed)
 	}
-	key := queryKey{idKey{keyAP(r.Client), keyAP(r.Server), r.ID}, Question{r.QName, r.QType, r.QClass}}
+	key := queryKey{idKey{keyAP(r.Client), keyAP(r.Server), r.ID, tcp}, Question{r.QName, r.QType, r.QClass}}
 	now := l.now()
 	l.mu.Lock()
 	l.expire(now)
 	e, matched := l.pending[key]
+	var prog Program
 	if matched {
-		l.remove(e.Value.(*waiting), true)
+		w := e.Value.(*waiting)
+		prog = w.prog
+		l.remove(w, true)
 	}
 	reason := ""
 	switch {
@@ -238,7 +280,7 @@ func (l *Learner) Response(pkt []byte) (int, string) {
 	}
 	l.answers.Add(1)
 	for _, a := range r.Answers {
-		l.cache.Add(a.Addr, a.Name, time.Duration(a.TTL)*time.Second)
+		l.cache.AddFor(prog, a.Addr, a.Name, time.Duration(a.TTL)*time.Second)
 	}
 	l.learned.Add(uint64(len(r.Answers)))
 	return len(r.Answers), ""
@@ -294,6 +336,8 @@ func (l *Learner) Stats() Stats {
 		Learned:           l.learned.Load(),
 		Ignored:           make(map[string]uint64, len(ignoredReasons)),
 		Names:             l.cache.Len(),
+		Attributed:        l.attributed.Load(),
+		OwnNames:          l.cache.OwnLen(),
 		Overflows:         l.overflows.Load(),
 	}
 	for i, r := range ignoredReasons {

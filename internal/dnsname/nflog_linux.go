@@ -48,7 +48,7 @@ const (
 //	iptables -I OUTPUT -p udp --dport 53 -m conntrack --ctdir ORIGINAL -j NFLOG --nflog-group 4243
 //	iptables -I INPUT -p udp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFLOG --nflog-group 4243
 //
-// One group carries both, so a query's copy is always read before its answer's.
+// and the same for TCP (DNS over TCP, each segment: see Learner.Segment). One group carries both, so a query's copy is always read before its answer's.
 // Binding fails if another socket has bound group. Copies lost to a full socket
 // buffer are counted in l's Stats: a lost query only costs the name its answer
 // carried.
@@ -142,6 +142,8 @@ func ListenNFLOG(ctx context.Context, group uint16, l *Learner) error {
 			switch {
 			case !ok:
 				l.ignore(IgnoredMalformed)
+			case (c.hook == hookLocalOut || c.hook == hookLocalIn) && isTCP(c.payload):
+				l.Segment(c.payload, c.uid, c.hook == hookLocalOut)
 			case c.hook == hookLocalOut:
 				l.Query(c.payload, c.uid)
 			case c.hook == hookLocalIn:

@@ -65,7 +65,7 @@ func (c *compiledRule) mayMatch(req *Request) bool {
 	if c.Service != "" && len(req.Services) > 0 && !serviceMatches(c.Service, req) {
 		return false
 	}
-	if c.host != "" && req.Host != "" && !hostMatches(c.host, normalizeHost(req.Host)) {
+	if c.host != "" && req.ruleHost() != "" && !hostMatches(c.host, req.ruleHost()) {
 		return false
 	}
 	if c.app != nil && req.Exe != "" && !c.app.match(req.Exe) {

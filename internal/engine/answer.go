@@ -191,7 +191,9 @@ func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, e
 	}
 	// A known hostname is what the person saw and what stays true when DNS hands out
 	// another address; the address is the fallback.
-	host, hostErr := ParseHost(req.Host)
+	// A name another program resolved is not one host rules match (unless the engine
+	// lets them): the rule then remembers the address.
+	host, hostErr := ParseHost(req.ruleHost())
 	if a.Scope.host() && host != "" && hostErr == nil && !strings.HasPrefix(host, "*") {
 		r.Host = host
 	} else if a.Scope.host() {

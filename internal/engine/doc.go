@@ -17,7 +17,9 @@
 // Host is the remote's hostname as the program resolved it (Request.Host, learned from
 // DNS): an exact name, or "*.example.com", which matches every name below example.com
 // but not example.com itself; case and a trailing dot do not matter, and a request
-// whose hostname is unknown matches no Host rule. Remote is an address or CIDR prefix,
+// whose hostname is unknown matches no Host rule; nor, unless
+// Config.HostRulesMatchShared, does one whose name another program resolved
+// (Request.HostSource HostShared). Remote is an address or CIDR prefix,
 // Port and LocalPort inclusive ranges. A rule whose Expires has passed never matches and is dropped from the set.
 //
 // # Precedence

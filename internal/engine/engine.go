@@ -31,6 +31,11 @@ type Config struct {
 	MaxPrompts        int
 	MaxPromptsPerUser int
 	MaxPromptsPerApp  int
+	// HostRulesMatchShared lets host rules match a name another program resolved
+	// (Request.HostSource HostShared). Off, a host rule matches only names the
+	// connecting program resolved itself, so that one program's lookup never lets
+	// another through.
+	HostRulesMatchShared bool
 }
 
 // PromptID identifies a question, unique within one Engine.
@@ -283,6 +288,18 @@ func (e *Engine) prepare(out []Rule) ([]Rule, error) {
 	return out, nil
 }
 
+// RuleFor returns the rule that would decide req now, if one does, without asking
+// anyone or counting a decision. A DNS resolver asks it with a request that names
+// only the program and the host (no address, port or protocol), so only rules that
+// constrain none of those can match.
+func (e *Engine) RuleFor(req *Request) (Rule, bool) {
+	req.matchShared = e.cfg.HostRulesMatchShared
+	if c := e.matcher.Load().match(req, e.now()); c != nil {
+		return c.Rule, true
+	}
+	return Rule{}, false
+}
+
 // Decide implements intercept.Decider: a matching rule answers at once (ReasonRule,
 // RuleID set); otherwise the request joins a question (Prompt). Identical questions
 // (same exe + direction + proto + remote ip + remote port, same user) share one Prompt.
@@ -290,6 +307,7 @@ func (e *Engine) prepare(out []Rule) ([]Rule, error) {
 // closed, verdict is called for every request attached. Never blocks; verdict may be
 // called before Decide returns, or later from another goroutine, exactly once.
 func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
+	req.matchShared = e.cfg.HostRulesMatchShared
 	now := e.now()
 	m := e.matcher.Load()
 	if c := m.match(req, now); c != nil {

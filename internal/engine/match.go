@@ -40,7 +40,7 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 	if c.Service != "" && !serviceMatches(c.Service, req) {
 		return false
 	}
-	if c.host != "" && !hostMatches(c.host, normalizeHost(req.Host)) {
+	if c.host != "" && !hostMatches(c.host, req.ruleHost()) {
 		return false
 	}
 	// The app is checked last: exact-path rules were already selected by exe, and glob
@@ -676,7 +676,7 @@ func (m *matcher) match(req *Request, now time.Time) *compiledRule {
 	q := query{
 		req:    req,
 		remote: req.Remote.Addr().Unmap(),
-		host:   normalizeHost(req.Host),
+		host:   req.ruleHost(),
 		port:   req.Remote.Port(),
 		lport:  req.Local.Port(),
 		now:    unixNanoClamped(now),

@@ -204,8 +204,15 @@ type Request struct {
 	UID       int32          `json:"uid"`            // -1: unknown
 	User      string         `json:"user,omitempty"` // account name, "" if unknown
 	Cmdline   string         `json:"cmdline,omitempty"`
-	Host      string         `json:"host,omitempty"`     // hostname learned from DNS, if any
-	Services  []string       `json:"services,omitempty"` // Windows: services hosted by svchost.exe
+	Host      string         `json:"host,omitempty"` // hostname learned from DNS, if any
+	// HostSource says whose DNS answer gave Host: HostOwn (this program resolved the
+	// address itself), HostShared (another program did: the machine-wide fallback),
+	// HostNone (no name). "" means the backend does not tell, and Host counts as own.
+	HostSource string `json:"host_source,omitempty"`
+	// Note is what the backend wants the person to know about the connection, e.g.
+	// that it goes to an encrypted DNS service (NoteEncryptedDNS...).
+	Note     string   `json:"note,omitempty"`
+	Services []string `json:"services,omitempty"` // Windows: services hosted by svchost.exe
 	// Identity says whether Exe is the host's name for the file the process runs.
 	// Only IdentityVerified lets app rules (exact paths and globs) match; the zero
 	// value (IdentityUnknown, "") does not.
@@ -216,6 +223,10 @@ type Request struct {
 	// IdentityNote says, when Identity is not IdentityVerified, why not (e.g. "the
 	// executable was deleted or replaced since the process started").
 	IdentityNote string `json:"identity_note,omitempty"`
+
+	// matchShared is Config.HostRulesMatchShared of the engine deciding the request,
+	// set by Decide.
+	matchShared bool
 }
 
 // Identity is how far a Request's Exe can be trusted to name the program. It is
@@ -278,6 +289,22 @@ func ParseIdentity(s string) (Identity, error) {
 		}
 	}
 	return 0, fmt.Errorf("identity %q: want verified, unverified, container or empty", s)
+}
+
+// Values of Request.HostSource.
+const (
+	HostOwn    = "own"    // the program itself resolved the address to Host
+	HostShared = "shared" // another program did (machine-wide map); host rules skip it unless Config.HostRulesMatchShared
+	HostNone   = "none"   // no name is known for the address
+)
+
+// ruleHost is the hostname host rules match: Host, unless another program resolved
+// it and the engine does not let shared names match.
+func (r *Request) ruleHost() string {
+	if r.HostSource == HostShared && !r.matchShared {
+		return ""
+	}
+	return normalizeHost(r.Host)
 }
 
 // appExe is the executable app rules match: Exe if it is verified, else "" (which

@@ -127,7 +127,9 @@ CREATE TABLE IF NOT EXISTS conns (
 	rule_id     INTEGER NOT NULL,
 	identity    TEXT    NOT NULL DEFAULT '',
 	container   TEXT    NOT NULL DEFAULT '',
-	identity_note TEXT  NOT NULL DEFAULT ''
+	identity_note TEXT  NOT NULL DEFAULT '',
+	host_source TEXT    NOT NULL DEFAULT '',
+	note        TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
@@ -141,6 +143,9 @@ var addedColumns = []struct{ name, def string }{
 	{"identity", "TEXT NOT NULL DEFAULT ''"},
 	{"container", "TEXT NOT NULL DEFAULT ''"},
 	{"identity_note", "TEXT NOT NULL DEFAULT ''"},
+	// Rows written before names were kept per program read host_source "".
+	{"host_source", "TEXT NOT NULL DEFAULT ''"},
+	{"note", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -505,8 +510,8 @@ func (h *History) writeBatch(batch []Conn) {
 	}
 	stmt, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		identity, container, identity_note)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		identity, container, identity_note, host_source, note)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		tx.Rollback()
 		h.fail(len(batch), err)
@@ -519,7 +524,7 @@ func (h *History) writeBatch(batch []Conn) {
 			addrString(r.Remote.Addr()), int(r.Remote.Port()),
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			r.Identity.String(), r.Container, r.IdentityNote)
+			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note)
 		if err != nil {
 			break
 		}
@@ -582,7 +587,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 
 // connCols are the columns scanConns reads, in order.
 const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note`
 
 // scanConns reads rows of connCols and closes them.
 func scanConns(rows *sql.Rows) ([]Conn, error) {
@@ -599,7 +604,7 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
-			&identity, &r.Container, &r.IdentityNote); err != nil {
+			&identity, &r.Container, &r.IdentityNote, &r.HostSource, &r.Note); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)

@@ -112,6 +112,18 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.Hostnames != nil {
 		b.dns = dnsname.NewLearner(cfg.Hostnames)
+		if cfg.Resolver != nil {
+			// Each query is credited to the program whose socket sent it, so that its
+			// answer labels that program's connections (names "own") and others' only
+			// as the machine-wide fallback ("shared").
+			b.dns.SetAttributor(func(tcp bool, client, server netip.AddrPort, uid int64) dnsname.Program {
+				proto := engine.UDP
+				if tcp {
+					proto = engine.TCP
+				}
+				return b.queryProgram(proto, client, server, uid)
+			})
+		}
 	}
 	return b, nil
 }
@@ -462,8 +474,16 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	}
 	if b.cfg.Hostnames != nil {
 		// After attribution, which gives the copy of the DNS answer the program just
-		// got time to arrive; LookupWait waits only while such a copy is in flight.
-		req.Host, _ = b.cfg.Hostnames.LookupWait(req.Remote.Addr(), 2*time.Millisecond)
+		// got time to arrive; LookupForWait waits only while such a copy is in flight.
+		name, own, ok := b.cfg.Hostnames.LookupForWait(programOf(req), req.Remote.Addr(), 2*time.Millisecond)
+		switch {
+		case !ok:
+			req.HostSource = engine.HostNone
+		case own:
+			req.Host, req.HostSource = name, engine.HostOwn
+		default:
+			req.Host, req.HostSource = name, engine.HostShared
+		}
 	}
 	b.decide(d, h)
 }
@@ -498,6 +518,47 @@ func (b *Backend) attribute(req *engine.Request, ifindex int) {
 	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}
+}
+
+// programOf is whose own names a connection's host is looked up in: the program
+// attribution found, or none.
+func programOf(req *engine.Request) dnsname.Program {
+	if req.PID == 0 || req.Exe == "" {
+		return dnsname.Program{}
+	}
+	return dnsname.Program{Exe: req.Exe, Identity: uint8(req.Identity), Container: req.Container, UID: req.UID}
+}
+
+// endedResolver is a Resolver that also finds the program of a TCP connection that
+// ended since (procattr.Resolver.ResolveEnded).
+type endedResolver interface {
+	ResolveEnded(proto engine.Protocol, local, remote netip.AddrPort, uid int32) (procattr.Process, error)
+}
+
+// queryProgram finds the program that sent a DNS query from client to server, as
+// attribute does for a held connection; the zero Program if none is found.
+func (b *Backend) queryProgram(proto engine.Protocol, client, server netip.AddrPort, uid int64) dnsname.Program {
+	req := engine.Request{Direction: engine.Outbound, Protocol: proto, Local: client, Remote: server, UID: -1}
+	if uid >= 0 && uid <= 1<<31-1 {
+		req.UID = int32(uid)
+	}
+	var p procattr.Process
+	var err error
+	if re, ok := b.cfg.Resolver.(endedResolver); ok {
+		// The copy is read a little after the query was sent: a short TCP connection
+		// may be in TIME_WAIT by then.
+		p, err = re.ResolveEnded(proto, client, server, req.UID)
+	} else {
+		p, err = b.cfg.Resolver.ResolveDev(proto, client, server, req.UID, 0)
+	}
+	if err != nil || p.PID == 0 {
+		return dnsname.Program{}
+	}
+	req.PID, req.Exe, req.Identity, req.Container = p.PID, p.Exe, p.Identity, p.Container
+	if req.UID < 0 {
+		req.UID = p.UID
+	}
+	return programOf(&req)
 }
 
 func (b *Backend) decide(d intercept.Decider, h *hold) {

@@ -8,8 +8,8 @@
 // of the filter table's OUTPUT chain) and, with Config.Inbound, LATCH-IN (from INPUT),
 // for IPv4 and IPv6, with iptables-nft or iptables-legacy; or a table "inet latch"
 // where the kernel's nftables can queue natively. With Config.Hostnames, LATCH-OUT
-// first copies every DNS query (UDP to port 53, conntrack direction original) and
-// LATCH-IN every DNS response on a flow this host opened to the NFLOG group
+// first copies every DNS query (UDP and TCP to port 53, conntrack direction original)
+// and LATCH-IN every DNS response on a flow this host opened to the NFLOG group
 // DNSLogGroup. Then, in order, LATCH-OUT:
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets

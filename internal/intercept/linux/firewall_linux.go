@@ -292,6 +292,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// seen too (a held query is copied again when its verdict repeats the chain):
 		// an answer teaches a name only if it answers one of them.
 		fmt.Fprintf(&b, "-A %s -p udp -m udp --dport 53 -m conntrack --ctdir ORIGINAL -j NFLOG --nflog-group %d\n", chainOut, spec.dnsLogGroup)
+		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --dport 53 -m conntrack --ctdir ORIGINAL -j NFLOG --nflog-group %d\n", chainOut, spec.dnsLogGroup)
 	}
 	chain(chainOut, "OUTPUT", "-o", true)
 	if spec.input() {
@@ -302,6 +303,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// there); NFLOG never holds the packet. Only replies on a flow this host opened
 		// (conntrack REPLY direction); the reader then binds each to its query.
 		fmt.Fprintf(&b, "-A %s -p udp -m udp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFLOG --nflog-group %d\n", chainIn, spec.dnsLogGroup)
+		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFLOG --nflog-group %d\n", chainIn, spec.dnsLogGroup)
 	}
 	if spec.inbound {
 		chain(chainIn, "INPUT", "-i", false)
@@ -549,6 +551,7 @@ func (spec ruleSpec) nftRules() string {
 		// DNS queries, first in the output chain (see iptablesRules).
 		fmt.Fprintf(&b, "add chain inet %s output { type filter hook output priority filter - 1; policy accept; }\n", nftTable)
 		fmt.Fprintf(&b, "add rule inet %s output udp dport 53 ct direction original log group %d\n", nftTable, spec.dnsLogGroup)
+		fmt.Fprintf(&b, "add rule inet %s output tcp dport 53 ct direction original log group %d\n", nftTable, spec.dnsLogGroup)
 	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {
@@ -556,6 +559,7 @@ func (spec ruleSpec) nftRules() string {
 	}
 	if spec.dnsLogGroup != 0 {
 		fmt.Fprintf(&b, "add rule inet %s input udp sport 53 ct state established ct direction reply log group %d\n", nftTable, spec.dnsLogGroup)
+		fmt.Fprintf(&b, "add rule inet %s input tcp sport 53 ct state established ct direction reply log group %d\n", nftTable, spec.dnsLogGroup)
 	}
 	if spec.inbound {
 		chain("input", "input", "iifname", false)

@@ -39,6 +39,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -101,6 +102,8 @@ func main() {
 		holdMany(addr, atoi(3), atoi(4), duration(5))
 	case "udp-stream":
 		udpStream(addr)
+	case "resolve-connect-tcp":
+		emit(resolveConnectNet("tcp", addr, arg(3), arg(4), duration(5)))
 	case "dns-serve":
 		dnsServe(addr, arg(3), arg(4))
 	case "dns-spoof":
@@ -393,7 +396,18 @@ func udpStream(addr string) {
 	}
 }
 
-// dnsServe is a minimal authoritative DNS server: one A record.
+// servesName reports whether the comma-separated list names holds name.
+func servesName(names, name string) bool {
+	for _, n := range strings.Split(names, ",") {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// dnsServe is a minimal authoritative DNS server: one A record, for each of the
+// comma-separated names.
 func dnsServe(addr, name, ip string) {
 	a, err := netip.ParseAddr(ip)
 	if err != nil || !a.Is4() {
@@ -403,6 +417,36 @@ func dnsServe(addr, name, ip string) {
 	if err != nil {
 		fatal(err)
 	}
+	// The same answers over TCP (length-prefixed messages, RFC 7766).
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				for {
+					var l [2]byte
+					if _, err := io.ReadFull(c, l[:]); err != nil {
+						return
+					}
+					q := make([]byte, binary.BigEndian.Uint16(l[:]))
+					if _, err := io.ReadFull(c, q); err != nil {
+						return
+					}
+					if resp := dnsAnswer(q, name, a); resp != nil {
+						c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(resp))), resp...))
+					}
+				}
+			}()
+		}
+	}()
 	fmt.Println("listening")
 	buf := make([]byte, 512)
 	for {
@@ -410,53 +454,66 @@ func dnsServe(addr, name, ip string) {
 		if err != nil {
 			fatal(err)
 		}
-		q := buf[:n]
-		if n < 12 || binary.BigEndian.Uint16(q[4:6]) != 1 {
-			continue
+		if resp := dnsAnswer(buf[:n], name, a); resp != nil {
+			pc.WriteTo(resp, from)
 		}
-		// The question: labels up to a zero byte, then type and class.
-		end := 12
-		var labels []string
-		for end < n && q[end] != 0 {
-			l := int(q[end])
-			if end+1+l > n {
-				break
-			}
-			labels = append(labels, string(q[end+1:end+1+l]))
-			end += 1 + l
-		}
-		end += 5
-		if end > n {
-			continue
-		}
-		qtype := binary.BigEndian.Uint16(q[end-4 : end-2])
-		resp := append([]byte(nil), q[:end]...)
-		resp[2] = 0x84 | (q[2] & 0x01) // response, authoritative, keep RD
-		resp[3] = 0
-		binary.BigEndian.PutUint16(resp[8:10], 0)
-		binary.BigEndian.PutUint16(resp[10:12], 0)
-		switch {
-		case !strings.EqualFold(strings.Join(labels, "."), name):
-			resp[3] = 3 // NXDOMAIN
-			binary.BigEndian.PutUint16(resp[6:8], 0)
-		case qtype == 1:
-			binary.BigEndian.PutUint16(resp[6:8], 1)
-			ip4 := a.As4()
-			resp = append(resp, 0xC0, 12, 0, 1, 0, 1, 0, 0, 1, 0x2C, 0, 4)
-			resp = append(resp, ip4[:]...)
-		default:
-			binary.BigEndian.PutUint16(resp[6:8], 0) // no AAAA: NODATA
-		}
-		pc.WriteTo(resp, from)
 	}
+}
+
+// dnsAnswer answers the query q: an A record a for each of the comma-separated names,
+// NXDOMAIN for others; nil for what is not a query.
+func dnsAnswer(q []byte, name string, a netip.Addr) []byte {
+	n := len(q)
+	if n < 12 || binary.BigEndian.Uint16(q[4:6]) != 1 {
+		return nil
+	}
+	// The question: labels up to a zero byte, then type and class.
+	end := 12
+	var labels []string
+	for end < n && q[end] != 0 {
+		l := int(q[end])
+		if end+1+l > n {
+			break
+		}
+		labels = append(labels, string(q[end+1:end+1+l]))
+		end += 1 + l
+	}
+	end += 5
+	if end > n {
+		return nil
+	}
+	qtype := binary.BigEndian.Uint16(q[end-4 : end-2])
+	resp := append([]byte(nil), q[:end]...)
+	resp[2] = 0x84 | (q[2] & 0x01) // response, authoritative, keep RD
+	resp[3] = 0
+	binary.BigEndian.PutUint16(resp[8:10], 0)
+	binary.BigEndian.PutUint16(resp[10:12], 0)
+	switch {
+	case !servesName(name, strings.Join(labels, ".")):
+		resp[3] = 3 // NXDOMAIN
+		binary.BigEndian.PutUint16(resp[6:8], 0)
+	case qtype == 1:
+		binary.BigEndian.PutUint16(resp[6:8], 1)
+		ip4 := a.As4()
+		resp = append(resp, 0xC0, 12, 0, 1, 0, 1, 0, 0, 1, 0x2C, 0, 4)
+		resp = append(resp, ip4[:]...)
+	default:
+		binary.BigEndian.PutUint16(resp[6:8], 0) // no AAAA: NODATA
+	}
+	return resp
 }
 
 // resolveConnect looks NAME up at the DNS server dnsAddr, as a program with that
 // resolver would, and connects to the first address.
 func resolveConnect(dnsAddr, name, port string, timeout time.Duration) Result {
+	return resolveConnectNet("udp", dnsAddr, name, port, timeout)
+}
+
+// resolveConnectNet is resolveConnect with DNS over network ("udp" or "tcp").
+func resolveConnectNet(network, dnsAddr, name, port string, timeout time.Duration) Result {
 	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "udp", dnsAddr)
+		return d.DialContext(ctx, network, dnsAddr)
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()

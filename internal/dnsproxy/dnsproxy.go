@@ -1,0 +1,321 @@
+// Package dnsproxy is latch's local resolver mode: a small forwarding DNS server
+// (github.com/miekg/dns, UDP and TCP) that the machine's resolv.conf points to while
+// the daemon runs. Every query comes from a local socket, so it is attributed to the
+// asking program before it is answered; the answer's addresses are learned as that
+// program's own names, exactly (no copies of packets to match); a name that a deny
+// rule covers for that program is refused at query time (NXDOMAIN, or the
+// unspecified address), and recorded in history as a DNS decision; and the canary
+// use-application-dns.net is answered NXDOMAIN, so that Firefox keeps plain DNS.
+//
+// The proxy runs inside the daemon: while the daemon is stopped, nothing answers at
+// the proxy's address and DNS fails (closed) until it is back or resolv.conf is
+// restored (ResolvConf.Restore, on a clean stop).
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// Canary is the name Firefox asks before it turns DNS over HTTPS on by itself: an
+// NXDOMAIN answer keeps it on the system's resolver (and so on this proxy).
+const Canary = "use-application-dns.net"
+
+// Refusals: what a refused name gets.
+const (
+	RefuseNXDomain = "nxdomain" // NXDOMAIN
+	RefuseZero     = "zero"     // 0.0.0.0 for A, :: for AAAA, no records otherwise
+)
+
+// NoteRefused is the Request.Note of a DNS decision in history.
+const NoteRefused = "DNS query refused: a deny rule covers the name"
+
+// Config configures a Proxy.
+type Config struct {
+	// Listen is the address to serve on, UDP and TCP (e.g. "127.0.0.53:53").
+	Listen string
+	// Upstream are the servers queries are forwarded to, tried in order ("ADDR:PORT").
+	Upstream []string
+	// Refuse is RefuseNXDomain (default) or RefuseZero.
+	Refuse string
+	// Identify describes the program whose socket (client, with proto) sent a query to
+	// server: PID, Exe, UID, User, Identity, Container. Nil: every query is
+	// unattributed.
+	Identify func(proto engine.Protocol, client, server netip.AddrPort) engine.Request
+	// Decide returns the rule that decides a request naming only a program and a
+	// host (engine.Engine.RuleFor). Nil: nothing is refused.
+	Decide func(req *engine.Request) (engine.Rule, bool)
+	// Names learns the answers (nil: not learned).
+	Names *dnsname.Cache
+	// Record is told every refused query (history).
+	Record func(req engine.Request, v engine.Verdict)
+	// Control is applied to upstream sockets (SO_MARK, so that they are never held).
+	Control func(network, address string, c syscall.RawConn) error
+	// Timeout for one upstream exchange; 0: 2 s.
+	Timeout time.Duration
+	// Logf logs; nil: nothing.
+	Logf func(format string, args ...any)
+}
+
+// Proxy is a running local resolver.
+type Proxy struct {
+	cfg     Config
+	servers []*dns.Server
+	mu      sync.Mutex
+	stats   Stats
+}
+
+// Stats count what the proxy did.
+type Stats struct {
+	Queries   uint64 `json:"queries"`
+	Refused   uint64 `json:"refused"`
+	Canary    uint64 `json:"canary"`
+	Failed    uint64 `json:"upstream_failed"`
+	Attribute uint64 `json:"attributed"`
+}
+
+// New checks cfg.
+func New(cfg Config) (*Proxy, error) {
+	if _, err := netip.ParseAddrPort(cfg.Listen); err != nil {
+		return nil, fmt.Errorf("dns proxy: listen address %q: %v", cfg.Listen, err)
+	}
+	if len(cfg.Upstream) == 0 {
+		return nil, errors.New("dns proxy: no upstream server (configure one, or list one in resolv.conf)")
+	}
+	for _, u := range cfg.Upstream {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			return nil, fmt.Errorf("dns proxy: upstream %q: want ADDRESS:PORT", u)
+		}
+	}
+	switch cfg.Refuse {
+	case "":
+		cfg.Refuse = RefuseNXDomain
+	case RefuseNXDomain, RefuseZero:
+	default:
+		return nil, fmt.Errorf("dns proxy: refuse %q: want nxdomain or zero", cfg.Refuse)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	return &Proxy{cfg: cfg}, nil
+}
+
+// Stats returns the counters.
+func (p *Proxy) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats
+}
+
+func (p *Proxy) count(f func(*Stats)) {
+	p.mu.Lock()
+	f(&p.stats)
+	p.mu.Unlock()
+}
+
+// Run serves until ctx is done. It returns once both listeners are bound (ready
+// closed) or failed.
+func (p *Proxy) Run(ctx context.Context, ready func()) error {
+	pc, err := net.ListenPacket("udp", p.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("dns proxy: listen udp %s: %w", p.cfg.Listen, err)
+	}
+	ln, err := net.Listen("tcp", p.cfg.Listen)
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("dns proxy: listen tcp %s: %w", p.cfg.Listen, err)
+	}
+	udp := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.UDP) })}
+	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.TCP) }),
+		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+	errs := make(chan error, 2)
+	var started sync.WaitGroup
+	started.Add(2)
+	udp.NotifyStartedFunc, tcp.NotifyStartedFunc = started.Done, started.Done
+	go func() { errs <- udp.ActivateAndServe() }()
+	go func() { errs <- tcp.ActivateAndServe() }()
+	startedCh := make(chan struct{})
+	go func() { started.Wait(); close(startedCh) }()
+	select {
+	case <-startedCh:
+		if ready != nil {
+			ready()
+		}
+	case err := <-errs:
+		udp.Shutdown()
+		tcp.Shutdown()
+		return fmt.Errorf("dns proxy: %w", err)
+	}
+	<-ctx.Done()
+	udp.ShutdownContext(context.Background())
+	tcp.ShutdownContext(context.Background())
+	return nil
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.TCPAddr:
+		return a.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+// serve answers one query.
+func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, proto engine.Protocol) {
+	p.count(func(s *Stats) { s.Queries++ })
+	if r.Response || len(r.Question) != 1 || r.Opcode != dns.OpcodeQuery {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeFormatError)
+		w.WriteMsg(m)
+		return
+	}
+	q := r.Question[0]
+	name := dnsname.Normalize(q.Name)
+	client, server := addrPortOf(w.RemoteAddr()), addrPortOf(w.LocalAddr())
+	req := engine.Request{UID: -1}
+	if p.cfg.Identify != nil {
+		req = p.cfg.Identify(proto, client, server)
+	}
+	if req.PID != 0 {
+		p.count(func(s *Stats) { s.Attribute++ })
+	}
+	if name == Canary {
+		p.count(func(s *Stats) { s.Canary++ })
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeNameError)
+		w.WriteMsg(m)
+		return
+	}
+	if p.cfg.Decide != nil && name != "" {
+		ask := engine.Request{Direction: engine.Outbound, PID: req.PID, Exe: req.Exe, UID: req.UID, User: req.User,
+			Identity: req.Identity, Container: req.Container, Host: name, HostSource: engine.HostOwn}
+		if rule, ok := p.cfg.Decide(&ask); ok && rule.Host != "" && rule.Action != engine.Allow {
+			p.refuse(w, r, q)
+			p.count(func(s *Stats) { s.Refused++ })
+			if p.cfg.Record != nil {
+				rec := req
+				rec.Time, rec.Direction, rec.Protocol = time.Now(), engine.Outbound, proto
+				rec.Local, rec.Remote = client, server
+				rec.Host, rec.HostSource, rec.Note = name, engine.HostOwn, NoteRefused
+				p.cfg.Record(rec, engine.Verdict{Action: rule.Action, Reason: engine.ReasonRule, RuleID: rule.ID})
+			}
+			return
+		}
+	}
+	resp, err := p.forward(r, proto)
+	if err != nil {
+		p.count(func(s *Stats) { s.Failed++ })
+		p.cfg.Logf("dns proxy: %s %s: %v", name, dns.TypeToString[q.Qtype], err)
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeServerFailure)
+		w.WriteMsg(m)
+		return
+	}
+	p.learn(req, q, resp)
+	resp.Id = r.Id
+	w.WriteMsg(resp)
+}
+
+func (p *Proxy) refuse(w dns.ResponseWriter, r *dns.Msg, q dns.Question) {
+	m := new(dns.Msg)
+	if p.cfg.Refuse == RefuseNXDomain {
+		m.SetRcode(r, dns.RcodeNameError)
+		w.WriteMsg(m)
+		return
+	}
+	m.SetReply(r)
+	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
+	switch q.Qtype {
+	case dns.TypeA:
+		m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: net.IPv4zero})
+	case dns.TypeAAAA:
+		m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: net.IPv6unspecified})
+	}
+	w.WriteMsg(m)
+}
+
+// forward asks the upstream servers in turn.
+func (p *Proxy) forward(r *dns.Msg, proto engine.Protocol) (*dns.Msg, error) {
+	network := "udp"
+	if proto == engine.TCP {
+		network = "tcp"
+	}
+	c := &dns.Client{Net: network, Timeout: p.cfg.Timeout,
+		Dialer: &net.Dialer{Timeout: p.cfg.Timeout, Control: p.cfg.Control}}
+	var errs []error
+	for _, u := range p.cfg.Upstream {
+		resp, _, err := c.Exchange(r.Copy(), u)
+		if err == nil {
+			return resp, nil
+		}
+		errs = append(errs, fmt.Errorf("upstream %s: %w", u, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// learn records the answer's addresses of the question's type, reached from the
+// question name directly or along its CNAME chain, as the asking program's names.
+func (p *Proxy) learn(req engine.Request, q dns.Question, resp *dns.Msg) {
+	if p.cfg.Names == nil || resp.Rcode != dns.RcodeSuccess || q.Qclass != dns.ClassINET ||
+		(q.Qtype != dns.TypeA && q.Qtype != dns.TypeAAAA) {
+		return
+	}
+	qname := dnsname.Normalize(q.Name)
+	chain := map[string]uint32{strings.ToLower(q.Name): ^uint32(0)}
+	for range 16 { // CNAME hops
+		grew := false
+		for _, rr := range resp.Answer {
+			if c, ok := rr.(*dns.CNAME); ok {
+				if ttl, in := chain[strings.ToLower(c.Hdr.Name)]; in {
+					t := strings.ToLower(c.Target)
+					if _, seen := chain[t]; !seen {
+						chain[t] = min(ttl, c.Hdr.Ttl)
+						grew = true
+					}
+				}
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	var prog dnsname.Program
+	if req.PID != 0 && req.Exe != "" {
+		prog = dnsname.Program{Exe: req.Exe, Identity: uint8(req.Identity), Container: req.Container, UID: req.UID}
+	}
+	for _, rr := range resp.Answer {
+		var a netip.Addr
+		switch v := rr.(type) {
+		case *dns.A:
+			if q.Qtype == dns.TypeA {
+				a, _ = netip.AddrFromSlice(v.A.To4())
+			}
+		case *dns.AAAA:
+			if q.Qtype == dns.TypeAAAA {
+				a, _ = netip.AddrFromSlice(v.AAAA.To16())
+			}
+		}
+		ttl, in := chain[strings.ToLower(rr.Header().Name)]
+		if !a.IsValid() || !in {
+			continue
+		}
+		p.cfg.Names.AddFor(prog, a, qname, time.Duration(min(ttl, rr.Header().Ttl))*time.Second)
+	}
+}

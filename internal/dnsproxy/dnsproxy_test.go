@@ -1,0 +1,286 @@
+package dnsproxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// upstream runs a DNS server on loopback that answers every A question with
+// 198.18.0.1 behind a CNAME (www.NAME -> NAME) and AAAA with fd00::1.
+func upstream(t testing.TB) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if len(r.Question) == 1 {
+			q := r.Question[0]
+			target := "edge." + q.Name
+			m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 300}, Target: target})
+			switch q.Qtype {
+			case dns.TypeA:
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: target, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(198, 18, 0, 1)})
+				// Not reached from the question: must teach nothing.
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "bank.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(198, 18, 0, 66)})
+			case dns.TypeAAAA:
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: dns.RR_Header{Name: target, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 300}, AAAA: net.ParseIP("fd00::1")})
+			}
+		}
+		w.WriteMsg(m)
+	})}
+	go s.ActivateAndServe()
+	t.Cleanup(func() { s.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+type fakeWriter struct {
+	local, remote net.Addr
+	got           *dns.Msg
+}
+
+func (w *fakeWriter) LocalAddr() net.Addr       { return w.local }
+func (w *fakeWriter) RemoteAddr() net.Addr      { return w.remote }
+func (w *fakeWriter) WriteMsg(m *dns.Msg) error { w.got = m; return nil }
+func (w *fakeWriter) Write(b []byte) (int, error) {
+	w.got = new(dns.Msg)
+	return len(b), w.got.Unpack(b)
+}
+func (w *fakeWriter) Close() error        { return nil }
+func (w *fakeWriter) TsigStatus() error   { return nil }
+func (w *fakeWriter) TsigTimersOnly(bool) {}
+func (w *fakeWriter) Hijack()             {}
+func (w *fakeWriter) Network() string     { return "udp" }
+
+var asker = engine.Request{PID: 42, Exe: "/usr/bin/asker", UID: 1000, Identity: engine.IdentityVerified}
+
+func newProxy(t testing.TB, up string) (*Proxy, *dnsname.Cache, *[]engine.Request) {
+	t.Helper()
+	names := dnsname.NewCache(0)
+	var recorded []engine.Request
+	p, err := New(Config{
+		Listen: "127.0.0.1:53", Upstream: []string{up}, Names: names,
+		Identify: func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request { return asker },
+		Decide: func(req *engine.Request) (engine.Rule, bool) {
+			if req.Host == "denied.test" && req.Exe == asker.Exe {
+				return engine.Rule{ID: 7, Host: "denied.test", Action: engine.Deny}, true
+			}
+			return engine.Rule{}, false
+		},
+		Record: func(req engine.Request, v engine.Verdict) { recorded = append(recorded, req) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, names, &recorded
+}
+
+func ask(p *Proxy, name string, qtype uint16) *dns.Msg {
+	w := &fakeWriter{local: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}, remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	m.Id = 0x4242
+	p.serve(w, m, engine.UDP)
+	return w.got
+}
+
+func TestServe(t *testing.T) {
+	p, names, recorded := newProxy(t, upstream(t))
+	prog := dnsname.Program{Exe: asker.Exe, Identity: uint8(asker.Identity), UID: asker.UID}
+
+	r := ask(p, "www.example.test", dns.TypeA)
+	if r == nil || r.Rcode != dns.RcodeSuccess || r.Id != 0x4242 || len(r.Answer) != 3 {
+		t.Fatalf("forwarded answer: %v", r)
+	}
+	if name, own, ok := names.LookupFor(prog, netip.MustParseAddr("198.18.0.1")); !ok || !own || name != "www.example.test" {
+		t.Errorf("learned %q own %v ok %v; want www.example.test, own", name, own, ok)
+	}
+	if name, _, ok := names.LookupFor(prog, netip.MustParseAddr("198.18.0.66")); ok {
+		t.Errorf("a record not reached from the question taught %q", name)
+	}
+	ask(p, "v6.example.test", dns.TypeAAAA)
+	if name, own, _ := names.LookupFor(prog, netip.MustParseAddr("fd00::1")); !own || name != "v6.example.test" {
+		t.Errorf("AAAA: learned %q own %v", name, own)
+	}
+
+	if r := ask(p, "denied.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeNameError || len(r.Answer) != 0 {
+		t.Errorf("denied name: %v, want NXDOMAIN", r)
+	}
+	if len(*recorded) != 1 || (*recorded)[0].Host != "denied.test" || (*recorded)[0].PID != 42 || (*recorded)[0].Note != NoteRefused {
+		t.Errorf("recorded %+v", *recorded)
+	}
+	if r := ask(p, "Use-Application-DNS.net", dns.TypeA); r == nil || r.Rcode != dns.RcodeNameError {
+		t.Errorf("canary: %v, want NXDOMAIN", r)
+	}
+	p.cfg.Refuse = RefuseZero
+	if r := ask(p, "denied.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || !r.Answer[0].(*dns.A).A.Equal(net.IPv4zero) {
+		t.Errorf("denied name, refuse zero: %v, want 0.0.0.0", r)
+	}
+	if s := p.Stats(); s.Refused != 2 || s.Canary != 1 || s.Attribute != s.Queries {
+		t.Errorf("stats %+v", s)
+	}
+
+	// No upstream answers: SERVFAIL, never a hang.
+	dead, _, _ := newProxy(t, "127.0.0.1:9")
+	dead.cfg.Timeout = 200 * time.Millisecond
+	if r := ask(dead, "www.example.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("dead upstream: %v, want SERVFAIL", r)
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{Listen: "nowhere", Upstream: []string{"127.0.0.1:53"}},
+		{Listen: "127.0.0.1:53"},
+		{Listen: "127.0.0.1:53", Upstream: []string{"dns.example"}},
+		{Listen: "127.0.0.1:53", Upstream: []string{"127.0.0.1:53"}, Refuse: "drop"},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%+v) accepted", cfg)
+		}
+	}
+}
+
+// TestResolvConfRestored: a symbolic link (systemd-resolved's stub file) comes back as
+// the same link; a daemon that crashed after pointing the file finds the original
+// again at its next start.
+func TestResolvConfRestored(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	os.Mkdir(state, 0o700)
+	stub := filepath.Join(dir, "stub-resolv.conf")
+	os.WriteFile(stub, []byte("nameserver 198.18.0.53\nnameserver 127.0.0.1\nsearch lan\n"), 0o644)
+	path := filepath.Join(dir, "resolv.conf")
+	if err := os.Symlink(stub, path); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := OpenResolvConf(path, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns := rc.Nameservers(netip.MustParseAddr("127.0.0.1")); len(ns) != 1 || ns[0] != "198.18.0.53:53" {
+		t.Errorf("upstream %v, want 198.18.0.53:53 (not the proxy's own address)", ns)
+	}
+	if err := rc.Point(netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "nameserver 127.0.0.1\nsearch lan\n") || strings.Contains(string(b), "198.18.0.53") {
+		t.Errorf("pointed file:\n%s", b)
+	}
+	if b, _ := os.ReadFile(stub); !strings.Contains(string(b), "198.18.0.53") {
+		t.Errorf("the link's target was written through: %s", b)
+	}
+	// A crash now; the next start reads the kept original, not its own file.
+	again, err := OpenResolvConf(path, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns := again.Nameservers(netip.MustParseAddr("127.0.0.1")); len(ns) != 1 || ns[0] != "198.18.0.53:53" {
+		t.Errorf("after a crash: upstream %v", ns)
+	}
+	if err := again.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if target, err := os.Readlink(path); err != nil || target != stub {
+		t.Errorf("restored: link %q %v, want a link to %s", target, err, stub)
+	}
+	if _, err := os.Stat(filepath.Join(state, "resolv.conf.orig")); err == nil {
+		t.Error("backup left behind after restore")
+	}
+}
+
+// FuzzServe hands the proxy any message a local program could send: it answers
+// each with its id, or not at all, and never panics; only names of the question are
+// learned.
+func FuzzServe(f *testing.F) {
+	up := upstream(f)
+	for _, name := range []string{"www.example.test", "denied.test", Canary, "."} {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+		b, _ := m.Pack()
+		f.Add(b)
+	}
+	p, names, _ := newProxy(f, up)
+	p.cfg.Timeout = 500 * time.Millisecond
+	prog := dnsname.Program{Exe: asker.Exe, Identity: uint8(asker.Identity), UID: asker.UID}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m := new(dns.Msg)
+		if m.Unpack(b) != nil {
+			return // the server answers FORMERR itself
+		}
+		w := &fakeWriter{local: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}, remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}
+		p.serve(w, m, engine.UDP)
+		if w.got == nil || w.got.Id != m.Id {
+			t.Fatalf("answer %v to id %d", w.got, m.Id)
+		}
+		if name, _, ok := names.LookupFor(prog, netip.MustParseAddr("198.18.0.66")); ok {
+			t.Fatalf("learned %q from a record outside the question's chain", name)
+		}
+	})
+}
+
+// BenchmarkProxyLatency: one A query through the proxy (listening on loopback)
+// against the same query straight to the upstream, in interleaved rounds of one run.
+func BenchmarkProxyLatency(b *testing.B) {
+	up := upstream(b)
+	p, _, _ := newProxy(b, up)
+	pc, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	listen := pc.LocalAddr().String()
+	pc.Close()
+	p.cfg.Listen = listen
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() { done <- p.Run(ctx, func() { close(ready) }) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		b.Fatal(err)
+	}
+	defer func() { cancel(); <-done }()
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.test.", dns.TypeA)
+	const perRound = 200
+	var direct, proxied time.Duration
+	n := 0
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		for range perRound {
+			if _, _, err := c.Exchange(q, up); err != nil {
+				b.Fatal(err)
+			}
+		}
+		t1 := time.Now()
+		for range perRound {
+			if _, _, err := c.Exchange(q, listen); err != nil {
+				b.Fatal(err)
+			}
+		}
+		t2 := time.Now()
+		direct += t1.Sub(t0)
+		proxied += t2.Sub(t1)
+		n += perRound
+	}
+	b.StopTimer()
+	d, pr := float64(direct.Nanoseconds())/float64(n), float64(proxied.Nanoseconds())/float64(n)
+	b.ReportMetric(d, "ns/direct")
+	b.ReportMetric(pr, "ns/proxied")
+	b.ReportMetric(pr/d, "ratio")
+	b.ReportMetric((pr-1.1*d)/1000, "µs-over-1.1x")
+	b.ReportMetric(0, "ns/op")
+}
