@@ -56,6 +56,7 @@ type Backend struct {
 	held, allowed, denied, rejected, dropped   atomic.Uint64
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
+	trafficReports                             atomic.Uint64 // Traffic reports handed to Config.OnTraffic
 	latencySum, latencyMax, latencyN           atomic.Uint64
 	dns                                        *dnsname.Learner // nil without Config.Hostnames
 
@@ -182,6 +183,15 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 			}
 		})
 	}
+	restoreAcct := func() {}
+	if b.cfg.OnTraffic != nil {
+		if restore, err := enableAccounting(); err != nil {
+			b.cfg.Logf("bytes per program are off: %v", err)
+		} else {
+			restoreAcct = restore
+			wg.Go(func() { b.account(sweepCtx) })
+		}
+	}
 	if b.cfg.Ready != nil {
 		b.cfg.Ready()
 	}
@@ -207,6 +217,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	}
 	stopSweep()
 	wg.Wait()
+	restoreAcct()
 	b.releaseAll()
 	b.readQueueStatus()
 	b.q.Store(nil)
@@ -670,6 +681,7 @@ func (b *Backend) Stats() intercept.Stats {
 			"hold_timeouts":          b.holdTimeouts.Load(),
 			"attribution_failed":     b.attributionFailed.Load(),
 			"flows_remembered":       uint64(b.flows.len()),
+			"traffic_reports":        b.trafficReports.Load(),
 			"verdict_latency_max_us": b.latencyMax.Load() / 1000,
 		},
 	}

@@ -123,6 +123,7 @@ import (
 
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/procattr"
 )
 
@@ -210,6 +211,17 @@ type Config struct {
 	// Logf, if set, receives notes about unusual events (leftover rules removed,
 	// verdict errors). nil: silent.
 	Logf func(format string, args ...any)
+	// OnTraffic, if set, turns on byte accounting: Run sets the namespace's
+	// net.netfilter.nf_conntrack_acct to 1 (and back when it stops), reads the
+	// counters of the flows it allowed from conntrack, and calls OnTraffic with a
+	// flow's totals every TrafficInterval while it moves bytes, and once more when it
+	// ends. Calls come from one goroutine, one at a time.
+	OnTraffic func([]intercept.Traffic)
+	// TrafficInterval is how often a long-lived flow's bytes are reported; 0: 10 s.
+	TrafficInterval time.Duration
+	// TrafficPoll is how often conntrack's counters are read, which bounds how late
+	// a flow's end is reported; 0: 500 ms (or TrafficInterval if shorter).
+	TrafficPoll time.Duration
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,
