@@ -34,6 +34,27 @@ type Conn struct {
 	Time    time.Time      `json:"time"`
 	Request engine.Request `json:"request"`
 	Verdict engine.Verdict `json:"verdict"`
+	// BytesIn and BytesOut are what the flow moved, received and sent by the local
+	// program, as last reported by RecordTraffic (0 until then, and for flows that
+	// were not allowed).
+	BytesIn  uint64 `json:"bytes_in"`
+	BytesOut uint64 `json:"bytes_out"`
+}
+
+// Traffic is one report of an allowed flow's bytes: the totals since it began.
+type Traffic struct {
+	Time     time.Time
+	Request  engine.Request // the flow's request as recorded (ID, Exe, UID, User)
+	BytesIn  uint64
+	BytesOut uint64
+	Ended    bool
+}
+
+// historyItem is a connection to insert or a traffic report to apply, in the order
+// they were recorded.
+type historyItem struct {
+	conn    Conn
+	traffic *Traffic
 }
 
 // HistoryStats are the history's counters since it was opened.
@@ -79,7 +100,10 @@ type History struct {
 	db      atomic.Pointer[sql.DB]
 	path    string
 	maxRows int
-	queue   chan Conn
+	queue   chan historyItem
+	run     int64 // this opening's start (ns): with a request ID, it names a row
+	// trafficTable: the traffic table exists (see trafficSchema).
+	trafficTable atomic.Bool
 	flushes chan chan struct{}
 	kick    chan struct{} // Record: the queue is past half full, write now
 	done    chan struct{}
@@ -124,15 +148,41 @@ CREATE TABLE IF NOT EXISTS conns (
 	host        TEXT    NOT NULL,
 	verdict     TEXT    NOT NULL,
 	reason      TEXT    NOT NULL,
-	rule_id     INTEGER NOT NULL
+	rule_id     INTEGER NOT NULL,
+	run_ns      INTEGER NOT NULL DEFAULT 0,
+	req_id      INTEGER NOT NULL DEFAULT 0,
+	bytes_in    INTEGER NOT NULL DEFAULT 0,
+	bytes_out   INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
+`
+
+// trafficSchema holds what programs moved over time, one row per traffic report with
+// the bytes since the flow's previous one, and the index that finds a report's
+// connection. It is created with the first report, so a history without byte
+// accounting takes no room for it.
+const trafficSchema = `
+CREATE TABLE IF NOT EXISTS traffic (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	time_ns     INTEGER NOT NULL,
+	exe         TEXT    NOT NULL,
+	uid         INTEGER NOT NULL,
+	user        TEXT    NOT NULL,
+	bytes_in    INTEGER NOT NULL,
+	bytes_out   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traffic_time ON traffic(time_ns);
+CREATE INDEX IF NOT EXISTS conns_req ON conns(req_id);
 `
 
 // addedColumns are the columns of conns that databases written by earlier versions
 // may lack, with the definition that adds them; old rows read the default.
 var addedColumns = []struct{ name, def string }{
 	{"host", "TEXT NOT NULL DEFAULT ''"},
+	{"run_ns", "INTEGER NOT NULL DEFAULT 0"},
+	{"req_id", "INTEGER NOT NULL DEFAULT 0"},
+	{"bytes_in", "INTEGER NOT NULL DEFAULT 0"},
+	{"bytes_out", "INTEGER NOT NULL DEFAULT 0"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -200,7 +250,8 @@ func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) 
 	h := &History{
 		path:    path,
 		maxRows: maxRows,
-		queue:   make(chan Conn, queueLen),
+		queue:   make(chan historyItem, queueLen),
+		run:     time.Now().UnixNano(),
 		flushes: make(chan chan struct{}),
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
@@ -240,6 +291,7 @@ func (h *History) open() error {
 		db.Close()
 		return fmt.Errorf("history %s: %w", h.path, err)
 	}
+	h.trafficTable.Store(hasTable(db, "traffic"))
 	// A smaller bound than the last run's takes effect at once.
 	if err := prune(db, h.maxRows); err != nil {
 		db.Close()
@@ -292,8 +344,29 @@ func (h *History) Record(c Conn) error {
 	if c.Time.IsZero() {
 		c.Time = time.Now()
 	}
+	return h.enqueue(historyItem{conn: c})
+}
+
+// RecordTraffic queues a report of a recorded connection's bytes and returns at
+// once: the connection's row (the one Record wrote for the same Request.ID during
+// this opening) gets the totals, and the bytes since its last report count for
+// its program in Top. A full buffer drops it as Record does.
+func (h *History) RecordTraffic(t Traffic) error {
+	h.closeMu.RLock()
+	defer h.closeMu.RUnlock()
+	if h.closed {
+		return ErrHistoryClosed
+	}
+	if t.Time.IsZero() {
+		t.Time = time.Now()
+	}
+	return h.enqueue(historyItem{traffic: &t})
+}
+
+// enqueue hands it to the writer; closeMu is held for reading.
+func (h *History) enqueue(it historyItem) error {
 	select {
-	case h.queue <- c:
+	case h.queue <- it:
 		if len(h.queue) >= cap(h.queue)/2 {
 			select {
 			case h.kick <- struct{}{}:
@@ -404,7 +477,7 @@ func (h *History) Close() error {
 // wake-up on every held connection.
 func (h *History) writer() {
 	defer close(h.done)
-	batch := make([]Conn, 0, historyBatchMax)
+	batch := make([]historyItem, 0, historyBatchMax)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var acks []chan struct{}
@@ -472,9 +545,15 @@ func (h *History) fail(n int, err error) {
 	h.lastErr.Store(&s)
 }
 
-func (h *History) writeBatch(batch []Conn) {
+func (h *History) writeBatch(batch []historyItem) {
+	conns := 0
+	for _, it := range batch {
+		if it.traffic == nil {
+			conns++
+		}
+	}
 	if !h.roomFor(len(batch)) {
-		h.noSpace.Add(uint64(len(batch)))
+		h.noSpace.Add(uint64(conns))
 		return
 	}
 	db := h.db.Load()
@@ -482,9 +561,9 @@ func (h *History) writeBatch(batch []Conn) {
 		if err := h.open(); err != nil {
 			if h.isDiskFull(err) {
 				h.openFailed(err)
-				h.noSpace.Add(uint64(len(batch)))
+				h.noSpace.Add(uint64(conns))
 			} else {
-				h.fail(len(batch), err)
+				h.fail(conns, err)
 			}
 			return
 		}
@@ -492,50 +571,112 @@ func (h *History) writeBatch(batch []Conn) {
 	}
 	tx, err := db.Begin()
 	if err != nil {
-		h.fail(len(batch), err)
+		h.fail(conns, err)
 		return
 	}
-	stmt, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
-		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		tx.Rollback()
-		h.fail(len(batch), err)
-		return
-	}
-	for _, c := range batch {
-		r := &c.Request
-		_, err = stmt.Exec(c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
-			addrString(r.Local.Addr()), int(r.Local.Port()),
-			addrString(r.Remote.Addr()), int(r.Remote.Port()),
-			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
-			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID))
-		if err != nil {
-			break
-		}
-	}
-	stmt.Close()
+	err = h.writeItems(tx, batch)
 	if err == nil {
 		err = tx.Commit()
 	} else {
 		tx.Rollback()
 	}
 	if err != nil {
-		h.fail(len(batch), err)
+		// A traffic table created in the failed transaction is gone with it.
+		h.trafficTable.Store(hasTable(db, "traffic"))
+		h.fail(conns, err)
 		return
 	}
-	h.recorded.Add(uint64(len(batch)))
+	h.recorded.Add(uint64(conns))
 	if err := prune(db, h.maxRows); err != nil {
 		h.fail(0, err)
 	}
 }
 
+// writeItems inserts the batch's connections and applies its traffic reports, in
+// order, within tx.
+func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
+	insert, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
+		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
+		run_ns, req_id, bytes_in, bytes_out)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer insert.Close()
+	for _, it := range batch {
+		if it.traffic != nil {
+			if err := h.applyTraffic(tx, it.traffic); err != nil {
+				return err
+			}
+			continue
+		}
+		c := &it.conn
+		r := &c.Request
+		if _, err := insert.Exec(c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
+			addrString(r.Local.Addr()), int(r.Local.Port()),
+			addrString(r.Remote.Addr()), int(r.Remote.Port()),
+			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
+			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
+			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyTraffic sets the totals of t's connection and adds what it moved since its
+// last report to the traffic table. A connection whose row is gone (pruned, or not
+// recorded) still counts for its program.
+func (h *History) applyTraffic(tx *sql.Tx, t *Traffic) error {
+	if !h.trafficTable.Load() {
+		if _, err := tx.Exec(trafficSchema); err != nil {
+			return fmt.Errorf("creating the traffic table: %w", err)
+		}
+		// Set before the commit; writeBatch looks again if the commit fails.
+		h.trafficTable.Store(true)
+	}
+	var prevIn, prevOut int64
+	r := &t.Request
+	err := tx.QueryRow(`SELECT bytes_in, bytes_out FROM conns WHERE req_id = ? AND run_ns = ?`, int64(r.ID), h.run).Scan(&prevIn, &prevOut)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		prevIn, prevOut = 0, 0
+	case err != nil:
+		return err
+	default:
+		if _, err := tx.Exec(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`,
+			int64(t.BytesIn), int64(t.BytesOut), int64(r.ID), h.run); err != nil {
+			return err
+		}
+	}
+	din, dout := int64(t.BytesIn)-prevIn, int64(t.BytesOut)-prevOut
+	if din <= 0 && dout <= 0 {
+		return nil
+	}
+	_, err = tx.Exec(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ?, ?, ?, ?, ?)`,
+		t.Time.UnixNano(), r.Exe, int64(r.UID), r.User, max(din, 0), max(dout, 0))
+	return err
+}
+
+// hasTable reports whether the database has a table of that name.
+func hasTable(db *sql.DB, name string) bool {
+	var n int
+	err := db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?`, name).Scan(&n)
+	return err == nil && n > 0
+}
+
 // prune deletes the oldest rows beyond maxRows. IDs only grow (AUTOINCREMENT), so
 // the newest maxRows rows are those with id > max(id) - maxRows.
 func prune(db *sql.DB, maxRows int) error {
-	_, err := db.Exec(`DELETE FROM conns WHERE id <= (SELECT MAX(id) FROM conns) - ?`, maxRows)
-	if err != nil {
-		return fmt.Errorf("pruning history: %w", err)
+	tables := []string{"conns"}
+	if hasTable(db, "traffic") {
+		tables = append(tables, "traffic")
+	}
+	for _, table := range tables {
+		_, err := db.Exec(`DELETE FROM `+table+` WHERE id <= (SELECT MAX(id) FROM `+table+`) - ?`, maxRows)
+		if err != nil {
+			return fmt.Errorf("pruning history (%s): %w", table, err)
+		}
 	}
 	return nil
 }
@@ -554,7 +695,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		return nil, fmt.Errorf("history: n %d: must be positive", n)
 	}
 	const cols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, bytes_in, bytes_out`
 	db := h.db.Load()
 	if db == nil {
 		return nil, errHistoryNotOpen
@@ -575,13 +716,14 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		var (
 			c                             Conn
 			timeNS, pid, uid, ruleID      int64
+			bytesIn, bytesOut             int64
 			localPort, remotePort         int
 			dir, proto, localIP, remoteIP string
 			verdict, reason               string
 		)
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
-			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID); err != nil {
+			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID, &bytesIn, &bytesOut); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)
@@ -595,6 +737,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		c.Verdict.Action, _ = engine.ParseAction(verdict)
 		c.Verdict.Reason = engine.Reason(reason)
 		c.Verdict.RuleID = engine.RuleID(ruleID)
+		c.BytesIn, c.BytesOut = uint64(max(bytesIn, 0)), uint64(max(bytesOut, 0))
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
