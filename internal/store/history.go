@@ -104,9 +104,9 @@ type History struct {
 	run     int64 // this opening's start (ns): with a request ID, it names a row
 	// trafficTable: the traffic table exists (see trafficSchema).
 	trafficTable atomic.Bool
-	flushes chan chan struct{}
-	kick    chan struct{} // Record: the queue is past half full, write now
-	done    chan struct{}
+	flushes      chan chan struct{}
+	kick         chan struct{} // Record: the queue is past half full, write now
+	done         chan struct{}
 
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
