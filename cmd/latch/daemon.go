@@ -40,6 +40,10 @@ answer', 'latch watch'), or by the default when nobody answers in time. On SIGIN
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --max-history N          connections kept in the history (default 100000)
+  --accounting=BOOL        count the bytes of every allowed connection, per program
+                           (conntrack accounting; 'latch conns', 'latch top') (default true)
+  --traffic-interval DUR   how often a long-lived connection's bytes are written to the
+                           history; its end is always written (default 10s)
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
 
@@ -59,6 +63,12 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	// Accounting counts each allowed flow's bytes; TrafficInterval is how often a
+	// long-lived one is reported.
+	Accounting      bool
+	TrafficInterval time.Duration
+	// onTraffic receives the backend's byte reports (set by runDaemon).
+	onTraffic func([]intercept.Traffic)
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -74,6 +84,8 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	fs.BoolVar(&o.Accounting, "accounting", true, "")
+	fs.DurationVar(&o.TrafficInterval, "traffic-interval", 10*time.Second, "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
@@ -97,6 +109,9 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	o.Queue = uint16(*queue)
 	if o.MaxHistory <= 0 {
 		return nil, usagef("--max-history %d: want a positive number", o.MaxHistory)
+	}
+	if o.TrafficInterval < time.Second || o.TrafficInterval > 24*time.Hour {
+		return nil, usagef("--traffic-interval %v: want a duration from 1s to 24h", o.TrafficInterval)
 	}
 	if o.StateDir == "" {
 		return nil, usagef("--state-dir: must not be empty")
@@ -225,6 +240,14 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	defer hist.Close()
 
+	// Byte reports of allowed flows go to the history: the connection's row gets
+	// its totals, its program the bytes since the last report.
+	o.onTraffic = func(ts []intercept.Traffic) {
+		for _, t := range ts {
+			hist.RecordTraffic(store.Traffic{Time: t.Time, Request: *t.Request,
+				BytesIn: t.BytesIn, BytesOut: t.BytesOut, Ended: t.Ended})
+		}
+	}
 	var be *platformBackend
 	if o.Backend == "none" {
 		be = &platformBackend{Backend: noBackend{}, attribution: func() []string { return nil }, close: func() {}}
@@ -280,6 +303,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		History:   hist,
 		SaveRules: saveRules,
 		Logf:      logf,
+		// Long-lived flows are reported every interval: a window of two holds one
+		// report of each busy flow.
+		RateWindow: 2 * o.TrafficInterval,
 		Status: func() api.Status {
 			st := api.Status{
 				Version: latchVersion(), PID: os.Getpid(), Started: started,

@@ -32,6 +32,10 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.Hostnames = dnsname.NewCache(0)
 	cfg.HoldTimeout = o.PromptTimeout + max(o.PromptTimeout, 30*time.Second)
 	cfg.Logf = logf
+	if o.Accounting && o.onTraffic != nil {
+		cfg.OnTraffic = o.onTraffic
+		cfg.TrafficInterval = o.TrafficInterval
+	}
 	ready := make(chan struct{})
 	cfg.Ready = sync.OnceFunc(func() { close(ready) })
 	be, err := linux.New(cfg)

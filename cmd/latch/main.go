@@ -61,6 +61,8 @@ Questions:
 
 History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
+  top [--range DUR] [--by total|rate] [--json]
+                            programs by bytes moved: current rate and total over a range
   status [--json]           backend, mode, counters, pending questions
   version                   print latch's version
   help [VERB]               this text, or a verb's flags
@@ -98,6 +100,7 @@ func init() {
 		"answer":  {runAnswer, answerHelp},
 		"watch":   {runWatch, watchHelp},
 		"conns":   {runConns, connsHelp},
+		"top":     {runTop, topHelp},
 		"status":  {runStatus, statusHelp},
 		"service": {runService, winsvc.Usage},
 		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},

@@ -114,6 +114,11 @@ type Conn struct {
 	Verdict    engine.Action    `json:"verdict"`
 	Reason     engine.Reason    `json:"reason"`
 	RuleID     engine.RuleID    `json:"rule_id"`
+	// BytesIn and BytesOut are what an allowed flow moved (received and sent by the
+	// local program, IP headers included) as last reported: every report interval
+	// while it lasts, and when it ends. 0 without byte accounting.
+	BytesIn  uint64 `json:"bytes_in"`
+	BytesOut uint64 `json:"bytes_out"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -170,6 +175,7 @@ func ConnView(c *store.Conn) Conn {
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
 		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
+		BytesIn: c.BytesIn, BytesOut: c.BytesOut,
 	}
 }
 

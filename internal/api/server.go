@@ -38,6 +38,9 @@ type Config struct {
 	SaveRules func() error
 	// Logf logs server errors; nil: log.Printf.
 	Logf func(format string, args ...any)
+	// RateWindow is the span /v1/top measures current rates over; 0: 20 s. Set it
+	// to at least twice the interval of traffic reports.
+	RateWindow time.Duration
 }
 
 // Server serves the local API.
@@ -69,6 +72,7 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("GET /v1/prompts", s.listPrompts)
 	s.mux.HandleFunc("POST /v1/prompts/{id}/answer", s.answer)
 	s.mux.HandleFunc("GET /v1/conns", s.conns)
+	s.mux.HandleFunc("GET /v1/top", s.top)
 	s.mux.HandleFunc("GET /v1/events", s.events)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
