@@ -245,7 +245,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	o.onTraffic = func(ts []intercept.Traffic) {
 		for _, t := range ts {
 			hist.RecordTraffic(store.Traffic{Time: t.Time, Request: *t.Request,
-				BytesIn: t.BytesIn, BytesOut: t.BytesOut, Ended: t.Ended})
+				BytesIn: t.BytesIn, BytesOut: t.BytesOut, DeltaIn: t.DeltaIn, DeltaOut: t.DeltaOut, Ended: t.Ended})
 		}
 	}
 	var be *platformBackend

@@ -65,6 +65,10 @@ type Traffic struct {
 	Request  *engine.Request // the flow's request, as decided
 	BytesIn  uint64
 	BytesOut uint64
+	// DeltaIn and DeltaOut are the bytes since the flow's previous report (all of
+	// them in its first).
+	DeltaIn  uint64
+	DeltaOut uint64
 	// Ended: the flow is over (TCP closed, or its conntrack entry gone); no report
 	// follows for it.
 	Ended bool

@@ -41,12 +41,15 @@ type Conn struct {
 	BytesOut uint64 `json:"bytes_out"`
 }
 
-// Traffic is one report of an allowed flow's bytes: the totals since it began.
+// Traffic is one report of an allowed flow's bytes: the totals since it began, and
+// what it moved since its previous report.
 type Traffic struct {
 	Time     time.Time
 	Request  engine.Request // the flow's request as recorded (ID, Exe, UID, User)
 	BytesIn  uint64
 	BytesOut uint64
+	DeltaIn  uint64
+	DeltaOut uint64
 	Ended    bool
 }
 
@@ -592,8 +595,19 @@ func (h *History) writeBatch(batch []historyItem) {
 	}
 }
 
+// programKey names a program in the traffic table.
+type programKey struct {
+	exe, user string
+	uid       int32
+}
+
+type programBytes struct {
+	time    time.Time
+	in, out uint64
+}
+
 // writeItems inserts the batch's connections and applies its traffic reports, in
-// order, within tx.
+// order, within tx. A batch's reports add one traffic row per program.
 func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 	insert, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
@@ -603,10 +617,37 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 		return err
 	}
 	defer insert.Close()
+	var update *sql.Stmt
+	programs := map[programKey]*programBytes{}
 	for _, it := range batch {
-		if it.traffic != nil {
-			if err := h.applyTraffic(tx, it.traffic); err != nil {
+		if t := it.traffic; t != nil {
+			if update == nil {
+				if err := h.ensureTrafficTable(tx); err != nil {
+					return err
+				}
+				if update, err = tx.Prepare(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
+					return err
+				}
+				defer update.Close()
+			}
+			r := &t.Request
+			// A row that is gone (pruned, or never recorded) still counts for its program.
+			if _, err := update.Exec(int64(t.BytesIn), int64(t.BytesOut), int64(r.ID), h.run); err != nil {
 				return err
+			}
+			if t.DeltaIn == 0 && t.DeltaOut == 0 {
+				continue
+			}
+			k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
+			p := programs[k]
+			if p == nil {
+				p = &programBytes{}
+				programs[k] = p
+			}
+			p.in += t.DeltaIn
+			p.out += t.DeltaOut
+			if t.Time.After(p.time) {
+				p.time = t.Time
 			}
 			continue
 		}
@@ -621,41 +662,26 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 			return err
 		}
 	}
-	return nil
-}
-
-// applyTraffic sets the totals of t's connection and adds what it moved since its
-// last report to the traffic table. A connection whose row is gone (pruned, or not
-// recorded) still counts for its program.
-func (h *History) applyTraffic(tx *sql.Tx, t *Traffic) error {
-	if !h.trafficTable.Load() {
-		if _, err := tx.Exec(trafficSchema); err != nil {
-			return fmt.Errorf("creating the traffic table: %w", err)
-		}
-		// Set before the commit; writeBatch looks again if the commit fails.
-		h.trafficTable.Store(true)
-	}
-	var prevIn, prevOut int64
-	r := &t.Request
-	err := tx.QueryRow(`SELECT bytes_in, bytes_out FROM conns WHERE req_id = ? AND run_ns = ?`, int64(r.ID), h.run).Scan(&prevIn, &prevOut)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		prevIn, prevOut = 0, 0
-	case err != nil:
-		return err
-	default:
-		if _, err := tx.Exec(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`,
-			int64(t.BytesIn), int64(t.BytesOut), int64(r.ID), h.run); err != nil {
+	for k, p := range programs {
+		if _, err := tx.Exec(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ?, ?, ?, ?, ?)`,
+			p.time.UnixNano(), k.exe, int64(k.uid), k.user, int64(p.in), int64(p.out)); err != nil {
 			return err
 		}
 	}
-	din, dout := int64(t.BytesIn)-prevIn, int64(t.BytesOut)-prevOut
-	if din <= 0 && dout <= 0 {
+	return nil
+}
+
+// ensureTrafficTable creates the traffic table and its index if they are not there.
+func (h *History) ensureTrafficTable(tx *sql.Tx) error {
+	if h.trafficTable.Load() {
 		return nil
 	}
-	_, err = tx.Exec(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ?, ?, ?, ?, ?)`,
-		t.Time.UnixNano(), r.Exe, int64(r.UID), r.User, max(din, 0), max(dout, 0))
-	return err
+	if _, err := tx.Exec(trafficSchema); err != nil {
+		return fmt.Errorf("creating the traffic table: %w", err)
+	}
+	// Set before the commit; writeBatch looks again if the commit fails.
+	h.trafficTable.Store(true)
+	return nil
 }
 
 // hasTable reports whether the database has a table of that name.

@@ -65,18 +65,19 @@ func TestTrafficOnAnOldHistory(t *testing.T) {
 		}
 	}
 	reports := []Traffic{
-		{Time: now.Add(-50 * time.Minute), Request: a.Request, BytesIn: 100, BytesOut: 1_000_000},
-		{Time: now.Add(-2 * time.Second), Request: a.Request, BytesIn: 300, BytesOut: 3_000_000, Ended: true},
-		{Time: now.Add(-3 * time.Second), Request: b.Request, BytesIn: 4000, BytesOut: 10},
+		{Time: now.Add(-50 * time.Minute), Request: a.Request, BytesIn: 100, BytesOut: 1_000_000, DeltaIn: 100, DeltaOut: 1_000_000},
+		{Time: now.Add(-2 * time.Second), Request: a.Request, BytesIn: 300, BytesOut: 3_000_000, DeltaIn: 200, DeltaOut: 2_000_000, Ended: true},
+		{Time: now.Add(-3 * time.Second), Request: b.Request, BytesIn: 4000, BytesOut: 10, DeltaIn: 4000, DeltaOut: 10},
 		// A report about a request this history never recorded counts for its program.
-		{Time: now.Add(-90 * time.Minute), Request: engine.Request{ID: 99, Exe: "/usr/bin/bulk", UID: 0, User: "root"}, BytesOut: 5},
+		{Time: now.Add(-90 * time.Minute), Request: engine.Request{ID: 99, Exe: "/usr/bin/bulk", UID: 0, User: "root"}, BytesOut: 5, DeltaOut: 5},
 	}
 	for _, r := range reports {
 		if err := h.RecordTraffic(r); err != nil {
 			t.Fatal(err)
 		}
+		// One batch each: a batch's reports make one row per program, at its last time.
+		h.Flush()
 	}
-	h.Flush()
 	got, err := h.Recent(10, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +132,7 @@ func TestTrafficOnAnOldHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	if err := h.RecordTraffic(Traffic{Time: now, Request: a.Request, BytesOut: 1}); err != nil {
+	if err := h.RecordTraffic(Traffic{Time: now, Request: a.Request, BytesOut: 1, DeltaOut: 1}); err != nil {
 		t.Fatal(err)
 	}
 	h.Flush()

@@ -6,12 +6,15 @@
 //   - none:  no firewall at all;
 //   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
 //     round trip itself, which no queue-based firewall can avoid);
-//   - latch: the latch daemon with 10,000 rules loaded and process attribution on.
+//   - latch: the latch daemon with 10,000 rules loaded and process attribution on;
+//   - latch-noacct: the same with byte accounting off (--accounting=false);
 //
-// and reports latch's added latency as a multiple of the floor's. Each scenario runs in
+// and bulk throughput over one allowed connection (-bulk MiB per round), and reports
+// latch's added latency as a multiple of the floor's, and what byte accounting costs
+// (latch against latch-noacct: connects per second and bulk throughput). Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 64]
 package main
 
 import (
@@ -19,6 +22,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -46,6 +50,7 @@ type Measurement struct {
 	P99US    float64 `json:"p99_us"`
 	ConnPerS float64 `json:"conn_per_s"`
 	Connects int     `json:"connects"`
+	BulkMiBs float64 `json:"bulk_mib_s"`
 }
 
 func main() {
@@ -57,6 +62,12 @@ func main() {
 		case "role-server":
 			roleServer(os.Args[2])
 			return
+		case "role-sink":
+			roleSink(os.Args[2])
+			return
+		case "role-bulk":
+			roleBulk(os.Args[2], os.Args[3])
+			return
 		case "role-floor":
 			roleFloor()
 			return
@@ -67,6 +78,7 @@ func main() {
 	nrules := flag.Int("rules", 10000, "rules loaded into latch")
 	rounds := flag.Int("rounds", 5, "interleaved rounds the connects are split into")
 	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
+	bulk := flag.Int("bulk", 64, "MiB sent over one connection per scenario and round (0: no bulk phase)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fatalf("bench needs root (network namespaces, netfilter)")
@@ -96,7 +108,7 @@ func main() {
 	// The three set-ups stay up side by side and the client visits them in turn, a
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
-	names := []string{"none", "floor", "latch"}
+	names := []string{"none", "floor", "latch", "latch-noacct"}
 	var targets []*target
 	for _, sc := range names {
 		tg, err := setup(sc, client, *latchBin, dir, *nrules)
@@ -115,6 +127,11 @@ func main() {
 			if err := tg.measure(client, per, *conc); err != nil {
 				fatalf("scenario %s: %v", tg.name, err)
 			}
+			if *bulk > 0 {
+				if err := tg.measureBulk(client, *bulk); err != nil {
+					fatalf("scenario %s: bulk: %v", tg.name, err)
+				}
+			}
 		}
 	}
 	var results []Measurement
@@ -122,6 +139,7 @@ func main() {
 		results = append(results, tg.result())
 	}
 	report(results, per**rounds, *conc, *nrules, *rounds)
+	reportAccounting(results, *bulk, *rounds)
 }
 
 // target is one scenario's namespaces and processes, and the samples taken so far.
@@ -134,6 +152,10 @@ type target struct {
 	conns   int       // connects of the concurrent phases
 	seconds float64   // their wall time
 	failed  int
+
+	sinkAddr    string
+	bulkBytes   int64
+	bulkSeconds float64
 }
 
 func (tg *target) close() {
@@ -172,6 +194,9 @@ func (tg *target) result() Measurement {
 	if tg.seconds > 0 {
 		m.ConnPerS = float64(tg.conns) / tg.seconds
 	}
+	if tg.bulkSeconds > 0 {
+		m.BulkMiBs = float64(tg.bulkBytes) / (1 << 20) / tg.bulkSeconds
+	}
 	return m
 }
 
@@ -196,6 +221,12 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 		return tg, fmt.Errorf("server: %v", err)
 	}
 	tg.procs = append(tg.procs, srv)
+	tg.sinkAddr = fmt.Sprintf("%s:%d", p.ServerIP, benchPort+1)
+	sink := nettest.Command(p.Server, client, "role-sink", tg.sinkAddr)
+	if err := startAndWait(sink, "listening"); err != nil {
+		return tg, fmt.Errorf("sink: %v", err)
+	}
+	tg.procs = append(tg.procs, sink)
 
 	switch name {
 	case "floor":
@@ -209,14 +240,15 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 			return tg, fmt.Errorf("floor reader: %v", err)
 		}
 		tg.procs = append(tg.procs, floor)
-	case "latch":
+	case "latch", "latch-noacct":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
 		rulesFile := filepath.Join(dir, "rules.json")
 		if err := writeRules(rulesFile, client, p.ServerIP, nrules); err != nil {
 			return tg, err
 		}
-		d := nettest.Command(p.Client, latchBin, "daemon", "--state-dir", state, "--api", api, "--default", "deny")
+		d := nettest.Command(p.Client, latchBin, "daemon", "--state-dir", state, "--api", api, "--default", "deny",
+			fmt.Sprintf("--accounting=%t", name == "latch"))
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
 		if err := d.Start(); err != nil {
 			return tg, err
@@ -256,7 +288,7 @@ func writeRules(path, client, serverIP string, nrules int) error {
 		rules = append(rules, r)
 	}
 	rules = append(rules, engine.Rule{ID: engine.RuleID(nrules), App: client, Action: engine.Allow,
-		Protocol: engine.TCP, Port: engine.PortRange{Lo: benchPort, Hi: benchPort}})
+		Protocol: engine.TCP, Port: engine.PortRange{Lo: benchPort, Hi: benchPort + 1}})
 	return os.WriteFile(path, engine.MarshalRules(rules), 0o600)
 }
 
@@ -280,6 +312,84 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 	}
 	fmt.Printf("throughput: floor %.2fx of none, latch %.2fx of none, latch %.2fx of floor\n",
 		floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
+}
+
+// measureBulk sends mib MiB over one new connection to the sink.
+func (tg *target) measureBulk(client string, mib int) error {
+	out, err := nettest.Command(tg.pair.Client, client, "role-bulk", tg.sinkAddr, fmt.Sprint(mib)).Output()
+	if err != nil {
+		return fmt.Errorf("bulk client: %v", err)
+	}
+	var r struct {
+		Bytes   int64   `json:"bytes"`
+		Seconds float64 `json:"seconds"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return fmt.Errorf("bulk client output %q: %v", out, err)
+	}
+	tg.bulkBytes += r.Bytes
+	tg.bulkSeconds += r.Seconds
+	return nil
+}
+
+// reportAccounting compares latch with byte accounting on and off.
+func reportAccounting(ms []Measurement, bulk, rounds int) {
+	fmt.Printf("bulk throughput over one connection (%d MiB per round, %d rounds), MiB/s:", bulk, rounds)
+	for _, m := range ms {
+		fmt.Printf(" %s %.0f", m.Scenario, m.BulkMiBs)
+	}
+	fmt.Println()
+	on, off := ms[2], ms[3]
+	fmt.Printf("byte accounting on vs off: connects/s %.0f vs %.0f (%.3fx), median connect %.1f vs %.1f µs",
+		on.ConnPerS, off.ConnPerS, on.ConnPerS/off.ConnPerS, on.MedianUS, off.MedianUS)
+	if off.BulkMiBs > 0 {
+		fmt.Printf(", bulk %.0f vs %.0f MiB/s (%.3fx)", on.BulkMiBs, off.BulkMiBs, on.BulkMiBs/off.BulkMiBs)
+	}
+	fmt.Println(" (target >= 0.95x)")
+}
+
+// roleSink reads every connection to its end.
+func roleSink(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Println("listening")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fatalf("%v", err)
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(2 * time.Minute))
+			io.Copy(io.Discard, c)
+		}()
+	}
+}
+
+// roleBulk sends mib MiB over one connection to addr, waits for the sink to have
+// read it all (it closes when it has), and prints the bytes and seconds.
+func roleBulk(addr, mib string) {
+	var n int
+	fmt.Sscan(mib, &n)
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	buf := make([]byte, 1<<20)
+	for range n {
+		if _, err := c.Write(buf); err != nil {
+			fatalf("%v", err)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c)
+	c.Close()
+	b, _ := json.Marshal(map[string]any{"bytes": int64(n) << 20, "seconds": time.Since(start).Seconds()})
+	fmt.Println(string(b))
 }
 
 // roleClient connects n times one after another, then n times from conc workers, and

@@ -147,8 +147,20 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 }
 
 func (f *acctFlow) report(now time.Time) intercept.Traffic {
+	t := intercept.Traffic{Request: f.req, BytesIn: f.in, BytesOut: f.out, Ended: f.ended, Time: now}
+	// Counters only grow; a flow's entry replaced under the same tuple starts over.
+	if f.in >= f.reportedIn {
+		t.DeltaIn = f.in - f.reportedIn
+	} else {
+		t.DeltaIn = f.in
+	}
+	if f.out >= f.reportedOut {
+		t.DeltaOut = f.out - f.reportedOut
+	} else {
+		t.DeltaOut = f.out
+	}
 	f.reportedIn, f.reportedOut, f.reportedAt = f.in, f.out, now
-	return intercept.Traffic{Request: f.req, BytesIn: f.in, BytesOut: f.out, Ended: f.ended, Time: now}
+	return t
 }
 
 // account runs the accountant until ctx is done, then reports once more.
