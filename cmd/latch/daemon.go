@@ -37,6 +37,9 @@ answer', 'latch watch'), or by the default when nobody answers in time. On SIGIN
   --fail open|closed       while no daemon runs, new connections are accepted (open:
                            queue bypass) or dropped (closed) (default closed)
   --inbound                also hold new inbound connections
+  --forward                also hold new connections this host forwards (containers on
+                           a bridge, namespaces behind it), attributed to the program
+                           that sent them in its own network namespace
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --max-history N          connections kept in the history (default 100000)
@@ -59,6 +62,7 @@ type daemonOptions struct {
 	PromptTimeout  time.Duration
 	FailOpen       bool
 	Inbound        bool
+	Forward        bool
 	ExemptLoopback bool
 	Queue          uint16
 	MaxHistory     int
@@ -80,6 +84,7 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	fs.DurationVar(&o.PromptTimeout, "prompt-timeout", engine.DefaultPromptTimeout, "")
 	fail := fs.String("fail", "closed", "")
 	fs.BoolVar(&o.Inbound, "inbound", false, "")
+	fs.BoolVar(&o.Forward, "forward", false, "")
 	fs.BoolVar(&o.ExemptLoopback, "exempt-loopback", true, "")
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")

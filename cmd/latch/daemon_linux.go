@@ -25,6 +25,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg := linux.DefaultConfig()
 	cfg.QueueNum = o.Queue
 	cfg.Inbound = o.Inbound
+	cfg.Forward = o.Forward
 	cfg.FailOpen = o.FailOpen
 	cfg.ExemptLoopback = o.ExemptLoopback
 	cfg.Resolver = res

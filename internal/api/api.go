@@ -87,9 +87,11 @@ type Prompt struct {
 	RemoteIP   string           `json:"remote_ip"`
 	RemotePort uint16           `json:"remote_port"`
 	Host       string           `json:"host,omitempty"`
-	Held       int              `json:"held"`
-	Opened     time.Time        `json:"opened"`
-	Expires    time.Time        `json:"expires"`
+	// Netns names the sending network namespace of a forwarded connection.
+	Netns   string    `json:"netns,omitempty"`
+	Held    int       `json:"held"`
+	Opened  time.Time `json:"opened"`
+	Expires time.Time `json:"expires"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -119,6 +121,8 @@ type Conn struct {
 	// while it lasts, and when it ends. 0 without byte accounting.
 	BytesIn  uint64 `json:"bytes_in"`
 	BytesOut uint64 `json:"bytes_out"`
+	// Netns names the sending network namespace of a forwarded connection.
+	Netns string `json:"netns,omitempty"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -162,7 +166,7 @@ func PromptView(p *engine.Prompt) Prompt {
 		Direction: r.Direction, Proto: r.Protocol,
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
-		Host: r.Host, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
+		Host: r.Host, Netns: r.Netns, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
 	}
 }
 
@@ -175,7 +179,7 @@ func ConnView(c *store.Conn) Conn {
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
 		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
-		BytesIn: c.BytesIn, BytesOut: c.BytesOut,
+		BytesIn: c.BytesIn, BytesOut: c.BytesOut, Netns: r.Netns,
 	}
 }
 

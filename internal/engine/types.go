@@ -202,6 +202,10 @@ type Request struct {
 	Cmdline   string         `json:"cmdline,omitempty"`
 	Host      string         `json:"host,omitempty"`     // hostname learned from DNS, if any
 	Services  []string       `json:"services,omitempty"` // Windows: services hosted by svchost.exe
+	// Netns names the network namespace of the socket that sent a forwarded
+	// connection (Linux, latch daemon --forward): a container's, say. "" for the
+	// host's own connections.
+	Netns string `json:"netns,omitempty"`
 }
 
 // RuleID identifies a rule. IDs are assigned by the engine, never reused within a

@@ -155,7 +155,8 @@ CREATE TABLE IF NOT EXISTS conns (
 	run_ns      INTEGER NOT NULL DEFAULT 0,
 	req_id      INTEGER NOT NULL DEFAULT 0,
 	bytes_in    INTEGER NOT NULL DEFAULT 0,
-	bytes_out   INTEGER NOT NULL DEFAULT 0
+	bytes_out   INTEGER NOT NULL DEFAULT 0,
+	netns       TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
@@ -186,6 +187,7 @@ var addedColumns = []struct{ name, def string }{
 	{"req_id", "INTEGER NOT NULL DEFAULT 0"},
 	{"bytes_in", "INTEGER NOT NULL DEFAULT 0"},
 	{"bytes_out", "INTEGER NOT NULL DEFAULT 0"},
+	{"netns", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -611,8 +613,8 @@ type programBytes struct {
 func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 	insert, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		run_ns, req_id, bytes_in, bytes_out)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		run_ns, req_id, bytes_in, bytes_out, netns)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -658,7 +660,7 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 			addrString(r.Remote.Addr()), int(r.Remote.Port()),
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut)); err != nil {
+			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns); err != nil {
 			return err
 		}
 	}
@@ -721,7 +723,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		return nil, fmt.Errorf("history: n %d: must be positive", n)
 	}
 	const cols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, bytes_in, bytes_out`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, bytes_in, bytes_out, netns`
 	db := h.db.Load()
 	if db == nil {
 		return nil, errHistoryNotOpen
@@ -749,7 +751,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 		)
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
-			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID, &bytesIn, &bytesOut); err != nil {
+			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID, &bytesIn, &bytesOut, &r.Netns); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)

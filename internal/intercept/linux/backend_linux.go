@@ -25,6 +25,7 @@ var ErrAnotherDaemon = errors.New("another latch daemon is running in this netwo
 // Netfilter hook numbers as reported in NFQA_PACKET_HDR.
 const (
 	hookLocalIn  = 1
+	hookForward  = 2
 	hookLocalOut = 3
 )
 
@@ -158,7 +159,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		return fmt.Errorf("linux backend: %w", err)
 	}
 	b.q.Store(q)
-	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback}
+	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback, forward: b.cfg.Forward}
 	if b.cfg.Hostnames != nil {
 		spec.dnsLogGroup = b.cfg.DNSLogGroup
 		if spec.dnsLogGroup == 0 {
@@ -460,7 +461,14 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	b.holdsMu.Lock()
 	b.holds[h.id] = h
 	b.holdsMu.Unlock()
-	if b.cfg.Resolver != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
+	if p.Hook == hookForward {
+		// Forwarded: the sender is a socket in another namespace (or machine); the
+		// packet carries no uid of this host's.
+		req.UID = -1
+		if fr, ok := b.cfg.Resolver.(ForwardResolver); ok && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
+			b.attributeForwarded(fr, req)
+		}
+	} else if b.cfg.Resolver != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
 		// The interface lets procattr find sockets bound to a device (SO_BINDTODEVICE),
 		// which a lookup without it never matches.
 		ifindex := p.OutDev
@@ -504,6 +512,19 @@ func (b *Backend) attribute(req *engine.Request, ifindex int) {
 	}
 	req.PID, req.Exe, req.User, req.Cmdline = p.PID, p.Exe, p.User, p.Cmdline
 	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
+		req.UID = p.UID
+	}
+}
+
+// attributeForwarded fills in the process and namespace that sent a forwarded
+// connection.
+func (b *Backend) attributeForwarded(fr ForwardResolver, req *engine.Request) {
+	p, ns, err := fr.ResolveForwarded(req.Protocol, req.Local, req.Remote)
+	if err != nil || p.PID == 0 {
+		b.attributionFailed.Add(1)
+	}
+	req.PID, req.Exe, req.User, req.Cmdline, req.Netns = p.PID, p.Exe, p.User, p.Cmdline, ns.Name
+	if p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}
 }

@@ -168,6 +168,13 @@ type Resolver interface {
 	ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (procattr.Process, error)
 }
 
+// ForwardResolver is what a Resolver also does to attribute forwarded connections:
+// find the process that owns the sending socket in another network namespace on
+// this machine, and name that namespace.
+type ForwardResolver interface {
+	ResolveForwarded(proto engine.Protocol, local, remote netip.AddrPort) (procattr.Process, procattr.Netns, error)
+}
+
 // Config configures the backend. The zero value is not ready: use New, which fills in
 // defaults for zero fields as documented.
 type Config struct {
@@ -208,6 +215,11 @@ type Config struct {
 	// Ready, if set, is called once Run has bound the queue and installed the ruleset,
 	// that is once connections are being held.
 	Ready func()
+	// Forward: also hold new connections this host forwards (chain LATCH-FWD from
+	// FORWARD; nftables chain forward), as outbound connections of the process
+	// that sent them in its own network namespace on this machine (see
+	// ForwardResolver), with Request.Netns naming it.
+	Forward bool
 	// Logf, if set, receives notes about unusual events (leftover rules removed,
 	// verdict errors). nil: silent.
 	Logf func(format string, args ...any)
