@@ -400,6 +400,7 @@ func runChild(mode string) int {
 	cfg.QueueNum = queue
 	cfg.FailOpen = os.Getenv("LATCH_TEST_FAIL_OPEN") != ""
 	cfg.Inbound = os.Getenv("LATCH_TEST_INBOUND") != ""
+	cfg.Forward = os.Getenv("LATCH_TEST_FORWARD") != ""
 	cfg.Firewall = os.Getenv("LATCH_TEST_FIREWALL")
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
