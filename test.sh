@@ -16,6 +16,7 @@ command -v conntrack >/dev/null || need_pkgs+=(conntrack)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
 command -v make >/dev/null || need_pkgs+=(make)
+command -v wg >/dev/null || need_pkgs+=(wireguard-tools)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2
