@@ -89,21 +89,27 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 		}
 		listed++
 		for _, ct := range cts {
-			if ct.Mark&MarkMask != MarkAllow {
+			// A flow being decided again (MarkRedecide) is still the flow it was.
+			if m := ct.Mark & MarkMask; m != MarkAllow && m != MarkRedecide {
 				continue
 			}
 			k := ctKey(ct)
 			f := a.m[k]
-			req := a.flows.get(k)
-			if req == nil && f == nil {
+			if f == nil && ct.Mark&MarkMask != MarkAllow {
 				continue
 			}
-			if f == nil || (req != nil && req.ID != f.req.ID && f.ended) {
-				if req == nil {
-					continue
-				}
+			req := a.flows.get(k)
+			switch {
+			case f == nil && req == nil:
+				continue
+			case f == nil || f.ended && req != nil && req.ID != f.req.ID:
+				// New, or a new connection on the tuple of one that ended.
 				f = &acctFlow{req: req, reportedAt: now}
 				a.m[k] = f
+			case req != nil && req.ID != f.req.ID:
+				// Decided again and allowed: the same conntrack entry, its bytes
+				// from now on the new decision's.
+				f.req = req
 			}
 			f.gen = a.gen
 			if f.ended {
