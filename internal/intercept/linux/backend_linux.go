@@ -16,6 +16,7 @@ import (
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 	"github.com/latchfw/latch/internal/intercept/linux/packet"
 	"github.com/latchfw/latch/internal/procattr"
+	"golang.org/x/sys/unix"
 )
 
 // ErrAnotherDaemon is wrapped by Run's error when another latch daemon already holds
@@ -58,6 +59,7 @@ type Backend struct {
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
 	trafficReports                             atomic.Uint64 // Traffic reports handed to Config.OnTraffic
+	trafficEventsLost                          atomic.Uint64 // conntrack event socket overflows
 	latencySum, latencyMax, latencyN           atomic.Uint64
 	dns                                        *dnsname.Learner // nil without Config.Hostnames
 
@@ -166,7 +168,20 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 			spec.dnsLogGroup = DefaultDNSLogGroup
 		}
 	}
+	// Byte accounting listens to conntrack events before the first connection it
+	// allows can exist: an entry made while nobody listens never reports any.
+	evfd := -1
+	if b.cfg.OnTraffic != nil {
+		var err error
+		if evfd, err = openCtEvents(); err != nil {
+			b.cfg.Logf("byte accounting: %v", err)
+			evfd = -1
+		}
+	}
 	if err := b.fw.install(spec); err != nil {
+		if evfd >= 0 {
+			unix.Close(evfd)
+		}
 		b.q.Store(nil)
 		q.Close()
 		return fmt.Errorf("linux backend: %w", err)
@@ -188,9 +203,12 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	if b.cfg.OnTraffic != nil {
 		if restore, err := enableAccounting(); err != nil {
 			b.cfg.Logf("bytes per program are off: %v", err)
+			if evfd >= 0 {
+				unix.Close(evfd)
+			}
 		} else {
 			restoreAcct = restore
-			wg.Go(func() { b.account(sweepCtx) })
+			wg.Go(func() { b.account(sweepCtx, evfd) })
 		}
 	}
 	if b.cfg.Ready != nil {
@@ -703,6 +721,7 @@ func (b *Backend) Stats() intercept.Stats {
 			"attribution_failed":     b.attributionFailed.Load(),
 			"flows_remembered":       uint64(b.flows.len()),
 			"traffic_reports":        b.trafficReports.Load(),
+			"traffic_events_lost":    b.trafficEventsLost.Load(),
 			"verdict_latency_max_us": b.latencyMax.Load() / 1000,
 		},
 	}

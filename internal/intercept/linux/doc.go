@@ -227,12 +227,15 @@ type Config struct {
 	// net.netfilter.nf_conntrack_acct to 1 (and back when it stops), reads the
 	// counters of the flows it allowed from conntrack, and calls OnTraffic with a
 	// flow's totals every TrafficInterval while it moves bytes, and once more when it
-	// ends. Calls come from one goroutine, one at a time.
+	// ends (learnt from conntrack events: a TCP flow's TIME_WAIT or CLOSE, any
+	// entry's destruction). Calls come from one goroutine, one at a time.
 	OnTraffic func([]intercept.Traffic)
 	// TrafficInterval is how often a long-lived flow's bytes are reported; 0: 10 s.
 	TrafficInterval time.Duration
-	// TrafficPoll is how often conntrack's counters are read, which bounds how late
-	// a flow's end is reported; 0: 500 ms (or TrafficInterval if shorter).
+	// TrafficPoll is how often conntrack's table is read when its events cannot be
+	// had, which then bounds how late a flow's end is reported; 0: 500 ms (or
+	// TrafficInterval if shorter). With events the table is read every
+	// TrafficInterval.
 	TrafficPoll time.Duration
 }
 

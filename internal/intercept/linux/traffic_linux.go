@@ -72,9 +72,9 @@ func newAccountant(flows *flowTable, interval time.Duration) *accountant {
 	}
 }
 
-// poll reads conntrack once and returns the reports due: a flow's first report
-// after interval, then every interval while its counters change, and one with Ended
-// when it closes or its entry is gone. With final, every flow not yet ended is
+// poll reads conntrack's table once and returns the reports due: a flow's first
+// report after interval, then every interval while its counters change, and one with
+// Ended when it closes or its entry is gone. With final, every flow not yet ended is
 // reported as it stands.
 func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error) {
 	a.gen++
@@ -89,47 +89,12 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 		}
 		listed++
 		for _, ct := range cts {
-			// A flow being decided again (MarkRedecide) is still the flow it was.
-			if m := ct.Mark & MarkMask; m != MarkAllow && m != MarkRedecide {
-				continue
-			}
-			k := ctKey(ct)
-			f := a.m[k]
-			if f == nil && ct.Mark&MarkMask != MarkAllow {
-				continue
-			}
-			req := a.flows.get(k)
-			switch {
-			case f == nil && req == nil:
-				continue
-			case f == nil || f.ended && req != nil && req.ID != f.req.ID:
-				// New, or a new connection on the tuple of one that ended.
-				f = &acctFlow{req: req, reportedAt: now}
-				a.m[k] = f
-			case req != nil && req.ID != f.req.ID:
-				// Decided again and allowed: the same conntrack entry, its bytes
-				// from now on the new decision's.
-				f.req = req
-			}
-			f.gen = a.gen
-			if f.ended {
-				continue
-			}
-			f.in, f.out = ct.Reverse.Bytes, ct.Forward.Bytes
-			if f.req.Direction == engine.Inbound {
-				f.in, f.out = f.out, f.in
-			}
-			closed := false
+			ci := ctInfo{key: ctKey(ct), mark: ct.Mark, origBytes: ct.Forward.Bytes, replBytes: ct.Reverse.Bytes, counters: true}
 			if tcp, ok := ct.ProtoInfo.(*netlink.ProtoInfoTCP); ok {
-				closed = tcp.State == ctTCPTimeWait || tcp.State == ctTCPClose
+				ci.tcpState, ci.hasState = tcp.State, true
 			}
-			changed := f.in != f.reportedIn || f.out != f.reportedOut
-			switch {
-			case closed:
-				f.ended = true
-				out = append(out, f.report(now))
-			case final || changed && now.Sub(f.reportedAt) >= a.interval:
-				out = append(out, f.report(now))
+			if r, ok := a.observe(ci, false, now, final); ok {
+				out = append(out, r)
 			}
 		}
 	}
@@ -152,6 +117,90 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 	return out, errors.Join(errs...)
 }
 
+// wants reports whether k is a flow the accountant follows or should: one it
+// tracks and has not seen end, or one latch allowed.
+func (a *accountant) wants(k flowKey) bool {
+	if f := a.m[k]; f != nil {
+		return !f.ended
+	}
+	return a.flows.get(k) != nil
+}
+
+// observe takes what conntrack says of one entry (gone: it was destroyed) and
+// returns the report it makes due, if any.
+func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (intercept.Traffic, bool) {
+	// A flow being decided again (MarkRedecide) is still the flow it was.
+	m := ci.mark & MarkMask
+	if m != MarkAllow && m != MarkRedecide {
+		return intercept.Traffic{}, false
+	}
+	k := ci.key
+	f := a.m[k]
+	if f == nil && m != MarkAllow {
+		return intercept.Traffic{}, false
+	}
+	req := a.flows.get(k)
+	switch {
+	case f == nil && req == nil:
+		return intercept.Traffic{}, false
+	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
+		// New, or a new connection on the tuple of one that ended.
+		f = &acctFlow{req: req, reportedAt: now}
+		a.m[k] = f
+	case req != nil && req.ID != f.req.ID:
+		// Decided again and allowed: the same conntrack entry, its bytes from now
+		// on the new decision's.
+		f.req = req
+	}
+	f.gen = a.gen
+	if f.ended {
+		return intercept.Traffic{}, false
+	}
+	if ci.counters {
+		f.in, f.out = ci.replBytes, ci.origBytes
+		if f.req.Direction == engine.Inbound {
+			f.in, f.out = f.out, f.in
+		}
+	}
+	closed := gone || ci.hasState && (ci.tcpState == ctTCPTimeWait || ci.tcpState == ctTCPClose)
+	changed := f.in != f.reportedIn || f.out != f.reportedOut
+	switch {
+	case closed:
+		f.ended = true
+		return f.report(now), true
+	case final || changed && now.Sub(f.reportedAt) >= a.interval*9/10:
+		// 9/10: a read of the table every interval comes a little early or late.
+		return f.report(now), true
+	}
+	return intercept.Traffic{}, false
+}
+
+// event handles a conntrack event: a destroyed entry ends its flow with the
+// counters the event carries; a TCP flow reaching TIME_WAIT or CLOSE is read once
+// more (events other than destroys carry no counters) and ends.
+func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now time.Time) (intercept.Traffic, bool, error) {
+	if !a.wants(ev.key) {
+		return intercept.Traffic{}, false, nil
+	}
+	if ev.destroy {
+		r, ok := a.observe(ev.ctInfo, true, now, false)
+		return r, ok, nil
+	}
+	if !ev.hasState || ev.tcpState != ctTCPTimeWait && ev.tcpState != ctTCPClose {
+		return intercept.Traffic{}, false, nil
+	}
+	ci, err := get(ev.key)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			// Gone already: its destroy event follows, with the counters.
+			return intercept.Traffic{}, false, nil
+		}
+		return intercept.Traffic{}, false, err
+	}
+	r, ok := a.observe(ci, false, now, false)
+	return r, ok, nil
+}
+
 func (f *acctFlow) report(now time.Time) intercept.Traffic {
 	t := intercept.Traffic{Request: f.req, BytesIn: f.in, BytesOut: f.out, Ended: f.ended, Time: now}
 	// Counters only grow; a flow's entry replaced under the same tuple starts over.
@@ -169,29 +218,21 @@ func (f *acctFlow) report(now time.Time) intercept.Traffic {
 	return t
 }
 
-// account runs the accountant until ctx is done, then reports once more.
-func (b *Backend) account(ctx context.Context) {
+// account runs the accountant until ctx is done, then reports once more. Flow ends
+// come from conntrack events at once; the table is read every TrafficInterval for
+// long-lived flows (and for ends an overflowing event socket lost). Without events
+// (the socket cannot be opened) the table is read every TrafficPoll instead.
+//
+// evfd is a conntrack event socket openCtEvents opened before the ruleset was in
+// place (conntrack entries made while nobody listens never report events), or -1.
+func (b *Backend) account(ctx context.Context, evfd int) {
 	interval := b.cfg.TrafficInterval
 	if interval <= 0 {
 		interval = defaultTrafficInterval
 	}
-	poll := b.cfg.TrafficPoll
-	if poll <= 0 {
-		poll = min(defaultTrafficPoll, interval)
-	}
 	a := newAccountant(b.flows, interval)
-	t := time.NewTicker(poll)
-	defer t.Stop()
 	var lastErr string
-	for {
-		var now time.Time
-		final := false
-		select {
-		case <-ctx.Done():
-			now, final = time.Now(), true
-		case now = <-t.C:
-		}
-		rs, err := a.poll(now, final)
+	logErr := func(err error) {
 		if err != nil && err.Error() != lastErr {
 			b.cfg.Logf("byte accounting: %v", err)
 		}
@@ -200,14 +241,82 @@ func (b *Backend) account(ctx context.Context) {
 		} else {
 			lastErr = ""
 		}
+	}
+	hand := func(rs []intercept.Traffic) {
 		b.trafficReports.Add(uint64(len(rs)))
 		if len(rs) > 0 {
 			b.cfg.OnTraffic(rs)
 		}
-		if final {
+	}
+
+	events := make(chan ctEvent, 4096)
+	poll := interval
+	var getter *ctGetter
+	err := errors.New("the event socket could not be opened")
+	if evfd >= 0 {
+		getter, err = openCtGetter()
+		if err != nil {
+			unix.Close(evfd)
+		}
+	}
+	if err != nil {
+		b.cfg.Logf("byte accounting: no conntrack events (%v): reading the table every %v instead", err, b.trafficPoll(interval))
+		poll = b.trafficPoll(interval)
+		events = nil
+	} else {
+		defer getter.close()
+		evCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			defer unix.Close(evfd)
+			err := readCtEvents(evCtx, evfd, events,
+				func() { b.trafficEventsLost.Add(1) }, func() { b.malformed.Add(1) })
+			if err != nil {
+				b.cfg.Logf("byte accounting: %v", err)
+			}
+		}()
+		defer func() { stop(); <-done }()
+	}
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		select {
+		case ev := <-events:
+			// Take what else is queued too, then hand the reports on at once.
+			var rs []intercept.Traffic
+			for more := true; more; {
+				r, ok, err := a.event(ev, getter.get, time.Now())
+				logErr(err)
+				if ok {
+					rs = append(rs, r)
+				}
+				select {
+				case ev = <-events:
+				default:
+					more = false
+				}
+			}
+			hand(rs)
+		case now := <-t.C:
+			rs, err := a.poll(now, false)
+			logErr(err)
+			hand(rs)
+		case <-ctx.Done():
+			rs, err := a.poll(time.Now(), true)
+			logErr(err)
+			hand(rs)
 			return
 		}
 	}
+}
+
+// trafficPoll is how often the table is read without conntrack events.
+func (b *Backend) trafficPoll(interval time.Duration) time.Duration {
+	if b.cfg.TrafficPoll > 0 {
+		return b.cfg.TrafficPoll
+	}
+	return min(defaultTrafficPoll, interval)
 }
 
 // enableAccounting sets nf_conntrack_acct to 1 and returns a function that puts
