@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,44 +49,50 @@ func openCtEvents() (int, error) {
 	return fd, nil
 }
 
-// readCtEvents reads events from fd until ctx is done, and sends those about TCP and
-// UDP flows to out. Lost events (a full socket buffer) are counted in lost. Messages
-// that do not decode are counted in bad and skipped.
-func readCtEvents(ctx context.Context, fd int, out chan<- ctEvent, lost, bad func()) error {
-	buf := make([]byte, 256<<10)
-	for ctx.Err() == nil {
-		n, err := unix.Read(fd, buf)
+// ctEventReader drains a conntrack event socket without blocking.
+type ctEventReader struct {
+	fd  int
+	buf []byte
+}
+
+// drain reads every event queued on the socket now and calls fn for those about
+// TCP and UDP flows. It reports whether the socket overflowed (events were lost) and
+// how many messages did not decode.
+func (r *ctEventReader) drain(fn func(ctEvent)) (lost bool, bad int, err error) {
+	if r.buf == nil {
+		r.buf = make([]byte, 256<<10)
+	}
+	for range 100_000 { // bounded: at most this many datagrams per call
+		n, _, err := unix.Recvfrom(r.fd, r.buf, unix.MSG_DONTWAIT)
 		switch {
 		case err == nil:
-		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EWOULDBLOCK):
+			return lost, bad, nil
+		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.ENOBUFS):
-			lost()
+			lost = true
 			continue
 		default:
-			return fmt.Errorf("read conntrack events: %w", err)
+			return lost, bad, fmt.Errorf("read conntrack events: %w", err)
 		}
-		for _, m := range splitNlmsgs(buf[:n]) {
+		for _, m := range splitNlmsgs(r.buf[:n]) {
 			typ := m.typ & 0xff
 			if m.typ>>8 != unix.NFNL_SUBSYS_CTNETLINK || typ != ipctnlMsgCtNew && typ != ipctnlMsgCtDelete {
 				continue
 			}
 			ci, err := parseCtMsg(m.data)
 			if err != nil {
-				bad()
+				bad++
 				continue
 			}
 			if ci.key.proto != unix.IPPROTO_TCP && ci.key.proto != unix.IPPROTO_UDP {
 				continue
 			}
-			select {
-			case out <- ctEvent{ctInfo: ci, destroy: typ == ipctnlMsgCtDelete}:
-			case <-ctx.Done():
-				return nil
-			}
+			fn(ctEvent{ctInfo: ci, destroy: typ == ipctnlMsgCtDelete})
 		}
 	}
-	return nil
+	return lost, bad, nil
 }
 
 type nlmsg struct {

@@ -21,6 +21,9 @@ const acctSysctl = "/proc/sys/net/netfilter/nf_conntrack_acct"
 const (
 	defaultTrafficInterval = 10 * time.Second
 	defaultTrafficPoll     = 500 * time.Millisecond
+	// eventDrain is how often conntrack events are read: it bounds how late a
+	// flow's end is reported.
+	eventDrain = 50 * time.Millisecond
 )
 
 // Conntrack TCP states (enum tcp_conntrack) at which a flow is over: both sides
@@ -249,7 +252,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		}
 	}
 
-	events := make(chan ctEvent, 4096)
+	// With events, the socket is drained every eventDrain: one wake-up per period
+	// instead of one per event (a TCP flow makes five), and the table is read every
+	// interval. Without, the table is read every TrafficPoll.
 	poll := interval
 	var getter *ctGetter
 	err := errors.New("the event socket could not be opened")
@@ -259,50 +264,53 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			unix.Close(evfd)
 		}
 	}
+	var drainC <-chan time.Time
+	var reader *ctEventReader
 	if err != nil {
 		b.cfg.Logf("byte accounting: no conntrack events (%v): reading the table every %v instead", err, b.trafficPoll(interval))
 		poll = b.trafficPoll(interval)
-		events = nil
 	} else {
 		defer getter.close()
-		evCtx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			defer unix.Close(evfd)
-			err := readCtEvents(evCtx, evfd, events,
-				func() { b.trafficEventsLost.Add(1) }, func() { b.malformed.Add(1) })
-			if err != nil {
-				b.cfg.Logf("byte accounting: %v", err)
-			}
-		}()
-		defer func() { stop(); <-done }()
+		defer unix.Close(evfd)
+		reader = &ctEventReader{fd: evfd}
+		dt := time.NewTicker(eventDrain)
+		defer dt.Stop()
+		drainC = dt.C
 	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
+	drain := func() {
+		var rs []intercept.Traffic
+		now := time.Now()
+		lost, bad, err := reader.drain(func(ev ctEvent) {
+			r, ok, err := a.event(ev, getter.get, now)
+			logErr(err)
+			if ok {
+				rs = append(rs, r)
+			}
+		})
+		logErr(err)
+		if lost {
+			b.trafficEventsLost.Add(1)
+		}
+		b.malformed.Add(uint64(bad))
+		hand(rs)
+	}
 	for {
 		select {
-		case ev := <-events:
-			// Take what else is queued too, then hand the reports on at once.
-			var rs []intercept.Traffic
-			for more := true; more; {
-				r, ok, err := a.event(ev, getter.get, time.Now())
-				logErr(err)
-				if ok {
-					rs = append(rs, r)
-				}
-				select {
-				case ev = <-events:
-				default:
-					more = false
-				}
-			}
-			hand(rs)
+		case <-drainC:
+			drain()
 		case now := <-t.C:
+			if reader != nil {
+				drain()
+			}
 			rs, err := a.poll(now, false)
 			logErr(err)
 			hand(rs)
 		case <-ctx.Done():
+			if reader != nil {
+				drain()
+			}
 			rs, err := a.poll(time.Now(), true)
 			logErr(err)
 			hand(rs)
