@@ -141,3 +141,27 @@ func TestTrafficOnAnOldHistory(t *testing.T) {
 		t.Errorf("a later run's report changed an earlier run's row: %+v", got[1])
 	}
 }
+
+// TestTrafficInTheSameBatch: a report written in the same batch as its connection
+// sets the row's totals (applied before the insert) and counts for the program.
+func TestTrafficInTheSameBatch(t *testing.T) {
+	h, err := OpenHistory(filepath.Join(t.TempDir(), HistoryFileName), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	now := time.Now()
+	c := testConn(3)
+	c.Request.ID = 5
+	h.Record(c)
+	h.RecordTraffic(Traffic{Time: now, Request: c.Request, BytesIn: 40, BytesOut: 1_000_000, DeltaIn: 40, DeltaOut: 1_000_000, Ended: true})
+	h.Flush()
+	got, err := h.Recent(1, 0)
+	if err != nil || len(got) != 1 || got[0].BytesOut != 1_000_000 || got[0].BytesIn != 40 {
+		t.Fatalf("row: %+v, %v", got, err)
+	}
+	top, err := h.Top(now.Add(-time.Minute), now.Add(time.Second), 10*time.Second, false)
+	if err != nil || len(top) != 1 || top[0].BytesOut != 1_000_000 {
+		t.Errorf("top: %+v, %v", top, err)
+	}
+}
