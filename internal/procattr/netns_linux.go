@@ -33,8 +33,9 @@ type netnsIndex struct {
 }
 
 type netnsEntry struct {
-	ns      Netns
-	expires time.Time
+	ns        Netns
+	ambiguous bool // more than one namespace holds the address
+	expires   time.Time
 }
 
 var forwardIndex = &netnsIndex{byAddr: map[netip.Addr]netnsEntry{}}
@@ -131,6 +132,9 @@ func (x *netnsIndex) find(addr netip.Addr) (Netns, error) {
 	defer x.mu.Unlock()
 	now := time.Now()
 	if e, ok := x.byAddr[addr]; ok && now.Before(e.expires) {
+		if e.ambiguous {
+			return Netns{}, fmt.Errorf("source %v is held by more than one network namespace: %w", addr, ErrNoSocket)
+		}
 		return e.ns, nil
 	}
 	if now.Sub(x.lastScan) < netnsRescanGap {
@@ -152,12 +156,19 @@ func (x *netnsIndex) find(addr netip.Addr) (Netns, error) {
 			if a.IsLoopback() || a.IsLinkLocalUnicast() {
 				continue
 			}
-			if _, dup := x.byAddr[a]; !dup {
-				x.byAddr[a] = netnsEntry{ns: ns, expires: now.Add(netnsCacheTTL)}
+			if e, dup := x.byAddr[a]; dup && e.ns.inode != ns.inode {
+				// Two namespaces hold it (separate networks reusing addresses): the
+				// sender cannot be told by its address, so it is nobody's.
+				x.byAddr[a] = netnsEntry{ambiguous: true, expires: now.Add(netnsCacheTTL)}
+				continue
 			}
+			x.byAddr[a] = netnsEntry{ns: ns, expires: now.Add(netnsCacheTTL)}
 		}
 	}
 	if e, ok := x.byAddr[addr]; ok {
+		if e.ambiguous {
+			return Netns{}, fmt.Errorf("source %v is held by more than one network namespace: %w", addr, ErrNoSocket)
+		}
 		return e.ns, nil
 	}
 	return Netns{}, fmt.Errorf("source %v is in no network namespace on this machine: %w", addr, ErrNoSocket)
