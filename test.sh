@@ -32,6 +32,7 @@ command -v fish >/dev/null || need_pkgs+=(fish)
 command -v chromium >/dev/null || need_pkgs+=(chromium fonts-dejavu-core)
 # latch notify is tested against a real D-Bus session bus (internal/notify)
 command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
+command -v wg >/dev/null || need_pkgs+=(wireguard-tools)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2

@@ -18,14 +18,17 @@ const connsHelp = `Usage: latch conns [--json] [--follow] [-n N]
 Lists the most recent connections latch decided, oldest first, one per line: time,
 direction, protocol, local and remote address (with the hostname the program resolved,
 when latch saw it), pid, executable, user, verdict and why (rule ID, prompt, default,
-timeout, limit). Paths, user and host names are shown with control and invisible
+timeout, limit), and the bytes an allowed connection received (IN) and sent (OUT) so far
+(IP headers included; '-' until counted), and for a connection this host forwarded
+(daemon --forward) the network namespace of the program that sent it (NETNS). Paths, user and host names are shown with control and invisible
 characters escaped (\x1b, \u{202E}); --json keeps them as they are.
 
   -n N       how many (default 20)
   --follow   keep printing new connections as they are decided (Ctrl-C ends)
   --json     one JSON object per line: id, time, direction, proto, local_ip,
              local_port, remote_ip, remote_port, host (if known), pid, exe, uid,
-             user, verdict, reason, rule_id, and raw (the exact bytes of text that
+             user, verdict, reason, rule_id, bytes_in, bytes_out, netns (if
+             forwarded), and raw (the exact bytes of text that
              is not valid UTF-8, as in 'latch help prompts')
 `
 
@@ -112,13 +115,17 @@ func (p *connPrinter) print(cs []api.Conn, first bool) error {
 	}
 	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
 	if !p.header {
-		fmt.Fprintln(tw, "TIME\tDIR\tPROTO\tLOCAL\tREMOTE\tPID\tEXE\tUSER\tVERDICT\tWHY")
+		fmt.Fprintln(tw, "TIME\tDIR\tPROTO\tLOCAL\tREMOTE\tPID\tEXE\tUSER\tVERDICT\tWHY\tIN\tOUT\tNETNS")
 		p.header = true
 	}
 	for _, c := range cs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
+		in, out := "-", "-"
+		if c.BytesIn != 0 || c.BytesOut != 0 {
+			in, out = humanBytes(c.BytesIn), humanBytes(c.BytesOut)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
 			c.Direction, c.Proto, hostPort(c.LocalIP, c.LocalPort, ""), remoteOf(c.RemoteIP, c.RemotePort, c.Host, c.HostSource, c.Note),
-			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID))
+			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), in, out, field(c.Netns))
 	}
 	return tw.Flush()
 }

@@ -51,6 +51,9 @@ exits; on SIGHUP it reads the managed rule files again.
   --fail open|closed       while no daemon runs, new connections are accepted (open:
                            queue bypass) or dropped (closed) (default closed)
   --inbound                also hold new inbound connections
+  --forward                also hold new connections this host forwards (containers on
+                           a bridge, namespaces behind it), attributed to the program
+                           that sent them in its own network namespace
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --encrypted-dns-list FILE
@@ -85,6 +88,10 @@ exits; on SIGHUP it reads the managed rule files again.
                            --web-cert and --web-key: TLS)
   --web-cert FILE          TLS certificate (PEM) for the web UI
   --web-key FILE           TLS private key (PEM) for the web UI
+  --accounting=BOOL        count the bytes of every allowed connection, per program
+                           (conntrack accounting; 'latch conns', 'latch top') (default true)
+  --traffic-interval DUR   how often a long-lived connection's bytes are written to the
+                           history; its end is always written (default 10s)
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
   --keep-rules-on-exit     fail-closed: a stop (SIGTERM) leaves the firewall rules in place,
@@ -119,6 +126,7 @@ type daemonOptions struct {
 	PromptTimeout  time.Duration
 	FailOpen       bool
 	Inbound        bool
+	Forward        bool
 	ExemptLoopback bool
 	Queue          uint16
 	MaxHistory     int
@@ -145,6 +153,12 @@ type daemonOptions struct {
 	DNSUpstream []string
 	ResolvConf  string
 	DNSRefuse   string
+	// Accounting counts each allowed flow's bytes; TrafficInterval is how often a
+	// long-lived one is reported.
+	Accounting      bool
+	TrafficInterval time.Duration
+	// onTraffic receives the backend's byte reports (set by runDaemon).
+	onTraffic func([]intercept.Traffic)
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -159,6 +173,7 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.DurationVar(&o.PromptTimeout, "prompt-timeout", engine.DefaultPromptTimeout, "")
 	fail := fs.String("fail", "closed", "")
 	fs.BoolVar(&o.Inbound, "inbound", false, "")
+	fs.BoolVar(&o.Forward, "forward", false, "")
 	fs.BoolVar(&o.ExemptLoopback, "exempt-loopback", true, "")
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
@@ -180,6 +195,8 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	upstream := fs.String("dns-upstream", "", "")
 	fs.StringVar(&o.ResolvConf, "resolv-conf", "/etc/resolv.conf", "")
 	fs.StringVar(&o.DNSRefuse, "dns-refuse", dnsproxy.RefuseNXDomain, "")
+	fs.BoolVar(&o.Accounting, "accounting", true, "")
+	fs.DurationVar(&o.TrafficInterval, "traffic-interval", 10*time.Second, "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -245,6 +262,9 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	}
 	if o.MaxQuestionsPerApp > o.MaxQuestionsPerUser {
 		return nil, usagef("--max-questions-per-app %d is above --max-questions-per-user %d", o.MaxQuestionsPerApp, o.MaxQuestionsPerUser)
+	}
+	if o.TrafficInterval < time.Second || o.TrafficInterval > 24*time.Hour {
+		return nil, usagef("--traffic-interval %v: want a duration from 1s to 24h", o.TrafficInterval)
 	}
 	if o.StateDir == "" {
 		return nil, usagef("--state-dir: must not be empty")
@@ -397,6 +417,14 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	defer hist.Close()
 
+	// Byte reports of allowed flows go to the history: the connection's row gets
+	// its totals, its program the bytes since the last report.
+	o.onTraffic = func(ts []intercept.Traffic) {
+		for _, t := range ts {
+			hist.RecordTraffic(store.Traffic{Time: t.Time, Request: *t.Request,
+				BytesIn: t.BytesIn, BytesOut: t.BytesOut, DeltaIn: t.DeltaIn, DeltaOut: t.DeltaOut, Ended: t.Ended})
+		}
+	}
 	var be *platformBackend
 	if o.Backend == "none" {
 		be = &platformBackend{Backend: noBackend{}, attribution: func() []string { return nil }, close: func() {}}
@@ -505,6 +533,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		Reload:    reloadManaged,
 		Logf:      logf,
 		EventLog:  obs.hub.Subscribe,
+		// Long-lived flows are reported every interval: a window of two holds one
+		// report of each busy flow.
+		RateWindow: 2 * o.TrafficInterval,
 		Status: func() api.Status {
 			st := api.Status{
 				Version: latchVersion(), PID: os.Getpid(), Started: started,

@@ -32,6 +32,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg := linux.DefaultConfig()
 	cfg.QueueNum = o.Queue
 	cfg.Inbound = o.Inbound
+	cfg.Forward = o.Forward
 	cfg.FailOpen = o.FailOpen
 	cfg.KeepRulesOnExit = o.KeepRules
 	cfg.ExemptLoopback = o.ExemptLoopback
@@ -41,6 +42,10 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.Hostnames = names
 	cfg.HoldTimeout = o.PromptTimeout + max(o.PromptTimeout, 30*time.Second)
 	cfg.Logf = logf
+	if o.Accounting && o.onTraffic != nil {
+		cfg.OnTraffic = o.onTraffic
+		cfg.TrafficInterval = o.TrafficInterval
+	}
 	ready := make(chan struct{})
 	cfg.Ready = sync.OnceFunc(func() { close(ready) })
 	be, err := linux.New(cfg)

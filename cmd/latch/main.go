@@ -67,6 +67,8 @@ Questions:
 
 History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
+  top [--range DUR] [--by total|rate] [--json]
+                            programs by bytes moved: current rate and total over a range
   status [--json]           backend, mode, counters, pending questions
   explain [flags]           which rule would decide a connection, and why; see 'latch help explain'
   events --follow [--json]  every event (latch.event/1) as it happens
@@ -112,6 +114,7 @@ func init() {
 		"answer":  {runAnswer, answerHelp},
 		"watch":   {runWatch, watchHelp},
 		"conns":   {runConns, connsHelp},
+		"top":     {runTop, topHelp},
 		"status":  {runStatus, statusHelp},
 		"explain": {runExplain, explainHelp},
 		"events":  {runEvents, eventsHelp},

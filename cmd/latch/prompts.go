@@ -27,7 +27,8 @@ Paths, user and host names are shown with control and invisible characters escap
 (\x1b, \u{202E}: see "Text output" in the README); --json keeps them as they are.
 
   --json   one JSON object per line: id, pid, exe, uid, user, direction, proto,
-           local_ip, local_port, remote_ip, remote_port, host (if known), held,
+           local_ip, local_port, remote_ip, remote_port, host (if known), netns (for
+           a connection this host forwards: the sender's network namespace), held,
            opened, expires, and raw: the exact bytes (base64) of exe, user, cmdline
            or host where they are not valid UTF-8 (JSON text shows U+FFFD there)
 `
@@ -64,12 +65,12 @@ func runPrompts(ctx context.Context, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tEXE\tPID\tUSER\tDIR\tPROTO\tREMOTE\tHELD\tEXPIRES")
+	fmt.Fprintln(tw, "ID\tEXE\tPID\tUSER\tDIR\tPROTO\tREMOTE\tHELD\tEXPIRES\tNETNS")
 	now := time.Now()
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\n", p.ID, programOf(p.Exe, p.Identity, p.Container), pidOrDash(p.PID),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", p.ID, programOf(p.Exe, p.Identity, p.Container), pidOrDash(p.PID),
 			userOf(p.User, p.UID), p.Direction, p.Proto, remoteOf(p.RemoteIP, p.RemotePort, p.Host, p.HostSource, p.Note), p.Held,
-			max(p.Expires.Sub(now), 0).Round(time.Second))
+			max(p.Expires.Sub(now), 0).Round(time.Second), field(p.Netns))
 	}
 	return tw.Flush()
 }

@@ -134,9 +134,11 @@ type Prompt struct {
 	Identity     engine.Identity `json:"identity"`
 	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" when identity is "container"
 	IdentityNote string          `json:"identity_note,omitempty"` // why the identity is not verified
-	Held         int             `json:"held"`
-	Opened       time.Time       `json:"opened"`
-	Expires      time.Time       `json:"expires"`
+	// Netns names the sending network namespace of a forwarded connection.
+	Netns   string    `json:"netns,omitempty"`
+	Held    int       `json:"held"`
+	Opened  time.Time `json:"opened"`
+	Expires time.Time `json:"expires"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -173,6 +175,13 @@ type Conn struct {
 	Verdict      engine.Action   `json:"verdict"`
 	Reason       engine.Reason   `json:"reason"`
 	RuleID       engine.RuleID   `json:"rule_id"`
+	// BytesIn and BytesOut are what an allowed flow moved (received and sent by the
+	// local program, IP headers included) as last reported: every report interval
+	// while it lasts, and when it ends. 0 without byte accounting.
+	BytesIn  uint64 `json:"bytes_in"`
+	BytesOut uint64 `json:"bytes_out"`
+	// Netns names the sending network namespace of a forwarded connection.
+	Netns string `json:"netns,omitempty"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -216,7 +225,7 @@ func PromptView(p *engine.Prompt) Prompt {
 		Direction: r.Direction, Proto: r.Protocol,
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
-		Host: r.Host, HostSource: r.HostSource, Note: r.Note, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
+		Host: r.Host, Netns: r.Netns, HostSource: r.HostSource, Note: r.Note, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 	}
 }
@@ -232,6 +241,7 @@ func ConnView(c *store.Conn) Conn {
 		HostSource: r.HostSource, Note: r.Note,
 		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
+		BytesIn: c.BytesIn, BytesOut: c.BytesOut, Netns: r.Netns,
 	}
 }
 

@@ -259,3 +259,28 @@ func (c *Client) WebLoginURL(ctx context.Context) (string, error) {
 	}
 	return b.URL, nil
 }
+
+// Top returns the programs that moved bytes over the last rng (0: the daemon's
+// default, an hour), busiest by total or, with byRate, by current rate; at most n
+// (0: the daemon's default, 20).
+func (c *Client) Top(ctx context.Context, rng string, byRate bool, n int) (*TopBody, error) {
+	q := url.Values{}
+	if rng != "" {
+		q.Set("range", rng)
+	}
+	if byRate {
+		q.Set("by", "rate")
+	}
+	if n > 0 {
+		q.Set("n", strconv.Itoa(n))
+	}
+	path := "/v1/top"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var b TopBody
+	if err := c.do(ctx, "GET", path, nil, &b); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}

@@ -57,6 +57,9 @@ type Config struct {
 	// the rules file at start-up are not checked: an account removed later must not
 	// keep the daemon from starting). nil: SystemUser.
 	CheckUser func(name string) error
+	// RateWindow is the span /v1/top measures current rates over; 0: 20 s. Set it
+	// to at least twice the interval of traffic reports.
+	RateWindow time.Duration
 }
 
 // Server serves the local API.
@@ -91,6 +94,7 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("GET /v1/prompts", s.listPrompts)
 	s.mux.HandleFunc("POST /v1/prompts/{id}/answer", s.answer)
 	s.mux.HandleFunc("GET /v1/conns", s.conns)
+	s.mux.HandleFunc("GET /v1/top", s.top)
 	s.mux.HandleFunc("GET /v1/events", s.events)
 	s.mux.HandleFunc("POST /v1/explain", s.explain)
 	s.mux.HandleFunc("GET /v1/events/stream", s.eventLog)

@@ -213,6 +213,10 @@ type Request struct {
 	// that it goes to an encrypted DNS service (NoteEncryptedDNS...).
 	Note     string   `json:"note,omitempty"`
 	Services []string `json:"services,omitempty"` // Windows: services hosted by svchost.exe
+	// Netns names the network namespace of the socket that sent a forwarded
+	// connection (Linux, latch daemon --forward): a container's, say. "" for the
+	// host's own connections.
+	Netns string `json:"netns,omitempty"`
 	// Identity says whether Exe is the host's name for the file the process runs.
 	// Only IdentityVerified lets app rules (exact paths and globs) match; the zero
 	// value (IdentityUnknown, "") does not.

@@ -5,6 +5,7 @@ package intercept
 
 import (
 	"context"
+	"time"
 
 	"github.com/latchfw/latch/internal/engine"
 )
@@ -55,4 +56,21 @@ type Stats struct {
 	Overflows uint64            `json:"overflows"`
 	Errors    uint64            `json:"errors"` // malformed kernel messages, failed verdicts
 	Extra     map[string]uint64 `json:"extra,omitempty"`
+}
+
+// Traffic is what one allowed flow has moved so far, as a backend that counts bytes
+// reports it: totals since the flow began, from this host's side (BytesOut: sent by
+// the local program; BytesIn: received by it), counting IP headers.
+type Traffic struct {
+	Request  *engine.Request // the flow's request, as decided
+	BytesIn  uint64
+	BytesOut uint64
+	// DeltaIn and DeltaOut are the bytes since the flow's previous report (all of
+	// them in its first).
+	DeltaIn  uint64
+	DeltaOut uint64
+	// Ended: the flow is over (TCP closed, or its conntrack entry gone); no report
+	// follows for it.
+	Ended bool
+	Time  time.Time // when the counters were read
 }

@@ -34,6 +34,30 @@ type Conn struct {
 	Time    time.Time      `json:"time"`
 	Request engine.Request `json:"request"`
 	Verdict engine.Verdict `json:"verdict"`
+	// BytesIn and BytesOut are what the flow moved, received and sent by the local
+	// program, as last reported by RecordTraffic (0 until then, and for flows that
+	// were not allowed).
+	BytesIn  uint64 `json:"bytes_in"`
+	BytesOut uint64 `json:"bytes_out"`
+}
+
+// Traffic is one report of an allowed flow's bytes: the totals since it began, and
+// what it moved since its previous report.
+type Traffic struct {
+	Time     time.Time
+	Request  engine.Request // the flow's request as recorded (ID, Exe, UID, User)
+	BytesIn  uint64
+	BytesOut uint64
+	DeltaIn  uint64
+	DeltaOut uint64
+	Ended    bool
+}
+
+// historyItem is a connection to insert or a traffic report to apply, in the order
+// they were recorded.
+type historyItem struct {
+	conn    Conn
+	traffic *Traffic
 }
 
 // HistoryStats are the history's counters since it was opened.
@@ -79,10 +103,13 @@ type History struct {
 	db      atomic.Pointer[sql.DB]
 	path    string
 	maxRows int
-	queue   chan Conn
-	flushes chan chan struct{}
-	kick    chan struct{} // Record: the queue is past half full, write now
-	done    chan struct{}
+	queue   chan historyItem
+	run     int64 // this opening's start (ns): with a request ID, it names a row
+	// trafficTable: the traffic table exists (see trafficSchema).
+	trafficTable atomic.Bool
+	flushes      chan chan struct{}
+	kick         chan struct{} // Record: the queue is past half full, write now
+	done         chan struct{}
 
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
@@ -129,9 +156,32 @@ CREATE TABLE IF NOT EXISTS conns (
 	container   TEXT    NOT NULL DEFAULT '',
 	identity_note TEXT  NOT NULL DEFAULT '',
 	host_source TEXT    NOT NULL DEFAULT '',
-	note        TEXT    NOT NULL DEFAULT ''
+	note        TEXT    NOT NULL DEFAULT '',
+	run_ns      INTEGER NOT NULL DEFAULT 0,
+	req_id      INTEGER NOT NULL DEFAULT 0,
+	bytes_in    INTEGER NOT NULL DEFAULT 0,
+	bytes_out   INTEGER NOT NULL DEFAULT 0,
+	netns       TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
+`
+
+// trafficSchema holds what programs moved over time, one row per traffic report with
+// the bytes since the flow's previous one, and the index that finds a report's
+// connection. It is created with the first report, so a history without byte
+// accounting takes no room for it.
+const trafficSchema = `
+CREATE TABLE IF NOT EXISTS traffic (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	time_ns     INTEGER NOT NULL,
+	exe         TEXT    NOT NULL,
+	uid         INTEGER NOT NULL,
+	user        TEXT    NOT NULL,
+	bytes_in    INTEGER NOT NULL,
+	bytes_out   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traffic_time ON traffic(time_ns);
+CREATE INDEX IF NOT EXISTS conns_req ON conns(req_id);
 `
 
 // addedColumns are the columns of conns that databases written by earlier versions
@@ -146,6 +196,11 @@ var addedColumns = []struct{ name, def string }{
 	// Rows written before names were kept per program read host_source "".
 	{"host_source", "TEXT NOT NULL DEFAULT ''"},
 	{"note", "TEXT NOT NULL DEFAULT ''"},
+	{"run_ns", "INTEGER NOT NULL DEFAULT 0"},
+	{"req_id", "INTEGER NOT NULL DEFAULT 0"},
+	{"bytes_in", "INTEGER NOT NULL DEFAULT 0"},
+	{"bytes_out", "INTEGER NOT NULL DEFAULT 0"},
+	{"netns", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -213,7 +268,8 @@ func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) 
 	h := &History{
 		path:    path,
 		maxRows: maxRows,
-		queue:   make(chan Conn, queueLen),
+		queue:   make(chan historyItem, queueLen),
+		run:     time.Now().UnixNano(),
 		flushes: make(chan chan struct{}),
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
@@ -253,6 +309,7 @@ func (h *History) open() error {
 		db.Close()
 		return fmt.Errorf("history %s: %w", h.path, err)
 	}
+	h.trafficTable.Store(hasTable(db, "traffic"))
 	// A smaller bound than the last run's takes effect at once.
 	if err := prune(db, h.maxRows); err != nil {
 		db.Close()
@@ -305,8 +362,29 @@ func (h *History) Record(c Conn) error {
 	if c.Time.IsZero() {
 		c.Time = time.Now()
 	}
+	return h.enqueue(historyItem{conn: c})
+}
+
+// RecordTraffic queues a report of a recorded connection's bytes and returns at
+// once: the connection's row (the one Record wrote for the same Request.ID during
+// this opening) gets the totals, and the bytes since its last report count for
+// its program in Top. A full buffer drops it as Record does.
+func (h *History) RecordTraffic(t Traffic) error {
+	h.closeMu.RLock()
+	defer h.closeMu.RUnlock()
+	if h.closed {
+		return ErrHistoryClosed
+	}
+	if t.Time.IsZero() {
+		t.Time = time.Now()
+	}
+	return h.enqueue(historyItem{traffic: &t})
+}
+
+// enqueue hands it to the writer; closeMu is held for reading.
+func (h *History) enqueue(it historyItem) error {
 	select {
-	case h.queue <- c:
+	case h.queue <- it:
 		if len(h.queue) >= cap(h.queue)/2 {
 			select {
 			case h.kick <- struct{}{}:
@@ -417,7 +495,7 @@ func (h *History) Close() error {
 // wake-up on every held connection.
 func (h *History) writer() {
 	defer close(h.done)
-	batch := make([]Conn, 0, historyBatchMax)
+	batch := make([]historyItem, 0, historyBatchMax)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var acks []chan struct{}
@@ -485,9 +563,15 @@ func (h *History) fail(n int, err error) {
 	h.lastErr.Store(&s)
 }
 
-func (h *History) writeBatch(batch []Conn) {
+func (h *History) writeBatch(batch []historyItem) {
+	conns := 0
+	for _, it := range batch {
+		if it.traffic == nil {
+			conns++
+		}
+	}
 	if !h.roomFor(len(batch)) {
-		h.noSpace.Add(uint64(len(batch)))
+		h.noSpace.Add(uint64(conns))
 		return
 	}
 	db := h.db.Load()
@@ -495,9 +579,9 @@ func (h *History) writeBatch(batch []Conn) {
 		if err := h.open(); err != nil {
 			if h.isDiskFull(err) {
 				h.openFailed(err)
-				h.noSpace.Add(uint64(len(batch)))
+				h.noSpace.Add(uint64(conns))
 			} else {
-				h.fail(len(batch), err)
+				h.fail(conns, err)
 			}
 			return
 		}
@@ -505,52 +589,151 @@ func (h *History) writeBatch(batch []Conn) {
 	}
 	tx, err := db.Begin()
 	if err != nil {
-		h.fail(len(batch), err)
+		h.fail(conns, err)
 		return
 	}
-	stmt, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
-		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		identity, container, identity_note, host_source, note)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		tx.Rollback()
-		h.fail(len(batch), err)
-		return
-	}
-	for _, c := range batch {
-		r := &c.Request
-		_, err = stmt.Exec(c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
-			addrString(r.Local.Addr()), int(r.Local.Port()),
-			addrString(r.Remote.Addr()), int(r.Remote.Port()),
-			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
-			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note)
-		if err != nil {
-			break
-		}
-	}
-	stmt.Close()
+	err = h.writeItems(tx, batch)
 	if err == nil {
 		err = tx.Commit()
 	} else {
 		tx.Rollback()
 	}
 	if err != nil {
-		h.fail(len(batch), err)
+		// A traffic table created in the failed transaction is gone with it.
+		h.trafficTable.Store(hasTable(db, "traffic"))
+		h.fail(conns, err)
 		return
 	}
-	h.recorded.Add(uint64(len(batch)))
+	h.recorded.Add(uint64(conns))
 	if err := prune(db, h.maxRows); err != nil {
 		h.fail(0, err)
 	}
 }
 
+// programKey names a program in the traffic table.
+type programKey struct {
+	exe, user string
+	uid       int32
+}
+
+type programBytes struct {
+	time    time.Time
+	in, out uint64
+}
+
+// writeItems inserts the batch's connections and applies its traffic reports, in
+// order, within tx. A batch's reports add one traffic row per program.
+func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
+	insert, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
+		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
+		identity, container, identity_note, host_source, note,
+		run_ns, req_id, bytes_in, bytes_out, netns)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer insert.Close()
+	var update *sql.Stmt
+	programs := map[programKey]*programBytes{}
+	// A report about a connection of this same batch sets the row's totals before
+	// it is inserted: one statement fewer per short connection.
+	inBatch := map[engine.RequestID]int{}
+	applied := make([]bool, len(batch))
+	for i := range batch {
+		if t := batch[i].traffic; t == nil {
+			inBatch[batch[i].conn.Request.ID] = i
+		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
+			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
+			applied[i] = true
+		}
+	}
+	for i, it := range batch {
+		if t := it.traffic; t != nil {
+			if update == nil {
+				if err := h.ensureTrafficTable(tx); err != nil {
+					return err
+				}
+				if update, err = tx.Prepare(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
+					return err
+				}
+				defer update.Close()
+			}
+			r := &t.Request
+			if applied[i] {
+				// Set on its row before the insert.
+			} else if _, err := update.Exec(int64(t.BytesIn), int64(t.BytesOut), int64(r.ID), h.run); err != nil {
+				// A row that is gone (pruned, or never recorded) still counts for its program.
+				return err
+			}
+			if t.DeltaIn == 0 && t.DeltaOut == 0 {
+				continue
+			}
+			k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
+			p := programs[k]
+			if p == nil {
+				p = &programBytes{}
+				programs[k] = p
+			}
+			p.in += t.DeltaIn
+			p.out += t.DeltaOut
+			if t.Time.After(p.time) {
+				p.time = t.Time
+			}
+			continue
+		}
+		c := &it.conn
+		r := &c.Request
+		if _, err := insert.Exec(c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
+			addrString(r.Local.Addr()), int(r.Local.Port()),
+			addrString(r.Remote.Addr()), int(r.Remote.Port()),
+			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
+			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
+			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note,
+			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns); err != nil {
+			return err
+		}
+	}
+	for k, p := range programs {
+		if _, err := tx.Exec(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ?, ?, ?, ?, ?)`,
+			p.time.UnixNano(), k.exe, int64(k.uid), k.user, int64(p.in), int64(p.out)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureTrafficTable creates the traffic table and its index if they are not there.
+func (h *History) ensureTrafficTable(tx *sql.Tx) error {
+	if h.trafficTable.Load() {
+		return nil
+	}
+	if _, err := tx.Exec(trafficSchema); err != nil {
+		return fmt.Errorf("creating the traffic table: %w", err)
+	}
+	// Set before the commit; writeBatch looks again if the commit fails.
+	h.trafficTable.Store(true)
+	return nil
+}
+
+// hasTable reports whether the database has a table of that name.
+func hasTable(db *sql.DB, name string) bool {
+	var n int
+	err := db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?`, name).Scan(&n)
+	return err == nil && n > 0
+}
+
 // prune deletes the oldest rows beyond maxRows. IDs only grow (AUTOINCREMENT), so
 // the newest maxRows rows are those with id > max(id) - maxRows.
 func prune(db *sql.DB, maxRows int) error {
-	_, err := db.Exec(`DELETE FROM conns WHERE id <= (SELECT MAX(id) FROM conns) - ?`, maxRows)
-	if err != nil {
-		return fmt.Errorf("pruning history: %w", err)
+	tables := []string{"conns"}
+	if hasTable(db, "traffic") {
+		tables = append(tables, "traffic")
+	}
+	for _, table := range tables {
+		_, err := db.Exec(`DELETE FROM `+table+` WHERE id <= (SELECT MAX(id) FROM `+table+`) - ?`, maxRows)
+		if err != nil {
+			return fmt.Errorf("pruning history (%s): %w", table, err)
+		}
 	}
 	return nil
 }
@@ -587,7 +770,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 
 // connCols are the columns scanConns reads, in order.
 const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note, bytes_in, bytes_out, netns`
 
 // scanConns reads rows of connCols and closes them.
 func scanConns(rows *sql.Rows) ([]Conn, error) {
@@ -597,6 +780,7 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		var (
 			c                             Conn
 			timeNS, pid, uid, ruleID      int64
+			bytesIn, bytesOut             int64
 			localPort, remotePort         int
 			dir, proto, localIP, remoteIP string
 			verdict, reason, identity     string
@@ -604,7 +788,7 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
-			&identity, &r.Container, &r.IdentityNote, &r.HostSource, &r.Note); err != nil {
+			&identity, &r.Container, &r.IdentityNote, &r.HostSource, &r.Note, &bytesIn, &bytesOut, &r.Netns); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)
@@ -619,6 +803,7 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		c.Verdict.Action, _ = engine.ParseAction(verdict)
 		c.Verdict.Reason = engine.Reason(reason)
 		c.Verdict.RuleID = engine.RuleID(ruleID)
+		c.BytesIn, c.BytesOut = uint64(max(bytesIn, 0)), uint64(max(bytesOut, 0))
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {

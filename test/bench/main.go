@@ -10,11 +10,14 @@
 //   - latch+sinks: the same with every observer on: metrics (--metrics), a JSON-lines
 //     events file, a syslog collector over TCP (a reader that discards), and an API
 //     follower (`latch events --follow --json`) — to compare with latch.
+//   - latch-noacct: the same with byte accounting off (--accounting=false);
 //
-// and reports latch's added latency as a multiple of the floor's. Each scenario runs in
+// and bulk throughput over one allowed connection (-bulk MiB per round), and reports
+// latch's added latency as a multiple of the floor's, and what byte accounting costs
+// (latch against latch-noacct: connects per second and bulk throughput). Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 64]
 package main
 
 import (
@@ -50,6 +53,7 @@ type Measurement struct {
 	P99US    float64 `json:"p99_us"`
 	ConnPerS float64 `json:"conn_per_s"`
 	Connects int     `json:"connects"`
+	BulkMiBs float64 `json:"bulk_mib_s"`
 }
 
 func main() {
@@ -60,6 +64,12 @@ func main() {
 			return
 		case "role-server":
 			roleServer(os.Args[2])
+			return
+		case "role-sink":
+			roleSink(os.Args[2])
+			return
+		case "role-bulk":
+			roleBulk(os.Args[2], os.Args[3])
 			return
 		case "role-floor":
 			roleFloor()
@@ -74,6 +84,7 @@ func main() {
 	nrules := flag.Int("rules", 10000, "rules loaded into latch")
 	rounds := flag.Int("rounds", 5, "interleaved rounds the connects are split into")
 	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
+	bulk := flag.Int("bulk", 64, "MiB sent over one connection per scenario and round (0: no bulk phase)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fatalf("bench needs root (network namespaces, netfilter)")
@@ -103,7 +114,7 @@ func main() {
 	// The three set-ups stay up side by side and the client visits them in turn, a
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
-	names := []string{"none", "floor", "latch", "latch+sinks"}
+	names := []string{"none", "floor", "latch", "latch+sinks", "latch-noacct"}
 	var targets []*target
 	for _, sc := range names {
 		tg, err := setup(sc, client, *latchBin, dir, *nrules)
@@ -122,6 +133,11 @@ func main() {
 			if err := tg.measure(client, per, *conc); err != nil {
 				fatalf("scenario %s: %v", tg.name, err)
 			}
+			if *bulk > 0 {
+				if err := tg.measureBulk(client, *bulk); err != nil {
+					fatalf("scenario %s: bulk: %v", tg.name, err)
+				}
+			}
 		}
 	}
 	var results []Measurement
@@ -129,6 +145,7 @@ func main() {
 		results = append(results, tg.result())
 	}
 	report(results, per**rounds, *conc, *nrules, *rounds)
+	reportAccounting(results, *bulk, *rounds)
 }
 
 // target is one scenario's namespaces and processes, and the samples taken so far.
@@ -141,6 +158,10 @@ type target struct {
 	conns   int       // connects of the concurrent phases
 	seconds float64   // their wall time
 	failed  int
+
+	sinkAddr    string
+	bulkBytes   int64
+	bulkSeconds float64
 }
 
 func (tg *target) close() {
@@ -179,6 +200,9 @@ func (tg *target) result() Measurement {
 	if tg.seconds > 0 {
 		m.ConnPerS = float64(tg.conns) / tg.seconds
 	}
+	if tg.bulkSeconds > 0 {
+		m.BulkMiBs = float64(tg.bulkBytes) / (1 << 20) / tg.bulkSeconds
+	}
 	return m
 }
 
@@ -203,6 +227,12 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 		return tg, fmt.Errorf("server: %v", err)
 	}
 	tg.procs = append(tg.procs, srv)
+	tg.sinkAddr = fmt.Sprintf("%s:%d", p.ServerIP, benchPort+1)
+	sink := nettest.Command(p.Server, client, "role-sink", tg.sinkAddr)
+	if err := startAndWait(sink, "listening"); err != nil {
+		return tg, fmt.Errorf("sink: %v", err)
+	}
+	tg.procs = append(tg.procs, sink)
 
 	switch name {
 	case "floor":
@@ -216,7 +246,7 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 			return tg, fmt.Errorf("floor reader: %v", err)
 		}
 		tg.procs = append(tg.procs, floor)
-	case "latch", "latch+sinks":
+	case "latch", "latch+sinks", "latch-noacct":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
 		rulesFile := filepath.Join(dir, "rules.json")
@@ -233,6 +263,7 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 			args = append(args, "--metrics", "127.0.0.1:9184", "--events-file", filepath.Join(dir, p.Client+"-events.jsonl"),
 				"--events-syslog", "tcp://127.0.0.1:5514")
 		}
+		args = append(args, fmt.Sprintf("--accounting=%t", name != "latch-noacct"))
 		d := nettest.Command(p.Client, latchBin, args...)
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
 		if err := d.Start(); err != nil {
@@ -282,7 +313,7 @@ func writeRules(path, client, serverIP string, nrules int) error {
 		rules = append(rules, r)
 	}
 	rules = append(rules, engine.Rule{ID: engine.RuleID(nrules), App: client, Action: engine.Allow,
-		Protocol: engine.TCP, Port: engine.PortRange{Lo: benchPort, Hi: benchPort}})
+		Protocol: engine.TCP, Port: engine.PortRange{Lo: benchPort, Hi: benchPort + 1}})
 	return os.WriteFile(path, engine.MarshalRules(rules), 0o600)
 }
 
@@ -332,6 +363,84 @@ func roleCollector(addr string) {
 		}
 		go io.Copy(io.Discard, c)
 	}
+}
+
+// measureBulk sends mib MiB over one new connection to the sink.
+func (tg *target) measureBulk(client string, mib int) error {
+	out, err := nettest.Command(tg.pair.Client, client, "role-bulk", tg.sinkAddr, fmt.Sprint(mib)).Output()
+	if err != nil {
+		return fmt.Errorf("bulk client: %v", err)
+	}
+	var r struct {
+		Bytes   int64   `json:"bytes"`
+		Seconds float64 `json:"seconds"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return fmt.Errorf("bulk client output %q: %v", out, err)
+	}
+	tg.bulkBytes += r.Bytes
+	tg.bulkSeconds += r.Seconds
+	return nil
+}
+
+// reportAccounting compares latch with byte accounting on and off.
+func reportAccounting(ms []Measurement, bulk, rounds int) {
+	fmt.Printf("bulk throughput over one connection (%d MiB per round, %d rounds), MiB/s:", bulk, rounds)
+	for _, m := range ms {
+		fmt.Printf(" %s %.0f", m.Scenario, m.BulkMiBs)
+	}
+	fmt.Println()
+	on, off := ms[2], ms[4] // latch, latch-noacct
+	fmt.Printf("byte accounting on vs off: connects/s %.0f vs %.0f (%.3fx), median connect %.1f vs %.1f µs",
+		on.ConnPerS, off.ConnPerS, on.ConnPerS/off.ConnPerS, on.MedianUS, off.MedianUS)
+	if off.BulkMiBs > 0 {
+		fmt.Printf(", bulk %.0f vs %.0f MiB/s (%.3fx)", on.BulkMiBs, off.BulkMiBs, on.BulkMiBs/off.BulkMiBs)
+	}
+	fmt.Println(" (target >= 0.95x)")
+}
+
+// roleSink reads every connection to its end.
+func roleSink(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	fmt.Println("listening")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fatalf("%v", err)
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(2 * time.Minute))
+			io.Copy(io.Discard, c)
+		}()
+	}
+}
+
+// roleBulk sends mib MiB over one connection to addr, waits for the sink to have
+// read it all (it closes when it has), and prints the bytes and seconds.
+func roleBulk(addr, mib string) {
+	var n int
+	fmt.Sscan(mib, &n)
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	buf := make([]byte, 1<<20)
+	for range n {
+		if _, err := c.Write(buf); err != nil {
+			fatalf("%v", err)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c)
+	c.Close()
+	b, _ := json.Marshal(map[string]any{"bytes": int64(n) << 20, "seconds": time.Since(start).Seconds()})
+	fmt.Println(string(b))
 }
 
 // roleClient connects n times one after another, then n times from conc workers, and

@@ -16,6 +16,7 @@ import (
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 	"github.com/latchfw/latch/internal/intercept/linux/packet"
 	"github.com/latchfw/latch/internal/procattr"
+	"golang.org/x/sys/unix"
 )
 
 // ErrAnotherDaemon is wrapped by Run's error when another latch daemon already holds
@@ -25,6 +26,7 @@ var ErrAnotherDaemon = errors.New("another latch daemon is running in this netwo
 // Netfilter hook numbers as reported in NFQA_PACKET_HDR.
 const (
 	hookLocalIn  = 1
+	hookForward  = 2
 	hookLocalOut = 3
 )
 
@@ -56,6 +58,8 @@ type Backend struct {
 	held, allowed, denied, rejected, dropped   atomic.Uint64
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
+	trafficReports                             atomic.Uint64 // Traffic reports handed to Config.OnTraffic
+	trafficEventsLost                          atomic.Uint64 // conntrack event socket overflows
 	latencySum, latencyMax, latencyN           atomic.Uint64
 	dns                                        *dnsname.Learner // nil without Config.Hostnames
 
@@ -169,14 +173,27 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		return fmt.Errorf("linux backend: %w", err)
 	}
 	b.q.Store(q)
-	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback}
+	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback, forward: b.cfg.Forward}
 	if b.cfg.Hostnames != nil {
 		spec.dnsLogGroup = b.cfg.DNSLogGroup
 		if spec.dnsLogGroup == 0 {
 			spec.dnsLogGroup = DefaultDNSLogGroup
 		}
 	}
+	// Byte accounting listens to conntrack events before the first connection it
+	// allows can exist: an entry made while nobody listens never reports any.
+	evfd := -1
+	if b.cfg.OnTraffic != nil {
+		var err error
+		if evfd, err = openCtEvents(); err != nil {
+			b.cfg.Logf("byte accounting: %v", err)
+			evfd = -1
+		}
+	}
 	if err := b.fw.install(spec); err != nil {
+		if evfd >= 0 {
+			unix.Close(evfd)
+		}
 		b.q.Store(nil)
 		q.Close()
 		return fmt.Errorf("linux backend: %w", err)
@@ -193,6 +210,18 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 				b.cfg.Logf("hostnames from DNS are off: %v", err)
 			}
 		})
+	}
+	restoreAcct := func() {}
+	if b.cfg.OnTraffic != nil {
+		if restore, err := enableAccounting(); err != nil {
+			b.cfg.Logf("bytes per program are off: %v", err)
+			if evfd >= 0 {
+				unix.Close(evfd)
+			}
+		} else {
+			restoreAcct = restore
+			wg.Go(func() { b.account(sweepCtx, evfd) })
+		}
 	}
 	if b.cfg.Ready != nil {
 		b.cfg.Ready()
@@ -221,6 +250,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	}
 	stopSweep()
 	wg.Wait()
+	restoreAcct()
 	b.releaseAll()
 	b.readQueueStatus()
 	b.q.Store(nil)
@@ -463,7 +493,14 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	b.holdsMu.Lock()
 	b.holds[h.id] = h
 	b.holdsMu.Unlock()
-	if b.cfg.Resolver != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
+	if p.Hook == hookForward {
+		// Forwarded: the sender is a socket in another namespace (or machine); the
+		// packet carries no uid of this host's.
+		req.UID = -1
+		if fr, ok := b.cfg.Resolver.(ForwardResolver); ok && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
+			b.attributeForwarded(fr, req)
+		}
+	} else if b.cfg.Resolver != nil && (pp.Protocol == packet.ProtoTCP || pp.Protocol == packet.ProtoUDP) {
 		// The interface lets procattr find sockets bound to a device (SO_BINDTODEVICE),
 		// which a lookup without it never matches.
 		ifindex := p.OutDev
@@ -559,6 +596,20 @@ func (b *Backend) queryProgram(proto engine.Protocol, client, server netip.AddrP
 		req.UID = p.UID
 	}
 	return programOf(&req)
+}
+
+// attributeForwarded fills in the process and namespace that sent a forwarded
+// connection.
+func (b *Backend) attributeForwarded(fr ForwardResolver, req *engine.Request) {
+	p, ns, err := fr.ResolveForwarded(req.Protocol, req.Local, req.Remote)
+	if err != nil || p.PID == 0 {
+		b.attributionFailed.Add(1)
+	}
+	req.PID, req.Exe, req.User, req.Cmdline, req.Netns = p.PID, p.Exe, p.User, p.Cmdline, ns.Name
+	req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
+	if p.PID != 0 && p.UID >= 0 {
+		req.UID = p.UID
+	}
 }
 
 func (b *Backend) decide(d intercept.Decider, h *hold) {
@@ -734,6 +785,8 @@ func (b *Backend) Stats() intercept.Stats {
 			"hold_timeouts":          b.holdTimeouts.Load(),
 			"attribution_failed":     b.attributionFailed.Load(),
 			"flows_remembered":       uint64(b.flows.len()),
+			"traffic_reports":        b.trafficReports.Load(),
+			"traffic_events_lost":    b.trafficEventsLost.Load(),
 			"verdict_latency_max_us": b.latencyMax.Load() / 1000,
 		},
 	}

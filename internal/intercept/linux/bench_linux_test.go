@@ -38,6 +38,7 @@ func BenchmarkConnect(b *testing.B) {
 		{"floor+latch-ruleset", "floor", []string{"LATCH_TEST_FLOOR_LATCH_RULES=1"}},
 		{"backend", "daemon", []string{"LATCH_TEST_QUIET=1"}},
 		{"backend+instant-resolver", "daemon", []string{"LATCH_TEST_QUIET=1", "LATCH_TEST_ATTRIBUTE=instant"}},
+		{"backend+instant-resolver+accounting", "daemon", []string{"LATCH_TEST_QUIET=1", "LATCH_TEST_ATTRIBUTE=instant", "LATCH_TEST_TRAFFIC_INTERVAL=10s", "LATCH_TEST_TRAFFIC_SILENT=1"}},
 		{"backend+attribution", "daemon", []string{"LATCH_TEST_QUIET=1", "LATCH_TEST_ATTRIBUTE=1"}},
 		{"backend+attribution+ebpf", "daemon", []string{"LATCH_TEST_QUIET=1", "LATCH_TEST_ATTRIBUTE=ebpf"}},
 	} {

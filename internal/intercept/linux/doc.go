@@ -123,6 +123,7 @@ import (
 
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/procattr"
 )
 
@@ -165,6 +166,13 @@ type Resolver interface {
 	// remote to local arriving by interface ifindex (0 if unknown): the owner of the
 	// socket listening on (TCP) or bound to (UDP) local.
 	ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (procattr.Process, error)
+}
+
+// ForwardResolver is what a Resolver also does to attribute forwarded connections:
+// find the process that owns the sending socket in another network namespace on
+// this machine, and name that namespace.
+type ForwardResolver interface {
+	ResolveForwarded(proto engine.Protocol, local, remote netip.AddrPort) (procattr.Process, procattr.Netns, error)
 }
 
 // Config configures the backend. The zero value is not ready: use New, which fills in
@@ -212,9 +220,28 @@ type Config struct {
 	// Ready, if set, is called once Run has bound the queue and installed the ruleset,
 	// that is once connections are being held.
 	Ready func()
+	// Forward: also hold new connections this host forwards (chain LATCH-FWD from
+	// FORWARD; nftables chain forward), as outbound connections of the process
+	// that sent them in its own network namespace on this machine (see
+	// ForwardResolver), with Request.Netns naming it.
+	Forward bool
 	// Logf, if set, receives notes about unusual events (leftover rules removed,
 	// verdict errors). nil: silent.
 	Logf func(format string, args ...any)
+	// OnTraffic, if set, turns on byte accounting: Run sets the namespace's
+	// net.netfilter.nf_conntrack_acct to 1 (and back when it stops), reads the
+	// counters of the flows it allowed from conntrack, and calls OnTraffic with a
+	// flow's totals every TrafficInterval while it moves bytes, and once more when it
+	// ends (learnt from conntrack events: a TCP flow's TIME_WAIT or CLOSE, any
+	// entry's destruction). Calls come from one goroutine, one at a time.
+	OnTraffic func([]intercept.Traffic)
+	// TrafficInterval is how often a long-lived flow's bytes are reported; 0: 10 s.
+	TrafficInterval time.Duration
+	// TrafficPoll is how often conntrack's table is read when its events cannot be
+	// had, which then bounds how late a flow's end is reported; 0: 500 ms (or
+	// TrafficInterval if shorter). With events the table is read every
+	// TrafficInterval.
+	TrafficPoll time.Duration
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,

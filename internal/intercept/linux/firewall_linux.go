@@ -16,6 +16,7 @@ import (
 const (
 	chainOut = "LATCH-OUT"
 	chainIn  = "LATCH-IN"
+	chainFwd = "LATCH-FWD"
 	nftTable = "latch" // family inet
 )
 
@@ -26,6 +27,7 @@ type ruleSpec struct {
 	failOpen       bool
 	exemptLoopback bool
 	dnsLogGroup    uint16 // NFLOG group DNS queries and responses are copied to; 0: none
+	forward        bool   // also hold forwarded connections (LATCH-FWD)
 }
 
 // input says whether the ruleset needs the INPUT chain: to hold inbound connections,
@@ -308,6 +310,10 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 	if spec.inbound {
 		chain(chainIn, "INPUT", "-i", false)
 	}
+	if spec.forward {
+		declare(chainFwd, "FORWARD")
+		chain(chainFwd, "FORWARD", "-i", false)
+	}
 	b.WriteString("COMMIT\n")
 	return b.String()
 }
@@ -322,14 +328,14 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 			created = createdMarks(old)
 		}
 		if fw.kind == FirewallIptablesNft {
-			for _, c := range nftMissing(fw.nftFam[i], spec.input()) {
+			for _, c := range nftMissing(fw.nftFam[i], spec.input(), spec.forward) {
 				if !slices.Contains(created, c) {
 					created = append(created, c)
 				}
 			}
 		}
 		jumped := map[string]bool{}
-		for _, c := range []struct{ chain, hook string }{{chainOut, "OUTPUT"}, {chainIn, "INPUT"}} {
+		for _, c := range []struct{ chain, hook string }{{chainOut, "OUTPUT"}, {chainIn, "INPUT"}, {chainFwd, "FORWARD"}} {
 			if _, err := run("", cmd, "-w", "-t", "filter", "-C", c.hook, "-j", c.chain); err == nil {
 				jumped[c.chain] = true
 			}
@@ -341,6 +347,11 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 		if !spec.input() {
 			if _, err := removeChain(cmd, chainIn, "INPUT"); err != nil {
 				return fmt.Errorf("remove the inbound chain of an earlier ruleset: %w", err)
+			}
+		}
+		if !spec.forward {
+			if _, err := removeChain(cmd, chainFwd, "FORWARD"); err != nil {
+				return fmt.Errorf("remove the forward chain of an earlier ruleset: %w", err)
 			}
 		}
 	}
@@ -360,7 +371,7 @@ func createdMarks(ruleset string) []string {
 var createdMarkRE = regexp.MustCompile(createdMark + `([a-zA-Z-]+)`)
 
 // nftMissing lists the nftables objects of table "fam filter" that do not exist yet.
-func nftMissing(fam string, inbound bool) []string {
+func nftMissing(fam string, inbound, forward bool) []string {
 	if _, err := exec.LookPath("nft"); err != nil {
 		return nil // cannot tell, so nothing will be deleted
 	}
@@ -371,6 +382,9 @@ func nftMissing(fam string, inbound bool) []string {
 	hooks := []string{"OUTPUT"}
 	if inbound {
 		hooks = append(hooks, "INPUT")
+	}
+	if forward {
+		hooks = append(hooks, "FORWARD")
 	}
 	for _, h := range hooks {
 		if _, err := run("", "nft", "list", "chain", fam, "filter", h); err != nil {
@@ -398,7 +412,7 @@ func (fw *iptablesFirewall) removeLeftover() error {
 func (fw *iptablesFirewall) removeFamily(i int) error {
 	var errs []error
 	var created []string
-	for _, c := range []struct{ chain, hook string }{{chainOut, "OUTPUT"}, {chainIn, "INPUT"}} {
+	for _, c := range []struct{ chain, hook string }{{chainOut, "OUTPUT"}, {chainIn, "INPUT"}, {chainFwd, "FORWARD"}} {
 		marks, err := removeChain(fw.save[i], c.chain, c.hook)
 		created = append(created, marks...)
 		if err != nil {
@@ -463,7 +477,7 @@ func (fw *iptablesFirewall) leftover() (bool, []uint16, error) {
 	exists := false
 	var queues []uint16
 	for _, cmd := range fw.save {
-		for _, chain := range []string{chainOut, chainIn} {
+		for _, chain := range []string{chainOut, chainIn, chainFwd} {
 			out, err := run("", cmd, "-w", "-t", "filter", "-S", chain)
 			if err != nil {
 				continue
@@ -563,6 +577,9 @@ func (spec ruleSpec) nftRules() string {
 	}
 	if spec.inbound {
 		chain("input", "input", "iifname", false)
+	}
+	if spec.forward {
+		chain("forward", "forward", "iifname", false)
 	}
 	return b.String()
 }

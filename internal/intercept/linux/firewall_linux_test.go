@@ -19,6 +19,8 @@ func TestNftRulesetSyntax(t *testing.T) {
 		{queue: 4242, exemptLoopback: true},
 		{queue: 7, inbound: true, failOpen: true},
 		{queue: 9, exemptLoopback: true, dnsLogGroup: 4243},
+		{queue: 11, exemptLoopback: true, forward: true},
+		{queue: 12, inbound: true, forward: true, failOpen: true},
 	} {
 		rules := spec.nftRules()
 		check := exec.Command("ip", "netns", "exec", tp.a, "nft", "-c", "-f", "-")
@@ -69,5 +71,59 @@ func TestIptablesRulesHoldSYNByFlag(t *testing.T) {
 	}
 	if !strings.Contains(ruleSpec{queue: 1, failOpen: true}.iptablesRules(true, nil, nil), "--queue-bypass") {
 		t.Error("fail-open ruleset lacks --queue-bypass")
+	}
+}
+
+// TestForwardChainInstalledAndRemoved: with Config.Forward each iptables variant
+// jumps from FORWARD to LATCH-FWD, which queues new connections; a clean exit
+// leaves the ruleset as it found it, and so does Cleanup after a kill.
+func TestForwardChainInstalledAndRemoved(t *testing.T) {
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			if _, err := newIptables(fw); err != nil {
+				t.Skipf("%s: %v", fw, err)
+			}
+			tp := newTopo(t)
+			ruleset := func(t *testing.T, ns string) string {
+				// This variant's own view (ruleset shows iptables-nft's and nft's).
+				out, err := exec.Command("ip", "netns", "exec", ns, "iptables-"+strings.TrimPrefix(fw, "iptables-")+"-save").CombinedOutput()
+				if err != nil {
+					t.Fatalf("save %s rules: %v: %s", fw, err, out)
+				}
+				return regexp.MustCompile(`(?m)^#.*\n|\[\d+:\d+\]`).ReplaceAllString(string(out), "")
+			}
+			before := ruleset(t, tp.a)
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FORWARD=1", "LATCH_TEST_FIREWALL="+fw)
+			during := ruleset(t, tp.a)
+			for _, want := range []string{"-A FORWARD -j LATCH-FWD", "-A LATCH-FWD -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 4242"} {
+				if !strings.Contains(during, want) {
+					t.Errorf("installed ruleset lacks %q:\n%s", want, during)
+				}
+			}
+			// iptables-legacy cannot delete a table once made: an empty filter table
+			// may stay; no rule of latch's may.
+			same := func(after string) bool {
+				return after == before || fw == FirewallIptablesLegacy && before == "" && !strings.Contains(after, "-A ")
+			}
+			d.stop()
+			if after := ruleset(t, tp.a); !same(after) {
+				t.Errorf("ruleset after a clean exit differs.\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+
+			d = startDaemon(t, tp, "*=allow", "LATCH_TEST_FORWARD=1", "LATCH_TEST_FIREWALL="+fw)
+			d.cmd.Process.Kill()
+			<-d.exited
+			if left := ruleset(t, tp.a); !strings.Contains(left, "LATCH-FWD") {
+				t.Fatalf("after a kill the forward chain is gone already:\n%s", left)
+			}
+			c := spawnChild(t, tp, "cleanup", "")
+			<-c.exited
+			if code := c.cmd.ProcessState.ExitCode(); code != 0 {
+				t.Fatalf("cleanup exited %d: %s", code, c.errors())
+			}
+			if after := ruleset(t, tp.a); !same(after) {
+				t.Errorf("ruleset after cleanup differs.\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
 	}
 }

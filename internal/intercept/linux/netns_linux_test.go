@@ -400,6 +400,7 @@ func runChild(mode string) int {
 	cfg.QueueNum = queue
 	cfg.FailOpen = os.Getenv("LATCH_TEST_FAIL_OPEN") != ""
 	cfg.Inbound = os.Getenv("LATCH_TEST_INBOUND") != ""
+	cfg.Forward = os.Getenv("LATCH_TEST_FORWARD") != ""
 	cfg.Firewall = os.Getenv("LATCH_TEST_FIREWALL")
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
@@ -428,6 +429,22 @@ func runChild(mode string) int {
 		cfg.Resolver = r
 	}
 	cfg.ReadBuffer, _ = strconv.Atoi(os.Getenv("LATCH_TEST_READ_BUFFER"))
+	if v := os.Getenv("LATCH_TEST_TRAFFIC_INTERVAL"); v != "" {
+		// Byte accounting on: each report is a line "traffic LOCAL REMOTE in=N out=N ended=B".
+		var err error
+		if cfg.TrafficInterval, err = time.ParseDuration(v); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		cfg.OnTraffic = func(ts []intercept.Traffic) {
+			if os.Getenv("LATCH_TEST_TRAFFIC_SILENT") != "" {
+				return // benchmarks: the accounting's cost, not the printing's
+			}
+			for _, tr := range ts {
+				say("traffic %s %s in=%d out=%d ended=%t", tr.Request.Local, tr.Request.Remote, tr.BytesIn, tr.BytesOut, tr.Ended)
+			}
+		}
+	}
 	cfg.Ready = func() { say("ready") }
 	cfg.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 	b, err := New(cfg)

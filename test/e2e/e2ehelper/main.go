@@ -17,6 +17,8 @@
 //	e2ehelper dns-spoof ADDR NAME IP send ADDR, from port 53, an answer nobody asked for
 //	e2ehelper udplite-serve ADDR    print "datagram N" for each UDP-Lite datagram received
 //	e2ehelper udplite-send ADDR N   send N UDP-Lite datagrams, 100ms apart
+//	e2ehelper send ADDR N TIMEOUT   connect, send N bytes, close and wait for the server to
+//	                                close; print the result
 //	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
 //	e2ehelper dns-query DNSADDR NAME TIMEOUT
@@ -116,6 +118,8 @@ func main() {
 		emit(resolveConnect(addr, arg(3), arg(4), duration(5)))
 	case "dns-query":
 		emit(dnsQuery(addr, arg(3), duration(4)))
+	case "send":
+		emit(send(addr, atoi(3), duration(4)))
 	default:
 		fmt.Fprintf(os.Stderr, "e2ehelper: unknown verb %q\n", os.Args[1])
 		os.Exit(2)
@@ -178,6 +182,31 @@ func serve(addr string) {
 			}
 		}()
 	}
+}
+
+// send connects, sends n bytes, closes its side and waits for the server to close
+// (serve reads to the end, then closes): when it returns the connection is over.
+func send(addr string, n int, timeout time.Duration) Result {
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	r := Result{Outcome: classify(err), PID: os.Getpid()}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer c.Close()
+	r.Local = c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(make([]byte, n)); err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+		return r
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+	}
+	r.Millis = ms(time.Since(start))
+	return r
 }
 
 func serveUDP(addr string) {

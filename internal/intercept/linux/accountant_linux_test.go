@@ -1,0 +1,111 @@
+package linux
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// TestAccountantReports drives the accountant with conntrack listings made up in
+// the test: when it reports, what, and that a flow decided again keeps its bytes.
+func TestAccountantReports(t *testing.T) {
+	flows := newFlowTable(100, time.Hour)
+	t0 := time.Unix(1000, 0)
+	req := &engine.Request{ID: 1, Direction: engine.Outbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:40000"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	flows.add(req, t0)
+	in := &engine.Request{ID: 2, Direction: engine.Inbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:22"), Remote: netip.MustParseAddrPort("198.18.0.2:50000")}
+	flows.add(in, t0)
+
+	type entry struct {
+		src, dst     string
+		sport, dport uint16
+		fwd, rev     uint64
+		mark         uint32
+		state        uint8
+	}
+	var table []entry
+	a := newAccountant(flows, 10*time.Second)
+	a.list = func(fam netlink.InetFamily) ([]*netlink.ConntrackFlow, error) {
+		if fam != unix.AF_INET {
+			return nil, nil
+		}
+		var out []*netlink.ConntrackFlow
+		for _, e := range table {
+			out = append(out, &netlink.ConntrackFlow{
+				Forward:   netlink.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP(e.src), DstIP: net.ParseIP(e.dst), SrcPort: e.sport, DstPort: e.dport, Bytes: e.fwd},
+				Reverse:   netlink.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP(e.dst), DstIP: net.ParseIP(e.src), SrcPort: e.dport, DstPort: e.sport, Bytes: e.rev},
+				Mark:      e.mark,
+				ProtoInfo: &netlink.ProtoInfoTCP{State: e.state},
+			})
+		}
+		return out, nil
+	}
+	poll := func(at time.Duration) map[engine.RequestID][3]uint64 {
+		t.Helper()
+		rs, err := a.poll(t0.Add(at), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[engine.RequestID][3]uint64{}
+		for _, r := range rs {
+			ended := uint64(0)
+			if r.Ended {
+				ended = 1
+			}
+			got[r.Request.ID] = [3]uint64{r.BytesIn, r.BytesOut, ended}
+			if r.DeltaIn > r.BytesIn || r.DeltaOut > r.BytesOut {
+				t.Errorf("report %+v: delta above total", r)
+			}
+		}
+		return got
+	}
+	const est = 3
+	table = []entry{
+		{"198.18.0.1", "198.18.0.2", 40000, 443, 500, 9000, MarkAllow, est},
+		{"198.18.0.2", "198.18.0.1", 50000, 22, 700, 100, MarkAllow, est},
+		{"198.18.0.1", "198.18.0.9", 41000, 80, 1, 1, 0, est}, // not latch's
+	}
+	if got := poll(time.Second); len(got) != 0 {
+		t.Errorf("reports before the interval: %v", got)
+	}
+	table[0].fwd, table[0].rev = 1500, 90000
+	got := poll(11 * time.Second)
+	if got[1] != [3]uint64{90000, 1500, 0} {
+		t.Errorf("outbound flow after the interval: %v, want in 90000 out 1500", got[1])
+	}
+	// Inbound: what the peer sent (original direction) is this host's bytes in.
+	if got[2] != [3]uint64{700, 100, 0} {
+		t.Errorf("inbound flow after the interval: %v, want in 700 out 100", got[2])
+	}
+	// Unchanged counters: no report; decided again (MarkRedecide): still tracked.
+	table[1].mark = MarkRedecide
+	if got := poll(22 * time.Second); len(got) != 0 {
+		t.Errorf("reports without new bytes: %v", got)
+	}
+	// Closed: reported at once, ended; gone from conntrack: reported ended.
+	table[0].state, table[0].fwd = ctTCPTimeWait, 1600
+	table = table[:1]
+	got = poll(23 * time.Second)
+	if got[1] != [3]uint64{90000, 1600, 1} || got[2] != [3]uint64{700, 100, 1} {
+		t.Errorf("ends: %v; want flow 1 closed with out 1600, flow 2 gone with its last counters", got)
+	}
+	if got := poll(24 * time.Second); len(got) != 0 {
+		t.Errorf("reports after the end: %v", got)
+	}
+	// A new connection on the same tuple, newly allowed: counted from zero.
+	req3 := *req
+	req3.ID = 3
+	flows.add(&req3, t0)
+	table[0] = entry{"198.18.0.1", "198.18.0.2", 40000, 443, 60, 40, MarkAllow, ctTCPClose}
+	got = poll(25 * time.Second)
+	if got[3] != [3]uint64{40, 60, 1} {
+		t.Errorf("new connection on a reused tuple: %v, want in 40 out 60, ended", got)
+	}
+}

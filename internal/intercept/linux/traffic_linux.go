@@ -1,0 +1,344 @@
+package linux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// acctSysctl turns conntrack's byte and packet counters on for entries created after
+// it is set, in the current network namespace.
+const acctSysctl = "/proc/sys/net/netfilter/nf_conntrack_acct"
+
+const (
+	defaultTrafficInterval = 10 * time.Second
+	defaultTrafficPoll     = 500 * time.Millisecond
+	// eventDrain is how often conntrack events are read: it bounds how late a
+	// flow's end is reported.
+	eventDrain = 50 * time.Millisecond
+)
+
+// Conntrack TCP states (enum tcp_conntrack) at which a flow is over: both sides
+// have closed (TIME_WAIT) or it was reset (CLOSE). Its counters no longer grow but
+// for the last ACKs.
+const (
+	ctTCPTimeWait = 7
+	ctTCPClose    = 8
+)
+
+// get returns the request of the allowed flow k, or nil.
+func (t *flowTable) get(k flowKey) *engine.Request {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.m[k]; ok {
+		return e.req
+	}
+	return nil
+}
+
+// acctFlow is what the accountant knows of one allowed flow.
+type acctFlow struct {
+	req                     *engine.Request
+	in, out                 uint64 // at the last read
+	reportedIn, reportedOut uint64
+	reportedAt              time.Time
+	ended                   bool
+	gen                     uint64 // the poll that last saw it
+}
+
+// accountant reads the counters of the flows latch allowed from conntrack and turns
+// them into Traffic reports.
+type accountant struct {
+	flows    *flowTable
+	interval time.Duration
+	list     func(netlink.InetFamily) ([]*netlink.ConntrackFlow, error)
+	m        map[flowKey]*acctFlow
+	gen      uint64
+}
+
+func newAccountant(flows *flowTable, interval time.Duration) *accountant {
+	return &accountant{
+		flows:    flows,
+		interval: interval,
+		list: func(fam netlink.InetFamily) ([]*netlink.ConntrackFlow, error) {
+			return netlink.ConntrackTableList(netlink.ConntrackTable, fam)
+		},
+		m: make(map[flowKey]*acctFlow),
+	}
+}
+
+// poll reads conntrack's table once and returns the reports due: a flow's first
+// report after interval, then every interval while its counters change, and one with
+// Ended when it closes or its entry is gone. With final, every flow not yet ended is
+// reported as it stands.
+func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error) {
+	a.gen++
+	var out []intercept.Traffic
+	var errs []error
+	listed := 0
+	for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+		cts, err := a.list(fam)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list conntrack entries (family %d): %w", fam, err))
+			continue
+		}
+		listed++
+		for _, ct := range cts {
+			ci := ctInfo{key: ctKey(ct), mark: ct.Mark, origBytes: ct.Forward.Bytes, replBytes: ct.Reverse.Bytes, counters: true}
+			if tcp, ok := ct.ProtoInfo.(*netlink.ProtoInfoTCP); ok {
+				ci.tcpState, ci.hasState = tcp.State, true
+			}
+			if r, ok := a.observe(ci, false, now, final); ok {
+				out = append(out, r)
+			}
+		}
+	}
+	if listed == 0 {
+		// Nothing read: an entry not seen is not an entry gone.
+		return out, errors.Join(errs...)
+	}
+	for k, f := range a.m {
+		if f.gen == a.gen {
+			continue
+		}
+		if !f.ended {
+			// Gone between two reads (a UDP flow timed out, an entry was
+			// deleted): its last counters are its totals.
+			f.ended = true
+			out = append(out, f.report(now))
+		}
+		delete(a.m, k)
+	}
+	return out, errors.Join(errs...)
+}
+
+// wants reports whether k is a flow the accountant follows or should: one it
+// tracks and has not seen end, or one latch allowed.
+func (a *accountant) wants(k flowKey) bool {
+	if f := a.m[k]; f != nil {
+		return !f.ended
+	}
+	return a.flows.get(k) != nil
+}
+
+// observe takes what conntrack says of one entry (gone: it was destroyed) and
+// returns the report it makes due, if any.
+func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (intercept.Traffic, bool) {
+	// A flow being decided again (MarkRedecide) is still the flow it was.
+	m := ci.mark & MarkMask
+	if m != MarkAllow && m != MarkRedecide {
+		return intercept.Traffic{}, false
+	}
+	k := ci.key
+	f := a.m[k]
+	if f == nil && m != MarkAllow {
+		return intercept.Traffic{}, false
+	}
+	req := a.flows.get(k)
+	switch {
+	case f == nil && req == nil:
+		return intercept.Traffic{}, false
+	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
+		// New, or a new connection on the tuple of one that ended.
+		f = &acctFlow{req: req, reportedAt: now}
+		a.m[k] = f
+	case req != nil && req.ID != f.req.ID:
+		// Decided again and allowed: the same conntrack entry, its bytes from now
+		// on the new decision's.
+		f.req = req
+	}
+	f.gen = a.gen
+	if f.ended {
+		return intercept.Traffic{}, false
+	}
+	if ci.counters {
+		f.in, f.out = ci.replBytes, ci.origBytes
+		if f.req.Direction == engine.Inbound {
+			f.in, f.out = f.out, f.in
+		}
+	}
+	closed := gone || ci.hasState && (ci.tcpState == ctTCPTimeWait || ci.tcpState == ctTCPClose)
+	changed := f.in != f.reportedIn || f.out != f.reportedOut
+	switch {
+	case closed:
+		f.ended = true
+		return f.report(now), true
+	case final || changed && now.Sub(f.reportedAt) >= a.interval*9/10:
+		// 9/10: a read of the table every interval comes a little early or late.
+		return f.report(now), true
+	}
+	return intercept.Traffic{}, false
+}
+
+// event handles a conntrack event: a destroyed entry ends its flow with the
+// counters the event carries; a TCP flow reaching TIME_WAIT or CLOSE is read once
+// more (events other than destroys carry no counters) and ends.
+func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now time.Time) (intercept.Traffic, bool, error) {
+	if !a.wants(ev.key) {
+		return intercept.Traffic{}, false, nil
+	}
+	if ev.destroy {
+		r, ok := a.observe(ev.ctInfo, true, now, false)
+		return r, ok, nil
+	}
+	if !ev.hasState || ev.tcpState != ctTCPTimeWait && ev.tcpState != ctTCPClose {
+		return intercept.Traffic{}, false, nil
+	}
+	ci, err := get(ev.key)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			// Gone already: its destroy event follows, with the counters.
+			return intercept.Traffic{}, false, nil
+		}
+		return intercept.Traffic{}, false, err
+	}
+	r, ok := a.observe(ci, false, now, false)
+	return r, ok, nil
+}
+
+func (f *acctFlow) report(now time.Time) intercept.Traffic {
+	t := intercept.Traffic{Request: f.req, BytesIn: f.in, BytesOut: f.out, Ended: f.ended, Time: now}
+	// Counters only grow; a flow's entry replaced under the same tuple starts over.
+	if f.in >= f.reportedIn {
+		t.DeltaIn = f.in - f.reportedIn
+	} else {
+		t.DeltaIn = f.in
+	}
+	if f.out >= f.reportedOut {
+		t.DeltaOut = f.out - f.reportedOut
+	} else {
+		t.DeltaOut = f.out
+	}
+	f.reportedIn, f.reportedOut, f.reportedAt = f.in, f.out, now
+	return t
+}
+
+// account runs the accountant until ctx is done, then reports once more. Flow ends
+// come from conntrack events at once; the table is read every TrafficInterval for
+// long-lived flows (and for ends an overflowing event socket lost). Without events
+// (the socket cannot be opened) the table is read every TrafficPoll instead.
+//
+// evfd is a conntrack event socket openCtEvents opened before the ruleset was in
+// place (conntrack entries made while nobody listens never report events), or -1.
+func (b *Backend) account(ctx context.Context, evfd int) {
+	interval := b.cfg.TrafficInterval
+	if interval <= 0 {
+		interval = defaultTrafficInterval
+	}
+	a := newAccountant(b.flows, interval)
+	var lastErr string
+	logErr := func(err error) {
+		if err != nil && err.Error() != lastErr {
+			b.cfg.Logf("byte accounting: %v", err)
+		}
+		if err != nil {
+			lastErr = err.Error()
+		} else {
+			lastErr = ""
+		}
+	}
+	hand := func(rs []intercept.Traffic) {
+		b.trafficReports.Add(uint64(len(rs)))
+		if len(rs) > 0 {
+			b.cfg.OnTraffic(rs)
+		}
+	}
+
+	// With events, the socket is drained every eventDrain: one wake-up per period
+	// instead of one per event (a TCP flow makes five), and the table is read every
+	// interval. Without, the table is read every TrafficPoll.
+	poll := interval
+	var getter *ctGetter
+	err := errors.New("the event socket could not be opened")
+	if evfd >= 0 {
+		getter, err = openCtGetter()
+		if err != nil {
+			unix.Close(evfd)
+		}
+	}
+	var drainC <-chan time.Time
+	var reader *ctEventReader
+	if err != nil {
+		b.cfg.Logf("byte accounting: no conntrack events (%v): reading the table every %v instead", err, b.trafficPoll(interval))
+		poll = b.trafficPoll(interval)
+	} else {
+		defer getter.close()
+		defer unix.Close(evfd)
+		reader = &ctEventReader{fd: evfd}
+		dt := time.NewTicker(eventDrain)
+		defer dt.Stop()
+		drainC = dt.C
+	}
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	drain := func() {
+		var rs []intercept.Traffic
+		now := time.Now()
+		lost, bad, err := reader.drain(func(ev ctEvent) {
+			r, ok, err := a.event(ev, getter.get, now)
+			logErr(err)
+			if ok {
+				rs = append(rs, r)
+			}
+		})
+		logErr(err)
+		if lost {
+			b.trafficEventsLost.Add(1)
+		}
+		b.malformed.Add(uint64(bad))
+		hand(rs)
+	}
+	for {
+		select {
+		case <-drainC:
+			drain()
+		case now := <-t.C:
+			if reader != nil {
+				drain()
+			}
+			rs, err := a.poll(now, false)
+			logErr(err)
+			hand(rs)
+		case <-ctx.Done():
+			if reader != nil {
+				drain()
+			}
+			rs, err := a.poll(time.Now(), true)
+			logErr(err)
+			hand(rs)
+			return
+		}
+	}
+}
+
+// trafficPoll is how often the table is read without conntrack events.
+func (b *Backend) trafficPoll(interval time.Duration) time.Duration {
+	if b.cfg.TrafficPoll > 0 {
+		return b.cfg.TrafficPoll
+	}
+	return min(defaultTrafficPoll, interval)
+}
+
+// enableAccounting sets nf_conntrack_acct to 1 and returns a function that puts
+// back the value it had.
+func enableAccounting() (restore func(), err error) {
+	old, err := os.ReadFile(acctSysctl)
+	if err != nil {
+		return nil, fmt.Errorf("byte accounting: read %s: %w", acctSysctl, err)
+	}
+	if strings.TrimSpace(string(old)) == "1" {
+		return func() {}, nil
+	}
+	if err := os.WriteFile(acctSysctl, []byte("1\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("byte accounting: set %s to 1: %w", acctSysctl, err)
+	}
+	return func() { os.WriteFile(acctSysctl, old, 0o644) }, nil
+}
