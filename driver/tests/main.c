@@ -24,17 +24,20 @@ static double now(void)
 int main(int argc, char **argv)
 {
     const char *only = NULL;
+    int fail_fast = 0; /* stop at the first failing test (the mutation check) */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--golden") == 0 && i + 1 < argc) {
             t_golden_dir = argv[++i];
         } else if (strcmp(argv[i], "--sim") == 0 && i + 1 < argc) {
             t_sim_path = argv[++i];
+        } else if (strcmp(argv[i], "--fail-fast") == 0) {
+            fail_fast = 1;
         } else if (strcmp(argv[i], "--update") == 0) {
             t_update = 1;
         } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             only = argv[++i];
         } else {
-            fprintf(stderr, "usage: latch-tests [--golden DIR] [--update] [--sim PATH] [--only GROUP|NAME]\n");
+            fprintf(stderr, "usage: latch-tests [--golden DIR] [--update] [--sim PATH] [--only GROUP|NAME] [--fail-fast]\n");
             return 2;
         }
     }
@@ -76,8 +79,12 @@ int main(int argc, char **argv)
                 printf("FAIL %-40s %6.2fs (%d check(s) failed)\n", t->name, now() - t0, t_failed);
             }
             fflush(stdout);
+            if (fail_fast && failed > 0) {
+                goto done;
+            }
         }
     }
+done:
     printf("total time %.1fs\n", now() - start);
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 && passed > 0 ? 0 : 1;
