@@ -21,6 +21,14 @@ int emu_violation_contains(const char *needle);
 void emu_set_quiet(int quiet);
 const char *emu_irql_name(KIRQL irql);
 
+/* ---- schedule fuzzer ---- */
+/* seed != 0: after every spin-lock release and around every completion the emulation
+   delivers (operations, injections, flowDeleteFn), a delay of up to maxMicros with
+   probability permille/1000, drawn from a per-thread stream of this seed. 0: off. */
+void emu_sched_fuzz(unsigned long long seed, int permille, int maxMicros);
+unsigned long long emu_sched_seed(void);
+void emu_sched_point(void);
+
 /* ---- fault injection ---- */
 /* While recording, every allocation site (the caller's return address) is remembered. */
 void emu_fault_record(int on);
@@ -50,6 +58,8 @@ int emu_unload(void);
 /* The post-unload checks alone (after a failed DriverEntry, say). */
 void emu_check_clean(const char *when);
 int emu_driver_loaded(void);
+void emu_set_test_name(const char *name);             /* named by the unload watchdog */
+int emu_threads_running(void);                        /* system threads the driver created, still running */
 
 /* ---- Filter Manager ---- */
 void emu_set_port_path(const char *path);             /* unix socket path for the driver's port */
@@ -122,6 +132,14 @@ void emu_wait_reauth_idle(void);
 /* Reauthorization after completing an ALE_AUTH_CONNECT operation: 0 inline in
    FwpsCompleteOperation0, 1 deferred to an emulation thread, 2 alternating (default). */
 void emu_set_reauth_mode(int mode);
+/* Injection completions (FwpsInjectTransportReceiveAsync0/SendAsync1): 0 inline, before
+   the call returns; 1 deferred, from an emulation thread ms later (emu_set_inject_delay_ms,
+   2 after emu_reset); 2 alternating (default; LATCH_EMU_INJECT pins it). */
+void emu_set_inject_mode(int mode);
+void emu_set_inject_delay_ms(int ms);
+int emu_injections_in_flight(void);                   /* completions not yet delivered */
+/* One line naming every flow context, pended operation and injection still alive. */
+void emu_wfp_describe_live(char *buf, size_t n);
 
 /* ---- a raw classify, for tests that play a wrong driver (seed 000) ---- */
 /* The callout registered for the ALE connect v4 layer is replaced by fn for the

@@ -24,6 +24,59 @@ typedef struct emu_tls {
 } emu_tls;
 static __thread emu_tls tls;
 
+/* ---- schedule fuzzer ----
+   When a seed is set, every spin-lock release and every completion the emulation
+   delivers is followed, with probability permille/1000, by a delay of up to maxMicros
+   microseconds. Each thread draws from its own xorshift64* stream derived from the
+   seed and the order in which threads first reach a schedule point, so one seed
+   gives the same sequence of delays per thread in every run (the OS still schedules
+   the threads: a seed reproduces the delays, and so the same race windows, not one
+   exact interleaving). */
+static volatile unsigned long long schedSeed;
+static volatile int schedPermille, schedMaxMicros;
+static volatile unsigned schedGeneration, schedThreads;
+static __thread unsigned long long schedState;
+static __thread unsigned schedSeen;
+
+void emu_sched_fuzz(unsigned long long seed, int permille, int maxMicros)
+{
+    schedPermille = permille;
+    schedMaxMicros = maxMicros > 0 ? maxMicros : 1;
+    __atomic_store_n(&schedThreads, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&schedSeed, seed, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&schedGeneration, 1, __ATOMIC_SEQ_CST);
+}
+
+unsigned long long emu_sched_seed(void) { return schedSeed; }
+
+void emu_sched_point(void)
+{
+    unsigned long long seed = __atomic_load_n(&schedSeed, __ATOMIC_ACQUIRE);
+    if (seed == 0) {
+        return;
+    }
+    unsigned gen = __atomic_load_n(&schedGeneration, __ATOMIC_ACQUIRE);
+    if (schedSeen != gen) {
+        unsigned ordinal = __atomic_add_fetch(&schedThreads, 1, __ATOMIC_SEQ_CST);
+        schedState = (seed ^ 0x9E3779B97F4A7C15ULL * ordinal) | 1;
+        schedSeen = gen;
+    }
+    schedState ^= schedState >> 12;
+    schedState ^= schedState << 25;
+    schedState ^= schedState >> 27;
+    unsigned long long r = schedState * 2685821657736338717ULL;
+    if ((int)(r % 1000) >= schedPermille) {
+        return;
+    }
+    int us = (int)((r >> 20) % (unsigned long long)schedMaxMicros);
+    if (us < 5) {
+        sched_yield();
+        return;
+    }
+    struct timespec ts = {0, (long)us * 1000L};
+    nanosleep(&ts, NULL);
+}
+
 const char *emu_irql_name(KIRQL irql)
 {
     switch (irql) {
@@ -393,6 +446,7 @@ void KeReleaseSpinLock(PKSPIN_LOCK lock, KIRQL newIrql)
         emu_violation("KeReleaseSpinLock lowered IRQL to %s while %d spin lock(s) are still held",
                       emu_irql_name(newIrql), tls.held);
     }
+    emu_sched_point(); /* another CPU gets the lock first */
 }
 
 void KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK lock)
@@ -880,6 +934,19 @@ ULONG DbgPrintEx(ULONG component, ULONG level, PCSTR format, ...)
 }
 
 /* ---- checks and reset ---- */
+int emu_threads_running(void)
+{
+    int n = 0;
+    int locked = pthread_mutex_trylock(&dlock) == 0;
+    for (struct _KTHREAD *t = threads; t != NULL; t = t->next) {
+        n += t->running != 0;
+    }
+    if (locked) {
+        pthread_mutex_unlock(&dlock);
+    }
+    return n;
+}
+
 void emu_kernel_check_clean(void)
 {
     pool_check_and_free("unload");

@@ -51,6 +51,7 @@ int main(int argc, char **argv)
             }
             double t0 = now();
             t_failed = 0;
+            emu_set_test_name(t->name);
             if (t->driver) {
                 emu_reset();
                 emu_clear_violations();

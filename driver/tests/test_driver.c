@@ -1346,6 +1346,37 @@ static void test_outbound_first_datagram_resent(void)
     client_close(c);
 }
 
+/* tcpip completes an injection later, on another CPU: the original packet must stay
+   referenced until the clone's completion ran, and unload must wait for every
+   completion (else tcpip calls into an unloaded driver: 0xCE). Completions come 300 ms
+   late here and unload starts at once. */
+static void test_unload_waits_for_injections(void)
+{
+    REQUIRE(load(), "load");
+    emu_set_inject_mode(1);
+    emu_set_inject_delay_ms(300);
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn_params pi = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 52000, 880, "\\Device\\HarddiskVolume3\\sshd.exe");
+    emu_conn *in = emu_connect(&pi);
+    REQUIRE(client_next_request(c, &r, 2000), "inbound request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    emu_conn_params pu = params(0, 0, 17, "198.18.0.1", 5200, "198.19.0.53", 53, 7, curl);
+    emu_conn *u = emu_connect(&pu);
+    REQUIRE(client_next_request(c, &r, 2000), "udp request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(in, 2000) == EMU_CONN_PERMIT, "inbound permitted");
+    CHECK(emu_conn_wait(u, 2000) == EMU_CONN_PERMIT, "udp permitted");
+    emu_wait_reauth_idle();
+    CHECK(emu_injections_in_flight() > 0, "the injections completed before unload (the test needs them in flight)");
+    double t0 = now();
+    unload_clean();
+    CHECK(emu_injections_in_flight() == 0, "unload returned with %d injection(s) in flight", emu_injections_in_flight());
+    printf("     unload waited %.0f ms for injection completions delivered 300 ms late\n", (now() - t0) * 1000);
+    client_close(c);
+}
+
 static void test_sim_binary(void)
 {
     char port[108], control[108];
@@ -1428,6 +1459,7 @@ const test_case driver_tests[] = {
     {"driver_no_client_default_at_once", "driver", test_no_client_gets_default_at_once, 1},
     {"driver_verdicts_round_trip", "driver", test_verdicts_round_trip, 1},
     {"driver_inbound_clone_reinject", "driver", test_inbound_clone_reinject, 1},
+    {"driver_unload_waits_for_injections", "driver", test_unload_waits_for_injections, 1},
     {"driver_concurrent_dispatch_connects", "driver", test_concurrent_dispatch_connects, 1},
     {"driver_deadline_applies_default", "driver", test_deadline_applies_default, 1},
     {"driver_slow_answer_blocks_nobody", "driver", test_slow_answer_blocks_nobody, 1},
