@@ -39,6 +39,10 @@ GOOS=windows go build -o /dev/null ./cmd/latch
 
 echo "== driver: C sources under the kernel emulation harness"
 make -C driver test
+echo "== driver: schedule fuzzer, 1000 seeded schedules of the concurrent test"
+(cd driver && ./build/latch-tests --only driver_schedule_fuzz --seeds 1000)
+echo "== driver: mutation check (every deliberate bug in driver/mutants must fail the suite)"
+driver/mutants/run.sh
 
 echo "== go test"
 log=$(mktemp)

@@ -132,6 +132,8 @@ void emu_wait_reauth_idle(void);
 /* Reauthorization after completing an ALE_AUTH_CONNECT operation: 0 inline in
    FwpsCompleteOperation0, 1 deferred to an emulation thread, 2 alternating (default). */
 void emu_set_reauth_mode(int mode);
+/* Deferred reauthorizations wait ms before they classify (0 after emu_reset). */
+void emu_set_reauth_delay_ms(int ms);
 /* Injection completions (FwpsInjectTransportReceiveAsync0/SendAsync1): 0 inline, before
    the call returns; 1 deferred, from an emulation thread ms later (emu_set_inject_delay_ms,
    2 after emu_reset); 2 alternating (default; LATCH_EMU_INJECT pins it). */

@@ -1748,7 +1748,9 @@ static int rqBusy, rqStarted, rqStop;
 static pthread_t rqThread;
 static pthread_cond_t rqCond = PTHREAD_COND_INITIALIZER;
 
+static int reauthDelayMs;
 void emu_set_reauth_mode(int mode) { reauthMode = mode; }
+void emu_set_reauth_delay_ms(int ms) { reauthDelayMs = ms; }
 
 static void reauthorize_now(emu_conn *c)
 {
@@ -1777,7 +1779,11 @@ static void *reauth_queue_main(void *arg)
             rqTail = NULL;
         }
         rqBusy = 1;
+        int delay = reauthDelayMs;
         pthread_mutex_unlock(&wlock);
+        if (delay > 0) {
+            usleep((useconds_t)delay * 1000);
+        }
         emu_sched_point();
         reauthorize_now(it->conn);
         free(it);
@@ -2167,6 +2173,7 @@ void emu_wfp_reset(void)
     const char *imode = getenv("LATCH_EMU_INJECT");
     injectMode = (imode != NULL && imode[0] >= '0' && imode[0] <= '2') ? imode[0] - '0' : 2;
     reauthCounter = 0;
+    reauthDelayMs = 0;
     const char *mode = getenv("LATCH_EMU_REAUTH");
     reauthMode = (mode != NULL && mode[0] >= '0' && mode[0] <= '2') ? mode[0] - '0' : 2;
     pthread_mutex_lock(&wlock);

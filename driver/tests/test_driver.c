@@ -4,6 +4,7 @@
  * (main.c fails a test with any unexpected violation).
  */
 #define _GNU_SOURCE
+#include <sanitizer/common_interface_defs.h>
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1377,6 +1378,118 @@ static void test_unload_waits_for_injections(void)
     client_close(c);
 }
 
+/* A second VERDICT for an id already decided (the operation completed, its
+   reauthorization pass not yet run) must change nothing: completing the operation
+   again is a double completion in tcpip. */
+static void test_duplicate_verdict_changes_nothing(void)
+{
+    REQUIRE(load(), "load");
+    emu_set_reauth_mode(1);
+    emu_set_reauth_delay_ms(200);
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *a = out4(43000, 9, curl, 443);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0) == STATUS_SUCCESS, "first verdict");
+    NTSTATUS again = client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    CHECK(again == STATUS_NOT_FOUND, "a second verdict for a decided request was answered 0x%08x, not "
+          "STATUS_NOT_FOUND", (unsigned)again);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "the first verdict must stand");
+    client_close(c);
+    unload_clean();
+}
+
+/* ---- the schedule fuzzer ----
+   One seeded schedule: the emulation adds random short delays after every spin-lock
+   release and around completions (emu_sched_fuzz); two threads make inbound and
+   outbound connections at DISPATCH_LEVEL while the service answers some, then dies
+   with requests in flight, then the driver unloads. Races the plain tests never open
+   (an entry read after the lock that protects it was dropped, a completion racing a
+   disconnect) become wide enough for ASan and the verifier to see. */
+static volatile unsigned long long fuzzSeedNow;
+
+typedef struct fuzz_ctx {
+    int thread;
+    int count;
+} fuzz_ctx;
+
+static void *fuzz_connect_thread(void *arg)
+{
+    fuzz_ctx *x = arg;
+    for (int i = 0; i < x->count; i++) {
+        int kind = (x->thread + i) % 3;
+        emu_conn_params p = params(0, kind == 1, kind == 2 ? 17 : 6, "198.18.0.1", (UINT16)(20000 + x->thread * 100 + i),
+                                   "198.19.0.2", (UINT16)(kind == 1 ? 60000 + i : 443), (UINT64)(100 + x->thread), curl);
+        (void)emu_connect(&p);
+    }
+    return NULL;
+}
+
+static int fuzz_one(unsigned long long seed)
+{
+    int before = emu_violation_count();
+    fuzzSeedNow = seed;
+    emu_sched_fuzz(seed, 250, 300);
+    if (!load()) {
+        emu_sched_fuzz(0, 0, 0);
+        return 0;
+    }
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    if (c == NULL) {
+        emu_sched_fuzz(0, 0, 0);
+        emu_unload();
+        return 0;
+    }
+    fuzz_ctx ctx[2] = {{0, 8}, {1, 8}};
+    pthread_t th[2];
+    for (int t = 0; t < 2; t++) {
+        pthread_create(&th[t], NULL, fuzz_connect_thread, &ctx[t]);
+    }
+    /* answer a few (seed-dependent), then die with the rest in flight */
+    request r;
+    int answers = (int)(seed % 5);
+    for (int i = 0; i < answers && client_next_request(c, &r, 50); i++) {
+        client_verdict(c, r.msg.RequestId, (i & 1) ? LATCH_ACTION_BLOCK : LATCH_ACTION_PERMIT, 0, 0);
+    }
+    client_close(c);
+    for (int t = 0; t < 2; t++) {
+        pthread_join(th[t], NULL);
+    }
+    emu_unload();
+    emu_sched_fuzz(0, 0, 0);
+    return emu_violation_count() == before;
+}
+
+static void fuzz_death(void)
+{
+    fprintf(stderr, "schedule fuzz: the process died under seed %llu (reproduce: latch-tests --only "
+            "driver_schedule_fuzz --seed %llu)\n", fuzzSeedNow, fuzzSeedNow);
+    t_death();
+}
+
+static void test_schedule_fuzz(void)
+{
+    /* --seed S replays one schedule 200 times: the seed fixes every thread's delays,
+       the OS still picks among the interleavings they leave open. */
+    unsigned long long first = t_fuzz_seed != 0 ? t_fuzz_seed : 1;
+    int n = t_fuzz_seed != 0 ? 200 : t_fuzz_seeds;
+    double t0 = now();
+    __sanitizer_set_death_callback(fuzz_death);
+    for (int i = 0; i < n; i++) {
+        unsigned long long seed = t_fuzz_seed != 0 ? t_fuzz_seed : first + (unsigned long long)i;
+        emu_reset();
+        if (!fuzz_one(seed)) {
+            CHECK(0, "schedule fuzz: seed %llu failed: %s (reproduce: latch-tests --only driver_schedule_fuzz "
+                  "--seed %llu)", seed, emu_violation_count() > 0 ? emu_violation_text(0) : "a check failed", seed);
+            break;
+        }
+    }
+    __sanitizer_set_death_callback(t_death);
+    printf("     schedule fuzz: %d seeded schedule(s) %s %llu in %.1fs\n", n, t_fuzz_seed ? "of seed" : "from seed",
+           first, now() - t0);
+}
+
 static void test_sim_binary(void)
 {
     char port[108], control[108];
@@ -1463,6 +1576,7 @@ const test_case driver_tests[] = {
     {"driver_concurrent_dispatch_connects", "driver", test_concurrent_dispatch_connects, 1},
     {"driver_deadline_applies_default", "driver", test_deadline_applies_default, 1},
     {"driver_slow_answer_blocks_nobody", "driver", test_slow_answer_blocks_nobody, 1},
+    {"driver_duplicate_verdict_changes_nothing", "driver", test_duplicate_verdict_changes_nothing, 1},
     {"driver_disconnect_mid_flight", "driver", test_disconnect_mid_flight, 1},
     {"driver_one_client_at_a_time", "driver", test_one_client_at_a_time, 1},
     {"driver_hello_gates_requests", "driver", test_hello_gates_requests, 1},
@@ -1485,6 +1599,7 @@ const test_case driver_tests[] = {
     {"driver_reauth_without_write_right", "driver", test_reauth_without_write_right_frees_entry, 1},
     {"driver_clear_action_right_honoured", "driver", test_clear_action_right_honoured, 1},
     {"driver_outbound_first_datagram_resent", "driver", test_outbound_first_datagram_resent, 1},
+    {"driver_schedule_fuzz", "schedule", test_schedule_fuzz, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
 };
