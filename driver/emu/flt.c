@@ -588,6 +588,13 @@ NTSTATUS FltSendMessage(PFLT_FILTER f, PFLT_PORT *clientPort, PVOID buf, ULONG l
     if (buf == NULL || len == 0 || len > MAX_FRAME - 17) {
         return STATUS_INVALID_PARAMETER;
     }
+    if (timeout != NULL && timeout->QuadPart == 0) {
+        /* The WDK: "If Timeout is zero, the minifilter driver is put into a wait state
+           indefinitely" (while NULL also means "wait indefinitely"): a zero value is
+           at best ambiguous and at worst hangs the caller until the service reads. */
+        emu_violation("FltSendMessage with a zero Timeout value: the documentation reads it as 'wait "
+                      "indefinitely'; pass a nonzero relative timeout (negative 100 ns units)");
+    }
     pthread_mutex_lock(&flock_);
     struct _EMU_FLT_PORT *c = *clientPort ? client_live_locked(*clientPort) : NULL;
     if (c == NULL || c->closedByDriver || c->disconnected) {

@@ -1528,6 +1528,22 @@ NTSTATUS FwpsFlowAssociateContext0(UINT64 flowId, UINT16 layerId, UINT32 callout
         st = STATUS_INVALID_PARAMETER;
     } else if (layer_by_id(layerId) == NULL) {
         st = STATUS_INVALID_PARAMETER;
+    } else if (context == 0) {
+        /* WFP passes the context back to flowDeleteFn and classifyFn as flowContext, where
+           0 means "none": a zero context can never be told apart or freed. */
+        emu_violation("FwpsFlowAssociateContext0: a zero context (flow %llu, layer %u)", (unsigned long long)flowId,
+                      layerId);
+        st = STATUS_INVALID_PARAMETER;
+    } else if (layer_by_id(layerId)->v6 != c->p.v6) {
+        emu_violation("FwpsFlowAssociateContext0: layer %u is for IPv%d, flow %llu is IPv%d", layerId,
+                      layer_by_id(layerId)->v6 ? 6 : 4, (unsigned long long)flowId, c->p.v6 ? 6 : 4);
+        st = STATUS_INVALID_PARAMETER;
+    } else if (find_object(3, &callouts[calloutId - 1].reg.calloutKey) != NULL &&
+               find_object(3, &callouts[calloutId - 1].reg.calloutKey)->layerId != layerId) {
+        emu_violation("FwpsFlowAssociateContext0: callout %u was added for layer %u, not layer %u: its classifyFn "
+                      "would never see the context", calloutId,
+                      find_object(3, &callouts[calloutId - 1].reg.calloutKey)->layerId, layerId);
+        st = STATUS_INVALID_PARAMETER;
     } else {
         for (assoc *a = assocs; a; a = a->next) {
             if (a->flowId == flowId && a->layerId == layerId && a->calloutId == calloutId) {

@@ -29,6 +29,7 @@
 #define LATCH_CACHE_SLOTS             1024   /* power of two */
 #define LATCH_CACHE_PROBE             8
 #define LATCH_SEND_TIMEOUT_MS         1000   /* FltSendMessage delivery bound */
+#define LATCH_SEND_STALLED_TIMEOUT_MS 1      /* the bound once a send timed out (never 0: see worker.c) */
 #define LATCH_WORKER_TICK_MS          50     /* deadline granularity */
 #define LATCH_DEFAULT_TIMEOUT_MS      30000
 #define LATCH_REAUTH_GRACE_MS         10000  /* decided entries kept for the reauth pass */
