@@ -29,6 +29,19 @@ void emu_sched_fuzz(unsigned long long seed, int permille, int maxMicros);
 unsigned long long emu_sched_seed(void);
 void emu_sched_point(void);
 
+/* ---- time at DISPATCH_LEVEL under a spin lock ---- */
+typedef struct emu_hold_site {
+    void *site;           /* return address in the code that called KeAcquireSpinLock */
+    long long maxNs;      /* longest hold, thread CPU time */
+    long long totalNs;
+    long count;
+    long over;            /* holds longer than the budget */
+} emu_hold_site;
+/* 1: start measuring (clears what was measured), 0: stop. */
+void emu_lock_hold_measure(int on, long long budgetNs);
+int emu_lock_hold_sites(emu_hold_site *out, int max);
+long emu_lock_holds_disturbed(void); /* holds not measured: preempted or page-faulted in user mode */
+
 /* ---- fault injection ---- */
 /* While recording, every allocation site (the caller's return address) is remembered. */
 void emu_fault_record(int on);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,9 @@ typedef struct emu_tls {
     int held;
     PKSPIN_LOCK locks[MAX_HELD_LOCKS];
     KIRQL saved[MAX_HELD_LOCKS];
+    long long holdStart[MAX_HELD_LOCKS]; /* thread CPU time at acquisition (budget on) */
+    long holdDisturb[MAX_HELD_LOCKS];    /* involuntary switches + page faults at acquisition */
+    void *holdSite[MAX_HELD_LOCKS];
 } emu_tls;
 static __thread emu_tls tls;
 
@@ -75,6 +79,88 @@ void emu_sched_point(void)
     }
     struct timespec ts = {0, (long)us * 1000L};
     nanosleep(&ts, NULL);
+}
+
+/* ---- time spent holding spin locks (at DISPATCH_LEVEL) ----
+   While measuring, every KeAcquireSpinLock..KeReleaseSpinLock is timed in the thread's
+   CPU time (CLOCK_THREAD_CPUTIME_ID: a preempted holder is not charged for the time it
+   did not run, as a real CPU at DISPATCH_LEVEL cannot be preempted), and the longest
+   hold is kept per acquiring call site. */
+#define MAX_HOLD_SITES 64
+static volatile int holdMeasuring;
+static pthread_mutex_t holdLock = PTHREAD_MUTEX_INITIALIZER;
+static long long holdBudgetNs;
+static struct {
+    void *site;
+    long long maxNs;
+    long long totalNs;
+    long count;
+    long over;
+} holdSites[MAX_HOLD_SITES];
+
+/* Preemptions and page faults are artefacts of user mode (a real CPU at DISPATCH_LEVEL
+   is not preempted and non-paged pool does not fault): a hold they disturbed is not
+   measured (counted in "disturbed"). */
+static long thread_disturbances(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_THREAD, &ru);
+    return ru.ru_nivcsw + ru.ru_minflt + ru.ru_majflt;
+}
+static volatile long holdsDisturbed;
+long emu_lock_holds_disturbed(void) { return holdsDisturbed; }
+
+static long long thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+void emu_lock_hold_measure(int on, long long budgetNs)
+{
+    pthread_mutex_lock(&holdLock);
+    holdBudgetNs = budgetNs;
+    if (on) {
+        memset(holdSites, 0, sizeof(holdSites));
+        holdsDisturbed = 0;
+    }
+    holdMeasuring = on;
+    pthread_mutex_unlock(&holdLock);
+}
+
+static void hold_record(void *site, long long ns)
+{
+    pthread_mutex_lock(&holdLock);
+    for (int i = 0; i < MAX_HOLD_SITES; i++) {
+        if (holdSites[i].site == site || holdSites[i].site == NULL) {
+            holdSites[i].site = site;
+            holdSites[i].count++;
+            holdSites[i].totalNs += ns;
+            holdSites[i].over += holdBudgetNs > 0 && ns > holdBudgetNs;
+            if (ns > holdSites[i].maxNs) {
+                holdSites[i].maxNs = ns;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&holdLock);
+}
+
+int emu_lock_hold_sites(emu_hold_site *out, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&holdLock);
+    for (int i = 0; i < MAX_HOLD_SITES && n < max && holdSites[i].site != NULL; i++) {
+        out[n].site = holdSites[i].site;
+        out[n].maxNs = holdSites[i].maxNs;
+        out[n].totalNs = holdSites[i].totalNs;
+        out[n].count = holdSites[i].count;
+        out[n].over = holdSites[i].over;
+        n++;
+    }
+    pthread_mutex_unlock(&holdLock);
+    return n;
 }
 
 const char *emu_irql_name(KIRQL irql)
@@ -429,6 +515,11 @@ void KeAcquireSpinLock(PKSPIN_LOCK lock, PKIRQL oldIrql)
     *oldIrql = tls.irql;
     tls.irql = DISPATCH_LEVEL;
     spin_acquire(lock, "KeAcquireSpinLock");
+    if (holdMeasuring && tls.held > 0 && tls.held <= MAX_HELD_LOCKS) {
+        tls.holdSite[tls.held - 1] = __builtin_return_address(0);
+        tls.holdDisturb[tls.held - 1] = thread_disturbances();
+        tls.holdStart[tls.held - 1] = thread_cpu_ns();
+    }
 }
 
 void KeReleaseSpinLock(PKSPIN_LOCK lock, KIRQL newIrql)
@@ -436,6 +527,17 @@ void KeReleaseSpinLock(PKSPIN_LOCK lock, KIRQL newIrql)
     if (tls.irql != DISPATCH_LEVEL) {
         emu_violation("KeReleaseSpinLock at IRQL %d (%s); a held spin lock means DISPATCH_LEVEL", tls.irql,
                       emu_irql_name(tls.irql));
+    }
+    if (holdMeasuring && tls.held > 0 && tls.held <= MAX_HELD_LOCKS && tls.holdStart[tls.held - 1] != 0) {
+        long long ns = thread_cpu_ns() - tls.holdStart[tls.held - 1];
+        if (thread_disturbances() == tls.holdDisturb[tls.held - 1]) {
+            hold_record(tls.holdSite[tls.held - 1], ns);
+        } else {
+            __atomic_add_fetch(&holdsDisturbed, 1, __ATOMIC_RELAXED);
+        }
+    }
+    if (tls.held > 0 && tls.held <= MAX_HELD_LOCKS) {
+        tls.holdStart[tls.held - 1] = 0;
     }
     spin_release(lock, "KeReleaseSpinLock");
     if (newIrql > DISPATCH_LEVEL) {

@@ -1757,6 +1757,7 @@ static int reauthMode = 2; /* 0 inline, 1 deferred, 2 alternate */
 static unsigned reauthCounter;
 typedef struct reauth_item {
     emu_conn *conn;
+    struct timespec due;    /* completion time + reauthDelayMs */
     struct reauth_item *next;
 } reauth_item;
 static reauth_item *rqHead, *rqTail;
@@ -1790,16 +1791,14 @@ static void *reauth_queue_main(void *arg)
             break;
         }
         reauth_item *it = rqHead;
+        while (!rqStop && pthread_cond_timedwait(&rqCond, &wlock, &it->due) != ETIMEDOUT) {
+        }
         rqHead = it->next;
         if (rqHead == NULL) {
             rqTail = NULL;
         }
         rqBusy = 1;
-        int delay = reauthDelayMs;
         pthread_mutex_unlock(&wlock);
-        if (delay > 0) {
-            usleep((useconds_t)delay * 1000);
-        }
         emu_sched_point();
         reauthorize_now(it->conn);
         free(it);
@@ -1822,6 +1821,10 @@ static void post_complete(pend_record *r, emu_nbl *nbl)
         if (deferred) {
             reauth_item *it = calloc(1, sizeof(*it));
             it->conn = c;
+            clock_gettime(CLOCK_REALTIME, &it->due);
+            it->due.tv_nsec += (long)reauthDelayMs * 1000000L;
+            it->due.tv_sec += it->due.tv_nsec / 1000000000L;
+            it->due.tv_nsec %= 1000000000L;
             if (rqTail != NULL) {
                 rqTail->next = it;
             } else {

@@ -70,14 +70,13 @@ mut("flow_contexts_left_at_unload", "use-after-unload in WFP (0xCE DRIVER_UNLOAD
 
 mut("missing_per_process_cap", "no bugcheck: one process pins 4,096 entries of non-paged pool and starves every other program's connections",
     "per-process",
-    [("src/pending.c", """ ||
-        CountWaitingForProcess(entry->ProcessId) >= LATCH_MAX_PENDING_PER_PROCESS) {""", """ ||
-        CountWaitingForProcess(entry->ProcessId) >= LATCH_MAX_PENDING) {""")])
+    [("src/pending.c", """    if (proc == NULL || proc->Count >= LATCH_MAX_PENDING_PER_PROCESS) {""",
+      """    if (proc == NULL || proc->Count >= LATCH_MAX_PENDING) {""")])
 
 mut("missing_total_cap", "no bugcheck at once: unbounded non-paged pool under a connection flood, then allocation failures system-wide",
     "total",
-    [("src/pending.c", """    if (g.PendingCount >= LATCH_MAX_PENDING || g.PendingCount + g.DecidedCount >= 2 * LATCH_MAX_PENDING ||""",
-      """    if (""")])
+    [("src/pending.c", """    if (g.PendingCount < LATCH_MAX_PENDING && g.PendingCount + g.DecidedCount < 2 * LATCH_MAX_PENDING) {""",
+      """    if (g.PendingCount < 100 * LATCH_MAX_PENDING) {""")])
 
 mut("bad_header_length", "no bugcheck: the service reads a length that is not the message's and refuses (or misreads) every request",
     "golden",
@@ -131,16 +130,18 @@ mut("unload_never_removes_flow_contexts", "hang at unload (the service stop neve
     }
     /* No timeout""")])
 
-mut("verdict_completes_decided_entry", "0x139 / tcpip corruption: a second VERDICT for one id completes the same pended operation again",
-    "completed twice",
-    [("src/pending.c", """        if (e->State == LatchPendingWaiting && e->RequestId == RequestId) {""",
-      """        if (e->State != LatchPendingReserved && e->RequestId == RequestId) {""")])
+mut("decided_entry_left_in_id_index", "PAGE_FAULT_IN_NONPAGED_AREA (0x50) / pool corruption: a decided entry stays in the request-id index after it is freed; the next VERDICT for an id in that bucket reads freed pool",
+    "heap-use-after-free",
+    [("src/pending.c", """    IdRemoveLocked(Entry);
+    ProcReleaseLocked(Entry->ProcessId);
+    g.PendingCount--;""", """    (void)IdRemoveLocked;
+    ProcReleaseLocked(Entry->ProcessId);
+    g.PendingCount--;""")])
 
 mut("deadline_never_applied", "no bugcheck: a connection nobody answers is held forever (the application hangs), against invariant 3",
     "deadline",
-    [("src/pending.c", """        if (e->State == LatchPendingWaiting && e->Deadline <= now) {
-            DecideLocked(e, g.DefaultAction, &batch);""", """        if (e->State == LatchPendingWaiting && e->Deadline <= now && e->Deadline == 0) {
-            DecideLocked(e, g.DefaultAction, &batch);""")])
+    [("src/pending.c", """    if (Entry->State == LatchPendingWaiting && Entry->Deadline <= args->Now) {""",
+      """    if (Entry->State == LatchPendingWaiting && Entry->Deadline <= args->Now && Entry->Deadline == 0) {""")])
 
 mut("no_default_on_disconnect", "no bugcheck: connections held by a crashed service wait for their deadline (up to 600 s) instead of the default at once",
     "disconnect",
@@ -214,6 +215,16 @@ mut("flow_context_wrong_callout", "no bugcheck, a silent loss: the context is as
         index = IpVersion == 4 ? LATCH_CALLOUT_STREAM_V4 : LATCH_CALLOUT_STREAM_V6;""",
       """    if (Protocol == 6) {
         index = IpVersion == 4 ? LATCH_CALLOUT_DATAGRAM_V4 : LATCH_CALLOUT_DATAGRAM_V6;""")])
+
+mut("whole_table_under_lock", "DPC_WATCHDOG_VIOLATION (0x133) under load: the deadline scan walks all 8,192 entries at DISPATCH_LEVEL in one hold of the spin lock, while every CPU that classifies spins on it",
+    "spin lock held over",
+    [("src/latch.h", """#define LATCH_SCAN_CHUNK              128""", """#define LATCH_SCAN_CHUNK              100000""")])
+
+mut("stack_buffer_4k", "KERNEL_STACK_INPAGE_ERROR / DOUBLE_FAULT (0x7F) from a stack overflow: 4 KiB of locals in a callback that runs on the caller's small kernel stack",
+    "frame size",
+    [("src/port.c", """        UINT8 Raw[64];
+    } input;""", """        UINT8 Raw[4096];
+    } input;""")])
 
 def main():
     only = sys.argv[1:]

@@ -6,8 +6,8 @@
 # its second line the text the failing suite must print ("expect: ..."), the rest is a
 # unified diff against driver/src. Each patch is applied to a temporary copy of driver/
 # (objects reused, so only the patched files are rebuilt) and the suite is run with
-# --fail-fast. A mutant counts as caught only if the suite fails, in time, with the
-# expected text in its output: a pass, a hang (per-mutant timeout) or a failure for
+# --fail-fast. A mutant counts as caught only if the suite (or, for a rule the compiler
+# enforces, the build) fails, in time, with the expected text in its output: a pass, a hang (per-mutant timeout) or a failure for
 # another reason is a miss. Prints one line per mutant and "caught K of N" last; exits
 # 1 unless every mutant is caught.
 #
@@ -44,7 +44,12 @@ one() {
         return
     fi
     if ! make -s -C "$dir/driver" all >"$dir/build.log" 2>&1; then
-        echo "BROKEN $name: does not build: $(grep -m1 error "$dir/build.log")" >"$work/$name.result"
+        line="$(grep -m1 -F -- "$expect" "$dir/build.log" | cut -c1-220)"
+        if [ -n "$line" ]; then
+            echo "caught $name by the build: $line" >"$work/$name.result"
+        else
+            echo "BROKEN $name: does not build: $(grep -m1 error "$dir/build.log")" >"$work/$name.result"
+        fi
         return
     fi
     (cd "$dir/driver" && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \

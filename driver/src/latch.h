@@ -34,6 +34,15 @@
 #define LATCH_DEFAULT_TIMEOUT_MS      30000
 #define LATCH_REAUTH_GRACE_MS         10000  /* decided entries kept for the reauth pass */
 #define LATCH_RECENT_SLOTS            256    /* verdict ids waiting for ALE_FLOW_ESTABLISHED */
+/* Lookups under g.Lock at DISPATCH_LEVEL are O(1) or bounded (see PROTOCOL.md, "Time at
+   DISPATCH_LEVEL"): hashed pending entries by id and by connection, a bounded-probe
+   table of per-process counts, and list walks of at most LATCH_SCAN_CHUNK entries per
+   lock hold. */
+#define LATCH_ID_BUCKETS              8192   /* power of two */
+#define LATCH_REAUTH_BUCKETS          8192   /* power of two */
+#define LATCH_PROC_SLOTS              8192   /* power of two, >= 2 * LATCH_MAX_PENDING */
+#define LATCH_PROC_PROBE              64
+#define LATCH_SCAN_CHUNK              128
 
 /* WFP callouts we register, in table order (callouts.c). */
 enum {
@@ -53,7 +62,8 @@ enum {
 typedef enum _LATCH_PENDING_STATE {
     LatchPendingWaiting = 1, /* pended, waiting for a verdict (maybe not yet sent) */
     LatchPendingDecided,     /* verdict stored, operation completed, awaiting the reauth pass */
-    LatchPendingReserved     /* counted against the caps while LatchPend pends outside the lock */
+    LatchPendingReserved,    /* counted against the caps while LatchPend pends outside the lock */
+    LatchPendingMarker       /* a scan's place holder in PendingList (ScanPending), not an entry */
 } LATCH_PENDING_STATE;
 
 /* The connection as the driver saw it at an ALE layer. */
@@ -74,6 +84,8 @@ typedef struct _LATCH_PENDING {
     LIST_ENTRY Link;            /* g.PendingList */
     LIST_ENTRY SendLink;        /* g.SendQueue while Queued */
     LIST_ENTRY CompleteLink;    /* a local batch being completed outside the lock */
+    struct _LATCH_PENDING *IdNext;     /* g.IdBuckets chain while Waiting */
+    struct _LATCH_PENDING *ReauthNext; /* g.ReauthBuckets chain while Decided (outbound) */
     BOOLEAN Queued;
     LATCH_PENDING_STATE State;
     UINT64 RequestId;
@@ -103,6 +115,11 @@ typedef struct _LATCH_RECENT {
     LATCH_TUPLE Tuple;
     UINT64 RequestId;           /* 0: empty */
 } LATCH_RECENT;
+
+typedef struct _LATCH_PROC_SLOT {
+    UINT64 ProcessId;
+    ULONG Count;                /* Waiting + Reserved entries of the process; 0: free slot */
+} LATCH_PROC_SLOT;
 
 typedef struct _LATCH_CACHE_SLOT {
     UINT64 Key;                 /* 0: empty */
@@ -145,6 +162,9 @@ typedef struct _LATCH_GLOBALS {
     LIST_ENTRY SendQueue;
     ULONG PendingCount;         /* entries in PendingList in state Waiting */
     ULONG DecidedCount;         /* entries in PendingList in state Decided */
+    struct _LATCH_PENDING *IdBuckets[LATCH_ID_BUCKETS];
+    struct _LATCH_PENDING *ReauthBuckets[LATCH_REAUTH_BUCKETS];
+    LATCH_PROC_SLOT Procs[LATCH_PROC_SLOTS];
     LATCH_RECENT Recent[LATCH_RECENT_SLOTS];
     ULONG RecentNext;
     LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
