@@ -43,6 +43,8 @@
 #define LATCH_PROC_SLOTS              8192   /* power of two, >= 2 * LATCH_MAX_PENDING */
 #define LATCH_PROC_PROBE              64
 #define LATCH_SCAN_CHUNK              128
+#define LATCH_MAX_FLOWS               65536  /* flow contexts; beyond, a flow gets none */
+#define LATCH_FLOW_BUCKETS            16384  /* power of two */
 
 /* WFP callouts we register, in table order (callouts.c). */
 enum {
@@ -129,6 +131,7 @@ typedef struct _LATCH_CACHE_SLOT {
 
 typedef struct _LATCH_FLOW {
     LIST_ENTRY Link;            /* g.FlowList */
+    struct _LATCH_FLOW *HashNext; /* g.FlowBuckets chain while on g.FlowList */
     LATCH_TUPLE Tuple;          /* matches the flow's reauthorization classify */
     UINT64 FlowHandle;
     UINT16 LayerId;
@@ -169,6 +172,7 @@ typedef struct _LATCH_GLOBALS {
     ULONG RecentNext;
     LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
     LIST_ENTRY FlowList;
+    struct _LATCH_FLOW *FlowBuckets[LATCH_FLOW_BUCKETS];
     ULONG FlowCount;
     KEVENT NoFlows;             /* signaled while FlowCount is 0 (set and cleared under g.Lock) */
 
