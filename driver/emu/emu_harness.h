@@ -117,6 +117,8 @@ int emu_conn_reauthorizations(emu_conn *c);
 /* Outbound UDP/ICMP: how many first datagrams left (permitted at once, or re-injected
    with FwpsInjectTransportSendAsync1 after a pend absorbed the original). */
 int emu_conn_datagrams_sent(emu_conn *c);
+/* FwpsReferenceNetBufferList0 references held on original packets (the driver's holds). */
+int emu_packet_references(void);
 UINT64 emu_conn_flow_id(emu_conn *c);
 /* The context the driver associated with the connection's flow at layerId (0: none). */
 UINT64 emu_conn_flow_context(emu_conn *c, UINT16 layerId);           /* the flowHandle WFP gives the driver */

@@ -1489,6 +1489,17 @@ NTSTATUS FwpsInjectTransportSendAsync1(HANDLE h, HANDLE injectionContext, UINT64
     return STATUS_SUCCESS;
 }
 
+int emu_packet_references(void)
+{
+    int refs = 0;
+    pthread_mutex_lock(&wlock);
+    for (emu_nbl *x = nbls; x; x = x->next) {
+        refs += x->isClone ? 0 : x->refs;
+    }
+    pthread_mutex_unlock(&wlock);
+    return refs;
+}
+
 int emu_conn_datagrams_sent(emu_conn *c)
 {
     pthread_mutex_lock(&wlock);

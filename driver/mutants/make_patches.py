@@ -140,8 +140,10 @@ mut("decided_entry_left_in_id_index", "PAGE_FAULT_IN_NONPAGED_AREA (0x50) / pool
 
 mut("deadline_never_applied", "no bugcheck: a connection nobody answers is held forever (the application hangs), against invariant 3",
     "deadline",
-    [("src/pending.c", """    if (Entry->State == LatchPendingWaiting && Entry->Deadline <= args->Now) {""",
-      """    if (Entry->State == LatchPendingWaiting && Entry->Deadline <= args->Now && Entry->Deadline == 0) {""")])
+    [("src/pending.c", """    if (Entry->Deadline <= args->Now) {
+        DecideLocked(Entry, g.DefaultAction, Batch);""",
+      """    if (Entry->Deadline <= args->Now && Entry->Deadline == 0) {
+        DecideLocked(Entry, g.DefaultAction, Batch);""")])
 
 mut("no_default_on_disconnect", "no bugcheck: connections held by a crashed service wait for their deadline (up to 600 s) instead of the default at once",
     "disconnect",
@@ -225,6 +227,11 @@ mut("stack_buffer_4k", "KERNEL_STACK_INPAGE_ERROR / DOUBLE_FAULT (0x7F) from a s
     [("src/port.c", """        UINT8 Raw[64];
     } input;""", """        UINT8 Raw[4096];
     } input;""")])
+
+mut("packet_held_until_verdict", "no bugcheck at once: every held connection pins a NIC receive buffer (or a send buffer) for up to 600 s; under a SYN flood the miniport runs out of receive buffers and the machine stops receiving",
+    "still referenced after",
+    [("src/pending.c", """    } else if (Entry->NetBufferList != NULL && Entry->PacketDeadline <= args->Now &&""",
+      """    } else if (Entry->NetBufferList != NULL && Entry->PacketDeadline <= args->Now && args->All &&""")])
 
 def main():
     only = sys.argv[1:]

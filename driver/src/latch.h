@@ -43,6 +43,14 @@
 #define LATCH_PROC_SLOTS              8192   /* power of two, >= 2 * LATCH_MAX_PENDING */
 #define LATCH_PROC_PROBE              64
 #define LATCH_SCAN_CHUNK              128
+/* An absorbed packet (RECV_ACCEPT's SYN or first datagram, an outbound UDP/ICMP first
+   datagram) is referenced at most LATCH_PACKET_HOLD_MS; after that it is released and
+   the connection stays pending. A verdict that comes later is cached for the
+   connection for LATCH_RETRANSMIT_TTL_MS so the peer's (or the program's) retransmit is
+   decided at once (PROTOCOL.md, "Held packets"). */
+#define LATCH_PACKET_HOLD_MS          3000
+#define LATCH_RETRANSMIT_TTL_MS       60000
+#define LATCH_RELEASE_BATCH           32     /* packets released per scan */
 #define LATCH_MAX_FLOWS               65536  /* flow contexts; beyond, a flow gets none */
 #define LATCH_FLOW_BUCKETS            16384  /* power of two */
 
@@ -101,6 +109,8 @@ typedef struct _LATCH_PENDING {
     /* RECV_ACCEPT, and the first datagram of an outbound UDP/ICMP connection: the
        referenced original packet and where to re-inject it. */
     PNET_BUFFER_LIST NetBufferList;
+    ULONGLONG PacketDeadline;   /* KeQueryInterruptTime: the reference is dropped then */
+    BOOLEAN PacketReleased;     /* held too long: dropped, the retransmit decides */
     SCOPE_ID RemoteScopeId;     /* outbound datagram */
     ULONG NblOffset;
     UINT32 IpHeaderSize;

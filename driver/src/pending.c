@@ -217,6 +217,14 @@ static void CompleteInbound(PLATCH_PENDING Entry)
     BOOLEAN v4 = Entry->Tuple.IpVersion == 4;
     NTSTATUS status;
 
+    if (original == NULL) {
+        /* Held longer than LATCH_PACKET_HOLD_MS: the packet is gone; the verdict was
+           cached for the connection and decides the peer's retransmit. */
+        LatchCountAction(Entry->Action);
+        FwpsCompleteOperation0(Entry->CompletionContext, NULL);
+        FreeEntry(Entry);
+        return;
+    }
     if (Entry->Action == LATCH_ACTION_PERMIT) {
         PNET_BUFFER nb = NET_BUFFER_LIST_FIRST_NB(original);
         if (NET_BUFFER_DATA_OFFSET(nb) != Entry->NblOffset) {
@@ -471,6 +479,7 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
     }
     entry->RequestId = (UINT64)InterlockedIncrement64(&g.NextRequestId);
     entry->Deadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(g.TimeoutMs);
+    entry->PacketDeadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(LATCH_PACKET_HOLD_MS);
 
     KeAcquireSpinLock(&g.Lock, &irql);
     entry->State = LatchPendingWaiting;
@@ -544,6 +553,10 @@ NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, U
     if (e != NULL) {
         if (CacheScope != LATCH_SCOPE_NONE) {
             LatchCacheInsertLocked(&e->Tuple, e->ProcessId, e->Path, e->PathLen, CacheScope, CacheTtlMs, Action);
+        } else if (e->PacketReleased && IsInbound(e)) {
+            /* The held packet was dropped: the peer's retransmit gets this verdict. */
+            LatchCacheInsertLocked(&e->Tuple, e->ProcessId, e->Path, e->PathLen, LATCH_SCOPE_PROCESS_DEST,
+                                   LATCH_RETRANSMIT_TTL_MS, Action);
         }
         DecideLocked(e, Action, &batch);
     }
@@ -558,26 +571,44 @@ NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, U
 
 typedef struct _LATCH_SCAN_ARGS {
     ULONGLONG Now;
-    ULONG Action;
     BOOLEAN All;
+    ULONG Released;
+    PNET_BUFFER_LIST Packets[LATCH_RELEASE_BATCH];
 } LATCH_SCAN_ARGS;
 
 static void VisitExpired(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
 {
     LATCH_SCAN_ARGS *args = (LATCH_SCAN_ARGS *)Context;
-    if (Entry->State == LatchPendingWaiting && Entry->Deadline <= args->Now) {
+    if (Entry->State != LatchPendingWaiting) {
+        return;
+    }
+    if (Entry->Deadline <= args->Now) {
         DecideLocked(Entry, g.DefaultAction, Batch);
+    } else if (Entry->NetBufferList != NULL && Entry->PacketDeadline <= args->Now &&
+               args->Released < LATCH_RELEASE_BATCH) {
+        args->Packets[args->Released++] = Entry->NetBufferList;
+        Entry->NetBufferList = NULL;
+        Entry->PacketReleased = TRUE;
     }
 }
 
+/* Applies the default to entries past their deadline and drops packets held longer
+   than LATCH_PACKET_HOLD_MS (at most LATCH_RELEASE_BATCH per call; the worker calls it
+   every LATCH_WORKER_TICK_MS). */
 void LatchExpirePending(void)
 {
     LIST_ENTRY batch;
     LATCH_SCAN_ARGS args;
+    ULONG i;
 
     InitializeListHead(&batch);
     args.Now = KeQueryInterruptTime();
+    args.All = FALSE;
+    args.Released = 0;
     ScanPending(VisitExpired, &args, &batch);
+    for (i = 0; i < args.Released; i++) {
+        FwpsDereferenceNetBufferList0(args.Packets[i], FALSE);
+    }
     CompleteBatch(&batch, LATCH_STAT_TIMED_OUT);
 }
 
@@ -617,6 +648,7 @@ void LatchFreeDecidedLeftovers(BOOLEAN All)
     InitializeListHead(&batch);
     args.Now = KeQueryInterruptTime();
     args.All = All;
+    args.Released = 0;
     ScanPending(VisitDecidedLeftover, &args, &batch);
     while (!IsListEmpty(&batch)) {
         FreeEntry(CONTAINING_RECORD(RemoveHeadList(&batch), LATCH_PENDING, CompleteLink));

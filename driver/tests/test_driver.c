@@ -1405,6 +1405,49 @@ static void test_duplicate_verdict_changes_nothing(void)
     unload_clean();
 }
 
+/* An absorbed packet is not held for as long as a person takes to answer: after
+   LATCH_PACKET_HOLD_MS the driver drops its reference (the connection stays pending);
+   a verdict that comes later decides the peer's retransmitted SYN at once, without
+   asking again; an outbound first datagram held too long is not sent (the program's
+   own retry is let through by the permitted connection). */
+static void test_held_packets_bounded(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 60000);
+    REQUIRE(c != NULL, "service");
+    request rin, rudp;
+    emu_conn_params pi = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 53000, 880, "\\Device\\HarddiskVolume3\\sshd.exe");
+    emu_conn *in = emu_connect(&pi);
+    REQUIRE(client_next_request(c, &rin, 2000), "inbound request");
+    emu_conn_params pu = params(0, 0, 17, "198.18.0.1", 5300, "198.19.0.53", 53, 7, curl);
+    emu_conn *u = emu_connect(&pu);
+    REQUIRE(client_next_request(c, &rudp, 2000), "udp request");
+    double t0 = now();
+    CHECK(emu_packet_references() == 2, "both packets referenced while held (%d)", emu_packet_references());
+    while (emu_packet_references() > 0 && now() - t0 < LATCH_PACKET_HOLD_MS / 1000.0 + 2) {
+        sleep_ms(20);
+    }
+    double held = now() - t0;
+    printf("     held packets released after %.0f ms (bound %d ms); the connections stay pending\n", held * 1000,
+           LATCH_PACKET_HOLD_MS);
+    CHECK(emu_packet_references() == 0, "%d packet(s) still referenced after %.1fs", emu_packet_references(), held);
+    CHECK(emu_conn_state(in) == EMU_CONN_PENDING && emu_conn_state(u) == EMU_CONN_PENDING,
+          "the connections must stay pending after their packets were released");
+    client_verdict(c, rin.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    client_verdict(c, rudp.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(in, 2000) == EMU_CONN_BLOCK, "the SYN whose packet was released is dropped");
+    CHECK(emu_conn_wait(u, 2000) == EMU_CONN_PERMIT, "the UDP connection is permitted");
+    emu_wait_reauth_idle();
+    CHECK(emu_conn_datagrams_sent(u) == 0, "a released datagram cannot be sent");
+    /* the peer retransmits its SYN: decided at once from the verdict, no new question */
+    emu_conn *again = emu_connect(&pi);
+    CHECK(emu_conn_state(again) == EMU_CONN_PERMIT, "the retransmitted SYN was not decided at once (state %d)",
+          emu_conn_state(again));
+    CHECK(!client_next_request(c, &rin, 100), "the retransmit was asked about again");
+    client_close(c);
+    unload_clean();
+}
+
 /* ---- time at DISPATCH_LEVEL ----
    The DPC watchdog bugchecks (0x133) a CPU that stays at DISPATCH_LEVEL too long, and
    every other CPU that wants the lock spins meanwhile. With the pending table full
@@ -1679,6 +1722,7 @@ const test_case driver_tests[] = {
     {"driver_flush_reauthorizes", "driver", test_flush_forces_reauthorization, 1},
     {"driver_caps", "driver", test_caps_per_process_and_total, 1},
     {"driver_dispatch_time_budget", "driver", test_dispatch_time_budget, 1},
+    {"driver_held_packets_bounded", "driver", test_held_packets_bounded, 1},
     {"driver_stalled_service", "driver", test_stalled_service, 1},
     {"driver_port_message_fuzz", "driver", test_port_message_fuzz, 1},
     {"driver_unload_under_traffic", "driver", test_unload_under_traffic, 1},
