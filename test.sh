@@ -16,6 +16,8 @@ command -v conntrack >/dev/null || need_pkgs+=(conntrack)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
 command -v make >/dev/null || need_pkgs+=(make)
+command -v clang >/dev/null || need_pkgs+=(clang)
+command -v cppcheck >/dev/null || need_pkgs+=(cppcheck)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2
@@ -39,6 +41,8 @@ GOOS=windows go build -o /dev/null ./cmd/latch
 
 echo "== driver: C sources under the kernel emulation harness"
 make -C driver test
+echo "== driver: static analysis (clang -Wthread-safety, clang --analyze, cppcheck)"
+make -C driver analyze
 echo "== driver: schedule fuzzer, 1000 seeded schedules of the concurrent test"
 (cd driver && ./build/latch-tests --only driver_schedule_fuzz --seeds 1000)
 echo "== driver: mutation check (every deliberate bug in driver/mutants must fail the suite)"

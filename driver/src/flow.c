@@ -14,14 +14,14 @@ static void FreeFlow(PLATCH_FLOW Flow)
 
 /* Caller holds g.Lock. NoFlows tracks FlowCount == 0 so unload can wait for the last
    flowDeleteFn however late it comes (FwpsFlowRemoveContext0 may return STATUS_PENDING). */
-static void FlowCountIncLocked(void)
+LATCH_LOCKED static void FlowCountIncLocked(void)
 {
     if (g.FlowCount++ == 0) {
         KeClearEvent(&g.NoFlows);
     }
 }
 
-static void FlowCountDecLocked(void)
+LATCH_LOCKED static void FlowCountDecLocked(void)
 {
     if (--g.FlowCount == 0) {
         KeSetEvent(&g.NoFlows, IO_NO_INCREMENT, FALSE);
@@ -48,7 +48,7 @@ static ULONG FlowHash(const LATCH_TUPLE *Tuple)
     return (ULONG)(h >> 32) & (LATCH_FLOW_BUCKETS - 1);
 }
 
-static void FlowLinkLocked(PLATCH_FLOW Flow)
+LATCH_LOCKED static void FlowLinkLocked(PLATCH_FLOW Flow)
 {
     PLATCH_FLOW *head = &g.FlowBuckets[FlowHash(&Flow->Tuple)];
     InsertTailList(&g.FlowList, &Flow->Link);
@@ -57,7 +57,7 @@ static void FlowLinkLocked(PLATCH_FLOW Flow)
     FlowCountIncLocked();
 }
 
-static void FlowUnlinkLocked(PLATCH_FLOW Flow)
+LATCH_LOCKED static void FlowUnlinkLocked(PLATCH_FLOW Flow)
 {
     PLATCH_FLOW *pp = &g.FlowBuckets[FlowHash(&Flow->Tuple)];
     while (*pp != NULL && *pp != Flow) {
@@ -71,7 +71,7 @@ static void FlowUnlinkLocked(PLATCH_FLOW Flow)
     InitializeListHead(&Flow->Link);
 }
 
-void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId)
+LATCH_LOCKED void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId)
 {
     LATCH_RECENT *slot = &g.Recent[g.RecentNext++ % LATCH_RECENT_SLOTS]; /* oldest goes */
     slot->Tuple = *Tuple;
@@ -79,7 +79,7 @@ void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId)
 }
 
 /* Takes the id of the request that decided this connection, if it is still known. */
-static UINT64 TakeVerdictIdLocked(const LATCH_TUPLE *Tuple)
+LATCH_LOCKED static UINT64 TakeVerdictIdLocked(const LATCH_TUPLE *Tuple)
 {
     ULONG i;
     for (i = 0; i < LATCH_RECENT_SLOTS; i++) {

@@ -206,6 +206,19 @@ typedef struct _LATCH_GLOBALS {
 
 extern LATCH_GLOBALS g;
 
+/* A function that must be called with g.Lock held (checked by clang -Wthread-safety in
+   `make -C driver analyze`, and by the WDK's Code Analysis through SAL). */
+#if defined(__clang__)
+#define LATCH_LOCKED __attribute__((requires_capability(g.Lock)))
+#define LATCH_UNLOCKED __attribute__((locks_excluded(g.Lock)))
+#elif defined(_MSC_VER)
+#define LATCH_LOCKED _Requires_lock_held_(g.Lock)
+#define LATCH_UNLOCKED _Requires_lock_not_held_(g.Lock)
+#else
+#define LATCH_LOCKED
+#define LATCH_UNLOCKED
+#endif
+
 #define LatchCount(i) InterlockedIncrement64(&g.Stats[(i)])
 #define LATCH_MS_TO_100NS(ms) ((ULONGLONG)(ms) * 10000ULL)
 
@@ -246,7 +259,7 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
 BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
                          ULONG *Action);
 /* Caller holds g.Lock. */
-void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+LATCH_LOCKED void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
                       ULONG Scope, ULONG TtlMs, ULONG Action);
 void LatchCacheFlush(void);
 void LatchCountAction(ULONG Action);
@@ -254,7 +267,7 @@ void LatchCountAction(ULONG Action);
 /* flow.c */
 void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATCH_TUPLE *Tuple);
 /* Caller holds g.Lock. */
-void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId);
+LATCH_LOCKED void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId);
 void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext);
 void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound);
 BOOLEAN LatchFlowVerdict(const LATCH_TUPLE *Tuple, ULONG *Action);

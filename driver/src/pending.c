@@ -51,7 +51,7 @@ static LATCH_PROC_SLOT *ProcFindLocked(UINT64 ProcessId, BOOLEAN Create)
     return Create ? free : NULL;
 }
 
-static void ProcReleaseLocked(UINT64 ProcessId)
+LATCH_LOCKED static void ProcReleaseLocked(UINT64 ProcessId)
 {
     LATCH_PROC_SLOT *slot = ProcFindLocked(ProcessId, FALSE);
     NT_ASSERT(slot != NULL);
@@ -60,14 +60,14 @@ static void ProcReleaseLocked(UINT64 ProcessId)
     }
 }
 
-static void IdInsertLocked(PLATCH_PENDING Entry)
+LATCH_LOCKED static void IdInsertLocked(PLATCH_PENDING Entry)
 {
     PLATCH_PENDING *head = &g.IdBuckets[Entry->RequestId & (LATCH_ID_BUCKETS - 1)];
     Entry->IdNext = *head;
     *head = Entry;
 }
 
-static void IdRemoveLocked(PLATCH_PENDING Entry)
+LATCH_LOCKED static void IdRemoveLocked(PLATCH_PENDING Entry)
 {
     PLATCH_PENDING *pp = &g.IdBuckets[Entry->RequestId & (LATCH_ID_BUCKETS - 1)];
     while (*pp != NULL && *pp != Entry) {
@@ -90,14 +90,14 @@ static ULONG ReauthHash(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle)
     return (ULONG)(h >> 32) & (LATCH_REAUTH_BUCKETS - 1);
 }
 
-static void ReauthInsertLocked(PLATCH_PENDING Entry)
+LATCH_LOCKED static void ReauthInsertLocked(PLATCH_PENDING Entry)
 {
     PLATCH_PENDING *head = &g.ReauthBuckets[ReauthHash(&Entry->Tuple, Entry->EndpointHandle)];
     Entry->ReauthNext = *head;
     *head = Entry;
 }
 
-static void ReauthRemoveLocked(PLATCH_PENDING Entry)
+LATCH_LOCKED static void ReauthRemoveLocked(PLATCH_PENDING Entry)
 {
     PLATCH_PENDING *pp = &g.ReauthBuckets[ReauthHash(&Entry->Tuple, Entry->EndpointHandle)];
     while (*pp != NULL && *pp != Entry) {
@@ -109,7 +109,7 @@ static void ReauthRemoveLocked(PLATCH_PENDING Entry)
     Entry->ReauthNext = NULL;
 }
 
-static PLATCH_PENDING FindWaitingLocked(UINT64 RequestId)
+LATCH_LOCKED static PLATCH_PENDING FindWaitingLocked(UINT64 RequestId)
 {
     PLATCH_PENDING e;
 
@@ -135,10 +135,12 @@ static void ScanPending(LATCH_VISIT *Visit, PVOID Context, PLIST_ENTRY Batch)
 
     RtlZeroMemory(&marker, sizeof(marker));
     marker.State = LatchPendingMarker;
-    KeAcquireSpinLock(&g.Lock, &irql);
-    InsertHeadList(&g.PendingList, &marker.Link);
     while (!done) {
         ULONG n;
+        KeAcquireSpinLock(&g.Lock, &irql);
+        if (marker.Link.Flink == NULL) {
+            InsertHeadList(&g.PendingList, &marker.Link);
+        }
         for (n = 0; n < LATCH_SCAN_CHUNK && marker.Link.Flink != &g.PendingList; n++) {
             PLIST_ENTRY link = marker.Link.Flink;
             PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
@@ -153,16 +155,13 @@ static void ScanPending(LATCH_VISIT *Visit, PVOID Context, PLIST_ENTRY Batch)
             RemoveEntryList(&marker.Link);
         }
         KeReleaseSpinLock(&g.Lock, irql);
-        if (!done) {
-            KeAcquireSpinLock(&g.Lock, &irql);
-        }
     }
 }
 
 /* Marks a waiting entry decided and appends it to Batch for completion outside the
    lock. Outbound entries stay in PendingList for the reauthorization pass; inbound
    ones leave it (RECV_ACCEPT is not reauthorized: we re-inject instead). */
-static void DecideLocked(PLATCH_PENDING Entry, ULONG Action, PLIST_ENTRY Batch)
+LATCH_LOCKED static void DecideLocked(PLATCH_PENDING Entry, ULONG Action, PLIST_ENTRY Batch)
 {
     NT_ASSERT(Entry->State == LatchPendingWaiting);
     if (Entry->Queued) {
@@ -209,7 +208,7 @@ static void NTAPI LatchInjectComplete(void *Context, NET_BUFFER_LIST *NetBufferL
 /* RECV_ACCEPT: clone the held packet (positioned back at its IP header), complete the
    operation with the clone and re-inject it; classifyFn lets our own injection pass.
    A block completes without a clone and drops the packet. */
-static void CompleteInbound(PLATCH_PENDING Entry)
+LATCH_UNLOCKED static void CompleteInbound(PLATCH_PENDING Entry)
 {
     PNET_BUFFER_LIST original = Entry->NetBufferList;
     PNET_BUFFER_LIST clone = NULL;
@@ -346,7 +345,7 @@ static void SendDatagram(PLATCH_SEND Send)
 /* Completes every entry of a batch built by DecideLocked, counting each in StatIndex
    (if not LATCH_STATS_COUNT) before it is completed: a completed connection may be
    observed at once. Must not hold g.Lock. */
-static void CompleteBatch(PLIST_ENTRY Batch, ULONG StatIndex)
+LATCH_UNLOCKED static void CompleteBatch(PLIST_ENTRY Batch, ULONG StatIndex)
 {
     while (!IsListEmpty(Batch)) {
         PLATCH_PENDING e = CONTAINING_RECORD(RemoveHeadList(Batch), LATCH_PENDING, CompleteLink);
@@ -576,7 +575,7 @@ typedef struct _LATCH_SCAN_ARGS {
     PNET_BUFFER_LIST Packets[LATCH_RELEASE_BATCH];
 } LATCH_SCAN_ARGS;
 
-static void VisitExpired(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
+LATCH_LOCKED static void VisitExpired(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
 {
     LATCH_SCAN_ARGS *args = (LATCH_SCAN_ARGS *)Context;
     if (Entry->State != LatchPendingWaiting) {
@@ -612,7 +611,7 @@ void LatchExpirePending(void)
     CompleteBatch(&batch, LATCH_STAT_TIMED_OUT);
 }
 
-static void VisitWaiting(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
+LATCH_LOCKED static void VisitWaiting(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
 {
     UNREFERENCED_PARAMETER(Context);
     if (Entry->State == LatchPendingWaiting) {
@@ -629,7 +628,7 @@ void LatchCompleteAllWithDefault(ULONG StatIndex)
     CompleteBatch(&batch, StatIndex);
 }
 
-static void VisitDecidedLeftover(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
+LATCH_LOCKED static void VisitDecidedLeftover(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
 {
     LATCH_SCAN_ARGS *args = (LATCH_SCAN_ARGS *)Context;
     if (Entry->State == LatchPendingDecided && (args->All || Entry->Deadline <= args->Now)) {

@@ -235,12 +235,24 @@ PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag);
 void ExFreePoolWithTag(PVOID P, ULONG Tag);
 
 /* ---- spin locks ---- */
-typedef ULONG_PTR KSPIN_LOCK, *PKSPIN_LOCK;
+/* For clang's -Wthread-safety (make -C driver analyze): a spin lock is a capability;
+   the WDK expresses the same with SAL (_Acquires_lock_, _Requires_lock_held_). */
+#if defined(__clang__)
+#define EMU_CAPABILITY __attribute__((capability("spin lock")))
+#define EMU_ACQUIRES(x) __attribute__((acquire_capability(x)))
+#define EMU_RELEASES(x) __attribute__((release_capability(x)))
+#else
+#define EMU_CAPABILITY
+#define EMU_ACQUIRES(x)
+#define EMU_RELEASES(x)
+#endif
+typedef ULONG_PTR KSPIN_LOCK EMU_CAPABILITY;
+typedef KSPIN_LOCK *PKSPIN_LOCK;
 void KeInitializeSpinLock(PKSPIN_LOCK SpinLock);
-void KeAcquireSpinLock(PKSPIN_LOCK SpinLock, PKIRQL OldIrql);
-void KeReleaseSpinLock(PKSPIN_LOCK SpinLock, KIRQL NewIrql);
-void KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock);
-void KeReleaseSpinLockFromDpcLevel(PKSPIN_LOCK SpinLock);
+void KeAcquireSpinLock(PKSPIN_LOCK SpinLock, PKIRQL OldIrql) EMU_ACQUIRES(*SpinLock);
+void KeReleaseSpinLock(PKSPIN_LOCK SpinLock, KIRQL NewIrql) EMU_RELEASES(*SpinLock);
+void KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock) EMU_ACQUIRES(*SpinLock);
+void KeReleaseSpinLockFromDpcLevel(PKSPIN_LOCK SpinLock) EMU_RELEASES(*SpinLock);
 
 /* ---- dispatcher objects ---- */
 typedef enum _EVENT_TYPE { NotificationEvent, SynchronizationEvent } EVENT_TYPE;
