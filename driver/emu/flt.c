@@ -17,7 +17,7 @@
 
 #include "emu_harness.h"
 
-enum { FRAME_MESSAGE = 1, FRAME_SEND = 2, FRAME_SEND_RESULT = 3, FRAME_REPLY = 4 };
+enum { FRAME_MESSAGE = 1, FRAME_SEND = 2, FRAME_SEND_RESULT = 3, FRAME_REPLY = 4, FRAME_GET = 5 };
 #define MAX_FRAME (1u << 20)
 #define MAX_OUTPUT (64u * 1024u)
 
@@ -53,7 +53,13 @@ struct _EMU_FLT_PORT {
     int sendsInFlight;
     pthread_mutex_t writeLock;
     UINT64 nextMessageId;
+    /* FRAME_GET: the client posts FilterGetMessage calls. Once it has sent one, messages
+       are delivered only into a posted get, as on Windows (strict); a client that never
+       sends one gets the buffered delivery of older harness versions. */
+    int strict;
+    int getsPosted;
 };
+static pthread_cond_t getCond = PTHREAD_COND_INITIALIZER;
 #define PORT_MAGIC 0x504f5254u
 
 static pthread_mutex_t flock_ = PTHREAD_MUTEX_INITIALIZER;
@@ -323,6 +329,13 @@ static void *reader_main(void *arg)
             }
         } else if (f[0] == FRAME_REPLY && len >= 17) {
             free(f); /* the driver never waits for replies: nobody to deliver to */
+        } else if (f[0] == FRAME_GET && len == 1) {
+            free(f);
+            pthread_mutex_lock(&flock_);
+            c->strict = 1;
+            c->getsPosted++;
+            pthread_cond_broadcast(&getCond);
+            pthread_mutex_unlock(&flock_);
         } else {
             fprintf(stderr, "emu port: unknown frame kind %u; closing the client\n", f[0]);
             free(f);
@@ -331,6 +344,7 @@ static void *reader_main(void *arg)
     }
     pthread_mutex_lock(&flock_);
     c->disconnected = 1;
+    pthread_cond_broadcast(&getCond);
     pthread_mutex_unlock(&flock_);
     c->disconnectFn(c->connCookie);
     check_callback_return("the disconnect notify callback");
@@ -558,6 +572,7 @@ void FltCloseClientPort(PFLT_FILTER f, PFLT_PORT *clientPort)
     c->closedByDriver = 1;
     *clientPort = NULL;
     shutdown(c->fd, SHUT_RDWR);
+    pthread_cond_broadcast(&getCond);
     pthread_mutex_unlock(&flock_);
 }
 
@@ -627,6 +642,45 @@ NTSTATUS FltSendMessage(PFLT_FILTER f, PFLT_PORT *clientPort, PVOID buf, ULONG l
         }
     }
     NTSTATUS st = STATUS_SUCCESS;
+    /* Windows: "If the application calls FilterGetMessage ... before the minifilter
+       driver calls FltSendMessage, the message is delivered immediately"; otherwise the
+       caller waits for a get until Timeout (STATUS_TIMEOUT, a success code), or forever
+       with a NULL Timeout. */
+    pthread_mutex_lock(&flock_);
+    while (c->strict && c->getsPosted == 0 && !c->disconnected && !c->closedByDriver && st == STATUS_SUCCESS) {
+        if (waitMs < 0) {
+            pthread_cond_wait(&getCond, &flock_);
+        } else {
+            struct timespec real;
+            long ms = remaining_ms(&deadline);
+            if (ms <= 0) {
+                st = STATUS_TIMEOUT;
+                break;
+            }
+            clock_gettime(CLOCK_REALTIME, &real);
+            real.tv_sec += ms / 1000;
+            real.tv_nsec += (ms % 1000) * 1000000L;
+            if (real.tv_nsec >= 1000000000L) {
+                real.tv_sec++;
+                real.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&getCond, &flock_, &real);
+        }
+    }
+    if (st == STATUS_SUCCESS && (c->disconnected || c->closedByDriver)) {
+        st = STATUS_PORT_DISCONNECTED;
+    }
+    if (st == STATUS_SUCCESS && c->strict) {
+        c->getsPosted--;
+    }
+    pthread_mutex_unlock(&flock_);
+    if (st != STATUS_SUCCESS) {
+        free(frame);
+        pthread_mutex_lock(&flock_);
+        c->sendsInFlight--;
+        pthread_mutex_unlock(&flock_);
+        return st;
+    }
     pthread_mutex_lock(&c->writeLock);
     size_t off = 0, total = 4 + flen;
     while (off < total) {

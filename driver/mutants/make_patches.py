@@ -233,6 +233,10 @@ mut("packet_held_until_verdict", "no bugcheck at once: every held connection pin
     [("src/pending.c", """    } else if (Entry->NetBufferList != NULL && Entry->PacketDeadline <= args->Now &&""",
       """    } else if (Entry->NetBufferList != NULL && Entry->PacketDeadline <= args->Now && args->All &&""")])
 
+mut("send_without_timeout", "hang: FltSendMessage with a NULL Timeout waits until the service posts FilterGetMessage; the worker stops, deadlines stop, every held connection waits for a service that is not reading",
+    "nothing was failed fast",
+    [("src/worker.c", """NULL, stalled ? &shortTimeout : &sendTimeout);""", """NULL, ((void)shortTimeout, (void)sendTimeout, (PLARGE_INTEGER)NULL));""")])
+
 def main():
     only = sys.argv[1:]
     os.makedirs(OUT, exist_ok=True)

@@ -978,12 +978,17 @@ static void test_stalled_service(void)
     for (int i = 0; i < N; i++) {
         conns[i] = out4((UINT16)(20000 + i), (UINT64)(1 + i % 100), curl, 443);
     }
+    /* until all but the few that fit in the socket buffer are decided, 6 s at most */
     int pending = 0, blocked = 0;
-    for (int i = 0; i < N; i++) {
-        int s = emu_conn_wait(conns[i], 100);
-        pending += s == EMU_CONN_PENDING;
-        blocked += s == EMU_CONN_BLOCK;
-    }
+    do {
+        sleep_ms(20);
+        pending = blocked = 0;
+        for (int i = 0; i < N; i++) {
+            int s = emu_conn_state(conns[i]);
+            pending += s == EMU_CONN_PENDING;
+            blocked += s == EMU_CONN_BLOCK;
+        }
+    } while (pending > 100 && now() - t0 < 6);
     double secs = now() - t0;
     printf("     stalled service: %d of %d connections defaulted after %.2fs, %d delivered and waiting\n", blocked, N,
            secs, pending);
@@ -1448,6 +1453,41 @@ static void test_held_packets_bounded(void)
     unload_clean();
 }
 
+/* FltSendMessage delivers only into a posted FilterGetMessage: a service that posts no
+   get makes the worker's send time out after its bounded timeout (1 s, then 1 ms while
+   the service stays stalled) and the request gets the default; once gets are posted,
+   requests flow again. */
+static void test_send_needs_a_posted_get(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    REQUIRE(client_post_gets(c, 1), "GET");
+    request r;
+    emu_conn *first = out4(44000, 11, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "the request delivered into the posted get");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(first, 2000) == EMU_CONN_PERMIT, "first connection");
+    /* no get posted: the next request cannot be delivered */
+    double t0 = now();
+    emu_conn *second = out4(44001, 11, curl, 443);
+    CHECK(emu_conn_wait(second, 3000) == EMU_CONN_BLOCK, "undeliverable request: the default");
+    double waited = now() - t0;
+    printf("     no FilterGetMessage posted: the send timed out and the default applied after %.2fs\n", waited);
+    CHECK(waited >= 0.9 && waited < 2.5, "the send timeout (1 s) took %.2fs", waited);
+    CHECK(!client_next_request(c, &r, 200), "a message was delivered without a posted get");
+    CHECK(stat_of(c, LATCH_STAT_SEND_FAILURES) == 1, "send_failures %llu",
+          (unsigned long long)stat_of(c, LATCH_STAT_SEND_FAILURES));
+    /* gets posted again: requests flow again */
+    REQUIRE(client_post_gets(c, 4), "GETs");
+    emu_conn *third = out4(44002, 11, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request after gets were posted again");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(third, 2000) == EMU_CONN_PERMIT, "third connection");
+    client_close(c);
+    unload_clean();
+}
+
 /* ---- time at DISPATCH_LEVEL ----
    The DPC watchdog bugchecks (0x133) a CPU that stays at DISPATCH_LEVEL too long, and
    every other CPU that wants the lock spins meanwhile. With the pending table full
@@ -1724,6 +1764,7 @@ const test_case driver_tests[] = {
     {"driver_dispatch_time_budget", "driver", test_dispatch_time_budget, 1},
     {"driver_held_packets_bounded", "driver", test_held_packets_bounded, 1},
     {"driver_stalled_service", "driver", test_stalled_service, 1},
+    {"driver_send_needs_a_posted_get", "driver", test_send_needs_a_posted_get, 1},
     {"driver_port_message_fuzz", "driver", test_port_message_fuzz, 1},
     {"driver_unload_under_traffic", "driver", test_unload_under_traffic, 1},
     {"driver_fault_injection_every_site", "faults", test_fault_injection_every_site, 1},
