@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,91 @@ struct _EMU_FLT_PORT {
     int getsPosted;
 };
 static pthread_cond_t getCond = PTHREAD_COND_INITIALIZER;
+
+/* ---- user-mode buffers of FilterSendMessage ----
+   The message-notify callback gets the client's buffers as user-mode pointers. Here each
+   lives at the end of its own mapping, followed by an inaccessible page, and is
+   PROT_NONE except inside a __try block (emu_try_enter/leave): a read or write outside
+   __try, or past the end, is a SEGV. When a __try block ends the input buffer's bytes
+   are inverted, as a user thread racing the driver could rewrite them, so reading it
+   again in a later block (a double fetch) sees other bytes. */
+typedef struct user_region {
+    unsigned char *map;
+    size_t mapLen;
+    unsigned char *data;
+    size_t len;
+    int rewrite;
+} user_region;
+static __thread user_region uregions[2];
+static __thread int uregionCount;
+
+static void *user_buffer(const void *src, size_t len, int rewrite)
+{
+    if (len == 0) {
+        return NULL;
+    }
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t dataPages = (len + page - 1) / page;
+    size_t mapLen = (dataPages + 1) * page;
+    unsigned char *map = mmap(NULL, mapLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) {
+        return NULL;
+    }
+    unsigned char *data = map + dataPages * page - len;
+    if (src != NULL) {
+        memcpy(data, src, len);
+    }
+    mprotect(map + dataPages * page, page, PROT_NONE); /* the guard page */
+    mprotect(map, dataPages * page, PROT_NONE);
+    user_region *r = &uregions[uregionCount++];
+    r->map = map;
+    r->mapLen = mapLen;
+    r->data = data;
+    r->len = len;
+    r->rewrite = rewrite;
+    return data;
+}
+
+static void user_buffer_read(const void *user, void *dst, size_t len)
+{
+    for (int i = 0; i < uregionCount; i++) {
+        if (uregions[i].data == user) {
+            mprotect(uregions[i].map, uregions[i].mapLen - (size_t)sysconf(_SC_PAGESIZE), PROT_READ);
+            memcpy(dst, user, len);
+        }
+    }
+}
+
+static void user_buffers_release(void)
+{
+    for (int i = 0; i < uregionCount; i++) {
+        munmap(uregions[i].map, uregions[i].mapLen);
+    }
+    uregionCount = 0;
+}
+
+int emu_try_enter(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < uregionCount; i++) {
+        mprotect(uregions[i].map, uregions[i].mapLen - page, PROT_READ | PROT_WRITE);
+    }
+    return 1;
+}
+
+int emu_try_leave(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < uregionCount; i++) {
+        if (uregions[i].rewrite) {
+            for (size_t k = 0; k < uregions[i].len; k++) {
+                uregions[i].data[k] ^= 0xFF;
+            }
+        }
+        mprotect(uregions[i].map, uregions[i].mapLen - page, PROT_NONE);
+    }
+    return 0;
+}
 #define PORT_MAGIC 0x504f5254u
 
 static pthread_mutex_t flock_ = PTHREAD_MUTEX_INITIALIZER;
@@ -304,11 +390,9 @@ static void *reader_main(void *arg)
                 break;
             }
             UINT32 inLen = len - 5;
-            void *in = inLen ? malloc(inLen) : NULL; /* exact sizes: ASan sees any overrun */
-            void *out = outSize ? malloc(outSize) : NULL;
-            if (inLen) {
-                memcpy(in, f + 5, inLen);
-            }
+            void *in = user_buffer(f + 5, inLen, 1); /* user-mode buffers: see user_buffer */
+            void *out = user_buffer(NULL, outSize, 0);
+            unsigned char *outCopy = outSize ? malloc(outSize) : NULL;
             ULONG returned = 0;
             NTSTATUS st = c->messageFn(c->connCookie, in, inLen, out, outSize, &returned);
             check_callback_return("the message notify callback");
@@ -320,9 +404,12 @@ static void *reader_main(void *arg)
             if (!NT_SUCCESS(st)) {
                 returned = 0;
             }
-            int rc = send_result(c, st, out, returned);
-            free(in);
-            free(out);
+            if (returned > 0) {
+                user_buffer_read(out, outCopy, returned);
+            }
+            user_buffers_release();
+            int rc = send_result(c, st, outCopy, returned);
+            free(outCopy);
             free(f);
             if (rc != 0) {
                 break;
@@ -737,15 +824,13 @@ NTSTATUS emu_port_call(const void *in, ULONG inLength, void *out, ULONG outLengt
     if (fn == NULL) {
         return STATUS_PORT_DISCONNECTED;
     }
-    void *i = malloc(inLength ? inLength : 1), *o = malloc(outLength ? outLength : 1);
-    memcpy(i, in, inLength);
+    void *i = user_buffer(in, inLength, 1), *o = user_buffer(NULL, outLength, 0);
     *returned = 0;
     NTSTATUS st = fn(NULL, i, inLength, o, outLength, returned);
-    if (*returned <= outLength) {
-        memcpy(out, o, *returned);
+    if (*returned <= outLength && *returned > 0) {
+        user_buffer_read(o, out, *returned);
     }
-    free(i);
-    free(o);
+    user_buffers_release();
     return st;
 }
 

@@ -237,6 +237,31 @@ mut("send_without_timeout", "hang: FltSendMessage with a NULL Timeout waits unti
     "nothing was failed fast",
     [("src/worker.c", """NULL, stalled ? &shortTimeout : &sendTimeout);""", """NULL, ((void)shortTimeout, (void)sendTimeout, (PLARGE_INTEGER)NULL));""")])
 
+mut("user_buffer_read_outside_try", "KMODE_EXCEPTION_NOT_HANDLED (0x1E) / PAGE_FAULT_IN_NONPAGED_AREA (0x50): the service's buffer is a user-mode address; read outside __try, a bad or freed one crashes the machine",
+    "SEGV",
+    [("src/port.c", """    __try {
+        if (length != 0) {
+            RtlCopyMemory(&input, InputBuffer, length);
+        }
+    } __except (EXCEPTION_EXECUTE_HANDLER) {""", """    if (length != 0) {
+        RtlCopyMemory(&input, InputBuffer, length);
+    }
+    __try {
+    } __except (EXCEPTION_EXECUTE_HANDLER) {""")])
+
+mut("double_fetch", "time-of-check/time-of-use in kernel mode: the message is validated in a copy but decoded again from user memory, which the service can change in between (with a length or index read twice: an overrun, 0x50)",
+    "HELLO answered",
+    [("src/port.c", """    status = LatchHandleMessage(length != 0 ? &input : NULL, length, &output,
+                                OutputBufferLength < sizeof(output) ? OutputBufferLength : (ULONG)sizeof(output),
+                                &returned);""", """    status = STATUS_INVALID_PARAMETER;
+    __try {
+        status = LatchHandleMessage(length != 0 ? InputBuffer : NULL, length, &output,
+                                    OutputBufferLength < sizeof(output) ? OutputBufferLength : (ULONG)sizeof(output),
+                                    &returned);
+    } __except (EXCEPTION_EXECUTE_HANDLER) {
+        status = STATUS_INVALID_PARAMETER;
+    }""")])
+
 def main():
     only = sys.argv[1:]
     os.makedirs(OUT, exist_ok=True)

@@ -116,11 +116,15 @@ typedef const UNICODE_STRING *PCUNICODE_STRING;
 #define NT_SUCCESS(s) (((NTSTATUS)(s)) >= 0)
 #define IsEqualGUID(a, b) (memcmp((a), (b), sizeof(GUID)) == 0)
 
-/* Structured exception handling: user buffers cannot fault here (the harness hands the
-   driver exact-size heap copies that AddressSanitizer guards), so __try always runs
-   and __except never does. */
-#define __try if (1)
-#define __except(filter) else if (0)
+/* Structured exception handling. A __try block runs once; while it runs, the user-mode buffers of the message being
+   handled are readable (outside, they are PROT_NONE: a read outside __try is a SEGV);
+   when it ends, the input buffer is rewritten, as a hostile user thread could, so a
+   second fetch in a later block sees other bytes (see emu/README.md). The __except
+   handler never runs. */
+int emu_try_enter(void);
+int emu_try_leave(void);
+#define __try for (int emu_try_once_ = emu_try_enter(); emu_try_once_; emu_try_once_ = emu_try_leave())
+#define __except(filter) if (0)
 #define EXCEPTION_EXECUTE_HANDLER 1
 
 /* Verifier assertion: a failed NT_ASSERT is reported as a violation. */
