@@ -33,6 +33,8 @@ command -v chromium >/dev/null || need_pkgs+=(chromium fonts-dejavu-core)
 # latch notify is tested against a real D-Bus session bus (internal/notify)
 command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
 command -v wg >/dev/null || need_pkgs+=(wireguard-tools)
+command -v clang >/dev/null || need_pkgs+=(clang)       # driver: clang -Wthread-safety, clang --analyze
+command -v cppcheck >/dev/null || need_pkgs+=(cppcheck)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2
@@ -56,6 +58,12 @@ GOOS=windows go build -o /dev/null ./cmd/latch
 
 echo "== driver: C sources under the kernel emulation harness"
 make -C driver test
+echo "== driver: static analysis (clang -Wthread-safety, clang --analyze, cppcheck)"
+make -C driver analyze
+echo "== driver: schedule fuzzer, 1000 seeded schedules of the concurrent test"
+(cd driver && ./build/latch-tests --only driver_schedule_fuzz --seeds 1000)
+echo "== driver: mutation check (every deliberate bug in driver/mutants must fail the suite)"
+driver/mutants/run.sh
 
 echo "== go test"
 log=$(mktemp)

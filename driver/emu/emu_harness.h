@@ -21,6 +21,27 @@ int emu_violation_contains(const char *needle);
 void emu_set_quiet(int quiet);
 const char *emu_irql_name(KIRQL irql);
 
+/* ---- schedule fuzzer ---- */
+/* seed != 0: after every spin-lock release and around every completion the emulation
+   delivers (operations, injections, flowDeleteFn), a delay of up to maxMicros with
+   probability permille/1000, drawn from a per-thread stream of this seed. 0: off. */
+void emu_sched_fuzz(unsigned long long seed, int permille, int maxMicros);
+unsigned long long emu_sched_seed(void);
+void emu_sched_point(void);
+
+/* ---- time at DISPATCH_LEVEL under a spin lock ---- */
+typedef struct emu_hold_site {
+    void *site;           /* return address in the code that called KeAcquireSpinLock */
+    long long maxNs;      /* longest hold, thread CPU time */
+    long long totalNs;
+    long count;
+    long over;            /* holds longer than the budget */
+} emu_hold_site;
+/* 1: start measuring (clears what was measured), 0: stop. */
+void emu_lock_hold_measure(int on, long long budgetNs);
+int emu_lock_hold_sites(emu_hold_site *out, int max);
+long emu_lock_holds_disturbed(void); /* holds not measured: preempted or page-faulted in user mode */
+
 /* ---- fault injection ---- */
 /* While recording, every allocation site (the caller's return address) is remembered. */
 void emu_fault_record(int on);
@@ -50,6 +71,8 @@ int emu_unload(void);
 /* The post-unload checks alone (after a failed DriverEntry, say). */
 void emu_check_clean(const char *when);
 int emu_driver_loaded(void);
+void emu_set_test_name(const char *name);             /* named by the unload watchdog */
+int emu_threads_running(void);                        /* system threads the driver created, still running */
 
 /* ---- Filter Manager ---- */
 void emu_set_port_path(const char *path);             /* unix socket path for the driver's port */
@@ -94,6 +117,8 @@ int emu_conn_reauthorizations(emu_conn *c);
 /* Outbound UDP/ICMP: how many first datagrams left (permitted at once, or re-injected
    with FwpsInjectTransportSendAsync1 after a pend absorbed the original). */
 int emu_conn_datagrams_sent(emu_conn *c);
+/* FwpsReferenceNetBufferList0 references held on original packets (the driver's holds). */
+int emu_packet_references(void);
 UINT64 emu_conn_flow_id(emu_conn *c);
 /* The context the driver associated with the connection's flow at layerId (0: none). */
 UINT64 emu_conn_flow_context(emu_conn *c, UINT16 layerId);           /* the flowHandle WFP gives the driver */
@@ -122,6 +147,16 @@ void emu_wait_reauth_idle(void);
 /* Reauthorization after completing an ALE_AUTH_CONNECT operation: 0 inline in
    FwpsCompleteOperation0, 1 deferred to an emulation thread, 2 alternating (default). */
 void emu_set_reauth_mode(int mode);
+/* Deferred reauthorizations wait ms before they classify (0 after emu_reset). */
+void emu_set_reauth_delay_ms(int ms);
+/* Injection completions (FwpsInjectTransportReceiveAsync0/SendAsync1): 0 inline, before
+   the call returns; 1 deferred, from an emulation thread ms later (emu_set_inject_delay_ms,
+   2 after emu_reset); 2 alternating (default; LATCH_EMU_INJECT pins it). */
+void emu_set_inject_mode(int mode);
+void emu_set_inject_delay_ms(int ms);
+int emu_injections_in_flight(void);                   /* completions not yet delivered */
+/* One line naming every flow context, pended operation and injection still alive. */
+void emu_wfp_describe_live(char *buf, size_t n);
 
 /* ---- a raw classify, for tests that play a wrong driver (seed 000) ---- */
 /* The callout registered for the ALE connect v4 layer is replaced by fn for the

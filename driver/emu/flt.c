@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@
 
 #include "emu_harness.h"
 
-enum { FRAME_MESSAGE = 1, FRAME_SEND = 2, FRAME_SEND_RESULT = 3, FRAME_REPLY = 4 };
+enum { FRAME_MESSAGE = 1, FRAME_SEND = 2, FRAME_SEND_RESULT = 3, FRAME_REPLY = 4, FRAME_GET = 5 };
 #define MAX_FRAME (1u << 20)
 #define MAX_OUTPUT (64u * 1024u)
 
@@ -53,7 +54,98 @@ struct _EMU_FLT_PORT {
     int sendsInFlight;
     pthread_mutex_t writeLock;
     UINT64 nextMessageId;
+    /* FRAME_GET: the client posts FilterGetMessage calls. Once it has sent one, messages
+       are delivered only into a posted get, as on Windows (strict); a client that never
+       sends one gets the buffered delivery of older harness versions. */
+    int strict;
+    int getsPosted;
 };
+static pthread_cond_t getCond = PTHREAD_COND_INITIALIZER;
+
+/* ---- user-mode buffers of FilterSendMessage ----
+   The message-notify callback gets the client's buffers as user-mode pointers. Here each
+   lives at the end of its own mapping, followed by an inaccessible page, and is
+   PROT_NONE except inside a __try block (emu_try_enter/leave): a read or write outside
+   __try, or past the end, is a SEGV. When a __try block ends the input buffer's bytes
+   are inverted, as a user thread racing the driver could rewrite them, so reading it
+   again in a later block (a double fetch) sees other bytes. */
+typedef struct user_region {
+    unsigned char *map;
+    size_t mapLen;
+    unsigned char *data;
+    size_t len;
+    int rewrite;
+} user_region;
+static __thread user_region uregions[2];
+static __thread int uregionCount;
+
+static void *user_buffer(const void *src, size_t len, int rewrite)
+{
+    if (len == 0) {
+        return NULL;
+    }
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t dataPages = (len + page - 1) / page;
+    size_t mapLen = (dataPages + 1) * page;
+    unsigned char *map = mmap(NULL, mapLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) {
+        return NULL;
+    }
+    unsigned char *data = map + dataPages * page - len;
+    if (src != NULL) {
+        memcpy(data, src, len);
+    }
+    mprotect(map + dataPages * page, page, PROT_NONE); /* the guard page */
+    mprotect(map, dataPages * page, PROT_NONE);
+    user_region *r = &uregions[uregionCount++];
+    r->map = map;
+    r->mapLen = mapLen;
+    r->data = data;
+    r->len = len;
+    r->rewrite = rewrite;
+    return data;
+}
+
+static void user_buffer_read(const void *user, void *dst, size_t len)
+{
+    for (int i = 0; i < uregionCount; i++) {
+        if (uregions[i].data == user) {
+            mprotect(uregions[i].map, uregions[i].mapLen - (size_t)sysconf(_SC_PAGESIZE), PROT_READ);
+            memcpy(dst, user, len);
+        }
+    }
+}
+
+static void user_buffers_release(void)
+{
+    for (int i = 0; i < uregionCount; i++) {
+        munmap(uregions[i].map, uregions[i].mapLen);
+    }
+    uregionCount = 0;
+}
+
+int emu_try_enter(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < uregionCount; i++) {
+        mprotect(uregions[i].map, uregions[i].mapLen - page, PROT_READ | PROT_WRITE);
+    }
+    return 1;
+}
+
+int emu_try_leave(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < uregionCount; i++) {
+        if (uregions[i].rewrite) {
+            for (size_t k = 0; k < uregions[i].len; k++) {
+                uregions[i].data[k] ^= 0xFF;
+            }
+        }
+        mprotect(uregions[i].map, uregions[i].mapLen - page, PROT_NONE);
+    }
+    return 0;
+}
 #define PORT_MAGIC 0x504f5254u
 
 static pthread_mutex_t flock_ = PTHREAD_MUTEX_INITIALIZER;
@@ -298,11 +390,9 @@ static void *reader_main(void *arg)
                 break;
             }
             UINT32 inLen = len - 5;
-            void *in = inLen ? malloc(inLen) : NULL; /* exact sizes: ASan sees any overrun */
-            void *out = outSize ? malloc(outSize) : NULL;
-            if (inLen) {
-                memcpy(in, f + 5, inLen);
-            }
+            void *in = user_buffer(f + 5, inLen, 1); /* user-mode buffers: see user_buffer */
+            void *out = user_buffer(NULL, outSize, 0);
+            unsigned char *outCopy = outSize ? malloc(outSize) : NULL;
             ULONG returned = 0;
             NTSTATUS st = c->messageFn(c->connCookie, in, inLen, out, outSize, &returned);
             check_callback_return("the message notify callback");
@@ -314,15 +404,25 @@ static void *reader_main(void *arg)
             if (!NT_SUCCESS(st)) {
                 returned = 0;
             }
-            int rc = send_result(c, st, out, returned);
-            free(in);
-            free(out);
+            if (returned > 0) {
+                user_buffer_read(out, outCopy, returned);
+            }
+            user_buffers_release();
+            int rc = send_result(c, st, outCopy, returned);
+            free(outCopy);
             free(f);
             if (rc != 0) {
                 break;
             }
         } else if (f[0] == FRAME_REPLY && len >= 17) {
             free(f); /* the driver never waits for replies: nobody to deliver to */
+        } else if (f[0] == FRAME_GET && len == 1) {
+            free(f);
+            pthread_mutex_lock(&flock_);
+            c->strict = 1;
+            c->getsPosted++;
+            pthread_cond_broadcast(&getCond);
+            pthread_mutex_unlock(&flock_);
         } else {
             fprintf(stderr, "emu port: unknown frame kind %u; closing the client\n", f[0]);
             free(f);
@@ -331,6 +431,7 @@ static void *reader_main(void *arg)
     }
     pthread_mutex_lock(&flock_);
     c->disconnected = 1;
+    pthread_cond_broadcast(&getCond);
     pthread_mutex_unlock(&flock_);
     c->disconnectFn(c->connCookie);
     check_callback_return("the disconnect notify callback");
@@ -558,6 +659,7 @@ void FltCloseClientPort(PFLT_FILTER f, PFLT_PORT *clientPort)
     c->closedByDriver = 1;
     *clientPort = NULL;
     shutdown(c->fd, SHUT_RDWR);
+    pthread_cond_broadcast(&getCond);
     pthread_mutex_unlock(&flock_);
 }
 
@@ -587,6 +689,13 @@ NTSTATUS FltSendMessage(PFLT_FILTER f, PFLT_PORT *clientPort, PVOID buf, ULONG l
     }
     if (buf == NULL || len == 0 || len > MAX_FRAME - 17) {
         return STATUS_INVALID_PARAMETER;
+    }
+    if (timeout != NULL && timeout->QuadPart == 0) {
+        /* The WDK: "If Timeout is zero, the minifilter driver is put into a wait state
+           indefinitely" (while NULL also means "wait indefinitely"): a zero value is
+           at best ambiguous and at worst hangs the caller until the service reads. */
+        emu_violation("FltSendMessage with a zero Timeout value: the documentation reads it as 'wait "
+                      "indefinitely'; pass a nonzero relative timeout (negative 100 ns units)");
     }
     pthread_mutex_lock(&flock_);
     struct _EMU_FLT_PORT *c = *clientPort ? client_live_locked(*clientPort) : NULL;
@@ -620,6 +729,45 @@ NTSTATUS FltSendMessage(PFLT_FILTER f, PFLT_PORT *clientPort, PVOID buf, ULONG l
         }
     }
     NTSTATUS st = STATUS_SUCCESS;
+    /* Windows: "If the application calls FilterGetMessage ... before the minifilter
+       driver calls FltSendMessage, the message is delivered immediately"; otherwise the
+       caller waits for a get until Timeout (STATUS_TIMEOUT, a success code), or forever
+       with a NULL Timeout. */
+    pthread_mutex_lock(&flock_);
+    while (c->strict && c->getsPosted == 0 && !c->disconnected && !c->closedByDriver && st == STATUS_SUCCESS) {
+        if (waitMs < 0) {
+            pthread_cond_wait(&getCond, &flock_);
+        } else {
+            struct timespec real;
+            long ms = remaining_ms(&deadline);
+            if (ms <= 0) {
+                st = STATUS_TIMEOUT;
+                break;
+            }
+            clock_gettime(CLOCK_REALTIME, &real);
+            real.tv_sec += ms / 1000;
+            real.tv_nsec += (ms % 1000) * 1000000L;
+            if (real.tv_nsec >= 1000000000L) {
+                real.tv_sec++;
+                real.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&getCond, &flock_, &real);
+        }
+    }
+    if (st == STATUS_SUCCESS && (c->disconnected || c->closedByDriver)) {
+        st = STATUS_PORT_DISCONNECTED;
+    }
+    if (st == STATUS_SUCCESS && c->strict) {
+        c->getsPosted--;
+    }
+    pthread_mutex_unlock(&flock_);
+    if (st != STATUS_SUCCESS) {
+        free(frame);
+        pthread_mutex_lock(&flock_);
+        c->sendsInFlight--;
+        pthread_mutex_unlock(&flock_);
+        return st;
+    }
     pthread_mutex_lock(&c->writeLock);
     size_t off = 0, total = 4 + flen;
     while (off < total) {
@@ -676,15 +824,13 @@ NTSTATUS emu_port_call(const void *in, ULONG inLength, void *out, ULONG outLengt
     if (fn == NULL) {
         return STATUS_PORT_DISCONNECTED;
     }
-    void *i = malloc(inLength ? inLength : 1), *o = malloc(outLength ? outLength : 1);
-    memcpy(i, in, inLength);
+    void *i = user_buffer(in, inLength, 1), *o = user_buffer(NULL, outLength, 0);
     *returned = 0;
     NTSTATUS st = fn(NULL, i, inLength, o, outLength, returned);
-    if (*returned <= outLength) {
-        memcpy(out, o, *returned);
+    if (*returned <= outLength && *returned > 0) {
+        user_buffer_read(o, out, *returned);
     }
-    free(i);
-    free(o);
+    user_buffers_release();
     return st;
 }
 

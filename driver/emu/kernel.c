@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +22,146 @@ typedef struct emu_tls {
     int held;
     PKSPIN_LOCK locks[MAX_HELD_LOCKS];
     KIRQL saved[MAX_HELD_LOCKS];
+    long long holdStart[MAX_HELD_LOCKS]; /* thread CPU time at acquisition (budget on) */
+    long holdDisturb[MAX_HELD_LOCKS];    /* involuntary switches + page faults at acquisition */
+    void *holdSite[MAX_HELD_LOCKS];
 } emu_tls;
 static __thread emu_tls tls;
+
+/* ---- schedule fuzzer ----
+   When a seed is set, every spin-lock release and every completion the emulation
+   delivers is followed, with probability permille/1000, by a delay of up to maxMicros
+   microseconds. Each thread draws from its own xorshift64* stream derived from the
+   seed and the order in which threads first reach a schedule point, so one seed
+   gives the same sequence of delays per thread in every run (the OS still schedules
+   the threads: a seed reproduces the delays, and so the same race windows, not one
+   exact interleaving). */
+static volatile unsigned long long schedSeed;
+static volatile int schedPermille, schedMaxMicros;
+static volatile unsigned schedGeneration, schedThreads;
+static __thread unsigned long long schedState;
+static __thread unsigned schedSeen;
+
+void emu_sched_fuzz(unsigned long long seed, int permille, int maxMicros)
+{
+    schedPermille = permille;
+    schedMaxMicros = maxMicros > 0 ? maxMicros : 1;
+    __atomic_store_n(&schedThreads, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&schedSeed, seed, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&schedGeneration, 1, __ATOMIC_SEQ_CST);
+}
+
+unsigned long long emu_sched_seed(void) { return schedSeed; }
+
+void emu_sched_point(void)
+{
+    unsigned long long seed = __atomic_load_n(&schedSeed, __ATOMIC_ACQUIRE);
+    if (seed == 0) {
+        return;
+    }
+    unsigned gen = __atomic_load_n(&schedGeneration, __ATOMIC_ACQUIRE);
+    if (schedSeen != gen) {
+        unsigned ordinal = __atomic_add_fetch(&schedThreads, 1, __ATOMIC_SEQ_CST);
+        schedState = (seed ^ 0x9E3779B97F4A7C15ULL * ordinal) | 1;
+        schedSeen = gen;
+    }
+    schedState ^= schedState >> 12;
+    schedState ^= schedState << 25;
+    schedState ^= schedState >> 27;
+    unsigned long long r = schedState * 2685821657736338717ULL;
+    if ((int)(r % 1000) >= schedPermille) {
+        return;
+    }
+    int us = (int)((r >> 20) % (unsigned long long)schedMaxMicros);
+    if (us < 5) {
+        sched_yield();
+        return;
+    }
+    struct timespec ts = {0, (long)us * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- time spent holding spin locks (at DISPATCH_LEVEL) ----
+   While measuring, every KeAcquireSpinLock..KeReleaseSpinLock is timed in the thread's
+   CPU time (CLOCK_THREAD_CPUTIME_ID: a preempted holder is not charged for the time it
+   did not run, as a real CPU at DISPATCH_LEVEL cannot be preempted), and the longest
+   hold is kept per acquiring call site. */
+#define MAX_HOLD_SITES 64
+static volatile int holdMeasuring;
+static pthread_mutex_t holdLock = PTHREAD_MUTEX_INITIALIZER;
+static long long holdBudgetNs;
+static struct {
+    void *site;
+    long long maxNs;
+    long long totalNs;
+    long count;
+    long over;
+} holdSites[MAX_HOLD_SITES];
+
+/* Preemptions and page faults are artefacts of user mode (a real CPU at DISPATCH_LEVEL
+   is not preempted and non-paged pool does not fault): a hold they disturbed is not
+   measured (counted in "disturbed"). */
+static long thread_disturbances(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_THREAD, &ru);
+    return ru.ru_nivcsw + ru.ru_minflt + ru.ru_majflt;
+}
+static volatile long holdsDisturbed;
+long emu_lock_holds_disturbed(void) { return holdsDisturbed; }
+
+static long long thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+void emu_lock_hold_measure(int on, long long budgetNs)
+{
+    pthread_mutex_lock(&holdLock);
+    holdBudgetNs = budgetNs;
+    if (on) {
+        memset(holdSites, 0, sizeof(holdSites));
+        holdsDisturbed = 0;
+    }
+    holdMeasuring = on;
+    pthread_mutex_unlock(&holdLock);
+}
+
+static void hold_record(void *site, long long ns)
+{
+    pthread_mutex_lock(&holdLock);
+    for (int i = 0; i < MAX_HOLD_SITES; i++) {
+        if (holdSites[i].site == site || holdSites[i].site == NULL) {
+            holdSites[i].site = site;
+            holdSites[i].count++;
+            holdSites[i].totalNs += ns;
+            holdSites[i].over += holdBudgetNs > 0 && ns > holdBudgetNs;
+            if (ns > holdSites[i].maxNs) {
+                holdSites[i].maxNs = ns;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&holdLock);
+}
+
+int emu_lock_hold_sites(emu_hold_site *out, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&holdLock);
+    for (int i = 0; i < MAX_HOLD_SITES && n < max && holdSites[i].site != NULL; i++) {
+        out[n].site = holdSites[i].site;
+        out[n].maxNs = holdSites[i].maxNs;
+        out[n].totalNs = holdSites[i].totalNs;
+        out[n].count = holdSites[i].count;
+        out[n].over = holdSites[i].over;
+        n++;
+    }
+    pthread_mutex_unlock(&holdLock);
+    return n;
+}
 
 const char *emu_irql_name(KIRQL irql)
 {
@@ -376,6 +515,11 @@ void KeAcquireSpinLock(PKSPIN_LOCK lock, PKIRQL oldIrql)
     *oldIrql = tls.irql;
     tls.irql = DISPATCH_LEVEL;
     spin_acquire(lock, "KeAcquireSpinLock");
+    if (holdMeasuring && tls.held > 0 && tls.held <= MAX_HELD_LOCKS) {
+        tls.holdSite[tls.held - 1] = __builtin_return_address(0);
+        tls.holdDisturb[tls.held - 1] = thread_disturbances();
+        tls.holdStart[tls.held - 1] = thread_cpu_ns();
+    }
 }
 
 void KeReleaseSpinLock(PKSPIN_LOCK lock, KIRQL newIrql)
@@ -383,6 +527,17 @@ void KeReleaseSpinLock(PKSPIN_LOCK lock, KIRQL newIrql)
     if (tls.irql != DISPATCH_LEVEL) {
         emu_violation("KeReleaseSpinLock at IRQL %d (%s); a held spin lock means DISPATCH_LEVEL", tls.irql,
                       emu_irql_name(tls.irql));
+    }
+    if (holdMeasuring && tls.held > 0 && tls.held <= MAX_HELD_LOCKS && tls.holdStart[tls.held - 1] != 0) {
+        long long ns = thread_cpu_ns() - tls.holdStart[tls.held - 1];
+        if (thread_disturbances() == tls.holdDisturb[tls.held - 1]) {
+            hold_record(tls.holdSite[tls.held - 1], ns);
+        } else {
+            __atomic_add_fetch(&holdsDisturbed, 1, __ATOMIC_RELAXED);
+        }
+    }
+    if (tls.held > 0 && tls.held <= MAX_HELD_LOCKS) {
+        tls.holdStart[tls.held - 1] = 0;
     }
     spin_release(lock, "KeReleaseSpinLock");
     if (newIrql > DISPATCH_LEVEL) {
@@ -393,6 +548,7 @@ void KeReleaseSpinLock(PKSPIN_LOCK lock, KIRQL newIrql)
         emu_violation("KeReleaseSpinLock lowered IRQL to %s while %d spin lock(s) are still held",
                       emu_irql_name(newIrql), tls.held);
     }
+    emu_sched_point(); /* another CPU gets the lock first */
 }
 
 void KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK lock)
@@ -880,6 +1036,19 @@ ULONG DbgPrintEx(ULONG component, ULONG level, PCSTR format, ...)
 }
 
 /* ---- checks and reset ---- */
+int emu_threads_running(void)
+{
+    int n = 0;
+    int locked = pthread_mutex_trylock(&dlock) == 0;
+    for (struct _KTHREAD *t = threads; t != NULL; t = t->next) {
+        n += t->running != 0;
+    }
+    if (locked) {
+        pthread_mutex_unlock(&dlock);
+    }
+    return n;
+}
+
 void emu_kernel_check_clean(void)
 {
     pool_check_and_free("unload");

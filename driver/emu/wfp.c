@@ -6,6 +6,7 @@
  * it calls into the driver.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,6 +160,7 @@ static UINT64 nextConnId = 1;
 typedef struct injection {
     UINT32 magic;
     ADDRESS_FAMILY af;
+    int inflight;           /* injections whose completion has not run yet */
     struct injection *next;
 } injection;
 #define INJ_MAGIC 0x494e4a48u
@@ -701,7 +703,9 @@ void FwpsCompleteOperation0(HANDLE completionContext, PNET_BUFFER_LIST netBuffer
     }
     r->state = PEND_COMPLETED;
     pthread_mutex_unlock(&wlock);
+    emu_sched_point();
     post_complete(r, n);
+    emu_sched_point();
 }
 
 /* ---- classify machinery ---- */
@@ -1207,9 +1211,14 @@ NTSTATUS FwpsInjectionHandleDestroy0(HANDLE h)
     for (injection **pp = &injections; *pp; pp = &(*pp)->next) {
         if ((HANDLE)*pp == h) {
             injection *i = *pp;
+            int inflight = i->inflight;
             *pp = i->next;
             pthread_mutex_unlock(&wlock);
             free(i);
+            if (inflight > 0) {
+                emu_violation("FwpsInjectionHandleDestroy0: %d injection(s) on this handle still in flight; their "
+                              "completion would run in an unloaded driver (0xCE)", inflight);
+            }
             return STATUS_SUCCESS;
         }
     }
@@ -1235,6 +1244,143 @@ FWPS_PACKET_INJECTION_STATE FwpsQueryPacketInjectionState0(HANDLE h, const NET_B
     }
     pthread_mutex_unlock(&wlock);
     return s;
+}
+
+/* Injection completions. tcpip calls the completion function when it is done with the
+   injected clone: sometimes before the injection call returns, usually later, on
+   another CPU. The emulation alternates (LATCH_EMU_INJECT=0 inline, 1 deferred, 2
+   alternate, the default) and delivers deferred completions from a thread of its own
+   after injectDelayMs, so a driver that releases the original packet before its
+   clone's completion, or unloads before every completion ran, is caught. */
+typedef struct inj_item {
+    FWPS_INJECT_COMPLETE0 fn;
+    HANDLE context;
+    NET_BUFFER_LIST *nbl;
+    HANDLE handle;
+    struct timespec due;
+    struct inj_item *next;
+} inj_item;
+static inj_item *iqHead, *iqTail;
+static int iqBusy, iqStarted, iqStop, iqPending;
+static pthread_t iqThread;
+static pthread_cond_t iqCond = PTHREAD_COND_INITIALIZER;
+static int injectMode = 2;
+static unsigned injectCounter;
+static int injectDelayMs = 2;
+
+void emu_set_inject_mode(int mode) { injectMode = mode; }
+void emu_set_inject_delay_ms(int ms) { injectDelayMs = ms; }
+int emu_injections_in_flight(void)
+{
+    pthread_mutex_lock(&wlock);
+    int n = iqPending;
+    pthread_mutex_unlock(&wlock);
+    return n;
+}
+
+static void inject_done_locked(HANDLE h)
+{
+    injection *i = injection_get_locked(h);
+    if (i != NULL) {
+        i->inflight--;
+    }
+}
+
+static void deliver_completion(FWPS_INJECT_COMPLETE0 fn, HANDLE context, NET_BUFFER_LIST *nbl)
+{
+    KIRQL old;
+    int raised = KeGetCurrentIrql() < DISPATCH_LEVEL;
+    emu_sched_point();
+    if (raised) {
+        KeRaiseIrql(DISPATCH_LEVEL, &old);
+    }
+    fn(context, nbl, TRUE);
+    if (raised) {
+        KeLowerIrql(old);
+    }
+    emu_sched_point();
+}
+
+static void *inject_queue_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&wlock);
+    for (;;) {
+        while (iqHead == NULL && !iqStop) {
+            pthread_cond_wait(&iqCond, &wlock);
+        }
+        if (iqHead == NULL) {
+            break;
+        }
+        inj_item *it = iqHead;
+        /* in order of submission, each no earlier than its due time */
+        while (!iqStop) {
+            if (pthread_cond_timedwait(&iqCond, &wlock, &it->due) == ETIMEDOUT) {
+                break;
+            }
+        }
+        if (iqStop) {
+            break;
+        }
+        iqHead = it->next;
+        if (iqHead == NULL) {
+            iqTail = NULL;
+        }
+        iqBusy = 1;
+        /* Counted done as the call starts: what the driver does once its completion
+           function signalled (unload, destroying the handle) is not in flight. */
+        inject_done_locked(it->handle);
+        iqPending--;
+        pthread_mutex_unlock(&wlock);
+        deliver_completion(it->fn, it->context, it->nbl);
+        pthread_mutex_lock(&wlock);
+        free(it);
+        iqBusy = 0;
+        pthread_cond_broadcast(&iqCond);
+    }
+    pthread_mutex_unlock(&wlock);
+    return NULL;
+}
+
+/* Called with wlock held; the injection was accepted: its completion runs inline
+   (returns 1, the caller calls it after dropping wlock) or later (returns 0). */
+static int inject_schedule_locked(injection *i, FWPS_INJECT_COMPLETE0 fn, HANDLE context, NET_BUFFER_LIST *nbl)
+{
+    i->inflight++;
+    int deferred = injectMode == 1 || (injectMode == 2 && (injectCounter++ & 1));
+    if (!deferred) {
+        return 1;
+    }
+    inj_item *it = calloc(1, sizeof(*it));
+    it->fn = fn;
+    it->context = context;
+    it->nbl = nbl;
+    it->handle = (HANDLE)i;
+    clock_gettime(CLOCK_REALTIME, &it->due);
+    it->due.tv_nsec += (long)injectDelayMs * 1000000L;
+    it->due.tv_sec += it->due.tv_nsec / 1000000000L;
+    it->due.tv_nsec %= 1000000000L;
+    if (iqTail != NULL) {
+        iqTail->next = it;
+    } else {
+        iqHead = it;
+    }
+    iqTail = it;
+    iqPending++;
+    if (!iqStarted) {
+        iqStarted = 1;
+        pthread_create(&iqThread, NULL, inject_queue_main, NULL);
+    }
+    pthread_cond_broadcast(&iqCond);
+    return 0;
+}
+
+static void inject_inline_done(HANDLE h, FWPS_INJECT_COMPLETE0 fn, HANDLE context, NET_BUFFER_LIST *nbl)
+{
+    pthread_mutex_lock(&wlock);
+    inject_done_locked(h);
+    pthread_mutex_unlock(&wlock);
+    deliver_completion(fn, context, nbl);
 }
 
 NTSTATUS FwpsInjectTransportReceiveAsync0(HANDLE h, HANDLE injectionContext, PVOID reserved, UINT32 flags,
@@ -1289,9 +1435,14 @@ NTSTATUS FwpsInjectTransportReceiveAsync0(HANDLE h, HANDLE injectionContext, PVO
         emu_violation("the driver pended its own injected packet");
     }
     apply_result(c, r, pend);
-    fn(completionContext, nbl, KeGetCurrentIrql() == DISPATCH_LEVEL);
     if (raised) {
         KeLowerIrql(old);
+    }
+    pthread_mutex_lock(&wlock);
+    int inlineDone = inject_schedule_locked(i, fn, completionContext, nbl);
+    pthread_mutex_unlock(&wlock);
+    if (inlineDone) {
+        inject_inline_done(h, fn, completionContext, nbl);
     }
     return STATUS_SUCCESS;
 }
@@ -1329,16 +1480,24 @@ NTSTATUS FwpsInjectTransportSendAsync1(HANDLE h, HANDLE injectionContext, UINT64
                       "function");
         return STATUS_INVALID_PARAMETER;
     }
-    KIRQL old;
-    int raised = KeGetCurrentIrql() < DISPATCH_LEVEL;
-    if (raised) {
-        KeRaiseIrql(DISPATCH_LEVEL, &old);
-    }
-    fn(completionContext, nbl, TRUE);
-    if (raised) {
-        KeLowerIrql(old);
+    pthread_mutex_lock(&wlock);
+    int inlineDone = inject_schedule_locked(i, fn, completionContext, nbl);
+    pthread_mutex_unlock(&wlock);
+    if (inlineDone) {
+        inject_inline_done(h, fn, completionContext, nbl);
     }
     return STATUS_SUCCESS;
+}
+
+int emu_packet_references(void)
+{
+    int refs = 0;
+    pthread_mutex_lock(&wlock);
+    for (emu_nbl *x = nbls; x; x = x->next) {
+        refs += x->isClone ? 0 : x->refs;
+    }
+    pthread_mutex_unlock(&wlock);
+    return refs;
 }
 
 int emu_conn_datagrams_sent(emu_conn *c)
@@ -1379,6 +1538,22 @@ NTSTATUS FwpsFlowAssociateContext0(UINT64 flowId, UINT16 layerId, UINT32 callout
                       calloutId);
         st = STATUS_INVALID_PARAMETER;
     } else if (layer_by_id(layerId) == NULL) {
+        st = STATUS_INVALID_PARAMETER;
+    } else if (context == 0) {
+        /* WFP passes the context back to flowDeleteFn and classifyFn as flowContext, where
+           0 means "none": a zero context can never be told apart or freed. */
+        emu_violation("FwpsFlowAssociateContext0: a zero context (flow %llu, layer %u)", (unsigned long long)flowId,
+                      layerId);
+        st = STATUS_INVALID_PARAMETER;
+    } else if (layer_by_id(layerId)->v6 != c->p.v6) {
+        emu_violation("FwpsFlowAssociateContext0: layer %u is for IPv%d, flow %llu is IPv%d", layerId,
+                      layer_by_id(layerId)->v6 ? 6 : 4, (unsigned long long)flowId, c->p.v6 ? 6 : 4);
+        st = STATUS_INVALID_PARAMETER;
+    } else if (find_object(3, &callouts[calloutId - 1].reg.calloutKey) != NULL &&
+               find_object(3, &callouts[calloutId - 1].reg.calloutKey)->layerId != layerId) {
+        emu_violation("FwpsFlowAssociateContext0: callout %u was added for layer %u, not layer %u: its classifyFn "
+                      "would never see the context", calloutId,
+                      find_object(3, &callouts[calloutId - 1].reg.calloutKey)->layerId, layerId);
         st = STATUS_INVALID_PARAMETER;
     } else {
         for (assoc *a = assocs; a; a = a->next) {
@@ -1593,6 +1768,7 @@ static int reauthMode = 2; /* 0 inline, 1 deferred, 2 alternate */
 static unsigned reauthCounter;
 typedef struct reauth_item {
     emu_conn *conn;
+    struct timespec due;    /* completion time + reauthDelayMs */
     struct reauth_item *next;
 } reauth_item;
 static reauth_item *rqHead, *rqTail;
@@ -1600,7 +1776,9 @@ static int rqBusy, rqStarted, rqStop;
 static pthread_t rqThread;
 static pthread_cond_t rqCond = PTHREAD_COND_INITIALIZER;
 
+static int reauthDelayMs;
 void emu_set_reauth_mode(int mode) { reauthMode = mode; }
+void emu_set_reauth_delay_ms(int ms) { reauthDelayMs = ms; }
 
 static void reauthorize_now(emu_conn *c)
 {
@@ -1624,12 +1802,15 @@ static void *reauth_queue_main(void *arg)
             break;
         }
         reauth_item *it = rqHead;
+        while (!rqStop && pthread_cond_timedwait(&rqCond, &wlock, &it->due) != ETIMEDOUT) {
+        }
         rqHead = it->next;
         if (rqHead == NULL) {
             rqTail = NULL;
         }
         rqBusy = 1;
         pthread_mutex_unlock(&wlock);
+        emu_sched_point();
         reauthorize_now(it->conn);
         free(it);
         pthread_mutex_lock(&wlock);
@@ -1651,6 +1832,10 @@ static void post_complete(pend_record *r, emu_nbl *nbl)
         if (deferred) {
             reauth_item *it = calloc(1, sizeof(*it));
             it->conn = c;
+            clock_gettime(CLOCK_REALTIME, &it->due);
+            it->due.tv_nsec += (long)reauthDelayMs * 1000000L;
+            it->due.tv_sec += it->due.tv_nsec / 1000000000L;
+            it->due.tv_nsec %= 1000000000L;
             if (rqTail != NULL) {
                 rqTail->next = it;
             } else {
@@ -1893,6 +2078,53 @@ void emu_wait_reauth_idle(void)
 }
 
 /* ---- checks and reset ---- */
+void emu_wfp_describe_live(char *buf, size_t n)
+{
+    size_t used = 0;
+    int locked = pthread_mutex_trylock(&wlock) == 0; /* best effort if a stuck thread holds it */
+    int flows = 0, pendsOpen = 0;
+#define APPEND(...)                                                                                            \
+    do {                                                                                                       \
+        if (used < n) {                                                                                        \
+            int w_ = snprintf(buf + used, n - used, __VA_ARGS__);                                              \
+            used += w_ > 0 ? (size_t)w_ : 0;                                                                   \
+        }                                                                                                      \
+    } while (0)
+    buf[0] = 0;
+    for (assoc *a = assocs; a; a = a->next) {
+        flows++;
+    }
+    APPEND("%d flow context(s)", flows);
+    int shown = 0;
+    for (assoc *a = assocs; a && shown < 8; a = a->next, shown++) {
+        APPEND("%s flow %llu layer %u callout %u%s", shown ? "," : " [", (unsigned long long)a->flowId, a->layerId,
+               a->calloutId, a->removePending ? " (removal pending)" : "");
+    }
+    APPEND("%s", shown ? "]" : "");
+    for (pend_record *r = pends; r; r = r->next) {
+        pendsOpen += r->state != PEND_COMPLETED;
+    }
+    APPEND("; %d pended operation(s) not completed", pendsOpen);
+    shown = 0;
+    for (pend_record *r = pends; r && shown < 8; r = r->next) {
+        if (r->state != PEND_COMPLETED) {
+            APPEND("%s connection %llu", shown++ ? "," : " [", (unsigned long long)r->conn->id);
+        }
+    }
+    APPEND("%s", shown ? "]" : "");
+    APPEND("; %d injection(s) in flight", iqPending);
+    int refs = 0, clones = 0;
+    for (emu_nbl *x = nbls; x; x = x->next) {
+        clones += x->isClone;
+        refs += x->refs;
+    }
+    APPEND("; %d clone(s), %d packet reference(s)", clones, refs);
+#undef APPEND
+    if (locked) {
+        pthread_mutex_unlock(&wlock);
+    }
+}
+
 void emu_wfp_check_clean(void)
 {
     emu_wait_reauth_idle();
@@ -1917,6 +2149,10 @@ void emu_wfp_check_clean(void)
     }
     for (injection *i = injections; i; i = i->next) {
         emu_violation("unload: an injection handle was not destroyed");
+    }
+    if (iqPending > 0) {
+        emu_violation("unload: %d injection(s) still in flight: tcpip would call the completion function of an "
+                      "unloaded driver (0xCE)", iqPending);
     }
     for (emu_nbl *n = nbls; n; n = n->next) {
         if (n->isClone) {
@@ -1947,7 +2183,27 @@ void emu_wfp_reset(void)
         pthread_join(rqThread, NULL);
         rqStarted = rqStop = 0;
     }
+    if (iqStarted) {
+        pthread_mutex_lock(&wlock);
+        iqStop = 1;
+        pthread_cond_broadcast(&iqCond);
+        pthread_mutex_unlock(&wlock);
+        pthread_join(iqThread, NULL);
+        iqStarted = iqStop = 0;
+    }
+    while (iqHead != NULL) { /* after a violation: completions nobody waited for */
+        inj_item *it = iqHead;
+        iqHead = it->next;
+        free(it);
+    }
+    iqTail = NULL;
+    iqPending = 0;
+    injectCounter = 0;
+    injectDelayMs = 2;
+    const char *imode = getenv("LATCH_EMU_INJECT");
+    injectMode = (imode != NULL && imode[0] >= '0' && imode[0] <= '2') ? imode[0] - '0' : 2;
     reauthCounter = 0;
+    reauthDelayMs = 0;
     const char *mode = getenv("LATCH_EMU_REAUTH");
     reauthMode = (mode != NULL && mode[0] >= '0' && mode[0] <= '2') ? mode[0] - '0' : 2;
     pthread_mutex_lock(&wlock);

@@ -44,7 +44,7 @@ static UINT64 MakeKey(ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId, c
     return h == 0 ? 1 : h;
 }
 
-static BOOLEAN LookupLocked(UINT64 Key, ULONGLONG Now, ULONG *Action)
+LATCH_LOCKED static BOOLEAN LookupLocked(UINT64 Key, ULONGLONG Now, ULONG *Action)
 {
     ULONG i;
     for (i = 0; i < LATCH_CACHE_PROBE; i++) {
@@ -73,7 +73,7 @@ BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR
     return hit;
 }
 
-void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+LATCH_LOCKED void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
                             ULONG Scope, ULONG TtlMs, ULONG Action)
 {
     UINT64 key;

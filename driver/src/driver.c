@@ -69,6 +69,8 @@ static BOOLEAN LatchReadDword(HANDLE Key, PCWSTR Name, ULONG *Value)
     if (!NT_SUCCESS(status) || buffer.Info.Type != REG_DWORD || buffer.Info.DataLength != sizeof(ULONG)) {
         return FALSE;
     }
+    /* Data[] is variable-length: the union's Raw member gives it room for a ULONG. */
+    // cppcheck-suppress bufferAccessOutOfBounds
     RtlCopyMemory(Value, buffer.Info.Data, sizeof(ULONG));
     return TRUE;
 }

@@ -14,14 +14,14 @@ static void FreeFlow(PLATCH_FLOW Flow)
 
 /* Caller holds g.Lock. NoFlows tracks FlowCount == 0 so unload can wait for the last
    flowDeleteFn however late it comes (FwpsFlowRemoveContext0 may return STATUS_PENDING). */
-static void FlowCountIncLocked(void)
+LATCH_LOCKED static void FlowCountIncLocked(void)
 {
     if (g.FlowCount++ == 0) {
         KeClearEvent(&g.NoFlows);
     }
 }
 
-static void FlowCountDecLocked(void)
+LATCH_LOCKED static void FlowCountDecLocked(void)
 {
     if (--g.FlowCount == 0) {
         KeSetEvent(&g.NoFlows, IO_NO_INCREMENT, FALSE);
@@ -35,7 +35,43 @@ static BOOLEAN SameConnection(const LATCH_TUPLE *a, const LATCH_TUPLE *b)
            RtlEqualMemory(a->RemoteAddr, b->RemoteAddr, 16);
 }
 
-void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId)
+/* The flow table: every live context, hashed by connection so that the
+   reauthorization classify finds its flow in O(1) under g.Lock. */
+static ULONG FlowHash(const LATCH_TUPLE *Tuple)
+{
+    UINT64 h = ((UINT64)Tuple->LocalPort << 24 | (UINT64)Tuple->RemotePort << 8 | Tuple->Protocol) *
+               0x9E3779B97F4A7C15ULL;
+    ULONG i;
+    for (i = 0; i < 16; i++) {
+        h = (h ^ Tuple->RemoteAddr[i] ^ ((UINT64)Tuple->LocalAddr[i] << 8)) * 0x100000001B3ULL;
+    }
+    return (ULONG)(h >> 32) & (LATCH_FLOW_BUCKETS - 1);
+}
+
+LATCH_LOCKED static void FlowLinkLocked(PLATCH_FLOW Flow)
+{
+    PLATCH_FLOW *head = &g.FlowBuckets[FlowHash(&Flow->Tuple)];
+    InsertTailList(&g.FlowList, &Flow->Link);
+    Flow->HashNext = *head;
+    *head = Flow;
+    FlowCountIncLocked();
+}
+
+LATCH_LOCKED static void FlowUnlinkLocked(PLATCH_FLOW Flow)
+{
+    PLATCH_FLOW *pp = &g.FlowBuckets[FlowHash(&Flow->Tuple)];
+    while (*pp != NULL && *pp != Flow) {
+        pp = &(*pp)->HashNext;
+    }
+    if (*pp == Flow) {
+        *pp = Flow->HashNext;
+    }
+    Flow->HashNext = NULL;
+    RemoveEntryList(&Flow->Link);
+    InitializeListHead(&Flow->Link);
+}
+
+LATCH_LOCKED void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId)
 {
     LATCH_RECENT *slot = &g.Recent[g.RecentNext++ % LATCH_RECENT_SLOTS]; /* oldest goes */
     slot->Tuple = *Tuple;
@@ -43,7 +79,7 @@ void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId)
 }
 
 /* Takes the id of the request that decided this connection, if it is still known. */
-static UINT64 TakeVerdictIdLocked(const LATCH_TUPLE *Tuple)
+LATCH_LOCKED static UINT64 TakeVerdictIdLocked(const LATCH_TUPLE *Tuple)
 {
     ULONG i;
     for (i = 0; i < LATCH_RECENT_SLOTS; i++) {
@@ -116,22 +152,21 @@ void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATC
     layer = flow->LayerId;
     callout = flow->CalloutId;
     KeAcquireSpinLock(&g.Lock, &irql);
-    if (!g.Accepting) {
+    if (!g.Accepting || g.FlowCount >= LATCH_MAX_FLOWS) {
         KeReleaseSpinLock(&g.Lock, irql);
         FreeFlow(flow);
         return;
     }
     flow->VerdictId = TakeVerdictIdLocked(Tuple);
     flow->Associating = TRUE;
-    InsertTailList(&g.FlowList, &flow->Link);
-    FlowCountIncLocked();
+    FlowLinkLocked(flow);
     KeReleaseSpinLock(&g.Lock, irql);
 
     status = FwpsFlowAssociateContext0(handle, layer, callout, (UINT64)(ULONG_PTR)flow);
     KeAcquireSpinLock(&g.Lock, &irql);
     flow->Associating = FALSE;
     if (!NT_SUCCESS(status)) {
-        RemoveEntryList(&flow->Link);
+        FlowUnlinkLocked(flow);
         FlowCountDecLocked();
         freeNow = TRUE;
     } else if (flow->DeleteSeen) {
@@ -161,8 +196,7 @@ void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
         return;
     }
     KeAcquireSpinLock(&g.Lock, &irql);
-    RemoveEntryList(&flow->Link);
-    InitializeListHead(&flow->Link);
+    FlowUnlinkLocked(flow);
     if (flow->Associating) {
         flow->DeleteSeen = TRUE; /* LatchFlowEstablished still holds it and frees it */
         KeReleaseSpinLock(&g.Lock, irql);
@@ -177,13 +211,12 @@ void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext)
    permitted flow), for its reauthorization pass, which cannot be pended. */
 BOOLEAN LatchFlowVerdict(const LATCH_TUPLE *Tuple, ULONG *Action)
 {
-    PLIST_ENTRY link;
+    PLATCH_FLOW f;
     BOOLEAN found = FALSE;
     KIRQL irql;
 
     KeAcquireSpinLock(&g.Lock, &irql);
-    for (link = g.FlowList.Flink; link != &g.FlowList; link = link->Flink) {
-        PLATCH_FLOW f = CONTAINING_RECORD(link, LATCH_FLOW, Link);
+    for (f = g.FlowBuckets[FlowHash(Tuple)]; f != NULL; f = f->HashNext) {
         if (SameConnection(&f->Tuple, Tuple)) {
             found = TRUE;
             break;
@@ -216,16 +249,21 @@ void LatchRemoveAllFlows(void)
         UINT16 layer = 0;
         UINT32 callout = 0;
 
+        /* O(1) per hold of the lock: a flow asked to go moves to the tail, so the head
+           is the next one to ask until every flow has been asked (no flow is added once
+           unload has begun: g.Accepting is 0). */
         KeAcquireSpinLock(&g.Lock, &irql);
-        for (link = g.FlowList.Flink; link != &g.FlowList; link = link->Flink) {
+        link = g.FlowList.Flink;
+        if (link != &g.FlowList) {
             PLATCH_FLOW f = CONTAINING_RECORD(link, LATCH_FLOW, Link);
             if (!f->RemoveRequested) {
                 f->RemoveRequested = TRUE;
+                RemoveEntryList(&f->Link);
+                InsertTailList(&g.FlowList, &f->Link);
                 flow = f;
                 handle = f->FlowHandle;
                 layer = f->LayerId;
                 callout = f->CalloutId;
-                break;
             }
         }
         KeReleaseSpinLock(&g.Lock, irql);

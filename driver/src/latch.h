@@ -29,10 +29,30 @@
 #define LATCH_CACHE_SLOTS             1024   /* power of two */
 #define LATCH_CACHE_PROBE             8
 #define LATCH_SEND_TIMEOUT_MS         1000   /* FltSendMessage delivery bound */
+#define LATCH_SEND_STALLED_TIMEOUT_MS 1      /* the bound once a send timed out (never 0: see worker.c) */
 #define LATCH_WORKER_TICK_MS          50     /* deadline granularity */
 #define LATCH_DEFAULT_TIMEOUT_MS      30000
 #define LATCH_REAUTH_GRACE_MS         10000  /* decided entries kept for the reauth pass */
 #define LATCH_RECENT_SLOTS            256    /* verdict ids waiting for ALE_FLOW_ESTABLISHED */
+/* Lookups under g.Lock at DISPATCH_LEVEL are O(1) or bounded (see PROTOCOL.md, "Time at
+   DISPATCH_LEVEL"): hashed pending entries by id and by connection, a bounded-probe
+   table of per-process counts, and list walks of at most LATCH_SCAN_CHUNK entries per
+   lock hold. */
+#define LATCH_ID_BUCKETS              8192   /* power of two */
+#define LATCH_REAUTH_BUCKETS          8192   /* power of two */
+#define LATCH_PROC_SLOTS              8192   /* power of two, >= 2 * LATCH_MAX_PENDING */
+#define LATCH_PROC_PROBE              64
+#define LATCH_SCAN_CHUNK              128
+/* An absorbed packet (RECV_ACCEPT's SYN or first datagram, an outbound UDP/ICMP first
+   datagram) is referenced at most LATCH_PACKET_HOLD_MS; after that it is released and
+   the connection stays pending. A verdict that comes later is cached for the
+   connection for LATCH_RETRANSMIT_TTL_MS so the peer's (or the program's) retransmit is
+   decided at once (PROTOCOL.md, "Held packets"). */
+#define LATCH_PACKET_HOLD_MS          3000
+#define LATCH_RETRANSMIT_TTL_MS       60000
+#define LATCH_RELEASE_BATCH           32     /* packets released per scan */
+#define LATCH_MAX_FLOWS               65536  /* flow contexts; beyond, a flow gets none */
+#define LATCH_FLOW_BUCKETS            16384  /* power of two */
 
 /* WFP callouts we register, in table order (callouts.c). */
 enum {
@@ -52,7 +72,8 @@ enum {
 typedef enum _LATCH_PENDING_STATE {
     LatchPendingWaiting = 1, /* pended, waiting for a verdict (maybe not yet sent) */
     LatchPendingDecided,     /* verdict stored, operation completed, awaiting the reauth pass */
-    LatchPendingReserved     /* counted against the caps while LatchPend pends outside the lock */
+    LatchPendingReserved,    /* counted against the caps while LatchPend pends outside the lock */
+    LatchPendingMarker       /* a scan's place holder in PendingList (ScanPending), not an entry */
 } LATCH_PENDING_STATE;
 
 /* The connection as the driver saw it at an ALE layer. */
@@ -73,6 +94,8 @@ typedef struct _LATCH_PENDING {
     LIST_ENTRY Link;            /* g.PendingList */
     LIST_ENTRY SendLink;        /* g.SendQueue while Queued */
     LIST_ENTRY CompleteLink;    /* a local batch being completed outside the lock */
+    struct _LATCH_PENDING *IdNext;     /* g.IdBuckets chain while Waiting */
+    struct _LATCH_PENDING *ReauthNext; /* g.ReauthBuckets chain while Decided (outbound) */
     BOOLEAN Queued;
     LATCH_PENDING_STATE State;
     UINT64 RequestId;
@@ -86,6 +109,8 @@ typedef struct _LATCH_PENDING {
     /* RECV_ACCEPT, and the first datagram of an outbound UDP/ICMP connection: the
        referenced original packet and where to re-inject it. */
     PNET_BUFFER_LIST NetBufferList;
+    ULONGLONG PacketDeadline;   /* KeQueryInterruptTime: the reference is dropped then */
+    BOOLEAN PacketReleased;     /* held too long: dropped, the retransmit decides */
     SCOPE_ID RemoteScopeId;     /* outbound datagram */
     ULONG NblOffset;
     UINT32 IpHeaderSize;
@@ -103,6 +128,11 @@ typedef struct _LATCH_RECENT {
     UINT64 RequestId;           /* 0: empty */
 } LATCH_RECENT;
 
+typedef struct _LATCH_PROC_SLOT {
+    UINT64 ProcessId;
+    ULONG Count;                /* Waiting + Reserved entries of the process; 0: free slot */
+} LATCH_PROC_SLOT;
+
 typedef struct _LATCH_CACHE_SLOT {
     UINT64 Key;                 /* 0: empty */
     ULONGLONG Expires;
@@ -111,6 +141,7 @@ typedef struct _LATCH_CACHE_SLOT {
 
 typedef struct _LATCH_FLOW {
     LIST_ENTRY Link;            /* g.FlowList */
+    struct _LATCH_FLOW *HashNext; /* g.FlowBuckets chain while on g.FlowList */
     LATCH_TUPLE Tuple;          /* matches the flow's reauthorization classify */
     UINT64 FlowHandle;
     UINT16 LayerId;
@@ -144,10 +175,14 @@ typedef struct _LATCH_GLOBALS {
     LIST_ENTRY SendQueue;
     ULONG PendingCount;         /* entries in PendingList in state Waiting */
     ULONG DecidedCount;         /* entries in PendingList in state Decided */
+    struct _LATCH_PENDING *IdBuckets[LATCH_ID_BUCKETS];
+    struct _LATCH_PENDING *ReauthBuckets[LATCH_REAUTH_BUCKETS];
+    LATCH_PROC_SLOT Procs[LATCH_PROC_SLOTS];
     LATCH_RECENT Recent[LATCH_RECENT_SLOTS];
     ULONG RecentNext;
     LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
     LIST_ENTRY FlowList;
+    struct _LATCH_FLOW *FlowBuckets[LATCH_FLOW_BUCKETS];
     ULONG FlowCount;
     KEVENT NoFlows;             /* signaled while FlowCount is 0 (set and cleared under g.Lock) */
 
@@ -170,6 +205,19 @@ typedef struct _LATCH_GLOBALS {
 } LATCH_GLOBALS;
 
 extern LATCH_GLOBALS g;
+
+/* A function that must be called with g.Lock held (checked by clang -Wthread-safety in
+   `make -C driver analyze`, and by the WDK's Code Analysis through SAL). */
+#if defined(__clang__)
+#define LATCH_LOCKED __attribute__((requires_capability(g.Lock)))
+#define LATCH_UNLOCKED __attribute__((locks_excluded(g.Lock)))
+#elif defined(_MSC_VER)
+#define LATCH_LOCKED _Requires_lock_held_(g.Lock)
+#define LATCH_UNLOCKED _Requires_lock_not_held_(g.Lock)
+#else
+#define LATCH_LOCKED
+#define LATCH_UNLOCKED
+#endif
 
 #define LatchCount(i) InterlockedIncrement64(&g.Stats[(i)])
 #define LATCH_MS_TO_100NS(ms) ((ULONGLONG)(ms) * 10000ULL)
@@ -211,7 +259,7 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
 BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
                          ULONG *Action);
 /* Caller holds g.Lock. */
-void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+LATCH_LOCKED void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
                       ULONG Scope, ULONG TtlMs, ULONG Action);
 void LatchCacheFlush(void);
 void LatchCountAction(ULONG Action);
@@ -219,7 +267,7 @@ void LatchCountAction(ULONG Action);
 /* flow.c */
 void LatchFlowEstablished(const FWPS_INCOMING_METADATA_VALUES0 *Meta, const LATCH_TUPLE *Tuple);
 /* Caller holds g.Lock. */
-void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId);
+LATCH_LOCKED void LatchRememberVerdictLocked(const LATCH_TUPLE *Tuple, UINT64 RequestId);
 void NTAPI LatchFlowDelete(UINT16 LayerId, UINT32 CalloutId, UINT64 FlowContext);
 void LatchFlowCountBytes(UINT64 FlowContext, SIZE_T Bytes, BOOLEAN Inbound);
 BOOLEAN LatchFlowVerdict(const LATCH_TUPLE *Tuple, ULONG *Action);

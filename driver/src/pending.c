@@ -23,26 +23,97 @@ void LatchCountAction(ULONG Action)
     LatchCount(Action == LATCH_ACTION_PERMIT ? LATCH_STAT_PERMITTED : LATCH_STAT_BLOCKED);
 }
 
-static ULONG CountWaitingForProcess(UINT64 ProcessId)
+/* Per-process counts of Waiting + Reserved entries: a table probed at most
+   LATCH_PROC_PROBE slots from the process's home slot (O(1), bounded), never a walk of
+   the pending list. Caller holds g.Lock. */
+static ULONG ProcHome(UINT64 ProcessId)
 {
-    PLIST_ENTRY link;
-    ULONG count = 0;
-
-    for (link = g.PendingList.Flink; link != &g.PendingList; link = link->Flink) {
-        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
-        if ((e->State == LatchPendingWaiting || e->State == LatchPendingReserved) && e->ProcessId == ProcessId) {
-            count++;
-        }
-    }
-    return count;
+    return (ULONG)((ProcessId * 0x9E3779B97F4A7C15ULL) >> 40) & (LATCH_PROC_SLOTS - 1);
 }
 
-static PLATCH_PENDING FindWaitingLocked(UINT64 RequestId)
+static LATCH_PROC_SLOT *ProcFindLocked(UINT64 ProcessId, BOOLEAN Create)
 {
-    PLIST_ENTRY link;
+    LATCH_PROC_SLOT *free = NULL;
+    ULONG home = ProcHome(ProcessId), i;
 
-    for (link = g.PendingList.Flink; link != &g.PendingList; link = link->Flink) {
-        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+    for (i = 0; i < LATCH_PROC_PROBE; i++) {
+        LATCH_PROC_SLOT *slot = &g.Procs[(home + i) & (LATCH_PROC_SLOTS - 1)];
+        if (slot->Count != 0 && slot->ProcessId == ProcessId) {
+            return slot;
+        }
+        if (slot->Count == 0 && free == NULL) {
+            free = slot;
+        }
+    }
+    if (Create && free != NULL) {
+        free->ProcessId = ProcessId;
+    }
+    return Create ? free : NULL;
+}
+
+LATCH_LOCKED static void ProcReleaseLocked(UINT64 ProcessId)
+{
+    LATCH_PROC_SLOT *slot = ProcFindLocked(ProcessId, FALSE);
+    NT_ASSERT(slot != NULL);
+    if (slot != NULL) {
+        slot->Count--;
+    }
+}
+
+LATCH_LOCKED static void IdInsertLocked(PLATCH_PENDING Entry)
+{
+    PLATCH_PENDING *head = &g.IdBuckets[Entry->RequestId & (LATCH_ID_BUCKETS - 1)];
+    Entry->IdNext = *head;
+    *head = Entry;
+}
+
+LATCH_LOCKED static void IdRemoveLocked(PLATCH_PENDING Entry)
+{
+    PLATCH_PENDING *pp = &g.IdBuckets[Entry->RequestId & (LATCH_ID_BUCKETS - 1)];
+    while (*pp != NULL && *pp != Entry) {
+        pp = &(*pp)->IdNext;
+    }
+    if (*pp == Entry) {
+        *pp = Entry->IdNext;
+    }
+    Entry->IdNext = NULL;
+}
+
+static ULONG ReauthHash(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle)
+{
+    UINT64 h = EndpointHandle * 0x9E3779B97F4A7C15ULL;
+    ULONG i;
+    h ^= ((UINT64)Tuple->LocalPort << 16 | Tuple->RemotePort) * 0xC2B2AE3D27D4EB4FULL;
+    for (i = 0; i < 16; i++) {
+        h = (h ^ Tuple->RemoteAddr[i]) * 0x100000001B3ULL;
+    }
+    return (ULONG)(h >> 32) & (LATCH_REAUTH_BUCKETS - 1);
+}
+
+LATCH_LOCKED static void ReauthInsertLocked(PLATCH_PENDING Entry)
+{
+    PLATCH_PENDING *head = &g.ReauthBuckets[ReauthHash(&Entry->Tuple, Entry->EndpointHandle)];
+    Entry->ReauthNext = *head;
+    *head = Entry;
+}
+
+LATCH_LOCKED static void ReauthRemoveLocked(PLATCH_PENDING Entry)
+{
+    PLATCH_PENDING *pp = &g.ReauthBuckets[ReauthHash(&Entry->Tuple, Entry->EndpointHandle)];
+    while (*pp != NULL && *pp != Entry) {
+        pp = &(*pp)->ReauthNext;
+    }
+    if (*pp == Entry) {
+        *pp = Entry->ReauthNext;
+    }
+    Entry->ReauthNext = NULL;
+}
+
+LATCH_LOCKED static PLATCH_PENDING FindWaitingLocked(UINT64 RequestId)
+{
+    PLATCH_PENDING e;
+
+    for (e = g.IdBuckets[RequestId & (LATCH_ID_BUCKETS - 1)]; e != NULL; e = e->IdNext) {
         if (e->State == LatchPendingWaiting && e->RequestId == RequestId) {
             return e;
         }
@@ -50,16 +121,55 @@ static PLATCH_PENDING FindWaitingLocked(UINT64 RequestId)
     return NULL;
 }
 
+/* Visits every entry of PendingList with Visit (called under g.Lock), at most
+   LATCH_SCAN_CHUNK entries per hold of the lock: a marker entry keeps the place while
+   the lock is dropped between chunks (other scans skip markers). Visit may unlink the
+   entry it is given. Entries added during the scan may or may not be visited. */
+typedef void LATCH_VISIT(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch);
+
+static void ScanPending(LATCH_VISIT *Visit, PVOID Context, PLIST_ENTRY Batch)
+{
+    LATCH_PENDING marker;
+    KIRQL irql;
+    BOOLEAN done = FALSE;
+
+    RtlZeroMemory(&marker, sizeof(marker));
+    marker.State = LatchPendingMarker;
+    while (!done) {
+        ULONG n;
+        KeAcquireSpinLock(&g.Lock, &irql);
+        if (marker.Link.Flink == NULL) {
+            InsertHeadList(&g.PendingList, &marker.Link);
+        }
+        for (n = 0; n < LATCH_SCAN_CHUNK && marker.Link.Flink != &g.PendingList; n++) {
+            PLIST_ENTRY link = marker.Link.Flink;
+            PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+            RemoveEntryList(&marker.Link);
+            InsertHeadList(link, &marker.Link); /* the marker goes past e first: Visit may unlink e */
+            if (e->State != LatchPendingMarker) {
+                Visit(e, Context, Batch);
+            }
+        }
+        done = marker.Link.Flink == &g.PendingList;
+        if (done) {
+            RemoveEntryList(&marker.Link);
+        }
+        KeReleaseSpinLock(&g.Lock, irql);
+    }
+}
+
 /* Marks a waiting entry decided and appends it to Batch for completion outside the
    lock. Outbound entries stay in PendingList for the reauthorization pass; inbound
    ones leave it (RECV_ACCEPT is not reauthorized: we re-inject instead). */
-static void DecideLocked(PLATCH_PENDING Entry, ULONG Action, PLIST_ENTRY Batch)
+LATCH_LOCKED static void DecideLocked(PLATCH_PENDING Entry, ULONG Action, PLIST_ENTRY Batch)
 {
     NT_ASSERT(Entry->State == LatchPendingWaiting);
     if (Entry->Queued) {
         RemoveEntryList(&Entry->SendLink);
         Entry->Queued = FALSE;
     }
+    IdRemoveLocked(Entry);
+    ProcReleaseLocked(Entry->ProcessId);
     g.PendingCount--;
     Entry->State = LatchPendingDecided;
     Entry->Action = (Action == LATCH_ACTION_PERMIT) ? LATCH_ACTION_PERMIT : LATCH_ACTION_BLOCK;
@@ -71,6 +181,7 @@ static void DecideLocked(PLATCH_PENDING Entry, ULONG Action, PLIST_ENTRY Batch)
         }
     } else {
         g.DecidedCount++;
+        ReauthInsertLocked(Entry);
     }
     InsertTailList(Batch, &Entry->CompleteLink);
 }
@@ -97,7 +208,7 @@ static void NTAPI LatchInjectComplete(void *Context, NET_BUFFER_LIST *NetBufferL
 /* RECV_ACCEPT: clone the held packet (positioned back at its IP header), complete the
    operation with the clone and re-inject it; classifyFn lets our own injection pass.
    A block completes without a clone and drops the packet. */
-static void CompleteInbound(PLATCH_PENDING Entry)
+LATCH_UNLOCKED static void CompleteInbound(PLATCH_PENDING Entry)
 {
     PNET_BUFFER_LIST original = Entry->NetBufferList;
     PNET_BUFFER_LIST clone = NULL;
@@ -105,6 +216,14 @@ static void CompleteInbound(PLATCH_PENDING Entry)
     BOOLEAN v4 = Entry->Tuple.IpVersion == 4;
     NTSTATUS status;
 
+    if (original == NULL) {
+        /* Held longer than LATCH_PACKET_HOLD_MS: the packet is gone; the verdict was
+           cached for the connection and decides the peer's retransmit. */
+        LatchCountAction(Entry->Action);
+        FwpsCompleteOperation0(Entry->CompletionContext, NULL);
+        FreeEntry(Entry);
+        return;
+    }
     if (Entry->Action == LATCH_ACTION_PERMIT) {
         PNET_BUFFER nb = NET_BUFFER_LIST_FIRST_NB(original);
         if (NET_BUFFER_DATA_OFFSET(nb) != Entry->NblOffset) {
@@ -226,7 +345,7 @@ static void SendDatagram(PLATCH_SEND Send)
 /* Completes every entry of a batch built by DecideLocked, counting each in StatIndex
    (if not LATCH_STATS_COUNT) before it is completed: a completed connection may be
    observed at once. Must not hold g.Lock. */
-static void CompleteBatch(PLIST_ENTRY Batch, ULONG StatIndex)
+LATCH_UNLOCKED static void CompleteBatch(PLIST_ENTRY Batch, ULONG StatIndex)
 {
     while (!IsListEmpty(Batch)) {
         PLATCH_PENDING e = CONTAINING_RECORD(RemoveHeadList(Batch), LATCH_PENDING, CompleteLink);
@@ -254,6 +373,7 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
     UINT16 pathLen = 0;
     const UINT8 *pathBytes = NULL;
     BOOLEAN inbound = Tuple->Direction == LATCH_DIRECTION_INBOUND;
+    LATCH_PROC_SLOT *proc;
     KIRQL irql;
     NTSTATUS status;
 
@@ -311,8 +431,11 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
     }
     /* Decided entries count too: they live until their reauthorization pass, which
        WFP normally sends at once, or LATCH_REAUTH_GRACE_MS. */
-    if (g.PendingCount >= LATCH_MAX_PENDING || g.PendingCount + g.DecidedCount >= 2 * LATCH_MAX_PENDING ||
-        CountWaitingForProcess(entry->ProcessId) >= LATCH_MAX_PENDING_PER_PROCESS) {
+    proc = NULL;
+    if (g.PendingCount < LATCH_MAX_PENDING && g.PendingCount + g.DecidedCount < 2 * LATCH_MAX_PENDING) {
+        proc = ProcFindLocked(entry->ProcessId, TRUE); /* NULL: no slot within the probe bound */
+    }
+    if (proc == NULL || proc->Count >= LATCH_MAX_PENDING_PER_PROCESS) {
         KeReleaseSpinLock(&g.Lock, irql);
         FreeEntry(entry);
         LatchCount(LATCH_STAT_CAP_EXCEEDED);
@@ -322,6 +445,7 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
     entry->State = LatchPendingReserved;
     InsertTailList(&g.PendingList, &entry->Link);
     g.PendingCount++;
+    proc->Count++;
     KeReleaseSpinLock(&g.Lock, irql);
 
     status = FwpsPendOperation0(Meta->completionHandle, &entry->CompletionContext);
@@ -329,6 +453,7 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
         KeAcquireSpinLock(&g.Lock, &irql);
         RemoveEntryList(&entry->Link);
         g.PendingCount--;
+        ProcReleaseLocked(entry->ProcessId);
         KeReleaseSpinLock(&g.Lock, irql);
         FreeEntry(entry);
         return status;
@@ -353,9 +478,11 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
     }
     entry->RequestId = (UINT64)InterlockedIncrement64(&g.NextRequestId);
     entry->Deadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(g.TimeoutMs);
+    entry->PacketDeadline = KeQueryInterruptTime() + LATCH_MS_TO_100NS(LATCH_PACKET_HOLD_MS);
 
     KeAcquireSpinLock(&g.Lock, &irql);
     entry->State = LatchPendingWaiting;
+    IdInsertLocked(entry);
     if (!g.Accepting || !g.ClientConnected) {
         /* Unload or a disconnect completed every waiting entry while we were pending
            this one: it gets the default like they did. */
@@ -387,15 +514,14 @@ static BOOLEAN TupleEqual(const LATCH_TUPLE *a, const LATCH_TUPLE *b)
 
 BOOLEAN LatchTakeReauthVerdict(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle, ULONG *Action)
 {
-    PLIST_ENTRY link;
-    PLATCH_PENDING found = NULL;
+    PLATCH_PENDING e, found = NULL;
     KIRQL irql;
 
     KeAcquireSpinLock(&g.Lock, &irql);
-    for (link = g.PendingList.Flink; link != &g.PendingList; link = link->Flink) {
-        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
+    for (e = g.ReauthBuckets[ReauthHash(Tuple, EndpointHandle)]; e != NULL; e = e->ReauthNext) {
         if (e->State == LatchPendingDecided && e->EndpointHandle == EndpointHandle && TupleEqual(&e->Tuple, Tuple)) {
             found = e;
+            ReauthRemoveLocked(e);
             RemoveEntryList(&e->Link);
             g.DecidedCount--;
             if (e->Action == LATCH_ACTION_PERMIT) {
@@ -426,6 +552,10 @@ NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, U
     if (e != NULL) {
         if (CacheScope != LATCH_SCOPE_NONE) {
             LatchCacheInsertLocked(&e->Tuple, e->ProcessId, e->Path, e->PathLen, CacheScope, CacheTtlMs, Action);
+        } else if (e->PacketReleased && IsInbound(e)) {
+            /* The held packet was dropped: the peer's retransmit gets this verdict. */
+            LatchCacheInsertLocked(&e->Tuple, e->ProcessId, e->Path, e->PathLen, LATCH_SCOPE_PROCESS_DEST,
+                                   LATCH_RETRANSMIT_TTL_MS, Action);
         }
         DecideLocked(e, Action, &batch);
     }
@@ -438,64 +568,87 @@ NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, U
     return STATUS_SUCCESS;
 }
 
+typedef struct _LATCH_SCAN_ARGS {
+    ULONGLONG Now;
+    BOOLEAN All;
+    ULONG Released;
+    PNET_BUFFER_LIST Packets[LATCH_RELEASE_BATCH];
+} LATCH_SCAN_ARGS;
+
+LATCH_LOCKED static void VisitExpired(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
+{
+    LATCH_SCAN_ARGS *args = (LATCH_SCAN_ARGS *)Context;
+    if (Entry->State != LatchPendingWaiting) {
+        return;
+    }
+    if (Entry->Deadline <= args->Now) {
+        DecideLocked(Entry, g.DefaultAction, Batch);
+    } else if (Entry->NetBufferList != NULL && Entry->PacketDeadline <= args->Now &&
+               args->Released < LATCH_RELEASE_BATCH) {
+        args->Packets[args->Released++] = Entry->NetBufferList;
+        Entry->NetBufferList = NULL;
+        Entry->PacketReleased = TRUE;
+    }
+}
+
+/* Applies the default to entries past their deadline and drops packets held longer
+   than LATCH_PACKET_HOLD_MS (at most LATCH_RELEASE_BATCH per call; the worker calls it
+   every LATCH_WORKER_TICK_MS). */
 void LatchExpirePending(void)
 {
     LIST_ENTRY batch;
-    PLIST_ENTRY link, next;
-    ULONGLONG now = KeQueryInterruptTime();
-    KIRQL irql;
+    LATCH_SCAN_ARGS args;
+    ULONG i;
 
     InitializeListHead(&batch);
-    KeAcquireSpinLock(&g.Lock, &irql);
-    for (link = g.PendingList.Flink; link != &g.PendingList; link = next) {
-        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
-        next = link->Flink;
-        if (e->State == LatchPendingWaiting && e->Deadline <= now) {
-            DecideLocked(e, g.DefaultAction, &batch);
-        }
+    args.Now = KeQueryInterruptTime();
+    args.All = FALSE;
+    args.Released = 0;
+    ScanPending(VisitExpired, &args, &batch);
+    for (i = 0; i < args.Released; i++) {
+        FwpsDereferenceNetBufferList0(args.Packets[i], FALSE);
     }
-    KeReleaseSpinLock(&g.Lock, irql);
     CompleteBatch(&batch, LATCH_STAT_TIMED_OUT);
+}
+
+LATCH_LOCKED static void VisitWaiting(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
+{
+    UNREFERENCED_PARAMETER(Context);
+    if (Entry->State == LatchPendingWaiting) {
+        DecideLocked(Entry, g.DefaultAction, Batch);
+    }
 }
 
 void LatchCompleteAllWithDefault(ULONG StatIndex)
 {
     LIST_ENTRY batch;
-    PLIST_ENTRY link, next;
-    KIRQL irql;
 
     InitializeListHead(&batch);
-    KeAcquireSpinLock(&g.Lock, &irql);
-    for (link = g.PendingList.Flink; link != &g.PendingList; link = next) {
-        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
-        next = link->Flink;
-        if (e->State == LatchPendingWaiting) {
-            DecideLocked(e, g.DefaultAction, &batch);
-        }
-    }
-    KeReleaseSpinLock(&g.Lock, irql);
+    ScanPending(VisitWaiting, NULL, &batch);
     CompleteBatch(&batch, StatIndex);
+}
+
+LATCH_LOCKED static void VisitDecidedLeftover(PLATCH_PENDING Entry, PVOID Context, PLIST_ENTRY Batch)
+{
+    LATCH_SCAN_ARGS *args = (LATCH_SCAN_ARGS *)Context;
+    if (Entry->State == LatchPendingDecided && (args->All || Entry->Deadline <= args->Now)) {
+        ReauthRemoveLocked(Entry);
+        RemoveEntryList(&Entry->Link);
+        g.DecidedCount--;
+        InsertTailList(Batch, &Entry->CompleteLink);
+    }
 }
 
 void LatchFreeDecidedLeftovers(BOOLEAN All)
 {
     LIST_ENTRY batch;
-    PLIST_ENTRY link, next;
-    ULONGLONG now = KeQueryInterruptTime();
-    KIRQL irql;
+    LATCH_SCAN_ARGS args;
 
     InitializeListHead(&batch);
-    KeAcquireSpinLock(&g.Lock, &irql);
-    for (link = g.PendingList.Flink; link != &g.PendingList; link = next) {
-        PLATCH_PENDING e = CONTAINING_RECORD(link, LATCH_PENDING, Link);
-        next = link->Flink;
-        if (e->State == LatchPendingDecided && (All || e->Deadline <= now)) {
-            RemoveEntryList(&e->Link);
-            g.DecidedCount--;
-            InsertTailList(&batch, &e->CompleteLink);
-        }
-    }
-    KeReleaseSpinLock(&g.Lock, irql);
+    args.Now = KeQueryInterruptTime();
+    args.All = All;
+    args.Released = 0;
+    ScanPending(VisitDecidedLeftover, &args, &batch);
     while (!IsListEmpty(&batch)) {
         FreeEntry(CONTAINING_RECORD(RemoveHeadList(&batch), LATCH_PENDING, CompleteLink));
     }

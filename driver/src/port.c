@@ -138,8 +138,7 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
             return STATUS_SUCCESS;
         }
         default:
-            /* A driver-to-service type sent to us. */
-            status = STATUS_INVALID_PARAMETER;
+            /* A driver-to-service type sent to us: malformed, as below. */
             break;
         }
     }

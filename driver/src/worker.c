@@ -1,8 +1,8 @@
 /*
  * The worker: a system thread at PASSIVE_LEVEL, the only place that sends to the
  * service. FltSendMessage carries no reply buffer and a bounded timeout, so a slow
- * or absent reader costs at most LATCH_SEND_TIMEOUT_MS once (then sends fail at once
- * until one succeeds) and a slow decision costs nothing (verdicts arrive in the
+ * or absent reader costs at most LATCH_SEND_TIMEOUT_MS once (then
+ * LATCH_SEND_STALLED_TIMEOUT_MS per send until one succeeds) and a slow decision costs nothing (verdicts arrive in the
  * port's message callback). It also enforces deadlines on a LATCH_WORKER_TICK_MS tick.
  */
 #include "latch.h"
@@ -11,7 +11,7 @@ static KSTART_ROUTINE LatchWorker;
 
 static void LatchWorker(PVOID Context)
 {
-    LARGE_INTEGER tick, sendTimeout, noWait;
+    LARGE_INTEGER tick, sendTimeout, shortTimeout;
     BOOLEAN stalled = FALSE;
     UINT64 requestId;
     ULONG length;
@@ -19,7 +19,10 @@ static void LatchWorker(PVOID Context)
     UNREFERENCED_PARAMETER(Context);
     tick.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_WORKER_TICK_MS);
     sendTimeout.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_SEND_TIMEOUT_MS);
-    noWait.QuadPart = 0;
+    /* Never a zero Timeout: the WDK documents "If Timeout is zero, the minifilter driver
+       is put into a wait state indefinitely", so a stalled service would hang the
+       worker. A stalled service costs one LATCH_SEND_STALLED_TIMEOUT_MS per request. */
+    shortTimeout.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_SEND_STALLED_TIMEOUT_MS);
 
     while (!InterlockedCompareExchange(&g.StopWorker, 0, 0)) {
         ULONGLONG lastExpiry;
@@ -34,7 +37,7 @@ static void LatchWorker(PVOID Context)
                LatchDequeueForSend(g.SendBuffer, LATCH_MSG_MAX_SIZE, &length, &requestId)) {
             NTSTATUS status = length == 0 ? STATUS_INVALID_PARAMETER
                                           : FltSendMessage(g.Filter, &g.ClientPort, g.SendBuffer, length, NULL,
-                                                           NULL, stalled ? &noWait : &sendTimeout);
+                                                           NULL, stalled ? &shortTimeout : &sendTimeout);
             if (status != STATUS_SUCCESS) { /* STATUS_TIMEOUT is a success code: not delivered */
                 LatchCount(LATCH_STAT_SEND_FAILURES);
                 LatchSendFailed(requestId);

@@ -160,6 +160,18 @@ static void deadline_in(struct timespec *ts, int ms)
     }
 }
 
+int client_post_gets(client *c, int n)
+{
+    unsigned char f[5] = {1, 0, 0, 0, 5}; /* length 1, kind GET */
+    int ok = 1;
+    pthread_mutex_lock(&c->sendMu);
+    for (int i = 0; i < n && ok; i++) {
+        ok = send(c->fd, f, sizeof(f), MSG_NOSIGNAL) == (ssize_t)sizeof(f);
+    }
+    pthread_mutex_unlock(&c->sendMu);
+    return ok;
+}
+
 NTSTATUS client_send(client *c, const void *msg, ULONG len, void *out, ULONG outSize, ULONG *got)
 {
     pthread_mutex_lock(&c->sendMu);

@@ -14,6 +14,9 @@ typedef struct request {
 /* Connects. With refusedStatus, waits (up to 2 s) for the harness to refuse the
    connection and returns NULL with the SEND_RESULT status if it did. */
 client *client_connect(const char *path, NTSTATUS *refusedStatus);
+/* FilterGetMessage posted n times (GET frames): from the first one on, the harness
+   delivers each driver message only into a posted get, as Windows does. */
+int client_post_gets(client *c, int n);
 /* FilterSendMessage: sends msg, returns the status and copies up to outSize bytes. */
 NTSTATUS client_send(client *c, const void *msg, ULONG len, void *out, ULONG outSize, ULONG *got);
 /* HELLO; returns the HELLO_REPLY status (or the transport status on failure). */

@@ -18,6 +18,8 @@ extern int t_failed;            /* failures in the current test */
 extern const char *t_golden_dir;
 extern const char *t_sim_path;
 extern int t_update;
+extern int t_fuzz_seeds;              /* --seeds N: schedules the fuzzer runs (default 100) */
+extern unsigned long long t_fuzz_seed; /* --seed S: run that one schedule only */
 
 #define CHECK(cond, ...)                                                                                         \
     do {                                                                                                         \
@@ -40,6 +42,8 @@ extern int t_update;
 /* test lists, defined by each test file */
 extern const test_case proto_tests[];
 extern const test_case driver_tests[];
+
+void t_death(void); /* main.c: names the running test when a sanitizer ends the process */
 
 /* helpers (test_driver.c) */
 void t_tmp_path(char *out, size_t n, const char *name);

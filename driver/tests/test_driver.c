@@ -4,6 +4,7 @@
  * (main.c fails a test with any unexpected violation).
  */
 #define _GNU_SOURCE
+#include <sanitizer/common_interface_defs.h>
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
@@ -977,12 +978,17 @@ static void test_stalled_service(void)
     for (int i = 0; i < N; i++) {
         conns[i] = out4((UINT16)(20000 + i), (UINT64)(1 + i % 100), curl, 443);
     }
+    /* until all but the few that fit in the socket buffer are decided, 6 s at most */
     int pending = 0, blocked = 0;
-    for (int i = 0; i < N; i++) {
-        int s = emu_conn_wait(conns[i], 100);
-        pending += s == EMU_CONN_PENDING;
-        blocked += s == EMU_CONN_BLOCK;
-    }
+    do {
+        sleep_ms(20);
+        pending = blocked = 0;
+        for (int i = 0; i < N; i++) {
+            int s = emu_conn_state(conns[i]);
+            pending += s == EMU_CONN_PENDING;
+            blocked += s == EMU_CONN_BLOCK;
+        }
+    } while (pending > 100 && now() - t0 < 6);
     double secs = now() - t0;
     printf("     stalled service: %d of %d connections defaulted after %.2fs, %d delivered and waiting\n", blocked, N,
            secs, pending);
@@ -1346,6 +1352,320 @@ static void test_outbound_first_datagram_resent(void)
     client_close(c);
 }
 
+/* tcpip completes an injection later, on another CPU: the original packet must stay
+   referenced until the clone's completion ran, and unload must wait for every
+   completion (else tcpip calls into an unloaded driver: 0xCE). Completions come 300 ms
+   late here and unload starts at once. */
+static void test_unload_waits_for_injections(void)
+{
+    REQUIRE(load(), "load");
+    emu_set_inject_mode(1);
+    emu_set_inject_delay_ms(300);
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn_params pi = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 52000, 880, "\\Device\\HarddiskVolume3\\sshd.exe");
+    emu_conn *in = emu_connect(&pi);
+    REQUIRE(client_next_request(c, &r, 2000), "inbound request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    emu_conn_params pu = params(0, 0, 17, "198.18.0.1", 5200, "198.19.0.53", 53, 7, curl);
+    emu_conn *u = emu_connect(&pu);
+    REQUIRE(client_next_request(c, &r, 2000), "udp request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(in, 2000) == EMU_CONN_PERMIT, "inbound permitted");
+    CHECK(emu_conn_wait(u, 2000) == EMU_CONN_PERMIT, "udp permitted");
+    emu_wait_reauth_idle();
+    CHECK(emu_injections_in_flight() > 0, "the injections completed before unload (the test needs them in flight)");
+    double t0 = now();
+    unload_clean();
+    CHECK(emu_injections_in_flight() == 0, "unload returned with %d injection(s) in flight", emu_injections_in_flight());
+    printf("     unload waited %.0f ms for injection completions delivered 300 ms late\n", (now() - t0) * 1000);
+    client_close(c);
+}
+
+/* A second VERDICT for an id already decided (the operation completed, its
+   reauthorization pass not yet run) must change nothing: completing the operation
+   again is a double completion in tcpip. */
+static void test_duplicate_verdict_changes_nothing(void)
+{
+    REQUIRE(load(), "load");
+    emu_set_reauth_mode(1);
+    emu_set_reauth_delay_ms(200);
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    emu_conn *a = out4(43000, 9, curl, 443);
+    request r;
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0) == STATUS_SUCCESS, "first verdict");
+    NTSTATUS again = client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    CHECK(again == STATUS_NOT_FOUND, "a second verdict for a decided request was answered 0x%08x, not "
+          "STATUS_NOT_FOUND", (unsigned)again);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "the first verdict must stand");
+    /* once its reauthorization pass freed the entry, a late verdict for that id (and the
+       lookups of its neighbours) must not touch it */
+    emu_wait_reauth_idle();
+    again = client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    CHECK(again == STATUS_NOT_FOUND, "a verdict after the entry was freed was answered 0x%08x", (unsigned)again);
+    client_close(c);
+    unload_clean();
+}
+
+/* An absorbed packet is not held for as long as a person takes to answer: after
+   LATCH_PACKET_HOLD_MS the driver drops its reference (the connection stays pending);
+   a verdict that comes later decides the peer's retransmitted SYN at once, without
+   asking again; an outbound first datagram held too long is not sent (the program's
+   own retry is let through by the permitted connection). */
+static void test_held_packets_bounded(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 60000);
+    REQUIRE(c != NULL, "service");
+    request rin, rudp;
+    emu_conn_params pi = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 53000, 880, "\\Device\\HarddiskVolume3\\sshd.exe");
+    emu_conn *in = emu_connect(&pi);
+    REQUIRE(client_next_request(c, &rin, 2000), "inbound request");
+    emu_conn_params pu = params(0, 0, 17, "198.18.0.1", 5300, "198.19.0.53", 53, 7, curl);
+    emu_conn *u = emu_connect(&pu);
+    REQUIRE(client_next_request(c, &rudp, 2000), "udp request");
+    double t0 = now();
+    CHECK(emu_packet_references() == 2, "both packets referenced while held (%d)", emu_packet_references());
+    while (emu_packet_references() > 0 && now() - t0 < LATCH_PACKET_HOLD_MS / 1000.0 + 2) {
+        sleep_ms(20);
+    }
+    double held = now() - t0;
+    printf("     held packets released after %.0f ms (bound %d ms); the connections stay pending\n", held * 1000,
+           LATCH_PACKET_HOLD_MS);
+    CHECK(emu_packet_references() == 0, "%d packet(s) still referenced after %.1fs", emu_packet_references(), held);
+    CHECK(emu_conn_state(in) == EMU_CONN_PENDING && emu_conn_state(u) == EMU_CONN_PENDING,
+          "the connections must stay pending after their packets were released");
+    client_verdict(c, rin.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    client_verdict(c, rudp.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(in, 2000) == EMU_CONN_BLOCK, "the SYN whose packet was released is dropped");
+    CHECK(emu_conn_wait(u, 2000) == EMU_CONN_PERMIT, "the UDP connection is permitted");
+    emu_wait_reauth_idle();
+    CHECK(emu_conn_datagrams_sent(u) == 0, "a released datagram cannot be sent");
+    /* the peer retransmits its SYN: decided at once from the verdict, no new question */
+    emu_conn *again = emu_connect(&pi);
+    CHECK(emu_conn_state(again) == EMU_CONN_PERMIT, "the retransmitted SYN was not decided at once (state %d)",
+          emu_conn_state(again));
+    CHECK(!client_next_request(c, &rin, 100), "the retransmit was asked about again");
+    client_close(c);
+    unload_clean();
+}
+
+/* FltSendMessage delivers only into a posted FilterGetMessage: a service that posts no
+   get makes the worker's send time out after its bounded timeout (1 s, then 1 ms while
+   the service stays stalled) and the request gets the default; once gets are posted,
+   requests flow again. */
+static void test_send_needs_a_posted_get(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    REQUIRE(client_post_gets(c, 1), "GET");
+    request r;
+    emu_conn *first = out4(44000, 11, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "the request delivered into the posted get");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(first, 2000) == EMU_CONN_PERMIT, "first connection");
+    /* no get posted: the next request cannot be delivered */
+    double t0 = now();
+    emu_conn *second = out4(44001, 11, curl, 443);
+    CHECK(emu_conn_wait(second, 3000) == EMU_CONN_BLOCK, "undeliverable request: the default");
+    double waited = now() - t0;
+    printf("     no FilterGetMessage posted: the send timed out and the default applied after %.2fs\n", waited);
+    CHECK(waited >= 0.9 && waited < 2.5, "the send timeout (1 s) took %.2fs", waited);
+    CHECK(!client_next_request(c, &r, 200), "a message was delivered without a posted get");
+    CHECK(stat_of(c, LATCH_STAT_SEND_FAILURES) == 1, "send_failures %llu",
+          (unsigned long long)stat_of(c, LATCH_STAT_SEND_FAILURES));
+    /* gets posted again: requests flow again */
+    REQUIRE(client_post_gets(c, 4), "GETs");
+    emu_conn *third = out4(44002, 11, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request after gets were posted again");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+    CHECK(emu_conn_wait(third, 2000) == EMU_CONN_PERMIT, "third connection");
+    client_close(c);
+    unload_clean();
+}
+
+/* ---- time at DISPATCH_LEVEL ----
+   The DPC watchdog bugchecks (0x133) a CPU that stays at DISPATCH_LEVEL too long, and
+   every other CPU that wants the lock spins meanwhile. With the pending table full
+   (4,096 waiting + 4,096 decided awaiting their reauthorization pass: 8,192 entries,
+   the most the caps allow) every spin-lock hold of the classify, verdict,
+   reauthorization, expiry and disconnect paths must stay within LATCH_TEST_HOLD_BUDGET_NS
+   of CPU time. Each path runs at least 16 times; a path fails if more than 1% of its
+   holds (and more than one) go over: a walk of the table goes over every time, while a
+   user-mode process is charged now and then for interrupts it did not cause. */
+#define LATCH_TEST_HOLD_BUDGET_NS 50000LL
+
+static NTSTATUS port_verdict(UINT64 id, ULONG action)
+{
+    LATCH_MSG_VERDICT v;
+    LATCH_MSG_ACK ack;
+    ULONG got = 0;
+    memset(&v, 0, sizeof(v));
+    LatchInitHeader(&v.Header, LATCH_TYPE_VERDICT, sizeof(v));
+    v.RequestId = id;
+    v.Action = action;
+    NTSTATUS st = emu_port_call(&v, sizeof(v), &ack, sizeof(ack), &got);
+    return NT_SUCCESS(st) && got == sizeof(ack) ? (NTSTATUS)ack.Status : st;
+}
+
+static void test_dispatch_time_budget(void)
+{
+    enum { DECIDED = LATCH_MAX_PENDING, WAITING = LATCH_MAX_PENDING - 1 };
+    emu_registry_set_dword("PendingTimeoutMs", 600000);
+    REQUIRE(load(), "load");
+    emu_set_reauth_mode(1);
+    emu_set_reauth_delay_ms(1500); /* the decided entries wait for their reauthorization pass */
+    /* A client that never says HELLO: requests stay pending and are never sent. */
+    client *c = client_connect(portPath, NULL);
+    REQUIRE(c != NULL, "client");
+    for (int w = 0; w < 200 && !g.ClientConnected; w++) {
+        sleep_ms(10); /* the connect callback runs on the port's accept thread */
+    }
+    for (int i = 0; i < DECIDED; i++) {
+        (void)out4((UINT16)(1024 + i), (UINT64)(1000 + i / 200), curl, 443);
+    }
+    for (int i = 1; i <= DECIDED; i++) {
+        NTSTATUS st = port_verdict((UINT64)i, LATCH_ACTION_PERMIT);
+        REQUIRE(st == STATUS_SUCCESS, "verdict %d answered 0x%08x (pending %u, decided %u, timed out %lld, "
+                "no client %lld, cap %lld)", i, (unsigned)st, g.PendingCount, g.DecidedCount,
+                (long long)g.Stats[LATCH_STAT_TIMED_OUT], (long long)g.Stats[LATCH_STAT_NO_CLIENT_DEFAULT],
+                (long long)g.Stats[LATCH_STAT_CAP_EXCEEDED]);
+    }
+    for (int i = 0; i < WAITING; i++) {
+        (void)out4((UINT16)(1024 + DECIDED + i), (UINT64)(2000 + i / 200), curl, 443);
+    }
+    REQUIRE(g.PendingCount == WAITING && g.DecidedCount == DECIDED, "table: %u waiting, %u decided",
+            g.PendingCount, g.DecidedCount);
+    emu_lock_hold_measure(1, LATCH_TEST_HOLD_BUDGET_NS);
+    /* classify of a new connection (caps, cache, pend) into the last slot, a verdict
+       for it, one over the total cap; the worker's deadline scans (50 ms ticks) */
+    for (int i = 0; i < 16; i++) {
+        CHECK(port_verdict((UINT64)(DECIDED + WAITING - i), LATCH_ACTION_BLOCK) == STATUS_SUCCESS, "verdict %d", i);
+        (void)out4((UINT16)(9100 + i), (UINT64)(4342 + i), curl, 443);
+    }
+    sleep_ms(850);
+    /* the reauthorization passes of the decided entries, then the disconnect */
+    emu_wait_reauth_idle();
+    client_close(c);
+    emu_wait_reauth_idle();
+    sleep_ms(60);
+    emu_lock_hold_measure(0, 0);
+    emu_hold_site sites[32];
+    int n = emu_lock_hold_sites(sites, 32);
+    long long worst = 0;
+    for (int i = 0; i < n; i++) {
+        char where[256];
+        __sanitizer_symbolize_pc(sites[i].site, "%f %S", where, sizeof(where));
+        printf("     spin lock held at most %7.1f us (mean %5.1f us, %6ld holds, %ld over budget) by %s\n",
+               sites[i].maxNs / 1000.0, sites[i].totalNs / 1000.0 / (double)sites[i].count, sites[i].count,
+               sites[i].over, where);
+        CHECK(sites[i].over <= 1 || sites[i].over * 100 <= sites[i].count,
+              "spin lock held over %.0f us at DISPATCH_LEVEL %ld time(s) of %ld by %s (longest %.1f us)",
+              LATCH_TEST_HOLD_BUDGET_NS / 1000.0, sites[i].over, sites[i].count, where, sites[i].maxNs / 1000.0);
+        if (sites[i].maxNs > worst) {
+            worst = sites[i].maxNs;
+        }
+    }
+    printf("     longest spin-lock hold with 8,192 entries: %.1f us (budget %.0f us; %ld holds preempted or "
+           "page-faulted in user mode not measured)\n", worst / 1000.0, LATCH_TEST_HOLD_BUDGET_NS / 1000.0,
+           emu_lock_holds_disturbed());
+    unload_clean();
+}
+
+/* ---- the schedule fuzzer ----
+   One seeded schedule: the emulation adds random short delays after every spin-lock
+   release and around completions (emu_sched_fuzz); two threads make inbound and
+   outbound connections at DISPATCH_LEVEL while the service answers some, then dies
+   with requests in flight, then the driver unloads. Races the plain tests never open
+   (an entry read after the lock that protects it was dropped, a completion racing a
+   disconnect) become wide enough for ASan and the verifier to see. */
+static volatile unsigned long long fuzzSeedNow;
+
+typedef struct fuzz_ctx {
+    int thread;
+    int count;
+} fuzz_ctx;
+
+static void *fuzz_connect_thread(void *arg)
+{
+    fuzz_ctx *x = arg;
+    for (int i = 0; i < x->count; i++) {
+        int kind = (x->thread + i) % 3;
+        emu_conn_params p = params(0, kind == 1, kind == 2 ? 17 : 6, "198.18.0.1", (UINT16)(20000 + x->thread * 100 + i),
+                                   "198.19.0.2", (UINT16)(kind == 1 ? 60000 + i : 443), (UINT64)(100 + x->thread), curl);
+        (void)emu_connect(&p);
+    }
+    return NULL;
+}
+
+static int fuzz_one(unsigned long long seed)
+{
+    int before = emu_violation_count();
+    fuzzSeedNow = seed;
+    emu_sched_fuzz(seed, 250, 300);
+    if (!load()) {
+        emu_sched_fuzz(0, 0, 0);
+        return 0;
+    }
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    if (c == NULL) {
+        emu_sched_fuzz(0, 0, 0);
+        emu_unload();
+        return 0;
+    }
+    fuzz_ctx ctx[2] = {{0, 8}, {1, 8}};
+    pthread_t th[2];
+    for (int t = 0; t < 2; t++) {
+        pthread_create(&th[t], NULL, fuzz_connect_thread, &ctx[t]);
+    }
+    /* answer a few (seed-dependent), then die with the rest in flight */
+    request r;
+    int answers = (int)(seed % 5);
+    for (int i = 0; i < answers && client_next_request(c, &r, 50); i++) {
+        client_verdict(c, r.msg.RequestId, (i & 1) ? LATCH_ACTION_BLOCK : LATCH_ACTION_PERMIT, 0, 0);
+    }
+    client_close(c);
+    for (int t = 0; t < 2; t++) {
+        pthread_join(th[t], NULL);
+    }
+    emu_unload();
+    emu_sched_fuzz(0, 0, 0);
+    return emu_violation_count() == before;
+}
+
+static void fuzz_death(void)
+{
+    fprintf(stderr, "schedule fuzz: the process died under seed %llu (reproduce: latch-tests --only "
+            "driver_schedule_fuzz --seed %llu)\n", fuzzSeedNow, fuzzSeedNow);
+    t_death();
+}
+
+static void test_schedule_fuzz(void)
+{
+    /* --seed S replays one schedule 200 times: the seed fixes every thread's delays,
+       the OS still picks among the interleavings they leave open. */
+    unsigned long long first = t_fuzz_seed != 0 ? t_fuzz_seed : 1;
+    int n = t_fuzz_seed != 0 ? 200 : t_fuzz_seeds;
+    double t0 = now();
+    __sanitizer_set_death_callback(fuzz_death);
+    for (int i = 0; i < n; i++) {
+        unsigned long long seed = t_fuzz_seed != 0 ? t_fuzz_seed : first + (unsigned long long)i;
+        emu_reset();
+        if (!fuzz_one(seed)) {
+            CHECK(0, "schedule fuzz: seed %llu failed: %s (reproduce: latch-tests --only driver_schedule_fuzz "
+                  "--seed %llu)", seed, emu_violation_count() > 0 ? emu_violation_text(0) : "a check failed", seed);
+            break;
+        }
+    }
+    __sanitizer_set_death_callback(t_death);
+    printf("     schedule fuzz: %d seeded schedule(s) %s %llu in %.1fs\n", n, t_fuzz_seed ? "of seed" : "from seed",
+           first, now() - t0);
+}
+
 static void test_sim_binary(void)
 {
     char port[108], control[108];
@@ -1428,9 +1748,11 @@ const test_case driver_tests[] = {
     {"driver_no_client_default_at_once", "driver", test_no_client_gets_default_at_once, 1},
     {"driver_verdicts_round_trip", "driver", test_verdicts_round_trip, 1},
     {"driver_inbound_clone_reinject", "driver", test_inbound_clone_reinject, 1},
+    {"driver_unload_waits_for_injections", "driver", test_unload_waits_for_injections, 1},
     {"driver_concurrent_dispatch_connects", "driver", test_concurrent_dispatch_connects, 1},
     {"driver_deadline_applies_default", "driver", test_deadline_applies_default, 1},
     {"driver_slow_answer_blocks_nobody", "driver", test_slow_answer_blocks_nobody, 1},
+    {"driver_duplicate_verdict_changes_nothing", "driver", test_duplicate_verdict_changes_nothing, 1},
     {"driver_disconnect_mid_flight", "driver", test_disconnect_mid_flight, 1},
     {"driver_one_client_at_a_time", "driver", test_one_client_at_a_time, 1},
     {"driver_hello_gates_requests", "driver", test_hello_gates_requests, 1},
@@ -1439,7 +1761,10 @@ const test_case driver_tests[] = {
     {"driver_cache_without_round_trip", "driver", test_cache_answers_without_round_trip, 1},
     {"driver_flush_reauthorizes", "driver", test_flush_forces_reauthorization, 1},
     {"driver_caps", "driver", test_caps_per_process_and_total, 1},
+    {"driver_dispatch_time_budget", "driver", test_dispatch_time_budget, 1},
+    {"driver_held_packets_bounded", "driver", test_held_packets_bounded, 1},
     {"driver_stalled_service", "driver", test_stalled_service, 1},
+    {"driver_send_needs_a_posted_get", "driver", test_send_needs_a_posted_get, 1},
     {"driver_port_message_fuzz", "driver", test_port_message_fuzz, 1},
     {"driver_unload_under_traffic", "driver", test_unload_under_traffic, 1},
     {"driver_fault_injection_every_site", "faults", test_fault_injection_every_site, 1},
@@ -1453,6 +1778,7 @@ const test_case driver_tests[] = {
     {"driver_reauth_without_write_right", "driver", test_reauth_without_write_right_frees_entry, 1},
     {"driver_clear_action_right_honoured", "driver", test_clear_action_right_honoured, 1},
     {"driver_outbound_first_datagram_resent", "driver", test_outbound_first_datagram_resent, 1},
+    {"driver_schedule_fuzz", "schedule", test_schedule_fuzz, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -116,11 +116,15 @@ typedef const UNICODE_STRING *PCUNICODE_STRING;
 #define NT_SUCCESS(s) (((NTSTATUS)(s)) >= 0)
 #define IsEqualGUID(a, b) (memcmp((a), (b), sizeof(GUID)) == 0)
 
-/* Structured exception handling: user buffers cannot fault here (the harness hands the
-   driver exact-size heap copies that AddressSanitizer guards), so __try always runs
-   and __except never does. */
-#define __try if (1)
-#define __except(filter) else if (0)
+/* Structured exception handling. A __try block runs once; while it runs, the user-mode buffers of the message being
+   handled are readable (outside, they are PROT_NONE: a read outside __try is a SEGV);
+   when it ends, the input buffer is rewritten, as a hostile user thread could, so a
+   second fetch in a later block sees other bytes (see emu/README.md). The __except
+   handler never runs. */
+int emu_try_enter(void);
+int emu_try_leave(void);
+#define __try for (int emu_try_once_ = emu_try_enter(); emu_try_once_; emu_try_once_ = emu_try_leave())
+#define __except(filter) if (0)
 #define EXCEPTION_EXECUTE_HANDLER 1
 
 /* Verifier assertion: a failed NT_ASSERT is reported as a violation. */
@@ -235,12 +239,24 @@ PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag);
 void ExFreePoolWithTag(PVOID P, ULONG Tag);
 
 /* ---- spin locks ---- */
-typedef ULONG_PTR KSPIN_LOCK, *PKSPIN_LOCK;
+/* For clang's -Wthread-safety (make -C driver analyze): a spin lock is a capability;
+   the WDK expresses the same with SAL (_Acquires_lock_, _Requires_lock_held_). */
+#if defined(__clang__)
+#define EMU_CAPABILITY __attribute__((capability("spin lock")))
+#define EMU_ACQUIRES(x) __attribute__((acquire_capability(x)))
+#define EMU_RELEASES(x) __attribute__((release_capability(x)))
+#else
+#define EMU_CAPABILITY
+#define EMU_ACQUIRES(x)
+#define EMU_RELEASES(x)
+#endif
+typedef ULONG_PTR KSPIN_LOCK EMU_CAPABILITY;
+typedef KSPIN_LOCK *PKSPIN_LOCK;
 void KeInitializeSpinLock(PKSPIN_LOCK SpinLock);
-void KeAcquireSpinLock(PKSPIN_LOCK SpinLock, PKIRQL OldIrql);
-void KeReleaseSpinLock(PKSPIN_LOCK SpinLock, KIRQL NewIrql);
-void KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock);
-void KeReleaseSpinLockFromDpcLevel(PKSPIN_LOCK SpinLock);
+void KeAcquireSpinLock(PKSPIN_LOCK SpinLock, PKIRQL OldIrql) EMU_ACQUIRES(*SpinLock);
+void KeReleaseSpinLock(PKSPIN_LOCK SpinLock, KIRQL NewIrql) EMU_RELEASES(*SpinLock);
+void KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock) EMU_ACQUIRES(*SpinLock);
+void KeReleaseSpinLockFromDpcLevel(PKSPIN_LOCK SpinLock) EMU_RELEASES(*SpinLock);
 
 /* ---- dispatcher objects ---- */
 typedef enum _EVENT_TYPE { NotificationEvent, SynchronizationEvent } EVENT_TYPE;
