@@ -1,0 +1,461 @@
+package fastpath
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// Actions stored in the map (ACT_* in fastpath.c).
+const (
+	actAllow  = 1
+	actReject = 2
+)
+
+// Counters in the stats map (STAT_* in fastpath.c).
+const (
+	statHitAllow = iota
+	statHitReject
+	statMiss
+	statStale
+	statNoIdentity
+	statRingLost
+	statMax
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultMaxEntries = 65536
+	DefaultTTL        = 10 * time.Minute
+	DefaultRingBytes  = 1 << 20
+)
+
+// Config configures Open.
+type Config struct {
+	// CgroupPath is the cgroup v2 directory the hooks attach to; "": the root of the
+	// cgroup2 hierarchy (every process on the machine).
+	CgroupPath string
+	// MaxEntries bounds the map (LRU); 0: DefaultMaxEntries.
+	MaxEntries int
+	// TTL is the longest an entry hits; 0: DefaultTTL.
+	TTL time.Duration
+	// RingBytes is the ring buffer's size (a power of two, a multiple of the page
+	// size); 0: DefaultRingBytes.
+	RingBytes int
+}
+
+// FastPath is the loaded and attached fast path.
+type FastPath struct {
+	cfg   Config
+	objs  fastpathObjects
+	links []link.Link
+	ring  *ringbuf.Reader
+
+	genMu sync.Mutex // serialises RulesChanged
+	cur   atomic.Pointer[ruleState]
+
+	stored, notStored atomic.Uint64
+	events            atomic.Uint64
+
+	exesMu sync.Mutex
+	exes   map[identity]string // executable identity → path, for history rows
+}
+
+// ruleState is what a rule set allows the fast path to cache.
+type ruleState struct {
+	gen       uint64
+	cacheable bool
+	why       string                      // why nothing is cached, if !cacheable
+	expires   map[engine.RuleID]time.Time // every rule in force; zero: never
+}
+
+// Ticket is the rule generation a decision is about to be made under; take it
+// (Ticket) before asking the engine and give it to Remember with the verdict.
+type Ticket struct{ st *ruleState }
+
+// identity is an executable as the kernel program sees it.
+type identity struct {
+	ino, parentIno uint64
+	dev, mntID     uint32
+}
+
+// Open loads the programs and maps and attaches the hooks. It fails (and leaves
+// nothing loaded) without BPF, BTF, CO-RE support for the fields it reads, or
+// privilege; the caller then runs without a fast path.
+func Open(cfg Config) (fp *FastPath, err error) {
+	if cfg.MaxEntries == 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	if cfg.MaxEntries < 0 {
+		return nil, fmt.Errorf("fast path: MaxEntries %d is negative", cfg.MaxEntries)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 0 {
+		return nil, fmt.Errorf("fast path: TTL %v is negative", cfg.TTL)
+	}
+	if cfg.RingBytes == 0 {
+		cfg.RingBytes = DefaultRingBytes
+	}
+	if cfg.CgroupPath == "" {
+		if cfg.CgroupPath, err = cgroup2Root(); err != nil {
+			return nil, fmt.Errorf("fast path: %w", err)
+		}
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("fast path: raise RLIMIT_MEMLOCK: %w", err)
+	}
+	spec, err := loadFastpath()
+	if err != nil {
+		return nil, fmt.Errorf("fast path: read the eBPF object: %w", err)
+	}
+	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
+	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
+	fp = &FastPath{cfg: cfg, exes: make(map[identity]string)}
+	if err := spec.LoadAndAssign(&fp.objs, nil); err != nil {
+		return nil, fmt.Errorf("fast path: load the eBPF programs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			fp.Close()
+			fp = nil
+		}
+	}()
+	// Generation 1 before anything attaches: entries are never stored under 0.
+	fp.cur.Store(&ruleState{gen: 1, why: "no rules seen yet"})
+	if err := fp.objs.Generation.Put(uint32(0), uint64(1)); err != nil {
+		return fp, fmt.Errorf("fast path: set the generation: %w", err)
+	}
+	if fp.ring, err = ringbuf.NewReader(fp.objs.Events); err != nil {
+		return fp, fmt.Errorf("fast path: open the ring buffer: %w", err)
+	}
+	for _, a := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{
+		{fp.objs.LatchFastConnect4, ebpf.AttachCGroupInet4Connect},
+		{fp.objs.LatchFastConnect6, ebpf.AttachCGroupInet6Connect},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupPath, Attach: a.at, Program: a.prog})
+		if err != nil {
+			return fp, fmt.Errorf("fast path: attach to cgroup %s at %v: %w", cfg.CgroupPath, a.at, err)
+		}
+		fp.links = append(fp.links, l)
+	}
+	return fp, nil
+}
+
+// Close detaches the hooks and frees the maps. Connections are then decided through
+// the queue again.
+func (fp *FastPath) Close() error {
+	var errs []error
+	for _, l := range fp.links {
+		errs = append(errs, l.Close())
+	}
+	fp.links = nil
+	if fp.ring != nil {
+		errs = append(errs, fp.ring.Close())
+	}
+	errs = append(errs, fp.objs.Close())
+	return errors.Join(errs...)
+}
+
+// RulesChanged tells the fast path that rules are now in force: every entry stored
+// before misses from now on. Call it synchronously with every change of the rule
+// set, after the engine uses the new rules and before the change is reported done
+// (engine.OnInstall does both).
+func (fp *FastPath) RulesChanged(rules []engine.Rule) error {
+	fp.genMu.Lock()
+	defer fp.genMu.Unlock()
+	st := &ruleState{gen: fp.cur.Load().gen + 1, cacheable: true, expires: make(map[engine.RuleID]time.Time, len(rules))}
+	for _, r := range rules {
+		st.expires[r.ID] = r.Expires
+		if !st.cacheable {
+			continue
+		}
+		switch {
+		case r.Host != "":
+			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a host-name condition", r.ID)
+		case r.LocalPort != (engine.PortRange{}):
+			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a local-port condition", r.ID)
+		case r.Service != "":
+			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a service condition", r.ID)
+		}
+	}
+	// The state first: a ticket of the new generation stores entries that miss until
+	// the map has it too; then the map, which makes every older entry miss.
+	fp.cur.Store(st)
+	if err := fp.objs.Generation.Put(uint32(0), st.gen); err != nil {
+		// The kernel must not keep hitting old entries: empty the map instead.
+		var k fastpathFpKey
+		for fp.objs.Verdicts.NextKey(nil, &k) == nil {
+			if fp.objs.Verdicts.Delete(&k) != nil {
+				break
+			}
+		}
+		return fmt.Errorf("fast path: bump the rule generation to %d: %w", st.gen, err)
+	}
+	return nil
+}
+
+// Ticket returns the current rule generation, to be taken before a connection is
+// decided and handed to Remember with the verdict.
+func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
+
+// Remember stores the verdict the engine gave req under ticket t, if the fast path
+// may decide such connections itself (see the package doc). It reports whether it
+// did; a decision it may not cache is no error.
+func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (bool, error) {
+	st := t.st
+	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
+		req.Direction != engine.Outbound || req.Protocol != engine.TCP ||
+		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	var act uint32
+	switch v.Action {
+	case engine.Allow:
+		act = actAllow
+	case engine.Deny, engine.Reject:
+		// For TCP both answer the SYN with a reset (MarkReject).
+		act = actReject
+	default:
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	ruleExpires, ok := st.expires[v.RuleID]
+	if !ok {
+		// A rule of a later set: this ticket's generation is stale anyway.
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	id, err := exeIdentity(req.PID, req.Exe)
+	if err != nil {
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	now := time.Now()
+	until := now.Add(fp.cfg.TTL)
+	if !ruleExpires.IsZero() && ruleExpires.Before(until) {
+		until = ruleExpires
+	}
+	if !until.After(now) {
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	boot, err := bootNow()
+	if err != nil {
+		return false, err
+	}
+	key := makeKey(id, uint32(req.UID), req.Remote)
+	val := fastpathFpVerdict{Gen: st.gen, ExpiresNs: boot + uint64(until.Sub(now)), RuleId: uint64(v.RuleID), Action: act}
+	fp.exesMu.Lock()
+	if len(fp.exes) >= fp.cfg.MaxEntries {
+		clear(fp.exes)
+	}
+	fp.exes[id] = req.Exe
+	fp.exesMu.Unlock()
+	if err := fp.objs.Verdicts.Put(&key, &val); err != nil {
+		return false, fmt.Errorf("fast path: store the verdict for %s -> %v: %w", req.Exe, req.Remote, err)
+	}
+	fp.stored.Add(1)
+	return true, nil
+}
+
+func makeKey(id identity, uid uint32, remote netip.AddrPort) fastpathFpKey {
+	k := fastpathFpKey{Ino: id.ino, ParentIno: id.parentIno, Dev: id.dev, MntId: id.mntID, Uid: uid, Port: remote.Port(), Proto: uint8(engine.TCP)}
+	a := remote.Addr()
+	if a.Is4() || a.Is4In6() {
+		k.Family = 4
+		b := a.Unmap().As4()
+		copy(k.Addr[:], b[:])
+	} else {
+		k.Family = 6
+		k.Addr = a.As16()
+	}
+	return k
+}
+
+// kernelDev encodes a device number as the kernel's dev_t (major << 20 | minor).
+func kernelDev(major, minor uint32) uint32 { return major<<20 | minor }
+
+// exeIdentity returns the identity of the executable process pid runs, provided it
+// is the file at path (same device, inode and mount), as the rule matched it.
+func exeIdentity(pid int32, path string) (identity, error) {
+	const mask = unix.STATX_INO | unix.STATX_MNT_ID
+	var run, named, dir unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.Itoa(int(pid))+"/exe", 0, mask, &run); err != nil {
+		return identity{}, fmt.Errorf("stat the executable of pid %d: %w", pid, err)
+	}
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, mask, &named); err != nil {
+		return identity{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if run.Ino != named.Ino || run.Dev_major != named.Dev_major || run.Dev_minor != named.Dev_minor ||
+		run.Mnt_id != named.Mnt_id || run.Mask&unix.STATX_MNT_ID == 0 {
+		return identity{}, fmt.Errorf("pid %d runs another file than %s", pid, path)
+	}
+	if err := unix.Statx(unix.AT_FDCWD, filepath.Dir(path), 0, unix.STATX_INO, &dir); err != nil {
+		return identity{}, fmt.Errorf("stat the directory of %s: %w", path, err)
+	}
+	return identity{ino: run.Ino, parentIno: dir.Ino, dev: kernelDev(run.Dev_major, run.Dev_minor), mntID: uint32(run.Mnt_id)}, nil
+}
+
+func bootNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0, fmt.Errorf("fast path: read CLOCK_BOOTTIME: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
+
+// Decision is one connection the fast path decided in the kernel.
+type Decision struct {
+	Time   time.Time
+	PID    int32
+	UID    int32
+	Exe    string // "" if the executable's path is no longer known
+	Remote netip.AddrPort
+	Action engine.Action // Allow, or Reject for a deny or reject rule
+	RuleID engine.RuleID
+}
+
+// Run reads the fast path's decisions from the ring buffer and hands each to fn
+// until ctx is done or Close is called. Once ctx is done the ring buffer is closed:
+// Run is called once.
+func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
+	// A deadline cannot interrupt a read already waiting; closing the reader can.
+	stop := context.AfterFunc(ctx, func() { fp.ring.Close() })
+	defer stop()
+	bootNs, err := bootNow()
+	if err != nil {
+		return err
+	}
+	wallAtBoot := time.Now().Add(-time.Duration(bootNs))
+	var rec ringbuf.Record
+	for {
+		if err := fp.ring.ReadInto(&rec); err != nil {
+			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil
+			}
+			return fmt.Errorf("fast path: read the ring buffer: %w", err)
+		}
+		var ev fastpathFpEvent
+		if len(rec.RawSample) < binary.Size(ev) {
+			continue
+		}
+		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &ev); err != nil {
+			continue
+		}
+		fp.events.Add(1)
+		fn(fp.decision(&ev, wallAtBoot))
+	}
+}
+
+func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {
+	k := ev.Key
+	var addr netip.Addr
+	if k.Family == 4 {
+		addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
+	} else {
+		addr = netip.AddrFrom16(k.Addr)
+	}
+	fp.exesMu.Lock()
+	exe := fp.exes[identity{ino: k.Ino, parentIno: k.ParentIno, dev: k.Dev, mntID: k.MntId}]
+	fp.exesMu.Unlock()
+	d := Decision{
+		Time: wallAtBoot.Add(time.Duration(ev.BootNs)), PID: int32(ev.Pid), UID: int32(k.Uid), Exe: exe,
+		Remote: netip.AddrPortFrom(addr, k.Port), Action: engine.Allow, RuleID: engine.RuleID(ev.RuleId),
+	}
+	if ev.Action == actReject {
+		d.Action = engine.Reject
+	}
+	return d
+}
+
+// Stats are the fast path's counters.
+type Stats struct {
+	HitsAllow  uint64 `json:"hits_allow"`  // connections the kernel allowed from the map
+	HitsReject uint64 `json:"hits_reject"` // connections the kernel refused from the map
+	Misses     uint64 `json:"misses"`      // no entry: decided through the queue
+	Stale      uint64 `json:"stale"`       // an entry of an older rule generation, or expired
+	NoIdentity uint64 `json:"no_identity"` // the task's executable or socket owner could not be read
+	RingLost   uint64 `json:"ring_lost"`   // decisions not recorded: the ring buffer was full
+	Events     uint64 `json:"events"`      // decisions read from the ring buffer
+	Stored     uint64 `json:"stored"`      // verdicts stored in the map
+	NotStored  uint64 `json:"not_stored"`  // verdicts the fast path may not decide itself
+	Entries    int    `json:"entries"`     // entries in the map (live or stale)
+	MaxEntries int    `json:"max_entries"`
+	Generation uint64 `json:"generation"`
+	Cacheable  bool   `json:"cacheable"`        // the rules in force allow caching
+	Why        string `json:"why,omitempty"`    // why not
+	Cgroup     string `json:"cgroup,omitempty"` // where the hooks are attached
+}
+
+// Stats returns the counters; Entries walks the map.
+func (fp *FastPath) Stats() Stats {
+	st := fp.cur.Load()
+	s := Stats{
+		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(),
+		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
+	}
+	for i := uint32(0); i < statMax; i++ {
+		var per []uint64
+		if err := fp.objs.Stats.Lookup(i, &per); err != nil {
+			continue
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		switch i {
+		case statHitAllow:
+			s.HitsAllow = sum
+		case statHitReject:
+			s.HitsReject = sum
+		case statMiss:
+			s.Misses = sum
+		case statStale:
+			s.Stale = sum
+		case statNoIdentity:
+			s.NoIdentity = sum
+		case statRingLost:
+			s.RingLost = sum
+		}
+	}
+	var k fastpathFpKey
+	it := fp.objs.Verdicts.Iterate()
+	var v fastpathFpVerdict
+	for it.Next(&k, &v) {
+		s.Entries++
+	}
+	return s
+}
+
+// cgroup2Root finds the root of the cgroup v2 hierarchy.
+func cgroup2Root() (string, error) {
+	var st unix.Statfs_t
+	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return p, nil
+		}
+	}
+	return "", errors.New("no cgroup2 file system at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+}
