@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/latchfw/latch/internal/fastpath"
 	"log"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +42,11 @@ time. On SIGINT or SIGTERM it removes every firewall rule it installed and exits
   --exempt-loopback=BOOL   never hold loopback traffic (default true)
   --queue N                NFQUEUE queue number (default 4242)
   --max-history N          connections kept in the history (default 100000)
+  --fast-path=BOOL         Linux: decide TCP connections a rule decided before in the
+                           kernel (eBPF), without the queue (default true; off by
+                           itself without BPF, BTF or privilege: see latch status)
+  --fast-path-cgroup DIR   cgroup v2 directory whose processes the fast path serves
+                           (default: the root of the hierarchy, every process)
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
 
@@ -58,6 +66,8 @@ type daemonOptions struct {
 	Queue          uint16
 	MaxHistory     int
 	Backend        string
+	FastPath       bool
+	FastPathCgroup string
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -73,6 +83,8 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	queue := fs.Uint("queue", 4242, "")
 	fs.IntVar(&o.MaxHistory, "max-history", store.DefaultMaxRows, "")
 	fs.StringVar(&o.Backend, "backend", "auto", "")
+	fs.BoolVar(&o.FastPath, "fast-path", true, "")
+	fs.StringVar(&o.FastPathCgroup, "fast-path-cgroup", "", "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
@@ -120,6 +132,9 @@ type platformBackend struct {
 	ready <-chan struct{}
 	// dns returns the hostname learner's counters; nil where names are not learned.
 	dns func() *dnsname.Stats
+	// fastPath is the kernel fast path (Linux), nil when off; fastPathOff says why.
+	fastPath    *fastpath.FastPath
+	fastPathOff string
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -245,7 +260,40 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	})
 
 	var counts verdictCounts
+	var users userNames
+	fp := be.fastPath
+	if fp != nil {
+		// Synchronous: the kernel stops using decisions of the old rules before the
+		// call that changed them returns.
+		eng.OnInstall(func(live []engine.Rule) {
+			if err := fp.RulesChanged(live); err != nil {
+				logf("%v", err)
+			}
+		})
+		fpCtx, stopFP := context.WithCancel(context.Background())
+		fpDone := make(chan struct{})
+		go func() {
+			defer close(fpDone)
+			err := fp.Run(fpCtx, func(d fastpath.Decision) {
+				counts.add(d.Action)
+				hist.Record(store.Conn{Time: d.Time, Request: engine.Request{
+					Time: d.Time, Direction: engine.Outbound, Protocol: engine.TCP, Remote: d.Remote,
+					PID: d.PID, Exe: d.Exe, UID: d.UID, User: users.name(d.UID),
+				}, Verdict: engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID}})
+			})
+			if err != nil {
+				logf("fast path: %v", err)
+			}
+		}()
+		defer func() { stopFP(); <-fpDone }()
+	}
 	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
+		var ticket fastpath.Ticket
+		if fp != nil {
+			// Before the engine decides: a decision that races with a rule change is
+			// stored under the older generation and never hits.
+			ticket = fp.Ticket()
+		}
 		eng.Decide(req, func(v engine.Verdict) {
 			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
 			verdict(v)
@@ -254,6 +302,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				c.Time = time.Now()
 			}
 			hist.Record(c) // never blocks; a full buffer is counted in the history stats
+			if fp != nil {
+				if _, err := fp.Remember(ticket, req, v); err != nil {
+					logf("%v", err)
+				}
+			}
 		})
 	})
 
@@ -279,6 +332,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			}
 			if be.dns != nil {
 				st.DNS = be.dns()
+			}
+			if fp != nil {
+				st.FastPath = &api.FastPathStatus{On: true, Stats: fp.Stats()}
+			} else if be.fastPathOff != "" {
+				st.FastPath = &api.FastPathStatus{Reason: be.fastPathOff}
 			}
 			return st
 		},
@@ -341,4 +399,27 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	logf("stopped")
 	return nil
+}
+
+// userNames caches account names by uid for the fast path's history rows.
+type userNames struct {
+	mu    sync.Mutex
+	names map[int32]string
+}
+
+func (u *userNames) name(uid int32) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if n, ok := u.names[uid]; ok {
+		return n
+	}
+	n := ""
+	if acct, err := user.LookupId(strconv.Itoa(int(uid))); err == nil {
+		n = acct.Username
+	}
+	if u.names == nil || len(u.names) >= 4096 {
+		u.names = make(map[int32]string)
+	}
+	u.names[uid] = n
+	return n
 }

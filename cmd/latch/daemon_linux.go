@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/latchfw/latch/internal/fastpath"
 	"sync"
 	"time"
 
@@ -39,7 +40,18 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		res.Close()
 		return nil, err
 	}
-	return &platformBackend{Backend: be, attribution: res.Methods, dns: be.DNSStats, close: func() { res.Close() }, ready: ready}, nil
+	pb := &platformBackend{Backend: be, attribution: res.Methods, dns: be.DNSStats, close: func() { res.Close() }, ready: ready}
+	if !o.FastPath {
+		pb.fastPathOff = "--fast-path=false"
+	} else if fp, err := fastpath.Open(fastpath.Config{CgroupPath: o.FastPathCgroup}); err != nil {
+		// Today's path: every connection through the queue.
+		pb.fastPathOff = err.Error()
+		logf("%v; connections go through the queue", err)
+	} else {
+		pb.fastPath = fp
+		pb.close = func() { fp.Close(); res.Close() }
+	}
+	return pb, nil
 }
 
 const cleanupHelp = `Usage: latch cleanup [--queue N]

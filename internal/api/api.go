@@ -22,6 +22,7 @@
 package api
 
 import (
+	"github.com/latchfw/latch/internal/fastpath"
 	"net/netip"
 	"os"
 	"time"
@@ -68,6 +69,19 @@ type Status struct {
 	// DNS counts the hostnames learned from DNS answers and the answers ignored, by
 	// reason (Linux; absent where names are not learned).
 	DNS *dnsname.Stats `json:"dns,omitempty"`
+
+	// FastPath is the kernel fast path (Linux): on or off and why, and its counters
+	// (absent where there is none, e.g. Windows, whose driver has its own cache).
+	FastPath *FastPathStatus `json:"fast_path,omitempty"`
+}
+
+// FastPathStatus says whether the kernel fast path decides connections a rule
+// decided before, and counts what it did.
+type FastPathStatus struct {
+	On bool `json:"on"`
+	// Reason says why it is off (--fast-path=false, no BPF, BTF or privilege).
+	Reason string `json:"reason,omitempty"`
+	fastpath.Stats
 }
 
 // Prompt is an open question as the API shows it: a flat view of engine.Prompt.

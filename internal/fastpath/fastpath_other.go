@@ -39,9 +39,6 @@ type Decision struct {
 	RuleID engine.RuleID
 }
 
-// Stats are the fast path's counters.
-type Stats struct{}
-
 // Open fails with ErrUnsupported.
 func Open(Config) (*FastPath, error) { return nil, ErrUnsupported }
 
