@@ -55,6 +55,7 @@ const (
 	fastpathMapVerdicts           = "verdicts"
 	fastpathProgLatchFastConnect4 = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6 = "latch_fast_connect6"
+	fastpathVarNetnsCookie        = "netns_cookie"
 	fastpathVarUnusedEvent        = "unused_event"
 )
 
@@ -118,6 +119,7 @@ type fastpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
+	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
@@ -160,6 +162,7 @@ func (m *fastpathMaps) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
+	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 }
 

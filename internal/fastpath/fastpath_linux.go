@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -114,9 +115,21 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if cfg.RingBytes == 0 {
 		cfg.RingBytes = DefaultRingBytes
 	}
-	if cfg.CgroupPath == "" {
-		if cfg.CgroupPath, err = cgroup2Root(); err != nil {
-			return nil, fmt.Errorf("fast path: %w", err)
+	cgroupPath := cfg.CgroupPath
+	if cgroupPath == "" {
+		if cgroupPath, err = cgroup2Root(); err != nil {
+			// `ip netns exec` and containers give the daemon a fresh /sys without
+			// the cgroup2 mount, yet the hierarchy is the same: mount it privately
+			// just for the attach (the links hold the cgroup).
+			dir, merr := mountCgroup2()
+			if merr != nil {
+				return nil, fmt.Errorf("fast path: %w; mounting one failed: %v", err, merr)
+			}
+			defer unmountCgroup2(dir)
+			cgroupPath = dir
+			cfg.CgroupPath = "cgroup2 root"
+		} else {
+			cfg.CgroupPath = cgroupPath
 		}
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -125,6 +138,13 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	spec, err := loadFastpath()
 	if err != nil {
 		return nil, fmt.Errorf("fast path: read the eBPF object: %w", err)
+	}
+	cookie, err := netnsCookie()
+	if err != nil {
+		return nil, fmt.Errorf("fast path: %w", err)
+	}
+	if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
+		return nil, fmt.Errorf("fast path: set the network namespace: %w", err)
 	}
 	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
@@ -153,9 +173,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		{fp.objs.LatchFastConnect4, ebpf.AttachCGroupInet4Connect},
 		{fp.objs.LatchFastConnect6, ebpf.AttachCGroupInet6Connect},
 	} {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupPath, Attach: a.at, Program: a.prog})
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.at, Program: a.prog})
 		if err != nil {
-			return fp, fmt.Errorf("fast path: attach to cgroup %s at %v: %w", cfg.CgroupPath, a.at, err)
+			return fp, fmt.Errorf("fast path: attach to cgroup %s at %v: %w", cgroupPath, a.at, err)
 		}
 		fp.links = append(fp.links, l)
 	}
@@ -439,4 +459,38 @@ func cgroup2Root() (string, error) {
 		}
 	}
 	return "", errors.New("no cgroup2 file system at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+}
+
+// netnsCookie returns the cookie of the caller's network namespace.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("socket for SO_NETNS_COOKIE: %w", err)
+	}
+	defer unix.Close(fd)
+	var c uint64
+	l := uint32(8)
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE, uintptr(unsafe.Pointer(&c)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		return 0, fmt.Errorf("getsockopt SO_NETNS_COOKIE (Linux 5.14+): %w", e)
+	}
+	return c, nil
+}
+
+// mountCgroup2 mounts the cgroup v2 hierarchy on a new temporary directory.
+func mountCgroup2() (string, error) {
+	dir, err := os.MkdirTemp("", "latch-fastpath-cgroup2-")
+	if err != nil {
+		return "", err
+	}
+	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		os.Remove(dir)
+		return "", fmt.Errorf("mount cgroup2 on %s: %w", dir, err)
+	}
+	return dir, nil
+}
+
+// unmountCgroup2 undoes mountCgroup2.
+func unmountCgroup2(dir string) {
+	unix.Unmount(dir, unix.MNT_DETACH)
+	os.Remove(dir)
 }

@@ -100,6 +100,11 @@ struct {
 } events SEC(".maps");
 
 
+// The network namespace (its cookie) whose sockets this fast path serves: the
+// daemon's. Set by the loader; the hooks leave every other namespace's sockets
+// alone, so daemons in other namespaces (containers, tests) keep their own.
+volatile const __u64 netns_cookie = 0;
+
 // Keeps fp_event in the object's BTF for bpf2go's -type.
 const struct fp_event *unused_event __attribute__((unused));
 
@@ -147,6 +152,8 @@ static __always_inline void set_mark(struct bpf_sock_addr *ctx, __u32 m)
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 {
 	if (ctx->type != 1 /* SOCK_STREAM */ || ctx->protocol != IPPROTO_TCP)
+		return 1;
+	if (bpf_get_netns_cookie(ctx) != netns_cookie)
 		return 1;
 	struct fp_key key = {};
 	key.family = family;
