@@ -318,7 +318,7 @@ func makeKey(id identity, uid uint32, remote netip.AddrPort) fastpathFpKey {
 func kernelDev(major, minor uint32) uint32 { return major<<20 | minor }
 
 // exeIdentity returns the identity of the executable process pid runs, provided it
-// is the file at path (same device, inode and mount), as the rule matched it.
+// is the file at path (same device and inode), as the rule matched it.
 func exeIdentity(pid int32, path string) (identity, error) {
 	const mask = unix.STATX_INO | unix.STATX_MNT_ID
 	var run, named, dir unix.Statx_t
@@ -328,8 +328,12 @@ func exeIdentity(pid int32, path string) (identity, error) {
 	if err := unix.Statx(unix.AT_FDCWD, path, 0, mask, &named); err != nil {
 		return identity{}, fmt.Errorf("stat %s: %w", path, err)
 	}
+	// The mount ids differ when the process runs in another mount namespace (a
+	// service with a private /tmp, `ip netns exec`); the key has the mount the
+	// process executed its file through, which the kernel program reads too, so a
+	// bind mount that shows the file at another path is another key.
 	if run.Ino != named.Ino || run.Dev_major != named.Dev_major || run.Dev_minor != named.Dev_minor ||
-		run.Mnt_id != named.Mnt_id || run.Mask&unix.STATX_MNT_ID == 0 {
+		run.Mask&unix.STATX_MNT_ID == 0 {
 		return identity{}, fmt.Errorf("pid %d runs another file than %s", pid, path)
 	}
 	if err := unix.Statx(unix.AT_FDCWD, filepath.Dir(path), 0, unix.STATX_INO, &dir); err != nil {

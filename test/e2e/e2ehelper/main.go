@@ -7,6 +7,9 @@
 //	e2ehelper connect ADDR TIMEOUT  one TCP connect; prints a JSON result line
 //	e2ehelper udp ADDR TIMEOUT      one UDP exchange; prints a JSON result line
 //	e2ehelper flood ADDR N CONC TIMEOUT  N TCP connects from CONC workers; prints a JSON summary
+//	e2ehelper connects ADDR N TIMEOUT  N TCP connects one after another; prints a JSON result line for each
+//	e2ehelper flood-log ADDR N CONC TIMEOUT  flood, and also print {"connected_at": UNIX_NS}
+//	                                for each connect that got through, the time it began
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
 //	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
@@ -78,6 +81,12 @@ func main() {
 		emit(udp(addr, duration(3)))
 	case "flood":
 		flood(addr, atoi(3), atoi(4), duration(5))
+	case "connects":
+		for i, n := 0, atoi(3); i < n; i++ {
+			emit(connect(addr, duration(4)))
+		}
+	case "flood-log":
+		floodLog(addr, atoi(3), atoi(4), duration(5))
 	case "hold":
 		hold(addr)
 	case "udp-stream":
@@ -557,4 +566,41 @@ func answerAddrs(m []byte) []string {
 		off += rdlen
 	}
 	return addrs
+}
+
+// floodLog is flood that also prints when each connect that got through began.
+func floodLog(addr string, n, conc int, timeout time.Duration) {
+	var res FloodResult
+	res.Attempts = n
+	var next int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for atomic.AddInt64(&next, 1) <= int64(n) {
+				began := time.Now().UnixNano()
+				c, err := net.DialTimeout("tcp", addr, timeout)
+				mu.Lock()
+				switch classify(err) {
+				case "connected":
+					res.Connected++
+					c.Close()
+					fmt.Printf("{\"connected_at\":%d}\n", began)
+				case "refused":
+					res.Refused++
+				case "timeout":
+					res.Timeout++
+				default:
+					res.Other++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.Seconds = time.Since(start).Seconds()
+	emit(res)
 }
