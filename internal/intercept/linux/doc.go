@@ -18,16 +18,16 @@
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
 //     REJECT with a TCP reset, or ICMP port unreachable for other protocols;
-//  3a. for a TCP SYN carrying MarkFastAllow (the kernel fast path allowed its
+//  4. for a TCP SYN carrying MarkFastAllow (the kernel fast path allowed its
 //     connect, see internal/fastpath) on a flow whose conntrack mark is still
 //     unset: sets MarkAllow in the conntrack mark and returns; such a SYN on a
 //     flow already marked MarkAllow (a retransmission) returns too;
-//  4. queues every other TCP SYN, matched by flags and not by conntrack state, so a SYN that
+//  5. queues every other TCP SYN, matched by flags and not by conntrack state, so a SYN that
 //     hits a stale conntrack entry is held too;
-//  5. queues the packets that the side that opened a flow sends (conntrack direction
+//  6. queues the packets that the side that opened a flow sends (conntrack direction
 //     original) while its conntrack mark is MarkRedecide (see Redecide);
-//  6. returns for flows whose conntrack mark says they were allowed;
-//  7. queues the first packet of every other flow (conntrack NEW): TCP picked up
+//  7. returns for flows whose conntrack mark says they were allowed;
+//  8. queues the first packet of every other flow (conntrack NEW): TCP picked up
 //     mid-stream, UDP, ICMP echo requests.
 //
 // Marks use only the bits of MarkMask, so marks set by others survive.
