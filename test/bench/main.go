@@ -6,9 +6,17 @@
 //   - none:  no firewall at all;
 //   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
 //     round trip itself, which no queue-based firewall can avoid);
-//   - latch: the latch daemon with 10,000 rules loaded and process attribution on.
+//   - latch: the latch daemon with 10,000 rules loaded and process attribution on,
+//     without its kernel fast path (--fast-path=false): every connect is queued;
+//   - latch+fp: the same with the fast path: after the first connect the rule's
+//     decision is cached in the kernel and connects skip the queue;
+//   - latch+fp-miss: the fast path attached but never hitting (a host-name rule in
+//     the set turns caching off), the cost of a first-seen connection with it.
 //
-// and reports latch's added latency as a multiple of the floor's. Each scenario runs in
+// and reports latch's added latency as a multiple of the floor's, and the fast
+// path's connect median and throughput against no firewall, its hit ratio, ring
+// buffer losses and map size. The fast-path scenarios' clients run in a cgroup of
+// the bench's own, where their daemon attaches its hooks. Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
 //	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5]
@@ -31,6 +39,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
@@ -96,10 +106,16 @@ func main() {
 	// The three set-ups stay up side by side and the client visits them in turn, a
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
-	names := []string{"none", "floor", "latch"}
+	names := []string{"none", "floor", "latch", "latch+fp", "latch+fp-miss"}
+	cg, cgfd, err := benchCgroup(dir)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	atExit = append(atExit, func() { unix.Close(cgfd); removeCgroup(cg) })
+	defer func() { unix.Close(cgfd); removeCgroup(cg) }()
 	var targets []*target
 	for _, sc := range names {
-		tg, err := setup(sc, client, *latchBin, dir, *nrules)
+		tg, err := setup(sc, client, *latchBin, dir, *nrules, cg, cgfd)
 		if tg != nil {
 			atExit = append(atExit, tg.close)
 			defer tg.close()
@@ -122,11 +138,93 @@ func main() {
 		results = append(results, tg.result())
 	}
 	report(results, per**rounds, *conc, *nrules, *rounds)
+	for _, tg := range targets {
+		if tg.api != "" && strings.HasPrefix(tg.name, "latch+fp") {
+			reportFastPath(tg, *latchBin)
+		}
+	}
+}
+
+// benchCgroup mounts the cgroup v2 hierarchy under dir (outside /sys, which `ip
+// netns exec` hides) and makes the bench's cgroup in it.
+func benchCgroup(dir string) (string, int, error) {
+	mnt := filepath.Join(dir, "cgroup2")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return "", -1, err
+	}
+	if err := unix.Mount("cgroup2", mnt, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", -1, fmt.Errorf("mount cgroup2 on %s: %w", mnt, err)
+	}
+	cg := filepath.Join(mnt, fmt.Sprintf("latch-bench-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		return "", -1, err
+	}
+	fd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		removeCgroup(cg)
+		return "", -1, err
+	}
+	return cg, fd, nil
+}
+
+// removeCgroup removes the bench's cgroup and unmounts the hierarchy.
+func removeCgroup(cg string) {
+	for i := 0; i < 250 && os.Remove(cg) != nil; i++ {
+		if _, err := os.Stat(cg); err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	unix.Unmount(filepath.Dir(cg), unix.MNT_DETACH)
+}
+
+// reportFastPath prints what the daemon's fast path counted.
+func reportFastPath(tg *target, latchBin string) {
+	cli := exec.Command(latchBin, "status", "--json")
+	cli.Env = append(os.Environ(), "LATCH_API="+tg.api)
+	out, err := cli.Output()
+	if err != nil {
+		fmt.Printf("%s: latch status: %v\n", tg.name, err)
+		return
+	}
+	var st struct {
+		FastPath struct {
+			On         bool   `json:"on"`
+			Reason     string `json:"reason"`
+			HitsAllow  uint64 `json:"hits_allow"`
+			HitsReject uint64 `json:"hits_reject"`
+			Misses     uint64 `json:"misses"`
+			Stale      uint64 `json:"stale"`
+			RingLost   uint64 `json:"ring_lost"`
+			Entries    int    `json:"entries"`
+			MaxEntries int    `json:"max_entries"`
+		} `json:"fast_path"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		fmt.Printf("%s: latch status: %v\n", tg.name, err)
+		return
+	}
+	f := st.FastPath
+	if !f.On {
+		fmt.Printf("%s: fast path OFF: %s\n", tg.name, f.Reason)
+		return
+	}
+	hits := f.HitsAllow + f.HitsReject
+	total := hits + f.Misses + f.Stale
+	ratio := 0.0
+	if total > 0 {
+		ratio = float64(hits) / float64(total)
+	}
+	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries\n",
+		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries)
 }
 
 // target is one scenario's namespaces and processes, and the samples taken so far.
 type target struct {
 	name    string
+	cgfd    int    // the cgroup the clients run in; -1: the bench's own
+	api     string // the latch daemon's API socket, if any
 	pair    *nettest.Pair
 	addr    string
 	procs   []*exec.Cmd
@@ -145,7 +243,11 @@ func (tg *target) close() {
 
 // measure runs one round: n sequential connects, then n from conc workers.
 func (tg *target) measure(client string, n, conc int) error {
-	out, err := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc)).Output()
+	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc))
+	if tg.cgfd >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: tg.cgfd}
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("client: %v", err)
 	}
@@ -184,12 +286,12 @@ type clientRound struct {
 
 // setup makes one scenario's namespaces and starts its server and, for floor and
 // latch, its queue reader. On error the target returned (if any) must still be closed.
-func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
+func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) (*target, error) {
 	p, err := nettest.NewPair()
 	if err != nil {
 		return nil, err
 	}
-	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort)}
+	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort), cgfd: -1}
 	addr := tg.addr
 	srv := nettest.Command(p.Server, client, "role-server", addr)
 	if err := startAndWait(srv, "listening"); err != nil {
@@ -209,14 +311,22 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 			return tg, fmt.Errorf("floor reader: %v", err)
 		}
 		tg.procs = append(tg.procs, floor)
-	case "latch":
+	case "latch", "latch+fp", "latch+fp-miss":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
-		rulesFile := filepath.Join(dir, "rules.json")
-		if err := writeRules(rulesFile, client, p.ServerIP, nrules); err != nil {
+		tg.api = api
+		rulesFile := filepath.Join(dir, "rules-"+p.Client+".json")
+		if err := writeRules(rulesFile, client, p.ServerIP, nrules, name == "latch+fp-miss"); err != nil {
 			return tg, err
 		}
-		d := nettest.Command(p.Client, latchBin, "daemon", "--state-dir", state, "--api", api, "--default", "deny")
+		args := []string{"daemon", "--state-dir", state, "--api", api, "--default", "deny"}
+		if name == "latch" {
+			args = append(args, "--fast-path=false")
+		} else {
+			args = append(args, "--fast-path-cgroup", cg)
+			tg.cgfd = cgfd
+		}
+		d := nettest.Command(p.Client, latchBin, args...)
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
 		if err := d.Start(); err != nil {
 			return tg, err
@@ -235,8 +345,9 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 }
 
 // writeRules writes nrules-1 rules that do not match the benchmark client (other apps,
-// other networks, other ports — a realistic mix) and one that allows it.
-func writeRules(path, client, serverIP string, nrules int) error {
+// other networks, other ports — a realistic mix) and one that allows it. With
+// hostRule one of the others names a host, which turns the fast path's caching off.
+func writeRules(path, client, serverIP string, nrules int, hostRule bool) error {
 	rules := make([]engine.Rule, 0, nrules)
 	for i := 1; i < nrules; i++ {
 		r := engine.Rule{ID: engine.RuleID(i), Action: engine.Allow, Protocol: engine.TCP, Direction: engine.Outbound}
@@ -252,6 +363,9 @@ func writeRules(path, client, serverIP string, nrules int) error {
 		case 3:
 			r.App = fmt.Sprintf("/usr/local/bin/svc%d", i)
 			r.Port = engine.PortRange{Lo: uint16(1000 + i%5000), Hi: uint16(1000 + i%5000)}
+		}
+		if hostRule && i == 1 {
+			r.Host = "never.example"
 		}
 		rules = append(rules, r)
 	}
@@ -280,6 +394,20 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 	}
 	fmt.Printf("throughput: floor %.2fx of none, latch %.2fx of none, latch %.2fx of floor\n",
 		floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
+	if len(ms) < 5 {
+		return
+	}
+	fp, miss := ms[3], ms[4]
+	within := func(ok bool) string {
+		if ok {
+			return "within"
+		}
+		return "OVER"
+	}
+	fmt.Printf("fast path (ruled connections): connect median %.2fx of none (target <= 1.2x: %s), throughput %.2fx of none (target >= 0.85x: %s)\n",
+		fp.MedianUS/none.MedianUS, within(fp.MedianUS <= 1.2*none.MedianUS), fp.ConnPerS/none.ConnPerS, within(fp.ConnPerS >= 0.85*none.ConnPerS))
+	fmt.Printf("fast path attached, every connect a miss: connect median %.2fx of latch without it (target <= 1.05x: %s), throughput %.2fx\n",
+		miss.MedianUS/latch.MedianUS, within(miss.MedianUS <= 1.05*latch.MedianUS), miss.ConnPerS/latch.ConnPerS)
 }
 
 // roleClient connects n times one after another, then n times from conc workers, and
