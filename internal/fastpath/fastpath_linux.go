@@ -350,6 +350,10 @@ func bootNow() (uint64, error) {
 	return uint64(ts.Nano()), nil
 }
 
+// readEvery is how long a fast-path decision waits at most in the ring buffer
+// before Run reads it, while fewer than WAKEUP_BYTES (fastpath.c) wait.
+const readEvery = 50 * time.Millisecond
+
 // Decision is one connection the fast path decided in the kernel.
 type Decision struct {
 	Time   time.Time
@@ -375,9 +379,15 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
 	wallAtBoot := time.Now().Add(-time.Duration(bootNs))
 	var rec ringbuf.Record
 	for {
+		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
+		// that, decisions wait at most readEvery to be read.
+		fp.ring.SetDeadline(time.Now().Add(readEvery))
 		if err := fp.ring.ReadInto(&rec); err != nil {
-			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
 			}
 			return fmt.Errorf("fast path: read the ring buffer: %w", err)
 		}

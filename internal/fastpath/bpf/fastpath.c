@@ -23,6 +23,11 @@
 #define MARK_REJECT 0x20000000u
 #define MARK_FAST_ALLOW 0x30000000u
 
+// The reader is woken only once this much waits in the ring buffer; it also reads
+// on its own every few tens of milliseconds (Run). One wakeup per connection would
+// cost a context switch per connection.
+#define WAKEUP_BYTES (32 * 1024)
+
 // Actions in a verdict.
 #define ACT_ALLOW 1
 #define ACT_REJECT 2
@@ -215,7 +220,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	e->key = key;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->action = action;
-	bpf_ringbuf_submit(e, 0);
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 1;
 }
 
