@@ -215,6 +215,12 @@ func TestHitsMarkAndRecord(t *testing.T) {
 	if got := c.connect(t, allowed); got != "ok 0x30000000" {
 		t.Errorf("ruled connect: %q, want the fast-allow mark", got)
 	}
+	// The same destination through an IPv6 socket, as an IPv4-mapped address: the
+	// packets are IPv4, so is the entry.
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(allowed.Addr().As16()), allowed.Port())
+	if got := c.connect(t, mapped); got != "ok 0x30000000" {
+		t.Errorf("ruled connect to %v: %q, want the fast-allow mark", mapped, got)
+	}
 	if got := c.connect(t, denied); got != "ok 0x20000000" {
 		t.Errorf("denied connect: %q, want the reject mark (no firewall here to act on it)", got)
 	}
@@ -225,7 +231,7 @@ func TestHitsMarkAndRecord(t *testing.T) {
 		remote netip.AddrPort
 		action engine.Action
 		rule   engine.RuleID
-	}{{allowed, engine.Allow, 1}, {denied, engine.Reject, 2}} {
+	}{{allowed, engine.Allow, 1}, {allowed, engine.Allow, 1}, {denied, engine.Reject, 2}} {
 		select {
 		case d := <-decisions:
 			if d.Remote != want.remote || d.Action != want.action || d.RuleID != want.rule || d.PID != c.pid || d.Exe != exe || d.UID != int32(os.Getuid()) {
@@ -236,7 +242,7 @@ func TestHitsMarkAndRecord(t *testing.T) {
 		}
 	}
 	s := fp.Stats()
-	if s.HitsAllow != 1 || s.HitsReject != 1 || s.Misses != 1 || s.Entries != 2 || s.RingLost != 0 {
+	if s.HitsAllow != 2 || s.HitsReject != 1 || s.Misses != 1 || s.Entries != 2 || s.RingLost != 0 {
 		t.Errorf("stats %+v", s)
 	}
 
@@ -252,7 +258,7 @@ func TestHitsMarkAndRecord(t *testing.T) {
 	if got := c.connect(t, allowed); got != "ok 0x0" {
 		t.Errorf("stored with a stale ticket: %q, want a miss", got)
 	}
-	if s := fp.Stats(); s.Stale != 2 || s.HitsAllow != 1 {
+	if s := fp.Stats(); s.Stale != 2 || s.HitsAllow != 2 {
 		t.Errorf("stats after the change %+v", s)
 	}
 }

@@ -169,10 +169,17 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		__builtin_memcpy(key.addr, &a, 4);
 	} else {
 		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-		__builtin_memcpy(key.addr, &a0, 4);
-		__builtin_memcpy(key.addr + 4, &a1, 4);
-		__builtin_memcpy(key.addr + 8, &a2, 4);
-		__builtin_memcpy(key.addr + 12, &a3, 4);
+		if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff)) {
+			// An IPv4-mapped address: the packets are IPv4, and so is the
+			// key the daemon stores for them.
+			key.family = 4;
+			__builtin_memcpy(key.addr, &a3, 4);
+		} else {
+			__builtin_memcpy(key.addr, &a0, 4);
+			__builtin_memcpy(key.addr + 4, &a1, 4);
+			__builtin_memcpy(key.addr + 8, &a2, 4);
+			__builtin_memcpy(key.addr + 12, &a3, 4);
+		}
 	}
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk) {
