@@ -361,8 +361,28 @@ func TestFastPathMissesCopyAndUnruled(t *testing.T) {
 }
 
 // TestFastPathOff: --fast-path=false says so in latch status and decides through
-// the queue.
+// the queue; a fast path that cannot attach falls back to the queue and says why.
 func TestFastPathOff(t *testing.T) {
+	t.Run("cannot attach", func(t *testing.T) {
+		n := NewNet(t)
+		n.Serve(t, 8310)
+		d := n.StartDaemon("--default", "deny", "--fast-path-cgroup", "/nonexistent/latch-cgroup")
+		fp := d.fastPath(t)
+		if fp.On || !strings.Contains(fp.Reason, "/nonexistent/latch-cgroup") {
+			t.Errorf("status fast_path %+v: want off, with the reason naming the cgroup", fp)
+		}
+		d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8310", "--action", "allow")
+		for i, r := range results(t, n.MustExec(t, n.Client, helperBin, "connects", n.ServerIP+":8310", "2", "10s")) {
+			if r.Outcome != "connected" {
+				t.Errorf("connect %d: %+v", i, r)
+			}
+		}
+		for _, c := range connsTo(t, d, 8310, 2) {
+			if c["reason"] != "rule" {
+				t.Errorf("row %v: want reason rule", c)
+			}
+		}
+	})
 	n := NewNet(t)
 	n.Serve(t, 8309)
 	d := n.StartDaemon("--default", "deny", "--fast-path=false")
@@ -371,7 +391,7 @@ func TestFastPathOff(t *testing.T) {
 		t.Errorf("status fast_path %+v: want off, reason --fast-path=false", fp)
 	}
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8309", "--action", "allow")
-	n.Exec(n.Client, helperBin, "connects", n.ServerIP+":8309", "3", "10s")
+	n.MustExec(t, n.Client, helperBin, "connects", n.ServerIP+":8309", "3", "10s")
 	for _, c := range connsTo(t, d, 8309, 3) {
 		if c["reason"] != "rule" {
 			t.Errorf("row %v: want reason rule", c)
@@ -380,4 +400,14 @@ func TestFastPathOff(t *testing.T) {
 	if out := d.MustCLI(t, "status"); !strings.Contains(out, "fast path:") || !strings.Contains(out, "off: --fast-path=false") {
 		t.Errorf("latch status:\n%s", out)
 	}
+}
+
+// MustExec is Exec that fails the test on error.
+func (n *Net) MustExec(t *testing.T, ns, name string, args ...string) string {
+	t.Helper()
+	out, err := n.Exec(ns, name, args...)
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return out
 }
