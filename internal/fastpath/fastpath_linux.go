@@ -72,7 +72,7 @@ type FastPath struct {
 	cur   atomic.Pointer[ruleState]
 
 	stored, notStored atomic.Uint64
-	events            atomic.Uint64
+	events, badEvents atomic.Uint64
 
 	exesMu sync.Mutex
 	exes   map[identity]string // executable identity → path, for history rows
@@ -391,16 +391,33 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
 			}
 			return fmt.Errorf("fast path: read the ring buffer: %w", err)
 		}
-		var ev fastpathFpEvent
-		if len(rec.RawSample) < binary.Size(ev) {
-			continue
-		}
-		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &ev); err != nil {
+		ev, err := decodeEvent(rec.RawSample)
+		if err != nil {
+			fp.badEvents.Add(1)
 			continue
 		}
 		fp.events.Add(1)
 		fn(fp.decision(&ev, wallAtBoot))
 	}
+}
+
+// decodeEvent reads one ring buffer record: a struct fp_event, with sane family and
+// action.
+func decodeEvent(b []byte) (fastpathFpEvent, error) {
+	var ev fastpathFpEvent
+	if len(b) < binary.Size(ev) {
+		return ev, fmt.Errorf("fast path event of %d bytes, want %d", len(b), binary.Size(ev))
+	}
+	if _, err := binary.Decode(b, binary.NativeEndian, &ev); err != nil {
+		return ev, fmt.Errorf("fast path event: %w", err)
+	}
+	if ev.Key.Family != 4 && ev.Key.Family != 6 {
+		return ev, fmt.Errorf("fast path event with address family %d", ev.Key.Family)
+	}
+	if ev.Action != actAllow && ev.Action != actReject {
+		return ev, fmt.Errorf("fast path event with action %d", ev.Action)
+	}
+	return ev, nil
 }
 
 func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {
@@ -428,7 +445,7 @@ func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision
 func (fp *FastPath) Stats() Stats {
 	st := fp.cur.Load()
 	s := Stats{
-		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(),
+		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(), BadEvents: fp.badEvents.Load(),
 		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
 	}
 	for i := uint32(0); i < statMax; i++ {

@@ -9,6 +9,7 @@ type Stats struct {
 	NoIdentity uint64 `json:"no_identity"` // the task's executable or socket owner could not be read
 	RingLost   uint64 `json:"ring_lost"`   // decisions not recorded: the ring buffer was full
 	Events     uint64 `json:"events"`      // decisions read from the ring buffer
+	BadEvents  uint64 `json:"bad_events"`  // ring buffer records that were not a decision (ignored)
 	Stored     uint64 `json:"stored"`      // verdicts stored in the map
 	NotStored  uint64 `json:"not_stored"`  // verdicts the fast path may not decide itself
 	Entries    int    `json:"entries"`     // entries in the map (live or stale)
