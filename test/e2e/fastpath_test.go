@@ -201,7 +201,7 @@ func TestFastPathDecidesRuledConnections(t *testing.T) {
 // returned. A rule that expires does the same.
 func TestFastPathDenyRuleStopsCachedAllow(t *testing.T) {
 	n := NewNet(t)
-	n.Serve(t, 8303)
+	srv := n.Serve(t, 8303)
 	n.Serve(t, 8304)
 	cg, cgfd := fastPathCgroup(t)
 	d := startFastPathDaemon(t, n, cg)
@@ -219,7 +219,14 @@ func TestFastPathDenyRuleStopsCachedAllow(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		done <- flood{string(out), err}
 	}()
-	time.Sleep(700 * time.Millisecond)
+	// Change the rules while the flood is getting through (on a loaded machine the
+	// flood may take a while to start).
+	for deadline := time.Now().Add(30 * time.Second); Accepted(srv) < 200; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the flood did not get going: server accepted %d", Accepted(srv))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8303", "--action", "deny")
 	returned := time.Now().UnixNano()
 	var f flood
