@@ -41,6 +41,21 @@
 // (Ticket) before the engine decided it, so a decision that raced with a change is
 // stored under the old generation and misses.
 //
+// # Limits
+//
+// UDP is not served: the kernel copies an unconnected socket's mark before the
+// sendmsg hook runs, and a mark on a connected UDP socket would outlive its conntrack
+// entry (a datagram after the entry expired would pass without asking the rules in
+// force then). UDP flows still skip the queue after their first datagram
+// (conntrack). Processes in other mount namespaces see their executable through
+// other mounts, so they get entries of their own. A hard link to the program in its
+// own directory under another name is the same key (creating one needs write access
+// to that directory, which could replace the program anyway). A socket marked by a
+// hit keeps its mark: if the daemon dies (fail-closed, ruleset left in place) and the
+// program then disconnects that TCP socket (connect with AF_UNSPEC) and connects it
+// again, that SYN passes; while the daemon runs, every connect is looked up anew and
+// a miss clears the mark.
+//
 // # History
 //
 // Each fast-path decision is sent through a BPF ring buffer (pid, uid, executable
