@@ -114,7 +114,7 @@ func (c *testClient) connect(t *testing.T, ap netip.AddrPort) string {
 
 // testCgroup makes a cgroup v2 directory for this test and returns its path and an
 // open fd of it; both go when the test ends.
-func testCgroup(t *testing.T) (string, int) {
+func testCgroup(t testing.TB) (string, int) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -375,4 +375,31 @@ func TestRingLossCounted(t *testing.T) {
 	}
 	t.Logf("%d of %d decisions lost with a 4 KiB ring", s.RingLost, n)
 	_ = strconv.Itoa
+}
+
+// BenchmarkRemember is what storing a first-seen ruled connection's verdict costs
+// the daemon (after the verdict went out, so not the connection's latency): the
+// identity checks (three statx) and the map update.
+func BenchmarkRemember(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	cg, _ := testCgroup(b)
+	fp, err := Open(Config{CgroupPath: cg})
+	if err != nil {
+		b.Skip(err)
+	}
+	defer fp.Close()
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
+	exe, _ := os.Executable()
+	r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, PID: int32(os.Getpid()), Exe: exe, UID: 0}
+	v := ruleVerdict(engine.Allow, 1)
+	tk := fp.Ticket()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		r.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), uint16(i))
+		if ok, err := fp.Remember(tk, r, v); !ok {
+			b.Fatal(err)
+		}
+	}
 }
