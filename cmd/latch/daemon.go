@@ -303,9 +303,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			}
 			hist.Record(c) // never blocks; a full buffer is counted in the history stats
 			if fp != nil {
-				if _, err := fp.Remember(ticket, req, v); err != nil {
-					logf("%v", err)
-				}
+				fp.Offer(ticket, req, v)
 			}
 		})
 	})

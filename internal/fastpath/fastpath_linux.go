@@ -73,9 +73,14 @@ type FastPath struct {
 
 	stored, notStored atomic.Uint64
 	events, badEvents atomic.Uint64
+	storeErrors       atomic.Uint64
 
 	exesMu sync.Mutex
 	exes   map[identity]string // executable identity → path, for history rows
+
+	offers     chan offered
+	stopWorker chan struct{}
+	workerDone chan struct{}
 }
 
 // ruleState is what a rule set allows the fast path to cache.
@@ -148,7 +153,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
-	fp = &FastPath{cfg: cfg, exes: make(map[identity]string)}
+	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
 	if err := spec.LoadAndAssign(&fp.objs, nil); err != nil {
 		return nil, fmt.Errorf("fast path: load the eBPF programs: %w", err)
 	}
@@ -179,12 +184,19 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		fp.links = append(fp.links, l)
 	}
+	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
+	go fp.storeWorker()
 	return fp, nil
 }
 
 // Close detaches the hooks and frees the maps. Connections are then decided through
 // the queue again.
 func (fp *FastPath) Close() error {
+	if fp.stopWorker != nil {
+		close(fp.stopWorker)
+		<-fp.workerDone
+		fp.stopWorker = nil
+	}
 	var errs []error
 	for _, l := range fp.links {
 		errs = append(errs, l.Close())
@@ -239,25 +251,69 @@ func (fp *FastPath) RulesChanged(rules []engine.Rule) error {
 // decided and handed to Remember with the verdict.
 func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
 
+// cacheable says whether the fast path may decide connections like req itself from
+// verdict v given under st (see the package doc), and with which action.
+func cacheable(st *ruleState, req *engine.Request, v engine.Verdict) (uint32, bool) {
+	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
+		req.Direction != engine.Outbound || req.Protocol != engine.TCP ||
+		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
+		return 0, false
+	}
+	switch v.Action {
+	case engine.Allow:
+		return actAllow, true
+	case engine.Deny, engine.Reject:
+		// For TCP both answer the SYN with a reset (MarkReject).
+		return actReject, true
+	}
+	return 0, false
+}
+
+// offered is a verdict waiting for the store worker.
+type offered struct {
+	t   Ticket
+	req engine.Request
+	v   engine.Verdict
+}
+
+// Offer is Remember off the caller's goroutine: a verdict the fast path may cache
+// is handed to a worker (the identity checks cost a few statx calls), so the queue's
+// reader does not wait for them. A verdict that finds the worker's queue full is
+// not stored (a later connection then misses once more). Never blocks.
+func (fp *FastPath) Offer(t Ticket, req *engine.Request, v engine.Verdict) {
+	if _, ok := cacheable(t.st, req, v); !ok {
+		fp.notStored.Add(1)
+		return
+	}
+	select {
+	case fp.offers <- offered{t, *req, v}:
+	default:
+		fp.notStored.Add(1)
+	}
+}
+
+// storeWorker stores offered verdicts until Close.
+func (fp *FastPath) storeWorker() {
+	defer close(fp.workerDone)
+	for {
+		select {
+		case o := <-fp.offers:
+			if _, err := fp.Remember(o.t, &o.req, o.v); err != nil {
+				fp.storeErrors.Add(1)
+			}
+		case <-fp.stopWorker:
+			return
+		}
+	}
+}
+
 // Remember stores the verdict the engine gave req under ticket t, if the fast path
 // may decide such connections itself (see the package doc). It reports whether it
 // did; a decision it may not cache is no error.
 func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (bool, error) {
 	st := t.st
-	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
-		req.Direction != engine.Outbound || req.Protocol != engine.TCP ||
-		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
-		fp.notStored.Add(1)
-		return false, nil
-	}
-	var act uint32
-	switch v.Action {
-	case engine.Allow:
-		act = actAllow
-	case engine.Deny, engine.Reject:
-		// For TCP both answer the SYN with a reset (MarkReject).
-		act = actReject
-	default:
+	act, ok := cacheable(st, req, v)
+	if !ok {
 		fp.notStored.Add(1)
 		return false, nil
 	}
@@ -445,7 +501,7 @@ func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision
 func (fp *FastPath) Stats() Stats {
 	st := fp.cur.Load()
 	s := Stats{
-		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(), BadEvents: fp.badEvents.Load(),
+		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(), BadEvents: fp.badEvents.Load(), StoreErrors: fp.storeErrors.Load(),
 		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
 	}
 	for i := uint32(0); i < statMax; i++ {

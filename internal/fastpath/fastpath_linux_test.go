@@ -246,6 +246,19 @@ func TestHitsMarkAndRecord(t *testing.T) {
 		t.Errorf("stats %+v", s)
 	}
 
+	// Offer stores off the caller's goroutine.
+	fp.Offer(fp.Ticket(), req(c, other), ruleVerdict(engine.Allow, 1))
+	for deadline := time.Now().Add(5 * time.Second); fp.Stats().Entries < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("an offered verdict was not stored: %+v", fp.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := c.connect(t, other); got != "ok 0x30000000" {
+		t.Errorf("after Offer: %q, want a hit", got)
+	}
+	<-decisions
+
 	// A rule change: the same connections miss (and the socket carries no mark).
 	if err := fp.RulesChanged(rules); err != nil {
 		t.Fatal(err)
@@ -258,7 +271,7 @@ func TestHitsMarkAndRecord(t *testing.T) {
 	if got := c.connect(t, allowed); got != "ok 0x0" {
 		t.Errorf("stored with a stale ticket: %q, want a miss", got)
 	}
-	if s := fp.Stats(); s.Stale != 2 || s.HitsAllow != 2 {
+	if s := fp.Stats(); s.Stale != 2 || s.HitsAllow != 3 {
 		t.Errorf("stats after the change %+v", s)
 	}
 }

@@ -54,6 +54,9 @@ func (*FastPath) Ticket() Ticket { return Ticket{} }
 // Remember stores nothing.
 func (*FastPath) Remember(Ticket, *engine.Request, engine.Verdict) (bool, error) { return false, nil }
 
+// Offer stores nothing.
+func (*FastPath) Offer(Ticket, *engine.Request, engine.Verdict) {}
+
 // Run returns at once.
 func (*FastPath) Run(context.Context, func(Decision)) error { return nil }
 
