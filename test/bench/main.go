@@ -6,6 +6,8 @@
 //   - none:  no firewall at all;
 //   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
 //     round trip itself, which no queue-based firewall can avoid);
+//   - conntrack: no queue, only a rule that makes the kernel track connections (the
+//     price of conntrack, which latch's marks need, and so the fast path's floor);
 //   - latch: the latch daemon with 10,000 rules loaded and process attribution on,
 //     without its kernel fast path (--fast-path=false): every connect is queued;
 //   - latch+fp: the same with the fast path: after the first connect the rule's
@@ -106,7 +108,7 @@ func main() {
 	// The three set-ups stay up side by side and the client visits them in turn, a
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
-	names := []string{"none", "floor", "latch", "latch+fp", "latch+fp-miss"}
+	names := []string{"none", "floor", "latch", "latch+fp", "latch+fp-miss", "conntrack"}
 	cg, cgfd, err := benchCgroup(dir)
 	if err != nil {
 		fatalf("%v", err)
@@ -311,6 +313,11 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 			return tg, fmt.Errorf("floor reader: %v", err)
 		}
 		tg.procs = append(tg.procs, floor)
+	case "conntrack":
+		rule := []string{"-A", "OUTPUT", "-p", "tcp", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"}
+		if out, err := nettest.Command(p.Client, "iptables", rule...).CombinedOutput(); err != nil {
+			return tg, fmt.Errorf("iptables: %v: %s", err, out)
+		}
 	case "latch", "latch+fp", "latch+fp-miss":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
@@ -398,6 +405,11 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 		return
 	}
 	fp, miss := ms[3], ms[4]
+	if len(ms) > 5 {
+		ct := ms[5]
+		fmt.Printf("conntrack alone: connect median %.2fx of none, throughput %.2fx; the fast path %.2fx of it, throughput %.2fx\n",
+			ct.MedianUS/none.MedianUS, ct.ConnPerS/none.ConnPerS, fp.MedianUS/ct.MedianUS, fp.ConnPerS/ct.ConnPerS)
+	}
 	within := func(ok bool) string {
 		if ok {
 			return "within"
