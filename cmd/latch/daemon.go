@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/latchfw/latch/internal/fastpath"
 	"io"
 	"log"
 	"net/http"
@@ -92,6 +93,11 @@ exits; on SIGHUP it reads the managed rule files again.
                            (conntrack accounting; 'latch conns', 'latch top') (default true)
   --traffic-interval DUR   how often a long-lived connection's bytes are written to the
                            history; its end is always written (default 10s)
+  --fast-path=BOOL         Linux: decide TCP connections a rule decided before in the
+                           kernel (eBPF), without the queue (default true; off by
+                           itself without BPF, BTF or privilege: see latch status)
+  --fast-path-cgroup DIR   cgroup v2 directory whose processes the fast path serves
+                           (default: the root of the hierarchy, every process)
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
   --keep-rules-on-exit     fail-closed: a stop (SIGTERM) leaves the firewall rules in place,
@@ -158,7 +164,9 @@ type daemonOptions struct {
 	Accounting      bool
 	TrafficInterval time.Duration
 	// onTraffic receives the backend's byte reports (set by runDaemon).
-	onTraffic func([]intercept.Traffic)
+	onTraffic      func([]intercept.Traffic)
+	FastPath       bool
+	FastPathCgroup string
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -197,6 +205,8 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.StringVar(&o.DNSRefuse, "dns-refuse", dnsproxy.RefuseNXDomain, "")
 	fs.BoolVar(&o.Accounting, "accounting", true, "")
 	fs.DurationVar(&o.TrafficInterval, "traffic-interval", 10*time.Second, "")
+	fs.BoolVar(&o.FastPath, "fast-path", true, "")
+	fs.StringVar(&o.FastPathCgroup, "fast-path-cgroup", "", "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -304,6 +314,9 @@ type platformBackend struct {
 	names    *dnsname.Cache
 	identify func(proto engine.Protocol, client, server netip.AddrPort) engine.Request
 	control  func(network, address string, c syscall.RawConn) error
+	// fastPath is the kernel fast path (Linux), nil when off; fastPathOff says why.
+	fastPath    *fastpath.FastPath
+	fastPathOff string
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -493,10 +506,48 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	defer obs.close()
 
 	var counts verdictCounts
+	var users userNames
+	fp := be.fastPath
+	if fp != nil {
+		// Synchronous: the kernel stops using decisions of the old rules before the
+		// call that changed them returns.
+		eng.OnInstall(func(live []engine.Rule) {
+			if err := fp.RulesChanged(live); err != nil {
+				logf("%v", err)
+			}
+		})
+		fpCtx, stopFP := context.WithCancel(context.Background())
+		fpDone := make(chan struct{})
+		go func() {
+			defer close(fpDone)
+			err := fp.Run(fpCtx, func(d fastpath.Decision) {
+				counts.add(d.Action)
+				req := engine.Request{
+					Time: d.Time, Direction: engine.Outbound, Protocol: engine.TCP, Remote: d.Remote,
+					PID: d.PID, Exe: d.Exe, UID: d.UID, User: users.name(d.UID),
+					// The kernel matched the file the rule's path verified (dev, inode).
+					Identity: engine.IdentityVerified,
+				}
+				v := engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID}
+				obs.decided(&req, v) // metrics and events, as for a queued connection
+				hist.Record(store.Conn{Time: d.Time, Request: req, Verdict: v})
+			})
+			if err != nil {
+				logf("fast path: %v", err)
+			}
+		}()
+		defer func() { stopFP(); <-fpDone }()
+	}
 	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
 		// Flagged before deciding, so that the question shows it too.
 		if note, ok := o.EncryptedDNS.Match(req); ok && req.Note == "" {
 			req.Note = note
+		}
+		var ticket fastpath.Ticket
+		if fp != nil {
+			// Before the engine decides: a decision that races with a rule change is
+			// stored under the older generation and never hits.
+			ticket = fp.Ticket()
 		}
 		eng.Decide(req, func(v engine.Verdict) {
 			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
@@ -507,6 +558,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				c.Time = time.Now()
 			}
 			hist.Record(c) // never blocks; a full buffer is counted in the history stats
+			if fp != nil {
+				fp.Offer(ticket, req, v)
+			}
 		})
 	})
 
@@ -554,6 +608,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			if p := proxy.Load(); p != nil {
 				ps := p.Stats()
 				st.DNSProxy = &ps
+			}
+			if fp != nil {
+				st.FastPath = &api.FastPathStatus{On: true, Stats: fp.Stats()}
+			} else if be.fastPathOff != "" {
+				st.FastPath = &api.FastPathStatus{Reason: be.fastPathOff}
 			}
 			return st
 		},
@@ -712,4 +771,27 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		cancel()
 		<-done
 	}, nil
+}
+
+// userNames caches account names by uid for the fast path's history rows.
+type userNames struct {
+	mu    sync.Mutex
+	names map[int32]string
+}
+
+func (u *userNames) name(uid int32) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if n, ok := u.names[uid]; ok {
+		return n
+	}
+	n := ""
+	if acct, err := user.LookupId(strconv.Itoa(int(uid))); err == nil {
+		n = acct.Username
+	}
+	if u.names == nil || len(u.names) >= 4096 {
+		u.names = make(map[int32]string)
+	}
+	u.names[uid] = n
+	return n
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/latchfw/latch/internal/fastpath"
 	"net/netip"
 	"sync"
 	"time"
@@ -75,9 +76,20 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
 		return req
 	}
-	return &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
+	pb := &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
 		dns: be.DNSStats, close: func() { res.Close() }, ready: ready,
-		names: names, identify: identify, control: linux.Control}, nil
+		names: names, identify: identify, control: linux.Control}
+	if !o.FastPath {
+		pb.fastPathOff = "--fast-path=false"
+	} else if fp, err := fastpath.Open(fastpath.Config{CgroupPath: o.FastPathCgroup}); err != nil {
+		// Today's path: every connection through the queue.
+		pb.fastPathOff = err.Error()
+		logf("%v; connections go through the queue", err)
+	} else {
+		pb.fastPath = fp
+		pb.close = func() { fp.Close(); res.Close() }
+	}
+	return pb, nil
 }
 
 const cleanupHelp = `Usage: latch cleanup [--queue N] [--state-dir DIR] [--resolv-conf PATH]

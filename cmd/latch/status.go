@@ -80,6 +80,17 @@ func runStatus(ctx context.Context, args []string) error {
 		row("dns ignored", "%s", counters(n.Ignored))
 		row("dns not tracked", "%s", counters(n.QueriesNotTracked))
 	}
+	if f := st.FastPath; f != nil {
+		if f.On {
+			row("fast path", "on: %d allowed and %d refused in the kernel, %d misses, %d stale; map %d of %d entries; ring buffer lost %d",
+				f.HitsAllow, f.HitsReject, f.Misses, f.Stale, f.Entries, f.MaxEntries, f.RingLost)
+			if !f.Cacheable {
+				row("fast path off for now", "%s", f.Why)
+			}
+		} else {
+			row("fast path", "off: %s", f.Reason)
+		}
+	}
 	row("verdicts", "%s", counters(st.Verdicts))
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History

@@ -34,6 +34,7 @@
 package api
 
 import (
+	"github.com/latchfw/latch/internal/fastpath"
 	"net/netip"
 	"os"
 	"time"
@@ -97,6 +98,9 @@ type Status struct {
 	Events []EventSinkStats `json:"events,omitempty"` // event sinks: sent and dropped
 	// DNSProxy counts what the local resolver (--dns-proxy) did, when it runs.
 	DNSProxy *dnsproxy.Stats `json:"dns_proxy,omitempty"`
+	// FastPath is the kernel fast path (Linux): on or off and why, and its counters
+	// (absent where there is none, e.g. Windows, whose driver has its own cache).
+	FastPath *FastPathStatus `json:"fast_path,omitempty"`
 }
 
 // EventSinkStats are one event sink's counters in Status.
@@ -104,6 +108,15 @@ type EventSinkStats struct {
 	Sink    string `json:"sink"` // file, syslog, api
 	Sent    uint64 `json:"sent"`
 	Dropped uint64 `json:"dropped"` // a full queue or a failed sink; verdicts never wait
+}
+
+// FastPathStatus says whether the kernel fast path decides connections a rule
+// decided before, and counts what it did.
+type FastPathStatus struct {
+	On bool `json:"on"`
+	// Reason says why it is off (--fast-path=false, no BPF, BTF or privilege).
+	Reason string `json:"reason,omitempty"`
+	fastpath.Stats
 }
 
 // Prompt is an open question as the API shows it: a flat view of engine.Prompt.

@@ -96,6 +96,8 @@ type Engine struct {
 	nextID      RuleID
 	expiryTimer *time.Timer
 	closedRules bool
+	// installHooks are the OnInstall hooks; guarded by writeMu.
+	installHooks []func(live []Rule)
 
 	// hookMu guards the OnRulesChanged hooks and the changes waiting for them.
 	hookMu      sync.Mutex
@@ -589,6 +591,27 @@ func (e *Engine) OnRulesChanged(fn func(old, new []Rule)) {
 	}
 }
 
+// OnInstall registers fn to be called synchronously with the rules in force (sorted
+// by ID, none expired): once at once, and then on every later change (add, remove,
+// import, an answer remembered as a rule, expiry), after the engine decides by the
+// new rules and before the call that changed them returns. fn runs with the
+// engine's rule lock held: it must be quick and must not call the engine. Use it
+// for caches of decisions that must never outlive the rules that made them (the
+// kernel fast path).
+func (e *Engine) OnInstall(fn func(live []Rule)) {
+	e.writeMu.Lock()
+	defer e.writeMu.Unlock()
+	e.installHooks = append(e.installHooks, fn)
+	now := e.now()
+	live := make([]Rule, 0)
+	for _, r := range e.currentRules() {
+		if !r.Expired(now) {
+			live = append(live, r)
+		}
+	}
+	fn(live)
+}
+
 // install puts rules in force, decides the open prompts they now match, and tells
 // everyone. Call with writeMu held; install releases it.
 func (e *Engine) install(rules []Rule) {
@@ -642,6 +665,9 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 		}
 	}
 	e.mu.Unlock()
+	for _, fn := range e.installHooks {
+		fn(live)
+	}
 
 	e.scheduleExpiry(live, now)
 	e.publish(Event{Kind: EventRules, Rules: live})

@@ -760,3 +760,60 @@ func TestAffectedLargeChangeRedecidesEverything(t *testing.T) {
 		t.Error("no change re-decides a request")
 	}
 }
+
+// TestOnInstallSynchronous: the hook sees the rules at once, and every change
+// before the call that made it returns (a fast path's invalidation relies on it),
+// expiry included.
+func TestOnInstallSynchronous(t *testing.T) {
+	e, err := New(Config{Default: Deny, PromptTimeout: time.Minute}, []Rule{{ID: 1, Action: Allow}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	var mu sync.Mutex
+	var seen [][]RuleID
+	e.OnInstall(func(live []Rule) {
+		ids := []RuleID{}
+		for _, r := range live {
+			ids = append(ids, r.ID)
+		}
+		mu.Lock()
+		seen = append(seen, ids)
+		mu.Unlock()
+	})
+	last := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprint(len(seen), seen[len(seen)-1])
+	}
+	if got := last(); got != "1 [1]" {
+		t.Fatalf("at registration: %s", got)
+	}
+	r, err := e.AddRule(Rule{Action: Deny, Expires: time.Now().Add(50 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := last(); got != fmt.Sprint(2, []RuleID{1, r.ID}) {
+		t.Fatalf("after AddRule returned: %s", got)
+	}
+	if _, err := e.RemoveRule(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := last(); got != fmt.Sprint(3, []RuleID{r.ID}) {
+		t.Fatalf("after RemoveRule returned: %s", got)
+	}
+	if err := e.ReplaceRules([]Rule{{ID: 9, Action: Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := last(); got != "4 [9]" {
+		t.Fatalf("after ReplaceRules returned: %s", got)
+	}
+	e.AddRule(Rule{Action: Deny, Expires: time.Now().Add(30 * time.Millisecond)})
+	deadline := time.Now().Add(5 * time.Second)
+	for last() != "6 [9]" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := last(); got != "6 [9]" {
+		t.Fatalf("after expiry: %s", got)
+	}
+}

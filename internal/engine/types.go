@@ -340,6 +340,9 @@ const (
 	ReasonQuestionCap Reason = "question-cap"
 	ReasonExempt      Reason = "exempt" // latch's own traffic or loopback
 	ReasonError       Reason = "error"  // the backend could not describe the connection
+	// ReasonFastPath: the kernel decided the connection from an earlier decision of
+	// a rule (Verdict.RuleID), without asking the service (Linux eBPF fast path).
+	ReasonFastPath Reason = "fast-path"
 )
 
 // Verdict is the answer to a Request.

@@ -63,7 +63,7 @@ type Metrics struct {
 var actions = [...]engine.Action{engine.Allow, engine.Deny, engine.Reject, engine.Drop}
 
 var knownReasons = [...]engine.Reason{engine.ReasonRule, engine.ReasonPrompt, engine.ReasonDefault,
-	engine.ReasonTimeout, engine.ReasonQuestionCap, engine.ReasonExempt, engine.ReasonError}
+	engine.ReasonTimeout, engine.ReasonQuestionCap, engine.ReasonExempt, engine.ReasonError, engine.ReasonFastPath}
 
 // LatencyBuckets are the verdict latency histogram's upper bounds, in seconds: from
 // 25µs (a rule verdict) to 2 minutes (a question answered late).

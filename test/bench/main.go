@@ -6,15 +6,25 @@
 //   - none:  no firewall at all;
 //   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
 //     round trip itself, which no queue-based firewall can avoid);
-//   - latch: the latch daemon with 10,000 rules loaded and process attribution on;
+//   - conntrack: no queue, only a rule that makes the kernel track connections (the
+//     price of conntrack, which latch's marks need, and so the fast path's floor);
+//   - latch: the latch daemon with 10,000 rules loaded and process attribution on,
+//     without its kernel fast path (--fast-path=false): every connect is queued;
 //   - latch+sinks: the same with every observer on: metrics (--metrics), a JSON-lines
 //     events file, a syslog collector over TCP (a reader that discards), and an API
-//     follower (`latch events --follow --json`) — to compare with latch.
-//   - latch-noacct: the same with byte accounting off (--accounting=false);
+//     follower (`latch events --follow --json`) — to compare with latch;
+//   - latch-noacct: the same as latch with byte accounting off (--accounting=false);
+//   - latch+fp: latch with the fast path: after the first connect the rule's
+//     decision is cached in the kernel and connects skip the queue;
+//   - latch+fp-miss: the fast path attached but never hitting (a host-name rule in
+//     the set turns caching off), the cost of a first-seen connection with it.
 //
 // and bulk throughput over one allowed connection (-bulk MiB per round), and reports
-// latch's added latency as a multiple of the floor's, and what byte accounting costs
-// (latch against latch-noacct: connects per second and bulk throughput). Each scenario runs in
+// latch's added latency as a multiple of the floor's, what the observers and byte
+// accounting cost, and the fast path's connect median and throughput against no
+// firewall, its hit ratio, ring buffer losses and map size. The fast-path scenarios'
+// clients run in a cgroup of the bench's own, where their daemon attaches its hooks.
+// Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
 //	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 64]
@@ -38,6 +48,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
@@ -114,10 +126,16 @@ func main() {
 	// The three set-ups stay up side by side and the client visits them in turn, a
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
-	names := []string{"none", "floor", "latch", "latch+sinks", "latch-noacct"}
+	names := []string{"none", "floor", "conntrack", "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss"}
+	cg, cgfd, err := benchCgroup(dir)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	atExit = append(atExit, func() { unix.Close(cgfd); removeCgroup(cg) })
+	defer func() { unix.Close(cgfd); removeCgroup(cg) }()
 	var targets []*target
 	for _, sc := range names {
-		tg, err := setup(sc, client, *latchBin, dir, *nrules)
+		tg, err := setup(sc, client, *latchBin, dir, *nrules, cg, cgfd)
 		if tg != nil {
 			atExit = append(atExit, tg.close)
 			defer tg.close()
@@ -146,11 +164,93 @@ func main() {
 	}
 	report(results, per**rounds, *conc, *nrules, *rounds)
 	reportAccounting(results, *bulk, *rounds)
+	for _, tg := range targets {
+		if tg.api != "" && strings.HasPrefix(tg.name, "latch+fp") {
+			reportFastPath(tg, *latchBin)
+		}
+	}
+}
+
+// benchCgroup mounts the cgroup v2 hierarchy under dir (outside /sys, which `ip
+// netns exec` hides) and makes the bench's cgroup in it.
+func benchCgroup(dir string) (string, int, error) {
+	mnt := filepath.Join(dir, "cgroup2")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return "", -1, err
+	}
+	if err := unix.Mount("cgroup2", mnt, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", -1, fmt.Errorf("mount cgroup2 on %s: %w", mnt, err)
+	}
+	cg := filepath.Join(mnt, fmt.Sprintf("latch-bench-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		return "", -1, err
+	}
+	fd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		removeCgroup(cg)
+		return "", -1, err
+	}
+	return cg, fd, nil
+}
+
+// removeCgroup removes the bench's cgroup and unmounts the hierarchy.
+func removeCgroup(cg string) {
+	for i := 0; i < 250 && os.Remove(cg) != nil; i++ {
+		if _, err := os.Stat(cg); err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	unix.Unmount(filepath.Dir(cg), unix.MNT_DETACH)
+}
+
+// reportFastPath prints what the daemon's fast path counted.
+func reportFastPath(tg *target, latchBin string) {
+	cli := exec.Command(latchBin, "status", "--json")
+	cli.Env = append(os.Environ(), "LATCH_API="+tg.api)
+	out, err := cli.Output()
+	if err != nil {
+		fmt.Printf("%s: latch status: %v\n", tg.name, err)
+		return
+	}
+	var st struct {
+		FastPath struct {
+			On         bool   `json:"on"`
+			Reason     string `json:"reason"`
+			HitsAllow  uint64 `json:"hits_allow"`
+			HitsReject uint64 `json:"hits_reject"`
+			Misses     uint64 `json:"misses"`
+			Stale      uint64 `json:"stale"`
+			RingLost   uint64 `json:"ring_lost"`
+			Entries    int    `json:"entries"`
+			MaxEntries int    `json:"max_entries"`
+		} `json:"fast_path"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		fmt.Printf("%s: latch status: %v\n", tg.name, err)
+		return
+	}
+	f := st.FastPath
+	if !f.On {
+		fmt.Printf("%s: fast path OFF: %s\n", tg.name, f.Reason)
+		return
+	}
+	hits := f.HitsAllow + f.HitsReject
+	total := hits + f.Misses + f.Stale
+	ratio := 0.0
+	if total > 0 {
+		ratio = float64(hits) / float64(total)
+	}
+	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries\n",
+		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries)
 }
 
 // target is one scenario's namespaces and processes, and the samples taken so far.
 type target struct {
 	name    string
+	cgfd    int    // the cgroup the clients run in; -1: the bench's own
+	api     string // the latch daemon's API socket, if any
 	pair    *nettest.Pair
 	addr    string
 	procs   []*exec.Cmd
@@ -173,7 +273,11 @@ func (tg *target) close() {
 
 // measure runs one round: n sequential connects, then n from conc workers.
 func (tg *target) measure(client string, n, conc int) error {
-	out, err := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc)).Output()
+	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc))
+	if tg.cgfd >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: tg.cgfd}
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("client: %v", err)
 	}
@@ -215,12 +319,12 @@ type clientRound struct {
 
 // setup makes one scenario's namespaces and starts its server and, for floor and
 // latch, its queue reader. On error the target returned (if any) must still be closed.
-func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
+func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) (*target, error) {
 	p, err := nettest.NewPair()
 	if err != nil {
 		return nil, err
 	}
-	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort)}
+	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort), cgfd: -1}
 	addr := tg.addr
 	srv := nettest.Command(p.Server, client, "role-server", addr)
 	if err := startAndWait(srv, "listening"); err != nil {
@@ -246,11 +350,17 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 			return tg, fmt.Errorf("floor reader: %v", err)
 		}
 		tg.procs = append(tg.procs, floor)
-	case "latch", "latch+sinks", "latch-noacct":
+	case "conntrack":
+		rule := []string{"-A", "OUTPUT", "-p", "tcp", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"}
+		if out, err := nettest.Command(p.Client, "iptables", rule...).CombinedOutput(); err != nil {
+			return tg, fmt.Errorf("iptables: %v: %s", err, out)
+		}
+	case "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
-		rulesFile := filepath.Join(dir, "rules.json")
-		if err := writeRules(rulesFile, client, p.ServerIP, nrules); err != nil {
+		tg.api = api
+		rulesFile := filepath.Join(dir, "rules-"+p.Client+".json")
+		if err := writeRules(rulesFile, client, p.ServerIP, nrules, name == "latch+fp-miss"); err != nil {
 			return tg, err
 		}
 		args := []string{"daemon", "--state-dir", state, "--api", api, "--default", "deny"}
@@ -264,6 +374,12 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 				"--events-syslog", "tcp://127.0.0.1:5514")
 		}
 		args = append(args, fmt.Sprintf("--accounting=%t", name != "latch-noacct"))
+		if strings.HasPrefix(name, "latch+fp") {
+			args = append(args, "--fast-path-cgroup", cg)
+			tg.cgfd = cgfd
+		} else {
+			args = append(args, "--fast-path=false")
+		}
 		d := nettest.Command(p.Client, latchBin, args...)
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
 		if err := d.Start(); err != nil {
@@ -292,8 +408,9 @@ func setup(name, client, latchBin, dir string, nrules int) (*target, error) {
 }
 
 // writeRules writes nrules-1 rules that do not match the benchmark client (other apps,
-// other networks, other ports — a realistic mix) and one that allows it.
-func writeRules(path, client, serverIP string, nrules int) error {
+// other networks, other ports — a realistic mix) and one that allows it. With
+// hostRule one of the others names a host, which turns the fast path's caching off.
+func writeRules(path, client, serverIP string, nrules int, hostRule bool) error {
 	rules := make([]engine.Rule, 0, nrules)
 	for i := 1; i < nrules; i++ {
 		r := engine.Rule{ID: engine.RuleID(i), Action: engine.Allow, Protocol: engine.TCP, Direction: engine.Outbound}
@@ -310,6 +427,9 @@ func writeRules(path, client, serverIP string, nrules int) error {
 			r.App = fmt.Sprintf("/usr/local/bin/svc%d", i)
 			r.Port = engine.PortRange{Lo: uint16(1000 + i%5000), Hi: uint16(1000 + i%5000)}
 		}
+		if hostRule && i == 1 {
+			r.Host = "never.example"
+		}
 		rules = append(rules, r)
 	}
 	rules = append(rules, engine.Rule{ID: engine.RuleID(nrules), App: client, Action: engine.Allow,
@@ -323,7 +443,11 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 	for _, m := range ms {
 		fmt.Printf("%-8s %12.1f %12.1f %12.0f\n", m.Scenario, m.MedianUS, m.P99US, m.ConnPerS)
 	}
-	none, floor, latch := ms[0], ms[1], ms[2]
+	by := map[string]Measurement{}
+	for _, m := range ms {
+		by[m.Scenario] = m
+	}
+	none, floor, latch := by["none"], by["floor"], by["latch"]
 	floorAdd := floor.MedianUS - none.MedianUS
 	latchAdd := latch.MedianUS - none.MedianUS
 	fmt.Printf("added median latency: floor %.1f µs, latch (%d rules, attribution on) %.1f µs\n", floorAdd, nrules, latchAdd)
@@ -337,8 +461,7 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 	}
 	fmt.Printf("throughput: floor %.2fx of none, latch %.2fx of none, latch %.2fx of floor\n",
 		floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
-	if len(ms) > 3 {
-		sinks := ms[3]
+	if sinks, ok := by["latch+sinks"]; ok {
 		diff := (sinks.MedianUS - latch.MedianUS) / latch.MedianUS * 100
 		verdict := "within"
 		if diff > 5 {
@@ -347,6 +470,25 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 		fmt.Printf("all sinks on (metrics, events file, syslog over TCP, API follower) vs off: median %.1f vs %.1f µs (%+.1f%%, target <= 5%%: %s); throughput %.2fx\n",
 			sinks.MedianUS, latch.MedianUS, diff, verdict, sinks.ConnPerS/latch.ConnPerS)
 	}
+	fp, okFP := by["latch+fp"]
+	miss, okMiss := by["latch+fp-miss"]
+	if !okFP || !okMiss {
+		return
+	}
+	if ct, ok := by["conntrack"]; ok {
+		fmt.Printf("conntrack alone: connect median %.2fx of none, throughput %.2fx; the fast path %.2fx of it, throughput %.2fx\n",
+			ct.MedianUS/none.MedianUS, ct.ConnPerS/none.ConnPerS, fp.MedianUS/ct.MedianUS, fp.ConnPerS/ct.ConnPerS)
+	}
+	within := func(ok bool) string {
+		if ok {
+			return "within"
+		}
+		return "OVER"
+	}
+	fmt.Printf("fast path (ruled connections): connect median %.2fx of none (target <= 1.2x: %s), throughput %.2fx of none (target >= 0.85x: %s)\n",
+		fp.MedianUS/none.MedianUS, within(fp.MedianUS <= 1.2*none.MedianUS), fp.ConnPerS/none.ConnPerS, within(fp.ConnPerS >= 0.85*none.ConnPerS))
+	fmt.Printf("fast path attached, every connect a miss: connect median %.2fx of latch without it (target <= 1.05x: %s), throughput %.2fx\n",
+		miss.MedianUS/latch.MedianUS, within(miss.MedianUS <= 1.05*latch.MedianUS), miss.ConnPerS/latch.ConnPerS)
 }
 
 // roleCollector is a syslog collector that reads and discards a TCP stream.
@@ -390,7 +532,15 @@ func reportAccounting(ms []Measurement, bulk, rounds int) {
 		fmt.Printf(" %s %.0f", m.Scenario, m.BulkMiBs)
 	}
 	fmt.Println()
-	on, off := ms[2], ms[4] // latch, latch-noacct
+	var on, off Measurement
+	for _, m := range ms {
+		switch m.Scenario {
+		case "latch":
+			on = m
+		case "latch-noacct":
+			off = m
+		}
+	}
 	fmt.Printf("byte accounting on vs off: connects/s %.0f vs %.0f (%.3fx), median connect %.1f vs %.1f µs",
 		on.ConnPerS, off.ConnPerS, on.ConnPerS/off.ConnPerS, on.MedianUS, off.MedianUS)
 	if off.BulkMiBs > 0 {

@@ -18,16 +18,20 @@
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
 //     REJECT with a TCP reset, or ICMP port unreachable for other protocols;
-//  4. queues every TCP SYN, matched by flags and not by conntrack state, so a SYN that
+//  4. for a TCP SYN carrying MarkFastAllow (the kernel fast path allowed its
+//     connect, see internal/fastpath) on a flow whose conntrack mark is still
+//     unset: sets MarkAllow in the conntrack mark and returns; such a SYN on a
+//     flow already marked MarkAllow (a retransmission) returns too;
+//  5. queues every other TCP SYN, matched by flags and not by conntrack state, so a SYN that
 //     hits a stale conntrack entry is held too;
-//  5. queues the packets that the side that opened a flow sends (conntrack direction
+//  6. queues the packets that the side that opened a flow sends (conntrack direction
 //     original) while its conntrack mark is MarkRedecide (see Redecide);
-//  6. returns for flows whose conntrack mark says they were allowed;
-//  7. queues the first packet of every other flow (conntrack NEW): TCP picked up
+//  7. returns for flows whose conntrack mark says they were allowed;
+//  8. queues the first packet of every other flow (conntrack NEW): TCP picked up
 //     mid-stream, UDP, and any other protocol; for UDP and other protocols also
 //     what conntrack cannot place (INVALID: a raw socket's datagram with a bad
 //     length, an SCTP ABORT out of the blue) or does not track (UNTRACKED);
-//  8. queues every ICMP and ICMPv6 message, whatever its type and conntrack state,
+//  9. queues every ICMP and ICMPv6 message, whatever its type and conntrack state,
 //     but those the network needs (see below).
 //
 // # ICMP
@@ -145,6 +149,10 @@ const (
 	// MarkRedecide is a conntrack mark only: Redecide gives it to allowed flows whose
 	// verdict a rule change may have changed.
 	MarkRedecide uint32 = 0x30000000
+	// MarkFastAllow is a packet mark only: the socket mark the kernel fast path
+	// (internal/fastpath) gives a connection a rule allowed before. Its SYN, on a
+	// flow no verdict marked yet, gets MarkAllow in its conntrack mark and passes.
+	MarkFastAllow uint32 = 0x30000000
 )
 
 // Firewall mechanisms for Config.Firewall.

@@ -247,6 +247,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
 		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
 		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
+		if out {
+			// A SYN the kernel fast path allowed (socket mark MarkFastAllow) on a flow
+			// nothing decided yet: decided like an allow from the queue.
+			fast := fmt.Sprintf("-p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN -m mark --mark %#x/%#x", MarkFastAllow, MarkMask)
+			fmt.Fprintf(&b, "-A %s %s -m connmark --mark 0x0/%#x -j CONNMARK --set-xmark %#x/%#x\n", name, fast, MarkMask, MarkAllow, MarkMask)
+			fmt.Fprintf(&b, "-A %s %s %s -j RETURN\n", name, fast, ctAllow)
+		}
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN %s\n", name, q)
 		fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL %s\n", name, MarkRedecide, MarkMask, q)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
@@ -540,6 +547,12 @@ func (spec ruleSpec) nftRules() string {
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
+		if out {
+			// A SYN the kernel fast path allowed (see iptablesRules).
+			fast := fmt.Sprintf("meta mark & %#x == %#x tcp flags & (fin|syn|rst|ack) == syn", MarkMask, MarkFastAllow)
+			r("%s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept", fast, MarkMask, ^MarkMask, MarkAllow)
+			r("%s ct mark & %#x == %#x accept", fast, MarkMask, MarkAllow)
+		}
 		r("tcp flags & (fin|syn|rst|ack) == syn %s", q)
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
 		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)

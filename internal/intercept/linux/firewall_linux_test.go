@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"fmt"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -59,9 +60,18 @@ func TestIptablesRulesHoldSYNByFlag(t *testing.T) {
 	// The SYN rule comes before the conntrack shortcut: a SYN that hits a stale
 	// conntrack entry carrying latch's allow mark is still held.
 	syn := strings.Index(r, "--tcp-flags SYN,ACK,RST,FIN SYN -j NFQUEUE")
-	shortcut := strings.Index(r, "-m connmark --mark")
+	shortcut := strings.Index(r, "-A LATCH-OUT -m connmark --mark")
 	if syn < 0 || shortcut < 0 || syn > shortcut {
 		t.Errorf("SYN rule at %d, connmark shortcut at %d; want the SYN rule first:\n%s", syn, shortcut, r)
+	}
+	// Only a SYN the kernel fast path marked passes before the SYN rule.
+	for _, l := range strings.Split(r, "\n") {
+		if strings.Contains(l, "-j NFQUEUE") {
+			break
+		}
+		if strings.Contains(l, "SYN") && !strings.Contains(l, fmt.Sprintf("-m mark --mark %#x/%#x", MarkFastAllow, MarkMask)) {
+			t.Errorf("a SYN rule before the queue's does not require the fast path's mark: %s", l)
+		}
 	}
 	if strings.Contains(r, "--queue-bypass") {
 		t.Error("fail-closed ruleset has --queue-bypass")

@@ -11,6 +11,9 @@
 //	                                all at once, each given up after TIMEOUT; prints "started",
 //	                                then a JSON summary (as flood) when all are done
 //	e2ehelper latency ADDR N TIMEOUT  N sequential TCP connects; prints p50/p99 connect time (µs)
+//	e2ehelper connects ADDR N TIMEOUT  N TCP connects one after another; prints a JSON result line for each
+//	e2ehelper flood-log ADDR N CONC TIMEOUT  flood, and also print {"connected_at": UNIX_NS}
+//	                                for each connect that got through, the time it began
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
 //	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
@@ -98,6 +101,12 @@ func main() {
 		flood(addr, atoi(3), atoi(4), duration(5))
 	case "latency":
 		latency(addr, atoi(3), duration(4))
+	case "connects":
+		for i, n := 0, atoi(3); i < n; i++ {
+			emit(connect(addr, duration(4)))
+		}
+	case "flood-log":
+		floodLog(addr, atoi(3), atoi(4), duration(5))
 	case "hold":
 		hold(addr)
 	case "hold-many":
@@ -721,4 +730,41 @@ func answerAddrs(m []byte) []string {
 		off += rdlen
 	}
 	return addrs
+}
+
+// floodLog is flood that also prints when each connect that got through began.
+func floodLog(addr string, n, conc int, timeout time.Duration) {
+	var res FloodResult
+	res.Attempts = n
+	var next int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for atomic.AddInt64(&next, 1) <= int64(n) {
+				began := time.Now().UnixNano()
+				c, err := net.DialTimeout("tcp", addr, timeout)
+				mu.Lock()
+				switch classify(err) {
+				case "connected":
+					res.Connected++
+					c.Close()
+					fmt.Printf("{\"connected_at\":%d}\n", began)
+				case "refused":
+					res.Refused++
+				case "timeout":
+					res.Timeout++
+				default:
+					res.Other++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.Seconds = time.Since(start).Seconds()
+	emit(res)
 }

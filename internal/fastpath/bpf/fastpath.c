@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//
+// latch's kernel fast path: cgroup connect4/connect6 hooks that decide a TCP
+// connection from an earlier decision of a rule, so that it never crosses to user
+// space. See doc.go for what enters the map and why the cache is exact.
+//
+// Built by `go generate` (bpf2go, clang); the objects are committed.
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define SOL_SOCKET 1
+#define SO_MARK 36
+
+// Marks: see internal/intercept/linux (MarkMask, MarkReject, MarkFastAllow).
+#define MARK_MASK 0x70000000u
+#define MARK_REJECT 0x20000000u
+#define MARK_FAST_ALLOW 0x30000000u
+
+// The reader is woken only once this much waits in the ring buffer; it also reads
+// on its own every few tens of milliseconds (Run). One wakeup per connection would
+// cost a context switch per connection.
+#define WAKEUP_BYTES (32 * 1024)
+
+// Actions in a verdict.
+#define ACT_ALLOW 1
+#define ACT_REJECT 2
+
+// Counters (per CPU).
+enum { STAT_HIT_ALLOW, STAT_HIT_REJECT, STAT_MISS, STAT_STALE, STAT_NO_IDENTITY, STAT_RING_LOST, STAT_MAX };
+
+// Just the kernel members the program reads; CO-RE relocates them against the
+// running kernel's BTF.
+struct super_block { __u32 s_dev; } __attribute__((preserve_access_index));
+struct inode { unsigned long i_ino; struct super_block *i_sb; } __attribute__((preserve_access_index));
+struct dentry { struct dentry *d_parent; struct inode *d_inode; } __attribute__((preserve_access_index));
+struct vfsmount { struct dentry *mnt_root; } __attribute__((preserve_access_index));
+struct mount { struct vfsmount mnt; int mnt_id; } __attribute__((preserve_access_index));
+struct path { struct vfsmount *mnt; struct dentry *dentry; } __attribute__((preserve_access_index));
+struct file { struct path f_path; struct inode *f_inode; } __attribute__((preserve_access_index));
+struct mm_struct { struct file *exe_file; } __attribute__((preserve_access_index));
+struct task_struct { struct mm_struct *mm; } __attribute__((preserve_access_index));
+typedef struct { __u32 val; } kuid_t;
+struct sock { kuid_t sk_uid; } __attribute__((preserve_access_index));
+
+struct fp_key {
+	__u64 ino;        // the executable's inode number
+	__u64 parent_ino; // its directory's inode number
+	__u32 dev;        // the executable's file system (kernel dev_t: major << 20 | minor)
+	__u32 mnt_id;     // the mount it was executed through
+	__u32 uid;        // the socket's owner (what NFQUEUE reports)
+	__u16 port;       // remote port, host order
+	__u8 family;      // 4 or 6
+	__u8 proto;       // IPPROTO_TCP
+	__u8 addr[16];    // remote address: IPv4 in the first 4 bytes, network order
+};
+
+struct fp_verdict {
+	__u64 gen;        // rule generation the decision was made under
+	__u64 expires_ns; // CLOCK_BOOTTIME after which the entry misses
+	__u64 rule_id;
+	__u32 action; // ACT_*
+	__u32 pad;
+};
+
+struct fp_event {
+	__u64 boot_ns;
+	__u64 rule_id;
+	__u64 cookie;
+	struct fp_key key;
+	__u32 pid;
+	__u32 action;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); // set by the loader
+	__type(key, struct fp_key);
+	__type(value, struct fp_verdict);
+} verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} generation SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20); // set by the loader
+} events SEC(".maps");
+
+
+// The network namespace (its cookie) whose sockets this fast path serves: the
+// daemon's. Set by the loader; the hooks leave every other namespace's sockets
+// alone, so daemons in other namespaces (containers, tests) keep their own.
+volatile const __u64 netns_cookie = 0;
+
+// Keeps fp_event in the object's BTF for bpf2go's -type.
+const struct fp_event *unused_event __attribute__((unused));
+
+static __always_inline void count(__u32 i)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &i);
+	if (v)
+		*v += 1;
+}
+
+// identify fills in the executable of the current task. 0: no executable (a kernel
+// thread) or it could not be read.
+static __always_inline int identify(struct fp_key *k)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
+	if (!exe)
+		return 0;
+	struct inode *in = BPF_CORE_READ(exe, f_inode);
+	k->ino = BPF_CORE_READ(in, i_ino);
+	k->dev = BPF_CORE_READ(in, i_sb, s_dev);
+	struct dentry *d = BPF_CORE_READ(exe, f_path.dentry);
+	k->parent_ino = BPF_CORE_READ(d, d_parent, d_inode, i_ino);
+	struct vfsmount *vm = BPF_CORE_READ(exe, f_path.mnt);
+	struct mount *m = (struct mount *)((void *)vm - bpf_core_field_offset(struct mount, mnt));
+	k->mnt_id = (__u32)BPF_CORE_READ(m, mnt_id);
+	return k->ino != 0;
+}
+
+// set_mark puts m into the MARK_MASK bits of the socket's mark; m == 0 clears
+// them only if this program set them (the daemon's own OwnMark is never touched).
+static __always_inline void set_mark(struct bpf_sock_addr *ctx, __u32 m)
+{
+	int cur = 0;
+	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
+		cur = 0;
+	__u32 ours = (__u32)cur & MARK_MASK;
+	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT)
+		return;
+	int v = (int)(((__u32)cur & ~MARK_MASK) | m);
+	if (v != cur)
+		bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
+}
+
+static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
+{
+	if (ctx->type != 1 /* SOCK_STREAM */ || ctx->protocol != IPPROTO_TCP)
+		return 1;
+	if (bpf_get_netns_cookie(ctx) != netns_cookie)
+		return 1;
+	struct fp_key key = {};
+	key.family = family;
+	key.proto = IPPROTO_TCP;
+	key.port = bpf_ntohs((__u16)ctx->user_port);
+	if (family == 4) {
+		__u32 a = ctx->user_ip4;
+		__builtin_memcpy(key.addr, &a, 4);
+	} else {
+		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+		if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff)) {
+			// An IPv4-mapped address: the packets are IPv4, and so is the
+			// key the daemon stores for them.
+			key.family = 4;
+			__builtin_memcpy(key.addr, &a3, 4);
+		} else {
+			__builtin_memcpy(key.addr, &a0, 4);
+			__builtin_memcpy(key.addr + 4, &a1, 4);
+			__builtin_memcpy(key.addr + 8, &a2, 4);
+			__builtin_memcpy(key.addr + 12, &a3, 4);
+		}
+	}
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk) {
+		count(STAT_NO_IDENTITY);
+		return 1;
+	}
+	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
+	if (!ks) {
+		count(STAT_NO_IDENTITY);
+		set_mark(ctx, 0);
+		return 1;
+	}
+	key.uid = ks->sk_uid.val;
+	if (!identify(&key)) {
+		count(STAT_NO_IDENTITY);
+		set_mark(ctx, 0);
+		return 1;
+	}
+	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, &key);
+	if (!v) {
+		count(STAT_MISS);
+		set_mark(ctx, 0);
+		return 1;
+	}
+	__u32 zero = 0;
+	__u64 *gen = bpf_map_lookup_elem(&generation, &zero);
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 vgen = v->gen, expires = v->expires_ns, rule = v->rule_id;
+	__u32 action = v->action;
+	if (!gen || vgen != *gen || now >= expires || (action != ACT_ALLOW && action != ACT_REJECT)) {
+		count(STAT_STALE);
+		set_mark(ctx, 0);
+		return 1;
+	}
+	set_mark(ctx, action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
+	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
+	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RING_LOST);
+		return 1;
+	}
+	e->boot_ns = now;
+	e->rule_id = rule;
+	e->cookie = bpf_get_socket_cookie(ctx);
+	e->key = key;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->action = action;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int latch_fast_connect4(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 4);
+}
+
+SEC("cgroup/connect6")
+int latch_fast_connect6(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 6);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,65 @@
+// Package fastpath is latch's Linux kernel fast path: cgroup connect4/connect6 eBPF
+// hooks that decide a TCP connection from an earlier decision of a rule, so that a
+// connection a rule already decided never crosses to user space through NFQUEUE.
+//
+// The programs (fastpath.c, built by `go generate` with bpf2go and clang; the
+// objects are committed, so building latch needs no clang) are CO-RE against the
+// running kernel's BTF. On connect they build a key from
+//
+//   - the calling task's executable: inode, file system (dev), the mount it was
+//     executed through and its directory's inode (task->mm->exe_file);
+//   - the socket's owner (sk_uid, the uid NFQUEUE reports);
+//   - protocol, remote address and remote port;
+//
+// and look it up in an LRU hash map (bounded, Config.MaxEntries). A hit whose rule
+// generation is the current one and whose expiry has not passed sets the socket's
+// mark: MarkFastAllow for allow (the ruleset then saves MarkAllow to the new flow's
+// conntrack mark and lets the SYN pass, so the flow is decided exactly as an allow
+// verdict from the queue decides it, Redecide included), or MarkReject for deny and
+// reject (the ruleset answers the SYN with a reset, as for a verdict from the
+// queue). Anything else is a miss: the connection goes to NFQUEUE exactly as
+// without the fast path, and a mark an earlier hit left on a reconnecting socket is
+// cleared.
+//
+// # Exactness
+//
+// The cache never changes what latch decides. Only a decision made by a rule
+// (engine.ReasonRule) enters the map; never a person's answer, a default, a timeout
+// or a question cap, never a drop (which must stay silent) and never UDP or inbound.
+// Decisions whose result could depend on something not in the key are not cached:
+// while any rule in force has a host-name condition (DNS labels change without a
+// rule change), a local-port condition or a service condition, nothing is cached.
+// The program identity is checked before a decision is stored: the executable the
+// process runs (/proc/PID/exe) must be the very file (device, inode, mount) at the
+// path the rule matched, so a copy at another path, or a replaced file, misses.
+//
+// Every rule change (add, remove, import, answer remembered as a rule, expiry) calls
+// RulesChanged synchronously, before the change's API call returns; it bumps the
+// generation in a BPF array, and every entry stored under an older generation
+// misses. Entries also expire at the earlier of Config.TTL and their rule's expiry
+// (CLOCK_BOOTTIME in the kernel). A decision is stored under the generation read
+// (Ticket) before the engine decided it, so a decision that raced with a change is
+// stored under the old generation and misses.
+//
+// # Limits
+//
+// UDP is not served: the kernel copies an unconnected socket's mark before the
+// sendmsg hook runs, and a mark on a connected UDP socket would outlive its conntrack
+// entry (a datagram after the entry expired would pass without asking the rules in
+// force then). UDP flows still skip the queue after their first datagram
+// (conntrack). Processes in other mount namespaces see their executable through
+// other mounts, so they get entries of their own. A hard link to the program in its
+// own directory under another name is the same key (creating one needs write access
+// to that directory, which could replace the program anyway). A socket marked by a
+// hit keeps its mark: if the daemon dies (fail-closed, ruleset left in place) and the
+// program then disconnects that TCP socket (connect with AF_UNSPEC) and connects it
+// again, that SYN passes; while the daemon runs, every connect is looked up anew and
+// a miss clears the mark.
+//
+// # History
+//
+// Each fast-path decision is sent through a BPF ring buffer (pid, uid, executable
+// identity, remote address and port, rule id) and handed to Run's callback, which
+// records it like any other connection. A full ring buffer is counted
+// (Stats.RingLost), never silent.
+package fastpath

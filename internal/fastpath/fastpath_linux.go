@@ -1,0 +1,583 @@
+package fastpath
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// Actions stored in the map (ACT_* in fastpath.c).
+const (
+	actAllow  = 1
+	actReject = 2
+)
+
+// Counters in the stats map (STAT_* in fastpath.c).
+const (
+	statHitAllow = iota
+	statHitReject
+	statMiss
+	statStale
+	statNoIdentity
+	statRingLost
+	statMax
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultMaxEntries = 65536
+	DefaultTTL        = 10 * time.Minute
+	DefaultRingBytes  = 1 << 20
+)
+
+// Config configures Open.
+type Config struct {
+	// CgroupPath is the cgroup v2 directory the hooks attach to; "": the root of the
+	// cgroup2 hierarchy (every process on the machine).
+	CgroupPath string
+	// MaxEntries bounds the map (LRU); 0: DefaultMaxEntries.
+	MaxEntries int
+	// TTL is the longest an entry hits; 0: DefaultTTL.
+	TTL time.Duration
+	// RingBytes is the ring buffer's size (a power of two, a multiple of the page
+	// size); 0: DefaultRingBytes.
+	RingBytes int
+}
+
+// FastPath is the loaded and attached fast path.
+type FastPath struct {
+	cfg   Config
+	objs  fastpathObjects
+	links []link.Link
+	ring  *ringbuf.Reader
+
+	genMu sync.Mutex // serialises RulesChanged
+	cur   atomic.Pointer[ruleState]
+
+	stored, notStored atomic.Uint64
+	events, badEvents atomic.Uint64
+	storeErrors       atomic.Uint64
+
+	exesMu sync.Mutex
+	exes   map[identity]string // executable identity → path, for history rows
+
+	offers     chan offered
+	stopWorker chan struct{}
+	workerDone chan struct{}
+}
+
+// ruleState is what a rule set allows the fast path to cache.
+type ruleState struct {
+	gen       uint64
+	cacheable bool
+	why       string                      // why nothing is cached, if !cacheable
+	expires   map[engine.RuleID]time.Time // every rule in force; zero: never
+}
+
+// Ticket is the rule generation a decision is about to be made under; take it
+// (Ticket) before asking the engine and give it to Remember with the verdict.
+type Ticket struct{ st *ruleState }
+
+// identity is an executable as the kernel program sees it.
+type identity struct {
+	ino, parentIno uint64
+	dev, mntID     uint32
+}
+
+// Open loads the programs and maps and attaches the hooks. It fails (and leaves
+// nothing loaded) without BPF, BTF, CO-RE support for the fields it reads, or
+// privilege; the caller then runs without a fast path.
+func Open(cfg Config) (fp *FastPath, err error) {
+	if cfg.MaxEntries == 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	if cfg.MaxEntries < 0 {
+		return nil, fmt.Errorf("fast path: MaxEntries %d is negative", cfg.MaxEntries)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 0 {
+		return nil, fmt.Errorf("fast path: TTL %v is negative", cfg.TTL)
+	}
+	if cfg.RingBytes == 0 {
+		cfg.RingBytes = DefaultRingBytes
+	}
+	cgroupPath := cfg.CgroupPath
+	if cgroupPath == "" {
+		if cgroupPath, err = cgroup2Root(); err != nil {
+			// `ip netns exec` and containers give the daemon a fresh /sys without
+			// the cgroup2 mount, yet the hierarchy is the same: mount it privately
+			// just for the attach (the links hold the cgroup).
+			dir, merr := mountCgroup2()
+			if merr != nil {
+				return nil, fmt.Errorf("fast path: %w; mounting one failed: %v", err, merr)
+			}
+			defer unmountCgroup2(dir)
+			cgroupPath = dir
+			cfg.CgroupPath = "cgroup2 root"
+		} else {
+			cfg.CgroupPath = cgroupPath
+		}
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("fast path: raise RLIMIT_MEMLOCK: %w", err)
+	}
+	spec, err := loadFastpath()
+	if err != nil {
+		return nil, fmt.Errorf("fast path: read the eBPF object: %w", err)
+	}
+	cookie, err := netnsCookie()
+	if err != nil {
+		return nil, fmt.Errorf("fast path: %w", err)
+	}
+	if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
+		return nil, fmt.Errorf("fast path: set the network namespace: %w", err)
+	}
+	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
+	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
+	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
+	if err := spec.LoadAndAssign(&fp.objs, nil); err != nil {
+		return nil, fmt.Errorf("fast path: load the eBPF programs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			fp.Close()
+			fp = nil
+		}
+	}()
+	// Generation 1 before anything attaches: entries are never stored under 0.
+	fp.cur.Store(&ruleState{gen: 1, why: "no rules seen yet"})
+	if err := fp.objs.Generation.Put(uint32(0), uint64(1)); err != nil {
+		return fp, fmt.Errorf("fast path: set the generation: %w", err)
+	}
+	if fp.ring, err = ringbuf.NewReader(fp.objs.Events); err != nil {
+		return fp, fmt.Errorf("fast path: open the ring buffer: %w", err)
+	}
+	for _, a := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{
+		{fp.objs.LatchFastConnect4, ebpf.AttachCGroupInet4Connect},
+		{fp.objs.LatchFastConnect6, ebpf.AttachCGroupInet6Connect},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.at, Program: a.prog})
+		if err != nil {
+			return fp, fmt.Errorf("fast path: attach to cgroup %s at %v: %w", cgroupPath, a.at, err)
+		}
+		fp.links = append(fp.links, l)
+	}
+	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
+	go fp.storeWorker()
+	return fp, nil
+}
+
+// Close detaches the hooks and frees the maps. Connections are then decided through
+// the queue again.
+func (fp *FastPath) Close() error {
+	if fp.stopWorker != nil {
+		close(fp.stopWorker)
+		<-fp.workerDone
+		fp.stopWorker = nil
+	}
+	var errs []error
+	for _, l := range fp.links {
+		errs = append(errs, l.Close())
+	}
+	fp.links = nil
+	if fp.ring != nil {
+		errs = append(errs, fp.ring.Close())
+	}
+	errs = append(errs, fp.objs.Close())
+	return errors.Join(errs...)
+}
+
+// RulesChanged tells the fast path that rules are now in force: every entry stored
+// before misses from now on. Call it synchronously with every change of the rule
+// set, after the engine uses the new rules and before the change is reported done
+// (engine.OnInstall does both).
+func (fp *FastPath) RulesChanged(rules []engine.Rule) error {
+	fp.genMu.Lock()
+	defer fp.genMu.Unlock()
+	st := &ruleState{gen: fp.cur.Load().gen + 1, cacheable: true, expires: make(map[engine.RuleID]time.Time, len(rules))}
+	for _, r := range rules {
+		st.expires[r.ID] = r.Expires
+		if !st.cacheable {
+			continue
+		}
+		switch {
+		case r.Host != "":
+			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a host-name condition", r.ID)
+		case r.LocalPort != (engine.PortRange{}):
+			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a local-port condition", r.ID)
+		case r.Service != "":
+			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a service condition", r.ID)
+		}
+	}
+	// The state first: a ticket of the new generation stores entries that miss until
+	// the map has it too; then the map, which makes every older entry miss.
+	fp.cur.Store(st)
+	if err := fp.objs.Generation.Put(uint32(0), st.gen); err != nil {
+		// The kernel must not keep hitting old entries: empty the map instead.
+		var k fastpathFpKey
+		for fp.objs.Verdicts.NextKey(nil, &k) == nil {
+			if fp.objs.Verdicts.Delete(&k) != nil {
+				break
+			}
+		}
+		return fmt.Errorf("fast path: bump the rule generation to %d: %w", st.gen, err)
+	}
+	return nil
+}
+
+// Ticket returns the current rule generation, to be taken before a connection is
+// decided and handed to Remember with the verdict.
+func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
+
+// cacheable says whether the fast path may decide connections like req itself from
+// verdict v given under st (see the package doc), and with which action.
+func cacheable(st *ruleState, req *engine.Request, v engine.Verdict) (uint32, bool) {
+	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
+		req.Direction != engine.Outbound || req.Protocol != engine.TCP ||
+		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
+		return 0, false
+	}
+	switch v.Action {
+	case engine.Allow:
+		return actAllow, true
+	case engine.Deny, engine.Reject:
+		// For TCP both answer the SYN with a reset (MarkReject).
+		return actReject, true
+	}
+	return 0, false
+}
+
+// offered is a verdict waiting for the store worker.
+type offered struct {
+	t   Ticket
+	req engine.Request
+	v   engine.Verdict
+}
+
+// Offer is Remember off the caller's goroutine: a verdict the fast path may cache
+// is handed to a worker (the identity checks cost a few statx calls), so the queue's
+// reader does not wait for them. A verdict that finds the worker's queue full is
+// not stored (a later connection then misses once more). Never blocks.
+func (fp *FastPath) Offer(t Ticket, req *engine.Request, v engine.Verdict) {
+	if _, ok := cacheable(t.st, req, v); !ok {
+		fp.notStored.Add(1)
+		return
+	}
+	select {
+	case fp.offers <- offered{t, *req, v}:
+	default:
+		fp.notStored.Add(1)
+	}
+}
+
+// storeWorker stores offered verdicts until Close.
+func (fp *FastPath) storeWorker() {
+	defer close(fp.workerDone)
+	for {
+		select {
+		case o := <-fp.offers:
+			if _, err := fp.Remember(o.t, &o.req, o.v); err != nil {
+				fp.storeErrors.Add(1)
+			}
+		case <-fp.stopWorker:
+			return
+		}
+	}
+}
+
+// Remember stores the verdict the engine gave req under ticket t, if the fast path
+// may decide such connections itself (see the package doc). It reports whether it
+// did; a decision it may not cache is no error.
+func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (bool, error) {
+	st := t.st
+	act, ok := cacheable(st, req, v)
+	if !ok {
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	ruleExpires, ok := st.expires[v.RuleID]
+	if !ok {
+		// A rule of a later set: this ticket's generation is stale anyway.
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	id, err := exeIdentity(req.PID, req.Exe)
+	if err != nil {
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	now := time.Now()
+	until := now.Add(fp.cfg.TTL)
+	if !ruleExpires.IsZero() && ruleExpires.Before(until) {
+		until = ruleExpires
+	}
+	if !until.After(now) {
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	boot, err := bootNow()
+	if err != nil {
+		return false, err
+	}
+	key := makeKey(id, uint32(req.UID), req.Remote)
+	val := fastpathFpVerdict{Gen: st.gen, ExpiresNs: boot + uint64(until.Sub(now)), RuleId: uint64(v.RuleID), Action: act}
+	fp.exesMu.Lock()
+	if len(fp.exes) >= fp.cfg.MaxEntries {
+		clear(fp.exes)
+	}
+	fp.exes[id] = req.Exe
+	fp.exesMu.Unlock()
+	if err := fp.objs.Verdicts.Put(&key, &val); err != nil {
+		return false, fmt.Errorf("fast path: store the verdict for %s -> %v: %w", req.Exe, req.Remote, err)
+	}
+	fp.stored.Add(1)
+	return true, nil
+}
+
+func makeKey(id identity, uid uint32, remote netip.AddrPort) fastpathFpKey {
+	k := fastpathFpKey{Ino: id.ino, ParentIno: id.parentIno, Dev: id.dev, MntId: id.mntID, Uid: uid, Port: remote.Port(), Proto: uint8(engine.TCP)}
+	a := remote.Addr()
+	if a.Is4() || a.Is4In6() {
+		k.Family = 4
+		b := a.Unmap().As4()
+		copy(k.Addr[:], b[:])
+	} else {
+		k.Family = 6
+		k.Addr = a.As16()
+	}
+	return k
+}
+
+// kernelDev encodes a device number as the kernel's dev_t (major << 20 | minor).
+func kernelDev(major, minor uint32) uint32 { return major<<20 | minor }
+
+// exeIdentity returns the identity of the executable process pid runs, provided it
+// is the file at path (same device and inode), as the rule matched it.
+func exeIdentity(pid int32, path string) (identity, error) {
+	const mask = unix.STATX_INO | unix.STATX_MNT_ID
+	var run, named, dir unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.Itoa(int(pid))+"/exe", 0, mask, &run); err != nil {
+		return identity{}, fmt.Errorf("stat the executable of pid %d: %w", pid, err)
+	}
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, mask, &named); err != nil {
+		return identity{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	// The mount ids differ when the process runs in another mount namespace (a
+	// service with a private /tmp, `ip netns exec`); the key has the mount the
+	// process executed its file through, which the kernel program reads too, so a
+	// bind mount that shows the file at another path is another key.
+	if run.Ino != named.Ino || run.Dev_major != named.Dev_major || run.Dev_minor != named.Dev_minor ||
+		run.Mask&unix.STATX_MNT_ID == 0 {
+		return identity{}, fmt.Errorf("pid %d runs another file than %s", pid, path)
+	}
+	if err := unix.Statx(unix.AT_FDCWD, filepath.Dir(path), 0, unix.STATX_INO, &dir); err != nil {
+		return identity{}, fmt.Errorf("stat the directory of %s: %w", path, err)
+	}
+	return identity{ino: run.Ino, parentIno: dir.Ino, dev: kernelDev(run.Dev_major, run.Dev_minor), mntID: uint32(run.Mnt_id)}, nil
+}
+
+func bootNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0, fmt.Errorf("fast path: read CLOCK_BOOTTIME: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
+
+// readEvery is how long a fast-path decision waits at most in the ring buffer
+// before Run reads it, while fewer than WAKEUP_BYTES (fastpath.c) wait.
+const readEvery = 50 * time.Millisecond
+
+// Decision is one connection the fast path decided in the kernel.
+type Decision struct {
+	Time   time.Time
+	PID    int32
+	UID    int32
+	Exe    string // "" if the executable's path is no longer known
+	Remote netip.AddrPort
+	Action engine.Action // Allow, or Reject for a deny or reject rule
+	RuleID engine.RuleID
+}
+
+// Run reads the fast path's decisions from the ring buffer and hands each to fn
+// until ctx is done or Close is called. Once ctx is done the ring buffer is closed:
+// Run is called once.
+func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
+	// A deadline cannot interrupt a read already waiting; closing the reader can.
+	stop := context.AfterFunc(ctx, func() { fp.ring.Close() })
+	defer stop()
+	bootNs, err := bootNow()
+	if err != nil {
+		return err
+	}
+	wallAtBoot := time.Now().Add(-time.Duration(bootNs))
+	var rec ringbuf.Record
+	for {
+		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
+		// that, decisions wait at most readEvery to be read.
+		fp.ring.SetDeadline(time.Now().Add(readEvery))
+		if err := fp.ring.ReadInto(&rec); err != nil {
+			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+			return fmt.Errorf("fast path: read the ring buffer: %w", err)
+		}
+		ev, err := decodeEvent(rec.RawSample)
+		if err != nil {
+			fp.badEvents.Add(1)
+			continue
+		}
+		fp.events.Add(1)
+		fn(fp.decision(&ev, wallAtBoot))
+	}
+}
+
+// decodeEvent reads one ring buffer record: a struct fp_event, with sane family and
+// action.
+func decodeEvent(b []byte) (fastpathFpEvent, error) {
+	var ev fastpathFpEvent
+	if len(b) < binary.Size(ev) {
+		return ev, fmt.Errorf("fast path event of %d bytes, want %d", len(b), binary.Size(ev))
+	}
+	if _, err := binary.Decode(b, binary.NativeEndian, &ev); err != nil {
+		return ev, fmt.Errorf("fast path event: %w", err)
+	}
+	if ev.Key.Family != 4 && ev.Key.Family != 6 {
+		return ev, fmt.Errorf("fast path event with address family %d", ev.Key.Family)
+	}
+	if ev.Action != actAllow && ev.Action != actReject {
+		return ev, fmt.Errorf("fast path event with action %d", ev.Action)
+	}
+	return ev, nil
+}
+
+func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {
+	k := ev.Key
+	var addr netip.Addr
+	if k.Family == 4 {
+		addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
+	} else {
+		addr = netip.AddrFrom16(k.Addr)
+	}
+	fp.exesMu.Lock()
+	exe := fp.exes[identity{ino: k.Ino, parentIno: k.ParentIno, dev: k.Dev, mntID: k.MntId}]
+	fp.exesMu.Unlock()
+	d := Decision{
+		Time: wallAtBoot.Add(time.Duration(ev.BootNs)), PID: int32(ev.Pid), UID: int32(k.Uid), Exe: exe,
+		Remote: netip.AddrPortFrom(addr, k.Port), Action: engine.Allow, RuleID: engine.RuleID(ev.RuleId),
+	}
+	if ev.Action == actReject {
+		d.Action = engine.Reject
+	}
+	return d
+}
+
+// Stats returns the counters; Entries walks the map.
+func (fp *FastPath) Stats() Stats {
+	st := fp.cur.Load()
+	s := Stats{
+		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(), BadEvents: fp.badEvents.Load(), StoreErrors: fp.storeErrors.Load(),
+		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
+	}
+	for i := uint32(0); i < statMax; i++ {
+		var per []uint64
+		if err := fp.objs.Stats.Lookup(i, &per); err != nil {
+			continue
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		switch i {
+		case statHitAllow:
+			s.HitsAllow = sum
+		case statHitReject:
+			s.HitsReject = sum
+		case statMiss:
+			s.Misses = sum
+		case statStale:
+			s.Stale = sum
+		case statNoIdentity:
+			s.NoIdentity = sum
+		case statRingLost:
+			s.RingLost = sum
+		}
+	}
+	var k fastpathFpKey
+	it := fp.objs.Verdicts.Iterate()
+	var v fastpathFpVerdict
+	for it.Next(&k, &v) {
+		s.Entries++
+	}
+	return s
+}
+
+// cgroup2Root finds the root of the cgroup v2 hierarchy.
+func cgroup2Root() (string, error) {
+	var st unix.Statfs_t
+	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return p, nil
+		}
+	}
+	return "", errors.New("no cgroup2 file system at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+}
+
+// netnsCookie returns the cookie of the caller's network namespace.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("socket for SO_NETNS_COOKIE: %w", err)
+	}
+	defer unix.Close(fd)
+	var c uint64
+	l := uint32(8)
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE, uintptr(unsafe.Pointer(&c)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		return 0, fmt.Errorf("getsockopt SO_NETNS_COOKIE (Linux 5.14+): %w", e)
+	}
+	return c, nil
+}
+
+// mountCgroup2 mounts the cgroup v2 hierarchy on a new temporary directory.
+func mountCgroup2() (string, error) {
+	dir, err := os.MkdirTemp("", "latch-fastpath-cgroup2-")
+	if err != nil {
+		return "", err
+	}
+	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		os.Remove(dir)
+		return "", fmt.Errorf("mount cgroup2 on %s: %w", dir, err)
+	}
+	return dir, nil
+}
+
+// unmountCgroup2 undoes mountCgroup2.
+func unmountCgroup2(dir string) {
+	unix.Unmount(dir, unix.MNT_DETACH)
+	os.Remove(dir)
+}

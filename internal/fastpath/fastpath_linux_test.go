@@ -1,0 +1,418 @@
+package fastpath
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// The test binary doubles as the client whose connections the hooks see: with
+// LATCH_FP_CLIENT set, it reads addresses from stdin, one a line, connects to each
+// and prints "ok MARK" or "err ERRNO" per line.
+func TestMain(m *testing.M) {
+	if os.Getenv("LATCH_FP_CLIENT") != "" {
+		client()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func client() {
+	fmt.Println("ready", os.Getpid())
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		ap, err := netip.ParseAddrPort(strings.TrimSpace(sc.Text()))
+		if err != nil {
+			fmt.Println("bad", err)
+			continue
+		}
+		fam := unix.AF_INET6
+		var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		if ap.Addr().Is4() {
+			fam = unix.AF_INET
+			sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		}
+		fd, err := unix.Socket(fam, unix.SOCK_STREAM, 0)
+		if err != nil {
+			fmt.Println("err socket", err)
+			continue
+		}
+		err = unix.Connect(fd, sa)
+		mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+		unix.Close(fd)
+		if err != nil {
+			fmt.Printf("err %d %#x\n", err.(syscall.Errno), mark)
+			continue
+		}
+		fmt.Printf("ok %#x\n", mark)
+	}
+}
+
+// testClient is a client process running in a cgroup.
+type testClient struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+	pid int32
+	exe string
+}
+
+func startClient(t *testing.T, exe string, cgroupFD int) *testClient {
+	t.Helper()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "LATCH_FP_CLIENT=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgroupFD}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start client %s: %v", exe, err)
+	}
+	c := &testClient{cmd: cmd, in: in, out: bufio.NewScanner(out), pid: int32(cmd.Process.Pid), exe: exe}
+	t.Cleanup(func() { in.Close(); cmd.Wait() })
+	if line := c.line(t); !strings.HasPrefix(line, "ready") {
+		t.Fatalf("client said %q", line)
+	}
+	return c
+}
+
+func (c *testClient) line(t *testing.T) string {
+	t.Helper()
+	if !c.out.Scan() {
+		t.Fatalf("client ended: %v", c.out.Err())
+	}
+	return c.out.Text()
+}
+
+// connect makes the client connect to ap and returns its report.
+func (c *testClient) connect(t *testing.T, ap netip.AddrPort) string {
+	t.Helper()
+	fmt.Fprintln(c.in, ap.String())
+	return c.line(t)
+}
+
+// testCgroup makes a cgroup v2 directory for this test and returns its path and an
+// open fd of it; both go when the test ends.
+func testCgroup(t testing.TB) (string, int) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	root, err := cgroup2Root()
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := filepath.Join(root, fmt.Sprintf("latch-fastpath-test-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-")))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Close(fd)
+		for i := 0; i < 100; i++ {
+			if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Errorf("cgroup %s not removed", dir)
+	})
+	return dir, fd
+}
+
+func listen(t *testing.T, network, addr string) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func openTest(t *testing.T, cg string, cfg Config) *FastPath {
+	t.Helper()
+	cfg.CgroupPath = cg
+	fp, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	return fp
+}
+
+func req(c *testClient, remote netip.AddrPort) *engine.Request {
+	return &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: remote, PID: c.pid, Exe: c.exe, UID: int32(os.Getuid())}
+}
+
+func ruleVerdict(a engine.Action, id engine.RuleID) engine.Verdict {
+	return engine.Verdict{Action: a, Reason: engine.ReasonRule, RuleID: id}
+}
+
+// TestHitsMarkAndRecord: a stored allow marks the next connection's socket
+// MarkFastAllow and records the decision; a reject marks it MarkReject; an
+// unruled destination misses and leaves the mark alone; a rule change makes every
+// entry miss.
+func TestHitsMarkAndRecord(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	rules := []engine.Rule{{ID: 1, Action: engine.Allow}, {ID: 2, Action: engine.Deny}}
+	if err := fp.RulesChanged(rules); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	allowed := listen(t, "tcp4", "127.0.0.1:0")
+	denied := listen(t, "tcp6", "[::1]:0")
+	other := listen(t, "tcp4", "127.0.0.1:0")
+
+	decisions := make(chan Decision, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
+	defer func() { cancel(); <-done }()
+
+	tk := fp.Ticket()
+	if ok, err := fp.Remember(tk, req(c, allowed), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Fatalf("Remember allow: %v %v", ok, err)
+	}
+	if ok, err := fp.Remember(tk, req(c, denied), ruleVerdict(engine.Deny, 2)); !ok || err != nil {
+		t.Fatalf("Remember deny: %v %v", ok, err)
+	}
+	if got := c.connect(t, allowed); got != "ok 0x30000000" {
+		t.Errorf("ruled connect: %q, want the fast-allow mark", got)
+	}
+	// The same destination through an IPv6 socket, as an IPv4-mapped address: the
+	// packets are IPv4, so is the entry.
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(allowed.Addr().As16()), allowed.Port())
+	if got := c.connect(t, mapped); got != "ok 0x30000000" {
+		t.Errorf("ruled connect to %v: %q, want the fast-allow mark", mapped, got)
+	}
+	if got := c.connect(t, denied); got != "ok 0x20000000" {
+		t.Errorf("denied connect: %q, want the reject mark (no firewall here to act on it)", got)
+	}
+	if got := c.connect(t, other); got != "ok 0x0" {
+		t.Errorf("unruled connect: %q, want no mark", got)
+	}
+	for i, want := range []struct {
+		remote netip.AddrPort
+		action engine.Action
+		rule   engine.RuleID
+	}{{allowed, engine.Allow, 1}, {allowed, engine.Allow, 1}, {denied, engine.Reject, 2}} {
+		select {
+		case d := <-decisions:
+			if d.Remote != want.remote || d.Action != want.action || d.RuleID != want.rule || d.PID != c.pid || d.Exe != exe || d.UID != int32(os.Getuid()) {
+				t.Errorf("decision %d: %+v, want %v %v rule %d pid %d", i, d, want.remote, want.action, want.rule, c.pid)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("decision %d not recorded", i)
+		}
+	}
+	s := fp.Stats()
+	if s.HitsAllow != 2 || s.HitsReject != 1 || s.Misses != 1 || s.Entries != 2 || s.RingLost != 0 {
+		t.Errorf("stats %+v", s)
+	}
+
+	// Offer stores off the caller's goroutine.
+	fp.Offer(fp.Ticket(), req(c, other), ruleVerdict(engine.Allow, 1))
+	for deadline := time.Now().Add(5 * time.Second); fp.Stats().Entries < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("an offered verdict was not stored: %+v", fp.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := c.connect(t, other); got != "ok 0x30000000" {
+		t.Errorf("after Offer: %q, want a hit", got)
+	}
+	<-decisions
+
+	// A rule change: the same connections miss (and the socket carries no mark).
+	if err := fp.RulesChanged(rules); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.connect(t, allowed); got != "ok 0x0" {
+		t.Errorf("after a rule change: %q, want a miss", got)
+	}
+	// An old ticket stores under the old generation: still a miss.
+	fp.Remember(tk, req(c, allowed), ruleVerdict(engine.Allow, 1))
+	if got := c.connect(t, allowed); got != "ok 0x0" {
+		t.Errorf("stored with a stale ticket: %q, want a miss", got)
+	}
+	if s := fp.Stats(); s.Stale != 2 || s.HitsAllow != 3 {
+		t.Errorf("stats after the change %+v", s)
+	}
+}
+
+// TestNotStored: what must never enter the map.
+func TestNotStored(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}, {ID: 2, Action: engine.Drop}})
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := netip.MustParseAddrPort("127.0.0.1:9")
+	tk := fp.Ticket()
+	for name, tc := range map[string]struct {
+		req *engine.Request
+		v   engine.Verdict
+	}{
+		"prompt":   {req(c, dst), engine.Verdict{Action: engine.Allow, Reason: engine.ReasonPrompt, RuleID: 1}},
+		"once":     {req(c, dst), engine.Verdict{Action: engine.Allow, Reason: engine.ReasonPrompt}},
+		"default":  {req(c, dst), engine.Verdict{Action: engine.Allow, Reason: engine.ReasonDefault}},
+		"timeout":  {req(c, dst), engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}},
+		"limit":    {req(c, dst), engine.Verdict{Action: engine.Deny, Reason: engine.ReasonQuestionCap}},
+		"drop":     {req(c, dst), ruleVerdict(engine.Drop, 2)},
+		"udp":      {func() *engine.Request { r := req(c, dst); r.Protocol = engine.UDP; return r }(), ruleVerdict(engine.Allow, 1)},
+		"inbound":  {func() *engine.Request { r := req(c, dst); r.Direction = engine.Inbound; return r }(), ruleVerdict(engine.Allow, 1)},
+		"no pid":   {func() *engine.Request { r := req(c, dst); r.PID = 0; return r }(), ruleVerdict(engine.Allow, 1)},
+		"other":    {func() *engine.Request { r := req(c, dst); r.Exe = "/bin/sh"; return r }(), ruleVerdict(engine.Allow, 1)},
+		"new rule": {req(c, dst), ruleVerdict(engine.Allow, 7)},
+	} {
+		if ok, err := fp.Remember(tk, tc.req, tc.v); ok || err != nil {
+			t.Errorf("%s: stored (%v, %v)", name, ok, err)
+		}
+	}
+	// A host rule anywhere in the set: nothing is cached.
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}, {ID: 3, Host: "x.example", Action: engine.Deny}})
+	if ok, _ := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); ok {
+		t.Error("stored while a host rule is in force")
+	}
+	if s := fp.Stats(); s.Entries != 0 || s.Cacheable || !strings.Contains(s.Why, "host") {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestCopyMisses: the same program copied to another path is another identity.
+func TestCopyMisses(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
+	exe, _ := os.Executable()
+	dir := t.TempDir()
+	cp := filepath.Join(dir, "copy")
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	orig, copied := startClient(t, exe, cgfd), startClient(t, cp, cgfd)
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	if ok, err := fp.Remember(fp.Ticket(), req(orig, dst), ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatal(err)
+	}
+	if got := copied.connect(t, dst); got != "ok 0x0" {
+		t.Errorf("copy: %q, want a miss", got)
+	}
+	if got := orig.connect(t, dst); got != "ok 0x30000000" {
+		t.Errorf("original: %q, want a hit", got)
+	}
+	// A process that claims another path for its executable is not stored.
+	if ok, _ := fp.Remember(fp.Ticket(), &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: dst, PID: copied.pid, Exe: exe, UID: 0}, ruleVerdict(engine.Allow, 1)); ok {
+		t.Error("stored a verdict for a pid running another file than the rule's path")
+	}
+}
+
+// TestExpiry: an entry stops hitting at its rule's expiry.
+func TestExpiry(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	until := time.Now().Add(300 * time.Millisecond)
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow, Expires: until}})
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatal(err)
+	}
+	if got := c.connect(t, dst); got != "ok 0x30000000" {
+		t.Fatalf("before expiry: %q", got)
+	}
+	time.Sleep(time.Until(until) + 10*time.Millisecond)
+	if got := c.connect(t, dst); got != "ok 0x0" {
+		t.Errorf("after expiry: %q, want a miss", got)
+	}
+}
+
+// TestRingLossCounted: with a ring buffer nobody reads, decisions beyond its
+// capacity are counted as lost.
+func TestRingLossCounted(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{RingBytes: 4096})
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1))
+	const n = 100 // 4096 bytes hold fewer than 60 events of 96+8 bytes
+	for i := 0; i < n; i++ {
+		c.connect(t, dst)
+	}
+	s := fp.Stats()
+	if s.HitsAllow != n || s.RingLost == 0 || s.RingLost >= n {
+		t.Errorf("stats %+v: want %d hits, some but not all lost", s, n)
+	}
+	t.Logf("%d of %d decisions lost with a 4 KiB ring", s.RingLost, n)
+	_ = strconv.Itoa
+}
+
+// BenchmarkRemember is what storing a first-seen ruled connection's verdict costs
+// the daemon (after the verdict went out, so not the connection's latency): the
+// identity checks (three statx) and the map update.
+func BenchmarkRemember(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	cg, _ := testCgroup(b)
+	fp, err := Open(Config{CgroupPath: cg})
+	if err != nil {
+		b.Skip(err)
+	}
+	defer fp.Close()
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
+	exe, _ := os.Executable()
+	r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, PID: int32(os.Getpid()), Exe: exe, UID: 0}
+	v := ruleVerdict(engine.Allow, 1)
+	tk := fp.Ticket()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		r.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), uint16(i))
+		if ok, err := fp.Remember(tk, r, v); !ok {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+//go:build !linux
+
+package fastpath
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// ErrUnsupported is Open's error where there is no eBPF fast path.
+var ErrUnsupported = errors.New("fast path: only on Linux")
+
+// Config configures Open.
+type Config struct {
+	CgroupPath string
+	MaxEntries int
+	TTL        time.Duration
+	RingBytes  int
+}
+
+// FastPath is the kernel fast path; there is none on this system.
+type FastPath struct{}
+
+// Ticket is the rule generation a decision is made under.
+type Ticket struct{}
+
+// Decision is one connection the fast path decided in the kernel.
+type Decision struct {
+	Time   time.Time
+	PID    int32
+	UID    int32
+	Exe    string
+	Remote netip.AddrPort
+	Action engine.Action
+	RuleID engine.RuleID
+}
+
+// Open fails with ErrUnsupported.
+func Open(Config) (*FastPath, error) { return nil, ErrUnsupported }
+
+// Close does nothing.
+func (*FastPath) Close() error { return nil }
+
+// RulesChanged does nothing.
+func (*FastPath) RulesChanged([]engine.Rule) error { return nil }
+
+// Ticket returns the zero Ticket.
+func (*FastPath) Ticket() Ticket { return Ticket{} }
+
+// Remember stores nothing.
+func (*FastPath) Remember(Ticket, *engine.Request, engine.Verdict) (bool, error) { return false, nil }
+
+// Offer stores nothing.
+func (*FastPath) Offer(Ticket, *engine.Request, engine.Verdict) {}
+
+// Run returns at once.
+func (*FastPath) Run(context.Context, func(Decision)) error { return nil }
+
+// Stats returns the zero Stats.
+func (*FastPath) Stats() Stats { return Stats{} }

@@ -1,0 +1,22 @@
+package fastpath
+
+// Stats are the fast path's counters.
+type Stats struct {
+	HitsAllow   uint64 `json:"hits_allow"`   // connections the kernel allowed from the map
+	HitsReject  uint64 `json:"hits_reject"`  // connections the kernel refused from the map
+	Misses      uint64 `json:"misses"`       // no entry: decided through the queue
+	Stale       uint64 `json:"stale"`        // an entry of an older rule generation, or expired
+	NoIdentity  uint64 `json:"no_identity"`  // the task's executable or socket owner could not be read
+	RingLost    uint64 `json:"ring_lost"`    // decisions not recorded: the ring buffer was full
+	Events      uint64 `json:"events"`       // decisions read from the ring buffer
+	BadEvents   uint64 `json:"bad_events"`   // ring buffer records that were not a decision (ignored)
+	Stored      uint64 `json:"stored"`       // verdicts stored in the map
+	NotStored   uint64 `json:"not_stored"`   // verdicts the fast path may not decide itself (or found its store queue full)
+	StoreErrors uint64 `json:"store_errors"` // verdicts the kernel map refused
+	Entries     int    `json:"entries"`      // entries in the map (live or stale)
+	MaxEntries  int    `json:"max_entries"`
+	Generation  uint64 `json:"generation"`
+	Cacheable   bool   `json:"cacheable"`        // the rules in force allow caching
+	Why         string `json:"why,omitempty"`    // why not
+	Cgroup      string `json:"cgroup,omitempty"` // where the hooks are attached
+}
