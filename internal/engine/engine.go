@@ -119,9 +119,26 @@ type Engine struct {
 	// hitsMu guards hits, the rule-hit counters by rule ID (see RuleHits).
 	hitsMu sync.Mutex
 	hits   map[RuleID]*ruleHits
+
+	// mode is the Mode in force, read by Decide without a lock; it is stored with mu
+	// held (see SetMode). modeMu guards the rest of the mode's state.
+	mode      atomic.Uint32
+	modeMu    sync.Mutex
+	modeState ModeState
+	modeTimer *time.Timer
+	modeSeq   uint64
+	modeHooks []func(ModeState)
+
+	// sugMu guards learn mode's suggestions.
+	sugMu      sync.Mutex
+	sugs       map[suggestionKey]*Suggestion
+	lastSugID  SuggestionID
+	sugGen     uint64
+	sugDropped atomic.Uint64
+	sugUnnamed atomic.Uint64
 }
 
-var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap}
+var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap, ReasonMode}
 
 const numReasons = len(reasons)
 
@@ -190,7 +207,9 @@ type delivery struct {
 }
 
 func (e *Engine) deliver(ds []delivery) {
+	mode := e.Mode()
 	for _, d := range ds {
+		d.v.Mode = mode
 		e.count(d.v.Reason)
 		d.fn(d.v)
 	}
@@ -237,6 +256,7 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 		byID:   map[PromptID]*prompt{},
 		users:  map[userKey]*userLoad{},
 		subs:   map[*subscriber]struct{}{},
+		sugs:   map[suggestionKey]*Suggestion{},
 
 		hookWake: make(chan struct{}, 1),
 		done:     make(chan struct{}),
@@ -290,24 +310,42 @@ func (e *Engine) prepare(out []Rule) ([]Rule, error) {
 // called before Decide returns, or later from another goroutine, exactly once.
 func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 	now := e.now()
+	mode := e.Mode()
+	if mode == ModeBlockAll && !isLoopback(req) {
+		// The panic switch: no rule is consulted.
+		e.count(ReasonMode)
+		verdict(Verdict{Action: Deny, Reason: ReasonMode, Mode: mode})
+		return
+	}
 	m := e.matcher.Load()
 	if c := m.match(req, now); c != nil {
 		c.hits.add(now)
 		e.count(ReasonRule)
-		verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
+		verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID, Mode: mode})
 		return
 	}
 	e.mu.Lock()
-	// Rule sets are swapped under mu; if one arrived since the lock-free look, it may
-	// decide this request, and its sweep of open prompts has already run.
-	if m2 := e.matcher.Load(); m2 != m {
+	// Rule sets and modes are swapped under mu; if one arrived since the lock-free
+	// look, it may decide this request, and its sweep of open prompts has already run.
+	if m2 := e.matcher.Load(); m2 != m && e.Mode() != ModeBlockAll {
 		if c := m2.match(req, now); c != nil {
 			e.mu.Unlock()
 			c.hits.add(now)
 			e.count(ReasonRule)
-			verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
+			verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID, Mode: e.Mode()})
 			return
 		}
+	}
+	if v, decided := e.modeVerdict(e.Mode(), req); decided {
+		mode := e.Mode()
+		if mode == ModeLearn {
+			e.suggest(req, now)
+		}
+		e.mu.Unlock()
+		e.count(v.Reason)
+		v.Mode = mode
+		verdict(v)
+		return
 	}
 	if e.closed {
 		e.mu.Unlock()

@@ -308,6 +308,9 @@ const (
 	// holding fewer (Stats.QuestionCaps counts both).
 	ReasonQuestionCap Reason = "question-cap"
 	ReasonExempt      Reason = "exempt" // latch's own traffic or loopback
+	// ReasonMode: the mode decided (see Mode): learn and silent-allow allowed, or
+	// silent-deny and block-all denied, a connection without asking.
+	ReasonMode Reason = "mode"
 	ReasonError       Reason = "error"  // the backend could not describe the connection
 )
 
@@ -316,4 +319,6 @@ type Verdict struct {
 	Action Action `json:"verdict"`
 	Reason Reason `json:"reason"`
 	RuleID RuleID `json:"rule_id,omitempty"`
+	// Mode is the mode in force when the verdict was given (history's mode column).
+	Mode Mode `json:"mode"`
 }
