@@ -112,13 +112,13 @@ func (p *connPrinter) print(cs []api.Conn, first bool) error {
 	}
 	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
 	if !p.header {
-		fmt.Fprintln(tw, "TIME\tDIR\tPROTO\tLOCAL\tREMOTE\tPID\tEXE\tUSER\tVERDICT\tWHY")
+		fmt.Fprintln(tw, "TIME\tDIR\tPROTO\tLOCAL\tREMOTE\tPID\tEXE\tUSER\tVERDICT\tWHY\tMODE")
 		p.header = true
 	}
 	for _, c := range cs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
 			c.Direction, c.Proto, hostPort(c.LocalIP, c.LocalPort, ""), hostPort(c.RemoteIP, c.RemotePort, c.Host),
-			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID))
+			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), c.Mode)
 	}
 	return tw.Flush()
 }

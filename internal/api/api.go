@@ -144,6 +144,9 @@ type Conn struct {
 	Verdict      engine.Action   `json:"verdict"`
 	Reason       engine.Reason   `json:"reason"`
 	RuleID       engine.RuleID   `json:"rule_id"`
+	// Mode is the mode in force when the connection was decided (ask, learn,
+	// silent-allow, silent-deny, block-all).
+	Mode engine.Mode `json:"mode"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -200,7 +203,7 @@ func ConnView(c *store.Conn) Conn {
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
-		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
+		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID, Mode: c.Verdict.Mode,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 	}
 }

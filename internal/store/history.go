@@ -127,7 +127,8 @@ CREATE TABLE IF NOT EXISTS conns (
 	rule_id     INTEGER NOT NULL,
 	identity    TEXT    NOT NULL DEFAULT '',
 	container   TEXT    NOT NULL DEFAULT '',
-	identity_note TEXT  NOT NULL DEFAULT ''
+	identity_note TEXT  NOT NULL DEFAULT '',
+	mode        TEXT    NOT NULL DEFAULT 'ask'
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
@@ -141,6 +142,8 @@ var addedColumns = []struct{ name, def string }{
 	{"identity", "TEXT NOT NULL DEFAULT ''"},
 	{"container", "TEXT NOT NULL DEFAULT ''"},
 	{"identity_note", "TEXT NOT NULL DEFAULT ''"},
+	// Rows written before latch had modes were decided in what is now mode ask.
+	{"mode", "TEXT NOT NULL DEFAULT 'ask'"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -505,8 +508,8 @@ func (h *History) writeBatch(batch []Conn) {
 	}
 	stmt, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		identity, container, identity_note)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		identity, container, identity_note, mode)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		tx.Rollback()
 		h.fail(len(batch), err)
@@ -519,7 +522,7 @@ func (h *History) writeBatch(batch []Conn) {
 			addrString(r.Remote.Addr()), int(r.Remote.Port()),
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			r.Identity.String(), r.Container, r.IdentityNote)
+			r.Identity.String(), r.Container, r.IdentityNote, c.Verdict.Mode.String())
 		if err != nil {
 			break
 		}
@@ -582,7 +585,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 
 // connCols are the columns scanConns reads, in order.
 const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, mode`
 
 // scanConns reads rows of connCols and closes them.
 func scanConns(rows *sql.Rows) ([]Conn, error) {
@@ -595,11 +598,12 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 			localPort, remotePort         int
 			dir, proto, localIP, remoteIP string
 			verdict, reason, identity     string
+			mode                          string
 		)
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
-			&identity, &r.Container, &r.IdentityNote); err != nil {
+			&identity, &r.Container, &r.IdentityNote, &mode); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)
@@ -614,6 +618,7 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		c.Verdict.Action, _ = engine.ParseAction(verdict)
 		c.Verdict.Reason = engine.Reason(reason)
 		c.Verdict.RuleID = engine.RuleID(ruleID)
+		c.Verdict.Mode, _ = engine.ParseMode(mode) // ask if not one of ours
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {

@@ -28,7 +28,8 @@ func testConn(i int) Conn {
 			UID:       0,
 			User:      "root",
 		},
-		Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: engine.RuleID(i%7 + 1)},
+		Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: engine.RuleID(i%7 + 1),
+			Mode: engine.Mode(i % 5)},
 	}
 	if i%2 == 0 {
 		c.Request.Host = fmt.Sprintf("api%d.example.com", i)
@@ -97,12 +98,18 @@ func TestHistoryKeepsIdentity(t *testing.T) {
 	if r := got[0].Request; r.Exe != "/usr/bin/old" || r.Identity != engine.IdentityUnknown || r.Container != "" || r.IdentityNote != "" {
 		t.Errorf("old row: %+v; want identity \"\" (not checked)", r)
 	}
+	if m := got[0].Verdict.Mode; m != engine.ModeAsk {
+		t.Errorf("old row's mode %v, want ask", m)
+	}
 	for k, c := range got[1:] {
 		want := testConn(3 + k).Request
 		r := c.Request
 		if r.Identity != want.Identity || r.Container != want.Container || r.IdentityNote != want.IdentityNote {
 			t.Errorf("row %d: identity %q container %q note %q; want %q %q %q", k+1,
 				r.Identity, r.Container, r.IdentityNote, want.Identity, want.Container, want.IdentityNote)
+		}
+		if m, w := c.Verdict.Mode, testConn(3+k).Verdict.Mode; m != w {
+			t.Errorf("row %d: mode %v, want %v", k+1, m, w)
 		}
 	}
 }
