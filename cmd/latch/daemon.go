@@ -56,7 +56,7 @@ the one holding the most; 'latch status' counts each bound that applied.
 
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
-` + observeHelp
+` + modeFlagHelp + observeHelp
 
 // trimRules is the size of a rule change (rules before plus after) from which the
 // daemon returns freed memory to the system once the change has settled.
@@ -79,6 +79,8 @@ type daemonOptions struct {
 	MaxQuestions        int
 	MaxQuestionsPerUser int
 	MaxQuestionsPerApp  int
+
+	Mode engine.Mode // --mode: the mode at start when none is saved (modes.go)
 }
 
 func parseDaemonFlags(args []string) (*daemonOptions, error) {
@@ -98,6 +100,7 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	fs.IntVar(&o.MaxQuestions, "max-questions", engine.DefaultMaxPrompts, "")
 	fs.IntVar(&o.MaxQuestionsPerUser, "max-questions-per-user", engine.DefaultMaxPromptsPerUser, "")
 	fs.IntVar(&o.MaxQuestionsPerApp, "max-questions-per-app", engine.DefaultMaxPromptsPerApp, "")
+	mode := fs.String("mode", "ask", "")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return nil, err
 	}
@@ -107,6 +110,9 @@ func parseDaemonFlags(args []string) (*daemonOptions, error) {
 	var err error
 	if o.Default, err = engine.ParseAction(*def); err != nil {
 		return nil, usagef("--default: %v", err)
+	}
+	if o.Mode, err = engine.ParseMode(*mode); err != nil {
+		return nil, usagef("--mode: %v", err)
 	}
 	switch *fail {
 	case "open":
@@ -256,6 +262,11 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	defer eng.Close()
 	stopHits := keepRuleHits(eng, o.StateDir, logf)
 	defer stopHits()
+	stopMode, err := keepMode(eng, o.StateDir, o.Mode, logf)
+	if err != nil {
+		return err
+	}
+	defer stopMode()
 
 	// Room for the rules comes first: the reserve is allocated before the history
 	// opens, and the history stops at a free-space floor, so a full disk never

@@ -19,6 +19,10 @@
 //	GET    /v1/events/stream          latch.event/1 documents (docs/events.md), one per line
 //	POST   /v1/explain                ExplainRequest          -> Explanation
 //	GET    /v1/rules/hits             {"hits": [RuleHits...]}: connections each rule decided
+//	GET    /v1/mode                   engine.ModeState {"mode", "until", "then"}
+//	POST   /v1/mode                   ModeRequest             -> engine.ModeState
+//	GET    /v1/suggestions            {"suggestions": [engine.Suggestion...], "stats": {...}}
+//	POST   /v1/suggestions/accept     SuggestionsAccept       -> {"rules": [Rule...]} added
 //
 // Request bodies are decoded strictly (package strictjson, and for rules the one parser
 // engine.RuleFields.Parse that the command line uses too): unknown or misspelt keys,
@@ -55,7 +59,10 @@ type Status struct {
 	PID             int               `json:"pid"`
 	Started         time.Time         `json:"started"`
 	Backend         string            `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
-	Mode            string            `json:"mode"`    // "fail-closed" or "fail-open"
+	Mode            string            `json:"mode"`    // "fail-closed" or "fail-open": what happens without a daemon
+	// DecisionMode is the mode deciding connections (ask, learn, silent-allow,
+	// silent-deny, block-all), with its end when set for a time (latch pause).
+	DecisionMode *engine.ModeState `json:"decision_mode,omitempty"`
 	Default         engine.Action     `json:"default"` // verdict for unanswered questions
 	PromptTimeout   string            `json:"prompt_timeout"`
 	Inbound         bool              `json:"inbound"`

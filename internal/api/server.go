@@ -86,6 +86,10 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/explain", s.explain)
 	s.mux.HandleFunc("GET /v1/events/stream", s.eventLog)
 	s.mux.HandleFunc("GET /v1/rules/hits", s.ruleHits)
+	s.mux.HandleFunc("GET /v1/mode", s.getMode)
+	s.mux.HandleFunc("POST /v1/mode", s.setMode)
+	s.mux.HandleFunc("GET /v1/suggestions", s.listSuggestions)
+	s.mux.HandleFunc("POST /v1/suggestions/accept", s.acceptSuggestions)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -170,6 +174,8 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	st.HeldConnections = es.Held
 	st.QuestionCaps = es.QuestionCaps
 	st.Rules = es.Rules
+	ms := s.cfg.Engine.ModeState()
+	st.DecisionMode = &ms
 	if s.cfg.History != nil {
 		st.History = s.cfg.History.Stats()
 	}
