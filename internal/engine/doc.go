@@ -64,6 +64,20 @@
 // the decision. Each rule also counts the connections it decided and when last
 // (RuleHits): an atomic add on the decision path, kept across rule-set changes.
 //
+// # Modes
+//
+// The Mode (SetMode) says what happens to a Request no rule decides: ModeAsk makes it
+// a question; ModeLearn allows it and records a Suggestion (an allow rule for the
+// verified program, direction, protocol, host or address and port; AcceptSuggestions
+// turns suggestions into rules); ModeSilentAllow and ModeSilentDeny allow or deny it
+// unasked. In these modes rules decide first. ModeBlockAll is a panic switch that comes
+// before every rule: every Request is denied (ReasonMode) without consulting the rules,
+// except loopback ones, which rules and questions decide as in ModeAsk. The mode is an
+// atomic read by Decide and is stored before SetMode returns, so the next Decide after
+// SetMode uses it; open questions the new mode decides are closed by it at once. A mode
+// may be set until a time (ModeState.Until), after which ModeState.Then returns by
+// itself. Every Verdict carries the mode it was given in.
+//
 // # Questions
 //
 // A Request no rule matches becomes a question (Prompt) for a person. Identical
