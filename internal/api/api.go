@@ -55,14 +55,14 @@ func DefaultAddress() string {
 
 // Status is what GET /v1/status returns: how the daemon runs and its counters.
 type Status struct {
-	Version         string            `json:"version"`
-	PID             int               `json:"pid"`
-	Started         time.Time         `json:"started"`
-	Backend         string            `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
-	Mode            string            `json:"mode"`    // "fail-closed" or "fail-open": what happens without a daemon
+	Version string    `json:"version"`
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+	Backend string    `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
+	Mode    string    `json:"mode"`    // "fail-closed" or "fail-open": what happens without a daemon
 	// DecisionMode is the mode deciding connections (ask, learn, silent-allow,
 	// silent-deny, block-all), with its end when set for a time (latch pause).
-	DecisionMode *engine.ModeState `json:"decision_mode,omitempty"`
+	DecisionMode    *engine.ModeState `json:"decision_mode,omitempty"`
 	Default         engine.Action     `json:"default"` // verdict for unanswered questions
 	PromptTimeout   string            `json:"prompt_timeout"`
 	Inbound         bool              `json:"inbound"`

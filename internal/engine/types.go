@@ -310,8 +310,8 @@ const (
 	ReasonExempt      Reason = "exempt" // latch's own traffic or loopback
 	// ReasonMode: the mode decided (see Mode): learn and silent-allow allowed, or
 	// silent-deny and block-all denied, a connection without asking.
-	ReasonMode Reason = "mode"
-	ReasonError       Reason = "error"  // the backend could not describe the connection
+	ReasonMode  Reason = "mode"
+	ReasonError Reason = "error" // the backend could not describe the connection
 )
 
 // Verdict is the answer to a Request.
