@@ -18,7 +18,9 @@
 // DNS): an exact name, or "*.example.com", which matches every name below example.com
 // but not example.com itself; case and a trailing dot do not matter, and a request
 // whose hostname is unknown matches no Host rule. Remote is an address or CIDR prefix,
-// Port and LocalPort inclusive ranges. A rule whose Expires has passed never matches and is dropped from the set.
+// Port and LocalPort inclusive ranges. Cmdline, Parent, Unit, Container and AppID narrow
+// a rule by the process's identity beyond its executable (see ident.go; Cmdline needs
+// App, AppID needs User). A rule whose Expires has passed never matches and is dropped from the set.
 //
 // # Precedence
 //
@@ -33,11 +35,13 @@
 //  3. Remote: a narrower prefix beats a wider one, any prefix beats no remote.
 //  4. Port: a narrower range beats a wider one, any range beats no port.
 //  5. User: set beats unset.
-//  6. LocalPort: narrower beats wider beats unset.
-//  7. Protocol: set beats any.
-//  8. Direction: set beats any.
-//  9. Action: at equal specificity deny, reject and drop beat allow.
-//  10. ID: the lower ID (the older rule) wins.
+//  6. Identity: a rule naming more of Cmdline, Parent, Unit, Container and AppID
+//     beats one naming fewer (so "python3 with this script" beats "python3").
+//  7. LocalPort: narrower beats wider beats unset.
+//  8. Protocol: set beats any.
+//  9. Direction: set beats any.
+//  10. Action: at equal specificity deny, reject and drop beat allow.
+//  11. ID: the lower ID (the older rule) wins.
 //
 // The order is total, so the verdict never depends on the order rules were added or
 // listed. All globs are equally specific among themselves.

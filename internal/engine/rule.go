@@ -201,6 +201,13 @@ type Rule struct {
 	Expires   time.Time    `json:"expires,omitzero"` // zero: forever
 	Created   time.Time    `json:"created,omitzero"`
 	Note      string       `json:"note,omitempty"`
+
+	// Identity beyond the executable (see ident.go): each narrows the rule.
+	Cmdline   string `json:"cmdline,omitempty"`   // glob over the arguments joined by spaces; needs App
+	Parent    string `json:"parent,omitempty"`    // path or glob of any verified ancestor's executable
+	Unit      string `json:"unit,omitempty"`      // systemd system unit, e.g. nginx.service
+	Container string `json:"container,omitempty"` // container id (or 12+ digit prefix), name, or RUNTIME:ID
+	AppID     string `json:"app_id,omitempty"`    // flatpak/snap app id; needs User
 }
 
 // FieldError says which field of a rule is wrong and why.
@@ -272,7 +279,7 @@ func (r Rule) Validate() error {
 	if len(r.Note) > maxNoteLen {
 		return &FieldError{"note", fmt.Sprintf("%d bytes", len(r.Note)), fmt.Errorf("longer than %d bytes", maxNoteLen)}
 	}
-	return nil
+	return r.validateIdentity()
 }
 
 func validateUser(u string) error {
@@ -358,6 +365,11 @@ func (r *Rule) matchesIgnoringExpiry(req *Request) bool {
 	if r.App != "" && !appMatches(r.App, req.appExe()) {
 		return false
 	}
+	if r.hasIdentity() {
+		c := compiledRule{Rule: *r}
+		c.parent, _ = compileApp(r.Parent)
+		return c.identityMatches(req)
+	}
 	return true
 }
 
@@ -408,6 +420,12 @@ func (r Rule) String() string {
 	if r.Host != "" {
 		fmt.Fprintf(&b, " host=%s", quoteIfNeeded(r.Host))
 	}
+	for _, f := range []struct{ k, v string }{{"cmdline", r.Cmdline}, {"parent", r.Parent}, {"unit", r.Unit},
+		{"container", r.Container}, {"app_id", r.AppID}} {
+		if f.v != "" {
+			fmt.Fprintf(&b, " %s=%s", f.k, quoteIfNeeded(f.v))
+		}
+	}
 	if r.Remote.IsValid() {
 		fmt.Fprintf(&b, " remote=%s", r.Remote)
 	}
@@ -452,11 +470,16 @@ type ruleJSON struct {
 	Expires   string          `json:"expires,omitempty"`
 	Created   string          `json:"created,omitempty"`
 	Note      string          `json:"note,omitempty"`
+	Cmdline   string          `json:"cmdline,omitempty"`
+	Parent    string          `json:"parent,omitempty"`
+	Unit      string          `json:"unit,omitempty"`
+	Container string          `json:"container,omitempty"`
+	AppID     string          `json:"app_id,omitempty"`
 }
 
 // ruleKeys are the JSON names of a rule's fields, in the order errors are reported.
 var ruleKeys = []string{"id", "action", "app", "user", "service", "host", "dir", "proto", "remote", "port",
-	"local_port", "expires", "created", "note"}
+	"local_port", "expires", "created", "note", "cmdline", "parent", "unit", "container", "app_id"}
 
 // MaxRuleID is the largest rule ID: 2^53-1, so that every ID is exact in JavaScript
 // (the web UI) and the next ID never wraps around.
@@ -472,6 +495,7 @@ type RuleFields struct {
 	App, User, Service, Host                     *string
 	Direction, Protocol, Remote, Port, LocalPort *string
 	Expires, Created, Note                       *string
+	Cmdline, Parent, Unit, Container, AppID      *string
 }
 
 // Parse checks every field strictly and returns the rule: enums exactly as String
@@ -492,6 +516,7 @@ func (f *RuleFields) Parse() (Rule, error) {
 		{"id", f.ID}, {"action", f.Action}, {"app", f.App}, {"user", f.User}, {"service", f.Service},
 		{"host", f.Host}, {"dir", f.Direction}, {"proto", f.Protocol}, {"remote", f.Remote}, {"port", f.Port},
 		{"local_port", f.LocalPort}, {"expires", f.Expires}, {"created", f.Created},
+		{"cmdline", f.Cmdline}, {"parent", f.Parent}, {"unit", f.Unit}, {"container", f.Container}, {"app_id", f.AppID},
 	} {
 		if x.v != nil && *x.v == "" {
 			if x.name == "action" {
@@ -516,7 +541,8 @@ func (f *RuleFields) Parse() (Rule, error) {
 	for _, x := range []struct {
 		v   *string
 		dst *string
-	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note}} {
+	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note},
+		{f.Cmdline, &out.Cmdline}, {f.Parent, &out.Parent}, {f.Unit, &out.Unit}, {f.Container, &out.Container}, {f.AppID, &out.AppID}} {
 		if x.v != nil {
 			*x.dst = *x.v
 		}
@@ -581,6 +607,11 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		Protocol:  r.Protocol.String(),
 		Action:    r.Action.String(),
 		Note:      r.Note,
+		Cmdline:   r.Cmdline,
+		Parent:    r.Parent,
+		Unit:      r.Unit,
+		Container: r.Container,
+		AppID:     r.AppID,
 	}
 	if r.Remote.IsValid() {
 		w.Remote = r.Remote.String()
@@ -614,6 +645,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 		"id": &f.ID, "action": &f.Action, "app": &f.App, "user": &f.User, "service": &f.Service, "host": &f.Host,
 		"dir": &f.Direction, "proto": &f.Protocol, "remote": &f.Remote, "port": &f.Port, "local_port": &f.LocalPort,
 		"expires": &f.Expires, "created": &f.Created, "note": &f.Note,
+		"cmdline": &f.Cmdline, "parent": &f.Parent, "unit": &f.Unit, "container": &f.Container, "app_id": &f.AppID,
 	}
 	for _, k := range ruleKeys {
 		raw, ok := members[k]

@@ -216,6 +216,15 @@ type Request struct {
 	// IdentityNote says, when Identity is not IdentityVerified, why not (e.g. "the
 	// executable was deleted or replaced since the process started").
 	IdentityNote string `json:"identity_note,omitempty"`
+	// Unit is the systemd system unit the process runs in ("nginx.service"), read
+	// from its cgroup under system.slice (which only root creates); "" if none.
+	Unit string `json:"unit,omitempty"`
+	// AppID is the flatpak or snap app id ("org.mozilla.firefox") read from the
+	// process's cgroup name, a label the user's own processes can choose.
+	AppID string `json:"app_id,omitempty"`
+	// Parents are the executables of the process's ancestors, parent first, at most
+	// MaxParentDepth: each verified like Exe, "" for one that is not.
+	Parents []string `json:"parents,omitempty"`
 }
 
 // Identity is how far a Request's Exe can be trusted to name the program. It is

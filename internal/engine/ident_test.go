@@ -1,0 +1,176 @@
+package engine
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+func TestCmdlineMatch(t *testing.T) {
+	for _, c := range []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"python3 /opt/a.py", "python3 /opt/a.py", true},
+		{"python3 /opt/a.py", "python3 /opt/a.py --x", false},
+		{"* /opt/a.py*", "/usr/bin/python3 /opt/a.py --verbose", true},
+		{"* /opt/a.py*", "/usr/bin/python3 /opt/b.py", false},
+		{"*", "", true},
+		{"", "", true},
+		{"", "x", false},
+		{"a?c", "abc", true},
+		{"a?c", "ac", false},
+		{`a\*c`, "a*c", true},
+		{`a\*c`, "abc", false},
+		{"*a*b*c*", "xxaxxbxxcxx", true},
+		{"*a*b*c*", "xxaxxcxxbxx", false},
+	} {
+		if got := cmdlineMatch(c.pattern, c.s); got != c.want {
+			t.Errorf("cmdlineMatch(%q, %q) = %v, want %v", c.pattern, c.s, got, c.want)
+		}
+	}
+	// Bounded: a pathological pattern on a long line does not explode.
+	long := strings.Repeat("a", 4000)
+	if cmdlineMatch(strings.Repeat("*a", 100)+"b", long) {
+		t.Error("matched")
+	}
+}
+
+func TestIdentityRulesValidate(t *testing.T) {
+	for _, c := range []struct {
+		r     Rule
+		field string
+	}{
+		{Rule{Action: Allow, Cmdline: "python3 /opt/a.py"}, "cmdline"},               // cmdline alone never allows
+		{Rule{Action: Allow, App: "/usr/bin/python3", Parent: "relative"}, "parent"}, // a path
+		{Rule{Action: Allow, Unit: "nginx"}, "unit"},
+		{Rule{Action: Allow, Unit: "../x.service"}, "unit"},
+		{Rule{Action: Allow, Container: "a b"}, "container"},
+		{Rule{Action: Allow, AppID: "org.mozilla.firefox"}, "app_id"}, // needs user
+	} {
+		err := c.r.Validate()
+		var fe *FieldError
+		if err == nil || !asFieldError(err, &fe) || fe.Field != c.field {
+			t.Errorf("%+v: error %v, want one about %s", c.r, err, c.field)
+		}
+	}
+	for _, r := range []Rule{
+		{Action: Allow, App: "/usr/bin/python3", Cmdline: "* /opt/a.py"},
+		{Action: Allow, Parent: "/usr/sbin/sshd"},
+		{Action: Allow, Unit: "nginx.service"},
+		{Action: Allow, Container: "docker:" + strings.Repeat("ab", 32)},
+		{Action: Allow, AppID: "org.mozilla.firefox", User: "1000"},
+	} {
+		if err := r.Validate(); err != nil {
+			t.Errorf("%+v: %v", r, err)
+		}
+	}
+}
+
+func asFieldError(err error, fe **FieldError) bool {
+	f, ok := err.(*FieldError)
+	*fe = f
+	return ok
+}
+
+// TestCmdlineNarrowsAppRule: "allow this one script, not every python3".
+func TestCmdlineNarrowsAppRule(t *testing.T) {
+	e := newEngine(t, Config{},
+		Rule{App: "/usr/bin/python3", Action: Deny},
+		Rule{App: "/usr/bin/python3", Cmdline: "* /opt/good.py*", Action: Allow},
+	)
+	e.SetMode(ModeState{Mode: ModeSilentDeny}) // no rule: denied at once, not asked
+	good := reqTo("/usr/bin/python3", "198.18.0.1:443")
+	good.Cmdline = "python3 /opt/good.py --serve"
+	bad := reqTo("/usr/bin/python3", "198.18.0.1:443")
+	bad.Cmdline = "python3 /opt/bad.py"
+	if v := decideNow(t, e, good); v.Action != Allow || v.RuleID != 2 {
+		t.Errorf("good script: %+v", v)
+	}
+	if v := decideNow(t, e, bad); v.Action != Deny || v.RuleID != 1 {
+		t.Errorf("other script: %+v", v)
+	}
+	// A forged program carrying the command line gets nothing from the rule.
+	forged := *good
+	forged.Identity = IdentityUnverified
+	if v := decideNow(t, e, &forged); v.Reason == ReasonRule {
+		t.Errorf("unverified program with the good command line: %+v", v)
+	}
+	ex := e.Explain(good)
+	if ex.Step != StepIdentity {
+		t.Errorf("explain step %v, want identity", ex.Step)
+	}
+}
+
+func TestParentUnitContainerAppID(t *testing.T) {
+	cid := strings.Repeat("3f", 32)
+	e := newEngine(t, Config{},
+		Rule{Parent: "/usr/sbin/sshd", Action: Allow},
+		Rule{Unit: "nginx.service", Action: Allow},
+		Rule{Container: cid[:12], Action: Allow},
+		Rule{Container: "machine:web", Action: Allow},
+		Rule{AppID: "org.mozilla.firefox", User: "1000", Action: Allow},
+	)
+	e.SetMode(ModeState{Mode: ModeSilentDeny}) // no rule: denied at once, not asked
+	check := func(name string, mod func(*Request), want RuleID) {
+		t.Helper()
+		r := reqTo("/usr/bin/curl", "198.18.0.1:443")
+		mod(r)
+		v := decideNow(t, e, r)
+		if want == 0 && v.Reason == ReasonRule {
+			t.Errorf("%s: decided by rule %d, want a question", name, v.RuleID)
+		} else if want != 0 && v.RuleID != want {
+			t.Errorf("%s: %+v, want rule %d", name, v, want)
+		}
+	}
+	check("child of sshd", func(r *Request) { r.Parents = []string{"/usr/bin/bash", "/usr/sbin/sshd", "/usr/lib/systemd/systemd"} }, 1)
+	check("ancestor sshd unverified", func(r *Request) { r.Parents = []string{"/usr/bin/bash", ""} }, 0)
+	check("unit", func(r *Request) { r.Unit = "nginx.service" }, 2)
+	check("other unit", func(r *Request) { r.Unit = "nginx2.service" }, 0)
+	check("docker short id", func(r *Request) { r.Identity, r.Container = IdentityContainer, "docker:"+cid }, 3)
+	check("machine name", func(r *Request) { r.Identity, r.Container = IdentityContainer, "machine:web" }, 4)
+	check("name as bare", func(r *Request) { r.Identity, r.Container = IdentityContainer, "machine:webx" }, 0)
+	check("app id", func(r *Request) { r.AppID = "org.mozilla.firefox" }, 5)
+	check("app id, other user", func(r *Request) { r.AppID, r.UID = "org.mozilla.firefox", 1001 }, 0)
+}
+
+// TestIdentityIndexAgreesWithLinear: with identity fields on random rules, the
+// indexed matcher still picks what the plain scan in precedence order picks.
+func TestIdentityIndexAgreesWithLinear(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{5, 50, 500, 3000} {
+		for range 3 {
+			rules := randomRules(rng, n)
+			for i := range rules {
+				r := &rules[i]
+				switch rng.IntN(10) {
+				case 0:
+					if r.App != "" {
+						r.Cmdline = fmt.Sprintf("* /opt/s%d.py*", rng.IntN(3))
+					}
+				case 1:
+					r.Parent = fmt.Sprintf("/opt/app%d/bin/*", rng.IntN(max(n/8, 1)))
+				case 2:
+					r.Unit = fmt.Sprintf("u%d.service", rng.IntN(3))
+				case 3:
+					r.Unit = fmt.Sprintf("u%d.service", rng.IntN(3))
+					if r.App != "" {
+						r.Cmdline = "*"
+					}
+				}
+			}
+			m := compile(rules)
+			for range 2000 {
+				req := randomRequest(rng, n)
+				req.Cmdline = fmt.Sprintf("python3 /opt/s%d.py", rng.IntN(4))
+				req.Unit = fmt.Sprintf("u%d.service", rng.IntN(4))
+				req.Parents = []string{fmt.Sprintf("/opt/app%d/bin/app0", rng.IntN(max(n/8, 1))), ""}
+				got, want := m.match(req, t0), m.matchLinear(req, t0)
+				if got != want {
+					t.Fatalf("%d rules, request %+v: index says %v, linear scan says %v", n, req, got, want)
+				}
+			}
+		}
+	}
+}
