@@ -119,6 +119,9 @@ type Prompt struct {
 	Identity     engine.Identity `json:"identity"`
 	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" when identity is "container"
 	IdentityNote string          `json:"identity_note,omitempty"` // why the identity is not verified
+	Unit         string          `json:"unit,omitempty"`          // systemd system unit
+	AppID        string          `json:"app_id,omitempty"`        // flatpak/snap app id
+	Parents      []string        `json:"parents,omitempty"`       // ancestors' verified executables, parent first ("": not verified)
 	Held         int             `json:"held"`
 	Opened       time.Time       `json:"opened"`
 	Expires      time.Time       `json:"expires"`
@@ -148,6 +151,9 @@ type Conn struct {
 	Identity     engine.Identity `json:"identity"`
 	Container    string          `json:"container,omitempty"`
 	IdentityNote string          `json:"identity_note,omitempty"`
+	Unit         string          `json:"unit,omitempty"`
+	AppID        string          `json:"app_id,omitempty"`
+	Parents      []string        `json:"parents,omitempty"`
 	Verdict      engine.Action   `json:"verdict"`
 	Reason       engine.Reason   `json:"reason"`
 	RuleID       engine.RuleID   `json:"rule_id"`
@@ -199,6 +205,7 @@ func PromptView(p *engine.Prompt) Prompt {
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		Host: r.Host, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
+		Unit: r.Unit, AppID: r.AppID, Parents: r.Parents,
 	}
 }
 
@@ -212,6 +219,7 @@ func ConnView(c *store.Conn) Conn {
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
 		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID, Mode: c.Verdict.Mode,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
+		Unit: r.Unit, AppID: r.AppID, Parents: r.Parents,
 	}
 }
 

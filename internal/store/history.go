@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,7 +129,10 @@ CREATE TABLE IF NOT EXISTS conns (
 	identity    TEXT    NOT NULL DEFAULT '',
 	container   TEXT    NOT NULL DEFAULT '',
 	identity_note TEXT  NOT NULL DEFAULT '',
-	mode        TEXT    NOT NULL DEFAULT 'ask'
+	mode        TEXT    NOT NULL DEFAULT 'ask',
+	unit        TEXT    NOT NULL DEFAULT '',
+	app_id      TEXT    NOT NULL DEFAULT '',
+	parents     TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
@@ -144,6 +148,10 @@ var addedColumns = []struct{ name, def string }{
 	{"identity_note", "TEXT NOT NULL DEFAULT ''"},
 	// Rows written before latch had modes were decided in what is now mode ask.
 	{"mode", "TEXT NOT NULL DEFAULT 'ask'"},
+	{"unit", "TEXT NOT NULL DEFAULT ''"},
+	{"app_id", "TEXT NOT NULL DEFAULT ''"},
+	// The ancestors' executables, parent first, each ending in a NUL byte.
+	{"parents", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -508,8 +516,8 @@ func (h *History) writeBatch(batch []Conn) {
 	}
 	stmt, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		identity, container, identity_note, mode)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		identity, container, identity_note, mode, unit, app_id, parents)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		tx.Rollback()
 		h.fail(len(batch), err)
@@ -522,7 +530,7 @@ func (h *History) writeBatch(batch []Conn) {
 			addrString(r.Remote.Addr()), int(r.Remote.Port()),
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			r.Identity.String(), r.Container, r.IdentityNote, c.Verdict.Mode.String())
+			r.Identity.String(), r.Container, r.IdentityNote, c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents))
 		if err != nil {
 			break
 		}
@@ -585,7 +593,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 
 // connCols are the columns scanConns reads, in order.
 const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, mode`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, mode, unit, app_id, parents`
 
 // scanConns reads rows of connCols and closes them.
 func scanConns(rows *sql.Rows) ([]Conn, error) {
@@ -598,12 +606,12 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 			localPort, remotePort         int
 			dir, proto, localIP, remoteIP string
 			verdict, reason, identity     string
-			mode                          string
+			mode, parents                 string
 		)
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
-			&identity, &r.Container, &r.IdentityNote, &mode); err != nil {
+			&identity, &r.Container, &r.IdentityNote, &mode, &r.Unit, &r.AppID, &parents); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)
@@ -619,6 +627,7 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		c.Verdict.Reason = engine.Reason(reason)
 		c.Verdict.RuleID = engine.RuleID(ruleID)
 		c.Verdict.Mode, _ = engine.ParseMode(mode) // ask if not one of ours
+		r.Parents = splitParents(parents)
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -646,4 +655,22 @@ func addrPort(ip string, port int) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(a, uint16(port))
+}
+
+// joinParents stores ancestors' paths (which hold no NUL byte) each ended by a NUL.
+func joinParents(ps []string) string {
+	var b strings.Builder
+	for _, p := range ps {
+		b.WriteString(p)
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// splitParents is the inverse of joinParents.
+func splitParents(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(s, "\x00"), "\x00")
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,11 @@ func testConn(i int) Conn {
 	}
 	if i%2 == 0 {
 		c.Request.Host = fmt.Sprintf("api%d.example.com", i)
+	}
+	if i%4 == 1 {
+		c.Request.Unit = "nginx.service"
+		c.Request.AppID = "org.example.App"
+		c.Request.Parents = []string{"/usr/bin/bash", "", "/usr/sbin/sshd"}
 	}
 	switch i % 3 {
 	case 0:
@@ -110,6 +116,9 @@ func TestHistoryKeepsIdentity(t *testing.T) {
 		}
 		if m, w := c.Verdict.Mode, testConn(3+k).Verdict.Mode; m != w {
 			t.Errorf("row %d: mode %v, want %v", k+1, m, w)
+		}
+		if r.Unit != want.Unit || r.AppID != want.AppID || !slices.Equal(r.Parents, want.Parents) {
+			t.Errorf("row %d: unit %q app id %q parents %q; want %q %q %q", k+1, r.Unit, r.AppID, r.Parents, want.Unit, want.AppID, want.Parents)
 		}
 	}
 }
