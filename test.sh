@@ -22,6 +22,7 @@ for tool in unshare setpriv pivot_root; do
 done
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)   # metrics e2e: a real Prometheus scrapes latch
 command -v rsyslogd >/dev/null || need_pkgs+=(rsyslog)        # events e2e: a real rsyslog receives RFC 5424
+command -v /usr/bin/python3 >/dev/null || need_pkgs+=(python3-minimal) # identity e2e: two scripts of one interpreter (--cmdline)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2
