@@ -118,7 +118,7 @@ func (p *connPrinter) print(cs []api.Conn, first bool) error {
 	for _, c := range cs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
 			c.Direction, c.Proto, hostPort(c.LocalIP, c.LocalPort, ""), hostPort(c.RemoteIP, c.RemotePort, c.Host),
-			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), c.Mode)
+			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container)+identityLabels(c.Unit, c.AppID, c.Parents), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), c.Mode)
 	}
 	return tw.Flush()
 }

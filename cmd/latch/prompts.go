@@ -67,7 +67,7 @@ func runPrompts(ctx context.Context, args []string) error {
 	fmt.Fprintln(tw, "ID\tEXE\tPID\tUSER\tDIR\tPROTO\tREMOTE\tHELD\tEXPIRES")
 	now := time.Now()
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\n", p.ID, programOf(p.Exe, p.Identity, p.Container), pidOrDash(p.PID),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\n", p.ID, programOf(p.Exe, p.Identity, p.Container)+identityLabels(p.Unit, p.AppID, p.Parents), pidOrDash(p.PID),
 			userOf(p.User, p.UID), p.Direction, p.Proto, hostPort(p.RemoteIP, p.RemotePort, p.Host), p.Held,
 			max(p.Expires.Sub(now), 0).Round(time.Second))
 	}
