@@ -43,6 +43,10 @@ for the program, expiring after DURATION (90m, 12h, 7d) or never (forever).
                          rule then holds whatever address DNS gives next), else its address
   --scope app+port       the program and this remote port
   --scope app+host+port  the program, this host and this port (default)
+  --scope app+unit       the program in this systemd unit (the question shows [unit ...])
+  --scope unit           any program of this systemd unit
+  --scope container      any program of this container ([container ...])
+  --scope app-id         any program of this flatpak/snap app id, of this user
 (the rule also keeps the question's direction and protocol)
 `
 
@@ -116,7 +120,7 @@ func hostPort(ip string, port uint16, host string) string {
 func runAnswer(ctx context.Context, args []string) error {
 	fs := newFlags("answer")
 	forStr := fs.String("for", "once", "once, forever or a duration such as 1h or 7d")
-	scope := fs.String("scope", "app+host+port", "app, app+host, app+port or app+host+port")
+	scope := fs.String("scope", "app+host+port", "app, app+host, app+port, app+host+port, app+unit, unit, container or app-id")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -172,5 +173,49 @@ func TestIdentityIndexAgreesWithLinear(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestIdentityScopes(t *testing.T) {
+	e := newEngine(t, Config{})
+	ask := func(mod func(*Request)) PromptID {
+		t.Helper()
+		r := reqTo("/usr/bin/curl", "198.18.0.1:443")
+		mod(r)
+		e.Decide(r, func(Verdict) {})
+		ps := e.Prompts()
+		return ps[len(ps)-1].ID
+	}
+	cid := "docker:" + strings.Repeat("ab", 32)
+	for _, c := range []struct {
+		scope string
+		mod   func(*Request)
+		want  Rule
+	}{
+		{"unit", func(r *Request) { r.Unit = "nginx.service" }, Rule{Unit: "nginx.service"}},
+		{"app+unit", func(r *Request) { r.Unit = "web.service"; r.Remote = netip.MustParseAddrPort("198.18.0.2:1") }, Rule{App: "/usr/bin/curl", Unit: "web.service"}},
+		{"container", func(r *Request) { r.Identity, r.Container = IdentityContainer, cid }, Rule{Container: cid}},
+		{"app-id", func(r *Request) { r.AppID = "org.example.App"; r.Remote = netip.MustParseAddrPort("198.18.0.3:1") }, Rule{AppID: "org.example.App", User: "1000"}},
+	} {
+		sc, err := ParseScope(c.scope)
+		if err != nil || sc.String() != c.scope {
+			t.Fatalf("scope %q: %v %v", c.scope, sc, err)
+		}
+		id := ask(c.mod)
+		r, err := e.Answer(id, Answer{Action: Allow, For: Forever, Scope: sc})
+		if err != nil {
+			t.Fatalf("%s: %v", c.scope, err)
+		}
+		if r.App != c.want.App || r.Unit != c.want.Unit || r.Container != c.want.Container || r.AppID != c.want.AppID || r.User != c.want.User {
+			t.Errorf("%s: rule %s", c.scope, r)
+		}
+	}
+	// A scope the request cannot fill is an error, and the question stays open.
+	id := ask(func(r *Request) { r.Remote = netip.MustParseAddrPort("198.18.0.9:9") })
+	if _, err := e.Answer(id, Answer{Action: Allow, For: Forever, Scope: ScopeUnit}); err == nil {
+		t.Error("scope unit without a unit: no error")
+	}
+	if len(e.Prompts()) == 0 {
+		t.Error("a refused answer closed the question")
 	}
 }
