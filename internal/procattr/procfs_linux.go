@@ -74,7 +74,7 @@ func (d procDir) readlink(name string, buf []byte) ([]byte, error) {
 // procStat is what Resolve needs from /proc/PID/stat.
 type procStat struct {
 	Comm      string
-	PPid      int32 // field 4: the parent's pid (0 for init and kernel threads' parent)
+	PPid      int32  // field 4: the parent's pid (0 for init and kernel threads' parent)
 	StartTime uint64 // clock ticks after boot (CLOCK_BOOTTIME)
 }
 
