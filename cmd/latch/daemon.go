@@ -17,6 +17,7 @@ import (
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/lifetime"
 	"github.com/latchfw/latch/internal/store"
 	"github.com/latchfw/latch/internal/textesc"
 	"github.com/latchfw/latch/internal/winsvc"
@@ -252,9 +253,20 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if err != nil {
 		return fmt.Errorf("%w (the file is left as it is: fix it, or move it away to start with no rules)", err)
 	}
+	// Rules until-reboot of an earlier boot end here (a platform without a boot id
+	// keeps none: "" matches no rule's boot).
+	boot, err := lifetime.BootID()
+	if err != nil {
+		logf("%v: rules until-reboot cannot be made", err)
+	}
+	rules, dropped := lifetime.DropOtherBoots(rules, boot)
+	if dropped > 0 {
+		logf("%d rules until-reboot of an earlier boot ended", dropped)
+	}
 	eng, err := engine.New(engine.Config{
 		Default: o.Default, PromptTimeout: o.PromptTimeout, MaxPrompts: o.MaxQuestions,
 		MaxPromptsPerUser: o.MaxQuestionsPerUser, MaxPromptsPerApp: o.MaxQuestionsPerApp,
+		BootID: boot,
 	}, rules)
 	if err != nil {
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
@@ -267,6 +279,13 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return err
 	}
 	defer stopMode()
+	exits, err := lifetime.NewWatcher(eng, logf)
+	if err != nil {
+		return err
+	}
+	defer exits.Close()
+	eng.OnRulesChanged(func(old, new []engine.Rule) { exits.Sync(new) })
+	exits.Sync(eng.Rules())
 
 	// Room for the rules comes first: the reserve is allocated before the history
 	// opens, and the history stops at a free-space floor, so a full disk never

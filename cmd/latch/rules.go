@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/lifetime"
 	"github.com/latchfw/latch/internal/textesc"
 )
 
@@ -52,7 +53,8 @@ Identity beyond the executable (each narrows the rule; see README "Program ident
 
 Actions: allow lets the connection through; deny fails it at once (TCP reset);
 reject also answers UDP/ICMP with ICMP unreachable; drop discards silently.
---for makes the rule expire (90m, 12h, 7d); forever (the default) never does.
+--for makes the rule expire (90m, 12h, 7d); forever (the default) never does;
+until-reboot ends it with this boot of the machine.
 
 Precedence: the most specific matching rule wins (exact app > app glob > any app; then
 host: exact name > *.wildcard (more labels first) > none; then narrower remote,
@@ -182,6 +184,14 @@ func rulesAdd(ctx context.Context, args []string) error {
 		return usagef("--for: %v", err)
 	case d == 0:
 		return usagef("--for once makes no rule; use a duration or forever")
+	case d == engine.UntilExit:
+		return usagef("--for until-exit is for answers ('latch answer ID allow --for until-exit'): a rule added here has no process")
+	case d == engine.UntilReboot:
+		boot, err := lifetime.BootID()
+		if err != nil {
+			return err
+		}
+		f.BootID = &boot
 	case d != engine.Forever:
 		exp := time.Now().Add(d).UTC().Format(time.RFC3339Nano)
 		f.Expires = &exp

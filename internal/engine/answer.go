@@ -85,6 +85,14 @@ func ParseScope(s string) (Scope, error) {
 // Forever, as Answer.For, makes a rule that never expires.
 const Forever time.Duration = -1
 
+// Lifetimes besides durations, as Answer.For: UntilExit makes a rule that ends when
+// the process that raised the question exits (Rule.ExitPID; the daemon watches it),
+// UntilReboot one that ends with this boot of the machine (Rule.BootID).
+const (
+	UntilExit   time.Duration = -2
+	UntilReboot time.Duration = -3
+)
+
 // Answer is a person's decision on a Prompt.
 type Answer struct {
 	Action Action
@@ -102,6 +110,10 @@ func ParseFor(s string) (time.Duration, error) {
 		return 0, nil
 	case "forever":
 		return Forever, nil
+	case "until-exit":
+		return UntilExit, nil
+	case "until-reboot":
+		return UntilReboot, nil
 	}
 	rest := s
 	var days time.Duration
@@ -132,6 +144,10 @@ func formatFor(d time.Duration) string {
 		return "once"
 	case d == Forever:
 		return "forever"
+	case d == UntilExit:
+		return "until-exit"
+	case d == UntilReboot:
+		return "until-reboot"
 	}
 	return d.String()
 }
@@ -170,7 +186,7 @@ func (a Answer) validate() error {
 	default:
 		return fmt.Errorf("answer action %s: want allow, deny, reject or drop", a.Action)
 	}
-	if a.For < 0 && a.For != Forever {
+	if a.For < 0 && a.For != Forever && a.For != UntilExit && a.For != UntilReboot {
 		return fmt.Errorf("answer for %v: negative duration (use once, forever or a positive duration)", a.For)
 	}
 	if a.Scope > ScopeAppID {
@@ -222,6 +238,9 @@ func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, e
 	if p := req.Remote.Port(); a.Scope.port() && p != 0 {
 		r.Port = PortRange{p, p}
 	}
+	if err := setLifetime(id, &r, req, a); err != nil {
+		return Rule{}, err
+	}
 	if a.Scope == ScopeAppUnit {
 		if req.Unit == "" {
 			return Rule{}, fmt.Errorf("prompt %d: the program runs in no systemd system unit, so scope app+unit cannot be remembered; use scope app", id)
@@ -264,7 +283,22 @@ func identityRuleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) 
 	if a.For > 0 {
 		r.Expires = now.Add(a.For)
 	}
+	if err := setLifetime(id, &r, req, a); err != nil {
+		return Rule{}, true, err
+	}
 	return r, true, nil
+}
+
+// setLifetime sets ExitPID for an answer until-exit. (BootID, for until-reboot, is
+// set by Answer, which knows the boot.)
+func setLifetime(id PromptID, r *Rule, req *Request, a Answer) error {
+	if a.For == UntilExit {
+		if req.PID <= 0 {
+			return fmt.Errorf("prompt %d: the process is unknown, so the rule cannot end when it exits; answer once or for a time", id)
+		}
+		r.ExitPID = req.PID
+	}
+	return nil
 }
 
 // escapeGlob turns a path into an App pattern that matches exactly that path, even if

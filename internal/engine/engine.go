@@ -30,6 +30,10 @@ type Config struct {
 	MaxPrompts        int
 	MaxPromptsPerUser int
 	MaxPromptsPerApp  int
+
+	// BootID names this boot of the machine (Linux: /proc/sys/kernel/random/boot_id).
+	// Answers "until-reboot" store it in Rule.BootID; "" refuses them.
+	BootID string
 }
 
 // PromptID identifies a question, unique within one Engine.
@@ -462,6 +466,14 @@ func (e *Engine) Answer(id PromptID, a Answer) (*Rule, error) {
 	if a.For != 0 {
 		var err error
 		if rule, err = ruleFromAnswer(id, &p.Request, a, now); err == nil {
+			if a.For == UntilReboot {
+				rule.BootID = e.cfg.BootID
+				if rule.BootID == "" {
+					err = fmt.Errorf("prompt %d: this system's boot is unknown, so a rule until-reboot cannot be made", id)
+				}
+			}
+		}
+		if err == nil {
 			err = rule.Validate()
 		}
 		if err != nil {

@@ -143,3 +143,45 @@ func TestParseMode(t *testing.T) {
 		}
 	}
 }
+
+func TestAnswerLifetimes(t *testing.T) {
+	e := newEngine(t, Config{BootID: "0b5e1d2c-0000-4000-8000-000000000001"})
+	for _, c := range []struct {
+		for_ string
+		port string
+	}{{"until-exit", "198.18.0.1:1"}, {"until-reboot", "198.18.0.1:2"}} {
+		d, err := ParseFor(c.for_)
+		if err != nil || formatFor(d) != c.for_ {
+			t.Fatalf("%s: %v %v", c.for_, d, err)
+		}
+		v := newVerdicts(t)
+		e.Decide(reqTo("/usr/bin/curl", c.port), v.fn)
+		p := e.Prompts()[0]
+		r, err := e.Answer(p.ID, Answer{Action: Allow, For: d, Scope: ScopeAppHostPort})
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch d {
+		case UntilExit:
+			if r.ExitPID != 42 || r.BootID != "" || !r.Expires.IsZero() {
+				t.Errorf("until-exit rule %s", r)
+			}
+		case UntilReboot:
+			if r.BootID != "0b5e1d2c-0000-4000-8000-000000000001" || r.ExitPID != 0 {
+				t.Errorf("until-reboot rule %s", r)
+			}
+		}
+		// The rules file keeps the lifetime.
+		data, _ := r.MarshalJSON()
+		var back Rule
+		if err := back.UnmarshalJSON(data); err != nil || back.ExitPID != r.ExitPID || back.BootID != r.BootID {
+			t.Errorf("round trip of %s: %+v %v", data, back, err)
+		}
+	}
+	// Without a boot id, until-reboot is refused and the question stays open.
+	e2 := newEngine(t, Config{})
+	e2.Decide(reqTo("/usr/bin/curl", "198.18.0.1:3"), func(Verdict) {})
+	if _, err := e2.Answer(e2.Prompts()[0].ID, Answer{Action: Allow, For: UntilReboot}); err == nil || len(e2.Prompts()) != 1 {
+		t.Errorf("until-reboot without a boot id: %v", err)
+	}
+}

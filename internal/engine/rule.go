@@ -208,6 +208,12 @@ type Rule struct {
 	Unit      string `json:"unit,omitempty"`      // systemd system unit, e.g. nginx.service
 	Container string `json:"container,omitempty"` // container id (or 12+ digit prefix), name, or RUNTIME:ID
 	AppID     string `json:"app_id,omitempty"`    // flatpak/snap app id; needs User
+
+	// Lifetimes besides Expires: the rule ends when process ExitPID exits (the
+	// daemon watches it, see internal/lifetime), or with the boot BootID (a rule
+	// whose BootID is not this boot's is dropped at start).
+	ExitPID int32  `json:"exit_pid,omitempty"`
+	BootID  string `json:"boot_id,omitempty"`
 }
 
 // FieldError says which field of a rule is wrong and why.
@@ -278,6 +284,12 @@ func (r Rule) Validate() error {
 	}
 	if len(r.Note) > maxNoteLen {
 		return &FieldError{"note", fmt.Sprintf("%d bytes", len(r.Note)), fmt.Errorf("longer than %d bytes", maxNoteLen)}
+	}
+	if r.ExitPID < 0 {
+		return &FieldError{"exit_pid", fmt.Sprint(r.ExitPID), fmt.Errorf("want a process id")}
+	}
+	if r.BootID != "" && !isLabel(r.BootID, 64) {
+		return &FieldError{"boot_id", strconv.Quote(r.BootID), fmt.Errorf("want a boot id such as /proc/sys/kernel/random/boot_id holds")}
 	}
 	return r.validateIdentity()
 }
@@ -438,6 +450,12 @@ func (r Rule) String() string {
 	if !r.Expires.IsZero() {
 		fmt.Fprintf(&b, " until %s", r.Expires.UTC().Format(time.RFC3339))
 	}
+	if r.ExitPID != 0 {
+		fmt.Fprintf(&b, " until pid %d exits", r.ExitPID)
+	}
+	if r.BootID != "" {
+		fmt.Fprintf(&b, " until reboot")
+	}
 	if r.Note != "" {
 		fmt.Fprintf(&b, " # %s", textesc.Quote(r.Note))
 	}
@@ -475,11 +493,13 @@ type ruleJSON struct {
 	Unit      string          `json:"unit,omitempty"`
 	Container string          `json:"container,omitempty"`
 	AppID     string          `json:"app_id,omitempty"`
+	ExitPID   int32           `json:"exit_pid,omitempty"`
+	BootID    string          `json:"boot_id,omitempty"`
 }
 
 // ruleKeys are the JSON names of a rule's fields, in the order errors are reported.
 var ruleKeys = []string{"id", "action", "app", "user", "service", "host", "dir", "proto", "remote", "port",
-	"local_port", "expires", "created", "note", "cmdline", "parent", "unit", "container", "app_id"}
+	"local_port", "expires", "created", "note", "cmdline", "parent", "unit", "container", "app_id", "exit_pid", "boot_id"}
 
 // MaxRuleID is the largest rule ID: 2^53-1, so that every ID is exact in JavaScript
 // (the web UI) and the next ID never wraps around.
@@ -496,6 +516,7 @@ type RuleFields struct {
 	Direction, Protocol, Remote, Port, LocalPort *string
 	Expires, Created, Note                       *string
 	Cmdline, Parent, Unit, Container, AppID      *string
+	ExitPID, BootID                              *string
 }
 
 // Parse checks every field strictly and returns the rule: enums exactly as String
@@ -517,6 +538,7 @@ func (f *RuleFields) Parse() (Rule, error) {
 		{"host", f.Host}, {"dir", f.Direction}, {"proto", f.Protocol}, {"remote", f.Remote}, {"port", f.Port},
 		{"local_port", f.LocalPort}, {"expires", f.Expires}, {"created", f.Created},
 		{"cmdline", f.Cmdline}, {"parent", f.Parent}, {"unit", f.Unit}, {"container", f.Container}, {"app_id", f.AppID},
+		{"exit_pid", f.ExitPID}, {"boot_id", f.BootID},
 	} {
 		if x.v != nil && *x.v == "" {
 			if x.name == "action" {
@@ -542,10 +564,17 @@ func (f *RuleFields) Parse() (Rule, error) {
 		v   *string
 		dst *string
 	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note},
-		{f.Cmdline, &out.Cmdline}, {f.Parent, &out.Parent}, {f.Unit, &out.Unit}, {f.Container, &out.Container}, {f.AppID, &out.AppID}} {
+		{f.Cmdline, &out.Cmdline}, {f.Parent, &out.Parent}, {f.Unit, &out.Unit}, {f.Container, &out.Container}, {f.AppID, &out.AppID}, {f.BootID, &out.BootID}} {
 		if x.v != nil {
 			*x.dst = *x.v
 		}
+	}
+	if f.ExitPID != nil {
+		n, perr := strconv.ParseInt(*f.ExitPID, 10, 32)
+		if perr != nil || n <= 0 || (*f.ExitPID)[0] == '+' {
+			return Rule{}, fe("exit_pid", f.ExitPID, fmt.Errorf("want a process id"))
+		}
+		out.ExitPID = int32(n)
 	}
 	if f.Host != nil {
 		if out.Host, err = ParseHost(*f.Host); err != nil {
@@ -612,6 +641,8 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		Unit:      r.Unit,
 		Container: r.Container,
 		AppID:     r.AppID,
+		ExitPID:   r.ExitPID,
+		BootID:    r.BootID,
 	}
 	if r.Remote.IsValid() {
 		w.Remote = r.Remote.String()
@@ -646,6 +677,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 		"dir": &f.Direction, "proto": &f.Protocol, "remote": &f.Remote, "port": &f.Port, "local_port": &f.LocalPort,
 		"expires": &f.Expires, "created": &f.Created, "note": &f.Note,
 		"cmdline": &f.Cmdline, "parent": &f.Parent, "unit": &f.Unit, "container": &f.Container, "app_id": &f.AppID,
+		"exit_pid": &f.ExitPID, "boot_id": &f.BootID,
 	}
 	for _, k := range ruleKeys {
 		raw, ok := members[k]
@@ -656,7 +688,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 			return &FieldError{k, "null", fmt.Errorf("null is not a value: leave the field out to match anything")}
 		}
 		var v string
-		if k == "id" || ((k == "port" || k == "local_port") && raw[0] != '"') {
+		if k == "id" || k == "exit_pid" || ((k == "port" || k == "local_port") && raw[0] != '"') {
 			// A number: its text, checked by the field's parser.
 			if raw[0] == '"' || raw[0] == '{' || raw[0] == '[' || raw[0] == 't' || raw[0] == 'f' {
 				return &FieldError{k, strictjson.Describe(raw), fmt.Errorf("want a number")}
