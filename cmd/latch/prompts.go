@@ -32,11 +32,12 @@ Paths, user and host names are shown with control and invisible characters escap
            or host where they are not valid UTF-8 (JSON text shows U+FFFD there)
 `
 
-const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever] [--scope SCOPE]
+const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever|until-exit|until-reboot] [--scope SCOPE]
 
 Decides question ID (see 'latch prompts'): every connection waiting on it gets the
 verdict. Unless --for is once (the default), the answer is also remembered as a rule
-for the program, expiring after DURATION (90m, 12h, 7d) or never (forever).
+for the program, expiring after DURATION (90m, 12h, 7d) or never (forever), when the
+process that asked exits (until-exit), or with this boot of the machine (until-reboot).
 
   --scope app            the rule matches the program, any destination
   --scope app+host       the program and this remote host: its hostname if known (the
