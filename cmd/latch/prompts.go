@@ -76,6 +76,13 @@ func runPrompts(ctx context.Context, args []string) error {
 			userOf(p.User, p.UID), p.Direction, p.Proto, hostPort(p.RemoteIP, p.RemotePort, p.Host), p.Held,
 			max(p.Expires.Sub(now), 0).Round(time.Second))
 	}
+	defer func() {
+		for _, p := range ps {
+			if p.Note != "" {
+				fmt.Printf("question %d: %s\n", p.ID, textesc.String(p.Note))
+			}
+		}
+	}()
 	return tw.Flush()
 }
 

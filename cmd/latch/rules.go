@@ -15,6 +15,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/lifetime"
+	"github.com/latchfw/latch/internal/procattr"
 	"github.com/latchfw/latch/internal/textesc"
 )
 
@@ -47,6 +48,9 @@ Identity beyond the executable (each narrows the rule; see README "Program ident
   --unit NAME         the systemd system unit (from the cgroup under system.slice)
   --container ID|NAME a container: its id (12+ leading hex digits do), its name (lxc,
                       machined), or RUNTIME:ID as 'latch conns' shows it
+  --pin               pin the executable's content (SHA-256 of the file at --app now):
+                      the rule stops matching when the file changes, and the question
+                      then says "the program at PATH changed since you allowed it"
   --app-id ID         flatpak (app-flatpak-ID-*.scope) or snap (snap.NAME.*) app id;
                       needs --user: the name comes from cgroups the user's own programs
                       can name
@@ -157,6 +161,7 @@ func rulesAdd(ctx context.Context, args []string) error {
 	fs.String("unit", "", "systemd system unit, e.g. nginx.service")
 	fs.String("container", "", "container id, name or RUNTIME:ID")
 	fs.String("app-id", "", "flatpak or snap app id (needs --user)")
+	pin := fs.Bool("pin", false, "pin the executable's SHA-256: the rule stops matching when the file changes")
 	asJSON := fs.Bool("json", false, "print the added rule as JSON")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
@@ -195,6 +200,16 @@ func rulesAdd(ctx context.Context, args []string) error {
 	case d != engine.Forever:
 		exp := time.Now().Add(d).UTC().Format(time.RFC3339Nano)
 		f.Expires = &exp
+	}
+	if *pin {
+		if f.App == nil {
+			return usagef("--pin needs --app PATH: a pin is the content of one file")
+		}
+		sum, err := procattr.HashFile(*f.App)
+		if err != nil {
+			return fmt.Errorf("--pin: hashing %s: %w", textesc.String(*f.App), err)
+		}
+		f.SHA256 = &sum
 	}
 	r, err := f.Parse()
 	if err != nil {

@@ -122,9 +122,13 @@ type Prompt struct {
 	Unit         string          `json:"unit,omitempty"`          // systemd system unit
 	AppID        string          `json:"app_id,omitempty"`        // flatpak/snap app id
 	Parents      []string        `json:"parents,omitempty"`       // ancestors' verified executables, parent first ("": not verified)
-	Held         int             `json:"held"`
-	Opened       time.Time       `json:"opened"`
-	Expires      time.Time       `json:"expires"`
+	ExeSHA256    string          `json:"exe_sha256,omitempty"`    // the executable's SHA-256; "" while being hashed
+	// Note says why a pinned rule of the program did not decide ("the program at
+	// PATH changed since you allowed it").
+	Note    string    `json:"note,omitempty"`
+	Held    int       `json:"held"`
+	Opened  time.Time `json:"opened"`
+	Expires time.Time `json:"expires"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -203,7 +207,7 @@ func PromptView(p *engine.Prompt) Prompt {
 		Direction: r.Direction, Proto: r.Protocol,
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
-		Host: r.Host, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
+		Host: r.Host, Held: p.Held, Opened: p.Opened, Expires: p.Expires, Note: p.Note, ExeSHA256: r.ExeSHA256,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 		Unit: r.Unit, AppID: r.AppID, Parents: r.Parents,
 	}

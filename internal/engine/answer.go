@@ -241,6 +241,11 @@ func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, e
 	if err := setLifetime(id, &r, req, a); err != nil {
 		return Rule{}, err
 	}
+	// Programs outside the system's package paths are pinned: the rule holds while
+	// the file is the one the person was asked about.
+	if req.ExeSHA256 != "" && !systemPath(req.Exe) && r.App == req.Exe {
+		r.SHA256 = req.ExeSHA256
+	}
 	if a.Scope == ScopeAppUnit {
 		if req.Unit == "" {
 			return Rule{}, fmt.Errorf("prompt %d: the program runs in no systemd system unit, so scope app+unit cannot be remembered; use scope app", id)

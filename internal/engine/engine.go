@@ -46,6 +46,9 @@ type Prompt struct {
 	Held    int       `json:"held"`    // connections waiting on it
 	Opened  time.Time `json:"opened"`
 	Expires time.Time `json:"expires"`
+	// Note says why a pinned rule of the program did not decide: "the program at
+	// PATH changed since you allowed it", or that latch is still hashing it.
+	Note string `json:"note,omitempty"`
 }
 
 // EventKind says what an Event reports.
@@ -382,6 +385,7 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 			Request: *req,
 			Opened:  now,
 			Expires: now.Add(e.cfg.PromptTimeout),
+			Note:    e.matcher.Load().pinNote(req),
 		},
 		key:     key,
 		user:    uk,

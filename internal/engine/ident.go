@@ -19,7 +19,7 @@ const maxCmdlineGlob = 4096
 // identityCount is how many identity fields r sets (the StepIdentity key).
 func (r *Rule) identityCount() int {
 	n := 0
-	for _, s := range []string{r.Cmdline, r.Parent, r.Unit, r.Container, r.AppID} {
+	for _, s := range []string{r.Cmdline, r.Parent, r.Unit, r.Container, r.AppID, r.SHA256} {
 		if s != "" {
 			n++
 		}
@@ -29,7 +29,7 @@ func (r *Rule) identityCount() int {
 
 // hasIdentity reports whether r sets any identity field.
 func (r *Rule) hasIdentity() bool {
-	return r.Cmdline != "" || r.Parent != "" || r.Unit != "" || r.Container != "" || r.AppID != ""
+	return r.Cmdline != "" || r.Parent != "" || r.Unit != "" || r.Container != "" || r.AppID != "" || r.SHA256 != ""
 }
 
 // validateIdentity checks the identity fields. A command line is what the process
@@ -38,6 +38,14 @@ func (r *Rule) hasIdentity() bool {
 // identity that lets a connection through. Likewise an app id comes from cgroup
 // names a user's own processes may choose, so it needs a User.
 func (r *Rule) validateIdentity() error {
+	if r.SHA256 != "" {
+		if a, err := compileApp(r.App); err != nil || a == nil || a.glob {
+			return &FieldError{"sha256", r.SHA256, fmt.Errorf("needs an exact app path: a pin is the content of one file")}
+		}
+		if len(r.SHA256) != 64 || strings.Trim(r.SHA256, "0123456789abcdef") != "" {
+			return &FieldError{"sha256", fmt.Sprintf("%q", r.SHA256), fmt.Errorf("want 64 lower-case hex digits")}
+		}
+	}
 	if r.Cmdline != "" {
 		if r.App == "" {
 			return &FieldError{"cmdline", fmt.Sprintf("%q", r.Cmdline), fmt.Errorf("needs app: a command line is set by the process itself, so it may only narrow a rule for a verified executable (add --app)")}
@@ -98,6 +106,9 @@ func isLabel(s string, max int) bool {
 
 // identityMatches checks the identity fields of c against req.
 func (c *compiledRule) identityMatches(req *Request) bool {
+	if c.SHA256 != "" && c.SHA256 != req.ExeSHA256 {
+		return false
+	}
 	if c.Cmdline != "" && (req.appExe() == "" || !cmdlineMatch(c.Cmdline, req.Cmdline)) {
 		return false
 	}
@@ -188,4 +199,35 @@ func cmdlineMatch(pattern, s string) bool {
 		p++
 	}
 	return p == len(pattern)
+}
+
+// pinNote says why no pinned rule for req's executable matched, for the question: the
+// file changed since it was pinned, or latch is still hashing it; "" if no pinned
+// rule names the executable.
+func (m *matcher) pinNote(req *Request) string {
+	exe := req.appExe()
+	if exe == "" {
+		return ""
+	}
+	for _, c := range m.pinned {
+		if c.SHA256 == "" || c.app == nil || c.app.glob || !c.app.match(exe) || c.SHA256 == req.ExeSHA256 {
+			continue
+		}
+		if req.ExeSHA256 == "" {
+			return "latch is still hashing the program at " + exe + " (it has a pinned rule): asking meanwhile"
+		}
+		return "the program at " + exe + " changed since you allowed it"
+	}
+	return ""
+}
+
+// systemPath reports whether exe lies where the system's package manager installs
+// programs; answers pin the other programs' content (Rule.SHA256).
+func systemPath(exe string) bool {
+	for _, p := range []string{"/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/"} {
+		if strings.HasPrefix(exe, p) {
+			return true
+		}
+	}
+	return false
 }

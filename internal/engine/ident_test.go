@@ -219,3 +219,39 @@ func TestIdentityScopes(t *testing.T) {
 		t.Error("a refused answer closed the question")
 	}
 }
+
+func TestPinnedRule(t *testing.T) {
+	sum := strings.Repeat("ab", 32)
+	other := strings.Repeat("cd", 32)
+	if err := (Rule{App: "/tmp/*", SHA256: sum, Action: Allow}).Validate(); err == nil {
+		t.Error("a pin on a glob was accepted")
+	}
+	if err := (Rule{App: "/tmp/x", SHA256: "ABC", Action: Allow}).Validate(); err == nil {
+		t.Error("a malformed pin was accepted")
+	}
+	e := newEngine(t, Config{}, Rule{App: "/home/a/bin/tool", SHA256: sum, Action: Allow})
+	req := func(h string, port string) *Request {
+		r := reqTo("/home/a/bin/tool", "198.18.0.1:"+port)
+		r.ExeSHA256 = h
+		return r
+	}
+	if v := decideNow(t, e, req(sum, "1")); v.Reason != ReasonRule {
+		t.Errorf("the pinned file: %+v", v)
+	}
+	for _, c := range []struct{ hash, port, note string }{
+		{other, "2", "the program at /home/a/bin/tool changed since you allowed it"},
+		{"", "3", "latch is still hashing the program at /home/a/bin/tool (it has a pinned rule): asking meanwhile"},
+	} {
+		e.Decide(req(c.hash, c.port), func(Verdict) {})
+		ps := e.Prompts()
+		if p := ps[len(ps)-1]; p.Note != c.note {
+			t.Errorf("question about hash %q: note %q, want %q", c.hash, p.Note, c.note)
+		}
+	}
+	// Answering pins the program (outside the system's paths), by its content now.
+	ps := e.Prompts()
+	r, err := e.Answer(ps[0].ID, Answer{Action: Allow, For: Forever, Scope: ScopeApp})
+	if err != nil || r.SHA256 != other {
+		t.Errorf("answer's rule %v, %v: want pinned to %s", r, err, other)
+	}
+}

@@ -530,6 +530,7 @@ func (b *bucket) match(q *query) *ruleRef {
 type matcher struct {
 	sorted   []Rule                  // as given: sorted by ID
 	rules    []*compiledRule         // precedence order
+	pinned   []*compiledRule         // the rules with a SHA256 pin (see pinNote)
 	exact    map[string]*bucket      // exact Unix paths
 	known    map[string]*knownApp    // per exact Unix path: its rules and the glob buckets that fit it
 	exactWin map[string]*bucket      // exact Windows paths, lower-cased
@@ -594,6 +595,9 @@ func compile(rules []Rule) *matcher {
 			c.hostKey = m.internHost(key)
 		}
 		m.rules = append(m.rules, c)
+		if c.SHA256 != "" {
+			m.pinned = append(m.pinned, c)
+		}
 	}
 
 	slices.SortFunc(m.rules, comparePrecedence)

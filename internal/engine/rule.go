@@ -214,6 +214,10 @@ type Rule struct {
 	// whose BootID is not this boot's is dropped at start).
 	ExitPID int32  `json:"exit_pid,omitempty"`
 	BootID  string `json:"boot_id,omitempty"`
+
+	// SHA256 pins the executable's content (lower-case hex): the rule matches only
+	// while the file at App hashes to it (Request.ExeSHA256). Needs an exact App.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // FieldError says which field of a rule is wrong and why.
@@ -456,6 +460,9 @@ func (r Rule) String() string {
 	if r.BootID != "" {
 		fmt.Fprintf(&b, " until reboot")
 	}
+	if r.SHA256 != "" {
+		fmt.Fprintf(&b, " pinned sha256=%.12s…", r.SHA256)
+	}
 	if r.Note != "" {
 		fmt.Fprintf(&b, " # %s", textesc.Quote(r.Note))
 	}
@@ -495,11 +502,12 @@ type ruleJSON struct {
 	AppID     string          `json:"app_id,omitempty"`
 	ExitPID   int32           `json:"exit_pid,omitempty"`
 	BootID    string          `json:"boot_id,omitempty"`
+	SHA256    string          `json:"sha256,omitempty"`
 }
 
 // ruleKeys are the JSON names of a rule's fields, in the order errors are reported.
 var ruleKeys = []string{"id", "action", "app", "user", "service", "host", "dir", "proto", "remote", "port",
-	"local_port", "expires", "created", "note", "cmdline", "parent", "unit", "container", "app_id", "exit_pid", "boot_id"}
+	"local_port", "expires", "created", "note", "cmdline", "parent", "unit", "container", "app_id", "exit_pid", "boot_id", "sha256"}
 
 // MaxRuleID is the largest rule ID: 2^53-1, so that every ID is exact in JavaScript
 // (the web UI) and the next ID never wraps around.
@@ -516,7 +524,7 @@ type RuleFields struct {
 	Direction, Protocol, Remote, Port, LocalPort *string
 	Expires, Created, Note                       *string
 	Cmdline, Parent, Unit, Container, AppID      *string
-	ExitPID, BootID                              *string
+	ExitPID, BootID, SHA256                      *string
 }
 
 // Parse checks every field strictly and returns the rule: enums exactly as String
@@ -538,7 +546,7 @@ func (f *RuleFields) Parse() (Rule, error) {
 		{"host", f.Host}, {"dir", f.Direction}, {"proto", f.Protocol}, {"remote", f.Remote}, {"port", f.Port},
 		{"local_port", f.LocalPort}, {"expires", f.Expires}, {"created", f.Created},
 		{"cmdline", f.Cmdline}, {"parent", f.Parent}, {"unit", f.Unit}, {"container", f.Container}, {"app_id", f.AppID},
-		{"exit_pid", f.ExitPID}, {"boot_id", f.BootID},
+		{"exit_pid", f.ExitPID}, {"boot_id", f.BootID}, {"sha256", f.SHA256},
 	} {
 		if x.v != nil && *x.v == "" {
 			if x.name == "action" {
@@ -564,7 +572,7 @@ func (f *RuleFields) Parse() (Rule, error) {
 		v   *string
 		dst *string
 	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note},
-		{f.Cmdline, &out.Cmdline}, {f.Parent, &out.Parent}, {f.Unit, &out.Unit}, {f.Container, &out.Container}, {f.AppID, &out.AppID}, {f.BootID, &out.BootID}} {
+		{f.Cmdline, &out.Cmdline}, {f.Parent, &out.Parent}, {f.Unit, &out.Unit}, {f.Container, &out.Container}, {f.AppID, &out.AppID}, {f.BootID, &out.BootID}, {f.SHA256, &out.SHA256}} {
 		if x.v != nil {
 			*x.dst = *x.v
 		}
@@ -643,6 +651,7 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		AppID:     r.AppID,
 		ExitPID:   r.ExitPID,
 		BootID:    r.BootID,
+		SHA256:    r.SHA256,
 	}
 	if r.Remote.IsValid() {
 		w.Remote = r.Remote.String()
@@ -677,7 +686,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 		"dir": &f.Direction, "proto": &f.Protocol, "remote": &f.Remote, "port": &f.Port, "local_port": &f.LocalPort,
 		"expires": &f.Expires, "created": &f.Created, "note": &f.Note,
 		"cmdline": &f.Cmdline, "parent": &f.Parent, "unit": &f.Unit, "container": &f.Container, "app_id": &f.AppID,
-		"exit_pid": &f.ExitPID, "boot_id": &f.BootID,
+		"exit_pid": &f.ExitPID, "boot_id": &f.BootID, "sha256": &f.SHA256,
 	}
 	for _, k := range ruleKeys {
 		raw, ok := members[k]

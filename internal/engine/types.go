@@ -225,6 +225,9 @@ type Request struct {
 	// Parents are the executables of the process's ancestors, parent first, at most
 	// MaxParentDepth: each verified like Exe, "" for one that is not.
 	Parents []string `json:"parents,omitempty"`
+	// ExeSHA256 is the SHA-256 (lower-case hex) of the file the process executes,
+	// "" while latch is hashing it (a pinned rule then does not match).
+	ExeSHA256 string `json:"exe_sha256,omitempty"`
 }
 
 // Identity is how far a Request's Exe can be trusted to name the program. It is

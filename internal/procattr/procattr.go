@@ -97,6 +97,7 @@ type Process struct {
 	Unit         string          `json:"unit,omitempty"`          // systemd system unit (cgroup under system.slice)
 	AppID        string          `json:"app_id,omitempty"`        // flatpak or snap app id (cgroup name)
 	Parents      []string        `json:"parents,omitempty"`       // ancestors' executables, parent first; "" where not verified
+	ExeSHA256    string          `json:"exe_sha256,omitempty"`    // the executable's SHA-256 (hex); "" while it is being hashed
 }
 
 // Options configure a Resolver. The zero value enables every method the kernel allows.

@@ -24,6 +24,7 @@ type procEntry struct {
 	unit       string   // systemd system unit (unitOf)
 	appID      string   // flatpak/snap app id (appIDOf)
 	parents    []string // ancestors' verified executables (parentsOf)
+	hashKey    hashKey  // the executable's content key (exehash_linux.go)
 	// startNs and execID, once bound (non-zero), are the identity an eBPF record of
 	// this process and image carries (connRecord.StartNs, ExecID). Guarded by the
 	// cache's mu.
@@ -223,6 +224,7 @@ func readEntry(d procDir) (*procEntry, error) {
 		e.unit, e.appID = unitOf(cg), appIDOf(cg)
 	}
 	e.parents = parentsOf(st.PPid)
+	e.hashKey, _ = d.exeHashKey()
 	return e, nil
 }
 
@@ -239,6 +241,7 @@ func (e *procEntry) process(p *Process) {
 	p.Identity, p.Container, p.IdentityNote = e.ident.status, e.ident.container, e.ident.note
 	p.Cmdline = e.cmdline
 	p.Unit, p.AppID, p.Parents = e.unit, e.appID, e.parents
+	p.ExeSHA256 = hashes.lookup(e.hashKey, e.dir.pid)
 	p.Comm = e.comm
 }
 
