@@ -15,6 +15,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/blocklist"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/lifetime"
@@ -385,7 +386,12 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		})
 	})
 
+	lists, err := blocklist.Open(o.StateDir, eng, logf)
+	if err != nil {
+		return err
+	}
 	srv := api.NewServer(api.Config{
+		Lists:     lists,
 		Engine:    eng,
 		History:   hist,
 		SaveRules: saveRules,

@@ -66,6 +66,10 @@ Modes:
   suggestions [accept ID...|--all]
                             rules learn mode suggests, by program; accept turns them into rules
 
+Blocklists:
+  lists [add NAME FILE --action deny|rm NAME|update]
+                            domain and address lists (hosts, plain, AdBlock, CIDR); see 'latch help lists'
+
 History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
   status [--json]           backend, mode, counters, pending questions
@@ -114,6 +118,7 @@ func init() {
 		"mode":        {runMode, modeHelp},
 		"pause":       {runPause, pauseHelp},
 		"suggestions": {runSuggestions, suggestionsHelp},
+		"lists":       {runLists, listsHelp},
 		"version":     {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}
 }

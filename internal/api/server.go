@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/latchfw/latch/internal/blocklist"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
 	"github.com/latchfw/latch/internal/strictjson"
@@ -48,6 +49,8 @@ type Config struct {
 	// the rules file at start-up are not checked: an account removed later must not
 	// keep the daemon from starting). nil: SystemUser.
 	CheckUser func(name string) error
+	// Lists manages the blocklists (/v1/lists); nil: a 503.
+	Lists *blocklist.Manager
 }
 
 // Server serves the local API.
@@ -90,6 +93,10 @@ func NewServer(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/mode", s.setMode)
 	s.mux.HandleFunc("GET /v1/suggestions", s.listSuggestions)
 	s.mux.HandleFunc("POST /v1/suggestions/accept", s.acceptSuggestions)
+	s.mux.HandleFunc("GET /v1/lists", s.getLists)
+	s.mux.HandleFunc("POST /v1/lists", s.addList)
+	s.mux.HandleFunc("DELETE /v1/lists/{name}", s.removeList)
+	s.mux.HandleFunc("POST /v1/lists/update", s.updateLists)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})

@@ -68,6 +68,13 @@
 // the decision. Each rule also counts the connections it decided and when last
 // (RuleHits): an atomic add on the decision path, kept across rule-set changes.
 //
+// # Lists
+//
+// Blocklists (SetLists, package blocklist) come between the rules that name a program
+// and those that do not: when the winning rule names an app (or an identity field), it
+// decides; otherwise a list naming the request's hostname or address decides
+// (ReasonList); otherwise the winning app-less rule, if any.
+//
 // # Modes
 //
 // The Mode (SetMode) says what happens to a Request no rule decides: ModeAsk makes it

@@ -143,9 +143,11 @@ type Engine struct {
 	sugGen     uint64
 	sugDropped atomic.Uint64
 	sugUnnamed atomic.Uint64
+
+	lists atomic.Pointer[[]BlockList] // see SetLists
 }
 
-var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap, ReasonMode}
+var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap, ReasonMode, ReasonList}
 
 const numReasons = len(reasons)
 
@@ -325,7 +327,17 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 		return
 	}
 	m := e.matcher.Load()
-	if c := m.match(req, now); c != nil {
+	c := m.match(req, now)
+	// Lists come after the rules that name a program, before those that do not.
+	if c == nil || (c.app == nil && !c.hasIdentity()) {
+		if v, listed := e.listVerdict(req); listed {
+			e.count(ReasonList)
+			v.Mode = mode
+			verdict(v)
+			return
+		}
+	}
+	if c != nil {
 		c.hits.add(now)
 		e.count(ReasonRule)
 		verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID, Mode: mode})

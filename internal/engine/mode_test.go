@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -183,5 +184,33 @@ func TestAnswerLifetimes(t *testing.T) {
 	e2.Decide(reqTo("/usr/bin/curl", "198.18.0.1:3"), func(Verdict) {})
 	if _, err := e2.Answer(e2.Prompts()[0].ID, Answer{Action: Allow, For: UntilReboot}); err == nil || len(e2.Prompts()) != 1 {
 		t.Errorf("until-reboot without a boot id: %v", err)
+	}
+}
+
+type testList map[string]bool
+
+func (l testList) MatchHost(h string) bool     { return l[h] }
+func (l testList) MatchAddr(a netip.Addr) bool { return l[a.String()] }
+
+// TestListPrecedence: an app rule overrides a list; a list overrides rules without
+// an app, and decides where no rule does.
+func TestListPrecedence(t *testing.T) {
+	e := newEngine(t, Config{},
+		Rule{App: "/usr/bin/curl", Port: PortRange{443, 443}, Action: Allow},
+		Rule{Port: PortRange{443, 443}, Action: Allow},
+	)
+	e.SetLists([]BlockList{{Name: "ads", Action: Deny, List: testList{"ads.example": true, "198.18.0.66": true}}})
+	r := reqTo("/usr/bin/curl", "198.18.0.66:443")
+	if v := decideNow(t, e, r); v.Reason != ReasonRule {
+		t.Errorf("app rule vs list: %+v", v)
+	}
+	r = reqTo("/usr/bin/wget", "198.18.0.66:443")
+	if v := decideNow(t, e, r); v.Reason != ReasonList || v.Action != Deny {
+		t.Errorf("app-less rule vs list: %+v", v)
+	}
+	r = reqTo("/usr/bin/wget", "198.18.0.5:80")
+	r.Host = "ads.example"
+	if v := decideNow(t, e, r); v.Reason != ReasonList {
+		t.Errorf("listed host, no rule: %+v", v)
 	}
 }

@@ -322,7 +322,9 @@ const (
 	ReasonExempt      Reason = "exempt" // latch's own traffic or loopback
 	// ReasonMode: the mode decided (see Mode): learn and silent-allow allowed, or
 	// silent-deny and block-all denied, a connection without asking.
-	ReasonMode  Reason = "mode"
+	ReasonMode Reason = "mode"
+	// ReasonList: a blocklist (latch lists) names the hostname or address.
+	ReasonList  Reason = "list"
 	ReasonError Reason = "error" // the backend could not describe the connection
 )
 
