@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
-	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/blocklist"
+	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/lifetime"

@@ -51,11 +51,11 @@ Plain.Example.
 func TestParseErrors(t *testing.T) {
 	for _, in := range []string{
 		"good.example\nbad domain with spaces\n",
-		"||a.example\n",            // no ^
-		"||/path^\n",               // not a domain
-		"0.0.0.0 bad_host!\n",      // bad name in hosts line
-		"198.18.0.1/33\n",          // bad prefix
-		"fe80::1%eth0\n",           // zone
+		"||a.example\n",           // no ^
+		"||/path^\n",              // not a domain
+		"0.0.0.0 bad_host!\n",     // bad name in hosts line
+		"198.18.0.1/33\n",         // bad prefix
+		"fe80::1%eth0\n",          // zone
 		strings.Repeat("a", 5000), // too long
 		"ex*ample.com\n",
 	} {
