@@ -51,6 +51,7 @@ Identity beyond the executable (each narrows the rule; see README "Program ident
   --pin               pin the executable's content (SHA-256 of the file at --app now):
                       the rule stops matching when the file changes, and the question
                       then says "the program at PATH changed since you allowed it"
+  --service NAME      Windows: a service the process hosts (svchost.exe), e.g. Dnscache
   --app-id ID         flatpak (app-flatpak-ID-*.scope) or snap (snap.NAME.*) app id;
                       needs --user: the name comes from cgroups the user's own programs
                       can name
@@ -161,6 +162,7 @@ func rulesAdd(ctx context.Context, args []string) error {
 	fs.String("unit", "", "systemd system unit, e.g. nginx.service")
 	fs.String("container", "", "container id, name or RUNTIME:ID")
 	fs.String("app-id", "", "flatpak or snap app id (needs --user)")
+	fs.String("service", "", "Windows: a service the process hosts (svchost.exe)")
 	pin := fs.Bool("pin", false, "pin the executable's SHA-256: the rule stops matching when the file changes")
 	asJSON := fs.Bool("json", false, "print the added rule as JSON")
 	if err := parseFlagsOnly(fs, args); err != nil {
@@ -172,7 +174,7 @@ func rulesAdd(ctx context.Context, args []string) error {
 	field := map[string]**string{
 		"app": &f.App, "user": &f.User, "dir": &f.Direction, "proto": &f.Protocol, "host": &f.Host,
 		"remote": &f.Remote, "port": &f.Port, "local-port": &f.LocalPort, "action": &f.Action, "note": &f.Note,
-		"cmdline": &f.Cmdline, "parent": &f.Parent, "unit": &f.Unit, "container": &f.Container, "app-id": &f.AppID,
+		"cmdline": &f.Cmdline, "parent": &f.Parent, "unit": &f.Unit, "container": &f.Container, "app-id": &f.AppID, "service": &f.Service,
 	}
 	fs.Visit(func(fl *flag.Flag) {
 		if dst, ok := field[fl.Name]; ok {
