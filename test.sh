@@ -35,6 +35,7 @@ command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
 command -v wg >/dev/null || need_pkgs+=(wireguard-tools)
 command -v clang >/dev/null || need_pkgs+=(clang)       # driver: clang -Wthread-safety, clang --analyze
 command -v cppcheck >/dev/null || need_pkgs+=(cppcheck)
+command -v /usr/bin/python3 >/dev/null || need_pkgs+=(python3-minimal) # identity e2e: two scripts of one interpreter (--cmdline)
 if ((${#need_pkgs[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing packages ${need_pkgs[*]}; run as root or install them" >&2

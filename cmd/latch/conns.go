@@ -115,7 +115,7 @@ func (p *connPrinter) print(cs []api.Conn, first bool) error {
 	}
 	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
 	if !p.header {
-		fmt.Fprintln(tw, "TIME\tDIR\tPROTO\tLOCAL\tREMOTE\tPID\tEXE\tUSER\tVERDICT\tWHY\tIN\tOUT\tNETNS")
+		fmt.Fprintln(tw, "TIME\tDIR\tPROTO\tLOCAL\tREMOTE\tPID\tEXE\tUSER\tVERDICT\tWHY\tMODE\tIN\tOUT\tNETNS")
 		p.header = true
 	}
 	for _, c := range cs {
@@ -123,9 +123,9 @@ func (p *connPrinter) print(cs []api.Conn, first bool) error {
 		if c.BytesIn != 0 || c.BytesOut != 0 {
 			in, out = humanBytes(c.BytesIn), humanBytes(c.BytesOut)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
 			c.Direction, c.Proto, hostPort(c.LocalIP, c.LocalPort, ""), remoteOf(c.RemoteIP, c.RemotePort, c.Host, c.HostSource, c.Note),
-			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), in, out, field(c.Netns))
+			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container)+identityLabels(c.Unit, c.AppID, c.Parents), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), c.Mode, in, out, field(c.Netns))
 	}
 	return tw.Flush()
 }

@@ -21,12 +21,14 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/blocklist"
 	"github.com/latchfw/latch/internal/config"
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/dnsproxy"
 	"github.com/latchfw/latch/internal/encdns"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/lifetime"
 	"github.com/latchfw/latch/internal/sdnotify"
 	"github.com/latchfw/latch/internal/store"
 	"github.com/latchfw/latch/internal/winsvc"
@@ -118,7 +120,7 @@ the one holding the most; 'latch status' counts each bound that applied.
 
 Two daemons cannot share a state directory, an API socket or a queue: the second
 refuses to start.
-` + observeHelp
+` + modeFlagHelp + observeHelp
 
 // trimRules is the size of a rule change (rules before plus after) from which the
 // daemon returns freed memory to the system once the change has settled.
@@ -167,6 +169,8 @@ type daemonOptions struct {
 	onTraffic      func([]intercept.Traffic)
 	FastPath       bool
 	FastPathCgroup string
+
+	Mode engine.Mode // --mode: the mode at start when none is saved (modes.go)
 }
 
 func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
@@ -207,6 +211,7 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.DurationVar(&o.TrafficInterval, "traffic-interval", 10*time.Second, "")
 	fs.BoolVar(&o.FastPath, "fast-path", true, "")
 	fs.StringVar(&o.FastPathCgroup, "fast-path-cgroup", "", "")
+	mode := fs.String("mode", "ask", "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -241,6 +246,9 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	}
 	if o.Default, err = engine.ParseAction(*def); err != nil {
 		return nil, usagef("--default: %v", err)
+	}
+	if o.Mode, err = engine.ParseMode(*mode); err != nil {
+		return nil, usagef("--mode: %v", err)
 	}
 	switch *fail {
 	case "open":
@@ -395,10 +403,21 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if err != nil {
 		return fmt.Errorf("%w (the file is left as it is: fix it, or move it away to start with no rules)", err)
 	}
+	// Rules until-reboot of an earlier boot end here (a platform without a boot id
+	// keeps none: "" matches no rule's boot).
+	boot, err := lifetime.BootID()
+	if err != nil {
+		logf("%v: rules until-reboot cannot be made", err)
+	}
+	rules, dropped := lifetime.DropOtherBoots(rules, boot)
+	if dropped > 0 {
+		logf("%d rules until-reboot of an earlier boot ended", dropped)
+	}
 	eng, err := engine.New(engine.Config{
 		Default: o.Default, PromptTimeout: o.PromptTimeout, MaxPrompts: o.MaxQuestions,
 		MaxPromptsPerUser: o.MaxQuestionsPerUser, MaxPromptsPerApp: o.MaxQuestionsPerApp,
 		HostRulesMatchShared: o.HostRulesMatchShared,
+		BootID:               boot,
 	}, rules)
 	if err != nil {
 		return fmt.Errorf("rules file %s: %w", rulesPath, err)
@@ -406,6 +425,18 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	defer eng.Close()
 	stopHits := keepRuleHits(eng, o.StateDir, logf)
 	defer stopHits()
+	stopMode, err := keepMode(eng, o.StateDir, o.Mode, logf)
+	if err != nil {
+		return err
+	}
+	defer stopMode()
+	exits, err := lifetime.NewWatcher(eng, logf)
+	if err != nil {
+		return err
+	}
+	defer exits.Close()
+	eng.OnRulesChanged(func(old, new []engine.Rule) { exits.Sync(new) })
+	exits.Sync(eng.Rules())
 
 	reloadManaged, err := startManaged(ctx, o.ManagedRules, eng, logf)
 	if err != nil {
@@ -511,8 +542,21 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if fp != nil {
 		// Synchronous: the kernel stops using decisions of the old rules before the
 		// call that changed them returns.
+		listsOff := func() string {
+			if eng.HasLists() {
+				return "a blocklist is in force (it can overrule a rule by a host name)"
+			}
+			return ""
+		}
 		eng.OnInstall(func(live []engine.Rule) {
-			if err := fp.RulesChanged(live); err != nil {
+			if err := fp.RulesChanged(live, listsOff()); err != nil {
+				logf("%v", err)
+			}
+		})
+		// A mode decides before the rules (block-all) or after them: a change of mode
+		// drops every cached decision too, before 'latch mode' returns.
+		eng.OnModeChanged(func(engine.ModeState) {
+			if err := fp.RulesChanged(eng.Rules(), listsOff()); err != nil {
 				logf("%v", err)
 			}
 		})
@@ -578,7 +622,12 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		group = &api.Group{Name: o.APIGroup, GID: gid}
 	}
 	webUI := &webUI{}
+	lists, err := blocklist.Open(o.StateDir, eng, logf)
+	if err != nil {
+		return err
+	}
 	srv := api.NewServer(api.Config{
+		Lists:     lists,
 		Group:     group,
 		Routes:    map[string]http.Handler{"POST /v1/web/login": webUI.loginHandler()},
 		Engine:    eng,

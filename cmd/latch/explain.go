@@ -36,7 +36,7 @@ conns' shows IDs), and the verdict it got then is shown too.
   --json              one JSON object: outcome, rule_id (0: none), rule, step, action,
                       default, losers [{rule, step}], request, conn (with --conn)
 
-Precedence steps, in order (see 'latch help rules'): app, host, remote, port, user,
+Precedence steps, in order (see 'latch help rules'): app, host, remote, port, user, identity,
 local-port, protocol, direction, action (deny beats allow), id (older wins).
 `
 

@@ -45,3 +45,23 @@ func shortContainer(c string) string {
 func onceOnly(p api.Prompt) bool {
 	return p.Exe != "" && p.Identity != engine.IdentityVerified
 }
+
+// identityLabels is what follows a program in text beyond its identity tag: its
+// systemd unit, app id and parent, e.g. " [unit nginx.service] [parent /usr/bin/bash]",
+// each escaped (and quoted where it holds a space), or "".
+func identityLabels(unit, appID string, parents []string) string {
+	var b strings.Builder
+	for _, l := range []struct{ k, v string }{{"unit", unit}, {"app-id", appID}} {
+		if l.v != "" {
+			b.WriteString(" [" + l.k + " " + field(l.v) + "]")
+		}
+	}
+	if len(parents) > 0 {
+		p := "(unverified)"
+		if parents[0] != "" {
+			p = field(parents[0])
+		}
+		b.WriteString(" [parent " + p + "]")
+	}
+	return b.String()
+}

@@ -108,3 +108,14 @@ func TestWatchAnswersUnverifiedOnce(t *testing.T) {
 		t.Errorf("answering an unverified program made rules %v", rules)
 	}
 }
+
+func TestIdentityLabelsEscape(t *testing.T) {
+	got := identityLabels("nginx.service", "", []string{"/tmp/evil\x1b[2J dir/sh", "/usr/sbin/sshd"})
+	want := ` [unit nginx.service] [parent "/tmp/evil\x1b[2J dir/sh"]`
+	if got != want {
+		t.Errorf("identityLabels = %q, want %q", got, want)
+	}
+	if got := identityLabels("", "", []string{""}); got != " [parent (unverified)]" {
+		t.Errorf("unverified parent: %q", got)
+	}
+}

@@ -65,6 +65,17 @@ Questions:
                             decide question ID; unless once, remember it as a rule
   watch                     show each new question as it arrives and answer it by key
 
+Modes:
+  mode [MODE] [--for DUR]   show or set the mode: ask, learn, silent-allow, silent-deny,
+                            block-all; see 'latch help mode'
+  pause DURATION            allow without asking (silent-allow) for DURATION, then go back
+  suggestions [accept ID...|--all]
+                            rules learn mode suggests, by program; accept turns them into rules
+
+Blocklists:
+  lists [add NAME FILE --action deny|rm NAME|update]
+                            domain and address lists (hosts, plain, AdBlock, CIDR); see 'latch help lists'
+
 History and state:
   conns [--json] [--follow] [-n N]   recent connections and their verdicts
   top [--range DUR] [--by total|rate] [--json]
@@ -107,21 +118,25 @@ var verbs map[string]verb
 
 func init() {
 	verbs = map[string]verb{
-		"daemon":  {runDaemon, daemonHelp},
-		"cleanup": {runCleanup, cleanupHelp},
-		"rules":   {runRules, rulesHelp},
-		"prompts": {runPrompts, promptsHelp},
-		"answer":  {runAnswer, answerHelp},
-		"watch":   {runWatch, watchHelp},
-		"conns":   {runConns, connsHelp},
-		"top":     {runTop, topHelp},
-		"status":  {runStatus, statusHelp},
-		"explain": {runExplain, explainHelp},
-		"events":  {runEvents, eventsHelp},
-		"web":     {runWeb, webHelp},
-		"notify":  {runNotify, notifyHelp},
-		"service": {runService, winsvc.Usage},
-		"version": {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
+		"daemon":      {runDaemon, daemonHelp},
+		"cleanup":     {runCleanup, cleanupHelp},
+		"rules":       {runRules, rulesHelp},
+		"prompts":     {runPrompts, promptsHelp},
+		"answer":      {runAnswer, answerHelp},
+		"watch":       {runWatch, watchHelp},
+		"conns":       {runConns, connsHelp},
+		"top":         {runTop, topHelp},
+		"status":      {runStatus, statusHelp},
+		"explain":     {runExplain, explainHelp},
+		"events":      {runEvents, eventsHelp},
+		"web":         {runWeb, webHelp},
+		"notify":      {runNotify, notifyHelp},
+		"service":     {runService, winsvc.Usage},
+		"mode":        {runMode, modeHelp},
+		"pause":       {runPause, pauseHelp},
+		"suggestions": {runSuggestions, suggestionsHelp},
+		"lists":       {runLists, listsHelp},
+		"version":     {runVersion, "Usage: latch version\n\nPrints latch's version.\n"},
 	}
 }
 

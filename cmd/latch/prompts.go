@@ -33,17 +33,22 @@ Paths, user and host names are shown with control and invisible characters escap
            or host where they are not valid UTF-8 (JSON text shows U+FFFD there)
 `
 
-const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever] [--scope SCOPE]
+const answerHelp = `Usage: latch answer ID allow|deny|reject|drop [--for once|DURATION|forever|until-exit|until-reboot] [--scope SCOPE]
 
 Decides question ID (see 'latch prompts'): every connection waiting on it gets the
 verdict. Unless --for is once (the default), the answer is also remembered as a rule
-for the program, expiring after DURATION (90m, 12h, 7d) or never (forever).
+for the program, expiring after DURATION (90m, 12h, 7d) or never (forever), when the
+process that asked exits (until-exit), or with this boot of the machine (until-reboot).
 
   --scope app            the rule matches the program, any destination
   --scope app+host       the program and this remote host: its hostname if known (the
                          rule then holds whatever address DNS gives next), else its address
   --scope app+port       the program and this remote port
   --scope app+host+port  the program, this host and this port (default)
+  --scope app+unit       the program in this systemd unit (the question shows [unit ...])
+  --scope unit           any program of this systemd unit
+  --scope container      any program of this container ([container ...])
+  --scope app-id         any program of this flatpak/snap app id, of this user
 (the rule also keeps the question's direction and protocol)
 `
 
@@ -68,10 +73,17 @@ func runPrompts(ctx context.Context, args []string) error {
 	fmt.Fprintln(tw, "ID\tEXE\tPID\tUSER\tDIR\tPROTO\tREMOTE\tHELD\tEXPIRES\tNETNS")
 	now := time.Now()
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", p.ID, programOf(p.Exe, p.Identity, p.Container), pidOrDash(p.PID),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", p.ID, programOf(p.Exe, p.Identity, p.Container)+identityLabels(p.Unit, p.AppID, p.Parents), pidOrDash(p.PID),
 			userOf(p.User, p.UID), p.Direction, p.Proto, remoteOf(p.RemoteIP, p.RemotePort, p.Host, p.HostSource, p.Note), p.Held,
 			max(p.Expires.Sub(now), 0).Round(time.Second), field(p.Netns))
 	}
+	defer func() {
+		for _, p := range ps {
+			if p.Note != "" {
+				fmt.Printf("question %d: %s\n", p.ID, textesc.String(p.Note))
+			}
+		}
+	}()
 	return tw.Flush()
 }
 
@@ -131,7 +143,7 @@ func hostPort(ip string, port uint16, host string) string {
 func runAnswer(ctx context.Context, args []string) error {
 	fs := newFlags("answer")
 	forStr := fs.String("for", "once", "once, forever or a duration such as 1h or 7d")
-	scope := fs.String("scope", "app+host+port", "app, app+host, app+port or app+host+port")
+	scope := fs.String("scope", "app+host+port", "app, app+host, app+port, app+host+port, app+unit, unit, container or app-id")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err

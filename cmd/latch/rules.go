@@ -15,6 +15,7 @@ import (
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/encdns"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/procattr"
 	"github.com/latchfw/latch/internal/textesc"
 )
 
@@ -38,13 +39,32 @@ Match flags of 'rules add' (each left out matches anything):
   --port N|N-M        remote port or range
   --local-port N|N-M  local port or range
 
+Identity beyond the executable (each narrows the rule; see README "Program identity"):
+  --cmdline GLOB      the arguments joined by single spaces, argv[0] first; '*' matches
+                      any run of characters, '/' and spaces included. Needs --app: the
+                      command line is what the process says about itself, so it only
+                      narrows a rule for a verified executable ("allow this script,
+                      not every python3")
+  --parent PATH|GLOB  any ancestor (up to 8 up) whose executable is verified like --app's
+  --unit NAME         the systemd system unit (from the cgroup under system.slice)
+  --container ID|NAME a container: its id (12+ leading hex digits do), its name (lxc,
+                      machined), or RUNTIME:ID as 'latch conns' shows it
+  --pin               pin the executable's content (SHA-256 of the file at --app now):
+                      the rule stops matching when the file changes, and the question
+                      then says "the program at PATH changed since you allowed it"
+  --service NAME      Windows: a service the process hosts (svchost.exe), e.g. Dnscache
+  --app-id ID         flatpak (app-flatpak-ID-*.scope) or snap (snap.NAME.*) app id;
+                      needs --user: the name comes from cgroups the user's own programs
+                      can name
+
 Actions: allow lets the connection through; deny fails it at once (TCP reset);
 reject also answers UDP/ICMP with ICMP unreachable; drop discards silently.
---for makes the rule expire (90m, 12h, 7d); forever (the default) never does.
+--for makes the rule expire (90m, 12h, 7d); forever (the default) never does;
+until-reboot ends it with this boot of the machine.
 
 Precedence: the most specific matching rule wins (exact app > app glob > any app; then
 host: exact name > *.wildcard (more labels first) > none; then narrower remote,
-narrower port, user, local port, protocol, direction); at equal
+narrower port, user, more identity fields, local port, protocol, direction); at equal
 specificity deny/reject/drop beat allow, then the lower ID.
 
 'rules import' replaces the whole rule set, all or nothing; its file is the format
@@ -155,6 +175,13 @@ func rulesAdd(ctx context.Context, args []string) error {
 	fs.String("action", "", "allow, deny, reject or drop")
 	forStr := fs.String("for", "forever", "how long the rule holds: a duration (90m, 7d) or forever")
 	fs.String("note", "", "free text shown with the rule")
+	fs.String("cmdline", "", "glob over the command line (needs --app)")
+	fs.String("parent", "", "path or glob of any (verified) ancestor's executable")
+	fs.String("unit", "", "systemd system unit, e.g. nginx.service")
+	fs.String("container", "", "container id, name or RUNTIME:ID")
+	fs.String("app-id", "", "flatpak or snap app id (needs --user)")
+	fs.String("service", "", "Windows: a service the process hosts (svchost.exe)")
+	pin := fs.Bool("pin", false, "pin the executable's SHA-256: the rule stops matching when the file changes")
 	asJSON := fs.Bool("json", false, "print the added rule as JSON")
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
@@ -167,6 +194,7 @@ func rulesAdd(ctx context.Context, args []string) error {
 	field := map[string]**string{
 		"app": &f.App, "user": &f.User, "dir": &f.Direction, "proto": &f.Protocol, "host": &f.Host,
 		"remote": &f.Remote, "port": &f.Port, "local-port": &f.LocalPort, "action": &f.Action, "note": &f.Note,
+		"cmdline": &f.Cmdline, "parent": &f.Parent, "unit": &f.Unit, "container": &f.Container, "app-id": &f.AppID, "service": &f.Service,
 	}
 	fs.Visit(func(fl *flag.Flag) {
 		if dst, ok := field[fl.Name]; ok {
@@ -174,6 +202,16 @@ func rulesAdd(ctx context.Context, args []string) error {
 			*dst = &v
 		}
 	})
+	if *pin {
+		if f.App == nil {
+			return usagef("--pin needs --app PATH: a pin is the content of one file")
+		}
+		sum, err := procattr.HashFile(*f.App)
+		if err != nil {
+			return fmt.Errorf("--pin: hashing %s: %w", textesc.String(*f.App), err)
+		}
+		f.SHA256 = &sum
+	}
 	r, err := api.ParseRuleFields(f, *forStr, time.Now())
 	if err != nil {
 		return usagef("%v", err)

@@ -57,7 +57,10 @@ func runStatus(ctx context.Context, args []string) error {
 	if st.Queue != 0 {
 		row("queue", "%d", st.Queue)
 	}
-	row("mode", "%s (without a running daemon new connections are %s)", st.Mode,
+	if st.DecisionMode != nil {
+		row("mode", "%s", describeMode(*st.DecisionMode))
+	}
+	row("fail mode", "%s (without a running daemon new connections are %s)", st.Mode,
 		map[bool]string{true: "accepted", false: "dropped"}[st.Mode == "fail-open"])
 	row("default", "%s after %s unanswered", st.Default, st.PromptTimeout)
 	row("holding", "outbound%s; loopback %s", map[bool]string{true: " and inbound", false: " only"}[st.Inbound],

@@ -25,6 +25,14 @@
 //	GET    /v1/programs               ProgramsBody: every program in the history
 //	GET    /v1/programs/conns?exe=PATH&n=N    {"conns": [Conn...]}: a program's newest, oldest first
 //	POST   /v1/web/login              {"url": "..."}: a one-time login URL of the web UI (the daemon's --web)
+//	GET    /v1/mode                   engine.ModeState {"mode", "until", "then"}
+//	POST   /v1/mode                   ModeRequest             -> engine.ModeState
+//	GET    /v1/suggestions            {"suggestions": [engine.Suggestion...], "stats": {...}}
+//	POST   /v1/suggestions/accept     SuggestionsAccept       -> {"rules": [Rule...]} added
+//	GET    /v1/lists                  {"lists": [blocklist.Info...]}
+//	POST   /v1/lists                  ListRequest             -> {"lists": [...]}
+//	DELETE /v1/lists/{name}                                    -> {"lists": [...]}
+//	POST   /v1/lists/update           (reload every list file) -> {"lists": [...]}
 //
 // Request bodies are decoded strictly (package strictjson, and for rules the one parser
 // engine.RuleFields.Parse that the command line uses too): unknown or misspelt keys,
@@ -37,6 +45,7 @@ import (
 	"github.com/latchfw/latch/internal/fastpath"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
@@ -65,11 +74,14 @@ func DefaultAddress() string {
 
 // Status is what GET /v1/status returns: how the daemon runs and its counters.
 type Status struct {
-	Version         string            `json:"version"`
-	PID             int               `json:"pid"`
-	Started         time.Time         `json:"started"`
-	Backend         string            `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
-	Mode            string            `json:"mode"`    // "fail-closed" or "fail-open"
+	Version string    `json:"version"`
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+	Backend string    `json:"backend"` // interception mechanism, e.g. "nfqueue/iptables-nft"
+	Mode    string    `json:"mode"`    // "fail-closed" or "fail-open": what happens without a daemon
+	// DecisionMode is the mode deciding connections (ask, learn, silent-allow,
+	// silent-deny, block-all), with its end when set for a time (latch pause).
+	DecisionMode    *engine.ModeState `json:"decision_mode,omitempty"`
 	Default         engine.Action     `json:"default"` // verdict for unanswered questions
 	PromptTimeout   string            `json:"prompt_timeout"`
 	Inbound         bool              `json:"inbound"`
@@ -148,10 +160,14 @@ type Prompt struct {
 	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" when identity is "container"
 	IdentityNote string          `json:"identity_note,omitempty"` // why the identity is not verified
 	// Netns names the sending network namespace of a forwarded connection.
-	Netns   string    `json:"netns,omitempty"`
-	Held    int       `json:"held"`
-	Opened  time.Time `json:"opened"`
-	Expires time.Time `json:"expires"`
+	Netns     string    `json:"netns,omitempty"`
+	Unit      string    `json:"unit,omitempty"`       // systemd system unit
+	AppID     string    `json:"app_id,omitempty"`     // flatpak/snap app id
+	Parents   []string  `json:"parents,omitempty"`    // ancestors' verified executables, parent first ("": not verified)
+	ExeSHA256 string    `json:"exe_sha256,omitempty"` // the executable's SHA-256; "" while being hashed
+	Held      int       `json:"held"`
+	Opened    time.Time `json:"opened"`
+	Expires   time.Time `json:"expires"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -185,6 +201,9 @@ type Conn struct {
 	Identity     engine.Identity `json:"identity"`
 	Container    string          `json:"container,omitempty"`
 	IdentityNote string          `json:"identity_note,omitempty"`
+	Unit         string          `json:"unit,omitempty"`
+	AppID        string          `json:"app_id,omitempty"`
+	Parents      []string        `json:"parents,omitempty"`
 	Verdict      engine.Action   `json:"verdict"`
 	Reason       engine.Reason   `json:"reason"`
 	RuleID       engine.RuleID   `json:"rule_id"`
@@ -195,6 +214,9 @@ type Conn struct {
 	BytesOut uint64 `json:"bytes_out"`
 	// Netns names the sending network namespace of a forwarded connection.
 	Netns string `json:"netns,omitempty"`
+	// Mode is the mode in force when the connection was decided (ask, learn,
+	// silent-allow, silent-deny, block-all).
+	Mode engine.Mode `json:"mode"`
 	// Raw has the exact bytes of exe, user, cmdline or host where they are not valid
 	// UTF-8 (see RawText); filled when marshalled.
 	Raw RawText `json:"raw,omitempty"`
@@ -238,8 +260,9 @@ func PromptView(p *engine.Prompt) Prompt {
 		Direction: r.Direction, Proto: r.Protocol,
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
-		Host: r.Host, Netns: r.Netns, HostSource: r.HostSource, Note: r.Note, Held: p.Held, Opened: p.Opened, Expires: p.Expires,
+		Host: r.Host, Netns: r.Netns, HostSource: r.HostSource, Note: joinNotes(r.Note, p.Note), Held: p.Held, Opened: p.Opened, Expires: p.Expires, ExeSHA256: r.ExeSHA256,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
+		Unit: r.Unit, AppID: r.AppID, Parents: r.Parents,
 	}
 }
 
@@ -252,9 +275,10 @@ func ConnView(c *store.Conn) Conn {
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
 		HostSource: r.HostSource, Note: r.Note,
-		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID,
+		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID, Mode: c.Verdict.Mode,
 		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
 		BytesIn: c.BytesIn, BytesOut: c.BytesOut, Netns: r.Netns,
+		Unit: r.Unit, AppID: r.AppID, Parents: r.Parents,
 	}
 }
 
@@ -263,4 +287,16 @@ func addrString(a netip.Addr) string {
 		return ""
 	}
 	return a.Unmap().String()
+}
+
+// joinNotes joins what the backend and the engine want a person to know about a
+// question (e.g. encrypted DNS; a pinned program that changed), "; " between.
+func joinNotes(notes ...string) string {
+	var out []string
+	for _, n := range notes {
+		if n != "" {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, "; ")
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/lifetime"
 )
 
 // RuleForm is a rule as a person types it: the flags of `latch rules add`, as text.
@@ -65,6 +66,14 @@ func ParseRuleFields(f engine.RuleFields, forStr string, now time.Time) (engine.
 		return engine.Rule{}, fmt.Errorf("--for: %w", err)
 	case d == 0:
 		return engine.Rule{}, errors.New("--for once makes no rule; use a duration or forever")
+	case d == engine.UntilExit:
+		return engine.Rule{}, errors.New("--for until-exit is for answers ('latch answer ID allow --for until-exit'): a rule added here has no process")
+	case d == engine.UntilReboot:
+		boot, err := lifetime.BootID()
+		if err != nil {
+			return engine.Rule{}, err
+		}
+		f.BootID = &boot
 	case d != engine.Forever:
 		exp := now.Add(d).UTC().Format(time.RFC3339Nano)
 		f.Expires = &exp

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/latchfw/latch/internal/blocklist"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
 	"github.com/latchfw/latch/internal/strictjson"
@@ -60,6 +61,8 @@ type Config struct {
 	// RateWindow is the span /v1/top measures current rates over; 0: 20 s. Set it
 	// to at least twice the interval of traffic reports.
 	RateWindow time.Duration
+	// Lists manages the blocklists (/v1/lists); nil: a 503.
+	Lists *blocklist.Manager
 }
 
 // Server serves the local API.
@@ -107,6 +110,14 @@ func NewServer(cfg Config) *Server {
 	for pattern, h := range cfg.Routes {
 		s.mux.Handle(pattern, h)
 	}
+	s.mux.HandleFunc("GET /v1/mode", s.getMode)
+	s.mux.HandleFunc("POST /v1/mode", s.setMode)
+	s.mux.HandleFunc("GET /v1/suggestions", s.listSuggestions)
+	s.mux.HandleFunc("POST /v1/suggestions/accept", s.acceptSuggestions)
+	s.mux.HandleFunc("GET /v1/lists", s.getLists)
+	s.mux.HandleFunc("POST /v1/lists", s.addList)
+	s.mux.HandleFunc("DELETE /v1/lists/{name}", s.removeList)
+	s.mux.HandleFunc("POST /v1/lists/update", s.updateLists)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -191,6 +202,8 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	st.HeldConnections = es.Held
 	st.QuestionCaps = es.QuestionCaps
 	st.Rules = es.Rules
+	ms := s.cfg.Engine.ModeState()
+	st.DecisionMode = &ms
 	if s.cfg.History != nil {
 		st.History = s.cfg.History.Stats()
 	}

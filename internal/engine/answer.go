@@ -19,7 +19,13 @@ const (
 	ScopeAppHost                  // the executable, to this remote host (any port): its hostname if known, else its address
 	ScopeAppPort                  // the executable, to this remote port (any address)
 	ScopeAppHostPort              // the executable, to this remote host and port
+	ScopeAppUnit                  // the executable in this systemd unit
+	ScopeUnit                     // any program of this systemd unit
+	ScopeContainer                // any program of this container
+	ScopeAppID                    // any program of this flatpak/snap app id (and user)
 )
+
+var identityScopes = map[Scope]string{ScopeAppUnit: "app+unit", ScopeUnit: "unit", ScopeContainer: "container", ScopeAppID: "app-id"}
 
 // String returns "app", "app+host", "app+port" or "app+host+port".
 func (s Scope) String() string {
@@ -32,6 +38,9 @@ func (s Scope) String() string {
 		return "app+port"
 	case ScopeAppHostPort:
 		return "app+host+port"
+	}
+	if n, ok := identityScopes[s]; ok {
+		return n
 	}
 	return fmt.Sprintf("scope(%d)", uint8(s))
 }
@@ -65,11 +74,24 @@ func ParseScope(s string) (Scope, error) {
 	case "app+host+port", "app+port+host":
 		return ScopeAppHostPort, nil
 	}
-	return 0, fmt.Errorf("scope %q: want app, app+host, app+port or app+host+port", s)
+	for sc, n := range identityScopes {
+		if s == n {
+			return sc, nil
+		}
+	}
+	return 0, fmt.Errorf("scope %q: want app, app+host, app+port, app+host+port, app+unit, unit, container or app-id", s)
 }
 
 // Forever, as Answer.For, makes a rule that never expires.
 const Forever time.Duration = -1
+
+// Lifetimes besides durations, as Answer.For: UntilExit makes a rule that ends when
+// the process that raised the question exits (Rule.ExitPID; the daemon watches it),
+// UntilReboot one that ends with this boot of the machine (Rule.BootID).
+const (
+	UntilExit   time.Duration = -2
+	UntilReboot time.Duration = -3
+)
 
 // Answer is a person's decision on a Prompt.
 type Answer struct {
@@ -88,6 +110,10 @@ func ParseFor(s string) (time.Duration, error) {
 		return 0, nil
 	case "forever":
 		return Forever, nil
+	case "until-exit":
+		return UntilExit, nil
+	case "until-reboot":
+		return UntilReboot, nil
 	}
 	rest := s
 	var days time.Duration
@@ -118,6 +144,10 @@ func formatFor(d time.Duration) string {
 		return "once"
 	case d == Forever:
 		return "forever"
+	case d == UntilExit:
+		return "until-exit"
+	case d == UntilReboot:
+		return "until-reboot"
 	}
 	return d.String()
 }
@@ -156,17 +186,20 @@ func (a Answer) validate() error {
 	default:
 		return fmt.Errorf("answer action %s: want allow, deny, reject or drop", a.Action)
 	}
-	if a.For < 0 && a.For != Forever {
+	if a.For < 0 && a.For != Forever && a.For != UntilExit && a.For != UntilReboot {
 		return fmt.Errorf("answer for %v: negative duration (use once, forever or a positive duration)", a.For)
 	}
-	if a.Scope > ScopeAppHostPort {
-		return fmt.Errorf("answer %v: want app, app+host, app+port or app+host+port", a.Scope)
+	if a.Scope > ScopeAppID {
+		return fmt.Errorf("answer %v: want app, app+host, app+port, app+host+port, app+unit, unit, container or app-id", a.Scope)
 	}
 	return nil
 }
 
 // ruleFromAnswer builds the rule an answer to a prompt raised by req creates.
 func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, error) {
+	if r, ok, err := identityRuleFromAnswer(id, req, a, now); ok || err != nil {
+		return r, err
+	}
 	if req.Exe == "" {
 		return Rule{}, fmt.Errorf("prompt %d: the executable is unknown, so %q cannot be remembered as a rule; answer once instead", id, a.Scope)
 	}
@@ -207,10 +240,72 @@ func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, e
 	if p := req.Remote.Port(); a.Scope.port() && p != 0 {
 		r.Port = PortRange{p, p}
 	}
+	if err := setLifetime(id, &r, req, a); err != nil {
+		return Rule{}, err
+	}
+	// Programs outside the system's package paths are pinned: the rule holds while
+	// the file is the one the person was asked about.
+	if req.ExeSHA256 != "" && !systemPath(req.Exe) && r.App == req.Exe {
+		r.SHA256 = req.ExeSHA256
+	}
+	if a.Scope == ScopeAppUnit {
+		if req.Unit == "" {
+			return Rule{}, fmt.Errorf("prompt %d: the program runs in no systemd system unit, so scope app+unit cannot be remembered; use scope app", id)
+		}
+		r.Unit = req.Unit
+	}
 	if a.For > 0 {
 		r.Expires = now.Add(a.For)
 	}
 	return r, nil
+}
+
+// identityRuleFromAnswer builds the rule of the scopes that name no executable
+// (unit, container, app-id); ok is false for the other scopes.
+func identityRuleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (r Rule, ok bool, err error) {
+	r = Rule{Direction: req.Direction, Protocol: req.Protocol, Action: a.Action, Created: now,
+		Note: fmt.Sprintf("answer to prompt %d", id)}
+	missing := func(what string) (Rule, bool, error) {
+		return Rule{}, true, fmt.Errorf("prompt %d: the program has no %s, so scope %s cannot be remembered; use another scope", id, what, a.Scope)
+	}
+	switch a.Scope {
+	case ScopeUnit:
+		if req.Unit == "" {
+			return missing("systemd system unit")
+		}
+		r.Unit = req.Unit
+	case ScopeContainer:
+		if req.Container == "" {
+			return missing("container")
+		}
+		r.Container = req.Container
+	case ScopeAppID:
+		if req.AppID == "" || req.UID < 0 {
+			return missing("app id (or its user is unknown)")
+		}
+		r.AppID, r.User = req.AppID, fmt.Sprint(req.UID)
+	default:
+		return Rule{}, false, nil
+	}
+	if a.For > 0 {
+		r.Expires = now.Add(a.For)
+	}
+	if err := setLifetime(id, &r, req, a); err != nil {
+		return Rule{}, true, err
+	}
+	return r, true, nil
+}
+
+// setLifetime sets ExitPID for an answer until-exit. (BootID, for until-reboot, is
+// set by Answer, which knows the boot.)
+func setLifetime(id PromptID, r *Rule, req *Request, a Answer) error {
+	if a.For == UntilExit {
+		if req.PID <= 0 {
+			return fmt.Errorf("prompt %d: the process is unknown, so the rule cannot end when it exits; answer once or for a time", id)
+		}
+		r.ExitPID = req.PID
+	}
+	return nil
 }
 
 // escapeGlob turns a path into an App pattern that matches exactly that path, even if

@@ -20,7 +20,9 @@
 // whose hostname is unknown matches no Host rule; nor, unless
 // Config.HostRulesMatchShared, does one whose name another program resolved
 // (Request.HostSource HostShared). Remote is an address or CIDR prefix,
-// Port and LocalPort inclusive ranges. A rule whose Expires has passed never matches and is dropped from the set.
+// Port and LocalPort inclusive ranges. Cmdline, Parent, Unit, Container and AppID narrow
+// a rule by the process's identity beyond its executable (see ident.go; Cmdline needs
+// App, AppID needs User). A rule whose Expires has passed never matches and is dropped from the set.
 //
 // # Precedence
 //
@@ -35,11 +37,13 @@
 //  3. Remote: a narrower prefix beats a wider one, any prefix beats no remote.
 //  4. Port: a narrower range beats a wider one, any range beats no port.
 //  5. User: set beats unset.
-//  6. LocalPort: narrower beats wider beats unset.
-//  7. Protocol: set beats any.
-//  8. Direction: set beats any.
-//  9. Action: at equal specificity deny, reject and drop beat allow.
-//  10. ID: the lower ID (the older rule) wins.
+//  6. Identity: a rule naming more of Cmdline, Parent, Unit, Container and AppID
+//     beats one naming fewer (so "python3 with this script" beats "python3").
+//  7. LocalPort: narrower beats wider beats unset.
+//  8. Protocol: set beats any.
+//  9. Direction: set beats any.
+//  10. Action: at equal specificity deny, reject and drop beat allow.
+//  11. ID: the lower ID (the older rule) wins.
 //
 // The order is total, so the verdict never depends on the order rules were added or
 // listed. All globs are equally specific among themselves.
@@ -65,6 +69,27 @@
 // with the comparison that orders the matcher, so the explanation cannot drift from
 // the decision. Each rule also counts the connections it decided and when last
 // (RuleHits): an atomic add on the decision path, kept across rule-set changes.
+//
+// # Lists
+//
+// Blocklists (SetLists, package blocklist) come between the rules that name a program
+// and those that do not: when the winning rule names an app (or an identity field), it
+// decides; otherwise a list naming the request's hostname or address decides
+// (ReasonList); otherwise the winning app-less rule, if any.
+//
+// # Modes
+//
+// The Mode (SetMode) says what happens to a Request no rule decides: ModeAsk makes it
+// a question; ModeLearn allows it and records a Suggestion (an allow rule for the
+// verified program, direction, protocol, host or address and port; AcceptSuggestions
+// turns suggestions into rules); ModeSilentAllow and ModeSilentDeny allow or deny it
+// unasked. In these modes rules decide first. ModeBlockAll is a panic switch that comes
+// before every rule: every Request is denied (ReasonMode) without consulting the rules,
+// except loopback ones, which rules and questions decide as in ModeAsk. The mode is an
+// atomic read by Decide and is stored before SetMode returns, so the next Decide after
+// SetMode uses it; open questions the new mode decides are closed by it at once. A mode
+// may be set until a time (ModeState.Until), after which ModeState.Then returns by
+// itself. Every Verdict carries the mode it was given in.
 //
 // # Questions
 //

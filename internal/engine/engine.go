@@ -36,6 +36,10 @@ type Config struct {
 	// connecting program resolved itself, so that one program's lookup never lets
 	// another through.
 	HostRulesMatchShared bool
+
+	// BootID names this boot of the machine (Linux: /proc/sys/kernel/random/boot_id).
+	// Answers "until-reboot" store it in Rule.BootID; "" refuses them.
+	BootID string
 }
 
 // PromptID identifies a question, unique within one Engine.
@@ -48,6 +52,9 @@ type Prompt struct {
 	Held    int       `json:"held"`    // connections waiting on it
 	Opened  time.Time `json:"opened"`
 	Expires time.Time `json:"expires"`
+	// Note says why a pinned rule of the program did not decide: "the program at
+	// PATH changed since you allowed it", or that latch is still hashing it.
+	Note string `json:"note,omitempty"`
 }
 
 // EventKind says what an Event reports.
@@ -127,9 +134,28 @@ type Engine struct {
 	// hitsMu guards hits, the rule-hit counters by rule ID (see RuleHits).
 	hitsMu sync.Mutex
 	hits   map[RuleID]*ruleHits
+
+	// mode is the Mode in force, read by Decide without a lock; it is stored with mu
+	// held (see SetMode). modeMu guards the rest of the mode's state.
+	mode      atomic.Uint32
+	modeMu    sync.Mutex
+	modeState ModeState
+	modeTimer *time.Timer
+	modeSeq   uint64
+	modeHooks []func(ModeState)
+
+	// sugMu guards learn mode's suggestions.
+	sugMu      sync.Mutex
+	sugs       map[suggestionKey]*Suggestion
+	lastSugID  SuggestionID
+	sugGen     uint64
+	sugDropped atomic.Uint64
+	sugUnnamed atomic.Uint64
+
+	lists atomic.Pointer[[]BlockList] // see SetLists
 }
 
-var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap}
+var reasons = [...]Reason{ReasonRule, ReasonPrompt, ReasonDefault, ReasonTimeout, ReasonQuestionCap, ReasonMode, ReasonList}
 
 const numReasons = len(reasons)
 
@@ -198,7 +224,9 @@ type delivery struct {
 }
 
 func (e *Engine) deliver(ds []delivery) {
+	mode := e.Mode()
 	for _, d := range ds {
+		d.v.Mode = mode
 		e.count(d.v.Reason)
 		d.fn(d.v)
 	}
@@ -245,6 +273,7 @@ func New(cfg Config, rules []Rule) (*Engine, error) {
 		byID:   map[PromptID]*prompt{},
 		users:  map[userKey]*userLoad{},
 		subs:   map[*subscriber]struct{}{},
+		sugs:   map[suggestionKey]*Suggestion{},
 
 		hookWake: make(chan struct{}, 1),
 		done:     make(chan struct{}),
@@ -311,24 +340,52 @@ func (e *Engine) RuleFor(req *Request) (Rule, bool) {
 func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 	req.matchShared = e.cfg.HostRulesMatchShared
 	now := e.now()
+	mode := e.Mode()
+	if mode == ModeBlockAll && !isLoopback(req) {
+		// The panic switch: no rule is consulted.
+		e.count(ReasonMode)
+		verdict(Verdict{Action: Deny, Reason: ReasonMode, Mode: mode})
+		return
+	}
 	m := e.matcher.Load()
-	if c := m.match(req, now); c != nil {
+	c := m.match(req, now)
+	// Lists come after the rules that name a program, before those that do not.
+	if c == nil || (c.app == nil && !c.hasIdentity()) {
+		if v, listed := e.listVerdict(req); listed {
+			e.count(ReasonList)
+			v.Mode = mode
+			verdict(v)
+			return
+		}
+	}
+	if c != nil {
 		c.hits.add(now)
 		e.count(ReasonRule)
-		verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
+		verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID, Mode: mode})
 		return
 	}
 	e.mu.Lock()
-	// Rule sets are swapped under mu; if one arrived since the lock-free look, it may
-	// decide this request, and its sweep of open prompts has already run.
-	if m2 := e.matcher.Load(); m2 != m {
+	// Rule sets and modes are swapped under mu; if one arrived since the lock-free
+	// look, it may decide this request, and its sweep of open prompts has already run.
+	if m2 := e.matcher.Load(); m2 != m && e.Mode() != ModeBlockAll {
 		if c := m2.match(req, now); c != nil {
 			e.mu.Unlock()
 			c.hits.add(now)
 			e.count(ReasonRule)
-			verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID})
+			verdict(Verdict{Action: c.Action, Reason: ReasonRule, RuleID: c.ID, Mode: e.Mode()})
 			return
 		}
+	}
+	if v, decided := e.modeVerdict(e.Mode(), req); decided {
+		mode := e.Mode()
+		if mode == ModeLearn {
+			e.suggest(req, now)
+		}
+		e.mu.Unlock()
+		e.count(v.Reason)
+		v.Mode = mode
+		verdict(v)
+		return
 	}
 	if e.closed {
 		e.mu.Unlock()
@@ -361,6 +418,7 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 			Request: *req,
 			Opened:  now,
 			Expires: now.Add(e.cfg.PromptTimeout),
+			Note:    e.matcher.Load().pinNote(req),
 		},
 		key:     key,
 		user:    uk,
@@ -445,6 +503,14 @@ func (e *Engine) Answer(id PromptID, a Answer) (*Rule, error) {
 	if a.For != 0 {
 		var err error
 		if rule, err = ruleFromAnswer(id, &p.Request, a, now); err == nil {
+			if a.For == UntilReboot {
+				rule.BootID = e.cfg.BootID
+				if rule.BootID == "" {
+					err = fmt.Errorf("prompt %d: this system's boot is unknown, so a rule until-reboot cannot be made", id)
+				}
+			}
+		}
+		if err == nil {
 			err = rule.Validate()
 		}
 		if err != nil {

@@ -20,14 +20,15 @@ const (
 	StepRemote         // 3. narrower prefix > wider > no remote
 	StepPort           // 4. narrower range > wider > no port
 	StepUser           // 5. set > unset
-	StepLocalPort      // 6. narrower > wider > unset
-	StepProtocol       // 7. set > any
-	StepDirection      // 8. set > any
-	StepAction         // 9. deny, reject, drop > allow
-	StepID             // 10. lower ID (older rule)
+	StepIdentity       // 6. more of cmdline, parent, unit, container, app id set > fewer
+	StepLocalPort      // 7. narrower > wider > unset
+	StepProtocol       // 8. set > any
+	StepDirection      // 9. set > any
+	StepAction         // 10. deny, reject, drop > allow
+	StepID             // 11. lower ID (older rule)
 )
 
-var stepNames = [...]string{"none", "app", "host", "remote", "port", "user", "local-port", "protocol", "direction", "action", "id"}
+var stepNames = [...]string{"none", "app", "host", "remote", "port", "user", "identity", "local-port", "protocol", "direction", "action", "id"}
 
 var stepWhy = [...]string{
 	"it is the only rule that matches",
@@ -36,6 +37,7 @@ var stepWhy = [...]string{
 	"remote: a narrower prefix beats a wider one, any prefix beats none",
 	"port: a narrower range beats a wider one, any range beats none",
 	"user: a rule naming a user beats one that does not",
+	"identity: a rule naming more of cmdline, parent, unit, container and app id beats one naming fewer",
 	"local port: a narrower range beats a wider one, any range beats none",
 	"protocol: a rule naming a protocol beats one for any",
 	"direction: a rule naming a direction beats one for any",
@@ -44,7 +46,7 @@ var stepWhy = [...]string{
 }
 
 // String returns the step's short name: "app", "host", "remote", "port", "user",
-// "local-port", "protocol", "direction", "action", "id", or "none".
+// "identity", "local-port", "protocol", "direction", "action", "id", or "none".
 func (s Step) String() string {
 	if int(s) < len(stepNames) {
 		return stepNames[s]

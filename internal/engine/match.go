@@ -19,12 +19,14 @@ type compiledRule struct {
 	// hostKey is the matcher's number for host (an exact name) or for its suffix (a
 	// wildcard, ".example.com"); see matcher.hostKeys.
 	hostKey int32
-	hits    *ruleHits // shared by every compilation of this rule ID; nil outside an Engine
+	hits    *ruleHits   // shared by every compilation of this rule ID; nil outside an Engine
+	parent  *appPattern // Parent compiled; nil if none
 }
 
 func compileRule(r Rule) *compiledRule {
 	app, _ := compileApp(r.App) // validated by the caller
-	return &compiledRule{Rule: r, app: app, host: normalizeHost(r.Host)}
+	parent, _ := compileApp(r.Parent)
+	return &compiledRule{Rule: r, app: app, host: normalizeHost(r.Host), parent: parent}
 }
 
 func (c *compiledRule) matches(req *Request, now time.Time) bool {
@@ -41,6 +43,9 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 		return false
 	}
 	if c.host != "" && !hostMatches(c.host, req.ruleHost()) {
+		return false
+	}
+	if c.hasIdentity() && !c.identityMatches(req) {
 		return false
 	}
 	// The app is checked last: exact-path rules were already selected by exe, and glob
@@ -116,6 +121,9 @@ func precedenceStep(a, b *compiledRule) (Step, int) {
 	if c := cmp.Compare(boolInt(b.User != ""), boolInt(a.User != "")); c != 0 {
 		return StepUser, c
 	}
+	if c := cmp.Compare(b.identityCount(), a.identityCount()); c != 0 {
+		return StepIdentity, c
+	}
 	if c := cmp.Compare(a.LocalPort.width(), b.LocalPort.width()); c != 0 {
 		return StepLocalPort, c
 	}
@@ -146,6 +154,7 @@ type ruleRef struct {
 	proto            Protocol
 	hasUser, isGlob  bool
 	hasService       bool
+	hasIdentity      bool  // cmdline, parent, unit, container or app id: checked by compiledRule.identityMatches
 	hostKey          int32 // -1: no host; see compiledRule.hostKey
 	c                *compiledRule
 }
@@ -155,7 +164,7 @@ func refOf(c *compiledRule) ruleRef {
 		remote: c.Remote, expires: unixNanoClamped(c.Expires), rank: int32(c.rank),
 		portLo: c.Port.Lo, portHi: c.Port.Hi, lportLo: c.LocalPort.Lo, lportHi: c.LocalPort.Hi,
 		dir: c.Direction, proto: c.Protocol, hasUser: c.User != "", isGlob: c.app != nil && c.app.glob, hasService: c.Service != "",
-		hostKey: -1, c: c,
+		hasIdentity: c.hasIdentity(), hostKey: -1, c: c,
 	}
 	if c.host != "" {
 		r.hostKey = c.hostKey
@@ -239,6 +248,7 @@ func (r *ruleRef) matches(q *query) bool {
 		(!r.hasUser || userMatches(r.c.User, q.req)) &&
 		(!r.hasService || serviceMatches(r.c.Service, q.req)) &&
 		(r.hostKey < 0 || q.hasHostKey(r.hostKey)) &&
+		(!r.hasIdentity || r.c.identityMatches(q.req)) &&
 		// The app is checked last: exact-path rules were selected by exe already, and
 		// glob matching is the most expensive test.
 		(!r.isGlob || r.c.app.match(q.req.appExe()))
@@ -520,6 +530,7 @@ func (b *bucket) match(q *query) *ruleRef {
 type matcher struct {
 	sorted   []Rule                  // as given: sorted by ID
 	rules    []*compiledRule         // precedence order
+	pinned   []*compiledRule         // the rules with a SHA256 pin (see pinNote)
 	exact    map[string]*bucket      // exact Unix paths
 	known    map[string]*knownApp    // per exact Unix path: its rules and the glob buckets that fit it
 	exactWin map[string]*bucket      // exact Windows paths, lower-cased
@@ -584,6 +595,9 @@ func compile(rules []Rule) *matcher {
 			c.hostKey = m.internHost(key)
 		}
 		m.rules = append(m.rules, c)
+		if c.SHA256 != "" {
+			m.pinned = append(m.pinned, c)
+		}
 	}
 
 	slices.SortFunc(m.rules, comparePrecedence)

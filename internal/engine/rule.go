@@ -205,6 +205,23 @@ type Rule struct {
 	// through the API, saved in the state directory), else the path of the managed
 	// rule file it was loaded from (read-only; see Engine.SetManaged).
 	Source string `json:"source,omitempty"`
+
+	// Identity beyond the executable (see ident.go): each narrows the rule.
+	Cmdline   string `json:"cmdline,omitempty"`   // glob over the arguments joined by spaces; needs App
+	Parent    string `json:"parent,omitempty"`    // path or glob of any verified ancestor's executable
+	Unit      string `json:"unit,omitempty"`      // systemd system unit, e.g. nginx.service
+	Container string `json:"container,omitempty"` // container id (or 12+ digit prefix), name, or RUNTIME:ID
+	AppID     string `json:"app_id,omitempty"`    // flatpak/snap app id; needs User
+
+	// Lifetimes besides Expires: the rule ends when process ExitPID exits (the
+	// daemon watches it, see internal/lifetime), or with the boot BootID (a rule
+	// whose BootID is not this boot's is dropped at start).
+	ExitPID int32  `json:"exit_pid,omitempty"`
+	BootID  string `json:"boot_id,omitempty"`
+
+	// SHA256 pins the executable's content (lower-case hex): the rule matches only
+	// while the file at App hashes to it (Request.ExeSHA256). Needs an exact App.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // FieldError says which field of a rule is wrong and why.
@@ -276,7 +293,13 @@ func (r Rule) Validate() error {
 	if len(r.Note) > maxNoteLen {
 		return &FieldError{"note", fmt.Sprintf("%d bytes", len(r.Note)), fmt.Errorf("longer than %d bytes", maxNoteLen)}
 	}
-	return nil
+	if r.ExitPID < 0 {
+		return &FieldError{"exit_pid", fmt.Sprint(r.ExitPID), fmt.Errorf("want a process id")}
+	}
+	if r.BootID != "" && !isLabel(r.BootID, 64) {
+		return &FieldError{"boot_id", strconv.Quote(r.BootID), fmt.Errorf("want a boot id such as /proc/sys/kernel/random/boot_id holds")}
+	}
+	return r.validateIdentity()
 }
 
 func validateUser(u string) error {
@@ -362,6 +385,11 @@ func (r *Rule) matchesIgnoringExpiry(req *Request) bool {
 	if r.App != "" && !appMatches(r.App, req.appExe()) {
 		return false
 	}
+	if r.hasIdentity() {
+		c := compiledRule{Rule: *r}
+		c.parent, _ = compileApp(r.Parent)
+		return c.identityMatches(req)
+	}
 	return true
 }
 
@@ -412,6 +440,12 @@ func (r Rule) String() string {
 	if r.Host != "" {
 		fmt.Fprintf(&b, " host=%s", quoteIfNeeded(r.Host))
 	}
+	for _, f := range []struct{ k, v string }{{"cmdline", r.Cmdline}, {"parent", r.Parent}, {"unit", r.Unit},
+		{"container", r.Container}, {"app_id", r.AppID}} {
+		if f.v != "" {
+			fmt.Fprintf(&b, " %s=%s", f.k, quoteIfNeeded(f.v))
+		}
+	}
 	if r.Remote.IsValid() {
 		fmt.Fprintf(&b, " remote=%s", r.Remote)
 	}
@@ -423,6 +457,15 @@ func (r Rule) String() string {
 	}
 	if !r.Expires.IsZero() {
 		fmt.Fprintf(&b, " until %s", r.Expires.UTC().Format(time.RFC3339))
+	}
+	if r.ExitPID != 0 {
+		fmt.Fprintf(&b, " until pid %d exits", r.ExitPID)
+	}
+	if r.BootID != "" {
+		fmt.Fprintf(&b, " until reboot")
+	}
+	if r.SHA256 != "" {
+		fmt.Fprintf(&b, " pinned sha256=%.12s…", r.SHA256)
 	}
 	if r.Note != "" {
 		fmt.Fprintf(&b, " # %s", textesc.Quote(r.Note))
@@ -457,11 +500,19 @@ type ruleJSON struct {
 	Created   string          `json:"created,omitempty"`
 	Note      string          `json:"note,omitempty"`
 	Source    string          `json:"source,omitempty"`
+	Cmdline   string          `json:"cmdline,omitempty"`
+	Parent    string          `json:"parent,omitempty"`
+	Unit      string          `json:"unit,omitempty"`
+	Container string          `json:"container,omitempty"`
+	AppID     string          `json:"app_id,omitempty"`
+	ExitPID   int32           `json:"exit_pid,omitempty"`
+	BootID    string          `json:"boot_id,omitempty"`
+	SHA256    string          `json:"sha256,omitempty"`
 }
 
 // ruleKeys are the JSON names of a rule's fields, in the order errors are reported.
 var ruleKeys = []string{"id", "action", "app", "user", "service", "host", "dir", "proto", "remote", "port",
-	"local_port", "expires", "created", "note", "source"}
+	"local_port", "expires", "created", "note", "source", "cmdline", "parent", "unit", "container", "app_id", "exit_pid", "boot_id", "sha256"}
 
 // MaxRuleID is the largest rule ID: 2^53-1, so that every ID is exact in JavaScript
 // (the web UI) and the next ID never wraps around.
@@ -478,6 +529,8 @@ type RuleFields struct {
 	Direction, Protocol, Remote, Port, LocalPort *string
 	Expires, Created, Note                       *string
 	Source                                       *string // a managed rule's file (see Rule.Source)
+	Cmdline, Parent, Unit, Container, AppID      *string
+	ExitPID, BootID, SHA256                      *string
 }
 
 // Parse checks every field strictly and returns the rule: enums exactly as String
@@ -498,6 +551,8 @@ func (f *RuleFields) Parse() (Rule, error) {
 		{"id", f.ID}, {"action", f.Action}, {"app", f.App}, {"user", f.User}, {"service", f.Service},
 		{"host", f.Host}, {"dir", f.Direction}, {"proto", f.Protocol}, {"remote", f.Remote}, {"port", f.Port},
 		{"local_port", f.LocalPort}, {"expires", f.Expires}, {"created", f.Created},
+		{"cmdline", f.Cmdline}, {"parent", f.Parent}, {"unit", f.Unit}, {"container", f.Container}, {"app_id", f.AppID},
+		{"exit_pid", f.ExitPID}, {"boot_id", f.BootID}, {"sha256", f.SHA256},
 	} {
 		if x.v != nil && *x.v == "" {
 			if x.name == "action" {
@@ -522,10 +577,18 @@ func (f *RuleFields) Parse() (Rule, error) {
 	for _, x := range []struct {
 		v   *string
 		dst *string
-	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note}, {f.Source, &out.Source}} {
+	}{{f.App, &out.App}, {f.User, &out.User}, {f.Service, &out.Service}, {f.Note, &out.Note}, {f.Source, &out.Source},
+		{f.Cmdline, &out.Cmdline}, {f.Parent, &out.Parent}, {f.Unit, &out.Unit}, {f.Container, &out.Container}, {f.AppID, &out.AppID}, {f.BootID, &out.BootID}, {f.SHA256, &out.SHA256}} {
 		if x.v != nil {
 			*x.dst = *x.v
 		}
+	}
+	if f.ExitPID != nil {
+		n, perr := strconv.ParseInt(*f.ExitPID, 10, 32)
+		if perr != nil || n <= 0 || (*f.ExitPID)[0] == '+' {
+			return Rule{}, fe("exit_pid", f.ExitPID, fmt.Errorf("want a process id"))
+		}
+		out.ExitPID = int32(n)
 	}
 	if f.Host != nil {
 		if out.Host, err = ParseHost(*f.Host); err != nil {
@@ -588,6 +651,14 @@ func (r Rule) MarshalJSON() ([]byte, error) {
 		Action:    r.Action.String(),
 		Note:      r.Note,
 		Source:    r.Source,
+		Cmdline:   r.Cmdline,
+		Parent:    r.Parent,
+		Unit:      r.Unit,
+		Container: r.Container,
+		AppID:     r.AppID,
+		ExitPID:   r.ExitPID,
+		BootID:    r.BootID,
+		SHA256:    r.SHA256,
 	}
 	if r.Remote.IsValid() {
 		w.Remote = r.Remote.String()
@@ -621,6 +692,8 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 		"id": &f.ID, "action": &f.Action, "app": &f.App, "user": &f.User, "service": &f.Service, "host": &f.Host,
 		"dir": &f.Direction, "proto": &f.Protocol, "remote": &f.Remote, "port": &f.Port, "local_port": &f.LocalPort,
 		"expires": &f.Expires, "created": &f.Created, "note": &f.Note, "source": &f.Source,
+		"cmdline": &f.Cmdline, "parent": &f.Parent, "unit": &f.Unit, "container": &f.Container, "app_id": &f.AppID,
+		"exit_pid": &f.ExitPID, "boot_id": &f.BootID, "sha256": &f.SHA256,
 	}
 	for _, k := range ruleKeys {
 		raw, ok := members[k]
@@ -631,7 +704,7 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 			return &FieldError{k, "null", fmt.Errorf("null is not a value: leave the field out to match anything")}
 		}
 		var v string
-		if k == "id" || ((k == "port" || k == "local_port") && raw[0] != '"') {
+		if k == "id" || k == "exit_pid" || ((k == "port" || k == "local_port") && raw[0] != '"') {
 			// A number: its text, checked by the field's parser.
 			if raw[0] == '"' || raw[0] == '{' || raw[0] == '[' || raw[0] == 't' || raw[0] == 'f' {
 				return &FieldError{k, strictjson.Describe(raw), fmt.Errorf("want a number")}

@@ -227,6 +227,18 @@ type Request struct {
 	// IdentityNote says, when Identity is not IdentityVerified, why not (e.g. "the
 	// executable was deleted or replaced since the process started").
 	IdentityNote string `json:"identity_note,omitempty"`
+	// Unit is the systemd system unit the process runs in ("nginx.service"), read
+	// from its cgroup under system.slice (which only root creates); "" if none.
+	Unit string `json:"unit,omitempty"`
+	// AppID is the flatpak or snap app id ("org.mozilla.firefox") read from the
+	// process's cgroup name, a label the user's own processes can choose.
+	AppID string `json:"app_id,omitempty"`
+	// Parents are the executables of the process's ancestors, parent first, at most
+	// MaxParentDepth: each verified like Exe, "" for one that is not.
+	Parents []string `json:"parents,omitempty"`
+	// ExeSHA256 is the SHA-256 (lower-case hex) of the file the process executes,
+	// "" while latch is hashing it (a pinned rule then does not match).
+	ExeSHA256 string `json:"exe_sha256,omitempty"`
 
 	// matchShared is Config.HostRulesMatchShared of the engine deciding the request,
 	// set by Decide.
@@ -343,6 +355,11 @@ const (
 	// ReasonFastPath: the kernel decided the connection from an earlier decision of
 	// a rule (Verdict.RuleID), without asking the service (Linux eBPF fast path).
 	ReasonFastPath Reason = "fast-path"
+	// ReasonMode: the mode decided (see Mode): learn and silent-allow allowed, or
+	// silent-deny and block-all denied, a connection without asking.
+	ReasonMode Reason = "mode"
+	// ReasonList: a blocklist (latch lists) names the hostname or address.
+	ReasonList Reason = "list"
 )
 
 // Verdict is the answer to a Request.
@@ -350,4 +367,6 @@ type Verdict struct {
 	Action Action `json:"verdict"`
 	Reason Reason `json:"reason"`
 	RuleID RuleID `json:"rule_id,omitempty"`
+	// Mode is the mode in force when the verdict was given (history's mode column).
+	Mode Mode `json:"mode"`
 }

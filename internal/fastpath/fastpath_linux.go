@@ -212,11 +212,18 @@ func (fp *FastPath) Close() error {
 // RulesChanged tells the fast path that rules are now in force: every entry stored
 // before misses from now on. Call it synchronously with every change of the rule
 // set, after the engine uses the new rules and before the change is reported done
-// (engine.OnInstall does both).
-func (fp *FastPath) RulesChanged(rules []engine.Rule) error {
+// (engine.OnInstall does both). A non-empty off says why nothing may be cached
+// besides the rules (e.g. a blocklist in force, which can overrule a rule by a name).
+func (fp *FastPath) RulesChanged(rules []engine.Rule, off ...string) error {
 	fp.genMu.Lock()
 	defer fp.genMu.Unlock()
 	st := &ruleState{gen: fp.cur.Load().gen + 1, cacheable: true, expires: make(map[engine.RuleID]time.Time, len(rules))}
+	for _, why := range off {
+		if why != "" {
+			st.cacheable, st.why = false, why
+			break
+		}
+	}
 	for _, r := range rules {
 		st.expires[r.ID] = r.Expires
 		if !st.cacheable {
@@ -229,6 +236,10 @@ func (fp *FastPath) RulesChanged(rules []engine.Rule) error {
 			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a local-port condition", r.ID)
 		case r.Service != "":
 			st.cacheable, st.why = false, fmt.Sprintf("rule %d has a service condition", r.ID)
+		case r.Cmdline != "" || r.Parent != "" || r.Unit != "" || r.Container != "" || r.AppID != "" || r.SHA256 != "":
+			// The kernel's key is the executable file, uid and destination: it cannot
+			// tell two command lines, parents, units, containers or contents apart.
+			st.cacheable, st.why = false, fmt.Sprintf("rule %d has an identity condition (cmdline, parent, unit, container, app id or pin)", r.ID)
 		}
 	}
 	// The state first: a ticket of the new generation stores entries that miss until

@@ -46,7 +46,7 @@ func Open(Config) (*FastPath, error) { return nil, ErrUnsupported }
 func (*FastPath) Close() error { return nil }
 
 // RulesChanged does nothing.
-func (*FastPath) RulesChanged([]engine.Rule) error { return nil }
+func (*FastPath) RulesChanged([]engine.Rule, ...string) error { return nil }
 
 // Ticket returns the zero Ticket.
 func (*FastPath) Ticket() Ticket { return Ticket{} }

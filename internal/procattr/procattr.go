@@ -94,6 +94,10 @@ type Process struct {
 	Identity     engine.Identity `json:"identity"`
 	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" for engine.IdentityContainer
 	IdentityNote string          `json:"identity_note,omitempty"` // why Identity is not verified
+	Unit         string          `json:"unit,omitempty"`          // systemd system unit (cgroup under system.slice)
+	AppID        string          `json:"app_id,omitempty"`        // flatpak or snap app id (cgroup name)
+	Parents      []string        `json:"parents,omitempty"`       // ancestors' executables, parent first; "" where not verified
+	ExeSHA256    string          `json:"exe_sha256,omitempty"`    // the executable's SHA-256 (hex); "" while it is being hashed
 }
 
 // Options configure a Resolver. The zero value enables every method the kernel allows.

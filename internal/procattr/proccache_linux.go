@@ -21,6 +21,10 @@ type procEntry struct {
 	ident      identity
 	cmdline    string
 	comm       string
+	unit       string   // systemd system unit (unitOf)
+	appID      string   // flatpak/snap app id (appIDOf)
+	parents    []string // ancestors' verified executables (parentsOf)
+	hashKey    hashKey  // the executable's content key (exehash_linux.go)
 	// startNs and execID, once bound (non-zero), are the identity an eBPF record of
 	// this process and image carries (connRecord.StartNs, ExecID). Guarded by the
 	// cache's mu.
@@ -215,6 +219,12 @@ func readEntry(d procDir) (*procEntry, error) {
 		return nil, err
 	}
 	e.cmdline = formatCmdline(cmd)
+	var cgBuf [8192]byte
+	if cg, err := d.readFile("cgroup", cgBuf[:]); err == nil {
+		e.unit, e.appID = unitOf(cg), appIDOf(cg)
+	}
+	e.parents = parentsOf(st.PPid)
+	e.hashKey, _ = d.exeHashKey()
 	return e, nil
 }
 
@@ -230,6 +240,8 @@ func (e *procEntry) process(p *Process) {
 	}
 	p.Identity, p.Container, p.IdentityNote = e.ident.status, e.ident.container, e.ident.note
 	p.Cmdline = e.cmdline
+	p.Unit, p.AppID, p.Parents = e.unit, e.appID, e.parents
+	p.ExeSHA256 = hashes.lookup(e.hashKey, e.dir.pid)
 	p.Comm = e.comm
 }
 

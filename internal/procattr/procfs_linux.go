@@ -74,6 +74,7 @@ func (d procDir) readlink(name string, buf []byte) ([]byte, error) {
 // procStat is what Resolve needs from /proc/PID/stat.
 type procStat struct {
 	Comm      string
+	PPid      int32  // field 4: the parent's pid (0 for init and kernel threads' parent)
 	StartTime uint64 // clock ticks after boot (CLOCK_BOOTTIME)
 }
 
@@ -99,6 +100,12 @@ func parseStat(b []byte) (procStat, error) {
 		return procStat{}, errors.New("no (comm) field")
 	}
 	rest := b[closing+1:]
+	var ppid int32
+	if f := bytes.Fields(rest); len(f) >= 2 {
+		if n, err := strconv.ParseInt(string(f[1]), 10, 32); err == nil && n >= 0 {
+			ppid = int32(n)
+		}
+	}
 	// Fields after comm start at field 3 (state); starttime is field 22.
 	const want = 22 - 3
 	for i := 0; i < want; i++ {
@@ -117,7 +124,7 @@ func parseStat(b []byte) (procStat, error) {
 	if err != nil {
 		return procStat{}, fmt.Errorf("starttime field %q: %w", rest, err)
 	}
-	return procStat{Comm: string(b[open+1 : closing]), StartTime: start}, nil
+	return procStat{Comm: string(b[open+1 : closing]), PPid: ppid, StartTime: start}, nil
 }
 
 // holdsSocket reports whether the process has a file descriptor for the socket

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -161,7 +162,11 @@ CREATE TABLE IF NOT EXISTS conns (
 	req_id      INTEGER NOT NULL DEFAULT 0,
 	bytes_in    INTEGER NOT NULL DEFAULT 0,
 	bytes_out   INTEGER NOT NULL DEFAULT 0,
-	netns       TEXT    NOT NULL DEFAULT ''
+	netns       TEXT    NOT NULL DEFAULT '',
+	mode        TEXT    NOT NULL DEFAULT 'ask',
+	unit        TEXT    NOT NULL DEFAULT '',
+	app_id      TEXT    NOT NULL DEFAULT '',
+	parents     TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
@@ -201,6 +206,12 @@ var addedColumns = []struct{ name, def string }{
 	{"bytes_in", "INTEGER NOT NULL DEFAULT 0"},
 	{"bytes_out", "INTEGER NOT NULL DEFAULT 0"},
 	{"netns", "TEXT NOT NULL DEFAULT ''"},
+	// Rows written before latch had modes were decided in what is now mode ask.
+	{"mode", "TEXT NOT NULL DEFAULT 'ask'"},
+	{"unit", "TEXT NOT NULL DEFAULT ''"},
+	{"app_id", "TEXT NOT NULL DEFAULT ''"},
+	// The ancestors' executables, parent first, each ending in a NUL byte.
+	{"parents", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -627,8 +638,8 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 	insert, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
 		identity, container, identity_note, host_source, note,
-		run_ns, req_id, bytes_in, bytes_out, netns)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -689,7 +700,8 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
 			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note,
-			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns); err != nil {
+			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns,
+			c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents)); err != nil {
 			return err
 		}
 	}
@@ -770,7 +782,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 
 // connCols are the columns scanConns reads, in order.
 const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note, bytes_in, bytes_out, netns`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note, bytes_in, bytes_out, netns, mode, unit, app_id, parents`
 
 // scanConns reads rows of connCols and closes them.
 func scanConns(rows *sql.Rows) ([]Conn, error) {
@@ -784,11 +796,12 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 			localPort, remotePort         int
 			dir, proto, localIP, remoteIP string
 			verdict, reason, identity     string
+			mode, parents                 string
 		)
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
-			&identity, &r.Container, &r.IdentityNote, &r.HostSource, &r.Note, &bytesIn, &bytesOut, &r.Netns); err != nil {
+			&identity, &r.Container, &r.IdentityNote, &r.HostSource, &r.Note, &bytesIn, &bytesOut, &r.Netns, &mode, &r.Unit, &r.AppID, &parents); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)
@@ -804,6 +817,8 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		c.Verdict.Reason = engine.Reason(reason)
 		c.Verdict.RuleID = engine.RuleID(ruleID)
 		c.BytesIn, c.BytesOut = uint64(max(bytesIn, 0)), uint64(max(bytesOut, 0))
+		c.Verdict.Mode, _ = engine.ParseMode(mode) // ask if not one of ours
+		r.Parents = splitParents(parents)
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -831,4 +846,22 @@ func addrPort(ip string, port int) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(a, uint16(port))
+}
+
+// joinParents stores ancestors' paths (which hold no NUL byte) each ended by a NUL.
+func joinParents(ps []string) string {
+	var b strings.Builder
+	for _, p := range ps {
+		b.WriteString(p)
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// splitParents is the inverse of joinParents.
+func splitParents(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(s, "\x00"), "\x00")
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,10 +29,16 @@ func testConn(i int) Conn {
 			UID:       0,
 			User:      "root",
 		},
-		Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: engine.RuleID(i%7 + 1)},
+		Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: engine.RuleID(i%7 + 1),
+			Mode: engine.Mode(i % 5)},
 	}
 	if i%2 == 0 {
 		c.Request.Host = fmt.Sprintf("api%d.example.com", i)
+	}
+	if i%4 == 1 {
+		c.Request.Unit = "nginx.service"
+		c.Request.AppID = "org.example.App"
+		c.Request.Parents = []string{"/usr/bin/bash", "", "/usr/sbin/sshd"}
 	}
 	switch i % 3 {
 	case 0:
@@ -97,12 +104,21 @@ func TestHistoryKeepsIdentity(t *testing.T) {
 	if r := got[0].Request; r.Exe != "/usr/bin/old" || r.Identity != engine.IdentityUnknown || r.Container != "" || r.IdentityNote != "" {
 		t.Errorf("old row: %+v; want identity \"\" (not checked)", r)
 	}
+	if m := got[0].Verdict.Mode; m != engine.ModeAsk {
+		t.Errorf("old row's mode %v, want ask", m)
+	}
 	for k, c := range got[1:] {
 		want := testConn(3 + k).Request
 		r := c.Request
 		if r.Identity != want.Identity || r.Container != want.Container || r.IdentityNote != want.IdentityNote {
 			t.Errorf("row %d: identity %q container %q note %q; want %q %q %q", k+1,
 				r.Identity, r.Container, r.IdentityNote, want.Identity, want.Container, want.IdentityNote)
+		}
+		if m, w := c.Verdict.Mode, testConn(3+k).Verdict.Mode; m != w {
+			t.Errorf("row %d: mode %v, want %v", k+1, m, w)
+		}
+		if r.Unit != want.Unit || r.AppID != want.AppID || !slices.Equal(r.Parents, want.Parents) {
+			t.Errorf("row %d: unit %q app id %q parents %q; want %q %q %q", k+1, r.Unit, r.AppID, r.Parents, want.Unit, want.AppID, want.Parents)
 		}
 	}
 }

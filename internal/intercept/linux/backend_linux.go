@@ -552,6 +552,8 @@ func (b *Backend) attribute(req *engine.Request, ifindex int) {
 	}
 	req.PID, req.Exe, req.User, req.Cmdline = p.PID, p.Exe, p.User, p.Cmdline
 	req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
+	req.Unit, req.AppID, req.Parents = p.Unit, p.AppID, p.Parents
+	req.ExeSHA256 = p.ExeSHA256
 	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}

@@ -7,6 +7,7 @@
 //	e2ehelper connect ADDR TIMEOUT  one TCP connect; prints a JSON result line
 //	e2ehelper udp ADDR TIMEOUT      one UDP exchange; prints a JSON result line
 //	e2ehelper flood ADDR N CONC TIMEOUT  N TCP connects from CONC workers; prints a JSON summary
+//	e2ehelper flood-log-for ADDR CONC DUR  TCP connects for DUR; a line per connection through (its start time)
 //	e2ehelper hold-many IP PORT N TIMEOUT  TCP connects to IP:PORT, IP:PORT+1, ... IP:PORT+N-1,
 //	                                all at once, each given up after TIMEOUT; prints "started",
 //	                                then a JSON summary (as flood) when all are done
@@ -107,6 +108,8 @@ func main() {
 		}
 	case "flood-log":
 		floodLog(addr, atoi(3), atoi(4), duration(5))
+	case "flood-log-for":
+		floodLogFor(addr, atoi(3), duration(4))
 	case "hold":
 		hold(addr)
 	case "hold-many":
@@ -339,6 +342,48 @@ func latency(addr string, n int, timeout time.Duration) {
 		r.P50, r.P99 = ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)]
 	}
 	emit(r)
+}
+
+// floodLogFor connects to addr from conc workers, one connection after another, for d
+// (at most 50,000 attempts), printing for each connection that got through
+// {"connected_start_ns": N} (when its dial began, Unix ns), then a FloodResult.
+func floodLogFor(addr string, conc int, d time.Duration) {
+	var res FloodResult
+	var next int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	end := start.Add(d)
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) && atomic.AddInt64(&next, 1) <= 50000 {
+				began := time.Now()
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				switch classify(err) {
+				case "connected":
+					atomic.AddInt64(&res.Connected, 1)
+					c.Close()
+					mu.Lock()
+					fmt.Printf("{\"connected_start_ns\":%d}\n", began.UnixNano())
+					mu.Unlock()
+				case "refused":
+					atomic.AddInt64(&res.Refused, 1)
+				case "timeout":
+					atomic.AddInt64(&res.Timeout, 1)
+				default:
+					atomic.AddInt64(&res.Other, 1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res.Attempts = int(min(next, 50000))
+	res.Seconds = time.Since(start).Seconds()
+	mu.Lock()
+	emit(res)
+	mu.Unlock()
 }
 
 func hold(addr string) {
