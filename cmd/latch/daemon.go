@@ -567,6 +567,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			err := fp.Run(fpCtx, func(d fastpath.Decision) {
 				counts.add(d.Action)
 				req := engine.Request{
+					// Its own id, above the 32-bit ids of queued packets, so that events
+					// and history tell fast-path connections apart.
+					ID:   engine.RequestID(fastPathIDBase + fastPathSeq.Add(1)),
 					Time: d.Time, Direction: engine.Outbound, Protocol: engine.TCP, Remote: d.Remote,
 					PID: d.PID, Exe: d.Exe, UID: d.UID, User: users.name(d.UID),
 					// The kernel matched the file the rule's path verified (dev, inode).
@@ -821,6 +824,13 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		<-done
 	}, nil
 }
+
+// fastPathIDBase is where the request ids of fast-path decisions start: above every
+// id the queue gives (a packet id is 32 bits).
+const fastPathIDBase = 1 << 40
+
+// fastPathSeq numbers fast-path decisions.
+var fastPathSeq atomic.Uint64
 
 // userNames caches account names by uid for the fast path's history rows.
 type userNames struct {

@@ -116,7 +116,10 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 	n.Serve(t, 8082)
 	const metricsAddr, promAddr = "127.0.0.1:9184", "127.0.0.1:9090"
 	n.Serve(t, 8083)
-	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "3s", "--metrics", metricsAddr)
+	// Every connection through the queue: the counts below are per queued verdict
+	// (the fast path's own decisions are counted as reason fast-path; see
+	// internal/fastpath and TestFastPathDecidesRuledConnections).
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "3s", "--metrics", metricsAddr, "--fast-path=false")
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8080", "--action", "allow")
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8081", "--action", "deny")
 
@@ -344,7 +347,9 @@ func TestEventsToRsyslog(t *testing.T) {
 	rs := startRsyslog(t, n, 5514)
 	t.Cleanup(func() { rs.proc.Kill() })
 	evFile := filepath.Join(t.TempDir(), "events.jsonl")
-	d := n.StartDaemon("--default", "deny", "--events-syslog", "tcp://127.0.0.1:5514", "--events-file", evFile, "--host-id", "e2e-host")
+	d := n.StartDaemon("--default", "deny", "--events-syslog", "tcp://127.0.0.1:5514", "--events-file", evFile, "--host-id", "e2e-host",
+		"--fast-path=false") // the rate comparison below is of queued decisions
+
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8080", "--action", "allow")
 
 	flood := func(count int) FloodResultE2E {
