@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os/exec"
 	"sync/atomic"
 	"time"
 
@@ -14,12 +13,14 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
 	iweb "github.com/latchfw/latch/internal/web"
+	"github.com/latchfw/latch/internal/weblaunch"
 	assets "github.com/latchfw/latch/web"
 )
 
 const webHelp = `Usage:
   latch web url     print a one-time login URL of the web UI (valid 5 minutes, one use)
-  latch web open    open that URL in your browser (xdg-open)
+  latch web open    log your browser in (xdg-open on a private page that holds the
+                    token: the token is never on a command line)
 
 The daemon serves the web UI when started with --web, e.g.
   sudo latch daemon --web 127.0.0.1:7654
@@ -51,13 +52,12 @@ func runWeb(ctx context.Context, args []string) error {
 		fmt.Println(u)
 		return nil
 	}
-	// As root (sudo), open the browser as the user who ran sudo, in their session.
-	cmd := exec.Command("xdg-open", u)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("xdg-open: %w (open this URL yourself: %s)", err, u)
+	// The token stays off every command line (xdg-open's, the browser's): they are
+	// readable by every local user. The browser gets a private page that posts it.
+	if err := weblaunch.Open(u); err != nil {
+		return fmt.Errorf("opening the web UI: %w (run `latch web url` and open the URL it prints yourself)", err)
 	}
-	go cmd.Wait()
-	fmt.Println("opening", u)
+	fmt.Println("opening the web UI in your browser")
 	return nil
 }
 
