@@ -26,7 +26,10 @@ The daemon serves the web UI when started with --web, e.g.
   sudo latch daemon --web 127.0.0.1:7654
 The URL comes from the daemon over the API socket, so only those who may use the
 API (root, or members of --api-group) can log in. After login the browser keeps a
-session cookie for 24 hours.
+session cookie for 24 hours, and the tab keeps the session's key (another tab logs in
+anew). 'latch web open' never puts the token on a command line (every local user can
+read those): the browser gets a page only you can read, which posts it, removed after
+30 seconds. Paste the URL of 'latch web url' into the browser, not into a command.
 `
 
 func runWeb(ctx context.Context, args []string) error {
