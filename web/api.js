@@ -1,21 +1,30 @@
 // The web UI's calls to the daemon: the local API's endpoints under /api/v1 (the same
-// JSON the command line gets), with the session's CSRF token on every change.
+// JSON the command line gets), each with the session's key. The cookie alone opens
+// nothing: the key comes once, in the page /login answers (login.js), and lives in this
+// tab's sessionStorage.
 
-let csrf = '';
+const KEY = 'latch-key';
+let key = '';
 
-// login reads the session's CSRF token; false when not logged in.
+// headers are the headers every request to /api/ carries.
+export function headers() { return { 'X-Latch-Key': key }; }
+
+// login checks this tab's session key with the daemon; false when not logged in.
 export async function login() {
-  const r = await fetch('/api/session', { credentials: 'same-origin' });
-  if (!r.ok) return false;
-  csrf = (await r.json()).csrf;
+  key = sessionStorage.getItem(KEY) || '';
+  if (!key) return false;
+  const r = await fetch('/api/session', { credentials: 'same-origin', headers: headers() });
+  if (!r.ok) {
+    sessionStorage.removeItem(KEY);
+    return false;
+  }
   return true;
 }
 
 // call sends a request and returns the parsed JSON reply; a reply other than 2xx
 // throws an Error whose message is the daemon's error text.
 export async function call(method, path, body) {
-  const opts = { method, headers: {}, credentials: 'same-origin' };
-  if (method !== 'GET') opts.headers['X-Latch-CSRF'] = csrf;
+  const opts = { method, headers: headers(), credentials: 'same-origin' };
   if (body !== undefined) {
     opts.headers['Content-Type'] = 'application/json';
     opts.body = typeof body === 'string' ? body : JSON.stringify(body);
@@ -33,7 +42,8 @@ export const get = (path) => call('GET', path);
 // stream opens the server-sent event stream and calls onEvent with each event; it
 // reconnects by itself (EventSource), calling onState(true|false) as it goes.
 export function stream(onEvent, onState) {
-  const es = new EventSource('/api/events');
+  // EventSource sends no headers: the key goes in the URL, of this request only.
+  const es = new EventSource('/api/events?key=' + encodeURIComponent(key));
   es.onmessage = (m) => {
     let ev;
     try { ev = JSON.parse(m.data); } catch (e) { return; }

@@ -146,7 +146,7 @@ function App() {
 async function start() {
   const root = document.getElementById('app');
   if (!(await login())) {
-    root.textContent = 'Not logged in. Run `sudo latch web url` (or `latch web open`) and open the URL it prints.';
+    root.textContent = 'Not logged in in this tab (a session belongs to the tab it was opened in). Run `latch web open`, or `sudo latch web url` and open the URL it prints.';
     return;
   }
   root.textContent = '';

@@ -2,7 +2,7 @@
 // validation and errors (POST /api/rules/form parses like `latch rules add`); undo a
 // delete; import with a preview of what changes; export as a file.
 import { useState, useMemo, useEffect, useRef } from 'preact/hooks';
-import { call } from './api.js';
+import { call, headers } from './api.js';
 import { html, esc, dateTime, ruleToForm } from './util.js';
 
 const emptyForm = { app: '', user: '', dir: 'any', proto: 'any', host: '', remote: '', port: '', local_port: '', action: 'allow', for: 'forever', note: '' };
@@ -133,7 +133,7 @@ export function Rules({ rules, draft, clearDraft }) {
     }
   };
   const exportRules = async () => {
-    const r = await fetch('/api/v1/rules/export', { credentials: 'same-origin' });
+    const r = await fetch('/api/v1/rules/export', { credentials: 'same-origin', headers: headers() });
     const blob = new Blob([await r.text()], { type: 'application/json' });
     const a = document.createElement('a');
     a.href = URL.createObjectURL(blob);

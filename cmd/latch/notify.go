@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 
 	"github.com/godbus/dbus/v5"
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/notify"
+	"github.com/latchfw/latch/internal/weblaunch"
 )
 
 const notifyHelp = `Usage: latch notify [--for once|DURATION|forever] [--scope SCOPE]
@@ -42,7 +42,7 @@ func runNotify(ctx context.Context, args []string) error {
 	defer bus.Close()
 	return notify.Run(ctx, notify.Config{
 		API: client(), Bus: bus, For: *forStr, Scope: *scope,
-		Open: func(u string) error { return exec.Command("xdg-open", u).Start() },
+		Open: weblaunch.Open, // never the token on a command line
 		Logf: func(format string, a ...any) { fmt.Fprintf(os.Stderr, "latch notify: "+format+"\n", a...) },
 	})
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os/exec"
 	"sync/atomic"
 	"time"
 
@@ -14,18 +13,23 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
 	iweb "github.com/latchfw/latch/internal/web"
+	"github.com/latchfw/latch/internal/weblaunch"
 	assets "github.com/latchfw/latch/web"
 )
 
 const webHelp = `Usage:
   latch web url     print a one-time login URL of the web UI (valid 5 minutes, one use)
-  latch web open    open that URL in your browser (xdg-open)
+  latch web open    log your browser in (xdg-open on a private page that holds the
+                    token: the token is never on a command line)
 
 The daemon serves the web UI when started with --web, e.g.
   sudo latch daemon --web 127.0.0.1:7654
 The URL comes from the daemon over the API socket, so only those who may use the
 API (root, or members of --api-group) can log in. After login the browser keeps a
-session cookie for 24 hours.
+session cookie for 24 hours, and the tab keeps the session's key (another tab logs in
+anew). 'latch web open' never puts the token on a command line (every local user can
+read those): the browser gets a page only you can read, which posts it, removed after
+30 seconds. Paste the URL of 'latch web url' into the browser, not into a command.
 `
 
 func runWeb(ctx context.Context, args []string) error {
@@ -51,13 +55,12 @@ func runWeb(ctx context.Context, args []string) error {
 		fmt.Println(u)
 		return nil
 	}
-	// As root (sudo), open the browser as the user who ran sudo, in their session.
-	cmd := exec.Command("xdg-open", u)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("xdg-open: %w (open this URL yourself: %s)", err, u)
+	// The token stays off every command line (xdg-open's, the browser's): they are
+	// readable by every local user. The browser gets a private page that posts it.
+	if err := weblaunch.Open(u); err != nil {
+		return fmt.Errorf("opening the web UI: %w (run `latch web url` and open the URL it prints yourself)", err)
 	}
-	go cmd.Wait()
-	fmt.Println("opening", u)
+	fmt.Println("opening the web UI in your browser")
 	return nil
 }
 

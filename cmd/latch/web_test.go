@@ -15,12 +15,17 @@ import (
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 )
+
+// keyMeta finds the session key in the page /login answers.
+var keyMeta = regexp.MustCompile(`<meta name="latch-key" content="([A-Za-z0-9_-]{43})">`)
 
 // freePort returns a loopback address with a port nobody listens on now.
 func freePort(t *testing.T) string {
@@ -58,10 +63,22 @@ func TestWebURLLogsIn(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `<script type="module" src="/app.js">`) {
-		t.Fatalf("after login: %d %s", resp.StatusCode, body)
+	k := keyMeta.FindSubmatch(body)
+	if resp.StatusCode != 200 || k == nil {
+		t.Fatalf("after login: %d %s, want the page with the session key", resp.StatusCode, body)
 	}
+	// The cookie alone opens nothing; with the key, the API answers.
 	resp, err = c.Get("http://" + addr + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("status with the cookie alone: %d, want 403", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr+"/api/v1/status", nil)
+	req.Header.Set("X-Latch-Key", string(k[1]))
+	resp, err = c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +170,8 @@ func TestWebTLS(t *testing.T) {
 	for _, x := range resp.Cookies() {
 		sc = x
 	}
-	if resp.StatusCode != http.StatusSeeOther || sc == nil || !sc.Secure || !sc.HttpOnly || sc.SameSite != http.SameSiteStrictMode {
-		t.Errorf("login over TLS: %d, cookie %+v; want 303 and a Secure, HttpOnly, SameSite=Strict cookie", resp.StatusCode, sc)
+	if resp.StatusCode != http.StatusOK || sc == nil || !sc.Secure || !sc.HttpOnly || sc.SameSite != http.SameSiteStrictMode {
+		t.Errorf("login over TLS: %d, cookie %+v; want 200 and a Secure, HttpOnly, SameSite=Strict cookie", resp.StatusCode, sc)
 	}
 	// Plain http to the TLS port is not served.
 	if resp, err := http.Get("http://" + addr + "/"); err == nil {
@@ -162,5 +179,100 @@ func TestWebTLS(t *testing.T) {
 			t.Errorf("plain http answered 200")
 		}
 		resp.Body.Close()
+	}
+}
+
+// TestWebOpenKeepsTheTokenOffCommandLines: /proc/PID/cmdline is world-readable, so
+// `latch web open` must not hand the login token to xdg-open (or the browser it starts)
+// as an argument. It hands over a file:// page, mode 0600 in a 0700 directory, that
+// logs the browser in.
+func TestWebOpenKeepsTheTokenOffCommandLines(t *testing.T) {
+	dir, err := os.MkdirTemp("", "latch-webopen-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	addr := freePort(t)
+	sock := filepath.Join(dir, "latch.sock")
+	startDaemon(t, filepath.Join(dir, "state"), sock, "--web", addr)
+	// A fake xdg-open records its arguments and what the file it gets holds.
+	bin := filepath.Join(dir, "bin")
+	rec := filepath.Join(dir, "rec")
+	os.MkdirAll(bin, 0o755)
+	os.MkdirAll(rec, 0o755)
+	script := `#!/bin/sh
+printf '%s\n' "$0" "$@" > "` + rec + `/argv"
+f="${1#file://}"
+stat -c %a "$f" > "` + rec + `/mode"
+stat -c %a "$(dirname "$f")" > "` + rec + `/dirmode"
+cp "$f" "` + rec + `/page.html"
+`
+	if err := os.WriteFile(filepath.Join(bin, "xdg-open"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runtime := filepath.Join(dir, "run")
+	os.Mkdir(runtime, 0o700)
+	env := []string{"LATCH_API=" + sock, "PATH=" + bin + ":" + os.Getenv("PATH"), "XDG_RUNTIME_DIR=" + runtime}
+	r := runLatch(t, env, nil, "web", "open")
+	if r.code != 0 {
+		t.Fatalf("latch web open: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	var argv []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if argv, err = os.ReadFile(filepath.Join(rec, "page.html")); err == nil && len(argv) > 0 {
+			break
+		}
+	}
+	argv, _ = os.ReadFile(filepath.Join(rec, "argv"))
+	if len(argv) == 0 {
+		t.Fatal("xdg-open was not run")
+	}
+	if strings.Contains(string(argv), "token") || strings.Contains(string(argv), "/login?") {
+		t.Fatalf("xdg-open's command line (readable by every local user) holds the login URL: %q", argv)
+	}
+	if strings.Contains(r.stdout+r.stderr, "token") {
+		t.Errorf("latch web open printed the token: %q %q", r.stdout, r.stderr)
+	}
+	args := strings.Split(strings.TrimSpace(string(argv)), "\n")
+	if len(args) != 2 || !strings.HasPrefix(args[1], "file://"+runtime+"/") {
+		t.Errorf("xdg-open %q: want one file:// URL under $XDG_RUNTIME_DIR", args)
+	}
+	mode, _ := os.ReadFile(filepath.Join(rec, "mode"))
+	dirMode, _ := os.ReadFile(filepath.Join(rec, "dirmode"))
+	if strings.TrimSpace(string(mode)) != "600" || strings.TrimSpace(string(dirMode)) != "700" {
+		t.Errorf("login page mode %q in a directory of mode %q, want 600 in 700", mode, dirMode)
+	}
+	page, _ := os.ReadFile(filepath.Join(rec, "page.html"))
+	// The page posts the token to the UI's /login (so the token is not in the
+	// browser's history either); do what the browser does with it.
+	m := regexp.MustCompile(`<form method="post" action="([^"]+)"><input type="hidden" name="token" value="([^"]+)">`).FindSubmatch(page)
+	if m == nil || string(m[1]) != "http://"+addr+"/login" {
+		t.Fatalf("login page %q: want a form posting the token to http://%s/login", page, addr)
+	}
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	req, _ := http.NewRequest("POST", string(m[1]), strings.NewReader(url.Values{"token": {string(m[2])}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", "null") // a file:// page's origin
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	k := keyMeta.FindSubmatch(body)
+	if resp.StatusCode != 200 || k == nil {
+		t.Fatalf("posting the page's form: %d %s", resp.StatusCode, body)
+	}
+	req, _ = http.NewRequest("GET", "http://"+addr+"/api/v1/status", nil)
+	req.Header.Set("X-Latch-Key", string(k[1]))
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"backend":"none`) {
+		t.Fatalf("status through the web UI after the page's login: %d %s", resp.StatusCode, body)
 	}
 }

@@ -41,8 +41,9 @@ type Config struct {
 	// For and Scope are how Allow and Deny answer (AnswerRequest.For and .Scope):
 	// "" is once, and app+host+port.
 	For, Scope string
-	// Open opens a URL (the web UI's login URL) in the user's browser; nil: Open is
-	// not offered.
+	// Open opens a URL (the web UI's login URL, which holds a one-time token) in the
+	// user's browser without putting it on a command line (weblaunch.Open); nil: Open
+	// is not offered.
 	Open func(url string) error
 	// Retry is how long to wait before trying the daemon again (default 1s).
 	Retry time.Duration

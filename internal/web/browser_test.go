@@ -15,6 +15,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/internal/weblaunch"
 	"github.com/latchfw/latch/test/browser"
 )
 
@@ -258,9 +259,41 @@ func TestBrowserInteractions(t *testing.T) {
 	if rs := f.eng.Rules(); len(rs) != 2 || rs[1].App != "/usr/bin/nc" {
 		t.Errorf("rules after import: %+v", rs)
 	}
-	// Export is the rules file, from the page's session.
-	exp, err := browser.Eval[string](ctx, `fetch('/api/v1/rules/export').then(r => r.text())`)
+	// Export is the rules file, from the page's session (cookie and key).
+	exp, err := browser.Eval[string](ctx, `import('/api.js').then(m => fetch('/api/v1/rules/export', {headers: m.headers()})).then(r => r.text())`)
 	if err != nil || !strings.Contains(exp, `"version": 1`) && !strings.Contains(exp, `"version":1`) || !strings.Contains(exp, "/usr/bin/nc") {
 		t.Errorf("export: %q, %v", exp, err)
+	}
+}
+
+// TestBrowserLoginPage: the page `latch web open` hands the browser (a file:// page
+// that posts the token) logs Chromium in; the key stays in the tab's sessionStorage,
+// and the cookie alone opens no API.
+func TestBrowserLoginPage(t *testing.T) {
+	f := newFixture(t)
+	file, dir, err := weblaunch.WritePage(f.web.LoginURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := browser.New(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate("file://"+file)); err != nil {
+		t.Fatal(err)
+	}
+	if err := browser.WaitJS(ctx, `document.querySelector('nav.top .conn-state.ok') !== null`, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if loc, _ := browser.Eval[string](ctx, `location.href`); loc != f.base+"/" {
+		t.Errorf("after login the tab is at %q, want %s/", loc, f.base)
+	}
+	if key, _ := browser.Eval[string](ctx, `sessionStorage.getItem('latch-key') || ''`); len(key) != 43 {
+		t.Errorf("session key in sessionStorage %q", key)
+	}
+	// Without the key, the page's own cookie gets nothing.
+	if code, _ := browser.Eval[float64](ctx, `fetch('/api/v1/rules').then(r => r.status)`); code != 403 {
+		t.Errorf("fetch without the key: %v, want 403", code)
+	}
+	if code, _ := browser.Eval[float64](ctx, `import('/api.js').then(m => fetch('/api/v1/rules', {headers: m.headers()})).then(r => r.status)`); code != 200 {
+		t.Errorf("fetch with the key: %v, want 200", code)
 	}
 }

@@ -30,7 +30,7 @@ func FuzzWebBodies(f *testing.F) {
 	initial := fx.eng.Rules()
 	f.Fuzz(func(t *testing.T, body string) {
 		fx.t = t
-		if fx.csrf == "" {
+		if fx.key == "" {
 			fx.login()
 		}
 		// Every round starts from the same rules and one open question.

@@ -5,11 +5,16 @@
 //
 // Security: every request must name the listen address in its Host header (DNS
 // rebinding gets 403); a request whose Origin is not this server's gets 403; all but
-// /login need the session cookie (HttpOnly, SameSite=Strict) or get 401; every request
-// that changes something (not GET or HEAD) must carry the session's CSRF token in the
-// X-Latch-CSRF header and an Origin header, or gets 403. The session is created by
-// /login?token=T with a one-time token the daemon hands to root over the API socket
-// (`latch web url`).
+// /login need the session cookie (HttpOnly, SameSite=Strict) or get 401; every /api/
+// request, reading ones and the event stream too, must carry the session's key in the
+// X-Latch-Key header (the event stream, which EventSource opens without headers, in
+// its key parameter), and every request that changes something an Origin header, or
+// gets 403. The cookie alone is worth nothing: cookies are not isolated by port
+// (RFC 6265 §8.5), so whoever serves on another port of this host may be sent it. The
+// key is handed out once, in the page /login answers (which the page keeps in its
+// sessionStorage, isolated by origin), and never again. The session is created by
+// GET /login?token=T or POST /login (form field token) with a one-time token the
+// daemon hands to root over the API socket (`latch web url`, `latch web open`).
 package web
 
 import (
@@ -38,7 +43,10 @@ import (
 
 // Header and cookie names.
 const (
-	CSRFHeader    = "X-Latch-CSRF"
+	// KeyHeader carries the session's key on every /api/ request.
+	KeyHeader = "X-Latch-Key"
+	// KeyParam carries it in the URL of GET /api/events, which EventSource opens.
+	KeyParam      = "key"
 	SessionCookie = "latch_session"
 )
 
@@ -71,7 +79,7 @@ type Config struct {
 }
 
 type session struct {
-	csrf    string
+	key     string
 	expires time.Time
 }
 
@@ -138,6 +146,7 @@ func New(cfg Config) (*Server, error) {
 	s.csp = csp
 	s.feed = newConnFeed(ctx, cfg.History, cfg.Logf)
 	s.mux.HandleFunc("GET /login", s.login)
+	s.mux.HandleFunc("POST /login", s.login)
 	s.mux.HandleFunc("GET /api/session", s.sessionInfo)
 	s.mux.HandleFunc("POST /api/logout", s.logout)
 	s.mux.HandleFunc("GET /api/events", s.events)
@@ -215,7 +224,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	origin := r.Header.Get("Origin")
-	if origin != "" && origin != s.origin {
+	// The login page `latch web open` writes posts from a file:// page, whose origin
+	// is "null"; a login needs a one-time token only root is given.
+	fileLogin := r.URL.Path == "/login" && r.Method == http.MethodPost && origin == "null"
+	if origin != "" && origin != s.origin && !fileLogin {
 		writeError(w, http.StatusForbidden, fmt.Sprintf("origin %q: cross-origin requests are refused", origin))
 		return
 	}
@@ -239,9 +251,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "not logged in: open the URL `latch web url` prints")
 		return
 	}
-	if changes && subtle.ConstantTimeCompare([]byte(r.Header.Get(CSRFHeader)), []byte(sess.csrf)) != 1 {
-		writeError(w, http.StatusForbidden, "missing or wrong CSRF token ("+CSRFHeader+" header)")
-		return
+	if strings.HasPrefix(r.URL.Path, "/api/") || changes {
+		key := r.Header.Get(KeyHeader)
+		if key == "" && r.URL.Path == "/api/events" && r.Method == http.MethodGet {
+			key = r.URL.Query().Get(KeyParam)
+		}
+		if subtle.ConstantTimeCompare([]byte(key), []byte(sess.key)) != 1 {
+			writeError(w, http.StatusForbidden, "missing or wrong session key ("+KeyHeader+" header): log in again in this tab (`latch web open`)")
+			return
+		}
 	}
 	s.mux.ServeHTTP(w, r)
 }
@@ -265,9 +283,19 @@ func (s *Server) currentSession(r *http.Request) (session, bool) {
 	return sess, true
 }
 
-// login exchanges a one-time token for a session cookie and sends the browser to /.
+// login exchanges a one-time token (GET ?token=, or POST form field token) for a
+// session: the cookie, and the key in a page that keeps it in the tab's
+// sessionStorage and goes on to /.
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	t := r.URL.Query().Get("token")
+	if r.Method == http.MethodPost {
+		r.Body = http.MaxBytesReader(w, r.Body, 4096)
+		if err := r.ParseForm(); err != nil {
+			writeError(w, http.StatusBadRequest, "login form: "+err.Error())
+			return
+		}
+		t = r.PostForm.Get("token")
+	}
 	k := hashToken(t)
 	now := s.cfg.Now()
 	s.mu.Lock()
@@ -287,10 +315,10 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	} else {
 		ok = false
 	}
-	var cookie string
+	var cookie, key string
 	if ok {
-		cookie = randomToken()
-		s.session[hashToken(cookie)] = session{csrf: randomToken(), expires: now.Add(SessionLifetime)}
+		cookie, key = randomToken(), randomToken()
+		s.session[hashToken(cookie)] = session{key: key, expires: now.Add(SessionLifetime)}
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -303,13 +331,24 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		Name: SessionCookie, Value: cookie, Path: "/", HttpOnly: true, Secure: s.cfg.TLS,
 		SameSite: http.SameSiteStrictMode, MaxAge: int(SessionLifetime / time.Second),
 	})
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	// The key goes to this page only: /login.js keeps it in the tab's sessionStorage
+	// and moves on to / (a same-origin navigation, which sends the SameSite cookie).
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>latch</title>
+<meta name="latch-key" content="%s">
+<script src="/login.js"></script>
+</head><body><p>Logging in to latch…</p></body></html>
+`, key) // base64url: nothing to escape
 }
 
-// sessionInfo gives the page its CSRF token (readable only by same-origin scripts).
+// sessionInfo says until when the session holds (it never repeats the key).
 func (s *Server) sessionInfo(w http.ResponseWriter, r *http.Request) {
 	sess, _ := s.currentSession(r)
-	writeJSON(w, http.StatusOK, map[string]string{"csrf": sess.csrf})
+	writeJSON(w, http.StatusOK, map[string]time.Time{"expires": sess.expires})
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ type fixture struct {
 	base    string
 	now     time.Time
 	client  *http.Client // carries the session cookie once logged in
-	csrf    string
+	key     string       // the session's key, from the page /login answers
 	verdict chan engine.Verdict
 }
 
@@ -71,36 +72,41 @@ func newFixture(t testing.TB) *fixture {
 	return f
 }
 
-// login opens a session with a fresh login URL and reads the CSRF token.
+var keyMeta = regexp.MustCompile(`<meta name="latch-key" content="([A-Za-z0-9_-]{43})">`)
+
+// login opens a session with a fresh login URL and reads the session's key from the
+// page /login answers, as login.js does.
 func (f *fixture) login() {
 	f.t.Helper()
 	resp, err := f.client.Get(f.web.LoginURL())
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Request.URL.Path != "/" {
-		f.t.Fatalf("login: %d at %s, want 200 at /", resp.StatusCode, resp.Request.URL)
+	m := keyMeta.FindSubmatch(page)
+	if resp.StatusCode != 200 || m == nil {
+		f.t.Fatalf("login: %d %s, want 200 and the session key", resp.StatusCode, page)
 	}
-	code, body := f.do("GET", "/api/session", "", nil)
-	var s struct{ CSRF string }
-	if code != 200 || json.Unmarshal([]byte(body), &s) != nil || s.CSRF == "" {
+	f.key = string(m[1])
+	if code, body := f.do("GET", "/api/session", "", nil); code != 200 || strings.Contains(body, f.key) {
 		f.t.Fatalf("GET /api/session: %d %s", code, body)
 	}
-	f.csrf = s.CSRF
 }
 
 // do sends a request with the session cookie (if any); hdr overrides headers. By
-// default a state-changing request carries the right Origin and CSRF token.
+// default a request carries the session key, and a state-changing one the right Origin.
 func (f *fixture) do(method, path, body string, hdr map[string]string) (int, string) {
 	f.t.Helper()
 	req, err := http.NewRequest(method, f.base+path, strings.NewReader(body))
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	if f.key != "" {
+		req.Header.Set(KeyHeader, f.key)
+	}
 	if method != "GET" {
 		req.Header.Set("Origin", f.base)
-		req.Header.Set(CSRFHeader, f.csrf)
 	}
 	for k, v := range hdr {
 		if k == "Host" {
@@ -145,7 +151,8 @@ func jsonNum(n uint64) string { b, _ := json.Marshal(n); return string(b) }
 const goodRule = `{"action":"allow","app":"/usr/bin/curl","port":"443"}`
 
 // TestLoginAndSessionCookie: the login URL opens a session once; the cookie is
-// HttpOnly and SameSite=Strict; the API answers through it with the API's JSON.
+// HttpOnly and SameSite=Strict; the key comes in the login page only (not cached); the
+// API answers through cookie and key with the API's JSON.
 func TestLoginAndSessionCookie(t *testing.T) {
 	f := newFixture(t)
 	u := f.web.LoginURL()
@@ -155,8 +162,9 @@ func TestLoginAndSessionCookie(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusSeeOther {
-		t.Fatalf("login: %d, want 303", resp.StatusCode)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Cache-Control") != "no-store" ||
+		!strings.Contains(resp.Header.Get("Content-Security-Policy"), "default-src 'none'") {
+		t.Fatalf("login: %d %v, want 200, no-store and the CSP", resp.StatusCode, resp.Header)
 	}
 	var c *http.Cookie
 	for _, x := range resp.Cookies() {
@@ -278,14 +286,14 @@ func TestCrossOriginRefused(t *testing.T) {
 	f.promptID()
 }
 
-// TestCSRFTokenRequired: a change without the session's CSRF token is refused.
+// TestCSRFTokenRequired: a change without the session's key is refused.
 func TestCSRFTokenRequired(t *testing.T) {
 	f := newFixture(t)
 	f.login()
 	f.ask("/usr/bin/curl", 443)
 	id := f.promptID()
-	for _, tok := range []string{"", "wrong", f.csrf + "x"} {
-		h := map[string]string{CSRFHeader: tok}
+	for _, tok := range []string{"", "wrong", f.key + "x"} {
+		h := map[string]string{KeyHeader: tok}
 		for _, rq := range []struct{ method, path, body string }{
 			{"POST", "/api/v1/rules", goodRule}, {"DELETE", "/api/v1/rules/1", ""},
 			{"POST", "/api/v1/prompts/" + id + "/answer", `{"action":"allow","for":"forever"}`},
@@ -382,7 +390,7 @@ func TestRootOnlyEndpointsHidden(t *testing.T) {
 func TestEventStream(t *testing.T) {
 	f := newFixture(t)
 	f.login()
-	req, _ := http.NewRequest("GET", f.base+"/api/events", nil)
+	req, _ := http.NewRequest("GET", f.base+"/api/events?"+KeyParam+"="+f.key, nil) // as EventSource: no headers
 	resp, err := f.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -438,3 +446,100 @@ func TestCheckAddr(t *testing.T) {
 }
 
 var _ = url.QueryEscape
+
+// TestCookieAloneGetsNothing: cookies are not isolated by port (RFC 6265 §8.5), so a
+// local user serving on another loopback port can make the browser send them the
+// session cookie. The cookie alone must then be worth nothing: every /api/ request
+// (GET, POST, the event stream) without the session key is refused, and no answer
+// hands the key out.
+func TestCookieAloneGetsNothing(t *testing.T) {
+	f := newFixture(t)
+	f.login()
+	f.ask("/usr/bin/curl", 443)
+	id := f.promptID()
+	u, _ := url.Parse(f.base)
+	var cookie string
+	for _, c := range f.client.Jar.Cookies(u) {
+		if c.Name == SessionCookie {
+			cookie = c.Value
+		}
+	}
+	if cookie == "" || f.key == "" {
+		t.Fatal("no session cookie or key after login")
+	}
+	thief := &http.Client{Timeout: 5 * time.Second}
+	for _, rq := range []struct{ method, path, body string }{
+		{"GET", "/api/session", ""}, {"GET", "/api/v1/rules", ""}, {"GET", "/api/v1/prompts", ""},
+		{"GET", "/api/v1/status", ""}, {"GET", "/api/v1/conns?n=10", ""}, {"GET", "/api/v1/rules/export", ""},
+		{"GET", "/api/events", ""}, {"GET", "/api/events?key=wrong", ""},
+		{"POST", "/api/v1/rules", goodRule}, {"DELETE", "/api/v1/rules/1", ""},
+		{"POST", "/api/v1/prompts/" + id + "/answer", `{"action":"allow","for":"forever"}`},
+		{"POST", "/api/rules/form", `{"action":"allow"}`},
+		{"POST", "/api/v1/rules/import", `{"version":1,"rules":[]}`},
+		{"POST", "/api/logout", ""},
+	} {
+		// The thief replays the cookie with every header a browser would add, but
+		// cannot know the key.
+		req, _ := http.NewRequest(rq.method, f.base+rq.path, strings.NewReader(rq.body))
+		req.Header.Set("Cookie", SessionCookie+"="+cookie)
+		if rq.method != "GET" {
+			req.Header.Set("Origin", f.base)
+		}
+		resp, err := thief.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64<<10)
+		n, _ := io.ReadAtLeast(resp.Body, buf, 1)
+		resp.Body.Close()
+		body := string(buf[:n])
+		if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s %s with the cookie alone: %d %.200s, want 401 or 403", rq.method, rq.path, resp.StatusCode, body)
+		}
+		if strings.Contains(body, f.key) || strings.Contains(body, "/usr/bin/ssh") {
+			t.Errorf("%s %s with the cookie alone leaks %.200s", rq.method, rq.path, body)
+		}
+	}
+	if rs := f.eng.Rules(); len(rs) != 1 {
+		t.Errorf("rules changed: %+v", rs)
+	}
+	f.promptID() // still open
+	// With the key, the same session works.
+	if code, body := f.do("GET", "/api/v1/rules", "", nil); code != 200 || !strings.Contains(body, "/usr/bin/ssh") {
+		t.Errorf("GET /api/v1/rules with cookie and key: %d %s", code, body)
+	}
+}
+
+// TestLoginByForm: the page `latch web open` writes posts the token from a file://
+// page (Origin: null); that logs in once. A post from another origin is refused.
+func TestLoginByForm(t *testing.T) {
+	f := newFixture(t)
+	token := strings.TrimPrefix(f.web.LoginURL(), f.base+"/login?token=")
+	post := func(origin, tok string) (int, string) {
+		req, _ := http.NewRequest("POST", f.base+"/login", strings.NewReader(url.Values{"token": {tok}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", origin)
+		resp, err := f.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post("http://evil.example", token); code != http.StatusForbidden {
+		t.Errorf("login posted from another origin: %d %s, want 403", code, body)
+	}
+	code, body := post("null", token)
+	m := keyMeta.FindStringSubmatch(body)
+	if code != 200 || m == nil {
+		t.Fatalf("login posted from a file:// page: %d %s", code, body)
+	}
+	f.key = m[1]
+	if code, body := f.do("GET", "/api/v1/rules", "", nil); code != 200 || !strings.Contains(body, "/usr/bin/ssh") {
+		t.Errorf("GET /api/v1/rules after a posted login: %d %s", code, body)
+	}
+	if code, _ := post("null", token); code != http.StatusUnauthorized {
+		t.Errorf("second post of the token: %d, want 401", code)
+	}
+}
