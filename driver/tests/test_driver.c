@@ -1494,9 +1494,11 @@ static void test_send_needs_a_posted_get(void)
    (4,096 waiting + 4,096 decided awaiting their reauthorization pass: 8,192 entries,
    the most the caps allow) every spin-lock hold of the classify, verdict,
    reauthorization, expiry and disconnect paths must stay within LATCH_TEST_HOLD_BUDGET_NS
-   of CPU time. Each path runs at least 16 times; a path fails if more than 1% of its
-   holds (and more than one) go over: a walk of the table goes over every time, while a
-   user-mode process is charged now and then for interrupts it did not cause. */
+   of CPU time. Each path runs at least 16 times; a path fails if more than a quarter
+   of its holds (and more than one) go over: a walk of the table goes over every time
+   (the whole-table mutant: 62 of 65), while a user-mode process on a loaded machine is
+   charged now and then for interrupts and cache misses it did not cause (seen: 5% of
+   the 128-entry walks with three test suites running beside it). */
 #define LATCH_TEST_HOLD_BUDGET_NS 50000LL
 
 static NTSTATUS port_verdict(UINT64 id, ULONG action)
@@ -1563,7 +1565,7 @@ static void test_dispatch_time_budget(void)
         printf("     spin lock held at most %7.1f us (mean %5.1f us, %6ld holds, %ld over budget) by %s\n",
                sites[i].maxNs / 1000.0, sites[i].totalNs / 1000.0 / (double)sites[i].count, sites[i].count,
                sites[i].over, where);
-        CHECK(sites[i].over <= 1 || sites[i].over * 100 <= sites[i].count,
+        CHECK(sites[i].over <= 1 || sites[i].over * 4 <= sites[i].count,
               "spin lock held over %.0f us at DISPATCH_LEVEL %ld time(s) of %ld by %s (longest %.1f us)",
               LATCH_TEST_HOLD_BUDGET_NS / 1000.0, sites[i].over, sites[i].count, where, sites[i].maxNs / 1000.0);
         if (sites[i].maxNs > worst) {
