@@ -311,3 +311,52 @@ func FuzzContainerOf(f *testing.F) {
 		}
 	})
 }
+
+// TestIdentityOfSharedSocket: a process connects a UDP socket, starts the real
+// program and then a forger, both inheriting the socket, and exits. Either may send
+// on the socket: the program that holds it first must not vouch for the packet.
+// With the eBPF hooks on, no record names a live process that made the socket; with
+// procfs alone, the holders run different files. A socket its holders share with
+// their own copies of one program stays verified under procfs.
+func TestIdentityOfSharedSocket(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:53")
+	forger := otherExe(t)
+	for _, m := range modes[1:] { // ebpf alone cannot name a process: the one that connected is gone
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, quickRescan(m.opts))
+			resolve := func(c *client) Process {
+				t.Helper()
+				c.wait(t)
+				local := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), c.Local.Port())
+				p, err := r.Resolve(engine.UDP, local, remote, 0)
+				if err != nil {
+					t.Fatalf("Resolve: %v", err)
+				}
+				if p.PID != int32(c.Child) && p.PID != int32(c.Child2) {
+					t.Fatalf("Resolve = pid %d, want %d or %d", p.PID, c.Child, c.Child2)
+				}
+				return p
+			}
+			c := startClient(t, ns, "udp-share", remote, shareWithEnv+"="+forger)
+			p := resolve(c)
+			if p.Identity == engine.IdentityVerified {
+				t.Errorf("socket shared by %s and a forger: pid %d %s verified; want unverified", clientExe, p.PID, p.Exe)
+			}
+			note := "held by processes that run different programs"
+			if m.name == "combined" {
+				note = "no record of the process that made the socket"
+			}
+			wantIdentity(t, p, p.Exe, engine.IdentityUnverified, note)
+
+			c = startClient(t, ns, "udp-share", remote, shareWithEnv+"="+clientExe)
+			p = resolve(c)
+			if m.name == "procfs" {
+				wantIdentity(t, p, clientExe, engine.IdentityVerified, "")
+			} else {
+				wantIdentity(t, p, clientExe, engine.IdentityUnverified, note)
+			}
+		})
+	}
+}
