@@ -360,3 +360,43 @@ func TestIdentityOfSharedSocket(t *testing.T) {
 		})
 	}
 }
+
+// TestIdentityInUserNamespaceWithOwnMounts: any user may make a user namespace with
+// a mount namespace of its own and bind its own file over the host's loader or
+// libraries, then exec a host program, which runs the user's code under the host
+// program's file. Such a process is not verified, even though its executable is the
+// host's file at the host's path; one in the initial user namespace (as systemd's
+// sandboxed services are) still is.
+func TestIdentityInUserNamespaceWithOwnMounts(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, quickRescan(m.opts))
+			dir := filepath.Dir(clientExe)
+			// The host's file through a bind mount, in a new user namespace.
+			c := startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"unshare", "-Urm", "--propagation", "private", "sh", "-c",
+					fmt.Sprintf(`mount --bind %s %s && exec "$@"`, dir, dir), "sh"}, args...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityUnverified,
+				"runs in a user namespace with its own mounts")
+			// No mount at all: the mount namespace is still its own.
+			c = startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"unshare", "-Urm"}, args...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityUnverified,
+				"runs in a user namespace with its own mounts")
+			// A user namespace that shares the host's mounts (here this process's, as
+			// process 1 may be out of reach in a test sandbox) cannot change them.
+			c = startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", os.Getpid()), "--", "unshare", "-Ur"}, args...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityVerified, "")
+			// The initial user namespace, a mount namespace of its own: verified.
+			c = startClientVia(t, ns, inMountNS(fmt.Sprintf("mount --bind %s %s", dir, dir)), "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityVerified, "")
+		})
+	}
+}
