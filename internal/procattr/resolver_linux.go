@@ -234,6 +234,16 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 		// describes the image it runs now, not the one that connected, so the
 		// connection's program is not verified (and the entry is not bound to this
 		// record's identity).
+		//
+		// Only the inode number is compared, not the device: the hooks read the
+		// super block's inode, and btrfs (per subvolume) and overlayfs report
+		// another device to stat than that super block's s_dev, so the device the
+		// hooks could read would not match /proc's for honest programs. A process
+		// that connects running a file with the same inode number as the allowed
+		// program on another file system (a tmpfs whose numbers it walks up to, a
+		// FUSE file system it serves) and then execs the allowed program is
+		// therefore credited to it. The exec id the record carries cannot be
+		// checked here either: /proc does not show self_exec_id.
 		p := owner
 		e.process(&p)
 		p.Method = MethodEBPF
