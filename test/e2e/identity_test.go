@@ -318,3 +318,34 @@ func cgroup2Root(t *testing.T) string {
 	t.Skip("no cgroup v2 hierarchy mounted")
 	return ""
 }
+
+// TestSharedSocketIsNotCreditedToItsHolder: as an unprivileged user, a process
+// connects a UDP socket, starts the allowed program and then a forger, both
+// inheriting it, and exits; the forger sends. The allowed program holds the socket,
+// but nothing shows it sends on it: its rule must not let the forger's datagram out.
+func TestSharedSocketIsNotCreditedToItsHolder(t *testing.T) {
+	b := identityBins(t)
+	n := NewNet(t)
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s")
+	d.MustCLI(t, "rules", "add", "--app", b.Allowed, "--proto", "udp", "--action", "allow")
+	addr := func(port int) string { return fmt.Sprintf("%s:%d", n.ServerIP, port) }
+
+	// The allowed program's own exchange passes by its rule.
+	n.ServeUDP(t, 9120)
+	if r := runClient(t, n, asNobody(b.Allowed, "udp", addr(9120), "10s")); r.Outcome != "connected" {
+		t.Fatalf("the allowed program itself: %+v, want an answer by its rule", r)
+	}
+
+	srv := n.ServeUDP(t, 9121)
+	r := runClient(t, n, asNobody(b.Allowed, "share-udp", addr(9121), b.Forger, "10s"))
+	if r.Outcome == "connected" || strings.Contains(srv.Output(), "datagram ") {
+		t.Fatalf("the forger's datagram on a socket the allowed program holds got through (%+v; server: %q)", r, srv.Output())
+	}
+	c := findConn(t, d, 9121, 0)
+	if c["identity"] == "verified" || c["reason"] == "rule" {
+		t.Errorf("history %v: want the connection unverified, not decided by the allowed program's rule", c)
+	}
+	if note := fmt.Sprint(c["identity_note"]); !strings.Contains(note, "no record of the process that made the socket") {
+		t.Errorf("history %v: want an identity note saying no record names the socket's maker", c)
+	}
+}
