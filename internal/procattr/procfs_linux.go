@@ -326,22 +326,21 @@ func (s *procScanner) find(inode uint32) (fdRef, error) {
 
 // holders lists every process that has the socket inode open, by reading the fd
 // table of every process in /proc (no budget, no rate limit: it costs as much as a
-// full scan, and runs only for a socket whose first holder is verified).
+// full scan, and runs only for a socket whose first holder is verified). It takes no
+// lock: lookups of other sockets go on meanwhile.
 func (s *procScanner) holders(inode uint32) ([]int32, error) {
 	pids, err := listPIDs()
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.scratch.limited = false
+	scratch := new(scanScratch)
 	var out []int32
 	for _, pid := range pids {
 		d, err := openProcDir(pid)
 		if err != nil {
 			continue // exited since readdir, or not ours to see
 		}
-		if _, ok := d.holdsSocket(inode, &s.scratch); ok {
+		if _, ok := d.holdsSocket(inode, scratch); ok {
 			out = append(out, pid)
 		}
 		d.close()
