@@ -15,8 +15,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -104,6 +106,10 @@ func runHelper(args []string) int {
 	if len(args) > 1 && args[0] == "memfd-exec" {
 		// Run the rest of the arguments from a memfd copy of this executable.
 		return fail(execMemfd(args[1:]))
+	}
+	if len(args) > 2 && args[0] == "chroot-exec" {
+		// Run the rest of the arguments from this executable, chrooted to args[1].
+		return fail(execChrooted(args[1], args[2:]))
 	}
 	if len(args) == 1 && args[0] == "hold" {
 		fmt.Println("HOLDING")
@@ -497,4 +503,32 @@ func execMemfd(args []string) error {
 	}
 	argv := append([]string{"latch-procattr-client"}, args...)
 	return unix.Exec(fmt.Sprintf("/proc/self/fd/%d", fd), argv, os.Environ())
+}
+
+// execChrooted opens this executable, chroots to dir and executes the open file
+// (execveat, AT_EMPTY_PATH): the host's file runs, while its loader and libraries
+// are looked up in dir.
+func execChrooted(dir string, args []string) error {
+	fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Chroot(dir); err != nil {
+		return fmt.Errorf("chroot %s: %w", dir, err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	argv, err := syscall.SlicePtrFromStrings(append([]string{"latch-procattr-client"}, args...))
+	if err != nil {
+		return err
+	}
+	envv, err := syscall.SlicePtrFromStrings(os.Environ())
+	if err != nil {
+		return err
+	}
+	empty, _ := syscall.BytePtrFromString("")
+	_, _, errno := unix.Syscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
+		uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&envv[0])), unix.AT_EMPTY_PATH, 0)
+	return fmt.Errorf("execveat: %w", errno)
 }

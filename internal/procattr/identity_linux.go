@@ -55,6 +55,23 @@ func openRoot(procDir string) (fd int, ns string) {
 	return fd, ns
 }
 
+// hostRootID is the device and inode of the host's root directory (see hostRoot);
+// zero if it cannot be read, which no process's root matches.
+var hostRootID = sync.OnceValue(func() fileID {
+	root, _ := hostRoot()
+	var st unix.Stat_t
+	var err error
+	if root == unix.AT_FDCWD {
+		err = unix.Stat("/", &st)
+	} else {
+		err = unix.Fstatat(root, "", &st, unix.AT_EMPTY_PATH)
+	}
+	if err != nil {
+		return fileID{}
+	}
+	return fileID{uint64(st.Dev), st.Ino}
+})
+
 // hostUserNS names the initial user namespace: process 1's (in the daemon's pid
 // namespace), or where its link cannot be read the daemon's own.
 var hostUserNS = sync.OnceValue(func() string {
@@ -127,10 +144,27 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 	// user namespace any user can, and bind a file of theirs over the loader or a
 	// library the host's program maps: the executable is the host's, the code that
 	// runs is not.
+	//
+	// A root of its own (chroot, which root of a user namespace may call) does the
+	// same without a mount namespace: a file opened before the chroot and executed
+	// through its descriptor is the host's, its loader is found in the new root.
 	var nsBuf [64]byte
 	mntNS, mntErr := d.readlink("ns/mnt", nsBuf[:])
 	_, hostNS := hostRoot()
 	ownMounts := mntErr == nil && string(mntNS) != hostNS
+	userNSWhy := func() string {
+		if inInitialUserNS(d) {
+			return ""
+		}
+		if ownMounts {
+			return "runs in a user namespace with its own mounts: its libraries and loader may not be the host's"
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(d.fd, "root", &st, 0); err != nil || (fileID{uint64(st.Dev), st.Ino}) != hostRootID() {
+			return "runs in a user namespace with its own root: its libraries and loader may not be the host's"
+		}
+		return ""
+	}
 	var why string
 	switch {
 	case nlink == 0 && strings.HasPrefix(exe, "/memfd:"):
@@ -142,10 +176,10 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 	default:
 		host, err := hostFileID(exe)
 		switch {
-		case err == nil && host == id && (!ownMounts || inInitialUserNS(d)):
-			return identity{status: engine.IdentityVerified}
 		case err == nil && host == id:
-			why = "runs in a user namespace with its own mounts: its libraries and loader may not be the host's"
+			if why = userNSWhy(); why == "" {
+				return identity{status: engine.IdentityVerified}
+			}
 		case err == nil:
 			why = "the host's file at this path is another file than the one the process runs"
 		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -388,6 +389,15 @@ func TestIdentityInUserNamespaceWithOwnMounts(t *testing.T) {
 			}, "tcp", remote)
 			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityUnverified,
 				"runs in a user namespace with its own mounts")
+			// The host's mounts (this process's, as below), but a root of its own (chroot, which root of a user
+			// namespace may do) holding the user's loader and libraries, and the
+			// host's file executed through a descriptor opened before the chroot.
+			c = startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", os.Getpid()), "--",
+					"unshare", "-Ur", clientExe, "chroot-exec", chrootWithLoader(t, clientExe)}, args[1:]...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityUnverified,
+				"runs in a user namespace with its own root")
 			// A user namespace that shares the host's mounts (here this process's, as
 			// process 1 may be out of reach in a test sandbox) cannot change them.
 			c = startClientVia(t, ns, func(args []string) []string {
@@ -399,4 +409,32 @@ func TestIdentityInUserNamespaceWithOwnMounts(t *testing.T) {
 			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityVerified, "")
 		})
 	}
+}
+
+// chrootWithLoader makes a directory holding copies of the loader and the libraries
+// exe needs (as `ldd` lists them), at their paths: a root in which exe runs with
+// files that are not the host's.
+func chrootWithLoader(t *testing.T, exe string) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	out, err := exec.Command("ldd", exe).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ldd %s: %v\n%s", exe, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if !strings.HasPrefix(f, "/") {
+				continue
+			}
+			dst := filepath.Join(dir, f)
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := copyFile(dst, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
 }
