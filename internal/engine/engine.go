@@ -399,7 +399,7 @@ func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
 		return
 	}
 	uk := userKeyOf(req)
-	evict, refused := e.admitLocked(uk, key.exe)
+	evict, refused := e.admitLocked(uk, appKeyOf(key))
 	if refused != "" {
 		e.mu.Unlock()
 		e.countCap(refused)

@@ -26,9 +26,10 @@ package engine
 // below an equal share, and a program with no open question always gets one as long
 // as some other holds two or more.
 //
-// Programs are told apart by their executable path as the request names it, per user:
-// one user's flood of /usr/bin/curl questions never counts against another user's
-// curl. Requests whose user is unknown count as one user, those whose executable is
+// Programs are told apart by their executable path as the request names it, with its
+// identity and container, per user: one user's flood of /usr/bin/curl questions never
+// counts against another user's curl, and a forger's flood under the path
+// /usr/bin/curl (unverified) never counts against the verified curl of the same user. Requests whose user is unknown count as one user, those whose executable is
 // unknown as one program.
 
 // Default question bounds (Config.MaxPrompts, MaxPromptsPerUser, MaxPromptsPerApp).
@@ -80,7 +81,20 @@ func userKeyOf(req *Request) userKey {
 // userLoad is one user's open questions, by program.
 type userLoad struct {
 	n    int
-	apps map[string]*appLoad
+	apps map[appKey]*appLoad
+}
+
+// appKey is a program as the question bounds count it: a forger running under the
+// path of a real program (unverified), or a container's program of the same path,
+// is another program than the host's verified one, and does not spend its bound.
+type appKey struct {
+	exe       string
+	identity  Identity
+	container string
+}
+
+func appKeyOf(k promptKey) appKey {
+	return appKey{exe: k.exe, identity: k.identity, container: k.container}
 }
 
 // appLoad is one program's open questions (of one user), oldest first.
@@ -100,22 +114,22 @@ func (u *userLoad) heaviest() *appLoad {
 }
 
 // loadOf returns the counts of the user and the program a request belongs to.
-func (e *Engine) loadOf(uk userKey, exe string) (u *userLoad, userN, appN int) {
+func (e *Engine) loadOf(uk userKey, app appKey) (u *userLoad, userN, appN int) {
 	u = e.users[uk]
 	if u == nil {
 		return nil, 0, 0
 	}
-	if a := u.apps[exe]; a != nil {
+	if a := u.apps[app]; a != nil {
 		appN = len(a.prompts)
 	}
 	return u, u.n, appN
 }
 
-// admitLocked decides whether a new question from user uk's program exe may open. It
+// admitLocked decides whether a new question from user uk's program app may open. It
 // returns the question to evict to make room (nil: none needed), or the bound that
 // refuses it. Call with mu held.
-func (e *Engine) admitLocked(uk userKey, exe string) (evict *prompt, refused CapKind) {
-	u, userN, appN := e.loadOf(uk, exe)
+func (e *Engine) admitLocked(uk userKey, app appKey) (evict *prompt, refused CapKind) {
+	u, userN, appN := e.loadOf(uk, app)
 	if appN >= e.cfg.MaxPromptsPerApp {
 		return nil, CapApp
 	}
@@ -152,13 +166,13 @@ func (e *Engine) admitLocked(uk userKey, exe string) (evict *prompt, refused Cap
 func (e *Engine) addLoadLocked(p *prompt) {
 	u := e.users[p.user]
 	if u == nil {
-		u = &userLoad{apps: map[string]*appLoad{}}
+		u = &userLoad{apps: map[appKey]*appLoad{}}
 		e.users[p.user] = u
 	}
-	a := u.apps[p.key.exe]
+	a := u.apps[appKeyOf(p.key)]
 	if a == nil {
 		a = &appLoad{}
-		u.apps[p.key.exe] = a
+		u.apps[appKeyOf(p.key)] = a
 	}
 	a.prompts = append(a.prompts, p)
 	u.n++
@@ -170,7 +184,7 @@ func (e *Engine) dropLoadLocked(p *prompt) {
 	if u == nil {
 		return
 	}
-	a := u.apps[p.key.exe]
+	a := u.apps[appKeyOf(p.key)]
 	if a == nil {
 		return
 	}
@@ -182,7 +196,7 @@ func (e *Engine) dropLoadLocked(p *prompt) {
 		}
 	}
 	if len(a.prompts) == 0 {
-		delete(u.apps, p.key.exe)
+		delete(u.apps, appKeyOf(p.key))
 	}
 	if u.n == 0 {
 		delete(e.users, p.user)

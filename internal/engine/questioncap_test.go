@@ -14,6 +14,9 @@ type asker struct {
 	uid  int32
 	next int
 	vs   []*verdicts
+	// unverified: the requests carry IdentityUnverified (a forger's program under
+	// exe's path); otherwise IdentityVerified.
+	unverified bool
 }
 
 func (a *asker) ask(n int) {
@@ -21,6 +24,9 @@ func (a *asker) ask(n int) {
 		a.next++
 		req := reqTo(a.exe, fmt.Sprintf("198.18.%d.%d:443", a.next/250, a.next%250+1))
 		req.UID = a.uid
+		if a.unverified {
+			req.Identity, req.IdentityNote = IdentityUnverified, "another file"
+		}
 		v := newVerdicts(a.t)
 		a.vs = append(a.vs, v)
 		a.e.Decide(req, v.fn)
@@ -31,7 +37,7 @@ func (a *asker) ask(n int) {
 func (a *asker) open() int {
 	n := 0
 	for _, p := range a.e.Prompts() {
-		if p.Request.Exe == a.exe && p.Request.UID == a.uid {
+		if p.Request.Exe == a.exe && p.Request.UID == a.uid && (p.Request.Identity == IdentityUnverified) == a.unverified {
 			n++
 		}
 	}
@@ -81,6 +87,29 @@ func TestQuestionCapPerProgram(t *testing.T) {
 	}
 	if st.Decisions[ReasonQuestionCap] != 2 {
 		t.Errorf("decisions %v, want 2 by question-cap", st.Decisions)
+	}
+}
+
+// TestQuestionCapForgerDoesNotSpendTheProgramsBound: a forger running under the path
+// of a real program is another program: its open questions do not count against the
+// real program's bound, so the real program is still asked.
+func TestQuestionCapForgerDoesNotSpendTheProgramsBound(t *testing.T) {
+	e := newEngine(t, Config{Default: Deny, PromptTimeout: time.Hour})
+	forger := &asker{t: t, e: e, exe: "/usr/bin/curl", uid: 1000, unverified: true}
+	forger.ask(DefaultMaxPromptsPerApp + 1)
+	if got := forger.open(); got != DefaultMaxPromptsPerApp {
+		t.Errorf("forger has %d questions open, want its bound %d", got, DefaultMaxPromptsPerApp)
+	}
+	real := &asker{t: t, e: e, exe: "/usr/bin/curl", uid: 1000}
+	real.ask(1)
+	if got := real.capped(); got != 0 {
+		t.Errorf("the verified program got the default by question-cap %d times, want 0", got)
+	}
+	if got := real.open(); got != 1 {
+		t.Errorf("the verified program has %d questions open, want 1", got)
+	}
+	if c := e.Stats().QuestionCaps; c.App != 1 {
+		t.Errorf("question cap stats %+v, want 1 refused by the program bound (the forger's)", c)
 	}
 }
 

@@ -129,3 +129,39 @@ func BenchmarkSockDiagDump(b *testing.B) {
 	perDump := b.Elapsed() / time.Duration(b.N)
 	b.ReportMetric(float64(perDump)/float64(perLookup), "lookups/dump")
 }
+
+// BenchmarkResolveProcfsHolders is what the check that every holder of a socket runs
+// the same program (sharedWithOthers, a walk over every /proc/*/fd) adds to the
+// procfs fallback for a verified program: rounds with and without it, interleaved,
+// reported as ns per lookup each and their ratio.
+func BenchmarkResolveProcfsHolders(b *testing.B) {
+	r, local, remote := benchSetup(b, Options{DisableEBPF: true})
+	si, err := r.diag.lookup(engine.TCP, local, remote, 0, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	owner := Process{}
+	const round = 20
+	var with, without time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		for _, check := range []bool{false, true} {
+			start := time.Now()
+			for range round {
+				p, err := r.viaProcfs(si, owner, check)
+				if err != nil || p.Identity != engine.IdentityVerified {
+					b.Fatalf("viaProcfs = %+v, %v; want this process, verified", p, err)
+				}
+			}
+			if check {
+				with += time.Since(start)
+			} else {
+				without += time.Since(start)
+			}
+		}
+	}
+	n := float64(b.N * round)
+	b.ReportMetric(float64(without)/n, "ns/lookup-cached")
+	b.ReportMetric(float64(with)/n, "ns/lookup-holders")
+	b.ReportMetric(float64(with)/float64(without), "x")
+}

@@ -15,8 +15,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,6 +30,9 @@ const helperEnv = "LATCH_PROCATTR_HELPER"
 
 // bindDevEnv names a device the client binds its socket to (SO_BINDTODEVICE).
 const bindDevEnv = "LATCH_PROCATTR_BINDDEV"
+
+// shareWithEnv names the executable the second child of mode udp-share runs.
+const shareWithEnv = "LATCH_PROCATTR_SHARE_WITH"
 
 var (
 	clientExe    string // set by makeClientExe
@@ -86,6 +91,9 @@ func copyFile(dst, src string) error {
 //	udp-sendto ADDR  unbound, unconnected socket; one sendto
 //	udp-connect ADDR connect, then send
 //	tcp-handoff ADDR connect, hand the socket to a child (mode hold), exit
+//	udp-share ADDR   connect, send, start a child (mode hold) and then a second
+//	                 one running $LATCH_PROCATTR_SHARE_WITH (mode hold), both
+//	                 inheriting the socket, exit
 //	tcp-listen ADDR  bind and listen
 //	udp-bind ADDR    bind
 //	MODE-dual ADDR   any of the above on an IPv6 socket, to IPv4-mapped ADDR
@@ -98,6 +106,10 @@ func runHelper(args []string) int {
 	if len(args) > 1 && args[0] == "memfd-exec" {
 		// Run the rest of the arguments from a memfd copy of this executable.
 		return fail(execMemfd(args[1:]))
+	}
+	if len(args) > 2 && args[0] == "chroot-exec" {
+		// Run the rest of the arguments from this executable, chrooted to args[1].
+		return fail(execChrooted(args[1], args[2:]))
 	}
 	if len(args) == 1 && args[0] == "hold" {
 		fmt.Println("HOLDING")
@@ -141,7 +153,7 @@ func runHelper(args []string) int {
 		if err := unix.Sendto(fd, []byte("latch"), 0, sa); err != nil {
 			return fail(err)
 		}
-	case "udp-connect":
+	case "udp-connect", "udp-share":
 		if err := unix.Connect(fd, sa); err != nil {
 			return fail(err)
 		}
@@ -185,6 +197,25 @@ func runHelper(args []string) int {
 		fmt.Println("CHILD", child.Process.Pid)
 		return 0 // the child keeps the socket; this process is gone
 	}
+	if mode == "udp-share" {
+		// Two children inherit the socket: the first runs this program, the second
+		// the one $LATCH_PROCATTR_SHARE_WITH names; then this process exits.
+		for i, exe := range []string{"/proc/self/exe", os.Getenv(shareWithEnv)} {
+			child := exec.Command(exe, "hold")
+			child.Env = os.Environ()
+			child.ExtraFiles = []*os.File{os.NewFile(uintptr(fd), "socket")}
+			out, _ := child.StdoutPipe()
+			if err := child.Start(); err != nil {
+				return fail(err)
+			}
+			line, _ := bufio.NewReader(out).ReadString('\n')
+			if strings.TrimSpace(line) != "HOLDING" {
+				return fail(fmt.Errorf("child %s said %q", exe, line))
+			}
+			fmt.Println([]string{"CHILD", "CHILD2"}[i], child.Process.Pid)
+		}
+		return 0
+	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		if sc.Text() == "close" {
@@ -227,7 +258,9 @@ type client struct {
 	stdin io.WriteCloser
 	out   *bufio.Reader
 	Local netip.AddrPort
-	Child int // tcp-handoff: pid of the process now holding the socket
+	Child int // tcp-handoff, udp-share: pid of the process now holding the socket
+	// Child2 is udp-share's second child, which holds the socket too.
+	Child2 int
 }
 
 // startClient runs the helper in netns ns ("" : this namespace) and waits for its
@@ -282,7 +315,7 @@ func startClientVia(t *testing.T, ns string, wrap func(args []string) []string, 
 		t.Fatalf("client %s %v: %q", mode, target, line)
 	}
 	c.Local = netip.MustParseAddrPort(addr)
-	if mode == "tcp-handoff" {
+	if mode == "tcp-handoff" || mode == "udp-share" {
 		pid, ok := strings.CutPrefix(c.readLine(t), "CHILD ")
 		if !ok {
 			t.Fatalf("client %s: no CHILD line", mode)
@@ -290,6 +323,16 @@ func startClientVia(t *testing.T, ns string, wrap func(args []string) []string, 
 		c.Child, _ = strconv.Atoi(pid)
 		if c.Child > 0 {
 			t.Cleanup(func() { unix.Kill(c.Child, unix.SIGKILL) })
+		}
+	}
+	if mode == "udp-share" {
+		pid, ok := strings.CutPrefix(c.readLine(t), "CHILD2 ")
+		if !ok {
+			t.Fatalf("client %s: no CHILD2 line", mode)
+		}
+		c.Child2, _ = strconv.Atoi(pid)
+		if c.Child2 > 0 {
+			t.Cleanup(func() { unix.Kill(c.Child2, unix.SIGKILL) })
 		}
 	}
 	return c
@@ -460,4 +503,32 @@ func execMemfd(args []string) error {
 	}
 	argv := append([]string{"latch-procattr-client"}, args...)
 	return unix.Exec(fmt.Sprintf("/proc/self/fd/%d", fd), argv, os.Environ())
+}
+
+// execChrooted opens this executable, chroots to dir and executes the open file
+// (execveat, AT_EMPTY_PATH): the host's file runs, while its loader and libraries
+// are looked up in dir.
+func execChrooted(dir string, args []string) error {
+	fd, err := unix.Open("/proc/self/exe", unix.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Chroot(dir); err != nil {
+		return fmt.Errorf("chroot %s: %w", dir, err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	argv, err := syscall.SlicePtrFromStrings(append([]string{"latch-procattr-client"}, args...))
+	if err != nil {
+		return err
+	}
+	envv, err := syscall.SlicePtrFromStrings(os.Environ())
+	if err != nil {
+		return err
+	}
+	empty, _ := syscall.BytePtrFromString("")
+	_, _, errno := unix.Syscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
+		uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&envv[0])), unix.AT_EMPTY_PATH, 0)
+	return fmt.Errorf("execveat: %w", errno)
 }

@@ -55,6 +55,33 @@ func openRoot(procDir string) (fd int, ns string) {
 	return fd, ns
 }
 
+// hostRootID is the device and inode of the host's root directory (see hostRoot);
+// zero if it cannot be read, which no process's root matches.
+var hostRootID = sync.OnceValue(func() fileID {
+	root, _ := hostRoot()
+	var st unix.Stat_t
+	var err error
+	if root == unix.AT_FDCWD {
+		err = unix.Stat("/", &st)
+	} else {
+		err = unix.Fstatat(root, "", &st, unix.AT_EMPTY_PATH)
+	}
+	if err != nil {
+		return fileID{}
+	}
+	return fileID{uint64(st.Dev), st.Ino}
+})
+
+// hostUserNS names the initial user namespace: process 1's (in the daemon's pid
+// namespace), or where its link cannot be read the daemon's own.
+var hostUserNS = sync.OnceValue(func() string {
+	if ns, err := os.Readlink("/proc/1/ns/user"); err == nil {
+		return ns
+	}
+	ns, _ := os.Readlink("/proc/self/ns/user")
+	return ns
+})
+
 // hostFileID stats path in the host's file system (see hostRoot) without following
 // any symbolic link: the executable's name the kernel gives is already resolved, so
 // a symlink on the way would name another file than the process's.
@@ -111,6 +138,33 @@ type identity struct {
 // inode are the kernel's, so equality means the host's path names this very
 // program. Any trick that runs another file under the path fails the comparison.
 func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
+	// A process in a mount namespace of its own may see other files at the host's
+	// paths. In the initial user namespace only root can make one (systemd's
+	// ProtectSystem= services, `ip netns exec`): its mounts are trusted. In another
+	// user namespace any user can, and bind a file of theirs over the loader or a
+	// library the host's program maps: the executable is the host's, the code that
+	// runs is not.
+	//
+	// A root of its own (chroot, which root of a user namespace may call) does the
+	// same without a mount namespace: a file opened before the chroot and executed
+	// through its descriptor is the host's, its loader is found in the new root.
+	var nsBuf [64]byte
+	mntNS, mntErr := d.readlink("ns/mnt", nsBuf[:])
+	_, hostNS := hostRoot()
+	ownMounts := mntErr == nil && string(mntNS) != hostNS
+	userNSWhy := func() string {
+		if inInitialUserNS(d) {
+			return ""
+		}
+		if ownMounts {
+			return "runs in a user namespace with its own mounts: its libraries and loader may not be the host's"
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(d.fd, "root", &st, 0); err != nil || (fileID{uint64(st.Dev), st.Ino}) != hostRootID() {
+			return "runs in a user namespace with its own root: its libraries and loader may not be the host's"
+		}
+		return ""
+	}
 	var why string
 	switch {
 	case nlink == 0 && strings.HasPrefix(exe, "/memfd:"):
@@ -123,7 +177,9 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		host, err := hostFileID(exe)
 		switch {
 		case err == nil && host == id:
-			return identity{status: engine.IdentityVerified}
+			if why = userNSWhy(); why == "" {
+				return identity{status: engine.IdentityVerified}
+			}
 		case err == nil:
 			why = "the host's file at this path is another file than the one the process runs"
 		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
@@ -137,9 +193,7 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 	// A process in another mount namespace than the host's, in a container
 	// runtime's cgroup, is the container's program: its path means something inside
 	// the container only.
-	var nsBuf [64]byte
-	ns, err := d.readlink("ns/mnt", nsBuf[:])
-	if _, host := hostRoot(); err != nil || string(ns) == host {
+	if !ownMounts {
 		return identity{status: engine.IdentityUnverified, note: why}
 	}
 	var cgBuf [8192]byte
@@ -150,6 +204,14 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		}
 	}
 	return identity{status: engine.IdentityUnverified, note: why + " (the process runs in another mount namespace)"}
+}
+
+// inInitialUserNS reports whether the process is in the initial user namespace (see
+// hostUserNS); false if its link cannot be read.
+func inInitialUserNS(d procDir) bool {
+	var buf [64]byte
+	ns, err := d.readlink("ns/user", buf[:])
+	return err == nil && string(ns) == hostUserNS()
 }
 
 // containerOf finds a container in the contents of /proc/PID/cgroup (cgroup v1 and

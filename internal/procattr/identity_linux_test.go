@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -310,4 +311,130 @@ func FuzzContainerOf(f *testing.F) {
 			t.Fatalf("containerOf(%q) = %q, want RUNTIME:ID with a plain ID", b, got)
 		}
 	})
+}
+
+// TestIdentityOfSharedSocket: a process connects a UDP socket, starts the real
+// program and then a forger, both inheriting the socket, and exits. Either may send
+// on the socket: the program that holds it first must not vouch for the packet.
+// With the eBPF hooks on, no record names a live process that made the socket; with
+// procfs alone, the holders run different files. A socket its holders share with
+// their own copies of one program stays verified under procfs.
+func TestIdentityOfSharedSocket(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:53")
+	forger := otherExe(t)
+	for _, m := range modes[1:] { // ebpf alone cannot name a process: the one that connected is gone
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, quickRescan(m.opts))
+			resolve := func(c *client) Process {
+				t.Helper()
+				c.wait(t)
+				local := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), c.Local.Port())
+				p, err := r.Resolve(engine.UDP, local, remote, 0)
+				if err != nil {
+					t.Fatalf("Resolve: %v", err)
+				}
+				if p.PID != int32(c.Child) && p.PID != int32(c.Child2) {
+					t.Fatalf("Resolve = pid %d, want %d or %d", p.PID, c.Child, c.Child2)
+				}
+				return p
+			}
+			c := startClient(t, ns, "udp-share", remote, shareWithEnv+"="+forger)
+			p := resolve(c)
+			if p.Identity == engine.IdentityVerified {
+				t.Errorf("socket shared by %s and a forger: pid %d %s verified; want unverified", clientExe, p.PID, p.Exe)
+			}
+			note := "held by processes that run different programs"
+			if m.name == "combined" {
+				note = "no record of the process that made the socket"
+			}
+			wantIdentity(t, p, p.Exe, engine.IdentityUnverified, note)
+
+			c = startClient(t, ns, "udp-share", remote, shareWithEnv+"="+clientExe)
+			p = resolve(c)
+			if m.name == "procfs" {
+				wantIdentity(t, p, clientExe, engine.IdentityVerified, "")
+			} else {
+				wantIdentity(t, p, clientExe, engine.IdentityUnverified, note)
+			}
+		})
+	}
+}
+
+// TestIdentityInUserNamespaceWithOwnMounts: any user may make a user namespace with
+// a mount namespace of its own and bind its own file over the host's loader or
+// libraries, then exec a host program, which runs the user's code under the host
+// program's file. Such a process is not verified, even though its executable is the
+// host's file at the host's path; one in the initial user namespace (as systemd's
+// sandboxed services are) still is.
+func TestIdentityInUserNamespaceWithOwnMounts(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			r := newResolverIn(t, ns, quickRescan(m.opts))
+			dir := filepath.Dir(clientExe)
+			// The host's file through a bind mount, in a new user namespace.
+			c := startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"unshare", "-Urm", "--propagation", "private", "sh", "-c",
+					fmt.Sprintf(`mount --bind %s %s && exec "$@"`, dir, dir), "sh"}, args...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityUnverified,
+				"runs in a user namespace with its own mounts")
+			// No mount at all: the mount namespace is still its own.
+			c = startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"unshare", "-Urm"}, args...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityUnverified,
+				"runs in a user namespace with its own mounts")
+			// The host's mounts (this process's, as below), but a root of its own (chroot, which root of a user
+			// namespace may do) holding the user's loader and libraries, and the
+			// host's file executed through a descriptor opened before the chroot.
+			c = startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", os.Getpid()), "--",
+					"unshare", "-Ur", clientExe, "chroot-exec", chrootWithLoader(t, clientExe)}, args[1:]...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityUnverified,
+				"runs in a user namespace with its own root")
+			// A user namespace that shares the host's mounts (here this process's, as
+			// process 1 may be out of reach in a test sandbox) cannot change them.
+			c = startClientVia(t, ns, func(args []string) []string {
+				return append([]string{"nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", os.Getpid()), "--", "unshare", "-Ur"}, args...)
+			}, "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityVerified, "")
+			// The initial user namespace, a mount namespace of its own: verified.
+			c = startClientVia(t, ns, inMountNS(fmt.Sprintf("mount --bind %s %s", dir, dir)), "tcp", remote)
+			wantIdentity(t, resolveIdentity(t, r, c, remote), clientExe, engine.IdentityVerified, "")
+		})
+	}
+}
+
+// chrootWithLoader makes a directory holding copies of the loader and the libraries
+// exe needs (as `ldd` lists them), at their paths: a root in which exe runs with
+// files that are not the host's.
+func chrootWithLoader(t *testing.T, exe string) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	out, err := exec.Command("ldd", exe).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ldd %s: %v\n%s", exe, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if !strings.HasPrefix(f, "/") {
+				continue
+			}
+			dst := filepath.Join(dir, f)
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := copyFile(dst, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
 }

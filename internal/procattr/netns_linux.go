@@ -64,28 +64,11 @@ func (r *Resolver) ResolveForwarded(proto engine.Protocol, local, remote netip.A
 	owner := Process{UID: int32(si.UID), User: r.users.name(si.UID)}
 	// Socket inodes are unique on the machine, whatever the namespace: the process
 	// that holds it is found as for a local socket.
-	var ebpfErr error
-	if r.hooks != nil {
-		p, err := r.viaEBPF(si, owner)
-		if err == nil {
-			r.ebpfHits.Add(1)
-			return p, ns, nil
-		}
-		ebpfErr = err
+	p, err := r.attribute(si, owner)
+	if err != nil {
+		return p, ns, fmt.Errorf("procattr: forwarded %v %v -> %v in netns %s: %w", proto, local, remote, ns.Name, err)
 	}
-	if r.procfs != nil {
-		p, err := r.viaProcfs(si, owner)
-		if err == nil {
-			r.procfsHits.Add(1)
-			return p, ns, nil
-		}
-		ebpfErr = errors.Join(ebpfErr, err)
-	}
-	r.noProcess.Add(1)
-	if ebpfErr == nil {
-		ebpfErr = ErrNoProcess
-	}
-	return owner, ns, fmt.Errorf("procattr: forwarded %v %v -> %v in netns %s: %w", proto, local, remote, ns.Name, ebpfErr)
+	return p, ns, nil
 }
 
 // lookupIn asks sock_diag inside ns for the socket from local to remote.

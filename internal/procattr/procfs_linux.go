@@ -331,6 +331,50 @@ func (s *procScanner) find(inode uint32) (fdRef, error) {
 	return ref, nil
 }
 
+// holders lists every process that has the socket inode open, by reading the fd
+// table of every process in /proc (no budget, no rate limit: it costs as much as a
+// full scan, and runs only for a socket whose first holder is verified). It takes no
+// lock: lookups of other sockets go on meanwhile.
+func (s *procScanner) holders(inode uint32) ([]int32, error) {
+	pids, err := listPIDs()
+	if err != nil {
+		return nil, err
+	}
+	scratch := new(scanScratch)
+	var out []int32
+	for _, pid := range pids {
+		d, err := openProcDir(pid)
+		if err != nil {
+			continue // exited since readdir, or not ours to see
+		}
+		if _, ok := d.holdsSocket(inode, scratch); ok {
+			out = append(out, pid)
+		}
+		d.close()
+	}
+	return out, nil
+}
+
+// listPIDs reads the process ids in /proc.
+func listPIDs() ([]int32, error) {
+	pfd, err := unix.Open("/proc", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /proc: %w", err)
+	}
+	defer unix.Close(pfd)
+	var pids []int32
+	var dents [8192]byte
+	if err := eachDirent(pfd, dents[:], func(name []byte) bool {
+		if pid, ok := atoi(name); ok {
+			pids = append(pids, int32(pid))
+		}
+		return true
+	}); err != nil {
+		return nil, fmt.Errorf("read /proc: %w", err)
+	}
+	return pids, nil
+}
+
 // forget drops a cached answer that turned out wrong.
 func (s *procScanner) forget(inode uint32, ref fdRef) {
 	s.mu.Lock()
@@ -344,20 +388,9 @@ func (s *procScanner) forget(inode uint32, ref fdRef) {
 func (s *procScanner) fullScan() error {
 	s.fullScans.Add(1)
 	s.lastFull = time.Now()
-	pfd, err := unix.Open("/proc", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	pids, err := listPIDs()
 	if err != nil {
-		return fmt.Errorf("open /proc: %w", err)
-	}
-	defer unix.Close(pfd)
-	var pids []int32
-	var dents [8192]byte
-	if err := eachDirent(pfd, dents[:], func(name []byte) bool {
-		if pid, ok := atoi(name); ok {
-			pids = append(pids, int32(pid))
-		}
-		return true
-	}); err != nil {
-		return fmt.Errorf("read /proc: %w", err)
+		return err
 	}
 	byInode := make(map[uint32]fdRef, len(s.byInode))
 	for _, pid := range pids {

@@ -153,6 +153,17 @@ func (r *Resolver) resolve(proto engine.Protocol, local, remote netip.AddrPort, 
 	}
 	owner := Process{UID: int32(si.UID), User: r.users.name(si.UID)}
 
+	p, err := r.attribute(si, owner)
+	if err != nil {
+		return p, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
+	}
+	return p, nil
+}
+
+// attribute finds the process that owns the socket si: by the eBPF record, else in
+// /proc. It counts the outcome. On failure it returns owner and an error that wraps
+// ErrNoProcess (or the reason every method failed).
+func (r *Resolver) attribute(si socketInfo, owner Process) (Process, error) {
 	var ebpfErr error
 	if r.hooks != nil {
 		p, err := r.viaEBPF(si, owner)
@@ -163,19 +174,29 @@ func (r *Resolver) resolve(proto engine.Protocol, local, remote netip.AddrPort, 
 		ebpfErr = err
 	}
 	if r.procfs != nil {
-		p, err := r.viaProcfs(si, owner)
+		p, err := r.viaProcfs(si, owner, ebpfErr == nil)
 		if err == nil {
 			r.procfsHits.Add(1)
+			if ebpfErr != nil && p.Identity != engine.IdentityUnverified {
+				// The hooks see every socket made while they are attached, and name
+				// the process that made this one: it is gone (or its record was
+				// pushed out of the map, which any program can fill). A holder found
+				// in /proc may have inherited the socket from it next to another
+				// program that sends on it: holding is no proof of sending.
+				p.Identity, p.Container = engine.IdentityUnverified, ""
+				p.Exe = trimDeleted(p.Exe)
+				p.IdentityNote = "no record of the process that made the socket (it has exited, or its record was evicted): a process holding it is not necessarily the one sending"
+			}
 			return p, nil
 		}
 		r.noProcess.Add(1)
-		return owner, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, errors.Join(ebpfErr, err))
+		return owner, errors.Join(ebpfErr, err)
 	}
 	r.noProcess.Add(1)
 	if ebpfErr == nil {
 		ebpfErr = fmt.Errorf("socket inode %d: no live method maps sockets to processes: %w", si.Inode, ErrNoProcess)
 	}
-	return owner, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, ebpfErr)
+	return owner, ebpfErr
 }
 
 // viaEBPF attributes the socket to the process the hooks recorded for its cookie.
@@ -213,6 +234,16 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 		// describes the image it runs now, not the one that connected, so the
 		// connection's program is not verified (and the entry is not bound to this
 		// record's identity).
+		//
+		// Only the inode number is compared, not the device: the hooks read the
+		// super block's inode, and btrfs (per subvolume) and overlayfs report
+		// another device to stat than that super block's s_dev, so the device the
+		// hooks could read would not match /proc's for honest programs. A process
+		// that connects running a file with the same inode number as the allowed
+		// program on another file system (a tmpfs whose numbers it walks up to, a
+		// FUSE file system it serves) and then execs the allowed program is
+		// therefore credited to it. The exec id the record carries cannot be
+		// checked here either: /proc does not show self_exec_id.
 		p := owner
 		e.process(&p)
 		p.Method = MethodEBPF
@@ -230,8 +261,11 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 }
 
 // viaProcfs attributes the socket to a process whose fd table holds it, checked
-// through the same process handle its description is read from.
-func (r *Resolver) viaProcfs(si socketInfo, owner Process) (Process, error) {
+// through the same process handle its description is read from. With checkShared,
+// an identity other than unverified holds only if every process holding the socket
+// has it (see sharedWithOthers); the caller that will not trust the identity anyway
+// spares that scan of /proc.
+func (r *Resolver) viaProcfs(si socketInfo, owner Process, checkShared bool) (Process, error) {
 	for range 2 { // a stale cached fd costs one more, uncached, try
 		ref, err := r.procfs.find(si.Inode)
 		if err != nil {
@@ -241,11 +275,43 @@ func (r *Resolver) viaProcfs(si socketInfo, owner Process) (Process, error) {
 			p := owner
 			e.process(&p)
 			p.Method = MethodProcfs
+			if checkShared && p.Identity != engine.IdentityUnverified {
+				if why := r.sharedWithOthers(e, si.Inode); why != "" {
+					p.Identity, p.Container = engine.IdentityUnverified, ""
+					p.Exe = trimDeleted(p.Exe)
+					p.IdentityNote = why
+				}
+			}
 			return p, nil
 		}
 		r.procfs.forget(si.Inode, ref)
 	}
 	return unknown(), fmt.Errorf("socket inode %d changed hands while it was looked up: %w", si.Inode, ErrNoProcess)
+}
+
+// sharedWithOthers checks every other process that holds the socket inode (a
+// socket is inherited across fork and exec, and passed over unix sockets): any of
+// them may be the one sending, so e's identity holds only if all of them run the
+// same file as e with the same identity. It returns why not, or "".
+func (r *Resolver) sharedWithOthers(e *procEntry, inode uint32) string {
+	pids, err := r.procfs.holders(inode)
+	if err != nil {
+		return fmt.Sprintf("the other processes holding the socket cannot be listed: %v", err)
+	}
+	for _, pid := range pids {
+		if pid == e.dir.pid {
+			continue
+		}
+		o, err := r.procs.get(pid)
+		if err != nil {
+			return fmt.Sprintf("the socket is also held by pid %d, which cannot be read: %v", pid, err)
+		}
+		if o.file != e.file || o.ident != e.ident || o.exe != e.exe {
+			return fmt.Sprintf("the socket is held by processes that run different programs (pid %d runs %s, pid %d runs %s)",
+				e.dir.pid, trimDeleted(e.exe), pid, trimDeleted(o.exe))
+		}
+	}
+	return ""
 }
 
 // Close detaches the eBPF hooks and closes the sock_diag sockets, after the Resolve

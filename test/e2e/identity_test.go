@@ -146,8 +146,10 @@ func wantHeldNotAllowed(t *testing.T, n *Net, d *Daemon, port int, argv []string
 // TestForgedIdentityDoesNotPassAppRule: as an unprivileged user, each way to run
 // another file under the allowed program's path (bind mount, pivot_root, chroot over
 // a moved mount, a deleted and replaced file, a memfd) is held and asked about
-// instead of being allowed by the path's rule; the allowed program itself, also from
-// another mount namespace, still is allowed.
+// instead of being allowed by the path's rule, and so is the allowed program run from
+// a user namespace with mounts of its own (its loader and libraries may be the
+// user's); the allowed program itself, also from a mount namespace root made, still
+// is allowed.
 func TestForgedIdentityDoesNotPassAppRule(t *testing.T) {
 	for _, tool := range []string{"unshare", "setpriv", "pivot_root", "chroot"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -186,17 +188,29 @@ func TestForgedIdentityDoesNotPassAppRule(t *testing.T) {
 		}
 	})
 	t.Run("same-file-other-mount-namespace", func(t *testing.T) {
-		// The host's own file, seen through a bind mount of its directory in the
-		// user's mount namespace: not a forgery, still the allowed program.
+		// The host's own file, seen through a bind mount of its directory in a
+		// mount namespace root made in the initial user namespace (as systemd's
+		// ProtectSystem= does): not a forgery, still the allowed program.
 		srv := n.Serve(t, 9101)
-		r := runClient(t, n, asNobody(inUserNS(`mount --bind "$1" "$1" && exec "$2" connect "$3" 10s`,
-			allowedDir, b.Allowed, addr(9101))...))
+		r := runClient(t, n, []string{"unshare", "-m", "--propagation", "private", "sh", "-c",
+			`mount --bind "$1" "$1" && exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$2" connect "$3" 10s`,
+			"sh", allowedDir, b.Allowed, addr(9101)})
 		if r.Outcome != "connected" {
 			t.Fatalf("the allowed program from another mount namespace: %+v, want connected", r)
 		}
 		srv.WaitLine(t, 5*time.Second, func(l string) bool { return strings.HasPrefix(l, "accepted") })
 		if c := findConn(t, d, 9101, r.PID); c["identity"] != "verified" || c["reason"] != "rule" {
 			t.Errorf("history %v: want identity verified, reason rule", c)
+		}
+	})
+	t.Run("same-file-user-namespace", func(t *testing.T) {
+		// The host's own file from a mount namespace a user made in a user
+		// namespace of its own: the user could have bound any file over the loader
+		// or a library the program maps, so it is not the allowed program.
+		wantHeldNotAllowed(t, n, d, 9107, asNobody(inUserNS(`mount --bind "$1" "$1" && exec "$2" connect "$3" 10s`,
+			allowedDir, b.Allowed, addr(9107))...), b.Allowed, "unverified")
+		if c := findConn(t, d, 9107, 0); !strings.Contains(fmt.Sprint(c["identity_note"]), "user namespace with its own mounts") {
+			t.Errorf("history %v: want an identity note about the user namespace", c)
 		}
 	})
 	t.Run("bind-mount", func(t *testing.T) {
@@ -303,4 +317,35 @@ func cgroup2Root(t *testing.T) string {
 	}
 	t.Skip("no cgroup v2 hierarchy mounted")
 	return ""
+}
+
+// TestSharedSocketIsNotCreditedToItsHolder: as an unprivileged user, a process
+// connects a UDP socket, starts the allowed program and then a forger, both
+// inheriting it, and exits; the forger sends. The allowed program holds the socket,
+// but nothing shows it sends on it: its rule must not let the forger's datagram out.
+func TestSharedSocketIsNotCreditedToItsHolder(t *testing.T) {
+	b := identityBins(t)
+	n := NewNet(t)
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s")
+	d.MustCLI(t, "rules", "add", "--app", b.Allowed, "--proto", "udp", "--action", "allow")
+	addr := func(port int) string { return fmt.Sprintf("%s:%d", n.ServerIP, port) }
+
+	// The allowed program's own exchange passes by its rule.
+	n.ServeUDP(t, 9120)
+	if r := runClient(t, n, asNobody(b.Allowed, "udp", addr(9120), "10s")); r.Outcome != "connected" {
+		t.Fatalf("the allowed program itself: %+v, want an answer by its rule", r)
+	}
+
+	srv := n.ServeUDP(t, 9121)
+	r := runClient(t, n, asNobody(b.Allowed, "share-udp", addr(9121), b.Forger, "10s"))
+	if r.Outcome == "connected" || strings.Contains(srv.Output(), "datagram ") {
+		t.Fatalf("the forger's datagram on a socket the allowed program holds got through (%+v; server: %q)", r, srv.Output())
+	}
+	c := findConn(t, d, 9121, 0)
+	if c["identity"] == "verified" || c["reason"] == "rule" {
+		t.Errorf("history %v: want the connection unverified, not decided by the allowed program's rule", c)
+	}
+	if note := fmt.Sprint(c["identity_note"]); !strings.Contains(note, "no record of the process that made the socket") {
+		t.Errorf("history %v: want an identity note saying no record names the socket's maker", c)
+	}
 }

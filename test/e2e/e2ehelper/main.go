@@ -33,6 +33,13 @@
 //	                                print "reply N" or "noreply N" for each, until stdin closes
 //	e2ehelper connect-after-line ADDR TIMEOUT
 //	                                print "ready", wait for a line on stdin, then connect
+//	e2ehelper share-udp ADDR FORGER TIMEOUT
+//	                                connect a UDP socket to ADDR (sending nothing), start
+//	                                this program (hold-fd) and then FORGER (send-fd), both
+//	                                inheriting it, and exit: FORGER prints the result
+//	e2ehelper hold-fd DURATION      keep the inherited fd 3 open for DURATION
+//	e2ehelper send-fd ADDR TIMEOUT  once the parent has exited, one UDP exchange on the
+//	                                inherited connected socket fd 3; prints a JSON result line
 //	e2ehelper memfd-exec VERB ARGS...  copy this executable into a memfd named
 //	                                "latch-e2e" and run VERB ARGS from there (fexecve)
 package main
@@ -49,6 +56,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,6 +104,12 @@ func main() {
 		emit(connect(addr, duration(3)))
 	case "memfd-exec":
 		memfdExec(os.Args[2:])
+	case "share-udp":
+		shareUDP(addr, arg(3), duration(4))
+	case "hold-fd":
+		time.Sleep(duration(2)) // bounded; fd 3 stays open meanwhile
+	case "send-fd":
+		emit(sendFD(duration(3)))
 	case "udp":
 		emit(udp(addr, duration(3)))
 	case "flood":
@@ -268,6 +282,60 @@ func udp(addr string, timeout time.Duration) Result {
 	start := time.Now()
 	r := Result{PID: os.Getpid()}
 	c, err := net.Dial("udp", addr)
+	if err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+		return r
+	}
+	defer c.Close()
+	r.Local = c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err = c.Write([]byte("ping")); err == nil {
+		_, err = c.Read(make([]byte, 64))
+	}
+	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
+	if err != nil {
+		r.Error = err.Error()
+	}
+	return r
+}
+
+// shareUDP makes a connected UDP socket that two children inherit: this program,
+// which only holds it, and forger, which sends on it once this process is gone.
+func shareUDP(addr, forger string, timeout time.Duration) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		fatal(fmt.Errorf("share-udp: want an IPv4 ADDR, got %q", addr))
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
+	if err != nil {
+		fatal(err)
+	}
+	if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		fatal(err)
+	}
+	sock := os.NewFile(uintptr(fd), "socket")
+	holder := exec.Command("/proc/self/exe", "hold-fd", (timeout + 5*time.Second).String())
+	holder.ExtraFiles = []*os.File{sock}
+	if err := holder.Start(); err != nil {
+		fatal(err)
+	}
+	sender := exec.Command(forger, "send-fd", addr, timeout.String())
+	sender.ExtraFiles = []*os.File{sock}
+	sender.Stdout, sender.Stderr = os.Stdout, os.Stderr
+	if err := sender.Start(); err != nil {
+		fatal(err)
+	}
+}
+
+// sendFD waits (up to 5s) for its parent to exit, then makes one UDP exchange on the
+// connected socket it inherited as fd 3.
+func sendFD(timeout time.Duration) Result {
+	for ppid, deadline := os.Getppid(), time.Now().Add(5*time.Second); os.Getppid() == ppid && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	c, err := net.FileConn(os.NewFile(3, "socket"))
 	if err != nil {
 		r.Outcome, r.Error = "error", err.Error()
 		return r
