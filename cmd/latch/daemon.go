@@ -577,6 +577,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				}
 				v := engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID}
 				obs.decided(&req, v) // metrics and events, as for a queued connection
+				eng.CountHit(d.RuleID, d.Time)
 				hist.Record(store.Conn{Time: d.Time, Request: req, Verdict: v})
 			})
 			if err != nil {

@@ -215,6 +215,16 @@ func (e *Engine) hitsLocked(id RuleID) *ruleHits {
 	return h
 }
 
+// CountHit counts a connection that rule id decided outside Decide (the kernel fast
+// path decides repeats of a rule's decision itself), at time at. An id no longer in
+// force is ignored.
+func (e *Engine) CountHit(id RuleID, at time.Time) {
+	e.hitsMu.Lock()
+	h := e.hits[id]
+	e.hitsMu.Unlock()
+	h.add(at)
+}
+
 // attachHits points m's rules at their counters and forgets the counters of rules m
 // no longer holds. Call before m is in force.
 func (e *Engine) attachHits(m *matcher) {

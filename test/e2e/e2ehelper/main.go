@@ -661,10 +661,34 @@ func resolveConnect(dnsAddr, name, port string, timeout time.Duration) Result {
 }
 
 // resolveConnectNet is resolveConnect with DNS over network ("udp" or "tcp").
+//
+// The DNS sockets stay open until the connection is made (as a resolver that keeps
+// its socket does): latch attributes a query to its program from the socket, and a
+// socket closed before latch reads the query's copy leaves the name "shared" (host
+// rules then ask rather than allow; see the README's Hostnames).
 func resolveConnectNet(network, dnsAddr, name, port string, timeout time.Duration) Result {
+	var dnsConns []net.Conn
+	var mu sync.Mutex
+	defer func() {
+		mu.Lock()
+		for _, c := range dnsConns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
 	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, network, dnsAddr)
+		c, err := d.DialContext(ctx, network, dnsAddr)
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		dnsConns = append(dnsConns, c)
+		mu.Unlock()
+		if u, ok := c.(*net.UDPConn); ok {
+			return keepOpenUDP{u}, nil // still a PacketConn: the resolver reads datagrams
+		}
+		return keepOpen{c}, nil
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -674,6 +698,18 @@ func resolveConnectNet(network, dnsAddr, name, port string, timeout time.Duratio
 	}
 	return connect(net.JoinHostPort(addrs[0].String(), port), timeout)
 }
+
+// keepOpen is a connection whose Close leaves it open (resolveConnectNet closes it).
+type keepOpen struct{ net.Conn }
+
+// Close does nothing.
+func (keepOpen) Close() error { return nil }
+
+// keepOpenUDP is keepOpen for a UDP socket (a net.PacketConn, as the resolver wants).
+type keepOpenUDP struct{ *net.UDPConn }
+
+// Close does nothing.
+func (keepOpenUDP) Close() error { return nil }
 
 // dnsSpoof sends an unsolicited DNS response claiming NAME is IP, from port 53.
 func dnsSpoof(addr, name, ip string) {
