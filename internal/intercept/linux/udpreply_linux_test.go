@@ -28,7 +28,7 @@ func listenUDPIn(t *testing.T, ns string, addr netip.AddrPort) *udpPeer {
 	}
 	t.Cleanup(func() { p.c.Close() })
 	go func() {
-		buf := make([]byte, 200)
+		buf := make([]byte, 2000)
 		for {
 			n, _, err := p.c.ReadFromUDP(buf)
 			if err != nil {
@@ -104,7 +104,8 @@ func testUDPReplyDirectionHeld(t *testing.T, firewall string, v6 bool) {
 	bp := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(b, port) }
 	// Port 6000: the exploit, dropped. 6001: a server's answer, allowed. 6002: a
 	// client's query, allowed.
-	d := startDaemonOn(t, tp, firewall, "6000=drop,6001=allow,6002=allow,*=drop", "LATCH_TEST_REDECIDE_PORT=6001")
+	d := startDaemonOn(t, tp, firewall, "6000=drop,6001=allow,6002=allow,*=drop",
+		"LATCH_TEST_REDECIDE_PORT=6001", "LATCH_TEST_TRAFFIC_INTERVAL=200ms")
 	defer d.stop()
 	held := func(local, remote netip.AddrPort) string {
 		return fmt.Sprintf("held out udp %v %v ", local, remote)
@@ -170,6 +171,27 @@ func testUDPReplyDirectionHeld(t *testing.T, firewall string, v6 bool) {
 	}
 	if !cli.receives("answer-3", 3*time.Second) {
 		t.Error("an answer allowed again did not arrive")
+	}
+	// Its bytes are reported as the server's: what A sends is out, though conntrack
+	// counts it in the reply direction.
+	big := strings.Repeat("x", 1000)
+	for range 3 {
+		srv.send(t, bp(6001), big)
+		if !cli.receives(big, 3*time.Second) {
+			t.Fatal("a large answer did not arrive")
+		}
+	}
+	if l, ok := d.waitLine(fmt.Sprintf("traffic %v %v ", ap(5001), bp(6001)), 3*time.Second); !ok {
+		t.Error("no traffic report for an allowed flow the peer opened")
+	} else {
+		var in, out int
+		var ended bool
+		if _, err := fmt.Sscanf(strings.Fields(l)[3]+" "+strings.Fields(l)[4]+" "+strings.Fields(l)[5], "in=%d out=%d ended=%t", &in, &out, &ended); err != nil {
+			t.Fatalf("traffic line %q: %v", l, err)
+		}
+		if out < 3000 || in >= out {
+			t.Errorf("traffic %q: want out >= 3000 bytes (A's answers) and in < out", l)
+		}
 	}
 
 	// A client's query and its answers: the query is held, the answers come back,
