@@ -1,13 +1,18 @@
 package linux
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // udpPeer is a UDP socket in one namespace that records what it receives.
@@ -247,5 +252,43 @@ func TestUDPReplyWithInbound(t *testing.T) {
 				t.Errorf("the answer on an allowed inbound flow was held: %q", l)
 			}
 		})
+	}
+}
+
+// TestNftUDPReplyRuleMatches runs the native nftables ruleset on the real kernel
+// where the kernel cannot queue from nftables: each queue statement becomes "counter
+// drop" (held and never answered), which shows that the rules match what they
+// should: a datagram a local program sends on a flow the peer opened is dropped
+// (the sender sees EPERM) and counted by the reply rule.
+func TestNftUDPReplyRuleMatches(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp := newTopo(t)
+	a, b := netip.MustParseAddr(addrA), netip.MustParseAddr(addrB)
+	spec := ruleSpec{queue: testQueue, exemptLoopback: true}
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+	load := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+	load.Stdin = strings.NewReader(rules)
+	if out, err := load.CombinedOutput(); err != nil {
+		t.Fatalf("nft -f: %v: %s\n%s", err, out, rules)
+	}
+	loc, rem := listenUDPIn(t, tp.a, netip.AddrPortFrom(a, 5000)), listenUDPIn(t, tp.b, netip.AddrPortFrom(b, 6000))
+	rem.send(t, netip.AddrPortFrom(a, 5000), "knock")
+	if !loc.receives("knock", 3*time.Second) {
+		t.Fatal("the peer's datagram did not reach A (inbound is not held)")
+	}
+	if _, err := loc.c.WriteToUDPAddrPort([]byte("leak"), netip.AddrPortFrom(b, 6000)); err != nil && !errors.Is(err, unix.EPERM) {
+		t.Fatalf("send: %v", err)
+	}
+	if rem.receives("leak", time.Second) {
+		t.Error("nftables: a datagram on a flow the peer opened passed the output chain")
+	}
+	out, err := exec.Command("ip", "netns", "exec", tp.a, "nft", "list", "chain", "inet", nftTable, "output").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list: %v: %s", err, out)
+	}
+	if !regexp.MustCompile(`udp ct direction reply counter packets [1-9]`).Match(out) {
+		t.Errorf("the reply rule did not count the datagram:\n%s", out)
 	}
 }
