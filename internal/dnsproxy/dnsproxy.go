@@ -61,7 +61,9 @@ type Config struct {
 	Names *dnsname.Cache
 	// Record is told every refused query (history).
 	Record func(req engine.Request, v engine.Verdict)
-	// Control is applied to upstream sockets (SO_MARK, so that they are never held).
+	// Control is applied to upstream sockets and to the listeners (SO_MARK, so that
+	// they are never held: the interception backend holds a UDP answer sent to a
+	// client that spoke first when inbound connections are not held).
 	Control func(network, address string, c syscall.RawConn) error
 	// Timeout for one upstream exchange; 0: 2 s.
 	Timeout time.Duration
@@ -131,11 +133,12 @@ func (p *Proxy) count(f func(*Stats)) {
 // Run serves until ctx is done. It returns once both listeners are bound (ready
 // closed) or failed.
 func (p *Proxy) Run(ctx context.Context, ready func()) error {
-	pc, err := net.ListenPacket("udp", p.cfg.Listen)
+	lc := net.ListenConfig{Control: p.cfg.Control}
+	pc, err := lc.ListenPacket(ctx, "udp", p.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("dns proxy: listen udp %s: %w", p.cfg.Listen, err)
 	}
-	ln, err := net.Listen("tcp", p.cfg.Listen)
+	ln, err := lc.Listen(ctx, "tcp", p.cfg.Listen)
 	if err != nil {
 		pc.Close()
 		return fmt.Errorf("dns proxy: listen tcp %s: %w", p.cfg.Listen, err)

@@ -6,7 +6,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -283,4 +286,43 @@ func BenchmarkProxyLatency(b *testing.B) {
 	b.ReportMetric(pr/d, "ratio")
 	b.ReportMetric((pr-1.1*d)/1000, "µs-over-1.1x")
 	b.ReportMetric(0, "ns/op")
+}
+
+// The listeners get Control too (latch's SO_MARK): without it, answers to clients on
+// other hosts (a proxy listening on a bridge address) would be held by the Linux
+// backend as the daemon's own outbound UDP when inbound connections are not held.
+func TestListenersGetControl(t *testing.T) {
+	p, _, _ := newProxy(t, upstream(t))
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cfg.Listen = pc.LocalAddr().String()
+	pc.Close()
+	var mu sync.Mutex
+	var controlled []string
+	p.cfg.Control = func(network, address string, c syscall.RawConn) error {
+		mu.Lock()
+		controlled = append(controlled, network+" "+address)
+		mu.Unlock()
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() { done <- p.Run(ctx, func() { close(ready) }) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{"udp4 " + p.cfg.Listen, "tcp4 " + p.cfg.Listen} {
+		if !slices.Contains(controlled, want) {
+			t.Errorf("listener %q did not get Control; got %q", want, controlled)
+		}
+	}
 }

@@ -31,8 +31,46 @@
 //     mid-stream, UDP, and any other protocol; for UDP and other protocols also
 //     what conntrack cannot place (INVALID: a raw socket's datagram with a bad
 //     length, an SCTP ABORT out of the blue) or does not track (UNTRACKED);
-//  9. queues every ICMP and ICMPv6 message, whatever its type and conntrack state,
-//     but those the network needs (see below).
+//  9. without Config.Inbound, queues what this host sends on a UDP flow the peer
+//     opened (conntrack direction reply) that no verdict allowed (see "Replies on
+//     flows the peer opened");
+//  10. queues every ICMP and ICMPv6 message, whatever its type and conntrack state,
+//     but those the network needs (see below);
+//  11. without Config.Inbound, queues the reply direction of every other protocol
+//     as in 9, but SCTP and DCCP.
+//
+// LATCH-IN (Config.Inbound) is the same but for the daemon's sockets, the fast path
+// (4), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
+// connection anyone opens) and 9 and 11. LATCH-FWD (Config.Forward) is LATCH-IN
+// plus 8 for TCP (a container's raw socket can start a flow without a SYN), and it
+// drops TCP that conntrack calls INVALID (flags no handshake allows, such as a
+// bare FIN): such segments join no flow latch decided, and a raw socket, which
+// Docker gives a container's root by default, could otherwise carry data in them.
+// The host's own chains let INVALID TCP pass (see ICMP below: CAP_NET_RAW in the
+// host's namespace is beyond a per-program decision; and a late segment after a
+// flow ended is INVALID too, which the peer's stack answers).
+//
+// # Replies on flows the peer opened
+//
+// Without Config.Inbound nothing holds what a peer sends first: its UDP datagram
+// reaches a local socket and opens a conntrack entry, with this host's side as the
+// reply direction. What a local program then sends back on that entry is its own
+// talk to the peer, begun without a question, so LATCH-OUT holds it (9, 11) while
+// the entry's mark is not MarkAllow (0, or MarkRedecide after Redecide), and it is
+// decided as an outbound connection of the sending program to the peer
+// (Request.Direction out), like a first datagram the program sent itself. An allow
+// marks the entry as usual and later packets, both ways, pass by the mark; a deny
+// or drop leaves it unmarked, so the next datagram is held again. UDP servers on
+// this host therefore need an allow for their answers when inbound is not held
+// (with Config.Inbound the peer's datagram is decided on the way in, and its allow
+// marks the flow). Not held: the answers to this host's own queries (DNS
+// responses and the like arrive in the reply direction of a flow this host
+// opened: LATCH-IN, not LATCH-OUT); TCP, SCTP and DCCP, whose reply direction
+// answers a handshake the peer started (the kernel accepts the connection, as with
+// any inbound connection); ICMP, whose answers to the peer's queries the kernel
+// sends (see below). The flow table keeps such a request under its outbound tuple;
+// Redecide and byte accounting also find it under the entry's reversed tuple, and
+// count what this host sent as its bytes out.
 //
 // # ICMP
 //
@@ -55,7 +93,10 @@
 //     so the same types built to travel beyond the link are held.
 //
 // Later packets of an allowed ICMP flow (echo requests with the same identifier)
-// skip the queue by their conntrack mark, like any flow.
+// skip the queue by their conntrack mark, like any flow. A local program cannot use
+// the peer's query to talk unheld: answers to it need a raw socket, and a ping
+// socket's own echo request (type 8) does not match the reply tuple of the peer's
+// (type 0), so it opens a new, held entry.
 //
 // What may send which ICMP: an unprivileged program can send only echo and
 // extended echo requests (ping sockets, for the groups in
@@ -95,7 +136,9 @@
 // entry by its mark) the mark MarkRedecide instead of MarkAllow. The next packet
 // the side that opened the flow sends (this host for an outbound flow: a SYN, a data
 // segment or bare ACK, a UDP datagram; the peer for an inbound one, with
-// Config.Inbound) is then held and decided again; an allow saves MarkAllow again.
+// Config.Inbound; this host for a UDP flow the peer opened that was decided as
+// outbound, see above) is then held and decided again; an allow saves MarkAllow
+// again.
 // Marking rather than deleting the entries keeps the flow's direction: after a
 // deletion, a peer that spoke first would make conntrack see the flow as a new
 // inbound one, and this host's packets as its replies, which are never held. The

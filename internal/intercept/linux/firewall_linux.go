@@ -34,6 +34,20 @@ type ruleSpec struct {
 // or to see DNS responses.
 func (spec ruleSpec) input() bool { return spec.inbound || spec.dnsLogGroup != 0 }
 
+// holdReplies says whether a chain holds what this host sends on a connectionless
+// flow the peer opened (conntrack direction reply) while no verdict marked it: in
+// the output chain when inbound connections are not held. A peer's datagram then
+// opens the flow without a question, and the local program's answer is the first
+// thing anyone decides: an outbound connection of that program. With inbound held,
+// the peer's datagram was decided on the way in and its allow marked the flow.
+func (spec ruleSpec) holdReplies(out bool) bool { return out && !spec.inbound }
+
+// connectionOriented lists the IP protocols besides TCP whose replies answer a
+// handshake the peer started (the kernel accepts the association, as it accepts a
+// TCP connection), so they are not held as connectionless replies: SCTP (132) and
+// DCCP (33).
+var connectionOriented = []int{132, 33}
+
 // firewall installs and removes latch's ruleset with one mechanism.
 type firewall interface {
 	name() string
@@ -257,12 +271,25 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN %s\n", name, q)
 		fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL %s\n", name, MarkRedecide, MarkMask, q)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
-		if out {
+		fwd := hook == "FORWARD"
+		if out || fwd {
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate NEW %s\n", name, q)
+		}
+		if fwd {
+			// TCP conntrack cannot place (flags no handshake allows, such as a
+			// bare FIN) never reaches a flow latch decided: dropped, so a
+			// container's raw socket has no SYN-less channel out.
+			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate INVALID -j DROP\n", name)
 		}
 		// UDP conntrack calls INVALID what it cannot parse (a raw socket's datagram
 		// with a bad length field): held too, never passed.
 		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
+		if spec.holdReplies(out) {
+			// A datagram a local program sends on a flow the peer opened and nothing
+			// decided (allowed flows returned above): the program starts the talk,
+			// so it is held as its outbound connection.
+			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctdir REPLY %s\n", name, q)
+		}
 		// The rest of TCP and UDP (replies, flows from before latch) passes here, so
 		// its packets do not walk the ICMP rules.
 		for _, p := range []string{"tcp", "udp"} {
@@ -288,6 +315,14 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// so is a packet conntrack cannot place (INVALID: an SCTP ABORT out of the
 		// blue) or does not track.
 		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
+		if spec.holdReplies(out) {
+			// The replies of other connectionless protocols too (UDP-Lite, GRE, ESP,
+			// ...); SCTP and DCCP, like TCP, answer a handshake the peer started.
+			for _, p := range connectionOriented {
+				fmt.Fprintf(&b, "-A %s -p %d -j RETURN\n", name, p)
+			}
+			fmt.Fprintf(&b, "-A %s -m conntrack --ctdir REPLY %s\n", name, q)
+		}
 		if out {
 			for _, c := range created {
 				fmt.Fprintf(&b, "-A %s -m comment --comment %s%s\n", name, createdMark, c)
@@ -556,10 +591,18 @@ func (spec ruleSpec) nftRules() string {
 		r("tcp flags & (fin|syn|rst|ack) == syn %s", q)
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
 		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
-		if out {
+		fwd := hook == "forward"
+		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)
 		}
+		if fwd {
+			r("meta l4proto tcp ct state invalid drop")
+		}
 		r("meta l4proto udp ct state { new, invalid, untracked } %s", q)
+		if spec.holdReplies(out) {
+			// Replies on a flow the peer opened and nothing decided (see iptablesRules).
+			r("meta l4proto udp ct direction reply %s", q)
+		}
 		r("meta l4proto { tcp, udp } accept")
 		// ICMP as in iptablesRules: everything held but errors about a known flow,
 		// answers to the peer's queries and the exceptions of icmpExceptions.
@@ -573,6 +616,9 @@ func (spec ruleSpec) nftRules() string {
 		}
 		r("meta l4proto { icmp, ipv6-icmp } %s", q)
 		r("ct state { new, invalid, untracked } %s", q)
+		if spec.holdReplies(out) {
+			r("meta l4proto != { sctp, dccp } ct direction reply %s", q)
+		}
 	}
 	if spec.dnsLogGroup != 0 {
 		// DNS queries, first in the output chain (see iptablesRules).

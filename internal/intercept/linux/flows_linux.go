@@ -29,6 +29,27 @@ func keyOf(req *engine.Request) flowKey {
 	return k
 }
 
+// reversed is k seen from its other end.
+func (k flowKey) reversed() flowKey { return flowKey{proto: k.proto, src: k.dst, dst: k.src} }
+
+// replyKey is the other conntrack reading of an outbound request's flow: an outbound
+// datagram that was held in the conntrack direction reply (the peer spoke first, see
+// ruleSpec.holdReplies) belongs to an entry whose original tuple runs from the peer
+// to this host. TCP and ICMP have none: their held packets open the flow.
+func replyKey(req *engine.Request) (flowKey, bool) {
+	if req.Direction != engine.Outbound || req.Protocol == engine.Protocol(unix.IPPROTO_TCP) ||
+		req.Protocol == engine.Protocol(unix.IPPROTO_ICMP) || req.Protocol == engine.Protocol(unix.IPPROTO_ICMPV6) {
+		return flowKey{}, false
+	}
+	return keyOf(req).reversed(), true
+}
+
+// localSentOriginal reports whether the conntrack entry with original tuple k
+// counts what this host's end of req sent as its original direction (an outbound
+// flow this host opened), rather than as its reply direction (an inbound flow, or
+// an outbound one held in the reply direction): which counter is which.
+func localSentOriginal(k flowKey, req *engine.Request) bool { return k.src == req.Local }
+
 type flowEntry struct {
 	req     *engine.Request
 	expires time.Time
@@ -80,6 +101,11 @@ func (t *flowTable) take(match func(*engine.Request) bool, now time.Time) map[fl
 		}
 		if match(e.req) {
 			keys[k] = struct{}{}
+			if rk, ok := replyKey(e.req); ok {
+				// Conntrack holds one entry for both readings of a tuple, so the
+				// reversed one is this flow if it exists.
+				keys[rk] = struct{}{}
+			}
 			delete(t.m, k)
 		}
 	}
@@ -95,8 +121,23 @@ func (t *flowTable) clear() {
 func (t *flowTable) has(k flowKey) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	_, ok := t.m[k]
+	_, ok := t.lookup(k)
 	return ok
+}
+
+// lookup finds the flow whose conntrack entry has original tuple k: remembered
+// under k, or an outbound request held in the reply direction, remembered under
+// the reversed tuple (see replyKey). t.mu must be held.
+func (t *flowTable) lookup(k flowKey) (flowEntry, bool) {
+	if e, ok := t.m[k]; ok {
+		return e, true
+	}
+	if e, ok := t.m[k.reversed()]; ok {
+		if rk, ok := replyKey(e.req); ok && rk == k {
+			return e, true
+		}
+	}
+	return flowEntry{}, false
 }
 
 func (t *flowTable) len() int {

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/vishvananda/netlink"
@@ -39,5 +40,43 @@ func TestRedecideFilterReachesForgottenFlows(t *testing.T) {
 	taken := ctFilter{keys: map[flowKey]struct{}{remembered: {}}, affected: to443, remembered: func(flowKey) bool { return false }}
 	if !taken.MatchConntrackFlow(flow(40001, 443, MarkAllow)) {
 		t.Error("a remembered affected flow is not re-decided")
+	}
+}
+
+// An outbound datagram held in the conntrack direction reply (the peer spoke first)
+// belongs to an entry whose original tuple runs from the peer: Redecide and the byte
+// accounting find its request under that reading too, and only for such requests.
+func TestFlowTableFindsReplyDirectionFlows(t *testing.T) {
+	local, remote := netip.MustParseAddrPort("198.18.0.1:5001"), netip.MustParseAddrPort("198.18.0.2:6001")
+	udp := &engine.Request{Direction: engine.Outbound, Protocol: unix.IPPROTO_UDP, Local: local, Remote: remote}
+	tcp := &engine.Request{Direction: engine.Outbound, Protocol: unix.IPPROTO_TCP, Local: local, Remote: netip.MustParseAddrPort("198.18.0.2:6002")}
+	tbl := newFlowTable(10, time.Hour)
+	now := time.Now()
+	tbl.add(udp, now)
+	tbl.add(tcp, now)
+	peerFirst := flowKey{proto: unix.IPPROTO_UDP, src: remote, dst: local}
+	if tbl.get(peerFirst) != udp || tbl.get(keyOf(udp)) != udp {
+		t.Error("an outbound UDP flow is not found under both conntrack readings")
+	}
+	if tbl.get(keyOf(tcp).reversed()) != nil {
+		t.Error("a TCP flow is found under its reversed tuple (its held SYN opens the entry)")
+	}
+	if !localSentOriginal(keyOf(udp), udp) || localSentOriginal(peerFirst, udp) {
+		t.Error("counters of an outbound flow the peer opened are not swapped")
+	}
+	in := &engine.Request{Direction: engine.Inbound, Protocol: unix.IPPROTO_UDP, Local: local, Remote: remote}
+	if localSentOriginal(keyOf(in), in) {
+		t.Error("counters of an inbound flow are not swapped")
+	}
+	// A rule about outbound requests only (the tuple-only readings of a forgotten
+	// flow would miss it): the entry the peer opened is re-decided.
+	outTo6001 := func(r *engine.Request) bool { return r.Direction == engine.Outbound && r.Remote.Port() == 6001 }
+	f := ctFilter{keys: tbl.take(outTo6001, now), affected: outTo6001, remembered: tbl.has}
+	entry := &netlink.ConntrackFlow{Mark: MarkAllow, Forward: netlink.IPTuple{
+		Protocol: unix.IPPROTO_UDP, SrcIP: net.ParseIP("198.18.0.2"), DstIP: net.ParseIP("198.18.0.1"),
+		SrcPort: 6001, DstPort: 5001,
+	}}
+	if !f.MatchConntrackFlow(entry) {
+		t.Error("Redecide misses an allowed outbound flow the peer opened")
 	}
 }

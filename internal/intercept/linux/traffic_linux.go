@@ -38,7 +38,7 @@ const (
 func (t *flowTable) get(k flowKey) *engine.Request {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if e, ok := t.m[k]; ok {
+	if e, ok := t.lookup(k); ok {
 		return e.req
 	}
 	return nil
@@ -161,7 +161,7 @@ func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (i
 	}
 	if ci.counters {
 		f.in, f.out = ci.replBytes, ci.origBytes
-		if f.req.Direction == engine.Inbound {
+		if !localSentOriginal(k, f.req) {
 			f.in, f.out = f.out, f.in
 		}
 	}
