@@ -279,9 +279,14 @@ func connect(addr string, timeout time.Duration) Result {
 }
 
 func udp(addr string, timeout time.Duration) Result {
+	return udpExchange(func() (net.Conn, error) { return net.Dial("udp", addr) }, timeout)
+}
+
+// udpExchange sends "ping" on the connection open gives and waits for an answer.
+func udpExchange(open func() (net.Conn, error), timeout time.Duration) Result {
 	start := time.Now()
 	r := Result{PID: os.Getpid()}
-	c, err := net.Dial("udp", addr)
+	c, err := open()
 	if err != nil {
 		r.Outcome, r.Error = "error", err.Error()
 		return r
@@ -333,24 +338,7 @@ func sendFD(timeout time.Duration) Result {
 	for ppid, deadline := os.Getppid(), time.Now().Add(5*time.Second); os.Getppid() == ppid && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
-	start := time.Now()
-	r := Result{PID: os.Getpid()}
-	c, err := net.FileConn(os.NewFile(3, "socket"))
-	if err != nil {
-		r.Outcome, r.Error = "error", err.Error()
-		return r
-	}
-	defer c.Close()
-	r.Local = c.LocalAddr().String()
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err = c.Write([]byte("ping")); err == nil {
-		_, err = c.Read(make([]byte, 64))
-	}
-	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
-	if err != nil {
-		r.Error = err.Error()
-	}
-	return r
+	return udpExchange(func() (net.Conn, error) { return net.FileConn(os.NewFile(3, "socket")) }, timeout)
 }
 
 func flood(addr string, n, conc int, timeout time.Duration) {
