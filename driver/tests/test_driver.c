@@ -1463,6 +1463,9 @@ static void test_send_needs_a_posted_get(void)
     client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
     REQUIRE(c != NULL, "service");
     REQUIRE(client_post_gets(c, 1), "GET");
+    /* The GETs travel to the simulated service's port asynchronously, and the
+       worker's send waits only 1 ms for a posted one: let them arrive first. */
+    sleep_ms(100);
     request r;
     emu_conn *first = out4(44000, 11, curl, 443);
     REQUIRE(client_next_request(c, &r, 2000), "the request delivered into the posted get");
@@ -1480,6 +1483,7 @@ static void test_send_needs_a_posted_get(void)
           (unsigned long long)stat_of(c, LATCH_STAT_SEND_FAILURES));
     /* gets posted again: requests flow again */
     REQUIRE(client_post_gets(c, 4), "GETs");
+    sleep_ms(100);
     emu_conn *third = out4(44002, 11, curl, 443);
     REQUIRE(client_next_request(c, &r, 2000), "request after gets were posted again");
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
