@@ -538,6 +538,18 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 
 	var counts verdictCounts
 	var users userNames
+	// record counts a carried-out decision, queued or the fast path's, and reports it
+	// to the observers (metrics, events) and the history (never blocks; a full buffer
+	// is counted in the history stats).
+	record := func(req *engine.Request, v engine.Verdict) {
+		counts.add(v.Action)
+		obs.decided(req, v)
+		c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
+		if c.Time.IsZero() {
+			c.Time = time.Now()
+		}
+		hist.Record(c)
+	}
 	fp := be.fastPath
 	if fp != nil {
 		// Synchronous: the kernel stops using decisions of the old rules before the
@@ -565,7 +577,6 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		go func() {
 			defer close(fpDone)
 			err := fp.Run(fpCtx, func(d fastpath.Decision) {
-				counts.add(d.Action)
 				req := engine.Request{
 					// Its own id, above the 32-bit ids of queued packets, so that events
 					// and history tell fast-path connections apart.
@@ -575,10 +586,8 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					// The kernel matched the file the rule's path verified (dev, inode).
 					Identity: engine.IdentityVerified,
 				}
-				v := engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID}
-				obs.decided(&req, v) // metrics and events, as for a queued connection
 				eng.CountHit(d.RuleID, d.Time)
-				hist.Record(store.Conn{Time: d.Time, Request: req, Verdict: v})
+				record(&req, engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID})
 			})
 			if err != nil {
 				logf("fast path: %v", err)
@@ -598,14 +607,8 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			ticket = fp.Ticket()
 		}
 		eng.Decide(req, func(v engine.Verdict) {
-			c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
 			verdict(v)
-			obs.decided(req, v)
-			counts.add(v.Action)
-			if c.Time.IsZero() {
-				c.Time = time.Now()
-			}
-			hist.Record(c) // never blocks; a full buffer is counted in the history stats
+			record(req, v)
 			if fp != nil {
 				fp.Offer(ticket, req, v)
 			}

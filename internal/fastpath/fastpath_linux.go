@@ -20,6 +20,8 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/latchfw/latch/internal/cgroup2"
+
 	"github.com/latchfw/latch/internal/engine"
 )
 
@@ -126,11 +128,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			// `ip netns exec` and containers give the daemon a fresh /sys without
 			// the cgroup2 mount, yet the hierarchy is the same: mount it privately
 			// just for the attach (the links hold the cgroup).
-			dir, merr := mountCgroup2()
+			dir, merr := cgroup2.MountPrivate("latch-fastpath-cgroup2-")
 			if merr != nil {
 				return nil, fmt.Errorf("fast path: %w; mounting one failed: %v", err, merr)
 			}
-			defer unmountCgroup2(dir)
+			defer cgroup2.Unmount(dir)
 			cgroupPath = dir
 			cfg.CgroupPath = "cgroup2 root"
 		} else {
@@ -572,23 +574,4 @@ func netnsCookie() (uint64, error) {
 		return 0, fmt.Errorf("getsockopt SO_NETNS_COOKIE (Linux 5.14+): %w", e)
 	}
 	return c, nil
-}
-
-// mountCgroup2 mounts the cgroup v2 hierarchy on a new temporary directory.
-func mountCgroup2() (string, error) {
-	dir, err := os.MkdirTemp("", "latch-fastpath-cgroup2-")
-	if err != nil {
-		return "", err
-	}
-	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		os.Remove(dir)
-		return "", fmt.Errorf("mount cgroup2 on %s: %w", dir, err)
-	}
-	return dir, nil
-}
-
-// unmountCgroup2 undoes mountCgroup2.
-func unmountCgroup2(dir string) {
-	unix.Unmount(dir, unix.MNT_DETACH)
-	os.Remove(dir)
 }

@@ -14,7 +14,8 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/cgroup2"
 )
 
 // connRecord is the map value the hooks write for a socket cookie. Its layout is the
@@ -284,11 +285,11 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 			// `ip netns exec` and containers give the daemon a fresh /sys without the
 			// cgroup2 mount, yet the hierarchy is the same: mount it privately just for
 			// the attach. The links hold the cgroup, so the mount can go at once.
-			dir, merr := mountCgroup2()
+			dir, merr := cgroup2.MountPrivate("latch-cgroup2-")
 			if merr != nil {
 				return nil, fmt.Errorf("%w; mounting one failed: %v", err, merr)
 			}
-			defer unmountCgroup2(dir)
+			defer cgroup2.Unmount(dir)
 			cgroupPath = dir
 		}
 	}
@@ -434,23 +435,4 @@ func unescapeMountPath(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-// mountCgroup2 mounts the cgroup v2 hierarchy on a new temporary directory.
-func mountCgroup2() (string, error) {
-	dir, err := os.MkdirTemp("", "latch-cgroup2-")
-	if err != nil {
-		return "", err
-	}
-	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		os.Remove(dir)
-		return "", fmt.Errorf("mount cgroup2 on %s: %w", dir, err)
-	}
-	return dir, nil
-}
-
-// unmountCgroup2 undoes mountCgroup2.
-func unmountCgroup2(dir string) {
-	unix.Unmount(dir, unix.MNT_DETACH)
-	os.Remove(dir)
 }
