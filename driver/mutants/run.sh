@@ -8,8 +8,8 @@
 # (objects reused, so only the patched files are rebuilt) and the suite is run with
 # --fail-fast. A mutant counts as caught only if the suite (or, for a rule the compiler
 # enforces, the build) fails, in time, with the expected text in its output: a pass, a hang (per-mutant timeout) or a failure for
-# another reason is a miss (such a mutant runs once more: a race may trip another check
-# first). Prints one line per mutant and "caught K of N" last; exits
+# another reason is a miss (such a mutant runs once more: a race may go unhit, or trip
+# another check first). Prints one line per mutant and "caught K of N" last; exits
 # 1 unless every mutant is caught.
 #
 #   driver/mutants/run.sh [NAME...]     (MUTANT_JOBS=2, MUTANT_TIMEOUT=60 seconds)
@@ -74,15 +74,16 @@ export -f one
 
 start=$(date +%s)
 printf '%s\n' "${patches[@]}" | xargs -P "$jobs" -I{} bash -c 'one "$@"' _ {}
-# A race (a use after free a microsecond wide) may first trip another check than the
-# one that names it: a mutant the suite failed for another reason runs once more.
+# A race (a use after free a microsecond wide) may not be hit in one run of the suite,
+# or may first trip another check than the one that names it: such a mutant (missed,
+# or failed for another reason) runs once more.
 for p in "${patches[@]}"; do
     name="$(basename "$p" .patch)"
-    if grep -q '^WRONG' "$work/$name.result" 2>/dev/null; then
+    if grep -qE '^(WRONG|MISSED)' "$work/$name.result" 2>/dev/null; then
         first="$(cat "$work/$name.result")"
         one "$p"
         if grep -q '^caught' "$work/$name.result"; then
-            sed -i 's/$/ (second run; the first failed another check)/' "$work/$name.result"
+            sed -i 's/$/ (second run; the first did not name it)/' "$work/$name.result"
         else
             echo "$first" >"$work/$name.result"
         fi
