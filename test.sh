@@ -33,6 +33,7 @@ command -v chromium >/dev/null || need_pkgs+=(chromium fonts-dejavu-core)
 # latch notify is tested against a real D-Bus session bus (internal/notify)
 command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
 command -v wg >/dev/null || need_pkgs+=(wireguard-tools)
+command -v wireguard-go >/dev/null || need_pkgs+=(wireguard-go) # WireGuard e2e on kernels without the module
 command -v clang >/dev/null || need_pkgs+=(clang)       # driver: clang -Wthread-safety, clang --analyze
 command -v cppcheck >/dev/null || need_pkgs+=(cppcheck)
 command -v /usr/bin/python3 >/dev/null || need_pkgs+=(python3-minimal) # identity e2e: two scripts of one interpreter (--cmdline)
