@@ -19,7 +19,8 @@
 //   - latch+fp-miss: the fast path attached but never hitting (a host-name rule in
 //     the set turns caching off), the cost of a first-seen connection with it.
 //
-// and bulk throughput over one allowed connection (-bulk MiB per round), and reports
+// and bulk throughput over one allowed connection (up to -bulk MiB or -bulk-time per
+// round, whichever comes first), and reports
 // latch's added latency as a multiple of the floor's, what the observers and byte
 // accounting cost, and the fast path's connect median and throughput against no
 // firewall, its hit ratio, ring buffer losses and map size. The fast-path scenarios'
@@ -27,7 +28,14 @@
 // Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 64]
+// The set-ups are visited in turn each round, in reverse order every other round
+// (A,B,B,A,...), so a drifting machine favours none. Byte accounting is judged on
+// per-round ratios (latch against latch-noacct in the same round) and their median,
+// not on totals one slow round can swing; for that comparison alone:
+//
+//	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 20 -n 10000
+//
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-scenarios a,b]
 package main
 
 import (
@@ -81,7 +89,7 @@ func main() {
 			roleSink(os.Args[2])
 			return
 		case "role-bulk":
-			roleBulk(os.Args[2], os.Args[3])
+			roleBulk(os.Args[2], os.Args[3], os.Args[4])
 			return
 		case "role-floor":
 			roleFloor()
@@ -96,7 +104,9 @@ func main() {
 	nrules := flag.Int("rules", 10000, "rules loaded into latch")
 	rounds := flag.Int("rounds", 5, "interleaved rounds the connects are split into")
 	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
-	bulk := flag.Int("bulk", 64, "MiB sent over one connection per scenario and round (0: no bulk phase)")
+	bulk := flag.Int("bulk", 1024, "at most this many MiB sent over one connection per scenario and round (0: no bulk phase)")
+	bulkTime := flag.Duration("bulk-time", time.Second, "at most this long sending per scenario and round")
+	only := flag.String("scenarios", "", "comma-separated scenarios to run (default: all)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fatalf("bench needs root (network namespaces, netfilter)")
@@ -127,6 +137,22 @@ func main() {
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
 	names := []string{"none", "floor", "conntrack", "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss"}
+	if *only != "" {
+		var picked []string
+		for _, sc := range strings.Split(*only, ",") {
+			sc = strings.TrimSpace(sc)
+			if !slices.Contains(names, sc) {
+				fatalf("-scenarios: unknown scenario %q (want some of %s)", sc, strings.Join(names, ","))
+			}
+			if !slices.Contains(picked, sc) {
+				picked = append(picked, sc)
+			}
+		}
+		names = picked
+	}
+	if *rounds < 1 || *n < 1 || *bulk < 0 || *bulkTime <= 0 {
+		fatalf("-rounds, -n and -bulk-time must be positive, -bulk not negative")
+	}
 	cg, cgfd, err := benchCgroup(dir)
 	if err != nil {
 		fatalf("%v", err)
@@ -147,12 +173,16 @@ func main() {
 	}
 	per := max(*n / *rounds, 1)
 	for r := 0; r < *rounds; r++ {
-		for _, tg := range targets {
+		order := slices.Clone(targets)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, tg := range order {
 			if err := tg.measure(client, per, *conc); err != nil {
 				fatalf("scenario %s: %v", tg.name, err)
 			}
 			if *bulk > 0 {
-				if err := tg.measureBulk(client, *bulk); err != nil {
+				if err := tg.measureBulk(client, *bulk, *bulkTime); err != nil {
 					fatalf("scenario %s: bulk: %v", tg.name, err)
 				}
 			}
@@ -163,7 +193,7 @@ func main() {
 		results = append(results, tg.result())
 	}
 	report(results, per**rounds, *conc, *nrules, *rounds)
-	reportAccounting(results, *bulk, *rounds)
+	reportAccounting(targets, *bulk, *bulkTime, per, *rounds)
 	for _, tg := range targets {
 		if tg.api != "" && strings.HasPrefix(tg.name, "latch+fp") {
 			reportFastPath(tg, *latchBin)
@@ -262,6 +292,42 @@ type target struct {
 	sinkAddr    string
 	bulkBytes   int64
 	bulkSeconds float64
+
+	rounds []roundStat // one per round, in order
+	daemon *exec.Cmd   // the latch daemon, if any
+}
+
+// cpuSeconds is the CPU time (user and system) the latch daemon used so far, or 0.
+func (tg *target) cpuSeconds() float64 {
+	if tg.daemon == nil || tg.daemon.Process == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", tg.daemon.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) in parentheses:
+	// state is field 3; utime and stime are fields 14 and 15, in clock ticks.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st float64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return (ut + st) / 100 // USER_HZ is 100 on Linux
+}
+
+// roundStat is one scenario's numbers in one round.
+type roundStat struct {
+	medianUS float64 // sequential connects
+	connPerS float64 // concurrent connects
+	bulkMiBs float64 // 0: no bulk phase
 }
 
 func (tg *target) close() {
@@ -291,6 +357,11 @@ func (tg *target) measure(client string, n, conc int) error {
 	tg.latency = append(tg.latency, r.LatencyUS...)
 	tg.conns += n
 	tg.seconds += r.Seconds
+	rs := roundStat{medianUS: median(r.LatencyUS)}
+	if r.Seconds > 0 {
+		rs.connPerS = float64(n) / r.Seconds
+	}
+	tg.rounds = append(tg.rounds, rs)
 	return nil
 }
 
@@ -386,6 +457,7 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 			return tg, err
 		}
 		tg.procs = append(tg.procs, d)
+		tg.daemon = d
 		if err := waitAPI(latchBin, api); err != nil {
 			return tg, err
 		}
@@ -447,7 +519,13 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 	for _, m := range ms {
 		by[m.Scenario] = m
 	}
-	none, floor, latch := by["none"], by["floor"], by["latch"]
+	none, okNone := by["none"]
+	floor, okFloor := by["floor"]
+	latch, okLatch := by["latch"]
+	if !okNone || !okFloor || !okLatch {
+		// A subset (-scenarios): the comparisons below need all three.
+		return
+	}
 	floorAdd := floor.MedianUS - none.MedianUS
 	latchAdd := latch.MedianUS - none.MedianUS
 	fmt.Printf("added median latency: floor %.1f µs, latch (%d rules, attribution on) %.1f µs\n", floorAdd, nrules, latchAdd)
@@ -507,9 +585,10 @@ func roleCollector(addr string) {
 	}
 }
 
-// measureBulk sends mib MiB over one new connection to the sink.
-func (tg *target) measureBulk(client string, mib int) error {
-	out, err := nettest.Command(tg.pair.Client, client, "role-bulk", tg.sinkAddr, fmt.Sprint(mib)).Output()
+// measureBulk sends up to mib MiB, for at most d, over one new connection to the
+// sink; it belongs to the round measure last started.
+func (tg *target) measureBulk(client string, mib int, d time.Duration) error {
+	out, err := nettest.Command(tg.pair.Client, client, "role-bulk", tg.sinkAddr, fmt.Sprint(mib), d.String()).Output()
 	if err != nil {
 		return fmt.Errorf("bulk client: %v", err)
 	}
@@ -522,31 +601,88 @@ func (tg *target) measureBulk(client string, mib int) error {
 	}
 	tg.bulkBytes += r.Bytes
 	tg.bulkSeconds += r.Seconds
+	if k := len(tg.rounds); k > 0 && r.Seconds > 0 {
+		tg.rounds[k-1].bulkMiBs = float64(r.Bytes) / (1 << 20) / r.Seconds
+	}
 	return nil
 }
 
-// reportAccounting compares latch with byte accounting on and off.
-func reportAccounting(ms []Measurement, bulk, rounds int) {
-	fmt.Printf("bulk throughput over one connection (%d MiB per round, %d rounds), MiB/s:", bulk, rounds)
-	for _, m := range ms {
-		fmt.Printf(" %s %.0f", m.Scenario, m.BulkMiBs)
+// reportAccounting prints every scenario's bulk throughput and compares latch with
+// byte accounting on and off round by round: the ratio on/off of connects per second,
+// of the sequential connect rate (1/median latency) and of bulk throughput in each
+// round, and the median of each against the target (>= 0.95x).
+func reportAccounting(targets []*target, bulk int, bulkTime time.Duration, per, rounds int) {
+	if bulk > 0 {
+		fmt.Printf("bulk throughput over one connection (up to %d MiB or %v per round, %d rounds), MiB/s:", bulk, bulkTime, rounds)
+		for _, tg := range targets {
+			fmt.Printf(" %s %.0f", tg.name, tg.result().BulkMiBs)
+		}
+		fmt.Println()
 	}
-	fmt.Println()
-	var on, off Measurement
-	for _, m := range ms {
-		switch m.Scenario {
+	var on, off *target
+	for _, tg := range targets {
+		switch tg.name {
 		case "latch":
-			on = m
+			on = tg
 		case "latch-noacct":
-			off = m
+			off = tg
 		}
 	}
-	fmt.Printf("byte accounting on vs off: connects/s %.0f vs %.0f (%.3fx), median connect %.1f vs %.1f µs",
-		on.ConnPerS, off.ConnPerS, on.ConnPerS/off.ConnPerS, on.MedianUS, off.MedianUS)
-	if off.BulkMiBs > 0 {
-		fmt.Printf(", bulk %.0f vs %.0f MiB/s (%.3fx)", on.BulkMiBs, off.BulkMiBs, on.BulkMiBs/off.BulkMiBs)
+	if on == nil || off == nil {
+		return
 	}
-	fmt.Println(" (target >= 0.95x)")
+	fmt.Printf("byte accounting on (latch) vs off (latch-noacct), per round (%d connects per phase):\n", per)
+	fmt.Printf("%-6s %-27s %-27s %-27s\n", "round", "connects/s on/off", "median connect µs off/on", "bulk MiB/s on/off")
+	var conn, seq, blk []float64
+	for r := range min(len(on.rounds), len(off.rounds)) {
+		a, b := on.rounds[r], off.rounds[r]
+		cr, sr := a.connPerS/b.connPerS, b.medianUS/a.medianUS
+		conn, seq = append(conn, cr), append(seq, sr)
+		line := fmt.Sprintf("%-6d %9.0f/%-9.0f %6.3fx %9.1f/%-9.1f %6.3fx", r+1, a.connPerS, b.connPerS, cr, b.medianUS, a.medianUS, sr)
+		if a.bulkMiBs > 0 && b.bulkMiBs > 0 {
+			br := a.bulkMiBs / b.bulkMiBs
+			blk = append(blk, br)
+			line += fmt.Sprintf(" %9.0f/%-9.0f %6.3fx", a.bulkMiBs, b.bulkMiBs, br)
+		}
+		fmt.Println(line)
+	}
+	verdict := func(x float64) string {
+		if x >= 0.95 {
+			return "within"
+		}
+		return "UNDER"
+	}
+	mc, ms := median(conn), median(seq)
+	fmt.Printf("byte accounting on vs off, median of %d per-round ratios: connects/s %.3fx (target >= 0.95x: %s), sequential connect rate %.3fx (%s)",
+		len(conn), mc, verdict(mc), ms, verdict(ms))
+	if len(blk) > 0 {
+		mb := median(blk)
+		fmt.Printf(", bulk throughput %.3fx (target >= 0.95x: %s)", mb, verdict(mb))
+	}
+	fmt.Println()
+	if a, b := on.cpuSeconds(), off.cpuSeconds(); a > 0 && b > 0 {
+		// Every connect and bulk byte of the run, whichever phase: CPU time is what
+		// accounting adds to the daemon, less swayed by other load than rates.
+		ca, cb := a/float64(on.result().Connects)*1e6, b/float64(off.result().Connects)*1e6
+		fmt.Printf("daemon CPU time (user+system) per connect over the run: on %.1f µs, off %.1f µs (%.2fx)\n", ca, cb, ca/cb)
+	}
+	if rounds < 10 {
+		fmt.Println("(few rounds: for the accounting target run -scenarios latch,latch-noacct -rounds 20 -n 10000)")
+	}
+}
+
+// median returns the median of xs (the mean of the middle two for an even count), or
+// 0 for none. xs is not changed.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	c := slices.Clone(xs)
+	slices.Sort(c)
+	if len(c)%2 == 1 {
+		return c[len(c)/2]
+	}
+	return (c[len(c)/2-1] + c[len(c)/2]) / 2
 }
 
 // roleSink reads every connection to its end.
@@ -569,11 +705,16 @@ func roleSink(addr string) {
 	}
 }
 
-// roleBulk sends mib MiB over one connection to addr, waits for the sink to have
-// read it all (it closes when it has), and prints the bytes and seconds.
-func roleBulk(addr, mib string) {
+// roleBulk sends up to mib MiB over one connection to addr, stopping after d (at
+// least 1 MiB), waits for the sink to have read it all (it closes when it has), and
+// prints the bytes and seconds.
+func roleBulk(addr, mib, d string) {
 	var n int
 	fmt.Sscan(mib, &n)
+	limit, err := time.ParseDuration(d)
+	if err != nil {
+		fatalf("bulk duration %q: %v", d, err)
+	}
 	start := time.Now()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -581,15 +722,17 @@ func roleBulk(addr, mib string) {
 	}
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	buf := make([]byte, 1<<20)
-	for range n {
+	sent := 0
+	for sent < n && (sent == 0 || time.Since(start) < limit) {
 		if _, err := c.Write(buf); err != nil {
 			fatalf("%v", err)
 		}
+		sent++
 	}
 	c.(*net.TCPConn).CloseWrite()
 	io.Copy(io.Discard, c)
 	c.Close()
-	b, _ := json.Marshal(map[string]any{"bytes": int64(n) << 20, "seconds": time.Since(start).Seconds()})
+	b, _ := json.Marshal(map[string]any{"bytes": int64(sent) << 20, "seconds": time.Since(start).Seconds()})
 	fmt.Println(string(b))
 }
 
