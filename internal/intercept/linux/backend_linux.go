@@ -185,7 +185,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	evfd := -1
 	if b.cfg.OnTraffic != nil {
 		var err error
-		if evfd, err = openCtEvents(); err != nil {
+		if evfd, err = openCtEvents(b.cfg.Logf); err != nil {
 			b.cfg.Logf("byte accounting: %v", err)
 			evfd = -1
 		}

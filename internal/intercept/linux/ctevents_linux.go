@@ -26,8 +26,10 @@ type ctEvent struct {
 
 // openCtEvents subscribes to conntrack updates and destroys in the current network
 // namespace. Updates come with each TCP state change; destroys carry the final
-// counters when accounting is on.
-func openCtEvents() (int, error) {
+// counters when accounting is on. A socket filter keeps the events the accountant
+// ignores from being queued at all; if it cannot be attached, logf says so and every
+// event is read.
+func openCtEvents(logf func(string, ...any)) (int, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return -1, fmt.Errorf("open conntrack event socket: %w", err)
@@ -42,11 +44,82 @@ func openCtEvents() (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("set SO_RCVTIMEO on the conntrack event socket: %w", err)
 	}
+	// Most events are of no use to the accountant (every TCP state change of every
+	// flow, flows latch did not allow): the kernel drops them before they are queued,
+	// so they cost no read. Without the filter every event is read and sorted here.
+	if err := attachCtEventFilter(fd); err != nil {
+		logf("byte accounting: reading every conntrack event (%v)", err)
+	}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: nfnlGroupCtUpdate | nfnlGroupCtDestroy}); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("subscribe to conntrack events: %w", err)
 	}
 	return fd, nil
+}
+
+// ctEventFilter is a classic BPF socket filter that passes only the conntrack events
+// the accountant acts on: destroys, and updates to TCP state TIME_WAIT or CLOSE, of
+// entries whose mark (masked by MarkMask) is MarkAllow or MarkRedecide. Messages
+// other than ctnetlink new/delete (errors, overruns) pass. Attributes are found with
+// the kernel's netlink helpers (SKF_AD_NLATTR, SKF_AD_NLATTR_NEST).
+func ctEventFilter() []unix.SockFilter {
+	// nlmsg_type is in host order; a BPF_H load reads network order.
+	swap := func(typ uint16) uint32 {
+		var b [2]byte
+		binary.NativeEndian.PutUint16(b[:], typ)
+		return uint32(binary.BigEndian.Uint16(b[:]))
+	}
+	const (
+		adNLAttr     = 0xfffff000 + 12       // SKF_AD_OFF + SKF_AD_NLATTR
+		adNLAttrNest = 0xfffff000 + 16       // SKF_AD_OFF + SKF_AD_NLATTR_NEST
+		attrs        = unix.NLMSG_HDRLEN + 4 // after the nlmsghdr and nfgenmsg
+	)
+	stmt := func(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
+	jeq := func(k uint32, jt, jf uint8) unix.SockFilter {
+		return unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: jt, Jf: jf, K: k}
+	}
+	// Jump offsets count the instructions skipped; labels: mark (17), accept (26),
+	// drop (27).
+	return []unix.SockFilter{
+		/* 0 */ stmt(unix.BPF_LD|unix.BPF_H|unix.BPF_ABS, 4),
+		/* 1 */ jeq(swap(unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtDelete), 15, 0), // -> 17
+		/* 2 */ jeq(swap(unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtNew), 0, 23), // -> 26
+		/* 3 */ stmt(unix.BPF_LDX|unix.BPF_W|unix.BPF_IMM, ctaProtoinfo),
+		/* 4 */ stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_IMM, attrs),
+		/* 5 */ stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, adNLAttr),
+		/* 6 */ jeq(0, 20, 0), // -> 27
+		/* 7 */ stmt(unix.BPF_LDX|unix.BPF_W|unix.BPF_IMM, ctaProtoinfoTCP),
+		/* 8 */ stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, adNLAttrNest),
+		/* 9 */ jeq(0, 17, 0), // -> 27
+		/* 10 */ stmt(unix.BPF_LDX|unix.BPF_W|unix.BPF_IMM, ctaProtoinfoState),
+		/* 11 */ stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, adNLAttrNest),
+		/* 12 */ jeq(0, 14, 0), // -> 27
+		/* 13 */ stmt(unix.BPF_MISC|unix.BPF_TAX, 0),
+		/* 14 */ stmt(unix.BPF_LD|unix.BPF_B|unix.BPF_IND, 4),
+		/* 15 */ jeq(ctTCPTimeWait, 1, 0), // -> 17
+		/* 16 */ jeq(ctTCPClose, 0, 10), // -> 17 or 27
+		/* 17: mark */ stmt(unix.BPF_LDX|unix.BPF_W|unix.BPF_IMM, ctaMark),
+		/* 18 */ stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_IMM, attrs),
+		/* 19 */ stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, adNLAttr),
+		/* 20 */ jeq(0, 6, 0), // -> 27
+		/* 21 */ stmt(unix.BPF_MISC|unix.BPF_TAX, 0),
+		/* 22 */ stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_IND, 4),
+		/* 23 */ stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, MarkMask),
+		/* 24 */ jeq(MarkAllow, 1, 0), // -> 26
+		/* 25 */ jeq(MarkRedecide, 0, 1), // -> 26 or 27
+		/* 26: accept */ stmt(unix.BPF_RET|unix.BPF_K, 0xffffffff),
+		/* 27: drop */ stmt(unix.BPF_RET|unix.BPF_K, 0),
+	}
+}
+
+// attachCtEventFilter attaches ctEventFilter to the conntrack event socket fd.
+func attachCtEventFilter(fd int) error {
+	f := ctEventFilter()
+	prog := unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+		return fmt.Errorf("attach the event filter: %w", err)
+	}
+	return nil
 }
 
 // ctEventReader drains a conntrack event socket without blocking.
