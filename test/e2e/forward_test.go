@@ -74,7 +74,7 @@ func (c *containerNet) connectFrom(t *testing.T, port int, timeout time.Duration
 func TestForwardedConnectionsHeldAndAttributed(t *testing.T) {
 	c := newContainerNet(t)
 	c.Serve(t, 8095)
-	c.Serve(t, 8096)
+	srv := c.Serve(t, 8096)
 
 	// Without --forward, forwarded traffic is untouched, as before.
 	d0 := c.StartDaemon("--default", "deny", "--prompt-timeout", "20s")
@@ -103,16 +103,21 @@ func TestForwardedConnectionsHeldAndAttributed(t *testing.T) {
 		t.Errorf("history row %v: want local_ip %s, direction out", row, c.ContainerIP)
 	}
 
+	before := Accepted(srv)
 	done := make(chan Result, 1)
 	go func() { done <- c.connectFrom(t, 8096, 30*time.Second) }()
 	p := waitPrompt(t, d, 8096)
 	if p["netns"] != c.Container || p["local_ip"] != c.ContainerIP || num(p["pid"]) <= 0 {
 		t.Errorf("question %v: want netns %s, local_ip %s and the pid", p, c.Container, c.ContainerIP)
 	}
+	time.Sleep(300 * time.Millisecond) // time for a SYN that was let through to arrive
 	select {
 	case r := <-done:
 		t.Fatalf("held forwarded connection finished before the answer: %+v", r)
 	default:
+	}
+	if got := Accepted(srv) - before; got != 0 {
+		t.Fatalf("the server accepted %d connections while the forwarded one was held", got)
 	}
 	d.MustCLI(t, "answer", fmt.Sprint(int64(num(p["id"]))), "allow", "--for", "once")
 	select {

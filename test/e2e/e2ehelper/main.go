@@ -23,6 +23,10 @@
 //	e2ehelper udplite-send ADDR N   send N UDP-Lite datagrams, 100ms apart
 //	e2ehelper send ADDR N TIMEOUT   connect, send N bytes, close and wait for the server to
 //	                                close; print the result
+//	e2ehelper send-slow ADDR N DURATION
+//	                                connect, send N bytes spread evenly over DURATION (a
+//	                                chunk every 100ms), close and wait for the server to
+//	                                close; print the result
 //	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
 //	e2ehelper dns-query DNSADDR NAME TIMEOUT
@@ -146,6 +150,8 @@ func main() {
 		emit(dnsQuery(addr, arg(3), duration(4)))
 	case "send":
 		emit(send(addr, atoi(3), duration(4)))
+	case "send-slow":
+		emit(sendSlow(addr, atoi(3), duration(4)))
 	default:
 		fmt.Fprintf(os.Stderr, "e2ehelper: unknown verb %q\n", os.Args[1])
 		os.Exit(2)
@@ -226,6 +232,38 @@ func send(addr string, n int, timeout time.Duration) Result {
 	if _, err := c.Write(make([]byte, n)); err != nil {
 		r.Outcome, r.Error = "error", err.Error()
 		return r
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+	}
+	r.Millis = ms(time.Since(start))
+	return r
+}
+
+// sendSlow is send with the bytes spread over d: a chunk every 100 ms.
+func sendSlow(addr string, n int, d time.Duration) Result {
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	r := Result{Outcome: classify(err), PID: os.Getpid()}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer c.Close()
+	r.Local = c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(d + 20*time.Second))
+	ticks := max(int(d/(100*time.Millisecond)), 1)
+	chunk := make([]byte, n/ticks+1)
+	for sent, i := 0, 0; sent < n; i++ {
+		// Paced by the clock, not by the writes: a slow write does not stretch it.
+		time.Sleep(time.Until(start.Add(time.Duration(i) * d / time.Duration(ticks))))
+		k := min(len(chunk), n-sent)
+		if _, err := c.Write(chunk[:k]); err != nil {
+			r.Outcome, r.Error = "error", err.Error()
+			return r
+		}
+		sent += k
 	}
 	c.(*net.TCPConn).CloseWrite()
 	if _, err := io.Copy(io.Discard, c); err != nil {
