@@ -1,13 +1,11 @@
 package linux
 
 import (
-	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,20 +30,14 @@ func TestAccountantReports(t *testing.T) {
 	}
 	var table []entry
 	a := newAccountant(flows, 10*time.Second)
-	a.list = func(fam netlink.InetFamily) ([]*netlink.ConntrackFlow, error) {
-		if fam != unix.AF_INET {
-			return nil, nil
-		}
-		var out []*netlink.ConntrackFlow
+	a.list = func(fn func(ctInfo)) error {
 		for _, e := range table {
-			out = append(out, &netlink.ConntrackFlow{
-				Forward:   netlink.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP(e.src), DstIP: net.ParseIP(e.dst), SrcPort: e.sport, DstPort: e.dport, Bytes: e.fwd},
-				Reverse:   netlink.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP(e.dst), DstIP: net.ParseIP(e.src), SrcPort: e.dport, DstPort: e.sport, Bytes: e.rev},
-				Mark:      e.mark,
-				ProtoInfo: &netlink.ProtoInfoTCP{State: e.state},
-			})
+			src := netip.AddrPortFrom(netip.MustParseAddr(e.src), e.sport)
+			dst := netip.AddrPortFrom(netip.MustParseAddr(e.dst), e.dport)
+			fn(ctInfo{key: flowKey{proto: unix.IPPROTO_TCP, src: src, dst: dst}, mark: e.mark,
+				tcpState: e.state, hasState: true, origBytes: e.fwd, replBytes: e.rev, counters: true})
 		}
-		return out, nil
+		return nil
 	}
 	poll := func(at time.Duration) map[engine.RequestID][3]uint64 {
 		t.Helper()

@@ -266,3 +266,75 @@ func (g *ctGetter) get(k flowKey) (ctInfo, error) {
 	}
 	return ctInfo{}, fmt.Errorf("no answer from conntrack for %v", k)
 }
+
+// ctDumpMark and ctDumpMarkMask select the entries the accountant reads: the bit
+// MarkAllow and MarkRedecide share under MarkMask (the accountant checks the exact
+// value). Entries of flows latch did not allow are never copied out of the kernel:
+// with CTA_MARK and CTA_MARK_MASK, a dump lists only entries whose mark, masked,
+// equals the mark.
+const (
+	ctDumpMark     = MarkAllow & MarkRedecide
+	ctDumpMarkMask = ctDumpMark
+)
+
+// dumpCt lists the conntrack entries (both address families) whose mark, masked
+// by mask, is mark, calling fn for each, over a netlink socket of its own. Entries
+// that do not decode are counted in bad and skipped.
+func dumpCt(mark, mask uint32, fn func(ctInfo)) (bad int, err error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return 0, fmt.Errorf("open conntrack socket: %w", err)
+	}
+	defer unix.Close(fd)
+	tv := unix.Timeval{Sec: 5}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return 0, fmt.Errorf("set SO_RCVTIMEO on the conntrack socket: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, fmt.Errorf("connect the conntrack socket: %w", err)
+	}
+	const seq = 1
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtGet, unix.NLM_F_DUMP)
+	req.Seq = seq
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_UNSPEC, Version: nl.NFNETLINK_V0})
+	req.AddData(nl.NewRtAttr(ctaMark, nl.BEUint32Attr(mark)))
+	req.AddData(nl.NewRtAttr(ctaMarkMask, nl.BEUint32Attr(mask)))
+	if _, err := unix.Write(fd, req.Serialize()); err != nil {
+		return 0, fmt.Errorf("ask conntrack for its table: %w", err)
+	}
+	buf := make([]byte, 64<<10)
+	// Bounded: a dump of the largest table conntrack allows ends well before.
+	for range 10_000_000 {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return bad, fmt.Errorf("read conntrack's table: %w", err)
+		}
+		for _, m := range splitNlmsgs(buf[:n]) {
+			if m.seq != seq {
+				continue
+			}
+			switch m.typ {
+			case unix.NLMSG_DONE:
+				return bad, nil
+			case unix.NLMSG_ERROR:
+				if m.err == 0 {
+					continue
+				}
+				return bad, fmt.Errorf("conntrack table dump: %w", unix.Errno(-m.err))
+			}
+			if m.typ>>8 != unix.NFNL_SUBSYS_CTNETLINK || m.typ&0xff != ipctnlMsgCtNew {
+				continue
+			}
+			ci, err := parseCtMsg(m.data)
+			if err != nil {
+				bad++
+				continue
+			}
+			fn(ci)
+		}
+	}
+	return bad, errors.New("conntrack table dump did not end")
+}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,17 +58,23 @@ type acctFlow struct {
 type accountant struct {
 	flows    *flowTable
 	interval time.Duration
-	list     func(netlink.InetFamily) ([]*netlink.ConntrackFlow, error)
-	m        map[flowKey]*acctFlow
-	gen      uint64
+	// list calls fn for every conntrack entry that may be an allowed flow's
+	// (dumpCt: the kernel leaves out the others).
+	list func(fn func(ctInfo)) error
+	m    map[flowKey]*acctFlow
+	gen  uint64
 }
 
 func newAccountant(flows *flowTable, interval time.Duration) *accountant {
 	return &accountant{
 		flows:    flows,
 		interval: interval,
-		list: func(fam netlink.InetFamily) ([]*netlink.ConntrackFlow, error) {
-			return netlink.ConntrackTableList(netlink.ConntrackTable, fam)
+		list: func(fn func(ctInfo)) error {
+			bad, err := dumpCt(ctDumpMark, ctDumpMarkMask, fn)
+			if err == nil && bad > 0 {
+				err = fmt.Errorf("%d conntrack entries did not decode", bad)
+			}
+			return err
 		},
 		m: make(map[flowKey]*acctFlow),
 	}
@@ -82,28 +87,14 @@ func newAccountant(flows *flowTable, interval time.Duration) *accountant {
 func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error) {
 	a.gen++
 	var out []intercept.Traffic
-	var errs []error
-	listed := 0
-	for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
-		cts, err := a.list(fam)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list conntrack entries (family %d): %w", fam, err))
-			continue
+	err := a.list(func(ci ctInfo) {
+		if r, ok := a.observe(ci, false, now, final); ok {
+			out = append(out, r)
 		}
-		listed++
-		for _, ct := range cts {
-			ci := ctInfo{key: ctKey(ct), mark: ct.Mark, origBytes: ct.Forward.Bytes, replBytes: ct.Reverse.Bytes, counters: true}
-			if tcp, ok := ct.ProtoInfo.(*netlink.ProtoInfoTCP); ok {
-				ci.tcpState, ci.hasState = tcp.State, true
-			}
-			if r, ok := a.observe(ci, false, now, final); ok {
-				out = append(out, r)
-			}
-		}
-	}
-	if listed == 0 {
-		// Nothing read: an entry not seen is not an entry gone.
-		return out, errors.Join(errs...)
+	})
+	if err != nil {
+		// Not all read: an entry not seen is not an entry gone.
+		return out, fmt.Errorf("list conntrack entries: %w", err)
 	}
 	for k, f := range a.m {
 		if f.gen == a.gen {
@@ -117,7 +108,7 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 		}
 		delete(a.m, k)
 	}
-	return out, errors.Join(errs...)
+	return out, nil
 }
 
 // wants reports whether k is a flow the accountant follows or should: one it
