@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -156,5 +157,59 @@ func BenchmarkAccountantPoll(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestGetManyInBatches: the accountant's batched reads of single entries answer
+// every key once, across several batches, with the entry or, for one that does not
+// exist, ENOENT.
+func TestGetManyInBatches(t *testing.T) {
+	tp := newTopo(t)
+	err := inNS(tp.a, func() error {
+		keys, err := createCt(3*getBatch+5, 31, MarkAllow)
+		if err != nil {
+			return err
+		}
+		missing := map[flowKey]bool{}
+		var ask []flowKey
+		for i, k := range keys {
+			ask = append(ask, k)
+			if i%10 == 0 {
+				m := k
+				m.dst = netip.AddrPortFrom(m.dst.Addr(), 444)
+				missing[m] = true
+				ask = append(ask, m)
+			}
+		}
+		g, err := openCtGetter()
+		if err != nil {
+			return err
+		}
+		defer g.close()
+		for round := range 2 { // the second round's sequence numbers follow the first's
+			seen := map[flowKey]int{}
+			g.getMany(ask, func(k flowKey, ci ctInfo, err error) {
+				seen[k]++
+				switch {
+				case missing[k]:
+					if !errors.Is(err, unix.ENOENT) {
+						t.Errorf("round %d: missing entry %v: %+v, %v; want ENOENT", round, k, ci, err)
+					}
+				case err != nil:
+					t.Errorf("round %d: entry %v: %v", round, k, err)
+				case ci.key != k || ci.mark != MarkAllow || ci.tcpState != 3:
+					t.Errorf("round %d: asked for %v, got %+v", round, k, ci)
+				}
+			})
+			for _, k := range ask {
+				if seen[k] != 1 {
+					t.Errorf("round %d: %v answered %d times", round, k, seen[k])
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

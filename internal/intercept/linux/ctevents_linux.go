@@ -214,6 +214,11 @@ func openCtGetter() (*ctGetter, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("set SO_RCVTIMEO on the conntrack socket: %w", err)
 	}
+	// Room for the answers to a batch of getBatch requests (each answer takes a
+	// page or so of the buffer): one that does not fit is lost.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<20); err != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+	}
 	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("connect the conntrack socket: %w", err)
@@ -221,18 +226,82 @@ func openCtGetter() (*ctGetter, error) {
 	return &ctGetter{fd: fd, buf: make([]byte, 16<<10)}, nil
 }
 
+// getBatch is how many requests getMany sends in one write.
+const getBatch = 32
+
 func (g *ctGetter) close() { unix.Close(g.fd) }
 
-// get returns the entry whose original tuple is k; an entry that is gone gives an
-// error wrapping unix.ENOENT.
-func (g *ctGetter) get(k flowKey) (ctInfo, error) {
+// getMany asks conntrack for the entries whose original tuples are keys, getBatch
+// requests to a write: fn receives each key with its entry or error (wrapping
+// unix.ENOENT for an entry that is gone), in the order the answers come. An error reading answers ends it: the keys not
+// answered get that error.
+func (g *ctGetter) getMany(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+	var req []byte
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), getBatch)]
+		keys = keys[len(batch):]
+		first := g.seq + 1
+		req = req[:0]
+		for _, k := range batch {
+			g.seq++
+			req = append(req, getRequest(k, g.seq)...)
+		}
+		if _, err := unix.Write(g.fd, req); err != nil {
+			for _, k := range batch {
+				fn(k, ctInfo{}, fmt.Errorf("ask conntrack for %v: %w", k, err))
+			}
+			continue
+		}
+		answered := make([]bool, len(batch))
+		left := len(batch)
+		// Bounded: every answer is one message; stale ones of an earlier batch that
+		// timed out are skipped.
+		for tries := 0; left > 0 && tries < 4*getBatch; tries++ {
+			n, err := unix.Read(g.fd, g.buf)
+			if err != nil {
+				for i, k := range batch {
+					if !answered[i] {
+						fn(k, ctInfo{}, fmt.Errorf("read conntrack's answer for %v: %w", k, err))
+					}
+				}
+				for _, k := range keys {
+					fn(k, ctInfo{}, fmt.Errorf("conntrack entry %v not asked for: reading an earlier answer failed: %w", k, err))
+				}
+				return
+			}
+			for _, m := range splitNlmsgs(g.buf[:n]) {
+				d := m.seq - first // wraps past the batch for stale answers
+				if d >= uint32(len(batch)) || answered[d] || m.typ == unix.NLMSG_ERROR && m.err == 0 {
+					continue
+				}
+				i := int(d)
+				answered[i] = true
+				left--
+				if m.typ == unix.NLMSG_ERROR {
+					fn(batch[i], ctInfo{}, fmt.Errorf("conntrack entry %v: %w", batch[i], unix.Errno(-m.err)))
+					continue
+				}
+				ci, err := parseCtMsg(m.data)
+				fn(batch[i], ci, err)
+			}
+		}
+		for i, k := range batch {
+			if !answered[i] {
+				fn(k, ctInfo{}, fmt.Errorf("no answer from conntrack for %v", k))
+			}
+		}
+	}
+}
+
+// getRequest is a ctnetlink request, sequence number seq, for the entry whose
+// original tuple is k.
+func getRequest(k flowKey, seq uint32) []byte {
 	fam, srcType, dstType := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
 	if k.src.Addr().Is6() {
 		fam, srcType, dstType = unix.AF_INET6, ctaIPv6Src, ctaIPv6Dst
 	}
-	g.seq++
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtGet, 0)
-	req.Seq = g.seq
+	req.Seq = seq
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: fam, Version: nl.NFNETLINK_V0})
 	orig := nl.NewRtAttr(unix.NLA_F_NESTED|ctaTupleOrig, nil)
 	ip := orig.AddRtAttr(unix.NLA_F_NESTED|ctaTupleIP, nil)
@@ -243,28 +312,7 @@ func (g *ctGetter) get(k flowKey) (ctInfo, error) {
 	proto.AddRtAttr(ctaProtoSrcPort, nl.BEUint16Attr(k.src.Port()))
 	proto.AddRtAttr(ctaProtoDstPort, nl.BEUint16Attr(k.dst.Port()))
 	req.AddData(orig)
-	if _, err := unix.Write(g.fd, req.Serialize()); err != nil {
-		return ctInfo{}, fmt.Errorf("ask conntrack for %v: %w", k, err)
-	}
-	for range 4 { // a late reply to an earlier request that timed out is skipped
-		n, err := unix.Read(g.fd, g.buf)
-		if err != nil {
-			return ctInfo{}, fmt.Errorf("read conntrack's answer for %v: %w", k, err)
-		}
-		for _, m := range splitNlmsgs(g.buf[:n]) {
-			if m.seq != g.seq {
-				continue
-			}
-			if m.typ == unix.NLMSG_ERROR {
-				if m.err == 0 {
-					continue
-				}
-				return ctInfo{}, fmt.Errorf("conntrack entry %v: %w", k, unix.Errno(-m.err))
-			}
-			return parseCtMsg(m.data)
-		}
-	}
-	return ctInfo{}, fmt.Errorf("no answer from conntrack for %v", k)
+	return req.Serialize()
 }
 
 // ctDumpMark and ctDumpMarkMask select the entries the accountant reads: the bit

@@ -270,17 +270,39 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
+	// A flow that reaches TIME_WAIT or CLOSE is read once more for its counters;
+	// those reads wait for the end of the drain and go to conntrack in batches.
+	var toRead []flowKey
+	later := func(k flowKey) (ctInfo, error) {
+		toRead = append(toRead, k)
+		return ctInfo{}, errReadLater
+	}
 	drain := func() {
 		var rs []intercept.Traffic
 		now := time.Now()
+		toRead = toRead[:0]
 		lost, bad, err := reader.drain(func(ev ctEvent) {
-			r, ok, err := a.event(ev, getter.get, now)
-			logErr(err)
+			r, ok, err := a.event(ev, later, now)
+			if !errors.Is(err, errReadLater) {
+				logErr(err)
+			}
 			if ok {
 				rs = append(rs, r)
 			}
 		})
 		logErr(err)
+		getter.getMany(toRead, func(k flowKey, ci ctInfo, err error) {
+			switch {
+			case errors.Is(err, unix.ENOENT):
+				// Gone already: its destroy event follows, with the counters.
+			case err != nil:
+				logErr(err)
+			default:
+				if r, ok := a.observe(ci, false, now, false); ok {
+					rs = append(rs, r)
+				}
+			}
+		})
 		if lost {
 			b.trafficEventsLost.Add(1)
 		}
@@ -309,6 +331,10 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		}
 	}
 }
+
+// errReadLater is what the accountant's read of an entry answers while the reads
+// of a drain are put off to its end (getMany).
+var errReadLater = errors.New("read later")
 
 // trafficPoll is how often the table is read without conntrack events.
 func (b *Backend) trafficPoll(interval time.Duration) time.Duration {
