@@ -31,9 +31,11 @@
 // The set-ups are visited in turn each round, in reverse order every other round
 // (A,B,B,A,...), so a drifting machine favours none. Byte accounting is judged on
 // per-round ratios (latch against latch-noacct in the same round) and their median,
-// not on totals one slow round can swing; for that comparison alone:
+// not on totals one slow round can swing; for that comparison alone (1,000 connects
+// per phase and round; the client's ephemeral ports, held in TIME_WAIT for a minute,
+// bound the connects per scenario to about 28,000):
 //
-//	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 20 -n 10000
+//	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 12 -n 12000
 //
 //	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-scenarios a,b]
 package main
@@ -667,7 +669,7 @@ func reportAccounting(targets []*target, bulk int, bulkTime time.Duration, per, 
 		fmt.Printf("daemon CPU time (user+system) per connect over the run: on %.1f µs, off %.1f µs (%.2fx)\n", ca, cb, ca/cb)
 	}
 	if rounds < 10 {
-		fmt.Println("(few rounds: for the accounting target run -scenarios latch,latch-noacct -rounds 20 -n 10000)")
+		fmt.Println("(few rounds: for the accounting target run -scenarios latch,latch-noacct -rounds 12 -n 12000)")
 	}
 }
 
