@@ -513,9 +513,9 @@ func writeRules(path, client, serverIP string, nrules int, hostRule bool) error 
 
 func report(ms []Measurement, n, conc, nrules, rounds int) {
 	fmt.Printf("connect() to a veth peer, per scenario: %d sequential connects for latency, %d with %d workers for throughput, in %d interleaved rounds\n", n, n, conc, rounds)
-	fmt.Printf("%-8s %12s %12s %12s\n", "", "median µs", "p99 µs", "conn/s")
+	fmt.Printf("%-14s %12s %12s %12s\n", "", "median µs", "p99 µs", "conn/s")
 	for _, m := range ms {
-		fmt.Printf("%-8s %12.1f %12.1f %12.0f\n", m.Scenario, m.MedianUS, m.P99US, m.ConnPerS)
+		fmt.Printf("%-14s %12.1f %12.1f %12.0f\n", m.Scenario, m.MedianUS, m.P99US, m.ConnPerS)
 	}
 	by := map[string]Measurement{}
 	for _, m := range ms {
