@@ -31,8 +31,11 @@ static void FLTAPI LatchPortDisconnect(PVOID ConnectionCookie)
     InterlockedExchange(&g.ClientReady, 0);
     InterlockedExchange(&g.ClientConnected, 0);
     FltCloseClientPort(g.Filter, &g.ClientPort);
-    /* Nobody is left to answer: every held connection gets the default now. */
+    /* Nobody is left to answer: every held connection gets the default now. And
+       nobody is left to flush the cache when the rules change: empty it, so that the
+       default applies at once to every connection until a service says HELLO again. */
     LatchCompleteAllWithDefault(LATCH_STAT_NO_CLIENT_DEFAULT);
+    LatchCacheFlush();
 }
 
 static ULONG WriteAck(VOID *Output, ULONG OutputLength, NTSTATUS Status)
@@ -73,6 +76,9 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
                 reply.Status = (UINT32)STATUS_REVISION_MISMATCH;
                 InterlockedExchange(&g.ClientReady, 0);
             } else {
+                /* A (re)started service may have other rules than the one whose
+                   verdicts are cached. */
+                LatchCacheFlush();
                 g.DefaultAction = hello.DefaultAction;
                 g.TimeoutMs = hello.PendingTimeoutMs;
                 InterlockedExchange(&g.ClientReady, 1);
