@@ -325,6 +325,9 @@ type platformBackend struct {
 	// fastPath is the kernel fast path (Linux), nil when off; fastPathOff says why.
 	fastPath    *fastpath.FastPath
 	fastPathOff string
+	// followRules hooks the backend's kernel verdict cache (Windows) to the engine's
+	// rule and mode changes, synchronously; nil where there is none.
+	followRules func(*engine.Engine)
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -549,6 +552,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			c.Time = time.Now()
 		}
 		hist.Record(c)
+	}
+	if be.followRules != nil {
+		be.followRules(eng)
 	}
 	fp := be.fastPath
 	if fp != nil {

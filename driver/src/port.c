@@ -31,10 +31,10 @@ static void FLTAPI LatchPortDisconnect(PVOID ConnectionCookie)
     InterlockedExchange(&g.ClientReady, 0);
     InterlockedExchange(&g.ClientConnected, 0);
     FltCloseClientPort(g.Filter, &g.ClientPort);
-    /* Nobody is left to answer: every held connection gets the default now. And
-       nobody is left to flush the cache when the rules change: empty it, so that the
-       default applies at once to every connection until a service says HELLO again. */
+    /* Nobody is left to answer: every held connection gets the default now. */
     LatchCompleteAllWithDefault(LATCH_STAT_NO_CLIENT_DEFAULT);
+    /* Nor to flush the cache when the rules change: empty it, so that the default
+       applies at once to every connection until a service says HELLO again. */
     LatchCacheFlush();
 }
 
