@@ -271,7 +271,7 @@ mut("cache_ignores_generation", "no bugcheck, a security hole: a verdict the ser
 mut("cache_hash_only", "no bugcheck, a security hole: a cache lookup trusts the 64-bit hash, so a connection whose key collides with a cached one gets that one's verdict",
     "got A's cached verdict",
     [("src/cache.c", """            if (EntryMatches(slot->Entry, Scope, Tuple, ProcessId, Path, PathLen)) {""",
-      """            if (slot->Entry != NULL || EntryMatches(slot->Entry, Scope, Tuple, ProcessId, Path, PathLen)) {""")])
+      """            if (slot->Entry->Scope == Scope || EntryMatches(slot->Entry, Scope, Tuple, ProcessId, Path, PathLen)) {""")])
 
 mut("cache_key_without_path", "no bugcheck, a security hole: a pid-scoped entry outlives its process, and another program that gets the same pid gets its verdict",
     "another program under a reused pid",
