@@ -66,8 +66,9 @@ type Config struct {
 	// PortName (Windows only). Tests use EmulatedDialer.
 	Dial Dialer
 	// CacheTTL is how long the driver may decide a repeated connection (same process,
-	// remote address, port and protocol) from a verdict a rule gave, without asking.
-	// 0 means DefaultCacheTTL; negative turns the driver's cache off.
+	// remote address, port and protocol) from a verdict a rule gave, without asking;
+	// never longer than the rule lives (see FollowRules). 0 means DefaultCacheTTL;
+	// negative turns the driver's cache off.
 	CacheTTL time.Duration
 	// Devices, Processes and Services describe programs; nil means Windows' own
 	// (QueryDosDevice, the process token and LookupAccountSid, EnumServicesStatusEx)
