@@ -285,7 +285,15 @@ mut("retransmit_cached_by_process", "no bugcheck, a security hole: a person's an
 mut("cache_kept_without_service", "no bugcheck, against invariant 1: with the service gone, cached permits keep deciding instead of the configured default, and nobody flushes them on a rule change",
     "no service: the cached permit decided",
     [("src/port.c", """       applies at once to every connection until a service says HELLO again. */
-    LatchCacheFlush();""", """       applies at once to every connection until a service says HELLO again. */""")])
+    LatchCacheFlush();""", """       applies at once to every connection until a service says HELLO again. */"""),
+     ("src/cache.c", """    if (!InterlockedCompareExchange(&g.ClientConnected, 0, 0)) {""", """    if (0) {""")])
+
+mut("cache_kept_across_hello", "no bugcheck, a security hole: a restarted service (other rules, or none yet) finds the old service's cached verdicts deciding its connections",
+    "a new service inherited the old one's cached verdicts",
+    [("src/port.c", """       applies at once to every connection until a service says HELLO again. */
+    LatchCacheFlush();""", """       applies at once to every connection until a service says HELLO again. */"""),
+     ("src/port.c", """                   verdicts are cached. */
+                LatchCacheFlush();""", """                   verdicts are cached. */""")])
 
 mut("evicted_cache_entry_leaked", "leaked non-paged pool on every cache replacement (pool exhaustion over days; Verifier 0xC4 (0x62) at unload)",
     "leaked pool allocation",

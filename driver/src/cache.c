@@ -68,6 +68,9 @@ static UINT64 MakeHash(ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId, 
 static BOOLEAN PathEqual(const WCHAR *a, const WCHAR *b, UINT16 Length)
 {
     UINT16 i;
+    if (RtlEqualMemory(a, b, sizeof(WCHAR) * (SIZE_T)Length)) {
+        return TRUE; /* the usual case, and the quick one under the lock */
+    }
     for (i = 0; i < Length; i++) {
         if (Fold(a[i]) != Fold(b[i])) {
             return FALSE;
@@ -125,6 +128,11 @@ BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR
     BOOLEAN hit;
     KIRQL irql;
 
+    if (!InterlockedCompareExchange(&g.ClientConnected, 0, 0)) {
+        /* No service: the default applies at once, never a verdict cached for one that
+           is gone (the disconnect empties the cache too, a moment later). */
+        return FALSE;
+    }
     if (Tuple->Direction == LATCH_DIRECTION_INBOUND && ProcessId != 0) {
         byConnection = MakeHash(LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen);
     }

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <sanitizer/common_interface_defs.h>
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -830,6 +831,9 @@ static void test_cache_ttl_and_service_gone(void)
 
     /* a 60 s permit is cached; the service goes */
     client_close(c);
+    for (int w = 0; w < 200 && g.ClientConnected; w++) {
+        sleep_ms(10); /* the disconnect callback runs on the port's thread */
+    }
     emu_conn *g1 = out4(40006, 42, curl, 443);
     CHECK(emu_conn_wait(g1, 2000) == EMU_CONN_BLOCK, "no service: the cached permit decided instead of the default");
     c = connect_service(LATCH_ACTION_BLOCK, 30000);
@@ -1797,6 +1801,74 @@ static void test_dispatch_time_budget(void)
     unload_clean();
 }
 
+/* The cache's share of the time at DISPATCH_LEVEL with the table at its worst: 1,024
+   slots filled with entries whose paths are 4,096 units long (the longest the driver
+   keeps), so that every hit compares a whole 8 KiB path under the lock; then hits,
+   misses that pend and insert over an existing entry, and a FLUSH of the full table.
+   Every hold must stay within the budget of driver_dispatch_time_budget. */
+static void test_cache_hold_time(void)
+{
+    enum { FILL = 1100, PROBES = 64 };
+    static char longPath[LATCH_MAX_PATH_UNITS + 1], upperPath[LATCH_MAX_PATH_UNITS + 1];
+    const char *prefix = "\\Device\\HarddiskVolume3\\";
+    memset(longPath, 'a', LATCH_MAX_PATH_UNITS);
+    memcpy(longPath, prefix, strlen(prefix));
+    memcpy(longPath + LATCH_MAX_PATH_UNITS - 4, ".exe", 4);
+    longPath[LATCH_MAX_PATH_UNITS] = 0;
+    for (int i = 0; i <= LATCH_MAX_PATH_UNITS; i++) {
+        upperPath[i] = (char)toupper((unsigned char)longPath[i]); /* the same file: compared letter by letter */
+    }
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    for (int i = 0; i < FILL; i++) {
+        emu_conn *a = out4((UINT16)(10000 + i), (UINT64)(5000 + i), longPath, 443);
+        REQUIRE(client_next_request(c, &r, 2000), "request %d", i);
+        REQUIRE(r.msg.PathLen == LATCH_MAX_PATH_UNITS, "path of %u units sent, want %d", r.msg.PathLen,
+                LATCH_MAX_PATH_UNITS);
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 600000);
+        REQUIRE(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "connection %d", i);
+    }
+    emu_wait_reauth_idle();
+    int live = 0;
+    for (int i = 0; i < LATCH_CACHE_SLOTS; i++) {
+        live += g.Cache[i].Entry != NULL;
+    }
+    printf("     %d of %d cache slots hold an entry with a %d-unit path\n", live, LATCH_CACHE_SLOTS, LATCH_MAX_PATH_UNITS);
+    CHECK(live > LATCH_CACHE_SLOTS * 9 / 10, "only %d slots filled", live);
+    UINT64 hits0 = stat_of(c, LATCH_STAT_CACHE_HITS);
+    emu_lock_hold_measure(1, LATCH_TEST_HOLD_BUDGET_NS);
+    for (int i = 0; i < PROBES; i++) {
+        /* the last ones inserted are still cached: a hit compares the whole path */
+        (void)out4((UINT16)(20000 + i), (UINT64)(5000 + FILL - 1 - i), longPath, 443);
+        (void)out4((UINT16)(40000 + i), (UINT64)(5000 + FILL - 1 - i), upperPath, 443);
+        emu_conn *m = out4((UINT16)(30000 + i), (UINT64)(9000 + i), longPath, 443);
+        REQUIRE(client_next_request(c, &r, 2000), "miss %d", i);
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_PROCESS_DEST, 600000);
+        emu_conn_wait(m, 2000);
+    }
+    CHECK(client_flush(c, LATCH_FLUSH_CACHE) == STATUS_SUCCESS, "flush");
+    emu_wait_reauth_idle();
+    emu_lock_hold_measure(0, 0);
+    UINT64 hits = stat_of(c, LATCH_STAT_CACHE_HITS) - hits0;
+    CHECK(hits >= PROBES, "only %llu of %d probes hit the cache", (unsigned long long)hits, 2 * PROBES);
+    emu_hold_site sites[32];
+    int n = emu_lock_hold_sites(sites, 32);
+    for (int i = 0; i < n; i++) {
+        char where[256];
+        __sanitizer_symbolize_pc(sites[i].site, "%f %S", where, sizeof(where));
+        printf("     spin lock held at most %7.1f us (mean %5.1f us, %6ld holds, %ld over budget) by %s\n",
+               sites[i].maxNs / 1000.0, sites[i].totalNs / 1000.0 / (double)sites[i].count, sites[i].count,
+               sites[i].over, where);
+        CHECK(sites[i].over <= 1 || sites[i].over * 4 <= sites[i].count,
+              "spin lock held over %.0f us at DISPATCH_LEVEL %ld time(s) of %ld by %s (longest %.1f us)",
+              LATCH_TEST_HOLD_BUDGET_NS / 1000.0, sites[i].over, sites[i].count, where, sites[i].maxNs / 1000.0);
+    }
+    client_close(c);
+    unload_clean();
+}
+
 /* ---- the schedule fuzzer ----
    One seeded schedule: the emulation adds random short delays after every spin-lock
    release and around completions (emu_sched_fuzz); two threads make inbound and
@@ -2003,6 +2075,7 @@ const test_case driver_tests[] = {
     {"driver_cache_full_key_compare", "driver", test_cache_full_key_compare, 1},
     {"driver_cache_scope_none_not_cached", "driver", test_cache_scope_none_not_cached, 1},
     {"driver_cache_ttl_and_service_gone", "driver", test_cache_ttl_and_service_gone, 1},
+    {"driver_cache_hold_time", "driver", test_cache_hold_time, 1},
     {"driver_schedule_fuzz", "schedule", test_schedule_fuzz, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},
