@@ -23,6 +23,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		close:       func() {},
 		// The driver's verdict cache is emptied before a rule change returns.
 		followRules: be.FollowRules,
+		cacheOff:    be.CacheOff,
 	}, nil
 }
 
