@@ -658,7 +658,10 @@ func BenchmarkSimRoundTrip(b *testing.B) {
 
 func BenchmarkSimCacheHit(b *testing.B) {
 	s := startSim(b)
-	runBackend(b, Config{Dial: EmulatedDialer(s.port), Logf: func(string, ...any) {}}, &simDecider{})
+	be, _, _ := runBackend(b, Config{Dial: EmulatedDialer(s.port), Logf: func(string, ...any) {}}, &simDecider{})
+	if err := be.RulesChanged([]engine.Rule{{ID: 1}}); err != nil { // rule 1 allows 443 (simDecider)
+		b.Fatal(err)
+	}
 	s.connect("warm", "v4 out tcp 198.18.0.1 1023 198.19.0.2 443 pid=1234 path="+curlPath)
 	if got := s.wait("warm", 5000); got != "permit" {
 		b.Fatalf("warm: %s", got)
@@ -671,6 +674,9 @@ func BenchmarkSimCacheHit(b *testing.B) {
 		if got := s.wait(tag, 5000); got != "permit" {
 			b.Fatalf("%s: %s", tag, got)
 		}
+	}
+	if hits := s.stats()["cache_hits"]; hits < uint64(i) {
+		b.Fatalf("%d of %d connects decided from the driver's cache", hits, i)
 	}
 }
 
