@@ -325,6 +325,12 @@ type platformBackend struct {
 	// fastPath is the kernel fast path (Linux), nil when off; fastPathOff says why.
 	fastPath    *fastpath.FastPath
 	fastPathOff string
+	// followRules hooks the backend's kernel verdict cache (Windows) to the engine's
+	// rule and mode changes, synchronously; nil where there is none.
+	followRules func(*engine.Engine)
+	// cacheOff says why that cache caches nothing now ("": it does); nil where there
+	// is none.
+	cacheOff func() string
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -550,6 +556,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		}
 		hist.Record(c)
 	}
+	if be.followRules != nil {
+		be.followRules(eng)
+	}
 	fp := be.fastPath
 	if fp != nil {
 		// Synchronous: the kernel stops using decisions of the old rules before the
@@ -669,6 +678,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				st.FastPath = &api.FastPathStatus{On: true, Stats: fp.Stats()}
 			} else if be.fastPathOff != "" {
 				st.FastPath = &api.FastPathStatus{Reason: be.fastPathOff}
+			}
+			if be.cacheOff != nil {
+				why := be.cacheOff()
+				st.DriverCache = &api.DriverCacheStatus{On: why == "", Why: why}
 			}
 			return st
 		},

@@ -21,6 +21,9 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		Backend:     be,
 		attribution: func() []string { return []string{"wfp-driver"} }, // pid and image path come with each request
 		close:       func() {},
+		// The driver's verdict cache is emptied before a rule change returns.
+		followRules: be.FollowRules,
+		cacheOff:    be.CacheOff,
 	}, nil
 }
 

@@ -52,12 +52,13 @@ func TestMain(m *testing.M) {
 // fixture is a daemon-less API server backed by a real engine, a real SQLite history
 // and a real rules file, on a real unix socket the latch binary talks to.
 type fixture struct {
-	eng       *engine.Engine
-	hist      *store.History
-	sock      string
-	rulesPath string
-	stateDir  string          // what status reports
-	kernel    intercept.Stats // what status reports
+	eng         *engine.Engine
+	hist        *store.History
+	sock        string
+	rulesPath   string
+	stateDir    string                 // what status reports
+	kernel      intercept.Stats        // what status reports
+	driverCache *api.DriverCacheStatus // what status reports
 	// anyUser makes every user name an account of this test system (the escaping
 	// tests give rules hostile user names); false: the system's accounts.
 	anyUser bool
@@ -91,7 +92,8 @@ func newFixture(t *testing.T) *fixture {
 		SaveRules: func() error { return store.SaveRules(f.rulesPath, f.eng.Rules()) },
 		Status: func() api.Status {
 			return api.Status{Backend: "nfqueue/test", Mode: "fail-closed", Default: engine.Deny, PromptTimeout: "1m0s",
-				Attribution: []string{"sock_diag"}, Queue: 4242, StateDir: f.stateDir, Kernel: f.kernel}
+				Attribution: []string{"sock_diag"}, Queue: 4242, StateDir: f.stateDir, Kernel: f.kernel,
+				DriverCache: f.driverCache}
 		},
 	})
 	l, err := api.Listen(f.sock)

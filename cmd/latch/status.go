@@ -94,6 +94,14 @@ func runStatus(ctx context.Context, args []string) error {
 			row("fast path", "off: %s", f.Reason)
 		}
 	}
+	if c := st.DriverCache; c != nil {
+		if c.On {
+			row("driver cache", "on: repeats of a rule's verdict decided in the driver %d times",
+				st.Kernel.Extra["driver_cache_hits"])
+		} else {
+			row("driver cache", "off for now: %s", textesc.Message(c.Why))
+		}
+	}
 	row("verdicts", "%s", counters(st.Verdicts))
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History

@@ -56,3 +56,26 @@ func TestDaemonLogEscapes(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusShowsDriverCache: on Windows, status says whether the driver decides
+// repeats of a rule's verdict itself, and when not, which rule turns it off.
+func TestStatusShowsDriverCache(t *testing.T) {
+	f := newFixture(t)
+	if out := f.must(t, "status"); strings.Contains(out, "driver cache") {
+		t.Errorf("a backend without a driver cache shows one:\n%s", out)
+	}
+	f.kernel = intercept.Stats{Backend: "wfp/test", Extra: map[string]uint64{"driver_cache_hits": 7}}
+	f.driverCache = &api.DriverCacheStatus{On: true}
+	if out := f.must(t, "status"); !strings.Contains(out, "on: repeats of a rule's verdict decided in the driver 7 times\n") {
+		t.Errorf("status with the cache on:\n%s", out)
+	}
+	f.driverCache = &api.DriverCacheStatus{Why: "rule 2 has a host-name condition\x1b[2K"}
+	if out := f.must(t, "status"); !strings.Contains(out, "off for now: rule 2 has a host-name condition\\x1b[2K\n") {
+		t.Errorf("status with the cache off:\n%s", out)
+	}
+	var st api.Status
+	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &st); err != nil || st.DriverCache == nil ||
+		st.DriverCache.On || st.DriverCache.Why != "rule 2 has a host-name condition\x1b[2K" {
+		t.Errorf("status --json: driver_cache %+v, %v", st.DriverCache, err)
+	}
+}

@@ -45,12 +45,14 @@ mut("lock_held_across_completion", "deadlock (DPC watchdog 0x133) or 0xC4: FwpsC
     [("src/pending.c", """        DecideLocked(e, Action, &batch);
     }
     KeReleaseSpinLock(&g.Lock, irql);
+    LatchCacheFree(fresh); /* unused, or the entry it replaced */
     if (e == NULL) {
         LatchCount(LATCH_STAT_VERDICTS_LATE);
         return STATUS_NOT_FOUND;
     }
     CompleteBatch(&batch, LATCH_STATS_COUNT);""", """        DecideLocked(e, Action, &batch);
     }
+    LatchCacheFree(fresh); /* unused, or the entry it replaced */
     if (e == NULL) {
         KeReleaseSpinLock(&g.Lock, irql);
         LatchCount(LATCH_STAT_VERDICTS_LATE);
@@ -261,6 +263,41 @@ mut("double_fetch", "time-of-check/time-of-use in kernel mode: the message is va
     } __except (EXCEPTION_EXECUTE_HANDLER) {
         status = STATUS_INVALID_PARAMETER;
     }""")])
+
+mut("cache_ignores_generation", "no bugcheck, a security hole: a verdict the service decided under the old rules, delivered after the FLUSH of a rule change, is cached and lets the next connections through under the new rules",
+    "a verdict delivered after a FLUSH was cached",
+    [("src/pending.c", """    if (e->CacheGeneration != g.CacheGeneration) {""", """    if (e->CacheGeneration == 0) {""")])
+
+mut("cache_hash_only", "no bugcheck, a security hole: a cache lookup trusts the 64-bit hash, so a connection whose key collides with a cached one gets that one's verdict",
+    "got A's cached verdict",
+    [("src/cache.c", """            if (EntryMatches(slot->Entry, Scope, Tuple, ProcessId, Path, PathLen)) {""",
+      """            if (slot->Entry->Scope == Scope || EntryMatches(slot->Entry, Scope, Tuple, ProcessId, Path, PathLen)) {""")])
+
+mut("cache_key_without_path", "no bugcheck, a security hole: a pid-scoped entry outlives its process, and another program that gets the same pid gets its verdict",
+    "another program under a reused pid",
+    [("src/cache.c", """    return e->PathLen == PathLen && PathEqual(e->Path, Path, PathLen);""",
+      """    return Scope != LATCH_SCOPE_PATH_HOST || (e->PathLen == PathLen && PathEqual(e->Path, Path, PathLen));""")])
+
+mut("retransmit_cached_by_process", "no bugcheck, a security hole: a person's answer for one inbound connection decides the program's other connections from that peer address and port",
+    "a scope-0 verdict decided another connection",
+    [("src/pending.c", """        return LATCH_SCOPE_CONNECTION;""", """        return LATCH_SCOPE_PROCESS_DEST;""")])
+
+mut("cache_kept_without_service", "no bugcheck, against invariant 1: with the service gone, cached permits keep deciding instead of the configured default, and nobody flushes them on a rule change",
+    "no service: the cached permit decided",
+    [("src/port.c", """       applies at once to every connection until a service says HELLO again. */
+    LatchCacheFlush();""", """       applies at once to every connection until a service says HELLO again. */"""),
+     ("src/cache.c", """    if (!InterlockedCompareExchange(&g.ClientConnected, 0, 0)) {""", """    if (0) {""")])
+
+mut("cache_kept_across_hello", "no bugcheck, a security hole: a restarted service (other rules, or none yet) finds the old service's cached verdicts deciding its connections",
+    "a new service inherited the old one's cached verdicts",
+    [("src/port.c", """       applies at once to every connection until a service says HELLO again. */
+    LatchCacheFlush();""", """       applies at once to every connection until a service says HELLO again. */"""),
+     ("src/port.c", """                   verdicts are cached. */
+                LatchCacheFlush();""", """                   verdicts are cached. */""")])
+
+mut("evicted_cache_entry_leaked", "leaked non-paged pool on every cache replacement (pool exhaustion over days; Verifier 0xC4 (0x62) at unload)",
+    "leaked pool allocation",
+    [("src/pending.c", """    LatchCacheFree(fresh); /* unused, or the entry it replaced */""", """""")])
 
 def main():
     only = sys.argv[1:]

@@ -1,8 +1,23 @@
 /*
  * Verdict cache: lets a re-connect from the same process to the same destination be
- * decided in classifyFn without a round trip. A fixed open-addressed table (no
- * allocation, bounded probe) under g.Lock; entries expire; FLUSH empties it.
- * Keys are 64-bit hashes of the scope's fields; the scope is part of the key.
+ * decided in classifyFn without a round trip. A fixed open-addressed table of 1024
+ * slots (bounded probe) under g.Lock; entries expire; FLUSH empties it.
+ *
+ * Exactness (the cache never decides a connection otherwise than the service would):
+ *   - An entry holds its whole key (scope, direction, IP version, protocol, remote
+ *     address, remote port, process id, process path; for the connection scope also
+ *     the local address and port), and a lookup compares all of it: the 64-bit hash
+ *     only picks the slots. Two keys with the same hash never share a verdict. A slot
+ *     window holds at most one entry per hash value (an insert replaces the entry
+ *     with its hash), so a lookup compares at most one path per scope.
+ *   - Paths compare with ASCII letters folded, as NT paths (and the service's rules)
+ *     compare case-insensitively; anything else byte for byte.
+ *   - g.CacheGeneration counts FLUSHes (and service connects/disconnects). A pending
+ *     entry records the generation when it is pended; its verdict enters the cache
+ *     only if no FLUSH came since (LatchDeliverVerdict): a verdict decided under old
+ *     rules is applied to its own connection and nothing else.
+ * Entries are allocated (LtLc, non-paged) outside the lock before an insert, and
+ * freed outside it after an eviction or a flush.
  */
 #include "latch.h"
 
@@ -19,24 +34,30 @@ static UINT64 Mix(UINT64 Hash, const void *Data, SIZE_T Length)
     return Hash;
 }
 
-static UINT64 MakeKey(ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen)
+static WCHAR Fold(WCHAR c)
+{
+    return (c >= L'a' && c <= L'z') ? (WCHAR)(c - (L'a' - L'A')) : c;
+}
+
+static UINT64 MakeHash(ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen)
 {
     UINT64 h = Mix(FNV_OFFSET, &Scope, sizeof(Scope));
     h = Mix(h, &Tuple->Direction, sizeof(Tuple->Direction));
     h = Mix(h, &Tuple->IpVersion, sizeof(Tuple->IpVersion));
     h = Mix(h, &Tuple->Protocol, sizeof(Tuple->Protocol));
     h = Mix(h, Tuple->RemoteAddr, sizeof(Tuple->RemoteAddr));
-    if (Scope == LATCH_SCOPE_PROCESS_DEST) {
+    if (Scope == LATCH_SCOPE_PROCESS_DEST || Scope == LATCH_SCOPE_CONNECTION) {
         h = Mix(h, &Tuple->RemotePort, sizeof(Tuple->RemotePort));
         h = Mix(h, &ProcessId, sizeof(ProcessId));
+        if (Scope == LATCH_SCOPE_CONNECTION) {
+            h = Mix(h, Tuple->LocalAddr, sizeof(Tuple->LocalAddr));
+            h = Mix(h, &Tuple->LocalPort, sizeof(Tuple->LocalPort));
+        }
     } else {
         UINT16 i;
         /* NT paths compare case-insensitively: fold ASCII letters. */
         for (i = 0; i < PathLen; i++) {
-            WCHAR c = Path[i];
-            if (c >= L'a' && c <= L'z') {
-                c = (WCHAR)(c - (L'a' - L'A'));
-            }
+            WCHAR c = Fold(Path[i]);
             h = Mix(h, &c, sizeof(c));
         }
         h = Mix(h, &PathLen, sizeof(PathLen));
@@ -44,14 +65,54 @@ static UINT64 MakeKey(ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId, c
     return h == 0 ? 1 : h;
 }
 
-LATCH_LOCKED static BOOLEAN LookupLocked(UINT64 Key, ULONGLONG Now, ULONG *Action)
+static BOOLEAN PathEqual(const WCHAR *a, const WCHAR *b, UINT16 Length)
+{
+    UINT16 i;
+    if (RtlEqualMemory(a, b, sizeof(WCHAR) * (SIZE_T)Length)) {
+        return TRUE; /* the usual case, and the quick one under the lock */
+    }
+    for (i = 0; i < Length; i++) {
+        if (Fold(a[i]) != Fold(b[i])) {
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* The whole key, not the hash: scope, tuple fields of that scope, process id, path. */
+static BOOLEAN EntryMatches(const LATCH_CACHE_ENTRY *e, ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId,
+                            const WCHAR *Path, UINT16 PathLen)
+{
+    if (e->Scope != Scope || e->Direction != Tuple->Direction || e->IpVersion != Tuple->IpVersion ||
+        e->Protocol != Tuple->Protocol || !RtlEqualMemory(e->RemoteAddr, Tuple->RemoteAddr, sizeof(e->RemoteAddr))) {
+        return FALSE;
+    }
+    if (Scope == LATCH_SCOPE_PROCESS_DEST || Scope == LATCH_SCOPE_CONNECTION) {
+        if (e->RemotePort != Tuple->RemotePort || e->ProcessId != ProcessId) {
+            return FALSE;
+        }
+        if (Scope == LATCH_SCOPE_CONNECTION &&
+            (e->LocalPort != Tuple->LocalPort || !RtlEqualMemory(e->LocalAddr, Tuple->LocalAddr, sizeof(e->LocalAddr)))) {
+            return FALSE;
+        }
+    }
+    /* Every scope: the same program (a pid reused by another program misses). */
+    return e->PathLen == PathLen && PathEqual(e->Path, Path, PathLen);
+}
+
+LATCH_LOCKED static BOOLEAN LookupLocked(UINT64 Hash, ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId,
+                                         const WCHAR *Path, UINT16 PathLen, ULONGLONG Now, ULONG *Action)
 {
     ULONG i;
     for (i = 0; i < LATCH_CACHE_PROBE; i++) {
-        LATCH_CACHE_SLOT *slot = &g.Cache[(Key + i) & (LATCH_CACHE_SLOTS - 1)];
-        if (slot->Key == Key && slot->Expires > Now) {
-            *Action = slot->Action;
-            return TRUE;
+        LATCH_CACHE_SLOT *slot = &g.Cache[(Hash + i) & (LATCH_CACHE_SLOTS - 1)];
+        if (slot->Hash == Hash && slot->Expires > Now) {
+            /* At most one entry per hash in a window (see LatchCacheInsertLocked). */
+            if (EntryMatches(slot->Entry, Scope, Tuple, ProcessId, Path, PathLen)) {
+                *Action = slot->Entry->Action;
+                return TRUE;
+            }
+            return FALSE;
         }
     }
     return FALSE;
@@ -60,50 +121,141 @@ LATCH_LOCKED static BOOLEAN LookupLocked(UINT64 Key, ULONGLONG Now, ULONG *Actio
 BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
                          ULONG *Action)
 {
-    UINT64 byProcess = MakeKey(LATCH_SCOPE_PROCESS_DEST, Tuple, ProcessId, Path, PathLen);
-    UINT64 byPath = MakeKey(LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen);
+    UINT64 byProcess = MakeHash(LATCH_SCOPE_PROCESS_DEST, Tuple, ProcessId, Path, PathLen);
+    UINT64 byPath = MakeHash(LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen);
+    UINT64 byConnection = 0;
     ULONGLONG now = KeQueryInterruptTime();
     BOOLEAN hit;
     KIRQL irql;
 
+    if (!InterlockedCompareExchange(&g.ClientConnected, 0, 0)) {
+        /* No service: the default applies at once, never a verdict cached for one that
+           is gone (the disconnect empties the cache too, a moment later). */
+        return FALSE;
+    }
+    if (Tuple->Direction == LATCH_DIRECTION_INBOUND && ProcessId != 0) {
+        byConnection = MakeHash(LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen);
+    }
     KeAcquireSpinLock(&g.Lock, &irql);
-    hit = (ProcessId != 0 && LookupLocked(byProcess, now, Action)) ||
-          (PathLen != 0 && LookupLocked(byPath, now, Action));
+    hit = (ProcessId != 0 &&
+           LookupLocked(byProcess, LATCH_SCOPE_PROCESS_DEST, Tuple, ProcessId, Path, PathLen, now, Action)) ||
+          (PathLen != 0 && LookupLocked(byPath, LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen, now, Action)) ||
+          (byConnection != 0 &&
+           LookupLocked(byConnection, LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen, now, Action));
     KeReleaseSpinLock(&g.Lock, irql);
     return hit;
 }
 
-LATCH_LOCKED void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
-                            ULONG Scope, ULONG TtlMs, ULONG Action)
+PLATCH_CACHE_ENTRY LatchCacheAllocate(UINT16 PathLen)
 {
-    UINT64 key;
-    ULONGLONG now = KeQueryInterruptTime();
-    LATCH_CACHE_SLOT *victim = NULL;
-    ULONG i;
-
-    if ((Scope == LATCH_SCOPE_PROCESS_DEST && ProcessId == 0) || (Scope == LATCH_SCOPE_PATH_HOST && PathLen == 0)) {
-        return; /* nothing identifies the program: never cache */
+    PLATCH_CACHE_ENTRY e = (PLATCH_CACHE_ENTRY)ExAllocatePool2(
+        POOL_FLAG_NON_PAGED, FIELD_OFFSET(LATCH_CACHE_ENTRY, Path) + sizeof(WCHAR) * (SIZE_T)(PathLen + 1),
+        LATCH_TAG_CACHE);
+    if (e == NULL) {
+        LatchCount(LATCH_STAT_ALLOC_FAILURES);
+        return NULL;
     }
-    key = MakeKey(Scope, Tuple, ProcessId, Path, PathLen);
-    for (i = 0; i < LATCH_CACHE_PROBE; i++) {
-        LATCH_CACHE_SLOT *slot = &g.Cache[(key + i) & (LATCH_CACHE_SLOTS - 1)];
-        if (slot->Key == key || slot->Key == 0 || slot->Expires <= now) {
-            victim = slot;
-            break;
-        }
-        if (victim == NULL || slot->Expires < victim->Expires) {
-            victim = slot; /* evict the entry closest to expiry */
-        }
-    }
-    victim->Key = key;
-    victim->Expires = now + LATCH_MS_TO_100NS(TtlMs);
-    victim->Action = (Action == LATCH_ACTION_PERMIT) ? LATCH_ACTION_PERMIT : LATCH_ACTION_BLOCK;
+    e->PathCapacity = PathLen;
+    return e;
 }
 
+void LatchCacheFree(PLATCH_CACHE_ENTRY Entry)
+{
+    if (Entry != NULL) {
+        ExFreePoolWithTag(Entry, LATCH_TAG_CACHE);
+    }
+}
+
+/* Fills Fresh (allocated by LatchCacheAllocate for PathLen units) with the key and
+   puts it in the table. Returns what the caller frees after releasing the lock: the
+   entry it replaced, or Fresh itself when nothing identifies the program. */
+LATCH_LOCKED PLATCH_CACHE_ENTRY LatchCacheInsertLocked(PLATCH_CACHE_ENTRY Fresh, const LATCH_TUPLE *Tuple,
+                                                      UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+                                                      ULONG Scope, ULONG TtlMs, ULONG Action)
+{
+    UINT64 hash;
+    ULONGLONG now = KeQueryInterruptTime();
+    LATCH_CACHE_SLOT *victim = NULL;
+    PLATCH_CACHE_ENTRY old;
+    ULONG i;
+
+    if (((Scope == LATCH_SCOPE_PROCESS_DEST || Scope == LATCH_SCOPE_CONNECTION) && ProcessId == 0) ||
+        (Scope == LATCH_SCOPE_PATH_HOST && PathLen == 0) || Fresh->PathCapacity < PathLen) {
+        return Fresh; /* nothing identifies the program: never cache */
+    }
+    hash = MakeHash(Scope, Tuple, ProcessId, Path, PathLen);
+    for (i = 0; i < LATCH_CACHE_PROBE; i++) {
+        LATCH_CACHE_SLOT *slot = &g.Cache[(hash + i) & (LATCH_CACHE_SLOTS - 1)];
+        if (slot->Hash == hash) {
+            victim = slot; /* the same key, or another with its hash: one entry per hash */
+            break;
+        }
+        if (victim != NULL && (victim->Entry == NULL || victim->Expires <= now)) {
+            continue; /* a free slot is chosen; look on only for an entry with this hash */
+        }
+        if (victim == NULL || slot->Entry == NULL || slot->Expires <= now || slot->Expires < victim->Expires) {
+            victim = slot; /* a free slot, else the entry closest to expiry */
+        }
+    }
+    RtlZeroMemory(Fresh, FIELD_OFFSET(LATCH_CACHE_ENTRY, Path));
+    Fresh->PathCapacity = PathLen;
+    Fresh->Scope = Scope;
+    Fresh->Direction = Tuple->Direction;
+    Fresh->IpVersion = Tuple->IpVersion;
+    Fresh->Protocol = Tuple->Protocol;
+    RtlCopyMemory(Fresh->RemoteAddr, Tuple->RemoteAddr, sizeof(Fresh->RemoteAddr));
+    if (Scope != LATCH_SCOPE_PATH_HOST) {
+        Fresh->RemotePort = Tuple->RemotePort;
+        Fresh->ProcessId = ProcessId;
+    }
+    if (Scope == LATCH_SCOPE_CONNECTION) {
+        Fresh->LocalPort = Tuple->LocalPort;
+        RtlCopyMemory(Fresh->LocalAddr, Tuple->LocalAddr, sizeof(Fresh->LocalAddr));
+    }
+    Fresh->PathLen = PathLen;
+    if (PathLen != 0) {
+        RtlCopyMemory(Fresh->Path, Path, sizeof(WCHAR) * (SIZE_T)PathLen);
+    }
+    Fresh->Action = (Action == LATCH_ACTION_PERMIT) ? LATCH_ACTION_PERMIT : LATCH_ACTION_BLOCK;
+
+    old = victim->Entry;
+    if (old != NULL) {
+        RemoveEntryList(&old->Link);
+    }
+    InsertTailList(&g.CacheList, &Fresh->Link);
+    victim->Entry = Fresh;
+    victim->Hash = hash;
+    victim->Expires = now + LATCH_MS_TO_100NS(TtlMs);
+    return old;
+}
+
+void LatchInitCache(void)
+{
+    InitializeListHead(&g.CacheList);
+    g.CacheGeneration = 1;
+}
+
+/* Empties the cache and starts a new generation (under one hold of the lock: no
+   verdict decided before can enter it afterwards), then frees the entries. */
 void LatchCacheFlush(void)
 {
+    LIST_ENTRY gone;
     KIRQL irql;
+
+    InitializeListHead(&gone);
     KeAcquireSpinLock(&g.Lock, &irql);
+    g.CacheGeneration++;
+    if (!IsListEmpty(&g.CacheList)) {
+        gone.Flink = g.CacheList.Flink;
+        gone.Blink = g.CacheList.Blink;
+        gone.Flink->Blink = &gone;
+        gone.Blink->Flink = &gone;
+        InitializeListHead(&g.CacheList);
+    }
     RtlZeroMemory(g.Cache, sizeof(g.Cache));
     KeReleaseSpinLock(&g.Lock, irql);
+    while (!IsListEmpty(&gone)) {
+        PLIST_ENTRY link = RemoveHeadList(&gone);
+        LatchCacheFree(CONTAINING_RECORD(link, LATCH_CACHE_ENTRY, Link));
+    }
 }

@@ -145,6 +145,7 @@ static void LatchCleanup(void)
         FltUnregisterFilter(g.Filter);
         g.Filter = NULL;
     }
+    LatchCacheFlush(); /* nothing classifies or delivers verdicts any more: free the entries */
     if (g.DeviceObject != NULL) {
         IoDeleteDevice(g.DeviceObject);
         g.DeviceObject = NULL;
@@ -167,6 +168,7 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
     KeInitializeEvent(&g.NoInjections, NotificationEvent, FALSE);
     g.InjectionsInFlight = 1; /* the bias: the count cannot reach 0 before unload */
     LatchInitPending();
+    LatchInitCache();
     KeInitializeEvent(&g.WorkerEvent, SynchronizationEvent, FALSE);
     ExInitializeRundownProtection(&g.MessageRundown);
     LatchReadConfig(RegistryPath);

@@ -21,6 +21,7 @@
 #define LATCH_TAG_PENDING 'pLtL'
 #define LATCH_TAG_FLOW    'fLtL'
 #define LATCH_TAG_MESSAGE 'mLtL'
+#define LATCH_TAG_CACHE   'cLtL'
 
 #define LATCH_PORT_NAME L"\\LatchPort"
 
@@ -53,6 +54,11 @@
 #define LATCH_RELEASE_BATCH           32     /* packets released per scan */
 #define LATCH_MAX_FLOWS               65536  /* flow contexts; beyond, a flow gets none */
 #define LATCH_FLOW_BUCKETS            16384  /* power of two */
+/* The cache's own scope for a verdict that came after its held inbound packet was
+   dropped: this very connection (local and remote address and port, pid, path), so
+   the peer's retransmitted SYN is decided by it and nothing else. Never on the wire
+   (the VERDICT decoder accepts scopes 0..2 only). */
+#define LATCH_SCOPE_CONNECTION        3
 
 /* WFP callouts we register, in table order (callouts.c). */
 enum {
@@ -103,6 +109,7 @@ typedef struct _LATCH_PENDING {
     UINT64 EndpointHandle;      /* matches the reauthorization pass */
     LATCH_TUPLE Tuple;
     UINT64 ProcessId;
+    UINT64 CacheGeneration;     /* g.CacheGeneration when pended: its verdict is cached only while current */
     LONGLONG Timestamp;
     ULONGLONG Deadline;         /* KeQueryInterruptTime units */
     ULONG Action;               /* LATCH_ACTION_*, once decided */
@@ -133,10 +140,28 @@ typedef struct _LATCH_PROC_SLOT {
     ULONG Count;                /* Waiting + Reserved entries of the process; 0: free slot */
 } LATCH_PROC_SLOT;
 
-typedef struct _LATCH_CACHE_SLOT {
-    UINT64 Key;                 /* 0: empty */
-    ULONGLONG Expires;
+/* A cached verdict with its whole key (cache.c); allocated (LtLc) outside the lock. */
+typedef struct _LATCH_CACHE_ENTRY {
+    LIST_ENTRY Link;            /* g.CacheList while in a slot */
+    ULONG Scope;                /* LATCH_SCOPE_PROCESS_DEST, _PATH_HOST or _CONNECTION */
     ULONG Action;
+    UINT8 Direction;
+    UINT8 IpVersion;
+    UINT8 Protocol;
+    UINT16 RemotePort;          /* PROCESS_DEST, CONNECTION */
+    UINT16 LocalPort;           /* CONNECTION */
+    UINT8 RemoteAddr[16];
+    UINT8 LocalAddr[16];        /* CONNECTION */
+    UINT64 ProcessId;           /* PROCESS_DEST, CONNECTION */
+    UINT16 PathCapacity;        /* units allocated */
+    UINT16 PathLen;
+    WCHAR Path[1];
+} LATCH_CACHE_ENTRY, *PLATCH_CACHE_ENTRY;
+
+typedef struct _LATCH_CACHE_SLOT {
+    UINT64 Hash;                /* 0: empty */
+    ULONGLONG Expires;
+    PLATCH_CACHE_ENTRY Entry;   /* NULL: empty */
 } LATCH_CACHE_SLOT;
 
 typedef struct _LATCH_FLOW {
@@ -181,6 +206,8 @@ typedef struct _LATCH_GLOBALS {
     LATCH_RECENT Recent[LATCH_RECENT_SLOTS];
     ULONG RecentNext;
     LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
+    LIST_ENTRY CacheList;       /* every entry in Cache, so a flush frees them outside the lock */
+    UINT64 CacheGeneration;     /* bumped by every flush, under g.Lock */
     LIST_ENTRY FlowList;
     struct _LATCH_FLOW *FlowBuckets[LATCH_FLOW_BUCKETS];
     ULONG FlowCount;
@@ -256,11 +283,15 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
                             ULONG *Returned);
 
 /* cache.c */
+void LatchInitCache(void);
 BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
                          ULONG *Action);
-/* Caller holds g.Lock. */
-LATCH_LOCKED void LatchCacheInsertLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
-                      ULONG Scope, ULONG TtlMs, ULONG Action);
+PLATCH_CACHE_ENTRY LatchCacheAllocate(UINT16 PathLen);
+void LatchCacheFree(PLATCH_CACHE_ENTRY Entry);
+/* Caller holds g.Lock; frees what it returns after releasing it. */
+LATCH_LOCKED PLATCH_CACHE_ENTRY LatchCacheInsertLocked(PLATCH_CACHE_ENTRY Fresh, const LATCH_TUPLE *Tuple,
+                                                      UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+                                                      ULONG Scope, ULONG TtlMs, ULONG Action);
 void LatchCacheFlush(void);
 void LatchCountAction(ULONG Action);
 

@@ -443,6 +443,7 @@ NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES
     }
     /* Reserve the slot, then pend and reference outside the lock (they call into WFP). */
     entry->State = LatchPendingReserved;
+    entry->CacheGeneration = g.CacheGeneration; /* before the service can see it */
     InsertTailList(&g.PendingList, &entry->Link);
     g.PendingCount++;
     proc->Count++;
@@ -540,26 +541,60 @@ BOOLEAN LatchTakeReauthVerdict(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle, 
     return TRUE;
 }
 
+/* Which scope a verdict for e may be cached under (LATCH_SCOPE_NONE: none). */
+LATCH_LOCKED static ULONG CacheScopeLocked(const LATCH_PENDING *e, ULONG CacheScope, ULONG CacheTtlMs, ULONG *TtlMs)
+{
+    if (e->CacheGeneration != g.CacheGeneration) {
+        return LATCH_SCOPE_NONE; /* a FLUSH came after it was pended: maybe decided under old rules */
+    }
+    if (CacheScope != LATCH_SCOPE_NONE) {
+        *TtlMs = CacheTtlMs;
+        return CacheScope;
+    }
+    if (e->PacketReleased && IsInbound(e)) {
+        /* The held packet was dropped: the peer's retransmit of this very connection
+           gets this verdict (PROTOCOL.md, "Held packets"). */
+        *TtlMs = LATCH_RETRANSMIT_TTL_MS;
+        return LATCH_SCOPE_CONNECTION;
+    }
+    return LATCH_SCOPE_NONE;
+}
+
 NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, ULONG CacheTtlMs)
 {
     LIST_ENTRY batch;
     PLATCH_PENDING e;
+    PLATCH_CACHE_ENTRY fresh = NULL;
+    ULONG scope = LATCH_SCOPE_NONE, ttl = 0;
+    UINT16 pathLen = 0;
     KIRQL irql;
 
     InitializeListHead(&batch);
+    /* A cache entry is allocated outside the lock: look first whether one is wanted
+       and for how long a path (fixed for the entry's life). */
     KeAcquireSpinLock(&g.Lock, &irql);
     e = FindWaitingLocked(RequestId);
     if (e != NULL) {
-        if (CacheScope != LATCH_SCOPE_NONE) {
-            LatchCacheInsertLocked(&e->Tuple, e->ProcessId, e->Path, e->PathLen, CacheScope, CacheTtlMs, Action);
-        } else if (e->PacketReleased && IsInbound(e)) {
-            /* The held packet was dropped: the peer's retransmit gets this verdict. */
-            LatchCacheInsertLocked(&e->Tuple, e->ProcessId, e->Path, e->PathLen, LATCH_SCOPE_PROCESS_DEST,
-                                   LATCH_RETRANSMIT_TTL_MS, Action);
+        scope = CacheScopeLocked(e, CacheScope, CacheTtlMs, &ttl);
+        pathLen = e->PathLen;
+    }
+    KeReleaseSpinLock(&g.Lock, irql);
+    if (scope != LATCH_SCOPE_NONE) {
+        fresh = LatchCacheAllocate(pathLen); /* NULL: decided, not cached */
+    }
+
+    KeAcquireSpinLock(&g.Lock, &irql);
+    e = FindWaitingLocked(RequestId);
+    if (e != NULL) {
+        /* Again: a FLUSH may have come in between. */
+        scope = CacheScopeLocked(e, CacheScope, CacheTtlMs, &ttl);
+        if (fresh != NULL && scope != LATCH_SCOPE_NONE) {
+            fresh = LatchCacheInsertLocked(fresh, &e->Tuple, e->ProcessId, e->Path, e->PathLen, scope, ttl, Action);
         }
         DecideLocked(e, Action, &batch);
     }
     KeReleaseSpinLock(&g.Lock, irql);
+    LatchCacheFree(fresh); /* unused, or the entry it replaced */
     if (e == NULL) {
         LatchCount(LATCH_STAT_VERDICTS_LATE);
         return STATUS_NOT_FOUND;

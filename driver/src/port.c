@@ -33,6 +33,9 @@ static void FLTAPI LatchPortDisconnect(PVOID ConnectionCookie)
     FltCloseClientPort(g.Filter, &g.ClientPort);
     /* Nobody is left to answer: every held connection gets the default now. */
     LatchCompleteAllWithDefault(LATCH_STAT_NO_CLIENT_DEFAULT);
+    /* Nor to flush the cache when the rules change: empty it, so that the default
+       applies at once to every connection until a service says HELLO again. */
+    LatchCacheFlush();
 }
 
 static ULONG WriteAck(VOID *Output, ULONG OutputLength, NTSTATUS Status)
@@ -73,6 +76,9 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
                 reply.Status = (UINT32)STATUS_REVISION_MISMATCH;
                 InterlockedExchange(&g.ClientReady, 0);
             } else {
+                /* A (re)started service may have other rules than the one whose
+                   verdicts are cached. */
+                LatchCacheFlush();
                 g.DefaultAction = hello.DefaultAction;
                 g.TimeoutMs = hello.PendingTimeoutMs;
                 InterlockedExchange(&g.ClientReady, 1);

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <sanitizer/common_interface_defs.h>
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -626,6 +627,224 @@ static void test_cache_answers_without_round_trip(void)
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
     emu_conn_wait(f, 2000);
     CHECK(stat_of(c, LATCH_STAT_CACHE_HITS) == 2, "cache_hits %llu", (unsigned long long)stat_of(c, LATCH_STAT_CACHE_HITS));
+    client_close(c);
+    unload_clean();
+}
+
+/* A verdict the service decided under the old rules must not outlive them: the
+   request was pended before a FLUSH, so its verdict decides its own connection and
+   enters no cache; the next identical connect is asked again. A request pended after
+   the FLUSH is cached as usual. */
+static void test_cache_verdict_after_flush_not_cached(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    /* the rules change while the question is out: FLUSH, then the old rules' answer */
+    CHECK(client_flush(c, LATCH_FLUSH_CACHE) == STATUS_SUCCESS, "flush");
+    CHECK(client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000) == STATUS_SUCCESS,
+          "verdict ack");
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "the verdict still decides its own connection");
+    emu_conn *b = out4(40001, 42, curl, 443);
+    CHECK(emu_conn_state(b) == EMU_CONN_PENDING, "a verdict delivered after a FLUSH was cached (state %d)",
+          emu_conn_state(b));
+    REQUIRE(client_next_request(c, &r, 2000), "the identical connect was not asked about");
+    /* pended after the FLUSH: cached */
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(b, 2000) == EMU_CONN_BLOCK, "blocked");
+    emu_conn *d = out4(40002, 42, curl, 443);
+    CHECK(emu_conn_state(d) == EMU_CONN_BLOCK, "a verdict of the current generation was not cached");
+    CHECK(!client_next_request(c, &r, 100), "a cached connection was asked about");
+    client_close(c);
+    unload_clean();
+}
+
+/* FNV-1a 64 over the cache's scope-1 key, as cache.c lays it out: the collision below
+   must really be one, or the test proves nothing. */
+static UINT64 fnv(UINT64 h, const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ ((const UINT8 *)p)[i]) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static UINT64 scope1_hash(UINT8 dir, UINT8 ipver, UINT8 proto, const UINT8 remote[16], UINT16 port, UINT64 pid)
+{
+    ULONG scope = LATCH_SCOPE_PROCESS_DEST;
+    UINT64 h = fnv(0xcbf29ce484222325ULL, &scope, sizeof(scope));
+    h = fnv(h, &dir, 1);
+    h = fnv(h, &ipver, 1);
+    h = fnv(h, &proto, 1);
+    h = fnv(h, remote, 16);
+    h = fnv(h, &port, 2);
+    h = fnv(h, &pid, 8);
+    return h == 0 ? 1 : h;
+}
+
+/* Two keys with the same 64-bit hash (found by a distinguished-point search over
+   the last 8 bytes of the remote address) must not share a verdict; nor may a pid
+   that another program reuses. */
+static void test_cache_full_key_compare(void)
+{
+    static const char remoteA[] = "fd00::570c:b5ac:cbda:39ab";
+    static const char remoteB[] = "fd00::f605:f280:6548:b944";
+    emu_conn_params pa = params(1, 0, 6, "fd00::1", 40000, remoteA, 443, 4242, curl);
+    emu_conn_params pb = params(1, 0, 6, "fd00::1", 40001, remoteB, 443, 4242, curl);
+    UINT64 ha = scope1_hash(LATCH_DIRECTION_OUTBOUND, 6, 6, pa.remote, 443, 4242);
+    UINT64 hb = scope1_hash(LATCH_DIRECTION_OUTBOUND, 6, 6, pb.remote, 443, 4242);
+    printf("     %s and %s, both pid 4242 port 443: hash %016llx and %016llx\n", remoteA, remoteB,
+           (unsigned long long)ha, (unsigned long long)hb);
+    REQUIRE(ha == hb, "the two keys no longer collide: find a new pair for the cache's hash");
+
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn *a = emu_connect(&pa);
+    REQUIRE(client_next_request(c, &r, 2000), "request A");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "A permitted");
+    pa.localPort = 40002;
+    emu_conn *a2 = emu_connect(&pa);
+    CHECK(emu_conn_state(a2) == EMU_CONN_PERMIT, "A again: decided from the cache");
+    emu_conn *b = emu_connect(&pb);
+    CHECK(emu_conn_state(b) == EMU_CONN_PENDING, "B (same hash, other address) got A's cached verdict (state %d)",
+          emu_conn_state(b));
+    REQUIRE(client_next_request(c, &r, 2000), "B was not asked about");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(b, 2000) == EMU_CONN_BLOCK, "B blocked");
+    pb.localPort = 40003;
+    emu_conn *b2 = emu_connect(&pb);
+    CHECK(emu_conn_state(b2) == EMU_CONN_BLOCK, "B again: its own cached block");
+    pa.localPort = 40004;
+    emu_conn *a3 = emu_connect(&pa);
+    CHECK(emu_conn_state(a3) != EMU_CONN_BLOCK, "A got B's cached block");
+    if (emu_conn_state(a3) == EMU_CONN_PENDING) {
+        REQUIRE(client_next_request(c, &r, 2000), "request A again");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+        emu_conn_wait(a3, 2000);
+    }
+
+    /* pid 77 ran curl (cached allow); the pid is reused by another program */
+    emu_conn *p1 = out4(41000, 77, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request pid 77");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(p1, 2000) == EMU_CONN_PERMIT, "pid 77 permitted");
+    emu_conn *p2 = out4(41001, 77, edge, 443);
+    CHECK(emu_conn_state(p2) == EMU_CONN_PENDING, "another program under a reused pid got curl's cached verdict");
+    if (emu_conn_state(p2) == EMU_CONN_PENDING) {
+        REQUIRE(client_next_request(c, &r, 2000), "request for the reused pid");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+        emu_conn_wait(p2, 2000);
+    }
+    client_close(c);
+    unload_clean();
+}
+
+/* A verdict without a cache scope (a person's answer, a default) decides its own
+   connection only. The one exception, an inbound verdict that came after its held
+   SYN was dropped, covers the peer's retransmit of that very connection: not the same
+   peer address and port at another local port of the same program. */
+static void test_cache_scope_none_not_cached(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 60000);
+    REQUIRE(c != NULL, "service");
+    request r, rin;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_NONE, 0);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "permitted");
+    emu_conn *b = out4(40001, 42, curl, 443);
+    CHECK(emu_conn_state(b) == EMU_CONN_PENDING, "a scope-0 verdict was cached");
+    REQUIRE(client_next_request(c, &r, 2000), "the identical connect was not asked about");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_NONE, 0);
+    CHECK(emu_conn_wait(b, 2000) == EMU_CONN_BLOCK, "blocked");
+
+    emu_conn_params pi = params(0, 1, 6, "198.18.0.1", 22, "198.19.0.9", 53000, 880, "\\Device\\HarddiskVolume3\\sshd.exe");
+    emu_conn *in = emu_connect(&pi);
+    REQUIRE(client_next_request(c, &rin, 2000), "inbound request");
+    double t0 = now();
+    while (emu_packet_references() > 0 && now() - t0 < LATCH_PACKET_HOLD_MS / 1000.0 + 2) {
+        sleep_ms(20);
+    }
+    REQUIRE(emu_packet_references() == 0, "the held SYN was not released");
+    client_verdict(c, rin.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_NONE, 0);
+    CHECK(emu_conn_wait(in, 2000) == EMU_CONN_BLOCK, "the SYN whose packet was released is dropped");
+    emu_conn_params other = pi;
+    other.localPort = 2222; /* the same program's other listener, the same peer address and port */
+    emu_conn *o = emu_connect(&other);
+    CHECK(emu_conn_state(o) == EMU_CONN_PENDING,
+          "a scope-0 verdict decided another connection than the one it was for (state %d)", emu_conn_state(o));
+    if (emu_conn_state(o) == EMU_CONN_PENDING) {
+        REQUIRE(client_next_request(c, &r, 2000), "request for the other listener");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+        emu_conn_wait(o, 2000);
+    }
+    emu_conn *again = emu_connect(&pi);
+    CHECK(emu_conn_state(again) == EMU_CONN_PERMIT, "the retransmitted SYN was not decided at once (state %d)",
+          emu_conn_state(again));
+    CHECK(!client_next_request(c, &r, 100), "the retransmit was asked about again");
+    client_close(c);
+    unload_clean();
+}
+
+/* Entries live for their TTL and no longer, in both scopes; with the service gone
+   nothing is decided from the cache (nobody would flush it on a rule change): the
+   default applies at once, and a new service starts with an empty cache. */
+static void test_cache_ttl_and_service_gone(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 400);
+    double t0 = now();
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "permitted");
+    emu_conn *e = out4(40001, 43, edge, 8443);
+    REQUIRE(client_next_request(c, &r, 2000), "request edge");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PATH_HOST, 400);
+    CHECK(emu_conn_wait(e, 2000) == EMU_CONN_PERMIT, "edge permitted");
+    if (now() - t0 < 0.3) {
+        emu_conn *b = out4(40002, 42, curl, 443);
+        CHECK(emu_conn_state(b) == EMU_CONN_PERMIT, "scope 1 within its TTL was not decided from the cache");
+        emu_conn *f = out4(40003, 44, edge, 9443);
+        CHECK(emu_conn_state(f) == EMU_CONN_PERMIT, "scope 2 within its TTL was not decided from the cache");
+    }
+    sleep_ms(500);
+    emu_conn *b2 = out4(40004, 42, curl, 443);
+    CHECK(emu_conn_state(b2) == EMU_CONN_PENDING, "a scope-1 entry answered after its TTL");
+    REQUIRE(client_next_request(c, &r, 2000), "request after the TTL");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000);
+    CHECK(emu_conn_wait(b2, 2000) == EMU_CONN_PERMIT, "permitted");
+    emu_conn *f2 = out4(40005, 44, edge, 9443);
+    CHECK(emu_conn_state(f2) == EMU_CONN_PENDING, "a scope-2 entry answered after its TTL");
+    REQUIRE(client_next_request(c, &r, 2000), "request after the TTL (scope 2)");
+    client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, 0, 0);
+    emu_conn_wait(f2, 2000);
+
+    /* a 60 s permit is cached; the service goes */
+    client_close(c);
+    for (int w = 0; w < 200 && g.ClientConnected; w++) {
+        sleep_ms(10); /* the disconnect callback runs on the port's thread */
+    }
+    emu_conn *g1 = out4(40006, 42, curl, 443);
+    CHECK(emu_conn_wait(g1, 2000) == EMU_CONN_BLOCK, "no service: the cached permit decided instead of the default");
+    c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "reconnect");
+    emu_conn *g2 = out4(40007, 42, curl, 443);
+    CHECK(emu_conn_state(g2) == EMU_CONN_PENDING, "a new service inherited the old one's cached verdicts");
+    if (emu_conn_state(g2) == EMU_CONN_PENDING) {
+        REQUIRE(client_next_request(c, &r, 2000), "request after reconnect");
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
+        emu_conn_wait(g2, 2000);
+    }
     client_close(c);
     unload_clean();
 }
@@ -1582,6 +1801,74 @@ static void test_dispatch_time_budget(void)
     unload_clean();
 }
 
+/* The cache's share of the time at DISPATCH_LEVEL with the table at its worst: 1,024
+   slots filled with entries whose paths are 4,096 units long (the longest the driver
+   keeps), so that every hit compares a whole 8 KiB path under the lock; then hits,
+   misses that pend and insert over an existing entry, and a FLUSH of the full table.
+   Every hold must stay within the budget of driver_dispatch_time_budget. */
+static void test_cache_hold_time(void)
+{
+    enum { FILL = 1100, PROBES = 64 };
+    static char longPath[LATCH_MAX_PATH_UNITS + 1], upperPath[LATCH_MAX_PATH_UNITS + 1];
+    const char *prefix = "\\Device\\HarddiskVolume3\\";
+    memset(longPath, 'a', LATCH_MAX_PATH_UNITS);
+    memcpy(longPath, prefix, strlen(prefix));
+    memcpy(longPath + LATCH_MAX_PATH_UNITS - 4, ".exe", 4);
+    longPath[LATCH_MAX_PATH_UNITS] = 0;
+    for (int i = 0; i <= LATCH_MAX_PATH_UNITS; i++) {
+        upperPath[i] = (char)toupper((unsigned char)longPath[i]); /* the same file: compared letter by letter */
+    }
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    for (int i = 0; i < FILL; i++) {
+        emu_conn *a = out4((UINT16)(10000 + i), (UINT64)(5000 + i), longPath, 443);
+        REQUIRE(client_next_request(c, &r, 2000), "request %d", i);
+        REQUIRE(r.msg.PathLen == LATCH_MAX_PATH_UNITS, "path of %u units sent, want %d", r.msg.PathLen,
+                LATCH_MAX_PATH_UNITS);
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 600000);
+        REQUIRE(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "connection %d", i);
+    }
+    emu_wait_reauth_idle();
+    int live = 0;
+    for (int i = 0; i < LATCH_CACHE_SLOTS; i++) {
+        live += g.Cache[i].Entry != NULL;
+    }
+    printf("     %d of %d cache slots hold an entry with a %d-unit path\n", live, LATCH_CACHE_SLOTS, LATCH_MAX_PATH_UNITS);
+    CHECK(live > LATCH_CACHE_SLOTS * 9 / 10, "only %d slots filled", live);
+    UINT64 hits0 = stat_of(c, LATCH_STAT_CACHE_HITS);
+    emu_lock_hold_measure(1, LATCH_TEST_HOLD_BUDGET_NS);
+    for (int i = 0; i < PROBES; i++) {
+        /* the last ones inserted are still cached: a hit compares the whole path */
+        (void)out4((UINT16)(20000 + i), (UINT64)(5000 + FILL - 1 - i), longPath, 443);
+        (void)out4((UINT16)(40000 + i), (UINT64)(5000 + FILL - 1 - i), upperPath, 443);
+        emu_conn *m = out4((UINT16)(30000 + i), (UINT64)(9000 + i), longPath, 443);
+        REQUIRE(client_next_request(c, &r, 2000), "miss %d", i);
+        client_verdict(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_PROCESS_DEST, 600000);
+        emu_conn_wait(m, 2000);
+    }
+    CHECK(client_flush(c, LATCH_FLUSH_CACHE) == STATUS_SUCCESS, "flush");
+    emu_wait_reauth_idle();
+    emu_lock_hold_measure(0, 0);
+    UINT64 hits = stat_of(c, LATCH_STAT_CACHE_HITS) - hits0;
+    CHECK(hits >= PROBES, "only %llu of %d probes hit the cache", (unsigned long long)hits, 2 * PROBES);
+    emu_hold_site sites[32];
+    int n = emu_lock_hold_sites(sites, 32);
+    for (int i = 0; i < n; i++) {
+        char where[256];
+        __sanitizer_symbolize_pc(sites[i].site, "%f %S", where, sizeof(where));
+        printf("     spin lock held at most %7.1f us (mean %5.1f us, %6ld holds, %ld over budget) by %s\n",
+               sites[i].maxNs / 1000.0, sites[i].totalNs / 1000.0 / (double)sites[i].count, sites[i].count,
+               sites[i].over, where);
+        CHECK(sites[i].over <= 1 || sites[i].over * 4 <= sites[i].count,
+              "spin lock held over %.0f us at DISPATCH_LEVEL %ld time(s) of %ld by %s (longest %.1f us)",
+              LATCH_TEST_HOLD_BUDGET_NS / 1000.0, sites[i].over, sites[i].count, where, sites[i].maxNs / 1000.0);
+    }
+    client_close(c);
+    unload_clean();
+}
+
 /* ---- the schedule fuzzer ----
    One seeded schedule: the emulation adds random short delays after every spin-lock
    release and around completions (emu_sched_fuzz); two threads make inbound and
@@ -1784,6 +2071,11 @@ const test_case driver_tests[] = {
     {"driver_reauth_without_write_right", "driver", test_reauth_without_write_right_frees_entry, 1},
     {"driver_clear_action_right_honoured", "driver", test_clear_action_right_honoured, 1},
     {"driver_outbound_first_datagram_resent", "driver", test_outbound_first_datagram_resent, 1},
+    {"driver_cache_verdict_after_flush_not_cached", "driver", test_cache_verdict_after_flush_not_cached, 1},
+    {"driver_cache_full_key_compare", "driver", test_cache_full_key_compare, 1},
+    {"driver_cache_scope_none_not_cached", "driver", test_cache_scope_none_not_cached, 1},
+    {"driver_cache_ttl_and_service_gone", "driver", test_cache_ttl_and_service_gone, 1},
+    {"driver_cache_hold_time", "driver", test_cache_hold_time, 1},
     {"driver_schedule_fuzz", "schedule", test_schedule_fuzz, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},

@@ -113,6 +113,17 @@ type Status struct {
 	// FastPath is the kernel fast path (Linux): on or off and why, and its counters
 	// (absent where there is none, e.g. Windows, whose driver has its own cache).
 	FastPath *FastPathStatus `json:"fast_path,omitempty"`
+	// DriverCache is the Windows driver's verdict cache (absent elsewhere): whether
+	// it caches the verdicts of rules now, and why not. Its hits are counted in
+	// Kernel.Extra["driver_cache_hits"].
+	DriverCache *DriverCacheStatus `json:"driver_cache,omitempty"`
+}
+
+// DriverCacheStatus says whether the Windows driver may decide a repeated connection
+// from a rule's earlier verdict now (see internal/intercept/windows).
+type DriverCacheStatus struct {
+	On  bool   `json:"on"`
+	Why string `json:"why,omitempty"` // why not, when off (e.g. a rule with a host name)
 }
 
 // EventSinkStats are one event sink's counters in Status.

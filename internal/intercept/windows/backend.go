@@ -66,8 +66,9 @@ type Config struct {
 	// PortName (Windows only). Tests use EmulatedDialer.
 	Dial Dialer
 	// CacheTTL is how long the driver may decide a repeated connection (same process,
-	// remote address, port and protocol) from a verdict a rule gave, without asking.
-	// 0 means DefaultCacheTTL; negative turns the driver's cache off.
+	// remote address, port and protocol) from a verdict a rule gave, without asking;
+	// never longer than the rule lives (see FollowRules). 0 means DefaultCacheTTL;
+	// negative turns the driver's cache off.
 	CacheTTL time.Duration
 	// Devices, Processes and Services describe programs; nil means Windows' own
 	// (QueryDosDevice, the process token and LookupAccountSid, EnumServicesStatusEx)
@@ -101,8 +102,10 @@ type Backend struct {
 	cfg     Config
 	dial    Dialer
 	desc    *describer
-	pending uint32 // HELLO pending_timeout_ms
-	cacheMS uint32 // VERDICT cache_ttl_ms for rule verdicts; 0: none
+	pending uint32                    // HELLO pending_timeout_ms
+	cacheMS uint32                    // VERDICT cache_ttl_ms for rule verdicts at most; 0: none
+	rules   atomic.Pointer[ruleState] // the rules in force (RulesChanged); nil: cache nothing
+	follow  cacheFollower
 
 	running atomic.Bool
 	cur     atomic.Pointer[session]
@@ -358,8 +361,8 @@ func (b *Backend) handle(s *session, cr *proto.ConnectRequest, d intercept.Decid
 }
 
 // wireVerdict turns an engine verdict into the VERDICT for driver request id. Only a
-// verdict a rule stands behind may be cached by the driver: an answer given once, a
-// default or a timeout must be asked again next time.
+// verdict a rule made may be cached by the driver, for no longer than the rule lives
+// (see cache.go): an answer, a default or a timeout must be asked again next time.
 func (b *Backend) wireVerdict(id proto.RequestID, v engine.Verdict) proto.Verdict {
 	w := proto.Verdict{RequestID: id, Action: b.defaultWireAction()}
 	switch v.Action {
@@ -371,9 +374,9 @@ func (b *Backend) wireVerdict(id proto.RequestID, v engine.Verdict) proto.Verdic
 	case engine.Reject:
 		w.Action = proto.ActionReject
 	}
-	if b.cacheMS > 0 && v.RuleID != 0 && (v.Reason == engine.ReasonRule || v.Reason == engine.ReasonPrompt) {
+	if ttl := b.rules.Load().cacheTTL(v, b.cacheMS, time.Now()); ttl > 0 {
 		w.CacheScope = proto.CacheProcessRemotePort
-		w.CacheTTLMS = b.cacheMS
+		w.CacheTTLMS = ttl
 	}
 	return w
 }
@@ -462,16 +465,8 @@ func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
 	if s == nil {
 		return 0, ErrNotConnected
 	}
-	ans, err := b.request(s, &proto.Flush{Flags: proto.FlushCache | proto.FlushReauthorize}, proto.AckSize)
-	if err != nil {
-		return 0, fmt.Errorf("FLUSH: %w", err)
-	}
-	a, ok := ans.(*proto.Ack)
-	if !ok {
-		return 0, fmt.Errorf("FLUSH: the driver answered with %v, not an ACK", ans.Type())
-	}
-	if a.Status != proto.StatusSuccess {
-		return 0, fmt.Errorf("FLUSH: the driver refused it: %v", a.Status)
+	if err := b.flush(s, proto.FlushCache|proto.FlushReauthorize); err != nil {
+		return 0, err
 	}
 	st, err := b.DriverStats()
 	if err != nil {

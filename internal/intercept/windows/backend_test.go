@@ -218,6 +218,9 @@ func TestVerdictCacheScope(t *testing.T) {
 	dec := &portDecider{byPort: map[uint16]func(engine.Verdict){}}
 	b, _, _ := startBackend(t, Config{Dial: drv.dial, CacheTTL: 90 * time.Second}, dec)
 	drv.waitConnected(t)
+	if err := b.RulesChanged([]engine.Rule{{ID: 1}, {ID: 3}, {ID: 9}}); err != nil {
+		t.Fatal(err)
+	}
 	cached := func(a proto.Action) proto.Verdict {
 		return proto.Verdict{Action: a, CacheScope: proto.CacheProcessRemotePort, CacheTTLMS: 90000}
 	}
@@ -227,13 +230,18 @@ func TestVerdictCacheScope(t *testing.T) {
 		want proto.Verdict
 	}{
 		{2001, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonPrompt}, proto.Verdict{Action: proto.ActionPermit}},
-		{2002, engine.Verdict{Action: engine.Reject, Reason: engine.ReasonPrompt, RuleID: 3}, cached(proto.ActionReject)},
+		// An answer remembered as rule 3 is still a person's answer: not cached.
+		{2002, engine.Verdict{Action: engine.Reject, Reason: engine.ReasonPrompt, RuleID: 3}, proto.Verdict{Action: proto.ActionReject}},
 		{2003, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}, proto.Verdict{Action: proto.ActionBlock}},
 		{2004, engine.Verdict{Action: engine.Drop, Reason: engine.ReasonRule, RuleID: 9}, cached(proto.ActionBlock)},
 		{2005, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}, cached(proto.ActionPermit)},
 		{2006, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonDefault}, proto.Verdict{Action: proto.ActionPermit}},
 		{2007, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonQuestionCap}, proto.Verdict{Action: proto.ActionBlock}},
 		{2008, engine.Verdict{Action: engine.NoAction, Reason: engine.ReasonError}, proto.Verdict{Action: proto.ActionBlock}},
+		{2009, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonMode}, proto.Verdict{Action: proto.ActionPermit}},
+		{2010, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonList}, proto.Verdict{Action: proto.ActionBlock}},
+		// A rule the backend was not told about (added or removed since): not cached.
+		{2011, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 5}, proto.Verdict{Action: proto.ActionPermit}},
 	}
 	ids := map[uint16]proto.RequestID{}
 	for _, c := range cases {
@@ -249,10 +257,10 @@ func TestVerdictCacheScope(t *testing.T) {
 			t.Errorf("%v for port %d: sent %+v, want %+v", c.v, c.port, got, want)
 		}
 	}
-	eventually(t, "every ACK counted", func() bool { st := b.Stats(); return st.Allowed+st.Denied+st.Rejected == 8 })
+	eventually(t, "every ACK counted", func() bool { st := b.Stats(); return st.Allowed+st.Denied+st.Rejected == 11 })
 	st := b.Stats()
-	if st.Allowed != 3 || st.Rejected != 1 || st.Denied != 4 {
-		t.Errorf("stats %+v, want allowed 3 rejected 1 denied 4", st)
+	if st.Allowed != 5 || st.Rejected != 1 || st.Denied != 5 {
+		t.Errorf("stats %+v, want allowed 5 rejected 1 denied 5", st)
 	}
 }
 
@@ -314,6 +322,9 @@ func TestMalformedMessagesCountedAndSkipped(t *testing.T) {
 	dec := newRuleDecider()
 	b, _, _ := startBackend(t, Config{Dial: drv.dial}, dec)
 	port := drv.waitConnected(t)
+	if err := b.RulesChanged([]engine.Rule{{ID: 7}, {ID: 8}}); err != nil {
+		t.Fatal(err)
+	}
 
 	good, _ := proto.Encode(&proto.Ack{})
 	badMagic := append([]byte(nil), good...)

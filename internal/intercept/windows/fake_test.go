@@ -17,18 +17,19 @@ import (
 type fakeDriver struct {
 	t testing.TB
 
-	mu        sync.Mutex
-	port      *fakePort
-	dials     int
-	dialErr   error
-	hello     func(*proto.Hello) []byte // nil: HELLO_REPLY version 1
-	hellos    []proto.Hello
-	pending   map[proto.RequestID]bool // request ids sent and not yet answered
-	flushes   []proto.Flush
-	stats     proto.StatsReply
-	connected chan *fakePort // every new connection
-	verdicts  chan proto.Verdict
-	nextID    proto.RequestID
+	mu          sync.Mutex
+	port        *fakePort
+	dials       int
+	dialErr     error
+	hello       func(*proto.Hello) []byte // nil: HELLO_REPLY version 1
+	hellos      []proto.Hello
+	pending     map[proto.RequestID]bool // request ids sent and not yet answered
+	flushes     []proto.Flush
+	refuseFlush bool // FLUSH answered with STATUS_INVALID_PARAMETER
+	stats       proto.StatsReply
+	connected   chan *fakePort // every new connection
+	verdicts    chan proto.Verdict
+	nextID      proto.RequestID
 }
 
 func newFakeDriver(t testing.TB) *fakeDriver {
@@ -88,6 +89,9 @@ func (d *fakeDriver) answer(p *fakePort, in []byte) []byte {
 		return enc(&proto.Ack{})
 	case *proto.Flush:
 		d.flushes = append(d.flushes, *m)
+		if d.refuseFlush {
+			return enc(&proto.Ack{Status: proto.StatusInvalidParameter})
+		}
 		return enc(&proto.Ack{})
 	case *proto.StatsQuery:
 		s := d.stats

@@ -418,6 +418,9 @@ func TestSimCacheAndRedecide(t *testing.T) {
 	s := startSim(t)
 	d := &simDecider{}
 	b, _, _ := runBackend(t, Config{Dial: EmulatedDialer(s.port), PromptTimeout: time.Second}, d)
+	if err := b.RulesChanged([]engine.Rule{{ID: 1}, {ID: 2}, {ID: 3}, {ID: 4}}); err != nil {
+		t.Fatal(err)
+	}
 
 	s.connect("c1", "v4 out tcp 198.18.0.1 50001 198.19.0.2 443 pid=1234 path="+curlPath)
 	if got := s.wait("c1", 5000); got != "permit" {
@@ -655,7 +658,10 @@ func BenchmarkSimRoundTrip(b *testing.B) {
 
 func BenchmarkSimCacheHit(b *testing.B) {
 	s := startSim(b)
-	runBackend(b, Config{Dial: EmulatedDialer(s.port), Logf: func(string, ...any) {}}, &simDecider{})
+	be, _, _ := runBackend(b, Config{Dial: EmulatedDialer(s.port), Logf: func(string, ...any) {}}, &simDecider{})
+	if err := be.RulesChanged([]engine.Rule{{ID: 1}}); err != nil { // rule 1 allows 443 (simDecider)
+		b.Fatal(err)
+	}
 	s.connect("warm", "v4 out tcp 198.18.0.1 1023 198.19.0.2 443 pid=1234 path="+curlPath)
 	if got := s.wait("warm", 5000); got != "permit" {
 		b.Fatalf("warm: %s", got)
@@ -668,6 +674,9 @@ func BenchmarkSimCacheHit(b *testing.B) {
 		if got := s.wait(tag, 5000); got != "permit" {
 			b.Fatalf("%s: %s", tag, got)
 		}
+	}
+	if hits := s.stats()["cache_hits"]; hits < uint64(i) {
+		b.Fatalf("%d of %d connects decided from the driver's cache", hits, i)
 	}
 }
 
@@ -764,6 +773,78 @@ func TestSimWithEngine(t *testing.T) {
 	s.connect("https2", "v4 out tcp 198.18.0.1 50007 198.19.0.2 443 pid=1234 path="+curlPath)
 	if got := s.wait("https2", 5000); got != "block" {
 		t.Errorf("https after the allow rule was removed: %s, want block (asked, unanswered)", got)
+	}
+	s.unload()
+}
+
+// TestSimRuleChangeFlushedBeforeReturn: with the real engine and the real driver, a
+// rule's allow is cached in the driver; once the call that replaces it with a deny
+// rule has returned, the very next connection is decided by the deny rule, not by the
+// cached allow (FollowRules: FLUSH acknowledged before the rule change returns). A
+// question answered by a person is not cached: the next connection is asked again.
+func TestSimRuleChangeFlushedBeforeReturn(t *testing.T) {
+	s := startSim(t)
+	eng, err := engine.New(engine.Config{Default: engine.Deny, PromptTimeout: 400 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	const curl = `C:\Windows\System32\curl.exe`
+	if _, err := eng.AddRule(engine.Rule{App: curl, Protocol: engine.TCP, Port: engine.PortRange{Lo: 443, Hi: 443}, Action: engine.Allow}); err != nil {
+		t.Fatal(err)
+	}
+	b, _, _ := runBackend(t, Config{
+		Dial: EmulatedDialer(s.port), Default: engine.Deny, PromptTimeout: 400 * time.Millisecond,
+		Devices: &fakeDevices{table: map[string]string{"C:": `\Device\HarddiskVolume3`}},
+	}, eng)
+	b.FollowRules(eng)
+	if why := b.CacheOff(); why != "" {
+		t.Fatalf("CacheOff = %q, want the cache on", why)
+	}
+
+	for i, tag := range []string{"c1", "c2"} {
+		s.connect(tag, fmt.Sprintf("v4 out tcp 198.18.0.1 %d 198.19.0.2 443 pid=1234 path=%s", 50001+i, curlPath))
+		if got := s.wait(tag, 5000); got != "permit" {
+			t.Fatalf("%s: %s, want permit", tag, got)
+		}
+	}
+	if hits := s.stats()["cache_hits"]; hits != 1 {
+		t.Fatalf("driver cache_hits %d, want 1 (c2 from the rule's cached allow)", hits)
+	}
+
+	// The allow rule is replaced by a deny rule; then, at once, the same connection.
+	if err := eng.ReplaceRules([]engine.Rule{{App: curl, Protocol: engine.TCP, Port: engine.PortRange{Lo: 443, Hi: 443}, Action: engine.Deny}}); err != nil {
+		t.Fatal(err)
+	}
+	s.connect("c3", "v4 out tcp 198.18.0.1 50003 198.19.0.2 443 pid=1234 path="+curlPath)
+	if got := s.wait("c3", 5000); got != "block" {
+		t.Fatalf("c3 right after the deny rule replaced the allow rule: %s, want block", got)
+	}
+	if hits := s.stats()["cache_hits"]; hits != 1 {
+		t.Errorf("driver cache_hits %d after the rule change, want still 1 (c3 decided by the service)", hits)
+	}
+
+	// A person's answer decides its own connection only.
+	s.connect("ask1", "v4 out tcp 198.18.0.1 50004 198.19.0.2 8080 pid=1234 path="+curlPath)
+	var prompt engine.Prompt
+	eventually(t, "the prompt", func() bool {
+		for _, p := range eng.Prompts() {
+			if p.Request.Remote.Port() == 8080 {
+				prompt = p
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := eng.Answer(prompt.ID, engine.Answer{Action: engine.Allow}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.wait("ask1", 5000); got != "permit" {
+		t.Fatalf("answered question: %s, want permit", got)
+	}
+	s.connect("ask2", "v4 out tcp 198.18.0.1 50005 198.19.0.2 8080 pid=1234 path="+curlPath)
+	if got := s.wait("ask2", 5000); got != "block" {
+		t.Errorf("the same connection after a once answer: %s, want block (asked again, unanswered)", got)
 	}
 	s.unload()
 }
