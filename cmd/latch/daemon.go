@@ -31,6 +31,7 @@ import (
 	"github.com/latchfw/latch/internal/lifetime"
 	"github.com/latchfw/latch/internal/sdnotify"
 	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/internal/textesc"
 	"github.com/latchfw/latch/internal/winsvc"
 )
 
@@ -721,6 +722,14 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		}
 		proxy.Store(p)
 		defer stopProxy()
+	} else if o.ResolvConf != "none" {
+		// An earlier daemon ran its resolver, died, and this one runs without it: the
+		// file names a resolver that no longer answers.
+		if restored, err := dnsproxy.RestoreLeftover(o.ResolvConf, o.StateDir); err != nil {
+			logf("local resolver of an earlier run: %v", err)
+		} else if restored {
+			logf("restored %s, which the local resolver of an earlier run pointed at itself", textesc.String(o.ResolvConf))
+		}
 	}
 
 	serveErr := make(chan error, 1)
@@ -784,7 +793,24 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		if rc, err = dnsproxy.OpenResolvConf(o.ResolvConf, o.StateDir); err != nil {
 			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
 		}
-		if len(upstream) == 0 {
+		if uplink, ok := rc.SystemdResolved(); ok {
+			// systemd-resolved's stub: never its address, and upstream are the servers
+			// resolved itself uses (resolved reads the resolv.conf latch writes as
+			// "foreign" and would ask latch's resolver: its stub as upstream would loop).
+			for _, stub := range dnsproxy.ResolvedStub {
+				if listen.Addr().Unmap() == stub {
+					rc.Release()
+					return nil, nil, fmt.Errorf("--dns-proxy %s: systemd-resolved's stub resolver answers at %s (%s is its stub-resolv.conf); choose another address, e.g. 127.0.0.153:53",
+						o.DNSProxy, stub, textesc.String(o.ResolvConf))
+				}
+			}
+			if len(upstream) == 0 {
+				if upstream, err = dnsproxy.ResolvedNameservers(uplink, listen.Addr()); err != nil {
+					rc.Release()
+					return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
+				}
+			}
+		} else if len(upstream) == 0 {
 			upstream = rc.Nameservers(listen.Addr())
 		}
 	}
@@ -796,6 +822,7 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		},
 	})
 	if err != nil {
+		rc.Release()
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -806,12 +833,27 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	case <-ready:
 	case err := <-done:
 		cancel()
+		rc.Release()
 		return nil, nil, err
 	}
 	if rc != nil {
-		if err := rc.Point(listen.Addr()); err != nil {
+		// Fail-open: the upstream servers resolv.conf can name (port 53) follow the
+		// proxy, so DNS goes on without the daemon. Fail-closed: only the proxy.
+		var fallback []netip.Addr
+		if o.FailOpen {
+			for _, u := range upstream {
+				if ap := netip.MustParseAddrPort(u); ap.Port() == 53 {
+					fallback = append(fallback, ap.Addr())
+				}
+			}
+			if len(fallback) == 0 {
+				logf("local resolver: no upstream on port 53 to name in %s after it: DNS stops while the daemon does (--fail open)", textesc.String(rc.Path))
+			}
+		}
+		if err := rc.Point(listen.Addr(), fallback); err != nil {
 			cancel()
 			<-done
+			rc.Release()
 			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
 		}
 	}

@@ -8,8 +8,10 @@
 // use-application-dns.net is answered NXDOMAIN, so that Firefox keeps plain DNS.
 //
 // The proxy runs inside the daemon: while the daemon is stopped, nothing answers at
-// the proxy's address and DNS fails (closed) until it is back or resolv.conf is
-// restored (ResolvConf.Restore, on a clean stop).
+// the proxy's address. Fail-closed, DNS stops until the daemon is back or resolv.conf
+// is restored (ResolvConf.Restore, on a clean stop); fail-open, resolv.conf names the
+// upstream after the proxy (ResolvConf.Point), and resolvers move on to it as soon as
+// the proxy's address refuses their query.
 package dnsproxy
 
 import (
@@ -136,12 +138,12 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 	lc := net.ListenConfig{Control: p.cfg.Control}
 	pc, err := lc.ListenPacket(ctx, "udp", p.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("dns proxy: listen udp %s: %w", p.cfg.Listen, err)
+		return listenError("udp", p.cfg.Listen, err)
 	}
 	ln, err := lc.Listen(ctx, "tcp", p.cfg.Listen)
 	if err != nil {
 		pc.Close()
-		return fmt.Errorf("dns proxy: listen tcp %s: %w", p.cfg.Listen, err)
+		return listenError("tcp", p.cfg.Listen, err)
 	}
 	udp := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.UDP) })}
 	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.TCP) }),
@@ -168,6 +170,17 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 	udp.ShutdownContext(context.Background())
 	tcp.ShutdownContext(context.Background())
 	return nil
+}
+
+// listenError says which address could not be served, and why in plain words when
+// another program holds it.
+func listenError(network, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("dns proxy: %s (%s) is already in use: another program listens there "+
+			"(a resolver such as systemd-resolved's stub on 127.0.0.53, or dnsmasq); choose another --dns-proxy address: %w",
+			addr, strings.ToUpper(network), err)
+	}
+	return fmt.Errorf("dns proxy: listen %s %s: %w", network, addr, err)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

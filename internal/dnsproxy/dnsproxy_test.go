@@ -177,7 +177,7 @@ func TestResolvConfRestored(t *testing.T) {
 	if ns := rc.Nameservers(netip.MustParseAddr("127.0.0.1")); len(ns) != 1 || ns[0] != "198.18.0.53:53" {
 		t.Errorf("upstream %v, want 198.18.0.53:53 (not the proxy's own address)", ns)
 	}
-	if err := rc.Point(netip.MustParseAddr("127.0.0.1")); err != nil {
+	if err := rc.Point(netip.MustParseAddr("127.0.0.1"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "nameserver 127.0.0.1\nsearch lan\n") || strings.Contains(string(b), "198.18.0.53") {

@@ -3,8 +3,10 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -93,10 +95,20 @@ func TestDNSProxy(t *testing.T) {
 		t.Errorf("status dns_proxy: %+v %v", st.Proxy, err)
 	}
 
+	// The system resolver reads the pointed resolv.conf: through latch, attributed.
+	if r := n.systemResolveConnect(t, resolv, "ok.test"); r.Outcome != "connected" {
+		t.Errorf("ok.test through the system resolver: %+v", r)
+	} else if c := findConn(t, d, 8098, r.PID); c["host_source"] != "own" {
+		t.Errorf("system resolver: history %v: want host ok.test (own)", c)
+	}
+
 	// Killed: DNS stops (nothing answers) and so do new connections (fail-closed).
 	d.Signal(syscall.SIGKILL, 10*time.Second)
 	if r := run("ok.test"); r.Outcome == "connected" || strings.Contains(r.Error, "no such host") {
 		t.Errorf("with the daemon killed: %+v, want the lookup to fail (no answer)", r)
+	}
+	if r := n.systemResolveConnect(t, resolv, "ok.test"); r.Outcome == "connected" {
+		t.Errorf("with the daemon killed, fail-closed: the system resolver found another way: %+v", r)
 	}
 	if r := n.Connect(t, 8098, 2*time.Second); r.Outcome == "connected" {
 		t.Errorf("with the daemon killed, fail-closed: a connection got through: %+v", r)
@@ -130,3 +142,122 @@ func TestDNSProxy(t *testing.T) {
 
 // Canary is the name Firefox asks before turning DNS over HTTPS on by itself.
 func Canary() string { return "use-application-dns.net" }
+
+// withResolv runs name in the client namespace, in a mount namespace of its own where
+// resolv (as it is now) is bind-mounted over /etc/resolv.conf: the program's system
+// resolver reads it, and the machine's own file is never touched.
+func (n *Net) withResolv(resolv, name string, args ...string) (string, error) {
+	return n.Exec(n.Client, "unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c",
+		`mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv, name}, args...)...)
+}
+
+// systemResolveConnect resolves name with the resolv.conf resolv (Go's resolver: its
+// servers in order, the next one when a server refuses) and connects to port 8098.
+func (n *Net) systemResolveConnect(t *testing.T, resolv, name string) Result {
+	t.Helper()
+	out, err := n.withResolv(resolv, helperBin, "resolve-connect", "system", name, "8098", "5s")
+	if err != nil {
+		t.Fatalf("resolve-connect system %s: %v\n%s", name, err, out)
+	}
+	var r Result
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &r); err != nil {
+		t.Fatalf("resolve-connect output %q: %v", out, err)
+	}
+	return r
+}
+
+// daemonFails runs a daemon that must refuse to start, and returns its output.
+func (n *Net) daemonFails(t *testing.T, flags ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	args := append([]string{"netns", "exec", n.Client, latchBin, "daemon", "--state-dir", filepath.Join(dir, "state"),
+		"--api", filepath.Join(dir, "latch.sock")}, flags...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("daemon %v: started (or hung): %v\n%s", flags, err, out)
+	}
+	return string(out)
+}
+
+// TestDNSProxyFailOpen: with --fail open the resolver is no single point of failure.
+// resolv.conf names the upstream after latch's resolver, so a killed daemon leaves DNS
+// working through the system resolver (which moves on as soon as the dead resolver's
+// port refuses) and connections too; a restart puts queries through latch again
+// (attributed: the program's own name); a clean stop restores resolv.conf exactly,
+// a symbolic link as the same link with its target's bytes untouched.
+func TestDNSProxyFailOpen(t *testing.T) {
+	n := NewNet(t)
+	n.Serve(t, 8098)
+	dns := n.Start(n.Server, helperBin, "dns-serve", n.ServerIP+":53", "ok.test", n.ServerIP)
+	dns.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	dir := t.TempDir()
+	target := filepath.Join(dir, "resolv.conf.real")
+	orig := "# the machine's own\nnameserver " + n.ServerIP + "\nsearch example.test\noptions ndots:1 rotate\n"
+	if err := os.WriteFile(target, []byte(orig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resolv := filepath.Join(dir, "resolv.conf")
+	if err := os.Symlink(target, resolv); err != nil {
+		t.Fatal(err)
+	}
+	flags := []string{"--default", "deny", "--fail", "open", "--dns-proxy", "127.0.0.1:53", "--resolv-conf", resolv}
+	d := n.StartDaemon(flags...)
+	d.MustCLI(t, "rules", "add", "--host", "ok.test", "--port", "8098", "--action", "allow")
+
+	b, _ := os.ReadFile(resolv)
+	if got := string(b); !strings.Contains(got, "\nnameserver 127.0.0.1\nnameserver "+n.ServerIP+"\n") ||
+		strings.Contains(got, "rotate") || !strings.Contains(got, "options ndots:1\n") {
+		t.Fatalf("resolv.conf while the resolver runs (fail-open: the proxy, then the upstream; no rotate):\n%s", got)
+	}
+	r := n.systemResolveConnect(t, resolv, "ok.test")
+	if r.Outcome != "connected" {
+		t.Fatalf("ok.test through the system resolver: %+v", r)
+	}
+	if c := findConn(t, d, 8098, r.PID); c["host"] != "ok.test" || c["host_source"] != "own" {
+		t.Errorf("history %v: want host ok.test (own): the query went through latch's resolver", c)
+	}
+
+	// Killed: nothing listens at the resolver's address; DNS goes on to the upstream,
+	// and the connection passes (fail-open: the queue is bypassed).
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	if r := n.systemResolveConnect(t, resolv, "ok.test"); r.Outcome != "connected" {
+		t.Errorf("with the daemon killed, fail-open: %+v, want the name resolved and the connection made", r)
+	}
+	// glibc too (getent: the resolver of C programs).
+	t0 := time.Now()
+	if out, err := n.withResolv(resolv, "getent", "ahostsv4", "ok.test"); err != nil || !strings.Contains(out, n.ServerIP) {
+		t.Errorf("getent ahostsv4 ok.test with the daemon killed, fail-open: %v\n%s", err, out)
+	}
+	t.Logf("glibc lookup with the daemon killed: %v", time.Since(t0))
+
+	// Restarted on the same state: queries go through latch again.
+	d2 := n.StartDaemon(append(flags, "--state-dir", d.State)...)
+	d2.MustCLI(t, "rules", "add", "--host", "ok.test", "--port", "8098", "--action", "allow")
+	r = n.systemResolveConnect(t, resolv, "ok.test")
+	if r.Outcome != "connected" {
+		t.Fatalf("after a restart: %+v", r)
+	}
+	if c := findConn(t, d2, 8098, r.PID); c["host"] != "ok.test" || c["host_source"] != "own" {
+		t.Errorf("after a restart: history %v: want host ok.test (own)", c)
+	}
+	var st struct {
+		Proxy *struct{ Queries, Attributed uint64 } `json:"dns_proxy"`
+	}
+	if err := json.Unmarshal([]byte(d2.MustCLI(t, "status", "--json")), &st); err != nil || st.Proxy == nil || st.Proxy.Attributed < 1 {
+		t.Errorf("after a restart: status dns_proxy %+v %v: want attributed queries", st.Proxy, err)
+	}
+	if err := d2.Signal(syscall.SIGTERM, 15*time.Second); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	if got, err := os.Readlink(resolv); err != nil || got != target {
+		t.Errorf("after a clean stop: %s is a link to %q (%v), want a link to %s", resolv, got, err, target)
+	}
+	if b, _ := os.ReadFile(target); string(b) != orig {
+		t.Errorf("the link's target after a clean stop:\n%s\nwant:\n%s", b, orig)
+	}
+	if _, err := os.Stat(filepath.Join(d.State, "resolv.conf.orig")); err == nil {
+		t.Error("the backup of resolv.conf outlived a clean stop")
+	}
+}

@@ -25,6 +25,8 @@
 //	                                close; print the result
 //	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
+//	                                (DNSADDR "system": the servers of /etc/resolv.conf, in
+//	                                its order, the next one when a server refuses)
 //	e2ehelper dns-query DNSADDR NAME TIMEOUT
 //	                                one A query for NAME from a fresh UDP socket, as a stub
 //	                                resolver sends it; prints the first response with the
@@ -664,9 +666,12 @@ func resolveConnectNet(network, dnsAddr, name, port string, timeout time.Duratio
 		}
 		mu.Unlock()
 	}()
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, server string) (net.Conn, error) {
+		if dnsAddr != "system" {
+			server = dnsAddr
+		}
 		var d net.Dialer
-		c, err := d.DialContext(ctx, network, dnsAddr)
+		c, err := d.DialContext(ctx, network, server)
 		if err != nil {
 			return nil, err
 		}
