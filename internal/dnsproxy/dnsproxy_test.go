@@ -326,3 +326,171 @@ func TestListenersGetControl(t *testing.T) {
 		}
 	}
 }
+
+// TestPointFallback: fail-open names up to two upstream servers after the proxy (never
+// the proxy twice), fail-closed only the proxy; "rotate" goes (it would send every
+// other query past the proxy), the other options stay.
+func TestPointFallback(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "resolv.conf")
+	orig := "nameserver 198.18.0.53\noptions rotate ndots:2\nsearch lan\noptions rotate\n"
+	os.WriteFile(path, []byte(orig), 0o644)
+	rc, err := OpenResolvConf(path, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := netip.MustParseAddr("127.0.0.153")
+	ups := []netip.Addr{proxy, netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("198.18.0.54"), netip.MustParseAddr("198.18.0.55")}
+	if err := rc.Point(proxy, ups); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	var ns []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "nameserver" {
+			ns = append(ns, f[1])
+		}
+	}
+	if want := []string{"127.0.0.153", "198.18.0.53", "198.18.0.54"}; !slices.Equal(ns, want) {
+		t.Errorf("fail-open name servers %v, want %v", ns, want)
+	}
+	if s := string(b); strings.Contains(s, "rotate") || !strings.Contains(s, "\noptions ndots:2\nsearch lan\n") {
+		t.Errorf("fail-open file:\n%s", s)
+	}
+	if err := rc.Point(proxy, nil); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); strings.Count(string(b), "nameserver") != 1 || !strings.Contains(string(b), "nameserver 127.0.0.153\n") {
+		t.Errorf("fail-closed file:\n%s", b)
+	}
+	if err := rc.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != orig {
+		t.Errorf("restored:\n%s\nwant:\n%s", b, orig)
+	}
+}
+
+// TestRelease: a start that failed before pointing the file forgets its backup (a
+// later start reads the file as it is then); a backup an earlier run left stays.
+func TestRelease(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "resolv.conf")
+	os.WriteFile(path, []byte("nameserver 198.18.0.53\n"), 0o644)
+	rc, err := OpenResolvConf(path, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Release()
+	os.WriteFile(path, []byte("nameserver 198.18.0.99\n"), 0o644) // DHCP changed it since
+	rc, err = OpenResolvConf(path, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns := rc.Nameservers(netip.Addr{}); !slices.Equal(ns, []string{"198.18.0.99:53"}) {
+		t.Errorf("after a released start: upstream %v, want the file as it is now", ns)
+	}
+	rc.Point(netip.MustParseAddr("127.0.0.153"), nil) // then a crash
+	again, err := OpenResolvConf(path, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.Release()
+	if _, err := os.Stat(filepath.Join(dir, "resolv.conf.orig")); err != nil {
+		t.Errorf("an earlier run's backup was dropped: %v", err)
+	}
+	var none *ResolvConf
+	none.Release()
+}
+
+// resolvedLayout lays out systemd-resolved's files under dir as resolved does under
+// /run/systemd/resolve, with etc/resolv.conf a link to the stub file (relative or
+// absolute).
+func resolvedLayout(t *testing.T, dir string, relative bool) (resolv, stub string) {
+	t.Helper()
+	run := filepath.Join(dir, "run", "systemd", "resolve")
+	os.MkdirAll(run, 0o755)
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	stub = filepath.Join(run, "stub-resolv.conf")
+	os.WriteFile(stub, []byte("# This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n"), 0o644)
+	os.WriteFile(filepath.Join(run, "resolv.conf"), []byte("# This is /run/systemd/resolve/resolv.conf managed by man:systemd-resolved(8).\nnameserver 198.18.0.53\nnameserver 127.0.0.153\nnameserver 198.18.0.54\nsearch lan\n"), 0o644)
+	resolv = filepath.Join(dir, "etc", "resolv.conf")
+	target := stub
+	if relative {
+		target = "../run/systemd/resolve/stub-resolv.conf"
+	}
+	if err := os.Symlink(target, resolv); err != nil {
+		t.Fatal(err)
+	}
+	return resolv, target
+}
+
+// TestSystemdResolved: resolv.conf as systemd-resolved's stub is recognised (a link to
+// stub-resolv.conf, relative or absolute, or a file naming only the stub), and the
+// upstream comes from resolved's own resolv.conf beside it, without the proxy's
+// address or the stub's.
+func TestSystemdResolved(t *testing.T) {
+	proxy := netip.MustParseAddr("127.0.0.153")
+	for _, relative := range []bool{false, true} {
+		dir := t.TempDir()
+		resolv, target := resolvedLayout(t, dir, relative)
+		rc, err := OpenResolvConf(resolv, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uplink, ok := rc.SystemdResolved()
+		if want := filepath.Join(dir, "run", "systemd", "resolve", "resolv.conf"); !ok || uplink != want {
+			t.Fatalf("relative %v: SystemdResolved() = %q %v, want %q", relative, uplink, ok, want)
+		}
+		ns, err := ResolvedNameservers(uplink, proxy)
+		if err != nil || !slices.Equal(ns, []string{"198.18.0.53:53", "198.18.0.54:53"}) {
+			t.Errorf("resolved's servers %v %v", ns, err)
+		}
+		rc.Point(proxy, nil)
+		if err := rc.Restore(); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.Readlink(resolv); err != nil || got != target {
+			t.Errorf("restored link %q %v, want %q", got, err, target)
+		}
+	}
+
+	dir := t.TempDir()
+	path := filepath.Join(dir, "resolv.conf")
+	for conf, want := range map[string]bool{
+		"nameserver 127.0.0.53\noptions edns0\n":          true,
+		"nameserver 127.0.0.53\nnameserver 198.18.0.53\n": false,
+		"nameserver 198.18.0.53\n":                        false,
+		"# no servers\n":                                  false,
+	} {
+		os.WriteFile(path, []byte(conf), 0o644)
+		rc, err := OpenResolvConf(path, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uplink, ok := rc.SystemdResolved(); ok != want || (ok && uplink != ResolvedUplink) {
+			t.Errorf("%q: SystemdResolved() = %q %v, want %v", conf, uplink, ok, want)
+		}
+		rc.Release()
+	}
+
+	os.WriteFile(path, []byte("# No DNS servers known.\nnameserver 127.0.0.53\n"), 0o644)
+	if _, err := ResolvedNameservers(path, proxy); err == nil || !strings.Contains(err.Error(), "names none") {
+		t.Errorf("no servers: %v", err)
+	}
+}
+
+// TestListenInUse: an address another program serves is refused with its name.
+func TestListenInUse(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	p, _, _ := newProxy(t, upstream(t))
+	p.cfg.Listen = pc.LocalAddr().String()
+	err = p.Run(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), p.cfg.Listen+" (UDP) is already in use") {
+		t.Errorf("Run on a taken address: %v", err)
+	}
+}

@@ -261,3 +261,74 @@ func TestDNSProxyFailOpen(t *testing.T) {
 		t.Error("the backup of resolv.conf outlived a clean stop")
 	}
 }
+
+// TestDNSProxySystemdResolved: resolv.conf as systemd-resolved's stub (a link to
+// stub-resolv.conf, laid out in a temporary directory as resolved lays out
+// /run/systemd/resolve; a fake stub answers on 127.0.0.53 in the client namespace).
+// --dns-proxy on the stub's address is refused with a clear error and changes
+// nothing; on another address the upstream is the servers resolved itself uses (its
+// resolv.conf), not the stub; an address another program serves is refused, named;
+// a clean stop puts the link back.
+func TestDNSProxySystemdResolved(t *testing.T) {
+	n := NewNet(t)
+	n.Serve(t, 8098)
+	up := n.Start(n.Server, helperBin, "dns-serve", n.ServerIP+":53", "ok.test", n.ServerIP)
+	up.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	// The fake stub gives another address: a connection made to the server proves the
+	// answer came from the real upstream.
+	stub := n.Start(n.Client, helperBin, "dns-serve", "127.0.0.53:53", "ok.test", "198.18.99.99")
+	stub.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+
+	dir := t.TempDir()
+	run := filepath.Join(dir, "run", "systemd", "resolve")
+	os.MkdirAll(run, 0o755)
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	stubConf := "# This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
+	os.WriteFile(filepath.Join(run, "stub-resolv.conf"), []byte(stubConf), 0o644)
+	os.WriteFile(filepath.Join(run, "resolv.conf"), []byte("nameserver "+n.ServerIP+"\nsearch .\n"), 0o644)
+	resolv := filepath.Join(dir, "etc", "resolv.conf")
+	const target = "../run/systemd/resolve/stub-resolv.conf"
+	if err := os.Symlink(target, resolv); err != nil {
+		t.Fatal(err)
+	}
+	unchanged := func(when string) {
+		t.Helper()
+		if got, err := os.Readlink(resolv); err != nil || got != target {
+			t.Errorf("%s: %s is %q %v, want the link to %s", when, resolv, got, err, target)
+		}
+		if b, _ := os.ReadFile(filepath.Join(run, "stub-resolv.conf")); string(b) != stubConf {
+			t.Errorf("%s: stub-resolv.conf changed:\n%s", when, b)
+		}
+	}
+
+	out := n.daemonFails(t, "--dns-proxy", "127.0.0.53:53", "--resolv-conf", resolv)
+	if !strings.Contains(out, "systemd-resolved's stub resolver answers at 127.0.0.53") || !strings.Contains(out, "choose another address") {
+		t.Errorf("--dns-proxy on the stub's address:\n%s", out)
+	}
+	unchanged("after the refused start")
+	out = n.daemonFails(t, "--dns-proxy", "127.0.0.53:53", "--resolv-conf", "none", "--dns-upstream", n.ServerIP+":53")
+	if !strings.Contains(out, "127.0.0.53:53 (UDP) is already in use") {
+		t.Errorf("--dns-proxy on an address in use:\n%s", out)
+	}
+
+	d := n.StartDaemon("--default", "deny", "--fail", "open", "--dns-proxy", "127.0.0.153:53", "--resolv-conf", resolv)
+	d.MustCLI(t, "rules", "add", "--host", "ok.test", "--port", "8098", "--action", "allow")
+	if !strings.Contains(d.Output(), "forwarding to "+n.ServerIP+":53") {
+		t.Errorf("upstream: want resolved's own server %s:53; daemon output:\n%s", n.ServerIP, d.Output())
+	}
+	b, _ := os.ReadFile(resolv)
+	if fi, _ := os.Lstat(resolv); fi == nil || fi.Mode()&os.ModeSymlink != 0 || !strings.Contains(string(b), "nameserver 127.0.0.153\nnameserver "+n.ServerIP+"\n") {
+		t.Errorf("resolv.conf while the resolver runs:\n%s", b)
+	}
+	r := n.systemResolveConnect(t, resolv, "ok.test")
+	if r.Outcome != "connected" {
+		t.Fatalf("ok.test through latch's resolver (upstream: resolved's servers): %+v", r)
+	}
+	if c := findConn(t, d, 8098, r.PID); c["host"] != "ok.test" || c["host_source"] != "own" {
+		t.Errorf("history %v: want host ok.test (own)", c)
+	}
+	if err := d.Signal(syscall.SIGTERM, 15*time.Second); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	unchanged("after a clean stop")
+}
