@@ -65,7 +65,10 @@ exits; on SIGHUP it reads the managed rule files again.
                            shipped with latch (format: see 'latch rules preset')
   --dns-proxy ADDR         local resolver mode: answer the machine's DNS at ADDR (e.g.
                            127.0.0.53:53, UDP and TCP), attribute each query to the asking
-                           program, learn its names exactly, refuse names a deny rule covers
+                           program, learn its names exactly, refuse names a deny rule covers;
+                           with --fail open resolv.conf names the upstream after it, so DNS
+                           goes on while the daemon is down (not with systemd-resolved's
+                           stub address 127.0.0.53: use e.g. 127.0.0.153:53)
   --dns-upstream ADDR[,ADDR]
                            servers the resolver forwards to (default: the name servers of
                            the original resolv.conf)

@@ -260,6 +260,19 @@ func TestDNSProxyFailOpen(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(d.State, "resolv.conf.orig")); err == nil {
 		t.Error("the backup of resolv.conf outlived a clean stop")
 	}
+
+	// Killed once more, then started without --dns-proxy: the file no longer names a
+	// resolver that will never answer again.
+	d3 := n.StartDaemon(append(flags, "--state-dir", d.State)...)
+	d3.Signal(syscall.SIGKILL, 10*time.Second)
+	if _, err := os.Readlink(resolv); err == nil {
+		t.Fatal("resolv.conf not pointed at the resolver")
+	}
+	d4 := n.StartDaemon("--state-dir", d.State, "--fail", "open", "--resolv-conf", resolv)
+	if got, err := os.Readlink(resolv); err != nil || got != target {
+		t.Errorf("a daemon without --dns-proxy after a killed one: %s is %q (%v), want the link to %s", resolv, got, err, target)
+	}
+	d4.Signal(syscall.SIGTERM, 15*time.Second)
 }
 
 // TestDNSProxySystemdResolved: resolv.conf as systemd-resolved's stub (a link to
