@@ -16,6 +16,7 @@ package dnsproxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -75,11 +76,17 @@ type Config struct {
 
 // Proxy is a running local resolver.
 type Proxy struct {
-	cfg     Config
-	servers []*dns.Server
-	mu      sync.Mutex
-	stats   Stats
+	cfg      Config
+	inflight chan struct{} // upstream UDP exchanges under way
+	upstream []netip.AddrPort
+	servers  []*dns.Server
+	mu       sync.Mutex
+	stats    Stats
 }
+
+// maxInflight bounds the upstream UDP exchanges under way at once (each holds a
+// thread while it waits); more queries wait their turn.
+const maxInflight = 256
 
 // Stats count what the proxy did.
 type Stats struct {
@@ -88,12 +95,17 @@ type Stats struct {
 	Canary    uint64 `json:"canary"`
 	Failed    uint64 `json:"upstream_failed"`
 	Attribute uint64 `json:"attributed"`
+	// Mismatched counts datagrams on an upstream socket that did not answer its
+	// query (another id or question: late, or forged), left unread.
+	Mismatched uint64 `json:"upstream_mismatched"`
 }
 
 // New checks cfg.
 func New(cfg Config) (*Proxy, error) {
-	if _, err := netip.ParseAddrPort(cfg.Listen); err != nil {
+	if ap, err := netip.ParseAddrPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("dns proxy: listen address %q: %v", cfg.Listen, err)
+	} else if ap.Addr().IsUnspecified() {
+		return nil, fmt.Errorf("dns proxy: listen address %q: want one address (a client takes only answers from the address it asked)", cfg.Listen)
 	}
 	if len(cfg.Upstream) == 0 {
 		return nil, errors.New("dns proxy: no upstream server (configure one, or list one in resolv.conf)")
@@ -116,7 +128,11 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	return &Proxy{cfg: cfg}, nil
+	ups := make([]netip.AddrPort, len(cfg.Upstream))
+	for i, u := range cfg.Upstream {
+		ups[i] = netip.MustParseAddrPort(u)
+	}
+	return &Proxy{cfg: cfg, upstream: ups, inflight: make(chan struct{}, maxInflight)}, nil
 }
 
 // Stats returns the counters.
@@ -145,32 +161,110 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 		pc.Close()
 		return listenError("tcp", p.cfg.Listen, err)
 	}
-	udp := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.UDP) })}
-	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.TCP) }),
+	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, nil, engine.TCP) }),
 		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
-	errs := make(chan error, 2)
-	var started sync.WaitGroup
-	started.Add(2)
-	udp.NotifyStartedFunc, tcp.NotifyStartedFunc = started.Done, started.Done
-	go func() { errs <- udp.ActivateAndServe() }()
+	errs := make(chan error, 1)
+	started := make(chan struct{})
+	tcp.NotifyStartedFunc = func() { close(started) }
 	go func() { errs <- tcp.ActivateAndServe() }()
-	startedCh := make(chan struct{})
-	go func() { started.Wait(); close(startedCh) }()
+	var queries sync.WaitGroup
+	udpDone := make(chan error, 1)
+	go func() { udpDone <- p.serveUDPConn(pc.(*net.UDPConn), &queries) }()
 	select {
-	case <-startedCh:
+	case <-started:
 		if ready != nil {
 			ready()
 		}
 	case err := <-errs:
-		udp.Shutdown()
-		tcp.Shutdown()
+		pc.Close()
+		<-udpDone
+		queries.Wait()
 		return fmt.Errorf("dns proxy: %w", err)
 	}
-	<-ctx.Done()
-	udp.ShutdownContext(context.Background())
+	var err2 error
+	select {
+	case <-ctx.Done():
+	case err2 = <-udpDone:
+		udpDone <- err2
+	}
+	pc.Close()
+	err2 = <-udpDone
 	tcp.ShutdownContext(context.Background())
+	queries.Wait()
+	if err2 != nil {
+		return fmt.Errorf("dns proxy: udp %s: %w", p.cfg.Listen, err2)
+	}
 	return nil
 }
+
+var queryBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
+// serveUDPConn reads queries from pc until it is closed (then it returns nil), each
+// answered in a goroutine of its own, counted in queries.
+func (p *Proxy) serveUDPConn(pc *net.UDPConn, queries *sync.WaitGroup) error {
+	local := pc.LocalAddr()
+	for {
+		bp := queryBufs.Get().(*[]byte)
+		n, from, err := pc.ReadFromUDPAddrPort(*bp)
+		if err != nil {
+			queryBufs.Put(bp)
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EINTR) {
+				continue // an ICMP error of an earlier answer
+			}
+			return err
+		}
+		queries.Add(1)
+		go func() {
+			defer queries.Done()
+			defer queryBufs.Put(bp)
+			raw := (*bp)[:n]
+			w := &udpWriter{pc: pc, local: local, remote: net.UDPAddrFromAddrPort(from), to: from}
+			r := new(dns.Msg)
+			if err := r.Unpack(raw); err != nil {
+				// As miekg/dns's server: a query whose header is readable gets FORMERR.
+				if len(raw) >= 12 && raw[2]&0x80 == 0 {
+					m := new(dns.Msg)
+					m.Id, m.Response, m.Opcode = binary.BigEndian.Uint16(raw[0:2]), true, int(raw[2]>>3)&0xF
+					m.Rcode = dns.RcodeFormatError
+					w.WriteMsg(m)
+				}
+				return
+			}
+			p.serve(w, r, raw, engine.UDP)
+		}()
+	}
+}
+
+// udpWriter answers one query that came over UDP.
+type udpWriter struct {
+	pc            *net.UDPConn
+	local, remote net.Addr
+	to            netip.AddrPort
+}
+
+func (w *udpWriter) LocalAddr() net.Addr  { return w.local }
+func (w *udpWriter) RemoteAddr() net.Addr { return w.remote }
+func (w *udpWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+func (w *udpWriter) Write(b []byte) (int, error) { return w.pc.WriteToUDPAddrPort(b, w.to) }
+func (w *udpWriter) Close() error                { return nil }
+func (w *udpWriter) TsigStatus() error           { return nil }
+func (w *udpWriter) TsigTimersOnly(bool)         {}
+func (w *udpWriter) Hijack()                     {}
+func (w *udpWriter) Network() string             { return "udp" }
 
 // listenError says which address could not be served, and why in plain words when
 // another program holds it.
@@ -194,7 +288,10 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 }
 
 // serve answers one query.
-func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, proto engine.Protocol) {
+//
+// raw is the query as it came over UDP (nil: TCP): forwarded as it is, under an id of
+// the proxy's own.
+func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine.Protocol) {
 	p.count(func(s *Stats) { s.Queries++ })
 	if r.Response || len(r.Question) != 1 || r.Opcode != dns.OpcodeQuery {
 		m := new(dns.Msg)
@@ -235,18 +332,57 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, proto engine.Protocol) {
 			return
 		}
 	}
+	if proto == engine.UDP {
+		p.serveUDP(w, r, raw, req, q, name)
+		return
+	}
 	resp, err := p.forward(r, proto)
 	if err != nil {
-		p.count(func(s *Stats) { s.Failed++ })
-		p.cfg.Logf("dns proxy: %s %s: %v", name, dns.TypeToString[q.Qtype], err)
-		m := new(dns.Msg)
-		m.SetRcode(r, dns.RcodeServerFailure)
-		w.WriteMsg(m)
+		p.failed(w, r, q, name, err)
 		return
 	}
 	p.learn(req, q, resp)
 	resp.Id = r.Id
 	w.WriteMsg(resp)
+}
+
+// serveUDP forwards a query that came over UDP as packed bytes and hands the answer
+// back as it came (under the client's id).
+func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, req engine.Request, q dns.Question, name string) {
+	packed := raw
+	var err error
+	if questionEnd(raw) == 0 { // not given, or its question name compressed
+		packed, err = r.Pack()
+	}
+	if err != nil {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeFormatError)
+		w.WriteMsg(m)
+		return
+	}
+	bp := answerBufs.Get().(*[]byte)
+	defer answerBufs.Put(bp)
+	var errs []error
+	for _, u := range p.upstream {
+		a, err := p.exchangeUDP(packed, u, *bp)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.learnPacked(req, q, a)
+		w.Write(a)
+		return
+	}
+	p.failed(w, r, q, name, errors.Join(errs...))
+}
+
+// failed answers SERVFAIL: no upstream answered.
+func (p *Proxy) failed(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name string, err error) {
+	p.count(func(s *Stats) { s.Failed++ })
+	p.cfg.Logf("dns proxy: %s %s: %v", name, dns.TypeToString[q.Qtype], err)
+	m := new(dns.Msg)
+	m.SetRcode(r, dns.RcodeServerFailure)
+	w.WriteMsg(m)
 }
 
 func (p *Proxy) refuse(w dns.ResponseWriter, r *dns.Msg, q dns.Question) {
@@ -284,6 +420,19 @@ func (p *Proxy) forward(r *dns.Msg, proto engine.Protocol) (*dns.Msg, error) {
 		errs = append(errs, fmt.Errorf("upstream %s: %w", u, err))
 	}
 	return nil, errors.Join(errs...)
+}
+
+// learnPacked is learn for a packed answer, parsed only when it can teach a name.
+func (p *Proxy) learnPacked(req engine.Request, q dns.Question, a []byte) {
+	if p.cfg.Names == nil || len(a) < 12 || a[3]&0x0F != dns.RcodeSuccess || q.Qclass != dns.ClassINET ||
+		(q.Qtype != dns.TypeA && q.Qtype != dns.TypeAAAA) {
+		return
+	}
+	resp := new(dns.Msg)
+	if resp.Unpack(a) != nil {
+		return
+	}
+	p.learn(req, q, resp)
 }
 
 // learn records the answer's addresses of the question's type, reached from the

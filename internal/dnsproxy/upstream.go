@@ -1,0 +1,103 @@
+package dnsproxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// The upstream exchange over UDP works on the packed messages: the query the client
+// sent, under an id of the proxy's own, goes out from a fresh socket (a new random
+// source port each query, as resolvers keep it since DNS cache poisoning), and the
+// answer goes back to the client as it came, under the client's id: nothing is packed
+// again, and the answer is parsed once, for learning.
+
+// errMismatch is an answer that is not to the query sent (counted; the wait goes on).
+var errMismatch = errors.New("answer to another question")
+
+// maxUDPAnswer bounds a UDP answer read from upstream.
+const maxUDPAnswer = 65535
+
+var answerBufs = sync.Pool{New: func() any { b := make([]byte, maxUDPAnswer); return &b }}
+
+// ids gives random query ids, read from the system's random source in blocks.
+type ids struct {
+	mu  sync.Mutex
+	buf [512]byte
+	n   int
+}
+
+func (g *ids) next() uint16 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n == 0 {
+		rand.Read(g.buf[:])
+		g.n = len(g.buf)
+	}
+	g.n -= 2
+	return binary.BigEndian.Uint16(g.buf[g.n:])
+}
+
+var queryIDs ids
+
+// questionEnd returns the offset just past the question section of a packed message
+// with one question, or 0 if it is malformed.
+func questionEnd(m []byte) int {
+	if len(m) < 12 || binary.BigEndian.Uint16(m[4:6]) != 1 {
+		return 0
+	}
+	i := 12
+	for {
+		if i >= len(m) {
+			return 0
+		}
+		l := int(m[i])
+		if l == 0 {
+			i++
+			break
+		}
+		if l&0xC0 != 0 { // a query's question name is never compressed
+			return 0
+		}
+		i += 1 + l
+	}
+	if i+4 > len(m) {
+		return 0
+	}
+	return i + 4
+}
+
+// matches reports whether answer a (at least a header) answers query q: the same id,
+// the response bit, and the same question, byte for byte (letter case included).
+func matches(q, a []byte, qend int) bool {
+	return len(a) >= qend && a[0] == q[0] && a[1] == q[1] && a[2]&0x80 != 0 &&
+		binary.BigEndian.Uint16(a[4:6]) == 1 && bytes.Equal(a[12:qend], q[12:qend])
+}
+
+// exchangeUDP asks server the packed query q (whose id it replaces, then restores) and
+// returns the answer read into buf, under q's original id.
+func (p *Proxy) exchangeUDP(q []byte, server netip.AddrPort, buf []byte) ([]byte, error) {
+	qend := questionEnd(q)
+	if qend == 0 {
+		return nil, errors.New("not a query with one question")
+	}
+	clientID := [2]byte{q[0], q[1]}
+	binary.BigEndian.PutUint16(q[0:2], queryIDs.next())
+	defer func() { q[0], q[1] = clientID[0], clientID[1] }()
+	n, err := p.udpRoundTrip(q, server, buf, qend, time.Now().Add(p.cfg.Timeout))
+	if err != nil {
+		return nil, err
+	}
+	a := buf[:n]
+	a[0], a[1] = clientID[0], clientID[1]
+	return a, nil
+}
+
+func errUpstream(server netip.AddrPort, err error) error {
+	return fmt.Errorf("upstream %s: %w", server, err)
+}
