@@ -819,7 +819,7 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	}
 	p, err := dnsproxy.New(dnsproxy.Config{
 		Listen: o.DNSProxy, Upstream: upstream, Refuse: o.DNSRefuse,
-		Identify: be.identify, Decide: eng.RuleFor, Names: be.names, Control: be.control, Logf: logf,
+		Identify: be.identify, Decide: eng.RuleFor, MayRefuse: eng.HostRefusable, Names: be.names, Control: be.control, Logf: logf,
 		Record: func(req engine.Request, v engine.Verdict) {
 			hist.Record(store.Conn{Time: req.Time, Request: req, Verdict: v})
 		},

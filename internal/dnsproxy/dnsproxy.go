@@ -60,6 +60,12 @@ type Config struct {
 	// Decide returns the rule that decides a request naming only a program and a
 	// host (engine.Engine.RuleFor). Nil: nothing is refused.
 	Decide func(req *engine.Request) (engine.Rule, bool)
+	// MayRefuse reports whether Decide may refuse name to some program
+	// (engine.Engine.HostRefusable). When it says no, a UDP query is sent upstream
+	// while its program is being identified, and checked once more before it is
+	// answered; when it says yes, or is nil, the program is identified and the name
+	// decided first, and a refused name is never sent upstream.
+	MayRefuse func(name string) bool
 	// Names learns the answers (nil: not learned).
 	Names *dnsname.Cache
 	// Record is told every refused query (history).
@@ -302,6 +308,19 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine
 	q := r.Question[0]
 	name := dnsname.Normalize(q.Name)
 	client, server := addrPortOf(w.RemoteAddr()), addrPortOf(w.LocalAddr())
+	if proto == engine.UDP && name != Canary && p.cfg.Identify != nil &&
+		(p.cfg.Decide == nil || name == "" || (p.cfg.MayRefuse != nil && !p.cfg.MayRefuse(name))) {
+		// No rule can refuse the name to any program: the query goes upstream, then
+		// the program is identified while the answer is on its way.
+		p.serveUDP(w, r, raw, q, name, func() engine.Request {
+			req := p.cfg.Identify(proto, client, server)
+			if req.PID != 0 {
+				p.count(func(s *Stats) { s.Attribute++ })
+			}
+			return req
+		})
+		return
+	}
 	req := engine.Request{UID: -1}
 	if p.cfg.Identify != nil {
 		req = p.cfg.Identify(proto, client, server)
@@ -316,24 +335,11 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine
 		w.WriteMsg(m)
 		return
 	}
-	if p.cfg.Decide != nil && name != "" {
-		ask := engine.Request{Direction: engine.Outbound, PID: req.PID, Exe: req.Exe, UID: req.UID, User: req.User,
-			Identity: req.Identity, Container: req.Container, Host: name, HostSource: engine.HostOwn}
-		if rule, ok := p.cfg.Decide(&ask); ok && rule.Host != "" && rule.Action != engine.Allow {
-			p.refuse(w, r, q)
-			p.count(func(s *Stats) { s.Refused++ })
-			if p.cfg.Record != nil {
-				rec := req
-				rec.Time, rec.Direction, rec.Protocol = time.Now(), engine.Outbound, proto
-				rec.Local, rec.Remote = client, server
-				rec.Host, rec.HostSource, rec.Note = name, engine.HostOwn, NoteRefused
-				p.cfg.Record(rec, engine.Verdict{Action: rule.Action, Reason: engine.ReasonRule, RuleID: rule.ID})
-			}
-			return
-		}
+	if p.refused(w, r, q, name, req, proto, client, server) {
+		return
 	}
 	if proto == engine.UDP {
-		p.serveUDP(w, r, raw, req, q, name)
+		p.serveUDP(w, r, raw, q, name, func() engine.Request { return req })
 		return
 	}
 	resp, err := p.forward(r, proto)
@@ -346,34 +352,80 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine
 	w.WriteMsg(resp)
 }
 
+// refused answers the query as refused, and records it, if a deny rule covers the name
+// for the program req.
+func (p *Proxy) refused(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name string, req engine.Request, proto engine.Protocol, client, server netip.AddrPort) bool {
+	if p.cfg.Decide == nil || name == "" {
+		return false
+	}
+	ask := engine.Request{Direction: engine.Outbound, PID: req.PID, Exe: req.Exe, UID: req.UID, User: req.User,
+		Identity: req.Identity, Container: req.Container, Host: name, HostSource: engine.HostOwn}
+	rule, ok := p.cfg.Decide(&ask)
+	if !ok || rule.Host == "" || rule.Action == engine.Allow {
+		return false
+	}
+	p.refuse(w, r, q)
+	p.count(func(s *Stats) { s.Refused++ })
+	if p.cfg.Record != nil {
+		rec := req
+		rec.Time, rec.Direction, rec.Protocol = time.Now(), engine.Outbound, proto
+		rec.Local, rec.Remote = client, server
+		rec.Host, rec.HostSource, rec.Note = name, engine.HostOwn, NoteRefused
+		p.cfg.Record(rec, engine.Verdict{Action: rule.Action, Reason: engine.ReasonRule, RuleID: rule.ID})
+	}
+	return true
+}
+
 // serveUDP forwards a query that came over UDP as packed bytes and hands the answer
-// back as it came (under the client's id).
-func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, req engine.Request, q dns.Question, name string) {
+// back as it came (under the client's id). identified gives the asking program; it
+// is called once the query is sent, so that the program is identified while the
+// answer is on its way. Once the answer is in, the name is checked against the rules
+// for that program once more (they may have changed), then learned as its own.
+func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Question, name string, identified func() engine.Request) {
 	packed := raw
-	var err error
 	if questionEnd(raw) == 0 { // not given, or its question name compressed
-		packed, err = r.Pack()
+		var err error
+		if packed, err = r.Pack(); err != nil || questionEnd(packed) == 0 {
+			m := new(dns.Msg)
+			m.SetRcode(r, dns.RcodeFormatError)
+			w.WriteMsg(m)
+			return
+		}
 	}
-	if err != nil {
-		m := new(dns.Msg)
-		m.SetRcode(r, dns.RcodeFormatError)
-		w.WriteMsg(m)
-		return
+	var errs []error
+	next := 0
+	send := func() *asking {
+		for ; next < len(p.upstream); next++ {
+			a, err := p.ask(packed, p.upstream[next])
+			if err == nil {
+				next++
+				return a
+			}
+			errs = append(errs, err)
+		}
+		return nil
 	}
+	pending := send()
+	req := identified()
 	bp := answerBufs.Get().(*[]byte)
 	defer answerBufs.Put(bp)
-	var errs []error
-	for _, u := range p.upstream {
-		a, err := p.exchangeUDP(packed, u, *bp)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+	var answer []byte
+	for pending != nil {
+		a, err := pending.answer(p, *bp)
+		if err == nil {
+			answer = a
+			break
 		}
-		p.learnPacked(req, q, a)
-		w.Write(a)
-		return
+		errs = append(errs, err)
+		pending = send()
 	}
-	p.failed(w, r, q, name, errors.Join(errs...))
+	switch {
+	case answer == nil:
+		p.failed(w, r, q, name, errors.Join(errs...))
+	case !p.refused(w, r, q, name, req, engine.UDP, addrPortOf(w.RemoteAddr()), addrPortOf(w.LocalAddr())):
+		p.learnPacked(req, q, answer)
+		w.Write(answer)
+	}
 }
 
 // failed answers SERVFAIL: no upstream answered.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,12 +23,36 @@ import (
 // upstream runs a DNS server on loopback that answers every A question with
 // 198.18.0.1 behind a CNAME (www.NAME -> NAME) and AAAA with fd00::1.
 func upstream(t testing.TB) string {
+	addr, _ := recordingUpstream(t)
+	return addr
+}
+
+// asked is the question names an upstream was asked, in order.
+type asked struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (a *asked) list() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.names)
+}
+
+// recordingUpstream is upstream, keeping the names it was asked.
+func recordingUpstream(t testing.TB) (string, *asked) {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec := &asked{}
 	s := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		for _, q := range r.Question {
+			rec.mu.Lock()
+			rec.names = append(rec.names, q.Name)
+			rec.mu.Unlock()
+		}
 		m := new(dns.Msg)
 		m.SetReply(r)
 		if len(r.Question) == 1 {
@@ -47,7 +72,7 @@ func upstream(t testing.TB) string {
 	})}
 	go s.ActivateAndServe()
 	t.Cleanup(func() { s.Shutdown() })
-	return pc.LocalAddr().String()
+	return pc.LocalAddr().String(), rec
 }
 
 type fakeWriter struct {
@@ -83,7 +108,8 @@ func newProxy(t testing.TB, up string) (*Proxy, *dnsname.Cache, *[]engine.Reques
 			}
 			return engine.Rule{}, false
 		},
-		Record: func(req engine.Request, v engine.Verdict) { recorded = append(recorded, req) },
+		MayRefuse: func(name string) bool { return name == "denied.test" },
+		Record:    func(req engine.Request, v engine.Verdict) { recorded = append(recorded, req) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -441,4 +467,82 @@ func TestListenInUse(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), p.cfg.Listen+" (UDP) is already in use") {
 		t.Errorf("Run on a taken address: %v", err)
 	}
+}
+
+// TestAskWhileIdentifying: a name no rule can refuse (MayRefuse false) goes upstream
+// while the program is being identified, and is still learned as that program's own;
+// a name some rule may refuse is never sent upstream before the program is known and
+// the name decided, however slow the identification; a rule that came while the
+// query was upstream still refuses it (the upstream's answer is dropped).
+func TestAskWhileIdentifying(t *testing.T) {
+	up, rec := recordingUpstream(t)
+	p, names, recorded := newProxy(t, up)
+	var lateDeny atomic.Bool
+	decide := p.cfg.Decide
+	p.cfg.Decide = func(req *engine.Request) (engine.Rule, bool) {
+		if lateDeny.Load() && req.Host == "late.test" {
+			return engine.Rule{ID: 9, Host: "late.test", Action: engine.Deny}, true
+		}
+		return decide(req)
+	}
+	var upstreamFirst atomic.Bool
+	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request {
+		deadline := time.Now().Add(2 * time.Second)
+		for len(rec.list()) == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		upstreamFirst.Store(len(rec.list()) > 0)
+		return asker
+	}
+	r := askUDP(p, "www.example.test", dns.TypeA)
+	if r == nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 3 || r.Id != 0x4242 {
+		t.Fatalf("answer: %v", r)
+	}
+	if !upstreamFirst.Load() {
+		t.Error("the upstream was asked only after the program was identified")
+	}
+	prog := dnsname.Program{Exe: asker.Exe, Identity: uint8(asker.Identity), UID: asker.UID}
+	if name, own, _ := names.LookupFor(prog, netip.MustParseAddr("198.18.0.1")); !own || name != "www.example.test" {
+		t.Errorf("learned %q own %v", name, own)
+	}
+
+	// Refusable: identified first (this Identify would wait 2 s for an upstream query
+	// that must not come), refused, never sent.
+	before := len(rec.list())
+	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request {
+		time.Sleep(50 * time.Millisecond)
+		if len(rec.list()) != before {
+			t.Error("denied.test went upstream before it was decided")
+		}
+		return asker
+	}
+	if r := askUDP(p, "denied.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeNameError {
+		t.Errorf("denied.test: %v, want NXDOMAIN", r)
+	}
+	if got := rec.list(); len(got) != before {
+		t.Errorf("upstream asked %v after the refusal", got[before:])
+	}
+
+	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request { return asker }
+	lateDeny.Store(true)
+	if r := askUDP(p, "late.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeNameError || len(r.Answer) != 0 {
+		t.Errorf("late.test, denied while upstream: %v, want NXDOMAIN", r)
+	}
+	if n := len(*recorded); n != 2 || (*recorded)[1].Host != "late.test" {
+		t.Errorf("recorded %+v", *recorded)
+	}
+	if s := p.Stats(); s.Attribute != 3 || s.Queries != 3 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// askUDP is ask with the query's packed bytes, as the UDP loop hands them on.
+func askUDP(p *Proxy, name string, qtype uint16) *dns.Msg {
+	w := &fakeWriter{local: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}, remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	m.Id = 0x4242
+	raw, _ := m.Pack()
+	p.serve(w, m, raw, engine.UDP)
+	return w.got
 }

@@ -72,31 +72,70 @@ func questionEnd(m []byte) int {
 	return i + 4
 }
 
-// matches reports whether answer a (at least a header) answers query q: the same id,
-// the response bit, and the same question, byte for byte (letter case included).
-func matches(q, a []byte, qend int) bool {
-	return len(a) >= qend && a[0] == q[0] && a[1] == q[1] && a[2]&0x80 != 0 &&
+// matches reports whether answer a answers the query with id and question q[12:qend]:
+// the same id, the response bit, and the same question, byte for byte (letter case
+// included).
+func matches(id uint16, q, a []byte, qend int) bool {
+	return len(a) >= qend && binary.BigEndian.Uint16(a[0:2]) == id && a[2]&0x80 != 0 &&
 		binary.BigEndian.Uint16(a[4:6]) == 1 && bytes.Equal(a[12:qend], q[12:qend])
 }
 
-// exchangeUDP asks server the packed query q (whose id it replaces, then restores) and
-// returns the answer read into buf, under q's original id.
-func (p *Proxy) exchangeUDP(q []byte, server netip.AddrPort, buf []byte) ([]byte, error) {
+// asking is a query sent upstream over UDP whose answer is still to be read.
+type asking struct {
+	conn     udpConn
+	server   netip.AddrPort
+	id       uint16 // the proxy's own
+	clientID [2]byte
+	q        []byte
+	qend     int
+	deadline time.Time
+}
+
+// ask sends the packed query q to server from a fresh socket (a random source port),
+// under an id of the proxy's own; q is left as it was.
+func (p *Proxy) ask(q []byte, server netip.AddrPort) (*asking, error) {
 	qend := questionEnd(q)
 	if qend == 0 {
 		return nil, errors.New("not a query with one question")
 	}
-	clientID := [2]byte{q[0], q[1]}
-	binary.BigEndian.PutUint16(q[0:2], queryIDs.next())
-	defer func() { q[0], q[1] = clientID[0], clientID[1] }()
-	n, err := p.udpRoundTrip(q, server, buf, qend, time.Now().Add(p.cfg.Timeout))
-	if err != nil {
-		return nil, err
+	a := &asking{server: server, id: queryIDs.next(), clientID: [2]byte{q[0], q[1]}, q: q, qend: qend,
+		deadline: time.Now().Add(p.cfg.Timeout)}
+	binary.BigEndian.PutUint16(q[0:2], a.id)
+	c, err := p.dialUDP(server)
+	if err == nil {
+		err = c.send(q, a.deadline)
+		if err != nil {
+			c.close()
+		}
 	}
-	a := buf[:n]
-	a[0], a[1] = clientID[0], clientID[1]
+	q[0], q[1] = a.clientID[0], a.clientID[1]
+	if err != nil {
+		return nil, errUpstream(server, err)
+	}
+	a.conn = c
 	return a, nil
 }
+
+// answer waits for the answer (datagrams that do not answer the query are counted and
+// skipped), reads it into buf and returns it under the client's id. It closes the
+// socket.
+func (a *asking) answer(p *Proxy, buf []byte) ([]byte, error) {
+	defer a.conn.close()
+	for {
+		n, err := a.conn.receive(buf, a.deadline)
+		if err != nil {
+			return nil, errUpstream(a.server, err)
+		}
+		if matches(a.id, a.q, buf[:n], a.qend) {
+			buf[0], buf[1] = a.clientID[0], a.clientID[1]
+			return buf[:n], nil
+		}
+		p.count(func(s *Stats) { s.Mismatched++ })
+	}
+}
+
+// errTimeout: no answer before the deadline.
+var errTimeout = errors.New("no answer in time")
 
 func errUpstream(server netip.AddrPort, err error) error {
 	return fmt.Errorf("upstream %s: %w", server, err)

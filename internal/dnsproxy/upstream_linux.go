@@ -10,12 +10,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// udpRoundTrip sends q to server from a fresh connected socket and reads until an
-// answer matching q arrives or the deadline passes. It blocks its thread in the
-// system calls (no poller round trips: the answer wakes the reader directly).
-func (p *Proxy) udpRoundTrip(q []byte, server netip.AddrPort, buf []byte, qend int, deadline time.Time) (int, error) {
-	p.inflight <- struct{}{} // bounds the threads blocked here
-	defer func() { <-p.inflight }()
+// udpConn is a connected UDP socket to one upstream server. Its system calls block
+// their thread (no poller round trips: the answer wakes the reader directly); the
+// proxy's inflight bound caps those threads.
+type udpConn struct {
+	fd   int
+	done func()
+}
+
+func (p *Proxy) dialUDP(server netip.AddrPort) (udpConn, error) {
 	family, network := unix.AF_INET, "udp4"
 	var sa unix.Sockaddr
 	if a := server.Addr().Unmap(); a.Is4() {
@@ -24,54 +27,60 @@ func (p *Proxy) udpRoundTrip(q []byte, server netip.AddrPort, buf []byte, qend i
 		family, network = unix.AF_INET6, "udp6"
 		sa6 := &unix.SockaddrInet6{Port: int(server.Port()), Addr: a.As16()}
 		if z := server.Addr().Zone(); z != "" {
-			if ifi, err := interfaceIndex(z); err == nil {
-				sa6.ZoneId = uint32(ifi)
+			if ifi, err := net.InterfaceByName(z); err == nil {
+				sa6.ZoneId = uint32(ifi.Index)
 			}
 		}
 		sa = sa6
 	}
+	p.inflight <- struct{}{}
+	release := func() { <-p.inflight }
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
-		return 0, errUpstream(server, err)
+		release()
+		return udpConn{}, err
 	}
-	defer unix.Close(fd)
+	c := udpConn{fd: fd, done: release}
 	if p.cfg.Control != nil {
 		if err := p.cfg.Control(network, server.String(), fdConn(fd)); err != nil {
-			return 0, errUpstream(server, err)
+			c.close()
+			return udpConn{}, err
 		}
 	}
-	if err := unix.Connect(fd, sa); err != nil {
-		return 0, errUpstream(server, err)
+	if err := unix.Connect(fd, sa); err != nil { // the kernel picks a random port
+		c.close()
+		return udpConn{}, err
 	}
-	if err := setTimeout(fd, unix.SO_SNDTIMEO, time.Until(deadline)); err != nil {
-		return 0, errUpstream(server, err)
-	}
-	if _, err := retry(func() (int, error) { return unix.Write(fd, q) }); err != nil {
-		return 0, errUpstream(server, err)
-	}
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return 0, errUpstream(server, errTimeout)
-		}
-		if err := setTimeout(fd, unix.SO_RCVTIMEO, left); err != nil {
-			return 0, errUpstream(server, err)
-		}
-		n, err := retry(func() (int, error) { return unix.Read(fd, buf) })
-		if errors.Is(err, unix.EAGAIN) {
-			return 0, errUpstream(server, errTimeout)
-		}
-		if err != nil {
-			return 0, errUpstream(server, err)
-		}
-		if matches(q, buf[:n], qend) {
-			return n, nil
-		}
-		p.count(func(s *Stats) { s.Mismatched++ })
-	}
+	return c, nil
 }
 
-var errTimeout = errors.New("no answer in time")
+func (c udpConn) send(b []byte, deadline time.Time) error {
+	if err := setTimeout(c.fd, unix.SO_SNDTIMEO, time.Until(deadline)); err != nil {
+		return err
+	}
+	_, err := retry(func() (int, error) { return unix.Write(c.fd, b) })
+	return err
+}
+
+func (c udpConn) receive(buf []byte, deadline time.Time) (int, error) {
+	left := time.Until(deadline)
+	if left <= 0 {
+		return 0, errTimeout
+	}
+	if err := setTimeout(c.fd, unix.SO_RCVTIMEO, left); err != nil {
+		return 0, err
+	}
+	n, err := retry(func() (int, error) { return unix.Read(c.fd, buf) })
+	if errors.Is(err, unix.EAGAIN) {
+		return 0, errTimeout
+	}
+	return n, err
+}
+
+func (c udpConn) close() {
+	unix.Close(c.fd)
+	c.done()
+}
 
 func retry(f func() (int, error)) (int, error) {
 	for {
@@ -102,11 +111,3 @@ func (c fdConn) Write(func(fd uintptr) bool) error {
 }
 
 var _ syscall.RawConn = fdConn(0)
-
-func interfaceIndex(zone string) (int, error) {
-	ifi, err := net.InterfaceByName(zone)
-	if err != nil {
-		return 0, err
-	}
-	return ifi.Index, nil
-}

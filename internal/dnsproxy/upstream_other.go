@@ -9,31 +9,29 @@ import (
 	"time"
 )
 
-// udpRoundTrip sends q to server from a fresh connected socket and reads until an
-// answer matching q arrives or the deadline passes.
-func (p *Proxy) udpRoundTrip(q []byte, server netip.AddrPort, buf []byte, qend int, deadline time.Time) (int, error) {
-	d := net.Dialer{Deadline: deadline, Control: p.cfg.Control}
+// udpConn is a connected UDP socket to one upstream server.
+type udpConn struct{ c net.Conn }
+
+func (p *Proxy) dialUDP(server netip.AddrPort) (udpConn, error) {
+	d := net.Dialer{Timeout: p.cfg.Timeout, Control: p.cfg.Control}
 	c, err := d.Dial("udp", server.String())
-	if err != nil {
-		return 0, errUpstream(server, err)
-	}
-	defer c.Close()
-	c.SetDeadline(deadline)
-	if _, err := c.Write(q); err != nil {
-		return 0, errUpstream(server, err)
-	}
-	for {
-		n, err := c.Read(buf)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return 0, errUpstream(server, errors.New("no answer in time"))
-		}
-		if err != nil {
-			return 0, errUpstream(server, err)
-		}
-		if matches(q, buf[:n], qend) {
-			return n, nil
-		}
-		p.count(func(s *Stats) { s.Mismatched++ })
-	}
+	return udpConn{c}, err
 }
+
+func (c udpConn) send(b []byte, deadline time.Time) error {
+	c.c.SetWriteDeadline(deadline)
+	_, err := c.c.Write(b)
+	return err
+}
+
+func (c udpConn) receive(buf []byte, deadline time.Time) (int, error) {
+	c.c.SetReadDeadline(deadline)
+	n, err := c.c.Read(buf)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return 0, errTimeout
+	}
+	return n, err
+}
+
+func (c udpConn) close() { c.c.Close() }
