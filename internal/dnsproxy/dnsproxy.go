@@ -84,6 +84,7 @@ type Config struct {
 type Proxy struct {
 	cfg      Config
 	inflight chan struct{} // upstream UDP exchanges under way
+	serving  chan struct{} // UDP queries being answered
 	upstream []netip.AddrPort
 	servers  []*dns.Server
 	mu       sync.Mutex
@@ -93,6 +94,10 @@ type Proxy struct {
 // maxInflight bounds the upstream UDP exchanges under way at once (each holds a
 // thread while it waits); more queries wait their turn.
 const maxInflight = 256
+
+// maxServing bounds the UDP queries being answered at once; more are dropped (their
+// clients ask again).
+const maxServing = 4096
 
 // Stats count what the proxy did.
 type Stats struct {
@@ -104,6 +109,8 @@ type Stats struct {
 	// Mismatched counts datagrams on an upstream socket that did not answer its
 	// query (another id or question: late, or forged), left unread.
 	Mismatched uint64 `json:"upstream_mismatched"`
+	// Dropped counts UDP queries left unread because maxServing were being answered.
+	Dropped uint64 `json:"dropped"`
 }
 
 // New checks cfg.
@@ -138,7 +145,7 @@ func New(cfg Config) (*Proxy, error) {
 	for i, u := range cfg.Upstream {
 		ups[i] = netip.MustParseAddrPort(u)
 	}
-	return &Proxy{cfg: cfg, upstream: ups, inflight: make(chan struct{}, maxInflight)}, nil
+	return &Proxy{cfg: cfg, upstream: ups, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}, nil
 }
 
 // Stats returns the counters.
@@ -226,9 +233,17 @@ func (p *Proxy) serveUDPConn(pc *net.UDPConn, queries *sync.WaitGroup) error {
 			}
 			return err
 		}
+		select {
+		case p.serving <- struct{}{}:
+		default:
+			queryBufs.Put(bp)
+			p.count(func(s *Stats) { s.Dropped++ })
+			continue // the client asks again
+		}
 		queries.Add(1)
 		go func() {
 			defer queries.Done()
+			defer func() { <-p.serving }()
 			defer queryBufs.Put(bp)
 			raw := (*bp)[:n]
 			w := &udpWriter{pc: pc, local: local, remote: net.UDPAddrFromAddrPort(from), to: from}

@@ -252,7 +252,7 @@ func FuzzServe(f *testing.F) {
 			return // the server answers FORMERR itself
 		}
 		w := &fakeWriter{local: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}, remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}
-		p.serve(w, m, nil, engine.UDP)
+		p.serve(w, m, slices.Clone(b), engine.UDP) // the bytes as the UDP loop hands them on
 		if w.got == nil || w.got.Id != m.Id {
 			t.Fatalf("answer %v to id %d", w.got, m.Id)
 		}
@@ -545,4 +545,62 @@ func askUDP(p *Proxy, name string, qtype uint16) *dns.Msg {
 	raw, _ := m.Pack()
 	p.serve(w, m, raw, engine.UDP)
 	return w.got
+}
+
+// TestAnswerMustMatch: on the upstream socket, a datagram with another id, or the
+// query's id but another question, is not taken for the answer (counted, skipped);
+// the answer that matches is, and goes back under the client's id. An error answer
+// without a question (FORMERR) is taken, and teaches nothing.
+func TestAnswerMustMatch(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			q := new(dns.Msg)
+			if q.Unpack(buf[:n]) != nil {
+				continue
+			}
+			send := func(m *dns.Msg) { b, _ := m.Pack(); pc.WriteTo(b, from) }
+			if q.Question[0].Name == "formerr.test." {
+				m := new(dns.Msg)
+				m.Id, m.Response, m.Rcode = q.Id, true, dns.RcodeFormatError
+				send(m)
+				continue
+			}
+			answer := func(name string, id uint16, ip net.IP) *dns.Msg {
+				m := new(dns.Msg)
+				m.SetQuestion(name, dns.TypeA)
+				m.Id, m.Response = id, true
+				m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: ip}}
+				return m
+			}
+			send(answer(q.Question[0].Name, q.Id+1, net.IPv4(198, 18, 0, 66)))                // another id
+			send(answer("bank.test.", q.Id, net.IPv4(198, 18, 0, 66)))                        // another question
+			send(answer(strings.ToUpper(q.Question[0].Name), q.Id, net.IPv4(198, 18, 0, 66))) // another case
+			send(answer(q.Question[0].Name, q.Id, net.IPv4(198, 18, 0, 7)))
+		}
+	}()
+	p, names, _ := newProxy(t, pc.LocalAddr().String())
+	r := askUDP(p, "www.example.test", dns.TypeA)
+	if r == nil || r.Id != 0x4242 || len(r.Answer) != 1 || !r.Answer[0].(*dns.A).A.Equal(net.IPv4(198, 18, 0, 7)) {
+		t.Fatalf("answer %v, want 198.18.0.7 under id 0x4242", r)
+	}
+	if s := p.Stats(); s.Mismatched != 3 {
+		t.Errorf("mismatched %d, want 3", s.Mismatched)
+	}
+	prog := dnsname.Program{Exe: asker.Exe, Identity: uint8(asker.Identity), UID: asker.UID}
+	if name, _, ok := names.LookupFor(prog, netip.MustParseAddr("198.18.0.66")); ok {
+		t.Errorf("a mismatched answer taught %q", name)
+	}
+	if r := askUDP(p, "formerr.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeFormatError || r.Id != 0x4242 {
+		t.Errorf("FORMERR without a question: %v", r)
+	}
 }

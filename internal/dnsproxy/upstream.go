@@ -74,10 +74,19 @@ func questionEnd(m []byte) int {
 
 // matches reports whether answer a answers the query with id and question q[12:qend]:
 // the same id, the response bit, and the same question, byte for byte (letter case
-// included).
+// included) — or no question at all in an error answer (a server that could not read
+// the question, FORMERR, may leave it out; such an answer teaches no name).
 func matches(id uint16, q, a []byte, qend int) bool {
-	return len(a) >= qend && binary.BigEndian.Uint16(a[0:2]) == id && a[2]&0x80 != 0 &&
-		binary.BigEndian.Uint16(a[4:6]) == 1 && bytes.Equal(a[12:qend], q[12:qend])
+	if len(a) < 12 || binary.BigEndian.Uint16(a[0:2]) != id || a[2]&0x80 == 0 {
+		return false
+	}
+	switch binary.BigEndian.Uint16(a[4:6]) {
+	case 0:
+		return a[3]&0x0F != 0
+	case 1:
+		return len(a) >= qend && bytes.Equal(a[12:qend], q[12:qend])
+	}
+	return false
 }
 
 // asking is a query sent upstream over UDP whose answer is still to be read.
