@@ -7,6 +7,11 @@
 // unspecified address), and recorded in history as a DNS decision; and the canary
 // use-application-dns.net is answered NXDOMAIN, so that Firefox keeps plain DNS.
 //
+// A UDP query is forwarded as the bytes the program sent, from a fresh socket under an
+// id of the proxy's own, and the answer (it must echo the question) goes back as it
+// came. A name no rule can refuse (Config.MayRefuse) goes upstream before its program
+// is identified; any other name is decided first and a refused one is never sent.
+//
 // The proxy runs inside the daemon: while the daemon is stopped, nothing answers at
 // the proxy's address. Fail-closed, DNS stops until the daemon is back or resolv.conf
 // is restored (ResolvConf.Restore, on a clean stop); fail-open, resolv.conf names the
