@@ -77,6 +77,12 @@ func TestDNSProxy(t *testing.T) {
 		t.Errorf("history of the refused query %v: want pid %d exe %s, verdict deny, a DNS note", refused, r.PID, helperBin)
 	}
 
+	// A name a deny rule covers is decided before anything is sent: it never reached
+	// the upstream (while a name no rule refuses did).
+	if out := dns.Output(); !strings.Contains(out, "asked ok.test\n") || strings.Contains(out, "asked blocked.test") {
+		t.Errorf("the upstream was asked:\n%s\nwant ok.test, never blocked.test", out)
+	}
+
 	if r := run(Canary()); r.Outcome == "connected" || !strings.Contains(r.Error, "no such host") {
 		t.Errorf("canary: %+v, want NXDOMAIN", r)
 	}

@@ -17,7 +17,8 @@
 //	                                for each connect that got through, the time it began
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
-//	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
+//	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise),
+//	                                printing "asked NAME" for each question
 //	e2ehelper dns-spoof ADDR NAME IP send ADDR, from port 53, an answer nobody asked for
 //	e2ehelper udplite-serve ADDR    print "datagram N" for each UDP-Lite datagram received
 //	e2ehelper udplite-send ADDR N   send N UDP-Lite datagrams, 100ms apart
@@ -624,6 +625,7 @@ func dnsAnswer(q []byte, name string, a netip.Addr) []byte {
 		return nil
 	}
 	qtype := binary.BigEndian.Uint16(q[end-4 : end-2])
+	fmt.Printf("asked %s\n", strings.Join(labels, ".")) // tests check what reached the server
 	resp := append([]byte(nil), q[:end]...)
 	resp[2] = 0x84 | (q[2] & 0x01) // response, authoritative, keep RD
 	resp[3] = 0
