@@ -431,6 +431,18 @@ func TestSystemdResolved(t *testing.T) {
 
 	dir := t.TempDir()
 	path := filepath.Join(dir, "resolv.conf")
+	defer func(old string) { resolvedUplink = old }(resolvedUplink)
+	resolvedUplink = filepath.Join(dir, "no-such-uplink.conf")
+	os.WriteFile(path, []byte("nameserver 127.0.0.53\n"), 0o644)
+	if rc, err := OpenResolvConf(path, dir); err != nil {
+		t.Fatal(err)
+	} else if uplink, ok := rc.SystemdResolved(); ok {
+		t.Errorf("127.0.0.53 without resolved's files: SystemdResolved() = %q, want not resolved", uplink)
+	} else {
+		rc.Release()
+	}
+	resolvedUplink = filepath.Join(dir, "uplink.conf")
+	os.WriteFile(resolvedUplink, []byte("nameserver 198.18.0.53\n"), 0o644)
 	for conf, want := range map[string]bool{
 		"nameserver 127.0.0.53\noptions edns0\n":          true,
 		"nameserver 127.0.0.53\nnameserver 198.18.0.53\n": false,
@@ -442,7 +454,7 @@ func TestSystemdResolved(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if uplink, ok := rc.SystemdResolved(); ok != want || (ok && uplink != ResolvedUplink) {
+		if uplink, ok := rc.SystemdResolved(); ok != want || (ok && uplink != resolvedUplink) {
 			t.Errorf("%q: SystemdResolved() = %q %v, want %v", conf, uplink, ok, want)
 		}
 		rc.Release()

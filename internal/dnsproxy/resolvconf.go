@@ -65,15 +65,17 @@ func (rc *ResolvConf) Nameservers(skip netip.Addr) []string {
 // proxy stub), named by its stub-resolv.conf.
 var ResolvedStub = []netip.Addr{netip.MustParseAddr("127.0.0.53"), netip.MustParseAddr("127.0.0.54")}
 
-// ResolvedUplink is where systemd-resolved writes the name servers it uses itself
+// resolvedUplink is where systemd-resolved writes the name servers it uses itself
 // (its uplink resolv.conf), when the original resolv.conf is its stub file but not a
-// symbolic link to it.
-const ResolvedUplink = "/run/systemd/resolve/resolv.conf"
+// symbolic link to it (a variable for tests).
+var resolvedUplink = "/run/systemd/resolve/resolv.conf"
 
 // SystemdResolved reports whether the original resolv.conf is systemd-resolved's stub
-// (a symbolic link to .../stub-resolv.conf, or a file naming 127.0.0.53 as its only
-// kind of name server), and where resolved keeps the real name servers: resolv.conf
-// beside the stub file the link points to, else ResolvedUplink.
+// (a symbolic link to .../stub-resolv.conf; or a file naming only resolved's stub
+// addresses while /run/systemd/resolve/resolv.conf exists), and where resolved keeps
+// the real name servers: resolv.conf beside the stub file the link points to, else
+// /run/systemd/resolve/resolv.conf. A file naming 127.0.0.53 without resolved's files
+// is another resolver there: not resolved.
 func (rc *ResolvConf) SystemdResolved() (uplink string, ok bool) {
 	if target, err := os.ReadFile(rc.link); err == nil {
 		t := string(target)
@@ -93,7 +95,10 @@ func (rc *ResolvConf) SystemdResolved() (uplink string, ok bool) {
 			return "", false
 		}
 	}
-	return ResolvedUplink, true
+	if _, err := os.Stat(resolvedUplink); err != nil {
+		return "", false
+	}
+	return resolvedUplink, true
 }
 
 func isResolvedStub(a netip.Addr) bool {
