@@ -791,6 +791,7 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	listen := netip.MustParseAddrPort(o.DNSProxy)
 	var rc *dnsproxy.ResolvConf
 	upstream := o.DNSUpstream
+	var upstreamFile string // resolved's own resolv.conf: followed as it changes
 	if o.ResolvConf != "none" {
 		var err error
 		if rc, err = dnsproxy.OpenResolvConf(o.ResolvConf, o.StateDir); err != nil {
@@ -812,13 +813,49 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 					rc.Release()
 					return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
 				}
+				upstreamFile = uplink
 			}
 		} else if len(upstream) == 0 {
 			upstream = rc.Nameservers(listen.Addr())
 		}
 	}
+	// Fail-open: the upstream servers resolv.conf can name (port 53) follow the proxy,
+	// so DNS goes on without the daemon. Fail-closed: only the proxy.
+	fallback := func(upstream []string) []netip.Addr {
+		if !o.FailOpen {
+			return nil
+		}
+		var fb []netip.Addr
+		for _, u := range upstream {
+			if ap := netip.MustParseAddrPort(u); ap.Port() == 53 {
+				fb = append(fb, ap.Addr())
+			}
+		}
+		if len(fb) == 0 {
+			logf("local resolver: no upstream on port 53 to name in %s after it: DNS stops while the daemon does (--fail open)", textesc.String(o.ResolvConf))
+		}
+		return fb
+	}
+	// pointing serialises the file's rewrites: a new upstream list (fail-open) and the
+	// restore on stop, after which the file is never pointed again.
+	var pointing sync.Mutex
+	stopped := false
+	var onUpstream func([]string)
+	if rc != nil && o.FailOpen {
+		onUpstream = func(list []string) {
+			pointing.Lock()
+			defer pointing.Unlock()
+			if stopped {
+				return
+			}
+			if err := rc.Point(listen.Addr(), fallback(list)); err != nil {
+				logf("local resolver: %v", err)
+			}
+		}
+	}
 	p, err := dnsproxy.New(dnsproxy.Config{
 		Listen: o.DNSProxy, Upstream: upstream, Refuse: o.DNSRefuse,
+		UpstreamFile: upstreamFile, OnUpstream: onUpstream,
 		Identify: be.identify, Decide: eng.RuleFor, MayRefuse: eng.HostRefusable, Names: be.names, Control: be.control, Logf: logf,
 		Record: func(req engine.Request, v engine.Verdict) {
 			hist.Record(store.Conn{Time: req.Time, Request: req, Verdict: v})
@@ -840,20 +877,10 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		return nil, nil, err
 	}
 	if rc != nil {
-		// Fail-open: the upstream servers resolv.conf can name (port 53) follow the
-		// proxy, so DNS goes on without the daemon. Fail-closed: only the proxy.
-		var fallback []netip.Addr
-		if o.FailOpen {
-			for _, u := range upstream {
-				if ap := netip.MustParseAddrPort(u); ap.Port() == 53 {
-					fallback = append(fallback, ap.Addr())
-				}
-			}
-			if len(fallback) == 0 {
-				logf("local resolver: no upstream on port 53 to name in %s after it: DNS stops while the daemon does (--fail open)", textesc.String(rc.Path))
-			}
-		}
-		if err := rc.Point(listen.Addr(), fallback); err != nil {
+		pointing.Lock()
+		err := rc.Point(listen.Addr(), fallback(upstream))
+		pointing.Unlock()
+		if err != nil {
 			cancel()
 			<-done
 			rc.Release()
@@ -863,11 +890,14 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	logf("local resolver on %s (UDP and TCP), forwarding to %s", o.DNSProxy, strings.Join(upstream, ", "))
 	return p, func() {
 		if rc != nil {
+			pointing.Lock()
+			stopped = true
 			if err := rc.Restore(); err != nil {
 				logf("local resolver: %v", err)
 			} else {
-				logf("local resolver: %s restored", rc.Path)
+				logf("local resolver: %s restored", textesc.String(rc.Path))
 			}
+			pointing.Unlock()
 		}
 		cancel()
 		<-done

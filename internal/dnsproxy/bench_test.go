@@ -16,7 +16,10 @@ import (
 )
 
 // startProxy runs p on a free loopback port and returns its address.
-func startProxy(b *testing.B, p *Proxy) string {
+func startProxy(b *testing.B, p *Proxy) string { return startProxyT(b, p) }
+
+// startProxyT is startProxy for any test.
+func startProxyT(b testing.TB, p *Proxy) string {
 	b.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {

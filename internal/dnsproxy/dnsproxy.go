@@ -26,8 +26,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,6 +59,13 @@ type Config struct {
 	Listen string
 	// Upstream are the servers queries are forwarded to, tried in order ("ADDR:PORT").
 	Upstream []string
+	// UpstreamFile, if set, is a resolv.conf that gives the upstream servers from now
+	// on whenever it changes (systemd-resolved's own resolv.conf, rewritten when the
+	// network changes; see ResolvedNameservers), looked at every UpstreamCheck (0: 1 s).
+	// OnUpstream, if set, is told each new list.
+	UpstreamFile  string
+	UpstreamCheck time.Duration
+	OnUpstream    func(upstream []string)
 	// Refuse is RefuseNXDomain (default) or RefuseZero.
 	Refuse string
 	// Identify describes the program whose socket (client, with proto) sent a query to
@@ -90,8 +100,7 @@ type Proxy struct {
 	cfg      Config
 	inflight chan struct{} // upstream UDP exchanges under way
 	serving  chan struct{} // UDP queries being answered
-	upstream []netip.AddrPort
-	servers  []*dns.Server
+	upstream atomic.Pointer[[]netip.AddrPort]
 	mu       sync.Mutex
 	stats    Stats
 }
@@ -150,7 +159,12 @@ func New(cfg Config) (*Proxy, error) {
 	for i, u := range cfg.Upstream {
 		ups[i] = netip.MustParseAddrPort(u)
 	}
-	return &Proxy{cfg: cfg, upstream: ups, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}, nil
+	if cfg.UpstreamCheck <= 0 {
+		cfg.UpstreamCheck = time.Second
+	}
+	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}
+	p.upstream.Store(&ups)
+	return p, nil
 }
 
 // Stats returns the counters.
@@ -185,6 +199,9 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 	started := make(chan struct{})
 	tcp.NotifyStartedFunc = func() { close(started) }
 	go func() { errs <- tcp.ActivateAndServe() }()
+	if p.cfg.UpstreamFile != "" {
+		go p.watchUpstream(ctx)
+	}
 	var queries sync.WaitGroup
 	udpDone := make(chan error, 1)
 	go func() { udpDone <- p.serveUDPConn(pc.(*net.UDPConn), &queries) }()
@@ -213,6 +230,52 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 		return fmt.Errorf("dns proxy: udp %s: %w", p.cfg.Listen, err2)
 	}
 	return nil
+}
+
+// watchUpstream takes the upstream servers from Config.UpstreamFile whenever it
+// changes, until ctx is done. A file naming no server (the network is down) keeps the
+// servers as they are.
+func (p *Proxy) watchUpstream(ctx context.Context) {
+	listen := netip.MustParseAddrPort(p.cfg.Listen).Addr()
+	stamp := func() (time.Time, int64) {
+		fi, err := os.Stat(p.cfg.UpstreamFile)
+		if err != nil {
+			return time.Time{}, -1
+		}
+		return fi.ModTime(), fi.Size()
+	}
+	mtime, size := stamp()
+	t := time.NewTicker(p.cfg.UpstreamCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m, sz := stamp()
+		if m.Equal(mtime) && sz == size {
+			continue
+		}
+		mtime, size = m, sz
+		list, err := ResolvedNameservers(p.cfg.UpstreamFile, listen)
+		if err != nil {
+			p.cfg.Logf("dns proxy: upstream servers kept: %v", err)
+			continue
+		}
+		ups := make([]netip.AddrPort, len(list))
+		for i, u := range list {
+			ups[i] = netip.MustParseAddrPort(u)
+		}
+		if slices.Equal(ups, *p.upstream.Load()) {
+			continue
+		}
+		p.upstream.Store(&ups)
+		p.cfg.Logf("dns proxy: upstream servers now %s (from %s)", strings.Join(list, ", "), p.cfg.UpstreamFile)
+		if p.cfg.OnUpstream != nil {
+			p.cfg.OnUpstream(list)
+		}
+	}
 }
 
 var queryBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
@@ -414,9 +477,10 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 	}
 	var errs []error
 	next := 0
+	ups := *p.upstream.Load()
 	send := func() *asking {
-		for ; next < len(p.upstream); next++ {
-			a, err := p.ask(packed, p.upstream[next])
+		for ; next < len(ups); next++ {
+			a, err := p.ask(packed, ups[next])
 			if err == nil {
 				next++
 				return a
@@ -484,7 +548,8 @@ func (p *Proxy) forward(r *dns.Msg, proto engine.Protocol) (*dns.Msg, error) {
 	c := &dns.Client{Net: network, Timeout: p.cfg.Timeout,
 		Dialer: &net.Dialer{Timeout: p.cfg.Timeout, Control: p.cfg.Control}}
 	var errs []error
-	for _, u := range p.cfg.Upstream {
+	for _, ap := range *p.upstream.Load() {
+		u := ap.String()
 		resp, _, err := c.Exchange(r.Copy(), u)
 		if err == nil {
 			return resp, nil

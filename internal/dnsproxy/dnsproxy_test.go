@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -614,5 +615,74 @@ func TestAnswerMustMatch(t *testing.T) {
 	}
 	if r := askUDP(p, "formerr.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeFormatError || r.Id != 0x4242 {
 		t.Errorf("FORMERR without a question: %v", r)
+	}
+}
+
+// listenDNS53 runs upstream's answers on addr:53 (a loopback address of this test's
+// own: resolv.conf files name no port), or skips without the privilege.
+func listenDNS53(t *testing.T, addr string) *asked {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr+":53")
+	if err != nil {
+		t.Skipf("no DNS server on %s:53: %v", addr, err)
+	}
+	rec := &asked{}
+	s := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		rec.mu.Lock()
+		rec.names = append(rec.names, r.Question[0].Name)
+		rec.mu.Unlock()
+		m := new(dns.Msg)
+		m.SetReply(r)
+		w.WriteMsg(m)
+	})}
+	go s.ActivateAndServe()
+	t.Cleanup(func() { s.Shutdown() })
+	return rec
+}
+
+// TestUpstreamFollowsFile: with UpstreamFile (systemd-resolved's own resolv.conf) the
+// upstream servers follow the file when it changes (a new network), OnUpstream hears
+// the new list; a file naming no server keeps the list.
+func TestUpstreamFollowsFile(t *testing.T) {
+	pid := os.Getpid()
+	a := fmt.Sprintf("127.77.%d.%d", pid>>8&0xff, pid&0xff)
+	b := fmt.Sprintf("127.78.%d.%d", pid>>8&0xff, pid&0xff)
+	first, second := listenDNS53(t, a), listenDNS53(t, b)
+	file := filepath.Join(t.TempDir(), "resolv.conf")
+	write := func(conf string, age time.Duration) {
+		os.WriteFile(file, []byte(conf), 0o644)
+		when := time.Now().Add(-age)
+		os.Chtimes(file, when, when)
+	}
+	write("nameserver "+a+"\n", time.Hour)
+	p, _, _ := newProxy(t, a+":53")
+	p.cfg.UpstreamFile, p.cfg.UpstreamCheck = file, 10*time.Millisecond
+	heard := make(chan []string, 4)
+	p.cfg.OnUpstream = func(l []string) { heard <- l }
+	addr := startProxyT(t, p)
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+	q := new(dns.Msg)
+	q.SetQuestion("one.test.", dns.TypeA)
+	if _, _, err := c.Exchange(q, addr); err != nil || len(first.list()) != 1 {
+		t.Fatalf("first: %v, asked %v", err, first.list())
+	}
+	write("# the network changed\nnameserver "+b+"\n", 0)
+	select {
+	case l := <-heard:
+		if !slices.Equal(l, []string{b + ":53"}) {
+			t.Errorf("OnUpstream %v", l)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the new upstream was not taken")
+	}
+	q.SetQuestion("two.test.", dns.TypeA)
+	if _, _, err := c.Exchange(q, addr); err != nil || !slices.Equal(second.list(), []string{"two.test."}) || len(first.list()) != 1 {
+		t.Errorf("after the change: %v; asked first %v, second %v", err, first.list(), second.list())
+	}
+	write("# No DNS servers known.\n", -time.Hour)
+	time.Sleep(100 * time.Millisecond)
+	q.SetQuestion("three.test.", dns.TypeA)
+	if _, _, err := c.Exchange(q, addr); err != nil || len(second.list()) != 2 {
+		t.Errorf("a file naming no server: %v; asked second %v", err, second.list())
 	}
 }

@@ -286,8 +286,8 @@ func TestDNSProxyFailOpen(t *testing.T) {
 // /run/systemd/resolve; a fake stub answers on 127.0.0.53 in the client namespace).
 // --dns-proxy on the stub's address is refused with a clear error and changes
 // nothing; on another address the upstream is the servers resolved itself uses (its
-// resolv.conf), not the stub; an address another program serves is refused, named;
-// a clean stop puts the link back.
+// resolv.conf), not the stub, and follows that file when it changes; an address
+// another program serves is refused, named; a clean stop puts the link back.
 func TestDNSProxySystemdResolved(t *testing.T) {
 	n := NewNet(t)
 	n.Serve(t, 8098)
@@ -346,6 +346,27 @@ func TestDNSProxySystemdResolved(t *testing.T) {
 	if c := findConn(t, d, 8098, r.PID); c["host"] != "ok.test" || c["host_source"] != "own" {
 		t.Errorf("history %v: want host ok.test (own)", c)
 	}
+
+	// The network changes: resolved writes its new servers; latch follows, and names
+	// the new one after itself in resolv.conf (fail-open).
+	moved := n.Start(n.Client, helperBin, "dns-serve", "127.0.0.2:53", "ok.test", n.ServerIP)
+	moved.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	os.WriteFile(filepath.Join(run, "resolv.conf"), []byte("# the network changed\nnameserver 127.0.0.2\n"), 0o644)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(resolv)
+		if strings.Contains(string(b), "nameserver 127.0.0.153\nnameserver 127.0.0.2\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resolv.conf after resolved's servers changed:\n%s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := n.systemResolveConnect(t, resolv, "ok.test"); r.Outcome != "connected" || !strings.Contains(moved.Output(), "asked ok.test") {
+		t.Errorf("after the change: %+v; the new server was asked:\n%s", r, moved.Output())
+	}
+
 	if err := d.Signal(syscall.SIGTERM, 15*time.Second); err != nil {
 		t.Errorf("stop: %v", err)
 	}
