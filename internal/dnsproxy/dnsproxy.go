@@ -415,6 +415,7 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine
 		p.count(func(s *Stats) { s.Canary++ })
 		m := new(dns.Msg)
 		m.SetRcode(r, dns.RcodeNameError)
+		m.RecursionAvailable = true
 		w.WriteMsg(m)
 		return
 	}
@@ -521,14 +522,19 @@ func (p *Proxy) failed(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name st
 	w.WriteMsg(m)
 }
 
+// refuse answers a refused name. The answer says recursion is available: glibc and
+// Go take an empty answer without it for a lame referral and ask the next server in
+// resolv.conf (with --fail open, the upstream itself).
 func (p *Proxy) refuse(w dns.ResponseWriter, r *dns.Msg, q dns.Question) {
 	m := new(dns.Msg)
 	if p.cfg.Refuse == RefuseNXDomain {
 		m.SetRcode(r, dns.RcodeNameError)
+		m.RecursionAvailable = true
 		w.WriteMsg(m)
 		return
 	}
 	m.SetReply(r)
+	m.RecursionAvailable = true
 	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
 	switch q.Qtype {
 	case dns.TypeA:

@@ -686,3 +686,22 @@ func TestUpstreamFollowsFile(t *testing.T) {
 		t.Errorf("a file naming no server: %v; asked second %v", err, second.list())
 	}
 }
+
+// TestRefusalsAreFinal: the proxy's own answers (a refusal in either mode, the canary)
+// say recursion is available. glibc and Go take an empty NOERROR answer without it for
+// a lame referral and ask the next server — with --fail open, the upstream named after
+// the proxy, which would answer the refused name.
+func TestRefusalsAreFinal(t *testing.T) {
+	p, _, _ := newProxy(t, upstream(t))
+	for _, mode := range []string{RefuseNXDomain, RefuseZero} {
+		p.cfg.Refuse = mode
+		for _, qt := range []uint16{dns.TypeA, dns.TypeMX} {
+			if r := ask(p, "denied.test", qt); r == nil || !r.RecursionAvailable || !r.Response {
+				t.Errorf("refusal (%s, %s): %v, want recursion available", mode, dns.TypeToString[qt], r)
+			}
+		}
+	}
+	if r := ask(p, Canary, dns.TypeA); r == nil || !r.RecursionAvailable || r.Rcode != dns.RcodeNameError {
+		t.Errorf("canary: %v, want NXDOMAIN, recursion available", r)
+	}
+}
