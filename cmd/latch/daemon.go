@@ -836,16 +836,17 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		}
 		return fb
 	}
-	// pointing serialises the file's rewrites: a new upstream list (fail-open) and the
-	// restore on stop, after which the file is never pointed again.
+	// pointing serialises the file's rewrites: the first, a new upstream list
+	// (fail-open) and the restore on stop. A new list re-points the file only between
+	// the first and the restore.
 	var pointing sync.Mutex
-	stopped := false
+	pointed, stopped := false, false
 	var onUpstream func([]string)
 	if rc != nil && o.FailOpen {
 		onUpstream = func(list []string) {
 			pointing.Lock()
 			defer pointing.Unlock()
-			if stopped {
+			if !pointed || stopped {
 				return
 			}
 			if err := rc.Point(listen.Addr(), fallback(list)); err != nil {
@@ -879,6 +880,7 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	if rc != nil {
 		pointing.Lock()
 		err := rc.Point(listen.Addr(), fallback(upstream))
+		pointed = err == nil
 		pointing.Unlock()
 		if err != nil {
 			cancel()
