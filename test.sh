@@ -20,6 +20,8 @@ command -v make >/dev/null || need_pkgs+=(make)
 for tool in unshare setpriv pivot_root; do
 	command -v $tool >/dev/null || { need_pkgs+=(util-linux); break; }
 done
+command -v mount >/dev/null || need_pkgs+=(mount)       # dnsproxy e2e: resolv.conf bind-mounted per client
+command -v getent >/dev/null || need_pkgs+=(libc-bin)  # dnsproxy e2e: glibc's resolver moves past a dead proxy
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)   # metrics e2e: a real Prometheus scrapes latch
 command -v rsyslogd >/dev/null || need_pkgs+=(rsyslog)        # events e2e: a real rsyslog receives RFC 5424
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd) # packaging: systemd-analyze verify/security

@@ -31,6 +31,7 @@ import (
 	"github.com/latchfw/latch/internal/lifetime"
 	"github.com/latchfw/latch/internal/sdnotify"
 	"github.com/latchfw/latch/internal/store"
+	"github.com/latchfw/latch/internal/textesc"
 	"github.com/latchfw/latch/internal/winsvc"
 )
 
@@ -64,7 +65,10 @@ exits; on SIGHUP it reads the managed rule files again.
                            shipped with latch (format: see 'latch rules preset')
   --dns-proxy ADDR         local resolver mode: answer the machine's DNS at ADDR (e.g.
                            127.0.0.53:53, UDP and TCP), attribute each query to the asking
-                           program, learn its names exactly, refuse names a deny rule covers
+                           program, learn its names exactly, refuse names a deny rule covers;
+                           with --fail open resolv.conf names the upstream after it, so DNS
+                           goes on while the daemon is down (not with systemd-resolved's
+                           stub address 127.0.0.53: use e.g. 127.0.0.153:53)
   --dns-upstream ADDR[,ADDR]
                            servers the resolver forwards to (default: the name servers of
                            the original resolv.conf)
@@ -734,6 +738,14 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		}
 		proxy.Store(p)
 		defer stopProxy()
+	} else if o.ResolvConf != "none" {
+		// An earlier daemon ran its resolver, died, and this one runs without it: the
+		// file names a resolver that no longer answers.
+		if restored, err := dnsproxy.RestoreLeftover(o.ResolvConf, o.StateDir); err != nil {
+			logf("local resolver of an earlier run: %v", err)
+		} else if restored {
+			logf("restored %s, which the local resolver of an earlier run pointed at itself", textesc.String(o.ResolvConf))
+		}
 	}
 
 	serveErr := make(chan error, 1)
@@ -792,23 +804,79 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	listen := netip.MustParseAddrPort(o.DNSProxy)
 	var rc *dnsproxy.ResolvConf
 	upstream := o.DNSUpstream
+	var upstreamFile string // resolved's own resolv.conf: followed as it changes
 	if o.ResolvConf != "none" {
 		var err error
 		if rc, err = dnsproxy.OpenResolvConf(o.ResolvConf, o.StateDir); err != nil {
 			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
 		}
-		if len(upstream) == 0 {
+		if uplink, ok := rc.SystemdResolved(); ok {
+			// systemd-resolved's stub: never its address, and upstream are the servers
+			// resolved itself uses (resolved reads the resolv.conf latch writes as
+			// "foreign" and would ask latch's resolver: its stub as upstream would loop).
+			for _, stub := range dnsproxy.ResolvedStub {
+				if listen.Addr().Unmap() == stub {
+					rc.Release()
+					return nil, nil, fmt.Errorf("--dns-proxy %s: systemd-resolved's stub resolver answers at %s (%s is its stub-resolv.conf); choose another address, e.g. 127.0.0.153:53",
+						o.DNSProxy, stub, textesc.String(o.ResolvConf))
+				}
+			}
+			if len(upstream) == 0 {
+				if upstream, err = dnsproxy.ResolvedNameservers(uplink, listen.Addr()); err != nil {
+					rc.Release()
+					return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
+				}
+				upstreamFile = uplink
+			}
+		} else if len(upstream) == 0 {
 			upstream = rc.Nameservers(listen.Addr())
+		}
+	}
+	// Fail-open: the upstream servers resolv.conf can name (port 53) follow the proxy,
+	// so DNS goes on without the daemon. Fail-closed: only the proxy.
+	fallback := func(upstream []string) []netip.Addr {
+		if !o.FailOpen {
+			return nil
+		}
+		var fb []netip.Addr
+		for _, u := range upstream {
+			if ap := netip.MustParseAddrPort(u); ap.Port() == 53 {
+				fb = append(fb, ap.Addr())
+			}
+		}
+		if len(fb) == 0 {
+			logf("local resolver: no upstream on port 53 to name in %s after it: DNS stops while the daemon does (--fail open)", textesc.String(o.ResolvConf))
+		}
+		return fb
+	}
+	// pointing serialises the file's rewrites: the first, a new upstream list
+	// (fail-open) and the restore on stop. A new list re-points the file only between
+	// the first and the restore.
+	var pointing sync.Mutex
+	pointed, stopped := false, false
+	var onUpstream func([]string)
+	if rc != nil && o.FailOpen {
+		onUpstream = func(list []string) {
+			pointing.Lock()
+			defer pointing.Unlock()
+			if !pointed || stopped {
+				return
+			}
+			if err := rc.Point(listen.Addr(), fallback(list)); err != nil {
+				logf("local resolver: %v", err)
+			}
 		}
 	}
 	p, err := dnsproxy.New(dnsproxy.Config{
 		Listen: o.DNSProxy, Upstream: upstream, Refuse: o.DNSRefuse,
-		Identify: be.identify, Decide: eng.RuleFor, Names: be.names, Control: be.control, Logf: logf,
+		UpstreamFile: upstreamFile, OnUpstream: onUpstream,
+		Identify: be.identify, Decide: eng.RuleFor, MayRefuse: eng.HostRefusable, Names: be.names, Control: be.control, Logf: logf,
 		Record: func(req engine.Request, v engine.Verdict) {
 			hist.Record(store.Conn{Time: req.Time, Request: req, Verdict: v})
 		},
 	})
 	if err != nil {
+		rc.Release()
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -819,23 +887,32 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 	case <-ready:
 	case err := <-done:
 		cancel()
+		rc.Release()
 		return nil, nil, err
 	}
 	if rc != nil {
-		if err := rc.Point(listen.Addr()); err != nil {
+		pointing.Lock()
+		err := rc.Point(listen.Addr(), fallback(upstream))
+		pointed = err == nil
+		pointing.Unlock()
+		if err != nil {
 			cancel()
 			<-done
+			rc.Release()
 			return nil, nil, fmt.Errorf("--dns-proxy: %w", err)
 		}
 	}
 	logf("local resolver on %s (UDP and TCP), forwarding to %s", o.DNSProxy, strings.Join(upstream, ", "))
 	return p, func() {
 		if rc != nil {
+			pointing.Lock()
+			stopped = true
 			if err := rc.Restore(); err != nil {
 				logf("local resolver: %v", err)
 			} else {
-				logf("local resolver: %s restored", rc.Path)
+				logf("local resolver: %s restored", textesc.String(rc.Path))
 			}
+			pointing.Unlock()
 		}
 		cancel()
 		<-done

@@ -7,19 +7,30 @@
 // unspecified address), and recorded in history as a DNS decision; and the canary
 // use-application-dns.net is answered NXDOMAIN, so that Firefox keeps plain DNS.
 //
+// A UDP query is forwarded as the bytes the program sent, from a fresh socket under an
+// id of the proxy's own, and the answer (it must echo the question) goes back as it
+// came. A name no rule can refuse (Config.MayRefuse) goes upstream before its program
+// is identified; any other name is decided first and a refused one is never sent.
+//
 // The proxy runs inside the daemon: while the daemon is stopped, nothing answers at
-// the proxy's address and DNS fails (closed) until it is back or resolv.conf is
-// restored (ResolvConf.Restore, on a clean stop).
+// the proxy's address. Fail-closed, DNS stops until the daemon is back or resolv.conf
+// is restored (ResolvConf.Restore, on a clean stop); fail-open, resolv.conf names the
+// upstream after the proxy (ResolvConf.Point), and resolvers move on to it as soon as
+// the proxy's address refuses their query.
 package dnsproxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +59,13 @@ type Config struct {
 	Listen string
 	// Upstream are the servers queries are forwarded to, tried in order ("ADDR:PORT").
 	Upstream []string
+	// UpstreamFile, if set, is a resolv.conf that gives the upstream servers from now
+	// on whenever it changes (systemd-resolved's own resolv.conf, rewritten when the
+	// network changes; see ResolvedNameservers), looked at every UpstreamCheck (0: 1 s).
+	// OnUpstream, if set, is told each new list.
+	UpstreamFile  string
+	UpstreamCheck time.Duration
+	OnUpstream    func(upstream []string)
 	// Refuse is RefuseNXDomain (default) or RefuseZero.
 	Refuse string
 	// Identify describes the program whose socket (client, with proto) sent a query to
@@ -57,6 +75,12 @@ type Config struct {
 	// Decide returns the rule that decides a request naming only a program and a
 	// host (engine.Engine.RuleFor). Nil: nothing is refused.
 	Decide func(req *engine.Request) (engine.Rule, bool)
+	// MayRefuse reports whether Decide may refuse name to some program
+	// (engine.Engine.HostRefusable). When it says no, a UDP query is sent upstream
+	// while its program is being identified, and checked once more before it is
+	// answered; when it says yes, or is nil, the program is identified and the name
+	// decided first, and a refused name is never sent upstream.
+	MayRefuse func(name string) bool
 	// Names learns the answers (nil: not learned).
 	Names *dnsname.Cache
 	// Record is told every refused query (history).
@@ -73,11 +97,21 @@ type Config struct {
 
 // Proxy is a running local resolver.
 type Proxy struct {
-	cfg     Config
-	servers []*dns.Server
-	mu      sync.Mutex
-	stats   Stats
+	cfg      Config
+	inflight chan struct{} // upstream UDP exchanges under way
+	serving  chan struct{} // UDP queries being answered
+	upstream atomic.Pointer[[]netip.AddrPort]
+	mu       sync.Mutex
+	stats    Stats
 }
+
+// maxInflight bounds the upstream UDP exchanges under way at once (each holds a
+// thread while it waits); more queries wait their turn.
+const maxInflight = 256
+
+// maxServing bounds the UDP queries being answered at once; more are dropped (their
+// clients ask again).
+const maxServing = 4096
 
 // Stats count what the proxy did.
 type Stats struct {
@@ -86,12 +120,19 @@ type Stats struct {
 	Canary    uint64 `json:"canary"`
 	Failed    uint64 `json:"upstream_failed"`
 	Attribute uint64 `json:"attributed"`
+	// Mismatched counts datagrams on an upstream socket that did not answer its
+	// query (another id or question: late, or forged), left unread.
+	Mismatched uint64 `json:"upstream_mismatched"`
+	// Dropped counts UDP queries left unread because maxServing were being answered.
+	Dropped uint64 `json:"dropped"`
 }
 
 // New checks cfg.
 func New(cfg Config) (*Proxy, error) {
-	if _, err := netip.ParseAddrPort(cfg.Listen); err != nil {
+	if ap, err := netip.ParseAddrPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("dns proxy: listen address %q: %v", cfg.Listen, err)
+	} else if ap.Addr().IsUnspecified() {
+		return nil, fmt.Errorf("dns proxy: listen address %q: want one address (a client takes only answers from the address it asked)", cfg.Listen)
 	}
 	if len(cfg.Upstream) == 0 {
 		return nil, errors.New("dns proxy: no upstream server (configure one, or list one in resolv.conf)")
@@ -114,7 +155,16 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	return &Proxy{cfg: cfg}, nil
+	ups := make([]netip.AddrPort, len(cfg.Upstream))
+	for i, u := range cfg.Upstream {
+		ups[i] = netip.MustParseAddrPort(u)
+	}
+	if cfg.UpstreamCheck <= 0 {
+		cfg.UpstreamCheck = time.Second
+	}
+	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}
+	p.upstream.Store(&ups)
+	return p, nil
 }
 
 // Stats returns the counters.
@@ -136,38 +186,184 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 	lc := net.ListenConfig{Control: p.cfg.Control}
 	pc, err := lc.ListenPacket(ctx, "udp", p.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("dns proxy: listen udp %s: %w", p.cfg.Listen, err)
+		return listenError("udp", p.cfg.Listen, err)
 	}
 	ln, err := lc.Listen(ctx, "tcp", p.cfg.Listen)
 	if err != nil {
 		pc.Close()
-		return fmt.Errorf("dns proxy: listen tcp %s: %w", p.cfg.Listen, err)
+		return listenError("tcp", p.cfg.Listen, err)
 	}
-	udp := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.UDP) })}
-	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, engine.TCP) }),
+	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { p.serve(w, r, nil, engine.TCP) }),
 		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
-	errs := make(chan error, 2)
-	var started sync.WaitGroup
-	started.Add(2)
-	udp.NotifyStartedFunc, tcp.NotifyStartedFunc = started.Done, started.Done
-	go func() { errs <- udp.ActivateAndServe() }()
+	errs := make(chan error, 1)
+	started := make(chan struct{})
+	tcp.NotifyStartedFunc = func() { close(started) }
 	go func() { errs <- tcp.ActivateAndServe() }()
-	startedCh := make(chan struct{})
-	go func() { started.Wait(); close(startedCh) }()
+	if p.cfg.UpstreamFile != "" {
+		go p.watchUpstream(ctx)
+	}
+	var queries sync.WaitGroup
+	udpDone := make(chan error, 1)
+	go func() { udpDone <- p.serveUDPConn(pc.(*net.UDPConn), &queries) }()
 	select {
-	case <-startedCh:
+	case <-started:
 		if ready != nil {
 			ready()
 		}
 	case err := <-errs:
-		udp.Shutdown()
-		tcp.Shutdown()
+		pc.Close()
+		<-udpDone
+		queries.Wait()
 		return fmt.Errorf("dns proxy: %w", err)
 	}
-	<-ctx.Done()
-	udp.ShutdownContext(context.Background())
+	var err2 error
+	select {
+	case <-ctx.Done():
+	case err2 = <-udpDone:
+		udpDone <- err2
+	}
+	pc.Close()
+	err2 = <-udpDone
 	tcp.ShutdownContext(context.Background())
+	queries.Wait()
+	if err2 != nil {
+		return fmt.Errorf("dns proxy: udp %s: %w", p.cfg.Listen, err2)
+	}
 	return nil
+}
+
+// watchUpstream takes the upstream servers from Config.UpstreamFile whenever it
+// changes, until ctx is done. A file naming no server (the network is down) keeps the
+// servers as they are.
+func (p *Proxy) watchUpstream(ctx context.Context) {
+	listen := netip.MustParseAddrPort(p.cfg.Listen).Addr()
+	stamp := func() (time.Time, int64) {
+		fi, err := os.Stat(p.cfg.UpstreamFile)
+		if err != nil {
+			return time.Time{}, -1
+		}
+		return fi.ModTime(), fi.Size()
+	}
+	mtime, size := stamp()
+	t := time.NewTicker(p.cfg.UpstreamCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m, sz := stamp()
+		if m.Equal(mtime) && sz == size {
+			continue
+		}
+		mtime, size = m, sz
+		list, err := ResolvedNameservers(p.cfg.UpstreamFile, listen)
+		if err != nil {
+			p.cfg.Logf("dns proxy: upstream servers kept: %v", err)
+			continue
+		}
+		ups := make([]netip.AddrPort, len(list))
+		for i, u := range list {
+			ups[i] = netip.MustParseAddrPort(u)
+		}
+		if slices.Equal(ups, *p.upstream.Load()) {
+			continue
+		}
+		p.upstream.Store(&ups)
+		p.cfg.Logf("dns proxy: upstream servers now %s (from %s)", strings.Join(list, ", "), p.cfg.UpstreamFile)
+		if p.cfg.OnUpstream != nil {
+			p.cfg.OnUpstream(list)
+		}
+	}
+}
+
+var queryBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
+// serveUDPConn reads queries from pc until it is closed (then it returns nil), each
+// answered in a goroutine of its own, counted in queries.
+func (p *Proxy) serveUDPConn(pc *net.UDPConn, queries *sync.WaitGroup) error {
+	local := pc.LocalAddr()
+	for {
+		bp := queryBufs.Get().(*[]byte)
+		n, from, err := pc.ReadFromUDPAddrPort(*bp)
+		if err != nil {
+			queryBufs.Put(bp)
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EINTR) {
+				continue // an ICMP error of an earlier answer
+			}
+			return err
+		}
+		select {
+		case p.serving <- struct{}{}:
+		default:
+			queryBufs.Put(bp)
+			p.count(func(s *Stats) { s.Dropped++ })
+			continue // the client asks again
+		}
+		queries.Add(1)
+		go func() {
+			defer queries.Done()
+			defer func() { <-p.serving }()
+			defer queryBufs.Put(bp)
+			raw := (*bp)[:n]
+			w := &udpWriter{pc: pc, local: local, remote: net.UDPAddrFromAddrPort(from), to: from}
+			r := new(dns.Msg)
+			if err := r.Unpack(raw); err != nil {
+				// As miekg/dns's server: a query whose header is readable gets FORMERR.
+				if len(raw) >= 12 && raw[2]&0x80 == 0 {
+					m := new(dns.Msg)
+					m.Id, m.Response, m.Opcode = binary.BigEndian.Uint16(raw[0:2]), true, int(raw[2]>>3)&0xF
+					m.Rcode = dns.RcodeFormatError
+					w.WriteMsg(m)
+				}
+				return
+			}
+			p.serve(w, r, raw, engine.UDP)
+		}()
+	}
+}
+
+// udpWriter answers one query that came over UDP.
+type udpWriter struct {
+	pc            *net.UDPConn
+	local, remote net.Addr
+	to            netip.AddrPort
+}
+
+func (w *udpWriter) LocalAddr() net.Addr  { return w.local }
+func (w *udpWriter) RemoteAddr() net.Addr { return w.remote }
+func (w *udpWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+func (w *udpWriter) Write(b []byte) (int, error) { return w.pc.WriteToUDPAddrPort(b, w.to) }
+func (w *udpWriter) Close() error                { return nil }
+func (w *udpWriter) TsigStatus() error           { return nil }
+func (w *udpWriter) TsigTimersOnly(bool)         {}
+func (w *udpWriter) Hijack()                     {}
+func (w *udpWriter) Network() string             { return "udp" }
+
+// listenError says which address could not be served, and why in plain words when
+// another program holds it.
+func listenError(network, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("dns proxy: %s (%s) is already in use: another program listens there "+
+			"(a resolver such as systemd-resolved's stub on 127.0.0.53, or dnsmasq); choose another --dns-proxy address: %w",
+			addr, strings.ToUpper(network), err)
+	}
+	return fmt.Errorf("dns proxy: listen %s %s: %w", network, addr, err)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
@@ -181,7 +377,10 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 }
 
 // serve answers one query.
-func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, proto engine.Protocol) {
+//
+// raw is the query as it came over UDP (nil: TCP): forwarded as it is, under an id of
+// the proxy's own.
+func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine.Protocol) {
 	p.count(func(s *Stats) { s.Queries++ })
 	if r.Response || len(r.Question) != 1 || r.Opcode != dns.OpcodeQuery {
 		m := new(dns.Msg)
@@ -192,6 +391,19 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, proto engine.Protocol) {
 	q := r.Question[0]
 	name := dnsname.Normalize(q.Name)
 	client, server := addrPortOf(w.RemoteAddr()), addrPortOf(w.LocalAddr())
+	if proto == engine.UDP && name != Canary && p.cfg.Identify != nil &&
+		(p.cfg.Decide == nil || name == "" || (p.cfg.MayRefuse != nil && !p.cfg.MayRefuse(name))) {
+		// No rule can refuse the name to any program: the query goes upstream, then
+		// the program is identified while the answer is on its way.
+		p.serveUDP(w, r, raw, q, name, func() engine.Request {
+			req := p.cfg.Identify(proto, client, server)
+			if req.PID != 0 {
+				p.count(func(s *Stats) { s.Attribute++ })
+			}
+			return req
+		})
+		return
+	}
 	req := engine.Request{UID: -1}
 	if p.cfg.Identify != nil {
 		req = p.cfg.Identify(proto, client, server)
@@ -203,32 +415,20 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, proto engine.Protocol) {
 		p.count(func(s *Stats) { s.Canary++ })
 		m := new(dns.Msg)
 		m.SetRcode(r, dns.RcodeNameError)
+		m.RecursionAvailable = true
 		w.WriteMsg(m)
 		return
 	}
-	if p.cfg.Decide != nil && name != "" {
-		ask := engine.Request{Direction: engine.Outbound, PID: req.PID, Exe: req.Exe, UID: req.UID, User: req.User,
-			Identity: req.Identity, Container: req.Container, Host: name, HostSource: engine.HostOwn}
-		if rule, ok := p.cfg.Decide(&ask); ok && rule.Host != "" && rule.Action != engine.Allow {
-			p.refuse(w, r, q)
-			p.count(func(s *Stats) { s.Refused++ })
-			if p.cfg.Record != nil {
-				rec := req
-				rec.Time, rec.Direction, rec.Protocol = time.Now(), engine.Outbound, proto
-				rec.Local, rec.Remote = client, server
-				rec.Host, rec.HostSource, rec.Note = name, engine.HostOwn, NoteRefused
-				p.cfg.Record(rec, engine.Verdict{Action: rule.Action, Reason: engine.ReasonRule, RuleID: rule.ID})
-			}
-			return
-		}
+	if p.refused(w, r, q, name, req, proto, client, server) {
+		return
+	}
+	if proto == engine.UDP {
+		p.serveUDP(w, r, raw, q, name, func() engine.Request { return req })
+		return
 	}
 	resp, err := p.forward(r, proto)
 	if err != nil {
-		p.count(func(s *Stats) { s.Failed++ })
-		p.cfg.Logf("dns proxy: %s %s: %v", name, dns.TypeToString[q.Qtype], err)
-		m := new(dns.Msg)
-		m.SetRcode(r, dns.RcodeServerFailure)
-		w.WriteMsg(m)
+		p.failed(w, r, q, name, err)
 		return
 	}
 	p.learn(req, q, resp)
@@ -236,14 +436,105 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, proto engine.Protocol) {
 	w.WriteMsg(resp)
 }
 
+// refused answers the query as refused, and records it, if a deny rule covers the name
+// for the program req.
+func (p *Proxy) refused(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name string, req engine.Request, proto engine.Protocol, client, server netip.AddrPort) bool {
+	if p.cfg.Decide == nil || name == "" {
+		return false
+	}
+	ask := engine.Request{Direction: engine.Outbound, PID: req.PID, Exe: req.Exe, UID: req.UID, User: req.User,
+		Identity: req.Identity, Container: req.Container, Host: name, HostSource: engine.HostOwn}
+	rule, ok := p.cfg.Decide(&ask)
+	if !ok || rule.Host == "" || rule.Action == engine.Allow {
+		return false
+	}
+	p.refuse(w, r, q)
+	p.count(func(s *Stats) { s.Refused++ })
+	if p.cfg.Record != nil {
+		rec := req
+		rec.Time, rec.Direction, rec.Protocol = time.Now(), engine.Outbound, proto
+		rec.Local, rec.Remote = client, server
+		rec.Host, rec.HostSource, rec.Note = name, engine.HostOwn, NoteRefused
+		p.cfg.Record(rec, engine.Verdict{Action: rule.Action, Reason: engine.ReasonRule, RuleID: rule.ID})
+	}
+	return true
+}
+
+// serveUDP forwards a query that came over UDP as packed bytes and hands the answer
+// back as it came (under the client's id). identified gives the asking program; it
+// is called once the query is sent, so that the program is identified while the
+// answer is on its way. Once the answer is in, the name is checked against the rules
+// for that program once more (they may have changed), then learned as its own.
+func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Question, name string, identified func() engine.Request) {
+	packed := raw
+	if questionEnd(raw) == 0 { // not given, or its question name compressed
+		var err error
+		if packed, err = r.Pack(); err != nil || questionEnd(packed) == 0 {
+			m := new(dns.Msg)
+			m.SetRcode(r, dns.RcodeFormatError)
+			w.WriteMsg(m)
+			return
+		}
+	}
+	var errs []error
+	next := 0
+	ups := *p.upstream.Load()
+	send := func() *asking {
+		for ; next < len(ups); next++ {
+			a, err := p.ask(packed, ups[next])
+			if err == nil {
+				next++
+				return a
+			}
+			errs = append(errs, err)
+		}
+		return nil
+	}
+	pending := send()
+	req := identified()
+	bp := answerBufs.Get().(*[]byte)
+	defer answerBufs.Put(bp)
+	var answer []byte
+	for pending != nil {
+		a, err := pending.answer(p, *bp)
+		if err == nil {
+			answer = a
+			break
+		}
+		errs = append(errs, err)
+		pending = send()
+	}
+	switch {
+	case answer == nil:
+		p.failed(w, r, q, name, errors.Join(errs...))
+	case !p.refused(w, r, q, name, req, engine.UDP, addrPortOf(w.RemoteAddr()), addrPortOf(w.LocalAddr())):
+		p.learnPacked(req, q, answer)
+		w.Write(answer)
+	}
+}
+
+// failed answers SERVFAIL: no upstream answered.
+func (p *Proxy) failed(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name string, err error) {
+	p.count(func(s *Stats) { s.Failed++ })
+	p.cfg.Logf("dns proxy: %s %s: %v", name, dns.TypeToString[q.Qtype], err)
+	m := new(dns.Msg)
+	m.SetRcode(r, dns.RcodeServerFailure)
+	w.WriteMsg(m)
+}
+
+// refuse answers a refused name. The answer says recursion is available: glibc and
+// Go take an empty answer without it for a lame referral and ask the next server in
+// resolv.conf (with --fail open, the upstream itself).
 func (p *Proxy) refuse(w dns.ResponseWriter, r *dns.Msg, q dns.Question) {
 	m := new(dns.Msg)
 	if p.cfg.Refuse == RefuseNXDomain {
 		m.SetRcode(r, dns.RcodeNameError)
+		m.RecursionAvailable = true
 		w.WriteMsg(m)
 		return
 	}
 	m.SetReply(r)
+	m.RecursionAvailable = true
 	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
 	switch q.Qtype {
 	case dns.TypeA:
@@ -263,7 +554,8 @@ func (p *Proxy) forward(r *dns.Msg, proto engine.Protocol) (*dns.Msg, error) {
 	c := &dns.Client{Net: network, Timeout: p.cfg.Timeout,
 		Dialer: &net.Dialer{Timeout: p.cfg.Timeout, Control: p.cfg.Control}}
 	var errs []error
-	for _, u := range p.cfg.Upstream {
+	for _, ap := range *p.upstream.Load() {
+		u := ap.String()
 		resp, _, err := c.Exchange(r.Copy(), u)
 		if err == nil {
 			return resp, nil
@@ -271,6 +563,19 @@ func (p *Proxy) forward(r *dns.Msg, proto engine.Protocol) (*dns.Msg, error) {
 		errs = append(errs, fmt.Errorf("upstream %s: %w", u, err))
 	}
 	return nil, errors.Join(errs...)
+}
+
+// learnPacked is learn for a packed answer, parsed only when it can teach a name.
+func (p *Proxy) learnPacked(req engine.Request, q dns.Question, a []byte) {
+	if p.cfg.Names == nil || len(a) < 12 || a[3]&0x0F != dns.RcodeSuccess || q.Qclass != dns.ClassINET ||
+		(q.Qtype != dns.TypeA && q.Qtype != dns.TypeAAAA) {
+		return
+	}
+	resp := new(dns.Msg)
+	if resp.Unpack(a) != nil {
+		return
+	}
+	p.learn(req, q, resp)
 }
 
 // learn records the answer's addresses of the question's type, reached from the

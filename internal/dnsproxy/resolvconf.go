@@ -21,6 +21,7 @@ type ResolvConf struct {
 	backup string // the original's content
 	link   string // the original's link target, if it was a symbolic link
 	orig   []byte
+	kept   bool // the original came from an earlier run's backup
 }
 
 // OpenResolvConf reads the original resolv.conf at path (from the backup in stateDir
@@ -28,7 +29,7 @@ type ResolvConf struct {
 func OpenResolvConf(path, stateDir string) (*ResolvConf, error) {
 	rc := &ResolvConf{Path: path, backup: filepath.Join(stateDir, "resolv.conf.orig"), link: filepath.Join(stateDir, "resolv.conf.orig-link")}
 	if b, err := os.ReadFile(rc.backup); err == nil {
-		rc.orig = b // a run that did not stop cleanly: its original still counts
+		rc.orig, rc.kept = b, true // a run that did not stop cleanly: its original still counts
 		return rc, nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("resolv.conf backup %s: %w", rc.backup, err)
@@ -57,8 +58,81 @@ func OpenResolvConf(path, stateDir string) (*ResolvConf, error) {
 // Nameservers returns the original's name servers as ADDRESS:53, leaving out skip
 // (the proxy's own address).
 func (rc *ResolvConf) Nameservers(skip netip.Addr) []string {
+	return nameservers(rc.orig, skip)
+}
+
+// ResolvedStub is the address of systemd-resolved's stub resolver (and 127.0.0.54 its
+// proxy stub), named by its stub-resolv.conf.
+var ResolvedStub = []netip.Addr{netip.MustParseAddr("127.0.0.53"), netip.MustParseAddr("127.0.0.54")}
+
+// resolvedUplink is where systemd-resolved writes the name servers it uses itself
+// (its uplink resolv.conf), when the original resolv.conf is its stub file but not a
+// symbolic link to it (a variable for tests).
+var resolvedUplink = "/run/systemd/resolve/resolv.conf"
+
+// SystemdResolved reports whether the original resolv.conf is systemd-resolved's stub
+// (a symbolic link to .../stub-resolv.conf; or a file naming only resolved's stub
+// addresses while /run/systemd/resolve/resolv.conf exists), and where resolved keeps
+// the real name servers: resolv.conf beside the stub file the link points to, else
+// /run/systemd/resolve/resolv.conf. A file naming 127.0.0.53 without resolved's files
+// is another resolver there: not resolved.
+func (rc *ResolvConf) SystemdResolved() (uplink string, ok bool) {
+	if target, err := os.ReadFile(rc.link); err == nil {
+		t := string(target)
+		if filepath.Base(t) == "stub-resolv.conf" {
+			if !filepath.IsAbs(t) {
+				t = filepath.Join(filepath.Dir(rc.Path), t)
+			}
+			return filepath.Join(filepath.Dir(t), "resolv.conf"), true
+		}
+	}
+	ns := nameservers(rc.orig, netip.Addr{})
+	if len(ns) == 0 {
+		return "", false
+	}
+	for _, s := range ns {
+		if !isResolvedStub(netip.MustParseAddrPort(s).Addr()) {
+			return "", false
+		}
+	}
+	if _, err := os.Stat(resolvedUplink); err != nil {
+		return "", false
+	}
+	return resolvedUplink, true
+}
+
+func isResolvedStub(a netip.Addr) bool {
+	for _, s := range ResolvedStub {
+		if a.Unmap() == s {
+			return true
+		}
+	}
+	return false
+}
+
+// ResolvedNameservers reads the real name servers from systemd-resolved's uplink
+// resolv.conf (see SystemdResolved), as ADDRESS:53, leaving out skip and resolved's
+// own stub addresses.
+func ResolvedNameservers(uplink string, skip netip.Addr) ([]string, error) {
+	b, err := os.ReadFile(uplink)
+	if err != nil {
+		return nil, fmt.Errorf("systemd-resolved's name servers: %w", err)
+	}
 	var out []string
-	sc := bufio.NewScanner(strings.NewReader(string(rc.orig)))
+	for _, s := range nameservers(b, skip) {
+		if !isResolvedStub(netip.MustParseAddrPort(s).Addr()) {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("systemd-resolved's name servers: %s names none (configure --dns-upstream)", uplink)
+	}
+	return out, nil
+}
+
+func nameservers(conf []byte, skip netip.Addr) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(string(conf)))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) < 2 || f[0] != "nameserver" {
@@ -73,20 +147,66 @@ func (rc *ResolvConf) Nameservers(skip netip.Addr) []string {
 	return out
 }
 
-// Point replaces the file with one naming only the proxy's address as name server,
-// keeping the original's search, domain and options lines.
-func (rc *ResolvConf) Point(proxy netip.Addr) error {
+// Point replaces the file with one naming the proxy's address as its first name
+// server, keeping the original's search, domain and options lines (but not "rotate",
+// which would send every other query past the proxy).
+//
+// fallback (fail-open) are name servers written after the proxy, at most two (glibc
+// reads three): while the proxy answers, every query is answered there (a refusal is an
+// answer: NXDOMAIN or an address, never passed on); once nothing listens at its address
+// (the daemon was killed or crashed), a query gets "connection refused" at once and the
+// resolver moves on to the next server, so DNS keeps working without latch. No
+// fallback (fail-closed): DNS stops with the daemon.
+func (rc *ResolvConf) Point(proxy netip.Addr, fallback []netip.Addr) error {
 	var b strings.Builder
 	b.WriteString("# Written by latch (latch daemon --dns-proxy): DNS goes through latch's resolver.\n")
+	if len(fallback) > 0 {
+		b.WriteString("# Fail-open: the servers after it answer while latch's resolver is not running.\n")
+	}
 	b.WriteString("# The original is restored when the daemon stops.\n")
 	fmt.Fprintf(&b, "nameserver %s\n", proxy)
+	n := 0
+	for _, f := range fallback {
+		if n == 2 || f.Unmap() == proxy.Unmap() {
+			continue
+		}
+		fmt.Fprintf(&b, "nameserver %s\n", f)
+		n++
+	}
 	sc := bufio.NewScanner(strings.NewReader(string(rc.orig)))
 	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) > 0 && (f[0] == "search" || f[0] == "domain" || f[0] == "options") {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "search", "domain":
 			b.WriteString(sc.Text() + "\n")
+		case "options":
+			kept := []string{"options"}
+			for _, o := range f[1:] {
+				if o != "rotate" {
+					kept = append(kept, o)
+				}
+			}
+			if len(kept) > 1 {
+				b.WriteString(strings.Join(kept, " ") + "\n")
+			}
 		}
 	}
 	return writeAtomic(rc.Path, []byte(b.String()))
+}
+
+// Release forgets the backup of a file this run has not pointed yet (the daemon could
+// not start its resolver): a later start must read the file as it will be then. A
+// backup an earlier run left stays, since the file still names its resolver. Release
+// of nil does nothing.
+func (rc *ResolvConf) Release() {
+	if rc == nil || rc.kept {
+		return
+	}
+	os.Remove(rc.link)
+	os.Remove(rc.backup)
 }
 
 // Restore puts the original back (as a symbolic link if it was one) and removes the

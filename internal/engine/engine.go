@@ -331,6 +331,15 @@ func (e *Engine) RuleFor(req *Request) (Rule, bool) {
 	return Rule{}, false
 }
 
+// HostRefusable reports whether some rule that is not an allow rule names host, or a
+// wildcard covering it, whatever program, address or port it is for. When it is false,
+// RuleFor gives no such rule for a request naming that host, for any program (until
+// the rules change): the local resolver may then ask upstream before it knows which
+// program asked.
+func (e *Engine) HostRefusable(host string) bool {
+	return e.matcher.Load().hostRefusable(normalizeHost(host))
+}
+
 // Decide implements intercept.Decider: a matching rule answers at once (ReasonRule,
 // RuleID set); otherwise the request joins a question (Prompt). Identical questions
 // (same exe + direction + proto + remote ip + remote port, same user) share one Prompt.

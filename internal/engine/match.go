@@ -546,6 +546,8 @@ type matcher struct {
 	hostNames    []string
 	hostCollided map[string]int32 // names whose hash another name took first
 	suffixLabels uint64
+	// hostRefusing[k] is true if a rule that is not an allow rule names host key k.
+	hostRefusing []bool
 }
 
 // hostHash is FNV-1a over s's bytes from last to first, so that hostKeysOf gets the
@@ -593,6 +595,12 @@ func compile(rules []Rule) *matcher {
 				m.suffixLabels |= 1 << min(strings.Count(key, "."), 63)
 			}
 			c.hostKey = m.internHost(key)
+			for int(c.hostKey) >= len(m.hostRefusing) {
+				m.hostRefusing = append(m.hostRefusing, false)
+			}
+			if c.Action != Allow {
+				m.hostRefusing[c.hostKey] = true
+			}
 		}
 		m.rules = append(m.rules, c)
 		if c.SHA256 != "" {
@@ -702,6 +710,22 @@ func (m *matcher) match(req *Request, now time.Time) *compiledRule {
 		return r.c
 	}
 	return nil
+}
+
+// hostRefusable reports whether a rule that is not an allow rule names host (normalized)
+// or a wildcard that covers it.
+func (m *matcher) hostRefusable(host string) bool {
+	if host == "" || len(m.hostKeys) == 0 {
+		return false
+	}
+	q := query{host: host}
+	m.hostKeysOf(&q)
+	for i := range q.nKeys {
+		if k := q.hostKey(i); int(k) < len(m.hostRefusing) && m.hostRefusing[k] {
+			return true
+		}
+	}
+	return false
 }
 
 // internHost returns name's key, adding it if new.

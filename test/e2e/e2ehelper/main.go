@@ -17,7 +17,8 @@
 //	                                for each connect that got through, the time it began
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
-//	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise)
+//	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise),
+//	                                printing "asked NAME" for each question
 //	e2ehelper dns-spoof ADDR NAME IP send ADDR, from port 53, an answer nobody asked for
 //	e2ehelper udplite-serve ADDR    print "datagram N" for each UDP-Lite datagram received
 //	e2ehelper udplite-send ADDR N   send N UDP-Lite datagrams, 100ms apart
@@ -29,6 +30,8 @@
 //	                                close; print the result
 //	e2ehelper resolve-connect DNSADDR NAME PORT TIMEOUT
 //	                                resolve NAME at the DNS server DNSADDR, connect to it
+//	                                (DNSADDR "system": the servers of /etc/resolv.conf, in
+//	                                its order, the next one when a server refuses)
 //	e2ehelper dns-query DNSADDR NAME TIMEOUT
 //	                                one A query for NAME from a fresh UDP socket, as a stub
 //	                                resolver sends it; prints the first response with the
@@ -660,6 +663,7 @@ func dnsAnswer(q []byte, name string, a netip.Addr) []byte {
 		return nil
 	}
 	qtype := binary.BigEndian.Uint16(q[end-4 : end-2])
+	fmt.Printf("asked %s\n", strings.Join(labels, ".")) // tests check what reached the server
 	resp := append([]byte(nil), q[:end]...)
 	resp[2] = 0x84 | (q[2] & 0x01) // response, authoritative, keep RD
 	resp[3] = 0
@@ -702,9 +706,12 @@ func resolveConnectNet(network, dnsAddr, name, port string, timeout time.Duratio
 		}
 		mu.Unlock()
 	}()
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, server string) (net.Conn, error) {
+		if dnsAddr != "system" {
+			server = dnsAddr
+		}
 		var d net.Dialer
-		c, err := d.DialContext(ctx, network, dnsAddr)
+		c, err := d.DialContext(ctx, network, server)
 		if err != nil {
 			return nil, err
 		}
