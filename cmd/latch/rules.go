@@ -178,7 +178,7 @@ func rulesAdd(ctx context.Context, args []string) error {
 	fs.String("cmdline", "", "glob over the command line (needs --app)")
 	fs.String("parent", "", "path or glob of any (verified) ancestor's executable")
 	fs.String("unit", "", "systemd system unit, e.g. nginx.service")
-	fs.String("container", "", "container id, name or RUNTIME:ID")
+	fs.String("container", "", "container id, name or RUNTIME:ID (with --app: that container's program at the path it sees)")
 	fs.String("app-id", "", "flatpak or snap app id (needs --user)")
 	fs.String("service", "", "Windows: a service the process hosts (svchost.exe)")
 	pin := fs.Bool("pin", false, "pin the executable's SHA-256: the rule stops matching when the file changes")

@@ -159,6 +159,10 @@ func TestIdentityIndexAgreesWithLinear(t *testing.T) {
 					if r.App != "" {
 						r.Cmdline = "*"
 					}
+				case 4, 5:
+					// With or without an app: a container rule's app matches the
+					// container's program by its path in the container.
+					r.Container = fmt.Sprintf("docker:%064d", rng.IntN(2))
 				}
 			}
 			m := compile(rules)
@@ -167,6 +171,9 @@ func TestIdentityIndexAgreesWithLinear(t *testing.T) {
 				req.Cmdline = fmt.Sprintf("python3 /opt/s%d.py", rng.IntN(4))
 				req.Unit = fmt.Sprintf("u%d.service", rng.IntN(4))
 				req.Parents = []string{fmt.Sprintf("/opt/app%d/bin/app0", rng.IntN(max(n/8, 1))), ""}
+				if req.Identity == IdentityContainer {
+					req.Container = fmt.Sprintf("docker:%064d", rng.IntN(3))
+				}
 				got, want := m.match(req, t0), m.matchLinear(req, t0)
 				if got != want {
 					t.Fatalf("%d rules, request %+v: index says %v, linear scan says %v", n, req, got, want)

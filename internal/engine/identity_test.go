@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/json"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -47,6 +48,59 @@ func TestAppRulesMatchOnlyVerifiedIdentities(t *testing.T) {
 	withUser := append(rules, Rule{ID: 4, User: "1000", Action: Deny}, Rule{ID: 5, Remote: pfx("198.18.0.7/32"), Action: Allow})
 	if c := compile(withUser).match(forged(IdentityUnverified), t0); c == nil || c.ID != 5 {
 		t.Errorf("unverified curl with app-less rules: %v, want rule 5 (remote beats user)", c)
+	}
+}
+
+// TestContainerAppRuleMatchesThatContainersProgram: a rule naming a container and an
+// app matches the container's program by its path in the container, and nothing
+// else: not the program of another container, not an unverified or the host's
+// (verified) program of that path. An app rule without a container still matches
+// no container's program.
+func TestContainerAppRuleMatchesThatContainersProgram(t *testing.T) {
+	cid := strings.Repeat("0123456789abcdef", 4)
+	rules := []Rule{
+		{ID: 1, App: "/usr/bin/curl", Container: cid[:12], Port: PortRange{443, 443}, Action: Allow},
+		{ID: 2, App: "/usr/bin/*", Container: "docker:" + cid, Port: PortRange{8443, 8443}, Action: Allow},
+		{ID: 3, App: "/usr/bin/curl", Port: PortRange{443, 8443}, Action: Deny},
+	}
+	m := compile(rules)
+	at := func(identity Identity, container string, port uint16) *Request {
+		r := forged(identity)
+		r.Container = container
+		r.Remote = netip.AddrPortFrom(r.Remote.Addr(), port)
+		return r
+	}
+	for _, c := range []struct {
+		name string
+		req  *Request
+		want RuleID
+	}{
+		{"the container's curl", at(IdentityContainer, "docker:"+cid, 443), 1},
+		{"the container's curl, glob", at(IdentityContainer, "docker:"+cid, 8443), 2},
+		{"another container's curl", at(IdentityContainer, "podman:"+strings.Repeat("f", 64), 443), 0},
+		{"the same id under another runtime", at(IdentityContainer, "podman:"+cid, 8443), 0},
+		{"the host's curl", at(IdentityVerified, "", 443), 3},
+		{"the host's curl, glob port", at(IdentityVerified, "", 8443), 3},
+		{"an unverified curl", at(IdentityUnverified, "", 443), 0},
+		{"an unverified curl claiming the container", at(IdentityUnverified, "docker:"+cid, 443), 0},
+	} {
+		var got RuleID
+		if r := m.match(c.req, t0); r != nil {
+			got = r.ID
+		}
+		var lin RuleID
+		if r := m.matchLinear(c.req, t0); r != nil {
+			lin = r.ID
+		}
+		if got != c.want || lin != c.want {
+			t.Errorf("%s: rule %d (linear scan: %d), want %d", c.name, got, lin, c.want)
+		}
+		for _, r := range rules {
+			// Each request matches the wanted rule only, not just as the winner.
+			if got := r.Matches(c.req, t0); got != (r.ID == c.want) {
+				t.Errorf("%s: Rule.Matches says %v for rule %d", c.name, got, r.ID)
+			}
+		}
 	}
 }
 

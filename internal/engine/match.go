@@ -50,7 +50,7 @@ func (c *compiledRule) matches(req *Request, now time.Time) bool {
 	}
 	// The app is checked last: exact-path rules were already selected by exe, and glob
 	// matching is the most expensive test.
-	if c.app != nil && c.app.glob && !c.app.match(req.appExe()) {
+	if c.app != nil && c.app.glob && !c.app.match(appExeFor(c.Container, req)) {
 		return false
 	}
 	return true
@@ -249,9 +249,10 @@ func (r *ruleRef) matches(q *query) bool {
 		(!r.hasService || serviceMatches(r.c.Service, q.req)) &&
 		(r.hostKey < 0 || q.hasHostKey(r.hostKey)) &&
 		(!r.hasIdentity || r.c.identityMatches(q.req)) &&
-		// The app is checked last: exact-path rules were selected by exe already, and
-		// glob matching is the most expensive test.
-		(!r.isGlob || r.c.app.match(q.req.appExe()))
+		// The app is checked last: exact-path rules were selected by exe already (for a
+		// verified program: a container's program is matched only by rules that name a
+		// container, see appExeFor), and glob matching is the most expensive test.
+		(q.req.Identity == IdentityVerified && !r.isGlob || r.c.app == nil || r.c.app.match(appExeFor(r.c.Container, q.req)))
 }
 
 func firstMatch(list []ruleRef, q *query) *ruleRef {
@@ -796,7 +797,7 @@ func (m *matcher) hostKeysOf(q *query) {
 }
 
 func (m *matcher) matchQuery(q *query) *ruleRef {
-	exe := q.req.appExe() // "" for an identity that is not verified: no app rule matches
+	exe := q.req.ruleExe() // "" for an identity that is neither verified nor a container's: no app rule matches
 	if exe != "" {
 		// App is the first precedence key: any exact-path match beats every glob, and
 		// any glob match beats every app-less rule.
@@ -870,5 +871,5 @@ func (m *matcher) matchLinear(req *Request, now time.Time) *compiledRule {
 // matchesRequest reports whether c matches req at now, every field checked (the
 // unindexed test: matchLinear and Explain use it).
 func (c *compiledRule) matchesRequest(req *Request, now time.Time) bool {
-	return c.matches(req, now) && (c.app == nil || c.app.match(req.appExe()))
+	return c.matches(req, now) && (c.app == nil || c.app.match(appExeFor(c.Container, req)))
 }

@@ -210,7 +210,7 @@ type Rule struct {
 	Cmdline   string `json:"cmdline,omitempty"`   // glob over the arguments joined by spaces; needs App
 	Parent    string `json:"parent,omitempty"`    // path or glob of any verified ancestor's executable
 	Unit      string `json:"unit,omitempty"`      // systemd system unit, e.g. nginx.service
-	Container string `json:"container,omitempty"` // container id (or 12+ digit prefix), name, or RUNTIME:ID
+	Container string `json:"container,omitempty"` // container id (or 12+ digit prefix), name, or RUNTIME:ID; with App, App is the path in the container
 	AppID     string `json:"app_id,omitempty"`    // flatpak/snap app id; needs User
 
 	// Lifetimes besides Expires: the rule ends when process ExitPID exits (the
@@ -382,7 +382,7 @@ func (r *Rule) matchesIgnoringExpiry(req *Request) bool {
 	if r.Host != "" && !hostMatches(normalizeHost(r.Host), normalizeHost(req.Host)) {
 		return false
 	}
-	if r.App != "" && !appMatches(r.App, req.appExe()) {
+	if r.App != "" && !appMatches(r.App, appExeFor(r.Container, req)) {
 		return false
 	}
 	if r.hasIdentity() {

@@ -332,6 +332,36 @@ func (r *Request) appExe() string {
 	return r.Exe
 }
 
+// containerExe is Exe for a container's program (IdentityContainer, Container set):
+// its path inside the container, which only app rules that also name a container
+// match (see appExeFor); else "".
+func (r *Request) containerExe() string {
+	if r.Identity != IdentityContainer || r.Container == "" {
+		return ""
+	}
+	return r.Exe
+}
+
+// ruleExe is the executable the matcher looks app rules up by: appExe, or for a
+// container's program its path in the container (containerExe).
+func (r *Request) ruleExe() string {
+	if r.Identity == IdentityVerified {
+		return r.Exe
+	}
+	return r.containerExe()
+}
+
+// appExeFor is the executable the app of a rule naming container matches in req: a
+// rule that names a container matches a container's program by its path inside the
+// container (and identityMatches checks the container); any other app rule matches a
+// verified program only (appExe).
+func appExeFor(container string, req *Request) string {
+	if container != "" && req.Identity == IdentityContainer {
+		return req.containerExe()
+	}
+	return req.appExe()
+}
+
 // RuleID identifies a rule. IDs are assigned by the engine, never reused within a
 // rule set, and start at 1; 0 means "no rule".
 type RuleID uint64

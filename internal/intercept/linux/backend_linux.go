@@ -609,6 +609,10 @@ func (b *Backend) attributeForwarded(fr ForwardResolver, req *engine.Request) {
 	}
 	req.PID, req.Exe, req.User, req.Cmdline, req.Netns = p.PID, p.Exe, p.User, p.Cmdline, ns.Name
 	req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
+	// The rest of the identity too, as for a local socket: --unit, --parent,
+	// --app-id and pinned rules apply to forwarded connections alike.
+	req.Unit, req.AppID, req.Parents = p.Unit, p.AppID, p.Parents
+	req.ExeSHA256 = p.ExeSHA256
 	if p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}
