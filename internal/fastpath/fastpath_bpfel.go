@@ -17,7 +17,6 @@ type fastpathFpEvent struct {
 	_      structs.HostLayout
 	BootNs uint64
 	RuleId uint64
-	Cookie uint64
 	Key    fastpathFpKey
 	Pid    uint32
 	Action uint32
@@ -55,6 +54,7 @@ const (
 	fastpathMapVerdicts           = "verdicts"
 	fastpathProgLatchFastConnect4 = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6 = "latch_fast_connect6"
+	fastpathProgLatchFastUdp      = "latch_fast_udp"
 	fastpathVarNetnsCookie        = "netns_cookie"
 	fastpathVarUnusedEvent        = "unused_event"
 )
@@ -103,6 +103,7 @@ type fastpathSpecs struct {
 type fastpathProgramSpecs struct {
 	LatchFastConnect4 *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6 *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
+	LatchFastUdp      *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
 }
 
 // fastpathMapSpecs contains maps before they are loaded into the kernel.
@@ -172,12 +173,14 @@ type fastpathVariables struct {
 type fastpathPrograms struct {
 	LatchFastConnect4 *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6 *ebpf.Program `ebpf:"latch_fast_connect6"`
+	LatchFastUdp      *ebpf.Program `ebpf:"latch_fast_udp"`
 }
 
 func (p *fastpathPrograms) Close() error {
 	return _FastpathClose(
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
+		p.LatchFastUdp,
 	)
 }
 

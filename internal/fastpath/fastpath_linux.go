@@ -61,6 +61,10 @@ type Config struct {
 	// RingBytes is the ring buffer's size (a power of two, a multiple of the page
 	// size); 0: DefaultRingBytes.
 	RingBytes int
+	// PinDir is a directory on a BPF file system (mounted there by Open if it is
+	// not one yet) where Open pins the UDP match program (UDPMatch) for the
+	// ruleset's xt_bpf match; "": no UDP fast path.
+	PinDir string
 }
 
 // FastPath is the loaded and attached fast path.
@@ -79,6 +83,11 @@ type FastPath struct {
 
 	exesMu sync.Mutex
 	exes   map[identity]string // executable identity → path, for history rows
+
+	udpPin     string       // where the UDP match program is pinned; "": none
+	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
+	udpOn      atomic.Bool  // the ruleset runs the UDP match: UDP allows are stored
+	udpWhy     atomic.Value // string: why not
 
 	offers     chan offered
 	stopWorker chan struct{}
@@ -186,9 +195,62 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		fp.links = append(fp.links, l)
 	}
+	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
+	if cfg.PinDir == "" {
+		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
+	} else if err := fp.pinUDP(cfg.PinDir); err != nil {
+		return fp, err
+	}
 	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
 	go fp.storeWorker()
 	return fp, nil
+}
+
+// pinUDP pins the UDP match program at dir/fast-udp, mounting a BPF file system on
+// dir if it is not on one.
+func (fp *FastPath) pinUDP(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("fast path: make the pin directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("fast path: stat the pin directory %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		if err := unix.Mount("bpf", dir, "bpf", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700"); err != nil {
+			return fmt.Errorf("fast path: mount a BPF file system on %s: %w", dir, err)
+		}
+		fp.unmountPin = true
+	}
+	path := filepath.Join(dir, "fast-udp")
+	// A pin a stopped daemon left: its rules (if any are left) keep their own
+	// program; the ruleset installed next names this one.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("fast path: remove the old pin %s: %w", path, err)
+	}
+	if err := fp.objs.LatchFastUdp.Pin(path); err != nil {
+		return fmt.Errorf("fast path: pin the UDP match at %s: %w", path, err)
+	}
+	fp.udpPin = path
+	return nil
+}
+
+// UDPMatch returns the path of the pinned socket filter program the ruleset's
+// xt_bpf match runs on the first datagram of a UDP flow (it matches when a rule
+// allowed that program's datagrams to that destination before, under the rules in
+// force); "" if there is none. Call SetUDP once the ruleset runs it or could not.
+func (fp *FastPath) UDPMatch() string { return fp.udpPin }
+
+// SetUDP says whether the ruleset runs the UDP match (err == nil) or why not. UDP
+// allows are stored only while it does.
+func (fp *FastPath) SetUDP(err error) {
+	if err != nil {
+		fp.udpOn.Store(false)
+		fp.udpWhy.Store(err.Error())
+		return
+	}
+	fp.udpWhy.Store("")
+	fp.udpOn.Store(true)
 }
 
 // Close detaches the hooks and frees the maps. Connections are then decided through
@@ -206,6 +268,17 @@ func (fp *FastPath) Close() error {
 	fp.links = nil
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
+	}
+	if fp.udpPin != "" {
+		// Rules that still run the program (a ruleset kept on exit) hold it.
+		if err := os.Remove(fp.udpPin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		fp.udpPin = ""
+	}
+	if fp.unmountPin {
+		unix.Unmount(fp.cfg.PinDir, unix.MNT_DETACH)
+		fp.unmountPin = false
 	}
 	errs = append(errs, fp.objs.Close())
 	return errors.Join(errs...)
@@ -266,10 +339,22 @@ func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
 
 // cacheable says whether the fast path may decide connections like req itself from
 // verdict v given under st (see the package doc), and with which action.
-func cacheable(st *ruleState, req *engine.Request, v engine.Verdict) (uint32, bool) {
+func cacheable(st *ruleState, req *engine.Request, v engine.Verdict, udp bool) (uint32, bool) {
 	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
-		req.Direction != engine.Outbound || req.Protocol != engine.TCP ||
+		req.Direction != engine.Outbound || req.Netns != "" ||
 		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
+		return 0, false
+	}
+	switch req.Protocol {
+	case engine.TCP:
+	case engine.UDP:
+		// Allows only, and only while the ruleset runs the UDP match: a deny
+		// is left to the queue (see the package doc).
+		if udp && v.Action == engine.Allow {
+			return actAllow, true
+		}
+		return 0, false
+	default:
 		return 0, false
 	}
 	switch v.Action {
@@ -294,7 +379,7 @@ type offered struct {
 // reader does not wait for them. A verdict that finds the worker's queue full is
 // not stored (a later connection then misses once more). Never blocks.
 func (fp *FastPath) Offer(t Ticket, req *engine.Request, v engine.Verdict) {
-	if _, ok := cacheable(t.st, req, v); !ok {
+	if _, ok := cacheable(t.st, req, v, fp.udpOn.Load()); !ok {
 		fp.notStored.Add(1)
 		return
 	}
@@ -325,7 +410,7 @@ func (fp *FastPath) storeWorker() {
 // did; a decision it may not cache is no error.
 func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (bool, error) {
 	st := t.st
-	act, ok := cacheable(st, req, v)
+	act, ok := cacheable(st, req, v, fp.udpOn.Load())
 	if !ok {
 		fp.notStored.Add(1)
 		return false, nil
@@ -354,7 +439,7 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	if err != nil {
 		return false, err
 	}
-	key := makeKey(id, uint32(req.UID), req.Remote)
+	key := makeKey(id, uint32(req.UID), req.Protocol, req.Remote)
 	val := fastpathFpVerdict{Gen: st.gen, ExpiresNs: boot + uint64(until.Sub(now)), RuleId: uint64(v.RuleID), Action: act}
 	fp.exesMu.Lock()
 	if len(fp.exes) >= fp.cfg.MaxEntries {
@@ -369,8 +454,8 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	return true, nil
 }
 
-func makeKey(id identity, uid uint32, remote netip.AddrPort) fastpathFpKey {
-	k := fastpathFpKey{Ino: id.ino, ParentIno: id.parentIno, Dev: id.dev, MntId: id.mntID, Uid: uid, Port: remote.Port(), Proto: uint8(engine.TCP)}
+func makeKey(id identity, uid uint32, proto engine.Protocol, remote netip.AddrPort) fastpathFpKey {
+	k := fastpathFpKey{Ino: id.ino, ParentIno: id.parentIno, Dev: id.dev, MntId: id.mntID, Uid: uid, Port: remote.Port(), Proto: uint8(proto)}
 	a := remote.Addr()
 	if a.Is4() || a.Is4In6() {
 		k.Family = 4
@@ -425,13 +510,14 @@ const readEvery = 50 * time.Millisecond
 
 // Decision is one connection the fast path decided in the kernel.
 type Decision struct {
-	Time   time.Time
-	PID    int32
-	UID    int32
-	Exe    string // "" if the executable's path is no longer known
-	Remote netip.AddrPort
-	Action engine.Action // Allow, or Reject for a deny or reject rule
-	RuleID engine.RuleID
+	Time     time.Time
+	PID      int32
+	UID      int32
+	Exe      string          // "" if the executable's path is no longer known
+	Protocol engine.Protocol // TCP (a connect) or UDP (the first datagram of a flow)
+	Remote   netip.AddrPort
+	Action   engine.Action // Allow, or Reject for a deny or reject rule
+	RuleID   engine.RuleID
 }
 
 // Run reads the fast path's decisions from the ring buffer and hands each to fn
@@ -483,6 +569,9 @@ func decodeEvent(b []byte) (fastpathFpEvent, error) {
 	if ev.Key.Family != 4 && ev.Key.Family != 6 {
 		return ev, fmt.Errorf("fast path event with address family %d", ev.Key.Family)
 	}
+	if ev.Key.Proto != uint8(engine.TCP) && ev.Key.Proto != uint8(engine.UDP) {
+		return ev, fmt.Errorf("fast path event with protocol %d", ev.Key.Proto)
+	}
 	if ev.Action != actAllow && ev.Action != actReject {
 		return ev, fmt.Errorf("fast path event with action %d", ev.Action)
 	}
@@ -502,7 +591,7 @@ func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision
 	fp.exesMu.Unlock()
 	d := Decision{
 		Time: wallAtBoot.Add(time.Duration(ev.BootNs)), PID: int32(ev.Pid), UID: int32(k.Uid), Exe: exe,
-		Remote: netip.AddrPortFrom(addr, k.Port), Action: engine.Allow, RuleID: engine.RuleID(ev.RuleId),
+		Protocol: engine.Protocol(k.Proto), Remote: netip.AddrPortFrom(addr, k.Port), Action: engine.Allow, RuleID: engine.RuleID(ev.RuleId),
 	}
 	if ev.Action == actReject {
 		d.Action = engine.Reject
@@ -516,6 +605,10 @@ func (fp *FastPath) Stats() Stats {
 	s := Stats{
 		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(), BadEvents: fp.badEvents.Load(), StoreErrors: fp.storeErrors.Load(),
 		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
+		UDP: fp.udpOn.Load(), UDPMatch: fp.udpPin,
+	}
+	if !s.UDP {
+		s.UDPWhy, _ = fp.udpWhy.Load().(string)
 	}
 	for i := uint32(0); i < statMax; i++ {
 		var per []uint64
