@@ -293,6 +293,12 @@ type Config struct {
 	// TrafficInterval if shorter). With events the table is read every
 	// TrafficInterval.
 	TrafficPoll time.Duration
+	// FastUDPMatch is the pinned socket filter program of the kernel fast path's
+	// UDP match (internal/fastpath, FastPath.UDPMatch); "": none. The output chain
+	// runs it (an xt_bpf match) on the first datagram of every UDP flow that no
+	// verdict marked yet, and a match decides the flow as an allow from the queue
+	// does. Backend.FastUDP says whether the ruleset has it.
+	FastUDPMatch string
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,
