@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/latchfw/latch/internal/fastpath"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -47,10 +48,38 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		cfg.OnTraffic = o.onTraffic
 		cfg.TrafficInterval = o.TrafficInterval
 	}
+	// The fast path first: the ruleset the backend installs runs its UDP match.
+	var fp *fastpath.FastPath
+	fastPathOff := ""
+	if !o.FastPath {
+		fastPathOff = "--fast-path=false"
+	} else if fp, err = fastpath.Open(fastpath.Config{
+		CgroupPath: o.FastPathCgroup,
+		PinDir:     filepath.Join(o.StateDir, "bpf"),
+		// A ruleset kept on exit still names the pinned program (iptables-legacy
+		// checks it again at every change of the filter table).
+		KeepPin: o.KeepRules && !o.FailOpen,
+	}); err != nil {
+		// Today's path: every connection through the queue.
+		fastPathOff = err.Error()
+		logf("%v; connections go through the queue", err)
+		fp = nil
+	} else {
+		cfg.FastUDPMatch = fp.UDPMatch()
+	}
 	ready := make(chan struct{})
-	cfg.Ready = sync.OnceFunc(func() { close(ready) })
-	be, err := linux.New(cfg)
+	var be *linux.Backend
+	cfg.Ready = sync.OnceFunc(func() {
+		if fp != nil {
+			fp.SetUDP(be.FastUDP())
+		}
+		close(ready)
+	})
+	be, err = linux.New(cfg)
 	if err != nil {
+		if fp != nil {
+			fp.Close()
+		}
 		res.Close()
 		return nil, err
 	}
@@ -79,13 +108,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	pb := &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
 		dns: be.DNSStats, close: func() { res.Close() }, ready: ready,
 		names: names, identify: identify, control: linux.Control}
-	if !o.FastPath {
-		pb.fastPathOff = "--fast-path=false"
-	} else if fp, err := fastpath.Open(fastpath.Config{CgroupPath: o.FastPathCgroup}); err != nil {
-		// Today's path: every connection through the queue.
-		pb.fastPathOff = err.Error()
-		logf("%v; connections go through the queue", err)
-	} else {
+	pb.fastPathOff = fastPathOff
+	if fp != nil {
 		pb.fastPath = fp
 		pb.close = func() { fp.Close(); res.Close() }
 	}

@@ -65,6 +65,10 @@ type Config struct {
 	// not one yet) where Open pins the UDP match program (UDPMatch) for the
 	// ruleset's xt_bpf match; "": no UDP fast path.
 	PinDir string
+	// KeepPin leaves the pin in place on Close, for a ruleset kept on exit that
+	// still names it (iptables-legacy checks every rule's pinned program again at
+	// each change of the table); the next Open replaces it.
+	KeepPin bool
 }
 
 // FastPath is the loaded and attached fast path.
@@ -199,7 +203,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if cfg.PinDir == "" {
 		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
 	} else if err := fp.pinUDP(cfg.PinDir); err != nil {
-		return fp, err
+		// TCP is served all the same; UDP goes through the queue.
+		fp.udpWhy.Store(err.Error())
 	}
 	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
 	go fp.storeWorker()
@@ -269,14 +274,14 @@ func (fp *FastPath) Close() error {
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
 	}
-	if fp.udpPin != "" {
+	if fp.udpPin != "" && !fp.cfg.KeepPin {
 		// Rules that still run the program (a ruleset kept on exit) hold it.
 		if err := os.Remove(fp.udpPin); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 		fp.udpPin = ""
 	}
-	if fp.unmountPin {
+	if fp.unmountPin && !fp.cfg.KeepPin {
 		unix.Unmount(fp.cfg.PinDir, unix.MNT_DETACH)
 		fp.unmountPin = false
 	}

@@ -21,6 +21,7 @@ type Config struct {
 	TTL        time.Duration
 	RingBytes  int
 	PinDir     string
+	KeepPin    bool
 }
 
 // FastPath is the kernel fast path; there is none on this system.
