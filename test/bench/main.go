@@ -22,12 +22,17 @@
 // and bulk throughput over one allowed connection (-bulk MiB per round), and reports
 // latch's added latency as a multiple of the floor's, what the observers and byte
 // accounting cost, and the fast path's connect median and throughput against no
-// firewall, its hit ratio, ring buffer losses and map size. The fast-path scenarios'
+// firewall, its hit ratio, ring buffer losses and map size. The fast path's
+// comparisons are also taken round by round (each ratio within one round, then the
+// median of the rounds' ratios), which a shared machine's drifting speed spoils
+// less than pooled numbers. -udp N adds UDP exchanges, each a new flow (the first
+// datagram of a flow is what latch decides), for none, latch and latch+fp;
+// -scenarios picks some scenarios only. The fast-path scenarios'
 // clients run in a cgroup of the bench's own, where their daemon attaches its hooks.
 // Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 64]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 64] [-udp 0] [-scenarios none,...]
 package main
 
 import (
@@ -97,6 +102,8 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds the connects are split into")
 	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
 	bulk := flag.Int("bulk", 64, "MiB sent over one connection per scenario and round (0: no bulk phase)")
+	only := flag.String("scenarios", "", "comma-separated scenarios to run (default: all)")
+	udpN := flag.Int("udp", 0, "UDP exchanges (each a new flow) per phase, in the same rounds, for none, latch and latch+fp (0: none)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fatalf("bench needs root (network namespaces, netfilter)")
@@ -127,6 +134,15 @@ func main() {
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
 	names := []string{"none", "floor", "conntrack", "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss"}
+	if *only != "" {
+		want := strings.Split(*only, ",")
+		for _, w := range want {
+			if !slices.Contains(names, w) {
+				fatalf("-scenarios: unknown scenario %q (want some of %s)", w, strings.Join(names, ","))
+			}
+		}
+		names = slices.DeleteFunc(names, func(n string) bool { return !slices.Contains(want, n) })
+	}
 	cg, cgfd, err := benchCgroup(dir)
 	if err != nil {
 		fatalf("%v", err)
@@ -151,6 +167,11 @@ func main() {
 			if err := tg.measure(client, per, *conc); err != nil {
 				fatalf("scenario %s: %v", tg.name, err)
 			}
+			if *udpN > 0 && (tg.name == "none" || tg.name == "latch" || tg.name == "latch+fp") {
+				if err := tg.measureUDP(client, max(*udpN / *rounds, 1), *conc); err != nil {
+					fatalf("scenario %s: %v", tg.name, err)
+				}
+			}
 			if *bulk > 0 {
 				if err := tg.measureBulk(client, *bulk); err != nil {
 					fatalf("scenario %s: bulk: %v", tg.name, err)
@@ -163,7 +184,10 @@ func main() {
 		results = append(results, tg.result())
 	}
 	report(results, per**rounds, *conc, *nrules, *rounds)
-	reportAccounting(results, *bulk, *rounds)
+	reportRounds(targets, *udpN > 0)
+	if *bulk > 0 {
+		reportAccounting(results, *bulk, *rounds)
+	}
 	for _, tg := range targets {
 		if tg.api != "" && strings.HasPrefix(tg.name, "latch+fp") {
 			reportFastPath(tg, *latchBin)
@@ -258,6 +282,12 @@ type target struct {
 	conns   int       // connects of the concurrent phases
 	seconds float64   // their wall time
 	failed  int
+	// Per round: the median sequential connect (µs) and the concurrent phase's
+	// rate, so that scenarios compare round by round (a shared machine's speed
+	// drifts between rounds, alike for the scenarios of one round).
+	roundMedian, roundRate []float64
+	// The same for UDP (-udp): a new flow per exchange.
+	udpMedian, udpRate []float64
 
 	sinkAddr    string
 	bulkBytes   int64
@@ -291,7 +321,64 @@ func (tg *target) measure(client string, n, conc int) error {
 	tg.latency = append(tg.latency, r.LatencyUS...)
 	tg.conns += n
 	tg.seconds += r.Seconds
+	tg.roundMedian = append(tg.roundMedian, median(r.LatencyUS))
+	tg.roundRate = append(tg.roundRate, float64(n)/r.Seconds)
 	return nil
+}
+
+// measureUDP runs one round of UDP exchanges, each from a new socket (a new flow):
+// n sequential, then n from conc workers.
+func (tg *target) measureUDP(client string, n, conc int) error {
+	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc), "udp")
+	if tg.cgfd >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: tg.cgfd}
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("udp client: %v", err)
+	}
+	var r clientRound
+	if err := json.Unmarshal(out, &r); err != nil {
+		return fmt.Errorf("udp client output %q: %v", out, err)
+	}
+	if r.Failed > 0 {
+		return fmt.Errorf("%d of %d UDP exchanges failed", r.Failed, 2*n)
+	}
+	tg.udpMedian = append(tg.udpMedian, median(r.LatencyUS))
+	tg.udpRate = append(tg.udpRate, float64(n)/r.Seconds)
+	return nil
+}
+
+// median returns the median of xs (0 for none); xs is not changed.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// ratios prints a/b round by round for latency (median connect) and throughput,
+// and the median of each, and returns the two medians.
+func ratios(label string, aLat, bLat, aRate, bRate []float64) (lat, rate float64) {
+	var ls, rs []float64
+	for i := range min(len(aLat), len(bLat)) {
+		if bLat[i] > 0 && bRate[i] > 0 {
+			ls = append(ls, aLat[i]/bLat[i])
+			rs = append(rs, aRate[i]/bRate[i])
+		}
+	}
+	f := func(xs []float64) string {
+		var b strings.Builder
+		for _, x := range xs {
+			fmt.Fprintf(&b, " %.2f", x)
+		}
+		return b.String()
+	}
+	lat, rate = median(ls), median(rs)
+	fmt.Printf("%s per round: median connect%s (median %.2fx); throughput%s (median %.2fx)\n", label, f(ls), lat, f(rs), rate)
+	return lat, rate
 }
 
 func (tg *target) result() Measurement {
@@ -412,7 +499,7 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 // hostRule one of the others names a host, which turns the fast path's caching off.
 func writeRules(path, client, serverIP string, nrules int, hostRule bool) error {
 	rules := make([]engine.Rule, 0, nrules)
-	for i := 1; i < nrules; i++ {
+	for i := 1; i < nrules-1; i++ {
 		r := engine.Rule{ID: engine.RuleID(i), Action: engine.Allow, Protocol: engine.TCP, Direction: engine.Outbound}
 		switch i % 4 {
 		case 0:
@@ -432,6 +519,8 @@ func writeRules(path, client, serverIP string, nrules int, hostRule bool) error 
 		}
 		rules = append(rules, r)
 	}
+	rules = append(rules, engine.Rule{ID: engine.RuleID(nrules - 1), App: client, Action: engine.Allow,
+		Protocol: engine.UDP, Port: engine.PortRange{Lo: benchPort, Hi: benchPort}})
 	rules = append(rules, engine.Rule{ID: engine.RuleID(nrules), App: client, Action: engine.Allow,
 		Protocol: engine.TCP, Port: engine.PortRange{Lo: benchPort, Hi: benchPort + 1}})
 	return os.WriteFile(path, engine.MarshalRules(rules), 0o600)
@@ -448,19 +537,23 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 		by[m.Scenario] = m
 	}
 	none, floor, latch := by["none"], by["floor"], by["latch"]
-	floorAdd := floor.MedianUS - none.MedianUS
-	latchAdd := latch.MedianUS - none.MedianUS
-	fmt.Printf("added median latency: floor %.1f µs, latch (%d rules, attribution on) %.1f µs\n", floorAdd, nrules, latchAdd)
-	if floorAdd > 0 {
-		ratio := latchAdd / floorAdd
-		verdict := "within"
-		if ratio > 1.25 {
-			verdict = "OVER"
+	_, haveFloor := by["floor"]
+	_, haveLatch := by["latch"]
+	if haveFloor && haveLatch {
+		floorAdd := floor.MedianUS - none.MedianUS
+		latchAdd := latch.MedianUS - none.MedianUS
+		fmt.Printf("added median latency: floor %.1f µs, latch (%d rules, attribution on) %.1f µs\n", floorAdd, nrules, latchAdd)
+		if floorAdd > 0 {
+			ratio := latchAdd / floorAdd
+			verdict := "within"
+			if ratio > 1.25 {
+				verdict = "OVER"
+			}
+			fmt.Printf("latch/floor added-latency ratio: %.2fx (target <= 1.25x: %s)\n", ratio, verdict)
 		}
-		fmt.Printf("latch/floor added-latency ratio: %.2fx (target <= 1.25x: %s)\n", ratio, verdict)
+		fmt.Printf("throughput: floor %.2fx of none, latch %.2fx of none, latch %.2fx of floor\n",
+			floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
 	}
-	fmt.Printf("throughput: floor %.2fx of none, latch %.2fx of none, latch %.2fx of floor\n",
-		floor.ConnPerS/none.ConnPerS, latch.ConnPerS/none.ConnPerS, latch.ConnPerS/floor.ConnPerS)
 	if sinks, ok := by["latch+sinks"]; ok {
 		diff := (sinks.MedianUS - latch.MedianUS) / latch.MedianUS * 100
 		verdict := "within"
@@ -472,7 +565,7 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 	}
 	fp, okFP := by["latch+fp"]
 	miss, okMiss := by["latch+fp-miss"]
-	if !okFP || !okMiss {
+	if !okFP {
 		return
 	}
 	if ct, ok := by["conntrack"]; ok {
@@ -485,10 +578,51 @@ func report(ms []Measurement, n, conc, nrules, rounds int) {
 		}
 		return "OVER"
 	}
-	fmt.Printf("fast path (ruled connections): connect median %.2fx of none (target <= 1.2x: %s), throughput %.2fx of none (target >= 0.85x: %s)\n",
+	fmt.Printf("fast path (ruled connections), pooled over all rounds: connect median %.2fx of none (target <= 1.2x: %s), throughput %.2fx of none (target >= 0.85x: %s)\n",
 		fp.MedianUS/none.MedianUS, within(fp.MedianUS <= 1.2*none.MedianUS), fp.ConnPerS/none.ConnPerS, within(fp.ConnPerS >= 0.85*none.ConnPerS))
-	fmt.Printf("fast path attached, every connect a miss: connect median %.2fx of latch without it (target <= 1.05x: %s), throughput %.2fx\n",
-		miss.MedianUS/latch.MedianUS, within(miss.MedianUS <= 1.05*latch.MedianUS), miss.ConnPerS/latch.ConnPerS)
+	if okMiss && haveLatch {
+		fmt.Printf("fast path attached, every connect a miss, pooled: connect median %.2fx of latch without it (target <= 1.05x: %s), throughput %.2fx\n",
+			miss.MedianUS/latch.MedianUS, within(miss.MedianUS <= 1.05*latch.MedianUS), miss.ConnPerS/latch.ConnPerS)
+	}
+}
+
+// reportRounds prints the fast path's comparisons round by round (the robust
+// numbers on a shared machine: each ratio is taken within one round).
+func reportRounds(targets []*target, udp bool) {
+	by := map[string]*target{}
+	for _, tg := range targets {
+		by[tg.name] = tg
+	}
+	within := func(ok bool) string {
+		if ok {
+			return "within"
+		}
+		return "OVER"
+	}
+	none, fp := by["none"], by["latch+fp"]
+	if none != nil && fp != nil {
+		lat, rate := ratios("latch+fp / none", fp.roundMedian, none.roundMedian, fp.roundRate, none.roundRate)
+		fmt.Printf("fast path vs no firewall, medians of the per-round ratios: connect %.2fx (target <= 1.2x: %s), throughput %.2fx (target >= 0.85x: %s)\n",
+			lat, within(lat <= 1.2), rate, within(rate >= 0.85))
+	}
+	if ct := by["conntrack"]; ct != nil && none != nil {
+		ratios("conntrack / none", ct.roundMedian, none.roundMedian, ct.roundRate, none.roundRate)
+		if fp != nil {
+			ratios("latch+fp / conntrack", fp.roundMedian, ct.roundMedian, fp.roundRate, ct.roundRate)
+		}
+	}
+	if miss, latch := by["latch+fp-miss"], by["latch"]; miss != nil && latch != nil {
+		lat, rate := ratios("latch+fp-miss / latch", miss.roundMedian, latch.roundMedian, miss.roundRate, latch.roundRate)
+		fmt.Printf("fast path attached, every connect a miss, vs latch without it: connect %.2fx (target <= 1.05x: %s), throughput %.2fx\n", lat, within(lat <= 1.05), rate)
+	}
+	if !udp || none == nil {
+		return
+	}
+	for _, name := range []string{"latch", "latch+fp"} {
+		if tg := by[name]; tg != nil && len(tg.udpMedian) > 0 {
+			ratios("UDP (a new flow per exchange) "+name+" / none", tg.udpMedian, none.udpMedian, tg.udpRate, none.udpRate)
+		}
+	}
 }
 
 // roleCollector is a syslog collector that reads and discards a TCP stream.
@@ -600,6 +734,10 @@ func roleClient(args []string) {
 	var n, conc int
 	fmt.Sscan(args[1], &n)
 	fmt.Sscan(args[2], &conc)
+	if len(args) > 3 && args[3] == "udp" {
+		roleClientUDP(addr, n, conc)
+		return
+	}
 	var r clientRound
 	r.LatencyUS = make([]float64, 0, n)
 	for i := 0; i < n; i++ {
@@ -634,11 +772,72 @@ func roleClient(args []string) {
 	fmt.Println(string(b))
 }
 
+// roleClientUDP is roleClient for UDP: each exchange (a datagram and its echo) from
+// a new connected socket, so each is a new flow.
+func roleClientUDP(addr string, n, conc int) {
+	exchange := func(buf []byte) bool {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return false
+		}
+		_, err = c.Read(buf)
+		return err == nil
+	}
+	var r clientRound
+	buf := make([]byte, 64)
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if !exchange(buf) {
+			r.Failed++
+			continue
+		}
+		r.LatencyUS = append(r.LatencyUS, us(time.Since(start)))
+	}
+	var next, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Go(func() {
+			buf := make([]byte, 64)
+			for next.Add(1) <= int64(n) {
+				if !exchange(buf) {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	r.Seconds = time.Since(start).Seconds()
+	r.Failed += int(failed.Load())
+	b, _ := json.Marshal(r)
+	fmt.Println(string(b))
+}
+
 func roleServer(addr string) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		fatalf("%v", err)
 	}
+	// A UDP echo on the same address, for -udp.
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:k], from)
+		}
+	}()
 	fmt.Println("listening")
 	for {
 		c, err := ln.Accept()
