@@ -192,6 +192,15 @@ func main() {
 		if tg.api != "" && strings.HasPrefix(tg.name, "latch+fp") {
 			reportFastPath(tg, *latchBin)
 		}
+		if tg.daemon != nil && tg.daemon.Process != nil {
+			// CPU time is what a loaded machine does not blur: what the daemon
+			// takes from the clients on a machine with few cores.
+			if cpu, err := processCPU(tg.daemon.Process.Pid); err == nil && tg.conns > 0 {
+				cpu -= tg.cpuStart
+				fmt.Printf("%s: daemon CPU %.1f µs per connect (%.2f s for %d connects and %d UDP flows)\n",
+					tg.name, cpu.Seconds()*1e6/float64(len(tg.latency)+tg.conns+tg.udpFlows), cpu.Seconds(), len(tg.latency)+tg.conns, tg.udpFlows)
+			}
+		}
 	}
 }
 
@@ -288,6 +297,10 @@ type target struct {
 	roundMedian, roundRate []float64
 	// The same for UDP (-udp): a new flow per exchange.
 	udpMedian, udpRate []float64
+	udpFlows           int
+
+	daemon   *exec.Cmd     // latch's daemon, if any
+	cpuStart time.Duration // its CPU time once set up (rules imported)
 
 	sinkAddr    string
 	bulkBytes   int64
@@ -344,9 +357,31 @@ func (tg *target) measureUDP(client string, n, conc int) error {
 	if r.Failed > 0 {
 		return fmt.Errorf("%d of %d UDP exchanges failed", r.Failed, 2*n)
 	}
+	tg.udpFlows += 2 * n
 	tg.udpMedian = append(tg.udpMedian, median(r.LatencyUS))
 	tg.udpRate = append(tg.udpRate, float64(n)/r.Seconds)
 	return nil
+}
+
+// processCPU returns the user and system CPU time process pid has used
+// (/proc/PID/stat, in clock ticks of 1/100 s).
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	_, rest, ok := strings.Cut(string(b), ") ")
+	if !ok {
+		return 0, fmt.Errorf("/proc/%d/stat: no comm", pid)
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
 
 // median returns the median of xs (0 for none); xs is not changed.
@@ -473,6 +508,7 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 			return tg, err
 		}
 		tg.procs = append(tg.procs, d)
+		tg.daemon = d
 		if err := waitAPI(latchBin, api); err != nil {
 			return tg, err
 		}
@@ -481,6 +517,7 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 		if out, err := cli.CombinedOutput(); err != nil {
 			return tg, fmt.Errorf("latch rules import: %v: %s", err, out)
 		}
+		tg.cpuStart, _ = processCPU(d.Process.Pid)
 		if name == "latch+sinks" {
 			follow := exec.Command(latchBin, "events", "--follow", "--json")
 			follow.Env = append(os.Environ(), "LATCH_API="+api)
@@ -748,7 +785,7 @@ func roleClient(args []string) {
 			continue
 		}
 		r.LatencyUS = append(r.LatencyUS, us(time.Since(start)))
-		c.Close()
+		closeReset(c)
 	}
 	var next, failed atomic.Int64
 	var wg sync.WaitGroup
@@ -761,7 +798,7 @@ func roleClient(args []string) {
 					failed.Add(1)
 					continue
 				}
-				c.Close()
+				closeReset(c)
 			}
 		})
 	}
@@ -770,6 +807,17 @@ func roleClient(args []string) {
 	r.Failed += int(failed.Load())
 	b, _ := json.Marshal(r)
 	fmt.Println(string(b))
+}
+
+// closeReset closes a connection with a reset (SO_LINGER 0), leaving no TIME_WAIT
+// socket: tens of thousands of them from one address to one server would make the
+// kernel's search for a free local port (__inet_hash_connect) the larger part of
+// every scenario's connect, hiding what the firewalls cost.
+func closeReset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
 }
 
 // roleClientUDP is roleClient for UDP: each exchange (a datagram and its echo) from
