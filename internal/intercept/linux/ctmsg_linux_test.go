@@ -3,6 +3,7 @@ package linux
 import (
 	"bytes"
 	"net/netip"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -138,5 +139,57 @@ func TestAccountantEvents(t *testing.T) {
 	other := netip.MustParseAddrPort("198.18.0.1:41000")
 	if _, ok, _ := a.event(ev(ctMsg(other, tcpDst, 6, 0, ctTCPTimeWait, 0, 0), false), get, now); ok || gets != 1 {
 		t.Errorf("a flow latch did not allow: reported %v, asked conntrack %d times", ok, gets)
+	}
+}
+
+// TestCtEventFilter: the conntrack event socket delivers a TCP flow's end (its
+// update to TIME_WAIT or CLOSE, and its destroy) and none of the updates before
+// (SYN_RECV, ESTABLISHED, ...), which the accountant never uses.
+func TestCtEventFilter(t *testing.T) {
+	tp := newTopo(t)
+	var fd int
+	if err := inNS(tp.a, func() (err error) { fd, err = openCtEvents(); return err }); err != nil {
+		t.Skipf("no conntrack events: %v", err)
+	}
+	defer unix.Close(fd)
+	// Conntrack tracks only while a rule asks for it.
+	if out, err := exec.Command("ip", "netns", "exec", tp.a, "iptables", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT").CombinedOutput(); err != nil {
+		t.Skipf("iptables: %v: %s", err, out)
+	}
+	srv := listenTCP(t, tp, 9111)
+	for i := 0; i < 3; i++ {
+		if _, err := dial(tp, 9111, 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(3 * time.Second); srv.accepted.Load() < 3 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Remove the entries: their destroys.
+	exec.Command("ip", "netns", "exec", tp.a, "conntrack", "-D", "-p", "tcp", "--dport", "9111").Run()
+	time.Sleep(300 * time.Millisecond)
+	r := &ctEventReader{fd: fd}
+	states := map[uint8]int{}
+	destroys := 0
+	if _, _, err := r.drain(func(ev ctEvent) {
+		if ev.key.dst.Port() != 9111 {
+			return
+		}
+		if ev.destroy {
+			destroys++
+		} else {
+			states[ev.tcpState]++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("updates by TCP state %v, destroys %d", states, destroys)
+	for st, n := range states {
+		if st != ctTCPTimeWait && st != ctTCPClose {
+			t.Errorf("%d updates to TCP state %d reached the daemon", n, st)
+		}
+	}
+	if states[ctTCPTimeWait]+states[ctTCPClose] == 0 || destroys != 3 {
+		t.Errorf("updates %v and %d destroys: want the flows' ends (TIME_WAIT or CLOSE) and 3 destroys", states, destroys)
 	}
 }
