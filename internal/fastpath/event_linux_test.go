@@ -33,6 +33,11 @@ func FuzzDecodeEvent(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// The hand-written decoder reads what the struct's layout says.
+		var ref fastpathFpEvent
+		if _, err := binary.Decode(b, binary.NativeEndian, &ref); err != nil || ref != ev {
+			t.Fatalf("decoded %+v, the struct's layout says %+v (%v)", ev, ref, err)
+		}
 		d := fp.decision(&ev, time.Unix(0, 0))
 		if !d.Remote.Addr().IsValid() || (d.Action != engine.Allow && d.Action != engine.Reject) {
 			t.Fatalf("decoded %+v from %x", d, b)
@@ -47,6 +52,9 @@ func FuzzDecodeEvent(f *testing.F) {
 }
 
 func TestDecodeEvent(t *testing.T) {
+	if n := binary.Size(fastpathFpEvent{}); n != eventSize {
+		t.Fatalf("struct fp_event is %d bytes, the decoder reads %d", n, eventSize)
+	}
 	fp := &FastPath{exes: map[identity]string{{ino: 5, dev: 3}: "/usr/bin/curl"}}
 	ev, err := decodeEvent(encodeEvent(fastpathFpEvent{BootNs: 1e9, RuleId: 7, Pid: 42, Action: actReject,
 		Key: fastpathFpKey{Ino: 5, Dev: 3, Family: 4, Proto: 6, Port: 443, Uid: 1000, Addr: [16]byte{198, 18, 0, 2}}}))

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -415,4 +416,71 @@ func BenchmarkRemember(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestUDPStored: Open pins the UDP match program; UDP allows are stored only once
+// the ruleset runs it (SetUDP), UDP denies and forwarded connections never; Close
+// removes the pin unless told to keep it.
+func TestUDPStored(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	pins := t.TempDir()
+	fp, err := Open(Config{CgroupPath: cg, PinDir: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := fp.UDPMatch()
+	if pin == "" {
+		t.Fatalf("no UDP match pinned: %+v", fp.Stats())
+	}
+	prog, err := ebpf.LoadPinnedProgram(pin, nil)
+	if err != nil {
+		t.Fatalf("load the pinned UDP match: %v", err)
+	}
+	if prog.Type() != ebpf.SocketFilter {
+		t.Errorf("pinned program type %v, want a socket filter (xt_bpf)", prog.Type())
+	}
+	prog.Close()
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}, {ID: 2, Action: engine.Deny}})
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := netip.MustParseAddrPort("127.0.0.1:53")
+	udp := func() *engine.Request { r := req(c, dst); r.Protocol = engine.UDP; return r }
+	if ok, _ := fp.Remember(fp.Ticket(), udp(), ruleVerdict(engine.Allow, 1)); ok {
+		t.Error("a UDP allow was stored before the ruleset runs the UDP match")
+	}
+	if s := fp.Stats(); s.UDP || s.UDPWhy == "" || s.UDPMatch != pin {
+		t.Errorf("stats before SetUDP: %+v", s)
+	}
+	fp.SetUDP(nil)
+	if ok, err := fp.Remember(fp.Ticket(), udp(), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Errorf("a UDP allow was not stored: %v, %v", ok, err)
+	}
+	fwd := udp()
+	fwd.Netns = "container"
+	for name, tc := range map[string]struct {
+		r *engine.Request
+		v engine.Verdict
+	}{"deny": {udp(), ruleVerdict(engine.Deny, 2)}, "forwarded": {fwd, ruleVerdict(engine.Allow, 1)}} {
+		if ok, _ := fp.Remember(fp.Ticket(), tc.r, tc.v); ok {
+			t.Errorf("%s: stored", name)
+		}
+	}
+	if s := fp.Stats(); !s.UDP || s.UDPWhy != "" || s.Entries != 1 {
+		t.Errorf("stats after SetUDP: %+v", s)
+	}
+	fp.Close()
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Errorf("the pin is still there after Close: %v", err)
+	}
+
+	kept, err := Open(Config{CgroupPath: cg, PinDir: pins, KeepPin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept.Close()
+	if _, err := os.Stat(kept.UDPMatch()); err != nil {
+		t.Errorf("KeepPin: the pin is gone after Close: %v", err)
+	}
+	os.Remove(kept.UDPMatch())
+	unix.Unmount(pins, unix.MNT_DETACH)
 }
