@@ -123,7 +123,9 @@ crashed or killed daemon left in this network namespace, and those of boot
 protection (latch boot-protect) and of a daemon stopped with --keep-rules-on-exit. A fail-closed daemon that
 died keeps dropping new connections until its rules are removed. Refuses while a
 daemon still holds the queue. A daemon that ran its local resolver (--dns-proxy)
-kept the original resolv.conf in its state directory: cleanup puts it back too.
+kept the original resolv.conf in its state directory: cleanup puts it back too,
+and removes the kernel fast path's UDP match the rules named (pinned in the state
+directory's bpf/).
 `
 
 func runCleanup(ctx context.Context, args []string) error {
@@ -141,6 +143,12 @@ func runCleanup(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Println("removed latch's leftover firewall rules (if there were any)")
+	// The fast path's UDP match, pinned for those rules, holds its program and maps.
+	if removed, err := fastpath.RemovePin(filepath.Join(*stateDir, "bpf")); err != nil {
+		return err
+	} else if removed {
+		fmt.Println("removed the fast path's pinned UDP match")
+	}
 	if restored, err := dnsproxy.RestoreLeftover(*resolvConf, *stateDir); err != nil {
 		return err
 	} else if restored {

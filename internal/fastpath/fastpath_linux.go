@@ -240,6 +240,27 @@ func (fp *FastPath) pinUDP(dir string) error {
 	return nil
 }
 
+// RemovePin removes what Open with Config.PinDir dir left pinned there (a daemon
+// that died, or kept its ruleset on exit) and unmounts the BPF file system on dir.
+// Remove the rules that name the pin first: iptables-legacy checks the pinned
+// program of every rule again at each change of the table. It reports whether
+// there was a pin.
+func RemovePin(dir string) (bool, error) {
+	path := filepath.Join(dir, "fast-udp")
+	err := os.Remove(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("fast path: remove the pinned UDP match %s: %w", path, err)
+	}
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+		unix.Unmount(dir, unix.MNT_DETACH)
+	}
+	return true, nil
+}
+
 // UDPMatch returns the path of the pinned socket filter program the ruleset's
 // xt_bpf match runs on the first datagram of a UDP flow (it matches when a rule
 // allowed that program's datagrams to that destination before, under the rules in

@@ -63,6 +63,9 @@ func (*FastPath) Offer(Ticket, *engine.Request, engine.Verdict) {}
 // Run returns at once.
 func (*FastPath) Run(context.Context, func(Decision)) error { return nil }
 
+// RemovePin does nothing.
+func RemovePin(string) (bool, error) { return false, nil }
+
 // UDPMatch returns "".
 func (*FastPath) UDPMatch() string { return "" }
 
