@@ -78,11 +78,13 @@
 // executable (a kernel thread sending on a socket) misses. A datagram sent on a
 // socket another program shares is decided as the sending program's (the queue,
 // which finds only the socket, holds such datagrams when it cannot tell who sent).
-// The pinned program holds its maps: a fail-closed daemon that dies leaves the
-// ruleset and the program in place, and until the next daemon replaces them (or
-// latch cleanup removes them) UDP flows a rule allowed before the death keep being
-// allowed until their entry expires (Config.TTL, at most the rule's expiry); no
-// rule can change meanwhile, since only a daemon changes rules. Processes in other
+// The pinned program holds its maps, and a fail-closed daemon that dies leaves the
+// ruleset, and so the program, in place; but the program matches only while the
+// daemon writes its heartbeat (every second, from Open to Close): 5 seconds
+// after the last one it stops, and new UDP flows go to the queue, which without a
+// reader drops them, as the TCP hooks stop with the daemon's links. Within those
+// seconds, UDP flows a rule allowed before the death are still allowed (no
+// rule can change meanwhile, since only a daemon changes rules). Processes in other
 // mount namespaces see their executable through other mounts, so they get entries
 // of their own. A hard link to the program in its
 // own directory under another name is the same key (creating one needs write access

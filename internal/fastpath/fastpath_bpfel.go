@@ -48,6 +48,7 @@ type fastpathFpVerdict struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	fastpathMapAlive              = "alive"
 	fastpathMapEvents             = "events"
 	fastpathMapGeneration         = "generation"
 	fastpathMapStats              = "stats"
@@ -110,6 +111,7 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
+	Alive      *ebpf.MapSpec `ebpf:"alive"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
@@ -144,6 +146,7 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
+	Alive      *ebpf.Map `ebpf:"alive"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
 	Stats      *ebpf.Map `ebpf:"stats"`
@@ -152,6 +155,7 @@ type fastpathMaps struct {
 
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
+		m.Alive,
 		m.Events,
 		m.Generation,
 		m.Stats,

@@ -178,6 +178,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			fp = nil
 		}
 	}()
+	if err := fp.heartbeat(); err != nil {
+		return fp, err
+	}
 	// Generation 1 before anything attaches: entries are never stored under 0.
 	fp.cur.Store(&ruleState{gen: 1, why: "no rules seen yet"})
 	if err := fp.objs.Generation.Put(uint32(0), uint64(1)); err != nil {
@@ -416,11 +419,33 @@ func (fp *FastPath) Offer(t Ticket, req *engine.Request, v engine.Verdict) {
 	}
 }
 
-// storeWorker stores offered verdicts until Close.
+// heartbeat tells the UDP match the daemon is alive (see alive in fastpath.c).
+func (fp *FastPath) heartbeat() error {
+	now, err := bootNow()
+	if err != nil {
+		return err
+	}
+	if err := fp.objs.Alive.Put(uint32(0), now); err != nil {
+		return fmt.Errorf("fast path: write the heartbeat: %w", err)
+	}
+	return nil
+}
+
+// heartbeatEvery is how often the daemon tells the UDP match it is alive; the
+// match stops 5 s (ALIVE_NS) after the last time.
+const heartbeatEvery = time.Second
+
+// storeWorker stores offered verdicts, and keeps the heartbeat, until Close.
 func (fp *FastPath) storeWorker() {
 	defer close(fp.workerDone)
+	tick := time.NewTicker(heartbeatEvery)
+	defer tick.Stop()
 	for {
 		select {
+		case <-tick.C:
+			if err := fp.heartbeat(); err != nil {
+				fp.storeErrors.Add(1)
+			}
 		case o := <-fp.offers:
 			if _, err := fp.Remember(o.t, &o.req, o.v); err != nil {
 				fp.storeErrors.Add(1)

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -54,6 +55,44 @@ func addIPv6(t *testing.T, n *Net) string {
 	return s6
 }
 
+// udpClient runs e2ehelper udp-on-line in the client namespace, inside the
+// cgroup fd, and returns a function that makes one exchange (a new flow) from a
+// connected socket, or an unconnected one, and its result. One process makes them
+// all: the kernel's key has the mount the executable runs from, and each `ip
+// netns exec` makes new mounts (whose ids may or may not be the last one's).
+func udpClient(t *testing.T, n *Net, cgfd int, addr string) func(unconnected bool) Result {
+	t.Helper()
+	cmd := nettest.Command(n.Client, helperBin, "udp-on-line", addr, "2s")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outp, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+	lines := bufio.NewScanner(outp)
+	return func(unconnected bool) Result {
+		t.Helper()
+		l := "connected\n"
+		if unconnected {
+			l = "unconnected\n"
+		}
+		if _, err := in.Write([]byte(l)); err != nil {
+			t.Fatal(err)
+		}
+		if !lines.Scan() {
+			t.Fatalf("the UDP client ended: %v", lines.Err())
+		}
+		return results(t, lines.Text())[0]
+	}
+}
+
 // TestFastPathUDP: after a rule allowed a program's UDP flow once through the queue,
 // the first datagram of its next flows is decided in the kernel, over IPv4 and
 // IPv6, from connected and unconnected sockets; each flow gets through, and the
@@ -80,10 +119,11 @@ func TestFastPathUDP(t *testing.T) {
 		addr string
 		port int
 	}{{n.ServerIP + ":8321", 8321}, {"[" + s6 + "]:8322", 8322}} {
-		for _, verb := range []string{"udp", "udp-unconnected"} {
+		exchange := udpClient(t, n, cgfd, dst.addr)
+		for _, unconnected := range []bool{false, true} {
 			for i := 0; i < flows; i++ {
-				if r := results(t, n.inCgroup(t, cgfd, helperBin, verb, dst.addr, "5s"))[0]; r.Outcome != "connected" {
-					t.Errorf("%s to %s, flow %d: %+v; want an answer", verb, dst.addr, i, r)
+				if r := exchange(unconnected); r.Outcome != "connected" {
+					t.Errorf("to %s (unconnected %t), flow %d: %+v; want an answer", dst.addr, unconnected, i, r)
 				}
 			}
 		}
@@ -252,5 +292,40 @@ func TestFastPathUDPMisses(t *testing.T) {
 	}
 	if replies != 0 {
 		t.Errorf("the connected socket got %d answers after the deny rule and conntrack -D:\n%s", replies, later)
+	}
+}
+
+// TestFastPathUDPStopsWithTheDaemon: the UDP match stays in a killed fail-closed
+// daemon's ruleset, but stops matching within seconds (the daemon's heartbeat
+// ends), so new UDP flows are dropped like everything else until latch cleanup.
+// (The pin itself went with the daemon's mount namespace, which `ip netns exec`
+// made for it alone; on a host, latch cleanup removes it.) One client process
+// makes every exchange (see udpClient).
+func TestFastPathUDPStopsWithTheDaemon(t *testing.T) {
+	n := NewNet(t)
+	n.ServeUDP(t, 8327)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8327", "--action", "allow")
+	udp := udpClient(t, n, cgfd, n.ServerIP+":8327")
+	exchange := func() Result { t.Helper(); return udp(false) }
+	for i := 0; i < 4; i++ {
+		if r := exchange(); r.Outcome != "connected" {
+			t.Fatalf("exchange %d with the daemon up: %+v", i, r)
+		}
+	}
+	if fp := d.fastPath(t); fp.HitsAllow == 0 {
+		t.Fatalf("no UDP flow was decided in the kernel: %+v", fp)
+	}
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	time.Sleep(6 * time.Second)
+	if r := exchange(); r.Outcome == "connected" {
+		t.Errorf("fail-closed: a new UDP flow got through 6 s after the daemon was killed: %+v", r)
+	}
+	if out, err := n.Exec(n.Client, latchBin, "cleanup", "--state-dir", d.State); err != nil {
+		t.Errorf("latch cleanup: %v\n%s", err, out)
+	}
+	if r := exchange(); r.Outcome != "connected" {
+		t.Errorf("after latch cleanup: %+v", r)
 	}
 }

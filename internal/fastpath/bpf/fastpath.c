@@ -94,6 +94,18 @@ struct {
 	__type(value, __u64);
 } generation SEC(".maps");
 
+// CLOCK_BOOTTIME of the daemon's last sign of life (it writes it every second):
+// the UDP match, which the ruleset keeps running after the daemon is gone, stops
+// matching ALIVE_NS after it.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} alive SEC(".maps");
+
+#define ALIVE_NS (5ULL * 1000 * 1000 * 1000)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -306,6 +318,15 @@ int latch_fast_udp(struct __sk_buff *skb)
 	// A datagram of a local socket only (the uid NFQUEUE reports is its owner's).
 	if (bpf_get_socket_cookie(skb) == 0) {
 		count(STAT_NO_IDENTITY);
+		return 0;
+	}
+	// A daemon that died (fail-closed) leaves this program in its ruleset: the
+	// queue, without a reader, then decides (drops) again, as for TCP, whose
+	// hooks went with the daemon.
+	__u32 zero = 0;
+	__u64 *seen = bpf_map_lookup_elem(&alive, &zero);
+	if (!seen || bpf_ktime_get_boot_ns() - *seen > ALIVE_NS) {
+		count(STAT_STALE);
 		return 0;
 	}
 	key.uid = bpf_get_socket_uid(skb);

@@ -7,6 +7,8 @@
 //	e2ehelper connect ADDR TIMEOUT  one TCP connect; prints a JSON result line
 //	e2ehelper udp ADDR TIMEOUT      one UDP exchange; prints a JSON result line
 //	e2ehelper udp-unconnected ADDR TIMEOUT  the same from an unconnected socket (sendto)
+//	e2ehelper udp-on-line ADDR TIMEOUT  one UDP exchange (a new socket) per line read on stdin,
+//	                                from an unconnected socket if the line is "unconnected"
 //	e2ehelper udp-flood-log ADDR N CONC DUR  N datagrams (or for DUR), each from a new socket,
 //	                                from CONC workers; {"connected_at": UNIX_NS} for each answered, then a summary
 //	e2ehelper udp-connect-exec ADDR PROG TIMEOUT  connect a UDP socket, then exec PROG send-fd-now
@@ -117,6 +119,16 @@ func main() {
 		emit(sendFD(duration(3)))
 	case "udp":
 		emit(udp(addr, duration(3)))
+	case "udp-on-line":
+		// One exchange (a new flow) per line read on stdin, until EOF: from an
+		// unconnected socket if the line says "unconnected".
+		for sc := bufio.NewScanner(os.Stdin); sc.Scan(); {
+			if sc.Text() == "unconnected" {
+				emit(udpUnconnected(addr, duration(3)))
+			} else {
+				emit(udp(addr, duration(3)))
+			}
+		}
 	case "udp-unconnected":
 		emit(udpUnconnected(addr, duration(3)))
 	case "udp-flood-log":
