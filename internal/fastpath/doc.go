@@ -73,8 +73,8 @@
 //
 // The UDP match needs xt_bpf (CONFIG_NETFILTER_XT_MATCH_BPF) and a BPF file system
 // to pin it in; without them UDP goes through the queue and Stats.UDPWhy says why.
-// It serves every process of the daemon's network namespace: Config.CgroupPath
-// limits the TCP hooks only. A datagram that starts a flow from a task without an
+// It serves the processes the connect hooks serve (Config.CgroupPath: the
+// program compares the sending task's cgroup ancestors with it). A datagram that starts a flow from a task without an
 // executable (a kernel thread sending on a socket) misses. A datagram sent on a
 // socket another program shares is decided as the sending program's (the queue,
 // which finds only the socket, holds such datagrams when it cannot tell who sent).

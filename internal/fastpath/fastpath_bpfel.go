@@ -57,6 +57,7 @@ const (
 	fastpathProgLatchFastConnect6 = "latch_fast_connect6"
 	fastpathProgLatchFastUdp      = "latch_fast_udp"
 	fastpathVarNetnsCookie        = "netns_cookie"
+	fastpathVarUdpCgroup          = "udp_cgroup"
 	fastpathVarUnusedEvent        = "unused_event"
 )
 
@@ -123,6 +124,7 @@ type fastpathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
@@ -168,6 +170,7 @@ func (m *fastpathMaps) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 }
 

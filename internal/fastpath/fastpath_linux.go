@@ -166,6 +166,19 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
 		return nil, fmt.Errorf("fast path: set the network namespace: %w", err)
 	}
+	if cfg.CgroupPath != "" && cfg.CgroupPath != "cgroup2 root" && cgroupPath == cfg.CgroupPath {
+		// A cgroup of the caller's choosing: the UDP match serves it alone too
+		// (its id is its directory's inode number).
+		var st unix.Stat_t
+		if err := unix.Stat(cgroupPath, &st); err != nil {
+			return nil, fmt.Errorf("fast path: stat the cgroup %s: %w", cgroupPath, err)
+		}
+		if root, err := cgroup2Root(); err != nil || !sameFile(root, cgroupPath) {
+			if err := spec.Variables["udp_cgroup"].Set(st.Ino); err != nil {
+				return nil, fmt.Errorf("fast path: set the cgroup: %w", err)
+			}
+		}
+	}
 	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
 	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
@@ -708,6 +721,12 @@ func (fp *FastPath) Stats() Stats {
 		s.Entries++
 	}
 	return s
+}
+
+// sameFile reports whether a and b name the same file.
+func sameFile(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // cgroup2Root finds the root of the cgroup v2 hierarchy.

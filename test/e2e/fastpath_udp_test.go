@@ -163,6 +163,16 @@ func TestFastPathUDP(t *testing.T) {
 	if fp.HitsAllow < 2*flows || fp.RingLost != 0 {
 		t.Errorf("fast path %+v: want at least %d allows in the kernel", fp, 2*flows)
 	}
+	// A process outside the fast path's cgroup (--fast-path-cgroup) is decided
+	// through the queue, by the same rule.
+	for i := 0; i < 2; i++ {
+		if r := results(t, n.MustExec(t, n.Client, helperBin, "udp", n.ServerIP+":8321", "5s"))[0]; r.Outcome != "connected" {
+			t.Errorf("exchange %d from outside the cgroup: %+v", i, r)
+		}
+	}
+	if after := d.fastPath(t); after.HitsAllow != fp.HitsAllow {
+		t.Errorf("flows from outside the fast path's cgroup were decided in the kernel: hits %d, then %d", fp.HitsAllow, after.HitsAllow)
+	}
 	if out := d.MustCLI(t, "status"); !strings.Contains(out, "fast path udp") || !strings.Contains(out, "decided in the kernel too") {
 		t.Errorf("latch status does not say UDP is served:\n%s", out)
 	}

@@ -124,6 +124,14 @@ struct {
 // alone, so daemons in other namespaces (containers, tests) keep their own.
 volatile const __u64 netns_cookie = 0;
 
+// The cgroup v2 the connect hooks are attached to, for the UDP match (which the
+// ruleset runs for the whole network namespace) to serve only its processes too;
+// 0: every process (the hooks are on the root). Set by the loader.
+volatile const __u64 udp_cgroup = 0;
+
+// Cgroup levels the UDP match looks up for udp_cgroup.
+#define MAX_CGROUP_LEVELS 32
+
 // Keeps fp_event in the object's BTF for bpf2go's -type.
 const struct fp_event *unused_event __attribute__((unused));
 
@@ -319,6 +327,21 @@ int latch_fast_udp(struct __sk_buff *skb)
 	if (bpf_get_socket_cookie(skb) == 0) {
 		count(STAT_NO_IDENTITY);
 		return 0;
+	}
+	// Only the processes the connect hooks serve (Config.CgroupPath).
+	if (udp_cgroup) {
+		int in = 0;
+		for (int i = 0; i < MAX_CGROUP_LEVELS; i++) {
+			__u64 id = bpf_get_current_ancestor_cgroup_id(i);
+			if (id == udp_cgroup) {
+				in = 1;
+				break;
+			}
+			if (id == 0)
+				break;
+		}
+		if (!in)
+			return 0;
 	}
 	// A daemon that died (fail-closed) leaves this program in its ruleset: the
 	// queue, without a reader, then decides (drops) again, as for TCP, whose
