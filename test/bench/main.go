@@ -103,6 +103,7 @@ func main() {
 	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
 	bulk := flag.Int("bulk", 64, "MiB sent over one connection per scenario and round (0: no bulk phase)")
 	only := flag.String("scenarios", "", "comma-separated scenarios to run (default: all)")
+	reset := flag.Bool("reset", true, "close each connect with a reset (no TIME_WAIT); false: a normal close, whose TIME_WAIT sockets make the kernel's search for a free local port part of every connect")
 	udpN := flag.Int("udp", 0, "UDP exchanges (each a new flow) per phase, in the same rounds, for none, latch and latch+fp (0: none)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -164,7 +165,7 @@ func main() {
 	per := max(*n / *rounds, 1)
 	for r := 0; r < *rounds; r++ {
 		for _, tg := range targets {
-			if err := tg.measure(client, per, *conc); err != nil {
+			if err := tg.measure(client, per, *conc, *reset); err != nil {
 				fatalf("scenario %s: %v", tg.name, err)
 			}
 			if *udpN > 0 && (tg.name == "none" || tg.name == "latch" || tg.name == "latch+fp") {
@@ -315,8 +316,12 @@ func (tg *target) close() {
 }
 
 // measure runs one round: n sequential connects, then n from conc workers.
-func (tg *target) measure(client string, n, conc int) error {
-	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc))
+func (tg *target) measure(client string, n, conc int, reset bool) error {
+	mode := "fin"
+	if reset {
+		mode = "reset"
+	}
+	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc), mode)
 	if tg.cgfd >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: tg.cgfd}
 	}
@@ -775,6 +780,10 @@ func roleClient(args []string) {
 		roleClientUDP(addr, n, conc)
 		return
 	}
+	closeConn := closeReset
+	if len(args) > 3 && args[3] == "fin" {
+		closeConn = func(c net.Conn) { c.Close() }
+	}
 	var r clientRound
 	r.LatencyUS = make([]float64, 0, n)
 	for i := 0; i < n; i++ {
@@ -785,7 +794,7 @@ func roleClient(args []string) {
 			continue
 		}
 		r.LatencyUS = append(r.LatencyUS, us(time.Since(start)))
-		closeReset(c)
+		closeConn(c)
 	}
 	var next, failed atomic.Int64
 	var wg sync.WaitGroup
@@ -798,7 +807,7 @@ func roleClient(args []string) {
 					failed.Add(1)
 					continue
 				}
-				closeReset(c)
+				closeConn(c)
 			}
 		})
 	}
