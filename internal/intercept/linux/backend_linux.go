@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,6 +145,19 @@ func (b *Backend) DNSStats() *dnsname.Stats {
 	return &s
 }
 
+// safePinPath reports whether p can go into a ruleset as it is.
+func safePinPath(p string) bool {
+	if p == "" || len(p) >= xtBPFPathMax {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._/+-", c)) {
+			return false
+		}
+	}
+	return true
+}
+
 // FastUDP reports whether the installed ruleset runs Config.FastUDPMatch: nil if it
 // does, else why not (none configured, not installed yet, or the firewall refused
 // it).
@@ -205,6 +219,13 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 			b.cfg.Logf("byte accounting: %v", err)
 			evfd = -1
 		}
+	}
+	if spec.fastUDP != "" && !safePinPath(spec.fastUDP) {
+		// It goes into iptables-restore's input unquoted.
+		perr := fmt.Errorf("%w: its pinned path %q has characters other than letters, digits and ._/+-", errFastUDP, spec.fastUDP)
+		b.fastUDPErr.Store(&perr)
+		b.cfg.Logf("%v; UDP flows go through the queue", perr)
+		spec.fastUDP = ""
 	}
 	err = b.fw.install(spec)
 	if err != nil && spec.fastUDP != "" {

@@ -169,3 +169,22 @@ func TestNftBPFMatchRule(t *testing.T) {
 		t.Errorf("chain udpfast:\n%s", out)
 	}
 }
+
+// TestSafePinPath: a pinned path goes into iptables-restore's input unquoted, so
+// one that could read as more words (or another rule) is refused.
+func TestSafePinPath(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/var/lib/latch/bpf/fast-udp":      true,
+		"/tmp/Test_1/001/state+x/fast-udp": true,
+		"":                                 false,
+		"/var/lib/my latch/bpf/fast-udp":   false,
+		"/x -j ACCEPT":                     false,
+		"/x\n-A OUTPUT -j ACCEPT":          false,
+		`/x"y`:                             false,
+		"/" + strings.Repeat("a", 600):     false,
+	} {
+		if got := safePinPath(p); got != want {
+			t.Errorf("safePinPath(%q) = %t, want %t", p, got, want)
+		}
+	}
+}
