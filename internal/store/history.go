@@ -743,7 +743,7 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 // Multi-row inserts of connections: insertCols values per row, at most insertRows
 // rows per statement (SQLite allows 32766 variables).
 const (
-	insertCols   = 30
+	insertCols = 30
 	insertRows = 64
 )
 

@@ -77,9 +77,9 @@ func ctEventFilter() []unix.SockFilter {
 		tax      = unix.BPF_MISC | unix.BPF_TAX
 		jeq      = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
 		ret      = unix.BPF_RET | unix.BPF_K
-		adOff    = 0xfffff000 // SKF_AD_OFF
-		adNlattr = adOff + 12 // SKF_AD_NLATTR: A = offset of attribute X at or after offset A, or 0
-		adNest   = adOff + 16 // SKF_AD_NLATTR_NEST: A = offset of attribute X inside attribute A, or 0
+		adOff    = 0xfffff000            // SKF_AD_OFF
+		adNlattr = adOff + 12            // SKF_AD_NLATTR: A = offset of attribute X at or after offset A, or 0
+		adNest   = adOff + 16            // SKF_AD_NLATTR_NEST: A = offset of attribute X inside attribute A, or 0
 		attrs    = unix.NLMSG_HDRLEN + 4 // after the netlink header and the nfgenmsg
 	)
 	del := asRead(unix.NFNL_SUBSYS_CTNETLINK<<8 | ipctnlMsgCtDelete)
