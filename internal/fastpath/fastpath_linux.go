@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -227,7 +228,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	return fp, nil
 }
 
-// pinUDP pins the UDP match program at dir/fast-udp, mounting a BPF file system on
+// pinUDP pins the UDP match program at dir/fast-udp-PID, mounting a BPF file system on
 // dir if it is not on one.
 func (fp *FastPath) pinUDP(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -243,9 +244,10 @@ func (fp *FastPath) pinUDP(dir string) error {
 		}
 		fp.unmountPin = true
 	}
-	path := filepath.Join(dir, "fast-udp")
-	// A pin a stopped daemon left: its rules (if any are left) keep their own
-	// program; the ruleset installed next names this one.
+	// A pin of this daemon's own: another daemon (one refused because this
+	// state directory's daemon runs, or a ruleset kept on exit that names its
+	// pin) keeps its own, which SetUDP removes once its process is gone.
+	path := filepath.Join(dir, fmt.Sprintf("%s%d", pinPrefix, os.Getpid()))
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("fast path: remove the old pin %s: %w", path, err)
 	}
@@ -256,25 +258,55 @@ func (fp *FastPath) pinUDP(dir string) error {
 	return nil
 }
 
-// RemovePin removes what Open with Config.PinDir dir left pinned there (a daemon
-// that died, or kept its ruleset on exit) and unmounts the BPF file system on dir.
-// Remove the rules that name the pin first: iptables-legacy checks the pinned
-// program of every rule again at each change of the table. It reports whether
-// there was a pin.
+// pinPrefix starts the name of a pinned UDP match, followed by its daemon's pid.
+const pinPrefix = "fast-udp-"
+
+// RemovePin removes what Open with Config.PinDir dir left pinned there (daemons
+// that died, or kept their ruleset on exit) and unmounts the BPF file system on
+// dir. Remove the rules that name the pins first: iptables-legacy checks the
+// pinned program of every rule again at each change of the table. It reports
+// whether there was a pin.
 func RemovePin(dir string) (bool, error) {
-	path := filepath.Join(dir, "fast-udp")
-	err := os.Remove(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+	removed, err := removePins(dir, func(int) bool { return true })
+	if removed {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
 	}
+	return removed, err
+}
+
+// removePins removes the pins in dir of the daemons (by pid) that gone says are
+// gone.
+func removePins(dir string, gone func(pid int) bool) (bool, error) {
+	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return false, fmt.Errorf("fast path: remove the pinned UDP match %s: %w", path, err)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("fast path: read the pin directory %s: %w", dir, err)
 	}
-	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
-		unix.Unmount(dir, unix.MNT_DETACH)
+	removed := false
+	var errs []error
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), pinPrefix)
+		pid, perr := strconv.Atoi(rest)
+		if !ok || perr != nil || !gone(pid) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("fast path: remove the pinned UDP match %s: %w", filepath.Join(dir, e.Name()), err))
+			continue
+		}
+		removed = true
 	}
-	return true, nil
+	return removed, errors.Join(errs...)
+}
+
+// processGone reports whether no process has the id pid.
+func processGone(pid int) bool {
+	return pid > 0 && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
 }
 
 // UDPMatch returns the path of the pinned socket filter program the ruleset's
@@ -286,6 +318,11 @@ func (fp *FastPath) UDPMatch() string { return fp.udpPin }
 // SetUDP says whether the ruleset runs the UDP match (err == nil) or why not. UDP
 // allows are stored only while it does.
 func (fp *FastPath) SetUDP(err error) {
+	if fp.udpPin != "" {
+		// The ruleset no longer names the pins of daemons gone before: free
+		// their programs and maps.
+		removePins(fp.cfg.PinDir, func(pid int) bool { return pid != os.Getpid() && processGone(pid) })
+	}
 	if err != nil {
 		fp.udpOn.Store(false)
 		fp.udpWhy.Store(err.Error())

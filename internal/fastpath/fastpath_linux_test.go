@@ -484,3 +484,32 @@ func TestUDPStored(t *testing.T) {
 	os.Remove(kept.UDPMatch())
 	unix.Unmount(pins, unix.MNT_DETACH)
 }
+
+// TestRemovePins: a daemon frees the pins of daemons gone (their rules were
+// replaced), never a live one's; latch cleanup (RemovePin) frees them all.
+func TestRemovePins(t *testing.T) {
+	dir := t.TempDir()
+	self := fmt.Sprintf("%s%d", pinPrefix, os.Getpid())
+	for _, name := range []string{pinPrefix + "999999999", self, "other"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if removed, err := removePins(dir, processGone); !removed || err != nil {
+		t.Fatalf("removePins: %v, %v", removed, err)
+	}
+	for name, want := range map[string]bool{pinPrefix + "999999999": false, self: true, "other": true} {
+		if _, err := os.Stat(filepath.Join(dir, name)); (err == nil) != want {
+			t.Errorf("%s: there %t, want %t", name, err == nil, want)
+		}
+	}
+	if removed, err := RemovePin(dir); !removed || err != nil {
+		t.Fatalf("RemovePin: %v, %v", removed, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, self)); err == nil {
+		t.Error("RemovePin left a pin")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "other")); err != nil {
+		t.Error("RemovePin removed a file that is no pin")
+	}
+}
