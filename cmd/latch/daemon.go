@@ -594,7 +594,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					// Its own id, above the 32-bit ids of queued packets, so that events
 					// and history tell fast-path connections apart.
 					ID:   engine.RequestID(fastPathIDBase + fastPathSeq.Add(1)),
-					Time: d.Time, Direction: engine.Outbound, Protocol: engine.TCP, Remote: d.Remote,
+					Time: d.Time, Direction: engine.Outbound, Protocol: d.Protocol, Remote: d.Remote,
 					PID: d.PID, Exe: d.Exe, UID: d.UID, User: users.name(d.UID),
 					// The kernel matched the file the rule's path verified (dev, inode).
 					Identity: engine.IdentityVerified,

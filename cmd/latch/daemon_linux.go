@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/latchfw/latch/internal/fastpath"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -47,10 +48,38 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		cfg.OnTraffic = o.onTraffic
 		cfg.TrafficInterval = o.TrafficInterval
 	}
+	// The fast path first: the ruleset the backend installs runs its UDP match.
+	var fp *fastpath.FastPath
+	fastPathOff := ""
+	if !o.FastPath {
+		fastPathOff = "--fast-path=false"
+	} else if fp, err = fastpath.Open(fastpath.Config{
+		CgroupPath: o.FastPathCgroup,
+		PinDir:     filepath.Join(o.StateDir, "bpf"),
+		// A ruleset kept on exit still names the pinned program (iptables-legacy
+		// checks it again at every change of the filter table).
+		KeepPin: o.KeepRules && !o.FailOpen,
+	}); err != nil {
+		// Today's path: every connection through the queue.
+		fastPathOff = err.Error()
+		logf("%v; connections go through the queue", err)
+		fp = nil
+	} else {
+		cfg.FastUDPMatch = fp.UDPMatch()
+	}
 	ready := make(chan struct{})
-	cfg.Ready = sync.OnceFunc(func() { close(ready) })
-	be, err := linux.New(cfg)
+	var be *linux.Backend
+	cfg.Ready = sync.OnceFunc(func() {
+		if fp != nil {
+			fp.SetUDP(be.FastUDP())
+		}
+		close(ready)
+	})
+	be, err = linux.New(cfg)
 	if err != nil {
+		if fp != nil {
+			fp.Close()
+		}
 		res.Close()
 		return nil, err
 	}
@@ -79,13 +108,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	pb := &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
 		dns: be.DNSStats, close: func() { res.Close() }, ready: ready,
 		names: names, identify: identify, control: linux.Control}
-	if !o.FastPath {
-		pb.fastPathOff = "--fast-path=false"
-	} else if fp, err := fastpath.Open(fastpath.Config{CgroupPath: o.FastPathCgroup}); err != nil {
-		// Today's path: every connection through the queue.
-		pb.fastPathOff = err.Error()
-		logf("%v; connections go through the queue", err)
-	} else {
+	pb.fastPathOff = fastPathOff
+	if fp != nil {
 		pb.fastPath = fp
 		pb.close = func() { fp.Close(); res.Close() }
 	}
@@ -99,7 +123,9 @@ crashed or killed daemon left in this network namespace, and those of boot
 protection (latch boot-protect) and of a daemon stopped with --keep-rules-on-exit. A fail-closed daemon that
 died keeps dropping new connections until its rules are removed. Refuses while a
 daemon still holds the queue. A daemon that ran its local resolver (--dns-proxy)
-kept the original resolv.conf in its state directory: cleanup puts it back too.
+kept the original resolv.conf in its state directory: cleanup puts it back too,
+and removes the kernel fast path's UDP match the rules named (pinned in the state
+directory's bpf/).
 `
 
 func runCleanup(ctx context.Context, args []string) error {
@@ -117,6 +143,12 @@ func runCleanup(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Println("removed latch's leftover firewall rules (if there were any)")
+	// The fast path's UDP match, pinned for those rules, holds its program and maps.
+	if removed, err := fastpath.RemovePin(filepath.Join(*stateDir, "bpf")); err != nil {
+		return err
+	} else if removed {
+		fmt.Println("removed the fast path's pinned UDP match")
+	}
 	if restored, err := dnsproxy.RestoreLeftover(*resolvConf, *stateDir); err != nil {
 		return err
 	} else if restored {

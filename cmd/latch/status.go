@@ -90,6 +90,11 @@ func runStatus(ctx context.Context, args []string) error {
 			if !f.Cacheable {
 				row("fast path off for now", "%s", f.Why)
 			}
+			if f.UDP {
+				row("fast path udp", "on: the first datagram of a UDP flow is decided in the kernel too")
+			} else {
+				row("fast path udp", "off (UDP flows go through the queue): %s", textesc.Message(f.UDPWhy))
+			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
 		}

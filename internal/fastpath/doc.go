@@ -1,6 +1,8 @@
 // Package fastpath is latch's Linux kernel fast path: cgroup connect4/connect6 eBPF
-// hooks that decide a TCP connection from an earlier decision of a rule, so that a
-// connection a rule already decided never crosses to user space through NFQUEUE.
+// hooks that decide a TCP connection from an earlier decision of a rule, and a
+// socket filter the ruleset runs (xt_bpf) on the first datagram of a UDP flow, so
+// that a connection a rule already decided never crosses to user space through
+// NFQUEUE.
 //
 // The programs (fastpath.c, built by `go generate` with bpf2go and clang; the
 // objects are committed, so building latch needs no clang) are CO-RE against the
@@ -21,11 +23,37 @@
 // without the fast path, and a mark an earlier hit left on a reconnecting socket is
 // cleared.
 //
+// # UDP
+//
+// A socket mark cannot carry a UDP decision exactly: the kernel copies an
+// unconnected socket's mark before the sendmsg hook runs (a mark set there applies
+// to the next datagram, to any destination), and a mark left on a connected socket
+// outlives its conntrack entry (a datagram after the entry expired would pass
+// without asking the rules in force then). So UDP is decided where the packet is:
+// Open pins a socket filter program (latch_fast_udp) on a BPF file system
+// (Config.PinDir), and the ruleset's output chain runs it through an xt_bpf match
+// on the first datagram of every UDP flow that no verdict marked yet and that does
+// not come back from a verdict (internal/intercept/linux, Config.FastUDPMatch). Run
+// there, in the context of the task whose sendmsg built the datagram, it builds
+// the same key as the connect hooks from the sending task's executable, the
+// socket's owner (bpf_get_socket_uid) and the datagram's destination (IPv4, or
+// IPv6 with UDP right after the fixed header), and matches only on an allow entry
+// of the current generation that has not expired. A match gives the packet
+// MarkAllow and the flow the allow conntrack mark, exactly as an allow from the
+// queue, so the flow's later datagrams pass by conntrack (one history row per
+// flow) and Redecide finds it. A flow conntrack forgot starts over: its next
+// datagram is looked up again under the rules in force then. Only allows are
+// stored for UDP: a deny or reject is left to the queue, which drops (deny) or
+// answers port unreachable (reject) as before; the cost is the queue's, the
+// decision the same. Stats.UDP says whether the ruleset runs the match
+// (FastPath.SetUDP), Stats.UDPWhy why not.
+//
 // # Exactness
 //
 // The cache never changes what latch decides. Only a decision made by a rule
 // (engine.ReasonRule) enters the map; never a person's answer, a default, a timeout
-// or a question cap, never a drop (which must stay silent) and never UDP or inbound.
+// or a question cap, never a drop (which must stay silent), never a UDP deny, never
+// a forwarded connection and never inbound.
 // Decisions whose result could depend on something not in the key are not cached:
 // while any rule in force has a host-name condition (DNS labels change without a
 // rule change), a local-port condition or a service condition, nothing is cached.
@@ -43,12 +71,22 @@
 //
 // # Limits
 //
-// UDP is not served: the kernel copies an unconnected socket's mark before the
-// sendmsg hook runs, and a mark on a connected UDP socket would outlive its conntrack
-// entry (a datagram after the entry expired would pass without asking the rules in
-// force then). UDP flows still skip the queue after their first datagram
-// (conntrack). Processes in other mount namespaces see their executable through
-// other mounts, so they get entries of their own. A hard link to the program in its
+// The UDP match needs xt_bpf (CONFIG_NETFILTER_XT_MATCH_BPF) and a BPF file system
+// to pin it in; without them UDP goes through the queue and Stats.UDPWhy says why.
+// It serves the processes the connect hooks serve (Config.CgroupPath: the
+// program compares the sending task's cgroup ancestors with it). A datagram that starts a flow from a task without an
+// executable (a kernel thread sending on a socket) misses. A datagram sent on a
+// socket another program shares is decided as the sending program's (the queue,
+// which finds only the socket, holds such datagrams when it cannot tell who sent).
+// The pinned program holds its maps, and a fail-closed daemon that dies leaves the
+// ruleset, and so the program, in place; but the program matches only while the
+// daemon writes its heartbeat (every second, from Open to Close): 5 seconds
+// after the last one it stops, and new UDP flows go to the queue, which without a
+// reader drops them, as the TCP hooks stop with the daemon's links. Within those
+// seconds, UDP flows a rule allowed before the death are still allowed (no
+// rule can change meanwhile, since only a daemon changes rules). Processes in other
+// mount namespaces see their executable through other mounts, so they get entries
+// of their own. A hard link to the program in its
 // own directory under another name is the same key (creating one needs write access
 // to that directory, which could replace the program anyway). A socket marked by a
 // hit keeps its mark: if the daemon dies (fail-closed, ruleset left in place) and the

@@ -19,10 +19,12 @@ func encodeEvent(ev fastpathFpEvent) []byte {
 // FuzzDecodeEvent: any record either decodes to a decision with a valid address and
 // a known action, or is refused; nothing panics.
 func FuzzDecodeEvent(f *testing.F) {
-	v4 := fastpathFpEvent{RuleId: 7, Pid: 42, Action: actAllow, Key: fastpathFpKey{Family: 4, Port: 443, Uid: 1000, Addr: [16]byte{198, 18, 0, 2}}}
-	v6 := fastpathFpEvent{RuleId: 9, Pid: 43, Action: actReject, Key: fastpathFpKey{Family: 6, Port: 80, Addr: [16]byte{0xfd, 0, 0, 0x18, 15: 2}}}
+	v4 := fastpathFpEvent{RuleId: 7, Pid: 42, Action: actAllow, Key: fastpathFpKey{Family: 4, Proto: 6, Port: 443, Uid: 1000, Addr: [16]byte{198, 18, 0, 2}}}
+	v6 := fastpathFpEvent{RuleId: 9, Pid: 43, Action: actReject, Key: fastpathFpKey{Family: 6, Proto: 6, Port: 80, Addr: [16]byte{0xfd, 0, 0, 0x18, 15: 2}}}
+	u6 := fastpathFpEvent{RuleId: 9, Pid: 43, Action: actAllow, Key: fastpathFpKey{Family: 6, Proto: 17, Port: 53, Addr: [16]byte{0xfd, 0, 0, 0x18, 15: 2}}}
 	f.Add(encodeEvent(v4))
 	f.Add(encodeEvent(v6))
+	f.Add(encodeEvent(u6))
 	f.Add(encodeEvent(v4)[:20])
 	f.Add([]byte{})
 	fp := &FastPath{exes: map[identity]string{}}
@@ -31,9 +33,17 @@ func FuzzDecodeEvent(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// The hand-written decoder reads what the struct's layout says.
+		var ref fastpathFpEvent
+		if _, err := binary.Decode(b, binary.NativeEndian, &ref); err != nil || ref != ev {
+			t.Fatalf("decoded %+v, the struct's layout says %+v (%v)", ev, ref, err)
+		}
 		d := fp.decision(&ev, time.Unix(0, 0))
 		if !d.Remote.Addr().IsValid() || (d.Action != engine.Allow && d.Action != engine.Reject) {
 			t.Fatalf("decoded %+v from %x", d, b)
+		}
+		if d.Protocol != engine.TCP && d.Protocol != engine.UDP {
+			t.Fatalf("protocol %d decoded from %x", d.Protocol, b)
 		}
 		if (ev.Key.Family == 4) != d.Remote.Addr().Is4() {
 			t.Fatalf("family %d decoded as %v", ev.Key.Family, d.Remote)
@@ -42,20 +52,24 @@ func FuzzDecodeEvent(f *testing.F) {
 }
 
 func TestDecodeEvent(t *testing.T) {
+	if n := binary.Size(fastpathFpEvent{}); n != eventSize {
+		t.Fatalf("struct fp_event is %d bytes, the decoder reads %d", n, eventSize)
+	}
 	fp := &FastPath{exes: map[identity]string{{ino: 5, dev: 3}: "/usr/bin/curl"}}
 	ev, err := decodeEvent(encodeEvent(fastpathFpEvent{BootNs: 1e9, RuleId: 7, Pid: 42, Action: actReject,
-		Key: fastpathFpKey{Ino: 5, Dev: 3, Family: 4, Port: 443, Uid: 1000, Addr: [16]byte{198, 18, 0, 2}}}))
+		Key: fastpathFpKey{Ino: 5, Dev: 3, Family: 4, Proto: 6, Port: 443, Uid: 1000, Addr: [16]byte{198, 18, 0, 2}}}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := fp.decision(&ev, time.Unix(100, 0))
-	want := Decision{Time: time.Unix(101, 0), PID: 42, UID: 1000, Exe: "/usr/bin/curl", Remote: netip.MustParseAddrPort("198.18.0.2:443"), Action: engine.Reject, RuleID: 7}
+	want := Decision{Time: time.Unix(101, 0), PID: 42, UID: 1000, Exe: "/usr/bin/curl", Protocol: engine.TCP, Remote: netip.MustParseAddrPort("198.18.0.2:443"), Action: engine.Reject, RuleID: 7}
 	if d != want {
 		t.Errorf("decision %+v, want %+v", d, want)
 	}
 	for name, ev := range map[string]fastpathFpEvent{
-		"family": {Action: actAllow, Key: fastpathFpKey{Family: 5}},
-		"action": {Action: 9, Key: fastpathFpKey{Family: 4}},
+		"family":   {Action: actAllow, Key: fastpathFpKey{Family: 5, Proto: 6}},
+		"action":   {Action: 9, Key: fastpathFpKey{Family: 4, Proto: 6}},
+		"protocol": {Action: actAllow, Key: fastpathFpKey{Family: 4, Proto: 1}},
 	} {
 		if _, err := decodeEvent(encodeEvent(ev)); err == nil {
 			t.Errorf("%s: decoded a bad event", name)

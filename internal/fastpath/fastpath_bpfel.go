@@ -17,7 +17,6 @@ type fastpathFpEvent struct {
 	_      structs.HostLayout
 	BootNs uint64
 	RuleId uint64
-	Cookie uint64
 	Key    fastpathFpKey
 	Pid    uint32
 	Action uint32
@@ -49,13 +48,16 @@ type fastpathFpVerdict struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	fastpathMapAlive              = "alive"
 	fastpathMapEvents             = "events"
 	fastpathMapGeneration         = "generation"
 	fastpathMapStats              = "stats"
 	fastpathMapVerdicts           = "verdicts"
 	fastpathProgLatchFastConnect4 = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6 = "latch_fast_connect6"
+	fastpathProgLatchFastUdp      = "latch_fast_udp"
 	fastpathVarNetnsCookie        = "netns_cookie"
+	fastpathVarUdpCgroup          = "udp_cgroup"
 	fastpathVarUnusedEvent        = "unused_event"
 )
 
@@ -103,12 +105,14 @@ type fastpathSpecs struct {
 type fastpathProgramSpecs struct {
 	LatchFastConnect4 *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6 *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
+	LatchFastUdp      *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
 }
 
 // fastpathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
+	Alive      *ebpf.MapSpec `ebpf:"alive"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
@@ -120,6 +124,7 @@ type fastpathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
@@ -143,6 +148,7 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
+	Alive      *ebpf.Map `ebpf:"alive"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
 	Stats      *ebpf.Map `ebpf:"stats"`
@@ -151,6 +157,7 @@ type fastpathMaps struct {
 
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
+		m.Alive,
 		m.Events,
 		m.Generation,
 		m.Stats,
@@ -163,6 +170,7 @@ func (m *fastpathMaps) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 }
 
@@ -172,12 +180,14 @@ type fastpathVariables struct {
 type fastpathPrograms struct {
 	LatchFastConnect4 *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6 *ebpf.Program `ebpf:"latch_fast_connect6"`
+	LatchFastUdp      *ebpf.Program `ebpf:"latch_fast_udp"`
 }
 
 func (p *fastpathPrograms) Close() error {
 	return _FastpathClose(
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
+		p.LatchFastUdp,
 	)
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +62,14 @@ type Config struct {
 	// RingBytes is the ring buffer's size (a power of two, a multiple of the page
 	// size); 0: DefaultRingBytes.
 	RingBytes int
+	// PinDir is a directory on a BPF file system (mounted there by Open if it is
+	// not one yet) where Open pins the UDP match program (UDPMatch) for the
+	// ruleset's xt_bpf match; "": no UDP fast path.
+	PinDir string
+	// KeepPin leaves the pin in place on Close, for a ruleset kept on exit that
+	// still names it (iptables-legacy checks every rule's pinned program again at
+	// each change of the table); the next Open replaces it.
+	KeepPin bool
 }
 
 // FastPath is the loaded and attached fast path.
@@ -79,6 +88,11 @@ type FastPath struct {
 
 	exesMu sync.Mutex
 	exes   map[identity]string // executable identity → path, for history rows
+
+	udpPin     string       // where the UDP match program is pinned; "": none
+	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
+	udpOn      atomic.Bool  // the ruleset runs the UDP match: UDP allows are stored
+	udpWhy     atomic.Value // string: why not
 
 	offers     chan offered
 	stopWorker chan struct{}
@@ -153,6 +167,19 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
 		return nil, fmt.Errorf("fast path: set the network namespace: %w", err)
 	}
+	if cfg.CgroupPath != "" && cfg.CgroupPath != "cgroup2 root" && cgroupPath == cfg.CgroupPath {
+		// A cgroup of the caller's choosing: the UDP match serves it alone too
+		// (its id is its directory's inode number).
+		var st unix.Stat_t
+		if err := unix.Stat(cgroupPath, &st); err != nil {
+			return nil, fmt.Errorf("fast path: stat the cgroup %s: %w", cgroupPath, err)
+		}
+		if root, err := cgroup2Root(); err != nil || !sameFile(root, cgroupPath) {
+			if err := spec.Variables["udp_cgroup"].Set(st.Ino); err != nil {
+				return nil, fmt.Errorf("fast path: set the cgroup: %w", err)
+			}
+		}
+	}
 	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
 	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
@@ -165,6 +192,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			fp = nil
 		}
 	}()
+	if err := fp.heartbeat(); err != nil {
+		return fp, err
+	}
 	// Generation 1 before anything attaches: entries are never stored under 0.
 	fp.cur.Store(&ruleState{gen: 1, why: "no rules seen yet"})
 	if err := fp.objs.Generation.Put(uint32(0), uint64(1)); err != nil {
@@ -186,9 +216,120 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		fp.links = append(fp.links, l)
 	}
+	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
+	if cfg.PinDir == "" {
+		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
+	} else if err := fp.pinUDP(cfg.PinDir); err != nil {
+		// TCP is served all the same; UDP goes through the queue.
+		fp.udpWhy.Store(err.Error())
+	}
 	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
 	go fp.storeWorker()
 	return fp, nil
+}
+
+// pinUDP pins the UDP match program at dir/fast-udp-PID, mounting a BPF file system on
+// dir if it is not on one.
+func (fp *FastPath) pinUDP(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("fast path: make the pin directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("fast path: stat the pin directory %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		if err := unix.Mount("bpf", dir, "bpf", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700"); err != nil {
+			return fmt.Errorf("fast path: mount a BPF file system on %s: %w", dir, err)
+		}
+		fp.unmountPin = true
+	}
+	// A pin of this daemon's own: another daemon (one refused because this
+	// state directory's daemon runs, or a ruleset kept on exit that names its
+	// pin) keeps its own, which SetUDP removes once its process is gone.
+	path := filepath.Join(dir, fmt.Sprintf("%s%d", pinPrefix, os.Getpid()))
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("fast path: remove the old pin %s: %w", path, err)
+	}
+	if err := fp.objs.LatchFastUdp.Pin(path); err != nil {
+		return fmt.Errorf("fast path: pin the UDP match at %s: %w", path, err)
+	}
+	fp.udpPin = path
+	return nil
+}
+
+// pinPrefix starts the name of a pinned UDP match, followed by its daemon's pid.
+const pinPrefix = "fast-udp-"
+
+// RemovePin removes what Open with Config.PinDir dir left pinned there (daemons
+// that died, or kept their ruleset on exit) and unmounts the BPF file system on
+// dir. Remove the rules that name the pins first: iptables-legacy checks the
+// pinned program of every rule again at each change of the table. It reports
+// whether there was a pin.
+func RemovePin(dir string) (bool, error) {
+	removed, err := removePins(dir, func(int) bool { return true })
+	if removed {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	}
+	return removed, err
+}
+
+// removePins removes the pins in dir of the daemons (by pid) that gone says are
+// gone.
+func removePins(dir string, gone func(pid int) bool) (bool, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("fast path: read the pin directory %s: %w", dir, err)
+	}
+	removed := false
+	var errs []error
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), pinPrefix)
+		pid, perr := strconv.Atoi(rest)
+		if !ok || perr != nil || !gone(pid) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("fast path: remove the pinned UDP match %s: %w", filepath.Join(dir, e.Name()), err))
+			continue
+		}
+		removed = true
+	}
+	return removed, errors.Join(errs...)
+}
+
+// processGone reports whether no process has the id pid.
+func processGone(pid int) bool {
+	return pid > 0 && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+}
+
+// UDPMatch returns the path of the pinned socket filter program the ruleset's
+// xt_bpf match runs on the first datagram of a UDP flow (it matches when a rule
+// allowed that program's datagrams to that destination before, under the rules in
+// force); "" if there is none. Call SetUDP once the ruleset runs it or could not.
+func (fp *FastPath) UDPMatch() string { return fp.udpPin }
+
+// SetUDP says whether the ruleset runs the UDP match (err == nil) or why not. UDP
+// allows are stored only while it does.
+func (fp *FastPath) SetUDP(err error) {
+	if fp.udpPin != "" {
+		// The ruleset no longer names the pins of daemons gone before: free
+		// their programs and maps.
+		removePins(fp.cfg.PinDir, func(pid int) bool { return pid != os.Getpid() && processGone(pid) })
+	}
+	if err != nil {
+		fp.udpOn.Store(false)
+		fp.udpWhy.Store(err.Error())
+		return
+	}
+	fp.udpWhy.Store("")
+	fp.udpOn.Store(true)
 }
 
 // Close detaches the hooks and frees the maps. Connections are then decided through
@@ -206,6 +347,17 @@ func (fp *FastPath) Close() error {
 	fp.links = nil
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
+	}
+	if fp.udpPin != "" && !fp.cfg.KeepPin {
+		// Rules that still run the program (a ruleset kept on exit) hold it.
+		if err := os.Remove(fp.udpPin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		fp.udpPin = ""
+	}
+	if fp.unmountPin && !fp.cfg.KeepPin {
+		unix.Unmount(fp.cfg.PinDir, unix.MNT_DETACH)
+		fp.unmountPin = false
 	}
 	errs = append(errs, fp.objs.Close())
 	return errors.Join(errs...)
@@ -266,10 +418,22 @@ func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
 
 // cacheable says whether the fast path may decide connections like req itself from
 // verdict v given under st (see the package doc), and with which action.
-func cacheable(st *ruleState, req *engine.Request, v engine.Verdict) (uint32, bool) {
+func cacheable(st *ruleState, req *engine.Request, v engine.Verdict, udp bool) (uint32, bool) {
 	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
-		req.Direction != engine.Outbound || req.Protocol != engine.TCP ||
+		req.Direction != engine.Outbound || req.Netns != "" ||
 		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
+		return 0, false
+	}
+	switch req.Protocol {
+	case engine.TCP:
+	case engine.UDP:
+		// Allows only, and only while the ruleset runs the UDP match: a deny
+		// is left to the queue (see the package doc).
+		if udp && v.Action == engine.Allow {
+			return actAllow, true
+		}
+		return 0, false
+	default:
 		return 0, false
 	}
 	switch v.Action {
@@ -294,7 +458,7 @@ type offered struct {
 // reader does not wait for them. A verdict that finds the worker's queue full is
 // not stored (a later connection then misses once more). Never blocks.
 func (fp *FastPath) Offer(t Ticket, req *engine.Request, v engine.Verdict) {
-	if _, ok := cacheable(t.st, req, v); !ok {
+	if _, ok := cacheable(t.st, req, v, fp.udpOn.Load()); !ok {
 		fp.notStored.Add(1)
 		return
 	}
@@ -305,11 +469,33 @@ func (fp *FastPath) Offer(t Ticket, req *engine.Request, v engine.Verdict) {
 	}
 }
 
-// storeWorker stores offered verdicts until Close.
+// heartbeat tells the UDP match the daemon is alive (see alive in fastpath.c).
+func (fp *FastPath) heartbeat() error {
+	now, err := bootNow()
+	if err != nil {
+		return err
+	}
+	if err := fp.objs.Alive.Put(uint32(0), now); err != nil {
+		return fmt.Errorf("fast path: write the heartbeat: %w", err)
+	}
+	return nil
+}
+
+// heartbeatEvery is how often the daemon tells the UDP match it is alive; the
+// match stops 5 s (ALIVE_NS) after the last time.
+const heartbeatEvery = time.Second
+
+// storeWorker stores offered verdicts, and keeps the heartbeat, until Close.
 func (fp *FastPath) storeWorker() {
 	defer close(fp.workerDone)
+	tick := time.NewTicker(heartbeatEvery)
+	defer tick.Stop()
 	for {
 		select {
+		case <-tick.C:
+			if err := fp.heartbeat(); err != nil {
+				fp.storeErrors.Add(1)
+			}
 		case o := <-fp.offers:
 			if _, err := fp.Remember(o.t, &o.req, o.v); err != nil {
 				fp.storeErrors.Add(1)
@@ -325,7 +511,7 @@ func (fp *FastPath) storeWorker() {
 // did; a decision it may not cache is no error.
 func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (bool, error) {
 	st := t.st
-	act, ok := cacheable(st, req, v)
+	act, ok := cacheable(st, req, v, fp.udpOn.Load())
 	if !ok {
 		fp.notStored.Add(1)
 		return false, nil
@@ -354,7 +540,7 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	if err != nil {
 		return false, err
 	}
-	key := makeKey(id, uint32(req.UID), req.Remote)
+	key := makeKey(id, uint32(req.UID), req.Protocol, req.Remote)
 	val := fastpathFpVerdict{Gen: st.gen, ExpiresNs: boot + uint64(until.Sub(now)), RuleId: uint64(v.RuleID), Action: act}
 	fp.exesMu.Lock()
 	if len(fp.exes) >= fp.cfg.MaxEntries {
@@ -369,8 +555,8 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	return true, nil
 }
 
-func makeKey(id identity, uid uint32, remote netip.AddrPort) fastpathFpKey {
-	k := fastpathFpKey{Ino: id.ino, ParentIno: id.parentIno, Dev: id.dev, MntId: id.mntID, Uid: uid, Port: remote.Port(), Proto: uint8(engine.TCP)}
+func makeKey(id identity, uid uint32, proto engine.Protocol, remote netip.AddrPort) fastpathFpKey {
+	k := fastpathFpKey{Ino: id.ino, ParentIno: id.parentIno, Dev: id.dev, MntId: id.mntID, Uid: uid, Port: remote.Port(), Proto: uint8(proto)}
 	a := remote.Addr()
 	if a.Is4() || a.Is4In6() {
 		k.Family = 4
@@ -425,13 +611,14 @@ const readEvery = 50 * time.Millisecond
 
 // Decision is one connection the fast path decided in the kernel.
 type Decision struct {
-	Time   time.Time
-	PID    int32
-	UID    int32
-	Exe    string // "" if the executable's path is no longer known
-	Remote netip.AddrPort
-	Action engine.Action // Allow, or Reject for a deny or reject rule
-	RuleID engine.RuleID
+	Time     time.Time
+	PID      int32
+	UID      int32
+	Exe      string          // "" if the executable's path is no longer known
+	Protocol engine.Protocol // TCP (a connect) or UDP (the first datagram of a flow)
+	Remote   netip.AddrPort
+	Action   engine.Action // Allow, or Reject for a deny or reject rule
+	RuleID   engine.RuleID
 }
 
 // Run reads the fast path's decisions from the ring buffer and hands each to fn
@@ -470,18 +657,37 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
 	}
 }
 
-// decodeEvent reads one ring buffer record: a struct fp_event, with sane family and
-// action.
+// eventSize is the size of struct fp_event.
+const eventSize = 72
+
+// decodeEvent reads one ring buffer record: a struct fp_event (field by field, at
+// the offsets the C struct has: reflection cost more than the rest of a record's
+// handling), with sane family, protocol and action.
 func decodeEvent(b []byte) (fastpathFpEvent, error) {
 	var ev fastpathFpEvent
-	if len(b) < binary.Size(ev) {
-		return ev, fmt.Errorf("fast path event of %d bytes, want %d", len(b), binary.Size(ev))
+	if len(b) < eventSize {
+		return ev, fmt.Errorf("fast path event of %d bytes, want %d", len(b), eventSize)
 	}
-	if _, err := binary.Decode(b, binary.NativeEndian, &ev); err != nil {
-		return ev, fmt.Errorf("fast path event: %w", err)
-	}
+	ne := binary.NativeEndian
+	ev.BootNs = ne.Uint64(b[0:])
+	ev.RuleId = ne.Uint64(b[8:])
+	k := &ev.Key
+	k.Ino = ne.Uint64(b[16:])
+	k.ParentIno = ne.Uint64(b[24:])
+	k.Dev = ne.Uint32(b[32:])
+	k.MntId = ne.Uint32(b[36:])
+	k.Uid = ne.Uint32(b[40:])
+	k.Port = ne.Uint16(b[44:])
+	k.Family = b[46]
+	k.Proto = b[47]
+	copy(k.Addr[:], b[48:64])
+	ev.Pid = ne.Uint32(b[64:])
+	ev.Action = ne.Uint32(b[68:])
 	if ev.Key.Family != 4 && ev.Key.Family != 6 {
 		return ev, fmt.Errorf("fast path event with address family %d", ev.Key.Family)
+	}
+	if ev.Key.Proto != uint8(engine.TCP) && ev.Key.Proto != uint8(engine.UDP) {
+		return ev, fmt.Errorf("fast path event with protocol %d", ev.Key.Proto)
 	}
 	if ev.Action != actAllow && ev.Action != actReject {
 		return ev, fmt.Errorf("fast path event with action %d", ev.Action)
@@ -502,7 +708,7 @@ func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision
 	fp.exesMu.Unlock()
 	d := Decision{
 		Time: wallAtBoot.Add(time.Duration(ev.BootNs)), PID: int32(ev.Pid), UID: int32(k.Uid), Exe: exe,
-		Remote: netip.AddrPortFrom(addr, k.Port), Action: engine.Allow, RuleID: engine.RuleID(ev.RuleId),
+		Protocol: engine.Protocol(k.Proto), Remote: netip.AddrPortFrom(addr, k.Port), Action: engine.Allow, RuleID: engine.RuleID(ev.RuleId),
 	}
 	if ev.Action == actReject {
 		d.Action = engine.Reject
@@ -516,6 +722,10 @@ func (fp *FastPath) Stats() Stats {
 	s := Stats{
 		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(), BadEvents: fp.badEvents.Load(), StoreErrors: fp.storeErrors.Load(),
 		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
+		UDP: fp.udpOn.Load(), UDPMatch: fp.udpPin,
+	}
+	if !s.UDP {
+		s.UDPWhy, _ = fp.udpWhy.Load().(string)
 	}
 	for i := uint32(0); i < statMax; i++ {
 		var per []uint64
@@ -548,6 +758,12 @@ func (fp *FastPath) Stats() Stats {
 		s.Entries++
 	}
 	return s
+}
+
+// sameFile reports whether a and b name the same file.
+func sameFile(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // cgroup2Root finds the root of the cgroup v2 hierarchy.

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -414,5 +415,101 @@ func BenchmarkRemember(b *testing.B) {
 		if ok, err := fp.Remember(tk, r, v); !ok {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestUDPStored: Open pins the UDP match program; UDP allows are stored only once
+// the ruleset runs it (SetUDP), UDP denies and forwarded connections never; Close
+// removes the pin unless told to keep it.
+func TestUDPStored(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	pins := t.TempDir()
+	fp, err := Open(Config{CgroupPath: cg, PinDir: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := fp.UDPMatch()
+	if pin == "" {
+		t.Fatalf("no UDP match pinned: %+v", fp.Stats())
+	}
+	prog, err := ebpf.LoadPinnedProgram(pin, nil)
+	if err != nil {
+		t.Fatalf("load the pinned UDP match: %v", err)
+	}
+	if prog.Type() != ebpf.SocketFilter {
+		t.Errorf("pinned program type %v, want a socket filter (xt_bpf)", prog.Type())
+	}
+	prog.Close()
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}, {ID: 2, Action: engine.Deny}})
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := netip.MustParseAddrPort("127.0.0.1:53")
+	udp := func() *engine.Request { r := req(c, dst); r.Protocol = engine.UDP; return r }
+	if ok, _ := fp.Remember(fp.Ticket(), udp(), ruleVerdict(engine.Allow, 1)); ok {
+		t.Error("a UDP allow was stored before the ruleset runs the UDP match")
+	}
+	if s := fp.Stats(); s.UDP || s.UDPWhy == "" || s.UDPMatch != pin {
+		t.Errorf("stats before SetUDP: %+v", s)
+	}
+	fp.SetUDP(nil)
+	if ok, err := fp.Remember(fp.Ticket(), udp(), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Errorf("a UDP allow was not stored: %v, %v", ok, err)
+	}
+	fwd := udp()
+	fwd.Netns = "container"
+	for name, tc := range map[string]struct {
+		r *engine.Request
+		v engine.Verdict
+	}{"deny": {udp(), ruleVerdict(engine.Deny, 2)}, "forwarded": {fwd, ruleVerdict(engine.Allow, 1)}} {
+		if ok, _ := fp.Remember(fp.Ticket(), tc.r, tc.v); ok {
+			t.Errorf("%s: stored", name)
+		}
+	}
+	if s := fp.Stats(); !s.UDP || s.UDPWhy != "" || s.Entries != 1 {
+		t.Errorf("stats after SetUDP: %+v", s)
+	}
+	fp.Close()
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Errorf("the pin is still there after Close: %v", err)
+	}
+
+	kept, err := Open(Config{CgroupPath: cg, PinDir: pins, KeepPin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept.Close()
+	if _, err := os.Stat(kept.UDPMatch()); err != nil {
+		t.Errorf("KeepPin: the pin is gone after Close: %v", err)
+	}
+	os.Remove(kept.UDPMatch())
+	unix.Unmount(pins, unix.MNT_DETACH)
+}
+
+// TestRemovePins: a daemon frees the pins of daemons gone (their rules were
+// replaced), never a live one's; latch cleanup (RemovePin) frees them all.
+func TestRemovePins(t *testing.T) {
+	dir := t.TempDir()
+	self := fmt.Sprintf("%s%d", pinPrefix, os.Getpid())
+	for _, name := range []string{pinPrefix + "999999999", self, "other"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if removed, err := removePins(dir, processGone); !removed || err != nil {
+		t.Fatalf("removePins: %v, %v", removed, err)
+	}
+	for name, want := range map[string]bool{pinPrefix + "999999999": false, self: true, "other": true} {
+		if _, err := os.Stat(filepath.Join(dir, name)); (err == nil) != want {
+			t.Errorf("%s: there %t, want %t", name, err == nil, want)
+		}
+	}
+	if removed, err := RemovePin(dir); !removed || err != nil {
+		t.Fatalf("RemovePin: %v, %v", removed, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, self)); err == nil {
+		t.Error("RemovePin left a pin")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "other")); err != nil {
+		t.Error("RemovePin removed a file that is no pin")
 	}
 }

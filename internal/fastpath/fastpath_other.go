@@ -20,6 +20,8 @@ type Config struct {
 	MaxEntries int
 	TTL        time.Duration
 	RingBytes  int
+	PinDir     string
+	KeepPin    bool
 }
 
 // FastPath is the kernel fast path; there is none on this system.
@@ -30,13 +32,14 @@ type Ticket struct{}
 
 // Decision is one connection the fast path decided in the kernel.
 type Decision struct {
-	Time   time.Time
-	PID    int32
-	UID    int32
-	Exe    string
-	Remote netip.AddrPort
-	Action engine.Action
-	RuleID engine.RuleID
+	Time     time.Time
+	PID      int32
+	UID      int32
+	Exe      string
+	Protocol engine.Protocol
+	Remote   netip.AddrPort
+	Action   engine.Action
+	RuleID   engine.RuleID
 }
 
 // Open fails with ErrUnsupported.
@@ -59,6 +62,15 @@ func (*FastPath) Offer(Ticket, *engine.Request, engine.Verdict) {}
 
 // Run returns at once.
 func (*FastPath) Run(context.Context, func(Decision)) error { return nil }
+
+// RemovePin does nothing.
+func RemovePin(string) (bool, error) { return false, nil }
+
+// UDPMatch returns "".
+func (*FastPath) UDPMatch() string { return "" }
+
+// SetUDP does nothing.
+func (*FastPath) SetUDP(error) {}
 
 // Stats returns the zero Stats.
 func (*FastPath) Stats() Stats { return Stats{} }

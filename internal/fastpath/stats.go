@@ -16,7 +16,10 @@ type Stats struct {
 	Entries     int    `json:"entries"`      // entries in the map (live or stale)
 	MaxEntries  int    `json:"max_entries"`
 	Generation  uint64 `json:"generation"`
-	Cacheable   bool   `json:"cacheable"`        // the rules in force allow caching
-	Why         string `json:"why,omitempty"`    // why not
-	Cgroup      string `json:"cgroup,omitempty"` // where the hooks are attached
+	Cacheable   bool   `json:"cacheable"`           // the rules in force allow caching
+	Why         string `json:"why,omitempty"`       // why not
+	Cgroup      string `json:"cgroup,omitempty"`    // where the hooks are attached
+	UDP         bool   `json:"udp"`                 // UDP flows are decided too (the ruleset runs the UDP match)
+	UDPWhy      string `json:"udp_why,omitempty"`   // why not
+	UDPMatch    string `json:"udp_match,omitempty"` // the pinned UDP match program
 }

@@ -635,15 +635,36 @@ type programBytes struct {
 // writeItems inserts the batch's connections and applies its traffic reports, in
 // order, within tx. A batch's reports add one traffic row per program.
 func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
-	insert, err := tx.Prepare(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
-		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		identity, container, identity_note, host_source, note,
-		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return err
+	// Connections go in with multi-row INSERTs of up to insertRows rows: one
+	// statement per row cost the writer about as much as the rows themselves.
+	var rows []any
+	var insert *sql.Stmt
+	defer func() {
+		if insert != nil {
+			insert.Close()
+		}
+	}()
+	flush := func(all bool) error {
+		for len(rows) >= insertRows*insertCols || all && len(rows) > 0 {
+			k := min(len(rows)/insertCols, insertRows)
+			var err error
+			if k == insertRows {
+				if insert == nil {
+					if insert, err = tx.Prepare(insertConns(insertRows)); err != nil {
+						return err
+					}
+				}
+				_, err = insert.Exec(rows[:k*insertCols]...)
+			} else {
+				_, err = tx.Exec(insertConns(k), rows[:k*insertCols]...)
+			}
+			if err != nil {
+				return err
+			}
+			rows = rows[k*insertCols:]
+		}
+		return nil
 	}
-	defer insert.Close()
 	var update *sql.Stmt
 	programs := map[programKey]*programBytes{}
 	// A report about a connection of this same batch sets the row's totals before
@@ -664,6 +685,7 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 				if err := h.ensureTrafficTable(tx); err != nil {
 					return err
 				}
+				var err error
 				if update, err = tx.Prepare(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
 					return err
 				}
@@ -694,16 +716,20 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 		}
 		c := &it.conn
 		r := &c.Request
-		if _, err := insert.Exec(c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
+		rows = append(rows, c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
 			addrString(r.Local.Addr()), int(r.Local.Port()),
 			addrString(r.Remote.Addr()), int(r.Remote.Port()),
 			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
 			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note,
 			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns,
-			c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents)); err != nil {
+			c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents))
+		if err := flush(false); err != nil {
 			return err
 		}
+	}
+	if err := flush(true); err != nil {
+		return err
 	}
 	for k, p := range programs {
 		if _, err := tx.Exec(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -712,6 +738,30 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 		}
 	}
 	return nil
+}
+
+// Multi-row inserts of connections: insertCols values per row, at most insertRows
+// rows per statement (SQLite allows 32766 variables).
+const (
+	insertCols = 30
+	insertRows = 64
+)
+
+// insertConns returns an INSERT of n connection rows.
+func insertConns(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
+		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
+		identity, container, identity_note, host_source, note,
+		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents) VALUES `)
+	row := "(" + strings.Repeat("?, ", insertCols-1) + "?)"
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+	return b.String()
 }
 
 // ensureTrafficTable creates the traffic table and its index if they are not there.

@@ -289,8 +289,9 @@ func TestFastPathDenyRuleStopsCachedAllow(t *testing.T) {
 
 // TestFastPathMissesCopyAndUnruled: a copy of a ruled program at another path, and
 // the ruled program to a destination no rule names, are still held and asked (the
-// question times out to the default, deny); UDP goes through the queue as before;
-// IPv6 is served like IPv4.
+// question times out to the default, deny); UDP is decided by the rule, through
+// the queue first, then in the kernel (see fastpath_udp_test.go); IPv6 is served
+// like IPv4.
 func TestFastPathMissesCopyAndUnruled(t *testing.T) {
 	n := NewNet(t)
 	n.Serve(t, 8305)
@@ -349,9 +350,9 @@ func TestFastPathMissesCopyAndUnruled(t *testing.T) {
 			t.Errorf("UDP exchange %d: %+v", i, r)
 		}
 	}
-	for _, c := range connsTo(t, d, 8307, 3) {
-		if c["reason"] != "rule" {
-			t.Errorf("UDP history row %v: want reason rule (UDP is decided through the queue)", c)
+	for i, c := range connsTo(t, d, 8307, 3) {
+		if (i == 0 && c["reason"] != "rule") || (c["reason"] != "rule" && c["reason"] != "fast-path") || num(c["rule_id"]) == 0 {
+			t.Errorf("UDP history row %d %v: want the rule's id, reason rule first (the queue), then rule or fast-path", i, c)
 		}
 	}
 	for i, r := range results(t, n.inCgroup(t, cgfd, helperBin, "connects", "["+s6+"]:8308", "3", "10s")) {

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 //
 // latch's kernel fast path: cgroup connect4/connect6 hooks that decide a TCP
-// connection from an earlier decision of a rule, so that it never crosses to user
-// space. See doc.go for what enters the map and why the cache is exact.
+// connection from an earlier decision of a rule, and a socket filter that the
+// ruleset's xt_bpf match runs on the first datagram of a UDP flow, so that neither
+// crosses to user space. See doc.go for what enters the map and why the cache is
+// exact.
 //
 // Built by `go generate` (bpf2go, clang); the objects are committed.
 
@@ -15,6 +17,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 #define SOL_SOCKET 1
 #define SO_MARK 36
 
@@ -57,7 +60,7 @@ struct fp_key {
 	__u32 uid;        // the socket's owner (what NFQUEUE reports)
 	__u16 port;       // remote port, host order
 	__u8 family;      // 4 or 6
-	__u8 proto;       // IPPROTO_TCP
+	__u8 proto;       // IPPROTO_TCP or IPPROTO_UDP
 	__u8 addr[16];    // remote address: IPv4 in the first 4 bytes, network order
 };
 
@@ -72,7 +75,6 @@ struct fp_verdict {
 struct fp_event {
 	__u64 boot_ns;
 	__u64 rule_id;
-	__u64 cookie;
 	struct fp_key key;
 	__u32 pid;
 	__u32 action;
@@ -92,6 +94,18 @@ struct {
 	__type(value, __u64);
 } generation SEC(".maps");
 
+// CLOCK_BOOTTIME of the daemon's last sign of life (it writes it every second):
+// the UDP match, which the ruleset keeps running after the daemon is gone, stops
+// matching ALIVE_NS after it.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} alive SEC(".maps");
+
+#define ALIVE_NS (5ULL * 1000 * 1000 * 1000)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -109,6 +123,14 @@ struct {
 // daemon's. Set by the loader; the hooks leave every other namespace's sockets
 // alone, so daemons in other namespaces (containers, tests) keep their own.
 volatile const __u64 netns_cookie = 0;
+
+// The cgroup v2 the connect hooks are attached to, for the UDP match (which the
+// ruleset runs for the whole network namespace) to serve only its processes too;
+// 0: every process (the hooks are on the root). Set by the loader.
+volatile const __u64 udp_cgroup = 0;
+
+// Cgroup levels the UDP match looks up for udp_cgroup.
+#define MAX_CGROUP_LEVELS 32
 
 // Keeps fp_event in the object's BTF for bpf2go's -type.
 const struct fp_event *unused_event __attribute__((unused));
@@ -152,6 +174,41 @@ static __always_inline void set_mark(struct bpf_sock_addr *ctx, __u32 m)
 	int v = (int)(((__u32)cur & ~MARK_MASK) | m);
 	if (v != cur)
 		bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
+}
+
+// lookup finds the verdict for key: its action if the entry is of the current rule
+// generation and has not expired (counted as a hit and sent to the ring buffer),
+// 0 otherwise (counted as a miss or a stale entry).
+static __always_inline __u32 lookup(struct fp_key *key)
+{
+	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, key);
+	if (!v) {
+		count(STAT_MISS);
+		return 0;
+	}
+	__u32 zero = 0;
+	__u64 *gen = bpf_map_lookup_elem(&generation, &zero);
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 vgen = v->gen, expires = v->expires_ns, rule = v->rule_id;
+	__u32 action = v->action;
+	if (!gen || vgen != *gen || now >= expires || (action != ACT_ALLOW && action != ACT_REJECT)) {
+		count(STAT_STALE);
+		return 0;
+	}
+	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
+	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RING_LOST);
+		return action;
+	}
+	e->boot_ns = now;
+	e->rule_id = rule;
+	e->key = *key;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->action = action;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return action;
 }
 
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
@@ -198,37 +255,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		set_mark(ctx, 0);
 		return 1;
 	}
-	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, &key);
-	if (!v) {
-		count(STAT_MISS);
-		set_mark(ctx, 0);
-		return 1;
-	}
-	__u32 zero = 0;
-	__u64 *gen = bpf_map_lookup_elem(&generation, &zero);
-	__u64 now = bpf_ktime_get_boot_ns();
-	__u64 vgen = v->gen, expires = v->expires_ns, rule = v->rule_id;
-	__u32 action = v->action;
-	if (!gen || vgen != *gen || now >= expires || (action != ACT_ALLOW && action != ACT_REJECT)) {
-		count(STAT_STALE);
+	__u32 action = lookup(&key);
+	if (!action) {
 		set_mark(ctx, 0);
 		return 1;
 	}
 	set_mark(ctx, action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
-	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
-	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(STAT_RING_LOST);
-		return 1;
-	}
-	e->boot_ns = now;
-	e->rule_id = rule;
-	e->cookie = bpf_get_socket_cookie(ctx);
-	e->key = key;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->action = action;
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 1;
 }
 
@@ -242,6 +274,90 @@ SEC("cgroup/connect6")
 int latch_fast_connect6(struct bpf_sock_addr *ctx)
 {
 	return decide(ctx, 6);
+}
+
+
+// The first datagram of a UDP flow, from the ruleset's xt_bpf match in the output
+// chain (only for a new flow whose conntrack mark nothing set): 1 (match: the
+// ruleset allows the flow as an allow verdict from the queue would) if the sending
+// task's executable, the socket's owner and the destination of the datagram have
+// an allow entry of the current rule generation that has not expired; 0 (the
+// datagram goes to the queue) otherwise. Netfilter runs the output chain in the
+// context of the task whose sendmsg built the datagram, so the executable is the
+// sender's, whoever created or connected the socket. A deny or reject entry is no
+// match: the queue decides those datagrams (see doc.go).
+SEC("socket")
+int latch_fast_udp(struct __sk_buff *skb)
+{
+	struct fp_key key = {};
+	key.proto = IPPROTO_UDP;
+	__u8 h[40];
+	if (bpf_skb_load_bytes_relative(skb, 0, h, 1, BPF_HDR_START_NET))
+		return 0;
+	__u32 l4;
+	if ((h[0] >> 4) == 4) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 20, BPF_HDR_START_NET))
+			return 0;
+		// UDP, and not a later fragment (those carry no port).
+		if (h[9] != IPPROTO_UDP || ((h[6] & 0x1f) | h[7]) != 0)
+			return 0;
+		l4 = (h[0] & 0xf) * 4;
+		if (l4 < 20)
+			return 0;
+		key.family = 4;
+		__builtin_memcpy(key.addr, h + 16, 4);
+	} else if ((h[0] >> 4) == 6) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 40, BPF_HDR_START_NET))
+			return 0;
+		// UDP right after the fixed header: with extension headers the queue
+		// decides.
+		if (h[6] != IPPROTO_UDP)
+			return 0;
+		l4 = 40;
+		key.family = 6;
+		__builtin_memcpy(key.addr, h + 24, 16);
+	} else {
+		return 0;
+	}
+	__u16 dport;
+	if (bpf_skb_load_bytes_relative(skb, l4 + 2, &dport, 2, BPF_HDR_START_NET))
+		return 0;
+	key.port = bpf_ntohs(dport);
+	// A datagram of a local socket only (the uid NFQUEUE reports is its owner's).
+	if (bpf_get_socket_cookie(skb) == 0) {
+		count(STAT_NO_IDENTITY);
+		return 0;
+	}
+	// Only the processes the connect hooks serve (Config.CgroupPath).
+	if (udp_cgroup) {
+		int in = 0;
+		for (int i = 0; i < MAX_CGROUP_LEVELS; i++) {
+			__u64 id = bpf_get_current_ancestor_cgroup_id(i);
+			if (id == udp_cgroup) {
+				in = 1;
+				break;
+			}
+			if (id == 0)
+				break;
+		}
+		if (!in)
+			return 0;
+	}
+	// A daemon that died (fail-closed) leaves this program in its ruleset: the
+	// queue, without a reader, then decides (drops) again, as for TCP, whose
+	// hooks went with the daemon.
+	__u32 zero = 0;
+	__u64 *seen = bpf_map_lookup_elem(&alive, &zero);
+	if (!seen || bpf_ktime_get_boot_ns() - *seen > ALIVE_NS) {
+		count(STAT_STALE);
+		return 0;
+	}
+	key.uid = bpf_get_socket_uid(skb);
+	if (!identify(&key)) {
+		count(STAT_NO_IDENTITY);
+		return 0;
+	}
+	return lookup(&key) == ACT_ALLOW;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

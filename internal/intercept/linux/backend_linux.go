@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,8 @@ type Backend struct {
 	holds   map[uint32]*hold
 
 	flows *flowTable
+
+	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
 
 	held, allowed, denied, rejected, dropped   atomic.Uint64
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
@@ -142,6 +145,33 @@ func (b *Backend) DNSStats() *dnsname.Stats {
 	return &s
 }
 
+// safePinPath reports whether p can go into a ruleset as it is.
+func safePinPath(p string) bool {
+	if p == "" || len(p) >= xtBPFPathMax {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._/+-", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// FastUDP reports whether the installed ruleset runs Config.FastUDPMatch: nil if it
+// does, else why not (none configured, not installed yet, or the firewall refused
+// it).
+func (b *Backend) FastUDP() error {
+	if b.cfg.FastUDPMatch == "" {
+		return errors.New("no UDP match configured")
+	}
+	p := b.fastUDPErr.Load()
+	if p == nil {
+		return errors.New("the ruleset is not installed yet")
+	}
+	return *p
+}
+
 // Name says which mechanism is in use, e.g. "nfqueue/iptables-nft".
 func (b *Backend) Name() string { return "nfqueue/" + b.fw.name() }
 
@@ -173,7 +203,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		return fmt.Errorf("linux backend: %w", err)
 	}
 	b.q.Store(q)
-	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback, forward: b.cfg.Forward}
+	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback, forward: b.cfg.Forward, fastUDP: b.cfg.FastUDPMatch}
 	if b.cfg.Hostnames != nil {
 		spec.dnsLogGroup = b.cfg.DNSLogGroup
 		if spec.dnsLogGroup == 0 {
@@ -190,7 +220,30 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 			evfd = -1
 		}
 	}
-	if err := b.fw.install(spec); err != nil {
+	if spec.fastUDP != "" && !safePinPath(spec.fastUDP) {
+		// It goes into iptables-restore's input unquoted.
+		perr := fmt.Errorf("%w: its pinned path %q has characters other than letters, digits and ._/+-", errFastUDP, spec.fastUDP)
+		b.fastUDPErr.Store(&perr)
+		b.cfg.Logf("%v; UDP flows go through the queue", perr)
+		spec.fastUDP = ""
+	}
+	err = b.fw.install(spec)
+	if err != nil && spec.fastUDP != "" {
+		// Without the fast path's UDP match (no xt_bpf, say) UDP goes through
+		// the queue as before: say why, and install what works.
+		b.fastUDPErr.Store(&err)
+		b.cfg.Logf("%v; UDP flows go through the queue", err)
+		if !errors.Is(err, errFastUDP) {
+			spec.fastUDP = ""
+			err = b.fw.install(spec)
+		} else {
+			err = nil
+		}
+	} else if spec.fastUDP != "" {
+		var none error
+		b.fastUDPErr.Store(&none)
+	}
+	if err != nil {
 		if evfd >= 0 {
 			unix.Close(evfd)
 		}

@@ -13,7 +13,12 @@
 // DNSLogGroup. Then, in order, LATCH-OUT:
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
-//     (skb mark OwnMark, set with SO_MARK by Control);
+//     (skb mark OwnMark, set with SO_MARK by Control); with Config.FastUDPMatch,
+//     gives the first datagram of a UDP flow (conntrack NEW, conntrack mark and
+//     packet mark without latch's bits) MarkAllow when the kernel fast path's UDP
+//     match (xt_bpf; for native nftables a rule in chain udpfast, added over
+//     netlink because nft cannot write it, whose match goes to udpfast_allow)
+//     accepts it, so that 2 decides the flow as for an allow verdict;
 //  2. for a packet coming back from an allow verdict (mark MarkAllow, NF_REPEAT): saves
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
@@ -293,6 +298,12 @@ type Config struct {
 	// TrafficInterval if shorter). With events the table is read every
 	// TrafficInterval.
 	TrafficPoll time.Duration
+	// FastUDPMatch is the pinned socket filter program of the kernel fast path's
+	// UDP match (internal/fastpath, FastPath.UDPMatch); "": none. The output chain
+	// runs it (an xt_bpf match) on the first datagram of every UDP flow that no
+	// verdict marked yet, and a match decides the flow as an allow from the queue
+	// does. Backend.FastUDP says whether the ruleset has it.
+	FastUDPMatch string
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,

@@ -18,6 +18,9 @@ const (
 	chainIn  = "LATCH-IN"
 	chainFwd = "LATCH-FWD"
 	nftTable = "latch" // family inet
+	// Chains of table inet latch for the kernel fast path's UDP match.
+	nftUDPFast      = "udpfast"
+	nftUDPFastAllow = "udpfast_allow"
 )
 
 // ruleSpec is what the ruleset must do.
@@ -28,6 +31,9 @@ type ruleSpec struct {
 	exemptLoopback bool
 	dnsLogGroup    uint16 // NFLOG group DNS queries and responses are copied to; 0: none
 	forward        bool   // also hold forwarded connections (LATCH-FWD)
+	// fastUDP is the pinned socket filter program of the kernel fast path's UDP
+	// match (Config.FastUDPMatch); "": none.
+	fastUDP string
 }
 
 // input says whether the ruleset needs the INPUT chain: to hold inbound connections,
@@ -47,6 +53,10 @@ func (spec ruleSpec) holdReplies(out bool) bool { return out && !spec.inbound }
 // TCP connection), so they are not held as connectionless replies: SCTP (132) and
 // DCCP (33).
 var connectionOriented = []int{132, 33}
+
+// errFastUDP wraps install's error when only the kernel fast path's UDP match could
+// not be added: the rest of the ruleset is in place.
+var errFastUDP = errors.New("the fast path's UDP match is not in the ruleset")
 
 // firewall installs and removes latch's ruleset with one mechanism.
 type firewall interface {
@@ -256,6 +266,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		}
 		if out {
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, OwnMark)
+		}
+		if out && spec.fastUDP != "" {
+			// The first datagram of a UDP flow nothing decided yet, not back from a
+			// verdict: the kernel fast path's match (Config.FastUDPMatch) gives it
+			// MarkAllow when a rule allowed its program's datagrams to its
+			// destination under the rules in force, and the next two rules decide
+			// the flow as they decide an allow from the queue.
+			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
+				name, MarkMask, MarkMask, spec.fastUDP, MarkAllow, MarkMask)
 		}
 		fmt.Fprintf(&b, "-A %s %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x\n", name, allow, MarkMask, MarkMask)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
@@ -563,6 +582,13 @@ func (spec ruleSpec) nftRules() string {
 		q += " bypass"
 	}
 	fmt.Fprintf(&b, "add table inet %s\n", nftTable)
+	if spec.fastUDP != "" {
+		// Decided as an allow from the queue is (the rule after "own mark").
+		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPFast)
+		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPFastAllow)
+		fmt.Fprintf(&b, "add rule inet %s %s meta mark set meta mark & %#x | %#x ct mark set ct mark & %#x | %#x accept\n",
+			nftTable, nftUDPFastAllow, ^MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+	}
 	chain := func(name, hook, lo string, out bool) {
 		// Priority filter - 1: before iptables-nft's filter chains, like the first
 		// position in OUTPUT. Accept here ends only this chain; later base chains
@@ -578,6 +604,12 @@ func (spec ruleSpec) nftRules() string {
 		}
 		if out {
 			r("meta mark & %#x == %#x accept", OwnMark, OwnMark)
+		}
+		if out && spec.fastUDP != "" {
+			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
+			// write: chain udpfast gets it over netlink (addNftBPFMatch), with a goto
+			// to udpfast_allow on a match.
+			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, nftUDPFast)
 		}
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
@@ -654,6 +686,12 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 		return fmt.Errorf("install nftables ruleset: %w", err)
 	}
 	fw.installed = true
+	if spec.fastUDP != "" {
+		// Until this rule is in, UDP goes through the queue as without it.
+		if err := addNftBPFMatch(nftTable, nftUDPFast, nftUDPFastAllow, spec.fastUDP); err != nil {
+			return fmt.Errorf("%w: %w", errFastUDP, err)
+		}
+	}
 	return nil
 }
 

@@ -402,6 +402,7 @@ func runChild(mode string) int {
 	cfg.Inbound = os.Getenv("LATCH_TEST_INBOUND") != ""
 	cfg.Forward = os.Getenv("LATCH_TEST_FORWARD") != ""
 	cfg.Firewall = os.Getenv("LATCH_TEST_FIREWALL")
+	cfg.FastUDPMatch = os.Getenv("LATCH_TEST_FAST_UDP")
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
 		var err error
@@ -453,6 +454,18 @@ func runChild(mode string) int {
 		return 1
 	}
 	say("backend %s", b.Name())
+	if cfg.FastUDPMatch != "" {
+		go func() {
+			// The ruleset is installed once Ready has been said.
+			for i := 0; i < 300; i++ {
+				if err := b.FastUDP(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
+					say("fast-udp %v", err)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
 	policy, err := parsePolicy(os.Getenv("LATCH_TEST_POLICY"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -6,6 +6,13 @@
 //	e2ehelper serve-udp ADDR        echo UDP datagrams and print "datagram N" for each
 //	e2ehelper connect ADDR TIMEOUT  one TCP connect; prints a JSON result line
 //	e2ehelper udp ADDR TIMEOUT      one UDP exchange; prints a JSON result line
+//	e2ehelper udp-unconnected ADDR TIMEOUT  the same from an unconnected socket (sendto)
+//	e2ehelper udp-on-line ADDR TIMEOUT  one UDP exchange (a new socket) per line read on stdin,
+//	                                from an unconnected socket if the line is "unconnected"
+//	e2ehelper udp-flood-log ADDR N CONC DUR  N datagrams (or for DUR), each from a new socket,
+//	                                from CONC workers; {"connected_at": UNIX_NS} for each answered, then a summary
+//	e2ehelper udp-connect-exec ADDR PROG TIMEOUT  connect a UDP socket, then exec PROG send-fd-now
+//	                                ADDR TIMEOUT with it as fd 3 (one exchange on it, at once)
 //	e2ehelper flood ADDR N CONC TIMEOUT  N TCP connects from CONC workers; prints a JSON summary
 //	e2ehelper flood-log-for ADDR CONC DUR  TCP connects for DUR; a line per connection through (its start time)
 //	e2ehelper hold-many IP PORT N TIMEOUT  TCP connects to IP:PORT, IP:PORT+1, ... IP:PORT+N-1,
@@ -119,6 +126,24 @@ func main() {
 		emit(sendFD(duration(3)))
 	case "udp":
 		emit(udp(addr, duration(3)))
+	case "udp-on-line":
+		// One exchange (a new flow) per line read on stdin, until EOF: from an
+		// unconnected socket if the line says "unconnected".
+		for sc := bufio.NewScanner(os.Stdin); sc.Scan(); {
+			if sc.Text() == "unconnected" {
+				emit(udpUnconnected(addr, duration(3)))
+			} else {
+				emit(udp(addr, duration(3)))
+			}
+		}
+	case "udp-unconnected":
+		emit(udpUnconnected(addr, duration(3)))
+	case "udp-flood-log":
+		udpFloodLog(addr, atoi(3), atoi(4), duration(5))
+	case "udp-connect-exec":
+		udpConnectExec(addr, arg(3), arg(4))
+	case "send-fd-now":
+		emit(udpExchange(func() (net.Conn, error) { return net.FileConn(os.NewFile(3, "socket")) }, duration(3)))
 	case "flood":
 		flood(addr, atoi(3), atoi(4), duration(5))
 	case "latency":
@@ -343,6 +368,88 @@ func udpExchange(open func() (net.Conn, error), timeout time.Duration) Result {
 		r.Error = err.Error()
 	}
 	return r
+}
+
+// udpUnconnected makes one UDP exchange from an unconnected socket (sendto).
+func udpUnconnected(addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	to, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	network := "udp4"
+	if to.IP.To4() == nil {
+		network = "udp6"
+	}
+	pc, err := net.ListenUDP(network, nil)
+	if err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+		return r
+	}
+	defer pc.Close()
+	r.Local = pc.LocalAddr().String()
+	pc.SetDeadline(time.Now().Add(timeout))
+	if _, err = pc.WriteTo([]byte("ping"), to); err == nil {
+		_, _, err = pc.ReadFrom(make([]byte, 64))
+	}
+	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
+	if err != nil {
+		r.Error = err.Error()
+	}
+	return r
+}
+
+// udpFloodLog sends datagrams, each from a new socket (a new flow), from conc
+// workers until n were sent or dur passed; for each one answered (within 300ms) it
+// prints {"connected_at": UNIX_NS} with the time just before its send, then a JSON
+// summary.
+func udpFloodLog(addr string, n, conc int, dur time.Duration) {
+	var res FloodResult
+	var next int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			for atomic.AddInt64(&next, 1) <= int64(n) && time.Since(start) < dur {
+				c, err := net.Dial("udp", addr)
+				if err != nil {
+					mu.Lock()
+					res.Other++
+					mu.Unlock()
+					continue
+				}
+				c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+				began := time.Now().UnixNano()
+				_, err = c.Write([]byte("ping"))
+				if err == nil {
+					_, err = c.Read(buf)
+				}
+				c.Close()
+				mu.Lock()
+				res.Attempts++
+				switch classify(err) {
+				case "connected":
+					res.Connected++
+					fmt.Printf("{\"connected_at\":%d}\n", began)
+				case "refused":
+					res.Refused++
+				case "timeout":
+					res.Timeout++
+				default:
+					res.Other++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.Seconds = time.Since(start).Seconds()
+	emit(res)
 }
 
 // shareUDP makes a connected UDP socket that two children inherit: this program,

@@ -1,0 +1,341 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/latchfw/latch/test/nettest"
+)
+
+// udpStatus is the UDP part of latch status's fast_path.
+type udpStatus struct {
+	UDP    bool   `json:"udp"`
+	UDPWhy string `json:"udp_why"`
+}
+
+func (d *Daemon) fastPathUDP(t *testing.T) udpStatus {
+	t.Helper()
+	var st struct {
+		FastPath *udpStatus `json:"fast_path"`
+	}
+	if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &st); err != nil || st.FastPath == nil {
+		t.Fatalf("status fast_path: %v", err)
+	}
+	return *st.FastPath
+}
+
+// addIPv6 gives the client and server namespaces IPv6 addresses of their own and
+// returns the server's.
+func addIPv6(t *testing.T, n *Net) string {
+	t.Helper()
+	id := strings.TrimPrefix(n.Client, "latch-c")
+	_, nth, _ := strings.Cut(id, "-")
+	k, _ := strconv.Atoi(nth)
+	sub := fmt.Sprintf("fd00:19:%x:%x", os.Getpid()%0xffff, k%0xffff)
+	c6, s6 := sub+"::1", sub+"::2"
+	for _, args := range [][]string{
+		{"-n", n.Client, "addr", "add", c6 + "/64", "dev", "lc" + id, "nodad"},
+		{"-n", n.Server, "addr", "add", s6 + "/64", "dev", "ls" + id, "nodad"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	return s6
+}
+
+// udpClient runs e2ehelper udp-on-line in the client namespace, inside the
+// cgroup fd, and returns a function that makes one exchange (a new flow) from a
+// connected socket, or an unconnected one, and its result. One process makes them
+// all: the kernel's key has the mount the executable runs from, and each `ip
+// netns exec` makes new mounts (whose ids may or may not be the last one's).
+func udpClient(t *testing.T, n *Net, cgfd int, addr string) func(unconnected bool) Result {
+	t.Helper()
+	cmd := nettest.Command(n.Client, helperBin, "udp-on-line", addr, "2s")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outp, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+	lines := bufio.NewScanner(outp)
+	return func(unconnected bool) Result {
+		t.Helper()
+		l := "connected\n"
+		if unconnected {
+			l = "unconnected\n"
+		}
+		if _, err := in.Write([]byte(l)); err != nil {
+			t.Fatal(err)
+		}
+		if !lines.Scan() {
+			t.Fatalf("the UDP client ended: %v", lines.Err())
+		}
+		return results(t, lines.Text())[0]
+	}
+}
+
+// TestFastPathUDP: after a rule allowed a program's UDP flow once through the queue,
+// the first datagram of its next flows is decided in the kernel, over IPv4 and
+// IPv6, from connected and unconnected sockets; each flow gets through, and the
+// history has one row per flow with the rule's id. A deny rule's datagrams do not
+// get through.
+func TestFastPathUDP(t *testing.T) {
+	n := NewNet(t)
+	srv := n.ServeUDP(t, 8321)
+	deny := n.ServeUDP(t, 8323)
+	s6 := addIPv6(t, n)
+	srv6 := n.Start(n.Server, helperBin, "serve-udp", "["+s6+"]:8322")
+	srv6.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	if u := d.fastPathUDP(t); !u.UDP {
+		t.Fatalf("the fast path does not serve UDP: %s", u.UDPWhy)
+	}
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8321", "--action", "allow")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8322", "--action", "allow")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8323", "--action", "deny")
+
+	const flows = 6 // per kind: connected and unconnected
+	for _, dst := range []struct {
+		addr string
+		port int
+	}{{n.ServerIP + ":8321", 8321}, {"[" + s6 + "]:8322", 8322}} {
+		exchange := udpClient(t, n, cgfd, dst.addr)
+		for _, unconnected := range []bool{false, true} {
+			for i := 0; i < flows; i++ {
+				if r := exchange(unconnected); r.Outcome != "connected" {
+					t.Errorf("to %s (unconnected %t), flow %d: %+v; want an answer", dst.addr, unconnected, i, r)
+				}
+			}
+		}
+		rows := connsTo(t, d, dst.port, 2*flows)
+		fast := 0
+		for _, c := range rows {
+			if num(c["rule_id"]) == 0 || c["verdict"] != "allow" || c["exe"] != helperBin {
+				t.Errorf("port %d: row %v: want an allow by a rule of %s", dst.port, c, helperBin)
+			}
+			if c["reason"] == "fast-path" {
+				fast++
+				if c["proto"] != "udp" || num(c["pid"]) == 0 {
+					t.Errorf("port %d: fast-path row %v: want proto udp and a pid", dst.port, c)
+				}
+			}
+		}
+		// One row per flow (a flow's later datagrams pass by its conntrack mark);
+		// most but the first were decided in the kernel (the map learns a verdict
+		// just after the queue's verdict went out).
+		if len(rows) != 2*flows || fast < flows {
+			t.Errorf("port %d: %d history rows, %d by the fast path; want %d, at least %d", dst.port, len(rows), fast, 2*flows, flows)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		if r := results(t, n.inCgroup(t, cgfd, helperBin, "udp", n.ServerIP+":8323", "1s"))[0]; r.Outcome == "connected" {
+			t.Errorf("denied UDP exchange %d got an answer: %+v", i, r)
+		}
+	}
+	if got := strings.Count(deny.Output(), "datagram "); got != 0 {
+		t.Errorf("the denied server received %d datagrams", got)
+	}
+	if got := strings.Count(srv.Output(), "datagram "); got != 2*flows {
+		t.Errorf("the IPv4 server received %d datagrams, want %d", got, 2*flows)
+	}
+	fp := d.fastPath(t)
+	t.Logf("fast path: %+v", fp)
+	if fp.HitsAllow < 2*flows || fp.RingLost != 0 {
+		t.Errorf("fast path %+v: want at least %d allows in the kernel", fp, 2*flows)
+	}
+	// A process outside the fast path's cgroup (--fast-path-cgroup) is decided
+	// through the queue, by the same rule.
+	for i := 0; i < 2; i++ {
+		if r := results(t, n.MustExec(t, n.Client, helperBin, "udp", n.ServerIP+":8321", "5s"))[0]; r.Outcome != "connected" {
+			t.Errorf("exchange %d from outside the cgroup: %+v", i, r)
+		}
+	}
+	if after := d.fastPath(t); after.HitsAllow != fp.HitsAllow {
+		t.Errorf("flows from outside the fast path's cgroup were decided in the kernel: hits %d, then %d", fp.HitsAllow, after.HitsAllow)
+	}
+	if out := d.MustCLI(t, "status"); !strings.Contains(out, "fast path udp") || !strings.Contains(out, "decided in the kernel too") {
+		t.Errorf("latch status does not say UDP is served:\n%s", out)
+	}
+}
+
+// TestFastPathUDPDenyFlood: a flood of UDP flows a cached allow lets through; a
+// deny rule added meanwhile stops every datagram sent after `rules add` returned.
+func TestFastPathUDPDenyFlood(t *testing.T) {
+	n := NewNet(t)
+	srv := n.ServeUDP(t, 8324)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8324", "--action", "allow")
+	n.inCgroup(t, cgfd, helperBin, "udp", n.ServerIP+":8324", "5s") // the queue decides, the map learns
+
+	type flood struct {
+		out string
+		err error
+	}
+	done := make(chan flood, 1)
+	cmd := nettest.Command(n.Client, helperBin, "udp-flood-log", n.ServerIP+":8324", "40000", "4", "8s")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+	go func() {
+		out, err := cmd.CombinedOutput()
+		done <- flood{string(out), err}
+	}()
+	for deadline := time.Now().Add(30 * time.Second); strings.Count(srv.Output(), "datagram ") < 300; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the flood did not get going: server received %d", strings.Count(srv.Output(), "datagram "))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8324", "--action", "deny")
+	returned := time.Now().UnixNano()
+	var f flood
+	select {
+	case f = <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("flood did not end")
+	}
+	if f.err != nil {
+		t.Fatalf("flood: %v\n%.2000s", f.err, f.out)
+	}
+	before, after := 0, 0
+	var summary string
+	for _, l := range strings.Split(strings.TrimSpace(f.out), "\n") {
+		var at struct {
+			ConnectedAt int64 `json:"connected_at"`
+		}
+		if json.Unmarshal([]byte(l), &at) != nil || at.ConnectedAt == 0 {
+			summary = l
+			continue
+		}
+		if at.ConnectedAt > returned {
+			after++
+		} else {
+			before++
+		}
+	}
+	fp := d.fastPath(t)
+	t.Logf("flood: %s; %d answered before `rules add` returned, %d after; fast path %+v", summary, before, after, fp)
+	if before == 0 || fp.HitsAllow == 0 {
+		t.Errorf("no cached allow before the deny rule: the flood did not cross the change")
+	}
+	if after != 0 {
+		t.Errorf("%d datagrams sent after the deny rule's `rules add` returned got through", after)
+	}
+}
+
+// TestFastPathUDPMisses: the kernel's UDP decision is the sending program's: a
+// connected UDP socket whose flow conntrack forgot after a rule change is asked
+// again; a socket a ruled program connected and then handed to another program (by
+// exec, or to a child) does not pass by the ruled program's entry.
+func TestFastPathUDPMisses(t *testing.T) {
+	n := NewNet(t)
+	n.ServeUDP(t, 8325)
+	n.ServeUDP(t, 8326)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8325", "--action", "allow")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8326", "--action", "allow")
+	for i := 0; i < 2; i++ {
+		n.inCgroup(t, cgfd, helperBin, "udp", n.ServerIP+":8326", "5s") // cached
+	}
+	copied := filepath.Join(t.TempDir(), "e2ehelper-copy")
+	b, err := os.ReadFile(helperBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(copied, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Connect, then exec another program: its datagram is that program's.
+	if r := results(t, n.inCgroup(t, cgfd, helperBin, "udp-connect-exec", n.ServerIP+":8326", copied, "4s"))[0]; r.Outcome == "connected" || r.Millis < 1500 {
+		t.Errorf("connect-then-exec of a copy: %+v; want held for the question (2s) and no answer", r)
+	}
+	// The ruled program execs itself: the same program sends, the kernel allows.
+	if r := results(t, n.inCgroup(t, cgfd, helperBin, "udp-connect-exec", n.ServerIP+":8326", helperBin, "4s"))[0]; r.Outcome != "connected" {
+		t.Errorf("connect-then-exec of the ruled program: %+v; want an answer", r)
+	}
+	// A socket shared with a child that runs another program.
+	if r := results(t, n.inCgroup(t, cgfd, helperBin, "share-udp", n.ServerIP+":8326", copied, "4s"))[0]; r.Outcome == "connected" {
+		t.Errorf("a copy sending on the ruled program's socket: %+v; want no answer", r)
+	}
+	for _, c := range connsTo(t, d, 8326, 5) {
+		if c["exe"] == copied && (c["reason"] == "fast-path" || c["verdict"] == "allow") {
+			t.Errorf("the copy's datagram was let out: %v", c)
+		}
+	}
+
+	// A connected socket's flow, forgotten by conntrack after a rule change, is
+	// asked again (a mark on the socket would let it pass).
+	stream := n.Start(n.Client, helperBin, "udp-stream", n.ServerIP+":8325")
+	stream.WaitLine(t, 10*time.Second, func(l string) bool { return strings.HasPrefix(l, "reply ") })
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8325", "--action", "deny")
+	n.MustExec(t, n.Client, "conntrack", "-D", "-p", "udp", "--dport", "8325")
+	mark := strings.Count(stream.Output(), "\n")
+	time.Sleep(1500 * time.Millisecond)
+	later := stream.Output()
+	lines := strings.Split(later, "\n")
+	replies := 0
+	for _, l := range lines[min(mark+3, len(lines)):] {
+		if strings.HasPrefix(l, "reply ") {
+			replies++
+		}
+	}
+	if replies != 0 {
+		t.Errorf("the connected socket got %d answers after the deny rule and conntrack -D:\n%s", replies, later)
+	}
+}
+
+// TestFastPathUDPStopsWithTheDaemon: the UDP match stays in a killed fail-closed
+// daemon's ruleset, but stops matching within seconds (the daemon's heartbeat
+// ends), so new UDP flows are dropped like everything else until latch cleanup.
+// (The pin itself went with the daemon's mount namespace, which `ip netns exec`
+// made for it alone; on a host, latch cleanup removes it.) One client process
+// makes every exchange (see udpClient).
+func TestFastPathUDPStopsWithTheDaemon(t *testing.T) {
+	n := NewNet(t)
+	n.ServeUDP(t, 8327)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8327", "--action", "allow")
+	udp := udpClient(t, n, cgfd, n.ServerIP+":8327")
+	exchange := func() Result { t.Helper(); return udp(false) }
+	for i := 0; i < 4; i++ {
+		if r := exchange(); r.Outcome != "connected" {
+			t.Fatalf("exchange %d with the daemon up: %+v", i, r)
+		}
+	}
+	if fp := d.fastPath(t); fp.HitsAllow == 0 {
+		t.Fatalf("no UDP flow was decided in the kernel: %+v", fp)
+	}
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	time.Sleep(6 * time.Second)
+	if r := exchange(); r.Outcome == "connected" {
+		t.Errorf("fail-closed: a new UDP flow got through 6 s after the daemon was killed: %+v", r)
+	}
+	if out, err := n.Exec(n.Client, latchBin, "cleanup", "--state-dir", d.State); err != nil {
+		t.Errorf("latch cleanup: %v\n%s", err, out)
+	}
+	if r := exchange(); r.Outcome != "connected" {
+		t.Errorf("after latch cleanup: %+v", r)
+	}
+}
