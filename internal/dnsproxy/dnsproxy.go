@@ -101,7 +101,10 @@ type Proxy struct {
 	inflight chan struct{} // upstream UDP exchanges under way
 	serving  chan struct{} // UDP queries being answered
 	upstream atomic.Pointer[[]netip.AddrPort]
-	mu       sync.Mutex
+	pool     *socketPool // sockets ready for the first upstream server
+	// releaseFn is release, made once (a method value made per query allocates).
+	releaseFn func()
+	mu        sync.Mutex
 	stats    Stats
 }
 
@@ -164,6 +167,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}
 	p.upstream.Store(&ups)
+	p.pool = newSocketPool(poolSize, p.openUDP, cfg.Logf)
+	p.releaseFn = p.release
 	return p, nil
 }
 
@@ -199,6 +204,8 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 	started := make(chan struct{})
 	tcp.NotifyStartedFunc = func() { close(started) }
 	go func() { errs <- tcp.ActivateAndServe() }()
+	p.pool.start((*p.upstream.Load())[0])
+	defer p.pool.stop()
 	if p.cfg.UpstreamFile != "" {
 		go p.watchUpstream(ctx)
 	}
@@ -271,6 +278,7 @@ func (p *Proxy) watchUpstream(ctx context.Context) {
 			continue
 		}
 		p.upstream.Store(&ups)
+		p.pool.setServer(ups[0])
 		p.cfg.Logf("dns proxy: upstream servers now %s (from %s)", strings.Join(list, ", "), p.cfg.UpstreamFile)
 		if p.cfg.OnUpstream != nil {
 			p.cfg.OnUpstream(list)
@@ -499,8 +507,11 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 		a, err := pending.answer(p, *bp)
 		if err == nil {
 			answer = a
+			// Closed once the answer is out (a system call less before it).
+			defer pending.conn.close()
 			break
 		}
+		pending.conn.close()
 		errs = append(errs, err)
 		pending = send()
 	}

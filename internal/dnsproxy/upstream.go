@@ -100,36 +100,61 @@ type asking struct {
 	deadline time.Time
 }
 
-// ask sends the packed query q to server from a fresh socket (a random source port),
-// under an id of the proxy's own; q is left as it was.
+// ask sends the packed query q to server from a socket of its own (a random source
+// port: a pooled one, else a fresh one), under an id of the proxy's own; q is left as
+// it was.
 func (p *Proxy) ask(q []byte, server netip.AddrPort) (*asking, error) {
 	qend := questionEnd(q)
 	if qend == 0 {
 		return nil, errors.New("not a query with one question")
 	}
+	now := time.Now()
 	a := &asking{server: server, id: queryIDs.next(), clientID: [2]byte{q[0], q[1]}, q: q, qend: qend,
-		deadline: time.Now().Add(p.cfg.Timeout)}
+		deadline: now.Add(p.cfg.Timeout)}
 	binary.BigEndian.PutUint16(q[0:2], a.id)
-	c, err := p.dialUDP(server)
+	err := p.dialUDP(&a.conn, server, now)
 	if err == nil {
-		err = c.send(q, a.deadline)
+		err = a.conn.send(q, a.deadline)
 		if err != nil {
-			c.close()
+			a.conn.close()
 		}
 	}
 	q[0], q[1] = a.clientID[0], a.clientID[1]
 	if err != nil {
 		return nil, errUpstream(server, err)
 	}
-	a.conn = c
 	return a, nil
 }
 
+// dialUDP sets c to a socket connected to server, once one of maxInflight exchanges
+// may start: a pooled socket (anything that reached it while it waited is dropped),
+// else a fresh one.
+func (p *Proxy) dialUDP(c *udpConn, server netip.AddrPort, now time.Time) error {
+	p.inflight <- struct{}{}
+	if pc, ok := p.pool.take(server, now); ok {
+		*c = pc
+		if n := c.drain(); n > 0 {
+			p.count(func(s *Stats) { s.Mismatched += uint64(n) })
+		}
+	} else {
+		fresh, err := p.openUDP(server)
+		if err != nil {
+			<-p.inflight
+			return err
+		}
+		*c = fresh
+	}
+	c.done = p.releaseFn
+	return nil
+}
+
+// release ends one of the exchanges counted in inflight.
+func (p *Proxy) release() { <-p.inflight }
+
 // answer waits for the answer (datagrams that do not answer the query are counted and
-// skipped), reads it into buf and returns it under the client's id. It closes the
-// socket.
+// skipped), reads it into buf and returns it under the client's id. The caller
+// closes the socket.
 func (a *asking) answer(p *Proxy, buf []byte) ([]byte, error) {
-	defer a.conn.close()
 	for {
 		n, err := a.conn.receive(buf, a.deadline)
 		if err != nil {

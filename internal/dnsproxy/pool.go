@@ -1,0 +1,175 @@
+package dnsproxy
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// socketPool keeps UDP sockets ready for the upstream exchange, so that a query spends
+// no time making one: each is already made, given a fresh source port by the kernel
+// (a random one, as for any socket the kernel binds) and connected to the first
+// upstream server. Each socket carries exactly ONE query and is then closed, never
+// reused: the per-query randomness (the source port, the proxy's random id, the
+// question the answer must echo) is the same as with a socket made for the query.
+// Datagrams that reached an idle socket before its query was sent are read and
+// dropped before the query goes out (see udpConn.drain), so that nothing queued
+// earlier can pass for the answer.
+//
+// A background goroutine refills the pool after each query. The pool is emptied (its
+// sockets closed) when the first upstream server changes, and closed when the proxy
+// stops. A socket idle longer than maxPooledAge is not used (its source address was
+// chosen when it was connected, and the network may have changed since): the pool is
+// emptied and the query gets a fresh socket. An empty pool (the proxy not running,
+// or a burst that outran the refill) means a fresh socket, as without the pool.
+type socketPool struct {
+	open func(server netip.AddrPort) (udpConn, error)
+	size int
+	logf func(string, ...any)
+
+	mu      sync.Mutex
+	server  netip.AddrPort // the server the idle sockets are connected to
+	idle    []udpConn      // newest last
+	doomed  []udpConn      // to be closed by the refill goroutine
+	running bool
+	closed  bool
+	wake    chan struct{}
+	done    chan struct{}
+}
+
+// maxPooledAge is how long a pooled socket may wait for its query.
+const maxPooledAge = 5 * time.Second
+
+func newSocketPool(size int, open func(netip.AddrPort) (udpConn, error), logf func(string, ...any)) *socketPool {
+	return &socketPool{open: open, size: size, logf: logf, wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// start fills the pool with sockets to server and keeps it filled until stop.
+func (sp *socketPool) start(server netip.AddrPort) {
+	if sp.size <= 0 {
+		return
+	}
+	sp.mu.Lock()
+	if sp.running || sp.closed {
+		sp.mu.Unlock()
+		return
+	}
+	sp.running, sp.server = true, server
+	sp.mu.Unlock()
+	go sp.refill()
+	sp.poke()
+}
+
+func (sp *socketPool) poke() {
+	select {
+	case sp.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns an idle socket connected to server, if there is one.
+func (sp *socketPool) take(server netip.AddrPort, now time.Time) (udpConn, bool) {
+	sp.mu.Lock()
+	if !sp.running || sp.server != server || len(sp.idle) == 0 {
+		sp.mu.Unlock()
+		return udpConn{}, false
+	}
+	c := sp.idle[len(sp.idle)-1]
+	sp.idle = sp.idle[:len(sp.idle)-1]
+	if now.Sub(c.made) > maxPooledAge {
+		// The newest is stale: so are all the others.
+		sp.doomed = append(append(sp.doomed, sp.idle...), c)
+		sp.idle = sp.idle[:0]
+		sp.mu.Unlock()
+		sp.poke()
+		return udpConn{}, false
+	}
+	sp.mu.Unlock()
+	sp.poke()
+	return c, true
+}
+
+// setServer empties the pool and fills it again with sockets to server.
+func (sp *socketPool) setServer(server netip.AddrPort) {
+	sp.mu.Lock()
+	if sp.server == server || sp.closed {
+		sp.mu.Unlock()
+		return
+	}
+	sp.server = server
+	sp.doomed = append(sp.doomed, sp.idle...)
+	sp.idle = sp.idle[:0]
+	sp.mu.Unlock()
+	sp.poke()
+}
+
+// stop closes every idle socket and ends the refill. Sockets already taken are
+// closed by their queries.
+func (sp *socketPool) stop() {
+	sp.mu.Lock()
+	if sp.closed {
+		sp.mu.Unlock()
+		return
+	}
+	sp.closed = true
+	running := sp.running
+	sp.mu.Unlock()
+	if running {
+		sp.poke()
+		<-sp.done
+	}
+	sp.mu.Lock()
+	idle := append(sp.doomed, sp.idle...)
+	sp.idle, sp.doomed = nil, nil
+	sp.mu.Unlock()
+	for _, c := range idle {
+		c.close()
+	}
+}
+
+// idleCount is how many sockets wait in the pool.
+func (sp *socketPool) idleCount() int {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return len(sp.idle)
+}
+
+// refill keeps the pool full until it is closed.
+func (sp *socketPool) refill() {
+	defer close(sp.done)
+	failing := false
+	for range sp.wake {
+		for {
+			sp.mu.Lock()
+			doomed := sp.doomed
+			sp.doomed = nil
+			closed, n, server := sp.closed, len(sp.idle), sp.server
+			sp.mu.Unlock()
+			for _, c := range doomed {
+				c.close()
+			}
+			if closed {
+				return
+			}
+			if n >= sp.size {
+				break
+			}
+			c, err := sp.open(server)
+			if err != nil {
+				if !failing {
+					sp.logf("dns proxy: pre-opening a socket to upstream %s: %v (queries make their own)", server, err)
+				}
+				failing = true
+				break // tried again at the next query
+			}
+			failing = false
+			sp.mu.Lock()
+			if sp.closed || sp.server != server {
+				sp.doomed = append(sp.doomed, c)
+			} else {
+				sp.idle = append(sp.idle, c)
+			}
+			sp.mu.Unlock()
+		}
+	}
+}
