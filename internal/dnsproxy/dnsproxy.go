@@ -507,7 +507,8 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 		a, err := pending.answer(p, *bp)
 		if err == nil {
 			answer = a
-			// Closed once the answer is out (a system call less before it).
+			// Closed, and another made ready, once the answer is out.
+			defer p.pool.replenish()
 			defer pending.conn.close()
 			break
 		}

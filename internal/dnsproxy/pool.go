@@ -16,7 +16,9 @@ import (
 // dropped before the query goes out (see udpConn.drain), so that nothing queued
 // earlier can pass for the answer.
 //
-// A background goroutine refills the pool after each query. The pool is emptied (its
+// The query that took a socket opens one in its place once its answer is out; a
+// background goroutine fills the pool at the start, after a change of server and when
+// a burst has nearly emptied it. The pool is emptied (its
 // sockets closed) when the first upstream server changes, and closed when the proxy
 // stops. A socket idle longer than maxPooledAge is not used (its source address was
 // chosen when it was connected, and the network may have changed since): the pool is
@@ -84,9 +86,43 @@ func (sp *socketPool) take(server netip.AddrPort, now time.Time) (udpConn, bool)
 		sp.poke()
 		return udpConn{}, false
 	}
+	low := len(sp.idle) < sp.size/4
 	sp.mu.Unlock()
-	sp.poke()
+	if low { // a burst: refill in the background too
+		sp.poke()
+	}
 	return c, true
+}
+
+// replenish opens one socket in place of one taken, if the pool is not full. The
+// query that took one calls it once its answer is out: no other goroutine to wake
+// while queries are under way.
+func (sp *socketPool) replenish() {
+	sp.mu.Lock()
+	server, want := sp.server, sp.running && !sp.closed && len(sp.idle) < sp.size
+	sp.mu.Unlock()
+	if !want {
+		return
+	}
+	c, err := sp.open(server)
+	if err != nil {
+		sp.poke() // the refill goroutine says why, once
+		return
+	}
+	sp.put(c, server)
+}
+
+// put adds c, connected to server, to the pool (or closes it: the pool is closed,
+// full, or for another server now).
+func (sp *socketPool) put(c udpConn, server netip.AddrPort) {
+	sp.mu.Lock()
+	if sp.closed || sp.server != server || len(sp.idle) >= sp.size {
+		sp.mu.Unlock()
+		c.close()
+		return
+	}
+	sp.idle = append(sp.idle, c)
+	sp.mu.Unlock()
 }
 
 // setServer empties the pool and fills it again with sockets to server.
@@ -163,13 +199,7 @@ func (sp *socketPool) refill() {
 				break // tried again at the next query
 			}
 			failing = false
-			sp.mu.Lock()
-			if sp.closed || sp.server != server {
-				sp.doomed = append(sp.doomed, c)
-			} else {
-				sp.idle = append(sp.idle, c)
-			}
-			sp.mu.Unlock()
+			sp.put(c, server)
 		}
 	}
 }
