@@ -1,7 +1,6 @@
 package dnsproxy
 
 import (
-	"os"
 	"context"
 	"net"
 	"net/netip"
@@ -59,11 +58,6 @@ func BenchmarkProxyLatency(b *testing.B) {
 	}
 	p, _, _ := newProxy(b, up)
 	arms := []arm{{"direct", up}, {"proxy", startProxy(b, p)}}
-	if os.Getenv("NOPOOL") != "" {
-		pn, _, _ := newProxy(b, up)
-		pn.pool = newSocketPool(0, pn.openUDP, pn.cfg.Logf)
-		arms = append(arms, arm{"proxy-nopool", startProxy(b, pn)})
-	}
 	if identify := realIdentify(b); identify != nil {
 		pa, _, _ := newProxy(b, up)
 		pa.cfg.Identify = identify

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,6 +38,7 @@ type socketPool struct {
 	closed  bool
 	wake    chan struct{}
 	done    chan struct{}
+	taken   atomic.Uint64 // sockets handed to queries
 }
 
 // maxPooledAge is how long a pooled socket may wait for its query.
@@ -88,6 +90,7 @@ func (sp *socketPool) take(server netip.AddrPort, now time.Time) (udpConn, bool)
 	}
 	low := len(sp.idle) < sp.size/4
 	sp.mu.Unlock()
+	sp.taken.Add(1)
 	if low { // a burst: refill in the background too
 		sp.poke()
 	}
