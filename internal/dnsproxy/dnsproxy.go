@@ -450,6 +450,11 @@ func (p *Proxy) refused(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name s
 	if p.cfg.Decide == nil || name == "" {
 		return false
 	}
+	if p.cfg.MayRefuse != nil && !p.cfg.MayRefuse(name) {
+		// No rule refuses the name to any program (an index look-up, where Decide
+		// matches the rules for this program).
+		return false
+	}
 	ask := engine.Request{Direction: engine.Outbound, PID: req.PID, Exe: req.Exe, UID: req.UID, User: req.User,
 		Identity: req.Identity, Container: req.Container, Host: name, HostSource: engine.HostOwn}
 	rule, ok := p.cfg.Decide(&ask)
