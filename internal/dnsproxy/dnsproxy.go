@@ -7,9 +7,10 @@
 // unspecified address), and recorded in history as a DNS decision; and the canary
 // use-application-dns.net is answered NXDOMAIN, so that Firefox keeps plain DNS.
 //
-// A UDP query is forwarded as the bytes the program sent, from a fresh socket under an
-// id of the proxy's own, and the answer (it must echo the question) goes back as it
-// came. A name no rule can refuse (Config.MayRefuse) goes upstream before its program
+// A UDP query is forwarded as the bytes the program sent, from a socket of its own (a
+// random source port; one of a small pool made ready beforehand, each used for one
+// query and closed — see socketPool) under an id of the proxy's own, and the answer
+// (it must echo the question) goes back as it came. A name no rule can refuse (Config.MayRefuse) goes upstream before its program
 // is identified; any other name is decided first and a refused one is never sent.
 //
 // The proxy runs inside the daemon: while the daemon is stopped, nothing answers at
@@ -105,7 +106,7 @@ type Proxy struct {
 	// releaseFn is release, made once (a method value made per query allocates).
 	releaseFn func()
 	mu        sync.Mutex
-	stats    Stats
+	stats     Stats
 }
 
 // maxInflight bounds the upstream UDP exchanges under way at once (each holds a

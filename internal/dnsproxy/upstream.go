@@ -12,10 +12,11 @@ import (
 )
 
 // The upstream exchange over UDP works on the packed messages: the query the client
-// sent, under an id of the proxy's own, goes out from a fresh socket (a new random
-// source port each query, as resolvers keep it since DNS cache poisoning), and the
-// answer goes back to the client as it came, under the client's id: nothing is packed
-// again, and the answer is parsed once, for learning.
+// sent, under an id of the proxy's own, goes out from a socket of its own (a new
+// random source port each query, as resolvers keep it since DNS cache poisoning:
+// made ready beforehand by socketPool, used once, closed), and the answer goes back
+// to the client as it came, under the client's id: nothing is packed again, and the
+// answer is parsed once, for learning.
 
 // errMismatch is an answer that is not to the query sent (counted; the wait goes on).
 var errMismatch = errors.New("answer to another question")
