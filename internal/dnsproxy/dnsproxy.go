@@ -290,9 +290,16 @@ func (p *Proxy) watchUpstream(ctx context.Context) {
 var queryBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
 // serveUDPConn reads queries from pc until it is closed (then it returns nil), each
-// answered in a goroutine of its own, counted in queries.
+// answered by a worker goroutine, counted in queries. Workers are kept for the next
+// queries (up to maxIdleWorkers wait, each for up to workerIdle): a fresh goroutine
+// would grow its stack again on every query, copying it each time it doubles.
 func (p *Proxy) serveUDPConn(pc *net.UDPConn, queries *sync.WaitGroup) error {
 	local := pc.LocalAddr()
+	work := make(chan udpQuery)
+	stop := make(chan struct{})
+	var workers sync.WaitGroup
+	var idle atomic.Int32
+	defer func() { close(stop); workers.Wait() }()
 	for {
 		bp := queryBufs.Get().(*[]byte)
 		n, from, err := pc.ReadFromUDPAddrPort(*bp)
@@ -318,26 +325,82 @@ func (p *Proxy) serveUDPConn(pc *net.UDPConn, queries *sync.WaitGroup) error {
 			continue // the client asks again
 		}
 		queries.Add(1)
-		go func() {
-			defer queries.Done()
-			defer func() { <-p.serving }()
-			defer queryBufs.Put(bp)
-			raw := (*bp)[:n]
-			w := &udpWriter{pc: pc, local: local, remote: net.UDPAddrFromAddrPort(from), to: from}
-			r := new(dns.Msg)
-			if err := r.Unpack(raw); err != nil {
-				// As miekg/dns's server: a query whose header is readable gets FORMERR.
-				if len(raw) >= 12 && raw[2]&0x80 == 0 {
-					m := new(dns.Msg)
-					m.Id, m.Response, m.Opcode = binary.BigEndian.Uint16(raw[0:2]), true, int(raw[2]>>3)&0xF
-					m.Rcode = dns.RcodeFormatError
-					w.WriteMsg(m)
-				}
-				return
-			}
-			p.serve(w, r, raw, engine.UDP)
-		}()
+		q := udpQuery{bp: bp, n: n, from: from}
+		select {
+		case work <- q: // a waiting worker takes it
+		default:
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				p.udpWorker(pc, local, q, work, stop, &idle, queries)
+			}()
+		}
 	}
+}
+
+// udpQuery is a query read from the UDP listener, in a buffer of queryBufs.
+type udpQuery struct {
+	bp   *[]byte
+	n    int
+	from netip.AddrPort
+}
+
+// maxIdleWorkers bounds the workers waiting for a query; workerIdle is how long one
+// waits before it ends.
+const (
+	maxIdleWorkers = 16
+	workerIdle     = 10 * time.Second
+)
+
+// udpWorker answers q, then the queries handed to it on work, until it has waited
+// workerIdle for one, maxIdleWorkers others wait already, or stop is closed.
+func (p *Proxy) udpWorker(pc *net.UDPConn, local net.Addr, q udpQuery, work <-chan udpQuery, stop <-chan struct{},
+	idle *atomic.Int32, queries *sync.WaitGroup) {
+	var t *time.Timer
+	for {
+		p.handleUDP(pc, local, q)
+		queryBufs.Put(q.bp)
+		<-p.serving
+		queries.Done()
+		if idle.Add(1) > maxIdleWorkers {
+			idle.Add(-1)
+			return
+		}
+		if t == nil {
+			t = time.NewTimer(workerIdle)
+			defer t.Stop()
+		} else {
+			t.Reset(workerIdle)
+		}
+		select {
+		case q = <-work:
+			idle.Add(-1)
+		case <-t.C:
+			idle.Add(-1)
+			return
+		case <-stop:
+			idle.Add(-1)
+			return
+		}
+	}
+}
+
+// handleUDP answers one query read from the UDP listener.
+func (p *Proxy) handleUDP(pc *net.UDPConn, local net.Addr, q udpQuery) {
+	raw := (*q.bp)[:q.n]
+	w := &udpWriter{pc: pc, local: local, remote: net.UDPAddrFromAddrPort(q.from), to: q.from}
+	r := new(dns.Msg)
+	if err := r.Unpack(raw); err != nil {
+		// As miekg/dns's server: a query whose header is readable gets FORMERR.
+		if len(raw) >= 12 && raw[2]&0x80 == 0 {
+			m := new(dns.Msg)
+			m.Id, m.Response, m.Opcode = binary.BigEndian.Uint16(raw[0:2]), true, int(raw[2]>>3)&0xF
+			m.Rcode = dns.RcodeFormatError
+			w.WriteMsg(m)
+		}
+		return
+	}
+	p.serve(w, r, raw, engine.UDP)
 }
 
 // udpWriter answers one query that came over UDP.
