@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -317,9 +318,10 @@ func TestPoolFollowsUpstream(t *testing.T) {
 	}
 }
 
-// TestPoolClosedOnStop: stopping the proxy closes every socket it opened: the
-// process holds as many descriptors as before it started, and no socket to the
-// upstream is left.
+// TestPoolClosedOnStop: stopping the proxy closes every socket it opened and ends
+// every goroutine it started (the pool's refill, the kept UDP workers): the process
+// holds as many descriptors and goroutines as before it started, and no socket to
+// the upstream is left.
 func TestPoolClosedOnStop(t *testing.T) {
 	up := newHoldingUpstream(t, 0)
 	fds := func() int {
@@ -336,7 +338,7 @@ func TestPoolClosedOnStop(t *testing.T) {
 	}
 	p.cfg.Listen = pc.LocalAddr().String()
 	pc.Close()
-	before := fds()
+	before, goroutines := fds(), runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	ready := make(chan struct{})
@@ -347,9 +349,12 @@ func TestPoolClosedOnStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the pool is filled", func() bool { return p.pool.idleCount() == poolSize })
-	for i := range 5 {
-		query(t, p.cfg.Listen, fmt.Sprintf("q%d.test", i))
+	var wg sync.WaitGroup
+	for i := range 8 { // at once: more than one worker
+		wg.Add(1)
+		go func() { defer wg.Done(); query(t, p.cfg.Listen, fmt.Sprintf("q%d.test", i)) }()
 	}
+	wg.Wait()
 	if n := fds(); n < before+poolSize {
 		t.Fatalf("%d descriptors while running, %d before: the pool holds none?", n, before)
 	}
@@ -361,4 +366,5 @@ func TestPoolClosedOnStop(t *testing.T) {
 		t.Errorf("%d sockets to the upstream left after stop", len(s))
 	}
 	eventually(t, fmt.Sprintf("as many descriptors as before the start (%d)", before), func() bool { return fds() == before })
+	eventually(t, fmt.Sprintf("as many goroutines as before the start (%d)", goroutines), func() bool { return runtime.NumGoroutine() == goroutines })
 }
