@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,9 +76,11 @@ func (c *udpConn) drain() int {
 	var b [1]byte
 	n := 0
 	for n < 1024 {
-		_, _, err := unix.Recvfrom(c.fd, b[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
-		switch err {
-		case nil:
+		// recv(2) without the sender's address (unix.Recvfrom allocates one).
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		switch errno {
+		case 0:
 			n++
 		case unix.EINTR, unix.ECONNREFUSED: // an ICMP error queued on the socket
 		default:
