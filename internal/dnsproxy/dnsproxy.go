@@ -125,7 +125,8 @@ type Stats struct {
 	Failed    uint64 `json:"upstream_failed"`
 	Attribute uint64 `json:"attributed"`
 	// Mismatched counts datagrams on an upstream socket that did not answer its
-	// query (another id or question: late, or forged), left unread.
+	// query (another id or question: late, or forged; or there before the query was
+	// sent, on a pooled socket), skipped.
 	Mismatched uint64 `json:"upstream_mismatched"`
 	// Dropped counts UDP queries left unread because maxServing were being answered.
 	Dropped uint64 `json:"dropped"`
