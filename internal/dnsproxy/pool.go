@@ -19,12 +19,16 @@ import (
 //
 // The query that took a socket opens one in its place once its answer is out; a
 // background goroutine fills the pool at the start, after a change of server and when
-// a burst has nearly emptied it. The pool is emptied (its
-// sockets closed) when the first upstream server changes, and closed when the proxy
-// stops. A socket idle longer than maxPooledAge is not used (its source address was
-// chosen when it was connected, and the network may have changed since): the pool is
-// emptied and the query gets a fresh socket. An empty pool (the proxy not running,
-// or a burst that outran the refill) means a fresh socket, as without the pool.
+// a burst has nearly emptied it. The pool is emptied (its sockets closed) when the
+// first upstream server changes, and closed when the proxy stops.
+//
+// A connected socket keeps the source address the routes gave it then. After an
+// address or route change (rtnetlink), the pool is emptied if a socket made now gets
+// another source address (see netChanged); a socket idle longer than maxPooledAge is
+// not used (the pool is emptied, the query gets a fresh socket); and a pooled socket
+// that cannot send is replaced by a fresh one for its query (and the pool emptied).
+// An empty pool (the proxy not running, or a burst that outran the refill) means a
+// fresh socket, as without the pool.
 type socketPool struct {
 	open func(server netip.AddrPort) (udpConn, error)
 	size int
@@ -39,6 +43,8 @@ type socketPool struct {
 	wake    chan struct{}
 	done    chan struct{}
 	taken   atomic.Uint64 // sockets handed to queries
+	// stopWatch ends the watch of the network (nil: none).
+	stopWatch func()
 }
 
 // maxPooledAge is how long a pooled socket may wait for its query.
@@ -60,6 +66,11 @@ func (sp *socketPool) start(server netip.AddrPort) {
 	}
 	sp.running, sp.server = true, server
 	sp.mu.Unlock()
+	if stop, err := watchNetwork(sp.netChanged); err != nil {
+		sp.logf("dns proxy: %v; ready upstream sockets are renewed every %v only", err, maxPooledAge)
+	} else {
+		sp.stopWatch = stop
+	}
 	go sp.refill()
 	sp.poke()
 }
@@ -128,6 +139,47 @@ func (sp *socketPool) put(c udpConn, server netip.AddrPort) {
 	sp.mu.Unlock()
 }
 
+// flush closes the idle sockets and fills the pool again (the network changed: their
+// source addresses may be wrong now).
+func (sp *socketPool) flush() {
+	sp.mu.Lock()
+	if len(sp.idle) == 0 || sp.closed {
+		sp.mu.Unlock()
+		return
+	}
+	sp.doomed = append(sp.doomed, sp.idle...)
+	sp.idle = sp.idle[:0]
+	sp.mu.Unlock()
+	sp.poke()
+}
+
+// netChanged checks, after an address or route change, whether a socket connected
+// to the server now gets another source address than the waiting ones: if so, they
+// are closed (see flush). The socket made to check joins the pool.
+func (sp *socketPool) netChanged() {
+	sp.mu.Lock()
+	server, running := sp.server, sp.running && !sp.closed
+	sp.mu.Unlock()
+	if !running {
+		return
+	}
+	c, err := sp.open(server)
+	if err != nil {
+		sp.flush()
+		return
+	}
+	sp.mu.Lock()
+	moved := false
+	for _, o := range sp.idle {
+		moved = moved || o.src != c.src
+	}
+	sp.mu.Unlock()
+	if moved {
+		sp.flush()
+	}
+	sp.put(c, server)
+}
+
 // setServer empties the pool and fills it again with sockets to server.
 func (sp *socketPool) setServer(server netip.AddrPort) {
 	sp.mu.Lock()
@@ -153,6 +205,9 @@ func (sp *socketPool) stop() {
 	sp.closed = true
 	running := sp.running
 	sp.mu.Unlock()
+	if sp.stopWatch != nil {
+		sp.stopWatch()
+	}
 	if running {
 		sp.poke()
 		<-sp.done

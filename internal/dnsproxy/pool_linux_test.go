@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // udpSocket is one line of /proc/net/udp (this network namespace's IPv4 UDP sockets).
@@ -193,8 +195,9 @@ func TestPoolSocketsAreSingleUse(t *testing.T) {
 	eventually(t, "the pool is refilled", func() bool { return p.pool.idleCount() == poolSize })
 }
 
-// assertClosed: every socket that sent a query is gone (its inode is no longer among
-// the UDP sockets): none waits for another query.
+// assertClosed: every socket of used is gone (its inode is no longer among the UDP
+// sockets): none that carried a query waits for another one, none that waited in the
+// pool is left there.
 func assertClosed(t *testing.T, used []udpSocket) {
 	t.Helper()
 	for _, u := range used {
@@ -202,7 +205,7 @@ func assertClosed(t *testing.T, used []udpSocket) {
 			t.Fatalf("the socket of %v was not found while its query waited", u.local)
 		}
 	}
-	eventually(t, "the sockets that carried a query are closed", func() bool {
+	eventually(t, "the sockets are closed", func() bool {
 		for _, s := range udpSockets(t) {
 			for _, u := range used {
 				if s.inode == u.inode {
@@ -367,4 +370,102 @@ func TestPoolClosedOnStop(t *testing.T) {
 	}
 	eventually(t, fmt.Sprintf("as many descriptors as before the start (%d)", before), func() bool { return fds() == before })
 	eventually(t, fmt.Sprintf("as many goroutines as before the start (%d)", goroutines), func() bool { return runtime.NumGoroutine() == goroutines })
+}
+
+// TestPoolRenewedOnNetworkChange: a connected socket keeps the source address the
+// routes gave it. A route change that gives the upstream another source address
+// closes the waiting sockets and fills the pool again with sockets of the new source;
+// a change that does not (a route in a table no rule consults) leaves them be.
+func TestPoolRenewedOnNetworkChange(t *testing.T) {
+	pid := os.Getpid()
+	server := fmt.Sprintf("127.81.%d.%d", pid>>8&0xff, pid&0xff)
+	pc, err := net.ListenPacket("udp4", server+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upAddr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	pc.Close()
+	p, _, _ := newProxy(t, upAddr.String())
+	startProxyT(t, p)
+	eventually(t, "the pool is filled", func() bool { return len(connectedTo(t, upAddr)) == poolSize })
+	old := connectedTo(t, upAddr)
+	for _, s := range old {
+		if s.local.Addr() != netip.MustParseAddr("127.0.0.1") {
+			t.Fatalf("source %v, want 127.0.0.1 (lo's)", s.local)
+		}
+	}
+	ip := func(args ...string) (func(), bool) {
+		if out, err := exec.Command("ip", append([]string{"route", "add"}, args...)...).CombinedOutput(); err != nil {
+			t.Logf("ip route add %v: %v: %s", args, err, out)
+			return nil, false
+		}
+		return func() { exec.Command("ip", append([]string{"route", "del"}, args...)...).Run() }, true
+	}
+	// Unrelated: the sockets stay.
+	undo, ok := ip(fmt.Sprintf("198.18.%d.0/24", pid%250), "dev", "lo", "table", strconv.Itoa(20000+pid%10000))
+	if !ok {
+		t.Skip("cannot add routes")
+	}
+	defer undo()
+	time.Sleep(100 * time.Millisecond)
+	if got := connectedTo(t, upAddr); len(got) != poolSize || got[0].inode == 0 || !sameInodes(got, old) {
+		t.Errorf("an unrelated route change renewed the pool")
+	}
+	// The server's own local route, without lo's source: the source becomes the
+	// server's address.
+	undo2, ok := ip("local", server+"/32", "dev", "lo", "table", "local")
+	if !ok {
+		t.Skip("cannot add a local route")
+	}
+	defer undo2()
+	assertClosed(t, old)
+	eventually(t, "the pool is filled again from the new source", func() bool {
+		now := connectedTo(t, upAddr)
+		for _, s := range now {
+			if s.local.Addr().String() != server {
+				return false
+			}
+		}
+		return len(now) == poolSize
+	})
+}
+
+func sameInodes(a, b []udpSocket) bool {
+	in := map[uint64]bool{}
+	for _, s := range a {
+		in[s.inode] = true
+	}
+	for _, s := range b {
+		if !in[s.inode] {
+			return false
+		}
+	}
+	return len(a) == len(b)
+}
+
+// TestPoolSocketThatCannotSend: a pooled socket whose send fails is replaced by a
+// fresh one for its query (which is answered), and the others are renewed.
+func TestPoolSocketThatCannotSend(t *testing.T) {
+	up := newHoldingUpstream(t, 0)
+	p, _, _ := newProxy(t, up.addr.String())
+	addr := startProxyT(t, p)
+	eventually(t, "the pool is filled", func() bool { return p.pool.idleCount() == poolSize })
+	p.pool.mu.Lock()
+	for _, c := range p.pool.idle {
+		unix.Shutdown(c.fd, unix.SHUT_WR) // sends fail (EPIPE)
+	}
+	broken := len(p.pool.idle)
+	p.pool.mu.Unlock()
+	old := connectedTo(t, up.addr)
+	if len(old) != broken {
+		t.Fatalf("%d sockets to the upstream, %d in the pool", len(old), broken)
+	}
+	if r := query(t, addr, "www.example.test"); len(r.Answer) != 1 || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("answer %v", r)
+	}
+	if s := p.Stats(); s.Failed != 0 {
+		t.Errorf("%d failed", s.Failed)
+	}
+	assertClosed(t, old)
+	eventually(t, "the pool is filled again", func() bool { return p.pool.idleCount() == poolSize })
 }

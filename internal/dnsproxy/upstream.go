@@ -113,10 +113,21 @@ func (p *Proxy) ask(q []byte, server netip.AddrPort) (*asking, error) {
 	a := &asking{server: server, id: queryIDs.next(), clientID: [2]byte{q[0], q[1]}, q: q, qend: qend,
 		deadline: now.Add(p.cfg.Timeout)}
 	binary.BigEndian.PutUint16(q[0:2], a.id)
-	err := p.dialUDP(&a.conn, server, now)
+	pooled, err := p.dialUDP(&a.conn, server, now)
 	if err == nil {
 		err = a.conn.send(q, a.deadline)
-		if err != nil {
+		if err != nil && pooled {
+			// Its source address may be gone (the network changed before the
+			// pool heard of it): the others' too. A fresh socket gets one of now.
+			a.conn.done = nil // the inflight slot passes to the fresh socket
+			a.conn.close()
+			p.pool.flush()
+			if err = p.dialFresh(&a.conn, server); err == nil { // (on failure, slot released)
+				if err = a.conn.send(q, a.deadline); err != nil {
+					a.conn.close()
+				}
+			}
+		} else if err != nil {
 			a.conn.close()
 		}
 	}
@@ -129,22 +140,32 @@ func (p *Proxy) ask(q []byte, server netip.AddrPort) (*asking, error) {
 
 // dialUDP sets c to a socket connected to server, once one of maxInflight exchanges
 // may start: a pooled socket (anything that reached it while it waited is dropped),
-// else a fresh one.
-func (p *Proxy) dialUDP(c *udpConn, server netip.AddrPort, now time.Time) error {
+// else a fresh one. pooled says which.
+func (p *Proxy) dialUDP(c *udpConn, server netip.AddrPort, now time.Time) (pooled bool, err error) {
 	p.inflight <- struct{}{}
 	if pc, ok := p.pool.take(server, now); ok {
 		*c = pc
+		c.done = p.releaseFn
 		if n := c.drain(); n > 0 {
 			p.count(func(s *Stats) { s.Mismatched += uint64(n) })
 		}
-	} else {
-		fresh, err := p.openUDP(server)
-		if err != nil {
-			<-p.inflight
-			return err
-		}
-		*c = fresh
+		return true, nil
 	}
+	if err := p.dialFresh(c, server); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// dialFresh sets c to a fresh socket connected to server, within the inflight slot
+// the caller holds (released when c is closed, or here on failure).
+func (p *Proxy) dialFresh(c *udpConn, server netip.AddrPort) error {
+	fresh, err := p.openUDP(server)
+	if err != nil {
+		<-p.inflight
+		return err
+	}
+	*c = fresh
 	c.done = p.releaseFn
 	return nil
 }

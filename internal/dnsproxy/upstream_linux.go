@@ -24,6 +24,7 @@ type udpConn struct {
 	// it is made, set again only when the time left is shorter by more than a
 	// millisecond (one system call less a query).
 	rcvtimeo time.Duration
+	src      netip.Addr // the source address connect gave it
 }
 
 // poolSize is how many upstream sockets wait ready (see socketPool).
@@ -64,6 +65,14 @@ func (p *Proxy) openUDP(server netip.AddrPort) (udpConn, error) {
 	if err := unix.Connect(fd, sa); err != nil { // the kernel picks a random port
 		c.close()
 		return udpConn{}, err
+	}
+	if sa, err := unix.Getsockname(fd); err == nil {
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			c.src = netip.AddrFrom4(sa.Addr)
+		case *unix.SockaddrInet6:
+			c.src = netip.AddrFrom16(sa.Addr)
+		}
 	}
 	c.made = time.Now()
 	return c, nil

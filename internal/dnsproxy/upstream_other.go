@@ -14,6 +14,7 @@ type udpConn struct {
 	c    net.Conn
 	done func()
 	made time.Time
+	src  netip.Addr // unused here
 }
 
 // poolSize: no sockets wait ready here (see socketPool; drain needs a non-blocking
