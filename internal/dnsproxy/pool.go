@@ -126,11 +126,11 @@ func (sp *socketPool) replenish() {
 	sp.put(c, server)
 }
 
-// put adds c, connected to server, to the pool (or closes it: the pool is closed,
+// put adds c, connected to server, to the pool (or closes it: the pool is stopped,
 // full, or for another server now).
 func (sp *socketPool) put(c udpConn, server netip.AddrPort) {
 	sp.mu.Lock()
-	if sp.closed || sp.server != server || len(sp.idle) >= sp.size {
+	if sp.closed || !sp.running || sp.server != server || len(sp.idle) >= sp.size {
 		sp.mu.Unlock()
 		c.close()
 		return
@@ -194,8 +194,8 @@ func (sp *socketPool) setServer(server netip.AddrPort) {
 	sp.poke()
 }
 
-// stop closes every idle socket and ends the refill. Sockets already taken are
-// closed by their queries.
+// stop closes every idle socket and ends the refill and the watch of the network;
+// start may be called again. Sockets already taken are closed by their queries.
 func (sp *socketPool) stop() {
 	sp.mu.Lock()
 	if sp.closed {
@@ -215,6 +215,8 @@ func (sp *socketPool) stop() {
 	sp.mu.Lock()
 	idle := append(sp.doomed, sp.idle...)
 	sp.idle, sp.doomed = nil, nil
+	// Ready to start again (a proxy run again).
+	sp.closed, sp.running, sp.stopWatch, sp.done = false, false, nil, make(chan struct{})
 	sp.mu.Unlock()
 	for _, c := range idle {
 		c.close()

@@ -469,3 +469,40 @@ func TestPoolSocketThatCannotSend(t *testing.T) {
 	assertClosed(t, old)
 	eventually(t, "the pool is filled again", func() bool { return p.pool.idleCount() == poolSize })
 }
+
+// TestPoolRunAgain: a proxy stopped and run again has its pool again, and the second
+// stop closes it too.
+func TestPoolRunAgain(t *testing.T) {
+	up := newHoldingUpstream(t, 0)
+	p, _, _ := newProxy(t, up.addr.String())
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cfg.Listen = pc.LocalAddr().String()
+	pc.Close()
+	for run := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		ready := make(chan struct{})
+		go func() { done <- p.Run(ctx, func() { close(ready) }) }()
+		select {
+		case <-ready:
+		case err := <-done:
+			t.Fatalf("run %d: %v", run+1, err)
+		}
+		eventually(t, "the pool is filled", func() bool { return len(connectedTo(t, up.addr)) == poolSize })
+		taken := p.pool.taken.Load()
+		query(t, p.cfg.Listen, "again.test")
+		if p.pool.taken.Load() != taken+1 {
+			t.Errorf("run %d: the query took no pooled socket", run+1)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if s := connectedTo(t, up.addr); len(s) != 0 {
+			t.Errorf("run %d: %d sockets to the upstream left after stop", run+1, len(s))
+		}
+	}
+}
