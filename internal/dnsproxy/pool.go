@@ -168,10 +168,13 @@ func (sp *socketPool) netChanged() {
 		sp.flush()
 		return
 	}
+	src := c.source()
 	sp.mu.Lock()
 	moved := false
-	for _, o := range sp.idle {
-		moved = moved || o.src != c.src
+	for i := range sp.idle {
+		if moved = sp.idle[i].source() != src; moved {
+			break
+		}
 	}
 	sp.mu.Unlock()
 	if moved {

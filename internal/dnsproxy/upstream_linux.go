@@ -24,7 +24,6 @@ type udpConn struct {
 	// it is made, set again only when the time left is shorter by more than a
 	// millisecond (one system call less a query).
 	rcvtimeo time.Duration
-	src      netip.Addr // the source address connect gave it
 }
 
 // poolSize is how many upstream sockets wait ready (see socketPool).
@@ -66,16 +65,21 @@ func (p *Proxy) openUDP(server netip.AddrPort) (udpConn, error) {
 		c.close()
 		return udpConn{}, err
 	}
-	if sa, err := unix.Getsockname(fd); err == nil {
-		switch sa := sa.(type) {
-		case *unix.SockaddrInet4:
-			c.src = netip.AddrFrom4(sa.Addr)
-		case *unix.SockaddrInet6:
-			c.src = netip.AddrFrom16(sa.Addr)
-		}
-	}
 	c.made = time.Now()
 	return c, nil
+}
+
+// source is the source address connect gave the socket (invalid if unknown).
+func (c *udpConn) source() netip.Addr {
+	if sa, err := unix.Getsockname(c.fd); err == nil {
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			return netip.AddrFrom4(sa.Addr)
+		case *unix.SockaddrInet6:
+			return netip.AddrFrom16(sa.Addr)
+		}
+	}
+	return netip.Addr{}
 }
 
 // drain reads and drops the datagrams that reached the socket before its query was

@@ -14,8 +14,10 @@ type udpConn struct {
 	c    net.Conn
 	done func()
 	made time.Time
-	src  netip.Addr // unused here
 }
+
+// source: the pool, which asks, is not used here.
+func (c *udpConn) source() netip.Addr { return netip.Addr{} }
 
 // poolSize: no sockets wait ready here (see socketPool; drain needs a non-blocking
 // read that Go's poller does not offer once a deadline has passed).
