@@ -16,7 +16,11 @@ func realIdentify(b *testing.B) identifyFunc {
 		b.Logf("no proxy+attribution arm: %v", err)
 		return nil
 	}
-	b.Cleanup(func() { res.Close() })
+	b.Cleanup(func() {
+		st := res.Stats()
+		b.Logf("attributed by the eBPF record %d, by /proc %d; no socket %d, no process %d", st.EBPF, st.Procfs, st.NoSocket, st.NoProcess)
+		res.Close()
+	})
 	b.Logf("attribution methods: %v", res.Methods())
 	return func(proto engine.Protocol, client, server netip.AddrPort) engine.Request {
 		req := engine.Request{UID: -1}

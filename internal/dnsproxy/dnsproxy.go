@@ -7,9 +7,10 @@
 // unspecified address), and recorded in history as a DNS decision; and the canary
 // use-application-dns.net is answered NXDOMAIN, so that Firefox keeps plain DNS.
 //
-// A UDP query is forwarded as the bytes the program sent, from a fresh socket under an
-// id of the proxy's own, and the answer (it must echo the question) goes back as it
-// came. A name no rule can refuse (Config.MayRefuse) goes upstream before its program
+// A UDP query is forwarded as the bytes the program sent, from a socket of its own (a
+// random source port; one of a small pool made ready beforehand, each used for one
+// query and closed — see socketPool) under an id of the proxy's own, and the answer
+// (it must echo the question) goes back as it came. A name no rule can refuse (Config.MayRefuse) goes upstream before its program
 // is identified; any other name is decided first and a refused one is never sent.
 //
 // The proxy runs inside the daemon: while the daemon is stopped, nothing answers at
@@ -101,8 +102,11 @@ type Proxy struct {
 	inflight chan struct{} // upstream UDP exchanges under way
 	serving  chan struct{} // UDP queries being answered
 	upstream atomic.Pointer[[]netip.AddrPort]
-	mu       sync.Mutex
-	stats    Stats
+	pool     *socketPool // sockets ready for the first upstream server
+	// releaseFn is release, made once (a method value made per query allocates).
+	releaseFn func()
+	mu        sync.Mutex
+	stats     Stats
 }
 
 // maxInflight bounds the upstream UDP exchanges under way at once (each holds a
@@ -121,7 +125,8 @@ type Stats struct {
 	Failed    uint64 `json:"upstream_failed"`
 	Attribute uint64 `json:"attributed"`
 	// Mismatched counts datagrams on an upstream socket that did not answer its
-	// query (another id or question: late, or forged), left unread.
+	// query (another id or question: late, or forged; or there before the query was
+	// sent, on a pooled socket), skipped.
 	Mismatched uint64 `json:"upstream_mismatched"`
 	// Dropped counts UDP queries left unread because maxServing were being answered.
 	Dropped uint64 `json:"dropped"`
@@ -164,6 +169,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}
 	p.upstream.Store(&ups)
+	p.pool = newSocketPool(poolSize, p.openUDP, cfg.Logf)
+	p.releaseFn = p.release
 	return p, nil
 }
 
@@ -199,6 +206,8 @@ func (p *Proxy) Run(ctx context.Context, ready func()) error {
 	started := make(chan struct{})
 	tcp.NotifyStartedFunc = func() { close(started) }
 	go func() { errs <- tcp.ActivateAndServe() }()
+	p.pool.start((*p.upstream.Load())[0])
+	defer p.pool.stop()
 	if p.cfg.UpstreamFile != "" {
 		go p.watchUpstream(ctx)
 	}
@@ -271,6 +280,7 @@ func (p *Proxy) watchUpstream(ctx context.Context) {
 			continue
 		}
 		p.upstream.Store(&ups)
+		p.pool.setServer(ups[0])
 		p.cfg.Logf("dns proxy: upstream servers now %s (from %s)", strings.Join(list, ", "), p.cfg.UpstreamFile)
 		if p.cfg.OnUpstream != nil {
 			p.cfg.OnUpstream(list)
@@ -281,9 +291,16 @@ func (p *Proxy) watchUpstream(ctx context.Context) {
 var queryBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
 // serveUDPConn reads queries from pc until it is closed (then it returns nil), each
-// answered in a goroutine of its own, counted in queries.
+// answered by a worker goroutine, counted in queries. Workers are kept for the next
+// queries (up to maxIdleWorkers wait, each for up to workerIdle): a fresh goroutine
+// would grow its stack again on every query, copying it each time it doubles.
 func (p *Proxy) serveUDPConn(pc *net.UDPConn, queries *sync.WaitGroup) error {
 	local := pc.LocalAddr()
+	work := make(chan udpQuery)
+	stop := make(chan struct{})
+	var workers sync.WaitGroup
+	var idle atomic.Int32
+	defer func() { close(stop); workers.Wait() }()
 	for {
 		bp := queryBufs.Get().(*[]byte)
 		n, from, err := pc.ReadFromUDPAddrPort(*bp)
@@ -309,26 +326,82 @@ func (p *Proxy) serveUDPConn(pc *net.UDPConn, queries *sync.WaitGroup) error {
 			continue // the client asks again
 		}
 		queries.Add(1)
-		go func() {
-			defer queries.Done()
-			defer func() { <-p.serving }()
-			defer queryBufs.Put(bp)
-			raw := (*bp)[:n]
-			w := &udpWriter{pc: pc, local: local, remote: net.UDPAddrFromAddrPort(from), to: from}
-			r := new(dns.Msg)
-			if err := r.Unpack(raw); err != nil {
-				// As miekg/dns's server: a query whose header is readable gets FORMERR.
-				if len(raw) >= 12 && raw[2]&0x80 == 0 {
-					m := new(dns.Msg)
-					m.Id, m.Response, m.Opcode = binary.BigEndian.Uint16(raw[0:2]), true, int(raw[2]>>3)&0xF
-					m.Rcode = dns.RcodeFormatError
-					w.WriteMsg(m)
-				}
-				return
-			}
-			p.serve(w, r, raw, engine.UDP)
-		}()
+		q := udpQuery{bp: bp, n: n, from: from}
+		select {
+		case work <- q: // a waiting worker takes it
+		default:
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				p.udpWorker(pc, local, q, work, stop, &idle, queries)
+			}()
+		}
 	}
+}
+
+// udpQuery is a query read from the UDP listener, in a buffer of queryBufs.
+type udpQuery struct {
+	bp   *[]byte
+	n    int
+	from netip.AddrPort
+}
+
+// maxIdleWorkers bounds the workers waiting for a query; workerIdle is how long one
+// waits before it ends.
+const (
+	maxIdleWorkers = 16
+	workerIdle     = 10 * time.Second
+)
+
+// udpWorker answers q, then the queries handed to it on work, until it has waited
+// workerIdle for one, maxIdleWorkers others wait already, or stop is closed.
+func (p *Proxy) udpWorker(pc *net.UDPConn, local net.Addr, q udpQuery, work <-chan udpQuery, stop <-chan struct{},
+	idle *atomic.Int32, queries *sync.WaitGroup) {
+	var t *time.Timer
+	for {
+		p.handleUDP(pc, local, q)
+		queryBufs.Put(q.bp)
+		<-p.serving
+		queries.Done()
+		if idle.Add(1) > maxIdleWorkers {
+			idle.Add(-1)
+			return
+		}
+		if t == nil {
+			t = time.NewTimer(workerIdle)
+			defer t.Stop()
+		} else {
+			t.Reset(workerIdle)
+		}
+		select {
+		case q = <-work:
+			idle.Add(-1)
+		case <-t.C:
+			idle.Add(-1)
+			return
+		case <-stop:
+			idle.Add(-1)
+			return
+		}
+	}
+}
+
+// handleUDP answers one query read from the UDP listener.
+func (p *Proxy) handleUDP(pc *net.UDPConn, local net.Addr, q udpQuery) {
+	raw := (*q.bp)[:q.n]
+	w := &udpWriter{pc: pc, local: local, remote: net.UDPAddrFromAddrPort(q.from), to: q.from}
+	r := new(dns.Msg)
+	if err := r.Unpack(raw); err != nil {
+		// As miekg/dns's server: a query whose header is readable gets FORMERR.
+		if len(raw) >= 12 && raw[2]&0x80 == 0 {
+			m := new(dns.Msg)
+			m.Id, m.Response, m.Opcode = binary.BigEndian.Uint16(raw[0:2]), true, int(raw[2]>>3)&0xF
+			m.Rcode = dns.RcodeFormatError
+			w.WriteMsg(m)
+		}
+		return
+	}
+	p.serve(w, r, raw, engine.UDP)
 }
 
 // udpWriter answers one query that came over UDP.
@@ -442,6 +515,11 @@ func (p *Proxy) refused(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name s
 	if p.cfg.Decide == nil || name == "" {
 		return false
 	}
+	if p.cfg.MayRefuse != nil && !p.cfg.MayRefuse(name) {
+		// No rule refuses the name to any program (an index look-up, where Decide
+		// matches the rules for this program).
+		return false
+	}
 	ask := engine.Request{Direction: engine.Outbound, PID: req.PID, Exe: req.Exe, UID: req.UID, User: req.User,
 		Identity: req.Identity, Container: req.Container, Host: name, HostSource: engine.HostOwn}
 	rule, ok := p.cfg.Decide(&ask)
@@ -499,8 +577,12 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 		a, err := pending.answer(p, *bp)
 		if err == nil {
 			answer = a
+			// Closed, and another made ready, once the answer is out.
+			defer p.pool.replenish()
+			defer pending.conn.close()
 			break
 		}
+		pending.conn.close()
 		errs = append(errs, err)
 		pending = send()
 	}

@@ -498,6 +498,9 @@ func TestAskWhileIdentifying(t *testing.T) {
 		}
 		return decide(req)
 	}
+	// As the engine's: the new rule makes the name refusable.
+	mayRefuse := p.cfg.MayRefuse
+	p.cfg.MayRefuse = func(name string) bool { return (lateDeny.Load() && name == "late.test") || mayRefuse(name) }
 	var upstreamFirst atomic.Bool
 	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request {
 		deadline := time.Now().Add(2 * time.Second)

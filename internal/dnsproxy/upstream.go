@@ -12,10 +12,11 @@ import (
 )
 
 // The upstream exchange over UDP works on the packed messages: the query the client
-// sent, under an id of the proxy's own, goes out from a fresh socket (a new random
-// source port each query, as resolvers keep it since DNS cache poisoning), and the
-// answer goes back to the client as it came, under the client's id: nothing is packed
-// again, and the answer is parsed once, for learning.
+// sent, under an id of the proxy's own, goes out from a socket of its own (a new
+// random source port each query, as resolvers keep it since DNS cache poisoning:
+// made ready beforehand by socketPool, used once, closed), and the answer goes back
+// to the client as it came, under the client's id: nothing is packed again, and the
+// answer is parsed once, for learning.
 
 // errMismatch is an answer that is not to the query sent (counted; the wait goes on).
 var errMismatch = errors.New("answer to another question")
@@ -100,36 +101,82 @@ type asking struct {
 	deadline time.Time
 }
 
-// ask sends the packed query q to server from a fresh socket (a random source port),
-// under an id of the proxy's own; q is left as it was.
+// ask sends the packed query q to server from a socket of its own (a random source
+// port: a pooled one, else a fresh one), under an id of the proxy's own; q is left as
+// it was.
 func (p *Proxy) ask(q []byte, server netip.AddrPort) (*asking, error) {
 	qend := questionEnd(q)
 	if qend == 0 {
 		return nil, errors.New("not a query with one question")
 	}
+	now := time.Now()
 	a := &asking{server: server, id: queryIDs.next(), clientID: [2]byte{q[0], q[1]}, q: q, qend: qend,
-		deadline: time.Now().Add(p.cfg.Timeout)}
+		deadline: now.Add(p.cfg.Timeout)}
 	binary.BigEndian.PutUint16(q[0:2], a.id)
-	c, err := p.dialUDP(server)
+	pooled, err := p.dialUDP(&a.conn, server, now)
 	if err == nil {
-		err = c.send(q, a.deadline)
-		if err != nil {
-			c.close()
+		err = a.conn.send(q, a.deadline)
+		if err != nil && pooled {
+			// Its source address may be gone (the network changed before the
+			// pool heard of it): the others' too. A fresh socket gets one of now.
+			a.conn.done = nil // the inflight slot passes to the fresh socket
+			a.conn.close()
+			p.pool.flush()
+			if err = p.dialFresh(&a.conn, server); err == nil { // (on failure, slot released)
+				if err = a.conn.send(q, a.deadline); err != nil {
+					a.conn.close()
+				}
+			}
+		} else if err != nil {
+			a.conn.close()
 		}
 	}
 	q[0], q[1] = a.clientID[0], a.clientID[1]
 	if err != nil {
 		return nil, errUpstream(server, err)
 	}
-	a.conn = c
 	return a, nil
 }
 
+// dialUDP sets c to a socket connected to server, once one of maxInflight exchanges
+// may start: a pooled socket (anything that reached it while it waited is dropped),
+// else a fresh one. pooled says which.
+func (p *Proxy) dialUDP(c *udpConn, server netip.AddrPort, now time.Time) (pooled bool, err error) {
+	p.inflight <- struct{}{}
+	if pc, ok := p.pool.take(server, now); ok {
+		*c = pc
+		c.done = p.releaseFn
+		if n := c.drain(); n > 0 {
+			p.count(func(s *Stats) { s.Mismatched += uint64(n) })
+		}
+		return true, nil
+	}
+	if err := p.dialFresh(c, server); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// dialFresh sets c to a fresh socket connected to server, within the inflight slot
+// the caller holds (released when c is closed, or here on failure).
+func (p *Proxy) dialFresh(c *udpConn, server netip.AddrPort) error {
+	fresh, err := p.openUDP(server)
+	if err != nil {
+		<-p.inflight
+		return err
+	}
+	*c = fresh
+	c.done = p.releaseFn
+	return nil
+}
+
+// release ends one of the exchanges counted in inflight.
+func (p *Proxy) release() { <-p.inflight }
+
 // answer waits for the answer (datagrams that do not answer the query are counted and
-// skipped), reads it into buf and returns it under the client's id. It closes the
-// socket.
+// skipped), reads it into buf and returns it under the client's id. The caller
+// closes the socket.
 func (a *asking) answer(p *Proxy, buf []byte) ([]byte, error) {
-	defer a.conn.close()
 	for {
 		n, err := a.conn.receive(buf, a.deadline)
 		if err != nil {

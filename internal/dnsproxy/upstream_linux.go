@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,10 +18,20 @@ import (
 // goroutines at its next system monitor tick.
 type udpConn struct {
 	fd   int
-	done func()
+	done func() // nil while the socket waits in the pool
+	made time.Time
+	// rcvtimeo is the receive timeout set on the socket: the exchange timeout when
+	// it is made, set again only when the time left is shorter by more than a
+	// millisecond (one system call less a query).
+	rcvtimeo time.Duration
 }
 
-func (p *Proxy) dialUDP(server netip.AddrPort) (udpConn, error) {
+// poolSize is how many upstream sockets wait ready (see socketPool).
+const poolSize = 32
+
+// openUDP makes a UDP socket connected to server: the kernel gives it a random
+// source port.
+func (p *Proxy) openUDP(server netip.AddrPort) (udpConn, error) {
 	family, network := unix.AF_INET, "udp4"
 	var sa unix.Sockaddr
 	if a := server.Addr().Unmap(); a.Is4() {
@@ -35,14 +46,15 @@ func (p *Proxy) dialUDP(server netip.AddrPort) (udpConn, error) {
 		}
 		sa = sa6
 	}
-	p.inflight <- struct{}{}
-	release := func() { <-p.inflight }
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
-		release()
 		return udpConn{}, err
 	}
-	c := udpConn{fd: fd, done: release}
+	c := udpConn{fd: fd, rcvtimeo: p.cfg.Timeout}
+	if err := setTimeout(fd, unix.SO_RCVTIMEO, c.rcvtimeo); err != nil {
+		c.close()
+		return udpConn{}, err
+	}
 	if p.cfg.Control != nil {
 		if err := p.cfg.Control(network, server.String(), fdConn(fd)); err != nil {
 			c.close()
@@ -53,22 +65,60 @@ func (p *Proxy) dialUDP(server netip.AddrPort) (udpConn, error) {
 		c.close()
 		return udpConn{}, err
 	}
+	c.made = time.Now()
 	return c, nil
 }
 
+// source is the source address connect gave the socket (invalid if unknown).
+func (c *udpConn) source() netip.Addr {
+	if sa, err := unix.Getsockname(c.fd); err == nil {
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			return netip.AddrFrom4(sa.Addr)
+		case *unix.SockaddrInet6:
+			return netip.AddrFrom16(sa.Addr)
+		}
+	}
+	return netip.Addr{}
+}
+
+// drain reads and drops the datagrams that reached the socket before its query was
+// sent (a pooled socket waited for its query with its port open): none of them can
+// be the answer. It returns how many there were.
+func (c *udpConn) drain() int {
+	var b [1]byte
+	n := 0
+	for n < 1024 {
+		// recv(2) without the sender's address (unix.Recvfrom allocates one).
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		switch errno {
+		case 0:
+			n++
+		case unix.EINTR, unix.ECONNREFUSED: // an ICMP error queued on the socket
+		default:
+			return n
+		}
+	}
+	return n
+}
+
 // send never blocks: one datagram on a fresh socket always has room.
-func (c udpConn) send(b []byte, deadline time.Time) error {
+func (c *udpConn) send(b []byte, deadline time.Time) error {
 	_, err := retry(func() (int, error) { return 0, unix.Sendto(c.fd, b, unix.MSG_DONTWAIT, nil) })
 	return err
 }
 
-func (c udpConn) receive(buf []byte, deadline time.Time) (int, error) {
+func (c *udpConn) receive(buf []byte, deadline time.Time) (int, error) {
 	left := time.Until(deadline)
 	if left <= 0 {
 		return 0, errTimeout
 	}
-	if err := setTimeout(c.fd, unix.SO_RCVTIMEO, left); err != nil {
-		return 0, err
+	if c.rcvtimeo-left > time.Millisecond {
+		if err := setTimeout(c.fd, unix.SO_RCVTIMEO, left); err != nil {
+			return 0, err
+		}
+		c.rcvtimeo = left
 	}
 	n, err := retry(func() (int, error) { return unix.Read(c.fd, buf) })
 	if errors.Is(err, unix.EAGAIN) {
@@ -77,9 +127,11 @@ func (c udpConn) receive(buf []byte, deadline time.Time) (int, error) {
 	return n, err
 }
 
-func (c udpConn) close() {
+func (c *udpConn) close() {
 	unix.Close(c.fd)
-	c.done()
+	if c.done != nil {
+		c.done()
+	}
 }
 
 func retry(f func() (int, error)) (int, error) {
