@@ -54,7 +54,7 @@ func TestPerProgramNames(t *testing.T) {
 	// address: machine-wide, the latest name is cdn-other.test.
 	resolve(bins.Allowed, "bank.test")
 	resolve(bins.Forger, "cdn-other.test")
-	time.Sleep(100 * time.Millisecond) // the copies reach the daemon
+	waitLearned(t, d, 2) // the answers' copies reached the daemon
 	if r := connect(bins.Allowed); r.Outcome != "connected" {
 		t.Errorf("the program that resolved bank.test was not let through by the rule for bank.test: %+v", r)
 	} else if c := conn(r.PID); c["host"] != "bank.test" || c["host_source"] != "own" || c["reason"] != "rule" {
@@ -64,7 +64,7 @@ func TestPerProgramNames(t *testing.T) {
 	// Now Allowed resolves again, so bank.test is the latest name machine-wide; Forger
 	// still connects under its own name, and the rule for bank.test does not apply.
 	resolve(bins.Allowed, "bank.test")
-	time.Sleep(100 * time.Millisecond)
+	waitLearned(t, d, 3)
 	if r := connect(bins.Forger); r.Outcome == "connected" {
 		t.Errorf("the program that resolved cdn-other.test was let through by the rule for bank.test: %+v", r)
 	} else if c := conn(r.PID); c["host"] != "cdn-other.test" || c["host_source"] != "own" || c["verdict"] == "allow" {
@@ -81,6 +81,29 @@ func TestPerProgramNames(t *testing.T) {
 	text := d.MustCLI(t, "conns")
 	if !strings.Contains(text, "shared") {
 		t.Errorf("conns does not say which name was shared:\n%s", text)
+	}
+}
+
+// waitLearned waits (at most 5 s) until the daemon's hostname learner has learned
+// at least n addresses from answers: their copies are read on a socket of their own,
+// a little after the program got its answer.
+func waitLearned(t *testing.T, d *Daemon, n uint64) {
+	t.Helper()
+	var st struct {
+		DNS *struct {
+			Learned uint64 `json:"learned"`
+		} `json:"dns"`
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.DNS != nil && st.DNS.Learned >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon learned %+v addresses from DNS answers in 5 s, want %d", st.DNS, n)
+		}
 	}
 }
 

@@ -65,6 +65,7 @@ type Backend struct {
 	trafficEventsLost                          atomic.Uint64 // conntrack event socket overflows
 	latencySum, latencyMax, latencyN           atomic.Uint64
 	dns                                        *dnsname.Learner // nil without Config.Hostnames
+	dnsSenders                                 *dnsSenders      // with dns and a Resolver: who sent the queued DNS queries
 
 	// lastQueue is the kernel's view of the queue, read by Stats while running and
 	// once more when Run stops.
@@ -120,6 +121,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Hostnames != nil {
 		b.dns = dnsname.NewLearner(cfg.Hostnames)
 		if cfg.Resolver != nil {
+			b.dnsSenders = newDNSSenders(4096, dnsname.AnswerWindow)
 			// Each query is credited to the program whose socket sent it, so that its
 			// answer labels that program's connections (names "own") and others' only
 			// as the machine-wide fallback ("shared").
@@ -561,6 +563,11 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 			ifindex = p.InDev
 		}
 		b.attribute(req, int(ifindex))
+		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
+			// Before the verdict lets the query out, so before its answer can come
+			// back and the program close its socket.
+			b.dnsSenders.put(req.Local, req.Remote, programOf(req), time.Now())
+		}
 	}
 	if b.cfg.Hostnames != nil {
 		// After attribution, which gives the copy of the DNS answer the program just
@@ -644,6 +651,13 @@ func (b *Backend) queryProgram(proto engine.Protocol, client, server netip.AddrP
 		p, err = b.cfg.Resolver.ResolveDev(proto, client, server, req.UID, 0)
 	}
 	if err != nil || p.PID == 0 {
+		// The socket is gone (a quick resolver got its answer and closed it before
+		// this copy was read): who the queue saw sending the query, if it held it.
+		if proto == engine.UDP && b.dnsSenders != nil {
+			if prog, ok := b.dnsSenders.get(client, server, time.Now()); ok && (uid < 0 || uid == int64(prog.UID)) {
+				return prog
+			}
+		}
 		return dnsname.Program{}
 	}
 	req.PID, req.Exe, req.Identity, req.Container = p.PID, p.Exe, p.Identity, p.Container
