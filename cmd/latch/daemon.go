@@ -331,6 +331,9 @@ type platformBackend struct {
 	// cacheOff says why that cache caches nothing now ("": it does); nil where there
 	// is none.
 	cacheOff func() string
+	// recordHits hands the backend the function that records a connection its kernel
+	// cache decided (Windows: the driver's HIT_BATCH records); nil where there is none.
+	recordHits func(record func(*engine.Request, engine.Verdict))
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -558,6 +561,15 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	if be.followRules != nil {
 		be.followRules(eng)
+	}
+	if be.recordHits != nil {
+		// The driver's cache hits: one history row each, with the rule that decided.
+		be.recordHits(func(req *engine.Request, v engine.Verdict) {
+			if v.RuleID != 0 {
+				eng.CountHit(v.RuleID, req.Time)
+			}
+			record(req, v)
+		})
 	}
 	fp := be.fastPath
 	if fp != nil {
