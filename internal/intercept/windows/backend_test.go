@@ -221,8 +221,8 @@ func TestVerdictCacheScope(t *testing.T) {
 	if err := b.RulesChanged([]engine.Rule{{ID: 1}, {ID: 3}, {ID: 9}}); err != nil {
 		t.Fatal(err)
 	}
-	cached := func(a proto.Action) proto.Verdict {
-		return proto.Verdict{Action: a, CacheScope: proto.CacheProcessRemotePort, CacheTTLMS: 90000}
+	cached := func(a proto.Action, rule uint64) proto.Verdict {
+		return proto.Verdict{Action: a, CacheScope: proto.CacheProcessRemotePort, CacheTTLMS: 90000, RuleTag: rule}
 	}
 	cases := []struct {
 		port uint16
@@ -233,8 +233,8 @@ func TestVerdictCacheScope(t *testing.T) {
 		// An answer remembered as rule 3 is still a person's answer: not cached.
 		{2002, engine.Verdict{Action: engine.Reject, Reason: engine.ReasonPrompt, RuleID: 3}, proto.Verdict{Action: proto.ActionReject}},
 		{2003, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}, proto.Verdict{Action: proto.ActionBlock}},
-		{2004, engine.Verdict{Action: engine.Drop, Reason: engine.ReasonRule, RuleID: 9}, cached(proto.ActionBlock)},
-		{2005, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}, cached(proto.ActionPermit)},
+		{2004, engine.Verdict{Action: engine.Drop, Reason: engine.ReasonRule, RuleID: 9}, cached(proto.ActionBlock, 9)},
+		{2005, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}, cached(proto.ActionPermit, 1)},
 		{2006, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonDefault}, proto.Verdict{Action: proto.ActionPermit}},
 		{2007, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonQuestionCap}, proto.Verdict{Action: proto.ActionBlock}},
 		{2008, engine.Verdict{Action: engine.NoAction, Reason: engine.ReasonError}, proto.Verdict{Action: proto.ActionBlock}},
