@@ -1767,6 +1767,16 @@ static void test_cache_hits_reach_service(void)
     CHECK(client_bad_requests(c) == 0, "%ld messages failed to decode", client_bad_requests(c));
     CHECK(stat_of(c, LATCH_STAT_CACHE_HITS) == 4, "cache_hits %llu", (unsigned long long)stat_of(c, LATCH_STAT_CACHE_HITS));
     CHECK(stat_of(c, LATCH_STAT_HITS_LOST) == 0, "hits_lost %llu", (unsigned long long)stat_of(c, LATCH_STAT_HITS_LOST));
+    /* Re-authorizing the established flows decides them again from the cache: counted,
+       not recorded (they are not new connections; history has their rows already). */
+    int reauths = emu_conn_reauthorizations(a);
+    CHECK(client_flush(c, LATCH_FLUSH_REAUTHORIZE) == STATUS_SUCCESS, "reauthorize-only flush");
+    emu_wait_reauth_idle();
+    CHECK(emu_conn_reauthorizations(a) > reauths, "the flow was not reauthorized");
+    CHECK(stat_of(c, LATCH_STAT_CACHE_HITS) > 4, "the reauthorizations did not hit the cache");
+    sleep_ms(200); /* four worker ticks: any record would have been sent */
+    CHECK(client_wait_hits(c, 5, 100) == 4, "a reauthorization was recorded as a new connection: %ld records",
+          client_wait_hits(c, 5, 0));
     client_close(c);
     unload_clean();
 }
@@ -1797,18 +1807,31 @@ static void test_hit_ring_full_counts_loss(void)
     CHECK(undecided == 0, "%d cached connects were not decided in classify", undecided);
     UINT64 lost = stat_of(c, LATCH_STAT_HITS_LOST);
     CHECK(lost > 0, "a full ring lost nothing (hits_lost 0 after %d hits)", N);
-    /* reading again: what is left is delivered; nothing vanished silently */
+    UINT64 full = lost;
+    /* Still not reading: the batch being sent times out (1 s), and the ones after it
+       fail at once (the stalled bound): every record is counted, none waits. */
+    sleep_ms(1500);
+    UINT64 failures = stat_of(c, LATCH_STAT_SEND_FAILURES);
+    CHECK(failures > 0, "no HIT_BATCH send failed with nobody reading");
+    /* reading again: later hits are delivered; nothing vanished silently */
     REQUIRE(client_post_gets(c, 64), "GETs");
+    sleep_ms(100);
+    for (int i = 0; i < 10; i++) {
+        out4((UINT16)(30000 + i), 42, curl, 443);
+    }
     long got = 0;
     for (int tries = 0; tries < 40; tries++) {
-        got = client_wait_hits(c, (long)(N - (long)lost), 100);
+        got = client_wait_hits(c, (long)(N + 10 - (long)lost), 100);
         lost = stat_of(c, LATCH_STAT_HITS_LOST);
-        if ((UINT64)got + lost == (UINT64)N) {
+        if ((UINT64)got + lost == (UINT64)N + 10) {
             break;
         }
     }
-    printf("     delivered %ld, counted lost %llu\n", got, (unsigned long long)lost);
-    CHECK((UINT64)got + lost == (UINT64)N, "delivered %ld + lost %llu != %d hits", got, (unsigned long long)lost, N);
+    printf("     ring full: %llu lost at once; %llu send failures; in all %ld delivered, %llu counted lost\n",
+           (unsigned long long)full, (unsigned long long)failures, got, (unsigned long long)lost);
+    CHECK(got >= 10, "hits after the service read again were not delivered (%ld)", got);
+    CHECK((UINT64)got + lost == (UINT64)N + 10, "delivered %ld + lost %llu != %d hits", got, (unsigned long long)lost,
+          N + 10);
     CHECK(client_bad_requests(c) == 0, "%ld messages failed to decode", client_bad_requests(c));
     client_close(c);
     unload_clean();
