@@ -131,3 +131,87 @@ func startRun(t *testing.T, b *Backend) {
 		}
 	})
 }
+
+// TestSimCacheHitsRecorded runs the real driver (latch-sim, the C sources under the
+// kernel emulation) with the backend: repeats of a rule's connection are decided by
+// the driver's cache without a question, and each still becomes a history row (real
+// SQLite) with the rule that decided it, its pid, program and tuple.
+func TestSimCacheHitsRecorded(t *testing.T) {
+	s := startSim(t)
+	hist, err := store.OpenHistory(filepath.Join(t.TempDir(), "history.db"), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	procs := &fakeProcs{users: map[uint32]string{1234: `HOST\bob`},
+		images: map[uint32]string{1234: `C:\Windows\System32\curl.exe`}}
+	b, err := New(Config{Dial: EmulatedDialer(s.port), PromptTimeout: time.Second, Processes: procs, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.RecordHits(func(req *engine.Request, v engine.Verdict) {
+		if err := hist.Record(store.Conn{Time: req.Time, Request: *req, Verdict: v}); err != nil {
+			t.Errorf("Record: %v", err)
+		}
+	})
+	d := &simDecider{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, d) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	eventually(t, "the backend connected to latch-sim", func() bool { return b.Stats().Extra["connected"] == 1 })
+	if err := b.RulesChanged([]engine.Rule{{ID: 1}, {ID: 2}, {ID: 3}, {ID: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, conn, want string }{
+		{"c1", "v4 out tcp 198.18.0.1 50001 198.19.0.2 443", "permit"}, // asked: rule 1, cached
+		{"c2", "v4 out tcp 198.18.0.1 50002 198.19.0.2 443", "permit"}, // the cache
+		{"c3", "v4 out tcp 198.18.0.1 50003 198.19.0.2 443", "permit"}, // the cache
+		{"c4", "v4 out tcp 198.18.0.1 50004 198.19.0.2 25", "block"},   // asked: rule 2, cached
+		{"c5", "v4 out tcp 198.18.0.1 50005 198.19.0.2 25", "block"},   // the cache
+	} {
+		s.connect(c.name, c.conn+" pid=1234 path="+curlPath)
+		if got := s.wait(c.name, 5000); got != c.want {
+			t.Fatalf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+	if n := d.asked.Load(); n != 2 {
+		t.Fatalf("asked %d times, want 2 (the rest from the driver's cache)", n)
+	}
+	var rows []store.Conn
+	eventually(t, "three history rows from the driver's cache", func() bool {
+		hist.Flush()
+		rows, err = hist.Recent(10, 0)
+		return err == nil && len(rows) >= 3
+	})
+	if len(rows) != 3 {
+		t.Fatalf("%d rows, want 3: %+v", len(rows), rows)
+	}
+	want := map[uint16]struct {
+		rule   engine.RuleID
+		action engine.Action
+	}{50002: {1, engine.Allow}, 50003: {1, engine.Allow}, 50005: {2, engine.Deny}}
+	for _, r := range rows {
+		w, ok := want[r.Request.Local.Port()]
+		if !ok || r.Verdict.RuleID != w.rule || r.Verdict.Action != w.action || r.Verdict.Reason != engine.ReasonFastPath ||
+			r.Request.PID != 1234 || r.Request.Exe != `C:\Windows\System32\curl.exe` || r.Request.User != `HOST\bob` ||
+			r.Request.Remote.Addr() != netip.MustParseAddr("198.19.0.2") || r.Request.Protocol != engine.TCP {
+			t.Errorf("row %+v", r)
+		}
+		delete(want, r.Request.Local.Port())
+	}
+	st := s.stats()
+	if lost, ok := st["hits_lost"]; !ok || st["cache_hits"] != 3 || lost != 0 {
+		t.Errorf("driver cache_hits %d hits_lost %d (reported: %v), want 3 and 0", st["cache_hits"], lost, ok)
+	}
+	if got := b.Stats().Extra["driver_hits_lost"]; got != 0 {
+		t.Errorf("Stats().Extra[driver_hits_lost] = %d", got)
+	}
+	if _, ok := b.Stats().Extra["driver_hits_lost"]; !ok {
+		t.Error("Stats().Extra has no driver_hits_lost: status cannot show the loss")
+	}
+	s.unload()
+}
