@@ -1,5 +1,5 @@
 /*
- * latch driver <-> service wire format, version 1 (see driver/PROTOCOL.md).
+ * latch driver <-> service wire format, version 2 (see driver/PROTOCOL.md).
  *
  * Fixed layout, little-endian, naturally aligned with explicit reserved fields, so
  * the structs below are the wire image on every Windows target (x64, ARM64: both
@@ -14,7 +14,7 @@
 #define LATCH_PROTO_H
 
 #define LATCH_PROTO_MAGIC   0x4843544Cu /* "LTCH" in memory */
-#define LATCH_PROTO_VERSION 1
+#define LATCH_PROTO_VERSION 2 /* 2: VERDICT rule_tag, HIT_BATCH, hits_lost */
 
 /* Message types. */
 #define LATCH_TYPE_HELLO           0x01

@@ -245,7 +245,7 @@ NTSTATUS client_hello(client *c, ULONG defaultAction, ULONG timeoutMs)
     ULONG got = 0;
     memset(&h, 0, sizeof(h));
     LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
-    h.ServiceVersion = 1;
+    h.ServiceVersion = LATCH_PROTO_VERSION;
     h.DefaultAction = defaultAction;
     h.PendingTimeoutMs = timeoutMs;
     unsigned char out[64];

@@ -446,16 +446,16 @@ static void test_hello_gates_requests(void)
     LATCH_MSG_HELLO h;
     memset(&h, 0, sizeof(h));
     LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
-    h.ServiceVersion = 2;
+    h.ServiceVersion = 1; /* a service of the previous version (no rule tags, no HIT_BATCH) */
     h.DefaultAction = LATCH_ACTION_BLOCK;
     h.PendingTimeoutMs = 30000;
     LATCH_MSG_HELLO_REPLY reply;
     ULONG got = 0;
     CHECK(client_send(c, &h, sizeof(h), &reply, sizeof(reply), &got) == STATUS_SUCCESS && got == sizeof(reply) &&
-              reply.Status == (UINT32)STATUS_REVISION_MISMATCH && reply.DriverVersion == 1,
-          "a service of version 2 must be refused in HELLO_REPLY (status 0x%08x)", reply.Status);
+              reply.Status == (UINT32)STATUS_REVISION_MISMATCH && reply.DriverVersion == LATCH_PROTO_VERSION,
+          "a service of version 1 must be refused in HELLO_REPLY (status 0x%08x)", reply.Status);
     CHECK(!client_next_request(c, &r, 200), "a request went out to a refused service");
-    CHECK(client_hello(c, LATCH_ACTION_BLOCK, 30000) == STATUS_SUCCESS, "hello v1");
+    CHECK(client_hello(c, LATCH_ACTION_BLOCK, 30000) == STATUS_SUCCESS, "hello v2");
     REQUIRE(client_next_request(c, &r, 2000), "the held request goes out after HELLO");
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
     CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "verdict");
@@ -556,7 +556,7 @@ static void test_malformed_messages_change_nothing(void)
             v->Action = LATCH_ACTION_PERMIT;
         } else if (bads[i].type == LATCH_TYPE_HELLO) {
             LATCH_MSG_HELLO *h = (LATCH_MSG_HELLO *)msg;
-            h->ServiceVersion = 1;
+            h->ServiceVersion = LATCH_PROTO_VERSION;
             h->DefaultAction = LATCH_ACTION_PERMIT;
             h->PendingTimeoutMs = 100;
         }
@@ -1178,7 +1178,7 @@ static void test_stalled_service(void)
     LATCH_MSG_HELLO h;
     memset(&h, 0, sizeof(h));
     LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
-    h.ServiceVersion = 1;
+    h.ServiceVersion = LATCH_PROTO_VERSION;
     h.DefaultAction = LATCH_ACTION_BLOCK;
     h.PendingTimeoutMs = 20000;
     UINT8 frame[4 + 1 + 4 + sizeof(h)];
@@ -1237,7 +1237,7 @@ static void test_port_message_fuzz(void)
     memset(valid, 0, sizeof(valid));
     LATCH_MSG_HELLO *h = (LATCH_MSG_HELLO *)valid[0];
     LatchInitHeader(&h->Header, LATCH_TYPE_HELLO, 32);
-    h->ServiceVersion = 1;
+    h->ServiceVersion = LATCH_PROTO_VERSION;
     h->DefaultAction = LATCH_ACTION_BLOCK;
     h->PendingTimeoutMs = 30000;
     LATCH_MSG_VERDICT *v = (LATCH_MSG_VERDICT *)valid[1];

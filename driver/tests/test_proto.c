@@ -18,7 +18,7 @@ static ULONG build_golden(const char *name, UINT8 *buf, ULONG cap)
         LATCH_MSG_HELLO m;
         memset(&m, 0, sizeof(m));
         LatchInitHeader(&m.Header, LATCH_TYPE_HELLO, sizeof(m));
-        m.ServiceVersion = 1;
+        m.ServiceVersion = 2;
         m.DefaultAction = 2;
         m.PendingTimeoutMs = 30000;
         return LatchEncodeFixed(&m, buf, cap);
@@ -27,7 +27,7 @@ static ULONG build_golden(const char *name, UINT8 *buf, ULONG cap)
         LATCH_MSG_HELLO_REPLY m;
         memset(&m, 0, sizeof(m));
         LatchInitHeader(&m.Header, LATCH_TYPE_HELLO_REPLY, sizeof(m));
-        m.DriverVersion = 1;
+        m.DriverVersion = 2;
         m.MaxPending = 4096;
         m.MaxPendingPerProcess = 256;
         return LatchEncodeFixed(&m, buf, cap);
@@ -149,12 +149,12 @@ static void check_decoded(const char *who, const char *name, const UINT8 *b, ULO
     if (strcmp(name, "hello") == 0) {
         LATCH_MSG_HELLO m;
         REQUIRE(NT_SUCCESS(LatchDecodeHello(b, n, &m, &bad)), "%s/%s.bin does not decode (offset %u)", who, name, bad);
-        CHECK(m.ServiceVersion == 1 && m.DefaultAction == 2 && m.PendingTimeoutMs == 30000 && m.Reserved == 0,
+        CHECK(m.ServiceVersion == 2 && m.DefaultAction == 2 && m.PendingTimeoutMs == 30000 && m.Reserved == 0,
               "%s/%s.bin fields", who, name);
     } else if (strcmp(name, "hello_reply") == 0) {
         LATCH_MSG_HELLO_REPLY m;
         REQUIRE(NT_SUCCESS(LatchDecodeHelloReply(b, n, &m, &bad)), "%s/%s.bin does not decode", who, name);
-        CHECK(m.DriverVersion == 1 && m.MaxPending == 4096 && m.MaxPendingPerProcess == 256 && m.Status == 0,
+        CHECK(m.DriverVersion == 2 && m.MaxPending == 4096 && m.MaxPendingPerProcess == 256 && m.Status == 0,
               "%s/%s.bin fields", who, name);
     } else if (strncmp(name, "connect_", 8) == 0) {
         LATCH_MSG_CONNECT_REQUEST m;
@@ -295,7 +295,7 @@ typedef struct mutation {
 } mutation;
 
 static const mutation mutations[] = {
-    {"hello", 0, 4, 0x4843544D, 0},   {"hello", 4, 2, 2, 4},          {"hello", 6, 2, 0x81, 6},
+    {"hello", 0, 4, 0x4843544D, 0},   {"hello", 4, 2, 1, 4},          {"hello", 4, 2, 3, 4},          {"hello", 6, 2, 0x81, 6},
     {"hello", 6, 2, 0x99, 6},         {"hello", 8, 4, 33, 8},         {"hello", 12, 4, 1, 12},
     {"hello", 20, 4, 0, 20},          {"hello", 20, 4, 3, 20},        {"hello", 24, 4, 99, 24},
     {"hello", 24, 4, 600001, 24},     {"hello", 28, 4, 1, 28},

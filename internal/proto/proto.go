@@ -1,5 +1,5 @@
 // Package proto is the wire format between latch's Windows driver and the Go service,
-// version 1, as specified in driver/PROTOCOL.md and driver/include/latch_proto.h.
+// version 2, as specified in driver/PROTOCOL.md and driver/include/latch_proto.h.
 //
 // Every message is little-endian and fixed layout: a 16-byte header (magic, version,
 // type, length, reserved) followed by a body whose size the type dictates. Decode is
@@ -22,7 +22,7 @@ import (
 const Magic uint32 = 0x4843544C
 
 // Version is the wire format version this package speaks.
-const Version uint16 = 1
+const Version uint16 = 2
 
 // Message sizes in bytes, header included.
 const (

@@ -21,8 +21,8 @@ var golden = []struct {
 	name string
 	msg  Message
 }{
-	{"hello", &Hello{ServiceVersion: 1, DefaultAction: ActionBlock, PendingTimeoutMS: 30000}},
-	{"hello_reply", &HelloReply{DriverVersion: 1, MaxPending: 4096, MaxPendingPerProcess: 256, Status: StatusSuccess}},
+	{"hello", &Hello{ServiceVersion: 2, DefaultAction: ActionBlock, PendingTimeoutMS: 30000}},
+	{"hello_reply", &HelloReply{DriverVersion: 2, MaxPending: 4096, MaxPendingPerProcess: 256, Status: StatusSuccess}},
 	{"connect_v4", &ConnectRequest{
 		RequestID: 0x0102030405060708, Layer: LayerConnectV4, Direction: Outbound, IPVersion: 4, Protocol: 6,
 		Local:     netip.MustParseAddrPort("198.18.0.1:49152"),
@@ -201,7 +201,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty", nil, "length", 0},
 		{"short header", goldenBytes(t, "ack")[:15], "length", 0},
 		{"wrong magic", mutate(t, "ack", func(b []byte) []byte { return put32(b, 0, 0x4c544348) }), "magic", 0},
-		{"version 2", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 2) }), "version", 4},
+		{"version 1", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 1) }), "version", 4},
+		{"version 3", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 3) }), "version", 4},
 		{"version 0", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 0) }), "version", 4},
 		{"unknown type", mutate(t, "ack", func(b []byte) []byte { return put16(b, 6, 0x99) }), "type", 6},
 		{"type 0", mutate(t, "ack", func(b []byte) []byte { return put16(b, 6, 0) }), "type", 6},
@@ -281,9 +282,9 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func TestVersionMismatch(t *testing.T) {
-	_, err := Decode(mutate(t, "hello_reply", func(b []byte) []byte { return put16(b, 4, 2) }))
-	if got, ok := VersionMismatch(err); !ok || got != 2 {
-		t.Fatalf("VersionMismatch(%v) = %d, %v; want 2, true", err, got, ok)
+	_, err := Decode(mutate(t, "hello_reply", func(b []byte) []byte { return put16(b, 4, 1) }))
+	if got, ok := VersionMismatch(err); !ok || got != 1 {
+		t.Fatalf("VersionMismatch(%v) = %d, %v; want 1, true", err, got, ok)
 	}
 	_, err = Decode(mutate(t, "hello_reply", func(b []byte) []byte { b[0] = 0; return b }))
 	if _, ok := VersionMismatch(err); ok {
@@ -297,7 +298,7 @@ func TestEncodeRejects(t *testing.T) {
 		m     Message
 		field string
 	}{
-		{"hello timeout 0", &Hello{ServiceVersion: 1, DefaultAction: ActionBlock}, "pending_timeout_ms"},
+		{"hello timeout 0", &Hello{ServiceVersion: 2, DefaultAction: ActionBlock}, "pending_timeout_ms"},
 		{"verdict no id", &Verdict{Action: ActionPermit}, "request_id"},
 		{"verdict ttl without scope", &Verdict{RequestID: 1, Action: ActionBlock, CacheTTLMS: 5}, "cache_ttl_ms"},
 		{"verdict tag without scope", &Verdict{RequestID: 1, Action: ActionBlock, RuleTag: 3}, "rule_tag"},

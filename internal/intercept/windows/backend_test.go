@@ -96,7 +96,7 @@ func TestHelloCarriesDefaultAndTimeout(t *testing.T) {
 		drv.mu.Lock()
 		h := drv.hellos[0]
 		drv.mu.Unlock()
-		if h.ServiceVersion != 1 || h.DefaultAction != c.action || h.PendingTimeoutMS != c.ms {
+		if h.ServiceVersion != uint32(proto.Version) || h.DefaultAction != c.action || h.PendingTimeoutMS != c.ms {
 			t.Errorf("default %v timeout %v: HELLO %+v, want action %v, %d ms", c.def, c.timeout, h, c.action, c.ms)
 		}
 	}
@@ -108,17 +108,21 @@ func TestVersionMismatchRefused(t *testing.T) {
 		reply func(*proto.Hello) []byte
 		want  string
 	}{
-		{"driver_version 2", func(*proto.Hello) []byte {
-			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 2, Status: proto.StatusRevisionMismatch})
-			return b
-		}, "the latch driver speaks protocol version 2 and this service version 1"},
-		{"wire version 2", func(*proto.Hello) []byte {
-			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 2})
-			b[4] = 2
-			return b
-		}, "the latch driver speaks protocol version 2 and this service version 1"},
-		{"status refused", func(*proto.Hello) []byte {
+		{"driver_version 1", func(*proto.Hello) []byte {
 			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 1, Status: proto.StatusRevisionMismatch})
+			return b
+		}, "the latch driver speaks protocol version 1 and this service version 2"},
+		{"wire version 1", func(*proto.Hello) []byte {
+			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 1})
+			b[4] = 1
+			return b
+		}, "the latch driver speaks protocol version 1 and this service version 2"},
+		{"driver_version 3", func(*proto.Hello) []byte {
+			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 3})
+			return b
+		}, "the latch driver speaks protocol version 3 and this service version 2"},
+		{"status refused", func(*proto.Hello) []byte {
+			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 2, Status: proto.StatusRevisionMismatch})
 			return b
 		}, "refused this service's HELLO: STATUS_REVISION_MISMATCH"},
 		{"ack", func(*proto.Hello) []byte {
