@@ -564,12 +564,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	if be.recordHits != nil {
 		// The driver's cache hits: one history row each, with the rule that decided.
-		be.recordHits(func(req *engine.Request, v engine.Verdict) {
-			if v.RuleID != 0 {
-				eng.CountHit(v.RuleID, req.Time)
-			}
-			record(req, v)
-		})
+		be.recordHits(kernelHitRecorder(eng, record))
 	}
 	fp := be.fastPath
 	if fp != nil {
@@ -852,6 +847,19 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		cancel()
 		<-done
 	}, nil
+}
+
+// kernelHitRecorder returns what records a connection a kernel cache decided by itself
+// (the Windows driver's HIT_BATCH records): the rule's hit is counted, as for a
+// connection the engine decided by it, and the decision goes to record (history,
+// metrics, events) like any other.
+func kernelHitRecorder(eng *engine.Engine, record func(*engine.Request, engine.Verdict)) func(*engine.Request, engine.Verdict) {
+	return func(req *engine.Request, v engine.Verdict) {
+		if v.RuleID != 0 {
+			eng.CountHit(v.RuleID, req.Time)
+		}
+		record(req, v)
+	}
 }
 
 // fastPathIDBase is where the request ids of fast-path decisions start: above every
