@@ -335,6 +335,9 @@ type platformBackend struct {
 	// cacheOff says why that cache caches nothing now ("": it does); nil where there
 	// is none.
 	cacheOff func() string
+	// recordHits hands the backend the function that records a connection its kernel
+	// cache decided (Windows: the driver's HIT_BATCH records); nil where there is none.
+	recordHits func(record func(*engine.Request, engine.Verdict))
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -562,6 +565,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	}
 	if be.followRules != nil {
 		be.followRules(eng)
+	}
+	if be.recordHits != nil {
+		// The driver's cache hits: one history row each, with the rule that decided.
+		be.recordHits(kernelHitRecorder(eng, record))
 	}
 	fp := be.fastPath
 	if fp != nil {
@@ -917,6 +924,19 @@ func startDNSProxy(o *daemonOptions, be *platformBackend, eng *engine.Engine, hi
 		cancel()
 		<-done
 	}, nil
+}
+
+// kernelHitRecorder returns what records a connection a kernel cache decided by itself
+// (the Windows driver's HIT_BATCH records): the rule's hit is counted, as for a
+// connection the engine decided by it, and the decision goes to record (history,
+// metrics, events) like any other.
+func kernelHitRecorder(eng *engine.Engine, record func(*engine.Request, engine.Verdict)) func(*engine.Request, engine.Verdict) {
+	return func(req *engine.Request, v engine.Verdict) {
+		if v.RuleID != 0 {
+			eng.CountHit(v.RuleID, req.Time)
+		}
+		record(req, v)
+	}
 }
 
 // fastPathIDBase is where the request ids of fast-path decisions start: above every

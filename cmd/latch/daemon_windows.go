@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept/windows"
 	"github.com/latchfw/latch/internal/winsvc"
 )
@@ -24,6 +25,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		// The driver's verdict cache is emptied before a rule change returns.
 		followRules: be.FollowRules,
 		cacheOff:    be.CacheOff,
+		// Connections the driver's cache decided come back as records: history rows.
+		recordHits: func(record func(*engine.Request, engine.Verdict)) { be.RecordHits(record) },
 	}, nil
 }
 

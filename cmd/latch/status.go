@@ -101,8 +101,8 @@ func runStatus(ctx context.Context, args []string) error {
 	}
 	if c := st.DriverCache; c != nil {
 		if c.On {
-			row("driver cache", "on: repeats of a rule's verdict decided in the driver %d times",
-				st.Kernel.Extra["driver_cache_hits"])
+			row("driver cache", "on: repeats of a rule's verdict decided in the driver %d times; history records lost %d",
+				st.Kernel.Extra["driver_cache_hits"], st.Kernel.Extra["driver_hits_lost"])
 		} else {
 			row("driver cache", "off for now: %s", textesc.Message(c.Why))
 		}

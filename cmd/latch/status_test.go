@@ -64,10 +64,14 @@ func TestStatusShowsDriverCache(t *testing.T) {
 	if out := f.must(t, "status"); strings.Contains(out, "driver cache") {
 		t.Errorf("a backend without a driver cache shows one:\n%s", out)
 	}
-	f.kernel = intercept.Stats{Backend: "wfp/test", Extra: map[string]uint64{"driver_cache_hits": 7}}
+	f.kernel = intercept.Stats{Backend: "wfp/test", Extra: map[string]uint64{"driver_cache_hits": 7, "driver_hits_lost": 3}}
 	f.driverCache = &api.DriverCacheStatus{On: true}
-	if out := f.must(t, "status"); !strings.Contains(out, "on: repeats of a rule's verdict decided in the driver 7 times\n") {
+	if out := f.must(t, "status"); !strings.Contains(out, "on: repeats of a rule's verdict decided in the driver 7 times; history records lost 3\n") {
 		t.Errorf("status with the cache on:\n%s", out)
+	}
+	var on api.Status
+	if err := json.Unmarshal([]byte(f.must(t, "status", "--json")), &on); err != nil || on.Kernel.Extra["driver_hits_lost"] != 3 {
+		t.Errorf("status --json: kernel extra %v, %v (want driver_hits_lost 3)", on.Kernel.Extra, err)
 	}
 	f.driverCache = &api.DriverCacheStatus{Why: "rule 2 has a host-name condition\x1b[2K"}
 	if out := f.must(t, "status"); !strings.Contains(out, "off for now: rule 2 has a host-name condition\\x1b[2K\n") {

@@ -24,7 +24,7 @@ DRIVER_INITIALIZE DriverEntry;
 static const char *counterNames[LATCH_STATS_COUNT] = {
     "classified", "pended", "permitted", "blocked", "timed_out", "no_client_default", "cap_exceeded",
     "cache_hits", "send_failures", "malformed_messages", "flow_contexts_live", "pending_now",
-    "verdicts_late", "reauthorized", "alloc_failures", "reserved"};
+    "verdicts_late", "reauthorized", "alloc_failures", "hits_lost"};
 
 #define MAX_TAGS 65536
 static struct { char *tag; emu_conn *conn; } tags[MAX_TAGS];
@@ -180,7 +180,7 @@ static void cmd_stats(char *reply, size_t n)
     }
     size_t off = 0;
     reply[0] = 0;
-    for (int i = 0; i < LATCH_STAT_RESERVED && off < n; i++) {
+    for (int i = 0; i < LATCH_STATS_COUNT && off < n; i++) {
         off += (size_t)snprintf(reply + off, n - off, "%s%s=%llu", i ? " " : "", counterNames[i],
                                 (unsigned long long)r.Counters[i]);
     }

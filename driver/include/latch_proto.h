@@ -1,5 +1,5 @@
 /*
- * latch driver <-> service wire format, version 1 (see driver/PROTOCOL.md).
+ * latch driver <-> service wire format, version 2 (see driver/PROTOCOL.md).
  *
  * Fixed layout, little-endian, naturally aligned with explicit reserved fields, so
  * the structs below are the wire image on every Windows target (x64, ARM64: both
@@ -14,7 +14,7 @@
 #define LATCH_PROTO_H
 
 #define LATCH_PROTO_MAGIC   0x4843544Cu /* "LTCH" in memory */
-#define LATCH_PROTO_VERSION 1
+#define LATCH_PROTO_VERSION 2 /* 2: VERDICT rule_tag, HIT_BATCH, hits_lost */
 
 /* Message types. */
 #define LATCH_TYPE_HELLO           0x01
@@ -22,6 +22,7 @@
 #define LATCH_TYPE_VERDICT         0x03
 #define LATCH_TYPE_FLUSH           0x04
 #define LATCH_TYPE_STATS_QUERY     0x05
+#define LATCH_TYPE_HIT_BATCH       0x06 /* driver -> service: connections the cache decided */
 #define LATCH_TYPE_ACK             0x80
 #define LATCH_TYPE_HELLO_REPLY     0x81
 #define LATCH_TYPE_STATS_REPLY     0x85
@@ -55,6 +56,7 @@
 #define LATCH_MAX_TIMEOUT_MS      600000
 #define LATCH_MAX_CACHE_TTL_MS    86400000
 #define LATCH_STATS_COUNT         16
+#define LATCH_MAX_HITS_PER_BATCH  64
 
 /* STATS_REPLY counter indexes, in wire order. */
 enum {
@@ -73,7 +75,7 @@ enum {
     LATCH_STAT_VERDICTS_LATE,
     LATCH_STAT_REAUTHORIZED,
     LATCH_STAT_ALLOC_FAILURES,
-    LATCH_STAT_RESERVED
+    LATCH_STAT_HITS_LOST        /* cache hits never delivered in a HIT_BATCH (ring full, send failed, unload) */
 };
 
 typedef struct _LATCH_MSG_HEADER {
@@ -127,6 +129,7 @@ typedef struct _LATCH_MSG_VERDICT {
     UINT32 CacheScope;
     UINT32 CacheTtlMs;
     UINT32 Reserved;
+    UINT64 RuleTag;  /* the service's rule id, returned in HIT_BATCH records; 0 with scope 0 */
 } LATCH_MSG_VERDICT;
 
 typedef struct _LATCH_MSG_FLUSH {
@@ -144,12 +147,37 @@ typedef struct _LATCH_MSG_STATS_REPLY {
     UINT64 Counters[LATCH_STATS_COUNT];
 } LATCH_MSG_STATS_REPLY;
 
+/* One connection the verdict cache decided (HIT_BATCH record), 64 bytes. */
+typedef struct _LATCH_HIT_RECORD {
+    UINT64 RuleTag;          /* VERDICT.rule_tag of the verdict cached; 0: none */
+    UINT64 ProcessId;
+    INT64  Timestamp;        /* KeQuerySystemTime at the classify */
+    UINT8  LocalAddr[16];    /* as in CONNECT_REQUEST */
+    UINT8  RemoteAddr[16];
+    UINT16 LocalPort;
+    UINT16 RemotePort;
+    UINT8  Direction;
+    UINT8  IpVersion;
+    UINT8  Protocol;
+    UINT8  Action;           /* LATCH_ACTION_PERMIT or _BLOCK */
+} LATCH_HIT_RECORD;
+
+typedef struct _LATCH_MSG_HIT_BATCH {
+    LATCH_MSG_HEADER Header;
+    UINT32 Count;            /* 1..LATCH_MAX_HITS_PER_BATCH records follow */
+    UINT32 Reserved;
+    /* LATCH_HIT_RECORD Records[Count] follow */
+} LATCH_MSG_HIT_BATCH;
+
 typedef struct _LATCH_MSG_ACK {
     LATCH_MSG_HEADER Header;
     UINT32 Status;   /* NTSTATUS bits */
     UINT32 Reserved;
 } LATCH_MSG_ACK;
 
+#define LATCH_HIT_BATCH_FIXED_SIZE 24u
+#define LATCH_HIT_RECORD_SIZE      64u
+#define LATCH_HIT_BATCH_MAX_SIZE   (LATCH_HIT_BATCH_FIXED_SIZE + LATCH_HIT_RECORD_SIZE * LATCH_MAX_HITS_PER_BATCH)
 #define LATCH_CONNECT_FIXED_SIZE 96u
 #define LATCH_CONNECT_MAX_SIZE   (LATCH_CONNECT_FIXED_SIZE + 2u * LATCH_MAX_PATH_UNITS)
 /* The largest message either side ever sends. */
@@ -160,7 +188,14 @@ C_ASSERT(sizeof(LATCH_MSG_HEADER) == 16);
 C_ASSERT(sizeof(LATCH_MSG_HELLO) == 32);
 C_ASSERT(sizeof(LATCH_MSG_HELLO_REPLY) == 32);
 C_ASSERT(sizeof(LATCH_MSG_CONNECT_REQUEST) == LATCH_CONNECT_FIXED_SIZE);
-C_ASSERT(sizeof(LATCH_MSG_VERDICT) == 40);
+C_ASSERT(sizeof(LATCH_MSG_VERDICT) == 48);
+C_ASSERT(sizeof(LATCH_HIT_RECORD) == LATCH_HIT_RECORD_SIZE);
+C_ASSERT(sizeof(LATCH_MSG_HIT_BATCH) == LATCH_HIT_BATCH_FIXED_SIZE);
+C_ASSERT(FIELD_OFFSET(LATCH_HIT_RECORD, LocalAddr) == 24);
+C_ASSERT(FIELD_OFFSET(LATCH_HIT_RECORD, LocalPort) == 56);
+C_ASSERT(FIELD_OFFSET(LATCH_HIT_RECORD, Direction) == 60);
+C_ASSERT(FIELD_OFFSET(LATCH_HIT_RECORD, Action) == 63);
+C_ASSERT(LATCH_HIT_BATCH_MAX_SIZE <= LATCH_MSG_MAX_SIZE);
 C_ASSERT(sizeof(LATCH_MSG_FLUSH) == 24);
 C_ASSERT(sizeof(LATCH_MSG_STATS_QUERY) == 16);
 C_ASSERT(sizeof(LATCH_MSG_STATS_REPLY) == 144);
@@ -179,6 +214,7 @@ C_ASSERT(FIELD_OFFSET(LATCH_MSG_CONNECT_REQUEST, Timestamp) == 80);
 C_ASSERT(FIELD_OFFSET(LATCH_MSG_CONNECT_REQUEST, PathLen) == 88);
 C_ASSERT(FIELD_OFFSET(LATCH_MSG_VERDICT, Action) == 24);
 C_ASSERT(FIELD_OFFSET(LATCH_MSG_VERDICT, CacheTtlMs) == 32);
+C_ASSERT(FIELD_OFFSET(LATCH_MSG_VERDICT, RuleTag) == 40);
 C_ASSERT(FIELD_OFFSET(LATCH_MSG_STATS_REPLY, Counters) == 16);
 
 /*
@@ -199,6 +235,9 @@ NTSTATUS LatchDecodeVerdict(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_VE
 NTSTATUS LatchDecodeFlush(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_FLUSH *Out, ULONG *BadOffset);
 NTSTATUS LatchDecodeStatsQuery(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_STATS_QUERY *Out, ULONG *BadOffset);
 NTSTATUS LatchDecodeStatsReply(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_STATS_REPLY *Out, ULONG *BadOffset);
+/* Records points into Buffer (Count records); may be NULL when not wanted. */
+NTSTATUS LatchDecodeHitBatch(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_HIT_BATCH *Out,
+                             const LATCH_HIT_RECORD **Records, ULONG *BadOffset);
 NTSTATUS LatchDecodeAck(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_ACK *Out, ULONG *BadOffset);
 
 /* Fills in a header (magic, version, type, length, reserved 0). */
@@ -211,6 +250,8 @@ VOID LatchInitHeader(LATCH_MSG_HEADER *Header, UINT16 Type, UINT32 Length);
  * LatchInitHeader; these cover the variable one and validation.
  */
 ULONG LatchEncodeConnectRequest(const LATCH_MSG_CONNECT_REQUEST *Fixed, const WCHAR *Path, VOID *Buffer, ULONG BufferLength);
+/* Count records (1..LATCH_MAX_HITS_PER_BATCH) into one HIT_BATCH. */
+ULONG LatchEncodeHitBatch(const LATCH_HIT_RECORD *Records, ULONG Count, VOID *Buffer, ULONG BufferLength);
 ULONG LatchEncodeFixed(const VOID *Message, VOID *Buffer, ULONG BufferLength);
 
 #endif /* LATCH_PROTO_H */

@@ -299,6 +299,33 @@ mut("evicted_cache_entry_leaked", "leaked non-paged pool on every cache replacem
     "leaked pool allocation",
     [("src/pending.c", """    LatchCacheFree(fresh); /* unused, or the entry it replaced */""", """""")])
 
+mut("hit_ring_full_uncounted", "no bugcheck: with the ring full, cache-decided connections vanish from the history without a trace (issue 9: never silent)",
+    "a full ring lost nothing",
+    [("src/cache.c", """    if (g.HitCount >= LATCH_HIT_SLOTS) {
+        LatchCount(LATCH_STAT_HITS_LOST);
+        return FALSE;
+    }""", """    if (g.HitCount >= LATCH_HIT_SLOTS) {
+        return FALSE;
+    }""")])
+
+mut("hit_without_rule_tag", "no bugcheck: history rows of cache-decided connections name no rule (the cached verdict's rule tag is not returned)",
+    "hit 0: tag",
+    [("src/cache.c", """    Fresh->RuleTag = RuleTag;""", """    UNREFERENCED_PARAMETER(RuleTag);""")])
+
+mut("hit_batch_send_failure_uncounted", "no bugcheck: a HIT_BATCH the service never read is dropped uncounted (history incomplete, status says nothing lost)",
+    "+ lost",
+    [("src/worker.c", """                InterlockedAdd64(&g.Stats[LATCH_STAT_HITS_LOST], (LONG64)hits);
+""", """""")])
+
+mut("hits_left_at_unload_uncounted", "no bugcheck: records still in the ring at unload vanish uncounted",
+    "records left in the ring",
+    [("src/driver.c", """    LatchDropHits();""", """""")])
+
+mut("reauth_hit_recorded", "no bugcheck: every FLUSH that re-authorizes writes a second history row for each established flow the cache re-decides",
+    "a reauthorization was recorded as a new connection",
+    [("src/callouts.c", """    if (LatchCacheLookup(&tuple, pid, path, pathLen, !reauth, &action)) {""",
+      """    if (LatchCacheLookup(&tuple, pid, path, pathLen, TRUE, &action)) {""")])
+
 def main():
     only = sys.argv[1:]
     os.makedirs(OUT, exist_ok=True)

@@ -18,6 +18,12 @@
  *     rules is applied to its own connection and nothing else.
  * Entries are allocated (LtLc, non-paged) outside the lock before an insert, and
  * freed outside it after an eviction or a flush.
+ *
+ * History: a hit on a new connection (not a reauthorization) is written, in the same
+ * hold of the lock, as a fixed-size record (tuple, pid, action, the verdict's rule
+ * tag) into g.Hits, a ring of LATCH_HIT_SLOTS records inside g: no allocation, O(1).
+ * The worker takes them out in HIT_BATCH messages (LatchDequeueHits). A hit that finds
+ * the ring full is decided all the same and counted in hits_lost.
  */
 #include "latch.h"
 
@@ -101,7 +107,8 @@ static BOOLEAN EntryMatches(const LATCH_CACHE_ENTRY *e, ULONG Scope, const LATCH
 }
 
 LATCH_LOCKED static BOOLEAN LookupLocked(UINT64 Hash, ULONG Scope, const LATCH_TUPLE *Tuple, UINT64 ProcessId,
-                                         const WCHAR *Path, UINT16 PathLen, ULONGLONG Now, ULONG *Action)
+                                         const WCHAR *Path, UINT16 PathLen, ULONGLONG Now, ULONG *Action,
+                                         UINT64 *RuleTag)
 {
     ULONG i;
     for (i = 0; i < LATCH_CACHE_PROBE; i++) {
@@ -110,6 +117,7 @@ LATCH_LOCKED static BOOLEAN LookupLocked(UINT64 Hash, ULONG Scope, const LATCH_T
             /* At most one entry per hash in a window (see LatchCacheInsertLocked). */
             if (EntryMatches(slot->Entry, Scope, Tuple, ProcessId, Path, PathLen)) {
                 *Action = slot->Entry->Action;
+                *RuleTag = slot->Entry->RuleTag;
                 return TRUE;
             }
             return FALSE;
@@ -118,9 +126,83 @@ LATCH_LOCKED static BOOLEAN LookupLocked(UINT64 Hash, ULONG Scope, const LATCH_T
     return FALSE;
 }
 
-BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
-                         ULONG *Action)
+/* Appends one hit to the ring, or counts it lost when the ring is full. Returns TRUE
+   when the worker should be woken (a batch is ready). */
+LATCH_LOCKED static BOOLEAN RecordHitLocked(const LATCH_TUPLE *Tuple, UINT64 ProcessId, ULONG Action, UINT64 RuleTag,
+                                            LONGLONG Timestamp)
 {
+    LATCH_HIT_RECORD *r;
+    if (g.HitCount >= LATCH_HIT_SLOTS) {
+        LatchCount(LATCH_STAT_HITS_LOST);
+        return FALSE;
+    }
+    r = &g.Hits[(g.HitHead + g.HitCount) & (LATCH_HIT_SLOTS - 1)];
+    RtlZeroMemory(r, sizeof(*r));
+    r->RuleTag = RuleTag;
+    r->ProcessId = ProcessId;
+    r->Timestamp = Timestamp;
+    RtlCopyMemory(r->LocalAddr, Tuple->LocalAddr, sizeof(r->LocalAddr));
+    RtlCopyMemory(r->RemoteAddr, Tuple->RemoteAddr, sizeof(r->RemoteAddr));
+    r->LocalPort = Tuple->LocalPort;
+    r->RemotePort = Tuple->RemotePort;
+    r->Direction = Tuple->Direction;
+    r->IpVersion = Tuple->IpVersion;
+    r->Protocol = Tuple->Protocol;
+    r->Action = (UINT8)Action;
+    g.HitCount++;
+    return g.HitCount == LATCH_HIT_WAKE;
+}
+
+ULONG LatchDequeueHits(UINT8 *Buffer, ULONG BufferLength, ULONG *Length)
+{
+    LATCH_MSG_HIT_BATCH *batch = (LATCH_MSG_HIT_BATCH *)Buffer;
+    LATCH_HIT_RECORD *out = (LATCH_HIT_RECORD *)(Buffer + LATCH_HIT_BATCH_FIXED_SIZE);
+    ULONG n, i;
+    KIRQL irql;
+
+    *Length = 0;
+    if (BufferLength < LATCH_HIT_BATCH_MAX_SIZE) {
+        return 0;
+    }
+    KeAcquireSpinLock(&g.Lock, &irql);
+    n = g.HitCount < LATCH_MAX_HITS_PER_BATCH ? g.HitCount : LATCH_MAX_HITS_PER_BATCH;
+    for (i = 0; i < n; i++) {
+        out[i] = g.Hits[(g.HitHead + i) & (LATCH_HIT_SLOTS - 1)];
+    }
+    g.HitHead = (g.HitHead + n) & (LATCH_HIT_SLOTS - 1);
+    g.HitCount -= n;
+    KeReleaseSpinLock(&g.Lock, irql);
+    if (n == 0) {
+        return 0;
+    }
+    RtlZeroMemory(batch, LATCH_HIT_BATCH_FIXED_SIZE);
+    LatchInitHeader(&batch->Header, LATCH_TYPE_HIT_BATCH, LATCH_HIT_BATCH_FIXED_SIZE + LATCH_HIT_RECORD_SIZE * n);
+    batch->Count = n;
+    *Length = batch->Header.Length;
+    return n;
+}
+
+void LatchDropHits(void)
+{
+    KIRQL irql;
+    ULONG lost;
+
+    KeAcquireSpinLock(&g.Lock, &irql);
+    lost = g.HitCount;
+    g.HitCount = 0;
+    g.HitHead = 0;
+    KeReleaseSpinLock(&g.Lock, irql);
+    if (lost != 0) {
+        InterlockedAdd64(&g.Stats[LATCH_STAT_HITS_LOST], (LONG64)lost);
+    }
+}
+
+BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
+                         BOOLEAN Record, ULONG *Action)
+{
+    LARGE_INTEGER stamp;
+    UINT64 tag = 0;
+    BOOLEAN wake = FALSE;
     UINT64 byProcess = MakeHash(LATCH_SCOPE_PROCESS_DEST, Tuple, ProcessId, Path, PathLen);
     UINT64 byPath = MakeHash(LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen);
     UINT64 byConnection = 0;
@@ -136,13 +218,21 @@ BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR
     if (Tuple->Direction == LATCH_DIRECTION_INBOUND && ProcessId != 0) {
         byConnection = MakeHash(LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen);
     }
+    KeQuerySystemTime(&stamp);
     KeAcquireSpinLock(&g.Lock, &irql);
     hit = (ProcessId != 0 &&
-           LookupLocked(byProcess, LATCH_SCOPE_PROCESS_DEST, Tuple, ProcessId, Path, PathLen, now, Action)) ||
-          (PathLen != 0 && LookupLocked(byPath, LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen, now, Action)) ||
+           LookupLocked(byProcess, LATCH_SCOPE_PROCESS_DEST, Tuple, ProcessId, Path, PathLen, now, Action, &tag)) ||
+          (PathLen != 0 &&
+           LookupLocked(byPath, LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen, now, Action, &tag)) ||
           (byConnection != 0 &&
-           LookupLocked(byConnection, LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen, now, Action));
+           LookupLocked(byConnection, LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen, now, Action, &tag));
+    if (hit && Record) {
+        wake = RecordHitLocked(Tuple, ProcessId, *Action, tag, stamp.QuadPart);
+    }
     KeReleaseSpinLock(&g.Lock, irql);
+    if (wake) {
+        LatchWakeWorker(); /* KeSetEvent without a wait: fine at DISPATCH_LEVEL */
+    }
     return hit;
 }
 
@@ -171,7 +261,7 @@ void LatchCacheFree(PLATCH_CACHE_ENTRY Entry)
    entry it replaced, or Fresh itself when nothing identifies the program. */
 LATCH_LOCKED PLATCH_CACHE_ENTRY LatchCacheInsertLocked(PLATCH_CACHE_ENTRY Fresh, const LATCH_TUPLE *Tuple,
                                                       UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
-                                                      ULONG Scope, ULONG TtlMs, ULONG Action)
+                                                      ULONG Scope, ULONG TtlMs, ULONG Action, UINT64 RuleTag)
 {
     UINT64 hash;
     ULONGLONG now = KeQueryInterruptTime();
@@ -217,6 +307,7 @@ LATCH_LOCKED PLATCH_CACHE_ENTRY LatchCacheInsertLocked(PLATCH_CACHE_ENTRY Fresh,
         RtlCopyMemory(Fresh->Path, Path, sizeof(WCHAR) * (SIZE_T)PathLen);
     }
     Fresh->Action = (Action == LATCH_ACTION_PERMIT) ? LATCH_ACTION_PERMIT : LATCH_ACTION_BLOCK;
+    Fresh->RuleTag = RuleTag;
 
     old = victim->Entry;
     if (old != NULL) {

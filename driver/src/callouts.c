@@ -202,7 +202,9 @@ static void NTAPI LatchClassifyAuth(LATCH_CLASSIFY_ARGS)
         }
         pathLen = units <= LATCH_MAX_PATH_UNITS ? (UINT16)units : 0;
     }
-    if (LatchCacheLookup(&tuple, pid, path, pathLen, &action)) {
+    /* A reauthorization decides an existing connection again: counted, not recorded
+       (history has one row per connection). */
+    if (LatchCacheLookup(&tuple, pid, path, pathLen, !reauth, &action)) {
         LatchCount(LATCH_STAT_CACHE_HITS);
         ApplyAction(classifyOut, filter, action);
         return;

@@ -146,6 +146,7 @@ static void LatchCleanup(void)
         g.Filter = NULL;
     }
     LatchCacheFlush(); /* nothing classifies or delivers verdicts any more: free the entries */
+    LatchDropHits();   /* hit records nobody will deliver now: counted in hits_lost (the ring is in g) */
     if (g.DeviceObject != NULL) {
         IoDeleteDevice(g.DeviceObject);
         g.DeviceObject = NULL;

@@ -35,6 +35,10 @@
 #define LATCH_DEFAULT_TIMEOUT_MS      30000
 #define LATCH_REAUTH_GRACE_MS         10000  /* decided entries kept for the reauth pass */
 #define LATCH_RECENT_SLOTS            256    /* verdict ids waiting for ALE_FLOW_ESTABLISHED */
+/* Cache hits waiting for the worker to deliver them (HIT_BATCH), in g.Hits under
+   g.Lock; a hit that finds the ring full is counted in hits_lost, never waited for. */
+#define LATCH_HIT_SLOTS               1024   /* power of two */
+#define LATCH_HIT_WAKE                LATCH_MAX_HITS_PER_BATCH /* wake the worker at this many; else its tick */
 /* Lookups under g.Lock at DISPATCH_LEVEL are O(1) or bounded (see PROTOCOL.md, "Time at
    DISPATCH_LEVEL"): hashed pending entries by id and by connection, a bounded-probe
    table of per-process counts, and list walks of at most LATCH_SCAN_CHUNK entries per
@@ -153,6 +157,7 @@ typedef struct _LATCH_CACHE_ENTRY {
     UINT8 RemoteAddr[16];
     UINT8 LocalAddr[16];        /* CONNECTION */
     UINT64 ProcessId;           /* PROCESS_DEST, CONNECTION */
+    UINT64 RuleTag;             /* VERDICT.rule_tag: returned in hit records */
     UINT16 PathCapacity;        /* units allocated */
     UINT16 PathLen;
     WCHAR Path[1];
@@ -208,6 +213,9 @@ typedef struct _LATCH_GLOBALS {
     LATCH_CACHE_SLOT Cache[LATCH_CACHE_SLOTS];
     LIST_ENTRY CacheList;       /* every entry in Cache, so a flush frees them outside the lock */
     UINT64 CacheGeneration;     /* bumped by every flush, under g.Lock */
+    LATCH_HIT_RECORD Hits[LATCH_HIT_SLOTS]; /* ring of cache hits for the service */
+    ULONG HitHead;              /* oldest record */
+    ULONG HitCount;             /* records in the ring */
     LIST_ENTRY FlowList;
     struct _LATCH_FLOW *FlowBuckets[LATCH_FLOW_BUCKETS];
     ULONG FlowCount;
@@ -263,7 +271,7 @@ void LatchInitPending(void);
 NTSTATUS LatchPend(const LATCH_TUPLE *Tuple, const FWPS_INCOMING_METADATA_VALUES0 *Meta, void *LayerData,
                    FWPS_CLASSIFY_OUT0 *ClassifyOut);
 BOOLEAN LatchTakeReauthVerdict(const LATCH_TUPLE *Tuple, UINT64 EndpointHandle, ULONG *Action);
-NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, ULONG CacheTtlMs);
+NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, ULONG CacheTtlMs, UINT64 RuleTag);
 void LatchExpirePending(void);
 void LatchCompleteAllWithDefault(ULONG StatIndex);
 void LatchFreeDecidedLeftovers(BOOLEAN All);
@@ -284,14 +292,20 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
 
 /* cache.c */
 void LatchInitCache(void);
+/* Record: a new connection (not a reauthorization) whose hit goes to the hit ring. */
 BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
-                         ULONG *Action);
+                         BOOLEAN Record, ULONG *Action);
 PLATCH_CACHE_ENTRY LatchCacheAllocate(UINT16 PathLen);
 void LatchCacheFree(PLATCH_CACHE_ENTRY Entry);
 /* Caller holds g.Lock; frees what it returns after releasing it. */
 LATCH_LOCKED PLATCH_CACHE_ENTRY LatchCacheInsertLocked(PLATCH_CACHE_ENTRY Fresh, const LATCH_TUPLE *Tuple,
                                                       UINT64 ProcessId, const WCHAR *Path, UINT16 PathLen,
-                                                      ULONG Scope, ULONG TtlMs, ULONG Action);
+                                                      ULONG Scope, ULONG TtlMs, ULONG Action, UINT64 RuleTag);
+/* Moves up to LATCH_MAX_HITS_PER_BATCH hit records out of the ring (oldest first)
+   into one HIT_BATCH in Buffer; returns how many (0: none, *Length 0). */
+ULONG LatchDequeueHits(UINT8 *Buffer, ULONG BufferLength, ULONG *Length);
+/* Counts the records still in the ring as lost and empties it (unload). */
+void LatchDropHits(void);
 void LatchCacheFlush(void);
 void LatchCountAction(ULONG Action);
 

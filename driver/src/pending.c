@@ -560,7 +560,7 @@ LATCH_LOCKED static ULONG CacheScopeLocked(const LATCH_PENDING *e, ULONG CacheSc
     return LATCH_SCOPE_NONE;
 }
 
-NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, ULONG CacheTtlMs)
+NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, ULONG CacheTtlMs, UINT64 RuleTag)
 {
     LIST_ENTRY batch;
     PLATCH_PENDING e;
@@ -589,7 +589,8 @@ NTSTATUS LatchDeliverVerdict(UINT64 RequestId, ULONG Action, ULONG CacheScope, U
         /* Again: a FLUSH may have come in between. */
         scope = CacheScopeLocked(e, CacheScope, CacheTtlMs, &ttl);
         if (fresh != NULL && scope != LATCH_SCOPE_NONE) {
-            fresh = LatchCacheInsertLocked(fresh, &e->Tuple, e->ProcessId, e->Path, e->PathLen, scope, ttl, Action);
+            fresh = LatchCacheInsertLocked(fresh, &e->Tuple, e->ProcessId, e->Path, e->PathLen, scope, ttl, Action,
+                                           RuleTag);
         }
         DecideLocked(e, Action, &batch);
     }

@@ -96,7 +96,8 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
             if (OutputLength < sizeof(LATCH_MSG_ACK)) {
                 return STATUS_BUFFER_TOO_SMALL;
             }
-            status = LatchDeliverVerdict(verdict.RequestId, verdict.Action, verdict.CacheScope, verdict.CacheTtlMs);
+            status = LatchDeliverVerdict(verdict.RequestId, verdict.Action, verdict.CacheScope, verdict.CacheTtlMs,
+                                         verdict.RuleTag);
             *Returned = WriteAck(Output, OutputLength, status);
             return STATUS_SUCCESS;
         }
@@ -133,7 +134,7 @@ NTSTATUS LatchHandleMessage(const VOID *Input, ULONG InputLength, VOID *Output, 
             }
             RtlZeroMemory(&reply, sizeof(reply));
             LatchInitHeader(&reply.Header, LATCH_TYPE_STATS_REPLY, sizeof(reply));
-            for (i = 0; i < LATCH_STAT_RESERVED; i++) {
+            for (i = 0; i < LATCH_STATS_COUNT; i++) {
                 reply.Counters[i] = (UINT64)InterlockedCompareExchange64(&g.Stats[i], 0, 0);
             }
             KeAcquireSpinLock(&g.Lock, &irql);

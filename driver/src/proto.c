@@ -17,6 +17,7 @@ static ULONG ExpectedSize(UINT16 Type)
     case LATCH_TYPE_STATS_QUERY:     return sizeof(LATCH_MSG_STATS_QUERY);
     case LATCH_TYPE_STATS_REPLY:     return sizeof(LATCH_MSG_STATS_REPLY);
     case LATCH_TYPE_ACK:             return sizeof(LATCH_MSG_ACK);
+    case LATCH_TYPE_HIT_BATCH:       return LATCH_HIT_BATCH_FIXED_SIZE; /* minimum; + 64*count */
     default:                        return 0;
     }
 }
@@ -57,6 +58,11 @@ NTSTATUS LatchDecodeHeader(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_HEA
     }
     if (h.Type == LATCH_TYPE_CONNECT_REQUEST) {
         if (h.Length < expected || h.Length > LATCH_CONNECT_MAX_SIZE || (h.Length - expected) % 2 != 0) {
+            BAD(FIELD_OFFSET(LATCH_MSG_HEADER, Length));
+        }
+    } else if (h.Type == LATCH_TYPE_HIT_BATCH) {
+        if (h.Length < expected + LATCH_HIT_RECORD_SIZE || h.Length > LATCH_HIT_BATCH_MAX_SIZE ||
+            (h.Length - expected) % LATCH_HIT_RECORD_SIZE != 0) {
             BAD(FIELD_OFFSET(LATCH_MSG_HEADER, Length));
         }
     } else if (h.Length != expected) {
@@ -200,6 +206,9 @@ NTSTATUS LatchDecodeVerdict(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_VE
     if (Out->Reserved != 0) {
         FAIL_ZERO(Out, FIELD_OFFSET(LATCH_MSG_VERDICT, Reserved));
     }
+    if (Out->CacheScope == LATCH_SCOPE_NONE && Out->RuleTag != 0) {
+        FAIL_ZERO(Out, FIELD_OFFSET(LATCH_MSG_VERDICT, RuleTag)); /* a tag names a cached verdict's rule */
+    }
     return STATUS_SUCCESS;
 }
 
@@ -229,10 +238,77 @@ NTSTATUS LatchDecodeStatsReply(const VOID *Buffer, ULONG BufferLength, LATCH_MSG
     if (!NT_SUCCESS(status)) {
         return status;
     }
-    if (Out->Counters[LATCH_STAT_RESERVED] != 0) {
-        FAIL_ZERO(Out, FIELD_OFFSET(LATCH_MSG_STATS_REPLY, Counters) + 8 * LATCH_STAT_RESERVED);
+    return STATUS_SUCCESS;
+}
+
+NTSTATUS LatchDecodeHitBatch(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_HIT_BATCH *Out,
+                             const LATCH_HIT_RECORD **Records, ULONG *BadOffset)
+{
+    NTSTATUS status;
+    ULONG i;
+
+    if (Records != NULL) {
+        *Records = NULL;
+    }
+    status = DecodeFixed(Buffer, BufferLength, LATCH_TYPE_HIT_BATCH, Out, sizeof(*Out), BadOffset);
+    if (!NT_SUCCESS(status)) {
+        return status;
+    }
+    if (Out->Count < 1 || Out->Count > LATCH_MAX_HITS_PER_BATCH ||
+        BufferLength != LATCH_HIT_BATCH_FIXED_SIZE + LATCH_HIT_RECORD_SIZE * Out->Count) {
+        FAIL_ZERO(Out, FIELD_OFFSET(LATCH_MSG_HIT_BATCH, Count));
+    }
+    if (Out->Reserved != 0) {
+        FAIL_ZERO(Out, FIELD_OFFSET(LATCH_MSG_HIT_BATCH, Reserved));
+    }
+    for (i = 0; i < Out->Count; i++) {
+        LATCH_HIT_RECORD r;
+        ULONG base = LATCH_HIT_BATCH_FIXED_SIZE + LATCH_HIT_RECORD_SIZE * i;
+        RtlCopyMemory(&r, (const UINT8 *)Buffer + base, sizeof(r));
+        if (r.Direction != LATCH_DIRECTION_OUTBOUND && r.Direction != LATCH_DIRECTION_INBOUND) {
+            FAIL_ZERO(Out, base + FIELD_OFFSET(LATCH_HIT_RECORD, Direction));
+        }
+        if (r.IpVersion != 4 && r.IpVersion != 6) {
+            FAIL_ZERO(Out, base + FIELD_OFFSET(LATCH_HIT_RECORD, IpVersion));
+        }
+        if (r.IpVersion == 4 && !AllZero(r.LocalAddr + 4, 12)) {
+            FAIL_ZERO(Out, base + FIELD_OFFSET(LATCH_HIT_RECORD, LocalAddr) + 4);
+        }
+        if (r.IpVersion == 4 && !AllZero(r.RemoteAddr + 4, 12)) {
+            FAIL_ZERO(Out, base + FIELD_OFFSET(LATCH_HIT_RECORD, RemoteAddr) + 4);
+        }
+        if (r.Action != LATCH_ACTION_PERMIT && r.Action != LATCH_ACTION_BLOCK) {
+            FAIL_ZERO(Out, base + FIELD_OFFSET(LATCH_HIT_RECORD, Action));
+        }
+    }
+    if (Records != NULL) {
+        *Records = (const LATCH_HIT_RECORD *)((const UINT8 *)Buffer + LATCH_HIT_BATCH_FIXED_SIZE);
     }
     return STATUS_SUCCESS;
+}
+
+ULONG LatchEncodeHitBatch(const LATCH_HIT_RECORD *Records, ULONG Count, VOID *Buffer, ULONG BufferLength)
+{
+    LATCH_MSG_HIT_BATCH fixed;
+    ULONG length;
+
+    if (Count < 1 || Count > LATCH_MAX_HITS_PER_BATCH) {
+        return 0;
+    }
+    length = LATCH_HIT_BATCH_FIXED_SIZE + LATCH_HIT_RECORD_SIZE * Count;
+    if (BufferLength < length) {
+        return 0;
+    }
+    RtlZeroMemory(&fixed, sizeof(fixed));
+    LatchInitHeader(&fixed.Header, LATCH_TYPE_HIT_BATCH, length);
+    fixed.Count = Count;
+    RtlCopyMemory(Buffer, &fixed, sizeof(fixed));
+    RtlCopyMemory((UINT8 *)Buffer + LATCH_HIT_BATCH_FIXED_SIZE, Records, LATCH_HIT_RECORD_SIZE * (SIZE_T)Count);
+    if (!NT_SUCCESS(LatchDecodeHitBatch(Buffer, length, &fixed, NULL, NULL))) {
+        RtlZeroMemory(Buffer, length);
+        return 0;
+    }
+    return length;
 }
 
 NTSTATUS LatchDecodeAck(const VOID *Buffer, ULONG BufferLength, LATCH_MSG_ACK *Out, ULONG *BadOffset)
@@ -296,7 +372,8 @@ ULONG LatchEncodeFixed(const VOID *Message, VOID *Buffer, ULONG BufferLength)
     ULONG length = ExpectedSize(h->Type);
     NTSTATUS status;
 
-    if (length == 0 || h->Type == LATCH_TYPE_CONNECT_REQUEST || BufferLength < length) {
+    if (length == 0 || h->Type == LATCH_TYPE_CONNECT_REQUEST || h->Type == LATCH_TYPE_HIT_BATCH ||
+        BufferLength < length) {
         return 0;
     }
     RtlCopyMemory(Buffer, Message, length);

@@ -3,7 +3,10 @@
  * service. FltSendMessage carries no reply buffer and a bounded timeout, so a slow
  * or absent reader costs at most LATCH_SEND_TIMEOUT_MS once (then
  * LATCH_SEND_STALLED_TIMEOUT_MS per send until one succeeds) and a slow decision costs nothing (verdicts arrive in the
- * port's message callback). It also enforces deadlines on a LATCH_WORKER_TICK_MS tick.
+ * port's message callback). It also enforces deadlines on a LATCH_WORKER_TICK_MS tick,
+ * and delivers the verdict cache's hit records (HIT_BATCH, same send, same bounds)
+ * once no request waits to be sent: a batch that cannot be delivered is counted in
+ * hits_lost, never retried or waited for.
  */
 #include "latch.h"
 
@@ -14,7 +17,7 @@ static void LatchWorker(PVOID Context)
     LARGE_INTEGER tick, sendTimeout, shortTimeout;
     BOOLEAN stalled = FALSE;
     UINT64 requestId;
-    ULONG length;
+    ULONG length, batches;
 
     UNREFERENCED_PARAMETER(Context);
     tick.QuadPart = -(LONGLONG)LATCH_MS_TO_100NS(LATCH_WORKER_TICK_MS);
@@ -51,6 +54,24 @@ static void LatchWorker(PVOID Context)
                 lastExpiry = KeQueryInterruptTime();
                 LatchExpirePending();
             }
+        }
+        /* At most a ring's worth per round: requests come first. */
+        for (batches = 0; batches < LATCH_HIT_SLOTS / LATCH_MAX_HITS_PER_BATCH &&
+                          InterlockedCompareExchange(&g.ClientReady, 0, 0) &&
+                          !InterlockedCompareExchange(&g.StopWorker, 0, 0);
+             batches++) {
+            NTSTATUS status;
+            ULONG hits = LatchDequeueHits(g.SendBuffer, LATCH_MSG_MAX_SIZE, &length);
+            if (hits == 0) {
+                break;
+            }
+            status = FltSendMessage(g.Filter, &g.ClientPort, g.SendBuffer, length, NULL, NULL,
+                                    stalled ? &shortTimeout : &sendTimeout);
+            if (status != STATUS_SUCCESS) {
+                LatchCount(LATCH_STAT_SEND_FAILURES);
+                InterlockedAdd64(&g.Stats[LATCH_STAT_HITS_LOST], (LONG64)hits);
+            }
+            stalled = status == STATUS_TIMEOUT || (stalled && status != STATUS_SUCCESS);
         }
         LatchFreeDecidedLeftovers(FALSE);
     }

@@ -10,6 +10,7 @@
 #include "client.h"
 
 #define QUEUE_MAX 8192
+#define HITS_MAX 65536
 
 struct client {
     int fd;
@@ -21,6 +22,8 @@ struct client {
     int head, count;
     int closed;
     long badRequests;
+    LATCH_HIT_RECORD *hits; /* every HIT_BATCH record received, in order (HITS_MAX kept) */
+    long hitCount, hitBatches;
     int haveResult;
     NTSTATUS resultStatus;
     unsigned char resultData[65536];
@@ -58,7 +61,28 @@ static void *reader_main(void *arg)
             break;
         }
         pthread_mutex_lock(&c->mu);
-        if (f[0] == 1 && len >= 17) {
+        UINT16 type = 0;
+        if (f[0] == 1 && len >= 17 + sizeof(LATCH_MSG_HEADER)) {
+            memcpy(&type, f + 17 + FIELD_OFFSET(LATCH_MSG_HEADER, Type), sizeof(type));
+        }
+        if (f[0] == 1 && type == LATCH_TYPE_HIT_BATCH) {
+            LATCH_MSG_HIT_BATCH b;
+            const LATCH_HIT_RECORD *recs = NULL;
+            UINT64 *aligned = malloc(len - 17 + 8);
+            memcpy(aligned, f + 17, len - 17);
+            if (!NT_SUCCESS(LatchDecodeHitBatch(aligned, len - 17, &b, &recs, NULL))) {
+                c->badRequests++;
+            } else {
+                for (ULONG i = 0; i < b.Count; i++) {
+                    if (c->hitCount < HITS_MAX) {
+                        c->hits[c->hitCount] = recs[i];
+                    }
+                    c->hitCount++;
+                }
+                c->hitBatches++;
+            }
+            free(aligned);
+        } else if (f[0] == 1 && len >= 17) {
             request r;
             memset(&r, 0, sizeof(r));
             memcpy(&r.messageId, f + 9, 8);
@@ -119,6 +143,7 @@ client *client_connect(const char *path, NTSTATUS *refused)
     client *c = calloc(1, sizeof(*c));
     c->fd = fd;
     c->queue = calloc(QUEUE_MAX, sizeof(request));
+    c->hits = calloc(HITS_MAX, sizeof(LATCH_HIT_RECORD));
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cond, NULL);
     pthread_mutex_init(&c->sendMu, NULL);
@@ -220,7 +245,7 @@ NTSTATUS client_hello(client *c, ULONG defaultAction, ULONG timeoutMs)
     ULONG got = 0;
     memset(&h, 0, sizeof(h));
     LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
-    h.ServiceVersion = 1;
+    h.ServiceVersion = LATCH_PROTO_VERSION;
     h.DefaultAction = defaultAction;
     h.PendingTimeoutMs = timeoutMs;
     unsigned char out[64];
@@ -271,6 +296,11 @@ static NTSTATUS ack_of(client *c, const void *msg, ULONG len)
 
 NTSTATUS client_verdict(client *c, UINT64 id, ULONG action, ULONG scope, ULONG ttlMs)
 {
+    return client_verdict_tagged(c, id, action, scope, ttlMs, 0);
+}
+
+NTSTATUS client_verdict_tagged(client *c, UINT64 id, ULONG action, ULONG scope, ULONG ttlMs, UINT64 ruleTag)
+{
     LATCH_MSG_VERDICT v;
     memset(&v, 0, sizeof(v));
     LatchInitHeader(&v.Header, LATCH_TYPE_VERDICT, sizeof(v));
@@ -278,6 +308,7 @@ NTSTATUS client_verdict(client *c, UINT64 id, ULONG action, ULONG scope, ULONG t
     v.Action = action;
     v.CacheScope = scope;
     v.CacheTtlMs = ttlMs;
+    v.RuleTag = ruleTag;
     return ack_of(c, &v, sizeof(v));
 }
 
@@ -325,5 +356,41 @@ void client_close(client *c)
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->sendMu);
     free(c->queue);
+    free(c->hits);
     free(c);
+}
+
+long client_wait_hits(client *c, long want, int ms)
+{
+    struct timespec ts;
+    deadline_in(&ts, ms);
+    pthread_mutex_lock(&c->mu);
+    while (c->hitCount < want && !c->closed) {
+        if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) != 0) {
+            break;
+        }
+    }
+    long n = c->hitCount;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+int client_hit(client *c, long i, LATCH_HIT_RECORD *out)
+{
+    int ok;
+    pthread_mutex_lock(&c->mu);
+    ok = i >= 0 && i < c->hitCount && i < HITS_MAX;
+    if (ok) {
+        *out = c->hits[i];
+    }
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
+long client_hit_batches(client *c)
+{
+    pthread_mutex_lock(&c->mu);
+    long n = c->hitBatches;
+    pthread_mutex_unlock(&c->mu);
+    return n;
 }

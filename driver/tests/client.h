@@ -26,6 +26,14 @@ NTSTATUS client_hello(client *c, ULONG defaultAction, ULONG timeoutMs);
 int client_next_request(client *c, request *r, int ms);
 /* VERDICT; returns the ACK status. */
 NTSTATUS client_verdict(client *c, UINT64 id, ULONG action, ULONG scope, ULONG ttlMs);
+/* VERDICT with a rule tag (returned in HIT_BATCH records). */
+NTSTATUS client_verdict_tagged(client *c, UINT64 id, ULONG action, ULONG scope, ULONG ttlMs, UINT64 ruleTag);
+/* HIT_BATCH records received (each batch decoded with LatchDecodeHitBatch; a bad one
+   counts in client_bad_requests): waits up to ms for at least want, returns the count. */
+long client_wait_hits(client *c, long want, int ms);
+/* The i-th hit record received (0-based); 0 if there is none. */
+int client_hit(client *c, long i, LATCH_HIT_RECORD *out);
+long client_hit_batches(client *c);
 NTSTATUS client_flush(client *c, ULONG flags);
 int client_stats(client *c, UINT64 counters[LATCH_STATS_COUNT]);
 int client_closed(client *c);

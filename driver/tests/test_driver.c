@@ -446,16 +446,16 @@ static void test_hello_gates_requests(void)
     LATCH_MSG_HELLO h;
     memset(&h, 0, sizeof(h));
     LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
-    h.ServiceVersion = 2;
+    h.ServiceVersion = 1; /* a service of the previous version (no rule tags, no HIT_BATCH) */
     h.DefaultAction = LATCH_ACTION_BLOCK;
     h.PendingTimeoutMs = 30000;
     LATCH_MSG_HELLO_REPLY reply;
     ULONG got = 0;
     CHECK(client_send(c, &h, sizeof(h), &reply, sizeof(reply), &got) == STATUS_SUCCESS && got == sizeof(reply) &&
-              reply.Status == (UINT32)STATUS_REVISION_MISMATCH && reply.DriverVersion == 1,
-          "a service of version 2 must be refused in HELLO_REPLY (status 0x%08x)", reply.Status);
+              reply.Status == (UINT32)STATUS_REVISION_MISMATCH && reply.DriverVersion == LATCH_PROTO_VERSION,
+          "a service of version 1 must be refused in HELLO_REPLY (status 0x%08x)", reply.Status);
     CHECK(!client_next_request(c, &r, 200), "a request went out to a refused service");
-    CHECK(client_hello(c, LATCH_ACTION_BLOCK, 30000) == STATUS_SUCCESS, "hello v1");
+    CHECK(client_hello(c, LATCH_ACTION_BLOCK, 30000) == STATUS_SUCCESS, "hello v2");
     REQUIRE(client_next_request(c, &r, 2000), "the held request goes out after HELLO");
     client_verdict(c, r.msg.RequestId, LATCH_ACTION_PERMIT, 0, 0);
     CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "verdict");
@@ -556,7 +556,7 @@ static void test_malformed_messages_change_nothing(void)
             v->Action = LATCH_ACTION_PERMIT;
         } else if (bads[i].type == LATCH_TYPE_HELLO) {
             LATCH_MSG_HELLO *h = (LATCH_MSG_HELLO *)msg;
-            h->ServiceVersion = 1;
+            h->ServiceVersion = LATCH_PROTO_VERSION;
             h->DefaultAction = LATCH_ACTION_PERMIT;
             h->PendingTimeoutMs = 100;
         }
@@ -1178,7 +1178,7 @@ static void test_stalled_service(void)
     LATCH_MSG_HELLO h;
     memset(&h, 0, sizeof(h));
     LatchInitHeader(&h.Header, LATCH_TYPE_HELLO, sizeof(h));
-    h.ServiceVersion = 1;
+    h.ServiceVersion = LATCH_PROTO_VERSION;
     h.DefaultAction = LATCH_ACTION_BLOCK;
     h.PendingTimeoutMs = 20000;
     UINT8 frame[4 + 1 + 4 + sizeof(h)];
@@ -1237,7 +1237,7 @@ static void test_port_message_fuzz(void)
     memset(valid, 0, sizeof(valid));
     LATCH_MSG_HELLO *h = (LATCH_MSG_HELLO *)valid[0];
     LatchInitHeader(&h->Header, LATCH_TYPE_HELLO, 32);
-    h->ServiceVersion = 1;
+    h->ServiceVersion = LATCH_PROTO_VERSION;
     h->DefaultAction = LATCH_ACTION_BLOCK;
     h->PendingTimeoutMs = 30000;
     LATCH_MSG_VERDICT *v = (LATCH_MSG_VERDICT *)valid[1];
@@ -1711,6 +1711,159 @@ static void test_send_needs_a_posted_get(void)
     unload_clean();
 }
 
+/* ---- history of cache hits ----
+   A connection the verdict cache decides never reaches the service as a request; it
+   reaches it as a HIT_BATCH record with its tuple, pid, action and the rule tag of the
+   cached verdict, so the service's history stays complete. */
+
+static int hit_is(const LATCH_HIT_RECORD *h, UINT64 tag, UINT64 pid, UINT16 lport, const char *remote, UINT16 rport,
+                  UINT8 action)
+{
+    UINT8 local[16] = {0}, rem[16] = {0};
+    inet_pton(AF_INET, "198.18.0.1", local);
+    inet_pton(AF_INET, remote, rem);
+    return h->RuleTag == tag && h->ProcessId == pid && h->LocalPort == lport && h->RemotePort == rport &&
+           memcmp(h->LocalAddr, local, 16) == 0 && memcmp(h->RemoteAddr, rem, 16) == 0 &&
+           h->Direction == LATCH_DIRECTION_OUTBOUND && h->IpVersion == 4 && h->Protocol == 6 &&
+           h->Action == action && h->Timestamp > 130000000000000000LL;
+}
+
+static void test_cache_hits_reach_service(void)
+{
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    request r;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    CHECK(client_verdict_tagged(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000,
+                                0x1122334455667788ULL) == STATUS_SUCCESS, "tagged verdict refused");
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "first");
+    CHECK(client_wait_hits(c, 1, 300) == 0, "the asked connection was recorded as a hit too");
+    for (int i = 1; i <= 3; i++) {
+        emu_conn *b = out4((UINT16)(40000 + i), 42, curl, 443);
+        CHECK(emu_conn_state(b) == EMU_CONN_PERMIT, "cached connect %d not decided in classify", i);
+    }
+    /* scope 2 (any pid), a block */
+    emu_conn *o = out4(41000, 43, edge, 8443);
+    REQUIRE(client_next_request(c, &r, 2000), "edge request");
+    client_verdict_tagged(c, r.msg.RequestId, LATCH_ACTION_BLOCK, LATCH_SCOPE_PATH_HOST, 60000, 7);
+    CHECK(emu_conn_wait(o, 2000) == EMU_CONN_BLOCK, "edge blocked");
+    emu_conn *o2 = out4(41001, 77, edge, 9000);
+    CHECK(emu_conn_state(o2) == EMU_CONN_BLOCK, "scope-2 hit");
+    long n = client_wait_hits(c, 4, 2000);
+    CHECK(n == 4, "%ld hit records delivered, want 4", n);
+    LATCH_HIT_RECORD h;
+    for (int i = 0; i < 3; i++) {
+        CHECK(client_hit(c, i, &h) && hit_is(&h, 0x1122334455667788ULL, 42, (UINT16)(40001 + i), "198.19.0.2", 443,
+                                              LATCH_ACTION_PERMIT),
+              "hit %d: tag %llx pid %llu lport %u action %u", i, (unsigned long long)h.RuleTag,
+              (unsigned long long)h.ProcessId, h.LocalPort, h.Action);
+    }
+    CHECK(client_hit(c, 3, &h) && hit_is(&h, 7, 77, 41001, "198.19.0.2", 9000, LATCH_ACTION_BLOCK),
+          "scope-2 hit: tag %llu pid %llu action %u", (unsigned long long)h.RuleTag, (unsigned long long)h.ProcessId,
+          h.Action);
+    CHECK(!client_next_request(c, &r, 100), "a cached connection still asked the service");
+    CHECK(client_bad_requests(c) == 0, "%ld messages failed to decode", client_bad_requests(c));
+    CHECK(stat_of(c, LATCH_STAT_CACHE_HITS) == 4, "cache_hits %llu", (unsigned long long)stat_of(c, LATCH_STAT_CACHE_HITS));
+    CHECK(stat_of(c, LATCH_STAT_HITS_LOST) == 0, "hits_lost %llu", (unsigned long long)stat_of(c, LATCH_STAT_HITS_LOST));
+    /* Re-authorizing the established flows decides them again from the cache: counted,
+       not recorded (they are not new connections; history has their rows already). */
+    int reauths = emu_conn_reauthorizations(a);
+    CHECK(client_flush(c, LATCH_FLUSH_REAUTHORIZE) == STATUS_SUCCESS, "reauthorize-only flush");
+    emu_wait_reauth_idle();
+    CHECK(emu_conn_reauthorizations(a) > reauths, "the flow was not reauthorized");
+    CHECK(stat_of(c, LATCH_STAT_CACHE_HITS) > 4, "the reauthorizations did not hit the cache");
+    sleep_ms(200); /* four worker ticks: any record would have been sent */
+    CHECK(client_wait_hits(c, 5, 100) == 4, "a reauthorization was recorded as a new connection: %ld records",
+          client_wait_hits(c, 5, 0));
+    client_close(c);
+    unload_clean();
+}
+
+/* A service that does not read: the ring fills, classify still decides every cached
+   connection at once, and every record is either delivered or counted in hits_lost. */
+static void test_hit_ring_full_counts_loss(void)
+{
+    enum { N = LATCH_HIT_SLOTS + 300 };
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    REQUIRE(client_post_gets(c, 1), "GET");
+    sleep_ms(100);
+    request r;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request (into the one posted get)");
+    client_verdict_tagged(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000, 5);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "first");
+    int undecided = 0;
+    double t0 = now();
+    for (int i = 0; i < N; i++) {
+        emu_conn *b = out4((UINT16)(20000 + i), 42, curl, 443);
+        undecided += emu_conn_state(b) != EMU_CONN_PERMIT;
+    }
+    double took = now() - t0;
+    printf("     %d cached connects with nobody reading hits: %.1f ms\n", N, took * 1000);
+    CHECK(undecided == 0, "%d cached connects were not decided in classify", undecided);
+    UINT64 lost = stat_of(c, LATCH_STAT_HITS_LOST);
+    CHECK(lost > 0, "a full ring lost nothing (hits_lost 0 after %d hits)", N);
+    UINT64 full = lost;
+    /* Still not reading: the batch being sent times out (1 s), and the ones after it
+       fail at once (the stalled bound): every record is counted, none waits. */
+    sleep_ms(1500);
+    UINT64 failures = stat_of(c, LATCH_STAT_SEND_FAILURES);
+    CHECK(failures > 0, "no HIT_BATCH send failed with nobody reading");
+    /* reading again: later hits are delivered; nothing vanished silently */
+    REQUIRE(client_post_gets(c, 64), "GETs");
+    sleep_ms(100);
+    for (int i = 0; i < 10; i++) {
+        out4((UINT16)(30000 + i), 42, curl, 443);
+    }
+    long got = 0;
+    for (int tries = 0; tries < 40; tries++) {
+        got = client_wait_hits(c, (long)(N + 10 - (long)lost), 100);
+        lost = stat_of(c, LATCH_STAT_HITS_LOST);
+        if ((UINT64)got + lost == (UINT64)N + 10) {
+            break;
+        }
+    }
+    printf("     ring full: %llu lost at once; %llu send failures; in all %ld delivered, %llu counted lost\n",
+           (unsigned long long)full, (unsigned long long)failures, got, (unsigned long long)lost);
+    CHECK(got >= 10, "hits after the service read again were not delivered (%ld)", got);
+    CHECK((UINT64)got + lost == (UINT64)N + 10, "delivered %ld + lost %llu != %d hits", got, (unsigned long long)lost,
+          N + 10);
+    CHECK(client_bad_requests(c) == 0, "%ld messages failed to decode", client_bad_requests(c));
+    client_close(c);
+    unload_clean();
+}
+
+/* Unload with records nobody took: nothing to free (the ring lives in the driver's
+   globals), every record counted lost, and the verifier sees a clean unload. */
+static void test_unload_with_undelivered_hits(void)
+{
+    enum { N = 200 };
+    REQUIRE(load(), "load");
+    client *c = connect_service(LATCH_ACTION_BLOCK, 30000);
+    REQUIRE(c != NULL, "service");
+    REQUIRE(client_post_gets(c, 1), "GET");
+    sleep_ms(100);
+    request r;
+    emu_conn *a = out4(40000, 42, curl, 443);
+    REQUIRE(client_next_request(c, &r, 2000), "request");
+    client_verdict_tagged(c, r.msg.RequestId, LATCH_ACTION_PERMIT, LATCH_SCOPE_PROCESS_DEST, 60000, 5);
+    CHECK(emu_conn_wait(a, 2000) == EMU_CONN_PERMIT, "first");
+    for (int i = 0; i < N; i++) {
+        out4((UINT16)(20000 + i), 42, curl, 443);
+    }
+    unload_clean();
+    long got = client_wait_hits(c, 0, 0);
+    UINT64 lost = (UINT64)g.Stats[LATCH_STAT_HITS_LOST];
+    CHECK(g.HitCount == 0, "%lu records left in the ring", (unsigned long)g.HitCount);
+    CHECK((UINT64)got + lost == (UINT64)N, "delivered %ld + lost %llu != %d after unload", got,
+          (unsigned long long)lost, N);
+    client_close(c);
+}
+
 /* ---- time at DISPATCH_LEVEL ----
    The DPC watchdog bugchecks (0x133) a CPU that stays at DISPATCH_LEVEL too long, and
    every other CPU that wants the lock spins meanwhile. With the pending table full
@@ -2076,6 +2229,9 @@ const test_case driver_tests[] = {
     {"driver_cache_scope_none_not_cached", "driver", test_cache_scope_none_not_cached, 1},
     {"driver_cache_ttl_and_service_gone", "driver", test_cache_ttl_and_service_gone, 1},
     {"driver_cache_hold_time", "driver", test_cache_hold_time, 1},
+    {"driver_cache_hits_reach_service", "driver", test_cache_hits_reach_service, 1},
+    {"driver_hit_ring_full_counts_loss", "driver", test_hit_ring_full_counts_loss, 1},
+    {"driver_unload_with_undelivered_hits", "driver", test_unload_with_undelivered_hits, 1},
     {"driver_schedule_fuzz", "schedule", test_schedule_fuzz, 1},
     {"sim_binary_control_and_port", "sim", test_sim_binary, 0},
     {NULL, NULL, NULL, 0},

@@ -3,6 +3,7 @@
  * every decoder's refusal of every bad field, and random mutations that must never
  * crash a decoder (ASan/UBSan watch).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -17,7 +18,7 @@ static ULONG build_golden(const char *name, UINT8 *buf, ULONG cap)
         LATCH_MSG_HELLO m;
         memset(&m, 0, sizeof(m));
         LatchInitHeader(&m.Header, LATCH_TYPE_HELLO, sizeof(m));
-        m.ServiceVersion = 1;
+        m.ServiceVersion = 2;
         m.DefaultAction = 2;
         m.PendingTimeoutMs = 30000;
         return LatchEncodeFixed(&m, buf, cap);
@@ -26,7 +27,7 @@ static ULONG build_golden(const char *name, UINT8 *buf, ULONG cap)
         LATCH_MSG_HELLO_REPLY m;
         memset(&m, 0, sizeof(m));
         LatchInitHeader(&m.Header, LATCH_TYPE_HELLO_REPLY, sizeof(m));
-        m.DriverVersion = 1;
+        m.DriverVersion = 2;
         m.MaxPending = 4096;
         m.MaxPendingPerProcess = 256;
         return LatchEncodeFixed(&m, buf, cap);
@@ -77,6 +78,7 @@ static ULONG build_golden(const char *name, UINT8 *buf, ULONG cap)
         m.Action = 1;
         m.CacheScope = 1;
         m.CacheTtlMs = 60000;
+        m.RuleTag = 0x1122334455667788ULL;
         return LatchEncodeFixed(&m, buf, cap);
     }
     if (strcmp(name, "flush") == 0) {
@@ -95,10 +97,37 @@ static ULONG build_golden(const char *name, UINT8 *buf, ULONG cap)
         LATCH_MSG_STATS_REPLY m;
         memset(&m, 0, sizeof(m));
         LatchInitHeader(&m.Header, LATCH_TYPE_STATS_REPLY, sizeof(m));
-        for (int i = 0; i < 15; i++) {
+        for (int i = 0; i < 16; i++) {
             m.Counters[i] = (UINT64)(i + 1);
         }
         return LatchEncodeFixed(&m, buf, cap);
+    }
+    if (strcmp(name, "hit_batch") == 0) {
+        LATCH_HIT_RECORD r[2];
+        memset(r, 0, sizeof(r));
+        r[0].RuleTag = 0x1122334455667788ULL;
+        r[0].ProcessId = 4242;
+        r[0].Timestamp = 133000000000000000LL;
+        inet_pton(AF_INET, "198.18.0.1", r[0].LocalAddr);
+        inet_pton(AF_INET, "198.19.0.2", r[0].RemoteAddr);
+        r[0].LocalPort = 49152;
+        r[0].RemotePort = 443;
+        r[0].Direction = 1;
+        r[0].IpVersion = 4;
+        r[0].Protocol = 6;
+        r[0].Action = 1;
+        r[1].RuleTag = 9;
+        r[1].ProcessId = 7;
+        r[1].Timestamp = 133000000000000001LL;
+        inet_pton(AF_INET6, "2001:2::1", r[1].LocalAddr);
+        inet_pton(AF_INET6, "2001:2::2", r[1].RemoteAddr);
+        r[1].LocalPort = 5353;
+        r[1].RemotePort = 40000;
+        r[1].Direction = 2;
+        r[1].IpVersion = 6;
+        r[1].Protocol = 17;
+        r[1].Action = 2;
+        return LatchEncodeHitBatch(r, 2, buf, cap);
     }
     if (strcmp(name, "ack") == 0) {
         LATCH_MSG_ACK m;
@@ -111,7 +140,7 @@ static ULONG build_golden(const char *name, UINT8 *buf, ULONG cap)
 }
 
 static const char *goldenNames[] = {"hello", "hello_reply", "connect_v4", "connect_v6", "verdict",
-                                    "flush", "stats_query", "stats_reply", "ack", NULL};
+                                    "flush", "stats_query", "stats_reply", "ack", "hit_batch", NULL};
 
 /* Decodes a golden file and checks every field against the PROTOCOL.md values. */
 static void check_decoded(const char *who, const char *name, const UINT8 *b, ULONG n)
@@ -120,12 +149,12 @@ static void check_decoded(const char *who, const char *name, const UINT8 *b, ULO
     if (strcmp(name, "hello") == 0) {
         LATCH_MSG_HELLO m;
         REQUIRE(NT_SUCCESS(LatchDecodeHello(b, n, &m, &bad)), "%s/%s.bin does not decode (offset %u)", who, name, bad);
-        CHECK(m.ServiceVersion == 1 && m.DefaultAction == 2 && m.PendingTimeoutMs == 30000 && m.Reserved == 0,
+        CHECK(m.ServiceVersion == 2 && m.DefaultAction == 2 && m.PendingTimeoutMs == 30000 && m.Reserved == 0,
               "%s/%s.bin fields", who, name);
     } else if (strcmp(name, "hello_reply") == 0) {
         LATCH_MSG_HELLO_REPLY m;
         REQUIRE(NT_SUCCESS(LatchDecodeHelloReply(b, n, &m, &bad)), "%s/%s.bin does not decode", who, name);
-        CHECK(m.DriverVersion == 1 && m.MaxPending == 4096 && m.MaxPendingPerProcess == 256 && m.Status == 0,
+        CHECK(m.DriverVersion == 2 && m.MaxPending == 4096 && m.MaxPendingPerProcess == 256 && m.Status == 0,
               "%s/%s.bin fields", who, name);
     } else if (strncmp(name, "connect_", 8) == 0) {
         LATCH_MSG_CONNECT_REQUEST m;
@@ -156,7 +185,8 @@ static void check_decoded(const char *who, const char *name, const UINT8 *b, ULO
     } else if (strcmp(name, "verdict") == 0) {
         LATCH_MSG_VERDICT m;
         REQUIRE(NT_SUCCESS(LatchDecodeVerdict(b, n, &m, &bad)), "%s/%s.bin does not decode", who, name);
-        CHECK(m.RequestId == 0x0102030405060708ULL && m.Action == 1 && m.CacheScope == 1 && m.CacheTtlMs == 60000,
+        CHECK(m.RequestId == 0x0102030405060708ULL && m.Action == 1 && m.CacheScope == 1 && m.CacheTtlMs == 60000 &&
+                  m.RuleTag == 0x1122334455667788ULL,
               "%s/%s.bin fields", who, name);
     } else if (strcmp(name, "flush") == 0) {
         LATCH_MSG_FLUSH m;
@@ -168,11 +198,29 @@ static void check_decoded(const char *who, const char *name, const UINT8 *b, ULO
     } else if (strcmp(name, "stats_reply") == 0) {
         LATCH_MSG_STATS_REPLY m;
         REQUIRE(NT_SUCCESS(LatchDecodeStatsReply(b, n, &m, &bad)), "%s/%s.bin does not decode", who, name);
-        int ok = m.Counters[15] == 0;
-        for (int i = 0; i < 15; i++) {
+        int ok = 1;
+        for (int i = 0; i < 16; i++) {
             ok = ok && m.Counters[i] == (UINT64)(i + 1);
         }
         CHECK(ok, "%s/%s.bin counters", who, name);
+    } else if (strcmp(name, "hit_batch") == 0) {
+        LATCH_MSG_HIT_BATCH m;
+        const LATCH_HIT_RECORD *r = NULL;
+        UINT8 l4[16] = {0}, r4[16] = {0}, l6[16], r6[16];
+        inet_pton(AF_INET, "198.18.0.1", l4);
+        inet_pton(AF_INET, "198.19.0.2", r4);
+        inet_pton(AF_INET6, "2001:2::1", l6);
+        inet_pton(AF_INET6, "2001:2::2", r6);
+        REQUIRE(NT_SUCCESS(LatchDecodeHitBatch(b, n, &m, &r, &bad)), "%s/%s.bin does not decode", who, name);
+        CHECK(m.Count == 2 && r != NULL && r[0].RuleTag == 0x1122334455667788ULL && r[0].ProcessId == 4242 &&
+                  r[0].Timestamp == 133000000000000000LL && memcmp(r[0].LocalAddr, l4, 16) == 0 &&
+                  memcmp(r[0].RemoteAddr, r4, 16) == 0 && r[0].LocalPort == 49152 && r[0].RemotePort == 443 &&
+                  r[0].Direction == 1 && r[0].IpVersion == 4 && r[0].Protocol == 6 && r[0].Action == 1 &&
+                  r[1].RuleTag == 9 && r[1].ProcessId == 7 && r[1].Timestamp == 133000000000000001LL &&
+                  memcmp(r[1].LocalAddr, l6, 16) == 0 && memcmp(r[1].RemoteAddr, r6, 16) == 0 &&
+                  r[1].LocalPort == 5353 && r[1].RemotePort == 40000 && r[1].Direction == 2 && r[1].IpVersion == 6 &&
+                  r[1].Protocol == 17 && r[1].Action == 2,
+              "%s/%s.bin fields", who, name);
     } else if (strcmp(name, "ack") == 0) {
         LATCH_MSG_ACK m;
         REQUIRE(NT_SUCCESS(LatchDecodeAck(b, n, &m, &bad)), "%s/%s.bin does not decode", who, name);
@@ -231,6 +279,7 @@ typedef NTSTATUS (*decoder)(const UINT8 *b, ULONG n, ULONG *bad);
 static NTSTATUS d_hello(const UINT8 *b, ULONG n, ULONG *bad) { LATCH_MSG_HELLO m; return LatchDecodeHello(b, n, &m, bad); }
 static NTSTATUS d_reply(const UINT8 *b, ULONG n, ULONG *bad) { LATCH_MSG_HELLO_REPLY m; return LatchDecodeHelloReply(b, n, &m, bad); }
 static NTSTATUS d_connect(const UINT8 *b, ULONG n, ULONG *bad) { LATCH_MSG_CONNECT_REQUEST m; return LatchDecodeConnectRequest(b, n, &m, NULL, bad); }
+static NTSTATUS d_hits(const UINT8 *b, ULONG n, ULONG *bad) { LATCH_MSG_HIT_BATCH m; return LatchDecodeHitBatch(b, n, &m, NULL, bad); }
 static NTSTATUS d_verdict(const UINT8 *b, ULONG n, ULONG *bad) { LATCH_MSG_VERDICT m; return LatchDecodeVerdict(b, n, &m, bad); }
 static NTSTATUS d_flush(const UINT8 *b, ULONG n, ULONG *bad) { LATCH_MSG_FLUSH m; return LatchDecodeFlush(b, n, &m, bad); }
 static NTSTATUS d_query(const UINT8 *b, ULONG n, ULONG *bad) { LATCH_MSG_STATS_QUERY m; return LatchDecodeStatsQuery(b, n, &m, bad); }
@@ -246,7 +295,7 @@ typedef struct mutation {
 } mutation;
 
 static const mutation mutations[] = {
-    {"hello", 0, 4, 0x4843544D, 0},   {"hello", 4, 2, 2, 4},          {"hello", 6, 2, 0x81, 6},
+    {"hello", 0, 4, 0x4843544D, 0},   {"hello", 4, 2, 1, 4},          {"hello", 4, 2, 3, 4},          {"hello", 6, 2, 0x81, 6},
     {"hello", 6, 2, 0x99, 6},         {"hello", 8, 4, 33, 8},         {"hello", 12, 4, 1, 12},
     {"hello", 20, 4, 0, 20},          {"hello", 20, 4, 3, 20},        {"hello", 24, 4, 99, 24},
     {"hello", 24, 4, 600001, 24},     {"hello", 28, 4, 1, 28},
@@ -254,7 +303,12 @@ static const mutation mutations[] = {
     {"verdict", 28, 4, 3, 28},        {"verdict", 32, 4, 0, 32},      {"verdict", 32, 4, 86400001, 32},
     {"verdict", 36, 4, 7, 36},        {"verdict", 6, 2, 4, 8},
     {"flush", 16, 4, 4, 16},          {"flush", 16, 4, 0x80000000u, 16}, {"flush", 20, 4, 1, 20},
-    {"stats_reply", 16 + 15 * 8, 8, 1, 16 + 15 * 8},
+    {"hit_batch", 8, 4, 24, 8},       {"hit_batch", 8, 4, 24 + 64 * 65, 8}, {"hit_batch", 16, 4, 1, 16},
+    {"hit_batch", 16, 4, 3, 16},      {"hit_batch", 16, 4, 0, 16},    {"hit_batch", 20, 4, 1, 20},
+    {"hit_batch", 24 + 60, 1, 0, 24 + 60}, {"hit_batch", 24 + 60, 1, 3, 24 + 60},
+    {"hit_batch", 24 + 61, 1, 5, 24 + 61}, {"hit_batch", 24 + 30, 1, 1, 24 + 28},
+    {"hit_batch", 24 + 50, 1, 1, 24 + 44}, {"hit_batch", 24 + 63, 1, 0, 24 + 63},
+    {"hit_batch", 24 + 63, 1, 3, 24 + 63}, {"hit_batch", 88 + 63, 1, 9, 88 + 63},
     {"ack", 20, 4, 1, 20},
     {"connect_v4", 16, 8, 0, 16},     {"connect_v4", 24, 2, 0, 24},   {"connect_v4", 24, 2, 5, 24},
     {"connect_v4", 26, 1, 0, 26},     {"connect_v4", 26, 1, 3, 26},   {"connect_v4", 26, 1, 2, 26},
@@ -274,6 +328,7 @@ static decoder decoder_for(const char *name)
     if (strcmp(name, "flush") == 0) return d_flush;
     if (strcmp(name, "stats_query") == 0) return d_query;
     if (strcmp(name, "stats_reply") == 0) return d_stats;
+    if (strcmp(name, "hit_batch") == 0) return d_hits;
     return d_ack;
 }
 
@@ -318,6 +373,22 @@ static void test_refusals(void)
     v.RequestId = 1;
     v.Action = 9;
     CHECK(LatchEncodeFixed(&v, b, sizeof(b)) == 0, "encoder produced a verdict with action 9");
+    {
+        /* a rule tag names a cached verdict's rule: with scope 0 it is refused */
+        LATCH_MSG_VERDICT t;
+        ULONG bad = 0;
+        memset(&t, 0, sizeof(t));
+        LatchInitHeader(&t.Header, LATCH_TYPE_VERDICT, sizeof(t));
+        t.RequestId = 1;
+        t.Action = LATCH_ACTION_PERMIT;
+        t.RuleTag = 5;
+        CHECK(LatchDecodeVerdict(&t, sizeof(t), &v, &bad) == STATUS_INVALID_PARAMETER && bad == 40,
+              "a rule tag with scope 0 accepted (bad offset %u)", bad);
+        LATCH_HIT_RECORD none[1];
+        memset(none, 0, sizeof(none));
+        CHECK(LatchEncodeHitBatch(none, 0, b, sizeof(b)) == 0, "encoder produced an empty hit batch");
+        CHECK(LatchEncodeHitBatch(none, 1, b, sizeof(b)) == 0, "encoder produced a record with direction 0");
+    }
     v.Action = 1;
     CHECK(LatchEncodeFixed(&v, b, 39) == 0, "encoder wrote into a short buffer");
     LATCH_MSG_CONNECT_REQUEST c;
@@ -338,10 +409,10 @@ static void test_mutation_fuzz(void)
 {
     static UINT8 b[LATCH_MSG_MAX_SIZE + 16], again[LATCH_MSG_MAX_SIZE + 16];
     unsigned seed = 12345;
-    decoder all[] = {d_hello, d_reply, d_connect, d_verdict, d_flush, d_query, d_stats, d_ack};
+    decoder all[] = {d_hello, d_reply, d_connect, d_verdict, d_flush, d_query, d_stats, d_ack, d_hits};
     long accepted = 0;
     for (int round = 0; round < 60000; round++) {
-        const char *name = goldenNames[round % 9];
+        const char *name = goldenNames[round % 10];
         ULONG n = build_golden(name, b, sizeof(b));
         int flips = 1 + (int)(rand_r(&seed) % 4);
         for (int f = 0; f < flips; f++) {
@@ -360,6 +431,12 @@ static void test_mutation_fuzz(void)
                     LatchDecodeConnectRequest(copy, len, &m, &p, NULL);
                     CHECK(LatchEncodeConnectRequest(&m, p, again, sizeof(again)) == len && memcmp(again, copy, len) == 0,
                           "accepted connect request does not re-encode identically");
+                } else if (all[d] == d_hits) {
+                    LATCH_MSG_HIT_BATCH m;
+                    const LATCH_HIT_RECORD *r;
+                    LatchDecodeHitBatch(copy, len, &m, &r, NULL);
+                    CHECK(LatchEncodeHitBatch(r, m.Count, again, sizeof(again)) == len && memcmp(again, copy, len) == 0,
+                          "accepted hit batch does not re-encode identically");
                 } else {
                     CHECK(LatchEncodeFixed(copy, again, sizeof(again)) == len && memcmp(again, copy, len) == 0,
                           "accepted %s does not re-encode identically", name);

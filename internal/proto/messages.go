@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -401,6 +402,9 @@ type Verdict struct {
 	Action     Action    // ActionPermit, ActionBlock or ActionReject
 	CacheScope CacheScope
 	CacheTTLMS uint32 // 0 with CacheNone, 1..MaxCacheTTLMS otherwise
+	// RuleTag is stored with the cached verdict and returned in the HIT_BATCH record of
+	// every connection the cache decides (the service sends the rule id); 0 with CacheNone.
+	RuleTag uint64
 }
 
 // Type returns TypeVerdict.
@@ -414,7 +418,8 @@ func (m *Verdict) AppendBinary(b []byte) ([]byte, error) {
 		b = le.AppendUint32(b, uint32(m.Action))
 		b = le.AppendUint32(b, uint32(m.CacheScope))
 		b = le.AppendUint32(b, m.CacheTTLMS)
-		return le.AppendUint32(b, 0)
+		b = le.AppendUint32(b, 0)
+		return le.AppendUint64(b, m.RuleTag)
 	}, func(b []byte) error { return decodeAs(TypeVerdict, b, new(Verdict).decodeBody) })
 }
 
@@ -424,6 +429,7 @@ func (m *Verdict) decodeBody(b []byte) error {
 	m.Action = Action(le.Uint32(b[24:]))
 	m.CacheScope = CacheScope(le.Uint32(b[28:]))
 	m.CacheTTLMS = le.Uint32(b[32:])
+	m.RuleTag = le.Uint64(b[40:])
 	if m.RequestID == 0 {
 		return &DecodeError{Type: t, Field: "request_id", Offset: 16, Reason: "0, want nonzero"}
 	}
@@ -441,7 +447,14 @@ func (m *Verdict) decodeBody(b []byte) error {
 		return &DecodeError{Type: t, Field: "cache_ttl_ms", Offset: 32,
 			Reason: fmt.Sprintf("%d with cache_scope %d, want 1..%d", m.CacheTTLMS, uint32(m.CacheScope), MaxCacheTTLMS)}
 	}
-	return reservedZero(t, b, 36, 4, "reserved")
+	if err := reservedZero(t, b, 36, 4, "reserved"); err != nil {
+		return err
+	}
+	if m.CacheScope == CacheNone && m.RuleTag != 0 {
+		return &DecodeError{Type: t, Field: "rule_tag", Offset: 40,
+			Reason: fmt.Sprintf("%d with cache_scope 0, want 0 (a tag names a cached verdict's rule)", m.RuleTag)}
+	}
+	return nil
 }
 
 // FlushFlags say what a Flush does.
@@ -510,19 +523,22 @@ type StatsReply struct {
 	VerdictsLate      uint64
 	Reauthorized      uint64
 	AllocFailures     uint64
+	// HitsLost counts connections the verdict cache decided whose HIT_BATCH record
+	// never reached the service (the driver's ring was full, the send failed, unload).
+	HitsLost uint64
 }
 
 // statsCounters returns pointers to the counters in wire order.
-func (m *StatsReply) counters() [15]*uint64 {
-	return [15]*uint64{&m.Classified, &m.Pended, &m.Permitted, &m.Blocked, &m.TimedOut,
+func (m *StatsReply) counters() [16]*uint64 {
+	return [16]*uint64{&m.Classified, &m.Pended, &m.Permitted, &m.Blocked, &m.TimedOut,
 		&m.NoClientDefault, &m.CapExceeded, &m.CacheHits, &m.SendFailures, &m.MalformedMessages,
-		&m.FlowContextsLive, &m.PendingNow, &m.VerdictsLate, &m.Reauthorized, &m.AllocFailures}
+		&m.FlowContextsLive, &m.PendingNow, &m.VerdictsLate, &m.Reauthorized, &m.AllocFailures, &m.HitsLost}
 }
 
 // StatsNames are the counters' names as PROTOCOL.md gives them, in wire order.
-var StatsNames = [15]string{"classified", "pended", "permitted", "blocked", "timed_out",
+var StatsNames = [16]string{"classified", "pended", "permitted", "blocked", "timed_out",
 	"no_client_default", "cap_exceeded", "cache_hits", "send_failures", "malformed_messages",
-	"flow_contexts_live", "pending_now", "verdicts_late", "reauthorized", "alloc_failures"}
+	"flow_contexts_live", "pending_now", "verdicts_late", "reauthorized", "alloc_failures", "hits_lost"}
 
 // Map returns the counters keyed by their StatsNames.
 func (m *StatsReply) Map() map[string]uint64 {
@@ -542,14 +558,129 @@ func (m *StatsReply) AppendBinary(b []byte) ([]byte, error) {
 	for _, p := range m.counters() {
 		b = le.AppendUint64(b, *p)
 	}
-	return le.AppendUint64(b, 0), nil
+	return b, nil
 }
 
 func (m *StatsReply) decodeBody(b []byte) error {
 	for i, p := range m.counters() {
 		*p = le.Uint64(b[16+8*i:])
 	}
-	return reservedZero(TypeStatsReply, b, 16+8*15, 8, "reserved")
+	return nil
+}
+
+// Hit is one connection the driver's verdict cache decided (a HIT_BATCH record).
+type Hit struct {
+	RuleTag   uint64 // the cached VERDICT's rule_tag; 0: none
+	ProcessID uint64
+	Timestamp uint64 // 100 ns intervals since 1601-01-01 UTC, at the classify
+	Direction Direction
+	IPVersion uint8 // 4 or 6
+	Protocol  uint8
+	Action    Action // ActionPermit or ActionBlock
+	Local     netip.AddrPort
+	Remote    netip.AddrPort
+}
+
+// Time returns Timestamp as a time.Time.
+func (h *Hit) Time() time.Time { return FileTimeToTime(h.Timestamp) }
+
+// HitBatch carries 1..MaxHitsPerBatch connections the driver's verdict cache decided
+// without asking, so that the service records them in its history.
+type HitBatch struct {
+	Hits []Hit
+}
+
+// Type returns TypeHitBatch.
+func (*HitBatch) Type() Type { return TypeHitBatch }
+
+// AppendBinary implements Message.
+func (m *HitBatch) AppendBinary(b []byte) ([]byte, error) {
+	if len(m.Hits) < 1 || len(m.Hits) > MaxHitsPerBatch {
+		return b, &DecodeError{Type: TypeHitBatch, Field: "count", Offset: 16,
+			Reason: fmt.Sprintf("%d records, want 1..%d", len(m.Hits), MaxHitsPerBatch)}
+	}
+	for i, h := range m.Hits {
+		base := HitBatchBaseSize + HitRecordSize*i
+		for _, f := range []struct {
+			name string
+			off  int
+			ap   netip.AddrPort
+		}{{"local_addr", base + 24, h.Local}, {"remote_addr", base + 40, h.Remote}} {
+			a := f.ap.Addr()
+			if (h.IPVersion == 4 && !a.Is4()) || (h.IPVersion == 6 && !a.Is6()) {
+				return b, &DecodeError{Type: TypeHitBatch, Field: f.name, Offset: f.off,
+					Reason: fmt.Sprintf("address %v is not IPv%d", a, h.IPVersion)}
+			}
+		}
+	}
+	return appendChecked(b, func(b []byte) []byte {
+		b = appendHeader(b, TypeHitBatch, HitBatchBaseSize+HitRecordSize*len(m.Hits))
+		b = le.AppendUint32(b, uint32(len(m.Hits)))
+		b = le.AppendUint32(b, 0)
+		for _, h := range m.Hits {
+			b = le.AppendUint64(b, h.RuleTag)
+			b = le.AppendUint64(b, h.ProcessID)
+			b = le.AppendUint64(b, h.Timestamp)
+			b = appendAddr(b, h.Local.Addr())
+			b = appendAddr(b, h.Remote.Addr())
+			b = le.AppendUint16(b, h.Local.Port())
+			b = le.AppendUint16(b, h.Remote.Port())
+			b = append(b, byte(h.Direction), h.IPVersion, h.Protocol, byte(h.Action))
+		}
+		return b
+	}, func(b []byte) error { return decodeAs(TypeHitBatch, b, new(HitBatch).decodeBody) })
+}
+
+func (m *HitBatch) decodeBody(b []byte) error {
+	const t = TypeHitBatch
+	n := int(le.Uint32(b[16:]))
+	if n < 1 || n > MaxHitsPerBatch || len(b) != HitBatchBaseSize+HitRecordSize*n {
+		return &DecodeError{Type: t, Field: "count", Offset: 16,
+			Reason: fmt.Sprintf("%d records in a %d-byte message", n, len(b))}
+	}
+	if err := reservedZero(t, b, 20, 4, "reserved"); err != nil {
+		return err
+	}
+	m.Hits = make([]Hit, n)
+	for i := range m.Hits {
+		base := HitBatchBaseSize + HitRecordSize*i
+		r := b[base : base+HitRecordSize]
+		h := Hit{RuleTag: le.Uint64(r[0:]), ProcessID: le.Uint64(r[8:]), Timestamp: le.Uint64(r[16:]),
+			Direction: Direction(r[60]), IPVersion: r[61], Protocol: r[62], Action: Action(r[63])}
+		if h.Direction != Outbound && h.Direction != Inbound {
+			return &DecodeError{Type: t, Field: "direction", Offset: base + 60,
+				Reason: fmt.Sprintf("record %d: %d, want 1 or 2", i, r[60])}
+		}
+		if h.IPVersion != 4 && h.IPVersion != 6 {
+			return &DecodeError{Type: t, Field: "ip_version", Offset: base + 61,
+				Reason: fmt.Sprintf("record %d: %d, want 4 or 6", i, r[61])}
+		}
+		local, err := decodeAddr(b, base+24, h.IPVersion, "local_addr")
+		if err != nil {
+			return hitAddrError(err)
+		}
+		remote, err := decodeAddr(b, base+40, h.IPVersion, "remote_addr")
+		if err != nil {
+			return hitAddrError(err)
+		}
+		h.Local = netip.AddrPortFrom(local, le.Uint16(r[56:]))
+		h.Remote = netip.AddrPortFrom(remote, le.Uint16(r[58:]))
+		if h.Action != ActionPermit && h.Action != ActionBlock {
+			return &DecodeError{Type: t, Field: "action", Offset: base + 63,
+				Reason: fmt.Sprintf("record %d: %d, want 1 or 2", i, r[63])}
+		}
+		m.Hits[i] = h
+	}
+	return nil
+}
+
+// hitAddrError retypes decodeAddr's error (made for CONNECT_REQUEST) for HIT_BATCH.
+func hitAddrError(err error) error {
+	var de *DecodeError
+	if errors.As(err, &de) {
+		de.Type = TypeHitBatch
+	}
+	return err
 }
 
 // Ack is the driver's answer to a service message that asks for nothing else.

@@ -1,5 +1,5 @@
 // Package proto is the wire format between latch's Windows driver and the Go service,
-// version 1, as specified in driver/PROTOCOL.md and driver/include/latch_proto.h.
+// version 2, as specified in driver/PROTOCOL.md and driver/include/latch_proto.h.
 //
 // Every message is little-endian and fixed layout: a 16-byte header (magic, version,
 // type, length, reserved) followed by a body whose size the type dictates. Decode is
@@ -22,7 +22,7 @@ import (
 const Magic uint32 = 0x4843544C
 
 // Version is the wire format version this package speaks.
-const Version uint16 = 1
+const Version uint16 = 2
 
 // Message sizes in bytes, header included.
 const (
@@ -30,11 +30,15 @@ const (
 	HelloSize              = 32
 	HelloReplySize         = 32
 	ConnectRequestBaseSize = 96 // plus 2 bytes per UTF-16 code unit of the path
-	VerdictSize            = 40
+	VerdictSize            = 48
 	FlushSize              = 24
 	StatsQuerySize         = 16
 	StatsReplySize         = 144
 	AckSize                = 24
+	HitBatchBaseSize       = 24 // plus HitRecordSize per record
+	HitRecordSize          = 64
+	// MaxHitsPerBatch is the most records one HIT_BATCH carries.
+	MaxHitsPerBatch = 64
 
 	// MaxPathLen is the longest process path, in UTF-16 code units, a CONNECT_REQUEST carries.
 	MaxPathLen = 4096
@@ -64,6 +68,7 @@ const (
 	TypeVerdict        Type = 0x03
 	TypeFlush          Type = 0x04
 	TypeStatsQuery     Type = 0x05
+	TypeHitBatch       Type = 0x06
 	TypeAck            Type = 0x80
 	TypeHelloReply     Type = 0x81
 	TypeStatsReply     Type = 0x85
@@ -82,6 +87,8 @@ func (t Type) String() string {
 		return "FLUSH"
 	case TypeStatsQuery:
 		return "STATS_QUERY"
+	case TypeHitBatch:
+		return "HIT_BATCH"
 	case TypeAck:
 		return "ACK"
 	case TypeHelloReply:
@@ -114,10 +121,10 @@ func (t Type) fixedSize() int {
 	return 0
 }
 
-func (t Type) known() bool { return t == TypeConnectRequest || t.fixedSize() != 0 }
+func (t Type) known() bool { return t == TypeConnectRequest || t == TypeHitBatch || t.fixedSize() != 0 }
 
 // Message is one decoded wire message: one of *Hello, *HelloReply, *ConnectRequest,
-// *Verdict, *Flush, *StatsQuery, *StatsReply or *Ack.
+// *Verdict, *Flush, *StatsQuery, *StatsReply, *HitBatch or *Ack.
 type Message interface {
 	// Type returns the message's wire type.
 	Type() Type
@@ -211,6 +218,14 @@ func DecodeHeader(b []byte) (Header, error) {
 				Reason: fmt.Sprintf("%d code units need a %d-byte message, length is %d", n, want, len(b))}
 		}
 	}
+	if t == TypeHitBatch {
+		n := len(b) - HitBatchBaseSize
+		if n < HitRecordSize || n > HitRecordSize*MaxHitsPerBatch || n%HitRecordSize != 0 {
+			return h, &DecodeError{Type: t, Field: "length", Offset: 8,
+				Reason: fmt.Sprintf("%d bytes, a %v is %d + %d per record (1..%d records)", len(b), t,
+					HitBatchBaseSize, HitRecordSize, MaxHitsPerBatch)}
+		}
+	}
 	return h, nil
 }
 
@@ -241,6 +256,8 @@ func Decode(b []byte) (Message, error) {
 		m = new(StatsReply)
 	case TypeAck:
 		m = new(Ack)
+	case TypeHitBatch:
+		m = new(HitBatch)
 	default:
 		// DecodeHeader admits only the types above.
 		return nil, &DecodeError{Field: "type", Offset: 6, Reason: fmt.Sprintf("unknown message type 0x%x", uint16(h.Type))}

@@ -21,8 +21,8 @@ var golden = []struct {
 	name string
 	msg  Message
 }{
-	{"hello", &Hello{ServiceVersion: 1, DefaultAction: ActionBlock, PendingTimeoutMS: 30000}},
-	{"hello_reply", &HelloReply{DriverVersion: 1, MaxPending: 4096, MaxPendingPerProcess: 256, Status: StatusSuccess}},
+	{"hello", &Hello{ServiceVersion: 2, DefaultAction: ActionBlock, PendingTimeoutMS: 30000}},
+	{"hello_reply", &HelloReply{DriverVersion: 2, MaxPending: 4096, MaxPendingPerProcess: 256, Status: StatusSuccess}},
 	{"connect_v4", &ConnectRequest{
 		RequestID: 0x0102030405060708, Layer: LayerConnectV4, Direction: Outbound, IPVersion: 4, Protocol: 6,
 		Local:     netip.MustParseAddrPort("198.18.0.1:49152"),
@@ -36,13 +36,25 @@ var golden = []struct {
 		Remote:    netip.MustParseAddrPort("[2001:2::2]:40000"),
 		ProcessID: 0, Timestamp: 133000000000000001,
 	}},
-	{"verdict", &Verdict{RequestID: 0x0102030405060708, Action: ActionPermit, CacheScope: CacheProcessRemotePort, CacheTTLMS: 60000}},
+	{"verdict", &Verdict{RequestID: 0x0102030405060708, Action: ActionPermit, CacheScope: CacheProcessRemotePort, CacheTTLMS: 60000,
+		RuleTag: 0x1122334455667788}},
 	{"flush", &Flush{Flags: FlushCache | FlushReauthorize}},
 	{"stats_query", &StatsQuery{}},
 	{"stats_reply", &StatsReply{Classified: 1, Pended: 2, Permitted: 3, Blocked: 4, TimedOut: 5,
 		NoClientDefault: 6, CapExceeded: 7, CacheHits: 8, SendFailures: 9, MalformedMessages: 10,
-		FlowContextsLive: 11, PendingNow: 12, VerdictsLate: 13, Reauthorized: 14, AllocFailures: 15}},
+		FlowContextsLive: 11, PendingNow: 12, VerdictsLate: 13, Reauthorized: 14, AllocFailures: 15, HitsLost: 16}},
 	{"ack", &Ack{Status: StatusNotFound}},
+	{"hit_batch", &HitBatch{Hits: []Hit{{
+		RuleTag: 0x1122334455667788, ProcessID: 4242, Timestamp: 133000000000000000,
+		Direction: Outbound, IPVersion: 4, Protocol: 6, Action: ActionPermit,
+		Local:  netip.MustParseAddrPort("198.18.0.1:49152"),
+		Remote: netip.MustParseAddrPort("198.19.0.2:443"),
+	}, {
+		RuleTag: 9, ProcessID: 7, Timestamp: 133000000000000001,
+		Direction: Inbound, IPVersion: 6, Protocol: 17, Action: ActionBlock,
+		Local:  netip.MustParseAddrPort("[2001:2::1]:5353"),
+		Remote: netip.MustParseAddrPort("[2001:2::2]:40000"),
+	}}}},
 }
 
 func goldenBytes(t *testing.T, name string) []byte {
@@ -189,14 +201,15 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty", nil, "length", 0},
 		{"short header", goldenBytes(t, "ack")[:15], "length", 0},
 		{"wrong magic", mutate(t, "ack", func(b []byte) []byte { return put32(b, 0, 0x4c544348) }), "magic", 0},
-		{"version 2", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 2) }), "version", 4},
+		{"version 1", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 1) }), "version", 4},
+		{"version 3", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 3) }), "version", 4},
 		{"version 0", mutate(t, "ack", func(b []byte) []byte { return put16(b, 4, 0) }), "version", 4},
 		{"unknown type", mutate(t, "ack", func(b []byte) []byte { return put16(b, 6, 0x99) }), "type", 6},
 		{"type 0", mutate(t, "ack", func(b []byte) []byte { return put16(b, 6, 0) }), "type", 6},
 		{"length too big", mutate(t, "ack", func(b []byte) []byte { return put32(b, 8, 25) }), "length", 8},
 		{"length too small", mutate(t, "ack", func(b []byte) []byte { return put32(b, 8, 16) }), "length", 8},
-		{"truncated", goldenBytes(t, "verdict")[:39], "length", 8},
-		{"oversized", append(mutate(t, "verdict", func(b []byte) []byte { return put32(b, 8, 41) }), 0), "length", 8},
+		{"truncated", goldenBytes(t, "verdict")[:47], "length", 8},
+		{"oversized", append(mutate(t, "verdict", func(b []byte) []byte { return put32(b, 8, 49) }), 0), "length", 8},
 		{"header reserved", mutate(t, "ack", func(b []byte) []byte { b[15] = 1; return b }), "reserved", 12},
 		{"hello action 0", mutate(t, "hello", func(b []byte) []byte { return put32(b, 20, 0) }), "default_action", 20},
 		{"hello action reject", mutate(t, "hello", func(b []byte) []byte { return put32(b, 20, 3) }), "default_action", 20},
@@ -229,7 +242,23 @@ func TestDecodeRejects(t *testing.T) {
 		{"verdict reserved", mutate(t, "verdict", func(b []byte) []byte { b[39] = 1; return b }), "reserved", 39},
 		{"flush unknown flag", mutate(t, "flush", func(b []byte) []byte { return put32(b, 16, 4) }), "flags", 16},
 		{"flush reserved", mutate(t, "flush", func(b []byte) []byte { b[20] = 1; return b }), "reserved", 20},
-		{"stats_reply reserved", mutate(t, "stats_reply", func(b []byte) []byte { b[143] = 1; return b }), "reserved", 143},
+		{"verdict rule_tag with scope 0", mutate(t, "verdict", func(b []byte) []byte { return put32(put32(b, 28, 0), 32, 0) }), "rule_tag", 40},
+		{"hit_batch no records", mutate(t, "hit_batch", func(b []byte) []byte { return put32(put32(b, 8, 24), 16, 0)[:24] }), "length", 8},
+		{"hit_batch 65 records", func() []byte {
+			b := append(goldenBytes(t, "hit_batch"), make([]byte, 63*HitRecordSize)...)
+			return put32(put32(b, 8, uint32(len(b))), 16, 65)
+		}(), "length", 8},
+		{"hit_batch partial record", append(mutate(t, "hit_batch", func(b []byte) []byte { return put32(b, 8, 152+8) }), make([]byte, 8)...), "length", 8},
+		{"hit_batch count vs length", mutate(t, "hit_batch", func(b []byte) []byte { return put32(b, 16, 1) }), "count", 16},
+		{"hit_batch count 0", mutate(t, "hit_batch", func(b []byte) []byte { return put32(b, 16, 0) }), "count", 16},
+		{"hit_batch reserved", mutate(t, "hit_batch", func(b []byte) []byte { b[21] = 1; return b }), "reserved", 21},
+		{"hit_batch direction 0", mutate(t, "hit_batch", func(b []byte) []byte { b[24+60] = 0; return b }), "direction", 84},
+		{"hit_batch direction 3", mutate(t, "hit_batch", func(b []byte) []byte { b[88+60] = 3; return b }), "direction", 148},
+		{"hit_batch ip_version 5", mutate(t, "hit_batch", func(b []byte) []byte { b[24+61] = 5; return b }), "ip_version", 85},
+		{"hit_batch v4 local tail", mutate(t, "hit_batch", func(b []byte) []byte { b[24+30] = 1; return b }), "local_addr", 54},
+		{"hit_batch v4 remote tail", mutate(t, "hit_batch", func(b []byte) []byte { b[24+50] = 1; return b }), "remote_addr", 74},
+		{"hit_batch action reject", mutate(t, "hit_batch", func(b []byte) []byte { b[24+63] = 3; return b }), "action", 87},
+		{"hit_batch action 0", mutate(t, "hit_batch", func(b []byte) []byte { b[88+63] = 0; return b }), "action", 151},
 		{"ack reserved", mutate(t, "ack", func(b []byte) []byte { b[22] = 1; return b }), "reserved", 22},
 	}
 	for _, c := range cases {
@@ -253,9 +282,9 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func TestVersionMismatch(t *testing.T) {
-	_, err := Decode(mutate(t, "hello_reply", func(b []byte) []byte { return put16(b, 4, 2) }))
-	if got, ok := VersionMismatch(err); !ok || got != 2 {
-		t.Fatalf("VersionMismatch(%v) = %d, %v; want 2, true", err, got, ok)
+	_, err := Decode(mutate(t, "hello_reply", func(b []byte) []byte { return put16(b, 4, 1) }))
+	if got, ok := VersionMismatch(err); !ok || got != 1 {
+		t.Fatalf("VersionMismatch(%v) = %d, %v; want 1, true", err, got, ok)
 	}
 	_, err = Decode(mutate(t, "hello_reply", func(b []byte) []byte { b[0] = 0; return b }))
 	if _, ok := VersionMismatch(err); ok {
@@ -269,9 +298,16 @@ func TestEncodeRejects(t *testing.T) {
 		m     Message
 		field string
 	}{
-		{"hello timeout 0", &Hello{ServiceVersion: 1, DefaultAction: ActionBlock}, "pending_timeout_ms"},
+		{"hello timeout 0", &Hello{ServiceVersion: 2, DefaultAction: ActionBlock}, "pending_timeout_ms"},
 		{"verdict no id", &Verdict{Action: ActionPermit}, "request_id"},
 		{"verdict ttl without scope", &Verdict{RequestID: 1, Action: ActionBlock, CacheTTLMS: 5}, "cache_ttl_ms"},
+		{"verdict tag without scope", &Verdict{RequestID: 1, Action: ActionBlock, RuleTag: 3}, "rule_tag"},
+		{"hit_batch empty", &HitBatch{}, "count"},
+		{"hit_batch too many", &HitBatch{Hits: make([]Hit, MaxHitsPerBatch+1)}, "count"},
+		{"hit_batch v6 addr in v4 record", &HitBatch{Hits: []Hit{{Direction: Outbound, IPVersion: 4, Action: ActionPermit,
+			Local: netip.MustParseAddrPort("[2001:2::1]:1"), Remote: netip.MustParseAddrPort("198.18.0.1:2")}}}, "local_addr"},
+		{"hit_batch action reject", &HitBatch{Hits: []Hit{{Direction: Outbound, IPVersion: 4, Action: ActionReject,
+			Local: netip.MustParseAddrPort("198.18.0.1:1"), Remote: netip.MustParseAddrPort("198.18.0.2:2")}}}, "action"},
 		{"connect v6 addr in v4 layer", &ConnectRequest{RequestID: 1, Layer: LayerConnectV4, Direction: Outbound, IPVersion: 4,
 			Local: netip.MustParseAddrPort("[2001:2::1]:1"), Remote: netip.MustParseAddrPort("198.18.0.1:2")}, "local_addr"},
 		{"connect zero addr", &ConnectRequest{RequestID: 1, Layer: LayerConnectV6, Direction: Outbound, IPVersion: 6,
@@ -318,7 +354,7 @@ func TestMaxPathRoundTrip(t *testing.T) {
 func TestStatsMap(t *testing.T) {
 	m := golden[7].msg.(*StatsReply)
 	mp := m.Map()
-	if len(mp) != 15 || mp["classified"] != 1 || mp["alloc_failures"] != 15 || mp["malformed_messages"] != 10 {
+	if len(mp) != 16 || mp["classified"] != 1 || mp["alloc_failures"] != 15 || mp["malformed_messages"] != 10 || mp["hits_lost"] != 16 {
 		t.Fatalf("Map = %v", mp)
 	}
 }

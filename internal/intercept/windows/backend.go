@@ -107,6 +107,9 @@ type Backend struct {
 	rules   atomic.Pointer[ruleState] // the rules in force (RulesChanged); nil: cache nothing
 	follow  cacheFollower
 
+	hitRecorder atomic.Pointer[HitRecorder] // RecordHits; nil: hits are counted only
+	hits        atomic.Uint64               // cache hit records received (HIT_BATCH)
+
 	running atomic.Bool
 	cur     atomic.Pointer[session]
 	nextID  atomic.Uint64
@@ -336,6 +339,10 @@ func (b *Backend) readLoop(ctx context.Context, s *session, d intercept.Decider)
 			b.logf("dropped a malformed message from the driver (%d bytes): %v", n, err)
 			continue
 		}
+		if hb, ok := m.(*proto.HitBatch); ok {
+			b.handleHits(hb)
+			continue
+		}
 		cr, ok := m.(*proto.ConnectRequest)
 		if !ok {
 			b.malformed.Add(1)
@@ -377,6 +384,7 @@ func (b *Backend) wireVerdict(id proto.RequestID, v engine.Verdict) proto.Verdic
 	if ttl := b.rules.Load().cacheTTL(v, b.cacheMS, time.Now()); ttl > 0 {
 		w.CacheScope = proto.CacheProcessRemotePort
 		w.CacheTTLMS = ttl
+		w.RuleTag = uint64(v.RuleID) // comes back in the HIT_BATCH record of every hit
 	}
 	return w
 }
@@ -505,13 +513,14 @@ func (b *Backend) Stats() intercept.Stats {
 		Rejected: b.rejected.Load(),
 		Errors:   b.malformed.Load() + b.sendFailures.Load() + b.unexpectedAnswer.Load() + b.refusedVerdicts.Load(),
 		Extra: map[string]uint64{
-			"malformed_messages": b.malformed.Load(),
-			"verdicts_late":      b.late.Load(),
-			"verdicts_dropped":   b.dropped.Load(),
-			"send_failures":      b.sendFailures.Load(),
-			"verdicts_refused":   b.refusedVerdicts.Load(),
-			"reconnects":         b.reconnects.Load(),
-			"connected":          0,
+			"malformed_messages":  b.malformed.Load(),
+			"verdicts_late":       b.late.Load(),
+			"verdicts_dropped":    b.dropped.Load(),
+			"send_failures":       b.sendFailures.Load(),
+			"verdicts_refused":    b.refusedVerdicts.Load(),
+			"reconnects":          b.reconnects.Load(),
+			"cache_hits_recorded": b.hits.Load(),
+			"connected":           0,
 		},
 	}
 	s := b.cur.Load()

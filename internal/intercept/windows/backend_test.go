@@ -96,7 +96,7 @@ func TestHelloCarriesDefaultAndTimeout(t *testing.T) {
 		drv.mu.Lock()
 		h := drv.hellos[0]
 		drv.mu.Unlock()
-		if h.ServiceVersion != 1 || h.DefaultAction != c.action || h.PendingTimeoutMS != c.ms {
+		if h.ServiceVersion != uint32(proto.Version) || h.DefaultAction != c.action || h.PendingTimeoutMS != c.ms {
 			t.Errorf("default %v timeout %v: HELLO %+v, want action %v, %d ms", c.def, c.timeout, h, c.action, c.ms)
 		}
 	}
@@ -108,17 +108,21 @@ func TestVersionMismatchRefused(t *testing.T) {
 		reply func(*proto.Hello) []byte
 		want  string
 	}{
-		{"driver_version 2", func(*proto.Hello) []byte {
-			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 2, Status: proto.StatusRevisionMismatch})
-			return b
-		}, "the latch driver speaks protocol version 2 and this service version 1"},
-		{"wire version 2", func(*proto.Hello) []byte {
-			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 2})
-			b[4] = 2
-			return b
-		}, "the latch driver speaks protocol version 2 and this service version 1"},
-		{"status refused", func(*proto.Hello) []byte {
+		{"driver_version 1", func(*proto.Hello) []byte {
 			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 1, Status: proto.StatusRevisionMismatch})
+			return b
+		}, "the latch driver speaks protocol version 1 and this service version 2"},
+		{"wire version 1", func(*proto.Hello) []byte {
+			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 1})
+			b[4] = 1
+			return b
+		}, "the latch driver speaks protocol version 1 and this service version 2"},
+		{"driver_version 3", func(*proto.Hello) []byte {
+			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 3})
+			return b
+		}, "the latch driver speaks protocol version 3 and this service version 2"},
+		{"status refused", func(*proto.Hello) []byte {
+			b, _ := proto.Encode(&proto.HelloReply{DriverVersion: 2, Status: proto.StatusRevisionMismatch})
 			return b
 		}, "refused this service's HELLO: STATUS_REVISION_MISMATCH"},
 		{"ack", func(*proto.Hello) []byte {
@@ -221,8 +225,8 @@ func TestVerdictCacheScope(t *testing.T) {
 	if err := b.RulesChanged([]engine.Rule{{ID: 1}, {ID: 3}, {ID: 9}}); err != nil {
 		t.Fatal(err)
 	}
-	cached := func(a proto.Action) proto.Verdict {
-		return proto.Verdict{Action: a, CacheScope: proto.CacheProcessRemotePort, CacheTTLMS: 90000}
+	cached := func(a proto.Action, rule uint64) proto.Verdict {
+		return proto.Verdict{Action: a, CacheScope: proto.CacheProcessRemotePort, CacheTTLMS: 90000, RuleTag: rule}
 	}
 	cases := []struct {
 		port uint16
@@ -233,8 +237,8 @@ func TestVerdictCacheScope(t *testing.T) {
 		// An answer remembered as rule 3 is still a person's answer: not cached.
 		{2002, engine.Verdict{Action: engine.Reject, Reason: engine.ReasonPrompt, RuleID: 3}, proto.Verdict{Action: proto.ActionReject}},
 		{2003, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}, proto.Verdict{Action: proto.ActionBlock}},
-		{2004, engine.Verdict{Action: engine.Drop, Reason: engine.ReasonRule, RuleID: 9}, cached(proto.ActionBlock)},
-		{2005, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}, cached(proto.ActionPermit)},
+		{2004, engine.Verdict{Action: engine.Drop, Reason: engine.ReasonRule, RuleID: 9}, cached(proto.ActionBlock, 9)},
+		{2005, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}, cached(proto.ActionPermit, 1)},
 		{2006, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonDefault}, proto.Verdict{Action: proto.ActionPermit}},
 		{2007, engine.Verdict{Action: engine.Deny, Reason: engine.ReasonQuestionCap}, proto.Verdict{Action: proto.ActionBlock}},
 		{2008, engine.Verdict{Action: engine.NoAction, Reason: engine.ReasonError}, proto.Verdict{Action: proto.ActionBlock}},

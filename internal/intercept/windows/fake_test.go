@@ -21,7 +21,7 @@ type fakeDriver struct {
 	port        *fakePort
 	dials       int
 	dialErr     error
-	hello       func(*proto.Hello) []byte // nil: HELLO_REPLY version 1
+	hello       func(*proto.Hello) []byte // nil: HELLO_REPLY of proto.Version
 	hellos      []proto.Hello
 	pending     map[proto.RequestID]bool // request ids sent and not yet answered
 	flushes     []proto.Flush
@@ -79,7 +79,7 @@ func (d *fakeDriver) answer(p *fakePort, in []byte) []byte {
 		case d.connected <- p:
 		default:
 		}
-		return enc(&proto.HelloReply{DriverVersion: 1, MaxPending: 4096, MaxPendingPerProcess: 256})
+		return enc(&proto.HelloReply{DriverVersion: uint32(proto.Version), MaxPending: 4096, MaxPendingPerProcess: 256})
 	case *proto.Verdict:
 		if !d.pending[m.RequestID] || p != d.port {
 			return enc(&proto.Ack{Status: proto.StatusNotFound})

@@ -537,10 +537,10 @@ func TestSimMalformedFromService(t *testing.T) {
 		mut(b)
 		return b
 	}
-	helloReply, _ := proto.Encode(&proto.HelloReply{DriverVersion: 1})
+	helloReply, _ := proto.Encode(&proto.HelloReply{DriverVersion: uint32(proto.Version)})
 	bad := map[string][]byte{
 		"bad magic":         verdict(func(b []byte) { b[0] = 'X' }),
-		"version 2":         verdict(func(b []byte) { b[4] = 2 }),
+		"version 1":         verdict(func(b []byte) { b[4] = 1 }),
 		"action 9":          verdict(func(b []byte) { b[24] = 9 }),
 		"ttl without scope": verdict(func(b []byte) { b[32] = 1 }),
 		"length lies":       verdict(func(b []byte) { b[8] = 41 }),
@@ -588,7 +588,7 @@ func TestSimHelloOfAnotherVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	hello, _ := proto.Encode(&proto.Hello{ServiceVersion: 2, DefaultAction: proto.ActionBlock, PendingTimeoutMS: 1000})
+	hello, _ := proto.Encode(&proto.Hello{ServiceVersion: 1, DefaultAction: proto.ActionBlock, PendingTimeoutMS: 1000})
 	out := make([]byte, proto.HelloReplySize)
 	n, err := p.Send(hello, out)
 	if err != nil {
@@ -596,8 +596,8 @@ func TestSimHelloOfAnotherVersion(t *testing.T) {
 	}
 	m, err := proto.Decode(out[:n])
 	r, ok := m.(*proto.HelloReply)
-	if err != nil || !ok || r.Status != proto.StatusRevisionMismatch || r.DriverVersion != 1 {
-		t.Fatalf("HELLO v2 answered %+v, %v; want HELLO_REPLY v1 with STATUS_REVISION_MISMATCH", m, err)
+	if err != nil || !ok || r.Status != proto.StatusRevisionMismatch || r.DriverVersion != uint32(proto.Version) {
+		t.Fatalf("HELLO v1 answered %+v, %v; want HELLO_REPLY v2 with STATUS_REVISION_MISMATCH", m, err)
 	}
 	p.Close()
 	s.unload()
