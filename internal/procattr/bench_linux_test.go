@@ -1,9 +1,12 @@
 package procattr
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,4 +167,52 @@ func BenchmarkResolveProcfsHolders(b *testing.B) {
 	b.ReportMetric(float64(without)/n, "ns/lookup-cached")
 	b.ReportMetric(float64(with)/n, "ns/lookup-holders")
 	b.ReportMetric(float64(with)/float64(without), "x")
+}
+
+// BenchmarkHooksLookup: the eBPF record lookup every attribution makes, by the direct
+// bpf(2) call (cgroupHooks.lookup) against ebpf.Map.Lookup as the baseline, in
+// interleaved rounds of 2,000 lookups each. It prints each round's ns per lookup
+// and the median ratio.
+func BenchmarkHooksLookup(b *testing.B) {
+	r, local, remote := benchSetup(b, Options{DisableProcfs: true})
+	si, err := r.diag.lookup(engine.TCP, local, remote, 0, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const perRound = 2000
+	var direct, lib, ratios []float64
+	b.ResetTimer()
+	for round := range b.N {
+		for i := range 2 {
+			t0 := time.Now()
+			if (i+round)%2 == 0 {
+				for range perRound {
+					if _, ok := r.hooks.lookup(si.Cookie); !ok {
+						b.Fatal("no record")
+					}
+				}
+				direct = append(direct, float64(time.Since(t0).Nanoseconds())/perRound)
+			} else {
+				var rec connRecord
+				for range perRound {
+					if err := r.hooks.conns.Lookup(si.Cookie, &rec); err != nil {
+						b.Fatal(err)
+					}
+				}
+				lib = append(lib, float64(time.Since(t0).Nanoseconds())/perRound)
+			}
+		}
+		ratios = append(ratios, direct[round]/lib[round])
+	}
+	b.StopTimer()
+	med := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	var out strings.Builder
+	fmt.Fprintf(&out, "median over %d rounds: direct %.0f ns, ebpf.Map.Lookup %.0f ns, ratio %.2f×", b.N, med(direct), med(lib), med(ratios))
+	for i := range direct {
+		fmt.Fprintf(&out, "\nround %d: direct %.0f ns, ebpf.Map.Lookup %.0f ns (%.2f×)", i+1, direct[i], lib[i], ratios[i])
+	}
+	b.Log(out.String())
+	b.ReportMetric(med(direct), "ns-direct")
+	b.ReportMetric(med(lib), "ns-ebpf.Map.Lookup")
+	b.ReportMetric(0, "ns/op")
 }

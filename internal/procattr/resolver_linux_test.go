@@ -578,3 +578,29 @@ func TestResolveByRecordIdentity(t *testing.T) {
 		})
 	}
 }
+
+// TestHooksLookup: the direct bpf(2) lookup reads back exactly the record the map
+// holds for a cookie, every field in place (the same as ebpf.Map.Lookup), and finds
+// nothing for a cookie the map does not hold.
+func TestHooksLookup(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	const cookie = uint64(0xfeed_0000_0000_0001)
+	want := connRecord{PidTgid: 7<<32 | 8, UIDGid: 9<<32 | 10, BootNs: 11, Comm: [16]byte{'c', 'o', 'm', 'm', 15: 'x'},
+		StartNs: 12, ExecID: 13, ExeIno: 14}
+	if err := r.hooks.conns.Put(cookie, want); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := r.hooks.lookup(cookie)
+	if !ok || got != want {
+		t.Fatalf("lookup(%#x) = %+v, %v; want %+v", cookie, got, ok, want)
+	}
+	var viaLib connRecord
+	if err := r.hooks.conns.Lookup(cookie, &viaLib); err != nil || viaLib != got {
+		t.Fatalf("ebpf.Map.Lookup = %+v, %v; lookup gave %+v", viaLib, err, got)
+	}
+	if got, ok := r.hooks.lookup(cookie + 1); ok {
+		t.Fatalf("lookup of a cookie not in the map = %+v, true", got)
+	}
+}
