@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -217,11 +218,26 @@ func (d *sockDiag) requestOnce(c *diagConn, ipproto uint8, src, dst netip.AddrPo
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff:], inetDiagNoCookie)
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff+4:], inetDiagNoCookie)
 
-	if _, err := unix.Write(c.fd, b); err != nil {
-		return socketInfo{}, fmt.Errorf("sock_diag: send request: %w", err)
+	// The kernel answers a request while it takes it: the reply is queued on the
+	// socket when the write returns, so both calls are made without telling the
+	// scheduler (two system calls on the path of every attribution), and only a
+	// reply that is not there yet (none should be) is waited for.
+	if _, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b))); errno != 0 {
+		return socketInfo{}, fmt.Errorf("sock_diag: send request: %w", errno)
 	}
 	for {
-		n, err := unix.Read(c.fd, c.buf)
+		var n int
+		var err error
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&c.buf[0])), uintptr(len(c.buf)),
+			unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			n = int(r)
+		case unix.EAGAIN:
+			n, err = unix.Read(c.fd, c.buf)
+		default:
+			err = errno
+		}
 		if err == unix.EINTR {
 			continue
 		}
