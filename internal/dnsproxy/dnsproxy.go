@@ -577,9 +577,9 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 		a, err := pending.answer(p, *bp)
 		if err == nil {
 			answer = a
-			// Closed, and another made ready, once the answer is out.
-			defer p.pool.replenish()
-			defer pending.conn.close()
+			// Closed, and another made ready, once the answer is out (by the
+			// pool's goroutine, off this worker).
+			defer p.pool.retire(pending.conn)
 			break
 		}
 		pending.conn.close()

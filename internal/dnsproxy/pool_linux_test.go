@@ -506,3 +506,89 @@ func TestPoolRunAgain(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolRetire: a socket handed back after its answer releases its query's slot at
+// once and is closed, by the pool's goroutine while the pool runs (and another opened
+// in its place), at once when the pool is not running or sp.size sockets wait to be
+// closed already; it never waits in the pool for another query.
+func TestPoolRetire(t *testing.T) {
+	up := netip.MustParseAddrPort(upstream(t))
+	p, _, _ := newProxy(t, up.String())
+	inode := func(c udpConn) uint64 {
+		var st unix.Stat_t
+		if err := unix.Fstat(c.fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	gone := func(ino uint64) bool {
+		for _, s := range udpSockets(t) {
+			if s.inode == ino {
+				return false
+			}
+		}
+		return true
+	}
+	retire := func(sp *socketPool) (ino uint64, released *bool) {
+		c, err := p.openUDP(up)
+		if err != nil {
+			t.Fatal(err)
+		}
+		released = new(bool)
+		c.done = func() { *released = true }
+		ino = inode(c)
+		sp.retire(c)
+		if !*released {
+			t.Fatal("retire did not release the query's slot")
+		}
+		return ino, released
+	}
+
+	stopped := newSocketPool(4, p.openUDP, t.Logf)
+	if ino, _ := retire(stopped); !gone(ino) {
+		t.Error("a socket handed back to a pool that is not running is still open")
+	}
+
+	sp := newSocketPool(4, p.openUDP, t.Logf)
+	sp.start(up)
+	defer sp.stop()
+	eventually(t, "the pool is filled", func() bool { return sp.idleCount() == 4 })
+	var inos []uint64
+	for range 3 {
+		ino, _ := retire(sp)
+		inos = append(inos, ino)
+	}
+	assertClosed(t, []udpSocket{{inode: inos[0]}, {inode: inos[1]}, {inode: inos[2]}})
+	for _, c := range sp.idle {
+		for _, ino := range inos {
+			if inode(c) == ino {
+				t.Fatalf("a socket handed back waits in the pool")
+			}
+		}
+	}
+	eventually(t, "the pool is refilled", func() bool { return sp.idleCount() == 4 })
+
+	// The goroutine is behind (here: a pool marked running whose goroutine never
+	// runs): sockets wait to be closed up to sp.size of them, the next is closed at
+	// once.
+	behind := newSocketPool(2, p.openUDP, t.Logf)
+	behind.running = true
+	defer func() {
+		for _, c := range behind.doomed {
+			c.close()
+		}
+	}()
+	var waiting []uint64
+	for range behind.size {
+		ino, _ := retire(behind)
+		waiting = append(waiting, ino)
+	}
+	for _, ino := range waiting {
+		if gone(ino) {
+			t.Fatal("a socket handed back was closed before the pool's goroutine ran")
+		}
+	}
+	if ino, _ := retire(behind); !gone(ino) {
+		t.Errorf("with %d sockets waiting to be closed, one more handed back is still open", behind.size)
+	}
+}
