@@ -79,7 +79,7 @@ type Stats struct {
 type Learner struct {
 	cache     *Cache
 	now       func() time.Time
-	attribute atomic.Pointer[func(tcp bool, client, server netip.AddrPort, uid int64) Program]
+	attribute atomic.Pointer[func(tcp bool, q Query, uid int64) Program]
 	tcp       tcpStreams
 
 	mu        sync.Mutex
@@ -137,12 +137,13 @@ func NewLearner(cache *Cache) *Learner {
 }
 
 // SetAttributor makes the Learner ask fn, for each query it is about to track, which
-// program sent it (from the query's socket: client and server address and port, and
-// the sending user, -1 if unknown; tcp for DNS over TCP). The answer to a query whose program is known
+// program sent it (from the query's socket: q's client and server address and port,
+// IPv4 unmapped and without zone, its id and question, and the sending user, -1 if
+// unknown; tcp for DNS over TCP). The answer to a query whose program is known
 // teaches that program's own names as well as the machine-wide ones. fn runs on the
 // reader's goroutine before the query's answer is read, while the asking socket still
 // waits for it; it should be quick. Without one, every name is machine-wide only.
-func (l *Learner) SetAttributor(fn func(tcp bool, client, server netip.AddrPort, uid int64) Program) {
+func (l *Learner) SetAttributor(fn func(tcp bool, q Query, uid int64) Program) {
 	if fn == nil {
 		l.attribute.Store(nil)
 		return
@@ -196,7 +197,7 @@ func (l *Learner) query(q *Query, uid int64, tcp bool) (bool, string) {
 	}
 	var prog Program
 	if fn := l.attribute.Load(); fn != nil {
-		prog = (*fn)(tcp, key.client, key.server, uid)
+		prog = (*fn)(tcp, Query{Client: key.client, Server: key.server, ID: q.ID, Question: q.Question}, uid)
 	}
 	now := l.now()
 	l.mu.Lock()

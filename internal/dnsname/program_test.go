@@ -18,7 +18,8 @@ func TestLearnerKeepsNamesPerProgram(t *testing.T) {
 		netip.MustParseAddrPort("198.18.0.1:40001"): browser,
 		netip.MustParseAddrPort("198.18.0.1:40002"): mailer,
 	}
-	l.SetAttributor(func(tcp bool, client, server netip.AddrPort, uid int64) Program {
+	l.SetAttributor(func(tcp bool, q Query, uid int64) Program {
+		client, server := q.Client, q.Server
 		if server != testServer || uid != 1000 {
 			t.Errorf("attributor asked for %v -> %v uid %d", client, server, uid)
 		}

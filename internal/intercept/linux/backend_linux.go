@@ -125,12 +125,12 @@ func New(cfg Config) (*Backend, error) {
 			// Each query is credited to the program whose socket sent it, so that its
 			// answer labels that program's connections (names "own") and others' only
 			// as the machine-wide fallback ("shared").
-			b.dns.SetAttributor(func(tcp bool, client, server netip.AddrPort, uid int64) dnsname.Program {
+			b.dns.SetAttributor(func(tcp bool, q dnsname.Query, uid int64) dnsname.Program {
 				proto := engine.UDP
 				if tcp {
 					proto = engine.TCP
 				}
-				return b.queryProgram(proto, client, server, uid)
+				return b.queryProgram(proto, q, uid)
 			})
 		}
 	}
@@ -566,7 +566,9 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
 			// Before the verdict lets the query out, so before its answer can come
 			// back and the program close its socket.
-			b.dnsSenders.put(req.Local, req.Remote, programOf(req), time.Now())
+			if q, err := dnsname.ParseQueryPacket(p.Payload); err == nil {
+				b.dnsSenders.put(q, programOf(req), time.Now())
+			}
 		}
 	}
 	if b.cfg.Hostnames != nil {
@@ -636,7 +638,8 @@ type endedResolver interface {
 
 // queryProgram finds the program that sent a DNS query from client to server, as
 // attribute does for a held connection; the zero Program if none is found.
-func (b *Backend) queryProgram(proto engine.Protocol, client, server netip.AddrPort, uid int64) dnsname.Program {
+func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64) dnsname.Program {
+	client, server := q.Client, q.Server
 	req := engine.Request{Direction: engine.Outbound, Protocol: proto, Local: client, Remote: server, UID: -1}
 	if uid >= 0 && uid <= 1<<31-1 {
 		req.UID = int32(uid)
@@ -654,7 +657,7 @@ func (b *Backend) queryProgram(proto engine.Protocol, client, server netip.AddrP
 		// The socket is gone (a quick resolver got its answer and closed it before
 		// this copy was read): who the queue saw sending the query, if it held it.
 		if proto == engine.UDP && b.dnsSenders != nil {
-			if prog, ok := b.dnsSenders.get(client, server, time.Now()); ok && (uid < 0 || uid == int64(prog.UID)) {
+			if prog, ok := b.dnsSenders.get(q, time.Now()); ok && (uid < 0 || uid == int64(prog.UID)) {
 				return prog
 			}
 		}

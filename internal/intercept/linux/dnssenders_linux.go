@@ -13,9 +13,10 @@ import (
 // while the datagram was held. The hostname learner reads its copy of that query on
 // another socket, possibly after the program got its answer and closed its socket,
 // when a socket lookup finds nothing; it then falls back to this record, so a quick
-// resolver (one query, one answer, close) still gets its own names. A live socket
-// is always asked first: the record is only what the queue saw, and a later
-// program on the same port would be found by its socket.
+// resolver (one query, one answer, close) still gets its own names. A record credits
+// only a copy of the very query the queue held (same sockets, id and question), so a
+// later program reusing the port on the still-open flow, whose datagrams the queue
+// does not see, is not credited with it; and a live socket is always asked first.
 type dnsSenders struct {
 	mu   sync.Mutex
 	m    map[dnsFlow]dnsSender
@@ -23,11 +24,25 @@ type dnsSenders struct {
 	keep time.Duration
 }
 
-type dnsFlow struct{ client, server netip.AddrPort }
+// dnsFlow is one query's key: its sockets and id (a program may send several
+// queries on one flow, such as A and AAAA, each held while the flow is new).
+type dnsFlow struct {
+	client, server netip.AddrPort
+	id             uint16
+}
 
 type dnsSender struct {
-	prog dnsname.Program
-	at   time.Time
+	prog     dnsname.Program
+	question dnsname.Question
+	at       time.Time
+}
+
+// flowOf is q's sockets as the learner keys them (IPv4 unmapped, no zone) and id.
+func flowOf(q *dnsname.Query) dnsFlow {
+	norm := func(ap netip.AddrPort) netip.AddrPort {
+		return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+	}
+	return dnsFlow{norm(q.Client), norm(q.Server), q.ID}
 }
 
 // newDNSSenders returns a table of at most max records, each kept for keep.
@@ -35,13 +50,13 @@ func newDNSSenders(max int, keep time.Duration) *dnsSenders {
 	return &dnsSenders{m: make(map[dnsFlow]dnsSender), max: max, keep: keep}
 }
 
-// put records prog as the sender of the flow client → server at now. When the table
+// put records prog as the sender of query q (held by the queue) at now. When the table
 // is full, expired records are dropped first; if none is, the new record is not kept
 // (the learner then falls back to the socket lookup alone, as without the table).
-func (t *dnsSenders) put(client, server netip.AddrPort, prog dnsname.Program, now time.Time) {
+func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	k := dnsFlow{client, server}
+	k := flowOf(q)
 	if _, ok := t.m[k]; !ok && len(t.m) >= t.max {
 		for f, s := range t.m {
 			if now.Sub(s.at) > t.keep {
@@ -52,16 +67,16 @@ func (t *dnsSenders) put(client, server netip.AddrPort, prog dnsname.Program, no
 			return
 		}
 	}
-	t.m[k] = dnsSender{prog, now}
+	t.m[k] = dnsSender{prog, q.Question, now}
 }
 
-// get returns the program recorded for the flow client → server, if recorded within
-// keep of now.
-func (t *dnsSenders) get(client, server netip.AddrPort, now time.Time) (dnsname.Program, bool) {
+// get returns the program recorded for query q (same sockets, id and question), if
+// recorded within keep of now.
+func (t *dnsSenders) get(q dnsname.Query, now time.Time) (dnsname.Program, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ok := t.m[dnsFlow{client, server}]
-	if !ok || now.Sub(s.at) > t.keep || now.Before(s.at) {
+	s, ok := t.m[flowOf(&q)]
+	if !ok || s.question != q.Question || now.Sub(s.at) > t.keep || now.Before(s.at) {
 		return dnsname.Program{}, false
 	}
 	return s.prog, true
