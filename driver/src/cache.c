@@ -223,9 +223,14 @@ BOOLEAN LatchCacheLookup(const LATCH_TUPLE *Tuple, UINT64 ProcessId, const WCHAR
     hit = (ProcessId != 0 &&
            LookupLocked(byProcess, LATCH_SCOPE_PROCESS_DEST, Tuple, ProcessId, Path, PathLen, now, Action, &tag)) ||
           (PathLen != 0 &&
-           LookupLocked(byPath, LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen, now, Action, &tag)) ||
-          (byConnection != 0 &&
-           LookupLocked(byConnection, LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen, now, Action, &tag));
+           LookupLocked(byPath, LATCH_SCOPE_PATH_HOST, Tuple, ProcessId, Path, PathLen, now, Action, &tag));
+    if (!hit && byConnection != 0 &&
+        LookupLocked(byConnection, LATCH_SCOPE_CONNECTION, Tuple, ProcessId, Path, PathLen, now, Action, &tag)) {
+        /* The peer's retransmit of a connection already decided (and recorded) by an
+           answer or a default: not a new connection, and not decided by a rule. */
+        hit = TRUE;
+        Record = FALSE;
+    }
     if (hit && Record) {
         wake = RecordHitLocked(Tuple, ProcessId, *Action, tag, stamp.QuadPart);
     }

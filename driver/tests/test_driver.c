@@ -789,6 +789,8 @@ static void test_cache_scope_none_not_cached(void)
     CHECK(emu_conn_state(again) == EMU_CONN_PERMIT, "the retransmitted SYN was not decided at once (state %d)",
           emu_conn_state(again));
     CHECK(!client_next_request(c, &r, 100), "the retransmit was asked about again");
+    CHECK(client_wait_hits(c, 1, 200) == 0,
+          "the retransmit of a connection a person decided was recorded as a new cache hit");
     client_close(c);
     unload_clean();
 }
