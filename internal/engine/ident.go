@@ -62,8 +62,8 @@ func (r *Rule) validateIdentity() error {
 	if r.Unit != "" && !isUnitName(r.Unit) {
 		return &FieldError{"unit", fmt.Sprintf("%q", r.Unit), fmt.Errorf("want a system unit name such as nginx.service (letters, digits, ':-_.@\\', ending in .service, .scope or .socket)")}
 	}
-	if r.Container != "" && !isLabel(r.Container, 200) {
-		return &FieldError{"container", fmt.Sprintf("%q", r.Container), fmt.Errorf("want a container id (at least 12 hex digits), a name, or RUNTIME:ID as conns shows it")}
+	if r.Container != "" && (!isLabel(strings.Replace(r.Container, "@", "", 1), 200) || !validOwner(r.Container)) {
+		return &FieldError{"container", fmt.Sprintf("%q", r.Container), fmt.Errorf("want a container id (at least 12 hex digits), a name, or RUNTIME:ID (RUNTIME@UID:ID for a user's own) as conns shows it")}
 	}
 	if r.AppID != "" {
 		if !isLabel(r.AppID, 255) || strings.Contains(r.AppID, ":") {
@@ -141,6 +141,9 @@ func parentMatches(p *appPattern, parents []string) bool {
 // containerMatches compares a rule's container with a request's "RUNTIME:ID" (or
 // "RUNTIME:NAME" for lxc and machined): the whole label, the ID or name after the
 // runtime, or a prefix of at least 12 characters of a 64-digit ID (docker's short ID).
+// A request's "RUNTIME@UID:ID" is a container in user UID's own cgroup tree, named by
+// that user's programs: only a rule naming "RUNTIME@UID:" with its ID (or 12+ digit
+// prefix) matches it, never a rule for a system container of the same ID or name.
 func containerMatches(rule, req string) bool {
 	if req == "" {
 		return false
@@ -148,14 +151,40 @@ func containerMatches(rule, req string) bool {
 	if rule == req {
 		return true
 	}
-	_, id, ok := strings.Cut(req, ":")
+	rt, id, ok := strings.Cut(req, ":")
 	if !ok {
 		return false
+	}
+	if strings.Contains(rt, "@") {
+		rrt, rid, ok := strings.Cut(rule, ":")
+		if !ok || rrt != rt {
+			return false
+		}
+		rule = rid
 	}
 	if rule == id {
 		return true
 	}
 	return len(id) == 64 && len(rule) >= 12 && len(rule) < 64 && strings.HasPrefix(id, rule)
+}
+
+// validOwner reports whether a rule's container has at most one '@', and if so in
+// "RUNTIME@UID:ID" form (UID digits).
+func validOwner(c string) bool {
+	rt, _, hasID := strings.Cut(c, ":")
+	owner, uid, ok := strings.Cut(rt, "@")
+	if !ok {
+		return !strings.Contains(c, "@")
+	}
+	if !hasID || owner == "" || uid == "" || len(uid) > 10 {
+		return false
+	}
+	for i := 0; i < len(uid); i++ {
+		if uid[i] < '0' || uid[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // cmdlineMatch matches s against a glob where '*' is any run of bytes (spaces and

@@ -262,3 +262,44 @@ func TestPinnedRule(t *testing.T) {
 		t.Errorf("answer's rule %v, %v: want pinned to %s", r, err, other)
 	}
 }
+
+// TestContainerMatchesUserOwned: a container label from a user's own cgroup tree
+// ("RUNTIME@UID:ID", which that user's programs may have chosen) is matched only by
+// a rule that names it so, never by a rule for the system container of that id or
+// name; system labels match as before.
+func TestContainerMatchesUserOwned(t *testing.T) {
+	const id = "4bd8f2a1c3e5d7f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7"
+	for _, tc := range []struct {
+		rule, req string
+		want      bool
+	}{
+		{id, "docker:" + id, true},
+		{id[:12], "docker:" + id, true},
+		{"docker:" + id, "docker:" + id, true},
+		{"box", "machine:box", true},
+		{id, "docker@1000:" + id, false},
+		{id[:12], "docker@1000:" + id, false},
+		{"docker:" + id, "docker@1000:" + id, false},
+		{"box", "machine@1000:box", false},
+		{"machine:box", "machine@1000:box", false},
+		{"docker@1000:" + id, "docker@1000:" + id, true},
+		{"docker@1000:" + id[:12], "docker@1000:" + id, true},
+		{"machine@1000:box", "machine@1000:box", true},
+		{"docker@1001:" + id, "docker@1000:" + id, false},
+		{"docker@1000:" + id, "docker:" + id, false},
+	} {
+		if got := containerMatches(tc.rule, tc.req); got != tc.want {
+			t.Errorf("containerMatches(%q, %q) = %v, want %v", tc.rule, tc.req, got, tc.want)
+		}
+	}
+	for _, c := range []string{"podman@1000:" + id, "machine@0:box"} {
+		if err := (&Rule{Action: Allow, Container: c}).validateIdentity(); err != nil {
+			t.Errorf("container %q refused: %v", c, err)
+		}
+	}
+	for _, c := range []string{"podman@:" + id, "@1000:" + id, "podman@x:" + id, "podman@1000", "a@1@2:" + id, id + "@1"} {
+		if err := (&Rule{Action: Allow, Container: c}).validateIdentity(); err == nil {
+			t.Errorf("container %q accepted", c)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -241,6 +242,40 @@ func containerOf(cgroup []byte) string {
 
 func containerOfPath(path string) string {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
+	c := containerOfSegs(segs)
+	if c == "" {
+		return ""
+	}
+	// A container found inside a user's own systemd tree (user@UID.service, which
+	// systemd delegates to that user) is one that user's programs may have named
+	// themselves, rootless containers included: its runtime says whose tree it is in
+	// ("podman@1000:ID"), so that it is never taken for a system container of the
+	// same id or name (engine: only a rule naming that label matches it).
+	for _, s := range segs {
+		if uid, ok := strings.CutPrefix(s, "user@"); ok {
+			if uid, ok = strings.CutSuffix(uid, ".service"); ok && isDecimal(uid) {
+				rt, id, _ := strings.Cut(c, ":")
+				return rt + "@" + uid + ":" + id
+			}
+		}
+	}
+	return c
+}
+
+// isDecimal reports whether s is 1 to 10 ASCII digits.
+func isDecimal(s string) bool {
+	if len(s) == 0 || len(s) > 10 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func containerOfSegs(segs []string) string {
 	for k := len(segs) - 1; k >= 0; k-- {
 		s := segs[k]
 		parent := ""
@@ -264,7 +299,7 @@ func containerOfPath(path string) string {
 			switch {
 			case parent == "docker":
 				return "docker:" + s
-			case strings.HasPrefix(parent, "pod") || strings.Contains(path, "kubepods"):
+			case strings.HasPrefix(parent, "pod") || slices.ContainsFunc(segs, func(s string) bool { return strings.Contains(s, "kubepods") }):
 				return "kubernetes:" + s
 			case parent == "libpod_parent" || strings.HasPrefix(parent, "libpod"):
 				return "podman:" + s

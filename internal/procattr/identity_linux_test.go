@@ -272,7 +272,11 @@ func TestContainerOf(t *testing.T) {
 	for _, tc := range []struct{ cgroup, want string }{
 		{"0::/system.slice/docker-" + id + ".scope\n", "docker:" + id},
 		{"12:pids:/docker/" + id + "\n0::/docker/" + id + "\n", "docker:" + id},
-		{"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + id + ".scope/container\n", "podman:" + id},
+		{"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + id + ".scope/container\n", "podman@1000:" + id},
+		// Names a user's programs chose in the tree systemd delegates to them say so.
+		{"0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-" + id + ".scope\n", "docker@1000:" + id},
+		{"0::/user.slice/user-1000.slice/user@1000.service/machine.slice/machine-box.scope\n", "machine@1000:box"},
+		{"0::/user.slice/user-1000.slice/user@x.service/machine.slice/machine-box.scope\n", "machine:box"},
 		{"0::/machine.slice/libpod-conmon-" + id + ".scope\n", ""},
 		{"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-" + id + ".scope\n", "containerd:" + id},
 		{"0::/kubepods/burstable/pod5b7a/" + id + "\n", "kubernetes:" + id},
@@ -307,6 +311,12 @@ func FuzzContainerOf(f *testing.F) {
 			return
 		}
 		rt, id, ok := strings.Cut(got, ":")
+		if owner, uid, rootless := strings.Cut(rt, "@"); rootless {
+			rt = owner
+			if !isDecimal(uid) {
+				t.Fatalf("containerOf(%q) = %q: the user after @ is not a number", b, got)
+			}
+		}
 		if !ok || rt == "" || !isName(id) {
 			t.Fatalf("containerOf(%q) = %q, want RUNTIME:ID with a plain ID", b, got)
 		}

@@ -349,3 +349,49 @@ func TestSharedSocketIsNotCreditedToItsHolder(t *testing.T) {
 		t.Errorf("history %v: want an identity note saying no record names the socket's maker", c)
 	}
 }
+
+// TestUserOwnedContainerLabelIsNotASystemContainer: a cgroup named like a system
+// container's, but inside a user's own systemd tree (user@UID.service, which systemd
+// delegates to that user), is labelled as that user's ("docker@1000:ID"): a rule for
+// the system container of that id lets the real one through and holds the lookalike.
+func TestUserOwnedContainerLabelIsNotASystemContainer(t *testing.T) {
+	b := identityBins(t)
+	root := cgroup2Root(t)
+	id := strings.Repeat("fedcba9876543210", 4)
+	parent := filepath.Join(root, fmt.Sprintf("latch-e2e-%d", os.Getpid()))
+	system := filepath.Join(parent, "system.slice", "docker-"+id+".scope")
+	userTree := filepath.Join(parent, "user.slice", "user-1000.slice", "user@1000.service")
+	forged := filepath.Join(userTree, "app.slice", "docker-"+id+".scope")
+	for _, cg := range []string{system, forged} {
+		if err := os.MkdirAll(cg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, d := range []string{forged, filepath.Dir(forged), userTree, filepath.Dir(userTree), filepath.Dir(filepath.Dir(userTree)),
+			system, filepath.Dir(system), parent} {
+			for i := 0; i < 50; i++ { // a cgroup is removable once its processes are gone
+				if err := os.Remove(d); err == nil || os.IsNotExist(err) {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	})
+	n := NewNet(t)
+	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s")
+	d.MustCLI(t, "rules", "add", "--container", id[:12], "--proto", "tcp", "--action", "allow")
+	in := func(cg string, port int) []string {
+		procs := fmt.Sprintf("/proc/%d/root%s/cgroup.procs", os.Getpid(), cg)
+		return []string{"unshare", "-m", "sh", "-c", `echo $$ > "$1" && mount --bind "$2" "$3" && exec "$3" connect "$4" 10s`,
+			"sh", procs, b.Forger, b.Allowed, fmt.Sprintf("%s:%d", n.ServerIP, port)}
+	}
+	n.Serve(t, 9130)
+	if r := runClient(t, n, in(system, 9130)); r.Outcome != "connected" {
+		t.Fatalf("the system container's program: %+v, want it let through by --container %s", r, id[:12])
+	}
+	wantHeldNotAllowed(t, n, d, 9131, in(forged, 9131), b.Allowed, "container")
+	if c := findConn(t, d, 9131, 0); c["container"] != "docker@1000:"+id {
+		t.Errorf("history %v: want container docker@1000:%s", c, id)
+	}
+}
