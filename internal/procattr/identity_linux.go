@@ -139,8 +139,8 @@ type identity struct {
 // inode are the kernel's, so equality means the host's path names this very
 // program. Any trick that runs another file under the path fails the comparison.
 func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
-	// A process in a mount namespace of its own may see other files at the host's
-	// paths. In the initial user namespace only root can make one (systemd's
+	// A process in a user namespace of its own is never verified (below). A process
+	// in a mount namespace of its own may see other files at the host's paths. In the initial user namespace only root can make one (systemd's
 	// ProtectSystem= services, `ip netns exec`): its mounts are trusted. In another
 	// user namespace any user can, and bind a file of theirs over the loader or a
 	// library the host's program maps: the executable is the host's, the code that
@@ -164,7 +164,11 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		if err := unix.Fstatat(d.fd, "root", &st, 0); err != nil || (fileID{uint64(st.Dev), st.Ino}) != hostRootID() {
 			return "runs in a user namespace with its own root: its libraries and loader may not be the host's"
 		}
-		return ""
+		// The host's mounts and root, but a user namespace of its own: there it holds
+		// CAP_CHECKPOINT_RESTORE, which lets it point its executable (/proc/PID/exe)
+		// at any program it may run (prctl PR_SET_MM_MAP with exe_fd) while running
+		// code of its own.
+		return "runs in a user namespace of its own, where it may name another program as its executable"
 	}
 	var why string
 	switch {
