@@ -209,6 +209,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}{
 		{fp.objs.LatchFastConnect4, ebpf.AttachCGroupInet4Connect},
 		{fp.objs.LatchFastConnect6, ebpf.AttachCGroupInet6Connect},
+		// Records each UDP socket's creator, for the UDP match (F1: the task
+		// writing a datagram is not always the socket's owner).
+		{fp.objs.LatchFastSockCreate, ebpf.AttachCGroupInetSockCreate},
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.at, Program: a.prog})
 		if err != nil {
@@ -421,6 +424,8 @@ func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
 func cacheable(st *ruleState, req *engine.Request, v engine.Verdict, udp bool) (uint32, bool) {
 	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
 		req.Direction != engine.Outbound || req.Netns != "" ||
+		// The fast path's history rows say verified (F2): only such decisions.
+		req.Identity != engine.IdentityVerified ||
 		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
 		return 0, false
 	}

@@ -176,7 +176,7 @@ func openTest(t *testing.T, cg string, cfg Config) *FastPath {
 }
 
 func req(c *testClient, remote netip.AddrPort) *engine.Request {
-	return &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: remote, PID: c.pid, Exe: c.exe, UID: int32(os.Getuid())}
+	return &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: remote, PID: c.pid, Exe: c.exe, UID: int32(os.Getuid()), Identity: engine.IdentityVerified}
 }
 
 func ruleVerdict(a engine.Action, id engine.RuleID) engine.Verdict {
@@ -301,6 +301,12 @@ func TestNotStored(t *testing.T) {
 		"no pid":   {func() *engine.Request { r := req(c, dst); r.PID = 0; return r }(), ruleVerdict(engine.Allow, 1)},
 		"other":    {func() *engine.Request { r := req(c, dst); r.Exe = "/bin/sh"; return r }(), ruleVerdict(engine.Allow, 1)},
 		"new rule": {req(c, dst), ruleVerdict(engine.Allow, 7)},
+		// A program whose identity the engine could not verify (e.g. run in a
+		// user and mount namespace of its own): its later connections would be
+		// recorded as verified.
+		"unverified": {func() *engine.Request { r := req(c, dst); r.Identity = engine.IdentityUnverified; return r }(), ruleVerdict(engine.Allow, 1)},
+		"unknown":    {func() *engine.Request { r := req(c, dst); r.Identity = engine.IdentityUnknown; return r }(), ruleVerdict(engine.Allow, 1)},
+		"container":  {func() *engine.Request { r := req(c, dst); r.Identity = engine.IdentityContainer; return r }(), ruleVerdict(engine.Allow, 1)},
 	} {
 		if ok, err := fp.Remember(tk, tc.req, tc.v); ok || err != nil {
 			t.Errorf("%s: stored (%v, %v)", name, ok, err)
@@ -343,7 +349,7 @@ func TestCopyMisses(t *testing.T) {
 		t.Errorf("original: %q, want a hit", got)
 	}
 	// A process that claims another path for its executable is not stored.
-	if ok, _ := fp.Remember(fp.Ticket(), &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: dst, PID: copied.pid, Exe: exe, UID: 0}, ruleVerdict(engine.Allow, 1)); ok {
+	if ok, _ := fp.Remember(fp.Ticket(), &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: dst, PID: copied.pid, Exe: exe, UID: 0, Identity: engine.IdentityVerified}, ruleVerdict(engine.Allow, 1)); ok {
 		t.Error("stored a verdict for a pid running another file than the rule's path")
 	}
 }
@@ -406,7 +412,7 @@ func BenchmarkRemember(b *testing.B) {
 	defer fp.Close()
 	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
 	exe, _ := os.Executable()
-	r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, PID: int32(os.Getpid()), Exe: exe, UID: 0}
+	r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, PID: int32(os.Getpid()), Exe: exe, UID: 0, Identity: engine.IdentityVerified}
 	v := ruleVerdict(engine.Allow, 1)
 	tk := fp.Ticket()
 	b.ResetTimer()
