@@ -90,7 +90,10 @@
 // # Limits
 //
 // The UDP match needs xt_bpf (CONFIG_NETFILTER_XT_MATCH_BPF) and a BPF file system
-// to pin it in; without them UDP goes through the queue and Stats.UDPWhy says why.
+// to pin it in (PinDir: a directory of latch's on the one systemd mounts at
+// /sys/fs/bpf, else STATE_DIR/bpf with one mounted on it; the directory must not be
+// a symbolic link and must be the daemon's user's, mode 0700); without them UDP
+// goes through the queue and Stats.UDPWhy says why.
 // It serves the processes the connect hooks serve (Config.CgroupPath: the
 // program compares the sending task's cgroup ancestors with it). A datagram that
 // starts a flow from a kernel thread, from a process other than the socket's
