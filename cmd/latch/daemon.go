@@ -603,7 +603,8 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					ID:   engine.RequestID(fastPathIDBase + fastPathSeq.Add(1)),
 					Time: d.Time, Direction: engine.Outbound, Protocol: d.Protocol, Remote: d.Remote,
 					PID: d.PID, Exe: d.Exe, UID: d.UID, User: users.name(d.UID),
-					// The kernel matched the file the rule's path verified (dev, inode).
+					// The kernel matched the file the rule's path verified (dev, inode),
+					// and only decisions of verified requests are cached.
 					Identity: engine.IdentityVerified,
 				}
 				eng.CountHit(d.RuleID, d.Time)

@@ -55,7 +55,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		fastPathOff = "--fast-path=false"
 	} else if fp, err = fastpath.Open(fastpath.Config{
 		CgroupPath: o.FastPathCgroup,
-		PinDir:     filepath.Join(o.StateDir, "bpf"),
+		PinDir:     fastpath.PinDir(o.StateDir),
 		// A ruleset kept on exit still names the pinned program (iptables-legacy
 		// checks it again at every change of the filter table).
 		KeepPin: o.KeepRules && !o.FailOpen,
@@ -144,10 +144,14 @@ func runCleanup(ctx context.Context, args []string) error {
 	}
 	fmt.Println("removed latch's leftover firewall rules (if there were any)")
 	// The fast path's UDP match, pinned for those rules, holds its program and maps.
-	if removed, err := fastpath.RemovePin(filepath.Join(*stateDir, "bpf")); err != nil {
-		return err
-	} else if removed {
-		fmt.Println("removed the fast path's pinned UDP match")
+	// Under /sys/fs/bpf if a BPF file system is there, else (or as an older
+	// daemon left it) under the state directory.
+	for _, dir := range []string{fastpath.PinDir(*stateDir), filepath.Join(*stateDir, "bpf")} {
+		if removed, err := fastpath.RemovePin(dir); err != nil {
+			return err
+		} else if removed {
+			fmt.Println("removed the fast path's pinned UDP match")
+		}
 	}
 	if restored, err := dnsproxy.RestoreLeftover(*resolvConf, *stateDir); err != nil {
 		return err

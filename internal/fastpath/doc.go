@@ -33,12 +33,30 @@
 // Open pins a socket filter program (latch_fast_udp) on a BPF file system
 // (Config.PinDir), and the ruleset's output chain runs it through an xt_bpf match
 // on the first datagram of every UDP flow that no verdict marked yet and that does
-// not come back from a verdict (internal/intercept/linux, Config.FastUDPMatch). Run
-// there, in the context of the task whose sendmsg built the datagram, it builds
-// the same key as the connect hooks from the sending task's executable, the
+// not come back from a verdict (internal/intercept/linux, Config.FastUDPMatch). It
+// builds the same key as the connect hooks from the current task's executable, the
 // socket's owner (bpf_get_socket_uid) and the datagram's destination (IPv4, or
 // IPv6 with UDP right after the fixed header), and matches only on an allow entry
-// of the current generation that has not expired. A match gives the packet
+// of the current generation that has not expired, and only if the current task is
+// the socket's creator. The output chain usually runs in the task whose sendmsg
+// built the datagram, but that task need not be the socket's owner (a program can
+// connect a socket and run an allowed program with its stdout on it, so that the
+// allowed program's output is the flow's first datagram), and in softirq or
+// kernel-thread paths (tunnels, qdiscs) current is some unrelated task. So a
+// cgroup/sock_create hook (attached with the connect hooks, to the same cgroup)
+// records each UDP socket's creator by socket cookie in an LRU hash: its process
+// (tgid) and executable (inode, dev, mount, directory). The match looks the
+// datagram's socket up (bpf_get_socket_cookie) and matches only if a record exists,
+// the current task is no kernel thread (task->flags & PF_KTHREAD, read by CO-RE),
+// its tgid is the record's and its executable is the record's. Anything else is a
+// miss: the queue attributes the datagram (to whoever created or connected the
+// socket) and decides. A softirq that runs on a user task's stack sees that task as
+// current; it can match only if that task is of the socket creator's process and
+// runs the creator's executable, and then the datagram is that process's socket's,
+// as the queue would attribute it (preempt_count is not read: on x86 it is a
+// per-CPU variable, not in the task). Sockets created before the daemon started
+// (or before the hooks were attached, or evicted from the LRU) have no record and
+// always miss. A match gives the packet
 // MarkAllow and the flow the allow conntrack mark, exactly as an allow from the
 // queue, so the flow's later datagrams pass by conntrack (one history row per
 // flow) and Redecide finds it. A flow conntrack forgot starts over: its next
@@ -72,12 +90,21 @@
 // # Limits
 //
 // The UDP match needs xt_bpf (CONFIG_NETFILTER_XT_MATCH_BPF) and a BPF file system
-// to pin it in; without them UDP goes through the queue and Stats.UDPWhy says why.
+// to pin it in (PinDir: a directory of latch's on the one systemd mounts at
+// /sys/fs/bpf, else STATE_DIR/bpf with one mounted on it; the directory must not be
+// a symbolic link and must be the daemon's user's, mode 0700); without them UDP
+// goes through the queue and Stats.UDPWhy says why.
 // It serves the processes the connect hooks serve (Config.CgroupPath: the
-// program compares the sending task's cgroup ancestors with it). A datagram that starts a flow from a task without an
-// executable (a kernel thread sending on a socket) misses. A datagram sent on a
-// socket another program shares is decided as the sending program's (the queue,
-// which finds only the socket, holds such datagrams when it cannot tell who sent).
+// program compares the sending task's cgroup ancestors with it). A datagram that
+// starts a flow from a kernel thread, from a process other than the socket's
+// creator (a child it shares the socket with, a program it lent the socket to) or
+// after the creator ran another executable (exec) misses, and the queue decides
+// it; so does one on a socket created before the daemon started. The TCP connect
+// hooks run in the task calling connect(2), whose executable is the key: the
+// connector is credited, as the queue credits it (procattr's record of who
+// connected the socket); a program that connects and then execs another program,
+// or hands the socket on, made the decision at connect time under its own entry,
+// as through the queue.
 // The pinned program holds its maps, and a fail-closed daemon that dies leaves the
 // ruleset, and so the program, in place; but the program matches only while the
 // daemon writes its heartbeat (every second, from Open to Close): 5 seconds

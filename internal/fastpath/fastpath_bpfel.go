@@ -35,6 +35,16 @@ type fastpathFpKey struct {
 	Addr      [16]uint8
 }
 
+type fastpathFpOwner struct {
+	_         structs.HostLayout
+	Ino       uint64
+	ParentIno uint64
+	Dev       uint32
+	MntId     uint32
+	Tgid      uint32
+	Pad       uint32
+}
+
 type fastpathFpVerdict struct {
 	_         structs.HostLayout
 	Gen       uint64
@@ -48,17 +58,19 @@ type fastpathFpVerdict struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fastpathMapAlive              = "alive"
-	fastpathMapEvents             = "events"
-	fastpathMapGeneration         = "generation"
-	fastpathMapStats              = "stats"
-	fastpathMapVerdicts           = "verdicts"
-	fastpathProgLatchFastConnect4 = "latch_fast_connect4"
-	fastpathProgLatchFastConnect6 = "latch_fast_connect6"
-	fastpathProgLatchFastUdp      = "latch_fast_udp"
-	fastpathVarNetnsCookie        = "netns_cookie"
-	fastpathVarUdpCgroup          = "udp_cgroup"
-	fastpathVarUnusedEvent        = "unused_event"
+	fastpathMapAlive                = "alive"
+	fastpathMapEvents               = "events"
+	fastpathMapGeneration           = "generation"
+	fastpathMapOwners               = "owners"
+	fastpathMapStats                = "stats"
+	fastpathMapVerdicts             = "verdicts"
+	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
+	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
+	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
+	fastpathProgLatchFastUdp        = "latch_fast_udp"
+	fastpathVarNetnsCookie          = "netns_cookie"
+	fastpathVarUdpCgroup            = "udp_cgroup"
+	fastpathVarUnusedEvent          = "unused_event"
 )
 
 // loadFastpath returns the embedded CollectionSpec for fastpath.
@@ -103,9 +115,10 @@ type fastpathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathProgramSpecs struct {
-	LatchFastConnect4 *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
-	LatchFastConnect6 *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
-	LatchFastUdp      *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
+	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
+	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
+	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
+	LatchFastUdp        *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
 }
 
 // fastpathMapSpecs contains maps before they are loaded into the kernel.
@@ -115,6 +128,7 @@ type fastpathMapSpecs struct {
 	Alive      *ebpf.MapSpec `ebpf:"alive"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
+	Owners     *ebpf.MapSpec `ebpf:"owners"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
 	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
 }
@@ -151,6 +165,7 @@ type fastpathMaps struct {
 	Alive      *ebpf.Map `ebpf:"alive"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
+	Owners     *ebpf.Map `ebpf:"owners"`
 	Stats      *ebpf.Map `ebpf:"stats"`
 	Verdicts   *ebpf.Map `ebpf:"verdicts"`
 }
@@ -160,6 +175,7 @@ func (m *fastpathMaps) Close() error {
 		m.Alive,
 		m.Events,
 		m.Generation,
+		m.Owners,
 		m.Stats,
 		m.Verdicts,
 	)
@@ -178,15 +194,17 @@ type fastpathVariables struct {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathPrograms struct {
-	LatchFastConnect4 *ebpf.Program `ebpf:"latch_fast_connect4"`
-	LatchFastConnect6 *ebpf.Program `ebpf:"latch_fast_connect6"`
-	LatchFastUdp      *ebpf.Program `ebpf:"latch_fast_udp"`
+	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
+	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
+	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
+	LatchFastUdp        *ebpf.Program `ebpf:"latch_fast_udp"`
 }
 
 func (p *fastpathPrograms) Close() error {
 	return _FastpathClose(
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
+		p.LatchFastSockCreate,
 		p.LatchFastUdp,
 	)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -209,6 +210,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}{
 		{fp.objs.LatchFastConnect4, ebpf.AttachCGroupInet4Connect},
 		{fp.objs.LatchFastConnect6, ebpf.AttachCGroupInet6Connect},
+		// Records each UDP socket's creator, for the UDP match (F1: the task
+		// writing a datagram is not always the socket's owner).
+		{fp.objs.LatchFastSockCreate, ebpf.AttachCGroupInetSockCreate},
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.at, Program: a.prog})
 		if err != nil {
@@ -231,8 +235,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 // pinUDP pins the UDP match program at dir/fast-udp-PID, mounting a BPF file system on
 // dir if it is not on one.
 func (fp *FastPath) pinUDP(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("fast path: make the pin directory: %w", err)
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return fmt.Errorf("fast path: make the pin directory's parent: %w", err)
+	}
+	if err := ownDir(dir); err != nil {
+		return err
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -258,6 +265,48 @@ func (fp *FastPath) pinUDP(dir string) error {
 	return nil
 }
 
+// ownDir makes dir (mode 0700) if it does not exist, and checks that it is a
+// directory (not a symbolic link), owned by this process's user and closed to
+// everyone else, as the pin directory must be.
+func ownDir(dir string) error {
+	if err := unix.Mkdir(dir, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("fast path: make the pin directory %s: %w", dir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fmt.Errorf("fast path: stat the pin directory %s: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("fast path: the pin directory %s is not a directory (a symbolic link?)", dir)
+	}
+	if st.Uid != uint32(os.Geteuid()) || st.Mode&0o077 != 0 {
+		return fmt.Errorf("fast path: the pin directory %s has owner uid %d and mode %#o; want uid %d and mode 0700", dir, st.Uid, st.Mode&0o7777, os.Geteuid())
+	}
+	return nil
+}
+
+// systemBPFFS is where systemd mounts a BPF file system at boot.
+var systemBPFFS = "/sys/fs/bpf"
+
+// PinDir returns the directory a daemon with state directory stateDir pins its UDP
+// match in: if a BPF file system is mounted at /sys/fs/bpf (systemd mounts one at
+// boot), a directory of latch's there, latch-HASH (HASH: of the state directory's
+// absolute path), which needs no mount (and so no CAP_SYS_ADMIN); otherwise
+// stateDir/bpf, on which Open mounts a BPF file system.
+func PinDir(stateDir string) string {
+	var st unix.Statfs_t
+	if unix.Statfs(systemBPFFS, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+		abs, err := filepath.Abs(stateDir)
+		if err != nil {
+			abs = stateDir
+		}
+		h := fnv.New64a()
+		h.Write([]byte(abs))
+		return filepath.Join(systemBPFFS, fmt.Sprintf("latch-%016x", h.Sum64()))
+	}
+	return filepath.Join(stateDir, "bpf")
+}
+
 // pinPrefix starts the name of a pinned UDP match, followed by its daemon's pid.
 const pinPrefix = "fast-udp-"
 
@@ -271,8 +320,13 @@ func RemovePin(dir string) (bool, error) {
 	if removed {
 		var st unix.Statfs_t
 		if unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+			// Not a mount point (a directory on the system's BPF file
+			// system): nothing to unmount.
 			unix.Unmount(dir, unix.MNT_DETACH)
 		}
+	}
+	if err == nil {
+		os.Remove(dir) // if empty
 	}
 	return removed, err
 }
@@ -341,6 +395,7 @@ func (fp *FastPath) Close() error {
 		fp.stopWorker = nil
 	}
 	var errs []error
+	pinned := fp.udpPin != ""
 	for _, l := range fp.links {
 		errs = append(errs, l.Close())
 	}
@@ -358,6 +413,9 @@ func (fp *FastPath) Close() error {
 	if fp.unmountPin && !fp.cfg.KeepPin {
 		unix.Unmount(fp.cfg.PinDir, unix.MNT_DETACH)
 		fp.unmountPin = false
+	}
+	if pinned && !fp.cfg.KeepPin {
+		os.Remove(fp.cfg.PinDir) // if empty (another daemon's pin stays)
 	}
 	errs = append(errs, fp.objs.Close())
 	return errors.Join(errs...)
@@ -421,6 +479,8 @@ func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
 func cacheable(st *ruleState, req *engine.Request, v engine.Verdict, udp bool) (uint32, bool) {
 	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
 		req.Direction != engine.Outbound || req.Netns != "" ||
+		// The fast path's history rows say verified (F2): only such decisions.
+		req.Identity != engine.IdentityVerified ||
 		req.PID <= 0 || req.UID < 0 || req.Exe == "" || !req.Remote.IsValid() {
 		return 0, false
 	}

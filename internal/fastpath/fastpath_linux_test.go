@@ -3,6 +3,7 @@ package fastpath
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -176,7 +177,7 @@ func openTest(t *testing.T, cg string, cfg Config) *FastPath {
 }
 
 func req(c *testClient, remote netip.AddrPort) *engine.Request {
-	return &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: remote, PID: c.pid, Exe: c.exe, UID: int32(os.Getuid())}
+	return &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: remote, PID: c.pid, Exe: c.exe, UID: int32(os.Getuid()), Identity: engine.IdentityVerified}
 }
 
 func ruleVerdict(a engine.Action, id engine.RuleID) engine.Verdict {
@@ -301,6 +302,12 @@ func TestNotStored(t *testing.T) {
 		"no pid":   {func() *engine.Request { r := req(c, dst); r.PID = 0; return r }(), ruleVerdict(engine.Allow, 1)},
 		"other":    {func() *engine.Request { r := req(c, dst); r.Exe = "/bin/sh"; return r }(), ruleVerdict(engine.Allow, 1)},
 		"new rule": {req(c, dst), ruleVerdict(engine.Allow, 7)},
+		// A program whose identity the engine could not verify (e.g. run in a
+		// user and mount namespace of its own): its later connections would be
+		// recorded as verified.
+		"unverified": {func() *engine.Request { r := req(c, dst); r.Identity = engine.IdentityUnverified; return r }(), ruleVerdict(engine.Allow, 1)},
+		"unknown":    {func() *engine.Request { r := req(c, dst); r.Identity = engine.IdentityUnknown; return r }(), ruleVerdict(engine.Allow, 1)},
+		"container":  {func() *engine.Request { r := req(c, dst); r.Identity = engine.IdentityContainer; return r }(), ruleVerdict(engine.Allow, 1)},
 	} {
 		if ok, err := fp.Remember(tk, tc.req, tc.v); ok || err != nil {
 			t.Errorf("%s: stored (%v, %v)", name, ok, err)
@@ -343,7 +350,7 @@ func TestCopyMisses(t *testing.T) {
 		t.Errorf("original: %q, want a hit", got)
 	}
 	// A process that claims another path for its executable is not stored.
-	if ok, _ := fp.Remember(fp.Ticket(), &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: dst, PID: copied.pid, Exe: exe, UID: 0}, ruleVerdict(engine.Allow, 1)); ok {
+	if ok, _ := fp.Remember(fp.Ticket(), &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: dst, PID: copied.pid, Exe: exe, UID: 0, Identity: engine.IdentityVerified}, ruleVerdict(engine.Allow, 1)); ok {
 		t.Error("stored a verdict for a pid running another file than the rule's path")
 	}
 }
@@ -406,7 +413,7 @@ func BenchmarkRemember(b *testing.B) {
 	defer fp.Close()
 	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
 	exe, _ := os.Executable()
-	r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, PID: int32(os.Getpid()), Exe: exe, UID: 0}
+	r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, PID: int32(os.Getpid()), Exe: exe, UID: 0, Identity: engine.IdentityVerified}
 	v := ruleVerdict(engine.Allow, 1)
 	tk := fp.Ticket()
 	b.ResetTimer()
@@ -423,7 +430,7 @@ func BenchmarkRemember(b *testing.B) {
 // removes the pin unless told to keep it.
 func TestUDPStored(t *testing.T) {
 	cg, cgfd := testCgroup(t)
-	pins := t.TempDir()
+	pins := filepath.Join(t.TempDir(), "bpf") // made by Open (mode 0700)
 	fp, err := Open(Config{CgroupPath: cg, PinDir: pins})
 	if err != nil {
 		t.Fatal(err)
@@ -512,4 +519,80 @@ func TestRemovePins(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "other")); err != nil {
 		t.Error("RemovePin removed a file that is no pin")
 	}
+}
+
+// TestPinDirSystemBPFFS: with a BPF file system at /sys/fs/bpf (here: one the test
+// mounts, standing in for it), the UDP match is pinned in a latch directory there,
+// with no mount of its own (the packaged unit has no CAP_SYS_ADMIN); a symbolic
+// link or a directory open to others in its place is refused; Close removes the
+// pin and the directory. Without one, the state directory's bpf is used.
+func TestPinDirSystemBPFFS(t *testing.T) {
+	state := t.TempDir()
+	if got, want := PinDir(state), filepath.Join(state, "bpf"); systemBPFFS == "/sys/fs/bpf" && !isBPFFS("/sys/fs/bpf") && got != want {
+		t.Errorf("PinDir without a system BPF file system: %s, want %s", got, want)
+	}
+	sys := t.TempDir()
+	if err := unix.Mount("bpf", sys, "bpf", 0, "mode=0755"); err != nil {
+		t.Skipf("mount a BPF file system: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(sys, unix.MNT_DETACH) })
+	old := systemBPFFS
+	systemBPFFS = sys
+	t.Cleanup(func() { systemBPFFS = old })
+	dir := PinDir(state)
+	if filepath.Dir(dir) != sys || !strings.HasPrefix(filepath.Base(dir), "latch-") || PinDir(state+"/") != dir || PinDir(t.TempDir()) == dir {
+		t.Fatalf("PinDir(%s) = %s: want a latch- directory in %s, one per state directory", state, dir, sys)
+	}
+	cg, _ := testCgroup(t)
+	fp, err := Open(Config{CgroupPath: cg, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := fp.UDPMatch()
+	if filepath.Dir(pin) != dir || fp.unmountPin {
+		t.Fatalf("pin %q (mounted %t, %s): want one in %s, no mount", pin, fp.unmountPin, fp.Stats().UDPWhy, dir)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil || st.Mode&0o7777 != 0o700 || st.Uid != uint32(os.Geteuid()) {
+		t.Errorf("pin directory %s: mode %#o uid %d (%v); want 0700, ours", dir, st.Mode&0o7777, st.Uid, err)
+	}
+	fp.Close()
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after Close, the pin directory %s: %v; want it gone", dir, err)
+	}
+
+	// Refused: a symbolic link, a directory others may write to.
+	elsewhere := t.TempDir()
+	if err := os.Symlink(elsewhere, dir); err != nil {
+		t.Fatal(err)
+	}
+	fp, err = Open(Config{CgroupPath: cg, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp.UDPMatch() != "" || !strings.Contains(fp.Stats().UDPWhy, "not a directory") {
+		t.Errorf("a symbolic link as pin directory: pin %q, why %q", fp.UDPMatch(), fp.Stats().UDPWhy)
+	}
+	fp.Close()
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Errorf("pinned through the symbolic link: %v", ents)
+	}
+	os.Remove(dir)
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777)
+	fp, err = Open(Config{CgroupPath: cg, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp.UDPMatch() != "" || !strings.Contains(fp.Stats().UDPWhy, "mode") {
+		t.Errorf("a pin directory of mode 0777: pin %q, why %q", fp.UDPMatch(), fp.Stats().UDPWhy)
+	}
+	fp.Close()
+}
+
+func isBPFFS(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC
 }

@@ -339,3 +339,57 @@ func TestFastPathUDPStopsWithTheDaemon(t *testing.T) {
 		t.Errorf("after latch cleanup: %+v", r)
 	}
 }
+
+// TestFastPathUDPLentSocket: an unruled program connects a UDP socket to a server
+// that a ruled program may reach, and runs the ruled program with its stdout on
+// that socket, so that the ruled program's output is the flow's first datagram.
+// The kernel must not decide that datagram by the ruled program's entry (the
+// socket is the unruled program's): neither it nor the unruled program's own later
+// datagrams on the flow reach the server, and no fast-path hit counts it.
+func TestFastPathUDPLentSocket(t *testing.T) {
+	n := NewNet(t)
+	srv := n.ServeUDP(t, 8328)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8328", "--action", "allow")
+	copied := filepath.Join(t.TempDir(), "e2ehelper-copy")
+	b, err := os.ReadFile(helperBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(copied, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The copy (no rule) lends its socket to the ruled program, after the ruled
+	// program made two flows of its own (the second one decided in the kernel).
+	rs := results(t, n.inCgroup(t, cgfd, copied, "udp-lend", n.ServerIP+":8328", helperBin, "3s"))
+	if len(rs) != 4 {
+		t.Fatalf("udp-lend printed %d results, want 4: %+v", len(rs), rs)
+	}
+	for i, r := range rs[:2] {
+		if r.Outcome != "connected" {
+			t.Errorf("the ruled program's own flow %d: %+v", i, r)
+		}
+	}
+	rs = rs[2:]
+	if rs[0].Outcome == "connected" {
+		t.Errorf("the ruled program's output on the lent socket was answered: %+v", rs[0])
+	}
+	if rs[1].Outcome == "connected" {
+		t.Errorf("the unruled program's own datagram on the flow was answered: %+v", rs[1])
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := strings.Count(srv.Output(), "datagram "); got != 2 {
+		t.Errorf("the server received %d datagrams, want 2 (the ruled program's own flows):\n%s", got, srv.Output())
+	}
+	fp := d.fastPath(t)
+	t.Logf("fast path: %+v", fp)
+	if fp.HitsAllow > 1 {
+		t.Errorf("fast path %+v: want at most 1 allow in the kernel (the ruled program's second flow of its own)", fp)
+	}
+	for _, c := range connsTo(t, d, 8328, 3) {
+		if int(num(c["pid"])) == rs[0].PID && (c["reason"] == "fast-path" || c["verdict"] == "allow") {
+			t.Errorf("the lent datagram was let out: %v", c)
+		}
+	}
+}

@@ -20,6 +20,8 @@
 #define IPPROTO_UDP 17
 #define SOL_SOCKET 1
 #define SO_MARK 36
+#define SOCK_DGRAM 2
+#define PF_KTHREAD 0x00200000
 
 // Marks: see internal/intercept/linux (MarkMask, MarkReject, MarkFastAllow).
 #define MARK_MASK 0x70000000u
@@ -48,7 +50,7 @@ struct mount { struct vfsmount mnt; int mnt_id; } __attribute__((preserve_access
 struct path { struct vfsmount *mnt; struct dentry *dentry; } __attribute__((preserve_access_index));
 struct file { struct path f_path; struct inode *f_inode; } __attribute__((preserve_access_index));
 struct mm_struct { struct file *exe_file; } __attribute__((preserve_access_index));
-struct task_struct { struct mm_struct *mm; } __attribute__((preserve_access_index));
+struct task_struct { unsigned int flags; struct mm_struct *mm; } __attribute__((preserve_access_index));
 typedef struct { __u32 val; } kuid_t;
 struct sock { kuid_t sk_uid; } __attribute__((preserve_access_index));
 
@@ -62,6 +64,18 @@ struct fp_key {
 	__u8 family;      // 4 or 6
 	__u8 proto;       // IPPROTO_TCP or IPPROTO_UDP
 	__u8 addr[16];    // remote address: IPv4 in the first 4 bytes, network order
+};
+
+// The task that created a UDP socket (cgroup/sock_create), by the socket's cookie:
+// the UDP match decides a datagram only if the task sending it is of that process
+// and runs the same executable (see latch_fast_udp).
+struct fp_owner {
+	__u64 ino;
+	__u64 parent_ino;
+	__u32 dev;
+	__u32 mnt_id;
+	__u32 tgid;
+	__u32 pad;
 };
 
 struct fp_verdict {
@@ -93,6 +107,16 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } generation SEC(".maps");
+
+// Socket cookie -> its creator (UDP sockets of the served cgroup and namespace,
+// created while the daemon runs). Cookies are never reused within a boot; the LRU
+// forgets the sockets long closed. A socket without a record is a miss.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); // set by the loader
+	__type(key, __u64);
+	__type(value, struct fp_owner);
+} owners SEC(".maps");
 
 // CLOCK_BOOTTIME of the daemon's last sign of life (it writes it every second):
 // the UDP match, which the ruleset keeps running after the daemon is gone, stops
@@ -276,15 +300,43 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 	return decide(ctx, 6);
 }
 
+// Records the creator of each UDP socket of the served cgroup and network
+// namespace (the hook runs in the task calling socket(2)). Never refuses a socket.
+SEC("cgroup/sock_create")
+int latch_fast_sock_create(struct bpf_sock *sk)
+{
+	if (sk->type != SOCK_DGRAM || sk->protocol != IPPROTO_UDP)
+		return 1;
+	if (bpf_get_netns_cookie(sk) != netns_cookie)
+		return 1;
+	struct fp_key k = {};
+	if (!identify(&k))
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	if (!cookie)
+		return 1;
+	struct fp_owner o = {};
+	o.ino = k.ino;
+	o.parent_ino = k.parent_ino;
+	o.dev = k.dev;
+	o.mnt_id = k.mnt_id;
+	o.tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_update_elem(&owners, &cookie, &o, BPF_ANY);
+	return 1;
+}
 
 // The first datagram of a UDP flow, from the ruleset's xt_bpf match in the output
 // chain (only for a new flow whose conntrack mark nothing set): 1 (match: the
 // ruleset allows the flow as an allow verdict from the queue would) if the sending
 // task's executable, the socket's owner and the destination of the datagram have
-// an allow entry of the current rule generation that has not expired; 0 (the
-// datagram goes to the queue) otherwise. Netfilter runs the output chain in the
-// context of the task whose sendmsg built the datagram, so the executable is the
-// sender's, whoever created or connected the socket. A deny or reject entry is no
+// an allow entry of the current rule generation that has not expired, and the
+// socket was created (cgroup/sock_create) by the sending task's process running
+// that same executable; 0 (the datagram goes to the queue) otherwise. The output
+// chain usually runs in the task whose sendmsg built the datagram, but not always
+// (a socket lent to another program, written by it; a datagram sent again from a
+// softirq or a kernel thread, through a tunnel or a qdisc): so the current task
+// counts only if it is the socket's creator's process with the creator's
+// executable, and never when it is a kernel thread. A deny or reject entry is no
 // match: the queue decides those datagrams (see doc.go).
 SEC("socket")
 int latch_fast_udp(struct __sk_buff *skb)
@@ -324,7 +376,8 @@ int latch_fast_udp(struct __sk_buff *skb)
 		return 0;
 	key.port = bpf_ntohs(dport);
 	// A datagram of a local socket only (the uid NFQUEUE reports is its owner's).
-	if (bpf_get_socket_cookie(skb) == 0) {
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if (cookie == 0) {
 		count(STAT_NO_IDENTITY);
 		return 0;
 	}
@@ -352,8 +405,31 @@ int latch_fast_udp(struct __sk_buff *skb)
 		count(STAT_STALE);
 		return 0;
 	}
+	// A socket whose creator was recorded (one created after the daemon
+	// started, in its cgroup).
+	struct fp_owner *o = bpf_map_lookup_elem(&owners, &cookie);
+	if (!o) {
+		count(STAT_NO_IDENTITY);
+		return 0;
+	}
+	struct fp_owner owner = *o;
+	// In task context only: a kernel thread (a tunnel's or a workqueue's) is no
+	// sender. (A softirq that runs on a user task's stack has that task as
+	// current: it can only match if that task is of the socket's creator's
+	// process, running the creator's executable, checked below; the datagram is
+	// then that process's socket's, as the queue would attribute it.)
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, flags) & PF_KTHREAD) {
+		count(STAT_NO_IDENTITY);
+		return 0;
+	}
+	if ((__u32)(bpf_get_current_pid_tgid() >> 32) != owner.tgid) {
+		count(STAT_NO_IDENTITY);
+		return 0;
+	}
 	key.uid = bpf_get_socket_uid(skb);
-	if (!identify(&key)) {
+	if (!identify(&key) || key.ino != owner.ino || key.parent_ino != owner.parent_ino ||
+	    key.dev != owner.dev || key.mnt_id != owner.mnt_id) {
 		count(STAT_NO_IDENTITY);
 		return 0;
 	}

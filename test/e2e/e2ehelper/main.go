@@ -52,6 +52,14 @@
 //	                                this program (hold-fd) and then FORGER (send-fd), both
 //	                                inheriting it, and exit: FORGER prints the result
 //	e2ehelper hold-fd DURATION      keep the inherited fd 3 open for DURATION
+//	e2ehelper say TEXT              print TEXT on stdout
+//	e2ehelper udp-lend ADDR PROG TIMEOUT
+//	                                run `PROG udp ADDR TIMEOUT` twice (PROG's own flows, which
+//	                                teach the fast path), then connect a UDP socket to ADDR and
+//	                                run `PROG say lent` with stdout on it (PROG's output is the
+//	                                flow's first datagram), then print whether that datagram
+//	                                was answered (within 1s) and make one exchange on the
+//	                                socket itself: two result lines
 //	e2ehelper send-fd ADDR TIMEOUT  once the parent has exited, one UDP exchange on the
 //	                                inherited connected socket fd 3; prints a JSON result line
 //	e2ehelper memfd-exec VERB ARGS...  copy this executable into a memfd named
@@ -140,6 +148,10 @@ func main() {
 		emit(udpUnconnected(addr, duration(3)))
 	case "udp-flood-log":
 		udpFloodLog(addr, atoi(3), atoi(4), duration(5))
+	case "say":
+		fmt.Println(addr)
+	case "udp-lend":
+		udpLend(addr, arg(3), duration(4))
 	case "udp-connect-exec":
 		udpConnectExec(addr, arg(3), arg(4))
 	case "send-fd-now":
@@ -1056,4 +1068,49 @@ func floodLog(addr string, n, conc int, timeout time.Duration) {
 	wg.Wait()
 	res.Seconds = time.Since(start).Seconds()
 	emit(res)
+}
+
+// udpLend: a program lends its connected UDP socket, as stdout, to PROG, whose
+// output is the flow's first datagram; then it sends on the socket itself.
+func udpLend(addr, prog string, timeout time.Duration) {
+	for i := 0; i < 2; i++ {
+		warm := exec.Command(prog, "udp", addr, timeout.String())
+		warm.Stdout, warm.Stderr = os.Stderr, os.Stderr
+		if err := warm.Run(); err != nil {
+			fatal(fmt.Errorf("udp-lend: %s udp: %w", prog, err))
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the verdict reaches the fast path's map
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		fatal(fmt.Errorf("udp-lend: want an IPv4 ADDR, got %q", addr))
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
+	if err != nil {
+		fatal(err)
+	}
+	if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "socket")
+	start := time.Now()
+	lent := exec.Command(prog, "say", "lent")
+	lent.Stdout, lent.Stderr = f, os.Stderr
+	if err := lent.Run(); err != nil {
+		fatal(fmt.Errorf("udp-lend: %s say: %w", prog, err))
+	}
+	c, err := net.FileConn(f) // a non-blocking copy, for deadlines
+	if err != nil {
+		fatal(err)
+	}
+	f.Close()
+	r := Result{PID: lent.ProcessState.Pid(), Local: c.LocalAddr().String()}
+	c.SetDeadline(time.Now().Add(time.Second))
+	_, err = c.Read(make([]byte, 64))
+	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
+	if err != nil {
+		r.Error = err.Error()
+	}
+	emit(r)
+	emit(udpExchange(func() (net.Conn, error) { return c, nil }, timeout))
 }
