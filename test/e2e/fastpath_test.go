@@ -145,6 +145,14 @@ func TestFastPathDecidesRuledConnections(t *testing.T) {
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "tcp", "--remote", n.ServerIP, "--port", "8301", "--action", "allow")
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8302", "--action", "deny")
 
+	// One connect each through the queue first; the map learns their verdicts just
+	// after (a worker checks the program's file and stores it).
+	for _, port := range []string{":8301", ":8302"} {
+		results(t, n.inCgroup(t, cgfd, helperBin, "connects", n.ServerIP+port, "1", "10s"))
+	}
+	for deadline := time.Now().Add(5 * time.Second); d.fastPath(t).Entries < 2 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	const conns = 20
 	for i, r := range results(t, n.inCgroup(t, cgfd, helperBin, "connects", n.ServerIP+":8301", strconv.Itoa(conns), "10s")) {
 		if r.Outcome != "connected" {
@@ -158,17 +166,15 @@ func TestFastPathDecidesRuledConnections(t *testing.T) {
 	}
 	fp := d.fastPath(t)
 	t.Logf("fast path: %+v", fp)
-	// The map learns a verdict just after the queue's verdict went out (a worker
-	// checks the program's file and stores it): on a loaded machine the next few
-	// connects may still miss and be decided by the queue, as exactly. Most must hit.
-	if fp.HitsAllow < conns/2 || fp.HitsReject < 2 || fp.HitsAllow+fp.HitsReject+fp.Misses != conns+5 || fp.RingLost != 0 || fp.Entries != 2 {
+	// A connect that still missed is decided by the queue, as exactly. Most must hit.
+	if fp.HitsAllow < conns/2 || fp.HitsReject < 2 || fp.HitsAllow+fp.HitsReject+fp.Misses != conns+5+2 || fp.RingLost != 0 || fp.Entries != 2 {
 		t.Errorf("fast path counters %+v: want at least %d allowed and 2 refused in the kernel, map of 2", fp, conns/2)
 	}
 	hits := map[int]int{8301: int(fp.HitsAllow), 8302: int(fp.HitsReject)}
 	for port, want := range map[int]struct {
 		n       int
 		verdict string
-	}{8301: {conns, "allow"}, 8302: {5, "reject"}} {
+	}{8301: {conns + 1, "allow"}, 8302: {5 + 1, "reject"}} {
 		rows := connsTo(t, d, port, want.n)
 		fast := 0
 		for _, c := range rows {
@@ -186,10 +192,10 @@ func TestFastPathDecidesRuledConnections(t *testing.T) {
 			t.Errorf("port %d: %d history rows, %d by the fast path; want %d, %d", port, len(rows), fast, want.n, hits[port])
 		}
 	}
-	if a := Accepted(srv); a != conns {
+	if a := Accepted(srv); a != conns+1 {
 		time.Sleep(500 * time.Millisecond)
-		if a = Accepted(srv); a != conns {
-			t.Errorf("server accepted %d, want %d", a, conns)
+		if a = Accepted(srv); a != conns+1 {
+			t.Errorf("server accepted %d, want %d", a, conns+1)
 		}
 	}
 	if out := d.MustCLI(t, "status"); !strings.Contains(out, "fast path:") || !strings.Contains(out, fmt.Sprintf("%d allowed and %d refused in the kernel", fp.HitsAllow, fp.HitsReject)) {
