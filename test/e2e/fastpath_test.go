@@ -167,8 +167,8 @@ func TestFastPathDecidesRuledConnections(t *testing.T) {
 	fp := d.fastPath(t)
 	t.Logf("fast path: %+v", fp)
 	// A connect that still missed is decided by the queue, as exactly. Most must hit.
-	if fp.HitsAllow < conns/2 || fp.HitsReject < 2 || fp.HitsAllow+fp.HitsReject+fp.Misses != conns+5+2 || fp.RingLost != 0 || fp.Entries != 2 {
-		t.Errorf("fast path counters %+v: want at least %d allowed and 2 refused in the kernel, map of 2", fp, conns/2)
+	if fp.HitsAllow < conns/2 || fp.HitsReject < 2 || fp.HitsAllow+fp.HitsReject+fp.Misses != conns+5+2 || fp.RingLost != 0 || fp.Entries < 2 {
+		t.Errorf("fast path counters %+v: want at least %d allowed and 2 refused in the kernel, map of at least 2", fp, conns/2)
 	}
 	hits := map[int]int{8301: int(fp.HitsAllow), 8302: int(fp.HitsReject)}
 	for port, want := range map[int]struct {
