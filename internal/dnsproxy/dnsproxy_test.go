@@ -643,20 +643,27 @@ func listenDNS53(t *testing.T, addr string) *asked {
 	return rec
 }
 
-// TestUpstreamFollowsFile: with UpstreamFile (systemd-resolved's own resolv.conf) the
-// upstream servers follow the file when it changes (a new network), OnUpstream hears
-// the new list; a file naming no server keeps the list.
-func TestUpstreamFollowsFile(t *testing.T) {
+// upstreamFile gives two loopback addresses of this process (127.net1.x.y and
+// 127.net2.x.y) and a resolv.conf path with a function that writes it, dated age ago.
+func upstreamFile(t *testing.T, net1, net2 int) (a, b, file string, write func(conf string, age time.Duration)) {
 	pid := os.Getpid()
-	a := fmt.Sprintf("127.77.%d.%d", pid>>8&0xff, pid&0xff)
-	b := fmt.Sprintf("127.78.%d.%d", pid>>8&0xff, pid&0xff)
-	first, second := listenDNS53(t, a), listenDNS53(t, b)
-	file := filepath.Join(t.TempDir(), "resolv.conf")
-	write := func(conf string, age time.Duration) {
+	a = fmt.Sprintf("127.%d.%d.%d", net1, pid>>8&0xff, pid&0xff)
+	b = fmt.Sprintf("127.%d.%d.%d", net2, pid>>8&0xff, pid&0xff)
+	file = filepath.Join(t.TempDir(), "resolv.conf")
+	write = func(conf string, age time.Duration) {
 		os.WriteFile(file, []byte(conf), 0o644)
 		when := time.Now().Add(-age)
 		os.Chtimes(file, when, when)
 	}
+	return a, b, file, write
+}
+
+// TestUpstreamFollowsFile: with UpstreamFile (systemd-resolved's own resolv.conf) the
+// upstream servers follow the file when it changes (a new network), OnUpstream hears
+// the new list; a file naming no server keeps the list.
+func TestUpstreamFollowsFile(t *testing.T) {
+	a, b, file, write := upstreamFile(t, 77, 78)
+	first, second := listenDNS53(t, a), listenDNS53(t, b)
 	write("nameserver "+a+"\n", time.Hour)
 	p, _, _ := newProxy(t, a+":53")
 	p.cfg.UpstreamFile, p.cfg.UpstreamCheck = file, 10*time.Millisecond

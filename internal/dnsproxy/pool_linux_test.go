@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -289,16 +288,8 @@ func TestPoolDropsEarlyDatagrams(t *testing.T) {
 // the sockets waiting for the old one are closed and the pool is filled with sockets
 // to the new one, which the next query uses.
 func TestPoolFollowsUpstream(t *testing.T) {
-	pid := os.Getpid()
-	a := fmt.Sprintf("127.79.%d.%d", pid>>8&0xff, pid&0xff)
-	b := fmt.Sprintf("127.80.%d.%d", pid>>8&0xff, pid&0xff)
+	a, b, file, write := upstreamFile(t, 79, 80)
 	first, second := listenDNS53(t, a), listenDNS53(t, b)
-	file := filepath.Join(t.TempDir(), "resolv.conf")
-	write := func(conf string, age time.Duration) {
-		os.WriteFile(file, []byte(conf), 0o644)
-		when := time.Now().Add(-age)
-		os.Chtimes(file, when, when)
-	}
 	write("nameserver "+a+"\n", time.Hour)
 	p, _, _ := newProxy(t, a+":53")
 	p.cfg.UpstreamFile, p.cfg.UpstreamCheck = file, 10*time.Millisecond
