@@ -62,7 +62,13 @@ func (f *connFeed) subscribe() (<-chan []api.Conn, func()) {
 	f.subs[ch] = false
 	if !f.running {
 		f.running = true
-		go f.run()
+		// The newest row is read before subscribe returns, so every connection
+		// recorded after it (and after the client's hello) reaches the client.
+		var last int64
+		if cs, err := f.hist.Recent(1, 0); err == nil && len(cs) == 1 {
+			last = cs[0].ID
+		}
+		go f.run(last)
 	}
 	f.mu.Unlock()
 	return ch, func() {
@@ -72,11 +78,7 @@ func (f *connFeed) subscribe() (<-chan []api.Conn, func()) {
 	}
 }
 
-func (f *connFeed) run() {
-	var last int64
-	if cs, err := f.hist.Recent(1, 0); err == nil && len(cs) == 1 {
-		last = cs[0].ID
-	}
+func (f *connFeed) run(last int64) {
 	t := time.NewTicker(feedInterval)
 	defer t.Stop()
 	for {
