@@ -236,6 +236,10 @@ type Request struct {
 	// Parents are the executables of the process's ancestors, parent first, at most
 	// MaxParentDepth: each verified like Exe, "" for one that is not.
 	Parents []string `json:"parents,omitempty"`
+	// ExeFile is the file the process executes as the kernel named it when the
+	// process was identified (zero if the backend does not tell): a cache of
+	// decisions keyed by the file can then be filled after the process exited.
+	ExeFile FileID `json:"-"`
 	// ExeSHA256 is the SHA-256 (lower-case hex) of the file the process executes,
 	// "" while latch is hashing it (a pinned rule then does not match).
 	ExeSHA256 string `json:"exe_sha256,omitempty"`
@@ -244,6 +248,10 @@ type Request struct {
 	// set by Decide.
 	matchShared bool
 }
+
+// FileID names a file as the kernel does: its device (dev_t as stat(2) gives it),
+// inode, and the id of the mount it was reached through (Linux; 0 if unknown).
+type FileID struct{ Dev, Ino, Mnt uint64 }
 
 // Identity is how far a Request's Exe can be trusted to name the program. It is
 // written as text: "verified", "unverified", "container", or "" (unknown).

@@ -582,7 +582,7 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 		fp.notStored.Add(1)
 		return false, nil
 	}
-	id, err := exeIdentity(req.PID, req.Exe)
+	id, err := exeIdentity(req.PID, req.Exe, req.ExeFile)
 	if err != nil {
 		fp.notStored.Add(1)
 		return false, nil
@@ -633,12 +633,22 @@ func makeKey(id identity, uid uint32, proto engine.Protocol, remote netip.AddrPo
 func kernelDev(major, minor uint32) uint32 { return major<<20 | minor }
 
 // exeIdentity returns the identity of the executable process pid runs, provided it
-// is the file at path (same device and inode), as the rule matched it.
-func exeIdentity(pid int32, path string) (identity, error) {
+// is the file at path (same device and inode), as the rule matched it. file is the
+// executable as attribution found it while the process was being identified, if it
+// says (Ino and Mnt set): then the process may have exited since (a short-lived
+// program whose first connection the queue decided), and /proc is not read.
+func exeIdentity(pid int32, path string, file engine.FileID) (identity, error) {
 	const mask = unix.STATX_INO | unix.STATX_MNT_ID
-	var run, named, dir unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.Itoa(int(pid))+"/exe", 0, mask, &run); err != nil {
-		return identity{}, fmt.Errorf("stat the executable of pid %d: %w", pid, err)
+	var named, dir unix.Statx_t
+	if file.Ino == 0 || file.Mnt == 0 {
+		var run unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.Itoa(int(pid))+"/exe", 0, mask, &run); err != nil {
+			return identity{}, fmt.Errorf("stat the executable of pid %d: %w", pid, err)
+		}
+		if run.Mask&unix.STATX_MNT_ID == 0 {
+			return identity{}, fmt.Errorf("stat the executable of pid %d: the kernel gives no mount id", pid)
+		}
+		file = engine.FileID{Dev: unix.Mkdev(run.Dev_major, run.Dev_minor), Ino: run.Ino, Mnt: run.Mnt_id}
 	}
 	if err := unix.Statx(unix.AT_FDCWD, path, 0, mask, &named); err != nil {
 		return identity{}, fmt.Errorf("stat %s: %w", path, err)
@@ -647,14 +657,13 @@ func exeIdentity(pid int32, path string) (identity, error) {
 	// service with a private /tmp, `ip netns exec`); the key has the mount the
 	// process executed its file through, which the kernel program reads too, so a
 	// bind mount that shows the file at another path is another key.
-	if run.Ino != named.Ino || run.Dev_major != named.Dev_major || run.Dev_minor != named.Dev_minor ||
-		run.Mask&unix.STATX_MNT_ID == 0 {
+	if file.Ino != named.Ino || file.Dev != unix.Mkdev(named.Dev_major, named.Dev_minor) {
 		return identity{}, fmt.Errorf("pid %d runs another file than %s", pid, path)
 	}
 	if err := unix.Statx(unix.AT_FDCWD, filepath.Dir(path), 0, unix.STATX_INO, &dir); err != nil {
 		return identity{}, fmt.Errorf("stat the directory of %s: %w", path, err)
 	}
-	return identity{ino: run.Ino, parentIno: dir.Ino, dev: kernelDev(run.Dev_major, run.Dev_minor), mntID: uint32(run.Mnt_id)}, nil
+	return identity{ino: file.Ino, parentIno: dir.Ino, dev: kernelDev(unix.Major(file.Dev), unix.Minor(file.Dev)), mntID: uint32(file.Mnt)}, nil
 }
 
 func bootNow() (uint64, error) {

@@ -355,6 +355,48 @@ func TestCopyMisses(t *testing.T) {
 	}
 }
 
+// TestStoredAfterExit: a short-lived program's first connection is decided by the
+// queue and the program may exit before the worker stores the verdict. The file
+// attribution found (Request.ExeFile) keys the entry then, so the next run of the
+// program hits; a file that is not the one at the rule's path is still refused.
+func TestStoredAfterExit(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
+	exe, _ := os.Executable()
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	first := startClient(t, exe, cgfd)
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, fmt.Sprintf("/proc/%d/exe", first.pid), 0, unix.STATX_INO|unix.STATX_MNT_ID, &stx); err != nil {
+		t.Fatal(err)
+	}
+	file := engine.FileID{Dev: unix.Mkdev(stx.Dev_major, stx.Dev_minor), Ino: stx.Ino, Mnt: stx.Mnt_id}
+	first.in.Close()
+	first.cmd.Wait()
+	r := req(first, dst)
+	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); ok || err != nil {
+		t.Fatalf("stored for an exited process without its file: %v %v", ok, err)
+	}
+	r.ExeFile = file
+	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Fatalf("not stored for an exited process with its file: %v %v", ok, err)
+	}
+	if got := startClient(t, exe, cgfd).connect(t, dst); got != "ok 0x30000000" {
+		t.Errorf("the program's next run: %q, want a hit", got)
+	}
+	// The file of another program under the rule's path: refused.
+	sh := file
+	var other unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, "/bin/sh", 0, unix.STATX_INO, &other); err != nil {
+		t.Fatal(err)
+	}
+	sh.Ino = other.Ino
+	r.ExeFile, r.Remote = sh, netip.MustParseAddrPort("127.0.0.1:9")
+	if ok, _ := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); ok {
+		t.Error("stored an entry for another file than the one at the rule's path")
+	}
+}
+
 // TestExpiry: an entry stops hitting at its rule's expiry.
 func TestExpiry(t *testing.T) {
 	cg, cgfd := testCgroup(t)

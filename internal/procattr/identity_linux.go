@@ -19,13 +19,25 @@ type fileID struct{ dev, ino uint64 }
 // exeFileID stats the file the process executes. /proc/PID/exe is a magic link: the
 // kernel follows it to the executable itself (mm->exe_file), whatever mount
 // namespace, root or name the process sees it under, and whether or not it is
-// still linked. nlink is 0 for a deleted file and for a memfd.
-func (d procDir) exeFileID() (id fileID, nlink uint64, err error) {
-	var st unix.Stat_t
-	if err := unix.Fstatat(d.fd, "exe", &st, 0); err != nil {
-		return fileID{}, 0, fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
+// still linked. nlink is 0 for a deleted file and for a memfd. mnt is the id of the
+// mount the process executed the file through (0 where the kernel does not tell).
+func (d procDir) exeFileID() (id fileID, nlink, mnt uint64, err error) {
+	var stx unix.Statx_t
+	err = unix.Statx(d.fd, "exe", 0, unix.STATX_INO|unix.STATX_NLINK|unix.STATX_MNT_ID, &stx)
+	if errors.Is(err, unix.ENOSYS) {
+		var st unix.Stat_t
+		if err := unix.Fstatat(d.fd, "exe", &st, 0); err != nil {
+			return fileID{}, 0, 0, fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
+		}
+		return fileID{uint64(st.Dev), st.Ino}, uint64(st.Nlink), 0, nil
 	}
-	return fileID{uint64(st.Dev), st.Ino}, uint64(st.Nlink), nil
+	if err != nil {
+		return fileID{}, 0, 0, fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
+	}
+	if stx.Mask&unix.STATX_MNT_ID != 0 {
+		mnt = stx.Mnt_id
+	}
+	return fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}, uint64(stx.Nlink), mnt, nil
 }
 
 // hostRoot is the host's file system: the root of process 1 (init, in the daemon's

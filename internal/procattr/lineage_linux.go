@@ -99,7 +99,7 @@ func parentsOf(ppid int32) []string {
 		st, err := d.stat()
 		exe := ""
 		if err == nil {
-			if file, nlink, ferr := d.exeFileID(); ferr == nil {
+			if file, nlink, _, ferr := d.exeFileID(); ferr == nil {
 				if name, lerr := d.readlink("exe", buf[:]); lerr == nil {
 					if verifyExe(d, string(name), file, nlink).status == engine.IdentityVerified {
 						exe = string(name)

@@ -98,6 +98,7 @@ type Process struct {
 	AppID        string          `json:"app_id,omitempty"`        // flatpak or snap app id (cgroup name)
 	Parents      []string        `json:"parents,omitempty"`       // ancestors' executables, parent first; "" where not verified
 	ExeSHA256    string          `json:"exe_sha256,omitempty"`    // the executable's SHA-256 (hex); "" while it is being hashed
+	ExeFile      engine.FileID   `json:"-"`                       // the executable file as the kernel names it; zero: unknown
 }
 
 // Options configure a Resolver. The zero value enables every method the kernel allows.

@@ -18,6 +18,7 @@ type procEntry struct {
 	startTicks uint64 // /proc/PID/stat starttime
 	exe        string // as readlink gave it, " (deleted)" included
 	file       fileID // the file the process executes (see exeFileID)
+	exeMnt     uint64 // the mount it was executed through (see exeFileID)
 	ident      identity
 	cmdline    string
 	comm       string
@@ -57,7 +58,7 @@ func (c *procCache) live(pid int32) (*procEntry, bool) {
 	e, ok := c.byPID[pid]
 	alive := false
 	if ok {
-		id, _, err := e.dir.exeFileID()
+		id, _, _, err := e.dir.exeFileID()
 		alive = err == nil && id == e.file
 	}
 	c.mu.RUnlock()
@@ -203,7 +204,7 @@ func readEntry(d procDir) (*procEntry, error) {
 	// The file first, then its name: verification compares the host's file at the
 	// name with this file, so a name read after an exec can only fail to verify, or
 	// verify what the host calls this very file.
-	file, nlink, err := d.exeFileID()
+	file, nlink, mnt, err := d.exeFileID()
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +213,7 @@ func readEntry(d procDir) (*procEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &procEntry{dir: d, startTicks: st.StartTime, comm: st.Comm, exe: string(exe), file: file}
+	e := &procEntry{dir: d, startTicks: st.StartTime, comm: st.Comm, exe: string(exe), file: file, exeMnt: mnt}
 	e.ident = verifyExe(d, e.exe, file, nlink)
 	cmd, err := d.readFile("cmdline", buf[:])
 	if err != nil {
@@ -242,6 +243,7 @@ func (e *procEntry) process(p *Process) {
 	p.Cmdline = e.cmdline
 	p.Unit, p.AppID, p.Parents = e.unit, e.appID, e.parents
 	p.ExeSHA256 = hashes.lookup(e.hashKey, e.dir.pid)
+	p.ExeFile = engine.FileID{Dev: e.file.dev, Ino: e.file.ino, Mnt: e.exeMnt}
 	p.Comm = e.comm
 }
 

@@ -90,6 +90,22 @@ type fastPathStatus struct {
 	Events     uint64 `json:"events"`
 }
 
+// waitFastPathEntries waits (up to 10 s) until the fast path's map holds at least n
+// verdicts: the queue's verdict goes out first and a worker stores it just after,
+// so on a loaded machine the next few connections can still miss.
+func (d *Daemon) waitFastPathEntries(t *testing.T, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		fp := d.fastPath(t)
+		if fp.Entries >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fast path's map has %d entries after 10 s, want %d: %+v", fp.Entries, n, fp)
+		}
+	}
+}
+
 func (d *Daemon) fastPath(t *testing.T) fastPathStatus {
 	t.Helper()
 	var st struct {
@@ -150,9 +166,7 @@ func TestFastPathDecidesRuledConnections(t *testing.T) {
 	for _, port := range []string{":8301", ":8302"} {
 		results(t, n.inCgroup(t, cgfd, helperBin, "connects", n.ServerIP+port, "1", "10s"))
 	}
-	for deadline := time.Now().Add(5 * time.Second); d.fastPath(t).Entries < 2 && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
+	d.waitFastPathEntries(t, 2)
 	const conns = 20
 	for i, r := range results(t, n.inCgroup(t, cgfd, helperBin, "connects", n.ServerIP+":8301", strconv.Itoa(conns), "10s")) {
 		if r.Outcome != "connected" {
