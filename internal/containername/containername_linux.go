@@ -59,8 +59,16 @@ var podmanDrivers = []string{"overlay", "vfs", "btrfs", "zfs"}
 type Reader struct {
 	o     Options
 	mu    sync.Mutex
-	files map[string]*stateFile // by path below Root
-	homes map[uint32]string
+	files  map[string]*stateFile // by path below Root
+	homes  map[uint32]string
+	labels map[string]labelEntry // the answer for a label, while its files are not due
+}
+
+// labelEntry is a label's name and when the oldest state file it came from was
+// checked: it holds exactly as long as looking again would find that file cached.
+type labelEntry struct {
+	name    string
+	checked time.Time
 }
 
 // stateFile is one cached state file.
@@ -98,7 +106,7 @@ func New(o Options) *Reader {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Reader{o: o, files: map[string]*stateFile{}, homes: map[uint32]string{}}
+	return &Reader{o: o, files: map[string]*stateFile{}, homes: map[uint32]string{}, labels: map[string]labelEntry{}}
 }
 
 func lookupHome(uid uint32) (string, error) {
@@ -114,42 +122,82 @@ func lookupHome(uid uint32) (string, error) {
 // ID), or "" if the runtime's state names none, cannot be trusted, or label is of
 // another runtime.
 func (r *Reader) Name(label string) string {
+	if !strings.HasPrefix(label, "docker") && !strings.HasPrefix(label, "podman") {
+		return ""
+	}
+	now := r.o.Now()
+	r.mu.Lock()
+	e, ok := r.labels[label]
+	r.mu.Unlock()
+	if ok && r.fresh(e.checked, now) {
+		return e.name
+	}
+	name, checked := r.resolve(label, now)
+	r.mu.Lock()
+	if len(r.labels) >= r.o.MaxFiles {
+		clear(r.labels)
+	}
+	r.labels[label] = labelEntry{name, checked}
+	r.mu.Unlock()
+	return name
+}
+
+// fresh reports whether something checked at checked needs no new look at now.
+func (r *Reader) fresh(checked, now time.Time) bool {
+	d := now.Sub(checked)
+	return !checked.IsZero() && d >= 0 && d < r.o.Interval
+}
+
+// resolve looks label up in its runtime's state files; checked is when the oldest
+// file it looked in was last checked (now for a label of no runtime's).
+func (r *Reader) resolve(label string, now time.Time) (name string, checked time.Time) {
 	rt, id, ok := strings.Cut(label, ":")
 	if !ok || !isContainerID(id) {
-		return ""
+		return "", now
 	}
 	owner := uint32(0)
 	if name, uid, ok := strings.Cut(rt, "@"); ok {
 		n, err := strconv.ParseUint(uid, 10, 32)
 		if err != nil || n == 0 {
-			return ""
+			return "", now
 		}
 		rt, owner = name, uint32(n)
 	}
 	if rt != "docker" && rt != "podman" {
-		return ""
+		return "", now
 	}
 	var base string
-	if owner == 0 {
-		base = map[string]string{"docker": "/var/lib/docker", "podman": "/var/lib/containers/storage"}[rt]
-	} else {
+	switch {
+	case owner == 0 && rt == "docker":
+		base = "/var/lib/docker"
+	case owner == 0:
+		base = "/var/lib/containers/storage"
+	default:
 		home, ok := r.home(owner)
 		if !ok {
-			return ""
+			return "", now
 		}
-		base = home + map[string]string{"docker": "/.local/share/docker", "podman": "/.local/share/containers/storage"}[rt]
+		base = home + "/.local/share/containers/storage"
+		if rt == "docker" {
+			base = home + "/.local/share/docker"
+		}
 	}
 	if rt == "docker" {
 		return r.lookup(base+"/containers/"+id+"/config.v2.json", owner, id, parseDocker)
 	}
+	checked = now
 	for _, d := range podmanDrivers {
 		for _, f := range []string{"containers.json", "volatile-containers.json"} {
-			if n := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parsePodman); n != "" {
-				return n
+			n, c := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parsePodman)
+			if c.Before(checked) {
+				checked = c
+			}
+			if n != "" {
+				return n, checked
 			}
 		}
 	}
-	return ""
+	return "", checked
 }
 
 // home is uid's home directory, cached; false if it has none latch uses.
@@ -173,8 +221,8 @@ func (r *Reader) home(uid uint32) (string, bool) {
 }
 
 // lookup returns id's name in the state file at path, refreshing the cached file
-// when it is due.
-func (r *Reader) lookup(path string, owner uint32, id string, parse func([]byte, string) map[string]string) string {
+// when it is due, and when the file was last checked.
+func (r *Reader) lookup(path string, owner uint32, id string, parse func([]byte, string) map[string]string) (string, time.Time) {
 	now := r.o.Now()
 	r.mu.Lock()
 	f := r.files[path]
@@ -190,10 +238,10 @@ func (r *Reader) lookup(path string, owner uint32, id string, parse func([]byte,
 		<-wait
 		r.mu.Lock()
 	}
-	if f.refreshing != nil || (!f.checked.IsZero() && now.Sub(f.checked) < r.o.Interval && now.Sub(f.checked) >= 0) {
-		n := f.names[id]
+	if f.refreshing != nil || r.fresh(f.checked, now) {
+		n, c := f.names[id], f.checked
 		r.mu.Unlock()
-		return n
+		return n, c
 	}
 	done := make(chan struct{})
 	f.refreshing = done
@@ -211,7 +259,7 @@ func (r *Reader) lookup(path string, owner uint32, id string, parse func([]byte,
 	}
 	n := f.names[id]
 	r.mu.Unlock()
-	return n
+	return n, now
 }
 
 // evict drops the least recently used file when the cache is full. r.mu is held.

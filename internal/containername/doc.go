@@ -19,13 +19,18 @@
 // programs chose both): it is reported for the "RUNTIME@UID:ID" label only, which
 // no rule for a system container matches.
 //
+// The paths are read in the calling process's own view of the file system (Root):
+// in the daemon, its mount namespace, which the packaged unit leaves showing the
+// host's /var/lib and /home (read-only).
+//
 // Only the default locations are read (not a data-root or graphroot moved in
 // daemon.json or storage.conf, nor podman's transient store). Names are untrusted
 // text: shown escaped in text output, exact in JSON.
 //
 // Cost: a Reader caches each state file with its identity (device, inode, size,
 // mtime, ctime) and looks at it again at most once per Interval; it is read again
-// only when that identity changed. A lookup between checks is a map lookup. A file
+// only when that identity changed. A lookup between checks is a map lookup (a
+// label's answer is kept until the oldest file it came from is due). A file
 // that is missing (no such runtime) is remembered as missing the same way. At most
 // one goroutine refreshes a file at a time; others use what was cached meanwhile.
 package containername
