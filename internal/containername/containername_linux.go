@@ -57,8 +57,8 @@ var podmanDrivers = []string{"overlay", "vfs", "btrfs", "zfs"}
 
 // Reader looks container names up. It is safe for concurrent use.
 type Reader struct {
-	o     Options
-	mu    sync.Mutex
+	o      Options
+	mu     sync.Mutex
 	files  map[string]*stateFile // by path below Root
 	homes  map[uint32]string
 	labels map[string]labelEntry // the answer for a label, while its files are not due
