@@ -166,34 +166,35 @@ func (r *Reader) resolve(label string, now time.Time) (name string, checked time
 	if rt != "docker" && rt != "podman" {
 		return "", now
 	}
-	var base string
+	// podman's graph root, then its run root (a transient store keeps its
+	// containers there).
+	var bases [2]string
 	switch {
 	case owner == 0 && rt == "docker":
-		base = "/var/lib/docker"
+		return r.lookup("/var/lib/docker/containers/"+id+"/config.v2.json", owner, id, parseDocker)
 	case owner == 0:
-		base = "/var/lib/containers/storage"
+		bases = [2]string{"/var/lib/containers/storage", "/run/containers/storage"}
 	default:
 		home, ok := r.home(owner)
 		if !ok {
 			return "", now
 		}
-		base = home + "/.local/share/containers/storage"
 		if rt == "docker" {
-			base = home + "/.local/share/docker"
+			return r.lookup(home+"/.local/share/docker/containers/"+id+"/config.v2.json", owner, id, parseDocker)
 		}
-	}
-	if rt == "docker" {
-		return r.lookup(base+"/containers/"+id+"/config.v2.json", owner, id, parseDocker)
+		bases = [2]string{home + "/.local/share/containers/storage", "/run/user/" + strconv.FormatUint(uint64(owner), 10) + "/containers"}
 	}
 	checked = now
-	for _, d := range podmanDrivers {
-		for _, f := range []string{"containers.json", "volatile-containers.json"} {
-			n, c := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parsePodman)
-			if c.Before(checked) {
-				checked = c
-			}
-			if n != "" {
-				return n, checked
+	for _, base := range bases {
+		for _, d := range podmanDrivers {
+			for _, f := range []string{"containers.json", "volatile-containers.json"} {
+				n, c := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parsePodman)
+				if c.Before(checked) {
+					checked = c
+				}
+				if n != "" {
+					return n, checked
+				}
 			}
 		}
 	}

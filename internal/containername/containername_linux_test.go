@@ -132,6 +132,27 @@ func TestNamesFromRuntimeState(t *testing.T) {
 	}
 }
 
+// TestPodmanVolatileAndTransient: podman keeps `run --rm` containers in
+// volatile-containers.json, and a transient store's under the run root: both name.
+func TestPodmanVolatileAndTransient(t *testing.T) {
+	f := newTree(t)
+	f.write(podmanDir+"/volatile-containers.json", podmanContainers(idB, "temp-1"), 0, 0o600)
+	f.write("run/containers/storage/vfs-containers/containers.json", podmanContainers(idC, "transient-1"), 0, 0o600)
+	f.write("run/user/1000/containers/overlay-containers/volatile-containers.json", podmanContainers(idA, "mine-rm"), 1000, 0o600)
+	os.Chown(filepath.Join(f.root, "run/user/1000"), 1000, 1000)
+	r := f.reader()
+	for label, want := range map[string]string{
+		"podman:" + idB:      "temp-1",
+		"podman:" + idC:      "transient-1",
+		"podman@1000:" + idA: "mine-rm",
+		"podman:" + idA:      "",
+	} {
+		if got := r.Name(label); got != want {
+			t.Errorf("Name(%q) = %q, want %q", label, got, want)
+		}
+	}
+}
+
 // TestUntrustedFilesGiveNoName: a state file (or a directory on its way) that another
 // user owns or may write, a symbolic link, a FIFO, or a file that is not the
 // runtime's JSON gives no name; each is logged once, not at every lookup.

@@ -10,12 +10,14 @@
 //
 //	docker  /var/lib/docker/containers/ID/config.v2.json  field "Name" (its "/" dropped)
 //	podman  /var/lib/containers/storage/DRIVER-containers/containers.json
-//	        (and volatile-containers.json)            "names"[0] of the entry with "id" ID
+//	        (and volatile-containers.json, where `podman run --rm` keeps its
+//	        containers; and both under the run root /run/containers/storage,
+//	        where a transient store keeps them)   "names"[0] of the entry with "id" ID
 //
 // A user's own (rootless) container's name comes from the same files under that
-// user's home directory (~/.local/share/docker, ~/.local/share/containers/storage),
-// owned by the user, through directories owned by root or that user and writable by
-// no one else. That name is the user's claim, like the container's id (the user's
+// user's home directory (~/.local/share/docker, ~/.local/share/containers/storage;
+// podman's run root /run/user/UID/containers), owned by the user, through
+// directories owned by root or that user and writable by no one else. That name is the user's claim, like the container's id (the user's
 // programs chose both): it is reported for the "RUNTIME@UID:ID" label only, which
 // no rule for a system container matches.
 //
@@ -24,8 +26,8 @@
 // host's /var/lib and /home (read-only).
 //
 // Only the default locations are read (not a data-root or graphroot moved in
-// daemon.json or storage.conf, nor podman's transient store). Names are untrusted
-// text: shown escaped in text output, exact in JSON.
+// daemon.json or storage.conf). Names are untrusted text: shown escaped in text
+// output, exact in JSON.
 //
 // Cost: a Reader caches each state file with its identity (device, inode, size,
 // mtime, ctime) and looks at it again at most once per Interval; it is read again
