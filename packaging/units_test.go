@@ -139,3 +139,41 @@ func unitCapabilities(t *testing.T) []string {
 	}
 	return strings.Fields(m[1])
 }
+
+// TestUnitReadsContainerState: the daemon reads docker's and podman's state to name
+// containers (root's under /var/lib, a user's own under their home, owned by that
+// user with mode 0600): the unit must leave those paths visible (read-only is
+// enough) and keep CAP_DAC_READ_SEARCH, which reads another user's files without
+// CAP_DAC_OVERRIDE.
+func TestUnitReadsContainerState(t *testing.T) {
+	unit := readUnit(t, "latch.service")
+	settings := map[string][]string{}
+	for _, l := range strings.Split(unit, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok && !strings.HasPrefix(k, "#") {
+			settings[k] = append(settings[k], v)
+		}
+	}
+	for _, v := range settings["ProtectHome"] {
+		if v != "read-only" && v != "no" && v != "false" {
+			t.Errorf("ProtectHome=%s hides users' container state (~/.local/share/containers, ~/.local/share/docker); want read-only", v)
+		}
+	}
+	for _, k := range []string{"InaccessiblePaths", "TemporaryFileSystem", "BindPaths", "BindReadOnlyPaths"} {
+		for _, v := range settings[k] {
+			for _, p := range strings.Fields(v) {
+				p = strings.TrimLeft(strings.SplitN(p, ":", 2)[0], "-+")
+				for _, want := range []string{"/var/lib/docker/containers", "/var/lib/containers/storage", "/home"} {
+					if p == "/" || strings.HasPrefix(want+"/", strings.TrimSuffix(p, "/")+"/") {
+						t.Errorf("%s=%s covers %s, where container names are read", k, v, want)
+					}
+				}
+			}
+		}
+	}
+	if !strings.Contains(strings.Join(settings["CapabilityBoundingSet"], " "), "CAP_DAC_READ_SEARCH") {
+		t.Errorf("CapabilityBoundingSet lacks CAP_DAC_READ_SEARCH: a user's own container state (mode 0600) cannot be read")
+	}
+	if !strings.Contains(unit, "container names") {
+		t.Errorf("latch.service does not say why it leaves /var/lib and /home readable")
+	}
+}

@@ -1,6 +1,6 @@
 // Live connections: every decided connection as it happens, in a virtualized list.
 import { useEffect, useLayoutEffect, useState, useRef, useMemo } from 'preact/hooks';
-import { html, esc, field, progName, base, dest, timeOf, verdictClass, reasonText } from './util.js';
+import { html, esc, field, progName, base, dest, timeOf, verdictClass, reasonText, containerText } from './util.js';
 
 export const ROW = 28; // px per row
 
@@ -8,7 +8,7 @@ export const ROW = 28; // px per row
 // regroups thousands of rows on every update.
 function view(c) {
   if (!c._view) {
-    c._view = { exe: field(c, 'exe'), name: progName(c), dest: dest(c), host: c.host ? field(c, 'host') : esc(c.remote_ip) };
+    c._view = { exe: field(c, 'exe'), name: progName(c), dest: dest(c), host: c.host ? field(c, 'host') : esc(c.remote_ip), ctr: containerText(c) };
   }
   return c._view;
 }
@@ -64,7 +64,7 @@ function Row({ r, top, onRule }) {
   const v = view(c);
   return html`<div class="lrow conn ${verdictClass(c)}" style=${style} data-conn=${c.id}>
     <span class="t">${timeOf(c.time)}</span>
-    <span class="app" title=${v.exe}>${v.name}</span>
+    <span class="app" title=${v.ctr ? v.exe + ' in container ' + v.ctr : v.exe}>${v.name}${v.ctr ? html` <span class="ctr">[${v.ctr}]</span>` : null}</span>
     <span class="d">${v.dest}</span>
     <span class="dir">${c.direction}</span>
     <span class="verdict">${c.reason === 'timeout' ? c.verdict + ' (timeout)' : c.verdict}</span>

@@ -2,7 +2,7 @@
 // its recent connections and its counts.
 import { useEffect, useState } from 'preact/hooks';
 import { get } from './api.js';
-import { html, esc, base, dest, timeOf, dateTime, verdictClass, reasonText, globMatch } from './util.js';
+import { html, esc, base, dest, timeOf, dateTime, verdictClass, reasonText, globMatch, containerText } from './util.js';
 
 export function Programs({ version }) {
   const [ps, setPs] = useState(null);
@@ -48,9 +48,9 @@ export function Program({ exe, rules, version, onRule }) {
       <tbody>${mine.map((r) => html`<tr><td>${r.id}</td><td class=${'v-' + r.action}>${r.action}</td><td class="mono">${esc(r.app)}</td>
         <td>${esc(r.host || '')}</td><td>${r.remote || ''}</td><td>${r.port || ''}</td><td>${r.expires ? dateTime(r.expires) : 'never'}</td></tr>`)}</tbody></table>`}
     <h3>Recent connections</h3>
-    <table class="table"><thead><tr><th>time</th><th>destination</th><th>dir</th><th>verdict</th><th>rule / reason</th><th>pid</th><th></th></tr></thead>
+    <table class="table"><thead><tr><th>time</th><th>destination</th><th>dir</th><th>verdict</th><th>rule / reason</th><th>pid</th><th>container</th><th></th></tr></thead>
     <tbody>${conns.map((c) => html`<tr class=${verdictClass(c)}><td>${timeOf(c.time)}</td><td>${dest(c)}</td><td>${c.direction}</td>
-      <td class="verdict">${c.verdict}</td><td>${reasonText(c)}</td><td>${c.pid}</td>
+      <td class="verdict">${c.verdict}</td><td>${reasonText(c)}</td><td>${c.pid}</td><td class="ctr">${containerText(c)}</td>
       <td><button type="button" class="small" onClick=${() => onRule(c)}>rule…</button></td></tr>`)}</tbody></table>
   </section>`;
 }

@@ -1,7 +1,7 @@
 // Questions: one card per open question, answered by mouse or keyboard.
 import { useEffect, useState, useRef } from 'preact/hooks';
 import { call } from './api.js';
-import { html, esc, field, progName, dest } from './util.js';
+import { html, esc, field, progName, dest, containerText } from './util.js';
 
 export const scopes = ['app', 'app+host', 'app+port', 'app+host+port'];
 export const lifetimes = ['once', '5m', '1h', '1d', 'forever'];
@@ -37,7 +37,7 @@ function Card({ p, selected, choice, setChoice, onAnswer, error, def, onSelect }
       ${p.held > 1 ? html`<span class="held">${p.held} connections waiting</span>` : null}
     </header>
     <div class="dest">${dest(p)}</div>
-    ${p.identity && p.identity !== 'verified' ? html`<p class="identity">${p.identity === 'container' ? `in container ${esc(p.container || '')}` : 'identity not verified'}${p.identity_note ? ': ' + esc(p.identity_note) : ''} — an answer holds for this connection only</p>` : null}
+    ${p.identity && p.identity !== 'verified' ? html`<p class="identity">${p.identity === 'container' ? `in container ${containerText(p)}` : 'identity not verified'}${p.identity_note ? ': ' + esc(p.identity_note) : ''} — an answer holds for this connection only</p>` : null}
     <dl class="facts">
       <dt>exe</dt><dd class="mono">${p.exe ? field(p, 'exe') : 'unknown'}</dd>
       <dt>pid</dt><dd>${p.pid || '?'}</dd>

@@ -23,6 +23,23 @@ export function dest(c) {
   return `${where}/${esc(c.proto)}`;
 }
 
+// containerText shows the container a program runs in, escaped: its label
+// ("docker:0123456789ab", a 64-digit id cut to 12 as docker shows it) and the name
+// its runtime gives it, marked as its user's for a user's own ("podman@1000:...")
+// container; '' for none.
+export function containerText(c) {
+  if (!c || !c.container) return '';
+  const i = c.container.indexOf(':');
+  let label = c.container;
+  if (i >= 0 && c.container.length - i - 1 === 64) label = c.container.slice(0, i + 13);
+  let s = esc(label);
+  if (c.container_name) {
+    s += ' ' + field(c, 'container_name');
+    if (i >= 0 && c.container.slice(0, i).includes('@')) s += " (its user's name)";
+  }
+  return s;
+}
+
 // progName shows the program's name (the last element of its exe path), escaped.
 export function progName(o) {
   const raw = o && o.raw && o.raw.exe;

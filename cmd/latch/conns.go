@@ -125,7 +125,7 @@ func (p *connPrinter) print(cs []api.Conn, first bool) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05.000"),
 			c.Direction, c.Proto, hostPort(c.LocalIP, c.LocalPort, ""), remoteOf(c.RemoteIP, c.RemotePort, c.Host, c.HostSource, c.Note),
-			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container)+identityLabels(c.Unit, c.AppID, c.Parents), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), c.Mode, in, out, field(c.Netns))
+			pidOrDash(c.PID), programOf(c.Exe, c.Identity, c.Container, c.ContainerName)+identityLabels(c.Unit, c.AppID, c.Parents), userOf(c.User, c.UID), c.Verdict, why(c.Reason, c.RuleID), c.Mode, in, out, field(c.Netns))
 	}
 	return tw.Flush()
 }

@@ -98,6 +98,9 @@ func printExplanation(w io.Writer, ex *api.Explanation) {
 		dest += ":" + strconv.Itoa(int(r.RemotePort))
 	}
 	fmt.Fprintf(w, "connection: %s %s %s -> %s\n", r.Direction, r.Proto, who, dest)
+	if r.Container != "" {
+		fmt.Fprintf(w, "container:  %s%s\n", shown(r.Container), containerNameTag(r.Container, r.ContainerName))
+	}
 	if c := ex.Conn; c != nil {
 		then := fmt.Sprintf("%s (%s", c.Verdict, c.Reason)
 		if c.RuleID != 0 {
@@ -114,6 +117,9 @@ func printExplanation(w io.Writer, ex *api.Explanation) {
 		fmt.Fprintf(w, "why:        %s\n", ex.Step.Why())
 	} else {
 		fmt.Fprintf(w, "why:        it wins at step %d, %s\n", ex.Step, ex.Step.Why())
+	}
+	for _, n := range ex.Notes {
+		fmt.Fprintf(w, "note:       %s\n", shown(n))
 	}
 	if len(ex.Losers) == 0 {
 		return
@@ -145,6 +151,9 @@ func ruleSummary(r engine.Rule) string {
 	}
 	if r.User != "" {
 		add("user", r.User)
+	}
+	if r.Container != "" {
+		add("container", r.Container)
 	}
 	if !r.LocalPort.IsZero() {
 		add("local-port", r.LocalPort.String())

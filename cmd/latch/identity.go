@@ -9,16 +9,18 @@ import (
 
 // programOf is how text output shows a program: its path, marked when the path is
 // not verified to be the host's file the process runs ("[unverified]"), or is a
-// container's ("[container docker:0123456789ab]"). App rules do not match such a
-// program, and an answer about it is for that question only.
-func programOf(exe string, id engine.Identity, container string) string {
-	return exeOrUnknown(exe) + identityTag(exe, id, container)
+// container's ("[container docker:0123456789ab web-1]", with the name the runtime
+// gives the container when latch read one). App rules do not match such a program,
+// and an answer about it is for that question only.
+func programOf(exe string, id engine.Identity, container, name string) string {
+	return exeOrUnknown(exe) + identityTag(exe, id, container, name)
 }
 
 // identityTag is what follows a program's path in text: " [unverified]",
-// " [container RUNTIME:ID]", or nothing for a verified program (or one recorded
-// before latch checked identities, or no program at all).
-func identityTag(exe string, id engine.Identity, container string) string {
+// " [container RUNTIME:ID NAME]" (NAME escaped; for a user's own container,
+// "RUNTIME@UID:ID", marked as that user's name), or nothing for a verified program
+// (or one recorded before latch checked identities, or no program at all).
+func identityTag(exe string, id engine.Identity, container, name string) string {
 	if exe == "" {
 		return ""
 	}
@@ -26,9 +28,23 @@ func identityTag(exe string, id engine.Identity, container string) string {
 	case engine.IdentityUnverified:
 		return " [unverified]"
 	case engine.IdentityContainer:
-		return " [container " + shortContainer(container) + "]"
+		return " [container " + shortContainer(container) + containerNameTag(container, name) + "]"
 	}
 	return ""
+}
+
+// containerNameTag is how text shows the runtime's name of container: " NAME"
+// escaped (quoted where it holds a space), and for a user's own container
+// ("RUNTIME@UID:ID") " NAME (its user's name)", since that user's files gave it;
+// "" without a name.
+func containerNameTag(container, name string) string {
+	if name == "" {
+		return ""
+	}
+	if rt, _, _ := strings.Cut(container, ":"); strings.Contains(rt, "@") {
+		return " " + field(name) + " (its user's name)"
+	}
+	return " " + field(name)
 }
 
 // shortContainer shortens "RUNTIME:ID" with a 64-digit id to 12 digits, as docker

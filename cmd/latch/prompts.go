@@ -73,7 +73,7 @@ func runPrompts(ctx context.Context, args []string) error {
 	fmt.Fprintln(tw, "ID\tEXE\tPID\tUSER\tDIR\tPROTO\tREMOTE\tHELD\tEXPIRES\tNETNS")
 	now := time.Now()
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", p.ID, programOf(p.Exe, p.Identity, p.Container)+identityLabels(p.Unit, p.AppID, p.Parents), pidOrDash(p.PID),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", p.ID, programOf(p.Exe, p.Identity, p.Container, p.ContainerName)+identityLabels(p.Unit, p.AppID, p.Parents), pidOrDash(p.PID),
 			userOf(p.User, p.UID), p.Direction, p.Proto, remoteOf(p.RemoteIP, p.RemotePort, p.Host, p.HostSource, p.Note), p.Held,
 			max(p.Expires.Sub(now), 0).Round(time.Second), field(p.Netns))
 	}

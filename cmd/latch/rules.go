@@ -48,7 +48,9 @@ Identity beyond the executable (each narrows the rule; see README "Program ident
   --parent PATH|GLOB  any ancestor (up to 8 up) whose executable is verified like --app's
   --unit NAME         the systemd system unit (from the cgroup under system.slice)
   --container ID|NAME a container: its id (12+ leading hex digits do), its name (lxc,
-                      machined), or RUNTIME:ID as 'latch conns' shows it
+                      machined; docker and podman as the runtime names it now, so a
+                      new container given the name matches too), RUNTIME:NAME, or
+                      RUNTIME:ID as 'latch conns' shows it
   --pin               pin the executable's content (SHA-256 of the file at --app now):
                       the rule stops matching when the file changes, and the question
                       then says "the program at PATH changed since you allowed it"

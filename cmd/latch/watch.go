@@ -236,7 +236,7 @@ func (w *watcher) add(p api.Prompt) {
 		w.next()
 	} else {
 		exe, _ := w.shortExe(p.Exe, w.width()/2)
-		fmt.Fprintf(w.out, "\n  (question %d queued: %s%s to %s)\n", p.ID, exe, identityTag(p.Exe, p.Identity, p.Container), w.remote(p))
+		fmt.Fprintf(w.out, "\n  (question %d queued: %s%s to %s)\n", p.ID, exe, identityTag(p.Exe, p.Identity, p.Container, p.ContainerName), w.remote(p))
 		w.promptLine()
 	}
 }
@@ -283,7 +283,7 @@ func (w *watcher) next() {
 		user, _ = shortField(p.User, 24)
 	}
 	head := fmt.Sprintf("question %d: ", p.ID)
-	tail := identityTag(p.Exe, p.Identity, p.Container) + fmt.Sprintf(" (pid %s, user %s)", pidOrDash(p.PID), user)
+	tail := identityTag(p.Exe, p.Identity, p.Container, p.ContainerName) + fmt.Sprintf(" (pid %s, user %s)", pidOrDash(p.PID), user)
 	exe, cut := w.shortExe(p.Exe, width-textesc.Width(head)-textesc.Width(tail)-1)
 	fmt.Fprintf(w.out, "\n%s%s%s\n", head, exe, tail)
 	if cut {

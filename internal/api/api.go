@@ -167,9 +167,13 @@ type Prompt struct {
 	// Identity: "verified" (exe is the host's file the process runs), "unverified"
 	// or "container" (app rules do not match it, and an answer cannot be
 	// remembered as a rule), "" (no process). See engine.Identity.
-	Identity     engine.Identity `json:"identity"`
-	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" when identity is "container"
-	IdentityNote string          `json:"identity_note,omitempty"` // why the identity is not verified
+	Identity  engine.Identity `json:"identity"`
+	Container string          `json:"container,omitempty"` // "RUNTIME:ID" when identity is "container"
+	// ContainerName is the name docker or podman gives the container (from its own
+	// state; for a user's own "RUNTIME@UID:ID" container that user's claim), exact
+	// bytes; "" if none.
+	ContainerName string `json:"container_name,omitempty"`
+	IdentityNote  string `json:"identity_note,omitempty"` // why the identity is not verified
 	// Netns names the sending network namespace of a forwarded connection.
 	Netns     string    `json:"netns,omitempty"`
 	Unit      string    `json:"unit,omitempty"`       // systemd system unit
@@ -209,15 +213,17 @@ type Conn struct {
 	Note string `json:"note,omitempty"`
 	// Identity as in Prompt; "" also for connections recorded before latch
 	// checked identities.
-	Identity     engine.Identity `json:"identity"`
-	Container    string          `json:"container,omitempty"`
-	IdentityNote string          `json:"identity_note,omitempty"`
-	Unit         string          `json:"unit,omitempty"`
-	AppID        string          `json:"app_id,omitempty"`
-	Parents      []string        `json:"parents,omitempty"`
-	Verdict      engine.Action   `json:"verdict"`
-	Reason       engine.Reason   `json:"reason"`
-	RuleID       engine.RuleID   `json:"rule_id"`
+	Identity  engine.Identity `json:"identity"`
+	Container string          `json:"container,omitempty"`
+	// ContainerName as in Prompt.
+	ContainerName string        `json:"container_name,omitempty"`
+	IdentityNote  string        `json:"identity_note,omitempty"`
+	Unit          string        `json:"unit,omitempty"`
+	AppID         string        `json:"app_id,omitempty"`
+	Parents       []string      `json:"parents,omitempty"`
+	Verdict       engine.Action `json:"verdict"`
+	Reason        engine.Reason `json:"reason"`
+	RuleID        engine.RuleID `json:"rule_id"`
 	// BytesIn and BytesOut are what an allowed flow moved (received and sent by the
 	// local program, IP headers included) as last reported: every report interval
 	// while it lasts, and when it ends. 0 without byte accounting.
@@ -272,7 +278,7 @@ func PromptView(p *engine.Prompt) Prompt {
 		LocalIP: addrString(r.Local.Addr()), LocalPort: r.Local.Port(),
 		RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		Host: r.Host, Netns: r.Netns, HostSource: r.HostSource, Note: joinNotes(r.Note, p.Note), Held: p.Held, Opened: p.Opened, Expires: p.Expires, ExeSHA256: r.ExeSHA256,
-		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
+		Identity: r.Identity, Container: r.Container, ContainerName: r.ContainerName, IdentityNote: r.IdentityNote,
 		Unit: r.Unit, AppID: r.AppID, Parents: r.Parents,
 	}
 }
@@ -287,7 +293,7 @@ func ConnView(c *store.Conn) Conn {
 		PID: r.PID, Exe: r.Exe, UID: r.UID, User: r.User, Cmdline: r.Cmdline, Host: r.Host,
 		HostSource: r.HostSource, Note: r.Note,
 		Verdict: c.Verdict.Action, Reason: c.Verdict.Reason, RuleID: c.Verdict.RuleID, Mode: c.Verdict.Mode,
-		Identity: r.Identity, Container: r.Container, IdentityNote: r.IdentityNote,
+		Identity: r.Identity, Container: r.Container, ContainerName: r.ContainerName, IdentityNote: r.IdentityNote,
 		BytesIn: c.BytesIn, BytesOut: c.BytesOut, Netns: r.Netns,
 		Unit: r.Unit, AppID: r.AppID, Parents: r.Parents,
 	}

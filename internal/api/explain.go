@@ -50,12 +50,16 @@ type ExplainedConn struct {
 	UID        int32            `json:"uid"` // -1: unknown
 	User       string           `json:"user"`
 	Host       string           `json:"host,omitempty"`
+	// Container and ContainerName: the container, as in Conn (a past connection's).
+	Container     string `json:"container,omitempty"`
+	ContainerName string `json:"container_name,omitempty"`
 }
 
 func explainedConn(r *engine.Request) ExplainedConn {
 	return ExplainedConn{
 		Direction: r.Direction, Proto: r.Protocol, RemoteIP: addrString(r.Remote.Addr()), RemotePort: r.Remote.Port(),
 		LocalPort: r.Local.Port(), Exe: r.Exe, UID: r.UID, User: r.User, Host: r.Host,
+		Container: r.Container, ContainerName: r.ContainerName,
 	}
 }
 

@@ -6,7 +6,7 @@ import (
 )
 
 // RawText carries the exact bytes of a record's text fields that are not valid UTF-8,
-// by field name ("exe", "user", "cmdline", "host"). A JSON string holds Unicode text:
+// by field name ("exe", "user", "cmdline", "host", "container_name"). A JSON string holds Unicode text:
 // encoding/json writes each byte that is not valid UTF-8 as U+FFFD, so a path such as
 // "/tmp/a\xff" would reach clients as "/tmp/a\ufffd", the same as "/tmp/a\xfe". In
 // JSON the exact bytes are base64 ("raw": {"exe": "L3RtcC9h/w=="}); the key is absent
@@ -52,11 +52,11 @@ func asJSONText(b []byte) string {
 }
 
 func (p *Prompt) textFields() map[string]*string {
-	return map[string]*string{"exe": &p.Exe, "user": &p.User, "cmdline": &p.Cmdline, "host": &p.Host}
+	return map[string]*string{"exe": &p.Exe, "user": &p.User, "cmdline": &p.Cmdline, "host": &p.Host, "container_name": &p.ContainerName}
 }
 
 func (c *Conn) textFields() map[string]*string {
-	return map[string]*string{"exe": &c.Exe, "user": &c.User, "cmdline": &c.Cmdline, "host": &c.Host}
+	return map[string]*string{"exe": &c.Exe, "user": &c.User, "cmdline": &c.Cmdline, "host": &c.Host, "container_name": &c.ContainerName}
 }
 
 // MarshalJSON writes p with Raw holding the exact bytes of fields that are not UTF-8.

@@ -100,6 +100,9 @@ type Explanation struct {
 	// Losers are the other rules that match, best first, each with the step at which
 	// the deciding rule beat it.
 	Losers []Loser `json:"losers"`
+	// Notes say what a person should know about how the deciding rule matched, e.g.
+	// that its container matched by the name the runtime gives the container now.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Loser is a rule that matches a request but does not decide it.
@@ -121,6 +124,9 @@ func (e *Engine) Explain(req *Request) Explanation {
 	if win != nil {
 		r := win.Rule
 		ex.Outcome, ex.Rule, ex.Action = OutcomeRule, &r, win.Action
+		if r.Container != "" && containerMatchedByName(r.Container, req.Container, req.ContainerName) {
+			ex.Notes = append(ex.Notes, ContainerNameNote(r.Container))
+		}
 	}
 	// m.rules is in precedence order, so the losers come out best first.
 	for _, c := range m.rules {

@@ -3,6 +3,7 @@ package engine
 import (
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -264,4 +265,32 @@ func TestRuleHits(t *testing.T) {
 	}
 	want[1] = RuleHits{ID: 1}
 	check("after an import changed rule 1")
+}
+
+// TestExplainContainerByName: a rule naming a container by the name its runtime gives
+// it decides that container's connection, and Explain says it matched by name (a new
+// container given the name would match too); a rule naming the id says nothing of
+// the kind; a user's own container of the same name is not matched.
+func TestExplainContainerByName(t *testing.T) {
+	const id = "4bd8f2a1c3e5d7f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7"
+	clk := newClock()
+	e := newEngine(t, Config{Now: clk.Now, Default: Reject},
+		Rule{ID: 1, Container: "web-1", Port: PortRange{443, 443}, Action: Allow},
+		Rule{ID: 2, Container: id[:12], Port: PortRange{80, 80}, Action: Allow},
+	)
+	req := curlReq()
+	req.Identity, req.Container, req.ContainerName = IdentityContainer, "docker:"+id, "web-1"
+	ex := e.Explain(req)
+	if ex.Rule == nil || ex.Rule.ID != 1 || len(ex.Notes) != 1 || !strings.Contains(ex.Notes[0], "matched by the name") {
+		t.Errorf("explanation %+v: want rule 1, with a note that it matched by name", ex)
+	}
+	req.Remote = netip.AddrPortFrom(req.Remote.Addr(), 80)
+	if ex := e.Explain(req); ex.Rule == nil || ex.Rule.ID != 2 || len(ex.Notes) != 0 {
+		t.Errorf("explanation %+v: want rule 2 (by id), no note", ex)
+	}
+	req.Remote = netip.AddrPortFrom(req.Remote.Addr(), 443)
+	req.Container = "docker@1000:" + id
+	if ex := e.Explain(req); ex.Rule != nil {
+		t.Errorf("a user's own container named web-1: explanation %+v; want no rule", ex)
+	}
 }

@@ -118,7 +118,7 @@ func (c *compiledRule) identityMatches(req *Request) bool {
 	if c.Unit != "" && c.Unit != req.Unit {
 		return false
 	}
-	if c.Container != "" && !containerMatches(c.Container, req.Container) {
+	if c.Container != "" && !containerMatches(c.Container, req.Container, req.ContainerName) {
 		return false
 	}
 	if c.AppID != "" && c.AppID != req.AppID {
@@ -139,12 +139,16 @@ func parentMatches(p *appPattern, parents []string) bool {
 }
 
 // containerMatches compares a rule's container with a request's "RUNTIME:ID" (or
-// "RUNTIME:NAME" for lxc and machined): the whole label, the ID or name after the
-// runtime, or a prefix of at least 12 characters of a 64-digit ID (docker's short ID).
+// "RUNTIME:NAME" for lxc and machined) and the name its runtime gives it (name, ""
+// if none): the whole label, the ID or name after the runtime, a prefix of at least
+// 12 characters of a 64-digit ID (docker's short ID), or the runtime's name alone
+// or after "RUNTIME:". A name is matched as the runtime names the container now: a
+// new container given the name of a removed one matches the same rules.
 // A request's "RUNTIME@UID:ID" is a container in user UID's own cgroup tree, named by
 // that user's programs: only a rule naming "RUNTIME@UID:" with its ID (or 12+ digit
-// prefix) matches it, never a rule for a system container of the same ID or name.
-func containerMatches(rule, req string) bool {
+// prefix) or its name matches it, never a rule for a system container of the same ID
+// or name.
+func containerMatches(rule, req, name string) bool {
 	if req == "" {
 		return false
 	}
@@ -161,11 +165,25 @@ func containerMatches(rule, req string) bool {
 			return false
 		}
 		rule = rid
+	} else if rrt, rid, ok := strings.Cut(rule, ":"); ok && rrt == rt && name != "" && rid == name {
+		return true
 	}
-	if rule == id {
+	if rule == id || name != "" && rule == name {
 		return true
 	}
 	return len(id) == 64 && len(rule) >= 12 && len(rule) < 64 && strings.HasPrefix(id, rule)
+}
+
+// containerMatchedByName reports whether a rule's container matches a request's
+// container by the runtime's name only, not by its label or id.
+func containerMatchedByName(rule, req, name string) bool {
+	return name != "" && containerMatches(rule, req, name) && !containerMatches(rule, req, "")
+}
+
+// ContainerNameNote says that a rule naming container matched a container by the
+// name its runtime gives it now (see containerMatches).
+func ContainerNameNote(container string) string {
+	return "container " + container + " matched by the name the container's runtime gives it now, not by its id: a new container given this name (after the old one is removed) matches this rule too"
 }
 
 // validOwner reports whether a rule's container has at most one '@', and if so in

@@ -288,8 +288,33 @@ func TestContainerMatchesUserOwned(t *testing.T) {
 		{"docker@1001:" + id, "docker@1000:" + id, false},
 		{"docker@1000:" + id, "docker:" + id, false},
 	} {
-		if got := containerMatches(tc.rule, tc.req); got != tc.want {
+		if got := containerMatches(tc.rule, tc.req, ""); got != tc.want {
 			t.Errorf("containerMatches(%q, %q) = %v, want %v", tc.rule, tc.req, got, tc.want)
+		}
+	}
+	// With the runtime's name of the container: a system container's name matches
+	// alone or after its runtime; a user's own container's name (the user's claim)
+	// only after "RUNTIME@UID:", never a rule naming a system container.
+	for _, tc := range []struct {
+		rule, req, name string
+		want            bool
+	}{
+		{"web-1", "docker:" + id, "web-1", true},
+		{"docker:web-1", "docker:" + id, "web-1", true},
+		{"podman:web-1", "docker:" + id, "web-1", false},
+		{"web-2", "docker:" + id, "web-1", false},
+		{"web-1", "docker:" + id, "", false},
+		{"docker:web-1", "docker:" + id, "", false},
+		{id[:12], "docker:" + id, "web-1", true},
+		{"web-1", "podman@1000:" + id, "web-1", false},
+		{"podman:web-1", "podman@1000:" + id, "web-1", false},
+		{"podman@1000:web-1", "podman@1000:" + id, "web-1", true},
+		{"podman@1001:web-1", "podman@1000:" + id, "web-1", false},
+		{"podman@1000:web-1", "podman:" + id, "web-1", false},
+		{"", "docker:" + id, "", false},
+	} {
+		if got := containerMatches(tc.rule, tc.req, tc.name); got != tc.want {
+			t.Errorf("containerMatches(%q, %q, name %q) = %v, want %v", tc.rule, tc.req, tc.name, got, tc.want)
 		}
 	}
 	for _, c := range []string{"podman@1000:" + id, "machine@0:box"} {

@@ -224,6 +224,11 @@ type Request struct {
 	// Container names the container the process runs in, as "RUNTIME:ID" (e.g.
 	// "docker:3f4e…"), when Identity is IdentityContainer.
 	Container string `json:"container,omitempty"`
+	// ContainerName is the name the container's runtime (docker, podman) gives it,
+	// read from the runtime's own state ("" if none): for a system container from
+	// root's files, for a user's own ("RUNTIME@UID:ID") from that user's files, so
+	// their claim. Untrusted text: escape it for display.
+	ContainerName string `json:"container_name,omitempty"`
 	// IdentityNote says, when Identity is not IdentityVerified, why not (e.g. "the
 	// executable was deleted or replaced since the process started").
 	IdentityNote string `json:"identity_note,omitempty"`

@@ -3,6 +3,7 @@ package procattr
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/latchfw/latch/internal/containername"
 	"github.com/latchfw/latch/internal/engine"
 )
 
@@ -391,3 +393,10 @@ func unescapeSystemd(s string) string {
 	}
 	return b.String()
 }
+
+// containerNames reads docker's and podman's names of the containers containerOf
+// finds, from the runtimes' state in the daemon's own view of the file system (the
+// packaged unit leaves /var/lib and /home readable).
+var containerNames = containername.New(containername.Options{
+	Logf: func(format string, args ...any) { slog.Warn(fmt.Sprintf(format, args...)) },
+})

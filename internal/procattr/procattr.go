@@ -91,14 +91,17 @@ type Process struct {
 	Method  string `json:"method,omitempty"`  // which method found the pid (MethodEBPF, MethodProcfs)
 	// Identity says whether Exe is the host's name of the file the process runs
 	// (engine.IdentityVerified), or not; see the package doc.
-	Identity     engine.Identity `json:"identity"`
-	Container    string          `json:"container,omitempty"`     // "RUNTIME:ID" for engine.IdentityContainer
-	IdentityNote string          `json:"identity_note,omitempty"` // why Identity is not verified
-	Unit         string          `json:"unit,omitempty"`          // systemd system unit (cgroup under system.slice)
-	AppID        string          `json:"app_id,omitempty"`        // flatpak or snap app id (cgroup name)
-	Parents      []string        `json:"parents,omitempty"`       // ancestors' executables, parent first; "" where not verified
-	ExeSHA256    string          `json:"exe_sha256,omitempty"`    // the executable's SHA-256 (hex); "" while it is being hashed
-	ExeFile      engine.FileID   `json:"-"`                       // the executable file as the kernel names it; zero: unknown
+	Identity  engine.Identity `json:"identity"`
+	Container string          `json:"container,omitempty"` // "RUNTIME:ID" for engine.IdentityContainer
+	// ContainerName is the name docker or podman gives Container, from the runtime's
+	// own state (see package containername); "" if none.
+	ContainerName string        `json:"container_name,omitempty"`
+	IdentityNote  string        `json:"identity_note,omitempty"` // why Identity is not verified
+	Unit          string        `json:"unit,omitempty"`          // systemd system unit (cgroup under system.slice)
+	AppID         string        `json:"app_id,omitempty"`        // flatpak or snap app id (cgroup name)
+	Parents       []string      `json:"parents,omitempty"`       // ancestors' executables, parent first; "" where not verified
+	ExeSHA256     string        `json:"exe_sha256,omitempty"`    // the executable's SHA-256 (hex); "" while it is being hashed
+	ExeFile       engine.FileID `json:"-"`                       // the executable file as the kernel names it; zero: unknown
 }
 
 // Options configure a Resolver. The zero value enables every method the kernel allows.

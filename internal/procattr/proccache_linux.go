@@ -240,6 +240,11 @@ func (e *procEntry) process(p *Process) {
 		p.Exe = trimDeleted(e.exe)
 	}
 	p.Identity, p.Container, p.IdentityNote = e.ident.status, e.ident.container, e.ident.note
+	if p.Container != "" {
+		// Looked up at every resolution (a cached map lookup), so a renamed
+		// container shows its new name without the process being looked at again.
+		p.ContainerName = containerNames.Name(p.Container)
+	}
 	p.Cmdline = e.cmdline
 	p.Unit, p.AppID, p.Parents = e.unit, e.appID, e.parents
 	p.ExeSHA256 = hashes.lookup(e.hashKey, e.dir.pid)

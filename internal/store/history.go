@@ -166,7 +166,8 @@ CREATE TABLE IF NOT EXISTS conns (
 	mode        TEXT    NOT NULL DEFAULT 'ask',
 	unit        TEXT    NOT NULL DEFAULT '',
 	app_id      TEXT    NOT NULL DEFAULT '',
-	parents     TEXT    NOT NULL DEFAULT ''
+	parents     TEXT    NOT NULL DEFAULT '',
+	container_name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
@@ -212,6 +213,8 @@ var addedColumns = []struct{ name, def string }{
 	{"app_id", "TEXT NOT NULL DEFAULT ''"},
 	// The ancestors' executables, parent first, each ending in a NUL byte.
 	{"parents", "TEXT NOT NULL DEFAULT ''"},
+	// The name docker or podman gives the container (rows from before: none).
+	{"container_name", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
@@ -723,7 +726,7 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
 			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note,
 			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns,
-			c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents))
+			c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents), r.ContainerName)
 		if err := flush(false); err != nil {
 			return err
 		}
@@ -743,7 +746,7 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 // Multi-row inserts of connections: insertCols values per row, at most insertRows
 // rows per statement (SQLite allows 32766 variables).
 const (
-	insertCols = 30
+	insertCols = 31
 	insertRows = 64
 )
 
@@ -753,7 +756,7 @@ func insertConns(n int) string {
 	b.WriteString(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
 		identity, container, identity_note, host_source, note,
-		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents) VALUES `)
+		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents, container_name) VALUES `)
 	row := "(" + strings.Repeat("?, ", insertCols-1) + "?)"
 	for i := range n {
 		if i > 0 {
@@ -832,7 +835,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 
 // connCols are the columns scanConns reads, in order.
 const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
-		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note, bytes_in, bytes_out, netns, mode, unit, app_id, parents`
+		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note, bytes_in, bytes_out, netns, mode, unit, app_id, parents, container_name`
 
 // scanConns reads rows of connCols and closes them.
 func scanConns(rows *sql.Rows) ([]Conn, error) {
@@ -851,7 +854,7 @@ func scanConns(rows *sql.Rows) ([]Conn, error) {
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
-			&identity, &r.Container, &r.IdentityNote, &r.HostSource, &r.Note, &bytesIn, &bytesOut, &r.Netns, &mode, &r.Unit, &r.AppID, &parents); err != nil {
+			&identity, &r.Container, &r.IdentityNote, &r.HostSource, &r.Note, &bytesIn, &bytesOut, &r.Netns, &mode, &r.Unit, &r.AppID, &parents, &r.ContainerName); err != nil {
 			return nil, fmt.Errorf("history: %w", err)
 		}
 		c.Time = time.Unix(0, timeNS)

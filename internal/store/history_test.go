@@ -49,6 +49,7 @@ func testConn(i int) Conn {
 	case 2:
 		c.Request.Identity = engine.IdentityContainer
 		c.Request.Container = "docker:" + strings.Repeat("ab", 32)
+		c.Request.ContainerName = "web-1\x1b[2K\xff" // exact bytes, whatever they are
 		c.Request.IdentityNote = "runs in container"
 	}
 	return c
@@ -110,9 +111,9 @@ func TestHistoryKeepsIdentity(t *testing.T) {
 	for k, c := range got[1:] {
 		want := testConn(3 + k).Request
 		r := c.Request
-		if r.Identity != want.Identity || r.Container != want.Container || r.IdentityNote != want.IdentityNote {
-			t.Errorf("row %d: identity %q container %q note %q; want %q %q %q", k+1,
-				r.Identity, r.Container, r.IdentityNote, want.Identity, want.Container, want.IdentityNote)
+		if r.Identity != want.Identity || r.Container != want.Container || r.IdentityNote != want.IdentityNote || r.ContainerName != want.ContainerName {
+			t.Errorf("row %d: identity %q container %q (name %q) note %q; want %q %q (%q) %q", k+1,
+				r.Identity, r.Container, r.ContainerName, r.IdentityNote, want.Identity, want.Container, want.ContainerName, want.IdentityNote)
 		}
 		if m, w := c.Verdict.Mode, testConn(3+k).Verdict.Mode; m != w {
 			t.Errorf("row %d: mode %v, want %v", k+1, m, w)

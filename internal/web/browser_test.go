@@ -297,3 +297,60 @@ func TestBrowserLoginPage(t *testing.T) {
 		t.Errorf("fetch with the key: %v, want 200", code)
 	}
 }
+
+// TestBrowserContainerNames: the name docker or podman gives a container is shown,
+// escaped, with its id on the question card, the live row and the program's
+// connections; a user's own container's name is marked as that user's.
+func TestBrowserContainerNames(t *testing.T) {
+	f := newFixture(t)
+	id := strings.Repeat("0123456789abcdef", 4)
+	hostile := "web\x1b[2K\rfirefox\u202E"
+	const shown = `web\x1b[2K\x0dfirefox\u{202E}`
+	exe := "/usr/sbin/nginx"
+	req := engine.Request{Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:40000"), Remote: netip.MustParseAddrPort("198.18.0.2:443"),
+		PID: 4242, Exe: exe, User: "alice", UID: 1000,
+		Identity: engine.IdentityContainer, Container: "docker:" + id, ContainerName: hostile}
+	f.hist.Record(store.Conn{Time: time.Now(), Request: req, Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}})
+	f.hist.Flush()
+	ctx := browser.New(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(expr string) {
+		t.Helper()
+		if err := browser.WaitJS(ctx, expr, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait(`document.querySelector('nav.top') !== null`)
+	q := req
+	q.Container, q.ContainerName = "podman@1000:"+id, "db-1"
+	f.eng.Decide(&q, func(engine.Verdict) {})
+	wait(`document.querySelectorAll('.card').length === 1`)
+	text, _ := browser.Eval[string](ctx, `document.querySelector('.card').innerText`)
+	if !strings.Contains(text, "in container podman@1000:0123456789ab db-1 (its user's name)") {
+		t.Errorf("question card shows %q; want the container, its name, marked as its user's", text)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.base+"/#/live")); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelectorAll('.lrow.conn').length === 1`)
+	text, _ = browser.Eval[string](ctx, `document.querySelector('.lrow.conn .app').innerText`)
+	if !strings.Contains(text, "[docker:0123456789ab "+shown+"]") {
+		t.Errorf("live row shows %q; want the container and its escaped name", text)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.base+"/#/programs/"+exe)); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelectorAll('.program tbody tr').length === 1`)
+	text, _ = browser.Eval[string](ctx, `document.querySelector('.program tbody td.ctr').innerText`)
+	if text != "docker:0123456789ab "+shown {
+		t.Errorf("program's connection shows container %q; want %q", text, "docker:0123456789ab "+shown)
+	}
+	body, _ := browser.Eval[string](ctx, `document.body.innerText`)
+	if strings.ContainsAny(body, "\x1b\r\u202E") {
+		t.Errorf("a page shows raw control characters: %q", body)
+	}
+	browser.Screenshot(t, ctx, "container-names")
+}

@@ -614,6 +614,7 @@ func (b *Backend) attribute(req *engine.Request, ifindex int) {
 	}
 	req.PID, req.Exe, req.User, req.Cmdline = p.PID, p.Exe, p.User, p.Cmdline
 	req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
+	req.ContainerName = p.ContainerName
 	req.Unit, req.AppID, req.Parents = p.Unit, p.AppID, p.Parents
 	req.ExeSHA256, req.ExeFile = p.ExeSHA256, p.ExeFile
 	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
@@ -679,6 +680,7 @@ func (b *Backend) attributeForwarded(fr ForwardResolver, req *engine.Request) {
 	}
 	req.PID, req.Exe, req.User, req.Cmdline, req.Netns = p.PID, p.Exe, p.User, p.Cmdline, ns.Name
 	req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
+	req.ContainerName = p.ContainerName
 	// The rest of the identity too, as for a local socket: --unit, --parent,
 	// --app-id and pinned rules apply to forwarded connections alike.
 	req.Unit, req.AppID, req.Parents = p.Unit, p.AppID, p.Parents
