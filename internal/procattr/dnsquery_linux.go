@@ -36,7 +36,7 @@ import (
 // the address and port (SO_REUSEADDR or SO_REUSEPORT) or one closed and the other
 // took its port; if both datagrams are sent before the resolver reads the first, the
 // program counts the second one in the record's others, and Resolve credits neither
-// (ErrNoSocket) rather than guess. A record older than dnsQueryFresh (one the
+// (ErrNoSocket) rather than guess: it puts the record back, marked, for the other. A record older than dnsQueryFresh (one the
 // resolver never read: its queue overflowed) is not used.
 //
 // Resolve credits the process only when the record identifies it exactly (the
@@ -59,6 +59,12 @@ type DNSQueries struct {
 
 // dnsQueryFresh is how old a record may be when the resolver reads its datagram.
 const dnsQueryFresh = 2 * time.Second
+
+// dq_sender flags (see bpf/dnsquery.c).
+const (
+	dnsQueryRecord    = 1 // Rec is the socket's record
+	dnsQueryAmbiguous = 2 // not to be credited
+)
 
 // dnsQuerySenderSize is the map value's size (struct dq_sender).
 const dnsQuerySenderSize = 96
@@ -181,17 +187,24 @@ func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process,
 	if !q.closed && server == q.server && client.IsValid() && client.Addr().Is4() == server.Addr().Is4() {
 		key := dnsqueryDqKey{Client: client.Addr().As16(), Server: server.Addr().As16(),
 			ClientPort: client.Port(), ServerPort: server.Port(), Id: id}
-		v, ok = q.take(&key)
+		if v, ok = q.take(&key); ok && v.Others != 0 {
+			// The other datagrams are not to be credited either: the record goes
+			// back for them, marked.
+			back := v
+			back.Others--
+			back.Flags |= dnsQueryAmbiguous
+			q.sends.Update(&key, &back, ebpf.UpdateAny)
+		}
 	}
 	q.mu.RUnlock()
 	if !ok {
 		q.missing.Add(1)
 		return q.r.Resolve(engine.UDP, client, server, -1)
 	}
-	if v.Others != 0 {
+	if v.Others != 0 || v.Flags&dnsQueryAmbiguous != 0 {
 		q.ambiguous.Add(1)
-		return unknown(), fmt.Errorf("procattr: udp %v -> %v id %d: %d other sockets sent a query with this address, port and id before it was read: %w",
-			client, server, id, v.Others, ErrNoSocket)
+		return unknown(), fmt.Errorf("procattr: udp %v -> %v id %d: several sockets sent a query with this address, port and id before it was read: %w",
+			client, server, id, ErrNoSocket)
 	}
 	if p, ok := q.r.identifiedSender(v); ok {
 		q.fast.Add(1)
@@ -232,7 +245,7 @@ func (q *DNSQueries) take(key *dnsqueryDqKey) (dnsSender, bool) {
 // identifiedSender is the process the record v names, if the record identifies it
 // exactly and a cached process is bound to that identity (viaEBPF's first way).
 func (r *Resolver) identifiedSender(v dnsSender) (Process, bool) {
-	if v.Flags&1 == 0 {
+	if v.Flags&dnsQueryRecord == 0 {
 		return Process{}, false
 	}
 	r.life.RLock()

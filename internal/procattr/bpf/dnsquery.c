@@ -43,7 +43,8 @@ struct dq_key {
 	__u16 pad;
 };
 
-#define DQ_RECORD 1 // rec is the socket's record (else it had none)
+#define DQ_RECORD 1    // rec is the socket's record (else it had none)
+#define DQ_AMBIGUOUS 2 // set by the resolver: a datagram with this key is not to be credited
 
 struct dq_sender {
 	__u64 cookie;  // the sending socket's cookie
@@ -97,7 +98,7 @@ static __always_inline int record(struct __sk_buff *skb, struct dq_key *key)
 		struct dq_sender *old = bpf_map_lookup_elem(&senders, key);
 		if (!old)
 			continue; // read (and deleted) meanwhile: try again
-		if (old->cookie == v.cookie && old->others == 0) {
+		if (old->cookie == v.cookie && old->others == 0 && !(old->flags & DQ_AMBIGUOUS)) {
 			// The same socket again (a retransmission): the newer record.
 			bpf_map_update_elem(&senders, key, &v, BPF_EXIST);
 			return 1;
