@@ -51,6 +51,7 @@ const (
 	dnsqueryMapConns          = "conns"
 	dnsqueryMapSenders        = "senders"
 	dnsqueryProgLatchDnsquery = "latch_dnsquery"
+	dnsqueryVarNetnsCookie    = "netns_cookie"
 	dnsqueryVarServerAddr     = "server_addr"
 	dnsqueryVarServerIs4      = "server_is4"
 	dnsqueryVarServerPort     = "server_port"
@@ -113,9 +114,10 @@ type dnsqueryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dnsqueryVariableSpecs struct {
-	ServerAddr *ebpf.VariableSpec `ebpf:"server_addr"`
-	ServerIs4  *ebpf.VariableSpec `ebpf:"server_is4"`
-	ServerPort *ebpf.VariableSpec `ebpf:"server_port"`
+	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	ServerAddr  *ebpf.VariableSpec `ebpf:"server_addr"`
+	ServerIs4   *ebpf.VariableSpec `ebpf:"server_is4"`
+	ServerPort  *ebpf.VariableSpec `ebpf:"server_port"`
 }
 
 // dnsqueryObjects contains all objects after they have been loaded into the kernel.
@@ -153,9 +155,10 @@ func (m *dnsqueryMaps) Close() error {
 //
 // It can be passed to loadDnsqueryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dnsqueryVariables struct {
-	ServerAddr *ebpf.Variable `ebpf:"server_addr"`
-	ServerIs4  *ebpf.Variable `ebpf:"server_is4"`
-	ServerPort *ebpf.Variable `ebpf:"server_port"`
+	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	ServerAddr  *ebpf.Variable `ebpf:"server_addr"`
+	ServerIs4   *ebpf.Variable `ebpf:"server_is4"`
+	ServerPort  *ebpf.Variable `ebpf:"server_port"`
 }
 
 // dnsqueryPrograms contains all programs after they have been loaded into the kernel.

@@ -108,7 +108,11 @@ func (r *Resolver) WatchDNSQueries(server netip.AddrPort, cgroupPath string) (q 
 	if server.Addr().Is4() {
 		is4 = 1
 	}
-	for name, v := range map[string]any{dnsqueryVarServerAddr: server.Addr().As16(),
+	netns, err := r.diag.netnsCookie()
+	if err != nil {
+		return nil, fmt.Errorf("procattr: DNS query records: %w", err)
+	}
+	for name, v := range map[string]any{dnsqueryVarNetnsCookie: netns, dnsqueryVarServerAddr: server.Addr().As16(),
 		dnsqueryVarServerPort: server.Port(), dnsqueryVarServerIs4: is4} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("procattr: DNS query records: set %s: %w", name, err)
@@ -287,4 +291,18 @@ func (r *Resolver) resolveCookie(proto engine.Protocol, local, remote netip.Addr
 		return p, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
 	}
 	return p, nil
+}
+
+// netnsCookie is the cookie of the network namespace whose sockets d finds (that of
+// its netlink sockets).
+func (d *sockDiag) netnsCookie() (uint64, error) {
+	c := <-d.pool
+	defer func() { d.pool <- c }()
+	var cookie uint64
+	l := uint32(8)
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(c.fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE,
+		uintptr(unsafe.Pointer(&cookie)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		return 0, fmt.Errorf("getsockopt SO_NETNS_COOKIE (Linux 5.14+): %w", e)
+	}
+	return cookie, nil
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/latchfw/latch/internal/engine"
 )
 
@@ -217,4 +219,64 @@ func TestDNSQueriesChecks(t *testing.T) {
 	}
 	p, err := q.Resolve(from, srv.addr, helperID)
 	wantProcess(t, p, err, c.pid(), MethodEBPF)
+}
+
+// TestDNSQueriesForgedSource: a datagram forged from a raw socket with the address
+// and port of another program's socket (which sent a query of its own) is not
+// credited to that program: its record names the raw socket, which is not the
+// socket at that address. (A lookup of the socket at the address, Resolve's way,
+// credits the program whose address was forged.)
+func TestDNSQueriesForgedSource(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	srv := newDNSServer(t, ns, "127.0.0.1:0")
+	q := watchDNS(t, r, srv.addr)
+	victim := startClient(t, ns, "udp-connect", srv.addr)
+	from := srv.read(t)
+	p, err := q.Resolve(from, srv.addr, helperID)
+	wantProcess(t, p, err, victim.pid(), MethodEBPF)
+
+	var fd int
+	inNetns(t, ns, func() { fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	dgram := []byte{byte(victim.Local.Port() >> 8), byte(victim.Local.Port()), byte(srv.addr.Port() >> 8), byte(srv.addr.Port()),
+		0, 8 + 5, 0, 0, 'l', 'a', 't', 'c', 'h'}
+	if err := unix.Sendto(fd, dgram, 0, &unix.SockaddrInet4{Addr: srv.addr.Addr().As4()}); err != nil {
+		t.Fatal(err)
+	}
+	if from = srv.read(t); from != victim.Local {
+		t.Fatalf("forged datagram from %v, want %v", from, victim.Local)
+	}
+	if p, err := r.Resolve(engine.UDP, from, srv.addr, -1); p.PID != victim.pid() {
+		t.Logf("Resolve (the socket at the address) = pid %d, %v", p.PID, err)
+	}
+	p, err = q.Resolve(from, srv.addr, helperID)
+	if p.PID != 0 || !errors.Is(err, ErrNoSocket) {
+		t.Fatalf("forged query = pid %d (victim %d), %v; want none, ErrNoSocket", p.PID, victim.pid(), err)
+	}
+}
+
+// TestDNSQueriesOtherNamespace: a datagram sent to the resolver's address and port
+// in another network namespace (its own loopback, not the resolver) leaves no
+// record.
+func TestDNSQueriesOtherNamespace(t *testing.T) {
+	requireRoot(t)
+	ns, other := newNetns(t), newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	srv := newDNSServer(t, ns, "127.0.0.1:0")
+	q := watchDNS(t, r, srv.addr)
+	elsewhere := newDNSServer(t, other, srv.addr.String())
+	c := startClient(t, other, "udp-connect", srv.addr)
+	from := elsewhere.read(t)
+	p, err := q.Resolve(from, srv.addr, helperID)
+	if p.PID != 0 || err == nil {
+		t.Fatalf("a query in another namespace = pid %d (sender %d), %v; want none", p.PID, c.pid(), err)
+	}
+	if st := q.Stats(); st.Missing != 1 || st.Slow+st.Fast+st.Ambiguous != 0 {
+		t.Errorf("stats %+v: want no record", st)
+	}
 }

@@ -72,7 +72,9 @@ struct {
 	__type(value, struct dq_sender);
 } senders SEC(".maps");
 
-// The resolver's address (IPv4-mapped for IPv4) and port, set at load.
+// The resolver's network namespace (its cookie), address (IPv4-mapped for IPv4) and
+// port, set at load.
+volatile const __u64 netns_cookie;
 volatile const __u8 server_addr[16];
 volatile const __u16 server_port;
 volatile const __u8 server_is4;
@@ -183,6 +185,10 @@ int latch_dnsquery(struct __sk_buff *skb)
 	} else {
 		return 1;
 	}
+	// Another namespace's datagram to the same address goes to its own loopback,
+	// never to the resolver.
+	if (bpf_get_netns_cookie(skb) != netns_cookie)
+		return 1;
 	__u8 u[10]; // UDP header and the DNS id
 	if (bpf_skb_load_bytes(skb, off, u, sizeof(u)))
 		return 1;
