@@ -94,6 +94,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		if ap, err := netip.ParseAddrPort(o.DNSProxy); err == nil {
 			if queries, err = res.WatchDNSQueries(ap, ""); err != nil {
 				logf("local resolver: queries attributed through their sockets (sock_diag): %v", err)
+			} else {
+				logf("local resolver: each UDP query attributed by the kernel's record of the socket that sent it")
 			}
 		}
 	}
