@@ -255,7 +255,9 @@ func BenchmarkDNSQueryAttribution(b *testing.B) {
 	}{
 		{"none", nil},
 		{"record", func(client netip.AddrPort, id uint16) (Process, error) { return q.Resolve(client, server, id) }},
-		{"sock_diag", func(client netip.AddrPort, id uint16) (Process, error) { return r.Resolve(engine.UDP, client, server, -1) }},
+		{"sock_diag", func(client netip.AddrPort, id uint16) (Process, error) {
+			return r.Resolve(engine.UDP, client, server, -1)
+		}},
 	}
 	msg := []byte{0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}
 	buf := make([]byte, 64)
