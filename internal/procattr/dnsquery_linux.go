@@ -100,30 +100,13 @@ func (r *Resolver) WatchDNSQueries(server netip.AddrPort, cgroupPath string) (q 
 	if !server.IsValid() || server.Addr().IsUnspecified() || server.Port() == 0 {
 		return nil, fmt.Errorf("procattr: DNS query records: server %v: want one address and port", server)
 	}
-	spec, err := loadDnsquery()
-	if err != nil {
-		return nil, fmt.Errorf("procattr: DNS query records: %w", err)
-	}
-	var is4 uint8
-	if server.Addr().Is4() {
-		is4 = 1
-	}
 	netns, err := r.diag.netnsCookie()
 	if err != nil {
 		return nil, fmt.Errorf("procattr: DNS query records: %w", err)
 	}
-	for name, v := range map[string]any{dnsqueryVarNetnsCookie: netns, dnsqueryVarServerAddr: server.Addr().As16(),
-		dnsqueryVarServerPort: server.Port(), dnsqueryVarServerIs4: is4} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("procattr: DNS query records: set %s: %w", name, err)
-		}
-	}
-	spec.Maps[dnsqueryMapConns].MaxEntries = r.hooks.conns.MaxEntries()
-	var objs dnsqueryObjects
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{
-		MapReplacements: map[string]*ebpf.Map{dnsqueryMapConns: r.hooks.conns},
-	}); err != nil {
-		return nil, fmt.Errorf("procattr: DNS query records: load: %w", err)
+	objs, err := loadDNSQueryObjects(server, netns, r.hooks.conns)
+	if err != nil {
+		return nil, err
 	}
 	q = &DNSQueries{r: r, server: server, prog: objs.LatchDnsquery, sends: objs.Senders}
 	defer func() {
@@ -155,6 +138,33 @@ func (r *Resolver) WatchDNSQueries(server netip.AddrPort, cgroupPath string) (q 
 		return nil, fmt.Errorf("procattr: DNS query records: attach to cgroup %s: %w", cgroupPath, err)
 	}
 	return q, nil
+}
+
+// loadDNSQueryObjects loads the program for server in the network namespace with
+// cookie netns, reading the socket records in conns.
+func loadDNSQueryObjects(server netip.AddrPort, netns uint64, conns *ebpf.Map) (dnsqueryObjects, error) {
+	var objs dnsqueryObjects
+	spec, err := loadDnsquery()
+	if err != nil {
+		return objs, fmt.Errorf("procattr: DNS query records: %w", err)
+	}
+	var is4 uint8
+	if server.Addr().Is4() {
+		is4 = 1
+	}
+	for name, v := range map[string]any{dnsqueryVarNetnsCookie: netns, dnsqueryVarServerAddr: server.Addr().As16(),
+		dnsqueryVarServerPort: server.Port(), dnsqueryVarServerIs4: is4} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return objs, fmt.Errorf("procattr: DNS query records: set %s: %w", name, err)
+		}
+	}
+	spec.Maps[dnsqueryMapConns].MaxEntries = conns.MaxEntries()
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{
+		MapReplacements: map[string]*ebpf.Map{dnsqueryMapConns: conns},
+	}); err != nil {
+		return objs, fmt.Errorf("procattr: DNS query records: load: %w", err)
+	}
+	return objs, nil
 }
 
 // Server is the address and port whose queries q records.

@@ -126,7 +126,7 @@ int latch_dnsquery(struct __sk_buff *skb)
 		__u8 h[20];
 		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
 			return 1;
-		if ((h[0] >> 4) != 4 || h[9] != IPPROTO_UDP)
+		if ((h[0] >> 4) != 4 || (h[0] & 0xf) < 5 || h[9] != IPPROTO_UDP)
 			return 1;
 		if (((h[6] & 0x1f) | h[7]) != 0)
 			return 1; // not a first fragment: no UDP header
