@@ -108,7 +108,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		} else {
 			p, err = res.ResolveDev(proto, client, server, -1, 0)
 		}
-		if errors.Is(err, procattr.ErrNoProcess) && (proto != engine.UDP || queries == nil) {
+		if errors.Is(err, procattr.ErrNoProcess) {
 			// The socket is there but no method named its process yet: without the
 			// eBPF hooks, /proc is rescanned at most every 50 ms. The program waits
 			// for its answer meanwhile, so ask once more rather than learn its names
