@@ -231,12 +231,17 @@ func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process,
 // dnsSender is the map value.
 type dnsSender = dnsqueryDqSender
 
-// bootNow is CLOCK_BOOTTIME, the clock of the records' sent_ns.
-func bootNow() uint64 {
+// monoNow is CLOCK_MONOTONIC, the clock of the records' sent_ns (bpf_ktime_get_ns),
+// without a system call: the clock read once, then advanced by the monotonic reading
+// of Go's clock (the same kernel clock, read through the vDSO).
+func monoNow() uint64 { return monoBase + uint64(time.Since(monoBaseTime)) }
+
+var monoBase, monoBaseTime = func() (uint64, time.Time) {
 	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	return uint64(ts.Nano())
-}
+	t := time.Now()
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano()), t
+}()
 
 // mapKeyValueAttr is the BPF_MAP_LOOKUP_AND_DELETE_ELEM layout of union bpf_attr.
 type mapKeyValueAttr = mapLookupAttr
@@ -250,7 +255,8 @@ func (q *DNSQueries) take(key *dnsqueryDqKey) (dnsSender, bool) {
 	if errno != 0 {
 		return dnsSender{}, false
 	}
-	if now := bootNow(); v.SentNs > now || now-v.SentNs > uint64(dnsQueryFresh) {
+	// (A record a little ahead of monoNow is fresh: the two read the clock apart.)
+	if now := monoNow(); v.SentNs > now+uint64(time.Millisecond) || v.SentNs < now && now-v.SentNs > uint64(dnsQueryFresh) {
 		return dnsSender{}, false
 	}
 	return v, true

@@ -48,7 +48,7 @@ struct dq_key {
 
 struct dq_sender {
 	__u64 cookie;  // the sending socket's cookie
-	__u64 sent_ns; // bpf_ktime_get_boot_ns when it was sent
+	__u64 sent_ns; // bpf_ktime_get_ns (CLOCK_MONOTONIC) when it was sent
 	// others counts datagrams with the same key that other sockets sent before
 	// this one was read: the resolver cannot tell which is whose.
 	__u64 others;
@@ -87,7 +87,7 @@ static __always_inline int record(struct __sk_buff *skb, struct dq_key *key)
 {
 	struct dq_sender v = {};
 	v.cookie = bpf_get_socket_cookie(skb);
-	v.sent_ns = bpf_ktime_get_boot_ns();
+	v.sent_ns = bpf_ktime_get_ns();
 	v.uid = bpf_get_socket_uid(skb);
 	struct conn_record *rec = bpf_map_lookup_elem(&conns, &v.cookie);
 	if (rec) {
