@@ -36,8 +36,12 @@ import (
 // the address and port (SO_REUSEADDR or SO_REUSEPORT) or one closed and the other
 // took its port; if both datagrams are sent before the resolver reads the first, the
 // program counts the second one in the record's others, and Resolve credits neither
-// (ErrNoSocket) rather than guess: it puts the record back, marked, for the other. A record older than dnsQueryFresh (one the
-// resolver never read: its queue overflowed) is not used.
+// (ErrNoSocket) rather than guess: it puts the record back, marked, for the other.
+// A record older than dnsQueryFresh when Resolve takes it is not used (the resolver
+// stalled, or never read the datagram: its queue overflowed). The program takes a
+// record more than 5 s old for one of a datagram that will never be read, and
+// replaces it: a datagram read later still than that is credited as the next one
+// sent with its key, if any.
 //
 // Resolve credits the process only when the record identifies it exactly (the
 // process's start time and exec id, bound to a cached process as Resolve binds

@@ -280,3 +280,22 @@ func TestDNSQueriesOtherNamespace(t *testing.T) {
 		t.Errorf("stats %+v: want no record", st)
 	}
 }
+
+// TestDNSQueriesStaleRecord: a record older than dnsQueryFresh when its datagram is
+// read (the resolver stalled) is not used: the query is attributed through its
+// socket, as without records.
+func TestDNSQueriesStaleRecord(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	srv := newDNSServer(t, ns, "127.0.0.1:0")
+	q := watchDNS(t, r, srv.addr)
+	c := startClient(t, ns, "udp-connect", srv.addr)
+	from := srv.read(t)
+	time.Sleep(dnsQueryFresh + 100*time.Millisecond)
+	p, err := q.Resolve(from, srv.addr, helperID)
+	wantProcess(t, p, err, c.pid(), MethodEBPF)
+	if st := q.Stats(); st.Missing != 1 || st.Slow+st.Fast != 0 {
+		t.Errorf("stats %+v: want the stale record unused", st)
+	}
+}
