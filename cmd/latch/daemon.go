@@ -324,7 +324,7 @@ type platformBackend struct {
 	// For the local resolver (nil where there is none): the names it teaches, who
 	// sent a query, and the mark that keeps its own upstream queries from being held.
 	names    *dnsname.Cache
-	identify func(proto engine.Protocol, client, server netip.AddrPort) engine.Request
+	identify func(proto engine.Protocol, client, server netip.AddrPort, id uint16) engine.Request
 	control  func(network, address string, c syscall.RawConn) error
 	// fastPath is the kernel fast path (Linux), nil when off; fastPathOff says why.
 	fastPath    *fastpath.FastPath

@@ -87,9 +87,27 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		st := res.Stats()
 		return map[string]uint64{"ebpf": st.EBPF, "procfs": st.Procfs, "no_socket": st.NoSocket, "no_process": st.NoProcess}
 	}
-	identify := func(proto engine.Protocol, client, server netip.AddrPort) engine.Request {
+	// The local resolver's UDP queries: each attributed by the record the kernel made
+	// of its sending socket as it sent it (one map lookup), where the kernel allows.
+	var queries *procattr.DNSQueries
+	if o.DNSProxy != "" {
+		if ap, err := netip.ParseAddrPort(o.DNSProxy); err == nil {
+			if queries, err = res.WatchDNSQueries(ap, ""); err != nil {
+				logf("local resolver: queries attributed through their sockets (sock_diag): %v", err)
+			} else {
+				logf("local resolver: each UDP query attributed by the kernel's record of the socket that sent it")
+			}
+		}
+	}
+	identify := func(proto engine.Protocol, client, server netip.AddrPort, id uint16) engine.Request {
 		req := engine.Request{UID: -1}
-		p, err := res.ResolveDev(proto, client, server, -1, 0)
+		var p procattr.Process
+		var err error
+		if proto == engine.UDP && queries != nil {
+			p, err = queries.Resolve(client, server, id)
+		} else {
+			p, err = res.ResolveDev(proto, client, server, -1, 0)
+		}
 		if errors.Is(err, procattr.ErrNoProcess) {
 			// The socket is there but no method named its process yet: without the
 			// eBPF hooks, /proc is rescanned at most every 50 ms. The program waits
@@ -106,12 +124,19 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		return req
 	}
 	pb := &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
-		dns: be.DNSStats, close: func() { res.Close() }, ready: ready,
+		dns: be.DNSStats, ready: ready,
 		names: names, identify: identify, control: linux.Control}
+	closeRes := func() {
+		if queries != nil {
+			queries.Close()
+		}
+		res.Close()
+	}
+	pb.close = closeRes
 	pb.fastPathOff = fastPathOff
 	if fp != nil {
 		pb.fastPath = fp
-		pb.close = func() { fp.Close(); res.Close() }
+		pb.close = func() { fp.Close(); closeRes() }
 	}
 	return pb, nil
 }

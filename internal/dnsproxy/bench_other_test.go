@@ -2,7 +2,10 @@
 
 package dnsproxy
 
-import "testing"
+import (
+	"net/netip"
+	"testing"
+)
 
 // realIdentify: the daemon's attribution runs on Linux only.
-func realIdentify(b *testing.B) identifyFunc { return nil }
+func realIdentify(b *testing.B) func(server netip.AddrPort) identifyFunc { return nil }

@@ -21,12 +21,24 @@ func startProxy(b *testing.B, p *Proxy) string { return startProxyT(b, p) }
 // startProxyT is startProxy for any test.
 func startProxyT(b testing.TB, p *Proxy) string {
 	b.Helper()
+	p.cfg.Listen = freeAddr(b)
+	return runProxy(b, p)
+}
+
+// freeAddr is a loopback address and UDP port free now.
+func freeAddr(b testing.TB) string {
+	b.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	p.cfg.Listen = pc.LocalAddr().String()
-	pc.Close()
+	defer pc.Close()
+	return pc.LocalAddr().String()
+}
+
+// runProxy runs p on its Config.Listen and returns that address.
+func runProxy(b testing.TB, p *Proxy) string {
+	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	ready := make(chan struct{})
@@ -43,8 +55,8 @@ func startProxyT(b testing.TB, p *Proxy) string {
 // BenchmarkProxyLatency: one A query (from a fresh socket, as a stub resolver sends
 // it) straight to the upstream ("direct"), through the proxy with attribution
 // answered at once ("proxy"), and, on Linux, through the proxy attributing each query
-// to its program as the daemon does ("proxy+attribution": procattr, sock_diag and the
-// eBPF record). Each b.N is one round of 200 queries per arm, the arms interleaved
+// to its program as the daemon does ("proxy+attribution": procattr's record of each
+// query's sending socket, else sock_diag and the eBPF record of the socket). Each b.N is one round of 200 queries per arm, the arms interleaved
 // (their order turning each round). It prints the medians over the rounds, the
 // target (1.1 × direct + 50 µs, issue 12, from the same run's direct median) and each
 // arm's verdict (UNDER or OVER the target, by how much), then each round's means and
@@ -60,8 +72,9 @@ func BenchmarkProxyLatency(b *testing.B) {
 	arms := []arm{{"direct", up}, {"proxy", startProxy(b, p)}}
 	if identify := realIdentify(b); identify != nil {
 		pa, _, _ := newProxy(b, up)
-		pa.cfg.Identify = identify
-		arms = append(arms, arm{"proxy+attribution", startProxy(b, pa)})
+		pa.cfg.Listen = freeAddr(b)
+		pa.cfg.Identify = identify(netip.MustParseAddrPort(pa.cfg.Listen))
+		arms = append(arms, arm{"proxy+attribution", runProxy(b, pa)})
 	}
 	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 	q := new(dns.Msg)
@@ -133,4 +146,4 @@ func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
 func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
 
 // identifyFunc is Config.Identify.
-type identifyFunc = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request
+type identifyFunc = func(engine.Protocol, netip.AddrPort, netip.AddrPort, uint16) engine.Request

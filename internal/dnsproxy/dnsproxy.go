@@ -70,9 +70,10 @@ type Config struct {
 	// Refuse is RefuseNXDomain (default) or RefuseZero.
 	Refuse string
 	// Identify describes the program whose socket (client, with proto) sent a query to
-	// server: PID, Exe, UID, User, Identity, Container. Nil: every query is
+	// server, under the DNS id id (as the program sent it): PID, Exe, UID, User,
+	// Identity, Container. It is called once per query. Nil: every query is
 	// unattributed.
-	Identify func(proto engine.Protocol, client, server netip.AddrPort) engine.Request
+	Identify func(proto engine.Protocol, client, server netip.AddrPort, id uint16) engine.Request
 	// Decide returns the rule that decides a request naming only a program and a
 	// host (engine.Engine.RuleFor). Nil: nothing is refused.
 	Decide func(req *engine.Request) (engine.Rule, bool)
@@ -469,7 +470,7 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine
 		// No rule can refuse the name to any program: the query goes upstream, then
 		// the program is identified while the answer is on its way.
 		p.serveUDP(w, r, raw, q, name, func() engine.Request {
-			req := p.cfg.Identify(proto, client, server)
+			req := p.cfg.Identify(proto, client, server, r.Id)
 			if req.PID != 0 {
 				p.count(func(s *Stats) { s.Attribute++ })
 			}
@@ -479,7 +480,7 @@ func (p *Proxy) serve(w dns.ResponseWriter, r *dns.Msg, raw []byte, proto engine
 	}
 	req := engine.Request{UID: -1}
 	if p.cfg.Identify != nil {
-		req = p.cfg.Identify(proto, client, server)
+		req = p.cfg.Identify(proto, client, server, r.Id)
 	}
 	if req.PID != 0 {
 		p.count(func(s *Stats) { s.Attribute++ })

@@ -102,7 +102,7 @@ func newProxy(t testing.TB, up string) (*Proxy, *dnsname.Cache, *[]engine.Reques
 	var recorded []engine.Request
 	p, err := New(Config{
 		Listen: "127.0.0.1:53", Upstream: []string{up}, Names: names,
-		Identify: func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request { return asker },
+		Identify: func(engine.Protocol, netip.AddrPort, netip.AddrPort, uint16) engine.Request { return asker },
 		Decide: func(req *engine.Request) (engine.Rule, bool) {
 			if req.Host == "denied.test" && req.Exe == asker.Exe {
 				return engine.Rule{ID: 7, Host: "denied.test", Action: engine.Deny}, true
@@ -502,7 +502,7 @@ func TestAskWhileIdentifying(t *testing.T) {
 	mayRefuse := p.cfg.MayRefuse
 	p.cfg.MayRefuse = func(name string) bool { return (lateDeny.Load() && name == "late.test") || mayRefuse(name) }
 	var upstreamFirst atomic.Bool
-	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request {
+	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort, uint16) engine.Request {
 		deadline := time.Now().Add(2 * time.Second)
 		for len(rec.list()) == 0 && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
@@ -525,7 +525,7 @@ func TestAskWhileIdentifying(t *testing.T) {
 	// Refusable: identified first (this Identify would wait 2 s for an upstream query
 	// that must not come), refused, never sent.
 	before := len(rec.list())
-	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request {
+	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort, uint16) engine.Request {
 		time.Sleep(50 * time.Millisecond)
 		if len(rec.list()) != before {
 			t.Error("denied.test went upstream before it was decided")
@@ -539,7 +539,7 @@ func TestAskWhileIdentifying(t *testing.T) {
 		t.Errorf("upstream asked %v after the refusal", got[before:])
 	}
 
-	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort) engine.Request { return asker }
+	p.cfg.Identify = func(engine.Protocol, netip.AddrPort, netip.AddrPort, uint16) engine.Request { return asker }
 	lateDeny.Store(true)
 	if r := askUDP(p, "late.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeNameError || len(r.Answer) != 0 {
 		t.Errorf("late.test, denied while upstream: %v, want NXDOMAIN", r)

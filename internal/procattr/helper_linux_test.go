@@ -34,6 +34,10 @@ const bindDevEnv = "LATCH_PROCATTR_BINDDEV"
 // shareWithEnv names the executable the second child of mode udp-share runs.
 const shareWithEnv = "LATCH_PROCATTR_SHARE_WITH"
 
+// bindPortEnv names a port a UDP client binds its socket to on the loopback address
+// of its target's family, with SO_REUSEADDR, before its mode's operation.
+const bindPortEnv = "LATCH_PROCATTR_BINDPORT"
+
 var (
 	clientExe    string // set by makeClientExe
 	clientDir    string
@@ -100,7 +104,8 @@ func copyFile(dst, src string) error {
 //	hold             keep fd 3 open for a minute (or until killed)
 //
 // It prints "LOCAL ip:port" (and "CHILD pid" for tcp-handoff), then obeys stdin:
-// "close" closes the socket and prints "CLOSED"; end of input exits.
+// "close" closes the socket and prints "CLOSED"; "send" sends the connected socket's
+// datagram again and prints "SENT"; end of input exits.
 func runHelper(args []string) int {
 	fail := func(err error) int { fmt.Println("ERROR", err); return 1 }
 	if len(args) > 1 && args[0] == "memfd-exec" {
@@ -141,6 +146,19 @@ func runHelper(args []string) int {
 	if dev := os.Getenv(bindDevEnv); dev != "" {
 		if err := unix.BindToDevice(fd, dev); err != nil {
 			return fail(err)
+		}
+	}
+	if port := os.Getenv(bindPortEnv); port != "" && typ == unix.SOCK_DGRAM {
+		n, _ := strconv.Atoi(port)
+		var local unix.Sockaddr = &unix.SockaddrInet4{Port: n, Addr: [4]byte{127, 0, 0, 1}}
+		if family == unix.AF_INET6 {
+			local = &unix.SockaddrInet6{Port: n, Addr: netip.IPv6Loopback().As16()}
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return fail(err)
+		}
+		if err := unix.Bind(fd, local); err != nil {
+			return fail(fmt.Errorf("bind port %d: %w", n, err))
 		}
 	}
 	switch mode {
@@ -221,6 +239,12 @@ func runHelper(args []string) int {
 		if sc.Text() == "close" {
 			unix.Close(fd)
 			fmt.Println("CLOSED")
+		}
+		if sc.Text() == "send" { // the connected socket's datagram once more
+			if _, err := unix.Write(fd, []byte("latch")); err != nil {
+				return fail(err)
+			}
+			fmt.Println("SENT")
 		}
 		// "exec-over FILE MODE ADDR": bind-mount FILE over this executable's path
 		// (in this process's mount namespace, which must be private) and exec that

@@ -15,6 +15,14 @@
 //     were attached, or a kernel without cgroup BPF): scan /proc/*/fd for
 //     "socket:[INODE]", with a cache and a bounded rescan rate.
 //
+// DNS queries to a local resolver (latch's dnsproxy) have a fourth way
+// (Resolver.WatchDNSQueries): a cgroup/skb egress program records, for each UDP
+// datagram sent to the resolver's address, the ebpf-cgroup record of the socket that
+// sent it under the datagram's source address, port and DNS id; DNSQueries.Resolve
+// takes it with one map lookup-and-delete, and checks any record that does not
+// identify its process exactly through sock_diag, against the sending socket's
+// cookie.
+//
 // A Resolver never returns a wrong process: a pid is reported only after it has been
 // shown to be the process that connected the socket (it started before the eBPF
 // record was made, and is still alive; or the record carries the exact start time

@@ -33,6 +33,9 @@ func TestDNSProxy(t *testing.T) {
 	flags := []string{"--default", "deny", "--prompt-timeout", "30s", "--fail", "closed",
 		"--dns-proxy", "127.0.0.1:53", "--resolv-conf", resolv}
 	d := n.StartDaemon(flags...)
+	if out := d.Output(); !strings.Contains(out, "each UDP query attributed by the kernel's record of the socket that sent it") {
+		t.Errorf("the daemon does not attribute queries by the record of their sockets:\n%s", out)
+	}
 	d.MustCLI(t, "rules", "add", "--host", "ok.test", "--port", "8098", "--action", "allow")
 	d.MustCLI(t, "rules", "add", "--host", "blocked.test", "--action", "deny")
 
@@ -210,6 +213,9 @@ func TestDNSProxyFailOpen(t *testing.T) {
 	}
 	flags := []string{"--default", "deny", "--fail", "open", "--dns-proxy", "127.0.0.1:53", "--resolv-conf", resolv}
 	d := n.StartDaemon(flags...)
+	if out := d.Output(); !strings.Contains(out, "each UDP query attributed by the kernel's record of the socket that sent it") {
+		t.Errorf("the daemon does not attribute queries by the record of their sockets:\n%s", out)
+	}
 	d.MustCLI(t, "rules", "add", "--host", "ok.test", "--port", "8098", "--action", "allow")
 
 	b, _ := os.ReadFile(resolv)
