@@ -1,7 +1,9 @@
 package store
 
 import (
+	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -111,6 +113,7 @@ type History struct {
 	flushes      chan chan struct{}
 	kick         chan struct{} // Record: the queue is past half full, write now
 	done         chan struct{}
+	w            *rowWriter // the writer goroutine's connection; nil until needed
 
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
@@ -506,6 +509,7 @@ func (h *History) Close() error {
 // wake-up on every held connection.
 func (h *History) writer() {
 	defer close(h.done)
+	defer h.closeWriter()
 	batch := make([]historyItem, 0, historyBatchMax)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -598,27 +602,133 @@ func (h *History) writeBatch(batch []historyItem) {
 		}
 		db = h.db.Load()
 	}
-	tx, err := db.Begin()
-	if err != nil {
-		h.fail(conns, err)
-		return
+	if h.w == nil {
+		w, err := newRowWriter(db)
+		if err != nil {
+			h.fail(conns, err)
+			return
+		}
+		h.w = w
 	}
-	err = h.writeItems(tx, batch)
-	if err == nil {
-		err = tx.Commit()
-	} else {
-		tx.Rollback()
-	}
+	err := h.w.conn.Raw(func(dc any) error {
+		c, ok := dc.(driverConn)
+		if !ok {
+			return fmt.Errorf("history: the SQLite driver's connection (%T) cannot execute statements", dc)
+		}
+		h.w.dc = c
+		defer func() { h.w.dc = nil }()
+		if err := h.w.exec("BEGIN"); err != nil {
+			return err
+		}
+		err := h.writeItems(h.w, batch)
+		if err == nil {
+			err = h.prune(h.w)
+		}
+		if err == nil {
+			err = h.w.exec("COMMIT")
+		}
+		if err != nil {
+			h.w.exec("ROLLBACK")
+		}
+		return err
+	})
 	if err != nil {
-		// A traffic table created in the failed transaction is gone with it.
+		// A traffic table created in the failed transaction is gone with it, and the
+		// writer's statements start afresh.
 		h.trafficTable.Store(hasTable(db, "traffic"))
+		h.closeWriter()
 		h.fail(conns, err)
 		return
 	}
 	h.recorded.Add(uint64(conns))
-	if err := prune(db, h.maxRows); err != nil {
-		h.fail(0, err)
+}
+
+// driverConn is what the writer needs of the SQLite driver's connection.
+type driverConn interface {
+	driver.ConnPrepareContext
+	driver.ExecerContext
+}
+
+// rowWriter is the writer goroutine's own connection to the database, with its
+// statements prepared once and used through the driver directly: a batch costs no
+// statement compiled again and no conversion of arguments by database/sql.
+type rowWriter struct {
+	conn  *sql.Conn
+	dc    driverConn // the driver's connection, while inside conn.Raw
+	stmts map[string]driver.Stmt
+	args  []driver.NamedValue
+	// lastRemote caches the text of the last remote address written: a program's
+	// connections mostly go to the same few addresses.
+	lastRemote    netip.Addr
+	lastRemoteStr string
+}
+
+func newRowWriter(db *sql.DB) (*rowWriter, error) {
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("history: a connection for the writer: %w", err)
 	}
+	return &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}}, nil
+}
+
+// closeWriter closes the writer's statements and connection.
+func (h *History) closeWriter() {
+	w := h.w
+	if w == nil {
+		return
+	}
+	h.w = nil
+	w.conn.Raw(func(any) error {
+		for _, st := range w.stmts {
+			st.Close()
+		}
+		return nil
+	})
+	w.conn.Close()
+}
+
+// exec runs a statement without arguments.
+func (w *rowWriter) exec(query string) error {
+	_, err := w.dc.ExecContext(context.Background(), query, nil)
+	return err
+}
+
+// run executes the prepared statement query (preparing it on first use) with the
+// arguments collected in w.args, and empties them.
+func (w *rowWriter) run(query string) (driver.Result, error) {
+	st := w.stmts[query]
+	if st == nil {
+		var err error
+		if st, err = w.dc.PrepareContext(context.Background(), query); err != nil {
+			return nil, err
+		}
+		w.stmts[query] = st
+	}
+	r, err := st.(driver.StmtExecContext).ExecContext(context.Background(), w.args)
+	clear(w.args) // let the values go
+	w.args = w.args[:0]
+	return r, err
+}
+
+// int and text add an argument; an empty text goes as NULL, which the statements
+// turn into '' (ifnull): the driver copies every text into memory of its own.
+func (w *rowWriter) int(v int64) {
+	w.args = append(w.args, driver.NamedValue{Ordinal: len(w.args) + 1, Value: v})
+}
+
+func (w *rowWriter) text(s string) {
+	var v driver.Value
+	if s != "" {
+		v = s
+	}
+	w.args = append(w.args, driver.NamedValue{Ordinal: len(w.args) + 1, Value: v})
+}
+
+func (w *rowWriter) remote(a netip.Addr) string {
+	if a != w.lastRemote || w.lastRemoteStr == "" {
+		w.lastRemote, w.lastRemoteStr = a, addrString(a)
+	}
+	return w.lastRemoteStr
 }
 
 // programKey names a program in the traffic table.
@@ -633,39 +743,12 @@ type programBytes struct {
 }
 
 // writeItems inserts the batch's connections and applies its traffic reports, in
-// order, within tx. A batch's reports add one traffic row per program.
-func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
-	// Connections go in with multi-row INSERTs of up to insertRows rows: one
-	// statement per row cost the writer about as much as the rows themselves.
-	var rows []any
-	var insert *sql.Stmt
-	defer func() {
-		if insert != nil {
-			insert.Close()
-		}
-	}()
-	flush := func(all bool) error {
-		for len(rows) >= insertRows*insertCols || all && len(rows) > 0 {
-			k := min(len(rows)/insertCols, insertRows)
-			var err error
-			if k == insertRows {
-				if insert == nil {
-					if insert, err = tx.Prepare(insertConns(insertRows)); err != nil {
-						return err
-					}
-				}
-				_, err = insert.Exec(rows[:k*insertCols]...)
-			} else {
-				_, err = tx.Exec(insertConns(k), rows[:k*insertCols]...)
-			}
-			if err != nil {
-				return err
-			}
-			rows = rows[k*insertCols:]
-		}
-		return nil
-	}
-	var update *sql.Stmt
+// order, within the writer's transaction. A batch's reports add one traffic row per
+// program.
+func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
+	// Connections go in with multi-row INSERTs of insertRows rows, the rest of a
+	// batch with smaller ones: one statement per row cost the writer about as much
+	// as the rows themselves.
 	programs := map[programKey]*programBytes{}
 	// A report about a connection of this same batch sets the row's totals before
 	// it is inserted: one statement fewer per short connection.
@@ -679,101 +762,198 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 			applied[i] = true
 		}
 	}
-	for i, it := range batch {
-		if t := it.traffic; t != nil {
-			if update == nil {
-				if err := h.ensureTrafficTable(tx); err != nil {
-					return err
+	// Rows are inserted in runs between traffic reports (a report updates a row
+	// that must already be there), each run in statements of insertSizes rows.
+	var run []*Conn
+	insertRun := func() error {
+		for len(run) > 0 {
+			n := insertSizes[len(insertSizes)-1]
+			for _, k := range insertSizes {
+				if len(run) >= k {
+					n = k
+					break
 				}
-				var err error
-				if update, err = tx.Prepare(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
-					return err
-				}
-				defer update.Close()
 			}
-			r := &t.Request
-			if applied[i] {
-				// Set on its row before the insert.
-			} else if _, err := update.Exec(int64(t.BytesIn), int64(t.BytesOut), int64(r.ID), h.run); err != nil {
-				// A row that is gone (pruned, or never recorded) still counts for its program.
+			for _, c := range run[:n] {
+				w.conn1(c, h.run)
+			}
+			if _, err := w.run(insertConns(n)); err != nil {
 				return err
 			}
-			if t.DeltaIn == 0 && t.DeltaOut == 0 {
-				continue
-			}
-			k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
-			p := programs[k]
-			if p == nil {
-				p = &programBytes{}
-				programs[k] = p
-			}
-			p.in += t.DeltaIn
-			p.out += t.DeltaOut
-			if t.Time.After(p.time) {
-				p.time = t.Time
-			}
+			run = run[n:]
+		}
+		return nil
+	}
+	for i := range batch {
+		it := &batch[i]
+		t := it.traffic
+		if t == nil {
+			run = append(run, &it.conn)
 			continue
 		}
-		c := &it.conn
-		r := &c.Request
-		rows = append(rows, c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
-			addrString(r.Local.Addr()), int(r.Local.Port()),
-			addrString(r.Remote.Addr()), int(r.Remote.Port()),
-			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
-			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note,
-			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns,
-			c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents))
-		if err := flush(false); err != nil {
+		if !applied[i] {
+			if err := insertRun(); err != nil {
+				return err
+			}
+		}
+		if err := h.ensureTrafficTable(w); err != nil {
 			return err
 		}
+		r := &t.Request
+		if !applied[i] {
+			// A row that is gone (pruned, or never recorded) still counts for its program.
+			w.int(int64(t.BytesIn))
+			w.int(int64(t.BytesOut))
+			w.int(int64(r.ID))
+			w.int(h.run)
+			if _, err := w.run(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
+				return err
+			}
+		}
+		if t.DeltaIn == 0 && t.DeltaOut == 0 {
+			continue
+		}
+		k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
+		p := programs[k]
+		if p == nil {
+			p = &programBytes{}
+			programs[k] = p
+		}
+		p.in += t.DeltaIn
+		p.out += t.DeltaOut
+		if t.Time.After(p.time) {
+			p.time = t.Time
+		}
 	}
-	if err := flush(true); err != nil {
+	if err := insertRun(); err != nil {
 		return err
 	}
 	for k, p := range programs {
-		if _, err := tx.Exec(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ?, ?, ?, ?, ?)`,
-			p.time.UnixNano(), k.exe, int64(k.uid), k.user, int64(p.in), int64(p.out)); err != nil {
+		w.int(p.time.UnixNano())
+		w.text(k.exe)
+		w.int(int64(k.uid))
+		w.text(k.user)
+		w.int(int64(p.in))
+		w.int(int64(p.out))
+		if _, err := w.run(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ifnull(?, ''), ?, ifnull(?, ''), ?, ?)`); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// Multi-row inserts of connections: insertCols values per row, at most insertRows
-// rows per statement (SQLite allows 32766 variables).
+// conn1 adds the arguments of one connection row (insertCols of them, in the
+// order of insertConns' columns).
+func (w *rowWriter) conn1(c *Conn, run int64) {
+	r := &c.Request
+	w.int(c.Time.UnixNano())
+	w.text(r.Direction.String())
+	w.text(r.Protocol.String())
+	w.text(addrString(r.Local.Addr()))
+	w.int(int64(r.Local.Port()))
+	w.text(w.remote(r.Remote.Addr()))
+	w.int(int64(r.Remote.Port()))
+	w.int(int64(r.PID))
+	w.text(r.Exe)
+	w.int(int64(r.UID))
+	w.text(r.User)
+	w.text(r.Cmdline)
+	w.text(r.Host)
+	w.text(c.Verdict.Action.String())
+	w.text(string(c.Verdict.Reason))
+	w.int(int64(c.Verdict.RuleID))
+	w.text(r.Identity.String())
+	w.text(r.Container)
+	w.text(r.IdentityNote)
+	w.text(r.HostSource)
+	w.text(r.Note)
+	w.int(run)
+	w.int(int64(r.ID))
+	w.int(int64(c.BytesIn))
+	w.int(int64(c.BytesOut))
+	w.text(r.Netns)
+	w.text(c.Verdict.Mode.String())
+	w.text(r.Unit)
+	w.text(r.AppID)
+	w.text(joinParents(r.Parents))
+}
+
+// insertSizes are the numbers of rows the connection INSERTs take, largest first
+// (SQLite allows 32766 variables per statement).
+var insertSizes = []int{insertRows, 16, 4, 1}
+
 const (
 	insertCols = 30
 	insertRows = 64
 )
 
+// insertText says which of insertConns' columns are text (bound as NULL when empty).
+var insertText = [insertCols]bool{false, true, true, true, false, true, false, false, true, false,
+	true, true, true, true, true, false, true, true, true, true, true, false, false, false, false,
+	true, true, true, true, true}
+
+// insertSQL holds insertConns' statements by size.
+var insertSQL sync.Map
+
 // insertConns returns an INSERT of n connection rows.
 func insertConns(n int) string {
+	if q, ok := insertSQL.Load(n); ok {
+		return q.(string)
+	}
 	var b strings.Builder
 	b.WriteString(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
 		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
 		identity, container, identity_note, host_source, note,
 		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents) VALUES `)
-	row := "(" + strings.Repeat("?, ", insertCols-1) + "?)"
+	var row strings.Builder
+	row.WriteString("(")
+	for i, text := range insertText {
+		if i > 0 {
+			row.WriteString(", ")
+		}
+		if text {
+			row.WriteString("ifnull(?, '')")
+		} else {
+			row.WriteString("?")
+		}
+	}
+	row.WriteString(")")
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString(row)
+		b.WriteString(row.String())
 	}
-	return b.String()
+	q := b.String()
+	insertSQL.Store(n, q)
+	return q
 }
 
 // ensureTrafficTable creates the traffic table and its index if they are not there.
-func (h *History) ensureTrafficTable(tx *sql.Tx) error {
+func (h *History) ensureTrafficTable(w *rowWriter) error {
 	if h.trafficTable.Load() {
 		return nil
 	}
-	if _, err := tx.Exec(trafficSchema); err != nil {
+	if err := w.exec(trafficSchema); err != nil {
 		return fmt.Errorf("creating the traffic table: %w", err)
 	}
 	// Set before the commit; writeBatch looks again if the commit fails.
 	h.trafficTable.Store(true)
+	return nil
+}
+
+// prune deletes the oldest rows beyond the bound, with the writer's statements.
+func (h *History) prune(w *rowWriter) error {
+	tables := []string{"conns"}
+	if h.trafficTable.Load() {
+		tables = append(tables, "traffic")
+	}
+	for _, table := range tables {
+		w.int(int64(h.maxRows))
+		if _, err := w.run(`DELETE FROM ` + table + ` WHERE id <= (SELECT MAX(id) FROM ` + table + `) - ?`); err != nil {
+			return fmt.Errorf("pruning history (%s): %w", table, err)
+		}
+	}
 	return nil
 }
 
