@@ -711,7 +711,8 @@ func (w *rowWriter) run(query string) (driver.Result, error) {
 }
 
 // int and text add an argument; an empty text goes as NULL, which the statements
-// turn into ” (ifnull): the driver copies every text into memory of its own.
+// turn into an empty text (ifnull): the driver copies every text it binds into
+// memory of its own, which NULL spares.
 func (w *rowWriter) int(v int64) {
 	w.args = append(w.args, driver.NamedValue{Ordinal: len(w.args) + 1, Value: v})
 }
