@@ -657,6 +657,7 @@ type rowWriter struct {
 	dc    driverConn // the driver's connection, while inside conn.Raw
 	stmts map[string]driver.Stmt
 	args  []driver.NamedValue
+	row   [insertCols]driver.Value // one connection's values (values)
 	// lastRemote caches the text of the last remote address written: a program's
 	// connections mostly go to the same few addresses.
 	lastRemote    netip.Addr
@@ -693,9 +694,9 @@ func (w *rowWriter) exec(query string) error {
 	return err
 }
 
-// run executes the prepared statement query (preparing it on first use) with the
-// arguments collected in w.args, and empties them.
-func (w *rowWriter) run(query string) (driver.Result, error) {
+// run executes the prepared statement query (preparing it on first use) with args
+// (numbered here: their Ordinal fields need not be set).
+func (w *rowWriter) run(query string, args []driver.NamedValue) (driver.Result, error) {
 	st := w.stmts[query]
 	if st == nil {
 		var err error
@@ -704,7 +705,15 @@ func (w *rowWriter) run(query string) (driver.Result, error) {
 		}
 		w.stmts[query] = st
 	}
-	r, err := st.(driver.StmtExecContext).ExecContext(context.Background(), w.args)
+	for i := range args {
+		args[i].Ordinal = i + 1
+	}
+	return st.(driver.StmtExecContext).ExecContext(context.Background(), args)
+}
+
+// runArgs runs query with the arguments collected in w.args, and empties them.
+func (w *rowWriter) runArgs(query string) (driver.Result, error) {
+	r, err := w.run(query, w.args)
 	clear(w.args) // let the values go
 	w.args = w.args[:0]
 	return r, err
@@ -714,7 +723,7 @@ func (w *rowWriter) run(query string) (driver.Result, error) {
 // turn into an empty text (ifnull): the driver copies every text it binds into
 // memory of its own, which NULL spares.
 func (w *rowWriter) int(v int64) {
-	w.args = append(w.args, driver.NamedValue{Ordinal: len(w.args) + 1, Value: v})
+	w.args = append(w.args, driver.NamedValue{Value: v})
 }
 
 func (w *rowWriter) text(s string) {
@@ -722,7 +731,7 @@ func (w *rowWriter) text(s string) {
 	if s != "" {
 		v = s
 	}
-	w.args = append(w.args, driver.NamedValue{Ordinal: len(w.args) + 1, Value: v})
+	w.args = append(w.args, driver.NamedValue{Value: v})
 }
 
 func (w *rowWriter) remote(a netip.Addr) string {
@@ -764,36 +773,56 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		}
 	}
 	// Rows are inserted in runs between traffic reports (a report updates a row
-	// that must already be there), each run in statements of insertSizes rows.
-	var run []*Conn
-	insertRun := func() error {
-		for len(run) > 0 {
+	// that must already be there), in the order they were recorded, with
+	// statements of insertSizes rows of one kind (plain or not, see connColumns).
+	rows, plain := 0, false // rows of that kind whose arguments are in w.args
+	flushRows := func() error {
+		per := len(connColumns)
+		if plain {
+			per = plainCols
+		}
+		args := w.args
+		for rows > 0 {
 			n := insertSizes[len(insertSizes)-1]
 			for _, k := range insertSizes {
-				if len(run) >= k {
+				if rows >= k {
 					n = k
 					break
 				}
 			}
-			for _, c := range run[:n] {
-				w.conn1(c, h.run)
-			}
-			if _, err := w.run(insertConns(n)); err != nil {
+			if _, err := w.run(insertConns(n, plain), args[:n*per]); err != nil {
 				return err
 			}
-			run = run[n:]
+			args = args[n*per:]
+			rows -= n
 		}
+		clear(w.args) // let the values go
+		w.args = w.args[:0]
+		return nil
+	}
+	add := func(c *Conn) error {
+		p := w.values(c, h.run)
+		if rows > 0 && (p != plain || rows == insertSizes[0]) {
+			if err := flushRows(); err != nil {
+				return err
+			}
+		}
+		plain = p
+		w.addRow(p)
+		rows++
 		return nil
 	}
 	for i := range batch {
 		it := &batch[i]
 		t := it.traffic
 		if t == nil {
-			run = append(run, &it.conn)
+			if err := add(&it.conn); err != nil {
+				return err
+			}
 			continue
 		}
 		if !applied[i] {
-			if err := insertRun(); err != nil {
+			if err := flushRows(); err != nil {
 				return err
 			}
 		}
@@ -807,7 +836,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			w.int(int64(t.BytesOut))
 			w.int(int64(r.ID))
 			w.int(h.run)
-			if _, err := w.run(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
+			if _, err := w.runArgs(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
 				return err
 			}
 		}
@@ -826,7 +855,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			p.time = t.Time
 		}
 	}
-	if err := insertRun(); err != nil {
+	if err := flushRows(); err != nil {
 		return err
 	}
 	for k, p := range programs {
@@ -836,47 +865,50 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		w.text(k.user)
 		w.int(int64(p.in))
 		w.int(int64(p.out))
-		if _, err := w.run(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ifnull(?, ''), ?, ifnull(?, ''), ?, ?)`); err != nil {
+		if _, err := w.runArgs(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ifnull(?, ''), ?, ifnull(?, ''), ?, ?)`); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// conn1 adds the arguments of one connection row (insertCols of them, in the
-// order of insertConns' columns).
-func (w *rowWriter) conn1(c *Conn, run int64) {
+// values fills w.row with the values of c's row (an empty text as nil, an integer
+// as int64) and reports whether the row is plain: every optional column empty.
+func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
 	r := &c.Request
-	w.int(c.Time.UnixNano())
-	w.text(r.Direction.String())
-	w.text(r.Protocol.String())
-	w.text(addrString(r.Local.Addr()))
-	w.int(int64(r.Local.Port()))
-	w.text(w.remote(r.Remote.Addr()))
-	w.int(int64(r.Remote.Port()))
-	w.int(int64(r.PID))
-	w.text(r.Exe)
-	w.int(int64(r.UID))
-	w.text(r.User)
-	w.text(r.Cmdline)
-	w.text(r.Host)
-	w.text(c.Verdict.Action.String())
-	w.text(string(c.Verdict.Reason))
-	w.int(int64(c.Verdict.RuleID))
-	w.text(r.Identity.String())
-	w.text(r.Container)
-	w.text(r.IdentityNote)
-	w.text(r.HostSource)
-	w.text(r.Note)
-	w.int(run)
-	w.int(int64(r.ID))
-	w.int(int64(c.BytesIn))
-	w.int(int64(c.BytesOut))
-	w.text(r.Netns)
-	w.text(c.Verdict.Mode.String())
-	w.text(r.Unit)
-	w.text(r.AppID)
-	w.text(joinParents(r.Parents))
+	text := func(s string) driver.Value {
+		if s == "" {
+			return nil
+		}
+		return s
+	}
+	w.row = [insertCols]driver.Value{
+		c.Time.UnixNano(), text(r.Direction.String()), text(r.Protocol.String()),
+		text(addrString(r.Local.Addr())), int64(r.Local.Port()),
+		text(w.remote(r.Remote.Addr())), int64(r.Remote.Port()),
+		int64(r.PID), text(r.Exe), int64(r.UID), text(r.User), text(r.Cmdline), text(r.Host),
+		text(c.Verdict.Action.String()), text(string(c.Verdict.Reason)), int64(c.Verdict.RuleID),
+		text(r.Identity.String()), text(r.Container), text(r.IdentityNote), text(r.HostSource), text(r.Note),
+		run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), text(r.Netns),
+		text(c.Verdict.Mode.String()), text(r.Unit), text(r.AppID), text(joinParents(r.Parents)),
+	}
+	for i, col := range connColumns {
+		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
+			return false
+		}
+	}
+	return true
+}
+
+// addRow adds w.row's arguments: all of them, or in a plain row those of the
+// columns that are not optional.
+func (w *rowWriter) addRow(plain bool) {
+	for i, col := range connColumns {
+		if plain && col.optional {
+			continue
+		}
+		w.args = append(w.args, driver.NamedValue{Value: w.row[i]})
+	}
 }
 
 // insertSizes are the numbers of rows the connection INSERTs take, largest first
@@ -888,36 +920,73 @@ const (
 	insertRows = 64
 )
 
-// insertText says which of insertConns' columns are text (bound as NULL when empty).
-var insertText = [insertCols]bool{false, true, true, true, false, true, false, false, true, false,
-	true, true, true, true, true, false, true, true, true, true, true, false, false, false, false,
-	true, true, true, true, true}
+// connColumns are the columns of conns a row inserts, in the order of
+// rowWriter.values. A text goes as NULL when empty and is stored as an empty text
+// (ifnull): the driver copies every text it binds into memory of its own, which
+// NULL spares. Optional columns are empty in most connections the kernel fast path
+// records: a row whose optional columns are all empty is plain, and is inserted
+// with a statement that has them as constants (binding fewer values).
+var connColumns = [insertCols]struct {
+	name           string
+	text, optional bool
+}{
+	{"time_ns", false, false}, {"direction", true, false}, {"proto", true, false},
+	{"local_ip", true, true}, {"local_port", false, true},
+	{"remote_ip", true, false}, {"remote_port", false, false},
+	{"pid", false, false}, {"exe", true, false}, {"uid", false, false}, {"user", true, false},
+	{"cmdline", true, true}, {"host", true, true},
+	{"verdict", true, false}, {"reason", true, false}, {"rule_id", false, false},
+	{"identity", true, false}, {"container", true, true}, {"identity_note", true, true},
+	{"host_source", true, true}, {"note", true, true},
+	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, true}, {"bytes_out", false, true},
+	{"netns", true, true}, {"mode", true, false}, {"unit", true, true}, {"app_id", true, true},
+	{"parents", true, true},
+}
 
-// insertSQL holds insertConns' statements by size.
+// plainCols is how many arguments a plain row takes.
+var plainCols = func() int {
+	n := 0
+	for _, col := range connColumns {
+		if !col.optional {
+			n++
+		}
+	}
+	return n
+}()
+
+// insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows.
-func insertConns(n int) string {
-	if q, ok := insertSQL.Load(n); ok {
+// insertConns returns an INSERT of n connection rows, plain or not.
+func insertConns(n int, plain bool) string {
+	type key struct {
+		n     int
+		plain bool
+	}
+	if q, ok := insertSQL.Load(key{n, plain}); ok {
 		return q.(string)
 	}
-	var b strings.Builder
-	b.WriteString(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
-		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		identity, container, identity_note, host_source, note,
-		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents) VALUES `)
-	var row strings.Builder
+	var b, row strings.Builder
+	b.WriteString("INSERT INTO conns (")
 	row.WriteString("(")
-	for i, text := range insertText {
+	for i, col := range connColumns {
 		if i > 0 {
+			b.WriteString(", ")
 			row.WriteString(", ")
 		}
-		if text {
+		b.WriteString(col.name)
+		switch {
+		case plain && col.optional && col.text:
+			row.WriteString("''")
+		case plain && col.optional:
+			row.WriteString("0")
+		case col.text:
 			row.WriteString("ifnull(?, '')")
-		} else {
+		default:
 			row.WriteString("?")
 		}
 	}
+	b.WriteString(") VALUES ")
 	row.WriteString(")")
 	for i := range n {
 		if i > 0 {
@@ -926,7 +995,7 @@ func insertConns(n int) string {
 		b.WriteString(row.String())
 	}
 	q := b.String()
-	insertSQL.Store(n, q)
+	insertSQL.Store(key{n, plain}, q)
 	return q
 }
 
@@ -951,7 +1020,7 @@ func (h *History) prune(w *rowWriter) error {
 	}
 	for _, table := range tables {
 		w.int(int64(h.maxRows))
-		if _, err := w.run(`DELETE FROM ` + table + ` WHERE id <= (SELECT MAX(id) FROM ` + table + `) - ?`); err != nil {
+		if _, err := w.runArgs(`DELETE FROM ` + table + ` WHERE id <= (SELECT MAX(id) FROM ` + table + `) - ?`); err != nil {
 			return fmt.Errorf("pruning history (%s): %w", table, err)
 		}
 	}
