@@ -95,4 +95,3 @@ func TestHistoryMixedRowsRoundTrip(t *testing.T) {
 		}
 	}
 }
-
