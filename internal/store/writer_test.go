@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,5 +94,45 @@ func TestHistoryMixedRowsRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(g, w) {
 			t.Fatalf("row %d:\n got %+v\nwant %+v", k, g, w)
 		}
+	}
+}
+
+// TestHistoryWritesAfterAFailedBatch: a batch the database refuses is counted as
+// failed (its error kept) and rolled back whole, and the writer's next batches are
+// written as before.
+func TestHistoryWritesAfterAFailedBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), HistoryFileName)
+	h, err := OpenHistory(path, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for i := range 3 {
+		h.Record(fastPathConn(i))
+	}
+	h.Flush()
+	// Another connection makes inserts of one program fail.
+	db := h.db.Load()
+	if _, err := db.Exec(`CREATE TRIGGER refuse BEFORE INSERT ON conns WHEN NEW.exe = '/usr/bin/refused'
+		BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
+		t.Fatal(err)
+	}
+	bad := fastPathConn(10)
+	bad.Request.Exe = "/usr/bin/refused"
+	h.Record(fastPathConn(11))
+	h.Record(bad)
+	h.Flush()
+	if st := h.Stats(); st.Failed != 2 || st.Recorded != 3 || !strings.Contains(h.LastError(), "refused by the test") {
+		t.Fatalf("after the refused batch: %+v, last error %q; want 2 failed, 3 recorded", st, h.LastError())
+	}
+	if _, err := db.Exec(`DROP TRIGGER refuse`); err != nil {
+		t.Fatal(err)
+	}
+	for i := 20; i < 100; i++ {
+		h.Record(fastPathConn(i))
+	}
+	h.Flush()
+	if n, _ := h.Count(); n != 3+80 {
+		t.Fatalf("history holds %d rows, want %d: %+v %q", n, 3+80, h.Stats(), h.LastError())
 	}
 }
