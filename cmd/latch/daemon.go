@@ -356,6 +356,11 @@ func runDaemon(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	stopProfile, err := startCPUProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	// Started by the Windows service control manager, the daemon runs as its service
 	// (logging to the event log); everywhere else this returns at once.
 	if isService, err := winsvc.RunIfService(func(ctx context.Context) error {

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -111,6 +113,7 @@ type History struct {
 	flushes      chan chan struct{}
 	kick         chan struct{} // Record: the queue is past half full, write now
 	done         chan struct{}
+	w            *rowWriter // the writer goroutine's connection; nil until needed
 
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
@@ -509,6 +512,7 @@ func (h *History) Close() error {
 // wake-up on every held connection.
 func (h *History) writer() {
 	defer close(h.done)
+	defer h.closeWriter()
 	batch := make([]historyItem, 0, historyBatchMax)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -601,27 +605,143 @@ func (h *History) writeBatch(batch []historyItem) {
 		}
 		db = h.db.Load()
 	}
-	tx, err := db.Begin()
-	if err != nil {
-		h.fail(conns, err)
-		return
+	if h.w == nil {
+		w, err := newRowWriter(db)
+		if err != nil {
+			h.fail(conns, err)
+			return
+		}
+		h.w = w
 	}
-	err = h.writeItems(tx, batch)
-	if err == nil {
-		err = tx.Commit()
-	} else {
-		tx.Rollback()
-	}
+	err := h.w.conn.Raw(func(dc any) error {
+		c, ok := dc.(driverConn)
+		if !ok {
+			return fmt.Errorf("history: the SQLite driver's connection (%T) cannot execute statements", dc)
+		}
+		h.w.dc = c
+		defer func() { h.w.dc = nil }()
+		if err := h.w.exec("BEGIN"); err != nil {
+			return err
+		}
+		err := h.writeItems(h.w, batch)
+		if err == nil {
+			err = h.prune(h.w)
+		}
+		if err == nil {
+			err = h.w.exec("COMMIT")
+		}
+		if err != nil {
+			h.w.exec("ROLLBACK")
+		}
+		return err
+	})
 	if err != nil {
-		// A traffic table created in the failed transaction is gone with it.
+		// A traffic table created in the failed transaction is gone with it, and the
+		// writer's statements start afresh.
 		h.trafficTable.Store(hasTable(db, "traffic"))
+		h.closeWriter()
 		h.fail(conns, err)
 		return
 	}
 	h.recorded.Add(uint64(conns))
-	if err := prune(db, h.maxRows); err != nil {
-		h.fail(0, err)
+}
+
+// driverConn is what the writer needs of the SQLite driver's connection.
+type driverConn interface {
+	driver.ConnPrepareContext
+	driver.ExecerContext
+}
+
+// rowWriter is the writer goroutine's own connection to the database, with its
+// statements prepared once and used through the driver directly: a batch costs no
+// statement compiled again and no conversion of arguments by database/sql.
+type rowWriter struct {
+	conn  *sql.Conn
+	dc    driverConn // the driver's connection, while inside conn.Raw
+	stmts map[string]driver.Stmt
+	args  []driver.NamedValue
+	row   [insertCols]driver.Value // one connection's values (values)
+	// lastRemote caches the text of the last remote address written: a program's
+	// connections mostly go to the same few addresses.
+	lastRemote    netip.Addr
+	lastRemoteStr string
+}
+
+func newRowWriter(db *sql.DB) (*rowWriter, error) {
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("history: a connection for the writer: %w", err)
 	}
+	return &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}}, nil
+}
+
+// closeWriter closes the writer's statements and connection.
+func (h *History) closeWriter() {
+	w := h.w
+	if w == nil {
+		return
+	}
+	h.w = nil
+	w.conn.Raw(func(any) error {
+		for _, st := range w.stmts {
+			st.Close()
+		}
+		return nil
+	})
+	w.conn.Close()
+}
+
+// exec runs a statement without arguments.
+func (w *rowWriter) exec(query string) error {
+	_, err := w.dc.ExecContext(context.Background(), query, nil)
+	return err
+}
+
+// run executes the prepared statement query (preparing it on first use) with args
+// (numbered here: their Ordinal fields need not be set).
+func (w *rowWriter) run(query string, args []driver.NamedValue) (driver.Result, error) {
+	st := w.stmts[query]
+	if st == nil {
+		var err error
+		if st, err = w.dc.PrepareContext(context.Background(), query); err != nil {
+			return nil, err
+		}
+		w.stmts[query] = st
+	}
+	for i := range args {
+		args[i].Ordinal = i + 1
+	}
+	return st.(driver.StmtExecContext).ExecContext(context.Background(), args)
+}
+
+// runArgs runs query with the arguments collected in w.args, and empties them.
+func (w *rowWriter) runArgs(query string) (driver.Result, error) {
+	r, err := w.run(query, w.args)
+	clear(w.args) // let the values go
+	w.args = w.args[:0]
+	return r, err
+}
+
+// int and text add an argument; an empty text goes as NULL, which the statements
+// turn into an empty text (ifnull): the driver copies every text it binds into
+// memory of its own, which NULL spares.
+func (w *rowWriter) int(v int64) {
+	w.args = append(w.args, driver.NamedValue{Value: v})
+}
+
+func (w *rowWriter) text(s string) {
+	var v driver.Value
+	if s != "" {
+		v = s
+	}
+	w.args = append(w.args, driver.NamedValue{Value: v})
+}
+
+func (w *rowWriter) remote(a netip.Addr) string {
+	if a != w.lastRemote || w.lastRemoteStr == "" {
+		w.lastRemote, w.lastRemoteStr = a, addrString(a)
+	}
+	return w.lastRemoteStr
 }
 
 // programKey names a program in the traffic table.
@@ -636,39 +756,12 @@ type programBytes struct {
 }
 
 // writeItems inserts the batch's connections and applies its traffic reports, in
-// order, within tx. A batch's reports add one traffic row per program.
-func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
-	// Connections go in with multi-row INSERTs of up to insertRows rows: one
-	// statement per row cost the writer about as much as the rows themselves.
-	var rows []any
-	var insert *sql.Stmt
-	defer func() {
-		if insert != nil {
-			insert.Close()
-		}
-	}()
-	flush := func(all bool) error {
-		for len(rows) >= insertRows*insertCols || all && len(rows) > 0 {
-			k := min(len(rows)/insertCols, insertRows)
-			var err error
-			if k == insertRows {
-				if insert == nil {
-					if insert, err = tx.Prepare(insertConns(insertRows)); err != nil {
-						return err
-					}
-				}
-				_, err = insert.Exec(rows[:k*insertCols]...)
-			} else {
-				_, err = tx.Exec(insertConns(k), rows[:k*insertCols]...)
-			}
-			if err != nil {
-				return err
-			}
-			rows = rows[k*insertCols:]
-		}
-		return nil
-	}
-	var update *sql.Stmt
+// order, within the writer's transaction. A batch's reports add one traffic row per
+// program.
+func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
+	// Connections go in with multi-row INSERTs of insertRows rows, the rest of a
+	// batch with smaller ones: one statement per row cost the writer about as much
+	// as the rows themselves.
 	programs := map[programKey]*programBytes{}
 	// A report about a connection of this same batch sets the row's totals before
 	// it is inserted: one statement fewer per short connection.
@@ -682,101 +775,259 @@ func (h *History) writeItems(tx *sql.Tx, batch []historyItem) error {
 			applied[i] = true
 		}
 	}
-	for i, it := range batch {
-		if t := it.traffic; t != nil {
-			if update == nil {
-				if err := h.ensureTrafficTable(tx); err != nil {
-					return err
+	// Rows are inserted in runs between traffic reports (a report updates a row
+	// that must already be there), in the order they were recorded, with
+	// statements of insertSizes rows of one kind (plain or not, see connColumns).
+	rows, plain := 0, false // rows of that kind whose arguments are in w.args
+	flushRows := func() error {
+		per := len(connColumns)
+		if plain {
+			per = plainCols
+		}
+		args := w.args
+		for rows > 0 {
+			n := insertSizes[len(insertSizes)-1]
+			for _, k := range insertSizes {
+				if rows >= k {
+					n = k
+					break
 				}
-				var err error
-				if update, err = tx.Prepare(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
-					return err
-				}
-				defer update.Close()
 			}
-			r := &t.Request
-			if applied[i] {
-				// Set on its row before the insert.
-			} else if _, err := update.Exec(int64(t.BytesIn), int64(t.BytesOut), int64(r.ID), h.run); err != nil {
-				// A row that is gone (pruned, or never recorded) still counts for its program.
+			if _, err := w.run(insertConns(n, plain), args[:n*per]); err != nil {
 				return err
 			}
-			if t.DeltaIn == 0 && t.DeltaOut == 0 {
-				continue
+			args = args[n*per:]
+			rows -= n
+		}
+		clear(w.args) // let the values go
+		w.args = w.args[:0]
+		return nil
+	}
+	add := func(c *Conn) error {
+		p := w.values(c, h.run)
+		if rows > 0 && (p != plain || rows == insertSizes[0]) {
+			if err := flushRows(); err != nil {
+				return err
 			}
-			k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
-			p := programs[k]
-			if p == nil {
-				p = &programBytes{}
-				programs[k] = p
-			}
-			p.in += t.DeltaIn
-			p.out += t.DeltaOut
-			if t.Time.After(p.time) {
-				p.time = t.Time
+		}
+		plain = p
+		w.addRow(p)
+		rows++
+		return nil
+	}
+	for i := range batch {
+		it := &batch[i]
+		t := it.traffic
+		if t == nil {
+			if err := add(&it.conn); err != nil {
+				return err
 			}
 			continue
 		}
-		c := &it.conn
-		r := &c.Request
-		rows = append(rows, c.Time.UnixNano(), r.Direction.String(), r.Protocol.String(),
-			addrString(r.Local.Addr()), int(r.Local.Port()),
-			addrString(r.Remote.Addr()), int(r.Remote.Port()),
-			int64(r.PID), r.Exe, int64(r.UID), r.User, r.Cmdline, r.Host,
-			c.Verdict.Action.String(), string(c.Verdict.Reason), int64(c.Verdict.RuleID),
-			r.Identity.String(), r.Container, r.IdentityNote, r.HostSource, r.Note,
-			h.run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), r.Netns,
-			c.Verdict.Mode.String(), r.Unit, r.AppID, joinParents(r.Parents), r.ContainerName)
-		if err := flush(false); err != nil {
+		if !applied[i] {
+			if err := flushRows(); err != nil {
+				return err
+			}
+		}
+		if err := h.ensureTrafficTable(w); err != nil {
 			return err
 		}
+		r := &t.Request
+		if !applied[i] {
+			// A row that is gone (pruned, or never recorded) still counts for its program.
+			w.int(int64(t.BytesIn))
+			w.int(int64(t.BytesOut))
+			w.int(int64(r.ID))
+			w.int(h.run)
+			if _, err := w.runArgs(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
+				return err
+			}
+		}
+		if t.DeltaIn == 0 && t.DeltaOut == 0 {
+			continue
+		}
+		k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
+		p := programs[k]
+		if p == nil {
+			p = &programBytes{}
+			programs[k] = p
+		}
+		p.in += t.DeltaIn
+		p.out += t.DeltaOut
+		if t.Time.After(p.time) {
+			p.time = t.Time
+		}
 	}
-	if err := flush(true); err != nil {
+	if err := flushRows(); err != nil {
 		return err
 	}
 	for k, p := range programs {
-		if _, err := tx.Exec(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ?, ?, ?, ?, ?)`,
-			p.time.UnixNano(), k.exe, int64(k.uid), k.user, int64(p.in), int64(p.out)); err != nil {
+		w.int(p.time.UnixNano())
+		w.text(k.exe)
+		w.int(int64(k.uid))
+		w.text(k.user)
+		w.int(int64(p.in))
+		w.int(int64(p.out))
+		if _, err := w.runArgs(`INSERT INTO traffic (time_ns, exe, uid, user, bytes_in, bytes_out) VALUES (?, ifnull(?, ''), ?, ifnull(?, ''), ?, ?)`); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// Multi-row inserts of connections: insertCols values per row, at most insertRows
-// rows per statement (SQLite allows 32766 variables).
+// values fills w.row with the values of c's row (an empty text as nil, an integer
+// as int64) and reports whether the row is plain: every optional column empty.
+func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
+	r := &c.Request
+	text := func(s string) driver.Value {
+		if s == "" {
+			return nil
+		}
+		return s
+	}
+	w.row = [insertCols]driver.Value{
+		c.Time.UnixNano(), text(r.Direction.String()), text(r.Protocol.String()),
+		text(addrString(r.Local.Addr())), int64(r.Local.Port()),
+		text(w.remote(r.Remote.Addr())), int64(r.Remote.Port()),
+		int64(r.PID), text(r.Exe), int64(r.UID), text(r.User), text(r.Cmdline), text(r.Host),
+		text(c.Verdict.Action.String()), text(string(c.Verdict.Reason)), int64(c.Verdict.RuleID),
+		text(r.Identity.String()), text(r.Container), text(r.IdentityNote), text(r.HostSource), text(r.Note),
+		run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), text(r.Netns),
+		text(c.Verdict.Mode.String()), text(r.Unit), text(r.AppID), text(joinParents(r.Parents)),
+		text(r.ContainerName),
+	}
+	for i, col := range connColumns {
+		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
+			return false
+		}
+	}
+	return true
+}
+
+// addRow adds w.row's arguments: all of them, or in a plain row those of the
+// columns that are not optional.
+func (w *rowWriter) addRow(plain bool) {
+	for i, col := range connColumns {
+		if plain && col.optional {
+			continue
+		}
+		w.args = append(w.args, driver.NamedValue{Value: w.row[i]})
+	}
+}
+
+// insertSizes are the numbers of rows the connection INSERTs take, largest first
+// (SQLite allows 32766 variables per statement).
+var insertSizes = []int{insertRows, 16, 4, 1}
+
 const (
 	insertCols = 31
 	insertRows = 64
 )
 
-// insertConns returns an INSERT of n connection rows.
-func insertConns(n int) string {
-	var b strings.Builder
-	b.WriteString(`INSERT INTO conns (time_ns, direction, proto, local_ip, local_port,
-		remote_ip, remote_port, pid, exe, uid, user, cmdline, host, verdict, reason, rule_id,
-		identity, container, identity_note, host_source, note,
-		run_ns, req_id, bytes_in, bytes_out, netns, mode, unit, app_id, parents, container_name) VALUES `)
-	row := "(" + strings.Repeat("?, ", insertCols-1) + "?)"
+// connColumns are the columns of conns a row inserts, in the order of
+// rowWriter.values. A text goes as NULL when empty and is stored as an empty text
+// (ifnull): the driver copies every text it binds into memory of its own, which
+// NULL spares. Optional columns are empty in most connections the kernel fast path
+// records: a row whose optional columns are all empty is plain, and is inserted
+// with a statement that has them as constants (binding fewer values).
+var connColumns = [insertCols]struct {
+	name           string
+	text, optional bool
+}{
+	{"time_ns", false, false}, {"direction", true, false}, {"proto", true, false},
+	{"local_ip", true, true}, {"local_port", false, true},
+	{"remote_ip", true, false}, {"remote_port", false, false},
+	{"pid", false, false}, {"exe", true, false}, {"uid", false, false}, {"user", true, false},
+	{"cmdline", true, true}, {"host", true, true},
+	{"verdict", true, false}, {"reason", true, false}, {"rule_id", false, false},
+	{"identity", true, false}, {"container", true, true}, {"identity_note", true, true},
+	{"host_source", true, true}, {"note", true, true},
+	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, true}, {"bytes_out", false, true},
+	{"netns", true, true}, {"mode", true, false}, {"unit", true, true}, {"app_id", true, true},
+	{"parents", true, true}, {"container_name", true, true},
+}
+
+// plainCols is how many arguments a plain row takes.
+var plainCols = func() int {
+	n := 0
+	for _, col := range connColumns {
+		if !col.optional {
+			n++
+		}
+	}
+	return n
+}()
+
+// insertSQL holds insertConns' statements by size and kind.
+var insertSQL sync.Map
+
+// insertConns returns an INSERT of n connection rows, plain or not.
+func insertConns(n int, plain bool) string {
+	type key struct {
+		n     int
+		plain bool
+	}
+	if q, ok := insertSQL.Load(key{n, plain}); ok {
+		return q.(string)
+	}
+	var b, row strings.Builder
+	b.WriteString("INSERT INTO conns (")
+	row.WriteString("(")
+	for i, col := range connColumns {
+		if i > 0 {
+			b.WriteString(", ")
+			row.WriteString(", ")
+		}
+		b.WriteString(col.name)
+		switch {
+		case plain && col.optional && col.text:
+			row.WriteString("''")
+		case plain && col.optional:
+			row.WriteString("0")
+		case col.text:
+			row.WriteString("ifnull(?, '')")
+		default:
+			row.WriteString("?")
+		}
+	}
+	b.WriteString(") VALUES ")
+	row.WriteString(")")
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString(row)
+		b.WriteString(row.String())
 	}
-	return b.String()
+	q := b.String()
+	insertSQL.Store(key{n, plain}, q)
+	return q
 }
 
 // ensureTrafficTable creates the traffic table and its index if they are not there.
-func (h *History) ensureTrafficTable(tx *sql.Tx) error {
+func (h *History) ensureTrafficTable(w *rowWriter) error {
 	if h.trafficTable.Load() {
 		return nil
 	}
-	if _, err := tx.Exec(trafficSchema); err != nil {
+	if err := w.exec(trafficSchema); err != nil {
 		return fmt.Errorf("creating the traffic table: %w", err)
 	}
 	// Set before the commit; writeBatch looks again if the commit fails.
 	h.trafficTable.Store(true)
+	return nil
+}
+
+// prune deletes the oldest rows beyond the bound, with the writer's statements.
+func (h *History) prune(w *rowWriter) error {
+	tables := []string{"conns"}
+	if h.trafficTable.Load() {
+		tables = append(tables, "traffic")
+	}
+	for _, table := range tables {
+		w.int(int64(h.maxRows))
+		if _, err := w.runArgs(`DELETE FROM ` + table + ` WHERE id <= (SELECT MAX(id) FROM ` + table + `) - ?`); err != nil {
+			return fmt.Errorf("pruning history (%s): %w", table, err)
+		}
+	}
 	return nil
 }
 

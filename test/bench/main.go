@@ -42,7 +42,10 @@
 //
 //	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 12 -n 12000
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-cpuprofile DIR]
+//
+// -cpuprofile DIR has each latch daemon write a CPU profile of itself to
+// DIR/SCENARIO.pprof when it stops (`go tool pprof DIR/latch+fp.pprof`).
 package main
 
 import (
@@ -72,6 +75,9 @@ import (
 )
 
 const benchPort = 9000
+
+// cpuProfileDir (-cpuprofile): where the daemons write their CPU profiles; "": none.
+var cpuProfileDir string
 
 // Measurement is one scenario's numbers, as the client role prints them.
 type Measurement struct {
@@ -115,6 +121,7 @@ func main() {
 	bulkTime := flag.Duration("bulk-time", time.Second, "at most this long sending per scenario and round")
 	only := flag.String("scenarios", "", "comma-separated scenarios to run (default: all)")
 	reset := flag.Bool("reset", true, "close each connect with a reset (no TIME_WAIT); false: a normal close, whose TIME_WAIT sockets make the kernel's search for a free local port part of every connect")
+	flag.StringVar(&cpuProfileDir, "cpuprofile", "", "write a CPU profile of each latch daemon to DIR/SCENARIO.pprof (LATCH_CPUPROFILE), when it stops")
 	udpN := flag.Int("udp", 0, "UDP exchanges (each a new flow) per phase, in the same rounds, for none, latch and latch+fp (0: none)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -559,6 +566,9 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 		}
 		d := nettest.Command(p.Client, latchBin, args...)
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
+		if cpuProfileDir != "" {
+			d.Env = append(os.Environ(), "LATCH_CPUPROFILE="+filepath.Join(cpuProfileDir, name+".pprof"))
+		}
 		if err := d.Start(); err != nil {
 			return tg, err
 		}

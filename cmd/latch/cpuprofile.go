@@ -1,0 +1,34 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/pprof"
+)
+
+// cpuProfileEnv names a file `latch daemon` writes a CPU profile of itself to (Go's
+// pprof format, read with `go tool pprof`): profiling starts with the daemon and the
+// profile is written when it stops cleanly (SIGTERM, SIGINT). A developer's tool,
+// not a flag: test/bench -cpuprofile sets it for the daemons it starts.
+const cpuProfileEnv = "LATCH_CPUPROFILE"
+
+// startCPUProfile starts profiling if $LATCH_CPUPROFILE names a file, and returns
+// the function that stops and writes it.
+func startCPUProfile() (stop func(), err error) {
+	path := os.Getenv(cpuProfileEnv)
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cpuProfileEnv, err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s %s: %w", cpuProfileEnv, path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}

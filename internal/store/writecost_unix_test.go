@@ -1,0 +1,74 @@
+//go:build unix
+
+package store
+
+import (
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// processCPU is the CPU time (user and system) the test process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkHistoryRowCost measures what one connection costs the process in CPU
+// (the writer's batches, the Record calls, the garbage collector) — the number a
+// loaded machine does not blur, unlike wall time — for rows as the fast path records
+// them and for queued rows (testConn: host, container, parents...). "full": the
+// history is at its bound, so each batch also deletes as many old rows.
+func BenchmarkHistoryRowCost(b *testing.B) {
+	for _, full := range []bool{false, true} {
+		for _, kind := range []string{"fastpath", "queued"} {
+			name := kind
+			if full {
+				name += "/full"
+			}
+			b.Run(name, func(b *testing.B) {
+				const bound = 20_000
+				h, err := OpenHistory(filepath.Join(b.TempDir(), HistoryFileName), bound)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer h.Close()
+				conn := fastPathConn
+				if kind == "queued" {
+					conn = testConn
+				}
+				if full {
+					for i := range bound {
+						for h.Record(conn(i)) != nil {
+							h.Flush()
+						}
+					}
+					h.Flush()
+				}
+				rows := make([]Conn, 1024)
+				for i := range rows {
+					rows[i] = conn(i)
+				}
+				before := h.Stats().Recorded
+				cpu0 := processCPU(b)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					for h.Record(rows[i%len(rows)]) != nil {
+						h.Flush()
+					}
+				}
+				h.Flush()
+				b.StopTimer()
+				cpu := processCPU(b) - cpu0
+				if r := h.Stats().Recorded - before; r != uint64(b.N) {
+					b.Fatalf("%d of %d recorded: %+v %s", r, b.N, h.Stats(), h.LastError())
+				}
+				b.ReportMetric(float64(cpu.Nanoseconds())/1000/float64(b.N), "cpu-µs/row")
+			})
+		}
+	}
+}
