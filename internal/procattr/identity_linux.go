@@ -260,7 +260,7 @@ func containerOf(cgroup []byte) string {
 
 func containerOfPath(path string) string {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
-	c := containerOfSegs(segs)
+	c, k := containerOfSegs(segs)
 	if c == "" {
 		return ""
 	}
@@ -268,8 +268,10 @@ func containerOfPath(path string) string {
 	// systemd delegates to that user) is one that user's programs may have named
 	// themselves, rootless containers included: its runtime says whose tree it is in
 	// ("podman@1000:ID"), so that it is never taken for a system container of the
-	// same id or name (engine: only a rule naming that label matches it).
-	for _, s := range segs {
+	// same id or name (engine: only a rule naming that label matches it). Only the
+	// segments above the container count: below it, names are the container's own
+	// (a "user@1000.service" a system container made is not user 1000's tree).
+	for _, s := range segs[:k] {
 		if uid, ok := strings.CutPrefix(s, "user@"); ok {
 			if uid, ok = strings.CutSuffix(uid, ".service"); ok && isDecimal(uid) {
 				rt, id, _ := strings.Cut(c, ":")
@@ -293,8 +295,13 @@ func isDecimal(s string) bool {
 	return true
 }
 
-func containerOfSegs(segs []string) string {
-	for k := len(segs) - 1; k >= 0; k-- {
+// containerOfSegs finds the outermost container in a cgroup path's segments and
+// the index of its segment. Outermost, not innermost: a container whose cgroup is
+// delegated to it (LXD, nspawn, podman running systemd, docker with CAP_SYS_ADMIN
+// in a cgroup namespace of its own) names the cgroups below its own, so a
+// "docker-ID.scope" inside it is its root's claim, not the host runtime's.
+func containerOfSegs(segs []string) (string, int) {
+	for k := 0; k < len(segs); k++ {
 		s := segs[k]
 		parent := ""
 		if k > 0 {
@@ -309,38 +316,38 @@ func containerOfSegs(segs []string) string {
 			if id, ok := strings.CutPrefix(s, p.prefix); ok {
 				id = strings.TrimSuffix(id, ".scope")
 				if isContainerID(id) { // not libpod-conmon-ID, crio-conmon-ID
-					return p.runtime + ":" + id
+					return p.runtime + ":" + id, k
 				}
 			}
 		}
 		if isContainerID(s) {
 			switch {
 			case parent == "docker":
-				return "docker:" + s
+				return "docker:" + s, k
 			case strings.HasPrefix(parent, "pod") || slices.ContainsFunc(segs, func(s string) bool { return strings.Contains(s, "kubepods") }):
-				return "kubernetes:" + s
+				return "kubernetes:" + s, k
 			case parent == "libpod_parent" || strings.HasPrefix(parent, "libpod"):
-				return "podman:" + s
+				return "podman:" + s, k
 			}
 		}
 		if name, ok := strings.CutPrefix(s, "lxc.payload."); ok && isName(name) {
-			return "lxc:" + name
+			return "lxc:" + name, k
 		}
 		if parent == "lxc" && isName(s) {
-			return "lxc:" + s
+			return "lxc:" + s, k
 		}
 		if name, ok := strings.CutPrefix(s, "machine-"); ok && parent == "machine.slice" && strings.HasSuffix(name, ".scope") {
 			if name = unescapeSystemd(strings.TrimSuffix(name, ".scope")); isName(name) {
-				return "machine:" + name
+				return "machine:" + name, k
 			}
 		}
 		if name, ok := strings.CutPrefix(s, "systemd-nspawn@"); ok && strings.HasSuffix(name, ".service") {
 			if name = unescapeSystemd(strings.TrimSuffix(name, ".service")); isName(name) {
-				return "machine:" + name
+				return "machine:" + name, k
 			}
 		}
 	}
-	return ""
+	return "", -1
 }
 
 // isName reports whether s is a container name latch shows: 1 to 64 letters,

@@ -451,3 +451,31 @@ func chrootWithLoader(t *testing.T, exe string) string {
 	}
 	return dir
 }
+
+// TestContainerOfNestedIsTheOuter: a container whose cgroup is delegated to it (an
+// LXD or nspawn container, podman running systemd, docker with a private cgroup
+// namespace and CAP_SYS_ADMIN) names the cgroups below its own: their names are
+// its root's claim, not the host runtime's. The label is the outermost container
+// the host's runtime made, so that such a container cannot be taken for a system
+// container of the host (and get its rules and, by the id, its name) or for a
+// host user's own container (a "user@UID.service" it makes below its cgroup).
+func TestContainerOfNestedIsTheOuter(t *testing.T) {
+	const outer = "4bd8f2a1c3e5d7f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7"
+	const inner = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct{ cgroup, want string }{
+		{"0::/lxc.payload.c1/system.slice/docker-" + inner + ".scope\n", "lxc:c1"},
+		{"0::/machine.slice/libpod-" + outer + ".scope/container/docker-" + inner + ".scope\n", "podman:" + outer},
+		{"0::/system.slice/docker-" + outer + ".scope/docker/" + inner + "\n", "docker:" + outer},
+		{"0::/machine.slice/machine-box.scope/payload/system.slice/docker-" + inner + ".scope\n", "machine:box"},
+		// A user@UID.service the container made below its own cgroup is its own
+		// name too: not a host user's tree.
+		{"0::/machine.slice/libpod-" + outer + ".scope/container/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + inner + ".scope/container\n", "podman:" + outer},
+		{"0::/machine.slice/libpod-" + outer + ".scope/container/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service\n", "podman:" + outer},
+		// A host user's own tree still says whose, whatever is nested in it.
+		{"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + outer + ".scope/container/docker-" + inner + ".scope\n", "podman@1000:" + outer},
+	} {
+		if got := containerOf([]byte(tc.cgroup)); got != tc.want {
+			t.Errorf("containerOf(%q) = %q, want %q", tc.cgroup, got, tc.want)
+		}
+	}
+}
