@@ -49,6 +49,11 @@ const (
 	MaxFileSize = 16 << 20
 	// MaxNameLen bounds a name; a longer one is not reported.
 	MaxNameLen = 255
+	// MaxUserNames bounds the names kept from one state file of a user's own
+	// (rootless) runtime, which that user may fill at will: the first entries of
+	// the file are kept, a container beyond them gives no name. Root's files are
+	// the system runtime's and are kept whole.
+	MaxUserNames = 1024
 )
 
 // podmanDrivers are the containers/storage drivers whose DRIVER-containers directory
@@ -185,10 +190,14 @@ func (r *Reader) resolve(label string, now time.Time) (name string, checked time
 		bases = [2]string{home + "/.local/share/containers/storage", "/run/user/" + strconv.FormatUint(uint64(owner), 10) + "/containers"}
 	}
 	checked = now
+	parse := parsePodman
+	if owner != 0 {
+		parse = parseUserPodman
+	}
 	for _, base := range bases {
 		for _, d := range podmanDrivers {
 			for _, f := range []string{"containers.json", "volatile-containers.json"} {
-				n, c := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parsePodman)
+				n, c := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parse)
 				if c.Before(checked) {
 					checked = c
 				}
@@ -401,6 +410,17 @@ func parseDocker(data []byte, dir string) map[string]string {
 // parsePodman reads a containers/storage containers.json: an array of containers
 // with "id" and "names". nil if it is not such a file.
 func parsePodman(data []byte, _ string) map[string]string {
+	return parsePodmanMax(data, 0)
+}
+
+// parseUserPodman is parsePodman for a user's own file: at most MaxUserNames names,
+// the first ones.
+func parseUserPodman(data []byte, _ string) map[string]string {
+	return parsePodmanMax(data, MaxUserNames)
+}
+
+// parsePodmanMax is parsePodman keeping the first max names (0: all).
+func parsePodmanMax(data []byte, max int) map[string]string {
 	if !bytes.HasPrefix(bytes.TrimLeft(data, " \t\r\n"), []byte("[")) {
 		return nil
 	}
@@ -411,8 +431,15 @@ func parsePodman(data []byte, _ string) map[string]string {
 	if err := json.Unmarshal(data, &cs); err != nil {
 		return nil
 	}
-	names := make(map[string]string, len(cs))
+	size := len(cs)
+	if max > 0 && size > max {
+		size = max
+	}
+	names := make(map[string]string, size)
 	for _, c := range cs {
+		if max > 0 && len(names) >= max {
+			break
+		}
 		if isContainerID(c.ID) && len(c.Names) > 0 && validName(c.Names[0]) {
 			names[c.ID] = c.Names[0]
 		}
