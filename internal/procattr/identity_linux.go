@@ -217,7 +217,8 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 	}
 	var cgBuf [8192]byte
 	if cg, err := d.readFile("cgroup", cgBuf[:]); err == nil {
-		if c := containerOf(cg); c != "" {
+		if c, controllers, parent := containerAt(cg); c != "" {
+			c = delegatedTo(c, controllers, parent)
 			return identity{status: engine.IdentityContainer, container: c,
 				note: "the process runs in container " + c + " (another mount namespace): the path is the container's, not the host's"}
 		}
@@ -240,6 +241,15 @@ func inInitialUserNS(d procDir) bool {
 // A cgroup name is chosen by whoever may create the cgroup (rootless containers
 // create theirs), so the result is a label only: it never makes a path trusted.
 func containerOf(cgroup []byte) string {
+	c, _, _ := containerAt(cgroup)
+	return c
+}
+
+// containerAt is containerOf that also says where the label was found: the
+// hierarchy's controllers as the line names them ("" for cgroup v2, "cpu,cpuacct",
+// "name=systemd") and the path of the cgroup the container's cgroup was made in
+// (its parent), so that its owner can be looked at (see delegatedTo).
+func containerAt(cgroup []byte) (label, controllers, parent string) {
 	for _, line := range strings.Split(string(cgroup), "\n") {
 		// The path is everything after the second colon (v1 controller lists hold
 		// no colon; a path may).
@@ -251,19 +261,20 @@ func containerOf(cgroup []byte) string {
 		if j < 0 {
 			continue
 		}
-		if c := containerOfPath(line[i+1+j+1:]); c != "" {
-			return c
+		if c, parent := containerOfPath(line[i+1+j+1:]); c != "" {
+			return c, line[i+1 : i+1+j], parent
 		}
 	}
-	return ""
+	return "", "", ""
 }
 
-func containerOfPath(path string) string {
+func containerOfPath(path string) (label, parent string) {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
 	c, k := containerOfSegs(segs)
 	if c == "" {
-		return ""
+		return "", ""
 	}
+	parent = "/" + strings.Join(segs[:k], "/")
 	// A container found inside a user's own systemd tree (user@UID.service, which
 	// systemd delegates to that user) is one that user's programs may have named
 	// themselves, rootless containers included: its runtime says whose tree it is in
@@ -275,11 +286,11 @@ func containerOfPath(path string) string {
 		if uid, ok := strings.CutPrefix(s, "user@"); ok {
 			if uid, ok = strings.CutSuffix(uid, ".service"); ok && isDecimal(uid) {
 				rt, id, _ := strings.Cut(c, ":")
-				return rt + "@" + uid + ":" + id
+				return rt + "@" + uid + ":" + id, parent
 			}
 		}
 	}
-	return c
+	return c, parent
 }
 
 // isDecimal reports whether s is 1 to 10 ASCII digits.
