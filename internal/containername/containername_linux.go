@@ -47,6 +47,10 @@ const (
 	DefaultMaxFiles = 4096
 	// MaxFileSize bounds a state file latch reads; a larger one gives no names.
 	MaxFileSize = 16 << 20
+	// MaxUserFileSize bounds a state file of a user's own (rootless) runtime, which
+	// that user may rewrite at will: each version is read and parsed again (a
+	// containers.json entry is about 1 KiB, so this holds about MaxUserNames).
+	MaxUserFileSize = 2 << 20
 	// MaxNameLen bounds a name; a longer one is not reported.
 	MaxNameLen = 255
 	// MaxUserNames bounds the names kept from one state file of a user's own
@@ -305,9 +309,10 @@ func (r *Reader) refresh(path string, owner uint32, old fileID, parse func([]byt
 	if id == old {
 		return id, nil, false
 	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err == nil && len(data) > MaxFileSize {
-		err = fmt.Errorf("larger than %d bytes", MaxFileSize)
+	limit := maxSize(owner)
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err == nil && int64(len(data)) > limit {
+		err = fmt.Errorf("larger than %d bytes", limit)
 	}
 	if err == nil {
 		if names = parse(data, filepath.Base(filepath.Dir(path))); names == nil {
@@ -325,7 +330,7 @@ func (r *Reader) refresh(path string, owner uint32, old fileID, parse func([]byt
 
 // openTrusted opens root+path for reading if every directory from root down is owned
 // by root or owner and writable by no one else, and the file is a regular file owned
-// by owner, writable by no one else, no larger than MaxFileSize; no symbolic link is
+// by owner, writable by no one else, no larger than maxSize(owner); no symbolic link is
 // followed. On an error, id is still the version found (zero if none), so a file
 // refused once is not looked at again until it changes.
 func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error) {
@@ -374,8 +379,8 @@ func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error)
 		err = fmt.Errorf("owned by uid %d, not %d: %w", st.Uid, owner, errUntrusted)
 	case st.Mode&0o022 != 0:
 		err = fmt.Errorf("writable by group or others (mode %o): %w", st.Mode&0o7777, errUntrusted)
-	case st.Size > MaxFileSize:
-		err = fmt.Errorf("%d bytes, more than %d", st.Size, MaxFileSize)
+	case st.Size > maxSize(owner):
+		err = fmt.Errorf("%d bytes, more than %d", st.Size, maxSize(owner))
 	}
 	if err != nil {
 		unix.Close(fd)
@@ -385,6 +390,15 @@ func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error)
 }
 
 var errUntrusted = errors.New("not trusted")
+
+// maxSize is the largest state file latch reads of owner's: MaxFileSize for root's
+// runtime, MaxUserFileSize for a user's own.
+func maxSize(owner uint32) int64 {
+	if owner != 0 {
+		return MaxUserFileSize
+	}
+	return MaxFileSize
+}
 
 // parseDocker reads a docker config.v2.json; dir is its directory's name, the
 // container's id. nil if it is not such a file.
