@@ -47,8 +47,17 @@ const (
 	DefaultMaxFiles = 4096
 	// MaxFileSize bounds a state file latch reads; a larger one gives no names.
 	MaxFileSize = 16 << 20
+	// MaxUserFileSize bounds a state file of a user's own (rootless) runtime, which
+	// that user may rewrite at will: each version is read and parsed again (a
+	// containers.json entry is about 1 KiB, so this holds about MaxUserNames).
+	MaxUserFileSize = 2 << 20
 	// MaxNameLen bounds a name; a longer one is not reported.
 	MaxNameLen = 255
+	// MaxUserNames bounds the names kept from one state file of a user's own
+	// (rootless) runtime, which that user may fill at will: the first entries of
+	// the file are kept, a container beyond them gives no name. Root's files are
+	// the system runtime's and are kept whole.
+	MaxUserNames = 1024
 )
 
 // podmanDrivers are the containers/storage drivers whose DRIVER-containers directory
@@ -185,10 +194,14 @@ func (r *Reader) resolve(label string, now time.Time) (name string, checked time
 		bases = [2]string{home + "/.local/share/containers/storage", "/run/user/" + strconv.FormatUint(uint64(owner), 10) + "/containers"}
 	}
 	checked = now
+	parse := parsePodman
+	if owner != 0 {
+		parse = parseUserPodman
+	}
 	for _, base := range bases {
 		for _, d := range podmanDrivers {
 			for _, f := range []string{"containers.json", "volatile-containers.json"} {
-				n, c := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parsePodman)
+				n, c := r.lookup(base+"/"+d+"-containers/"+f, owner, id, parse)
 				if c.Before(checked) {
 					checked = c
 				}
@@ -296,9 +309,10 @@ func (r *Reader) refresh(path string, owner uint32, old fileID, parse func([]byt
 	if id == old {
 		return id, nil, false
 	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err == nil && len(data) > MaxFileSize {
-		err = fmt.Errorf("larger than %d bytes", MaxFileSize)
+	limit := maxSize(owner)
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err == nil && int64(len(data)) > limit {
+		err = fmt.Errorf("larger than %d bytes", limit)
 	}
 	if err == nil {
 		if names = parse(data, filepath.Base(filepath.Dir(path))); names == nil {
@@ -316,7 +330,7 @@ func (r *Reader) refresh(path string, owner uint32, old fileID, parse func([]byt
 
 // openTrusted opens root+path for reading if every directory from root down is owned
 // by root or owner and writable by no one else, and the file is a regular file owned
-// by owner, writable by no one else, no larger than MaxFileSize; no symbolic link is
+// by owner, writable by no one else, no larger than maxSize(owner); no symbolic link is
 // followed. On an error, id is still the version found (zero if none), so a file
 // refused once is not looked at again until it changes.
 func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error) {
@@ -365,8 +379,8 @@ func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error)
 		err = fmt.Errorf("owned by uid %d, not %d: %w", st.Uid, owner, errUntrusted)
 	case st.Mode&0o022 != 0:
 		err = fmt.Errorf("writable by group or others (mode %o): %w", st.Mode&0o7777, errUntrusted)
-	case st.Size > MaxFileSize:
-		err = fmt.Errorf("%d bytes, more than %d", st.Size, MaxFileSize)
+	case st.Size > maxSize(owner):
+		err = fmt.Errorf("%d bytes, more than %d", st.Size, maxSize(owner))
 	}
 	if err != nil {
 		unix.Close(fd)
@@ -376,6 +390,15 @@ func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error)
 }
 
 var errUntrusted = errors.New("not trusted")
+
+// maxSize is the largest state file latch reads of owner's: MaxFileSize for root's
+// runtime, MaxUserFileSize for a user's own.
+func maxSize(owner uint32) int64 {
+	if owner != 0 {
+		return MaxUserFileSize
+	}
+	return MaxFileSize
+}
 
 // parseDocker reads a docker config.v2.json; dir is its directory's name, the
 // container's id. nil if it is not such a file.
@@ -401,6 +424,17 @@ func parseDocker(data []byte, dir string) map[string]string {
 // parsePodman reads a containers/storage containers.json: an array of containers
 // with "id" and "names". nil if it is not such a file.
 func parsePodman(data []byte, _ string) map[string]string {
+	return parsePodmanMax(data, 0)
+}
+
+// parseUserPodman is parsePodman for a user's own file: at most MaxUserNames names,
+// the first ones.
+func parseUserPodman(data []byte, _ string) map[string]string {
+	return parsePodmanMax(data, MaxUserNames)
+}
+
+// parsePodmanMax is parsePodman keeping the first max names (0: all).
+func parsePodmanMax(data []byte, max int) map[string]string {
 	if !bytes.HasPrefix(bytes.TrimLeft(data, " \t\r\n"), []byte("[")) {
 		return nil
 	}
@@ -411,8 +445,15 @@ func parsePodman(data []byte, _ string) map[string]string {
 	if err := json.Unmarshal(data, &cs); err != nil {
 		return nil
 	}
-	names := make(map[string]string, len(cs))
+	size := len(cs)
+	if max > 0 && size > max {
+		size = max
+	}
+	names := make(map[string]string, size)
 	for _, c := range cs {
+		if max > 0 && len(names) >= max {
+			break
+		}
 		if isContainerID(c.ID) && len(c.Names) > 0 && validName(c.Names[0]) {
 			names[c.ID] = c.Names[0]
 		}

@@ -31,7 +31,9 @@
 //
 // Cost: a Reader caches each state file with its identity (device, inode, size,
 // mtime, ctime) and looks at it again at most once per Interval; it is read again
-// only when that identity changed. A lookup between checks is a map lookup (a
+// only when that identity changed. From a user's own file only the first
+// MaxUserNames names are kept, and none from one larger than MaxUserFileSize
+// (that user may fill and rewrite it at will). A lookup between checks is a map lookup (a
 // label's answer is kept until the oldest file it came from is due). A file
 // that is missing (no such runtime) is remembered as missing the same way. At most
 // one goroutine refreshes a file at a time; others use what was cached meanwhile.

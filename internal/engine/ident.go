@@ -140,10 +140,13 @@ func parentMatches(p *appPattern, parents []string) bool {
 
 // containerMatches compares a rule's container with a request's "RUNTIME:ID" (or
 // "RUNTIME:NAME" for lxc and machined) and the name its runtime gives it (name, ""
-// if none): the whole label, the ID or name after the runtime, a prefix of at least
-// 12 characters of a 64-digit ID (docker's short ID), or the runtime's name alone
-// or after "RUNTIME:". A name is matched as the runtime names the container now: a
-// new container given the name of a removed one matches the same rules.
+// if none): the whole label, the ID or name after the runtime (alone or after
+// "RUNTIME:"), a prefix of at least 12 characters of a 64-digit ID (docker's short
+// ID), or the runtime's name alone or after "RUNTIME:". A name is matched as the
+// runtime names the container now: a new container given the name of a removed one
+// matches the same rules. A rule that reads as an id (12 to 64 hex digits) matches
+// ids only: docker and podman accept such names, and a rule by id (as `--scope
+// container` writes it) never follows a name.
 // A request's "RUNTIME@UID:ID" is a container in user UID's own cgroup tree, named by
 // that user's programs: only a rule naming "RUNTIME@UID:" with its ID (or 12+ digit
 // prefix) or its name matches it, never a rule for a system container of the same ID
@@ -159,19 +162,35 @@ func containerMatches(rule, req, name string) bool {
 	if !ok {
 		return false
 	}
-	if strings.Contains(rt, "@") {
-		rrt, rid, ok := strings.Cut(rule, ":")
-		if !ok || rrt != rt {
+	if rrt, rid, ok := strings.Cut(rule, ":"); ok {
+		if rrt != rt {
 			return false
 		}
 		rule = rid
-	} else if rrt, rid, ok := strings.Cut(rule, ":"); ok && rrt == rt && name != "" && rid == name {
-		return true
+	} else if strings.Contains(rt, "@") {
+		return false
+	}
+	if idLike(rule) {
+		name = ""
 	}
 	if rule == id || name != "" && rule == name {
 		return true
 	}
 	return len(id) == 64 && len(rule) >= 12 && len(rule) < 64 && strings.HasPrefix(id, rule)
+}
+
+// idLike reports whether s reads as a container id or its short form: 12 to 64
+// lower-case hex digits.
+func idLike(s string) bool {
+	if len(s) < 12 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // containerMatchedByName reports whether a rule's container matches a request's

@@ -328,3 +328,33 @@ func TestContainerMatchesUserOwned(t *testing.T) {
 		}
 	}
 }
+
+// TestContainerRuleByIDDoesNotFollowAName: a rule naming a container by id (12 to 64
+// hex digits, alone or after "RUNTIME:", as `--scope container` writes it) matches
+// that id only, never another container its runtime names like that id: docker and
+// podman take such names ("docker run --name 4bd8f2a1c3e5"), and README promises that
+// a rule by id never follows a name.
+func TestContainerRuleByIDDoesNotFollowAName(t *testing.T) {
+	const id = "4bd8f2a1c3e5d7f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7"
+	other := "docker:" + strings.Repeat("0123456789abcdef", 4)
+	for _, tc := range []struct {
+		rule, name string
+	}{
+		{id[:12], id[:12]},
+		{id, id},
+		{"docker:" + id, id},
+		{"docker:" + id[:12], id[:12]},
+	} {
+		if containerMatches(tc.rule, other, tc.name) {
+			t.Errorf("rule %q matches container %s named %q: a rule by id followed a name", tc.rule, other, tc.name)
+		}
+	}
+	// Names that are not ids still match, and ids do, "RUNTIME:" and the short id as
+	// `latch conns` shows it included.
+	if !containerMatches("web-1", other, "web-1") || !containerMatches("docker:cafe", other, "cafe") {
+		t.Error("a rule by name no longer matches")
+	}
+	if !containerMatches("docker:"+other[7:19], other, "web-1") || !containerMatches(other[7:19], other, "") {
+		t.Error("a rule by the short id no longer matches")
+	}
+}

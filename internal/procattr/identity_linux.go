@@ -217,7 +217,8 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 	}
 	var cgBuf [8192]byte
 	if cg, err := d.readFile("cgroup", cgBuf[:]); err == nil {
-		if c := containerOf(cg); c != "" {
+		if c, controllers, parent := containerAt(cg); c != "" {
+			c = delegatedTo(c, controllers, parent)
 			return identity{status: engine.IdentityContainer, container: c,
 				note: "the process runs in container " + c + " (another mount namespace): the path is the container's, not the host's"}
 		}
@@ -240,6 +241,15 @@ func inInitialUserNS(d procDir) bool {
 // A cgroup name is chosen by whoever may create the cgroup (rootless containers
 // create theirs), so the result is a label only: it never makes a path trusted.
 func containerOf(cgroup []byte) string {
+	c, _, _ := containerAt(cgroup)
+	return c
+}
+
+// containerAt is containerOf that also says where the label was found: the
+// hierarchy's controllers as the line names them ("" for cgroup v2, "cpu,cpuacct",
+// "name=systemd") and the path of the cgroup the container's cgroup was made in
+// (its parent), so that its owner can be looked at (see delegatedTo).
+func containerAt(cgroup []byte) (label, controllers, parent string) {
 	for _, line := range strings.Split(string(cgroup), "\n") {
 		// The path is everything after the second colon (v1 controller lists hold
 		// no colon; a path may).
@@ -251,33 +261,36 @@ func containerOf(cgroup []byte) string {
 		if j < 0 {
 			continue
 		}
-		if c := containerOfPath(line[i+1+j+1:]); c != "" {
-			return c
+		if c, parent := containerOfPath(line[i+1+j+1:]); c != "" {
+			return c, line[i+1 : i+1+j], parent
 		}
 	}
-	return ""
+	return "", "", ""
 }
 
-func containerOfPath(path string) string {
+func containerOfPath(path string) (label, parent string) {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
-	c := containerOfSegs(segs)
+	c, k := containerOfSegs(segs)
 	if c == "" {
-		return ""
+		return "", ""
 	}
+	parent = "/" + strings.Join(segs[:k], "/")
 	// A container found inside a user's own systemd tree (user@UID.service, which
 	// systemd delegates to that user) is one that user's programs may have named
 	// themselves, rootless containers included: its runtime says whose tree it is in
 	// ("podman@1000:ID"), so that it is never taken for a system container of the
-	// same id or name (engine: only a rule naming that label matches it).
-	for _, s := range segs {
+	// same id or name (engine: only a rule naming that label matches it). Only the
+	// segments above the container count: below it, names are the container's own
+	// (a "user@1000.service" a system container made is not user 1000's tree).
+	for _, s := range segs[:k] {
 		if uid, ok := strings.CutPrefix(s, "user@"); ok {
 			if uid, ok = strings.CutSuffix(uid, ".service"); ok && isDecimal(uid) {
 				rt, id, _ := strings.Cut(c, ":")
-				return rt + "@" + uid + ":" + id
+				return rt + "@" + uid + ":" + id, parent
 			}
 		}
 	}
-	return c
+	return c, parent
 }
 
 // isDecimal reports whether s is 1 to 10 ASCII digits.
@@ -293,8 +306,13 @@ func isDecimal(s string) bool {
 	return true
 }
 
-func containerOfSegs(segs []string) string {
-	for k := len(segs) - 1; k >= 0; k-- {
+// containerOfSegs finds the outermost container in a cgroup path's segments and
+// the index of its segment. Outermost, not innermost: a container whose cgroup is
+// delegated to it (LXD, nspawn, podman running systemd, docker with CAP_SYS_ADMIN
+// in a cgroup namespace of its own) names the cgroups below its own, so a
+// "docker-ID.scope" inside it is its root's claim, not the host runtime's.
+func containerOfSegs(segs []string) (string, int) {
+	for k := 0; k < len(segs); k++ {
 		s := segs[k]
 		parent := ""
 		if k > 0 {
@@ -309,38 +327,38 @@ func containerOfSegs(segs []string) string {
 			if id, ok := strings.CutPrefix(s, p.prefix); ok {
 				id = strings.TrimSuffix(id, ".scope")
 				if isContainerID(id) { // not libpod-conmon-ID, crio-conmon-ID
-					return p.runtime + ":" + id
+					return p.runtime + ":" + id, k
 				}
 			}
 		}
 		if isContainerID(s) {
 			switch {
 			case parent == "docker":
-				return "docker:" + s
+				return "docker:" + s, k
 			case strings.HasPrefix(parent, "pod") || slices.ContainsFunc(segs, func(s string) bool { return strings.Contains(s, "kubepods") }):
-				return "kubernetes:" + s
+				return "kubernetes:" + s, k
 			case parent == "libpod_parent" || strings.HasPrefix(parent, "libpod"):
-				return "podman:" + s
+				return "podman:" + s, k
 			}
 		}
 		if name, ok := strings.CutPrefix(s, "lxc.payload."); ok && isName(name) {
-			return "lxc:" + name
+			return "lxc:" + name, k
 		}
 		if parent == "lxc" && isName(s) {
-			return "lxc:" + s
+			return "lxc:" + s, k
 		}
 		if name, ok := strings.CutPrefix(s, "machine-"); ok && parent == "machine.slice" && strings.HasSuffix(name, ".scope") {
 			if name = unescapeSystemd(strings.TrimSuffix(name, ".scope")); isName(name) {
-				return "machine:" + name
+				return "machine:" + name, k
 			}
 		}
 		if name, ok := strings.CutPrefix(s, "systemd-nspawn@"); ok && strings.HasSuffix(name, ".service") {
 			if name = unescapeSystemd(strings.TrimSuffix(name, ".service")); isName(name) {
-				return "machine:" + name
+				return "machine:" + name, k
 			}
 		}
 	}
-	return ""
+	return "", -1
 }
 
 // isName reports whether s is a container name latch shows: 1 to 64 letters,

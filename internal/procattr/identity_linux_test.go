@@ -451,3 +451,80 @@ func chrootWithLoader(t *testing.T, exe string) string {
 	}
 	return dir
 }
+
+// TestContainerOfNestedIsTheOuter: a container whose cgroup is delegated to it (an
+// LXD or nspawn container, podman running systemd, docker with a private cgroup
+// namespace and CAP_SYS_ADMIN) names the cgroups below its own: their names are
+// its root's claim, not the host runtime's. The label is the outermost container
+// the host's runtime made, so that such a container cannot be taken for a system
+// container of the host (and get its rules and, by the id, its name) or for a
+// host user's own container (a "user@UID.service" it makes below its cgroup).
+func TestContainerOfNestedIsTheOuter(t *testing.T) {
+	const outer = "4bd8f2a1c3e5d7f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7"
+	const inner = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct{ cgroup, want string }{
+		{"0::/lxc.payload.c1/system.slice/docker-" + inner + ".scope\n", "lxc:c1"},
+		{"0::/machine.slice/libpod-" + outer + ".scope/container/docker-" + inner + ".scope\n", "podman:" + outer},
+		{"0::/system.slice/docker-" + outer + ".scope/docker/" + inner + "\n", "docker:" + outer},
+		{"0::/machine.slice/machine-box.scope/payload/system.slice/docker-" + inner + ".scope\n", "machine:box"},
+		// A user@UID.service the container made below its own cgroup is its own
+		// name too: not a host user's tree.
+		{"0::/machine.slice/libpod-" + outer + ".scope/container/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + inner + ".scope/container\n", "podman:" + outer},
+		{"0::/machine.slice/libpod-" + outer + ".scope/container/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service\n", "podman:" + outer},
+		// A host user's own tree still says whose, whatever is nested in it.
+		{"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + outer + ".scope/container/docker-" + inner + ".scope\n", "podman@1000:" + outer},
+	} {
+		if got := containerOf([]byte(tc.cgroup)); got != tc.want {
+			t.Errorf("containerOf(%q) = %q, want %q", tc.cgroup, got, tc.want)
+		}
+	}
+}
+
+// TestDelegatedCgroupIsItsUsers: a system unit with Delegate=yes and User= (a CI
+// runner, a container service run as a user) hands its cgroup to that user, who may
+// make "docker-ID.scope" below it: a process there, in a mount namespace of its
+// own, is labelled as that user's ("docker@1000:ID"), which no rule for a system
+// container (and no name from root's docker state) matches, as for a user's
+// user@UID.service tree. It used to be taken for root's docker container ID.
+func TestDelegatedCgroupIsItsUsers(t *testing.T) {
+	requireRoot(t)
+	root, err := cgroup2Mount()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy: %v", err)
+	}
+	id := strings.Repeat("0123456789abcdef", 4)
+	parent := filepath.Join(root, fmt.Sprintf("latch-test-deleg-%d", os.Getpid()))
+	unit := filepath.Join(parent, "ci-runner.service")
+	cg := filepath.Join(unit, "docker-"+id+".scope")
+	if err := os.MkdirAll(unit, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, d := range []string{cg, unit, parent} {
+			for i := 0; i < 50; i++ { // a cgroup is removable once its processes are gone
+				if err := os.Remove(d); err == nil || os.IsNotExist(err) {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	})
+	// As systemd delegates: the unit's directory and its control files are the user's.
+	for _, p := range []string{unit, filepath.Join(unit, "cgroup.procs"), filepath.Join(unit, "cgroup.subtree_control"), filepath.Join(unit, "cgroup.threads")} {
+		if err := os.Chown(p, 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(cg, 0o755); err != nil { // what user 1000 may do
+		t.Fatal(err)
+	}
+	ns := newNetns(t)
+	remote := netip.MustParseAddrPort("198.18.0.2:9")
+	r := newResolverIn(t, ns, Options{})
+	procs := fmt.Sprintf("/proc/%d/root%s/cgroup.procs", os.Getpid(), cg)
+	c := startClientVia(t, ns, inMountNS(fmt.Sprintf("echo $$ > %s && mount --bind %s %s", procs, otherExe(t), clientExe)), "tcp", remote)
+	p := resolveIdentity(t, r, c, remote)
+	if p.Identity != engine.IdentityContainer || p.Container != "docker@1000:"+id {
+		t.Errorf("a container in a cgroup delegated to user 1000: identity %s, container %q; want container docker@1000:%s", p.Identity, p.Container, id)
+	}
+}
