@@ -50,16 +50,18 @@ func newProcCache(max int) *procCache {
 }
 
 // live returns the cached entry of pid if its process is still alive and still runs
-// the same executable file (device and inode: a name would not do, since an exec of
-// another file under the same name, in another mount namespace, keeps the name). A
-// dead entry, or one that exec'd another file, is dropped.
+// the same executable file through the same mount (device and inode: a name would
+// not do, since an exec of another file under the same name, in another mount
+// namespace, keeps the name; the mount, since the same file run again through a
+// mount of its own namespace may no longer verify). A dead entry, or one that
+// exec'd another file, is dropped.
 func (c *procCache) live(pid int32) (*procEntry, bool) {
 	c.mu.RLock()
 	e, ok := c.byPID[pid]
 	alive := false
 	if ok {
-		id, _, _, err := e.dir.exeFileID()
-		alive = err == nil && id == e.file
+		id, _, mnt, err := e.dir.exeFileID()
+		alive = err == nil && id == e.file && mnt == e.exeMnt
 	}
 	c.mu.RUnlock()
 	if ok && !alive {
