@@ -1,0 +1,126 @@
+package procattr
+
+import (
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// TestDNSQueriesSegmentedNotCredited: a program that takes the port of another
+// program's socket (closed) and sends one datagram as UDP segments (UDP_SEGMENT,
+// unprivileged) must not have a segment credited to the other program through the
+// record the other's datagram left (the resolver dropped that datagram unanswered,
+// as dnsproxy does when it is at its limit). The egress program sees a segmented
+// datagram once, before it is cut: only the first segment's id was recorded, so the
+// later segments are datagrams it never saw, and one with the other's id took its
+// record.
+func TestDNSQueriesSegmentedNotCredited(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	srv := newDNSServer(t, ns, "127.0.0.1:0")
+	q := watchDNS(t, r, srv.addr)
+	port := freeUDPPort(t, ns)
+	victim := startClient(t, ns, "udp-connect", srv.addr, bindPortEnv+"="+strconv.Itoa(port))
+	from := srv.read(t)
+	p, err := q.Resolve(from, srv.addr, helperID)
+	wantProcess(t, p, err, victim.pid(), MethodEBPF) // the victim is known now
+	// Its next query is read and dropped unanswered (the resolver was busy): the
+	// record stays; the victim gives up and closes its socket.
+	victim.say(t, "send", "SENT")
+	srv.read(t)
+	victim.closeSocket(t)
+
+	// Another program takes the port and sends two segments, the second with the
+	// victim's id.
+	var fd int
+	inNetns(t, ns, func() { fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(srv.addr.Port()), Addr: srv.addr.Addr().As4()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT, 8); err != nil {
+		t.Skipf("UDP_SEGMENT: %v", err)
+	}
+	if _, err := unix.Write(fd, []byte("zzzzzzzzlatch")); err != nil {
+		// Refused at egress: nothing reaches the resolver to be misattributed.
+		t.Logf("segmented send: %v", err)
+		return
+	}
+	srv.pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	for i := 0; i < 2; i++ {
+		n, src, err := srv.pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("segment %d: %v", i+1, err)
+		}
+		from = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		id := uint16(buf[0])<<8 | uint16(buf[1])
+		p, err := q.Resolve(from, srv.addr, id)
+		t.Logf("segment %d %q from %v: pid %d, %v", i+1, buf[:n], from, p.PID, err)
+		if p.PID == victim.pid() {
+			t.Errorf("segment %q sent by pid %d from the port the victim closed is credited to the victim (pid %d)",
+				buf[:n], unix.Getpid(), victim.pid())
+		}
+	}
+}
+
+// TestDNSQueryProgramClashNewerRecord: two sockets sharing an address and port send
+// one key at once on two CPUs; the second to read the clock inserts first, so the
+// one whose insert failed finds a record a little newer than its own reading. That
+// is a clash (the record must keep the first sender and count another), not a
+// record more than 5 s old to replace: v.sent_ns - old->sent_ns wrapped around.
+func TestDNSQueryProgramClashNewerRecord(t *testing.T) {
+	requireRoot(t)
+	conns, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 8, ValueSize: connRecordSize, MaxEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conns.Close()
+	d, err := newSockDiag(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	netns, err := d.netnsCookie()
+	d.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := netip.MustParseAddrPort("127.0.0.53:53")
+	objs, err := loadDNSQueryObjects(server, netns, conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	pkt := []byte{0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 53,
+		0xa0, 0x00, 0, 53, 0, 20, 0, 0, 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}
+	key := dnsqueryDqKey{Client: netip.MustParseAddr("::ffff:127.0.0.1").As16(), Server: netip.MustParseAddr("::ffff:127.0.0.53").As16(),
+		ClientPort: 0xa000, ServerPort: 53, Id: 0x1234}
+	const otherCookie = 1 << 40
+	other := dnsqueryDqSender{Cookie: otherCookie, SentNs: monoNow() + uint64(50*time.Millisecond)}
+	if err := objs.Senders.Put(&key, &other); err != nil {
+		t.Fatal(err)
+	}
+	data := append(append(make([]byte, 12, 14+len(pkt)), 0x08, 0x00), pkt...)
+	if ret, err := objs.LatchDnsquery.Run(&ebpf.RunOptions{Data: data}); err != nil || ret != 1 {
+		t.Fatalf("run: %d, %v", ret, err)
+	}
+	var got dnsqueryDqSender
+	if err := objs.Senders.Lookup(&key, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Cookie != otherCookie || got.Others != 1 {
+		t.Errorf("after a second socket's datagram with the key: record of cookie %d with %d others; want the first socket's (%d) with 1 other",
+			got.Cookie, got.Others, uint64(otherCookie))
+	}
+}
