@@ -27,7 +27,11 @@ import (
 // It copies the record the connect/sendmsg/bind hooks keep for that socket (its
 // cookie's; see cgroupHooks) under the datagram's key: client address and port,
 // server address and port, and the DNS id. Resolve looks the key up and deletes it in
-// one bpf(2) call, so each record credits one datagram.
+// one bpf(2) call, so each record credits one datagram. A datagram the sender cut
+// into segments (UDP_SEGMENT), which the program sees once but the resolver reads
+// as one query a segment, is recorded once a segment, under each segment's id: a
+// segment without a record of its own would take the record another socket left
+// under its key.
 //
 // Why the key is exact: it is written when the datagram is sent, by the socket
 // that sent it, so a program that binds the port after the sender closed its socket

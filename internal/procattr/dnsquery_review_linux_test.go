@@ -124,3 +124,51 @@ func TestDNSQueryProgramClashNewerRecord(t *testing.T) {
 			got.Cookie, got.Others, uint64(otherCookie))
 	}
 }
+
+// TestDNSQueriesSegmentsRecorded: every segment of a datagram sent as UDP segments,
+// up to the most the kernel allows, has a record of its own (none is a datagram
+// with no record, attributed the old way).
+func TestDNSQueriesSegmentsRecorded(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	srv := newDNSServer(t, ns, "127.0.0.1:0")
+	q := watchDNS(t, r, srv.addr)
+	var fd int
+	var err error
+	inNetns(t, ns, func() { fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(srv.addr.Port()), Addr: srv.addr.Addr().As4()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT, 12); err != nil {
+		t.Skipf("UDP_SEGMENT: %v", err)
+	}
+	segs := 64 // UDP_MAX_SEGMENTS before Linux 6.9 (128 since)
+	msg := make([]byte, 0, 12*segs)
+	for i := range segs {
+		msg = append(msg, byte(i), 0x77, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0)
+	}
+	if _, err := unix.Write(fd, msg); err != nil {
+		t.Fatalf("send %d segments: %v", segs, err)
+	}
+	srv.pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	for i := range segs {
+		n, src, err := srv.pc.ReadFromUDPAddrPort(buf)
+		if err != nil || n != 12 {
+			t.Fatalf("segment %d: %d bytes, %v", i+1, n, err)
+		}
+		from := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		p, err := q.Resolve(from, srv.addr, uint16(buf[0])<<8|uint16(buf[1]))
+		if err != nil || p.PID != int32(unix.Getpid()) {
+			t.Errorf("segment %d = pid %d, %v; want this process (%d)", i+1, p.PID, err, unix.Getpid())
+		}
+	}
+	if st := q.Stats(); st.Missing != 0 || st.Fast+st.Slow != uint64(segs) {
+		t.Errorf("stats %+v: want a record for each of %d segments", st, segs)
+	}
+}
