@@ -172,3 +172,29 @@ func TestDNSQueriesSegmentsRecorded(t *testing.T) {
 		t.Errorf("stats %+v: want a record for each of %d segments", st, segs)
 	}
 }
+
+// TestDNSQueriesStaleRecordPortTakenLater: as TestDNSQueriesPortTakenLater, but the
+// resolver reads the query only after its record is too old to be used alone (the
+// resolver stalled: a flood of queries does that). The record still names the
+// socket that sent the datagram: the program that bound the port afterwards is not
+// credited with the query.
+func TestDNSQueriesStaleRecordPortTakenLater(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	srv := newDNSServer(t, ns, "127.0.0.1:0")
+	q := watchDNS(t, r, srv.addr)
+	port := freeUDPPort(t, ns)
+	first := startClient(t, ns, "udp-connect", srv.addr, bindPortEnv+"="+strconv.Itoa(port))
+	from := srv.read(t)
+	first.closeSocket(t)
+	later := startClient(t, ns, "udp-bind", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)))
+	time.Sleep(dnsQueryFresh + 100*time.Millisecond)
+	p, err := q.Resolve(from, srv.addr, helperID)
+	if p.PID == later.pid() {
+		t.Fatalf("the query was credited to pid %d, which bound the port after the sender (pid %d) closed it", p.PID, first.pid())
+	}
+	if p.PID != 0 || err == nil {
+		t.Errorf("query of a closed socket, read late = pid %d, %v; want none", p.PID, err)
+	}
+}
