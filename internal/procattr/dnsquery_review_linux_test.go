@@ -1,12 +1,19 @@
 package procattr
 
 import (
+	"bufio"
+	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -196,5 +203,97 @@ func TestDNSQueriesStaleRecordPortTakenLater(t *testing.T) {
 	}
 	if p.PID != 0 || err == nil {
 		t.Errorf("query of a closed socket, read late = pid %d, %v; want none", p.PID, err)
+	}
+}
+
+// watchDNSHelper is the helper's watch-dns mode: it attaches the DNS query program
+// for server as the daemon does, says its program id, and waits to be killed.
+func watchDNSHelper(server string) int {
+	r, err := NewResolver(Options{DisableProcfs: true})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		return 1
+	}
+	q, err := r.WatchDNSQueries(netip.MustParseAddrPort(server), "")
+	if err != nil {
+		fmt.Println("ERROR", err)
+		return 1
+	}
+	info, err := q.prog.Info()
+	if err != nil {
+		fmt.Println("ERROR", err)
+		return 1
+	}
+	id, _ := info.ID()
+	fmt.Println("PROG", id)
+	time.Sleep(time.Minute) // bounded: the test kills this process
+	return 0
+}
+
+// egressProgs lists the ids of the cgroup/skb egress programs attached to the root
+// of the cgroup2 hierarchy.
+func egressProgs(t *testing.T) []ebpf.ProgramID {
+	t.Helper()
+	dir, err := cgroup2Mount()
+	if err != nil {
+		t.Skipf("no cgroup2 mount: %v", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInetEgress})
+	if err != nil {
+		t.Fatalf("query the programs on %s: %v", dir, err)
+	}
+	var ids []ebpf.ProgramID
+	for _, p := range res.Programs {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
+
+// TestDNSQueriesProgramGoneWithDaemon: the program the resolver attaches to the root
+// cgroup (every packet of every process passes it) goes with the process that
+// attached it, even killed (SIGKILL): nothing is pinned, and no `latch cleanup`
+// is needed for it.
+func TestDNSQueriesProgramGoneWithDaemon(t *testing.T) {
+	requireRoot(t)
+	makeClientExe(t)
+	ns := newNetns(t)
+	cmd := exec.Command("ip", "netns", "exec", ns, clientExe, "watch-dns", "127.0.0.1:53")
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	defer func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	var id ebpf.ProgramID
+	if _, err := fmt.Sscanf(line, "PROG %d", &id); err != nil {
+		t.Fatalf("helper said %q", line)
+	}
+	if !slices.Contains(egressProgs(t), id) {
+		t.Fatalf("program %d not on the root cgroup while its process runs: %v", id, egressProgs(t))
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	killed = true
+	deadline := time.Now().Add(5 * time.Second)
+	for slices.Contains(egressProgs(t), id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("program %d still attached to the root cgroup 5 s after its process was killed", id)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
