@@ -90,7 +90,7 @@ type DNSQueryStats struct {
 	Fast      uint64 `json:"fast"`      // by the record alone
 	Slow      uint64 `json:"slow"`      // the record checked through its socket
 	Ambiguous uint64 `json:"ambiguous"` // two sockets sent the same key: credited to neither
-	Missing   uint64 `json:"missing"`   // no fresh record: Resolve's way
+	Missing   uint64 `json:"missing"`   // no fresh record: Resolve's way (a stale one: only its socket)
 }
 
 // WatchDNSQueries attaches the program that records the senders of UDP datagrams to
