@@ -198,9 +198,10 @@ func (q *DNSQueries) Close() error {
 
 // Resolve returns the process that sent the DNS query with this id over UDP from
 // client to server (the resolver's address). It is meant to be called once per
-// datagram the resolver read: the record is consumed. Without a fresh record (the
-// query came before the program was attached, or the server is not q's) it is
-// Resolver.Resolve. Errors are as Resolve's.
+// datagram the resolver read: the record is consumed. Without a record (the query
+// came before the program was attached, or the server is not q's) it is
+// Resolver.Resolve; with one too old to use alone, it credits only the socket the
+// record names, if that is still at the address. Errors are as Resolve's.
 func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process, error) {
 	norm := func(ap netip.AddrPort) netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
