@@ -27,7 +27,11 @@ import (
 // It copies the record the connect/sendmsg/bind hooks keep for that socket (its
 // cookie's; see cgroupHooks) under the datagram's key: client address and port,
 // server address and port, and the DNS id. Resolve looks the key up and deletes it in
-// one bpf(2) call, so each record credits one datagram.
+// one bpf(2) call, so each record credits one datagram. A datagram the sender cut
+// into segments (UDP_SEGMENT), which the program sees once but the resolver reads
+// as one query a segment, is recorded once a segment, under each segment's id: a
+// segment without a record of its own would take the record another socket left
+// under its key.
 //
 // Why the key is exact: it is written when the datagram is sent, by the socket
 // that sent it, so a program that binds the port after the sender closed its socket
@@ -37,8 +41,10 @@ import (
 // took its port; if both datagrams are sent before the resolver reads the first, the
 // program counts the second one in the record's others, and Resolve credits neither
 // (ErrNoSocket) rather than guess: it puts the record back, marked, for the other.
-// A record older than dnsQueryFresh when Resolve takes it is not used (the resolver
-// stalled, or never read the datagram: its queue overflowed). The program takes a
+// A record older than dnsQueryFresh when Resolve takes it does not name the process
+// alone (the resolver stalled, or never read the datagram: its queue overflowed):
+// the query is credited only to the socket the record names, if it is still there
+// (sock_diag, same cookie), never to one that took its port since. The program takes a
 // record more than 5 s old for one of a datagram that will never be read, and
 // replaces it: a datagram read later still than that is credited as the next one
 // sent with its key, if any.
@@ -84,7 +90,7 @@ type DNSQueryStats struct {
 	Fast      uint64 `json:"fast"`      // by the record alone
 	Slow      uint64 `json:"slow"`      // the record checked through its socket
 	Ambiguous uint64 `json:"ambiguous"` // two sockets sent the same key: credited to neither
-	Missing   uint64 `json:"missing"`   // no fresh record: Resolve's way
+	Missing   uint64 `json:"missing"`   // no fresh record: Resolve's way (a stale one: only its socket)
 }
 
 // WatchDNSQueries attaches the program that records the senders of UDP datagrams to
@@ -192,20 +198,21 @@ func (q *DNSQueries) Close() error {
 
 // Resolve returns the process that sent the DNS query with this id over UDP from
 // client to server (the resolver's address). It is meant to be called once per
-// datagram the resolver read: the record is consumed. Without a fresh record (the
-// query came before the program was attached, or the server is not q's) it is
-// Resolver.Resolve. Errors are as Resolve's.
+// datagram the resolver read: the record is consumed. Without a record (the query
+// came before the program was attached, or the server is not q's) it is
+// Resolver.Resolve; with one too old to use alone, it credits only the socket the
+// record names, if that is still at the address. Errors are as Resolve's.
 func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process, error) {
 	norm := func(ap netip.AddrPort) netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
 	}
 	client, server = norm(client), norm(server)
 	q.mu.RLock()
-	v, ok := dnsSender{}, false
+	v, ok, fresh := dnsSender{}, false, false
 	if !q.closed && server == q.server && client.IsValid() && client.Addr().Is4() == server.Addr().Is4() {
 		key := dnsqueryDqKey{Client: client.Addr().As16(), Server: server.Addr().As16(),
 			ClientPort: client.Port(), ServerPort: server.Port(), Id: id}
-		if v, ok = q.take(&key); ok && v.Others != 0 {
+		if v, ok, fresh = q.take(&key); ok && fresh && v.Others != 0 {
 			// The other datagrams are not to be credited either: the record goes
 			// back for them, marked.
 			back := v
@@ -218,6 +225,17 @@ func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process,
 	if !ok {
 		q.missing.Add(1)
 		return q.r.Resolve(engine.UDP, client, server, -1)
+	}
+	if !fresh {
+		// Too old to name the process alone, but it still names the socket that
+		// sent a datagram with this key: only that socket, if it is still there, is
+		// credited (the socket at the address now may have taken the port since).
+		q.missing.Add(1)
+		if v.Others != 0 || v.Flags&dnsQueryAmbiguous != 0 {
+			return unknown(), fmt.Errorf("procattr: udp %v -> %v id %d: several sockets sent a query with this address, port and id before it was read: %w",
+				client, server, id, ErrNoSocket)
+		}
+		return q.r.resolveCookie(engine.UDP, client, server, v.Cookie)
 	}
 	if v.Others != 0 || v.Flags&dnsQueryAmbiguous != 0 {
 		q.ambiguous.Add(1)
@@ -251,19 +269,18 @@ var monoBase, monoBaseTime = func() (uint64, time.Time) {
 type mapKeyValueAttr = mapLookupAttr
 
 // take looks up key and deletes it, in one bpf(2) call made directly (as
-// cgroupHooks.lookup). It reports a record only if it is fresh.
-func (q *DNSQueries) take(key *dnsqueryDqKey) (dnsSender, bool) {
-	var v dnsSender
+// cgroupHooks.lookup). It reports whether there was a record, and whether it is
+// fresh.
+func (q *DNSQueries) take(key *dnsqueryDqKey) (v dnsSender, ok, fresh bool) {
 	attr := mapKeyValueAttr{mapFD: uint32(q.sends.FD()), key: unsafe.Pointer(key), value: unsafe.Pointer(&v)}
 	_, _, errno := unix.RawSyscall(unix.SYS_BPF, unix.BPF_MAP_LOOKUP_AND_DELETE_ELEM, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
 	if errno != 0 {
-		return dnsSender{}, false
+		return dnsSender{}, false, false
 	}
 	// (A record a little ahead of monoNow is fresh: the two read the clock apart.)
-	if now := monoNow(); v.SentNs > now+uint64(time.Millisecond) || v.SentNs < now && now-v.SentNs > uint64(dnsQueryFresh) {
-		return dnsSender{}, false
-	}
-	return v, true
+	now := monoNow()
+	fresh = v.SentNs <= now+uint64(time.Millisecond) && (v.SentNs >= now || now-v.SentNs <= uint64(dnsQueryFresh))
+	return v, true, fresh
 }
 
 // identifiedSender is the process the record v names, if the record identifies it

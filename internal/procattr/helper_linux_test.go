@@ -102,6 +102,7 @@ func copyFile(dst, src string) error {
 //	udp-bind ADDR    bind
 //	MODE-dual ADDR   any of the above on an IPv6 socket, to IPv4-mapped ADDR
 //	hold             keep fd 3 open for a minute (or until killed)
+//	watch-dns ADDR   attach the DNS query program for ADDR, print "PROG id", wait a minute
 //
 // It prints "LOCAL ip:port" (and "CHILD pid" for tcp-handoff), then obeys stdin:
 // "close" closes the socket and prints "CLOSED"; "send" sends the connected socket's
@@ -115,6 +116,9 @@ func runHelper(args []string) int {
 	if len(args) > 2 && args[0] == "chroot-exec" {
 		// Run the rest of the arguments from this executable, chrooted to args[1].
 		return fail(execChrooted(args[1], args[2:]))
+	}
+	if len(args) == 2 && args[0] == "watch-dns" {
+		return watchDNSHelper(args[1])
 	}
 	if len(args) == 1 && args[0] == "hold" {
 		fmt.Println("HOLDING")

@@ -83,6 +83,10 @@ volatile const __u8 server_is4;
 // (its queue overflowed): a new datagram with its key replaces it.
 #define STALE_NS (5ULL * 1000 * 1000 * 1000)
 
+// The most segments a UDP_SEGMENT datagram may have (the kernel's
+// UDP_MAX_SEGMENTS, 128 since Linux 6.9; 64 before).
+#define MAX_SEGS 128
+
 static __always_inline int record(struct __sk_buff *skb, struct dq_key *key)
 {
 	struct dq_sender v = {};
@@ -105,7 +109,9 @@ static __always_inline int record(struct __sk_buff *skb, struct dq_key *key)
 			bpf_map_update_elem(&senders, key, &v, BPF_EXIST);
 			return 1;
 		}
-		if (v.sent_ns - old->sent_ns > STALE_NS) {
+		// (A record a little newer than this datagram's clock reading was made on
+		// another CPU meanwhile: a clash, not one to replace.)
+		if (v.sent_ns > old->sent_ns && v.sent_ns - old->sent_ns > STALE_NS) {
 			bpf_map_update_elem(&senders, key, &v, BPF_ANY);
 			return 1;
 		}
@@ -198,7 +204,26 @@ int latch_dnsquery(struct __sk_buff *skb)
 	key.client_port = (__u16)u[0] << 8 | u[1];
 	key.server_port = dport;
 	key.id = (__u16)u[8] << 8 | u[9];
-	return record(skb, &key);
+	__u32 size = skb->gso_size;
+	if (size == 0)
+		return record(skb, &key);
+	// A datagram the sender had cut into segments (UDP_SEGMENT): this program sees
+	// it once, before it is cut, and the resolver reads each segment as a query of
+	// its own. Each segment is recorded under its id, else a later segment would
+	// be a datagram with no record of its own, and would take the record another
+	// socket left under its key. (The kernel sends no more than MAX_SEGS; a datagram
+	// of more, which could not all be recorded, would be refused.)
+	__u32 segs = skb->gso_segs;
+	if (segs > MAX_SEGS)
+		return 0;
+	for (__u32 i = 0; i < MAX_SEGS && i < segs; i++) {
+		__u8 id[2];
+		if (bpf_skb_load_bytes(skb, off + 8 + i * size, id, sizeof(id)))
+			break; // a last segment too short to carry an id: no query
+		key.id = (__u16)id[0] << 8 | id[1];
+		record(skb, &key);
+	}
+	return 1;
 }
 
 char __license[] SEC("license") = "Dual MIT/GPL";
