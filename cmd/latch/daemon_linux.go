@@ -104,16 +104,14 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		var p procattr.Process
 		var err error
 		if proto == engine.UDP && queries != nil {
+			// Asks once more itself, for the socket its record names only.
 			p, err = queries.Resolve(client, server, id)
-		} else {
-			p, err = res.ResolveDev(proto, client, server, -1, 0)
-		}
-		if errors.Is(err, procattr.ErrNoProcess) {
+		} else if p, err = res.ResolveDev(proto, client, server, -1, 0); errors.Is(err, procattr.ErrNoProcess) {
 			// The socket is there but no method named its process yet: without the
 			// eBPF hooks, /proc is rescanned at most every 50 ms. The program waits
 			// for its answer meanwhile, so ask once more rather than learn its names
 			// as nobody's.
-			time.Sleep(60 * time.Millisecond)
+			time.Sleep(procattr.NoProcessRetry)
 			p, err = res.ResolveDev(proto, client, server, -1, 0)
 		}
 		if err != nil || p.PID == 0 {

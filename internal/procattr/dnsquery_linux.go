@@ -201,7 +201,8 @@ func (q *DNSQueries) Close() error {
 // datagram the resolver read: the record is consumed. Without a record (the query
 // came before the program was attached, or the server is not q's) it is
 // Resolver.Resolve; with one too old to use alone, it credits only the socket the
-// record names, if that is still at the address. Errors are as Resolve's.
+// record names, if that is still at the address. A socket found before its process
+// is asked for once more after NoProcessRetry. Errors are as Resolve's.
 func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process, error) {
 	norm := func(ap netip.AddrPort) netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
@@ -224,8 +225,9 @@ func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process,
 	q.mu.RUnlock()
 	if !ok {
 		q.missing.Add(1)
-		return q.r.Resolve(engine.UDP, client, server, -1)
+		return retryNoProcess(func() (Process, error) { return q.r.Resolve(engine.UDP, client, server, -1) })
 	}
+	byCookie := func() (Process, error) { return q.r.resolveCookie(engine.UDP, client, server, v.Cookie) }
 	if !fresh {
 		// Too old to name the process alone, but it still names the socket that
 		// sent a datagram with this key: only that socket, if it is still there, is
@@ -235,7 +237,7 @@ func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process,
 			return unknown(), fmt.Errorf("procattr: udp %v -> %v id %d: several sockets sent a query with this address, port and id before it was read: %w",
 				client, server, id, ErrNoSocket)
 		}
-		return q.r.resolveCookie(engine.UDP, client, server, v.Cookie)
+		return retryNoProcess(byCookie)
 	}
 	if v.Others != 0 || v.Flags&dnsQueryAmbiguous != 0 {
 		q.ambiguous.Add(1)
@@ -247,7 +249,22 @@ func (q *DNSQueries) Resolve(client, server netip.AddrPort, id uint16) (Process,
 		return p, nil
 	}
 	q.slow.Add(1)
-	return q.r.resolveCookie(engine.UDP, client, server, v.Cookie)
+	return retryNoProcess(byCookie)
+}
+
+// NoProcessRetry is how long DNSQueries.Resolve waits before it asks once more
+// when it found the socket but no method named its process yet (without the eBPF
+// hooks, /proc is rescanned at most every 50 ms). The program waits for its answer
+// meanwhile. The second attempt still credits only the socket the record names.
+const NoProcessRetry = 60 * time.Millisecond
+
+func retryNoProcess(resolve func() (Process, error)) (Process, error) {
+	p, err := resolve()
+	if errors.Is(err, ErrNoProcess) {
+		time.Sleep(NoProcessRetry)
+		p, err = resolve()
+	}
+	return p, err
 }
 
 // dnsSender is the map value.
