@@ -76,8 +76,12 @@
 // while any rule in force has a host-name condition (DNS labels change without a
 // rule change), a local-port condition or a service condition, nothing is cached.
 // The program identity is checked before a decision is stored: the executable the
-// process runs (/proc/PID/exe) must be the very file (device, inode, mount) at the
-// path the rule matched, so a copy at another path, or a replaced file, misses.
+// process ran when attribution identified it (engine.Request.ExeFile: device, inode
+// and the mount it was executed through, read from /proc/PID/exe; read again here
+// only if the backend did not give it) must be the very file (device, inode) at
+// the path the rule matched, so a copy at another path, or a replaced file, misses.
+// Because the file is the one attribution saw, a short-lived program's first
+// verdict is stored even when the process exited before the store worker ran.
 //
 // Every rule change (add, remove, import, answer remembered as a rule, expiry) calls
 // RulesChanged synchronously, before the change's API call returns; it bumps the
