@@ -338,6 +338,10 @@ type platformBackend struct {
 	// recordHits hands the backend the function that records a connection its kernel
 	// cache decided (Windows: the driver's HIT_BATCH records); nil where there is none.
 	recordHits func(record func(*engine.Request, engine.Verdict))
+	// trackFlow registers a flow the kernel fast path allowed (with its local
+	// address and port) as a queued allow is registered: for the byte accountant
+	// and Redecide; nil where there is none.
+	trackFlow func(*engine.Request)
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -613,6 +617,15 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					Identity: engine.IdentityVerified,
 				}
 				eng.CountHit(d.RuleID, d.Time)
+				if d.Local.IsValid() {
+					req.Local = d.Local
+					if d.Action == engine.Allow && be.trackFlow != nil {
+						// Registered as a queued allow is: its bytes are counted
+						// for this row, Redecide knows its program.
+						tracked := req
+						be.trackFlow(&tracked)
+					}
+				}
 				record(&req, engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID})
 			})
 			if err != nil {
