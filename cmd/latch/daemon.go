@@ -617,16 +617,16 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					Identity: engine.IdentityVerified,
 				}
 				eng.CountHit(d.RuleID, d.Time)
-				if d.Local.IsValid() {
-					req.Local = d.Local
-					if d.Action == engine.Allow && be.trackFlow != nil {
-						// Registered as a queued allow is: its bytes are counted
-						// for this row, Redecide knows its program.
-						tracked := req
-						be.trackFlow(&tracked)
-					}
-				}
+				req.Local = d.Local
 				record(&req, engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID})
+				if d.Local.IsValid() && d.Action == engine.Allow && be.trackFlow != nil {
+					// Registered as a queued allow is: its bytes are counted for
+					// this row, Redecide knows its program. After the row is
+					// queued: a report of a flow already over may follow at once,
+					// and must find the row.
+					tracked := req
+					be.trackFlow(&tracked)
+				}
 			})
 			if err != nil {
 				logf("fast path: %v", err)
