@@ -71,6 +71,10 @@ type Config struct {
 	// still names it (iptables-legacy checks every rule's pinned program again at
 	// each change of the table); the next Open replaces it.
 	KeepPin bool
+
+	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
+	// it does (tests).
+	noSockops bool
 }
 
 // FastPath is the loaded and attached fast path.
@@ -243,6 +247,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 // attachSockops attaches the sock_ops program to the cgroup at path and tells the
 // connect hooks to leave their decisions to it. It returns why not, or "".
 func (fp *FastPath) attachSockops(path string) string {
+	if fp.cfg.noSockops {
+		return "not attached (test)"
+	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupSockOps, Program: fp.objs.LatchFastSockops})
 	if err != nil {
 		return fmt.Sprintf("attach the sock_ops program to cgroup %s: %v", path, err)

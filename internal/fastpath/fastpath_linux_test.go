@@ -771,3 +771,47 @@ func TestHitsRecordLocalPort(t *testing.T) {
 		t.Errorf("stats %+v: want 5 allowed and 1 refused in the kernel, 5 recorded", s)
 	}
 }
+
+// TestHitsRecordedWithoutSockops: without the sock_ops program (a kernel that
+// refuses it) every hit is recorded at once, as before, without the local port, and
+// Stats says why.
+func TestHitsRecordedWithoutSockops(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{noSockops: true})
+	if s := fp.Stats(); s.TCPLocal || s.TCPLocalWhy == "" {
+		t.Fatalf("stats %+v: want tcp_local off, and why", s)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	allowed := listen(t, "tcp4", "127.0.0.1:0")
+	unsent := netip.MustParseAddrPort("224.0.0.1:80")
+	for _, to := range []netip.AddrPort{allowed, unsent} {
+		if ok, err := fp.Remember(fp.Ticket(), req(c, to), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+			t.Fatalf("Remember %v: %v %v", to, ok, err)
+		}
+	}
+	decisions := make(chan Decision, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
+	defer func() { cancel(); <-done }()
+	if got := c.connect(t, allowed); got != "ok 0x30000000" {
+		t.Errorf("ruled connect: %q", got)
+	}
+	if got := c.connect(t, unsent); !strings.HasPrefix(got, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) {
+		t.Errorf("connect to %v: %q, want ENETUNREACH after a hit", unsent, got)
+	}
+	for i, want := range []netip.AddrPort{allowed, unsent} {
+		select {
+		case d := <-decisions:
+			if d.Remote != want || d.Local.IsValid() {
+				t.Errorf("decision %d: %+v, want to %v without a local end", i, d, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("decision %d (%v) not recorded", i, want)
+		}
+	}
+}
