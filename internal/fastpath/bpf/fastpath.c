@@ -142,7 +142,8 @@ struct {
 // recorded, and the LRU forgets it. A socket that connects again replaces its entry.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	// An entry lives for the rest of one connect(2) call: a few per CPU at once.
+	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct fp_event);
 } pending SEC(".maps");
