@@ -5,6 +5,7 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -87,6 +88,9 @@ func TestFastPathBytesPerConnection(t *testing.T) {
 	n.Serve(t, 8335)
 	cg, cgfd := fastPathCgroup(t)
 	d := startFastPathDaemon(t, n, cg)
+	if st := d.MustCLI(t, "status", "--json"); !strings.Contains(st, `"tcp_local":true`) {
+		t.Fatalf("status does not say TCP decisions carry the local port:\n%s", st)
+	}
 	fastPathAllowTCP(t, n, d, cgfd, "8335")
 
 	const size = 1_000_000
