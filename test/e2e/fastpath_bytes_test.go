@@ -117,6 +117,11 @@ func TestFastPathBytesPerConnection(t *testing.T) {
 	if num(row["bytes_in"]) <= 0 || row["exe"] != helperBin || row["verdict"] != "allow" {
 		t.Errorf("row %v: want the bytes received, exe %s, verdict allow", row, helperBin)
 	}
+	// latch top counts them for the program (the queue's connection sent nothing).
+	top := JSONLines(t, d.MustCLI(t, "top", "--json", "--range", "10m"))
+	if len(top) == 0 || top[0]["exe"] != helperBin || num(top[0]["bytes_out"]) < size {
+		t.Errorf("top --json: %v; want %s first with bytes_out >= %d", top, helperBin, size)
+	}
 
 }
 
