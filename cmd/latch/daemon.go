@@ -338,6 +338,10 @@ type platformBackend struct {
 	// recordHits hands the backend the function that records a connection its kernel
 	// cache decided (Windows: the driver's HIT_BATCH records); nil where there is none.
 	recordHits func(record func(*engine.Request, engine.Verdict))
+	// trackFlow registers a flow the kernel fast path allowed (with its local
+	// address and port) as a queued allow is registered: for the byte accountant
+	// and Redecide; nil where there is none.
+	trackFlow func(*engine.Request)
 }
 
 // noBackend holds nothing: `--backend none`.
@@ -613,7 +617,16 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					Identity: engine.IdentityVerified,
 				}
 				eng.CountHit(d.RuleID, d.Time)
+				req.Local = d.Local
 				record(&req, engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID})
+				if d.Local.IsValid() && d.Action == engine.Allow && be.trackFlow != nil {
+					// Registered as a queued allow is: its bytes are counted for
+					// this row, Redecide knows its program. After the row is
+					// queued: a report of a flow already over may follow at once,
+					// and must find the row.
+					tracked := req
+					be.trackFlow(&tracked)
+				}
 			})
 			if err != nil {
 				logf("fast path: %v", err)

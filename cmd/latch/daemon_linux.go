@@ -135,6 +135,10 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	if fp != nil {
 		pb.fastPath = fp
 		pb.close = func() { fp.Close(); closeRes() }
+		pb.trackFlow = be.TrackFlow
+		if why := fp.Stats().TCPLocalWhy; why != "" {
+			logf("fast path: TCP connections decided in the kernel are recorded without their local port, and their bytes are not counted: %s", why)
+		}
 	}
 	return pb, nil
 }

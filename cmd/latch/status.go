@@ -95,6 +95,9 @@ func runStatus(ctx context.Context, args []string) error {
 			} else {
 				row("fast path udp", "off (UDP flows go through the queue): %s", textesc.Message(f.UDPWhy))
 			}
+			if !f.TCPLocal {
+				row("fast path bytes", "TCP connections decided in the kernel are recorded without their local port and their bytes are not counted: %s", textesc.Message(f.TCPLocalWhy))
+			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
 		}

@@ -128,7 +128,28 @@
 // # History
 //
 // Each fast-path decision is sent through a BPF ring buffer (pid, uid, executable
-// identity, remote address and port, rule id) and handed to Run's callback, which
-// records it like any other connection. A full ring buffer is counted
-// (Stats.RingLost), never silent.
+// identity, remote address and port, rule id, and the flow's local address and
+// port) and handed to Run's callback, which records it like any other connection
+// and registers an allowed flow with the byte accountant by its tuple. A full ring
+// buffer is counted (Stats.RingLost), never silent.
+//
+// The connect hooks run before the kernel picks the local port, so with TCP the
+// decision waits: the hook stores it in an LRU hash (pending) under the socket's
+// cookie, and a cgroup sock_ops program (latch_fast_sockops, attached to the same
+// cgroup) sends it at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the
+// source address and port are set, just before the SYN, within the same connect(2)
+// (a non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write). A
+// socket connected to an IPv4-mapped address is IPv4 in the record, with the IPv4
+// source tcp_v4_connect set. Every connect drops what an earlier connect of the
+// same socket left pending, and a hit stores its own; so a socket that connects
+// again is recorded once per connect that sent a SYN. A connect that fails between
+// the hook and tcp_connect (no route, no free local port) sent nothing and is not
+// recorded (though counted as a hit); its entry stays until the LRU evicts it. A
+// reject hit's SYN goes out (the ruleset answers it with a reset), so it is
+// recorded, once. If the pending map refuses an entry, the decision is sent at once
+// without the local port. Without the sock_ops program (a kernel that refuses it;
+// Stats.TCPLocalWhy says why) the hooks send every decision at once, without the
+// local port, as before: the history row has no local address and its bytes are
+// not counted. The UDP match sends the datagram's source address and port, which
+// is the flow's local end.
 package fastpath

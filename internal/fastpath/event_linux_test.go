@@ -22,6 +22,12 @@ func FuzzDecodeEvent(f *testing.F) {
 	v4 := fastpathFpEvent{RuleId: 7, Pid: 42, Action: actAllow, Key: fastpathFpKey{Family: 4, Proto: 6, Port: 443, Uid: 1000, Addr: [16]byte{198, 18, 0, 2}}}
 	v6 := fastpathFpEvent{RuleId: 9, Pid: 43, Action: actReject, Key: fastpathFpKey{Family: 6, Proto: 6, Port: 80, Addr: [16]byte{0xfd, 0, 0, 0x18, 15: 2}}}
 	u6 := fastpathFpEvent{RuleId: 9, Pid: 43, Action: actAllow, Key: fastpathFpKey{Family: 6, Proto: 17, Port: 53, Addr: [16]byte{0xfd, 0, 0, 0x18, 15: 2}}}
+	t4 := v4
+	t4.Local, t4.LocalPort = [16]byte{198, 18, 0, 1}, 40001
+	t6 := v6
+	t6.Local, t6.LocalPort = [16]byte{0xfd, 0, 0, 0x18, 15: 1}, 40002
+	f.Add(encodeEvent(t4))
+	f.Add(encodeEvent(t6))
 	f.Add(encodeEvent(v4))
 	f.Add(encodeEvent(v6))
 	f.Add(encodeEvent(u6))
@@ -48,6 +54,10 @@ func FuzzDecodeEvent(f *testing.F) {
 		if (ev.Key.Family == 4) != d.Remote.Addr().Is4() {
 			t.Fatalf("family %d decoded as %v", ev.Key.Family, d.Remote)
 		}
+		// The local end: known exactly when it has a port, of the remote's family.
+		if d.Local.IsValid() != (ev.LocalPort != 0) || d.Local.IsValid() && (d.Local.Addr().Is4() != d.Remote.Addr().Is4() || d.Local.Port() != ev.LocalPort) {
+			t.Fatalf("local %v decoded from %+v (remote %v)", d.Local, ev, d.Remote)
+		}
 	})
 }
 
@@ -65,6 +75,26 @@ func TestDecodeEvent(t *testing.T) {
 	want := Decision{Time: time.Unix(101, 0), PID: 42, UID: 1000, Exe: "/usr/bin/curl", Protocol: engine.TCP, Remote: netip.MustParseAddrPort("198.18.0.2:443"), Action: engine.Reject, RuleID: 7}
 	if d != want {
 		t.Errorf("decision %+v, want %+v", d, want)
+	}
+	// With the local end (the sock_ops program's, or a UDP datagram's source).
+	for _, c := range []struct {
+		ev   fastpathFpEvent
+		want netip.AddrPort
+	}{
+		{fastpathFpEvent{Action: actAllow, Key: fastpathFpKey{Family: 4, Proto: 6, Port: 443, Addr: [16]byte{198, 18, 0, 2}}, Local: [16]byte{198, 18, 0, 1}, LocalPort: 40001},
+			netip.MustParseAddrPort("198.18.0.1:40001")},
+		{fastpathFpEvent{Action: actAllow, Key: fastpathFpKey{Family: 6, Proto: 17, Port: 53, Addr: [16]byte{0xfd, 15: 2}}, Local: [16]byte{0xfd, 15: 1}, LocalPort: 53000},
+			netip.MustParseAddrPort("[fd00::1]:53000")},
+		// No local port: not known (a kernel without the sock_ops program).
+		{fastpathFpEvent{Action: actAllow, Key: fastpathFpKey{Family: 4, Proto: 6, Port: 443, Addr: [16]byte{198, 18, 0, 2}}}, netip.AddrPort{}},
+	} {
+		ev, err := decodeEvent(encodeEvent(c.ev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := fp.decision(&ev, time.Unix(100, 0)); d.Local != c.want {
+			t.Errorf("event %+v: local %v, want %v", c.ev, d.Local, c.want)
+		}
 	}
 	for name, ev := range map[string]fastpathFpEvent{
 		"family":   {Action: actAllow, Key: fastpathFpKey{Family: 5, Proto: 6}},

@@ -14,12 +14,16 @@ import (
 )
 
 type fastpathFpEvent struct {
-	_      structs.HostLayout
-	BootNs uint64
-	RuleId uint64
-	Key    fastpathFpKey
-	Pid    uint32
-	Action uint32
+	_         structs.HostLayout
+	BootNs    uint64
+	RuleId    uint64
+	Key       fastpathFpKey
+	Pid       uint32
+	Action    uint32
+	Local     [16]uint8
+	LocalPort uint16
+	Pad       uint16
+	Pad2      uint32
 }
 
 type fastpathFpKey struct {
@@ -62,13 +66,16 @@ const (
 	fastpathMapEvents               = "events"
 	fastpathMapGeneration           = "generation"
 	fastpathMapOwners               = "owners"
+	fastpathMapPending              = "pending"
 	fastpathMapStats                = "stats"
 	fastpathMapVerdicts             = "verdicts"
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
 	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
+	fastpathProgLatchFastSockops    = "latch_fast_sockops"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
 	fastpathVarNetnsCookie          = "netns_cookie"
+	fastpathVarTcpLocal             = "tcp_local"
 	fastpathVarUdpCgroup            = "udp_cgroup"
 	fastpathVarUnusedEvent          = "unused_event"
 )
@@ -118,6 +125,7 @@ type fastpathProgramSpecs struct {
 	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
 	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
+	LatchFastSockops    *ebpf.ProgramSpec `ebpf:"latch_fast_sockops"`
 	LatchFastUdp        *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
 }
 
@@ -129,6 +137,7 @@ type fastpathMapSpecs struct {
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
 	Owners     *ebpf.MapSpec `ebpf:"owners"`
+	Pending    *ebpf.MapSpec `ebpf:"pending"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
 	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
 }
@@ -138,6 +147,7 @@ type fastpathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	TcpLocal    *ebpf.VariableSpec `ebpf:"tcp_local"`
 	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 }
@@ -166,6 +176,7 @@ type fastpathMaps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
 	Owners     *ebpf.Map `ebpf:"owners"`
+	Pending    *ebpf.Map `ebpf:"pending"`
 	Stats      *ebpf.Map `ebpf:"stats"`
 	Verdicts   *ebpf.Map `ebpf:"verdicts"`
 }
@@ -176,6 +187,7 @@ func (m *fastpathMaps) Close() error {
 		m.Events,
 		m.Generation,
 		m.Owners,
+		m.Pending,
 		m.Stats,
 		m.Verdicts,
 	)
@@ -186,6 +198,7 @@ func (m *fastpathMaps) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	TcpLocal    *ebpf.Variable `ebpf:"tcp_local"`
 	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 }
@@ -197,6 +210,7 @@ type fastpathPrograms struct {
 	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
 	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
+	LatchFastSockops    *ebpf.Program `ebpf:"latch_fast_sockops"`
 	LatchFastUdp        *ebpf.Program `ebpf:"latch_fast_udp"`
 }
 
@@ -205,6 +219,7 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
 		p.LatchFastSockCreate,
+		p.LatchFastSockops,
 		p.LatchFastUdp,
 	)
 }

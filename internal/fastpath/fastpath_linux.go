@@ -71,6 +71,10 @@ type Config struct {
 	// still names it (iptables-legacy checks every rule's pinned program again at
 	// each change of the table); the next Open replaces it.
 	KeepPin bool
+
+	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
+	// it does (tests).
+	noSockops bool
 }
 
 // FastPath is the loaded and attached fast path.
@@ -94,6 +98,8 @@ type FastPath struct {
 	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
 	udpOn      atomic.Bool  // the ruleset runs the UDP match: UDP allows are stored
 	udpWhy     atomic.Value // string: why not
+
+	tcpLocalWhy string // why TCP decisions come without the local port; "": they have it
 
 	offers     chan offered
 	stopWorker chan struct{}
@@ -204,6 +210,12 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if fp.ring, err = ringbuf.NewReader(fp.objs.Events); err != nil {
 		return fp, fmt.Errorf("fast path: open the ring buffer: %w", err)
 	}
+	// The sock_ops program first: with it in place the connect hooks leave each
+	// decision for it to send with the local address and port the kernel chooses
+	// (which the byte accountant needs to find the flow in conntrack). Without it,
+	// decisions are sent at once, without them.
+	// Stats.TCPLocalWhy says why not.
+	fp.tcpLocalWhy = fp.attachSockops(cgroupPath)
 	for _, a := range []struct {
 		prog *ebpf.Program
 		at   ebpf.AttachType
@@ -230,6 +242,24 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
 	go fp.storeWorker()
 	return fp, nil
+}
+
+// attachSockops attaches the sock_ops program to the cgroup at path and tells the
+// connect hooks to leave their decisions to it. It returns why not, or "".
+func (fp *FastPath) attachSockops(path string) string {
+	if fp.cfg.noSockops {
+		return "not attached (test)"
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupSockOps, Program: fp.objs.LatchFastSockops})
+	if err != nil {
+		return fmt.Sprintf("attach the sock_ops program to cgroup %s: %v", path, err)
+	}
+	if err := fp.objs.TcpLocal.Set(uint32(1)); err != nil {
+		l.Close()
+		return fmt.Sprintf("turn the sock_ops program on: %v", err)
+	}
+	fp.links = append(fp.links, l)
+	return ""
 }
 
 // pinUDP pins the UDP match program at dir/fast-udp-PID, mounting a BPF file system on
@@ -686,8 +716,12 @@ type Decision struct {
 	Exe      string          // "" if the executable's path is no longer known
 	Protocol engine.Protocol // TCP (a connect) or UDP (the first datagram of a flow)
 	Remote   netip.AddrPort
-	Action   engine.Action // Allow, or Reject for a deny or reject rule
-	RuleID   engine.RuleID
+	// Local is the flow's local address and port (the TCP socket's, as the kernel
+	// chose them; a UDP flow's first datagram's source); invalid when not known
+	// (Stats.TCPLocalWhy says why for TCP).
+	Local  netip.AddrPort
+	Action engine.Action // Allow, or Reject for a deny or reject rule
+	RuleID engine.RuleID
 }
 
 // Run reads the fast path's decisions from the ring buffer and hands each to fn
@@ -727,7 +761,7 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
 }
 
 // eventSize is the size of struct fp_event.
-const eventSize = 72
+const eventSize = 96
 
 // decodeEvent reads one ring buffer record: a struct fp_event (field by field, at
 // the offsets the C struct has: reflection cost more than the rest of a record's
@@ -752,6 +786,10 @@ func decodeEvent(b []byte) (fastpathFpEvent, error) {
 	copy(k.Addr[:], b[48:64])
 	ev.Pid = ne.Uint32(b[64:])
 	ev.Action = ne.Uint32(b[68:])
+	copy(ev.Local[:], b[72:88])
+	ev.LocalPort = ne.Uint16(b[88:])
+	ev.Pad = ne.Uint16(b[90:])
+	ev.Pad2 = ne.Uint32(b[92:])
 	if ev.Key.Family != 4 && ev.Key.Family != 6 {
 		return ev, fmt.Errorf("fast path event with address family %d", ev.Key.Family)
 	}
@@ -766,11 +804,13 @@ func decodeEvent(b []byte) (fastpathFpEvent, error) {
 
 func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {
 	k := ev.Key
-	var addr netip.Addr
+	var addr, local netip.Addr
 	if k.Family == 4 {
 		addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
+		local = netip.AddrFrom4([4]byte(ev.Local[:4]))
 	} else {
 		addr = netip.AddrFrom16(k.Addr)
+		local = netip.AddrFrom16(ev.Local)
 	}
 	fp.exesMu.Lock()
 	exe := fp.exes[identity{ino: k.Ino, parentIno: k.ParentIno, dev: k.Dev, mntID: k.MntId}]
@@ -782,6 +822,9 @@ func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision
 	if ev.Action == actReject {
 		d.Action = engine.Reject
 	}
+	if ev.LocalPort != 0 {
+		d.Local = netip.AddrPortFrom(local, ev.LocalPort)
+	}
 	return d
 }
 
@@ -792,6 +835,7 @@ func (fp *FastPath) Stats() Stats {
 		Stored: fp.stored.Load(), NotStored: fp.notStored.Load(), Events: fp.events.Load(), BadEvents: fp.badEvents.Load(), StoreErrors: fp.storeErrors.Load(),
 		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
 		UDP: fp.udpOn.Load(), UDPMatch: fp.udpPin,
+		TCPLocal: fp.tcpLocalWhy == "", TCPLocalWhy: fp.tcpLocalWhy,
 	}
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)

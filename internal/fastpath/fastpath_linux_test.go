@@ -38,30 +38,61 @@ func client() {
 	fmt.Println("ready", os.Getpid())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		ap, err := netip.ParseAddrPort(strings.TrimSpace(sc.Text()))
-		if err != nil {
-			fmt.Println("bad", err)
+		// "ADDRPORT": connect a new socket, report the mark; "local ADDRPORT...":
+		// connect one new socket to each in turn (a socket that connects again),
+		// report the mark and local address after each.
+		f := strings.Fields(sc.Text())
+		withLocal := len(f) > 1 && f[0] == "local"
+		if withLocal {
+			f = f[1:]
+		}
+		var aps []netip.AddrPort
+		for _, a := range f {
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil {
+				fmt.Println("bad", err)
+				break
+			}
+			aps = append(aps, ap)
+		}
+		if len(aps) != len(f) || len(aps) == 0 {
 			continue
 		}
 		fam := unix.AF_INET6
-		var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-		if ap.Addr().Is4() {
+		if aps[0].Addr().Is4() {
 			fam = unix.AF_INET
-			sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 		}
 		fd, err := unix.Socket(fam, unix.SOCK_STREAM, 0)
 		if err != nil {
 			fmt.Println("err socket", err)
 			continue
 		}
-		err = unix.Connect(fd, sa)
-		mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
-		unix.Close(fd)
-		if err != nil {
-			fmt.Printf("err %d %#x\n", err.(syscall.Errno), mark)
-			continue
+		var out []string
+		for _, ap := range aps {
+			var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+			if ap.Addr().Is4() {
+				sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+			}
+			err = unix.Connect(fd, sa)
+			mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+			r := fmt.Sprintf("ok %#x", mark)
+			if err != nil {
+				r = fmt.Sprintf("err %d %#x", err.(syscall.Errno), mark)
+			}
+			if withLocal {
+				local := "-"
+				switch la, _ := unix.Getsockname(fd); la := la.(type) {
+				case *unix.SockaddrInet4:
+					local = netip.AddrPortFrom(netip.AddrFrom4(la.Addr), uint16(la.Port)).String()
+				case *unix.SockaddrInet6:
+					local = netip.AddrPortFrom(netip.AddrFrom16(la.Addr).Unmap(), uint16(la.Port)).String()
+				}
+				r += " " + local
+			}
+			out = append(out, r)
 		}
-		fmt.Printf("ok %#x\n", mark)
+		unix.Close(fd)
+		fmt.Println(strings.Join(out, "; "))
 	}
 }
 
@@ -637,4 +668,150 @@ func TestPinDirSystemBPFFS(t *testing.T) {
 func isBPFFS(dir string) bool {
 	var st unix.Statfs_t
 	return unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
+// TestHitsRecordLocalPort: a connection the fast path decided is recorded with its
+// local address and port, as the kernel chose them (the sock_ops program), for IPv4,
+// IPv6, an IPv4-mapped address and a reject hit alike. A connect that fails before
+// any packet goes out (a multicast destination: no route for TCP) is counted as a hit
+// but not recorded, and a socket that then connects again is recorded once, with its
+// second destination and local port.
+func TestHitsRecordLocalPort(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if s := fp.Stats(); !s.TCPLocal || s.TCPLocalWhy != "" {
+		t.Fatalf("no sock_ops program: %+v", s)
+	}
+	rules := []engine.Rule{{ID: 1, Action: engine.Allow}, {ID: 2, Action: engine.Deny}}
+	if err := fp.RulesChanged(rules); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	allowed := listen(t, "tcp4", "127.0.0.1:0")
+	allowed6 := listen(t, "tcp6", "[::1]:0")
+	denied := listen(t, "tcp4", "127.0.0.1:0")
+	unsent := netip.MustParseAddrPort("224.0.0.1:80")
+
+	decisions := make(chan Decision, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
+	defer func() { cancel(); <-done }()
+
+	tk := fp.Ticket()
+	for _, r := range []struct {
+		to netip.AddrPort
+		v  engine.Verdict
+	}{{allowed, ruleVerdict(engine.Allow, 1)}, {allowed6, ruleVerdict(engine.Allow, 1)}, {denied, ruleVerdict(engine.Deny, 2)}, {unsent, ruleVerdict(engine.Allow, 1)}} {
+		if ok, err := fp.Remember(tk, req(c, r.to), r.v); !ok || err != nil {
+			t.Fatalf("Remember %v: %v %v", r.to, ok, err)
+		}
+	}
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(allowed.Addr().As16()), allowed.Port())
+	// local reports "ok MARK LOCAL" (or "err ERRNO MARK LOCAL") for each connect.
+	local := func(r string) netip.AddrPort {
+		t.Helper()
+		f := strings.Fields(r)
+		ap, err := netip.ParseAddrPort(f[len(f)-1])
+		if err != nil {
+			t.Fatalf("client said %q: %v", r, err)
+		}
+		return ap
+	}
+	type want struct {
+		remote, local netip.AddrPort
+		action        engine.Action
+	}
+	say := func(line string) string {
+		t.Helper()
+		fmt.Fprintln(c.in, line)
+		return c.line(t)
+	}
+	var wants []want
+	for _, to := range []netip.AddrPort{allowed, allowed6, mapped, denied} {
+		r := say("local " + to.String())
+		mark := "0x30000000"
+		action := engine.Allow
+		if to == denied {
+			mark, action = "0x20000000", engine.Reject // no firewall here to act on it
+		}
+		if !strings.HasPrefix(r, "ok "+mark+" ") {
+			t.Fatalf("connect to %v: %q, want the mark %s", to, r, mark)
+		}
+		remote := netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+		wants = append(wants, want{remote, local(r), action})
+	}
+	// A connect that fails before tcp_connect, then the same socket to allowed.
+	r := say("local " + unsent.String() + " " + allowed.String())
+	first, second, _ := strings.Cut(r, "; ")
+	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || !strings.HasPrefix(second, "ok 0x30000000 ") {
+		t.Fatalf("connect to %v, then %v: %q; want ENETUNREACH then connected, both hits", unsent, allowed, r)
+	}
+	wants = append(wants, want{allowed, local(second), engine.Allow})
+	for i, w := range wants {
+		select {
+		case d := <-decisions:
+			if d.Remote != w.remote || d.Local != w.local || d.Action != w.action || d.PID != c.pid || d.Protocol != engine.TCP {
+				t.Errorf("decision %d: %+v, want %v -> %v %v", i, d, w.local, w.remote, w.action)
+			}
+			if !w.local.IsValid() || w.local.Port() == 0 {
+				t.Errorf("decision %d: the client's socket has no local address: %v", i, w.local)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("decision %d (%v) not recorded", i, w.remote)
+		}
+	}
+	select {
+	case d := <-decisions:
+		t.Errorf("a decision too many: %+v (the connect that sent nothing?)", d)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if s := fp.Stats(); s.HitsAllow != 5 || s.HitsReject != 1 || s.RingLost != 0 || s.Events != 5 {
+		t.Errorf("stats %+v: want 5 allowed and 1 refused in the kernel, 5 recorded", s)
+	}
+}
+
+// TestHitsRecordedWithoutSockops: without the sock_ops program (a kernel that
+// refuses it) every hit is recorded at once, as before, without the local port, and
+// Stats says why.
+func TestHitsRecordedWithoutSockops(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{noSockops: true})
+	if s := fp.Stats(); s.TCPLocal || s.TCPLocalWhy == "" {
+		t.Fatalf("stats %+v: want tcp_local off, and why", s)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	allowed := listen(t, "tcp4", "127.0.0.1:0")
+	unsent := netip.MustParseAddrPort("224.0.0.1:80")
+	for _, to := range []netip.AddrPort{allowed, unsent} {
+		if ok, err := fp.Remember(fp.Ticket(), req(c, to), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+			t.Fatalf("Remember %v: %v %v", to, ok, err)
+		}
+	}
+	decisions := make(chan Decision, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
+	defer func() { cancel(); <-done }()
+	if got := c.connect(t, allowed); got != "ok 0x30000000" {
+		t.Errorf("ruled connect: %q", got)
+	}
+	if got := c.connect(t, unsent); !strings.HasPrefix(got, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) {
+		t.Errorf("connect to %v: %q, want ENETUNREACH after a hit", unsent, got)
+	}
+	for i, want := range []netip.AddrPort{allowed, unsent} {
+		select {
+		case d := <-decisions:
+			if d.Remote != want || d.Local.IsValid() {
+				t.Errorf("decision %d: %+v, want to %v without a local end", i, d, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("decision %d (%v) not recorded", i, want)
+		}
+	}
 }

@@ -38,6 +38,7 @@ type Decision struct {
 	Exe      string
 	Protocol engine.Protocol
 	Remote   netip.AddrPort
+	Local    netip.AddrPort
 	Action   engine.Action
 	RuleID   engine.RuleID
 }

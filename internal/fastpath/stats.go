@@ -2,8 +2,11 @@ package fastpath
 
 // Stats are the fast path's counters.
 type Stats struct {
-	HitsAllow   uint64 `json:"hits_allow"`   // connections the kernel allowed from the map
-	HitsReject  uint64 `json:"hits_reject"`  // connections the kernel refused from the map
+	// Connections the kernel allowed or refused from the map; a TCP connect that
+	// then failed before sending anything (no route, no free local port) is
+	// counted but not recorded (no Events).
+	HitsAllow   uint64 `json:"hits_allow"`
+	HitsReject  uint64 `json:"hits_reject"`
 	Misses      uint64 `json:"misses"`       // no entry: decided through the queue
 	Stale       uint64 `json:"stale"`        // an entry of an older rule generation, or expired
 	NoIdentity  uint64 `json:"no_identity"`  // the task's executable or socket owner could not be read
@@ -22,4 +25,9 @@ type Stats struct {
 	UDP         bool   `json:"udp"`                 // UDP flows are decided too (the ruleset runs the UDP match)
 	UDPWhy      string `json:"udp_why,omitempty"`   // why not
 	UDPMatch    string `json:"udp_match,omitempty"` // the pinned UDP match program
+	// TCPLocal says whether TCP decisions are recorded with the connection's local
+	// address and port (the sock_ops program is attached), which history rows show
+	// and byte accounting needs; TCPLocalWhy says why not.
+	TCPLocal    bool   `json:"tcp_local"`
+	TCPLocalWhy string `json:"tcp_local_why,omitempty"`
 }

@@ -665,6 +665,9 @@ type rowWriter struct {
 	// connections mostly go to the same few addresses.
 	lastRemote    netip.Addr
 	lastRemoteStr string
+	// lastLocal does the same for the local address.
+	lastLocal    netip.Addr
+	lastLocalStr string
 }
 
 func newRowWriter(db *sql.DB) (*rowWriter, error) {
@@ -742,6 +745,14 @@ func (w *rowWriter) remote(a netip.Addr) string {
 		w.lastRemote, w.lastRemoteStr = a, addrString(a)
 	}
 	return w.lastRemoteStr
+}
+
+// local is remote for local addresses (a host has few).
+func (w *rowWriter) local(a netip.Addr) string {
+	if a != w.lastLocal || w.lastLocalStr == "" {
+		w.lastLocal, w.lastLocalStr = a, addrString(a)
+	}
+	return w.lastLocalStr
 }
 
 // programKey names a program in the traffic table.
@@ -887,7 +898,7 @@ func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
 	}
 	w.row = [insertCols]driver.Value{
 		c.Time.UnixNano(), text(r.Direction.String()), text(r.Protocol.String()),
-		text(addrString(r.Local.Addr())), int64(r.Local.Port()),
+		text(w.local(r.Local.Addr())), int64(r.Local.Port()),
 		text(w.remote(r.Remote.Addr())), int64(r.Remote.Port()),
 		int64(r.PID), text(r.Exe), int64(r.UID), text(r.User), text(r.Cmdline), text(r.Host),
 		text(c.Verdict.Action.String()), text(string(c.Verdict.Reason)), int64(c.Verdict.RuleID),
@@ -929,13 +940,14 @@ const (
 // (ifnull): the driver copies every text it binds into memory of its own, which
 // NULL spares. Optional columns are empty in most connections the kernel fast path
 // records: a row whose optional columns are all empty is plain, and is inserted
-// with a statement that has them as constants (binding fewer values).
+// with a statement that has them as constants (binding fewer values). The local
+// address and port are not optional: the fast path records them too.
 var connColumns = [insertCols]struct {
 	name           string
 	text, optional bool
 }{
 	{"time_ns", false, false}, {"direction", true, false}, {"proto", true, false},
-	{"local_ip", true, true}, {"local_port", false, true},
+	{"local_ip", true, false}, {"local_port", false, false},
 	{"remote_ip", true, false}, {"remote_port", false, false},
 	{"pid", false, false}, {"exe", true, false}, {"uid", false, false}, {"user", true, false},
 	{"cmdline", true, true}, {"host", true, true},

@@ -19,6 +19,7 @@ func fastPathConn(i int) Conn {
 		Time: time.Unix(1_800_000_000, int64(i)*1000),
 		Request: engine.Request{
 			ID: engine.RequestID(1<<40 + i), Direction: engine.Outbound, Protocol: engine.TCP,
+			Local:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, 1}), uint16(32768+i%28000)),
 			Remote: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(2 + i%4)}), 9000),
 			PID:    int32(2000 + i%64), Exe: fmt.Sprintf("/usr/bin/client%d", i%4), UID: 1000, User: "alice",
 			Identity: engine.IdentityVerified,

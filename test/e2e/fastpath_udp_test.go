@@ -62,6 +62,20 @@ func addIPv6(t *testing.T, n *Net) string {
 // netns exec` makes new mounts (whose ids may or may not be the last one's).
 func udpClient(t *testing.T, n *Net, cgfd int, addr string) func(unconnected bool) Result {
 	t.Helper()
+	say := udpClientLines(t, n, cgfd, addr)
+	return func(unconnected bool) Result {
+		t.Helper()
+		if unconnected {
+			return say("unconnected")
+		}
+		return say("connected")
+	}
+}
+
+// udpClientLines is udpClient with the line to send given: "connected",
+// "unconnected" or "burst" (see e2ehelper udp-on-line).
+func udpClientLines(t *testing.T, n *Net, cgfd int, addr string) func(line string) Result {
+	t.Helper()
 	cmd := nettest.Command(n.Client, helperBin, "udp-on-line", addr, "2s")
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
 	in, err := cmd.StdinPipe()
@@ -77,13 +91,9 @@ func udpClient(t *testing.T, n *Net, cgfd int, addr string) func(unconnected boo
 	}
 	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
 	lines := bufio.NewScanner(outp)
-	return func(unconnected bool) Result {
+	return func(line string) Result {
 		t.Helper()
-		l := "connected\n"
-		if unconnected {
-			l = "unconnected\n"
-		}
-		if _, err := in.Write([]byte(l)); err != nil {
+		if _, err := in.Write([]byte(line + "\n")); err != nil {
 			t.Fatal(err)
 		}
 		if !lines.Scan() {

@@ -3,8 +3,9 @@
 // latch's kernel fast path: cgroup connect4/connect6 hooks that decide a TCP
 // connection from an earlier decision of a rule, and a socket filter that the
 // ruleset's xt_bpf match runs on the first datagram of a UDP flow, so that neither
-// crosses to user space. See doc.go for what enters the map and why the cache is
-// exact.
+// crosses to user space. A cgroup sock_ops program completes the record of a TCP
+// decision with the local address and port the kernel chose. See doc.go for what
+// enters the map and why the cache is exact.
 //
 // Built by `go generate` (bpf2go, clang); the objects are committed.
 
@@ -92,6 +93,10 @@ struct fp_event {
 	struct fp_key key;
 	__u32 pid;
 	__u32 action;
+	__u8 local[16];   // local address, of key.family: IPv4 in the first 4 bytes
+	__u16 local_port; // host order; 0: not known (the local fields are unset)
+	__u16 pad;
+	__u32 pad2;
 };
 
 struct {
@@ -129,6 +134,24 @@ struct {
 } alive SEC(".maps");
 
 #define ALIVE_NS (5ULL * 1000 * 1000 * 1000)
+
+// Socket cookie -> the decision a connect hook made for that socket, waiting for
+// the kernel to choose its local port (latch_fast_sockops, from tcp_connect, in the
+// same connect(2) call). An entry is left only by a connect that failed before
+// tcp_connect (no route, no free local port): no packet went out, no connection is
+// recorded, and the LRU forgets it. A socket that connects again replaces its entry.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	// An entry lives for the rest of one connect(2) call: a few per CPU at once.
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct fp_event);
+} pending SEC(".maps");
+
+// 1 once the loader attached latch_fast_sockops: the connect hooks leave their
+// decisions in pending for it to send; 0 (a kernel that refused it): they send them
+// at once, without the local address and port.
+volatile __u32 tcp_local = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -200,10 +223,20 @@ static __always_inline void set_mark(struct bpf_sock_addr *ctx, __u32 m)
 		bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
 }
 
+// submit sends e to the reader, waking it only once WAKEUP_BYTES wait.
+static __always_inline void submit(struct fp_event *e)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 // lookup finds the verdict for key: its action if the entry is of the current rule
-// generation and has not expired (counted as a hit and sent to the ring buffer),
-// 0 otherwise (counted as a miss or a stale entry).
-static __always_inline __u32 lookup(struct fp_key *key)
+// generation and has not expired (counted as a hit), 0 otherwise (counted as a miss
+// or a stale entry). A hit is recorded: with cookie (a TCP socket's, with the
+// sock_ops program attached) it waits in pending for the local port; otherwise it
+// goes to the ring buffer at once, with the local address and port if local_port
+// is not 0 (UDP: the datagram's source).
+static __always_inline __u32 lookup(struct fp_key *key, __u64 cookie, const __u8 *local, __u16 local_port)
 {
 	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, key);
 	if (!v) {
@@ -220,6 +253,17 @@ static __always_inline __u32 lookup(struct fp_key *key)
 		return 0;
 	}
 	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
+	if (cookie) {
+		struct fp_event p = {};
+		p.boot_ns = now;
+		p.rule_id = rule;
+		p.key = *key;
+		p.pid = bpf_get_current_pid_tgid() >> 32;
+		p.action = action;
+		if (bpf_map_update_elem(&pending, &cookie, &p, BPF_ANY) == 0)
+			return action;
+		// Not kept: recorded now, without the local port.
+	}
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
@@ -230,8 +274,16 @@ static __always_inline __u32 lookup(struct fp_key *key)
 	e->key = *key;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->action = action;
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	e->pad = 0;
+	e->pad2 = 0;
+	if (local_port && local) {
+		__builtin_memcpy(e->local, local, 16);
+		e->local_port = local_port;
+	} else {
+		__builtin_memset(e->local, 0, 16);
+		e->local_port = 0;
+	}
+	submit(e);
 	return action;
 }
 
@@ -267,6 +319,15 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		count(STAT_NO_IDENTITY);
 		return 1;
 	}
+	// With the sock_ops program attached, a decision waits for the local port
+	// under the socket's cookie; whatever an earlier connect of this socket left
+	// there is dropped first (it made no connection: tcp_connect takes it).
+	__u64 cookie = 0;
+	if (tcp_local) {
+		cookie = bpf_get_socket_cookie(ctx);
+		if (cookie)
+			bpf_map_delete_elem(&pending, &cookie);
+	}
 	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
 	if (!ks) {
 		count(STAT_NO_IDENTITY);
@@ -279,7 +340,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		set_mark(ctx, 0);
 		return 1;
 	}
-	__u32 action = lookup(&key);
+	__u32 action = lookup(&key, cookie, 0, 0);
 	if (!action) {
 		set_mark(ctx, 0);
 		return 1;
@@ -298,6 +359,48 @@ SEC("cgroup/connect6")
 int latch_fast_connect6(struct bpf_sock_addr *ctx)
 {
 	return decide(ctx, 6);
+}
+
+// Sends the decision a connect hook left for this socket (pending) once the kernel
+// chose its local address and port: tcp_connect calls it (TCP_CONNECT_CB) just
+// before the SYN goes out, in the connect(2) (or, with TCP_FASTOPEN_CONNECT, the
+// first write) that the hook decided. Every other callback, and every socket without
+// a pending decision, returns at once; reply stays 0 (the kernel's defaults).
+SEC("sockops")
+int latch_fast_sockops(struct bpf_sock_ops *ctx)
+{
+	if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct fp_event *p = bpf_map_lookup_elem(&pending, &cookie);
+	if (!p)
+		return 1;
+	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RING_LOST);
+		bpf_map_delete_elem(&pending, &cookie);
+		return 1;
+	}
+	*e = *p;
+	bpf_map_delete_elem(&pending, &cookie);
+	__builtin_memset(e->local, 0, 16);
+	if (e->key.family == 4) {
+		// An AF_INET socket, or an AF_INET6 one connected to an IPv4-mapped
+		// address: tcp_v4_connect set the IPv4 source (sk_rcv_saddr).
+		__u32 a = ctx->local_ip4;
+		__builtin_memcpy(e->local, &a, 4);
+	} else {
+		// One 4-byte load each: the verifier refuses wider context reads.
+		volatile __u32 *l6 = ctx->local_ip6;
+		__u32 a0 = l6[0], a1 = l6[1], a2 = l6[2], a3 = l6[3];
+		__builtin_memcpy(e->local, &a0, 4);
+		__builtin_memcpy(e->local + 4, &a1, 4);
+		__builtin_memcpy(e->local + 8, &a2, 4);
+		__builtin_memcpy(e->local + 12, &a3, 4);
+	}
+	e->local_port = (__u16)ctx->local_port;
+	submit(e);
+	return 1;
 }
 
 // Records the creator of each UDP socket of the served cgroup and network
@@ -344,6 +447,7 @@ int latch_fast_udp(struct __sk_buff *skb)
 	struct fp_key key = {};
 	key.proto = IPPROTO_UDP;
 	__u8 h[40];
+	__u8 local[16] = {};
 	if (bpf_skb_load_bytes_relative(skb, 0, h, 1, BPF_HDR_START_NET))
 		return 0;
 	__u32 l4;
@@ -358,6 +462,7 @@ int latch_fast_udp(struct __sk_buff *skb)
 			return 0;
 		key.family = 4;
 		__builtin_memcpy(key.addr, h + 16, 4);
+		__builtin_memcpy(local, h + 12, 4);
 	} else if ((h[0] >> 4) == 6) {
 		if (bpf_skb_load_bytes_relative(skb, 0, h, 40, BPF_HDR_START_NET))
 			return 0;
@@ -368,13 +473,14 @@ int latch_fast_udp(struct __sk_buff *skb)
 		l4 = 40;
 		key.family = 6;
 		__builtin_memcpy(key.addr, h + 24, 16);
+		__builtin_memcpy(local, h + 8, 16);
 	} else {
 		return 0;
 	}
-	__u16 dport;
-	if (bpf_skb_load_bytes_relative(skb, l4 + 2, &dport, 2, BPF_HDR_START_NET))
+	__u16 ports[2]; // source, destination
+	if (bpf_skb_load_bytes_relative(skb, l4, ports, 4, BPF_HDR_START_NET))
 		return 0;
-	key.port = bpf_ntohs(dport);
+	key.port = bpf_ntohs(ports[1]);
 	// A datagram of a local socket only (the uid NFQUEUE reports is its owner's).
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	if (cookie == 0) {
@@ -433,7 +539,8 @@ int latch_fast_udp(struct __sk_buff *skb)
 		count(STAT_NO_IDENTITY);
 		return 0;
 	}
-	return lookup(&key) == ACT_ALLOW;
+	// The datagram's source is the flow's local end (conntrack's original tuple).
+	return lookup(&key, 0, local, bpf_ntohs(ports[0])) == ACT_ALLOW;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -101,3 +101,59 @@ func TestAccountantReports(t *testing.T) {
 		t.Errorf("new connection on a reused tuple: %v, want in 40 out 60, ended", got)
 	}
 }
+
+// TestAccountantFlowEndedBeforeRegistered: a flow the kernel's fast path allowed is
+// registered (TrackFlow) only once its decision is read, and a short connection can
+// be over by then: its end (a destroy with the counters, or TIME_WAIT, read again)
+// is kept and counted when it is registered. An end nobody registers is forgotten.
+func TestAccountantFlowEndedBeforeRegistered(t *testing.T) {
+	flows := newFlowTable(100, time.Hour)
+	a := newAccountant(flows, 10*time.Second)
+	t0 := time.Unix(1000, 0)
+	tuple := func(sport uint16) flowKey {
+		return flowKey{proto: unix.IPPROTO_TCP, src: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), sport),
+			dst: netip.MustParseAddrPort("198.18.0.2:443")}
+	}
+	destroyed := ctEvent{ctInfo: ctInfo{key: tuple(40001), mark: MarkAllow, origBytes: 1_000_500, replBytes: 900, counters: true}, destroy: true}
+	timeWait := ctEvent{ctInfo: ctInfo{key: tuple(40002), mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait}}
+	notOurs := ctEvent{ctInfo: ctInfo{key: tuple(40003), mark: 0, origBytes: 5, counters: true}, destroy: true}
+	var reads []flowKey
+	get := func(k flowKey) (ctInfo, error) {
+		reads = append(reads, k)
+		return ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 2000, replBytes: 300, counters: true}, nil
+	}
+	for _, ev := range []ctEvent{destroyed, timeWait, notOurs} {
+		if _, ok, err := a.event(ev, get, t0); ok || err != nil {
+			t.Fatalf("event of a flow not registered yet: reported %v, %v", ok, err)
+		}
+	}
+	if len(reads) != 0 || len(a.recent) != 2 {
+		t.Fatalf("before the registration: %d reads, %d ends kept; want 0 and 2 (not the entry latch did not allow)", len(reads), len(a.recent))
+	}
+	var keys []flowKey
+	for i, sport := range []uint16{40001, 40002, 40003} {
+		req := &engine.Request{ID: engine.RequestID(i + 1), Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), sport), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+		flows.add(req, t0)
+		keys = append(keys, keyOf(req))
+	}
+	got := map[engine.RequestID][2]uint64{}
+	for _, r := range a.registered(keys, get, t0.Add(50*time.Millisecond)) {
+		if !r.Ended {
+			t.Errorf("report %+v: not ended", r)
+		}
+		got[r.Request.ID] = [2]uint64{r.BytesIn, r.BytesOut}
+	}
+	if got[1] != [2]uint64{900, 1_000_500} || got[2] != [2]uint64{300, 2000} || len(got) != 2 {
+		t.Errorf("reports %v; want flow 1 with the destroy's counters, flow 2 with the read's", got)
+	}
+	if len(reads) != 1 || reads[0] != tuple(40002) || len(a.recent) != 0 {
+		t.Errorf("reads %v, %d ends kept; want one read of the TIME_WAIT flow, none kept", reads, len(a.recent))
+	}
+	// Kept recentKeep at most.
+	a.event(ctEvent{ctInfo: ctInfo{key: tuple(40004), mark: MarkAllow, counters: true}, destroy: true}, get, t0)
+	a.forget(t0.Add(recentKeep + time.Second))
+	if len(a.recent) != 0 {
+		t.Errorf("%d ends kept after %v", len(a.recent), recentKeep)
+	}
+}

@@ -55,6 +55,10 @@ type Backend struct {
 	holds   map[uint32]*hold
 
 	flows *flowTable
+	// Flows TrackFlow registered, for the accountant (takeTracked); the spare
+	// slice is the one handed out last, reused.
+	trackMu               sync.Mutex
+	tracked, trackedSpare []flowKey
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
 

@@ -63,7 +63,26 @@ type accountant struct {
 	list func(fn func(ctInfo)) error
 	m    map[flowKey]*acctFlow
 	gen  uint64
+	// recent holds the ends (destroys, TIME_WAIT or CLOSE) of flows latch
+	// allowed that the accountant did not know when conntrack announced them: a
+	// flow the kernel's fast path allowed is registered (Backend.TrackFlow) only
+	// once its decision is read from the ring buffer, tens of milliseconds after
+	// the connect, and a short connection can be over by then. Kept recentKeep,
+	// at most recentMax.
+	recent map[flowKey]recentEnd
 }
+
+// recentEnd is the end of a flow the accountant did not know yet, and when it
+// was seen.
+type recentEnd struct {
+	ev ctEvent
+	at time.Time
+}
+
+const (
+	recentKeep = 5 * time.Second
+	recentMax  = 16384
+)
 
 func newAccountant(flows *flowTable, interval time.Duration) *accountant {
 	return &accountant{
@@ -76,8 +95,48 @@ func newAccountant(flows *flowTable, interval time.Duration) *accountant {
 			}
 			return err
 		},
-		m: make(map[flowKey]*acctFlow),
+		m:      make(map[flowKey]*acctFlow),
+		recent: make(map[flowKey]recentEnd),
 	}
+}
+
+// remember keeps the end ev of a flow not (yet) known, for registered.
+func (a *accountant) remember(ev ctEvent, now time.Time) {
+	if len(a.recent) >= recentMax {
+		a.forget(now)
+		if len(a.recent) >= recentMax {
+			return
+		}
+	}
+	a.recent[ev.key] = recentEnd{ev: ev, at: now}
+}
+
+// forget drops the ends kept longer than recentKeep.
+func (a *accountant) forget(now time.Time) {
+	for k, r := range a.recent {
+		if now.Sub(r.at) > recentKeep {
+			delete(a.recent, k)
+		}
+	}
+}
+
+// registered handles flows just registered in the flow table outside the queue
+// (keys): one whose end was already announced (remember) ends now, with the
+// counters of its destroy event, or, for one that reached TIME_WAIT or CLOSE,
+// with those get reads.
+func (a *accountant) registered(keys []flowKey, get func(flowKey) (ctInfo, error), now time.Time) []intercept.Traffic {
+	var out []intercept.Traffic
+	for _, k := range keys {
+		r, ok := a.recent[k]
+		if !ok {
+			continue
+		}
+		delete(a.recent, k)
+		if t, ok, _ := a.event(r.ev, get, now); ok {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // poll reads conntrack's table once and returns the reports due: a flow's first
@@ -174,6 +233,12 @@ func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (i
 // more (events other than destroys carry no counters) and ends.
 func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now time.Time) (intercept.Traffic, bool, error) {
 	if !a.wants(ev.key) {
+		// One latch allowed whose flow is not known: perhaps registered in a
+		// moment (see recent).
+		if a.m[ev.key] == nil && ev.mark&MarkMask == MarkAllow &&
+			(ev.destroy || ev.hasState && (ev.tcpState == ctTCPTimeWait || ev.tcpState == ctTCPClose)) {
+			a.remember(ev, now)
+		}
 		return intercept.Traffic{}, false, nil
 	}
 	if ev.destroy {
@@ -291,6 +356,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			}
 		})
 		logErr(err)
+		// After the events: a flow registered since, whose end came before it
+		// was, is in a.recent now (one registered before was known to them).
+		rs = append(rs, a.registered(b.takeTracked(), later, now)...)
 		getter.getMany(toRead, func(k flowKey, ci ctInfo, err error) {
 			switch {
 			case errors.Is(err, unix.ENOENT):
@@ -316,7 +384,10 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		case now := <-t.C:
 			if reader != nil {
 				drain()
+			} else {
+				b.takeTracked() // the table read finds them
 			}
+			a.forget(now)
 			rs, err := a.poll(now, false)
 			logErr(err)
 			hand(rs)
@@ -330,6 +401,43 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			return
 		}
 	}
+}
+
+// maxTracked bounds the flows registered by TrackFlow that wait for the accountant.
+const maxTracked = 65536
+
+// TrackFlow registers a flow that was allowed without the queue (by the kernel's
+// fast path) as an allow verdict from the queue registers its flow: Redecide knows
+// its request, and the byte accountant counts its bytes for req (its history row,
+// Request.ID), along the way and at its end. req must be outbound, with the flow's
+// local and remote address and port; anything else is ignored.
+func (b *Backend) TrackFlow(req *engine.Request) {
+	if req.Direction != engine.Outbound || !req.Local.IsValid() || !req.Remote.IsValid() || req.Local.Port() == 0 {
+		return
+	}
+	b.flows.add(req, time.Now())
+	if b.cfg.OnTraffic == nil {
+		return
+	}
+	// After the table: the accountant looks for an end it saw before this.
+	b.trackMu.Lock()
+	if len(b.tracked) < maxTracked {
+		b.tracked = append(b.tracked, keyOf(req))
+	}
+	b.trackMu.Unlock()
+}
+
+// takeTracked returns the flows TrackFlow registered since the last call.
+func (b *Backend) takeTracked() []flowKey {
+	b.trackMu.Lock()
+	defer b.trackMu.Unlock()
+	if len(b.tracked) == 0 {
+		return nil
+	}
+	keys := b.tracked
+	b.tracked = b.trackedSpare[:0]
+	b.trackedSpare = keys
+	return keys
 }
 
 // errReadLater is what the accountant's read of an entry answers while the reads

@@ -8,7 +8,8 @@
 //	e2ehelper udp ADDR TIMEOUT      one UDP exchange; prints a JSON result line
 //	e2ehelper udp-unconnected ADDR TIMEOUT  the same from an unconnected socket (sendto)
 //	e2ehelper udp-on-line ADDR TIMEOUT  one UDP exchange (a new socket) per line read on stdin,
-//	                                from an unconnected socket if the line is "unconnected"
+//	                                from an unconnected socket if the line is "unconnected",
+//	                                10 datagrams of 1000 bytes (each answered) if it is "burst"
 //	e2ehelper udp-flood-log ADDR N CONC DUR  N datagrams (or for DUR), each from a new socket,
 //	                                from CONC workers; {"connected_at": UNIX_NS} for each answered, then a summary
 //	e2ehelper udp-connect-exec ADDR PROG TIMEOUT  connect a UDP socket, then exec PROG send-fd-now
@@ -138,9 +139,14 @@ func main() {
 		// One exchange (a new flow) per line read on stdin, until EOF: from an
 		// unconnected socket if the line says "unconnected".
 		for sc := bufio.NewScanner(os.Stdin); sc.Scan(); {
-			if sc.Text() == "unconnected" {
+			switch sc.Text() {
+			case "unconnected":
 				emit(udpUnconnected(addr, duration(3)))
-			} else {
+			case "burst":
+				// One flow of udpBurstCount datagrams of udpBurstSize bytes,
+				// each answered.
+				emit(udpBurst(addr, duration(3)))
+			default:
 				emit(udp(addr, duration(3)))
 			}
 		}
@@ -374,6 +380,35 @@ func udpExchange(open func() (net.Conn, error), timeout time.Duration) Result {
 	c.SetDeadline(time.Now().Add(timeout))
 	if _, err = c.Write([]byte("ping")); err == nil {
 		_, err = c.Read(make([]byte, 64))
+	}
+	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
+	if err != nil {
+		r.Error = err.Error()
+	}
+	return r
+}
+
+// A burst (udp-on-line's "burst" line): this many datagrams of this size.
+const udpBurstCount, udpBurstSize = 10, 1000
+
+// udpBurst sends udpBurstCount datagrams of udpBurstSize bytes from one connected
+// socket (one flow), each after the answer to the one before.
+func udpBurst(addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+		return r
+	}
+	defer c.Close()
+	r.Local = c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 2*udpBurstSize)
+	for i := 0; i < udpBurstCount && err == nil; i++ {
+		if _, err = c.Write(make([]byte, udpBurstSize)); err == nil {
+			_, err = c.Read(buf)
+		}
 	}
 	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
 	if err != nil {
