@@ -74,6 +74,16 @@ func freeUDPPort(t *testing.T, ns string) int {
 	return pc.LocalAddr().(*net.UDPAddr).Port
 }
 
+// dnsQueryNetns makes a network namespace with a DNS server on its loopback and the
+// query records of a socket Resolver (no /proc scan) for it.
+func dnsQueryNetns(t *testing.T) (ns string, srv *dnsServer, q *DNSQueries) {
+	t.Helper()
+	ns = newNetns(t)
+	r := newResolverIn(t, ns, Options{DisableProcfs: true})
+	srv = newDNSServer(t, ns, "127.0.0.1:0")
+	return ns, srv, watchDNS(t, r, srv.addr)
+}
+
 func watchDNS(t *testing.T, r *Resolver, server netip.AddrPort) *DNSQueries {
 	t.Helper()
 	q, err := r.WatchDNSQueries(server, "")
@@ -147,10 +157,7 @@ func TestDNSQueriesSender(t *testing.T) {
 // the socket now at that port, Resolve's way, finds the second: shown too).
 func TestDNSQueriesPortTakenLater(t *testing.T) {
 	requireRoot(t)
-	ns := newNetns(t)
-	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	srv := newDNSServer(t, ns, "127.0.0.1:0")
-	q := watchDNS(t, r, srv.addr)
+	ns, srv, q := dnsQueryNetns(t)
 	port := freeUDPPort(t, ns)
 	env := bindPortEnv + "=" + strconv.Itoa(port)
 	first := startClient(t, ns, "udp-connect", srv.addr, env)
@@ -162,7 +169,7 @@ func TestDNSQueriesPortTakenLater(t *testing.T) {
 	first.closeSocket(t)
 	later := startClient(t, ns, "udp-bind", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)))
 	from = srv.read(t)
-	if p, err := r.Resolve(engine.UDP, from, srv.addr, -1); p.PID != later.pid() {
+	if p, err := q.r.Resolve(engine.UDP, from, srv.addr, -1); p.PID != later.pid() {
 		t.Logf("Resolve (the socket at the port now) = pid %d, %v; the later program is pid %d", p.PID, err, later.pid())
 	}
 	p, err = q.Resolve(from, srv.addr, helperID)
@@ -177,10 +184,7 @@ func TestDNSQueriesPortTakenLater(t *testing.T) {
 // first: it cannot tell which datagram is whose, so neither is credited.
 func TestDNSQueriesAmbiguous(t *testing.T) {
 	requireRoot(t)
-	ns := newNetns(t)
-	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	srv := newDNSServer(t, ns, "127.0.0.1:0")
-	q := watchDNS(t, r, srv.addr)
+	ns, srv, q := dnsQueryNetns(t)
 	env := bindPortEnv + "=" + strconv.Itoa(freeUDPPort(t, ns))
 	a := startClient(t, ns, "udp-connect", srv.addr, env)
 	b := startClient(t, ns, "udp-connect", srv.addr, env)
@@ -228,10 +232,7 @@ func TestDNSQueriesChecks(t *testing.T) {
 // credits the program whose address was forged.)
 func TestDNSQueriesForgedSource(t *testing.T) {
 	requireRoot(t)
-	ns := newNetns(t)
-	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	srv := newDNSServer(t, ns, "127.0.0.1:0")
-	q := watchDNS(t, r, srv.addr)
+	ns, srv, q := dnsQueryNetns(t)
 	victim := startClient(t, ns, "udp-connect", srv.addr)
 	from := srv.read(t)
 	p, err := q.Resolve(from, srv.addr, helperID)
@@ -251,7 +252,7 @@ func TestDNSQueriesForgedSource(t *testing.T) {
 	if from = srv.read(t); from != victim.Local {
 		t.Fatalf("forged datagram from %v, want %v", from, victim.Local)
 	}
-	if p, err := r.Resolve(engine.UDP, from, srv.addr, -1); p.PID != victim.pid() {
+	if p, err := q.r.Resolve(engine.UDP, from, srv.addr, -1); p.PID != victim.pid() {
 		t.Logf("Resolve (the socket at the address) = pid %d, %v", p.PID, err)
 	}
 	p, err = q.Resolve(from, srv.addr, helperID)
@@ -286,10 +287,7 @@ func TestDNSQueriesOtherNamespace(t *testing.T) {
 // socket, as without records.
 func TestDNSQueriesStaleRecord(t *testing.T) {
 	requireRoot(t)
-	ns := newNetns(t)
-	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	srv := newDNSServer(t, ns, "127.0.0.1:0")
-	q := watchDNS(t, r, srv.addr)
+	ns, srv, q := dnsQueryNetns(t)
 	c := startClient(t, ns, "udp-connect", srv.addr)
 	from := srv.read(t)
 	time.Sleep(dnsQueryFresh + 100*time.Millisecond)

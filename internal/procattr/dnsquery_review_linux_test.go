@@ -27,10 +27,7 @@ import (
 // record.
 func TestDNSQueriesSegmentedNotCredited(t *testing.T) {
 	requireRoot(t)
-	ns := newNetns(t)
-	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	srv := newDNSServer(t, ns, "127.0.0.1:0")
-	q := watchDNS(t, r, srv.addr)
+	ns, srv, q := dnsQueryNetns(t)
 	port := freeUDPPort(t, ns)
 	victim := startClient(t, ns, "udp-connect", srv.addr, bindPortEnv+"="+strconv.Itoa(port))
 	from := srv.read(t)
@@ -137,10 +134,7 @@ func TestDNSQueryProgramClashNewerRecord(t *testing.T) {
 // with no record, attributed the old way).
 func TestDNSQueriesSegmentsRecorded(t *testing.T) {
 	requireRoot(t)
-	ns := newNetns(t)
-	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	srv := newDNSServer(t, ns, "127.0.0.1:0")
-	q := watchDNS(t, r, srv.addr)
+	ns, srv, q := dnsQueryNetns(t)
 	var fd int
 	var err error
 	inNetns(t, ns, func() { fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0) })
@@ -196,10 +190,7 @@ func TestDNSQueriesSegmentsRecorded(t *testing.T) {
 // credited with the query.
 func TestDNSQueriesStaleRecordPortTakenLater(t *testing.T) {
 	requireRoot(t)
-	ns := newNetns(t)
-	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	srv := newDNSServer(t, ns, "127.0.0.1:0")
-	q := watchDNS(t, r, srv.addr)
+	ns, srv, q := dnsQueryNetns(t)
 	port := freeUDPPort(t, ns)
 	first := startClient(t, ns, "udp-connect", srv.addr, bindPortEnv+"="+strconv.Itoa(port))
 	from := srv.read(t)
