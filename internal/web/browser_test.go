@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -39,13 +40,28 @@ var escCases = map[string]string{
 	"é 中文 🙂":                "é 中文 🙂",
 }
 
-// TestBrowserEscape runs web/esc.js in Chromium on the escaping rule's cases.
-func TestBrowserEscape(t *testing.T) {
-	f := newFixture(t)
+// openBrowser opens the UI's login URL in a new headless Chromium tab, and returns
+// the tab and a wait that fails the test unless a JavaScript expression turns true
+// within 5 s.
+func (f *fixture) openBrowser() (context.Context, func(expr string)) {
+	t := f.t
+	t.Helper()
 	ctx := browser.New(t)
 	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
 		t.Fatal(err)
 	}
+	return ctx, func(expr string) {
+		t.Helper()
+		if err := browser.WaitJS(ctx, expr, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestBrowserEscape runs web/esc.js in Chromium on the escaping rule's cases.
+func TestBrowserEscape(t *testing.T) {
+	f := newFixture(t)
+	ctx, _ := f.openBrowser()
 	in := make([]string, 0, len(escCases))
 	for k := range escCases {
 		in = append(in, k)
@@ -109,16 +125,7 @@ func TestBrowserPages(t *testing.T) {
 			Host:   []string{"www.example.com", "", "cdn.example.net"}[i%3]}, Verdict: v})
 	}
 	f.hist.Flush()
-	ctx := browser.New(t)
-	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
-		t.Fatal(err)
-	}
-	wait := func(expr string) {
-		t.Helper()
-		if err := browser.WaitJS(ctx, expr, 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ctx, wait := f.openBrowser()
 	wait(`document.querySelector('nav.top') !== null`)
 	f.eng.Decide(&engine.Request{Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
 		Local: netip.MustParseAddrPort("198.18.0.1:40000"), Remote: netip.MustParseAddrPort("198.18.0.2:8443"),
@@ -166,16 +173,7 @@ func TestBrowserInteractions(t *testing.T) {
 		Identity: engine.IdentityVerified, Exe: "/usr/bin/dig", Remote: netip.MustParseAddrPort("198.18.0.53:53"), Local: netip.MustParseAddrPort("198.18.0.1:5353")},
 		Verdict: engine.Verdict{Action: engine.Deny, Reason: engine.ReasonTimeout}})
 	f.hist.Flush()
-	ctx := browser.New(t)
-	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
-		t.Fatal(err)
-	}
-	wait := func(expr string) {
-		t.Helper()
-		if err := browser.WaitJS(ctx, expr, 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ctx, wait := f.openBrowser()
 	wait(`document.querySelector('nav.top .conn-state.ok') !== null`)
 	for i, exe := range []string{"/usr/bin/curl", "/usr/bin/wget"} {
 		f.eng.Decide(&engine.Request{Time: time.Now(), Direction: engine.Outbound, Protocol: engine.TCP,
@@ -313,16 +311,7 @@ func TestBrowserContainerNames(t *testing.T) {
 		Identity: engine.IdentityContainer, Container: "docker:" + id, ContainerName: hostile}
 	f.hist.Record(store.Conn{Time: time.Now(), Request: req, Verdict: engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1}})
 	f.hist.Flush()
-	ctx := browser.New(t)
-	if err := chromedp.Do(ctx, chromedp.Navigate(f.web.LoginURL())); err != nil {
-		t.Fatal(err)
-	}
-	wait := func(expr string) {
-		t.Helper()
-		if err := browser.WaitJS(ctx, expr, 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ctx, wait := f.openBrowser()
 	wait(`document.querySelector('nav.top') !== null`)
 	q := req
 	q.Container, q.ContainerName = "podman@1000:"+id, "db-1"
