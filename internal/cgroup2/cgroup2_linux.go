@@ -6,8 +6,12 @@
 package cgroup2
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,4 +34,71 @@ func MountPrivate(prefix string) (string, error) {
 func Unmount(dir string) {
 	unix.Unmount(dir, unix.MNT_DETACH)
 	os.Remove(dir)
+}
+
+// Root returns a directory where the cgroup v2 hierarchy's root is mounted: the
+// mount Find finds, else a private mount (MountPrivate, named after prefix) made for
+// an attach. release undoes what Root did: nothing, or Unmount.
+func Root(prefix string) (dir string, release func(), err error) {
+	if dir, err = Find(); err == nil {
+		return dir, func() {}, nil
+	}
+	dir, merr := MountPrivate(prefix)
+	if merr != nil {
+		return "", nil, fmt.Errorf("%w; mounting one failed: %v", err, merr)
+	}
+	return dir, func() { Unmount(dir) }, nil
+}
+
+// Find finds where the cgroup v2 hierarchy is mounted (e.g. /sys/fs/cgroup,
+// or /sys/fs/cgroup/unified on hybrid systems).
+func Find() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+	}
+	defer f.Close()
+	return ParseMount(f)
+}
+
+// ParseMount returns the mount point of the first cgroup2 file system whose
+// root is the hierarchy's root ("/") in mountinfo.
+func ParseMount(f io.Reader) (string, error) {
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		fields, postFields := strings.Fields(pre), strings.Fields(post)
+		if len(fields) < 5 || len(postFields) < 1 || postFields[0] != "cgroup2" || fields[3] != "/" {
+			continue
+		}
+		return UnescapeMountPath(fields[4]), nil
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read /proc/self/mountinfo: %w", err)
+	}
+	return "", errors.New("no cgroup2 file system mounted (/proc/self/mountinfo)")
+}
+
+// UnescapeMountPath undoes mountinfo's octal escapes (\040 for space and so on).
+func UnescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			o := s[i+1 : i+4]
+			if o[0] >= '0' && o[0] <= '3' && o[1] >= '0' && o[1] <= '7' && o[2] >= '0' && o[2] <= '7' {
+				b.WriteByte((o[0]-'0')<<6 | (o[1]-'0')<<3 | (o[2] - '0'))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -145,7 +145,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	cgroupPath := cfg.CgroupPath
 	if cgroupPath == "" {
-		if cgroupPath, err = cgroup2Root(); err != nil {
+		if cgroupPath, err = cgroup2.Find(); err != nil {
 			// `ip netns exec` and containers give the daemon a fresh /sys without
 			// the cgroup2 mount, yet the hierarchy is the same: mount it privately
 			// just for the attach (the links hold the cgroup).
@@ -181,7 +181,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if err := unix.Stat(cgroupPath, &st); err != nil {
 			return nil, fmt.Errorf("fast path: stat the cgroup %s: %w", cgroupPath, err)
 		}
-		if root, err := cgroup2Root(); err != nil || !sameFile(root, cgroupPath) {
+		if root, err := cgroup2.Find(); err != nil || !sameFile(root, cgroupPath) {
 			if err := spec.Variables["udp_cgroup"].Set(st.Ino); err != nil {
 				return nil, fmt.Errorf("fast path: set the cgroup: %w", err)
 			}
@@ -877,17 +877,6 @@ func (fp *FastPath) Stats() Stats {
 func sameFile(a, b string) bool {
 	var sa, sb unix.Stat_t
 	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
-}
-
-// cgroup2Root finds the root of the cgroup v2 hierarchy.
-func cgroup2Root() (string, error) {
-	var st unix.Statfs_t
-	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
-			return p, nil
-		}
-	}
-	return "", errors.New("no cgroup2 file system at /sys/fs/cgroup or /sys/fs/cgroup/unified")
 }
 
 // netnsCookie returns the cookie of the caller's network namespace.

@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/latchfw/latch/internal/cgroup2"
 	"github.com/latchfw/latch/internal/engine"
 )
 
@@ -152,7 +153,7 @@ func testCgroup(t testing.TB) (string, int) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	root, err := cgroup2Root()
+	root, err := cgroup2.Find()
 	if err != nil {
 		t.Skip(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/cgroup2"
 )
 
 // delegatedTo checks who could have made a system container's cgroup: whoever may
@@ -107,7 +109,7 @@ var cgroupMounts = sync.OnceValue(func() map[string]string {
 			continue
 		}
 		if _, seen := m[key]; !seen {
-			m[key] = unescapeMountPath(fields[4])
+			m[key] = cgroup2.UnescapeMountPath(fields[4])
 		}
 	}
 	return m

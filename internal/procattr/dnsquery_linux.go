@@ -134,14 +134,11 @@ func (r *Resolver) WatchDNSQueries(server netip.AddrPort, cgroupPath string) (q 
 		return nil, fmt.Errorf("procattr: DNS query records: the kernel cannot look up and delete in a hash map: %w", err)
 	}
 	if cgroupPath == "" {
-		if cgroupPath, err = cgroup2Mount(); err != nil {
-			dir, merr := cgroup2.MountPrivate("latch-cgroup2-")
-			if merr != nil {
-				return nil, fmt.Errorf("procattr: DNS query records: %w; mounting one failed: %v", err, merr)
-			}
-			defer cgroup2.Unmount(dir)
-			cgroupPath = dir
+		var release func()
+		if cgroupPath, release, err = cgroup2.Root("latch-cgroup2-"); err != nil {
+			return nil, fmt.Errorf("procattr: DNS query records: %w", err)
 		}
+		defer release()
 	}
 	q.link, err = link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: ebpf.AttachCGroupInetEgress, Program: q.prog})
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/cgroup2"
 )
 
 // TestDNSQueriesSegmentedNotCredited: a program that takes the port of another
@@ -234,7 +236,7 @@ func watchDNSHelper(server string) int {
 // of the cgroup2 hierarchy.
 func egressProgs(t *testing.T) []ebpf.ProgramID {
 	t.Helper()
-	dir, err := cgroup2Mount()
+	dir, err := cgroup2.Find()
 	if err != nil {
 		t.Skipf("no cgroup2 mount: %v", err)
 	}

@@ -1,13 +1,9 @@
 package procattr
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"strings"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -290,17 +286,11 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields) asm.Instruct
 // the cgroup2 mount). On error nothing stays loaded or attached.
 func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err error) {
 	if cgroupPath == "" {
-		if cgroupPath, err = cgroup2Mount(); err != nil {
-			// `ip netns exec` and containers give the daemon a fresh /sys without the
-			// cgroup2 mount, yet the hierarchy is the same: mount it privately just for
-			// the attach. The links hold the cgroup, so the mount can go at once.
-			dir, merr := cgroup2.MountPrivate("latch-cgroup2-")
-			if merr != nil {
-				return nil, fmt.Errorf("%w; mounting one failed: %v", err, merr)
-			}
-			defer cgroup2.Unmount(dir)
-			cgroupPath = dir
+		var release func()
+		if cgroupPath, release, err = cgroup2.Root("latch-cgroup2-"); err != nil {
+			return nil, err
 		}
+		defer release()
 	}
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -408,57 +398,4 @@ func (h *cgroupHooks) close() error {
 	}
 	h.links, h.progs, h.conns = nil, nil, nil
 	return errors.Join(errs...)
-}
-
-// cgroup2Mount finds where the cgroup v2 hierarchy is mounted (e.g. /sys/fs/cgroup,
-// or /sys/fs/cgroup/unified on hybrid systems).
-func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	defer f.Close()
-	return parseCgroup2Mount(f)
-}
-
-// parseCgroup2Mount returns the mount point of the first cgroup2 file system whose
-// root is the hierarchy's root ("/") in mountinfo.
-func parseCgroup2Mount(f io.Reader) (string, error) {
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields, postFields := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(postFields) < 1 || postFields[0] != "cgroup2" || fields[3] != "/" {
-			continue
-		}
-		return unescapeMountPath(fields[4]), nil
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read /proc/self/mountinfo: %w", err)
-	}
-	return "", errors.New("no cgroup2 file system mounted (/proc/self/mountinfo)")
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for space and so on).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			o := s[i+1 : i+4]
-			if o[0] >= '0' && o[0] <= '3' && o[1] >= '0' && o[1] <= '7' && o[2] >= '0' && o[2] <= '7' {
-				b.WriteByte((o[0]-'0')<<6 | (o[1]-'0')<<3 | (o[2] - '0'))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

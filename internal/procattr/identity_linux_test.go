@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/latchfw/latch/internal/cgroup2"
 	"github.com/latchfw/latch/internal/engine"
 )
 
@@ -199,7 +200,7 @@ func TestIdentityOfConnectionMadeBeforeExec(t *testing.T) {
 // container id, and not verified.
 func TestIdentityOfContainerProcess(t *testing.T) {
 	requireRoot(t)
-	root, err := cgroup2Mount()
+	root, err := cgroup2.Find()
 	if err != nil {
 		t.Skipf("no cgroup v2 hierarchy: %v", err)
 	}
@@ -488,7 +489,7 @@ func TestContainerOfNestedIsTheOuter(t *testing.T) {
 // user@UID.service tree. It used to be taken for root's docker container ID.
 func TestDelegatedCgroupIsItsUsers(t *testing.T) {
 	requireRoot(t)
-	root, err := cgroup2Mount()
+	root, err := cgroup2.Find()
 	if err != nil {
 		t.Skipf("no cgroup v2 hierarchy: %v", err)
 	}
