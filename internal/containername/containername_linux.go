@@ -161,7 +161,7 @@ func (r *Reader) fresh(checked, now time.Time) bool {
 // file it looked in was last checked (now for a label of no runtime's).
 func (r *Reader) resolve(label string, now time.Time) (name string, checked time.Time) {
 	rt, id, ok := strings.Cut(label, ":")
-	if !ok || !isContainerID(id) {
+	if !ok || !IsID(id) {
 		return "", now
 	}
 	owner := uint32(0)
@@ -454,7 +454,7 @@ func parsePodmanMax(data []byte, max int) map[string]string {
 		if max > 0 && len(names) >= max {
 			break
 		}
-		if isContainerID(c.ID) && len(c.Names) > 0 && validName(c.Names[0]) {
+		if IsID(c.ID) && len(c.Names) > 0 && validName(c.Names[0]) {
 			names[c.ID] = c.Names[0]
 		}
 	}
@@ -467,8 +467,9 @@ func validName(n string) bool {
 	return n != "" && len(n) <= MaxNameLen
 }
 
-// isContainerID reports whether s is a 64-digit lower-case hex id.
-func isContainerID(s string) bool {
+// IsID reports whether s is a 64-digit lower-case hex id, as docker, podman,
+// containerd and CRI-O name containers.
+func IsID(s string) bool {
 	if len(s) != 64 {
 		return false
 	}

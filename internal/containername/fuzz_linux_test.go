@@ -22,7 +22,7 @@ func FuzzParseState(f *testing.F) {
 				if name == "docker" && id != dir {
 					t.Fatalf("docker file in %q names container %q", dir, id)
 				}
-				if name == "podman" && !isContainerID(id) {
+				if name == "podman" && !IsID(id) {
 					t.Fatalf("podman id %q", id)
 				}
 				if !validName(n) || !utf8.ValidString(n) {

@@ -326,12 +326,12 @@ func containerOfSegs(segs []string) (string, int) {
 		} {
 			if id, ok := strings.CutPrefix(s, p.prefix); ok {
 				id = strings.TrimSuffix(id, ".scope")
-				if isContainerID(id) { // not libpod-conmon-ID, crio-conmon-ID
+				if containername.IsID(id) { // not libpod-conmon-ID, crio-conmon-ID
 					return p.runtime + ":" + id, k
 				}
 			}
 		}
-		if isContainerID(s) {
+		if containername.IsID(s) {
 			switch {
 			case parent == "docker":
 				return "docker:" + s, k
@@ -371,20 +371,6 @@ func isName(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// isContainerID reports whether s is a 64-digit lower-case hex id, as docker,
-// podman, containerd and CRI-O name containers.
-func isContainerID(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
 			return false
 		}
 	}
