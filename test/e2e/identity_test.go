@@ -10,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/latchfw/latch/internal/cgroup2"
 )
 
 // Identity tests: a local user who is not root must not pass another program's app
@@ -306,11 +304,19 @@ func TestContainerProcessIsShownAsContainer(t *testing.T) {
 // cgroup2Root finds the cgroup v2 mount.
 func cgroup2Root(t *testing.T) string {
 	t.Helper()
-	root, err := cgroup2.Find()
+	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
-	return root
+	for _, l := range strings.Split(string(b), "\n") {
+		if i := strings.Index(l, " - cgroup2 "); i > 0 {
+			if f := strings.Fields(l[:i]); len(f) >= 5 {
+				return f[4]
+			}
+		}
+	}
+	t.Skip("no cgroup v2 hierarchy mounted")
+	return ""
 }
 
 // TestSharedSocketIsNotCreditedToItsHolder: as an unprivileged user, a process
