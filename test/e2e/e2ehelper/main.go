@@ -499,12 +499,12 @@ func udpFloodLog(addr string, n, conc int, dur time.Duration) {
 	emit(res)
 }
 
-// shareUDP makes a connected UDP socket that two children inherit: this program,
-// which only holds it, and forger, which sends on it once this process is gone.
-func shareUDP(addr, forger string, timeout time.Duration) {
+// connectedUDP4 returns a UDP socket connected to addr, an IPv4 address and port
+// (verb names the mode in the error).
+func connectedUDP4(verb, addr string) *os.File {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil || !ap.Addr().Is4() {
-		fatal(fmt.Errorf("share-udp: want an IPv4 ADDR, got %q", addr))
+		fatal(fmt.Errorf("%s: want an IPv4 ADDR, got %q", verb, addr))
 	}
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
 	if err != nil {
@@ -513,7 +513,13 @@ func shareUDP(addr, forger string, timeout time.Duration) {
 	if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
 		fatal(err)
 	}
-	sock := os.NewFile(uintptr(fd), "socket")
+	return os.NewFile(uintptr(fd), "socket")
+}
+
+// shareUDP makes a connected UDP socket that two children inherit: this program,
+// which only holds it, and forger, which sends on it once this process is gone.
+func shareUDP(addr, forger string, timeout time.Duration) {
+	sock := connectedUDP4("share-udp", addr)
 	holder := exec.Command("/proc/self/exe", "hold-fd", (timeout + 5*time.Second).String())
 	holder.ExtraFiles = []*os.File{sock}
 	if err := holder.Start(); err != nil {
@@ -1116,18 +1122,7 @@ func udpLend(addr, prog string, timeout time.Duration) {
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // the verdict reaches the fast path's map
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().Is4() {
-		fatal(fmt.Errorf("udp-lend: want an IPv4 ADDR, got %q", addr))
-	}
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
-	if err != nil {
-		fatal(err)
-	}
-	if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
-		fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "socket")
+	f := connectedUDP4("udp-lend", addr)
 	start := time.Now()
 	lent := exec.Command(prog, "say", "lent")
 	lent.Stdout, lent.Stderr = f, os.Stderr

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"syscall"
 
@@ -35,17 +34,7 @@ func memfdExec(args []string) {
 // ("send-fd-now" TIMEOUT) with the socket as fd 3: the datagram is sent by
 // whatever program prog is, on a socket this one connected.
 func udpConnectExec(addr, prog, timeout string) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().Is4() {
-		fatal(fmt.Errorf("udp-connect-exec: want an IPv4 ADDR, got %q", addr))
-	}
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
-	if err != nil {
-		fatal(err)
-	}
-	if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
-		fatal(err)
-	}
+	fd := int(connectedUDP4("udp-connect-exec", addr).Fd())
 	if fd != 3 {
 		if err := syscall.Dup3(fd, 3, 0); err != nil {
 			fatal(err)
