@@ -208,6 +208,16 @@ func openTest(t *testing.T, cg string, cfg Config) *FastPath {
 	return fp
 }
 
+// runDecisions runs fp.Run until the test ends and returns the decisions it reads.
+func runDecisions(t *testing.T, fp *FastPath) <-chan Decision {
+	decisions := make(chan Decision, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return decisions
+}
+
 func req(c *testClient, remote netip.AddrPort) *engine.Request {
 	return &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: remote, PID: c.pid, Exe: c.exe, UID: int32(os.Getuid()), Identity: engine.IdentityVerified}
 }
@@ -233,11 +243,7 @@ func TestHitsMarkAndRecord(t *testing.T) {
 	denied := listen(t, "tcp6", "[::1]:0")
 	other := listen(t, "tcp4", "127.0.0.1:0")
 
-	decisions := make(chan Decision, 16)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
-	defer func() { cancel(); <-done }()
+	decisions := runDecisions(t, fp)
 
 	tk := fp.Ticket()
 	if ok, err := fp.Remember(tk, req(c, allowed), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
@@ -694,11 +700,7 @@ func TestHitsRecordLocalPort(t *testing.T) {
 	denied := listen(t, "tcp4", "127.0.0.1:0")
 	unsent := netip.MustParseAddrPort("224.0.0.1:80")
 
-	decisions := make(chan Decision, 16)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
-	defer func() { cancel(); <-done }()
+	decisions := runDecisions(t, fp)
 
 	tk := fp.Ticket()
 	for _, r := range []struct {
@@ -794,11 +796,7 @@ func TestHitsRecordedWithoutSockops(t *testing.T) {
 			t.Fatalf("Remember %v: %v %v", to, ok, err)
 		}
 	}
-	decisions := make(chan Decision, 16)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
-	defer func() { cancel(); <-done }()
+	decisions := runDecisions(t, fp)
 	if got := c.connect(t, allowed); got != "ok 0x30000000" {
 		t.Errorf("ruled connect: %q", got)
 	}
