@@ -139,40 +139,14 @@ func TestContainerNamesFromRuntimeState(t *testing.T) {
 		t.Errorf("explain does not say the rule matched by name:\n%s", ex)
 	}
 
-	askedAndDenied := func(what string, argv []string, check func(p map[string]any)) map[string]any {
-		t.Helper()
-		before := Accepted(srv)
-		done := make(chan Result, 1)
-		go func() { done <- runIn(t, c.Net, c.Container, argv) }()
-		p := promptOn(t, d, port)
-		check(p)
-		if what == "podman" {
-			prompts := d.MustCLI(t, "prompts")
-			if !strings.Contains(prompts, `[container podman:`+idB[:12]+` db\x1b[2K\x0dfirefox\u{202E}]`) || strings.ContainsAny(prompts, "\x1b\r\u202e") {
-				t.Errorf("prompts text does not show the podman container's name escaped:\n%q", prompts)
-			}
-		}
-		time.Sleep(300 * time.Millisecond) // time for a SYN that was let through to arrive
-		if got := Accepted(srv) - before; got != 0 {
-			t.Errorf("%s: the server accepted %d connections while it was held", what, got)
-		}
-		d.MustCLI(t, "answer", fmt.Sprint(int64(num(p["id"]))), "deny", "--for", "once")
-		select {
-		case r := <-done:
-			if r.Outcome != "refused" {
-				t.Errorf("%s: answered deny, got %+v", what, r)
-			}
-			return findConn(t, d, port, r.PID)
-		case <-time.After(20 * time.Second):
-			t.Fatalf("%s: answered deny, the client did not finish", what)
-		}
-		return nil
-	}
-
 	// The podman container: its hostile name, exact in JSON, escaped in text.
-	row = askedAndDenied("podman", containerClient(dirs[1], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
+	row = c.askedAndDenied(t, d, srv, port, "podman", containerClient(dirs[1], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
 		if p["container"] != "podman:"+idB || p["container_name"] != hostile {
 			t.Errorf("question %v: want container podman:%s named %q", p, idB, hostile)
+		}
+		prompts := d.MustCLI(t, "prompts")
+		if !strings.Contains(prompts, `[container podman:`+idB[:12]+` db\x1b[2K\x0dfirefox\u{202E}]`) || strings.ContainsAny(prompts, "\x1b\r\u202e") {
+			t.Errorf("prompts text does not show the podman container's name escaped:\n%q", prompts)
 		}
 	})
 	if row["container_name"] != hostile {
@@ -183,7 +157,7 @@ func TestContainerNamesFromRuntimeState(t *testing.T) {
 	}
 
 	// A docker state file owned by a user: no name from it.
-	row = askedAndDenied("user-owned state", containerClient(dirs[2], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
+	row = c.askedAndDenied(t, d, srv, port, "user-owned state", containerClient(dirs[2], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
 		if p["container"] != "docker:"+idC || p["container_name"] != nil {
 			t.Errorf("question %v: want container docker:%s without a name (its state file is a user's)", p, idC)
 		}
@@ -196,7 +170,7 @@ func TestContainerNamesFromRuntimeState(t *testing.T) {
 	// later), and the rule naming the old name no longer matches.
 	writeState(t, varLib, "docker/containers/"+idA+"/config.v2.json", dockerState(t, idA, renamed), 0, 0o600)
 	time.Sleep(1500 * time.Millisecond)
-	askedAndDenied("renamed", containerClient(dirs[0], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
+	c.askedAndDenied(t, d, srv, port, "renamed", containerClient(dirs[0], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
 		if p["container"] != "docker:"+idA || p["container_name"] != renamed {
 			t.Errorf("question %v: want container docker:%s named %s", p, idA, renamed)
 		}

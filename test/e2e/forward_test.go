@@ -199,6 +199,37 @@ func containerClient(dir, prog, exe string, args ...string) []string {
 	return append(argv, args...)
 }
 
+// askedAndDenied runs argv in c's container namespace, checks its question with
+// check, answers deny once and checks that the connection was refused, by the pid
+// the question named, and that srv accepted nothing while it was held. It returns
+// the connection's history row.
+func (c *containerNet) askedAndDenied(t *testing.T, d *Daemon, srv *Proc, port int, what string, argv []string, check func(p map[string]any)) map[string]any {
+	t.Helper()
+	before := Accepted(srv)
+	done := make(chan Result, 1)
+	go func() { done <- runIn(t, c.Net, c.Container, argv) }()
+	p := promptOn(t, d, port)
+	check(p)
+	time.Sleep(300 * time.Millisecond) // time for a SYN that was let through to arrive
+	if got := Accepted(srv) - before; got != 0 {
+		t.Errorf("%s: the server accepted %d connections while it was held", what, got)
+	}
+	d.MustCLI(t, "answer", fmt.Sprint(int64(num(p["id"]))), "deny", "--for", "once")
+	select {
+	case r := <-done:
+		if r.Outcome != "refused" {
+			t.Errorf("%s: answered deny, got %+v", what, r)
+		}
+		if int(num(p["pid"])) != r.PID {
+			t.Errorf("%s: question named pid %v, the client was %d", what, p["pid"], r.PID)
+		}
+		return findConn(t, d, port, r.PID)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: answered deny, the client did not finish", what)
+	}
+	return nil
+}
+
 // runIn runs argv in namespace ns and decodes e2ehelper's result line.
 func runIn(t *testing.T, n *Net, ns string, argv []string) Result {
 	t.Helper()
@@ -269,35 +300,8 @@ func TestForwardedContainerConnectionsAttributed(t *testing.T) {
 		t.Errorf("history row %v: want container machine:%s, exe %s, reason rule", row, name, b.Allowed)
 	}
 
-	// askedAndDenied runs argv, checks its question with check, answers deny once
-	// and checks that the connection was refused and not let through meanwhile.
-	askedAndDenied := func(what string, argv []string, check func(p map[string]any)) {
-		t.Helper()
-		before := Accepted(srv)
-		done := make(chan Result, 1)
-		go func() { done <- runIn(t, c.Net, c.Container, argv) }()
-		p := promptOn(t, d, port)
-		check(p)
-		time.Sleep(300 * time.Millisecond) // time for a SYN that was let through to arrive
-		if got := Accepted(srv) - before; got != 0 {
-			t.Errorf("%s: the server accepted %d connections while it was held", what, got)
-		}
-		d.MustCLI(t, "answer", fmt.Sprint(int64(num(p["id"]))), "deny", "--for", "once")
-		select {
-		case r := <-done:
-			if r.Outcome != "refused" {
-				t.Errorf("%s: answered deny, got %+v", what, r)
-			}
-			if int(num(p["pid"])) != r.PID {
-				t.Errorf("%s: question named pid %v, the client was %d", what, p["pid"], r.PID)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("%s: answered deny, the client did not finish", what)
-		}
-	}
-
 	// The same program in the podman container: another id, so held and asked.
-	askedAndDenied("the podman container's program", containerClient(dirs[1], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
+	c.askedAndDenied(t, d, srv, port, "the podman container's program", containerClient(dirs[1], b.Forger, b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
 		for k, want := range map[string]any{"exe": b.Allowed, "netns": c.Container, "identity": "container",
 			"container": "podman:" + idB, "local_ip": c.ContainerIP} {
 			if p[k] != want {
@@ -315,7 +319,7 @@ func TestForwardedContainerConnectionsAttributed(t *testing.T) {
 
 	// The host's program of that path, in the container's namespace but in no
 	// container: verified, and no container rule matches it.
-	askedAndDenied("the host's program", containerClient("", "", b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
+	c.askedAndDenied(t, d, srv, port, "the host's program", containerClient("", "", b.Allowed, "connect", addr, "30s"), func(p map[string]any) {
 		if p["exe"] != b.Allowed || p["identity"] != "verified" || p["container"] != nil || p["netns"] != c.Container {
 			t.Errorf("question %v: want exe %s, verified, no container, netns %s", p, b.Allowed, c.Container)
 		}
