@@ -64,23 +64,51 @@ func Find() (string, error) {
 // ParseMount returns the mount point of the first cgroup2 file system whose
 // root is the hierarchy's root ("/") in mountinfo.
 func ParseMount(f io.Reader) (string, error) {
+	dir := ""
+	err := RootMounts(f, func(fsType, _, mnt string) bool {
+		if fsType == "cgroup2" {
+			dir = mnt
+		}
+		return dir == ""
+	})
+	switch {
+	case err != nil:
+		return "", err
+	case dir == "":
+		return "", errors.New("no cgroup2 file system mounted (/proc/self/mountinfo)")
+	}
+	return dir, nil
+}
+
+// RootMounts calls fn, in mountinfo's order, for each cgroup (v1) or cgroup2 file
+// system in mountinfo f that is mounted at its hierarchy's root ("/"), with its type,
+// its super options (v1's name the controllers) and its mount point (unescaped),
+// until fn returns false.
+func RootMounts(f io.Reader, fn func(fsType, superOpts, dir string) bool) error {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+		// 42 31 0:39 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
 		pre, post, ok := strings.Cut(sc.Text(), " - ")
 		if !ok {
 			continue
 		}
 		fields, postFields := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(postFields) < 1 || postFields[0] != "cgroup2" || fields[3] != "/" {
+		if len(fields) < 5 || len(postFields) < 1 || fields[3] != "/" || (postFields[0] != "cgroup2" && postFields[0] != "cgroup") {
 			continue
 		}
-		return UnescapeMountPath(fields[4]), nil
+		opts := ""
+		if len(postFields) >= 3 {
+			opts = postFields[2]
+		}
+		if !fn(postFields[0], opts, UnescapeMountPath(fields[4])) {
+			return nil
+		}
 	}
 	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read /proc/self/mountinfo: %w", err)
+		return fmt.Errorf("read mountinfo: %w", err)
 	}
-	return "", errors.New("no cgroup2 file system mounted (/proc/self/mountinfo)")
+	return nil
 }
 
 // UnescapeMountPath undoes mountinfo's octal escapes (\040 for space and so on).

@@ -27,3 +27,22 @@ func TestParseMount(t *testing.T) {
 		t.Error("v1 only: no error")
 	}
 }
+
+func TestRootMounts(t *testing.T) {
+	const info = `23 1 0:21 / /sys rw,nosuid - sysfs sysfs rw
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+33 31 0:30 /sub /mnt/sub rw - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+`
+	var got []string
+	if err := RootMounts(strings.NewReader(info), func(fsType, opts, dir string) bool {
+		got = append(got, fsType+" "+opts+" "+dir)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"cgroup rw,cpu,cpuacct /sys/fs/cgroup/cpu,cpuacct", "cgroup2 rw /sys/fs/cgroup/unified"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("RootMounts: %q, want %q", got, want)
+	}
+}

@@ -1,7 +1,6 @@
 package procattr
 
 import (
-	"bufio"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,24 +77,14 @@ var cgroupMounts = sync.OnceValue(func() map[string]string {
 		return m
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-		// 42 31 0:39 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields, postFields := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(postFields) < 3 || fields[3] != "/" {
-			continue
-		}
+	cgroup2.RootMounts(f, func(fsType, opts, dir string) bool {
 		key := ""
-		switch postFields[0] {
-		case "cgroup2":
-		case "cgroup":
+		if fsType == "cgroup" {
+			if opts == "" {
+				return true // no controllers to tell it by
+			}
 			var cs []string
-			for _, o := range strings.Split(postFields[2], ",") {
+			for _, o := range strings.Split(opts, ",") {
 				switch {
 				case strings.HasPrefix(o, "name="):
 					cs = append(cs, o)
@@ -105,12 +94,11 @@ var cgroupMounts = sync.OnceValue(func() map[string]string {
 				}
 			}
 			key = controllerKey(strings.Join(cs, ","))
-		default:
-			continue
 		}
 		if _, seen := m[key]; !seen {
-			m[key] = cgroup2.UnescapeMountPath(fields[4])
+			m[key] = dir
 		}
-	}
+		return true
+	})
 	return m
 })
