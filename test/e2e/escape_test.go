@@ -23,13 +23,7 @@ func TestDisguisedProgramNameShownEscaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	exe := filepath.Join(dir, "e2e\x1b[2K\rfirefox\x1b[8m\n2026-12-04 00:00:00.000  out  tcp  ok")
-	bin, err := os.ReadFile(helperBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(exe, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	copyProgram(t, exe)
 	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "60s")
 	done := make(chan string, 1)
 	go func() {

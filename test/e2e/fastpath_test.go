@@ -343,13 +343,7 @@ func TestFastPathMissesCopyAndUnruled(t *testing.T) {
 		}
 	}
 	copied := filepath.Join(t.TempDir(), "e2ehelper-copy")
-	b, err := os.ReadFile(helperBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(copied, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	copyProgram(t, copied)
 	if r := results(t, n.inCgroup(t, cgfd, copied, "connect", n.ServerIP+":8305", "10s"))[0]; r.Outcome == "connected" || r.Millis < 1500 {
 		t.Errorf("the copy's connect: %+v; want held for the question (2s) and refused", r)
 	}

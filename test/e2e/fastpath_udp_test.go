@@ -269,13 +269,7 @@ func TestFastPathUDPMisses(t *testing.T) {
 		n.inCgroup(t, cgfd, helperBin, "udp", n.ServerIP+":8326", "5s") // cached
 	}
 	copied := filepath.Join(t.TempDir(), "e2ehelper-copy")
-	b, err := os.ReadFile(helperBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(copied, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	copyProgram(t, copied)
 	// Connect, then exec another program: its datagram is that program's.
 	if r := results(t, n.inCgroup(t, cgfd, helperBin, "udp-connect-exec", n.ServerIP+":8326", copied, "4s"))[0]; r.Outcome == "connected" || r.Millis < 1500 {
 		t.Errorf("connect-then-exec of a copy: %+v; want held for the question (2s) and no answer", r)
@@ -373,13 +367,7 @@ func TestFastPathUDPLentSocket(t *testing.T) {
 	d := startFastPathDaemon(t, n, cg)
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", "8328", "--action", "allow")
 	copied := filepath.Join(t.TempDir(), "e2ehelper-copy")
-	b, err := os.ReadFile(helperBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(copied, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	copyProgram(t, copied)
 	// The copy (no rule) lends its socket to the ruled program, after the ruled
 	// program made two flows of its own (the second one decided in the kernel).
 	rs := results(t, n.inCgroup(t, cgfd, copied, "udp-lend", n.ServerIP+":8328", helperBin, "3s"))

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -213,13 +212,7 @@ func TestWebUI(t *testing.T) {
 	// An exe path with ESC and RLO is shown escaped on its card.
 	evilDir := t.TempDir()
 	evil := filepath.Join(evilDir, "e2e\x1b[31m\u202Egnp.exe")
-	data, err := os.ReadFile(helperBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(evil, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	copyProgram(t, evil)
 	do(chromedp.Navigate(base + "/#/questions"))
 	wait(`document.querySelector('.questions') !== null`, 10*time.Second)
 	go n.Exec(n.Client, evil, "connect", n.ServerIP+":"+strconv.Itoa(8092), "15s")
