@@ -366,8 +366,23 @@ func udp(addr string, timeout time.Duration) Result {
 	return udpExchange(func() (net.Conn, error) { return net.Dial("udp", addr) }, timeout)
 }
 
-// udpExchange sends "ping" on the connection open gives and waits for an answer.
+// udpExchange sends "ping" on the socket open returns and waits for an answer.
 func udpExchange(open func() (net.Conn, error), timeout time.Duration) Result {
+	return udpExchanges(open, timeout, 1, []byte("ping"))
+}
+
+// A burst (udp-on-line's "burst" line): this many datagrams of this size.
+const udpBurstCount, udpBurstSize = 10, 1000
+
+// udpBurst sends udpBurstCount datagrams of udpBurstSize bytes from one connected
+// socket (one flow), each after the answer to the one before.
+func udpBurst(addr string, timeout time.Duration) Result {
+	return udpExchanges(func() (net.Conn, error) { return net.Dial("udp", addr) }, timeout, udpBurstCount, make([]byte, udpBurstSize))
+}
+
+// udpExchanges sends msg n times on the socket open returns, each after the answer
+// to the one before.
+func udpExchanges(open func() (net.Conn, error), timeout time.Duration, n int, msg []byte) Result {
 	start := time.Now()
 	r := Result{PID: os.Getpid()}
 	c, err := open()
@@ -378,35 +393,9 @@ func udpExchange(open func() (net.Conn, error), timeout time.Duration) Result {
 	defer c.Close()
 	r.Local = c.LocalAddr().String()
 	c.SetDeadline(time.Now().Add(timeout))
-	if _, err = c.Write([]byte("ping")); err == nil {
-		_, err = c.Read(make([]byte, 64))
-	}
-	r.Outcome, r.Millis = classify(err), ms(time.Since(start))
-	if err != nil {
-		r.Error = err.Error()
-	}
-	return r
-}
-
-// A burst (udp-on-line's "burst" line): this many datagrams of this size.
-const udpBurstCount, udpBurstSize = 10, 1000
-
-// udpBurst sends udpBurstCount datagrams of udpBurstSize bytes from one connected
-// socket (one flow), each after the answer to the one before.
-func udpBurst(addr string, timeout time.Duration) Result {
-	start := time.Now()
-	r := Result{PID: os.Getpid()}
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		r.Outcome, r.Error = "error", err.Error()
-		return r
-	}
-	defer c.Close()
-	r.Local = c.LocalAddr().String()
-	c.SetDeadline(time.Now().Add(timeout))
-	buf := make([]byte, 2*udpBurstSize)
-	for i := 0; i < udpBurstCount && err == nil; i++ {
-		if _, err = c.Write(make([]byte, udpBurstSize)); err == nil {
+	buf := make([]byte, 2*len(msg)+64)
+	for i := 0; i < n && err == nil; i++ {
+		if _, err = c.Write(msg); err == nil {
 			_, err = c.Read(buf)
 		}
 	}
