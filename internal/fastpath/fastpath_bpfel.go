@@ -13,6 +13,19 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type fastpathFpEnd struct {
+	_          structs.HostLayout
+	Kind       uint32
+	Family     uint8
+	Pad        uint8
+	Pad2       uint16
+	Local      [16]uint8
+	Remote     [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Pad3       uint32
+}
+
 type fastpathFpEvent struct {
 	_         structs.HostLayout
 	BootNs    uint64
@@ -75,8 +88,10 @@ const (
 	fastpathProgLatchFastSockops    = "latch_fast_sockops"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
 	fastpathVarNetnsCookie          = "netns_cookie"
+	fastpathVarTcpEnds              = "tcp_ends"
 	fastpathVarTcpLocal             = "tcp_local"
 	fastpathVarUdpCgroup            = "udp_cgroup"
+	fastpathVarUnusedEnd            = "unused_end"
 	fastpathVarUnusedEvent          = "unused_event"
 )
 
@@ -147,8 +162,10 @@ type fastpathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	TcpEnds     *ebpf.VariableSpec `ebpf:"tcp_ends"`
 	TcpLocal    *ebpf.VariableSpec `ebpf:"tcp_local"`
 	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
+	UnusedEnd   *ebpf.VariableSpec `ebpf:"unused_end"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
@@ -198,8 +215,10 @@ func (m *fastpathMaps) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	TcpEnds     *ebpf.Variable `ebpf:"tcp_ends"`
 	TcpLocal    *ebpf.Variable `ebpf:"tcp_local"`
 	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
+	UnusedEnd   *ebpf.Variable `ebpf:"unused_end"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 }
 

@@ -41,6 +41,7 @@ const (
 	statStale
 	statNoIdentity
 	statRingLost
+	statEndsLost
 	statMax
 )
 
@@ -71,6 +72,10 @@ type Config struct {
 	// still names it (iptables-legacy checks every rule's pinned program again at
 	// each change of the table); the next Open replaces it.
 	KeepPin bool
+	// NoTCPEnds leaves the report of TCP socket ends (Run's ended) off: a daemon
+	// that forwards keeps conntrack's update events, which end forwarded flows (no
+	// local socket) and local ones alike.
+	NoTCPEnds bool
 
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
@@ -89,6 +94,7 @@ type FastPath struct {
 
 	stored, notStored atomic.Uint64
 	events, badEvents atomic.Uint64
+	ends              atomic.Uint64
 	storeErrors       atomic.Uint64
 
 	exesMu sync.Mutex
@@ -100,6 +106,7 @@ type FastPath struct {
 	udpWhy     atomic.Value // string: why not
 
 	tcpLocalWhy string // why TCP decisions come without the local port; "": they have it
+	tcpEndsWhy  string // why TCP socket ends are not reported; "": they are
 
 	offers     chan offered
 	stopWorker chan struct{}
@@ -216,6 +223,16 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// decisions are sent at once, without them.
 	// Stats.TCPLocalWhy says why not.
 	fp.tcpLocalWhy = fp.attachSockops(cgroupPath)
+	switch {
+	case fp.tcpLocalWhy != "":
+		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
+	case cfg.NoTCPEnds:
+		fp.tcpEndsWhy = "not asked for (--forward: conntrack's update events end the flows, forwarded ones too)"
+	default:
+		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
+			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
+		}
+	}
 	for _, a := range []struct {
 		prog *ebpf.Program
 		at   ebpf.AttachType
@@ -724,10 +741,19 @@ type Decision struct {
 	RuleID engine.RuleID
 }
 
-// Run reads the fast path's decisions from the ring buffer and hands each to fn
-// until ctx is done or Close is called. Once ctx is done the ring buffer is closed:
+// End is the end of a TCP socket of the served network namespace: it moved to
+// TCP_CLOSE (a reset, both sides closed, a failed connect or a timeout). Local and
+// Remote are its flow's original tuple as conntrack has it for an outbound
+// connection (swapped for an accepted one); an IPv4-mapped IPv6 socket's are IPv4.
+type End struct {
+	Local, Remote netip.AddrPort
+}
+
+// Run reads the fast path's records from the ring buffer until ctx is done or
+// Close is called: it hands each decision to fn and, if ended is not nil, each TCP
+// socket end (Stats.TCPEnds) to ended. Once ctx is done the ring buffer is closed:
 // Run is called once.
-func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
+func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End)) error {
 	// A deadline cannot interrupt a read already waiting; closing the reader can.
 	stop := context.AfterFunc(ctx, func() { fp.ring.Close() })
 	defer stop()
@@ -749,6 +775,18 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision)) error {
 				continue
 			}
 			return fmt.Errorf("fast path: read the ring buffer: %w", err)
+		}
+		if len(rec.RawSample) == endSize {
+			e, err := decodeEnd(rec.RawSample)
+			if err != nil {
+				fp.badEvents.Add(1)
+				continue
+			}
+			fp.ends.Add(1)
+			if ended != nil {
+				ended(e)
+			}
+			continue
 		}
 		ev, err := decodeEvent(rec.RawSample)
 		if err != nil {
@@ -802,6 +840,38 @@ func decodeEvent(b []byte) (fastpathFpEvent, error) {
 	return ev, nil
 }
 
+// endSize is the size of struct fp_end, and endKind its first field.
+const (
+	endSize = 48
+	endKind = 0x656e6421
+)
+
+// decodeEnd reads a struct fp_end record: a TCP socket's end, with a known
+// family and both ports set.
+func decodeEnd(b []byte) (End, error) {
+	if len(b) != endSize {
+		return End{}, fmt.Errorf("fast path socket end of %d bytes, want %d", len(b), endSize)
+	}
+	ne := binary.NativeEndian
+	if k := ne.Uint32(b[0:]); k != endKind {
+		return End{}, fmt.Errorf("fast path record of %d bytes with kind %#x, want %#x", len(b), k, endKind)
+	}
+	lp, rp := ne.Uint16(b[40:]), ne.Uint16(b[42:])
+	if lp == 0 || rp == 0 {
+		return End{}, fmt.Errorf("fast path socket end with port %d to port %d", lp, rp)
+	}
+	var l, r netip.Addr
+	switch b[4] {
+	case 4:
+		l, r = netip.AddrFrom4([4]byte(b[8:12])), netip.AddrFrom4([4]byte(b[24:28]))
+	case 6:
+		l, r = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+	default:
+		return End{}, fmt.Errorf("fast path socket end with address family %d", b[4])
+	}
+	return End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}, nil
+}
+
 func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {
 	k := ev.Key
 	var addr, local netip.Addr
@@ -836,6 +906,7 @@ func (fp *FastPath) Stats() Stats {
 		MaxEntries: fp.cfg.MaxEntries, Generation: st.gen, Cacheable: st.cacheable, Why: st.why, Cgroup: fp.cfg.CgroupPath,
 		UDP: fp.udpOn.Load(), UDPMatch: fp.udpPin,
 		TCPLocal: fp.tcpLocalWhy == "", TCPLocalWhy: fp.tcpLocalWhy,
+		TCPEnds: fp.tcpEndsWhy == "", TCPEndsWhy: fp.tcpEndsWhy, Ends: fp.ends.Load(),
 	}
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)
@@ -862,6 +933,8 @@ func (fp *FastPath) Stats() Stats {
 			s.NoIdentity = sum
 		case statRingLost:
 			s.RingLost = sum
+		case statEndsLost:
+			s.EndsLost = sum
 		}
 	}
 	var k fastpathFpKey

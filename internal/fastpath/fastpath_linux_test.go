@@ -47,6 +47,11 @@ func client() {
 		if withLocal {
 			f = f[1:]
 		}
+		// "rst local ADDRPORT": the socket is closed with a reset (SO_LINGER 0).
+		reset := len(f) > 2 && f[0] == "rst" && f[1] == "local"
+		if reset {
+			f, withLocal = f[2:], true
+		}
 		var aps []netip.AddrPort
 		for _, a := range f {
 			ap, err := netip.ParseAddrPort(a)
@@ -91,6 +96,9 @@ func client() {
 				r += " " + local
 			}
 			out = append(out, r)
+		}
+		if reset {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		}
 		unix.Close(fd)
 		fmt.Println(strings.Join(out, "; "))
@@ -213,7 +221,7 @@ func runDecisions(t *testing.T, fp *FastPath) <-chan Decision {
 	decisions := make(chan Decision, 16)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }) }()
+	go func() { done <- fp.Run(ctx, func(d Decision) { decisions <- d }, nil) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return decisions
 }

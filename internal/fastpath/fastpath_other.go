@@ -22,6 +22,7 @@ type Config struct {
 	RingBytes  int
 	PinDir     string
 	KeepPin    bool
+	NoTCPEnds  bool
 }
 
 // FastPath is the kernel fast path; there is none on this system.
@@ -43,6 +44,11 @@ type Decision struct {
 	RuleID   engine.RuleID
 }
 
+// End is the end of a TCP socket.
+type End struct {
+	Local, Remote netip.AddrPort
+}
+
 // Open fails with ErrUnsupported.
 func Open(Config) (*FastPath, error) { return nil, ErrUnsupported }
 
@@ -62,7 +68,7 @@ func (*FastPath) Remember(Ticket, *engine.Request, engine.Verdict) (bool, error)
 func (*FastPath) Offer(Ticket, *engine.Request, engine.Verdict) {}
 
 // Run returns at once.
-func (*FastPath) Run(context.Context, func(Decision)) error { return nil }
+func (*FastPath) Run(context.Context, func(Decision), func(End)) error { return nil }
 
 // RemovePin does nothing.
 func RemovePin(string) (bool, error) { return false, nil }

@@ -30,4 +30,13 @@ type Stats struct {
 	// and byte accounting needs; TCPLocalWhy says why not.
 	TCPLocal    bool   `json:"tcp_local"`
 	TCPLocalWhy string `json:"tcp_local_why,omitempty"`
+	// TCPEnds says whether the kernel reports the end of every TCP socket of the
+	// daemon's network namespace (the sock_ops program's state callback), which
+	// ends the byte accountant's flows without conntrack's update events;
+	// TCPEndsWhy says why not. Ends counts the ends read, EndsLost those the full
+	// ring buffer lost (the periodic read of conntrack's table ends those flows).
+	TCPEnds    bool   `json:"tcp_ends"`
+	TCPEndsWhy string `json:"tcp_ends_why,omitempty"`
+	Ends       uint64 `json:"ends"`
+	EndsLost   uint64 `json:"ends_lost"`
 }

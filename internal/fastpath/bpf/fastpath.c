@@ -39,7 +39,7 @@
 #define ACT_REJECT 2
 
 // Counters (per CPU).
-enum { STAT_HIT_ALLOW, STAT_HIT_REJECT, STAT_MISS, STAT_STALE, STAT_NO_IDENTITY, STAT_RING_LOST, STAT_MAX };
+enum { STAT_HIT_ALLOW, STAT_HIT_REJECT, STAT_MISS, STAT_STALE, STAT_NO_IDENTITY, STAT_RING_LOST, STAT_ENDS_LOST, STAT_MAX };
 
 // Just the kernel members the program reads; CO-RE relocates them against the
 // running kernel's BTF.
@@ -99,6 +99,21 @@ struct fp_event {
 	__u32 pad2;
 };
 
+// The end of a TCP socket of the served network namespace (report_end): a record
+// of its own size (the reader tells the two by their length), with END_KIND first.
+#define END_KIND 0x656e6421u // "end!"
+struct fp_end {
+	__u32 kind;        // END_KIND
+	__u8 family;       // 4 or 6 (an IPv4-mapped address is 4)
+	__u8 pad;
+	__u16 pad2;
+	__u8 local[16];    // IPv4 in the first 4 bytes, network order
+	__u8 remote[16];
+	__u16 local_port;  // host order
+	__u16 remote_port; // host order
+	__u32 pad3;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536); // set by the loader
@@ -153,6 +168,10 @@ struct {
 // at once, without the local address and port.
 volatile __u32 tcp_local = 0;
 
+// 1 once the loader wants TCP socket ends reported (latch_fast_sockops turns the
+// state callback on for the sockets of the served namespace); 0: none.
+volatile __u32 tcp_ends = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -181,6 +200,7 @@ volatile const __u64 udp_cgroup = 0;
 
 // Keeps fp_event in the object's BTF for bpf2go's -type.
 const struct fp_event *unused_event __attribute__((unused));
+const struct fp_end *unused_end __attribute__((unused));
 
 static __always_inline void count(__u32 i)
 {
@@ -361,25 +381,22 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 	return decide(ctx, 6);
 }
 
-// Sends the decision a connect hook left for this socket (pending) once the kernel
-// chose its local address and port: tcp_connect calls it (TCP_CONNECT_CB) just
-// before the SYN goes out, in the connect(2) (or, with TCP_FASTOPEN_CONNECT, the
-// first write) that the hook decided. Every other callback, and every socket without
-// a pending decision, returns at once; reply stays 0 (the kernel's defaults).
-SEC("sockops")
-int latch_fast_sockops(struct bpf_sock_ops *ctx)
+// send_pending sends the decision a connect hook left for this socket (pending)
+// once the kernel chose its local address and port: tcp_connect calls the sock_ops
+// program (TCP_CONNECT_CB) just before the SYN goes out, in the connect(2) (or, with
+// TCP_FASTOPEN_CONNECT, the first write) that the hook decided. A socket without a
+// pending decision costs one map lookup.
+static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 {
-	if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
-		return 1;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct fp_event *p = bpf_map_lookup_elem(&pending, &cookie);
 	if (!p)
-		return 1;
+		return;
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
 		bpf_map_delete_elem(&pending, &cookie);
-		return 1;
+		return;
 	}
 	*e = *p;
 	bpf_map_delete_elem(&pending, &cookie);
@@ -400,6 +417,90 @@ int latch_fast_sockops(struct bpf_sock_ops *ctx)
 	}
 	e->local_port = (__u16)ctx->local_port;
 	submit(e);
+}
+
+// watch asks the kernel to call the sock_ops program at each state change of this
+// socket (BPF_SOCK_OPS_STATE_CB), for report_end, if tcp_ends is on and the socket
+// is of the served network namespace. One flag on the socket; the callbacks it
+// causes return at once but for the one to TCP_CLOSE.
+static __always_inline void watch(struct bpf_sock_ops *ctx)
+{
+	if (!tcp_ends || bpf_get_netns_cookie(ctx) != netns_cookie)
+		return;
+	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+// report_end sends the 4-tuple of a socket that moved to TCP_CLOSE (reset, both
+// sides closed and the last ACK went out before tcp_time_wait's tcp_done, a
+// connect that failed, a timeout) to the reader, which reads the flow's counters
+// from conntrack once more and ends it: the conntrack events of each TCP state
+// change are then not needed (see doc.go).
+static __always_inline void report_end(struct bpf_sock_ops *ctx)
+{
+	struct fp_end *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_ENDS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = END_KIND;
+	// Ports: local in host order, remote in network order in the upper half.
+	e->local_port = (__u16)ctx->local_port;
+	e->remote_port = (__u16)bpf_ntohl(ctx->remote_port);
+	if (ctx->family == AF_INET) {
+		e->family = 4;
+		__u32 l = ctx->local_ip4, r = ctx->remote_ip4;
+		__builtin_memcpy(e->local, &l, 4);
+		__builtin_memcpy(e->remote, &r, 4);
+	} else {
+		volatile __u32 *l6 = ctx->local_ip6;
+		volatile __u32 *r6 = ctx->remote_ip6;
+		__u32 l0 = l6[0], l1 = l6[1], l2 = l6[2], l3 = l6[3];
+		__u32 r0 = r6[0], r1 = r6[1], r2 = r6[2], r3 = r6[3];
+		if (r0 == 0 && r1 == 0 && r2 == bpf_htonl(0xffff)) {
+			// Connected to an IPv4-mapped address: the packets, and
+			// conntrack's entry, are IPv4.
+			e->family = 4;
+			__builtin_memcpy(e->local, &l3, 4);
+			__builtin_memcpy(e->remote, &r3, 4);
+		} else {
+			e->family = 6;
+			__builtin_memcpy(e->local, &l0, 4);
+			__builtin_memcpy(e->local + 4, &l1, 4);
+			__builtin_memcpy(e->local + 8, &l2, 4);
+			__builtin_memcpy(e->local + 12, &l3, 4);
+			__builtin_memcpy(e->remote, &r0, 4);
+			__builtin_memcpy(e->remote + 4, &r1, 4);
+			__builtin_memcpy(e->remote + 8, &r2, 4);
+			__builtin_memcpy(e->remote + 12, &r3, 4);
+		}
+	}
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+// The cgroup's sock_ops program. At TCP_CONNECT_CB (an active open, just before
+// the SYN) it sends the decision a connect hook left for the socket (send_pending)
+// and, like at PASSIVE_ESTABLISHED_CB (an accepted connection), turns the state
+// callback on (watch); at a state change to TCP_CLOSE it reports the socket's end
+// (report_end). Every other callback returns at once; reply stays 0 (the kernel's
+// defaults).
+SEC("sockops")
+int latch_fast_sockops(struct bpf_sock_ops *ctx)
+{
+	switch (ctx->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		watch(ctx);
+		send_pending(ctx);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		watch(ctx);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ctx->args[1] == BPF_TCP_CLOSE)
+			report_end(ctx);
+		break;
+	}
 	return 1;
 }
 

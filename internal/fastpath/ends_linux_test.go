@@ -1,0 +1,129 @@
+package fastpath
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runEnds runs fp.Run until the test ends and returns the socket ends it reads.
+func runEnds(t *testing.T, fp *FastPath) <-chan End {
+	ends := make(chan End, 256)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- fp.Run(ctx, func(Decision) {}, func(e End) {
+			select {
+			case ends <- e:
+			default:
+			}
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return ends
+}
+
+// connectLocal makes c connect a new socket to ap (with a reset on close if rst)
+// and returns the socket's local address.
+func connectLocal(t *testing.T, c *testClient, ap netip.AddrPort, rst bool) netip.AddrPort {
+	t.Helper()
+	cmd := "local " + ap.String()
+	if rst {
+		cmd = "rst " + cmd
+	}
+	fmt.Fprintln(c.in, cmd)
+	line := c.line(t)
+	f := strings.Fields(line)
+	if len(f) != 3 || f[0] != "ok" {
+		t.Fatalf("connect %s: %q", ap, line)
+	}
+	local, err := netip.ParseAddrPort(f[2])
+	if err != nil {
+		t.Fatalf("connect %s: %q: %v", ap, line, err)
+	}
+	return local
+}
+
+// waitEnd waits up to 2 s for the end of the socket local → remote.
+func waitEnd(t *testing.T, ends <-chan End, want End) {
+	t.Helper()
+	deadline := time.After(2 * time.Second)
+	for {
+		select {
+		case e := <-ends:
+			if e == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no end of the socket %v -> %v within 2 s", want.Local, want.Remote)
+		}
+	}
+}
+
+// TestSocketEnds: the sock_ops program reports the end of every TCP socket of the
+// cgroup, not only of the connections the fast path decided, whether it closes
+// with FIN (both sides closed, TIME_WAIT) or a reset, IPv4, IPv6 and IPv4-mapped.
+func TestSocketEnds(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if st := fp.Stats(); !st.TCPEnds || st.TCPEndsWhy != "" {
+		t.Fatalf("TCPEnds %v (%q), want on", st.TCPEnds, st.TCPEndsWhy)
+	}
+	ends := runEnds(t, fp)
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	v4 := listen(t, "tcp4", "127.0.0.1:0")
+	v6 := listen(t, "tcp6", "[::1]:0")
+	dual := listen(t, "tcp", "[::]:0")
+	mapped := netip.AddrPortFrom(netip.MustParseAddr("::ffff:127.0.0.1"), dual.Port())
+	for _, c2 := range []struct {
+		name   string
+		remote netip.AddrPort
+		want   netip.AddrPort
+		rst    bool
+	}{
+		{"v4 fin", v4, v4, false},
+		{"v4 rst", v4, v4, true},
+		{"v6 fin", v6, v6, false},
+		{"v6 rst", v6, v6, true},
+		// The end is IPv4, as conntrack's entry is.
+		{"mapped fin", mapped, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), dual.Port()), false},
+	} {
+		t.Run(c2.name, func(t *testing.T) {
+			local := connectLocal(t, c, c2.remote, c2.rst)
+			waitEnd(t, ends, End{Local: local, Remote: c2.want})
+		})
+	}
+	if st := fp.Stats(); st.Ends < 5 || st.EndsLost != 0 {
+		t.Errorf("Stats: %d ends, %d lost; want at least 5 and none lost", st.Ends, st.EndsLost)
+	}
+}
+
+// TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), or
+// with NoTCPEnds (--forward), no end is reported and Stats says why.
+func TestSocketEndsOff(t *testing.T) {
+	for _, cfg := range []Config{{noSockops: true}, {NoTCPEnds: true}} {
+		t.Run(fmt.Sprintf("noSockops=%v", cfg.noSockops), func(t *testing.T) {
+			cg, cgfd := testCgroup(t)
+			fp := openTest(t, cg, cfg)
+			if st := fp.Stats(); st.TCPEnds || st.TCPEndsWhy == "" {
+				t.Fatalf("TCPEnds %v (%q), want off with a reason", st.TCPEnds, st.TCPEndsWhy)
+			}
+			ends := runEnds(t, fp)
+			exe, _ := os.Executable()
+			c := startClient(t, exe, cgfd)
+			v4 := listen(t, "tcp4", "127.0.0.1:0")
+			connectLocal(t, c, v4, true)
+			connectLocal(t, c, v4, false)
+			select {
+			case e := <-ends:
+				t.Fatalf("end %+v reported", e)
+			case <-time.After(500 * time.Millisecond):
+			}
+		})
+	}
+}
