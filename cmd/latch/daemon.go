@@ -329,6 +329,9 @@ type platformBackend struct {
 	// fastPath is the kernel fast path (Linux), nil when off; fastPathOff says why.
 	fastPath    *fastpath.FastPath
 	fastPathOff string
+	// socketEnded hands the backend's byte accountant the end of a TCP socket the
+	// fast path reported; nil where there is none.
+	socketEnded func(fastpath.End)
 	// followRules hooks the backend's kernel verdict cache (Windows) to the engine's
 	// rule and mode changes, synchronously; nil where there is none.
 	followRules func(*engine.Engine)
@@ -627,7 +630,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					tracked := req
 					be.trackFlow(&tracked)
 				}
-			})
+			}, be.socketEnded)
 			if err != nil {
 				logf("fast path: %v", err)
 			}

@@ -59,6 +59,9 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		// A ruleset kept on exit still names the pinned program (iptables-legacy
 		// checks it again at every change of the filter table).
 		KeepPin: o.KeepRules && !o.FailOpen,
+		// A forwarded flow has no local socket: conntrack's update events end
+		// those, and the local ones with them.
+		NoTCPEnds: o.Forward,
 	}); err != nil {
 		// Today's path: every connection through the queue.
 		fastPathOff = err.Error()
@@ -66,6 +69,10 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		fp = nil
 	} else {
 		cfg.FastUDPMatch = fp.UDPMatch()
+		// The kernel reports the end of every TCP socket: the accountant needs
+		// no conntrack update events (which the kernel builds for each state
+		// change of every flow while anybody listens).
+		cfg.SocketEnds = fp.Stats().TCPEnds
 	}
 	ready := make(chan struct{})
 	var be *linux.Backend
@@ -136,6 +143,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		pb.fastPath = fp
 		pb.close = func() { fp.Close(); closeRes() }
 		pb.trackFlow = be.TrackFlow
+		pb.socketEnded = func(e fastpath.End) { be.SocketEnded(e.Local, e.Remote) }
 		if why := fp.Stats().TCPLocalWhy; why != "" {
 			logf("fast path: TCP connections decided in the kernel are recorded without their local port, and their bytes are not counted: %s", why)
 		}

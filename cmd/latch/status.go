@@ -98,6 +98,11 @@ func runStatus(ctx context.Context, args []string) error {
 			if !f.TCPLocal {
 				row("fast path bytes", "TCP connections decided in the kernel are recorded without their local port and their bytes are not counted: %s", textesc.Message(f.TCPLocalWhy))
 			}
+			if f.TCPEnds {
+				row("fast path ends", "on: the kernel reports the end of each TCP socket (%d read, %d lost); byte accounting reads no conntrack update events", f.Ends, f.EndsLost)
+			} else {
+				row("fast path ends", "off (byte accounting learns TCP flow ends from conntrack update events): %s", textesc.Message(f.TCPEndsWhy))
+			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
 		}

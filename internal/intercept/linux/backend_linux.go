@@ -59,6 +59,9 @@ type Backend struct {
 	// slice is the one handed out last, reused.
 	trackMu               sync.Mutex
 	tracked, trackedSpare []flowKey
+	// TCP socket ends SocketEnded reported, for the accountant (takeEnds).
+	endsMu          sync.Mutex
+	ends, endsSpare []socketEnd
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
 
@@ -67,6 +70,8 @@ type Backend struct {
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
 	trafficReports                             atomic.Uint64 // Traffic reports handed to Config.OnTraffic
 	trafficEventsLost                          atomic.Uint64 // conntrack event socket overflows
+	socketEnds, socketEndsLost                 atomic.Uint64 // SocketEnded calls taken, and dropped (the accountant's queue was full)
+	ctUpdates                                  atomic.Bool   // the accountant listens to conntrack's update events
 	latencySum, latencyMax, latencyN           atomic.Uint64
 	dns                                        *dnsname.Learner // nil without Config.Hostnames
 	dnsSenders                                 *dnsSenders      // with dns and a Resolver: who sent the queued DNS queries
@@ -221,7 +226,9 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	evfd := -1
 	if b.cfg.OnTraffic != nil {
 		var err error
-		if evfd, err = openCtEvents(b.cfg.Logf); err != nil {
+		updates := !b.cfg.SocketEnds || b.cfg.Forward
+		b.ctUpdates.Store(updates)
+		if evfd, err = openCtEvents(b.cfg.Logf, updates); err != nil {
 			b.cfg.Logf("byte accounting: %v", err)
 			evfd = -1
 		}
@@ -869,6 +876,9 @@ func (b *Backend) Stats() intercept.Stats {
 			"flows_remembered":       uint64(b.flows.len()),
 			"traffic_reports":        b.trafficReports.Load(),
 			"traffic_events_lost":    b.trafficEventsLost.Load(),
+			"traffic_socket_ends":    b.socketEnds.Load(),
+			"traffic_ends_lost":      b.socketEndsLost.Load(),
+			"traffic_update_events":  map[bool]uint64{true: 1}[b.ctUpdates.Load()],
 			"verdict_latency_max_us": b.latencyMax.Load() / 1000,
 		},
 	}

@@ -25,12 +25,15 @@ type ctEvent struct {
 	destroy bool
 }
 
-// openCtEvents subscribes to conntrack updates and destroys in the current network
-// namespace. Updates come with each TCP state change; destroys carry the final
-// counters when accounting is on. A socket filter keeps the events the accountant
-// ignores from being queued at all; if it cannot be attached, logf says so and every
-// event is read.
-func openCtEvents(logf func(string, ...any)) (int, error) {
+// openCtEvents subscribes to conntrack destroys, and with updates to conntrack
+// updates, in the current network namespace. Updates come with each TCP state
+// change, and the kernel builds each one while anybody listens to the group: a
+// daemon that learns the end of its TCP flows from their sockets
+// (Config.SocketEnds) leaves them off. Destroys carry the final counters when
+// accounting is on. A socket filter keeps the events the accountant ignores from
+// being queued at all; if it cannot be attached, logf says so and every event is
+// read.
+func openCtEvents(logf func(string, ...any), updates bool) (int, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return -1, fmt.Errorf("open conntrack event socket: %w", err)
@@ -51,7 +54,11 @@ func openCtEvents(logf func(string, ...any)) (int, error) {
 	if err := attachCtEventFilter(fd); err != nil {
 		logf("byte accounting: reading every conntrack event (%v)", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: nfnlGroupCtUpdate | nfnlGroupCtDestroy}); err != nil {
+	groups := uint32(nfnlGroupCtDestroy)
+	if updates {
+		groups |= nfnlGroupCtUpdate
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("subscribe to conntrack events: %w", err)
 	}

@@ -304,6 +304,13 @@ type Config struct {
 	// verdict marked yet, and a match decides the flow as an allow from the queue
 	// does. Backend.FastUDP says whether the ruleset has it.
 	FastUDPMatch string
+	// SocketEnds says that the end of every local TCP socket of this network
+	// namespace is reported to Backend.SocketEnded (the kernel fast path's
+	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to
+	// conntrack's destroy events only, not to its update events, which the kernel
+	// would otherwise build for each TCP state change of every flow. Ignored with
+	// Forward (a forwarded flow has no local socket: its end is an update event).
+	SocketEnds bool
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,

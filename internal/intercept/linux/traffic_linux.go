@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -118,6 +119,22 @@ func (a *accountant) forget(now time.Time) {
 			delete(a.recent, k)
 		}
 	}
+}
+
+// socketEnded handles the end of a local TCP socket (Backend.SocketEnded): the
+// key of the flow it ends, the accountant's, read once more for its counters
+// (read, which defers the read), or false if it follows no such flow (one it never
+// knew, or one a destroy event already ended). A socket's flow is outbound
+// (local → remote) or, accepted, inbound.
+func (a *accountant) socketEnded(e socketEnd) (flowKey, bool) {
+	k := flowKey{proto: unix.IPPROTO_TCP, src: e.local, dst: e.remote}
+	if a.wants(k) {
+		return k, true
+	}
+	if k = k.reversed(); a.wants(k) {
+		return k, true
+	}
+	return flowKey{}, false
 }
 
 // registered handles flows just registered in the flow table outside the queue
@@ -335,9 +352,14 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
-	// A flow that reaches TIME_WAIT or CLOSE is read once more for its counters;
-	// those reads wait for the end of the drain and go to conntrack in batches.
+	// A flow that reaches TIME_WAIT or CLOSE, or whose socket ended, is read once
+	// more for its counters; those reads wait for the end of the drain and go to
+	// conntrack in batches. closing has the flows whose socket ended: the read
+	// ends them whatever conntrack's state (it may not have seen the last packet
+	// yet: the kernel reports the end before a reset goes out).
 	var toRead []flowKey
+	closing := make(map[flowKey]bool)
+	seen := make(map[flowKey]struct{})
 	later := func(k flowKey) (ctInfo, error) {
 		toRead = append(toRead, k)
 		return ctInfo{}, errReadLater
@@ -346,6 +368,7 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		var rs []intercept.Traffic
 		now := time.Now()
 		toRead = toRead[:0]
+		clear(closing)
 		lost, bad, err := reader.drain(func(ev ctEvent) {
 			r, ok, err := a.event(ev, later, now)
 			if !errors.Is(err, errReadLater) {
@@ -359,6 +382,15 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		// After the events: a flow registered since, whose end came before it
 		// was, is in a.recent now (one registered before was known to them).
 		rs = append(rs, a.registered(b.takeTracked(), later, now)...)
+		// After the registrations: the fast path reports a connection's
+		// decision before its socket's end.
+		for _, e := range b.takeEnds() {
+			if k, ok := a.socketEnded(e); ok {
+				toRead = append(toRead, k)
+				closing[k] = true
+			}
+		}
+		toRead = a.stillOpen(toRead, seen)
 		getter.getMany(toRead, func(k flowKey, ci ctInfo, err error) {
 			switch {
 			case errors.Is(err, unix.ENOENT):
@@ -366,7 +398,7 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			case err != nil:
 				logErr(err)
 			default:
-				if r, ok := a.observe(ci, false, now, false); ok {
+				if r, ok := a.observe(ci, closing[k], now, false); ok {
 					rs = append(rs, r)
 				}
 			}
@@ -401,6 +433,62 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			return
 		}
 	}
+}
+
+// stillOpen drops from keys, in place, the flows that already ended (a destroy
+// event later in the same drain ended the flow whose CLOSE update asked for a
+// read: the read would find the entry gone) and the keys asked for twice (seen,
+// emptied first, holds them).
+func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flowKey {
+	clear(seen)
+	out := keys[:0]
+	for _, k := range keys {
+		if f := a.m[k]; f != nil && f.ended {
+			continue
+		}
+		if _, dup := seen[k]; dup {
+			continue
+		}
+		seen[k] = struct{}{}
+		out = append(out, k)
+	}
+	return out
+}
+
+// socketEnd is a local TCP socket's end (SocketEnded).
+type socketEnd struct{ local, remote netip.AddrPort }
+
+// SocketEnded says that the local TCP socket from local to remote moved to
+// TCP_CLOSE (Config.SocketEnds): the byte accountant reads the counters of its
+// flow, if it follows one, once more and reports its end (within eventDrain). An
+// end that finds the accountant's queue full is dropped: the periodic read of the
+// table ends the flow (TIME_WAIT, CLOSE), or its destroy event does.
+func (b *Backend) SocketEnded(local, remote netip.AddrPort) {
+	if b.cfg.OnTraffic == nil || !b.running.Load() {
+		return
+	}
+	b.endsMu.Lock()
+	if len(b.ends) < maxTracked {
+		b.ends = append(b.ends, socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())})
+		b.endsMu.Unlock()
+		b.socketEnds.Add(1)
+		return
+	}
+	b.endsMu.Unlock()
+	b.socketEndsLost.Add(1)
+}
+
+// takeEnds returns the socket ends SocketEnded reported since the last call.
+func (b *Backend) takeEnds() []socketEnd {
+	b.endsMu.Lock()
+	defer b.endsMu.Unlock()
+	if len(b.ends) == 0 {
+		return nil
+	}
+	ends := b.ends
+	b.ends = b.endsSpare[:0]
+	b.endsSpare = ends
+	return ends
 }
 
 // maxTracked bounds the flows registered by TrackFlow that wait for the accountant.
