@@ -33,8 +33,35 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(encodeEvent(u6))
 	f.Add(encodeEvent(v4)[:20])
 	f.Add([]byte{})
+	// Socket ends (fp_end): IPv4, IPv6, a bad family, a wrong kind.
+	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 4, Local: [16]byte{198, 18, 0, 1}, Remote: [16]byte{198, 18, 0, 2}, LocalPort: 40001, RemotePort: 443}))
+	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 6, Local: [16]byte{0xfd, 15: 1}, Remote: [16]byte{0xfd, 15: 2}, LocalPort: 40002, RemotePort: 80}))
+	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1}))
+	f.Add(encodeEnd(fastpathFpEnd{Kind: 1, Family: 4, LocalPort: 1, RemotePort: 1}))
 	fp := &FastPath{exes: map[identity]string{}}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) == endSize {
+			// Run reads a record of this size as a socket's end.
+			e, err := decodeEnd(b)
+			if err != nil {
+				return
+			}
+			var ref fastpathFpEnd
+			if _, err := binary.Decode(b, binary.NativeEndian, &ref); err != nil || ref.Kind != endKind {
+				t.Fatalf("decoded %+v from %x, the struct's layout says %+v (%v)", e, b, ref, err)
+			}
+			if !e.Local.IsValid() || !e.Remote.IsValid() || e.Local.Port() != ref.LocalPort || e.Remote.Port() != ref.RemotePort ||
+				e.Local.Port() == 0 || e.Remote.Port() == 0 || e.Local.Addr().Is4() != (ref.Family == 4) || e.Remote.Addr().Is4() != (ref.Family == 4) {
+				t.Fatalf("decoded %+v from %+v", e, ref)
+			}
+			if _, err := decodeEvent(b); err == nil {
+				t.Fatalf("%x decodes as a decision too", b)
+			}
+			return
+		}
+		if _, err := decodeEnd(b); err == nil {
+			t.Fatalf("a record of %d bytes decoded as a socket end", len(b))
+		}
 		ev, err := decodeEvent(b)
 		if err != nil {
 			return
@@ -59,6 +86,35 @@ func FuzzDecodeEvent(f *testing.F) {
 			t.Fatalf("local %v decoded from %+v (remote %v)", d.Local, ev, d.Remote)
 		}
 	})
+}
+
+func encodeEnd(e fastpathFpEnd) []byte {
+	var b bytes.Buffer
+	binary.Write(&b, binary.NativeEndian, e)
+	return b.Bytes()
+}
+
+func TestDecodeEnd(t *testing.T) {
+	if n := binary.Size(fastpathFpEnd{}); n != endSize {
+		t.Fatalf("struct fp_end is %d bytes, the decoder reads %d", n, endSize)
+	}
+	e, err := decodeEnd(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 6, Local: [16]byte{0xfd, 15: 1}, Remote: [16]byte{0xfd, 15: 2}, LocalPort: 40002, RemotePort: 80}))
+	if want := (End{Local: netip.MustParseAddrPort("[fd00::1]:40002"), Remote: netip.MustParseAddrPort("[fd00::2]:80")}); err != nil || e != want {
+		t.Errorf("decoded %+v (%v), want %+v", e, err, want)
+	}
+	for name, ev := range map[string]fastpathFpEnd{
+		"family":      {Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1},
+		"kind":        {Kind: 7, Family: 4, LocalPort: 1, RemotePort: 1},
+		"local port":  {Kind: endKind, Family: 4, RemotePort: 1},
+		"remote port": {Kind: endKind, Family: 4, LocalPort: 1},
+	} {
+		if _, err := decodeEnd(encodeEnd(ev)); err == nil {
+			t.Errorf("%s: decoded a bad end", name)
+		}
+	}
+	if _, err := decodeEnd(make([]byte, endSize-1)); err == nil {
+		t.Error("decoded a short record")
+	}
 }
 
 func TestDecodeEvent(t *testing.T) {
