@@ -69,7 +69,7 @@ func waitEnd(t *testing.T, ends <-chan End, want End) {
 // with FIN (both sides closed, TIME_WAIT) or a reset, IPv4, IPv6 and IPv4-mapped.
 func TestSocketEnds(t *testing.T) {
 	cg, cgfd := testCgroup(t)
-	fp := openTest(t, cg, Config{})
+	fp := openTest(t, cg, Config{endsAnyCgroup: true})
 	if st := fp.Stats(); !st.TCPEnds || st.TCPEndsWhy != "" {
 		t.Fatalf("TCPEnds %v (%q), want on", st.TCPEnds, st.TCPEndsWhy)
 	}
@@ -103,11 +103,13 @@ func TestSocketEnds(t *testing.T) {
 	}
 }
 
-// TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), or
-// with NoTCPEnds (--forward), no end is reported and Stats says why.
+// TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), with
+// NoTCPEnds (--forward), or with hooks that serve one cgroup only (the other
+// processes' sockets would not report their end), no end is reported and Stats
+// says why.
 func TestSocketEndsOff(t *testing.T) {
-	for _, cfg := range []Config{{noSockops: true}, {NoTCPEnds: true}} {
-		t.Run(fmt.Sprintf("noSockops=%v", cfg.noSockops), func(t *testing.T) {
+	for name, cfg := range map[string]Config{"no sock_ops": {noSockops: true, endsAnyCgroup: true}, "NoTCPEnds": {NoTCPEnds: true, endsAnyCgroup: true}, "cgroup": {}} {
+		t.Run(name, func(t *testing.T) {
 			cg, cgfd := testCgroup(t)
 			fp := openTest(t, cg, cfg)
 			if st := fp.Stats(); st.TCPEnds || st.TCPEndsWhy == "" {

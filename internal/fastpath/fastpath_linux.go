@@ -80,6 +80,9 @@ type Config struct {
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
 	noSockops bool
+	// endsAnyCgroup reports the socket ends of a CgroupPath that is not the
+	// root too (tests).
+	endsAnyCgroup bool
 }
 
 // FastPath is the loaded and attached fast path.
@@ -181,6 +184,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
 		return nil, fmt.Errorf("fast path: set the network namespace: %w", err)
 	}
+	subCgroup := false // the hooks serve one cgroup, not every process
 	if cfg.CgroupPath != "" && cfg.CgroupPath != "cgroup2 root" && cgroupPath == cfg.CgroupPath {
 		// A cgroup of the caller's choosing: the UDP match serves it alone too
 		// (its id is its directory's inode number).
@@ -189,6 +193,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			return nil, fmt.Errorf("fast path: stat the cgroup %s: %w", cgroupPath, err)
 		}
 		if root, err := cgroup2.Find(); err != nil || !sameFile(root, cgroupPath) {
+			subCgroup = true
 			if err := spec.Variables["udp_cgroup"].Set(st.Ino); err != nil {
 				return nil, fmt.Errorf("fast path: set the cgroup: %w", err)
 			}
@@ -228,6 +233,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
 	case cfg.NoTCPEnds:
 		fp.tcpEndsWhy = "not asked for (--forward: conntrack's update events end the flows, forwarded ones too)"
+	case subCgroup && !cfg.endsAnyCgroup:
+		// The sockets of the other processes would not report their end.
+		fp.tcpEndsWhy = fmt.Sprintf("the hooks serve the processes of cgroup %s only", cfg.CgroupPath)
 	default:
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)

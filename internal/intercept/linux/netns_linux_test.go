@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/fastpath"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 	"github.com/latchfw/latch/internal/procattr"
@@ -448,10 +449,33 @@ func runChild(mode string) int {
 	}
 	cfg.Ready = func() { say("ready") }
 	cfg.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	// LATCH_TEST_SOCKET_ENDS: the kernel fast path (its hooks on the root cgroup,
+	// serving this namespace only) reports the end of every TCP socket here ("on"),
+	// or is asked not to ("off": the fallback, as with --forward).
+	var fp *fastpath.FastPath
+	if v := os.Getenv("LATCH_TEST_SOCKET_ENDS"); v != "" {
+		var err error
+		if fp, err = fastpath.Open(fastpath.Config{NoTCPEnds: v == "off"}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer fp.Close()
+		cfg.SocketEnds = fp.Stats().TCPEnds
+		say("socket-ends %t %s", cfg.SocketEnds, fp.Stats().TCPEndsWhy)
+	}
 	b, err := New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	if fp != nil {
+		fpCtx, stopFP := context.WithCancel(context.Background())
+		fpDone := make(chan struct{})
+		go func() {
+			defer close(fpDone)
+			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) { b.SocketEnded(e.Local, e.Remote) })
+		}()
+		defer func() { stopFP(); <-fpDone }()
 	}
 	say("backend %s", b.Name())
 	if cfg.FastUDPMatch != "" {
