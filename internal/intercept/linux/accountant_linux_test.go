@@ -157,3 +157,93 @@ func TestAccountantFlowEndedBeforeRegistered(t *testing.T) {
 		t.Errorf("%d ends kept after %v", len(a.recent), recentKeep)
 	}
 }
+
+// TestDrainReadsOnlyOpenFlows: a drain reads a flow's counters once more only if
+// it is still open when the events are handled: not for a flow whose CLOSE update
+// is followed by its destroy in the same drain (the read would find it gone), not
+// twice for one that asks twice, not for a socket end of a flow already ended or
+// never allowed; a socket end ends its flow with the counters read, whatever
+// conntrack's state, outbound or accepted.
+func TestDrainReadsOnlyOpenFlows(t *testing.T) {
+	flows := newFlowTable(100, time.Hour)
+	t0 := time.Unix(1000, 0)
+	out := func(id engine.RequestID, local string) *engine.Request {
+		r := &engine.Request{ID: id, Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+		flows.add(r, t0)
+		return r
+	}
+	closedThenGone := out(1, "198.18.0.1:40001")
+	socketEnded := out(2, "198.18.0.1:40002")
+	twice := out(3, "198.18.0.1:40003")
+	accepted := &engine.Request{ID: 4, Direction: engine.Inbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:22"), Remote: netip.MustParseAddrPort("198.18.0.2:50000")}
+	flows.add(accepted, t0)
+
+	ev := func(r *engine.Request, state uint8, destroy bool) ctEvent {
+		return ctEvent{ctInfo: ctInfo{key: keyOf(r), mark: MarkAllow, tcpState: state, hasState: true, origBytes: 1000, replBytes: 50, counters: destroy}, destroy: destroy}
+	}
+	events := []ctEvent{
+		ev(closedThenGone, ctTCPClose, false),
+		ev(closedThenGone, 0, true),
+		ev(twice, ctTCPTimeWait, false),
+	}
+	end := func(local, remote string) socketEnd {
+		return socketEnd{local: netip.MustParseAddrPort(local), remote: netip.MustParseAddrPort(remote)}
+	}
+	ends := []socketEnd{
+		end("198.18.0.1:40002", "198.18.0.2:443"), // socketEnded: read, ended
+		end("198.18.0.1:40001", "198.18.0.2:443"), // ended by its destroy: not read
+		end("198.18.0.1:40003", "198.18.0.2:443"), // twice: read once
+		end("198.18.0.1:40009", "198.18.0.2:443"), // never allowed: not read
+		end("198.18.0.1:22", "198.18.0.2:50000"),  // accepted: read under the inbound key
+	}
+	var asked []flowKey
+	getMany := func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+		for _, k := range keys {
+			asked = append(asked, k)
+			// ESTABLISHED: the kernel reported the socket's end before the
+			// reset went out.
+			fn(k, ctInfo{key: k, mark: MarkAllow, tcpState: 3, hasState: true, origBytes: 7000, replBytes: 300, counters: true}, nil)
+		}
+	}
+	a := newAccountant(flows, 10*time.Second)
+	var dr drainer
+	rs, lost, bad := a.drain(&dr, func(fn func(ctEvent)) (bool, int, error) {
+		for _, e := range events {
+			fn(e)
+		}
+		return false, 0, nil
+	}, func() []flowKey { return nil }, func() []socketEnd { return ends }, getMany, t0.Add(time.Second), func(err error) {
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	if lost || bad != 0 {
+		t.Errorf("lost %v, bad %d", lost, bad)
+	}
+	want := map[flowKey]bool{keyOf(socketEnded): true, keyOf(twice): true, keyOf(accepted): true}
+	if len(asked) != len(want) {
+		t.Errorf("read %v, want %d reads: %v", asked, len(want), want)
+	}
+	for _, k := range asked {
+		if !want[k] {
+			t.Errorf("read %v, which needs no read", k)
+		}
+	}
+	got := map[engine.RequestID]bool{}
+	for _, r := range rs {
+		if !r.Ended {
+			t.Errorf("report %+v: want ended", r)
+		}
+		got[r.Request.ID] = true
+	}
+	for _, r := range []*engine.Request{closedThenGone, socketEnded, twice, accepted} {
+		if !got[r.ID] {
+			t.Errorf("flow %d (%v) not reported ended; reports %+v", r.ID, keyOf(r), rs)
+		}
+	}
+	if len(rs) != 4 {
+		t.Errorf("%d reports, want 4: %+v", len(rs), rs)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -27,6 +28,15 @@ func keyOf(req *engine.Request) flowKey {
 		k.src, k.dst = req.Remote, req.Local
 	}
 	return k
+}
+
+// String is k as "PROTO SRC -> DST" (PROTO a number but for TCP and UDP).
+func (k flowKey) String() string {
+	p := map[uint8]string{6: "tcp", 17: "udp"}[k.proto]
+	if p == "" {
+		p = strconv.Itoa(int(k.proto))
+	}
+	return p + " " + k.src.String() + " -> " + k.dst.String()
 }
 
 // reversed is k seen from its other end.

@@ -352,57 +352,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
-	// A flow that reaches TIME_WAIT or CLOSE, or whose socket ended, is read once
-	// more for its counters; those reads wait for the end of the drain and go to
-	// conntrack in batches. closing has the flows whose socket ended: the read
-	// ends them whatever conntrack's state (it may not have seen the last packet
-	// yet: the kernel reports the end before a reset goes out).
-	var toRead []flowKey
-	closing := make(map[flowKey]bool)
-	seen := make(map[flowKey]struct{})
-	later := func(k flowKey) (ctInfo, error) {
-		toRead = append(toRead, k)
-		return ctInfo{}, errReadLater
-	}
+	var dr drainer
 	drain := func() {
-		var rs []intercept.Traffic
-		now := time.Now()
-		toRead = toRead[:0]
-		clear(closing)
-		lost, bad, err := reader.drain(func(ev ctEvent) {
-			r, ok, err := a.event(ev, later, now)
-			if !errors.Is(err, errReadLater) {
-				logErr(err)
-			}
-			if ok {
-				rs = append(rs, r)
-			}
-		})
-		logErr(err)
-		// After the events: a flow registered since, whose end came before it
-		// was, is in a.recent now (one registered before was known to them).
-		rs = append(rs, a.registered(b.takeTracked(), later, now)...)
-		// After the registrations: the fast path reports a connection's
-		// decision before its socket's end.
-		for _, e := range b.takeEnds() {
-			if k, ok := a.socketEnded(e); ok {
-				toRead = append(toRead, k)
-				closing[k] = true
-			}
-		}
-		toRead = a.stillOpen(toRead, seen)
-		getter.getMany(toRead, func(k flowKey, ci ctInfo, err error) {
-			switch {
-			case errors.Is(err, unix.ENOENT):
-				// Gone already: its destroy event follows, with the counters.
-			case err != nil:
-				logErr(err)
-			default:
-				if r, ok := a.observe(ci, closing[k], now, false); ok {
-					rs = append(rs, r)
-				}
-			}
-		})
+		rs, lost, bad := a.drain(&dr, reader.drain, b.takeTracked, b.takeEnds, getter.getMany, time.Now(), logErr)
 		if lost {
 			b.trafficEventsLost.Add(1)
 		}
@@ -418,6 +370,7 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 				drain()
 			} else {
 				b.takeTracked() // the table read finds them
+				b.takeEnds()
 			}
 			a.forget(now)
 			rs, err := a.poll(now, false)
@@ -433,6 +386,74 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			return
 		}
 	}
+}
+
+// drainer is what the accountant's drains reuse from one to the next.
+type drainer struct {
+	toRead  []flowKey
+	closing map[flowKey]bool
+	seen    map[flowKey]struct{}
+}
+
+// drain handles what happened since the last drain: the conntrack events events
+// reads, then the flows registered outside the queue (tracked), then the local
+// TCP sockets that ended (ends). A flow that reached TIME_WAIT or CLOSE, or whose
+// socket ended, is read once more for its counters (getMany): those reads wait for
+// the end of the drain, go to conntrack in batches, and are not made for a flow
+// that ended meanwhile (its destroy event came later in the same drain). A flow
+// whose socket ended ends with that read whatever conntrack's state: its entry
+// may not have seen the last packet yet (the kernel reports the end before it
+// sends a reset). It returns the reports due, whether events were lost and how
+// many did not decode.
+func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, error), tracked func() []flowKey, ends func() []socketEnd,
+	getMany func([]flowKey, func(flowKey, ctInfo, error)), now time.Time, logErr func(error)) (rs []intercept.Traffic, lost bool, bad int) {
+	if d.closing == nil {
+		d.closing, d.seen = make(map[flowKey]bool), make(map[flowKey]struct{})
+	}
+	d.toRead = d.toRead[:0]
+	clear(d.closing)
+	later := func(k flowKey) (ctInfo, error) {
+		d.toRead = append(d.toRead, k)
+		return ctInfo{}, errReadLater
+	}
+	lost, bad, err := events(func(ev ctEvent) {
+		r, ok, err := a.event(ev, later, now)
+		if !errors.Is(err, errReadLater) {
+			logErr(err)
+		}
+		if ok {
+			rs = append(rs, r)
+		}
+	})
+	logErr(err)
+	// After the events: a flow registered since, whose end came before it was,
+	// is in a.recent now (one registered before was known to them).
+	rs = append(rs, a.registered(tracked(), later, now)...)
+	// After the registrations: the fast path reports a connection's decision
+	// before its socket's end.
+	for _, e := range ends() {
+		if k, ok := a.socketEnded(e); ok {
+			d.toRead = append(d.toRead, k)
+			d.closing[k] = true
+		}
+	}
+	d.toRead = a.stillOpen(d.toRead, d.seen)
+	if len(d.toRead) == 0 {
+		return rs, lost, bad
+	}
+	getMany(d.toRead, func(k flowKey, ci ctInfo, err error) {
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			// Gone already: its destroy event follows, with the counters.
+		case err != nil:
+			logErr(err)
+		default:
+			if r, ok := a.observe(ci, d.closing[k], now, false); ok {
+				rs = append(rs, r)
+			}
+		}
+	})
+	return rs, lost, bad
 }
 
 // stillOpen drops from keys, in place, the flows that already ended (a destroy
