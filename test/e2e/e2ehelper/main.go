@@ -32,6 +32,9 @@
 //	e2ehelper udplite-send ADDR N   send N UDP-Lite datagrams, 100ms apart
 //	e2ehelper send ADDR N TIMEOUT   connect, send N bytes, close and wait for the server to
 //	                                close; print the result
+//	e2ehelper send-reset ADDR N TIMEOUT
+//	                                connect, send N bytes, wait 300 ms and close with a
+//	                                reset (SO_LINGER 0)
 //	e2ehelper send-slow ADDR N DURATION
 //	                                connect, send N bytes spread evenly over DURATION (a
 //	                                chunk every 100ms), close and wait for the server to
@@ -196,6 +199,8 @@ func main() {
 		emit(dnsQuery(addr, arg(3), duration(4)))
 	case "send":
 		emit(send(addr, atoi(3), duration(4)))
+	case "send-reset":
+		emit(sendReset(addr, atoi(3), duration(4)))
 	case "send-slow":
 		emit(sendSlow(addr, atoi(3), duration(4)))
 	default:
@@ -283,6 +288,28 @@ func send(addr string, n int, timeout time.Duration) Result {
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		r.Outcome, r.Error = "error", err.Error()
 	}
+	r.Millis = ms(time.Since(start))
+	return r
+}
+
+// sendReset is send closed with a reset (SO_LINGER 0) instead of FIN, once the
+// bytes had 300 ms to be delivered.
+func sendReset(addr string, n int, timeout time.Duration) Result {
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	r := Result{Outcome: classify(err), PID: os.Getpid()}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	r.Local = c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(make([]byte, n)); err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+	}
+	time.Sleep(300 * time.Millisecond)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
 	r.Millis = ms(time.Since(start))
 	return r
 }
