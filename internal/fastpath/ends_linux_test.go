@@ -3,6 +3,7 @@ package fastpath
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -65,11 +66,12 @@ func waitEnd(t *testing.T, ends <-chan End, want End) {
 }
 
 // TestSocketEnds: the sock_ops program reports the end of every TCP socket of the
-// cgroup, not only of the connections the fast path decided, whether it closes
+// namespace (it serves the root cgroup, whatever cgroup the connect hooks serve),
+// not only of the connections the fast path decided, whether it closes
 // with FIN (both sides closed, TIME_WAIT) or a reset, IPv4, IPv6 and IPv4-mapped.
 func TestSocketEnds(t *testing.T) {
 	cg, cgfd := testCgroup(t)
-	fp := openTest(t, cg, Config{endsAnyCgroup: true})
+	fp := openTest(t, cg, Config{})
 	if st := fp.Stats(); !st.TCPEnds || st.TCPEndsWhy != "" {
 		t.Fatalf("TCPEnds %v (%q), want on", st.TCPEnds, st.TCPEndsWhy)
 	}
@@ -98,17 +100,25 @@ func TestSocketEnds(t *testing.T) {
 			waitEnd(t, ends, End{Local: local, Remote: c2.want})
 		})
 	}
-	if st := fp.Stats(); st.Ends < 5 || st.EndsLost != 0 {
-		t.Errorf("Stats: %d ends, %d lost; want at least 5 and none lost", st.Ends, st.EndsLost)
+	// A socket of a process outside the hooks' cgroup (this test's) too.
+	t.Run("other cgroup", func(t *testing.T) {
+		conn, err := net.Dial("tcp4", v4.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		local := conn.LocalAddr().(*net.TCPAddr).AddrPort()
+		conn.Close()
+		waitEnd(t, ends, End{Local: local, Remote: v4})
+	})
+	if st := fp.Stats(); st.Ends < 6 || st.EndsLost != 0 {
+		t.Errorf("Stats: %d ends, %d lost; want at least 6 and none lost", st.Ends, st.EndsLost)
 	}
 }
 
-// TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), with
-// NoTCPEnds (--forward), or with hooks that serve one cgroup only (the other
-// processes' sockets would not report their end), no end is reported and Stats
-// says why.
+// TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), or
+// with NoTCPEnds (--forward), no end is reported and Stats says why.
 func TestSocketEndsOff(t *testing.T) {
-	for name, cfg := range map[string]Config{"no sock_ops": {noSockops: true, endsAnyCgroup: true}, "NoTCPEnds": {NoTCPEnds: true, endsAnyCgroup: true}, "cgroup": {}} {
+	for name, cfg := range map[string]Config{"no sock_ops": {noSockops: true}, "NoTCPEnds": {NoTCPEnds: true}} {
 		t.Run(name, func(t *testing.T) {
 			cg, cgfd := testCgroup(t)
 			fp := openTest(t, cg, cfg)

@@ -80,9 +80,6 @@ type Config struct {
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
 	noSockops bool
-	// endsAnyCgroup reports the socket ends of a CgroupPath that is not the
-	// root too (tests).
-	endsAnyCgroup bool
 }
 
 // FastPath is the loaded and attached fast path.
@@ -227,15 +224,34 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// (which the byte accountant needs to find the flow in conntrack). Without it,
 	// decisions are sent at once, without them.
 	// Stats.TCPLocalWhy says why not.
-	fp.tcpLocalWhy = fp.attachSockops(cgroupPath)
+	// The sock_ops program serves every process of the namespace (the root
+	// cgroup) whichever cgroup the connect hooks serve: the end of every local
+	// TCP socket is reported, so that byte accounting needs no conntrack update
+	// events for any flow (see doc.go). Where the root cannot be had, it serves
+	// the hooks' cgroup, and the ends are not reported.
+	sockopsPath, rootWhy := cgroupPath, ""
+	if subCgroup {
+		var unmount func()
+		if sockopsPath, unmount, err = rootCgroup(); err != nil {
+			sockopsPath, rootWhy = cgroupPath, err.Error()
+		} else {
+			defer unmount()
+		}
+	}
+	fp.tcpLocalWhy = fp.attachSockops(sockopsPath)
+	if fp.tcpLocalWhy != "" && sockopsPath != cgroupPath {
+		// Refused at the root: the hooks' cgroup at least.
+		rootWhy = fp.tcpLocalWhy
+		fp.tcpLocalWhy = fp.attachSockops(cgroupPath)
+	}
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
 	case cfg.NoTCPEnds:
 		fp.tcpEndsWhy = "not asked for (--forward: conntrack's update events end the flows, forwarded ones too)"
-	case subCgroup && !cfg.endsAnyCgroup:
+	case rootWhy != "":
 		// The sockets of the other processes would not report their end.
-		fp.tcpEndsWhy = fmt.Sprintf("the hooks serve the processes of cgroup %s only", cfg.CgroupPath)
+		fp.tcpEndsWhy = fmt.Sprintf("the sock_ops program serves the processes of cgroup %s only: %s", cfg.CgroupPath, rootWhy)
 	default:
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
@@ -267,6 +283,20 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
 	go fp.storeWorker()
 	return fp, nil
+}
+
+// rootCgroup returns the root of the cgroup2 hierarchy, mounted privately if it
+// is not mounted in this mount namespace (then unmount, to call once attached,
+// unmounts it).
+func rootCgroup() (path string, unmount func(), err error) {
+	if path, err = cgroup2.Find(); err == nil {
+		return path, func() {}, nil
+	}
+	dir, merr := cgroup2.MountPrivate("latch-fastpath-cgroup2-")
+	if merr != nil {
+		return "", nil, fmt.Errorf("find the root cgroup: %v; mounting one failed: %v", err, merr)
+	}
+	return dir, func() { cgroup2.Unmount(dir) }, nil
 }
 
 // attachSockops attaches the sock_ops program to the cgroup at path and tells the
