@@ -135,8 +135,8 @@
 //
 // The connect hooks run before the kernel picks the local port, so with TCP the
 // decision waits: the hook stores it in an LRU hash (pending) under the socket's
-// cookie, and a cgroup sock_ops program (latch_fast_sockops, attached to the same
-// cgroup) sends it at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the
+// cookie, and a cgroup sock_ops program (latch_fast_sockops, attached to the root
+// cgroup, see below; to the hooks' cgroup where the root cannot be had) sends it at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the
 // source address and port are set, just before the SYN, within the same connect(2)
 // (a non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write). A
 // socket connected to an IPv4-mapped address is IPv4 in the record, with the IPv4
@@ -152,4 +152,30 @@
 // local port, as before: the history row has no local address and its bytes are
 // not counted. The UDP match sends the datagram's source address and port, which
 // is the flow's local end.
+//
+// # Socket ends
+//
+// The byte accountant must learn when a TCP flow ends. conntrack's update events
+// tell it, but the kernel builds one for each TCP state change of every flow (in
+// the connecting program's own time) as soon as anybody listens to the group. So
+// the sock_ops program also turns the state callback on (bpf_sock_ops_cb_flags_set,
+// BPF_SOCK_OPS_STATE_CB_FLAG) for every TCP socket of the served network namespace
+// at TCP_CONNECT_CB (an active open) and PASSIVE_ESTABLISHED_CB (an accepted
+// connection), and at a change to TCP_CLOSE sends the socket's 4-tuple (struct
+// fp_end, 48 bytes, told from a decision by its size) to Run's ended callback,
+// through the same ring buffer with the same adaptive wake-up. TCP_CLOSE is where
+// every TCP socket ends: tcp_done after a reset sent or received, after
+// tcp_time_wait (both sides closed; the last ACK went out just before), after
+// LAST_ACK's final ACK, a failed connect, a timeout. The callback runs before a
+// reset the kernel sends on close, so the reader ends the flow with the counters
+// it reads then, whatever conntrack's state. For this the program serves the root
+// cgroup (every process) whatever cgroup the connect hooks serve: a flow the queue
+// allowed ends this way too. Each state change then costs one call of the
+// program, which returns at once but for TCP_CLOSE, and each socket's end one ring
+// buffer record. Stats.TCPEnds says whether ends are reported (TCPEndsWhy why not:
+// no sock_ops program, Config.NoTCPEnds, no root cgroup); Stats.EndsLost counts
+// those a full ring buffer lost. Sockets connected before the program was attached
+// have no state callback and are never reported; nor is a lost end: the
+// accountant's periodic read of conntrack's table, or the entry's destroy event,
+// ends those flows.
 package fastpath
