@@ -289,7 +289,8 @@ type Config struct {
 	// counters of the flows it allowed from conntrack, and calls OnTraffic with a
 	// flow's totals every TrafficInterval while it moves bytes, and once more when it
 	// ends (learnt from conntrack events: a TCP flow's TIME_WAIT or CLOSE, any
-	// entry's destruction). Calls come from one goroutine, one at a time.
+	// entry's destruction; or, with SocketEnds, from the flow's socket's end).
+	// Calls come from one goroutine, one at a time.
 	OnTraffic func([]intercept.Traffic)
 	// TrafficInterval is how often a long-lived flow's bytes are reported; 0: 10 s.
 	TrafficInterval time.Duration
