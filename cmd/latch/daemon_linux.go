@@ -20,6 +20,20 @@ import (
 
 const defaultStateDir = "/var/lib/latch"
 
+// noTCPEnds says why the fast path need not report the end of TCP sockets, which
+// byte accounting uses instead of conntrack's update events; "": it should.
+func noTCPEnds(o *daemonOptions, accounting bool) string {
+	switch {
+	case !accounting:
+		return "no byte accounting (--accounting=false)"
+	case o.Forward:
+		// A forwarded flow has no local socket: conntrack's update events end
+		// those, and the local ones with them.
+		return "--forward: conntrack's update events end the flows, forwarded ones too"
+	}
+	return ""
+}
+
 // newBackend builds the NFQUEUE backend with process attribution.
 func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, error) {
 	res, err := procattr.NewResolver(procattr.Options{})
@@ -58,10 +72,8 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		PinDir:     fastpath.PinDir(o.StateDir),
 		// A ruleset kept on exit still names the pinned program (iptables-legacy
 		// checks it again at every change of the filter table).
-		KeepPin: o.KeepRules && !o.FailOpen,
-		// A forwarded flow has no local socket: conntrack's update events end
-		// those, and the local ones with them.
-		NoTCPEnds: o.Forward,
+		KeepPin:   o.KeepRules && !o.FailOpen,
+		NoTCPEnds: noTCPEnds(o, cfg.OnTraffic != nil),
 	}); err != nil {
 		// Today's path: every connection through the queue.
 		fastPathOff = err.Error()

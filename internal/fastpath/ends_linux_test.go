@@ -118,7 +118,7 @@ func TestSocketEnds(t *testing.T) {
 // TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), or
 // with NoTCPEnds (--forward), no end is reported and Stats says why.
 func TestSocketEndsOff(t *testing.T) {
-	for name, cfg := range map[string]Config{"no sock_ops": {noSockops: true}, "NoTCPEnds": {NoTCPEnds: true}} {
+	for name, cfg := range map[string]Config{"no sock_ops": {noSockops: true}, "NoTCPEnds": {NoTCPEnds: "test"}} {
 		t.Run(name, func(t *testing.T) {
 			cg, cgfd := testCgroup(t)
 			fp := openTest(t, cg, cfg)

@@ -72,10 +72,11 @@ type Config struct {
 	// still names it (iptables-legacy checks every rule's pinned program again at
 	// each change of the table); the next Open replaces it.
 	KeepPin bool
-	// NoTCPEnds leaves the report of TCP socket ends (Run's ended) off: a daemon
-	// that forwards keeps conntrack's update events, which end forwarded flows (no
-	// local socket) and local ones alike.
-	NoTCPEnds bool
+	// NoTCPEnds, if not "", leaves the report of TCP socket ends (Run's ended)
+	// off, and says why (Stats.TCPEndsWhy): no byte accounting, or a daemon that
+	// forwards, which keeps conntrack's update events (they end forwarded flows,
+	// which have no local socket, and local ones alike).
+	NoTCPEnds string
 
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
@@ -247,8 +248,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
-	case cfg.NoTCPEnds:
-		fp.tcpEndsWhy = "not asked for (--forward: conntrack's update events end the flows, forwarded ones too)"
+	case cfg.NoTCPEnds != "":
+		fp.tcpEndsWhy = cfg.NoTCPEnds
 	case rootWhy != "":
 		// The sockets of the other processes would not report their end.
 		fp.tcpEndsWhy = fmt.Sprintf("the sock_ops program serves the processes of cgroup %s only: %s", cfg.CgroupPath, rootWhy)

@@ -22,7 +22,7 @@ type Config struct {
 	RingBytes  int
 	PinDir     string
 	KeepPin    bool
-	NoTCPEnds  bool
+	NoTCPEnds  string
 }
 
 // FastPath is the kernel fast path; there is none on this system.

@@ -455,7 +455,7 @@ func runChild(mode string) int {
 	var fp *fastpath.FastPath
 	if v := os.Getenv("LATCH_TEST_SOCKET_ENDS"); v != "" {
 		var err error
-		if fp, err = fastpath.Open(fastpath.Config{NoTCPEnds: v == "off"}); err != nil {
+		if fp, err = fastpath.Open(fastpath.Config{NoTCPEnds: map[bool]string{true: "test: off"}[v == "off"]}); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
