@@ -247,3 +247,55 @@ func TestDrainReadsOnlyOpenFlows(t *testing.T) {
 		t.Errorf("%d reports, want 4: %+v", len(rs), rs)
 	}
 }
+
+// TestAccountantEndsFlowsWhoseEndWasLost: a flow whose socket end never reached
+// the accountant (the ring buffer was full, or the socket was connected before the
+// state callback was on) and whose conntrack entry is in TIME_WAIT or CLOSE is
+// ended by the next read of the table, with the counters it lists; one whose
+// entry is gone by then ends with the counters of the read before.
+func TestAccountantEndsFlowsWhoseEndWasLost(t *testing.T) {
+	flows := newFlowTable(100, time.Hour)
+	t0 := time.Unix(1000, 0)
+	var reqs []*engine.Request
+	for i := range 3 {
+		r := &engine.Request{ID: engine.RequestID(i + 1), Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), uint16(40000+i)), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+		flows.add(r, t0)
+		reqs = append(reqs, r)
+	}
+	table := map[flowKey]ctInfo{}
+	for i, r := range reqs {
+		table[keyOf(r)] = ctInfo{key: keyOf(r), mark: MarkAllow, hasState: true, tcpState: 3, origBytes: uint64(1000 * (i + 1)), replBytes: 10, counters: true}
+	}
+	a := newAccountant(flows, 10*time.Second)
+	a.list = func(fn func(ctInfo)) error {
+		for _, ci := range table {
+			fn(ci)
+		}
+		return nil
+	}
+	if _, err := a.poll(t0.Add(time.Second), false); err != nil {
+		t.Fatal(err)
+	}
+	// Flow 1 reset (CLOSE), flow 2 closed (TIME_WAIT), flow 3's entry gone.
+	k1, k2, k3 := keyOf(reqs[0]), keyOf(reqs[1]), keyOf(reqs[2])
+	c1, c2 := table[k1], table[k2]
+	c1.tcpState, c1.origBytes = ctTCPClose, 1500
+	c2.tcpState = ctTCPTimeWait
+	table[k1], table[k2] = c1, c2
+	delete(table, k3)
+	rs, err := a.poll(t0.Add(11*time.Second), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[engine.RequestID]uint64{}
+	for _, r := range rs {
+		if !r.Ended {
+			t.Errorf("report %+v: want ended", r)
+		}
+		got[r.Request.ID] = r.BytesOut
+	}
+	if want := map[engine.RequestID]uint64{1: 1500, 2: 2000, 3: 3000}; len(got) != len(want) || got[1] != want[1] || got[2] != want[2] || got[3] != want[3] {
+		t.Errorf("ends %v, want %v", got, want)
+	}
+}
