@@ -213,3 +213,42 @@ func TestCtEventFilterInKernel(t *testing.T) {
 		unix.Recvfrom(fds[1], make([]byte, 4096), unix.MSG_DONTWAIT)
 	}
 }
+
+// TestAppendGetRequest: the request written in place is, byte for byte, the one
+// the netlink library builds, for IPv4 and IPv6, TCP and UDP, appended after what
+// the buffer held.
+func TestAppendGetRequest(t *testing.T) {
+	for _, k := range []flowKey{
+		{proto: unix.IPPROTO_TCP, src: netip.MustParseAddrPort("198.18.0.1:40000"), dst: netip.MustParseAddrPort("198.18.0.2:443")},
+		{proto: unix.IPPROTO_UDP, src: netip.MustParseAddrPort("[fd00::1]:5353"), dst: netip.MustParseAddrPort("[fd00::2]:53")},
+	} {
+		want := getRequest(k, 77)
+		got := appendGetRequest([]byte("prefix"), k, 77)
+		if string(got[:6]) != "prefix" || !bytes.Equal(got[6:], want) {
+			t.Errorf("%v: request\n%x\nwant\n%x", k, got[6:], want)
+		}
+	}
+}
+
+// getRequest is a ctnetlink request, sequence number seq, for the entry whose
+// original tuple is k, built with the netlink library (appendGetRequest's
+// reference).
+func getRequest(k flowKey, seq uint32) []byte {
+	fam, srcType, dstType := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	if k.src.Addr().Is6() {
+		fam, srcType, dstType = unix.AF_INET6, ctaIPv6Src, ctaIPv6Dst
+	}
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtGet, 0)
+	req.Seq = seq
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: fam, Version: nl.NFNETLINK_V0})
+	orig := nl.NewRtAttr(unix.NLA_F_NESTED|ctaTupleOrig, nil)
+	ip := orig.AddRtAttr(unix.NLA_F_NESTED|ctaTupleIP, nil)
+	ip.AddRtAttr(int(srcType), k.src.Addr().AsSlice())
+	ip.AddRtAttr(int(dstType), k.dst.Addr().AsSlice())
+	proto := orig.AddRtAttr(unix.NLA_F_NESTED|ctaTupleProto, nil)
+	proto.AddRtAttr(ctaProtoNum, []byte{k.proto})
+	proto.AddRtAttr(ctaProtoSrcPort, nl.BEUint16Attr(k.src.Port()))
+	proto.AddRtAttr(ctaProtoDstPort, nl.BEUint16Attr(k.dst.Port()))
+	req.AddData(orig)
+	return req.Serialize()
+}
