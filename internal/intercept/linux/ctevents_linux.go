@@ -226,8 +226,10 @@ type nlmsg struct {
 }
 
 // splitNlmsgs cuts a datagram into netlink messages; a malformed tail is dropped.
-func splitNlmsgs(b []byte) []nlmsg {
-	var out []nlmsg
+func splitNlmsgs(b []byte) []nlmsg { return appendNlmsgs(nil, b) }
+
+// appendNlmsgs appends the netlink messages of datagram b to out.
+func appendNlmsgs(out []nlmsg, b []byte) []nlmsg {
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b))
 		if l < unix.NLMSG_HDRLEN || l > len(b) {
@@ -251,8 +253,18 @@ func splitNlmsgs(b []byte) []nlmsg {
 type ctGetter struct {
 	fd  int
 	seq uint32
-	buf []byte
+	req []byte // a batch's requests
+	// Up to getBatch answers (each one datagram) are read with one recvmmsg(2),
+	// each into a slot of getSlotSize bytes.
+	buf  []byte
+	msgs []unix.Mmsghdr
+	iovs []unix.Iovec
+	nl   []nlmsg
 }
+
+// getSlotSize is room for one answer: an entry takes well under a kilobyte, an
+// error a hundred bytes.
+const getSlotSize = 4 << 10
 
 func openCtGetter() (*ctGetter, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
@@ -273,7 +285,14 @@ func openCtGetter() (*ctGetter, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("connect the conntrack socket: %w", err)
 	}
-	return &ctGetter{fd: fd, buf: make([]byte, 16<<10)}, nil
+	g := &ctGetter{fd: fd, buf: make([]byte, getBatch*getSlotSize), msgs: make([]unix.Mmsghdr, getBatch), iovs: make([]unix.Iovec, getBatch)}
+	for i := range g.msgs {
+		g.iovs[i].Base = &g.buf[i*getSlotSize]
+		g.iovs[i].SetLen(getSlotSize)
+		g.msgs[i].Hdr.Iov = &g.iovs[i]
+		g.msgs[i].Hdr.SetIovlen(1)
+	}
+	return g, nil
 }
 
 // getBatch is how many requests getMany sends in one write.
@@ -286,28 +305,27 @@ func (g *ctGetter) close() { unix.Close(g.fd) }
 // unix.ENOENT for an entry that is gone), in the order the answers come. An error reading answers ends it: the keys not
 // answered get that error.
 func (g *ctGetter) getMany(keys []flowKey, fn func(flowKey, ctInfo, error)) {
-	var req []byte
 	for len(keys) > 0 {
 		batch := keys[:min(len(keys), getBatch)]
 		keys = keys[len(batch):]
 		first := g.seq + 1
-		req = req[:0]
+		g.req = g.req[:0]
 		for _, k := range batch {
 			g.seq++
-			req = appendGetRequest(req, k, g.seq)
+			g.req = appendGetRequest(g.req, k, g.seq)
 		}
-		if _, err := unix.Write(g.fd, req); err != nil {
+		if _, err := unix.Write(g.fd, g.req); err != nil {
 			for _, k := range batch {
 				fn(k, ctInfo{}, fmt.Errorf("ask conntrack for %v: %w", k, err))
 			}
 			continue
 		}
-		answered := make([]bool, len(batch))
+		var answered [getBatch]bool
 		left := len(batch)
 		// Bounded: every answer is one message; stale ones of an earlier batch that
 		// timed out are skipped.
 		for tries := 0; left > 0 && tries < 4*getBatch; tries++ {
-			n, err := unix.Read(g.fd, g.buf)
+			n, err := g.recv()
 			if err != nil {
 				for i, k := range batch {
 					if !answered[i] {
@@ -319,7 +337,11 @@ func (g *ctGetter) getMany(keys []flowKey, fn func(flowKey, ctInfo, error)) {
 				}
 				return
 			}
-			for _, m := range splitNlmsgs(g.buf[:n]) {
+			g.nl = g.nl[:0]
+			for i := range n {
+				g.nl = appendNlmsgs(g.nl, g.buf[i*getSlotSize:][:min(int(g.msgs[i].Len), getSlotSize)])
+			}
+			for _, m := range g.nl {
 				d := m.seq - first // wraps past the batch for stale answers
 				if d >= uint32(len(batch)) || answered[d] || m.typ == unix.NLMSG_ERROR && m.err == 0 {
 					continue
@@ -341,6 +363,26 @@ func (g *ctGetter) getMany(keys []flowKey, fn func(flowKey, ctInfo, error)) {
 			}
 		}
 	}
+}
+
+// recv waits (SO_RCVTIMEO) for an answer, and reads it with those already queued
+// (up to getBatch) into their slots. It returns how many it read.
+func (g *ctGetter) recv() (int, error) {
+	for range 100 { // bounded: EINTR again and again
+		for i := range g.msgs {
+			g.msgs[i].Len = 0
+			g.msgs[i].Hdr.Flags = 0
+		}
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(g.fd), uintptr(unsafe.Pointer(&g.msgs[0])), uintptr(len(g.msgs)), unix.MSG_WAITFORONE, 0, 0)
+		switch errno {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, errno
+	}
+	return 0, unix.EINTR
 }
 
 // appendGetRequest appends to b a ctnetlink request, sequence number seq, for the
