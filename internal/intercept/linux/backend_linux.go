@@ -62,6 +62,8 @@ type Backend struct {
 	// TCP socket ends SocketEnded reported, for the accountant (takeEnds).
 	endsMu          sync.Mutex
 	ends, endsSpare []socketEnd
+	// acctKick tells the accountant that flows or ends wait (see kickAccountant).
+	acctKick chan struct{}
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
 
@@ -122,10 +124,11 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("linux backend: %w", err)
 	}
 	b := &Backend{
-		cfg:   cfg,
-		fw:    fw,
-		holds: make(map[uint32]*hold),
-		flows: newFlowTable(cfg.MaxFlows, cfg.FlowTTL),
+		cfg:      cfg,
+		fw:       fw,
+		holds:    make(map[uint32]*hold),
+		flows:    newFlowTable(cfg.MaxFlows, cfg.FlowTTL),
+		acctKick: make(chan struct{}, 1),
 	}
 	if cfg.Hostnames != nil {
 		b.dns = dnsname.NewLearner(cfg.Hostnames)

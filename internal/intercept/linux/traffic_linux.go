@@ -24,6 +24,13 @@ const (
 	// eventDrain is how often conntrack events are read: it bounds how late a
 	// flow's end is reported.
 	eventDrain = 50 * time.Millisecond
+	// kickDrain is how soon after TrackFlow or SocketEnded the accountant drains:
+	// the fast path hands its decisions and socket ends over in bursts (one per
+	// ring buffer read), and a burst's flows are read together once it is over.
+	// Soon enough that a short connection's end report follows its history row
+	// while the history still holds that row (one INSERT with the bytes instead of
+	// an INSERT and an UPDATE).
+	kickDrain = 2 * time.Millisecond
 )
 
 // Conntrack TCP states (enum tcp_conntrack) at which a flow is over: both sides
@@ -352,6 +359,14 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
+	// A kick (kickAccountant) drains kickDrain later, once per burst.
+	kick := time.NewTimer(time.Hour)
+	kick.Stop()
+	defer kick.Stop()
+	var kickC <-chan struct{}
+	if reader != nil {
+		kickC = b.acctKick
+	}
 	var dr drainer
 	drain := func() {
 		rs, lost, bad := a.drain(&dr, reader.drain, b.takeTracked, b.takeEnds, getter.getMany, time.Now(), logErr)
@@ -361,8 +376,17 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		b.malformed.Add(uint64(bad))
 		hand(rs)
 	}
+	kicked := false
 	for {
 		select {
+		case <-kickC:
+			if !kicked {
+				kicked = true
+				kick.Reset(kickDrain)
+			}
+		case <-kick.C:
+			kicked = false
+			drain()
 		case <-drainC:
 			drain()
 		case now := <-t.C:
@@ -493,6 +517,7 @@ func (b *Backend) SocketEnded(local, remote netip.AddrPort) {
 		b.ends = append(b.ends, socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())})
 		b.endsMu.Unlock()
 		b.socketEnds.Add(1)
+		b.kickAccountant()
 		return
 	}
 	b.endsMu.Unlock()
@@ -534,6 +559,16 @@ func (b *Backend) TrackFlow(req *engine.Request) {
 		b.tracked = append(b.tracked, keyOf(req))
 	}
 	b.trackMu.Unlock()
+	b.kickAccountant()
+}
+
+// kickAccountant has the accountant drain within kickDrain, once for a burst of
+// calls: it does not wait.
+func (b *Backend) kickAccountant() {
+	select {
+	case b.acctKick <- struct{}{}:
+	default:
+	}
 }
 
 // takeTracked returns the flows TrackFlow registered since the last call.
