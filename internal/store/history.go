@@ -119,7 +119,10 @@ type History struct {
 	closed  bool
 
 	recorded, dropped, failed, noSpace atomic.Uint64
-	lastErr                            atomic.Pointer[string]
+	// updates counts the UPDATEs that set a written row's bytes from a later traffic
+	// report (the reports that did not land in their row's INSERT).
+	updates atomic.Uint64
+	lastErr atomic.Pointer[string]
 
 	dir     string // holds the database: its free space is watched
 	minFree int64  // < 0: no floor
@@ -853,6 +856,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			if _, err := w.runArgs(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
 				return err
 			}
+			h.updates.Add(1)
 		}
 		if t.DeltaIn == 0 && t.DeltaOut == 0 {
 			continue
