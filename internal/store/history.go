@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/latchfw/latch/internal/engine"
 
@@ -61,6 +62,9 @@ type Traffic struct {
 type historyItem struct {
 	conn    Conn
 	traffic *Traffic
+	// merged: the report's totals were set in its row before the row was written
+	// (see rowHold), so no UPDATE is needed for them.
+	merged bool
 }
 
 // HistoryStats are the history's counters since it was opened.
@@ -107,7 +111,8 @@ type History struct {
 	path    string
 	maxRows int
 	queue   chan historyItem
-	run     int64 // this opening's start (ns): with a request ID, it names a row
+	hold    time.Duration // historyHold, but for tests
+	run     int64         // this opening's start (ns): with a request ID, it names a row
 	// trafficTable: the traffic table exists (see trafficSchema).
 	trafficTable atomic.Bool
 	flushes      chan chan struct{}
@@ -138,6 +143,18 @@ const (
 	historyQueueLen = 8192
 	historyBatchMax = 512
 	historyFlushGap = 50 * time.Millisecond
+	// historyHold is how long the writer holds a connection's row after taking it
+	// from the queue before it writes it (see writer). The byte accountant reports
+	// a flow's end when it drains, every 50 ms, so the end report of a short
+	// connection is recorded up to about 50 ms after the connection; a row waits
+	// 0-50 ms in the queue and is then held 50 ms more, so reports up to 50-100 ms
+	// after their connection land in the row's INSERT. Queries Flush first, so the
+	// hold delays nothing a user reads.
+	historyHold = historyFlushGap
+	// historyHoldMax and historyHoldBytes bound the rows held: a flood writes the
+	// oldest at once instead of holding more. A fast-path row takes about 700 bytes.
+	historyHoldMax   = 4096
+	historyHoldBytes = 8 << 20
 )
 
 const historySchema = `
@@ -258,15 +275,15 @@ func migrateHistory(db *sql.DB) error {
 // maxRows connections (0: DefaultMaxRows); older ones are deleted as new ones arrive.
 // Writing stops while free space is below DefaultMinFree (see OpenHistoryOptions).
 func OpenHistory(path string, maxRows int) (*History, error) {
-	return openHistory(path, HistoryOptions{MaxRows: maxRows}, historyQueueLen)
+	return openHistory(path, HistoryOptions{MaxRows: maxRows}, historyQueueLen, historyHold)
 }
 
 // OpenHistoryOptions opens (creating if needed) the history database at path with o.
 func OpenHistoryOptions(path string, o HistoryOptions) (*History, error) {
-	return openHistory(path, o, historyQueueLen)
+	return openHistory(path, o, historyQueueLen, historyHold)
 }
 
-func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) {
+func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration) (*History, error) {
 	maxRows := o.MaxRows
 	if maxRows < 0 {
 		return nil, fmt.Errorf("history %s: max rows %d: must not be negative", path, maxRows)
@@ -289,6 +306,7 @@ func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) 
 		path:    path,
 		maxRows: maxRows,
 		queue:   make(chan historyItem, queueLen),
+		hold:    hold,
 		run:     time.Now().UnixNano(),
 		flushes: make(chan chan struct{}),
 		kick:    make(chan struct{}, 1),
@@ -501,6 +519,10 @@ func (h *History) Close() error {
 	h.closed = true
 	close(h.queue)
 	h.closeMu.Unlock()
+	select {
+	case h.kick <- struct{}{}: // the writer writes what it holds now
+	default:
+	}
 	<-h.done
 	if db := h.db.Load(); db != nil {
 		return db.Close()
@@ -513,35 +535,58 @@ func (h *History) Close() error {
 // historyFlushGap (less if the queue fills past half, or a Flush comes), then takes
 // everything queued. Waking per connection would cost the decision path a thread
 // wake-up on every held connection.
+//
+// A connection's row is not written at once: the writer holds it for historyHold
+// after taking it (see rowHold), so that the end-of-flow traffic report of a short
+// connection, which the byte accountant sends tens of milliseconds after the
+// connection, lands in the row's INSERT instead of costing an UPDATE later. A Flush
+// or Close writes the held rows at once.
 func (h *History) writer() {
 	defer close(h.done)
 	defer h.closeWriter()
+	hold := rowHold{hold: h.hold, at: map[engine.RequestID]uint64{}}
 	batch := make([]historyItem, 0, historyBatchMax)
+	// write adds an item to the batch, writing the batch once it is full.
+	write := func(it historyItem) {
+		batch = append(batch, it)
+		if len(batch) == historyBatchMax {
+			h.writeBatch(batch)
+			clear(batch) // let the values go
+			batch = batch[:0]
+		}
+	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var acks []chan struct{}
 	closed := false
-	// take writes what the queue holds now, and then acknowledges waiting Flushes.
+	var first []historyItem // the item that woke an idle writer
+	// take takes what the queue holds now, writes the rows held long enough (all of
+	// them for a Flush or on Close) and the reports, and then acknowledges waiting
+	// Flushes.
 	take := func() {
+		now := time.Now()
+		for _, it := range first {
+			hold.take(it, now, write)
+		}
+		clear(first)
+		first = first[:0]
 	drain:
 		for !closed {
 			select {
-			case c, ok := <-h.queue:
+			case it, ok := <-h.queue:
 				if !ok {
 					closed = true
 					break drain
 				}
-				batch = append(batch, c)
-				if len(batch) == historyBatchMax {
-					h.writeBatch(batch)
-					batch = batch[:0]
-				}
+				hold.take(it, now, write)
 			default:
 				break drain
 			}
 		}
+		hold.release(now, closed || len(acks) > 0, write)
 		if len(batch) > 0 {
 			h.writeBatch(batch)
+			clear(batch)
 			batch = batch[:0]
 		}
 		for _, a := range acks {
@@ -550,22 +595,27 @@ func (h *History) writer() {
 		acks = acks[:0]
 	}
 	for !closed {
-		// Idle: wait for the first connection of a batch, a Flush, or Close.
-		select {
-		case c, ok := <-h.queue:
-			if !ok {
-				closed = true
+		if hold.len() == 0 {
+			// Idle: wait for the first connection of a batch, a Flush, or Close.
+			select {
+			case it, ok := <-h.queue:
+				if !ok {
+					closed = true
+					take()
+					return
+				}
+				first = append(first, it)
+			case ack := <-h.flushes:
+				// Everything recorded before Flush was called is in the queue already.
+				acks = append(acks, ack)
 				take()
-				return
+				continue
 			}
-			batch = append(batch, c)
-		case ack := <-h.flushes:
-			// Everything recorded before Flush was called is in the queue already.
-			acks = append(acks, ack)
-			take()
-			continue
+			timer.Reset(historyFlushGap)
+		} else {
+			// Rows are held: wake when the oldest is due (and take what came meanwhile).
+			timer.Reset(time.Until(hold.due()))
 		}
-		timer.Reset(historyFlushGap)
 		select {
 		case <-timer.C:
 		case <-h.kick:
@@ -576,6 +626,99 @@ func (h *History) writer() {
 		}
 		take()
 	}
+}
+
+// rowHold holds the rows the writer took, oldest first, until they are due (see
+// writer), and finds a request's held row for its traffic reports. What it holds is
+// bounded in rows (historyHoldMax) and in memory (historyHoldBytes): past either,
+// the oldest rows are written at once. The rows are kept in a ring, which grows to
+// what the writer held at most, so that holding a row copies it once.
+type rowHold struct {
+	ring        []heldRow // a power of two long; the held rows are first..next-1
+	first, next uint64    // sequence numbers: a row's slot is its number mod len(ring)
+	at          map[engine.RequestID]uint64
+	bytes       int           // memory the held rows take, about
+	hold        time.Duration // how long a row is held: historyHold
+}
+
+type heldRow struct {
+	item historyItem
+	due  time.Time
+	size int
+}
+
+func (r *rowHold) len() int { return int(r.next - r.first) }
+
+func (r *rowHold) slot(seq uint64) *heldRow { return &r.ring[seq&uint64(len(r.ring)-1)] }
+
+// due is when the oldest held row is due; there must be one.
+func (r *rowHold) due() time.Time { return r.slot(r.first).due }
+
+// take holds a connection's row taken at now, or sets a held row's totals from its
+// traffic report (merged: the report is written without an UPDATE). Reports, and
+// rows the bounds make it write, go to write.
+func (r *rowHold) take(it historyItem, now time.Time, write func(historyItem)) {
+	if t := it.traffic; t != nil {
+		if seq, ok := r.at[t.Request.ID]; ok && t.Request.ID != 0 {
+			c := &r.slot(seq).item.conn
+			c.BytesIn, c.BytesOut = t.BytesIn, t.BytesOut
+			it.merged = true
+		}
+		write(it)
+		return
+	}
+	size := heldSize(&it.conn)
+	for r.len() > 0 && (r.len() >= historyHoldMax || r.bytes+size > historyHoldBytes) {
+		r.pop(write)
+	}
+	if r.len() == len(r.ring) {
+		ring := make([]heldRow, max(64, 2*len(r.ring)))
+		for seq := r.first; seq < r.next; seq++ {
+			ring[seq&uint64(len(ring)-1)] = *r.slot(seq)
+		}
+		r.ring = ring
+	}
+	*r.slot(r.next) = heldRow{item: it, due: now.Add(r.hold), size: size}
+	if id := it.conn.Request.ID; id != 0 {
+		r.at[id] = r.next
+	}
+	r.next++
+	r.bytes += size
+}
+
+// release writes the rows that are due at now, or all of them.
+func (r *rowHold) release(now time.Time, all bool, write func(historyItem)) {
+	for r.len() > 0 && (all || !r.slot(r.first).due.After(now)) {
+		r.pop(write)
+	}
+}
+
+// pop writes the oldest held row.
+func (r *rowHold) pop(write func(historyItem)) {
+	h := r.slot(r.first)
+	id := h.item.conn.Request.ID
+	if seq, ok := r.at[id]; ok && seq == r.first {
+		delete(r.at, id)
+	}
+	r.bytes -= h.size
+	write(h.item)
+	*h = heldRow{} // let the values go
+	r.first++
+}
+
+// heldSize is about the memory a held row takes: the row and its texts.
+func heldSize(c *Conn) int {
+	r := &c.Request
+	n := int(unsafe.Sizeof(heldRow{})) + len(r.Exe) + len(r.User) + len(r.Cmdline) + len(r.Host) +
+		len(r.HostSource) + len(r.Note) + len(r.Netns) + len(r.Container) + len(r.ContainerName) +
+		len(r.IdentityNote) + len(r.Unit) + len(r.AppID) + len(r.ExeSHA256)
+	for _, p := range r.Parents {
+		n += int(unsafe.Sizeof(p)) + len(p)
+	}
+	for _, p := range r.Services {
+		n += int(unsafe.Sizeof(p)) + len(p)
+	}
+	return n
 }
 
 func (h *History) fail(n int, err error) {
@@ -784,6 +927,8 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	for i := range batch {
 		if t := batch[i].traffic; t == nil {
 			inBatch[batch[i].conn.Request.ID] = i
+		} else if batch[i].merged {
+			applied[i] = true
 		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
 			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
 			applied[i] = true
@@ -945,7 +1090,8 @@ const (
 // NULL spares. Optional columns are empty in most connections the kernel fast path
 // records: a row whose optional columns are all empty is plain, and is inserted
 // with a statement that has them as constants (binding fewer values). The local
-// address and port are not optional: the fast path records them too.
+// address and port are not optional: the fast path records them too; nor are the
+// bytes, which a short flow's end report sets before its row is written (rowHold).
 var connColumns = [insertCols]struct {
 	name           string
 	text, optional bool
@@ -958,7 +1104,7 @@ var connColumns = [insertCols]struct {
 	{"verdict", true, false}, {"reason", true, false}, {"rule_id", false, false},
 	{"identity", true, false}, {"container", true, true}, {"identity_note", true, true},
 	{"host_source", true, true}, {"note", true, true},
-	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, true}, {"bytes_out", false, true},
+	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, false}, {"bytes_out", false, false},
 	{"netns", true, true}, {"mode", true, false}, {"unit", true, true}, {"app_id", true, true},
 	{"parents", true, true}, {"container_name", true, true},
 }
