@@ -934,9 +934,12 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			applied[i] = true
 		}
 	}
-	// Rows are inserted in runs between traffic reports (a report updates a row
-	// that must already be there), in the order they were recorded, with
-	// statements of insertSizes rows of one kind (plain or not, see connColumns).
+	// Reports about rows written before set their totals after the batch's rows
+	// are in (updateBytes), the last report of each request.
+	var updates []bytesUpdate
+	pending := map[engine.RequestID]int{}
+	// Rows are inserted in the order they were recorded, with statements of
+	// insertSizes rows of one kind (plain or not, see connColumns).
 	rows, plain := 0, false // rows of that kind whose arguments are in w.args
 	flushRows := func() error {
 		per := len(connColumns)
@@ -983,25 +986,20 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			}
 			continue
 		}
-		if !applied[i] {
-			if err := flushRows(); err != nil {
-				return err
-			}
-		}
 		if err := h.ensureTrafficTable(w); err != nil {
 			return err
 		}
 		r := &t.Request
 		if !applied[i] {
-			// A row that is gone (pruned, or never recorded) still counts for its program.
-			w.int(int64(t.BytesIn))
-			w.int(int64(t.BytesOut))
-			w.int(int64(r.ID))
-			w.int(h.run)
-			if _, err := w.runArgs(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
-				return err
+			// The row was written in an earlier batch (or is gone: pruned, or never
+			// recorded): its totals are set once the batch's rows are in, the last
+			// report's of each request.
+			if k, ok := pending[r.ID]; ok {
+				updates[k].in, updates[k].out = t.BytesIn, t.BytesOut
+			} else {
+				pending[r.ID] = len(updates)
+				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut})
 			}
-			h.updates.Add(1)
 		}
 		if t.DeltaIn == 0 && t.DeltaOut == 0 {
 			continue
@@ -1021,6 +1019,9 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	if err := flushRows(); err != nil {
 		return err
 	}
+	if err := h.updateBytes(w, updates); err != nil {
+		return err
+	}
 	for k, p := range programs {
 		w.int(p.time.UnixNano())
 		w.text(k.exe)
@@ -1033,6 +1034,62 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		}
 	}
 	return nil
+}
+
+// bytesUpdate is a report's totals for a row written in an earlier batch.
+type bytesUpdate struct {
+	id      engine.RequestID
+	in, out uint64
+}
+
+// updateBytes sets the totals of rows written in earlier batches (a row that is
+// gone matches nothing), with statements of insertSizes rows: one UPDATE per row
+// cost the writer about as much as inserting it.
+func (h *History) updateBytes(w *rowWriter, us []bytesUpdate) error {
+	for len(us) > 0 {
+		n := insertSizes[len(insertSizes)-1]
+		for _, k := range insertSizes {
+			if len(us) >= k {
+				n = k
+				break
+			}
+		}
+		for _, u := range us[:n] {
+			w.int(int64(u.id))
+			w.int(int64(u.in))
+			w.int(int64(u.out))
+		}
+		w.int(h.run)
+		if _, err := w.runArgs(updateConns(n)); err != nil {
+			return err
+		}
+		h.updates.Add(uint64(n))
+		us = us[n:]
+	}
+	return nil
+}
+
+// updateSQL holds updateConns' statements by size.
+var updateSQL sync.Map
+
+// updateConns returns an UPDATE of n rows' totals, found by request ID in this
+// opening: arguments request ID, bytes in, bytes out for each, then the run.
+func updateConns(n int) string {
+	if q, ok := updateSQL.Load(n); ok {
+		return q.(string)
+	}
+	var b strings.Builder
+	b.WriteString("UPDATE conns SET bytes_in = v.column2, bytes_out = v.column3 FROM (VALUES ")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?)")
+	}
+	b.WriteString(") AS v WHERE conns.req_id = v.column1 AND conns.run_ns = ?")
+	q := b.String()
+	updateSQL.Store(n, q)
+	return q
 }
 
 // values fills w.row with the values of c's row (an empty text as nil, an integer
