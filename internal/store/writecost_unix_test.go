@@ -76,12 +76,15 @@ func benchmarkRowCost(b *testing.B, kind string, full bool) {
 	for i := range rows {
 		rows[i] = conn(i)
 	}
+	t0 := time.Unix(1_900_000_000, 0)
 	before, updates := h.Stats().Recorded, h.updates.Load()
 	cpu0 := processCPU(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
+		// Request IDs and times grow, as the daemon's do.
 		c := &rows[i%len(rows)]
 		c.Request.ID = engine.RequestID(1<<40 + i)
+		c.Time = t0.Add(time.Duration(i) * time.Microsecond)
 		for h.Record(*c) != nil {
 			h.Flush()
 		}
