@@ -807,6 +807,7 @@ type rowWriter struct {
 	stmts map[string]driver.Stmt
 	args  []driver.NamedValue
 	row   [insertCols]driver.Value // one connection's values (values)
+	last  [insertCols]driver.Value // each column's last value (boxText)
 	// lastRemote caches the text of the last remote address written: a program's
 	// connections mostly go to the same few addresses.
 	lastRemote    netip.Addr
@@ -1096,22 +1097,17 @@ func updateConns(n int) string {
 // as int64) and reports whether the row is plain: every optional column empty.
 func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
 	r := &c.Request
-	text := func(s string) driver.Value {
-		if s == "" {
-			return nil
-		}
-		return s
-	}
+	text, num := w.boxText, w.boxInt
 	w.row = [insertCols]driver.Value{
-		c.Time.UnixNano(), text(r.Direction.String()), text(r.Protocol.String()),
-		text(w.local(r.Local.Addr())), int64(r.Local.Port()),
-		text(w.remote(r.Remote.Addr())), int64(r.Remote.Port()),
-		int64(r.PID), text(r.Exe), int64(r.UID), text(r.User), text(r.Cmdline), text(r.Host),
-		text(c.Verdict.Action.String()), text(string(c.Verdict.Reason)), int64(c.Verdict.RuleID),
-		text(r.Identity.String()), text(r.Container), text(r.IdentityNote), text(r.HostSource), text(r.Note),
-		run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), text(r.Netns),
-		text(c.Verdict.Mode.String()), text(r.Unit), text(r.AppID), text(joinParents(r.Parents)),
-		text(r.ContainerName),
+		num(0, c.Time.UnixNano()), text(1, r.Direction.String()), text(2, r.Protocol.String()),
+		text(3, w.local(r.Local.Addr())), num(4, int64(r.Local.Port())),
+		text(5, w.remote(r.Remote.Addr())), num(6, int64(r.Remote.Port())),
+		num(7, int64(r.PID)), text(8, r.Exe), num(9, int64(r.UID)), text(10, r.User), text(11, r.Cmdline), text(12, r.Host),
+		text(13, c.Verdict.Action.String()), text(14, string(c.Verdict.Reason)), num(15, int64(c.Verdict.RuleID)),
+		text(16, r.Identity.String()), text(17, r.Container), text(18, r.IdentityNote), text(19, r.HostSource), text(20, r.Note),
+		num(21, run), num(22, int64(r.ID)), num(23, int64(c.BytesIn)), num(24, int64(c.BytesOut)), text(25, r.Netns),
+		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, joinParents(r.Parents)),
+		text(30, r.ContainerName),
 	}
 	for i, col := range connColumns {
 		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
@@ -1119,6 +1115,31 @@ func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
 		}
 	}
 	return true
+}
+
+// boxText returns column i's text as a driver.Value, nil if empty. A column's
+// value is mostly the one of the row before (the same program, verdict, address):
+// that one's is reused, which spares allocating it again.
+func (w *rowWriter) boxText(i int, s string) driver.Value {
+	if s == "" {
+		return nil
+	}
+	if v, ok := w.last[i].(string); ok && v == s {
+		return w.last[i]
+	}
+	var v driver.Value = s
+	w.last[i] = v
+	return v
+}
+
+// boxInt is boxText for an integer column.
+func (w *rowWriter) boxInt(i int, n int64) driver.Value {
+	if v, ok := w.last[i].(int64); ok && v == n {
+		return w.last[i]
+	}
+	var v driver.Value = n
+	w.last[i] = v
+	return v
 }
 
 // addRow adds w.row's arguments: all of them, or in a plain row those of the
