@@ -65,6 +65,9 @@ type historyItem struct {
 	// merged: the report's totals were set in its row before the row was written
 	// (see rowHold), so no UPDATE is needed for them.
 	merged bool
+	// ended: a connection whose flow's end report was merged into its row: no
+	// more reports are expected for it.
+	ended bool
 }
 
 // HistoryStats are the history's counters since it was opened.
@@ -660,8 +663,9 @@ func (r *rowHold) due() time.Time { return r.slot(r.first).due }
 func (r *rowHold) take(it historyItem, now time.Time, write func(historyItem)) {
 	if t := it.traffic; t != nil {
 		if seq, ok := r.at[t.Request.ID]; ok && t.Request.ID != 0 {
-			c := &r.slot(seq).item.conn
-			c.BytesIn, c.BytesOut = t.BytesIn, t.BytesOut
+			row := &r.slot(seq).item
+			row.conn.BytesIn, row.conn.BytesOut = t.BytesIn, t.BytesOut
+			row.ended = row.ended || t.Ended
 			it.merged = true
 		}
 		write(it)
@@ -778,8 +782,10 @@ func (h *History) writeBatch(batch []historyItem) {
 		}
 		if err != nil {
 			h.w.exec("ROLLBACK")
+			return err
 		}
-		return err
+		h.w.committed()
+		return nil
 	})
 	if err != nil {
 		// A traffic table created in the failed transaction is gone with it, and the
@@ -807,7 +813,18 @@ type rowWriter struct {
 	stmts map[string]driver.Stmt
 	args  []driver.NamedValue
 	row   [insertCols]driver.Value // one connection's values (values)
-	last  [insertCols]driver.Value // each column's last value (boxText)
+	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
+	// to remember, see rowids).
+	rowReqs []engine.RequestID
+	// rowids finds recently written rows of flows that may still be reported
+	// (allowed, not ended) by request ID: an UPDATE by rowid is cheaper than one by
+	// request ID. ring holds them in the order written, to forget the oldest;
+	// staged, those of the open transaction.
+	rowids   map[engine.RequestID]int64
+	ring     []rowidOf
+	ringNext int
+	staged   []rowidOf
+	last     [insertCols]driver.Value // each column's last value (boxText)
 	// lastRemote caches the text of the last remote address written: a program's
 	// connections mostly go to the same few addresses.
 	lastRemote    netip.Addr
@@ -822,7 +839,7 @@ func newRowWriter(db *sql.DB) (*rowWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("history: a connection for the writer: %w", err)
 	}
-	return &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}}, nil
+	return &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}, rowids: map[engine.RequestID]int64{}}, nil
 }
 
 // closeWriter closes the writer's statements and connection.
@@ -932,6 +949,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			applied[i] = true
 		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
 			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
+			batch[j].ended = batch[j].ended || t.Ended
 			applied[i] = true
 		}
 	}
@@ -956,17 +974,28 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 					break
 				}
 			}
-			if _, err := w.run(insertConns(n, plain), args[:n*per]); err != nil {
+			res, err := w.run(insertConns(n, plain), args[:n*per])
+			if err != nil {
 				return err
 			}
+			last, err := res.LastInsertId()
+			if err != nil {
+				return err
+			}
+			w.inserted(w.rowReqs[:n], last)
+			w.rowReqs = w.rowReqs[n:]
 			args = args[n*per:]
 			rows -= n
 		}
 		clear(w.args) // let the values go
 		w.args = w.args[:0]
+		w.rowReqs = w.rowReqs[:0]
 		return nil
 	}
-	add := func(c *Conn) error {
+	// add adds a connection's row, remembering where it goes if its flow may
+	// still be reported.
+	add := func(it *historyItem) error {
+		c := &it.conn
 		p := w.values(c, h.run)
 		if rows > 0 && (p != plain || rows == insertSizes[0]) {
 			if err := flushRows(); err != nil {
@@ -975,6 +1004,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		}
 		plain = p
 		w.addRow(p)
+		id := c.Request.ID
+		if it.ended || c.Verdict.Action != engine.Allow {
+			id = 0
+		}
+		w.rowReqs = append(w.rowReqs, id)
 		rows++
 		return nil
 	}
@@ -982,7 +1016,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		it := &batch[i]
 		t := it.traffic
 		if t == nil {
-			if err := add(&it.conn); err != nil {
+			if err := add(it); err != nil {
 				return err
 			}
 			continue
@@ -997,9 +1031,10 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			// report's of each request.
 			if k, ok := pending[r.ID]; ok {
 				updates[k].in, updates[k].out = t.BytesIn, t.BytesOut
+				updates[k].ended = updates[k].ended || t.Ended
 			} else {
 				pending[r.ID] = len(updates)
-				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut})
+				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, t.Ended})
 			}
 		}
 		if t.DeltaIn == 0 && t.DeltaOut == 0 {
@@ -1041,42 +1076,74 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 type bytesUpdate struct {
 	id      engine.RequestID
 	in, out uint64
+	ended   bool
 }
 
 // updateBytes sets the totals of rows written in earlier batches (a row that is
 // gone matches nothing), with statements of insertSizes rows: one UPDATE per row
-// cost the writer about as much as inserting it.
+// cost the writer about as much as inserting it. A row the writer wrote recently
+// is found by its rowid (rowWriter.rowids), others by request ID.
 func (h *History) updateBytes(w *rowWriter, us []bytesUpdate) error {
-	for len(us) > 0 {
-		n := insertSizes[len(insertSizes)-1]
-		for _, k := range insertSizes {
-			if len(us) >= k {
-				n = k
-				break
+	if len(us) == 0 {
+		return nil
+	}
+	byReq := make([]bytesUpdate, 0, len(us))
+	byRow := make([]bytesUpdate, 0, len(us)) // id: the rowid
+	for _, u := range us {
+		rowid, ok := w.rowids[u.id]
+		if !ok {
+			byReq = append(byReq, u)
+			continue
+		}
+		if u.ended {
+			delete(w.rowids, u.id) // no more reports
+		}
+		u.id = engine.RequestID(rowid)
+		byRow = append(byRow, u)
+	}
+	for _, byRowid := range []bool{true, false} {
+		us := byReq
+		if byRowid {
+			us = byRow
+		}
+		for len(us) > 0 {
+			n := insertSizes[len(insertSizes)-1]
+			for _, k := range insertSizes {
+				if len(us) >= k {
+					n = k
+					break
+				}
 			}
+			for _, u := range us[:n] {
+				w.int(int64(u.id))
+				w.int(int64(u.in))
+				w.int(int64(u.out))
+			}
+			if !byRowid {
+				w.int(h.run)
+			}
+			if _, err := w.runArgs(updateConns(n, byRowid)); err != nil {
+				return err
+			}
+			h.updates.Add(uint64(n))
+			us = us[n:]
 		}
-		for _, u := range us[:n] {
-			w.int(int64(u.id))
-			w.int(int64(u.in))
-			w.int(int64(u.out))
-		}
-		w.int(h.run)
-		if _, err := w.runArgs(updateConns(n)); err != nil {
-			return err
-		}
-		h.updates.Add(uint64(n))
-		us = us[n:]
 	}
 	return nil
 }
 
-// updateSQL holds updateConns' statements by size.
+// updateSQL holds updateConns' statements by size and kind.
 var updateSQL sync.Map
 
-// updateConns returns an UPDATE of n rows' totals, found by request ID in this
-// opening: arguments request ID, bytes in, bytes out for each, then the run.
-func updateConns(n int) string {
-	if q, ok := updateSQL.Load(n); ok {
+// updateConns returns an UPDATE of n rows' totals: arguments the row's rowid, or
+// its request ID in this opening, bytes in, bytes out for each; then, by request
+// ID, the run.
+func updateConns(n int, byRowid bool) string {
+	type key struct {
+		n       int
+		byRowid bool
+	}
+	if q, ok := updateSQL.Load(key{n, byRowid}); ok {
 		return q.(string)
 	}
 	var b strings.Builder
@@ -1087,10 +1154,54 @@ func updateConns(n int) string {
 		}
 		b.WriteString("(?, ?, ?)")
 	}
-	b.WriteString(") AS v WHERE conns.req_id = v.column1 AND conns.run_ns = ?")
+	if byRowid {
+		b.WriteString(") AS v WHERE conns.id = v.column1")
+	} else {
+		b.WriteString(") AS v WHERE conns.req_id = v.column1 AND conns.run_ns = ?")
+	}
 	q := b.String()
-	updateSQL.Store(n, q)
+	updateSQL.Store(key{n, byRowid}, q)
 	return q
+}
+
+// rowidsMax bounds the rows the writer remembers the rowid of (rowWriter.rowids):
+// what the fast path records in more than a second under a flood.
+const rowidsMax = 32768
+
+// rowidOf is a row the writer wrote.
+type rowidOf struct {
+	req   engine.RequestID
+	rowid int64
+}
+
+// inserted notes the rows an INSERT wrote, the last with rowid last (a statement's
+// rows take consecutive rowids), by request ID (0: not to remember).
+func (w *rowWriter) inserted(reqs []engine.RequestID, last int64) {
+	first := last - int64(len(reqs)) + 1
+	for k, id := range reqs {
+		if id != 0 {
+			w.staged = append(w.staged, rowidOf{id, first + int64(k)})
+		}
+	}
+}
+
+// committed remembers the rowids of the rows of the transaction that committed,
+// forgetting the oldest beyond rowidsMax.
+func (w *rowWriter) committed() {
+	for _, r := range w.staged {
+		if len(w.ring) < rowidsMax {
+			w.ring = append(w.ring, r)
+		} else {
+			old := w.ring[w.ringNext]
+			if w.rowids[old.req] == old.rowid {
+				delete(w.rowids, old.req)
+			}
+			w.ring[w.ringNext] = r
+			w.ringNext = (w.ringNext + 1) % rowidsMax
+		}
+		w.rowids[r.req] = r.rowid
+	}
+	w.staged = w.staged[:0]
 }
 
 // values fills w.row with the values of c's row (an empty text as nil, an integer

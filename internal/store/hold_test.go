@@ -208,3 +208,53 @@ func TestReportsOfHeldRowsInOrder(t *testing.T) {
 	}
 	t.Logf("%d UPDATEs for %d reports", h.updates.Load(), 2*n-300-500+n/10)
 }
+
+// TestReportAfterAFailedBatch: a report about a connection whose batch the database
+// refused (rolled back: its rowids are given to the next rows) sets no other row's
+// bytes, and reports about written rows still find them.
+func TestReportAfterAFailedBatch(t *testing.T) {
+	h, err := OpenHistory(filepath.Join(t.TempDir(), HistoryFileName), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	a := fastPathConn(1)
+	h.Record(a)
+	h.Flush()
+	db := h.db.Load()
+	if _, err := db.Exec(`CREATE TRIGGER refuse BEFORE INSERT ON conns WHEN NEW.exe = '/usr/bin/refused'
+		BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
+		t.Fatal(err)
+	}
+	lost, bad := fastPathConn(2), fastPathConn(3)
+	bad.Request.Exe = "/usr/bin/refused"
+	h.Record(lost)
+	h.Record(bad)
+	h.Flush()
+	if st := h.Stats(); st.Failed != 2 {
+		t.Fatalf("the refused batch: %+v, want 2 failed", st)
+	}
+	if _, err := db.Exec(`DROP TRIGGER refuse`); err != nil {
+		t.Fatal(err)
+	}
+	c := fastPathConn(4)
+	h.Record(c)
+	h.Flush()
+	for _, r := range []Conn{lost, a} {
+		if err := h.RecordTraffic(Traffic{Request: r.Request, BytesIn: 100 + uint64(r.Request.PID), BytesOut: 1, Ended: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Flush()
+	got, err := h.Recent(10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Request.PID != a.Request.PID || got[1].Request.PID != c.Request.PID {
+		t.Fatalf("rows: %+v; want the first and the last connection", got)
+	}
+	if got[0].BytesIn != 100+uint64(a.Request.PID) || got[1].BytesIn != 0 {
+		t.Errorf("bytes in: %d and %d; want %d and 0 (the lost connection's report changes no row)",
+			got[0].BytesIn, got[1].BytesIn, 100+a.Request.PID)
+	}
+}
