@@ -144,8 +144,14 @@ type History struct {
 
 const (
 	historyQueueLen = 8192
-	historyBatchMax = 512
-	historyFlushGap = 50 * time.Millisecond
+	// historyBatchMax is the most connections one transaction writes (and the
+	// unit of free space the history wants, see batchRoom). The traffic reports
+	// among them do not count: an end report per short connection would halve
+	// the rows per transaction, and a transaction's commit costs about as much
+	// as a hundred rows. historyBatchItems bounds them all.
+	historyBatchMax   = 512
+	historyBatchItems = 4096
+	historyFlushGap   = 50 * time.Millisecond
 	// historyHold is how long the writer holds a connection's row after taking it
 	// from the queue before it writes it (see writer). The byte accountant reports
 	// a flow's end when it drains, every 50 ms, so the end report of a short
@@ -549,13 +555,19 @@ func (h *History) writer() {
 	defer h.closeWriter()
 	hold := rowHold{hold: h.hold, at: map[engine.RequestID]uint64{}}
 	batch := make([]historyItem, 0, historyBatchMax)
-	// write adds an item to the batch, writing the batch once it is full.
+	conns := 0 // in batch
+	// write adds an item to the batch, writing the batch once it is full: a
+	// transaction writes up to historyBatchMax connections, and the reports
+	// between them (at most historyBatchItems items).
 	write := func(it historyItem) {
 		batch = append(batch, it)
-		if len(batch) == historyBatchMax {
+		if it.traffic == nil {
+			conns++
+		}
+		if conns == historyBatchMax || len(batch) == historyBatchItems {
 			h.writeBatch(batch)
 			clear(batch) // let the values go
-			batch = batch[:0]
+			batch, conns = batch[:0], 0
 		}
 	}
 	timer := time.NewTimer(time.Hour)
@@ -590,7 +602,7 @@ func (h *History) writer() {
 		if len(batch) > 0 {
 			h.writeBatch(batch)
 			clear(batch)
-			batch = batch[:0]
+			batch, conns = batch[:0], 0
 		}
 		for _, a := range acks {
 			close(a)
@@ -738,7 +750,7 @@ func (h *History) writeBatch(batch []historyItem) {
 			conns++
 		}
 	}
-	if !h.roomFor(len(batch)) {
+	if !h.roomFor(conns) {
 		h.noSpace.Add(uint64(conns))
 		return
 	}
