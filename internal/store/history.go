@@ -126,6 +126,9 @@ type History struct {
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
 
+	// reports is rowHold.reports, for writeItems (writer goroutine only).
+	reports bool
+
 	recorded, dropped, failed, noSpace atomic.Uint64
 	// updates counts the UPDATEs that set a written row's bytes from a later traffic
 	// report (the reports that did not land in their row's INSERT).
@@ -559,8 +562,9 @@ func (h *History) writer() {
 	// write adds an item to the batch, writing the batch once it is full: a
 	// transaction writes up to historyBatchMax connections, and the reports
 	// between them (at most historyBatchItems items).
-	write := func(it historyItem) {
-		batch = append(batch, it)
+	write := func(it *historyItem) {
+		h.reports = hold.reports
+		batch = append(batch, *it)
 		if it.traffic == nil {
 			conns++
 		}
@@ -580,8 +584,8 @@ func (h *History) writer() {
 	// Flushes.
 	take := func() {
 		now := time.Now()
-		for _, it := range first {
-			hold.take(it, now, write)
+		for i := range first {
+			hold.take(&first[i], now, write)
 		}
 		clear(first)
 		first = first[:0]
@@ -593,7 +597,7 @@ func (h *History) writer() {
 					closed = true
 					break drain
 				}
-				hold.take(it, now, write)
+				hold.take(&it, now, write)
 			default:
 				break drain
 			}
@@ -654,6 +658,10 @@ type rowHold struct {
 	at          map[engine.RequestID]uint64
 	bytes       int           // memory the held rows take, about
 	hold        time.Duration // how long a row is held: historyHold
+	// reports: a traffic report came in this opening. Until one does (byte
+	// accounting is off) the rowids of rows written are not remembered
+	// (rowWriter.rowids): nothing would look for them.
+	reports bool
 }
 
 type heldRow struct {
@@ -672,8 +680,9 @@ func (r *rowHold) due() time.Time { return r.slot(r.first).due }
 // take holds a connection's row taken at now, or sets a held row's totals from its
 // traffic report (merged: the report is written without an UPDATE). Reports, and
 // rows the bounds make it write, go to write.
-func (r *rowHold) take(it historyItem, now time.Time, write func(historyItem)) {
+func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem)) {
 	if t := it.traffic; t != nil {
+		r.reports = true
 		if seq, ok := r.at[t.Request.ID]; ok && t.Request.ID != 0 {
 			row := &r.slot(seq).item
 			row.conn.BytesIn, row.conn.BytesOut = t.BytesIn, t.BytesOut
@@ -694,7 +703,8 @@ func (r *rowHold) take(it historyItem, now time.Time, write func(historyItem)) {
 		}
 		r.ring = ring
 	}
-	*r.slot(r.next) = heldRow{item: it, due: now.Add(r.hold), size: size}
+	slot := r.slot(r.next)
+	slot.item, slot.due, slot.size = *it, now.Add(r.hold), size
 	if id := it.conn.Request.ID; id != 0 {
 		r.at[id] = r.next
 	}
@@ -703,21 +713,21 @@ func (r *rowHold) take(it historyItem, now time.Time, write func(historyItem)) {
 }
 
 // release writes the rows that are due at now, or all of them.
-func (r *rowHold) release(now time.Time, all bool, write func(historyItem)) {
+func (r *rowHold) release(now time.Time, all bool, write func(*historyItem)) {
 	for r.len() > 0 && (all || !r.slot(r.first).due.After(now)) {
 		r.pop(write)
 	}
 }
 
 // pop writes the oldest held row.
-func (r *rowHold) pop(write func(historyItem)) {
+func (r *rowHold) pop(write func(*historyItem)) {
 	h := r.slot(r.first)
 	id := h.item.conn.Request.ID
 	if seq, ok := r.at[id]; ok && seq == r.first {
 		delete(r.at, id)
 	}
 	r.bytes -= h.size
-	write(h.item)
+	write(&h.item)
 	*h = heldRow{} // let the values go
 	r.first++
 }
@@ -1017,7 +1027,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		plain = p
 		w.addRow(p)
 		id := c.Request.ID
-		if it.ended || c.Verdict.Action != engine.Allow {
+		if it.ended || c.Verdict.Action != engine.Allow || !h.reports {
 			id = 0
 		}
 		w.rowReqs = append(w.rowReqs, id)
