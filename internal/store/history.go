@@ -130,8 +130,8 @@ type History struct {
 	reports bool
 
 	recorded, dropped, failed, noSpace atomic.Uint64
-	// updates counts the UPDATEs that set a written row's bytes from a later traffic
-	// report (the reports that did not land in their row's INSERT).
+	// updates counts the traffic reports that set a written row's bytes with an
+	// UPDATE (those that did not land in their row's INSERT).
 	updates atomic.Uint64
 	lastErr atomic.Pointer[string]
 
