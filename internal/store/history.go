@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/latchfw/latch/internal/engine"
 
@@ -61,6 +62,12 @@ type Traffic struct {
 type historyItem struct {
 	conn    Conn
 	traffic *Traffic
+	// merged: the report's totals were set in its row before the row was written
+	// (see rowHold), so no UPDATE is needed for them.
+	merged bool
+	// ended: a connection whose flow's end report was merged into its row: no
+	// more reports are expected for it.
+	ended bool
 }
 
 // HistoryStats are the history's counters since it was opened.
@@ -107,7 +114,8 @@ type History struct {
 	path    string
 	maxRows int
 	queue   chan historyItem
-	run     int64 // this opening's start (ns): with a request ID, it names a row
+	hold    time.Duration // historyHold, but for tests
+	run     int64         // this opening's start (ns): with a request ID, it names a row
 	// trafficTable: the traffic table exists (see trafficSchema).
 	trafficTable atomic.Bool
 	flushes      chan chan struct{}
@@ -118,8 +126,14 @@ type History struct {
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
 
+	// reports is rowHold.reports, for writeItems (writer goroutine only).
+	reports bool
+
 	recorded, dropped, failed, noSpace atomic.Uint64
-	lastErr                            atomic.Pointer[string]
+	// updates counts the traffic reports that set a written row's bytes with an
+	// UPDATE (those that did not land in their row's INSERT).
+	updates atomic.Uint64
+	lastErr atomic.Pointer[string]
 
 	dir     string // holds the database: its free space is watched
 	minFree int64  // < 0: no floor
@@ -133,8 +147,26 @@ type History struct {
 
 const (
 	historyQueueLen = 8192
-	historyBatchMax = 512
-	historyFlushGap = 50 * time.Millisecond
+	// historyBatchMax is the most connections one transaction writes (and the
+	// unit of free space the history wants, see batchRoom). The traffic reports
+	// among them do not count: an end report per short connection would halve
+	// the rows per transaction, and a transaction's commit costs about as much
+	// as a hundred rows. historyBatchItems bounds them all.
+	historyBatchMax   = 512
+	historyBatchItems = 4096
+	historyFlushGap   = 50 * time.Millisecond
+	// historyHold is how long the writer holds a connection's row after taking it
+	// from the queue before it writes it (see writer). The byte accountant reports
+	// a flow's end when it drains, every 50 ms, so the end report of a short
+	// connection is recorded up to about 50 ms after the connection; a row waits
+	// 0-50 ms in the queue and is then held 50 ms more, so reports up to 50-100 ms
+	// after their connection land in the row's INSERT. Queries Flush first, so the
+	// hold delays nothing a user reads.
+	historyHold = historyFlushGap
+	// historyHoldMax and historyHoldBytes bound the rows held: a flood writes the
+	// oldest at once instead of holding more. A fast-path row takes about 700 bytes.
+	historyHoldMax   = 4096
+	historyHoldBytes = 8 << 20
 )
 
 const historySchema = `
@@ -255,15 +287,15 @@ func migrateHistory(db *sql.DB) error {
 // maxRows connections (0: DefaultMaxRows); older ones are deleted as new ones arrive.
 // Writing stops while free space is below DefaultMinFree (see OpenHistoryOptions).
 func OpenHistory(path string, maxRows int) (*History, error) {
-	return openHistory(path, HistoryOptions{MaxRows: maxRows}, historyQueueLen)
+	return openHistory(path, HistoryOptions{MaxRows: maxRows}, historyQueueLen, historyHold)
 }
 
 // OpenHistoryOptions opens (creating if needed) the history database at path with o.
 func OpenHistoryOptions(path string, o HistoryOptions) (*History, error) {
-	return openHistory(path, o, historyQueueLen)
+	return openHistory(path, o, historyQueueLen, historyHold)
 }
 
-func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) {
+func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration) (*History, error) {
 	maxRows := o.MaxRows
 	if maxRows < 0 {
 		return nil, fmt.Errorf("history %s: max rows %d: must not be negative", path, maxRows)
@@ -286,6 +318,7 @@ func openHistory(path string, o HistoryOptions, queueLen int) (*History, error) 
 		path:    path,
 		maxRows: maxRows,
 		queue:   make(chan historyItem, queueLen),
+		hold:    hold,
 		run:     time.Now().UnixNano(),
 		flushes: make(chan chan struct{}),
 		kick:    make(chan struct{}, 1),
@@ -498,6 +531,10 @@ func (h *History) Close() error {
 	h.closed = true
 	close(h.queue)
 	h.closeMu.Unlock()
+	select {
+	case h.kick <- struct{}{}: // the writer writes what it holds now
+	default:
+	}
 	<-h.done
 	if db := h.db.Load(); db != nil {
 		return db.Close()
@@ -510,36 +547,66 @@ func (h *History) Close() error {
 // historyFlushGap (less if the queue fills past half, or a Flush comes), then takes
 // everything queued. Waking per connection would cost the decision path a thread
 // wake-up on every held connection.
+//
+// A connection's row is not written at once: the writer holds it for historyHold
+// after taking it (see rowHold), so that the end-of-flow traffic report of a short
+// connection, which the byte accountant sends tens of milliseconds after the
+// connection, lands in the row's INSERT instead of costing an UPDATE later. A Flush
+// or Close writes the held rows at once.
 func (h *History) writer() {
 	defer close(h.done)
 	defer h.closeWriter()
+	hold := rowHold{hold: h.hold, at: map[engine.RequestID]uint64{}}
 	batch := make([]historyItem, 0, historyBatchMax)
+	conns := 0 // in batch
+	// write adds an item to the batch, writing the batch once it is full: a
+	// transaction writes up to historyBatchMax connections, and the reports
+	// between them (at most historyBatchItems items).
+	write := func(it *historyItem) {
+		h.reports = hold.reports
+		batch = append(batch, *it)
+		if it.traffic == nil {
+			conns++
+		}
+		if conns == historyBatchMax || len(batch) == historyBatchItems {
+			h.writeBatch(batch)
+			clear(batch) // let the values go
+			batch, conns = batch[:0], 0
+		}
+	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var acks []chan struct{}
 	closed := false
-	// take writes what the queue holds now, and then acknowledges waiting Flushes.
+	var first []historyItem // the item that woke an idle writer
+	// take takes what the queue holds now, writes the rows held long enough (all of
+	// them for a Flush or on Close) and the reports, and then acknowledges waiting
+	// Flushes.
 	take := func() {
+		now := time.Now()
+		for i := range first {
+			hold.take(&first[i], now, write)
+		}
+		clear(first)
+		first = first[:0]
 	drain:
 		for !closed {
 			select {
-			case c, ok := <-h.queue:
+			case it, ok := <-h.queue:
 				if !ok {
 					closed = true
 					break drain
 				}
-				batch = append(batch, c)
-				if len(batch) == historyBatchMax {
-					h.writeBatch(batch)
-					batch = batch[:0]
-				}
+				hold.take(&it, now, write)
 			default:
 				break drain
 			}
 		}
+		hold.release(now, closed || len(acks) > 0, write)
 		if len(batch) > 0 {
 			h.writeBatch(batch)
-			batch = batch[:0]
+			clear(batch)
+			batch, conns = batch[:0], 0
 		}
 		for _, a := range acks {
 			close(a)
@@ -547,22 +614,27 @@ func (h *History) writer() {
 		acks = acks[:0]
 	}
 	for !closed {
-		// Idle: wait for the first connection of a batch, a Flush, or Close.
-		select {
-		case c, ok := <-h.queue:
-			if !ok {
-				closed = true
+		if hold.len() == 0 {
+			// Idle: wait for the first connection of a batch, a Flush, or Close.
+			select {
+			case it, ok := <-h.queue:
+				if !ok {
+					closed = true
+					take()
+					return
+				}
+				first = append(first, it)
+			case ack := <-h.flushes:
+				// Everything recorded before Flush was called is in the queue already.
+				acks = append(acks, ack)
 				take()
-				return
+				continue
 			}
-			batch = append(batch, c)
-		case ack := <-h.flushes:
-			// Everything recorded before Flush was called is in the queue already.
-			acks = append(acks, ack)
-			take()
-			continue
+			timer.Reset(historyFlushGap)
+		} else {
+			// Rows are held: wake when the oldest is due (and take what came meanwhile).
+			timer.Reset(time.Until(hold.due()))
 		}
-		timer.Reset(historyFlushGap)
 		select {
 		case <-timer.C:
 		case <-h.kick:
@@ -573,6 +645,106 @@ func (h *History) writer() {
 		}
 		take()
 	}
+}
+
+// rowHold holds the rows the writer took, oldest first, until they are due (see
+// writer), and finds a request's held row for its traffic reports. What it holds is
+// bounded in rows (historyHoldMax) and in memory (historyHoldBytes): past either,
+// the oldest rows are written at once. The rows are kept in a ring, which grows to
+// what the writer held at most, so that holding a row copies it once.
+type rowHold struct {
+	ring        []heldRow // a power of two long; the held rows are first..next-1
+	first, next uint64    // sequence numbers: a row's slot is its number mod len(ring)
+	at          map[engine.RequestID]uint64
+	bytes       int           // memory the held rows take, about
+	hold        time.Duration // how long a row is held: historyHold
+	// reports: a traffic report came in this opening. Until one does (byte
+	// accounting is off) the rowids of rows written are not remembered
+	// (rowWriter.rowids): nothing would look for them.
+	reports bool
+}
+
+type heldRow struct {
+	item historyItem
+	due  time.Time
+	size int
+}
+
+func (r *rowHold) len() int { return int(r.next - r.first) }
+
+func (r *rowHold) slot(seq uint64) *heldRow { return &r.ring[seq&uint64(len(r.ring)-1)] }
+
+// due is when the oldest held row is due; there must be one.
+func (r *rowHold) due() time.Time { return r.slot(r.first).due }
+
+// take holds a connection's row taken at now, or sets a held row's totals from its
+// traffic report (merged: the report is written without an UPDATE). Reports, and
+// rows the bounds make it write, go to write.
+func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem)) {
+	if t := it.traffic; t != nil {
+		r.reports = true
+		if seq, ok := r.at[t.Request.ID]; ok && t.Request.ID != 0 {
+			row := &r.slot(seq).item
+			row.conn.BytesIn, row.conn.BytesOut = t.BytesIn, t.BytesOut
+			row.ended = row.ended || t.Ended
+			it.merged = true
+		}
+		write(it)
+		return
+	}
+	size := heldSize(&it.conn)
+	for r.len() > 0 && (r.len() >= historyHoldMax || r.bytes+size > historyHoldBytes) {
+		r.pop(write)
+	}
+	if r.len() == len(r.ring) {
+		ring := make([]heldRow, max(64, 2*len(r.ring)))
+		for seq := r.first; seq < r.next; seq++ {
+			ring[seq&uint64(len(ring)-1)] = *r.slot(seq)
+		}
+		r.ring = ring
+	}
+	slot := r.slot(r.next)
+	slot.item, slot.due, slot.size = *it, now.Add(r.hold), size
+	if id := it.conn.Request.ID; id != 0 {
+		r.at[id] = r.next
+	}
+	r.next++
+	r.bytes += size
+}
+
+// release writes the rows that are due at now, or all of them.
+func (r *rowHold) release(now time.Time, all bool, write func(*historyItem)) {
+	for r.len() > 0 && (all || !r.slot(r.first).due.After(now)) {
+		r.pop(write)
+	}
+}
+
+// pop writes the oldest held row.
+func (r *rowHold) pop(write func(*historyItem)) {
+	h := r.slot(r.first)
+	id := h.item.conn.Request.ID
+	if seq, ok := r.at[id]; ok && seq == r.first {
+		delete(r.at, id)
+	}
+	r.bytes -= h.size
+	write(&h.item)
+	*h = heldRow{} // let the values go
+	r.first++
+}
+
+// heldSize is about the memory a held row takes: the row and its texts.
+func heldSize(c *Conn) int {
+	r := &c.Request
+	n := int(unsafe.Sizeof(heldRow{})) + len(r.Exe) + len(r.User) + len(r.Cmdline) + len(r.Host) +
+		len(r.HostSource) + len(r.Note) + len(r.Netns) + len(r.Container) + len(r.ContainerName) +
+		len(r.IdentityNote) + len(r.Unit) + len(r.AppID) + len(r.ExeSHA256)
+	for _, p := range r.Parents {
+		n += int(unsafe.Sizeof(p)) + len(p)
+	}
+	for _, p := range r.Services {
+		n += int(unsafe.Sizeof(p)) + len(p)
+	}
+	return n
 }
 
 func (h *History) fail(n int, err error) {
@@ -588,7 +760,7 @@ func (h *History) writeBatch(batch []historyItem) {
 			conns++
 		}
 	}
-	if !h.roomFor(len(batch)) {
+	if !h.roomFor(conns) {
 		h.noSpace.Add(uint64(conns))
 		return
 	}
@@ -632,8 +804,10 @@ func (h *History) writeBatch(batch []historyItem) {
 		}
 		if err != nil {
 			h.w.exec("ROLLBACK")
+			return err
 		}
-		return err
+		h.w.committed()
+		return nil
 	})
 	if err != nil {
 		// A traffic table created in the failed transaction is gone with it, and the
@@ -661,6 +835,18 @@ type rowWriter struct {
 	stmts map[string]driver.Stmt
 	args  []driver.NamedValue
 	row   [insertCols]driver.Value // one connection's values (values)
+	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
+	// to remember, see rowids).
+	rowReqs []engine.RequestID
+	// rowids finds recently written rows of flows that may still be reported
+	// (allowed, not ended) by request ID: an UPDATE by rowid is cheaper than one by
+	// request ID. ring holds them in the order written, to forget the oldest;
+	// staged, those of the open transaction.
+	rowids   map[engine.RequestID]int64
+	ring     []rowidOf
+	ringNext int
+	staged   []rowidOf
+	last     [insertCols]driver.Value // each column's last value (boxText)
 	// lastRemote caches the text of the last remote address written: a program's
 	// connections mostly go to the same few addresses.
 	lastRemote    netip.Addr
@@ -675,7 +861,7 @@ func newRowWriter(db *sql.DB) (*rowWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("history: a connection for the writer: %w", err)
 	}
-	return &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}}, nil
+	return &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}, rowids: map[engine.RequestID]int64{}}, nil
 }
 
 // closeWriter closes the writer's statements and connection.
@@ -781,14 +967,20 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	for i := range batch {
 		if t := batch[i].traffic; t == nil {
 			inBatch[batch[i].conn.Request.ID] = i
+		} else if batch[i].merged {
+			applied[i] = true
 		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
 			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
+			batch[j].ended = batch[j].ended || t.Ended
 			applied[i] = true
 		}
 	}
-	// Rows are inserted in runs between traffic reports (a report updates a row
-	// that must already be there), in the order they were recorded, with
-	// statements of insertSizes rows of one kind (plain or not, see connColumns).
+	// Reports about rows written before set their totals after the batch's rows
+	// are in (updateBytes), the last report of each request.
+	var updates []bytesUpdate
+	pending := map[engine.RequestID]int{}
+	// Rows are inserted in the order they were recorded, with statements of
+	// insertSizes rows of one kind (plain or not, see connColumns).
 	rows, plain := 0, false // rows of that kind whose arguments are in w.args
 	flushRows := func() error {
 		per := len(connColumns)
@@ -804,17 +996,28 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 					break
 				}
 			}
-			if _, err := w.run(insertConns(n, plain), args[:n*per]); err != nil {
+			res, err := w.run(insertConns(n, plain), args[:n*per])
+			if err != nil {
 				return err
 			}
+			last, err := res.LastInsertId()
+			if err != nil {
+				return err
+			}
+			w.inserted(w.rowReqs[:n], last)
+			w.rowReqs = w.rowReqs[n:]
 			args = args[n*per:]
 			rows -= n
 		}
 		clear(w.args) // let the values go
 		w.args = w.args[:0]
+		w.rowReqs = w.rowReqs[:0]
 		return nil
 	}
-	add := func(c *Conn) error {
+	// add adds a connection's row, remembering where it goes if its flow may
+	// still be reported.
+	add := func(it *historyItem) error {
+		c := &it.conn
 		p := w.values(c, h.run)
 		if rows > 0 && (p != plain || rows == insertSizes[0]) {
 			if err := flushRows(); err != nil {
@@ -823,6 +1026,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		}
 		plain = p
 		w.addRow(p)
+		id := c.Request.ID
+		if it.ended || c.Verdict.Action != engine.Allow || !h.reports {
+			id = 0
+		}
+		w.rowReqs = append(w.rowReqs, id)
 		rows++
 		return nil
 	}
@@ -830,28 +1038,25 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		it := &batch[i]
 		t := it.traffic
 		if t == nil {
-			if err := add(&it.conn); err != nil {
+			if err := add(it); err != nil {
 				return err
 			}
 			continue
-		}
-		if !applied[i] {
-			if err := flushRows(); err != nil {
-				return err
-			}
 		}
 		if err := h.ensureTrafficTable(w); err != nil {
 			return err
 		}
 		r := &t.Request
 		if !applied[i] {
-			// A row that is gone (pruned, or never recorded) still counts for its program.
-			w.int(int64(t.BytesIn))
-			w.int(int64(t.BytesOut))
-			w.int(int64(r.ID))
-			w.int(h.run)
-			if _, err := w.runArgs(`UPDATE conns SET bytes_in = ?, bytes_out = ? WHERE req_id = ? AND run_ns = ?`); err != nil {
-				return err
+			// The row was written in an earlier batch (or is gone: pruned, or never
+			// recorded): its totals are set once the batch's rows are in, the last
+			// report's of each request.
+			if k, ok := pending[r.ID]; ok {
+				updates[k].in, updates[k].out = t.BytesIn, t.BytesOut
+				updates[k].ended = updates[k].ended || t.Ended
+			} else {
+				pending[r.ID] = len(updates)
+				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, t.Ended})
 			}
 		}
 		if t.DeltaIn == 0 && t.DeltaOut == 0 {
@@ -872,6 +1077,9 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	if err := flushRows(); err != nil {
 		return err
 	}
+	if err := h.updateBytes(w, updates); err != nil {
+		return err
+	}
 	for k, p := range programs {
 		w.int(p.time.UnixNano())
 		w.text(k.exe)
@@ -886,26 +1094,153 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	return nil
 }
 
+// bytesUpdate is a report's totals for a row written in an earlier batch.
+type bytesUpdate struct {
+	id      engine.RequestID
+	in, out uint64
+	ended   bool
+}
+
+// updateBytes sets the totals of rows written in earlier batches (a row that is
+// gone matches nothing), with statements of insertSizes rows: one UPDATE per row
+// cost the writer about as much as inserting it. A row the writer wrote recently
+// is found by its rowid (rowWriter.rowids), others by request ID.
+func (h *History) updateBytes(w *rowWriter, us []bytesUpdate) error {
+	if len(us) == 0 {
+		return nil
+	}
+	byReq := make([]bytesUpdate, 0, len(us))
+	byRow := make([]bytesUpdate, 0, len(us)) // id: the rowid
+	for _, u := range us {
+		rowid, ok := w.rowids[u.id]
+		if !ok {
+			byReq = append(byReq, u)
+			continue
+		}
+		if u.ended {
+			delete(w.rowids, u.id) // no more reports
+		}
+		u.id = engine.RequestID(rowid)
+		byRow = append(byRow, u)
+	}
+	for _, byRowid := range []bool{true, false} {
+		us := byReq
+		if byRowid {
+			us = byRow
+		}
+		for len(us) > 0 {
+			n := insertSizes[len(insertSizes)-1]
+			for _, k := range insertSizes {
+				if len(us) >= k {
+					n = k
+					break
+				}
+			}
+			for _, u := range us[:n] {
+				w.int(int64(u.id))
+				w.int(int64(u.in))
+				w.int(int64(u.out))
+			}
+			if !byRowid {
+				w.int(h.run)
+			}
+			if _, err := w.runArgs(updateConns(n, byRowid)); err != nil {
+				return err
+			}
+			h.updates.Add(uint64(n))
+			us = us[n:]
+		}
+	}
+	return nil
+}
+
+// updateSQL holds updateConns' statements by size and kind.
+var updateSQL sync.Map
+
+// updateConns returns an UPDATE of n rows' totals: arguments the row's rowid, or
+// its request ID in this opening, bytes in, bytes out for each; then, by request
+// ID, the run.
+func updateConns(n int, byRowid bool) string {
+	type key struct {
+		n       int
+		byRowid bool
+	}
+	if q, ok := updateSQL.Load(key{n, byRowid}); ok {
+		return q.(string)
+	}
+	var b strings.Builder
+	b.WriteString("UPDATE conns SET bytes_in = v.column2, bytes_out = v.column3 FROM (VALUES ")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?)")
+	}
+	if byRowid {
+		b.WriteString(") AS v WHERE conns.id = v.column1")
+	} else {
+		b.WriteString(") AS v WHERE conns.req_id = v.column1 AND conns.run_ns = ?")
+	}
+	q := b.String()
+	updateSQL.Store(key{n, byRowid}, q)
+	return q
+}
+
+// rowidsMax bounds the rows the writer remembers the rowid of (rowWriter.rowids):
+// what the fast path records in more than a second under a flood.
+const rowidsMax = 32768
+
+// rowidOf is a row the writer wrote.
+type rowidOf struct {
+	req   engine.RequestID
+	rowid int64
+}
+
+// inserted notes the rows an INSERT wrote, the last with rowid last (a statement's
+// rows take consecutive rowids), by request ID (0: not to remember).
+func (w *rowWriter) inserted(reqs []engine.RequestID, last int64) {
+	first := last - int64(len(reqs)) + 1
+	for k, id := range reqs {
+		if id != 0 {
+			w.staged = append(w.staged, rowidOf{id, first + int64(k)})
+		}
+	}
+}
+
+// committed remembers the rowids of the rows of the transaction that committed,
+// forgetting the oldest beyond rowidsMax.
+func (w *rowWriter) committed() {
+	for _, r := range w.staged {
+		if len(w.ring) < rowidsMax {
+			w.ring = append(w.ring, r)
+		} else {
+			old := w.ring[w.ringNext]
+			if w.rowids[old.req] == old.rowid {
+				delete(w.rowids, old.req)
+			}
+			w.ring[w.ringNext] = r
+			w.ringNext = (w.ringNext + 1) % rowidsMax
+		}
+		w.rowids[r.req] = r.rowid
+	}
+	w.staged = w.staged[:0]
+}
+
 // values fills w.row with the values of c's row (an empty text as nil, an integer
 // as int64) and reports whether the row is plain: every optional column empty.
 func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
 	r := &c.Request
-	text := func(s string) driver.Value {
-		if s == "" {
-			return nil
-		}
-		return s
-	}
+	text, num := w.boxText, w.boxInt
 	w.row = [insertCols]driver.Value{
-		c.Time.UnixNano(), text(r.Direction.String()), text(r.Protocol.String()),
-		text(w.local(r.Local.Addr())), int64(r.Local.Port()),
-		text(w.remote(r.Remote.Addr())), int64(r.Remote.Port()),
-		int64(r.PID), text(r.Exe), int64(r.UID), text(r.User), text(r.Cmdline), text(r.Host),
-		text(c.Verdict.Action.String()), text(string(c.Verdict.Reason)), int64(c.Verdict.RuleID),
-		text(r.Identity.String()), text(r.Container), text(r.IdentityNote), text(r.HostSource), text(r.Note),
-		run, int64(r.ID), int64(c.BytesIn), int64(c.BytesOut), text(r.Netns),
-		text(c.Verdict.Mode.String()), text(r.Unit), text(r.AppID), text(joinParents(r.Parents)),
-		text(r.ContainerName),
+		num(0, c.Time.UnixNano()), text(1, r.Direction.String()), text(2, r.Protocol.String()),
+		text(3, w.local(r.Local.Addr())), num(4, int64(r.Local.Port())),
+		text(5, w.remote(r.Remote.Addr())), num(6, int64(r.Remote.Port())),
+		num(7, int64(r.PID)), text(8, r.Exe), num(9, int64(r.UID)), text(10, r.User), text(11, r.Cmdline), text(12, r.Host),
+		text(13, c.Verdict.Action.String()), text(14, string(c.Verdict.Reason)), num(15, int64(c.Verdict.RuleID)),
+		text(16, r.Identity.String()), text(17, r.Container), text(18, r.IdentityNote), text(19, r.HostSource), text(20, r.Note),
+		num(21, run), num(22, int64(r.ID)), num(23, int64(c.BytesIn)), num(24, int64(c.BytesOut)), text(25, r.Netns),
+		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, joinParents(r.Parents)),
+		text(30, r.ContainerName),
 	}
 	for i, col := range connColumns {
 		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
@@ -913,6 +1248,31 @@ func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
 		}
 	}
 	return true
+}
+
+// boxText returns column i's text as a driver.Value, nil if empty. A column's
+// value is mostly the one of the row before (the same program, verdict, address):
+// that one's is reused, which spares allocating it again.
+func (w *rowWriter) boxText(i int, s string) driver.Value {
+	if s == "" {
+		return nil
+	}
+	if v, ok := w.last[i].(string); ok && v == s {
+		return w.last[i]
+	}
+	var v driver.Value = s
+	w.last[i] = v
+	return v
+}
+
+// boxInt is boxText for an integer column.
+func (w *rowWriter) boxInt(i int, n int64) driver.Value {
+	if v, ok := w.last[i].(int64); ok && v == n {
+		return w.last[i]
+	}
+	var v driver.Value = n
+	w.last[i] = v
+	return v
 }
 
 // addRow adds w.row's arguments: all of them, or in a plain row those of the
@@ -941,7 +1301,8 @@ const (
 // NULL spares. Optional columns are empty in most connections the kernel fast path
 // records: a row whose optional columns are all empty is plain, and is inserted
 // with a statement that has them as constants (binding fewer values). The local
-// address and port are not optional: the fast path records them too.
+// address and port are not optional: the fast path records them too; nor are the
+// bytes, which a short flow's end report sets before its row is written (rowHold).
 var connColumns = [insertCols]struct {
 	name           string
 	text, optional bool
@@ -954,7 +1315,7 @@ var connColumns = [insertCols]struct {
 	{"verdict", true, false}, {"reason", true, false}, {"rule_id", false, false},
 	{"identity", true, false}, {"container", true, true}, {"identity_note", true, true},
 	{"host_source", true, true}, {"note", true, true},
-	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, true}, {"bytes_out", false, true},
+	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, false}, {"bytes_out", false, false},
 	{"netns", true, true}, {"mode", true, false}, {"unit", true, true}, {"app_id", true, true},
 	{"parents", true, true}, {"container_name", true, true},
 }

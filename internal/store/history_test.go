@@ -275,7 +275,7 @@ func TestHistoryIsBounded(t *testing.T) {
 // transaction and checks that Record drops and counts instead of waiting.
 func TestHistoryRecordNeverBlocks(t *testing.T) {
 	path := filepath.Join(t.TempDir(), HistoryFileName)
-	h, err := openHistory(path, HistoryOptions{MaxRows: 1000}, 16)
+	h, err := openHistory(path, HistoryOptions{MaxRows: 1000}, 16, historyHold)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,9 +4,12 @@ package store
 
 import (
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // processCPU is the CPU time (user and system) the test process has used.
@@ -25,50 +28,87 @@ func processCPU(b *testing.B) time.Duration {
 // history is at its bound, so each batch also deletes as many old rows.
 func BenchmarkHistoryRowCost(b *testing.B) {
 	for _, full := range []bool{false, true} {
-		for _, kind := range []string{"fastpath", "queued"} {
+		for _, kind := range []string{"fastpath", "queued", "ended", "ended-late"} {
 			name := kind
 			if full {
 				name += "/full"
 			}
 			b.Run(name, func(b *testing.B) {
-				const bound = 20_000
-				h, err := OpenHistory(filepath.Join(b.TempDir(), HistoryFileName), bound)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer h.Close()
-				conn := fastPathConn
-				if kind == "queued" {
-					conn = testConn
-				}
-				if full {
-					for i := range bound {
-						for h.Record(conn(i)) != nil {
-							h.Flush()
-						}
-					}
-					h.Flush()
-				}
-				rows := make([]Conn, 1024)
-				for i := range rows {
-					rows[i] = conn(i)
-				}
-				before := h.Stats().Recorded
-				cpu0 := processCPU(b)
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					for h.Record(rows[i%len(rows)]) != nil {
-						h.Flush()
-					}
-				}
-				h.Flush()
-				b.StopTimer()
-				cpu := processCPU(b) - cpu0
-				if r := h.Stats().Recorded - before; r != uint64(b.N) {
-					b.Fatalf("%d of %d recorded: %+v %s", r, b.N, h.Stats(), h.LastError())
-				}
-				b.ReportMetric(float64(cpu.Nanoseconds())/1000/float64(b.N), "cpu-µs/row")
+				benchmarkRowCost(b, kind, full)
 			})
 		}
+	}
+}
+
+// reportLag is how many connections later the "ended" benchmark reports a flow's end:
+// about what the fast path records in the 20-30 ms an end report takes to come.
+// "ended-late" reports lateLag connections later, when the row is written: the
+// byte accountant, behind under a flood of connections, reported 0.4-1.8 s late.
+const (
+	reportLag = 400
+	lateLag   = 10_000
+)
+
+// benchmarkRowCost records b.N connections of a kind: "fastpath" or "queued" rows
+// (see BenchmarkHistoryRowCost), or "ended": fast-path rows each followed, reportLag
+// connections later, by its flow's end-of-flow traffic report, as the daemon's byte
+// accountant sends it; "ended-late": the same, lateLag connections later.
+func benchmarkRowCost(b *testing.B, kind string, full bool) {
+	const bound = 20_000
+	h, err := OpenHistory(filepath.Join(b.TempDir(), HistoryFileName), bound)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	conn := fastPathConn
+	if kind == "queued" {
+		conn = testConn
+	}
+	if full {
+		for i := range bound {
+			for h.Record(conn(i)) != nil {
+				h.Flush()
+			}
+		}
+		h.Flush()
+	}
+	rows := make([]Conn, 1024)
+	for i := range rows {
+		rows[i] = conn(i)
+	}
+	t0 := time.Unix(1_900_000_000, 0)
+	before, updates := h.Stats().Recorded, h.updates.Load()
+	cpu0 := processCPU(b)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// Request IDs and times grow, as the daemon's do.
+		c := &rows[i%len(rows)]
+		c.Request.ID = engine.RequestID(1<<40 + i)
+		c.Time = t0.Add(time.Duration(i) * time.Microsecond)
+		for h.Record(*c) != nil {
+			h.Flush()
+		}
+		lag := reportLag
+		if kind == "ended-late" {
+			lag = lateLag
+		}
+		if strings.HasPrefix(kind, "ended") && i >= lag {
+			r := rows[(i-lag)%len(rows)].Request
+			r.ID = engine.RequestID(1<<40 + i - lag)
+			t := Traffic{Request: r, BytesIn: 900, BytesOut: 120, DeltaIn: 900, DeltaOut: 120, Ended: true}
+			for h.RecordTraffic(t) != nil {
+				h.Flush()
+			}
+		}
+	}
+	h.Flush()
+	b.StopTimer()
+	cpu := processCPU(b) - cpu0
+	if r := h.Stats().Recorded - before; r != uint64(b.N) {
+		b.Fatalf("%d of %d recorded: %+v %s", r, b.N, h.Stats(), h.LastError())
+	}
+	b.ReportMetric(float64(cpu.Nanoseconds())/1000/float64(b.N), "cpu-µs/row")
+	if strings.HasPrefix(kind, "ended") {
+		b.ReportMetric(float64(h.updates.Load()-updates)/float64(b.N), "updates/row")
 	}
 }
