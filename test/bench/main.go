@@ -188,12 +188,15 @@ func main() {
 		targets = append(targets, tg)
 	}
 	per := max(*n / *rounds, 1)
+	var prev *target // the target measured last
 	for r := 0; r < *rounds; r++ {
 		order := slices.Clone(targets)
 		if r%2 == 1 {
 			slices.Reverse(order)
 		}
 		for _, tg := range order {
+			settleAll(targets, prev)
+			prev = tg
 			if err := tg.measure(client, per, *conc, *reset); err != nil {
 				fatalf("scenario %s: %v", tg.name, err)
 			}
@@ -209,6 +212,7 @@ func main() {
 			}
 		}
 	}
+	settleAll(targets, prev)
 	var results []Measurement
 	for _, tg := range targets {
 		results = append(results, tg.result())
@@ -227,6 +231,14 @@ func main() {
 				cpu -= tg.cpuStart
 				fmt.Printf("%s: daemon CPU %.1f µs per connect (%.2f s for %d connects and %d UDP flows)\n",
 					tg.name, cpu.Seconds()*1e6/float64(len(tg.latency)+tg.conns+tg.udpFlows), cpu.Seconds(), len(tg.latency)+tg.conns, tg.udpFlows)
+			}
+			if len(tg.settled) > 0 {
+				ms := make([]float64, len(tg.settled))
+				for i, d := range tg.settled {
+					ms[i] = float64(d.Milliseconds())
+				}
+				fmt.Printf("%s: daemon still busy after its phases (waited for before the next phase): median %.0f ms, max %.0f ms\n",
+					tg.name, median(ms), slices.Max(ms))
 			}
 		}
 	}
@@ -332,6 +344,8 @@ type target struct {
 	bulkSeconds float64
 
 	rounds []roundStat // one per round, in order
+	// How long the daemon went on working after each of its phases (settle).
+	settled []time.Duration
 }
 
 // cpuSeconds is the CPU time (user and system) the latch daemon used since it was
@@ -433,6 +447,45 @@ func (tg *target) measureUDP(client string, n, conc int) error {
 	tg.udpMedian = append(tg.udpMedian, median(r.LatencyUS))
 	tg.udpRate = append(tg.udpRate, float64(n)/r.Seconds)
 	return nil
+}
+
+// settleAll waits for every target's daemon to settle, so that none takes CPU from
+// the next phase, and records in prev.settled how long prev's daemon (the one
+// measured last) went on working.
+func settleAll(targets []*target, prev *target) {
+	for _, t := range targets {
+		if d, ok := t.settle(); ok && t == prev {
+			t.settled = append(t.settled, d)
+		}
+	}
+}
+
+// settle waits until the target's latch daemon, if any, is done with the work its
+// last phase left (history rows, byte counts): until its CPU time grows by at most
+// one clock tick in each of two 100 ms windows, at most 10 s. It returns how long
+// the daemon went on working.
+func (tg *target) settle() (time.Duration, bool) {
+	if tg.daemon == nil || tg.daemon.Process == nil {
+		return 0, false
+	}
+	start := time.Now()
+	last, err := processCPU(tg.daemon.Process.Pid)
+	quiet := 0
+	for err == nil && quiet < 2 && time.Since(start) < 10*time.Second {
+		time.Sleep(100 * time.Millisecond)
+		var cpu time.Duration
+		if cpu, err = processCPU(tg.daemon.Process.Pid); err != nil {
+			break
+		}
+		if cpu-last <= 10*time.Millisecond {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		last = cpu
+	}
+	// The two quiet windows are not the daemon's catching up.
+	return max(time.Since(start)-200*time.Millisecond, 0), err == nil
 }
 
 // processCPU returns the user and system CPU time process pid has used
