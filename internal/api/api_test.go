@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -539,5 +540,26 @@ func TestListenStaleAndLive(t *testing.T) {
 	_, err = NewClient(path).Status(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "no daemon is running") {
 		t.Fatalf("client without a daemon: %v", err)
+	}
+}
+
+// TestRuleChangeAnsweredAfterItsHooks: a call that changes the rules returns only
+// once the engine's rule-change hooks ran for it (in the daemon: the flows the change
+// affects are marked to be decided again), so that after `latch rules add` not even
+// a datagram on a flow allowed before passes by the old rules.
+func TestRuleChangeAnsweredAfterItsHooks(t *testing.T) {
+	f := newFixture(t)
+	var ran atomic.Bool
+	release := make(chan struct{})
+	f.eng.OnRulesChanged(func(old, new []engine.Rule) {
+		<-release
+		ran.Store(true)
+	})
+	time.AfterFunc(300*time.Millisecond, func() { close(release) })
+	if _, err := f.client.AddRule(ctx(t), engine.Rule{App: "/usr/bin/curl", Action: engine.Deny}); err != nil {
+		t.Fatal(err)
+	}
+	if !ran.Load() {
+		t.Fatal("rules add returned before the rule-change hooks ran")
 	}
 }

@@ -253,19 +253,32 @@ func (s *Server) changeRules(w http.ResponseWriter, change func() (int, error)) 
 		writeError(w, code, err.Error())
 		return false
 	}
-	if s.cfg.SaveRules == nil {
-		return true
-	}
-	if err := s.cfg.SaveRules(); err != nil {
-		s.cfg.Logf("api: saving rules failed, undoing the change: %v", err)
-		if uerr := s.cfg.Engine.ReplaceRules(before); uerr != nil {
-			s.cfg.Logf("api: undoing the change failed: %v", uerr)
+	if s.cfg.SaveRules != nil {
+		if err := s.cfg.SaveRules(); err != nil {
+			s.cfg.Logf("api: saving rules failed, undoing the change: %v", err)
+			if uerr := s.cfg.Engine.ReplaceRules(before); uerr != nil {
+				s.cfg.Logf("api: undoing the change failed: %v", uerr)
+			}
+			writeError(w, http.StatusInternalServerError, fmt.Sprintf("saving rules failed, nothing changed: %v", err))
+			return false
 		}
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("saving rules failed, nothing changed: %v", err))
-		return false
+	}
+	// The change is in force for new connections already (the engine decides by
+	// it, the kernel's fast path dropped what it had cached); its hooks mark the
+	// flows it affects to be decided again. Answered once they did, so that after
+	// the call not even a datagram on a flow allowed before passes by the old
+	// rules. Bounded: a hook that hangs must not hang the API.
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := s.cfg.Engine.SettleHooks(ctx); err != nil {
+		s.cfg.Logf("api: %v", err)
 	}
 	return true
 }
+
+// settleTimeout bounds how long a rule change's API call waits for the change's
+// hooks (engine.SettleHooks).
+const settleTimeout = 10 * time.Second
 
 func (s *Server) addRule(w http.ResponseWriter, r *http.Request) {
 	data, ok := readBody(w, r, maxBody)

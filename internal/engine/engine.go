@@ -2,6 +2,7 @@ package engine
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -112,7 +113,11 @@ type Engine struct {
 	hookQueue   []rulesChange
 	hookRunning bool
 	hookWake    chan struct{}
-	done        chan struct{} // closed by Close
+	// hookQueued counts the changes handed to the hooks, hookDone those they have
+	// run for; hookWaiters wait for hookDone to reach their count (SettleHooks).
+	hookQueued, hookDone uint64
+	hookWaiters          []hookWaiter
+	done                 chan struct{} // closed by Close
 
 	// mu guards the open questions. It is held only briefly, never while calling out.
 	mu           sync.Mutex
@@ -753,12 +758,58 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 
 type rulesChange struct{ old, new []Rule }
 
+// hookWaiter is a SettleHooks call waiting for the hooks to have run for the first
+// n changes.
+type hookWaiter struct {
+	n    uint64
+	done chan struct{}
+}
+
+// SettleHooks waits until the OnRulesChanged hooks have run for every rule change
+// made before it was called (at once if there are none), or until ctx is done. An
+// API call that changes the rules waits for it, so that what the hooks do (flows
+// decided again under the new rules, the rules file saved) is done once it returns.
+func (e *Engine) SettleHooks(ctx context.Context) error {
+	e.hookMu.Lock()
+	if e.hookDone >= e.hookQueued || !e.hookRunning {
+		e.hookMu.Unlock()
+		return nil
+	}
+	w := hookWaiter{n: e.hookQueued, done: make(chan struct{})}
+	e.hookWaiters = append(e.hookWaiters, w)
+	e.hookMu.Unlock()
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the effects of a rule change: %w", ctx.Err())
+	}
+}
+
+// hooksRan records that the hooks ran for n more changes and releases the
+// SettleHooks calls that waited for them (all of them with all). Call with hookMu
+// held.
+func (e *Engine) hooksRan(n uint64, all bool) {
+	e.hookDone += n
+	kept := e.hookWaiters[:0]
+	for _, w := range e.hookWaiters {
+		if all || w.n <= e.hookDone {
+			close(w.done)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	clear(e.hookWaiters[len(kept):])
+	e.hookWaiters = kept
+}
+
 // queueHooks hands a change to the hook goroutine. Call with writeMu held, so that
 // changes queue in the order they happened.
 func (e *Engine) queueHooks(old, new []Rule) {
 	e.hookMu.Lock()
 	if len(e.hooks) > 0 {
 		e.hookQueue = append(e.hookQueue, rulesChange{old, new})
+		e.hookQueued++
 	}
 	e.hookMu.Unlock()
 	select {
@@ -783,10 +834,18 @@ func (e *Engine) runHooks() {
 				fn(c.old, c.new)
 			}
 		}
+		e.hookMu.Lock()
+		e.hooksRan(uint64(len(q)), false)
+		e.hookMu.Unlock()
 		select {
 		case <-e.done:
 			e.hookMu.Lock()
 			empty := len(e.hookQueue) == 0
+			if empty {
+				// No more runs: nobody waits for one.
+				e.hookRunning = false
+				e.hooksRan(0, true)
+			}
 			e.hookMu.Unlock()
 			if empty {
 				return

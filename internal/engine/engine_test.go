@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -815,5 +816,44 @@ func TestOnInstallSynchronous(t *testing.T) {
 	}
 	if got := last(); got != "6 [9]" {
 		t.Fatalf("after expiry: %s", got)
+	}
+}
+
+// TestSettleHooks: SettleHooks returns once the hooks ran for every change made
+// before it, gives up with ctx, and does not wait for a closed engine.
+func TestSettleHooks(t *testing.T) {
+	e, err := New(Config{Default: Deny}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SettleHooks(t.Context()); err != nil {
+		t.Fatalf("no hooks, no changes: %v", err)
+	}
+	release := make(chan struct{})
+	var ran atomic.Int32
+	e.OnRulesChanged(func(old, new []Rule) {
+		<-release
+		ran.Add(1)
+	})
+	for range 2 {
+		if _, err := e.AddRule(Rule{App: "/usr/bin/curl", Action: Allow}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := e.SettleHooks(short); err == nil {
+		t.Fatal("SettleHooks returned while the hooks were blocked")
+	}
+	close(release)
+	if err := e.SettleHooks(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := ran.Load(); n != 2 {
+		t.Fatalf("SettleHooks returned after the hooks ran %d times, want 2", n)
+	}
+	e.Close()
+	if err := e.SettleHooks(t.Context()); err != nil {
+		t.Fatalf("after Close: %v", err)
 	}
 }
