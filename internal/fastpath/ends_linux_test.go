@@ -49,14 +49,20 @@ func connectLocal(t *testing.T, c *testClient, ap netip.AddrPort, rst bool) neti
 	return local
 }
 
-// waitEnd waits up to 2 s for the end of the socket local → remote.
+// waitEnd waits up to 2 s for the end of the socket local → remote, which
+// must carry the time it ended (between the call and now).
 func waitEnd(t *testing.T, ends <-chan End, want End) {
 	t.Helper()
+	since := time.Now()
 	deadline := time.After(2 * time.Second)
 	for {
 		select {
 		case e := <-ends:
-			if e == want {
+			if e.Local == want.Local && e.Remote == want.Remote {
+				// The socket closed before waitEnd was called, well within a second.
+				if e.Time.Before(since.Add(-time.Second)) || e.Time.After(time.Now()) {
+					t.Errorf("the end of %v -> %v at %v, want between %v and now", e.Local, e.Remote, e.Time, since.Add(-time.Second))
+				}
 				return
 			}
 		case <-deadline:

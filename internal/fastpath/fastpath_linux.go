@@ -786,6 +786,9 @@ type Decision struct {
 // connection (swapped for an accepted one); an IPv4-mapped IPv6 socket's are IPv4.
 type End struct {
 	Local, Remote netip.AddrPort
+	// Time is when the socket ended (on the clock of Decision.Time): a 4-tuple
+	// can be reused by a new connection before the old socket's end is read.
+	Time time.Time
 }
 
 // Run reads the fast path's records from the ring buffer until ctx is done or
@@ -801,8 +804,17 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 		return err
 	}
 	wallAtBoot := time.Now().Add(-time.Duration(bootNs))
+	// The wall clock drifts from the boot clock (NTP): the conversion is taken
+	// again once per read that waited, or every wallEvery records, so that the
+	// times of records compare with time.Now() of the moment (a queued flow's).
+	records := 0
 	var rec ringbuf.Record
 	for {
+		if records++; records%wallEvery == 0 {
+			if bootNs, err := bootNow(); err == nil {
+				wallAtBoot = time.Now().Add(-time.Duration(bootNs))
+			}
+		}
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
 		// that, decisions wait at most readEvery to be read.
 		fp.ring.SetDeadline(time.Now().Add(readEvery))
@@ -811,18 +823,20 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 				return nil
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				records = wallEvery - 1 // the clocks are read again at the next
 				continue
 			}
 			return fmt.Errorf("fast path: read the ring buffer: %w", err)
 		}
 		if len(rec.RawSample) == endSize {
-			e, err := decodeEnd(rec.RawSample)
+			e, at, err := decodeEnd(rec.RawSample)
 			if err != nil {
 				fp.badEvents.Add(1)
 				continue
 			}
 			fp.ends.Add(1)
 			if ended != nil {
+				e.Time = wallAtBoot.Add(time.Duration(at))
 				ended(e)
 			}
 			continue
@@ -881,23 +895,27 @@ func decodeEvent(b []byte) (fastpathFpEvent, error) {
 
 // endSize is the size of struct fp_end, and endKind its first field.
 const (
-	endSize = 48
+	endSize = 56
 	endKind = 0x656e6421
 )
 
+// wallEvery is how many ring buffer records Run reads between two readings of
+// the wall clock's offset from the boot clock.
+const wallEvery = 4096
+
 // decodeEnd reads a struct fp_end record: a TCP socket's end, with a known
-// family and both ports set.
-func decodeEnd(b []byte) (End, error) {
+// family and both ports set, and when it ended (boot clock, ns).
+func decodeEnd(b []byte) (End, uint64, error) {
 	if len(b) != endSize {
-		return End{}, fmt.Errorf("fast path socket end of %d bytes, want %d", len(b), endSize)
+		return End{}, 0, fmt.Errorf("fast path socket end of %d bytes, want %d", len(b), endSize)
 	}
 	ne := binary.NativeEndian
 	if k := ne.Uint32(b[0:]); k != endKind {
-		return End{}, fmt.Errorf("fast path record of %d bytes with kind %#x, want %#x", len(b), k, endKind)
+		return End{}, 0, fmt.Errorf("fast path record of %d bytes with kind %#x, want %#x", len(b), k, endKind)
 	}
 	lp, rp := ne.Uint16(b[40:]), ne.Uint16(b[42:])
 	if lp == 0 || rp == 0 {
-		return End{}, fmt.Errorf("fast path socket end with port %d to port %d", lp, rp)
+		return End{}, 0, fmt.Errorf("fast path socket end with port %d to port %d", lp, rp)
 	}
 	var l, r netip.Addr
 	switch b[4] {
@@ -906,9 +924,9 @@ func decodeEnd(b []byte) (End, error) {
 	case 6:
 		l, r = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
 	default:
-		return End{}, fmt.Errorf("fast path socket end with address family %d", b[4])
+		return End{}, 0, fmt.Errorf("fast path socket end with address family %d", b[4])
 	}
-	return End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}, nil
+	return End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}, ne.Uint64(b[48:]), nil
 }
 
 func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
 	"golang.org/x/sys/unix"
 )
 
@@ -297,5 +298,80 @@ func TestAccountantEndsFlowsWhoseEndWasLost(t *testing.T) {
 	}
 	if want := map[engine.RequestID]uint64{1: 1500, 2: 2000, 3: 3000}; len(got) != len(want) || got[1] != want[1] || got[2] != want[2] || got[3] != want[3] {
 		t.Errorf("ends %v, want %v", got, want)
+	}
+}
+
+// TestSocketEndOfReusedTuple: a new connection that reuses the 4-tuple of one
+// whose socket ended before that end reached the accountant (the fast path's ring
+// buffer is read every 50 ms; a queued flow is registered at its verdict, at once)
+// keeps its accounting: the old socket's end does not end the new flow with the
+// counters of its first packets (losing the rest), and ends the old flow, if the
+// accountant follows it, with its last counters. The new flow's own end then
+// reports its totals.
+func TestSocketEndOfReusedTuple(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	local, remote := "198.18.0.1:40001", "198.18.0.2:443"
+	req := func(id engine.RequestID, at time.Time) *engine.Request {
+		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort(remote)}
+	}
+	for _, known := range []bool{true, false} {
+		t.Run(map[bool]string{true: "old flow read before", false: "old flow never read"}[known], func(t *testing.T) {
+			flows := newFlowTable(100, time.Hour)
+			a := newAccountant(flows, 10*time.Second)
+			old := req(1, t0)
+			flows.add(old, t0)
+			k := keyOf(old)
+			entry := ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 3, origBytes: 900, replBytes: 40, counters: true}
+			if known {
+				a.list = func(fn func(ctInfo)) error { fn(entry); return nil }
+				if _, err := a.poll(t0.Add(time.Second), false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The old socket ends (reset: no TIME_WAIT) and a new connection
+			// from the same port is allowed and registered before the end is read.
+			endAt := t0.Add(2 * time.Second)
+			renewed := req(2, endAt.Add(100*time.Microsecond))
+			flows.add(renewed, renewed.Time)
+			// The new flow's conntrack entry: its SYN so far.
+			entry = ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 1, origBytes: 60, counters: true}
+			drain := func(ends []socketEnd, now time.Time) []intercept.Traffic {
+				var dr drainer
+				rs, _, _ := a.drain(&dr, func(func(ctEvent)) (bool, int, error) { return false, 0, nil },
+					func() []flowKey { return nil }, func() []socketEnd { return ends },
+					func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+						for _, k := range keys {
+							fn(k, entry, nil)
+						}
+					}, now, func(err error) {
+						if err != nil {
+							t.Error(err)
+						}
+					})
+				return rs
+			}
+			end := func(at time.Time) socketEnd {
+				return socketEnd{local: netip.MustParseAddrPort(local), remote: netip.MustParseAddrPort(remote), at: at}
+			}
+			rs := drain([]socketEnd{end(endAt)}, endAt.Add(30*time.Millisecond))
+			for _, r := range rs {
+				if r.Request.ID == renewed.ID {
+					t.Fatalf("the old socket's end reported the new flow: %+v", r)
+				}
+			}
+			if known && (len(rs) != 1 || rs[0].Request.ID != old.ID || !rs[0].Ended || rs[0].BytesOut != 900 || rs[0].BytesIn != 40) {
+				t.Errorf("reports %+v, want the old flow ended with 900 bytes out, 40 in", rs)
+			}
+			if !known && len(rs) != 0 {
+				t.Errorf("reports %+v, want none", rs)
+			}
+			// The new flow carries data, then its socket ends.
+			entry = ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 5000, replBytes: 70000, counters: true}
+			rs = drain([]socketEnd{end(endAt.Add(time.Second))}, endAt.Add(time.Second+30*time.Millisecond))
+			if len(rs) != 1 || rs[0].Request.ID != renewed.ID || !rs[0].Ended || rs[0].BytesOut != 5000 || rs[0].BytesIn != 70000 {
+				t.Errorf("reports %+v, want the new flow ended with 5000 bytes out, 70000 in", rs)
+			}
+		})
 	}
 }
