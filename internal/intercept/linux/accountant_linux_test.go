@@ -375,3 +375,61 @@ func TestSocketEndOfReusedTuple(t *testing.T) {
 		})
 	}
 }
+
+// TestDestroyOfEndedFlowSpareNewFlow: a flow its socket's end ended, whose
+// conntrack entry is destroyed when a new connection's SYN reuses the tuple (the
+// entry was in TIME_WAIT), does not end the new flow with the old entry's
+// counters when that destroy event is read after the new flow was registered.
+func TestDestroyOfEndedFlowSpareNewFlow(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	flows := newFlowTable(100, time.Hour)
+	a := newAccountant(flows, 10*time.Second)
+	mk := func(id engine.RequestID, at time.Time) *engine.Request {
+		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	}
+	old := mk(1, t0)
+	flows.add(old, t0)
+	k := keyOf(old)
+	oldEntry := ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 900, replBytes: 40, counters: true}
+	var events []ctEvent
+	var entry ctInfo
+	drain := func(ends []socketEnd, now time.Time) []intercept.Traffic {
+		var dr drainer
+		rs, _, _ := a.drain(&dr, func(fn func(ctEvent)) (bool, int, error) {
+			for _, e := range events {
+				fn(e)
+			}
+			return false, 0, nil
+		}, func() []flowKey { return nil }, func() []socketEnd { return ends },
+			func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+				for _, k := range keys {
+					fn(k, entry, nil)
+				}
+			}, now, func(err error) {
+				if err != nil {
+					t.Error(err)
+				}
+			})
+		events = nil
+		return rs
+	}
+	end := func(at time.Time) socketEnd {
+		return socketEnd{local: old.Local, remote: old.Remote, at: at}
+	}
+	entry = oldEntry
+	if rs := drain([]socketEnd{end(t0.Add(time.Second))}, t0.Add(time.Second+time.Millisecond)); len(rs) != 1 || rs[0].Request.ID != old.ID || !rs[0].Ended {
+		t.Fatalf("reports %+v, want the old flow ended", rs)
+	}
+	renewed := mk(2, t0.Add(70*time.Second))
+	flows.add(renewed, renewed.Time)
+	events = []ctEvent{{ctInfo: oldEntry, destroy: true}}
+	if rs := drain(nil, renewed.Time.Add(40*time.Millisecond)); len(rs) != 0 {
+		t.Errorf("the old entry's destroy reported %+v, want nothing", rs)
+	}
+	entry = ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 3, origBytes: 5000, replBytes: 70000, counters: true}
+	rs := drain([]socketEnd{end(renewed.Time.Add(time.Second))}, renewed.Time.Add(time.Second+time.Millisecond))
+	if len(rs) != 1 || rs[0].Request.ID != renewed.ID || !rs[0].Ended || rs[0].BytesOut != 5000 || rs[0].BytesIn != 70000 {
+		t.Errorf("reports %+v, want the new flow ended with 5000 bytes out, 70000 in", rs)
+	}
+}

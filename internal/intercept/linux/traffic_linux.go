@@ -144,7 +144,7 @@ func (a *accountant) forget(now time.Time) {
 func (a *accountant) socketEnded(e socketEnd, now time.Time) (flowKey, intercept.Traffic, int) {
 	k := flowKey{proto: unix.IPPROTO_TCP, src: e.local, dst: e.remote}
 	for range 2 {
-		if a.wants(k) {
+		if a.wantsEnd(k) {
 			req := a.flows.get(k)
 			if f := a.m[k]; req == nil && f != nil {
 				req = f.req
@@ -222,9 +222,21 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 }
 
 // wants reports whether k is a flow the accountant follows or should: one it
-// tracks and has not seen end, or one latch allowed (on the tuple of one that
-// ended, a new connection: another request).
+// tracks and has not seen end, or one latch allowed. Not one allowed on the tuple
+// of one that ended: conntrack's events do not tell the ended flow's entry (its
+// destroy, when a new connection's SYN replaced it) from the new one's.
 func (a *accountant) wants(k flowKey) bool {
+	if f := a.m[k]; f != nil {
+		return !f.ended
+	}
+	return a.flows.get(k) != nil
+}
+
+// wantsEnd is wants for a socket end (and the reads the drain makes for its
+// flow): a socket end is the socket's, and one of a new connection on the tuple
+// of a flow that ended (another request) is wanted too (socketEnded tells the
+// older socket's end by its time).
+func (a *accountant) wantsEnd(k flowKey) bool {
 	f := a.m[k]
 	if f != nil && !f.ended {
 		return true
@@ -521,7 +533,7 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 	clear(seen)
 	out := keys[:0]
 	for _, k := range keys {
-		if !a.wants(k) {
+		if !a.wantsEnd(k) {
 			continue
 		}
 		if _, dup := seen[k]; dup {
