@@ -433,3 +433,70 @@ func TestDestroyOfEndedFlowSpareNewFlow(t *testing.T) {
 		t.Errorf("reports %+v, want the new flow ended with 5000 bytes out, 70000 in", rs)
 	}
 }
+
+// TestDestroyOfReplacedEntry: a new connection's SYN on a tuple whose conntrack
+// entry is in TIME_WAIT or CLOSE has conntrack destroy that entry; its destroy
+// event, read after the new flow was registered, ends the older flow with the
+// counters it carries (if the accountant follows it) and leaves the new flow
+// alone, which its own socket end then ends with its own counters.
+func TestDestroyOfReplacedEntry(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	mk := func(id engine.RequestID, at time.Time) *engine.Request {
+		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	}
+	for _, known := range []bool{true, false} {
+		t.Run(map[bool]string{true: "old flow read before", false: "old flow never read"}[known], func(t *testing.T) {
+			flows := newFlowTable(100, time.Hour)
+			a := newAccountant(flows, 10*time.Second)
+			old := mk(1, t0)
+			flows.add(old, t0)
+			k := keyOf(old)
+			if known {
+				a.list = func(fn func(ctInfo)) error {
+					fn(ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 3, origBytes: 500, replBytes: 20, counters: true})
+					return nil
+				}
+				if _, err := a.poll(t0.Add(time.Second), false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Reset at t0+2s (its end lost, or older than what follows), and
+			// reopened from the same port: the old entry, in CLOSE, is destroyed.
+			renewed := mk(2, t0.Add(2*time.Second))
+			flows.add(renewed, renewed.Time)
+			destroyed := ctEvent{ctInfo: ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPClose, origBytes: 900, replBytes: 40, counters: true}, destroy: true}
+			r, ok, err := a.event(destroyed, func(flowKey) (ctInfo, error) { t.Fatal("read"); return ctInfo{}, nil }, renewed.Time.Add(40*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok && r.Request.ID == renewed.ID {
+				t.Fatalf("the replaced entry's destroy reported the new flow: %+v", r)
+			}
+			if known && (!ok || r.Request.ID != old.ID || !r.Ended || r.BytesOut != 900 || r.BytesIn != 40) {
+				t.Errorf("report %+v (%v), want the old flow ended with 900 bytes out, 40 in", r, ok)
+			}
+			if !known && ok {
+				t.Errorf("report %+v, want none", r)
+			}
+			var dr drainer
+			rs, _, _ := a.drain(&dr, func(func(ctEvent)) (bool, int, error) { return false, 0, nil },
+				func() []flowKey { return nil },
+				func() []socketEnd {
+					return []socketEnd{{local: old.Local, remote: old.Remote, at: renewed.Time.Add(time.Second)}}
+				},
+				func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+					for _, k := range keys {
+						fn(k, ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 5000, replBytes: 70000, counters: true}, nil)
+					}
+				}, renewed.Time.Add(time.Second+time.Millisecond), func(err error) {
+					if err != nil {
+						t.Error(err)
+					}
+				})
+			if len(rs) != 1 || rs[0].Request.ID != renewed.ID || !rs[0].Ended || rs[0].BytesOut != 5000 || rs[0].BytesIn != 70000 {
+				t.Errorf("reports %+v, want the new flow ended with 5000 bytes out, 70000 in", rs)
+			}
+		})
+	}
+}

@@ -92,6 +92,15 @@ const (
 	recentMax  = 16384
 )
 
+// reusedTupleWindow: a TCP conntrack entry destroyed less than this after the
+// request of the flow registered on its tuple, while the accountant has not seen
+// that flow's entry, is an older connection's: a new SYN on a tuple whose entry
+// is in TIME_WAIT or CLOSE has conntrack destroy that entry and make another, and
+// the destroy event is read after the new flow was registered. A flow's own entry
+// lives on at least 10 s after its end (nf_conntrack_tcp_timeout_close) unless
+// something deletes it.
+const reusedTupleWindow = 2 * time.Second
+
 func newAccountant(flows *flowTable, interval time.Duration) *accountant {
 	return &accountant{
 		flows:    flows,
@@ -308,6 +317,25 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 		return intercept.Traffic{}, false, nil
 	}
 	if ev.destroy {
+		if req := a.flows.get(ev.key); ev.key.proto == unix.IPPROTO_TCP && req != nil && !req.Time.IsZero() && now.Sub(req.Time) < reusedTupleWindow {
+			if f := a.m[ev.key]; f == nil || f.req.ID != req.ID {
+				// The entry of an older connection on the tuple, which the new
+				// one's SYN replaced (conntrack kills an entry in TIME_WAIT or
+				// CLOSE for a new SYN): its counters are the older flow's.
+				if f != nil && !f.ended {
+					f.gen = a.gen
+					if ev.counters {
+						f.in, f.out = ev.replBytes, ev.origBytes
+						if !localSentOriginal(ev.key, f.req) {
+							f.in, f.out = f.out, f.in
+						}
+					}
+					f.ended = true
+					return f.report(now), true, nil
+				}
+				return intercept.Traffic{}, false, nil
+			}
+		}
 		r, ok := a.observe(ev.ctInfo, true, now, false)
 		return r, ok, nil
 	}
