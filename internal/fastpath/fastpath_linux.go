@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -81,6 +83,47 @@ type Config struct {
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
 	noSockops bool
+	// noNetnsCookie loads the sock_ops program as for a kernel whose sock_ops
+	// programs cannot call bpf_get_netns_cookie (before 5.15; tests).
+	noNetnsCookie bool
+}
+
+// noNetnsCookieInSockops says why the sock_ops program cannot call
+// bpf_get_netns_cookie (the kernel offers it to sock_ops programs from Linux
+// 5.15), or "". force says it cannot (tests).
+func noNetnsCookieInSockops(force bool) string {
+	const why = "the kernel's sock_ops programs cannot read a socket's network namespace (bpf_get_netns_cookie, Linux 5.15)"
+	if force {
+		return why + " (test)"
+	}
+	if err := features.HaveProgramHelper(ebpf.SockOps, asm.FnGetNetnsCookie); err != nil {
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return why
+		}
+		return fmt.Sprintf("probe bpf_get_netns_cookie in sock_ops programs: %v", err)
+	}
+	return ""
+}
+
+// withoutNetnsCookie replaces the sock_ops program's calls of
+// bpf_get_netns_cookie with a 0 (no namespace's cookie): its watch then turns the
+// state callback on for no socket, and no socket end is reported. The program
+// reports its decisions as before.
+func withoutNetnsCookie(p *ebpf.ProgramSpec) error {
+	if p == nil {
+		return errors.New("the eBPF object has no program latch_fast_sockops")
+	}
+	n := 0
+	for i, ins := range p.Instructions {
+		if ins.IsBuiltinCall() && ins.Constant == int64(asm.FnGetNetnsCookie) {
+			p.Instructions[i] = asm.Mov.Imm(asm.R0, 0).WithMetadata(ins.Metadata)
+			n++
+		}
+	}
+	if n == 0 {
+		return errors.New("the sock_ops program calls no bpf_get_netns_cookie to take out")
+	}
+	return nil
 }
 
 // FastPath is the loaded and attached fast path.
@@ -200,6 +243,15 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
 	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
+	// Before Linux 5.15 a sock_ops program cannot read the socket's network
+	// namespace (bpf_get_netns_cookie), which the socket end reports need: the
+	// program loads without them rather than the fast path not at all.
+	if why := noNetnsCookieInSockops(cfg.noNetnsCookie); why != "" {
+		if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
+			return nil, fmt.Errorf("fast path: %w", err)
+		}
+		fp.tcpEndsWhy = why
+	}
 	if err := spec.LoadAndAssign(&fp.objs, nil); err != nil {
 		return nil, fmt.Errorf("fast path: load the eBPF programs: %w", err)
 	}
@@ -248,6 +300,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
+	case fp.tcpEndsWhy != "":
+		// The kernel's sock_ops programs cannot tell the namespace (above).
 	case cfg.NoTCPEnds != "":
 		fp.tcpEndsWhy = cfg.NoTCPEnds
 	case rootWhy != "":
