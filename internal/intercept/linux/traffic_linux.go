@@ -321,19 +321,24 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 			if f := a.m[ev.key]; f == nil || f.req.ID != req.ID {
 				// The entry of an older connection on the tuple, which the new
 				// one's SYN replaced (conntrack kills an entry in TIME_WAIT or
-				// CLOSE for a new SYN): its counters are the older flow's.
-				if f != nil && !f.ended {
-					f.gen = a.gen
-					if ev.counters {
-						f.in, f.out = ev.replBytes, ev.origBytes
-						if !localSentOriginal(ev.key, f.req) {
-							f.in, f.out = f.out, f.in
-						}
+				// CLOSE for a new SYN): its counters are the older flow's (the
+				// accountant's, or the one the flow table replaced).
+				if f == nil || f.ended {
+					// Not seen yet: the request it replaced in the flow table.
+					prev := a.flows.replaced(ev.key)
+					if prev == nil || f != nil && f.req.ID == prev.ID {
+						return intercept.Traffic{}, false, nil
 					}
-					f.ended = true
-					return f.report(now), true, nil
+					f = &acctFlow{req: prev, reportedAt: now}
 				}
-				return intercept.Traffic{}, false, nil
+				if ev.counters {
+					f.in, f.out = ev.replBytes, ev.origBytes
+					if !localSentOriginal(ev.key, f.req) {
+						f.in, f.out = f.out, f.in
+					}
+				}
+				f.ended = true
+				return f.report(now), true, nil
 			}
 		}
 		r, ok := a.observe(ev.ctInfo, true, now, false)
