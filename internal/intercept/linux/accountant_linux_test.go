@@ -498,3 +498,20 @@ func TestDestroyOfReplacedEntry(t *testing.T) {
 		})
 	}
 }
+
+// TestDestroyOfShortFlowBeforeReuseRegistered: the destroy of a short flow's
+// entry (a new connection's SYN replaced it) read before that new connection is
+// registered ends the short flow, the one registered, with its counters.
+func TestDestroyOfShortFlowBeforeReuseRegistered(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	flows := newFlowTable(100, time.Hour)
+	a := newAccountant(flows, 10*time.Second)
+	short := &engine.Request{ID: 1, Time: t0, Direction: engine.Outbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	flows.add(short, t0)
+	destroyed := ctEvent{ctInfo: ctInfo{key: keyOf(short), mark: MarkAllow, hasState: true, tcpState: ctTCPClose, origBytes: 900, replBytes: 40, counters: true}, destroy: true}
+	r, ok, err := a.event(destroyed, func(flowKey) (ctInfo, error) { t.Fatal("read"); return ctInfo{}, nil }, t0.Add(300*time.Millisecond))
+	if err != nil || !ok || r.Request.ID != short.ID || !r.Ended || r.BytesOut != 900 || r.BytesIn != 40 {
+		t.Errorf("report %+v (%v, %v), want the short flow ended with 900 bytes out, 40 in", r, ok, err)
+	}
+}

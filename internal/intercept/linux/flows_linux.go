@@ -108,12 +108,13 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 	t.m[k] = e
 }
 
-// replaced returns the request of the TCP flow that the one remembered under k
-// replaced (flowEntry.prev), or nil.
-func (t *flowTable) replaced(k flowKey) *engine.Request {
+// getReplaced returns the request of the TCP flow remembered under k and the one
+// it replaced on the same tuple (flowEntry.prev), each nil if none.
+func (t *flowTable) getReplaced(k flowKey) (req, prev *engine.Request) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.m[k].prev
+	e := t.m[k]
+	return e.req, e.prev
 }
 
 // take removes and returns the flows whose request matches.

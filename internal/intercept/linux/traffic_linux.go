@@ -93,12 +93,13 @@ const (
 )
 
 // reusedTupleWindow: a TCP conntrack entry destroyed less than this after the
-// request of the flow registered on its tuple, while the accountant has not seen
-// that flow's entry, is an older connection's: a new SYN on a tuple whose entry
-// is in TIME_WAIT or CLOSE has conntrack destroy that entry and make another, and
-// the destroy event is read after the new flow was registered. A flow's own entry
-// lives on at least 10 s after its end (nf_conntrack_tcp_timeout_close) unless
-// something deletes it.
+// request of the flow registered on its tuple, when that request replaced
+// another on the tuple and the accountant has not seen its entry, is an older
+// connection's: a new SYN on a tuple whose entry is in TIME_WAIT or CLOSE has
+// conntrack destroy that entry and make another, and the destroy event may be
+// read after the new flow was registered. A flow's own entry lives on at least
+// 10 s after its end (nf_conntrack_tcp_timeout_close) unless something deletes
+// it.
 const reusedTupleWindow = 2 * time.Second
 
 func newAccountant(flows *flowTable, interval time.Duration) *accountant {
@@ -317,16 +318,16 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 		return intercept.Traffic{}, false, nil
 	}
 	if ev.destroy {
-		if req := a.flows.get(ev.key); ev.key.proto == unix.IPPROTO_TCP && req != nil && !req.Time.IsZero() && now.Sub(req.Time) < reusedTupleWindow {
+		req, prev := a.flows.getReplaced(ev.key)
+		if ev.key.proto == unix.IPPROTO_TCP && req != nil && prev != nil && !req.Time.IsZero() && now.Sub(req.Time) < reusedTupleWindow {
 			if f := a.m[ev.key]; f == nil || f.req.ID != req.ID {
 				// The entry of an older connection on the tuple, which the new
 				// one's SYN replaced (conntrack kills an entry in TIME_WAIT or
 				// CLOSE for a new SYN): its counters are the older flow's (the
-				// accountant's, or the one the flow table replaced).
+				// accountant's, or the one the new request replaced in the flow
+				// table).
 				if f == nil || f.ended {
-					// Not seen yet: the request it replaced in the flow table.
-					prev := a.flows.replaced(ev.key)
-					if prev == nil || f != nil && f.req.ID == prev.ID {
+					if f != nil && f.req.ID == prev.ID {
 						return intercept.Traffic{}, false, nil
 					}
 					f = &acctFlow{req: prev, reportedAt: now}
