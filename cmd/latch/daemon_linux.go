@@ -155,7 +155,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		pb.fastPath = fp
 		pb.close = func() { fp.Close(); closeRes() }
 		pb.trackFlow = be.TrackFlow
-		pb.socketEnded = func(e fastpath.End) { be.SocketEnded(e.Local, e.Remote) }
+		pb.socketEnded = func(e fastpath.End) { be.SocketEnded(e.Local, e.Remote, e.Time) }
 		if why := fp.Stats().TCPLocalWhy; why != "" {
 			logf("fast path: TCP connections decided in the kernel are recorded without their local port, and their bytes are not counted: %s", why)
 		}

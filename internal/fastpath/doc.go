@@ -161,8 +161,10 @@
 // the sock_ops program also turns the state callback on (bpf_sock_ops_cb_flags_set,
 // BPF_SOCK_OPS_STATE_CB_FLAG) for every TCP socket of the served network namespace
 // at TCP_CONNECT_CB (an active open) and PASSIVE_ESTABLISHED_CB (an accepted
-// connection), and at a change to TCP_CLOSE sends the socket's 4-tuple (struct
-// fp_end, 48 bytes, told from a decision by its size) to Run's ended callback,
+// connection), and at a change to TCP_CLOSE sends the socket's 4-tuple and the
+// time it ended (struct fp_end, 56 bytes, told from a decision by its size; the
+// time tells an older socket's end from one of a new connection on the same
+// 4-tuple, which may be allowed before the end is read) to Run's ended callback,
 // through the same ring buffer with the same adaptive wake-up. TCP_CLOSE is where
 // every TCP socket ends: tcp_done after a reset sent or received, after
 // tcp_time_wait (both sides closed; the last ACK went out just before), after
@@ -173,7 +175,9 @@
 // allowed ends this way too. Each state change then costs one call of the
 // program, which returns at once but for TCP_CLOSE, and each socket's end one ring
 // buffer record. Stats.TCPEnds says whether ends are reported (TCPEndsWhy why not:
-// no sock_ops program, Config.NoTCPEnds, no root cgroup); Stats.EndsLost counts
+// no sock_ops program, Config.NoTCPEnds, no root cgroup, a kernel before 5.15,
+// whose sock_ops programs cannot call bpf_get_netns_cookie: there the program is
+// loaded with that call replaced by a 0, and reports decisions only); Stats.EndsLost counts
 // those a full ring buffer lost. Sockets connected before the program was attached
 // have no state callback and are never reported; nor is a lost end: the
 // accountant's periodic read of conntrack's table, or the entry's destroy event,

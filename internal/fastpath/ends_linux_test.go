@@ -49,14 +49,20 @@ func connectLocal(t *testing.T, c *testClient, ap netip.AddrPort, rst bool) neti
 	return local
 }
 
-// waitEnd waits up to 2 s for the end of the socket local → remote.
+// waitEnd waits up to 2 s for the end of the socket local → remote, which
+// must carry the time it ended (between the call and now).
 func waitEnd(t *testing.T, ends <-chan End, want End) {
 	t.Helper()
+	since := time.Now()
 	deadline := time.After(2 * time.Second)
 	for {
 		select {
 		case e := <-ends:
-			if e == want {
+			if e.Local == want.Local && e.Remote == want.Remote {
+				// The socket closed before waitEnd was called, well within a second.
+				if e.Time.Before(since.Add(-time.Second)) || e.Time.After(time.Now()) {
+					t.Errorf("the end of %v -> %v at %v, want between %v and now", e.Local, e.Remote, e.Time, since.Add(-time.Second))
+				}
 				return
 			}
 		case <-deadline:
@@ -115,15 +121,20 @@ func TestSocketEnds(t *testing.T) {
 	}
 }
 
-// TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), or
-// with NoTCPEnds (--forward), no end is reported and Stats says why.
+// TestSocketEndsOff: without the sock_ops program (a kernel that refuses it), with
+// NoTCPEnds (--forward), or on a kernel whose sock_ops programs cannot call
+// bpf_get_netns_cookie (before 5.15: the program loads without the call, and still
+// gives decisions their local port), no end is reported and Stats says why.
 func TestSocketEndsOff(t *testing.T) {
-	for name, cfg := range map[string]Config{"no sock_ops": {noSockops: true}, "NoTCPEnds": {NoTCPEnds: "test"}} {
+	for name, cfg := range map[string]Config{"no sock_ops": {noSockops: true}, "NoTCPEnds": {NoTCPEnds: "test"}, "no netns cookie": {noNetnsCookie: true}} {
 		t.Run(name, func(t *testing.T) {
 			cg, cgfd := testCgroup(t)
 			fp := openTest(t, cg, cfg)
 			if st := fp.Stats(); st.TCPEnds || st.TCPEndsWhy == "" {
 				t.Fatalf("TCPEnds %v (%q), want off with a reason", st.TCPEnds, st.TCPEndsWhy)
+			}
+			if st := fp.Stats(); cfg.noNetnsCookie && (!st.TCPLocal || !strings.Contains(st.TCPEndsWhy, "bpf_get_netns_cookie")) {
+				t.Fatalf("stats %+v: want the sock_ops program attached, and ends off for the kernel", st)
 			}
 			ends := runEnds(t, fp)
 			exe, _ := os.Executable()

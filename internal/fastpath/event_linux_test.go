@@ -34,15 +34,15 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(encodeEvent(v4)[:20])
 	f.Add([]byte{})
 	// Socket ends (fp_end): IPv4, IPv6, a bad family, a wrong kind.
-	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 4, Local: [16]byte{198, 18, 0, 1}, Remote: [16]byte{198, 18, 0, 2}, LocalPort: 40001, RemotePort: 443}))
-	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 6, Local: [16]byte{0xfd, 15: 1}, Remote: [16]byte{0xfd, 15: 2}, LocalPort: 40002, RemotePort: 80}))
+	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 4, Local: [16]byte{198, 18, 0, 1}, Remote: [16]byte{198, 18, 0, 2}, LocalPort: 40001, RemotePort: 443, BootNs: 1e9}))
+	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 6, Local: [16]byte{0xfd, 15: 1}, Remote: [16]byte{0xfd, 15: 2}, LocalPort: 40002, RemotePort: 80, BootNs: 2e9}))
 	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1}))
 	f.Add(encodeEnd(fastpathFpEnd{Kind: 1, Family: 4, LocalPort: 1, RemotePort: 1}))
 	fp := &FastPath{exes: map[identity]string{}}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) == endSize {
 			// Run reads a record of this size as a socket's end.
-			e, err := decodeEnd(b)
+			e, at, err := decodeEnd(b)
 			if err != nil {
 				return
 			}
@@ -54,12 +54,15 @@ func FuzzDecodeEvent(f *testing.F) {
 				e.Local.Port() == 0 || e.Remote.Port() == 0 || e.Local.Addr().Is4() != (ref.Family == 4) || e.Remote.Addr().Is4() != (ref.Family == 4) {
 				t.Fatalf("decoded %+v from %+v", e, ref)
 			}
+			if at != ref.BootNs {
+				t.Fatalf("decoded the time %d from %+v", at, ref)
+			}
 			if _, err := decodeEvent(b); err == nil {
 				t.Fatalf("%x decodes as a decision too", b)
 			}
 			return
 		}
-		if _, err := decodeEnd(b); err == nil {
+		if _, _, err := decodeEnd(b); err == nil {
 			t.Fatalf("a record of %d bytes decoded as a socket end", len(b))
 		}
 		ev, err := decodeEvent(b)
@@ -98,9 +101,9 @@ func TestDecodeEnd(t *testing.T) {
 	if n := binary.Size(fastpathFpEnd{}); n != endSize {
 		t.Fatalf("struct fp_end is %d bytes, the decoder reads %d", n, endSize)
 	}
-	e, err := decodeEnd(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 6, Local: [16]byte{0xfd, 15: 1}, Remote: [16]byte{0xfd, 15: 2}, LocalPort: 40002, RemotePort: 80}))
-	if want := (End{Local: netip.MustParseAddrPort("[fd00::1]:40002"), Remote: netip.MustParseAddrPort("[fd00::2]:80")}); err != nil || e != want {
-		t.Errorf("decoded %+v (%v), want %+v", e, err, want)
+	e, at, err := decodeEnd(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 6, Local: [16]byte{0xfd, 15: 1}, Remote: [16]byte{0xfd, 15: 2}, LocalPort: 40002, RemotePort: 80, BootNs: 5e9}))
+	if want := (End{Local: netip.MustParseAddrPort("[fd00::1]:40002"), Remote: netip.MustParseAddrPort("[fd00::2]:80")}); err != nil || e != want || at != 5e9 {
+		t.Errorf("decoded %+v at %d (%v), want %+v at 5e9", e, at, err, want)
 	}
 	for name, ev := range map[string]fastpathFpEnd{
 		"family":      {Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1},
@@ -108,11 +111,11 @@ func TestDecodeEnd(t *testing.T) {
 		"local port":  {Kind: endKind, Family: 4, RemotePort: 1},
 		"remote port": {Kind: endKind, Family: 4, LocalPort: 1},
 	} {
-		if _, err := decodeEnd(encodeEnd(ev)); err == nil {
+		if _, _, err := decodeEnd(encodeEnd(ev)); err == nil {
 			t.Errorf("%s: decoded a bad end", name)
 		}
 	}
-	if _, err := decodeEnd(make([]byte, endSize-1)); err == nil {
+	if _, _, err := decodeEnd(make([]byte, endSize-1)); err == nil {
 		t.Error("decoded a short record")
 	}
 }

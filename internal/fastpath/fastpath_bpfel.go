@@ -24,6 +24,7 @@ type fastpathFpEnd struct {
 	LocalPort  uint16
 	RemotePort uint16
 	Pad3       uint32
+	BootNs     uint64
 }
 
 type fastpathFpEvent struct {

@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -81,6 +83,47 @@ type Config struct {
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
 	noSockops bool
+	// noNetnsCookie loads the sock_ops program as for a kernel whose sock_ops
+	// programs cannot call bpf_get_netns_cookie (before 5.15; tests).
+	noNetnsCookie bool
+}
+
+// noNetnsCookieInSockops says why the sock_ops program cannot call
+// bpf_get_netns_cookie (the kernel offers it to sock_ops programs from Linux
+// 5.15), or "". force says it cannot (tests).
+func noNetnsCookieInSockops(force bool) string {
+	const why = "the kernel's sock_ops programs cannot read a socket's network namespace (bpf_get_netns_cookie, Linux 5.15)"
+	if force {
+		return why + " (test)"
+	}
+	if err := features.HaveProgramHelper(ebpf.SockOps, asm.FnGetNetnsCookie); err != nil {
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return why
+		}
+		return fmt.Sprintf("probe bpf_get_netns_cookie in sock_ops programs: %v", err)
+	}
+	return ""
+}
+
+// withoutNetnsCookie replaces the sock_ops program's calls of
+// bpf_get_netns_cookie with a 0 (no namespace's cookie): its watch then turns the
+// state callback on for no socket, and no socket end is reported. The program
+// reports its decisions as before.
+func withoutNetnsCookie(p *ebpf.ProgramSpec) error {
+	if p == nil {
+		return errors.New("the eBPF object has no program latch_fast_sockops")
+	}
+	n := 0
+	for i, ins := range p.Instructions {
+		if ins.IsBuiltinCall() && ins.Constant == int64(asm.FnGetNetnsCookie) {
+			p.Instructions[i] = asm.Mov.Imm(asm.R0, 0).WithMetadata(ins.Metadata)
+			n++
+		}
+	}
+	if n == 0 {
+		return errors.New("the sock_ops program calls no bpf_get_netns_cookie to take out")
+	}
+	return nil
 }
 
 // FastPath is the loaded and attached fast path.
@@ -200,6 +243,15 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
 	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
+	// Before Linux 5.15 a sock_ops program cannot read the socket's network
+	// namespace (bpf_get_netns_cookie), which the socket end reports need: the
+	// program loads without them rather than the fast path not at all.
+	if why := noNetnsCookieInSockops(cfg.noNetnsCookie); why != "" {
+		if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
+			return nil, fmt.Errorf("fast path: %w", err)
+		}
+		fp.tcpEndsWhy = why
+	}
 	if err := spec.LoadAndAssign(&fp.objs, nil); err != nil {
 		return nil, fmt.Errorf("fast path: load the eBPF programs: %w", err)
 	}
@@ -248,6 +300,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
+	case fp.tcpEndsWhy != "":
+		// The kernel's sock_ops programs cannot tell the namespace (above).
 	case cfg.NoTCPEnds != "":
 		fp.tcpEndsWhy = cfg.NoTCPEnds
 	case rootWhy != "":
@@ -786,6 +840,9 @@ type Decision struct {
 // connection (swapped for an accepted one); an IPv4-mapped IPv6 socket's are IPv4.
 type End struct {
 	Local, Remote netip.AddrPort
+	// Time is when the socket ended (on the clock of Decision.Time): a 4-tuple
+	// can be reused by a new connection before the old socket's end is read.
+	Time time.Time
 }
 
 // Run reads the fast path's records from the ring buffer until ctx is done or
@@ -801,8 +858,17 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 		return err
 	}
 	wallAtBoot := time.Now().Add(-time.Duration(bootNs))
+	// The wall clock drifts from the boot clock (NTP): the conversion is taken
+	// again once per read that waited, or every wallEvery records, so that the
+	// times of records compare with time.Now() of the moment (a queued flow's).
+	records := 0
 	var rec ringbuf.Record
 	for {
+		if records++; records%wallEvery == 0 {
+			if bootNs, err := bootNow(); err == nil {
+				wallAtBoot = time.Now().Add(-time.Duration(bootNs))
+			}
+		}
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
 		// that, decisions wait at most readEvery to be read.
 		fp.ring.SetDeadline(time.Now().Add(readEvery))
@@ -811,18 +877,20 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 				return nil
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				records = wallEvery - 1 // the clocks are read again at the next
 				continue
 			}
 			return fmt.Errorf("fast path: read the ring buffer: %w", err)
 		}
 		if len(rec.RawSample) == endSize {
-			e, err := decodeEnd(rec.RawSample)
+			e, at, err := decodeEnd(rec.RawSample)
 			if err != nil {
 				fp.badEvents.Add(1)
 				continue
 			}
 			fp.ends.Add(1)
 			if ended != nil {
+				e.Time = wallAtBoot.Add(time.Duration(at))
 				ended(e)
 			}
 			continue
@@ -881,23 +949,27 @@ func decodeEvent(b []byte) (fastpathFpEvent, error) {
 
 // endSize is the size of struct fp_end, and endKind its first field.
 const (
-	endSize = 48
+	endSize = 56
 	endKind = 0x656e6421
 )
 
+// wallEvery is how many ring buffer records Run reads between two readings of
+// the wall clock's offset from the boot clock.
+const wallEvery = 4096
+
 // decodeEnd reads a struct fp_end record: a TCP socket's end, with a known
-// family and both ports set.
-func decodeEnd(b []byte) (End, error) {
+// family and both ports set, and when it ended (boot clock, ns).
+func decodeEnd(b []byte) (End, uint64, error) {
 	if len(b) != endSize {
-		return End{}, fmt.Errorf("fast path socket end of %d bytes, want %d", len(b), endSize)
+		return End{}, 0, fmt.Errorf("fast path socket end of %d bytes, want %d", len(b), endSize)
 	}
 	ne := binary.NativeEndian
 	if k := ne.Uint32(b[0:]); k != endKind {
-		return End{}, fmt.Errorf("fast path record of %d bytes with kind %#x, want %#x", len(b), k, endKind)
+		return End{}, 0, fmt.Errorf("fast path record of %d bytes with kind %#x, want %#x", len(b), k, endKind)
 	}
 	lp, rp := ne.Uint16(b[40:]), ne.Uint16(b[42:])
 	if lp == 0 || rp == 0 {
-		return End{}, fmt.Errorf("fast path socket end with port %d to port %d", lp, rp)
+		return End{}, 0, fmt.Errorf("fast path socket end with port %d to port %d", lp, rp)
 	}
 	var l, r netip.Addr
 	switch b[4] {
@@ -906,9 +978,9 @@ func decodeEnd(b []byte) (End, error) {
 	case 6:
 		l, r = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
 	default:
-		return End{}, fmt.Errorf("fast path socket end with address family %d", b[4])
+		return End{}, 0, fmt.Errorf("fast path socket end with address family %d", b[4])
 	}
-	return End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}, nil
+	return End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}, ne.Uint64(b[48:]), nil
 }
 
 func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {

@@ -47,6 +47,7 @@ type Decision struct {
 // End is the end of a TCP socket.
 type End struct {
 	Local, Remote netip.AddrPort
+	Time          time.Time
 }
 
 // Open fails with ErrUnsupported.

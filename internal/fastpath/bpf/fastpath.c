@@ -112,6 +112,10 @@ struct fp_end {
 	__u16 local_port;  // host order
 	__u16 remote_port; // host order
 	__u32 pad3;
+	// When the socket ended (bpf_ktime_get_boot_ns, the clock of fp_event's
+	// boot_ns): the reader tells an end of an older socket on a reused 4-tuple from
+	// one of the flow now registered on it.
+	__u64 boot_ns;
 };
 
 struct {
@@ -444,6 +448,7 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = END_KIND;
+	e->boot_ns = bpf_ktime_get_boot_ns();
 	// Ports: local in host order, remote in network order in the upper half.
 	e->local_port = (__u16)ctx->local_port;
 	e->remote_port = (__u16)bpf_ntohl(ctx->remote_port);

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
 	"golang.org/x/sys/unix"
 )
 
@@ -297,5 +298,220 @@ func TestAccountantEndsFlowsWhoseEndWasLost(t *testing.T) {
 	}
 	if want := map[engine.RequestID]uint64{1: 1500, 2: 2000, 3: 3000}; len(got) != len(want) || got[1] != want[1] || got[2] != want[2] || got[3] != want[3] {
 		t.Errorf("ends %v, want %v", got, want)
+	}
+}
+
+// TestSocketEndOfReusedTuple: a new connection that reuses the 4-tuple of one
+// whose socket ended before that end reached the accountant (the fast path's ring
+// buffer is read every 50 ms; a queued flow is registered at its verdict, at once)
+// keeps its accounting: the old socket's end does not end the new flow with the
+// counters of its first packets (losing the rest), and ends the old flow, if the
+// accountant follows it, with its last counters. The new flow's own end then
+// reports its totals.
+func TestSocketEndOfReusedTuple(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	local, remote := "198.18.0.1:40001", "198.18.0.2:443"
+	req := func(id engine.RequestID, at time.Time) *engine.Request {
+		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort(remote)}
+	}
+	for _, known := range []bool{true, false} {
+		t.Run(map[bool]string{true: "old flow read before", false: "old flow never read"}[known], func(t *testing.T) {
+			flows := newFlowTable(100, time.Hour)
+			a := newAccountant(flows, 10*time.Second)
+			old := req(1, t0)
+			flows.add(old, t0)
+			k := keyOf(old)
+			entry := ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 3, origBytes: 900, replBytes: 40, counters: true}
+			if known {
+				a.list = func(fn func(ctInfo)) error { fn(entry); return nil }
+				if _, err := a.poll(t0.Add(time.Second), false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The old socket ends (reset: no TIME_WAIT) and a new connection
+			// from the same port is allowed and registered before the end is read.
+			endAt := t0.Add(2 * time.Second)
+			renewed := req(2, endAt.Add(100*time.Microsecond))
+			flows.add(renewed, renewed.Time)
+			// The new flow's conntrack entry: its SYN so far.
+			entry = ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 1, origBytes: 60, counters: true}
+			drain := func(ends []socketEnd, now time.Time) []intercept.Traffic {
+				var dr drainer
+				rs, _, _ := a.drain(&dr, func(func(ctEvent)) (bool, int, error) { return false, 0, nil },
+					func() []flowKey { return nil }, func() []socketEnd { return ends },
+					func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+						for _, k := range keys {
+							fn(k, entry, nil)
+						}
+					}, now, func(err error) {
+						if err != nil {
+							t.Error(err)
+						}
+					})
+				return rs
+			}
+			end := func(at time.Time) socketEnd {
+				return socketEnd{local: netip.MustParseAddrPort(local), remote: netip.MustParseAddrPort(remote), at: at}
+			}
+			rs := drain([]socketEnd{end(endAt)}, endAt.Add(30*time.Millisecond))
+			for _, r := range rs {
+				if r.Request.ID == renewed.ID {
+					t.Fatalf("the old socket's end reported the new flow: %+v", r)
+				}
+			}
+			if known && (len(rs) != 1 || rs[0].Request.ID != old.ID || !rs[0].Ended || rs[0].BytesOut != 900 || rs[0].BytesIn != 40) {
+				t.Errorf("reports %+v, want the old flow ended with 900 bytes out, 40 in", rs)
+			}
+			if !known && len(rs) != 0 {
+				t.Errorf("reports %+v, want none", rs)
+			}
+			// The new flow carries data, then its socket ends.
+			entry = ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 5000, replBytes: 70000, counters: true}
+			rs = drain([]socketEnd{end(endAt.Add(time.Second))}, endAt.Add(time.Second+30*time.Millisecond))
+			if len(rs) != 1 || rs[0].Request.ID != renewed.ID || !rs[0].Ended || rs[0].BytesOut != 5000 || rs[0].BytesIn != 70000 {
+				t.Errorf("reports %+v, want the new flow ended with 5000 bytes out, 70000 in", rs)
+			}
+		})
+	}
+}
+
+// TestDestroyOfEndedFlowSpareNewFlow: a flow its socket's end ended, whose
+// conntrack entry is destroyed when a new connection's SYN reuses the tuple (the
+// entry was in TIME_WAIT), does not end the new flow with the old entry's
+// counters when that destroy event is read after the new flow was registered.
+func TestDestroyOfEndedFlowSpareNewFlow(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	flows := newFlowTable(100, time.Hour)
+	a := newAccountant(flows, 10*time.Second)
+	mk := func(id engine.RequestID, at time.Time) *engine.Request {
+		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	}
+	old := mk(1, t0)
+	flows.add(old, t0)
+	k := keyOf(old)
+	oldEntry := ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 900, replBytes: 40, counters: true}
+	var events []ctEvent
+	var entry ctInfo
+	drain := func(ends []socketEnd, now time.Time) []intercept.Traffic {
+		var dr drainer
+		rs, _, _ := a.drain(&dr, func(fn func(ctEvent)) (bool, int, error) {
+			for _, e := range events {
+				fn(e)
+			}
+			return false, 0, nil
+		}, func() []flowKey { return nil }, func() []socketEnd { return ends },
+			func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+				for _, k := range keys {
+					fn(k, entry, nil)
+				}
+			}, now, func(err error) {
+				if err != nil {
+					t.Error(err)
+				}
+			})
+		events = nil
+		return rs
+	}
+	end := func(at time.Time) socketEnd {
+		return socketEnd{local: old.Local, remote: old.Remote, at: at}
+	}
+	entry = oldEntry
+	if rs := drain([]socketEnd{end(t0.Add(time.Second))}, t0.Add(time.Second+time.Millisecond)); len(rs) != 1 || rs[0].Request.ID != old.ID || !rs[0].Ended {
+		t.Fatalf("reports %+v, want the old flow ended", rs)
+	}
+	renewed := mk(2, t0.Add(70*time.Second))
+	flows.add(renewed, renewed.Time)
+	events = []ctEvent{{ctInfo: oldEntry, destroy: true}}
+	if rs := drain(nil, renewed.Time.Add(40*time.Millisecond)); len(rs) != 0 {
+		t.Errorf("the old entry's destroy reported %+v, want nothing", rs)
+	}
+	entry = ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 3, origBytes: 5000, replBytes: 70000, counters: true}
+	rs := drain([]socketEnd{end(renewed.Time.Add(time.Second))}, renewed.Time.Add(time.Second+time.Millisecond))
+	if len(rs) != 1 || rs[0].Request.ID != renewed.ID || !rs[0].Ended || rs[0].BytesOut != 5000 || rs[0].BytesIn != 70000 {
+		t.Errorf("reports %+v, want the new flow ended with 5000 bytes out, 70000 in", rs)
+	}
+}
+
+// TestDestroyOfReplacedEntry: a new connection's SYN on a tuple whose conntrack
+// entry is in TIME_WAIT or CLOSE has conntrack destroy that entry; its destroy
+// event, read after the new flow was registered, ends the older flow with the
+// counters it carries (whether the accountant followed it or not) and leaves the
+// new flow alone, which its own socket end then ends with its own counters.
+func TestDestroyOfReplacedEntry(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	mk := func(id engine.RequestID, at time.Time) *engine.Request {
+		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	}
+	for _, known := range []bool{true, false} {
+		t.Run(map[bool]string{true: "old flow read before", false: "old flow never read"}[known], func(t *testing.T) {
+			flows := newFlowTable(100, time.Hour)
+			a := newAccountant(flows, 10*time.Second)
+			old := mk(1, t0)
+			flows.add(old, t0)
+			k := keyOf(old)
+			if known {
+				a.list = func(fn func(ctInfo)) error {
+					fn(ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: 3, origBytes: 500, replBytes: 20, counters: true})
+					return nil
+				}
+				if _, err := a.poll(t0.Add(time.Second), false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Reset at t0+2s (its end lost, or older than what follows), and
+			// reopened from the same port: the old entry, in CLOSE, is destroyed.
+			renewed := mk(2, t0.Add(2*time.Second))
+			flows.add(renewed, renewed.Time)
+			destroyed := ctEvent{ctInfo: ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPClose, origBytes: 900, replBytes: 40, counters: true}, destroy: true}
+			r, ok, err := a.event(destroyed, func(flowKey) (ctInfo, error) { t.Fatal("read"); return ctInfo{}, nil }, renewed.Time.Add(40*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok && r.Request.ID == renewed.ID {
+				t.Fatalf("the replaced entry's destroy reported the new flow: %+v", r)
+			}
+			// Known or not (the request the flow table replaced).
+			if !ok || r.Request.ID != old.ID || !r.Ended || r.BytesOut != 900 || r.BytesIn != 40 || r.DeltaOut != 900 || r.DeltaIn != 40 {
+				t.Errorf("report %+v (%v), want the old flow ended with 900 bytes out, 40 in", r, ok)
+			}
+			var dr drainer
+			rs, _, _ := a.drain(&dr, func(func(ctEvent)) (bool, int, error) { return false, 0, nil },
+				func() []flowKey { return nil },
+				func() []socketEnd {
+					return []socketEnd{{local: old.Local, remote: old.Remote, at: renewed.Time.Add(time.Second)}}
+				},
+				func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+					for _, k := range keys {
+						fn(k, ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 5000, replBytes: 70000, counters: true}, nil)
+					}
+				}, renewed.Time.Add(time.Second+time.Millisecond), func(err error) {
+					if err != nil {
+						t.Error(err)
+					}
+				})
+			if len(rs) != 1 || rs[0].Request.ID != renewed.ID || !rs[0].Ended || rs[0].BytesOut != 5000 || rs[0].BytesIn != 70000 {
+				t.Errorf("reports %+v, want the new flow ended with 5000 bytes out, 70000 in", rs)
+			}
+		})
+	}
+}
+
+// TestDestroyOfShortFlowBeforeReuseRegistered: the destroy of a short flow's
+// entry (a new connection's SYN replaced it) read before that new connection is
+// registered ends the short flow, the one registered, with its counters.
+func TestDestroyOfShortFlowBeforeReuseRegistered(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	flows := newFlowTable(100, time.Hour)
+	a := newAccountant(flows, 10*time.Second)
+	short := &engine.Request{ID: 1, Time: t0, Direction: engine.Outbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	flows.add(short, t0)
+	destroyed := ctEvent{ctInfo: ctInfo{key: keyOf(short), mark: MarkAllow, hasState: true, tcpState: ctTCPClose, origBytes: 900, replBytes: 40, counters: true}, destroy: true}
+	r, ok, err := a.event(destroyed, func(flowKey) (ctInfo, error) { t.Fatal("read"); return ctInfo{}, nil }, t0.Add(300*time.Millisecond))
+	if err != nil || !ok || r.Request.ID != short.ID || !r.Ended || r.BytesOut != 900 || r.BytesIn != 40 {
+		t.Errorf("report %+v (%v, %v), want the short flow ended with 900 bytes out, 40 in", r, ok, err)
 	}
 }

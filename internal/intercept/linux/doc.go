@@ -311,6 +311,10 @@ type Config struct {
 	// conntrack's destroy events only, not to its update events, which the kernel
 	// would otherwise build for each TCP state change of every flow. Ignored with
 	// Forward (a forwarded flow has no local socket: its end is an update event).
+	// A 4-tuple reused by a new connection before the old socket's end, or its
+	// conntrack entry's destroy, is read is told apart by the end's time and by
+	// the destroy coming within seconds of the new request (see
+	// accountant.socketEnded and accountant.event).
 	SocketEnds bool
 }
 

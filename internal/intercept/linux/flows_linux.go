@@ -63,6 +63,10 @@ func localSentOriginal(k flowKey, req *engine.Request) bool { return k.src == re
 type flowEntry struct {
 	req     *engine.Request
 	expires time.Time
+	// prev is the request of the TCP flow this one replaced on the same tuple
+	// (a new connection from the same port), whose conntrack entry's destroy
+	// may still come (see accountant.event); nil if none.
+	prev *engine.Request
 }
 
 // flowTable remembers the requests of allowed flows so that Redecide can tell which
@@ -96,7 +100,21 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 			delete(t.m, k)
 		}
 	}
-	t.m[keyOf(req)] = flowEntry{req: req, expires: now.Add(t.ttl)}
+	k := keyOf(req)
+	e := flowEntry{req: req, expires: now.Add(t.ttl)}
+	if old, ok := t.m[k]; ok && old.req.ID != req.ID && k.proto == unix.IPPROTO_TCP {
+		e.prev = old.req
+	}
+	t.m[k] = e
+}
+
+// getReplaced returns the request of the TCP flow remembered under k and the one
+// it replaced on the same tuple (flowEntry.prev), each nil if none.
+func (t *flowTable) getReplaced(k flowKey) (req, prev *engine.Request) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.m[k]
+	return e.req, e.prev
 }
 
 // take removes and returns the flows whose request matches.

@@ -473,7 +473,7 @@ func runChild(mode string) int {
 		fpDone := make(chan struct{})
 		go func() {
 			defer close(fpDone)
-			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) { b.SocketEnded(e.Local, e.Remote) })
+			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) { b.SocketEnded(e.Local, e.Remote, e.Time) })
 		}()
 		defer func() { stopFP(); <-fpDone }()
 	}

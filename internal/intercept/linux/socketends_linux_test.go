@@ -6,8 +6,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ctEventGroups returns the multicast groups (bind(2) bits) of every
@@ -120,5 +123,93 @@ func closeAndReport(t *testing.T, tp *topo, d *daemon, got chan int64, rst bool)
 	}
 	if tl.remote != fmt.Sprintf("%s:9001", addrB) {
 		t.Errorf("report names remote %s", tl.remote)
+	}
+}
+
+// TestReusedTupleKeepsBothFlows: a connection reset and opened again at once from
+// the same local port (the same 4-tuple) is two flows, each reported ended with
+// its own bytes: the first socket's end, read from the ring buffer after the
+// second connection was allowed, and the destroy of the first conntrack entry
+// (the second SYN replaces it), do not end the second flow early with the first
+// one's bytes or its SYN's (which lost the second flow's bytes).
+func TestReusedTupleKeepsBothFlows(t *testing.T) {
+	tp := newTopo(t)
+	got := sinkTCP(t, tp, 9001)
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_QUIET=1", "LATCH_TEST_TRAFFIC_INTERVAL=10s", "LATCH_TEST_SOCKET_ENDS=on")
+	defer d.stop()
+	dial := func(local *net.TCPAddr) *net.TCPConn {
+		t.Helper()
+		var c net.Conn
+		if err := inNS(tp.a, func() (err error) {
+			dl := net.Dialer{LocalAddr: local, Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				if err := rc.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				}); err != nil {
+					return err
+				}
+				return serr
+			}}
+			c, err = dl.Dial("tcp4", fmt.Sprintf("%s:9001", addrB))
+			return err
+		}); err != nil {
+			t.Fatalf("dial from %v: %v", local, err)
+		}
+		return c.(*net.TCPConn)
+	}
+	send := func(c *net.TCPConn, size int) {
+		t.Helper()
+		if n, err := c.Write(make([]byte, size)); err != nil || n != size {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+	}
+	read := func(size int) {
+		t.Helper()
+		select {
+		case n := <-got:
+			if n != int64(size) {
+				t.Fatalf("server read %d bytes, want %d", n, size)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("server did not read the transfer")
+		}
+	}
+	const first, second = 100_000, 300_000
+	c := dial(nil)
+	local := c.LocalAddr().(*net.TCPAddr)
+	send(c, first)
+	// Delivered and acknowledged before the reset discards nothing.
+	time.Sleep(300 * time.Millisecond)
+	c.SetLinger(0)
+	c.Close()
+	c = dial(local)
+	send(c, second)
+	c.CloseWrite() // the server reads to the end, then closes
+	read(first)
+	read(second)
+	c.Close()
+	closed := time.Now()
+	// Both flows' ends, each with its bytes, within 2 s of the second close.
+	var ends []trafficLine
+	for len(ends) < 2 {
+		tl, ok := waitTraffic(t, d, local.String(), 2*time.Second-time.Since(closed))
+		if !ok {
+			break
+		}
+		if tl.ended {
+			ends = append(ends, tl)
+		}
+	}
+	sawFirst, sawSecond := false, false
+	for _, tl := range ends {
+		switch {
+		case tl.out >= first && tl.out < second:
+			sawFirst = true
+		case tl.out >= second && tl.out < second+first:
+			sawSecond = true
+		}
+	}
+	if !sawFirst || !sawSecond || len(ends) != 2 {
+		t.Fatalf("ended reports for %v: %+v; want one with the first connection's %d bytes out and one with the second's %d; stderr:\n%s", local, ends, first, second, d.errors())
 	}
 }

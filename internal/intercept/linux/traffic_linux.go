@@ -92,6 +92,16 @@ const (
 	recentMax  = 16384
 )
 
+// reusedTupleWindow: a TCP conntrack entry destroyed less than this after the
+// request of the flow registered on its tuple, when that request replaced
+// another on the tuple and the accountant has not seen its entry, is an older
+// connection's: a new SYN on a tuple whose entry is in TIME_WAIT or CLOSE has
+// conntrack destroy that entry and make another, and the destroy event may be
+// read after the new flow was registered. A flow's own entry lives on at least
+// 10 s after its end (nf_conntrack_tcp_timeout_close) unless something deletes
+// it.
+const reusedTupleWindow = 2 * time.Second
+
 func newAccountant(flows *flowTable, interval time.Duration) *accountant {
 	return &accountant{
 		flows:    flows,
@@ -133,16 +143,43 @@ func (a *accountant) forget(now time.Time) {
 // (read, which defers the read), or false if it follows no such flow (one it never
 // knew, or one a destroy event already ended). A socket's flow is outbound
 // (local → remote) or, accepted, inbound.
-func (a *accountant) socketEnded(e socketEnd) (flowKey, bool) {
+//
+// A new connection may reuse the 4-tuple of one whose socket ended before that
+// end is read (the fast path's ring buffer is read every 50 ms; a queued flow is
+// registered at its verdict): an end older than the request of the flow now
+// registered on the tuple is the older socket's, and does not end the new flow
+// (which would end it with the counters of its first packets and lose the rest).
+// The older flow, if the accountant still follows it, ends with the counters
+// read last (its conntrack entry gave way to the new one's).
+func (a *accountant) socketEnded(e socketEnd, now time.Time) (flowKey, intercept.Traffic, int) {
 	k := flowKey{proto: unix.IPPROTO_TCP, src: e.local, dst: e.remote}
-	if a.wants(k) {
-		return k, true
+	for range 2 {
+		if a.wantsEnd(k) {
+			req := a.flows.get(k)
+			if f := a.m[k]; req == nil && f != nil {
+				req = f.req
+			}
+			if e.at.IsZero() || req == nil || !e.at.Before(req.Time) {
+				return k, intercept.Traffic{}, endRead
+			}
+			// The end of an older socket on the tuple of req.
+			if f := a.m[k]; f != nil && !f.ended && f.req.ID != req.ID && !e.at.Before(f.req.Time) {
+				f.ended = true
+				return k, f.report(now), endOlder
+			}
+			return k, intercept.Traffic{}, endNone
+		}
+		k = k.reversed()
 	}
-	if k = k.reversed(); a.wants(k) {
-		return k, true
-	}
-	return flowKey{}, false
+	return flowKey{}, intercept.Traffic{}, endNone
 }
+
+// What a socket end asks of the drain (accountant.socketEnded).
+const (
+	endNone  = iota // nothing: no flow the accountant follows, or not its end
+	endRead         // read the flow's counters once more and end it
+	endOlder        // report the older flow the end ended (not the one registered now)
+)
 
 // registered handles flows just registered in the flow table outside the queue
 // (keys): one whose end was already announced (remember) ends now, with the
@@ -195,12 +232,27 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 }
 
 // wants reports whether k is a flow the accountant follows or should: one it
-// tracks and has not seen end, or one latch allowed.
+// tracks and has not seen end, or one latch allowed. Not one allowed on the tuple
+// of one that ended: conntrack's events do not tell the ended flow's entry (its
+// destroy, when a new connection's SYN replaced it) from the new one's.
 func (a *accountant) wants(k flowKey) bool {
 	if f := a.m[k]; f != nil {
 		return !f.ended
 	}
 	return a.flows.get(k) != nil
+}
+
+// wantsEnd is wants for a socket end (and the reads the drain makes for its
+// flow): a socket end is the socket's, and one of a new connection on the tuple
+// of a flow that ended (another request) is wanted too (socketEnded tells the
+// older socket's end by its time).
+func (a *accountant) wantsEnd(k flowKey) bool {
+	f := a.m[k]
+	if f != nil && !f.ended {
+		return true
+	}
+	req := a.flows.get(k)
+	return req != nil && (f == nil || req.ID != f.req.ID)
 }
 
 // observe takes what conntrack says of one entry (gone: it was destroyed) and
@@ -266,6 +318,30 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 		return intercept.Traffic{}, false, nil
 	}
 	if ev.destroy {
+		req, prev := a.flows.getReplaced(ev.key)
+		if ev.key.proto == unix.IPPROTO_TCP && req != nil && prev != nil && !req.Time.IsZero() && now.Sub(req.Time) < reusedTupleWindow {
+			if f := a.m[ev.key]; f == nil || f.req.ID != req.ID {
+				// The entry of an older connection on the tuple, which the new
+				// one's SYN replaced (conntrack kills an entry in TIME_WAIT or
+				// CLOSE for a new SYN): its counters are the older flow's (the
+				// accountant's, or the one the new request replaced in the flow
+				// table).
+				if f == nil || f.ended {
+					if f != nil && f.req.ID == prev.ID {
+						return intercept.Traffic{}, false, nil
+					}
+					f = &acctFlow{req: prev, reportedAt: now}
+				}
+				if ev.counters {
+					f.in, f.out = ev.replBytes, ev.origBytes
+					if !localSentOriginal(ev.key, f.req) {
+						f.in, f.out = f.out, f.in
+					}
+				}
+				f.ended = true
+				return f.report(now), true, nil
+			}
+		}
 		r, ok := a.observe(ev.ctInfo, true, now, false)
 		return r, ok, nil
 	}
@@ -456,9 +532,12 @@ func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, er
 	// After the registrations: the fast path reports a connection's decision
 	// before its socket's end.
 	for _, e := range ends() {
-		if k, ok := a.socketEnded(e); ok {
+		switch k, r, what := a.socketEnded(e, now); what {
+		case endRead:
 			d.toRead = append(d.toRead, k)
 			d.closing[k] = true
+		case endOlder:
+			rs = append(rs, r)
 		}
 	}
 	d.toRead = a.stillOpen(d.toRead, d.seen)
@@ -488,7 +567,7 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 	clear(seen)
 	out := keys[:0]
 	for _, k := range keys {
-		if f := a.m[k]; f != nil && f.ended {
+		if !a.wantsEnd(k) {
 			continue
 		}
 		if _, dup := seen[k]; dup {
@@ -501,20 +580,25 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 }
 
 // socketEnd is a local TCP socket's end (SocketEnded).
-type socketEnd struct{ local, remote netip.AddrPort }
+type socketEnd struct {
+	local, remote netip.AddrPort
+	at            time.Time // zero: not known
+}
 
 // SocketEnded says that the local TCP socket from local to remote moved to
-// TCP_CLOSE (Config.SocketEnds): the byte accountant reads the counters of its
-// flow, if it follows one, once more and reports its end (within eventDrain). An
-// end that finds the accountant's queue full is dropped: the periodic read of the
-// table ends the flow (TIME_WAIT, CLOSE), or its destroy event does.
-func (b *Backend) SocketEnded(local, remote netip.AddrPort) {
+// TCP_CLOSE at time at (Config.SocketEnds): the byte accountant reads the
+// counters of its flow, if it follows one, once more and reports its end (within
+// eventDrain). An end from before the request of the flow registered on the tuple
+// now is an older socket's, and leaves that flow alone. An end that finds the
+// accountant's queue full is dropped: the periodic read of the table ends the
+// flow (TIME_WAIT, CLOSE), or its destroy event does.
+func (b *Backend) SocketEnded(local, remote netip.AddrPort, at time.Time) {
 	if b.cfg.OnTraffic == nil || !b.running.Load() {
 		return
 	}
 	b.endsMu.Lock()
 	if len(b.ends) < maxTracked {
-		b.ends = append(b.ends, socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())})
+		b.ends = append(b.ends, socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at})
 		b.endsMu.Unlock()
 		b.socketEnds.Add(1)
 		b.kickAccountant()
