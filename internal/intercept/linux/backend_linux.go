@@ -55,13 +55,10 @@ type Backend struct {
 	holds   map[uint32]*hold
 
 	flows *flowTable
-	// Flows TrackFlow registered, for the accountant (takeTracked); the spare
-	// slice is the one handed out last, reused.
-	trackMu               sync.Mutex
-	tracked, trackedSpare []flowKey
-	// TCP socket ends SocketEnded reported, for the accountant (takeEnds).
-	endsMu          sync.Mutex
-	ends, endsSpare []socketEnd
+	// Flows TrackFlow registered and TCP socket ends SocketEnded reported, for
+	// the accountant.
+	tracked handover[flowKey]
+	ends    handover[socketEnd]
 	// acctKick tells the accountant that flows or ends wait (see kickAccountant).
 	acctKick chan struct{}
 

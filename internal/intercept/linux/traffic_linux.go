@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -445,7 +446,7 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 	}
 	var dr drainer
 	drain := func() {
-		rs, lost, bad := a.drain(&dr, reader.drain, b.takeTracked, b.takeEnds, getter.getMany, time.Now(), logErr)
+		rs, lost, bad := a.drain(&dr, reader.drain, b.tracked.take, b.ends.take, getter.getMany, time.Now(), logErr)
 		if lost {
 			b.trafficEventsLost.Add(1)
 		}
@@ -469,8 +470,8 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			if reader != nil {
 				drain()
 			} else {
-				b.takeTracked() // the table read finds them
-				b.takeEnds()
+				b.tracked.take() // the table read finds them
+				b.ends.take()
 			}
 			a.forget(now)
 			rs, err := a.poll(now, false)
@@ -596,32 +597,49 @@ func (b *Backend) SocketEnded(local, remote netip.AddrPort, at time.Time) {
 	if b.cfg.OnTraffic == nil || !b.running.Load() {
 		return
 	}
-	b.endsMu.Lock()
-	if len(b.ends) < maxTracked {
-		b.ends = append(b.ends, socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at})
-		b.endsMu.Unlock()
-		b.socketEnds.Add(1)
-		b.kickAccountant()
+	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at}
+	if !b.ends.add(end) {
+		b.socketEndsLost.Add(1)
 		return
 	}
-	b.endsMu.Unlock()
-	b.socketEndsLost.Add(1)
+	b.socketEnds.Add(1)
+	b.kickAccountant()
 }
 
-// takeEnds returns the socket ends SocketEnded reported since the last call.
-func (b *Backend) takeEnds() []socketEnd {
-	b.endsMu.Lock()
-	defer b.endsMu.Unlock()
-	if len(b.ends) == 0 {
+// handover is a bounded list one goroutine adds to and the accountant takes
+// whole, reusing the slice it took the time before.
+type handover[T any] struct {
+	mu          sync.Mutex
+	items, last []T
+}
+
+// add appends x unless maxTracked items wait, and reports whether it did.
+func (h *handover[T]) add(x T) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.items) >= maxTracked {
+		return false
+	}
+	h.items = append(h.items, x)
+	return true
+}
+
+// take returns what was added since the last call; the result is valid until the
+// next call.
+func (h *handover[T]) take() []T {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.items) == 0 {
 		return nil
 	}
-	ends := b.ends
-	b.ends = b.endsSpare[:0]
-	b.endsSpare = ends
-	return ends
+	items := h.items
+	h.items = h.last[:0]
+	h.last = items
+	return items
 }
 
-// maxTracked bounds the flows registered by TrackFlow that wait for the accountant.
+// maxTracked bounds the flows registered by TrackFlow, and the socket ends, that
+// wait for the accountant.
 const maxTracked = 65536
 
 // TrackFlow registers a flow that was allowed without the queue (by the kernel's
@@ -638,11 +656,7 @@ func (b *Backend) TrackFlow(req *engine.Request) {
 		return
 	}
 	// After the table: the accountant looks for an end it saw before this.
-	b.trackMu.Lock()
-	if len(b.tracked) < maxTracked {
-		b.tracked = append(b.tracked, keyOf(req))
-	}
-	b.trackMu.Unlock()
+	b.tracked.add(keyOf(req))
 	b.kickAccountant()
 }
 
@@ -653,19 +667,6 @@ func (b *Backend) kickAccountant() {
 	case b.acctKick <- struct{}{}:
 	default:
 	}
-}
-
-// takeTracked returns the flows TrackFlow registered since the last call.
-func (b *Backend) takeTracked() []flowKey {
-	b.trackMu.Lock()
-	defer b.trackMu.Unlock()
-	if len(b.tracked) == 0 {
-		return nil
-	}
-	keys := b.tracked
-	b.tracked = b.trackedSpare[:0]
-	b.trackedSpare = keys
-	return keys
 }
 
 // errReadLater is what the accountant's read of an entry answers while the reads
