@@ -65,7 +65,7 @@ func TestFlowEndsFromSocketEnds(t *testing.T) {
 	}
 	for _, rst := range []bool{false, true} {
 		t.Run(map[bool]string{false: "fin", true: "rst"}[rst], func(t *testing.T) {
-			closeAndReport(t, tp, d, got, rst)
+			closeAndReport(t, tp, d, got, 200_000, rst)
 		})
 	}
 }
@@ -82,16 +82,16 @@ func TestFlowEndsWithoutSocketEnds(t *testing.T) {
 	if groups := ctEventGroups(t, tp.a); !subscribed(groups, nfnlGroupCtDestroy) || !subscribed(groups, nfnlGroupCtUpdate) {
 		t.Fatalf("conntrack sockets in the daemon's namespace have groups %x: want destroys (%x) and updates (%x)", groups, nfnlGroupCtDestroy, nfnlGroupCtUpdate)
 	}
-	closeAndReport(t, tp, d, got, false)
+	closeAndReport(t, tp, d, got, 200_000, false)
 }
 
-// closeAndReport sends 200 kB from A to the sink on B, closes (with a reset if
-// rst, once the sink read it all) and waits for the flow's final report.
-func closeAndReport(t *testing.T, tp *topo, d *daemon, got chan int64, rst bool) {
+// closeAndReport sends size bytes from A to the sink on B, closes (with a reset if
+// rst, once the sink read it all), waits for the flow's final report within 2 s
+// of the close and checks it (ended, its bytes out, its remote).
+func closeAndReport(t *testing.T, tp *topo, d *daemon, got chan int64, size int, rst bool) trafficLine {
 	t.Helper()
 	c := dialFromA(t, tp, 9001)
 	local := c.LocalAddr().String()
-	const size = 200_000
 	if n, err := c.Write(make([]byte, size)); err != nil || n != size {
 		t.Fatalf("write: %d, %v", n, err)
 	}
@@ -104,7 +104,7 @@ func closeAndReport(t *testing.T, tp *topo, d *daemon, got chan int64, rst bool)
 	closed := time.Now()
 	select {
 	case n := <-got:
-		if n != size {
+		if n != int64(size) {
 			t.Fatalf("server read %d bytes, want %d", n, size)
 		}
 	case <-time.After(10 * time.Second):
@@ -118,12 +118,13 @@ func closeAndReport(t *testing.T, tp *topo, d *daemon, got chan int64, rst bool)
 	if !tl.ended {
 		t.Errorf("report %+v: want ended", tl)
 	}
-	if tl.out < size {
+	if tl.out < uint64(size) {
 		t.Errorf("bytes out %d, want >= %d", tl.out, size)
 	}
 	if tl.remote != fmt.Sprintf("%s:9001", addrB) {
 		t.Errorf("report names remote %s", tl.remote)
 	}
+	return tl
 }
 
 // TestReusedTupleKeepsBothFlows: a connection reset and opened again at once from

@@ -103,39 +103,9 @@ func TestBytesOfAClosedFlow(t *testing.T) {
 	got := sinkTCP(t, tp, 9001)
 	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_QUIET=1", "LATCH_TEST_TRAFFIC_INTERVAL=10s")
 	defer d.stop()
-
-	c := dialFromA(t, tp, 9001)
-	local := c.LocalAddr().String()
-	const size = 1_000_000
-	if n, err := c.Write(make([]byte, size)); err != nil || n != size {
-		t.Fatalf("write: %d, %v", n, err)
-	}
-	c.Close()
-	closed := time.Now()
-	select {
-	case n := <-got:
-		if n != size {
-			t.Fatalf("server read %d bytes, want %d", n, size)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("server did not read the transfer")
-	}
-	tl, ok := waitTraffic(t, d, local, 2*time.Second-time.Since(closed))
-	if !ok {
-		t.Fatalf("no traffic report for %s within 2 s of the close; stderr:\n%s", local, d.errors())
-	}
-	t.Logf("reported %v after the close: %+v", time.Since(closed), tl)
-	if !tl.ended {
-		t.Errorf("report %+v: want ended", tl)
-	}
-	if tl.out < size {
-		t.Errorf("bytes out %d, want >= %d", tl.out, size)
-	}
+	tl := closeAndReport(t, tp, d, got, 1_000_000, false)
 	if tl.in == 0 || tl.in > tl.out/4 {
 		t.Errorf("bytes in %d: want the ACKs' bytes, well below bytes out %d", tl.in, tl.out)
-	}
-	if tl.remote != fmt.Sprintf("%s:9001", addrB) {
-		t.Errorf("report names remote %s", tl.remote)
 	}
 }
 
