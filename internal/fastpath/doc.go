@@ -127,11 +127,15 @@
 //
 // # History
 //
-// Each fast-path decision is sent through a BPF ring buffer (pid, uid, executable
-// identity, remote address and port, rule id, and the flow's local address and
-// port) and handed to Run's callback, which records it like any other connection
-// and registers an allowed flow with the byte accountant by its tuple. A full ring
-// buffer is counted (Stats.RingLost), never silent.
+// Each fast-path decision is sent through a BPF ring buffer (events: pid, uid,
+// executable identity, remote address and port, rule id, and the flow's local
+// address and port) and handed to Run's callback, which records it like any other
+// connection and registers an allowed flow with the byte accountant by its tuple.
+// A full ring buffer is counted (Stats.RingLost), never silent. The ring holds
+// decisions only (socket ends have their own, below), so nothing but a burst of
+// decisions can fill it. Its reader is woken only once 32 KiB wait
+// (WAKEUP_BYTES), and reads on its own every 50 ms (readEvery): one wake-up per
+// connection would cost a context switch per connection.
 //
 // The connect hooks run before the kernel picks the local port, so with TCP the
 // decision waits: the hook stores it in an LRU hash (pending) under the socket's
@@ -162,10 +166,18 @@
 // BPF_SOCK_OPS_STATE_CB_FLAG) for every TCP socket of the served network namespace
 // at TCP_CONNECT_CB (an active open) and PASSIVE_ESTABLISHED_CB (an accepted
 // connection), and at a change to TCP_CLOSE sends the socket's 4-tuple and the
-// time it ended (struct fp_end, 56 bytes, told from a decision by its size; the
-// time tells an older socket's end from one of a new connection on the same
-// 4-tuple, which may be allowed before the end is read) to Run's ended callback,
-// through the same ring buffer with the same adaptive wake-up. TCP_CLOSE is where
+// time it ended (struct fp_end, 56 bytes; the time tells an older socket's end
+// from one of a new connection on the same 4-tuple, which may be allowed before
+// the end is read) to Run's ended callback, through a ring buffer of its own
+// (ends, Config.EndsRingBytes, 1 MiB: 16384 ends) with the same delayed wake-up.
+// Every TCP socket of the namespace ends through it, a busy server's accepted
+// connections too, which latch never decided: in the decisions' ring a burst of
+// them would take the room of the decisions, and a lost decision is a lost
+// history row, while a lost end only ends its flow later (below). A second
+// goroutine of Run reads the ends and hands them to Run's loop, which passes each
+// to ended once its own ring was seen empty after the end was read: a socket's
+// decision is sent (TCP_CONNECT_CB) before the socket can end, so the callback
+// has every flow's decision before its end, as with one ring. TCP_CLOSE is where
 // every TCP socket ends: tcp_done after a reset sent or received, after
 // tcp_time_wait (both sides closed; the last ACK went out just before), after
 // LAST_ACK's final ACK, a failed connect, a timeout. The callback runs before a
@@ -178,7 +190,7 @@
 // no sock_ops program, Config.NoTCPEnds, no root cgroup, a kernel before 5.15,
 // whose sock_ops programs cannot call bpf_get_netns_cookie: there the program is
 // loaded with that call replaced by a 0, and reports decisions only); Stats.EndsLost counts
-// those a full ring buffer lost. Sockets connected before the program was attached
+// those the full ring buffer of ends lost. Sockets connected before the program was attached
 // have no state callback and are never reported; nor is a lost end: the
 // accountant's periodic read of conntrack's table, or the entry's destroy event,
 // ends those flows.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // runEnds runs fp.Run until the test ends and returns the socket ends it reads.
@@ -148,5 +150,147 @@ func TestSocketEndsOff(t *testing.T) {
 			case <-time.After(500 * time.Millisecond):
 			}
 		})
+	}
+}
+
+// TestEndsDoNotCrowdOutDecisions: a burst of TCP socket ends (a busy server's
+// connections, none of them latch's) that fills the ring buffer of ends while
+// nobody reads it does not take the room of the fast path's decisions: every
+// decision made then is recorded (ring_lost 0), and the ends that did not fit are
+// counted (ends_lost). With one ring buffer for both, the decisions were lost.
+func TestEndsDoNotCrowdOutDecisions(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if st := fp.Stats(); !st.TCPEnds {
+		t.Fatalf("TCPEnds off: %s", st.TCPEndsWhy)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Fatalf("Remember: %v %v", ok, err)
+	}
+	// Connections reset at once (no TIME_WAIT to run out of ports), each two
+	// socket ends (ours and the accepted one), until an end is lost; Run does not
+	// read yet. At most 40000 connections and 60 s.
+	server := listen(t, "tcp4", "127.0.0.1:0")
+	deadline := time.Now().Add(60 * time.Second)
+	n := 0
+	for ; fp.Stats().EndsLost == 0; n++ {
+		if n >= 40000 || time.Now().After(deadline) {
+			t.Fatalf("no end lost after %d connections: %+v", n, fp.Stats())
+		}
+		conn, err := net.Dial("tcp4", server.String())
+		if err != nil {
+			t.Fatalf("connection %d: %v", n, err)
+		}
+		conn.(*net.TCPConn).SetLinger(0)
+		conn.Close()
+	}
+	t.Logf("the ring buffer of ends was full after %d connections", n)
+	const decisions = 20
+	for i := 0; i < decisions; i++ {
+		if got := c.connect(t, dst); got != "ok 0x30000000" {
+			t.Fatalf("connect %d: %q, want a fast-path allow", i, got)
+		}
+	}
+	if st := fp.Stats(); st.RingLost != 0 || st.HitsAllow != decisions {
+		t.Fatalf("stats %+v: want %d hits and no decision lost while the ends' ring buffer is full", st, decisions)
+	}
+	got := make(chan Decision, decisions)
+	ends := make(chan End, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- fp.Run(ctx, func(d Decision) { got <- d }, func(e End) {
+			select {
+			case ends <- e:
+			default:
+			}
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	for i := 0; i < decisions; i++ {
+		select {
+		case d := <-got:
+			if d.Remote != dst || d.Action != engine.Allow || d.PID != c.pid {
+				t.Errorf("decision %d: %+v, want an allow to %v by pid %d", i, d, dst, c.pid)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("decision %d of %d not recorded: %+v", i, decisions, fp.Stats())
+		}
+	}
+	// The ends that fit are read as well.
+	select {
+	case <-ends:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no socket end read: %+v", fp.Stats())
+	}
+	if st := fp.Stats(); st.RingLost != 0 || st.Events != decisions || st.EndsLost == 0 || st.Ends == 0 {
+		t.Errorf("stats %+v: want %d decisions read, none lost; ends read and some lost", st, decisions)
+	}
+}
+
+// TestEndAfterItsDecision: the decision of a connection the fast path allowed is
+// handed to Run's callback before the end of its socket, though the two come
+// through separate ring buffers (the byte accountant must know the flow to end
+// it), and the end's time is not before the decision's.
+func TestEndAfterItsDecision(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if st := fp.Stats(); !st.TCPEnds || !st.TCPLocal {
+		t.Fatalf("stats %+v: want the sock_ops program and socket ends", st)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Fatalf("Remember: %v %v", ok, err)
+	}
+	type record struct {
+		d *Decision
+		e *End
+	}
+	records := make(chan record, 4096)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- fp.Run(ctx, func(d Decision) { records <- record{d: &d} }, func(e End) {
+			if e.Remote == dst {
+				records <- record{e: &e}
+			}
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	const n = 50
+	for i := 0; i < n; i++ {
+		connectLocal(t, c, dst, i%2 == 0)
+	}
+	decided := map[netip.AddrPort]time.Time{}
+	for ended := 0; ended < n; {
+		select {
+		case r := <-records:
+			if r.d != nil {
+				decided[r.d.Local] = r.d.Time
+				continue
+			}
+			at, ok := decided[r.e.Local]
+			if !ok {
+				t.Fatalf("the end of %v -> %v came before its decision", r.e.Local, r.e.Remote)
+			}
+			if r.e.Time.Before(at) {
+				t.Errorf("the end of %v at %v, before its decision at %v", r.e.Local, r.e.Time, at)
+			}
+			delete(decided, r.e.Local)
+			ended++
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d ends read: %+v", ended, n, fp.Stats())
+		}
 	}
 }

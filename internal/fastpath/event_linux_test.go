@@ -41,7 +41,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	fp := &FastPath{exes: map[identity]string{}}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) == endSize {
-			// Run reads a record of this size as a socket's end.
+			// A socket end (the ends ring buffer's records) is never a decision.
 			e, at, err := decodeEnd(b)
 			if err != nil {
 				return

@@ -77,6 +77,7 @@ type fastpathFpVerdict struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fastpathMapAlive                = "alive"
+	fastpathMapEnds                 = "ends"
 	fastpathMapEvents               = "events"
 	fastpathMapGeneration           = "generation"
 	fastpathMapOwners               = "owners"
@@ -150,6 +151,7 @@ type fastpathProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
 	Alive      *ebpf.MapSpec `ebpf:"alive"`
+	Ends       *ebpf.MapSpec `ebpf:"ends"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
 	Owners     *ebpf.MapSpec `ebpf:"owners"`
@@ -191,6 +193,7 @@ func (o *fastpathObjects) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
 	Alive      *ebpf.Map `ebpf:"alive"`
+	Ends       *ebpf.Map `ebpf:"ends"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
 	Owners     *ebpf.Map `ebpf:"owners"`
@@ -202,6 +205,7 @@ type fastpathMaps struct {
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
 		m.Alive,
+		m.Ends,
 		m.Events,
 		m.Generation,
 		m.Owners,

@@ -52,6 +52,11 @@ const (
 	DefaultMaxEntries = 65536
 	DefaultTTL        = 10 * time.Minute
 	DefaultRingBytes  = 1 << 20
+	// DefaultEndsRingBytes is the size of the ring buffer of TCP socket ends: 1
+	// MiB holds 16384 ends (64 bytes each with the ring's header), what a server
+	// closing 50000 connections a second ends in a third of a second, while the
+	// reader is woken every 512 ends (WAKEUP_BYTES).
+	DefaultEndsRingBytes = 1 << 20
 )
 
 // Config configures Open.
@@ -63,9 +68,13 @@ type Config struct {
 	MaxEntries int
 	// TTL is the longest an entry hits; 0: DefaultTTL.
 	TTL time.Duration
-	// RingBytes is the ring buffer's size (a power of two, a multiple of the page
-	// size); 0: DefaultRingBytes.
+	// RingBytes is the size of the ring buffer of decisions (a power of two, a
+	// multiple of the page size); 0: DefaultRingBytes.
 	RingBytes int
+	// EndsRingBytes is the size of the ring buffer of TCP socket ends, which has
+	// its own so that a burst of ends never takes the decisions' room (a power of
+	// two, a multiple of the page size); 0: DefaultEndsRingBytes.
+	EndsRingBytes int
 	// PinDir is a directory on a BPF file system (mounted there by Open if it is
 	// not one yet) where Open pins the UDP match program (UDPMatch) for the
 	// ruleset's xt_bpf match; "": no UDP fast path.
@@ -131,7 +140,9 @@ type FastPath struct {
 	cfg   Config
 	objs  fastpathObjects
 	links []link.Link
-	ring  *ringbuf.Reader
+	ring  *ringbuf.Reader // decisions (events)
+	// endsRing reads the TCP socket ends (ends); nil while they are off.
+	endsRing *ringbuf.Reader
 
 	genMu sync.Mutex // serialises RulesChanged
 	cur   atomic.Pointer[ruleState]
@@ -194,6 +205,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if cfg.RingBytes == 0 {
 		cfg.RingBytes = DefaultRingBytes
 	}
+	if cfg.EndsRingBytes == 0 {
+		cfg.EndsRingBytes = DefaultEndsRingBytes
+	}
 	cgroupPath := cfg.CgroupPath
 	if cgroupPath == "" {
 		if cgroupPath, err = cgroup2.Find(); err != nil {
@@ -242,6 +256,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
+	spec.Maps["ends"].MaxEntries = uint32(cfg.EndsRingBytes)
 	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
 	// Before Linux 5.15 a sock_ops program cannot read the socket's network
 	// namespace (bpf_get_netns_cookie), which the socket end reports need: the
@@ -308,6 +323,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		// The sockets of the other processes would not report their end.
 		fp.tcpEndsWhy = fmt.Sprintf("the sock_ops program serves the processes of cgroup %s only: %s", cfg.CgroupPath, rootWhy)
 	default:
+		if fp.endsRing, err = ringbuf.NewReader(fp.objs.Ends); err != nil {
+			return fp, fmt.Errorf("fast path: open the ring buffer of socket ends: %w", err)
+		}
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
 		}
@@ -542,6 +560,9 @@ func (fp *FastPath) Close() error {
 	fp.links = nil
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
+	}
+	if fp.endsRing != nil {
+		errs = append(errs, fp.endsRing.Close())
 	}
 	if fp.udpPin != "" && !fp.cfg.KeepPin {
 		// Rules that still run the program (a ruleset kept on exit) hold it.
@@ -845,14 +866,86 @@ type End struct {
 	Time time.Time
 }
 
-// Run reads the fast path's records from the ring buffer until ctx is done or
+// Run reads the fast path's records from its ring buffers until ctx is done or
 // Close is called: it hands each decision to fn and, if ended is not nil, each TCP
-// socket end (Stats.TCPEnds) to ended. Once ctx is done the ring buffer is closed:
-// Run is called once.
+// socket end (Stats.TCPEnds) to ended, both from Run's goroutine. Decisions and
+// ends come through two ring buffers (a burst of ends must not crowd out
+// decisions), read by two goroutines; an end is handed over only once every
+// decision sent before the socket ended has been (a flow's decision before its
+// end, as the byte accountant needs them). Once ctx is done the ring buffers are
+// closed: Run is called once.
 func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End)) error {
+	ctx, cancel := context.WithCancel(ctx)
 	// A deadline cannot interrupt a read already waiting; closing the reader can.
-	stop := context.AfterFunc(ctx, func() { fp.ring.Close() })
-	defer stop()
+	stop := context.AfterFunc(ctx, func() {
+		fp.ring.Close()
+		if fp.endsRing != nil {
+			fp.endsRing.Close()
+		}
+	})
+	q := &endQueue{taken: make(chan struct{}, 1)}
+	endsDone := make(chan error, 1)
+	if fp.endsRing != nil {
+		go func() {
+			err := fp.readEnds(ctx, q, ended != nil)
+			if err != nil {
+				cancel() // Run stops too
+			}
+			endsDone <- err
+		}()
+	} else {
+		endsDone <- nil
+	}
+	err := fp.readDecisions(ctx, q, fn, ended)
+	stop()
+	cancel()
+	if endsErr := <-endsDone; err == nil {
+		err = endsErr
+	}
+	return err
+}
+
+// endQueue holds the socket ends the ends reader (readEnds) read, until the
+// decisions reader (readDecisions) hands them over.
+type endQueue struct {
+	mu    sync.Mutex
+	ends  []rawEnd
+	taken chan struct{} // a token each time readDecisions took ends
+}
+
+// rawEnd is a socket end and when it ended, on the boot clock (ns).
+type rawEnd struct {
+	e  End
+	at uint64
+}
+
+func (q *endQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.ends)
+}
+
+// take removes the first n ends from q, appending them to buf.
+func (q *endQueue) take(n int, buf []rawEnd) []rawEnd {
+	q.mu.Lock()
+	buf = append(buf, q.ends[:n]...)
+	q.ends = append(q.ends[:0], q.ends[n:]...)
+	q.mu.Unlock()
+	select {
+	case q.taken <- struct{}{}:
+	default:
+	}
+	return buf
+}
+
+// maxEndBatch bounds the socket ends readEnds hands over at once.
+const maxEndBatch = 4096
+
+// readDecisions reads the ring buffer of decisions (events) for Run, and hands
+// over the socket ends readEnds queued in q, each once the ring was seen empty
+// after the end was queued: so after every decision sent before the socket
+// ended (a socket's decision is sent at TCP_CONNECT_CB, before it can end).
+func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Decision), ended func(End)) error {
 	bootNs, err := bootNow()
 	if err != nil {
 		return err
@@ -863,35 +956,39 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 	// times of records compare with time.Now() of the moment (a queued flow's).
 	records := 0
 	var rec ringbuf.Record
+	var ends []rawEnd
 	for {
 		if records++; records%wallEvery == 0 {
 			if bootNs, err := bootNow(); err == nil {
 				wallAtBoot = time.Now().Add(-time.Duration(bootNs))
 			}
 		}
+		queued := 0
+		if fp.endsRing != nil {
+			queued = q.len()
+		}
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
-		// that, decisions wait at most readEvery to be read.
+		// that, decisions wait at most readEvery to be read. readEnds wakes it
+		// (Flush) when it queued ends.
 		fp.ring.SetDeadline(time.Now().Add(readEvery))
 		if err := fp.ring.ReadInto(&rec); err != nil {
 			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			deadline := errors.Is(err, os.ErrDeadlineExceeded)
+			if !deadline && !errors.Is(err, ringbuf.ErrFlushed) {
+				return fmt.Errorf("fast path: read the ring buffer: %w", err)
+			}
+			if deadline {
 				records = wallEvery - 1 // the clocks are read again at the next
-				continue
 			}
-			return fmt.Errorf("fast path: read the ring buffer: %w", err)
-		}
-		if len(rec.RawSample) == endSize {
-			e, at, err := decodeEnd(rec.RawSample)
-			if err != nil {
-				fp.badEvents.Add(1)
-				continue
-			}
-			fp.ends.Add(1)
-			if ended != nil {
-				e.Time = wallAtBoot.Add(time.Duration(at))
-				ended(e)
+			// The ring was empty after the queued ends were read.
+			if queued > 0 {
+				ends = q.take(queued, ends[:0])
+				for _, r := range ends {
+					r.e.Time = wallAtBoot.Add(time.Duration(r.at))
+					ended(r.e)
+				}
 			}
 			continue
 		}
@@ -902,6 +999,55 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 		}
 		fp.events.Add(1)
 		fn(fp.decision(&ev, wallAtBoot))
+	}
+}
+
+// readEnds reads the ring buffer of socket ends (ends) for Run and, if queue,
+// queues them in batches for readDecisions to hand over, waiting for each batch
+// to be taken before it reads on (the ring buffer holds what comes meanwhile).
+func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error {
+	var rec ringbuf.Record
+	var batch []rawEnd
+	for {
+		// Woken, like readDecisions, once WAKEUP_BYTES wait, or after readEvery.
+		fp.endsRing.SetDeadline(time.Now().Add(readEvery))
+		if err := fp.endsRing.ReadInto(&rec); err != nil {
+			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+			return fmt.Errorf("fast path: read the ring buffer of socket ends: %w", err)
+		}
+		e, at, err := decodeEnd(rec.RawSample)
+		if err != nil {
+			fp.badEvents.Add(1)
+		} else {
+			fp.ends.Add(1)
+			if queue {
+				batch = append(batch, rawEnd{e, at})
+			}
+		}
+		if rec.Remaining > 0 && len(batch) < maxEndBatch {
+			continue // more to read at once
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		q.mu.Lock()
+		q.ends = append(q.ends, batch...)
+		q.mu.Unlock()
+		batch = batch[:0]
+		for q.len() > 0 {
+			// Wake readDecisions: it takes the ends once its ring is empty.
+			fp.ring.Flush()
+			select {
+			case <-q.taken:
+			case <-ctx.Done():
+				return nil
+			}
+		}
 	}
 }
 

@@ -10,9 +10,9 @@ type Stats struct {
 	Misses      uint64 `json:"misses"`       // no entry: decided through the queue
 	Stale       uint64 `json:"stale"`        // an entry of an older rule generation, or expired
 	NoIdentity  uint64 `json:"no_identity"`  // the task's executable or socket owner could not be read
-	RingLost    uint64 `json:"ring_lost"`    // decisions not recorded: the ring buffer was full
-	Events      uint64 `json:"events"`       // decisions read from the ring buffer
-	BadEvents   uint64 `json:"bad_events"`   // ring buffer records that were not a decision (ignored)
+	RingLost    uint64 `json:"ring_lost"`    // decisions not recorded: their ring buffer was full
+	Events      uint64 `json:"events"`       // decisions read from their ring buffer
+	BadEvents   uint64 `json:"bad_events"`   // ring buffer records that were not a decision or a socket end (ignored)
 	Stored      uint64 `json:"stored"`       // verdicts stored in the map
 	NotStored   uint64 `json:"not_stored"`   // verdicts the fast path may not decide itself (or found its store queue full)
 	StoreErrors uint64 `json:"store_errors"` // verdicts the kernel map refused
@@ -33,8 +33,9 @@ type Stats struct {
 	// TCPEnds says whether the kernel reports the end of every TCP socket of the
 	// daemon's network namespace (the sock_ops program's state callback), which
 	// ends the byte accountant's flows without conntrack's update events;
-	// TCPEndsWhy says why not. Ends counts the ends read, EndsLost those the full
-	// ring buffer lost (the periodic read of conntrack's table ends those flows).
+	// TCPEndsWhy says why not. Ends counts the ends read, EndsLost those their
+	// full ring buffer lost (a ring of their own: a burst of ends never crowds out
+	// decisions; the periodic read of conntrack's table ends those flows).
 	TCPEnds    bool   `json:"tcp_ends"`
 	TCPEndsWhy string `json:"tcp_ends_why,omitempty"`
 	Ends       uint64 `json:"ends"`

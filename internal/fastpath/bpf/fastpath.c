@@ -99,8 +99,8 @@ struct fp_event {
 	__u32 pad2;
 };
 
-// The end of a TCP socket of the served network namespace (report_end): a record
-// of its own size (the reader tells the two by their length), with END_KIND first.
+// The end of a TCP socket of the served network namespace (report_end), sent
+// through the ends ring buffer, with END_KIND first (the reader checks it).
 #define END_KIND 0x656e6421u // "end!"
 struct fp_end {
 	__u32 kind;        // END_KIND
@@ -183,10 +183,21 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+// The fast path's decisions (struct fp_event), for the history.
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20); // set by the loader
 } events SEC(".maps");
+
+// TCP socket ends (struct fp_end, report_end), in a ring of their own: every TCP
+// socket of the namespace ends through it (a busy server's accepted connections
+// too), and a burst of them that fills it must not take the room of the
+// decisions, whose loss would lose history rows. A lost end costs less: the
+// byte accountant's periodic read of conntrack's table ends that flow.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20); // set by the loader
+} ends SEC(".maps");
 
 
 // The network namespace (its cookie) whose sockets this fast path serves: the
@@ -247,11 +258,18 @@ static __always_inline void set_mark(struct bpf_sock_addr *ctx, __u32 m)
 		bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
 }
 
+// wakeup is the flag to submit a record to ring with: its reader is woken only
+// once WAKEUP_BYTES wait.
+static __always_inline __u64 wakeup(void *ring)
+{
+	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+	return avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 // submit sends e to the reader, waking it only once WAKEUP_BYTES wait.
 static __always_inline void submit(struct fp_event *e)
 {
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(e, wakeup(&events));
 }
 
 // lookup finds the verdict for key: its action if the entry is of the current rule
@@ -436,12 +454,12 @@ static __always_inline void watch(struct bpf_sock_ops *ctx)
 
 // report_end sends the 4-tuple of a socket that moved to TCP_CLOSE (reset, both
 // sides closed and the last ACK went out before tcp_time_wait's tcp_done, a
-// connect that failed, a timeout) to the reader, which reads the flow's counters
+// connect that failed, a timeout) through the ends ring buffer to the reader, which reads the flow's counters
 // from conntrack once more and ends it: the conntrack events of each TCP state
 // change are then not needed (see doc.go).
 static __always_inline void report_end(struct bpf_sock_ops *ctx)
 {
-	struct fp_end *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct fp_end *e = bpf_ringbuf_reserve(&ends, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_ENDS_LOST);
 		return;
@@ -480,8 +498,7 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 			__builtin_memcpy(e->remote + 12, &r3, 4);
 		}
 	}
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(e, wakeup(&ends));
 }
 
 // The cgroup's sock_ops program. At TCP_CONNECT_CB (an active open, just before
