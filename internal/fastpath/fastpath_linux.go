@@ -938,13 +938,31 @@ func (q *endQueue) take(n int, buf []rawEnd) []rawEnd {
 	return buf
 }
 
+// before returns how many ends at the head of q ended at or before ns (boot
+// clock).
+func (q *endQueue) before(ns uint64) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for n < len(q.ends) && q.ends[n].at <= ns {
+		n++
+	}
+	return n
+}
+
 // maxEndBatch bounds the socket ends readEnds hands over at once.
 const maxEndBatch = 4096
 
 // readDecisions reads the ring buffer of decisions (events) for Run, and hands
-// over the socket ends readEnds queued in q, each once the ring was seen empty
-// after the end was queued: so after every decision sent before the socket
-// ended (a socket's decision is sent at TCP_CONNECT_CB, before it can end).
+// over the socket ends readEnds queued in q, each after every decision sent before
+// the socket ended (a socket's decision is sent at TCP_CONNECT_CB, before it can
+// end): once the ring was seen empty after the end was queued, or once a decision
+// taken at or after the end's time was read. A decision's time is taken before its
+// record is reserved, and the ring holds records in the order they were reserved,
+// so every decision sent before the end precedes that one. Under a steady stream
+// of decisions the ring is seldom empty; the times keep the ends from waiting,
+// and a short flow's end reaches the byte accountant (and its report the history
+// row, still held) within milliseconds of its decision.
 func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Decision), ended func(End)) error {
 	bootNs, err := bootNow()
 	if err != nil {
@@ -957,6 +975,14 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 	records := 0
 	var rec ringbuf.Record
 	var ends []rawEnd
+	var seen uint64 // the latest time of a decision read (boot clock)
+	handOver := func(n int) {
+		ends = q.take(n, ends[:0])
+		for _, r := range ends {
+			r.e.Time = wallAtBoot.Add(time.Duration(r.at))
+			ended(r.e)
+		}
+	}
 	for {
 		if records++; records%wallEvery == 0 {
 			if bootNs, err := bootNow(); err == nil {
@@ -984,11 +1010,7 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			}
 			// The ring was empty after the queued ends were read.
 			if queued > 0 {
-				ends = q.take(queued, ends[:0])
-				for _, r := range ends {
-					r.e.Time = wallAtBoot.Add(time.Duration(r.at))
-					ended(r.e)
-				}
+				handOver(queued)
 			}
 			continue
 		}
@@ -999,6 +1021,14 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		}
 		fp.events.Add(1)
 		fn(fp.decision(&ev, wallAtBoot))
+		if ev.BootNs > seen {
+			seen = ev.BootNs
+		}
+		if queued > 0 {
+			if n := q.before(seen); n > 0 {
+				handOver(n)
+			}
+		}
 	}
 }
 
