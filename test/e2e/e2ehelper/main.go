@@ -198,9 +198,9 @@ func main() {
 	case "dns-query":
 		emit(dnsQuery(addr, arg(3), duration(4)))
 	case "send":
-		emit(send(addr, atoi(3), duration(4)))
+		emit(send(addr, atoi(3), duration(4), false))
 	case "send-reset":
-		emit(sendReset(addr, atoi(3), duration(4)))
+		emit(send(addr, atoi(3), duration(4), true))
 	case "send-slow":
 		emit(sendSlow(addr, atoi(3), duration(4)))
 	default:
@@ -269,7 +269,9 @@ func serve(addr string) {
 
 // send connects, sends n bytes, closes its side and waits for the server to close
 // (serve reads to the end, then closes): when it returns the connection is over.
-func send(addr string, n int, timeout time.Duration) Result {
+// With reset it closes with a reset (SO_LINGER 0) instead, once the bytes had 300
+// ms to be delivered.
+func send(addr string, n int, timeout time.Duration, reset bool) Result {
 	start := time.Now()
 	c, err := net.DialTimeout("tcp", addr, timeout)
 	r := Result{Outcome: classify(err), PID: os.Getpid()}
@@ -282,34 +284,19 @@ func send(addr string, n int, timeout time.Duration) Result {
 	c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write(make([]byte, n)); err != nil {
 		r.Outcome, r.Error = "error", err.Error()
-		return r
+		if !reset {
+			return r
+		}
 	}
-	c.(*net.TCPConn).CloseWrite()
-	if _, err := io.Copy(io.Discard, c); err != nil {
-		r.Outcome, r.Error = "error", err.Error()
+	if reset {
+		time.Sleep(300 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+	} else {
+		c.(*net.TCPConn).CloseWrite()
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			r.Outcome, r.Error = "error", err.Error()
+		}
 	}
-	r.Millis = ms(time.Since(start))
-	return r
-}
-
-// sendReset is send closed with a reset (SO_LINGER 0) instead of FIN, once the
-// bytes had 300 ms to be delivered.
-func sendReset(addr string, n int, timeout time.Duration) Result {
-	start := time.Now()
-	c, err := net.DialTimeout("tcp", addr, timeout)
-	r := Result{Outcome: classify(err), PID: os.Getpid()}
-	if err != nil {
-		r.Error = err.Error()
-		return r
-	}
-	r.Local = c.LocalAddr().String()
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write(make([]byte, n)); err != nil {
-		r.Outcome, r.Error = "error", err.Error()
-	}
-	time.Sleep(300 * time.Millisecond)
-	c.(*net.TCPConn).SetLinger(0)
-	c.Close()
 	r.Millis = ms(time.Since(start))
 	return r
 }
