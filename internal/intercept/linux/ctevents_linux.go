@@ -130,15 +130,49 @@ func attachCtEventFilter(fd int) error {
 	return nil
 }
 
+// mmsgSlots reads up to len(msgs) datagrams with one recvmmsg(2), each into a
+// slot of its own of size bytes.
+type mmsgSlots struct {
+	size int
+	buf  []byte
+	msgs []unix.Mmsghdr
+	iovs []unix.Iovec
+}
+
+func newMmsgSlots(n, size int) *mmsgSlots {
+	m := &mmsgSlots{size: size, buf: make([]byte, n*size), msgs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, n)}
+	for i := range m.msgs {
+		m.iovs[i].Base = &m.buf[i*size]
+		m.iovs[i].SetLen(size)
+		m.msgs[i].Hdr.Iov = &m.iovs[i]
+		m.msgs[i].Hdr.SetIovlen(1)
+	}
+	return m
+}
+
+// recv reads datagrams from fd into the slots (recvmmsg with flags) and returns
+// how many.
+func (m *mmsgSlots) recv(fd int, flags int) (int, unix.Errno) {
+	for i := range m.msgs {
+		m.msgs[i].Len = 0
+		m.msgs[i].Hdr.Flags = 0
+	}
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&m.msgs[0])), uintptr(len(m.msgs)), uintptr(flags), 0, 0)
+	return int(n), errno
+}
+
+// slot returns the datagram read into slot i, and whether it was cut to fit.
+func (m *mmsgSlots) slot(i int) (b []byte, truncated bool) {
+	return m.buf[i*m.size:][:min(int(m.msgs[i].Len), m.size)], m.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0
+}
+
 // ctEventReader drains a conntrack event socket without blocking.
 type ctEventReader struct {
 	fd int
 	// Up to ctEventSlots datagrams (each one event, as ctnetlink sends them) are
 	// read with one recvmmsg(2): a connection makes two or three events, and a
 	// system call for each cost more than the rest of their handling.
-	buf  []byte
-	msgs []unix.Mmsghdr
-	iovs []unix.Iovec
+	slots *mmsgSlots
 }
 
 const (
@@ -150,23 +184,11 @@ const (
 // TCP and UDP flows. It reports whether events were lost (the socket overflowed, or
 // a datagram did not fit its slot) and how many messages did not decode.
 func (r *ctEventReader) drain(fn func(ctEvent)) (lost bool, bad int, err error) {
-	if r.buf == nil {
-		r.buf = make([]byte, ctEventSlots*ctEventSlotSize)
-		r.msgs = make([]unix.Mmsghdr, ctEventSlots)
-		r.iovs = make([]unix.Iovec, ctEventSlots)
-		for i := range r.msgs {
-			r.iovs[i].Base = &r.buf[i*ctEventSlotSize]
-			r.iovs[i].SetLen(ctEventSlotSize)
-			r.msgs[i].Hdr.Iov = &r.iovs[i]
-			r.msgs[i].Hdr.SetIovlen(1)
-		}
+	if r.slots == nil {
+		r.slots = newMmsgSlots(ctEventSlots, ctEventSlotSize)
 	}
 	for range 100_000 / ctEventSlots { // bounded: at most about 100,000 datagrams per call
-		for i := range r.msgs {
-			r.msgs[i].Len = 0
-			r.msgs[i].Hdr.Flags = 0
-		}
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(r.fd), uintptr(unsafe.Pointer(&r.msgs[0])), uintptr(len(r.msgs)), unix.MSG_DONTWAIT, 0, 0)
+		n, errno := r.slots.recv(r.fd, unix.MSG_DONTWAIT)
 		switch {
 		case errno == 0:
 		case errno == unix.EAGAIN || errno == unix.EWOULDBLOCK:
@@ -179,16 +201,15 @@ func (r *ctEventReader) drain(fn func(ctEvent)) (lost bool, bad int, err error) 
 		default:
 			return lost, bad, fmt.Errorf("read conntrack events: %w", errno)
 		}
-		for i := range int(n) {
-			m := &r.msgs[i]
-			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+		for i := range n {
+			b, truncated := r.slots.slot(i)
+			if truncated {
 				lost = true
 				continue
 			}
-			b := r.buf[i*ctEventSlotSize:]
-			bad += handleCtEvents(b[:min(int(m.Len), ctEventSlotSize)], fn)
+			bad += handleCtEvents(b, fn)
 		}
-		if int(n) < len(r.msgs) {
+		if n < ctEventSlots {
 			// The queue is empty: a full batch is read again, a short one ends it
 			// without another call that would only answer EAGAIN.
 			return lost, bad, nil
@@ -256,10 +277,8 @@ type ctGetter struct {
 	req []byte // a batch's requests
 	// Up to getBatch answers (each one datagram) are read with one recvmmsg(2),
 	// each into a slot of getSlotSize bytes.
-	buf  []byte
-	msgs []unix.Mmsghdr
-	iovs []unix.Iovec
-	nl   []nlmsg
+	slots *mmsgSlots
+	nl    []nlmsg
 }
 
 // getSlotSize is room for one answer: an entry takes well under a kilobyte, an
@@ -285,13 +304,7 @@ func openCtGetter() (*ctGetter, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("connect the conntrack socket: %w", err)
 	}
-	g := &ctGetter{fd: fd, buf: make([]byte, getBatch*getSlotSize), msgs: make([]unix.Mmsghdr, getBatch), iovs: make([]unix.Iovec, getBatch)}
-	for i := range g.msgs {
-		g.iovs[i].Base = &g.buf[i*getSlotSize]
-		g.iovs[i].SetLen(getSlotSize)
-		g.msgs[i].Hdr.Iov = &g.iovs[i]
-		g.msgs[i].Hdr.SetIovlen(1)
-	}
+	g := &ctGetter{fd: fd, slots: newMmsgSlots(getBatch, getSlotSize)}
 	return g, nil
 }
 
@@ -339,7 +352,8 @@ func (g *ctGetter) getMany(keys []flowKey, fn func(flowKey, ctInfo, error)) {
 			}
 			g.nl = g.nl[:0]
 			for i := range n {
-				g.nl = appendNlmsgs(g.nl, g.buf[i*getSlotSize:][:min(int(g.msgs[i].Len), getSlotSize)])
+				b, _ := g.slots.slot(i)
+				g.nl = appendNlmsgs(g.nl, b)
 			}
 			for _, m := range g.nl {
 				d := m.seq - first // wraps past the batch for stale answers
@@ -369,14 +383,10 @@ func (g *ctGetter) getMany(keys []flowKey, fn func(flowKey, ctInfo, error)) {
 // (up to getBatch) into their slots. It returns how many it read.
 func (g *ctGetter) recv() (int, error) {
 	for range 100 { // bounded: EINTR again and again
-		for i := range g.msgs {
-			g.msgs[i].Len = 0
-			g.msgs[i].Hdr.Flags = 0
-		}
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(g.fd), uintptr(unsafe.Pointer(&g.msgs[0])), uintptr(len(g.msgs)), unix.MSG_WAITFORONE, 0, 0)
+		n, errno := g.slots.recv(g.fd, unix.MSG_WAITFORONE)
 		switch errno {
 		case 0:
-			return int(n), nil
+			return n, nil
 		case unix.EINTR:
 			continue
 		}
