@@ -286,12 +286,7 @@ func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (i
 	if f.ended {
 		return intercept.Traffic{}, false
 	}
-	if ci.counters {
-		f.in, f.out = ci.replBytes, ci.origBytes
-		if !localSentOriginal(k, f.req) {
-			f.in, f.out = f.out, f.in
-		}
-	}
+	f.setCounters(ci)
 	closed := gone || ci.hasState && (ci.tcpState == ctTCPTimeWait || ci.tcpState == ctTCPClose)
 	changed := f.in != f.reportedIn || f.out != f.reportedOut
 	switch {
@@ -333,12 +328,7 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 					}
 					f = &acctFlow{req: prev, reportedAt: now}
 				}
-				if ev.counters {
-					f.in, f.out = ev.replBytes, ev.origBytes
-					if !localSentOriginal(ev.key, f.req) {
-						f.in, f.out = f.out, f.in
-					}
-				}
+				f.setCounters(ev.ctInfo)
 				f.ended = true
 				return f.report(now), true, nil
 			}
@@ -359,6 +349,18 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 	}
 	r, ok := a.observe(ci, false, now, false)
 	return r, ok, nil
+}
+
+// setCounters takes the counters of the flow's conntrack entry ci, if it carries
+// them, as the flow's bytes in and out.
+func (f *acctFlow) setCounters(ci ctInfo) {
+	if !ci.counters {
+		return
+	}
+	f.in, f.out = ci.replBytes, ci.origBytes
+	if !localSentOriginal(ci.key, f.req) {
+		f.in, f.out = f.out, f.in
+	}
 }
 
 func (f *acctFlow) report(now time.Time) intercept.Traffic {
