@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
 
@@ -30,13 +29,9 @@ func keyOf(req *engine.Request) flowKey {
 	return k
 }
 
-// String is k as "PROTO SRC -> DST" (PROTO a number but for TCP and UDP).
+// String is k as "PROTO SRC -> DST" (protoName).
 func (k flowKey) String() string {
-	p := map[uint8]string{6: "tcp", 17: "udp"}[k.proto]
-	if p == "" {
-		p = strconv.Itoa(int(k.proto))
-	}
-	return p + " " + k.src.String() + " -> " + k.dst.String()
+	return protoName(k.proto) + " " + k.src.String() + " -> " + k.dst.String()
 }
 
 // reversed is k seen from its other end.
