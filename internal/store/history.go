@@ -157,11 +157,11 @@ const (
 	historyFlushGap   = 50 * time.Millisecond
 	// historyHold is how long the writer holds a connection's row after taking it
 	// from the queue before it writes it (see writer). The byte accountant reports
-	// a flow's end when it drains, every 50 ms, so the end report of a short
-	// connection is recorded up to about 50 ms after the connection; a row waits
-	// 0-50 ms in the queue and is then held 50 ms more, so reports up to 50-100 ms
-	// after their connection land in the row's INSERT. Queries Flush first, so the
-	// hold delays nothing a user reads.
+	// a short connection's end a few milliseconds after its row is recorded (it
+	// drains 2 ms after the fast path hands a burst over, and every 50 ms), so
+	// reports up to 50-100 ms after their connection land in the row's INSERT (a
+	// row waits 0-50 ms in the queue, then is held 50 ms more). Queries Flush
+	// first, so the hold delays nothing a user reads.
 	historyHold = historyFlushGap
 	// historyHoldMax and historyHoldBytes bound the rows held: a flood writes the
 	// oldest at once instead of holding more. A fast-path row takes about 700 bytes.
