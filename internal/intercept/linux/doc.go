@@ -13,7 +13,10 @@
 // DNSLogGroup. Then, in order, LATCH-OUT:
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
-//     (skb mark OwnMark, set with SO_MARK by Control); with Config.FastUDPMatch,
+//     (skb mark OwnMark, set with SO_MARK by Control); returns at once for a packet
+//     of a flow whose conntrack mark says it was allowed, but a TCP SYN and a packet
+//     marked MarkReject (most packets are of allowed flows, and 2 to 7 would only
+//     return them at 7, see iptablesRules); with Config.FastUDPMatch,
 //     gives the first datagram of a UDP flow (conntrack NEW, conntrack mark and
 //     packet mark without latch's bits) MarkAllow when the kernel fast path's UDP
 //     match (xt_bpf; for native nftables a rule in chain udpfast, added over

@@ -2,7 +2,10 @@ package linux
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,6 +65,104 @@ func TestFastPathMarks(t *testing.T) {
 			}
 			if n := srv.accepted.Load(); n != 3 {
 				t.Errorf("server accepted %d connections, want 3", n)
+			}
+		})
+	}
+}
+
+// TestAllowedFlowLeavesAtOnce: with iptables-nft, the packets of a flow latch
+// allowed leave LATCH-OUT at the rule that takes allowed flows early (its counter
+// counts them, the chain's last RETURN for allowed flows counts none), and with each
+// mechanism a packet marked for a reset on an allowed flow is still answered with
+// one: that rule takes neither SYNs nor MarkReject.
+func TestAllowedFlowLeavesAtOnce(t *testing.T) {
+	for _, fw := range []string{FirewallIptablesNft, FirewallNftables} {
+		t.Run(fw, func(t *testing.T) {
+			if fw == FirewallNftables {
+				if err := probeNftQueue(DefaultQueue); err != nil {
+					t.Skipf("no native nftables queue: %v", err)
+				}
+			}
+			tp := newTopo(t)
+			var ln net.Listener
+			if err := inNS(tp.b, func() (err error) {
+				ln, err = net.Listen("tcp4", addrB+":9011")
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() { io.Copy(c, c); c.Close() }()
+				}
+			}()
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw)
+			defer d.stop()
+			var c net.Conn
+			if err := inNS(tp.a, func() (err error) {
+				c, err = net.DialTimeout("tcp4", addrB+":9011", 3*time.Second)
+				return err
+			}); err != nil {
+				t.Fatalf("connect: %v", err)
+			}
+			defer c.Close()
+			const rounds = 20
+			buf := make([]byte, 5)
+			for i := 0; i < rounds; i++ {
+				c.SetDeadline(time.Now().Add(3 * time.Second))
+				if _, err := c.Write([]byte("hello")); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					t.Fatalf("read %d: %v", i, err)
+				}
+			}
+			if fw == FirewallIptablesNft {
+				out, err := exec.Command("ip", "netns", "exec", tp.a, "iptables-save", "-c", "-t", "filter").CombinedOutput()
+				if err != nil {
+					t.Fatalf("iptables-save: %v: %s", err, out)
+				}
+				early, last := int64(-1), int64(-1)
+				ctAllow := fmt.Sprintf("-A LATCH-OUT -m connmark --mark %#x/%#x -j RETURN", MarkAllow, MarkMask)
+				for _, l := range strings.Split(string(out), "\n") {
+					var pkts, bytes int64
+					n, _ := fmt.Sscanf(l, "[%d:%d]", &pkts, &bytes)
+					switch rule := l[strings.IndexByte(l, ']')+1:]; {
+					case n != 2:
+					case strings.Contains(rule, "-A LATCH-OUT -p tcp -m tcp ! --tcp-flags"):
+						early = pkts
+					case strings.TrimSpace(rule) == ctAllow:
+						last = pkts
+					}
+				}
+				if early < rounds || last != 0 {
+					t.Errorf("allowed flow's packets: %d at the early rule (want >= %d), %d at the chain's last RETURN (want 0):\n%s", early, rounds, last, out)
+				}
+			}
+			// A packet marked for a reset (as a verdict or the fast path marks it) on
+			// the allowed flow still gets one.
+			sc, err := c.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var serr error
+			if err := sc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(MarkReject))
+			}); err != nil || serr != nil {
+				t.Fatalf("set the socket's mark: %v %v", err, serr)
+			}
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			_, err = c.Write([]byte("again"))
+			if err == nil {
+				_, err = io.ReadFull(c, buf)
+			}
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("a MarkReject packet on an allowed flow: err = %v, want ECONNRESET", err)
 			}
 		})
 	}

@@ -267,6 +267,16 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		if out {
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, OwnMark)
 		}
+		// A packet of a flow already allowed (conntrack mark MarkAllow) leaves here,
+		// before the rules below, which it would only walk to the same end (most
+		// packets are of such flows): none of them acts on it but the allow rules,
+		// whose CONNMARK then changes nothing, and the last RETURN. Not a packet
+		// marked for a reset (MarkReject: a verdict or the fast path rejected it)
+		// and not a TCP SYN, which the queue decides whatever the flow's mark (a
+		// SYN conntrack puts on an allowed entry of the same 4-tuple is a new
+		// connection); a flow being decided again has MarkRedecide, not MarkAllow.
+		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
+		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
 		if out && spec.fastUDP != "" {
 			// The first datagram of a UDP flow nothing decided yet, not back from a
 			// verdict: the kernel fast path's match (Config.FastUDPMatch) gives it
@@ -605,6 +615,10 @@ func (spec ruleSpec) nftRules() string {
 		if out {
 			r("meta mark & %#x == %#x accept", OwnMark, OwnMark)
 		}
+		// A packet of a flow already allowed, but a reset's or a SYN (see
+		// iptablesRules).
+		r("tcp flags & (fin|syn|rst|ack) != syn ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
+		r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
 		if out && spec.fastUDP != "" {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
 			// write: chain udpfast gets it over netlink (addNftBPFMatch), with a goto
