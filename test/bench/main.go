@@ -8,6 +8,9 @@
 //     round trip itself, which no queue-based firewall can avoid);
 //   - conntrack: no queue, only a rule that makes the kernel track connections (the
 //     price of conntrack, which latch's marks need, and so the fast path's floor);
+//   - notrack: no queue, TCP kept out of conntrack in the raw table (outbound, and
+//     inbound packets of a connected socket, found with the socket match) and let
+//     through by that: the floor of a fast path whose flows conntrack never sees;
 //   - latch: the latch daemon with 10,000 rules loaded and process attribution on,
 //     without its kernel fast path (--fast-path=false): every connect is queued;
 //   - latch+sinks: the same with every observer on: metrics (--metrics), a JSON-lines
@@ -152,7 +155,7 @@ func main() {
 	// The three set-ups stay up side by side and the client visits them in turn, a
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
-	names := []string{"none", "floor", "conntrack", "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss"}
+	names := []string{"none", "floor", "conntrack", "notrack", "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss"}
 	if *only != "" {
 		var picked []string
 		for _, sc := range strings.Split(*only, ",") {
@@ -592,6 +595,19 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 		if out, err := nettest.Command(p.Client, "iptables", rule...).CombinedOutput(); err != nil {
 			return tg, fmt.Errorf("iptables: %v: %s", err, out)
 		}
+	case "notrack":
+		// What a ruleset costs that keeps TCP out of conntrack (both directions, in
+		// the raw table) and lets it pass by that: the kernel's floor for a fast
+		// path whose flows conntrack never sees.
+		for _, rule := range [][]string{
+			{"-t", "raw", "-A", "OUTPUT", "-p", "tcp", "-j", "CT", "--notrack"},
+			{"-t", "raw", "-A", "PREROUTING", "-p", "tcp", "-m", "socket", "--nowildcard", "-j", "CT", "--notrack"},
+			{"-A", "OUTPUT", "-p", "tcp", "-m", "conntrack", "--ctstate", "UNTRACKED", "-j", "ACCEPT"},
+		} {
+			if out, err := nettest.Command(p.Client, "iptables", rule...).CombinedOutput(); err != nil {
+				return tg, fmt.Errorf("iptables: %v: %s", err, out)
+			}
+		}
 	case "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss":
 		state := filepath.Join(dir, "state-"+p.Client)
 		api := filepath.Join(dir, p.Client+".sock")
@@ -765,6 +781,9 @@ func reportRounds(targets []*target, udp bool) {
 		if fp != nil {
 			ratios("latch+fp / conntrack", fp.medians(), ct.medians(), fp.rates(), ct.rates())
 		}
+	}
+	if nt := by["notrack"]; nt != nil && none != nil {
+		ratios("notrack / none", nt.medians(), none.medians(), nt.rates(), none.rates())
 	}
 	if miss, latch := by["latch+fp-miss"], by["latch"]; miss != nil && latch != nil {
 		lat, rate := ratios("latch+fp-miss / latch", miss.medians(), latch.medians(), miss.rates(), latch.rates())
