@@ -473,7 +473,13 @@ func runChild(mode string) int {
 		fpDone := make(chan struct{})
 		go func() {
 			defer close(fpDone)
-			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) { b.SocketEnded(e.Local, e.Remote, e.Time) })
+			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) {
+				var bytes *SocketBytes
+				if e.Counted && os.Getenv("LATCH_TEST_END_BYTES") != "off" {
+					bytes = &SocketBytes{Out: e.Bytes.Out, In: e.Bytes.In}
+				}
+				b.SocketEnded(e.Local, e.Remote, e.Time, bytes)
+			})
 		}()
 		defer func() { stopFP(); <-fpDone }()
 	}
