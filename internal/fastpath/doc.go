@@ -169,7 +169,7 @@
 // time it ended (struct fp_end, 88 bytes; the time tells an older socket's end
 // from one of a new connection on the same 4-tuple, which may be allowed before
 // the end is read) to Run's ended callback, through a ring buffer of its own
-// (ends, Config.EndsRingBytes, 1 MiB: 16384 ends) with the same delayed wake-up.
+// (ends, Config.EndsRingBytes, 1 MiB: 10922 ends) with the same delayed wake-up.
 // Every TCP socket of the namespace ends through it, a busy server's accepted
 // connections too, which latch never decided: in the decisions' ring a burst of
 // them would take the room of the decisions, and a lost decision is a lost
