@@ -155,7 +155,15 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		pb.fastPath = fp
 		pb.close = func() { fp.Close(); closeRes() }
 		pb.trackFlow = be.TrackFlow
-		pb.socketEnded = func(e fastpath.End) { be.SocketEnded(e.Local, e.Remote, e.Time) }
+		pb.socketEnded = func(e fastpath.End) {
+			// The socket's own counts, if the kernel counted them: the
+			// accountant ends the flow without reading conntrack.
+			var bytes *linux.SocketBytes
+			if e.Counted {
+				bytes = &linux.SocketBytes{Out: e.Bytes.Out, In: e.Bytes.In}
+			}
+			be.SocketEnded(e.Local, e.Remote, e.Time, bytes)
+		}
 		if why := fp.Stats().TCPLocalWhy; why != "" {
 			logf("fast path: TCP connections decided in the kernel are recorded without their local port, and their bytes are not counted: %s", why)
 		}

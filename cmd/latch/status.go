@@ -103,6 +103,11 @@ func runStatus(ctx context.Context, args []string) error {
 			} else {
 				row("fast path ends", "off (byte accounting learns TCP flow ends from conntrack update events): %s", textesc.Message(f.TCPEndsWhy))
 			}
+			if f.TCPEndBytes {
+				row("fast path end bytes", "on: the kernel counts the bytes of each TCP connection opened here and sends them with its end; byte accounting reads conntrack once more only for accepted connections")
+			} else {
+				row("fast path end bytes", "off (byte accounting reads each ended flow's counters from conntrack): %s", textesc.Message(f.TCPEndBytesWhy))
+			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
 		}

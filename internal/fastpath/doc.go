@@ -166,10 +166,10 @@
 // BPF_SOCK_OPS_STATE_CB_FLAG) for every TCP socket of the served network namespace
 // at TCP_CONNECT_CB (an active open) and PASSIVE_ESTABLISHED_CB (an accepted
 // connection), and at a change to TCP_CLOSE sends the socket's 4-tuple and the
-// time it ended (struct fp_end, 56 bytes; the time tells an older socket's end
+// time it ended (struct fp_end, 88 bytes; the time tells an older socket's end
 // from one of a new connection on the same 4-tuple, which may be allowed before
 // the end is read) to Run's ended callback, through a ring buffer of its own
-// (ends, Config.EndsRingBytes, 1 MiB: 16384 ends) with the same delayed wake-up.
+// (ends, Config.EndsRingBytes, 1 MiB: 10922 ends) with the same delayed wake-up.
 // Every TCP socket of the namespace ends through it, a busy server's accepted
 // connections too, which latch never decided: in the decisions' ring a burst of
 // them would take the room of the decisions, and a lost decision is a lost
@@ -194,4 +194,33 @@
 // have no state callback and are never reported; nor is a lost end: the
 // accountant's periodic read of conntrack's table, or the entry's destroy event,
 // ends those flows.
+//
+// # Socket bytes
+//
+// The accountant would read each ended flow's counters from conntrack once more
+// (a netlink request per flow, the largest part of the daemon's cost per
+// connection). So an actively opened socket counts its own: at TCP_CONNECT_CB
+// (before the SYN) the sock_ops program gives each socket it watches counters
+// (struct fp_bytes: bytes and packets, out and in) in its socket storage
+// (bytes_counts, BPF_MAP_TYPE_SK_STORAGE, freed with the socket), and two
+// cgroup_skb programs (latch_fast_skb_egress and latch_fast_skb_ingress, attached
+// with the sock_ops program to the root cgroup) add each of its packets: 1 and
+// skb->len, the packet's length from its IP header on, a GSO or GRO packet's
+// whole, which is what conntrack adds per packet. For every other socket they look
+// at its storage pointer and return; they never drop (they return 1). report_end
+// copies the counters into the end (fp_end.flags END_BYTES; End.Counted, Bytes,
+// Packets) and drops them (a socket may connect again). Egress is counted after
+// the output chain and postrouting, ingress as TCP takes a packet for the socket,
+// conntrack before either: a packet a chain drops between the two is in
+// conntrack's counts only, and a packet after TCP_CLOSE (a reset sent on close, a
+// FIN the TIME_WAIT socket answers) is not in the end's. The accountant falls back
+// to conntrack when the socket's counts are below what it already reported.
+// An accepted socket (PASSIVE_ESTABLISHED_CB, after a handshake conntrack
+// counted) has no counters, and its end carries none. Stats.TCPEndBytes says
+// whether ends carry counters; TCPEndBytesWhy says why not: no socket ends, a
+// kernel without socket storage for sock_ops and cgroup_skb programs (probed
+// before loading; the code that uses them is then never visited by the verifier,
+// bytes_ok, a constant of .rodata, being 0), a kernel that refuses them anyway
+// (the programs are loaded again without), or cgroup_skb programs the root cgroup
+// refused. Sockets opened before the programs were attached have no counters.
 package fastpath

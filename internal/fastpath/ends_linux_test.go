@@ -294,3 +294,116 @@ func TestEndAfterItsDecision(t *testing.T) {
 		}
 	}
 }
+
+// endOf waits up to 2 s for the end of the socket local → remote and returns it.
+func endOf(t *testing.T, ends <-chan End, local, remote netip.AddrPort) End {
+	t.Helper()
+	deadline := time.After(2 * time.Second)
+	for {
+		select {
+		case e := <-ends:
+			if e.Local == local && e.Remote == remote {
+				return e
+			}
+		case <-deadline:
+			t.Fatalf("no end of the socket %v -> %v within 2 s", local, remote)
+		}
+	}
+}
+
+// acceptAll accepts connections on a new listener on network addr and closes
+// each once its peer did; it returns the listener's address.
+func acceptAll(t *testing.T, network, addr string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				c.Read(make([]byte, 1))
+				c.Close()
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// TestSocketEndBytes: the end of an actively opened socket carries its counts
+// (at least its SYN, ACK and FIN out, the SYN-ACK and FIN in, each at least an IP
+// and TCP header long), IPv4 and IPv6, with FIN or a reset; the end of the
+// accepted socket carries none (its handshake came before it existed: the
+// accountant reads conntrack for it). internal/intercept/linux's
+// TestSocketEndBytesMatchConntrack compares them with conntrack's.
+func TestSocketEndBytes(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if st := fp.Stats(); !st.TCPEndBytes || st.TCPEndBytesWhy != "" {
+		t.Fatalf("TCPEndBytes %v (%q), want on", st.TCPEndBytes, st.TCPEndBytesWhy)
+	}
+	ends := runEnds(t, fp)
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	for _, c2 := range []struct {
+		name, network, addr string
+		rst                 bool
+	}{{"v4 fin", "tcp4", "127.0.0.1:0", false}, {"v4 rst", "tcp4", "127.0.0.1:0", true}, {"v6 fin", "tcp6", "[::1]:0", false}} {
+		t.Run(c2.name, func(t *testing.T) {
+			srv := acceptAll(t, c2.network, c2.addr)
+			local := connectLocal(t, c, srv, c2.rst)
+			e := endOf(t, ends, local, srv)
+			t.Logf("end %+v", e)
+			hdr := uint64(40)
+			if !local.Addr().Is4() {
+				hdr = 60
+			}
+			minOut, minIn := uint64(3), uint64(2) // SYN, ACK, FIN; SYN-ACK, FIN
+			if c2.rst {
+				minOut = 2 // SYN, ACK: the reset goes out after the end
+				minIn = 1
+			}
+			if !e.Counted || e.Packets.Out < minOut || e.Packets.In < minIn || e.Bytes.Out < hdr*e.Packets.Out || e.Bytes.In < hdr*e.Packets.In {
+				t.Errorf("end %+v: want counted, at least %d packets out and %d in of at least %d bytes each", e, minOut, minIn, hdr)
+			}
+			// The accepted socket's end: no counters.
+			if a := endOf(t, ends, srv, local); a.Counted || a.Bytes != (Counts{}) || a.Packets != (Counts{}) {
+				t.Errorf("the accepted socket's end %+v carries counters", a)
+			}
+		})
+	}
+}
+
+// TestSocketEndBytesOff: on a kernel without socket storage for sock_ops and
+// cgroup_skb programs (the code that would use it is never visited by the
+// verifier), or without socket ends, ends carry no counters and Stats says why;
+// the ends themselves are still reported where they are on.
+func TestSocketEndBytesOff(t *testing.T) {
+	for name, cfg := range map[string]Config{"no socket storage": {noEndBytes: true}, "no ends": {NoTCPEnds: "test"}} {
+		t.Run(name, func(t *testing.T) {
+			cg, cgfd := testCgroup(t)
+			fp := openTest(t, cg, cfg)
+			st := fp.Stats()
+			if st.TCPEndBytes || st.TCPEndBytesWhy == "" {
+				t.Fatalf("TCPEndBytes %v (%q), want off with a reason", st.TCPEndBytes, st.TCPEndBytesWhy)
+			}
+			if !st.TCPEnds {
+				return
+			}
+			ends := runEnds(t, fp)
+			exe, _ := os.Executable()
+			c := startClient(t, exe, cgfd)
+			srv := acceptAll(t, "tcp4", "127.0.0.1:0")
+			local := connectLocal(t, c, srv, false)
+			if e := endOf(t, ends, local, srv); e.Counted || e.Bytes != (Counts{}) {
+				t.Errorf("end %+v carries counters", e)
+			}
+		})
+	}
+}

@@ -38,6 +38,10 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 6, Local: [16]byte{0xfd, 15: 1}, Remote: [16]byte{0xfd, 15: 2}, LocalPort: 40002, RemotePort: 80, BootNs: 2e9}))
 	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1}))
 	f.Add(encodeEnd(fastpathFpEnd{Kind: 1, Family: 4, LocalPort: 1, RemotePort: 1}))
+	// With the socket's counters; with counters too small for their packets.
+	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 4, Local: [16]byte{198, 18, 0, 1}, Remote: [16]byte{198, 18, 0, 2}, LocalPort: 40003, RemotePort: 443, BootNs: 3e9,
+		Flags: endBytes, BytesOut: 1200, BytesIn: 900, PacketsOut: 10, PacketsIn: 12}))
+	f.Add(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, BytesOut: 19, PacketsOut: 1}))
 	fp := &FastPath{exes: map[identity]string{}}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) == endSize {
@@ -56,6 +60,18 @@ func FuzzDecodeEvent(f *testing.F) {
 			}
 			if at != ref.BootNs {
 				t.Fatalf("decoded the time %d from %+v", at, ref)
+			}
+			// Counters exactly when the flag says so, as sent, never fewer
+			// bytes than a header per packet.
+			if e.Counted != (ref.Flags == endBytes) || ref.Flags&^endBytes != 0 {
+				t.Fatalf("decoded counted %v from flags %#x", e.Counted, ref.Flags)
+			}
+			if e.Counted && (e.Bytes != Counts{Out: ref.BytesOut, In: ref.BytesIn} || e.Packets != Counts{Out: ref.PacketsOut, In: ref.PacketsIn} ||
+				e.Bytes.Out < 20*e.Packets.Out || e.Bytes.In < 20*e.Packets.In) {
+				t.Fatalf("decoded %+v from %+v", e, ref)
+			}
+			if !e.Counted && (e.Bytes != Counts{} || e.Packets != Counts{}) {
+				t.Fatalf("decoded counters %+v without the flag", e)
 			}
 			if _, err := decodeEvent(b); err == nil {
 				t.Fatalf("%x decodes as a decision too", b)
@@ -105,7 +121,17 @@ func TestDecodeEnd(t *testing.T) {
 	if want := (End{Local: netip.MustParseAddrPort("[fd00::1]:40002"), Remote: netip.MustParseAddrPort("[fd00::2]:80")}); err != nil || e != want || at != 5e9 {
 		t.Errorf("decoded %+v at %d (%v), want %+v at 5e9", e, at, err, want)
 	}
+	// With the socket's counters.
+	e, _, err = decodeEnd(encodeEnd(fastpathFpEnd{Kind: endKind, Family: 4, Local: [16]byte{198, 18, 0, 1}, Remote: [16]byte{198, 18, 0, 2}, LocalPort: 40003, RemotePort: 443,
+		Flags: endBytes, BytesOut: 1200, BytesIn: 900, PacketsOut: 10, PacketsIn: 12}))
+	if want := (End{Local: netip.MustParseAddrPort("198.18.0.1:40003"), Remote: netip.MustParseAddrPort("198.18.0.2:443"), Counted: true,
+		Bytes: Counts{Out: 1200, In: 900}, Packets: Counts{Out: 10, In: 12}}); err != nil || e != want {
+		t.Errorf("decoded %+v (%v), want %+v", e, err, want)
+	}
 	for name, ev := range map[string]fastpathFpEnd{
+		"flags":       {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: 2},
+		"bytes out":   {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, BytesOut: 39, PacketsOut: 2},
+		"bytes in":    {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, BytesOut: 40, PacketsOut: 2, PacketsIn: 1},
 		"family":      {Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1},
 		"kind":        {Kind: 7, Family: 4, LocalPort: 1, RemotePort: 1},
 		"local port":  {Kind: endKind, Family: 4, RemotePort: 1},

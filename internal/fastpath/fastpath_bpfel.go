@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type fastpathFpBytes struct {
+	_          structs.HostLayout
+	BytesOut   uint64
+	BytesIn    uint64
+	PacketsOut uint64
+	PacketsIn  uint64
+}
+
 type fastpathFpEnd struct {
 	_          structs.HostLayout
 	Kind       uint32
@@ -23,8 +31,12 @@ type fastpathFpEnd struct {
 	Remote     [16]uint8
 	LocalPort  uint16
 	RemotePort uint16
-	Pad3       uint32
+	Flags      uint32
 	BootNs     uint64
+	BytesOut   uint64
+	BytesIn    uint64
+	PacketsOut uint64
+	PacketsIn  uint64
 }
 
 type fastpathFpEvent struct {
@@ -77,6 +89,7 @@ type fastpathFpVerdict struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fastpathMapAlive                = "alive"
+	fastpathMapBytesCounts          = "bytes_counts"
 	fastpathMapEnds                 = "ends"
 	fastpathMapEvents               = "events"
 	fastpathMapGeneration           = "generation"
@@ -86,10 +99,14 @@ const (
 	fastpathMapVerdicts             = "verdicts"
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
+	fastpathProgLatchFastSkbEgress  = "latch_fast_skb_egress"
+	fastpathProgLatchFastSkbIngress = "latch_fast_skb_ingress"
 	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
 	fastpathProgLatchFastSockops    = "latch_fast_sockops"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
+	fastpathVarBytesOk              = "bytes_ok"
 	fastpathVarNetnsCookie          = "netns_cookie"
+	fastpathVarTcpBytes             = "tcp_bytes"
 	fastpathVarTcpEnds              = "tcp_ends"
 	fastpathVarTcpLocal             = "tcp_local"
 	fastpathVarUdpCgroup            = "udp_cgroup"
@@ -141,6 +158,8 @@ type fastpathSpecs struct {
 type fastpathProgramSpecs struct {
 	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
+	LatchFastSkbEgress  *ebpf.ProgramSpec `ebpf:"latch_fast_skb_egress"`
+	LatchFastSkbIngress *ebpf.ProgramSpec `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
 	LatchFastSockops    *ebpf.ProgramSpec `ebpf:"latch_fast_sockops"`
 	LatchFastUdp        *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
@@ -150,21 +169,24 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
-	Alive      *ebpf.MapSpec `ebpf:"alive"`
-	Ends       *ebpf.MapSpec `ebpf:"ends"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Generation *ebpf.MapSpec `ebpf:"generation"`
-	Owners     *ebpf.MapSpec `ebpf:"owners"`
-	Pending    *ebpf.MapSpec `ebpf:"pending"`
-	Stats      *ebpf.MapSpec `ebpf:"stats"`
-	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
+	Alive       *ebpf.MapSpec `ebpf:"alive"`
+	BytesCounts *ebpf.MapSpec `ebpf:"bytes_counts"`
+	Ends        *ebpf.MapSpec `ebpf:"ends"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Generation  *ebpf.MapSpec `ebpf:"generation"`
+	Owners      *ebpf.MapSpec `ebpf:"owners"`
+	Pending     *ebpf.MapSpec `ebpf:"pending"`
+	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
+	BytesOk     *ebpf.VariableSpec `ebpf:"bytes_ok"`
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	TcpBytes    *ebpf.VariableSpec `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.VariableSpec `ebpf:"tcp_ends"`
 	TcpLocal    *ebpf.VariableSpec `ebpf:"tcp_local"`
 	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
@@ -192,19 +214,21 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
-	Alive      *ebpf.Map `ebpf:"alive"`
-	Ends       *ebpf.Map `ebpf:"ends"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Generation *ebpf.Map `ebpf:"generation"`
-	Owners     *ebpf.Map `ebpf:"owners"`
-	Pending    *ebpf.Map `ebpf:"pending"`
-	Stats      *ebpf.Map `ebpf:"stats"`
-	Verdicts   *ebpf.Map `ebpf:"verdicts"`
+	Alive       *ebpf.Map `ebpf:"alive"`
+	BytesCounts *ebpf.Map `ebpf:"bytes_counts"`
+	Ends        *ebpf.Map `ebpf:"ends"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Generation  *ebpf.Map `ebpf:"generation"`
+	Owners      *ebpf.Map `ebpf:"owners"`
+	Pending     *ebpf.Map `ebpf:"pending"`
+	Stats       *ebpf.Map `ebpf:"stats"`
+	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
 
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
 		m.Alive,
+		m.BytesCounts,
 		m.Ends,
 		m.Events,
 		m.Generation,
@@ -219,7 +243,9 @@ func (m *fastpathMaps) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
+	BytesOk     *ebpf.Variable `ebpf:"bytes_ok"`
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	TcpBytes    *ebpf.Variable `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.Variable `ebpf:"tcp_ends"`
 	TcpLocal    *ebpf.Variable `ebpf:"tcp_local"`
 	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
@@ -233,6 +259,8 @@ type fastpathVariables struct {
 type fastpathPrograms struct {
 	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
+	LatchFastSkbEgress  *ebpf.Program `ebpf:"latch_fast_skb_egress"`
+	LatchFastSkbIngress *ebpf.Program `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
 	LatchFastSockops    *ebpf.Program `ebpf:"latch_fast_sockops"`
 	LatchFastUdp        *ebpf.Program `ebpf:"latch_fast_udp"`
@@ -242,6 +270,8 @@ func (p *fastpathPrograms) Close() error {
 	return _FastpathClose(
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
+		p.LatchFastSkbEgress,
+		p.LatchFastSkbIngress,
 		p.LatchFastSockCreate,
 		p.LatchFastSockops,
 		p.LatchFastUdp,

@@ -53,9 +53,9 @@ const (
 	DefaultTTL        = 10 * time.Minute
 	DefaultRingBytes  = 1 << 20
 	// DefaultEndsRingBytes is the size of the ring buffer of TCP socket ends: 1
-	// MiB holds 16384 ends (64 bytes each with the ring's header), what a server
-	// closing 50000 connections a second ends in a third of a second, while the
-	// reader is woken every 512 ends (WAKEUP_BYTES).
+	// MiB holds 10922 ends (96 bytes each with the ring's header), what a server
+	// closing 50000 connections a second ends in a fifth of a second, while the
+	// reader is woken every 341 ends (WAKEUP_BYTES).
 	DefaultEndsRingBytes = 1 << 20
 )
 
@@ -95,6 +95,48 @@ type Config struct {
 	// noNetnsCookie loads the sock_ops program as for a kernel whose sock_ops
 	// programs cannot call bpf_get_netns_cookie (before 5.15; tests).
 	noNetnsCookie bool
+	// noEndBytes loads the programs as for a kernel without socket storage in
+	// sock_ops and cgroup_skb programs: socket ends carry no counters (tests).
+	noEndBytes bool
+}
+
+// noEndBytesKernel says why the kernel cannot count the bytes of a TCP socket
+// for its end (struct fp_bytes in socket storage, added to by cgroup_skb
+// programs, read by the sock_ops program), or "". force says it cannot (tests).
+func noEndBytesKernel(force bool) string {
+	if force {
+		return "the kernel cannot count a socket's bytes in eBPF (test)"
+	}
+	for _, p := range []struct {
+		what  string
+		probe func() error
+	}{
+		{"socket storage maps (BPF_MAP_TYPE_SK_STORAGE)", func() error { return features.HaveMapType(ebpf.SkStorage) }},
+		{"cgroup_skb programs", func() error { return features.HaveProgramType(ebpf.CGroupSKB) }},
+		{"bpf_sk_fullsock in cgroup_skb programs", func() error { return features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnSkFullsock) }},
+		{"bpf_sk_storage_get in cgroup_skb programs", func() error { return features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnSkStorageGet) }},
+		{"bpf_sk_storage_get in sock_ops programs", func() error { return features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet) }},
+		{"bpf_sk_storage_delete in sock_ops programs", func() error { return features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageDelete) }},
+	} {
+		if err := p.probe(); err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return "the kernel has no " + p.what
+			}
+			return fmt.Sprintf("probe %s: %v", p.what, err)
+		}
+	}
+	return ""
+}
+
+// withoutEndBytes prepares spec for a kernel that cannot count a socket's bytes:
+// the code that would is never visited by the verifier (bytes_ok stays 0), and a
+// kernel without socket storage maps gets a one-entry array in their place
+// (referenced, never used).
+func withoutEndBytes(spec *ebpf.CollectionSpec) {
+	m := spec.Maps["bytes_counts"]
+	if m != nil && features.HaveMapType(ebpf.SkStorage) != nil {
+		m.Type, m.Flags, m.MaxEntries = ebpf.Array, 0, 1
+	}
 }
 
 // noNetnsCookieInSockops says why the sock_ops program cannot call
@@ -162,6 +204,9 @@ type FastPath struct {
 
 	tcpLocalWhy string // why TCP decisions come without the local port; "": they have it
 	tcpEndsWhy  string // why TCP socket ends are not reported; "": they are
+	// why TCP socket ends carry no counters of the socket's bytes; "": those of
+	// active opens do
+	tcpEndBytesWhy string
 
 	offers     chan offered
 	stopWorker chan struct{}
@@ -228,18 +273,12 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("fast path: raise RLIMIT_MEMLOCK: %w", err)
 	}
-	spec, err := loadFastpath()
-	if err != nil {
-		return nil, fmt.Errorf("fast path: read the eBPF object: %w", err)
-	}
 	cookie, err := netnsCookie()
 	if err != nil {
 		return nil, fmt.Errorf("fast path: %w", err)
 	}
-	if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
-		return nil, fmt.Errorf("fast path: set the network namespace: %w", err)
-	}
 	subCgroup := false // the hooks serve one cgroup, not every process
+	var udpCgroup uint64
 	if cfg.CgroupPath != "" && cfg.CgroupPath != "cgroup2 root" && cgroupPath == cfg.CgroupPath {
 		// A cgroup of the caller's choosing: the UDP match serves it alone too
 		// (its id is its directory's inode number).
@@ -249,26 +288,64 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		if root, err := cgroup2.Find(); err != nil || !sameFile(root, cgroupPath) {
 			subCgroup = true
-			if err := spec.Variables["udp_cgroup"].Set(st.Ino); err != nil {
-				return nil, fmt.Errorf("fast path: set the cgroup: %w", err)
-			}
+			udpCgroup = st.Ino
 		}
 	}
-	spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
-	spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
-	spec.Maps["ends"].MaxEntries = uint32(cfg.EndsRingBytes)
 	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
 	// Before Linux 5.15 a sock_ops program cannot read the socket's network
 	// namespace (bpf_get_netns_cookie), which the socket end reports need: the
 	// program loads without them rather than the fast path not at all.
-	if why := noNetnsCookieInSockops(cfg.noNetnsCookie); why != "" {
-		if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
-			return nil, fmt.Errorf("fast path: %w", err)
-		}
-		fp.tcpEndsWhy = why
+	noCookie := noNetnsCookieInSockops(cfg.noNetnsCookie)
+	if noCookie != "" {
+		fp.tcpEndsWhy = noCookie
 	}
-	if err := spec.LoadAndAssign(&fp.objs, nil); err != nil {
-		return nil, fmt.Errorf("fast path: load the eBPF programs: %w", err)
+	// The counters of a socket's bytes for its end need socket storage in
+	// sock_ops and cgroup_skb programs: without them (or if the kernel refuses
+	// the programs that use them) ends carry none, and the byte accountant reads
+	// conntrack for each as before.
+	fp.tcpEndBytesWhy = noEndBytesKernel(cfg.noEndBytes)
+	load := func(bytes bool) error {
+		spec, err := loadFastpath()
+		if err != nil {
+			return fmt.Errorf("fast path: read the eBPF object: %w", err)
+		}
+		if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
+			return fmt.Errorf("fast path: set the network namespace: %w", err)
+		}
+		if udpCgroup != 0 {
+			if err := spec.Variables["udp_cgroup"].Set(udpCgroup); err != nil {
+				return fmt.Errorf("fast path: set the cgroup: %w", err)
+			}
+		}
+		if bytes {
+			if err := spec.Variables["bytes_ok"].Set(uint32(1)); err != nil {
+				return fmt.Errorf("fast path: turn the socket counters on: %w", err)
+			}
+		} else {
+			withoutEndBytes(spec)
+		}
+		spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
+		spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
+		spec.Maps["ends"].MaxEntries = uint32(cfg.EndsRingBytes)
+		if noCookie != "" {
+			if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
+				return fmt.Errorf("fast path: %w", err)
+			}
+		}
+		if err := spec.LoadAndAssign(&fp.objs, nil); err != nil {
+			return fmt.Errorf("fast path: load the eBPF programs: %w", err)
+		}
+		return nil
+	}
+	if err := load(fp.tcpEndBytesWhy == ""); err != nil {
+		if fp.tcpEndBytesWhy != "" {
+			return nil, err
+		}
+		// A kernel that refuses the counting code: without it.
+		fp.tcpEndBytesWhy = err.Error()
+		if err := load(false); err != nil {
+			return nil, err
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -328,7 +405,14 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
+		} else if fp.tcpEndBytesWhy == "" {
+			// Where the sock_ops program is (the root cgroup): every process's
+			// sockets.
+			fp.tcpEndBytesWhy = fp.attachEndBytes(sockopsPath)
 		}
+	}
+	if fp.tcpEndsWhy != "" {
+		fp.tcpEndBytesWhy = "no socket ends: " + fp.tcpEndsWhy
 	}
 	for _, a := range []struct {
 		prog *ebpf.Program
@@ -387,6 +471,38 @@ func (fp *FastPath) attachSockops(path string) string {
 		return fmt.Sprintf("turn the sock_ops program on: %v", err)
 	}
 	fp.links = append(fp.links, l)
+	return ""
+}
+
+// attachEndBytes attaches the cgroup_skb programs that count the packets of the
+// sockets the sock_ops program gives counters, to the cgroup at path (the sock_ops
+// program's), and then has it give them. It returns why not, or "".
+func (fp *FastPath) attachEndBytes(path string) string {
+	var ls []link.Link
+	for _, a := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{
+		{fp.objs.LatchFastSkbEgress, ebpf.AttachCGroupInetEgress},
+		{fp.objs.LatchFastSkbIngress, ebpf.AttachCGroupInetIngress},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.at, Program: a.prog})
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return fmt.Sprintf("attach the byte counters to cgroup %s at %v: %v", path, a.at, err)
+		}
+		ls = append(ls, l)
+	}
+	// Counted from now: only sockets that open after this get counters.
+	if err := fp.objs.TcpBytes.Set(uint32(1)); err != nil {
+		for _, l := range ls {
+			l.Close()
+		}
+		return fmt.Sprintf("turn the byte counters on: %v", err)
+	}
+	fp.links = append(fp.links, ls...)
 	return ""
 }
 
@@ -864,7 +980,17 @@ type End struct {
 	// Time is when the socket ended (on the clock of Decision.Time): a 4-tuple
 	// can be reused by a new connection before the old socket's end is read.
 	Time time.Time
+	// Counted says whether the socket's packets were counted, from its SYN to
+	// its end (a socket the kernel opened actively while Stats.TCPEndBytes):
+	// then Bytes and Packets hold them, sent (Out) and received (In), bytes as
+	// conntrack counts them (each packet's length from its IP header on).
+	Counted bool
+	Bytes   Counts
+	Packets Counts
 }
+
+// Counts are a socket's counts of what it sent and received.
+type Counts struct{ Out, In uint64 }
 
 // Run reads the fast path's records from its ring buffers until ctx is done or
 // Close is called: it hands each decision to fn and, if ended is not nil, each TCP
@@ -1123,10 +1249,12 @@ func decodeEvent(b []byte) (fastpathFpEvent, error) {
 	return ev, nil
 }
 
-// endSize is the size of struct fp_end, and endKind its first field.
+// endSize is the size of struct fp_end, endKind its first field and endBytes
+// the flag that says its counters are set.
 const (
-	endSize = 56
-	endKind = 0x656e6421
+	endSize  = 88
+	endKind  = 0x656e6421
+	endBytes = 1
 )
 
 // wallEvery is how many ring buffer records Run reads between two readings of
@@ -1156,7 +1284,23 @@ func decodeEnd(b []byte) (End, uint64, error) {
 	default:
 		return End{}, 0, fmt.Errorf("fast path socket end with address family %d", b[4])
 	}
-	return End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}, ne.Uint64(b[48:]), nil
+	e := End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}
+	switch f := ne.Uint32(b[44:]); f {
+	case 0:
+	case endBytes:
+		e.Counted = true
+		e.Bytes = Counts{Out: ne.Uint64(b[56:]), In: ne.Uint64(b[64:])}
+		e.Packets = Counts{Out: ne.Uint64(b[72:]), In: ne.Uint64(b[80:])}
+		// A packet is at least an IPv4 header long. (A socket may have sent
+		// none: a SYN the ruleset rejected in its output chain, before the
+		// counting program, was answered with a reset.)
+		if e.Bytes.Out < 20*e.Packets.Out || e.Bytes.In < 20*e.Packets.In {
+			return End{}, 0, fmt.Errorf("fast path socket end with %d bytes in %d packets out and %d bytes in %d packets in", e.Bytes.Out, e.Packets.Out, e.Bytes.In, e.Packets.In)
+		}
+	default:
+		return End{}, 0, fmt.Errorf("fast path socket end with flags %#x", f)
+	}
+	return e, ne.Uint64(b[48:]), nil
 }
 
 func (fp *FastPath) decision(ev *fastpathFpEvent, wallAtBoot time.Time) Decision {
@@ -1194,6 +1338,7 @@ func (fp *FastPath) Stats() Stats {
 		UDP: fp.udpOn.Load(), UDPMatch: fp.udpPin,
 		TCPLocal: fp.tcpLocalWhy == "", TCPLocalWhy: fp.tcpLocalWhy,
 		TCPEnds: fp.tcpEndsWhy == "", TCPEndsWhy: fp.tcpEndsWhy, Ends: fp.ends.Load(),
+		TCPEndBytes: fp.tcpEndBytesWhy == "", TCPEndBytesWhy: fp.tcpEndBytesWhy,
 	}
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)

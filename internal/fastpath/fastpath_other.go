@@ -49,7 +49,13 @@ type Decision struct {
 type End struct {
 	Local, Remote netip.AddrPort
 	Time          time.Time
+	Counted       bool
+	Bytes         Counts
+	Packets       Counts
 }
+
+// Counts are a socket's counts of what it sent and received.
+type Counts struct{ Out, In uint64 }
 
 // Open fails with ErrUnsupported.
 func Open(Config) (*FastPath, error) { return nil, ErrUnsupported }

@@ -40,4 +40,11 @@ type Stats struct {
 	TCPEndsWhy string `json:"tcp_ends_why,omitempty"`
 	Ends       uint64 `json:"ends"`
 	EndsLost   uint64 `json:"ends_lost"`
+	// TCPEndBytes says whether the end of a TCP socket the kernel opened
+	// actively carries the socket's counters of bytes and packets (cgroup_skb
+	// programs count them in the socket's storage), with which the byte
+	// accountant ends its flow without reading conntrack once more;
+	// TCPEndBytesWhy says why not (the accountant reads conntrack for each end).
+	TCPEndBytes    bool   `json:"tcp_end_bytes"`
+	TCPEndBytesWhy string `json:"tcp_end_bytes_why,omitempty"`
 }

@@ -272,11 +272,12 @@ func TestFastPathBytesAtTheirEnd(t *testing.T) {
 	n.Serve(t, 8338)
 	d := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s")
 	st := d.MustCLI(t, "status", "--json")
-	if !strings.Contains(st, `"tcp_ends":true`) || !strings.Contains(st, `"traffic_update_events":0`) {
-		t.Fatalf("status does not say socket ends are on and conntrack update events off:\n%s", st)
+	if !strings.Contains(st, `"tcp_ends":true`) || !strings.Contains(st, `"traffic_update_events":0`) || !strings.Contains(st, `"tcp_end_bytes":true`) {
+		t.Fatalf("status does not say socket ends (with their bytes) are on and conntrack update events off:\n%s", st)
 	}
-	if text := d.MustCLI(t, "status"); !strings.Contains(text, "fast path ends") || !strings.Contains(text, "reads no conntrack update events") {
-		t.Errorf("status text does not say where flow ends come from:\n%s", text)
+	if text := d.MustCLI(t, "status"); !strings.Contains(text, "fast path ends") || !strings.Contains(text, "reads no conntrack update events") ||
+		!strings.Contains(text, "fast path end bytes") || !strings.Contains(text, "sends them with its end") {
+		t.Errorf("status text does not say where flow ends and their bytes come from:\n%s", text)
 	}
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "tcp", "--port", "8338", "--action", "allow")
 	if out, err := n.Exec(n.Client, helperBin, "connects", n.ServerIP+":8338", "1", "10s"); err != nil {

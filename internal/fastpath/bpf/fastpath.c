@@ -111,11 +111,30 @@ struct fp_end {
 	__u8 remote[16];
 	__u16 local_port;  // host order
 	__u16 remote_port; // host order
-	__u32 pad3;
+	__u32 flags;       // END_BYTES: the counters below are set
 	// When the socket ended (bpf_ktime_get_boot_ns, the clock of fp_event's
 	// boot_ns): the reader tells an end of an older socket on a reused 4-tuple from
 	// one of the flow now registered on it.
 	__u64 boot_ns;
+	// The socket's packets and their bytes (L3 length, as conntrack counts them),
+	// sent (out) and received (in), from the SYN to TCP_CLOSE: set (END_BYTES) for
+	// an active open only (struct fp_bytes).
+	__u64 bytes_out;
+	__u64 bytes_in;
+	__u64 packets_out;
+	__u64 packets_in;
+};
+
+// fp_end.flags: the end carries the socket's counters.
+#define END_BYTES 1u
+
+// A socket's counters (bytes_counts), added to by latch_fast_skb_egress and
+// latch_fast_skb_ingress.
+struct fp_bytes {
+	__u64 bytes_out;
+	__u64 bytes_in;
+	__u64 packets_out;
+	__u64 packets_in;
 };
 
 struct {
@@ -198,6 +217,31 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20); // set by the loader
 } ends SEC(".maps");
+
+// The counters of each TCP socket of the served network namespace that the
+// sock_ops program watches from an active open (TCP_CONNECT_CB, just before the
+// SYN), in the socket's own storage (freed with it): the cgroup_skb programs add
+// each packet of the socket to them, and report_end sends them with its end, so
+// that the byte accountant need not read the flow's conntrack entry once more.
+// An accepted socket has none (its handshake, which conntrack counted, came
+// before PASSIVE_ESTABLISHED_CB): its end carries no counters.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct fp_bytes);
+} bytes_counts SEC(".maps");
+
+// 1 once the loader attached the cgroup_skb programs (and tcp_ends is on): the
+// sock_ops program gives the sockets it watches from an active open their
+// counters; 0: no socket has any, and ends carry none.
+volatile __u32 tcp_bytes = 0;
+
+// 1 if the kernel has what the counters need (socket storage, reachable from
+// sock_ops and cgroup_skb programs, bpf_sock_ops->sk); set by the loader. With 0,
+// the verifier never visits the code that uses them (a constant of the frozen
+// .rodata), so the object loads on a kernel without them.
+volatile const __u32 bytes_ok = 0;
 
 
 // The network namespace (its cookie) whose sockets this fast path serves: the
@@ -445,18 +489,86 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 // socket (BPF_SOCK_OPS_STATE_CB), for report_end, if tcp_ends is on and the socket
 // is of the served network namespace. One flag on the socket; the callbacks it
 // causes return at once but for the one to TCP_CLOSE.
-static __always_inline void watch(struct bpf_sock_ops *ctx)
+// It returns 1 if it did.
+static __always_inline int watch(struct bpf_sock_ops *ctx)
 {
 	if (!tcp_ends || bpf_get_netns_cookie(ctx) != netns_cookie)
-		return;
+		return 0;
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	return 1;
+}
+
+// count_bytes gives a socket watch watches from an active open its counters
+// (bytes_counts), at zero (a socket that connects again, after a TCP_CLOSE, starts
+// over), if tcp_bytes is on. The SYN goes out after TCP_CONNECT_CB: it is counted.
+static __always_inline void count_bytes(struct bpf_sock_ops *ctx)
+{
+	if (!bytes_ok || !tcp_bytes)
+		return;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return;
+	struct fp_bytes *c = bpf_sk_storage_get(&bytes_counts, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c)
+		return; // no memory: this end carries no counters
+	c->bytes_out = 0;
+	c->bytes_in = 0;
+	c->packets_out = 0;
+	c->packets_in = 0;
+}
+
+// add_bytes adds a packet of a socket that has counters (bytes_counts) to them:
+// skb->len, the packet's length from its IP header on (a GSO or GRO packet's
+// whole), which is what conntrack adds to its counters for each packet it sees.
+// Any other packet costs a look at its socket's storage pointer.
+static __always_inline void add_bytes(struct __sk_buff *skb, int out)
+{
+	if (!bytes_ok)
+		return;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return;
+	struct fp_bytes *c = bpf_sk_storage_get(&bytes_counts, sk, 0, 0);
+	if (!c)
+		return;
+	// Atomic: a socket's packets in may be counted on several CPUs at once.
+	if (out) {
+		__sync_fetch_and_add(&c->bytes_out, skb->len);
+		__sync_fetch_and_add(&c->packets_out, 1);
+	} else {
+		__sync_fetch_and_add(&c->bytes_in, skb->len);
+		__sync_fetch_and_add(&c->packets_in, 1);
+	}
+}
+
+// The packets a local socket sends, after the output and postrouting hooks (the
+// root cgroup: every process). Never drops.
+SEC("cgroup_skb/egress")
+int latch_fast_skb_egress(struct __sk_buff *skb)
+{
+	add_bytes(skb, 1);
+	return 1;
+}
+
+// The packets a local socket receives, before TCP takes them (a socket's TIME_WAIT
+// successor receives none through here). Never drops.
+SEC("cgroup_skb/ingress")
+int latch_fast_skb_ingress(struct __sk_buff *skb)
+{
+	add_bytes(skb, 0);
+	return 1;
 }
 
 // report_end sends the 4-tuple of a socket that moved to TCP_CLOSE (reset, both
 // sides closed and the last ACK went out before tcp_time_wait's tcp_done, a
-// connect that failed, a timeout) through the ends ring buffer to the reader, which reads the flow's counters
-// from conntrack once more and ends it: the conntrack events of each TCP state
-// change are then not needed (see doc.go).
+// connect that failed, a timeout) through the ends ring buffer to the reader, with
+// the socket's counters if it has them (bytes_counts, which it then drops): the
+// reader ends the flow with those, or else reads its counters from conntrack once
+// more. The conntrack events of each TCP state change are then not needed (see
+// doc.go).
 static __always_inline void report_end(struct bpf_sock_ops *ctx)
 {
 	struct fp_end *e = bpf_ringbuf_reserve(&ends, sizeof(*e), 0);
@@ -467,6 +579,20 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = END_KIND;
 	e->boot_ns = bpf_ktime_get_boot_ns();
+	if (bytes_ok && tcp_bytes) {
+		struct bpf_sock *sk = ctx->sk;
+		struct fp_bytes *c = sk ? bpf_sk_storage_get(&bytes_counts, sk, 0, 0) : 0;
+		if (c) {
+			e->flags = END_BYTES;
+			e->bytes_out = c->bytes_out;
+			e->bytes_in = c->bytes_in;
+			e->packets_out = c->packets_out;
+			e->packets_in = c->packets_in;
+			// A packet after this (a reset sent on close) is not the flow's
+			// as reported; the socket may connect again.
+			bpf_sk_storage_delete(&bytes_counts, sk);
+		}
+	}
 	// Ports: local in host order, remote in network order in the upper half.
 	e->local_port = (__u16)ctx->local_port;
 	e->remote_port = (__u16)bpf_ntohl(ctx->remote_port);
@@ -504,7 +630,8 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 // The cgroup's sock_ops program. At TCP_CONNECT_CB (an active open, just before
 // the SYN) it sends the decision a connect hook left for the socket (send_pending)
 // and, like at PASSIVE_ESTABLISHED_CB (an accepted connection), turns the state
-// callback on (watch); at a state change to TCP_CLOSE it reports the socket's end
+// callback on (watch), giving an actively opened socket its counters
+// (count_bytes); at a state change to TCP_CLOSE it reports the socket's end
 // (report_end). Every other callback returns at once; reply stays 0 (the kernel's
 // defaults).
 SEC("sockops")
@@ -512,7 +639,8 @@ int latch_fast_sockops(struct bpf_sock_ops *ctx)
 {
 	switch (ctx->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		watch(ctx);
+		if (watch(ctx))
+			count_bytes(ctx);
 		send_pending(ctx);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:

@@ -2,6 +2,7 @@ package linux
 
 import (
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,7 +216,7 @@ func TestDrainReadsOnlyOpenFlows(t *testing.T) {
 			fn(e)
 		}
 		return false, 0, nil
-	}, func() []flowKey { return nil }, func() []socketEnd { return ends }, getMany, t0.Add(time.Second), func(err error) {
+	}, func() []flowKey { return nil }, func() []socketEnd { return ends }, getMany, nil, t0.Add(time.Second), func(err error) {
 		if err != nil {
 			t.Error(err)
 		}
@@ -344,7 +345,7 @@ func TestSocketEndOfReusedTuple(t *testing.T) {
 						for _, k := range keys {
 							fn(k, entry, nil)
 						}
-					}, now, func(err error) {
+					}, nil, now, func(err error) {
 						if err != nil {
 							t.Error(err)
 						}
@@ -406,7 +407,7 @@ func TestDestroyOfEndedFlowSpareNewFlow(t *testing.T) {
 				for _, k := range keys {
 					fn(k, entry, nil)
 				}
-			}, now, func(err error) {
+			}, nil, now, func(err error) {
 				if err != nil {
 					t.Error(err)
 				}
@@ -487,7 +488,7 @@ func TestDestroyOfReplacedEntry(t *testing.T) {
 					for _, k := range keys {
 						fn(k, ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 5000, replBytes: 70000, counters: true}, nil)
 					}
-				}, renewed.Time.Add(time.Second+time.Millisecond), func(err error) {
+				}, nil, renewed.Time.Add(time.Second+time.Millisecond), func(err error) {
 					if err != nil {
 						t.Error(err)
 					}
@@ -513,5 +514,82 @@ func TestDestroyOfShortFlowBeforeReuseRegistered(t *testing.T) {
 	r, ok, err := a.event(destroyed, func(flowKey) (ctInfo, error) { t.Fatal("read"); return ctInfo{}, nil }, t0.Add(300*time.Millisecond))
 	if err != nil || !ok || r.Request.ID != short.ID || !r.Ended || r.BytesOut != 900 || r.BytesIn != 40 {
 		t.Errorf("report %+v (%v, %v), want the short flow ended with 900 bytes out, 40 in", r, ok, err)
+	}
+}
+
+// TestSocketEndWithCounts: a socket end that carries the socket's counts ends its
+// flow with them, without reading conntrack: an outbound flow's bytes out are
+// the socket's out; a flow the accountant already reported more bytes of (from
+// conntrack, along the way) than the socket counted is read instead, and ends
+// with conntrack's counters, so that no report's delta goes wrong; an end of an
+// older socket on a reused tuple still ends only the older flow.
+func TestSocketEndWithCounts(t *testing.T) {
+	flows := newFlowTable(100, time.Hour)
+	t0 := time.Unix(1000, 0)
+	out := func(id engine.RequestID, local string, at time.Time) *engine.Request {
+		r := &engine.Request{ID: id, Direction: engine.Outbound, Protocol: engine.TCP, Time: at,
+			Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+		flows.add(r, at)
+		return r
+	}
+	counted := out(1, "198.18.0.1:40001", t0)
+	behind := out(2, "198.18.0.1:40002", t0)
+	a := newAccountant(flows, 10*time.Second)
+	// behind was reported along the way with 9000 bytes out, 400 in.
+	if r, ok := a.observe(ctInfo{key: keyOf(behind), mark: MarkAllow, hasState: true, tcpState: 3, origBytes: 9000, replBytes: 400, counters: true}, false, t0.Add(20*time.Second), true); !ok || r.BytesOut != 9000 {
+		t.Fatalf("report along the way %+v (%v)", r, ok)
+	}
+	var asked []flowKey
+	drain := func(ends []socketEnd, now time.Time) []intercept.Traffic {
+		var dr drainer
+		var gets atomic.Uint64
+		rs, _, _ := a.drain(&dr, func(func(ctEvent)) (bool, int, error) { return false, 0, nil },
+			func() []flowKey { return nil }, func() []socketEnd { return ends },
+			func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
+				for _, k := range keys {
+					asked = append(asked, k)
+					fn(k, ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 9100, replBytes: 450, counters: true}, nil)
+				}
+			}, &gets, now, func(err error) {
+				if err != nil {
+					t.Error(err)
+				}
+			})
+		if gets.Load() != uint64(len(asked)) {
+			t.Errorf("gets counted %d, %d read", gets.Load(), len(asked))
+		}
+		return rs
+	}
+	endOf := func(r *engine.Request, at time.Time, out, in uint64) socketEnd {
+		return socketEnd{local: r.Local, remote: r.Remote, at: at, counts: &socketCounts{out: out, in: in}}
+	}
+	rs := drain([]socketEnd{endOf(counted, t0.Add(30*time.Second), 70_000, 3_000), endOf(behind, t0.Add(30*time.Second), 8_000, 300)}, t0.Add(31*time.Second))
+	if len(asked) != 1 || asked[0] != keyOf(behind) {
+		t.Errorf("read %v, want only the flow its socket counted less of than was reported (%v)", asked, keyOf(behind))
+	}
+	got := map[engine.RequestID]intercept.Traffic{}
+	for _, r := range rs {
+		got[r.Request.ID] = r
+	}
+	if r := got[counted.ID]; !r.Ended || r.BytesOut != 70_000 || r.BytesIn != 3_000 || r.DeltaOut != 70_000 || r.DeltaIn != 3_000 {
+		t.Errorf("counted flow's report %+v: want ended with the socket's 70000 bytes out and 3000 in", r)
+	}
+	if r := got[behind.ID]; !r.Ended || r.BytesOut != 9100 || r.BytesIn != 450 || r.DeltaOut != 100 || r.DeltaIn != 50 {
+		t.Errorf("flow behind its reports: report %+v, want ended with conntrack's 9100 out, 450 in (deltas 100, 50)", r)
+	}
+	if len(rs) != 2 {
+		t.Errorf("%d reports, want 2: %+v", len(rs), rs)
+	}
+	// A new connection on counted's tuple (allowed after the old socket ended):
+	// the old socket's end, read late, does not end it, counted or not.
+	asked = nil
+	renewed := out(3, "198.18.0.1:40001", t0.Add(40*time.Second))
+	if rs := drain([]socketEnd{endOf(counted, t0.Add(39*time.Second), 70_000, 3_000)}, t0.Add(41*time.Second)); len(rs) != 0 || len(asked) != 0 {
+		t.Errorf("the old socket's end made reports %+v and reads %v of the new flow", rs, asked)
+	}
+	// Its own end, counted, ends it with its own counts.
+	rs = drain([]socketEnd{endOf(renewed, t0.Add(42*time.Second), 500, 200)}, t0.Add(43*time.Second))
+	if len(rs) != 1 || rs[0].Request.ID != renewed.ID || !rs[0].Ended || rs[0].BytesOut != 500 || rs[0].BytesIn != 200 || len(asked) != 0 {
+		t.Errorf("the new flow's end: reports %+v, reads %v; want it ended with 500 out, 200 in, no read", rs, asked)
 	}
 }

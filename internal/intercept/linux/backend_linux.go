@@ -70,6 +70,7 @@ type Backend struct {
 	trafficReports                             atomic.Uint64 // Traffic reports handed to Config.OnTraffic
 	trafficEventsLost                          atomic.Uint64 // conntrack event socket overflows
 	socketEnds, socketEndsLost                 atomic.Uint64 // SocketEnded calls taken, and dropped (the accountant's queue was full)
+	ctGets                                     atomic.Uint64 // conntrack entries the accountant read one by one (a flow's end)
 	ctUpdates                                  atomic.Bool   // the accountant listens to conntrack's update events
 	latencySum, latencyMax, latencyN           atomic.Uint64
 	dns                                        *dnsname.Learner // nil without Config.Hostnames
@@ -878,6 +879,7 @@ func (b *Backend) Stats() intercept.Stats {
 			"traffic_events_lost":    b.trafficEventsLost.Load(),
 			"traffic_socket_ends":    b.socketEnds.Load(),
 			"traffic_ends_lost":      b.socketEndsLost.Load(),
+			"traffic_conntrack_gets": b.ctGets.Load(),
 			"traffic_update_events":  map[bool]uint64{true: 1}[b.ctUpdates.Load()],
 			"verdict_latency_max_us": b.latencyMax.Load() / 1000,
 		},

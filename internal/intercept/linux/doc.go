@@ -312,7 +312,10 @@ type Config struct {
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to
 	// conntrack's destroy events only, not to its update events, which the kernel
-	// would otherwise build for each TCP state change of every flow. Ignored with
+	// would otherwise build for each TCP state change of every flow. An end that
+	// carries the socket's byte counts (an active open, fastpath.Stats.TCPEndBytes)
+	// ends its flow with them; any other is read from conntrack once more (see
+	// accountant.endCounted). Ignored with
 	// Forward (a forwarded flow has no local socket: its end is an update event).
 	// A 4-tuple reused by a new connection before the old socket's end, or its
 	// conntrack entry's destroy, is read is told apart by the end's time and by

@@ -462,6 +462,7 @@ func runChild(mode string) int {
 		defer fp.Close()
 		cfg.SocketEnds = fp.Stats().TCPEnds
 		say("socket-ends %t %s", cfg.SocketEnds, fp.Stats().TCPEndsWhy)
+		say("end-bytes %t %s", fp.Stats().TCPEndBytes, fp.Stats().TCPEndBytesWhy)
 	}
 	b, err := New(cfg)
 	if err != nil {
@@ -473,7 +474,17 @@ func runChild(mode string) int {
 		fpDone := make(chan struct{})
 		go func() {
 			defer close(fpDone)
-			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) { b.SocketEnded(e.Local, e.Remote, e.Time) })
+			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) {
+				if os.Getenv("LATCH_TEST_PRINT_ENDS") != "" {
+					say("end %s %s counted=%t bytes_out=%d bytes_in=%d packets_out=%d packets_in=%d",
+						e.Local, e.Remote, e.Counted, e.Bytes.Out, e.Bytes.In, e.Packets.Out, e.Packets.In)
+				}
+				var bytes *SocketBytes
+				if e.Counted && os.Getenv("LATCH_TEST_END_BYTES") != "off" {
+					bytes = &SocketBytes{Out: e.Bytes.Out, In: e.Bytes.In}
+				}
+				b.SocketEnded(e.Local, e.Remote, e.Time, bytes)
+			})
 		}()
 		defer func() { stopFP(); <-fpDone }()
 	}

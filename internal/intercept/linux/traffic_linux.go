@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -173,6 +174,56 @@ func (a *accountant) socketEnded(e socketEnd, now time.Time) (flowKey, intercept
 		k = k.reversed()
 	}
 	return flowKey{}, intercept.Traffic{}, endNone
+}
+
+// endCounted ends the flow k, whose socket's end e carries the socket's counters
+// (the kernel counted each of its packets from the SYN on, their length from the
+// IP header on, as conntrack counts them), with those counters instead of
+// reading its conntrack entry once more, and returns its report. The socket's
+// bytes out are the local side's: conntrack's original direction's if the
+// socket's local end is the flow key's source (an outbound connection), its
+// reply's otherwise (setCounters maps them to the flow's in and out).
+//
+// It returns false (read conntrack instead) if the socket counted fewer bytes in
+// a direction than the accountant already reported for the flow from conntrack
+// (a long flow's periodic reports): conntrack then saw packets the socket did
+// not (one the output or input chain dropped between conntrack's hook and the
+// socket's), and a report ending with the socket's counts would put the flow's
+// totals below what its earlier reports summed to. The read gives conntrack's
+// totals, consistent with those reports; taking the larger of the two instead
+// would mix the two sources' counts of one flow per direction.
+func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercept.Traffic, bool) {
+	req := a.flows.get(k)
+	f := a.m[k]
+	if f == nil && req == nil {
+		return intercept.Traffic{}, false
+	}
+	ci := ctInfo{key: k, counters: true, origBytes: e.counts.out, replBytes: e.counts.in}
+	if k.src != e.local {
+		// The socket is the flow's reply side.
+		ci.origBytes, ci.replBytes = e.counts.in, e.counts.out
+	}
+	fresh := f == nil || f.ended && req != nil && req.ID != f.req.ID
+	if fresh {
+		// New, or a new connection on the tuple of one that ended (as observe).
+		f = &acctFlow{req: req, reportedAt: now}
+	} else {
+		r := f.req
+		if req != nil {
+			r = req // decided again (as observe)
+		}
+		next := acctFlow{req: r}
+		next.setCounters(ci)
+		if next.in < f.reportedIn || next.out < f.reportedOut {
+			return intercept.Traffic{}, false
+		}
+		f.req = r
+	}
+	a.m[k] = f
+	f.gen = a.gen
+	f.setCounters(ci)
+	f.ended = true
+	return f.report(now), true
 }
 
 // What a socket end asks of the drain (accountant.socketEnded).
@@ -448,7 +499,7 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 	}
 	var dr drainer
 	drain := func() {
-		rs, lost, bad := a.drain(&dr, reader.drain, b.tracked.take, b.ends.take, getter.getMany, time.Now(), logErr)
+		rs, lost, bad := a.drain(&dr, reader.drain, b.tracked.take, b.ends.take, getter.getMany, &b.ctGets, time.Now(), logErr)
 		if lost {
 			b.trafficEventsLost.Add(1)
 		}
@@ -507,9 +558,11 @@ type drainer struct {
 // whose socket ended ends with that read whatever conntrack's state: its entry
 // may not have seen the last packet yet (the kernel reports the end before it
 // sends a reset). It returns the reports due, whether events were lost and how
-// many did not decode.
+// many did not decode. A socket end that carries the socket's counters ends its
+// flow with them (endCounted), without a read. gets, if not nil, counts the
+// entries read.
 func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, error), tracked func() []flowKey, ends func() []socketEnd,
-	getMany func([]flowKey, func(flowKey, ctInfo, error)), now time.Time, logErr func(error)) (rs []intercept.Traffic, lost bool, bad int) {
+	getMany func([]flowKey, func(flowKey, ctInfo, error)), gets *atomic.Uint64, now time.Time, logErr func(error)) (rs []intercept.Traffic, lost bool, bad int) {
 	if d.closing == nil {
 		d.closing, d.seen = make(map[flowKey]bool), make(map[flowKey]struct{})
 	}
@@ -537,6 +590,12 @@ func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, er
 	for _, e := range ends() {
 		switch k, r, what := a.socketEnded(e, now); what {
 		case endRead:
+			if e.counts != nil {
+				if r, ok := a.endCounted(k, e, now); ok {
+					rs = append(rs, r)
+					continue
+				}
+			}
 			d.toRead = append(d.toRead, k)
 			d.closing[k] = true
 		case endOlder:
@@ -546,6 +605,9 @@ func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, er
 	d.toRead = a.stillOpen(d.toRead, d.seen)
 	if len(d.toRead) == 0 {
 		return rs, lost, bad
+	}
+	if gets != nil {
+		gets.Add(uint64(len(d.toRead)))
 	}
 	getMany(d.toRead, func(k flowKey, ci ctInfo, err error) {
 		switch {
@@ -586,20 +648,33 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 type socketEnd struct {
 	local, remote netip.AddrPort
 	at            time.Time // zero: not known
+	counts        *socketCounts
 }
 
+// socketCounts are the bytes a socket sent (out) and received (in).
+type socketCounts struct{ out, in uint64 }
+
+// SocketBytes are the bytes a local TCP socket sent (Out) and received (In) from
+// its SYN to its end, each packet's length from its IP header on (what conntrack
+// counts for it), as the kernel fast path counts them (fastpath.End.Bytes).
+type SocketBytes struct{ Out, In uint64 }
+
 // SocketEnded says that the local TCP socket from local to remote moved to
-// TCP_CLOSE at time at (Config.SocketEnds): the byte accountant reads the
-// counters of its flow, if it follows one, once more and reports its end (within
+// TCP_CLOSE at time at (Config.SocketEnds): the byte accountant ends its flow, if
+// it follows one, with the socket's counts if bytes is not nil, or else with the
+// counters it reads from conntrack once more, and reports its end (within
 // eventDrain). An end from before the request of the flow registered on the tuple
 // now is an older socket's, and leaves that flow alone. An end that finds the
 // accountant's queue full is dropped: the periodic read of the table ends the
 // flow (TIME_WAIT, CLOSE), or its destroy event does.
-func (b *Backend) SocketEnded(local, remote netip.AddrPort, at time.Time) {
+func (b *Backend) SocketEnded(local, remote netip.AddrPort, at time.Time, bytes *SocketBytes) {
 	if b.cfg.OnTraffic == nil || !b.running.Load() {
 		return
 	}
 	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at}
+	if bytes != nil {
+		end.counts = &socketCounts{out: bytes.Out, in: bytes.In}
+	}
 	if !b.ends.add(end) {
 		b.socketEndsLost.Add(1)
 		return
