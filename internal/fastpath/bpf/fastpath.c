@@ -163,12 +163,13 @@ struct fp_pending {
 	struct fp_event ev;
 };
 
-// Socket-local storage: the kernel keeps one fp_pending with each socket a hit
-// was stored for, and frees it with the socket, so nothing is left behind by a
-// connect that failed before tcp_connect (no route, no free local port), and a
-// connection costs no map insert or delete. Every connect marks the socket's
-// record empty first, and a hit fills it; a socket that connects again
-// reuses its record. sock_addr (connect4/6, through ctx->sk) and sock_ops
+// Socket-local storage: the kernel makes one fp_pending for a socket at its first
+// hit, charged to the socket's option memory (net.core.optmem_max), and frees it
+// with the socket. No shared map entry is added or deleted per connect, and a
+// record a connect left that failed before tcp_connect (no route, no free local
+// port) stays on its own socket, where no other socket's decision can push it
+// out. Every connect marks the socket's record empty first, and a hit fills it;
+// a socket that connects again reuses its record. sock_addr (connect4/6, through ctx->sk) and sock_ops
 // programs (ctx->sk) may call bpf_sk_storage_get since Linux 5.3 (commits
 // fb85c4a730af "bpf: export bpf_sock for BPF_PROG_TYPE_CGROUP_SOCK_ADDR prog
 // type" and 1314ef561102 "... for BPF_PROG_TYPE_SOCK_OPS prog type"), so every
@@ -181,8 +182,8 @@ struct {
 } pending SEC(".maps");
 
 // 1 once the loader attached latch_fast_sockops: the connect hooks leave their
-// decisions in the socket's pending storage for it to send; 0 (a kernel that refused it): they send them
-// at once, without the local address and port.
+// decisions in the socket's pending storage for it to send; 0 (a kernel that
+// refused it): they send them at once, without the local address and port.
 volatile __u32 tcp_local = 0;
 
 // 1 once the loader wants TCP socket ends reported (latch_fast_sockops turns the
@@ -289,8 +290,9 @@ static __always_inline void submit(struct fp_event *e)
 // generation and has not expired (counted as a hit), 0 otherwise (counted as a miss
 // or a stale entry). A hit is recorded: with sk (a TCP socket's, with the sock_ops
 // program attached) it waits in the socket's pending storage for the local port;
-// otherwise (or if the storage cannot be had) it goes to the ring buffer at once, with the local address and port if local_port
-// is not 0 (UDP: the datagram's source).
+// otherwise, or if the socket's storage cannot be had, it goes to the ring buffer
+// at once, with the local address and port if local_port is not 0 (UDP: the
+// datagram's source).
 static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, const __u8 *local, __u16 local_port)
 {
 	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, key);
@@ -319,7 +321,8 @@ static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, con
 			p->valid = 1;
 			return action;
 		}
-		// No storage (out of memory): recorded now, without the local port.
+		// No storage (out of memory, or the socket's option memory is used
+		// up): recorded now, without the local port.
 	}
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
