@@ -138,20 +138,28 @@
 // connection would cost a context switch per connection.
 //
 // The connect hooks run before the kernel picks the local port, so with TCP the
-// decision waits: the hook stores it in an LRU hash (pending) under the socket's
-// cookie, and a cgroup sock_ops program (latch_fast_sockops, attached to the root
-// cgroup, see below; to the hooks' cgroup where the root cannot be had) sends it at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the
-// source address and port are set, just before the SYN, within the same connect(2)
-// (a non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write). A
-// socket connected to an IPv4-mapped address is IPv4 in the record, with the IPv4
-// source tcp_v4_connect set. Every connect drops what an earlier connect of the
-// same socket left pending, and a hit stores its own; so a socket that connects
-// again is recorded once per connect that sent a SYN. A connect that fails between
-// the hook and tcp_connect (no route, no free local port) sent nothing and is not
-// recorded (though counted as a hit); its entry stays until the LRU evicts it. A
-// reject hit's SYN goes out (the ruleset answers it with a reset), so it is
-// recorded, once. If the pending map refuses an entry, the decision is sent at once
-// without the local port. Without the sock_ops program (a kernel that refuses it;
+// decision waits: the hook stores it in the socket's own storage (pending, a
+// BPF_MAP_TYPE_SK_STORAGE map: the kernel makes the record at the socket's first
+// hit and frees it with the socket; no shared map entry is added or deleted per
+// connect), and a cgroup sock_ops program (latch_fast_sockops, attached to the root
+// cgroup, see below; to the hooks' cgroup where the root cannot be had) sends it
+// at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the source address
+// and port are set, just before the SYN, within the same connect(2) (a
+// non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write), and marks
+// it sent. Both run under the socket's lock, and nothing another socket does can
+// push a waiting decision out. A socket connected to an IPv4-mapped address is
+// IPv4 in the record, with the IPv4 source tcp_v4_connect set. Every connect
+// marks empty what an earlier connect of the same socket left pending, and a hit
+// stores its own; so a socket that connects again is recorded once per connect
+// that sent a SYN. A connect that fails between the hook and tcp_connect (no
+// route, no free local port) sent nothing and is not recorded (though counted as
+// a hit); its record waits unsent until the socket's next connect or its close.
+// A reject hit's SYN goes out (the ruleset answers it with a reset), so it is
+// recorded, once. If the kernel cannot give the socket its storage (out of
+// memory, or the socket's option memory, net.core.optmem_max, is used up), the
+// decision is sent at once without the local port. (sock_addr and
+// sock_ops programs may use socket storage since Linux 5.3, before the ring
+// buffer's 5.8.) Without the sock_ops program (a kernel that refuses it;
 // Stats.TCPLocalWhy says why) the hooks send every decision at once, without the
 // local port, as before: the history row has no local address and its bytes are
 // not counted. The UDP match sends the datagram's source address and port, which

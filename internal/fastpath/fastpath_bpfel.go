@@ -75,6 +75,13 @@ type fastpathFpOwner struct {
 	Pad       uint32
 }
 
+type fastpathFpPending struct {
+	_     structs.HostLayout
+	Valid uint32
+	Pad   uint32
+	Ev    fastpathFpEvent
+}
+
 type fastpathFpVerdict struct {
 	_         structs.HostLayout
 	Gen       uint64

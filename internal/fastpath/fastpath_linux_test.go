@@ -38,7 +38,11 @@ func TestMain(m *testing.M) {
 func client() {
 	fmt.Println("ready", os.Getpid())
 	sc := bufio.NewScanner(os.Stdin)
+	held := -1 // the socket of "tfo", waiting for "send"
 	for sc.Scan() {
+		if clientPending(sc.Text(), &held) {
+			continue
+		}
 		// "ADDRPORT": connect a new socket, report the mark; "local ADDRPORT...":
 		// connect one new socket to each in turn (a socket that connects again),
 		// report the mark and local address after each.

@@ -173,22 +173,36 @@ struct {
 
 #define ALIVE_NS (5ULL * 1000 * 1000 * 1000)
 
-// Socket cookie -> the decision a connect hook made for that socket, waiting for
-// the kernel to choose its local port (latch_fast_sockops, from tcp_connect, in the
-// same connect(2) call). An entry is left only by a connect that failed before
-// tcp_connect (no route, no free local port): no packet went out, no connection is
-// recorded, and the LRU forgets it. A socket that connects again replaces its entry.
+// The decision a connect hook made for a TCP socket, waiting in the socket's own
+// storage (pending) for the kernel to choose its local port: latch_fast_sockops
+// sends it from tcp_connect, in the same connect(2) call, and marks it sent.
+struct fp_pending {
+	__u32 valid; // 1: ev waits to be sent; 0: nothing waits
+	__u32 pad;
+	struct fp_event ev;
+};
+
+// Socket-local storage: the kernel makes one fp_pending for a socket at its first
+// hit, charged to the socket's option memory (net.core.optmem_max), and frees it
+// with the socket. No shared map entry is added or deleted per connect, and a
+// record a connect left that failed before tcp_connect (no route, no free local
+// port) stays on its own socket, where no other socket's decision can push it
+// out. Every connect marks the socket's record empty first, and a hit fills it;
+// a socket that connects again reuses its record. sock_addr (connect4/6, through ctx->sk) and sock_ops
+// programs (ctx->sk) may call bpf_sk_storage_get since Linux 5.3 (commits
+// fb85c4a730af "bpf: export bpf_sock for BPF_PROG_TYPE_CGROUP_SOCK_ADDR prog
+// type" and 1314ef561102 "... for BPF_PROG_TYPE_SOCK_OPS prog type"), so every
+// kernel the fast path runs on (5.8+, for the ring buffer) has it.
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	// An entry lives for the rest of one connect(2) call: a few per CPU at once.
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, struct fp_event);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct fp_pending);
 } pending SEC(".maps");
 
 // 1 once the loader attached latch_fast_sockops: the connect hooks leave their
-// decisions in pending for it to send; 0 (a kernel that refused it): they send them
-// at once, without the local address and port.
+// decisions in the socket's pending storage for it to send; 0 (a kernel that
+// refused it): they send them at once, without the local address and port.
 volatile __u32 tcp_local = 0;
 
 // 1 once the loader wants TCP socket ends reported (latch_fast_sockops turns the
@@ -318,11 +332,12 @@ static __always_inline void submit(struct fp_event *e)
 
 // lookup finds the verdict for key: its action if the entry is of the current rule
 // generation and has not expired (counted as a hit), 0 otherwise (counted as a miss
-// or a stale entry). A hit is recorded: with cookie (a TCP socket's, with the
-// sock_ops program attached) it waits in pending for the local port; otherwise it
-// goes to the ring buffer at once, with the local address and port if local_port
-// is not 0 (UDP: the datagram's source).
-static __always_inline __u32 lookup(struct fp_key *key, __u64 cookie, const __u8 *local, __u16 local_port)
+// or a stale entry). A hit is recorded: with sk (a TCP socket's, with the sock_ops
+// program attached) it waits in the socket's pending storage for the local port;
+// otherwise, or if the socket's storage cannot be had, it goes to the ring buffer
+// at once, with the local address and port if local_port is not 0 (UDP: the
+// datagram's source).
+static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, const __u8 *local, __u16 local_port)
 {
 	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, key);
 	if (!v) {
@@ -339,16 +354,19 @@ static __always_inline __u32 lookup(struct fp_key *key, __u64 cookie, const __u8
 		return 0;
 	}
 	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
-	if (cookie) {
-		struct fp_event p = {};
-		p.boot_ns = now;
-		p.rule_id = rule;
-		p.key = *key;
-		p.pid = bpf_get_current_pid_tgid() >> 32;
-		p.action = action;
-		if (bpf_map_update_elem(&pending, &cookie, &p, BPF_ANY) == 0)
+	if (sk) {
+		struct fp_pending *p = bpf_sk_storage_get(&pending, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (p) {
+			p->ev.boot_ns = now;
+			p->ev.rule_id = rule;
+			p->ev.key = *key;
+			p->ev.pid = bpf_get_current_pid_tgid() >> 32;
+			p->ev.action = action;
+			p->valid = 1;
 			return action;
-		// Not kept: recorded now, without the local port.
+		}
+		// No storage (out of memory, or the socket's option memory is used
+		// up): recorded now, without the local port.
 	}
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -406,13 +424,15 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		return 1;
 	}
 	// With the sock_ops program attached, a decision waits for the local port
-	// under the socket's cookie; whatever an earlier connect of this socket left
-	// there is dropped first (it made no connection: tcp_connect takes it).
-	__u64 cookie = 0;
+	// in the socket's storage; whatever an earlier connect of this socket left
+	// there is dropped first (it made no connection: tcp_connect takes it). A
+	// socket that never had a hit has no storage, and gets none here.
+	struct bpf_sock *wait = 0;
 	if (tcp_local) {
-		cookie = bpf_get_socket_cookie(ctx);
-		if (cookie)
-			bpf_map_delete_elem(&pending, &cookie);
+		wait = sk;
+		struct fp_pending *old = bpf_sk_storage_get(&pending, sk, 0, 0);
+		if (old)
+			old->valid = 0;
 	}
 	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
 	if (!ks) {
@@ -426,7 +446,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		set_mark(ctx, 0);
 		return 1;
 	}
-	__u32 action = lookup(&key, cookie, 0, 0);
+	__u32 action = lookup(&key, wait, 0, 0);
 	if (!action) {
 		set_mark(ctx, 0);
 		return 1;
@@ -447,25 +467,28 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 	return decide(ctx, 6);
 }
 
-// send_pending sends the decision a connect hook left for this socket (pending)
-// once the kernel chose its local address and port: tcp_connect calls the sock_ops
-// program (TCP_CONNECT_CB) just before the SYN goes out, in the connect(2) (or, with
-// TCP_FASTOPEN_CONNECT, the first write) that the hook decided. A socket without a
-// pending decision costs one map lookup.
+// send_pending sends the decision a connect hook left in this socket's storage
+// (pending) once the kernel chose its local address and port: tcp_connect calls
+// the sock_ops program (TCP_CONNECT_CB) just before the SYN goes out, in the
+// connect(2) (or, with TCP_FASTOPEN_CONNECT, the first write) that the hook
+// decided, under the socket's lock, as the hook ran. It marks the record sent;
+// the storage stays with the socket (for its next connect) and dies with it. A
+// socket without a pending decision costs one look at its storage.
 static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct fp_event *p = bpf_map_lookup_elem(&pending, &cookie);
-	if (!p)
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
 		return;
+	struct fp_pending *p = bpf_sk_storage_get(&pending, sk, 0, 0);
+	if (!p || !p->valid)
+		return;
+	p->valid = 0;
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
-		bpf_map_delete_elem(&pending, &cookie);
 		return;
 	}
-	*e = *p;
-	bpf_map_delete_elem(&pending, &cookie);
+	*e = p->ev;
 	__builtin_memset(e->local, 0, 16);
 	if (e->key.family == 4) {
 		// An AF_INET socket, or an AF_INET6 one connected to an IPv4-mapped
