@@ -138,10 +138,10 @@
 // connection would cost a context switch per connection.
 //
 // The connect hooks run before the kernel picks the local port, so with TCP the
-// decision waits: the hook stores it in the socket's own storage (pending, a
-// BPF_MAP_TYPE_SK_STORAGE map: the kernel makes the record at the socket's first
-// hit and frees it with the socket; no shared map entry is added or deleted per
-// connect), and a cgroup sock_ops program (latch_fast_sockops, attached to the root
+// decision waits: the hook stores it in the socket's own storage (socks, a
+// BPF_MAP_TYPE_SK_STORAGE map of struct fp_sock: the kernel makes the record at
+// the socket's first hit, or when its byte counting starts (below), and frees it
+// with the socket; no shared map entry is added or deleted per connect), and a cgroup sock_ops program (latch_fast_sockops, attached to the root
 // cgroup, see below; to the hooks' cgroup where the root cannot be had) sends it
 // at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the source address
 // and port are set, just before the SYN, within the same connect(2) (a
@@ -210,14 +210,15 @@
 // connection). So an actively opened socket counts its own: at TCP_CONNECT_CB
 // (before the SYN) the sock_ops program gives each socket it watches counters
 // (struct fp_bytes: bytes and packets, out and in) in its socket storage
-// (bytes_counts, BPF_MAP_TYPE_SK_STORAGE, freed with the socket), and two
+// (socks, the record a hit's decision waited in, if there was one: one
+// allocation per socket), and two
 // cgroup_skb programs (latch_fast_skb_egress and latch_fast_skb_ingress, attached
 // with the sock_ops program to the root cgroup) add each of its packets: 1 and
 // skb->len, the packet's length from its IP header on, a GSO or GRO packet's
 // whole, which is what conntrack adds per packet. For every other socket they look
 // at its storage pointer and return; they never drop (they return 1). report_end
 // copies the counters into the end (fp_end.flags END_BYTES; End.Counted, Bytes,
-// Packets) and drops them (a socket may connect again). Egress is counted after
+// Packets) and drops the socket's record (a socket may connect again). Egress is counted after
 // the output chain and postrouting, ingress as TCP takes a packet for the socket,
 // conntrack before either: a packet a chain drops between the two is in
 // conntrack's counts only, and a packet after TCP_CLOSE (a reset sent on close, a

@@ -13,14 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type fastpathFpBytes struct {
-	_          structs.HostLayout
-	BytesOut   uint64
-	BytesIn    uint64
-	PacketsOut uint64
-	PacketsIn  uint64
-}
-
 type fastpathFpEnd struct {
 	_          structs.HostLayout
 	Kind       uint32
@@ -75,11 +67,18 @@ type fastpathFpOwner struct {
 	Pad       uint32
 }
 
-type fastpathFpPending struct {
-	_     structs.HostLayout
-	Valid uint32
-	Pad   uint32
-	Ev    fastpathFpEvent
+type fastpathFpSock struct {
+	_        structs.HostLayout
+	Pending  uint32
+	Counting uint32
+	Ev       fastpathFpEvent
+	Bytes    struct {
+		_          structs.HostLayout
+		BytesOut   uint64
+		BytesIn    uint64
+		PacketsOut uint64
+		PacketsIn  uint64
+	}
 }
 
 type fastpathFpVerdict struct {
@@ -96,12 +95,11 @@ type fastpathFpVerdict struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fastpathMapAlive                = "alive"
-	fastpathMapBytesCounts          = "bytes_counts"
 	fastpathMapEnds                 = "ends"
 	fastpathMapEvents               = "events"
 	fastpathMapGeneration           = "generation"
 	fastpathMapOwners               = "owners"
-	fastpathMapPending              = "pending"
+	fastpathMapSocks                = "socks"
 	fastpathMapStats                = "stats"
 	fastpathMapVerdicts             = "verdicts"
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
@@ -176,15 +174,14 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
-	Alive       *ebpf.MapSpec `ebpf:"alive"`
-	BytesCounts *ebpf.MapSpec `ebpf:"bytes_counts"`
-	Ends        *ebpf.MapSpec `ebpf:"ends"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Generation  *ebpf.MapSpec `ebpf:"generation"`
-	Owners      *ebpf.MapSpec `ebpf:"owners"`
-	Pending     *ebpf.MapSpec `ebpf:"pending"`
-	Stats       *ebpf.MapSpec `ebpf:"stats"`
-	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
+	Alive      *ebpf.MapSpec `ebpf:"alive"`
+	Ends       *ebpf.MapSpec `ebpf:"ends"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	Generation *ebpf.MapSpec `ebpf:"generation"`
+	Owners     *ebpf.MapSpec `ebpf:"owners"`
+	Socks      *ebpf.MapSpec `ebpf:"socks"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -221,26 +218,24 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
-	Alive       *ebpf.Map `ebpf:"alive"`
-	BytesCounts *ebpf.Map `ebpf:"bytes_counts"`
-	Ends        *ebpf.Map `ebpf:"ends"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Generation  *ebpf.Map `ebpf:"generation"`
-	Owners      *ebpf.Map `ebpf:"owners"`
-	Pending     *ebpf.Map `ebpf:"pending"`
-	Stats       *ebpf.Map `ebpf:"stats"`
-	Verdicts    *ebpf.Map `ebpf:"verdicts"`
+	Alive      *ebpf.Map `ebpf:"alive"`
+	Ends       *ebpf.Map `ebpf:"ends"`
+	Events     *ebpf.Map `ebpf:"events"`
+	Generation *ebpf.Map `ebpf:"generation"`
+	Owners     *ebpf.Map `ebpf:"owners"`
+	Socks      *ebpf.Map `ebpf:"socks"`
+	Stats      *ebpf.Map `ebpf:"stats"`
+	Verdicts   *ebpf.Map `ebpf:"verdicts"`
 }
 
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
 		m.Alive,
-		m.BytesCounts,
 		m.Ends,
 		m.Events,
 		m.Generation,
 		m.Owners,
-		m.Pending,
+		m.Socks,
 		m.Stats,
 		m.Verdicts,
 	)

@@ -128,16 +128,6 @@ func noEndBytesKernel(force bool) string {
 	return ""
 }
 
-// withoutEndBytes prepares spec for a kernel that cannot count a socket's bytes:
-// the code that would is never visited by the verifier (bytes_ok stays 0), and a
-// kernel without socket storage maps gets a one-entry array in their place
-// (referenced, never used).
-func withoutEndBytes(spec *ebpf.CollectionSpec) {
-	m := spec.Maps["bytes_counts"]
-	if m != nil && features.HaveMapType(ebpf.SkStorage) != nil {
-		m.Type, m.Flags, m.MaxEntries = ebpf.Array, 0, 1
-	}
-}
 
 // noNetnsCookieInSockops says why the sock_ops program cannot call
 // bpf_get_netns_cookie (the kernel offers it to sock_ops programs from Linux
@@ -317,12 +307,13 @@ func Open(cfg Config) (fp *FastPath, err error) {
 				return fmt.Errorf("fast path: set the cgroup: %w", err)
 			}
 		}
+		// Without bytes_ok, the verifier never visits the code that counts a
+		// socket's bytes (socks, the socket storage map, is the pending
+		// decisions' too, and every kernel the fast path loads on has it).
 		if bytes {
 			if err := spec.Variables["bytes_ok"].Set(uint32(1)); err != nil {
 				return fmt.Errorf("fast path: turn the socket counters on: %w", err)
 			}
-		} else {
-			withoutEndBytes(spec)
 		}
 		spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 		spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)

@@ -128,7 +128,7 @@ struct fp_end {
 // fp_end.flags: the end carries the socket's counters.
 #define END_BYTES 1u
 
-// A socket's counters (bytes_counts), added to by latch_fast_skb_egress and
+// A socket's counters (in socks), added to by latch_fast_skb_egress and
 // latch_fast_skb_ingress.
 struct fp_bytes {
 	__u64 bytes_out;
@@ -173,35 +173,49 @@ struct {
 
 #define ALIVE_NS (5ULL * 1000 * 1000 * 1000)
 
-// The decision a connect hook made for a TCP socket, waiting in the socket's own
-// storage (pending) for the kernel to choose its local port: latch_fast_sockops
-// sends it from tcp_connect, in the same connect(2) call, and marks it sent.
-struct fp_pending {
-	__u32 valid; // 1: ev waits to be sent; 0: nothing waits
-	__u32 pad;
+// What the fast path keeps of one TCP socket, in the socket's own storage (socks):
+//
+//   - the decision a connect hook made for it (pending, ev), waiting for the kernel
+//     to choose its local port: latch_fast_sockops sends it from tcp_connect, in
+//     the same connect(2) call, and marks it sent;
+//   - its counters (counting, bytes), from an active open that the sock_ops
+//     program watches (TCP_CONNECT_CB, just before the SYN) to its end: the
+//     cgroup_skb programs add each packet of the socket to them, and report_end
+//     sends them with its end, so that the byte accountant need not read the
+//     flow's conntrack entry once more. An accepted socket has none (its
+//     handshake, which conntrack counted, came before PASSIVE_ESTABLISHED_CB): its
+//     end carries no counters.
+//
+// One record for both: a socket's storage costs the kernel an allocation (and a
+// free with the socket), one is enough.
+struct fp_sock {
+	__u32 pending;  // 1: ev waits to be sent; 0: nothing waits
+	__u32 counting; // 1: bytes counts the socket's packets
 	struct fp_event ev;
+	struct fp_bytes bytes;
 };
 
-// Socket-local storage: the kernel makes one fp_pending for a socket at its first
-// hit, charged to the socket's option memory (net.core.optmem_max), and frees it
-// with the socket. No shared map entry is added or deleted per connect, and a
-// record a connect left that failed before tcp_connect (no route, no free local
-// port) stays on its own socket, where no other socket's decision can push it
-// out. Every connect marks the socket's record empty first, and a hit fills it;
-// a socket that connects again reuses its record. sock_addr (connect4/6, through ctx->sk) and sock_ops
-// programs (ctx->sk) may call bpf_sk_storage_get since Linux 5.3 (commits
-// fb85c4a730af "bpf: export bpf_sock for BPF_PROG_TYPE_CGROUP_SOCK_ADDR prog
-// type" and 1314ef561102 "... for BPF_PROG_TYPE_SOCK_OPS prog type"), so every
-// kernel the fast path runs on (5.8+, for the ring buffer) has it.
+// Socket-local storage: the kernel makes a socket's fp_sock at its first hit or
+// when its counting starts, charged to the socket's option memory
+// (net.core.optmem_max), and frees it with the socket (or at its end, see
+// report_end). No shared map entry is added or deleted per connect, and a record a
+// connect left that failed before tcp_connect (no route, no free local port) stays
+// on its own socket, where no other socket's decision can push it out. Every
+// connect marks the socket's decision sent first, and a hit fills it; a socket
+// that connects again reuses its record. sock_addr (connect4/6, through ctx->sk)
+// and sock_ops programs (ctx->sk) may call bpf_sk_storage_get since Linux 5.3
+// (commits fb85c4a730af "bpf: export bpf_sock for BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+// prog type" and 1314ef561102 "... for BPF_PROG_TYPE_SOCK_OPS prog type"), so
+// every kernel the fast path runs on (5.8+, for the ring buffer) has it.
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct fp_pending);
-} pending SEC(".maps");
+	__type(value, struct fp_sock);
+} socks SEC(".maps");
 
 // 1 once the loader attached latch_fast_sockops: the connect hooks leave their
-// decisions in the socket's pending storage for it to send; 0 (a kernel that
+// decisions in the socket's storage (socks) for it to send; 0 (a kernel that
 // refused it): they send them at once, without the local address and port.
 volatile __u32 tcp_local = 0;
 
@@ -231,20 +245,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20); // set by the loader
 } ends SEC(".maps");
-
-// The counters of each TCP socket of the served network namespace that the
-// sock_ops program watches from an active open (TCP_CONNECT_CB, just before the
-// SYN), in the socket's own storage (freed with it): the cgroup_skb programs add
-// each packet of the socket to them, and report_end sends them with its end, so
-// that the byte accountant need not read the flow's conntrack entry once more.
-// An accepted socket has none (its handshake, which conntrack counted, came
-// before PASSIVE_ESTABLISHED_CB): its end carries no counters.
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct fp_bytes);
-} bytes_counts SEC(".maps");
 
 // 1 once the loader attached the cgroup_skb programs (and tcp_ends is on): the
 // sock_ops program gives the sockets it watches from an active open their
@@ -333,7 +333,7 @@ static __always_inline void submit(struct fp_event *e)
 // lookup finds the verdict for key: its action if the entry is of the current rule
 // generation and has not expired (counted as a hit), 0 otherwise (counted as a miss
 // or a stale entry). A hit is recorded: with sk (a TCP socket's, with the sock_ops
-// program attached) it waits in the socket's pending storage for the local port;
+// program attached) it waits in the socket's storage (socks) for the local port;
 // otherwise, or if the socket's storage cannot be had, it goes to the ring buffer
 // at once, with the local address and port if local_port is not 0 (UDP: the
 // datagram's source).
@@ -355,14 +355,14 @@ static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, con
 	}
 	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
 	if (sk) {
-		struct fp_pending *p = bpf_sk_storage_get(&pending, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		struct fp_sock *p = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (p) {
 			p->ev.boot_ns = now;
 			p->ev.rule_id = rule;
 			p->ev.key = *key;
 			p->ev.pid = bpf_get_current_pid_tgid() >> 32;
 			p->ev.action = action;
-			p->valid = 1;
+			p->pending = 1;
 			return action;
 		}
 		// No storage (out of memory, or the socket's option memory is used
@@ -430,9 +430,9 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	struct bpf_sock *wait = 0;
 	if (tcp_local) {
 		wait = sk;
-		struct fp_pending *old = bpf_sk_storage_get(&pending, sk, 0, 0);
+		struct fp_sock *old = bpf_sk_storage_get(&socks, sk, 0, 0);
 		if (old)
-			old->valid = 0;
+			old->pending = 0;
 	}
 	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
 	if (!ks) {
@@ -468,7 +468,7 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 }
 
 // send_pending sends the decision a connect hook left in this socket's storage
-// (pending) once the kernel chose its local address and port: tcp_connect calls
+// (socks) once the kernel chose its local address and port: tcp_connect calls
 // the sock_ops program (TCP_CONNECT_CB) just before the SYN goes out, in the
 // connect(2) (or, with TCP_FASTOPEN_CONNECT, the first write) that the hook
 // decided, under the socket's lock, as the hook ran. It marks the record sent;
@@ -479,10 +479,10 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return;
-	struct fp_pending *p = bpf_sk_storage_get(&pending, sk, 0, 0);
-	if (!p || !p->valid)
+	struct fp_sock *p = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!p || !p->pending)
 		return;
-	p->valid = 0;
+	p->pending = 0;
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
@@ -522,7 +522,7 @@ static __always_inline int watch(struct bpf_sock_ops *ctx)
 }
 
 // count_bytes gives a socket watch watches from an active open its counters
-// (bytes_counts), at zero (a socket that connects again, after a TCP_CLOSE, starts
+// (socks), at zero (a socket that connects again, after a TCP_CLOSE, starts
 // over), if tcp_bytes is on. The SYN goes out after TCP_CONNECT_CB: it is counted.
 static __always_inline void count_bytes(struct bpf_sock_ops *ctx)
 {
@@ -531,16 +531,17 @@ static __always_inline void count_bytes(struct bpf_sock_ops *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return;
-	struct fp_bytes *c = bpf_sk_storage_get(&bytes_counts, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	struct fp_sock *c = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!c)
 		return; // no memory: this end carries no counters
-	c->bytes_out = 0;
-	c->bytes_in = 0;
-	c->packets_out = 0;
-	c->packets_in = 0;
+	c->bytes.bytes_out = 0;
+	c->bytes.bytes_in = 0;
+	c->bytes.packets_out = 0;
+	c->bytes.packets_in = 0;
+	c->counting = 1;
 }
 
-// add_bytes adds a packet of a socket that has counters (bytes_counts) to them:
+// add_bytes adds a packet of a socket that has counters (socks) to them:
 // skb->len, the packet's length from its IP header on (a GSO or GRO packet's
 // whole), which is what conntrack adds to its counters for each packet it sees.
 // Any other packet costs a look at its socket's storage pointer.
@@ -554,9 +555,10 @@ static __always_inline void add_bytes(struct __sk_buff *skb, int out)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk)
 		return;
-	struct fp_bytes *c = bpf_sk_storage_get(&bytes_counts, sk, 0, 0);
-	if (!c)
+	struct fp_sock *s = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!s || !s->counting)
 		return;
+	struct fp_bytes *c = &s->bytes;
 	// Atomic: a socket's packets in may be counted on several CPUs at once.
 	if (out) {
 		__sync_fetch_and_add(&c->bytes_out, skb->len);
@@ -588,7 +590,7 @@ int latch_fast_skb_ingress(struct __sk_buff *skb)
 // report_end sends the 4-tuple of a socket that moved to TCP_CLOSE (reset, both
 // sides closed and the last ACK went out before tcp_time_wait's tcp_done, a
 // connect that failed, a timeout) through the ends ring buffer to the reader, with
-// the socket's counters if it has them (bytes_counts, which it then drops): the
+// the socket's counters if it has them (socks, whose record it then drops): the
 // reader ends the flow with those, or else reads its counters from conntrack once
 // more. The conntrack events of each TCP state change are then not needed (see
 // doc.go).
@@ -604,16 +606,17 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 	e->boot_ns = bpf_ktime_get_boot_ns();
 	if (bytes_ok && tcp_bytes) {
 		struct bpf_sock *sk = ctx->sk;
-		struct fp_bytes *c = sk ? bpf_sk_storage_get(&bytes_counts, sk, 0, 0) : 0;
-		if (c) {
+		struct fp_sock *c = sk ? bpf_sk_storage_get(&socks, sk, 0, 0) : 0;
+		if (c && c->counting) {
 			e->flags = END_BYTES;
-			e->bytes_out = c->bytes_out;
-			e->bytes_in = c->bytes_in;
-			e->packets_out = c->packets_out;
-			e->packets_in = c->packets_in;
+			e->bytes_out = c->bytes.bytes_out;
+			e->bytes_in = c->bytes.bytes_in;
+			e->packets_out = c->bytes.packets_out;
+			e->packets_in = c->bytes.packets_in;
 			// A packet after this (a reset sent on close) is not the flow's
-			// as reported; the socket may connect again.
-			bpf_sk_storage_delete(&bytes_counts, sk);
+			// as reported; the socket may connect again. (Its decision was
+			// sent at its TCP_CONNECT_CB: nothing else is lost.)
+			bpf_sk_storage_delete(&socks, sk);
 		}
 	}
 	// Ports: local in host order, remote in network order in the upper half.
