@@ -841,19 +841,43 @@ func (b *Backend) releaseAll() {
 // every flow latch allowed): their conntrack entries get the mark MarkRedecide, so
 // that their next packet from the side that opened them is held and decided again.
 // It returns how many conntrack entries it marked (ICMP ones it deletes).
+//
+// It reads conntrack's table twice, redecideGrace apart: a packet allowed under
+// the old rules just before the change (by the fast path's match, or by a verdict
+// decided before it and sent a moment later) may have its conntrack entry
+// confirmed after the first read, with the allow mark; a new socket on the same
+// 4-tuple would then pass by it. The second read marks such entries, and flows
+// registered in between whose request came before the change.
 func (b *Backend) Redecide(affected func(*engine.Request) bool) (int, error) {
-	f := ctFilter{affected: affected}
-	if affected != nil {
-		f.keys = b.flows.take(affected, time.Now())
-		f.remembered = b.flows.has
-	} else {
-		b.flows.clear()
+	if affected == nil {
+		affected = func(*engine.Request) bool { return true }
 	}
-	n, err := markRedecide(f)
-	if err != nil {
-		return n, fmt.Errorf("linux backend: redecide: %w", err)
+	start := time.Now()
+	n, err := b.redecideOnce(affected, affected)
+	redecideWait()
+	// Not the flows allowed again since the first read (under the new rules).
+	before := func(r *engine.Request) bool { return r.Time.Before(start) && affected(r) }
+	n2, err2 := b.redecideOnce(affected, before)
+	if err = errors.Join(err, err2); err != nil {
+		return n + n2, fmt.Errorf("linux backend: redecide: %w", err)
 	}
-	return n, nil
+	return n + n2, nil
+}
+
+// redecideGrace is how long Redecide waits between its two reads of conntrack's
+// table: far longer than a packet takes from the output chain to conntrack's
+// confirmation, or a verdict from its decision to the kernel, short enough that a
+// rule change's API call hardly waits for it.
+const redecideGrace = 20 * time.Millisecond
+
+// redecideWait waits redecideGrace (tests make packets then).
+var redecideWait = func() { time.Sleep(redecideGrace) }
+
+// redecideOnce marks the allowed flows matching affected, as Redecide, once: the
+// flows of the flow table that take matches, which it takes from the table, and
+// the flows the table does not know that affected may match.
+func (b *Backend) redecideOnce(affected, take func(*engine.Request) bool) (int, error) {
+	return markRedecide(ctFilter{affected: affected, keys: b.flows.take(take, time.Now()), remembered: b.flows.has})
 }
 
 // Stats returns the backend's counters.

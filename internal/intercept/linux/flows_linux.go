@@ -135,12 +135,6 @@ func (t *flowTable) take(match func(*engine.Request) bool, now time.Time) map[fl
 	return keys
 }
 
-func (t *flowTable) clear() {
-	t.mu.Lock()
-	clear(t.m)
-	t.mu.Unlock()
-}
-
 func (t *flowTable) has(k flowKey) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
