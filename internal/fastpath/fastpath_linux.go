@@ -128,7 +128,6 @@ func noEndBytesKernel(force bool) string {
 	return ""
 }
 
-
 // noNetnsCookieInSockops says why the sock_ops program cannot call
 // bpf_get_netns_cookie (the kernel offers it to sock_ops programs from Linux
 // 5.15), or "". force says it cannot (tests).
