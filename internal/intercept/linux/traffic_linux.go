@@ -198,10 +198,10 @@ func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercep
 	if f == nil && req == nil {
 		return intercept.Traffic{}, false
 	}
-	ci := ctInfo{key: k, counters: true, origBytes: e.counts.out, replBytes: e.counts.in}
+	ci := ctInfo{key: k, counters: true, origBytes: e.counts.Out, replBytes: e.counts.In}
 	if k.src != e.local {
 		// The socket is the flow's reply side.
-		ci.origBytes, ci.replBytes = e.counts.in, e.counts.out
+		ci.origBytes, ci.replBytes = e.counts.In, e.counts.Out
 	}
 	fresh := f == nil || f.ended && req != nil && req.ID != f.req.ID
 	if fresh {
@@ -648,11 +648,8 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 type socketEnd struct {
 	local, remote netip.AddrPort
 	at            time.Time // zero: not known
-	counts        *socketCounts
+	counts        *SocketBytes // nil: not counted
 }
-
-// socketCounts are the bytes a socket sent (out) and received (in).
-type socketCounts struct{ out, in uint64 }
 
 // SocketBytes are the bytes a local TCP socket sent (Out) and received (In) from
 // its SYN to its end, each packet's length from its IP header on (what conntrack
@@ -671,10 +668,7 @@ func (b *Backend) SocketEnded(local, remote netip.AddrPort, at time.Time, bytes 
 	if b.cfg.OnTraffic == nil || !b.running.Load() {
 		return
 	}
-	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at}
-	if bytes != nil {
-		end.counts = &socketCounts{out: bytes.Out, in: bytes.In}
-	}
+	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at, counts: bytes}
 	if !b.ends.add(end) {
 		b.socketEndsLost.Add(1)
 		return
