@@ -191,6 +191,7 @@ struct {
 struct fp_sock {
 	__u32 pending;  // 1: ev waits to be sent; 0: nothing waits
 	__u32 counting; // 1: bytes counts the socket's packets
+	__u64 gen;      // the rule generation ev was decided under
 	struct fp_event ev;
 	struct fp_bytes bytes;
 };
@@ -362,6 +363,7 @@ static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, con
 			p->ev.key = *key;
 			p->ev.pid = bpf_get_current_pid_tgid() >> 32;
 			p->ev.action = action;
+			p->gen = vgen;
 			p->pending = 1;
 			return action;
 		}
@@ -483,6 +485,24 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 	if (!p || !p->pending)
 		return;
 	p->pending = 0;
+	__u32 zero = 0;
+	__u64 *gen = bpf_map_lookup_elem(&generation, &zero);
+	if (!gen || *gen != p->gen) {
+		// The rules changed since the connect hook decided (a deferred
+		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
+		// time later): the decision is void, and so is the mark it gave the
+		// socket; the SYN goes to the queue, decided under the rules in force.
+		int cur = 0;
+		if (!bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur))) {
+			__u32 ours = (__u32)cur & MARK_MASK;
+			if (ours == MARK_FAST_ALLOW || ours == MARK_REJECT) {
+				int v = (int)((__u32)cur & ~MARK_MASK);
+				bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
+			}
+		}
+		count(STAT_STALE);
+		return;
+	}
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
