@@ -21,6 +21,17 @@ import (
 // ("a SYN the kernel fast path allowed ... on a flow nothing decided yet"), and
 // no decision of the old rule may be recorded for it.
 func TestDeferredConnectRuleChange(t *testing.T) {
+	testDeferredConnectRuleChange(t, "tfo")
+}
+
+// TestDeferredConnectRuleChangeNoStorage: the same, for a socket whose option
+// memory its program used up beforehand (TCP MD5 keys), so that the connect hook
+// cannot give it its storage and the decision cannot wait there.
+func TestDeferredConnectRuleChangeNoStorage(t *testing.T) {
+	testDeferredConnectRuleChange(t, "tfomd5")
+}
+
+func testDeferredConnectRuleChange(t *testing.T, how string) {
 	cg, cgfd := testCgroup(t)
 	ns := enterTestNetns(t)
 	if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fastopen", []byte("5"), 0); err != nil {
@@ -70,7 +81,12 @@ func TestDeferredConnectRuleChange(t *testing.T) {
 		fmt.Fprintln(c.in, line)
 		return c.line(t)
 	}
-	if r := say("tfo " + server.String()); r != "ok 0x30000000" {
+	r := say(how + " " + server.String())
+	t.Logf("deferred connect: %s", r)
+	if !strings.HasPrefix(r, "ok ") {
+		t.Fatalf("deferred connect to %v: %q", server, r)
+	}
+	if how == "tfo" && r != "ok 0x30000000" {
 		t.Fatalf("deferred connect to %v: %q, want a hit", server, r)
 	}
 	// The rules change: rule 1 is gone, a deny rule takes its place.
