@@ -334,10 +334,10 @@ static __always_inline void submit(struct fp_event *e)
 // lookup finds the verdict for key: its action if the entry is of the current rule
 // generation and has not expired (counted as a hit), 0 otherwise (counted as a miss
 // or a stale entry). A hit is recorded: with sk (a TCP socket's, with the sock_ops
-// program attached) it waits in the socket's storage (socks) for the local port;
-// otherwise, or if the socket's storage cannot be had, it goes to the ring buffer
-// at once, with the local address and port if local_port is not 0 (UDP: the
-// datagram's source).
+// program attached) it waits in the socket's storage (socks) for the local port,
+// and if the socket's storage cannot be had it is a miss (the queue decides);
+// otherwise it goes to the ring buffer at once, with the local address and port
+// if local_port is not 0 (UDP: the datagram's source).
 static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, const __u8 *local, __u16 local_port)
 {
 	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, key);
@@ -354,22 +354,28 @@ static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, con
 		count(STAT_STALE);
 		return 0;
 	}
-	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
 	if (sk) {
 		struct fp_sock *p = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (p) {
-			p->ev.boot_ns = now;
-			p->ev.rule_id = rule;
-			p->ev.key = *key;
-			p->ev.pid = bpf_get_current_pid_tgid() >> 32;
-			p->ev.action = action;
-			p->gen = vgen;
-			p->pending = 1;
-			return action;
+		if (!p) {
+			// No storage (out of memory, or the socket's option memory is
+			// used up, which its program can do on purpose): no hit. A
+			// decision that cannot wait for TCP_CONNECT_CB cannot be checked
+			// there against the rules then in force (a deferred connect's
+			// SYN leaves at its first write), so the queue decides it.
+			count(STAT_MISS);
+			return 0;
 		}
-		// No storage (out of memory, or the socket's option memory is used
-		// up): recorded now, without the local port.
+		count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
+		p->ev.boot_ns = now;
+		p->ev.rule_id = rule;
+		p->ev.key = *key;
+		p->ev.pid = bpf_get_current_pid_tgid() >> 32;
+		p->ev.action = action;
+		p->gen = vgen;
+		p->pending = 1;
+		return action;
 	}
+	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
