@@ -155,9 +155,14 @@
 // route, no free local port) sent nothing and is not recorded (though counted as
 // a hit); its record waits unsent until the socket's next connect or its close.
 // A reject hit's SYN goes out (the ruleset answers it with a reset), so it is
-// recorded, once. If the kernel cannot give the socket its storage (out of
-// memory, or the socket's option memory, net.core.optmem_max, is used up), the
-// decision is sent at once without the local port. (sock_addr and
+// recorded, once. A decision of an older rule generation than the one in force
+// at TCP_CONNECT_CB (the rules changed between a TCP_FASTOPEN_CONNECT connect and
+// its first write) is dropped unsent, and the socket loses the mark it gave: the
+// SYN goes to the queue and is decided under the rules in force. If the kernel
+// cannot give the socket its storage (out of memory, or the socket's option
+// memory, net.core.optmem_max, is used up, which the program can do on purpose,
+// with TCP MD5 keys), the lookup is a miss and the queue decides the connection:
+// a decision that cannot wait for TCP_CONNECT_CB cannot be checked there. (sock_addr and
 // sock_ops programs may use socket storage since Linux 5.3, before the ring
 // buffer's 5.8.) Without the sock_ops program (a kernel that refuses it;
 // Stats.TCPLocalWhy says why) the hooks send every decision at once, without the

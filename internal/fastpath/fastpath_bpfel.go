@@ -71,6 +71,7 @@ type fastpathFpSock struct {
 	_        structs.HostLayout
 	Pending  uint32
 	Counting uint32
+	Gen      uint64
 	Ev       fastpathFpEvent
 	Bytes    struct {
 		_          structs.HostLayout

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -46,6 +47,47 @@ func clientPending(line string, held *int) bool {
 		return unix.AF_INET6
 	}
 	switch {
+	case f[0] == "tfomd5" && len(f) == 2:
+		// "tfomd5 ADDRPORT": as "tfo", but the socket's option memory
+		// (net.core.optmem_max) is used up first, by TCP MD5 keys for other
+		// addresses, which any program may add: the kernel cannot give the
+		// socket its storage. Prints "ok MARK KEYS".
+		ap, err := netip.ParseAddrPort(f[1])
+		if err != nil {
+			fmt.Println("bad", err)
+			return true
+		}
+		fd, err := unix.Socket(family(ap), unix.SOCK_STREAM, 0)
+		if err != nil {
+			fmt.Println("err socket", err)
+			return true
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
+			fmt.Println("err TCP_FASTOPEN_CONNECT", err)
+			unix.Close(fd)
+			return true
+		}
+		keys := 0
+		for i := 0; i < 1<<15; i++ {
+			var sig unix.TCPMD5Sig
+			sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sig.Addr))
+			sa.Family = unix.AF_INET
+			sa.Addr = [4]byte{198, 19, byte(i >> 8), byte(i)}
+			sig.Keylen = 16
+			if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig); err != nil {
+				break
+			}
+			keys++
+		}
+		err = connect(fd, ap)
+		mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+		if err != nil {
+			fmt.Printf("err %d %#x\n", err.(syscall.Errno), mark)
+			unix.Close(fd)
+			return true
+		}
+		*held = fd
+		fmt.Printf("ok %#x %d\n", mark, keys)
 	case f[0] == "tfo" && len(f) == 2:
 		ap, err := netip.ParseAddrPort(f[1])
 		if err != nil {

@@ -191,6 +191,7 @@ struct {
 struct fp_sock {
 	__u32 pending;  // 1: ev waits to be sent; 0: nothing waits
 	__u32 counting; // 1: bytes counts the socket's packets
+	__u64 gen;      // the rule generation ev was decided under
 	struct fp_event ev;
 	struct fp_bytes bytes;
 };
@@ -333,10 +334,10 @@ static __always_inline void submit(struct fp_event *e)
 // lookup finds the verdict for key: its action if the entry is of the current rule
 // generation and has not expired (counted as a hit), 0 otherwise (counted as a miss
 // or a stale entry). A hit is recorded: with sk (a TCP socket's, with the sock_ops
-// program attached) it waits in the socket's storage (socks) for the local port;
-// otherwise, or if the socket's storage cannot be had, it goes to the ring buffer
-// at once, with the local address and port if local_port is not 0 (UDP: the
-// datagram's source).
+// program attached) it waits in the socket's storage (socks) for the local port,
+// and if the socket's storage cannot be had it is a miss (the queue decides);
+// otherwise it goes to the ring buffer at once, with the local address and port
+// if local_port is not 0 (UDP: the datagram's source).
 static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, const __u8 *local, __u16 local_port)
 {
 	struct fp_verdict *v = bpf_map_lookup_elem(&verdicts, key);
@@ -353,21 +354,28 @@ static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, con
 		count(STAT_STALE);
 		return 0;
 	}
-	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
 	if (sk) {
 		struct fp_sock *p = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (p) {
-			p->ev.boot_ns = now;
-			p->ev.rule_id = rule;
-			p->ev.key = *key;
-			p->ev.pid = bpf_get_current_pid_tgid() >> 32;
-			p->ev.action = action;
-			p->pending = 1;
-			return action;
+		if (!p) {
+			// No storage (out of memory, or the socket's option memory is
+			// used up, which its program can do on purpose): no hit. A
+			// decision that cannot wait for TCP_CONNECT_CB cannot be checked
+			// there against the rules then in force (a deferred connect's
+			// SYN leaves at its first write), so the queue decides it.
+			count(STAT_MISS);
+			return 0;
 		}
-		// No storage (out of memory, or the socket's option memory is used
-		// up): recorded now, without the local port.
+		count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
+		p->ev.boot_ns = now;
+		p->ev.rule_id = rule;
+		p->ev.key = *key;
+		p->ev.pid = bpf_get_current_pid_tgid() >> 32;
+		p->ev.action = action;
+		p->gen = vgen;
+		p->pending = 1;
+		return action;
 	}
+	count(action == ACT_ALLOW ? STAT_HIT_ALLOW : STAT_HIT_REJECT);
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
@@ -483,6 +491,24 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 	if (!p || !p->pending)
 		return;
 	p->pending = 0;
+	__u32 zero = 0;
+	__u64 *gen = bpf_map_lookup_elem(&generation, &zero);
+	if (!gen || *gen != p->gen) {
+		// The rules changed since the connect hook decided (a deferred
+		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
+		// time later): the decision is void, and so is the mark it gave the
+		// socket; the SYN goes to the queue, decided under the rules in force.
+		int cur = 0;
+		if (!bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur))) {
+			__u32 ours = (__u32)cur & MARK_MASK;
+			if (ours == MARK_FAST_ALLOW || ours == MARK_REJECT) {
+				int v = (int)((__u32)cur & ~MARK_MASK);
+				bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
+			}
+		}
+		count(STAT_STALE);
+		return;
+	}
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
