@@ -167,7 +167,10 @@
 // buffer's 5.8.) Without the sock_ops program (a kernel that refuses it;
 // Stats.TCPLocalWhy says why) the hooks send every decision at once, without the
 // local port, as before: the history row has no local address and its bytes are
-// not counted. The UDP match sends the datagram's source address and port, which
+// not counted. There nothing checks a decision again when the SYN leaves: a
+// connect whose SYN waits for the first write (TCP_FASTOPEN_CONNECT with a Fast
+// Open cookie) and a rule change between the two let that SYN pass under the
+// decision made at connect (a known gap of that fallback only). The UDP match sends the datagram's source address and port, which
 // is the flow's local end.
 //
 // # Socket ends
