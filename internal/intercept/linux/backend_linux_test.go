@@ -619,24 +619,7 @@ func TestOwnTrafficExempt(t *testing.T) {
 // for it (this test binary, listening from a thread in namespace A), not "unknown".
 func TestInboundAttribution(t *testing.T) {
 	tp := newTopo(t)
-	var ln net.Listener
-	if err := inNS(tp.a, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", addrA+":9211")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	serveTCP(t, tp.a, addrA+":9211", func(c net.Conn) { c.Close() })
 	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
 	defer d.stop()
 	if err := inNS(tp.b, func() error {

@@ -88,13 +88,13 @@ func splitAddr(t *testing.T, s string) ctAddr {
 	return ctAddr{h, p}
 }
 
-// echoTCP listens in ns on addr:port; for each connection it reads in bytes,
-// writes back out bytes, reads to the end and closes.
-func echoTCP(t *testing.T, ns, addr string, port, in, out int) {
+// serveTCP listens in ns on addr (IPv4) until the test ends, and handles each
+// connection in a goroutine of its own with handle, which must close it.
+func serveTCP(t testing.TB, ns, addr string, handle func(net.Conn)) {
 	t.Helper()
 	var ln net.Listener
 	if err := inNS(ns, func() (err error) {
-		ln, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", addr, port))
+		ln, err = net.Listen("tcp4", addr)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -106,19 +106,26 @@ func echoTCP(t *testing.T, ns, addr string, port, in, out int) {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				if _, err := io.ReadFull(c, make([]byte, in)); err != nil {
-					return
-				}
-				if _, err := c.Write(make([]byte, out)); err != nil {
-					return
-				}
-				io.Copy(io.Discard, c)
-			}()
+			go handle(c)
 		}
 	}()
+}
+
+// echoTCP listens in ns on addr:port; for each connection it reads in bytes,
+// writes back out bytes, reads to the end and closes.
+func echoTCP(t *testing.T, ns, addr string, port, in, out int) {
+	t.Helper()
+	serveTCP(t, ns, fmt.Sprintf("%s:%d", addr, port), func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, in)); err != nil {
+			return
+		}
+		if _, err := c.Write(make([]byte, out)); err != nil {
+			return
+		}
+		io.Copy(io.Discard, c)
+	})
 }
 
 // exchange connects from ns to addr:port, sends in bytes, reads out bytes back and

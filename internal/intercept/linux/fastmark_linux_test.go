@@ -84,23 +84,7 @@ func TestAllowedFlowLeavesAtOnce(t *testing.T) {
 				}
 			}
 			tp := newTopo(t)
-			var ln net.Listener
-			if err := inNS(tp.b, func() (err error) {
-				ln, err = net.Listen("tcp4", addrB+":9011")
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go func() { io.Copy(c, c); c.Close() }()
-				}
-			}()
+			serveTCP(t, tp.b, addrB+":9011", func(c net.Conn) { io.Copy(c, c); c.Close() })
 			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw)
 			defer d.stop()
 			var c net.Conn
