@@ -151,11 +151,17 @@ func (c *testClient) line(t *testing.T) string {
 	return c.out.Text()
 }
 
+// say gives the client the command line and returns its report.
+func (c *testClient) say(t *testing.T, line string) string {
+	t.Helper()
+	fmt.Fprintln(c.in, line)
+	return c.line(t)
+}
+
 // connect makes the client connect to ap and returns its report.
 func (c *testClient) connect(t *testing.T, ap netip.AddrPort) string {
 	t.Helper()
-	fmt.Fprintln(c.in, ap.String())
-	return c.line(t)
+	return c.say(t, ap.String())
 }
 
 // testCgroup makes a cgroup v2 directory for this test and returns its path and an
@@ -738,14 +744,9 @@ func TestHitsRecordLocalPort(t *testing.T) {
 		remote, local netip.AddrPort
 		action        engine.Action
 	}
-	say := func(line string) string {
-		t.Helper()
-		fmt.Fprintln(c.in, line)
-		return c.line(t)
-	}
 	var wants []want
 	for _, to := range []netip.AddrPort{allowed, allowed6, mapped, denied} {
-		r := say("local " + to.String())
+		r := c.say(t, "local "+to.String())
 		mark := "0x30000000"
 		action := engine.Allow
 		if to == denied {
@@ -758,7 +759,7 @@ func TestHitsRecordLocalPort(t *testing.T) {
 		wants = append(wants, want{remote, local(r), action})
 	}
 	// A connect that fails before tcp_connect, then the same socket to allowed.
-	r := say("local " + unsent.String() + " " + allowed.String())
+	r := c.say(t, "local "+unsent.String()+" "+allowed.String())
 	first, second, _ := strings.Cut(r, "; ")
 	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || !strings.HasPrefix(second, "ok 0x30000000 ") {
 		t.Fatalf("connect to %v, then %v: %q; want ENETUNREACH then connected, both hits", unsent, allowed, r)

@@ -229,27 +229,22 @@ func TestPendingPerSocket(t *testing.T) {
 		}
 	}
 	decisions := runDecisions(t, fp)
-	say := func(line string) string {
-		t.Helper()
-		fmt.Fprintln(c.in, line)
-		return c.line(t)
-	}
 
-	if r := say("tfo " + server.String()); r != "ok 0x30000000" {
+	if r := c.say(t, "tfo "+server.String()); r != "ok 0x30000000" {
 		t.Fatalf("deferred connect to %v: %q, want a hit", server, r)
 	}
 	const failing = 3 * 4096 // three times the old pending map's size
-	if r, want := say(fmt.Sprintf("many %d %s", failing, unrouted)), fmt.Sprintf("done 0 %d", failing); r != want {
+	if r, want := c.say(t, fmt.Sprintf("many %d %s", failing, unrouted)), fmt.Sprintf("done 0 %d", failing); r != want {
 		t.Fatalf("connects to %v: %q, want %q", unrouted, r, want)
 	}
-	r := say("send")
+	r := c.say(t, "send")
 	f := strings.Fields(r)
 	if len(f) != 2 || f[0] != "ok" {
 		t.Fatalf("first write of the deferred connect: %q", r)
 	}
 	tfoLocal := netip.MustParseAddrPort(f[1])
 
-	r = say("local " + unrouted.String() + " " + server.String())
+	r = c.say(t, "local "+unrouted.String()+" "+server.String())
 	first, second, _ := strings.Cut(r, "; ")
 	f = strings.Fields(second)
 	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || len(f) != 3 || f[0] != "ok" || f[1] != "0x30000000" {
@@ -258,7 +253,7 @@ func TestPendingPerSocket(t *testing.T) {
 	againLocal := netip.MustParseAddrPort(f[2])
 
 	const closed = 500
-	if r, want := say(fmt.Sprintf("many %d %s", closed, server)), fmt.Sprintf("done %d 0", closed); r != want {
+	if r, want := c.say(t, fmt.Sprintf("many %d %s", closed, server)), fmt.Sprintf("done %d 0", closed); r != want {
 		t.Fatalf("connects to %v: %q, want %q", server, r, want)
 	}
 

@@ -1,7 +1,6 @@
 package fastpath
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -76,12 +75,7 @@ func testDeferredConnectRuleChange(t *testing.T, how string) {
 		t.Fatalf("Remember %v: %v %v", server, ok, err)
 	}
 	decisions := runDecisions(t, fp)
-	say := func(line string) string {
-		t.Helper()
-		fmt.Fprintln(c.in, line)
-		return c.line(t)
-	}
-	r := say(how + " " + server.String())
+	r := c.say(t, how+" "+server.String())
 	t.Logf("deferred connect: %s", r)
 	if !strings.HasPrefix(r, "ok ") {
 		t.Fatalf("deferred connect to %v: %q", server, r)
@@ -93,7 +87,7 @@ func testDeferredConnectRuleChange(t *testing.T, how string) {
 	if err := fp.RulesChanged([]engine.Rule{{ID: 2, Action: engine.Deny}}); err != nil {
 		t.Fatal(err)
 	}
-	if r := say("send"); !strings.HasPrefix(r, "ok ") {
+	if r := c.say(t, "send"); !strings.HasPrefix(r, "ok ") {
 		t.Fatalf("first write of the deferred connect: %q", r)
 	}
 	if n := fastSYNs(); n != 0 {
