@@ -16,7 +16,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/latchfw/latch/internal/cgroup2"
 )
 
 // TestDNSQueriesSegmentedNotCredited: a program that takes the port of another
@@ -232,26 +231,29 @@ func watchDNSHelper(server string) int {
 	return 0
 }
 
-// egressProgs lists the ids of the cgroup/skb egress programs attached to the root
-// of the cgroup2 hierarchy.
+// egressProgs lists the ids of the cgroup/skb egress programs linked to the root
+// of the cgroup2 hierarchy (cgroup id 1), from the kernel's list of links: a
+// mount of cgroup2 found in mountinfo may be another test's (a private mount
+// gone a moment later), and other tests attach egress programs too.
 func egressProgs(t *testing.T) []ebpf.ProgramID {
 	t.Helper()
-	dir, err := cgroup2.Find()
-	if err != nil {
-		t.Skipf("no cgroup2 mount: %v", err)
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInetEgress})
-	if err != nil {
-		t.Fatalf("query the programs on %s: %v", dir, err)
-	}
 	var ids []ebpf.ProgramID
-	for _, p := range res.Programs {
-		ids = append(ids, p.ID)
+	var it link.Iterator
+	defer it.Close()
+	for it.Next() {
+		l := it.Take()
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			continue // gone since
+		}
+		if c := info.Cgroup(); info.Type == link.CgroupType && c != nil && c.CgroupId == 1 &&
+			ebpf.AttachType(c.AttachType) == ebpf.AttachCGroupInetEgress {
+			ids = append(ids, info.Program)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("list the kernel's BPF links: %v", err)
 	}
 	return ids
 }
