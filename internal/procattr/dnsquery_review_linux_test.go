@@ -15,7 +15,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
-
 )
 
 // TestDNSQueriesSegmentedNotCredited: a program that takes the port of another
