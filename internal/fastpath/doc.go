@@ -141,8 +141,9 @@
 // decision waits: the hook stores it in the socket's own storage (socks, a
 // BPF_MAP_TYPE_SK_STORAGE map of struct fp_sock: the kernel makes the record at
 // the socket's first hit, or when its byte counting starts (below), and frees it
-// with the socket; no shared map entry is added or deleted per connect), and a cgroup sock_ops program (latch_fast_sockops, attached to the root
-// cgroup, see below; to the hooks' cgroup where the root cannot be had) sends it
+// with the socket; no shared map entry is added or deleted per connect), and a
+// cgroup sock_ops program (latch_fast_sockops, attached to the root cgroup, see
+// below; to the hooks' cgroup where the root cannot be had) sends it
 // at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the source address
 // and port are set, just before the SYN, within the same connect(2) (a
 // non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write), and marks
@@ -162,16 +163,16 @@
 // cannot give the socket its storage (out of memory, or the socket's option
 // memory, net.core.optmem_max, is used up, which the program can do on purpose,
 // with TCP MD5 keys), the lookup is a miss and the queue decides the connection:
-// a decision that cannot wait for TCP_CONNECT_CB cannot be checked there. (sock_addr and
-// sock_ops programs may use socket storage since Linux 5.3, before the ring
-// buffer's 5.8.) Without the sock_ops program (a kernel that refuses it;
+// a decision that cannot wait for TCP_CONNECT_CB cannot be checked there.
+// (sock_addr and sock_ops programs may use socket storage since Linux 5.3, before
+// the ring buffer's 5.8.) Without the sock_ops program (a kernel that refuses it;
 // Stats.TCPLocalWhy says why) the hooks send every decision at once, without the
 // local port, as before: the history row has no local address and its bytes are
 // not counted. There nothing checks a decision again when the SYN leaves: a
 // connect whose SYN waits for the first write (TCP_FASTOPEN_CONNECT with a Fast
 // Open cookie) and a rule change between the two let that SYN pass under the
-// decision made at connect (a known gap of that fallback only). The UDP match sends the datagram's source address and port, which
-// is the flow's local end.
+// decision made at connect (a known gap of that fallback only). The UDP match
+// sends the datagram's source address and port, which is the flow's local end.
 //
 // # Socket ends
 //
