@@ -165,7 +165,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 			be.SocketEnded(e.Local, e.Remote, e.Time, bytes)
 		}
 		if why := fp.Stats().TCPLocalWhy; why != "" {
-			logf("fast path: TCP connections decided in the kernel are recorded without their local port, and their bytes are not counted: %s", why)
+			logf("fast path: TCP is not decided in the kernel (every connect goes through the queue): %s", why)
 		}
 	}
 	return pb, nil

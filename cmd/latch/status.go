@@ -96,7 +96,7 @@ func runStatus(ctx context.Context, args []string) error {
 				row("fast path udp", "off (UDP flows go through the queue): %s", textesc.Message(f.UDPWhy))
 			}
 			if !f.TCPLocal {
-				row("fast path bytes", "TCP connections decided in the kernel are recorded without their local port and their bytes are not counted: %s", textesc.Message(f.TCPLocalWhy))
+				row("fast path tcp", "off (every TCP connect goes through the queue: without the sock_ops program nothing checks a decision again when its SYN leaves): %s", textesc.Message(f.TCPLocalWhy))
 			}
 			if f.TCPEnds {
 				row("fast path ends", "on: the kernel reports the end of each TCP socket (%d read, %d lost); byte accounting reads no conntrack update events", f.Ends, f.EndsLost)

@@ -166,13 +166,12 @@
 // a decision that cannot wait for TCP_CONNECT_CB cannot be checked there.
 // (sock_addr and sock_ops programs may use socket storage since Linux 5.3, before
 // the ring buffer's 5.8.) Without the sock_ops program (a kernel that refuses it;
-// Stats.TCPLocalWhy says why) the hooks send every decision at once, without the
-// local port, as before: the history row has no local address and its bytes are
-// not counted. There nothing checks a decision again when the SYN leaves: a
-// connect whose SYN waits for the first write (TCP_FASTOPEN_CONNECT with a Fast
-// Open cookie) and a rule change between the two let that SYN pass under the
-// decision made at connect (a known gap of that fallback only). The UDP match
-// sends the datagram's source address and port, which is the flow's local end.
+// Stats.TCPLocalWhy says why) nothing could check a decision again when its SYN
+// leaves, and a connect whose SYN waits for its first write (TCP_FASTOPEN_CONNECT
+// with a Fast Open cookie) could pass after a rule change under the decision made
+// at connect: so TCP is not decided in the kernel then, every connect goes to the
+// queue (counted as a miss), and only UDP is. The UDP match sends the
+// datagram's source address and port, which is the flow's local end.
 //
 // # Socket ends
 //

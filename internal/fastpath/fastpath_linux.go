@@ -955,7 +955,7 @@ type Decision struct {
 	Remote   netip.AddrPort
 	// Local is the flow's local address and port (the TCP socket's, as the kernel
 	// chose them; a UDP flow's first datagram's source); invalid when not known
-	// (Stats.TCPLocalWhy says why for TCP).
+	// (a UDP decision without the datagram's source).
 	Local  netip.AddrPort
 	Action engine.Action // Allow, or Reject for a deny or reject rule
 	RuleID engine.RuleID

@@ -25,9 +25,10 @@ type Stats struct {
 	UDP         bool   `json:"udp"`                 // UDP flows are decided too (the ruleset runs the UDP match)
 	UDPWhy      string `json:"udp_why,omitempty"`   // why not
 	UDPMatch    string `json:"udp_match,omitempty"` // the pinned UDP match program
-	// TCPLocal says whether TCP decisions are recorded with the connection's local
-	// address and port (the sock_ops program is attached), which history rows show
-	// and byte accounting needs; TCPLocalWhy says why not.
+	// TCPLocal says whether the sock_ops program is attached: it records TCP
+	// decisions with the connection's local address and port, and checks each
+	// decision again as its SYN leaves. Without it TCP is not decided in the kernel
+	// (every connect goes through the queue); TCPLocalWhy says why not.
 	TCPLocal    bool   `json:"tcp_local"`
 	TCPLocalWhy string `json:"tcp_local_why,omitempty"`
 	// TCPEnds says whether the kernel reports the end of every TCP socket of the

@@ -216,8 +216,8 @@ struct {
 } socks SEC(".maps");
 
 // 1 once the loader attached latch_fast_sockops: the connect hooks leave their
-// decisions in the socket's storage (socks) for it to send; 0 (a kernel that
-// refused it): they send them at once, without the local address and port.
+// decisions in the socket's storage (socks) for it to send (and to check again);
+// 0 (a kernel that refused it): they decide no TCP connect (see decide).
 volatile __u32 tcp_local = 0;
 
 // 1 once the loader wants TCP socket ends reported (latch_fast_sockops turns the
@@ -431,17 +431,21 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		count(STAT_NO_IDENTITY);
 		return 1;
 	}
+	// Without the sock_ops program nothing could check a decision again when
+	// the SYN leaves (a TCP_FASTOPEN_CONNECT connect's leaves at its first
+	// write, any time later, perhaps after a rule change): TCP is not decided
+	// in the kernel then, every connect goes to the queue.
+	if (!tcp_local) {
+		count(STAT_MISS);
+		return 1;
+	}
 	// With the sock_ops program attached, a decision waits for the local port
 	// in the socket's storage; whatever an earlier connect of this socket left
 	// there is dropped first (it made no connection: tcp_connect takes it). A
 	// socket that never had a hit has no storage, and gets none here.
-	struct bpf_sock *wait = 0;
-	if (tcp_local) {
-		wait = sk;
-		struct fp_sock *old = bpf_sk_storage_get(&socks, sk, 0, 0);
-		if (old)
-			old->pending = 0;
-	}
+	struct fp_sock *old = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (old)
+		old->pending = 0;
 	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
 	if (!ks) {
 		count(STAT_NO_IDENTITY);
@@ -454,7 +458,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		set_mark(ctx, 0);
 		return 1;
 	}
-	__u32 action = lookup(&key, wait, 0, 0);
+	__u32 action = lookup(&key, sk, 0, 0);
 	if (!action) {
 		set_mark(ctx, 0);
 		return 1;

@@ -647,7 +647,7 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 // socketEnd is a local TCP socket's end (SocketEnded).
 type socketEnd struct {
 	local, remote netip.AddrPort
-	at            time.Time // zero: not known
+	at            time.Time    // zero: not known
 	counts        *SocketBytes // nil: not counted
 }
 
