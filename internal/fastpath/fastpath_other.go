@@ -5,7 +5,6 @@ package fastpath
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -31,31 +30,6 @@ type FastPath struct{}
 
 // Ticket is the rule generation a decision is made under.
 type Ticket struct{}
-
-// Decision is one connection the fast path decided in the kernel.
-type Decision struct {
-	Time     time.Time
-	PID      int32
-	UID      int32
-	Exe      string
-	Protocol engine.Protocol
-	Remote   netip.AddrPort
-	Local    netip.AddrPort
-	Action   engine.Action
-	RuleID   engine.RuleID
-}
-
-// End is the end of a TCP socket.
-type End struct {
-	Local, Remote netip.AddrPort
-	Time          time.Time
-	Counted       bool
-	Bytes         Counts
-	Packets       Counts
-}
-
-// Counts are a socket's counts of what it sent and received.
-type Counts struct{ Out, In uint64 }
 
 // Open fails with ErrUnsupported.
 func Open(Config) (*FastPath, error) { return nil, ErrUnsupported }
