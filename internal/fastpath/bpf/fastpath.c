@@ -304,7 +304,8 @@ static __always_inline int identify(struct fp_key *k)
 
 // set_mark puts m into the MARK_MASK bits of the socket's mark; m == 0 clears
 // them only if this program set them (the daemon's own OwnMark is never touched).
-static __always_inline void set_mark(struct bpf_sock_addr *ctx, __u32 m)
+// ctx is a connect hook's or the sock_ops program's context.
+static __always_inline void set_mark(void *ctx, __u32 m)
 {
 	int cur = 0;
 	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
@@ -502,14 +503,7 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
 		// time later): the decision is void, and so is the mark it gave the
 		// socket; the SYN goes to the queue, decided under the rules in force.
-		int cur = 0;
-		if (!bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur))) {
-			__u32 ours = (__u32)cur & MARK_MASK;
-			if (ours == MARK_FAST_ALLOW || ours == MARK_REJECT) {
-				int v = (int)((__u32)cur & ~MARK_MASK);
-				bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
-			}
-		}
+		set_mark(ctx, 0);
 		count(STAT_STALE);
 		return;
 	}
