@@ -377,6 +377,12 @@ func TestSocketEndOfReusedTuple(t *testing.T) {
 	}
 }
 
+// tcpReq is request id, made at at, for the same outbound TCP 4-tuple each time.
+func tcpReq(id engine.RequestID, at time.Time) *engine.Request {
+	return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
+		Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+}
+
 // TestDestroyOfEndedFlowSpareNewFlow: a flow its socket's end ended, whose
 // conntrack entry is destroyed when a new connection's SYN reuses the tuple (the
 // entry was in TIME_WAIT), does not end the new flow with the old entry's
@@ -385,11 +391,7 @@ func TestDestroyOfEndedFlowSpareNewFlow(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	flows := newFlowTable(100, time.Hour)
 	a := newAccountant(flows, 10*time.Second)
-	mk := func(id engine.RequestID, at time.Time) *engine.Request {
-		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
-			Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
-	}
-	old := mk(1, t0)
+	old := tcpReq(1, t0)
 	flows.add(old, t0)
 	k := keyOf(old)
 	oldEntry := ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait, origBytes: 900, replBytes: 40, counters: true}
@@ -422,7 +424,7 @@ func TestDestroyOfEndedFlowSpareNewFlow(t *testing.T) {
 	if rs := drain([]socketEnd{end(t0.Add(time.Second))}, t0.Add(time.Second+time.Millisecond)); len(rs) != 1 || rs[0].Request.ID != old.ID || !rs[0].Ended {
 		t.Fatalf("reports %+v, want the old flow ended", rs)
 	}
-	renewed := mk(2, t0.Add(70*time.Second))
+	renewed := tcpReq(2, t0.Add(70*time.Second))
 	flows.add(renewed, renewed.Time)
 	events = []ctEvent{{ctInfo: oldEntry, destroy: true}}
 	if rs := drain(nil, renewed.Time.Add(40*time.Millisecond)); len(rs) != 0 {
@@ -442,15 +444,11 @@ func TestDestroyOfEndedFlowSpareNewFlow(t *testing.T) {
 // new flow alone, which its own socket end then ends with its own counters.
 func TestDestroyOfReplacedEntry(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	mk := func(id engine.RequestID, at time.Time) *engine.Request {
-		return &engine.Request{ID: id, Time: at, Direction: engine.Outbound, Protocol: engine.TCP,
-			Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
-	}
 	for _, known := range []bool{true, false} {
 		t.Run(map[bool]string{true: "old flow read before", false: "old flow never read"}[known], func(t *testing.T) {
 			flows := newFlowTable(100, time.Hour)
 			a := newAccountant(flows, 10*time.Second)
-			old := mk(1, t0)
+			old := tcpReq(1, t0)
 			flows.add(old, t0)
 			k := keyOf(old)
 			if known {
@@ -464,7 +462,7 @@ func TestDestroyOfReplacedEntry(t *testing.T) {
 			}
 			// Reset at t0+2s (its end lost, or older than what follows), and
 			// reopened from the same port: the old entry, in CLOSE, is destroyed.
-			renewed := mk(2, t0.Add(2*time.Second))
+			renewed := tcpReq(2, t0.Add(2*time.Second))
 			flows.add(renewed, renewed.Time)
 			destroyed := ctEvent{ctInfo: ctInfo{key: k, mark: MarkAllow, hasState: true, tcpState: ctTCPClose, origBytes: 900, replBytes: 40, counters: true}, destroy: true}
 			r, ok, err := a.event(destroyed, func(flowKey) (ctInfo, error) { t.Fatal("read"); return ctInfo{}, nil }, renewed.Time.Add(40*time.Millisecond))
@@ -507,8 +505,7 @@ func TestDestroyOfShortFlowBeforeReuseRegistered(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	flows := newFlowTable(100, time.Hour)
 	a := newAccountant(flows, 10*time.Second)
-	short := &engine.Request{ID: 1, Time: t0, Direction: engine.Outbound, Protocol: engine.TCP,
-		Local: netip.MustParseAddrPort("198.18.0.1:40001"), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	short := tcpReq(1, t0)
 	flows.add(short, t0)
 	destroyed := ctEvent{ctInfo: ctInfo{key: keyOf(short), mark: MarkAllow, hasState: true, tcpState: ctTCPClose, origBytes: 900, replBytes: 40, counters: true}, destroy: true}
 	r, ok, err := a.event(destroyed, func(flowKey) (ctInfo, error) { t.Fatal("read"); return ctInfo{}, nil }, t0.Add(300*time.Millisecond))
