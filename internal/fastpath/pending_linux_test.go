@@ -47,11 +47,12 @@ func clientPending(line string, held *int) bool {
 		return unix.AF_INET6
 	}
 	switch {
-	case f[0] == "tfomd5" && len(f) == 2:
-		// "tfomd5 ADDRPORT": as "tfo", but the socket's option memory
-		// (net.core.optmem_max) is used up first, by TCP MD5 keys for other
-		// addresses, which any program may add: the kernel cannot give the
-		// socket its storage. Prints "ok MARK KEYS".
+	case (f[0] == "tfo" || f[0] == "tfomd5") && len(f) == 2:
+		// "tfo ADDRPORT": a TCP_FASTOPEN_CONNECT connect, whose SYN waits for
+		// the first write ("send"); prints "ok MARK". "tfomd5 ADDRPORT": the
+		// same, but the socket's option memory (net.core.optmem_max) is used up
+		// first, by TCP MD5 keys for other addresses, which any program may add:
+		// the kernel cannot give the socket its storage. Prints "ok MARK KEYS".
 		ap, err := netip.ParseAddrPort(f[1])
 		if err != nil {
 			fmt.Println("bad", err)
@@ -67,17 +68,18 @@ func clientPending(line string, held *int) bool {
 			unix.Close(fd)
 			return true
 		}
-		keys := 0
-		for i := 0; i < 1<<15; i++ {
-			var sig unix.TCPMD5Sig
-			sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sig.Addr))
-			sa.Family = unix.AF_INET
-			sa.Addr = [4]byte{198, 19, byte(i >> 8), byte(i)}
-			sig.Keylen = 16
-			if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig); err != nil {
-				break
+		keys := -1
+		if f[0] == "tfomd5" {
+			for keys = 0; keys < 1<<15; keys++ {
+				var sig unix.TCPMD5Sig
+				sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sig.Addr))
+				sa.Family = unix.AF_INET
+				sa.Addr = [4]byte{198, 19, byte(keys >> 8), byte(keys)}
+				sig.Keylen = 16
+				if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig); err != nil {
+					break
+				}
 			}
-			keys++
 		}
 		err = connect(fd, ap)
 		mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
@@ -87,32 +89,11 @@ func clientPending(line string, held *int) bool {
 			return true
 		}
 		*held = fd
-		fmt.Printf("ok %#x %d\n", mark, keys)
-	case f[0] == "tfo" && len(f) == 2:
-		ap, err := netip.ParseAddrPort(f[1])
-		if err != nil {
-			fmt.Println("bad", err)
-			return true
+		if keys < 0 {
+			fmt.Printf("ok %#x\n", mark)
+		} else {
+			fmt.Printf("ok %#x %d\n", mark, keys)
 		}
-		fd, err := unix.Socket(family(ap), unix.SOCK_STREAM, 0)
-		if err != nil {
-			fmt.Println("err socket", err)
-			return true
-		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
-			fmt.Println("err TCP_FASTOPEN_CONNECT", err)
-			unix.Close(fd)
-			return true
-		}
-		err = connect(fd, ap)
-		mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
-		if err != nil {
-			fmt.Printf("err %d %#x\n", err.(syscall.Errno), mark)
-			unix.Close(fd)
-			return true
-		}
-		*held = fd
-		fmt.Printf("ok %#x\n", mark)
 	case f[0] == "send" && len(f) == 1:
 		if *held < 0 {
 			fmt.Println("err no socket")
