@@ -57,6 +57,23 @@ type fastpathFpKey struct {
 	Addr      [16]uint8
 }
 
+type fastpathFpLive struct {
+	_          structs.HostLayout
+	Kind       uint32
+	Family     uint8
+	Pad        uint8
+	Pad2       uint16
+	Local      [16]uint8
+	Remote     [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Pad3       uint32
+	BytesOut   uint64
+	BytesIn    uint64
+	PacketsOut uint64
+	PacketsIn  uint64
+}
+
 type fastpathFpOwner struct {
 	_         structs.HostLayout
 	Ino       uint64
@@ -105,6 +122,7 @@ const (
 	fastpathMapVerdicts             = "verdicts"
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
+	fastpathProgLatchFastLive       = "latch_fast_live"
 	fastpathProgLatchFastSkbEgress  = "latch_fast_skb_egress"
 	fastpathProgLatchFastSkbIngress = "latch_fast_skb_ingress"
 	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
@@ -118,6 +136,7 @@ const (
 	fastpathVarUdpCgroup            = "udp_cgroup"
 	fastpathVarUnusedEnd            = "unused_end"
 	fastpathVarUnusedEvent          = "unused_event"
+	fastpathVarUnusedLive           = "unused_live"
 )
 
 // loadFastpath returns the embedded CollectionSpec for fastpath.
@@ -164,6 +183,7 @@ type fastpathSpecs struct {
 type fastpathProgramSpecs struct {
 	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
+	LatchFastLive       *ebpf.ProgramSpec `ebpf:"latch_fast_live"`
 	LatchFastSkbEgress  *ebpf.ProgramSpec `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.ProgramSpec `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
@@ -197,6 +217,7 @@ type fastpathVariableSpecs struct {
 	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
 	UnusedEnd   *ebpf.VariableSpec `ebpf:"unused_end"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedLive  *ebpf.VariableSpec `ebpf:"unused_live"`
 }
 
 // fastpathObjects contains all objects after they have been loaded into the kernel.
@@ -254,6 +275,7 @@ type fastpathVariables struct {
 	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
 	UnusedEnd   *ebpf.Variable `ebpf:"unused_end"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	UnusedLive  *ebpf.Variable `ebpf:"unused_live"`
 }
 
 // fastpathPrograms contains all programs after they have been loaded into the kernel.
@@ -262,6 +284,7 @@ type fastpathVariables struct {
 type fastpathPrograms struct {
 	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
+	LatchFastLive       *ebpf.Program `ebpf:"latch_fast_live"`
 	LatchFastSkbEgress  *ebpf.Program `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.Program `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
@@ -273,6 +296,7 @@ func (p *fastpathPrograms) Close() error {
 	return _FastpathClose(
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
+		p.LatchFastLive,
 		p.LatchFastSkbEgress,
 		p.LatchFastSkbIngress,
 		p.LatchFastSockCreate,
