@@ -123,6 +123,7 @@ const (
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
 	fastpathProgLatchFastLive       = "latch_fast_live"
+	fastpathProgLatchFastLiveTcp    = "latch_fast_live_tcp"
 	fastpathProgLatchFastSkbEgress  = "latch_fast_skb_egress"
 	fastpathProgLatchFastSkbIngress = "latch_fast_skb_ingress"
 	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
@@ -184,6 +185,7 @@ type fastpathProgramSpecs struct {
 	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
 	LatchFastLive       *ebpf.ProgramSpec `ebpf:"latch_fast_live"`
+	LatchFastLiveTcp    *ebpf.ProgramSpec `ebpf:"latch_fast_live_tcp"`
 	LatchFastSkbEgress  *ebpf.ProgramSpec `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.ProgramSpec `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
@@ -285,6 +287,7 @@ type fastpathPrograms struct {
 	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
 	LatchFastLive       *ebpf.Program `ebpf:"latch_fast_live"`
+	LatchFastLiveTcp    *ebpf.Program `ebpf:"latch_fast_live_tcp"`
 	LatchFastSkbEgress  *ebpf.Program `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.Program `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
@@ -297,6 +300,7 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
 		p.LatchFastLive,
+		p.LatchFastLiveTcp,
 		p.LatchFastSkbEgress,
 		p.LatchFastSkbIngress,
 		p.LatchFastSockCreate,

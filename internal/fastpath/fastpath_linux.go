@@ -98,6 +98,11 @@ type Config struct {
 	// noEndBytes loads the programs as for a kernel without socket storage in
 	// sock_ops and cgroup_skb programs: socket ends carry no counters (tests).
 	noEndBytes bool
+	// noLiveBytes loads the programs as for a kernel without the iterators
+	// SocketCounts reads: no live counts of sockets (tests). noLiveMap: as for
+	// one that refuses the iterator over the socket storage map, not the one
+	// over TCP sockets.
+	noLiveBytes, noLiveMap bool
 }
 
 // noEndBytesKernel says why the kernel cannot count the bytes of a TCP socket
@@ -196,6 +201,8 @@ type FastPath struct {
 	// why TCP socket ends carry no counters of the socket's bytes; "": those of
 	// active opens do
 	tcpEndBytesWhy string
+	// live byte counts of TCP sockets (SocketCounts)
+	liveState
 
 	offers     chan offered
 	stopWorker chan struct{}
@@ -293,7 +300,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// the programs that use them) ends carry none, and the byte accountant reads
 	// conntrack for each as before.
 	fp.tcpEndBytesWhy = noEndBytesKernel(cfg.noEndBytes)
-	load := func(bytes bool) error {
+	// The live counts of sockets (SocketCounts) read the counters through an
+	// iterator over the socket storage map (Linux 5.9): without it (or if the
+	// kernel refuses it) the object loads with a placeholder in its place.
+	fp.liveVia, fp.liveWhy = liveKernel(cfg.noLiveBytes, cfg.noLiveMap)
+	load := func(bytes bool, live liveVia) error {
 		spec, err := loadFastpath()
 		if err != nil {
 			return fmt.Errorf("fast path: read the eBPF object: %w", err)
@@ -317,6 +328,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 		spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
 		spec.Maps["ends"].MaxEntries = uint32(cfg.EndsRingBytes)
+		if err := withLive(spec, live); err != nil {
+			return fmt.Errorf("fast path: %w", err)
+		}
 		if noCookie != "" {
 			if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
 				return fmt.Errorf("fast path: %w", err)
@@ -327,13 +341,19 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		return nil
 	}
-	if err := load(fp.tcpEndBytesWhy == ""); err != nil {
+	err = load(fp.tcpEndBytesWhy == "", fp.liveVia)
+	if err != nil && fp.liveVia != liveOff {
+		// A kernel that refuses the iterator: without it.
+		fp.liveVia, fp.liveWhy = liveOff, err.Error()
+		err = load(fp.tcpEndBytesWhy == "", liveOff)
+	}
+	if err != nil {
 		if fp.tcpEndBytesWhy != "" {
 			return nil, err
 		}
 		// A kernel that refuses the counting code: without it.
 		fp.tcpEndBytesWhy = err.Error()
-		if err := load(false); err != nil {
+		if err := load(false, liveOff); err != nil {
 			return nil, err
 		}
 	}
@@ -403,6 +423,15 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	if fp.tcpEndsWhy != "" {
 		fp.tcpEndBytesWhy = "no socket ends: " + fp.tcpEndsWhy
+	}
+	switch {
+	case fp.tcpEndBytesWhy != "":
+		fp.liveWhy = "no socket counters: " + fp.tcpEndBytesWhy
+	case fp.liveWhy == "":
+		fp.liveWhy = fp.attachLive()
+	}
+	if fp.liveWhy != "" {
+		fp.liveVia = liveOff
 	}
 	for _, a := range []struct {
 		prog *ebpf.Program
@@ -1292,6 +1321,10 @@ func (fp *FastPath) Stats() Stats {
 		TCPLocal: fp.tcpLocalWhy == "", TCPLocalWhy: fp.tcpLocalWhy,
 		TCPEnds: fp.tcpEndsWhy == "", TCPEndsWhy: fp.tcpEndsWhy, Ends: fp.ends.Load(),
 		TCPEndBytes: fp.tcpEndBytesWhy == "", TCPEndBytesWhy: fp.tcpEndBytesWhy,
+		TCPLiveBytes: fp.liveWhy == "", TCPLiveBytesWhy: fp.liveWhy,
+	}
+	if s.TCPLiveBytes {
+		s.TCPLiveBytesVia = fp.liveVia.String()
 	}
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)

@@ -5,6 +5,7 @@ package fastpath
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -60,6 +61,14 @@ func (*FastPath) UDPMatch() string { return "" }
 
 // SetUDP does nothing.
 func (*FastPath) SetUDP(error) {}
+
+// ErrNoLiveBytes is SocketCounts' error where there are no live counts of sockets.
+var ErrNoLiveBytes = errors.New("fast path: no live counts of TCP sockets")
+
+// SocketCounts returns ErrNoLiveBytes.
+func (*FastPath) SocketCounts(func(local, remote netip.AddrPort, bytes Counts)) error {
+	return ErrNoLiveBytes
+}
 
 // Stats returns the zero Stats.
 func (*FastPath) Stats() Stats { return Stats{} }

@@ -48,4 +48,17 @@ type Stats struct {
 	// TCPEndBytesWhy says why not (the accountant reads conntrack for each end).
 	TCPEndBytes    bool   `json:"tcp_end_bytes"`
 	TCPEndBytesWhy string `json:"tcp_end_bytes_why,omitempty"`
+	// TCPLiveBytes says whether the counters of the TCP sockets the kernel
+	// counts (TCPEndBytes) can be read while the sockets live
+	// (FastPath.SocketCounts, an iterator over their storage, Linux 5.9): the
+	// byte accountant reports a long flow's bytes from them when conntrack has
+	// no entry for it; TCPLiveBytesWhy says why not (such a flow shows its bytes
+	// at its end only).
+	TCPLiveBytes    bool   `json:"tcp_live_bytes"`
+	TCPLiveBytesWhy string `json:"tcp_live_bytes_why,omitempty"`
+	// TCPLiveBytesVia names the iterator that reads them: "socket storage
+	// iterator" (over the sockets' records, Linux 5.9) or, where the kernel
+	// refuses iterators over a map's elements, "TCP socket iterator" (over every
+	// TCP socket of the namespace, each one's record looked up).
+	TCPLiveBytesVia string `json:"tcp_live_bytes_via,omitempty"`
 }

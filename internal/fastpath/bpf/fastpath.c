@@ -906,13 +906,17 @@ struct bpf_iter__bpf_sk_storage_map___live {
 	void *value;
 } __attribute__((preserve_access_index));
 
-SEC("iter/bpf_sk_storage_map")
-int latch_fast_live(struct bpf_iter__bpf_sk_storage_map___live *ctx)
+struct bpf_iter__tcp___live {
+	struct bpf_iter_meta___live *meta;
+	struct sock_common___live *sk_common;
+} __attribute__((preserve_access_index));
+
+// write_live writes the record of the socket skc whose storage is s, if it is
+// counting.
+static __always_inline void write_live(struct seq_file *seq, struct sock_common___live *skc, struct fp_sock *s)
 {
-	struct sock___live *sk = ctx->sk;
-	struct fp_sock *s = ctx->value;
-	if (!sk || !s || !s->counting)
-		return 0;
+	if (!s->counting)
+		return;
 	struct fp_live r;
 	__builtin_memset(&r, 0, sizeof(r));
 	r.kind = LIVE_KIND;
@@ -920,18 +924,18 @@ int latch_fast_live(struct bpf_iter__bpf_sk_storage_map___live *ctx)
 	r.bytes_in = s->bytes.bytes_in;
 	r.packets_out = s->bytes.packets_out;
 	r.packets_in = s->bytes.packets_in;
-	r.local_port = sk->__sk_common.skc_num;
-	r.remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
-	if (sk->__sk_common.skc_family == AF_INET) {
+	r.local_port = skc->skc_num;
+	r.remote_port = bpf_ntohs(skc->skc_dport);
+	if (skc->skc_family == AF_INET) {
 		r.family = 4;
-		__u32 l = sk->__sk_common.skc_rcv_saddr, d = sk->__sk_common.skc_daddr;
+		__u32 l = skc->skc_rcv_saddr, d = skc->skc_daddr;
 		__builtin_memcpy(r.local, &l, 4);
 		__builtin_memcpy(r.remote, &d, 4);
-	} else if (sk->__sk_common.skc_family == AF_INET6) {
+	} else if (skc->skc_family == AF_INET6) {
 		__u32 l[4], d[4];
 		for (int i = 0; i < 4; i++) {
-			l[i] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[i];
-			d[i] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[i];
+			l[i] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
+			d[i] = skc->skc_v6_daddr.in6_u.u6_addr32[i];
 		}
 		if (d[0] == 0 && d[1] == 0 && d[2] == bpf_htonl(0xffff)) {
 			// Connected to an IPv4-mapped address: the packets, and
@@ -945,9 +949,41 @@ int latch_fast_live(struct bpf_iter__bpf_sk_storage_map___live *ctx)
 			__builtin_memcpy(r.remote, d, 16);
 		}
 	} else {
-		return 0;
+		return;
 	}
-	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	bpf_seq_write(seq, &r, sizeof(r));
+}
+
+// The iterator over socks itself (Linux 5.9): it visits the sockets that have
+// a record only.
+SEC("iter/bpf_sk_storage_map")
+int latch_fast_live(struct bpf_iter__bpf_sk_storage_map___live *ctx)
+{
+	struct sock___live *sk = ctx->sk;
+	struct fp_sock *s = ctx->value;
+	if (!sk || !s)
+		return 0;
+	write_live(ctx->meta->seq, &sk->__sk_common, s);
+	return 0;
+}
+
+// The same through the iterator over the TCP sockets of the reader's network
+// namespace, for a kernel that refuses iterators over a map's elements: it
+// visits every TCP socket and looks its record up (bpf_sk_storage_get in
+// tracing programs, Linux 5.11).
+SEC("iter/tcp")
+int latch_fast_live_tcp(struct bpf_iter__tcp___live *ctx)
+{
+	struct sock_common___live *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0; // a request or TIME_WAIT socket: no storage
+	struct fp_sock *s = bpf_sk_storage_get(&socks, tp, 0, 0);
+	if (!s)
+		return 0;
+	write_live(ctx->meta->seq, skc, s);
 	return 0;
 }
 
