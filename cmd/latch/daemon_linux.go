@@ -85,6 +85,15 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		// no conntrack update events (which the kernel builds for each state
 		// change of every flow while anybody listens).
 		cfg.SocketEnds = fp.Stats().TCPEnds
+		// The live counts of the TCP sockets the kernel counts: the accountant
+		// reports from them the flows conntrack does not list.
+		if fp.Stats().TCPLiveBytes {
+			cfg.SocketCounts = func(fn func(local, remote netip.AddrPort, bytes linux.SocketBytes)) error {
+				return fp.SocketCounts(func(local, remote netip.AddrPort, c fastpath.Counts) {
+					fn(local, remote, linux.SocketBytes{Out: c.Out, In: c.In})
+				})
+			}
+		}
 	}
 	ready := make(chan struct{})
 	var be *linux.Backend

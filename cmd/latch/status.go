@@ -108,6 +108,11 @@ func runStatus(ctx context.Context, args []string) error {
 			} else {
 				row("fast path end bytes", "off (byte accounting reads each ended flow's counters from conntrack): %s", textesc.Message(f.TCPEndBytesWhy))
 			}
+			if f.TCPLiveBytes {
+				row("fast path live bytes", "on: byte accounting reads the live counts of the TCP connections opened here (%s) for the flows conntrack does not list", f.TCPLiveBytesVia)
+			} else {
+				row("fast path live bytes", "off (a TCP flow conntrack does not list shows its bytes at its end only): %s", textesc.Message(f.TCPLiveBytesWhy))
+			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
 		}

@@ -71,6 +71,7 @@ type Backend struct {
 	trafficEventsLost                          atomic.Uint64 // conntrack event socket overflows
 	socketEnds, socketEndsLost                 atomic.Uint64 // SocketEnded calls taken, and dropped (the accountant's queue was full)
 	ctGets                                     atomic.Uint64 // conntrack entries the accountant read one by one (a flow's end)
+	trafficFromSockets                         atomic.Uint64 // Traffic reports made from the sockets' live counts (Config.SocketCounts)
 	ctUpdates                                  atomic.Bool   // the accountant listens to conntrack's update events
 	latencySum, latencyMax, latencyN           atomic.Uint64
 	dns                                        *dnsname.Learner // nil without Config.Hostnames
@@ -904,6 +905,7 @@ func (b *Backend) Stats() intercept.Stats {
 			"traffic_socket_ends":    b.socketEnds.Load(),
 			"traffic_ends_lost":      b.socketEndsLost.Load(),
 			"traffic_conntrack_gets": b.ctGets.Load(),
+			"traffic_socket_counts":  b.trafficFromSockets.Load(),
 			"traffic_update_events":  map[bool]uint64{true: 1}[b.ctUpdates.Load()],
 			"verdict_latency_max_us": b.latencyMax.Load() / 1000,
 		},

@@ -322,6 +322,17 @@ type Config struct {
 	// the destroy coming within seconds of the new request (see
 	// accountant.socketEnded and accountant.event).
 	SocketEnds bool
+	// SocketCounts, if not nil, calls fn for every local TCP socket whose bytes
+	// the kernel counts (the kernel fast path's live counts,
+	// fastpath.FastPath.SocketCounts, Stats.TCPLiveBytes), with the bytes it sent
+	// (Out) and received (In) so far, each packet's length from its IP header on;
+	// an error says not every socket was listed. The byte accountant's periodic
+	// read takes them, after conntrack's table, for the flows latch allowed that
+	// conntrack does not list (a flow kept out of conntrack, or whose entry was
+	// deleted), and reports those as it reports conntrack's (see
+	// accountant.observeSocket): without it such a flow shows its bytes at its
+	// end only (its socket's end, SocketEnds).
+	SocketCounts func(fn func(local, remote netip.AddrPort, bytes SocketBytes)) error
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,
@@ -329,3 +340,9 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{QueueNum: DefaultQueue, ExemptLoopback: true}
 }
+
+// SocketBytes are the bytes a local TCP socket sent (Out) and received (In) from
+// its SYN to its end (fastpath.End.Bytes), or so far (Config.SocketCounts), each
+// packet's length from its IP header on (what conntrack counts for it), as the
+// kernel fast path counts them.
+type SocketBytes struct{ Out, In uint64 }

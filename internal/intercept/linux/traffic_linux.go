@@ -61,6 +61,14 @@ type acctFlow struct {
 	reportedAt              time.Time
 	ended                   bool
 	gen                     uint64 // the poll that last saw it
+	// sock: its counts are its socket's (the live counts of the kernel fast
+	// path, accountant.sockets), taken when conntrack did not list it; from
+	// then on they are (conntrack's counts of it, if an entry appears later,
+	// began after the flow did). missed: polls in a row since its socket was
+	// last listed, or since its conntrack entry was destroyed while its socket
+	// may still be counting (see event).
+	sock   bool
+	missed int
 }
 
 // accountant reads the counters of the flows latch allowed from conntrack and turns
@@ -71,6 +79,13 @@ type accountant struct {
 	// list calls fn for every conntrack entry that may be an allowed flow's
 	// (dumpCt: the kernel leaves out the others).
 	list func(fn func(ctInfo)) error
+	// sockets, if not nil, calls fn for every local TCP socket whose bytes the
+	// kernel counts, with its counts so far (Config.SocketCounts): the poll
+	// reports from them the flows conntrack does not list.
+	sockets func(fn func(local, remote netip.AddrPort, bytes SocketBytes)) error
+	// fromSockets counts the reports made from the sockets' counts (nil: not
+	// counted).
+	fromSockets *atomic.Uint64
 	m    map[flowKey]*acctFlow
 	gen  uint64
 	// recent holds the ends (destroys, TIME_WAIT or CLOSE) of flows latch
@@ -268,19 +283,98 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 		// Not all read: an entry not seen is not an entry gone.
 		return out, fmt.Errorf("list conntrack entries: %w", err)
 	}
+	// After conntrack's table: the flows it did not list, from their sockets.
+	var sockErr error
+	if a.sockets != nil {
+		sockErr = a.sockets(func(local, remote netip.AddrPort, b SocketBytes) {
+			if r, ok := a.observeSocket(local, remote, b, now, final); ok {
+				out = append(out, r)
+				if a.fromSockets != nil {
+					a.fromSockets.Add(1)
+				}
+			}
+		})
+	}
 	for k, f := range a.m {
 		if f.gen == a.gen {
 			continue
 		}
+		if !f.ended && (f.sock || f.missed > 0) && !final {
+			if sockErr != nil {
+				// Not every socket was listed: one not seen is not one gone.
+				continue
+			}
+			if f.missed == 0 {
+				// Its socket ended (or its conntrack entry was destroyed
+				// while it may still count): its end, with the socket's
+				// final counts, is read within eventDrain; it ends here at
+				// the next poll if none came.
+				f.missed++
+				continue
+			}
+		}
 		if !f.ended {
 			// Gone between two reads (a UDP flow timed out, an entry was
-			// deleted): its last counters are its totals.
+			// deleted, a socket whose end was lost): its last counters are
+			// its totals. Kept until the next poll: a socket end that comes
+			// late finds it ended (wantsEnd) instead of starting it over.
 			f.ended = true
 			out = append(out, f.report(now))
+			continue
 		}
 		delete(a.m, k)
 	}
+	if sockErr != nil {
+		return out, fmt.Errorf("list the sockets' byte counts: %w", sockErr)
+	}
 	return out, nil
+}
+
+// observeSocket takes the counts of the local TCP socket local → remote (one the
+// kernel opened actively and counts, from its SYN on) for the flow of that key,
+// if the accountant follows it or should and conntrack's table did not list it
+// in this poll (a flow conntrack lists keeps conntrack's counts: the two are not
+// mixed within a poll), and returns the report it makes due, as observe does
+// for conntrack's entries. The socket's out is the local side's: conntrack's
+// original direction's. A flow reported from conntrack before (its entry was
+// deleted) goes on from its socket's counts once they reach what was reported,
+// so that its totals never go down.
+func (a *accountant) observeSocket(local, remote netip.AddrPort, b SocketBytes, now time.Time, final bool) (intercept.Traffic, bool) {
+	k := flowKey{proto: unix.IPPROTO_TCP, src: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), dst: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())}
+	f := a.m[k]
+	if f != nil && f.gen == a.gen && !f.sock {
+		return intercept.Traffic{}, false // conntrack's
+	}
+	req := a.flows.get(k)
+	switch {
+	case f == nil && req == nil:
+		return intercept.Traffic{}, false
+	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
+		// New, or a new connection on the tuple of one that ended.
+		f = &acctFlow{req: req, reportedAt: now}
+		a.m[k] = f
+	case req != nil && req.ID != f.req.ID:
+		// Decided again and allowed (as observe).
+		f.req = req
+	}
+	f.gen = a.gen
+	if f.ended {
+		return intercept.Traffic{}, false
+	}
+	f.missed = 0
+	next := acctFlow{req: f.req}
+	next.setCounters(ctInfo{key: k, counters: true, origBytes: b.Out, replBytes: b.In})
+	if next.in < f.reportedIn || next.out < f.reportedOut {
+		// Fewer than conntrack's counts reported before: wait for more.
+		return intercept.Traffic{}, false
+	}
+	f.sock = true
+	f.in, f.out = next.in, next.out
+	changed := f.in != f.reportedIn || f.out != f.reportedOut
+	if final || changed && now.Sub(f.reportedAt) >= a.interval*9/10 {
+		return f.report(now), true
+	}
+	return intercept.Traffic{}, false
 }
 
 // wants reports whether k is a flow the accountant follows or should: one it
@@ -318,6 +412,11 @@ func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (i
 	k := ci.key
 	f := a.m[k]
 	if f == nil && m != MarkAllow {
+		return intercept.Traffic{}, false
+	}
+	if f != nil && f.sock && !f.ended {
+		// Its socket's counts are its counts (see acctFlow.sock); its end
+		// comes with its socket's.
 		return intercept.Traffic{}, false
 	}
 	req := a.flows.get(k)
@@ -384,6 +483,19 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 				return f.report(now), true, nil
 			}
 		}
+		if a.sockets != nil && ev.key.proto == unix.IPPROTO_TCP {
+			if f := a.m[ev.key]; f != nil && !f.ended && (req == nil || req.ID == f.req.ID) {
+				// Its socket may still be counting (an entry deleted under a
+				// live flow): the next poll goes on from the socket's counts,
+				// or ends the flow with these if the socket is not listed
+				// either (missed). Its socket's end ends it meanwhile.
+				if !f.sock {
+					f.setCounters(ev.ctInfo)
+				}
+				f.missed = max(f.missed, 1)
+				return intercept.Traffic{}, false, nil
+			}
+		}
 		r, ok := a.observe(ev.ctInfo, true, now, false)
 		return r, ok, nil
 	}
@@ -444,6 +556,7 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		interval = defaultTrafficInterval
 	}
 	a := newAccountant(b.flows, interval)
+	a.sockets, a.fromSockets = b.cfg.SocketCounts, &b.trafficFromSockets
 	var lastErr string
 	logErr := func(err error) {
 		if err != nil && err.Error() != lastErr {
@@ -650,11 +763,6 @@ type socketEnd struct {
 	at            time.Time    // zero: not known
 	counts        *SocketBytes // nil: not counted
 }
-
-// SocketBytes are the bytes a local TCP socket sent (Out) and received (In) from
-// its SYN to its end, each packet's length from its IP header on (what conntrack
-// counts for it), as the kernel fast path counts them (fastpath.End.Bytes).
-type SocketBytes struct{ Out, In uint64 }
 
 // SocketEnded says that the local TCP socket from local to remote moved to
 // TCP_CLOSE at time at (Config.SocketEnds): the byte accountant ends its flow, if
