@@ -463,6 +463,16 @@ func runChild(mode string) int {
 		cfg.SocketEnds = fp.Stats().TCPEnds
 		say("socket-ends %t %s", cfg.SocketEnds, fp.Stats().TCPEndsWhy)
 		say("end-bytes %t %s", fp.Stats().TCPEndBytes, fp.Stats().TCPEndBytesWhy)
+		// The sockets' live counts, as the daemon wires them, unless
+		// LATCH_TEST_LIVE_BYTES=off.
+		if fp.Stats().TCPLiveBytes && os.Getenv("LATCH_TEST_LIVE_BYTES") != "off" {
+			cfg.SocketCounts = func(fn func(local, remote netip.AddrPort, bytes SocketBytes)) error {
+				return fp.SocketCounts(func(local, remote netip.AddrPort, c fastpath.Counts) {
+					fn(local, remote, SocketBytes{Out: c.Out, In: c.In})
+				})
+			}
+		}
+		say("live-bytes %t %s", cfg.SocketCounts != nil, fp.Stats().TCPLiveBytesWhy)
 	}
 	b, err := New(cfg)
 	if err != nil {

@@ -86,8 +86,8 @@ type accountant struct {
 	// fromSockets counts the reports made from the sockets' counts (nil: not
 	// counted).
 	fromSockets *atomic.Uint64
-	m    map[flowKey]*acctFlow
-	gen  uint64
+	m           map[flowKey]*acctFlow
+	gen         uint64
 	// recent holds the ends (destroys, TIME_WAIT or CLOSE) of flows latch
 	// allowed that the accountant did not know when conntrack announced them: a
 	// flow the kernel's fast path allowed is registered (Backend.TrackFlow) only
