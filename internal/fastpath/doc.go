@@ -240,4 +240,24 @@
 // bytes_ok, a constant of .rodata, being 0), a kernel that refuses them anyway
 // (the programs are loaded again without), or cgroup_skb programs the root cgroup
 // refused. Sockets opened before the programs were attached have no counters.
+//
+// # Live counts
+//
+// SocketCounts reads the counters of the sockets that have them while they live,
+// for the byte accountant's periodic report of a flow conntrack does not list.
+// It runs an iterator program (bpf_seq_write of one struct fp_live per counting
+// socket: family, local and remote address and port, the counters) and decodes
+// the records (decodeLives; a bad record is skipped and reported in the error).
+// The iterator is latch_fast_live, over the socket storage map socks
+// (iter/bpf_sk_storage_map, Linux 5.9), which visits only the sockets that have
+// a record; where the kernel refuses iterators over a map's elements (a trivial
+// probe program says so before loading), latch_fast_live_tcp, over the TCP
+// sockets of the reader's network namespace (iter/tcp), which looks each full
+// socket's record up (bpf_sk_storage_get in tracing programs, Linux 5.11). The
+// one not used is replaced by a placeholder before loading (the object's
+// programs load together); a kernel that refuses the one chosen anyway gets the
+// object loaded again without it. Stats.TCPLiveBytes says whether there are live
+// counts, TCPLiveBytesVia through which iterator, TCPLiveBytesWhy why not (no
+// socket counters, no iterator). An IPv4-mapped socket is listed as IPv4, as its
+// end is.
 package fastpath
