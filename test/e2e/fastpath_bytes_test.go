@@ -279,6 +279,13 @@ func TestFastPathBytesAtTheirEnd(t *testing.T) {
 		!strings.Contains(text, "fast path end bytes") || !strings.Contains(text, "sends them with its end") {
 		t.Errorf("status text does not say where flow ends and their bytes come from:\n%s", text)
 	}
+	// The sockets' live counts, for flows conntrack does not list.
+	if !strings.Contains(st, `"tcp_live_bytes":true`) || !strings.Contains(st, `"tcp_live_bytes_via":"`) {
+		t.Errorf("status does not say live socket counts are on:\n%s", st)
+	}
+	if text := d.MustCLI(t, "status"); !strings.Contains(text, "fast path live bytes") || !strings.Contains(text, "reads the live counts") {
+		t.Errorf("status text does not say live socket counts are on:\n%s", text)
+	}
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "tcp", "--port", "8338", "--action", "allow")
 	if out, err := n.Exec(n.Client, helperBin, "connects", n.ServerIP+":8338", "1", "10s"); err != nil {
 		t.Fatalf("connects: %v\n%s", err, out)
