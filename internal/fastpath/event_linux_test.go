@@ -129,13 +129,15 @@ func TestDecodeEnd(t *testing.T) {
 		t.Errorf("decoded %+v (%v), want %+v", e, err, want)
 	}
 	for name, ev := range map[string]fastpathFpEnd{
-		"flags":       {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: 2},
-		"bytes out":   {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, BytesOut: 39, PacketsOut: 2},
-		"bytes in":    {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, BytesOut: 40, PacketsOut: 2, PacketsIn: 1},
-		"family":      {Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1},
-		"kind":        {Kind: 7, Family: 4, LocalPort: 1, RemotePort: 1},
-		"local port":  {Kind: endKind, Family: 4, RemotePort: 1},
-		"remote port": {Kind: endKind, Family: 4, LocalPort: 1},
+		"flags":     {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: 2},
+		"bytes out": {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, BytesOut: 39, PacketsOut: 2},
+		"bytes in":  {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, BytesOut: 40, PacketsOut: 2, PacketsIn: 1},
+		// 20 × 2^62 wraps to 0.
+		"packets wrapping": {Kind: endKind, Family: 4, LocalPort: 1, RemotePort: 1, Flags: endBytes, PacketsOut: 1 << 62},
+		"family":           {Kind: endKind, Family: 5, LocalPort: 1, RemotePort: 1},
+		"kind":             {Kind: 7, Family: 4, LocalPort: 1, RemotePort: 1},
+		"local port":       {Kind: endKind, Family: 4, RemotePort: 1},
+		"remote port":      {Kind: endKind, Family: 4, LocalPort: 1},
 	} {
 		if _, _, err := decodeEnd(encodeEnd(ev)); err == nil {
 			t.Errorf("%s: decoded a bad end", name)

@@ -103,6 +103,9 @@ type Config struct {
 	// one that refuses the iterator over the socket storage map, not the one
 	// over TCP sockets.
 	noLiveBytes, noLiveMap bool
+	// liveRefused has the kernel refuse the iterator program chosen (tests):
+	// the object is loaded again without it.
+	liveRefused bool
 }
 
 // noEndBytesKernel says why the kernel cannot count the bytes of a TCP socket
@@ -330,6 +333,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		spec.Maps["ends"].MaxEntries = uint32(cfg.EndsRingBytes)
 		if err := withLive(spec, live); err != nil {
 			return fmt.Errorf("fast path: %w", err)
+		}
+		if cfg.liveRefused && live != liveOff {
+			// An iterator program the verifier refuses (R0 never set).
+			name := map[liveVia]string{liveMap: liveMapProg, liveTCP: liveTCPProg}[live]
+			spec.Programs[name].Instructions = asm.Instructions{asm.Return()}
 		}
 		if noCookie != "" {
 			if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
@@ -1276,7 +1284,9 @@ func decodeEnd(b []byte) (End, uint64, error) {
 		// A packet is at least an IPv4 header long. (A socket may have sent
 		// none: a SYN the ruleset rejected in its output chain, before the
 		// counting program, was answered with a reset.)
-		if e.Bytes.Out < 20*e.Packets.Out || e.Bytes.In < 20*e.Packets.In {
+		// The multiplication must not wrap.
+		const maxPackets = 1 << 58
+		if e.Packets.Out > maxPackets || e.Packets.In > maxPackets || e.Bytes.Out < 20*e.Packets.Out || e.Bytes.In < 20*e.Packets.In {
 			return End{}, 0, fmt.Errorf("fast path socket end with %d bytes in %d packets out and %d bytes in %d packets in", e.Bytes.Out, e.Packets.Out, e.Bytes.In, e.Packets.In)
 		}
 	default:
