@@ -62,11 +62,11 @@ type acctFlow struct {
 	ended                   bool
 	gen                     uint64 // the poll that last saw it
 	// sock: its counts are its socket's (the live counts of the kernel fast
-	// path, accountant.sockets), taken when conntrack did not list it; from
-	// then on they are (conntrack's counts of it, if an entry appears later,
-	// began after the flow did). missed: polls in a row since its socket was
-	// last listed, or since its conntrack entry was destroyed while its socket
-	// may still be counting (see event).
+	// path, accountant.sockets), taken when conntrack did not list it or its
+	// entry was destroyed while it lived (see event); from then on they are
+	// (the counts of an entry conntrack makes for it later, picking it up
+	// mid-stream, began after the flow did). missed: polls in a row since its
+	// socket was last listed, or since its conntrack entry was destroyed.
 	sock   bool
 	missed int
 }
@@ -488,10 +488,13 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 				// Its socket may still be counting (an entry deleted under a
 				// live flow): the next poll goes on from the socket's counts,
 				// or ends the flow with these if the socket is not listed
-				// either (missed). Its socket's end ends it meanwhile.
+				// either (missed). Its socket's end ends it meanwhile. An
+				// entry conntrack makes for it again (its next packet, picked
+				// up mid-stream) is not its count.
 				if !f.sock {
 					f.setCounters(ev.ctInfo)
 				}
+				f.sock = true
 				f.missed = max(f.missed, 1)
 				return intercept.Traffic{}, false, nil
 			}
