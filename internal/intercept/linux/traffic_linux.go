@@ -285,7 +285,7 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 	}
 	// After conntrack's table: the flows it did not list, from their sockets.
 	var sockErr error
-	if a.sockets != nil {
+	if a.sockets != nil && (len(a.m) > 0 || a.flows.len() > 0) {
 		sockErr = a.sockets(func(local, remote netip.AddrPort, b SocketBytes) {
 			if r, ok := a.observeSocket(local, remote, b, now, final); ok {
 				out = append(out, r)
