@@ -82,6 +82,17 @@ type fastpathFpSock struct {
 	}
 }
 
+type fastpathFpTuple struct {
+	_          structs.HostLayout
+	Family     uint8
+	Pad        uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Pad2       uint16
+	Local      [16]uint8
+	Remote     [16]uint8
+}
+
 type fastpathFpVerdict struct {
 	_         structs.HostLayout
 	Gen       uint64
@@ -99,18 +110,24 @@ const (
 	fastpathMapEnds                 = "ends"
 	fastpathMapEvents               = "events"
 	fastpathMapGeneration           = "generation"
+	fastpathMapKeep                 = "keep"
 	fastpathMapOwners               = "owners"
+	fastpathMapRestore              = "restore"
 	fastpathMapSocks                = "socks"
 	fastpathMapStats                = "stats"
 	fastpathMapVerdicts             = "verdicts"
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
+	fastpathProgLatchFastRedecide   = "latch_fast_redecide"
+	fastpathProgLatchFastRestore    = "latch_fast_restore"
 	fastpathProgLatchFastSkbEgress  = "latch_fast_skb_egress"
 	fastpathProgLatchFastSkbIngress = "latch_fast_skb_ingress"
 	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
 	fastpathProgLatchFastSockops    = "latch_fast_sockops"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
 	fastpathVarBytesOk              = "bytes_ok"
+	fastpathVarIterMoved            = "iter_moved"
+	fastpathVarIterSession          = "iter_session"
 	fastpathVarNetnsCookie          = "netns_cookie"
 	fastpathVarTcpBytes             = "tcp_bytes"
 	fastpathVarTcpEnds              = "tcp_ends"
@@ -118,6 +135,7 @@ const (
 	fastpathVarUdpCgroup            = "udp_cgroup"
 	fastpathVarUnusedEnd            = "unused_end"
 	fastpathVarUnusedEvent          = "unused_event"
+	fastpathVarUnusedTuple          = "unused_tuple"
 )
 
 // loadFastpath returns the embedded CollectionSpec for fastpath.
@@ -164,6 +182,8 @@ type fastpathSpecs struct {
 type fastpathProgramSpecs struct {
 	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
+	LatchFastRedecide   *ebpf.ProgramSpec `ebpf:"latch_fast_redecide"`
+	LatchFastRestore    *ebpf.ProgramSpec `ebpf:"latch_fast_restore"`
 	LatchFastSkbEgress  *ebpf.ProgramSpec `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.ProgramSpec `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
@@ -179,7 +199,9 @@ type fastpathMapSpecs struct {
 	Ends       *ebpf.MapSpec `ebpf:"ends"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
+	Keep       *ebpf.MapSpec `ebpf:"keep"`
 	Owners     *ebpf.MapSpec `ebpf:"owners"`
+	Restore    *ebpf.MapSpec `ebpf:"restore"`
 	Socks      *ebpf.MapSpec `ebpf:"socks"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
 	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
@@ -190,6 +212,8 @@ type fastpathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
 	BytesOk     *ebpf.VariableSpec `ebpf:"bytes_ok"`
+	IterMoved   *ebpf.VariableSpec `ebpf:"iter_moved"`
+	IterSession *ebpf.VariableSpec `ebpf:"iter_session"`
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
 	TcpBytes    *ebpf.VariableSpec `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.VariableSpec `ebpf:"tcp_ends"`
@@ -197,6 +221,7 @@ type fastpathVariableSpecs struct {
 	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
 	UnusedEnd   *ebpf.VariableSpec `ebpf:"unused_end"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedTuple *ebpf.VariableSpec `ebpf:"unused_tuple"`
 }
 
 // fastpathObjects contains all objects after they have been loaded into the kernel.
@@ -223,7 +248,9 @@ type fastpathMaps struct {
 	Ends       *ebpf.Map `ebpf:"ends"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
+	Keep       *ebpf.Map `ebpf:"keep"`
 	Owners     *ebpf.Map `ebpf:"owners"`
+	Restore    *ebpf.Map `ebpf:"restore"`
 	Socks      *ebpf.Map `ebpf:"socks"`
 	Stats      *ebpf.Map `ebpf:"stats"`
 	Verdicts   *ebpf.Map `ebpf:"verdicts"`
@@ -235,7 +262,9 @@ func (m *fastpathMaps) Close() error {
 		m.Ends,
 		m.Events,
 		m.Generation,
+		m.Keep,
 		m.Owners,
+		m.Restore,
 		m.Socks,
 		m.Stats,
 		m.Verdicts,
@@ -247,6 +276,8 @@ func (m *fastpathMaps) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
 	BytesOk     *ebpf.Variable `ebpf:"bytes_ok"`
+	IterMoved   *ebpf.Variable `ebpf:"iter_moved"`
+	IterSession *ebpf.Variable `ebpf:"iter_session"`
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
 	TcpBytes    *ebpf.Variable `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.Variable `ebpf:"tcp_ends"`
@@ -254,6 +285,7 @@ type fastpathVariables struct {
 	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
 	UnusedEnd   *ebpf.Variable `ebpf:"unused_end"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	UnusedTuple *ebpf.Variable `ebpf:"unused_tuple"`
 }
 
 // fastpathPrograms contains all programs after they have been loaded into the kernel.
@@ -262,6 +294,8 @@ type fastpathVariables struct {
 type fastpathPrograms struct {
 	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
+	LatchFastRedecide   *ebpf.Program `ebpf:"latch_fast_redecide"`
+	LatchFastRestore    *ebpf.Program `ebpf:"latch_fast_restore"`
 	LatchFastSkbEgress  *ebpf.Program `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.Program `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
@@ -273,6 +307,8 @@ func (p *fastpathPrograms) Close() error {
 	return _FastpathClose(
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
+		p.LatchFastRedecide,
+		p.LatchFastRestore,
 		p.LatchFastSkbEgress,
 		p.LatchFastSkbIngress,
 		p.LatchFastSockCreate,

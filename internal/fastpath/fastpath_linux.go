@@ -197,6 +197,19 @@ type FastPath struct {
 	// active opens do
 	tcpEndBytesWhy string
 
+	// notrack (notrack_linux.go): why the TCP socket iterators cannot run ("":
+	// they can), their links, and whether the ruleset keeps fast TCP flows out
+	// of conntrack (SetNotrack) or why not.
+	notrackWhy     string
+	cookie         uint64 // the served network namespace's
+	redecideIter   *link.Iter
+	restoreIter    *link.Iter
+	notrackOn      atomic.Bool
+	notrackRuleWhy atomic.Value // string
+	iterMu         sync.Mutex   // serialises the iterators' runs (keep, restore, iter_moved)
+	session        uint64       // iter_session of the last RedecideSockets
+	kept           []fastpathFpTuple
+
 	offers     chan offered
 	stopWorker chan struct{}
 	workerDone chan struct{}
@@ -280,7 +293,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			udpCgroup = st.Ino
 		}
 	}
-	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
+	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024), cookie: cookie}
 	// Before Linux 5.15 a sock_ops program cannot read the socket's network
 	// namespace (bpf_get_netns_cookie), which the socket end reports need: the
 	// program loads without them rather than the fast path not at all.
@@ -293,7 +306,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// the programs that use them) ends carry none, and the byte accountant reads
 	// conntrack for each as before.
 	fp.tcpEndBytesWhy = noEndBytesKernel(cfg.noEndBytes)
-	load := func(bytes bool) error {
+	load := func(bytes, iters bool) error {
 		spec, err := loadFastpath()
 		if err != nil {
 			return fmt.Errorf("fast path: read the eBPF object: %w", err)
@@ -317,6 +330,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)
 		spec.Maps["events"].MaxEntries = uint32(cfg.RingBytes)
 		spec.Maps["ends"].MaxEntries = uint32(cfg.EndsRingBytes)
+		if !iters {
+			withoutIterators(spec)
+		}
 		if noCookie != "" {
 			if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
 				return fmt.Errorf("fast path: %w", err)
@@ -327,13 +343,26 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		return nil
 	}
-	if err := load(fp.tcpEndBytesWhy == ""); err != nil {
+	// The TCP socket iterators (notrack) need bpf_setsockopt in TCP iterators
+	// (Linux 5.15): a kernel that refuses them loads the rest without them.
+	loadIters := func(bytes bool) error {
+		err := load(bytes, true)
+		if err == nil {
+			return nil
+		}
+		if err2 := load(bytes, false); err2 != nil {
+			return err2
+		}
+		fp.notrackWhy = "the kernel refused the TCP socket iterators: " + err.Error()
+		return nil
+	}
+	if err := loadIters(fp.tcpEndBytesWhy == ""); err != nil {
 		if fp.tcpEndBytesWhy != "" {
 			return nil, err
 		}
 		// A kernel that refuses the counting code: without it.
 		fp.tcpEndBytesWhy = err.Error()
-		if err := load(false); err != nil {
+		if err := loadIters(false); err != nil {
 			return nil, err
 		}
 	}
@@ -420,6 +449,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		fp.links = append(fp.links, l)
 	}
+	fp.notrackWhy = fp.attachIterators()
+	fp.notrackRuleWhy.Store("the ruleset does not keep fast TCP flows out of conntrack yet")
 	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
 	if cfg.PinDir == "" {
 		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
@@ -664,6 +695,12 @@ func (fp *FastPath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	fp.links = nil
+	for _, it := range []*link.Iter{fp.redecideIter, fp.restoreIter} {
+		if it != nil {
+			errs = append(errs, it.Close())
+		}
+	}
+	fp.redecideIter, fp.restoreIter = nil, nil
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
 	}
@@ -1295,6 +1332,13 @@ func (fp *FastPath) Stats() Stats {
 	}
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)
+	}
+	s.TCPNotrack = fp.notrackOn.Load()
+	if !s.TCPNotrack {
+		s.TCPNotrackWhy = fp.notrackWhy
+		if s.TCPNotrackWhy == "" {
+			s.TCPNotrackWhy, _ = fp.notrackRuleWhy.Load().(string)
+		}
 	}
 	for i := uint32(0); i < statMax; i++ {
 		var per []uint64

@@ -48,4 +48,12 @@ type Stats struct {
 	// TCPEndBytesWhy says why not (the accountant reads conntrack for each end).
 	TCPEndBytes    bool   `json:"tcp_end_bytes"`
 	TCPEndBytesWhy string `json:"tcp_end_bytes_why,omitempty"`
+	// TCPNotrack says whether the fast path's TCP flows stay out of conntrack:
+	// the ruleset does not track a socket the fast path allowed, and a rule
+	// change marks such sockets for deciding again through the TCP socket
+	// iterators; TCPNotrackWhy says why not (no iterators: the kernel refused
+	// them, before Linux 5.15; or a ruleset without the notrack rules), and the
+	// flows go through conntrack as before.
+	TCPNotrack    bool   `json:"tcp_notrack"`
+	TCPNotrackWhy string `json:"tcp_notrack_why,omitempty"`
 }
