@@ -85,12 +85,18 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		// no conntrack update events (which the kernel builds for each state
 		// change of every flow while anybody listens).
 		cfg.SocketEnds = fp.Stats().TCPEnds
+		// With the TCP socket iterators the ruleset keeps the fast path's TCP
+		// flows out of conntrack: a rule change marks their sockets instead.
+		if fp.Notrack() == "" {
+			cfg.FastSockets = fp
+		}
 	}
 	ready := make(chan struct{})
 	var be *linux.Backend
 	cfg.Ready = sync.OnceFunc(func() {
 		if fp != nil {
 			fp.SetUDP(be.FastUDP())
+			fp.SetNotrack(be.Notrack())
 		}
 		close(ready)
 	})

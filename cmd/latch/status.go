@@ -108,6 +108,11 @@ func runStatus(ctx context.Context, args []string) error {
 			} else {
 				row("fast path end bytes", "off (byte accounting reads each ended flow's counters from conntrack): %s", textesc.Message(f.TCPEndBytesWhy))
 			}
+			if f.TCPNotrack {
+				row("fast path notrack", "on")
+			} else {
+				row("fast path notrack", "off (%s)", textesc.Message(f.TCPNotrackWhy))
+			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
 		}

@@ -209,6 +209,11 @@ type FastPath struct {
 	iterMu         sync.Mutex   // serialises the iterators' runs (keep, restore, iter_moved)
 	session        uint64       // iter_session of the last RedecideSockets
 	kept           []fastpathFpTuple
+	// SyncDecisions' waiters, answered by readDecisions; syncRunning says
+	// whether it reads.
+	syncMu      sync.Mutex
+	syncs       []chan error
+	syncRunning bool
 
 	offers     chan offered
 	stopWorker chan struct{}
@@ -1092,6 +1097,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 	var rec ringbuf.Record
 	var ends []rawEnd
 	var seen uint64 // the latest time of a decision read (boot clock)
+	fp.syncStart()
+	defer fp.syncStop()
 	handOver := func(n int) {
 		ends = q.take(n, ends[:0])
 		for _, r := range ends {
@@ -1124,6 +1131,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			if deadline {
 				records = wallEvery - 1 // the clocks are read again at the next
 			}
+			// Every record reserved before this was read and handed to fn.
+			fp.syncDone()
 			// The ring was empty after the queued ends were read.
 			if queued > 0 {
 				handOver(queued)

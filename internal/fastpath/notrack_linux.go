@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"runtime"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -179,4 +180,67 @@ func (fp *FastPath) runIter(it *link.Iter) (int, error) {
 		return 0, fmt.Errorf("fast path: socket iterator: %w", err)
 	}
 	return int(n), nil
+}
+
+// syncTimeout bounds how long SyncDecisions waits for Run's reader.
+const syncTimeout = 2 * time.Second
+
+// SyncDecisions returns once Run has handed its callback every decision the
+// kernel recorded before the call (the ring buffer is read at once rather than
+// at its next period). An error (Run is not reading, or did not within
+// syncTimeout) means some may not have been handed over.
+func (fp *FastPath) SyncDecisions() error {
+	ch := make(chan error, 1)
+	fp.syncMu.Lock()
+	if !fp.syncRunning {
+		fp.syncMu.Unlock()
+		return errors.New("fast path: decisions are not being read (Run)")
+	}
+	fp.syncs = append(fp.syncs, ch)
+	fp.syncMu.Unlock()
+	fp.ring.Flush()
+	t := time.NewTimer(syncTimeout)
+	defer t.Stop()
+	select {
+	case err := <-ch:
+		return err
+	case <-t.C:
+		return fmt.Errorf("fast path: the decisions were not read within %v", syncTimeout)
+	}
+}
+
+func (fp *FastPath) syncStart() {
+	fp.syncMu.Lock()
+	fp.syncRunning = true
+	fp.syncMu.Unlock()
+}
+
+// syncStop answers the waiters with an error: Run stopped reading.
+func (fp *FastPath) syncStop() {
+	fp.syncMu.Lock()
+	fp.syncRunning = false
+	for _, ch := range fp.syncs {
+		ch <- errors.New("fast path: Run stopped reading the decisions")
+	}
+	fp.syncs = nil
+	fp.syncMu.Unlock()
+}
+
+// syncDone is called by the reader each time it found the ring empty: if it
+// still is, the waiters registered before have every decision; otherwise the
+// reader is woken to read on at once.
+func (fp *FastPath) syncDone() {
+	fp.syncMu.Lock()
+	defer fp.syncMu.Unlock()
+	if len(fp.syncs) == 0 {
+		return
+	}
+	if fp.ring.AvailableBytes() != 0 {
+		fp.ring.Flush()
+		return
+	}
+	for _, ch := range fp.syncs {
+		ch <- nil
+	}
+	fp.syncs = nil
 }

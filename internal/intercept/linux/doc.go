@@ -204,6 +204,13 @@ const (
 	// (internal/fastpath) gives a connection a rule allowed before. Its SYN, on a
 	// flow no verdict marked yet, gets MarkAllow in its conntrack mark and passes.
 	MarkFastAllow uint32 = 0x30000000
+	// MarkFastRedecide is a socket (and so packet) mark only: Redecide gives it,
+	// with notrack (see "Notrack"), to the sockets of the fast path's TCP flows
+	// whose verdict a rule change may have changed, instead of MarkFastAllow.
+	// Their next packet this host sends is held and decided again. Its value
+	// under MarkMask is no other mark's: every rule tests latch's marks by
+	// their exact value under MarkMask (OwnMark too, whose bit it shares).
+	MarkFastRedecide uint32 = 0x50000000
 )
 
 // Firewall mechanisms for Config.Firewall.
@@ -322,6 +329,14 @@ type Config struct {
 	// the destroy coming within seconds of the new request (see
 	// accountant.socketEnded and accountant.event).
 	SocketEnds bool
+	// FastSockets, if set, moves the kernel fast path's TCP sockets between
+	// MarkFastAllow and MarkFastRedecide (fastpath.FastPath): the ruleset then
+	// keeps the fast path's TCP flows out of conntrack, Redecide marks their
+	// sockets, and an allow of one decided again gives its socket MarkFastAllow
+	// back (see "Notrack"). Backend.Notrack says whether the ruleset has the
+	// rules; without them (the firewall refused them) those flows go through
+	// conntrack as before.
+	FastSockets SocketMarks
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,
