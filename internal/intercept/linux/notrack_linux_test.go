@@ -451,7 +451,9 @@ func setConnMark(t *testing.T, c net.Conn, mark uint32) {
 		t.Fatal(err)
 	}
 	var serr error
-	rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark)) })
+	rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
+	})
 	if serr != nil {
 		t.Fatal(serr)
 	}
