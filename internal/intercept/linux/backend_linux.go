@@ -852,6 +852,10 @@ func (b *Backend) sweep(ctx context.Context) {
 					b.holdTimeouts.Add(1)
 					b.errs.Add(1)
 				}
+				if h.group != nil {
+					// Its flow's next packet leads a group of its own.
+					b.dropFastGroup(h)
+				}
 			}
 		}
 	}

@@ -302,6 +302,25 @@ type Resolver interface {
 	ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (procattr.Process, error)
 }
 
+// SocketMarks moves the kernel fast path's TCP sockets between MarkFastAllow and
+// MarkFastRedecide (*fastpath.FastPath implements it, with TCP socket
+// iterators). With it in Config.FastSockets, the ruleset keeps the fast path's
+// TCP flows out of conntrack (see "Notrack" in doc.go).
+type SocketMarks interface {
+	// SyncDecisions returns once every fast-path decision recorded before the
+	// call was handed on (TrackFlow registered its allowed flows); an error if
+	// some may not have been.
+	SyncDecisions() error
+	// RedecideSockets gives every TCP socket of the network namespace marked
+	// MarkFastAllow (under MarkMask) MarkFastRedecide instead, keeping the
+	// mark's other bits, but those whose (local, remote) address and port keep
+	// lists; it returns how many it moved, once done.
+	RedecideSockets(keep [][2]netip.AddrPort) (int, error)
+	// AllowSocket gives the TCP socket from local to remote MarkFastAllow again
+	// if it has MarkFastRedecide, once done, and reports whether it did.
+	AllowSocket(local, remote netip.AddrPort) (bool, error)
+}
+
 // ForwardResolver is what a Resolver also does to attribute forwarded connections:
 // find the process that owns the sending socket in another network namespace on
 // this machine, and name that namespace.

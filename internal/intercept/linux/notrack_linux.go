@@ -10,25 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// SocketMarks moves the kernel fast path's TCP sockets between MarkFastAllow and
-// MarkFastRedecide (*fastpath.FastPath implements it, with TCP socket
-// iterators). With it in Config.FastSockets, the ruleset keeps the fast path's
-// TCP flows out of conntrack (see "Notrack" in doc.go).
-type SocketMarks interface {
-	// SyncDecisions returns once every fast-path decision recorded before the
-	// call was handed on (TrackFlow registered its allowed flows); an error if
-	// some may not have been.
-	SyncDecisions() error
-	// RedecideSockets gives every TCP socket of the network namespace marked
-	// MarkFastAllow (under MarkMask) MarkFastRedecide instead, keeping the
-	// mark's other bits, but those whose (local, remote) address and port keep
-	// lists; it returns how many it moved, once done.
-	RedecideSockets(keep [][2]netip.AddrPort) (int, error)
-	// AllowSocket gives the TCP socket from local to remote MarkFastAllow again
-	// if it has MarkFastRedecide, once done, and reports whether it did.
-	AllowSocket(local, remote netip.AddrPort) (bool, error)
-}
-
 // Notrack reports whether the installed ruleset keeps the fast path's TCP flows
 // out of conntrack: nil if it does, else why not (no Config.FastSockets, not
 // installed yet, or the firewall refused the rules: no socket match, no raw
@@ -120,6 +101,21 @@ type fastGroup struct {
 // fastGroupLinger is how long a decided group answers its flow's late packets.
 const fastGroupLinger = 2 * time.Second
 
+// maxFastGroups is how many groups stay before the decided ones past
+// fastGroupLinger are swept.
+const maxFastGroups = 1024
+
+// dropFastGroup forgets the group h leads, whose verdict never came (its hold
+// timed out): its waiters time out as it did, and the flow's next packet leads
+// a new group.
+func (b *Backend) dropFastGroup(h *hold) {
+	b.fastGroupsMu.Lock()
+	if b.fastGroups[h.groupKey] == h.group && !h.group.decided {
+		delete(b.fastGroups, h.groupKey)
+	}
+	b.fastGroupsMu.Unlock()
+}
+
 // joinFastGroup adds h, a packet of a fast socket being decided again with
 // tuple k, to its flow's group. It returns true if h is not the first: h is then
 // answered with the group's verdict (at once if it has one) and must not be
@@ -169,6 +165,14 @@ func (b *Backend) leadFastGroup(h *hold, v engine.Verdict) {
 	g.decided, g.verdict, g.at = true, v, time.Now()
 	if g.epoch != b.fastEpoch && b.fastGroups[h.groupKey] == g {
 		delete(b.fastGroups, h.groupKey)
+	}
+	if len(b.fastGroups) > maxFastGroups {
+		// Decided groups nobody asked for since (a rule change clears them all).
+		for k, o := range b.fastGroups {
+			if o.decided && time.Since(o.at) > fastGroupLinger {
+				delete(b.fastGroups, k)
+			}
+		}
 	}
 	b.fastGroupsMu.Unlock()
 	for _, w := range waiters {
