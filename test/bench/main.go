@@ -301,6 +301,8 @@ func reportFastPath(tg *target, latchBin string) {
 			RingLost   uint64 `json:"ring_lost"`
 			Entries    int    `json:"entries"`
 			MaxEntries int    `json:"max_entries"`
+			Notrack    bool   `json:"tcp_notrack"`
+			NotrackWhy string `json:"tcp_notrack_why"`
 		} `json:"fast_path"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
@@ -318,8 +320,12 @@ func reportFastPath(tg *target, latchBin string) {
 	if total > 0 {
 		ratio = float64(hits) / float64(total)
 	}
-	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries\n",
-		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries)
+	notrack := "on"
+	if !f.Notrack {
+		notrack = "off (" + f.NotrackWhy + ")"
+	}
+	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries, notrack %s\n",
+		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries, notrack)
 }
 
 // target is one scenario's namespaces and processes, and the samples taken so far.
