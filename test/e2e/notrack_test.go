@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -202,5 +203,99 @@ func TestFastPathNotrack(t *testing.T) {
 	time.Sleep(time.Second) // history rows are written in batches
 	if rows := len(connsTo(t, d, 8312, rowsOther)); rows > rowsOther+1 {
 		t.Errorf("the connection the change did not deny made %d more history rows, want at most 1", rows-rowsOther)
+	}
+}
+
+// nftCounters reads the byte counters of the client namespace's table inet
+// latchtest, in rule order.
+func nftCounters(t *testing.T, n *Net) []int {
+	t.Helper()
+	out, err := n.Exec(n.Client, "nft", "list", "table", "inet", "latchtest")
+	if err != nil {
+		t.Fatalf("nft list: %v\n%s", err, out)
+	}
+	var bytes []int
+	for _, m := range regexp.MustCompile(`counter packets \d+ bytes (\d+)`).FindAllStringSubmatch(out, -1) {
+		b, _ := strconv.Atoi(m[1])
+		bytes = append(bytes, b)
+	}
+	return bytes
+}
+
+// TestFastPathNotrackEndBytes: a connection the fast path decided, kept out of
+// conntrack, ends with its history row's bytes exactly what went over it (as
+// counted by nftables counters of the client namespace, L3 lengths as conntrack
+// counts them), though the accountant never saw it in conntrack.
+func TestFastPathNotrackEndBytes(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	n := NewNet(t)
+	srv := servePush(t, n, 8313)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8313", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	warm := tk.open(t, n, 8313) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	if r := tk.say(t, fmt.Sprintf("close %d -", warm)); r.Outcome != "closed" {
+		t.Fatalf("close: %+v", r)
+	}
+	time.Sleep(200 * time.Millisecond)
+	for _, cmd := range []string{
+		"add table inet latchtest",
+		"add chain inet latchtest out { type filter hook output priority 10; }",
+		"add chain inet latchtest in { type filter hook input priority 10; }",
+		"add rule inet latchtest out tcp dport 8313 counter",
+		"add rule inet latchtest in tcp sport 8313 counter",
+	} {
+		if out, err := n.Exec(n.Client, "nft", cmd); err != nil {
+			t.Fatalf("nft %s: %v\n%s", cmd, err, out)
+		}
+	}
+	hits := d.fastPath(t).HitsAllow
+	c := tk.open(t, n, 8313)
+	if d.fastPath(t).HitsAllow != hits+1 {
+		t.Fatal("the connection was not decided by the fast path")
+	}
+	if r := tk.say(t, fmt.Sprintf("send %d 100000", c)); r.Outcome != "sent" {
+		t.Fatalf("send: %+v", r)
+	}
+	if got := waitReceived(srv, tk.locals[c], 100000); got != 100000 {
+		t.Fatalf("the server got %d bytes", got)
+	}
+	srv.stdin.WriteString("push 50000\n")
+	if r := tk.say(t, fmt.Sprintf("wait %d 1s", c)); r.Outcome != "data 50000" {
+		t.Fatalf("read: %+v", r)
+	}
+	if e := conntrackEntries(t, n, tk.locals[c]); e != 0 {
+		t.Errorf("the fast connection has %d conntrack entries", e)
+	}
+	if r := tk.say(t, fmt.Sprintf("close %d -", c)); r.Outcome != "closed" {
+		t.Fatalf("close: %+v", r)
+	}
+	time.Sleep(300 * time.Millisecond)
+	want := nftCounters(t, n)
+	if len(want) != 2 || want[0] < 100000 || want[1] < 50000 {
+		t.Fatalf("nft counters %v", want)
+	}
+	lp := localPort(t, tk.locals[c])
+	var row map[string]any
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		row = nil
+		for _, r := range JSONLines(t, d.MustCLI(t, "conns", "--json", "-n", "100")) {
+			if int(num(r["local_port"])) == lp && int(num(r["remote_port"])) == 8313 {
+				row = r
+			}
+		}
+		if row != nil && int(num(row["bytes_out"])) == want[0] && int(num(row["bytes_in"])) == want[1] {
+			break
+		}
+	}
+	if row == nil || row["reason"] != "fast-path" {
+		t.Fatalf("history row of the connection: %v", row)
+	}
+	if int(num(row["bytes_out"])) != want[0] || int(num(row["bytes_in"])) != want[1] {
+		t.Errorf("history row bytes out %v in %v, want %d and %d (nftables' counts)", row["bytes_out"], row["bytes_in"], want[0], want[1])
 	}
 }

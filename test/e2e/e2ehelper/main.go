@@ -27,7 +27,8 @@
 //	                                (prints the result), "send I N" write N bytes on the
 //	                                I-th connection (prints {"outcome":"sent"} or the error),
 //	                                "wait I DUR" read it for up to DUR (prints the outcome:
-//	                                "data N", "reset", "eof", "quiet" or "error")
+//	                                "data N", "reset", "eof", "quiet" or "error"), "close I -"
+//	                                close it and read until the server closes ("closed")
 //	e2ehelper serve-push ADDR       accept TCP connections ("accepted N REMOTE"), print
 //	                                "got REMOTE TOTAL" as each receives bytes, and per stdin
 //	                                line "push N" write N bytes to every open connection
@@ -1197,6 +1198,18 @@ func talk() {
 		}
 		c := conns[i]
 		switch f[0] {
+		case "close":
+			// "close I -": close, then read to the server's close (the
+			// connection is over when this answers).
+			c.(*net.TCPConn).CloseWrite()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.Copy(io.Discard, c)
+			c.Close()
+			out := "closed"
+			if err != nil {
+				out = readOutcome(err)
+			}
+			emit(Result{Outcome: out})
 		case "send":
 			n, err := strconv.Atoi(f[2])
 			if err != nil || n < 0 || n > 1<<20 {
