@@ -1,11 +1,17 @@
 package fastpath
 
 import (
+	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 const (
@@ -58,6 +64,18 @@ func TestRedecideSockets(t *testing.T) {
 	fp := openTest(t, cg, Config{})
 	if why := fp.Notrack(); why != "" {
 		t.Skipf("no TCP socket iterators: %s", why)
+	}
+	// Status: off until the ruleset says it keeps the flows out of conntrack.
+	if s := fp.Stats(); s.TCPNotrack || s.TCPNotrackWhy == "" {
+		t.Errorf("before SetNotrack: tcp_notrack %v, why %q; want off with a reason", s.TCPNotrack, s.TCPNotrackWhy)
+	}
+	fp.SetNotrack(errors.New("no socket match"))
+	if s := fp.Stats(); s.TCPNotrack || s.TCPNotrackWhy != "no socket match" {
+		t.Errorf("after a ruleset without notrack: tcp_notrack %v, why %q", s.TCPNotrack, s.TCPNotrackWhy)
+	}
+	fp.SetNotrack(nil)
+	if s := fp.Stats(); !s.TCPNotrack || s.TCPNotrackWhy != "" {
+		t.Errorf("after a ruleset with notrack: tcp_notrack %v, why %q", s.TCPNotrack, s.TCPNotrackWhy)
 	}
 	v4 := listen(t, "tcp4", "127.0.0.1:0")
 	v6 := listen(t, "tcp6", "[::1]:0")
@@ -120,5 +138,41 @@ func TestRedecideSockets(t *testing.T) {
 	}
 	if m := sockMark(t, moved[1]); uint32(m) != testFastAllow|0x80000000 {
 		t.Errorf("after AllowSocket IPv6: mark %#x", uint32(m))
+	}
+}
+
+// TestSyncDecisions: SyncDecisions fails while Run does not read; with Run, a
+// decision the kernel recorded before the call has been handed to Run's
+// callback when it returns (without it, the reader reads every readEvery).
+func TestSyncDecisions(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if err := fp.SyncDecisions(); err == nil {
+		t.Error("SyncDecisions without Run: no error")
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Fatalf("Remember: %v %v", ok, err)
+	}
+	var got atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- fp.Run(ctx, func(Decision) { got.Add(1) }, nil) }()
+	defer func() { cancel(); <-done }()
+	for i := 0; i < 20; i++ {
+		if r := c.connect(t, dst); r != "ok 0x30000000" {
+			t.Fatalf("connect %d: %q, want a hit", i, r)
+		}
+		if err := fp.SyncDecisions(); err != nil {
+			t.Fatal(err)
+		}
+		if n := got.Load(); n != int64(i+1) {
+			t.Fatalf("after connect %d and SyncDecisions: %d decisions handed over, want %d", i, n, i+1)
+		}
 	}
 }
