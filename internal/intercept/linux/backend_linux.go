@@ -742,9 +742,9 @@ func (b *Backend) decide(d intercept.Decider, h *hold) {
 // apply carries out v for h. It runs on whatever goroutine the Decider answers from.
 func (b *Backend) apply(h *hold, v engine.Verdict) {
 	withMark := func(m uint32) uint32 { return h.mark&^MarkMask | m }
-	if h.group != nil {
+	if b.cfg.FastSockets != nil {
 		// A fast socket decided again: its mark first, then the flow's other
-		// queued packets.
+		// queued packets (if h leads a group).
 		b.leadFastGroup(h, v)
 	}
 	switch v.Action {
@@ -852,7 +852,7 @@ func (b *Backend) sweep(ctx context.Context) {
 					b.holdTimeouts.Add(1)
 					b.errs.Add(1)
 				}
-				if h.group != nil {
+				if b.cfg.FastSockets != nil {
 					// Its flow's next packet leads a group of its own.
 					b.dropFastGroup(h)
 				}

@@ -110,7 +110,7 @@ const maxFastGroups = 1024
 // a new group.
 func (b *Backend) dropFastGroup(h *hold) {
 	b.fastGroupsMu.Lock()
-	if b.fastGroups[h.groupKey] == h.group && !h.group.decided {
+	if h.group != nil && b.fastGroups[h.groupKey] == h.group && !h.group.decided {
 		delete(b.fastGroups, h.groupKey)
 	}
 	b.fastGroupsMu.Unlock()
@@ -145,21 +145,32 @@ func (b *Backend) joinFastGroup(h *hold, k flowKey) bool {
 	return true
 }
 
-// leadFastGroup is apply's part for a group's leader: on an allow it moves the
+// leadFastGroup is apply's part for a group's leader (nothing for another
+// packet): on an allow it moves the
 // socket back to MarkFastAllow first (before any of the flow's packets leaves:
 // the later ones then pass in the kernel), then it answers the waiters with v.
 // The group stays, decided, for the flow's late packets, unless a rule changed
 // meanwhile.
 func (b *Backend) leadFastGroup(h *hold, v engine.Verdict) {
-	if v.Action == engine.Allow {
+	b.fastGroupsMu.Lock()
+	g := h.group
+	b.fastGroupsMu.Unlock()
+	if g == nil {
+		return
+	}
+	b.fastGroupsMu.Lock()
+	// Under the lock, which redecideSockets takes to count a rule change
+	// before it marks the sockets: an allow given the socket back before that
+	// is seen by its iterator; after it (the epoch moved on since the packet
+	// was queued: the verdict may be of the old rules) the socket keeps
+	// MarkFastRedecide and its next packet is decided under the new rules.
+	if v.Action == engine.Allow && g.epoch == b.fastEpoch {
 		if _, err := b.cfg.FastSockets.AllowSocket(h.req.Local, h.req.Remote); err != nil {
 			// The socket keeps MarkFastRedecide: its packets are decided again,
 			// one by one, never passed unheld.
 			b.cfg.Logf("fast path: give the socket %v -> %v its allow mark back: %v", h.req.Local, h.req.Remote, err)
 		}
 	}
-	b.fastGroupsMu.Lock()
-	g := h.group
 	waiters := g.waiters
 	g.waiters = nil
 	g.decided, g.verdict, g.at = true, v, time.Now()
