@@ -7,10 +7,12 @@
 //   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
 //     round trip itself, which no queue-based firewall can avoid);
 //   - conntrack: no queue, only a rule that makes the kernel track connections (the
-//     price of conntrack, which latch's marks need, and so the fast path's floor);
+//     price of conntrack, which latch's marks need, and so the fast path's floor
+//     where its flows are tracked: without notrack);
 //   - notrack: no queue, TCP kept out of conntrack in the raw table (outbound, and
 //     inbound packets of a connected socket, found with the socket match) and let
-//     through by that: the floor of a fast path whose flows conntrack never sees;
+//     through by that: the floor of a fast path whose flows conntrack never sees,
+//     as latch's are with notrack (`fast path notrack: on`);
 //   - latch: the latch daemon with 10,000 rules loaded and process attribution on,
 //     without its kernel fast path (--fast-path=false): every connect is queued;
 //   - latch+sinks: the same with every observer on: metrics (--metrics), a JSON-lines
