@@ -514,3 +514,27 @@ func TestNftNotrackRuleset(t *testing.T) {
 		}
 	}
 }
+
+// TestNotrackCleanup: the raw table's chains a killed daemon left go with
+// Cleanup, and the ruleset is as before.
+func TestNotrackCleanup(t *testing.T) {
+	tp := newTopo(t)
+	before := ruleset(t, tp.a)
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+FirewallIptablesNft, "LATCH_TEST_NOTRACK=on")
+	if l, ok := d.waitLine("notrack ", 5*time.Second); !ok || l != "notrack <nil>" {
+		t.Fatalf("notrack: %q; stderr:\n%s", l, d.errors())
+	}
+	d.cmd.Process.Kill()
+	<-d.exited
+	if left := ruleset(t, tp.a); !strings.Contains(left, chainRawPre) || !strings.Contains(left, chainRawOut) {
+		t.Fatalf("after a kill the raw chains are gone already:\n%s", left)
+	}
+	c := spawnChild(t, tp, "cleanup", "")
+	<-c.exited
+	if code := c.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("cleanup exited %d: %s", code, c.errors())
+	}
+	if after := ruleset(t, tp.a); after != before {
+		t.Errorf("ruleset after cleanup differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
