@@ -861,25 +861,27 @@ int latch_fast_udp(struct __sk_buff *skb)
 // the queue allowed it again. Both run when the daemon reads an iterator's fd
 // (the kernel walks every TCP socket of the reader's network namespace, each
 // full socket under its lock); bpf_setsockopt(SOL_SOCKET, SO_MARK) is allowed
-// there since Linux 5.15.
+// there since Linux 5.15. The kernel's types are declared with the ___notrack
+// flavour (CO-RE matches them without it), so that other blocks may declare
+// their own.
 
-struct possible_net_t { struct net *net; } __attribute__((preserve_access_index));
-struct net { __u64 net_cookie; } __attribute__((preserve_access_index));
-struct in6_addr { union { __u32 u6_addr32[4]; } in6_u; } __attribute__((preserve_access_index));
-struct sock_common {
+struct possible_net_t___notrack { struct net___notrack *net; } __attribute__((preserve_access_index));
+struct net___notrack { __u64 net_cookie; } __attribute__((preserve_access_index));
+struct in6_addr___notrack { union { __u32 u6_addr32[4]; } in6_u; } __attribute__((preserve_access_index));
+struct sock_common___notrack {
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
 	__u16 skc_num;
 	unsigned short skc_family;
-	struct possible_net_t skc_net;
-	struct in6_addr skc_v6_daddr;
-	struct in6_addr skc_v6_rcv_saddr;
+	struct possible_net_t___notrack skc_net;
+	struct in6_addr___notrack skc_v6_daddr;
+	struct in6_addr___notrack skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
-struct bpf_iter_meta { __u64 seq_num; } __attribute__((preserve_access_index));
-struct bpf_iter__tcp {
-	struct bpf_iter_meta *meta;
-	struct sock_common *sk_common;
+struct bpf_iter_meta___notrack { __u64 seq_num; } __attribute__((preserve_access_index));
+struct bpf_iter__tcp___notrack {
+	struct bpf_iter_meta___notrack *meta;
+	struct sock_common___notrack *sk_common;
 } __attribute__((preserve_access_index));
 
 // A TCP socket's 4-tuple as the iterators see it: an AF_INET6 socket connected
@@ -921,7 +923,7 @@ volatile __u64 iter_moved = 0;
 const struct fp_tuple *unused_tuple __attribute__((unused));
 
 // tuple_of reads skc's 4-tuple into t; 0 if it is neither IPv4 nor IPv6.
-static __always_inline int tuple_of(struct sock_common *skc, struct fp_tuple *t)
+static __always_inline int tuple_of(struct sock_common___notrack *skc, struct fp_tuple *t)
 {
 	__builtin_memset(t, 0, sizeof(*t));
 	t->local_port = skc->skc_num;
@@ -959,9 +961,9 @@ static __always_inline int tuple_of(struct sock_common *skc, struct fp_tuple *t)
 
 // move_mark gives the full TCP socket of ctx the mark to (in MARK_MASK, other
 // bits kept) if it has from there, and the tuple that keep says; 1 if it did.
-static __always_inline int move_mark(struct bpf_iter__tcp *ctx, __u32 from, __u32 to, int restoring)
+static __always_inline int move_mark(struct bpf_iter__tcp___notrack *ctx, __u32 from, __u32 to, int restoring)
 {
-	struct sock_common *skc = ctx->sk_common;
+	struct sock_common___notrack *skc = ctx->sk_common;
 	if (!skc)
 		return 0;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
@@ -1001,14 +1003,14 @@ static __always_inline int move_mark(struct bpf_iter__tcp *ctx, __u32 from, __u3
 }
 
 SEC("iter/tcp")
-int latch_fast_redecide(struct bpf_iter__tcp *ctx)
+int latch_fast_redecide(struct bpf_iter__tcp___notrack *ctx)
 {
 	move_mark(ctx, MARK_FAST_ALLOW, MARK_FAST_REDECIDE, 0);
 	return 0;
 }
 
 SEC("iter/tcp")
-int latch_fast_restore(struct bpf_iter__tcp *ctx)
+int latch_fast_restore(struct bpf_iter__tcp___notrack *ctx)
 {
 	move_mark(ctx, MARK_FAST_REDECIDE, MARK_FAST_ALLOW, 1);
 	return 0;
