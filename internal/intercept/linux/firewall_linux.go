@@ -286,12 +286,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// it too.
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
 		}
-		if spec.notrack {
+		if spec.notrack && hook != "FORWARD" {
 			// A TCP packet of a socket the fast path allowed, which the raw table
 			// kept out of conntrack (see "Notrack"): on its way (LATCH-OUT: the
 			// socket's mark; LATCH-IN: the mark LATCH-RAW-SK gave it from its
 			// socket's). In LATCH-IN a flow being decided again passes too: the
-			// peer's packets pass until this host's next one is decided.
+			// peer's packets pass until this host's next one is decided. Not in
+			// LATCH-FWD: a forwarded packet has no local socket.
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastAllow, MarkMask)
 			if !out {
 				fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastRedecide, MarkMask)
@@ -789,7 +790,7 @@ func (spec ruleSpec) nftRules() string {
 			// The exact value, not the bit (see iptablesRules).
 			r("meta mark & %#x == %#x accept", MarkMask, OwnMark)
 		}
-		if spec.notrack {
+		if spec.notrack && hook != "forward" {
 			// The fast path's untracked TCP packets (see iptablesRules; inbound
 			// by their socket's mark, which nft reads without changing the
 			// packet's).
