@@ -108,8 +108,14 @@ func (fp *FastPath) RedecideSockets(keep [][2]netip.AddrPort) (int, error) {
 	}
 	fp.iterMu.Lock()
 	defer fp.iterMu.Unlock()
-	for _, t := range fp.kept {
-		fp.objs.Keep.Delete(&t)
+	// The last run's tuples go first (in one batch where the kernel has batch
+	// operations, Linux 5.6): the map has room for this run's.
+	if len(fp.kept) > 0 {
+		if _, err := fp.objs.Keep.BatchDelete(fp.kept, nil); err != nil {
+			for _, t := range fp.kept {
+				fp.objs.Keep.Delete(&t)
+			}
+		}
 	}
 	fp.kept = fp.kept[:0]
 	fp.session++
@@ -120,14 +126,27 @@ func (fp *FastPath) RedecideSockets(keep [][2]netip.AddrPort) (int, error) {
 		if len(fp.kept) >= DefaultKeepEntries {
 			break
 		}
-		t, ok := tupleOf(k[0], k[1])
-		if !ok {
-			continue
+		if t, ok := tupleOf(k[0], k[1]); ok {
+			fp.kept = append(fp.kept, t)
 		}
-		if err := fp.objs.Keep.Put(&t, fp.session); err != nil {
-			break // full: the rest is moved
+	}
+	if len(fp.kept) > 0 {
+		sessions := make([]uint64, len(fp.kept))
+		for i := range sessions {
+			sessions[i] = fp.session
 		}
-		fp.kept = append(fp.kept, t)
+		if _, err := fp.objs.Keep.BatchUpdate(fp.kept, sessions, nil); err != nil {
+			// One by one; a tuple that does not fit is not kept (its socket
+			// is marked: one more decision, never a wrong one).
+			n := 0
+			for _, t := range fp.kept {
+				if fp.objs.Keep.Put(&t, fp.session) == nil {
+					fp.kept[n] = t
+					n++
+				}
+			}
+			fp.kept = fp.kept[:n]
+		}
 	}
 	return fp.runIter(fp.redecideIter)
 }

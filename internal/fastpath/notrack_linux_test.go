@@ -3,6 +3,7 @@ package fastpath
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -89,7 +90,13 @@ func TestRedecideSockets(t *testing.T) {
 		markedConn(t, v4, 0x10000001): 0x10000001,
 	}
 	keep := [][2]netip.AddrPort{tupleConn(kept), tupleConn(keptV6)}
+	// Many more flows the daemon knows (ended ones, say) fit in the map too.
+	for i := range 30000 {
+		keep = append(keep, [2]netip.AddrPort{netip.MustParseAddrPort(fmt.Sprintf("198.18.%d.%d:%d", i/250, i%250, 1000+i)), netip.MustParseAddrPort("198.19.0.1:80")})
+	}
+	start := time.Now()
 	n, err := fp.RedecideSockets(keep)
+	t.Logf("RedecideSockets with %d flows to keep: %v", len(keep), time.Since(start))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +119,14 @@ func TestRedecideSockets(t *testing.T) {
 			t.Errorf("socket with mark %#x: now %#x", want, m)
 		}
 	}
-	// Without keep, the kept ones move too.
+	// Again (the last run's tuples are replaced), then without keep: the kept
+	// ones move too.
+	if _, err := fp.RedecideSockets(keep); err != nil {
+		t.Fatal(err)
+	}
+	if m := sockMark(t, kept); m != testFastAllow {
+		t.Errorf("kept socket after a second run: mark %#x, want %#x", m, testFastAllow)
+	}
 	if _, err := fp.RedecideSockets(nil); err != nil {
 		t.Fatal(err)
 	}
