@@ -64,6 +64,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	}
 	// The fast path first: the ruleset the backend installs runs its UDP match.
 	var fp *fastpath.FastPath
+	var noNotrack error // why the ruleset does not keep fast flows out of conntrack, if not the fast path's reason
 	fastPathOff := ""
 	if !o.FastPath {
 		fastPathOff = "--fast-path=false"
@@ -94,12 +95,28 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 				})
 			}
 		}
+		// With the TCP socket iterators the ruleset keeps the fast path's TCP
+		// flows out of conntrack: a rule change marks their sockets instead.
+		// Only with the live counts: conntrack would no longer report a long
+		// flow's bytes while it lasts.
+		switch {
+		case fp.Notrack() != "":
+		case cfg.SocketCounts == nil:
+			noNotrack = errors.New("no live byte counts (a TCP flow conntrack does not track would show its bytes at its end only)")
+		default:
+			cfg.FastSockets = fp
+		}
 	}
 	ready := make(chan struct{})
 	var be *linux.Backend
 	cfg.Ready = sync.OnceFunc(func() {
 		if fp != nil {
 			fp.SetUDP(be.FastUDP())
+			if noNotrack != nil {
+				fp.SetNotrack(noNotrack)
+			} else {
+				fp.SetNotrack(be.Notrack())
+			}
 		}
 		close(ready)
 	})

@@ -113,6 +113,11 @@ func runStatus(ctx context.Context, args []string) error {
 			} else {
 				row("fast path live bytes", "off (a TCP flow conntrack does not list shows its bytes at its end only): %s", textesc.Message(f.TCPLiveBytesWhy))
 			}
+			if f.TCPNotrack {
+				row("fast path notrack", "on")
+			} else {
+				row("fast path notrack", "off (%s)", textesc.Message(f.TCPNotrackWhy))
+			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
 		}

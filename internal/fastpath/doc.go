@@ -15,9 +15,10 @@
 //
 // and look it up in an LRU hash map (bounded, Config.MaxEntries). A hit whose rule
 // generation is the current one and whose expiry has not passed sets the socket's
-// mark: MarkFastAllow for allow (the ruleset then saves MarkAllow to the new flow's
-// conntrack mark and lets the SYN pass, so the flow is decided exactly as an allow
-// verdict from the queue decides it, Redecide included), or MarkReject for deny and
+// mark: MarkFastAllow for allow (with notrack, below, the ruleset keeps the
+// flow out of conntrack and lets it pass; without, it saves MarkAllow to the new
+// flow's conntrack mark and lets the SYN pass, so the flow is decided exactly as
+// an allow verdict from the queue decides it, Redecide included), or MarkReject for deny and
 // reject (the ruleset answers the SYN with a reset, as for a verdict from the
 // queue). Anything else is a miss: the connection goes to NFQUEUE exactly as
 // without the fast path, and a mark an earlier hit left on a reconnecting socket is
@@ -90,6 +91,34 @@
 // (CLOCK_BOOTTIME in the kernel). A decision is stored under the generation read
 // (Ticket) before the engine decided it, so a decision that raced with a change is
 // stored under the old generation and misses.
+//
+// # Notrack
+//
+// A TCP flow the connect hooks allowed needs no conntrack entry: its socket's
+// mark says it is allowed, and the ruleset (internal/intercept/linux,
+// Config.FastSockets) keeps the packets of sockets marked MarkFastAllow or
+// MarkFastRedecide (0x50000000) out of conntrack, both ways. A rule change must
+// then reach the sockets, since there is no entry to mark: two TCP iterator
+// programs (iter/tcp, latch_fast_redecide and latch_fast_restore), attached at
+// Open and run when the daemon reads an iterator's fd (the kernel walks every TCP
+// socket of the reader's network namespace, each full socket under its lock, and
+// the programs check the namespace's cookie too), move the marks:
+// RedecideSockets gives every socket marked MarkFastAllow (under the mask)
+// MarkFastRedecide, keeping the mark's other bits (an application's own SO_MARK
+// bits), but those whose 4-tuple is in the keep map (flows the daemon knows and
+// found unaffected; a tuple beyond the map's room, DefaultKeepEntries, is marked:
+// one more decision, never a wrong one); the ruleset then holds the socket's next
+// packet for the queue to decide again. AllowSocket gives one socket, by its
+// 4-tuple, MarkFastAllow back if it still has MarkFastRedecide (the queue allowed
+// it again). bpf_setsockopt(SOL_SOCKET, SO_MARK) is allowed in TCP iterators since
+// Linux 5.15; a kernel that refuses the programs loads the rest of the fast path
+// without them (Notrack says why), and the ruleset then keeps conntrack's path.
+// SyncDecisions hands Run's callback every decision recorded so far before
+// it returns (the reader is flushed; it answers once it found the ring empty),
+// so that the daemon knows every socket a decision of the old rules allowed
+// before it decides which to keep. Stats.TCPNotrack says whether the ruleset
+// installed keeps the flows out of conntrack (SetNotrack), TCPNotrackWhy why not.
+// A connect hook's miss clears MarkFastRedecide like the other marks it gave.
 //
 // # Limits
 //

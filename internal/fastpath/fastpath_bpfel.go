@@ -99,6 +99,17 @@ type fastpathFpSock struct {
 	}
 }
 
+type fastpathFpTuple struct {
+	_          structs.HostLayout
+	Family     uint8
+	Pad        uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Pad2       uint16
+	Local      [16]uint8
+	Remote     [16]uint8
+}
+
 type fastpathFpVerdict struct {
 	_         structs.HostLayout
 	Gen       uint64
@@ -116,7 +127,9 @@ const (
 	fastpathMapEnds                 = "ends"
 	fastpathMapEvents               = "events"
 	fastpathMapGeneration           = "generation"
+	fastpathMapKeep                 = "keep"
 	fastpathMapOwners               = "owners"
+	fastpathMapRestore              = "restore"
 	fastpathMapSocks                = "socks"
 	fastpathMapStats                = "stats"
 	fastpathMapVerdicts             = "verdicts"
@@ -124,12 +137,16 @@ const (
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
 	fastpathProgLatchFastLive       = "latch_fast_live"
 	fastpathProgLatchFastLiveTcp    = "latch_fast_live_tcp"
+	fastpathProgLatchFastRedecide   = "latch_fast_redecide"
+	fastpathProgLatchFastRestore    = "latch_fast_restore"
 	fastpathProgLatchFastSkbEgress  = "latch_fast_skb_egress"
 	fastpathProgLatchFastSkbIngress = "latch_fast_skb_ingress"
 	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
 	fastpathProgLatchFastSockops    = "latch_fast_sockops"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
 	fastpathVarBytesOk              = "bytes_ok"
+	fastpathVarIterMoved            = "iter_moved"
+	fastpathVarIterSession          = "iter_session"
 	fastpathVarNetnsCookie          = "netns_cookie"
 	fastpathVarTcpBytes             = "tcp_bytes"
 	fastpathVarTcpEnds              = "tcp_ends"
@@ -138,6 +155,7 @@ const (
 	fastpathVarUnusedEnd            = "unused_end"
 	fastpathVarUnusedEvent          = "unused_event"
 	fastpathVarUnusedLive           = "unused_live"
+	fastpathVarUnusedTuple          = "unused_tuple"
 )
 
 // loadFastpath returns the embedded CollectionSpec for fastpath.
@@ -186,6 +204,8 @@ type fastpathProgramSpecs struct {
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
 	LatchFastLive       *ebpf.ProgramSpec `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.ProgramSpec `ebpf:"latch_fast_live_tcp"`
+	LatchFastRedecide   *ebpf.ProgramSpec `ebpf:"latch_fast_redecide"`
+	LatchFastRestore    *ebpf.ProgramSpec `ebpf:"latch_fast_restore"`
 	LatchFastSkbEgress  *ebpf.ProgramSpec `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.ProgramSpec `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
@@ -201,7 +221,9 @@ type fastpathMapSpecs struct {
 	Ends       *ebpf.MapSpec `ebpf:"ends"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
+	Keep       *ebpf.MapSpec `ebpf:"keep"`
 	Owners     *ebpf.MapSpec `ebpf:"owners"`
+	Restore    *ebpf.MapSpec `ebpf:"restore"`
 	Socks      *ebpf.MapSpec `ebpf:"socks"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
 	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
@@ -212,6 +234,8 @@ type fastpathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
 	BytesOk     *ebpf.VariableSpec `ebpf:"bytes_ok"`
+	IterMoved   *ebpf.VariableSpec `ebpf:"iter_moved"`
+	IterSession *ebpf.VariableSpec `ebpf:"iter_session"`
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
 	TcpBytes    *ebpf.VariableSpec `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.VariableSpec `ebpf:"tcp_ends"`
@@ -220,6 +244,7 @@ type fastpathVariableSpecs struct {
 	UnusedEnd   *ebpf.VariableSpec `ebpf:"unused_end"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedLive  *ebpf.VariableSpec `ebpf:"unused_live"`
+	UnusedTuple *ebpf.VariableSpec `ebpf:"unused_tuple"`
 }
 
 // fastpathObjects contains all objects after they have been loaded into the kernel.
@@ -246,7 +271,9 @@ type fastpathMaps struct {
 	Ends       *ebpf.Map `ebpf:"ends"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
+	Keep       *ebpf.Map `ebpf:"keep"`
 	Owners     *ebpf.Map `ebpf:"owners"`
+	Restore    *ebpf.Map `ebpf:"restore"`
 	Socks      *ebpf.Map `ebpf:"socks"`
 	Stats      *ebpf.Map `ebpf:"stats"`
 	Verdicts   *ebpf.Map `ebpf:"verdicts"`
@@ -258,7 +285,9 @@ func (m *fastpathMaps) Close() error {
 		m.Ends,
 		m.Events,
 		m.Generation,
+		m.Keep,
 		m.Owners,
+		m.Restore,
 		m.Socks,
 		m.Stats,
 		m.Verdicts,
@@ -270,6 +299,8 @@ func (m *fastpathMaps) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
 	BytesOk     *ebpf.Variable `ebpf:"bytes_ok"`
+	IterMoved   *ebpf.Variable `ebpf:"iter_moved"`
+	IterSession *ebpf.Variable `ebpf:"iter_session"`
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
 	TcpBytes    *ebpf.Variable `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.Variable `ebpf:"tcp_ends"`
@@ -278,6 +309,7 @@ type fastpathVariables struct {
 	UnusedEnd   *ebpf.Variable `ebpf:"unused_end"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 	UnusedLive  *ebpf.Variable `ebpf:"unused_live"`
+	UnusedTuple *ebpf.Variable `ebpf:"unused_tuple"`
 }
 
 // fastpathPrograms contains all programs after they have been loaded into the kernel.
@@ -288,6 +320,8 @@ type fastpathPrograms struct {
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
 	LatchFastLive       *ebpf.Program `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.Program `ebpf:"latch_fast_live_tcp"`
+	LatchFastRedecide   *ebpf.Program `ebpf:"latch_fast_redecide"`
+	LatchFastRestore    *ebpf.Program `ebpf:"latch_fast_restore"`
 	LatchFastSkbEgress  *ebpf.Program `ebpf:"latch_fast_skb_egress"`
 	LatchFastSkbIngress *ebpf.Program `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
@@ -301,6 +335,8 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastConnect6,
 		p.LatchFastLive,
 		p.LatchFastLiveTcp,
+		p.LatchFastRedecide,
+		p.LatchFastRestore,
 		p.LatchFastSkbEgress,
 		p.LatchFastSkbIngress,
 		p.LatchFastSockCreate,

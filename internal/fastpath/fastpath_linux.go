@@ -207,6 +207,24 @@ type FastPath struct {
 	// live byte counts of TCP sockets (SocketCounts)
 	liveState
 
+	// notrack (notrack_linux.go): why the TCP socket iterators cannot run ("":
+	// they can), their links, and whether the ruleset keeps fast TCP flows out
+	// of conntrack (SetNotrack) or why not.
+	notrackWhy     string
+	cookie         uint64 // the served network namespace's
+	redecideIter   *link.Iter
+	restoreIter    *link.Iter
+	notrackOn      atomic.Bool
+	notrackRuleWhy atomic.Value // string
+	iterMu         sync.Mutex   // serialises the iterators' runs (keep, restore, iter_moved)
+	session        uint64       // iter_session of the last RedecideSockets
+	kept           []fastpathFpTuple
+	// SyncDecisions' waiters, answered by readDecisions; syncRunning says
+	// whether it reads.
+	syncMu      sync.Mutex
+	syncs       []chan error
+	syncRunning bool
+
 	offers     chan offered
 	stopWorker chan struct{}
 	workerDone chan struct{}
@@ -290,7 +308,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			udpCgroup = st.Ino
 		}
 	}
-	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024)}
+	fp = &FastPath{cfg: cfg, exes: make(map[identity]string), offers: make(chan offered, 1024), cookie: cookie}
 	// Before Linux 5.15 a sock_ops program cannot read the socket's network
 	// namespace (bpf_get_netns_cookie), which the socket end reports need: the
 	// program loads without them rather than the fast path not at all.
@@ -307,7 +325,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// iterator over the socket storage map (Linux 5.9): without it (or if the
 	// kernel refuses it) the object loads with a placeholder in its place.
 	fp.liveVia, fp.liveWhy = liveKernel(cfg.noLiveBytes, cfg.noLiveMap)
-	load := func(bytes bool, live liveVia) error {
+	load := func(bytes bool, live liveVia, iters bool) error {
 		spec, err := loadFastpath()
 		if err != nil {
 			return fmt.Errorf("fast path: read the eBPF object: %w", err)
@@ -339,6 +357,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			name := map[liveVia]string{liveMap: liveMapProg, liveTCP: liveTCPProg}[live]
 			spec.Programs[name].Instructions = asm.Instructions{asm.Return()}
 		}
+		if !iters {
+			withoutIterators(spec)
+		}
 		if noCookie != "" {
 			if err := withoutNetnsCookie(spec.Programs["latch_fast_sockops"]); err != nil {
 				return fmt.Errorf("fast path: %w", err)
@@ -349,11 +370,24 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		return nil
 	}
-	err = load(fp.tcpEndBytesWhy == "", fp.liveVia)
+	// The TCP socket iterators (notrack) need bpf_setsockopt in TCP iterators
+	// (Linux 5.15): a kernel that refuses them loads the rest without them.
+	loadIters := func(bytes bool, live liveVia) error {
+		err := load(bytes, live, true)
+		if err == nil {
+			return nil
+		}
+		if err2 := load(bytes, live, false); err2 != nil {
+			return err2
+		}
+		fp.notrackWhy = "the kernel refused the TCP socket iterators: " + err.Error()
+		return nil
+	}
+	err = loadIters(fp.tcpEndBytesWhy == "", fp.liveVia)
 	if err != nil && fp.liveVia != liveOff {
-		// A kernel that refuses the iterator: without it.
+		// A kernel that refuses the live counts' iterator: without it.
 		fp.liveVia, fp.liveWhy = liveOff, err.Error()
-		err = load(fp.tcpEndBytesWhy == "", liveOff)
+		err = loadIters(fp.tcpEndBytesWhy == "", liveOff)
 	}
 	if err != nil {
 		if fp.tcpEndBytesWhy != "" {
@@ -361,7 +395,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		// A kernel that refuses the counting code: without it.
 		fp.tcpEndBytesWhy = err.Error()
-		if err := load(false, liveOff); err != nil {
+		if err := loadIters(false, liveOff); err != nil {
 			return nil, err
 		}
 	}
@@ -457,6 +491,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		fp.links = append(fp.links, l)
 	}
+	fp.notrackWhy = fp.attachIterators()
+	fp.notrackRuleWhy.Store("the ruleset does not keep fast TCP flows out of conntrack yet")
 	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
 	if cfg.PinDir == "" {
 		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
@@ -701,6 +737,12 @@ func (fp *FastPath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	fp.links = nil
+	for _, it := range []*link.Iter{fp.redecideIter, fp.restoreIter} {
+		if it != nil {
+			errs = append(errs, it.Close())
+		}
+	}
+	fp.redecideIter, fp.restoreIter = nil, nil
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
 	}
@@ -1092,6 +1134,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 	var rec ringbuf.Record
 	var ends []rawEnd
 	var seen uint64 // the latest time of a decision read (boot clock)
+	fp.syncStart()
+	defer fp.syncStop()
 	handOver := func(n int) {
 		ends = q.take(n, ends[:0])
 		for _, r := range ends {
@@ -1124,6 +1168,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			if deadline {
 				records = wallEvery - 1 // the clocks are read again at the next
 			}
+			// Every record reserved before this was read and handed to fn.
+			fp.syncDone()
 			// The ring was empty after the queued ends were read.
 			if queued > 0 {
 				handOver(queued)
@@ -1338,6 +1384,13 @@ func (fp *FastPath) Stats() Stats {
 	}
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)
+	}
+	s.TCPNotrack = fp.notrackOn.Load()
+	if !s.TCPNotrack {
+		s.TCPNotrackWhy = fp.notrackWhy
+		if s.TCPNotrackWhy == "" {
+			s.TCPNotrackWhy, _ = fp.notrackRuleWhy.Load().(string)
+		}
 	}
 	for i := uint32(0); i < statMax; i++ {
 		var per []uint64

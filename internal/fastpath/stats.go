@@ -61,4 +61,12 @@ type Stats struct {
 	// refuses iterators over a map's elements, "TCP socket iterator" (over every
 	// TCP socket of the namespace, each one's record looked up).
 	TCPLiveBytesVia string `json:"tcp_live_bytes_via,omitempty"`
+	// TCPNotrack says whether the fast path's TCP flows stay out of conntrack:
+	// the ruleset does not track a socket the fast path allowed, and a rule
+	// change marks such sockets for deciding again through the TCP socket
+	// iterators; TCPNotrackWhy says why not (no iterators: the kernel refused
+	// them, before Linux 5.15; or a ruleset without the notrack rules), and the
+	// flows go through conntrack as before.
+	TCPNotrack    bool   `json:"tcp_notrack"`
+	TCPNotrackWhy string `json:"tcp_notrack_why,omitempty"`
 }

@@ -7,10 +7,12 @@
 //   - floor: a minimal NFQUEUE reader that accepts everything (the price of the kernel
 //     round trip itself, which no queue-based firewall can avoid);
 //   - conntrack: no queue, only a rule that makes the kernel track connections (the
-//     price of conntrack, which latch's marks need, and so the fast path's floor);
+//     price of conntrack, which latch's marks need, and so the fast path's floor
+//     where its flows are tracked: without notrack);
 //   - notrack: no queue, TCP kept out of conntrack in the raw table (outbound, and
 //     inbound packets of a connected socket, found with the socket match) and let
-//     through by that: the floor of a fast path whose flows conntrack never sees;
+//     through by that: the floor of a fast path whose flows conntrack never sees,
+//     as latch's are with notrack (`fast path notrack: on`);
 //   - latch: the latch daemon with 10,000 rules loaded and process attribution on,
 //     without its kernel fast path (--fast-path=false): every connect is queued;
 //   - latch+sinks: the same with every observer on: metrics (--metrics), a JSON-lines
@@ -301,6 +303,8 @@ func reportFastPath(tg *target, latchBin string) {
 			RingLost   uint64 `json:"ring_lost"`
 			Entries    int    `json:"entries"`
 			MaxEntries int    `json:"max_entries"`
+			Notrack    bool   `json:"tcp_notrack"`
+			NotrackWhy string `json:"tcp_notrack_why"`
 		} `json:"fast_path"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
@@ -318,8 +322,12 @@ func reportFastPath(tg *target, latchBin string) {
 	if total > 0 {
 		ratio = float64(hits) / float64(total)
 	}
-	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries\n",
-		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries)
+	notrack := "on"
+	if !f.Notrack {
+		notrack = "off (" + f.NotrackWhy + ")"
+	}
+	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries, notrack %s\n",
+		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries, notrack)
 }
 
 // target is one scenario's namespaces and processes, and the samples taken so far.

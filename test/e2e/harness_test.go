@@ -95,8 +95,15 @@ type Proc struct {
 // Start runs name in namespace ns; it is killed when the test ends.
 func (n *Net) Start(ns string, name string, args ...string) *Proc {
 	n.t.Helper()
+	return n.StartCmd(nettest.Command(ns, name, args...))
+}
+
+// StartCmd runs cmd (made by nettest.Command) as Start does.
+func (n *Net) StartCmd(cmd *exec.Cmd) *Proc {
+	n.t.Helper()
+	name := cmd.Path
 	p := &Proc{lines: make(chan string, 100000)}
-	p.cmd = nettest.Command(ns, name, args...)
+	p.cmd = cmd
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
 		n.t.Fatal(err)

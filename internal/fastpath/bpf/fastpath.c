@@ -28,6 +28,7 @@
 #define MARK_MASK 0x70000000u
 #define MARK_REJECT 0x20000000u
 #define MARK_FAST_ALLOW 0x30000000u
+#define MARK_FAST_REDECIDE 0x50000000u
 
 // The reader is woken only once this much waits in the ring buffer; it also reads
 // on its own every few tens of milliseconds (Run). One wakeup per connection would
@@ -303,7 +304,9 @@ static __always_inline int identify(struct fp_key *k)
 }
 
 // set_mark puts m into the MARK_MASK bits of the socket's mark; m == 0 clears
-// them only if this program set them (the daemon's own OwnMark is never touched).
+// them only if the fast path set them (MARK_FAST_ALLOW, MARK_REJECT, or
+// MARK_FAST_REDECIDE the iterator gave a fast socket; the daemon's own OwnMark is
+// never touched).
 // ctx is a connect hook's or the sock_ops program's context.
 static __always_inline void set_mark(void *ctx, __u32 m)
 {
@@ -311,7 +314,7 @@ static __always_inline void set_mark(void *ctx, __u32 m)
 	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
 		cur = 0;
 	__u32 ours = (__u32)cur & MARK_MASK;
-	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT)
+	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT && ours != MARK_FAST_REDECIDE)
 		return;
 	int v = (int)(((__u32)cur & ~MARK_MASK) | m);
 	if (v != cur)
@@ -988,5 +991,176 @@ int latch_fast_live_tcp(struct bpf_iter__tcp___live *ctx)
 }
 
 // ---- end of the "live" block ----
+
+// ---- notrack: deciding a fast socket again (iter/tcp) ----
+//
+// With the ruleset's notrack rules (internal/intercept/linux, "Notrack") a TCP
+// flow whose socket carries MARK_FAST_ALLOW has no conntrack entry, so a rule
+// change cannot mark the flow for deciding again in conntrack: the mark goes on
+// the socket. latch_fast_redecide moves every TCP socket of the served network
+// namespace from MARK_FAST_ALLOW to MARK_FAST_REDECIDE (the mark's other bits
+// stay), but those whose 4-tuple is in keep under the current iter_session (flows
+// the daemon knows and found unaffected); the ruleset then holds the socket's
+// next packet and the queue decides it again. latch_fast_restore moves the one
+// socket of restore_tuple back from MARK_FAST_REDECIDE to MARK_FAST_ALLOW once
+// the queue allowed it again. Both run when the daemon reads an iterator's fd
+// (the kernel walks every TCP socket of the reader's network namespace, each
+// full socket under its lock); bpf_setsockopt(SOL_SOCKET, SO_MARK) is allowed
+// there since Linux 5.15. The kernel's types are declared with the ___notrack
+// flavour (CO-RE matches them without it), so that other blocks may declare
+// their own.
+
+struct possible_net_t___notrack { struct net___notrack *net; } __attribute__((preserve_access_index));
+struct net___notrack { __u64 net_cookie; } __attribute__((preserve_access_index));
+struct in6_addr___notrack { union { __u32 u6_addr32[4]; } in6_u; } __attribute__((preserve_access_index));
+struct sock_common___notrack {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct possible_net_t___notrack skc_net;
+	struct in6_addr___notrack skc_v6_daddr;
+	struct in6_addr___notrack skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+struct bpf_iter_meta___notrack { __u64 seq_num; } __attribute__((preserve_access_index));
+struct bpf_iter__tcp___notrack {
+	struct bpf_iter_meta___notrack *meta;
+	struct sock_common___notrack *sk_common;
+} __attribute__((preserve_access_index));
+
+// A TCP socket's 4-tuple as the iterators see it: an AF_INET6 socket connected
+// to an IPv4-mapped address is family 4, as its packets are.
+struct fp_tuple {
+	__u8 family;       // 4 or 6
+	__u8 pad;
+	__u16 local_port;  // host order
+	__u16 remote_port; // host order
+	__u16 pad2;
+	__u8 local[16];    // IPv4 in the first 4 bytes, network order
+	__u8 remote[16];
+};
+
+// The sockets latch_fast_redecide leaves alone: a value of iter_session keeps
+// the tuple (older values are leftovers of earlier runs). Filled by the daemon
+// before each run; a socket whose tuple did not fit is moved (conservative).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536); // set by the loader
+	__type(key, struct fp_tuple);
+	__type(value, __u64);
+} keep SEC(".maps");
+
+// The socket latch_fast_restore moves back (entry 0).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_tuple);
+} restore SEC(".maps");
+
+// The current run of latch_fast_redecide (see keep).
+volatile __u64 iter_session = 0;
+// Sockets the last run moved (written by the iterators, read by the daemon).
+volatile __u64 iter_moved = 0;
+
+const struct fp_tuple *unused_tuple __attribute__((unused));
+
+// tuple_of reads skc's 4-tuple into t; 0 if it is neither IPv4 nor IPv6.
+static __always_inline int tuple_of(struct sock_common___notrack *skc, struct fp_tuple *t)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	t->local_port = skc->skc_num;
+	t->remote_port = bpf_ntohs(skc->skc_dport);
+	if (skc->skc_family == AF_INET) {
+		__u32 l = skc->skc_rcv_saddr, r = skc->skc_daddr;
+		t->family = 4;
+		__builtin_memcpy(t->local, &l, 4);
+		__builtin_memcpy(t->remote, &r, 4);
+		return 1;
+	}
+	if (skc->skc_family != AF_INET6)
+		return 0;
+	__u32 r0 = skc->skc_v6_daddr.in6_u.u6_addr32[0], r1 = skc->skc_v6_daddr.in6_u.u6_addr32[1];
+	__u32 r2 = skc->skc_v6_daddr.in6_u.u6_addr32[2], r3 = skc->skc_v6_daddr.in6_u.u6_addr32[3];
+	__u32 l0 = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0], l1 = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+	__u32 l2 = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2], l3 = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+	if (r0 == 0 && r1 == 0 && r2 == bpf_htonl(0xffff)) {
+		t->family = 4;
+		__builtin_memcpy(t->local, &l3, 4);
+		__builtin_memcpy(t->remote, &r3, 4);
+		return 1;
+	}
+	t->family = 6;
+	__builtin_memcpy(t->local, &l0, 4);
+	__builtin_memcpy(t->local + 4, &l1, 4);
+	__builtin_memcpy(t->local + 8, &l2, 4);
+	__builtin_memcpy(t->local + 12, &l3, 4);
+	__builtin_memcpy(t->remote, &r0, 4);
+	__builtin_memcpy(t->remote + 4, &r1, 4);
+	__builtin_memcpy(t->remote + 8, &r2, 4);
+	__builtin_memcpy(t->remote + 12, &r3, 4);
+	return 1;
+}
+
+// move_mark gives the full TCP socket of ctx the mark to (in MARK_MASK, other
+// bits kept) if it has from there, and the tuple that keep says; 1 if it did.
+static __always_inline int move_mark(struct bpf_iter__tcp___notrack *ctx, __u32 from, __u32 to, int restoring)
+{
+	struct sock_common___notrack *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp) // a request or TIME_WAIT socket: no mark to move
+		return 0;
+	if (BPF_CORE_READ(skc, skc_net.net, net_cookie) != netns_cookie)
+		return 0;
+	int cur = 0;
+	if (bpf_getsockopt(tp, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
+		return 0;
+	if (((__u32)cur & MARK_MASK) != from)
+		return 0;
+	struct fp_tuple t;
+	if (!tuple_of(skc, &t))
+		return 0;
+	__u32 zero = 0;
+	if (restoring) {
+		struct fp_tuple *want = bpf_map_lookup_elem(&restore, &zero);
+		if (!want)
+			return 0;
+		// 40 bytes, compared as 5 words (no memcmp in BPF).
+		__u64 *a = (__u64 *)want, *b = (__u64 *)&t;
+#pragma unroll
+		for (int i = 0; i < (int)(sizeof(t) / 8); i++)
+			if (a[i] != b[i])
+				return 0;
+	} else {
+		__u64 *s = bpf_map_lookup_elem(&keep, &t);
+		if (s && *s == iter_session)
+			return 0;
+	}
+	int v = (int)(((__u32)cur & ~MARK_MASK) | to);
+	if (bpf_setsockopt(tp, SOL_SOCKET, SO_MARK, &v, sizeof(v)))
+		return 0;
+	iter_moved += 1;
+	return 1;
+}
+
+SEC("iter/tcp")
+int latch_fast_redecide(struct bpf_iter__tcp___notrack *ctx)
+{
+	move_mark(ctx, MARK_FAST_ALLOW, MARK_FAST_REDECIDE, 0);
+	return 0;
+}
+
+SEC("iter/tcp")
+int latch_fast_restore(struct bpf_iter__tcp___notrack *ctx)
+{
+	move_mark(ctx, MARK_FAST_REDECIDE, MARK_FAST_ALLOW, 1);
+	return 0;
+}
+
+// ---- end of notrack ----
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

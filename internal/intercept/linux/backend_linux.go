@@ -63,6 +63,13 @@ type Backend struct {
 	acctKick chan struct{}
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
+	notrackErr atomic.Pointer[error] // the last install's error about notrack (Config.FastSockets)
+
+	// The fast sockets being decided again (MarkFastRedecide), by flow: see
+	// fastGroup. fastEpoch counts the rule changes (redecideSockets).
+	fastGroupsMu sync.Mutex
+	fastGroups   map[flowKey]*fastGroup
+	fastEpoch    uint64
 
 	held, allowed, denied, rejected, dropped   atomic.Uint64
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
@@ -92,6 +99,10 @@ type hold struct {
 	req   *engine.Request
 	since time.Time
 	done  atomic.Bool
+	// group is the fastGroup this packet leads (its verdict answers the
+	// group's other packets), under groupKey; nil if none.
+	group    *fastGroup
+	groupKey flowKey
 }
 
 // New checks cfg, fills in defaults and detects the firewall mechanism. It changes
@@ -123,11 +134,12 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("linux backend: %w", err)
 	}
 	b := &Backend{
-		cfg:      cfg,
-		fw:       fw,
-		holds:    make(map[uint32]*hold),
-		flows:    newFlowTable(cfg.MaxFlows, cfg.FlowTTL),
-		acctKick: make(chan struct{}, 1),
+		cfg:        cfg,
+		fw:         fw,
+		holds:      make(map[uint32]*hold),
+		fastGroups: make(map[flowKey]*fastGroup),
+		flows:      newFlowTable(cfg.MaxFlows, cfg.FlowTTL),
+		acctKick:   make(chan struct{}, 1),
 	}
 	if cfg.Hostnames != nil {
 		b.dns = dnsname.NewLearner(cfg.Hostnames)
@@ -242,7 +254,21 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		b.cfg.Logf("%v; UDP flows go through the queue", perr)
 		spec.fastUDP = ""
 	}
+	spec.notrack = b.cfg.FastSockets != nil
 	err = b.fw.install(spec)
+	if spec.notrack {
+		if err != nil {
+			// Without notrack's rules (no socket match, no raw table) the
+			// fast path's TCP flows go through conntrack as before.
+			b.notrackErr.Store(&err)
+			b.cfg.Logf("%v; the fast path's TCP flows go through conntrack", err)
+			spec.notrack = false
+			err = b.fw.install(spec)
+		} else {
+			var none error
+			b.notrackErr.Store(&none)
+		}
+	}
 	if err != nil && spec.fastUDP != "" {
 		// Without the fast path's UDP match (no xt_bpf, say) UDP goes through
 		// the queue as before: say why, and install what works.
@@ -561,6 +587,12 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	b.holdsMu.Lock()
 	b.holds[h.id] = h
 	b.holdsMu.Unlock()
+	if pp.Protocol == packet.ProtoTCP && h.mark&MarkMask == MarkFastRedecide && req.Direction == engine.Outbound &&
+		p.Hook != hookForward && b.notrackOn() && b.joinFastGroup(h, keyOf(req)) {
+		// Another packet of this fast socket is being decided again: this one
+		// gets its verdict (see fastGroup).
+		return
+	}
 	if p.Hook == hookForward {
 		// Forwarded: the sender is a socket in another namespace (or machine); the
 		// packet carries no uid of this host's.
@@ -711,6 +743,11 @@ func (b *Backend) decide(d intercept.Decider, h *hold) {
 // apply carries out v for h. It runs on whatever goroutine the Decider answers from.
 func (b *Backend) apply(h *hold, v engine.Verdict) {
 	withMark := func(m uint32) uint32 { return h.mark&^MarkMask | m }
+	if b.cfg.FastSockets != nil {
+		// A fast socket decided again: its mark first, then the flow's other
+		// queued packets (if h leads a group).
+		b.leadFastGroup(h, v)
+	}
 	switch v.Action {
 	case engine.Allow:
 		// Remembered before the verdict: once the packet is on its way a Redecide may
@@ -816,6 +853,10 @@ func (b *Backend) sweep(ctx context.Context) {
 					b.holdTimeouts.Add(1)
 					b.errs.Add(1)
 				}
+				if b.cfg.FastSockets != nil {
+					// Its flow's next packet leads a group of its own.
+					b.dropFastGroup(h)
+				}
 			}
 		}
 	}
@@ -878,7 +919,11 @@ var redecideWait = func() { time.Sleep(redecideGrace) }
 // flows of the flow table that take matches, which it takes from the table, and
 // the flows the table does not know that affected may match.
 func (b *Backend) redecideOnce(affected, take func(*engine.Request) bool) (int, error) {
-	return markRedecide(ctFilter{affected: affected, keys: b.flows.take(take, time.Now()), remembered: b.flows.has})
+	synced := b.syncFastDecisions()
+	n, err := markRedecide(ctFilter{affected: affected, keys: b.flows.take(take, time.Now()), remembered: b.flows.has})
+	// The fast path's untracked TCP flows: on their sockets (see "Notrack").
+	m, err2 := b.redecideSockets(synced)
+	return n + m, errors.Join(err, err2)
 }
 
 // Stats returns the backend's counters.

@@ -13,7 +13,10 @@
 // DNSLogGroup. Then, in order, LATCH-OUT:
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
-//     (skb mark OwnMark, set with SO_MARK by Control); returns at once for a packet
+//     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
+//     tested by its exact value under MarkMask, never by a bit); with notrack
+//     (Config.FastSockets, see "Notrack") returns for a TCP packet conntrack does
+//     not track (UNTRACKED) that carries MarkFastAllow; returns at once for a packet
 //     of a flow whose conntrack mark says it was allowed, but a TCP SYN and a packet
 //     marked MarkReject (most packets are of allowed flows, and 2 to 7 would only
 //     return them at 7, see iptablesRules); with Config.FastUDPMatch,
@@ -25,11 +28,15 @@
 //  2. for a packet coming back from an allow verdict (mark MarkAllow, NF_REPEAT): saves
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
-//     REJECT with a TCP reset, or ICMP port unreachable for other protocols;
+//     REJECT with a TCP reset, or ICMP port unreachable for other protocols (an
+//     untracked packet's reset too); with notrack, then queues an UNTRACKED TCP
+//     packet carrying MarkFastRedecide (a fast socket a rule change marked, see
+//     "Notrack"): decided again as 6 decides a flow marked MarkRedecide;
 //  4. for a TCP SYN carrying MarkFastAllow (the kernel fast path allowed its
 //     connect, see internal/fastpath) on a flow whose conntrack mark is still
 //     unset: sets MarkAllow in the conntrack mark and returns; such a SYN on a
-//     flow already marked MarkAllow (a retransmission) returns too;
+//     flow already marked MarkAllow (a retransmission) returns too (without
+//     notrack; with it, such a SYN is untracked and returned at 1);
 //  5. queues every other TCP SYN, matched by flags and not by conntrack state, so a SYN that
 //     hits a stale conntrack entry is held too;
 //  6. queues the packets that the side that opened a flow sends (conntrack direction
@@ -48,7 +55,8 @@
 //     as in 9, but SCTP and DCCP.
 //
 // LATCH-IN (Config.Inbound) is the same but for the daemon's sockets, the fast path
-// (4), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
+// (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries
+// MarkFastAllow or MarkFastRedecide, and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
 // connection anyone opens) and 9 and 11. LATCH-FWD (Config.Forward) is LATCH-IN
 // plus 8 for TCP (a container's raw socket can start a flow without a SYN), and it
 // drops TCP that conntrack calls INVALID (flags no handshake allows, such as a
@@ -151,7 +159,67 @@
 // deletion, a peer that spoke first would make conntrack see the flow as a new
 // inbound one, and this host's packets as its replies, which are never held. The
 // other side's packets pass until then. ICMP entries are deleted instead (the
-// flow's own host speaks first).
+// flow's own host speaks first). With notrack, the fast path's TCP flows have no
+// conntrack entry: Redecide marks their sockets instead (see "Notrack").
+//
+// # Notrack
+//
+// With Config.FastSockets (the kernel fast path's TCP socket iterators) the
+// ruleset keeps the fast path's TCP flows out of conntrack: no entry, no event,
+// nothing for the byte accountant to read or dump per flow. In the raw table
+// (iptables: chains LATCH-RAW-OUT from OUTPUT, LATCH-RAW-PRE from PREROUTING and
+// LATCH-RAW-SK; nftables: chains rawout and rawpre of table inet latch, at
+// priority raw, before conntrack):
+//
+//   - a TCP packet this host sends whose mark (under MarkMask) is MarkFastAllow
+//     or MarkFastRedecide is not tracked (CT --notrack): a TCP socket's packets
+//     carry its SO_MARK, which the fast path sets;
+//   - a TCP packet that arrives for a local socket with one of those marks is not
+//     tracked either. nftables reads the socket's mark (socket mark) without
+//     touching the packet's. iptables can read it only by -m socket
+//     --restore-skmark, which sets the packet's whole mark to the socket's
+//     (xt_socket: skb->mark = sk->sk_mark, for any local socket it finds): so
+//     only a packet that carries no mark yet is looked at (one another program
+//     marked keeps its mark, and is tracked), and LATCH-RAW-SK puts the mark
+//     back to 0 unless the socket's is a fast one, in which case the packet
+//     keeps just latch's mark (its socket's other bits are dropped);
+//   - with Config.Hostnames, TCP to and from port 53 stays tracked (the DNS
+//     log's rules follow conntrack's direction).
+//
+// The filter chains return for those packets (1; in LATCH-IN by the socket's
+// mark: the peer's packets of a flow being decided again pass until this host's
+// next packet is decided, as for a conntrack flow) and hold this host's packets
+// marked MarkFastRedecide (3). Rule 4 stays for a ruleset the firewall refused
+// notrack's rules in (no socket match, no raw table: Backend.Notrack says why;
+// the fast path's flows then go through conntrack as before).
+//
+// Redecide then works on the sockets: before the call returns, after marking
+// conntrack's entries, it has the fast path's iterator give every TCP socket
+// marked MarkFastAllow MarkFastRedecide instead (the mark's other bits stay), but
+// the sockets of TCP flows the flow table still knows and the change did not
+// affect. A fast socket whose decision the daemon has not read yet (the
+// decisions' ring buffer is read every ~50 ms) is not known, so it is marked; to
+// know every socket whose decision was made under the old rules, Redecide first
+// has the fast path hand over every decision recorded so far
+// (SocketMarks.SyncDecisions; a connect between the rule generation's bump and
+// its SYN is checked at TCP_CONNECT_CB and goes to the queue). Outbound packets
+// are kept out of conntrack by the socket's mark before conntrack looks them up,
+// whatever entry exists: an entry the peer's packets might open (without the
+// inbound rule) never carries this host's packets, so a peer that speaks first
+// cannot make them pass as replies.
+//
+// A queued packet with MarkFastRedecide is decided as any queued packet of a
+// conntrack flow marked MarkRedecide: the same request, an outbound connection of
+// its socket's program. Its flow's other packets queued meanwhile wait for that
+// one decision (fastGroup: one history row, at most one question); an allow gives
+// the socket MarkFastAllow back (SocketMarks.AllowSocket, before any of the
+// flow's packets is let go), so later packets pass in the kernel again; a deny or
+// reject answers with a reset (MarkReject). For 2 s after (until the next rule
+// change) the flow's packets still queued get the same verdict.
+//
+// The flows' ends come from their sockets (Config.SocketEnds, with their byte
+// counts): conntrack has no entry to end them or to read counts from along the
+// way, so periodic reports of a long notracked flow need the sockets' live counts.
 //
 // # Attribution
 //
@@ -204,6 +272,13 @@ const (
 	// (internal/fastpath) gives a connection a rule allowed before. Its SYN, on a
 	// flow no verdict marked yet, gets MarkAllow in its conntrack mark and passes.
 	MarkFastAllow uint32 = 0x30000000
+	// MarkFastRedecide is a socket (and so packet) mark only: Redecide gives it,
+	// with notrack (see "Notrack"), to the sockets of the fast path's TCP flows
+	// whose verdict a rule change may have changed, instead of MarkFastAllow.
+	// Their next packet this host sends is held and decided again. Its value
+	// under MarkMask is no other mark's: every rule tests latch's marks by
+	// their exact value under MarkMask (OwnMark too, whose bit it shares).
+	MarkFastRedecide uint32 = 0x50000000
 )
 
 // Firewall mechanisms for Config.Firewall.
@@ -225,6 +300,25 @@ type Resolver interface {
 	// remote to local arriving by interface ifindex (0 if unknown): the owner of the
 	// socket listening on (TCP) or bound to (UDP) local.
 	ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (procattr.Process, error)
+}
+
+// SocketMarks moves the kernel fast path's TCP sockets between MarkFastAllow and
+// MarkFastRedecide (*fastpath.FastPath implements it, with TCP socket
+// iterators). With it in Config.FastSockets, the ruleset keeps the fast path's
+// TCP flows out of conntrack (see "Notrack" in doc.go).
+type SocketMarks interface {
+	// SyncDecisions returns once every fast-path decision recorded before the
+	// call was handed on (TrackFlow registered its allowed flows); an error if
+	// some may not have been.
+	SyncDecisions() error
+	// RedecideSockets gives every TCP socket of the network namespace marked
+	// MarkFastAllow (under MarkMask) MarkFastRedecide instead, keeping the
+	// mark's other bits, but those whose (local, remote) address and port keep
+	// lists; it returns how many it moved, once done.
+	RedecideSockets(keep [][2]netip.AddrPort) (int, error)
+	// AllowSocket gives the TCP socket from local to remote MarkFastAllow again
+	// if it has MarkFastRedecide, once done, and reports whether it did.
+	AllowSocket(local, remote netip.AddrPort) (bool, error)
 }
 
 // ForwardResolver is what a Resolver also does to attribute forwarded connections:
@@ -333,6 +427,14 @@ type Config struct {
 	// accountant.observeSocket): without it such a flow shows its bytes at its
 	// end only (its socket's end, SocketEnds).
 	SocketCounts func(fn func(local, remote netip.AddrPort, bytes SocketBytes)) error
+	// FastSockets, if set, moves the kernel fast path's TCP sockets between
+	// MarkFastAllow and MarkFastRedecide (fastpath.FastPath): the ruleset then
+	// keeps the fast path's TCP flows out of conntrack, Redecide marks their
+	// sockets, and an allow of one decided again gives its socket MarkFastAllow
+	// back (see "Notrack"). Backend.Notrack says whether the ruleset has the
+	// rules; without them (the firewall refused them) those flows go through
+	// conntrack as before.
+	FastSockets SocketMarks
 }
 
 // DefaultConfig returns the defaults: queue DefaultQueue, outbound only, fail-closed,

@@ -17,7 +17,16 @@ const (
 	chainOut = "LATCH-OUT"
 	chainIn  = "LATCH-IN"
 	chainFwd = "LATCH-FWD"
-	nftTable = "latch" // family inet
+	// Chains of the raw table for notrack (ruleSpec.notrack): from raw OUTPUT,
+	// from raw PREROUTING, and the one the latter jumps to for a packet whose
+	// local socket it found.
+	chainRawOut = "LATCH-RAW-OUT"
+	chainRawPre = "LATCH-RAW-PRE"
+	chainRawSk  = "LATCH-RAW-SK"
+	// Chains of table inet latch for notrack.
+	nftRawOut = "rawout"
+	nftRawPre = "rawpre"
+	nftTable  = "latch" // family inet
 	// Chains of table inet latch for the kernel fast path's UDP match.
 	nftUDPFast      = "udpfast"
 	nftUDPFastAllow = "udpfast_allow"
@@ -34,7 +43,15 @@ type ruleSpec struct {
 	// fastUDP is the pinned socket filter program of the kernel fast path's UDP
 	// match (Config.FastUDPMatch); "": none.
 	fastUDP string
+	// notrack keeps the kernel fast path's TCP flows out of conntrack (see
+	// "Notrack" in doc.go): their packets are not tracked while their socket
+	// carries MarkFastAllow or MarkFastRedecide.
+	notrack bool
 }
+
+// errNotrack wraps install's error when the ruleset could not keep the fast
+// path's TCP flows out of conntrack (no socket match, no raw table).
+var errNotrack = errors.New("the ruleset cannot keep the fast path's TCP flows out of conntrack")
 
 // input says whether the ruleset needs the INPUT chain: to hold inbound connections,
 // or to see DNS responses.
@@ -265,7 +282,21 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
 		}
 		if out {
-			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, OwnMark)
+			// The exact value under MarkMask, not the bit: MarkFastRedecide has
+			// it too.
+			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
+		}
+		if spec.notrack && hook != "FORWARD" {
+			// A TCP packet of a socket the fast path allowed, which the raw table
+			// kept out of conntrack (see "Notrack"): on its way (LATCH-OUT: the
+			// socket's mark; LATCH-IN: the mark LATCH-RAW-SK gave it from its
+			// socket's). In LATCH-IN a flow being decided again passes too: the
+			// peer's packets pass until this host's next one is decided. Not in
+			// LATCH-FWD: a forwarded packet has no local socket.
+			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastAllow, MarkMask)
+			if !out {
+				fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastRedecide, MarkMask)
+			}
 		}
 		// A packet of a flow already allowed (conntrack mark MarkAllow) leaves here,
 		// before the rules below, which it would only walk to the same end (most
@@ -290,6 +321,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
 		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
 		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
+		if out && spec.notrack {
+			// A packet of a fast socket a rule change marked for deciding again
+			// (Redecide), untracked: held and decided again, as a packet of a
+			// conntrack flow marked MarkRedecide (6). After the verdict rules: a
+			// verdict's packet carries MarkAllow or MarkReject instead.
+			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x %s\n", name, MarkFastRedecide, MarkMask, q)
+		}
 		if out {
 			// A SYN the kernel fast path allowed (socket mark MarkFastAllow) on a flow
 			// nothing decided yet: decided like an allow from the queue.
@@ -386,7 +424,44 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		chain(chainFwd, "FORWARD", "-i", false)
 	}
 	b.WriteString("COMMIT\n")
+	if spec.notrack {
+		spec.iptablesRaw(&b, jumped)
+	}
 	return b.String()
+}
+
+// iptablesRaw writes the raw table's part of the ruleset (see "Notrack" in
+// doc.go): the fast path's TCP packets are not tracked.
+func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
+	b.WriteString("*raw\n")
+	for _, c := range []struct{ name, hook string }{{chainRawOut, "OUTPUT"}, {chainRawPre, "PREROUTING"}, {chainRawSk, ""}} {
+		fmt.Fprintf(b, ":%s - [0:0]\n", c.name)
+		if c.hook != "" && !jumped[c.name] {
+			fmt.Fprintf(b, "-I %s 1 -j %s\n", c.hook, c.name)
+		}
+	}
+	if spec.dnsLogGroup != 0 {
+		// DNS over TCP stays tracked: the DNS log's rules follow conntrack's
+		// direction.
+		fmt.Fprintf(b, "-A %s -p tcp -m tcp --dport 53 -j RETURN\n", chainRawOut)
+		fmt.Fprintf(b, "-A %s -p tcp -m tcp --sport 53 -j RETURN\n", chainRawPre)
+	}
+	// This host's packets carry their socket's mark.
+	for _, m := range []uint32{MarkFastAllow, MarkFastRedecide} {
+		fmt.Fprintf(b, "-A %s -p tcp -m mark --mark %#x/%#x -j CT --notrack\n", chainRawOut, m, MarkMask)
+	}
+	// The peer's: --restore-skmark sets the packet's whole mark to its local
+	// socket's (xt_socket: skb->mark = sk->sk_mark), so only a packet that
+	// carries no mark yet is looked at (one another program marked stays as it
+	// is, and tracked), and LATCH-RAW-SK puts it back to 0 unless the socket is
+	// a fast one, which leaves just latch's mark.
+	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0 -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, chainRawSk)
+	for _, m := range []uint32{MarkFastAllow, MarkFastRedecide} {
+		fmt.Fprintf(b, "-A %s -m mark --mark %#x/%#x -j MARK --set-xmark %#x/0xffffffff\n", chainRawSk, m, MarkMask, m)
+		fmt.Fprintf(b, "-A %s -m mark --mark %#x -j CT --notrack\n", chainRawSk, m)
+	}
+	fmt.Fprintf(b, "-A %s -m mark ! --mark %#x -m mark ! --mark %#x -j MARK --set-xmark 0x0/0xffffffff\n", chainRawSk, MarkFastAllow, MarkFastRedecide)
+	b.WriteString("COMMIT\n")
 }
 
 func (fw *iptablesFirewall) install(spec ruleSpec) error {
@@ -399,7 +474,11 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 			created = createdMarks(old)
 		}
 		if fw.kind == FirewallIptablesNft {
-			for _, c := range nftMissing(fw.nftFam[i], spec.input(), spec.forward) {
+			missing := nftMissing(fw.nftFam[i], spec.input(), spec.forward)
+			if spec.notrack {
+				missing = append(missing, nftRawMissing(fw.nftFam[i])...)
+			}
+			for _, c := range missing {
 				if !slices.Contains(created, c) {
 					created = append(created, c)
 				}
@@ -411,9 +490,24 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 				jumped[c.chain] = true
 			}
 		}
+		if spec.notrack {
+			for _, c := range []struct{ chain, hook string }{{chainRawOut, "OUTPUT"}, {chainRawPre, "PREROUTING"}} {
+				if _, err := run("", cmd, "-w", "-t", "raw", "-C", c.hook, "-j", c.chain); err == nil {
+					jumped[c.chain] = true
+				}
+			}
+		}
 		if _, err := run(spec.iptablesRules(v6, created, jumped), fw.restore[i], "-w", "--noflush"); err != nil {
 			fw.remove() // roll back whatever got in
+			if spec.notrack {
+				return fmt.Errorf("%w: install %s ruleset: %w", errNotrack, fw.kind, err)
+			}
 			return fmt.Errorf("install %s ruleset: %w", fw.kind, err)
+		}
+		if !spec.notrack {
+			if err := fw.removeRaw(i); err != nil {
+				return fmt.Errorf("remove the raw table chains of an earlier ruleset: %w", err)
+			}
 		}
 		if !spec.input() {
 			if _, err := removeChain(cmd, chainIn, "INPUT"); err != nil {
@@ -490,31 +584,111 @@ func (fw *iptablesFirewall) removeFamily(i int) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := fw.removeRaw(i); err != nil {
+		errs = append(errs, err)
+	}
 	if fw.kind == FirewallIptablesNft && len(created) > 0 {
 		nftTidy(fw.nftFam[i], created)
+		nftTidyRaw(fw.nftFam[i], created)
 	}
 	return errors.Join(errs...)
+}
+
+// removeRaw removes the raw table's chains of notrack (and the jumps to them) of
+// family i. With iptables-legacy it looks only if the raw table exists: listing
+// it would create it.
+func (fw *iptablesFirewall) removeRaw(i int) error {
+	if fw.kind == FirewallIptablesLegacy && !legacyTablePresent(i == 1, "raw") {
+		return nil
+	}
+	var errs []error
+	for _, c := range []struct{ chain, hook string }{{chainRawOut, "OUTPUT"}, {chainRawPre, "PREROUTING"}, {chainRawSk, ""}} {
+		if _, err := removeTableChain(fw.save[i], "raw", c.chain, c.hook); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// legacyTablePresent reports whether the iptables-legacy table exists for IPv4
+// (or v6), without creating it.
+func legacyTablePresent(v6 bool, table string) bool {
+	f := "/proc/net/ip_tables_names"
+	if v6 {
+		f = "/proc/net/ip6_tables_names"
+	}
+	b, err := os.ReadFile(f)
+	return err == nil && slices.Contains(strings.Fields(string(b)), table)
 }
 
 // removeChain removes chain and every jump to it from hook, and returns the created
 // marks it carried. A missing chain is no error.
 func removeChain(cmd, chain, hook string) ([]string, error) {
-	out, err := run("", cmd, "-w", "-t", "filter", "-S", chain)
+	return removeTableChain(cmd, "filter", chain, hook)
+}
+
+// removeTableChain is removeChain in table; hook "": no jump to remove.
+func removeTableChain(cmd, table, chain, hook string) ([]string, error) {
+	out, err := run("", cmd, "-w", "-t", table, "-S", chain)
 	if err != nil {
 		return nil, nil // no such chain
 	}
 	for range 100 { // bounded: someone may have added the jump more than once
-		if _, err := run("", cmd, "-w", "-t", "filter", "-D", hook, "-j", chain); err != nil {
+		if hook == "" {
+			break
+		}
+		if _, err := run("", cmd, "-w", "-t", table, "-D", hook, "-j", chain); err != nil {
 			break
 		}
 	}
-	if _, err := run("", cmd, "-w", "-t", "filter", "-F", chain); err != nil {
+	if _, err := run("", cmd, "-w", "-t", table, "-F", chain); err != nil {
 		return createdMarks(out), err
 	}
-	if _, err := run("", cmd, "-w", "-t", "filter", "-X", chain); err != nil {
+	if _, err := run("", cmd, "-w", "-t", table, "-X", chain); err != nil {
 		return createdMarks(out), err
 	}
 	return createdMarks(out), nil
+}
+
+// nftRawMissing lists the nftables objects of table "fam raw" that notrack's
+// chains need and that do not exist yet, as created marks ("raw-table",
+// "raw-chain-HOOK").
+func nftRawMissing(fam string) []string {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return nil
+	}
+	if _, err := run("", "nft", "list", "table", fam, "raw"); err != nil {
+		return []string{"raw-table"}
+	}
+	var missing []string
+	for _, h := range []string{"OUTPUT", "PREROUTING"} {
+		if _, err := run("", "nft", "list", "chain", fam, "raw", h); err != nil {
+			missing = append(missing, "raw-chain-"+h)
+		}
+	}
+	return missing
+}
+
+// nftTidyRaw is nftTidy for the raw table's objects iptables-nft created for
+// notrack.
+func nftTidyRaw(fam string, created []string) {
+	for _, c := range created {
+		if hook, ok := strings.CutPrefix(c, "raw-chain-"); ok {
+			run("", "nft", "delete", "chain", fam, "raw", hook)
+		}
+	}
+	if !slices.Contains(created, "raw-table") {
+		return
+	}
+	for _, h := range []string{"PREROUTING", "OUTPUT"} {
+		if out, err := run("", "nft", "list", "chain", fam, "raw", h); err == nil && !strings.Contains(out, "policy drop") {
+			run("", "nft", "delete", "chain", fam, "raw", h)
+		}
+	}
+	out, err := run("", "nft", "list", "table", fam, "raw")
+	if err == nil && !strings.Contains(out, "chain ") && !strings.Contains(out, "set ") && !strings.Contains(out, "map ") {
+		run("", "nft", "delete", "table", fam, "raw")
+	}
 }
 
 // nftTidy deletes the objects iptables-nft created for latch, if they are empty:
@@ -613,7 +787,18 @@ func (spec ruleSpec) nftRules() string {
 			r(`%s "lo" accept`, lo)
 		}
 		if out {
-			r("meta mark & %#x == %#x accept", OwnMark, OwnMark)
+			// The exact value, not the bit (see iptablesRules).
+			r("meta mark & %#x == %#x accept", MarkMask, OwnMark)
+		}
+		if spec.notrack && hook != "forward" {
+			// The fast path's untracked TCP packets (see iptablesRules; inbound
+			// by their socket's mark, which nft reads without changing the
+			// packet's).
+			if out {
+				r("meta l4proto tcp ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastAllow)
+			} else {
+				r("meta l4proto tcp ct state untracked socket mark & %#x { %#x, %#x } accept", MarkMask, MarkFastAllow, MarkFastRedecide)
+			}
 		}
 		// A packet of a flow already allowed, but a reset's or a SYN (see
 		// iptablesRules).
@@ -628,6 +813,10 @@ func (spec ruleSpec) nftRules() string {
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
+		if out && spec.notrack {
+			// Held and decided again (see iptablesRules).
+			r("meta l4proto tcp ct state untracked meta mark & %#x == %#x %s", MarkMask, MarkFastRedecide, q)
+		}
 		if out {
 			// A SYN the kernel fast path allowed (see iptablesRules).
 			fast := fmt.Sprintf("meta mark & %#x == %#x tcp flags & (fin|syn|rst|ack) == syn", MarkMask, MarkFastAllow)
@@ -672,6 +861,22 @@ func (spec ruleSpec) nftRules() string {
 		fmt.Fprintf(&b, "add rule inet %s output udp dport 53 ct direction original log group %d\n", nftTable, spec.dnsLogGroup)
 		fmt.Fprintf(&b, "add rule inet %s output tcp dport 53 ct direction original log group %d\n", nftTable, spec.dnsLogGroup)
 	}
+	if spec.notrack {
+		// Before conntrack (priority raw): the fast path's TCP packets are not
+		// tracked (see iptablesRaw), this host's by their socket's mark, the
+		// peer's by their local socket's.
+		dns := ""
+		if spec.dnsLogGroup != 0 {
+			dns = "tcp dport != 53 "
+		}
+		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook output priority raw; policy accept; }\n", nftTable, nftRawOut)
+		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %smeta mark & %#x { %#x, %#x } notrack\n", nftTable, nftRawOut, dns, MarkMask, MarkFastAllow, MarkFastRedecide)
+		if spec.dnsLogGroup != 0 {
+			dns = "tcp sport != 53 "
+		}
+		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook prerouting priority raw; policy accept; }\n", nftTable, nftRawPre)
+		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %ssocket mark & %#x { %#x, %#x } notrack\n", nftTable, nftRawPre, dns, MarkMask, MarkFastAllow, MarkFastRedecide)
+	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {
 		fmt.Fprintf(&b, "add chain inet %s input { type filter hook input priority filter - 1; policy accept; }\n", nftTable)
@@ -697,6 +902,9 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 		rules = fmt.Sprintf("delete table inet %s\n", nftTable) + rules
 	}
 	if _, err := run(rules, "nft", "-f", "-"); err != nil {
+		if spec.notrack {
+			return fmt.Errorf("%w: install nftables ruleset: %w", errNotrack, err)
+		}
 		return fmt.Errorf("install nftables ruleset: %w", err)
 	}
 	fw.installed = true

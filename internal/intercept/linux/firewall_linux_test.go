@@ -22,6 +22,8 @@ func TestNftRulesetSyntax(t *testing.T) {
 		{queue: 9, exemptLoopback: true, dnsLogGroup: 4243},
 		{queue: 11, exemptLoopback: true, forward: true},
 		{queue: 12, inbound: true, forward: true, failOpen: true},
+		{queue: 13, exemptLoopback: true, notrack: true},
+		{queue: 14, inbound: true, failOpen: true, notrack: true, dnsLogGroup: 4243},
 	} {
 		rules := spec.nftRules()
 		check := exec.Command("ip", "netns", "exec", tp.a, "nft", "-c", "-f", "-")

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/pprof"
@@ -27,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchfw/latch/internal/cgroup2"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/fastpath"
 	"github.com/latchfw/latch/internal/intercept"
@@ -452,29 +454,74 @@ func runChild(mode string) int {
 	// LATCH_TEST_SOCKET_ENDS: the kernel fast path (its hooks on the root cgroup,
 	// serving this namespace only) reports the end of every TCP socket here ("on"),
 	// or is asked not to ("off": the fallback, as with --forward).
+	// LATCH_TEST_NOTRACK: the fast path's TCP socket iterators keep its flows
+	// out of conntrack ("on"); "noremark": the ruleset does, but Redecide
+	// leaves the sockets' marks alone (what notrack would be without them).
 	var fp *fastpath.FastPath
-	if v := os.Getenv("LATCH_TEST_SOCKET_ENDS"); v != "" {
+	notrack := os.Getenv("LATCH_TEST_NOTRACK")
+	if v := os.Getenv("LATCH_TEST_SOCKET_ENDS"); v != "" || notrack != "" {
 		var err error
-		if fp, err = fastpath.Open(fastpath.Config{NoTCPEnds: map[bool]string{true: "test: off"}[v == "off"]}); err != nil {
+		fcfg := fastpath.Config{NoTCPEnds: map[bool]string{true: "test: off"}[v == "off"]}
+		if notrack != "" {
+			// The connect hooks on a cgroup of no process: a miss would clear
+			// the marks the tests give their sockets.
+			root, err := cgroup2.Find()
+			if err != nil {
+				// `ip netns exec` gives a /sys without it.
+				if root, err = cgroup2.MountPrivate("latch-lt-cgroup2-"); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					return 1
+				}
+				defer cgroup2.Unmount(root)
+			}
+			fcfg.CgroupPath = filepath.Join(root, fmt.Sprintf("latch-lt-notrack-%d", os.Getpid()))
+			if err := os.Mkdir(fcfg.CgroupPath, 0o755); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			defer os.Remove(fcfg.CgroupPath)
+		}
+		if fp, err = fastpath.Open(fcfg); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer fp.Close()
-		cfg.SocketEnds = fp.Stats().TCPEnds
-		say("socket-ends %t %s", cfg.SocketEnds, fp.Stats().TCPEndsWhy)
-		say("end-bytes %t %s", fp.Stats().TCPEndBytes, fp.Stats().TCPEndBytesWhy)
-		// The sockets' live counts, as the daemon wires them, unless
-		// LATCH_TEST_LIVE_BYTES=off.
-		if fp.Stats().TCPLiveBytes && os.Getenv("LATCH_TEST_LIVE_BYTES") != "off" {
-			cfg.SocketCounts = func(fn func(local, remote netip.AddrPort, bytes SocketBytes)) error {
-				return fp.SocketCounts(func(local, remote netip.AddrPort, c fastpath.Counts) {
-					fn(local, remote, SocketBytes{Out: c.Out, In: c.In})
-				})
+		if v != "" {
+			cfg.SocketEnds = fp.Stats().TCPEnds
+			say("socket-ends %t %s", cfg.SocketEnds, fp.Stats().TCPEndsWhy)
+			say("end-bytes %t %s", fp.Stats().TCPEndBytes, fp.Stats().TCPEndBytesWhy)
+			// The sockets' live counts, as the daemon wires them, unless
+			// LATCH_TEST_LIVE_BYTES=off.
+			if fp.Stats().TCPLiveBytes && os.Getenv("LATCH_TEST_LIVE_BYTES") != "off" {
+				cfg.SocketCounts = func(fn func(local, remote netip.AddrPort, bytes SocketBytes)) error {
+					return fp.SocketCounts(func(local, remote netip.AddrPort, c fastpath.Counts) {
+						fn(local, remote, SocketBytes{Out: c.Out, In: c.In})
+					})
+				}
 			}
+			say("live-bytes %t %s", cfg.SocketCounts != nil, fp.Stats().TCPLiveBytesWhy)
 		}
-		say("live-bytes %t %s", cfg.SocketCounts != nil, fp.Stats().TCPLiveBytesWhy)
 	}
-	b, err := New(cfg)
+	var b *Backend
+	switch notrack {
+	case "":
+	case "on":
+		if why := fp.Notrack(); why != "" {
+			fmt.Fprintln(os.Stderr, why)
+			return 1
+		}
+		cfg.FastSockets = fp
+	case "noremark":
+		cfg.FastSockets = noRemark{fp}
+	default:
+		fmt.Fprintf(os.Stderr, "LATCH_TEST_NOTRACK=%q: want on or noremark\n", notrack)
+		return 2
+	}
+	if notrack != "" {
+		cfg.Ready = func() { say("ready"); say("notrack %v", b.Notrack()) }
+	}
+	var err error
+	b, err = New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

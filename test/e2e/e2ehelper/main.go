@@ -23,6 +23,15 @@
 //	e2ehelper connects ADDR N TIMEOUT  N TCP connects one after another; prints a JSON result line for each
 //	e2ehelper flood-log ADDR N CONC TIMEOUT  flood, and also print {"connected_at": UNIX_NS}
 //	                                for each connect that got through, the time it began
+//	e2ehelper talk -                print "ready", then per stdin line: "open ADDR" connect
+//	                                (prints the result), "send I N" write N bytes on the
+//	                                I-th connection (prints {"outcome":"sent"} or the error),
+//	                                "wait I DUR" read it for up to DUR (prints the outcome:
+//	                                "data N", "reset", "eof", "quiet" or "error"), "close I -"
+//	                                close it and read until the server closes ("closed")
+//	e2ehelper serve-push ADDR       accept TCP connections ("accepted N REMOTE"), print
+//	                                "got REMOTE TOTAL" as each receives bytes, and per stdin
+//	                                line "push N" write N bytes to every open connection
 //	e2ehelper hold ADDR             connect, print the result, then keep sending one byte a
 //	                                second until stdin closes (an established flow)
 //	e2ehelper dns-serve ADDR NAME IP answer A queries for NAME with IP (and NXDOMAIN otherwise),
@@ -197,6 +206,10 @@ func main() {
 		emit(resolveConnect(addr, arg(3), arg(4), duration(5)))
 	case "dns-query":
 		emit(dnsQuery(addr, arg(3), duration(4)))
+	case "talk":
+		talk()
+	case "serve-push":
+		servePush(addr)
 	case "send":
 		emit(send(addr, atoi(3), duration(4), false))
 	case "send-reset":
@@ -1146,4 +1159,164 @@ func udpLend(addr, prog string, timeout time.Duration) {
 	}
 	emit(r)
 	emit(udpExchange(func() (net.Conn, error) { return c, nil }, timeout))
+}
+
+// talk opens connections and sends and reads on them as stdin says (see the
+// package doc): connections that stay open while the test changes the rules,
+// all of one process (of one mount namespace: the fast path's key has it).
+func talk() {
+	fmt.Println("ready")
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	sc := bufio.NewScanner(os.Stdin)
+	buf := make([]byte, 65536)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && f[0] == "open" {
+			c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
+			r := Result{Outcome: classify(err), PID: os.Getpid()}
+			if err != nil {
+				r.Error = err.Error()
+			} else {
+				r.Local = c.LocalAddr().String()
+				conns = append(conns, c)
+			}
+			emit(r)
+			continue
+		}
+		var i int
+		var err error
+		if len(f) == 3 {
+			i, err = strconv.Atoi(f[1])
+		}
+		if len(f) != 3 || err != nil || i < 0 || i >= len(conns) {
+			fatal(fmt.Errorf("talk: line %q: want \"open ADDR\", \"send I N\" or \"wait I DUR\" with I an open connection", sc.Text()))
+		}
+		c := conns[i]
+		switch f[0] {
+		case "close":
+			// "close I -": close, then read to the server's close (the
+			// connection is over when this answers).
+			c.(*net.TCPConn).CloseWrite()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.Copy(io.Discard, c)
+			c.Close()
+			out := "closed"
+			if err != nil {
+				out = readOutcome(err)
+			}
+			emit(Result{Outcome: out})
+		case "send":
+			n, err := strconv.Atoi(f[2])
+			if err != nil || n < 0 || n > 1<<20 {
+				fatal(fmt.Errorf("talk: send %q: want 0 to 1048576 bytes", f[2]))
+			}
+			if _, err := c.Write(make([]byte, n)); err != nil {
+				emit(Result{Outcome: readOutcome(err), Error: err.Error()})
+				continue
+			}
+			emit(Result{Outcome: "sent"})
+		case "wait":
+			d, err := time.ParseDuration(f[2])
+			if err != nil || d <= 0 || d > time.Minute {
+				fatal(fmt.Errorf("talk: wait %q: want a duration up to 1m", f[2]))
+			}
+			c.SetReadDeadline(time.Now().Add(d))
+			total := 0
+			for {
+				n, err := c.Read(buf)
+				total += n
+				if err != nil {
+					out := readOutcome(err)
+					if out == "quiet" && total > 0 {
+						out = fmt.Sprintf("data %d", total)
+					}
+					emit(Result{Outcome: out})
+					break
+				}
+			}
+		default:
+			fatal(fmt.Errorf("talk: line %q: want \"open ADDR\", \"send I N\" or \"wait I DUR\"", sc.Text()))
+		}
+	}
+}
+
+// readOutcome names how a read or write on a connection ended.
+func readOutcome(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.Is(err, io.EOF):
+		return "eof"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "quiet"
+	}
+	return "error"
+}
+
+// servePush is serve that reports what each connection receives and writes to
+// them all when stdin says (see the package doc).
+func servePush(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatal(err)
+	}
+	fmt.Println("listening")
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			n := 0
+			if len(f) == 2 && f[0] == "push" {
+				n, err = strconv.Atoi(f[1])
+			}
+			if len(f) != 2 || f[0] != "push" || err != nil || n < 0 || n > 1<<20 {
+				fatal(fmt.Errorf("serve-push: line %q: want \"push N\" (up to 1048576)", sc.Text()))
+			}
+			mu.Lock()
+			for c := range conns {
+				c.Write(make([]byte, n))
+			}
+			mu.Unlock()
+			fmt.Println("pushed")
+		}
+	}()
+	var accepted int64
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fatal(err)
+		}
+		mu.Lock()
+		conns[c] = true
+		mu.Unlock()
+		fmt.Printf("accepted %d %s\n", atomic.AddInt64(&accepted, 1), c.RemoteAddr())
+		go func() {
+			defer func() {
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				c.Close()
+			}()
+			buf := make([]byte, 65536)
+			total := 0
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					total += n
+					fmt.Printf("got %s %d\n", c.RemoteAddr(), total)
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
 }
