@@ -1389,7 +1389,11 @@ var plainCols = func() int {
 // insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows, plain or not.
+// insertConns returns an INSERT of n connection rows, plain or not. OR ROLLBACK:
+// a row that breaks a constraint (none can: every column gets a value) rolls the
+// transaction back, which the writer does anyway when a statement fails; with the
+// default (ABORT) SQLite keeps a statement journal to undo just the failed
+// statement, a copy of every page a multi-row INSERT changes first.
 func insertConns(n int, plain bool) string {
 	type key struct {
 		n     int
@@ -1399,7 +1403,7 @@ func insertConns(n int, plain bool) string {
 		return q.(string)
 	}
 	var b, row strings.Builder
-	b.WriteString("INSERT INTO conns (")
+	b.WriteString("INSERT OR ROLLBACK INTO conns (")
 	row.WriteString("(")
 	for i, col := range connColumns {
 		if i > 0 {

@@ -7,6 +7,9 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 )
 
+// legacyTuning is the writer as it was before its cost savings (historyTuning).
+var legacyTuning = historyTuning{fullReqIndex: true}
+
 // indexes returns the names of the conns table's indexes.
 func indexes(t *testing.T, h *History) map[string]bool {
 	t.Helper()

@@ -124,9 +124,6 @@ func rowCost(b *testing.B, kind string, full bool, n int, tuning historyTuning, 
 	return float64(cpu.Nanoseconds()) / 1000 / float64(n), float64(h.updates.Load()-updates) / float64(n)
 }
 
-// legacyTuning is the writer as it was before its cost savings (historyTuning).
-var legacyTuning = historyTuning{fullReqIndex: true}
-
 // BenchmarkHistoryRowCostOldNew measures the CPU per connection of fast-path rows
 // whose ends are merged before they are written ("ended"), written the way earlier
 // versions did (legacyTuning) and as now, in interleaved rounds in one run, and
