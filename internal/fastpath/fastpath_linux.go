@@ -1297,6 +1297,28 @@ const (
 // the wall clock's offset from the boot clock.
 const wallEvery = 4096
 
+// decodeSockTuple decodes the socket's tuple that a socket end (fp_end) and a
+// socket counter record (fp_live) both carry at the same place: family at 4,
+// local and remote address at 8 and 24, their ports at 40 and 42 (what names
+// the record in an error).
+func decodeSockTuple(b []byte, what string) (local, remote netip.AddrPort, err error) {
+	ne := binary.NativeEndian
+	lp, rp := ne.Uint16(b[40:]), ne.Uint16(b[42:])
+	if lp == 0 || rp == 0 {
+		return local, remote, fmt.Errorf("%s with port %d to port %d", what, lp, rp)
+	}
+	var l, r netip.Addr
+	switch b[4] {
+	case 4:
+		l, r = netip.AddrFrom4([4]byte(b[8:12])), netip.AddrFrom4([4]byte(b[24:28]))
+	case 6:
+		l, r = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+	default:
+		return local, remote, fmt.Errorf("%s with address family %d", what, b[4])
+	}
+	return netip.AddrPortFrom(l, lp), netip.AddrPortFrom(r, rp), nil
+}
+
 // decodeEnd reads a struct fp_end record: a TCP socket's end, with a known
 // family and both ports set, and when it ended (boot clock, ns).
 func decodeEnd(b []byte) (End, uint64, error) {
@@ -1307,20 +1329,11 @@ func decodeEnd(b []byte) (End, uint64, error) {
 	if k := ne.Uint32(b[0:]); k != endKind {
 		return End{}, 0, fmt.Errorf("fast path record of %d bytes with kind %#x, want %#x", len(b), k, endKind)
 	}
-	lp, rp := ne.Uint16(b[40:]), ne.Uint16(b[42:])
-	if lp == 0 || rp == 0 {
-		return End{}, 0, fmt.Errorf("fast path socket end with port %d to port %d", lp, rp)
+	local, remote, err := decodeSockTuple(b, "fast path socket end")
+	if err != nil {
+		return End{}, 0, err
 	}
-	var l, r netip.Addr
-	switch b[4] {
-	case 4:
-		l, r = netip.AddrFrom4([4]byte(b[8:12])), netip.AddrFrom4([4]byte(b[24:28]))
-	case 6:
-		l, r = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
-	default:
-		return End{}, 0, fmt.Errorf("fast path socket end with address family %d", b[4])
-	}
-	e := End{Local: netip.AddrPortFrom(l, lp), Remote: netip.AddrPortFrom(r, rp)}
+	e := End{Local: local, Remote: remote}
 	switch f := ne.Uint32(b[44:]); f {
 	case 0:
 	case endBytes:

@@ -215,18 +215,8 @@ func decodeLive(b []byte) (local, remote netip.AddrPort, c Counts, err error) {
 	if k := ne.Uint32(b[0:]); k != liveKind {
 		return local, remote, c, fmt.Errorf("socket counter record with kind %#x, want %#x", k, liveKind)
 	}
-	lp, rp := ne.Uint16(b[40:]), ne.Uint16(b[42:])
-	if lp == 0 || rp == 0 {
-		return local, remote, c, fmt.Errorf("socket counter record with port %d to port %d", lp, rp)
-	}
-	var l, r netip.Addr
-	switch b[4] {
-	case 4:
-		l, r = netip.AddrFrom4([4]byte(b[8:12])), netip.AddrFrom4([4]byte(b[24:28]))
-	case 6:
-		l, r = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
-	default:
-		return local, remote, c, fmt.Errorf("socket counter record with address family %d", b[4])
+	if local, remote, err = decodeSockTuple(b, "socket counter record"); err != nil {
+		return local, remote, c, err
 	}
 	c = Counts{Out: ne.Uint64(b[48:]), In: ne.Uint64(b[56:])}
 	po, pi := ne.Uint64(b[64:]), ne.Uint64(b[72:])
@@ -236,5 +226,5 @@ func decodeLive(b []byte) (local, remote netip.AddrPort, c Counts, err error) {
 	if po > maxPackets || pi > maxPackets || c.Out < 20*po || c.In < 20*pi {
 		return local, remote, Counts{}, fmt.Errorf("socket counter record with %d bytes in %d packets out and %d bytes in %d packets in", c.Out, po, c.In, pi)
 	}
-	return netip.AddrPortFrom(l, lp), netip.AddrPortFrom(r, rp), c, nil
+	return local, remote, c, nil
 }
