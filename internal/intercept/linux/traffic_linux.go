@@ -345,20 +345,7 @@ func (a *accountant) observeSocket(local, remote netip.AddrPort, b SocketBytes, 
 	if f != nil && f.gen == a.gen && !f.sock {
 		return intercept.Traffic{}, false // conntrack's
 	}
-	req := a.flows.get(k)
-	switch {
-	case f == nil && req == nil:
-		return intercept.Traffic{}, false
-	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
-		// New, or a new connection on the tuple of one that ended.
-		f = &acctFlow{req: req, reportedAt: now}
-		a.m[k] = f
-	case req != nil && req.ID != f.req.ID:
-		// Decided again and allowed (as observe).
-		f.req = req
-	}
-	f.gen = a.gen
-	if f.ended {
+	if f = a.follow(k, f, now); f == nil {
 		return intercept.Traffic{}, false
 	}
 	f.missed = 0
@@ -401,6 +388,29 @@ func (a *accountant) wantsEnd(k flowKey) bool {
 	return req != nil && (f == nil || req.ID != f.req.ID)
 }
 
+// follow returns the flow k (f: what the accountant has under k, or nil) that
+// this poll saw, made anew if it is new or a new connection on the tuple of one
+// that ended; nil if latch allowed none there or it has ended.
+func (a *accountant) follow(k flowKey, f *acctFlow, now time.Time) *acctFlow {
+	req := a.flows.get(k)
+	switch {
+	case f == nil && req == nil:
+		return nil
+	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
+		f = &acctFlow{req: req, reportedAt: now}
+		a.m[k] = f
+	case req != nil && req.ID != f.req.ID:
+		// Decided again and allowed: the same flow, its bytes from now on the
+		// new decision's.
+		f.req = req
+	}
+	f.gen = a.gen
+	if f.ended {
+		return nil
+	}
+	return f
+}
+
 // observe takes what conntrack says of one entry (gone: it was destroyed) and
 // returns the report it makes due, if any.
 func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (intercept.Traffic, bool) {
@@ -419,21 +429,7 @@ func (a *accountant) observe(ci ctInfo, gone bool, now time.Time, final bool) (i
 		// comes with its socket's.
 		return intercept.Traffic{}, false
 	}
-	req := a.flows.get(k)
-	switch {
-	case f == nil && req == nil:
-		return intercept.Traffic{}, false
-	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
-		// New, or a new connection on the tuple of one that ended.
-		f = &acctFlow{req: req, reportedAt: now}
-		a.m[k] = f
-	case req != nil && req.ID != f.req.ID:
-		// Decided again and allowed: the same conntrack entry, its bytes from now
-		// on the new decision's.
-		f.req = req
-	}
-	f.gen = a.gen
-	if f.ended {
+	if f = a.follow(k, f, now); f == nil {
 		return intercept.Traffic{}, false
 	}
 	f.setCounters(ci)
