@@ -299,3 +299,40 @@ func TestFastPathNotrackEndBytes(t *testing.T) {
 		t.Errorf("history row bytes out %v in %v, want %d and %d (nftables' counts)", row["bytes_out"], row["bytes_in"], want[0], want[1])
 	}
 }
+
+// TestFastMarkAfterDaemonDeathFailsClosed: a socket the fast path marked
+// MarkFastAllow keeps that SO_MARK after its connection ends
+// (connect(AF_UNSPEC), any program may), and may connect again. While the
+// daemon runs, its connect hook clears the mark at that next connect (an
+// unruled destination is held and denied). A daemon killed (SIGKILL, fail-closed)
+// leaves its ruleset, notrack's rules included, but takes its connect hooks
+// with it: the same socket's next connect, to a destination no rule allows,
+// must still be dropped, as every new connection is.
+func TestFastMarkAfterDaemonDeathFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8315)
+	srv := n.Serve(t, 8316)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8315", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	tk.open(t, n, 8315) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	alive, dead := tk.open(t, n, 8315), tk.open(t, n, 8315)
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 2 {
+		t.Fatalf("%d of the 2 connections were fast-path hits: %+v", fp.HitsAllow-hits, fp)
+	}
+	other := fmt.Sprintf("%s:%d", n.ServerIP, 8316)
+	// The daemon up: the unruled destination is denied (--default deny).
+	if r := tk.say(t, fmt.Sprintf("reopen %d %s", alive, other)); r.Outcome == "connected" {
+		t.Fatalf("with the daemon up, a fast socket connected again to an unruled destination: %+v", r)
+	}
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	r := tk.say(t, fmt.Sprintf("reopen %d %s", dead, other))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("fail-closed, daemon killed: a socket the fast path had marked connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}

@@ -28,7 +28,9 @@
 //	                                I-th connection (prints {"outcome":"sent"} or the error),
 //	                                "wait I DUR" read it for up to DUR (prints the outcome:
 //	                                "data N", "reset", "eof", "quiet" or "error"), "close I -"
-//	                                close it and read until the server closes ("closed")
+//	                                close it and read until the server closes ("closed"),
+//	                                "reopen I ADDR" disconnect it (AF_UNSPEC) and connect the
+//	                                same socket to ADDR
 //	e2ehelper serve-push ADDR       accept TCP connections ("accepted N REMOTE"), print
 //	                                "got REMOTE TOTAL" as each receives bytes, and per stdin
 //	                                line "push N" write N bytes to every open connection
@@ -99,6 +101,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Result is what connect and udp print.
@@ -1220,6 +1225,13 @@ func talk() {
 				continue
 			}
 			emit(Result{Outcome: "sent"})
+		case "reopen":
+			// "reopen I ADDR": connect(AF_UNSPEC) ends the I-th connection
+			// (tcp_disconnect: the socket is closed and unconnected again,
+			// its SO_MARK untouched), then the same socket connects to ADDR
+			// (3 s at most). Prints the outcome, and the socket's mark before
+			// the second connect in the error field.
+			emit(reopen(c.(*net.TCPConn), f[2], 3*time.Second))
 		case "wait":
 			d, err := time.ParseDuration(f[2])
 			if err != nil || d <= 0 || d > time.Minute {
@@ -1243,6 +1255,62 @@ func talk() {
 			fatal(fmt.Errorf("talk: line %q: want \"open ADDR\", \"send I N\" or \"wait I DUR\"", sc.Text()))
 		}
 	}
+}
+
+// reopen disconnects c's socket (connect with AF_UNSPEC) and connects it again,
+// to addr, for up to timeout (talk's "reopen").
+func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fatal(fmt.Errorf("talk: reopen %q: %w", addr, err))
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		fatal(err)
+	}
+	var mark int
+	var cerr error
+	rc.Control(func(fd uintptr) {
+		unspec := syscall.RawSockaddr{Family: syscall.AF_UNSPEC}
+		if _, _, e := syscall.Syscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&unspec)), unsafe.Sizeof(unspec)); e != 0 {
+			cerr = fmt.Errorf("disconnect: %w", e)
+			return
+		}
+		mark, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
+		var sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		if ap.Addr().Is6() {
+			sa = &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		}
+		// The fd is non-blocking (Go's): wait for the connect's end by poll.
+		if err := syscall.Connect(int(fd), sa); err != nil && err != syscall.EINPROGRESS {
+			cerr = err
+			return
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if n, err := unix.Poll(pfd, int(timeout.Milliseconds())); err != nil || n == 0 {
+			cerr = os.ErrDeadlineExceeded
+			return
+		}
+		if e, _ := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR); e != 0 {
+			cerr = syscall.Errno(e)
+		}
+	})
+	r.Millis = float64(time.Since(start).Microseconds()) / 1000
+	r.Error = fmt.Sprintf("mark %#x", mark)
+	switch {
+	case cerr == nil:
+		r.Outcome = "connected"
+	case errors.Is(cerr, syscall.ECONNREFUSED), errors.Is(cerr, syscall.ECONNRESET):
+		r.Outcome = "refused"
+	case errors.Is(cerr, os.ErrDeadlineExceeded), errors.Is(cerr, syscall.ETIMEDOUT):
+		r.Outcome = "timeout"
+	default:
+		r.Outcome = "error"
+		r.Error += ": " + cerr.Error()
+	}
+	return r
 }
 
 // readOutcome names how a read or write on a connection ended.
