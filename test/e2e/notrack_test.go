@@ -336,3 +336,38 @@ func TestFastMarkAfterDaemonDeathFailsClosed(t *testing.T) {
 		t.Errorf("fail-closed, daemon killed: a socket the fast path had marked connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
 	}
 }
+
+// TestFastMarkAfterRestartWithoutFastPath: a socket the fast path marked
+// MarkFastAllow keeps that SO_MARK after its connection ends
+// (connect(AF_UNSPEC)). A daemon started next without the fast path
+// (--fast-path=false, or one whose fast path cannot load) has no connect hook
+// to clear it: the same socket's next connect, to a destination no rule allows,
+// must be held and denied like any other.
+func TestFastMarkAfterRestartWithoutFastPath(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8317)
+	srv := n.Serve(t, 8318)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8317", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	tk.open(t, n, 8317) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	c := tk.open(t, n, 8317)
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connection was no fast-path hit: %+v", fp)
+	}
+	if err := d.Signal(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Fatalf("daemon stop: %v", err)
+	}
+	d2 := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s", "--fast-path=false")
+	if fp := d2.fastPath(t); fp.On {
+		t.Fatalf("the second daemon's fast path is on")
+	}
+	r := tk.say(t, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8318))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("a daemon without the fast path let a socket the earlier one's fast path had marked connect to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}
