@@ -32,8 +32,9 @@
 //     untracked packet's reset too); with notrack, then queues an UNTRACKED TCP
 //     packet carrying MarkFastRedecide (a fast socket a rule change marked, see
 //     "Notrack"): decided again as 6 decides a flow marked MarkRedecide;
-//  4. for a TCP SYN carrying MarkFastAllow (the kernel fast path allowed its
-//     connect, see internal/fastpath) on a flow whose conntrack mark is still
+//  4. with Config.FastTCP, for a TCP SYN carrying MarkFastAllow (the kernel
+//     fast path allowed its connect, see internal/fastpath) on a flow whose
+//     conntrack mark is still
 //     unset: sets MarkAllow in the conntrack mark and returns; such a SYN on a
 //     flow already marked MarkAllow (a retransmission) returns too (without
 //     notrack; with it, such a SYN is untracked and returned at 1);
@@ -402,6 +403,14 @@ type Config struct {
 	// verdict marked yet, and a match decides the flow as an allow from the queue
 	// does. Backend.FastUDP says whether the ruleset has it.
 	FastUDPMatch string
+	// FastTCP says that the kernel fast path (internal/fastpath) decides TCP
+	// connects in this network namespace: LATCH-OUT lets a SYN carrying its
+	// socket's MarkFastAllow pass (4). Without it that mark means nothing: a
+	// socket that still carries it from an earlier daemon's fast path (the mark
+	// outlives the connection it was given for: after connect(AF_UNSPEC) the
+	// socket may connect again, and no connect hook runs to clear it) is held
+	// as any other. FastSockets implies it.
+	FastTCP bool
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to

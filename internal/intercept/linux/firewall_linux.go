@@ -43,6 +43,10 @@ type ruleSpec struct {
 	// fastUDP is the pinned socket filter program of the kernel fast path's UDP
 	// match (Config.FastUDPMatch); "": none.
 	fastUDP string
+	// fastTCP: the kernel fast path decides TCP connects (Config.FastTCP): a
+	// SYN with MarkFastAllow passes (rule 4). Without it the mark is left over
+	// from an earlier daemon's fast path and the SYN is held.
+	fastTCP bool
 	// notrack keeps the kernel fast path's TCP flows out of conntrack (see
 	// "Notrack" in doc.go): their packets are not tracked while their socket
 	// carries MarkFastAllow or MarkFastRedecide.
@@ -328,7 +332,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// verdict's packet carries MarkAllow or MarkReject instead.
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x %s\n", name, MarkFastRedecide, MarkMask, q)
 		}
-		if out {
+		if out && spec.fastTCP {
 			// A SYN the kernel fast path allowed (socket mark MarkFastAllow) on a flow
 			// nothing decided yet: decided like an allow from the queue.
 			fast := fmt.Sprintf("-p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN -m mark --mark %#x/%#x", MarkFastAllow, MarkMask)
@@ -817,7 +821,7 @@ func (spec ruleSpec) nftRules() string {
 			// Held and decided again (see iptablesRules).
 			r("meta l4proto tcp ct state untracked meta mark & %#x == %#x %s", MarkMask, MarkFastRedecide, q)
 		}
-		if out {
+		if out && spec.fastTCP {
 			// A SYN the kernel fast path allowed (see iptablesRules).
 			fast := fmt.Sprintf("meta mark & %#x == %#x tcp flags & (fin|syn|rst|ack) == syn", MarkMask, MarkFastAllow)
 			r("%s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept", fast, MarkMask, ^MarkMask, MarkAllow)
