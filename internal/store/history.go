@@ -96,6 +96,18 @@ type HistoryOptions struct {
 	// Logf, if set, hears once when writing stops for lack of space and once when
 	// it resumes.
 	Logf func(format string, args ...any)
+
+	// tuning: what the writer does the way earlier versions did (for the
+	// benchmarks that compare them); the zero value is today's.
+	tuning historyTuning
+}
+
+// historyTuning switches the writer's cost savings off, one by one, to measure
+// each against the way it was done before.
+type historyTuning struct {
+	// fullReqIndex: every row's request ID is written and indexed (conns_req),
+	// not only those of flows that may still be reported (conns_open).
+	fullReqIndex bool
 }
 
 // DefaultMinFree is the free-space floor of the history on a file system of total
@@ -134,6 +146,8 @@ type History struct {
 	// UPDATE (those that did not land in their row's INSERT).
 	updates atomic.Uint64
 	lastErr atomic.Pointer[string]
+
+	tuning historyTuning
 
 	dir     string // holds the database: its free space is watched
 	minFree int64  // < 0: no floor
@@ -208,9 +222,9 @@ CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
 
 // trafficSchema holds what programs moved over time, one row per traffic report with
-// the bytes since the flow's previous one, and the index that finds a report's
-// connection. It is created with the first report, so a history without byte
-// accounting takes no room for it.
+// the bytes since the flow's previous one. It is created with the first report, with
+// the index that finds a report's connection (connsOpenIndex), so a history without
+// byte accounting takes no room for them.
 const trafficSchema = `
 CREATE TABLE IF NOT EXISTS traffic (
 	id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -222,8 +236,20 @@ CREATE TABLE IF NOT EXISTS traffic (
 	bytes_out   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traffic_time ON traffic(time_ns);
-CREATE INDEX IF NOT EXISTS conns_req ON conns(req_id);
 `
+
+// connsOpenIndex finds the row of a flow that may still be reported, by request ID,
+// for a traffic report that comes after its row was written (and after the
+// writer forgot its rowid, see rowWriter.rowids). Only those rows have a request
+// ID: a row whose flow was not allowed, or whose end was reported before it was
+// written, gets none (0) and no entry, which spares most rows of short
+// connections an index entry to write, and to delete when the row is pruned.
+// Versions before indexed every row's request ID (conns_req).
+const connsOpenIndex = `CREATE INDEX IF NOT EXISTS conns_open ON conns(req_id) WHERE req_id <> 0;`
+
+// legacyReqIndex is the index of every row's request ID that versions before
+// conns_open had (historyTuning.fullReqIndex).
+const legacyReqIndex = `CREATE INDEX IF NOT EXISTS conns_req ON conns(req_id);`
 
 // addedColumns are the columns of conns that databases written by earlier versions
 // may lack, with the definition that adds them; old rows read the default.
@@ -283,6 +309,18 @@ func migrateHistory(db *sql.DB) error {
 	return nil
 }
 
+// migrateReqIndex replaces the index of every row's request ID that earlier
+// versions made (conns_req) with conns_open.
+func (h *History) migrateReqIndex(db *sql.DB) error {
+	if h.tuning.fullReqIndex || !h.trafficTable.Load() {
+		return nil
+	}
+	if _, err := db.Exec(`DROP INDEX IF EXISTS conns_req; ` + connsOpenIndex); err != nil {
+		return fmt.Errorf("replacing the index conns_req with conns_open: %w", err)
+	}
+	return nil
+}
+
 // OpenHistory opens (creating if needed) the history database at path, keeping at most
 // maxRows connections (0: DefaultMaxRows); older ones are deleted as new ones arrive.
 // Writing stops while free space is below DefaultMinFree (see OpenHistoryOptions).
@@ -326,6 +364,7 @@ func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration
 		dir:     dir,
 		minFree: minFree,
 		logf:    o.Logf,
+		tuning:  o.tuning,
 	}
 	if h.logf == nil {
 		h.logf = func(string, ...any) {}
@@ -360,6 +399,10 @@ func (h *History) open() error {
 		return fmt.Errorf("history %s: %w", h.path, err)
 	}
 	h.trafficTable.Store(hasTable(db, "traffic"))
+	if err := h.migrateReqIndex(db); err != nil {
+		db.Close()
+		return fmt.Errorf("history %s: %w", h.path, err)
+	}
 	// A smaller bound than the last run's takes effect at once.
 	if err := prune(db, h.maxRows); err != nil {
 		db.Close()
@@ -838,8 +881,7 @@ type rowWriter struct {
 	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
 	// to remember, see rowids).
 	rowReqs []engine.RequestID
-	// rowids finds recently written rows of flows that may still be reported
-	// (allowed, not ended) by request ID: an UPDATE by rowid is cheaper than one by
+	// rowids finds recently written rows of allowed flows by request ID: an UPDATE by rowid is cheaper than one by
 	// request ID. ring holds them in the order written, to forget the oldest;
 	// staged, those of the open transaction.
 	rowids   map[engine.RequestID]int64
@@ -1018,7 +1060,14 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	// still be reported.
 	add := func(it *historyItem) error {
 		c := &it.conn
-		p := w.values(c, h.run)
+		// Only a flow that may still be reported has its request ID written
+		// (see connsOpenIndex).
+		open := !it.ended && c.Verdict.Action == engine.Allow
+		req := c.Request.ID
+		if !open && !h.tuning.fullReqIndex {
+			req = 0
+		}
+		p := w.values(c, h.run, req)
 		if rows > 0 && (p != plain || rows == insertSizes[0]) {
 			if err := flushRows(); err != nil {
 				return err
@@ -1026,8 +1075,12 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		}
 		plain = p
 		w.addRow(p)
+		// Its rowid is remembered (rowWriter.rowids) if byte accounting is on
+		// and the flow was allowed, even if it ended: a report after its end
+		// (which the accountant never sends) finds it for a while as before,
+		// though the row has no request ID.
 		id := c.Request.ID
-		if it.ended || c.Verdict.Action != engine.Allow || !h.reports {
+		if c.Verdict.Action != engine.Allow || !h.reports {
 			id = 0
 		}
 		w.rowReqs = append(w.rowReqs, id)
@@ -1179,7 +1232,8 @@ func updateConns(n int, byRowid bool) string {
 	if byRowid {
 		b.WriteString(") AS v WHERE conns.id = v.column1")
 	} else {
-		b.WriteString(") AS v WHERE conns.req_id = v.column1 AND conns.run_ns = ?")
+		// req_id <> 0: the rows conns_open holds.
+		b.WriteString(") AS v WHERE conns.req_id = v.column1 AND conns.req_id <> 0 AND conns.run_ns = ?")
 	}
 	q := b.String()
 	updateSQL.Store(key{n, byRowid}, q)
@@ -1226,9 +1280,10 @@ func (w *rowWriter) committed() {
 	w.staged = w.staged[:0]
 }
 
-// values fills w.row with the values of c's row (an empty text as nil, an integer
-// as int64) and reports whether the row is plain: every optional column empty.
-func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
+// values fills w.row with the values of c's row with request ID req (an empty
+// text as nil, an integer as int64) and reports whether the row is plain: every
+// optional column empty.
+func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID) (plain bool) {
 	r := &c.Request
 	text, num := w.boxText, w.boxInt
 	w.row = [insertCols]driver.Value{
@@ -1238,7 +1293,7 @@ func (w *rowWriter) values(c *Conn, run int64) (plain bool) {
 		num(7, int64(r.PID)), text(8, r.Exe), num(9, int64(r.UID)), text(10, r.User), text(11, r.Cmdline), text(12, r.Host),
 		text(13, c.Verdict.Action.String()), text(14, string(c.Verdict.Reason)), num(15, int64(c.Verdict.RuleID)),
 		text(16, r.Identity.String()), text(17, r.Container), text(18, r.IdentityNote), text(19, r.HostSource), text(20, r.Note),
-		num(21, run), num(22, int64(r.ID)), num(23, int64(c.BytesIn)), num(24, int64(c.BytesOut)), text(25, r.Netns),
+		num(21, run), num(22, int64(req)), num(23, int64(c.BytesIn)), num(24, int64(c.BytesOut)), text(25, r.Netns),
 		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, joinParents(r.Parents)),
 		text(30, r.ContainerName),
 	}
@@ -1334,7 +1389,11 @@ var plainCols = func() int {
 // insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows, plain or not.
+// insertConns returns an INSERT of n connection rows, plain or not. OR ROLLBACK:
+// a row that breaks a constraint (none can: every column gets a value) rolls the
+// transaction back, which the writer does anyway when a statement fails; with the
+// default (ABORT) SQLite keeps a statement journal to undo just the failed
+// statement, a copy of every page a multi-row INSERT changes first.
 func insertConns(n int, plain bool) string {
 	type key struct {
 		n     int
@@ -1344,7 +1403,7 @@ func insertConns(n int, plain bool) string {
 		return q.(string)
 	}
 	var b, row strings.Builder
-	b.WriteString("INSERT INTO conns (")
+	b.WriteString("INSERT OR ROLLBACK INTO conns (")
 	row.WriteString("(")
 	for i, col := range connColumns {
 		if i > 0 {
@@ -1381,7 +1440,11 @@ func (h *History) ensureTrafficTable(w *rowWriter) error {
 	if h.trafficTable.Load() {
 		return nil
 	}
-	if err := w.exec(trafficSchema); err != nil {
+	schema := trafficSchema + connsOpenIndex
+	if h.tuning.fullReqIndex {
+		schema = trafficSchema + legacyReqIndex
+	}
+	if err := w.exec(schema); err != nil {
 		return fmt.Errorf("creating the traffic table: %w", err)
 	}
 	// Set before the commit; writeBatch looks again if the commit fails.

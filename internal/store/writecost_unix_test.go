@@ -4,6 +4,8 @@ package store
 
 import (
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -54,8 +56,20 @@ const (
 // connections later, by its flow's end-of-flow traffic report, as the daemon's byte
 // accountant sends it; "ended-late": the same, lateLag connections later.
 func benchmarkRowCost(b *testing.B, kind string, full bool) {
+	cpu, updates := rowCost(b, kind, full, b.N, historyTuning{}, b.ResetTimer)
+	b.StopTimer()
+	b.ReportMetric(cpu, "cpu-µs/row")
+	if strings.HasPrefix(kind, "ended") {
+		b.ReportMetric(updates, "updates/row")
+	}
+}
+
+// rowCost records n connections of a kind (see benchmarkRowCost) into a new
+// history written with tuning, and returns the process's CPU time per connection
+// in µs and the UPDATEs per connection. start is called when the measure starts.
+func rowCost(b *testing.B, kind string, full bool, n int, tuning historyTuning, start func()) (cpuPerRow, updatesPerRow float64) {
 	const bound = 20_000
-	h, err := OpenHistory(filepath.Join(b.TempDir(), HistoryFileName), bound)
+	h, err := openHistory(filepath.Join(b.TempDir(), HistoryFileName), HistoryOptions{MaxRows: bound, tuning: tuning}, historyQueueLen, historyHold)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -78,9 +92,10 @@ func benchmarkRowCost(b *testing.B, kind string, full bool) {
 	}
 	t0 := time.Unix(1_900_000_000, 0)
 	before, updates := h.Stats().Recorded, h.updates.Load()
+	runtime.GC()
 	cpu0 := processCPU(b)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
+	start()
+	for i := 0; i < n; i++ {
 		// Request IDs and times grow, as the daemon's do.
 		c := &rows[i%len(rows)]
 		c.Request.ID = engine.RequestID(1<<40 + i)
@@ -102,13 +117,58 @@ func benchmarkRowCost(b *testing.B, kind string, full bool) {
 		}
 	}
 	h.Flush()
-	b.StopTimer()
 	cpu := processCPU(b) - cpu0
-	if r := h.Stats().Recorded - before; r != uint64(b.N) {
-		b.Fatalf("%d of %d recorded: %+v %s", r, b.N, h.Stats(), h.LastError())
+	if r := h.Stats().Recorded - before; r != uint64(n) {
+		b.Fatalf("%d of %d recorded: %+v %s", r, n, h.Stats(), h.LastError())
 	}
-	b.ReportMetric(float64(cpu.Nanoseconds())/1000/float64(b.N), "cpu-µs/row")
-	if strings.HasPrefix(kind, "ended") {
-		b.ReportMetric(float64(h.updates.Load()-updates)/float64(b.N), "updates/row")
+	return float64(cpu.Nanoseconds()) / 1000 / float64(n), float64(h.updates.Load()-updates) / float64(n)
+}
+
+// BenchmarkHistoryRowCostOldNew measures the CPU per connection of fast-path rows
+// whose ends are merged before they are written ("ended"), written the way earlier
+// versions did (legacyTuning) and as now, in interleaved rounds in one run, and
+// prints each round's numbers and ratio (new/old) and the median ratio. b.N is
+// ignored: each round writes oldNewRows connections each way.
+func BenchmarkHistoryRowCostOldNew(b *testing.B) {
+	for _, full := range []bool{false, true} {
+		name := "ended"
+		if full {
+			name += "/full"
+		}
+		b.Run(name, func(b *testing.B) {
+			const rounds = 5
+			var olds, news, ratios []float64
+			for r := range rounds {
+				// Alternate which goes first, so that neither always runs on the
+				// heap and page cache the other left.
+				var o, n float64
+				if r%2 == 0 {
+					o, _ = rowCost(b, "ended", full, oldNewRows, legacyTuning, func() {})
+					n, _ = rowCost(b, "ended", full, oldNewRows, historyTuning{}, func() {})
+				} else {
+					n, _ = rowCost(b, "ended", full, oldNewRows, historyTuning{}, func() {})
+					o, _ = rowCost(b, "ended", full, oldNewRows, legacyTuning, func() {})
+				}
+				olds, news, ratios = append(olds, o), append(news, n), append(ratios, n/o)
+				b.Logf("round %d: old %.2f µs/row, new %.2f µs/row, new/old %.3f", r+1, o, n, n/o)
+			}
+			b.Logf("median: old %.2f µs/row, new %.2f µs/row, new/old %.3f", median(olds), median(news), median(ratios))
+			b.ReportMetric(median(olds), "old-cpu-µs/row")
+			b.ReportMetric(median(news), "new-cpu-µs/row")
+			b.ReportMetric(median(ratios), "new/old")
+		})
 	}
+}
+
+// oldNewRows is how many connections a round of BenchmarkHistoryRowCostOldNew
+// writes each way.
+const oldNewRows = 100_000
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
