@@ -270,9 +270,22 @@ const (
 	// verdict a rule change may have changed.
 	MarkRedecide uint32 = 0x30000000
 	// MarkFastAllow is a packet mark only: the socket mark the kernel fast path
-	// (internal/fastpath) gives a connection a rule allowed before. Its SYN, on a
-	// flow no verdict marked yet, gets MarkAllow in its conntrack mark and passes.
+	// (internal/fastpath) gives a connection a rule allowed before, at its
+	// connect. Its SYN, on a flow no verdict marked yet, gets MarkAllow in its
+	// conntrack mark and passes (with Config.FastTCP). The fast path moves the
+	// socket to MarkFastFlow once the connection is established and clears
+	// either when the socket moves to TCP_CLOSE, so that the mark does not
+	// outlive the connect it was given for.
 	MarkFastAllow uint32 = 0x30000000
+	// MarkFastFlow is a socket (and so packet) mark only: the kernel fast path
+	// gives it in place of MarkFastAllow to a fast socket whose connection is
+	// established. The flow's other packets pass with it as with
+	// MarkFastAllow (with notrack: untracked, see "Notrack"), but never a SYN:
+	// the socket's next connect (connect(AF_UNSPEC) ends the connection, and
+	// any program may) is decided by the connect hook of a live daemon, which
+	// marks it anew, or held by the queue (dropped, fail-closed, when the
+	// daemon is gone and its hooks with it).
+	MarkFastFlow uint32 = 0x60000000
 	// MarkFastRedecide is a socket (and so packet) mark only: Redecide gives it,
 	// with notrack (see "Notrack"), to the sockets of the fast path's TCP flows
 	// whose verdict a rule change may have changed, instead of MarkFastAllow.
