@@ -691,14 +691,8 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 static __always_inline int fast_mark(struct bpf_sock_ops *ctx, __u32 *cur, __u32 *ours)
 {
 	int m = 0;
-	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof(m))) {
-		// A kernel whose bpf_getsockopt has no SOL_SOCKET (before Linux
-		// 6.0): the socket's own field.
-		struct bpf_sock *sk = ctx->sk;
-		if (!sk)
-			return 0;
-		m = (int)sk->mark;
-	}
+	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof(m)))
+		return 0;
 	*cur = (__u32)m;
 	*ours = (__u32)m & MARK_MASK;
 	return 1;
