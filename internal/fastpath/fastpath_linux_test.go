@@ -270,14 +270,15 @@ func TestHitsMarkAndRecord(t *testing.T) {
 	if ok, err := fp.Remember(tk, req(c, denied), ruleVerdict(engine.Deny, 2)); !ok || err != nil {
 		t.Fatalf("Remember deny: %v %v", ok, err)
 	}
-	if got := c.connect(t, allowed); got != "ok 0x30000000" {
-		t.Errorf("ruled connect: %q, want the fast-allow mark", got)
+	// Established: the socket's MarkFastAllow became MarkFastFlow.
+	if got := c.connect(t, allowed); got != "ok 0x60000000" {
+		t.Errorf("ruled connect: %q, want the fast flow mark", got)
 	}
 	// The same destination through an IPv6 socket, as an IPv4-mapped address: the
 	// packets are IPv4, so is the entry.
 	mapped := netip.AddrPortFrom(netip.AddrFrom16(allowed.Addr().As16()), allowed.Port())
-	if got := c.connect(t, mapped); got != "ok 0x30000000" {
-		t.Errorf("ruled connect to %v: %q, want the fast-allow mark", mapped, got)
+	if got := c.connect(t, mapped); got != "ok 0x60000000" {
+		t.Errorf("ruled connect to %v: %q, want the fast flow mark", mapped, got)
 	}
 	if got := c.connect(t, denied); got != "ok 0x20000000" {
 		t.Errorf("denied connect: %q, want the reject mark (no firewall here to act on it)", got)
@@ -312,7 +313,7 @@ func TestHitsMarkAndRecord(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got := c.connect(t, other); got != "ok 0x30000000" {
+	if got := c.connect(t, other); got != "ok 0x60000000" {
 		t.Errorf("after Offer: %q, want a hit", got)
 	}
 	<-decisions
@@ -402,7 +403,7 @@ func TestCopyMisses(t *testing.T) {
 	if got := copied.connect(t, dst); got != "ok 0x0" {
 		t.Errorf("copy: %q, want a miss", got)
 	}
-	if got := orig.connect(t, dst); got != "ok 0x30000000" {
+	if got := orig.connect(t, dst); got != "ok 0x60000000" {
 		t.Errorf("original: %q, want a hit", got)
 	}
 	// A process that claims another path for its executable is not stored.
@@ -437,7 +438,7 @@ func TestStoredAfterExit(t *testing.T) {
 	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok || err != nil {
 		t.Fatalf("not stored for an exited process with its file: %v %v", ok, err)
 	}
-	if got := startClient(t, exe, cgfd).connect(t, dst); got != "ok 0x30000000" {
+	if got := startClient(t, exe, cgfd).connect(t, dst); got != "ok 0x60000000" {
 		t.Errorf("the program's next run: %q, want a hit", got)
 	}
 	// The file of another program under the rule's path: refused.
@@ -465,7 +466,7 @@ func TestExpiry(t *testing.T) {
 	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok {
 		t.Fatal(err)
 	}
-	if got := c.connect(t, dst); got != "ok 0x30000000" {
+	if got := c.connect(t, dst); got != "ok 0x60000000" {
 		t.Fatalf("before expiry: %q", got)
 	}
 	time.Sleep(time.Until(until) + 10*time.Millisecond)
@@ -747,7 +748,7 @@ func TestHitsRecordLocalPort(t *testing.T) {
 	var wants []want
 	for _, to := range []netip.AddrPort{allowed, allowed6, mapped, denied} {
 		r := c.say(t, "local "+to.String())
-		mark := "0x30000000"
+		mark := "0x60000000" // established: MarkFastFlow
 		action := engine.Allow
 		if to == denied {
 			mark, action = "0x20000000", engine.Reject // no firewall here to act on it
@@ -758,10 +759,12 @@ func TestHitsRecordLocalPort(t *testing.T) {
 		remote := netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 		wants = append(wants, want{remote, local(r), action})
 	}
-	// A connect that fails before tcp_connect, then the same socket to allowed.
+	// A connect that fails before tcp_connect (no SYN: the socket keeps the
+	// hook's MarkFastAllow, as it never moved to TCP_SYN_SENT and so never
+	// back to TCP_CLOSE), then the same socket to allowed.
 	r := c.say(t, "local "+unsent.String()+" "+allowed.String())
 	first, second, _ := strings.Cut(r, "; ")
-	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || !strings.HasPrefix(second, "ok 0x30000000 ") {
+	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || !strings.HasPrefix(second, "ok 0x60000000 ") {
 		t.Fatalf("connect to %v, then %v: %q; want ENETUNREACH then connected, both hits", unsent, allowed, r)
 	}
 	wants = append(wants, want{allowed, local(second), engine.Allow})

@@ -228,7 +228,7 @@ func TestPendingPerSocket(t *testing.T) {
 	r = c.say(t, "local "+unrouted.String()+" "+server.String())
 	first, second, _ := strings.Cut(r, "; ")
 	f = strings.Fields(second)
-	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || len(f) != 3 || f[0] != "ok" || f[1] != "0x30000000" {
+	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || len(f) != 3 || f[0] != "ok" || f[1] != "0x60000000" {
 		t.Fatalf("connect to %v, then %v: %q; want ENETUNREACH then connected, both hits", unrouted, server, r)
 	}
 	againLocal := netip.MustParseAddrPort(f[2])
