@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -45,7 +46,8 @@ func client() {
 		}
 		// "ADDRPORT": connect a new socket, report the mark; "local ADDRPORT...":
 		// connect one new socket to each in turn (a socket that connects again),
-		// report the mark and local address after each.
+		// report the mark and local address after each; "-" in place of an
+		// ADDRPORT: connect(AF_UNSPEC), report the mark after it.
 		f := strings.Fields(sc.Text())
 		withLocal := len(f) > 1 && f[0] == "local"
 		if withLocal {
@@ -58,6 +60,10 @@ func client() {
 		}
 		var aps []netip.AddrPort
 		for _, a := range f {
+			if a == "-" && len(aps) > 0 {
+				aps = append(aps, netip.AddrPort{})
+				continue
+			}
 			ap, err := netip.ParseAddrPort(a)
 			if err != nil {
 				fmt.Println("bad", err)
@@ -79,6 +85,13 @@ func client() {
 		}
 		var out []string
 		for _, ap := range aps {
+			if !ap.IsValid() {
+				unspec := unix.RawSockaddr{Family: unix.AF_UNSPEC}
+				_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&unspec)), unsafe.Sizeof(unspec))
+				mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+				out = append(out, fmt.Sprintf("unspec %d %#x", e, mark))
+				continue
+			}
 			var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 			if ap.Addr().Is4() {
 				sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
@@ -242,6 +255,54 @@ func req(c *testClient, remote netip.AddrPort) *engine.Request {
 
 func ruleVerdict(a engine.Action, id engine.RuleID) engine.Verdict {
 	return engine.Verdict{Action: a, Reason: engine.ReasonRule, RuleID: id}
+}
+
+// TestFastMarkEndsWithItsConnect: the mark that lets a SYN pass (MarkFastAllow)
+// does not outlive the connect it was given for. Established, a fast socket
+// carries MarkFastFlow instead (the ruleset lets no SYN pass by it); when the
+// socket moves to TCP_CLOSE (connect(AF_UNSPEC) ends its connection, any program
+// may; a refused connect) latch's mark is cleared. A daemon that dies takes its
+// connect hooks along, and without this such a socket could connect again
+// anywhere, its SYN carrying MarkFastAllow (test/e2e
+// TestFastMarkAfterDaemonDeathFailsClosed).
+func TestFastMarkEndsWithItsConnect(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if st := fp.Stats(); !st.TCPLocal {
+		t.Skipf("no sock_ops program: %s", st.TCPLocalWhy)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	open := listen(t, "tcp4", "127.0.0.1:0")
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().(*net.TCPAddr).AddrPort()
+	l.Close()
+	for _, to := range []netip.AddrPort{open, closed} {
+		if ok, err := fp.Remember(fp.Ticket(), req(c, to), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+			t.Fatalf("Remember %v: %v %v", to, ok, err)
+		}
+	}
+	runDecisions(t, fp)
+	r := c.say(t, "local "+open.String()+" -")
+	connected, disconnected, _ := strings.Cut(r, "; ")
+	if !strings.HasPrefix(connected, "ok 0x60000000 ") {
+		t.Errorf("established fast connect: %q, want the mark 0x60000000 (MarkFastFlow)", connected)
+	}
+	if disconnected != "unspec 0 0x0" {
+		t.Errorf("after connect(AF_UNSPEC): %q, want the mark cleared", disconnected)
+	}
+	if r := c.say(t, "local "+closed.String()); !strings.HasPrefix(r, fmt.Sprintf("err %d 0x0 ", unix.ECONNREFUSED)) {
+		t.Errorf("refused fast connect: %q, want ECONNREFUSED and the mark cleared", r)
+	}
+	if s := fp.Stats(); s.HitsAllow != 2 {
+		t.Errorf("%d fast-path hits, want 2: %+v", s.HitsAllow, s)
+	}
 }
 
 // TestHitsMarkAndRecord: a stored allow marks the next connection's socket
