@@ -724,14 +724,22 @@ static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __
 //     the end).
 //
 // Only a socket whose SYN is on its way when the daemon dies keeps
-// MARK_FAST_ALLOW (see doc.go). The sockets are told by their mark alone (its
-// exact value under MARK_MASK), not by the namespace: the kernels before 5.15
-// offer sock_ops programs no bpf_get_netns_cookie, and a socket of another
-// namespace with latch's fast marks is another latch's, which moves them alike.
+// MARK_FAST_ALLOW (see doc.go). The sockets are those of the served network
+// namespace with the mark's exact value under MARK_MASK; on a kernel before 5.15,
+// whose sock_ops programs cannot read the namespace (the loader replaces
+// bpf_get_netns_cookie by 0, see withoutNetnsCookie), those of any namespace (a
+// socket of another namespace with latch's fast marks is another latch's, which
+// moves them alike).
+static __always_inline int served_fast(struct bpf_sock_ops *ctx)
+{
+	__u64 c = bpf_get_netns_cookie(ctx);
+	return c == netns_cookie || c == 0;
+}
+
 static __always_inline void watch_fast(struct bpf_sock_ops *ctx)
 {
 	__u32 cur, ours;
-	if (!fast_mark(ctx, &cur, &ours) || ours != MARK_FAST_ALLOW)
+	if (!served_fast(ctx) || !fast_mark(ctx, &cur, &ours) || ours != MARK_FAST_ALLOW)
 		return;
 	if (!(ctx->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
 		bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -740,14 +748,14 @@ static __always_inline void watch_fast(struct bpf_sock_ops *ctx)
 static __always_inline void fast_established(struct bpf_sock_ops *ctx)
 {
 	__u32 cur, ours;
-	if (fast_mark(ctx, &cur, &ours) && ours == MARK_FAST_ALLOW)
+	if (served_fast(ctx) && fast_mark(ctx, &cur, &ours) && ours == MARK_FAST_ALLOW)
 		replace_fast(ctx, cur, MARK_FAST_FLOW);
 }
 
 static __always_inline void fast_closed(struct bpf_sock_ops *ctx)
 {
 	__u32 cur, ours;
-	if (fast_mark(ctx, &cur, &ours) && (ours == MARK_FAST_ALLOW || ours == MARK_FAST_FLOW))
+	if (served_fast(ctx) && fast_mark(ctx, &cur, &ours) && (ours == MARK_FAST_ALLOW || ours == MARK_FAST_FLOW))
 		replace_fast(ctx, cur, 0);
 }
 
