@@ -33,8 +33,9 @@ func dialMarked(tp *topo, port string, mark uint32) error {
 
 // TestFastPathMarks: with each firewall mechanism, a SYN from a socket the fast path
 // marked MarkFastAllow passes without being queued, one marked MarkReject is refused
-// at once without being queued, and an unmarked one is still held and decided.
-// Without Config.FastTCP (no fast path deciding TCP: the mark is left over from an
+// at once without being queued, and an unmarked one is still held and decided, as
+// is one marked MarkFastFlow (an established fast socket's mark, which lets no SYN
+// pass: the socket's next connect). Without Config.FastTCP (no fast path deciding TCP: the mark is left over from an
 // earlier daemon's) a SYN marked MarkFastAllow is held and decided like any.
 func TestFastPathMarks(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft} {
@@ -57,6 +58,14 @@ func TestFastPathMarks(t *testing.T) {
 			}
 			if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
 				t.Errorf("a connection the fast path decided was queued: %q", l)
+			}
+			// MarkFastFlow (an established fast socket's) lets no SYN
+			// pass: the socket's next connect is held and decided.
+			if err := dialMarked(tp, "9001", MarkFastFlow); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("a socket marked MarkFastFlow: err = %v, want ECONNREFUSED (held, denied)", err)
+			}
+			if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
+				t.Errorf("the SYN marked MarkFastFlow was not held (got %q)", l)
 			}
 			if _, err := dial(tp, 9001, 3*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 				t.Errorf("an unmarked socket: err = %v, want ECONNREFUSED (held, denied)", err)
