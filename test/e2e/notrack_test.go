@@ -371,3 +371,42 @@ func TestFastMarkAfterRestartWithoutFastPath(t *testing.T) {
 		t.Errorf("a daemon without the fast path let a socket the earlier one's fast path had marked connect to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
 	}
 }
+
+// TestFastMarkAfterRefusedConnectFailsClosed: a socket whose connect the fast
+// path allowed and the peer refused (a reset: nothing listens on the ruled
+// port) keeps no mark that lets a SYN pass. It used to keep MarkFastAllow, so
+// that once the daemon was killed (fail-closed: its ruleset stays, its connect
+// hooks go) the same socket could connect again anywhere, to a destination no
+// rule allows.
+func TestFastMarkAfterRefusedConnectFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8319)
+	srv := n.Serve(t, 8321)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	for _, port := range []string{"8319", "8320"} {
+		d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", port, "--action", "allow")
+	}
+	tk := startTalk(t, n, cgfd)
+	c := tk.open(t, n, 8319)
+	closed := fmt.Sprintf("%s:%d", n.ServerIP, 8320) // nothing listens
+	if r := tk.say(t, "open "+closed); r.Outcome != "refused" {
+		t.Fatalf("connect to the closed port %s: %+v, want refused", closed, r)
+	}
+	d.waitFastPathEntries(t, 2)
+	hits := d.fastPath(t).HitsAllow
+	// The same socket, to the closed port: a fast-path hit, refused.
+	if r := tk.say(t, fmt.Sprintf("reopen %d %s", c, closed)); r.Outcome != "refused" {
+		t.Fatalf("reopen to the closed port %s: %+v, want refused", closed, r)
+	}
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the refused connect was no fast-path hit: %+v", fp)
+	}
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	r := tk.say(t, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8321))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("fail-closed, daemon killed: a socket whose fast connect was refused connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}
