@@ -468,12 +468,15 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		set_mark(ctx, 0);
 		return 1;
 	}
-	__u32 action = lookup(&key, sk, 0, 0);
-	if (!action) {
-		set_mark(ctx, 0);
-		return 1;
-	}
-	set_mark(ctx, action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
+	// A hit's mark (MARK_FAST_ALLOW or MARK_REJECT) is given at
+	// TCP_CONNECT_CB (send_pending), as the kernel builds the SYN: a connect
+	// that fails before (no route, an IPv4-mapped address on an IPv6-only
+	// socket, no free local port) never leaves TCP_CLOSE, so no state change
+	// would clear a mark given here, and the socket could connect again with
+	// it, anywhere, once the daemon and its hooks are gone. What an earlier
+	// connect of this socket left goes now, hit or miss.
+	lookup(&key, sk, 0, 0);
+	set_mark(ctx, 0);
 	return 1;
 }
 
@@ -510,12 +513,16 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 	if (!gen || *gen != p->gen) {
 		// The rules changed since the connect hook decided (a deferred
 		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
-		// time later): the decision is void, and so is the mark it gave the
-		// socket; the SYN goes to the queue, decided under the rules in force.
+		// time later): the decision is void, the socket gets no mark; the
+		// SYN goes to the queue, decided under the rules in force.
 		set_mark(ctx, 0);
 		count(STAT_STALE);
 		return;
 	}
+	// The decision's mark, for the SYN about to be built (the socket's route,
+	// which the mark may change, is looked up again after this callback:
+	// tcp_connect's rebuild_header).
+	set_mark(ctx, p->ev.action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
