@@ -410,3 +410,39 @@ func TestFastMarkAfterRefusedConnectFailsClosed(t *testing.T) {
 		t.Errorf("fail-closed, daemon killed: a socket whose fast connect was refused connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
 	}
 }
+
+// TestFastMarkAfterFailedConnectFailsClosed: a connect the fast path decided
+// that fails before any packet leaves (here an IPv4-mapped destination on an
+// IPv6-only socket: ENETUNREACH; so fails one with no route) leaves no mark
+// that lets a SYN pass. The connect hook used to give the socket MarkFastAllow
+// itself, before the kernel's own checks, and the socket, which never left
+// TCP_CLOSE, kept it: once the daemon was killed (fail-closed) it could
+// connect again anywhere.
+func TestFastMarkAfterFailedConnectFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8322)
+	srv := n.Serve(t, 8323)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8322", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	tk.open(t, n, 8322) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	r := tk.say(t, fmt.Sprintf("v6only [::ffff:%s]:8322", n.ServerIP))
+	if r.Outcome == "connected" {
+		t.Fatalf("an IPv6-only socket connected to an IPv4-mapped address: %+v", r)
+	}
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the failed connect was no fast-path hit: %+v", fp)
+	}
+	failed := len(tk.locals) // the index talk gave the socket
+	tk.locals = append(tk.locals, "")
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	r = tk.say(t, fmt.Sprintf("reopen %d [::ffff:%s]:8323", failed, n.ServerIP))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("fail-closed, daemon killed: a socket whose fast connect failed before its SYN connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}

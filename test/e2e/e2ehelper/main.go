@@ -30,7 +30,10 @@
 //	                                "data N", "reset", "eof", "quiet" or "error"), "close I -"
 //	                                close it and read until the server closes ("closed"),
 //	                                "reopen I ADDR" disconnect it (AF_UNSPEC) and connect the
-//	                                same socket to ADDR
+//	                                same socket to ADDR, "v6only ADDR" connect a new IPv6-only
+//	                                socket to ADDR (an IPv4-mapped address fails before any
+//	                                packet), then allow IPv4 on it and keep it as a
+//	                                connection, whatever the outcome
 //	e2ehelper serve-push ADDR       accept TCP connections ("accepted N REMOTE"), print
 //	                                "got REMOTE TOTAL" as each receives bytes, and per stdin
 //	                                line "push N" write N bytes to every open connection
@@ -1178,6 +1181,12 @@ func talk() {
 	buf := make([]byte, 65536)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		if len(f) == 2 && f[0] == "v6only" {
+			c, r := v6only(f[1])
+			conns = append(conns, c)
+			emit(r)
+			continue
+		}
 		if len(f) == 2 && f[0] == "open" {
 			c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
 			r := Result{Outcome: classify(err), PID: os.Getpid()}

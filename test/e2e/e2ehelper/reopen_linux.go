@@ -68,3 +68,42 @@ func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
 	}
 	return r
 }
+
+// v6only connects a new IPv6-only socket to addr (talk's "v6only"), then clears
+// IPV6_V6ONLY (the socket is still unbound after a connect that failed before
+// any packet, as one to an IPv4-mapped address does) and returns it, whatever
+// the connect's outcome, with the outcome.
+func v6only(addr string) (*net.TCPConn, Result) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fatal(fmt.Errorf("talk: v6only %q: %w", addr, err))
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fatal(fmt.Errorf("talk: v6only: %w", err))
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+		fatal(fmt.Errorf("talk: v6only: %w", err))
+	}
+	r := Result{PID: os.Getpid(), Outcome: "connected"}
+	cerr := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()})
+	mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+	r.Error = fmt.Sprintf("mark %#x", mark)
+	if cerr != nil {
+		r.Outcome = "error"
+		if errors.Is(cerr, syscall.ECONNREFUSED) {
+			r.Outcome = "refused"
+		}
+		r.Error += ": " + cerr.Error()
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			fatal(fmt.Errorf("talk: v6only: allow IPv4 again: %w", err))
+		}
+	}
+	f := os.NewFile(uintptr(fd), "v6only")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		fatal(fmt.Errorf("talk: v6only: %w", err))
+	}
+	return c.(*net.TCPConn), r
+}

@@ -14,3 +14,9 @@ func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
 	fatal(fmt.Errorf("talk reopen: not supported on %s", runtime.GOOS))
 	return Result{}
 }
+
+// v6only needs Linux's sockets.
+func v6only(addr string) (*net.TCPConn, Result) {
+	fatal(fmt.Errorf("talk v6only: not supported on %s", runtime.GOOS))
+	return nil, Result{}
+}
