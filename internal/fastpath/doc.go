@@ -14,8 +14,9 @@
 //   - protocol, remote address and remote port;
 //
 // and look it up in an LRU hash map (bounded, Config.MaxEntries). A hit whose rule
-// generation is the current one and whose expiry has not passed sets the socket's
-// mark: MarkFastAllow for allow (with notrack, below, the ruleset keeps the
+// generation is the current one and whose expiry has not passed gives the socket
+// its mark as the kernel builds the SYN (the sock_ops program's TCP_CONNECT_CB,
+// see "A mark for one connect" and "History"): MarkFastAllow for allow (with notrack, below, the ruleset keeps the
 // flow out of conntrack and lets it pass; without, it saves MarkAllow to the new
 // flow's conntrack mark and lets the SYN pass, so the flow is decided exactly as
 // an allow verdict from the queue decides it, Redecide included), or MarkReject for deny and
@@ -28,13 +29,16 @@
 //
 // A socket mark outlives the connection it was given for: after connect(AF_UNSPEC)
 // (any program may) or a refused connect the socket may connect again. While the
-// daemon runs, its connect hook decides that connect anew (a hit sets the mark
-// again, a miss clears it); but the hooks are links the daemon owns, and a daemon
-// that dies (SIGKILL, a crash; fail-closed) leaves its ruleset in place and takes
-// the hooks along. So the mark that lets a SYN pass must not outlive its connect:
-// the cgroup sock_ops program (latch_fast_sockops, at the root cgroup where it
-// can, see "Socket ends") turns the state callback on for a socket whose SYN
-// leaves with MarkFastAllow, moves it to MarkFastFlow (0x60000000, the mark's
+// daemon runs, its connect hook decides that connect anew (it clears what an
+// earlier connect left, and a hit marks the socket again); but the hooks are links
+// the daemon owns, and a daemon that dies (SIGKILL, a crash; fail-closed) leaves
+// its ruleset in place and takes the hooks along. So the mark that lets a SYN pass
+// must not outlive its connect: the cgroup sock_ops program (latch_fast_sockops,
+// at the root cgroup where it can, see "Socket ends") gives a hit's mark only at
+// TCP_CONNECT_CB, in tcp_connect as the SYN is built (a connect that fails before,
+// with no route or an IPv4-mapped address on an IPv6-only socket, never leaves
+// TCP_CLOSE, so no state change would clear a mark the hook gave: it gets none),
+// turns the state callback on for a socket whose SYN leaves with MarkFastAllow, moves it to MarkFastFlow (0x60000000, the mark's
 // other bits kept) once its connection is established (ACTIVE_ESTABLISHED_CB), and
 // clears MarkFastAllow or MarkFastFlow when it moves to TCP_CLOSE (a refused or
 // timed-out connect, a reset, connect(AF_UNSPEC), its end). The ruleset lets a
@@ -48,9 +52,7 @@
 //
 // What is left: a socket whose SYN is on its way when the daemon dies (its
 // connection not yet established) keeps MarkFastAllow, as the program that would
-// move it is gone, and may still connect again anywhere after connect(AF_UNSPEC);
-// so may a socket whose connect failed before its SYN was built (no route, no free
-// local port: it never left TCP_CLOSE, so no state change clears the hook's mark)
+// move it is gone, and may still connect again anywhere after connect(AF_UNSPEC)
 // once the daemon is gone. A socket that had MarkFastAllow from before this fast
 // path (an older latch) is moved once it is established or closes.
 //
@@ -207,8 +209,8 @@
 // below; to the hooks' cgroup where the root cannot be had) sends it
 // at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the source address
 // and port are set, just before the SYN, within the same connect(2) (a
-// non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write), and marks
-// it sent. Both run under the socket's lock, and nothing another socket does can
+// non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write), gives
+// the socket the decision's mark there, and marks it sent. Both run under the socket's lock, and nothing another socket does can
 // push a waiting decision out. A socket connected to an IPv4-mapped address is
 // IPv4 in the record, with the IPv4 source tcp_v4_connect set. Every connect
 // marks empty what an earlier connect of the same socket left pending, and a hit
@@ -219,8 +221,8 @@
 // A reject hit's SYN goes out (the ruleset answers it with a reset), so it is
 // recorded, once. A decision of an older rule generation than the one in force
 // at TCP_CONNECT_CB (the rules changed between a TCP_FASTOPEN_CONNECT connect and
-// its first write) is dropped unsent, and the socket loses the mark it gave: the
-// SYN goes to the queue and is decided under the rules in force. If the kernel
+// its first write) is dropped unsent, and the socket gets no mark: the SYN goes
+// to the queue and is decided under the rules in force. If the kernel
 // cannot give the socket its storage (out of memory, or the socket's option
 // memory, net.core.optmem_max, is used up, which the program can do on purpose,
 // with TCP MD5 keys), the lookup is a miss and the queue decides the connection:

@@ -234,11 +234,11 @@
 // "A mark for one connect"): established, it carries MarkFastFlow, which lets no
 // SYN pass, and at TCP_CLOSE (a refused connect, connect(AF_UNSPEC), its end) the
 // fast path clears it, so a daemon that dies (its connect hooks go with it, its
-// ruleset stays) leaves no socket that may connect anywhere by its mark. Left:
-// a socket whose SYN is on its way when the daemon dies keeps MarkFastAllow, and
-// so does one whose connect failed before its SYN was built (no route): once the
-// daemon is gone, such a socket may connect again, anywhere, after
-// connect(AF_UNSPEC).
+// ruleset stays) leaves no socket that may connect anywhere by its mark (a
+// connect that fails before its SYN is built gets no mark: it is given as the SYN
+// is). Left: a socket whose SYN is on its way when the daemon dies keeps
+// MarkFastAllow: once the daemon is gone, such a socket may connect again,
+// anywhere, after connect(AF_UNSPEC).
 //
 // # Attribution
 //
@@ -289,8 +289,9 @@ const (
 	MarkRedecide uint32 = 0x30000000
 	// MarkFastAllow is a packet mark only: the socket mark the kernel fast path
 	// (internal/fastpath) gives a connection a rule allowed before, at its
-	// connect. Its SYN, on a flow no verdict marked yet, gets MarkAllow in its
-	// conntrack mark and passes (with Config.FastTCP). The fast path moves the
+	// connect (as the kernel builds the SYN). Its SYN, on a flow no verdict
+	// marked yet, gets MarkAllow in its conntrack mark and passes (with
+	// Config.FastTCP). The fast path moves the
 	// socket to MarkFastFlow once the connection is established and clears
 	// either when the socket moves to TCP_CLOSE, so that the mark does not
 	// outlive the connect it was given for.
