@@ -493,7 +493,8 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 }
 
 // send_pending sends the decision a connect hook left in this socket's storage
-// (socks) once the kernel chose its local address and port: tcp_connect calls
+// (socks), and gives the socket its mark (MARK_FAST_ALLOW, MARK_REJECT), once
+// the kernel chose its local address and port: tcp_connect calls
 // the sock_ops program (TCP_CONNECT_CB) just before the SYN goes out, in the
 // connect(2) (or, with TCP_FASTOPEN_CONNECT, the first write) that the hook
 // decided, under the socket's lock, as the hook ran. It marks the record sent;
@@ -767,8 +768,8 @@ static __always_inline void fast_closed(struct bpf_sock_ops *ctx)
 }
 
 // The cgroup's sock_ops program. At TCP_CONNECT_CB (an active open, just before
-// the SYN) it sends the decision a connect hook left for the socket (send_pending)
-// and, like at PASSIVE_ESTABLISHED_CB (an accepted connection), turns the state
+// the SYN) it sends the decision a connect hook left for the socket and gives the
+// socket the decision's mark (send_pending) and, like at PASSIVE_ESTABLISHED_CB (an accepted connection), turns the state
 // callback on (watch), giving an actively opened socket its counters
 // (count_bytes), and for a fast socket in any case (watch_fast); once the
 // connection is established it moves a fast socket to MARK_FAST_FLOW
