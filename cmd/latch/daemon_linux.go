@@ -82,6 +82,10 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		fp = nil
 	} else {
 		cfg.FastUDPMatch = fp.UDPMatch()
+		// Its connect hooks decide TCP (with the sock_ops program): the ruleset
+		// lets the SYNs they allowed pass (without, it holds them, whatever
+		// their mark).
+		cfg.FastTCP = fp.Stats().TCPLocal
 		// The kernel reports the end of every TCP socket: the accountant needs
 		// no conntrack update events (which the kernel builds for each state
 		// change of every flow while anybody listens).

@@ -14,8 +14,9 @@
 //   - protocol, remote address and remote port;
 //
 // and look it up in an LRU hash map (bounded, Config.MaxEntries). A hit whose rule
-// generation is the current one and whose expiry has not passed sets the socket's
-// mark: MarkFastAllow for allow (with notrack, below, the ruleset keeps the
+// generation is the current one and whose expiry has not passed gives the socket
+// its mark as the kernel builds the SYN (the sock_ops program's TCP_CONNECT_CB,
+// see "A mark for one connect" and "History"): MarkFastAllow for allow (with notrack, below, the ruleset keeps the
 // flow out of conntrack and lets it pass; without, it saves MarkAllow to the new
 // flow's conntrack mark and lets the SYN pass, so the flow is decided exactly as
 // an allow verdict from the queue decides it, Redecide included), or MarkReject for deny and
@@ -23,6 +24,37 @@
 // queue). Anything else is a miss: the connection goes to NFQUEUE exactly as
 // without the fast path, and a mark an earlier hit left on a reconnecting socket is
 // cleared.
+//
+// # A mark for one connect
+//
+// A socket mark outlives the connection it was given for: after connect(AF_UNSPEC)
+// (any program may) or a refused connect the socket may connect again. While the
+// daemon runs, its connect hook decides that connect anew (it clears what an
+// earlier connect left, and a hit marks the socket again); but the hooks are links
+// the daemon owns, and a daemon that dies (SIGKILL, a crash; fail-closed) leaves
+// its ruleset in place and takes the hooks along. So the mark that lets a SYN pass
+// must not outlive its connect: the cgroup sock_ops program (latch_fast_sockops,
+// at the root cgroup where it can, see "Socket ends") gives a hit's mark only at
+// TCP_CONNECT_CB, in tcp_connect as the SYN is built (a connect that fails before,
+// with no route or an IPv4-mapped address on an IPv6-only socket, never leaves
+// TCP_CLOSE, so no state change would clear a mark the hook gave: it gets none),
+// turns the state callback on for a socket whose SYN leaves with MarkFastAllow, moves it to MarkFastFlow (0x60000000, the mark's
+// other bits kept) once its connection is established (ACTIVE_ESTABLISHED_CB), and
+// clears MarkFastAllow or MarkFastFlow when it moves to TCP_CLOSE (a refused or
+// timed-out connect, a reset, connect(AF_UNSPEC), its end). The ruleset lets a
+// flow's other packets pass with either mark, but a SYN only with MarkFastAllow
+// (and only while a fast path decides TCP, Config.FastTCP there): a socket
+// reconnecting with MarkFastFlow is held by the queue, decided by a live daemon
+// (whose hook marked it anew anyway) or dropped, fail-closed, by a dead one's
+// ruleset. Only the sockets of the served network namespace are moved (on a
+// kernel before 5.15, whose sock_ops programs cannot read the namespace, those of
+// any, by the mark's exact value).
+//
+// What is left: a socket whose SYN is on its way when the daemon dies (its
+// connection not yet established) keeps MarkFastAllow, as the program that would
+// move it is gone, and may still connect again anywhere after connect(AF_UNSPEC)
+// once the daemon is gone. A socket that had MarkFastAllow from before this fast
+// path (an older latch) is moved once it is established or closes.
 //
 // # UDP
 //
@@ -96,21 +128,22 @@
 //
 // A TCP flow the connect hooks allowed needs no conntrack entry: its socket's
 // mark says it is allowed, and the ruleset (internal/intercept/linux,
-// Config.FastSockets) keeps the packets of sockets marked MarkFastAllow or
-// MarkFastRedecide (0x50000000) out of conntrack, both ways. A rule change must
+// Config.FastSockets) keeps the packets of sockets marked MarkFastAllow,
+// MarkFastFlow or MarkFastRedecide (0x50000000) out of conntrack, both ways. A rule change must
 // then reach the sockets, since there is no entry to mark: two TCP iterator
 // programs (iter/tcp, latch_fast_redecide and latch_fast_restore), attached at
 // Open and run when the daemon reads an iterator's fd (the kernel walks every TCP
 // socket of the reader's network namespace, each full socket under its lock, and
 // the programs check the namespace's cookie too), move the marks:
-// RedecideSockets gives every socket marked MarkFastAllow (under the mask)
-// MarkFastRedecide, keeping the mark's other bits (an application's own SO_MARK
+// RedecideSockets gives every socket marked MarkFastAllow or MarkFastFlow (under
+// the mask) MarkFastRedecide, keeping the mark's other bits (an application's own SO_MARK
 // bits), but those whose 4-tuple is in the keep map (flows the daemon knows and
 // found unaffected; a tuple beyond the map's room, DefaultKeepEntries, is marked:
 // one more decision, never a wrong one); the ruleset then holds the socket's next
 // packet for the queue to decide again. AllowSocket gives one socket, by its
-// 4-tuple, MarkFastAllow back if it still has MarkFastRedecide (the queue allowed
-// it again). bpf_setsockopt(SOL_SOCKET, SO_MARK) is allowed in TCP iterators since
+// 4-tuple, its fast mark back if it still has MarkFastRedecide (the queue allowed
+// it again): MarkFastFlow, or MarkFastAllow if its SYN is still on its way
+// (SYN_SENT; the sock_ops program moves it on once established). bpf_setsockopt(SOL_SOCKET, SO_MARK) is allowed in TCP iterators since
 // Linux 5.15; a kernel that refuses the programs loads the rest of the fast path
 // without them (Notrack says why), and the ruleset then keeps conntrack's path.
 // SyncDecisions hands Run's callback every decision recorded so far before
@@ -118,7 +151,8 @@
 // so that the daemon knows every socket a decision of the old rules allowed
 // before it decides which to keep. Stats.TCPNotrack says whether the ruleset
 // installed keeps the flows out of conntrack (SetNotrack), TCPNotrackWhy why not.
-// A connect hook's miss clears MarkFastRedecide like the other marks it gave.
+// A connect hook's miss clears MarkFastRedecide and MarkFastFlow like the other
+// marks it gave.
 //
 // # Limits
 //
@@ -175,8 +209,8 @@
 // below; to the hooks' cgroup where the root cannot be had) sends it
 // at BPF_SOCK_OPS_TCP_CONNECT_CB, which tcp_connect calls once the source address
 // and port are set, just before the SYN, within the same connect(2) (a
-// non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write), and marks
-// it sent. Both run under the socket's lock, and nothing another socket does can
+// non-blocking one too; with TCP_FASTOPEN_CONNECT, in the first write), gives
+// the socket the decision's mark there, and marks it sent. Both run under the socket's lock, and nothing another socket does can
 // push a waiting decision out. A socket connected to an IPv4-mapped address is
 // IPv4 in the record, with the IPv4 source tcp_v4_connect set. Every connect
 // marks empty what an earlier connect of the same socket left pending, and a hit
@@ -187,8 +221,8 @@
 // A reject hit's SYN goes out (the ruleset answers it with a reset), so it is
 // recorded, once. A decision of an older rule generation than the one in force
 // at TCP_CONNECT_CB (the rules changed between a TCP_FASTOPEN_CONNECT connect and
-// its first write) is dropped unsent, and the socket loses the mark it gave: the
-// SYN goes to the queue and is decided under the rules in force. If the kernel
+// its first write) is dropped unsent, and the socket gets no mark: the SYN goes
+// to the queue and is decided under the rules in force. If the kernel
 // cannot give the socket its storage (out of memory, or the socket's option
 // memory, net.core.optmem_max, is used up, which the program can do on purpose,
 // with TCP MD5 keys), the lookup is a miss and the queue decides the connection:

@@ -183,7 +183,7 @@ func TestEndsDoNotCrowdOutDecisions(t *testing.T) {
 	t.Logf("the ring buffer of ends was full after %d connections", n)
 	const decisions = 20
 	for i := 0; i < decisions; i++ {
-		if got := c.connect(t, dst); got != "ok 0x30000000" {
+		if got := c.connect(t, dst); got != "ok 0x60000000" {
 			t.Fatalf("connect %d: %q, want a fast-path allow", i, got)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -45,7 +46,8 @@ func client() {
 		}
 		// "ADDRPORT": connect a new socket, report the mark; "local ADDRPORT...":
 		// connect one new socket to each in turn (a socket that connects again),
-		// report the mark and local address after each.
+		// report the mark and local address after each; "-" in place of an
+		// ADDRPORT: connect(AF_UNSPEC), report the mark after it.
 		f := strings.Fields(sc.Text())
 		withLocal := len(f) > 1 && f[0] == "local"
 		if withLocal {
@@ -58,6 +60,10 @@ func client() {
 		}
 		var aps []netip.AddrPort
 		for _, a := range f {
+			if a == "-" && len(aps) > 0 {
+				aps = append(aps, netip.AddrPort{})
+				continue
+			}
 			ap, err := netip.ParseAddrPort(a)
 			if err != nil {
 				fmt.Println("bad", err)
@@ -79,6 +85,13 @@ func client() {
 		}
 		var out []string
 		for _, ap := range aps {
+			if !ap.IsValid() {
+				unspec := unix.RawSockaddr{Family: unix.AF_UNSPEC}
+				_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&unspec)), unsafe.Sizeof(unspec))
+				mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+				out = append(out, fmt.Sprintf("unspec %d %#x", e, mark))
+				continue
+			}
 			var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 			if ap.Addr().Is4() {
 				sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
@@ -244,6 +257,54 @@ func ruleVerdict(a engine.Action, id engine.RuleID) engine.Verdict {
 	return engine.Verdict{Action: a, Reason: engine.ReasonRule, RuleID: id}
 }
 
+// TestFastMarkEndsWithItsConnect: the mark that lets a SYN pass (MarkFastAllow)
+// does not outlive the connect it was given for. Established, a fast socket
+// carries MarkFastFlow instead (the ruleset lets no SYN pass by it); when the
+// socket moves to TCP_CLOSE (connect(AF_UNSPEC) ends its connection, any program
+// may; a refused connect) latch's mark is cleared. A daemon that dies takes its
+// connect hooks along, and without this such a socket could connect again
+// anywhere, its SYN carrying MarkFastAllow (test/e2e
+// TestFastMarkAfterDaemonDeathFailsClosed).
+func TestFastMarkEndsWithItsConnect(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if st := fp.Stats(); !st.TCPLocal {
+		t.Skipf("no sock_ops program: %s", st.TCPLocalWhy)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	open := listen(t, "tcp4", "127.0.0.1:0")
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().(*net.TCPAddr).AddrPort()
+	l.Close()
+	for _, to := range []netip.AddrPort{open, closed} {
+		if ok, err := fp.Remember(fp.Ticket(), req(c, to), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+			t.Fatalf("Remember %v: %v %v", to, ok, err)
+		}
+	}
+	runDecisions(t, fp)
+	r := c.say(t, "local "+open.String()+" -")
+	connected, disconnected, _ := strings.Cut(r, "; ")
+	if !strings.HasPrefix(connected, "ok 0x60000000 ") {
+		t.Errorf("established fast connect: %q, want the mark 0x60000000 (MarkFastFlow)", connected)
+	}
+	if disconnected != "unspec 0 0x0" {
+		t.Errorf("after connect(AF_UNSPEC): %q, want the mark cleared", disconnected)
+	}
+	if r := c.say(t, "local "+closed.String()); !strings.HasPrefix(r, fmt.Sprintf("err %d 0x0 ", unix.ECONNREFUSED)) {
+		t.Errorf("refused fast connect: %q, want ECONNREFUSED and the mark cleared", r)
+	}
+	if s := fp.Stats(); s.HitsAllow != 2 {
+		t.Errorf("%d fast-path hits, want 2: %+v", s.HitsAllow, s)
+	}
+}
+
 // TestHitsMarkAndRecord: a stored allow marks the next connection's socket
 // MarkFastAllow and records the decision; a reject marks it MarkReject; an
 // unruled destination misses and leaves the mark alone; a rule change makes every
@@ -270,14 +331,15 @@ func TestHitsMarkAndRecord(t *testing.T) {
 	if ok, err := fp.Remember(tk, req(c, denied), ruleVerdict(engine.Deny, 2)); !ok || err != nil {
 		t.Fatalf("Remember deny: %v %v", ok, err)
 	}
-	if got := c.connect(t, allowed); got != "ok 0x30000000" {
-		t.Errorf("ruled connect: %q, want the fast-allow mark", got)
+	// Established: the socket's MarkFastAllow became MarkFastFlow.
+	if got := c.connect(t, allowed); got != "ok 0x60000000" {
+		t.Errorf("ruled connect: %q, want the fast flow mark", got)
 	}
 	// The same destination through an IPv6 socket, as an IPv4-mapped address: the
 	// packets are IPv4, so is the entry.
 	mapped := netip.AddrPortFrom(netip.AddrFrom16(allowed.Addr().As16()), allowed.Port())
-	if got := c.connect(t, mapped); got != "ok 0x30000000" {
-		t.Errorf("ruled connect to %v: %q, want the fast-allow mark", mapped, got)
+	if got := c.connect(t, mapped); got != "ok 0x60000000" {
+		t.Errorf("ruled connect to %v: %q, want the fast flow mark", mapped, got)
 	}
 	if got := c.connect(t, denied); got != "ok 0x20000000" {
 		t.Errorf("denied connect: %q, want the reject mark (no firewall here to act on it)", got)
@@ -312,7 +374,7 @@ func TestHitsMarkAndRecord(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got := c.connect(t, other); got != "ok 0x30000000" {
+	if got := c.connect(t, other); got != "ok 0x60000000" {
 		t.Errorf("after Offer: %q, want a hit", got)
 	}
 	<-decisions
@@ -402,7 +464,7 @@ func TestCopyMisses(t *testing.T) {
 	if got := copied.connect(t, dst); got != "ok 0x0" {
 		t.Errorf("copy: %q, want a miss", got)
 	}
-	if got := orig.connect(t, dst); got != "ok 0x30000000" {
+	if got := orig.connect(t, dst); got != "ok 0x60000000" {
 		t.Errorf("original: %q, want a hit", got)
 	}
 	// A process that claims another path for its executable is not stored.
@@ -437,7 +499,7 @@ func TestStoredAfterExit(t *testing.T) {
 	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok || err != nil {
 		t.Fatalf("not stored for an exited process with its file: %v %v", ok, err)
 	}
-	if got := startClient(t, exe, cgfd).connect(t, dst); got != "ok 0x30000000" {
+	if got := startClient(t, exe, cgfd).connect(t, dst); got != "ok 0x60000000" {
 		t.Errorf("the program's next run: %q, want a hit", got)
 	}
 	// The file of another program under the rule's path: refused.
@@ -465,7 +527,7 @@ func TestExpiry(t *testing.T) {
 	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok {
 		t.Fatal(err)
 	}
-	if got := c.connect(t, dst); got != "ok 0x30000000" {
+	if got := c.connect(t, dst); got != "ok 0x60000000" {
 		t.Fatalf("before expiry: %q", got)
 	}
 	time.Sleep(time.Until(until) + 10*time.Millisecond)
@@ -747,7 +809,7 @@ func TestHitsRecordLocalPort(t *testing.T) {
 	var wants []want
 	for _, to := range []netip.AddrPort{allowed, allowed6, mapped, denied} {
 		r := c.say(t, "local "+to.String())
-		mark := "0x30000000"
+		mark := "0x60000000" // established: MarkFastFlow
 		action := engine.Allow
 		if to == denied {
 			mark, action = "0x20000000", engine.Reject // no firewall here to act on it
@@ -758,10 +820,11 @@ func TestHitsRecordLocalPort(t *testing.T) {
 		remote := netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 		wants = append(wants, want{remote, local(r), action})
 	}
-	// A connect that fails before tcp_connect, then the same socket to allowed.
+	// A connect that fails before tcp_connect (no SYN, so no mark: it is
+	// given at TCP_CONNECT_CB), then the same socket to allowed.
 	r := c.say(t, "local "+unsent.String()+" "+allowed.String())
 	first, second, _ := strings.Cut(r, "; ")
-	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x30000000", unix.ENETUNREACH)) || !strings.HasPrefix(second, "ok 0x30000000 ") {
+	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x0", unix.ENETUNREACH)) || !strings.HasPrefix(second, "ok 0x60000000 ") {
 		t.Fatalf("connect to %v, then %v: %q; want ENETUNREACH then connected, both hits", unsent, allowed, r)
 	}
 	wants = append(wants, want{allowed, local(second), engine.Allow})

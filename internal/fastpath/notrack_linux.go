@@ -96,8 +96,9 @@ func tupleOf(local, remote netip.AddrPort) (fastpathFpTuple, bool) {
 }
 
 // RedecideSockets gives every TCP socket of the daemon's network namespace whose
-// mark (under the fast path's mask) is the fast path's allow (MarkFastAllow) the
-// mark MarkFastRedecide, keeping the mark's other bits, but the sockets whose
+// mark (under the fast path's mask) is the fast path's allow (MarkFastAllow) or
+// flow mark (MarkFastFlow, an established fast socket's) the mark
+// MarkFastRedecide, keeping the mark's other bits, but the sockets whose
 // (local, remote) keep lists: their next packet is then held and decided again
 // (internal/intercept/linux). It returns how many sockets it moved. It runs in
 // the kernel before it returns. keep beyond the keep map's room is dropped: those
@@ -151,9 +152,12 @@ func (fp *FastPath) RedecideSockets(keep [][2]netip.AddrPort) (int, error) {
 	return fp.runIter(fp.redecideIter)
 }
 
-// AllowSocket gives the TCP socket from local to remote MarkFastAllow again if
+// AllowSocket gives the TCP socket from local to remote its fast mark again if
 // it still has MarkFastRedecide (the queue allowed its flow again), so that its
-// later packets pass without crossing to user space. It reports whether it did.
+// later packets pass without crossing to user space: MarkFastFlow, or
+// MarkFastAllow if its SYN is still on its way (SYN_SENT; the sock_ops program
+// moves it to MarkFastFlow once established), the mark's other bits kept. It
+// reports whether it did.
 func (fp *FastPath) AllowSocket(local, remote netip.AddrPort) (bool, error) {
 	if fp.restoreIter == nil {
 		return false, fmt.Errorf("fast path: no TCP socket iterator: %s", fp.notrackWhy)

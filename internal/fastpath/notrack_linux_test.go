@@ -18,6 +18,7 @@ import (
 const (
 	testFastAllow    = 0x30000000
 	testFastRedecide = 0x50000000
+	testFastFlow     = 0x60000000
 )
 
 // markedConn connects a TCP socket with SO_MARK mark to ap and returns it.
@@ -51,15 +52,30 @@ func sockMark(t *testing.T, c *net.TCPConn) int {
 	return m
 }
 
+// setSockMark gives c's socket the SO_MARK mark.
+func setSockMark(t *testing.T, c *net.TCPConn, mark int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, mark) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+}
+
 func tupleConn(c *net.TCPConn) [2]netip.AddrPort {
 	return [2]netip.AddrPort{c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()}
 }
 
 // TestRedecideSockets: the TCP iterator moves the sockets marked with the fast
-// path's allow to its decide-again mark, keeping the mark's other bits (an
-// application's own SO_MARK bits), but those it is told to keep; it leaves other
-// marks alone (none, the daemon's own, a reject); AllowSocket moves one socket
-// back, and only one with the decide-again mark. IPv4 and IPv6.
+// path's allow (a connect's) or flow mark (an established fast socket's) to its
+// decide-again mark, keeping the mark's other bits (an application's own SO_MARK
+// bits), but those it is told to keep; it leaves other marks alone (none, the
+// daemon's own, a reject); AllowSocket moves one socket back, and only one with
+// the decide-again mark, to the flow mark (it is established). IPv4 and IPv6.
 func TestRedecideSockets(t *testing.T) {
 	cg, _ := testCgroup(t)
 	fp := openTest(t, cg, Config{})
@@ -80,7 +96,17 @@ func TestRedecideSockets(t *testing.T) {
 	}
 	v4 := listen(t, "tcp4", "127.0.0.1:0")
 	v6 := listen(t, "tcp6", "[::1]:0")
+	// The sock_ops program (at the root cgroup) gives an established socket
+	// that connected with MarkFastAllow MarkFastFlow.
 	moved := []*net.TCPConn{markedConn(t, v4, testFastAllow|0x5), markedConn(t, v6, testFastAllow|0x80000000)}
+	if m := sockMark(t, moved[0]); m != testFastFlow|0x5 {
+		t.Fatalf("established socket that connected with %#x: mark %#x, want %#x", testFastAllow|0x5, m, testFastFlow|0x5)
+	}
+	// One with MarkFastAllow still (given after the connect: one whose SYN is
+	// on its way has it).
+	allowV4 := markedConn(t, v4, 0)
+	setSockMark(t, allowV4, testFastAllow|0x7)
+	moved = append(moved, allowV4)
 	kept := markedConn(t, v4, testFastAllow)
 	keptV6 := markedConn(t, v6, testFastAllow)
 	others := map[*net.TCPConn]int{
@@ -109,9 +135,12 @@ func TestRedecideSockets(t *testing.T) {
 	if m := sockMark(t, moved[1]); uint32(m) != testFastRedecide|0x80000000 {
 		t.Errorf("IPv6 fast socket: mark %#x, want %#x", uint32(m), testFastRedecide|0x80000000)
 	}
+	if m := sockMark(t, allowV4); m != testFastRedecide|0x7 {
+		t.Errorf("socket with MarkFastAllow: mark %#x, want %#x", m, testFastRedecide|0x7)
+	}
 	for _, c := range []*net.TCPConn{kept, keptV6} {
-		if m := sockMark(t, c); m != testFastAllow {
-			t.Errorf("kept socket %v: mark %#x, want %#x", c.LocalAddr(), m, testFastAllow)
+		if m := sockMark(t, c); m != testFastFlow {
+			t.Errorf("kept socket %v: mark %#x, want %#x", c.LocalAddr(), m, testFastFlow)
 		}
 	}
 	for c, want := range others {
@@ -124,8 +153,8 @@ func TestRedecideSockets(t *testing.T) {
 	if _, err := fp.RedecideSockets(keep); err != nil {
 		t.Fatal(err)
 	}
-	if m := sockMark(t, kept); m != testFastAllow {
-		t.Errorf("kept socket after a second run: mark %#x, want %#x", m, testFastAllow)
+	if m := sockMark(t, kept); m != testFastFlow {
+		t.Errorf("kept socket after a second run: mark %#x, want %#x", m, testFastFlow)
 	}
 	if _, err := fp.RedecideSockets(nil); err != nil {
 		t.Fatal(err)
@@ -137,8 +166,8 @@ func TestRedecideSockets(t *testing.T) {
 	if ok, err := fp.AllowSocket(tp[0], tp[1]); !ok || err != nil {
 		t.Fatalf("AllowSocket: %v %v", ok, err)
 	}
-	if m := sockMark(t, moved[0]); m != testFastAllow|0x5 {
-		t.Errorf("after AllowSocket: mark %#x, want %#x", m, testFastAllow|0x5)
+	if m := sockMark(t, moved[0]); m != testFastFlow|0x5 {
+		t.Errorf("after AllowSocket: mark %#x, want %#x", m, testFastFlow|0x5)
 	}
 	if m := sockMark(t, kept); m != testFastRedecide {
 		t.Errorf("AllowSocket moved another socket: mark %#x", m)
@@ -150,7 +179,7 @@ func TestRedecideSockets(t *testing.T) {
 	if ok, err := fp.AllowSocket(tp[0], tp[1]); !ok || err != nil {
 		t.Fatalf("AllowSocket IPv6: %v %v", ok, err)
 	}
-	if m := sockMark(t, moved[1]); uint32(m) != testFastAllow|0x80000000 {
+	if m := sockMark(t, moved[1]); uint32(m) != testFastFlow|0x80000000 {
 		t.Errorf("after AllowSocket IPv6: mark %#x", uint32(m))
 	}
 }
@@ -179,7 +208,7 @@ func TestSyncDecisions(t *testing.T) {
 	go func() { done <- fp.Run(ctx, func(Decision) { got.Add(1) }, nil) }()
 	defer func() { cancel(); <-done }()
 	for i := 0; i < 20; i++ {
-		if r := c.connect(t, dst); r != "ok 0x30000000" {
+		if r := c.connect(t, dst); r != "ok 0x60000000" {
 			t.Fatalf("connect %d: %q, want a hit", i, r)
 		}
 		if err := fp.SyncDecisions(); err != nil {

@@ -299,3 +299,150 @@ func TestFastPathNotrackEndBytes(t *testing.T) {
 		t.Errorf("history row bytes out %v in %v, want %d and %d (nftables' counts)", row["bytes_out"], row["bytes_in"], want[0], want[1])
 	}
 }
+
+// TestFastMarkAfterDaemonDeathFailsClosed: a socket the fast path marked
+// MarkFastAllow keeps that SO_MARK after its connection ends
+// (connect(AF_UNSPEC), any program may), and may connect again. While the
+// daemon runs, its connect hook clears the mark at that next connect (an
+// unruled destination is held and denied). A daemon killed (SIGKILL, fail-closed)
+// leaves its ruleset, notrack's rules included, but takes its connect hooks
+// with it: the same socket's next connect, to a destination no rule allows,
+// must still be dropped, as every new connection is.
+func TestFastMarkAfterDaemonDeathFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8315)
+	srv := n.Serve(t, 8316)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8315", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	tk.open(t, n, 8315) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	alive, dead := tk.open(t, n, 8315), tk.open(t, n, 8315)
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 2 {
+		t.Fatalf("%d of the 2 connections were fast-path hits: %+v", fp.HitsAllow-hits, fp)
+	}
+	other := fmt.Sprintf("%s:%d", n.ServerIP, 8316)
+	// The daemon up: the unruled destination is denied (--default deny).
+	if r := tk.say(t, fmt.Sprintf("reopen %d %s", alive, other)); r.Outcome == "connected" {
+		t.Fatalf("with the daemon up, a fast socket connected again to an unruled destination: %+v", r)
+	}
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	r := tk.say(t, fmt.Sprintf("reopen %d %s", dead, other))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("fail-closed, daemon killed: a socket the fast path had marked connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}
+
+// TestFastMarkAfterRestartWithoutFastPath: a socket the fast path marked
+// MarkFastAllow keeps that SO_MARK after its connection ends
+// (connect(AF_UNSPEC)). A daemon started next without the fast path
+// (--fast-path=false, or one whose fast path cannot load) has no connect hook
+// to clear it: the same socket's next connect, to a destination no rule allows,
+// must be held and denied like any other.
+func TestFastMarkAfterRestartWithoutFastPath(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8317)
+	srv := n.Serve(t, 8318)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg)
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8317", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	tk.open(t, n, 8317) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	c := tk.open(t, n, 8317)
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connection was no fast-path hit: %+v", fp)
+	}
+	if err := d.Signal(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Fatalf("daemon stop: %v", err)
+	}
+	d2 := n.StartDaemon("--default", "deny", "--prompt-timeout", "2s", "--fast-path=false")
+	if fp := d2.fastPath(t); fp.On {
+		t.Fatalf("the second daemon's fast path is on")
+	}
+	r := tk.say(t, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8318))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("a daemon without the fast path let a socket the earlier one's fast path had marked connect to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}
+
+// TestFastMarkAfterRefusedConnectFailsClosed: a socket whose connect the fast
+// path allowed and the peer refused (a reset: nothing listens on the ruled
+// port) keeps no mark that lets a SYN pass. It used to keep MarkFastAllow, so
+// that once the daemon was killed (fail-closed: its ruleset stays, its connect
+// hooks go) the same socket could connect again anywhere, to a destination no
+// rule allows.
+func TestFastMarkAfterRefusedConnectFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8319)
+	srv := n.Serve(t, 8321)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	for _, port := range []string{"8319", "8320"} {
+		d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", port, "--action", "allow")
+	}
+	tk := startTalk(t, n, cgfd)
+	c := tk.open(t, n, 8319)
+	closed := fmt.Sprintf("%s:%d", n.ServerIP, 8320) // nothing listens
+	if r := tk.say(t, "open "+closed); r.Outcome != "refused" {
+		t.Fatalf("connect to the closed port %s: %+v, want refused", closed, r)
+	}
+	d.waitFastPathEntries(t, 2)
+	hits := d.fastPath(t).HitsAllow
+	// The same socket, to the closed port: a fast-path hit, refused.
+	if r := tk.say(t, fmt.Sprintf("reopen %d %s", c, closed)); r.Outcome != "refused" {
+		t.Fatalf("reopen to the closed port %s: %+v, want refused", closed, r)
+	}
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the refused connect was no fast-path hit: %+v", fp)
+	}
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	r := tk.say(t, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8321))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("fail-closed, daemon killed: a socket whose fast connect was refused connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}
+
+// TestFastMarkAfterFailedConnectFailsClosed: a connect the fast path decided
+// that fails before any packet leaves (here an IPv4-mapped destination on an
+// IPv6-only socket: ENETUNREACH; so fails one with no route) leaves no mark
+// that lets a SYN pass. The connect hook used to give the socket MarkFastAllow
+// itself, before the kernel's own checks, and the socket, which never left
+// TCP_CLOSE, kept it: once the daemon was killed (fail-closed) it could
+// connect again anywhere.
+func TestFastMarkAfterFailedConnectFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8322)
+	srv := n.Serve(t, 8323)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8322", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	tk.open(t, n, 8322) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	r := tk.say(t, fmt.Sprintf("v6only [::ffff:%s]:8322", n.ServerIP))
+	if r.Outcome == "connected" {
+		t.Fatalf("an IPv6-only socket connected to an IPv4-mapped address: %+v", r)
+	}
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the failed connect was no fast-path hit: %+v", fp)
+	}
+	failed := len(tk.locals) // the index talk gave the socket
+	tk.locals = append(tk.locals, "")
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	r = tk.say(t, fmt.Sprintf("reopen %d [::ffff:%s]:8323", failed, n.ServerIP))
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("fail-closed, daemon killed: a socket whose fast connect failed before its SYN connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
+	}
+}

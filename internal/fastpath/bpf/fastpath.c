@@ -23,12 +23,16 @@
 #define SO_MARK 36
 #define SOCK_DGRAM 2
 #define PF_KTHREAD 0x00200000
+#define TCP_SYN_SENT 2
 
-// Marks: see internal/intercept/linux (MarkMask, MarkReject, MarkFastAllow).
+// Marks: see internal/intercept/linux (MarkMask, MarkReject, MarkFastAllow,
+// MarkFastFlow, MarkFastRedecide). Every one is tested by its exact value under
+// MARK_MASK, never by a bit.
 #define MARK_MASK 0x70000000u
 #define MARK_REJECT 0x20000000u
 #define MARK_FAST_ALLOW 0x30000000u
 #define MARK_FAST_REDECIDE 0x50000000u
+#define MARK_FAST_FLOW 0x60000000u
 
 // The reader is woken only once this much waits in the ring buffer; it also reads
 // on its own every few tens of milliseconds (Run). One wakeup per connection would
@@ -304,9 +308,10 @@ static __always_inline int identify(struct fp_key *k)
 }
 
 // set_mark puts m into the MARK_MASK bits of the socket's mark; m == 0 clears
-// them only if the fast path set them (MARK_FAST_ALLOW, MARK_REJECT, or
-// MARK_FAST_REDECIDE the iterator gave a fast socket; the daemon's own OwnMark is
-// never touched).
+// them only if the fast path set them (MARK_FAST_ALLOW, MARK_REJECT,
+// MARK_FAST_FLOW the sock_ops program gave an established fast socket, or
+// MARK_FAST_REDECIDE the iterator gave one; the daemon's own OwnMark is never
+// touched).
 // ctx is a connect hook's or the sock_ops program's context.
 static __always_inline void set_mark(void *ctx, __u32 m)
 {
@@ -314,7 +319,8 @@ static __always_inline void set_mark(void *ctx, __u32 m)
 	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
 		cur = 0;
 	__u32 ours = (__u32)cur & MARK_MASK;
-	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT && ours != MARK_FAST_REDECIDE)
+	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT && ours != MARK_FAST_REDECIDE &&
+	    ours != MARK_FAST_FLOW)
 		return;
 	int v = (int)(((__u32)cur & ~MARK_MASK) | m);
 	if (v != cur)
@@ -462,12 +468,15 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 		set_mark(ctx, 0);
 		return 1;
 	}
-	__u32 action = lookup(&key, sk, 0, 0);
-	if (!action) {
-		set_mark(ctx, 0);
-		return 1;
-	}
-	set_mark(ctx, action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
+	// A hit's mark (MARK_FAST_ALLOW or MARK_REJECT) is given at
+	// TCP_CONNECT_CB (send_pending), as the kernel builds the SYN: a connect
+	// that fails before (no route, an IPv4-mapped address on an IPv6-only
+	// socket, no free local port) never leaves TCP_CLOSE, so no state change
+	// would clear a mark given here, and the socket could connect again with
+	// it, anywhere, once the daemon and its hooks are gone. What an earlier
+	// connect of this socket left goes now, hit or miss.
+	lookup(&key, sk, 0, 0);
+	set_mark(ctx, 0);
 	return 1;
 }
 
@@ -484,7 +493,8 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 }
 
 // send_pending sends the decision a connect hook left in this socket's storage
-// (socks) once the kernel chose its local address and port: tcp_connect calls
+// (socks), and gives the socket its mark (MARK_FAST_ALLOW, MARK_REJECT), once
+// the kernel chose its local address and port: tcp_connect calls
 // the sock_ops program (TCP_CONNECT_CB) just before the SYN goes out, in the
 // connect(2) (or, with TCP_FASTOPEN_CONNECT, the first write) that the hook
 // decided, under the socket's lock, as the hook ran. It marks the record sent;
@@ -504,12 +514,16 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 	if (!gen || *gen != p->gen) {
 		// The rules changed since the connect hook decided (a deferred
 		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
-		// time later): the decision is void, and so is the mark it gave the
-		// socket; the SYN goes to the queue, decided under the rules in force.
+		// time later): the decision is void, the socket gets no mark; the
+		// SYN goes to the queue, decided under the rules in force.
 		set_mark(ctx, 0);
 		count(STAT_STALE);
 		return;
 	}
+	// The decision's mark, for the SYN about to be built (the socket's route,
+	// which the mark may change, is looked up again after this callback:
+	// tcp_connect's rebuild_header).
+	set_mark(ctx, p->ev.action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
@@ -680,13 +694,88 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 	bpf_ringbuf_submit(e, wakeup(&ends));
 }
 
+// fast_mark reads the MARK_MASK bits of the socket's mark into *ours and the
+// whole mark into *cur; 0 if it could not be read.
+static __always_inline int fast_mark(struct bpf_sock_ops *ctx, __u32 *cur, __u32 *ours)
+{
+	int m = 0;
+	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof(m)))
+		return 0;
+	*cur = (__u32)m;
+	*ours = (__u32)m & MARK_MASK;
+	return 1;
+}
+
+// replace_fast gives the socket the mark to in place of its MARK_MASK bits
+// (the others stay).
+static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __u32 to)
+{
+	int v = (int)((cur & ~MARK_MASK) | to);
+	if ((__u32)v != cur)
+		bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
+}
+
+// A mark that lets a SYN pass (MARK_FAST_ALLOW) must not outlive the connect it
+// was given for: the socket may connect again after its connection ends
+// (connect(AF_UNSPEC), or a refused or failed connect), and once the daemon is
+// gone (its connect hooks and this program go with it, its ruleset stays) no
+// hook would decide that connect. So:
+//
+//   - watch_fast turns the state callback on (TCP_CONNECT_CB) for a socket whose
+//     SYN leaves with MARK_FAST_ALLOW, whether or not socket ends are reported;
+//   - fast_established moves a socket from MARK_FAST_ALLOW to MARK_FAST_FLOW once
+//     its connection is established (ACTIVE_ESTABLISHED_CB; PASSIVE_ESTABLISHED_CB
+//     for a simultaneous open): the ruleset passes the flow's other packets with
+//     either mark, but a SYN with MARK_FAST_FLOW only through the queue;
+//   - fast_closed clears MARK_FAST_ALLOW and MARK_FAST_FLOW when the socket moves
+//     to TCP_CLOSE (a refused or timed-out connect, a reset, connect(AF_UNSPEC),
+//     the end).
+//
+// Only a socket whose SYN is on its way when the daemon dies keeps
+// MARK_FAST_ALLOW (see doc.go). The sockets are those of the served network
+// namespace with the mark's exact value under MARK_MASK; on a kernel before 5.15,
+// whose sock_ops programs cannot read the namespace (the loader replaces
+// bpf_get_netns_cookie by 0, see withoutNetnsCookie), those of any namespace (a
+// socket of another namespace with latch's fast marks is another latch's, which
+// moves them alike).
+static __always_inline int served_fast(struct bpf_sock_ops *ctx)
+{
+	__u64 c = bpf_get_netns_cookie(ctx);
+	return c == netns_cookie || c == 0;
+}
+
+static __always_inline void watch_fast(struct bpf_sock_ops *ctx)
+{
+	__u32 cur, ours;
+	if (!served_fast(ctx) || !fast_mark(ctx, &cur, &ours) || ours != MARK_FAST_ALLOW)
+		return;
+	if (!(ctx->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+		bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void fast_established(struct bpf_sock_ops *ctx)
+{
+	__u32 cur, ours;
+	if (served_fast(ctx) && fast_mark(ctx, &cur, &ours) && ours == MARK_FAST_ALLOW)
+		replace_fast(ctx, cur, MARK_FAST_FLOW);
+}
+
+static __always_inline void fast_closed(struct bpf_sock_ops *ctx)
+{
+	__u32 cur, ours;
+	if (served_fast(ctx) && fast_mark(ctx, &cur, &ours) && (ours == MARK_FAST_ALLOW || ours == MARK_FAST_FLOW))
+		replace_fast(ctx, cur, 0);
+}
+
 // The cgroup's sock_ops program. At TCP_CONNECT_CB (an active open, just before
-// the SYN) it sends the decision a connect hook left for the socket (send_pending)
-// and, like at PASSIVE_ESTABLISHED_CB (an accepted connection), turns the state
+// the SYN) it sends the decision a connect hook left for the socket and gives the
+// socket the decision's mark (send_pending) and, like at PASSIVE_ESTABLISHED_CB (an accepted connection), turns the state
 // callback on (watch), giving an actively opened socket its counters
-// (count_bytes); at a state change to TCP_CLOSE it reports the socket's end
-// (report_end). Every other callback returns at once; reply stays 0 (the kernel's
-// defaults).
+// (count_bytes), and for a fast socket in any case (watch_fast); once the
+// connection is established it moves a fast socket to MARK_FAST_FLOW
+// (fast_established); at a state change to TCP_CLOSE it clears a fast socket's
+// mark (fast_closed) and reports the socket's end (report_end, if tcp_ends).
+// Every other callback returns at once; reply stays 0 (the kernel's defaults).
 SEC("sockops")
 int latch_fast_sockops(struct bpf_sock_ops *ctx)
 {
@@ -695,13 +784,21 @@ int latch_fast_sockops(struct bpf_sock_ops *ctx)
 		if (watch(ctx))
 			count_bytes(ctx);
 		send_pending(ctx);
+		watch_fast(ctx);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		fast_established(ctx);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		watch(ctx);
+		fast_established(ctx);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (ctx->args[1] == BPF_TCP_CLOSE)
-			report_end(ctx);
+		if (ctx->args[1] == BPF_TCP_CLOSE) {
+			fast_closed(ctx);
+			if (tcp_ends)
+				report_end(ctx);
+		}
 		break;
 	}
 	return 1;
@@ -995,15 +1092,17 @@ int latch_fast_live_tcp(struct bpf_iter__tcp___live *ctx)
 // ---- notrack: deciding a fast socket again (iter/tcp) ----
 //
 // With the ruleset's notrack rules (internal/intercept/linux, "Notrack") a TCP
-// flow whose socket carries MARK_FAST_ALLOW has no conntrack entry, so a rule
-// change cannot mark the flow for deciding again in conntrack: the mark goes on
-// the socket. latch_fast_redecide moves every TCP socket of the served network
-// namespace from MARK_FAST_ALLOW to MARK_FAST_REDECIDE (the mark's other bits
-// stay), but those whose 4-tuple is in keep under the current iter_session (flows
-// the daemon knows and found unaffected); the ruleset then holds the socket's
-// next packet and the queue decides it again. latch_fast_restore moves the one
-// socket of restore_tuple back from MARK_FAST_REDECIDE to MARK_FAST_ALLOW once
-// the queue allowed it again. Both run when the daemon reads an iterator's fd
+// flow whose socket carries MARK_FAST_ALLOW or MARK_FAST_FLOW has no conntrack
+// entry, so a rule change cannot mark the flow for deciding again in conntrack:
+// the mark goes on the socket. latch_fast_redecide moves every TCP socket of the
+// served network namespace from MARK_FAST_ALLOW or MARK_FAST_FLOW to
+// MARK_FAST_REDECIDE (the mark's other bits stay), but those whose 4-tuple is in
+// keep under the current iter_session (flows the daemon knows and found
+// unaffected); the ruleset then holds the socket's next packet and the queue
+// decides it again. latch_fast_restore moves the one socket of restore_tuple back
+// from MARK_FAST_REDECIDE, if it still has it, once the queue allowed it again:
+// to MARK_FAST_FLOW (established), or to MARK_FAST_ALLOW if its SYN is still on
+// its way (SYN_SENT). Both run when the daemon reads an iterator's fd
 // (the kernel walks every TCP socket of the reader's network namespace, each
 // full socket under its lock); bpf_setsockopt(SOL_SOCKET, SO_MARK) is allowed
 // there since Linux 5.15. The kernel's types are declared with the ___notrack
@@ -1019,6 +1118,7 @@ struct sock_common___notrack {
 	__be16 skc_dport;
 	__u16 skc_num;
 	unsigned short skc_family;
+	volatile unsigned char skc_state;
 	struct possible_net_t___notrack skc_net;
 	struct in6_addr___notrack skc_v6_daddr;
 	struct in6_addr___notrack skc_v6_rcv_saddr;
@@ -1105,8 +1205,11 @@ static __always_inline int tuple_of(struct sock_common___notrack *skc, struct fp
 }
 
 // move_mark gives the full TCP socket of ctx the mark to (in MARK_MASK, other
-// bits kept) if it has from there, and the tuple that keep says; 1 if it did.
-static __always_inline int move_mark(struct bpf_iter__tcp___notrack *ctx, __u32 from, __u32 to, int restoring)
+// bits kept) if it has from or from2 there, and the tuple that keep says; 1 if
+// it did. to == 0 (restoring): MARK_FAST_FLOW, or MARK_FAST_ALLOW for a socket
+// whose SYN is still on its way (SYN_SENT: its SYN retransmissions must pass;
+// latch_fast_sockops moves it on once established).
+static __always_inline int move_mark(struct bpf_iter__tcp___notrack *ctx, __u32 from, __u32 from2, __u32 to, int restoring)
 {
 	struct sock_common___notrack *skc = ctx->sk_common;
 	if (!skc)
@@ -1119,7 +1222,8 @@ static __always_inline int move_mark(struct bpf_iter__tcp___notrack *ctx, __u32 
 	int cur = 0;
 	if (bpf_getsockopt(tp, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
 		return 0;
-	if (((__u32)cur & MARK_MASK) != from)
+	__u32 ours = (__u32)cur & MARK_MASK;
+	if (ours != from && ours != from2)
 		return 0;
 	struct fp_tuple t;
 	if (!tuple_of(skc, &t))
@@ -1140,6 +1244,8 @@ static __always_inline int move_mark(struct bpf_iter__tcp___notrack *ctx, __u32 
 		if (s && *s == iter_session)
 			return 0;
 	}
+	if (restoring)
+		to = skc->skc_state == TCP_SYN_SENT ? MARK_FAST_ALLOW : MARK_FAST_FLOW;
 	int v = (int)(((__u32)cur & ~MARK_MASK) | to);
 	if (bpf_setsockopt(tp, SOL_SOCKET, SO_MARK, &v, sizeof(v)))
 		return 0;
@@ -1150,14 +1256,14 @@ static __always_inline int move_mark(struct bpf_iter__tcp___notrack *ctx, __u32 
 SEC("iter/tcp")
 int latch_fast_redecide(struct bpf_iter__tcp___notrack *ctx)
 {
-	move_mark(ctx, MARK_FAST_ALLOW, MARK_FAST_REDECIDE, 0);
+	move_mark(ctx, MARK_FAST_ALLOW, MARK_FAST_FLOW, MARK_FAST_REDECIDE, 0);
 	return 0;
 }
 
 SEC("iter/tcp")
 int latch_fast_restore(struct bpf_iter__tcp___notrack *ctx)
 {
-	move_mark(ctx, MARK_FAST_REDECIDE, MARK_FAST_ALLOW, 1);
+	move_mark(ctx, MARK_FAST_REDECIDE, MARK_FAST_REDECIDE, 0, 1);
 	return 0;
 }
 

@@ -228,7 +228,8 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		return fmt.Errorf("linux backend: %w", err)
 	}
 	b.q.Store(q)
-	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback, forward: b.cfg.Forward, fastUDP: b.cfg.FastUDPMatch}
+	spec := ruleSpec{queue: b.cfg.QueueNum, inbound: b.cfg.Inbound, failOpen: b.cfg.FailOpen, exemptLoopback: b.cfg.ExemptLoopback, forward: b.cfg.Forward, fastUDP: b.cfg.FastUDPMatch,
+		fastTCP: b.cfg.FastTCP || b.cfg.FastSockets != nil}
 	if b.cfg.Hostnames != nil {
 		spec.dnsLogGroup = b.cfg.DNSLogGroup
 		if spec.dnsLogGroup == 0 {

@@ -16,7 +16,9 @@
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
 //     tested by its exact value under MarkMask, never by a bit); with notrack
 //     (Config.FastSockets, see "Notrack") returns for a TCP packet conntrack does
-//     not track (UNTRACKED) that carries MarkFastAllow; returns at once for a packet
+//     not track (UNTRACKED) that carries MarkFastAllow, or MarkFastFlow unless it
+//     is a SYN (a SYN with MarkFastFlow is a fast socket's next connect, which
+//     only 5 decides: see MarkFastFlow); returns at once for a packet
 //     of a flow whose conntrack mark says it was allowed, but a TCP SYN and a packet
 //     marked MarkReject (most packets are of allowed flows, and 2 to 7 would only
 //     return them at 7, see iptablesRules); with Config.FastUDPMatch,
@@ -32,11 +34,15 @@
 //     untracked packet's reset too); with notrack, then queues an UNTRACKED TCP
 //     packet carrying MarkFastRedecide (a fast socket a rule change marked, see
 //     "Notrack"): decided again as 6 decides a flow marked MarkRedecide;
-//  4. for a TCP SYN carrying MarkFastAllow (the kernel fast path allowed its
-//     connect, see internal/fastpath) on a flow whose conntrack mark is still
+//  4. with Config.FastTCP, for a TCP SYN carrying MarkFastAllow (the kernel
+//     fast path allowed its connect, see internal/fastpath) on a flow whose
+//     conntrack mark is still
 //     unset: sets MarkAllow in the conntrack mark and returns; such a SYN on a
 //     flow already marked MarkAllow (a retransmission) returns too (without
-//     notrack; with it, such a SYN is untracked and returned at 1);
+//     notrack; with it, such a SYN is untracked and returned at 1). Never a SYN
+//     carrying MarkFastFlow, which the fast path gives the socket in place of
+//     MarkFastAllow once its connection is established: the mark that lets a
+//     SYN pass does not outlive the connect it was given for;
 //  5. queues every other TCP SYN, matched by flags and not by conntrack state, so a SYN that
 //     hits a stale conntrack entry is held too;
 //  6. queues the packets that the side that opened a flow sends (conntrack direction
@@ -56,7 +62,7 @@
 //
 // LATCH-IN (Config.Inbound) is the same but for the daemon's sockets, the fast path
 // (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries
-// MarkFastAllow or MarkFastRedecide, and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
+// MarkFastAllow, MarkFastFlow or MarkFastRedecide, and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
 // connection anyone opens) and 9 and 11. LATCH-FWD (Config.Forward) is LATCH-IN
 // plus 8 for TCP (a container's raw socket can start a flow without a SYN), and it
 // drops TCP that conntrack calls INVALID (flags no handshake allows, such as a
@@ -171,9 +177,10 @@
 // LATCH-RAW-SK; nftables: chains rawout and rawpre of table inet latch, at
 // priority raw, before conntrack):
 //
-//   - a TCP packet this host sends whose mark (under MarkMask) is MarkFastAllow
-//     or MarkFastRedecide is not tracked (CT --notrack): a TCP socket's packets
-//     carry its SO_MARK, which the fast path sets;
+//   - a TCP packet this host sends whose mark (under MarkMask) is MarkFastAllow,
+//     MarkFastFlow or MarkFastRedecide is not tracked (CT --notrack): a TCP
+//     socket's packets carry its SO_MARK, which the fast path sets (a SYN with
+//     MarkFastFlow too: untracked, it is held by 5 all the same);
 //   - a TCP packet that arrives for a local socket with one of those marks is not
 //     tracked either. nftables reads the socket's mark (socket mark) without
 //     touching the packet's. iptables can read it only by -m socket
@@ -186,17 +193,18 @@
 //   - with Config.Hostnames, TCP to and from port 53 stays tracked (the DNS
 //     log's rules follow conntrack's direction).
 //
-// The filter chains return for those packets (1; in LATCH-IN by the socket's
-// mark: the peer's packets of a flow being decided again pass until this host's
-// next packet is decided, as for a conntrack flow) and hold this host's packets
-// marked MarkFastRedecide (3). Rule 4 stays for a ruleset the firewall refused
+// The filter chains return for those packets (1: in LATCH-OUT those marked
+// MarkFastAllow, and those marked MarkFastFlow but a SYN; in LATCH-IN by the
+// socket's mark, any of the three: the peer's packets of a flow being decided
+// again pass until this host's next packet is decided, as for a conntrack flow)
+// and hold this host's packets marked MarkFastRedecide (3). Rule 4 stays for a ruleset the firewall refused
 // notrack's rules in (no socket match, no raw table: Backend.Notrack says why;
 // the fast path's flows then go through conntrack as before).
 //
 // Redecide then works on the sockets: before the call returns, after marking
 // conntrack's entries, it has the fast path's iterator give every TCP socket
-// marked MarkFastAllow MarkFastRedecide instead (the mark's other bits stay), but
-// the sockets of TCP flows the flow table still knows and the change did not
+// marked MarkFastAllow or MarkFastFlow MarkFastRedecide instead (the mark's other
+// bits stay), but the sockets of TCP flows the flow table still knows and the change did not
 // affect. A fast socket whose decision the daemon has not read yet (the
 // decisions' ring buffer is read every ~50 ms) is not known, so it is marked; to
 // know every socket whose decision was made under the old rules, Redecide first
@@ -212,14 +220,25 @@
 // conntrack flow marked MarkRedecide: the same request, an outbound connection of
 // its socket's program. Its flow's other packets queued meanwhile wait for that
 // one decision (fastGroup: one history row, at most one question); an allow gives
-// the socket MarkFastAllow back (SocketMarks.AllowSocket, before any of the
-// flow's packets is let go), so later packets pass in the kernel again; a deny or
+// the socket its fast mark back (SocketMarks.AllowSocket, before any of the
+// flow's packets is let go: MarkFastFlow, or MarkFastAllow while its SYN is on its
+// way), so later packets pass in the kernel again; a deny or
 // reject answers with a reset (MarkReject). For 2 s after (until the next rule
 // change) the flow's packets still queued get the same verdict.
 //
 // The flows' ends come from their sockets (Config.SocketEnds, with their byte
 // counts): conntrack has no entry to end them or to read counts from along the
 // way, so periodic reports of a long notracked flow need the sockets' live counts.
+//
+// A fast socket's mark lasts one connect (see MarkFastFlow and internal/fastpath,
+// "A mark for one connect"): established, it carries MarkFastFlow, which lets no
+// SYN pass, and at TCP_CLOSE (a refused connect, connect(AF_UNSPEC), its end) the
+// fast path clears it, so a daemon that dies (its connect hooks go with it, its
+// ruleset stays) leaves no socket that may connect anywhere by its mark (a
+// connect that fails before its SYN is built gets no mark: it is given as the SYN
+// is). Left: a socket whose SYN is on its way when the daemon dies keeps
+// MarkFastAllow: once the daemon is gone, such a socket may connect again,
+// anywhere, after connect(AF_UNSPEC).
 //
 // # Attribution
 //
@@ -269,9 +288,23 @@ const (
 	// verdict a rule change may have changed.
 	MarkRedecide uint32 = 0x30000000
 	// MarkFastAllow is a packet mark only: the socket mark the kernel fast path
-	// (internal/fastpath) gives a connection a rule allowed before. Its SYN, on a
-	// flow no verdict marked yet, gets MarkAllow in its conntrack mark and passes.
+	// (internal/fastpath) gives a connection a rule allowed before, at its
+	// connect (as the kernel builds the SYN). Its SYN, on a flow no verdict
+	// marked yet, gets MarkAllow in its conntrack mark and passes (with
+	// Config.FastTCP). The fast path moves the
+	// socket to MarkFastFlow once the connection is established and clears
+	// either when the socket moves to TCP_CLOSE, so that the mark does not
+	// outlive the connect it was given for.
 	MarkFastAllow uint32 = 0x30000000
+	// MarkFastFlow is a socket (and so packet) mark only: the kernel fast path
+	// gives it in place of MarkFastAllow to a fast socket whose connection is
+	// established. The flow's other packets pass with it as with
+	// MarkFastAllow (with notrack: untracked, see "Notrack"), but never a SYN:
+	// the socket's next connect (connect(AF_UNSPEC) ends the connection, and
+	// any program may) is decided by the connect hook of a live daemon, which
+	// marks it anew, or held by the queue (dropped, fail-closed, when the
+	// daemon is gone and its hooks with it).
+	MarkFastFlow uint32 = 0x60000000
 	// MarkFastRedecide is a socket (and so packet) mark only: Redecide gives it,
 	// with notrack (see "Notrack"), to the sockets of the fast path's TCP flows
 	// whose verdict a rule change may have changed, instead of MarkFastAllow.
@@ -302,8 +335,9 @@ type Resolver interface {
 	ResolveInbound(proto engine.Protocol, local, remote netip.AddrPort, ifindex int) (procattr.Process, error)
 }
 
-// SocketMarks moves the kernel fast path's TCP sockets between MarkFastAllow and
-// MarkFastRedecide (*fastpath.FastPath implements it, with TCP socket
+// SocketMarks moves the kernel fast path's TCP sockets between their fast marks
+// (MarkFastAllow, MarkFastFlow) and MarkFastRedecide (*fastpath.FastPath
+// implements it, with TCP socket
 // iterators). With it in Config.FastSockets, the ruleset keeps the fast path's
 // TCP flows out of conntrack (see "Notrack" in doc.go).
 type SocketMarks interface {
@@ -312,12 +346,13 @@ type SocketMarks interface {
 	// some may not have been.
 	SyncDecisions() error
 	// RedecideSockets gives every TCP socket of the network namespace marked
-	// MarkFastAllow (under MarkMask) MarkFastRedecide instead, keeping the
+	// MarkFastAllow or MarkFastFlow (under MarkMask) MarkFastRedecide instead, keeping the
 	// mark's other bits, but those whose (local, remote) address and port keep
 	// lists; it returns how many it moved, once done.
 	RedecideSockets(keep [][2]netip.AddrPort) (int, error)
-	// AllowSocket gives the TCP socket from local to remote MarkFastAllow again
-	// if it has MarkFastRedecide, once done, and reports whether it did.
+	// AllowSocket gives the TCP socket from local to remote its fast mark again
+	// (MarkFastFlow; MarkFastAllow while its SYN is on its way) if it has
+	// MarkFastRedecide, once done, and reports whether it did.
 	AllowSocket(local, remote netip.AddrPort) (bool, error)
 }
 
@@ -402,6 +437,14 @@ type Config struct {
 	// verdict marked yet, and a match decides the flow as an allow from the queue
 	// does. Backend.FastUDP says whether the ruleset has it.
 	FastUDPMatch string
+	// FastTCP says that the kernel fast path (internal/fastpath) decides TCP
+	// connects in this network namespace: LATCH-OUT lets a SYN carrying its
+	// socket's MarkFastAllow pass (4). Without it that mark means nothing: a
+	// socket that still carries it from an earlier daemon's fast path (one
+	// whose SYN was on its way when that daemon stopped: after
+	// connect(AF_UNSPEC) the socket may connect again, and no connect hook
+	// runs to clear it) is held as any other. FastSockets implies it.
+	FastTCP bool
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to
@@ -428,7 +471,7 @@ type Config struct {
 	// end only (its socket's end, SocketEnds).
 	SocketCounts func(fn func(local, remote netip.AddrPort, bytes SocketBytes)) error
 	// FastSockets, if set, moves the kernel fast path's TCP sockets between
-	// MarkFastAllow and MarkFastRedecide (fastpath.FastPath): the ruleset then
+	// their fast marks and MarkFastRedecide (fastpath.FastPath): the ruleset then
 	// keeps the fast path's TCP flows out of conntrack, Redecide marks their
 	// sockets, and an allow of one decided again gives its socket MarkFastAllow
 	// back (see "Notrack"). Backend.Notrack says whether the ruleset has the

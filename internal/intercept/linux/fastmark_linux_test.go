@@ -33,7 +33,10 @@ func dialMarked(tp *topo, port string, mark uint32) error {
 
 // TestFastPathMarks: with each firewall mechanism, a SYN from a socket the fast path
 // marked MarkFastAllow passes without being queued, one marked MarkReject is refused
-// at once without being queued, and an unmarked one is still held and decided.
+// at once without being queued, and an unmarked one is still held and decided, as
+// is one marked MarkFastFlow (an established fast socket's mark, which lets no SYN
+// pass: the socket's next connect). Without Config.FastTCP (no fast path deciding TCP: the mark is left over from an
+// earlier daemon's) a SYN marked MarkFastAllow is held and decided like any.
 func TestFastPathMarks(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft} {
 		t.Run(fw, func(t *testing.T) {
@@ -44,8 +47,7 @@ func TestFastPathMarks(t *testing.T) {
 			}
 			tp := newTopo(t)
 			srv := listenTCP(t, tp, 9001)
-			d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw)
-			defer d.stop()
+			d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_FAST_TCP=1")
 			for i := 0; i < 3; i++ {
 				if err := dialMarked(tp, "9001", MarkFastAllow); err != nil {
 					t.Fatalf("connect %d from a fast-allowed socket: %v", i, err)
@@ -57,11 +59,33 @@ func TestFastPathMarks(t *testing.T) {
 			if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
 				t.Errorf("a connection the fast path decided was queued: %q", l)
 			}
+			// MarkFastFlow (an established fast socket's) lets no SYN
+			// pass: the socket's next connect is held and decided.
+			if err := dialMarked(tp, "9001", MarkFastFlow); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("a socket marked MarkFastFlow: err = %v, want ECONNREFUSED (held, denied)", err)
+			}
+			if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
+				t.Errorf("the SYN marked MarkFastFlow was not held (got %q)", l)
+			}
 			if _, err := dial(tp, 9001, 3*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 				t.Errorf("an unmarked socket: err = %v, want ECONNREFUSED (held, denied)", err)
 			}
 			if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
 				t.Errorf("the unmarked connection was not held (got %q)", l)
+			}
+			if n := srv.accepted.Load(); n != 3 {
+				t.Errorf("server accepted %d connections, want 3", n)
+			}
+			d.stop()
+
+			// No fast path deciding TCP: a leftover MarkFastAllow is no allow.
+			d = startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw)
+			defer d.stop()
+			if err := dialMarked(tp, "9001", MarkFastAllow); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("without the fast path, a socket marked MarkFastAllow: err = %v, want ECONNREFUSED (held, denied)", err)
+			}
+			if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
+				t.Errorf("without the fast path, the marked connection was not held (got %q)", l)
 			}
 			if n := srv.accepted.Load(); n != 3 {
 				t.Errorf("server accepted %d connections, want 3", n)

@@ -43,9 +43,13 @@ type ruleSpec struct {
 	// fastUDP is the pinned socket filter program of the kernel fast path's UDP
 	// match (Config.FastUDPMatch); "": none.
 	fastUDP string
+	// fastTCP: the kernel fast path decides TCP connects (Config.FastTCP): a
+	// SYN with MarkFastAllow passes (rule 4). Without it the mark is left over
+	// from an earlier daemon's fast path and the SYN is held.
+	fastTCP bool
 	// notrack keeps the kernel fast path's TCP flows out of conntrack (see
 	// "Notrack" in doc.go): their packets are not tracked while their socket
-	// carries MarkFastAllow or MarkFastRedecide.
+	// carries MarkFastAllow, MarkFastFlow or MarkFastRedecide.
 	notrack bool
 }
 
@@ -290,12 +294,20 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// A TCP packet of a socket the fast path allowed, which the raw table
 			// kept out of conntrack (see "Notrack"): on its way (LATCH-OUT: the
 			// socket's mark; LATCH-IN: the mark LATCH-RAW-SK gave it from its
-			// socket's). In LATCH-IN a flow being decided again passes too: the
-			// peer's packets pass until this host's next one is decided. Not in
-			// LATCH-FWD: a forwarded packet has no local socket.
+			// socket's). LATCH-OUT: MarkFastAllow (the connect's SYN and
+			// its retransmissions), MarkFastFlow but for a SYN (the
+			// connection's other packets; a SYN with it is the socket's
+			// next connect, which only the queue decides: 5). In LATCH-IN
+			// a flow being decided again passes too: the peer's packets
+			// pass until this host's next one is decided. Not in LATCH-FWD:
+			// a forwarded packet has no local socket.
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastAllow, MarkMask)
-			if !out {
-				fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastRedecide, MarkMask)
+			if out {
+				fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastFlow, MarkMask)
+			} else {
+				for _, m := range []uint32{MarkFastFlow, MarkFastRedecide} {
+					fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, m, MarkMask)
+				}
 			}
 		}
 		// A packet of a flow already allowed (conntrack mark MarkAllow) leaves here,
@@ -328,7 +340,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// verdict's packet carries MarkAllow or MarkReject instead.
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x %s\n", name, MarkFastRedecide, MarkMask, q)
 		}
-		if out {
+		if out && spec.fastTCP {
 			// A SYN the kernel fast path allowed (socket mark MarkFastAllow) on a flow
 			// nothing decided yet: decided like an allow from the queue.
 			fast := fmt.Sprintf("-p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN -m mark --mark %#x/%#x", MarkFastAllow, MarkMask)
@@ -430,6 +442,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 	return b.String()
 }
 
+// fastMarks are the socket marks whose TCP packets notrack keeps out of
+// conntrack (see "Notrack" in doc.go).
+var fastMarks = []uint32{MarkFastAllow, MarkFastFlow, MarkFastRedecide}
+
+// nftFastMarks is fastMarks as an nft anonymous set.
+func nftFastMarks() string {
+	return fmt.Sprintf("{ %#x, %#x, %#x }", MarkFastAllow, MarkFastFlow, MarkFastRedecide)
+}
+
 // iptablesRaw writes the raw table's part of the ruleset (see "Notrack" in
 // doc.go): the fast path's TCP packets are not tracked.
 func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
@@ -447,7 +468,7 @@ func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
 		fmt.Fprintf(b, "-A %s -p tcp -m tcp --sport 53 -j RETURN\n", chainRawPre)
 	}
 	// This host's packets carry their socket's mark.
-	for _, m := range []uint32{MarkFastAllow, MarkFastRedecide} {
+	for _, m := range fastMarks {
 		fmt.Fprintf(b, "-A %s -p tcp -m mark --mark %#x/%#x -j CT --notrack\n", chainRawOut, m, MarkMask)
 	}
 	// The peer's: --restore-skmark sets the packet's whole mark to its local
@@ -456,11 +477,15 @@ func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
 	// is, and tracked), and LATCH-RAW-SK puts it back to 0 unless the socket is
 	// a fast one, which leaves just latch's mark.
 	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0 -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, chainRawSk)
-	for _, m := range []uint32{MarkFastAllow, MarkFastRedecide} {
+	for _, m := range fastMarks {
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x/%#x -j MARK --set-xmark %#x/0xffffffff\n", chainRawSk, m, MarkMask, m)
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x -j CT --notrack\n", chainRawSk, m)
 	}
-	fmt.Fprintf(b, "-A %s -m mark ! --mark %#x -m mark ! --mark %#x -j MARK --set-xmark 0x0/0xffffffff\n", chainRawSk, MarkFastAllow, MarkFastRedecide)
+	fmt.Fprintf(b, "-A %s", chainRawSk)
+	for _, m := range fastMarks {
+		fmt.Fprintf(b, " -m mark ! --mark %#x", m)
+	}
+	fmt.Fprintf(b, " -j MARK --set-xmark 0x0/0xffffffff\n")
 	b.WriteString("COMMIT\n")
 }
 
@@ -796,8 +821,9 @@ func (spec ruleSpec) nftRules() string {
 			// packet's).
 			if out {
 				r("meta l4proto tcp ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastAllow)
+				r("tcp flags & (fin|syn|rst|ack) != syn ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastFlow)
 			} else {
-				r("meta l4proto tcp ct state untracked socket mark & %#x { %#x, %#x } accept", MarkMask, MarkFastAllow, MarkFastRedecide)
+				r("meta l4proto tcp ct state untracked socket mark & %#x %s accept", MarkMask, nftFastMarks())
 			}
 		}
 		// A packet of a flow already allowed, but a reset's or a SYN (see
@@ -817,7 +843,7 @@ func (spec ruleSpec) nftRules() string {
 			// Held and decided again (see iptablesRules).
 			r("meta l4proto tcp ct state untracked meta mark & %#x == %#x %s", MarkMask, MarkFastRedecide, q)
 		}
-		if out {
+		if out && spec.fastTCP {
 			// A SYN the kernel fast path allowed (see iptablesRules).
 			fast := fmt.Sprintf("meta mark & %#x == %#x tcp flags & (fin|syn|rst|ack) == syn", MarkMask, MarkFastAllow)
 			r("%s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept", fast, MarkMask, ^MarkMask, MarkAllow)
@@ -870,12 +896,12 @@ func (spec ruleSpec) nftRules() string {
 			dns = "tcp dport != 53 "
 		}
 		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook output priority raw; policy accept; }\n", nftTable, nftRawOut)
-		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %smeta mark & %#x { %#x, %#x } notrack\n", nftTable, nftRawOut, dns, MarkMask, MarkFastAllow, MarkFastRedecide)
+		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %smeta mark & %#x %s notrack\n", nftTable, nftRawOut, dns, MarkMask, nftFastMarks())
 		if spec.dnsLogGroup != 0 {
 			dns = "tcp sport != 53 "
 		}
 		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook prerouting priority raw; policy accept; }\n", nftTable, nftRawPre)
-		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %ssocket mark & %#x { %#x, %#x } notrack\n", nftTable, nftRawPre, dns, MarkMask, MarkFastAllow, MarkFastRedecide)
+		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %ssocket mark & %#x %s notrack\n", nftTable, nftRawPre, dns, MarkMask, nftFastMarks())
 	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {

@@ -58,7 +58,7 @@ func TestParseQueueStatus(t *testing.T) {
 }
 
 func TestIptablesRulesHoldSYNByFlag(t *testing.T) {
-	r := ruleSpec{queue: 4242, exemptLoopback: true}.iptablesRules(false, []string{"table"}, nil)
+	r := ruleSpec{queue: 4242, exemptLoopback: true, fastTCP: true}.iptablesRules(false, []string{"table"}, nil)
 	// The SYN rule comes before the conntrack shortcut: a SYN that hits a stale
 	// conntrack entry carrying latch's allow mark is still held.
 	syn := strings.Index(r, "--tcp-flags SYN,ACK,RST,FIN SYN -j NFQUEUE")

@@ -406,6 +406,9 @@ func runChild(mode string) int {
 	cfg.Forward = os.Getenv("LATCH_TEST_FORWARD") != ""
 	cfg.Firewall = os.Getenv("LATCH_TEST_FIREWALL")
 	cfg.FastUDPMatch = os.Getenv("LATCH_TEST_FAST_UDP")
+	// LATCH_TEST_FAST_TCP: as with the kernel fast path deciding TCP connects
+	// (the tests mark their sockets as it would).
+	cfg.FastTCP = os.Getenv("LATCH_TEST_FAST_TCP") != ""
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
 		var err error

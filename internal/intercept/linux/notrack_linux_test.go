@@ -304,7 +304,10 @@ func testNotrack(t *testing.T, fw, mode string, inboundRule, leak bool) {
 	for _, f := range fams {
 		want := MarkFastRedecide | appBits
 		if leak {
-			want = MarkFastAllow | appBits
+			// Unmoved: established, the fast path's sock_ops program gave
+			// the socket MarkFastFlow in place of the MarkFastAllow it
+			// connected with.
+			want = MarkFastFlow | appBits
 		}
 		if m := connMark(t, f.first); m != want {
 			t.Errorf("%s: the socket's mark after the change is %#x, want %#x", f.name, m, want)
@@ -360,8 +363,9 @@ func testNotrack(t *testing.T, fw, mode string, inboundRule, leak bool) {
 		if got := f.sOK.got.Load(); got != 150 {
 			t.Errorf("%s: the still allowed flow's server got %d bytes, want 150", f.name, got)
 		}
-		if m := connMark(t, f.allowed); m != MarkFastAllow|appBits {
-			t.Errorf("%s: the still allowed socket's mark is %#x, want %#x", f.name, m, MarkFastAllow|appBits)
+		// Established: MarkFastFlow.
+		if m := connMark(t, f.allowed); m != MarkFastFlow|appBits {
+			t.Errorf("%s: the still allowed socket's mark is %#x, want %#x", f.name, m, MarkFastFlow|appBits)
 		}
 	}
 	lines = d.linesFor(300 * time.Millisecond)
@@ -385,6 +389,16 @@ func testNotrack(t *testing.T, fw, mode string, inboundRule, leak bool) {
 		if n := ctEntries(t, tp, f.allowed); inboundRule && n != 0 {
 			t.Errorf("%s: the still allowed flow has %d conntrack entries", f.name, n)
 		}
+	}
+	// A SYN carrying MarkFastFlow (a fast socket's next connect, as after
+	// connect(AF_UNSPEC) once the daemon's connect hooks are gone) is held and
+	// decided (9101 is denied now), never passed by its mark.
+	d.drain()
+	if err := dialMarked(tp, "9101", MarkFastFlow); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a SYN marked MarkFastFlow: err = %v, want ECONNREFUSED (held, denied)", err)
+	}
+	if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9101") {
+		t.Errorf("the SYN marked MarkFastFlow was not held (got %q)", l)
 	}
 	d.stop()
 	after := ruleset(t, tp.a)
@@ -465,7 +479,8 @@ func setConnMark(t *testing.T, c net.Conn, mark uint32) {
 // fast socket's flow passes both ways (inbound held too) with no conntrack
 // entry, IPv4 and IPv6; once its socket is marked MarkFastRedecide its
 // segments are held (dropped here), while the peer's still reach it; back to
-// MarkFastAllow, the retransmission passes.
+// MarkFastFlow (the mark of an established fast socket), the retransmission
+// passes; a SYN marked MarkFastFlow is held (dropped here).
 func TestNftNotrackRuleset(t *testing.T) {
 	for _, tool := range []string{"nft", "conntrack"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -502,7 +517,7 @@ func TestNftNotrackRuleset(t *testing.T) {
 		if got := s.got.Load(); got != 100 {
 			t.Errorf("%s: a segment of a socket being decided again got through: server has %d bytes, want 100", a.name, got)
 		}
-		setConnMark(t, c, MarkFastAllow|0x5)
+		setConnMark(t, c, MarkFastFlow|0x5)
 		for deadline := time.Now().Add(5 * time.Second); s.got.Load() < 150 && time.Now().Before(deadline); {
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -511,6 +526,22 @@ func TestNftNotrackRuleset(t *testing.T) {
 		}
 		if n := ctEntries(t, tp, c); n != 0 {
 			t.Errorf("%s: %d conntrack entries at the end, want none", a.name, n)
+		}
+		if err := inNS(tp.a, func() error {
+			d := net.Dialer{Timeout: time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				err := rc.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(MarkFastFlow))
+				})
+				return errors.Join(err, serr)
+			}}
+			c, err := d.Dial("tcp", net.JoinHostPort(a.addr, "9201"))
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}); err == nil {
+			t.Errorf("%s: a SYN marked MarkFastFlow got through", a.name)
 		}
 	}
 }

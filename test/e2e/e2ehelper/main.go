@@ -28,7 +28,12 @@
 //	                                I-th connection (prints {"outcome":"sent"} or the error),
 //	                                "wait I DUR" read it for up to DUR (prints the outcome:
 //	                                "data N", "reset", "eof", "quiet" or "error"), "close I -"
-//	                                close it and read until the server closes ("closed")
+//	                                close it and read until the server closes ("closed"),
+//	                                "reopen I ADDR" disconnect it (AF_UNSPEC) and connect the
+//	                                same socket to ADDR, "v6only ADDR" connect a new IPv6-only
+//	                                socket to ADDR (an IPv4-mapped address fails before any
+//	                                packet), then allow IPv4 on it and keep it as a
+//	                                connection, whatever the outcome
 //	e2ehelper serve-push ADDR       accept TCP connections ("accepted N REMOTE"), print
 //	                                "got REMOTE TOTAL" as each receives bytes, and per stdin
 //	                                line "push N" write N bytes to every open connection
@@ -1176,6 +1181,12 @@ func talk() {
 	buf := make([]byte, 65536)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		if len(f) == 2 && f[0] == "v6only" {
+			c, r := v6only(f[1])
+			conns = append(conns, c)
+			emit(r)
+			continue
+		}
 		if len(f) == 2 && f[0] == "open" {
 			c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
 			r := Result{Outcome: classify(err), PID: os.Getpid()}
@@ -1220,6 +1231,13 @@ func talk() {
 				continue
 			}
 			emit(Result{Outcome: "sent"})
+		case "reopen":
+			// "reopen I ADDR": connect(AF_UNSPEC) ends the I-th connection
+			// (tcp_disconnect: the socket is closed and unconnected again,
+			// its SO_MARK untouched), then the same socket connects to ADDR
+			// (3 s at most). Prints the outcome, and the socket's mark before
+			// the second connect in the error field.
+			emit(reopen(c.(*net.TCPConn), f[2], 3*time.Second))
 		case "wait":
 			d, err := time.ParseDuration(f[2])
 			if err != nil || d <= 0 || d > time.Minute {

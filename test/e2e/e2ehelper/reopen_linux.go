@@ -1,0 +1,109 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// reopen disconnects c's socket (connect with AF_UNSPEC) and connects it again,
+// to addr, for up to timeout (talk's "reopen").
+func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fatal(fmt.Errorf("talk: reopen %q: %w", addr, err))
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		fatal(err)
+	}
+	var mark int
+	var cerr error
+	rc.Control(func(fd uintptr) {
+		unspec := syscall.RawSockaddr{Family: syscall.AF_UNSPEC}
+		if _, _, e := syscall.Syscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&unspec)), unsafe.Sizeof(unspec)); e != 0 {
+			cerr = fmt.Errorf("disconnect: %w", e)
+			return
+		}
+		mark, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
+		var sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		if ap.Addr().Is6() {
+			sa = &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		}
+		// The fd is non-blocking (Go's): wait for the connect's end by poll.
+		if err := syscall.Connect(int(fd), sa); err != nil && err != syscall.EINPROGRESS {
+			cerr = err
+			return
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if n, err := unix.Poll(pfd, int(timeout.Milliseconds())); err != nil || n == 0 {
+			cerr = os.ErrDeadlineExceeded
+			return
+		}
+		if e, _ := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR); e != 0 {
+			cerr = syscall.Errno(e)
+		}
+	})
+	r.Millis = float64(time.Since(start).Microseconds()) / 1000
+	r.Error = fmt.Sprintf("mark %#x", mark)
+	switch {
+	case cerr == nil:
+		r.Outcome = "connected"
+	case errors.Is(cerr, syscall.ECONNREFUSED), errors.Is(cerr, syscall.ECONNRESET):
+		r.Outcome = "refused"
+	case errors.Is(cerr, os.ErrDeadlineExceeded), errors.Is(cerr, syscall.ETIMEDOUT):
+		r.Outcome = "timeout"
+	default:
+		r.Outcome = "error"
+		r.Error += ": " + cerr.Error()
+	}
+	return r
+}
+
+// v6only connects a new IPv6-only socket to addr (talk's "v6only"), then clears
+// IPV6_V6ONLY (the socket is still unbound after a connect that failed before
+// any packet, as one to an IPv4-mapped address does) and returns it, whatever
+// the connect's outcome, with the outcome.
+func v6only(addr string) (*net.TCPConn, Result) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fatal(fmt.Errorf("talk: v6only %q: %w", addr, err))
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fatal(fmt.Errorf("talk: v6only: %w", err))
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+		fatal(fmt.Errorf("talk: v6only: %w", err))
+	}
+	r := Result{PID: os.Getpid(), Outcome: "connected"}
+	cerr := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()})
+	mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+	r.Error = fmt.Sprintf("mark %#x", mark)
+	if cerr != nil {
+		r.Outcome = "error"
+		if errors.Is(cerr, syscall.ECONNREFUSED) {
+			r.Outcome = "refused"
+		}
+		r.Error += ": " + cerr.Error()
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			fatal(fmt.Errorf("talk: v6only: allow IPv4 again: %w", err))
+		}
+	}
+	f := os.NewFile(uintptr(fd), "v6only")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		fatal(fmt.Errorf("talk: v6only: %w", err))
+	}
+	return c.(*net.TCPConn), r
+}

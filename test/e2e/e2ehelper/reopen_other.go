@@ -1,0 +1,22 @@
+//go:build !linux
+
+package main
+
+import (
+	"fmt"
+	"net"
+	"runtime"
+	"time"
+)
+
+// reopen needs Linux's connect(AF_UNSPEC) on a TCP socket.
+func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
+	fatal(fmt.Errorf("talk reopen: not supported on %s", runtime.GOOS))
+	return Result{}
+}
+
+// v6only needs Linux's sockets.
+func v6only(addr string) (*net.TCPConn, Result) {
+	fatal(fmt.Errorf("talk v6only: not supported on %s", runtime.GOOS))
+	return nil, Result{}
+}
