@@ -446,3 +446,36 @@ func TestFastMarkAfterFailedConnectFailsClosed(t *testing.T) {
 		t.Errorf("fail-closed, daemon killed: a socket whose fast connect failed before its SYN connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
 	}
 }
+
+// TestFastFlowSimultaneousOpenAfterDaemonDeathFailsClosed: with --inbound, a
+// socket the fast path allowed, established (MarkFastFlow) when the daemon is
+// killed (fail-closed: its ruleset stays, its sock_ops program goes, so nothing
+// clears the mark at TCP_CLOSE), is disconnected (connect(AF_UNSPEC)), bound to
+// a port and connected to a destination no rule allows. Its SYN is held (a SYN
+// with MarkFastFlow), but a peer that sends its own SYN to that port (a
+// simultaneous open) must not get a connection either: LATCH-IN used to return
+// every untracked TCP packet whose local socket carries a fast mark, the peer's
+// SYN included, and LATCH-OUT every untracked MarkFastFlow packet but a bare
+// SYN, this host's SYN-ACK included.
+func TestFastFlowSimultaneousOpenAfterDaemonDeathFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	servePush(t, n, 8324)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed", "--inbound")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8324", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	tk.open(t, n, 8324) // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	c := tk.open(t, n, 8324)
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connection was no fast-path hit: %+v", fp)
+	}
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	peer := n.Start(n.Server, helperBin, "simopen-peer", fmt.Sprintf("%s:8326", n.ServerIP), fmt.Sprintf("%s:8325", n.ClientIP))
+	r := tk.say(t, fmt.Sprintf("simopen %d 8325 %s:8326", c, n.ServerIP))
+	if r.Outcome == "connected" {
+		t.Errorf("fail-closed, --inbound, daemon killed: a socket the fast path had marked connected to an unruled destination by a simultaneous open: %+v (peer: %s)", r, peer.Output())
+	}
+}

@@ -33,7 +33,10 @@
 //	                                same socket to ADDR, "v6only ADDR" connect a new IPv6-only
 //	                                socket to ADDR (an IPv4-mapped address fails before any
 //	                                packet), then allow IPv4 on it and keep it as a
-//	                                connection, whatever the outcome
+//	                                connection, whatever the outcome; "simopen I PORT ADDR"
+//	                                disconnect it, bind it to PORT and connect it to ADDR
+//	e2ehelper simopen-peer LOCAL ADDR  connect from LOCAL to ADDR every 200 ms for up to
+//	                                10 s until one connects (a simultaneous open's peer)
 //	e2ehelper serve-push ADDR       accept TCP connections ("accepted N REMOTE"), print
 //	                                "got REMOTE TOTAL" as each receives bytes, and per stdin
 //	                                line "push N" write N bytes to every open connection
@@ -138,6 +141,11 @@ func main() {
 		serveUDP(addr)
 	case "connect":
 		emit(connect(addr, duration(3)))
+	case "simopen-peer":
+		if len(os.Args) < 4 {
+			fatal(errors.New("simopen-peer LOCAL ADDR"))
+		}
+		emit(simopenPeer(addr, os.Args[3], 10*time.Second))
 	case "connect-after-line":
 		fmt.Println("ready")
 		bufio.NewReader(os.Stdin).ReadString('\n')
@@ -1185,6 +1193,18 @@ func talk() {
 			c, r := v6only(f[1])
 			conns = append(conns, c)
 			emit(r)
+			continue
+		}
+		if len(f) == 4 && f[0] == "simopen" {
+			// "simopen I PORT ADDR": connect(AF_UNSPEC) ends the I-th
+			// connection, then the same socket, bound to PORT, connects to
+			// ADDR (5 s at most; the peer may answer with its own SYN).
+			i, err := strconv.Atoi(f[1])
+			port, perr := strconv.Atoi(f[2])
+			if err != nil || i < 0 || i >= len(conns) || perr != nil || port <= 0 || port > 65535 {
+				fatal(fmt.Errorf("talk: line %q: want \"simopen I PORT ADDR\"", sc.Text()))
+			}
+			emit(simopen(conns[i].(*net.TCPConn), port, f[3], 5*time.Second))
 			continue
 		}
 		if len(f) == 2 && f[0] == "open" {

@@ -107,3 +107,93 @@ func v6only(addr string) (*net.TCPConn, Result) {
 	}
 	return c.(*net.TCPConn), r
 }
+
+// simopen disconnects c's socket (connect with AF_UNSPEC), binds it to port on
+// every address and connects it to addr (talk's "simopen"): the peer may answer
+// with a SYN of its own from addr (a simultaneous open). Emits the outcome as
+// reopen does, after timeout at most.
+func simopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fatal(fmt.Errorf("talk: simopen %q: %w", addr, err))
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		fatal(err)
+	}
+	var mark int
+	var cerr error
+	rc.Control(func(fd uintptr) {
+		unspec := syscall.RawSockaddr{Family: syscall.AF_UNSPEC}
+		if _, _, e := syscall.Syscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&unspec)), unsafe.Sizeof(unspec)); e != 0 {
+			cerr = fmt.Errorf("disconnect: %w", e)
+			return
+		}
+		mark, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
+		var local, sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: port}, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		if ap.Addr().Is6() {
+			local, sa = &syscall.SockaddrInet6{Port: port}, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		}
+		if err := syscall.Bind(int(fd), local); err != nil {
+			cerr = fmt.Errorf("bind: %w", err)
+			return
+		}
+		if err := syscall.Connect(int(fd), sa); err != nil && err != syscall.EINPROGRESS {
+			cerr = err
+			return
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if n, err := unix.Poll(pfd, int(timeout.Milliseconds())); err != nil || n == 0 {
+			cerr = os.ErrDeadlineExceeded
+			return
+		}
+		if e, _ := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR); e != 0 {
+			cerr = syscall.Errno(e)
+		}
+	})
+	r.Millis = float64(time.Since(start).Microseconds()) / 1000
+	r.Error = fmt.Sprintf("mark %#x", mark)
+	switch {
+	case cerr == nil:
+		r.Outcome = "connected"
+	case errors.Is(cerr, syscall.ECONNREFUSED), errors.Is(cerr, syscall.ECONNRESET):
+		r.Outcome = "refused"
+	case errors.Is(cerr, os.ErrDeadlineExceeded), errors.Is(cerr, syscall.ETIMEDOUT):
+		r.Outcome = "timeout"
+	default:
+		r.Outcome = "error"
+		r.Error += ": " + cerr.Error()
+	}
+	return r
+}
+
+// simopenPeer connects from local to remote (e2ehelper simopen-peer), again
+// every 200 ms until one connects or dur is over: the other side of a
+// simultaneous open. Prints the last result.
+func simopenPeer(local, remote string, dur time.Duration) Result {
+	la, err := net.ResolveTCPAddr("tcp", local)
+	if err != nil {
+		fatal(err)
+	}
+	d := net.Dialer{LocalAddr: la, Timeout: 200 * time.Millisecond, Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+		return nil
+	}}
+	start := time.Now()
+	for {
+		c, err := d.Dial("tcp", remote)
+		r := Result{Outcome: classify(err), Millis: ms(time.Since(start)), PID: os.Getpid()}
+		if err == nil {
+			r.Local = c.LocalAddr().String()
+			c.Close()
+			return r
+		}
+		r.Error = err.Error()
+		if time.Since(start) > dur {
+			return r
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

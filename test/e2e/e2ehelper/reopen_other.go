@@ -20,3 +20,15 @@ func v6only(addr string) (*net.TCPConn, Result) {
 	fatal(fmt.Errorf("talk v6only: not supported on %s", runtime.GOOS))
 	return nil, Result{}
 }
+
+// simopen needs Linux's connect(AF_UNSPEC) on a TCP socket.
+func simopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result {
+	fatal(fmt.Errorf("talk simopen: not supported on %s", runtime.GOOS))
+	return Result{}
+}
+
+// simopenPeer is simopen's other side.
+func simopenPeer(local, remote string, dur time.Duration) Result {
+	fatal(fmt.Errorf("simopen-peer: not supported on %s", runtime.GOOS))
+	return Result{}
+}
