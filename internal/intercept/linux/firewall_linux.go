@@ -301,6 +301,16 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// a flow being decided again passes too: the peer's packets
 			// pass until this host's next one is decided. Not in LATCH-FWD:
 			// a forwarded packet has no local socket.
+			if !out {
+				// Not a SYN without ACK (bare, or with FIN or the like, which
+				// conntrack would call INVALID but does not see): the peer's
+				// half of a simultaneous open with a socket that kept a fast
+				// mark (a dead daemon's sock_ops program cleared nothing at
+				// its TCP_CLOSE; MarkFastRedecide is never cleared), which
+				// would make the socket's SYN-ACK, not a bare SYN, pass LATCH-OUT
+				// at 1: held and decided as any inbound connection.
+				fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate UNTRACKED %s\n", name, q)
+			}
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastAllow, MarkMask)
 			if out {
 				fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastFlow, MarkMask)
@@ -823,6 +833,8 @@ func (spec ruleSpec) nftRules() string {
 				r("meta l4proto tcp ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastAllow)
 				r("tcp flags & (fin|syn|rst|ack) != syn ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastFlow)
 			} else {
+				// The peer's half of a simultaneous open (see iptablesRules).
+				r("tcp flags & (syn|ack) == syn ct state untracked %s", q)
 				r("meta l4proto tcp ct state untracked socket mark & %#x %s accept", MarkMask, nftFastMarks())
 			}
 		}
