@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/fastpath"
+	"golang.org/x/sys/unix"
 )
 
 // noRemark is notrack without the socket remark: Redecide leaves the fast
@@ -567,5 +568,111 @@ func TestNotrackCleanup(t *testing.T) {
 	}
 	if after := ruleset(t, tp.a); after != before {
 		t.Errorf("ruleset after cleanup differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// simOpen binds a socket in namespace A, marked mark, to addrA:port and
+// connects it to addrB:peerPort, while a socket in B bound to addrB:peerPort
+// connects to addrA:port every 200 ms (a simultaneous open: the peer's SYN
+// meets A's socket in SYN_SENT). It reports whether A's connect completed
+// within 3 s.
+func simOpen(t *testing.T, tp *topo, mark uint32, port, peerPort int) bool {
+	t.Helper()
+	stop := make(chan struct{})
+	peerDone := make(chan struct{})
+	go func() {
+		defer close(peerDone)
+		inNS(tp.b, func() error {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(addrB), Port: peerPort}, Timeout: 200 * time.Millisecond,
+				Control: func(_, _ string, rc syscall.RawConn) error {
+					rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+					return nil
+				}}
+			for {
+				select {
+				case <-stop:
+					return nil
+				default:
+				}
+				if c, err := d.Dial("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port))); err == nil {
+					c.Close()
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		})
+	}()
+	defer func() { close(stop); <-peerDone }()
+	connected := false
+	err := inNS(tp.a, func() error {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_MARK, int(mark)); err != nil {
+			return err
+		}
+		syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: port, Addr: netip.MustParseAddr(addrA).As4()}); err != nil {
+			return err
+		}
+		if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: peerPort, Addr: netip.MustParseAddr(addrB).As4()}); err != nil && err != syscall.EINPROGRESS {
+			return err
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if n, _ := unix.Poll(pfd, 3000); n == 1 {
+			e, _ := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+			connected = e == 0
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return connected
+}
+
+// TestNotrackSimultaneousOpenHeld: with notrack and the inbound chain, a
+// socket that kept a fast mark its connect no longer warrants (MarkFastFlow
+// after a dead daemon's sock_ops program could not clear it at TCP_CLOSE;
+// MarkFastRedecide, which nothing clears at TCP_CLOSE) and connects to a
+// destination nothing allowed sends a SYN that is held; the peer's own SYN to
+// its port (a simultaneous open) must be held too, with each firewall. LATCH-IN
+// used to return every untracked TCP packet whose local socket carries a fast
+// mark, the peer's SYN included, and LATCH-OUT then let the socket's SYN-ACK
+// pass (MarkFastFlow: not a bare SYN). Here no one reads the queue (a killed
+// daemon, fail-closed; for native nftables, which cannot queue on these
+// machines, the queue statements become drops).
+func TestNotrackSimultaneousOpenHeld(t *testing.T) {
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		t.Run(fw, func(t *testing.T) {
+			if fw == FirewallIptablesLegacy {
+				if _, err := newIptables(fw); err != nil {
+					t.Skip(err)
+				}
+			}
+			tp := newTopo(t)
+			if fw == FirewallNftables {
+				rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(ruleSpec{queue: testQueue, inbound: true, exemptLoopback: true, notrack: true, fastTCP: true}.nftRules(), "counter drop")
+				install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+				install.Stdin = strings.NewReader(rules)
+				if out, err := install.CombinedOutput(); err != nil {
+					t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+				}
+			} else {
+				d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_NOTRACK=on", "LATCH_TEST_INBOUND=1", "LATCH_TEST_FAST_TCP=1")
+				if l, ok := d.waitLine("notrack ", 5*time.Second); !ok || l != "notrack <nil>" {
+					t.Fatalf("notrack: %q; stderr:\n%s", l, d.errors())
+				}
+				d.cmd.Process.Kill()
+				<-d.exited
+				t.Cleanup(func() { c := spawnChild(t, tp, "cleanup", ""); <-c.exited })
+			}
+			for i, m := range []uint32{MarkFastFlow, MarkFastRedecide} {
+				if simOpen(t, tp, m|0x5, 9303+2*i, 9304+2*i) {
+					t.Errorf("a socket marked %#x connected by a simultaneous open past the ruleset", m)
+				}
+			}
+		})
 	}
 }
