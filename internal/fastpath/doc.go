@@ -53,7 +53,11 @@
 // What is left: a socket whose SYN is on its way when the daemon dies (its
 // connection not yet established) keeps MarkFastAllow, as the program that would
 // move it is gone, and may still connect again anywhere after connect(AF_UNSPEC)
-// once the daemon is gone. A socket that had MarkFastAllow from before this fast
+// once the daemon is gone. A socket established when the daemon dies keeps
+// MarkFastFlow after its connection ends, which lets no SYN pass; the peer's SYN
+// of a simultaneous open with it is held too (LATCH-IN queues an untracked SYN
+// without ACK), else its SYN-ACK, no bare SYN, would pass by MarkFastFlow.
+// A socket that had MarkFastAllow from before this fast
 // path (an older latch) is moved once it is established or closes.
 //
 // # UDP
@@ -182,11 +186,9 @@
 // mount namespaces see their executable through other mounts, so they get entries
 // of their own. A hard link to the program in its
 // own directory under another name is the same key (creating one needs write access
-// to that directory, which could replace the program anyway). A socket marked by a
-// hit keeps its mark: if the daemon dies (fail-closed, ruleset left in place) and the
-// program then disconnects that TCP socket (connect with AF_UNSPEC) and connects it
-// again, that SYN passes; while the daemon runs, every connect is looked up anew and
-// a miss clears the mark.
+// to that directory, which could replace the program anyway). A TCP socket's mark
+// lasts one connect (see "A mark for one connect" for what is left when the daemon
+// dies).
 //
 // # History
 //

@@ -62,7 +62,9 @@
 //
 // LATCH-IN (Config.Inbound) is the same but for the daemon's sockets, the fast path
 // (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries
-// MarkFastAllow, MarkFastFlow or MarkFastRedecide, and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
+// MarkFastAllow, MarkFastFlow or MarkFastRedecide, but queues one that is a SYN without
+// ACK: the peer's half of a simultaneous open, which would let the socket's
+// SYN-ACK pass LATCH-OUT at 1 for a socket that kept a fast mark; and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
 // connection anyone opens) and 9 and 11. LATCH-FWD (Config.Forward) is LATCH-IN
 // plus 8 for TCP (a container's raw socket can start a flow without a SYN), and it
 // drops TCP that conntrack calls INVALID (flags no handshake allows, such as a
