@@ -35,6 +35,8 @@
 //	                                packet), then allow IPv4 on it and keep it as a
 //	                                connection, whatever the outcome; "simopen I PORT ADDR"
 //	                                disconnect it, bind it to PORT and connect it to ADDR
+//	e2ehelper connect-srh ADDR VIA  connect to ADDR (IPv6) with a segment routing header
+//	                                whose next segment is VIA: the packets go to VIA first
 //	e2ehelper simopen-peer LOCAL ADDR  connect from LOCAL to ADDR every 200 ms for up to
 //	                                10 s until one connects (a simultaneous open's peer)
 //	e2ehelper serve-push ADDR       accept TCP connections ("accepted N REMOTE"), print
@@ -141,6 +143,11 @@ func main() {
 		serveUDP(addr)
 	case "connect":
 		emit(connect(addr, duration(3)))
+	case "connect-srh":
+		if len(os.Args) < 4 {
+			fatal(errors.New("connect-srh ADDR VIA"))
+		}
+		emit(connectSRH(addr, os.Args[3], 3*time.Second))
 	case "simopen-peer":
 		if len(os.Args) < 4 {
 			fatal(errors.New("simopen-peer LOCAL ADDR"))

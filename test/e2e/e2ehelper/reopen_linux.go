@@ -197,3 +197,50 @@ func simopenPeer(local, remote string, dur time.Duration) Result {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// connectSRH connects to addr (IPv6) from a socket with an IPv6 segment routing
+// header (IPV6_RTHDR, type 4, which needs no privilege) whose one segment left
+// is via: the packets' IPv6 destination is via, and addr only the SRH's final
+// segment (e2ehelper connect-srh).
+func connectSRH(addr, via string, timeout time.Duration) Result {
+	start := time.Now()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fatal(fmt.Errorf("connect-srh %q: %w", addr, err))
+	}
+	va, err := netip.ParseAddr(via)
+	if err != nil {
+		fatal(fmt.Errorf("connect-srh via %q: %w", via, err))
+	}
+	r := Result{PID: os.Getpid()}
+	d := net.Dialer{Timeout: timeout, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			// next header, length in 8 bytes past the first 8, type 4,
+			// segments left 1, last entry 1, flags, tag; then the
+			// segments: [0] the final one (the kernel writes the
+			// connect's address there), [1] the first hop.
+			srh := []byte{0, 4, 4, 1, 1, 0, 0, 0}
+			final, first := ap.Addr().As16(), va.As16()
+			srh = append(append(srh, final[:]...), first[:]...)
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srh))
+		})
+		return errors.Join(err, serr)
+	}}
+	c, err := d.Dial("tcp6", addr)
+	r.Millis = float64(time.Since(start).Microseconds()) / 1000
+	if err != nil {
+		r.Outcome, r.Error = "error", err.Error()
+		var ne net.Error
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET):
+			r.Outcome = "refused"
+		case errors.As(err, &ne) && ne.Timeout():
+			r.Outcome = "timeout"
+		}
+		return r
+	}
+	r.Outcome, r.Local = "connected", c.LocalAddr().String()
+	c.Close()
+	return r
+}

@@ -32,3 +32,9 @@ func simopenPeer(local, remote string, dur time.Duration) Result {
 	fatal(fmt.Errorf("simopen-peer: not supported on %s", runtime.GOOS))
 	return Result{}
 }
+
+// connectSRH needs Linux's IPV6_RTHDR.
+func connectSRH(addr, via string, timeout time.Duration) Result {
+	fatal(fmt.Errorf("connect-srh: not supported on %s", runtime.GOOS))
+	return Result{}
+}
