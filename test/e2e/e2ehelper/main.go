@@ -34,7 +34,8 @@
 //	                                socket to ADDR (an IPv4-mapped address fails before any
 //	                                packet), then allow IPv4 on it and keep it as a
 //	                                connection, whatever the outcome; "simopen I PORT ADDR"
-//	                                disconnect it, bind it to PORT and connect it to ADDR
+//	                                disconnect it, bind it to PORT and connect it to ADDR;
+//	                                "srh I VIA" route its next packets via VIA (IPv6 SRH)
 //	e2ehelper connect-srh ADDR VIA  connect to ADDR (IPv6) with a segment routing header
 //	                                whose next segment is VIA: the packets go to VIA first
 //	e2ehelper simopen-peer LOCAL ADDR  connect from LOCAL to ADDR every 200 ms for up to
@@ -1265,6 +1266,10 @@ func talk() {
 			// (3 s at most). Prints the outcome, and the socket's mark before
 			// the second connect in the error field.
 			emit(reopen(c.(*net.TCPConn), f[2], 3*time.Second))
+		case "srh":
+			// "srh I VIA": the I-th connection's next packets go to VIA
+			// first (an IPv6 segment routing header).
+			emit(setSRH(c.(*net.TCPConn), f[2]))
 		case "wait":
 			d, err := time.ParseDuration(f[2])
 			if err != nil || d <= 0 || d > time.Minute {

@@ -244,3 +244,27 @@ func connectSRH(addr, via string, timeout time.Duration) Result {
 	c.Close()
 	return r
 }
+
+// setSRH gives c's socket an IPv6 segment routing header whose next segment is
+// via (talk's "srh"): its next packets' IPv6 destination is via.
+func setSRH(c *net.TCPConn, via string) Result {
+	va, err := netip.ParseAddr(via)
+	if err != nil {
+		fatal(fmt.Errorf("talk: srh %q: %w", via, err))
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		fatal(err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) {
+		final := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().As16()
+		first := va.As16()
+		srh := append(append([]byte{0, 4, 4, 1, 1, 0, 0, 0}, final[:]...), first[:]...)
+		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srh))
+	})
+	if serr != nil {
+		return Result{Outcome: "error", Error: serr.Error()}
+	}
+	return Result{Outcome: "set"}
+}

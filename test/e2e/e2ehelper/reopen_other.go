@@ -38,3 +38,9 @@ func connectSRH(addr, via string, timeout time.Duration) Result {
 	fatal(fmt.Errorf("connect-srh: not supported on %s", runtime.GOOS))
 	return Result{}
 }
+
+// setSRH needs Linux's IPV6_RTHDR.
+func setSRH(c *net.TCPConn, via string) Result {
+	fatal(fmt.Errorf("talk srh: not supported on %s", runtime.GOOS))
+	return Result{}
+}
