@@ -14,7 +14,12 @@
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
-//     tested by its exact value under MarkMask, never by a bit); with notrack
+//     tested by its exact value under MarkMask, never by a bit); with the kernel
+//     fast path (Config.FastTCP or notrack), resets an IPv6 TCP packet with a
+//     routing header that carries one of the fast path's socket marks (IPV6_RTHDR
+//     type 4 needs no privilege, and may be set after the connect: the packet goes
+//     to the header's next segment, not to the address the fast path decided, the
+//     connect's); with notrack
 //     (Config.FastSockets, see "Notrack") returns for a TCP packet conntrack does
 //     not track (UNTRACKED) that carries MarkFastAllow, or MarkFastFlow unless it
 //     is a SYN (a SYN with MarkFastFlow is a fast socket's next connect, which

@@ -290,6 +290,16 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// it too.
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
 		}
+		if out && v6 && (spec.fastTCP || spec.notrack) {
+			// An IPv6 routing header (IPV6_RTHDR type 4 needs no privilege,
+			// and may be set after the connect) sends a fast socket's packets
+			// to its next segment, not to the address the fast path decided
+			// (the connect's, the header's last segment): never passed by the
+			// socket's mark; reset, like a verdict's reject.
+			for _, m := range fastMarks {
+				fmt.Fprintf(&b, "-A %s -p tcp -m ipv6header --header ipv6-route --soft -m mark --mark %#x/%#x -j REJECT --reject-with tcp-reset\n", name, m, MarkMask)
+			}
+		}
 		if spec.notrack && hook != "FORWARD" {
 			// A TCP packet of a socket the fast path allowed, which the raw table
 			// kept out of conntrack (see "Notrack"): on its way (LATCH-OUT: the
@@ -824,6 +834,11 @@ func (spec ruleSpec) nftRules() string {
 		if out {
 			// The exact value, not the bit (see iptablesRules).
 			r("meta mark & %#x == %#x accept", MarkMask, OwnMark)
+		}
+		if out && (spec.fastTCP || spec.notrack) {
+			// A fast socket's IPv6 packets with a routing header (see
+			// iptablesRules).
+			r("meta nfproto ipv6 exthdr rt exists meta l4proto tcp meta mark & %#x %s reject with tcp reset", MarkMask, nftFastMarks())
 		}
 		if spec.notrack && hook != "forward" {
 			// The fast path's untracked TCP packets (see iptablesRules; inbound
