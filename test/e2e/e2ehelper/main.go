@@ -1212,7 +1212,7 @@ func talk() {
 			if err != nil || i < 0 || i >= len(conns) || perr != nil || port <= 0 || port > 65535 {
 				fatal(fmt.Errorf("talk: line %q: want \"simopen I PORT ADDR\"", sc.Text()))
 			}
-			emit(simopen(conns[i].(*net.TCPConn), port, f[3], 5*time.Second))
+			emit(reopen(conns[i].(*net.TCPConn), port, f[3], 5*time.Second))
 			continue
 		}
 		if len(f) == 2 && f[0] == "open" {
@@ -1265,7 +1265,7 @@ func talk() {
 			// its SO_MARK untouched), then the same socket connects to ADDR
 			// (3 s at most). Prints the outcome, and the socket's mark before
 			// the second connect in the error field.
-			emit(reopen(c.(*net.TCPConn), f[2], 3*time.Second))
+			emit(reopen(c.(*net.TCPConn), 0, f[2], 3*time.Second))
 		case "srh":
 			// "srh I VIA": the I-th connection's next packets go to VIA
 			// first (an IPv6 segment routing header).

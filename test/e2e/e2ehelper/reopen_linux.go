@@ -14,13 +14,15 @@ import (
 )
 
 // reopen disconnects c's socket (connect with AF_UNSPEC) and connects it again,
-// to addr, for up to timeout (talk's "reopen").
-func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
+// to addr, for up to timeout (talk's "reopen"). With port (not 0) it first binds
+// the socket to port on every address (talk's "simopen"): the peer may then
+// answer with a SYN of its own from addr (a simultaneous open).
+func reopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result {
 	start := time.Now()
 	r := Result{PID: os.Getpid()}
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
-		fatal(fmt.Errorf("talk: reopen %q: %w", addr, err))
+		fatal(fmt.Errorf("talk: reopen/simopen %q: %w", addr, err))
 	}
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -35,9 +37,15 @@ func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
 			return
 		}
 		mark, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
-		var sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		var local, sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: port}, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 		if ap.Addr().Is6() {
-			sa = &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+			local, sa = &syscall.SockaddrInet6{Port: port}, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		}
+		if port != 0 {
+			if err := syscall.Bind(int(fd), local); err != nil {
+				cerr = fmt.Errorf("bind: %w", err)
+				return
+			}
 		}
 		// The fd is non-blocking (Go's): wait for the connect's end by poll.
 		if err := syscall.Connect(int(fd), sa); err != nil && err != syscall.EINPROGRESS {
@@ -106,67 +114,6 @@ func v6only(addr string) (*net.TCPConn, Result) {
 		fatal(fmt.Errorf("talk: v6only: %w", err))
 	}
 	return c.(*net.TCPConn), r
-}
-
-// simopen disconnects c's socket (connect with AF_UNSPEC), binds it to port on
-// every address and connects it to addr (talk's "simopen"): the peer may answer
-// with a SYN of its own from addr (a simultaneous open). Emits the outcome as
-// reopen does, after timeout at most.
-func simopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result {
-	start := time.Now()
-	r := Result{PID: os.Getpid()}
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		fatal(fmt.Errorf("talk: simopen %q: %w", addr, err))
-	}
-	rc, err := c.SyscallConn()
-	if err != nil {
-		fatal(err)
-	}
-	var mark int
-	var cerr error
-	rc.Control(func(fd uintptr) {
-		unspec := syscall.RawSockaddr{Family: syscall.AF_UNSPEC}
-		if _, _, e := syscall.Syscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&unspec)), unsafe.Sizeof(unspec)); e != 0 {
-			cerr = fmt.Errorf("disconnect: %w", e)
-			return
-		}
-		mark, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
-		var local, sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: port}, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-		if ap.Addr().Is6() {
-			local, sa = &syscall.SockaddrInet6{Port: port}, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-		}
-		if err := syscall.Bind(int(fd), local); err != nil {
-			cerr = fmt.Errorf("bind: %w", err)
-			return
-		}
-		if err := syscall.Connect(int(fd), sa); err != nil && err != syscall.EINPROGRESS {
-			cerr = err
-			return
-		}
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		if n, err := unix.Poll(pfd, int(timeout.Milliseconds())); err != nil || n == 0 {
-			cerr = os.ErrDeadlineExceeded
-			return
-		}
-		if e, _ := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR); e != 0 {
-			cerr = syscall.Errno(e)
-		}
-	})
-	r.Millis = float64(time.Since(start).Microseconds()) / 1000
-	r.Error = fmt.Sprintf("mark %#x", mark)
-	switch {
-	case cerr == nil:
-		r.Outcome = "connected"
-	case errors.Is(cerr, syscall.ECONNREFUSED), errors.Is(cerr, syscall.ECONNRESET):
-		r.Outcome = "refused"
-	case errors.Is(cerr, os.ErrDeadlineExceeded), errors.Is(cerr, syscall.ETIMEDOUT):
-		r.Outcome = "timeout"
-	default:
-		r.Outcome = "error"
-		r.Error += ": " + cerr.Error()
-	}
-	return r
 }
 
 // simopenPeer connects from local to remote (e2ehelper simopen-peer), again

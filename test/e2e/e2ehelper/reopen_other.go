@@ -10,8 +10,8 @@ import (
 )
 
 // reopen needs Linux's connect(AF_UNSPEC) on a TCP socket.
-func reopen(c *net.TCPConn, addr string, timeout time.Duration) Result {
-	fatal(fmt.Errorf("talk reopen: not supported on %s", runtime.GOOS))
+func reopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result {
+	fatal(fmt.Errorf("talk reopen/simopen: not supported on %s", runtime.GOOS))
 	return Result{}
 }
 
@@ -21,13 +21,7 @@ func v6only(addr string) (*net.TCPConn, Result) {
 	return nil, Result{}
 }
 
-// simopen needs Linux's connect(AF_UNSPEC) on a TCP socket.
-func simopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result {
-	fatal(fmt.Errorf("talk simopen: not supported on %s", runtime.GOOS))
-	return Result{}
-}
-
-// simopenPeer is simopen's other side.
+// simopenPeer is talk simopen's other side.
 func simopenPeer(local, remote string, dur time.Duration) Result {
 	fatal(fmt.Errorf("simopen-peer: not supported on %s", runtime.GOOS))
 	return Result{}
