@@ -317,19 +317,7 @@ func TestFastPathMissesCopyAndUnruled(t *testing.T) {
 	n.Serve(t, 8305)
 	n.Serve(t, 8306)
 	n.ServeUDP(t, 8307)
-	id := strings.TrimPrefix(n.Client, "latch-c")
-	_, nth, _ := strings.Cut(id, "-")
-	k, _ := strconv.Atoi(nth)
-	sub := fmt.Sprintf("fd00:18:%x:%x", os.Getpid()%0xffff, k%0xffff)
-	c6, s6 := sub+"::1", sub+"::2"
-	for _, args := range [][]string{
-		{"-n", n.Client, "addr", "add", c6 + "/64", "dev", "lc" + id, "nodad"},
-		{"-n", n.Server, "addr", "add", s6 + "/64", "dev", "ls" + id, "nodad"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
+	s6 := addIPv6s(t, n, 0x18, 1)[0]
 	srv6 := n.Start(n.Server, helperBin, "serve", "["+s6+"]:8308")
 	srv6.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
 	cg, cgfd := fastPathCgroup(t)
@@ -453,15 +441,10 @@ func (n *Net) MustExec(t *testing.T, ns, name string, args ...string) string {
 // address, which a rule allows.
 func TestFastPathSegmentRoutedConnect(t *testing.T) {
 	n := NewNet(t)
+	xy := addIPv6s(t, n, 0x19, 2)
+	x6, y6 := xy[0], xy[1]
 	id := strings.TrimPrefix(n.Client, "latch-c")
-	_, nth, _ := strings.Cut(id, "-")
-	k, _ := strconv.Atoi(nth)
-	sub := fmt.Sprintf("fd00:19:%x:%x", os.Getpid()%0xffff, k%0xffff)
-	c6, x6, y6 := sub+"::1", sub+"::2", sub+"::3"
 	for _, args := range [][]string{
-		{"-n", n.Client, "addr", "add", c6 + "/64", "dev", "lc" + id, "nodad"},
-		{"-n", n.Server, "addr", "add", x6 + "/64", "dev", "ls" + id, "nodad"},
-		{"-n", n.Server, "addr", "add", y6 + "/64", "dev", "ls" + id, "nodad"},
 		{"netns", "exec", n.Server, "sysctl", "-qw", "net.ipv6.conf.all.seg6_enabled=1"},
 		{"netns", "exec", n.Server, "sysctl", "-qw", "net.ipv6.conf.ls" + id + ".seg6_enabled=1"},
 	} {
@@ -499,15 +482,10 @@ func TestFastPathSegmentRoutedConnect(t *testing.T) {
 // address).
 func TestFastPathSegmentRoutedFlow(t *testing.T) {
 	n := NewNet(t)
+	xy := addIPv6s(t, n, 0x1a, 2)
+	x6, y6 := xy[0], xy[1]
 	id := strings.TrimPrefix(n.Client, "latch-c")
-	_, nth, _ := strings.Cut(id, "-")
-	k, _ := strconv.Atoi(nth)
-	sub := fmt.Sprintf("fd00:1a:%x:%x", os.Getpid()%0xffff, k%0xffff)
-	c6, x6, y6 := sub+"::1", sub+"::2", sub+"::3"
 	for _, args := range [][]string{
-		{"-n", n.Client, "addr", "add", c6 + "/64", "dev", "lc" + id, "nodad"},
-		{"-n", n.Server, "addr", "add", x6 + "/64", "dev", "ls" + id, "nodad"},
-		{"-n", n.Server, "addr", "add", y6 + "/64", "dev", "ls" + id, "nodad"},
 		{"netns", "exec", n.Server, "sysctl", "-qw", "net.ipv6.conf.all.seg6_enabled=1"},
 		{"netns", "exec", n.Server, "sysctl", "-qw", "net.ipv6.conf.ls" + id + ".seg6_enabled=1"},
 		{"netns", "exec", n.Server, "ip6tables", "-w", "-t", "raw", "-A", "PREROUTING", "-d", y6 + "/128", "-p", "tcp"},

@@ -35,24 +35,32 @@ func (d *Daemon) fastPathUDP(t *testing.T) udpStatus {
 	return *st.FastPath
 }
 
-// addIPv6 gives the client and server namespaces IPv6 addresses of their own and
-// returns the server's.
-func addIPv6(t *testing.T, n *Net) string {
+// addIPv6 gives the client ::1 and the server ::2 of an IPv6 /64 of the test's
+// own (under fd00:19::/32) and returns the server's.
+func addIPv6(t *testing.T, n *Net) string { return addIPv6s(t, n, 0x19, 1)[0] }
+
+// addIPv6s gives the client ::1 and the server ::2, ::3, ... (servers of them)
+// of an IPv6 /64 of the test's own under fd00:TAG::/32 (the process and the
+// test's network number in it), and returns the server's.
+func addIPv6s(t *testing.T, n *Net, tag, servers int) []string {
 	t.Helper()
 	id := strings.TrimPrefix(n.Client, "latch-c")
 	_, nth, _ := strings.Cut(id, "-")
 	k, _ := strconv.Atoi(nth)
-	sub := fmt.Sprintf("fd00:19:%x:%x", os.Getpid()%0xffff, k%0xffff)
-	c6, s6 := sub+"::1", sub+"::2"
-	for _, args := range [][]string{
-		{"-n", n.Client, "addr", "add", c6 + "/64", "dev", "lc" + id, "nodad"},
-		{"-n", n.Server, "addr", "add", s6 + "/64", "dev", "ls" + id, "nodad"},
-	} {
+	sub := fmt.Sprintf("fd00:%x:%x:%x", tag, os.Getpid()%0xffff, k%0xffff)
+	cmds := [][]string{{"-n", n.Client, "addr", "add", sub + "::1/64", "dev", "lc" + id, "nodad"}}
+	var addrs []string
+	for i := range servers {
+		a := fmt.Sprintf("%s::%x", sub, i+2)
+		addrs = append(addrs, a)
+		cmds = append(cmds, []string{"-n", n.Server, "addr", "add", a + "/64", "dev", "ls" + id, "nodad"})
+	}
+	for _, args := range cmds {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
-	return s6
+	return addrs
 }
 
 // udpClient runs e2ehelper udp-on-line in the client namespace, inside the
