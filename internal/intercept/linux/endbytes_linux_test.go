@@ -88,13 +88,13 @@ func splitAddr(t *testing.T, s string) ctAddr {
 	return ctAddr{h, p}
 }
 
-// serveTCP listens in ns on addr (IPv4) until the test ends, and handles each
+// serveTCP listens in ns on addr (IPv4 or IPv6) until the test ends, and handles each
 // connection in a goroutine of its own with handle, which must close it.
 func serveTCP(t testing.TB, ns, addr string, handle func(net.Conn)) {
 	t.Helper()
 	var ln net.Listener
 	if err := inNS(ns, func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen("tcp", addr)
 		return err
 	}); err != nil {
 		t.Fatal(err)

@@ -102,35 +102,19 @@ func testLiveBytes(t *testing.T, how string, v6, live bool) {
 	dst := net.JoinHostPort(srvAddr, strconv.Itoa(port))
 	// The server answers each 10,000 bytes with 1,000, and closes after the
 	// client did.
-	var ln net.Listener
-	if err := inNS(tp.b, func() (err error) {
-		ln, err = net.Listen(network, dst)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	serveTCP(t, tp.b, dst, func(s net.Conn) {
+		defer s.Close()
+		s.SetDeadline(time.Now().Add(30 * time.Second))
+		buf := make([]byte, 10_000)
 		for {
-			s, err := ln.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(s, buf); err != nil {
 				return
 			}
-			go func() {
-				defer s.Close()
-				s.SetDeadline(time.Now().Add(30 * time.Second))
-				buf := make([]byte, 10_000)
-				for {
-					if _, err := io.ReadFull(s, buf); err != nil {
-						return
-					}
-					if _, err := s.Write(buf[:1000]); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := s.Write(buf[:1000]); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	p := strconv.Itoa(port)
 	ipt(t, tp.a, v6, "-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "--dport", p, "-m", "comment", "--comment", "latch-live-test")
 	ipt(t, tp.a, v6, "-t", "mangle", "-A", "INPUT", "-p", "tcp", "--sport", p, "-m", "comment", "--comment", "latch-live-test")

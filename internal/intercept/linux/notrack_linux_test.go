@@ -60,38 +60,21 @@ type pushConn struct {
 func listenPush(t *testing.T, tp *topo, addr string, port int) *pushServer {
 	t.Helper()
 	s := &pushServer{conns: map[string]*pushConn{}, ready: make(chan struct{}, 16)}
-	var ln net.Listener
-	if err := inNS(tp.b, func() error {
-		var err error
-		ln, err = net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	serveTCP(t, tp.b, net.JoinHostPort(addr, strconv.Itoa(port)), func(c net.Conn) {
+		pc := &pushConn{c: c}
+		s.mu.Lock()
+		s.conns[c.RemoteAddr().String()] = pc
+		s.mu.Unlock()
+		s.ready <- struct{}{}
+		buf := make([]byte, 4096)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
+			pc.got.Add(int64(n))
 			if err != nil {
 				return
 			}
-			pc := &pushConn{c: c}
-			s.mu.Lock()
-			s.conns[c.RemoteAddr().String()] = pc
-			s.mu.Unlock()
-			s.ready <- struct{}{}
-			go func() {
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					pc.got.Add(int64(n))
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	return s
 }
 
