@@ -216,8 +216,10 @@ func testLiveBytes(t *testing.T, how string, v6, live bool) {
 		}
 		return
 	}
-	if len(along) < 3 {
-		t.Errorf("%d reports along the way of a flow of about 4 intervals, want at least 3", len(along))
+	// Up to 3 (at 1, 2 and 3 s); a loaded machine's reads may come late
+	// enough to make one of them the end's.
+	if len(along) < 2 {
+		t.Errorf("%d reports along the way of a flow of about 4 intervals, want at least 2", len(along))
 	}
 	prev := trafficLine{}
 	for _, tl := range append(along, end) {
