@@ -328,13 +328,8 @@ func TestFastMarkAfterDaemonDeathFailsClosed(t *testing.T) {
 	if r := tk.say(t, fmt.Sprintf("reopen %d %s", alive, other)); r.Outcome == "connected" {
 		t.Fatalf("with the daemon up, a fast socket connected again to an unruled destination: %+v", r)
 	}
-	d.Signal(syscall.SIGKILL, 10*time.Second)
-	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
-	r := tk.say(t, fmt.Sprintf("reopen %d %s", dead, other))
-	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
-	if r.Outcome == "connected" || Accepted(srv) != 0 {
-		t.Errorf("fail-closed, daemon killed: a socket the fast path had marked connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
-	}
+	killDaemon(t, n, d)
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s", dead, other), "fail-closed, daemon killed: a socket the fast path had marked connected to an unruled destination")
 }
 
 // TestFastMarkAfterRestartWithoutFastPath: a socket the fast path marked
@@ -365,11 +360,7 @@ func TestFastMarkAfterRestartWithoutFastPath(t *testing.T) {
 	if fp := d2.fastPath(t); fp.On {
 		t.Fatalf("the second daemon's fast path is on")
 	}
-	r := tk.say(t, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8318))
-	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
-	if r.Outcome == "connected" || Accepted(srv) != 0 {
-		t.Errorf("a daemon without the fast path let a socket the earlier one's fast path had marked connect to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
-	}
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8318), "a daemon without the fast path let a socket the earlier one's fast path had marked connect to an unruled destination")
 }
 
 // TestFastMarkAfterRefusedConnectFailsClosed: a socket whose connect the fast
@@ -402,13 +393,8 @@ func TestFastMarkAfterRefusedConnectFailsClosed(t *testing.T) {
 	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
 		t.Fatalf("the refused connect was no fast-path hit: %+v", fp)
 	}
-	d.Signal(syscall.SIGKILL, 10*time.Second)
-	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
-	r := tk.say(t, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8321))
-	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
-	if r.Outcome == "connected" || Accepted(srv) != 0 {
-		t.Errorf("fail-closed, daemon killed: a socket whose fast connect was refused connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
-	}
+	killDaemon(t, n, d)
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:%d", c, n.ServerIP, 8321), "fail-closed, daemon killed: a socket whose fast connect was refused connected to an unruled destination")
 }
 
 // TestFastMarkAfterFailedConnectFailsClosed: a connect the fast path decided
@@ -438,13 +424,8 @@ func TestFastMarkAfterFailedConnectFailsClosed(t *testing.T) {
 	}
 	failed := len(tk.locals) // the index talk gave the socket
 	tk.locals = append(tk.locals, "")
-	d.Signal(syscall.SIGKILL, 10*time.Second)
-	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
-	r = tk.say(t, fmt.Sprintf("reopen %d [::ffff:%s]:8323", failed, n.ServerIP))
-	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
-	if r.Outcome == "connected" || Accepted(srv) != 0 {
-		t.Errorf("fail-closed, daemon killed: a socket whose fast connect failed before its SYN connected to an unruled destination: %+v (server accepted %d)", r, Accepted(srv))
-	}
+	killDaemon(t, n, d)
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d [::ffff:%s]:8323", failed, n.ServerIP), "fail-closed, daemon killed: a socket whose fast connect failed before its SYN connected to an unruled destination")
 }
 
 // TestFastFlowSimultaneousOpenAfterDaemonDeathFailsClosed: with --inbound, a
@@ -471,11 +452,29 @@ func TestFastFlowSimultaneousOpenAfterDaemonDeathFailsClosed(t *testing.T) {
 	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
 		t.Fatalf("the connection was no fast-path hit: %+v", fp)
 	}
-	d.Signal(syscall.SIGKILL, 10*time.Second)
-	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+	killDaemon(t, n, d)
 	peer := n.Start(n.Server, helperBin, "simopen-peer", fmt.Sprintf("%s:8326", n.ServerIP), fmt.Sprintf("%s:8325", n.ClientIP))
 	r := tk.say(t, fmt.Sprintf("simopen %d 8325 %s:8326", c, n.ServerIP))
 	if r.Outcome == "connected" {
 		t.Errorf("fail-closed, --inbound, daemon killed: a socket the fast path had marked connected to an unruled destination by a simultaneous open: %+v (peer: %s)", r, peer.Output())
+	}
+}
+
+// killDaemon kills d (SIGKILL: fail-closed, its ruleset stays, its hooks go) and
+// has latch cleanup remove the ruleset when the test ends.
+func killDaemon(t *testing.T, n *Net, d *Daemon) {
+	t.Helper()
+	d.Signal(syscall.SIGKILL, 10*time.Second)
+	t.Cleanup(func() { n.Exec(n.Client, latchBin, "cleanup") })
+}
+
+// notConnected has talk run cmd (a reopen to a destination no rule allows) and
+// fails the test (what happened) if it connected or srv accepted a connection.
+func notConnected(t *testing.T, tk *talker, srv *Proc, cmd, what string) {
+	t.Helper()
+	r := tk.say(t, cmd)
+	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
+	if r.Outcome == "connected" || Accepted(srv) != 0 {
+		t.Errorf("%s: %+v (server accepted %d)", what, r, Accepted(srv))
 	}
 }
