@@ -152,9 +152,7 @@ func (b *Backend) joinFastGroup(h *hold, k flowKey) bool {
 // The group stays, decided, for the flow's late packets, unless a rule changed
 // meanwhile.
 func (b *Backend) leadFastGroup(h *hold, v engine.Verdict) {
-	b.fastGroupsMu.Lock()
-	g := h.group
-	b.fastGroupsMu.Unlock()
+	g := h.group // set by joinFastGroup in handle, before h was decided
 	if g == nil {
 		return
 	}
