@@ -108,6 +108,12 @@ type historyTuning struct {
 	// fullReqIndex: every row's request ID is written and indexed (conns_req),
 	// not only those of flows that may still be reported (conns_open).
 	fullReqIndex bool
+	// inlineProcs: every row holds its process's columns (inlineSchema), as
+	// versions before procs wrote them.
+	inlineProcs bool
+	// timeIndex: the rows' times are indexed (conns_time), as versions before
+	// conns_batches did.
+	timeIndex bool
 }
 
 // DefaultMinFree is the free-space floor of the history on a file system of total
@@ -130,6 +136,9 @@ type History struct {
 	run     int64         // this opening's start (ns): with a request ID, it names a row
 	// trafficTable: the traffic table exists (see trafficSchema).
 	trafficTable atomic.Bool
+	// inline: the conns table has the processes' columns (inlineSchema: written
+	// by an earlier version); new rows leave them empty unless tuning.inlineProcs.
+	inline bool
 	flushes      chan chan struct{}
 	kick         chan struct{} // Record: the queue is past half full, write now
 	done         chan struct{}
@@ -183,7 +192,48 @@ const (
 	historyHoldBytes = 8 << 20
 )
 
+// historySchema is the schema of a new history. A connection's row holds what is
+// its own (addresses, verdict, host, bytes); what is the same for every connection
+// of a process (pid, executable, user, command line, identity, container, unit,
+// parents...) is one row of procs, which the connection's row names (proc). The
+// writer keeps the processes it wrote in memory and writes a procs row only for a
+// process it has not written yet: a connection's row is a third of the columns it
+// was. conns_view reads a connection's row with its process's columns, the way
+// earlier versions stored them (see connsView).
+//
+// There is no index of the connections' times: conns_batches holds each written
+// batch's span of ids and of times (see timeRange), a row per batch instead of an
+// index entry per row.
 const historySchema = `
+CREATE TABLE IF NOT EXISTS conns (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	time_ns     INTEGER NOT NULL,
+	direction   TEXT    NOT NULL,
+	proto       TEXT    NOT NULL,
+	local_ip    TEXT    NOT NULL,
+	local_port  INTEGER NOT NULL,
+	remote_ip   TEXT    NOT NULL,
+	remote_port INTEGER NOT NULL,
+	host        TEXT    NOT NULL DEFAULT '',
+	verdict     TEXT    NOT NULL,
+	reason      TEXT    NOT NULL,
+	rule_id     INTEGER NOT NULL,
+	host_source TEXT    NOT NULL DEFAULT '',
+	note        TEXT    NOT NULL DEFAULT '',
+	run_ns      INTEGER NOT NULL DEFAULT 0,
+	req_id      INTEGER NOT NULL DEFAULT 0,
+	bytes_in    INTEGER NOT NULL DEFAULT 0,
+	bytes_out   INTEGER NOT NULL DEFAULT 0,
+	mode        TEXT    NOT NULL DEFAULT 'ask',
+	proc        INTEGER NOT NULL DEFAULT 0
+);
+`
+
+// inlineSchema is the conns table of earlier versions: every row holds its
+// process's columns itself, and conns_time indexes the rows' times. Histories
+// written so keep their table (it is not rewritten): their rows read as they
+// were, and new rows name a procs row (proc) with their process's columns empty.
+const inlineSchema = `
 CREATE TABLE IF NOT EXISTS conns (
 	id          INTEGER PRIMARY KEY AUTOINCREMENT,
 	time_ns     INTEGER NOT NULL,
@@ -218,8 +268,61 @@ CREATE TABLE IF NOT EXISTS conns (
 	parents     TEXT    NOT NULL DEFAULT '',
 	container_name TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);
 `
+
+// timeIndex is the index of the connections' times that earlier versions had,
+// which conns_batches replaces (historyTuning.timeIndex keeps it).
+const timeIndex = `CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);`
+
+// procsSchema holds the processes connections were made by, a row per distinct
+// set of a process's columns (procColumns). last_conn is the id of the newest
+// connection row written with it (or later): once the bound deletes the rows up
+// to it, no row names it any more, and it goes too. Its index is per process,
+// updated once per batch that names it.
+const procsSchema = `
+CREATE TABLE IF NOT EXISTS procs (
+	id             INTEGER PRIMARY KEY,
+	last_conn      INTEGER NOT NULL,
+	pid            INTEGER NOT NULL,
+	exe            TEXT    NOT NULL,
+	uid            INTEGER NOT NULL,
+	user           TEXT    NOT NULL,
+	cmdline        TEXT    NOT NULL,
+	identity       TEXT    NOT NULL,
+	container      TEXT    NOT NULL,
+	identity_note  TEXT    NOT NULL,
+	netns          TEXT    NOT NULL,
+	unit           TEXT    NOT NULL,
+	app_id         TEXT    NOT NULL,
+	parents        TEXT    NOT NULL,
+	container_name TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS procs_last ON procs(last_conn);
+`
+
+// batchesSchema holds, per batch the writer wrote, its span of connection ids
+// and the earliest and latest time of its rows. Rows are written nearly in time
+// order, but not exactly (a question answered after 30 s is written after rows of
+// later connections): a time range's rows are those of the batches whose span of
+// times meets the range, filtered by their own time (see timeRange), exactly what
+// an index of the times finds.
+const batchesSchema = `
+CREATE TABLE IF NOT EXISTS conns_batches (
+	max_id   INTEGER PRIMARY KEY,
+	min_id   INTEGER NOT NULL,
+	min_time INTEGER NOT NULL,
+	max_time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conns_batches_time ON conns_batches(max_time);
+`
+
+// procColumns are the columns of procs that hold a process's values, as
+// connsView reads them, with the value a row without a process reads.
+var procColumns = []struct{ name, zero string }{
+	{"pid", "0"}, {"exe", "''"}, {"uid", "0"}, {"user", "''"}, {"cmdline", "''"},
+	{"identity", "''"}, {"container", "''"}, {"identity_note", "''"}, {"netns", "''"},
+	{"unit", "''"}, {"app_id", "''"}, {"parents", "''"}, {"container_name", "''"},
+}
 
 // trafficSchema holds what programs moved over time, one row per traffic report with
 // the bytes since the flow's previous one. It is created with the first report, with
@@ -252,7 +355,8 @@ const connsOpenIndex = `CREATE INDEX IF NOT EXISTS conns_open ON conns(req_id) W
 const legacyReqIndex = `CREATE INDEX IF NOT EXISTS conns_req ON conns(req_id);`
 
 // addedColumns are the columns of conns that databases written by earlier versions
-// may lack, with the definition that adds them; old rows read the default.
+// may lack, with the definition that adds them; old rows read the default. proc:
+// rows written before procs name none (0), and hold their process's columns.
 var addedColumns = []struct{ name, def string }{
 	{"host", "TEXT NOT NULL DEFAULT ''"},
 	// Rows written before latch verified program identities read identity "": not
@@ -276,35 +380,92 @@ var addedColumns = []struct{ name, def string }{
 	{"parents", "TEXT NOT NULL DEFAULT ''"},
 	// The name docker or podman gives the container (rows from before: none).
 	{"container_name", "TEXT NOT NULL DEFAULT ''"},
+	{"proc", "INTEGER NOT NULL DEFAULT 0"},
+}
+
+// isProcColumn reports whether name is one of procColumns.
+func isProcColumn(name string) bool {
+	for _, c := range procColumns {
+		if c.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // migrateHistory brings a conns table created by an earlier version up to
-// historySchema: CREATE TABLE IF NOT EXISTS leaves an existing table as it is.
-func migrateHistory(db *sql.DB) error {
+// date: CREATE TABLE IF NOT EXISTS leaves an existing table as it is. It reports
+// whether the table holds the processes' columns (inlineSchema): a table written
+// by versions before procs, whose rows keep them.
+func migrateHistory(db *sql.DB) (inline bool, err error) {
 	rows, err := db.Query(`SELECT name FROM pragma_table_info('conns')`)
 	if err != nil {
-		return fmt.Errorf("reading the conns table's columns: %w", err)
+		return false, fmt.Errorf("reading the conns table's columns: %w", err)
 	}
 	have := map[string]bool{}
 	for rows.Next() {
 		var name string
 		if err := rows.Scan(&name); err != nil {
 			rows.Close()
-			return fmt.Errorf("reading the conns table's columns: %w", err)
+			return false, fmt.Errorf("reading the conns table's columns: %w", err)
 		}
 		have[name] = true
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading the conns table's columns: %w", err)
+		return false, fmt.Errorf("reading the conns table's columns: %w", err)
 	}
+	inline = have["exe"]
 	for _, c := range addedColumns {
-		if have[c.name] {
+		if have[c.name] || !inline && isProcColumn(c.name) {
 			continue
 		}
+		// Adding a column rewrites no row: old rows read its default.
 		if _, err := db.Exec(`ALTER TABLE conns ADD COLUMN ` + c.name + ` ` + c.def); err != nil {
-			return fmt.Errorf("adding column %s to conns: %w", c.name, err)
+			return false, fmt.Errorf("adding column %s to conns: %w", c.name, err)
 		}
+	}
+	return inline, nil
+}
+
+// connsView makes conns_view: a connection's row with its process's columns, from
+// procs, or for a row of an earlier version (proc 0), from the row itself (inline:
+// the table has them).
+func connsView(inline bool) string {
+	var b strings.Builder
+	b.WriteString("DROP VIEW IF EXISTS conns_view;\nCREATE VIEW conns_view AS SELECT c.id AS id")
+	for _, col := range connColumns {
+		if col.name != "proc" {
+			fmt.Fprintf(&b, ", c.%s AS %[1]s", col.name)
+		}
+	}
+	for _, col := range procColumns {
+		other := col.zero
+		if inline {
+			other = "c." + col.name
+		}
+		fmt.Fprintf(&b, ", ifnull(p.%s, %s) AS %[1]s", col.name, other)
+	}
+	b.WriteString(" FROM conns c LEFT JOIN procs p ON p.id = c.proc;")
+	return b.String()
+}
+
+// batchRows is how many rows of a history written before conns_batches one of its
+// rows covers (see migrateBatches).
+const batchRows = 512
+
+// migrateBatches makes conns_batches cover every row: rows written before it (or
+// by an earlier version, after it) get a row per batchRows ids, found by reading
+// them once (they are not rewritten). Then the index of times goes.
+func migrateBatches(db *sql.DB) error {
+	_, err := db.Exec(batchesSchema + `
+		INSERT INTO conns_batches (max_id, min_id, min_time, max_time)
+			SELECT MAX(id), MIN(id), MIN(time_ns), MAX(time_ns) FROM conns
+			WHERE id > (SELECT ifnull(MAX(max_id), 0) FROM conns_batches)
+			GROUP BY id / ` + fmt.Sprint(batchRows) + `;
+		DROP INDEX IF EXISTS conns_time;`)
+	if err != nil {
+		return fmt.Errorf("listing the connections' times by batch (conns_batches): %w", err)
 	}
 	return nil
 }
@@ -390,13 +551,36 @@ func (h *History) open() error {
 	if err != nil {
 		return fmt.Errorf("history %s: %w", h.path, err)
 	}
-	if _, err := db.Exec(historySchema); err != nil {
+	schema := historySchema
+	if h.tuning.inlineProcs {
+		schema = inlineSchema
+	}
+	if _, err := db.Exec(schema + procsSchema); err != nil {
 		db.Close()
 		return fmt.Errorf("history %s: creating schema: %w", h.path, err)
 	}
-	if err := migrateHistory(db); err != nil {
+	inline, err := migrateHistory(db)
+	if err != nil {
 		db.Close()
 		return fmt.Errorf("history %s: %w", h.path, err)
+	}
+	if h.tuning.inlineProcs && !inline {
+		db.Close()
+		return fmt.Errorf("history %s: written with procs, cannot be written with every row's process inline", h.path)
+	}
+	h.inline = inline
+	if h.tuning.timeIndex {
+		_, err = db.Exec(`DROP TABLE IF EXISTS conns_batches; ` + timeIndex)
+	} else {
+		err = migrateBatches(db)
+	}
+	if err != nil {
+		db.Close()
+		return fmt.Errorf("history %s: %w", h.path, err)
+	}
+	if _, err := db.Exec(connsView(inline)); err != nil {
+		db.Close()
+		return fmt.Errorf("history %s: creating conns_view: %w", h.path, err)
 	}
 	h.trafficTable.Store(hasTable(db, "traffic"))
 	if err := h.migrateReqIndex(db); err != nil {
@@ -407,6 +591,12 @@ func (h *History) open() error {
 	if err := prune(db, h.maxRows); err != nil {
 		db.Close()
 		return fmt.Errorf("history %s: %w", h.path, err)
+	}
+	// The schema's pages go into the database now: the write-ahead log starts
+	// empty, and takes no more room than before there were procs and batches.
+	if _, err := db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		db.Close()
+		return fmt.Errorf("history %s: checkpoint: %w", h.path, err)
 	}
 	h.db.Store(db)
 	return nil
@@ -821,7 +1011,13 @@ func (h *History) writeBatch(batch []historyItem) {
 		db = h.db.Load()
 	}
 	if h.w == nil {
-		w, err := newRowWriter(db)
+		shape := shapeProcs
+		if h.tuning.inlineProcs {
+			shape = shapeInline
+		} else if h.inline {
+			shape = shapeMixed
+		}
+		w, err := newRowWriter(db, shape)
 		if err != nil {
 			h.fail(conns, err)
 			return
@@ -838,6 +1034,7 @@ func (h *History) writeBatch(batch []historyItem) {
 		if err := h.w.exec("BEGIN"); err != nil {
 			return err
 		}
+		h.w.begin()
 		err := h.writeItems(h.w, batch)
 		if err == nil {
 			err = h.prune(h.w)
@@ -877,7 +1074,11 @@ type rowWriter struct {
 	dc    driverConn // the driver's connection, while inside conn.Raw
 	stmts map[string]driver.Stmt
 	args  []driver.NamedValue
-	row   [insertCols]driver.Value // one connection's values (values)
+	row   [inlineCols]driver.Value // one connection's values (values)
+	// shape is how rows are written (shapeProcs...); per: how many arguments a
+	// row takes, plain: a plain row.
+	shape      int
+	per, plain int
 	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
 	// to remember, see rowids).
 	rowReqs []engine.RequestID
@@ -888,7 +1089,22 @@ type rowWriter struct {
 	ring     []rowidOf
 	ringNext int
 	staged   []rowidOf
-	last     [insertCols]driver.Value // each column's last value (boxText)
+	last     [inlineCols]driver.Value // each column's last value (boxText)
+	// procs are the processes written (see proc); nextProc is the id the next
+	// new one takes, tx the number of the open transaction.
+	procs    map[procKey]*procRow
+	nextProc int64
+	tx       uint64
+	// txProcs are the processes the open transaction's rows name.
+	txProcs []*procRow
+	// maxConn is the largest connection id written; cutoff, the largest one
+	// the bound deleted (prune): a procs row whose last_conn is at most cutoff
+	// is gone.
+	maxConn, cutoff int64
+	// span is the ids and times of the rows of the open transaction
+	// (conns_batches); spanN counts them.
+	span  batchSpan
+	spanN int
 	// lastRemote caches the text of the last remote address written: a program's
 	// connections mostly go to the same few addresses.
 	lastRemote    netip.Addr
@@ -898,12 +1114,180 @@ type rowWriter struct {
 	lastLocalStr string
 }
 
-func newRowWriter(db *sql.DB) (*rowWriter, error) {
+func newRowWriter(db *sql.DB, shape int) (*rowWriter, error) {
 	conn, err := db.Conn(context.Background())
 	if err != nil {
 		return nil, fmt.Errorf("history: a connection for the writer: %w", err)
 	}
-	return &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}, rowids: map[engine.RequestID]int64{}}, nil
+	w := &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}, rowids: map[engine.RequestID]int64{},
+		shape: shape, procs: map[procKey]*procRow{}}
+	cols := w.columns()
+	w.per, w.plain = len(cols), plainCount(cols)
+	if err := conn.QueryRowContext(context.Background(), `SELECT (SELECT ifnull(MAX(id), 0) FROM conns), (SELECT ifnull(MAX(id), 0) FROM procs)`).Scan(&w.maxConn, &w.nextProc); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("history: the writer's first ids: %w", err)
+	}
+	w.nextProc++
+	return w, nil
+}
+
+// procKey is a process's columns in procs.
+type procKey struct {
+	pid, uid                                  int32
+	identity                                  engine.Identity
+	exe, user, cmdline, container, idNote     string
+	netns, unit, appID, parents, containerName string
+}
+
+// procRow is a row of procs the writer wrote (or writes in the open transaction).
+type procRow struct {
+	key procKey
+	id  int64
+	// last is the procs row's last_conn as committed; 0: not written yet.
+	last int64
+	tx   uint64 // the last transaction whose rows name it
+}
+
+// procsMax bounds the processes the writer remembers: past it, it forgets them all
+// (a process seen again gets a new procs row).
+const procsMax = 16384
+
+// proc returns the id of r's process's procs row, a new one (written with the
+// transaction, see writeProcs) if the writer has none yet, or if the bound
+// deleted the one it had.
+func (w *rowWriter) proc(r *engine.Request) int64 {
+	k := procKey{pid: r.PID, uid: r.UID, identity: r.Identity, exe: r.Exe, user: r.User, cmdline: r.Cmdline,
+		container: r.Container, idNote: r.IdentityNote, netns: r.Netns, unit: r.Unit, appID: r.AppID,
+		parents: joinParents(r.Parents), containerName: r.ContainerName}
+	p := w.procs[k]
+	if p != nil && p.tx != w.tx && p.last <= w.cutoff {
+		p = nil // pruned: no row names it any more
+	}
+	if p == nil {
+		if len(w.procs) >= procsMax {
+			clear(w.procs) // the transaction's own stay in txProcs
+		}
+		p = &procRow{key: k, id: w.nextProc}
+		w.nextProc++
+		w.procs[k] = p
+	}
+	if p.tx != w.tx {
+		p.tx = w.tx
+		w.txProcs = append(w.txProcs, p)
+	}
+	return p.id
+}
+
+// writeProcs writes the processes the transaction's rows name: the new ones, and
+// the newest row that names each (last_conn: the transaction's last row) of the
+// others.
+func (w *rowWriter) writeProcs() error {
+	last := w.maxConn
+	var fresh, old []*procRow
+	for _, p := range w.txProcs {
+		if p.last == 0 {
+			fresh = append(fresh, p)
+		} else {
+			old = append(old, p)
+		}
+	}
+	for len(fresh) > 0 {
+		n := chunk(len(fresh))
+		for _, p := range fresh[:n] {
+			k := &p.key
+			w.int(p.id)
+			w.int(last)
+			w.int(int64(k.pid))
+			w.args = append(w.args, driver.NamedValue{Value: k.exe})
+			w.int(int64(k.uid))
+			for _, v := range [...]string{k.user, k.cmdline, k.identity.String(), k.container, k.idNote,
+				k.netns, k.unit, k.appID, k.parents, k.containerName} {
+				w.args = append(w.args, driver.NamedValue{Value: v})
+			}
+		}
+		if _, err := w.runArgs(insertProcs(n)); err != nil {
+			return err
+		}
+		fresh = fresh[n:]
+	}
+	for len(old) > 0 {
+		n := chunk(len(old))
+		w.int(last)
+		for _, p := range old[:n] {
+			w.int(p.id)
+		}
+		if _, err := w.runArgs(updateProcs(n)); err != nil {
+			return err
+		}
+		old = old[n:]
+	}
+	return nil
+}
+
+// chunk is how many of n rows the next statement takes: the largest of
+// insertSizes that n reaches.
+func chunk(n int) int {
+	for _, k := range insertSizes {
+		if n >= k {
+			return k
+		}
+	}
+	return insertSizes[len(insertSizes)-1]
+}
+
+// procsSQL holds insertProcs' and updateProcs' statements by size.
+var procsSQL sync.Map
+
+// insertProcs returns an INSERT of n procs rows: arguments id, last_conn and the
+// process's columns (procColumns) of each.
+func insertProcs(n int) string {
+	if q, ok := procsSQL.Load(n); ok {
+		return q.(string)
+	}
+	var b strings.Builder
+	b.WriteString("INSERT OR ROLLBACK INTO procs (id, last_conn")
+	for _, c := range procColumns {
+		b.WriteString(", " + c.name)
+	}
+	b.WriteString(") VALUES ")
+	row := "(" + strings.Repeat("?, ", len(procColumns)+1) + "?)"
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+	q := b.String()
+	procsSQL.Store(n, q)
+	return q
+}
+
+// updateProcs returns an UPDATE of n procs rows' last_conn: arguments the value,
+// then the rows' ids.
+func updateProcs(n int) string {
+	if q, ok := procsSQL.Load(-n); ok {
+		return q.(string)
+	}
+	q := "UPDATE procs SET last_conn = ? WHERE id IN (" + strings.Repeat("?, ", n-1) + "?)"
+	procsSQL.Store(-n, q)
+	return q
+}
+
+// batchSpan is what conns_batches holds of a batch: its rows' ids and times.
+type batchSpan struct{ minID, maxID, minTime, maxTime int64 }
+
+// writeSpan writes the span of the transaction's rows, if it wrote any.
+func (w *rowWriter) writeSpan() error {
+	if w.spanN == 0 {
+		return nil
+	}
+	s := w.span
+	w.int(s.maxID)
+	w.int(s.minID)
+	w.int(s.minTime)
+	w.int(s.maxTime)
+	_, err := w.runArgs(`INSERT OR ROLLBACK INTO conns_batches (max_id, min_id, min_time, max_time) VALUES (?, ?, ?, ?)`)
+	return err
 }
 
 // closeWriter closes the writer's statements and connection.
@@ -1025,9 +1409,9 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	// insertSizes rows of one kind (plain or not, see connColumns).
 	rows, plain := 0, false // rows of that kind whose arguments are in w.args
 	flushRows := func() error {
-		per := len(connColumns)
+		per := w.per
 		if plain {
-			per = plainCols
+			per = w.plain
 		}
 		args := w.args
 		for rows > 0 {
@@ -1038,7 +1422,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 					break
 				}
 			}
-			res, err := w.run(insertConns(n, plain), args[:n*per])
+			res, err := w.run(insertConns(n, plain, w.shape), args[:n*per])
 			if err != nil {
 				return err
 			}
@@ -1046,6 +1430,12 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			if err != nil {
 				return err
 			}
+			if w.spanN == 0 {
+				w.span.minID = last - int64(n) + 1
+			}
+			w.span.maxID = last
+			w.spanN += n
+			w.maxConn = max(w.maxConn, last)
 			w.inserted(w.rowReqs[:n], last)
 			w.rowReqs = w.rowReqs[n:]
 			args = args[n*per:]
@@ -1067,7 +1457,18 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		if !open && !h.tuning.fullReqIndex {
 			req = 0
 		}
-		p := w.values(c, h.run, req)
+		var proc int64
+		if w.shape != shapeInline {
+			proc = w.proc(&c.Request)
+		}
+		t := c.Time.UnixNano()
+		if rows == 0 && w.spanN == 0 || t < w.span.minTime {
+			w.span.minTime = t
+		}
+		if rows == 0 && w.spanN == 0 || t > w.span.maxTime {
+			w.span.maxTime = t
+		}
+		p := w.values(c, h.run, req, proc)
 		if rows > 0 && (p != plain || rows == insertSizes[0]) {
 			if err := flushRows(); err != nil {
 				return err
@@ -1129,6 +1530,14 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	}
 	if err := flushRows(); err != nil {
 		return err
+	}
+	if err := w.writeProcs(); err != nil {
+		return err
+	}
+	if !h.tuning.timeIndex {
+		if err := w.writeSpan(); err != nil {
+			return err
+		}
 	}
 	if err := h.updateBytes(w, updates); err != nil {
 		return err
@@ -1261,9 +1670,22 @@ func (w *rowWriter) inserted(reqs []engine.RequestID, last int64) {
 	}
 }
 
-// committed remembers the rowids of the rows of the transaction that committed,
+// begin starts the writer's account of a transaction.
+func (w *rowWriter) begin() {
+	w.tx++
+	clear(w.txProcs)
+	w.txProcs = w.txProcs[:0]
+	w.spanN = 0
+}
+
+// committed remembers the processes written, and the rowids of the rows of the transaction that committed,
 // forgetting the oldest beyond rowidsMax.
 func (w *rowWriter) committed() {
+	for _, p := range w.txProcs {
+		p.last = w.maxConn // as writeProcs wrote it
+	}
+	clear(w.txProcs)
+	w.txProcs = w.txProcs[:0]
 	for _, r := range w.staged {
 		if len(w.ring) < rowidsMax {
 			w.ring = append(w.ring, r)
@@ -1281,12 +1703,37 @@ func (w *rowWriter) committed() {
 }
 
 // values fills w.row with the values of c's row with request ID req (an empty
-// text as nil, an integer as int64) and reports whether the row is plain: every
-// optional column empty.
-func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID) (plain bool) {
+// text as nil, an integer as int64), its process being procs row proc, and
+// reports whether the row is plain: every optional column empty.
+func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64) (plain bool) {
+	if w.shape == shapeInline {
+		return w.inlineValues(c, run, req)
+	}
 	r := &c.Request
 	text, num := w.boxText, w.boxInt
-	w.row = [insertCols]driver.Value{
+	w.row = [inlineCols]driver.Value{
+		num(0, c.Time.UnixNano()), text(1, r.Direction.String()), text(2, r.Protocol.String()),
+		text(3, w.local(r.Local.Addr())), num(4, int64(r.Local.Port())),
+		text(5, w.remote(r.Remote.Addr())), num(6, int64(r.Remote.Port())),
+		text(7, r.Host), text(8, c.Verdict.Action.String()), text(9, string(c.Verdict.Reason)), num(10, int64(c.Verdict.RuleID)),
+		text(11, r.HostSource), text(12, r.Note),
+		num(13, run), num(14, int64(req)), num(15, int64(c.BytesIn)), num(16, int64(c.BytesOut)),
+		text(17, c.Verdict.Mode.String()), num(18, proc),
+	}
+	for i, col := range connColumns {
+		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
+			return false
+		}
+	}
+	return true
+}
+
+// inlineValues is values for a row that holds its process's columns
+// (historyTuning.inlineProcs), in the order of inlineColumns.
+func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plain bool) {
+	r := &c.Request
+	text, num := w.boxText, w.boxInt
+	w.row = [inlineCols]driver.Value{
 		num(0, c.Time.UnixNano()), text(1, r.Direction.String()), text(2, r.Protocol.String()),
 		text(3, w.local(r.Local.Addr())), num(4, int64(r.Local.Port())),
 		text(5, w.remote(r.Remote.Addr())), num(6, int64(r.Remote.Port())),
@@ -1297,7 +1744,7 @@ func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID) (plain bool
 		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, joinParents(r.Parents)),
 		text(30, r.ContainerName),
 	}
-	for i, col := range connColumns {
+	for i, col := range inlineColumns {
 		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
 			return false
 		}
@@ -1330,10 +1777,18 @@ func (w *rowWriter) boxInt(i int, n int64) driver.Value {
 	return v
 }
 
+// columns are the columns a row of w inserts, in the order of w.row.
+func (w *rowWriter) columns() []column {
+	if w.shape == shapeInline {
+		return inlineColumns
+	}
+	return connColumns
+}
+
 // addRow adds w.row's arguments: all of them, or in a plain row those of the
 // columns that are not optional.
 func (w *rowWriter) addRow(plain bool) {
-	for i, col := range connColumns {
+	for i, col := range w.columns() {
 		if plain && col.optional {
 			continue
 		}
@@ -1346,22 +1801,38 @@ func (w *rowWriter) addRow(plain bool) {
 var insertSizes = []int{insertRows, 16, 4, 1}
 
 const (
-	insertCols = 31
+	inlineCols = 31
 	insertRows = 64
 )
 
-// connColumns are the columns of conns a row inserts, in the order of
-// rowWriter.values. A text goes as NULL when empty and is stored as an empty text
-// (ifnull): the driver copies every text it binds into memory of its own, which
-// NULL spares. Optional columns are empty in most connections the kernel fast path
-// records: a row whose optional columns are all empty is plain, and is inserted
-// with a statement that has them as constants (binding fewer values). The local
-// address and port are not optional: the fast path records them too; nor are the
-// bytes, which a short flow's end report sets before its row is written (rowHold).
-var connColumns = [insertCols]struct {
+// column is a column of conns a row inserts. A text goes as NULL when empty and
+// is stored as an empty text (ifnull): the driver copies every text it binds into
+// memory of its own, which NULL spares. Optional columns are empty in most
+// connections the kernel fast path records: a row whose optional columns are all
+// empty is plain, and is inserted with a statement that has them as constants
+// (binding fewer values). The local address and port are not optional: the fast
+// path records them too; nor are the bytes, which a short flow's end report sets
+// before its row is written (rowHold).
+type column struct {
 	name           string
 	text, optional bool
-}{
+}
+
+// connColumns are the columns of conns a row inserts, in the order of
+// rowWriter.values: the connection's own, and its process's procs row.
+var connColumns = []column{
+	{"time_ns", false, false}, {"direction", true, false}, {"proto", true, false},
+	{"local_ip", true, false}, {"local_port", false, false},
+	{"remote_ip", true, false}, {"remote_port", false, false},
+	{"host", true, true}, {"verdict", true, false}, {"reason", true, false}, {"rule_id", false, false},
+	{"host_source", true, true}, {"note", true, true},
+	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, false}, {"bytes_out", false, false},
+	{"mode", true, false}, {"proc", false, false},
+}
+
+// inlineColumns are the columns a row holding its process's columns inserts
+// (historyTuning.inlineProcs), in the order of rowWriter.inlineValues.
+var inlineColumns = []column{
 	{"time_ns", false, false}, {"direction", true, false}, {"proto", true, false},
 	{"local_ip", true, false}, {"local_port", false, false},
 	{"remote_ip", true, false}, {"remote_port", false, false},
@@ -1375,37 +1846,48 @@ var connColumns = [insertCols]struct {
 	{"parents", true, true}, {"container_name", true, true},
 }
 
-// plainCols is how many arguments a plain row takes.
-var plainCols = func() int {
+// plainCount is how many arguments a plain row of cols takes.
+func plainCount(cols []column) int {
 	n := 0
-	for _, col := range connColumns {
+	for _, col := range cols {
 		if !col.optional {
 			n++
 		}
 	}
 	return n
-}()
+}
+
+// Rows' shapes (rowWriter.shape): what the table holds and how a row is written.
+const (
+	shapeProcs  = iota // a table of historySchema: the row names its procs row
+	shapeMixed         // a table of inlineSchema: the row names its procs row, its own process columns empty
+	shapeInline        // a table of inlineSchema, the row holding its process's columns
+)
 
 // insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows, plain or not. OR ROLLBACK:
-// a row that breaks a constraint (none can: every column gets a value) rolls the
-// transaction back, which the writer does anyway when a statement fails; with the
-// default (ABORT) SQLite keeps a statement journal to undo just the failed
-// statement, a copy of every page a multi-row INSERT changes first.
-func insertConns(n int, plain bool) string {
+// insertConns returns an INSERT of n connection rows of a shape, plain or not. OR
+// ROLLBACK: a row that breaks a constraint (none can: every column gets a value)
+// rolls the transaction back, which the writer does anyway when a statement fails;
+// with the default (ABORT) SQLite keeps a statement journal to undo just the
+// failed statement, a copy of every page a multi-row INSERT changes first.
+func insertConns(n int, plain bool, shape int) string {
 	type key struct {
-		n     int
-		plain bool
+		n, shape int
+		plain    bool
 	}
-	if q, ok := insertSQL.Load(key{n, plain}); ok {
+	if q, ok := insertSQL.Load(key{n, shape, plain}); ok {
 		return q.(string)
+	}
+	cols := connColumns
+	if shape == shapeInline {
+		cols = inlineColumns
 	}
 	var b, row strings.Builder
 	b.WriteString("INSERT OR ROLLBACK INTO conns (")
 	row.WriteString("(")
-	for i, col := range connColumns {
+	for i, col := range cols {
 		if i > 0 {
 			b.WriteString(", ")
 			row.WriteString(", ")
@@ -1422,6 +1904,12 @@ func insertConns(n int, plain bool) string {
 			row.WriteString("?")
 		}
 	}
+	if shape == shapeMixed {
+		// The columns of inlineSchema that have no default: the process's are in
+		// procs.
+		b.WriteString(", pid, exe, uid, user, cmdline")
+		row.WriteString(", 0, '', 0, '', ''")
+	}
 	b.WriteString(") VALUES ")
 	row.WriteString(")")
 	for i := range n {
@@ -1431,7 +1919,7 @@ func insertConns(n int, plain bool) string {
 		b.WriteString(row.String())
 	}
 	q := b.String()
-	insertSQL.Store(key{n, plain}, q)
+	insertSQL.Store(key{n, shape, plain}, q)
 	return q
 }
 
@@ -1452,16 +1940,31 @@ func (h *History) ensureTrafficTable(w *rowWriter) error {
 	return nil
 }
 
-// prune deletes the oldest rows beyond the bound, with the writer's statements.
+// prune deletes the oldest rows beyond the bound, with the writer's statements:
+// the connections', then the processes and batches no connection left refers to.
 func (h *History) prune(w *rowWriter) error {
-	tables := []string{"conns"}
-	if h.trafficTable.Load() {
-		tables = append(tables, "traffic")
+	cutoff := w.maxConn - int64(h.maxRows)
+	if cutoff > w.cutoff {
+		w.int(cutoff)
+		if _, err := w.runArgs(`DELETE FROM conns WHERE id <= ?`); err != nil {
+			return fmt.Errorf("pruning history (conns): %w", err)
+		}
+		w.int(cutoff)
+		if _, err := w.runArgs(`DELETE FROM procs WHERE last_conn <= ?`); err != nil {
+			return fmt.Errorf("pruning history (procs): %w", err)
+		}
+		if !h.tuning.timeIndex {
+			w.int(cutoff)
+			if _, err := w.runArgs(`DELETE FROM conns_batches WHERE max_id <= ?`); err != nil {
+				return fmt.Errorf("pruning history (conns_batches): %w", err)
+			}
+		}
+		w.cutoff = cutoff
 	}
-	for _, table := range tables {
+	if h.trafficTable.Load() {
 		w.int(int64(h.maxRows))
-		if _, err := w.runArgs(`DELETE FROM ` + table + ` WHERE id <= (SELECT MAX(id) FROM ` + table + `) - ?`); err != nil {
-			return fmt.Errorf("pruning history (%s): %w", table, err)
+		if _, err := w.runArgs(`DELETE FROM traffic WHERE id <= (SELECT MAX(id) FROM traffic) - ?`); err != nil {
+			return fmt.Errorf("pruning history (traffic): %w", err)
 		}
 	}
 	return nil
@@ -1475,16 +1978,22 @@ func hasTable(db *sql.DB, name string) bool {
 }
 
 // prune deletes the oldest rows beyond maxRows. IDs only grow (AUTOINCREMENT), so
-// the newest maxRows rows are those with id > max(id) - maxRows.
+// the newest maxRows rows are those with id > max(id) - maxRows. The processes
+// and batches of the rows deleted go with them.
 func prune(db *sql.DB, maxRows int) error {
-	tables := []string{"conns"}
-	if hasTable(db, "traffic") {
-		tables = append(tables, "traffic")
+	stmts := []string{
+		`DELETE FROM procs WHERE last_conn <= (SELECT MAX(id) FROM conns) - ?`,
+		`DELETE FROM conns WHERE id <= (SELECT MAX(id) FROM conns) - ?`,
 	}
-	for _, table := range tables {
-		_, err := db.Exec(`DELETE FROM `+table+` WHERE id <= (SELECT MAX(id) FROM `+table+`) - ?`, maxRows)
-		if err != nil {
-			return fmt.Errorf("pruning history (%s): %w", table, err)
+	if hasTable(db, "conns_batches") {
+		stmts = append(stmts, `DELETE FROM conns_batches WHERE max_id <= (SELECT MAX(id) FROM conns) - ?`)
+	}
+	if hasTable(db, "traffic") {
+		stmts = append(stmts, `DELETE FROM traffic WHERE id <= (SELECT MAX(id) FROM traffic) - ?`)
+	}
+	for _, q := range stmts {
+		if _, err := db.Exec(q, maxRows); err != nil {
+			return fmt.Errorf("pruning history (%s): %w", q, err)
 		}
 	}
 	return nil
@@ -1510,9 +2019,9 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 	var rows *sql.Rows
 	var err error
 	if afterID > 0 {
-		rows, err = db.Query(`SELECT `+connCols+` FROM conns WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
+		rows, err = db.Query(`SELECT `+connCols+` FROM conns_view WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
 	} else {
-		rows, err = db.Query(`SELECT * FROM (SELECT `+connCols+` FROM conns ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
+		rows, err = db.Query(`SELECT * FROM (SELECT `+connCols+` FROM conns_view ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
@@ -1520,7 +2029,7 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 	return scanConns(rows)
 }
 
-// connCols are the columns scanConns reads, in order.
+// connCols are the columns of conns_view scanConns reads, in order.
 const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip, remote_port,
 		pid, exe, uid, user, cmdline, host, verdict, reason, rule_id, identity, container, identity_note, host_source, note, bytes_in, bytes_out, netns, mode, unit, app_id, parents, container_name`
 

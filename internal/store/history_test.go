@@ -65,12 +65,12 @@ func TestHistoryKeepsIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The schema as it was before identities.
-	i := strings.Index(historySchema, ",\n\tidentity ")
-	j := strings.Index(historySchema, "\n);")
+	i := strings.Index(inlineSchema, ",\n\tidentity ")
+	j := strings.Index(inlineSchema, "\n);")
 	if i < 0 || j < i {
-		t.Fatal("test out of date: no identity column at the end of historySchema")
+		t.Fatal("test out of date: no identity column at the end of inlineSchema")
 	}
-	old := historySchema[:i] + historySchema[j:]
+	old := inlineSchema[:i] + inlineSchema[j:]
 	if strings.Contains(old, "identity") {
 		t.Fatalf("old schema still has identity columns:\n%s", old)
 	}
@@ -195,9 +195,9 @@ func TestHistoryMigratesHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := strings.Replace(historySchema, "\thost        TEXT    NOT NULL,\n", "", 1)
-	if old == historySchema {
-		t.Fatal("test out of date: no host column in historySchema to take out")
+	old := strings.Replace(inlineSchema, "\thost        TEXT    NOT NULL,\n", "", 1)
+	if old == inlineSchema {
+		t.Fatal("test out of date: no host column in inlineSchema to take out")
 	}
 	if _, err := db.Exec(old); err != nil {
 		t.Fatal(err)

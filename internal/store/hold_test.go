@@ -222,7 +222,7 @@ func TestReportAfterAFailedBatch(t *testing.T) {
 	h.Record(a)
 	h.Flush()
 	db := h.db.Load()
-	if _, err := db.Exec(`CREATE TRIGGER refuse BEFORE INSERT ON conns WHEN NEW.exe = '/usr/bin/refused'
+	if _, err := db.Exec(`CREATE TRIGGER refuse BEFORE INSERT ON procs WHEN NEW.exe = '/usr/bin/refused'
 		BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
 		t.Fatal(err)
 	}

@@ -36,9 +36,9 @@ type Program struct {
 // outcome sums (allowed, denied, timeout) in SQL: a timeout counts as a timeout
 // whatever the default was.
 const outcomeCols = `
-	SUM(CASE WHEN reason != 'timeout' AND verdict = 'allow' THEN 1 ELSE 0 END),
-	SUM(CASE WHEN reason != 'timeout' AND verdict != 'allow' THEN 1 ELSE 0 END),
-	SUM(CASE WHEN reason = 'timeout' THEN 1 ELSE 0 END)`
+	SUM(CASE WHEN c.reason != 'timeout' AND c.verdict = 'allow' THEN 1 ELSE 0 END),
+	SUM(CASE WHEN c.reason != 'timeout' AND c.verdict != 'allow' THEN 1 ELSE 0 END),
+	SUM(CASE WHEN c.reason = 'timeout' THEN 1 ELSE 0 END)`
 
 // maxBuckets bounds a Timeline's length.
 const maxBuckets = 10_000
@@ -70,9 +70,9 @@ func (h *History) Timeline(from, to time.Time, step time.Duration) ([]Bucket, er
 	if db == nil {
 		return nil, errHistoryNotOpen
 	}
-	rows, err := db.Query(`SELECT (time_ns - ?) / ?, `+outcomeCols+`
-		FROM conns WHERE time_ns >= ? AND time_ns < ? GROUP BY 1`,
-		from.UnixNano(), int64(step), from.UnixNano(), to.UnixNano())
+	where, args := h.timeRange("conns", from, to)
+	rows, err := db.Query(`SELECT (c.time_ns - ?) / ?, `+outcomeCols+` FROM `+where+` GROUP BY 1`,
+		append([]any{from.UnixNano(), int64(step)}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("history timeline: %w", err)
 	}
@@ -97,12 +97,12 @@ func (h *History) Timeline(from, to time.Time, step time.Duration) ([]Bucket, er
 // Top returns the n programs (by "exe") or hosts (by "host": the name if known, else
 // the remote address) with the most connections in [from, to), most first.
 func (h *History) Top(by string, from, to time.Time, n int) ([]Count, error) {
-	var key string
+	var key, table string
 	switch by {
 	case "exe":
-		key = "exe"
+		key, table = "c.exe", "conns_view"
 	case "host":
-		key = "CASE WHEN host != '' THEN host ELSE remote_ip END"
+		key, table = "CASE WHEN c.host != '' THEN c.host ELSE c.remote_ip END", "conns"
 	default:
 		return nil, fmt.Errorf("history top: by %q: want exe or host", by)
 	}
@@ -113,9 +113,9 @@ func (h *History) Top(by string, from, to time.Time, n int) ([]Count, error) {
 	if db == nil {
 		return nil, errHistoryNotOpen
 	}
+	where, args := h.timeRange(table, from, to)
 	rows, err := db.Query(`SELECT `+key+`, COUNT(*), `+outcomeCols+`
-		FROM conns WHERE time_ns >= ? AND time_ns < ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`,
-		from.UnixNano(), to.UnixNano(), n)
+		FROM `+where+` GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`, append(args, n)...)
 	if err != nil {
 		return nil, fmt.Errorf("history top: %w", err)
 	}
@@ -141,8 +141,8 @@ func (h *History) Programs() ([]Program, error) {
 	if db == nil {
 		return nil, errHistoryNotOpen
 	}
-	rows, err := db.Query(`SELECT exe, MIN(time_ns), MAX(time_ns), COUNT(*), ` + outcomeCols + `
-		FROM conns GROUP BY exe ORDER BY 3 DESC, 1`)
+	rows, err := db.Query(`SELECT c.exe, MIN(c.time_ns), MAX(c.time_ns), COUNT(*), ` + outcomeCols + `
+		FROM conns_view c GROUP BY exe ORDER BY 3 DESC, 1`)
 	if err != nil {
 		return nil, fmt.Errorf("history programs: %w", err)
 	}
@@ -173,9 +173,24 @@ func (h *History) ProgramConns(exe string, n int) ([]Conn, error) {
 		return nil, errHistoryNotOpen
 	}
 	rows, err := db.Query(`SELECT * FROM (SELECT `+connCols+`
-		FROM conns WHERE exe = ? ORDER BY id DESC LIMIT ?) ORDER BY id`, exe, n)
+		FROM conns_view WHERE exe = ? ORDER BY id DESC LIMIT ?) ORDER BY id`, exe, n)
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}
 	return scanConns(rows)
+}
+
+// timeRange returns the FROM and WHERE clauses, and their arguments, that select
+// the rows of table (conns or conns_view, named c) with a time in [from, to). The
+// rows are found through conns_batches: those of the batches whose span of times
+// meets the range (a span of ids each, the rows' primary key), then filtered by
+// their own time.
+func (h *History) timeRange(table string, from, to time.Time) (string, []any) {
+	f, t := from.UnixNano(), to.UnixNano()
+	if h.tuning.timeIndex {
+		return table + ` c WHERE c.time_ns >= ? AND c.time_ns < ?`, []any{f, t}
+	}
+	// CROSS JOIN: the batches first, then their rows.
+	return `conns_batches b CROSS JOIN ` + table + ` c ON c.id BETWEEN b.min_id AND b.max_id
+		WHERE b.max_time >= ? AND b.min_time < ? AND c.time_ns >= ? AND c.time_ns < ?`, []any{f, t, f, t}
 }

@@ -114,7 +114,7 @@ func TestHistoryWritesAfterAFailedBatch(t *testing.T) {
 	h.Flush()
 	// Another connection makes inserts of one program fail.
 	db := h.db.Load()
-	if _, err := db.Exec(`CREATE TRIGGER refuse BEFORE INSERT ON conns WHEN NEW.exe = '/usr/bin/refused'
+	if _, err := db.Exec(`CREATE TRIGGER refuse BEFORE INSERT ON procs WHEN NEW.exe = '/usr/bin/refused'
 		BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
 		t.Fatal(err)
 	}
