@@ -138,11 +138,11 @@ type History struct {
 	trafficTable atomic.Bool
 	// inline: the conns table has the processes' columns (inlineSchema: written
 	// by an earlier version); new rows leave them empty unless tuning.inlineProcs.
-	inline bool
-	flushes      chan chan struct{}
-	kick         chan struct{} // Record: the queue is past half full, write now
-	done         chan struct{}
-	w            *rowWriter // the writer goroutine's connection; nil until needed
+	inline  bool
+	flushes chan chan struct{}
+	kick    chan struct{} // Record: the queue is past half full, write now
+	done    chan struct{}
+	w       *rowWriter // the writer goroutine's connection; nil until needed
 
 	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
 	closed  bool
@@ -1133,9 +1133,9 @@ func newRowWriter(db *sql.DB, shape int) (*rowWriter, error) {
 
 // procKey is a process's columns in procs.
 type procKey struct {
-	pid, uid                                  int32
-	identity                                  engine.Identity
-	exe, user, cmdline, container, idNote     string
+	pid, uid                                   int32
+	identity                                   engine.Identity
+	exe, user, cmdline, container, idNote      string
 	netns, unit, appID, parents, containerName string
 }
 
