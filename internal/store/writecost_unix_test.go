@@ -3,6 +3,7 @@
 package store
 
 import (
+	"fmt"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -171,4 +172,56 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// BenchmarkHistoryRowCostProcs measures the CPU per connection of fast-path rows
+// whose ends are merged before they are written ("ended"), written four ways in
+// interleaved rounds in one run: as before procs and conns_batches (every row
+// holding its process's columns, its time indexed: "before"), with only
+// conns_batches ("batches"), with only procs ("procs"), and as now ("both"). It
+// prints each round's numbers and their ratios to "before", and the medians. b.N
+// is ignored: each round writes oldNewRows connections each way.
+func BenchmarkHistoryRowCostProcs(b *testing.B) {
+	variants := []struct {
+		name   string
+		tuning historyTuning
+	}{
+		{"before", historyTuning{inlineProcs: true, timeIndex: true}},
+		{"batches", historyTuning{inlineProcs: true}},
+		{"procs", historyTuning{timeIndex: true}},
+		{"both", historyTuning{}},
+	}
+	for _, full := range []bool{false, true} {
+		name := "ended"
+		if full {
+			name += "/full"
+		}
+		b.Run(name, func(b *testing.B) {
+			const rounds = 5
+			cost := make([][]float64, len(variants))
+			ratio := make([][]float64, len(variants))
+			for r := range rounds {
+				// Each round starts with another variant, so that none always runs
+				// on the heap and page cache another left.
+				got := make([]float64, len(variants))
+				for k := range variants {
+					v := (r + k) % len(variants)
+					got[v], _ = rowCost(b, "ended", full, oldNewRows, variants[v].tuning, func() {})
+				}
+				line := fmt.Sprintf("round %d:", r+1)
+				for v := range variants {
+					cost[v] = append(cost[v], got[v])
+					ratio[v] = append(ratio[v], got[v]/got[0])
+					line += fmt.Sprintf(" %s %.2f µs/row (%.3f)", variants[v].name, got[v], got[v]/got[0])
+				}
+				b.Log(line)
+			}
+			line := "median:"
+			for v := range variants {
+				line += fmt.Sprintf(" %s %.2f µs/row (%.3f)", variants[v].name, median(cost[v]), median(ratio[v]))
+				b.ReportMetric(median(cost[v]), variants[v].name+"-cpu-µs/row")
+			}
+			b.Log(line)
+		})
+	}
 }
