@@ -276,8 +276,8 @@ const timeIndex = `CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);`
 
 // procsSchema holds the processes connections were made by, a row per distinct
 // set of a process's columns (procColumns). last_conn is the id of the newest
-// connection row written with it (or later): once the bound deletes the rows up
-// to it, no row names it any more, and it goes too. Its index is per process,
+// connection row that names it: once the bound deletes the rows up to it, no row
+// names it any more, and it goes too. Its index is per process,
 // updated once per batch that names it.
 const procsSchema = `
 CREATE TABLE IF NOT EXISTS procs (
@@ -1082,6 +1082,8 @@ type rowWriter struct {
 	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
 	// to remember, see rowids).
 	rowReqs []engine.RequestID
+	// rowProcs are the processes of those rows (nil: none, shapeInline).
+	rowProcs []*procRow
 	// rowids finds recently written rows of allowed flows by request ID: an UPDATE by rowid is cheaper than one by
 	// request ID. ring holds them in the order written, to forget the oldest;
 	// staged, those of the open transaction.
@@ -1146,16 +1148,18 @@ type procRow struct {
 	// last is the procs row's last_conn as committed; 0: not written yet.
 	last int64
 	tx   uint64 // the last transaction whose rows name it
+	// txLast is the id of the last row of that transaction that names it.
+	txLast int64
 }
 
 // procsMax bounds the processes the writer remembers: past it, it forgets them all
 // (a process seen again gets a new procs row).
 const procsMax = 16384
 
-// proc returns the id of r's process's procs row, a new one (written with the
+// proc returns r's process's procs row, a new one (written with the
 // transaction, see writeProcs) if the writer has none yet, or if the bound
 // deleted the one it had.
-func (w *rowWriter) proc(r *engine.Request) int64 {
+func (w *rowWriter) proc(r *engine.Request) *procRow {
 	k := procKey{pid: r.PID, uid: r.UID, identity: r.Identity, exe: r.Exe, user: r.User, cmdline: r.Cmdline,
 		container: r.Container, idNote: r.IdentityNote, netns: r.Netns, unit: r.Unit, appID: r.AppID,
 		parents: joinParents(r.Parents), containerName: r.ContainerName}
@@ -1175,14 +1179,12 @@ func (w *rowWriter) proc(r *engine.Request) int64 {
 		p.tx = w.tx
 		w.txProcs = append(w.txProcs, p)
 	}
-	return p.id
+	return p
 }
 
 // writeProcs writes the processes the transaction's rows name: the new ones, and
-// the newest row that names each (last_conn: the transaction's last row) of the
-// others.
+// the last row that names each (last_conn) of the others.
 func (w *rowWriter) writeProcs() error {
-	last := w.maxConn
 	var fresh, old []*procRow
 	for _, p := range w.txProcs {
 		if p.last == 0 {
@@ -1196,7 +1198,7 @@ func (w *rowWriter) writeProcs() error {
 		for _, p := range fresh[:n] {
 			k := &p.key
 			w.int(p.id)
-			w.int(last)
+			w.int(p.txLast)
 			w.int(int64(k.pid))
 			w.args = append(w.args, driver.NamedValue{Value: k.exe})
 			w.int(int64(k.uid))
@@ -1212,9 +1214,9 @@ func (w *rowWriter) writeProcs() error {
 	}
 	for len(old) > 0 {
 		n := chunk(len(old))
-		w.int(last)
 		for _, p := range old[:n] {
 			w.int(p.id)
+			w.int(p.txLast)
 		}
 		if _, err := w.runArgs(updateProcs(n)); err != nil {
 			return err
@@ -1262,13 +1264,14 @@ func insertProcs(n int) string {
 	return q
 }
 
-// updateProcs returns an UPDATE of n procs rows' last_conn: arguments the value,
-// then the rows' ids.
+// updateProcs returns an UPDATE of n procs rows' last_conn: arguments the row's
+// id and its value, of each.
 func updateProcs(n int) string {
 	if q, ok := procsSQL.Load(-n); ok {
 		return q.(string)
 	}
-	q := "UPDATE procs SET last_conn = ? WHERE id IN (" + strings.Repeat("?, ", n-1) + "?)"
+	q := "UPDATE procs SET last_conn = v.column2 FROM (VALUES " + strings.Repeat("(?, ?), ", n-1) +
+		"(?, ?)) AS v WHERE procs.id = v.column1"
 	procsSQL.Store(-n, q)
 	return q
 }
@@ -1438,12 +1441,20 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			w.maxConn = max(w.maxConn, last)
 			w.inserted(w.rowReqs[:n], last)
 			w.rowReqs = w.rowReqs[n:]
+			for k, p := range w.rowProcs[:n] {
+				if p != nil {
+					p.txLast = last - int64(n) + 1 + int64(k)
+				}
+			}
+			w.rowProcs = w.rowProcs[n:]
 			args = args[n*per:]
 			rows -= n
 		}
 		clear(w.args) // let the values go
 		w.args = w.args[:0]
 		w.rowReqs = w.rowReqs[:0]
+		clear(w.rowProcs)
+		w.rowProcs = w.rowProcs[:0]
 		return nil
 	}
 	// add adds a connection's row, remembering where it goes if its flow may
@@ -1457,7 +1468,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		if !open && !h.tuning.fullReqIndex {
 			req = 0
 		}
-		var proc int64
+		var proc *procRow
 		if w.shape != shapeInline {
 			proc = w.proc(&c.Request)
 		}
@@ -1468,7 +1479,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		if rows == 0 && w.spanN == 0 || t > w.span.maxTime {
 			w.span.maxTime = t
 		}
-		p := w.values(c, h.run, req, proc)
+		var procID int64
+		if proc != nil {
+			procID = proc.id
+		}
+		p := w.values(c, h.run, req, procID)
 		if rows > 0 && (p != plain || rows == insertSizes[0]) {
 			if err := flushRows(); err != nil {
 				return err
@@ -1485,6 +1500,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			id = 0
 		}
 		w.rowReqs = append(w.rowReqs, id)
+		w.rowProcs = append(w.rowProcs, proc)
 		rows++
 		return nil
 	}
@@ -1682,7 +1698,7 @@ func (w *rowWriter) begin() {
 // forgetting the oldest beyond rowidsMax.
 func (w *rowWriter) committed() {
 	for _, p := range w.txProcs {
-		p.last = w.maxConn // as writeProcs wrote it
+		p.last = p.txLast // as writeProcs wrote it
 	}
 	clear(w.txProcs)
 	w.txProcs = w.txProcs[:0]
