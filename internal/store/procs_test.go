@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
@@ -382,9 +383,10 @@ func TestHistoryProcsPruned(t *testing.T) {
 	}
 }
 
-// TestHistoryProcsDedupe: connections of one process share a procs row, within a
-// batch and across batches; processes that differ in any one of a process's columns
-// get rows of their own, and each connection reads back its own.
+// TestHistoryProcsDedupe: connections of one process, decided alike, share a procs
+// row, within a batch and across batches; connections that differ in any one of
+// the columns of procs (the process's, the decision's) get rows of their own, and
+// each connection reads back its own.
 func TestHistoryProcsDedupe(t *testing.T) {
 	h, err := OpenHistory(filepath.Join(t.TempDir(), HistoryFileName), 1000)
 	if err != nil {
@@ -412,6 +414,20 @@ func TestHistoryProcsDedupe(t *testing.T) {
 		"parents order":  func(r *engine.Request) { slices.Reverse(r.Parents) },
 		"no parents":     func(r *engine.Request) { r.Parents = nil },
 		"container_name": func(r *engine.Request) { r.ContainerName = "db" },
+		"direction":      func(r *engine.Request) { r.Direction = engine.Inbound },
+		"proto":          func(r *engine.Request) { r.Protocol = engine.UDP },
+	}
+	// Connections of one process decided otherwise.
+	decided := map[string]func(v *engine.Verdict){
+		"verdict": func(v *engine.Verdict) { v.Action = engine.Deny },
+		"reason":  func(v *engine.Verdict) { v.Reason = engine.ReasonPrompt },
+		"rule_id": func(v *engine.Verdict) { v.RuleID++ },
+		"mode": func(v *engine.Verdict) {
+			v.Mode = engine.ModeLearn
+			if base.Verdict.Mode == engine.ModeLearn {
+				v.Mode = engine.ModeAsk
+			}
+		},
 	}
 	var want []Conn
 	rec := func(c Conn) {
@@ -423,18 +439,20 @@ func TestHistoryProcsDedupe(t *testing.T) {
 	}
 	rec(base)
 	rec(base)
-	names := slices.Sorted(func(yield func(string) bool) {
-		for k := range variants {
-			if !yield(k) {
-				return
-			}
-		}
-	})
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(variants)) {
 		c := base
 		c.Request.Parents = slices.Clone(base.Request.Parents)
 		variants[name](&c.Request)
 		if reflect.DeepEqual(c.Request, base.Request) {
+			t.Fatalf("variant %s changes nothing", name)
+		}
+		rec(c)
+		rec(c)
+	}
+	for _, name := range slices.Sorted(maps.Keys(decided)) {
+		c := base
+		decided[name](&c.Verdict)
+		if c.Verdict == base.Verdict {
 			t.Fatalf("variant %s changes nothing", name)
 		}
 		rec(c)
@@ -448,8 +466,8 @@ func TestHistoryProcsDedupe(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameConns(t, "processes differing in one column", got, want)
-	if rows, _ := procsCount(t, h); rows != 1+len(variants) {
-		t.Fatalf("procs holds %d rows; want %d: one per distinct process", rows, 1+len(variants))
+	if rows, _ := procsCount(t, h); rows != 1+len(variants)+len(decided) {
+		t.Fatalf("procs holds %d rows; want %d: one per distinct process and decision", rows, 1+len(variants)+len(decided))
 	}
 	var per []int
 	rows, err := h.db.Load().Query(`SELECT COUNT(*) FROM conns GROUP BY proc ORDER BY proc`)
@@ -463,7 +481,7 @@ func TestHistoryProcsDedupe(t *testing.T) {
 		per = append(per, n)
 	}
 	wantPer := []int{3}
-	for range variants {
+	for range len(variants) + len(decided) {
 		wantPer = append(wantPer, 2)
 	}
 	if !slices.Equal(per, wantPer) {

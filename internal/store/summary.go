@@ -70,7 +70,7 @@ func (h *History) Timeline(from, to time.Time, step time.Duration) ([]Bucket, er
 	if db == nil {
 		return nil, errHistoryNotOpen
 	}
-	where, args := h.timeRange("conns", from, to)
+	where, args := h.timeRange("conns_view", from, to)
 	rows, err := db.Query(`SELECT (c.time_ns - ?) / ?, `+outcomeCols+` FROM `+where+` GROUP BY 1`,
 		append([]any{from.UnixNano(), int64(step)}, args...)...)
 	if err != nil {
@@ -102,7 +102,7 @@ func (h *History) Top(by string, from, to time.Time, n int) ([]Count, error) {
 	case "exe":
 		key, table = "c.exe", "conns_view"
 	case "host":
-		key, table = "CASE WHEN c.host != '' THEN c.host ELSE c.remote_ip END", "conns"
+		key, table = "CASE WHEN c.host != '' THEN c.host ELSE c.remote_ip END", "conns_view"
 	default:
 		return nil, fmt.Errorf("history top: by %q: want exe or host", by)
 	}
