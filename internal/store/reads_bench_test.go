@@ -1,0 +1,73 @@
+package store
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// BenchmarkHistoryReads measures the readers on a history at the default bound
+// (100,000 fast-path and queued rows over an hour), written as before procs and
+// conns_batches ("before") and as now: what `latch conns`, the summary and the web
+// UI wait for. Each reader runs in interleaved rounds on both; each round's times
+// and ratio (now/before) are printed, and the medians. b.N is ignored.
+func BenchmarkHistoryReads(b *testing.B) {
+	t0 := time.Unix(1_900_000_000, 0)
+	end := t0.Add(time.Hour)
+	open := func(tuning historyTuning) *History {
+		h, err := openHistory(filepath.Join(b.TempDir(), HistoryFileName), HistoryOptions{MaxRows: DefaultMaxRows, tuning: tuning}, historyQueueLen, historyHold)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range DefaultMaxRows {
+			c := fastPathConn(i)
+			if i%8 == 0 {
+				c = testConn(i % 64)
+			}
+			c.Time = t0.Add(time.Duration(i) * 36 * time.Millisecond)
+			for h.Record(c) != nil {
+				h.Flush()
+			}
+		}
+		h.Flush()
+		return h
+	}
+	hs := []*History{open(legacyTuning), open(historyTuning{})}
+	defer hs[0].Close()
+	defer hs[1].Close()
+	reads := []struct {
+		name string
+		read func(h *History) error
+	}{
+		{"Recent100", func(h *History) error { _, err := h.Recent(100, 0); return err }},
+		{"Programs", func(h *History) error { _, err := h.Programs(); return err }},
+		{"ProgramConns", func(h *History) error { _, err := h.ProgramConns("/usr/bin/client1", 50); return err }},
+		{"TopExe/hour", func(h *History) error { _, err := h.Top("exe", t0, end, 10); return err }},
+		{"TopHost/5min", func(h *History) error { _, err := h.Top("host", end.Add(-5*time.Minute), end, 10); return err }},
+		{"Timeline/hour", func(h *History) error { _, err := h.Timeline(t0, end, time.Minute); return err }},
+		{"Timeline/5min", func(h *History) error { _, err := h.Timeline(end.Add(-5*time.Minute), end, 10*time.Second); return err }},
+	}
+	for _, r := range reads {
+		b.Run(r.name, func(b *testing.B) {
+			const rounds, reps = 5, 5
+			var olds, news, ratios []float64
+			for round := range rounds {
+				var took [2]float64
+				for k := range 2 {
+					v := (round + k) % 2 // alternate which goes first
+					start := time.Now()
+					for range reps {
+						if err := r.read(hs[v]); err != nil {
+							b.Fatal(err)
+						}
+					}
+					took[v] = float64(time.Since(start).Microseconds()) / reps
+				}
+				olds, news, ratios = append(olds, took[0]), append(news, took[1]), append(ratios, took[1]/took[0])
+				b.Logf("round %d: before %.0f µs, now %.0f µs, now/before %.3f", round+1, took[0], took[1], took[1]/took[0])
+			}
+			b.Logf("median: before %.0f µs, now %.0f µs, now/before %.3f", median(olds), median(news), median(ratios))
+			b.ReportMetric(median(ratios), "now/before")
+		})
+	}
+}
