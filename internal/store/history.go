@@ -272,10 +272,11 @@ CREATE TABLE IF NOT EXISTS conns (
 const timeIndex = `CREATE INDEX IF NOT EXISTS conns_time ON conns(time_ns);`
 
 // procsSchema holds the processes connections were made by, with how they were
-// decided, a row per distinct set of those columns (procColumns). last_conn is the id of the newest
-// connection row that names it: once the bound deletes the rows up to it, no row
-// names it any more, and it goes too. Its index is per process,
-// updated once per batch that names it.
+// decided, a row per distinct set of those columns (procColumns). last_conn is the
+// id of the newest connection row that names it: once the bound deletes the rows up
+// to it, no row names it any more, and it goes too. Its index (procs_last) has an
+// entry per procs row, updated once per batch that names the row, not per
+// connection.
 const procsSchema = `
 CREATE TABLE IF NOT EXISTS procs (
 	id             INTEGER PRIMARY KEY,
