@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -164,15 +163,6 @@ func BenchmarkHistoryRowCostOldNew(b *testing.B) {
 // oldNewRows is how many connections a round of BenchmarkHistoryRowCostOldNew
 // writes each way.
 const oldNewRows = 100_000
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
 
 // BenchmarkHistoryRowCostProcs measures the CPU per connection of fast-path rows
 // whose ends are merged before they are written ("ended"), written four ways in
