@@ -68,8 +68,13 @@ func benchmarkRowCost(b *testing.B, kind string, full bool) {
 // history written with tuning, and returns the process's CPU time per connection
 // in µs and the UPDATEs per connection. start is called when the measure starts.
 func rowCost(b *testing.B, kind string, full bool, n int, tuning historyTuning, start func()) (cpuPerRow, updatesPerRow float64) {
+	return rowCostIn(b, filepath.Join(b.TempDir(), HistoryFileName), kind, full, n, tuning, start)
+}
+
+// rowCostIn is rowCost with the history at path (which may exist).
+func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning historyTuning, start func()) (cpuPerRow, updatesPerRow float64) {
 	const bound = 20_000
-	h, err := openHistory(filepath.Join(b.TempDir(), HistoryFileName), HistoryOptions{MaxRows: bound, tuning: tuning}, historyQueueLen, historyHold)
+	h, err := openHistory(path, HistoryOptions{MaxRows: bound, tuning: tuning}, historyQueueLen, historyHold)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -168,9 +173,11 @@ const oldNewRows = 100_000
 // whose ends are merged before they are written ("ended"), written four ways in
 // interleaved rounds in one run: as before procs and conns_batches (every row
 // holding its process's columns, its time indexed: "before"), with only
-// conns_batches ("batches"), with only procs ("procs"), and as now ("both"). It
-// prints each round's numbers and their ratios to "before", and the medians. b.N
-// is ignored: each round writes oldNewRows connections each way.
+// conns_batches ("batches"), with only procs ("procs"), as now ("both"), and as
+// now into a history an earlier version wrote ("upgraded": its table keeps the
+// columns procs took, left empty). It prints each round's numbers and their ratios
+// to "before", and the medians. b.N is ignored: each round writes oldNewRows
+// connections each way.
 func BenchmarkHistoryRowCostProcs(b *testing.B) {
 	variants := []struct {
 		name   string
@@ -180,6 +187,7 @@ func BenchmarkHistoryRowCostProcs(b *testing.B) {
 		{"batches", historyTuning{inlineProcs: true}},
 		{"procs", historyTuning{timeIndex: true}},
 		{"both", historyTuning{}},
+		{"upgraded", historyTuning{}},
 	}
 	for _, full := range []bool{false, true} {
 		name := "ended"
@@ -196,7 +204,16 @@ func BenchmarkHistoryRowCostProcs(b *testing.B) {
 				got := make([]float64, len(variants))
 				for k := range variants {
 					v := (r + k) % len(variants)
-					got[v], _ = rowCost(b, "ended", full, oldNewRows, variants[v].tuning, func() {})
+					path := filepath.Join(b.TempDir(), HistoryFileName)
+					if variants[v].name == "upgraded" {
+						old, err := openHistory(path, HistoryOptions{tuning: legacyTuning}, historyQueueLen, historyHold)
+						if err != nil {
+							b.Fatal(err)
+						}
+						old.Record(fastPathConn(0))
+						old.Close()
+					}
+					got[v], _ = rowCostIn(b, path, "ended", full, oldNewRows, variants[v].tuning, func() {})
 				}
 				line := fmt.Sprintf("round %d:", r+1)
 				for v := range variants {
