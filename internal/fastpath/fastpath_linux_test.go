@@ -656,8 +656,9 @@ func TestUDPStored(t *testing.T) {
 // replaced), never a live one's; latch cleanup (RemovePin) frees them all.
 func TestRemovePins(t *testing.T) {
 	dir := t.TempDir()
-	self := fmt.Sprintf("%s%d", pinPrefix, os.Getpid())
-	for _, name := range []string{pinPrefix + "999999999", self, "other"} {
+	self := fmt.Sprintf("%s%d", pinPrefixUDP, os.Getpid())
+	selfLease := fmt.Sprintf("%s%d", pinPrefixLease, os.Getpid())
+	for _, name := range []string{pinPrefixUDP + "999999999", pinPrefixLease + "999999999", self, selfLease, "other"} {
 		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -665,7 +666,7 @@ func TestRemovePins(t *testing.T) {
 	if removed, err := removePins(dir, processGone); !removed || err != nil {
 		t.Fatalf("removePins: %v, %v", removed, err)
 	}
-	for name, want := range map[string]bool{pinPrefix + "999999999": false, self: true, "other": true} {
+	for name, want := range map[string]bool{pinPrefixUDP + "999999999": false, pinPrefixLease + "999999999": false, self: true, selfLease: true, "other": true} {
 		if _, err := os.Stat(filepath.Join(dir, name)); (err == nil) != want {
 			t.Errorf("%s: there %t, want %t", name, err == nil, want)
 		}
@@ -673,8 +674,10 @@ func TestRemovePins(t *testing.T) {
 	if removed, err := RemovePin(dir); !removed || err != nil {
 		t.Fatalf("RemovePin: %v, %v", removed, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, self)); err == nil {
-		t.Error("RemovePin left a pin")
+	for _, name := range []string{self, selfLease} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			t.Errorf("RemovePin left a pin: %s", name)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "other")); err != nil {
 		t.Error("RemovePin removed a file that is no pin")

@@ -63,6 +63,7 @@ type Backend struct {
 	acctKick chan struct{}
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
+	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastTCPLease
 	notrackErr atomic.Pointer[error] // the last install's error about notrack (Config.FastSockets)
 
 	// The fast sockets being decided again (MarkFastRedecide), by flow: see
@@ -197,6 +198,20 @@ func (b *Backend) FastUDP() error {
 	return *p
 }
 
+// FastLease reports whether the installed ruleset checks Config.FastTCPLease
+// before a SYN passes by MarkFastAllow: nil if it does, else why not (none
+// configured, no fast TCP, not installed yet, or the firewall refused it).
+func (b *Backend) FastLease() error {
+	if b.cfg.FastTCPLease == "" {
+		return errors.New("no lease program configured")
+	}
+	p := b.leaseErr.Load()
+	if p == nil {
+		return errors.New("the ruleset is not installed yet")
+	}
+	return *p
+}
+
 // Name says which mechanism is in use, e.g. "nfqueue/iptables-nft".
 func (b *Backend) Name() string { return "nfqueue/" + b.fw.name() }
 
@@ -256,7 +271,33 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		spec.fastUDP = ""
 	}
 	spec.notrack = b.cfg.FastSockets != nil
+	if spec.fastTCP {
+		spec.lease = b.cfg.FastTCPLease
+	}
+	if spec.lease != "" && !safePinPath(spec.lease) {
+		perr := fmt.Errorf("%w: its pinned path %q has characters other than letters, digits and ._/+-", errFastLease, spec.lease)
+		b.leaseErr.Store(&perr)
+		b.cfg.Logf("%v; fast SYNs pass without it", perr)
+		spec.lease = ""
+	}
+	// Without the lease (no xt_bpf) the fast path's SYNs pass by their mark
+	// alone, as before it: noLease says why, and installs what works.
+	noLease := func(why error) {
+		b.leaseErr.Store(&why)
+		b.cfg.Logf("%v; fast SYNs pass without it (a socket whose SYN is on its way when the daemon dies may connect again anywhere after)", why)
+		spec.lease = ""
+	}
 	err = b.fw.install(spec)
+	if err != nil && spec.lease != "" {
+		// The lease alone at fault? (iptables-restore does not say which
+		// match it refused.) Else keep it and try the other fallbacks.
+		without := spec
+		without.lease = ""
+		if b.fw.install(without) == nil {
+			noLease(err)
+			err = nil
+		}
+	}
 	if spec.notrack {
 		if err != nil {
 			// Without notrack's rules (no socket match, no raw table) the
@@ -284,6 +325,14 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	} else if spec.fastUDP != "" {
 		var none error
 		b.fastUDPErr.Store(&none)
+	}
+	if err != nil && spec.lease != "" {
+		noLease(err)
+		err = b.fw.install(spec)
+	}
+	if err == nil && spec.lease != "" {
+		var none error
+		b.leaseErr.Store(&none)
 	}
 	if err != nil {
 		if evfd >= 0 {

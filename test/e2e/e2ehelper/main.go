@@ -1215,6 +1215,15 @@ func talk() {
 			emit(reopen(conns[i].(*net.TCPConn), port, f[3], 5*time.Second))
 			continue
 		}
+		if len(f) == 2 && f[0] == "pending" {
+			// "pending ADDR": a socket whose connect to ADDR stays on its
+			// way (TCP_SYNCNT 127: SYN_SENT for as long as ADDR drops
+			// its SYNs); its mark is in the error field.
+			c, r := pending(f[1])
+			conns = append(conns, c)
+			emit(r)
+			continue
+		}
 		if len(f) == 2 && f[0] == "open" {
 			c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
 			r := Result{Outcome: classify(err), PID: os.Getpid()}

@@ -1,0 +1,73 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFastMarkInFlightAtDaemonDeathFailsClosed: a socket whose connect the fast
+// path allowed still carries MarkFastAllow while its SYN is on its way, and
+// keeps it if the daemon dies then (SIGKILL, fail-closed: the sock_ops program
+// that would move the mark on goes with it). A program can hold that state on
+// purpose: a connect to an allowed address that drops SYNs, with TCP_SYNCNT
+// 127, stays in SYN_SENT for hours. Once the daemon is gone the socket is
+// disconnected (connect(AF_UNSPEC)) and connected to a destination no rule
+// allows: its SYN passed by its mark (the ruleset stays, and no connect hook
+// runs to clear it). The lease lets a SYN pass by that mark only while the
+// daemon lives. A daemon started next takes a lease of its own: its fast
+// connects pass.
+func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) {
+	n := NewNet(t)
+	// The allowed address drops SYNs: a connect to it stays on its way.
+	if out, err := n.Exec(n.Server, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8327", "-j", "DROP"); err != nil {
+		t.Fatalf("drop SYNs to port 8327 in the server's namespace: %v: %s", err, out)
+	}
+	srv := n.Serve(t, 8328)
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8327", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	pend := func() int {
+		t.Helper()
+		r := tk.say(t, fmt.Sprintf("pending %s:8327", n.ServerIP))
+		if r.Outcome != "pending" {
+			t.Fatalf("talk: a connect to port 8327 that stays on its way: %+v", r)
+		}
+		tk.locals = append(tk.locals, r.Local)
+		return len(tk.locals) - 1
+	}
+	pend() // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	in := pend()
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connect was no fast-path hit: %+v", fp)
+	}
+	// Its SYN left with MarkFastAllow (0x30000000), and stays in SYN_SENT.
+	time.Sleep(300 * time.Millisecond)
+	if out, _ := n.Exec(n.Client, "ss", "-Htn", "state", "syn-sent", "dport", "= :8327"); strings.Count(out, ":8327") != 2 {
+		t.Fatalf("want 2 sockets in SYN_SENT towards port 8327, ss says:\n%s", out)
+	}
+	killDaemon(t, n, d)
+	time.Sleep(500 * time.Millisecond) // the lease lapses at once; a margin
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:8328", in, n.ServerIP), "fail-closed, daemon killed: a socket whose fast connect was on its way connected to an unruled destination")
+
+	// A daemon started next: its lease lets its own fast connects pass.
+	d2 := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d2.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8328", "--action", "allow")
+	tk.open(t, n, 8328) // the queue decides, the map learns
+	d2.waitFastPathEntries(t, 1)
+	hits = d2.fastPath(t).HitsAllow
+	tk.open(t, n, 8328)
+	fp := d2.fastPath(t)
+	if fp.HitsAllow-hits != 1 {
+		t.Fatalf("the restarted daemon's connect was no fast-path hit: %+v", fp)
+	}
+	if !fp.TCPLease {
+		t.Errorf("the restarted daemon's ruleset does not check the lease: %s", fp.TCPLeaseWhy)
+	}
+}
