@@ -887,3 +887,61 @@ func TestNoTCPHitsWithoutSockops(t *testing.T) {
 		t.Errorf("stats %+v: want no hit, a miss", s)
 	}
 }
+
+// TestLeaseHeldWhileOpen: Open pins the lease program, which matches (returns
+// 1) while the FastPath is open, in a process that lives; once its file
+// descriptors close (Close here, a daemon's death in the e2e tests) the kernel
+// empties the lease's program array and the pinned program, which a ruleset
+// kept on exit still runs (KeepPin), matches no more. SetLease reports
+// whether the ruleset checks it.
+func TestLeaseHeldWhileOpen(t *testing.T) {
+	cg, _ := testCgroup(t)
+	pins := filepath.Join(t.TempDir(), "bpf")
+	fp, err := Open(Config{CgroupPath: cg, PinDir: pins, KeepPin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(pins, unix.MNT_DETACH)
+	pin := fp.Lease()
+	if pin == "" {
+		t.Fatalf("no lease pinned: %+v", fp.Stats())
+	}
+	defer os.Remove(pin)
+	defer os.Remove(fp.UDPMatch())
+	prog, err := ebpf.LoadPinnedProgram(pin, nil)
+	if err != nil {
+		t.Fatalf("load the pinned lease: %v", err)
+	}
+	defer prog.Close()
+	if prog.Type() != ebpf.SocketFilter {
+		t.Errorf("pinned program type %v, want a socket filter (xt_bpf)", prog.Type())
+	}
+	pkt := make([]byte, 64) // any packet: the lease does not read it
+	run := func() uint32 {
+		t.Helper()
+		ret, err := prog.Run(&ebpf.RunOptions{Data: pkt})
+		if err != nil {
+			t.Fatalf("run the lease program: %v", err)
+		}
+		return ret
+	}
+	if got := run(); got != 1 {
+		t.Errorf("the lease program returns %d while the fast path is open, want 1", got)
+	}
+	if s := fp.Stats(); s.TCPLease || s.TCPLeaseWhy == "" {
+		t.Errorf("stats before SetLease: %+v", s)
+	}
+	fp.SetLease(nil)
+	if s := fp.Stats(); !s.TCPLease || s.TCPLeaseWhy != "" || s.TCPLeaseMatch != pin {
+		t.Errorf("stats after SetLease: %+v", s)
+	}
+	fp.Close()
+	// The kernel empties the array from a work queue.
+	got := run()
+	for deadline := time.Now().Add(2 * time.Second); got != 0 && time.Now().Before(deadline); got = run() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got != 0 {
+		t.Errorf("the lease program returns %d after Close, want 0", got)
+	}
+}

@@ -1,0 +1,156 @@
+package linux
+
+import (
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+)
+
+// pinLease pins, on a BPF file system of the test's own, a stand-in for the
+// kernel fast path's lease program (internal/fastpath): a socket filter that
+// tail-calls through a one-slot program array into a program that returns 1,
+// and returns 0 if the slot is empty. The test holds the array's only user
+// reference; release closes it, as a daemon's death does, and the kernel
+// empties the array.
+func pinLease(t *testing.T) (path string, release func()) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Skipf("no BPF file system: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	arr, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Skipf("cannot make a program array: %v", err)
+	}
+	held, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SocketFilter, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R0, 1),
+		asm.Return(),
+	}})
+	if err != nil {
+		t.Skipf("cannot load a socket filter: %v", err)
+	}
+	defer held.Close()
+	lease, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SocketFilter, License: "GPL", Instructions: asm.Instructions{
+		asm.LoadMapPtr(asm.R2, arr.FD()),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.FnTailCall.Call(),
+		asm.Mov.Imm(asm.R0, 0),
+		asm.Return(),
+	}})
+	if err != nil {
+		t.Fatalf("load the lease program: %v", err)
+	}
+	defer lease.Close()
+	if err := arr.Put(uint32(0), held); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "lease")
+	if err := lease.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	release = func() {
+		arr.Close()
+		// The kernel empties the array from a work queue.
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Cleanup(func() { arr.Close() })
+	return path, release
+}
+
+// TestFastLease: with each firewall mechanism, with and without notrack, a SYN
+// from a socket marked MarkFastAllow passes without being queued while the
+// lease is held, and is held and decided (here: denied) like any once it is
+// released, as when the daemon that holds it dies.
+func TestFastLease(t *testing.T) {
+	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+		for _, mode := range []string{"conntrack", "notrack"} {
+			t.Run(fw+"/"+mode, func(t *testing.T) {
+				if fw == FirewallNftables {
+					if err := probeNftQueue(DefaultQueue); err != nil {
+						t.Skipf("no native nftables queue (TestNftFastLeaseRuleset checks its ruleset): %v", err)
+					}
+				}
+				if fw == FirewallIptablesLegacy && !legacyUsable() {
+					t.Skip("no iptables-legacy")
+				}
+				tp := newTopo(t)
+				srv := listenTCP(t, tp, 9001)
+				path, release := pinLease(t)
+				env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_FAST_TCP=1", "LATCH_TEST_FAST_LEASE=" + path}
+				if mode == "notrack" {
+					env = append(env, "LATCH_TEST_NOTRACK=on")
+				}
+				d := startDaemon(t, tp, "*=deny", env...)
+				defer d.stop()
+				if l, ok := d.waitLine("fast-lease ", 10*time.Second); !ok || l != "fast-lease <nil>" {
+					t.Fatalf("the ruleset does not check the lease: %q\n%s", l, d.errors())
+				}
+				for i := 0; i < 2; i++ {
+					if err := dialMarked(tp, "9001", MarkFastAllow); err != nil {
+						t.Fatalf("connect %d from a fast-allowed socket, the lease held: %v", i, err)
+					}
+				}
+				if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
+					t.Errorf("a connection the fast path decided was queued while the lease was held: %q", l)
+				}
+				release()
+				if err := dialMarked(tp, "9001", MarkFastAllow); !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Errorf("a fast-allowed socket, the lease released: err = %v, want ECONNREFUSED (held, denied)", err)
+				}
+				if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
+					t.Errorf("the SYN marked MarkFastAllow was not held once the lease was released (got %q)", l)
+				}
+				if n := srv.accepted.Load(); n != 2 {
+					t.Errorf("server accepted %d connections, want 2", n)
+				}
+			})
+		}
+	}
+}
+
+// TestNftFastLeaseRuleset checks the native nftables ruleset's lease on kernels
+// that cannot queue from nftables (its queue statements become drops): a SYN
+// marked MarkFastAllow passes while the lease is held (with and without
+// notrack), and is dropped once it is released.
+func TestNftFastLeaseRuleset(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	for _, notrack := range []bool{false, true} {
+		t.Run(map[bool]string{false: "conntrack", true: "notrack"}[notrack], func(t *testing.T) {
+			tp := newTopo(t)
+			srv := listenTCP(t, tp, 9001)
+			path, release := pinLease(t)
+			spec := ruleSpec{queue: testQueue, exemptLoopback: true, fastTCP: true, notrack: notrack, lease: path}
+			rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+			install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+			install.Stdin = strings.NewReader(rules)
+			if out, err := install.CombinedOutput(); err != nil {
+				t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+			}
+			if err := inNS(tp.a, func() error { return addNftBPFMatch(nftTable, nftFastLease, nftFastPass, path) }); err != nil {
+				t.Fatal(err)
+			}
+			if err := dialMarked(tp, "9001", MarkFastAllow); err != nil {
+				t.Fatalf("a fast-allowed socket, the lease held: %v", err)
+			}
+			release()
+			if err := dialMarked(tp, "9001", MarkFastAllow); err == nil {
+				t.Errorf("a fast-allowed socket connected once the lease was released")
+			}
+			if n := srv.accepted.Load(); n != 1 {
+				t.Errorf("server accepted %d connections, want 1", n)
+			}
+		})
+	}
+}
