@@ -397,6 +397,18 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			fmt.Fprintf(&b, "-A %s %s %s%s -j RETURN\n", name, fast, ctAllow, lease)
 		}
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN %s\n", name, q)
+		if hook == "INPUT" {
+			// A peer's SYN that conntrack calls INVALID (with FIN or RST,
+			// which no handshake has; a SYN-ACK that answers no SYN it
+			// saw, such as one to a local socket whose own SYN is held in
+			// the queue): dropped. Linux's SYN_SENT state takes a SYN|FIN
+			// as the peer's half of a simultaneous open and answers with a
+			// SYN-ACK (which conntrack calls INVALID too, and LATCH-OUT
+			// passes: no SYN without ACK), so the peer's ACK would
+			// establish a connection whose own SYN latch still holds. The
+			// rules above take bare SYNs and SYN-ACKs of known flows first.
+			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN SYN -m conntrack --ctstate INVALID -j DROP\n", name)
+		}
 		fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL %s\n", name, MarkRedecide, MarkMask, q)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
 		fwd := hook == "FORWARD"
@@ -925,6 +937,10 @@ func (spec ruleSpec) nftRules() string {
 			}
 		}
 		r("tcp flags & (fin|syn|rst|ack) == syn %s", q)
+		if hook == "input" {
+			// A peer's SYN conntrack calls INVALID (see iptablesRules).
+			r("tcp flags & syn == syn ct state invalid drop")
+		}
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
 		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
 		fwd := hook == "forward"
