@@ -88,7 +88,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		cfg.FastTCP = fp.Stats().TCPLocal
 		// ... only while this daemon lives (the lease; see "The lease" in
 		// internal/fastpath).
-		cfg.FastTCPLease = fp.Lease()
+		cfg.FastLease = fp.Lease()
 		// The kernel reports the end of every TCP socket: the accountant needs
 		// no conntrack update events (which the kernel builds for each state
 		// change of every flow while anybody listens).

@@ -1451,10 +1451,10 @@ func (fp *FastPath) Stats() Stats {
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)
 	}
-	if s.TCPLease = fp.leaseOn.Load(); s.TCPLease {
-		s.TCPLeaseMatch = fp.leasePin
+	if s.Lease = fp.leaseOn.Load(); s.Lease {
+		s.LeaseMatch = fp.leasePin
 	} else {
-		s.TCPLeaseWhy, _ = fp.leaseWhy.Load().(string)
+		s.LeaseWhy, _ = fp.leaseWhy.Load().(string)
 	}
 	s.TCPNotrack = fp.notrackOn.Load()
 	if !s.TCPNotrack {

@@ -928,11 +928,11 @@ func TestLeaseHeldWhileOpen(t *testing.T) {
 	if got := run(); got != 1 {
 		t.Errorf("the lease program returns %d while the fast path is open, want 1", got)
 	}
-	if s := fp.Stats(); s.TCPLease || s.TCPLeaseWhy == "" {
+	if s := fp.Stats(); s.Lease || s.LeaseWhy == "" {
 		t.Errorf("stats before SetLease: %+v", s)
 	}
 	fp.SetLease(nil)
-	if s := fp.Stats(); !s.TCPLease || s.TCPLeaseWhy != "" || s.TCPLeaseMatch != pin {
+	if s := fp.Stats(); !s.Lease || s.LeaseWhy != "" || s.LeaseMatch != pin {
 		t.Errorf("stats after SetLease: %+v", s)
 	}
 	fp.Close()

@@ -68,13 +68,14 @@ type Stats struct {
 	// them, before Linux 5.15; or a ruleset without the notrack rules), and the
 	// flows go through conntrack as before.
 	TCPNotrack bool `json:"tcp_notrack"`
-	// TCPLease says whether the ruleset lets a SYN pass by its socket's
-	// MarkFastAllow only while the daemon lives (its xt_bpf match runs the
-	// lease program pinned at TCPLeaseMatch, see "The lease" in the package
-	// doc); TCPLeaseWhy says why not: then a socket whose SYN was on its way
-	// when the daemon died may connect again anywhere once it is gone.
-	TCPLease      bool   `json:"tcp_lease"`
-	TCPLeaseWhy   string `json:"tcp_lease_why,omitempty"`
-	TCPLeaseMatch string `json:"tcp_lease_match,omitempty"`
+	// Lease says whether the ruleset lets a SYN pass by its socket's
+	// MarkFastAllow, and runs the UDP match, only while the daemon lives (its
+	// xt_bpf match runs the lease program pinned at LeaseMatch, see "The
+	// lease" in the package doc); LeaseWhy says why not: then a socket whose
+	// SYN was on its way when the daemon died may connect again anywhere once
+	// it is gone.
+	Lease         bool   `json:"lease"`
+	LeaseWhy      string `json:"lease_why,omitempty"`
+	LeaseMatch    string `json:"lease_match,omitempty"`
 	TCPNotrackWhy string `json:"tcp_notrack_why,omitempty"`
 }

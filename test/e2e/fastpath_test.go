@@ -89,8 +89,8 @@ type fastPathStatus struct {
 	Entries    int    `json:"entries"`
 	Events     uint64 `json:"events"`
 	// The ruleset lets a fast SYN pass only while the daemon lives.
-	TCPLease    bool   `json:"tcp_lease"`
-	TCPLeaseWhy string `json:"tcp_lease_why"`
+	Lease    bool   `json:"lease"`
+	LeaseWhy string `json:"lease_why"`
 }
 
 // waitFastPathEntries waits (up to 10 s) until the fast path's map holds at least n

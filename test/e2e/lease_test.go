@@ -67,7 +67,7 @@ func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) {
 	if fp.HitsAllow-hits != 1 {
 		t.Fatalf("the restarted daemon's connect was no fast-path hit: %+v", fp)
 	}
-	if !fp.TCPLease {
-		t.Errorf("the restarted daemon's ruleset does not check the lease: %s", fp.TCPLeaseWhy)
+	if !fp.Lease {
+		t.Errorf("the restarted daemon's ruleset does not check the lease: %s", fp.LeaseWhy)
 	}
 }

@@ -63,7 +63,7 @@ type Backend struct {
 	acctKick chan struct{}
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
-	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastTCPLease
+	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastLease
 	notrackErr atomic.Pointer[error] // the last install's error about notrack (Config.FastSockets)
 
 	// The fast sockets being decided again (MarkFastRedecide), by flow: see
@@ -198,11 +198,12 @@ func (b *Backend) FastUDP() error {
 	return *p
 }
 
-// FastLease reports whether the installed ruleset checks Config.FastTCPLease
-// before a SYN passes by MarkFastAllow: nil if it does, else why not (none
-// configured, no fast TCP, not installed yet, or the firewall refused it).
+// FastLease reports whether the installed ruleset checks Config.FastLease
+// before a SYN passes by MarkFastAllow or the UDP match runs: nil if it does,
+// else why not (none configured, not installed yet, or the firewall refused
+// it).
 func (b *Backend) FastLease() error {
-	if b.cfg.FastTCPLease == "" {
+	if b.cfg.FastLease == "" {
 		return errors.New("no lease program configured")
 	}
 	p := b.leaseErr.Load()
@@ -271,8 +272,8 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		spec.fastUDP = ""
 	}
 	spec.notrack = b.cfg.FastSockets != nil
-	if spec.fastTCP {
-		spec.lease = b.cfg.FastTCPLease
+	if spec.fastTCP || spec.fastUDP != "" {
+		spec.lease = b.cfg.FastLease
 	}
 	if spec.lease != "" && !safePinPath(spec.lease) {
 		perr := fmt.Errorf("%w: its pinned path %q has characters other than letters, digits and ._/+-", errFastLease, spec.lease)

@@ -452,15 +452,16 @@ type Config struct {
 	// connect(AF_UNSPEC) the socket may connect again, and no connect hook
 	// runs to clear it) is held as any other. FastSockets implies it.
 	FastTCP bool
-	// FastTCPLease is the pinned socket filter program of the kernel fast
-	// path's lease (internal/fastpath, FastPath.Lease); "": none. With FastTCP,
-	// LATCH-OUT runs it (an xt_bpf match) on a SYN that would pass by its
-	// socket's MarkFastAllow, and lets it pass only on a match: while the
-	// daemon that loaded it lives. A socket whose SYN was on its way when the
-	// daemon died keeps the mark, and after connect(AF_UNSPEC) may connect
-	// again; its SYN is then held (and dropped, fail-closed). Backend.FastLease
-	// says whether the ruleset has it.
-	FastTCPLease string
+	// FastLease is the pinned socket filter program of the kernel fast
+	// path's lease (internal/fastpath, FastPath.Lease); "": none. LATCH-OUT
+	// runs it (an xt_bpf match) on a SYN that would pass by its socket's
+	// MarkFastAllow (with FastTCP), and before the UDP match (FastUDPMatch),
+	// and lets the packet pass by them only on a match: while the daemon that
+	// loaded it lives. A socket whose SYN was on its way when the daemon died
+	// keeps the mark, and after connect(AF_UNSPEC) may connect again; its SYN
+	// is then held (and dropped, fail-closed), and so is the first datagram
+	// of a UDP flow. Backend.FastLease says whether the ruleset has it.
+	FastLease string
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to

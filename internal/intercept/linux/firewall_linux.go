@@ -35,6 +35,8 @@ const (
 	// fastpass, which lets the SYN pass as rules 1 and 4 of iptablesRules do.
 	nftFastLease = "fastlease"
 	nftFastPass  = "fastpass"
+	// udplease runs the lease program and on a match goes to udpfast.
+	nftUDPLease = "udplease"
 )
 
 // ruleSpec is what the ruleset must do.
@@ -53,10 +55,10 @@ type ruleSpec struct {
 	// from an earlier daemon's fast path and the SYN is held.
 	fastTCP bool
 	// lease is the pinned socket filter program of the kernel fast path's
-	// lease (Config.FastTCPLease): with fastTCP, a SYN passes by MarkFastAllow
-	// only while it matches, that is while the daemon lives; "": no check
-	// (a socket whose SYN was on its way when the daemon died may connect
-	// again anywhere after).
+	// lease (Config.FastLease): with fastTCP, a SYN passes by MarkFastAllow,
+	// and with fastUDP the UDP match runs, only while it matches, that is
+	// while the daemon lives; "": no check (a socket whose SYN was on its way
+	// when the daemon died may connect again anywhere after).
 	lease string
 	// notrack keeps the kernel fast path's TCP flows out of conntrack (see
 	// "Notrack" in doc.go): their packets are not tracked while their socket
@@ -374,8 +376,10 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// MarkAllow when a rule allowed its program's datagrams to its
 			// destination under the rules in force, and the next two rules decide
 			// the flow as they decide an allow from the queue.
-			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
-				name, MarkMask, MarkMask, spec.fastUDP, MarkAllow, MarkMask)
+			// The lease first: a dead daemon's UDP match decides nothing
+			// (and would record nothing).
+			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x%s -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
+				name, MarkMask, MarkMask, lease, spec.fastUDP, MarkAllow, MarkMask)
 		}
 		fmt.Fprintf(&b, "-A %s %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x\n", name, allow, MarkMask, MarkMask)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
@@ -853,6 +857,12 @@ func (spec ruleSpec) nftRules() string {
 	}
 	fmt.Fprintf(&b, "add table inet %s\n", nftTable)
 	lease := spec.lease != "" && spec.fastTCP
+	udpLease := spec.lease != "" && spec.fastUDP != ""
+	if udpLease {
+		// The UDP match only while the daemon lives: udplease gets the
+		// lease match over netlink, with a goto to udpfast.
+		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPLease)
+	}
 	if lease {
 		// A SYN that would pass by its socket's MarkFastAllow, only while
 		// the daemon lives (see iptablesRules): fastlease gets the lease
@@ -917,7 +927,11 @@ func (spec ruleSpec) nftRules() string {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
 			// write: chain udpfast gets it over netlink (addNftBPFMatch), with a goto
 			// to udpfast_allow on a match.
-			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, nftUDPFast)
+			udp := nftUDPFast
+			if udpLease {
+				udp = nftUDPLease
+			}
+			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, udp)
 		}
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
@@ -1036,6 +1050,11 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 		// Until this rule is in, UDP goes through the queue as without it.
 		if err := addNftBPFMatch(nftTable, nftUDPFast, nftUDPFastAllow, spec.fastUDP); err != nil {
 			return fmt.Errorf("%w: %w", errFastUDP, err)
+		}
+		if spec.lease != "" {
+			if err := addNftBPFMatch(nftTable, nftUDPLease, nftUDPFast, spec.lease); err != nil {
+				return fmt.Errorf("%w: %w", errFastLease, err)
+			}
 		}
 	}
 	return nil

@@ -2,6 +2,8 @@ package linux
 
 import (
 	"errors"
+	"net"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -121,11 +123,52 @@ func TestFastLease(t *testing.T) {
 // TestNftFastLeaseRuleset checks the native nftables ruleset's lease on kernels
 // that cannot queue from nftables (its queue statements become drops): a SYN
 // marked MarkFastAllow passes while the lease is held (with and without
-// notrack), and is dropped once it is released.
+// notrack), and is dropped once it is released; so is a datagram the UDP
+// match accepts.
 func TestNftFastLeaseRuleset(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs nft")
 	}
+	t.Run("udp", func(t *testing.T) {
+		tp := newTopo(t)
+		srv := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9101"))
+		match := pinPortMatch(t, 9101)
+		path, release := pinLease(t)
+		spec := ruleSpec{queue: testQueue, exemptLoopback: true, fastUDP: match, lease: path}
+		rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+		install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+		install.Stdin = strings.NewReader(rules)
+		if out, err := install.CombinedOutput(); err != nil {
+			t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+		}
+		if err := inNS(tp.a, func() error {
+			return errors.Join(addNftBPFMatch(nftTable, nftUDPFast, nftUDPFastAllow, match), addNftBPFMatch(nftTable, nftUDPLease, nftUDPFast, path))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		send := func(msg string) error {
+			return inNS(tp.a, func() error {
+				c, err := net.Dial("udp4", addrB+":9101")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				_, err = c.Write([]byte(msg))
+				return err
+			})
+		}
+		if err := send("held lease"); err != nil || !srv.receives("held lease", 3*time.Second) {
+			t.Fatalf("a datagram the UDP match accepts did not arrive while the lease was held: %v", err)
+		}
+		release()
+		// Dropped in the output chain: the write fails with EPERM.
+		if err := send("released"); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("once the lease was released, a datagram the UDP match accepts: err = %v, want EPERM (dropped)", err)
+		}
+		if srv.receives("released", time.Second) {
+			t.Error("a datagram the UDP match accepts arrived once the lease was released")
+		}
+	})
 	for _, notrack := range []bool{false, true} {
 		t.Run(map[bool]string{false: "conntrack", true: "notrack"}[notrack], func(t *testing.T) {
 			tp := newTopo(t)
@@ -150,6 +193,61 @@ func TestNftFastLeaseRuleset(t *testing.T) {
 			}
 			if n := srv.accepted.Load(); n != 1 {
 				t.Errorf("server accepted %d connections, want 1", n)
+			}
+		})
+	}
+}
+
+// TestFastUDPLease: with each firewall mechanism, the fast path's UDP match
+// decides the first datagram of a flow only while the lease is held: once it
+// is released (the daemon died), a new flow's first datagram is held and
+// decided (here: allowed after it was held) like any, never passed by a dead
+// daemon's match (which would also leave it out of the history).
+func TestFastUDPLease(t *testing.T) {
+	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			if fw == FirewallNftables {
+				if err := probeNftQueue(DefaultQueue); err != nil {
+					t.Skipf("no native nftables queue (TestNftFastLeaseRuleset checks its ruleset): %v", err)
+				}
+			}
+			if fw == FirewallIptablesLegacy && !legacyUsable() {
+				t.Skip("no iptables-legacy")
+			}
+			tp := newTopo(t)
+			srv := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9101"))
+			match := pinPortMatch(t, 9101)
+			lease, release := pinLease(t)
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_FAST_UDP="+match, "LATCH_TEST_FAST_LEASE="+lease)
+			defer d.stop()
+			if l, ok := d.waitLine("fast-lease ", 10*time.Second); !ok || l != "fast-lease <nil>" {
+				t.Fatalf("the ruleset does not check the lease: %q\n%s", l, d.errors())
+			}
+			send := func(msg string) {
+				t.Helper()
+				if err := inNS(tp.a, func() error {
+					c, err := net.Dial("udp4", addrB+":9101")
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					_, err = c.Write([]byte(msg))
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				if !srv.receives(msg, 3*time.Second) {
+					t.Fatalf("datagram %q did not arrive", msg)
+				}
+			}
+			send("held lease")
+			if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
+				t.Errorf("a datagram the UDP match accepts was queued while the lease was held: %q", l)
+			}
+			release()
+			send("released")
+			if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9101") {
+				t.Errorf("once the lease was released, a new flow's datagram was not held (got %q)", l)
 			}
 		})
 	}

@@ -408,7 +408,7 @@ func runChild(mode string) int {
 	cfg.FastUDPMatch = os.Getenv("LATCH_TEST_FAST_UDP")
 	// LATCH_TEST_FAST_LEASE: the pinned lease program (the test holds the
 	// lease, see pinLease).
-	cfg.FastTCPLease = os.Getenv("LATCH_TEST_FAST_LEASE")
+	cfg.FastLease = os.Getenv("LATCH_TEST_FAST_LEASE")
 	// LATCH_TEST_FAST_TCP: as with the kernel fast path deciding TCP connects
 	// (the tests mark their sockets as it would).
 	cfg.FastTCP = os.Getenv("LATCH_TEST_FAST_TCP") != ""
@@ -564,7 +564,7 @@ func runChild(mode string) int {
 			}
 		}()
 	}
-	if cfg.FastTCPLease != "" {
+	if cfg.FastLease != "" {
 		go func() {
 			for i := 0; i < 300; i++ {
 				if err := b.FastLease(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
