@@ -50,15 +50,45 @@
 // kernel before 5.15, whose sock_ops programs cannot read the namespace, those of
 // any, by the mark's exact value).
 //
-// What is left: a socket whose SYN is on its way when the daemon dies (its
-// connection not yet established) keeps MarkFastAllow, as the program that would
-// move it is gone, and may still connect again anywhere after connect(AF_UNSPEC)
-// once the daemon is gone. A socket established when the daemon dies keeps
+// A socket whose SYN is on its way when the daemon dies (its connection not yet
+// established) keeps MarkFastAllow, as the program that would move it is gone;
+// the ruleset lets its next SYN pass only while the daemon lives (see "The
+// lease"). A socket established when the daemon dies keeps
 // MarkFastFlow after its connection ends, which lets no SYN pass; the peer's SYN
 // of a simultaneous open with it is held too (LATCH-IN queues an untracked SYN
 // without ACK), else its SYN-ACK, no bare SYN, would pass by MarkFastFlow.
 // A socket that had MarkFastAllow from before this fast
 // path (an older latch) is moved once it is established or closes.
+//
+// # The lease
+//
+// A program can keep a socket in SYN_SENT with MarkFastAllow on purpose (a
+// connect to an allowed address that drops SYNs; TCP_SYNCNT 127 keeps it there
+// for hours) and use it whenever the daemon dies: connect(AF_UNSPEC), then a
+// connect anywhere, which no hook decides. So the ruleset asks whether the
+// daemon lives before it lets a SYN pass by MarkFastAllow, and before it runs the
+// UDP match: Open pins a second socket filter, latch_fast_lease (PinDir,
+// fast-lease-PID), which the ruleset's xt_bpf match runs last in those rules
+// (internal/intercept/linux, Config.FastLease; native nftables: chains fastlease
+// and udplease, over netlink). It tail-calls through lease, a one-slot program
+// array that Open fills with latch_fast_lease_held (which returns 1); an empty
+// slot makes the tail call fall through, and it returns 0. The daemon never pins
+// the array, so its file descriptor is the array's only user reference, and the
+// kernel empties a program array when its last user reference goes (the pinned
+// program holds the array, but not as a user): at Close, and at the daemon's
+// exit, crash or SIGKILL, with the links of its connect hooks. There is no timer
+// to choose: the lease lapses exactly when the hooks go, never while the daemon
+// lives (a daemon stopped by SIGSTOP, swapped out or starved keeps it, and its
+// hooks keep deciding every connect). A daemon started next pins and holds its
+// own; the ruleset it installs names that one. Close gives the lease up
+// (empties the slot) before it detaches the hooks. At a death the kernel
+// empties the array from a work queue, a moment after the file descriptor
+// closes: between the hooks' links going and that work running (microseconds,
+// on an idle machine) a socket may still pass. Without xt_bpf (or without a pin directory) the
+// ruleset goes without the lease (Stats.Lease, LeaseWhy) and the residual above
+// is back. Cost: one run of a two-instruction program and a tail call per
+// packet that reaches those rules (a fast connect's SYN, the first datagram of a
+// UDP flow).
 //
 // # UDP
 //
@@ -177,12 +207,13 @@
 // or hands the socket on, made the decision at connect time under its own entry,
 // as through the queue.
 // The pinned program holds its maps, and a fail-closed daemon that dies leaves the
-// ruleset, and so the program, in place; but the program matches only while the
-// daemon writes its heartbeat (every second, from Open to Close): 5 seconds
-// after the last one it stops, and new UDP flows go to the queue, which without a
-// reader drops them, as the TCP hooks stop with the daemon's links. Within those
-// seconds, UDP flows a rule allowed before the death are still allowed (no
-// rule can change meanwhile, since only a daemon changes rules). Processes in other
+// ruleset, and so the program, in place; but the ruleset runs it only while the
+// lease holds (see "The lease"), and new UDP flows then go to the queue, which
+// without a reader drops them, as the TCP hooks stop with the daemon's links.
+// The program itself also matches only while the daemon writes its heartbeat
+// (every second, from Open to Close): 5 seconds after the last one it stops,
+// for a ruleset without the lease (no rule can change meanwhile, since only a
+// daemon changes rules). Processes in other
 // mount namespaces see their executable through other mounts, so they get entries
 // of their own. A hard link to the program in its
 // own directory under another name is the same key (creating one needs write access

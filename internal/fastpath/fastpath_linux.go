@@ -780,6 +780,13 @@ func (fp *FastPath) Close() error {
 	}
 	var errs []error
 	pinned := fp.udpPin != "" || fp.leasePin != ""
+	// The lease first, at once, before the hooks go: the kernel would
+	// empty the array only a moment after its last descriptor closes.
+	if fp.objs.Lease != nil {
+		if err := fp.objs.Lease.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("fast path: give the lease up: %w", err))
+		}
+	}
 	for _, l := range fp.links {
 		errs = append(errs, l.Close())
 	}
