@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -61,13 +62,32 @@ func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) {
 	d2.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8328", "--action", "allow")
 	tk.open(t, n, 8328) // the queue decides, the map learns
 	d2.waitFastPathEntries(t, 1)
-	hits = d2.fastPath(t).HitsAllow
+	hits, held := d2.fastPath(t).HitsAllow, d2.held(t)
 	tk.open(t, n, 8328)
 	fp := d2.fastPath(t)
 	if fp.HitsAllow-hits != 1 {
 		t.Fatalf("the restarted daemon's connect was no fast-path hit: %+v", fp)
 	}
+	// Passed by the new lease, not held (the queue would decide it the same).
+	if h := d2.held(t); h != held {
+		t.Errorf("the restarted daemon's fast connect was held too (%d held, was %d): its ruleset does not run its own lease", h, held)
+	}
 	if !fp.Lease {
 		t.Errorf("the restarted daemon's ruleset does not check the lease: %s", fp.LeaseWhy)
 	}
+}
+
+// held returns the connections the daemon's backend handed to be decided
+// (latch status --json: kernel.held).
+func (d *Daemon) held(t *testing.T) uint64 {
+	t.Helper()
+	var st struct {
+		Kernel struct {
+			Held uint64 `json:"held"`
+		} `json:"kernel"`
+	}
+	if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Kernel.Held
 }
