@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,10 +70,53 @@ func pinLease(t *testing.T) (path string, release func()) {
 	return path, release
 }
 
-// TestFastLease: with each firewall mechanism, with and without notrack, a SYN
-// from a socket marked MarkFastAllow passes without being queued while the
-// lease is held, and is held and decided (here: denied) like any once it is
-// released, as when the daemon that holds it dies.
+// listenTCPAt is listenTCP on addr (IPv4 or IPv6) in namespace B.
+func listenTCPAt(t *testing.T, tp *topo, addr string, port int) *tcpServer {
+	t.Helper()
+	s := &tcpServer{}
+	if err := inNS(tp.b, func() error {
+		var err error
+		s.ln, err = net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
+		return err
+	}); err != nil {
+		t.Fatalf("listen in %s: %v", tp.b, err)
+	}
+	t.Cleanup(func() { s.ln.Close() })
+	go func() {
+		for {
+			c, err := s.ln.Accept()
+			if err != nil {
+				return
+			}
+			s.accepted.Add(1)
+			c.Close()
+		}
+	}()
+	return s
+}
+
+// dialMarkedAt is dialMarked to addr (IPv4 or IPv6).
+func dialMarkedAt(tp *topo, addr string, port int, mark uint32) error {
+	return inNS(tp.a, func() error {
+		d := net.Dialer{Timeout: 3 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
+			})
+			return errors.Join(err, serr)
+		}}
+		c, err := d.Dial("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
+// TestFastLease: with each firewall mechanism, with and without notrack, IPv4
+// and IPv6, a SYN from a socket marked MarkFastAllow passes without being
+// queued while the lease is held, and is held and decided (here: denied) like
+// any once it is released, as when the daemon that holds it dies.
 func TestFastLease(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
 		for _, mode := range []string{"conntrack", "notrack"} {
@@ -86,7 +130,8 @@ func TestFastLease(t *testing.T) {
 					t.Skip("no iptables-legacy")
 				}
 				tp := newTopo(t)
-				srv := listenTCP(t, tp, 9001)
+				addV6(t, tp)
+				srv, srv6 := listenTCPAt(t, tp, addrB, 9001), listenTCPAt(t, tp, addrB6, 9001)
 				path, release := pinLease(t)
 				env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_FAST_TCP=1", "LATCH_TEST_FAST_LEASE=" + path}
 				if mode == "notrack" {
@@ -97,23 +142,25 @@ func TestFastLease(t *testing.T) {
 				if l, ok := d.waitLine("fast-lease ", 10*time.Second); !ok || l != "fast-lease <nil>" {
 					t.Fatalf("the ruleset does not check the lease: %q\n%s", l, d.errors())
 				}
-				for i := 0; i < 2; i++ {
-					if err := dialMarked(tp, "9001", MarkFastAllow); err != nil {
-						t.Fatalf("connect %d from a fast-allowed socket, the lease held: %v", i, err)
+				for _, addr := range []string{addrB, addrB6, addrB} {
+					if err := dialMarkedAt(tp, addr, 9001, MarkFastAllow); err != nil {
+						t.Fatalf("connect to %s from a fast-allowed socket, the lease held: %v", addr, err)
 					}
 				}
 				if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
 					t.Errorf("a connection the fast path decided was queued while the lease was held: %q", l)
 				}
 				release()
-				if err := dialMarked(tp, "9001", MarkFastAllow); !errors.Is(err, syscall.ECONNREFUSED) {
-					t.Errorf("a fast-allowed socket, the lease released: err = %v, want ECONNREFUSED (held, denied)", err)
+				for _, addr := range []string{addrB, addrB6} {
+					if err := dialMarkedAt(tp, addr, 9001, MarkFastAllow); !errors.Is(err, syscall.ECONNREFUSED) {
+						t.Errorf("a fast-allowed socket to %s, the lease released: err = %v, want ECONNREFUSED (held, denied)", addr, err)
+					}
+					if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
+						t.Errorf("the SYN to %s marked MarkFastAllow was not held once the lease was released (got %q)", addr, l)
+					}
 				}
-				if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
-					t.Errorf("the SYN marked MarkFastAllow was not held once the lease was released (got %q)", l)
-				}
-				if n := srv.accepted.Load(); n != 2 {
-					t.Errorf("server accepted %d connections, want 2", n)
+				if n, n6 := srv.accepted.Load(), srv6.accepted.Load(); n != 2 || n6 != 1 {
+					t.Errorf("servers accepted %d (IPv4) and %d (IPv6) connections, want 2 and 1", n, n6)
 				}
 			})
 		}
@@ -172,7 +219,8 @@ func TestNftFastLeaseRuleset(t *testing.T) {
 	for _, notrack := range []bool{false, true} {
 		t.Run(map[bool]string{false: "conntrack", true: "notrack"}[notrack], func(t *testing.T) {
 			tp := newTopo(t)
-			srv := listenTCP(t, tp, 9001)
+			addV6(t, tp)
+			srv, srv6 := listenTCPAt(t, tp, addrB, 9001), listenTCPAt(t, tp, addrB6, 9001)
 			path, release := pinLease(t)
 			spec := ruleSpec{queue: testQueue, exemptLoopback: true, fastTCP: true, notrack: notrack, lease: path}
 			rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
@@ -184,15 +232,19 @@ func TestNftFastLeaseRuleset(t *testing.T) {
 			if err := inNS(tp.a, func() error { return addNftBPFMatch(nftTable, nftFastLease, nftFastPass, path) }); err != nil {
 				t.Fatal(err)
 			}
-			if err := dialMarked(tp, "9001", MarkFastAllow); err != nil {
-				t.Fatalf("a fast-allowed socket, the lease held: %v", err)
+			for _, addr := range []string{addrB, addrB6} {
+				if err := dialMarkedAt(tp, addr, 9001, MarkFastAllow); err != nil {
+					t.Fatalf("a fast-allowed socket to %s, the lease held: %v", addr, err)
+				}
 			}
 			release()
-			if err := dialMarked(tp, "9001", MarkFastAllow); err == nil {
-				t.Errorf("a fast-allowed socket connected once the lease was released")
+			for _, addr := range []string{addrB, addrB6} {
+				if err := dialMarkedAt(tp, addr, 9001, MarkFastAllow); err == nil {
+					t.Errorf("a fast-allowed socket connected to %s once the lease was released", addr)
+				}
 			}
-			if n := srv.accepted.Load(); n != 1 {
-				t.Errorf("server accepted %d connections, want 1", n)
+			if n, n6 := srv.accepted.Load(), srv6.accepted.Load(); n != 1 || n6 != 1 {
+				t.Errorf("servers accepted %d (IPv4) and %d (IPv6) connections, want 1 and 1", n, n6)
 			}
 		})
 	}
