@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -74,6 +75,9 @@ func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) {
 	}
 	if !fp.Lease {
 		t.Errorf("the restarted daemon's ruleset does not check the lease: %s", fp.LeaseWhy)
+	}
+	if text := d2.MustCLI(t, "status"); !regexp.MustCompile(`(?m)^fast path lease:\s+on: `).MatchString(text) {
+		t.Errorf("latch status does not say the lease is on:\n%s", text)
 	}
 }
 
