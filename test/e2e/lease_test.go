@@ -22,20 +22,33 @@ import (
 // runs to clear it). The lease lets a SYN pass by that mark only while the
 // daemon lives. A daemon started next takes a lease of its own: its fast
 // connects pass.
-func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) {
+func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) { fastMarkInFlight(t, false) }
+
+// TestFastMarkInFlightAtDaemonDeathFailsClosedIPv6 is
+// TestFastMarkInFlightAtDaemonDeathFailsClosed over IPv6.
+func TestFastMarkInFlightAtDaemonDeathFailsClosedIPv6(t *testing.T) { fastMarkInFlight(t, true) }
+
+// fastMarkInFlight is TestFastMarkInFlightAtDaemonDeathFailsClosed, over IPv6
+// if v6.
+func fastMarkInFlight(t *testing.T, v6 bool) {
 	n := NewNet(t)
+	server, ipt := n.ServerIP, "iptables"
+	if v6 {
+		server, ipt = "["+addIPv6s(t, n, 0x1b, 1)[0]+"]", "ip6tables"
+	}
 	// The allowed address drops SYNs: a connect to it stays on its way.
-	if out, err := n.Exec(n.Server, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8327", "-j", "DROP"); err != nil {
+	if out, err := n.Exec(n.Server, ipt, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8327", "-j", "DROP"); err != nil {
 		t.Fatalf("drop SYNs to port 8327 in the server's namespace: %v: %s", err, out)
 	}
-	srv := n.Serve(t, 8328)
+	srv := n.Start(n.Server, helperBin, "serve", server+":8328")
+	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
 	cg, cgfd := fastPathCgroup(t)
 	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8327", "--action", "allow")
 	tk := startTalk(t, n, cgfd)
 	pend := func() int {
 		t.Helper()
-		r := tk.say(t, fmt.Sprintf("pending %s:8327", n.ServerIP))
+		r := tk.say(t, fmt.Sprintf("pending %s:8327", server))
 		if r.Outcome != "pending" {
 			t.Fatalf("talk: a connect to port 8327 that stays on its way: %+v", r)
 		}
@@ -56,15 +69,22 @@ func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) {
 	}
 	killDaemon(t, n, d)
 	time.Sleep(500 * time.Millisecond) // the lease lapses at once; a margin
-	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:8328", in, n.ServerIP), "fail-closed, daemon killed: a socket whose fast connect was on its way connected to an unruled destination")
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:8328", in, server), "fail-closed, daemon killed: a socket whose fast connect was on its way connected to an unruled destination")
 
 	// A daemon started next: its lease lets its own fast connects pass.
 	d2 := startFastPathDaemon(t, n, cg, "--fail", "closed")
 	d2.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8328", "--action", "allow")
-	tk.open(t, n, 8328) // the queue decides, the map learns
+	open := func() {
+		t.Helper()
+		if r := tk.say(t, fmt.Sprintf("open %s:8328", server)); r.Outcome != "connected" {
+			t.Fatalf("talk: connect to port 8328: %+v", r)
+		}
+		tk.locals = append(tk.locals, "")
+	}
+	open() // the queue decides, the map learns
 	d2.waitFastPathEntries(t, 1)
 	hits, held := d2.fastPath(t).HitsAllow, d2.held(t)
-	tk.open(t, n, 8328)
+	open()
 	fp := d2.fastPath(t)
 	if fp.HitsAllow-hits != 1 {
 		t.Fatalf("the restarted daemon's connect was no fast-path hit: %+v", fp)

@@ -37,9 +37,9 @@ func reopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result
 			return
 		}
 		mark, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
-		var local, sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: port}, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-		if ap.Addr().Is6() {
-			local, sa = &syscall.SockaddrInet6{Port: port}, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		var local, sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: port}, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		if ap.Addr().Is4() {
+			local, sa = &syscall.SockaddrInet4{Port: port}, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 		}
 		if port != 0 {
 			if err := syscall.Bind(int(fd), local); err != nil {
@@ -225,9 +225,9 @@ func pending(addr string) (*net.TCPConn, Result) {
 	if err != nil {
 		fatal(fmt.Errorf("talk: pending %q: %w", addr, err))
 	}
-	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
-	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
-		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()})
+	if ap.Addr().Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
