@@ -137,7 +137,6 @@ const (
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
 	fastpathProgLatchFastLease      = "latch_fast_lease"
-	fastpathProgLatchFastLeaseHeld  = "latch_fast_lease_held"
 	fastpathProgLatchFastLive       = "latch_fast_live"
 	fastpathProgLatchFastLiveTcp    = "latch_fast_live_tcp"
 	fastpathProgLatchFastRedecide   = "latch_fast_redecide"
@@ -206,7 +205,6 @@ type fastpathProgramSpecs struct {
 	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
 	LatchFastLease      *ebpf.ProgramSpec `ebpf:"latch_fast_lease"`
-	LatchFastLeaseHeld  *ebpf.ProgramSpec `ebpf:"latch_fast_lease_held"`
 	LatchFastLive       *ebpf.ProgramSpec `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.ProgramSpec `ebpf:"latch_fast_live_tcp"`
 	LatchFastRedecide   *ebpf.ProgramSpec `ebpf:"latch_fast_redecide"`
@@ -327,7 +325,6 @@ type fastpathPrograms struct {
 	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
 	LatchFastLease      *ebpf.Program `ebpf:"latch_fast_lease"`
-	LatchFastLeaseHeld  *ebpf.Program `ebpf:"latch_fast_lease_held"`
 	LatchFastLive       *ebpf.Program `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.Program `ebpf:"latch_fast_live_tcp"`
 	LatchFastRedecide   *ebpf.Program `ebpf:"latch_fast_redecide"`
@@ -344,7 +341,6 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
 		p.LatchFastLease,
-		p.LatchFastLeaseHeld,
 		p.LatchFastLive,
 		p.LatchFastLiveTcp,
 		p.LatchFastRedecide,

@@ -411,11 +411,6 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if err := fp.heartbeat(); err != nil {
 		return fp, err
 	}
-	// The lease (see "The lease" in doc.go): held from here until this
-	// process's last file descriptor of the array closes.
-	if err := fp.objs.Lease.Put(uint32(0), fp.objs.LatchFastLeaseHeld); err != nil {
-		return fp, fmt.Errorf("fast path: take the lease: %w", err)
-	}
 	// Generation 1 before anything attaches: entries are never stored under 0.
 	fp.cur.Store(&ruleState{gen: 1, why: "no rules seen yet"})
 	if err := fp.objs.Generation.Put(uint32(0), uint64(1)); err != nil {
@@ -512,9 +507,41 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		fp.udpWhy.Store(err.Error())
 		fp.leaseWhy.Store(err.Error())
 	}
+	if err := fp.raiseLease(); err != nil {
+		return fp, err
+	}
 	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
 	go fp.storeWorker()
 	return fp, nil
+}
+
+// raiseLease moves the lease map's file descriptor above every descriptor
+// open now, the hooks' links among them: a process that dies has its files
+// released from the highest descriptor down, so the lease lapses before any
+// hook goes (see "The lease" in doc.go).
+func (fp *FastPath) raiseLease() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("fast path: list this process's file descriptors: %w", err)
+	}
+	top := 0
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n > top {
+			top = n
+		}
+	}
+	fd, err := unix.FcntlInt(uintptr(fp.objs.Lease.FD()), unix.F_DUPFD_CLOEXEC, top+1)
+	if err != nil {
+		return fmt.Errorf("fast path: move the lease's descriptor above %d: %w", top, err)
+	}
+	m, err := ebpf.NewMapFromFD(fd)
+	if err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("fast path: the lease's new descriptor: %w", err)
+	}
+	old := fp.objs.Lease
+	fp.objs.Lease = m
+	return old.Close()
 }
 
 // rootCgroup returns the root of the cgroup2 hierarchy, mounted privately if it
@@ -780,12 +807,9 @@ func (fp *FastPath) Close() error {
 	}
 	var errs []error
 	pinned := fp.udpPin != "" || fp.leasePin != ""
-	// The lease first, at once, before the hooks go: the kernel would
-	// empty the array only a moment after its last descriptor closes.
+	// The lease first, before the hooks go (see "The lease" in doc.go).
 	if fp.objs.Lease != nil {
-		if err := fp.objs.Lease.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("fast path: give the lease up: %w", err))
-		}
+		errs = append(errs, fp.objs.Lease.Close())
 	}
 	for _, l := range fp.links {
 		errs = append(errs, l.Close())

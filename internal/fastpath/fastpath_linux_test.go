@@ -20,6 +20,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/cgroup2"
@@ -929,6 +930,25 @@ func TestLeaseHeldWhileOpen(t *testing.T) {
 	if got := run(); got != 1 {
 		t.Errorf("the lease program returns %d while the fast path is open, want 1", got)
 	}
+	// A dying process's files are released from the highest descriptor
+	// down: the lease's must be above every link's, so that it lapses first.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := 0
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		if target, _ := os.Readlink("/proc/self/fd/" + e.Name()); target == "anon_inode:bpf_link" {
+			links++
+			if n > fp.objs.Lease.FD() {
+				t.Errorf("link descriptor %d is above the lease's %d", n, fp.objs.Lease.FD())
+			}
+		}
+	}
+	if links == 0 {
+		t.Error("no link descriptors found")
+	}
 	if s := fp.Stats(); s.Lease || s.LeaseWhy == "" {
 		t.Errorf("stats before SetLease: %+v", s)
 	}
@@ -960,13 +980,21 @@ func BenchmarkLease(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer fp.Close()
+	ret1, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SocketFilter, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R0, 1),
+		asm.Return(),
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ret1.Close()
 	pkt := make([]byte, 64)
 	const repeat = 1_000_000
 	var diffs []float64
 	var lease, base float64
 	for b.Loop() {
 		for round := 0; round < 5; round++ {
-			progs := []*ebpf.Program{fp.objs.LatchFastLease, fp.objs.LatchFastLeaseHeld}
+			progs := []*ebpf.Program{fp.objs.LatchFastLease, ret1}
 			if round%2 == 1 {
 				progs[0], progs[1] = progs[1], progs[0]
 			}
@@ -978,7 +1006,7 @@ func BenchmarkLease(b *testing.B) {
 				}
 				ns[p] = float64(d.Nanoseconds())
 			}
-			l, h := ns[fp.objs.LatchFastLease], ns[fp.objs.LatchFastLeaseHeld]
+			l, h := ns[fp.objs.LatchFastLease], ns[ret1]
 			lease, base = lease+l, base+h
 			diffs = append(diffs, l-h)
 			b.Logf("round %d: lease %.1f ns, return-1 program %.1f ns, difference %.1f ns", round, l, h, l-h)
@@ -988,4 +1016,58 @@ func BenchmarkLease(b *testing.B) {
 	b.ReportMetric(diffs[len(diffs)/2], "ns-over-baseline")
 	b.ReportMetric(lease/float64(len(diffs)), "ns-lease")
 	b.ReportMetric(base/float64(len(diffs)), "ns-baseline")
+}
+
+// TestDeathReleasesHighestFirst checks what the lease's order rests on (see
+// "The lease" and raiseLease): the kernel releases a killed process's files
+// from its highest descriptor down (close_files queues them in ascending
+// order; task_work_run runs the queue last in, first out), so the lease's
+// descriptor, above the links', is released before any hook goes. Files
+// opened for writing report IN_CLOSE_WRITE as they are released.
+func TestDeathReleasesHighestFirst(t *testing.T) {
+	dir := t.TempDir()
+	in, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		t.Skipf("no inotify: %v", err)
+	}
+	defer unix.Close(in)
+	if _, err := unix.InotifyAddWatch(in, dir, unix.IN_CLOSE_WRITE); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "exec 3>f3 4>f4 5>f5 6>f6; echo ready; exec sleep 60")
+	cmd.Dir = dir
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.Read(make([]byte, 6)); err != nil {
+		t.Fatal(err)
+	}
+	// The shell closes nothing it opened before exec; drain what it wrote.
+	time.Sleep(100 * time.Millisecond)
+	buf := make([]byte, 4096)
+	unix.SetNonblock(in, true)
+	unix.Read(in, buf)
+	unix.SetNonblock(in, false)
+	cmd.Process.Kill()
+	cmd.Wait()
+	var order []string
+	for len(order) < 4 {
+		n, err := unix.Read(in, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[i]))
+			name := strings.TrimRight(string(buf[i+unix.SizeofInotifyEvent:i+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			order = append(order, name)
+			i += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+	if want := []string{"f6", "f5", "f4", "f3"}; !slices.Equal(order, want) {
+		t.Errorf("a killed process's files were released in the order %v, want %v (highest descriptor first)", order, want)
+	}
 }

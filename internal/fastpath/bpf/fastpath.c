@@ -178,18 +178,23 @@ struct {
 
 #define ALIVE_NS (5ULL * 1000 * 1000 * 1000)
 
-// The daemon's lease on the TCP SYNs the ruleset lets pass by their socket's
-// MarkFastAllow (see "The lease" in doc.go): a program array whose one slot
-// holds latch_fast_lease_held while the daemon lives. The daemon never pins
-// it, so its file descriptor is the array's only user reference, and the
-// kernel empties a program array when its last user reference goes: at the
-// daemon's exit, SIGKILL and crash included, as its connect hooks' links go.
+// The daemon's lease on what the ruleset lets pass by the fast path (see "The
+// lease" in doc.go): latch_fast_lease matches while this map has a user
+// reference, that is a file descriptor (or a pin, and it has none). The
+// daemon's descriptor is its only one, and the kernel drops it when the
+// daemon's file closes: at its exit, SIGKILL and crash included, in the same
+// exit that detaches its connect hooks (their links are files too), and
+// synchronously (bpf_map_put_uref), before anything a work queue does.
 struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32));
+	__type(key, __u32);
+	__type(value, __u32);
 } lease SEC(".maps");
+
+// Just the member of the kernel's struct bpf_map the lease reads (CO-RE).
+struct latch_atomic64 { __s64 counter; };
+struct bpf_map { struct latch_atomic64 usercnt; } __attribute__((preserve_access_index));
 
 // What the fast path keeps of one TCP socket, in the socket's own storage (socks):
 //
@@ -1284,23 +1289,15 @@ int latch_fast_restore(struct bpf_iter__tcp___notrack *ctx)
 
 // ---- The lease (the ruleset's xt_bpf match on a SYN with MarkFastAllow) ----
 
-// latch_fast_lease matches (returns 1) while the daemon holds its lease: it
-// tail-calls the program in the lease array's slot, latch_fast_lease_held,
-// which returns 1; once the array is empty (the daemon is gone) the tail call
-// falls through and the match fails, so the SYN goes on to the queue, which
-// without a reader drops it. Pinned (Config.PinDir) for the ruleset.
+// latch_fast_lease matches (returns 1) while the daemon holds its lease: while
+// the lease map has a user reference (usercnt, read through the map's pointer,
+// which the verifier allows a loader with CAP_PERFMON). Pinned (Config.PinDir)
+// for the ruleset.
 SEC("socket")
 int latch_fast_lease(struct __sk_buff *skb)
 {
-	bpf_tail_call(skb, &lease, 0);
-	return 0;
-}
-
-// latch_fast_lease_held is what the lease array holds while the daemon lives.
-SEC("socket")
-int latch_fast_lease_held(struct __sk_buff *skb)
-{
-	return 1;
+	struct bpf_map *m = (struct bpf_map *)&lease;
+	return m->usercnt.counter > 0;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
