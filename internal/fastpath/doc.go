@@ -70,25 +70,27 @@
 // UDP match: Open pins a second socket filter, latch_fast_lease (PinDir,
 // fast-lease-PID), which the ruleset's xt_bpf match runs last in those rules
 // (internal/intercept/linux, Config.FastLease; native nftables: chains fastlease
-// and udplease, over netlink). It tail-calls through lease, a one-slot program
-// array that Open fills with latch_fast_lease_held (which returns 1); an empty
-// slot makes the tail call fall through, and it returns 0. The daemon never pins
-// the array, so its file descriptor is the array's only user reference, and the
-// kernel empties a program array when its last user reference goes (the pinned
-// program holds the array, but not as a user): at Close, and at the daemon's
-// exit, crash or SIGKILL, with the links of its connect hooks. There is no timer
-// to choose: the lease lapses exactly when the hooks go, never while the daemon
-// lives (a daemon stopped by SIGSTOP, swapped out or starved keeps it, and its
-// hooks keep deciding every connect). A daemon started next pins and holds its
-// own; the ruleset it installs names that one. Close gives the lease up
-// (empties the slot) before it detaches the hooks. At a death the kernel
-// empties the array from a work queue, a moment after the file descriptor
-// closes: between the hooks' links going and that work running (microseconds,
-// on an idle machine) a socket may still pass. Without xt_bpf (or without a pin directory) the
-// ruleset goes without the lease (Stats.Lease, LeaseWhy) and the residual above
-// is back. Cost: one run of a two-instruction program and a tail call per
-// packet that reaches those rules (a fast connect's SYN, the first datagram of a
-// UDP flow).
+// and udplease, over netlink). It matches while the map lease has a user
+// reference (the map's usercnt, which the program reads through the map's
+// pointer: a loader with CAP_PERFMON may). The daemon never pins the map, so
+// its file descriptor is the only user reference, and the kernel drops it, at
+// once (bpf_map_put_uref), when that file is released: at Close, and at the
+// daemon's exit, crash or SIGKILL, in the same exit that releases the links of
+// its connect hooks. Open moves the descriptor above every other it has
+// (raiseLease), and a dying process's files are released from the highest
+// descriptor down (close_files queues them in ascending order, task_work_run
+// runs them last in, first out; TestDeathReleasesHighestFirst checks it), so
+// the lease lapses before any hook goes: no moment without both. Close closes
+// it first too. There is no timer to choose, so no margin to get wrong: the
+// lease never lapses while the daemon lives (a daemon stopped by SIGSTOP,
+// swapped out or starved keeps it, and its hooks keep deciding every connect),
+// and a lapse costs a live daemon nothing but speed anyway (the SYN goes to the
+// queue, which decides it). A daemon started next pins and holds its own; the
+// ruleset it installs names that one. Without xt_bpf (or without a pin
+// directory) the ruleset goes without the lease (Stats.Lease, LeaseWhy) and the
+// residual above is back. Cost: one run of a program of a few instructions per
+// packet that reaches those rules (a fast connect's SYN, the first datagram of
+// a UDP flow; BenchmarkLease: within a nanosecond of a program that returns 1).
 //
 // # UDP
 //

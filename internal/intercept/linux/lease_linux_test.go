@@ -19,11 +19,11 @@ import (
 )
 
 // pinLease pins, on a BPF file system of the test's own, a stand-in for the
-// kernel fast path's lease program (internal/fastpath): a socket filter that
-// tail-calls through a one-slot program array into a program that returns 1,
-// and returns 0 if the slot is empty. The test holds the array's only user
-// reference; release closes it, as a daemon's death does, and the kernel
-// empties the array.
+// kernel fast path's lease program (internal/fastpath), which matches while the
+// process that holds the lease lives: a socket filter that tail-calls through a
+// one-slot program array into a program that returns 1, and returns 0 if the
+// slot is empty. The test holds the array's only user reference; release
+// closes it, as a death does, and the kernel empties the array.
 func pinLease(t *testing.T) (path string, release func()) {
 	t.Helper()
 	dir := t.TempDir()
