@@ -86,6 +86,9 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		// lets the SYNs they allowed pass (without, it holds them, whatever
 		// their mark).
 		cfg.FastTCP = fp.Stats().TCPLocal
+		// ... only while this daemon lives (the lease; see "The lease" in
+		// internal/fastpath).
+		cfg.FastLease = fp.Lease()
 		// The kernel reports the end of every TCP socket: the accountant needs
 		// no conntrack update events (which the kernel builds for each state
 		// change of every flow while anybody listens).
@@ -116,6 +119,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	cfg.Ready = sync.OnceFunc(func() {
 		if fp != nil {
 			fp.SetUDP(be.FastUDP())
+			fp.SetLease(be.FastLease())
 			if noNotrack != nil {
 				fp.SetNotrack(noNotrack)
 			} else {

@@ -98,6 +98,11 @@ func runStatus(ctx context.Context, args []string) error {
 			if !f.TCPLocal {
 				row("fast path tcp", "off (every TCP connect goes through the queue: without the sock_ops program nothing checks a decision again when its SYN leaves): %s", textesc.Message(f.TCPLocalWhy))
 			}
+			if f.Lease {
+				row("fast path lease", "on: what the kernel allowed passes only while this daemon lives")
+			} else if f.TCPLocal || f.UDP {
+				row("fast path lease", "off (a connect whose SYN is on its way when the daemon dies may connect again anywhere after): %s", textesc.Message(f.LeaseWhy))
+			}
 			if f.TCPEnds {
 				row("fast path ends", "on: the kernel reports the end of each TCP socket (%d read, %d lost); byte accounting reads no conntrack update events", f.Ends, f.EndsLost)
 			} else {

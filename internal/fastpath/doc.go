@@ -50,15 +50,47 @@
 // kernel before 5.15, whose sock_ops programs cannot read the namespace, those of
 // any, by the mark's exact value).
 //
-// What is left: a socket whose SYN is on its way when the daemon dies (its
-// connection not yet established) keeps MarkFastAllow, as the program that would
-// move it is gone, and may still connect again anywhere after connect(AF_UNSPEC)
-// once the daemon is gone. A socket established when the daemon dies keeps
+// A socket whose SYN is on its way when the daemon dies (its connection not yet
+// established) keeps MarkFastAllow, as the program that would move it is gone;
+// the ruleset lets its next SYN pass only while the daemon lives (see "The
+// lease"). A socket established when the daemon dies keeps
 // MarkFastFlow after its connection ends, which lets no SYN pass; the peer's SYN
 // of a simultaneous open with it is held too (LATCH-IN queues an untracked SYN
 // without ACK), else its SYN-ACK, no bare SYN, would pass by MarkFastFlow.
 // A socket that had MarkFastAllow from before this fast
 // path (an older latch) is moved once it is established or closes.
+//
+// # The lease
+//
+// A program can keep a socket in SYN_SENT with MarkFastAllow on purpose (a
+// connect to an allowed address that drops SYNs; TCP_SYNCNT 127 keeps it there
+// for hours) and use it whenever the daemon dies: connect(AF_UNSPEC), then a
+// connect anywhere, which no hook decides. So the ruleset asks whether the
+// daemon lives before it lets a SYN pass by MarkFastAllow, and before it runs the
+// UDP match: Open pins a second socket filter, latch_fast_lease (PinDir,
+// fast-lease-PID), which the ruleset's xt_bpf match runs last in those rules
+// (internal/intercept/linux, Config.FastLease; native nftables: chains fastlease
+// and udplease, over netlink). It matches while the map lease has a user
+// reference (the map's usercnt, which the program reads through the map's
+// pointer: a loader with CAP_PERFMON may). The daemon never pins the map, so
+// its file descriptor is the only user reference, and the kernel drops it, at
+// once (bpf_map_put_uref), when that file is released: at Close, and at the
+// daemon's exit, crash or SIGKILL, in the same exit that releases the links of
+// its connect hooks. Open moves the descriptor above every other it has
+// (raiseLease), and a dying process's files are released from the highest
+// descriptor down (close_files queues them in ascending order, task_work_run
+// runs them last in, first out; TestDeathReleasesHighestFirst checks it), so
+// the lease lapses before any hook goes: no moment without both. Close closes
+// it first too. There is no timer to choose, so no margin to get wrong: the
+// lease never lapses while the daemon lives (a daemon stopped by SIGSTOP,
+// swapped out or starved keeps it, and its hooks keep deciding every connect),
+// and a lapse costs a live daemon nothing but speed anyway (the SYN goes to the
+// queue, which decides it). A daemon started next pins and holds its own; the
+// ruleset it installs names that one. Without xt_bpf (or without a pin
+// directory) the ruleset goes without the lease (Stats.Lease, LeaseWhy) and the
+// residual above is back. Cost: one run of a program of a few instructions per
+// packet that reaches those rules (a fast connect's SYN, the first datagram of
+// a UDP flow; BenchmarkLease: within a nanosecond of a program that returns 1).
 //
 // # UDP
 //
@@ -177,12 +209,13 @@
 // or hands the socket on, made the decision at connect time under its own entry,
 // as through the queue.
 // The pinned program holds its maps, and a fail-closed daemon that dies leaves the
-// ruleset, and so the program, in place; but the program matches only while the
-// daemon writes its heartbeat (every second, from Open to Close): 5 seconds
-// after the last one it stops, and new UDP flows go to the queue, which without a
-// reader drops them, as the TCP hooks stop with the daemon's links. Within those
-// seconds, UDP flows a rule allowed before the death are still allowed (no
-// rule can change meanwhile, since only a daemon changes rules). Processes in other
+// ruleset, and so the program, in place; but the ruleset runs it only while the
+// lease holds (see "The lease"), and new UDP flows then go to the queue, which
+// without a reader drops them, as the TCP hooks stop with the daemon's links.
+// The program itself also matches only while the daemon writes its heartbeat
+// (every second, from Open to Close): 5 seconds after the last one it stops,
+// for a ruleset without the lease (no rule can change meanwhile, since only a
+// daemon changes rules). Processes in other
 // mount namespaces see their executable through other mounts, so they get entries
 // of their own. A hard link to the program in its
 // own directory under another name is the same key (creating one needs write access

@@ -128,6 +128,7 @@ const (
 	fastpathMapEvents               = "events"
 	fastpathMapGeneration           = "generation"
 	fastpathMapKeep                 = "keep"
+	fastpathMapLease                = "lease"
 	fastpathMapOwners               = "owners"
 	fastpathMapRestore              = "restore"
 	fastpathMapSocks                = "socks"
@@ -135,6 +136,7 @@ const (
 	fastpathMapVerdicts             = "verdicts"
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
 	fastpathProgLatchFastConnect6   = "latch_fast_connect6"
+	fastpathProgLatchFastLease      = "latch_fast_lease"
 	fastpathProgLatchFastLive       = "latch_fast_live"
 	fastpathProgLatchFastLiveTcp    = "latch_fast_live_tcp"
 	fastpathProgLatchFastRedecide   = "latch_fast_redecide"
@@ -202,6 +204,7 @@ type fastpathSpecs struct {
 type fastpathProgramSpecs struct {
 	LatchFastConnect4   *ebpf.ProgramSpec `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.ProgramSpec `ebpf:"latch_fast_connect6"`
+	LatchFastLease      *ebpf.ProgramSpec `ebpf:"latch_fast_lease"`
 	LatchFastLive       *ebpf.ProgramSpec `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.ProgramSpec `ebpf:"latch_fast_live_tcp"`
 	LatchFastRedecide   *ebpf.ProgramSpec `ebpf:"latch_fast_redecide"`
@@ -222,6 +225,7 @@ type fastpathMapSpecs struct {
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Generation *ebpf.MapSpec `ebpf:"generation"`
 	Keep       *ebpf.MapSpec `ebpf:"keep"`
+	Lease      *ebpf.MapSpec `ebpf:"lease"`
 	Owners     *ebpf.MapSpec `ebpf:"owners"`
 	Restore    *ebpf.MapSpec `ebpf:"restore"`
 	Socks      *ebpf.MapSpec `ebpf:"socks"`
@@ -272,6 +276,7 @@ type fastpathMaps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	Generation *ebpf.Map `ebpf:"generation"`
 	Keep       *ebpf.Map `ebpf:"keep"`
+	Lease      *ebpf.Map `ebpf:"lease"`
 	Owners     *ebpf.Map `ebpf:"owners"`
 	Restore    *ebpf.Map `ebpf:"restore"`
 	Socks      *ebpf.Map `ebpf:"socks"`
@@ -286,6 +291,7 @@ func (m *fastpathMaps) Close() error {
 		m.Events,
 		m.Generation,
 		m.Keep,
+		m.Lease,
 		m.Owners,
 		m.Restore,
 		m.Socks,
@@ -318,6 +324,7 @@ type fastpathVariables struct {
 type fastpathPrograms struct {
 	LatchFastConnect4   *ebpf.Program `ebpf:"latch_fast_connect4"`
 	LatchFastConnect6   *ebpf.Program `ebpf:"latch_fast_connect6"`
+	LatchFastLease      *ebpf.Program `ebpf:"latch_fast_lease"`
 	LatchFastLive       *ebpf.Program `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.Program `ebpf:"latch_fast_live_tcp"`
 	LatchFastRedecide   *ebpf.Program `ebpf:"latch_fast_redecide"`
@@ -333,6 +340,7 @@ func (p *fastpathPrograms) Close() error {
 	return _FastpathClose(
 		p.LatchFastConnect4,
 		p.LatchFastConnect6,
+		p.LatchFastLease,
 		p.LatchFastLive,
 		p.LatchFastLiveTcp,
 		p.LatchFastRedecide,

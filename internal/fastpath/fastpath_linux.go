@@ -195,6 +195,9 @@ type FastPath struct {
 	exes   map[identity]string // executable identity → path, for history rows
 
 	udpPin     string       // where the UDP match program is pinned; "": none
+	leasePin   string       // where the lease program is pinned; "": none
+	leaseOn    atomic.Bool  // the ruleset checks the lease before a fast SYN passes
+	leaseWhy   atomic.Value // string: why not
 	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
 	udpOn      atomic.Bool  // the ruleset runs the UDP match: UDP allows are stored
 	udpWhy     atomic.Value // string: why not
@@ -494,15 +497,51 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	fp.notrackWhy = fp.attachIterators()
 	fp.notrackRuleWhy.Store("the ruleset does not keep fast TCP flows out of conntrack yet")
 	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
+	fp.leaseWhy.Store("the ruleset does not check the lease yet")
 	if cfg.PinDir == "" {
 		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
-	} else if err := fp.pinUDP(cfg.PinDir); err != nil {
-		// TCP is served all the same; UDP goes through the queue.
+		fp.leaseWhy.Store("no BPF file system to pin the lease in")
+	} else if err := fp.pin(cfg.PinDir); err != nil {
+		// TCP is served all the same (without the lease); UDP goes
+		// through the queue.
 		fp.udpWhy.Store(err.Error())
+		fp.leaseWhy.Store(err.Error())
+	}
+	if err := fp.raiseLease(); err != nil {
+		return fp, err
 	}
 	fp.stopWorker, fp.workerDone = make(chan struct{}), make(chan struct{})
 	go fp.storeWorker()
 	return fp, nil
+}
+
+// raiseLease moves the lease map's file descriptor above every descriptor
+// open now, the hooks' links among them: a process that dies has its files
+// released from the highest descriptor down, so the lease lapses before any
+// hook goes (see "The lease" in doc.go).
+func (fp *FastPath) raiseLease() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("fast path: list this process's file descriptors: %w", err)
+	}
+	top := 0
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n > top {
+			top = n
+		}
+	}
+	fd, err := unix.FcntlInt(uintptr(fp.objs.Lease.FD()), unix.F_DUPFD_CLOEXEC, top+1)
+	if err != nil {
+		return fmt.Errorf("fast path: move the lease's descriptor above %d: %w", top, err)
+	}
+	m, err := ebpf.NewMapFromFD(fd)
+	if err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("fast path: the lease's new descriptor: %w", err)
+	}
+	old := fp.objs.Lease
+	fp.objs.Lease = m
+	return old.Close()
 }
 
 // rootCgroup returns the root of the cgroup2 hierarchy, mounted privately if it
@@ -569,9 +608,9 @@ func (fp *FastPath) attachEndBytes(path string) string {
 	return ""
 }
 
-// pinUDP pins the UDP match program at dir/fast-udp-PID, mounting a BPF file system on
-// dir if it is not on one.
-func (fp *FastPath) pinUDP(dir string) error {
+// pin pins the UDP match program at dir/fast-udp-PID and the lease program at
+// dir/fast-lease-PID, mounting a BPF file system on dir if it is not on one.
+func (fp *FastPath) pin(dir string) error {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return fmt.Errorf("fast path: make the pin directory's parent: %w", err)
 	}
@@ -591,14 +630,23 @@ func (fp *FastPath) pinUDP(dir string) error {
 	// A pin of this daemon's own: another daemon (one refused because this
 	// state directory's daemon runs, or a ruleset kept on exit that names its
 	// pin) keeps its own, which SetUDP removes once its process is gone.
-	path := filepath.Join(dir, fmt.Sprintf("%s%d", pinPrefix, os.Getpid()))
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("fast path: remove the old pin %s: %w", path, err)
+	for _, p := range []struct {
+		prefix, what string
+		prog         *ebpf.Program
+		path         *string
+	}{
+		{pinPrefixUDP, "the UDP match", fp.objs.LatchFastUdp, &fp.udpPin},
+		{pinPrefixLease, "the lease", fp.objs.LatchFastLease, &fp.leasePin},
+	} {
+		path := filepath.Join(dir, fmt.Sprintf("%s%d", p.prefix, os.Getpid()))
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("fast path: remove the old pin %s: %w", path, err)
+		}
+		if err := p.prog.Pin(path); err != nil {
+			return fmt.Errorf("fast path: pin %s at %s: %w", p.what, path, err)
+		}
+		*p.path = path
 	}
-	if err := fp.objs.LatchFastUdp.Pin(path); err != nil {
-		return fmt.Errorf("fast path: pin the UDP match at %s: %w", path, err)
-	}
-	fp.udpPin = path
 	return nil
 }
 
@@ -644,8 +692,12 @@ func PinDir(stateDir string) string {
 	return filepath.Join(stateDir, "bpf")
 }
 
-// pinPrefix starts the name of a pinned UDP match, followed by its daemon's pid.
-const pinPrefix = "fast-udp-"
+// pinPrefixUDP and pinPrefixLease start the names of a pinned UDP match and a
+// pinned lease program, followed by their daemon's pid.
+const (
+	pinPrefixUDP   = "fast-udp-"
+	pinPrefixLease = "fast-lease-"
+)
 
 // RemovePin removes what Open with Config.PinDir dir left pinned there (daemons
 // that died, or kept their ruleset on exit) and unmounts the BPF file system on
@@ -681,13 +733,16 @@ func removePins(dir string, gone func(pid int) bool) (bool, error) {
 	removed := false
 	var errs []error
 	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), pinPrefix)
+		rest, ok := strings.CutPrefix(e.Name(), pinPrefixUDP)
+		if !ok {
+			rest, ok = strings.CutPrefix(e.Name(), pinPrefixLease)
+		}
 		pid, perr := strconv.Atoi(rest)
 		if !ok || perr != nil || !gone(pid) {
 			continue
 		}
 		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("fast path: remove the pinned UDP match %s: %w", filepath.Join(dir, e.Name()), err))
+			errs = append(errs, fmt.Errorf("fast path: remove the pinned program %s: %w", filepath.Join(dir, e.Name()), err))
 			continue
 		}
 		removed = true
@@ -709,7 +764,7 @@ func (fp *FastPath) UDPMatch() string { return fp.udpPin }
 // SetUDP says whether the ruleset runs the UDP match (err == nil) or why not. UDP
 // allows are stored only while it does.
 func (fp *FastPath) SetUDP(err error) {
-	if fp.udpPin != "" {
+	if fp.udpPin != "" || fp.leasePin != "" {
 		// The ruleset no longer names the pins of daemons gone before: free
 		// their programs and maps.
 		removePins(fp.cfg.PinDir, func(pid int) bool { return pid != os.Getpid() && processGone(pid) })
@@ -723,6 +778,25 @@ func (fp *FastPath) SetUDP(err error) {
 	fp.udpOn.Store(true)
 }
 
+// Lease returns the path of the pinned socket filter program the ruleset's
+// xt_bpf match runs on a SYN that would pass by its socket's MarkFastAllow: it
+// matches while this FastPath is open in a live process (see "The lease" in
+// doc.go); "" if there is none. Call SetLease once the ruleset runs it or could
+// not.
+func (fp *FastPath) Lease() string { return fp.leasePin }
+
+// SetLease says whether the ruleset checks the lease before a SYN passes by
+// MarkFastAllow (err == nil) or why not.
+func (fp *FastPath) SetLease(err error) {
+	if err != nil {
+		fp.leaseOn.Store(false)
+		fp.leaseWhy.Store(err.Error())
+		return
+	}
+	fp.leaseWhy.Store("")
+	fp.leaseOn.Store(true)
+}
+
 // Close detaches the hooks and frees the maps. Connections are then decided through
 // the queue again.
 func (fp *FastPath) Close() error {
@@ -732,7 +806,11 @@ func (fp *FastPath) Close() error {
 		fp.stopWorker = nil
 	}
 	var errs []error
-	pinned := fp.udpPin != ""
+	pinned := fp.udpPin != "" || fp.leasePin != ""
+	// The lease first, before the hooks go (see "The lease" in doc.go).
+	if fp.objs.Lease != nil {
+		errs = append(errs, fp.objs.Lease.Close())
+	}
 	for _, l := range fp.links {
 		errs = append(errs, l.Close())
 	}
@@ -755,6 +833,12 @@ func (fp *FastPath) Close() error {
 			errs = append(errs, err)
 		}
 		fp.udpPin = ""
+	}
+	if fp.leasePin != "" && !fp.cfg.KeepPin {
+		if err := os.Remove(fp.leasePin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		fp.leasePin = ""
 	}
 	if fp.unmountPin && !fp.cfg.KeepPin {
 		unix.Unmount(fp.cfg.PinDir, unix.MNT_DETACH)
@@ -1397,6 +1481,11 @@ func (fp *FastPath) Stats() Stats {
 	}
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)
+	}
+	if s.Lease = fp.leaseOn.Load(); s.Lease {
+		s.LeaseMatch = fp.leasePin
+	} else {
+		s.LeaseWhy, _ = fp.leaseWhy.Load().(string)
 	}
 	s.TCPNotrack = fp.notrackOn.Load()
 	if !s.TCPNotrack {

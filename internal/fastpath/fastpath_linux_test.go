@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/cgroup2"
@@ -656,8 +658,9 @@ func TestUDPStored(t *testing.T) {
 // replaced), never a live one's; latch cleanup (RemovePin) frees them all.
 func TestRemovePins(t *testing.T) {
 	dir := t.TempDir()
-	self := fmt.Sprintf("%s%d", pinPrefix, os.Getpid())
-	for _, name := range []string{pinPrefix + "999999999", self, "other"} {
+	self := fmt.Sprintf("%s%d", pinPrefixUDP, os.Getpid())
+	selfLease := fmt.Sprintf("%s%d", pinPrefixLease, os.Getpid())
+	for _, name := range []string{pinPrefixUDP + "999999999", pinPrefixLease + "999999999", self, selfLease, "other"} {
 		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -665,7 +668,7 @@ func TestRemovePins(t *testing.T) {
 	if removed, err := removePins(dir, processGone); !removed || err != nil {
 		t.Fatalf("removePins: %v, %v", removed, err)
 	}
-	for name, want := range map[string]bool{pinPrefix + "999999999": false, self: true, "other": true} {
+	for name, want := range map[string]bool{pinPrefixUDP + "999999999": false, pinPrefixLease + "999999999": false, self: true, selfLease: true, "other": true} {
 		if _, err := os.Stat(filepath.Join(dir, name)); (err == nil) != want {
 			t.Errorf("%s: there %t, want %t", name, err == nil, want)
 		}
@@ -673,8 +676,10 @@ func TestRemovePins(t *testing.T) {
 	if removed, err := RemovePin(dir); !removed || err != nil {
 		t.Fatalf("RemovePin: %v, %v", removed, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, self)); err == nil {
-		t.Error("RemovePin left a pin")
+	for _, name := range []string{self, selfLease} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			t.Errorf("RemovePin left a pin: %s", name)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "other")); err != nil {
 		t.Error("RemovePin removed a file that is no pin")
@@ -882,5 +887,187 @@ func TestNoTCPHitsWithoutSockops(t *testing.T) {
 	}
 	if s := fp.Stats(); s.HitsAllow != 0 || s.Misses == 0 {
 		t.Errorf("stats %+v: want no hit, a miss", s)
+	}
+}
+
+// TestLeaseHeldWhileOpen: Open pins the lease program, which matches (returns
+// 1) while the FastPath is open, in a process that lives; once its file
+// descriptors close (Close here, a daemon's death in the e2e tests) the kernel
+// empties the lease's program array and the pinned program, which a ruleset
+// kept on exit still runs (KeepPin), matches no more. SetLease reports
+// whether the ruleset checks it.
+func TestLeaseHeldWhileOpen(t *testing.T) {
+	cg, _ := testCgroup(t)
+	pins := filepath.Join(t.TempDir(), "bpf")
+	fp, err := Open(Config{CgroupPath: cg, PinDir: pins, KeepPin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(pins, unix.MNT_DETACH)
+	pin := fp.Lease()
+	if pin == "" {
+		t.Fatalf("no lease pinned: %+v", fp.Stats())
+	}
+	defer os.Remove(pin)
+	defer os.Remove(fp.UDPMatch())
+	prog, err := ebpf.LoadPinnedProgram(pin, nil)
+	if err != nil {
+		t.Fatalf("load the pinned lease: %v", err)
+	}
+	defer prog.Close()
+	if prog.Type() != ebpf.SocketFilter {
+		t.Errorf("pinned program type %v, want a socket filter (xt_bpf)", prog.Type())
+	}
+	pkt := make([]byte, 64) // any packet: the lease does not read it
+	run := func() uint32 {
+		t.Helper()
+		ret, err := prog.Run(&ebpf.RunOptions{Data: pkt})
+		if err != nil {
+			t.Fatalf("run the lease program: %v", err)
+		}
+		return ret
+	}
+	if got := run(); got != 1 {
+		t.Errorf("the lease program returns %d while the fast path is open, want 1", got)
+	}
+	// A dying process's files are released from the highest descriptor
+	// down: the lease's must be above every link's, so that it lapses first.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := 0
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		if target, _ := os.Readlink("/proc/self/fd/" + e.Name()); target == "anon_inode:bpf_link" {
+			links++
+			if n > fp.objs.Lease.FD() {
+				t.Errorf("link descriptor %d is above the lease's %d", n, fp.objs.Lease.FD())
+			}
+		}
+	}
+	if links == 0 {
+		t.Error("no link descriptors found")
+	}
+	if s := fp.Stats(); s.Lease || s.LeaseWhy == "" {
+		t.Errorf("stats before SetLease: %+v", s)
+	}
+	fp.SetLease(nil)
+	if s := fp.Stats(); !s.Lease || s.LeaseWhy != "" || s.LeaseMatch != pin {
+		t.Errorf("stats after SetLease: %+v", s)
+	}
+	fp.Close()
+	// The kernel empties the array from a work queue.
+	got := run()
+	for deadline := time.Now().Add(2 * time.Second); got != 0 && time.Now().Before(deadline); got = run() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got != 0 {
+		t.Errorf("the lease program returns %d after Close, want 0", got)
+	}
+}
+
+// BenchmarkLease measures the lease program, which the ruleset runs on every
+// fast SYN and the first datagram of every UDP flow (an xt_bpf match), against
+// a program that only returns 1 (what a match costs at least), in interleaved
+// rounds of BPF_PROG_TEST_RUN (the kernel's own loop, no syscall per run):
+// ns per run of each, the per-round differences and their median.
+func BenchmarkLease(b *testing.B) {
+	cg, _ := testCgroup(b)
+	pins := filepath.Join(b.TempDir(), "bpf")
+	fp, err := Open(Config{CgroupPath: cg, PinDir: pins})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fp.Close()
+	ret1, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SocketFilter, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R0, 1),
+		asm.Return(),
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ret1.Close()
+	pkt := make([]byte, 64)
+	const repeat = 1_000_000
+	var diffs []float64
+	var lease, base float64
+	for b.Loop() {
+		for round := 0; round < 5; round++ {
+			progs := []*ebpf.Program{fp.objs.LatchFastLease, ret1}
+			if round%2 == 1 {
+				progs[0], progs[1] = progs[1], progs[0]
+			}
+			ns := map[*ebpf.Program]float64{}
+			for _, p := range progs {
+				ret, d, err := p.Benchmark(pkt, repeat, nil)
+				if err != nil || ret != 1 {
+					b.Fatalf("run: %d, %v", ret, err)
+				}
+				ns[p] = float64(d.Nanoseconds())
+			}
+			l, h := ns[fp.objs.LatchFastLease], ns[ret1]
+			lease, base = lease+l, base+h
+			diffs = append(diffs, l-h)
+			b.Logf("round %d: lease %.1f ns, return-1 program %.1f ns, difference %.1f ns", round, l, h, l-h)
+		}
+	}
+	slices.Sort(diffs)
+	b.ReportMetric(diffs[len(diffs)/2], "ns-over-baseline")
+	b.ReportMetric(lease/float64(len(diffs)), "ns-lease")
+	b.ReportMetric(base/float64(len(diffs)), "ns-baseline")
+}
+
+// TestDeathReleasesHighestFirst checks what the lease's order rests on (see
+// "The lease" and raiseLease): the kernel releases a killed process's files
+// from its highest descriptor down (close_files queues them in ascending
+// order; task_work_run runs the queue last in, first out), so the lease's
+// descriptor, above the links', is released before any hook goes. Files
+// opened for writing report IN_CLOSE_WRITE as they are released.
+func TestDeathReleasesHighestFirst(t *testing.T) {
+	dir := t.TempDir()
+	in, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		t.Skipf("no inotify: %v", err)
+	}
+	defer unix.Close(in)
+	if _, err := unix.InotifyAddWatch(in, dir, unix.IN_CLOSE_WRITE); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "exec 3>f3 4>f4 5>f5 6>f6; echo ready; exec sleep 60")
+	cmd.Dir = dir
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.Read(make([]byte, 6)); err != nil {
+		t.Fatal(err)
+	}
+	// The shell closes nothing it opened before exec; drain what it wrote.
+	time.Sleep(100 * time.Millisecond)
+	buf := make([]byte, 4096)
+	unix.SetNonblock(in, true)
+	unix.Read(in, buf)
+	unix.SetNonblock(in, false)
+	cmd.Process.Kill()
+	cmd.Wait()
+	var order []string
+	for len(order) < 4 {
+		n, err := unix.Read(in, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[i]))
+			name := strings.TrimRight(string(buf[i+unix.SizeofInotifyEvent:i+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			order = append(order, name)
+			i += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+	if want := []string{"f6", "f5", "f4", "f3"}; !slices.Equal(order, want) {
+		t.Errorf("a killed process's files were released in the order %v, want %v (highest descriptor first)", order, want)
 	}
 }

@@ -62,6 +62,12 @@ func (*FastPath) UDPMatch() string { return "" }
 // SetUDP does nothing.
 func (*FastPath) SetUDP(error) {}
 
+// Lease returns "": there is no lease program.
+func (*FastPath) Lease() string { return "" }
+
+// SetLease does nothing.
+func (*FastPath) SetLease(error) {}
+
 // ErrNoLiveBytes is SocketCounts' error where there are no live counts of sockets.
 var ErrNoLiveBytes = errors.New("fast path: no live counts of TCP sockets")
 

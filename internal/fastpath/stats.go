@@ -67,6 +67,15 @@ type Stats struct {
 	// iterators; TCPNotrackWhy says why not (no iterators: the kernel refused
 	// them, before Linux 5.15; or a ruleset without the notrack rules), and the
 	// flows go through conntrack as before.
-	TCPNotrack    bool   `json:"tcp_notrack"`
+	TCPNotrack bool `json:"tcp_notrack"`
+	// Lease says whether the ruleset lets a SYN pass by its socket's
+	// MarkFastAllow, and runs the UDP match, only while the daemon lives (its
+	// xt_bpf match runs the lease program pinned at LeaseMatch, see "The
+	// lease" in the package doc); LeaseWhy says why not: then a socket whose
+	// SYN was on its way when the daemon died may connect again anywhere once
+	// it is gone.
+	Lease         bool   `json:"lease"`
+	LeaseWhy      string `json:"lease_why,omitempty"`
+	LeaseMatch    string `json:"lease_match,omitempty"`
 	TCPNotrackWhy string `json:"tcp_notrack_why,omitempty"`
 }

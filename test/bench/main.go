@@ -33,7 +33,9 @@
 // median of the rounds' ratios), which a shared machine's drifting speed spoils
 // less than pooled numbers. -udp N adds UDP exchanges, each a new flow (the first
 // datagram of a flow is what latch decides), for none, latch and latch+fp;
-// -scenarios picks some scenarios only. The fast-path scenarios'
+// -scenarios picks some scenarios only; -latch-base BIN adds latch+fp@base,
+// latch+fp with another latch binary (a baseline build), compared round by
+// round with latch+fp. The fast-path scenarios'
 // clients run in a cgroup of the bench's own, where their daemon attaches its hooks.
 // Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
@@ -47,7 +49,7 @@
 //
 //	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 12 -n 12000
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-cpuprofile DIR]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR]
 //
 // -cpuprofile DIR has each latch daemon write a CPU profile of itself to
 // DIR/SCENARIO.pprof when it stops (`go tool pprof DIR/latch+fp.pprof`).
@@ -122,6 +124,7 @@ func main() {
 	nrules := flag.Int("rules", 10000, "rules loaded into latch")
 	rounds := flag.Int("rounds", 5, "interleaved rounds the connects are split into")
 	latchBin := flag.String("latch", "", "latch binary (default: build ./cmd/latch)")
+	baseBin := flag.String("latch-base", "", "a second latch binary (a baseline build, e.g. of main) for scenario latch+fp@base: latch+fp with it, side by side")
 	bulk := flag.Int("bulk", 1024, "at most this many MiB sent over one connection per scenario and round (0: no bulk phase)")
 	bulkTime := flag.Duration("bulk-time", time.Second, "at most this long sending per scenario and round")
 	only := flag.String("scenarios", "", "comma-separated scenarios to run (default: all)")
@@ -158,6 +161,9 @@ func main() {
 	// slice of the connects each round: a machine whose speed drifts (a shared VM)
 	// then shifts all three alike instead of whichever ran last.
 	names := []string{"none", "floor", "conntrack", "notrack", "latch", "latch+sinks", "latch-noacct", "latch+fp", "latch+fp-miss"}
+	if *baseBin != "" {
+		names = append(names, baseScenario)
+	}
 	if *only != "" {
 		var picked []string
 		for _, sc := range strings.Split(*only, ",") {
@@ -182,8 +188,13 @@ func main() {
 	defer func() { unix.Close(cgfd); removeCgroup(cg) }()
 	var targets []*target
 	for _, sc := range names {
-		tg, err := setup(sc, client, *latchBin, dir, *nrules, cg, cgfd)
+		bin := *latchBin
+		if sc == baseScenario {
+			bin = *baseBin
+		}
+		tg, err := setup(strings.TrimSuffix(sc, "@base"), client, bin, dir, *nrules, cg, cgfd)
 		if tg != nil {
+			tg.name = sc
 			atExit = append(atExit, tg.close)
 			defer tg.close()
 		}
@@ -249,6 +260,9 @@ func main() {
 	}
 }
 
+// baseScenario is latch+fp with the -latch-base binary.
+const baseScenario = "latch+fp@base"
+
 // benchCgroup mounts the cgroup v2 hierarchy under dir (outside /sys, which `ip
 // netns exec` hides) and makes the bench's cgroup in it.
 func benchCgroup(dir string) (string, int, error) {
@@ -305,6 +319,7 @@ func reportFastPath(tg *target, latchBin string) {
 			MaxEntries int    `json:"max_entries"`
 			Notrack    bool   `json:"tcp_notrack"`
 			NotrackWhy string `json:"tcp_notrack_why"`
+			Lease      bool   `json:"lease"`
 		} `json:"fast_path"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
@@ -326,8 +341,8 @@ func reportFastPath(tg *target, latchBin string) {
 	if !f.Notrack {
 		notrack = "off (" + f.NotrackWhy + ")"
 	}
-	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries, notrack %s\n",
-		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries, notrack)
+	fmt.Printf("%s: fast path hit ratio %.4f (%d of %d connects), ring buffer losses %d, map %d of %d entries, notrack %s, lease %t\n",
+		tg.name, ratio, hits, total, f.RingLost, f.Entries, f.MaxEntries, notrack, f.Lease)
 }
 
 // target is one scenario's namespaces and processes, and the samples taken so far.
@@ -792,6 +807,10 @@ func reportRounds(targets []*target, udp bool) {
 	}
 	if nt := by["notrack"]; nt != nil && none != nil {
 		ratios("notrack / none", nt.medians(), none.medians(), nt.rates(), none.rates())
+	}
+	if base := by[baseScenario]; base != nil && fp != nil {
+		lat, rate := ratios("latch+fp / latch+fp@base", fp.medians(), base.medians(), fp.rates(), base.rates())
+		fmt.Printf("fast path, this build vs the baseline build (-latch-base), medians of the per-round ratios: connect %.3fx, throughput %.3fx\n", lat, rate)
 	}
 	if miss, latch := by["latch+fp-miss"], by["latch"]; miss != nil && latch != nil {
 		lat, rate := ratios("latch+fp-miss / latch", miss.medians(), latch.medians(), miss.rates(), latch.rates())

@@ -88,6 +88,9 @@ type fastPathStatus struct {
 	RingLost   uint64 `json:"ring_lost"`
 	Entries    int    `json:"entries"`
 	Events     uint64 `json:"events"`
+	// The ruleset lets a fast SYN pass only while the daemon lives.
+	Lease    bool   `json:"lease"`
+	LeaseWhy string `json:"lease_why"`
 }
 
 // waitFastPathEntries waits (up to 10 s) until the fast path's map holds at least n

@@ -473,6 +473,7 @@ func killDaemon(t *testing.T, n *Net, d *Daemon) {
 func notConnected(t *testing.T, tk *talker, srv *Proc, cmd, what string) {
 	t.Helper()
 	r := tk.say(t, cmd)
+	t.Logf("%s: %+v", cmd, r)
 	time.Sleep(300 * time.Millisecond) // the server's "accepted" line
 	if r.Outcome == "connected" || Accepted(srv) != 0 {
 		t.Errorf("%s: %+v (server accepted %d)", what, r, Accepted(srv))

@@ -178,6 +178,24 @@ struct {
 
 #define ALIVE_NS (5ULL * 1000 * 1000 * 1000)
 
+// The daemon's lease on what the ruleset lets pass by the fast path (see "The
+// lease" in doc.go): latch_fast_lease matches while this map has a user
+// reference, that is a file descriptor (or a pin, and it has none). The
+// daemon's descriptor is its only one, and the kernel drops it when the
+// daemon's file closes: at its exit, SIGKILL and crash included, in the same
+// exit that detaches its connect hooks (their links are files too), and
+// synchronously (bpf_map_put_uref), before anything a work queue does.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} lease SEC(".maps");
+
+// Just the member of the kernel's struct bpf_map the lease reads (CO-RE).
+struct latch_atomic64 { __s64 counter; };
+struct bpf_map { struct latch_atomic64 usercnt; } __attribute__((preserve_access_index));
+
 // What the fast path keeps of one TCP socket, in the socket's own storage (socks):
 //
 //   - the decision a connect hook made for it (pending, ev), waiting for the kernel
@@ -1268,5 +1286,18 @@ int latch_fast_restore(struct bpf_iter__tcp___notrack *ctx)
 }
 
 // ---- end of notrack ----
+
+// ---- The lease (the ruleset's xt_bpf match on a SYN with MarkFastAllow) ----
+
+// latch_fast_lease matches (returns 1) while the daemon holds its lease: while
+// the lease map has a user reference (usercnt, read through the map's pointer,
+// which the verifier allows a loader with CAP_PERFMON). Pinned (Config.PinDir)
+// for the ruleset.
+SEC("socket")
+int latch_fast_lease(struct __sk_buff *skb)
+{
+	struct bpf_map *m = (struct bpf_map *)&lease;
+	return m->usercnt.counter > 0;
+}
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -63,6 +63,7 @@ type Backend struct {
 	acctKick chan struct{}
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
+	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastLease
 	notrackErr atomic.Pointer[error] // the last install's error about notrack (Config.FastSockets)
 
 	// The fast sockets being decided again (MarkFastRedecide), by flow: see
@@ -197,6 +198,21 @@ func (b *Backend) FastUDP() error {
 	return *p
 }
 
+// FastLease reports whether the installed ruleset checks Config.FastLease
+// before a SYN passes by MarkFastAllow or the UDP match runs: nil if it does,
+// else why not (none configured, not installed yet, or the firewall refused
+// it).
+func (b *Backend) FastLease() error {
+	if b.cfg.FastLease == "" {
+		return errors.New("no lease program configured")
+	}
+	p := b.leaseErr.Load()
+	if p == nil {
+		return errors.New("the ruleset is not installed yet")
+	}
+	return *p
+}
+
 // Name says which mechanism is in use, e.g. "nfqueue/iptables-nft".
 func (b *Backend) Name() string { return "nfqueue/" + b.fw.name() }
 
@@ -256,7 +272,33 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		spec.fastUDP = ""
 	}
 	spec.notrack = b.cfg.FastSockets != nil
+	if spec.fastTCP || spec.fastUDP != "" {
+		spec.lease = b.cfg.FastLease
+	}
+	if spec.lease != "" && !safePinPath(spec.lease) {
+		perr := fmt.Errorf("%w: its pinned path %q has characters other than letters, digits and ._/+-", errFastLease, spec.lease)
+		b.leaseErr.Store(&perr)
+		b.cfg.Logf("%v; fast SYNs pass without it", perr)
+		spec.lease = ""
+	}
+	// Without the lease (no xt_bpf) the fast path's SYNs pass by their mark
+	// alone, as before it: noLease says why, and installs what works.
+	noLease := func(why error) {
+		b.leaseErr.Store(&why)
+		b.cfg.Logf("%v; fast SYNs pass without it (a socket whose SYN is on its way when the daemon dies may connect again anywhere after)", why)
+		spec.lease = ""
+	}
 	err = b.fw.install(spec)
+	if err != nil && spec.lease != "" {
+		// The lease alone at fault? (iptables-restore does not say which
+		// match it refused.) Else keep it and try the other fallbacks.
+		without := spec
+		without.lease = ""
+		if b.fw.install(without) == nil {
+			noLease(err)
+			err = nil
+		}
+	}
 	if spec.notrack {
 		if err != nil {
 			// Without notrack's rules (no socket match, no raw table) the
@@ -284,6 +326,14 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	} else if spec.fastUDP != "" {
 		var none error
 		b.fastUDPErr.Store(&none)
+	}
+	if err != nil && spec.lease != "" {
+		noLease(err)
+		err = b.fw.install(spec)
+	}
+	if err == nil && spec.lease != "" {
+		var none error
+		b.leaseErr.Store(&none)
 	}
 	if err != nil {
 		if evfd >= 0 {

@@ -21,7 +21,8 @@
 //     to the header's next segment, not to the address the fast path decided, the
 //     connect's); with notrack
 //     (Config.FastSockets, see "Notrack") returns for a TCP packet conntrack does
-//     not track (UNTRACKED) that carries MarkFastAllow, or MarkFastFlow unless it
+//     not track (UNTRACKED) that carries MarkFastAllow (with Config.FastLease,
+//     only while the lease program matches: the daemon lives), or MarkFastFlow unless it
 //     is a SYN (a SYN with MarkFastFlow is a fast socket's next connect, which
 //     only 5 decides: see MarkFastFlow); returns at once for a packet
 //     of a flow whose conntrack mark says it was allowed, but a TCP SYN and a packet
@@ -31,7 +32,8 @@
 //     packet mark without latch's bits) MarkAllow when the kernel fast path's UDP
 //     match (xt_bpf; for native nftables a rule in chain udpfast, added over
 //     netlink because nft cannot write it, whose match goes to udpfast_allow)
-//     accepts it, so that 2 decides the flow as for an allow verdict;
+//     accepts it (with Config.FastLease, only while the lease matches: chain
+//     udplease goes to udpfast), so that 2 decides the flow as for an allow verdict;
 //  2. for a packet coming back from an allow verdict (mark MarkAllow, NF_REPEAT): saves
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
@@ -44,7 +46,9 @@
 //     conntrack mark is still
 //     unset: sets MarkAllow in the conntrack mark and returns; such a SYN on a
 //     flow already marked MarkAllow (a retransmission) returns too (without
-//     notrack; with it, such a SYN is untracked and returned at 1). Never a SYN
+//     notrack; with it, such a SYN is untracked and returned at 1); with
+//     Config.FastLease only while the lease matches (native nftables: chain
+//     fastlease, whose lease match goes to fastpass). Never a SYN
 //     carrying MarkFastFlow, which the fast path gives the socket in place of
 //     MarkFastAllow once its connection is established: the mark that lets a
 //     SYN pass does not outlive the connect it was given for;
@@ -70,7 +74,12 @@
 // MarkFastAllow, MarkFastFlow or MarkFastRedecide, but queues one that is a SYN without
 // ACK: the peer's half of a simultaneous open, which would let the socket's
 // SYN-ACK pass LATCH-OUT at 1 for a socket that kept a fast mark; and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
-// connection anyone opens) and 9 and 11. LATCH-FWD (Config.Forward) is LATCH-IN
+// connection anyone opens) and 9 and 11; after 5 it drops a TCP segment with
+// SYN that conntrack calls INVALID (SYN with FIN or RST; a SYN-ACK answering no
+// SYN conntrack saw): Linux's SYN_SENT takes a SYN|FIN as the peer's half of a
+// simultaneous open and answers with a SYN-ACK (INVALID too, and no SYN without
+// ACK, so LATCH-OUT passes it), and the peer's ACK then established a
+// connection whose own SYN was still held. LATCH-FWD (Config.Forward) is LATCH-IN
 // plus 8 for TCP (a container's raw socket can start a flow without a SYN), and it
 // drops TCP that conntrack calls INVALID (flags no handshake allows, such as a
 // bare FIN): such segments join no flow latch decided, and a raw socket, which
@@ -243,9 +252,11 @@
 // fast path clears it, so a daemon that dies (its connect hooks go with it, its
 // ruleset stays) leaves no socket that may connect anywhere by its mark (a
 // connect that fails before its SYN is built gets no mark: it is given as the SYN
-// is). Left: a socket whose SYN is on its way when the daemon dies keeps
-// MarkFastAllow: once the daemon is gone, such a socket may connect again,
-// anywhere, after connect(AF_UNSPEC).
+// is). A socket whose SYN is on its way when the daemon dies keeps
+// MarkFastAllow: with Config.FastLease its next SYN, once the daemon is gone,
+// is held all the same (the lease lapses with the daemon, see
+// internal/fastpath, "The lease"); without (no xt_bpf) such a socket may
+// connect again, anywhere, after connect(AF_UNSPEC).
 //
 // # Attribution
 //
@@ -452,6 +463,16 @@ type Config struct {
 	// connect(AF_UNSPEC) the socket may connect again, and no connect hook
 	// runs to clear it) is held as any other. FastSockets implies it.
 	FastTCP bool
+	// FastLease is the pinned socket filter program of the kernel fast
+	// path's lease (internal/fastpath, FastPath.Lease); "": none. LATCH-OUT
+	// runs it (an xt_bpf match) on a SYN that would pass by its socket's
+	// MarkFastAllow (with FastTCP), and before the UDP match (FastUDPMatch),
+	// and lets the packet pass by them only on a match: while the daemon that
+	// loaded it lives. A socket whose SYN was on its way when the daemon died
+	// keeps the mark, and after connect(AF_UNSPEC) may connect again; its SYN
+	// is then held (and dropped, fail-closed), and so is the first datagram
+	// of a UDP flow. Backend.FastLease says whether the ruleset has it.
+	FastLease string
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to

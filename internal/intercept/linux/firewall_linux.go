@@ -30,6 +30,13 @@ const (
 	// Chains of table inet latch for the kernel fast path's UDP match.
 	nftUDPFast      = "udpfast"
 	nftUDPFastAllow = "udpfast_allow"
+	// Chains of table inet latch for the kernel fast path's lease: fastlease
+	// runs the lease program (a rule added over netlink) and on a match goes to
+	// fastpass, which lets the SYN pass as rules 1 and 4 of iptablesRules do.
+	nftFastLease = "fastlease"
+	nftFastPass  = "fastpass"
+	// udplease runs the lease program and on a match goes to udpfast.
+	nftUDPLease = "udplease"
 )
 
 // ruleSpec is what the ruleset must do.
@@ -47,6 +54,12 @@ type ruleSpec struct {
 	// SYN with MarkFastAllow passes (rule 4). Without it the mark is left over
 	// from an earlier daemon's fast path and the SYN is held.
 	fastTCP bool
+	// lease is the pinned socket filter program of the kernel fast path's
+	// lease (Config.FastLease): with fastTCP, a SYN passes by MarkFastAllow,
+	// and with fastUDP the UDP match runs, only while it matches, that is
+	// while the daemon lives; "": no check (a socket whose SYN was on its way
+	// when the daemon died may connect again anywhere after).
+	lease string
 	// notrack keeps the kernel fast path's TCP flows out of conntrack (see
 	// "Notrack" in doc.go): their packets are not tracked while their socket
 	// carries MarkFastAllow, MarkFastFlow or MarkFastRedecide.
@@ -74,6 +87,10 @@ func (spec ruleSpec) holdReplies(out bool) bool { return out && !spec.inbound }
 // TCP connection), so they are not held as connectionless replies: SCTP (132) and
 // DCCP (33).
 var connectionOriented = []int{132, 33}
+
+// errFastLease wraps install's error when the ruleset could not run the
+// kernel fast path's lease program (no xt_bpf).
+var errFastLease = errors.New("the ruleset cannot check the fast path's lease")
 
 // errFastUDP wraps install's error when only the kernel fast path's UDP match could
 // not be added: the rest of the ruleset is in place.
@@ -266,6 +283,12 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		q += " --queue-bypass"
 	}
 	allow := fmt.Sprintf("-m mark --mark %#x/%#x", MarkAllow, MarkMask)
+	// The lease (spec.lease): last in a rule, so that it runs only on a
+	// packet that matched everything else.
+	lease := ""
+	if spec.lease != "" {
+		lease = " -m bpf --object-pinned " + spec.lease
+	}
 	reject := fmt.Sprintf("-m mark --mark %#x/%#x", MarkReject, MarkMask)
 	ctAllow := fmt.Sprintf("-m connmark --mark %#x/%#x", MarkAllow, MarkMask)
 	unreach, icmpName := "icmp-port-unreachable", "icmp"
@@ -321,7 +344,14 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				// at 1: held and decided as any inbound connection.
 				fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate UNTRACKED %s\n", name, q)
 			}
-			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastAllow, MarkMask)
+			if out {
+				// Only while the daemon lives (the lease): a socket
+				// keeps MarkFastAllow when the daemon dies with its SYN
+				// on its way, and may connect again anywhere.
+				fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x%s -j RETURN\n", name, MarkFastAllow, MarkMask, lease)
+			} else {
+				fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastAllow, MarkMask)
+			}
 			if out {
 				fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN -m conntrack --ctstate UNTRACKED -m mark --mark %#x/%#x -j RETURN\n", name, MarkFastFlow, MarkMask)
 			} else {
@@ -346,8 +376,10 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// MarkAllow when a rule allowed its program's datagrams to its
 			// destination under the rules in force, and the next two rules decide
 			// the flow as they decide an allow from the queue.
-			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
-				name, MarkMask, MarkMask, spec.fastUDP, MarkAllow, MarkMask)
+			// The lease first: a dead daemon's UDP match decides nothing
+			// (and would record nothing).
+			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x%s -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
+				name, MarkMask, MarkMask, lease, spec.fastUDP, MarkAllow, MarkMask)
 		}
 		fmt.Fprintf(&b, "-A %s %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x\n", name, allow, MarkMask, MarkMask)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
@@ -364,10 +396,23 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// A SYN the kernel fast path allowed (socket mark MarkFastAllow) on a flow
 			// nothing decided yet: decided like an allow from the queue.
 			fast := fmt.Sprintf("-p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN -m mark --mark %#x/%#x", MarkFastAllow, MarkMask)
-			fmt.Fprintf(&b, "-A %s %s -m connmark --mark 0x0/%#x -j CONNMARK --set-xmark %#x/%#x\n", name, fast, MarkMask, MarkAllow, MarkMask)
-			fmt.Fprintf(&b, "-A %s %s %s -j RETURN\n", name, fast, ctAllow)
+			// Only while the daemon lives (the lease, see 1).
+			fmt.Fprintf(&b, "-A %s %s -m connmark --mark 0x0/%#x%s -j CONNMARK --set-xmark %#x/%#x\n", name, fast, MarkMask, lease, MarkAllow, MarkMask)
+			fmt.Fprintf(&b, "-A %s %s %s%s -j RETURN\n", name, fast, ctAllow, lease)
 		}
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK,RST,FIN SYN %s\n", name, q)
+		if hook == "INPUT" {
+			// A peer's SYN that conntrack calls INVALID (with FIN or RST,
+			// which no handshake has; a SYN-ACK that answers no SYN it
+			// saw, such as one to a local socket whose own SYN is held in
+			// the queue): dropped. Linux's SYN_SENT state takes a SYN|FIN
+			// as the peer's half of a simultaneous open and answers with a
+			// SYN-ACK (which conntrack calls INVALID too, and LATCH-OUT
+			// passes: no SYN without ACK), so the peer's ACK would
+			// establish a connection whose own SYN latch still holds. The
+			// rules above take bare SYNs and SYN-ACKs of known flows first.
+			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN SYN -m conntrack --ctstate INVALID -j DROP\n", name)
+		}
 		fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL %s\n", name, MarkRedecide, MarkMask, q)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
 		fwd := hook == "FORWARD"
@@ -811,6 +856,23 @@ func (spec ruleSpec) nftRules() string {
 		q += " bypass"
 	}
 	fmt.Fprintf(&b, "add table inet %s\n", nftTable)
+	lease := spec.lease != "" && spec.fastTCP
+	udpLease := spec.lease != "" && spec.fastUDP != ""
+	if udpLease {
+		// The UDP match only while the daemon lives: udplease gets the
+		// lease match over netlink, with a goto to udpfast.
+		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPLease)
+	}
+	if lease {
+		// A SYN that would pass by its socket's MarkFastAllow, only while
+		// the daemon lives (see iptablesRules): fastlease gets the lease
+		// match over netlink (addNftBPFMatch), with a goto to fastpass.
+		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftFastLease)
+		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftFastPass)
+		fmt.Fprintf(&b, "add rule inet %s %s ct state untracked accept\n", nftTable, nftFastPass)
+		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept\n", nftTable, nftFastPass, MarkMask, ^MarkMask, MarkAllow)
+		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == %#x accept\n", nftTable, nftFastPass, MarkMask, MarkAllow)
+	}
 	if spec.fastUDP != "" {
 		// Decided as an allow from the queue is (the rule after "own mark").
 		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPFast)
@@ -844,8 +906,12 @@ func (spec ruleSpec) nftRules() string {
 			// The fast path's untracked TCP packets (see iptablesRules; inbound
 			// by their socket's mark, which nft reads without changing the
 			// packet's).
-			if out {
+			if out && lease {
+				r("meta l4proto tcp ct state untracked meta mark & %#x == %#x jump %s", MarkMask, MarkFastAllow, nftFastLease)
+			} else if out {
 				r("meta l4proto tcp ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastAllow)
+			}
+			if out {
 				r("tcp flags & (fin|syn|rst|ack) != syn ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastFlow)
 			} else {
 				// The peer's half of a simultaneous open (see iptablesRules).
@@ -861,7 +927,11 @@ func (spec ruleSpec) nftRules() string {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
 			// write: chain udpfast gets it over netlink (addNftBPFMatch), with a goto
 			// to udpfast_allow on a match.
-			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, nftUDPFast)
+			udp := nftUDPFast
+			if udpLease {
+				udp = nftUDPLease
+			}
+			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, udp)
 		}
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
@@ -873,10 +943,18 @@ func (spec ruleSpec) nftRules() string {
 		if out && spec.fastTCP {
 			// A SYN the kernel fast path allowed (see iptablesRules).
 			fast := fmt.Sprintf("meta mark & %#x == %#x tcp flags & (fin|syn|rst|ack) == syn", MarkMask, MarkFastAllow)
-			r("%s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept", fast, MarkMask, ^MarkMask, MarkAllow)
-			r("%s ct mark & %#x == %#x accept", fast, MarkMask, MarkAllow)
+			if lease {
+				r("%s jump %s", fast, nftFastLease)
+			} else {
+				r("%s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept", fast, MarkMask, ^MarkMask, MarkAllow)
+				r("%s ct mark & %#x == %#x accept", fast, MarkMask, MarkAllow)
+			}
 		}
 		r("tcp flags & (fin|syn|rst|ack) == syn %s", q)
+		if hook == "input" {
+			// A peer's SYN conntrack calls INVALID (see iptablesRules).
+			r("tcp flags & syn == syn ct state invalid drop")
+		}
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
 		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
 		fwd := hook == "forward"
@@ -961,10 +1039,22 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 		return fmt.Errorf("install nftables ruleset: %w", err)
 	}
 	fw.installed = true
+	if spec.lease != "" && spec.fastTCP {
+		// Until this rule is in, fast SYNs go to the queue (a live daemon
+		// decides them).
+		if err := addNftBPFMatch(nftTable, nftFastLease, nftFastPass, spec.lease); err != nil {
+			return fmt.Errorf("%w: %w", errFastLease, err)
+		}
+	}
 	if spec.fastUDP != "" {
 		// Until this rule is in, UDP goes through the queue as without it.
 		if err := addNftBPFMatch(nftTable, nftUDPFast, nftUDPFastAllow, spec.fastUDP); err != nil {
 			return fmt.Errorf("%w: %w", errFastUDP, err)
+		}
+		if spec.lease != "" {
+			if err := addNftBPFMatch(nftTable, nftUDPLease, nftUDPFast, spec.lease); err != nil {
+				return fmt.Errorf("%w: %w", errFastLease, err)
+			}
 		}
 	}
 	return nil

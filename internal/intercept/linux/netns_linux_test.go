@@ -406,6 +406,9 @@ func runChild(mode string) int {
 	cfg.Forward = os.Getenv("LATCH_TEST_FORWARD") != ""
 	cfg.Firewall = os.Getenv("LATCH_TEST_FIREWALL")
 	cfg.FastUDPMatch = os.Getenv("LATCH_TEST_FAST_UDP")
+	// LATCH_TEST_FAST_LEASE: the pinned lease program (the test holds the
+	// lease, see pinLease).
+	cfg.FastLease = os.Getenv("LATCH_TEST_FAST_LEASE")
 	// LATCH_TEST_FAST_TCP: as with the kernel fast path deciding TCP connects
 	// (the tests mark their sockets as it would).
 	cfg.FastTCP = os.Getenv("LATCH_TEST_FAST_TCP") != ""
@@ -555,6 +558,17 @@ func runChild(mode string) int {
 			for i := 0; i < 300; i++ {
 				if err := b.FastUDP(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
 					say("fast-udp %v", err)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	if cfg.FastLease != "" {
+		go func() {
+			for i := 0; i < 300; i++ {
+				if err := b.FastLease(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
+					say("fast-lease %v", err)
 					return
 				}
 				time.Sleep(20 * time.Millisecond)

@@ -170,9 +170,20 @@ func main() {
 		emit(udp(addr, duration(3)))
 	case "udp-on-line":
 		// One exchange (a new flow) per line read on stdin, until EOF: from an
-		// unconnected socket if the line says "unconnected".
+		// unconnected socket if the line says "unconnected"; "kept": from one
+		// unconnected socket made at the first such line and kept (a new
+		// flow only if conntrack forgot the last one).
+		var kept *net.UDPConn
 		for sc := bufio.NewScanner(os.Stdin); sc.Scan(); {
 			switch sc.Text() {
+			case "kept":
+				if kept == nil {
+					var err error
+					if kept, err = net.ListenUDP("udp4", nil); err != nil {
+						fatal(err)
+					}
+				}
+				emit(udpFrom(kept, addr, duration(3)))
 			case "unconnected":
 				emit(udpUnconnected(addr, duration(3)))
 			case "burst":
@@ -456,8 +467,6 @@ func udpExchanges(open func() (net.Conn, error), timeout time.Duration, n int, m
 
 // udpUnconnected makes one UDP exchange from an unconnected socket (sendto).
 func udpUnconnected(addr string, timeout time.Duration) Result {
-	start := time.Now()
-	r := Result{PID: os.Getpid()}
 	to, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		fatal(err)
@@ -468,10 +477,21 @@ func udpUnconnected(addr string, timeout time.Duration) Result {
 	}
 	pc, err := net.ListenUDP(network, nil)
 	if err != nil {
-		r.Outcome, r.Error = "error", err.Error()
-		return r
+		return Result{PID: os.Getpid(), Outcome: "error", Error: err.Error()}
 	}
 	defer pc.Close()
+	return udpFrom(pc, addr, timeout)
+}
+
+// udpFrom sends one datagram from the unconnected socket pc to addr and waits
+// for an answer.
+func udpFrom(pc *net.UDPConn, addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{PID: os.Getpid()}
+	to, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		fatal(err)
+	}
 	r.Local = pc.LocalAddr().String()
 	pc.SetDeadline(time.Now().Add(timeout))
 	if _, err = pc.WriteTo([]byte("ping"), to); err == nil {
@@ -1213,6 +1233,15 @@ func talk() {
 				fatal(fmt.Errorf("talk: line %q: want \"simopen I PORT ADDR\"", sc.Text()))
 			}
 			emit(reopen(conns[i].(*net.TCPConn), port, f[3], 5*time.Second))
+			continue
+		}
+		if len(f) == 2 && f[0] == "pending" {
+			// "pending ADDR": a socket whose connect to ADDR stays on its
+			// way (TCP_SYNCNT 127: SYN_SENT for as long as ADDR drops
+			// its SYNs); its mark is in the error field.
+			c, r := pending(f[1])
+			conns = append(conns, c)
+			emit(r)
 			continue
 		}
 		if len(f) == 2 && f[0] == "open" {

@@ -37,9 +37,9 @@ func reopen(c *net.TCPConn, port int, addr string, timeout time.Duration) Result
 			return
 		}
 		mark, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
-		var local, sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: port}, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-		if ap.Addr().Is6() {
-			local, sa = &syscall.SockaddrInet6{Port: port}, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		var local, sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: port}, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		if ap.Addr().Is4() {
+			local, sa = &syscall.SockaddrInet4{Port: port}, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 		}
 		if port != 0 {
 			if err := syscall.Bind(int(fd), local); err != nil {
@@ -214,4 +214,46 @@ func setSRH(c *net.TCPConn, via string) Result {
 		return Result{Outcome: "error", Error: serr.Error()}
 	}
 	return Result{Outcome: "set"}
+}
+
+// pending starts a connect to addr that does not wait for its end (talk's
+// "pending"): with TCP_SYNCNT 127 the socket stays in SYN_SENT, its SYN sent
+// again and again, for as long as addr drops it. Returns the socket and its
+// mark once the SYN is built, in the error field.
+func pending(addr string) (*net.TCPConn, Result) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fatal(fmt.Errorf("talk: pending %q: %w", addr, err))
+	}
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()})
+	if ap.Addr().Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		fatal(fmt.Errorf("talk: pending: %w", err))
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, 127); err != nil {
+		fatal(fmt.Errorf("talk: pending: TCP_SYNCNT: %w", err))
+	}
+	r := Result{PID: os.Getpid(), Outcome: "pending"}
+	if err := unix.Connect(fd, sa); err != unix.EINPROGRESS {
+		r.Outcome = classify(err)
+	}
+	mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+	r.Error = fmt.Sprintf("mark %#x", mark)
+	if local, err := unix.Getsockname(fd); err == nil {
+		if l, ok := local.(*unix.SockaddrInet4); ok {
+			r.Local = netip.AddrPortFrom(netip.AddrFrom4(l.Addr), uint16(l.Port)).String()
+		} else if l, ok := local.(*unix.SockaddrInet6); ok {
+			r.Local = netip.AddrPortFrom(netip.AddrFrom16(l.Addr), uint16(l.Port)).String()
+		}
+	}
+	f := os.NewFile(uintptr(fd), "pending")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		fatal(fmt.Errorf("talk: pending: %w", err))
+	}
+	return c.(*net.TCPConn), r
 }

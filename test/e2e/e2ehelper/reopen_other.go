@@ -38,3 +38,9 @@ func setSRH(c *net.TCPConn, via string) Result {
 	fatal(fmt.Errorf("talk srh: not supported on %s", runtime.GOOS))
 	return Result{}
 }
+
+// pending needs Linux's TCP_SYNCNT.
+func pending(addr string) (*net.TCPConn, Result) {
+	fatal(fmt.Errorf("talk pending: not supported on %s", runtime.GOOS))
+	return nil, Result{}
+}

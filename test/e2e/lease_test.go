@@ -1,0 +1,117 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFastMarkInFlightAtDaemonDeathFailsClosed: a socket whose connect the fast
+// path allowed still carries MarkFastAllow while its SYN is on its way, and
+// keeps it if the daemon dies then (SIGKILL, fail-closed: the sock_ops program
+// that would move the mark on goes with it). A program can hold that state on
+// purpose: a connect to an allowed address that drops SYNs, with TCP_SYNCNT
+// 127, stays in SYN_SENT for hours. Once the daemon is gone the socket is
+// disconnected (connect(AF_UNSPEC)) and connected to a destination no rule
+// allows: its SYN passed by its mark (the ruleset stays, and no connect hook
+// runs to clear it). The lease lets a SYN pass by that mark only while the
+// daemon lives. A daemon started next takes a lease of its own: its fast
+// connects pass.
+func TestFastMarkInFlightAtDaemonDeathFailsClosed(t *testing.T) { fastMarkInFlight(t, false) }
+
+// TestFastMarkInFlightAtDaemonDeathFailsClosedIPv6 is
+// TestFastMarkInFlightAtDaemonDeathFailsClosed over IPv6.
+func TestFastMarkInFlightAtDaemonDeathFailsClosedIPv6(t *testing.T) { fastMarkInFlight(t, true) }
+
+// fastMarkInFlight is TestFastMarkInFlightAtDaemonDeathFailsClosed, over IPv6
+// if v6.
+func fastMarkInFlight(t *testing.T, v6 bool) {
+	n := NewNet(t)
+	server, ipt := n.ServerIP, "iptables"
+	if v6 {
+		server, ipt = "["+addIPv6s(t, n, 0x1b, 1)[0]+"]", "ip6tables"
+	}
+	// The allowed address drops SYNs: a connect to it stays on its way.
+	if out, err := n.Exec(n.Server, ipt, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8327", "-j", "DROP"); err != nil {
+		t.Fatalf("drop SYNs to port 8327 in the server's namespace: %v: %s", err, out)
+	}
+	srv := n.Start(n.Server, helperBin, "serve", server+":8328")
+	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8327", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	pend := func() int {
+		t.Helper()
+		r := tk.say(t, fmt.Sprintf("pending %s:8327", server))
+		if r.Outcome != "pending" {
+			t.Fatalf("talk: a connect to port 8327 that stays on its way: %+v", r)
+		}
+		tk.locals = append(tk.locals, r.Local)
+		return len(tk.locals) - 1
+	}
+	pend() // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	in := pend()
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connect was no fast-path hit: %+v", fp)
+	}
+	// Its SYN left with MarkFastAllow (0x30000000), and stays in SYN_SENT.
+	time.Sleep(300 * time.Millisecond)
+	if out, _ := n.Exec(n.Client, "ss", "-Htn", "state", "syn-sent", "dport", "= :8327"); strings.Count(out, ":8327") != 2 {
+		t.Fatalf("want 2 sockets in SYN_SENT towards port 8327, ss says:\n%s", out)
+	}
+	killDaemon(t, n, d)
+	time.Sleep(500 * time.Millisecond) // the lease lapses at once; a margin
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:8328", in, server), "fail-closed, daemon killed: a socket whose fast connect was on its way connected to an unruled destination")
+
+	// A daemon started next: its lease lets its own fast connects pass.
+	d2 := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d2.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8328", "--action", "allow")
+	open := func() {
+		t.Helper()
+		if r := tk.say(t, fmt.Sprintf("open %s:8328", server)); r.Outcome != "connected" {
+			t.Fatalf("talk: connect to port 8328: %+v", r)
+		}
+		tk.locals = append(tk.locals, "")
+	}
+	open() // the queue decides, the map learns
+	d2.waitFastPathEntries(t, 1)
+	hits, held := d2.fastPath(t).HitsAllow, d2.held(t)
+	open()
+	fp := d2.fastPath(t)
+	if fp.HitsAllow-hits != 1 {
+		t.Fatalf("the restarted daemon's connect was no fast-path hit: %+v", fp)
+	}
+	// Passed by the new lease, not held (the queue would decide it the same).
+	if h := d2.held(t); h != held {
+		t.Errorf("the restarted daemon's fast connect was held too (%d held, was %d): its ruleset does not run its own lease", h, held)
+	}
+	if !fp.Lease {
+		t.Errorf("the restarted daemon's ruleset does not check the lease: %s", fp.LeaseWhy)
+	}
+	if text := d2.MustCLI(t, "status"); !regexp.MustCompile(`(?m)^fast path lease:\s+on: `).MatchString(text) {
+		t.Errorf("latch status does not say the lease is on:\n%s", text)
+	}
+}
+
+// held returns the connections the daemon's backend handed to be decided
+// (latch status --json: kernel.held).
+func (d *Daemon) held(t *testing.T) uint64 {
+	t.Helper()
+	var st struct {
+		Kernel struct {
+			Held uint64 `json:"held"`
+		} `json:"kernel"`
+	}
+	if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Kernel.Held
+}
