@@ -313,11 +313,11 @@ static __always_inline int identify(struct fp_key *k)
 // MARK_FAST_REDECIDE the iterator gave one; the daemon's own OwnMark is never
 // touched).
 // ctx is a connect hook's or the sock_ops program's context.
-static __always_inline void set_mark(void *ctx, __u32 m)
+// sk is ctx's socket: its mark is read from it (bpf_sock.mark, a load of
+// sk_mark), which costs no helper call.
+static __always_inline void set_mark(void *ctx, struct bpf_sock *sk, __u32 m)
 {
-	int cur = 0;
-	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
-		cur = 0;
+	int cur = (int)sk->mark;
 	__u32 ours = (__u32)cur & MARK_MASK;
 	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT && ours != MARK_FAST_REDECIDE &&
 	    ours != MARK_FAST_FLOW)
@@ -459,13 +459,13 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
 	if (!ks) {
 		count(STAT_NO_IDENTITY);
-		set_mark(ctx, 0);
+		set_mark(ctx, sk, 0);
 		return 1;
 	}
 	key.uid = ks->sk_uid.val;
 	if (!identify(&key)) {
 		count(STAT_NO_IDENTITY);
-		set_mark(ctx, 0);
+		set_mark(ctx, sk, 0);
 		return 1;
 	}
 	// A hit's mark (MARK_FAST_ALLOW or MARK_REJECT) is given at
@@ -476,7 +476,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	// it, anywhere, once the daemon and its hooks are gone. What an earlier
 	// connect of this socket left goes now, hit or miss.
 	lookup(&key, sk, 0, 0);
-	set_mark(ctx, 0);
+	set_mark(ctx, sk, 0);
 	return 1;
 }
 
@@ -516,14 +516,14 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
 		// time later): the decision is void, the socket gets no mark; the
 		// SYN goes to the queue, decided under the rules in force.
-		set_mark(ctx, 0);
+		set_mark(ctx, sk, 0);
 		count(STAT_STALE);
 		return;
 	}
 	// The decision's mark, for the SYN about to be built (the socket's route,
 	// which the mark may change, is looked up again after this callback:
 	// tcp_connect's rebuild_header).
-	set_mark(ctx, p->ev.action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
+	set_mark(ctx, sk, p->ev.action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
@@ -655,9 +655,13 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 			e->packets_out = c->bytes.packets_out;
 			e->packets_in = c->bytes.packets_in;
 			// A packet after this (a reset sent on close) is not the flow's
-			// as reported; the socket may connect again. (Its decision was
-			// sent at its TCP_CONNECT_CB: nothing else is lost.)
-			bpf_sk_storage_delete(&socks, sk);
+			// as reported: the record stops counting (a socket that connects
+			// again starts over at its TCP_CONNECT_CB, count_bytes). The
+			// record itself stays until the socket is freed, which frees it
+			// at less cost than bpf_sk_storage_delete here (whose free waits
+			// for an RCU tasks-trace grace period). (Its decision was sent at
+			// its TCP_CONNECT_CB: nothing else is lost.)
+			c->counting = 0;
 		}
 	}
 	// Ports: local in host order, remote in network order in the upper half.
@@ -695,14 +699,17 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 }
 
 // fast_mark reads the MARK_MASK bits of the socket's mark into *ours and the
-// whole mark into *cur; 0 if it could not be read.
+// whole mark into *cur; 0 if it could not be read (no full socket). A load of
+// sk_mark through ctx->sk (bpf_sock.mark), no helper call: every callback of
+// every TCP socket of the cgroup may read it.
 static __always_inline int fast_mark(struct bpf_sock_ops *ctx, __u32 *cur, __u32 *ours)
 {
-	int m = 0;
-	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof(m)))
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
 		return 0;
-	*cur = (__u32)m;
-	*ours = (__u32)m & MARK_MASK;
+	__u32 m = sk->mark;
+	*cur = m;
+	*ours = m & MARK_MASK;
 	return 1;
 }
 
