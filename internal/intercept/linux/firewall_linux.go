@@ -340,6 +340,19 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// connection); a flow being decided again has MarkRedecide, not MarkAllow.
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
 		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
+		if hook != "FORWARD" {
+			// A TCP packet conntrack cannot place (INVALID), but a SYN and a
+			// packet marked MarkReject, leaves here too: none of the rules
+			// below acts on it (they want a conntrack entry, conntrack NEW or
+			// UNTRACKED, a SYN, MarkReject, or UDP) but the allow rules (2),
+			// whose CONNMARK changes nothing without an entry, and the TCP
+			// RETURN, so it would only walk them to the same end. Such is the
+			// reset a fast socket sends as it closes with SO_LINGER 0 (its
+			// mark is cleared at TCP_CLOSE, just before the reset is built):
+			// one such packet per connection of a program that closes so.
+			// (LATCH-FWD drops INVALID TCP instead, see 8.)
+			fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN -m conntrack --ctstate INVALID -m mark ! --mark %#x/%#x -j RETURN\n", name, MarkReject, MarkMask)
+		}
 		if out && spec.fastUDP != "" {
 			// The first datagram of a UDP flow nothing decided yet, not back from a
 			// verdict: the kernel fast path's match (Config.FastUDPMatch) gives it
@@ -828,6 +841,7 @@ func (spec ruleSpec) nftRules() string {
 			fmt.Fprintf(&b, format, args...)
 			b.WriteByte('\n')
 		}
+		fwd := hook == "forward"
 		if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)
 		}
@@ -857,6 +871,11 @@ func (spec ruleSpec) nftRules() string {
 		// iptablesRules).
 		r("tcp flags & (fin|syn|rst|ack) != syn ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
 		r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
+		if !fwd {
+			// TCP conntrack cannot place, but a SYN or a reset's (see
+			// iptablesRules).
+			r("tcp flags & (fin|syn|rst|ack) != syn ct state invalid meta mark & %#x != %#x accept", MarkMask, MarkReject)
+		}
 		if out && spec.fastUDP != "" {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
 			// write: chain udpfast gets it over netlink (addNftBPFMatch), with a goto
@@ -879,7 +898,6 @@ func (spec ruleSpec) nftRules() string {
 		r("tcp flags & (fin|syn|rst|ack) == syn %s", q)
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
 		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
-		fwd := hook == "forward"
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)
 		}
