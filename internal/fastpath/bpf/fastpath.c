@@ -327,18 +327,31 @@ static __always_inline void set_mark(void *ctx, struct bpf_sock *sk, __u32 m)
 		bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
 }
 
-// wakeup is the flag to submit a record to ring with: its reader is woken only
-// once WAKEUP_BYTES wait.
-static __always_inline __u64 wakeup(void *ring)
+// wakeup is the flag to submit a record of size bytes to ring with: its reader
+// is woken once as the data waiting in the ring grows past a multiple of
+// WAKEUP_BYTES (at WAKEUP_BYTES, twice that, ...), by the record that takes it
+// past, never at every record while that much waits: a forced wakeup queues an
+// irq_work, an interrupt (in a VM, an exit) in the connecting program's CPU,
+// and a reader that falls behind (a loaded machine) would cost every
+// connection one. A wakeup two CPUs' records miss between them (each counts
+// the other's reserved record in the data waiting) is made up by the next
+// multiple, and the reader reads on its own every readEvery anyway.
+static __always_inline __u64 wakeup(void *ring, __u64 size)
 {
+	// What the record took of the ring: its 8-byte header and its data,
+	// rounded up to 8 bytes (the ring's producer position moved by this at
+	// bpf_ringbuf_reserve; BPF_RB_AVAIL_DATA counts it).
+	__u64 took = (size + 8 + 7) & ~7ULL;
 	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
-	return avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (avail < took)
+		return BPF_RB_NO_WAKEUP;
+	return avail / WAKEUP_BYTES != (avail - took) / WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-// submit sends e to the reader, waking it only once WAKEUP_BYTES wait.
+// submit sends e to the reader, waking it as wakeup says.
 static __always_inline void submit(struct fp_event *e)
 {
-	bpf_ringbuf_submit(e, wakeup(&events));
+	bpf_ringbuf_submit(e, wakeup(&events, sizeof(*e)));
 }
 
 // lookup finds the verdict for key: its action if the entry is of the current rule
@@ -695,7 +708,7 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 			__builtin_memcpy(e->remote + 12, &r3, 4);
 		}
 	}
-	bpf_ringbuf_submit(e, wakeup(&ends));
+	bpf_ringbuf_submit(e, wakeup(&ends, sizeof(*e)));
 }
 
 // fast_mark reads the MARK_MASK bits of the socket's mark into *ours and the
