@@ -794,7 +794,8 @@ static __always_inline void fast_closed(struct bpf_sock_ops *ctx)
 // (count_bytes), and for a fast socket in any case (watch_fast); once the
 // connection is established it moves a fast socket to MARK_FAST_FLOW
 // (fast_established); at a state change to TCP_CLOSE it clears a fast socket's
-// mark (fast_closed) and reports the socket's end (report_end, if tcp_ends).
+// mark (fast_closed) and reports the end of a socket of the served namespace
+// (report_end, if tcp_ends).
 // Every other callback returns at once; reply stays 0 (the kernel's defaults).
 SEC("sockops")
 int latch_fast_sockops(struct bpf_sock_ops *ctx)
@@ -816,7 +817,12 @@ int latch_fast_sockops(struct bpf_sock_ops *ctx)
 	case BPF_SOCK_OPS_STATE_CB:
 		if (ctx->args[1] == BPF_TCP_CLOSE) {
 			fast_closed(ctx);
-			if (tcp_ends)
+			// The state callback is a flag of the socket, and every
+			// sock_ops program of its cgroups is called for it: that of a
+			// daemon of another network namespace (a container's, each at
+			// the root cgroup) too, which turned it on. Only the served
+			// namespace's ends are this daemon's (watch).
+			if (tcp_ends && bpf_get_netns_cookie(ctx) == netns_cookie)
 				report_end(ctx);
 		}
 		break;
