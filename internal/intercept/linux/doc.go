@@ -14,7 +14,9 @@
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
-//     tested by its exact value under MarkMask, never by a bit); with the kernel
+//     tested by its exact value under MarkMask, never by a bit; this rule comes
+//     after the fast path's, whose marks are others: most packets are a fast
+//     socket's); with the kernel
 //     fast path (Config.FastTCP or notrack), resets an IPv6 TCP packet with a
 //     routing header that carries one of the fast path's socket marks (IPV6_RTHDR
 //     type 4 needs no privilege, and may be set after the connect: the packet goes

@@ -285,10 +285,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		if spec.exemptLoopback {
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
 		}
-		if out {
-			// The exact value under MarkMask, not the bit: MarkFastRedecide has
-			// it too.
-			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
+		own := func() {
+			if out {
+				// The exact value under MarkMask, not the bit: MarkFastRedecide
+				// has it too. After the fast path's rules, whose marks are
+				// others (most packets are a fast socket's, with notrack).
+				fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
+			}
 		}
 		if out && v6 && (spec.fastTCP || spec.notrack) {
 			// An IPv6 routing header (IPV6_RTHDR type 4 needs no privilege,
@@ -330,6 +333,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				}
 			}
 		}
+		own()
 		// A packet of a flow already allowed (conntrack mark MarkAllow) leaves here,
 		// before the rules below, which it would only walk to the same end (most
 		// packets are of such flows): none of them acts on it but the allow rules,
@@ -494,22 +498,23 @@ func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
 			fmt.Fprintf(b, "-I %s 1 -j %s\n", c.hook, c.name)
 		}
 	}
+	// DNS over TCP stays tracked: the DNS log's rules follow conntrack's
+	// direction. The port is tested in each rule, after the mark (a rule of its
+	// own before them would cost every packet one rule more).
+	dport, sport := "", ""
 	if spec.dnsLogGroup != 0 {
-		// DNS over TCP stays tracked: the DNS log's rules follow conntrack's
-		// direction.
-		fmt.Fprintf(b, "-A %s -p tcp -m tcp --dport 53 -j RETURN\n", chainRawOut)
-		fmt.Fprintf(b, "-A %s -p tcp -m tcp --sport 53 -j RETURN\n", chainRawPre)
+		dport, sport = " -m tcp ! --dport 53", " -m tcp ! --sport 53"
 	}
 	// This host's packets carry their socket's mark.
 	for _, m := range fastMarks {
-		fmt.Fprintf(b, "-A %s -p tcp -m mark --mark %#x/%#x -j CT --notrack\n", chainRawOut, m, MarkMask)
+		fmt.Fprintf(b, "-A %s -p tcp -m mark --mark %#x/%#x%s -j CT --notrack\n", chainRawOut, m, MarkMask, dport)
 	}
 	// The peer's: --restore-skmark sets the packet's whole mark to its local
 	// socket's (xt_socket: skb->mark = sk->sk_mark), so only a packet that
 	// carries no mark yet is looked at (one another program marked stays as it
 	// is, and tracked), and LATCH-RAW-SK puts it back to 0 unless the socket is
 	// a fast one, which leaves just latch's mark.
-	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0 -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, chainRawSk)
+	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0%s -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, sport, chainRawSk)
 	for _, m := range fastMarks {
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x/%#x -j MARK --set-xmark %#x/0xffffffff\n", chainRawSk, m, MarkMask, m)
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x -j CT --notrack\n", chainRawSk, m)
@@ -845,10 +850,6 @@ func (spec ruleSpec) nftRules() string {
 		if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)
 		}
-		if out {
-			// The exact value, not the bit (see iptablesRules).
-			r("meta mark & %#x == %#x accept", MarkMask, OwnMark)
-		}
 		if out && (spec.fastTCP || spec.notrack) {
 			// A fast socket's IPv6 packets with a routing header (see
 			// iptablesRules).
@@ -866,6 +867,11 @@ func (spec ruleSpec) nftRules() string {
 				r("tcp flags & (syn|ack) == syn ct state untracked %s", q)
 				r("meta l4proto tcp ct state untracked socket mark & %#x %s accept", MarkMask, nftFastMarks())
 			}
+		}
+		if out {
+			// The exact value, not the bit, after the fast path's rules (see
+			// iptablesRules).
+			r("meta mark & %#x == %#x accept", MarkMask, OwnMark)
 		}
 		// A packet of a flow already allowed, but a reset's or a SYN (see
 		// iptablesRules).
