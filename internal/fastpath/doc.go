@@ -300,7 +300,15 @@
 // cgroup (every process) whatever cgroup the connect hooks serve: a flow the queue
 // allowed ends this way too. Each state change then costs one call of the
 // program, which returns at once but for TCP_CLOSE, and each socket's end one ring
-// buffer record. Stats.TCPEnds says whether ends are reported (TCPEndsWhy why not:
+// buffer record. The state callback is a flag of the socket, and each sock_ops
+// program of the socket's cgroups is called for it: a daemon of another network
+// namespace (a container's, its program at the root cgroup too) turns it on for
+// its sockets, so the program sends only the ends of the served namespace's
+// sockets (by bpf_get_netns_cookie at TCP_CLOSE), never another daemon's. The
+// reader is woken as the data waiting passes each multiple of WAKEUP_BYTES, not
+// at every record while that much waits (a wakeup is an interrupt in the
+// connecting program's CPU; a reader that falls behind would cost every
+// connection one). Stats.TCPEnds says whether ends are reported (TCPEndsWhy why not:
 // no sock_ops program, Config.NoTCPEnds, no root cgroup, a kernel before 5.15,
 // whose sock_ops programs cannot call bpf_get_netns_cookie: there the program is
 // loaded with that call replaced by a 0, and reports decisions only); Stats.EndsLost counts

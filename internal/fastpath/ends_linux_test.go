@@ -6,9 +6,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
 )
@@ -396,5 +400,98 @@ func TestSocketEndBytesOff(t *testing.T) {
 				t.Errorf("end %+v carries counters", e)
 			}
 		})
+	}
+}
+
+// TestSocketEndsOfItsNamespaceOnly: of two daemons' fast paths, one serving this
+// network namespace and one another (a container's daemon; both sock_ops
+// programs at the root cgroup), each reports the ends of its own namespace's
+// sockets only. The state callback is a flag of the socket, which the other's
+// program turned on: this one's program is called for that socket's end too.
+func TestSocketEndsOfItsNamespaceOnly(t *testing.T) {
+	cg, _ := testCgroup(t)
+	here := openTest(t, cg, Config{})
+	if st := here.Stats(); !st.TCPEnds {
+		t.Skipf("no socket ends: %s", st.TCPEndsWhy)
+	}
+	hereEnds := runEnds(t, here)
+
+	ns := fmt.Sprintf("latch-fp-ends-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set lo up: %v: %s", err, out)
+	}
+	// In the other namespace, on a thread of its own that never leaves it
+	// (it ends with its goroutine): the fast path serves the namespace it is
+	// opened in, and a socket is of the namespace it is made in.
+	type result struct {
+		fp            *FastPath
+		local, remote netip.AddrPort
+		err           error
+	}
+	res := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		r := result{}
+		defer func() { res <- r }()
+		f, err := os.Open("/var/run/netns/" + ns)
+		if err != nil {
+			r.err = err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			r.err = fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		if r.fp, r.err = Open(Config{CgroupPath: cg}); r.err != nil {
+			return
+		}
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			r.err = err
+			return
+		}
+		defer l.Close()
+		c, err := net.Dial("tcp4", l.Addr().String())
+		if err != nil {
+			r.err = err
+			return
+		}
+		if s, err := l.Accept(); err == nil {
+			defer s.Close()
+		}
+		r.local = c.LocalAddr().(*net.TCPAddr).AddrPort()
+		r.remote = c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		// Closed with a reset: TCP_CLOSE at once.
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	r := <-res
+	if r.fp != nil {
+		t.Cleanup(func() { r.fp.Close() })
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if st := r.fp.Stats(); !st.TCPEnds {
+		t.Fatalf("no socket ends in the other namespace: %s", st.TCPEndsWhy)
+	}
+	// The socket's own daemon reports its end...
+	waitEnd(t, runEnds(t, r.fp), End{Local: r.local, Remote: r.remote})
+	// ... and this one, which reads every readEvery, never.
+	deadline := time.After(6 * readEvery)
+	for {
+		select {
+		case e := <-hereEnds:
+			if e.Local == r.local && e.Remote == r.remote {
+				t.Fatalf("the fast path of this namespace reported the end of %v -> %v, a socket of namespace %s", e.Local, e.Remote, ns)
+			}
+		case <-deadline:
+			return
+		}
 	}
 }

@@ -331,11 +331,11 @@ static __always_inline int identify(struct fp_key *k)
 // MARK_FAST_REDECIDE the iterator gave one; the daemon's own OwnMark is never
 // touched).
 // ctx is a connect hook's or the sock_ops program's context.
-static __always_inline void set_mark(void *ctx, __u32 m)
+// sk is ctx's socket: its mark is read from it (bpf_sock.mark, a load of
+// sk_mark), which costs no helper call.
+static __always_inline void set_mark(void *ctx, struct bpf_sock *sk, __u32 m)
 {
-	int cur = 0;
-	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &cur, sizeof(cur)))
-		cur = 0;
+	int cur = (int)sk->mark;
 	__u32 ours = (__u32)cur & MARK_MASK;
 	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT && ours != MARK_FAST_REDECIDE &&
 	    ours != MARK_FAST_FLOW)
@@ -345,18 +345,31 @@ static __always_inline void set_mark(void *ctx, __u32 m)
 		bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
 }
 
-// wakeup is the flag to submit a record to ring with: its reader is woken only
-// once WAKEUP_BYTES wait.
-static __always_inline __u64 wakeup(void *ring)
+// wakeup is the flag to submit a record of size bytes to ring with: its reader
+// is woken once as the data waiting in the ring grows past a multiple of
+// WAKEUP_BYTES (at WAKEUP_BYTES, twice that, ...), by the record that takes it
+// past, never at every record while that much waits: a forced wakeup queues an
+// irq_work, an interrupt (in a VM, an exit) in the connecting program's CPU,
+// and a reader that falls behind (a loaded machine) would cost every
+// connection one. A wakeup two CPUs' records miss between them (each counts
+// the other's reserved record in the data waiting) is made up by the next
+// multiple, and the reader reads on its own every readEvery anyway.
+static __always_inline __u64 wakeup(void *ring, __u64 size)
 {
+	// What the record took of the ring: its 8-byte header and its data,
+	// rounded up to 8 bytes (the ring's producer position moved by this at
+	// bpf_ringbuf_reserve; BPF_RB_AVAIL_DATA counts it).
+	__u64 took = (size + 8 + 7) & ~7ULL;
 	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
-	return avail >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (avail < took)
+		return BPF_RB_NO_WAKEUP;
+	return avail / WAKEUP_BYTES != (avail - took) / WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-// submit sends e to the reader, waking it only once WAKEUP_BYTES wait.
+// submit sends e to the reader, waking it as wakeup says.
 static __always_inline void submit(struct fp_event *e)
 {
-	bpf_ringbuf_submit(e, wakeup(&events));
+	bpf_ringbuf_submit(e, wakeup(&events, sizeof(*e)));
 }
 
 // lookup finds the verdict for key: its action if the entry is of the current rule
@@ -477,13 +490,13 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
 	if (!ks) {
 		count(STAT_NO_IDENTITY);
-		set_mark(ctx, 0);
+		set_mark(ctx, sk, 0);
 		return 1;
 	}
 	key.uid = ks->sk_uid.val;
 	if (!identify(&key)) {
 		count(STAT_NO_IDENTITY);
-		set_mark(ctx, 0);
+		set_mark(ctx, sk, 0);
 		return 1;
 	}
 	// A hit's mark (MARK_FAST_ALLOW or MARK_REJECT) is given at
@@ -494,7 +507,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	// it, anywhere, once the daemon and its hooks are gone. What an earlier
 	// connect of this socket left goes now, hit or miss.
 	lookup(&key, sk, 0, 0);
-	set_mark(ctx, 0);
+	set_mark(ctx, sk, 0);
 	return 1;
 }
 
@@ -534,14 +547,14 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
 		// time later): the decision is void, the socket gets no mark; the
 		// SYN goes to the queue, decided under the rules in force.
-		set_mark(ctx, 0);
+		set_mark(ctx, sk, 0);
 		count(STAT_STALE);
 		return;
 	}
 	// The decision's mark, for the SYN about to be built (the socket's route,
 	// which the mark may change, is looked up again after this callback:
 	// tcp_connect's rebuild_header).
-	set_mark(ctx, p->ev.action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
+	set_mark(ctx, sk, p->ev.action == ACT_ALLOW ? MARK_FAST_ALLOW : MARK_REJECT);
 	struct fp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RING_LOST);
@@ -673,9 +686,13 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 			e->packets_out = c->bytes.packets_out;
 			e->packets_in = c->bytes.packets_in;
 			// A packet after this (a reset sent on close) is not the flow's
-			// as reported; the socket may connect again. (Its decision was
-			// sent at its TCP_CONNECT_CB: nothing else is lost.)
-			bpf_sk_storage_delete(&socks, sk);
+			// as reported: the record stops counting (a socket that connects
+			// again starts over at its TCP_CONNECT_CB, count_bytes). The
+			// record itself stays until the socket is freed, which frees it
+			// at less cost than bpf_sk_storage_delete here (whose free waits
+			// for an RCU tasks-trace grace period). (Its decision was sent at
+			// its TCP_CONNECT_CB: nothing else is lost.)
+			c->counting = 0;
 		}
 	}
 	// Ports: local in host order, remote in network order in the upper half.
@@ -709,18 +726,21 @@ static __always_inline void report_end(struct bpf_sock_ops *ctx)
 			__builtin_memcpy(e->remote + 12, &r3, 4);
 		}
 	}
-	bpf_ringbuf_submit(e, wakeup(&ends));
+	bpf_ringbuf_submit(e, wakeup(&ends, sizeof(*e)));
 }
 
 // fast_mark reads the MARK_MASK bits of the socket's mark into *ours and the
-// whole mark into *cur; 0 if it could not be read.
+// whole mark into *cur; 0 if it could not be read (no full socket). A load of
+// sk_mark through ctx->sk (bpf_sock.mark), no helper call: every callback of
+// every TCP socket of the cgroup may read it.
 static __always_inline int fast_mark(struct bpf_sock_ops *ctx, __u32 *cur, __u32 *ours)
 {
-	int m = 0;
-	if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof(m)))
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
 		return 0;
-	*cur = (__u32)m;
-	*ours = (__u32)m & MARK_MASK;
+	__u32 m = sk->mark;
+	*cur = m;
+	*ours = m & MARK_MASK;
 	return 1;
 }
 
@@ -792,7 +812,8 @@ static __always_inline void fast_closed(struct bpf_sock_ops *ctx)
 // (count_bytes), and for a fast socket in any case (watch_fast); once the
 // connection is established it moves a fast socket to MARK_FAST_FLOW
 // (fast_established); at a state change to TCP_CLOSE it clears a fast socket's
-// mark (fast_closed) and reports the socket's end (report_end, if tcp_ends).
+// mark (fast_closed) and reports the end of a socket of the served namespace
+// (report_end, if tcp_ends).
 // Every other callback returns at once; reply stays 0 (the kernel's defaults).
 SEC("sockops")
 int latch_fast_sockops(struct bpf_sock_ops *ctx)
@@ -814,7 +835,12 @@ int latch_fast_sockops(struct bpf_sock_ops *ctx)
 	case BPF_SOCK_OPS_STATE_CB:
 		if (ctx->args[1] == BPF_TCP_CLOSE) {
 			fast_closed(ctx);
-			if (tcp_ends)
+			// The state callback is a flag of the socket, and every
+			// sock_ops program of its cgroups is called for it: that of a
+			// daemon of another network namespace (a container's, each at
+			// the root cgroup) too, which turned it on. Only the served
+			// namespace's ends are this daemon's (watch).
+			if (tcp_ends && bpf_get_netns_cookie(ctx) == netns_cookie)
 				report_end(ctx);
 		}
 		break;

@@ -14,7 +14,9 @@
 //
 //  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
-//     tested by its exact value under MarkMask, never by a bit); with the kernel
+//     tested by its exact value under MarkMask, never by a bit; this rule comes
+//     after the fast path's, whose marks are others: most packets are a fast
+//     socket's); with the kernel
 //     fast path (Config.FastTCP or notrack), resets an IPv6 TCP packet with a
 //     routing header that carries one of the fast path's socket marks (IPV6_RTHDR
 //     type 4 needs no privilege, and may be set after the connect: the packet goes
@@ -27,7 +29,11 @@
 //     only 5 decides: see MarkFastFlow); returns at once for a packet
 //     of a flow whose conntrack mark says it was allowed, but a TCP SYN and a packet
 //     marked MarkReject (most packets are of allowed flows, and 2 to 7 would only
-//     return them at 7, see iptablesRules); with Config.FastUDPMatch,
+//     return them at 7, see iptablesRules); returns at once for a TCP packet
+//     conntrack cannot place (INVALID), but a SYN and one marked MarkReject,
+//     which the rest would only return at its end (a fast socket's reset as it
+//     closes with SO_LINGER 0, whose mark was cleared at TCP_CLOSE; not in
+//     LATCH-FWD, which drops INVALID TCP); with Config.FastUDPMatch,
 //     gives the first datagram of a UDP flow (conntrack NEW, conntrack mark and
 //     packet mark without latch's bits) MarkAllow when the kernel fast path's UDP
 //     match (xt_bpf; for native nftables a rule in chain udpfast, added over

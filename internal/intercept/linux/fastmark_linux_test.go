@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -142,7 +143,7 @@ func TestAllowedFlowLeavesAtOnce(t *testing.T) {
 					n, _ := fmt.Sscanf(l, "[%d:%d]", &pkts, &bytes)
 					switch rule := l[strings.IndexByte(l, ']')+1:]; {
 					case n != 2:
-					case strings.Contains(rule, "-A LATCH-OUT -p tcp -m tcp ! --tcp-flags"):
+					case strings.Contains(rule, "-A LATCH-OUT -p tcp -m tcp ! --tcp-flags") && strings.Contains(rule, "-m connmark"):
 						early = pkts
 					case strings.TrimSpace(rule) == ctAllow:
 						last = pkts
@@ -171,6 +172,117 @@ func TestAllowedFlowLeavesAtOnce(t *testing.T) {
 			}
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Errorf("a MarkReject packet on an allowed flow: err = %v, want ECONNRESET", err)
+			}
+		})
+	}
+}
+
+// TestInvalidResetLeavesEarly: with each mechanism, a TCP reset conntrack
+// cannot place (INVALID: its flow's entry is gone, as a fast socket's is never
+// made) still reaches the peer, and with iptables-nft it leaves LATCH-OUT at the
+// rule that takes INVALID TCP early (its counter counts it; the chain's TCP
+// RETURN at its end counts nothing); one marked MarkReject is still dropped
+// (REJECT sends nothing for a reset): that rule takes no MarkReject packet.
+func TestInvalidResetLeavesEarly(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("no conntrack tool")
+	}
+	for _, fw := range []string{FirewallIptablesNft, FirewallNftables} {
+		t.Run(fw, func(t *testing.T) {
+			if fw == FirewallNftables {
+				if err := probeNftQueue(DefaultQueue); err != nil {
+					t.Skipf("no native nftables queue: %v", err)
+				}
+			}
+			tp := newTopo(t)
+			ends := make(chan error, 4)
+			serveTCP(t, tp.b, addrB+":9012", func(c net.Conn) {
+				defer c.Close()
+				buf := make([]byte, 5)
+				if _, err := io.ReadFull(c, buf); err != nil {
+					ends <- err
+					return
+				}
+				c.Write(buf)
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				_, err := c.Read(buf)
+				ends <- err
+			})
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw)
+			defer d.stop()
+			// closeInvalid connects, exchanges a message, deletes the flow's
+			// conntrack entry and closes with a reset (SO_LINGER 0) from a
+			// socket marked mark; it returns what the server's read then got.
+			closeInvalid := func(mark uint32) error {
+				var c *net.TCPConn
+				if err := inNS(tp.a, func() error {
+					nc, err := net.DialTimeout("tcp4", addrB+":9012", 3*time.Second)
+					if err == nil {
+						c = nc.(*net.TCPConn)
+					}
+					return err
+				}); err != nil {
+					t.Fatalf("connect: %v", err)
+				}
+				c.SetDeadline(time.Now().Add(3 * time.Second))
+				buf := make([]byte, 5)
+				if _, err := c.Write([]byte("hello")); err != nil {
+					t.Fatalf("write: %v", err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					t.Fatalf("read: %v", err)
+				}
+				port := c.LocalAddr().(*net.TCPAddr).Port
+				if out, err := exec.Command("ip", "netns", "exec", tp.a, "conntrack", "-D", "-p", "tcp",
+					"--sport", fmt.Sprint(port), "--dport", "9012").CombinedOutput(); err != nil {
+					t.Fatalf("conntrack -D: %v: %s", err, out)
+				}
+				sc, err := c.SyscallConn()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var serr error
+				if err := sc.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
+				}); err != nil || serr != nil {
+					t.Fatalf("set the socket's mark: %v %v", err, serr)
+				}
+				c.SetLinger(0)
+				c.Close()
+				select {
+				case err := <-ends:
+					return err
+				case <-time.After(5 * time.Second):
+					t.Fatal("the server's read never ended")
+				}
+				return nil
+			}
+			if err := closeInvalid(0); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("an untracked reset: the server's read got %v, want ECONNRESET", err)
+			}
+			if fw == FirewallIptablesNft {
+				out, err := exec.Command("ip", "netns", "exec", tp.a, "iptables-save", "-c", "-t", "filter").CombinedOutput()
+				if err != nil {
+					t.Fatalf("iptables-save: %v: %s", err, out)
+				}
+				early, last := int64(-1), int64(-1)
+				for _, l := range strings.Split(string(out), "\n") {
+					var pkts, bytes int64
+					n, _ := fmt.Sscanf(l, "[%d:%d]", &pkts, &bytes)
+					switch rule := strings.TrimSpace(l[strings.IndexByte(l, ']')+1:]); {
+					case n != 2:
+					case strings.HasPrefix(rule, "-A LATCH-OUT -p tcp") && strings.Contains(rule, "--ctstate INVALID"):
+						early = pkts
+					case rule == "-A LATCH-OUT -p tcp -j RETURN":
+						last = pkts
+					}
+				}
+				if early < 1 || last != 0 {
+					t.Errorf("untracked reset: %d at the early rule (want >= 1), %d at the chain's TCP RETURN (want 0):\n%s", early, last, out)
+				}
+			}
+			if err := closeInvalid(MarkReject); !errors.Is(err, syscall.ETIMEDOUT) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("an untracked reset marked MarkReject: the server's read got %v, want a timeout (the reset dropped)", err)
 			}
 		})
 	}

@@ -308,10 +308,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		if spec.exemptLoopback {
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
 		}
-		if out {
-			// The exact value under MarkMask, not the bit: MarkFastRedecide has
-			// it too.
-			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
+		own := func() {
+			if out {
+				// The exact value under MarkMask, not the bit: MarkFastRedecide
+				// has it too. After the fast path's rules, whose marks are
+				// others (most packets are a fast socket's, with notrack).
+				fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
+			}
 		}
 		if out && v6 && (spec.fastTCP || spec.notrack) {
 			// An IPv6 routing header (IPV6_RTHDR type 4 needs no privilege,
@@ -360,6 +363,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				}
 			}
 		}
+		own()
 		// A packet of a flow already allowed (conntrack mark MarkAllow) leaves here,
 		// before the rules below, which it would only walk to the same end (most
 		// packets are of such flows): none of them acts on it but the allow rules,
@@ -370,6 +374,19 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// connection); a flow being decided again has MarkRedecide, not MarkAllow.
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
 		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
+		if hook != "FORWARD" {
+			// A TCP packet conntrack cannot place (INVALID), but a SYN and a
+			// packet marked MarkReject, leaves here too: none of the rules
+			// below acts on it (they want a conntrack entry, conntrack NEW or
+			// UNTRACKED, a SYN, MarkReject, or UDP) but the allow rules (2),
+			// whose CONNMARK changes nothing without an entry, and the TCP
+			// RETURN, so it would only walk them to the same end. Such is the
+			// reset a fast socket sends as it closes with SO_LINGER 0 (its
+			// mark is cleared at TCP_CLOSE, just before the reset is built):
+			// one such packet per connection of a program that closes so.
+			// (LATCH-FWD drops INVALID TCP instead, see 8.)
+			fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN -m conntrack --ctstate INVALID -m mark ! --mark %#x/%#x -j RETURN\n", name, MarkReject, MarkMask)
+		}
 		if out && spec.fastUDP != "" {
 			// The first datagram of a UDP flow nothing decided yet, not back from a
 			// verdict: the kernel fast path's match (Config.FastUDPMatch) gives it
@@ -526,22 +543,23 @@ func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
 			fmt.Fprintf(b, "-I %s 1 -j %s\n", c.hook, c.name)
 		}
 	}
+	// DNS over TCP stays tracked: the DNS log's rules follow conntrack's
+	// direction. The port is tested in each rule, after the mark (a rule of its
+	// own before them would cost every packet one rule more).
+	dport, sport := "", ""
 	if spec.dnsLogGroup != 0 {
-		// DNS over TCP stays tracked: the DNS log's rules follow conntrack's
-		// direction.
-		fmt.Fprintf(b, "-A %s -p tcp -m tcp --dport 53 -j RETURN\n", chainRawOut)
-		fmt.Fprintf(b, "-A %s -p tcp -m tcp --sport 53 -j RETURN\n", chainRawPre)
+		dport, sport = " -m tcp ! --dport 53", " -m tcp ! --sport 53"
 	}
 	// This host's packets carry their socket's mark.
 	for _, m := range fastMarks {
-		fmt.Fprintf(b, "-A %s -p tcp -m mark --mark %#x/%#x -j CT --notrack\n", chainRawOut, m, MarkMask)
+		fmt.Fprintf(b, "-A %s -p tcp -m mark --mark %#x/%#x%s -j CT --notrack\n", chainRawOut, m, MarkMask, dport)
 	}
 	// The peer's: --restore-skmark sets the packet's whole mark to its local
 	// socket's (xt_socket: skb->mark = sk->sk_mark), so only a packet that
 	// carries no mark yet is looked at (one another program marked stays as it
 	// is, and tracked), and LATCH-RAW-SK puts it back to 0 unless the socket is
 	// a fast one, which leaves just latch's mark.
-	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0 -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, chainRawSk)
+	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0%s -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, sport, chainRawSk)
 	for _, m := range fastMarks {
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x/%#x -j MARK --set-xmark %#x/0xffffffff\n", chainRawSk, m, MarkMask, m)
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x -j CT --notrack\n", chainRawSk, m)
@@ -890,12 +908,9 @@ func (spec ruleSpec) nftRules() string {
 			fmt.Fprintf(&b, format, args...)
 			b.WriteByte('\n')
 		}
+		fwd := hook == "forward"
 		if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)
-		}
-		if out {
-			// The exact value, not the bit (see iptablesRules).
-			r("meta mark & %#x == %#x accept", MarkMask, OwnMark)
 		}
 		if out && (spec.fastTCP || spec.notrack) {
 			// A fast socket's IPv6 packets with a routing header (see
@@ -919,10 +934,20 @@ func (spec ruleSpec) nftRules() string {
 				r("meta l4proto tcp ct state untracked socket mark & %#x %s accept", MarkMask, nftFastMarks())
 			}
 		}
+		if out {
+			// The exact value, not the bit, after the fast path's rules (see
+			// iptablesRules).
+			r("meta mark & %#x == %#x accept", MarkMask, OwnMark)
+		}
 		// A packet of a flow already allowed, but a reset's or a SYN (see
 		// iptablesRules).
 		r("tcp flags & (fin|syn|rst|ack) != syn ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
 		r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
+		if !fwd {
+			// TCP conntrack cannot place, but a SYN or a reset's (see
+			// iptablesRules).
+			r("tcp flags & (fin|syn|rst|ack) != syn ct state invalid meta mark & %#x != %#x accept", MarkMask, MarkReject)
+		}
 		if out && spec.fastUDP != "" {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
 			// write: chain udpfast gets it over netlink (addNftBPFMatch), with a goto
@@ -957,7 +982,6 @@ func (spec ruleSpec) nftRules() string {
 		}
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
 		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
-		fwd := hook == "forward"
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)
 		}

@@ -659,3 +659,62 @@ func TestNotrackSimultaneousOpenHeld(t *testing.T) {
 		})
 	}
 }
+
+// TestNotrackKeepsDNSTracked: with notrack and the DNS log (Config.Hostnames),
+// a fast socket's TCP to port 53 stays tracked both ways (the DNS log's rules
+// follow conntrack's direction), while its TCP to another port leaves no
+// conntrack entry; iptables-nft, fail-open (no queue reader: nothing is held).
+func TestNotrackKeepsDNSTracked(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skipf("needs conntrack: %v", err)
+	}
+	spec := ruleSpec{queue: testQueue, failOpen: true, dnsLogGroup: 4299, fastTCP: true, notrack: true}
+	tp := newTopo(t)
+	var fw *iptablesFirewall
+	var ferr error
+	inNS(tp.a, func() error { fw, ferr = newIptables(FirewallIptablesNft); return nil })
+	if ferr != nil {
+		t.Skip(ferr)
+	}
+	if err := inNS(tp.a, func() error { return fw.install(spec) }); err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	defer inNS(tp.a, fw.remove)
+	for _, port := range []string{"53", "9053"} {
+		serveTCP(t, tp.b, addrB+":"+port, func(c net.Conn) { io.Copy(c, c); c.Close() })
+	}
+	for _, want := range []struct {
+		port    string
+		tracked bool
+	}{{"53", true}, {"9053", false}} {
+		var c net.Conn
+		if err := inNS(tp.a, func() (err error) {
+			// The SYN marked MarkFastAllow (the ruleset passes it), the
+			// rest MarkFastFlow, as a fast socket's.
+			d := net.Dialer{Timeout: 3 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				err := rc.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(MarkFastAllow))
+				})
+				return errors.Join(err, serr)
+			}}
+			c, err = d.Dial("tcp4", addrB+":"+want.port)
+			return err
+		}); err != nil {
+			t.Fatalf("connect to port %s: %v", want.port, err)
+		}
+		setConnMark(t, c, MarkFastFlow)
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 5)
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatalf("port %s: write: %v", want.port, err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("port %s: read: %v", want.port, err)
+		}
+		if n := ctEntries(t, tp, c); (n > 0) != want.tracked {
+			t.Errorf("a fast socket's TCP to port %s: %d conntrack entries, want tracked %v", want.port, n, want.tracked)
+		}
+		c.Close()
+	}
+}
