@@ -375,8 +375,9 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
 		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
 		if hook != "FORWARD" {
-			// A TCP packet conntrack cannot place (INVALID), but a SYN and a
-			// packet marked MarkReject, leaves here too: none of the rules
+			// A TCP packet conntrack cannot place (INVALID), but one with SYN
+			// set (with FIN, RST or ACK too: LATCH-IN drops a peer's, see
+			// below) and a packet marked MarkReject, leaves here too: none of the rules
 			// below acts on it (they want a conntrack entry, conntrack NEW or
 			// UNTRACKED, a SYN, MarkReject, or UDP) but the allow rules (2),
 			// whose CONNMARK changes nothing without an entry, and the TCP
@@ -385,7 +386,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// mark is cleared at TCP_CLOSE, just before the reset is built):
 			// one such packet per connection of a program that closes so.
 			// (LATCH-FWD drops INVALID TCP instead, see 8.)
-			fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN -m conntrack --ctstate INVALID -m mark ! --mark %#x/%#x -j RETURN\n", name, MarkReject, MarkMask)
+			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN NONE -m conntrack --ctstate INVALID -m mark ! --mark %#x/%#x -j RETURN\n", name, MarkReject, MarkMask)
 		}
 		if out && spec.fastUDP != "" {
 			// The first datagram of a UDP flow nothing decided yet, not back from a
@@ -946,7 +947,7 @@ func (spec ruleSpec) nftRules() string {
 		if !fwd {
 			// TCP conntrack cannot place, but a SYN or a reset's (see
 			// iptablesRules).
-			r("tcp flags & (fin|syn|rst|ack) != syn ct state invalid meta mark & %#x != %#x accept", MarkMask, MarkReject)
+			r("tcp flags & syn == 0 ct state invalid meta mark & %#x != %#x accept", MarkMask, MarkReject)
 		}
 		if out && spec.fastUDP != "" {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
