@@ -95,6 +95,8 @@ type accountant struct {
 	// the connect, and a short connection can be over by then. Kept recentKeep,
 	// at most recentMax.
 	recent map[flowKey]recentEnd
+	// spare holds flows poll forgot, for newFlow to reuse.
+	spare []*acctFlow
 }
 
 // recentEnd is the end of a flow the accountant did not know yet, and when it
@@ -168,27 +170,40 @@ func (a *accountant) forget(now time.Time) {
 // (which would end it with the counters of its first packets and lose the rest).
 // The older flow, if the accountant still follows it, ends with the counters
 // read last (its conntrack entry gave way to the new one's).
-func (a *accountant) socketEnded(e socketEnd, now time.Time) (flowKey, intercept.Traffic, int) {
+//
+// With endRead, it returns what it found of the flow too (endFlow), for
+// endCounted: each map is looked up once per socket end.
+func (a *accountant) socketEnded(e socketEnd, now time.Time) (endFlow, intercept.Traffic, int) {
 	k := flowKey{proto: unix.IPPROTO_TCP, src: e.local, dst: e.remote}
 	for range 2 {
-		if a.wantsEnd(k) {
-			req := a.flows.get(k)
-			if f := a.m[k]; req == nil && f != nil {
+		f, treq := a.m[k], a.flows.get(k)
+		if wantsEnd(f, treq) {
+			req := treq
+			if req == nil && f != nil {
 				req = f.req
 			}
 			if e.at.IsZero() || req == nil || !e.at.Before(req.Time) {
-				return k, intercept.Traffic{}, endRead
+				return endFlow{k: k, f: f, req: treq}, intercept.Traffic{}, endRead
 			}
 			// The end of an older socket on the tuple of req.
-			if f := a.m[k]; f != nil && !f.ended && f.req.ID != req.ID && !e.at.Before(f.req.Time) {
+			if f != nil && !f.ended && f.req.ID != req.ID && !e.at.Before(f.req.Time) {
 				f.ended = true
-				return k, f.report(now), endOlder
+				return endFlow{k: k}, f.report(now), endOlder
 			}
-			return k, intercept.Traffic{}, endNone
+			return endFlow{k: k}, intercept.Traffic{}, endNone
 		}
 		k = k.reversed()
 	}
-	return flowKey{}, intercept.Traffic{}, endNone
+	return endFlow{}, intercept.Traffic{}, endNone
+}
+
+// endFlow is the flow a socket end ends (accountant.socketEnded): its key, the
+// accountant's flow under it (nil if none) and the request the flow table holds
+// under it (nil if none), as they were when the end was handled.
+type endFlow struct {
+	k   flowKey
+	f   *acctFlow
+	req *engine.Request
 }
 
 // endCounted ends the flow k, whose socket's end e carries the socket's counters
@@ -207,9 +222,10 @@ func (a *accountant) socketEnded(e socketEnd, now time.Time) (flowKey, intercept
 // totals below what its earlier reports summed to. The read gives conntrack's
 // totals, consistent with those reports; taking the larger of the two instead
 // would mix the two sources' counts of one flow per direction.
-func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercept.Traffic, bool) {
-	req := a.flows.get(k)
-	f := a.m[k]
+//
+// ef is what socketEnded found of the flow, in the same drain.
+func (a *accountant) endCounted(ef endFlow, e socketEnd, now time.Time) (intercept.Traffic, bool) {
+	k, req, f := ef.k, ef.req, ef.f
 	if f == nil && req == nil {
 		return intercept.Traffic{}, false
 	}
@@ -221,7 +237,7 @@ func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercep
 	fresh := f == nil || f.ended && req != nil && req.ID != f.req.ID
 	if fresh {
 		// New, or a new connection on the tuple of one that ended (as observe).
-		f = &acctFlow{req: req, reportedAt: now}
+		f = a.newFlow(k, f, req, now)
 	} else {
 		r := f.req
 		if req != nil {
@@ -234,11 +250,31 @@ func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercep
 		}
 		f.req = r
 	}
-	a.m[k] = f
 	f.gen = a.gen
 	f.setCounters(ci)
 	f.ended = true
 	return f.report(now), true
+}
+
+// maxSpareFlows bounds the accountant's spare flows (newFlow).
+const maxSpareFlows = 4096
+
+// newFlow starts the flow of req under k, where the accountant had old (nil if
+// none; a flow that ended, replaced), and returns it: in place of old, or a
+// spare one the accountant forgot (poll), or a new one. Nothing but a.m holds an
+// accountant's flow (a report copies what it needs).
+func (a *accountant) newFlow(k flowKey, old *acctFlow, req *engine.Request, now time.Time) *acctFlow {
+	f := old
+	if f == nil {
+		if n := len(a.spare); n > 0 {
+			f, a.spare = a.spare[n-1], a.spare[:n-1]
+		} else {
+			f = new(acctFlow)
+		}
+		a.m[k] = f
+	}
+	*f = acctFlow{req: req, reportedAt: now}
+	return f
 }
 
 // What a socket end asks of the drain (accountant.socketEnded).
@@ -323,6 +359,9 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 			continue
 		}
 		delete(a.m, k)
+		if len(a.spare) < maxSpareFlows {
+			a.spare = append(a.spare, f)
+		}
 	}
 	if sockErr != nil {
 		return out, fmt.Errorf("list the sockets' byte counts: %w", sockErr)
@@ -384,7 +423,15 @@ func (a *accountant) wantsEnd(k flowKey) bool {
 	if f != nil && !f.ended {
 		return true
 	}
-	req := a.flows.get(k)
+	return wantsEnd(f, a.flows.get(k))
+}
+
+// wantsEnd is accountant.wantsEnd of what the accountant (f) and the flow table
+// (req) hold under a key, each nil if nothing.
+func wantsEnd(f *acctFlow, req *engine.Request) bool {
+	if f != nil && !f.ended {
+		return true
+	}
 	return req != nil && (f == nil || req.ID != f.req.ID)
 }
 
@@ -397,8 +444,7 @@ func (a *accountant) follow(k flowKey, f *acctFlow, now time.Time) *acctFlow {
 	case f == nil && req == nil:
 		return nil
 	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
-		f = &acctFlow{req: req, reportedAt: now}
-		a.m[k] = f
+		f = a.newFlow(k, f, req, now)
 	case req != nil && req.ID != f.req.ID:
 		// Decided again and allowed: the same flow, its bytes from now on the
 		// new decision's.
@@ -700,16 +746,16 @@ func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, er
 	// After the registrations: the fast path reports a connection's decision
 	// before its socket's end.
 	for _, e := range ends() {
-		switch k, r, what := a.socketEnded(e, now); what {
+		switch ef, r, what := a.socketEnded(e, now); what {
 		case endRead:
-			if e.counts != nil {
-				if r, ok := a.endCounted(k, e, now); ok {
+			if e.counted {
+				if r, ok := a.endCounted(ef, e, now); ok {
 					rs = append(rs, r)
 					continue
 				}
 			}
-			d.toRead = append(d.toRead, k)
-			d.closing[k] = true
+			d.toRead = append(d.toRead, ef.k)
+			d.closing[ef.k] = true
 		case endOlder:
 			rs = append(rs, r)
 		}
@@ -759,8 +805,9 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 // socketEnd is a local TCP socket's end (SocketEnded).
 type socketEnd struct {
 	local, remote netip.AddrPort
-	at            time.Time    // zero: not known
-	counts        *SocketBytes // nil: not counted
+	at            time.Time // zero: not known
+	counted       bool      // counts holds the socket's counts
+	counts        SocketBytes
 }
 
 // SocketEnded says that the local TCP socket from local to remote moved to
@@ -775,7 +822,11 @@ func (b *Backend) SocketEnded(local, remote netip.AddrPort, at time.Time, bytes 
 	if b.cfg.OnTraffic == nil || !b.running.Load() {
 		return
 	}
-	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at, counts: bytes}
+	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at}
+	if bytes != nil {
+		// Copied: the caller's need not live on the heap.
+		end.counted, end.counts = true, *bytes
+	}
 	if !b.ends.add(end) {
 		b.socketEndsLost.Add(1)
 		return
