@@ -67,6 +67,8 @@ func BenchmarkFastFlow(b *testing.B) {
 		}
 		rs, _, _ := a.drain(&dr, noEvents, be.tracked.take, be.ends.take, noGets, nil, now, logErr)
 		be.cfg.OnTraffic(rs)
+		clear(rs)
+		dr.reports = rs[:0] // as Backend.account reuses it
 		n = 0
 	}
 	for i := 0; b.Loop(); i++ {

@@ -663,6 +663,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		}
 		b.malformed.Add(uint64(bad))
 		hand(rs)
+		// OnTraffic keeps none of it (Config.OnTraffic): the next drain reuses it.
+		clear(rs)
+		dr.reports = rs[:0]
 	}
 	kicked := false
 	for {
@@ -702,6 +705,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 
 // drainer is what the accountant's drains reuse from one to the next.
 type drainer struct {
+	// reports, if not nil, is where the next drain appends its reports (the
+	// caller reuses the slice it handed over).
+	reports []intercept.Traffic
 	toRead  []flowKey
 	closing map[flowKey]bool
 	seen    map[flowKey]struct{}
@@ -724,6 +730,7 @@ func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, er
 	if d.closing == nil {
 		d.closing, d.seen = make(map[flowKey]bool), make(map[flowKey]struct{})
 	}
+	rs, d.reports = d.reports, nil
 	d.toRead = d.toRead[:0]
 	clear(d.closing)
 	later := func(k flowKey) (ctInfo, error) {
