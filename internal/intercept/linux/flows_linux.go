@@ -71,6 +71,10 @@ type flowTable struct {
 	m   map[flowKey]flowEntry
 	max int
 	ttl time.Duration
+	// expiresFrom is at or before the earliest expiry of the flows in m: a full
+	// table looks for expired flows only once it passed (their search walks the
+	// whole table, and a flow allowed later expires later).
+	expiresFrom time.Time
 }
 
 func newFlowTable(max int, ttl time.Duration) *flowTable {
@@ -80,12 +84,18 @@ func newFlowTable(max int, ttl time.Duration) *flowTable {
 func (t *flowTable) add(req *engine.Request, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.m) >= t.max {
+	if len(t.m) >= t.max && now.After(t.expiresFrom) {
+		next := now.Add(t.ttl)
 		for k, e := range t.m {
 			if now.After(e.expires) {
 				delete(t.m, k)
+			} else if e.expires.Before(next) {
+				next = e.expires
 			}
 		}
+		t.expiresFrom = next
+	}
+	if len(t.m) >= t.max {
 		// Still full: forget arbitrary flows (map order is random). Their conntrack
 		// entries keep MarkAllow; Redecide finds them by mark and tuple.
 		for k := range t.m {
@@ -97,6 +107,9 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 	}
 	k := keyOf(req)
 	e := flowEntry{req: req, expires: now.Add(t.ttl)}
+	if e.expires.Before(t.expiresFrom) {
+		t.expiresFrom = e.expires
+	}
 	if old, ok := t.m[k]; ok && old.req.ID != req.ID && k.proto == unix.IPPROTO_TCP {
 		e.prev = old.req
 	}
