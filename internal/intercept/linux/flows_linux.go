@@ -56,7 +56,10 @@ func replyKey(req *engine.Request) (flowKey, bool) {
 func localSentOriginal(k flowKey, req *engine.Request) bool { return k.src == req.Local }
 
 type flowEntry struct {
-	req     *engine.Request
+	req *engine.Request
+	// id is req.ID, kept here: add compares it with a new request's without
+	// reading the old request (long out of the CPU's caches in a busy table).
+	id      engine.RequestID
 	expires time.Time
 	// prev is the request of the TCP flow this one replaced on the same tuple
 	// (a new connection from the same port), whose conntrack entry's destroy
@@ -106,11 +109,11 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 		}
 	}
 	k := keyOf(req)
-	e := flowEntry{req: req, expires: now.Add(t.ttl)}
+	e := flowEntry{req: req, id: req.ID, expires: now.Add(t.ttl)}
 	if e.expires.Before(t.expiresFrom) {
 		t.expiresFrom = e.expires
 	}
-	if old, ok := t.m[k]; ok && old.req.ID != req.ID && k.proto == unix.IPPROTO_TCP {
+	if old, ok := t.m[k]; ok && old.id != req.ID && k.proto == unix.IPPROTO_TCP {
 		e.prev = old.req
 	}
 	t.m[k] = e

@@ -55,7 +55,11 @@ func (t *flowTable) get(k flowKey) *engine.Request {
 
 // acctFlow is what the accountant knows of one allowed flow.
 type acctFlow struct {
-	req                     *engine.Request
+	req *engine.Request
+	// id is req.ID (set with req: setReq), compared with the flow table's
+	// request without reading req, which a flow ended seconds ago no longer has
+	// in the CPU's caches.
+	id                      engine.RequestID
 	in, out                 uint64 // at the last read
 	reportedIn, reportedOut uint64
 	reportedAt              time.Time
@@ -186,7 +190,7 @@ func (a *accountant) socketEnded(e socketEnd, now time.Time) (endFlow, intercept
 				return endFlow{k: k, f: f, req: treq}, intercept.Traffic{}, endRead
 			}
 			// The end of an older socket on the tuple of req.
-			if f != nil && !f.ended && f.req.ID != req.ID && !e.at.Before(f.req.Time) {
+			if f != nil && !f.ended && f.id != req.ID && !e.at.Before(f.req.Time) {
 				f.ended = true
 				return endFlow{k: k}, f.report(now), endOlder
 			}
@@ -234,7 +238,7 @@ func (a *accountant) endCounted(ef endFlow, e socketEnd, now time.Time) (interce
 		// The socket is the flow's reply side.
 		ci.origBytes, ci.replBytes = e.counts.In, e.counts.Out
 	}
-	fresh := f == nil || f.ended && req != nil && req.ID != f.req.ID
+	fresh := f == nil || f.ended && req != nil && req.ID != f.id
 	if fresh {
 		// New, or a new connection on the tuple of one that ended (as observe).
 		f = a.newFlow(k, f, req, now)
@@ -248,7 +252,7 @@ func (a *accountant) endCounted(ef endFlow, e socketEnd, now time.Time) (interce
 		if next.in < f.reportedIn || next.out < f.reportedOut {
 			return intercept.Traffic{}, false
 		}
-		f.req = r
+		f.setReq(r)
 	}
 	f.gen = a.gen
 	f.setCounters(ci)
@@ -273,9 +277,12 @@ func (a *accountant) newFlow(k flowKey, old *acctFlow, req *engine.Request, now 
 		}
 		a.m[k] = f
 	}
-	*f = acctFlow{req: req, reportedAt: now}
+	*f = acctFlow{req: req, id: req.ID, reportedAt: now}
 	return f
 }
+
+// setReq makes req the flow's request.
+func (f *acctFlow) setReq(req *engine.Request) { f.req, f.id = req, req.ID }
 
 // What a socket end asks of the drain (accountant.socketEnded).
 const (
@@ -432,7 +439,7 @@ func wantsEnd(f *acctFlow, req *engine.Request) bool {
 	if f != nil && !f.ended {
 		return true
 	}
-	return req != nil && (f == nil || req.ID != f.req.ID)
+	return req != nil && (f == nil || req.ID != f.id)
 }
 
 // follow returns the flow k (f: what the accountant has under k, or nil) that
@@ -443,12 +450,12 @@ func (a *accountant) follow(k flowKey, f *acctFlow, now time.Time) *acctFlow {
 	switch {
 	case f == nil && req == nil:
 		return nil
-	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
+	case f == nil || f.ended && req != nil && req.ID != f.id:
 		f = a.newFlow(k, f, req, now)
-	case req != nil && req.ID != f.req.ID:
+	case req != nil && req.ID != f.id:
 		// Decided again and allowed: the same flow, its bytes from now on the
 		// new decision's.
-		f.req = req
+		f.setReq(req)
 	}
 	f.gen = a.gen
 	if f.ended {
@@ -508,17 +515,17 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 	if ev.destroy {
 		req, prev := a.flows.getReplaced(ev.key)
 		if ev.key.proto == unix.IPPROTO_TCP && req != nil && prev != nil && !req.Time.IsZero() && now.Sub(req.Time) < reusedTupleWindow {
-			if f := a.m[ev.key]; f == nil || f.req.ID != req.ID {
+			if f := a.m[ev.key]; f == nil || f.id != req.ID {
 				// The entry of an older connection on the tuple, which the new
 				// one's SYN replaced (conntrack kills an entry in TIME_WAIT or
 				// CLOSE for a new SYN): its counters are the older flow's (the
 				// accountant's, or the one the new request replaced in the flow
 				// table).
 				if f == nil || f.ended {
-					if f != nil && f.req.ID == prev.ID {
+					if f != nil && f.id == prev.ID {
 						return intercept.Traffic{}, false, nil
 					}
-					f = &acctFlow{req: prev, reportedAt: now}
+					f = &acctFlow{req: prev, id: prev.ID, reportedAt: now}
 				}
 				f.setCounters(ev.ctInfo)
 				f.ended = true
@@ -526,7 +533,7 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 			}
 		}
 		if a.sockets != nil && ev.key.proto == unix.IPPROTO_TCP {
-			if f := a.m[ev.key]; f != nil && !f.ended && (req == nil || req.ID == f.req.ID) {
+			if f := a.m[ev.key]; f != nil && !f.ended && (req == nil || req.ID == f.id) {
 				// Its socket may still be counting (an entry deleted under a
 				// live flow): the next poll goes on from the socket's counts,
 				// or ends the flow with these if the socket is not listed
