@@ -1215,10 +1215,15 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error {
 	var rec ringbuf.Record
 	var batch []rawEnd
+	wait := true // as in readDecisions
 	for {
 		// Woken, like readDecisions, once WAKEUP_BYTES wait, or after readEvery.
-		fp.endsRing.SetDeadline(time.Now().Add(readEvery))
-		if err := fp.endsRing.ReadInto(&rec); err != nil {
+		if wait {
+			fp.endsRing.SetDeadline(time.Now().Add(readEvery))
+		}
+		err := fp.endsRing.ReadInto(&rec)
+		wait = err != nil || rec.Remaining == 0
+		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
