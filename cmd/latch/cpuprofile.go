@@ -9,7 +9,10 @@ import (
 // cpuProfileEnv names a file `latch daemon` writes a CPU profile of itself to (Go's
 // pprof format, read with `go tool pprof`): profiling starts with the daemon and the
 // profile is written when it stops cleanly (SIGTERM, SIGINT). A developer's tool,
-// not a flag: test/bench -cpuprofile sets it for the daemons it starts.
+// not a flag: test/bench -cpuprofile sets it for the daemons it starts. Next to it,
+// FILE.heap gets a heap profile written at the same time, whose alloc_space and
+// alloc_objects samples count what the daemon allocated over its life (go tool
+// pprof -sample_index=alloc_objects).
 const cpuProfileEnv = "LATCH_CPUPROFILE"
 
 // startCPUProfile starts profiling if $LATCH_CPUPROFILE names a file, and returns
@@ -30,5 +33,9 @@ func startCPUProfile() (stop func(), err error) {
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()
+		if h, err := os.OpenFile(path+".heap", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err == nil {
+			pprof.Lookup("allocs").WriteTo(h, 0)
+			h.Close()
+		}
 	}, nil
 }

@@ -1152,6 +1152,7 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 type endQueue struct {
 	mu    sync.Mutex
 	ends  []rawEnd
+	n     atomic.Int64  // len(ends), read without mu (readDecisions asks once per record)
 	taken chan struct{} // a token each time readDecisions took ends
 }
 
@@ -1161,10 +1162,14 @@ type rawEnd struct {
 	at uint64
 }
 
-func (q *endQueue) len() int {
+func (q *endQueue) len() int { return int(q.n.Load()) }
+
+// add queues ends.
+func (q *endQueue) add(ends []rawEnd) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.ends)
+	q.ends = append(q.ends, ends...)
+	q.n.Store(int64(len(q.ends)))
+	q.mu.Unlock()
 }
 
 // take removes the first n ends from q, appending them to buf.
@@ -1172,6 +1177,7 @@ func (q *endQueue) take(n int, buf []rawEnd) []rawEnd {
 	q.mu.Lock()
 	buf = append(buf, q.ends[:n]...)
 	q.ends = append(q.ends[:0], q.ends[n:]...)
+	q.n.Store(int64(len(q.ends)))
 	q.mu.Unlock()
 	select {
 	case q.taken <- struct{}{}:
@@ -1218,6 +1224,9 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 	var rec ringbuf.Record
 	var ends []rawEnd
 	var seen uint64 // the latest time of a decision read (boot clock)
+	// wait says the next read may wait for the ring (it was not known to hold
+	// more records): its deadline is set then, not before each record's read.
+	wait := true
 	fp.syncStart()
 	defer fp.syncStop()
 	handOver := func(n int) {
@@ -1240,8 +1249,14 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
 		// that, decisions wait at most readEvery to be read. readEnds wakes it
 		// (Flush) when it queued ends.
-		fp.ring.SetDeadline(time.Now().Add(readEvery))
-		if err := fp.ring.ReadInto(&rec); err != nil {
+		if wait {
+			fp.ring.SetDeadline(time.Now().Add(readEvery))
+		}
+		err := fp.ring.ReadInto(&rec)
+		// A record read with more behind it: the next read does not wait (the
+		// ring's records stay until read).
+		wait = err != nil || rec.Remaining == 0
+		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
@@ -1284,10 +1299,15 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error {
 	var rec ringbuf.Record
 	var batch []rawEnd
+	wait := true // as in readDecisions
 	for {
 		// Woken, like readDecisions, once WAKEUP_BYTES wait, or after readEvery.
-		fp.endsRing.SetDeadline(time.Now().Add(readEvery))
-		if err := fp.endsRing.ReadInto(&rec); err != nil {
+		if wait {
+			fp.endsRing.SetDeadline(time.Now().Add(readEvery))
+		}
+		err := fp.endsRing.ReadInto(&rec)
+		wait = err != nil || rec.Remaining == 0
+		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
@@ -1311,9 +1331,7 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 		if len(batch) == 0 {
 			continue
 		}
-		q.mu.Lock()
-		q.ends = append(q.ends, batch...)
-		q.mu.Unlock()
+		q.add(batch)
 		batch = batch[:0]
 		for q.len() > 0 {
 			// Wake readDecisions: it takes the ends once its ring is empty.

@@ -558,7 +558,7 @@ func TestSocketEndWithCounts(t *testing.T) {
 		return rs
 	}
 	endOf := func(r *engine.Request, at time.Time, out, in uint64) socketEnd {
-		return socketEnd{local: r.Local, remote: r.Remote, at: at, counts: &SocketBytes{Out: out, In: in}}
+		return socketEnd{local: r.Local, remote: r.Remote, at: at, counted: true, counts: SocketBytes{Out: out, In: in}}
 	}
 	rs := drain([]socketEnd{endOf(counted, t0.Add(30*time.Second), 70_000, 3_000), endOf(behind, t0.Add(30*time.Second), 8_000, 300)}, t0.Add(31*time.Second))
 	if len(asked) != 1 || asked[0] != keyOf(behind) {

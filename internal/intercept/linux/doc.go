@@ -446,7 +446,8 @@ type Config struct {
 	// flow's totals every TrafficInterval while it moves bytes, and once more when it
 	// ends (learnt from conntrack events: a TCP flow's TIME_WAIT or CLOSE, any
 	// entry's destruction; or, with SocketEnds, from the flow's socket's end).
-	// Calls come from one goroutine, one at a time.
+	// Calls come from one goroutine, one at a time; the slice is the backend's
+	// again once the call returns (it is reused: copy what is kept).
 	OnTraffic func([]intercept.Traffic)
 	// TrafficInterval is how often a long-lived flow's bytes are reported; 0: 10 s.
 	TrafficInterval time.Duration

@@ -56,7 +56,10 @@ func replyKey(req *engine.Request) (flowKey, bool) {
 func localSentOriginal(k flowKey, req *engine.Request) bool { return k.src == req.Local }
 
 type flowEntry struct {
-	req     *engine.Request
+	req *engine.Request
+	// id is req.ID, kept here: add compares it with a new request's without
+	// reading the old request (long out of the CPU's caches in a busy table).
+	id      engine.RequestID
 	expires time.Time
 	// prev is the request of the TCP flow this one replaced on the same tuple
 	// (a new connection from the same port), whose conntrack entry's destroy
@@ -71,6 +74,10 @@ type flowTable struct {
 	m   map[flowKey]flowEntry
 	max int
 	ttl time.Duration
+	// expiresFrom is at or before the earliest expiry of the flows in m: a full
+	// table looks for expired flows only once it passed (their search walks the
+	// whole table, and a flow allowed later expires later).
+	expiresFrom time.Time
 }
 
 func newFlowTable(max int, ttl time.Duration) *flowTable {
@@ -80,12 +87,18 @@ func newFlowTable(max int, ttl time.Duration) *flowTable {
 func (t *flowTable) add(req *engine.Request, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.m) >= t.max {
+	if len(t.m) >= t.max && now.After(t.expiresFrom) {
+		next := now.Add(t.ttl)
 		for k, e := range t.m {
 			if now.After(e.expires) {
 				delete(t.m, k)
+			} else if e.expires.Before(next) {
+				next = e.expires
 			}
 		}
+		t.expiresFrom = next
+	}
+	if len(t.m) >= t.max {
 		// Still full: forget arbitrary flows (map order is random). Their conntrack
 		// entries keep MarkAllow; Redecide finds them by mark and tuple.
 		for k := range t.m {
@@ -96,8 +109,11 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 		}
 	}
 	k := keyOf(req)
-	e := flowEntry{req: req, expires: now.Add(t.ttl)}
-	if old, ok := t.m[k]; ok && old.req.ID != req.ID && k.proto == unix.IPPROTO_TCP {
+	e := flowEntry{req: req, id: req.ID, expires: now.Add(t.ttl)}
+	if e.expires.Before(t.expiresFrom) {
+		t.expiresFrom = e.expires
+	}
+	if old, ok := t.m[k]; ok && old.id != req.ID && k.proto == unix.IPPROTO_TCP {
 		e.prev = old.req
 	}
 	t.m[k] = e

@@ -73,7 +73,9 @@ func (l *liveAcct) poll(at time.Duration) map[engine.RequestID]report {
 func (l *liveAcct) end(k flowKey, b SocketBytes, at time.Duration) map[engine.RequestID]report {
 	l.t.Helper()
 	rs, _, _ := l.a.drain(&l.dr, func(func(ctEvent)) (bool, int, error) { return false, 0, nil }, func() []flowKey { return nil },
-		func() []socketEnd { return []socketEnd{{local: k.src, remote: k.dst, at: l.t0.Add(at), counts: &b}} },
+		func() []socketEnd {
+			return []socketEnd{{local: k.src, remote: k.dst, at: l.t0.Add(at), counted: true, counts: b}}
+		},
 		func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
 			for _, k := range keys {
 				if ci, ok := l.table[k]; ok {

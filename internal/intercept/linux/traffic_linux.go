@@ -55,7 +55,11 @@ func (t *flowTable) get(k flowKey) *engine.Request {
 
 // acctFlow is what the accountant knows of one allowed flow.
 type acctFlow struct {
-	req                     *engine.Request
+	req *engine.Request
+	// id is req.ID (set with req: setReq), compared with the flow table's
+	// request without reading req, which a flow ended seconds ago no longer has
+	// in the CPU's caches.
+	id                      engine.RequestID
 	in, out                 uint64 // at the last read
 	reportedIn, reportedOut uint64
 	reportedAt              time.Time
@@ -95,6 +99,8 @@ type accountant struct {
 	// the connect, and a short connection can be over by then. Kept recentKeep,
 	// at most recentMax.
 	recent map[flowKey]recentEnd
+	// spare holds flows poll forgot, for newFlow to reuse.
+	spare []*acctFlow
 }
 
 // recentEnd is the end of a flow the accountant did not know yet, and when it
@@ -168,27 +174,40 @@ func (a *accountant) forget(now time.Time) {
 // (which would end it with the counters of its first packets and lose the rest).
 // The older flow, if the accountant still follows it, ends with the counters
 // read last (its conntrack entry gave way to the new one's).
-func (a *accountant) socketEnded(e socketEnd, now time.Time) (flowKey, intercept.Traffic, int) {
+//
+// With endRead, it returns what it found of the flow too (endFlow), for
+// endCounted: each map is looked up once per socket end.
+func (a *accountant) socketEnded(e socketEnd, now time.Time) (endFlow, intercept.Traffic, int) {
 	k := flowKey{proto: unix.IPPROTO_TCP, src: e.local, dst: e.remote}
 	for range 2 {
-		if a.wantsEnd(k) {
-			req := a.flows.get(k)
-			if f := a.m[k]; req == nil && f != nil {
+		f, treq := a.m[k], a.flows.get(k)
+		if wantsEnd(f, treq) {
+			req := treq
+			if req == nil && f != nil {
 				req = f.req
 			}
 			if e.at.IsZero() || req == nil || !e.at.Before(req.Time) {
-				return k, intercept.Traffic{}, endRead
+				return endFlow{k: k, f: f, req: treq}, intercept.Traffic{}, endRead
 			}
 			// The end of an older socket on the tuple of req.
-			if f := a.m[k]; f != nil && !f.ended && f.req.ID != req.ID && !e.at.Before(f.req.Time) {
+			if f != nil && !f.ended && f.id != req.ID && !e.at.Before(f.req.Time) {
 				f.ended = true
-				return k, f.report(now), endOlder
+				return endFlow{k: k}, f.report(now), endOlder
 			}
-			return k, intercept.Traffic{}, endNone
+			return endFlow{k: k}, intercept.Traffic{}, endNone
 		}
 		k = k.reversed()
 	}
-	return flowKey{}, intercept.Traffic{}, endNone
+	return endFlow{}, intercept.Traffic{}, endNone
+}
+
+// endFlow is the flow a socket end ends (accountant.socketEnded): its key, the
+// accountant's flow under it (nil if none) and the request the flow table holds
+// under it (nil if none), as they were when the end was handled.
+type endFlow struct {
+	k   flowKey
+	f   *acctFlow
+	req *engine.Request
 }
 
 // endCounted ends the flow k, whose socket's end e carries the socket's counters
@@ -207,9 +226,10 @@ func (a *accountant) socketEnded(e socketEnd, now time.Time) (flowKey, intercept
 // totals below what its earlier reports summed to. The read gives conntrack's
 // totals, consistent with those reports; taking the larger of the two instead
 // would mix the two sources' counts of one flow per direction.
-func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercept.Traffic, bool) {
-	req := a.flows.get(k)
-	f := a.m[k]
+//
+// ef is what socketEnded found of the flow, in the same drain.
+func (a *accountant) endCounted(ef endFlow, e socketEnd, now time.Time) (intercept.Traffic, bool) {
+	k, req, f := ef.k, ef.req, ef.f
 	if f == nil && req == nil {
 		return intercept.Traffic{}, false
 	}
@@ -218,10 +238,10 @@ func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercep
 		// The socket is the flow's reply side.
 		ci.origBytes, ci.replBytes = e.counts.In, e.counts.Out
 	}
-	fresh := f == nil || f.ended && req != nil && req.ID != f.req.ID
+	fresh := f == nil || f.ended && req != nil && req.ID != f.id
 	if fresh {
 		// New, or a new connection on the tuple of one that ended (as observe).
-		f = &acctFlow{req: req, reportedAt: now}
+		f = a.newFlow(k, f, req, now)
 	} else {
 		r := f.req
 		if req != nil {
@@ -232,14 +252,37 @@ func (a *accountant) endCounted(k flowKey, e socketEnd, now time.Time) (intercep
 		if next.in < f.reportedIn || next.out < f.reportedOut {
 			return intercept.Traffic{}, false
 		}
-		f.req = r
+		f.setReq(r)
 	}
-	a.m[k] = f
 	f.gen = a.gen
 	f.setCounters(ci)
 	f.ended = true
 	return f.report(now), true
 }
+
+// maxSpareFlows bounds the accountant's spare flows (newFlow).
+const maxSpareFlows = 4096
+
+// newFlow starts the flow of req under k, where the accountant had old (nil if
+// none; a flow that ended, replaced), and returns it: in place of old, or a
+// spare one the accountant forgot (poll), or a new one. Nothing but a.m holds an
+// accountant's flow (a report copies what it needs).
+func (a *accountant) newFlow(k flowKey, old *acctFlow, req *engine.Request, now time.Time) *acctFlow {
+	f := old
+	if f == nil {
+		if n := len(a.spare); n > 0 {
+			f, a.spare = a.spare[n-1], a.spare[:n-1]
+		} else {
+			f = new(acctFlow)
+		}
+		a.m[k] = f
+	}
+	*f = acctFlow{req: req, id: req.ID, reportedAt: now}
+	return f
+}
+
+// setReq makes req the flow's request.
+func (f *acctFlow) setReq(req *engine.Request) { f.req, f.id = req, req.ID }
 
 // What a socket end asks of the drain (accountant.socketEnded).
 const (
@@ -323,6 +366,9 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 			continue
 		}
 		delete(a.m, k)
+		if len(a.spare) < maxSpareFlows {
+			a.spare = append(a.spare, f)
+		}
 	}
 	if sockErr != nil {
 		return out, fmt.Errorf("list the sockets' byte counts: %w", sockErr)
@@ -384,8 +430,16 @@ func (a *accountant) wantsEnd(k flowKey) bool {
 	if f != nil && !f.ended {
 		return true
 	}
-	req := a.flows.get(k)
-	return req != nil && (f == nil || req.ID != f.req.ID)
+	return wantsEnd(f, a.flows.get(k))
+}
+
+// wantsEnd is accountant.wantsEnd of what the accountant (f) and the flow table
+// (req) hold under a key, each nil if nothing.
+func wantsEnd(f *acctFlow, req *engine.Request) bool {
+	if f != nil && !f.ended {
+		return true
+	}
+	return req != nil && (f == nil || req.ID != f.id)
 }
 
 // follow returns the flow k (f: what the accountant has under k, or nil) that
@@ -396,13 +450,12 @@ func (a *accountant) follow(k flowKey, f *acctFlow, now time.Time) *acctFlow {
 	switch {
 	case f == nil && req == nil:
 		return nil
-	case f == nil || f.ended && req != nil && req.ID != f.req.ID:
-		f = &acctFlow{req: req, reportedAt: now}
-		a.m[k] = f
-	case req != nil && req.ID != f.req.ID:
+	case f == nil || f.ended && req != nil && req.ID != f.id:
+		f = a.newFlow(k, f, req, now)
+	case req != nil && req.ID != f.id:
 		// Decided again and allowed: the same flow, its bytes from now on the
 		// new decision's.
-		f.req = req
+		f.setReq(req)
 	}
 	f.gen = a.gen
 	if f.ended {
@@ -462,17 +515,17 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 	if ev.destroy {
 		req, prev := a.flows.getReplaced(ev.key)
 		if ev.key.proto == unix.IPPROTO_TCP && req != nil && prev != nil && !req.Time.IsZero() && now.Sub(req.Time) < reusedTupleWindow {
-			if f := a.m[ev.key]; f == nil || f.req.ID != req.ID {
+			if f := a.m[ev.key]; f == nil || f.id != req.ID {
 				// The entry of an older connection on the tuple, which the new
 				// one's SYN replaced (conntrack kills an entry in TIME_WAIT or
 				// CLOSE for a new SYN): its counters are the older flow's (the
 				// accountant's, or the one the new request replaced in the flow
 				// table).
 				if f == nil || f.ended {
-					if f != nil && f.req.ID == prev.ID {
+					if f != nil && f.id == prev.ID {
 						return intercept.Traffic{}, false, nil
 					}
-					f = &acctFlow{req: prev, reportedAt: now}
+					f = &acctFlow{req: prev, id: prev.ID, reportedAt: now}
 				}
 				f.setCounters(ev.ctInfo)
 				f.ended = true
@@ -480,7 +533,7 @@ func (a *accountant) event(ev ctEvent, get func(flowKey) (ctInfo, error), now ti
 			}
 		}
 		if a.sockets != nil && ev.key.proto == unix.IPPROTO_TCP {
-			if f := a.m[ev.key]; f != nil && !f.ended && (req == nil || req.ID == f.req.ID) {
+			if f := a.m[ev.key]; f != nil && !f.ended && (req == nil || req.ID == f.id) {
 				// Its socket may still be counting (an entry deleted under a
 				// live flow): the next poll goes on from the socket's counts,
 				// or ends the flow with these if the socket is not listed
@@ -617,6 +670,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 		}
 		b.malformed.Add(uint64(bad))
 		hand(rs)
+		// OnTraffic keeps none of it (Config.OnTraffic): the next drain reuses it.
+		clear(rs)
+		dr.reports = rs[:0]
 	}
 	kicked := false
 	for {
@@ -656,6 +712,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 
 // drainer is what the accountant's drains reuse from one to the next.
 type drainer struct {
+	// reports, if not nil, is where the next drain appends its reports (the
+	// caller reuses the slice it handed over).
+	reports []intercept.Traffic
 	toRead  []flowKey
 	closing map[flowKey]bool
 	seen    map[flowKey]struct{}
@@ -678,6 +737,7 @@ func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, er
 	if d.closing == nil {
 		d.closing, d.seen = make(map[flowKey]bool), make(map[flowKey]struct{})
 	}
+	rs, d.reports = d.reports, nil
 	d.toRead = d.toRead[:0]
 	clear(d.closing)
 	later := func(k flowKey) (ctInfo, error) {
@@ -700,16 +760,16 @@ func (a *accountant) drain(d *drainer, events func(func(ctEvent)) (bool, int, er
 	// After the registrations: the fast path reports a connection's decision
 	// before its socket's end.
 	for _, e := range ends() {
-		switch k, r, what := a.socketEnded(e, now); what {
+		switch ef, r, what := a.socketEnded(e, now); what {
 		case endRead:
-			if e.counts != nil {
-				if r, ok := a.endCounted(k, e, now); ok {
+			if e.counted {
+				if r, ok := a.endCounted(ef, e, now); ok {
 					rs = append(rs, r)
 					continue
 				}
 			}
-			d.toRead = append(d.toRead, k)
-			d.closing[k] = true
+			d.toRead = append(d.toRead, ef.k)
+			d.closing[ef.k] = true
 		case endOlder:
 			rs = append(rs, r)
 		}
@@ -759,8 +819,9 @@ func (a *accountant) stillOpen(keys []flowKey, seen map[flowKey]struct{}) []flow
 // socketEnd is a local TCP socket's end (SocketEnded).
 type socketEnd struct {
 	local, remote netip.AddrPort
-	at            time.Time    // zero: not known
-	counts        *SocketBytes // nil: not counted
+	at            time.Time // zero: not known
+	counted       bool      // counts holds the socket's counts
+	counts        SocketBytes
 }
 
 // SocketEnded says that the local TCP socket from local to remote moved to
@@ -775,7 +836,11 @@ func (b *Backend) SocketEnded(local, remote netip.AddrPort, at time.Time, bytes 
 	if b.cfg.OnTraffic == nil || !b.running.Load() {
 		return
 	}
-	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at, counts: bytes}
+	end := socketEnd{local: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), at: at}
+	if bytes != nil {
+		// Copied: the caller's need not live on the heap.
+		end.counted, end.counts = true, *bytes
+	}
 	if !b.ends.add(end) {
 		b.socketEndsLost.Add(1)
 		return
