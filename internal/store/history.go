@@ -58,16 +58,26 @@ type Traffic struct {
 }
 
 // historyItem is a connection to insert or a traffic report to apply, in the order
-// they were recorded.
+// they were recorded. A report is held in the item itself, not behind a pointer (a
+// heap object per report): conn holds its Time, Request and totals (BytesIn,
+// BytesOut), delta its bytes since the flow's previous report.
 type historyItem struct {
-	conn    Conn
-	traffic *Traffic
+	conn Conn
+	// report: the item is a traffic report (see trafficItem), not a connection.
+	report             bool
+	deltaIn, deltaOut uint64
 	// merged: the report's totals were set in its row before the row was written
 	// (see rowHold), so no UPDATE is needed for them.
 	merged bool
 	// ended: a connection whose flow's end report was merged into its row: no
-	// more reports are expected for it.
+	// more reports are expected for it; a report: the flow's end report.
 	ended bool
+}
+
+// trafficItem is the item of the report t.
+func trafficItem(t *Traffic) historyItem {
+	return historyItem{conn: Conn{Time: t.Time, Request: t.Request, BytesIn: t.BytesIn, BytesOut: t.BytesOut},
+		report: true, deltaIn: t.DeltaIn, deltaOut: t.DeltaOut, ended: t.Ended}
 }
 
 // HistoryStats are the history's counters since it was opened.
@@ -672,7 +682,7 @@ func (h *History) RecordTraffic(t Traffic) error {
 	if t.Time.IsZero() {
 		t.Time = time.Now()
 	}
-	return h.enqueue(historyItem{traffic: &t})
+	return h.enqueue(trafficItem(&t))
 }
 
 // enqueue hands it to the writer; closeMu is held for reading.
@@ -809,7 +819,7 @@ func (h *History) writer() {
 	write := func(it *historyItem) {
 		h.reports = hold.reports
 		batch = append(batch, *it)
-		if it.traffic == nil {
+		if !it.report {
 			conns++
 		}
 		if conns == historyBatchMax || len(batch) == historyBatchItems {
@@ -823,6 +833,9 @@ func (h *History) writer() {
 	var acks []chan struct{}
 	closed := false
 	var first []historyItem // the item that woke an idle writer
+	// in is the item take receives: one variable for them all, not a heap copy
+	// of each (hold.take's write keeps a pointer's value from being proved local).
+	var in historyItem
 	// take takes what the queue holds now, writes the rows held long enough (all of
 	// them for a Flush or on Close) and the reports, and then acknowledges waiting
 	// Flushes.
@@ -835,13 +848,14 @@ func (h *History) writer() {
 		first = first[:0]
 	drain:
 		for !closed {
+			var ok bool
 			select {
-			case it, ok := <-h.queue:
+			case in, ok = <-h.queue:
 				if !ok {
 					closed = true
 					break drain
 				}
-				hold.take(&it, now, write)
+				hold.take(&in, now, write)
 			default:
 				break drain
 			}
@@ -925,12 +939,13 @@ func (r *rowHold) due() time.Time { return r.slot(r.first).due }
 // traffic report (merged: the report is written without an UPDATE). Reports, and
 // rows the bounds make it write, go to write.
 func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem)) {
-	if t := it.traffic; t != nil {
+	if it.report {
 		r.reports = true
+		t := &it.conn
 		if seq, ok := r.at[t.Request.ID]; ok && t.Request.ID != 0 {
 			row := &r.slot(seq).item
 			row.conn.BytesIn, row.conn.BytesOut = t.BytesIn, t.BytesOut
-			row.ended = row.ended || t.Ended
+			row.ended = row.ended || it.ended
 			it.merged = true
 		}
 		write(it)
@@ -999,8 +1014,8 @@ func (h *History) fail(n int, err error) {
 
 func (h *History) writeBatch(batch []historyItem) {
 	conns := 0
-	for _, it := range batch {
-		if it.traffic == nil {
+	for i := range batch {
+		if !batch[i].report {
 			conns++
 		}
 	}
@@ -1418,13 +1433,13 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	inBatch := map[engine.RequestID]int{}
 	applied := make([]bool, len(batch))
 	for i := range batch {
-		if t := batch[i].traffic; t == nil {
-			inBatch[batch[i].conn.Request.ID] = i
+		if t := &batch[i].conn; !batch[i].report {
+			inBatch[t.Request.ID] = i
 		} else if batch[i].merged {
 			applied[i] = true
 		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
 			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
-			batch[j].ended = batch[j].ended || t.Ended
+			batch[j].ended = batch[j].ended || batch[i].ended
 			applied[i] = true
 		}
 	}
@@ -1530,8 +1545,8 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	}
 	for i := range batch {
 		it := &batch[i]
-		t := it.traffic
-		if t == nil {
+		t := &it.conn // a report's
+		if !it.report {
 			if err := add(it); err != nil {
 				return err
 			}
@@ -1547,13 +1562,13 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			// report's of each request.
 			if k, ok := pending[r.ID]; ok {
 				updates[k].in, updates[k].out = t.BytesIn, t.BytesOut
-				updates[k].ended = updates[k].ended || t.Ended
+				updates[k].ended = updates[k].ended || it.ended
 			} else {
 				pending[r.ID] = len(updates)
-				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, t.Ended})
+				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, it.ended})
 			}
 		}
-		if t.DeltaIn == 0 && t.DeltaOut == 0 {
+		if it.deltaIn == 0 && it.deltaOut == 0 {
 			continue
 		}
 		k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
@@ -1562,8 +1577,8 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			p = &programBytes{}
 			programs[k] = p
 		}
-		p.in += t.DeltaIn
-		p.out += t.DeltaOut
+		p.in += it.deltaIn
+		p.out += it.deltaOut
 		if t.Time.After(p.time) {
 			p.time = t.Time
 		}
