@@ -64,7 +64,7 @@ type Traffic struct {
 type historyItem struct {
 	conn Conn
 	// report: the item is a traffic report (see trafficItem), not a connection.
-	report             bool
+	report            bool
 	deltaIn, deltaOut uint64
 	// merged: the report's totals were set in its row before the row was written
 	// (see rowHold), so no UPDATE is needed for them.
