@@ -1140,6 +1140,34 @@ type rowWriter struct {
 	// lastLocal does the same for the local address.
 	lastLocal    netip.Addr
 	lastLocalStr string
+	// scratch is writeItems' working memory, kept from batch to batch: its maps
+	// and slices grown once instead of in every batch.
+	scratch itemsScratch
+}
+
+// itemsScratch is what writeItems works with (see there), emptied for each batch.
+type itemsScratch struct {
+	programs map[programKey]*programBytes
+	inBatch  map[engine.RequestID]int
+	pending  map[engine.RequestID]int
+	applied  []bool
+	updates  []bytesUpdate
+	// byReq and byRow are updateBytes'.
+	byReq, byRow []bytesUpdate
+}
+
+// reset empties s for a batch of n items.
+func (s *itemsScratch) reset(n int) {
+	if s.programs == nil {
+		s.programs = map[programKey]*programBytes{}
+		s.inBatch = map[engine.RequestID]int{}
+		s.pending = map[engine.RequestID]int{}
+	}
+	clear(s.programs)
+	clear(s.inBatch)
+	clear(s.pending)
+	s.applied = append(s.applied[:0], make([]bool, n)...)
+	s.updates = s.updates[:0]
 }
 
 func newRowWriter(db *sql.DB, shape int) (*rowWriter, error) {
@@ -1427,11 +1455,12 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	// Connections go in with multi-row INSERTs of insertRows rows, the rest of a
 	// batch with smaller ones: one statement per row cost the writer about as much
 	// as the rows themselves.
-	programs := map[programKey]*programBytes{}
+	sc := &w.scratch
+	sc.reset(len(batch))
+	programs := sc.programs
 	// A report about a connection of this same batch sets the row's totals before
 	// it is inserted: one statement fewer per short connection.
-	inBatch := map[engine.RequestID]int{}
-	applied := make([]bool, len(batch))
+	inBatch, applied := sc.inBatch, sc.applied
 	for i := range batch {
 		if t := &batch[i].conn; !batch[i].report {
 			inBatch[t.Request.ID] = i
@@ -1445,8 +1474,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	}
 	// Reports about rows written before set their totals after the batch's rows
 	// are in (updateBytes), the last report of each request.
-	var updates []bytesUpdate
-	pending := map[engine.RequestID]int{}
+	updates, pending := sc.updates, sc.pending
 	// Rows are inserted in the order they were recorded, with statements of
 	// insertSizes rows of one kind (plain or not, see connColumns).
 	rows, plain := 0, false // rows of that kind whose arguments are in w.args
@@ -1594,6 +1622,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			return err
 		}
 	}
+	sc.updates = updates // its memory, for the next batch
 	if err := h.updateBytes(w, updates); err != nil {
 		return err
 	}
@@ -1626,8 +1655,9 @@ func (h *History) updateBytes(w *rowWriter, us []bytesUpdate) error {
 	if len(us) == 0 {
 		return nil
 	}
-	byReq := make([]bytesUpdate, 0, len(us))
-	byRow := make([]bytesUpdate, 0, len(us)) // id: the rowid
+	byReq := w.scratch.byReq[:0]
+	byRow := w.scratch.byRow[:0] // id: the rowid
+	defer func() { w.scratch.byReq, w.scratch.byRow = byReq[:0], byRow[:0] }()
 	for _, u := range us {
 		rowid, ok := w.rowids[u.id]
 		if !ok {
