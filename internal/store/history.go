@@ -1133,13 +1133,11 @@ type rowWriter struct {
 	// (conns_batches); spanN counts them.
 	span  batchSpan
 	spanN int
-	// lastRemote caches the text of the last remote address written: a program's
-	// connections mostly go to the same few addresses.
-	lastRemote    netip.Addr
-	lastRemoteStr string
-	// lastLocal does the same for the local address.
-	lastLocal    netip.Addr
-	lastLocalStr string
+	// addrs holds the texts of the addresses written lately, local and remote, as
+	// driver values (nil: none): a host has few addresses of its own, and its
+	// programs' connections mostly go to the same few others. Formatting and
+	// boxing one cost an allocation each, every row. Past addrsMax it is emptied.
+	addrs map[netip.Addr]driver.Value
 	// scratch is writeItems' working memory, kept from batch to batch: its maps
 	// and slices grown once instead of in every batch.
 	scratch itemsScratch
@@ -1422,20 +1420,24 @@ func (w *rowWriter) text(s string) {
 	w.args = append(w.args, driver.NamedValue{Value: v})
 }
 
-func (w *rowWriter) remote(a netip.Addr) string {
-	if a != w.lastRemote || w.lastRemoteStr == "" {
-		w.lastRemote, w.lastRemoteStr = a, addrString(a)
+// addr returns the text of a as a driver value, nil if empty (see rowWriter.addrs).
+func (w *rowWriter) addr(a netip.Addr) driver.Value {
+	if v, ok := w.addrs[a]; ok {
+		return v
 	}
-	return w.lastRemoteStr
+	if w.addrs == nil || len(w.addrs) >= addrsMax {
+		w.addrs = make(map[netip.Addr]driver.Value, 64)
+	}
+	var v driver.Value
+	if s := addrString(a); s != "" {
+		v = s
+	}
+	w.addrs[a] = v
+	return v
 }
 
-// local is remote for local addresses (a host has few).
-func (w *rowWriter) local(a netip.Addr) string {
-	if a != w.lastLocal || w.lastLocalStr == "" {
-		w.lastLocal, w.lastLocalStr = a, addrString(a)
-	}
-	return w.lastLocalStr
-}
+// addrsMax bounds rowWriter.addrs.
+const addrsMax = 4096
 
 // programKey names a program in the traffic table.
 type programKey struct {
@@ -1798,8 +1800,8 @@ func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64)
 	text, num := w.boxText, w.boxInt
 	w.row = [inlineCols]driver.Value{
 		num(0, c.Time.UnixNano()),
-		text(1, w.local(r.Local.Addr())), num(2, int64(r.Local.Port())),
-		text(3, w.remote(r.Remote.Addr())), num(4, int64(r.Remote.Port())),
+		w.addr(r.Local.Addr()), num(2, int64(r.Local.Port())),
+		w.addr(r.Remote.Addr()), num(4, int64(r.Remote.Port())),
 		text(5, r.Host), text(6, r.HostSource), text(7, r.Note),
 		num(8, run), num(9, int64(req)), num(10, int64(c.BytesIn)), num(11, int64(c.BytesOut)),
 		num(12, proc),
@@ -1819,8 +1821,8 @@ func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plai
 	text, num := w.boxText, w.boxInt
 	w.row = [inlineCols]driver.Value{
 		num(0, c.Time.UnixNano()), text(1, r.Direction.String()), text(2, r.Protocol.String()),
-		text(3, w.local(r.Local.Addr())), num(4, int64(r.Local.Port())),
-		text(5, w.remote(r.Remote.Addr())), num(6, int64(r.Remote.Port())),
+		w.addr(r.Local.Addr()), num(4, int64(r.Local.Port())),
+		w.addr(r.Remote.Addr()), num(6, int64(r.Remote.Port())),
 		num(7, int64(r.PID)), text(8, r.Exe), num(9, int64(r.UID)), text(10, r.User), text(11, r.Cmdline), text(12, r.Host),
 		text(13, c.Verdict.Action.String()), text(14, string(c.Verdict.Reason)), num(15, int64(c.Verdict.RuleID)),
 		text(16, r.Identity.String()), text(17, r.Container), text(18, r.IdentityNote), text(19, r.HostSource), text(20, r.Note),
