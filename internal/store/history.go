@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1121,7 +1122,16 @@ type rowWriter struct {
 	// procs are the processes written (see proc); nextProc is the id the next
 	// new one takes, tx the number of the open transaction.
 	procs    map[procKey]*procRow
-	nextProc int64
+	// lastProc is the procs row of the last row written: a process's
+	// connections come in runs, and comparing its key with theirs (the same
+	// texts, mostly: a comparison of pointers) costs less than hashing it.
+	lastProc *procRow
+	// lastParents and lastJoined are the ancestors of the last row written and
+	// their joinParents: the process cache hands the same ones for every
+	// connection of a process.
+	lastParents []string
+	lastJoined  string
+	nextProc    int64
 	tx       uint64
 	// txProcs are the processes the open transaction's rows name.
 	txProcs []*procRow
@@ -1224,8 +1234,11 @@ func (w *rowWriter) proc(c *Conn) *procRow {
 	k := procKey{direction: r.Direction, proto: r.Protocol, action: v.Action, reason: v.Reason, ruleID: v.RuleID, mode: v.Mode,
 		pid: r.PID, uid: r.UID, identity: r.Identity, exe: r.Exe, user: r.User, cmdline: r.Cmdline,
 		container: r.Container, idNote: r.IdentityNote, netns: r.Netns, unit: r.Unit, appID: r.AppID,
-		parents: joinParents(r.Parents), containerName: r.ContainerName}
-	p := w.procs[k]
+		parents: w.joinParents(r.Parents), containerName: r.ContainerName}
+	p := w.lastProc
+	if p == nil || p.key != k {
+		p = w.procs[k]
+	}
 	if p != nil && p.tx != w.tx && p.last <= w.cutoff {
 		p = nil // pruned: no row names it any more
 	}
@@ -1241,7 +1254,20 @@ func (w *rowWriter) proc(c *Conn) *procRow {
 		p.tx = w.tx
 		w.txProcs = append(w.txProcs, p)
 	}
+	w.lastProc = p
 	return p
+}
+
+// joinParents is joinParents(ps), the last row's again if ps are its ancestors.
+func (w *rowWriter) joinParents(ps []string) string {
+	if len(ps) == 0 {
+		return ""
+	}
+	if !slices.Equal(ps, w.lastParents) {
+		w.lastParents = append(w.lastParents[:0], ps...) // a copy: ps may change
+		w.lastJoined = joinParents(ps)
+	}
+	return w.lastJoined
 }
 
 // writeProcs writes the processes the transaction's rows name: the new ones, and
@@ -1827,7 +1853,7 @@ func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plai
 		text(13, c.Verdict.Action.String()), text(14, string(c.Verdict.Reason)), num(15, int64(c.Verdict.RuleID)),
 		text(16, r.Identity.String()), text(17, r.Container), text(18, r.IdentityNote), text(19, r.HostSource), text(20, r.Note),
 		num(21, run), num(22, int64(req)), num(23, int64(c.BytesIn)), num(24, int64(c.BytesOut)), text(25, r.Netns),
-		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, joinParents(r.Parents)),
+		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, w.joinParents(r.Parents)),
 		text(30, r.ContainerName),
 	}
 	for i, col := range inlineColumns {
