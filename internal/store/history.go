@@ -1121,7 +1121,7 @@ type rowWriter struct {
 	last     [inlineCols]driver.Value // each column's last value (boxText)
 	// procs are the processes written (see proc); nextProc is the id the next
 	// new one takes, tx the number of the open transaction.
-	procs    map[procKey]*procRow
+	procs map[procKey]*procRow
 	// lastProc is the procs row of the last row written: a process's
 	// connections come in runs, and comparing its key with theirs (the same
 	// texts, mostly: a comparison of pointers) costs less than hashing it.
@@ -1132,7 +1132,7 @@ type rowWriter struct {
 	lastParents []string
 	lastJoined  string
 	nextProc    int64
-	tx       uint64
+	tx          uint64
 	// txProcs are the processes the open transaction's rows name.
 	txProcs []*procRow
 	// maxConn is the largest connection id written; cutoff, the largest one
