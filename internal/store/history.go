@@ -2167,16 +2167,18 @@ const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip
 func scanConns(rows *sql.Rows) ([]Conn, error) {
 	defer rows.Close()
 	out := []Conn{}
+	// Declared once: Scan's arguments go to the heap, each row's would too.
+	var (
+		c                             Conn
+		timeNS, pid, uid, ruleID      int64
+		bytesIn, bytesOut             int64
+		localPort, remotePort         int
+		dir, proto, localIP, remoteIP string
+		verdict, reason, identity     string
+		mode, parents                 string
+	)
 	for rows.Next() {
-		var (
-			c                             Conn
-			timeNS, pid, uid, ruleID      int64
-			bytesIn, bytesOut             int64
-			localPort, remotePort         int
-			dir, proto, localIP, remoteIP string
-			verdict, reason, identity     string
-			mode, parents                 string
-		)
+		c = Conn{}
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,
