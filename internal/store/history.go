@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,16 +59,26 @@ type Traffic struct {
 }
 
 // historyItem is a connection to insert or a traffic report to apply, in the order
-// they were recorded.
+// they were recorded. A report is held in the item itself, not behind a pointer (a
+// heap object per report): conn holds its Time, Request and totals (BytesIn,
+// BytesOut), delta its bytes since the flow's previous report.
 type historyItem struct {
-	conn    Conn
-	traffic *Traffic
+	conn Conn
+	// report: the item is a traffic report (see trafficItem), not a connection.
+	report            bool
+	deltaIn, deltaOut uint64
 	// merged: the report's totals were set in its row before the row was written
 	// (see rowHold), so no UPDATE is needed for them.
 	merged bool
 	// ended: a connection whose flow's end report was merged into its row: no
-	// more reports are expected for it.
+	// more reports are expected for it; a report: the flow's end report.
 	ended bool
+}
+
+// trafficItem is the item of the report t.
+func trafficItem(t *Traffic) historyItem {
+	return historyItem{conn: Conn{Time: t.Time, Request: t.Request, BytesIn: t.BytesIn, BytesOut: t.BytesOut},
+		report: true, deltaIn: t.DeltaIn, deltaOut: t.DeltaOut, ended: t.Ended}
 }
 
 // HistoryStats are the history's counters since it was opened.
@@ -157,6 +168,11 @@ type History struct {
 	lastErr atomic.Pointer[string]
 
 	tuning historyTuning
+
+	// stmts holds the prepared statements of the readers that return a few rows
+	// (query text → *sql.Stmt, see query): preparing a statement over conns_view
+	// costs about as much as reading 50 rows with it.
+	stmts sync.Map
 
 	dir     string // holds the database: its free space is watched
 	minFree int64  // < 0: no floor
@@ -667,7 +683,7 @@ func (h *History) RecordTraffic(t Traffic) error {
 	if t.Time.IsZero() {
 		t.Time = time.Now()
 	}
-	return h.enqueue(historyItem{traffic: &t})
+	return h.enqueue(trafficItem(&t))
 }
 
 // enqueue hands it to the writer; closeMu is held for reading.
@@ -804,7 +820,7 @@ func (h *History) writer() {
 	write := func(it *historyItem) {
 		h.reports = hold.reports
 		batch = append(batch, *it)
-		if it.traffic == nil {
+		if !it.report {
 			conns++
 		}
 		if conns == historyBatchMax || len(batch) == historyBatchItems {
@@ -818,6 +834,9 @@ func (h *History) writer() {
 	var acks []chan struct{}
 	closed := false
 	var first []historyItem // the item that woke an idle writer
+	// in is the item take receives: one variable for them all, not a heap copy
+	// of each (hold.take's write keeps a pointer's value from being proved local).
+	var in historyItem
 	// take takes what the queue holds now, writes the rows held long enough (all of
 	// them for a Flush or on Close) and the reports, and then acknowledges waiting
 	// Flushes.
@@ -830,13 +849,14 @@ func (h *History) writer() {
 		first = first[:0]
 	drain:
 		for !closed {
+			var ok bool
 			select {
-			case it, ok := <-h.queue:
+			case in, ok = <-h.queue:
 				if !ok {
 					closed = true
 					break drain
 				}
-				hold.take(&it, now, write)
+				hold.take(&in, now, write)
 			default:
 				break drain
 			}
@@ -920,12 +940,13 @@ func (r *rowHold) due() time.Time { return r.slot(r.first).due }
 // traffic report (merged: the report is written without an UPDATE). Reports, and
 // rows the bounds make it write, go to write.
 func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem)) {
-	if t := it.traffic; t != nil {
+	if it.report {
 		r.reports = true
+		t := &it.conn
 		if seq, ok := r.at[t.Request.ID]; ok && t.Request.ID != 0 {
 			row := &r.slot(seq).item
 			row.conn.BytesIn, row.conn.BytesOut = t.BytesIn, t.BytesOut
-			row.ended = row.ended || t.Ended
+			row.ended = row.ended || it.ended
 			it.merged = true
 		}
 		write(it)
@@ -994,8 +1015,8 @@ func (h *History) fail(n int, err error) {
 
 func (h *History) writeBatch(batch []historyItem) {
 	conns := 0
-	for _, it := range batch {
-		if it.traffic == nil {
+	for i := range batch {
+		if !batch[i].report {
 			conns++
 		}
 	}
@@ -1100,9 +1121,18 @@ type rowWriter struct {
 	last     [inlineCols]driver.Value // each column's last value (boxText)
 	// procs are the processes written (see proc); nextProc is the id the next
 	// new one takes, tx the number of the open transaction.
-	procs    map[procKey]*procRow
-	nextProc int64
-	tx       uint64
+	procs map[procKey]*procRow
+	// lastProc is the procs row of the last row written: a process's
+	// connections come in runs, and comparing its key with theirs (the same
+	// texts, mostly: a comparison of pointers) costs less than hashing it.
+	lastProc *procRow
+	// lastParents and lastJoined are the ancestors of the last row written and
+	// their joinParents: the process cache hands the same ones for every
+	// connection of a process.
+	lastParents []string
+	lastJoined  string
+	nextProc    int64
+	tx          uint64
 	// txProcs are the processes the open transaction's rows name.
 	txProcs []*procRow
 	// maxConn is the largest connection id written; cutoff, the largest one
@@ -1113,13 +1143,39 @@ type rowWriter struct {
 	// (conns_batches); spanN counts them.
 	span  batchSpan
 	spanN int
-	// lastRemote caches the text of the last remote address written: a program's
-	// connections mostly go to the same few addresses.
-	lastRemote    netip.Addr
-	lastRemoteStr string
-	// lastLocal does the same for the local address.
-	lastLocal    netip.Addr
-	lastLocalStr string
+	// addrs holds the texts of the addresses written lately, local and remote, as
+	// driver values (nil: none): a host has few addresses of its own, and its
+	// programs' connections mostly go to the same few others. Formatting and
+	// boxing one cost an allocation each, every row. Past addrsMax it is emptied.
+	addrs map[netip.Addr]driver.Value
+	// scratch is writeItems' working memory, kept from batch to batch: its maps
+	// and slices grown once instead of in every batch.
+	scratch itemsScratch
+}
+
+// itemsScratch is what writeItems works with (see there), emptied for each batch.
+type itemsScratch struct {
+	programs map[programKey]*programBytes
+	inBatch  map[engine.RequestID]int
+	pending  map[engine.RequestID]int
+	applied  []bool
+	updates  []bytesUpdate
+	// byReq and byRow are updateBytes'.
+	byReq, byRow []bytesUpdate
+}
+
+// reset empties s for a batch of n items.
+func (s *itemsScratch) reset(n int) {
+	if s.programs == nil {
+		s.programs = map[programKey]*programBytes{}
+		s.inBatch = map[engine.RequestID]int{}
+		s.pending = map[engine.RequestID]int{}
+	}
+	clear(s.programs)
+	clear(s.inBatch)
+	clear(s.pending)
+	s.applied = append(s.applied[:0], make([]bool, n)...)
+	s.updates = s.updates[:0]
 }
 
 func newRowWriter(db *sql.DB, shape int) (*rowWriter, error) {
@@ -1178,8 +1234,11 @@ func (w *rowWriter) proc(c *Conn) *procRow {
 	k := procKey{direction: r.Direction, proto: r.Protocol, action: v.Action, reason: v.Reason, ruleID: v.RuleID, mode: v.Mode,
 		pid: r.PID, uid: r.UID, identity: r.Identity, exe: r.Exe, user: r.User, cmdline: r.Cmdline,
 		container: r.Container, idNote: r.IdentityNote, netns: r.Netns, unit: r.Unit, appID: r.AppID,
-		parents: joinParents(r.Parents), containerName: r.ContainerName}
-	p := w.procs[k]
+		parents: w.joinParents(r.Parents), containerName: r.ContainerName}
+	p := w.lastProc
+	if p == nil || p.key != k {
+		p = w.procs[k]
+	}
 	if p != nil && p.tx != w.tx && p.last <= w.cutoff {
 		p = nil // pruned: no row names it any more
 	}
@@ -1195,7 +1254,20 @@ func (w *rowWriter) proc(c *Conn) *procRow {
 		p.tx = w.tx
 		w.txProcs = append(w.txProcs, p)
 	}
+	w.lastProc = p
 	return p
+}
+
+// joinParents is joinParents(ps), the last row's again if ps are its ancestors.
+func (w *rowWriter) joinParents(ps []string) string {
+	if len(ps) == 0 {
+		return ""
+	}
+	if !slices.Equal(ps, w.lastParents) {
+		w.lastParents = append(w.lastParents[:0], ps...) // a copy: ps may change
+		w.lastJoined = joinParents(ps)
+	}
+	return w.lastJoined
 }
 
 // writeProcs writes the processes the transaction's rows name: the new ones, and
@@ -1374,20 +1446,24 @@ func (w *rowWriter) text(s string) {
 	w.args = append(w.args, driver.NamedValue{Value: v})
 }
 
-func (w *rowWriter) remote(a netip.Addr) string {
-	if a != w.lastRemote || w.lastRemoteStr == "" {
-		w.lastRemote, w.lastRemoteStr = a, addrString(a)
+// addr returns the text of a as a driver value, nil if empty (see rowWriter.addrs).
+func (w *rowWriter) addr(a netip.Addr) driver.Value {
+	if v, ok := w.addrs[a]; ok {
+		return v
 	}
-	return w.lastRemoteStr
+	if w.addrs == nil || len(w.addrs) >= addrsMax {
+		w.addrs = make(map[netip.Addr]driver.Value, 64)
+	}
+	var v driver.Value
+	if s := addrString(a); s != "" {
+		v = s
+	}
+	w.addrs[a] = v
+	return v
 }
 
-// local is remote for local addresses (a host has few).
-func (w *rowWriter) local(a netip.Addr) string {
-	if a != w.lastLocal || w.lastLocalStr == "" {
-		w.lastLocal, w.lastLocalStr = a, addrString(a)
-	}
-	return w.lastLocalStr
-}
+// addrsMax bounds rowWriter.addrs.
+const addrsMax = 4096
 
 // programKey names a program in the traffic table.
 type programKey struct {
@@ -1407,26 +1483,26 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	// Connections go in with multi-row INSERTs of insertRows rows, the rest of a
 	// batch with smaller ones: one statement per row cost the writer about as much
 	// as the rows themselves.
-	programs := map[programKey]*programBytes{}
+	sc := &w.scratch
+	sc.reset(len(batch))
+	programs := sc.programs
 	// A report about a connection of this same batch sets the row's totals before
 	// it is inserted: one statement fewer per short connection.
-	inBatch := map[engine.RequestID]int{}
-	applied := make([]bool, len(batch))
+	inBatch, applied := sc.inBatch, sc.applied
 	for i := range batch {
-		if t := batch[i].traffic; t == nil {
-			inBatch[batch[i].conn.Request.ID] = i
+		if t := &batch[i].conn; !batch[i].report {
+			inBatch[t.Request.ID] = i
 		} else if batch[i].merged {
 			applied[i] = true
 		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
 			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
-			batch[j].ended = batch[j].ended || t.Ended
+			batch[j].ended = batch[j].ended || batch[i].ended
 			applied[i] = true
 		}
 	}
 	// Reports about rows written before set their totals after the batch's rows
 	// are in (updateBytes), the last report of each request.
-	var updates []bytesUpdate
-	pending := map[engine.RequestID]int{}
+	updates, pending := sc.updates, sc.pending
 	// Rows are inserted in the order they were recorded, with statements of
 	// insertSizes rows of one kind (plain or not, see connColumns).
 	rows, plain := 0, false // rows of that kind whose arguments are in w.args
@@ -1525,8 +1601,8 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	}
 	for i := range batch {
 		it := &batch[i]
-		t := it.traffic
-		if t == nil {
+		t := &it.conn // a report's
+		if !it.report {
 			if err := add(it); err != nil {
 				return err
 			}
@@ -1542,13 +1618,13 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			// report's of each request.
 			if k, ok := pending[r.ID]; ok {
 				updates[k].in, updates[k].out = t.BytesIn, t.BytesOut
-				updates[k].ended = updates[k].ended || t.Ended
+				updates[k].ended = updates[k].ended || it.ended
 			} else {
 				pending[r.ID] = len(updates)
-				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, t.Ended})
+				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, it.ended})
 			}
 		}
-		if t.DeltaIn == 0 && t.DeltaOut == 0 {
+		if it.deltaIn == 0 && it.deltaOut == 0 {
 			continue
 		}
 		k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
@@ -1557,8 +1633,8 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			p = &programBytes{}
 			programs[k] = p
 		}
-		p.in += t.DeltaIn
-		p.out += t.DeltaOut
+		p.in += it.deltaIn
+		p.out += it.deltaOut
 		if t.Time.After(p.time) {
 			p.time = t.Time
 		}
@@ -1574,6 +1650,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			return err
 		}
 	}
+	sc.updates = updates // its memory, for the next batch
 	if err := h.updateBytes(w, updates); err != nil {
 		return err
 	}
@@ -1606,8 +1683,9 @@ func (h *History) updateBytes(w *rowWriter, us []bytesUpdate) error {
 	if len(us) == 0 {
 		return nil
 	}
-	byReq := make([]bytesUpdate, 0, len(us))
-	byRow := make([]bytesUpdate, 0, len(us)) // id: the rowid
+	byReq := w.scratch.byReq[:0]
+	byRow := w.scratch.byRow[:0] // id: the rowid
+	defer func() { w.scratch.byReq, w.scratch.byRow = byReq[:0], byRow[:0] }()
 	for _, u := range us {
 		rowid, ok := w.rowids[u.id]
 		if !ok {
@@ -1748,8 +1826,8 @@ func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64)
 	text, num := w.boxText, w.boxInt
 	w.row = [inlineCols]driver.Value{
 		num(0, c.Time.UnixNano()),
-		text(1, w.local(r.Local.Addr())), num(2, int64(r.Local.Port())),
-		text(3, w.remote(r.Remote.Addr())), num(4, int64(r.Remote.Port())),
+		w.addr(r.Local.Addr()), num(2, int64(r.Local.Port())),
+		w.addr(r.Remote.Addr()), num(4, int64(r.Remote.Port())),
 		text(5, r.Host), text(6, r.HostSource), text(7, r.Note),
 		num(8, run), num(9, int64(req)), num(10, int64(c.BytesIn)), num(11, int64(c.BytesOut)),
 		num(12, proc),
@@ -1769,13 +1847,13 @@ func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plai
 	text, num := w.boxText, w.boxInt
 	w.row = [inlineCols]driver.Value{
 		num(0, c.Time.UnixNano()), text(1, r.Direction.String()), text(2, r.Protocol.String()),
-		text(3, w.local(r.Local.Addr())), num(4, int64(r.Local.Port())),
-		text(5, w.remote(r.Remote.Addr())), num(6, int64(r.Remote.Port())),
+		w.addr(r.Local.Addr()), num(4, int64(r.Local.Port())),
+		w.addr(r.Remote.Addr()), num(6, int64(r.Remote.Port())),
 		num(7, int64(r.PID)), text(8, r.Exe), num(9, int64(r.UID)), text(10, r.User), text(11, r.Cmdline), text(12, r.Host),
 		text(13, c.Verdict.Action.String()), text(14, string(c.Verdict.Reason)), num(15, int64(c.Verdict.RuleID)),
 		text(16, r.Identity.String()), text(17, r.Container), text(18, r.IdentityNote), text(19, r.HostSource), text(20, r.Note),
 		num(21, run), num(22, int64(req)), num(23, int64(c.BytesIn)), num(24, int64(c.BytesOut)), text(25, r.Netns),
-		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, joinParents(r.Parents)),
+		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, w.joinParents(r.Parents)),
 		text(30, r.ContainerName),
 	}
 	for i, col := range inlineColumns {
@@ -2052,14 +2130,33 @@ func (h *History) Recent(n int, afterID int64) ([]Conn, error) {
 	var rows *sql.Rows
 	var err error
 	if afterID > 0 {
-		rows, err = db.Query(`SELECT `+connCols+` FROM conns_view WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
+		rows, err = h.query(db, `SELECT `+connCols+` FROM conns_view WHERE id > ? ORDER BY id LIMIT ?`, afterID, n)
 	} else {
-		rows, err = db.Query(`SELECT * FROM (SELECT `+connCols+` FROM conns_view ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
+		// The newest ids from conns alone, then their rows in order: no sort of
+		// the rows read.
+		rows, err = h.query(db, `SELECT `+connCols+` FROM conns_view
+			WHERE id IN (SELECT id FROM conns ORDER BY id DESC LIMIT ?) ORDER BY id`, n)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}
 	return scanConns(rows)
+}
+
+// query runs the statement q on db, prepared once (see History.stmts).
+func (h *History) query(db *sql.DB, q string, args ...any) (*sql.Rows, error) {
+	if s, ok := h.stmts.Load(q); ok {
+		return s.(*sql.Stmt).Query(args...)
+	}
+	s, err := db.Prepare(q)
+	if err != nil {
+		return nil, err
+	}
+	if other, loaded := h.stmts.LoadOrStore(q, s); loaded {
+		s.Close()
+		s = other.(*sql.Stmt)
+	}
+	return s.Query(args...)
 }
 
 // connCols are the columns of conns_view scanConns reads, in order.
@@ -2070,16 +2167,18 @@ const connCols = `id, time_ns, direction, proto, local_ip, local_port, remote_ip
 func scanConns(rows *sql.Rows) ([]Conn, error) {
 	defer rows.Close()
 	out := []Conn{}
+	// Declared once: Scan's arguments go to the heap, each row's would too.
+	var (
+		c                             Conn
+		timeNS, pid, uid, ruleID      int64
+		bytesIn, bytesOut             int64
+		localPort, remotePort         int
+		dir, proto, localIP, remoteIP string
+		verdict, reason, identity     string
+		mode, parents                 string
+	)
 	for rows.Next() {
-		var (
-			c                             Conn
-			timeNS, pid, uid, ruleID      int64
-			bytesIn, bytesOut             int64
-			localPort, remotePort         int
-			dir, proto, localIP, remoteIP string
-			verdict, reason, identity     string
-			mode, parents                 string
-		)
+		c = Conn{}
 		r := &c.Request
 		if err := rows.Scan(&c.ID, &timeNS, &dir, &proto, &localIP, &localPort, &remoteIP, &remotePort,
 			&pid, &r.Exe, &uid, &r.User, &r.Cmdline, &r.Host, &verdict, &reason, &ruleID,

@@ -19,7 +19,7 @@ func (h *History) Get(id int64) (Conn, error) {
 	if db == nil {
 		return Conn{}, errHistoryNotOpen
 	}
-	rows, err := db.Query(`SELECT `+connCols+` FROM conns_view WHERE id = ?`, id)
+	rows, err := h.query(db, `SELECT `+connCols+` FROM conns_view WHERE id = ?`, id)
 	if err != nil {
 		return Conn{}, fmt.Errorf("history: %w", err)
 	}

@@ -151,6 +151,11 @@ func checkReads(t *testing.T, what string, h *History, held []Conn) {
 			t.Fatal(err)
 		}
 		sameConns(t, what+": ProgramConns "+p.Exe, pc, cs[max(0, len(cs)-3):])
+		// All of them: in a history an earlier version wrote, rows of both forms.
+		if pc, err = h.ProgramConns(p.Exe, len(cs)+5); err != nil {
+			t.Fatal(err)
+		}
+		sameConns(t, what+": ProgramConns (all) "+p.Exe, pc, cs)
 	}
 	if len(held) == 0 {
 		return

@@ -9,7 +9,8 @@ import (
 
 // BenchmarkHistoryReads measures the readers on a history at the default bound
 // (100,000 fast-path and queued rows over an hour), written as before procs and
-// conns_batches ("before") and as now: what `latch conns`, the summary and the web
+// conns_batches ("before"; Recent100 and ProgramConns read it with the statements of
+// versions before procs) and as now: what `latch conns`, the summary and the web
 // UI wait for. Each reader runs in interleaved rounds on both; each round's times
 // and ratio (now/before) are printed, and the medians. b.N is ignored.
 func BenchmarkHistoryReads(b *testing.B) {
@@ -36,17 +37,34 @@ func BenchmarkHistoryReads(b *testing.B) {
 	hs := []*History{open(legacyTuning), open(historyTuning{})}
 	defer hs[0].Close()
 	defer hs[1].Close()
+	// mainRead reads the history written as before with the statement versions
+	// before procs ran (on conns itself, prepared at each call).
+	mainRead := func(q string, args ...any) func(h *History) error {
+		return func(h *History) error {
+			rows, err := h.db.Load().Query(q, args...)
+			if err != nil {
+				return err
+			}
+			_, err = scanConns(rows)
+			return err
+		}
+	}
 	reads := []struct {
 		name string
 		read func(h *History) error
+		// before, if set, reads the history written as before the way versions
+		// before procs did; otherwise read does.
+		before func(h *History) error
 	}{
-		{"Recent100", func(h *History) error { _, err := h.Recent(100, 0); return err }},
-		{"Programs", func(h *History) error { _, err := h.Programs(); return err }},
-		{"ProgramConns", func(h *History) error { _, err := h.ProgramConns("/usr/bin/client1", 50); return err }},
-		{"TopExe/hour", func(h *History) error { _, err := h.Top("exe", t0, end, 10); return err }},
-		{"TopHost/5min", func(h *History) error { _, err := h.Top("host", end.Add(-5*time.Minute), end, 10); return err }},
-		{"Timeline/hour", func(h *History) error { _, err := h.Timeline(t0, end, time.Minute); return err }},
-		{"Timeline/5min", func(h *History) error { _, err := h.Timeline(end.Add(-5*time.Minute), end, 10*time.Second); return err }},
+		{"Recent100", func(h *History) error { _, err := h.Recent(100, 0); return err },
+			mainRead(`SELECT * FROM (SELECT `+connCols+` FROM conns ORDER BY id DESC LIMIT ?) ORDER BY id`, 100)},
+		{"Programs", func(h *History) error { _, err := h.Programs(); return err }, nil},
+		{"ProgramConns", func(h *History) error { _, err := h.ProgramConns("/usr/bin/client1", 50); return err },
+			mainRead(`SELECT * FROM (SELECT `+connCols+` FROM conns WHERE exe = ? ORDER BY id DESC LIMIT ?) ORDER BY id`, "/usr/bin/client1", 50)},
+		{"TopExe/hour", func(h *History) error { _, err := h.Top("exe", t0, end, 10); return err }, nil},
+		{"TopHost/5min", func(h *History) error { _, err := h.Top("host", end.Add(-5*time.Minute), end, 10); return err }, nil},
+		{"Timeline/hour", func(h *History) error { _, err := h.Timeline(t0, end, time.Minute); return err }, nil},
+		{"Timeline/5min", func(h *History) error { _, err := h.Timeline(end.Add(-5*time.Minute), end, 10*time.Second); return err }, nil},
 	}
 	for _, r := range reads {
 		b.Run(r.name, func(b *testing.B) {
@@ -56,9 +74,13 @@ func BenchmarkHistoryReads(b *testing.B) {
 				var took [2]float64
 				for k := range 2 {
 					v := (round + k) % 2 // alternate which goes first
+					read := r.read
+					if v == 0 && r.before != nil {
+						read = r.before
+					}
 					start := time.Now()
 					for range reps {
-						if err := r.read(hs[v]); err != nil {
+						if err := read(hs[v]); err != nil {
 							b.Fatal(err)
 						}
 					}

@@ -172,8 +172,16 @@ func (h *History) ProgramConns(exe string, n int) ([]Conn, error) {
 	if db == nil {
 		return nil, errHistoryNotOpen
 	}
-	rows, err := db.Query(`SELECT * FROM (SELECT `+connCols+`
-		FROM conns_view WHERE exe = ? ORDER BY id DESC LIMIT ?) ORDER BY id`, exe, n)
+	// The rows naming exe's procs rows (and, in a history an earlier version
+	// wrote, its rows that hold their process inline), newest first, read from
+	// conns alone; then those rows through conns_view. Reading conns_view newest
+	// first would look up the procs row of every row it passes.
+	match := `proc IN (SELECT id FROM procs WHERE exe = ?1)`
+	if h.inline {
+		match += ` OR proc = 0 AND exe = ?1`
+	}
+	rows, err := h.query(db, `SELECT `+connCols+` FROM conns_view
+		WHERE id IN (SELECT id FROM conns WHERE `+match+` ORDER BY id DESC LIMIT ?2) ORDER BY id`, exe, n)
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}

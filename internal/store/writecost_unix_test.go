@@ -26,11 +26,13 @@ func processCPU(b *testing.B) time.Duration {
 // BenchmarkHistoryRowCost measures what one connection costs the process in CPU
 // (the writer's batches, the Record calls, the garbage collector) — the number a
 // loaded machine does not blur, unlike wall time — for rows as the fast path records
-// them and for queued rows (testConn: host, container, parents...). "full": the
-// history is at its bound, so each batch also deletes as many old rows.
+// them and for queued rows (testConn: host, container, parents...), and for "attrs":
+// fast-path rows with what the daemon's process cache gives (command line, unit,
+// ancestors), in runs of 8 connections per process. "full": the history is at its
+// bound, so each batch also deletes as many old rows.
 func BenchmarkHistoryRowCost(b *testing.B) {
 	for _, full := range []bool{false, true} {
-		for _, kind := range []string{"fastpath", "queued", "ended", "ended-late"} {
+		for _, kind := range []string{"fastpath", "queued", "ended", "ended-late", "attrs"} {
 			name := kind
 			if full {
 				name += "/full"
@@ -80,8 +82,11 @@ func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning history
 	}
 	defer h.Close()
 	conn := fastPathConn
-	if kind == "queued" {
+	switch kind {
+	case "queued":
 		conn = testConn
+	case "attrs":
+		conn = attrsConn
 	}
 	if full {
 		for i := range bound {
@@ -127,6 +132,30 @@ func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning history
 		b.Fatalf("%d of %d recorded: %+v %s", r, n, h.Stats(), h.LastError())
 	}
 	return float64(cpu.Nanoseconds()) / 1000 / float64(n), float64(h.updates.Load()-updates) / float64(n)
+}
+
+// attrsProcs are attrsConn's processes' attributes, the same texts and slices for
+// every connection of a process, as the daemon's process cache hands them.
+var attrsProcs = func() []engine.Request {
+	ps := make([]engine.Request, 64)
+	for i := range ps {
+		exe := fmt.Sprintf("/usr/bin/client%d", i%4)
+		ps[i] = engine.Request{PID: int32(3000 + i), Exe: exe,
+			Cmdline: fmt.Sprintf("%s --profile=default --session=%d", exe, i),
+			Unit:    fmt.Sprintf("app-client%d.scope", i),
+			Parents: []string{fmt.Sprintf("/usr/bin/launcher%d", i%4), "/usr/lib/systemd/systemd"}}
+	}
+	return ps
+}()
+
+// attrsConn is the i-th connection of the "attrs" rows: a fast-path row with a
+// command line, a unit and ancestors, each process making 8 in a row.
+func attrsConn(i int) Conn {
+	p := &attrsProcs[i/8%64]
+	c := fastPathConn(i)
+	r := &c.Request
+	r.PID, r.Exe, r.Cmdline, r.Unit, r.Parents = p.PID, p.Exe, p.Cmdline, p.Unit, p.Parents
+	return c
 }
 
 // BenchmarkHistoryRowCostOldNew measures the CPU per connection of fast-path rows
