@@ -335,3 +335,31 @@ func TestOutboundHeldSimultaneousOpen(t *testing.T) {
 		})
 	}
 }
+
+// TestNftOutboundHeldSimultaneousOpen is TestOutboundHeldSimultaneousOpen for
+// the native nftables ruleset (its queue statements become drops: the local
+// SYN is held for good).
+func TestNftOutboundHeldSimultaneousOpen(t *testing.T) {
+	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
+		t.Skip("a known hole (see TestOutboundHeldSimultaneousOpen); LATCH_TEST_KNOWN_HOLES=1 runs it")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp := newTopo(t)
+	addV6(t, tp)
+	dropPeerResets(t, tp)
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(ruleSpec{queue: testQueue, exemptLoopback: true}.nftRules(), "counter drop")
+	install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+	install.Stdin = strings.NewReader(rules)
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+	}
+	port := uint16(9600)
+	for _, fam := range []struct{ name, a, b string }{{"IPv4", addrA, addrB}, {"IPv6", addrA6, addrB6}} {
+		for _, c := range []oddSynCase{{"SYN", tcpSYN, false}, {"SYN FIN", tcpSYN | tcpFIN, false}} {
+			port++
+			t.Run(fam.name+" "+c.name, func(t *testing.T) { oddSyn(t, tp, nil, fam.a, fam.b, port, 9700+port-9600, c) })
+		}
+	}
+}
