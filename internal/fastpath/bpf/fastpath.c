@@ -306,10 +306,38 @@ static __always_inline void count(__u32 i)
 		*v += 1;
 }
 
+// 1 if every program that calls identify may call bpf_get_current_task_btf
+// (probed by the loader): identify then follows the task's pointers with plain
+// loads, which the verifier turns into loads that read 0 where a pointer is bad
+// (BPF_PROBE_MEM), as bpf_probe_read_kernel does, at a fraction of a helper call's
+// cost each. 0: every pointer through bpf_probe_read_kernel (BPF_CORE_READ). A
+// constant of the frozen .rodata: the verifier never visits the branch not taken.
+volatile const __u32 task_btf = 0;
+
 // identify fills in the executable of the current task. 0: no executable (a kernel
 // thread) or it could not be read.
 static __always_inline int identify(struct fp_key *k)
 {
+	if (task_btf) {
+		// The same chain as below, read with plain loads from the task's BTF
+		// pointer (a NULL or bad pointer reads as 0, as bpf_probe_read_kernel
+		// fills it); only the mount's id, in struct mount around the vfsmount,
+		// which no BTF pointer reaches, takes a helper call.
+		struct task_struct *t = bpf_get_current_task_btf();
+		struct file *exe = t->mm->exe_file;
+		if (!exe)
+			return 0;
+		struct inode *in = exe->f_inode;
+		k->ino = in->i_ino;
+		k->dev = in->i_sb->s_dev;
+		k->parent_ino = exe->f_path.dentry->d_parent->d_inode->i_ino;
+		unsigned long vm = (unsigned long)exe->f_path.mnt;
+		struct mount *m = (struct mount *)(vm - bpf_core_field_offset(struct mount, mnt));
+		int id = 0;
+		bpf_probe_read_kernel(&id, sizeof(id), &m->mnt_id);
+		k->mnt_id = (__u32)id;
+		return k->ino != 0;
+	}
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
 	if (!exe)
