@@ -9,7 +9,11 @@
 // running kernel's BTF. On connect they build a key from
 //
 //   - the calling task's executable: inode, file system (dev), the mount it was
-//     executed through and its directory's inode (task->mm->exe_file);
+//     executed through and its directory's inode (task->mm->exe_file; read
+//     through bpf_get_current_task_btf's pointers with plain loads where the
+//     kernel offers that helper to every program that reads it, else with a
+//     bpf_probe_read_kernel call per pointer: the same values, a NULL or bad
+//     pointer reading as 0 either way);
 //   - the socket's owner (sk_uid, the uid NFQUEUE reports);
 //   - protocol, remote address and remote port;
 //

@@ -150,6 +150,7 @@ const (
 	fastpathVarIterMoved            = "iter_moved"
 	fastpathVarIterSession          = "iter_session"
 	fastpathVarNetnsCookie          = "netns_cookie"
+	fastpathVarTaskBtf              = "task_btf"
 	fastpathVarTcpBytes             = "tcp_bytes"
 	fastpathVarTcpEnds              = "tcp_ends"
 	fastpathVarTcpLocal             = "tcp_local"
@@ -241,6 +242,7 @@ type fastpathVariableSpecs struct {
 	IterMoved   *ebpf.VariableSpec `ebpf:"iter_moved"`
 	IterSession *ebpf.VariableSpec `ebpf:"iter_session"`
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	TaskBtf     *ebpf.VariableSpec `ebpf:"task_btf"`
 	TcpBytes    *ebpf.VariableSpec `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.VariableSpec `ebpf:"tcp_ends"`
 	TcpLocal    *ebpf.VariableSpec `ebpf:"tcp_local"`
@@ -308,6 +310,7 @@ type fastpathVariables struct {
 	IterMoved   *ebpf.Variable `ebpf:"iter_moved"`
 	IterSession *ebpf.Variable `ebpf:"iter_session"`
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	TaskBtf     *ebpf.Variable `ebpf:"task_btf"`
 	TcpBytes    *ebpf.Variable `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.Variable `ebpf:"tcp_ends"`
 	TcpLocal    *ebpf.Variable `ebpf:"tcp_local"`

@@ -103,6 +103,10 @@ type Config struct {
 	// one that refuses the iterator over the socket storage map, not the one
 	// over TCP sockets.
 	noLiveBytes, noLiveMap bool
+	// noTaskBTF loads the programs as for a kernel that refuses
+	// bpf_get_current_task_btf in them: identify reads the task's executable
+	// with bpf_probe_read_kernel (tests).
+	noTaskBTF bool
 	// liveRefused has the kernel refuse the iterator program chosen (tests):
 	// the object is loaded again without it.
 	liveRefused bool
@@ -134,6 +138,21 @@ func noEndBytesKernel(force bool) string {
 		}
 	}
 	return ""
+}
+
+// taskBTF says whether every program type that identifies the current task's
+// executable (the connect hooks, cgroup/sock_create and the UDP socket filter)
+// may call bpf_get_current_task_btf: identify then reads the task's pointers
+// with plain loads instead of a bpf_probe_read_kernel call each (task_btf in
+// fastpath.c). Recent kernels offer it to every program type of a loader with
+// CAP_PERFMON; elsewhere the programs keep the helper calls.
+func taskBTF() bool {
+	for _, t := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.SocketFilter} {
+		if features.HaveProgramHelper(t, asm.FnGetCurrentTaskBtf) != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // noNetnsCookieInSockops says why the sock_ops program cannot call
@@ -180,6 +199,9 @@ type FastPath struct {
 	objs  fastpathObjects
 	links []link.Link
 	ring  *ringbuf.Reader // decisions (events)
+	// taskBTF: the programs read the task's executable through BTF pointers
+	// (task_btf in fastpath.c).
+	taskBTF bool
 	// endsRing reads the TCP socket ends (ends); nil while they are off.
 	endsRing *ringbuf.Reader
 
@@ -328,6 +350,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// iterator over the socket storage map (Linux 5.9): without it (or if the
 	// kernel refuses it) the object loads with a placeholder in its place.
 	fp.liveVia, fp.liveWhy = liveKernel(cfg.noLiveBytes, cfg.noLiveMap)
+	useTaskBTF := taskBTF() && !cfg.noTaskBTF
+	fp.taskBTF = useTaskBTF
 	load := func(bytes bool, live liveVia, iters bool) error {
 		spec, err := loadFastpath()
 		if err != nil {
@@ -347,6 +371,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if bytes {
 			if err := spec.Variables["bytes_ok"].Set(uint32(1)); err != nil {
 				return fmt.Errorf("fast path: turn the socket counters on: %w", err)
+			}
+		}
+		if useTaskBTF {
+			if err := spec.Variables["task_btf"].Set(uint32(1)); err != nil {
+				return fmt.Errorf("fast path: read the task through BTF: %w", err)
 			}
 		}
 		spec.Maps["verdicts"].MaxEntries = uint32(cfg.MaxEntries)

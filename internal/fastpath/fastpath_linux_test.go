@@ -311,9 +311,26 @@ func TestFastMarkEndsWithItsConnect(t *testing.T) {
 // MarkFastAllow and records the decision; a reject marks it MarkReject; an
 // unruled destination misses and leaves the mark alone; a rule change makes every
 // entry miss.
+// TestHitsMarkAndRecord runs with the programs reading the task's executable
+// through BTF pointers (task_btf, where the kernel allows it) and through
+// bpf_probe_read_kernel: both must build the key the daemon stores.
 func TestHitsMarkAndRecord(t *testing.T) {
+	for _, noTaskBTF := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noTaskBTF=%v", noTaskBTF), func(t *testing.T) {
+			if !noTaskBTF && !taskBTF() {
+				t.Skip("the kernel refuses bpf_get_current_task_btf in the fast path's programs")
+			}
+			testHitsMarkAndRecord(t, noTaskBTF)
+		})
+	}
+}
+
+func testHitsMarkAndRecord(t *testing.T, noTaskBTF bool) {
 	cg, cgfd := testCgroup(t)
-	fp := openTest(t, cg, Config{})
+	fp := openTest(t, cg, Config{noTaskBTF: noTaskBTF})
+	if fp.taskBTF == noTaskBTF {
+		t.Fatalf("the programs read the task through BTF: %v, want %v", fp.taskBTF, !noTaskBTF)
+	}
 	rules := []engine.Rule{{ID: 1, Action: engine.Allow}, {ID: 2, Action: engine.Deny}}
 	if err := fp.RulesChanged(rules); err != nil {
 		t.Fatal(err)

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
@@ -187,6 +189,9 @@ type cgroupHooks struct {
 	identifies bool
 	// knowsExe: the records carry ExeDev and ExeIno.
 	knowsExe bool
+	// btfTask: the hooks read the task through bpf_get_current_task_btf's
+	// pointers (plain loads), not bpf_probe_read_kernel.
+	btfTask bool
 }
 
 // hookedAttachTypes are the cgroup hooks that see every outbound TCP connect, every
@@ -209,7 +214,12 @@ var hookedAttachTypes = []ebpf.AttachType{
 // With exe fields it also records the inode number of the executable, following
 // current->mm->exe_file->f_inode (zero where a pointer is NULL, as for a kernel
 // thread: every read of a bad address zero-fills).
-func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields) asm.Instructions {
+//
+// With btfTask the task is bpf_get_current_task_btf's, whose pointers the
+// program follows with plain loads (the verifier makes each a load that reads 0
+// where the address is bad, as bpf_probe_read_kernel zero-fills), at a fraction
+// of a helper call's cost each: the same record, read cheaper.
+func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool) asm.Instructions {
 	const (
 		keyOff   = -8                  // u64 cookie
 		valueOff = -8 - connRecordSize // struct connRecord
@@ -237,17 +247,40 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields) asm.Instruct
 		asm.StoreMem(asm.RFP, valueOff+48, asm.R0, asm.DWord),
 		asm.StoreMem(asm.RFP, valueOff+56, asm.R0, asm.DWord),
 	}
-	if task != nil {
-		read := func(dst int16, size int32, base asm.Register, off uint32) asm.Instructions {
-			return asm.Instructions{
-				asm.Mov.Reg(asm.R1, asm.RFP),
-				asm.Add.Imm(asm.R1, int32(dst)),
-				asm.Mov.Imm(asm.R2, size),
-				asm.Mov.Reg(asm.R3, base),
-				asm.Add.Imm(asm.R3, int32(off)),
-				asm.FnProbeReadKernel.Call(),
-			}
+	read := func(dst int16, size int32, base asm.Register, off uint32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, asm.RFP),
+			asm.Add.Imm(asm.R1, int32(dst)),
+			asm.Mov.Imm(asm.R2, size),
+			asm.Mov.Reg(asm.R3, base),
+			asm.Add.Imm(asm.R3, int32(off)),
+			asm.FnProbeReadKernel.Call(),
 		}
+	}
+	if task != nil {
+		if btfTask {
+			// r7 = current (a BTF pointer); every read a plain load.
+			insns = append(insns, asm.FnGetCurrentTaskBtf.Call(), asm.Mov.Reg(asm.R7, asm.R0))
+			if exe != nil {
+				// r8 = current->mm->exe_file->f_inode; then the inode's number.
+				insns = append(insns,
+					asm.LoadMem(asm.R8, asm.R7, int16(exe.mm), asm.DWord),
+					asm.LoadMem(asm.R8, asm.R8, int16(exe.exeFile), asm.DWord),
+					asm.LoadMem(asm.R8, asm.R8, int16(exe.fInode), asm.DWord),
+					asm.LoadMem(asm.R0, asm.R8, int16(exe.iIno), sizeOf(exe.inoSize)),
+					asm.StoreMem(asm.RFP, valueOff+56, asm.R0, asm.DWord),
+				)
+			}
+			insns = append(insns,
+				asm.LoadMem(asm.R7, asm.R7, int16(task.groupLeader), asm.DWord),
+				asm.LoadMem(asm.R0, asm.R7, int16(task.startBoottime), asm.DWord),
+				asm.StoreMem(asm.RFP, valueOff+40, asm.R0, asm.DWord),
+				asm.LoadMem(asm.R0, asm.R7, int16(task.selfExecID), sizeOf(task.execIDSize)),
+				asm.StoreMem(asm.RFP, valueOff+48, asm.R0, asm.DWord),
+			)
+		}
+	}
+	if task != nil && !btfTask {
 		// r7 = current; r7 = current->group_leader
 		insns = append(insns, asm.FnGetCurrentTask.Call(), asm.Mov.Reg(asm.R7, asm.R0))
 		if exe != nil {
@@ -281,6 +314,34 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields) asm.Instruct
 		asm.Return(),
 	)
 }
+
+// fitLoads says whether every offset the hooks read at fits a load's 16-bit
+// offset (else they read through bpf_probe_read_kernel, whose address is
+// computed).
+func fitLoads(task *taskFields, exe *exeFields) bool {
+	offs := []uint32{task.groupLeader, task.startBoottime, task.selfExecID}
+	if exe != nil {
+		offs = append(offs, exe.mm, exe.exeFile, exe.fInode, exe.iIno)
+	}
+	for _, o := range offs {
+		if o > math.MaxInt16 {
+			return false
+		}
+	}
+	return true
+}
+
+// sizeOf is the load size of a member of size bytes (4 or 8).
+func sizeOf(size uint8) asm.Size {
+	if size == 4 {
+		return asm.Word
+	}
+	return asm.DWord
+}
+
+// noTaskBTF has attachCgroupHooks load the hooks as for a kernel that refuses
+// bpf_get_current_task_btf in them (tests).
+var noTaskBTF bool
 
 // attachCgroupHooks loads the map and programs and attaches them to cgroupPath ("" :
 // the cgroup2 mount). On error nothing stays loaded or attached.
@@ -324,17 +385,26 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 			exe = &e
 		}
 	}
+	// Recent kernels let every program type of a loader with CAP_PERFMON follow
+	// the current task's BTF pointers (bpf_get_current_task_btf): plain loads
+	// instead of a bpf_probe_read_kernel call each.
+	btfTask := task != nil && !noTaskBTF && fitLoads(task, exe) &&
+		features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetCurrentTaskBtf) == nil
 	for _, at := range hookedAttachTypes {
 		load := func(task *taskFields, exe *exeFields) (*ebpf.Program, error) {
 			return ebpf.NewProgram(&ebpf.ProgramSpec{
 				Name:         "latch_sockaddr",
 				Type:         ebpf.CGroupSockAddr,
 				AttachType:   at,
-				Instructions: hookProgram(h.conns, task, exe),
+				Instructions: hookProgram(h.conns, task, exe, btfTask),
 				License:      "Dual MIT/GPL",
 			})
 		}
 		prog, err := load(task, exe)
+		if err != nil && btfTask && len(h.progs) == 0 {
+			btfTask = false
+			prog, err = load(task, exe)
+		}
 		if err != nil && exe != nil && len(h.progs) == 0 {
 			exe = nil
 			prog, err = load(task, nil)
@@ -347,6 +417,7 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 			return h, fmt.Errorf("load eBPF program for %v: %w", at, err)
 		}
 		h.identifies = task != nil
+		h.btfTask = btfTask
 		h.knowsExe = exe != nil
 		h.progs = append(h.progs, prog)
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: at, Program: prog})

@@ -512,12 +512,33 @@ func TestResolveTimeWait(t *testing.T) {
 // carrying its exact identity (pid, start time, exec id) names it without checking
 // /proc again; a record that differs in start time (another process that got the
 // pid) or exec id (another image) never does.
+//
+// It runs with the hooks reading the task through bpf_get_current_task_btf's
+// pointers (plain loads, where the kernel allows them) and through
+// bpf_probe_read_kernel: both records must carry the same identity and
+// executable.
 func TestResolveByRecordIdentity(t *testing.T) {
+	for _, noBTF := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noTaskBTF=%v", noBTF), func(t *testing.T) {
+			noTaskBTF = noBTF
+			defer func() { noTaskBTF = false }()
+			testResolveByRecordIdentity(t, noBTF)
+		})
+	}
+}
+
+func testResolveByRecordIdentity(t *testing.T, noBTF bool) {
 	requireRoot(t)
 	ns := newNetns(t)
 	r := newResolverIn(t, ns, Options{DisableProcfs: true})
-	if !r.hooks.identifies {
+	if !r.hooks.identifies || !r.hooks.knowsExe {
 		t.Fatal("the eBPF hooks do not record process identities on this kernel (CI needs them)")
+	}
+	if !noBTF && !r.hooks.btfTask {
+		t.Skip("the kernel refuses bpf_get_current_task_btf in cgroup sock_addr programs")
+	}
+	if noBTF && r.hooks.btfTask {
+		t.Fatal("the hooks read the task through BTF although told not to")
 	}
 	c := startClient(t, ns, "tcp", netip.MustParseAddrPort("198.18.0.2:9"))
 	other := startClient(t, ns, "tcp", netip.MustParseAddrPort("198.18.0.2:10"))
@@ -543,6 +564,13 @@ func TestResolveByRecordIdentity(t *testing.T) {
 	}
 	if tick := uint64(time.Second) / clockTicks(); rec.StartNs == 0 || rec.StartNs/tick != st.StartTime || rec.ExecID == 0 {
 		t.Fatalf("record StartNs %d ExecID %d; want the client's start time (%d ticks) and a non-zero exec id", rec.StartNs, rec.ExecID, st.StartTime)
+	}
+	var exe unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/exe", c.pid()), &exe); err != nil {
+		t.Fatal(err)
+	}
+	if rec.ExeIno != exe.Ino {
+		t.Fatalf("record ExeIno %d; want the client's executable's inode %d", rec.ExeIno, exe.Ino)
 	}
 
 	// Records forged on the other client's socket, dated at boot: the checks in

@@ -306,10 +306,38 @@ static __always_inline void count(__u32 i)
 		*v += 1;
 }
 
+// 1 if every program that calls identify may call bpf_get_current_task_btf
+// (probed by the loader): identify then follows the task's pointers with plain
+// loads, which the verifier turns into loads that read 0 where a pointer is bad
+// (BPF_PROBE_MEM), as bpf_probe_read_kernel does, at a fraction of a helper call's
+// cost each. 0: every pointer through bpf_probe_read_kernel (BPF_CORE_READ). A
+// constant of the frozen .rodata: the verifier never visits the branch not taken.
+volatile const __u32 task_btf = 0;
+
 // identify fills in the executable of the current task. 0: no executable (a kernel
 // thread) or it could not be read.
 static __always_inline int identify(struct fp_key *k)
 {
+	if (task_btf) {
+		// The same chain as below, read with plain loads from the task's BTF
+		// pointer (a NULL or bad pointer reads as 0, as bpf_probe_read_kernel
+		// fills it); only the mount's id, in struct mount around the vfsmount,
+		// which no BTF pointer reaches, takes a helper call.
+		struct task_struct *t = bpf_get_current_task_btf();
+		struct file *exe = t->mm->exe_file;
+		if (!exe)
+			return 0;
+		struct inode *in = exe->f_inode;
+		k->ino = in->i_ino;
+		k->dev = in->i_sb->s_dev;
+		k->parent_ino = exe->f_path.dentry->d_parent->d_inode->i_ino;
+		unsigned long vm = (unsigned long)exe->f_path.mnt;
+		struct mount *m = (struct mount *)(vm - bpf_core_field_offset(struct mount, mnt));
+		int id = 0;
+		bpf_probe_read_kernel(&id, sizeof(id), &m->mnt_id);
+		k->mnt_id = (__u32)id;
+		return k->ino != 0;
+	}
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
 	if (!exe)
@@ -531,12 +559,14 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 // decided, under the socket's lock, as the hook ran. It marks the record sent;
 // the storage stays with the socket (for its next connect) and dies with it. A
 // socket without a pending decision costs one look at its storage.
-static __always_inline void send_pending(struct bpf_sock_ops *ctx)
+// p is the socket's storage if the caller has it already (count_bytes), else 0.
+static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_sock *p)
 {
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return;
-	struct fp_sock *p = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!p)
+		p = bpf_sk_storage_get(&socks, sk, 0, 0);
 	if (!p || !p->pending)
 		return;
 	p->pending = 0;
@@ -584,10 +614,11 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx)
 // socket (BPF_SOCK_OPS_STATE_CB), for report_end, if tcp_ends is on and the socket
 // is of the served network namespace. One flag on the socket; the callbacks it
 // causes return at once but for the one to TCP_CLOSE.
-// It returns 1 if it did.
-static __always_inline int watch(struct bpf_sock_ops *ctx)
+// It returns 1 if it did. ns is the socket's network namespace
+// (bpf_get_netns_cookie(ctx), read once by the caller).
+static __always_inline int watch(struct bpf_sock_ops *ctx, __u64 ns)
 {
-	if (!tcp_ends || bpf_get_netns_cookie(ctx) != netns_cookie)
+	if (!tcp_ends || ns != netns_cookie)
 		return 0;
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
@@ -596,21 +627,23 @@ static __always_inline int watch(struct bpf_sock_ops *ctx)
 // count_bytes gives a socket watch watches from an active open its counters
 // (socks), at zero (a socket that connects again, after a TCP_CLOSE, starts
 // over), if tcp_bytes is on. The SYN goes out after TCP_CONNECT_CB: it is counted.
-static __always_inline void count_bytes(struct bpf_sock_ops *ctx)
+// It returns the socket's storage, or 0 if it gave none.
+static __always_inline struct fp_sock *count_bytes(struct bpf_sock_ops *ctx)
 {
 	if (!bytes_ok || !tcp_bytes)
-		return;
+		return 0;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
-		return;
+		return 0;
 	struct fp_sock *c = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!c)
-		return; // no memory: this end carries no counters
+		return 0; // no memory: this end carries no counters
 	c->bytes.bytes_out = 0;
 	c->bytes.bytes_in = 0;
 	c->bytes.packets_out = 0;
 	c->bytes.packets_in = 0;
 	c->counting = 1;
+	return c;
 }
 
 // add_bytes adds a packet of a socket that has counters (socks) to them:
@@ -776,16 +809,23 @@ static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __
 // bpf_get_netns_cookie by 0, see withoutNetnsCookie), those of any namespace (a
 // socket of another namespace with latch's fast marks is another latch's, which
 // moves them alike).
-static __always_inline int served_fast(struct bpf_sock_ops *ctx)
+static __always_inline int served_ns(__u64 c)
 {
-	__u64 c = bpf_get_netns_cookie(ctx);
 	return c == netns_cookie || c == 0;
 }
 
-static __always_inline void watch_fast(struct bpf_sock_ops *ctx)
+static __always_inline int served_fast(struct bpf_sock_ops *ctx)
+{
+	return served_ns(bpf_get_netns_cookie(ctx));
+}
+
+// The mark is looked at before the namespace in each (a load, where the
+// namespace costs a helper call; both are pure reads, so the order decides
+// nothing): most sockets have no fast mark.
+static __always_inline void watch_fast(struct bpf_sock_ops *ctx, __u64 ns)
 {
 	__u32 cur, ours;
-	if (!served_fast(ctx) || !fast_mark(ctx, &cur, &ours) || ours != MARK_FAST_ALLOW)
+	if (!fast_mark(ctx, &cur, &ours) || ours != MARK_FAST_ALLOW || !served_ns(ns))
 		return;
 	if (!(ctx->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
 		bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -794,14 +834,14 @@ static __always_inline void watch_fast(struct bpf_sock_ops *ctx)
 static __always_inline void fast_established(struct bpf_sock_ops *ctx)
 {
 	__u32 cur, ours;
-	if (served_fast(ctx) && fast_mark(ctx, &cur, &ours) && ours == MARK_FAST_ALLOW)
+	if (fast_mark(ctx, &cur, &ours) && ours == MARK_FAST_ALLOW && served_fast(ctx))
 		replace_fast(ctx, cur, MARK_FAST_FLOW);
 }
 
-static __always_inline void fast_closed(struct bpf_sock_ops *ctx)
+static __always_inline void fast_closed(struct bpf_sock_ops *ctx, __u64 ns)
 {
 	__u32 cur, ours;
-	if (served_fast(ctx) && fast_mark(ctx, &cur, &ours) && (ours == MARK_FAST_ALLOW || ours == MARK_FAST_FLOW))
+	if (fast_mark(ctx, &cur, &ours) && (ours == MARK_FAST_ALLOW || ours == MARK_FAST_FLOW) && served_ns(ns))
 		replace_fast(ctx, cur, 0);
 }
 
@@ -819,28 +859,34 @@ SEC("sockops")
 int latch_fast_sockops(struct bpf_sock_ops *ctx)
 {
 	switch (ctx->op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		if (watch(ctx))
-			count_bytes(ctx);
-		send_pending(ctx);
-		watch_fast(ctx);
+	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
+		// The namespace read once, the storage got once (count_bytes makes
+		// it, send_pending reads the decision in it).
+		__u64 ns = bpf_get_netns_cookie(ctx);
+		struct fp_sock *p = 0;
+		if (watch(ctx, ns))
+			p = count_bytes(ctx);
+		send_pending(ctx, p);
+		watch_fast(ctx, ns);
 		break;
+	}
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		fast_established(ctx);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		watch(ctx);
+		watch(ctx, bpf_get_netns_cookie(ctx));
 		fast_established(ctx);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (ctx->args[1] == BPF_TCP_CLOSE) {
-			fast_closed(ctx);
+			__u64 ns = bpf_get_netns_cookie(ctx);
+			fast_closed(ctx, ns);
 			// The state callback is a flag of the socket, and every
 			// sock_ops program of its cgroups is called for it: that of a
 			// daemon of another network namespace (a container's, each at
 			// the root cgroup) too, which turned it on. Only the served
 			// namespace's ends are this daemon's (watch).
-			if (tcp_ends && bpf_get_netns_cookie(ctx) == netns_cookie)
+			if (tcp_ends && ns == netns_cookie)
 				report_end(ctx);
 		}
 		break;
