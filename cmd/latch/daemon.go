@@ -103,7 +103,13 @@ exits; on SIGHUP it reads the managed rule files again.
                            kernel (eBPF), without the queue (default true; off by
                            itself without BPF, BTF or privilege: see latch status)
   --fast-path-cgroup DIR   cgroup v2 directory whose processes the fast path serves
-                           (default: the root of the hierarchy, every process)
+                           (default: the root of the hierarchy, every process; with
+                           --attribution-cgroup, that directory)
+  --attribution-cgroup DIR Linux, for tests and benchmarks: cgroup v2 directory whose
+                           processes latch's kernel hooks for every process serve
+                           (process attribution, the local resolver's query records, the
+                           fast path's socket ends and byte counts; default: the root);
+                           attribution of processes outside DIR then falls back to /proc
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
   --keep-rules-on-exit     fail-closed: a stop (SIGTERM) leaves the firewall rules in place,
@@ -173,6 +179,9 @@ type daemonOptions struct {
 	onTraffic      func([]intercept.Traffic)
 	FastPath       bool
 	FastPathCgroup string
+	// AttributionCgroup (--attribution-cgroup) is the cgroup v2 directory the hooks
+	// that serve every process attach to; "": the root.
+	AttributionCgroup string
 
 	Mode engine.Mode // --mode: the mode at start when none is saved (modes.go)
 }
@@ -215,12 +224,21 @@ func parseDaemonFlags(args []string) (_ *daemonOptions, err error) {
 	fs.DurationVar(&o.TrafficInterval, "traffic-interval", 10*time.Second, "")
 	fs.BoolVar(&o.FastPath, "fast-path", true, "")
 	fs.StringVar(&o.FastPathCgroup, "fast-path-cgroup", "", "")
+	fs.StringVar(&o.AttributionCgroup, "attribution-cgroup", "", "")
 	mode := fs.String("mode", "ask", "")
 	if err := cfg.parse(fs, args); err != nil {
 		return nil, err
 	}
 	if err := checkObserve(); err != nil {
 		return nil, err
+	}
+	if o.AttributionCgroup != "" {
+		if err := checkAttributionCgroup(o.AttributionCgroup); err != nil {
+			return nil, usagef("--attribution-cgroup: %v", err)
+		}
+		if o.FastPathCgroup == "" {
+			o.FastPathCgroup = o.AttributionCgroup
+		}
 	}
 	if *upstream != "" {
 		for _, u := range strings.Split(*upstream, ",") {

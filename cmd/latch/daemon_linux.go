@@ -16,6 +16,7 @@ import (
 	"github.com/latchfw/latch/internal/intercept/linux"
 	"github.com/latchfw/latch/internal/procattr"
 	"github.com/latchfw/latch/internal/textesc"
+	"golang.org/x/sys/unix"
 )
 
 const defaultStateDir = "/var/lib/latch"
@@ -36,7 +37,7 @@ func noTCPEnds(o *daemonOptions, accounting bool) string {
 
 // newBackend builds the NFQUEUE backend with process attribution.
 func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, error) {
-	res, err := procattr.NewResolver(procattr.Options{})
+	res, err := procattr.NewResolver(procattr.Options{CgroupPath: o.AttributionCgroup})
 	if err != nil {
 		return nil, fmt.Errorf("process attribution: %w", err)
 	}
@@ -69,8 +70,9 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	if !o.FastPath {
 		fastPathOff = "--fast-path=false"
 	} else if fp, err = fastpath.Open(fastpath.Config{
-		CgroupPath: o.FastPathCgroup,
-		PinDir:     fastpath.PinDir(o.StateDir),
+		CgroupPath:     o.FastPathCgroup,
+		EndsCgroupPath: o.AttributionCgroup,
+		PinDir:         fastpath.PinDir(o.StateDir),
 		// A ruleset kept on exit still names the pinned program (iptables-legacy
 		// checks it again at every change of the filter table).
 		KeepPin:   o.KeepRules && !o.FailOpen,
@@ -145,7 +147,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	var queries *procattr.DNSQueries
 	if o.DNSProxy != "" {
 		if ap, err := netip.ParseAddrPort(o.DNSProxy); err == nil {
-			if queries, err = res.WatchDNSQueries(ap, ""); err != nil {
+			if queries, err = res.WatchDNSQueries(ap, o.AttributionCgroup); err != nil {
 				logf("local resolver: queries attributed through their sockets (sock_diag): %v", err)
 			} else {
 				logf("local resolver: each UDP query attributed by the kernel's record of the socket that sent it")
@@ -246,6 +248,19 @@ func runCleanup(ctx context.Context, args []string) error {
 		return err
 	} else if restored {
 		fmt.Printf("restored %s\n", textesc.String(*resolvConf))
+	}
+	return nil
+}
+
+// checkAttributionCgroup says why dir cannot be --attribution-cgroup: it must be a
+// directory of a cgroup v2 hierarchy.
+func checkAttributionCgroup(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("%q: %w", dir, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%q is not a cgroup v2 directory (no cgroup2 file system)", dir)
 	}
 	return nil
 }

@@ -39,3 +39,8 @@ to clean up.
 func runCleanup(ctx context.Context, args []string) error {
 	return errors.New("not needed on Windows: the driver's filters live in a dynamic WFP session and vanish with it")
 }
+
+// checkAttributionCgroup refuses --attribution-cgroup: Windows has no cgroups.
+func checkAttributionCgroup(dir string) error {
+	return errors.New("only on Linux (a cgroup v2 directory)")
+}

@@ -64,6 +64,13 @@ type Config struct {
 	// CgroupPath is the cgroup v2 directory the hooks attach to; "": the root of the
 	// cgroup2 hierarchy (every process on the machine).
 	CgroupPath string
+	// EndsCgroupPath is the cgroup v2 directory the hooks that serve every process
+	// attach to (the sock_ops program, which reports TCP socket ends, and the byte
+	// counters); "": the root of the cgroup2 hierarchy. Tests and benchmarks set it
+	// to keep latch's programs off other processes: the ends of the sockets of
+	// processes outside it are then not reported (conntrack's destroy events end
+	// the flows it tracks).
+	EndsCgroupPath string
 	// MaxEntries bounds the map (LRU); 0: DefaultMaxEntries.
 	MaxEntries int
 	// TTL is the longest an entry hits; 0: DefaultTTL.
@@ -312,6 +319,13 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			cfg.CgroupPath = cgroupPath
 		}
 	}
+	if e := cfg.EndsCgroupPath; e != "" {
+		// The connect hooks leave their decisions to the sock_ops program: it must
+		// run wherever they do.
+		if rel, err := filepath.Rel(filepath.Clean(e), filepath.Clean(cgroupPath)); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			return nil, fmt.Errorf("fast path: the cgroup %s is not within the cgroup of the socket end hooks %s", cgroupPath, e)
+		}
+	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("fast path: raise RLIMIT_MEMLOCK: %w", err)
 	}
@@ -459,7 +473,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// events for any flow (see doc.go). Where the root cannot be had, it serves
 	// the hooks' cgroup, and the ends are not reported.
 	sockopsPath, rootWhy := cgroupPath, ""
-	if subCgroup {
+	if cfg.EndsCgroupPath != "" {
+		sockopsPath = cfg.EndsCgroupPath
+	} else if subCgroup {
 		var unmount func()
 		if sockopsPath, unmount, err = rootCgroup(); err != nil {
 			sockopsPath, rootWhy = cgroupPath, err.Error()

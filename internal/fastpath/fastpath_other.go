@@ -16,14 +16,15 @@ var ErrUnsupported = errors.New("fast path: only on Linux")
 
 // Config configures Open.
 type Config struct {
-	CgroupPath    string
-	MaxEntries    int
-	TTL           time.Duration
-	RingBytes     int
-	EndsRingBytes int
-	PinDir        string
-	KeepPin       bool
-	NoTCPEnds     string
+	CgroupPath     string
+	EndsCgroupPath string
+	MaxEntries     int
+	TTL            time.Duration
+	RingBytes      int
+	EndsRingBytes  int
+	PinDir         string
+	KeepPin        bool
+	NoTCPEnds      string
 }
 
 // FastPath is the kernel fast path; there is none on this system.
