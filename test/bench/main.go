@@ -35,9 +35,11 @@
 // datagram of a flow is what latch decides), for none, latch and latch+fp;
 // -scenarios picks some scenarios only; -latch-base BIN adds latch+fp@base,
 // latch+fp with another latch binary (a baseline build), compared round by
-// round with latch+fp. The fast-path scenarios'
-// clients run in a cgroup of the bench's own, where their daemon attaches its hooks.
-// Each scenario runs in
+// round with latch+fp. Each scenario's clients run in a cgroup of their own (under
+// the bench's), and each latch daemon attaches its hooks to its scenario's alone
+// (--attribution-cgroup, and --fast-path-cgroup for the fast path): no scenario's
+// connects run another daemon's programs, and those without latch run none, which
+// the bench checks while the daemons run ("baseline hooks: ..."). Each scenario runs in
 // fresh network namespaces joined by a veth pair (198.18.0.0/15). Needs root.
 //
 // The set-ups are visited in turn each round, in reverse order every other round
@@ -187,12 +189,25 @@ func main() {
 	atExit = append(atExit, func() { unix.Close(cgfd); removeCgroup(cg) })
 	defer func() { unix.Close(cgfd); removeCgroup(cg) }()
 	var targets []*target
+	plain := map[string]string{} // the cgroups of the scenarios without latch, by name
+	tolerate := ""               // why latch's hooks may be on the root: a daemon without --attribution-cgroup
 	for _, sc := range names {
 		bin := *latchBin
 		if sc == baseScenario {
 			bin = *baseBin
 		}
-		tg, err := setup(strings.TrimSuffix(sc, "@base"), client, bin, dir, *nrules, cg, cgfd)
+		scg, scgfd, err := scenarioCgroup(cg, sc)
+		if err != nil {
+			fatalf("scenario %s: %v", sc, err)
+		}
+		own := hasAttributionCgroup(bin)
+		if !own && strings.HasPrefix(sc, "latch") {
+			tolerate = fmt.Sprintf("%s's latch (%s) has no --attribution-cgroup: its hooks are on the root cgroup", sc, bin)
+		}
+		tg, err := setup(strings.TrimSuffix(sc, "@base"), client, bin, dir, *nrules, scg, scgfd, own)
+		if tg != nil && tg.daemon == nil {
+			plain[sc] = scg
+		}
 		if tg != nil {
 			tg.name = sc
 			atExit = append(atExit, tg.close)
@@ -203,6 +218,10 @@ func main() {
 		}
 		targets = append(targets, tg)
 	}
+	// Every daemon is up and has attached its hooks: the scenarios without latch
+	// must run none of them. Checked again after the rounds: another process's
+	// (a latch daemon of some test) would slow every scenario, none too.
+	hooksBefore := checkBaselineHooks(filepath.Dir(cg), plain, tolerate, "")
 	per := max(*n / *rounds, 1)
 	var prev *target // the target measured last
 	for r := 0; r < *rounds; r++ {
@@ -229,6 +248,7 @@ func main() {
 		}
 	}
 	settleAll(targets, prev)
+	checkBaselineHooks(filepath.Dir(cg), plain, tolerate, hooksBefore)
 	var results []Measurement
 	for _, tg := range targets {
 		results = append(results, tg.result())
@@ -286,14 +306,53 @@ func benchCgroup(dir string) (string, int, error) {
 	return cg, fd, nil
 }
 
-// removeCgroup removes the bench's cgroup and unmounts the hierarchy.
-func removeCgroup(cg string) {
-	for i := 0; i < 250 && os.Remove(cg) != nil; i++ {
-		if _, err := os.Stat(cg); err != nil {
-			break
+// scenarioCgroup makes the cgroup of one scenario's clients in the bench's cgroup
+// cg, and opens it (for clone3's CLONE_INTO_CGROUP).
+func scenarioCgroup(cg, scenario string) (string, int, error) {
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
+			return r
 		}
-		time.Sleep(20 * time.Millisecond)
+		return '_'
+	}, scenario)
+	path := filepath.Join(cg, name)
+	if err := os.Mkdir(path, 0o755); err != nil {
+		return "", -1, fmt.Errorf("make the scenario's cgroup: %w", err)
 	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		os.Remove(path)
+		return "", -1, fmt.Errorf("open the scenario's cgroup: %w", err)
+	}
+	return path, fd, nil
+}
+
+// hasAttributionCgroup tells whether the latch binary has the daemon flag
+// --attribution-cgroup (a baseline build may predate it).
+func hasAttributionCgroup(latchBin string) bool {
+	out, _ := exec.Command(latchBin, "daemon", "--help").CombinedOutput()
+	return strings.Contains(string(out), "--attribution-cgroup")
+}
+
+// removeCgroup removes the bench's cgroup, the scenarios' in it first, and
+// unmounts the hierarchy.
+func removeCgroup(cg string) {
+	rm := func(dir string) {
+		for i := 0; i < 250 && os.Remove(dir) != nil; i++ {
+			if _, err := os.Stat(dir); err != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if ents, err := os.ReadDir(cg); err == nil {
+		for _, e := range ents {
+			if e.IsDir() {
+				rm(filepath.Join(cg, e.Name()))
+			}
+		}
+	}
+	rm(cg)
 	unix.Unmount(filepath.Dir(cg), unix.MNT_DETACH)
 }
 
@@ -348,7 +407,7 @@ func reportFastPath(tg *target, latchBin string) {
 // target is one scenario's namespaces and processes, and the samples taken so far.
 type target struct {
 	name    string
-	cgfd    int    // the cgroup the clients run in; -1: the bench's own
+	cgfd    int    // the cgroup the scenario's clients run in (its own)
 	api     string // the latch daemon's API socket, if any
 	pair    *nettest.Pair
 	addr    string
@@ -417,6 +476,15 @@ func (tg *target) close() {
 		stop(tg.procs[i])
 	}
 	tg.pair.Close()
+	if tg.cgfd >= 0 {
+		unix.Close(tg.cgfd)
+		tg.cgfd = -1
+	}
+}
+
+// inCgroup has cmd start in the scenario's cgroup.
+func (tg *target) inCgroup(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: tg.cgfd}
 }
 
 // measure runs one round: n sequential connects, then n from conc workers.
@@ -426,9 +494,7 @@ func (tg *target) measure(client string, n, conc int, reset bool) error {
 		mode = "reset"
 	}
 	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc), mode)
-	if tg.cgfd >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: tg.cgfd}
-	}
+	tg.inCgroup(cmd)
 	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("client: %v", err)
@@ -455,9 +521,7 @@ func (tg *target) measure(client string, n, conc int, reset bool) error {
 // n sequential, then n from conc workers.
 func (tg *target) measureUDP(client string, n, conc int) error {
 	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc), "udp")
-	if tg.cgfd >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: tg.cgfd}
-	}
+	tg.inCgroup(cmd)
 	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("udp client: %v", err)
@@ -581,13 +645,17 @@ type clientRound struct {
 }
 
 // setup makes one scenario's namespaces and starts its server and, for floor and
-// latch, its queue reader. On error the target returned (if any) must still be closed.
-func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) (*target, error) {
+// latch, its queue reader. Its clients will run in the cgroup cg (cgfd, which the
+// target owns from now on), where a latch daemon attaches its hooks: every hook
+// with --attribution-cgroup (own: the binary has it), the fast path's with
+// --fast-path-cgroup. On error the target returned (if any) must still be closed.
+func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int, own bool) (*target, error) {
 	p, err := nettest.NewPair()
 	if err != nil {
+		unix.Close(cgfd)
 		return nil, err
 	}
-	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort), cgfd: -1}
+	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort), cgfd: cgfd}
 	addr := tg.addr
 	srv := nettest.Command(p.Server, client, "role-server", addr)
 	if err := startAndWait(srv, "listening"); err != nil {
@@ -650,9 +718,11 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int) 
 				"--events-syslog", "tcp://127.0.0.1:5514")
 		}
 		args = append(args, fmt.Sprintf("--accounting=%t", name != "latch-noacct"))
+		if own {
+			args = append(args, "--attribution-cgroup", cg)
+		}
 		if strings.HasPrefix(name, "latch+fp") {
 			args = append(args, "--fast-path-cgroup", cg)
-			tg.cgfd = cgfd
 		} else {
 			args = append(args, "--fast-path=false")
 		}
@@ -845,7 +915,9 @@ func roleCollector(addr string) {
 // measureBulk sends up to mib MiB, for at most d, over one new connection to the
 // sink; it belongs to the round measure last started.
 func (tg *target) measureBulk(client string, mib int, d time.Duration) error {
-	out, err := nettest.Command(tg.pair.Client, client, "role-bulk", tg.sinkAddr, fmt.Sprint(mib), d.String()).Output()
+	cmd := nettest.Command(tg.pair.Client, client, "role-bulk", tg.sinkAddr, fmt.Sprint(mib), d.String())
+	tg.inCgroup(cmd)
+	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("bulk client: %v", err)
 	}
