@@ -110,6 +110,7 @@ exits; on SIGHUP it reads the managed rule files again.
                            (process attribution, the local resolver's query records, the
                            fast path's socket ends and byte counts; default: the root);
                            attribution of processes outside DIR then falls back to /proc
+                           (unverified: no --app rule matches them)
   --backend auto|none      none holds nothing: the API, rules and questions work but no
                            connection is intercepted (a test and development aid)
   --keep-rules-on-exit     fail-closed: a stop (SIGTERM) leaves the firewall rules in place,

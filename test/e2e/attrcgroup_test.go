@@ -51,8 +51,8 @@ func attachedNames(t *testing.T, path string, types ...ebpf.AttachType) map[ebpf
 // serve every process by default (process attribution, the fast path's socket
 // ends and byte counters) attach to DIR, which is also the fast path's cgroup;
 // the fast path still reports socket ends; a program in DIR is attributed and
-// decided by its rule, one outside it too (through /proc). A directory that is no
-// cgroup is refused.
+// decided by its rule; one outside it is found through /proc, unverified. A
+// directory that is no cgroup is refused.
 func TestAttributionCgroup(t *testing.T) {
 	n := NewNet(t)
 	srv := n.Serve(t, 8341)
@@ -92,20 +92,37 @@ func TestAttributionCgroup(t *testing.T) {
 	}
 
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8341", "--action", "allow")
-	inside := results(t, n.inCgroup(t, cgfd, helperBin, "connects", n.ServerIP+":8341", "2", "10s"))
-	outside := results(t, n.MustExec(t, n.Client, helperBin, "connects", n.ServerIP+":8341", "2", "10s"))
-	for i, r := range append(inside, outside...) {
+	for i, r := range results(t, n.inCgroup(t, cgfd, helperBin, "connects", n.ServerIP+":8341", "2", "10s")) {
 		if r.Outcome != "connected" {
-			t.Errorf("connect %d (inside DIR: %t): %+v; want connected by the rule", i, i < len(inside), r)
+			t.Errorf("connect %d from inside DIR: %+v; want connected by the rule", i, r)
 		}
 	}
-	for _, c := range connsTo(t, d, 8341, 4) {
-		if c["exe"] != helperBin || num(c["pid"]) == 0 || c["verdict"] != "allow" {
-			t.Errorf("history row %v: want %s, a pid, allowed", c, helperBin)
+	// Outside DIR the hooks made no record of the socket: /proc names the
+	// program, unverified, which no --app rule matches: it is asked about (and
+	// denied at the question's timeout).
+	for i, r := range results(t, n.MustExec(t, n.Client, helperBin, "connects", n.ServerIP+":8341", "1", "10s")) {
+		if r.Outcome == "connected" {
+			t.Errorf("connect %d from outside DIR: %+v; want not decided by the --app rule", i, r)
 		}
 	}
-	if a := Accepted(srv); a != 4 {
-		t.Errorf("server accepted %d, want 4", a)
+	verified := 0
+	for _, c := range connsTo(t, d, 8341, 3) {
+		if c["exe"] != helperBin || num(c["pid"]) == 0 {
+			t.Errorf("history row %v: want %s and a pid", c, helperBin)
+		}
+		switch {
+		case c["identity"] == "verified" && c["verdict"] == "allow":
+			verified++
+		case c["identity"] == "unverified" && c["reason"] == "timeout":
+		default:
+			t.Errorf("history row %v: want verified and allowed (inside DIR) or unverified and asked (outside)", c)
+		}
+	}
+	if verified != 2 {
+		t.Errorf("%d verified connections, want the 2 from inside DIR", verified)
+	}
+	if a := Accepted(srv); a != 2 {
+		t.Errorf("server accepted %d, want 2", a)
 	}
 
 	t.Run("not a cgroup", func(t *testing.T) {
