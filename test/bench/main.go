@@ -202,7 +202,7 @@ func main() {
 		}
 		own := hasAttributionCgroup(bin)
 		if !own && strings.HasPrefix(sc, "latch") {
-			tolerate = fmt.Sprintf("%s's latch (%s) has no --attribution-cgroup: its hooks are on the root cgroup", sc, bin)
+			tolerate = fmt.Sprintf("%s's latch (%s) has no --attribution-cgroup: its hooks are on the root cgroup, so every other scenario's clients run them too, the other latch scenarios' besides their own", sc, bin)
 		}
 		tg, err := setup(strings.TrimSuffix(sc, "@base"), client, bin, dir, *nrules, scg, scgfd, own)
 		if tg != nil && tg.daemon == nil {
