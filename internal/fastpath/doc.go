@@ -302,7 +302,9 @@
 // reset the kernel sends on close, so the reader ends the flow with the counters
 // it reads then, whatever conntrack's state. For this the program serves the root
 // cgroup (every process) whatever cgroup the connect hooks serve: a flow the queue
-// allowed ends this way too. Each state change then costs one call of the
+// allowed ends this way too (Config.EndsCgroupPath, for tests and benchmarks, puts
+// it and the byte counters on a cgroup holding the connect hooks' instead: the
+// sockets of the processes outside report no end). Each state change then costs one call of the
 // program, which returns at once but for TCP_CLOSE, and each socket's end one ring
 // buffer record. The state callback is a flag of the socket, and each sock_ops
 // program of the socket's cgroups is called for it: a daemon of another network

@@ -1088,3 +1088,22 @@ func TestDeathReleasesHighestFirst(t *testing.T) {
 		t.Errorf("a killed process's files were released in the order %v, want %v (highest descriptor first)", order, want)
 	}
 }
+
+// TestEndsCgroupMustHoldTheHooks: the connect hooks leave their decisions to the
+// sock_ops program, so a cgroup for the socket end hooks (EndsCgroupPath) that
+// does not hold the connect hooks' is refused, naming both, before anything loads.
+func TestEndsCgroupMustHoldTheHooks(t *testing.T) {
+	for _, c := range []struct{ hooks, ends string }{
+		{"/sys/fs/cgroup/a", "/sys/fs/cgroup/b"},
+		{"/sys/fs/cgroup", "/sys/fs/cgroup/b"},
+		{"/sys/fs/cgroup/bb", "/sys/fs/cgroup/b"},
+	} {
+		fp, err := Open(Config{CgroupPath: c.hooks, EndsCgroupPath: c.ends})
+		if err == nil {
+			fp.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "not within") || !strings.Contains(err.Error(), c.ends) {
+			t.Errorf("Open with the hooks in %s and the socket end hooks in %s: %v; want refused", c.hooks, c.ends, err)
+		}
+	}
+}
