@@ -70,31 +70,6 @@ func pinLease(t *testing.T) (path string, release func()) {
 	return path, release
 }
 
-// listenTCPAt is listenTCP on addr (IPv4 or IPv6) in namespace B.
-func listenTCPAt(t *testing.T, tp *topo, addr string, port int) *tcpServer {
-	t.Helper()
-	s := &tcpServer{}
-	if err := inNS(tp.b, func() error {
-		var err error
-		s.ln, err = net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
-		return err
-	}); err != nil {
-		t.Fatalf("listen in %s: %v", tp.b, err)
-	}
-	t.Cleanup(func() { s.ln.Close() })
-	go func() {
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			s.accepted.Add(1)
-			c.Close()
-		}
-	}()
-	return s
-}
-
 // dialMarkedAt is dialMarked to addr (IPv4 or IPv6).
 func dialMarkedAt(tp *topo, addr string, port int, mark uint32) error {
 	return inNS(tp.a, func() error {

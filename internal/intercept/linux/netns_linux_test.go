@@ -154,13 +154,18 @@ type tcpServer struct {
 
 func listenTCP(t testing.TB, tp *topo, port int) *tcpServer {
 	t.Helper()
+	return listenTCPAt(t, tp, addrB, port)
+}
+
+// listenTCPAt is a tcpServer on addr (IPv4 or IPv6) and port in namespace B.
+func listenTCPAt(t testing.TB, tp *topo, addr string, port int) *tcpServer {
+	t.Helper()
 	s := &tcpServer{}
-	err := inNS(tp.b, func() error {
+	if err := inNS(tp.b, func() error {
 		var err error
-		s.ln, err = net.Listen("tcp4", net.JoinHostPort(addrB, strconv.Itoa(port)))
+		s.ln, err = net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
 		return err
-	})
-	if err != nil {
+	}); err != nil {
 		t.Fatalf("listen in %s: %v", tp.b, err)
 	}
 	t.Cleanup(func() { s.ln.Close() })
