@@ -41,11 +41,7 @@ func dialMarked(tp *topo, port string, mark uint32) error {
 func TestFastPathMarks(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft} {
 		t.Run(fw, func(t *testing.T) {
-			if fw == FirewallNftables {
-				if err := probeNftQueue(DefaultQueue); err != nil {
-					t.Skipf("no native nftables queue: %v", err)
-				}
-			}
+			needFirewall(t, fw)
 			tp := newTopo(t)
 			srv := listenTCP(t, tp, 9001)
 			d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_FAST_TCP=1")
@@ -103,11 +99,7 @@ func TestFastPathMarks(t *testing.T) {
 func TestAllowedFlowLeavesAtOnce(t *testing.T) {
 	for _, fw := range []string{FirewallIptablesNft, FirewallNftables} {
 		t.Run(fw, func(t *testing.T) {
-			if fw == FirewallNftables {
-				if err := probeNftQueue(DefaultQueue); err != nil {
-					t.Skipf("no native nftables queue: %v", err)
-				}
-			}
+			needFirewall(t, fw)
 			tp := newTopo(t)
 			serveTCP(t, tp.b, addrB+":9011", func(c net.Conn) { io.Copy(c, c); c.Close() })
 			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw)
@@ -189,11 +181,7 @@ func TestInvalidResetLeavesEarly(t *testing.T) {
 	}
 	for _, fw := range []string{FirewallIptablesNft, FirewallNftables} {
 		t.Run(fw, func(t *testing.T) {
-			if fw == FirewallNftables {
-				if err := probeNftQueue(DefaultQueue); err != nil {
-					t.Skipf("no native nftables queue: %v", err)
-				}
-			}
+			needFirewall(t, fw)
 			tp := newTopo(t)
 			ends := make(chan error, 4)
 			serveTCP(t, tp.b, addrB+":9012", func(c net.Conn) {

@@ -56,14 +56,7 @@ func pinPortMatch(t *testing.T, port int) string {
 func TestFastUDPMatch(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
-			if fw == FirewallNftables {
-				if err := probeNftQueue(DefaultQueue); err != nil {
-					t.Skipf("no native nftables queue: %v", err)
-				}
-			}
-			if fw == FirewallIptablesLegacy && !legacyUsable() {
-				t.Skip("no iptables-legacy")
-			}
+			needFirewall(t, fw)
 			tp := newTopo(t)
 			srv1 := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9101"))
 			srv2 := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9102"))
@@ -112,6 +105,21 @@ func TestFastUDPMatch(t *testing.T) {
 }
 
 // legacyUsable says whether iptables-legacy can be used here.
+// needFirewall skips the test of firewall mechanism fw where this machine cannot
+// run it: native nftables without a queue statement (this kernel), or no
+// iptables-legacy.
+func needFirewall(t *testing.T, fw string) {
+	t.Helper()
+	if fw == FirewallNftables {
+		if err := probeNftQueue(DefaultQueue); err != nil {
+			t.Skipf("no native nftables queue: %v", err)
+		}
+	}
+	if fw == FirewallIptablesLegacy && !legacyUsable() {
+		t.Skip("no iptables-legacy")
+	}
+}
+
 func legacyUsable() bool {
 	_, err := exec.LookPath("iptables-legacy")
 	_, err6 := exec.LookPath("ip6tables-legacy")

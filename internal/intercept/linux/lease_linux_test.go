@@ -96,14 +96,7 @@ func TestFastLease(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
 		for _, mode := range []string{"conntrack", "notrack"} {
 			t.Run(fw+"/"+mode, func(t *testing.T) {
-				if fw == FirewallNftables {
-					if err := probeNftQueue(DefaultQueue); err != nil {
-						t.Skipf("no native nftables queue (TestNftFastLeaseRuleset checks its ruleset): %v", err)
-					}
-				}
-				if fw == FirewallIptablesLegacy && !legacyUsable() {
-					t.Skip("no iptables-legacy")
-				}
+				needFirewall(t, fw)
 				tp := newTopo(t)
 				addV6(t, tp)
 				srv, srv6 := listenTCPAt(t, tp, addrB, 9001), listenTCPAt(t, tp, addrB6, 9001)
@@ -233,14 +226,7 @@ func TestNftFastLeaseRuleset(t *testing.T) {
 func TestFastUDPLease(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
-			if fw == FirewallNftables {
-				if err := probeNftQueue(DefaultQueue); err != nil {
-					t.Skipf("no native nftables queue (TestNftFastLeaseRuleset checks its ruleset): %v", err)
-				}
-			}
-			if fw == FirewallIptablesLegacy && !legacyUsable() {
-				t.Skip("no iptables-legacy")
-			}
+			needFirewall(t, fw)
 			tp := newTopo(t)
 			srv := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9101"))
 			match := pinPortMatch(t, 9101)

@@ -205,11 +205,7 @@ func testNotrack(t *testing.T, fw, mode string, inboundRule, leak bool) {
 	if _, err := exec.LookPath("conntrack"); err != nil {
 		t.Skipf("needs conntrack: %v", err)
 	}
-	if fw == FirewallNftables {
-		if err := probeNftQueue(DefaultQueue); err != nil {
-			t.Skipf("no native nftables queue: %v", err)
-		}
-	}
+	needFirewall(t, fw)
 	tp := newTopo(t)
 	addV6(t, tp)
 	before := ruleset(t, tp.a)

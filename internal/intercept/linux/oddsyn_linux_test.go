@@ -248,9 +248,7 @@ func dropPeerResets(t *testing.T, tp *topo) {
 func TestInboundOddSynHeld(t *testing.T) {
 	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
-			if fw == FirewallIptablesLegacy && !legacyUsable() {
-				t.Skip("no iptables-legacy")
-			}
+			needFirewall(t, fw)
 			tp := newTopo(t)
 			addV6(t, tp)
 			dropPeerResets(t, tp)
@@ -316,9 +314,7 @@ func TestOutboundHeldSimultaneousOpen(t *testing.T) {
 	}
 	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
-			if fw == FirewallIptablesLegacy && !legacyUsable() {
-				t.Skip("no iptables-legacy")
-			}
+			needFirewall(t, fw)
 			tp := newTopo(t)
 			addV6(t, tp)
 			dropPeerResets(t, tp)
