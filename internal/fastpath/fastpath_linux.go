@@ -372,6 +372,10 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// kernel refuses it) the object loads with a placeholder in its place.
 	fp.liveVia, fp.liveWhy = liveKernel(cfg.noLiveBytes, cfg.noLiveMap)
 	useTaskBTF := taskBTF() && !cfg.noTaskBTF
+	// The ingress program's simultaneous open guard serves the sockets of this
+	// namespace only where its kernel lets cgroup_skb programs read a packet's
+	// namespace; elsewhere those of every namespace (see simultaneous_open).
+	skbNetns := features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnGetNetnsCookie) == nil
 	fp.taskBTF = useTaskBTF
 	load := func(bytes bool, live liveVia, iters bool) error {
 		spec, err := loadFastpath()
@@ -392,6 +396,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if bytes {
 			if err := spec.Variables["bytes_ok"].Set(uint32(1)); err != nil {
 				return fmt.Errorf("fast path: turn the socket counters on: %w", err)
+			}
+		}
+		if skbNetns {
+			if err := spec.Variables["skb_netns"].Set(uint32(1)); err != nil {
+				return fmt.Errorf("fast path: read the namespace of a packet's socket: %w", err)
 			}
 		}
 		if useTaskBTF {

@@ -687,6 +687,11 @@ int latch_fast_skb_egress(struct __sk_buff *skb)
 	return 1;
 }
 
+// 1 if the kernel lets cgroup_skb programs call bpf_get_netns_cookie (probed
+// by the loader): simultaneous_open then serves the sockets of the served
+// namespace only. A constant of the frozen .rodata.
+volatile const __u32 skb_netns = 0;
+
 // Extension headers tcp_offset follows in an IPv6 packet at most.
 #define MAX_EXT_HEADERS 8
 
@@ -769,6 +774,12 @@ static __always_inline int simultaneous_open(struct __sk_buff *skb)
 		return 0;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->state != BPF_TCP_SYN_SENT || sk->protocol != IPPROTO_TCP)
+		return 0;
+	// The served namespace's sockets only (the program is attached to the root
+	// cgroup, every namespace's processes): other namespaces' daemons keep theirs.
+	// A kernel whose cgroup_skb programs cannot read it (skb_netns 0): every
+	// namespace's.
+	if (skb_netns && bpf_get_netns_cookie(skb) != netns_cookie)
 		return 0;
 	int off = tcp_offset(skb);
 	if (off < 0)
