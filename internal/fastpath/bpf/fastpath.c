@@ -754,6 +754,25 @@ static __always_inline int tcp_offset(struct __sk_buff *skb)
 	return nh == IPPROTO_TCP ? off : -1;
 }
 
+// self_connect reports whether skb, whose TCP header is at off, comes from the
+// address and port it goes to: a socket that connects to itself (its own SYN,
+// which Linux takes as a simultaneous open), which no other host takes part in.
+static __always_inline int self_connect(struct __sk_buff *skb, int off)
+{
+	__u16 ports[2];
+	if (bpf_skb_load_bytes(skb, off, ports, 4) < 0 || ports[0] != ports[1])
+		return 0;
+	__u32 a[8];
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (bpf_skb_load_bytes(skb, 12, a, 8) < 0)
+			return 0;
+		return a[0] == a[1];
+	}
+	if (bpf_skb_load_bytes(skb, 8, a, 32) < 0)
+		return 0;
+	return a[0] == a[4] && a[1] == a[5] && a[2] == a[6] && a[3] == a[7];
+}
+
 // simultaneous_open reports whether skb, a segment TCP is about to give a full
 // socket in state SYN_SENT, has SYN set and ACK clear: the peer's half of a
 // simultaneous open. Such a socket is one whose SYN went out or is still held
@@ -763,7 +782,8 @@ static __always_inline int tcp_offset(struct __sk_buff *skb)
 // simultaneous open still completes, since the peer receives this socket's own
 // SYN once it is allowed and answers it with a SYN-ACK, which SYN_SENT takes
 // as a normal handshake; the peer of a held socket would have to guess its
-// initial sequence number (never sent) for a SYN-ACK to be taken. A segment
+// initial sequence number (never sent) for a SYN-ACK to be taken. A socket's
+// own SYN (a connect to itself, self_connect) passes. A segment
 // whose TCP header cannot be found (headers tcp_offset does not follow, which
 // the kernel's TCP has already passed) is dropped too: for a socket whose SYN
 // is held, failing closed. Other packets cost a look at their socket's state.
@@ -787,7 +807,9 @@ static __always_inline int simultaneous_open(struct __sk_buff *skb)
 	__u8 flags;
 	if (bpf_skb_load_bytes(skb, off + 13, &flags, 1) < 0)
 		return 1;
-	return (flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	if ((flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return 0;
+	return !self_connect(skb, off);
 }
 
 // The packets a local socket receives, before TCP takes them (a socket's TIME_WAIT

@@ -481,3 +481,28 @@ func TestFastPathSimultaneousOpenStillConnects(t *testing.T) {
 		})
 	}
 }
+
+// TestFastPathSelfConnectStillConnects: with the kernel fast path loaded, a
+// socket that connects to its own address and port (whose own SYN comes back
+// to it in SYN_SENT, which Linux takes as a simultaneous open) still connects:
+// no other host takes part. IPv4 and IPv6.
+func TestFastPathSelfConnectStillConnects(t *testing.T) {
+	tp := newTopo(t)
+	addV6(t, tp)
+	fp := openFastPath(t, tp.a)
+	before := fp.Stats().SimultaneousOpenDropped
+	for i, a := range []string{addrA, addrA6} {
+		self := netip.AddrPortFrom(netip.MustParseAddr(a), uint16(9850+i))
+		fd := heldSocket(t, tp.a, self, self)
+		deadline := time.Now().Add(3 * time.Second)
+		for tcpState(t, fd) != unix.BPF_TCP_ESTABLISHED && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if st := tcpState(t, fd); st != unix.BPF_TCP_ESTABLISHED {
+			t.Errorf("a socket connecting to itself at %s: state %d, want established (%d)", self, st, unix.BPF_TCP_ESTABLISHED)
+		}
+	}
+	if got := fp.Stats().SimultaneousOpenDropped; got != before {
+		t.Errorf("simultaneous_open_dropped went from %d to %d: a socket's own SYN was dropped", before, got)
+	}
+}
