@@ -104,7 +104,7 @@ func runStatus(ctx context.Context, args []string) error {
 				row("fast path lease", "off (a connect whose SYN is on its way when the daemon dies may connect again anywhere after): %s", textesc.Message(f.LeaseWhy))
 			}
 			if f.SimultaneousOpenGuard {
-				row("fast path simultaneous open", "on: a SYN without ACK to a socket whose own SYN waits for a verdict is dropped (%d dropped; cgroup %s)", f.SimultaneousOpenDropped, textesc.String(f.SimultaneousOpenGuardCgroup))
+				row("fast path simultaneous open", "on: a SYN without ACK to a socket in SYN_SENT (its own SYN may wait for a verdict) is dropped (%d dropped; cgroup %s)", f.SimultaneousOpenDropped, textesc.String(f.SimultaneousOpenGuardCgroup))
 			} else {
 				row("fast path simultaneous open", "off (without --inbound, the host a held connect goes to can connect it by a simultaneous open): %s", textesc.Message(f.SimultaneousOpenGuardWhy))
 			}

@@ -78,7 +78,10 @@
 // cost a look at their socket's state. A legitimate simultaneous open still
 // connects: the peer receives this socket's SYN once it is allowed and answers
 // it with a SYN-ACK, which SYN_SENT takes as a normal handshake; the peer of a
-// held socket would have to guess its initial sequence number, never sent.
+// held socket would have to guess its initial sequence number, never sent. A
+// socket's own SYN (a connect to its own address and port) passes. Two hosts
+// that both drop such SYNs never connect by a simultaneous open (TCP hole
+// punching between two latch hosts).
 //
 // # The lease
 //
