@@ -55,7 +55,7 @@ func TestFastPathHeldSimultaneousOpen(t *testing.T) {
 	if st.FastPath.Dropped == 0 {
 		t.Errorf("simultaneous_open_dropped 0: the peer's SYN never reached the held socket (talk: %+v, peer: %s)", r, peer.Output())
 	}
-	if text := d.MustCLI(t, "status"); !strings.Contains(text, "fast path simultaneous open") || !regexp.MustCompile(`fast path simultaneous open +on: .*\([1-9]\d* dropped;`).MatchString(text) {
+	if text := d.MustCLI(t, "status"); !strings.Contains(text, "fast path simultaneous open") || !regexp.MustCompile(`fast path simultaneous open: +on: .*\([1-9]\d* dropped;`).MatchString(text) {
 		t.Errorf("latch status does not show the simultaneous open guard:\n%s", text)
 	}
 }
