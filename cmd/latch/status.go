@@ -103,6 +103,11 @@ func runStatus(ctx context.Context, args []string) error {
 			} else if f.TCPLocal || f.UDP {
 				row("fast path lease", "off (a connect whose SYN is on its way when the daemon dies may connect again anywhere after): %s", textesc.Message(f.LeaseWhy))
 			}
+			if f.SimultaneousOpenGuard {
+				row("fast path simultaneous open", "on: a SYN without ACK to a socket in SYN_SENT (its own SYN may wait for a verdict) is dropped (%d dropped; cgroup %s)", f.SimultaneousOpenDropped, textesc.String(f.SimultaneousOpenGuardCgroup))
+			} else {
+				row("fast path simultaneous open", "off (without --inbound, the host a held connect goes to can connect it by a simultaneous open): %s", textesc.Message(f.SimultaneousOpenGuardWhy))
+			}
 			if f.TCPEnds {
 				row("fast path ends", "on: the kernel reports the end of each TCP socket (%d read, %d lost); byte accounting reads no conntrack update events", f.Ends, f.EndsLost)
 			} else {

@@ -64,6 +64,25 @@
 // A socket that had MarkFastAllow from before this fast
 // path (an older latch) is moved once it is established or closes.
 //
+// # Simultaneous open
+//
+// Without inbound connections held, the ruleset passes a peer's SYN to a local
+// socket whose own SYN it holds (or denied); Linux's SYN_SENT takes it as the
+// peer's half of a simultaneous open and answers with a SYN-ACK, which the
+// ruleset passes too, and the peer's ACK completes a connection no verdict
+// allowed. The cgroup_skb ingress program (latch_fast_skb_ingress, attached
+// where the sock_ops program is: every process's sockets, or the hooks' cgroup)
+// drops a segment with SYN and without ACK to a full socket in SYN_SENT of the
+// served namespace (of every namespace on a kernel whose cgroup_skb programs
+// cannot read it) and counts it (Stats.SimultaneousOpenDropped). Other packets
+// cost a look at their socket's state. A legitimate simultaneous open still
+// connects: the peer receives this socket's SYN once it is allowed and answers
+// it with a SYN-ACK, which SYN_SENT takes as a normal handshake; the peer of a
+// held socket would have to guess its initial sequence number, never sent. A
+// socket's own SYN (a connect to its own address and port) passes. Two hosts
+// that both drop such SYNs never connect by a simultaneous open (TCP hole
+// punching between two latch hosts).
+//
 // # The lease
 //
 // A program can keep a socket in SYN_SENT with MarkFastAllow on purpose (a

@@ -495,3 +495,21 @@ func TestSocketEndsOfItsNamespaceOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestSimultaneousOpenGuardOff: without the ingress program (a kernel that
+// refuses it), Stats says the simultaneous open guard is off and why, and
+// sockets' ends carry no byte counts (the ingress program counts those in).
+// With it, the guard is on, in the sock_ops program's cgroup.
+func TestSimultaneousOpenGuardOff(t *testing.T) {
+	cg, _ := testCgroup(t)
+	if st := openTest(t, cg, Config{}).Stats(); !st.SimultaneousOpenGuard || st.SimultaneousOpenGuardWhy != "" || st.SimultaneousOpenGuardCgroup == "" {
+		t.Errorf("guard %v (%q) at %q, want on", st.SimultaneousOpenGuard, st.SimultaneousOpenGuardWhy, st.SimultaneousOpenGuardCgroup)
+	}
+	st := openTest(t, cg, Config{noSimOpen: true}).Stats()
+	if st.SimultaneousOpenGuard || st.SimultaneousOpenGuardWhy == "" {
+		t.Errorf("guard %v (%q), want off and why", st.SimultaneousOpenGuard, st.SimultaneousOpenGuardWhy)
+	}
+	if st.TCPEndBytes || !strings.Contains(st.TCPEndBytesWhy, "no ingress program") {
+		t.Errorf("end bytes %v (%q), want off: no ingress program", st.TCPEndBytes, st.TCPEndBytesWhy)
+	}
+}

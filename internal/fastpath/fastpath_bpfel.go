@@ -150,6 +150,7 @@ const (
 	fastpathVarIterMoved            = "iter_moved"
 	fastpathVarIterSession          = "iter_session"
 	fastpathVarNetnsCookie          = "netns_cookie"
+	fastpathVarSkbNetns             = "skb_netns"
 	fastpathVarTaskBtf              = "task_btf"
 	fastpathVarTcpBytes             = "tcp_bytes"
 	fastpathVarTcpEnds              = "tcp_ends"
@@ -242,6 +243,7 @@ type fastpathVariableSpecs struct {
 	IterMoved   *ebpf.VariableSpec `ebpf:"iter_moved"`
 	IterSession *ebpf.VariableSpec `ebpf:"iter_session"`
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	SkbNetns    *ebpf.VariableSpec `ebpf:"skb_netns"`
 	TaskBtf     *ebpf.VariableSpec `ebpf:"task_btf"`
 	TcpBytes    *ebpf.VariableSpec `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.VariableSpec `ebpf:"tcp_ends"`
@@ -310,6 +312,7 @@ type fastpathVariables struct {
 	IterMoved   *ebpf.Variable `ebpf:"iter_moved"`
 	IterSession *ebpf.Variable `ebpf:"iter_session"`
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
+	SkbNetns    *ebpf.Variable `ebpf:"skb_netns"`
 	TaskBtf     *ebpf.Variable `ebpf:"task_btf"`
 	TcpBytes    *ebpf.Variable `ebpf:"tcp_bytes"`
 	TcpEnds     *ebpf.Variable `ebpf:"tcp_ends"`

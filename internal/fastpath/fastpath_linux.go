@@ -44,6 +44,7 @@ const (
 	statNoIdentity
 	statRingLost
 	statEndsLost
+	statSimOpenDropped
 	statMax
 )
 
@@ -99,6 +100,9 @@ type Config struct {
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
 	noSockops bool
+	// noSimOpen leaves the ingress program unattached (no simultaneous open
+	// guard), as a kernel that refuses it; for tests.
+	noSimOpen bool
 	// noNetnsCookie loads the sock_ops program as for a kernel whose sock_ops
 	// programs cannot call bpf_get_netns_cookie (before 5.15; tests).
 	noNetnsCookie bool
@@ -233,6 +237,9 @@ type FastPath struct {
 
 	tcpLocalWhy string // why TCP decisions come without the local port; "": they have it
 	tcpEndsWhy  string // why TCP socket ends are not reported; "": they are
+	simOpenWhy  string // why the ingress program is not attached (no simultaneous open guard); "": it is
+	// the cgroup the ingress program is attached to
+	simOpenCgroup string
 	// why TCP socket ends carry no counters of the socket's bytes; "": those of
 	// active opens do
 	tcpEndBytesWhy string
@@ -365,6 +372,10 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// kernel refuses it) the object loads with a placeholder in its place.
 	fp.liveVia, fp.liveWhy = liveKernel(cfg.noLiveBytes, cfg.noLiveMap)
 	useTaskBTF := taskBTF() && !cfg.noTaskBTF
+	// The ingress program's simultaneous open guard serves the sockets of this
+	// namespace only where its kernel lets cgroup_skb programs read a packet's
+	// namespace; elsewhere those of every namespace (see simultaneous_open).
+	skbNetns := features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnGetNetnsCookie) == nil
 	fp.taskBTF = useTaskBTF
 	load := func(bytes bool, live liveVia, iters bool) error {
 		spec, err := loadFastpath()
@@ -385,6 +396,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if bytes {
 			if err := spec.Variables["bytes_ok"].Set(uint32(1)); err != nil {
 				return fmt.Errorf("fast path: turn the socket counters on: %w", err)
+			}
+		}
+		if skbNetns {
+			if err := spec.Variables["skb_netns"].Set(uint32(1)); err != nil {
+				return fmt.Errorf("fast path: read the namespace of a packet's socket: %w", err)
 			}
 		}
 		if useTaskBTF {
@@ -489,6 +505,15 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		rootWhy = fp.tcpLocalWhy
 		fp.tcpLocalWhy = fp.attachSockops(cgroupPath)
 	}
+	// The ingress program, where the sock_ops program is (every process's
+	// sockets, or the hooks' cgroup's): it drops the peer's half of a
+	// simultaneous open to a socket whose SYN is held, and counts the bytes in
+	// of the sockets that have counters.
+	ingressPath := cgroupPath
+	if fp.tcpLocalWhy == "" && rootWhy == "" {
+		ingressPath = sockopsPath
+	}
+	fp.simOpenWhy = fp.attachIngress(ingressPath)
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
@@ -505,6 +530,8 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
+		} else if fp.tcpEndBytesWhy == "" && fp.simOpenWhy != "" {
+			fp.tcpEndBytesWhy = "no ingress program: " + fp.simOpenWhy
 		} else if fp.tcpEndBytesWhy == "" {
 			// Where the sock_ops program is (the root cgroup): every process's
 			// sockets.
@@ -621,9 +648,27 @@ func (fp *FastPath) attachSockops(path string) string {
 	return ""
 }
 
-// attachEndBytes attaches the cgroup_skb programs that count the packets of the
-// sockets the sock_ops program gives counters, to the cgroup at path (the sock_ops
-// program's), and then has it give them. It returns why not, or "".
+// attachIngress attaches the cgroup_skb ingress program (which drops the peer's
+// half of a simultaneous open to a socket in SYN_SENT, and counts the packets in
+// of the sockets that have counters) to the cgroup at path. It returns why not,
+// or "".
+func (fp *FastPath) attachIngress(path string) string {
+	if fp.cfg.noSimOpen {
+		return "not attached (test)"
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupInetIngress, Program: fp.objs.LatchFastSkbIngress})
+	if err != nil {
+		return fmt.Sprintf("attach the ingress program to cgroup %s: %v", path, err)
+	}
+	fp.links = append(fp.links, l)
+	fp.simOpenCgroup = path
+	return ""
+}
+
+// attachEndBytes attaches the cgroup_skb egress program that counts the packets
+// out of the sockets the sock_ops program gives counters, to the cgroup at path
+// (the sock_ops program's, where the ingress program counts those in), and then
+// has it give them. It returns why not, or "".
 func (fp *FastPath) attachEndBytes(path string) string {
 	var ls []link.Link
 	for _, a := range []struct {
@@ -631,7 +676,6 @@ func (fp *FastPath) attachEndBytes(path string) string {
 		at   ebpf.AttachType
 	}{
 		{fp.objs.LatchFastSkbEgress, ebpf.AttachCGroupInetEgress},
-		{fp.objs.LatchFastSkbIngress, ebpf.AttachCGroupInetIngress},
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.at, Program: a.prog})
 		if err != nil {
@@ -1537,6 +1581,7 @@ func (fp *FastPath) Stats() Stats {
 		TCPLocal: fp.tcpLocalWhy == "", TCPLocalWhy: fp.tcpLocalWhy,
 		TCPEnds: fp.tcpEndsWhy == "", TCPEndsWhy: fp.tcpEndsWhy, Ends: fp.ends.Load(),
 		TCPEndBytes: fp.tcpEndBytesWhy == "", TCPEndBytesWhy: fp.tcpEndBytesWhy,
+		SimultaneousOpenGuard: fp.simOpenWhy == "", SimultaneousOpenGuardWhy: fp.simOpenWhy, SimultaneousOpenGuardCgroup: fp.simOpenCgroup,
 		TCPLiveBytes: fp.liveWhy == "", TCPLiveBytesWhy: fp.liveWhy,
 	}
 	if s.TCPLiveBytes {
@@ -1581,6 +1626,8 @@ func (fp *FastPath) Stats() Stats {
 			s.RingLost = sum
 		case statEndsLost:
 			s.EndsLost = sum
+		case statSimOpenDropped:
+			s.SimultaneousOpenDropped = sum
 		}
 	}
 	var k fastpathFpKey

@@ -46,8 +46,19 @@ type Stats struct {
 	// programs count them in the socket's storage), with which the byte
 	// accountant ends its flow without reading conntrack once more;
 	// TCPEndBytesWhy says why not (the accountant reads conntrack for each end).
-	TCPEndBytes    bool   `json:"tcp_end_bytes"`
-	TCPEndBytesWhy string `json:"tcp_end_bytes_why,omitempty"`
+	// SimultaneousOpenGuard says whether the cgroup_skb ingress program is
+	// attached (to SimultaneousOpenGuardCgroup: where the sock_ops program is,
+	// every process's sockets, or the hooks' cgroup): it drops a segment with
+	// SYN and without ACK to a socket in SYN_SENT, the peer's half of a
+	// simultaneous open, with which the host a held (or denied) connect goes to
+	// would connect it anyway; SimultaneousOpenDropped counts those dropped.
+	// SimultaneousOpenGuardWhy says why not.
+	SimultaneousOpenGuard       bool   `json:"simultaneous_open_guard"`
+	SimultaneousOpenGuardWhy    string `json:"simultaneous_open_guard_why,omitempty"`
+	SimultaneousOpenGuardCgroup string `json:"simultaneous_open_guard_cgroup,omitempty"`
+	SimultaneousOpenDropped     uint64 `json:"simultaneous_open_dropped"`
+	TCPEndBytes                 bool   `json:"tcp_end_bytes"`
+	TCPEndBytesWhy              string `json:"tcp_end_bytes_why,omitempty"`
 	// TCPLiveBytes says whether the counters of the TCP sockets the kernel
 	// counts (TCPEndBytes) can be read while the sockets live
 	// (FastPath.SocketCounts, an iterator over their storage, Linux 5.9): the

@@ -24,6 +24,10 @@
 #define SOCK_DGRAM 2
 #define PF_KTHREAD 0x00200000
 #define TCP_SYN_SENT 2
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TCPF_SYN 0x02
+#define TCPF_ACK 0x10
 
 // Marks: see internal/intercept/linux (MarkMask, MarkReject, MarkFastAllow,
 // MarkFastFlow, MarkFastRedecide). Every one is tested by its exact value under
@@ -44,7 +48,7 @@
 #define ACT_REJECT 2
 
 // Counters (per CPU).
-enum { STAT_HIT_ALLOW, STAT_HIT_REJECT, STAT_MISS, STAT_STALE, STAT_NO_IDENTITY, STAT_RING_LOST, STAT_ENDS_LOST, STAT_MAX };
+enum { STAT_HIT_ALLOW, STAT_HIT_REJECT, STAT_MISS, STAT_STALE, STAT_NO_IDENTITY, STAT_RING_LOST, STAT_ENDS_LOST, STAT_SIMOPEN_DROPPED, STAT_MAX };
 
 // Just the kernel members the program reads; CO-RE relocates them against the
 // running kernel's BTF.
@@ -683,11 +687,142 @@ int latch_fast_skb_egress(struct __sk_buff *skb)
 	return 1;
 }
 
+// 1 if the kernel lets cgroup_skb programs call bpf_get_netns_cookie (probed
+// by the loader): simultaneous_open then serves the sockets of the served
+// namespace only. A constant of the frozen .rodata.
+volatile const __u32 skb_netns = 0;
+
+// Extension headers tcp_offset follows in an IPv6 packet at most.
+#define MAX_EXT_HEADERS 8
+
+// tcp_offset returns the offset of the TCP header in skb (whose data starts at
+// its network header, IPv4 or IPv6, as TCP received it: reassembled), or -1 if
+// it cannot be found: an IPv4 header's options; an IPv6 header's extension
+// headers (hop-by-hop, routing, destination options, authentication, and a
+// fragment header whose offset is 0, though reassembly leaves none) up to
+// MAX_EXT_HEADERS of them.
+static __always_inline int tcp_offset(struct __sk_buff *skb)
+{
+	__u8 b[2];
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (bpf_skb_load_bytes(skb, 0, b, 1) < 0)
+			return -1;
+		int off = (b[0] & 0xf) * 4;
+		__u8 proto;
+		if (off < 20 || bpf_skb_load_bytes(skb, 9, &proto, 1) < 0 || proto != IPPROTO_TCP)
+			return -1;
+		return off;
+	}
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return -1;
+	__u8 nh;
+	if (bpf_skb_load_bytes(skb, 6, &nh, 1) < 0)
+		return -1;
+	int off = 40;
+	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+		switch (nh) {
+		case IPPROTO_TCP:
+			return off;
+		case 0:  // hop-by-hop options
+		case 43: // routing
+		case 60: // destination options
+			if (bpf_skb_load_bytes(skb, off, b, 2) < 0)
+				return -1;
+			nh = b[0];
+			off += (b[1] + 1) * 8;
+			break;
+		case 51: // authentication
+			if (bpf_skb_load_bytes(skb, off, b, 2) < 0)
+				return -1;
+			nh = b[0];
+			off += (b[1] + 2) * 4;
+			break;
+		case 44: { // fragment: the first one only has the TCP header
+			__u8 f[4];
+			if (bpf_skb_load_bytes(skb, off, f, 4) < 0)
+				return -1;
+			if (((f[2] << 8 | f[3]) & 0xfff8) != 0)
+				return -1;
+			nh = f[0];
+			off += 8;
+			break;
+		}
+		default:
+			return -1;
+		}
+	}
+	return nh == IPPROTO_TCP ? off : -1;
+}
+
+// self_connect reports whether skb, whose TCP header is at off, comes from the
+// address and port it goes to: a socket that connects to itself (its own SYN,
+// which Linux takes as a simultaneous open), which no other host takes part in.
+static __always_inline int self_connect(struct __sk_buff *skb, int off)
+{
+	__u16 ports[2];
+	if (bpf_skb_load_bytes(skb, off, ports, 4) < 0 || ports[0] != ports[1])
+		return 0;
+	__u32 a[8];
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (bpf_skb_load_bytes(skb, 12, a, 8) < 0)
+			return 0;
+		return a[0] == a[1];
+	}
+	if (bpf_skb_load_bytes(skb, 8, a, 32) < 0)
+		return 0;
+	return a[0] == a[4] && a[1] == a[5] && a[2] == a[6] && a[3] == a[7];
+}
+
+// simultaneous_open reports whether skb, a segment TCP is about to give a full
+// socket in state SYN_SENT, has SYN set and ACK clear: the peer's half of a
+// simultaneous open. Such a socket is one whose SYN went out or is still held
+// by the ruleset (the queue, a deny): Linux answers the peer's SYN with a
+// SYN-ACK, which the ruleset passes (it answers the peer's connection), and the
+// peer's ACK completes a connection latch never allowed. Dropped: a legitimate
+// simultaneous open still completes, since the peer receives this socket's own
+// SYN once it is allowed and answers it with a SYN-ACK, which SYN_SENT takes
+// as a normal handshake; the peer of a held socket would have to guess its
+// initial sequence number (never sent) for a SYN-ACK to be taken. A socket's
+// own SYN (a connect to itself, self_connect) passes. A segment
+// whose TCP header cannot be found (headers tcp_offset does not follow, which
+// the kernel's TCP has already passed) is dropped too: for a socket whose SYN
+// is held, failing closed. Other packets cost a look at their socket's state.
+static __always_inline int simultaneous_open(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->state != BPF_TCP_SYN_SENT || sk->protocol != IPPROTO_TCP)
+		return 0;
+	// The served namespace's sockets only (the program is attached to the root
+	// cgroup, every namespace's processes): other namespaces' daemons keep theirs.
+	// A kernel whose cgroup_skb programs cannot read it (skb_netns 0): every
+	// namespace's.
+	if (skb_netns && bpf_get_netns_cookie(skb) != netns_cookie)
+		return 0;
+	int off = tcp_offset(skb);
+	if (off < 0)
+		return 1;
+	__u8 flags;
+	if (bpf_skb_load_bytes(skb, off + 13, &flags, 1) < 0)
+		return 1;
+	if ((flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return 0;
+	return !self_connect(skb, off);
+}
+
 // The packets a local socket receives, before TCP takes them (a socket's TIME_WAIT
-// successor receives none through here). Never drops.
+// successor receives none through here); attached where the sock_ops program is
+// (every process's sockets). It drops the peer's half of a simultaneous open to a
+// socket in SYN_SENT (simultaneous_open), and nothing else.
 SEC("cgroup_skb/ingress")
 int latch_fast_skb_ingress(struct __sk_buff *skb)
 {
+	if (simultaneous_open(skb)) {
+		count(STAT_SIMOPEN_DROPPED);
+		return 0;
+	}
 	add_bytes(skb, 0);
 	return 1;
 }
