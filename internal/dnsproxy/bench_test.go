@@ -2,11 +2,13 @@ package dnsproxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,8 +23,19 @@ func startProxy(b *testing.B, p *Proxy) string { return startProxyT(b, p) }
 // startProxyT is startProxy for any test.
 func startProxyT(b testing.TB, p *Proxy) string {
 	b.Helper()
-	p.cfg.Listen = freeAddr(b)
-	return runProxy(b, p)
+	// freeAddr's port is free for UDP when it looks; the proxy listens on TCP
+	// too, where another program's connection may hold the same port: then
+	// another port.
+	for attempt := 1; ; attempt++ {
+		p.cfg.Listen = freeAddr(b)
+		addr, err := tryProxy(b, p)
+		if err == nil {
+			return addr
+		}
+		if attempt == 5 || !errors.Is(err, syscall.EADDRINUSE) {
+			b.Fatal(err)
+		}
+	}
 }
 
 // freeAddr is a loopback address and UDP port free now.
@@ -39,6 +52,15 @@ func freeAddr(b testing.TB) string {
 // runProxy runs p on its Config.Listen and returns that address.
 func runProxy(b testing.TB, p *Proxy) string {
 	b.Helper()
+	addr, err := tryProxy(b, p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return addr
+}
+
+// tryProxy is runProxy returning Run's error if p does not start.
+func tryProxy(b testing.TB, p *Proxy) (string, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	ready := make(chan struct{})
@@ -46,10 +68,11 @@ func runProxy(b testing.TB, p *Proxy) string {
 	select {
 	case <-ready:
 	case err := <-done:
-		b.Fatal(err)
+		cancel()
+		return "", err
 	}
 	b.Cleanup(func() { cancel(); <-done })
-	return p.cfg.Listen
+	return p.cfg.Listen, nil
 }
 
 // BenchmarkProxyLatency: one A query (from a fresh socket, as a stub resolver sends

@@ -268,12 +268,6 @@ func FuzzServe(f *testing.F) {
 // backend as the daemon's own outbound UDP when inbound connections are not held.
 func TestListenersGetControl(t *testing.T) {
 	p, _, _ := newProxy(t, upstream(t))
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cfg.Listen = pc.LocalAddr().String()
-	pc.Close()
 	var mu sync.Mutex
 	var controlled []string
 	p.cfg.Control = func(network, address string, c syscall.RawConn) error {
@@ -282,17 +276,7 @@ func TestListenersGetControl(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() { done <- p.Run(ctx, func() { close(ready) }) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatal(err)
-	}
-	cancel()
-	<-done
+	startProxyT(t, p)
 	mu.Lock()
 	defer mu.Unlock()
 	for _, want := range []string{"udp4 " + p.cfg.Listen, "tcp4 " + p.cfg.Listen} {
