@@ -418,6 +418,9 @@ func TestSocketEndBytesOff(t *testing.T) {
 // sockets only. The state callback is a flag of the socket, which the other's
 // program turned on: this one's program is called for that socket's end too.
 func TestSocketEndsOfItsNamespaceOnly(t *testing.T) {
+	// This one's namespace of its own too: the ends of the root namespace's
+	// sockets (every process's) could fill the channel and hide a wrong one.
+	ownNetns(t)
 	cg, _ := testCgroup(t)
 	here := openTest(t, cg, Config{})
 	if st := here.Stats(); !st.TCPEnds {
