@@ -230,6 +230,9 @@ var netnsCount atomic.Int64
 // and their RedecideSockets moved the marks of this test's sockets.
 func ownNetns(t *testing.T) (enter func(t *testing.T)) {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
 	ns := fmt.Sprintf("latch-fp-%d-%d", os.Getpid(), netnsCount.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
