@@ -72,6 +72,7 @@ func waitEnd(t *testing.T, ends <-chan End, want End) {
 // not only of the connections the fast path decided, whether it closes
 // with FIN (both sides closed, TIME_WAIT) or a reset, IPv4, IPv6 and IPv4-mapped.
 func TestSocketEnds(t *testing.T) {
+	enter := ownNetns(t)
 	cg, cgfd := testCgroup(t)
 	fp := openTest(t, cg, Config{})
 	if st := fp.Stats(); !st.TCPEnds || st.TCPEndsWhy != "" {
@@ -104,6 +105,7 @@ func TestSocketEnds(t *testing.T) {
 	}
 	// A socket of a process outside the hooks' cgroup (this test's) too.
 	t.Run("other cgroup", func(t *testing.T) {
+		enter(t)
 		conn, err := net.Dial("tcp4", v4.String())
 		if err != nil {
 			t.Fatal(err)
@@ -153,6 +155,9 @@ func TestSocketEndsOff(t *testing.T) {
 // decision made then is recorded (ring_lost 0), and the ends that did not fit are
 // counted (ends_lost). With one ring buffer for both, the decisions were lost.
 func TestEndsDoNotCrowdOutDecisions(t *testing.T) {
+	// Its burst of sockets in a namespace of its own: in the root namespace
+	// every other fast path (of test binaries running beside it) reported them.
+	ownNetns(t)
 	cg, cgfd := testCgroup(t)
 	fp := openTest(t, cg, Config{})
 	if st := fp.Stats(); !st.TCPEnds {
@@ -233,6 +238,7 @@ func TestEndsDoNotCrowdOutDecisions(t *testing.T) {
 // through separate ring buffers (the byte accountant must know the flow to end
 // it), and the end's time is not before the decision's.
 func TestEndAfterItsDecision(t *testing.T) {
+	ownNetns(t)
 	cg, cgfd := testCgroup(t)
 	fp := openTest(t, cg, Config{})
 	if st := fp.Stats(); !st.TCPEnds || !st.TCPLocal {
@@ -338,6 +344,7 @@ func acceptAll(t *testing.T, network, addr string) netip.AddrPort {
 // accountant reads conntrack for it). internal/intercept/linux's
 // TestSocketEndBytesMatchConntrack compares them with conntrack's.
 func TestSocketEndBytes(t *testing.T) {
+	enter := ownNetns(t)
 	cg, cgfd := testCgroup(t)
 	fp := openTest(t, cg, Config{})
 	if st := fp.Stats(); !st.TCPEndBytes || st.TCPEndBytesWhy != "" {
@@ -351,6 +358,7 @@ func TestSocketEndBytes(t *testing.T) {
 		rst                 bool
 	}{{"v4 fin", "tcp4", "127.0.0.1:0", false}, {"v4 rst", "tcp4", "127.0.0.1:0", true}, {"v6 fin", "tcp6", "[::1]:0", false}} {
 		t.Run(c2.name, func(t *testing.T) {
+			enter(t)
 			srv := acceptAll(t, c2.network, c2.addr)
 			local := connectLocal(t, c, srv, c2.rst)
 			e := endOf(t, ends, local, srv)
@@ -382,6 +390,7 @@ func TestSocketEndBytes(t *testing.T) {
 func TestSocketEndBytesOff(t *testing.T) {
 	for name, cfg := range map[string]Config{"no socket storage": {noEndBytes: true}, "no ends": {NoTCPEnds: "test"}} {
 		t.Run(name, func(t *testing.T) {
+			ownNetns(t)
 			cg, cgfd := testCgroup(t)
 			fp := openTest(t, cg, cfg)
 			st := fp.Stats()
@@ -409,6 +418,9 @@ func TestSocketEndBytesOff(t *testing.T) {
 // sockets only. The state callback is a flag of the socket, which the other's
 // program turned on: this one's program is called for that socket's end too.
 func TestSocketEndsOfItsNamespaceOnly(t *testing.T) {
+	// This one's namespace of its own too: the ends of the root namespace's
+	// sockets (every process's) could fill the channel and hide a wrong one.
+	ownNetns(t)
 	cg, _ := testCgroup(t)
 	here := openTest(t, cg, Config{})
 	if st := here.Stats(); !st.TCPEnds {

@@ -196,3 +196,36 @@ func TestDecodeEvent(t *testing.T) {
 		t.Error("decoded a short record")
 	}
 }
+
+// TestWallAtBootSteady: Run's conversion of record times (boot clock) to wall
+// clock times stays the same when taken again while the clocks did not move
+// apart, so that records keep their order (a socket's end is not before its
+// decision); one off by more than clockSlack (a wall clock set, a suspend) is
+// replaced. Each measurement is close to the clocks' offset.
+func TestWallAtBootSteady(t *testing.T) {
+	at, window, err := measureWallAtBoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bootNow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The clocks read after the measurement: their offset is at most as late
+	// as the time between (which includes window).
+	if d := time.Now().Add(-time.Duration(b)).Sub(at); d < -window || d > time.Second {
+		t.Errorf("measured the boot at %v (within %v); the clocks say %v later", at, window, d)
+	}
+	cur := at
+	for i := 0; i < 200; i++ {
+		if got := retakeWallAtBoot(cur); got != cur {
+			t.Fatalf("retake %d: %v, want the conversion in use %v (the clocks did not move apart)", i, got, cur)
+		}
+	}
+	for _, off := range []time.Duration{-5 * time.Millisecond, 5 * time.Millisecond, time.Hour} {
+		moved := at.Add(off)
+		if got := retakeWallAtBoot(moved); got == moved || got.Sub(at) > clockSlack || at.Sub(got) > clockSlack {
+			t.Errorf("conversion off by %v: retake gave %v, want a new one near %v", off, got, at)
+		}
+	}
+}

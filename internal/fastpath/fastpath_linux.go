@@ -1301,14 +1301,14 @@ const maxEndBatch = 4096
 // and a short flow's end reaches the byte accountant (and its report the history
 // row, still held) within milliseconds of its decision.
 func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Decision), ended func(End)) error {
-	bootNs, err := bootNow()
+	wallAtBoot, _, err := measureWallAtBoot()
 	if err != nil {
 		return err
 	}
-	wallAtBoot := time.Now().Add(-time.Duration(bootNs))
 	// The wall clock drifts from the boot clock (NTP): the conversion is taken
 	// again once per read that waited, or every wallEvery records, so that the
-	// times of records compare with time.Now() of the moment (a queued flow's).
+	// times of records compare with time.Now() of the moment (a queued flow's);
+	// it changes only when the clocks moved apart (retakeWallAtBoot).
 	records := 0
 	var rec ringbuf.Record
 	var ends []rawEnd
@@ -1327,9 +1327,7 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 	}
 	for {
 		if records++; records%wallEvery == 0 {
-			if bootNs, err := bootNow(); err == nil {
-				wallAtBoot = time.Now().Add(-time.Duration(bootNs))
-			}
+			wallAtBoot = retakeWallAtBoot(wallAtBoot)
 		}
 		queued := 0
 		if fp.endsRing != nil {
@@ -1487,6 +1485,73 @@ const (
 // wallEvery is how many ring buffer records Run reads between two readings of
 // the wall clock's offset from the boot clock.
 const wallEvery = 4096
+
+// clockTries bounds the readings measureWallAtBoot takes; one whose two boot
+// clock readings are at most clockTight apart ends the tries.
+const (
+	clockTries = 8
+	clockTight = 5 * time.Microsecond
+)
+
+// clockSlack is how far a new measurement of the wall clock at boot must be
+// from the one in use for Run to take it (retakeWallAtBoot).
+const clockSlack = time.Millisecond
+
+// measureWallAtBoot returns the time (wall clock, with the monotonic reading
+// of time.Now) at which the boot clock (CLOCK_BOOTTIME, the programs' record
+// times) read zero, and the uncertainty of that (window: how far apart the
+// boot clock readings around time.Now were). It reads the boot clock just
+// before and just after time.Now, and takes the midpoint of the tightest of up
+// to clockTries such readings: a goroutine preempted between the two clocks'
+// readings (a loaded machine) would otherwise be off by as long as it waited,
+// and every record time it converts with it too.
+func measureWallAtBoot() (at time.Time, window time.Duration, err error) {
+	window = -1
+	for range clockTries {
+		b1, err := bootNow()
+		if err != nil {
+			return time.Time{}, 0, err
+		}
+		now := time.Now()
+		b2, err := bootNow()
+		if err != nil {
+			return time.Time{}, 0, err
+		}
+		if w := time.Duration(b2 - b1); window < 0 || w < window {
+			window = w
+			at = now.Add(-time.Duration(b1 + (b2-b1)/2))
+		}
+		if window <= clockTight {
+			break
+		}
+	}
+	return at, window, nil
+}
+
+// retakeWallAtBoot measures the wall clock at boot again and returns it if it
+// moved from cur by more than clockSlack beyond the measurement's uncertainty,
+// on the wall clock (set, or NTP's corrections adding up) or the monotonic
+// one (a suspend); otherwise, or if it cannot read the clocks, cur. Between
+// two changes every record's time is converted with the same offset, so the
+// times keep the order of the records' boot clock times: a socket's end is
+// not before its decision (the byte accountant takes an end from before its
+// flow's request for an older socket's and leaves the flow running). With a
+// new measurement for each read that waited, the error of each (tens of
+// microseconds to milliseconds when the reader was preempted between the
+// clocks) put ends before their decisions.
+func retakeWallAtBoot(cur time.Time) time.Time {
+	at, window, err := measureWallAtBoot()
+	if err != nil {
+		return cur
+	}
+	limit := clockSlack + window
+	wall := at.Round(0).Sub(cur.Round(0)) // Round(0): the wall clocks
+	mono := at.Sub(cur)
+	if wall > limit || wall < -limit || mono > limit || mono < -limit {
+		return at
+	}
+	return cur
+}
 
 // decodeSockTuple decodes the socket's tuple that a socket end (fp_end) and a
 // socket counter record (fp_live) both carry at the same place: family at 4,

@@ -11,9 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -209,6 +211,68 @@ func testCgroup(t testing.TB) (string, int) {
 		t.Errorf("cgroup %s not removed", dir)
 	})
 	return dir, fd
+}
+
+// netnsCount numbers the namespaces of ownNetns.
+var netnsCount atomic.Int64
+
+// ownNetns moves the test's goroutine (its OS thread, locked to it for the rest
+// of the test: the thread ends with it) into a new network namespace with lo
+// up, and returns enter, which moves another goroutine (a subtest's) there too.
+// A process the goroutine starts (the test client) is in it as well. Call it
+// before Open: the fast path serves the namespace it is opened in, reports the
+// end of every TCP socket of it and its iterators walk them all. In the root
+// namespace those are every other process's too, and other test binaries run
+// at the same time (go test runs packages in parallel, and other people's
+// tests run on a shared machine): their bursts of sockets (this package's
+// TestEndsDoNotCrowdOutDecisions makes thousands) filled the channel of ends,
+// dropping the end a test waited for, or the ring buffer of ends (ends lost),
+// and their RedecideSockets moved the marks of this test's sockets.
+func ownNetns(t *testing.T) (enter func(t *testing.T)) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	ns := fmt.Sprintf("latch-fp-%d-%d", os.Getpid(), netnsCount.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip -n %s link set lo up: %v: %s", ns, err, out)
+	}
+	f, err := os.Open("/var/run/netns/" + ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	enter = func(t *testing.T) {
+		t.Helper()
+		// Never unlocked: the thread leaves the namespace by ending.
+		runtime.LockOSThread()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			t.Fatalf("setns %s: %v", ns, err)
+		}
+	}
+	enter(t)
+	return enter
+}
+
+// waitReading waits until fp.Run reads the decisions (SyncDecisions works):
+// a goroutine started to call Run may not have run yet when it is asked.
+func waitReading(t *testing.T, fp *FastPath) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		fp.syncMu.Lock()
+		running := fp.syncRunning
+		fp.syncMu.Unlock()
+		if running {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run does not read the decisions after 10 s")
+		}
+	}
 }
 
 func listen(t *testing.T, network, addr string) netip.AddrPort {

@@ -131,6 +131,7 @@ func TestSocketCounts(t *testing.T) {
 }
 
 func testSocketCounts(t *testing.T, cfg Config) {
+	enter := ownNetns(t)
 	cg, _ := testCgroup(t)
 	fp := openTest(t, cg, cfg)
 	st := fp.Stats()
@@ -145,6 +146,7 @@ func testSocketCounts(t *testing.T, cfg Config) {
 		{"mapped", "tcp", "[::]:0", "::ffff:127.0.0.1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			enter(t)
 			ln, err := net.Listen(c.network, c.listen)
 			if err != nil {
 				t.Fatal(err)
@@ -219,6 +221,7 @@ func testSocketCounts(t *testing.T, cfg Config) {
 func TestSocketCountsOff(t *testing.T) {
 	for name, cfg := range map[string]Config{"no iterator": {noLiveBytes: true}, "iterator refused": {liveRefused: true}, "no counters": {noEndBytes: true}, "no ends": {NoTCPEnds: "test"}} {
 		t.Run(name, func(t *testing.T) {
+			ownNetns(t)
 			cg, _ := testCgroup(t)
 			fp := openTest(t, cg, cfg)
 			st := fp.Stats()

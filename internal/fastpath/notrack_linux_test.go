@@ -77,6 +77,10 @@ func tupleConn(c *net.TCPConn) [2]netip.AddrPort {
 // daemon's own, a reject); AllowSocket moves one socket back, and only one with
 // the decide-again mark, to the flow mark (it is established). IPv4 and IPv6.
 func TestRedecideSockets(t *testing.T) {
+	// The iterators walk every TCP socket of the namespace: another process's
+	// RedecideSockets (a test binary running beside this one) would move this
+	// one's kept sockets, and this one theirs.
+	ownNetns(t)
 	cg, _ := testCgroup(t)
 	fp := openTest(t, cg, Config{})
 	if why := fp.Notrack(); why != "" {
@@ -207,6 +211,7 @@ func TestSyncDecisions(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- fp.Run(ctx, func(Decision) { got.Add(1) }, nil) }()
 	defer func() { cancel(); <-done }()
+	waitReading(t, fp)
 	for i := 0; i < 20; i++ {
 		if r := c.connect(t, dst); r != "ok 0x60000000" {
 			t.Fatalf("connect %d: %q, want a hit", i, r)

@@ -31,6 +31,9 @@ type End struct {
 	Local, Remote netip.AddrPort
 	// Time is when the socket ended (on the clock of Decision.Time): a 4-tuple
 	// can be reused by a new connection before the old socket's end is read.
+	// The two are converted from the kernel's boot clock alike, so an end's
+	// Time is not before its socket's decision's (within the microseconds of
+	// measuring the clocks' offset, unless the wall clock was set between).
 	Time time.Time
 	// Counted says whether the socket's packets were counted, from its SYN to
 	// its end (a socket the kernel opened actively while Stats.TCPEndBytes):

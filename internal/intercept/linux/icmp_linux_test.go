@@ -372,11 +372,11 @@ func testICMPHeld(t *testing.T, firewall string, inbound bool) {
 		env = append(env, "LATCH_TEST_INBOUND=1")
 	}
 	d := spawnDaemon(t, tp, "*=deny", env...)
-	if _, ok := d.waitLine("ready", 15*time.Second); !ok {
+	if _, ok := d.waitLine("ready", readyWithin); !ok {
 		if firewall == FirewallNftables && strings.Contains(d.errors(), "nft_queue missing") {
 			t.Skip("this kernel cannot queue from nftables; the ruleset's syntax is checked by TestNftRulesetSyntax")
 		}
-		t.Fatalf("daemon did not become ready; stderr:\n%s", d.errors())
+		t.Fatalf("daemon did not become ready: %s; stderr:\n%s", d.progress(), d.errors())
 	}
 	defer d.stop()
 

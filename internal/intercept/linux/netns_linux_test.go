@@ -206,15 +206,26 @@ type daemon struct {
 	stderr *strings.Builder
 	mu     sync.Mutex
 	stats  *intercept.Stats
+	last   []string // the last lines it printed (at most lastLines), under mu
 }
+
+// lastLines is how many of its last output lines a daemon keeps for a failure's
+// message.
+const lastLines = 20
+
+// readyWithin bounds the wait for a daemon's "ready": on an idle machine it is
+// ready within a second, but a loaded one (a full test run beside other
+// people's on two cores) can take many times that; the wait ends as soon as
+// the line comes.
+const readyWithin = 60 * time.Second
 
 // startDaemon starts the backend in tp.a. policy maps remote ports to actions, see
 // childDecider. It waits for the ruleset to be in place unless wantReady is false.
 func startDaemon(t testing.TB, tp *topo, policy string, env ...string) *daemon {
 	t.Helper()
 	d := spawnDaemon(t, tp, policy, env...)
-	if _, ok := d.waitLine("ready", 15*time.Second); !ok {
-		t.Fatalf("daemon did not become ready; stderr:\n%s", d.errors())
+	if _, ok := d.waitLine("ready", readyWithin); !ok {
+		t.Fatalf("daemon did not become ready: %s; stderr:\n%s", d.progress(), d.errors())
 	}
 	return d
 }
@@ -247,6 +258,11 @@ func spawnChild(t testing.TB, tp *topo, mode, policy string, env ...string) *dae
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			l := sc.Text()
+			d.mu.Lock()
+			if d.last = append(d.last, l); len(d.last) > lastLines {
+				d.last = d.last[1:]
+			}
+			d.mu.Unlock()
 			if s, ok := strings.CutPrefix(l, "stats "); ok {
 				var st intercept.Stats
 				if json.Unmarshal([]byte(s), &st) == nil {
@@ -275,6 +291,20 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// progress says whether the daemon exited (and how) and what it printed last:
+// how far it got.
+func (d *daemon) progress() string {
+	exited := "still running"
+	select {
+	case <-d.exited:
+		exited = "exited: " + d.cmd.ProcessState.String()
+	default:
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fmt.Sprintf("%s; its last lines: %q", exited, d.last)
 }
 
 func (d *daemon) errors() string {

@@ -73,11 +73,11 @@ func (p *udpPeer) receives(msg string, d time.Duration) bool {
 func startDaemonOn(t *testing.T, tp *topo, firewall, policy string, env ...string) *daemon {
 	t.Helper()
 	d := spawnDaemon(t, tp, policy, append(env, "LATCH_TEST_FIREWALL="+firewall)...)
-	if _, ok := d.waitLine("ready", 15*time.Second); !ok {
+	if _, ok := d.waitLine("ready", readyWithin); !ok {
 		if firewall == FirewallNftables && strings.Contains(d.errors(), "nft_queue missing") {
 			t.Skip("this kernel cannot queue from nftables; the ruleset's syntax is checked by TestNftRulesetSyntax")
 		}
-		t.Fatalf("daemon did not become ready; stderr:\n%s", d.errors())
+		t.Fatalf("daemon did not become ready: %s; stderr:\n%s", d.progress(), d.errors())
 	}
 	return d
 }
