@@ -359,8 +359,10 @@ func TestPoolClosedOnStop(t *testing.T) {
 	if s := connectedTo(t, up.addr); len(s) != 0 {
 		t.Errorf("%d sockets to the upstream left after stop", len(s))
 	}
-	eventually(t, fmt.Sprintf("as many descriptors as before the start (%d)", before), func() bool { return fds() == before })
-	eventually(t, fmt.Sprintf("as many goroutines as before the start (%d)", goroutines), func() bool { return runtime.NumGoroutine() == goroutines })
+	// At most as many as before: an earlier test's goroutines and descriptors
+	// may still have been on their way out when this one counted.
+	eventually(t, fmt.Sprintf("no more descriptors than before the start (%d)", before), func() bool { return fds() <= before })
+	eventually(t, fmt.Sprintf("no more goroutines than before the start (%d)", goroutines), func() bool { return runtime.NumGoroutine() <= goroutines })
 }
 
 // TestPoolRenewedOnNetworkChange: a connected socket keeps the source address the

@@ -139,43 +139,55 @@ func TestFastPathBytesAlongTheWay(t *testing.T) {
 		out string
 		err error
 	}
-	done := make(chan sent, 1)
-	cmd := nettest.Command(n.Client, helperBin, "send-slow", n.ServerIP+":8336", fmt.Sprint(slow), span.String())
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
-	go func() {
-		out, err := cmd.CombinedOutput()
-		done <- sent{string(out), err}
-	}()
 	var seen []float64 // bytes_out of the fast path's row, each time it changed
-	var res sent
-	deadline := time.After(span + 20*time.Second)
-poll:
-	for {
-		select {
-		case res = <-done:
-			break poll
-		case <-deadline:
-			t.Fatal("the transfer did not finish")
-		case <-time.After(250 * time.Millisecond):
-		}
-		for _, c := range JSONLines(t, d.MustCLI(t, "conns", "--json", "-n", "100")) {
-			if int(num(c["remote_port"])) == 8336 && c["reason"] == "fast-path" {
-				if b := num(c["bytes_out"]); b > 0 && (len(seen) == 0 || b != seen[len(seen)-1]) {
-					seen = append(seen, b)
+	var closed time.Time
+	var r Result
+	// A connect can still miss (as in TestFastPathBytesPerConnection): the
+	// test needs a transfer the kernel decided; a miss is logged with the
+	// fast path's counters.
+	for try := 0; ; try++ {
+		done := make(chan sent, 1)
+		cmd := nettest.Command(n.Client, helperBin, "send-slow", n.ServerIP+":8336", fmt.Sprint(slow), span.String())
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+		go func() {
+			out, err := cmd.CombinedOutput()
+			done <- sent{string(out), err}
+		}()
+		seen = seen[:0]
+		var res sent
+		deadline := time.After(span + 20*time.Second)
+	poll:
+		for {
+			select {
+			case res = <-done:
+				break poll
+			case <-deadline:
+				t.Fatal("the transfer did not finish")
+			case <-time.After(250 * time.Millisecond):
+			}
+			for _, c := range JSONLines(t, d.MustCLI(t, "conns", "--json", "-n", "100")) {
+				if int(num(c["remote_port"])) == 8336 && c["reason"] == "fast-path" {
+					if b := num(c["bytes_out"]); b > 0 && (len(seen) == 0 || b != seen[len(seen)-1]) {
+						seen = append(seen, b)
+					}
 				}
 			}
 		}
-	}
-	closed := time.Now()
-	if res.err != nil {
-		t.Fatalf("send-slow: %v\n%s", res.err, res.out)
-	}
-	r := results(t, res.out)[0]
-	if r.Outcome != "connected" {
-		t.Fatalf("send-slow: %+v", r)
-	}
-	if fastPathRow(t, d, 8336, r.PID) == nil {
-		t.Fatal("the long transfer's connection missed the fast path (the queue decided it), though the map had learned its verdict")
+		closed = time.Now()
+		if res.err != nil {
+			t.Fatalf("send-slow: %v\n%s", res.err, res.out)
+		}
+		r = results(t, res.out)[0]
+		if r.Outcome != "connected" {
+			t.Fatalf("send-slow: %+v", r)
+		}
+		if fastPathRow(t, d, 8336, r.PID) != nil {
+			break
+		}
+		t.Logf("try %d: the long transfer's connection missed the fast path (the queue decided it), though the map had learned its verdict; fast path: %+v", try+1, d.fastPath(t))
+		if try == 2 {
+			t.Fatal("three transfers in a row were not decided by the fast path")
+		}
 	}
 	t.Logf("bytes_out along the way: %v", seen)
 	if len(seen) < 2 || seen[0] >= slow {
