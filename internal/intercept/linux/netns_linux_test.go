@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/pprof"
@@ -515,8 +514,9 @@ func runChild(mode string) int {
 				}
 				defer cgroup2.Unmount(root)
 			}
-			fcfg.CgroupPath = filepath.Join(root, fmt.Sprintf("latch-lt-notrack-%d", os.Getpid()))
-			if err := os.Mkdir(fcfg.CgroupPath, 0o755); err != nil {
+			// A name of its own: a killed daemon leaves its cgroup behind, and
+			// a later daemon may get its pid.
+			if fcfg.CgroupPath, err = os.MkdirTemp(root, "latch-lt-notrack-"); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
