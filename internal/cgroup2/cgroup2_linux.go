@@ -61,15 +61,21 @@ func Find() (string, error) {
 	return ParseMount(f)
 }
 
-// ParseMount returns the mount point of the first cgroup2 file system whose
-// root is the hierarchy's root ("/") in mountinfo.
+// ParseMount returns the mount point of a cgroup2 file system whose root is the
+// hierarchy's root ("/") in mountinfo: the first under /sys/fs/cgroup (the
+// system's, which stays), else the first. Another mount of the hierarchy (a
+// tool's or a test's, in /tmp) may go away while latch uses it.
 func ParseMount(f io.Reader) (string, error) {
 	dir := ""
 	err := RootMounts(f, func(fsType, _, mnt string) bool {
-		if fsType == "cgroup2" {
+		if fsType != "cgroup2" {
+			return true
+		}
+		system := mnt == "/sys/fs/cgroup" || strings.HasPrefix(mnt, "/sys/fs/cgroup/")
+		if dir == "" || system {
 			dir = mnt
 		}
-		return dir == ""
+		return !system
 	})
 	switch {
 	case err != nil:

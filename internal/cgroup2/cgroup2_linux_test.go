@@ -23,6 +23,15 @@ func TestParseMount(t *testing.T) {
 	if err != nil || got != "/mnt/cg 2" {
 		t.Errorf("nested: %q, %v", got, err)
 	}
+	// A temporary mount of the hierarchy listed before the system's is not taken.
+	const temporary = `44 26 0:37 / /tmp/latch-bench-1/cgroup2 rw - cgroup2 cgroup2 rw
+40 30 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+45 26 0:37 / /tmp/other rw - cgroup2 cgroup2 rw
+`
+	got, err = ParseMount(strings.NewReader(temporary))
+	if err != nil || got != "/sys/fs/cgroup/unified" {
+		t.Errorf("temporary mount first: %q, %v; want the system's", got, err)
+	}
 	if _, err := ParseMount(strings.NewReader("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n")); err == nil {
 		t.Error("v1 only: no error")
 	}
