@@ -204,7 +204,7 @@ func main() {
 		if !own && strings.HasPrefix(sc, "latch") {
 			tolerate = fmt.Sprintf("%s's latch (%s) has no --attribution-cgroup: its hooks are on the root cgroup, so every other scenario's clients run them too, the other latch scenarios' besides their own", sc, bin)
 		}
-		tg, err := setup(strings.TrimSuffix(sc, "@base"), client, bin, dir, *nrules, scg, scgfd, own)
+		tg, err := setup(strings.TrimSuffix(sc, "@base"), sc, client, bin, dir, *nrules, scg, scgfd, own)
 		if tg != nil && tg.daemon == nil {
 			plain[sc] = scg
 		}
@@ -648,8 +648,10 @@ type clientRound struct {
 // latch, its queue reader. Its clients will run in the cgroup cg (cgfd, which the
 // target owns from now on), where a latch daemon attaches its hooks: every hook
 // with --attribution-cgroup (own: the binary has it), the fast path's with
-// --fast-path-cgroup. On error the target returned (if any) must still be closed.
-func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int, own bool) (*target, error) {
+// --fast-path-cgroup. label is the scenario as listed (latch+fp@base runs name
+// latch+fp), which names the daemon's profile. On error the target returned (if
+// any) must still be closed.
+func setup(name, label, client, latchBin, dir string, nrules int, cg string, cgfd int, own bool) (*target, error) {
 	p, err := nettest.NewPair()
 	if err != nil {
 		unix.Close(cgfd)
@@ -729,7 +731,7 @@ func setup(name, client, latchBin, dir string, nrules int, cg string, cgfd int, 
 		d := nettest.Command(p.Client, latchBin, args...)
 		d.Stdout, d.Stderr = os.Stderr, os.Stderr
 		if cpuProfileDir != "" {
-			d.Env = append(os.Environ(), "LATCH_CPUPROFILE="+filepath.Join(cpuProfileDir, name+".pprof"))
+			d.Env = append(os.Environ(), "LATCH_CPUPROFILE="+filepath.Join(cpuProfileDir, label+".pprof"))
 		}
 		if err := d.Start(); err != nil {
 			return tg, err
