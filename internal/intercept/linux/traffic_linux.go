@@ -684,6 +684,9 @@ func (b *Backend) account(ctx context.Context, evfd int) {
 			}
 		case <-kick.C:
 			kicked = false
+			// Before the drain takes what waits: what is added after it
+			// kicks again.
+			b.acctKicked.Store(false)
 			drain()
 		case <-drainC:
 			drain()
@@ -904,8 +907,12 @@ func (b *Backend) TrackFlow(req *engine.Request) {
 }
 
 // kickAccountant has the accountant drain within kickDrain, once for a burst of
-// calls: it does not wait.
+// calls: it does not wait, and only the first call of a burst (until that drain)
+// sends the accountant anything (each send would wake it).
 func (b *Backend) kickAccountant() {
+	if b.acctKicked.Load() || b.acctKicked.Swap(true) {
+		return
+	}
 	select {
 	case b.acctKick <- struct{}{}:
 	default:
