@@ -1237,11 +1237,15 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 }
 
 // endQueue holds the socket ends the ends reader (readEnds) read, until the
-// decisions reader (readDecisions) hands them over.
+// decisions reader (readDecisions) hands them over. The decisions reader takes a
+// few at a time (those a decision's time passed): a take moves a head, not the
+// ends behind it (shifting the queue at each take copied it once per few
+// connections).
 type endQueue struct {
 	mu    sync.Mutex
-	ends  []rawEnd
-	n     atomic.Int64  // len(ends), read without mu (readDecisions asks once per record)
+	ends  []rawEnd      // ends[head:] wait
+	head  int           // the first end that waits
+	n     atomic.Int64  // len(ends)-head, read without mu (readDecisions asks once per record)
 	taken chan struct{} // a token each time readDecisions took ends
 }
 
@@ -1256,17 +1260,25 @@ func (q *endQueue) len() int { return int(q.n.Load()) }
 // add queues ends.
 func (q *endQueue) add(ends []rawEnd) {
 	q.mu.Lock()
+	if q.head > 0 && q.head >= len(q.ends)/2 {
+		// Most of the slice was taken: move what waits to its start, once.
+		k := copy(q.ends, q.ends[q.head:])
+		q.ends, q.head = q.ends[:k], 0
+	}
 	q.ends = append(q.ends, ends...)
-	q.n.Store(int64(len(q.ends)))
+	q.n.Store(int64(len(q.ends) - q.head))
 	q.mu.Unlock()
 }
 
 // take removes the first n ends from q, appending them to buf.
 func (q *endQueue) take(n int, buf []rawEnd) []rawEnd {
 	q.mu.Lock()
-	buf = append(buf, q.ends[:n]...)
-	q.ends = append(q.ends[:0], q.ends[n:]...)
-	q.n.Store(int64(len(q.ends)))
+	buf = append(buf, q.ends[q.head:q.head+n]...)
+	q.head += n
+	if q.head == len(q.ends) {
+		q.ends, q.head = q.ends[:0], 0
+	}
+	q.n.Store(int64(len(q.ends) - q.head))
 	q.mu.Unlock()
 	select {
 	case q.taken <- struct{}{}:
@@ -1281,7 +1293,10 @@ func (q *endQueue) before(ns uint64) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	n := 0
-	for n < len(q.ends) && q.ends[n].at <= ns {
+	for _, r := range q.ends[q.head:] {
+		if r.at > ns {
+			break
+		}
 		n++
 	}
 	return n

@@ -61,6 +61,10 @@ type Backend struct {
 	ends    handover[socketEnd]
 	// acctKick tells the accountant that flows or ends wait (see kickAccountant).
 	acctKick chan struct{}
+	// acctKicked says a kick was sent and the accountant has not yet drained
+	// for it: the calls until then send none (one wake-up of the accountant per
+	// burst, not one per flow or end).
+	acctKicked atomic.Bool
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
 	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastLease
