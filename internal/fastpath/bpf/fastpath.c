@@ -1509,6 +1509,21 @@ int latch_fast_restore(struct bpf_iter__tcp___notrack *ctx)
 	return 0;
 }
 
+// latch_fast_sweep moves every TCP socket of the served namespace that has
+// MARK_FAST_ALLOW to MARK_FAST_REDECIDE (other bits kept), once, at Open,
+// before the ruleset names this daemon's lease: such a socket's mark was given
+// by a daemon gone before (its SYN was on its way when it died, see "The
+// lease" in doc.go), and once this daemon's lease holds, the ruleset would let
+// its next SYN pass by that mark, to wherever the socket connected since,
+// with no connect hook to decide it. With MARK_FAST_REDECIDE the queue decides
+// it. (The keep map is empty then: nothing is kept.)
+SEC("iter/tcp")
+int latch_fast_sweep(struct bpf_iter__tcp___notrack *ctx)
+{
+	move_mark(ctx, MARK_FAST_ALLOW, MARK_FAST_ALLOW, MARK_FAST_REDECIDE, 0);
+	return 0;
+}
+
 // ---- end of notrack ----
 
 // ---- The lease (the ruleset's xt_bpf match on a SYN with MarkFastAllow) ----
