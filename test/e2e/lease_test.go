@@ -74,6 +74,21 @@ func fastMarkInFlight(t *testing.T, v6 bool) {
 	// A daemon started next: its lease lets its own fast connects pass.
 	d2 := startFastPathDaemon(t, n, cg, "--fail", "closed")
 	d2.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8328", "--action", "allow")
+	// The reopened socket is still on its way to port 8328, its SYN sent again
+	// 7 and 15 s after its connect. Its mark was moved at the new daemon's
+	// Open (MarkFastRedecide), so that SYN is held and decided (allowed now):
+	// wait for it, lest it count below as one of this daemon's own connects
+	// held.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, _ := n.Exec(n.Client, "ss", "-Htn", "state", "syn-sent", "dport", "= :8328")
+		if !strings.Contains(out, ":8328") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reopened socket is still on its way to port 8328, undecided by the new daemon:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	open := func() {
 		t.Helper()
 		if r := tk.say(t, fmt.Sprintf("open %s:8328", server)); r.Outcome != "connected" {
