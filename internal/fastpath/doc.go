@@ -109,7 +109,13 @@
 // swapped out or starved keeps it, and its hooks keep deciding every connect),
 // and a lapse costs a live daemon nothing but speed anyway (the SYN goes to the
 // queue, which decides it). A daemon started next pins and holds its own; the
-// ruleset it installs names that one. Without xt_bpf (or without a pin
+// ruleset it installs names that one. Under it, a socket a daemon gone before
+// left with MarkFastAllow (its SYN on its way, then connected anywhere) would
+// pass its next SYN by that mark: so Open, before it returns the pins the
+// ruleset names, moves every TCP socket of its namespace with MarkFastAllow to
+// MarkFastRedecide (a TCP iterator of the notrack kind, latch_fast_sweep;
+// where the kernel refuses those, Linux before 5.15, that residual stays), and
+// the queue decides such a socket's next SYN. Without xt_bpf (or without a pin
 // directory) the ruleset goes without the lease (Stats.Lease, LeaseWhy) and the
 // residual above is back. Cost: one run of a program of a few instructions per
 // packet that reaches those rules (a fast connect's SYN, the first datagram of

@@ -145,6 +145,7 @@ const (
 	fastpathProgLatchFastSkbIngress = "latch_fast_skb_ingress"
 	fastpathProgLatchFastSockCreate = "latch_fast_sock_create"
 	fastpathProgLatchFastSockops    = "latch_fast_sockops"
+	fastpathProgLatchFastSweep      = "latch_fast_sweep"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
 	fastpathVarBytesOk              = "bytes_ok"
 	fastpathVarIterMoved            = "iter_moved"
@@ -215,6 +216,7 @@ type fastpathProgramSpecs struct {
 	LatchFastSkbIngress *ebpf.ProgramSpec `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.ProgramSpec `ebpf:"latch_fast_sock_create"`
 	LatchFastSockops    *ebpf.ProgramSpec `ebpf:"latch_fast_sockops"`
+	LatchFastSweep      *ebpf.ProgramSpec `ebpf:"latch_fast_sweep"`
 	LatchFastUdp        *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
 }
 
@@ -339,6 +341,7 @@ type fastpathPrograms struct {
 	LatchFastSkbIngress *ebpf.Program `ebpf:"latch_fast_skb_ingress"`
 	LatchFastSockCreate *ebpf.Program `ebpf:"latch_fast_sock_create"`
 	LatchFastSockops    *ebpf.Program `ebpf:"latch_fast_sockops"`
+	LatchFastSweep      *ebpf.Program `ebpf:"latch_fast_sweep"`
 	LatchFastUdp        *ebpf.Program `ebpf:"latch_fast_udp"`
 }
 
@@ -355,6 +358,7 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastSkbIngress,
 		p.LatchFastSockCreate,
 		p.LatchFastSockops,
+		p.LatchFastSweep,
 		p.LatchFastUdp,
 	)
 }

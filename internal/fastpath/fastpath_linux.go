@@ -256,6 +256,7 @@ type FastPath struct {
 	notrackOn      atomic.Bool
 	notrackRuleWhy atomic.Value // string
 	iterMu         sync.Mutex   // serialises the iterators' runs (keep, restore, iter_moved)
+	swept          int          // sockets Open found with a gone daemon's MarkFastAllow (sweep)
 	session        uint64       // iter_session of the last RedecideSockets
 	kept           []fastpathFpTuple
 	// SyncDecisions' waiters, answered by readDecisions; syncRunning says
@@ -567,6 +568,13 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		fp.links = append(fp.links, l)
 	}
 	fp.notrackWhy = fp.attachIterators()
+	if fp.notrackWhy == "" {
+		n, err := fp.sweep()
+		if err != nil {
+			return fp, err
+		}
+		fp.swept = n
+	}
 	fp.notrackRuleWhy.Store("the ruleset does not keep fast TCP flows out of conntrack yet")
 	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
 	fp.leaseWhy.Store("the ruleset does not check the lease yet")

@@ -937,6 +937,44 @@ func TestHitsRecordLocalPort(t *testing.T) {
 	}
 }
 
+// TestPendingDroppedByAMiss: a hit whose connect failed before tcp_connect
+// leaves its decision pending in the socket's storage; a later connect of the
+// same socket that misses must drop it, not send it at its own TCP_CONNECT_CB.
+// Else the second connection, to a destination no rule decided, would leave
+// with the first one's MarkFastAllow and be recorded as the first one's
+// decision.
+func TestPendingDroppedByAMiss(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	if s := fp.Stats(); !s.TCPLocal || s.TCPLocalWhy != "" {
+		t.Fatalf("no sock_ops program: %+v", s)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	unruled := listen(t, "tcp4", "127.0.0.1:0")
+	unsent := netip.MustParseAddrPort("224.0.0.1:80")
+	decisions := runDecisions(t, fp)
+	if ok, err := fp.Remember(fp.Ticket(), req(c, unsent), ruleVerdict(engine.Allow, 1)); !ok || err != nil {
+		t.Fatalf("Remember %v: %v %v", unsent, ok, err)
+	}
+	r := c.say(t, "local "+unsent.String()+" "+unruled.String())
+	first, second, _ := strings.Cut(r, "; ")
+	if !strings.HasPrefix(first, fmt.Sprintf("err %d 0x0", unix.ENETUNREACH)) || !strings.HasPrefix(second, "ok 0x0 ") {
+		t.Errorf("connect to %v (a hit), then %v (a miss): %q; want ENETUNREACH, then connected without a mark", unsent, unruled, r)
+	}
+	select {
+	case d := <-decisions:
+		t.Errorf("a decision recorded: %+v; want none (the hit sent no SYN, the miss is the queue's)", d)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if s := fp.Stats(); s.HitsAllow != 1 || s.Misses != 1 || s.Events != 0 {
+		t.Errorf("stats %+v: want 1 hit, 1 miss, nothing recorded", s)
+	}
+}
+
 // TestNoTCPHitsWithoutSockops: without the sock_ops program (a kernel that
 // refuses it) nothing could check a decision again as its SYN leaves (a deferred
 // connect's leaves at its first write, perhaps after a rule change), so no TCP

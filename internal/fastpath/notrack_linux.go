@@ -17,6 +17,7 @@ import (
 const (
 	progRedecide = "latch_fast_redecide"
 	progRestore  = "latch_fast_restore"
+	progSweep    = "latch_fast_sweep"
 )
 
 // DefaultKeepEntries bounds the sockets a RedecideSockets call can leave alone
@@ -29,7 +30,7 @@ const DefaultKeepEntries = 65536
 // (bpf_setsockopt in a TCP iterator needs Linux 5.15), the rest of the fast path
 // loads all the same and notrack is off.
 func withoutIterators(spec *ebpf.CollectionSpec) {
-	for _, name := range []string{progRedecide, progRestore} {
+	for _, name := range []string{progRedecide, progRestore, progSweep} {
 		spec.Programs[name] = &ebpf.ProgramSpec{
 			Name: name, Type: ebpf.SocketFilter, License: "Dual MIT/GPL",
 			Instructions: asm.Instructions{asm.LoadImm(asm.R0, 0, asm.DWord), asm.Return()},
@@ -56,6 +57,22 @@ func (fp *FastPath) attachIterators() string {
 		return fmt.Sprintf("attach the TCP socket iterator %s: %v", progRestore, err)
 	}
 	return ""
+}
+
+// sweep moves the sockets a daemon gone before left with MarkFastAllow (their
+// SYN was on its way when it died) to MarkFastRedecide, so that the ruleset
+// this daemon installs, whose lease then holds, does not let their next SYN
+// pass by that mark (see "The lease" in doc.go). It runs once, at Open, before
+// the ruleset can name this daemon's lease. It returns how many it moved.
+func (fp *FastPath) sweep() (int, error) {
+	it, err := link.AttachIter(link.IterOptions{Program: fp.objs.LatchFastSweep})
+	if err != nil {
+		return 0, fmt.Errorf("fast path: attach the TCP socket iterator %s: %w", progSweep, err)
+	}
+	defer it.Close()
+	fp.iterMu.Lock()
+	defer fp.iterMu.Unlock()
+	return fp.runIter(it)
 }
 
 // Notrack says why the fast path cannot move its TCP sockets' marks (the TCP

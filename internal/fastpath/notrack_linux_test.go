@@ -224,3 +224,47 @@ func TestSyncDecisions(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenSweepsGoneDaemonsFastAllow: a socket whose SYN was on its way when
+// its daemon died keeps MarkFastAllow, and may connect anywhere meanwhile
+// (connect(AF_UNSPEC), then a connect no hook decides). The ruleset of the
+// daemon started next lets a SYN with that mark pass while its own lease
+// holds, so Open moves every such socket of its namespace to
+// MarkFastRedecide (the queue decides its next packet), other bits kept;
+// other marks stay (an established fast socket's MarkFastFlow lets no SYN
+// pass). IPv4 and IPv6.
+func TestOpenSweepsGoneDaemonsFastAllow(t *testing.T) {
+	ownNetns(t)
+	cg, _ := testCgroup(t)
+	v4 := listen(t, "tcp4", "127.0.0.1:0")
+	v6 := listen(t, "tcp6", "[::1]:0")
+	// No fast path serves this namespace yet: the marks stay as given.
+	swept := map[*net.TCPConn]int{
+		markedConn(t, v4, testFastAllow|0x7):        testFastRedecide | 0x7,
+		markedConn(t, v6, testFastAllow|0x80000000): testFastRedecide | 0x80000000,
+	}
+	kept := map[*net.TCPConn]int{
+		markedConn(t, v4, 0):                0,
+		markedConn(t, v4, testFastFlow|0x5): testFastFlow | 0x5,
+		markedConn(t, v6, 0x20000000):       0x20000000,
+		markedConn(t, v4, testFastRedecide): testFastRedecide,
+		markedConn(t, v4, 0x10000001):       0x10000001,
+	}
+	fp := openTest(t, cg, Config{})
+	if why := fp.Notrack(); why != "" {
+		t.Skipf("no TCP socket iterators: %s", why)
+	}
+	for c, want := range swept {
+		if m := sockMark(t, c); uint32(m) != uint32(want) {
+			t.Errorf("socket %v left with a gone daemon's MarkFastAllow: mark %#x after Open, want %#x", tupleConn(c), uint32(m), uint32(want))
+		}
+	}
+	for c, want := range kept {
+		if m := sockMark(t, c); uint32(m) != uint32(want) {
+			t.Errorf("socket %v: mark %#x after Open, want it kept (%#x)", tupleConn(c), uint32(m), uint32(want))
+		}
+	}
+	if fp.swept != len(swept) {
+		t.Errorf("Open swept %d sockets, want %d", fp.swept, len(swept))
+	}
+}

@@ -74,6 +74,21 @@ func fastMarkInFlight(t *testing.T, v6 bool) {
 	// A daemon started next: its lease lets its own fast connects pass.
 	d2 := startFastPathDaemon(t, n, cg, "--fail", "closed")
 	d2.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8328", "--action", "allow")
+	// The reopened socket is still on its way to port 8328, its SYN sent again
+	// 7 and 15 s after its connect. Its mark was moved at the new daemon's
+	// Open (MarkFastRedecide), so that SYN is held and decided (allowed now):
+	// wait for it, lest it count below as one of this daemon's own connects
+	// held.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, _ := n.Exec(n.Client, "ss", "-Htn", "state", "syn-sent", "dport", "= :8328")
+		if !strings.Contains(out, ":8328") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reopened socket is still on its way to port 8328, undecided by the new daemon:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	open := func() {
 		t.Helper()
 		if r := tk.say(t, fmt.Sprintf("open %s:8328", server)); r.Outcome != "connected" {
@@ -114,4 +129,68 @@ func (d *Daemon) held(t *testing.T) uint64 {
 		t.Fatal(err)
 	}
 	return st.Kernel.Held
+}
+
+// TestFastMarkInFlightNotPassedByTheNextDaemon: a socket that kept a dead
+// daemon's MarkFastAllow (its SYN was on its way when the daemon was killed)
+// and connected meanwhile to a destination no rule allows keeps sending its
+// SYN there (TCP_SYNCNT 127). The daemon started next installs a ruleset whose
+// lease holds again: that SYN must not pass by the old mark. Open moves such
+// sockets to MarkFastRedecide, so the queue decides it (here: no rule, the
+// default deny).
+func TestFastMarkInFlightNotPassedByTheNextDaemon(t *testing.T) {
+	n := NewNet(t)
+	server := n.ServerIP
+	if out, err := n.Exec(n.Server, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8327", "-j", "DROP"); err != nil {
+		t.Fatalf("drop SYNs to port 8327 in the server's namespace: %v: %s", err, out)
+	}
+	srv := n.Start(n.Server, helperBin, "serve", server+":8328")
+	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	cg, cgfd := fastPathCgroup(t)
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8327", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	pend := func() int {
+		t.Helper()
+		r := tk.say(t, fmt.Sprintf("pending %s:8327", server))
+		if r.Outcome != "pending" {
+			t.Fatalf("talk: a connect to port 8327 that stays on its way: %+v", r)
+		}
+		tk.locals = append(tk.locals, r.Local)
+		return len(tk.locals) - 1
+	}
+	pend() // the queue decides, the map learns
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	in := pend()
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connect was no fast-path hit: %+v", fp)
+	}
+	killDaemon(t, n, d)
+	time.Sleep(500 * time.Millisecond)
+	// While no daemon runs: held by the dead daemon's ruleset (its lease lapsed).
+	// The socket stays on its way to port 8328, its SYN sent again and again.
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:8328", in, server), "fail-closed, daemon killed: a socket whose fast connect was on its way connected to an unruled destination")
+
+	// The next daemon, with no rule for port 8328, started once the SYN that
+	// goes out again 7 seconds after the connect was dropped (an earlier
+	// start would hold it while its ruleset is being installed, and refuse
+	// the connection): its lease holds when the next one goes out, 15 seconds
+	// after the connect.
+	time.Sleep(5 * time.Second)
+	d2 := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	if !d2.fastPath(t).Lease {
+		t.Fatalf("the next daemon's ruleset does not check the lease: %+v", d2.fastPath(t))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if a := Accepted(srv); a != 0 {
+			t.Fatalf("the server accepted %d connections: the dead daemon's MarkFastAllow let a SYN to an unruled destination pass under the next daemon's lease", a)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Not by chance: the SYN went out, and the next daemon refused it.
+	if out, _ := n.Exec(n.Client, "ss", "-Htn", "state", "syn-sent", "dport", "= :8328"); strings.Contains(out, ":8328") {
+		t.Errorf("the socket is still on its way to port 8328, its SYN neither passed nor refused:\n%s", out)
+	}
 }

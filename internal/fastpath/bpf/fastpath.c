@@ -472,6 +472,18 @@ static __always_inline __u32 lookup(struct fp_key *key, struct bpf_sock *sk, con
 	return action;
 }
 
+// drop_pending marks empty what an earlier connect of the socket left pending
+// in its storage (socks), if it has any: a connect whose hook made no hit
+// sends no decision at its TCP_CONNECT_CB. A hit (lookup) stores its own in
+// its place instead, in the storage it gets anyway: one look at the socket's
+// storage per connect either way.
+static __always_inline void drop_pending(struct bpf_sock *sk)
+{
+	struct fp_sock *old = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (old)
+		old->pending = 0;
+}
+
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 {
 	if (ctx->type != 1 /* SOCK_STREAM */ || ctx->protocol != IPPROTO_TCP)
@@ -514,20 +526,22 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	}
 	// With the sock_ops program attached, a decision waits for the local port
 	// in the socket's storage; whatever an earlier connect of this socket left
-	// there is dropped first (it made no connection: tcp_connect takes it). A
-	// socket that never had a hit has no storage, and gets none here.
-	struct fp_sock *old = bpf_sk_storage_get(&socks, sk, 0, 0);
-	if (old)
-		old->pending = 0;
+	// there is dropped (it made no connection: tcp_connect takes it): a hit
+	// stores its own over it (lookup), every other outcome marks it empty
+	// (drop_pending). A socket that never had a hit has no storage, and gets
+	// none but by a hit. (All of it under the socket's lock, before this
+	// connect's tcp_connect: the order within the hook decides nothing.)
 	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
 	if (!ks) {
 		count(STAT_NO_IDENTITY);
+		drop_pending(sk);
 		set_mark(ctx, sk, 0);
 		return 1;
 	}
 	key.uid = ks->sk_uid.val;
 	if (!identify(&key)) {
 		count(STAT_NO_IDENTITY);
+		drop_pending(sk);
 		set_mark(ctx, sk, 0);
 		return 1;
 	}
@@ -538,7 +552,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	// would clear a mark given here, and the socket could connect again with
 	// it, anywhere, once the daemon and its hooks are gone. What an earlier
 	// connect of this socket left goes now, hit or miss.
-	lookup(&key, sk, 0, 0);
+	if (!lookup(&key, sk, 0, 0))
+		drop_pending(sk);
 	set_mark(ctx, sk, 0);
 	return 1;
 }
@@ -705,11 +720,13 @@ static __always_inline int tcp_offset(struct __sk_buff *skb)
 {
 	__u8 b[2];
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		if (bpf_skb_load_bytes(skb, 0, b, 1) < 0)
+		// The header's length (byte 0) and protocol (byte 9) in one load: a
+		// packet too short for either has no TCP header to find.
+		__u8 h[10];
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) < 0)
 			return -1;
-		int off = (b[0] & 0xf) * 4;
-		__u8 proto;
-		if (off < 20 || bpf_skb_load_bytes(skb, 9, &proto, 1) < 0 || proto != IPPROTO_TCP)
+		int off = (h[0] & 0xf) * 4;
+		if (off < 20 || h[9] != IPPROTO_TCP)
 			return -1;
 		return off;
 	}
@@ -1489,6 +1506,21 @@ SEC("iter/tcp")
 int latch_fast_restore(struct bpf_iter__tcp___notrack *ctx)
 {
 	move_mark(ctx, MARK_FAST_REDECIDE, MARK_FAST_REDECIDE, 0, 1);
+	return 0;
+}
+
+// latch_fast_sweep moves every TCP socket of the served namespace that has
+// MARK_FAST_ALLOW to MARK_FAST_REDECIDE (other bits kept), once, at Open,
+// before the ruleset names this daemon's lease: such a socket's mark was given
+// by a daemon gone before (its SYN was on its way when it died, see "The
+// lease" in doc.go), and once this daemon's lease holds, the ruleset would let
+// its next SYN pass by that mark, to wherever the socket connected since,
+// with no connect hook to decide it. With MARK_FAST_REDECIDE the queue decides
+// it. (The keep map is empty then: nothing is kept.)
+SEC("iter/tcp")
+int latch_fast_sweep(struct bpf_iter__tcp___notrack *ctx)
+{
+	move_mark(ctx, MARK_FAST_ALLOW, MARK_FAST_ALLOW, MARK_FAST_REDECIDE, 0);
 	return 0;
 }
 
