@@ -1102,10 +1102,15 @@ type rowWriter struct {
 	stmts map[string]driver.Stmt
 	args  []driver.NamedValue
 	row   [inlineCols]driver.Value // one connection's values (values)
-	// shape is how rows are written (shapeProcs...); per: how many arguments a
-	// row takes, plain: a plain row.
-	shape      int
-	per, plain int
+	// shape is how rows are written (shapeProcs...); per: how many columns a
+	// row has (w.columns()).
+	shape int
+	per   int
+	// rowVals are the values of the rows not inserted yet, per each (w.row's
+	// first per), and rowKinds their kinds (see values): a statement is chosen
+	// for a run of rows once it is complete.
+	rowVals  []driver.Value
+	rowKinds []uint8
 	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
 	// to remember, see rowids).
 	rowReqs []engine.RequestID
@@ -1185,8 +1190,7 @@ func newRowWriter(db *sql.DB, shape int) (*rowWriter, error) {
 	}
 	w := &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}, rowids: map[engine.RequestID]int64{},
 		shape: shape, procs: map[procKey]*procRow{}}
-	cols := w.columns()
-	w.per, w.plain = len(cols), plainCount(cols)
+	w.per = len(w.columns())
 	if err := conn.QueryRowContext(context.Background(), `SELECT (SELECT ifnull(MAX(id), 0) FROM conns), (SELECT ifnull(MAX(id), 0) FROM procs)`).Scan(&w.maxConn, &w.nextProc); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("history: the writer's first ids: %w", err)
@@ -1504,23 +1508,33 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	// are in (updateBytes), the last report of each request.
 	updates, pending := sc.updates, sc.pending
 	// Rows are inserted in the order they were recorded, with statements of
-	// insertSizes rows of one kind (plain or not, see connColumns).
-	rows, plain := 0, false // rows of that kind whose arguments are in w.args
+	// insertSizes rows, each statement with the column groups that are empty in
+	// all of its rows as constants (see column.group).
+	rows := 0 // rows whose values are in w.rowVals
+	cols, per := w.columns(), w.per
 	flushRows := func() error {
-		per := w.per
-		if plain {
-			per = w.plain
-		}
-		args := w.args
+		vals, kinds := w.rowVals, w.rowKinds
 		for rows > 0 {
-			n := insertSizes[len(insertSizes)-1]
-			for _, k := range insertSizes {
-				if rows >= k {
-					n = k
-					break
+			n := chunk(rows)
+			kind := uint8(groupsAll)
+			for _, k := range kinds[:n] {
+				kind &= k
+			}
+			// The shared columns' values (the first row's), then each row's own.
+			for i, col := range cols {
+				if col.shared {
+					w.args = append(w.args, driver.NamedValue{Value: vals[i]})
 				}
 			}
-			res, err := w.run(insertConns(n, plain, w.shape), args[:n*per])
+			for r := range n {
+				row := vals[r*per : (r+1)*per]
+				for i, col := range cols {
+					if !col.shared && col.group&kind == 0 {
+						w.args = append(w.args, driver.NamedValue{Value: row[i]})
+					}
+				}
+			}
+			res, err := w.runArgs(insertConns(n, kind, w.shape))
 			if err != nil {
 				return err
 			}
@@ -1542,11 +1556,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 				}
 			}
 			w.rowProcs = w.rowProcs[n:]
-			args = args[n*per:]
+			vals, kinds = vals[n*per:], kinds[n:]
 			rows -= n
 		}
-		clear(w.args) // let the values go
-		w.args = w.args[:0]
+		clear(w.rowVals) // let the values go
+		w.rowVals, w.rowKinds = w.rowVals[:0], w.rowKinds[:0]
 		w.rowReqs = w.rowReqs[:0]
 		clear(w.rowProcs)
 		w.rowProcs = w.rowProcs[:0]
@@ -1578,25 +1592,24 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		if proc != nil {
 			procID = proc.id
 		}
-		p := w.values(c, h.run, req, procID)
-		if rows > 0 && (p != plain || rows == insertSizes[0]) {
-			if err := flushRows(); err != nil {
-				return err
-			}
-		}
-		plain = p
-		w.addRow(p)
+		kind := w.values(c, h.run, req, procID)
+		w.rowVals = append(w.rowVals, w.row[:per]...)
+		w.rowKinds = append(w.rowKinds, kind)
 		// Its rowid is remembered (rowWriter.rowids) if byte accounting is on
-		// and the flow was allowed, even if it ended: a report after its end
-		// (which the accountant never sends) finds it for a while as before,
-		// though the row has no request ID.
+		// and its flow may still be reported (open), as its request ID is
+		// written. A row whose end was reported before it was written is final:
+		// a report after the end (which the accountant never sends) finds
+		// neither, as it finds no row the writer forgot.
 		id := c.Request.ID
-		if c.Verdict.Action != engine.Allow || !h.reports {
+		if !open || !h.reports {
 			id = 0
 		}
 		w.rowReqs = append(w.rowReqs, id)
 		w.rowProcs = append(w.rowProcs, proc)
 		rows++
+		if rows == insertSizes[0] {
+			return flushRows()
+		}
 		return nil
 	}
 	for i := range batch {
@@ -1817,8 +1830,8 @@ func (w *rowWriter) committed() {
 
 // values fills w.row with the values of c's row with request ID req (an empty
 // text as nil, an integer as int64), its process being procs row proc, and
-// reports whether the row is plain: every optional column empty.
-func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64) (plain bool) {
+// returns the row's kind: the column groups (column.group) empty in it.
+func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64) (kind uint8) {
 	if w.shape == shapeInline {
 		return w.inlineValues(c, run, req)
 	}
@@ -1832,17 +1845,24 @@ func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64)
 		num(8, run), num(9, int64(req)), num(10, int64(c.BytesIn)), num(11, int64(c.BytesOut)),
 		num(12, proc),
 	}
-	for i, col := range connColumns {
-		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
-			return false
+	return rowKind(connColumns, &w.row)
+}
+
+// rowKind is the kind of a row of cols with values row: the column groups all of
+// whose columns are empty (nil or 0) in it.
+func rowKind(cols []column, row *[inlineCols]driver.Value) uint8 {
+	kind := uint8(groupsAll)
+	for i, col := range cols {
+		if col.group != 0 && row[i] != nil && row[i] != int64(0) {
+			kind &^= col.group
 		}
 	}
-	return true
+	return kind
 }
 
 // inlineValues is values for a row that holds its process's columns
 // (historyTuning.inlineProcs), in the order of inlineColumns.
-func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plain bool) {
+func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (kind uint8) {
 	r := &c.Request
 	text, num := w.boxText, w.boxInt
 	w.row = [inlineCols]driver.Value{
@@ -1856,12 +1876,7 @@ func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plai
 		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, w.joinParents(r.Parents)),
 		text(30, r.ContainerName),
 	}
-	for i, col := range inlineColumns {
-		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
-			return false
-		}
-	}
-	return true
+	return rowKind(inlineColumns, &w.row)
 }
 
 // boxText returns column i's text as a driver.Value, nil if empty. A column's
@@ -1897,17 +1912,6 @@ func (w *rowWriter) columns() []column {
 	return connColumns
 }
 
-// addRow adds w.row's arguments: all of them, or in a plain row those of the
-// columns that are not optional.
-func (w *rowWriter) addRow(plain bool) {
-	for i, col := range w.columns() {
-		if plain && col.optional {
-			continue
-		}
-		w.args = append(w.args, driver.NamedValue{Value: w.row[i]})
-	}
-}
-
 // insertSizes are the numbers of rows the connection INSERTs take, largest first
 // (SQLite allows 32766 variables per statement).
 var insertSizes = []int{insertRows, 16, 4, 1}
@@ -1919,53 +1923,63 @@ const (
 
 // column is a column of conns a row inserts. A text goes as NULL when empty and
 // is stored as an empty text (ifnull): the driver copies every text it binds into
-// memory of its own, which NULL spares. Optional columns are empty in most
-// connections the kernel fast path records: a row whose optional columns are all
-// empty is plain, and is inserted with a statement that has them as constants
-// (binding fewer values). The local address and port are not optional: the fast
-// path records them too; nor are the bytes, which a short flow's end report sets
-// before its row is written (rowHold).
+// memory of its own, which NULL spares. Binding a value costs the writer about
+// as much as SQLite's inserting it, so a statement binds only what differs from
+// row to row:
+//   - A column of a group (group) is empty (or 0) in most rows of some kind: the
+//     optional texts in most connections the kernel fast path records (groupTexts),
+//     the request ID in rows whose flow ended before they were written (groupReq),
+//     the bytes in rows whose flow has not been reported yet (groupBytes). A
+//     statement has the groups empty in all of its rows as constants (see
+//     rowKind). The local address and port are in no group: the fast path records
+//     them too.
+//   - A shared column has one value in every row the writer writes (run_ns, the
+//     opening): a statement binds it once, as its first parameter (?1).
 type column struct {
-	name           string
-	text, optional bool
+	name   string
+	text   bool
+	group  uint8 // 0: none
+	shared bool
 }
+
+// Column groups (column.group), bits of a row's kind.
+const (
+	groupTexts = 1 << iota
+	groupReq
+	groupBytes
+	groupsAll = groupTexts | groupReq | groupBytes
+)
 
 // connColumns are the columns of conns a row inserts, in the order of
 // rowWriter.values: the connection's own, and its process's procs row.
 var connColumns = []column{
-	{"time_ns", false, false},
-	{"local_ip", true, false}, {"local_port", false, false},
-	{"remote_ip", true, false}, {"remote_port", false, false},
-	{"host", true, true}, {"host_source", true, true}, {"note", true, true},
-	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, false}, {"bytes_out", false, false},
-	{"proc", false, false},
+	{name: "time_ns"},
+	{name: "local_ip", text: true}, {name: "local_port"},
+	{name: "remote_ip", text: true}, {name: "remote_port"},
+	{name: "host", text: true, group: groupTexts}, {name: "host_source", text: true, group: groupTexts},
+	{name: "note", text: true, group: groupTexts},
+	{name: "run_ns", shared: true}, {name: "req_id", group: groupReq},
+	{name: "bytes_in", group: groupBytes}, {name: "bytes_out", group: groupBytes},
+	{name: "proc"},
 }
 
 // inlineColumns are the columns a row holding its process's columns inserts
 // (historyTuning.inlineProcs), in the order of rowWriter.inlineValues.
 var inlineColumns = []column{
-	{"time_ns", false, false}, {"direction", true, false}, {"proto", true, false},
-	{"local_ip", true, false}, {"local_port", false, false},
-	{"remote_ip", true, false}, {"remote_port", false, false},
-	{"pid", false, false}, {"exe", true, false}, {"uid", false, false}, {"user", true, false},
-	{"cmdline", true, true}, {"host", true, true},
-	{"verdict", true, false}, {"reason", true, false}, {"rule_id", false, false},
-	{"identity", true, false}, {"container", true, true}, {"identity_note", true, true},
-	{"host_source", true, true}, {"note", true, true},
-	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, false}, {"bytes_out", false, false},
-	{"netns", true, true}, {"mode", true, false}, {"unit", true, true}, {"app_id", true, true},
-	{"parents", true, true}, {"container_name", true, true},
-}
-
-// plainCount is how many arguments a plain row of cols takes.
-func plainCount(cols []column) int {
-	n := 0
-	for _, col := range cols {
-		if !col.optional {
-			n++
-		}
-	}
-	return n
+	{name: "time_ns"}, {name: "direction", text: true}, {name: "proto", text: true},
+	{name: "local_ip", text: true}, {name: "local_port"},
+	{name: "remote_ip", text: true}, {name: "remote_port"},
+	{name: "pid"}, {name: "exe", text: true}, {name: "uid"}, {name: "user", text: true},
+	{name: "cmdline", text: true, group: groupTexts}, {name: "host", text: true, group: groupTexts},
+	{name: "verdict", text: true}, {name: "reason", text: true}, {name: "rule_id"},
+	{name: "identity", text: true}, {name: "container", text: true, group: groupTexts},
+	{name: "identity_note", text: true, group: groupTexts},
+	{name: "host_source", text: true, group: groupTexts}, {name: "note", text: true, group: groupTexts},
+	{name: "run_ns", shared: true}, {name: "req_id", group: groupReq},
+	{name: "bytes_in", group: groupBytes}, {name: "bytes_out", group: groupBytes},
+	{name: "netns", text: true, group: groupTexts}, {name: "mode", text: true},
+	{name: "unit", text: true, group: groupTexts}, {name: "app_id", text: true, group: groupTexts},
+	{name: "parents", text: true, group: groupTexts}, {name: "container_name", text: true, group: groupTexts},
 }
 
 // Rows' shapes (rowWriter.shape): what the table holds and how a row is written.
@@ -1978,59 +1992,70 @@ const (
 // insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows of a shape, plain or not. OR
-// ROLLBACK: a row that breaks a constraint (none can: every column gets a value)
-// rolls the transaction back, which the writer does anyway when a statement fails;
-// with the default (ABORT) SQLite keeps a statement journal to undo just the
-// failed statement, a copy of every page a multi-row INSERT changes first.
-func insertConns(n int, plain bool, shape int) string {
+// insertConns returns an INSERT of n connection rows of a shape and a kind (the
+// column groups it has as constants, see column). Its parameters are the shared
+// columns' values (?1...), then each row's values of the other columns, in the
+// order of the shape's columns. OR ROLLBACK: a row that breaks a constraint (none
+// can: every column gets a value) rolls the transaction back, which the writer
+// does anyway when a statement fails; with the default (ABORT) SQLite keeps a
+// statement journal to undo just the failed statement, a copy of every page a
+// multi-row INSERT changes first.
+func insertConns(n int, kind uint8, shape int) string {
 	type key struct {
 		n, shape int
-		plain    bool
+		kind     uint8
 	}
-	if q, ok := insertSQL.Load(key{n, shape, plain}); ok {
+	if q, ok := insertSQL.Load(key{n, shape, kind}); ok {
 		return q.(string)
 	}
 	cols := connColumns
 	if shape == shapeInline {
 		cols = inlineColumns
 	}
-	var b, row strings.Builder
-	b.WriteString("INSERT OR ROLLBACK INTO conns (")
-	row.WriteString("(")
-	for i, col := range cols {
-		if i > 0 {
-			b.WriteString(", ")
-			row.WriteString(", ")
+	// The shared columns first: a numbered parameter (?1) before the others,
+	// which SQLite numbers on from it, in every row.
+	var names, row []string
+	shared := 0
+	for _, col := range cols {
+		if col.shared {
+			shared++
+			names = append(names, col.name)
+			row = append(row, fmt.Sprintf("?%d", shared))
 		}
-		b.WriteString(col.name)
+	}
+	for _, col := range cols {
+		if col.shared {
+			continue
+		}
+		names = append(names, col.name)
 		switch {
-		case plain && col.optional && col.text:
-			row.WriteString("''")
-		case plain && col.optional:
-			row.WriteString("0")
+		case col.group&kind != 0 && col.text:
+			row = append(row, "''")
+		case col.group&kind != 0:
+			row = append(row, "0")
 		case col.text:
-			row.WriteString("ifnull(?, '')")
+			row = append(row, "ifnull(?, '')")
 		default:
-			row.WriteString("?")
+			row = append(row, "?")
 		}
 	}
 	if shape == shapeMixed {
 		// The columns of inlineSchema that have no default: the process's and
 		// the decision's are in procs.
-		b.WriteString(", pid, exe, uid, user, cmdline, direction, proto, verdict, reason, rule_id")
-		row.WriteString(", 0, '', 0, '', '', '', '', '', '', 0")
+		names = append(names, "pid, exe, uid, user, cmdline, direction, proto, verdict, reason, rule_id")
+		row = append(row, "0, '', 0, '', '', '', '', '', '', 0")
 	}
-	b.WriteString(") VALUES ")
-	row.WriteString(")")
+	values := "(" + strings.Join(row, ", ") + ")"
+	var b strings.Builder
+	b.WriteString("INSERT OR ROLLBACK INTO conns (" + strings.Join(names, ", ") + ") VALUES ")
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString(row.String())
+		b.WriteString(values)
 	}
 	q := b.String()
-	insertSQL.Store(key{n, shape, plain}, q)
+	insertSQL.Store(key{n, shape, kind}, q)
 	return q
 }
 
