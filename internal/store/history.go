@@ -1596,12 +1596,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		w.rowVals = append(w.rowVals, w.row[:per]...)
 		w.rowKinds = append(w.rowKinds, kind)
 		// Its rowid is remembered (rowWriter.rowids) if byte accounting is on
-		// and its flow may still be reported (open), as its request ID is
-		// written. A row whose end was reported before it was written is final:
-		// a report after the end (which the accountant never sends) finds
-		// neither, as it finds no row the writer forgot.
+		// and the flow was allowed, even if it ended: a report after its end
+		// (which the accountant never sends) finds it for a while as before,
+		// though the row has no request ID.
 		id := c.Request.ID
-		if !open || !h.reports {
+		if c.Verdict.Action != engine.Allow || !h.reports {
 			id = 0
 		}
 		w.rowReqs = append(w.rowReqs, id)
