@@ -67,9 +67,6 @@ type historyItem struct {
 	// report: the item is a traffic report (see trafficItem), not a connection.
 	report            bool
 	deltaIn, deltaOut uint64
-	// merged: the report's totals were set in its row before the row was written
-	// (see rowHold), so no UPDATE is needed for them.
-	merged bool
 	// ended: a connection whose flow's end report was merged into its row: no
 	// more reports are expected for it; a report: the flow's end report.
 	ended bool
@@ -160,6 +157,9 @@ type History struct {
 
 	// reports is rowHold.reports, for writeItems (writer goroutine only).
 	reports bool
+	// totals are the bytes of the reports taken since the last batch, by
+	// program, for the traffic table (writer goroutine only).
+	totals programTotals
 
 	recorded, dropped, failed, noSpace atomic.Uint64
 	// updates counts the traffic reports that set a written row's bytes with an
@@ -843,7 +843,7 @@ func (h *History) writer() {
 	take := func() {
 		now := time.Now()
 		for i := range first {
-			hold.take(&first[i], now, write)
+			hold.take(&first[i], now, write, &h.totals)
 		}
 		clear(first)
 		first = first[:0]
@@ -856,13 +856,13 @@ func (h *History) writer() {
 					closed = true
 					break drain
 				}
-				hold.take(&in, now, write)
+				hold.take(&in, now, write, &h.totals)
 			default:
 				break drain
 			}
 		}
 		hold.release(now, closed || len(acks) > 0, write)
-		if len(batch) > 0 {
+		if len(batch) > 0 || h.totals.reports {
 			h.writeBatch(batch)
 			clear(batch)
 			batch, conns = batch[:0], 0
@@ -937,9 +937,10 @@ func (r *rowHold) slot(seq uint64) *heldRow { return &r.ring[seq&uint64(len(r.ri
 func (r *rowHold) due() time.Time { return r.slot(r.first).due }
 
 // take holds a connection's row taken at now, or sets a held row's totals from its
-// traffic report (merged: the report is written without an UPDATE). Reports, and
-// rows the bounds make it write, go to write.
-func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem)) {
+// traffic report: such a report needs no statement of its own, its bytes only
+// count for its program (totals). Other reports, and rows the bounds make it
+// write, go to write.
+func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem), totals *programTotals) {
 	if it.report {
 		r.reports = true
 		t := &it.conn
@@ -947,7 +948,8 @@ func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem))
 			row := &r.slot(seq).item
 			row.conn.BytesIn, row.conn.BytesOut = t.BytesIn, t.BytesOut
 			row.ended = row.ended || it.ended
-			it.merged = true
+			totals.add(it)
+			return
 		}
 		write(it)
 		return
@@ -1014,6 +1016,7 @@ func (h *History) fail(n int, err error) {
 }
 
 func (h *History) writeBatch(batch []historyItem) {
+	defer h.totals.reset() // written, or lost with the batch
 	conns := 0
 	for i := range batch {
 		if !batch[i].report {
@@ -1160,23 +1163,20 @@ type rowWriter struct {
 
 // itemsScratch is what writeItems works with (see there), emptied for each batch.
 type itemsScratch struct {
-	programs map[programKey]*programBytes
-	inBatch  map[engine.RequestID]int
-	pending  map[engine.RequestID]int
-	applied  []bool
-	updates  []bytesUpdate
+	inBatch map[engine.RequestID]int
+	pending map[engine.RequestID]int
+	applied []bool
+	updates []bytesUpdate
 	// byReq and byRow are updateBytes'.
 	byReq, byRow []bytesUpdate
 }
 
 // reset empties s for a batch of n items.
 func (s *itemsScratch) reset(n int) {
-	if s.programs == nil {
-		s.programs = map[programKey]*programBytes{}
+	if s.inBatch == nil {
 		s.inBatch = map[engine.RequestID]int{}
 		s.pending = map[engine.RequestID]int{}
 	}
-	clear(s.programs)
 	clear(s.inBatch)
 	clear(s.pending)
 	s.applied = append(s.applied[:0], make([]bool, n)...)
@@ -1480,6 +1480,50 @@ type programBytes struct {
 	in, out uint64
 }
 
+// programTotals are the bytes of traffic reports by program: the traffic table's
+// rows of a batch.
+type programTotals struct {
+	programs map[programKey]*programBytes
+	// last is the program of the last report added: a program's reports come
+	// in runs, and comparing its key costs less than hashing it.
+	lastKey programKey
+	last    *programBytes
+	// reports: a report was added (with bytes or not) since reset.
+	reports bool
+}
+
+// add counts the report it's bytes since the flow's previous report.
+func (p *programTotals) add(it *historyItem) {
+	p.reports = true
+	if it.deltaIn == 0 && it.deltaOut == 0 {
+		return
+	}
+	r := &it.conn.Request
+	k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
+	b := p.last
+	if b == nil || k != p.lastKey {
+		if b = p.programs[k]; b == nil {
+			if p.programs == nil {
+				p.programs = map[programKey]*programBytes{}
+			}
+			b = &programBytes{}
+			p.programs[k] = b
+		}
+		p.lastKey, p.last = k, b
+	}
+	b.in += it.deltaIn
+	b.out += it.deltaOut
+	if it.conn.Time.After(b.time) {
+		b.time = it.conn.Time
+	}
+}
+
+// reset empties p.
+func (p *programTotals) reset() {
+	clear(p.programs)
+	p.lastKey, p.last, p.reports = programKey{}, nil, false
+}
+
 // writeItems inserts the batch's connections and applies its traffic reports, in
 // order, within the writer's transaction. A batch's reports add one traffic row per
 // program.
@@ -1489,19 +1533,27 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	// as the rows themselves.
 	sc := &w.scratch
 	sc.reset(len(batch))
-	programs := sc.programs
+	totals := &h.totals
+	reports := totals.reports // the traffic table is needed
 	// A report about a connection of this same batch sets the row's totals before
 	// it is inserted: one statement fewer per short connection.
 	inBatch, applied := sc.inBatch, sc.applied
 	for i := range batch {
-		if t := &batch[i].conn; !batch[i].report {
+		t := &batch[i].conn
+		if !batch[i].report {
 			inBatch[t.Request.ID] = i
-		} else if batch[i].merged {
-			applied[i] = true
-		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
+			continue
+		}
+		reports = true
+		if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
 			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
 			batch[j].ended = batch[j].ended || batch[i].ended
 			applied[i] = true
+		}
+	}
+	if reports {
+		if err := h.ensureTrafficTable(w); err != nil {
+			return err
 		}
 	}
 	// Reports about rows written before set their totals after the batch's rows
@@ -1620,9 +1672,6 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			}
 			continue
 		}
-		if err := h.ensureTrafficTable(w); err != nil {
-			return err
-		}
 		r := &t.Request
 		if !applied[i] {
 			// The row was written in an earlier batch (or is gone: pruned, or never
@@ -1636,20 +1685,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, it.ended})
 			}
 		}
-		if it.deltaIn == 0 && it.deltaOut == 0 {
-			continue
-		}
-		k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
-		p := programs[k]
-		if p == nil {
-			p = &programBytes{}
-			programs[k] = p
-		}
-		p.in += it.deltaIn
-		p.out += it.deltaOut
-		if t.Time.After(p.time) {
-			p.time = t.Time
-		}
+		totals.add(it)
 	}
 	if err := flushRows(); err != nil {
 		return err
@@ -1666,7 +1702,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	if err := h.updateBytes(w, updates); err != nil {
 		return err
 	}
-	for k, p := range programs {
+	for k, p := range totals.programs {
 		w.int(p.time.UnixNano())
 		w.text(k.exe)
 		w.int(int64(k.uid))
