@@ -200,7 +200,7 @@ const (
 	// batchRoom): once stopped for lack of space, it writes again when a batch
 	// of this many rows fits.
 	historyRoomUnit = 512
-	historyFlushGap   = 50 * time.Millisecond
+	historyFlushGap = 50 * time.Millisecond
 	// historyHold is how long the writer holds a connection's row after taking it
 	// from the queue before it writes it (see writer). The byte accountant reports
 	// a short connection's end a few milliseconds after its row is recorded (it
