@@ -67,9 +67,6 @@ type historyItem struct {
 	// report: the item is a traffic report (see trafficItem), not a connection.
 	report            bool
 	deltaIn, deltaOut uint64
-	// merged: the report's totals were set in its row before the row was written
-	// (see rowHold), so no UPDATE is needed for them.
-	merged bool
 	// ended: a connection whose flow's end report was merged into its row: no
 	// more reports are expected for it; a report: the flow's end report.
 	ended bool
@@ -160,6 +157,9 @@ type History struct {
 
 	// reports is rowHold.reports, for writeItems (writer goroutine only).
 	reports bool
+	// totals are the bytes of the reports taken since the last batch, by
+	// program, for the traffic table (writer goroutine only).
+	totals programTotals
 
 	recorded, dropped, failed, noSpace atomic.Uint64
 	// updates counts the traffic reports that set a written row's bytes with an
@@ -186,14 +186,21 @@ type History struct {
 
 const (
 	historyQueueLen = 8192
-	// historyBatchMax is the most connections one transaction writes (and the
-	// unit of free space the history wants, see batchRoom). The traffic reports
-	// among them do not count: an end report per short connection would halve
-	// the rows per transaction, and a transaction's commit costs about as much
-	// as a hundred rows. historyBatchItems bounds them all.
-	historyBatchMax   = 512
+	// historyBatchMax is the most connections one transaction writes. A
+	// transaction costs the writer about as much as 150 fast-path rows (its
+	// commit writes a dozen pages besides the rows', and it writes procs,
+	// conns_batches, traffic and prunes): under a load that fills a batch in
+	// less than historyFlushGap, 2048 rows per transaction cost about 15% less
+	// CPU per row than 512 did. The traffic reports among them do not count: an
+	// end report per short connection would halve the rows per transaction.
+	// historyBatchItems bounds them all.
+	historyBatchMax   = 2048
 	historyBatchItems = 4096
-	historyFlushGap   = 50 * time.Millisecond
+	// historyRoomUnit is the unit of free space the history wants (see
+	// batchRoom): once stopped for lack of space, it writes again when a batch
+	// of this many rows fits.
+	historyRoomUnit = 512
+	historyFlushGap = 50 * time.Millisecond
 	// historyHold is how long the writer holds a connection's row after taking it
 	// from the queue before it writes it (see writer). The byte accountant reports
 	// a short connection's end a few milliseconds after its row is recorded (it
@@ -647,7 +654,7 @@ func (h *History) isDiskFull(err error) bool {
 		return true
 	case 10: // SQLITE_IOERR
 		free, _, serr := diskSpace(h.dir)
-		return serr == nil && free-batchRoom(historyBatchMax) < h.minFree
+		return serr == nil && free-batchRoom(historyRoomUnit) < h.minFree
 	}
 	return false
 }
@@ -752,7 +759,7 @@ func (h *History) roomFor(n int) bool {
 	// once a full batch fits again, so that the history does not flap at the edge.
 	var below bool
 	if h.stopped.Load() {
-		below = free-batchRoom(historyBatchMax) < h.minFree
+		below = free-batchRoom(historyRoomUnit) < h.minFree
 	} else {
 		below = free-batchRoom(n) < h.minFree
 	}
@@ -843,7 +850,7 @@ func (h *History) writer() {
 	take := func() {
 		now := time.Now()
 		for i := range first {
-			hold.take(&first[i], now, write)
+			hold.take(&first[i], now, write, &h.totals)
 		}
 		clear(first)
 		first = first[:0]
@@ -856,13 +863,13 @@ func (h *History) writer() {
 					closed = true
 					break drain
 				}
-				hold.take(&in, now, write)
+				hold.take(&in, now, write, &h.totals)
 			default:
 				break drain
 			}
 		}
 		hold.release(now, closed || len(acks) > 0, write)
-		if len(batch) > 0 {
+		if len(batch) > 0 || h.totals.reports {
 			h.writeBatch(batch)
 			clear(batch)
 			batch, conns = batch[:0], 0
@@ -937,9 +944,10 @@ func (r *rowHold) slot(seq uint64) *heldRow { return &r.ring[seq&uint64(len(r.ri
 func (r *rowHold) due() time.Time { return r.slot(r.first).due }
 
 // take holds a connection's row taken at now, or sets a held row's totals from its
-// traffic report (merged: the report is written without an UPDATE). Reports, and
-// rows the bounds make it write, go to write.
-func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem)) {
+// traffic report: such a report needs no statement of its own, its bytes only
+// count for its program (totals). Other reports, and rows the bounds make it
+// write, go to write.
+func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem), totals *programTotals) {
 	if it.report {
 		r.reports = true
 		t := &it.conn
@@ -947,7 +955,8 @@ func (r *rowHold) take(it *historyItem, now time.Time, write func(*historyItem))
 			row := &r.slot(seq).item
 			row.conn.BytesIn, row.conn.BytesOut = t.BytesIn, t.BytesOut
 			row.ended = row.ended || it.ended
-			it.merged = true
+			totals.add(it)
+			return
 		}
 		write(it)
 		return
@@ -1014,6 +1023,7 @@ func (h *History) fail(n int, err error) {
 }
 
 func (h *History) writeBatch(batch []historyItem) {
+	defer h.totals.reset() // written, or lost with the batch
 	conns := 0
 	for i := range batch {
 		if !batch[i].report {
@@ -1102,10 +1112,15 @@ type rowWriter struct {
 	stmts map[string]driver.Stmt
 	args  []driver.NamedValue
 	row   [inlineCols]driver.Value // one connection's values (values)
-	// shape is how rows are written (shapeProcs...); per: how many arguments a
-	// row takes, plain: a plain row.
-	shape      int
-	per, plain int
+	// shape is how rows are written (shapeProcs...); per: how many columns a
+	// row has (w.columns()).
+	shape int
+	per   int
+	// rowVals are the values of the rows not inserted yet, per each (w.row's
+	// first per), and rowKinds their kinds (see values): a statement is chosen
+	// for a run of rows once it is complete.
+	rowVals  []driver.Value
+	rowKinds []uint8
 	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
 	// to remember, see rowids).
 	rowReqs []engine.RequestID
@@ -1155,23 +1170,20 @@ type rowWriter struct {
 
 // itemsScratch is what writeItems works with (see there), emptied for each batch.
 type itemsScratch struct {
-	programs map[programKey]*programBytes
-	inBatch  map[engine.RequestID]int
-	pending  map[engine.RequestID]int
-	applied  []bool
-	updates  []bytesUpdate
+	inBatch map[engine.RequestID]int
+	pending map[engine.RequestID]int
+	applied []bool
+	updates []bytesUpdate
 	// byReq and byRow are updateBytes'.
 	byReq, byRow []bytesUpdate
 }
 
 // reset empties s for a batch of n items.
 func (s *itemsScratch) reset(n int) {
-	if s.programs == nil {
-		s.programs = map[programKey]*programBytes{}
+	if s.inBatch == nil {
 		s.inBatch = map[engine.RequestID]int{}
 		s.pending = map[engine.RequestID]int{}
 	}
-	clear(s.programs)
 	clear(s.inBatch)
 	clear(s.pending)
 	s.applied = append(s.applied[:0], make([]bool, n)...)
@@ -1185,8 +1197,7 @@ func newRowWriter(db *sql.DB, shape int) (*rowWriter, error) {
 	}
 	w := &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}, rowids: map[engine.RequestID]int64{},
 		shape: shape, procs: map[procKey]*procRow{}}
-	cols := w.columns()
-	w.per, w.plain = len(cols), plainCount(cols)
+	w.per = len(w.columns())
 	if err := conn.QueryRowContext(context.Background(), `SELECT (SELECT ifnull(MAX(id), 0) FROM conns), (SELECT ifnull(MAX(id), 0) FROM procs)`).Scan(&w.maxConn, &w.nextProc); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("history: the writer's first ids: %w", err)
@@ -1476,6 +1487,50 @@ type programBytes struct {
 	in, out uint64
 }
 
+// programTotals are the bytes of traffic reports by program: the traffic table's
+// rows of a batch.
+type programTotals struct {
+	programs map[programKey]*programBytes
+	// last is the program of the last report added: a program's reports come
+	// in runs, and comparing its key costs less than hashing it.
+	lastKey programKey
+	last    *programBytes
+	// reports: a report was added (with bytes or not) since reset.
+	reports bool
+}
+
+// add counts the report it's bytes since the flow's previous report.
+func (p *programTotals) add(it *historyItem) {
+	p.reports = true
+	if it.deltaIn == 0 && it.deltaOut == 0 {
+		return
+	}
+	r := &it.conn.Request
+	k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
+	b := p.last
+	if b == nil || k != p.lastKey {
+		if b = p.programs[k]; b == nil {
+			if p.programs == nil {
+				p.programs = map[programKey]*programBytes{}
+			}
+			b = &programBytes{}
+			p.programs[k] = b
+		}
+		p.lastKey, p.last = k, b
+	}
+	b.in += it.deltaIn
+	b.out += it.deltaOut
+	if it.conn.Time.After(b.time) {
+		b.time = it.conn.Time
+	}
+}
+
+// reset empties p.
+func (p *programTotals) reset() {
+	clear(p.programs)
+	p.lastKey, p.last, p.reports = programKey{}, nil, false
+}
+
 // writeItems inserts the batch's connections and applies its traffic reports, in
 // order, within the writer's transaction. A batch's reports add one traffic row per
 // program.
@@ -1485,42 +1540,60 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	// as the rows themselves.
 	sc := &w.scratch
 	sc.reset(len(batch))
-	programs := sc.programs
+	totals := &h.totals
+	reports := totals.reports // the traffic table is needed
 	// A report about a connection of this same batch sets the row's totals before
 	// it is inserted: one statement fewer per short connection.
 	inBatch, applied := sc.inBatch, sc.applied
 	for i := range batch {
-		if t := &batch[i].conn; !batch[i].report {
+		t := &batch[i].conn
+		if !batch[i].report {
 			inBatch[t.Request.ID] = i
-		} else if batch[i].merged {
-			applied[i] = true
-		} else if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
+			continue
+		}
+		reports = true
+		if j, ok := inBatch[t.Request.ID]; ok && t.Request.ID != 0 {
 			batch[j].conn.BytesIn, batch[j].conn.BytesOut = t.BytesIn, t.BytesOut
 			batch[j].ended = batch[j].ended || batch[i].ended
 			applied[i] = true
+		}
+	}
+	if reports {
+		if err := h.ensureTrafficTable(w); err != nil {
+			return err
 		}
 	}
 	// Reports about rows written before set their totals after the batch's rows
 	// are in (updateBytes), the last report of each request.
 	updates, pending := sc.updates, sc.pending
 	// Rows are inserted in the order they were recorded, with statements of
-	// insertSizes rows of one kind (plain or not, see connColumns).
-	rows, plain := 0, false // rows of that kind whose arguments are in w.args
+	// insertSizes rows, each statement with the column groups that are empty in
+	// all of its rows as constants (see column.group).
+	rows := 0 // rows whose values are in w.rowVals
+	cols, per := w.columns(), w.per
 	flushRows := func() error {
-		per := w.per
-		if plain {
-			per = w.plain
-		}
-		args := w.args
+		vals, kinds := w.rowVals, w.rowKinds
 		for rows > 0 {
-			n := insertSizes[len(insertSizes)-1]
-			for _, k := range insertSizes {
-				if rows >= k {
-					n = k
-					break
+			n := chunk(rows)
+			kind := uint8(groupsAll)
+			for _, k := range kinds[:n] {
+				kind &= k
+			}
+			// The shared columns' values (the first row's), then each row's own.
+			for i, col := range cols {
+				if col.shared {
+					w.args = append(w.args, driver.NamedValue{Value: vals[i]})
 				}
 			}
-			res, err := w.run(insertConns(n, plain, w.shape), args[:n*per])
+			for r := range n {
+				row := vals[r*per : (r+1)*per]
+				for i, col := range cols {
+					if !col.shared && col.group&kind == 0 {
+						w.args = append(w.args, driver.NamedValue{Value: row[i]})
+					}
+				}
+			}
+			res, err := w.runArgs(insertConns(n, kind, w.shape))
 			if err != nil {
 				return err
 			}
@@ -1542,11 +1615,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 				}
 			}
 			w.rowProcs = w.rowProcs[n:]
-			args = args[n*per:]
+			vals, kinds = vals[n*per:], kinds[n:]
 			rows -= n
 		}
-		clear(w.args) // let the values go
-		w.args = w.args[:0]
+		clear(w.rowVals) // let the values go
+		w.rowVals, w.rowKinds = w.rowVals[:0], w.rowKinds[:0]
 		w.rowReqs = w.rowReqs[:0]
 		clear(w.rowProcs)
 		w.rowProcs = w.rowProcs[:0]
@@ -1578,14 +1651,9 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		if proc != nil {
 			procID = proc.id
 		}
-		p := w.values(c, h.run, req, procID)
-		if rows > 0 && (p != plain || rows == insertSizes[0]) {
-			if err := flushRows(); err != nil {
-				return err
-			}
-		}
-		plain = p
-		w.addRow(p)
+		kind := w.values(c, h.run, req, procID)
+		w.rowVals = append(w.rowVals, w.row[:per]...)
+		w.rowKinds = append(w.rowKinds, kind)
 		// Its rowid is remembered (rowWriter.rowids) if byte accounting is on
 		// and the flow was allowed, even if it ended: a report after its end
 		// (which the accountant never sends) finds it for a while as before,
@@ -1597,6 +1665,9 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		w.rowReqs = append(w.rowReqs, id)
 		w.rowProcs = append(w.rowProcs, proc)
 		rows++
+		if rows == insertSizes[0] {
+			return flushRows()
+		}
 		return nil
 	}
 	for i := range batch {
@@ -1607,9 +1678,6 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 				return err
 			}
 			continue
-		}
-		if err := h.ensureTrafficTable(w); err != nil {
-			return err
 		}
 		r := &t.Request
 		if !applied[i] {
@@ -1624,20 +1692,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 				updates = append(updates, bytesUpdate{r.ID, t.BytesIn, t.BytesOut, it.ended})
 			}
 		}
-		if it.deltaIn == 0 && it.deltaOut == 0 {
-			continue
-		}
-		k := programKey{exe: r.Exe, user: r.User, uid: r.UID}
-		p := programs[k]
-		if p == nil {
-			p = &programBytes{}
-			programs[k] = p
-		}
-		p.in += it.deltaIn
-		p.out += it.deltaOut
-		if t.Time.After(p.time) {
-			p.time = t.Time
-		}
+		totals.add(it)
 	}
 	if err := flushRows(); err != nil {
 		return err
@@ -1654,7 +1709,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	if err := h.updateBytes(w, updates); err != nil {
 		return err
 	}
-	for k, p := range programs {
+	for k, p := range totals.programs {
 		w.int(p.time.UnixNano())
 		w.text(k.exe)
 		w.int(int64(k.uid))
@@ -1817,8 +1872,8 @@ func (w *rowWriter) committed() {
 
 // values fills w.row with the values of c's row with request ID req (an empty
 // text as nil, an integer as int64), its process being procs row proc, and
-// reports whether the row is plain: every optional column empty.
-func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64) (plain bool) {
+// returns the row's kind: the column groups (column.group) empty in it.
+func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64) (kind uint8) {
 	if w.shape == shapeInline {
 		return w.inlineValues(c, run, req)
 	}
@@ -1832,17 +1887,24 @@ func (w *rowWriter) values(c *Conn, run int64, req engine.RequestID, proc int64)
 		num(8, run), num(9, int64(req)), num(10, int64(c.BytesIn)), num(11, int64(c.BytesOut)),
 		num(12, proc),
 	}
-	for i, col := range connColumns {
-		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
-			return false
+	return rowKind(connColumns, &w.row)
+}
+
+// rowKind is the kind of a row of cols with values row: the column groups all of
+// whose columns are empty (nil or 0) in it.
+func rowKind(cols []column, row *[inlineCols]driver.Value) uint8 {
+	kind := uint8(groupsAll)
+	for i, col := range cols {
+		if col.group != 0 && row[i] != nil && row[i] != int64(0) {
+			kind &^= col.group
 		}
 	}
-	return true
+	return kind
 }
 
 // inlineValues is values for a row that holds its process's columns
 // (historyTuning.inlineProcs), in the order of inlineColumns.
-func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plain bool) {
+func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (kind uint8) {
 	r := &c.Request
 	text, num := w.boxText, w.boxInt
 	w.row = [inlineCols]driver.Value{
@@ -1856,12 +1918,7 @@ func (w *rowWriter) inlineValues(c *Conn, run int64, req engine.RequestID) (plai
 		text(26, c.Verdict.Mode.String()), text(27, r.Unit), text(28, r.AppID), text(29, w.joinParents(r.Parents)),
 		text(30, r.ContainerName),
 	}
-	for i, col := range inlineColumns {
-		if col.optional && w.row[i] != nil && w.row[i] != int64(0) {
-			return false
-		}
-	}
-	return true
+	return rowKind(inlineColumns, &w.row)
 }
 
 // boxText returns column i's text as a driver.Value, nil if empty. A column's
@@ -1897,17 +1954,6 @@ func (w *rowWriter) columns() []column {
 	return connColumns
 }
 
-// addRow adds w.row's arguments: all of them, or in a plain row those of the
-// columns that are not optional.
-func (w *rowWriter) addRow(plain bool) {
-	for i, col := range w.columns() {
-		if plain && col.optional {
-			continue
-		}
-		w.args = append(w.args, driver.NamedValue{Value: w.row[i]})
-	}
-}
-
 // insertSizes are the numbers of rows the connection INSERTs take, largest first
 // (SQLite allows 32766 variables per statement).
 var insertSizes = []int{insertRows, 16, 4, 1}
@@ -1919,53 +1965,63 @@ const (
 
 // column is a column of conns a row inserts. A text goes as NULL when empty and
 // is stored as an empty text (ifnull): the driver copies every text it binds into
-// memory of its own, which NULL spares. Optional columns are empty in most
-// connections the kernel fast path records: a row whose optional columns are all
-// empty is plain, and is inserted with a statement that has them as constants
-// (binding fewer values). The local address and port are not optional: the fast
-// path records them too; nor are the bytes, which a short flow's end report sets
-// before its row is written (rowHold).
+// memory of its own, which NULL spares. Binding a value costs the writer about
+// as much as SQLite's inserting it, so a statement binds only what differs from
+// row to row:
+//   - A column of a group (group) is empty (or 0) in most rows of some kind: the
+//     optional texts in most connections the kernel fast path records (groupTexts),
+//     the request ID in rows whose flow ended before they were written (groupReq),
+//     the bytes in rows whose flow has not been reported yet (groupBytes). A
+//     statement has the groups empty in all of its rows as constants (see
+//     rowKind). The local address and port are in no group: the fast path records
+//     them too.
+//   - A shared column has one value in every row the writer writes (run_ns, the
+//     opening): a statement binds it once, as its first parameter (?1).
 type column struct {
-	name           string
-	text, optional bool
+	name   string
+	text   bool
+	group  uint8 // 0: none
+	shared bool
 }
+
+// Column groups (column.group), bits of a row's kind.
+const (
+	groupTexts = 1 << iota
+	groupReq
+	groupBytes
+	groupsAll = groupTexts | groupReq | groupBytes
+)
 
 // connColumns are the columns of conns a row inserts, in the order of
 // rowWriter.values: the connection's own, and its process's procs row.
 var connColumns = []column{
-	{"time_ns", false, false},
-	{"local_ip", true, false}, {"local_port", false, false},
-	{"remote_ip", true, false}, {"remote_port", false, false},
-	{"host", true, true}, {"host_source", true, true}, {"note", true, true},
-	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, false}, {"bytes_out", false, false},
-	{"proc", false, false},
+	{name: "time_ns"},
+	{name: "local_ip", text: true}, {name: "local_port"},
+	{name: "remote_ip", text: true}, {name: "remote_port"},
+	{name: "host", text: true, group: groupTexts}, {name: "host_source", text: true, group: groupTexts},
+	{name: "note", text: true, group: groupTexts},
+	{name: "run_ns", shared: true}, {name: "req_id", group: groupReq},
+	{name: "bytes_in", group: groupBytes}, {name: "bytes_out", group: groupBytes},
+	{name: "proc"},
 }
 
 // inlineColumns are the columns a row holding its process's columns inserts
 // (historyTuning.inlineProcs), in the order of rowWriter.inlineValues.
 var inlineColumns = []column{
-	{"time_ns", false, false}, {"direction", true, false}, {"proto", true, false},
-	{"local_ip", true, false}, {"local_port", false, false},
-	{"remote_ip", true, false}, {"remote_port", false, false},
-	{"pid", false, false}, {"exe", true, false}, {"uid", false, false}, {"user", true, false},
-	{"cmdline", true, true}, {"host", true, true},
-	{"verdict", true, false}, {"reason", true, false}, {"rule_id", false, false},
-	{"identity", true, false}, {"container", true, true}, {"identity_note", true, true},
-	{"host_source", true, true}, {"note", true, true},
-	{"run_ns", false, false}, {"req_id", false, false}, {"bytes_in", false, false}, {"bytes_out", false, false},
-	{"netns", true, true}, {"mode", true, false}, {"unit", true, true}, {"app_id", true, true},
-	{"parents", true, true}, {"container_name", true, true},
-}
-
-// plainCount is how many arguments a plain row of cols takes.
-func plainCount(cols []column) int {
-	n := 0
-	for _, col := range cols {
-		if !col.optional {
-			n++
-		}
-	}
-	return n
+	{name: "time_ns"}, {name: "direction", text: true}, {name: "proto", text: true},
+	{name: "local_ip", text: true}, {name: "local_port"},
+	{name: "remote_ip", text: true}, {name: "remote_port"},
+	{name: "pid"}, {name: "exe", text: true}, {name: "uid"}, {name: "user", text: true},
+	{name: "cmdline", text: true, group: groupTexts}, {name: "host", text: true, group: groupTexts},
+	{name: "verdict", text: true}, {name: "reason", text: true}, {name: "rule_id"},
+	{name: "identity", text: true}, {name: "container", text: true, group: groupTexts},
+	{name: "identity_note", text: true, group: groupTexts},
+	{name: "host_source", text: true, group: groupTexts}, {name: "note", text: true, group: groupTexts},
+	{name: "run_ns", shared: true}, {name: "req_id", group: groupReq},
+	{name: "bytes_in", group: groupBytes}, {name: "bytes_out", group: groupBytes},
+	{name: "netns", text: true, group: groupTexts}, {name: "mode", text: true},
+	{name: "unit", text: true, group: groupTexts}, {name: "app_id", text: true, group: groupTexts},
+	{name: "parents", text: true, group: groupTexts}, {name: "container_name", text: true, group: groupTexts},
 }
 
 // Rows' shapes (rowWriter.shape): what the table holds and how a row is written.
@@ -1978,59 +2034,70 @@ const (
 // insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows of a shape, plain or not. OR
-// ROLLBACK: a row that breaks a constraint (none can: every column gets a value)
-// rolls the transaction back, which the writer does anyway when a statement fails;
-// with the default (ABORT) SQLite keeps a statement journal to undo just the
-// failed statement, a copy of every page a multi-row INSERT changes first.
-func insertConns(n int, plain bool, shape int) string {
+// insertConns returns an INSERT of n connection rows of a shape and a kind (the
+// column groups it has as constants, see column). Its parameters are the shared
+// columns' values (?1...), then each row's values of the other columns, in the
+// order of the shape's columns. OR ROLLBACK: a row that breaks a constraint (none
+// can: every column gets a value) rolls the transaction back, which the writer
+// does anyway when a statement fails; with the default (ABORT) SQLite keeps a
+// statement journal to undo just the failed statement, a copy of every page a
+// multi-row INSERT changes first.
+func insertConns(n int, kind uint8, shape int) string {
 	type key struct {
 		n, shape int
-		plain    bool
+		kind     uint8
 	}
-	if q, ok := insertSQL.Load(key{n, shape, plain}); ok {
+	if q, ok := insertSQL.Load(key{n, shape, kind}); ok {
 		return q.(string)
 	}
 	cols := connColumns
 	if shape == shapeInline {
 		cols = inlineColumns
 	}
-	var b, row strings.Builder
-	b.WriteString("INSERT OR ROLLBACK INTO conns (")
-	row.WriteString("(")
-	for i, col := range cols {
-		if i > 0 {
-			b.WriteString(", ")
-			row.WriteString(", ")
+	// The shared columns first: a numbered parameter (?1) before the others,
+	// which SQLite numbers on from it, in every row.
+	var names, row []string
+	shared := 0
+	for _, col := range cols {
+		if col.shared {
+			shared++
+			names = append(names, col.name)
+			row = append(row, fmt.Sprintf("?%d", shared))
 		}
-		b.WriteString(col.name)
+	}
+	for _, col := range cols {
+		if col.shared {
+			continue
+		}
+		names = append(names, col.name)
 		switch {
-		case plain && col.optional && col.text:
-			row.WriteString("''")
-		case plain && col.optional:
-			row.WriteString("0")
+		case col.group&kind != 0 && col.text:
+			row = append(row, "''")
+		case col.group&kind != 0:
+			row = append(row, "0")
 		case col.text:
-			row.WriteString("ifnull(?, '')")
+			row = append(row, "ifnull(?, '')")
 		default:
-			row.WriteString("?")
+			row = append(row, "?")
 		}
 	}
 	if shape == shapeMixed {
 		// The columns of inlineSchema that have no default: the process's and
 		// the decision's are in procs.
-		b.WriteString(", pid, exe, uid, user, cmdline, direction, proto, verdict, reason, rule_id")
-		row.WriteString(", 0, '', 0, '', '', '', '', '', '', 0")
+		names = append(names, "pid, exe, uid, user, cmdline, direction, proto, verdict, reason, rule_id")
+		row = append(row, "0, '', 0, '', '', '', '', '', '', 0")
 	}
-	b.WriteString(") VALUES ")
-	row.WriteString(")")
+	values := "(" + strings.Join(row, ", ") + ")"
+	var b strings.Builder
+	b.WriteString("INSERT OR ROLLBACK INTO conns (" + strings.Join(names, ", ") + ") VALUES ")
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString(row.String())
+		b.WriteString(values)
 	}
 	q := b.String()
-	insertSQL.Store(key{n, shape, plain}, q)
+	insertSQL.Store(key{n, shape, kind}, q)
 	return q
 }
 
