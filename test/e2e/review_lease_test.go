@@ -1,0 +1,75 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFastMarkUnsweptPassedByTheNextDaemon: a socket that kept a dead
+// daemon's MarkFastAllow (its SYN on its way when the daemon was killed) and
+// whose next connect failed before its SYN (no route) is in TCP_CLOSE, in no
+// TCP hash table: the next daemon's sweep (latch_fast_sweep) does not see it.
+// Its mark is then cleared only by a connect hook of that daemon. Here the next
+// daemon's hooks serve another cgroup than the dead one's (--fast-path-cgroup
+// changed; a served cgroup removed and made again is the same to the kernel):
+// the socket's connect to a destination no rule allows runs no hook, its SYN
+// leaves with MarkFastAllow, and the ruleset passes it under the new lease.
+func TestFastMarkUnsweptPassedByTheNextDaemon(t *testing.T) {
+	n := NewNet(t)
+	server := n.ServerIP
+	if out, err := n.Exec(n.Server, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8337", "-j", "DROP"); err != nil {
+		t.Fatalf("drop SYNs to port 8337 in the server's namespace: %v: %s", err, out)
+	}
+	if out, err := n.Exec(n.Client, "ip", "route", "add", "unreachable", "198.19.255.0/24"); err != nil {
+		t.Fatalf("an unreachable route in the client's namespace: %v: %s", err, out)
+	}
+	srv := n.Start(n.Server, helperBin, "serve", server+":8338")
+	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	cg, cgfd := fastPathCgroup(t)
+	other := cg + "-next"
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for i := 0; i < 250 && os.Remove(other) != nil; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8337", "--action", "allow")
+	tk := startTalk(t, n, cgfd)
+	pend := func() int {
+		t.Helper()
+		r := tk.say(t, fmt.Sprintf("pending %s:8337", server))
+		if r.Outcome != "pending" {
+			t.Fatalf("talk: a connect to port 8337 that stays on its way: %+v", r)
+		}
+		tk.locals = append(tk.locals, r.Local)
+		return len(tk.locals) - 1
+	}
+	pend()
+	d.waitFastPathEntries(t, 1)
+	hits := d.fastPath(t).HitsAllow
+	in := pend()
+	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connect was no fast-path hit: %+v", fp)
+	}
+	killDaemon(t, n, d)
+	time.Sleep(500 * time.Millisecond)
+	// Disconnected, and a connect that fails before its SYN: TCP_CLOSE, mark kept.
+	r := tk.say(t, fmt.Sprintf("reopen %d 198.19.255.1:9", in))
+	t.Logf("reopen to an unreachable address: %+v", r)
+	if !strings.Contains(r.Error, "mark 0x30000000") {
+		t.Fatalf("the socket does not keep the dead daemon's MarkFastAllow: %+v", r)
+	}
+	d2 := startFastPathDaemon(t, n, other, "--fail", "closed")
+	if !d2.fastPath(t).Lease {
+		t.Fatalf("the next daemon's ruleset does not check the lease: %+v", d2.fastPath(t))
+	}
+	notConnected(t, tk, srv, fmt.Sprintf("reopen %d %s:8338", in, server), "a socket left with a dead daemon's MarkFastAllow in TCP_CLOSE (unswept) connected to an unruled destination under the next daemon's lease")
+}
