@@ -10,16 +10,18 @@ import (
 	"time"
 )
 
-// TestFastMarkUnsweptPassedByTheNextDaemon: a socket that kept a dead
+// TestFastMarkUnsweptNotPassedByTheNextDaemon: a socket that kept a dead
 // daemon's MarkFastAllow (its SYN on its way when the daemon was killed) and
 // whose next connect failed before its SYN (no route) is in TCP_CLOSE, in no
 // TCP hash table: the next daemon's sweep (latch_fast_sweep) does not see it.
 // Its mark is then cleared only by a connect hook of that daemon. Here the next
 // daemon's hooks serve another cgroup than the dead one's (--fast-path-cgroup
 // changed; a served cgroup removed and made again is the same to the kernel):
-// the socket's connect to a destination no rule allows runs no hook, its SYN
-// leaves with MarkFastAllow, and the ruleset passes it under the new lease.
-func TestFastMarkUnsweptPassedByTheNextDaemon(t *testing.T) {
+// the socket's connect to a destination no rule allows runs no hook, and its SYN
+// would leave with MarkFastAllow, which the ruleset passes under the new lease
+// (it did, before the sock_ops program cleared a mark no hook of this daemon
+// gave): it is held and refused.
+func TestFastMarkUnsweptNotPassedByTheNextDaemon(t *testing.T) {
 	n := NewNet(t)
 	server := n.ServerIP
 	if out, err := n.Exec(n.Server, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8337", "-j", "DROP"); err != nil {

@@ -14,8 +14,9 @@ import (
 // clears the mark at its next connect. A socket whose cgroup the hooks do not
 // serve (the hooks serve a cgroup of --fast-path-cgroup that was removed and made
 // again, or another one than the daemon gone before) runs no hook: its SYN
-// leaves with MarkFastAllow, which this daemon's ruleset passes while its lease
-// holds. Here the socket is the test process's, outside the hooks' cgroup (as a
+// would leave with MarkFastAllow, which this daemon's ruleset passes while its
+// lease holds; so the sock_ops program (send_pending) clears a fast mark no hook
+// of this daemon gave as the SYN is built. Here the socket is the test process's, outside the hooks' cgroup (as a
 // socket of a removed cgroup is); the sock_ops program sees it (it serves the
 // root cgroup). The fast marks it has once connected tell the SYN's: MarkFastFlow
 // is only ever given to a socket whose SYN left with MarkFastAllow.
