@@ -100,6 +100,11 @@ func runStatus(ctx context.Context, args []string) error {
 			}
 			if f.Lease {
 				row("fast path lease", "on: what the kernel allowed passes only while this daemon lives")
+				if f.LeaseSweepWhy != "" {
+					row("fast path sweep", "off (a SYN a daemon gone before let go retransmits under this daemon's lease): %s", textesc.Message(f.LeaseSweepWhy))
+				} else if f.LeaseSwept > 0 {
+					row("fast path sweep", "%d sockets a daemon gone before left mid-connect are decided again", f.LeaseSwept)
+				}
 			} else if f.TCPLocal || f.UDP {
 				row("fast path lease", "off (a connect whose SYN is on its way when the daemon dies may connect again anywhere after): %s", textesc.Message(f.LeaseWhy))
 			}

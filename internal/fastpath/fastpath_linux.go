@@ -1678,6 +1678,10 @@ func (fp *FastPath) Stats() Stats {
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)
 	}
+	s.LeaseSwept = fp.swept
+	if fp.notrackWhy != "" {
+		s.LeaseSweepWhy = fp.notrackWhy
+	}
 	if s.Lease = fp.leaseOn.Load(); s.Lease {
 		s.LeaseMatch = fp.leasePin
 	} else {

@@ -270,7 +270,7 @@ func TestOpenSweepsGoneDaemonsFastAllow(t *testing.T) {
 			t.Errorf("socket %v: mark %#x after Open, want it kept (%#x)", tupleConn(c), uint32(m), uint32(want))
 		}
 	}
-	if fp.swept != len(swept) {
-		t.Errorf("Open swept %d sockets, want %d", fp.swept, len(swept))
+	if s := fp.Stats(); s.LeaseSwept != len(swept) || s.LeaseSweepWhy != "" {
+		t.Errorf("Stats: lease_swept %d, lease_sweep_why %q; want %d, none", s.LeaseSwept, s.LeaseSweepWhy, len(swept))
 	}
 }

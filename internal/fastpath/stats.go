@@ -85,8 +85,16 @@ type Stats struct {
 	// lease" in the package doc); LeaseWhy says why not: then a socket whose
 	// SYN was on its way when the daemon died may connect again anywhere once
 	// it is gone.
-	Lease         bool   `json:"lease"`
-	LeaseWhy      string `json:"lease_why,omitempty"`
-	LeaseMatch    string `json:"lease_match,omitempty"`
+	Lease      bool   `json:"lease"`
+	LeaseWhy   string `json:"lease_why,omitempty"`
+	LeaseMatch string `json:"lease_match,omitempty"`
+	// LeaseSwept is how many sockets a daemon gone before left with
+	// MarkFastAllow (their SYN on its way when it died) Open moved to
+	// MarkFastRedecide, so that this daemon's lease does not let their next SYN
+	// pass undecided; LeaseSweepWhy says why Open could not look (no TCP socket
+	// iterators): then such a socket's SYN retransmissions pass under this
+	// daemon's lease (its next connect loses the mark all the same).
+	LeaseSwept    int    `json:"lease_swept"`
+	LeaseSweepWhy string `json:"lease_sweep_why,omitempty"`
 	TCPNotrackWhy string `json:"tcp_notrack_why,omitempty"`
 }
