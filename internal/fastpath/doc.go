@@ -114,8 +114,14 @@
 // pass its next SYN by that mark: so Open, before it returns the pins the
 // ruleset names, moves every TCP socket of its namespace with MarkFastAllow to
 // MarkFastRedecide (a TCP iterator of the notrack kind, latch_fast_sweep;
-// where the kernel refuses those, Linux before 5.15, that residual stays), and
-// the queue decides such a socket's next SYN. Without xt_bpf (or without a pin
+// where the kernel refuses those, Linux before 5.15, that residual stays:
+// Stats.LeaseSweepWhy), and the queue decides such a socket's next SYN. A socket
+// the sweep cannot see (one back in TCP_CLOSE, in no TCP hash table) loses the
+// mark at its next connect: the sock_ops program takes any fast mark off a
+// socket of the served namespace whose connect no connect hook of this daemon
+// decided, as the SYN is built (send_pending), also outside the hooks' cgroup
+// (the sock_ops program serves the root cgroup; with Config.EndsCgroupPath, a
+// test's, only that one). Without xt_bpf (or without a pin
 // directory) the ruleset goes without the lease (Stats.Lease, LeaseWhy) and the
 // residual above is back. Cost: one run of a program of a few instructions per
 // packet that reaches those rules (a fast connect's SYN, the first datagram of
