@@ -37,31 +37,8 @@ func fastMarkInFlight(t *testing.T, v6 bool) {
 		server, ipt = "["+addIPv6s(t, n, 0x1b, 1)[0]+"]", "ip6tables"
 	}
 	// The allowed address drops SYNs: a connect to it stays on its way.
-	if out, err := n.Exec(n.Server, ipt, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8327", "-j", "DROP"); err != nil {
-		t.Fatalf("drop SYNs to port 8327 in the server's namespace: %v: %s", err, out)
-	}
-	srv := n.Start(n.Server, helperBin, "serve", server+":8328")
-	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
-	cg, cgfd := fastPathCgroup(t)
-	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
-	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8327", "--action", "allow")
-	tk := startTalk(t, n, cgfd)
-	pend := func() int {
-		t.Helper()
-		r := tk.say(t, fmt.Sprintf("pending %s:8327", server))
-		if r.Outcome != "pending" {
-			t.Fatalf("talk: a connect to port 8327 that stays on its way: %+v", r)
-		}
-		tk.locals = append(tk.locals, r.Local)
-		return len(tk.locals) - 1
-	}
-	pend() // the queue decides, the map learns
-	d.waitFastPathEntries(t, 1)
-	hits := d.fastPath(t).HitsAllow
-	in := pend()
-	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
-		t.Fatalf("the connect was no fast-path hit: %+v", fp)
-	}
+	w := fastConnectOnItsWay(t, n, server, ipt, 8327)
+	d, tk, srv, cg, in := w.d, w.tk, w.srv, w.cg, w.in
 	// Its SYN left with MarkFastAllow (0x30000000), and stays in SYN_SENT.
 	time.Sleep(300 * time.Millisecond)
 	if out, _ := n.Exec(n.Client, "ss", "-Htn", "state", "syn-sent", "dport", "= :8327"); strings.Count(out, ":8327") != 2 {
@@ -141,31 +118,8 @@ func (d *Daemon) held(t *testing.T) uint64 {
 func TestFastMarkInFlightNotPassedByTheNextDaemon(t *testing.T) {
 	n := NewNet(t)
 	server := n.ServerIP
-	if out, err := n.Exec(n.Server, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8327", "-j", "DROP"); err != nil {
-		t.Fatalf("drop SYNs to port 8327 in the server's namespace: %v: %s", err, out)
-	}
-	srv := n.Start(n.Server, helperBin, "serve", server+":8328")
-	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
-	cg, cgfd := fastPathCgroup(t)
-	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
-	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8327", "--action", "allow")
-	tk := startTalk(t, n, cgfd)
-	pend := func() int {
-		t.Helper()
-		r := tk.say(t, fmt.Sprintf("pending %s:8327", server))
-		if r.Outcome != "pending" {
-			t.Fatalf("talk: a connect to port 8327 that stays on its way: %+v", r)
-		}
-		tk.locals = append(tk.locals, r.Local)
-		return len(tk.locals) - 1
-	}
-	pend() // the queue decides, the map learns
-	d.waitFastPathEntries(t, 1)
-	hits := d.fastPath(t).HitsAllow
-	in := pend()
-	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
-		t.Fatalf("the connect was no fast-path hit: %+v", fp)
-	}
+	w := fastConnectOnItsWay(t, n, server, "iptables", 8327)
+	d, tk, srv, cg, in := w.d, w.tk, w.srv, w.cg, w.in
 	killDaemon(t, n, d)
 	time.Sleep(500 * time.Millisecond)
 	// While no daemon runs: held by the dead daemon's ruleset (its lease lapsed).
@@ -193,4 +147,50 @@ func TestFastMarkInFlightNotPassedByTheNextDaemon(t *testing.T) {
 	if out, _ := n.Exec(n.Client, "ss", "-Htn", "state", "syn-sent", "dport", "= :8328"); strings.Contains(out, ":8328") {
 		t.Errorf("the socket is still on its way to port 8328, its SYN neither passed nor refused:\n%s", out)
 	}
+}
+
+// onItsWay is a fast connect whose SYN is on its way (fastConnectOnItsWay).
+type onItsWay struct {
+	d    *Daemon
+	tk   *talker
+	srv  *Proc // serving port+1
+	cg   string
+	cgfd int
+	in   int // the socket's index in tk.locals
+}
+
+// fastConnectOnItsWay drops SYNs to port in the server's namespace (ipt:
+// iptables or ip6tables), serves port+1 at server there, starts a fast-path
+// daemon (fail-closed) with a rule allowing helperBin to port, and has a
+// socket's connect to port decided by the fast path (a hit; the queue decided
+// an earlier one): it stays on its way, in SYN_SENT, its SYN sent with
+// MarkFastAllow.
+func fastConnectOnItsWay(t *testing.T, n *Net, server, ipt string, port int) onItsWay {
+	t.Helper()
+	if out, err := n.Exec(n.Server, ipt, "-w", "-A", "INPUT", "-p", "tcp", "--dport", fmt.Sprint(port), "-j", "DROP"); err != nil {
+		t.Fatalf("drop SYNs to port %d in the server's namespace: %v: %s", port, err, out)
+	}
+	w := onItsWay{srv: n.Start(n.Server, helperBin, "serve", fmt.Sprintf("%s:%d", server, port+1))}
+	w.srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
+	w.cg, w.cgfd = fastPathCgroup(t)
+	w.d = startFastPathDaemon(t, n, w.cg, "--fail", "closed")
+	w.d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", fmt.Sprint(port), "--action", "allow")
+	w.tk = startTalk(t, n, w.cgfd)
+	pend := func() int {
+		t.Helper()
+		r := w.tk.say(t, fmt.Sprintf("pending %s:%d", server, port))
+		if r.Outcome != "pending" {
+			t.Fatalf("talk: a connect to port %d that stays on its way: %+v", port, r)
+		}
+		w.tk.locals = append(w.tk.locals, r.Local)
+		return len(w.tk.locals) - 1
+	}
+	pend() // the queue decides, the map learns
+	w.d.waitFastPathEntries(t, 1)
+	hits := w.d.fastPath(t).HitsAllow
+	w.in = pend()
+	if fp := w.d.fastPath(t); fp.HitsAllow-hits != 1 {
+		t.Fatalf("the connect was no fast-path hit: %+v", fp)
+	}
+	return w
 }

@@ -24,16 +24,12 @@ import (
 func TestFastMarkUnsweptNotPassedByTheNextDaemon(t *testing.T) {
 	n := NewNet(t)
 	server := n.ServerIP
-	if out, err := n.Exec(n.Server, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8337", "-j", "DROP"); err != nil {
-		t.Fatalf("drop SYNs to port 8337 in the server's namespace: %v: %s", err, out)
-	}
 	if out, err := n.Exec(n.Client, "ip", "route", "add", "unreachable", "198.19.255.0/24"); err != nil {
 		t.Fatalf("an unreachable route in the client's namespace: %v: %s", err, out)
 	}
-	srv := n.Start(n.Server, helperBin, "serve", server+":8338")
-	srv.WaitLine(t, 10*time.Second, func(l string) bool { return l == "listening" })
-	cg, cgfd := fastPathCgroup(t)
-	other := cg + "-next"
+	w := fastConnectOnItsWay(t, n, server, "iptables", 8337)
+	d, tk, srv, in := w.d, w.tk, w.srv, w.in
+	other := w.cg + "-next"
 	if err := os.Mkdir(other, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -42,25 +38,6 @@ func TestFastMarkUnsweptNotPassedByTheNextDaemon(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	d := startFastPathDaemon(t, n, cg, "--fail", "closed")
-	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8337", "--action", "allow")
-	tk := startTalk(t, n, cgfd)
-	pend := func() int {
-		t.Helper()
-		r := tk.say(t, fmt.Sprintf("pending %s:8337", server))
-		if r.Outcome != "pending" {
-			t.Fatalf("talk: a connect to port 8337 that stays on its way: %+v", r)
-		}
-		tk.locals = append(tk.locals, r.Local)
-		return len(tk.locals) - 1
-	}
-	pend()
-	d.waitFastPathEntries(t, 1)
-	hits := d.fastPath(t).HitsAllow
-	in := pend()
-	if fp := d.fastPath(t); fp.HitsAllow-hits != 1 {
-		t.Fatalf("the connect was no fast-path hit: %+v", fp)
-	}
 	killDaemon(t, n, d)
 	time.Sleep(500 * time.Millisecond)
 	// Disconnected, and a connect that fails before its SYN: TCP_CLOSE, mark kept.
