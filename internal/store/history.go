@@ -1499,7 +1499,8 @@ type programTotals struct {
 	reports bool
 }
 
-// add counts the report it's bytes since the flow's previous report.
+// add adds a report's bytes (those since its flow's previous report) to its
+// program's.
 func (p *programTotals) add(it *historyItem) {
 	p.reports = true
 	if it.deltaIn == 0 && it.deltaOut == 0 {
