@@ -358,10 +358,11 @@ static __always_inline int identify(struct fp_key *k)
 }
 
 // set_mark puts m into the MARK_MASK bits of the socket's mark; m == 0 clears
-// them only if the fast path set them (MARK_FAST_ALLOW, MARK_REJECT,
-// MARK_FAST_FLOW the sock_ops program gave an established fast socket, or
-// MARK_FAST_REDECIDE the iterator gave one; the daemon's own OwnMark is never
-// touched).
+// them only if they hold one of the fast path's values (MARK_FAST_ALLOW,
+// MARK_REJECT, MARK_FAST_FLOW the sock_ops program gives an established fast
+// socket, or MARK_FAST_REDECIDE the iterator gives one; the daemon's own OwnMark
+// is never touched). It cannot tell who set them: an application's own mark
+// with one of those values under MARK_MASK is cleared too.
 // ctx is a connect hook's or the sock_ops program's context.
 // sk is ctx's socket: its mark is read from it (bpf_sock.mark, a load of
 // sk_mark), which costs no helper call.
@@ -577,13 +578,13 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 // connect(2) (or, with TCP_FASTOPEN_CONNECT, the first write) that the hook
 // decided, under the socket's lock, as the hook ran. It marks the record sent;
 // the storage stays with the socket (for its next connect) and dies with it. A
-// socket without a pending decision costs one look at its storage, and loses
-// any fast mark it has (set_mark), if it is of the served namespace (ns): no
-// connect hook of this daemon decided this connect, so no mark of latch's may
-// ride its SYN. Such a mark is a daemon's gone before, on a socket its sweep
-// could not see (in TCP_CLOSE, outside the hooks' cgroup): the ruleset, under
-// this daemon's lease, would let the SYN pass by it to wherever the socket
-// connects now.
+// socket without a pending decision costs one look at its storage, and loses a
+// MARK_FAST_ALLOW or MARK_REJECT it has (set_mark) if it is of the served
+// namespace (ns): no connect hook of this daemon decided this connect, so no
+// mark that decides a SYN may ride it. Such a mark is a daemon's gone before, on
+// a socket its sweep could not see (in TCP_CLOSE, outside the hooks' cgroup):
+// under this daemon's lease the ruleset would let the SYN pass by it to
+// wherever the socket connects now.
 // p is the socket's storage if the caller has it already (count_bytes), else 0.
 static __always_inline int served_ns(__u64 c);
 
@@ -595,7 +596,15 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_soc
 	if (!p)
 		p = bpf_sk_storage_get(&socks, sk, 0, 0);
 	if (!p || !p->pending) {
-		if (served_ns(ns))
+		// Only the marks that decide a SYN by themselves: a SYN with
+		// MARK_FAST_FLOW or MARK_FAST_REDECIDE goes to the queue anyway, and
+		// those bits may be an application's own mark outside the hooks'
+		// cgroup (a VPN's fwmark), which changing would reroute. Not without
+		// the namespace (ns 0, before Linux 5.15): the socket may be another
+		// namespace's, whose daemon's program (on a cgroup below, run first)
+		// just gave the mark.
+		__u32 ours = sk->mark & MARK_MASK;
+		if (ns != 0 && served_ns(ns) && (ours == MARK_FAST_ALLOW || ours == MARK_REJECT))
 			set_mark(ctx, sk, 0);
 		return;
 	}
@@ -964,8 +973,9 @@ static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __
 //   - fast_closed clears MARK_FAST_ALLOW and MARK_FAST_FLOW when the socket moves
 //     to TCP_CLOSE (a refused or timed-out connect, a reset, connect(AF_UNSPEC),
 //     the end);
-//   - send_pending clears any fast mark at TCP_CONNECT_CB of a connect no connect
-//     hook of this daemon decided (a gone daemon's mark the sweep missed).
+//   - send_pending clears MARK_FAST_ALLOW (and MARK_REJECT) at TCP_CONNECT_CB of a
+//     connect no connect hook of this daemon decided (a gone daemon's mark the
+//     sweep missed).
 //
 // Only a socket whose SYN is on its way when the daemon dies keeps
 // MARK_FAST_ALLOW (see doc.go). The sockets are those of the served network
