@@ -117,13 +117,11 @@
 // where the kernel refuses those, Linux before 5.15, that residual stays:
 // Stats.LeaseSweepWhy), and the queue decides such a socket's next SYN. A socket
 // the sweep cannot see (one back in TCP_CLOSE, in no TCP hash table) loses the
-// mark at its next connect: the sock_ops program takes MarkFastAllow (and
-// MarkReject) off a socket of the served namespace whose connect no connect hook
-// of this daemon decided, as the SYN is built (send_pending), also outside the
-// hooks' cgroup (the sock_ops program serves the root cgroup; with
-// Config.EndsCgroupPath, or where the root refuses it, only that cgroup: outside
-// it such a socket's SYN still passes under the lease). Before Linux 5.15 it
-// cannot tell the socket's namespace and leaves the mark. Without xt_bpf (or without a pin
+// mark at its next connect if this daemon's connect hooks serve its cgroup; one
+// outside it (the served cgroup changed across the death) keeps it, and its
+// next SYN passes under the new lease: a known residual
+// (TestStaleFastAllowUnsweptOutsideHooks; clearing the mark in the sock_ops
+// program as the SYN is built would close it). Without xt_bpf (or without a pin
 // directory) the ruleset goes without the lease (Stats.Lease, LeaseWhy) and the
 // residual above is back. Cost: one run of a program of a few instructions per
 // packet that reaches those rules (a fast connect's SYN, the first datagram of
