@@ -1678,10 +1678,7 @@ func (fp *FastPath) Stats() Stats {
 	if !s.UDP {
 		s.UDPWhy, _ = fp.udpWhy.Load().(string)
 	}
-	s.LeaseSwept = fp.swept
-	if fp.notrackWhy != "" {
-		s.LeaseSweepWhy = fp.notrackWhy
-	}
+	s.LeaseSwept, s.LeaseSweepWhy = fp.swept, fp.notrackWhy // the sweep is a notrack iterator
 	if s.Lease = fp.leaseOn.Load(); s.Lease {
 		s.LeaseMatch = fp.leasePin
 	} else {

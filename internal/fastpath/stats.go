@@ -93,7 +93,8 @@ type Stats struct {
 	// MarkFastRedecide, so that this daemon's lease does not let their next SYN
 	// pass undecided; LeaseSweepWhy says why Open could not look (no TCP socket
 	// iterators): then such a socket's SYN retransmissions pass under this
-	// daemon's lease (its next connect loses the mark all the same).
+	// daemon's lease (its next connect loses the mark if the connect hooks
+	// serve its cgroup).
 	LeaseSwept    int    `json:"lease_swept"`
 	LeaseSweepWhy string `json:"lease_sweep_why,omitempty"`
 	TCPNotrackWhy string `json:"tcp_notrack_why,omitempty"`
