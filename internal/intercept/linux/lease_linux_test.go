@@ -91,7 +91,8 @@ func dialMarkedAt(tp *topo, addr string, port int, mark uint32) error {
 // TestFastLease: with each firewall mechanism, with and without notrack, IPv4
 // and IPv6, a SYN from a socket marked MarkFastAllow passes without being
 // queued while the lease is held, and is held and decided (here: denied) like
-// any once it is released, as when the daemon that holds it dies.
+// any once it is released, as when the daemon that holds it dies. With notrack
+// the daemon runs the kernel fast path and the connects are its hits.
 func TestFastLease(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
 		for _, mode := range []string{"conntrack", "notrack"} {
@@ -102,8 +103,22 @@ func TestFastLease(t *testing.T) {
 				srv, srv6 := listenTCPAt(t, tp, addrB, 9001), listenTCPAt(t, tp, addrB6, 9001)
 				path, release := pinLease(t)
 				env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_FAST_TCP=1", "LATCH_TEST_FAST_LEASE=" + path}
+				// A fast connect: without the fast path in the namespace
+				// (conntrack), a socket marked MarkFastAllow by hand; with it
+				// (notrack), a real one (its sock_ops program takes a mark
+				// no connect hook of its gave off).
+				dialFast := func(addr string) error { return dialMarkedAt(tp, addr, 9001, MarkFastAllow) }
+				hits := 0 // the fast connects the kernel fast path decided
 				if mode == "notrack" {
-					env = append(env, "LATCH_TEST_NOTRACK=on")
+					h := newFastHits(t, addrB+":9001", "["+addrB6+"]:9001")
+					env = append(append(env, "LATCH_TEST_NOTRACK=on"), h.env...)
+					dialFast = func(addr string) error {
+						c, err := h.dial(t, tp, addr, 9001, 0)
+						if err == nil {
+							c.Close()
+						}
+						return err
+					}
 				}
 				d := startDaemon(t, tp, "*=deny", env...)
 				defer d.stop()
@@ -111,21 +126,45 @@ func TestFastLease(t *testing.T) {
 					t.Fatalf("the ruleset does not check the lease: %q\n%s", l, d.errors())
 				}
 				for _, addr := range []string{addrB, addrB6, addrB} {
-					if err := dialMarkedAt(tp, addr, 9001, MarkFastAllow); err != nil {
+					if err := dialFast(addr); err != nil {
 						t.Fatalf("connect to %s from a fast-allowed socket, the lease held: %v", addr, err)
 					}
 				}
-				if l, ok := d.waitLine("held ", 300*time.Millisecond); ok {
-					t.Errorf("a connection the fast path decided was queued while the lease was held: %q", l)
+				for _, l := range d.linesFor(300 * time.Millisecond) {
+					if strings.HasPrefix(l, "held ") {
+						t.Errorf("a connection the fast path decided was queued while the lease was held: %q", l)
+					}
+					if strings.HasPrefix(l, "fast-hit allow ") {
+						hits++
+					}
 				}
 				release()
 				for _, addr := range []string{addrB, addrB6} {
-					if err := dialMarkedAt(tp, addr, 9001, MarkFastAllow); !errors.Is(err, syscall.ECONNREFUSED) {
+					if err := dialFast(addr); !errors.Is(err, syscall.ECONNREFUSED) {
 						t.Errorf("a fast-allowed socket to %s, the lease released: err = %v, want ECONNREFUSED (held, denied)", addr, err)
 					}
-					if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
-						t.Errorf("the SYN to %s marked MarkFastAllow was not held once the lease was released (got %q)", addr, l)
+					held := ""
+					for deadline := time.Now().Add(3 * time.Second); held == "" && time.Now().Before(deadline); {
+						for _, l := range d.linesFor(50 * time.Millisecond) {
+							if strings.HasPrefix(l, "fast-hit allow ") {
+								hits++
+							}
+							if held == "" && strings.HasPrefix(l, "held ") {
+								held = l
+							}
+						}
 					}
+					if !strings.Contains(held, ":9001") {
+						t.Errorf("the SYN to %s marked MarkFastAllow was not held once the lease was released (got %q)", addr, held)
+					}
+				}
+				for _, l := range d.linesFor(300 * time.Millisecond) {
+					if strings.HasPrefix(l, "fast-hit allow ") {
+						hits++
+					}
+				}
+				if want := map[string]int{"conntrack": 0, "notrack": 5}[mode]; hits != want {
+					t.Errorf("the kernel fast path decided %d of the fast connects, want %d", hits, want)
 				}
 				if n, n6 := srv.accepted.Load(), srv6.accepted.Load(); n != 2 || n6 != 1 {
 					t.Errorf("servers accepted %d (IPv4) and %d (IPv6) connections, want 2 and 1", n, n6)

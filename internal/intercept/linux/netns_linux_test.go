@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/pprof"
@@ -503,8 +504,10 @@ func runChild(mode string) int {
 		var err error
 		fcfg := fastpath.Config{NoTCPEnds: map[bool]string{true: "test: off"}[v == "off"]}
 		if notrack != "" {
-			// The connect hooks on a cgroup of no process: a miss would clear
-			// the marks the tests give their sockets.
+			// The connect hooks on the cgroup the test made for its fast
+			// connects (LATCH_TEST_FAST_CGROUP, relative to the cgroup2
+			// root: the test puts itself there to dial one, see
+			// fastHits.dial), else on a cgroup of no process.
 			root, err := cgroup2.Find()
 			if err != nil {
 				// `ip netns exec` gives a /sys without it.
@@ -514,19 +517,29 @@ func runChild(mode string) int {
 				}
 				defer cgroup2.Unmount(root)
 			}
-			// A name of its own: a killed daemon leaves its cgroup behind, and
-			// a later daemon may get its pid.
-			if fcfg.CgroupPath, err = os.MkdirTemp(root, "latch-lt-notrack-"); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
+			if rel := os.Getenv("LATCH_TEST_FAST_CGROUP"); rel != "" {
+				fcfg.CgroupPath = filepath.Join(root, rel)
+			} else {
+				// A name of its own: a killed daemon leaves its cgroup
+				// behind, and a later daemon may get its pid.
+				if fcfg.CgroupPath, err = os.MkdirTemp(root, "latch-lt-notrack-"); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					return 1
+				}
+				defer os.Remove(fcfg.CgroupPath)
 			}
-			defer os.Remove(fcfg.CgroupPath)
 		}
 		if fp, err = fastpath.Open(fcfg); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer fp.Close()
+		if v := os.Getenv("LATCH_TEST_FAST_ALLOW"); v != "" {
+			if err := fastAllow(fp, v); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
 		if v != "" {
 			cfg.SocketEnds = fp.Stats().TCPEnds
 			say("socket-ends %t %s", cfg.SocketEnds, fp.Stats().TCPEndsWhy)
@@ -572,7 +585,10 @@ func runChild(mode string) int {
 		fpDone := make(chan struct{})
 		go func() {
 			defer close(fpDone)
-			fp.Run(fpCtx, func(fastpath.Decision) {}, func(e fastpath.End) {
+			fp.Run(fpCtx, func(d fastpath.Decision) {
+				// A connect the kernel fast path decided (fastHits.hitFor).
+				say("fast-hit %s %s %s %s rule=%d", d.Action, d.Protocol, d.Local, d.Remote, d.RuleID)
+			}, func(e fastpath.End) {
 				if os.Getenv("LATCH_TEST_PRINT_ENDS") != "" {
 					say("end %s %s counted=%t bytes_out=%d bytes_in=%d packets_out=%d packets_in=%d",
 						e.Local, e.Remote, e.Counted, e.Bytes.Out, e.Bytes.In, e.Packets.Out, e.Packets.In)
@@ -683,6 +699,46 @@ func runChild(mode string) int {
 		return 1
 	}
 	return 0
+}
+
+// fastAllow stores in fp, through the API the daemon uses once a rule decided,
+// a verdict allowing TCP connects of one program to each of a few remotes (rule
+// 1): spec is "PID EXE UID REMOTE,REMOTE..." (LATCH_TEST_FAST_ALLOW; the test
+// process, which dials from the hooks' cgroup, see fastHits). Its connects
+// there are then decided by the connect hooks, as the daemon's fast connects
+// are.
+func fastAllow(fp *fastpath.FastPath, spec string) error {
+	f := strings.Fields(spec)
+	if len(f) != 4 {
+		return fmt.Errorf("LATCH_TEST_FAST_ALLOW=%q: want PID EXE UID REMOTE,REMOTE", spec)
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil {
+		return fmt.Errorf("LATCH_TEST_FAST_ALLOW=%q: pid: %w", spec, err)
+	}
+	uid, err := strconv.Atoi(f[2])
+	if err != nil {
+		return fmt.Errorf("LATCH_TEST_FAST_ALLOW=%q: uid: %w", spec, err)
+	}
+	if err := fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}}); err != nil {
+		return err
+	}
+	tk := fp.Ticket()
+	for _, r := range strings.Split(f[3], ",") {
+		remote, err := netip.ParseAddrPort(r)
+		if err != nil {
+			return fmt.Errorf("LATCH_TEST_FAST_ALLOW=%q: %w", spec, err)
+		}
+		req := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Remote: remote, PID: int32(pid), Exe: f[1], UID: int32(uid), Identity: engine.IdentityVerified}
+		ok, err := fp.Remember(tk, req, engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule, RuleID: 1})
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("the fast path did not store the allow of %s (pid %d) to %v", f[1], pid, remote)
+		}
+	}
+	return nil
 }
 
 // startCPUProfile writes a CPU profile to $LATCH_TEST_CPUPROFILE, if set, until stop.

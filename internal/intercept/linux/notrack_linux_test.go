@@ -94,7 +94,10 @@ func (s *pushServer) conn(t *testing.T, c net.Conn) *pushConn {
 }
 
 // dialFast connects from ns A to addr:port from a socket marked as the kernel
-// fast path marks an allowed one, with an application's own bits besides.
+// fast path marks an allowed one, with an application's own bits besides: for
+// a ruleset without the fast path in its namespace (whose sock_ops program
+// would take a MarkFastAllow no connect hook of its gave off); with it, a fast
+// connect is a real one (fastHits).
 func dialFast(t *testing.T, tp *topo, addr string, port int, mark uint32) net.Conn {
 	t.Helper()
 	var c net.Conn
@@ -215,8 +218,15 @@ func testNotrack(t *testing.T, fw, mode string, inboundRule, leak bool) {
 		"IPv4": {listenPush(t, tp, addrB, 9101), listenPush(t, tp, addrB, 9102)},
 		"IPv6": {listenPush(t, tp, addrB6, 9101), listenPush(t, tp, addrB6, 9102)},
 	}
+	// The connects to 9101 and 9102 are fast ones (the kernel fast path
+	// allows them: a rule did, before the change below).
+	var remotes []string
+	for _, a := range []string{addrB, "[" + addrB6 + "]"} {
+		remotes = append(remotes, a+":9101", a+":9102")
+	}
+	h := newFastHits(t, remotes...)
 	// 9101: denied once decided again; 9102: still allowed.
-	d := startDaemon(t, tp, "9101=deny,9102=allow,*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_NOTRACK="+mode, "LATCH_TEST_REDECIDE_PORT=9101")
+	d := startDaemon(t, tp, "9101=deny,9102=allow,*=deny", append([]string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_NOTRACK=" + mode, "LATCH_TEST_REDECIDE_PORT=9101"}, h.env...)...)
 	if l, ok := d.waitLine("notrack ", 5*time.Second); !ok || l != "notrack <nil>" {
 		t.Fatalf("notrack: %q; stderr:\n%s", l, d.errors())
 	}
@@ -236,9 +246,15 @@ func testNotrack(t *testing.T, fw, mode string, inboundRule, leak bool) {
 		if f.name == "IPv6" {
 			addr = addrB6
 		}
-		f.first = dialFast(t, tp, addr, 9101, MarkFastAllow|appBits)
-		f.peer = dialFast(t, tp, addr, 9101, MarkFastAllow|appBits)
-		f.allowed = dialFast(t, tp, addr, 9102, MarkFastAllow|appBits)
+		fast := func(port int) net.Conn {
+			t.Helper()
+			c, err := h.dial(t, tp, addr, port, appBits)
+			if err != nil {
+				t.Fatalf("%s: a fast connect to port %d: %v", f.name, port, err)
+			}
+			return c
+		}
+		f.first, f.peer, f.allowed = fast(9101), fast(9101), fast(9102)
 		f.sFirst, f.sPeer, f.sOK = srv[f.name][0].conn(t, f.first), srv[f.name][0].conn(t, f.peer), srv[f.name][1].conn(t, f.allowed)
 		// Both ways, without a question and without a conntrack entry.
 		for _, c := range []struct {
@@ -259,6 +275,9 @@ func testNotrack(t *testing.T, fw, mode string, inboundRule, leak bool) {
 	lines := d.linesFor(300 * time.Millisecond)
 	for _, f := range fams {
 		for _, c := range []net.Conn{f.first, f.peer, f.allowed} {
+			if n := hitFor(lines, c); n != 1 {
+				t.Errorf("%s: the kernel fast path decided the connect from %v %d times, want 1: %v", f.name, c.LocalAddr(), n, lines)
+			}
 			if n := heldFor(lines, c); n != 0 {
 				t.Errorf("%s: a fast connection was held %d times: %v", f.name, n, lines)
 			}
