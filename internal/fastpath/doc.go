@@ -117,13 +117,25 @@
 // where the kernel refuses those, Linux before 5.15, that residual stays:
 // Stats.LeaseSweepWhy), and the queue decides such a socket's next SYN. A socket
 // the sweep cannot see (one back in TCP_CLOSE, in no TCP hash table) loses the
-// mark at its next connect if this daemon's connect hooks serve its cgroup; one
-// outside it (the served cgroup changed across the death) keeps it, and its
-// next SYN passes under the new lease: a known residual
-// (TestStaleFastAllowUnsweptOutsideHooks; clearing the mark in the sock_ops
-// program as the SYN is built would close it). Without xt_bpf (or without a pin
-// directory) the ruleset goes without the lease (Stats.Lease, LeaseWhy) and the
-// residual above is back. Cost: one run of a program of a few instructions per
+// mark at its next connect, also outside the hooks' cgroup (a socket of a
+// daemon gone before whose --fast-path-cgroup was another, or was removed and
+// made again; TestStaleFastAllowUnsweptOutsideHooks): the sock_ops program
+// takes MarkFastAllow and MarkReject, the marks that decide a SYN by
+// themselves, off a socket of the served namespace whose connect no connect
+// hook of this daemon decided, as the SYN is built (send_pending). It leaves
+// MarkFastFlow and MarkFastRedecide, with which a SYN goes to the queue anyway,
+// and which may be an application's own fwmark under the mask (Mullvad's
+// 0x6d6f6c65 is MarkFastFlow there; TestAppMarkOutsideHooksKept). What remains:
+// the sock_ops program serves the root cgroup, but with Config.EndsCgroupPath
+// (--attribution-cgroup, for tests and benchmarks), or where the root refuses
+// it (Stats.TCPLocalWhy), only that cgroup or the hooks': outside it such a
+// socket's SYN still passes under the lease. Before Linux 5.15 the program
+// cannot tell the socket's namespace (the socket may be another namespace's,
+// whose daemon just gave it the mark:
+// TestOtherNamespaceFastMarkKeptWithoutNetnsCookie) and leaves the mark; those
+// kernels have no sweep either. Without xt_bpf (or without a pin directory) the
+// ruleset goes without the lease (Stats.Lease, LeaseWhy) and the residual above
+// is back. Cost: one run of a program of a few instructions per
 // packet that reaches those rules (a fast connect's SYN, the first datagram of
 // a UDP flow; BenchmarkLease: within a nanosecond of a program that returns 1).
 //

@@ -1,7 +1,6 @@
 package fastpath
 
 import (
-	"os"
 	"testing"
 	"time"
 
@@ -16,18 +15,12 @@ import (
 // serve (the hooks serve a cgroup of --fast-path-cgroup that was removed and made
 // again, or another one than the daemon gone before) runs no hook: its SYN
 // would leave with MarkFastAllow, which this daemon's ruleset passes while its
-// lease holds. A known residual (see "The lease" in doc.go): clearing such a
-// mark in the sock_ops program, as the SYN is built, closes it, but takes the
-// mark off every socket the tests mark by hand to stand for a fast connect;
-// LATCH_TEST_KNOWN_HOLES=1 runs it. Here the socket is the test process's,
-// outside the hooks' cgroup (as a
-// socket of a removed cgroup is); the sock_ops program sees it (it serves the
-// root cgroup). The fast marks it has once connected tell the SYN's: MarkFastFlow
+// lease holds; so the sock_ops program (send_pending) clears a MarkFastAllow no
+// hook of this daemon gave as the SYN is built. Here the socket is the test
+// process's, outside the hooks' cgroup (as a socket of a removed cgroup is); the
+// sock_ops program sees it (it serves the root cgroup). The fast marks it has once connected tell the SYN's: MarkFastFlow
 // is only ever given to a socket whose SYN left with MarkFastAllow.
 func TestStaleFastAllowUnsweptOutsideHooks(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("a known residual (see the comment); LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	ownNetns(t)
 	cg, _ := testCgroup(t)
 	dst := listen(t, "tcp4", "127.0.0.1:0")

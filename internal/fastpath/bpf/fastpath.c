@@ -578,17 +578,36 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 // connect(2) (or, with TCP_FASTOPEN_CONNECT, the first write) that the hook
 // decided, under the socket's lock, as the hook ran. It marks the record sent;
 // the storage stays with the socket (for its next connect) and dies with it. A
-// socket without a pending decision costs one look at its storage.
+// socket without a pending decision costs one look at its storage, and loses a
+// MARK_FAST_ALLOW or MARK_REJECT it has (set_mark) if it is of the served
+// namespace (ns): no connect hook of this daemon decided this connect, so no
+// mark that decides a SYN may ride it. Such a mark is a daemon's gone before, on
+// a socket its sweep could not see (in TCP_CLOSE, outside the hooks' cgroup):
+// under this daemon's lease the ruleset would let the SYN pass by it to
+// wherever the socket connects now.
 // p is the socket's storage if the caller has it already (count_bytes), else 0.
-static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_sock *p)
+static __always_inline int served_ns(__u64 c);
+
+static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_sock *p, __u64 ns)
 {
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return;
 	if (!p)
 		p = bpf_sk_storage_get(&socks, sk, 0, 0);
-	if (!p || !p->pending)
+	if (!p || !p->pending) {
+		// Only the marks that decide a SYN by themselves: a SYN with
+		// MARK_FAST_FLOW or MARK_FAST_REDECIDE goes to the queue anyway, and
+		// those bits may be an application's own mark outside the hooks'
+		// cgroup (a VPN's fwmark), which changing would reroute. Not without
+		// the namespace (ns 0, before Linux 5.15): the socket may be another
+		// namespace's, whose daemon's program (on a cgroup below, run first)
+		// just gave the mark.
+		__u32 ours = sk->mark & MARK_MASK;
+		if (ns != 0 && served_ns(ns) && (ours == MARK_FAST_ALLOW || ours == MARK_REJECT))
+			set_mark(ctx, sk, 0);
 		return;
+	}
 	p->pending = 0;
 	__u32 zero = 0;
 	__u64 *gen = bpf_map_lookup_elem(&generation, &zero);
@@ -953,7 +972,10 @@ static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __
 //     either mark, but a SYN with MARK_FAST_FLOW only through the queue;
 //   - fast_closed clears MARK_FAST_ALLOW and MARK_FAST_FLOW when the socket moves
 //     to TCP_CLOSE (a refused or timed-out connect, a reset, connect(AF_UNSPEC),
-//     the end).
+//     the end);
+//   - send_pending clears MARK_FAST_ALLOW (and MARK_REJECT) at TCP_CONNECT_CB of a
+//     connect no connect hook of this daemon decided (a gone daemon's mark the
+//     sweep missed).
 //
 // Only a socket whose SYN is on its way when the daemon dies keeps
 // MARK_FAST_ALLOW (see doc.go). The sockets are those of the served network
@@ -1019,7 +1041,7 @@ int latch_fast_sockops(struct bpf_sock_ops *ctx)
 		struct fp_sock *p = 0;
 		if (watch(ctx, ns))
 			p = count_bytes(ctx);
-		send_pending(ctx, p);
+		send_pending(ctx, p, ns);
 		watch_fast(ctx, ns);
 		break;
 	}
