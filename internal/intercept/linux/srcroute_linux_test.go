@@ -209,3 +209,54 @@ func dialOpts(t *testing.T, h *fastHits, tp *topo, addr string, port int, opts [
 	}
 	return c, err
 }
+
+// TestFastAllowSourceRouteIPv4Conntrack (review1): TestFastAllowSourceRouteIPv4
+// without notrack (the fast path's flows tracked, the lease held): the
+// ruleset's rule that passes a SYN by MarkFastAllow (and gives its flow the
+// allow conntrack mark) passes it to the source route's first hop too. The
+// socket is marked by hand as the connect hook marks a hit (no fast path runs
+// in the namespace, as in TestFastLease's conntrack case). Fails on the
+// current code.
+func TestFastAllowSourceRouteIPv4Conntrack(t *testing.T) {
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			if out, err := exec.Command("ip", "-n", tp.b, "addr", "add", addrF+"/24", "dev", tp.vethB).CombinedOutput(); err != nil {
+				t.Fatalf("ip addr add %s: %v: %s", addrF, err, out)
+			}
+			listenTCPAt(t, tp, addrB, 9101)
+			countF := probeF(t, tp)
+			path, _ := pinLease(t)
+			d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_FAST_TCP=1", "LATCH_TEST_FAST_LEASE="+path)
+			defer d.stop()
+			dialLSRR := func(mark uint32) error {
+				return inNS(tp.a, func() error {
+					dl := net.Dialer{Timeout: 2 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+						var serr error
+						err := rc.Control(func(fd uintptr) {
+							serr = errors.Join(
+								unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)),
+								unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, string(lsrrVia(addrF))))
+						})
+						return errors.Join(err, serr)
+					}}
+					c, err := dl.Dial("tcp4", net.JoinHostPort(addrB, "9101"))
+					if err == nil {
+						c.Close()
+					}
+					return err
+				})
+			}
+			// Control: an unmarked socket's SYN is held as one to F and denied.
+			dialLSRR(0)
+			if n := countF(); n != 0 {
+				t.Fatalf("a connect the queue decided (denied) sent %d TCP packets to %s", n, addrF)
+			}
+			err := dialLSRR(MarkFastAllow)
+			if n := countF(); n != 0 {
+				t.Errorf("a socket marked MarkFastAllow (a hit for %s:9101) with a loose source route via %s sent %d TCP packets to %s (connect: %v)", addrB, addrF, n, addrF, err)
+			}
+		})
+	}
+}
