@@ -45,7 +45,15 @@
 // turns the state callback on for a socket whose SYN leaves with MarkFastAllow, moves it to MarkFastFlow (0x60000000, the mark's
 // other bits kept) once its connection is established (ACTIVE_ESTABLISHED_CB), and
 // clears MarkFastAllow or MarkFastFlow when it moves to TCP_CLOSE (a refused or
-// timed-out connect, a reset, connect(AF_UNSPEC), its end). The ruleset lets a
+// timed-out connect, a reset, connect(AF_UNSPEC), its end). A connect its hook
+// did not decide by a hit loses MarkFastAllow or MarkReject, and keeps
+// MarkFastFlow and MarkFastRedecide, which may be an application's own fwmark
+// under the mask (Mullvad's 0x6d6f6c65; TestAppMarkInsideHooksKept) and with
+// which a SYN goes to the queue anyway. A hit's decision is void, the socket
+// unmarked and the SYN queued, if at TCP_CONNECT_CB the socket's peer is not the
+// address and port the hook decided: another cgroup connect program, run after
+// latch's, rewrote it (a service mesh's socket load balancing;
+// TestHitRewrittenByLaterConnectHook). The ruleset lets a
 // flow's other packets pass with either mark, but a SYN only with MarkFastAllow
 // (and only while a fast path decides TCP, Config.FastTCP there): a socket
 // reconnecting with MarkFastFlow is held by the queue, decided by a live daemon

@@ -358,11 +358,15 @@ static __always_inline int identify(struct fp_key *k)
 }
 
 // set_mark puts m into the MARK_MASK bits of the socket's mark; m == 0 clears
-// them only if they hold one of the fast path's values (MARK_FAST_ALLOW,
-// MARK_REJECT, MARK_FAST_FLOW the sock_ops program gives an established fast
-// socket, or MARK_FAST_REDECIDE the iterator gives one; the daemon's own OwnMark
-// is never touched). It cannot tell who set them: an application's own mark
-// with one of those values under MARK_MASK is cleared too.
+// them only if they hold one of the two values that decide a SYN by themselves
+// (MARK_FAST_ALLOW, MARK_REJECT): a connect that no hook of this daemon decided
+// by a hit may carry neither. The other two values are left alone: a SYN with
+// MARK_FAST_FLOW or MARK_FAST_REDECIDE goes to the queue anyway, and they may
+// be an application's own mark (Mullvad's fwmark 0x6d6f6c65 is MARK_FAST_FLOW
+// under MARK_MASK; clearing it would take the connect off the application's
+// route). The daemon's own OwnMark is never touched. It cannot tell who set the
+// bits: an application's own mark with MARK_FAST_ALLOW's or MARK_REJECT's value
+// under MARK_MASK is cleared, and any is replaced by a hit's.
 // ctx is a connect hook's or the sock_ops program's context.
 // sk is ctx's socket: its mark is read from it (bpf_sock.mark, a load of
 // sk_mark), which costs no helper call.
@@ -370,8 +374,7 @@ static __always_inline void set_mark(void *ctx, struct bpf_sock *sk, __u32 m)
 {
 	int cur = (int)sk->mark;
 	__u32 ours = (__u32)cur & MARK_MASK;
-	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT && ours != MARK_FAST_REDECIDE &&
-	    ours != MARK_FAST_FLOW)
+	if (m == 0 && ours != MARK_FAST_ALLOW && ours != MARK_REJECT)
 		return;
 	int v = (int)(((__u32)cur & ~MARK_MASK) | m);
 	if (v != cur)
@@ -588,6 +591,31 @@ int latch_fast_connect6(struct bpf_sock_addr *ctx)
 // p is the socket's storage if the caller has it already (count_bytes), else 0.
 static __always_inline int served_ns(__u64 c);
 
+// same_peer is whether the socket's remote address and port at TCP_CONNECT_CB
+// are the ones its connect hook decided (k): cgroup connect programs run one
+// after the other (the hooks' cgroup's, then its ancestors'), and one that runs
+// after latch's may rewrite the address (a service mesh's or Kubernetes' socket
+// load balancing does). A decision for one address must not ride a SYN to
+// another, nor be recorded for it.
+static __always_inline int same_peer(struct bpf_sock_ops *ctx, const struct fp_key *k)
+{
+	if ((__u16)bpf_ntohl(ctx->remote_port) != k->port)
+		return 0;
+	__u32 k0, k1, k2, k3;
+	__builtin_memcpy(&k0, k->addr, 4);
+	if (ctx->family == AF_INET)
+		return k->family == 4 && ctx->remote_ip4 == k0;
+	// One 4-byte load each: the verifier refuses wider context reads.
+	volatile __u32 *r6 = ctx->remote_ip6;
+	__u32 r0 = r6[0], r1 = r6[1], r2 = r6[2], r3 = r6[3];
+	if (r0 == 0 && r1 == 0 && r2 == bpf_htonl(0xffff))
+		return k->family == 4 && r3 == k0; // IPv4-mapped: decided as IPv4
+	__builtin_memcpy(&k1, k->addr + 4, 4);
+	__builtin_memcpy(&k2, k->addr + 8, 4);
+	__builtin_memcpy(&k3, k->addr + 12, 4);
+	return k->family == 6 && r0 == k0 && r1 == k1 && r2 == k2 && r3 == k3;
+}
+
 static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_sock *p, __u64 ns)
 {
 	struct bpf_sock *sk = ctx->sk;
@@ -603,8 +631,7 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_soc
 		// the namespace (ns 0, before Linux 5.15): the socket may be another
 		// namespace's, whose daemon's program (on a cgroup below, run first)
 		// just gave the mark.
-		__u32 ours = sk->mark & MARK_MASK;
-		if (ns != 0 && served_ns(ns) && (ours == MARK_FAST_ALLOW || ours == MARK_REJECT))
+		if (ns != 0 && served_ns(ns))
 			set_mark(ctx, sk, 0);
 		return;
 	}
@@ -616,6 +643,13 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_soc
 		// TCP_FASTOPEN_CONNECT connect sends its SYN at the first write, any
 		// time later): the decision is void, the socket gets no mark; the
 		// SYN goes to the queue, decided under the rules in force.
+		set_mark(ctx, sk, 0);
+		count(STAT_STALE);
+		return;
+	}
+	if (!same_peer(ctx, &p->ev.key)) {
+		// A later connect program sent the connect elsewhere: the decision
+		// is void, as above; the queue decides the SYN's own destination.
 		set_mark(ctx, sk, 0);
 		count(STAT_STALE);
 		return;
