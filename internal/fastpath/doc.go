@@ -412,10 +412,11 @@
 // in all (each run counted with the statistics' own ~0.1 µs; sequential and
 // concurrent connects together):
 //
-//   - latch_fast_connect4, 1.6-1.9 µs, of which 1.2-1.6 µs is making the
+//   - latch_fast_connect4, 1.3-1.9 µs, of which 1.2-1.6 µs is making the
 //     socket's storage (socks: two allocations charged to the map's memory
-//     cgroup and a bucket lock, each with interrupts off, which a VM makes
-//     dear); the verdict lookup and identify about 0.15 µs each;
+//     cgroup, and the map's bucket lock, taken with interrupts off, which a VM
+//     makes dear; a client in another memory cgroup than the daemon's costs no
+//     more); the verdict lookup and identify about 0.15 µs each;
 //   - attribution's connect hook (internal/procattr, latch_sockaddr), 1.3-1.7
 //     µs, mostly its LRU update (a map that is not full costs the same: 4,096
 //     entries instead of 65,536 changed nothing);
