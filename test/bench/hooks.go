@@ -52,12 +52,31 @@ func (h attachedHook) String() string {
 // path, those attached to its ancestors included (BPF_F_QUERY_EFFECTIVE). Attach
 // types the kernel does not know are skipped.
 func effectiveHooks(path string) ([]attachedHook, error) {
+	ids, err := effectiveHookIDs(path)
+	if err != nil {
+		return nil, err
+	}
+	hooks := make([]attachedHook, len(ids))
+	for i, h := range ids {
+		hooks[i] = h.attachedHook
+	}
+	return hooks, nil
+}
+
+// idHook is an attachedHook with its program's ID.
+type idHook struct {
+	attachedHook
+	id ebpf.ProgramID
+}
+
+// effectiveHookIDs is effectiveHooks with the programs' IDs.
+func effectiveHookIDs(path string) ([]idHook, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open the cgroup %s: %w", path, err)
 	}
 	defer unix.Close(fd)
-	var hooks []attachedHook
+	var hooks []idHook
 	for _, at := range cgroupAttachTypes {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: at, QueryFlags: unix.BPF_F_QUERY_EFFECTIVE})
 		if errors.Is(err, unix.EINVAL) {
@@ -67,7 +86,7 @@ func effectiveHooks(path string) ([]attachedHook, error) {
 			return nil, fmt.Errorf("query the programs of cgroup %s at %v: %w", path, at, err)
 		}
 		for _, p := range res.Programs {
-			h := attachedHook{Name: fmt.Sprintf("id %d", p.ID), Attach: at}
+			h := idHook{attachedHook{Name: fmt.Sprintf("id %d", p.ID), Attach: at}, p.ID}
 			if prog, err := ebpf.NewProgramFromID(p.ID); err == nil {
 				if info, err := prog.Info(); err == nil && info.Name != "" {
 					h.Name = info.Name

@@ -51,10 +51,14 @@
 //
 //	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 12 -n 12000
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR] [-bpfstats]
 //
 // -cpuprofile DIR has each latch daemon write a CPU profile of itself to
 // DIR/SCENARIO.pprof when it stops (`go tool pprof DIR/latch+fp.pprof`).
+// -bpfstats reports what each latch scenario's eBPF programs (those in force on
+// its clients' cgroup) cost a connect, by program, from the kernel's run-time
+// statistics, which it turns on for the run (they slow every program a little:
+// take the ratios from a run without it).
 package main
 
 import (
@@ -76,6 +80,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -131,6 +136,7 @@ func main() {
 	bulkTime := flag.Duration("bulk-time", time.Second, "at most this long sending per scenario and round")
 	only := flag.String("scenarios", "", "comma-separated scenarios to run (default: all)")
 	reset := flag.Bool("reset", true, "close each connect with a reset (no TIME_WAIT); false: a normal close, whose TIME_WAIT sockets make the kernel's search for a free local port part of every connect")
+	flag.BoolVar(&bpfStats, "bpfstats", false, "turn the kernel's eBPF run-time statistics on for the run and report what each latch scenario's eBPF programs cost a connect (every program run then costs two clock readings more: use a run without it for the ratios)")
 	flag.StringVar(&cpuProfileDir, "cpuprofile", "", "write a CPU profile of each latch daemon to DIR/SCENARIO.pprof (LATCH_CPUPROFILE), when it stops")
 	udpN := flag.Int("udp", 0, "UDP exchanges (each a new flow) per phase, in the same rounds, for none, latch and latch+fp (0: none)")
 	flag.Parse()
@@ -185,6 +191,13 @@ func main() {
 	cg, cgfd, err := benchCgroup(dir)
 	if err != nil {
 		fatalf("%v", err)
+	}
+	if bpfStats {
+		st, err := enableBPFStats()
+		if err != nil {
+			fatalf("-bpfstats: %v", err)
+		}
+		defer st.Close()
 	}
 	atExit = append(atExit, func() { unix.Close(cgfd); removeCgroup(cg) })
 	defer func() { unix.Close(cgfd); removeCgroup(cg) }()
@@ -260,6 +273,7 @@ func main() {
 		if tg.api != "" && strings.HasPrefix(tg.name, "latch+fp") {
 			reportFastPath(tg, *latchBin)
 		}
+		reportBPFStats(tg)
 		if tg.daemon != nil && tg.daemon.Process != nil {
 			// CPU time is what a loaded machine does not blur: what the daemon
 			// takes from the clients on a machine with few cores.
@@ -408,6 +422,7 @@ func reportFastPath(tg *target, latchBin string) {
 type target struct {
 	name    string
 	cgfd    int    // the cgroup the scenario's clients run in (its own)
+	cgPath  string // that cgroup's directory
 	api     string // the latch daemon's API socket, if any
 	pair    *nettest.Pair
 	addr    string
@@ -429,6 +444,9 @@ type target struct {
 	bulkSeconds float64
 
 	rounds []roundStat // one per round, in order
+	// What the programs in force on its cgroup ran during its connect phases
+	// (-bpfstats, latch's scenarios), by program.
+	bpfCost map[ebpf.ProgramID]progCost
 	// How long the daemon went on working after each of its phases (settle).
 	settled []time.Duration
 }
@@ -495,9 +513,23 @@ func (tg *target) measure(client string, n, conc int, reset bool) error {
 	}
 	cmd := nettest.Command(tg.pair.Client, client, "role-client", tg.addr, fmt.Sprint(n), fmt.Sprint(conc), mode)
 	tg.inCgroup(cmd)
+	var before map[ebpf.ProgramID]progCost
+	if bpfStats && tg.daemon != nil {
+		var err error
+		if before, err = hookStats(tg.cgPath); err != nil {
+			return fmt.Errorf("-bpfstats: %v", err)
+		}
+	}
 	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("client: %v", err)
+	}
+	if before != nil {
+		after, err := hookStats(tg.cgPath)
+		if err != nil {
+			return fmt.Errorf("-bpfstats: %v", err)
+		}
+		tg.addStats(before, after)
 	}
 	var r clientRound
 	if err := json.Unmarshal(out, &r); err != nil {
@@ -657,7 +689,7 @@ func setup(name, label, client, latchBin, dir string, nrules int, cg string, cgf
 		unix.Close(cgfd)
 		return nil, err
 	}
-	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort), cgfd: cgfd}
+	tg := &target{name: name, pair: p, addr: fmt.Sprintf("%s:%d", p.ServerIP, benchPort), cgfd: cgfd, cgPath: cg}
 	addr := tg.addr
 	srv := nettest.Command(p.Server, client, "role-server", addr)
 	if err := startAndWait(srv, "listening"); err != nil {
