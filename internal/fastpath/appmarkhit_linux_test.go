@@ -25,10 +25,9 @@ import (
 // that went through while the queue decided it (a miss) times out once the
 // verdict is cached. Once established the socket would have MarkFastFlow,
 // the VPN's value again, so its mark alone shows nothing: the connect's
-// outcome does. Fails on the current code: decide could make no hit (the
-// queue decides; drop_pending) for a socket whose mark under the mask holds
-// a value that is neither 0 nor one that decides a SYN (MarkFastFlow,
-// MarkFastRedecide, or any other).
+// outcome does. decide makes no hit for a socket whose mark under the mask is
+// MarkFastFlow's or MarkFastRedecide's value (the queue decides its connect,
+// and the mark stays); on e414b9d the connect timed out.
 func TestAppMarkInsideHooksKeptOnHit(t *testing.T) {
 	ownNetns(t)
 	cg, _ := testCgroup(t)
@@ -93,12 +92,13 @@ func TestAppMarkInsideHooksKeptOnHit(t *testing.T) {
 	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok || err != nil {
 		t.Fatalf("Remember allow %v: %v %v", dst, ok, err)
 	}
-	hits := fp.Stats().HitsAllow
+	before := fp.Stats()
 	m, err := connect()
-	if fp.Stats().HitsAllow != hits+1 {
-		t.Fatalf("the connect with the verdict cached was no hit (%+v): the test shows nothing", fp.Stats())
+	after := fp.Stats()
+	if after.Misses != before.Misses+1 {
+		t.Errorf("the hook did not count the connect with the VPN's mark as a miss (hits %d -> %d, misses %d -> %d): a hit's mark replaces the VPN's", before.HitsAllow, after.HitsAllow, before.Misses, after.Misses)
 	}
-	if err != nil {
-		t.Errorf("a hit: a process the hooks serve connects %v with its own mark %#x (allowed by a cached verdict): %v (mark %#x); want it through with the VPN's mark, as the miss before", dst, vpnMark, err, m)
+	if err != nil || m != vpnMark {
+		t.Errorf("a process the hooks serve connects %v with its own mark %#x (a verdict cached for it): %v (mark %#x); want it through with the VPN's mark, as the miss before", dst, vpnMark, err, m)
 	}
 }

@@ -242,8 +242,12 @@
 // so that the daemon knows every socket a decision of the old rules allowed
 // before it decides which to keep. Stats.TCPNotrack says whether the ruleset
 // installed keeps the flows out of conntrack (SetNotrack), TCPNotrackWhy why not.
-// A connect hook's miss clears MarkFastRedecide and MarkFastFlow like the other
-// marks it gave.
+// A connect hook's miss leaves MarkFastRedecide and MarkFastFlow (a SYN with
+// either is held by the queue): they may be an application's own fwmark, and a
+// socket with either gets no hit at all, so that no hit's mark replaces them.
+// A socket with MarkFastRedecide has the state callback on from its SYN
+// (watch_fast): the MarkFastAllow the daemon gives it when the queue allows
+// that SYN goes when it closes.
 //
 // # Limits
 //

@@ -556,6 +556,18 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family)
 	// would clear a mark given here, and the socket could connect again with
 	// it, anywhere, once the daemon and its hooks are gone. What an earlier
 	// connect of this socket left goes now, hit or miss.
+	// A socket whose mark under MARK_MASK holds MARK_FAST_FLOW's or
+	// MARK_FAST_REDECIDE's value gets no hit: a hit's mark would take those
+	// bits, which may be an application's own fwmark (Mullvad's 0x6d6f6c65),
+	// off the application's route (its kill switch drops the SYN). The queue
+	// decides such a connect and leaves the mark as it is.
+	// (set_mark(ctx, sk, 0) would leave either value as it is.)
+	__u32 ours = sk->mark & MARK_MASK;
+	if (ours == MARK_FAST_FLOW || ours == MARK_FAST_REDECIDE) {
+		count(STAT_MISS);
+		drop_pending(sk);
+		return 1;
+	}
 	if (!lookup(&key, sk, 0, 0))
 		drop_pending(sk);
 	set_mark(ctx, sk, 0);
@@ -999,7 +1011,8 @@ static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __
 // hook would decide that connect. So:
 //
 //   - watch_fast turns the state callback on (TCP_CONNECT_CB) for a socket whose
-//     SYN leaves with MARK_FAST_ALLOW, whether or not socket ends are reported;
+//     SYN leaves with MARK_FAST_ALLOW (or MARK_FAST_REDECIDE, which the daemon
+//     replaces by MARK_FAST_ALLOW if the queue allows the SYN), whether or not socket ends are reported;
 //   - fast_established moves a socket from MARK_FAST_ALLOW to MARK_FAST_FLOW once
 //     its connection is established (ACTIVE_ESTABLISHED_CB; PASSIVE_ESTABLISHED_CB
 //     for a simultaneous open): the ruleset passes the flow's other packets with
@@ -1034,7 +1047,10 @@ static __always_inline int served_fast(struct bpf_sock_ops *ctx)
 static __always_inline void watch_fast(struct bpf_sock_ops *ctx, __u64 ns)
 {
 	__u32 cur, ours;
-	if (!fast_mark(ctx, &cur, &ours) || ours != MARK_FAST_ALLOW || !served_ns(ns))
+	// MARK_FAST_REDECIDE too: the daemon gives a SYN_SENT socket with it
+	// MARK_FAST_ALLOW when the queue allows its SYN (AllowSocket), and a refused
+	// connect must not keep that in TCP_CLOSE.
+	if (!fast_mark(ctx, &cur, &ours) || (ours != MARK_FAST_ALLOW && ours != MARK_FAST_REDECIDE) || !served_ns(ns))
 		return;
 	if (!(ctx->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
 		bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
