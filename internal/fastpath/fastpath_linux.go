@@ -215,6 +215,9 @@ type FastPath struct {
 	taskBTF bool
 	// endsRing reads the TCP socket ends (ends); nil while they are off.
 	endsRing *ringbuf.Reader
+	// ringWait and endsWait wait for ring's and endsRing's records in the Go
+	// runtime's poller (see ringWait); nil: the reader waits itself.
+	ringWait, endsWait *ringWait
 
 	genMu sync.Mutex // serialises RulesChanged
 	cur   atomic.Pointer[ruleState]
@@ -479,6 +482,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if fp.ring, err = ringbuf.NewReader(fp.objs.Events); err != nil {
 		return fp, fmt.Errorf("fast path: open the ring buffer: %w", err)
 	}
+	// Without the poller the reader waits in epoll_wait itself, as it always
+	// could (slower: see ringWait).
+	fp.ringWait, _ = newRingWait(fp.objs.Events, fp.ring)
 	// The sock_ops program first: with it in place the connect hooks leave each
 	// decision for it to send with the local address and port the kernel chooses
 	// (which the byte accountant needs to find the flow in conntrack). Without it,
@@ -529,6 +535,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if fp.endsRing, err = ringbuf.NewReader(fp.objs.Ends); err != nil {
 			return fp, fmt.Errorf("fast path: open the ring buffer of socket ends: %w", err)
 		}
+		fp.endsWait, _ = newRingWait(fp.objs.Ends, fp.endsRing)
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
 		} else if fp.tcpEndBytesWhy == "" && fp.simOpenWhy != "" {
@@ -924,6 +931,11 @@ func (fp *FastPath) Close() error {
 	if fp.endsRing != nil {
 		errs = append(errs, fp.endsRing.Close())
 	}
+	for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
+		if w != nil {
+			errs = append(errs, w.close())
+		}
+	}
 	if fp.udpPin != "" && !fp.cfg.KeepPin {
 		// Rules that still run the program (a ruleset kept on exit) hold it.
 		if err := os.Remove(fp.udpPin); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -1221,6 +1233,11 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 		if fp.endsRing != nil {
 			fp.endsRing.Close()
 		}
+		for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
+			if w != nil {
+				w.close()
+			}
+		}
 	})
 	q := &endQueue{taken: make(chan struct{}, 1)}
 	endsDone := make(chan error, 1)
@@ -1310,6 +1327,16 @@ func (q *endQueue) before(ns uint64) int {
 	return n
 }
 
+// flushDecisions wakes readDecisions if it waits for the ring of decisions: it
+// reads the ring at once (ringbuf.Reader.Flush).
+func (fp *FastPath) flushDecisions() {
+	if fp.ringWait != nil {
+		fp.ringWait.flush()
+		return
+	}
+	fp.ring.Flush()
+}
+
 // maxEndBatch bounds the socket ends readEnds hands over at once.
 const maxEndBatch = 4096
 
@@ -1358,8 +1385,9 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		}
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
 		// that, decisions wait at most readEvery to be read. readEnds wakes it
-		// (Flush) when it queued ends.
-		if wait {
+		// (Flush) when it queued ends. With ringWait, ReadInto does not wait
+		// (the wait comes once the ring is seen empty, below).
+		if wait && fp.ringWait == nil {
 			fp.ring.SetDeadline(time.Now().Add(readEvery))
 		}
 		err := fp.ring.ReadInto(&rec)
@@ -1374,7 +1402,7 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			if !deadline && !errors.Is(err, ringbuf.ErrFlushed) {
 				return fmt.Errorf("fast path: read the ring buffer: %w", err)
 			}
-			if deadline {
+			if deadline && fp.ringWait == nil {
 				records = wallEvery - 1 // the clocks are read again at the next
 			}
 			// Every record reserved before this was read and handed to fn.
@@ -1382,6 +1410,19 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			// The ring was empty after the queued ends were read.
 			if queued > 0 {
 				handOver(queued)
+			}
+			if fp.ringWait != nil {
+				// Empty: wait for the programs' wakeup, a flush or readEvery.
+				switch err := fp.ringWait.wait(readEvery); {
+				case err == nil:
+				case errors.Is(err, os.ErrDeadlineExceeded):
+					records = wallEvery - 1 // the clocks are read again at the next
+				default:
+					if ctx.Err() != nil {
+						return nil
+					}
+					return fmt.Errorf("fast path: wait for the ring buffer: %w", err)
+				}
 			}
 			continue
 		}
@@ -1412,7 +1453,7 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 	wait := true // as in readDecisions
 	for {
 		// Woken, like readDecisions, once WAKEUP_BYTES wait, or after readEvery.
-		if wait {
+		if wait && fp.endsWait == nil {
 			fp.endsRing.SetDeadline(time.Now().Add(readEvery))
 		}
 		err := fp.endsRing.ReadInto(&rec)
@@ -1422,6 +1463,15 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 				return nil
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if fp.endsWait != nil {
+					// Empty (ReadInto does not wait): wait as readDecisions does.
+					if err := fp.endsWait.wait(readEvery); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+						if ctx.Err() != nil {
+							return nil
+						}
+						return fmt.Errorf("fast path: wait for the ring buffer of socket ends: %w", err)
+					}
+				}
 				continue
 			}
 			return fmt.Errorf("fast path: read the ring buffer of socket ends: %w", err)
@@ -1445,7 +1495,7 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 		batch = batch[:0]
 		for q.len() > 0 {
 			// Wake readDecisions: it takes the ends once its ring is empty.
-			fp.ring.Flush()
+			fp.flushDecisions()
 			select {
 			case <-q.taken:
 			case <-ctx.Done():
