@@ -484,7 +484,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	// Without the poller the reader waits in epoll_wait itself, as it always
 	// could (slower: see ringWait).
-	fp.ringWait, _ = newRingWait(fp.objs.Events, fp.ring)
+	fp.ringWait, _ = newRingWait(fp.objs.Events)
 	// The sock_ops program first: with it in place the connect hooks leave each
 	// decision for it to send with the local address and port the kernel chooses
 	// (which the byte accountant needs to find the flow in conntrack). Without it,
@@ -535,7 +535,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if fp.endsRing, err = ringbuf.NewReader(fp.objs.Ends); err != nil {
 			return fp, fmt.Errorf("fast path: open the ring buffer of socket ends: %w", err)
 		}
-		fp.endsWait, _ = newRingWait(fp.objs.Ends, fp.endsRing)
+		fp.endsWait, _ = newRingWait(fp.objs.Ends)
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
 		} else if fp.tcpEndBytesWhy == "" && fp.simOpenWhy != "" {
@@ -925,16 +925,16 @@ func (fp *FastPath) Close() error {
 		}
 	}
 	fp.redecideIter, fp.restoreIter = nil, nil
+	for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
+		if w != nil {
+			errs = append(errs, w.close())
+		}
+	}
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
 	}
 	if fp.endsRing != nil {
 		errs = append(errs, fp.endsRing.Close())
-	}
-	for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
-		if w != nil {
-			errs = append(errs, w.close())
-		}
 	}
 	if fp.udpPin != "" && !fp.cfg.KeepPin {
 		// Rules that still run the program (a ruleset kept on exit) hold it.
@@ -1229,14 +1229,15 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 	ctx, cancel := context.WithCancel(ctx)
 	// A deadline cannot interrupt a read already waiting; closing the reader can.
 	stop := context.AfterFunc(ctx, func() {
-		fp.ring.Close()
-		if fp.endsRing != nil {
-			fp.endsRing.Close()
-		}
+		// The waits first: they read the rings' positions.
 		for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
 			if w != nil {
 				w.close()
 			}
+		}
+		fp.ring.Close()
+		if fp.endsRing != nil {
+			fp.endsRing.Close()
 		}
 	})
 	q := &endQueue{taken: make(chan struct{}, 1)}
@@ -1387,10 +1388,16 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		// that, decisions wait at most readEvery to be read. readEnds wakes it
 		// (Flush) when it queued ends. With ringWait, ReadInto does not wait
 		// (the wait comes once the ring is seen empty, below).
-		if wait && fp.ringWait == nil {
-			fp.ring.SetDeadline(time.Now().Add(readEvery))
+		var err error
+		if fp.ringWait != nil {
+			rec.RawSample, err = fp.ringWait.read(rec.RawSample)
+			rec.Remaining = 0 // (not known, not needed: read does not wait)
+		} else {
+			if wait {
+				fp.ring.SetDeadline(time.Now().Add(readEvery))
+			}
+			err = fp.ring.ReadInto(&rec)
 		}
-		err := fp.ring.ReadInto(&rec)
 		// A record read with more behind it: the next read does not wait (the
 		// ring's records stay until read).
 		wait = err != nil || rec.Remaining == 0
@@ -1451,12 +1458,36 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 	var rec ringbuf.Record
 	var batch []rawEnd
 	wait := true // as in readDecisions
+	// queueBatch hands the batch over and waits until it was taken; false: ctx
+	// is done.
+	queueBatch := func() bool {
+		q.add(batch)
+		batch = batch[:0]
+		for q.len() > 0 {
+			// Wake readDecisions: it takes the ends once its ring is empty.
+			fp.flushDecisions()
+			select {
+			case <-q.taken:
+			case <-ctx.Done():
+				return false
+			}
+		}
+		return true
+	}
 	for {
 		// Woken, like readDecisions, once WAKEUP_BYTES wait, or after readEvery.
-		if wait && fp.endsWait == nil {
-			fp.endsRing.SetDeadline(time.Now().Add(readEvery))
+		var err error
+		if fp.endsWait != nil {
+			rec.RawSample, err = fp.endsWait.read(rec.RawSample)
+			// Remaining is not known: a batch is queued when the ring is
+			// empty, or full.
+			rec.Remaining = 1
+		} else {
+			if wait {
+				fp.endsRing.SetDeadline(time.Now().Add(readEvery))
+			}
+			err = fp.endsRing.ReadInto(&rec)
 		}
-		err := fp.endsRing.ReadInto(&rec)
 		wait = err != nil || rec.Remaining == 0
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
@@ -1464,7 +1495,11 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if fp.endsWait != nil {
-					// Empty (ReadInto does not wait): wait as readDecisions does.
+					// Empty (read does not wait): what was read goes now, then
+					// wait as readDecisions does.
+					if len(batch) > 0 && !queueBatch() {
+						return nil
+					}
 					if err := fp.endsWait.wait(readEvery); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 						if ctx.Err() != nil {
 							return nil
@@ -1491,16 +1526,8 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 		if len(batch) == 0 {
 			continue
 		}
-		q.add(batch)
-		batch = batch[:0]
-		for q.len() > 0 {
-			// Wake readDecisions: it takes the ends once its ring is empty.
-			fp.flushDecisions()
-			select {
-			case <-q.taken:
-			case <-ctx.Done():
-				return nil
-			}
+		if !queueBatch() {
+			return nil
 		}
 	}
 }
