@@ -215,8 +215,9 @@ type FastPath struct {
 	taskBTF bool
 	// endsRing reads the TCP socket ends (ends); nil while they are off.
 	endsRing *ringbuf.Reader
-	// ringWait and endsWait wait for ring's and endsRing's records in the Go
-	// runtime's poller (see ringWait); nil: the reader waits itself.
+	// ringWait and endsWait read ring's and endsRing's records from the
+	// mapped rings and wait for them in the Go runtime's poller (see
+	// ringWait); nil: the ringbuf.Reader reads and waits itself.
 	ringWait, endsWait *ringWait
 
 	genMu sync.Mutex // serialises RulesChanged
@@ -1386,8 +1387,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		}
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
 		// that, decisions wait at most readEvery to be read. readEnds wakes it
-		// (Flush) when it queued ends. With ringWait, ReadInto does not wait
-		// (the wait comes once the ring is seen empty, below).
+		// (Flush) when it queued ends. With ringWait, read does not wait (the
+		// wait comes once the ring is seen empty, below).
 		var err error
 		if fp.ringWait != nil {
 			rec.RawSample, err = fp.ringWait.read(rec.RawSample)
