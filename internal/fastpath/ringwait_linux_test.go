@@ -2,12 +2,14 @@ package fastpath
 
 import (
 	"context"
+	"errors"
 	"os"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/latchfw/latch/internal/engine"
 )
@@ -76,5 +78,78 @@ func TestRingReadersWaitInPoller(t *testing.T) {
 	}
 	if g := got.Load(); g != n {
 		t.Errorf("%d decisions handed over, want %d", g, n)
+	}
+}
+
+// TestRingWaitRead: read takes the records as the kernel lays them out (struct
+// bpf_ringbuf_hdr, then the data padded to 8 bytes), skips a discarded one,
+// reads one that wraps past the end of the ring (mapped twice in a row), and
+// stops at one being written (busy) or at the producer's position, moving the
+// consumer's position past each record read.
+func TestRingWaitRead(t *testing.T) {
+	const size = 64
+	var cons, prod uintptr
+	data := make([]byte, 2*size)
+	w := &ringWait{consPos: &cons, prodPos: &prod, data: data, mask: size - 1}
+	// put writes a record of n bytes of value v with header bits at position
+	// pos (both mappings), and returns the next record's position.
+	put := func(pos uintptr, n int, v byte, bits uint32) uintptr {
+		write := func(at uintptr, b byte) {
+			data[at&(size-1)] = b
+			data[at&(size-1)+size] = b
+		}
+		hdr := uint32(n) | bits
+		for i := range 4 {
+			write(pos+uintptr(i), byte(hdr>>(8*i)))
+		}
+		for i := range n {
+			write(pos+8+uintptr(i), v)
+		}
+		return pos + 8 + uintptr((n+7)&^7)
+	}
+	var buf []byte
+	if _, err := w.read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("empty ring: %v, want os.ErrDeadlineExceeded", err)
+	}
+	// Start near the end: the third record wraps.
+	cons = 24
+	p := put(24, 5, 0xdd, ringDiscardBit)
+	p = put(p, 3, 0xaa, 0)
+	third := p
+	p = put(p, 12, 0xbb, 0) // from 48: header 48-55, data 56-67 (wraps)
+	prod = p
+	got, err := w.read(buf)
+	if err != nil || string(got) != "\xaa\xaa\xaa" {
+		t.Fatalf("first read: %x %v, want the record of aa (the discarded one skipped)", got, err)
+	}
+	if cons != third {
+		t.Errorf("consumer at %d after a record, want %d", cons, third)
+	}
+	got, err = w.read(got)
+	if err != nil || string(got) != strings.Repeat("\xbb", 12) {
+		t.Fatalf("wrapping record: %x %v, want 12 bytes of bb", got, err)
+	}
+	if _, err := w.read(got); !errors.Is(err, os.ErrDeadlineExceeded) || cons != prod {
+		t.Fatalf("after the last record: %v, consumer %d, producer %d; want empty", err, cons, prod)
+	}
+	// A record being written: read waits for it (it spins), so it is
+	// submitted from another goroutine.
+	next := put(prod, 2, 0xcc, ringBusyBit)
+	prod = next
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		// Submitting clears the busy bit (the kernel's xchg).
+		hdrAt := (next - 16) & (size - 1)
+		atomic.StoreUint32((*uint32)(unsafe.Pointer(&data[hdrAt])), 2)
+	}()
+	got, err = w.read(got)
+	if err != nil || string(got) != "\xcc\xcc" {
+		t.Fatalf("busy record once submitted: %x %v, want cc cc", got, err)
+	}
+	// A header past what the producer published is an error, not a read
+	// beyond it.
+	prod = cons + 4
+	if _, err := w.read(got); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("short header: %v, want an error", err)
 	}
 }
