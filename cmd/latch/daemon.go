@@ -588,11 +588,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	record := func(req *engine.Request, v engine.Verdict) {
 		counts.add(v.Action)
 		obs.decided(req, v)
-		c := store.Conn{Time: req.Time, Request: *req, Verdict: v}
-		if c.Time.IsZero() {
-			c.Time = time.Now()
-		}
-		hist.Record(c)
+		hist.RecordDecision(req.Time, req, v)
 	}
 	if be.followRules != nil {
 		be.followRules(eng)

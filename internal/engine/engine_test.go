@@ -857,3 +857,30 @@ func TestSettleHooks(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 }
+
+// TestStatsCountsLiveRules: the status's rule count is the rules in force, an
+// expired rule not yet pruned left out, as Rules lists them.
+func TestStatsCountsLiveRules(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	e := newEngine(t, Config{Now: clock})
+	for i := range 3 {
+		r := Rule{App: fmt.Sprintf("/usr/bin/app%d", i), Action: Allow}
+		if i == 0 {
+			r.Expires = now.Add(time.Hour)
+		}
+		if _, err := e.AddRule(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.Stats().Rules; got != 3 {
+		t.Errorf("Stats().Rules = %d, want 3", got)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Hour) // the first rule expired; nothing pruned it yet
+	mu.Unlock()
+	if got, want := e.Stats().Rules, len(e.Rules()); got != want || got != 2 {
+		t.Errorf("Stats().Rules = %d, Rules() lists %d, want 2 after one expired", got, want)
+	}
+}

@@ -215,6 +215,10 @@ type FastPath struct {
 	taskBTF bool
 	// endsRing reads the TCP socket ends (ends); nil while they are off.
 	endsRing *ringbuf.Reader
+	// ringWait and endsWait read ring's and endsRing's records from the
+	// mapped rings and wait for them in the Go runtime's poller (see
+	// ringWait); nil: the ringbuf.Reader reads and waits itself.
+	ringWait, endsWait *ringWait
 
 	genMu sync.Mutex // serialises RulesChanged
 	cur   atomic.Pointer[ruleState]
@@ -479,6 +483,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	if fp.ring, err = ringbuf.NewReader(fp.objs.Events); err != nil {
 		return fp, fmt.Errorf("fast path: open the ring buffer: %w", err)
 	}
+	// Without the poller the reader waits in epoll_wait itself, as it always
+	// could (slower: see ringWait).
+	fp.ringWait, _ = newRingWait(fp.objs.Events)
 	// The sock_ops program first: with it in place the connect hooks leave each
 	// decision for it to send with the local address and port the kernel chooses
 	// (which the byte accountant needs to find the flow in conntrack). Without it,
@@ -529,6 +536,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if fp.endsRing, err = ringbuf.NewReader(fp.objs.Ends); err != nil {
 			return fp, fmt.Errorf("fast path: open the ring buffer of socket ends: %w", err)
 		}
+		fp.endsWait, _ = newRingWait(fp.objs.Ends)
 		if err := fp.objs.TcpEnds.Set(uint32(1)); err != nil {
 			fp.tcpEndsWhy = fmt.Sprintf("turn the socket end reports on: %v", err)
 		} else if fp.tcpEndBytesWhy == "" && fp.simOpenWhy != "" {
@@ -918,6 +926,11 @@ func (fp *FastPath) Close() error {
 		}
 	}
 	fp.redecideIter, fp.restoreIter = nil, nil
+	for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
+		if w != nil {
+			errs = append(errs, w.close())
+		}
+	}
 	if fp.ring != nil {
 		errs = append(errs, fp.ring.Close())
 	}
@@ -1217,6 +1230,12 @@ func (fp *FastPath) Run(ctx context.Context, fn func(Decision), ended func(End))
 	ctx, cancel := context.WithCancel(ctx)
 	// A deadline cannot interrupt a read already waiting; closing the reader can.
 	stop := context.AfterFunc(ctx, func() {
+		// The waits first: they read the rings' positions.
+		for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
+			if w != nil {
+				w.close()
+			}
+		}
 		fp.ring.Close()
 		if fp.endsRing != nil {
 			fp.endsRing.Close()
@@ -1310,6 +1329,16 @@ func (q *endQueue) before(ns uint64) int {
 	return n
 }
 
+// flushDecisions wakes readDecisions if it waits for the ring of decisions: it
+// reads the ring at once (ringbuf.Reader.Flush).
+func (fp *FastPath) flushDecisions() {
+	if fp.ringWait != nil {
+		fp.ringWait.flush()
+		return
+	}
+	fp.ring.Flush()
+}
+
 // maxEndBatch bounds the socket ends readEnds hands over at once.
 const maxEndBatch = 4096
 
@@ -1358,11 +1387,18 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		}
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
 		// that, decisions wait at most readEvery to be read. readEnds wakes it
-		// (Flush) when it queued ends.
-		if wait {
-			fp.ring.SetDeadline(time.Now().Add(readEvery))
+		// (Flush) when it queued ends. With ringWait, read does not wait (the
+		// wait comes once the ring is seen empty, below).
+		var err error
+		if fp.ringWait != nil {
+			rec.RawSample, err = fp.ringWait.read(rec.RawSample)
+			rec.Remaining = 0 // (not known, not needed: read does not wait)
+		} else {
+			if wait {
+				fp.ring.SetDeadline(time.Now().Add(readEvery))
+			}
+			err = fp.ring.ReadInto(&rec)
 		}
-		err := fp.ring.ReadInto(&rec)
 		// A record read with more behind it: the next read does not wait (the
 		// ring's records stay until read).
 		wait = err != nil || rec.Remaining == 0
@@ -1374,7 +1410,7 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			if !deadline && !errors.Is(err, ringbuf.ErrFlushed) {
 				return fmt.Errorf("fast path: read the ring buffer: %w", err)
 			}
-			if deadline {
+			if deadline && fp.ringWait == nil {
 				records = wallEvery - 1 // the clocks are read again at the next
 			}
 			// Every record reserved before this was read and handed to fn.
@@ -1382,6 +1418,19 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			// The ring was empty after the queued ends were read.
 			if queued > 0 {
 				handOver(queued)
+			}
+			if fp.ringWait != nil {
+				// Empty: wait for the programs' wakeup, a flush or readEvery.
+				switch err := fp.ringWait.wait(readEvery); {
+				case err == nil:
+				case errors.Is(err, os.ErrDeadlineExceeded):
+					records = wallEvery - 1 // the clocks are read again at the next
+				default:
+					if ctx.Err() != nil {
+						return nil
+					}
+					return fmt.Errorf("fast path: wait for the ring buffer: %w", err)
+				}
 			}
 			continue
 		}
@@ -1410,18 +1459,55 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 	var rec ringbuf.Record
 	var batch []rawEnd
 	wait := true // as in readDecisions
+	// queueBatch hands the batch over and waits until it was taken; false: ctx
+	// is done.
+	queueBatch := func() bool {
+		q.add(batch)
+		batch = batch[:0]
+		for q.len() > 0 {
+			// Wake readDecisions: it takes the ends once its ring is empty.
+			fp.flushDecisions()
+			select {
+			case <-q.taken:
+			case <-ctx.Done():
+				return false
+			}
+		}
+		return true
+	}
 	for {
 		// Woken, like readDecisions, once WAKEUP_BYTES wait, or after readEvery.
-		if wait {
-			fp.endsRing.SetDeadline(time.Now().Add(readEvery))
+		var err error
+		if fp.endsWait != nil {
+			rec.RawSample, err = fp.endsWait.read(rec.RawSample)
+			// Remaining is not known: a batch is queued when the ring is
+			// empty, or full.
+			rec.Remaining = 1
+		} else {
+			if wait {
+				fp.endsRing.SetDeadline(time.Now().Add(readEvery))
+			}
+			err = fp.endsRing.ReadInto(&rec)
 		}
-		err := fp.endsRing.ReadInto(&rec)
 		wait = err != nil || rec.Remaining == 0
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if fp.endsWait != nil {
+					// Empty (read does not wait): what was read goes now, then
+					// wait as readDecisions does.
+					if len(batch) > 0 && !queueBatch() {
+						return nil
+					}
+					if err := fp.endsWait.wait(readEvery); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+						if ctx.Err() != nil {
+							return nil
+						}
+						return fmt.Errorf("fast path: wait for the ring buffer of socket ends: %w", err)
+					}
+				}
 				continue
 			}
 			return fmt.Errorf("fast path: read the ring buffer of socket ends: %w", err)
@@ -1441,16 +1527,8 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 		if len(batch) == 0 {
 			continue
 		}
-		q.add(batch)
-		batch = batch[:0]
-		for q.len() > 0 {
-			// Wake readDecisions: it takes the ends once its ring is empty.
-			fp.ring.Flush()
-			select {
-			case <-q.taken:
-			case <-ctx.Done():
-				return nil
-			}
+		if !queueBatch() {
+			return nil
 		}
 	}
 }

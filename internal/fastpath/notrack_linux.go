@@ -238,7 +238,7 @@ func (fp *FastPath) SyncDecisions() error {
 	}
 	fp.syncs = append(fp.syncs, ch)
 	fp.syncMu.Unlock()
-	fp.ring.Flush()
+	fp.flushDecisions()
 	t := time.NewTimer(syncTimeout)
 	defer t.Stop()
 	select {
@@ -276,7 +276,7 @@ func (fp *FastPath) syncDone() {
 		return
 	}
 	if fp.ring.AvailableBytes() != 0 {
-		fp.ring.Flush()
+		fp.flushDecisions()
 		return
 	}
 	for _, ch := range fp.syncs {

@@ -674,7 +674,25 @@ func (h *History) Record(c Conn) error {
 	if c.Time.IsZero() {
 		c.Time = time.Now()
 	}
-	return h.enqueue(historyItem{conn: c})
+	it := historyItem{conn: c}
+	return h.enqueue(&it)
+}
+
+// RecordDecision is Record of the connection req decided as v at time at (zero:
+// now): its row is built in place from *req, which the caller keeps, instead of
+// from a Conn copied on its way (the fast path records a row per connection, and
+// a Conn is some 400 bytes).
+func (h *History) RecordDecision(at time.Time, req *engine.Request, v engine.Verdict) error {
+	h.closeMu.RLock()
+	defer h.closeMu.RUnlock()
+	if h.closed {
+		return ErrHistoryClosed
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	it := historyItem{conn: Conn{Time: at, Request: *req, Verdict: v}}
+	return h.enqueue(&it)
 }
 
 // RecordTraffic queues a report of a recorded connection's bytes and returns at
@@ -690,13 +708,15 @@ func (h *History) RecordTraffic(t Traffic) error {
 	if t.Time.IsZero() {
 		t.Time = time.Now()
 	}
-	return h.enqueue(trafficItem(&t))
+	it := trafficItem(&t)
+	return h.enqueue(&it)
 }
 
-// enqueue hands it to the writer; closeMu is held for reading.
-func (h *History) enqueue(it historyItem) error {
+// enqueue hands *it to the writer (the queue's copy is the only one made);
+// closeMu is held for reading.
+func (h *History) enqueue(it *historyItem) error {
 	select {
-	case h.queue <- it:
+	case h.queue <- *it:
 		if len(h.queue) >= cap(h.queue)/2 {
 			select {
 			case h.kick <- struct{}{}:
