@@ -21,7 +21,10 @@
 //     routing header that carries one of the fast path's socket marks (IPV6_RTHDR
 //     type 4 needs no privilege, and may be set after the connect: the packet goes
 //     to the header's next segment, not to the address the fast path decided, the
-//     connect's); with notrack
+//     connect's), and likewise an IPv4 TCP packet with options (header length
+//     over 5 words: a loose or strict source route, IP_OPTIONS, needs no
+//     privilege and makes the route's first hop the packet's destination; xt_u32
+//     reads the header length, nft ip hdrlength); with notrack
 //     (Config.FastSockets, see "Notrack") returns for a TCP packet conntrack does
 //     not track (UNTRACKED) that carries MarkFastAllow (with Config.FastLease,
 //     only while the lease program matches: the daemon lives), or MarkFastFlow unless it

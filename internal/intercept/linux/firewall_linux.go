@@ -326,6 +326,26 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				fmt.Fprintf(&b, "-A %s -p tcp -m ipv6header --header ipv6-route --soft -m mark --mark %#x/%#x -j REJECT --reject-with tcp-reset\n", name, m, MarkMask)
 			}
 		}
+		if out && !v6 && (spec.fastTCP || spec.notrack) {
+			// The same for IPv4 options: a loose or strict source route
+			// (IP_OPTIONS needs no privilege for them, and may be set after
+			// the connect; IP_TOS then has the route looked up again) makes
+			// the route's first hop the packet's IP destination. xt_u32 reads
+			// the header length (IHL > 5: options), not the options
+			// themselves: any option on a fast socket's TCP packet is reset
+			// (no common program sets IPv4 options on TCP; others, as record
+			// route, do not change the destination). Before notrack's returns
+			// and 4, for each of the fast path's marks. The reset comes from
+			// the first hop's address, which the socket does not know: its
+			// connect times out (nothing reaches the hop either way). Without
+			// xt_u32 the ruleset is refused (install fails, as without
+			// xt_ipv6header): such a packet is never passed. Packets without
+			// a fast mark are not looked at: the queue and conntrack see their
+			// IP destination, the first hop.
+			for _, m := range fastMarks {
+				fmt.Fprintf(&b, "-A %s -p tcp -m mark --mark %#x/%#x -m u32 --u32 0>>24&0xF=6:15 -j REJECT --reject-with tcp-reset\n", name, m, MarkMask)
+			}
+		}
 		if spec.notrack && hook != "FORWARD" {
 			// A TCP packet of a socket the fast path allowed, which the raw table
 			// kept out of conntrack (see "Notrack"): on its way (LATCH-OUT: the
@@ -917,6 +937,8 @@ func (spec ruleSpec) nftRules() string {
 			// A fast socket's IPv6 packets with a routing header (see
 			// iptablesRules).
 			r("meta nfproto ipv6 exthdr rt exists meta l4proto tcp meta mark & %#x %s reject with tcp reset", MarkMask, nftFastMarks())
+			// And IPv4 ones with options: a source route (see iptablesRules).
+			r("meta nfproto ipv4 ip hdrlength != 5 meta l4proto tcp meta mark & %#x %s reject with tcp reset", MarkMask, nftFastMarks())
 		}
 		if spec.notrack && hook != "forward" {
 			// The fast path's untracked TCP packets (see iptablesRules; inbound
