@@ -82,7 +82,10 @@
 // (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries
 // MarkFastAllow, MarkFastFlow or MarkFastRedecide, but queues one that is a SYN without
 // ACK: the peer's half of a simultaneous open, which would let the socket's
-// SYN-ACK pass LATCH-OUT at 1 for a socket that kept a fast mark; and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
+// SYN-ACK pass LATCH-OUT at 1 for a socket that kept a fast mark, unless it
+// comes back from its verdict with MarkAllow or MarkReject, which 2 and 3 carry
+// out (queued again, a SYN to a listener with a fast-valued mark would be
+// decided for ever); and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
 // connection anyone opens) and 9 and 11; after 5 it drops a TCP segment with
 // SYN that conntrack calls INVALID (SYN with FIN or RST; a SYN-ACK answering no
 // SYN conntrack saw): Linux's SYN_SENT takes a SYN|FIN as the peer's half of a

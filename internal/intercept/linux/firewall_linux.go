@@ -364,8 +364,11 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				// mark (a dead daemon's sock_ops program cleared nothing at
 				// its TCP_CLOSE; MarkFastRedecide is never cleared), which
 				// would make the socket's SYN-ACK, not a bare SYN, pass LATCH-OUT
-				// at 1: held and decided as any inbound connection.
-				fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate UNTRACKED %s\n", name, q)
+				// at 1: held and decided as any inbound connection. Not one
+				// back from its verdict (NF_REPEAT with MarkAllow or
+				// MarkReject in place of the socket's mark): 2 and 3 carry
+				// it out; queued again, it would be decided again for ever.
+				fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate UNTRACKED -m mark ! --mark %#x/%#x -m mark ! --mark %#x/%#x %s\n", name, MarkAllow, MarkMask, MarkReject, MarkMask, q)
 			}
 			if out {
 				// Only while the daemon lives (the lease): a socket
@@ -953,8 +956,11 @@ func (spec ruleSpec) nftRules() string {
 				r("tcp flags & (fin|syn|rst|ack) != syn ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastFlow)
 			} else {
 				// The peer's half of a simultaneous open (see iptablesRules).
-				r("tcp flags & (syn|ack) == syn ct state untracked %s", q)
-				r("meta l4proto tcp ct state untracked socket mark & %#x %s accept", MarkMask, nftFastMarks())
+				// Not one back from its verdict, which the rules below carry
+				// out: the socket's mark does not change with it, so the
+				// accept by the socket's mark must not take a rejected one.
+				r("tcp flags & (syn|ack) == syn ct state untracked meta mark & %#x != %#x meta mark & %#x != %#x %s", MarkMask, MarkAllow, MarkMask, MarkReject, q)
+				r("meta l4proto tcp ct state untracked socket mark & %#x %s meta mark & %#x != %#x accept", MarkMask, nftFastMarks(), MarkMask, MarkReject)
 			}
 		}
 		if out {
