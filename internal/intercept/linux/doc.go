@@ -210,7 +210,10 @@
 //     socket's packets carry its SO_MARK, which the fast path sets (a SYN with
 //     MarkFastFlow too: untracked, it is held by 5 all the same);
 //   - a TCP packet that arrives for a local socket with one of those marks is not
-//     tracked either. nftables reads the socket's mark (socket mark) without
+//     tracked either; only one addressed to this host (iptables -m addrtype
+//     --dst-type LOCAL, nftables fib daddr type local): the socket lookup would
+//     find a listener on the wildcard address for a forwarded packet to any
+//     host's port, and LATCH-FWD cannot hold an untracked flow's segments. nftables reads the socket's mark (socket mark) without
 //     touching the packet's. iptables can read it only by -m socket
 //     --restore-skmark, which sets the packet's whole mark to the socket's
 //     (xt_socket: skb->mark = sk->sk_mark, for any local socket it finds): so

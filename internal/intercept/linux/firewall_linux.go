@@ -582,8 +582,13 @@ func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
 	// socket's (xt_socket: skb->mark = sk->sk_mark), so only a packet that
 	// carries no mark yet is looked at (one another program marked stays as it
 	// is, and tracked), and LATCH-RAW-SK puts it back to 0 unless the socket is
-	// a fast one, which leaves just latch's mark.
-	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0%s -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, sport, chainRawSk)
+	// a fast one, which leaves just latch's mark. Only a packet addressed to
+	// this host: xt_socket's lookup finds a listener on the wildcard address
+	// (--nowildcard lets it) for a forwarded packet to any host's port, which
+	// has no local socket; untracked by that listener's fast mark, a
+	// container's SYN-less segments would pass LATCH-FWD (no conntrack state
+	// to hold them by).
+	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0%s -m addrtype --dst-type LOCAL -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, sport, chainRawSk)
 	for _, m := range fastMarks {
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x/%#x -j MARK --set-xmark %#x/0xffffffff\n", chainRawSk, m, MarkMask, m)
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x -j CT --notrack\n", chainRawSk, m)
@@ -1059,7 +1064,9 @@ func (spec ruleSpec) nftRules() string {
 			dns = "tcp sport != 53 "
 		}
 		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook prerouting priority raw; policy accept; }\n", nftTable, nftRawPre)
-		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %ssocket mark & %#x %s notrack\n", nftTable, nftRawPre, dns, MarkMask, nftFastMarks())
+		// Only a packet addressed to this host (see iptablesRaw): the socket
+		// lookup finds a wildcard listener for a forwarded packet too.
+		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %sfib daddr type local socket mark & %#x %s notrack\n", nftTable, nftRawPre, dns, MarkMask, nftFastMarks())
 	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {
