@@ -21,7 +21,10 @@
 //     routing header that carries one of the fast path's socket marks (IPV6_RTHDR
 //     type 4 needs no privilege, and may be set after the connect: the packet goes
 //     to the header's next segment, not to the address the fast path decided, the
-//     connect's); with notrack
+//     connect's), and likewise an IPv4 TCP packet with options (header length
+//     over 5 words: a loose or strict source route, IP_OPTIONS, needs no
+//     privilege and makes the route's first hop the packet's destination; xt_u32
+//     reads the header length, nft ip hdrlength); with notrack
 //     (Config.FastSockets, see "Notrack") returns for a TCP packet conntrack does
 //     not track (UNTRACKED) that carries MarkFastAllow (with Config.FastLease,
 //     only while the lease program matches: the daemon lives), or MarkFastFlow unless it
@@ -79,7 +82,10 @@
 // (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries
 // MarkFastAllow, MarkFastFlow or MarkFastRedecide, but queues one that is a SYN without
 // ACK: the peer's half of a simultaneous open, which would let the socket's
-// SYN-ACK pass LATCH-OUT at 1 for a socket that kept a fast mark; and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
+// SYN-ACK pass LATCH-OUT at 1 for a socket that kept a fast mark, unless it
+// comes back from its verdict with MarkAllow or MarkReject, which 2 and 3 carry
+// out (queued again, a SYN to a listener with a fast-valued mark would be
+// decided for ever); and 3 queues nothing of the kind), TCP picked up mid-stream (8: a late segment of a flow conntrack forgot is no
 // connection anyone opens) and 9 and 11; after 5 it drops a TCP segment with
 // SYN that conntrack calls INVALID (SYN with FIN or RST; a SYN-ACK answering no
 // SYN conntrack saw): Linux's SYN_SENT takes a SYN|FIN as the peer's half of a
@@ -204,7 +210,10 @@
 //     socket's packets carry its SO_MARK, which the fast path sets (a SYN with
 //     MarkFastFlow too: untracked, it is held by 5 all the same);
 //   - a TCP packet that arrives for a local socket with one of those marks is not
-//     tracked either. nftables reads the socket's mark (socket mark) without
+//     tracked either; only one addressed to this host (iptables -m addrtype
+//     --dst-type LOCAL, nftables fib daddr type local): the socket lookup would
+//     find a listener on the wildcard address for a forwarded packet to any
+//     host's port, and LATCH-FWD cannot hold an untracked flow's segments. nftables reads the socket's mark (socket mark) without
 //     touching the packet's. iptables can read it only by -m socket
 //     --restore-skmark, which sets the packet's whole mark to the socket's
 //     (xt_socket: skb->mark = sk->sk_mark, for any local socket it finds): so

@@ -326,6 +326,26 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				fmt.Fprintf(&b, "-A %s -p tcp -m ipv6header --header ipv6-route --soft -m mark --mark %#x/%#x -j REJECT --reject-with tcp-reset\n", name, m, MarkMask)
 			}
 		}
+		if out && !v6 && (spec.fastTCP || spec.notrack) {
+			// The same for IPv4 options: a loose or strict source route
+			// (IP_OPTIONS needs no privilege for them, and may be set after
+			// the connect; IP_TOS then has the route looked up again) makes
+			// the route's first hop the packet's IP destination. xt_u32 reads
+			// the header length (IHL > 5: options), not the options
+			// themselves: any option on a fast socket's TCP packet is reset
+			// (no common program sets IPv4 options on TCP; others, as record
+			// route, do not change the destination). Before notrack's returns
+			// and 4, for each of the fast path's marks. The reset comes from
+			// the first hop's address, which the socket does not know: its
+			// connect times out (nothing reaches the hop either way). Without
+			// xt_u32 the ruleset is refused (install fails, as without
+			// xt_ipv6header): such a packet is never passed. Packets without
+			// a fast mark are not looked at: the queue and conntrack see their
+			// IP destination, the first hop.
+			for _, m := range fastMarks {
+				fmt.Fprintf(&b, "-A %s -p tcp -m mark --mark %#x/%#x -m u32 --u32 0>>24&0xF=6:15 -j REJECT --reject-with tcp-reset\n", name, m, MarkMask)
+			}
+		}
 		if spec.notrack && hook != "FORWARD" {
 			// A TCP packet of a socket the fast path allowed, which the raw table
 			// kept out of conntrack (see "Notrack"): on its way (LATCH-OUT: the
@@ -344,8 +364,11 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				// mark (a dead daemon's sock_ops program cleared nothing at
 				// its TCP_CLOSE; MarkFastRedecide is never cleared), which
 				// would make the socket's SYN-ACK, not a bare SYN, pass LATCH-OUT
-				// at 1: held and decided as any inbound connection.
-				fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate UNTRACKED %s\n", name, q)
+				// at 1: held and decided as any inbound connection. Not one
+				// back from its verdict (NF_REPEAT with MarkAllow or
+				// MarkReject in place of the socket's mark): 2 and 3 carry
+				// it out; queued again, it would be decided again for ever.
+				fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN,ACK SYN -m conntrack --ctstate UNTRACKED -m mark ! --mark %#x/%#x -m mark ! --mark %#x/%#x %s\n", name, MarkAllow, MarkMask, MarkReject, MarkMask, q)
 			}
 			if out {
 				// Only while the daemon lives (the lease): a socket
@@ -559,8 +582,13 @@ func (spec ruleSpec) iptablesRaw(b *strings.Builder, jumped map[string]bool) {
 	// socket's (xt_socket: skb->mark = sk->sk_mark), so only a packet that
 	// carries no mark yet is looked at (one another program marked stays as it
 	// is, and tracked), and LATCH-RAW-SK puts it back to 0 unless the socket is
-	// a fast one, which leaves just latch's mark.
-	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0%s -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, sport, chainRawSk)
+	// a fast one, which leaves just latch's mark. Only a packet addressed to
+	// this host: xt_socket's lookup finds a listener on the wildcard address
+	// (--nowildcard lets it) for a forwarded packet to any host's port, which
+	// has no local socket; untracked by that listener's fast mark, a
+	// container's SYN-less segments would pass LATCH-FWD (no conntrack state
+	// to hold them by).
+	fmt.Fprintf(b, "-A %s -p tcp -m mark --mark 0x0%s -m addrtype --dst-type LOCAL -m socket --nowildcard --restore-skmark -j %s\n", chainRawPre, sport, chainRawSk)
 	for _, m := range fastMarks {
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x/%#x -j MARK --set-xmark %#x/0xffffffff\n", chainRawSk, m, MarkMask, m)
 		fmt.Fprintf(b, "-A %s -m mark --mark %#x -j CT --notrack\n", chainRawSk, m)
@@ -917,6 +945,8 @@ func (spec ruleSpec) nftRules() string {
 			// A fast socket's IPv6 packets with a routing header (see
 			// iptablesRules).
 			r("meta nfproto ipv6 exthdr rt exists meta l4proto tcp meta mark & %#x %s reject with tcp reset", MarkMask, nftFastMarks())
+			// And IPv4 ones with options: a source route (see iptablesRules).
+			r("meta nfproto ipv4 ip hdrlength != 5 meta l4proto tcp meta mark & %#x %s reject with tcp reset", MarkMask, nftFastMarks())
 		}
 		if spec.notrack && hook != "forward" {
 			// The fast path's untracked TCP packets (see iptablesRules; inbound
@@ -931,8 +961,11 @@ func (spec ruleSpec) nftRules() string {
 				r("tcp flags & (fin|syn|rst|ack) != syn ct state untracked meta mark & %#x == %#x accept", MarkMask, MarkFastFlow)
 			} else {
 				// The peer's half of a simultaneous open (see iptablesRules).
-				r("tcp flags & (syn|ack) == syn ct state untracked %s", q)
-				r("meta l4proto tcp ct state untracked socket mark & %#x %s accept", MarkMask, nftFastMarks())
+				// Not one back from its verdict, which the rules below carry
+				// out: the socket's mark does not change with it, so the
+				// accept by the socket's mark must not take a rejected one.
+				r("tcp flags & (syn|ack) == syn ct state untracked meta mark & %#x != %#x meta mark & %#x != %#x %s", MarkMask, MarkAllow, MarkMask, MarkReject, q)
+				r("meta l4proto tcp ct state untracked socket mark & %#x %s meta mark & %#x != %#x accept", MarkMask, nftFastMarks(), MarkMask, MarkReject)
 			}
 		}
 		if out {
@@ -1031,7 +1064,9 @@ func (spec ruleSpec) nftRules() string {
 			dns = "tcp sport != 53 "
 		}
 		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook prerouting priority raw; policy accept; }\n", nftTable, nftRawPre)
-		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %ssocket mark & %#x %s notrack\n", nftTable, nftRawPre, dns, MarkMask, nftFastMarks())
+		// Only a packet addressed to this host (see iptablesRaw): the socket
+		// lookup finds a wildcard listener for a forwarded packet too.
+		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %sfib daddr type local socket mark & %#x %s notrack\n", nftTable, nftRawPre, dns, MarkMask, nftFastMarks())
 	}
 	chain("output", "output", "oifname", true)
 	if spec.input() {

@@ -24,6 +24,8 @@ func TestNftRulesetSyntax(t *testing.T) {
 		{queue: 12, inbound: true, forward: true, failOpen: true},
 		{queue: 13, exemptLoopback: true, notrack: true},
 		{queue: 14, inbound: true, failOpen: true, notrack: true, dnsLogGroup: 4243},
+		{queue: 15, inbound: true, forward: true, fastTCP: true, notrack: true, lease: "/sys/fs/bpf/latch-lease"},
+		{queue: 16, exemptLoopback: true, fastTCP: true},
 	} {
 		rules := spec.nftRules()
 		check := exec.Command("ip", "netns", "exec", tp.a, "nft", "-c", "-f", "-")

@@ -2,7 +2,10 @@ package linux
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -112,6 +115,81 @@ func testFastMarkedListener(t *testing.T, fw string, mark uint32) {
 	if held[9203] == 0 || held[9204] == 0 {
 		t.Errorf("the peer's SYNs were not held: %v", held)
 	}
+	if n := accepted[9203].Load(); n != 0 {
+		t.Errorf("the listener accepted %d connections the verdict rejected", n)
+	}
+	if n := accepted[9204].Load(); n != 1 {
+		t.Errorf("the listener accepted %d connections the verdict allowed, want 1", n)
+	}
+}
+
+// TestNftFastMarkedListenerInbound is TestFastMarkedListenerInbound for the
+// native nftables ruleset on kernels that cannot queue from nftables (its
+// queue statements become drops): a chain of the test's own at priority
+// mangle gives the peer's SYN the mark a verdict would give it on its way
+// back (NF_REPEAT: MarkReject for port 9203, MarkAllow for 9204). The input
+// chain must carry that verdict out, not queue the SYN again (here: drop
+// it, a timeout), and its accept by the listener's fast socket mark must not
+// take the rejected one: port 9203 refuses, 9204 connects.
+func TestNftFastMarkedListenerInbound(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp := newTopo(t)
+	spec := ruleSpec{queue: testQueue, inbound: true, notrack: true}
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+	rules += fmt.Sprintf("add table ip latchtest\nadd chain ip latchtest pre { type filter hook prerouting priority mangle; }\n"+
+		"add rule ip latchtest pre tcp dport 9203 meta mark set %#x\nadd rule ip latchtest pre tcp dport 9204 meta mark set %#x\n", MarkReject, MarkAllow)
+	install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+	install.Stdin = strings.NewReader(rules)
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+	}
+	accepted := map[int]*atomic.Int64{9203: {}, 9204: {}}
+	for port, n := range accepted {
+		var ln net.Listener
+		if err := inNS(tp.a, func() error {
+			lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				err := rc.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(MarkFastAllow))
+				})
+				return errors.Join(err, serr)
+			}}
+			var err error
+			ln, err = lc.Listen(nil, "tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				n.Add(1)
+				c.Close()
+			}
+		}()
+	}
+	dial := func(port int) error {
+		return inNS(tp.b, func() error {
+			c, err := net.DialTimeout("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)), 2*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+	}
+	if err := dial(9203); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a peer's SYN back from a reject verdict to a listener with mark %#x: err = %v, want ECONNREFUSED", MarkFastAllow, err)
+	}
+	if err := dial(9204); err != nil {
+		t.Errorf("a peer's SYN back from an allow verdict to a listener with mark %#x: %v", MarkFastAllow, err)
+	}
+	time.Sleep(200 * time.Millisecond)
 	if n := accepted[9203].Load(); n != 0 {
 		t.Errorf("the listener accepted %d connections the verdict rejected", n)
 	}

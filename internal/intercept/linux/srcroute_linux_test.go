@@ -260,3 +260,104 @@ func TestFastAllowSourceRouteIPv4Conntrack(t *testing.T) {
 		})
 	}
 }
+
+// TestNftFastAllowSourceRouteIPv4 checks the native nftables ruleset's reset
+// of a fast socket's IPv4 packets with options on kernels that cannot queue
+// from nftables (its queue statements become drops), with and without
+// notrack: a socket marked MarkFastAllow (as the connect hook marks a hit)
+// with a loose source route via F must not reach F (its SYN passed by the
+// mark before), nor, with notrack, an established socket marked
+// MarkFastFlow that sets the route afterwards (its data passed by the mark).
+// A plain marked connect still connects (the fast path's pass works), and
+// before the ruleset the same source-routed connect reaches F (the probe
+// counts).
+func TestNftFastAllowSourceRouteIPv4(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	for _, notrack := range []bool{false, true} {
+		t.Run(map[bool]string{false: "conntrack", true: "notrack"}[notrack], func(t *testing.T) {
+			tp := newTopo(t)
+			if out, err := exec.Command("ip", "-n", tp.b, "addr", "add", addrF+"/24", "dev", tp.vethB).CombinedOutput(); err != nil {
+				t.Fatalf("ip addr add %s: %v: %s", addrF, err, out)
+			}
+			srv := listenPush(t, tp, addrB, 9101)
+			listenTCPAt(t, tp, addrF, 9101)
+			countF := probeF(t, tp)
+			dial := func(mark uint32, opts []byte) (net.Conn, error) {
+				var c net.Conn
+				err := inNS(tp.a, func() error {
+					d := net.Dialer{Timeout: 2 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+						var serr error
+						err := rc.Control(func(fd uintptr) {
+							serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+							if opts != nil {
+								serr = errors.Join(serr, unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, string(opts)))
+							}
+						})
+						return errors.Join(err, serr)
+					}}
+					var err error
+					c, err = d.Dial("tcp4", net.JoinHostPort(addrB, "9101"))
+					return err
+				})
+				return c, err
+			}
+			// The probe counts a source-routed SYN (no ruleset yet).
+			if c, err := dial(0, lsrrVia(addrF)); err == nil {
+				c.Close()
+			}
+			base := countF()
+			if base == 0 {
+				t.Fatalf("without a ruleset no packet of a connect with a loose source route via %s reached it", addrF)
+			}
+			spec := ruleSpec{queue: testQueue, exemptLoopback: true, fastTCP: true, notrack: notrack}
+			rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+			install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+			install.Stdin = strings.NewReader(rules)
+			if out, err := install.CombinedOutput(); err != nil {
+				t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+			}
+			c, err := dial(MarkFastAllow, nil)
+			if err != nil {
+				t.Fatalf("a socket marked MarkFastAllow without options did not connect: %v", err)
+			}
+			defer c.Close()
+			sc := srv.conn(t, c)
+			if cs, err := dial(MarkFastAllow, lsrrVia(addrF)); err == nil {
+				cs.Close()
+			}
+			if n := countF() - base; n != 0 {
+				t.Errorf("a socket marked MarkFastAllow with a loose source route via %s sent %d TCP packets there", addrF, n)
+			}
+			if !notrack {
+				return
+			}
+			// The established socket, now with the flow mark, takes the
+			// option and has its route looked up again.
+			before := countF()
+			rc, err := c.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var serr error
+			rc.Control(func(fd uintptr) {
+				serr = errors.Join(
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(MarkFastFlow)),
+					unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, string(lsrrVia(addrF))),
+					unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, 0x10))
+			})
+			if serr != nil {
+				t.Fatalf("SO_MARK, IP_OPTIONS, IP_TOS: %v", serr)
+			}
+			for i := 0; i < 3; i++ {
+				c.Write(make([]byte, 100))
+				time.Sleep(50 * time.Millisecond)
+			}
+			time.Sleep(300 * time.Millisecond)
+			if n := countF() - before; n != 0 {
+				t.Errorf("an established socket marked MarkFastFlow that set a loose source route via %s sent %d TCP packets there (server got %d bytes)", addrF, n, sc.got.Load())
+			}
+		})
+	}
+}
