@@ -1425,11 +1425,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 				case err == nil:
 				case errors.Is(err, os.ErrDeadlineExceeded):
 					records = wallEvery - 1 // the clocks are read again at the next
-				default:
-					if ctx.Err() != nil {
-						return nil
-					}
-					return fmt.Errorf("fast path: wait for the ring buffer: %w", err)
+				default: // closed (Close)
+					return nil
 				}
 			}
 			continue
@@ -1502,10 +1499,7 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 						return nil
 					}
 					if err := fp.endsWait.wait(readEvery); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-						if ctx.Err() != nil {
-							return nil
-						}
-						return fmt.Errorf("fast path: wait for the ring buffer of socket ends: %w", err)
+						return nil // closed (Close)
 					}
 				}
 				continue

@@ -266,6 +266,15 @@ func (fp *FastPath) syncStop() {
 	fp.syncMu.Unlock()
 }
 
+// ringAvailable reports whether the decisions' ring holds a record (or, with
+// ringWait, was closed: the reader ends then).
+func (fp *FastPath) ringAvailable() bool {
+	if fp.ringWait != nil {
+		return fp.ringWait.available()
+	}
+	return fp.ring.AvailableBytes() != 0
+}
+
 // syncDone is called by the reader each time it found the ring empty: if it
 // still is, the waiters registered before have every decision; otherwise the
 // reader is woken to read on at once.
@@ -275,7 +284,7 @@ func (fp *FastPath) syncDone() {
 	if len(fp.syncs) == 0 {
 		return
 	}
-	if fp.ring.AvailableBytes() != 0 {
+	if fp.ringAvailable() {
 		fp.flushDecisions()
 		return
 	}

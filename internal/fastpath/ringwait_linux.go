@@ -123,6 +123,11 @@ func (w *ringWait) read(buf []byte) ([]byte, error) {
 		if prod == cons {
 			return buf, os.ErrDeadlineExceeded
 		}
+		// The kernel keeps the producer at most a ring ahead and every record
+		// 8-byte aligned; the consumer page is writable by whoever maps it.
+		if prod-cons > w.mask+1 || cons&7 != 0 {
+			return buf, fmt.Errorf("ring buffer: consumer position %d, producer position %d: not a ring's worth apart at a record boundary", cons, prod)
+		}
 		if prod-cons < ringHdrSize {
 			return buf, fmt.Errorf("ring buffer: %d bytes, short of a record header", prod-cons)
 		}
@@ -151,15 +156,12 @@ func (w *ringWait) read(buf []byte) ([]byte, error) {
 	}
 }
 
-// errRingWaitClosed is what wait returns once close was called.
-var errRingWaitClosed = errors.New("ring buffer wait: closed")
-
 // wait returns nil once the ring holds records or flush was called (since the
 // last wait that returned for it), os.ErrDeadlineExceeded after timeout, and
-// an error once close was called.
+// ringbuf.ErrClosed once close was called.
 func (w *ringWait) wait(timeout time.Duration) error {
 	if err := w.f.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return errRingWaitClosed
+		return ringbuf.ErrClosed
 	}
 	// Read resets the poller's readiness, then asks the function: records
 	// that came before are seen by it, a wakeup after wakes the wait.
@@ -175,7 +177,7 @@ func (w *ringWait) wait(timeout time.Duration) error {
 		}
 		return err
 	default:
-		return errRingWaitClosed
+		return ringbuf.ErrClosed
 	}
 }
 
