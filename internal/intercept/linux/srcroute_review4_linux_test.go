@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +78,102 @@ func TestAllowedFlowSourceRouteTCPLooseOff(t *testing.T) {
 			t.Logf("loose=%s: %d TCP packets reached %s; held for %s: %v; server got %d bytes", loose, n, addrF, addrF, heldF, sc.got.Load())
 			if n != 0 && !heldF {
 				t.Errorf("an allowed connection to %s:9101 that set a loose source route via %s sent %d TCP packets to %s, none of them held by the queue (nf_conntrack_tcp_loose=%s: INVALID, passed by LATCH-OUT)", addrB, addrF, n, addrF, loose)
+			}
+		})
+	}
+}
+
+// srhVia is the IPV6_RTHDR value of a segment routing header (RFC 8754, type
+// 4; no privilege needed, seg6_validate_srh checks its form only) with one
+// segment, via, before the connect's address: the kernel writes the socket's
+// destination into segment 0 and makes via the packets' IP destination
+// (ipv6_push_rthdr4).
+func srhVia(final, via string) []byte {
+	b := []byte{0, 4, 4, 1, 1, 0, 0, 0}
+	b = append(b, net.ParseIP(final).To16()...)
+	return append(b, net.ParseIP(via).To16()...)
+}
+
+// TestAllowedFlowRoutingHeaderTCPLooseOff (review4) is
+// TestAllowedFlowSourceRouteTCPLooseOff for IPv6: an established connection
+// to [fd00::2]:9102 the queue allowed (no fast mark: the ruleset's routing
+// header reset does not look at it) sets a segment routing header via
+// fd00::3 (IPV6_RTHDR resets the socket's route); its segments go to fd00::3.
+// With nf_conntrack_tcp_loose=0 they are INVALID and pass LATCH-OUT unheld.
+// Fails on the current code (loose=0); loose=1 is the control (held).
+func TestAllowedFlowRoutingHeaderTCPLooseOff(t *testing.T) {
+	for _, loose := range []string{"1", "0"} {
+		t.Run("loose="+loose, func(t *testing.T) {
+			needFirewall(t, FirewallIptablesNft)
+			if _, err := exec.LookPath("nft"); err != nil {
+				t.Skipf("needs nft: %v", err)
+			}
+			tp := newTopo(t)
+			addSecondAddresses(t, tp)
+			srv := listenPush(t, tp, addr6B, 9102)
+			rules := "table ip6 latchprobe { chain pre { type filter hook prerouting priority -400; ip6 daddr " + addr6B2 + " meta l4proto tcp counter; }; }"
+			cmd := exec.Command("ip", "netns", "exec", tp.b, "nft", "-f", "-")
+			cmd.Stdin = strings.NewReader(rules)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("nft in %s: %v: %s", tp.b, err, out)
+			}
+			re := regexp.MustCompile(`counter packets (\d+)`)
+			countF := func() int {
+				out, err := exec.Command("ip", "netns", "exec", tp.b, "nft", "list", "chain", "ip6", "latchprobe", "pre").CombinedOutput()
+				if err != nil {
+					t.Fatalf("nft list: %v: %s", err, out)
+				}
+				m := re.FindSubmatch(out)
+				if m == nil {
+					t.Fatalf("no counter in %s", out)
+				}
+				n, _ := strconv.Atoi(string(m[1]))
+				return n
+			}
+			d := startDaemon(t, tp, "9102=allow,*=deny", "LATCH_TEST_FIREWALL="+FirewallIptablesNft)
+			defer d.stop()
+			if out, err := exec.Command("ip", "netns", "exec", tp.a, "sysctl", "-w", "net.netfilter.nf_conntrack_tcp_loose="+loose).CombinedOutput(); err != nil {
+				t.Fatalf("sysctl nf_conntrack_tcp_loose=%s in %s: %v: %s", loose, tp.a, err, out)
+			}
+			var c net.Conn
+			if err := inNS(tp.a, func() error {
+				var err error
+				c, err = net.DialTimeout("tcp6", net.JoinHostPort(addr6B, "9102"), 3*time.Second)
+				return err
+			}); err != nil {
+				t.Fatalf("connect to [%s]:9102: %v", addr6B, err)
+			}
+			defer c.Close()
+			sc := srv.conn(t, c)
+			if n := countF(); n != 0 {
+				t.Fatalf("before any routing header, %d packets reached %s", n, addr6B2)
+			}
+			rc, err := c.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var serr error
+			rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srhVia(addr6B, addr6B2)))
+			})
+			if serr != nil {
+				t.Fatalf("IPV6_RTHDR: %v", serr)
+			}
+			for i := 0; i < 3; i++ {
+				c.Write(make([]byte, 100))
+				time.Sleep(50 * time.Millisecond)
+			}
+			time.Sleep(300 * time.Millisecond)
+			heldF := false
+			for _, l := range d.linesFor(300 * time.Millisecond) {
+				if strings.HasPrefix(l, "held ") && strings.Contains(l, addr6B2) {
+					heldF = true
+				}
+			}
+			n := countF()
+			t.Logf("loose=%s: %d TCP packets reached %s; held for it: %v; server got %d bytes", loose, n, addr6B2, heldF, sc.got.Load())
+			if n != 0 && !heldF {
+				t.Errorf("an allowed connection to [%s]:9102 that set a routing header via %s sent %d TCP packets to %s, none of them held by the queue (nf_conntrack_tcp_loose=%s: INVALID, passed by LATCH-OUT)", addr6B, addr6B2, n, addr6B2, loose)
 			}
 		})
 	}
