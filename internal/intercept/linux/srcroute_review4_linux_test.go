@@ -238,3 +238,55 @@ func TestAllowedFlowSourceRouteDataFIN(t *testing.T) {
 		})
 	}
 }
+
+// TestNftAllowedFlowSourceRouteDataFIN (review4) is
+// TestAllowedFlowSourceRouteDataFIN for the native nftables ruleset on
+// kernels that cannot queue from nftables (its queue statements become
+// drops): the connection is allowed by a socket marked MarkFastAllow (fastTCP,
+// conntrack: its flow gets the allow conntrack mark), which then clears its
+// mark (an allowed flow's socket without a fast mark, as a queue-allowed
+// one), sets a loose source route via F and sends its data with FIN. The
+// output chain's "tcp flags & syn == 0 ct state invalid ... accept" passes
+// it to F. Fails on the current code.
+func TestNftAllowedFlowSourceRouteDataFIN(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp := newTopo(t)
+	if out, err := exec.Command("ip", "-n", tp.b, "addr", "add", addrF+"/24", "dev", tp.vethB).CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add %s: %v: %s", addrF, err, out)
+	}
+	srv := listenPush(t, tp, addrB, 9101)
+	countF := probeF(t, tp)
+	spec := ruleSpec{queue: testQueue, exemptLoopback: true, fastTCP: true}
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+	install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+	install.Stdin = strings.NewReader(rules)
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+	}
+	c := dialFast(t, tp, addrB, 9101, MarkFastAllow)
+	defer c.Close()
+	sc := srv.conn(t, c)
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) {
+		serr = errors.Join(
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, 0),
+			unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, string(lsrrVia(addrF))),
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, 0x10),
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, 1))
+	})
+	if serr != nil {
+		t.Fatalf("SO_MARK, IP_OPTIONS, IP_TOS, TCP_CORK: %v", serr)
+	}
+	c.Write([]byte(strings.Repeat("secret! ", 50)))
+	c.(*net.TCPConn).CloseWrite()
+	time.Sleep(500 * time.Millisecond)
+	if n := countF(); n != 0 {
+		t.Errorf("an allowed connection to %s:9101 that set a loose source route via %s sent %d TCP packets (its data with FIN) to %s: INVALID, accepted by the output chain (server got %d bytes)", addrB, addrF, n, addrF, sc.got.Load())
+	}
+}
