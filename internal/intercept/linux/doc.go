@@ -24,7 +24,15 @@
 //     connect's), and likewise an IPv4 TCP packet with options (header length
 //     over 5 words: a loose or strict source route, IP_OPTIONS, needs no
 //     privilege and makes the route's first hop the packet's destination; xt_u32
-//     reads the header length, nft ip hdrlength); with notrack
+//     reads the header length, nft ip hdrlength); in every mode, resets a TCP
+//     packet conntrack cannot place (INVALID) with IPv4 options or an IPv6
+//     routing header, whatever its mark (the route's first hop is a new tuple,
+//     on which a FIN|ACK segment, or with nf_conntrack_tcp_loose=0 every
+//     segment, is INVALID: the INVALID return below would pass data of a
+//     queue-allowed connection to a host nothing decided); without xt_u32 or
+//     xt_ipv6header (iptables) Start installs without the fast path's TCP
+//     rules and notrack, and this rule drops every INVALID TCP packet instead
+//     (see optionsRules in firewall_linux.go); with notrack
 //     (Config.FastSockets, see "Notrack") returns for a TCP packet conntrack does
 //     not track (UNTRACKED) that carries MarkFastAllow (with Config.FastLease,
 //     only while the lease program matches: the daemon lives), or MarkFastFlow unless it

@@ -64,6 +64,13 @@ type ruleSpec struct {
 	// "Notrack" in doc.go): their packets are not tracked while their socket
 	// carries MarkFastAllow, MarkFastFlow or MarkFastRedecide.
 	notrack bool
+	// noOptMatch: the kernel has no xt_u32 or no xt_ipv6header (iptables
+	// only), so the ruleset cannot tell a TCP packet with IPv4 options or an
+	// IPv6 routing header (a source route): LATCH-OUT drops every INVALID TCP
+	// packet instead of resetting those with options and passing the rest
+	// (see optionsRules). Start sets it only with fastTCP and notrack off: no
+	// packet passes by a fast mark, whose reset needs the same matches.
+	noOptMatch bool
 }
 
 // errNotrack wraps install's error when the ruleset could not keep the fast
@@ -316,35 +323,8 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 				fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x -j RETURN\n", name, OwnMark, MarkMask)
 			}
 		}
-		if out && v6 && (spec.fastTCP || spec.notrack) {
-			// An IPv6 routing header (IPV6_RTHDR type 4 needs no privilege,
-			// and may be set after the connect) sends a fast socket's packets
-			// to its next segment, not to the address the fast path decided
-			// (the connect's, the header's last segment): never passed by the
-			// socket's mark; reset, like a verdict's reject.
-			for _, m := range fastMarks {
-				fmt.Fprintf(&b, "-A %s -p tcp -m ipv6header --header ipv6-route --soft -m mark --mark %#x/%#x -j REJECT --reject-with tcp-reset\n", name, m, MarkMask)
-			}
-		}
-		if out && !v6 && (spec.fastTCP || spec.notrack) {
-			// The same for IPv4 options: a loose or strict source route
-			// (IP_OPTIONS needs no privilege for them, and may be set after
-			// the connect; IP_TOS then has the route looked up again) makes
-			// the route's first hop the packet's IP destination. xt_u32 reads
-			// the header length (IHL > 5: options), not the options
-			// themselves: any option on a fast socket's TCP packet is reset
-			// (no common program sets IPv4 options on TCP; others, as record
-			// route, do not change the destination). Before notrack's returns
-			// and 4, for each of the fast path's marks. The reset comes from
-			// the first hop's address, which the socket does not know: its
-			// connect times out (nothing reaches the hop either way). Without
-			// xt_u32 the ruleset is refused (install fails, as without
-			// xt_ipv6header): such a packet is never passed. Packets without
-			// a fast mark are not looked at: the queue and conntrack see their
-			// IP destination, the first hop.
-			for _, m := range fastMarks {
-				fmt.Fprintf(&b, "-A %s -p tcp -m mark --mark %#x/%#x -m u32 --u32 0>>24&0xF=6:15 -j REJECT --reject-with tcp-reset\n", name, m, MarkMask)
-			}
+		if out {
+			b.WriteString(spec.iptablesOptionsRules(name, v6))
 		}
 		if spec.notrack && hook != "FORWARD" {
 			// A TCP packet of a socket the fast path allowed, which the raw table
@@ -555,6 +535,64 @@ var fastMarks = []uint32{MarkFastAllow, MarkFastFlow, MarkFastRedecide}
 // nftFastMarks is fastMarks as an nft anonymous set.
 func nftFastMarks() string {
 	return fmt.Sprintf("{ %#x, %#x, %#x }", MarkFastAllow, MarkFastFlow, MarkFastRedecide)
+}
+
+// Source routes (optionsRules). A socket may set a loose or strict source
+// route (IPv4 IP_OPTIONS, IPv6 IPV6_RTHDR type 4: no privilege needed) at any
+// time, even after its connect (IP_TOS then has the route looked up again):
+// its packets' IP destination becomes the route's first hop F, not the address
+// anything decided. Two rules at the top of LATCH-OUT (and of table inet
+// latch's output chain), in every mode, reset such TCP packets:
+//
+//   - a packet with one of the fast path's marks (fastMarks): it would pass by
+//     its mark (rule 4, notrack's returns), although the fast path decided the
+//     connect's address (commit 7f06bbf for IPv4);
+//   - a packet conntrack calls INVALID, whatever its mark: F is a new tuple,
+//     on which a FIN|ACK segment (and, with nf_conntrack_tcp_loose=0, every
+//     segment) is INVALID, which the INVALID RETURN (and the last TCP RETURN)
+//     would pass: data of a queue-allowed connection would reach F. A NEW one
+//     is held by the queue, which sees F.
+//
+// IPv4: xt_u32 reads the header length (IHL > 5: options), not the options
+// themselves: any option is reset (no common program sets IPv4 options on TCP;
+// others, as record route, do not change the destination). IPv6: xt_ipv6header
+// finds a routing header. The reset comes from F's address, which the socket
+// does not know: its connection times out (nothing reaches F either way).
+// Without those matches (spec.noOptMatch; Start falls back to it when
+// iptables-restore cannot load them) no fast mark passes anything (fastTCP and
+// notrack are off) and every INVALID TCP packet is dropped instead: more than
+// the reset would take (a stray segment conntrack cannot place, which the
+// connection survives), never less.
+func (spec ruleSpec) iptablesOptionsRules(name string, v6 bool) string {
+	var b strings.Builder
+	if spec.noOptMatch {
+		fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate INVALID -j DROP\n", name)
+		return b.String()
+	}
+	match := "-m u32 --u32 0>>24&0xF=6:15"
+	if v6 {
+		match = "-m ipv6header --header ipv6-route --soft"
+	}
+	if spec.fastTCP || spec.notrack {
+		for _, m := range fastMarks {
+			fmt.Fprintf(&b, "-A %s -p tcp %s -m mark --mark %#x/%#x -j REJECT --reject-with tcp-reset\n", name, match, m, MarkMask)
+		}
+	}
+	fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate INVALID %s -j REJECT --reject-with tcp-reset\n", name, match)
+	return b.String()
+}
+
+// nftOptionsRules are iptablesOptionsRules for table inet latch's output
+// chain (nft reads the header length and routing header itself: no fallback).
+func (spec ruleSpec) nftOptionsRules() []string {
+	var rules []string
+	for _, opt := range []string{"meta nfproto ipv4 ip hdrlength != 5", "meta nfproto ipv6 exthdr rt exists"} {
+		if spec.fastTCP || spec.notrack {
+			rules = append(rules, fmt.Sprintf("%s meta l4proto tcp meta mark & %#x %s reject with tcp reset", opt, MarkMask, nftFastMarks()))
+		}
+		rules = append(rules, fmt.Sprintf("%s meta l4proto tcp ct state invalid reject with tcp reset", opt))
+	}
+	return rules
 }
 
 // iptablesRaw writes the raw table's part of the ruleset (see "Notrack" in
@@ -941,12 +979,11 @@ func (spec ruleSpec) nftRules() string {
 		if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)
 		}
-		if out && (spec.fastTCP || spec.notrack) {
-			// A fast socket's IPv6 packets with a routing header (see
-			// iptablesRules).
-			r("meta nfproto ipv6 exthdr rt exists meta l4proto tcp meta mark & %#x %s reject with tcp reset", MarkMask, nftFastMarks())
-			// And IPv4 ones with options: a source route (see iptablesRules).
-			r("meta nfproto ipv4 ip hdrlength != 5 meta l4proto tcp meta mark & %#x %s reject with tcp reset", MarkMask, nftFastMarks())
+		if out {
+			// Source routes (see optionsRules).
+			for _, rule := range spec.nftOptionsRules() {
+				r("%s", rule)
+			}
 		}
 		if spec.notrack && hook != "forward" {
 			// The fast path's untracked TCP packets (see iptablesRules; inbound
