@@ -69,6 +69,7 @@ type Backend struct {
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
 	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastLease
 	notrackErr atomic.Pointer[error] // the last install's error about notrack (Config.FastSockets)
+	fastTCPErr atomic.Pointer[error] // the last install's error about the fast path's TCP rules (Config.FastTCP)
 
 	// The fast sockets being decided again (MarkFastRedecide), by flow: see
 	// fastGroup. fastEpoch counts the rule changes (redecideSockets).
@@ -217,6 +218,26 @@ func (b *Backend) FastLease() error {
 	return *p
 }
 
+// FastTCP reports whether the installed ruleset passes a TCP connect the
+// kernel fast path allowed by its socket's mark (Config.FastTCP or
+// Config.FastSockets): nil if it does, else why not (none configured, not
+// installed yet, or the firewall could not load the matches that reset a fast
+// socket's source-routed packets: then the queue decides every connect).
+func (b *Backend) FastTCP() error {
+	if !b.cfg.FastTCP && b.cfg.FastSockets == nil {
+		return errors.New("no fast TCP configured")
+	}
+	p := b.fastTCPErr.Load()
+	if p == nil {
+		return errors.New("the ruleset is not installed yet")
+	}
+	return *p
+}
+
+// errOptMatch wraps install's error when the firewall cannot load the matches
+// that find a source route (xt_u32, xt_ipv6header): see optionsRules.
+var errOptMatch = errors.New("the firewall cannot match IPv4 options or IPv6 routing headers (no xt_u32 or xt_ipv6header)")
+
 // Name says which mechanism is in use, e.g. "nfqueue/iptables-nft".
 func (b *Backend) Name() string { return "nfqueue/" + b.fw.name() }
 
@@ -292,7 +313,56 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		b.cfg.Logf("%v; fast SYNs pass without it (a socket whose SYN is on its way when the daemon dies may connect again anywhere after)", why)
 		spec.lease = ""
 	}
+	// Without xt_u32 or xt_ipv6header (iptables) the ruleset cannot tell a
+	// source-routed TCP packet (see optionsRules): installed without the
+	// fast path's TCP rules and notrack (no packet passes by a fast mark; the
+	// queue decides every connect) and dropping every INVALID TCP packet of
+	// LATCH-OUT, never without filtering. Tried first when the whole ruleset
+	// fails, and kept only if the same ruleset with the option matches fails
+	// too (iptables-nft does not always name the match the kernel refused),
+	// so that another missing match does not turn fast TCP off; tried last
+	// after the other fallbacks, for a kernel missing more than one.
+	noOptMatch := func(first bool) bool {
+		if spec.noOptMatch {
+			return false
+		}
+		safe := spec
+		safe.fastTCP, safe.notrack, safe.noOptMatch = false, false, true
+		if safe.fastUDP == "" {
+			safe.lease = ""
+		}
+		if b.fw.install(safe) != nil {
+			return false
+		}
+		if first {
+			with := safe
+			with.noOptMatch = false
+			if b.fw.install(with) == nil {
+				// The option matches load: the fault is elsewhere.
+				return false
+			}
+			if b.fw.install(safe) != nil {
+				return false
+			}
+		}
+		why := fmt.Errorf("%w: %v", errOptMatch, err)
+		if spec.fastTCP {
+			b.fastTCPErr.Store(&why)
+			b.cfg.Logf("%v; every TCP connect goes through the queue, and INVALID TCP is dropped", why)
+		} else {
+			b.cfg.Logf("%v; INVALID TCP is dropped", why)
+		}
+		if spec.notrack {
+			b.notrackErr.Store(&why)
+		}
+		spec = safe
+		err = nil
+		return true
+	}
 	err = b.fw.install(spec)
+	if err != nil {
+		noOptMatch(true)
+	}
 	if err != nil && spec.lease != "" {
 		// The lease alone at fault? (iptables-restore does not say which
 		// match it refused.) Else keep it and try the other fallbacks.
@@ -335,9 +405,16 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		noLease(err)
 		err = b.fw.install(spec)
 	}
+	if err != nil {
+		noOptMatch(false)
+	}
 	if err == nil && spec.lease != "" {
 		var none error
 		b.leaseErr.Store(&none)
+	}
+	if err == nil && spec.fastTCP {
+		var none error
+		b.fastTCPErr.Store(&none)
 	}
 	if err != nil {
 		if evfd >= 0 {

@@ -1,8 +1,11 @@
 package linux
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -42,5 +45,22 @@ func TestFastTCPWithoutU32(t *testing.T) {
 	defer d.stop()
 	if _, ok := d.waitLine("ready", 20*time.Second); !ok {
 		t.Fatalf("with fast TCP on a kernel without xt_u32 the daemon did not start (want: fast TCP off, the queue deciding every SYN): %s; stderr:\n%s", d.progress(), d.errors())
+	}
+	// It filters, with fast TCP off: a SYN from a socket marked
+	// MarkFastAllow (which the fast TCP rules would pass) is held and
+	// denied, like any.
+	srv := listenTCP(t, tp, 9001)
+	if err := dialMarked(tp, "9001", MarkFastAllow); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a socket marked MarkFastAllow without the fast TCP rules: err = %v, want ECONNREFUSED (held, denied)", err)
+	}
+	if l, ok := d.waitLine("held ", 3*time.Second); !ok || !strings.Contains(l, ":9001") {
+		t.Errorf("the SYN marked MarkFastAllow was not held (got %q)", l)
+	}
+	if n := srv.accepted.Load(); n != 0 {
+		t.Errorf("server accepted %d connections, want 0", n)
+	}
+	// And says why.
+	if e := d.errors(); !strings.Contains(e, "xt_u32") || !strings.Contains(e, "every TCP connect goes through the queue") {
+		t.Errorf("the daemon's log does not say why fast TCP is off:\n%s", e)
 	}
 }
