@@ -122,6 +122,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		if fp != nil {
 			fp.SetUDP(be.FastUDP())
 			fp.SetLease(be.FastLease())
+			fp.SetTCPRuleset(be.FastTCP())
 			if noNotrack != nil {
 				fp.SetNotrack(noNotrack)
 			} else {

@@ -98,6 +98,9 @@ func runStatus(ctx context.Context, args []string) error {
 			if !f.TCPLocal {
 				row("fast path tcp", "off (every TCP connect goes through the queue: without the sock_ops program nothing checks a decision again when its SYN leaves): %s", textesc.Message(f.TCPLocalWhy))
 			}
+			if f.TCPLocal && f.TCPRulesetWhy != "" {
+				row("fast path tcp rules", "off (every TCP connect goes through the queue, and INVALID TCP is dropped): %s", textesc.Message(f.TCPRulesetWhy))
+			}
 			if f.Lease {
 				row("fast path lease", "on: what the kernel allowed passes only while this daemon lives")
 				if f.LeaseSweepWhy != "" {

@@ -238,6 +238,9 @@ type FastPath struct {
 	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
 	udpOn      atomic.Bool  // the ruleset runs the UDP match: UDP allows are stored
 	udpWhy     atomic.Value // string: why not
+	// why the ruleset does not pass a TCP connect this fast path allowed by
+	// its socket's mark (SetTCPRuleset); "" or unset: it does
+	tcpRulesetWhy atomic.Value // string
 
 	tcpLocalWhy string // why TCP decisions come without the local port; "": they have it
 	tcpEndsWhy  string // why TCP socket ends are not reported; "": they are
@@ -889,6 +892,18 @@ func (fp *FastPath) SetUDP(err error) {
 // doc.go); "" if there is none. Call SetLease once the ruleset runs it or could
 // not.
 func (fp *FastPath) Lease() string { return fp.leasePin }
+
+// SetTCPRuleset says whether the ruleset passes a TCP connect the fast path
+// allowed by its socket's mark (err == nil) or why not (the firewall could
+// not load the matches that reset a fast socket's source-routed packets):
+// then the queue decides every connect again.
+func (fp *FastPath) SetTCPRuleset(err error) {
+	if err != nil {
+		fp.tcpRulesetWhy.Store(err.Error())
+		return
+	}
+	fp.tcpRulesetWhy.Store("")
+}
 
 // SetLease says whether the ruleset checks the lease before a SYN passes by
 // MarkFastAllow (err == nil) or why not.
@@ -1756,6 +1771,7 @@ func (fp *FastPath) Stats() Stats {
 	} else {
 		s.LeaseWhy, _ = fp.leaseWhy.Load().(string)
 	}
+	s.TCPRulesetWhy, _ = fp.tcpRulesetWhy.Load().(string)
 	s.TCPNotrack = fp.notrackOn.Load()
 	if !s.TCPNotrack {
 		s.TCPNotrackWhy = fp.notrackWhy

@@ -31,6 +31,12 @@ type Stats struct {
 	// (every connect goes through the queue); TCPLocalWhy says why not.
 	TCPLocal    bool   `json:"tcp_local"`
 	TCPLocalWhy string `json:"tcp_local_why,omitempty"`
+	// TCPRulesetWhy says why the ruleset does not pass a TCP connect the
+	// fast path allowed by its socket's mark ("": it does): the firewall
+	// could not load the matches that reset a fast socket's source-routed
+	// packets (no xt_u32 or xt_ipv6header), and the queue decides every
+	// connect.
+	TCPRulesetWhy string `json:"tcp_ruleset_why,omitempty"`
 	// TCPEnds says whether the kernel reports the end of every TCP socket of the
 	// daemon's network namespace (the sock_ops program's state callback), which
 	// ends the byte accountant's flows without conntrack's update events;
