@@ -144,3 +144,49 @@ func TestForwardChainInstalledAndRemoved(t *testing.T) {
 		})
 	}
 }
+
+// TestIptablesSourceRouteInvalidFirst (review4): in every mode (conntrack only,
+// fast TCP, notrack) and both families, LATCH-OUT resets INVALID TCP with a
+// source route (IPv4 options, IPv6 routing header) before any rule that could
+// pass INVALID TCP (the INVALID RETURN, the last TCP RETURN); without the
+// option matches (noOptMatch) it drops every INVALID TCP packet there instead,
+// and the ruleset names neither match (nor passes anything by a fast mark).
+func TestIptablesSourceRouteInvalidFirst(t *testing.T) {
+	specs := []ruleSpec{
+		{queue: 1},
+		{queue: 2, fastTCP: true},
+		{queue: 3, fastTCP: true, notrack: true, inbound: true},
+		{queue: 4, noOptMatch: true, inbound: true},
+	}
+	for _, spec := range specs {
+		for _, v6 := range []bool{false, true} {
+			r := spec.iptablesRules(v6, nil, nil)
+			want := "-A LATCH-OUT -p tcp -m conntrack --ctstate INVALID -m u32 --u32 0>>24&0xF=6:15 -j REJECT --reject-with tcp-reset"
+			if v6 {
+				want = "-A LATCH-OUT -p tcp -m conntrack --ctstate INVALID -m ipv6header --header ipv6-route --soft -j REJECT --reject-with tcp-reset"
+			}
+			if spec.noOptMatch {
+				want = "-A LATCH-OUT -p tcp -m conntrack --ctstate INVALID -j DROP"
+				if strings.Contains(r, "u32") || strings.Contains(r, "ipv6header") {
+					t.Errorf("%+v v6=%v: noOptMatch ruleset uses an option match:\n%s", spec, v6, r)
+				}
+			}
+			at := strings.Index(r, want+"\n")
+			if at < 0 {
+				t.Errorf("%+v v6=%v: LATCH-OUT lacks %q:\n%s", spec, v6, want, r)
+				continue
+			}
+			for _, pass := range []string{"-A LATCH-OUT -p tcp -m tcp --tcp-flags SYN NONE -m conntrack --ctstate INVALID", "-A LATCH-OUT -p tcp -j RETURN"} {
+				if p := strings.Index(r, pass); p < 0 || p < at {
+					t.Errorf("%+v v6=%v: %q at %d, the source-route rule at %d: want the latter first:\n%s", spec, v6, pass, p, at, r)
+				}
+			}
+		}
+	}
+	for _, spec := range specs[:3] {
+		n := strings.Count(spec.nftRules(), "ct state invalid reject with tcp reset")
+		if n != 2 {
+			t.Errorf("%+v: nft ruleset has %d INVALID source-route resets, want 2 (IPv4, IPv6)", spec, n)
+		}
+	}
+}
