@@ -237,6 +237,7 @@ type FastPath struct {
 	leaseWhy   atomic.Value // string: why not
 	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
 	udpOn      atomic.Bool  // the ruleset runs the UDP match: UDP allows are stored
+	tcpOff     atomic.Bool  // the ruleset has no fast TCP rules (SetTCPRuleset): no TCP verdict is stored
 	udpWhy     atomic.Value // string: why not
 	// why the ruleset does not pass a TCP connect this fast path allowed by
 	// its socket's mark (SetTCPRuleset); "" or unset: it does
@@ -900,9 +901,18 @@ func (fp *FastPath) Lease() string { return fp.leasePin }
 func (fp *FastPath) SetTCPRuleset(err error) {
 	if err != nil {
 		fp.tcpRulesetWhy.Store(err.Error())
+		fp.tcpOff.Store(true)
+		// What was stored before misses from now on: a hit's SYN would be
+		// decided by the queue again, and recorded twice.
+		fp.genMu.Lock()
+		defer fp.genMu.Unlock()
+		st := *fp.cur.Load()
+		st.gen++
+		fp.publish(&st)
 		return
 	}
 	fp.tcpRulesetWhy.Store("")
+	fp.tcpOff.Store(false)
 }
 
 // SetLease says whether the ruleset checks the lease before a SYN passes by
@@ -1009,8 +1019,13 @@ func (fp *FastPath) RulesChanged(rules []engine.Rule, off ...string) error {
 			st.cacheable, st.why = false, fmt.Sprintf("rule %d has an identity condition (cmdline, parent, unit, container, app id or pin)", r.ID)
 		}
 	}
-	// The state first: a ticket of the new generation stores entries that miss until
-	// the map has it too; then the map, which makes every older entry miss.
+	return fp.publish(st)
+}
+
+// publish puts st in force, under genMu: the state first (a ticket of the new
+// generation stores entries that miss until the map has it too), then the map,
+// which makes every older entry miss.
+func (fp *FastPath) publish(st *ruleState) error {
 	fp.cur.Store(st)
 	if err := fp.objs.Generation.Put(uint32(0), st.gen); err != nil {
 		// The kernel must not keep hitting old entries: empty the map instead.
@@ -1031,7 +1046,7 @@ func (fp *FastPath) Ticket() Ticket { return Ticket{fp.cur.Load()} }
 
 // cacheable says whether the fast path may decide connections like req itself from
 // verdict v given under st (see the package doc), and with which action.
-func cacheable(st *ruleState, req *engine.Request, v engine.Verdict, udp bool) (uint32, bool) {
+func cacheable(st *ruleState, req *engine.Request, v engine.Verdict, udp, tcp bool) (uint32, bool) {
 	if st == nil || !st.cacheable || v.Reason != engine.ReasonRule || v.RuleID == 0 ||
 		req.Direction != engine.Outbound || req.Netns != "" ||
 		// The fast path's history rows say verified (F2): only such decisions.
@@ -1041,6 +1056,10 @@ func cacheable(st *ruleState, req *engine.Request, v engine.Verdict, udp bool) (
 	}
 	switch req.Protocol {
 	case engine.TCP:
+		// Only while the ruleset passes a SYN by its mark (SetTCPRuleset).
+		if !tcp {
+			return 0, false
+		}
 	case engine.UDP:
 		// Allows only, and only while the ruleset runs the UDP match: a deny
 		// is left to the queue (see the package doc).
@@ -1073,7 +1092,7 @@ type offered struct {
 // reader does not wait for them. A verdict that finds the worker's queue full is
 // not stored (a later connection then misses once more). Never blocks.
 func (fp *FastPath) Offer(t Ticket, req *engine.Request, v engine.Verdict) {
-	if _, ok := cacheable(t.st, req, v, fp.udpOn.Load()); !ok {
+	if _, ok := cacheable(t.st, req, v, fp.udpOn.Load(), !fp.tcpOff.Load()); !ok {
 		fp.notStored.Add(1)
 		return
 	}
@@ -1126,7 +1145,7 @@ func (fp *FastPath) storeWorker() {
 // did; a decision it may not cache is no error.
 func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (bool, error) {
 	st := t.st
-	act, ok := cacheable(st, req, v, fp.udpOn.Load())
+	act, ok := cacheable(st, req, v, fp.udpOn.Load(), !fp.tcpOff.Load())
 	if !ok {
 		fp.notStored.Add(1)
 		return false, nil

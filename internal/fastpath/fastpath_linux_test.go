@@ -1209,3 +1209,42 @@ func TestEndsCgroupMustHoldTheHooks(t *testing.T) {
 		}
 	}
 }
+
+// TestNoTCPWithoutTCPRuleset: while the ruleset has no fast TCP rules (a kernel
+// without xt_u32: SetTCPRuleset with the reason) a SYN with MarkFastAllow goes to
+// the queue, which would decide and record the hit's connection again. So no TCP
+// verdict is stored then, and one stored before misses.
+func TestNoTCPWithoutTCPRuleset(t *testing.T) {
+	cg, cgfd := testCgroup(t)
+	fp := openTest(t, cg, Config{})
+	fp.RulesChanged([]engine.Rule{{ID: 1, Action: engine.Allow}})
+	exe, _ := os.Executable()
+	c := startClient(t, exe, cgfd)
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatalf("Remember: %v", err)
+	}
+	if got := c.connect(t, dst); got != "ok 0x60000000" {
+		t.Fatalf("with the TCP rules: %q, want a hit", got)
+	}
+	fp.SetTCPRuleset(errors.New("test: no xt_u32"))
+	if got := c.connect(t, dst); got != "ok 0x0" {
+		t.Errorf("the verdict stored before the TCP rules went off: %q, want a miss", got)
+	}
+	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); ok || err != nil {
+		t.Errorf("stored a TCP verdict without the TCP rules (%v, %v)", ok, err)
+	}
+	if got := c.connect(t, dst); got != "ok 0x0" {
+		t.Errorf("without the TCP rules: %q, want a miss", got)
+	}
+	if s := fp.Stats(); !strings.Contains(s.TCPRulesetWhy, "xt_u32") {
+		t.Errorf("Stats.TCPRulesetWhy %q, want the reason", s.TCPRulesetWhy)
+	}
+	fp.SetTCPRuleset(nil)
+	if ok, err := fp.Remember(fp.Ticket(), req(c, dst), ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatalf("Remember with the TCP rules back: %v", err)
+	}
+	if got := c.connect(t, dst); got != "ok 0x60000000" {
+		t.Errorf("with the TCP rules back: %q, want a hit", got)
+	}
+}
