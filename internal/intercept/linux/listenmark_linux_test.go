@@ -54,44 +54,8 @@ func testFastMarkedListener(t *testing.T, fw string, mark uint32) {
 		t.Fatalf("notrack: %q; stderr:\n%s", l, d.errors())
 	}
 	// Listening after the daemon's sweep: the socket was in TCP_CLOSE then.
-	accepted := map[int]*atomic.Int64{9203: {}, 9204: {}}
-	for port, n := range accepted {
-		var ln net.Listener
-		if err := inNS(tp.a, func() error {
-			lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-				var serr error
-				err := rc.Control(func(fd uintptr) {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-				})
-				return errors.Join(err, serr)
-			}}
-			var err error
-			ln, err = lc.Listen(nil, "tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				n.Add(1)
-				c.Close()
-			}
-		}()
-	}
-	dial := func(port int) error {
-		return inNS(tp.b, func() error {
-			c, err := net.DialTimeout("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)), 2*time.Second)
-			if err != nil {
-				return err
-			}
-			return c.Close()
-		})
-	}
+	accepted := listenMarked(t, tp, mark, 9203, 9204)
+	dial := func(port int) error { return dialFromB(tp, port) }
 	if err := dial(9203); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("a peer's connect to a listener with mark %#x, inbound rejected: err = %v, want ECONNREFUSED", mark, err)
 	}
@@ -145,14 +109,37 @@ func TestNftFastMarkedListenerInbound(t *testing.T) {
 	if out, err := install.CombinedOutput(); err != nil {
 		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
 	}
-	accepted := map[int]*atomic.Int64{9203: {}, 9204: {}}
-	for port, n := range accepted {
+	accepted := listenMarked(t, tp, MarkFastAllow, 9203, 9204)
+	dial := func(port int) error { return dialFromB(tp, port) }
+	if err := dial(9203); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a peer's SYN back from a reject verdict to a listener with mark %#x: err = %v, want ECONNREFUSED", MarkFastAllow, err)
+	}
+	if err := dial(9204); err != nil {
+		t.Errorf("a peer's SYN back from an allow verdict to a listener with mark %#x: %v", MarkFastAllow, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := accepted[9203].Load(); n != 0 {
+		t.Errorf("the listener accepted %d connections the verdict rejected", n)
+	}
+	if n := accepted[9204].Load(); n != 1 {
+		t.Errorf("the listener accepted %d connections the verdict allowed, want 1", n)
+	}
+}
+
+// listenMarked listens in ns A on addrA at each port from a socket with the
+// given mark, and counts the connections each accepts.
+func listenMarked(t *testing.T, tp *topo, mark uint32, ports ...int) map[int]*atomic.Int64 {
+	t.Helper()
+	accepted := map[int]*atomic.Int64{}
+	for _, port := range ports {
+		n := new(atomic.Int64)
+		accepted[port] = n
 		var ln net.Listener
 		if err := inNS(tp.a, func() error {
 			lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 				var serr error
 				err := rc.Control(func(fd uintptr) {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(MarkFastAllow))
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
 				})
 				return errors.Join(err, serr)
 			}}
@@ -174,26 +161,16 @@ func TestNftFastMarkedListenerInbound(t *testing.T) {
 			}
 		}()
 	}
-	dial := func(port int) error {
-		return inNS(tp.b, func() error {
-			c, err := net.DialTimeout("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)), 2*time.Second)
-			if err != nil {
-				return err
-			}
-			return c.Close()
-		})
-	}
-	if err := dial(9203); !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Errorf("a peer's SYN back from a reject verdict to a listener with mark %#x: err = %v, want ECONNREFUSED", MarkFastAllow, err)
-	}
-	if err := dial(9204); err != nil {
-		t.Errorf("a peer's SYN back from an allow verdict to a listener with mark %#x: %v", MarkFastAllow, err)
-	}
-	time.Sleep(200 * time.Millisecond)
-	if n := accepted[9203].Load(); n != 0 {
-		t.Errorf("the listener accepted %d connections the verdict rejected", n)
-	}
-	if n := accepted[9204].Load(); n != 1 {
-		t.Errorf("the listener accepted %d connections the verdict allowed, want 1", n)
-	}
+	return accepted
+}
+
+// dialFromB connects from ns B to addrA:port within 2 s, and closes.
+func dialFromB(tp *topo, port int) error {
+	return inNS(tp.b, func() error {
+		c, err := net.DialTimeout("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
 }
