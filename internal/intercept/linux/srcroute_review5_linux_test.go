@@ -129,4 +129,3 @@ func TestSourceRouteUDPReachesUndecidedHost(t *testing.T) {
 		})
 	}
 }
-
