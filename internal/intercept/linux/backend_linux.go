@@ -318,13 +318,15 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	// fast path's TCP rules and notrack (no packet passes by a fast mark; the
 	// queue decides every connect) and dropping every INVALID TCP packet of
 	// LATCH-OUT, never without filtering. Tried first when the whole ruleset
-	// fails, and kept only if the same ruleset with the option matches fails
-	// too (iptables-nft does not always name the match the kernel refused),
-	// so that another missing match does not turn fast TCP off; tried last
-	// after the other fallbacks, for a kernel missing more than one.
-	noOptMatch := func(first bool) bool {
-		if spec.noOptMatch {
-			return false
+	// fails, and kept only if the option matches do not load (asked apart:
+	// iptables-nft does not always name the match the kernel refused), so
+	// that another missing match does not turn fast TCP off; tried last after
+	// the other fallbacks, for a kernel missing more than one.
+	noOptMatch := func() bool {
+		// Asked without installing them: a failed install removes the
+		// ruleset, and nothing would be filtered until the next.
+		if spec.noOptMatch || b.fw.optMatches() == nil {
+			return false // the option matches load: the fault is elsewhere
 		}
 		safe := spec
 		safe.fastTCP, safe.notrack, safe.noOptMatch = false, false, true
@@ -333,17 +335,6 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		}
 		if b.fw.install(safe) != nil {
 			return false
-		}
-		if first {
-			with := safe
-			with.noOptMatch = false
-			if b.fw.install(with) == nil {
-				// The option matches load: the fault is elsewhere.
-				return false
-			}
-			if b.fw.install(safe) != nil {
-				return false
-			}
 		}
 		why := fmt.Errorf("%w: %v", errOptMatch, err)
 		if spec.fastTCP {
@@ -361,7 +352,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	}
 	err = b.fw.install(spec)
 	if err != nil {
-		noOptMatch(true)
+		noOptMatch()
 	}
 	if err != nil && spec.lease != "" {
 		// The lease alone at fault? (iptables-restore does not say which
@@ -406,7 +397,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		err = b.fw.install(spec)
 	}
 	if err != nil {
-		noOptMatch(false)
+		noOptMatch()
 	}
 	if err == nil && spec.lease != "" {
 		var none error

@@ -115,6 +115,9 @@ type firewall interface {
 	leftover() (exists bool, queues []uint16, err error)
 	// removeLeftover deletes latch's chains and jumps whoever installed them.
 	removeLeftover() error
+	// optMatches reports whether the matches the source-route rules need
+	// (optionsRules) load, without touching the installed ruleset.
+	optMatches() error
 }
 
 // detectFirewall picks the mechanism: forced by name, or the first that works of
@@ -736,6 +739,22 @@ func nftMissing(fam string, inbound, forward bool) []string {
 
 func (fw *iptablesFirewall) remove() error { return fw.removeLeftover() }
 
+// chainOptProbe is the chain optMatches adds to find out whether xt_u32 and
+// xt_ipv6header load: nothing jumps to it, and it goes at once.
+const chainOptProbe = "LATCH-OPT-PROBE"
+
+func (fw *iptablesFirewall) optMatches() error {
+	var errs []error
+	for i, match := range []string{"-m u32 --u32 0>>24&0xF=6:15", "-m ipv6header --header ipv6-route --soft"} {
+		in := fmt.Sprintf("*filter\n:%s - [0:0]\n-A %s -p tcp %s -j RETURN\nCOMMIT\n", chainOptProbe, chainOptProbe, match)
+		_, err := run(in, fw.restore[i], "-w", "--noflush")
+		run("", fw.save[i], "-w", "-t", "filter", "-F", chainOptProbe)
+		run("", fw.save[i], "-w", "-t", "filter", "-X", chainOptProbe)
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 func (fw *iptablesFirewall) removeLeftover() error {
 	var errs []error
 	for i := range fw.save {
@@ -1156,6 +1175,9 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 	}
 	return nil
 }
+
+// optMatches: nft reads the header length and routing header itself.
+func (fw *nftFirewall) optMatches() error { return nil }
 
 func (fw *nftFirewall) remove() error {
 	if !fw.installed {
