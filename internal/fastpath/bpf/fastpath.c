@@ -1173,8 +1173,11 @@ int latch_fast_udp(struct __sk_buff *skb)
 		// UDP, and not a later fragment (those carry no port).
 		if (h[9] != IPPROTO_UDP || ((h[6] & 0x1f) | h[7]) != 0)
 			return 0;
+		// No options: a source route (LSRR, SSRR) makes the header's
+		// destination a waypoint, not where the datagram goes; the queue
+		// decides (and refuses) it.
 		l4 = (h[0] & 0xf) * 4;
-		if (l4 < 20)
+		if (l4 != 20)
 			return 0;
 		key.family = 4;
 		__builtin_memcpy(key.addr, h + 16, 4);

@@ -687,6 +687,13 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		b.malformedPacket(h, err)
 		return
 	}
+	if pp.SourceRoute && p.Hook != hookLocalIn {
+		// Its destination is a waypoint: a rule for it would decide where
+		// the packet does not end (review5: a datagram routed via an allowed
+		// host to one nobody decided). Refused, as a malformed one is.
+		b.malformedPacket(h, fmt.Errorf("a source route (%v is a waypoint, not where it goes): refused", pp.Dst))
+		return
+	}
 	h.proto = pp.Protocol
 	req := &engine.Request{
 		ID:       engine.RequestID(b.nextID.Add(1)),

@@ -25,14 +25,9 @@ import (
 // likewise) with a source route is decided on its first hop. Control: the
 // same datagram without the option (A routes X via F) is held and denied.
 // Topology: A (daemon, 198.18.0.1) - B (F, 198.18.0.2; 198.18.2.1) - C (X,
-// 198.18.2.2). Fails on the current code (X receives the routed datagram): a
-// known residual (see the README's "Limits" of the fast path); it needs F and
-// X to accept source-routed packets (accept_source_route, off by default on
-// Linux). LATCH_TEST_KNOWN_HOLES=1 runs it.
+// 198.18.2.2). Failed before the queue refused a source-routed packet (X
+// received the routed datagram).
 func TestSourceRouteUDPReachesUndecidedHost(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("a known residual (see the comment); LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft} {
 		t.Run(fw, func(t *testing.T) {
 			needFirewall(t, fw)

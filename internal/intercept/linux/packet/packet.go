@@ -52,6 +52,41 @@ type Packet struct {
 	ICMPCode         uint8
 	// L4Offset is where the transport header starts in the parsed bytes.
 	L4Offset int
+	// SourceRoute: an IPv4 loose or strict source route option, or an IPv6
+	// routing header with segments left. Dst is then the next waypoint, not
+	// where the packet goes.
+	SourceRoute bool
+}
+
+// IPv4 option types (RFC 791).
+const (
+	ipv4OptEnd  = 0
+	ipv4OptNOP  = 1
+	ipv4OptLSRR = 0x83
+	ipv4OptSSRR = 0x89
+)
+
+// ipv4SourceRoute reports whether the options opts (the IPv4 header after its
+// first 20 bytes) hold a source route; an error if an option's length runs out
+// of them.
+func ipv4SourceRoute(opts []byte) (bool, error) {
+	for i := 0; i < len(opts); {
+		switch opts[i] {
+		case ipv4OptEnd:
+			return false, nil
+		case ipv4OptNOP:
+			i++
+			continue
+		}
+		if i+2 > len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
+			return false, errorf("ipv4 options", 20+i, "option %d runs past the header", opts[i])
+		}
+		if opts[i] == ipv4OptLSRR || opts[i] == ipv4OptSSRR {
+			return true, nil
+		}
+		i += int(opts[i+1])
+	}
+	return false, nil
 }
 
 // Error is a malformed packet: which field at which byte offset was wrong.
@@ -119,6 +154,10 @@ func parseIPv4(b []byte) (Packet, error) {
 		Src:      netip.AddrFrom4([4]byte(b[12:16])),
 		Dst:      netip.AddrFrom4([4]byte(b[16:20])),
 	}
+	var err error
+	if p.SourceRoute, err = ipv4SourceRoute(b[20:ihl]); err != nil {
+		return Packet{}, err
+	}
 	// The transport header must lie within both the captured bytes and the length the
 	// IP header claims.
 	end := min(total, len(b))
@@ -168,6 +207,9 @@ func parseIPv6(b []byte) (Packet, error) {
 				return Packet{}, errorf("ipv6 extension header", off, "truncated (type %d)", next)
 			}
 			hdrLen = (int(b[off+1]) + 1) * 8
+			if next == 43 && off+4 <= len(b) && b[off+3] != 0 {
+				p.SourceRoute = true // segments left
+			}
 			if next == 0 && off != 40 {
 				return Packet{}, errorf("ipv6 hop-by-hop header", off, "not first after the IPv6 header")
 			}

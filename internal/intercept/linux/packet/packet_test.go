@@ -212,7 +212,10 @@ func FuzzParsePacket(f *testing.F) {
 				t.Fatalf("transport header at %d beyond packet of %d bytes", p.L4Offset, len(b))
 			}
 		default:
-			t.Fatalf("accepted protocol %d", p.Protocol)
+			// Other protocols parse without ports (TestParseOtherProtocols).
+			if p.L4Offset > len(b) || p.SrcPort != 0 && p.Protocol != ProtoDCCP && p.Protocol != ProtoSCTP && p.Protocol != ProtoUDPLite {
+				t.Fatalf("protocol %d: transport header at %d of %d bytes, ports %d %d", p.Protocol, p.L4Offset, len(b), p.SrcPort, p.DstPort)
+			}
 		}
 	})
 }
@@ -307,5 +310,53 @@ func TestParseOtherProtocols(t *testing.T) {
 				t.Errorf("Parse = protocol %d ports %d->%d, want %d ports %d->%d", p.Protocol, p.SrcPort, p.DstPort, tt.proto, tt.src, tt.dst)
 			}
 		})
+	}
+}
+
+// ipv4Opts is ipv4 with the options opts (a multiple of 4 bytes) in its header.
+func ipv4Opts(opts []byte, l4 []byte) []byte {
+	b := ipv4(ProtoUDP, "198.18.0.1", "198.18.0.2", nil)
+	b[0] = 0x40 | byte((20+len(opts))/4)
+	binary.BigEndian.PutUint16(b[2:], uint16(20+len(opts)+len(l4)))
+	return append(append(b, opts...), l4...)
+}
+
+// TestParseSourceRoute: a packet whose destination is a waypoint (an IPv4 loose
+// or strict source route, an IPv6 routing header with segments left) says so;
+// other options do not; an option that runs past the header is an error.
+func TestParseSourceRoute(t *testing.T) {
+	route := func(typ byte) []byte { // one hop (198.18.2.2), pointer at it, padded with an end
+		return []byte{typ, 7, 4, 198, 18, 2, 2, ipv4OptEnd}
+	}
+	rthdr := func(left byte) []byte { // a type 4 (segment routing) header, one segment, then UDP
+		h := make([]byte, 24)
+		h[0], h[1], h[2], h[3] = ProtoUDP, 2, 4, left
+		return append(h, udp(1, 9002, 0)...)
+	}
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+		want bool
+	}{
+		{"lsrr", ipv4Opts(route(ipv4OptLSRR), udp(1, 9002, 0)), true},
+		{"ssrr after a nop", ipv4Opts(append([]byte{ipv4OptNOP, ipv4OptNOP, ipv4OptNOP, ipv4OptNOP}, route(ipv4OptSSRR)...), udp(1, 9002, 0)), true},
+		{"record route", ipv4Opts(route(0x07), udp(1, 9002, 0)), false},
+		{"router alert", ipv4Opts([]byte{0x94, 4, 0, 0}, udp(1, 9002, 0)), false},
+		{"no options", ipv4(ProtoUDP, "198.18.0.1", "198.18.0.2", udp(1, 9002, 0)), false},
+		{"ipv6 routing header", ipv6(43, "fd00::1", "fd00::2", rthdr(1)), true},
+		{"ipv6 routing header, no segment left", ipv6(43, "fd00::1", "fd00::2", rthdr(0)), false},
+	} {
+		p, err := Parse(tc.pkt)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if p.SourceRoute != tc.want || p.Protocol != ProtoUDP || p.DstPort != 9002 {
+			t.Errorf("%s: %+v, want SourceRoute %t", tc.name, p, tc.want)
+		}
+	}
+	var pe *Error
+	if _, err := Parse(ipv4Opts([]byte{ipv4OptLSRR, 11, 4, 198}, udp(1, 9002, 0))); !errors.As(err, &pe) || pe.Field != "ipv4 options" {
+		t.Errorf("an option longer than the header: %v, want an ipv4 options error", err)
 	}
 }
