@@ -328,6 +328,8 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		}
 		if out {
 			b.WriteString(spec.iptablesOptionsRules(name, v6))
+		} else if hook == "FORWARD" {
+			b.WriteString(spec.iptablesRouteRules(name, v6))
 		}
 		if spec.notrack && hook != "FORWARD" {
 			// A TCP packet of a socket the fast path allowed, which the raw table
@@ -582,7 +584,35 @@ func (spec ruleSpec) iptablesOptionsRules(name string, v6 bool) string {
 		}
 	}
 	fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate INVALID %s -j REJECT --reject-with tcp-reset\n", name, match)
+	b.WriteString(spec.iptablesRouteRules(name, v6))
 	return b.String()
+}
+
+// iptablesRouteRules drop a packet of another protocol than TCP with IPv4
+// options (but IGMP's and RSVP's, whose router alert the kernel itself adds) or
+// an IPv6 routing header, in LATCH-OUT and LATCH-FWD before the rules that pass
+// an allowed flow: a datagram (or an echo) with a source route via an allowed
+// host F is, in its header, one more of the allowed flow to F, and F sends it
+// on to a host nobody decided (review6). The queue refuses a new flow's first
+// packet with a source route itself (packet.Packet.SourceRoute). Not without
+// xt_u32 and xt_ipv6header (spec.noOptMatch).
+func (spec ruleSpec) iptablesRouteRules(name string, v6 bool) string {
+	if spec.noOptMatch {
+		return ""
+	}
+	if v6 {
+		return fmt.Sprintf("-A %s ! -p tcp -m ipv6header --header ipv6-route --soft -j DROP\n", name)
+	}
+	return fmt.Sprintf("-A %s -m u32 --u32 0>>24&0xF=6:15&&8>>16&0xFF=0:1,3:5,7:45,47:255 -j DROP\n", name)
+}
+
+// nftRouteRules are iptablesRouteRules for table inet latch's output and
+// forward chains.
+func nftRouteRules() []string {
+	return []string{
+		"meta nfproto ipv4 ip hdrlength != 5 meta l4proto != { 2, 6, 46 } drop",
+		"meta nfproto ipv6 exthdr rt exists meta l4proto != tcp drop",
+	}
 }
 
 // nftOptionsRules are iptablesOptionsRules for table inet latch's output
@@ -595,7 +625,7 @@ func (spec ruleSpec) nftOptionsRules() []string {
 		}
 		rules = append(rules, fmt.Sprintf("%s meta l4proto tcp ct state invalid reject with tcp reset", opt))
 	}
-	return rules
+	return append(rules, nftRouteRules()...)
 }
 
 // iptablesRaw writes the raw table's part of the ruleset (see "Notrack" in
@@ -1001,6 +1031,10 @@ func (spec ruleSpec) nftRules() string {
 		if out {
 			// Source routes (see optionsRules).
 			for _, rule := range spec.nftOptionsRules() {
+				r("%s", rule)
+			}
+		} else if fwd {
+			for _, rule := range nftRouteRules() {
 				r("%s", rule)
 			}
 		}
