@@ -666,16 +666,8 @@ var errHistoryNotOpen = errors.New("history: not open (the disk was full)")
 // connection is dropped, counted, and ErrHistoryFull returned: the decision path never
 // waits for the disk.
 func (h *History) Record(c Conn) error {
-	h.closeMu.RLock()
-	defer h.closeMu.RUnlock()
-	if h.closed {
-		return ErrHistoryClosed
-	}
-	if c.Time.IsZero() {
-		c.Time = time.Now()
-	}
 	it := historyItem{conn: c}
-	return h.enqueue(&it)
+	return h.enqueueConn(&it)
 }
 
 // RecordDecision is Record of the connection req decided as v at time at (zero:
@@ -683,16 +675,22 @@ func (h *History) Record(c Conn) error {
 // from a Conn copied on its way (the fast path records a row per connection, and
 // a Conn is some 400 bytes).
 func (h *History) RecordDecision(at time.Time, req *engine.Request, v engine.Verdict) error {
+	it := historyItem{conn: Conn{Time: at, Request: *req, Verdict: v}}
+	return h.enqueueConn(&it)
+}
+
+// enqueueConn is Record's and RecordDecision's: the connection's time is now
+// if it has none.
+func (h *History) enqueueConn(it *historyItem) error {
 	h.closeMu.RLock()
 	defer h.closeMu.RUnlock()
 	if h.closed {
 		return ErrHistoryClosed
 	}
-	if at.IsZero() {
-		at = time.Now()
+	if it.conn.Time.IsZero() {
+		it.conn.Time = time.Now()
 	}
-	it := historyItem{conn: Conn{Time: at, Request: *req, Verdict: v}}
-	return h.enqueue(&it)
+	return h.enqueue(it)
 }
 
 // RecordTraffic queues a report of a recorded connection's bytes and returns at
