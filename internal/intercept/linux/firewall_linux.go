@@ -568,16 +568,25 @@ func nftFastMarks() string {
 // notrack are off) and every INVALID TCP packet is dropped instead: more than
 // the reset would take (a stray segment conntrack cannot place, which the
 // connection survives), never less.
+// optMatch is the iptables match of a packet with IPv4 options (v6 false:
+// xt_u32 reads the header length) or an IPv6 routing header (xt_ipv6header).
+func optMatch(v6 bool) string {
+	if v6 {
+		return "-m ipv6header --header ipv6-route --soft"
+	}
+	return "-m u32 --u32 0>>24&0xF=6:15"
+}
+
+// nftOptMatches are optMatch's for nft, IPv4's and IPv6's.
+var nftOptMatches = []string{"meta nfproto ipv4 ip hdrlength != 5", "meta nfproto ipv6 exthdr rt exists"}
+
 func (spec ruleSpec) iptablesOptionsRules(name string, v6 bool) string {
 	var b strings.Builder
 	if spec.noOptMatch {
 		fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate INVALID -j DROP\n", name)
 		return b.String()
 	}
-	match := "-m u32 --u32 0>>24&0xF=6:15"
-	if v6 {
-		match = "-m ipv6header --header ipv6-route --soft"
-	}
+	match := optMatch(v6)
 	if spec.fastTCP || spec.notrack {
 		for _, m := range fastMarks {
 			fmt.Fprintf(&b, "-A %s -p tcp %s -m mark --mark %#x/%#x -j REJECT --reject-with tcp-reset\n", name, match, m, MarkMask)
@@ -601,17 +610,18 @@ func (spec ruleSpec) iptablesRouteRules(name string, v6 bool) string {
 		return ""
 	}
 	if v6 {
-		return fmt.Sprintf("-A %s ! -p tcp -m ipv6header --header ipv6-route --soft -j DROP\n", name)
+		return fmt.Sprintf("-A %s ! -p tcp %s -j DROP\n", name, optMatch(true))
 	}
-	return fmt.Sprintf("-A %s -m u32 --u32 0>>24&0xF=6:15&&8>>16&0xFF=0:1,3:5,7:45,47:255 -j DROP\n", name)
+	// The protocol (byte 9): all but IGMP (2), TCP (6) and RSVP (46).
+	return fmt.Sprintf("-A %s %s&&8>>16&0xFF=0:1,3:5,7:45,47:255 -j DROP\n", name, optMatch(false))
 }
 
 // nftRouteRules are iptablesRouteRules for table inet latch's output and
 // forward chains.
 func nftRouteRules() []string {
 	return []string{
-		"meta nfproto ipv4 ip hdrlength != 5 meta l4proto != { 2, 6, 46 } drop",
-		"meta nfproto ipv6 exthdr rt exists meta l4proto != tcp drop",
+		nftOptMatches[0] + " meta l4proto != { 2, 6, 46 } drop",
+		nftOptMatches[1] + " meta l4proto != tcp drop",
 	}
 }
 
@@ -619,7 +629,7 @@ func nftRouteRules() []string {
 // chain (nft reads the header length and routing header itself: no fallback).
 func (spec ruleSpec) nftOptionsRules() []string {
 	var rules []string
-	for _, opt := range []string{"meta nfproto ipv4 ip hdrlength != 5", "meta nfproto ipv6 exthdr rt exists"} {
+	for _, opt := range nftOptMatches {
 		if spec.fastTCP || spec.notrack {
 			rules = append(rules, fmt.Sprintf("%s meta l4proto tcp meta mark & %#x %s reject with tcp reset", opt, MarkMask, nftFastMarks()))
 		}
@@ -775,8 +785,8 @@ const chainOptProbe = "LATCH-OPT-PROBE"
 
 func (fw *iptablesFirewall) optMatches() error {
 	var errs []error
-	for i, match := range []string{"-m u32 --u32 0>>24&0xF=6:15", "-m ipv6header --header ipv6-route --soft"} {
-		in := fmt.Sprintf("*filter\n:%s - [0:0]\n-A %s -p tcp %s -j RETURN\nCOMMIT\n", chainOptProbe, chainOptProbe, match)
+	for i, v6 := range []bool{false, true} {
+		in := fmt.Sprintf("*filter\n:%s - [0:0]\n-A %s -p tcp %s -j RETURN\nCOMMIT\n", chainOptProbe, chainOptProbe, optMatch(v6))
 		_, err := run(in, fw.restore[i], "-w", "--noflush")
 		run("", fw.save[i], "-w", "-t", "filter", "-F", chainOptProbe)
 		run("", fw.save[i], "-w", "-t", "filter", "-X", chainOptProbe)
