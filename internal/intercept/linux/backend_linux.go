@@ -322,11 +322,11 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	// iptables-nft does not always name the match the kernel refused), so
 	// that another missing match does not turn fast TCP off; tried last after
 	// the other fallbacks, for a kernel missing more than one.
-	noOptMatch := func() bool {
+	noOptMatch := func() {
 		// Asked without installing them: a failed install removes the
 		// ruleset, and nothing would be filtered until the next.
 		if spec.noOptMatch || b.fw.optMatches() == nil {
-			return false // the option matches load: the fault is elsewhere
+			return // the option matches load: the fault is elsewhere
 		}
 		safe := spec
 		safe.fastTCP, safe.notrack, safe.noOptMatch = false, false, true
@@ -334,7 +334,7 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 			safe.lease = ""
 		}
 		if b.fw.install(safe) != nil {
-			return false
+			return
 		}
 		why := fmt.Errorf("%w: %v", errOptMatch, err)
 		if spec.fastTCP {
@@ -348,7 +348,6 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		}
 		spec = safe
 		err = nil
-		return true
 	}
 	err = b.fw.install(spec)
 	if err != nil {
