@@ -15,14 +15,21 @@ import (
 // routedNet is the topology of the source-route UDP tests: A (the daemon's
 // namespace, 198.18.0.1) - B (F, 198.18.0.2; 198.18.2.1, a router that honours
 // source routes) - C (X, 198.18.2.2, which takes source-routed datagrams too and
-// counts what it receives on UDP port 9002). The daemon allows F only.
+// counts what it receives on UDP port 9002). The daemon allows F only. For
+// IPv6 the same: A fd00::1, B (F) fd00::2 and fd00:2::1 (a router that honours
+// segment routing headers), C (X) fd00:2::2 (which takes them too).
 type routedNet struct {
 	tp  *topo
+	x   string // X's namespace
 	d   *daemon
 	got chan string // what X received
 }
 
-const addrX = "198.18.2.2"
+const (
+	addrX   = "198.18.2.2"
+	addr6X  = "fd00:2::2"
+	addr6BX = "fd00:2::1"
+)
 
 func newRoutedNet(t *testing.T, fw string) *routedNet {
 	t.Helper()
@@ -42,43 +49,53 @@ func newRoutedNet(t *testing.T, fw string) *routedNet {
 		{"-n", c, "link", "set", "lo", "up"},
 		{"-n", c, "route", "add", "default", "via", addrBX},
 		{"-n", tp.a, "route", "add", "198.18.2.0/24", "via", addrB},
+		{"-n", tp.a, "addr", "add", addr6A + "/64", "dev", tp.vethA, "nodad"},
+		{"-n", tp.b, "addr", "add", addr6B + "/64", "dev", tp.vethB, "nodad"},
+		{"-n", tp.b, "addr", "add", addr6BX + "/64", "dev", vb, "nodad"},
+		{"-n", c, "addr", "add", addr6X + "/64", "dev", vc, "nodad"},
+		{"-n", c, "-6", "route", "add", "default", "via", addr6BX},
+		{"-n", tp.a, "-6", "route", "add", "fd00:2::/64", "via", addr6B},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
 	for _, s := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.accept_source_route=1", "net.ipv4.conf." + tp.vethB + ".accept_source_route=1",
-		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf." + tp.vethB + ".rp_filter=0"} {
+		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf." + tp.vethB + ".rp_filter=0",
+		"net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.all.seg6_enabled=1", "net.ipv6.conf." + tp.vethB + ".seg6_enabled=1"} {
 		if out, err := exec.Command("ip", "netns", "exec", tp.b, "sysctl", "-w", s).CombinedOutput(); err != nil {
 			t.Fatalf("sysctl %s in %s: %v: %s", s, tp.b, err, out)
 		}
 	}
 	// X takes source-routed datagrams too (ip_rcv_options drops them at the
 	// end host otherwise).
-	for _, s := range []string{"net.ipv4.conf.all.accept_source_route=1", "net.ipv4.conf." + vc + ".accept_source_route=1"} {
+	for _, s := range []string{"net.ipv4.conf.all.accept_source_route=1", "net.ipv4.conf." + vc + ".accept_source_route=1",
+		"net.ipv6.conf.all.seg6_enabled=1", "net.ipv6.conf." + vc + ".seg6_enabled=1"} {
 		if out, err := exec.Command("ip", "netns", "exec", c, "sysctl", "-w", s).CombinedOutput(); err != nil {
 			t.Fatalf("sysctl %s in %s: %v: %s", s, c, err, out)
 		}
 	}
-	var pc net.PacketConn
-	if err := inNS(c, func() (err error) { pc, err = net.ListenPacket("udp4", addrX+":9002"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
 	got := make(chan string, 100)
-	go func() {
-		buf := make([]byte, 100)
-		for {
-			n, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			got <- string(buf[:n])
+	for _, l := range []struct{ net, addr string }{{"udp4", addrX + ":9002"}, {"udp6", "[" + addr6X + "]:9002"}} {
+		var pc net.PacketConn
+		if err := inNS(c, func() (err error) { pc, err = net.ListenPacket(l.net, l.addr); return err }); err != nil {
+			t.Fatal(err)
 		}
-	}()
-	d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_ADDR_POLICY="+addrB+"=allow")
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 100)
+			for {
+				n, _, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				got <- string(buf[:n])
+			}
+		}()
+	}
+	d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_ADDR_POLICY="+addrB+"=allow,"+addr6B+"=allow")
 	t.Cleanup(func() { d.stop() })
-	return &routedNet{tp: tp, d: d, got: got}
+	return &routedNet{tp: tp, x: c, d: d, got: got}
 }
 
 // sendX sends each of msgs from a socket in A to X, after setup(fd) (which
@@ -123,7 +140,7 @@ func (n *routedNet) xGetsNothing(t *testing.T) {
 		break
 	}
 	if len(recv) != 0 {
-		t.Errorf("X (%s, which no rule allows) received %q from A; want none: a datagram source-routed via F (allowed) was decided on F and forwarded to X", addrX, recv)
+		t.Errorf("X (%s, %s, which no rule allows) received %q from A; want none: a datagram source-routed via F (allowed) was decided on F and forwarded to X", addrX, addr6X, recv)
 		for _, l := range n.d.linesFor(200 * time.Millisecond) {
 			t.Logf("daemon: %s", l)
 		}
