@@ -104,6 +104,11 @@
 // drops TCP that conntrack calls INVALID (flags no handshake allows, such as a
 // bare FIN): such segments join no flow latch decided, and a raw socket, which
 // Docker gives a container's root by default, could otherwise carry data in them.
+// Before the rules that pass an allowed flow it drops a packet with IPv4 options
+// (but IGMP's and RSVP's) or an IPv6 routing header, TCP too (LATCH-OUT drops
+// only other protocols' there, see iptablesRouteRules): such a raw socket writes a
+// segment of its allowed connection to F, in its window, with a source route via
+// F, and F sends it on to a host nobody decided.
 // The host's own chains let INVALID TCP pass (see ICMP below: CAP_NET_RAW in the
 // host's namespace is beyond a per-program decision; and a late segment after a
 // flow ended is INVALID too, which the peer's stack answers).

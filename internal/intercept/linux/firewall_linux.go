@@ -329,7 +329,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		if out {
 			b.WriteString(spec.iptablesOptionsRules(name, v6))
 		} else if hook == "FORWARD" {
-			b.WriteString(spec.iptablesRouteRules(name, v6))
+			b.WriteString(spec.iptablesRouteRules(name, v6, true))
 		}
 		if spec.notrack && hook != "FORWARD" {
 			// A TCP packet of a socket the fast path allowed, which the raw table
@@ -593,7 +593,7 @@ func (spec ruleSpec) iptablesOptionsRules(name string, v6 bool) string {
 		}
 	}
 	fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate INVALID %s -j REJECT --reject-with tcp-reset\n", name, match)
-	b.WriteString(spec.iptablesRouteRules(name, v6))
+	b.WriteString(spec.iptablesRouteRules(name, v6, false))
 	return b.String()
 }
 
@@ -602,23 +602,43 @@ func (spec ruleSpec) iptablesOptionsRules(name string, v6 bool) string {
 // an IPv6 routing header, in LATCH-OUT and LATCH-FWD before the rules that pass
 // an allowed flow: a datagram (or an echo) with a source route via an allowed
 // host F is, in its header, one more of the allowed flow to F, and F sends it
-// on to a host nobody decided (review6). The queue refuses a new flow's first
-// packet with a source route itself (packet.Packet.SourceRoute). Not without
-// xt_u32 and xt_ipv6header (spec.noOptMatch).
-func (spec ruleSpec) iptablesRouteRules(name string, v6 bool) string {
+// on to a host nobody decided (review6). In LATCH-FWD (fwd) TCP too: a
+// container's raw socket (CAP_NET_RAW, Docker's default) writes a segment of
+// its allowed connection to F, with its ports and in its window, and a source
+// route via F to X, which the allowed flow's RETURN passed (review7; this
+// host's own TCP cannot: its source-routed segments have a tuple of their own,
+// which the queue or the resets of iptablesOptionsRules see). The queue
+// refuses a new flow's first packet with a source route itself
+// (packet.Packet.SourceRoute). Not without xt_u32 and xt_ipv6header
+// (spec.noOptMatch).
+func (spec ruleSpec) iptablesRouteRules(name string, v6, fwd bool) string {
 	if spec.noOptMatch {
 		return ""
 	}
 	if v6 {
+		if fwd {
+			return fmt.Sprintf("-A %s %s -j DROP\n", name, optMatch(true))
+		}
 		return fmt.Sprintf("-A %s ! -p tcp %s -j DROP\n", name, optMatch(true))
 	}
-	// The protocol (byte 9): all but IGMP (2), TCP (6) and RSVP (46).
-	return fmt.Sprintf("-A %s %s&&8>>16&0xFF=0:1,3:5,7:45,47:255 -j DROP\n", name, optMatch(false))
+	// The protocol (byte 9): all but IGMP (2), RSVP (46) and, but in
+	// LATCH-FWD, TCP (6).
+	protos := "0:1,3:5,7:45,47:255"
+	if fwd {
+		protos = "0:1,3:45,47:255"
+	}
+	return fmt.Sprintf("-A %s %s&&8>>16&0xFF=%s -j DROP\n", name, optMatch(false), protos)
 }
 
-// nftRouteRules are iptablesRouteRules for table inet latch's output and
-// forward chains.
-func nftRouteRules() []string {
+// nftRouteRules are iptablesRouteRules for table inet latch's output chain
+// and (fwd) its forward chain.
+func nftRouteRules(fwd bool) []string {
+	if fwd {
+		return []string{
+			nftOptMatches[0] + " meta l4proto != { 2, 46 } drop",
+			nftOptMatches[1] + " drop",
+		}
+	}
 	return []string{
 		nftOptMatches[0] + " meta l4proto != { 2, 6, 46 } drop",
 		nftOptMatches[1] + " meta l4proto != tcp drop",
@@ -635,7 +655,7 @@ func (spec ruleSpec) nftOptionsRules() []string {
 		}
 		rules = append(rules, fmt.Sprintf("%s meta l4proto tcp ct state invalid reject with tcp reset", opt))
 	}
-	return append(rules, nftRouteRules()...)
+	return append(rules, nftRouteRules(false)...)
 }
 
 // iptablesRaw writes the raw table's part of the ruleset (see "Notrack" in
@@ -1044,7 +1064,7 @@ func (spec ruleSpec) nftRules() string {
 				r("%s", rule)
 			}
 		} else if fwd {
-			for _, rule := range nftRouteRules() {
+			for _, rule := range nftRouteRules(true) {
 				r("%s", rule)
 			}
 		}

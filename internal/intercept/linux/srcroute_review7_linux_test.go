@@ -1,9 +1,12 @@
 package linux
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -125,5 +128,141 @@ func TestRoutingHeaderUDPOnAllowedFlow(t *testing.T) {
 			}
 			n.xGetsNothing(t)
 		})
+	}
+}
+
+// seqs returns the next sequence number c sends and the next it expects
+// (TCP_REPAIR: needs CAP_NET_ADMIN, which a container's root has in its own
+// namespace; a sniffer would do as well).
+func seqs(t *testing.T, c net.Conn) (snd, rcv uint32) {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) {
+		get := func(queue int) uint32 {
+			if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_REPAIR_QUEUE, queue); err != nil {
+				serr = errors.Join(serr, err)
+			}
+			v, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUEUE_SEQ)
+			serr = errors.Join(serr, err)
+			return uint32(v)
+		}
+		if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_REPAIR, 1); serr != nil {
+			return
+		}
+		snd, rcv = get(2 /* TCP_SEND_QUEUE */), get(1 /* TCP_RECV_QUEUE */)
+		serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF_NO_WP))
+	})
+	if serr != nil {
+		t.Fatalf("TCP_REPAIR: %v", serr)
+	}
+	return snd, rcv
+}
+
+// segmentAt is a TCP segment (ACK|PSH, no options) at sequence number seq
+// acknowledging ack, its checksum over src and dst. A host that writes a
+// source-routed segment puts the route's end in the checksum's pseudo-header;
+// conntrack checks it, where it is forwarded, against the IP header's
+// destination (nf_conntrack_proto_tcp.c: "FIXME: Source route IP option
+// packets"): one forged with that destination passes conntrack, and the end
+// host's packet socket still receives it.
+func segmentAt(src, dst netip.Addr, sport, dport uint16, seq, ack uint32, payload string) []byte {
+	b := tcpSegment(src, dst, sport, dport, 0x18, payload)
+	binary.BigEndian.PutUint32(b[4:], seq)
+	binary.BigEndian.PutUint32(b[8:], ack)
+	binary.BigEndian.PutUint16(b[16:], 0)
+	var pseudo []byte
+	if src.Is4() {
+		pseudo = append(append(src.AsSlice(), dst.AsSlice()...), 0, unix.IPPROTO_TCP, byte(len(b)>>8), byte(len(b)))
+	} else {
+		pseudo = append(append(src.AsSlice(), dst.AsSlice()...), 0, 0, byte(len(b)>>8), byte(len(b)), 0, 0, 0, unix.IPPROTO_TCP)
+	}
+	binary.BigEndian.PutUint16(b[16:], checksum(append(pseudo, b...)))
+	return b
+}
+
+// TestForwardTCPSourceRouteOnAllowedFlow (review7): with --forward, a
+// container (CAP_NET_RAW, Docker's default) has a connection to F:9003 that
+// a rule allows. It writes, with a raw socket, a segment of that connection
+// (its ports, in its window) with a source route via F (IPv4 LSRR; IPv6 a
+// segment routing header) to X: by its header one more segment of the allowed
+// flow to F, and F sends it on to X. LATCH-FWD dropped only non-TCP packets
+// with a source route; this one passed by the allowed flow's RETURN. Control:
+// the same segment without the route reaches F (the forging is right: in the
+// window, checksum good).
+func TestForwardTCPSourceRouteOnAllowedFlow(t *testing.T) {
+	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+		for _, v6 := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s v6=%v", fw, v6), func(t *testing.T) {
+				needFirewall(t, fw)
+				tp := newTopo(t)
+				c := addContainer(t, tp)
+				n := routedNetOn(t, tp, fw, "LATCH_TEST_FORWARD=1")
+				if !v6 {
+					// Linux drops every IPv4 packet with a source route it
+					// receives, forwarded ones too (ip_rcv_options), unless
+					// the router accepts them (all and the device).
+					if out, err := exec.Command("ip", "netns", "exec", tp.a, "sysctl", "-w", "net.ipv4.conf.all.accept_source_route=1").CombinedOutput(); err != nil {
+						t.Fatalf("sysctl in %s: %v: %s", tp.a, err, out)
+					}
+				}
+				src, f, x := netip.MustParseAddr(addrC), netip.MustParseAddr(addrB), netip.MustParseAddr(addrX)
+				if v6 {
+					src, f, x = netip.MustParseAddr(addr6C), netip.MustParseAddr(addr6B), netip.MustParseAddr(addr6X)
+				}
+				srv := listenPush(t, tp, f.String(), 9003)
+				atF := openRaw(t, tp.b, v6, unix.IPPROTO_TCP, "").capture()
+				atX := openRaw(t, n.x, v6, unix.IPPROTO_TCP, "").capture()
+				time.Sleep(300 * time.Millisecond) // IPv6 neighbours settle
+				var conn net.Conn
+				if err := inNS(c, func() (err error) {
+					conn, err = net.DialTimeout("tcp", net.JoinHostPort(f.String(), "9003"), 3*time.Second)
+					return err
+				}); err != nil {
+					t.Fatalf("the container's connection to F (allowed): %v", err)
+				}
+				sc := srv.conn(t, conn)
+				conn.Write([]byte("hello"))
+				for end := time.Now().Add(2 * time.Second); sc.got.Load() < 5 && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+				}
+				snd, rcv := seqs(t, conn)
+				sport := uint16(conn.LocalAddr().(*net.TCPAddr).Port)
+				raw := openRaw(t, c, v6, unix.IPPROTO_TCP, src.String())
+				// F's socket must be gone: one for the segment's ports would
+				// take it at F (early demux), and a packet with a socket is
+				// not forwarded. The container aborts the connection (a
+				// reset, which the allowed flow passes); conntrack keeps the
+				// flow, marked allowed, for 10 s (CLOSE).
+				if err := conn.(*net.TCPConn).SetLinger(0); err != nil {
+					t.Fatal(err)
+				}
+				conn.Close()
+				time.Sleep(200 * time.Millisecond)
+				const control = "latch-fwd-control"
+				raw.send(t, f.String(), segmentAt(src, f, sport, 9003, snd, rcv, control), 0)
+				if !atF.waitSaw(control, 2*time.Second) {
+					t.Fatal("the forged segment of the allowed connection did not reach F: the test's forging is wrong")
+				}
+				var err error
+				if v6 {
+					err = unix.SetsockoptString(raw.fd, unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srhVia(x.String(), f.String())))
+				} else {
+					err = unix.SetsockoptString(raw.fd, unix.IPPROTO_IP, unix.IP_OPTIONS, string(lsrrVia(f.String())))
+				}
+				if err != nil {
+					t.Fatalf("source route on the raw socket: %v", err)
+				}
+				const routed = "latch-fwd-routed"
+				for i := range 3 {
+					raw.send(t, x.String(), segmentAt(src, f, sport, 9003, snd+uint32(len(control)+i*len(routed)), rcv, routed), 0)
+				}
+				if atX.waitSaw(routed, 2*time.Second) {
+					t.Errorf("X (%v, which no rule allows) received a container's TCP segment source-routed via F on its allowed connection to F:9003", x)
+				}
+			})
+		}
 	}
 }

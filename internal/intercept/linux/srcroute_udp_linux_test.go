@@ -34,7 +34,13 @@ const (
 func newRoutedNet(t *testing.T, fw string) *routedNet {
 	t.Helper()
 	needFirewall(t, fw)
-	tp := newTopo(t)
+	return routedNetOn(t, newTopo(t), fw)
+}
+
+// routedNetOn is newRoutedNet on tp (which may have more, such as
+// addContainer's namespace), with env for the daemon.
+func routedNetOn(t *testing.T, tp *topo, fw string, env ...string) *routedNet {
+	t.Helper()
 	c := tp.a[:len(tp.a)-1] + "c"
 	vb, vc := "s5b"+tp.vethB[3:], "s5c"+tp.vethB[3:]
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", c).Run() })
@@ -49,8 +55,8 @@ func newRoutedNet(t *testing.T, fw string) *routedNet {
 		{"-n", c, "link", "set", "lo", "up"},
 		{"-n", c, "route", "add", "default", "via", addrBX},
 		{"-n", tp.a, "route", "add", "198.18.2.0/24", "via", addrB},
-		{"-n", tp.a, "addr", "add", addr6A + "/64", "dev", tp.vethA, "nodad"},
-		{"-n", tp.b, "addr", "add", addr6B + "/64", "dev", tp.vethB, "nodad"},
+		{"-n", tp.a, "addr", "replace", addr6A + "/64", "dev", tp.vethA, "nodad"},
+		{"-n", tp.b, "addr", "replace", addr6B + "/64", "dev", tp.vethB, "nodad"},
 		{"-n", tp.b, "addr", "add", addr6BX + "/64", "dev", vb, "nodad"},
 		{"-n", c, "addr", "add", addr6X + "/64", "dev", vc, "nodad"},
 		{"-n", c, "-6", "route", "add", "default", "via", addr6BX},
@@ -93,7 +99,7 @@ func newRoutedNet(t *testing.T, fw string) *routedNet {
 			}
 		}()
 	}
-	d := startDaemon(t, tp, "*=deny", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_ADDR_POLICY="+addrB+"=allow,"+addr6B+"=allow")
+	d := startDaemon(t, tp, "*=deny", append(env, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_ADDR_POLICY="+addrB+"=allow,"+addr6B+"=allow")...)
 	t.Cleanup(func() { d.stop() })
 	return &routedNet{tp: tp, x: c, d: d, got: got}
 }
