@@ -52,7 +52,7 @@ func (n *routedNet) sendOnAllowedFlow(t *testing.T, open func() (int, error), to
 // then sets a loose source route via F and sends echo requests to X. By their
 // header they are more of the allowed echo flow to F. X must see none.
 func TestSourceRouteEchoOnAllowedFlow(t *testing.T) {
-	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+	for _, fw := range []string{FirewallNftables, nftNoQueue, FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
 			n := newRoutedNet(t, fw)
 			allowPingSockets(t, n.tp.a)
@@ -82,9 +82,7 @@ func TestSourceRouteEchoOnAllowedFlow(t *testing.T) {
 			}
 			if atX.waitSaw("latch-echo-routed", 2*time.Second) {
 				t.Errorf("X (%s, which no rule allows) received an echo request source-routed via F on the allowed echo flow to F", addrX)
-				for _, l := range n.d.linesFor(200 * time.Millisecond) {
-					t.Logf("daemon: %s", l)
-				}
+				n.logDaemon(t)
 			}
 		})
 	}
@@ -96,7 +94,7 @@ func TestSourceRouteEchoOnAllowedFlow(t *testing.T) {
 // sends to [X]:9002: IP destination F, the allowed flow's 5-tuple; F (SRv6
 // on) sends it on to X. X must receive none.
 func TestRoutingHeaderUDPOnAllowedFlow(t *testing.T) {
-	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+	for _, fw := range []string{FirewallNftables, nftNoQueue, FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
 			n := newRoutedNet(t, fw)
 			atF := openRaw(t, n.tp.b, true, unix.IPPROTO_UDP, "").capture()
@@ -194,13 +192,12 @@ func segmentAt(src, dst netip.Addr, sport, dport uint16, seq, ack uint32, payloa
 // the same segment without the route reaches F (the forging is right: in the
 // window, checksum good).
 func TestForwardTCPSourceRouteOnAllowedFlow(t *testing.T) {
-	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+	for _, fw := range []string{FirewallNftables, nftNoQueue, FirewallIptablesNft, FirewallIptablesLegacy} {
 		for _, v6 := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s v6=%v", fw, v6), func(t *testing.T) {
-				needFirewall(t, fw)
 				tp := newTopo(t)
 				c := addContainer(t, tp)
-				n := routedNetOn(t, tp, fw, "LATCH_TEST_FORWARD=1")
+				n := routedNetFor(t, tp, fw, true)
 				if !v6 {
 					// Linux drops every IPv4 packet with a source route it
 					// receives, forwarded ones too (ip_rcv_options), unless

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -33,12 +34,61 @@ const (
 
 func newRoutedNet(t *testing.T, fw string) *routedNet {
 	t.Helper()
-	needFirewall(t, fw)
-	return routedNetOn(t, newTopo(t), fw)
+	return routedNetFor(t, newTopo(t), fw, false)
 }
 
-// routedNetOn is newRoutedNet on tp (which may have more, such as
-// addContainer's namespace), with env for the daemon.
+// nftNoQueue, in place of a firewall's name, is the native nftables ruleset
+// without a daemon, for kernels without nft_queue: see nftAllowFirst.
+const nftNoQueue = "nftables-noqueue"
+
+// routedNetFor is newRoutedNet on tp (which may have more, such as
+// addContainer's namespace), with --forward if forward.
+func routedNetFor(t *testing.T, tp *topo, fw string, forward bool) *routedNet {
+	t.Helper()
+	if fw == nftNoQueue {
+		if _, err := exec.LookPath("nft"); err != nil {
+			t.Skipf("needs nft: %v", err)
+		}
+		n := routedNetOn(t, tp, "")
+		nftAllowFirst(t, tp.a, ruleSpec{queue: testQueue, exemptLoopback: true, forward: forward}, addrB, addr6B)
+		return n
+	}
+	needFirewall(t, fw)
+	var env []string
+	if forward {
+		env = append(env, "LATCH_TEST_FORWARD=1")
+	}
+	return routedNetOn(t, tp, fw, env...)
+}
+
+// nftAllowFirst installs in ns the native nftables ruleset of spec with its
+// queue statements as drops (no nft_queue needed), and before its chains
+// (priority filter - 2) one that gives the first packet of a flow to one of
+// allowed the mark an allow verdict gives a packet back from the queue: the
+// ruleset decides the flow as allowed, as the daemon's rule would.
+func nftAllowFirst(t *testing.T, ns string, spec ruleSpec, allowed ...string) {
+	t.Helper()
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "drop")
+	rules += "add table inet latchverdict\n"
+	for _, hook := range []string{"output", "forward"} {
+		rules += fmt.Sprintf("add chain inet latchverdict %s { type filter hook %s priority filter - 2; }\n", hook, hook)
+		for _, a := range allowed {
+			fam := "ip"
+			if strings.Contains(a, ":") {
+				fam = "ip6"
+			}
+			rules += fmt.Sprintf("add rule inet latchverdict %s ct state new %s daddr %s meta mark set %#x\n", hook, fam, a, MarkAllow)
+		}
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("install the nftables ruleset in %s: %v: %s\n%s", ns, err, out, rules)
+	}
+}
+
+// routedNetOn is routedNetFor's topology, with a daemon of firewall fw and
+// env unless fw is "".
 func routedNetOn(t *testing.T, tp *topo, fw string, env ...string) *routedNet {
 	t.Helper()
 	c := tp.a[:len(tp.a)-1] + "c"
@@ -99,9 +149,12 @@ func routedNetOn(t *testing.T, tp *topo, fw string, env ...string) *routedNet {
 			}
 		}()
 	}
-	d := startDaemon(t, tp, "*=deny", append(env, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_ADDR_POLICY="+addrB+"=allow,"+addr6B+"=allow")...)
-	t.Cleanup(func() { d.stop() })
-	return &routedNet{tp: tp, x: c, d: d, got: got}
+	n := &routedNet{tp: tp, x: c, got: got}
+	if fw != "" {
+		n.d = startDaemon(t, tp, "*=deny", append(env, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_ADDR_POLICY="+addrB+"=allow,"+addr6B+"=allow")...)
+		t.Cleanup(func() { n.d.stop() })
+	}
+	return n
 }
 
 // sendX sends each of msgs from a socket in A to X, after setup(fd) (which
@@ -132,6 +185,16 @@ func (n *routedNet) sendX(t *testing.T, setup func(fd int) error, msgs ...string
 	}
 }
 
+// logDaemon logs what the daemon (if any) says.
+func (n *routedNet) logDaemon(t *testing.T) {
+	if n.d == nil {
+		return
+	}
+	for _, l := range n.d.linesFor(200 * time.Millisecond) {
+		t.Logf("daemon: %s", l)
+	}
+}
+
 // xGetsNothing checks that X received nothing within 2 s.
 func (n *routedNet) xGetsNothing(t *testing.T) {
 	t.Helper()
@@ -147,9 +210,7 @@ func (n *routedNet) xGetsNothing(t *testing.T) {
 	}
 	if len(recv) != 0 {
 		t.Errorf("X (%s, %s, which no rule allows) received %q from A; want none: a datagram source-routed via F (allowed) was decided on F and forwarded to X", addrX, addr6X, recv)
-		for _, l := range n.d.linesFor(200 * time.Millisecond) {
-			t.Logf("daemon: %s", l)
-		}
+		n.logDaemon(t)
 	}
 }
 
@@ -188,7 +249,7 @@ func TestSourceRouteUDPReachesUndecidedHost(t *testing.T) {
 // it, never queued, and F sent it on (X received 3 datagrams before the output
 // chain dropped non-TCP packets with IPv4 options).
 func TestSourceRouteUDPOnAllowedFlow(t *testing.T) {
-	for _, fw := range []string{FirewallNftables, FirewallIptablesNft} {
+	for _, fw := range []string{FirewallNftables, nftNoQueue, FirewallIptablesNft} {
 		t.Run(fw, func(t *testing.T) {
 			n := newRoutedNet(t, fw)
 			n.sendX(t, func(fd int) error {
