@@ -423,6 +423,8 @@ func runChild(mode string) int {
 		return 0
 	case "unpriv-icmp":
 		return unprivilegedICMP()
+	case "unpriv-udp":
+		return unprivilegedUDP()
 	case "daemon":
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
@@ -651,6 +653,9 @@ func runChild(mode string) int {
 		addrPolicy[a] = act[-1]
 	}
 	quiet := os.Getenv("LATCH_TEST_QUIET") != ""
+	// LATCH_TEST_DENY_UID: deny whatever this user's sockets send, before
+	// any other policy (a program no rule allows).
+	denyUID := os.Getenv("LATCH_TEST_DENY_UID")
 	dec := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
 		if !quiet {
 			say("held %s %s %s %s uid=%d pid=%d exe=%s", req.Direction, req.Protocol, req.Local, req.Remote, req.UID, req.PID, req.Exe)
@@ -660,6 +665,9 @@ func runChild(mode string) int {
 			port = req.Local.Port()
 		}
 		act, ok := addrPolicy[req.Remote.Addr()]
+		if denyUID != "" && strconv.Itoa(int(req.UID)) == denyUID {
+			act, ok = policyAction{action: engine.Deny}, true
+		}
 		if !ok {
 			act, ok = policy[int(port)]
 		}
