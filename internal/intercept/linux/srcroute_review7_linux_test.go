@@ -182,19 +182,54 @@ func segmentAt(src, dst netip.Addr, sport, dport uint16, seq, ack uint32, payloa
 	return b
 }
 
+// fragmentsV6 is an IPv6 packet from src to dst whose payload, the routing
+// header rh (its next header TCP) and then the segment seg, is cut into two
+// fragments after the routing header and 24 bytes of the segment (the first
+// fragment must hold the whole TCP header, RFC 8200 4.5): the routing header
+// after the fragment header, where only a walk past it finds it.
+func fragmentsV6(src, dst netip.Addr, rh, seg []byte) [][]byte {
+	rh = append([]byte{unix.IPPROTO_TCP}, rh[1:]...)
+	payload := append(rh, seg...)
+	cut := len(rh) + 24
+	frag := func(off int, more bool, data []byte) []byte {
+		b := make([]byte, 48, 48+len(data))
+		b[0] = 6 << 4
+		binary.BigEndian.PutUint16(b[4:], uint16(8+len(data)))
+		b[6], b[7] = 44, 64 // fragment header; hop limit
+		copy(b[8:], src.AsSlice())
+		copy(b[24:], dst.AsSlice())
+		b[40] = 43 // routing header
+		fo := uint16(off/8) << 3
+		if more {
+			fo |= 1
+		}
+		binary.BigEndian.PutUint16(b[42:], fo)
+		binary.BigEndian.PutUint32(b[44:], 0x4c617437)
+		return append(b, data...)
+	}
+	return [][]byte{frag(0, true, payload[:cut]), frag(cut, false, payload[cut:])}
+}
+
 // TestForwardTCPSourceRouteOnAllowedFlow (review7): with --forward, a
 // container (CAP_NET_RAW, Docker's default) has a connection to F:9003 that
 // a rule allows. It writes, with a raw socket, a segment of that connection
 // (its ports, in its window) with a source route via F (IPv4 LSRR; IPv6 a
-// segment routing header) to X: by its header one more segment of the allowed
-// flow to F, and F sends it on to X. LATCH-FWD dropped only non-TCP packets
-// with a source route; this one passed by the allowed flow's RETURN. Control:
-// the same segment without the route reaches F (the forging is right: in the
-// window, checksum good).
+// segment routing header, alone, after hop-by-hop and destination options, or
+// after a fragment header in a packet cut in two) to X: by its header one more
+// segment of the allowed flow to F, and F sends it on to X. LATCH-FWD dropped
+// only non-TCP packets with a source route; this one passed by the allowed
+// flow's RETURN. Control: the same segment without the route reaches F (the
+// forging is right: in the window, checksum good).
 func TestForwardTCPSourceRouteOnAllowedFlow(t *testing.T) {
+	type variant struct {
+		name string
+		v6   bool
+	}
+	variants := []variant{{"lsrr", false}, {"srh", true}, {"hbh-dst-srh", true}, {"frag-srh", true}}
 	for _, fw := range []string{FirewallNftables, nftNoQueue, FirewallIptablesNft, FirewallIptablesLegacy} {
-		for _, v6 := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s v6=%v", fw, v6), func(t *testing.T) {
+		for _, vt := range variants {
+			v6 := vt.v6
+			t.Run(fw+" "+vt.name, func(t *testing.T) {
 				tp := newTopo(t)
 				c := addContainer(t, tp)
 				n := routedNetFor(t, tp, fw, true)
@@ -243,18 +278,38 @@ func TestForwardTCPSourceRouteOnAllowedFlow(t *testing.T) {
 				if !atF.waitSaw(control, 2*time.Second) {
 					t.Fatal("the forged segment of the allowed connection did not reach F: the test's forging is wrong")
 				}
-				var err error
-				if v6 {
-					err = unix.SetsockoptString(raw.fd, unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srhVia(x.String(), f.String())))
-				} else {
-					err = unix.SetsockoptString(raw.fd, unix.IPPROTO_IP, unix.IP_OPTIONS, string(lsrrVia(f.String())))
-				}
-				if err != nil {
-					t.Fatalf("source route on the raw socket: %v", err)
-				}
 				const routed = "latch-fwd-routed"
-				for i := range 3 {
-					raw.send(t, x.String(), segmentAt(src, f, sport, 9003, snd+uint32(len(control)+i*len(routed)), rcv, routed), 0)
+				seg := func(i int) []byte {
+					return segmentAt(src, f, sport, 9003, snd+uint32(len(control)+i*len(routed)), rcv, routed)
+				}
+				if vt.name == "frag-srh" {
+					var hdrincl *rawSock
+					hdrincl = openRaw(t, c, true, unix.IPPROTO_RAW, "")
+					for i := range 3 {
+						for _, p := range fragmentsV6(src, f, srhVia(x.String(), f.String()), seg(i)) {
+							hdrincl.send(t, f.String(), p, 0)
+						}
+					}
+				} else {
+					var err error
+					switch vt.name {
+					case "lsrr":
+						err = unix.SetsockoptString(raw.fd, unix.IPPROTO_IP, unix.IP_OPTIONS, string(lsrrVia(f.String())))
+					case "hbh-dst-srh":
+						padN := string([]byte{0, 0, 1, 4, 0, 0, 0, 0}) // PadN of 4: 8 bytes
+						err = errors.Join(
+							unix.SetsockoptString(raw.fd, unix.IPPROTO_IPV6, unix.IPV6_HOPOPTS, padN),
+							unix.SetsockoptString(raw.fd, unix.IPPROTO_IPV6, unix.IPV6_RTHDRDSTOPTS, padN))
+						fallthrough
+					case "srh":
+						err = errors.Join(err, unix.SetsockoptString(raw.fd, unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srhVia(x.String(), f.String()))))
+					}
+					if err != nil {
+						t.Fatalf("source route on the raw socket: %v", err)
+					}
+					for i := range 3 {
+						raw.send(t, x.String(), seg(i), 0)
+					}
 				}
 				if atX.waitSaw(routed, 2*time.Second) {
 					t.Errorf("X (%v, which no rule allows) received a container's TCP segment source-routed via F on its allowed connection to F:9003", x)
