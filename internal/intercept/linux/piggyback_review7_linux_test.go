@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -13,8 +14,8 @@ import (
 )
 
 // unprivilegedUDP is the child side of TestUDPFlowOutlivesItsSocket: as
-// nobody, it sends each of LATCH_TEST_UDP_MSGS' datagrams (comma-free words,
-// one per space) from local port LATCH_TEST_UDP_PORT to LATCH_TEST_UDP_TO.
+// nobody, it sends each word of LATCH_TEST_UDP_MSGS as a datagram from local
+// port LATCH_TEST_UDP_PORT to LATCH_TEST_UDP_TO.
 func unprivilegedUDP() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, err); return 1 }
 	if err := syscall.Setgroups(nil); err != nil {
@@ -43,28 +44,13 @@ func unprivilegedUDP() int {
 	}
 	sa := &unix.SockaddrInet4{Port: to.Port}
 	copy(sa.Addr[:], to.IP.To4())
-	for _, m := range splitSpaces(os.Getenv("LATCH_TEST_UDP_MSGS")) {
+	for _, m := range strings.Fields(os.Getenv("LATCH_TEST_UDP_MSGS")) {
 		err := unix.Sendto(fd, []byte(m), 0, sa)
 		fmt.Println("sent", m, err)
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Println("done")
 	return 0
-}
-
-func splitSpaces(s string) []string {
-	var out []string
-	for _, f := range []byte(s) {
-		if f == ' ' {
-			out = append(out, "")
-			continue
-		}
-		if len(out) == 0 {
-			out = append(out, "")
-		}
-		out[len(out)-1] += string(f)
-	}
-	return out
 }
 
 // TestUDPFlowOutlivesItsSocket (review7, a known hole): a UDP flow is
