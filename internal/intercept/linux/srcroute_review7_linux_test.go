@@ -210,13 +210,40 @@ func fragmentsV6(src, dst netip.Addr, rh, seg []byte) [][]byte {
 	return [][]byte{frag(0, true, payload[:cut]), frag(cut, false, payload[cut:])}
 }
 
+// fragmentsV4 is an IPv4 packet from src to dst (IP_HDRINCL: the kernel
+// fills in the total length and checksum) carrying seg, cut into two
+// fragments after 24 bytes of it; only the first carries opts (padded to
+// words), as a raw socket may write them although a source route belongs in
+// every fragment.
+func fragmentsV4(src, dst netip.Addr, opts, seg []byte) [][]byte {
+	for len(opts)%4 != 0 {
+		opts = append(opts, 0) // end of options
+	}
+	frag := func(opts []byte, off int, more bool, data []byte) []byte {
+		h := make([]byte, 20, 20+len(opts)+len(data))
+		h[0] = 4<<4 | byte(5+len(opts)/4)
+		fo := uint16(off / 8)
+		if more {
+			fo |= 0x2000
+		}
+		binary.BigEndian.PutUint16(h[4:], 0x4c37)
+		binary.BigEndian.PutUint16(h[6:], fo)
+		h[8], h[9] = 64, unix.IPPROTO_TCP
+		copy(h[12:], src.AsSlice())
+		copy(h[16:], dst.AsSlice())
+		return append(append(h, opts...), data...)
+	}
+	return [][]byte{frag(opts, 0, true, seg[:24]), frag(nil, 24, false, seg[24:])}
+}
+
 // TestForwardTCPSourceRouteOnAllowedFlow (review7): with --forward, a
 // container (CAP_NET_RAW, Docker's default) has a connection to F:9003 that
 // a rule allows. It writes, with a raw socket, a segment of that connection
 // (its ports, in its window) with a source route via F (IPv4 LSRR; IPv6 a
 // segment routing header, alone, after hop-by-hop and destination options, or
 // after a fragment header in a packet cut in two) to X: by its header one more
-// segment of the allowed flow to F, and F sends it on to X. LATCH-FWD dropped
+// segment of the allowed flow to F, and F sends it on to X. IPv4 also with the
+// route in the first of two fragments only. LATCH-FWD dropped
 // only non-TCP packets with a source route; this one passed by the allowed
 // flow's RETURN. Control: the same segment without the route reaches F (the
 // forging is right: in the window, checksum good).
@@ -225,7 +252,7 @@ func TestForwardTCPSourceRouteOnAllowedFlow(t *testing.T) {
 		name string
 		v6   bool
 	}
-	variants := []variant{{"lsrr", false}, {"srh", true}, {"hbh-dst-srh", true}, {"frag-srh", true}}
+	variants := []variant{{"lsrr", false}, {"frag-lsrr", false}, {"srh", true}, {"hbh-dst-srh", true}, {"frag-srh", true}}
 	for _, fw := range []string{FirewallNftables, nftNoQueue, FirewallIptablesNft, FirewallIptablesLegacy} {
 		for _, vt := range variants {
 			v6 := vt.v6
@@ -282,7 +309,14 @@ func TestForwardTCPSourceRouteOnAllowedFlow(t *testing.T) {
 				seg := func(i int) []byte {
 					return segmentAt(src, f, sport, 9003, snd+uint32(len(control)+i*len(routed)), rcv, routed)
 				}
-				if vt.name == "frag-srh" {
+				if vt.name == "frag-lsrr" {
+					hdrincl := openRaw(t, c, false, unix.IPPROTO_RAW, "")
+					for i := range 3 {
+						for _, p := range fragmentsV4(src, f, lsrrVia(x.String()), seg(i)) {
+							hdrincl.send(t, f.String(), p, 0)
+						}
+					}
+				} else if vt.name == "frag-srh" {
 					var hdrincl *rawSock
 					hdrincl = openRaw(t, c, true, unix.IPPROTO_RAW, "")
 					for i := range 3 {
