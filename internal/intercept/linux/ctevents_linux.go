@@ -402,7 +402,7 @@ func (g *ctGetter) recv() (int, error) {
 func appendGetRequest(b []byte, k flowKey, seq uint32) []byte {
 	ne := binary.NativeEndian
 	fam, srcType, dstType, alen := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst), 4
-	if k.src.Addr().Is6() {
+	if k.src().Addr().Is6() {
 		fam, srcType, dstType, alen = unix.AF_INET6, ctaIPv6Src, ctaIPv6Dst, 16
 	}
 	ipLen := 4 + 2*(4+alen)
@@ -424,28 +424,28 @@ func appendGetRequest(b []byte, k flowKey, seq uint32) []byte {
 	attr(unix.NLA_F_NESTED|ctaTupleIP, ipLen)
 	attr(srcType, 4+alen)
 	if alen == 4 {
-		a := k.src.Addr().As4()
+		a := k.src().Addr().As4()
 		b = append(b, a[:]...)
 	} else {
-		a := k.src.Addr().As16()
+		a := k.src().Addr().As16()
 		b = append(b, a[:]...)
 	}
 	attr(dstType, 4+alen)
 	if alen == 4 {
-		a := k.dst.Addr().As4()
+		a := k.dst().Addr().As4()
 		b = append(b, a[:]...)
 	} else {
-		a := k.dst.Addr().As16()
+		a := k.dst().Addr().As16()
 		b = append(b, a[:]...)
 	}
 	attr(unix.NLA_F_NESTED|ctaTupleProto, protoLen)
 	attr(ctaProtoNum, 5)
 	b = append(b, k.proto, 0, 0, 0)
 	attr(ctaProtoSrcPort, 6)
-	b = binary.BigEndian.AppendUint16(b, k.src.Port())
+	b = binary.BigEndian.AppendUint16(b, k.src().Port())
 	b = append(b, 0, 0)
 	attr(ctaProtoDstPort, 6)
-	b = binary.BigEndian.AppendUint16(b, k.dst.Port())
+	b = binary.BigEndian.AppendUint16(b, k.dst().Port())
 	b = append(b, 0, 0)
 	if len(b)-start != total {
 		panic(fmt.Sprintf("conntrack get request of %d bytes, want %d", len(b)-start, total))

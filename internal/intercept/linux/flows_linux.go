@@ -15,27 +15,85 @@ import (
 )
 
 // flowKey is a flow as conntrack sees it: its original-direction tuple. ICMP flows
-// carry port 0.
+// carry port 0. It holds its addresses as bytes, not as netip.Addr (which points
+// at its zone): the tables keyed by it, the flow table and the accountant's, with
+// an entry per connection, are hashed and compared as one run of plain memory
+// and never scanned by the garbage collector. A zone is not kept (conntrack's
+// tuples have none). Make one with newFlowKey; src and dst read it back.
 type flowKey struct {
-	proto    uint8
-	src, dst netip.AddrPort
+	srcIP, dstIP [16]byte // netip.Addr.As16
+	sport, dport uint16
+	proto        uint8
+	// fam is the families of the two addresses, the source's in the low four
+	// bits, the destination's in the high: 0 none (the zero netip.Addr), 4, 6.
+	fam uint8
+}
+
+// newFlowKey is the flow key of protocol proto from src to dst.
+func newFlowKey(proto uint8, src, dst netip.AddrPort) flowKey {
+	k := flowKey{proto: proto, sport: src.Port(), dport: dst.Port()}
+	var sf, df uint8
+	k.srcIP, sf = packAddr(src.Addr())
+	k.dstIP, df = packAddr(dst.Addr())
+	k.fam = sf | df<<4
+	return k
+}
+
+// packAddr is a's 16 bytes and its family (flowKey.fam): 0 if a is the zero Addr.
+func packAddr(a netip.Addr) ([16]byte, uint8) {
+	switch {
+	case a.Is4():
+		return a.As16(), 4
+	case a.Is6():
+		return a.As16(), 6
+	}
+	return [16]byte{}, 0
+}
+
+// unpackAddr is packAddr's inverse (without a zone).
+func unpackAddr(b [16]byte, fam uint8) netip.Addr {
+	switch fam {
+	case 4:
+		return netip.AddrFrom4([4]byte(b[12:]))
+	case 6:
+		return netip.AddrFrom16(b)
+	}
+	return netip.Addr{}
+}
+
+// src is the flow's source address and port.
+func (k flowKey) src() netip.AddrPort {
+	return netip.AddrPortFrom(unpackAddr(k.srcIP, k.fam&0xf), k.sport)
+}
+
+// dst is the flow's destination address and port.
+func (k flowKey) dst() netip.AddrPort {
+	return netip.AddrPortFrom(unpackAddr(k.dstIP, k.fam>>4), k.dport)
+}
+
+// srcIs reports whether the flow's source is a (as newFlowKey keeps it: without
+// its zone).
+func (k flowKey) srcIs(a netip.AddrPort) bool {
+	b, fam := packAddr(a.Addr())
+	return b == k.srcIP && fam == k.fam&0xf && a.Port() == k.sport
 }
 
 func keyOf(req *engine.Request) flowKey {
-	k := flowKey{proto: uint8(req.Protocol), src: req.Local, dst: req.Remote}
 	if req.Direction == engine.Inbound {
-		k.src, k.dst = req.Remote, req.Local
+		return newFlowKey(uint8(req.Protocol), req.Remote, req.Local)
 	}
-	return k
+	return newFlowKey(uint8(req.Protocol), req.Local, req.Remote)
 }
 
 // String is k as "PROTO SRC -> DST" (protoName).
 func (k flowKey) String() string {
-	return protoName(k.proto) + " " + k.src.String() + " -> " + k.dst.String()
+	return protoName(k.proto) + " " + k.src().String() + " -> " + k.dst().String()
 }
 
 // reversed is k seen from its other end.
-func (k flowKey) reversed() flowKey { return flowKey{proto: k.proto, src: k.dst, dst: k.src} }
+func (k flowKey) reversed() flowKey {
+	return flowKey{srcIP: k.dstIP, dstIP: k.srcIP, sport: k.dport, dport: k.sport, proto: k.proto, fam: k.fam>>4 | k.fam<<4}
+}
 
 // replyKey is the other conntrack reading of an outbound request's flow: an outbound
 // datagram that was held in the conntrack direction reply (the peer spoke first, see
@@ -53,7 +111,7 @@ func replyKey(req *engine.Request) (flowKey, bool) {
 // counts what this host's end of req sent as its original direction (an outbound
 // flow this host opened), rather than as its reply direction (an inbound flow, or
 // an outbound one held in the reply direction): which counter is which.
-func localSentOriginal(k flowKey, req *engine.Request) bool { return k.src == req.Local }
+func localSentOriginal(k flowKey, req *engine.Request) bool { return k.srcIs(req.Local) }
 
 type flowEntry struct {
 	req *engine.Request
@@ -198,16 +256,11 @@ func addrOf(ip net.IP) netip.Addr {
 // ctKey is flow's original tuple as a flowKey.
 func ctKey(flow *netlink.ConntrackFlow) flowKey {
 	t := flow.Forward
-	k := flowKey{proto: t.Protocol}
 	switch t.Protocol {
 	case unix.IPPROTO_TCP, unix.IPPROTO_UDP:
-		k.src = netip.AddrPortFrom(addrOf(t.SrcIP), t.SrcPort)
-		k.dst = netip.AddrPortFrom(addrOf(t.DstIP), t.DstPort)
-	default:
-		k.src = netip.AddrPortFrom(addrOf(t.SrcIP), 0)
-		k.dst = netip.AddrPortFrom(addrOf(t.DstIP), 0)
+		return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), t.SrcPort), netip.AddrPortFrom(addrOf(t.DstIP), t.DstPort))
 	}
-	return k
+	return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), 0), netip.AddrPortFrom(addrOf(t.DstIP), 0))
 }
 
 // MatchConntrackFlow implements netlink.CustomConntrackFilter.
@@ -227,8 +280,8 @@ func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	}
 	// Forgotten: whether this host opened the flow is not known either, so both
 	// readings are asked; unknown program and user match anything (engine.Affected).
-	out := engine.Request{Direction: engine.Outbound, Protocol: engine.Protocol(k.proto), Local: k.src, Remote: k.dst, UID: -1}
-	in := engine.Request{Direction: engine.Inbound, Protocol: engine.Protocol(k.proto), Local: k.dst, Remote: k.src, UID: -1}
+	out := engine.Request{Direction: engine.Outbound, Protocol: engine.Protocol(k.proto), Local: k.src(), Remote: k.dst(), UID: -1}
+	in := engine.Request{Direction: engine.Inbound, Protocol: engine.Protocol(k.proto), Local: k.dst(), Remote: k.src(), UID: -1}
 	return f.affected(&out) || f.affected(&in)
 }
 
