@@ -1240,10 +1240,15 @@ func exeIdentity(pid int32, path string, file engine.FileID) (identity, error) {
 	return identity{ino: file.Ino, parentIno: dir.Ino, dev: kernelDev(unix.Major(file.Dev), unix.Minor(file.Dev)), mntID: uint32(file.Mnt)}, nil
 }
 
+// bootNow reads CLOCK_BOOTTIME. As a raw system call (it never blocks): the
+// decisions reader reads it after each wait that timed out, and a goroutine
+// entering a system call the Go scheduler is told of wakes the runtime's
+// monitor thread (sysmon) from its deep sleep, to poll every 20 µs again for at
+// least a millisecond (unix.ClockGettime is such a call, not the vDSO's).
 func bootNow() (uint64, error) {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return 0, fmt.Errorf("fast path: read CLOCK_BOOTTIME: %w", err)
+	if _, _, errno := unix.RawSyscall(unix.SYS_CLOCK_GETTIME, unix.CLOCK_BOOTTIME, uintptr(unsafe.Pointer(&ts)), 0); errno != 0 {
+		return 0, fmt.Errorf("fast path: read CLOCK_BOOTTIME: %w", errno)
 	}
 	return uint64(ts.Nano()), nil
 }
