@@ -423,6 +423,18 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 	}
 }
 
+// fastRequest fills req with the request of the fast path's decision d (id is
+// its own, user the name of d.UID).
+func fastRequest(req *engine.Request, id engine.RequestID, d *fastpath.Decision, user string) {
+	*req = engine.Request{
+		ID: id, Time: d.Time, Direction: engine.Outbound, Protocol: d.Protocol, Local: d.Local, Remote: d.Remote,
+		PID: d.PID, Exe: d.Exe, UID: d.UID, User: user,
+		// The kernel matched the file the rule's path verified (dev, inode),
+		// and only decisions of verified requests are cached.
+		Identity: engine.IdentityVerified,
+	}
+}
+
 // serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not
 // nil, is called once everything runs.
 func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error) {
@@ -624,27 +636,29 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		go func() {
 			defer close(fpDone)
 			err := fp.Run(fpCtx, func(d fastpath.Decision) {
-				req := engine.Request{
-					// Its own id, above the 32-bit ids of queued packets, so that events
-					// and history tell fast-path connections apart.
-					ID:   engine.RequestID(fastPathIDBase + fastPathSeq.Add(1)),
-					Time: d.Time, Direction: engine.Outbound, Protocol: d.Protocol, Remote: d.Remote,
-					PID: d.PID, Exe: d.Exe, UID: d.UID, User: users.name(d.UID),
-					// The kernel matched the file the rule's path verified (dev, inode),
-					// and only decisions of verified requests are cached.
-					Identity: engine.IdentityVerified,
-				}
+				// Its own id, above the 32-bit ids of queued packets, so that events
+				// and history tell fast-path connections apart.
+				id := engine.RequestID(fastPathIDBase + fastPathSeq.Add(1))
+				v := engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID}
 				eng.CountHit(d.RuleID, d.Time)
-				req.Local = d.Local
-				record(&req, engine.Verdict{Action: d.Action, Reason: engine.ReasonFastPath, RuleID: d.RuleID})
-				if d.Local.IsValid() && d.Action == engine.Allow && be.trackFlow != nil {
-					// Registered as a queued allow is: its bytes are counted for
-					// this row, Redecide knows its program. After the row is
-					// queued: a report of a flow already over may follow at once,
-					// and must find the row.
-					tracked := req
-					be.trackFlow(&tracked)
+				if !d.Local.IsValid() || d.Action != engine.Allow || be.trackFlow == nil {
+					var req engine.Request // on the stack: the history copies it
+					fastRequest(&req, id, &d, users.name(d.UID))
+					record(&req, v)
+					return
 				}
+				// Its flow is registered too: the request is made once, on the
+				// heap, shared by the flow table and the history's call (a copy
+				// for the flow table cost a second request's allocation and copy
+				// per connect).
+				req := new(engine.Request)
+				fastRequest(req, id, &d, users.name(d.UID))
+				record(req, v)
+				// Registered as a queued allow is: its bytes are counted for this
+				// row, Redecide knows its program. After the row is queued: a
+				// report of a flow already over may follow at once, and must find
+				// the row.
+				be.trackFlow(req)
 			}, be.socketEnded)
 			if err != nil {
 				logf("fast path: %v", err)

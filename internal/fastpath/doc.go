@@ -297,7 +297,11 @@
 // (ringWait), not in a blocking epoll_wait: a goroutine blocked in a system
 // call holds a scheduler slot that the runtime's monitor thread takes back,
 // after which it polls every 20 µs for a millisecond, and that polling cost
-// the daemon about a fifth of its CPU time under load.
+// the daemon about a fifth of its CPU time under load. Where a ring cannot be
+// mapped, a ringbuf.Reader reads it instead; both readers serve Run's loops
+// through one interface (ringReader). The readers' own system calls (the boot
+// clock's reads) are raw: a goroutine entering a system call the scheduler is
+// told of wakes the monitor thread from its deep sleep, to poll again.
 //
 // The connect hooks run before the kernel picks the local port, so with TCP the
 // decision waits: the hook stores it in the socket's own storage (socks, a

@@ -1240,10 +1240,15 @@ func exeIdentity(pid int32, path string, file engine.FileID) (identity, error) {
 	return identity{ino: file.Ino, parentIno: dir.Ino, dev: kernelDev(unix.Major(file.Dev), unix.Minor(file.Dev)), mntID: uint32(file.Mnt)}, nil
 }
 
+// bootNow reads CLOCK_BOOTTIME. As a raw system call (it never blocks): the
+// decisions reader reads it after each wait that timed out, and a goroutine
+// entering a system call the Go scheduler is told of wakes the runtime's
+// monitor thread (sysmon) from its deep sleep, to poll every 20 µs again for at
+// least a millisecond (unix.ClockGettime is such a call, not the vDSO's).
 func bootNow() (uint64, error) {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return 0, fmt.Errorf("fast path: read CLOCK_BOOTTIME: %w", err)
+	if _, _, errno := unix.RawSyscall(unix.SYS_CLOCK_GETTIME, unix.CLOCK_BOOTTIME, uintptr(unsafe.Pointer(&ts)), 0); errno != 0 {
+		return 0, fmt.Errorf("fast path: read CLOCK_BOOTTIME: %w", errno)
 	}
 	return uint64(ts.Nano()), nil
 }
@@ -1396,12 +1401,9 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 	// times of records compare with time.Now() of the moment (a queued flow's);
 	// it changes only when the clocks moved apart (retakeWallAtBoot).
 	records := 0
-	var rec ringbuf.Record
+	var rec []byte // the record read last
 	var ends []rawEnd
 	var seen uint64 // the latest time of a decision read (boot clock)
-	// wait says the next read may wait for the ring (it was not known to hold
-	// more records): its deadline is set then, not before each record's read.
-	wait := true
 	fp.syncStart()
 	defer fp.syncStop()
 	handOver := func(n int) {
@@ -1411,6 +1413,7 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			ended(r.e)
 		}
 	}
+	r := fp.reader(fp.ring, fp.ringWait)
 	for {
 		if records++; records%wallEvery == 0 {
 			wallAtBoot = retakeWallAtBoot(wallAtBoot)
@@ -1421,51 +1424,35 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		}
 		// The programs wake the reader only once the ring holds WAKEUP_BYTES; below
 		// that, decisions wait at most readEvery to be read. readEnds wakes it
-		// (Flush) when it queued ends. With ringWait, read does not wait (the
-		// wait comes once the ring is seen empty, below).
+		// (flushDecisions) when it queued ends. read does not wait: the wait
+		// comes once the ring is seen empty, below.
 		var err error
-		if fp.ringWait != nil {
-			rec.RawSample, err = fp.ringWait.read(rec.RawSample)
-			rec.Remaining = 0 // (not known, not needed: read does not wait)
-		} else {
-			if wait {
-				fp.ring.SetDeadline(time.Now().Add(readEvery))
-			}
-			err = fp.ring.ReadInto(&rec)
-		}
-		// A record read with more behind it: the next read does not wait (the
-		// ring's records stay until read).
-		wait = err != nil || rec.Remaining == 0
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+		if rec, err = r.read(rec); err != nil {
+			if readerClosed(ctx, err) {
 				return nil
 			}
-			deadline := errors.Is(err, os.ErrDeadlineExceeded)
-			if !deadline && !errors.Is(err, ringbuf.ErrFlushed) {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				return fmt.Errorf("fast path: read the ring buffer: %w", err)
 			}
-			if deadline && fp.ringWait == nil {
-				records = wallEvery - 1 // the clocks are read again at the next
-			}
-			// Every record reserved before this was read and handed to fn.
+			// Empty: every record reserved before this was read and handed to fn.
 			fp.syncDone()
 			// The ring was empty after the queued ends were read.
 			if queued > 0 {
 				handOver(queued)
 			}
-			if fp.ringWait != nil {
-				// Empty: wait for the programs' wakeup, a flush or readEvery.
-				switch err := fp.ringWait.wait(readEvery); {
-				case err == nil:
-				case errors.Is(err, os.ErrDeadlineExceeded):
-					records = wallEvery - 1 // the clocks are read again at the next
-				default: // closed (Close)
-					return nil
-				}
+			// Wait for the programs' wakeup, a flush or readEvery.
+			switch err := r.wait(readEvery); {
+			case err == nil:
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				records = wallEvery - 1 // the clocks are read again at the next
+			case readerClosed(ctx, err):
+				return nil
+			default:
+				return fmt.Errorf("fast path: wait for the ring buffer: %w", err)
 			}
 			continue
 		}
-		ev, err := decodeEvent(rec.RawSample)
+		ev, err := decodeEvent(rec)
 		if err != nil {
 			fp.badEvents.Add(1)
 			continue
@@ -1487,9 +1474,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 // queues them in batches for readDecisions to hand over, waiting for each batch
 // to be taken before it reads on (the ring buffer holds what comes meanwhile).
 func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error {
-	var rec ringbuf.Record
+	var rec []byte // the record read last
 	var batch []rawEnd
-	wait := true // as in readDecisions
 	// queueBatch hands the batch over and waits until it was taken; false: ctx
 	// is done.
 	queueBatch := func() bool {
@@ -1506,41 +1492,30 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 		}
 		return true
 	}
+	r := fp.reader(fp.endsRing, fp.endsWait)
 	for {
 		// Woken, like readDecisions, once WAKEUP_BYTES wait, or after readEvery.
 		var err error
-		if fp.endsWait != nil {
-			rec.RawSample, err = fp.endsWait.read(rec.RawSample)
-			// Remaining is not known: a batch is queued when the ring is
-			// empty, or full.
-			rec.Remaining = 1
-		} else {
-			if wait {
-				fp.endsRing.SetDeadline(time.Now().Add(readEvery))
-			}
-			err = fp.endsRing.ReadInto(&rec)
-		}
-		wait = err != nil || rec.Remaining == 0
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+		if rec, err = r.read(rec); err != nil {
+			if readerClosed(ctx, err) {
 				return nil
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if fp.endsWait != nil {
-					// Empty (read does not wait): what was read goes now, then
-					// wait as readDecisions does.
-					if len(batch) > 0 && !queueBatch() {
-						return nil
-					}
-					if err := fp.endsWait.wait(readEvery); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-						return nil // closed (Close)
-					}
-				}
-				continue
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("fast path: read the ring buffer of socket ends: %w", err)
 			}
-			return fmt.Errorf("fast path: read the ring buffer of socket ends: %w", err)
+			// Empty: what was read goes now, then wait as readDecisions does.
+			if len(batch) > 0 && !queueBatch() {
+				return nil
+			}
+			if err := r.wait(readEvery); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				if readerClosed(ctx, err) {
+					return nil
+				}
+				return fmt.Errorf("fast path: wait for the ring buffer of socket ends: %w", err)
+			}
+			continue
 		}
-		e, at, err := decodeEnd(rec.RawSample)
+		e, at, err := decodeEnd(rec)
 		if err != nil {
 			fp.badEvents.Add(1)
 		} else {
@@ -1549,13 +1524,7 @@ func (fp *FastPath) readEnds(ctx context.Context, q *endQueue, queue bool) error
 				batch = append(batch, rawEnd{e, at})
 			}
 		}
-		if rec.Remaining > 0 && len(batch) < maxEndBatch {
-			continue // more to read at once
-		}
-		if len(batch) == 0 {
-			continue
-		}
-		if !queueBatch() {
+		if len(batch) >= maxEndBatch && !queueBatch() {
 			return nil
 		}
 	}

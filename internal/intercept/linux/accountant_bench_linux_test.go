@@ -32,7 +32,7 @@ func createCt(n int, b byte, mark uint32) ([]flowKey, error) {
 		if err := netlink.ConntrackCreate(netlink.ConntrackTable, unix.AF_INET, ct); err != nil {
 			return nil, fmt.Errorf("create conntrack entry %d: %w", i, err)
 		}
-		keys = append(keys, flowKey{proto: unix.IPPROTO_TCP, src: src, dst: dst})
+		keys = append(keys, newFlowKey(unix.IPPROTO_TCP, src, dst))
 	}
 	return keys, nil
 }
@@ -106,7 +106,7 @@ func BenchmarkAccountantPoll(b *testing.B) {
 				return err
 			}
 			for i, k := range keys {
-				flows.add(&engine.Request{ID: engine.RequestID(i + 1), Direction: engine.Outbound, Protocol: engine.TCP, Local: k.src, Remote: k.dst}, time.Now())
+				flows.add(&engine.Request{ID: engine.RequestID(i + 1), Direction: engine.Outbound, Protocol: engine.TCP, Local: k.src(), Remote: k.dst()}, time.Now())
 			}
 			a = newAccountant(flows, 10*time.Second)
 			return nil
@@ -175,8 +175,7 @@ func TestGetManyInBatches(t *testing.T) {
 		for i, k := range keys {
 			ask = append(ask, k)
 			if i%10 == 0 {
-				m := k
-				m.dst = netip.AddrPortFrom(m.dst.Addr(), 444)
+				m := newFlowKey(k.proto, k.src(), netip.AddrPortFrom(k.dst().Addr(), 444))
 				missing[m] = true
 				ask = append(ask, m)
 			}

@@ -36,7 +36,7 @@ func TestAccountantReports(t *testing.T) {
 		for _, e := range table {
 			src := netip.AddrPortFrom(netip.MustParseAddr(e.src), e.sport)
 			dst := netip.AddrPortFrom(netip.MustParseAddr(e.dst), e.dport)
-			fn(ctInfo{key: flowKey{proto: unix.IPPROTO_TCP, src: src, dst: dst}, mark: e.mark,
+			fn(ctInfo{key: newFlowKey(unix.IPPROTO_TCP, src, dst), mark: e.mark,
 				tcpState: e.state, hasState: true, origBytes: e.fwd, replBytes: e.rev, counters: true})
 		}
 		return nil
@@ -113,8 +113,7 @@ func TestAccountantFlowEndedBeforeRegistered(t *testing.T) {
 	a := newAccountant(flows, 10*time.Second)
 	t0 := time.Unix(1000, 0)
 	tuple := func(sport uint16) flowKey {
-		return flowKey{proto: unix.IPPROTO_TCP, src: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), sport),
-			dst: netip.MustParseAddrPort("198.18.0.2:443")}
+		return newFlowKey(unix.IPPROTO_TCP, netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), sport), netip.MustParseAddrPort("198.18.0.2:443"))
 	}
 	destroyed := ctEvent{ctInfo: ctInfo{key: tuple(40001), mark: MarkAllow, origBytes: 1_000_500, replBytes: 900, counters: true}, destroy: true}
 	timeWait := ctEvent{ctInfo: ctInfo{key: tuple(40002), mark: MarkAllow, hasState: true, tcpState: ctTCPTimeWait}}

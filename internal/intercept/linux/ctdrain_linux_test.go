@@ -64,7 +64,7 @@ func TestCtEventDrainReadsEveryEvent(t *testing.T) {
 	}
 	last := -1
 	for _, ev := range got {
-		i := int(ev.key.src.Port()) - 10000
+		i := int(ev.key.src().Port()) - 10000
 		if i <= last || ev.destroy != (i%2 == 0) || ev.replBytes != uint64(i) {
 			t.Fatalf("event %d after %d: %+v", i, last, ev)
 		}

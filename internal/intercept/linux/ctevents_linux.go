@@ -152,12 +152,26 @@ func newMmsgSlots(n, size int) *mmsgSlots {
 
 // recv reads datagrams from fd into the slots (recvmmsg with flags) and returns
 // how many.
+//
+// With MSG_DONTWAIT the call never blocks, and is made as a raw system call (the
+// Go scheduler is not told): a goroutine entering a system call wakes the
+// runtime's monitor thread (sysmon) from its deep sleep, which then polls every
+// 20 µs again for at least a millisecond. The accountant drains its socket
+// every eventDrain, most often finding it empty, after the daemon was idle.
 func (m *mmsgSlots) recv(fd int, flags int) (int, unix.Errno) {
 	for i := range m.msgs {
 		m.msgs[i].Len = 0
 		m.msgs[i].Hdr.Flags = 0
 	}
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&m.msgs[0])), uintptr(len(m.msgs)), uintptr(flags), 0, 0)
+	// Direct calls, each with its pointer converted in its argument list (the
+	// rule that keeps the slots alive during the call).
+	var n uintptr
+	var errno unix.Errno
+	if flags&unix.MSG_DONTWAIT != 0 {
+		n, _, errno = unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&m.msgs[0])), uintptr(len(m.msgs)), uintptr(flags), 0, 0)
+	} else {
+		n, _, errno = unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&m.msgs[0])), uintptr(len(m.msgs)), uintptr(flags), 0, 0)
+	}
 	return int(n), errno
 }
 
@@ -402,7 +416,7 @@ func (g *ctGetter) recv() (int, error) {
 func appendGetRequest(b []byte, k flowKey, seq uint32) []byte {
 	ne := binary.NativeEndian
 	fam, srcType, dstType, alen := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst), 4
-	if k.src.Addr().Is6() {
+	if k.src().Addr().Is6() {
 		fam, srcType, dstType, alen = unix.AF_INET6, ctaIPv6Src, ctaIPv6Dst, 16
 	}
 	ipLen := 4 + 2*(4+alen)
@@ -424,28 +438,28 @@ func appendGetRequest(b []byte, k flowKey, seq uint32) []byte {
 	attr(unix.NLA_F_NESTED|ctaTupleIP, ipLen)
 	attr(srcType, 4+alen)
 	if alen == 4 {
-		a := k.src.Addr().As4()
+		a := k.src().Addr().As4()
 		b = append(b, a[:]...)
 	} else {
-		a := k.src.Addr().As16()
+		a := k.src().Addr().As16()
 		b = append(b, a[:]...)
 	}
 	attr(dstType, 4+alen)
 	if alen == 4 {
-		a := k.dst.Addr().As4()
+		a := k.dst().Addr().As4()
 		b = append(b, a[:]...)
 	} else {
-		a := k.dst.Addr().As16()
+		a := k.dst().Addr().As16()
 		b = append(b, a[:]...)
 	}
 	attr(unix.NLA_F_NESTED|ctaTupleProto, protoLen)
 	attr(ctaProtoNum, 5)
 	b = append(b, k.proto, 0, 0, 0)
 	attr(ctaProtoSrcPort, 6)
-	b = binary.BigEndian.AppendUint16(b, k.src.Port())
+	b = binary.BigEndian.AppendUint16(b, k.src().Port())
 	b = append(b, 0, 0)
 	attr(ctaProtoDstPort, 6)
-	b = binary.BigEndian.AppendUint16(b, k.dst.Port())
+	b = binary.BigEndian.AppendUint16(b, k.dst().Port())
 	b = append(b, 0, 0)
 	if len(b)-start != total {
 		panic(fmt.Sprintf("conntrack get request of %d bytes, want %d", len(b)-start, total))

@@ -189,7 +189,6 @@ func parseCtMsg(b []byte) (ctInfo, error) {
 	if ci.key.proto != unix.IPPROTO_TCP && ci.key.proto != unix.IPPROTO_UDP {
 		sport, dport = 0, 0
 	}
-	ci.key.src = netip.AddrPortFrom(src, sport)
-	ci.key.dst = netip.AddrPortFrom(dst, dport)
+	ci.key = newFlowKey(ci.key.proto, netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport))
 	return ci, nil
 }

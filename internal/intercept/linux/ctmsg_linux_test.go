@@ -57,14 +57,14 @@ func TestParseCtMsg(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ctInfo{key: flowKey{proto: 6, src: tcpSrc, dst: tcpDst}, mark: MarkAllow, tcpState: ctTCPTimeWait, hasState: true,
+	want := ctInfo{key: newFlowKey(6, tcpSrc, tcpDst), mark: MarkAllow, tcpState: ctTCPTimeWait, hasState: true,
 		origBytes: 1_000_500, replBytes: 2000, counters: true}
 	if ci != want {
 		t.Errorf("parsed %+v, want %+v", ci, want)
 	}
 	v6s, v6d := netip.MustParseAddrPort("[fd00::1]:5000"), netip.MustParseAddrPort("[fd00::2]:53")
 	ci, err = parseCtMsg(ctMsg(v6s, v6d, unix.IPPROTO_UDP, 0, 0, 0, 0))
-	if err != nil || ci.key.src != v6s || ci.key.dst != v6d || ci.counters || ci.hasState {
+	if err != nil || ci.key.src() != v6s || ci.key.dst() != v6d || ci.counters || ci.hasState {
 		t.Errorf("IPv6 UDP without counters: %+v, %v", ci, err)
 	}
 	good := ctMsg(tcpSrc, tcpDst, unix.IPPROTO_TCP, MarkAllow, 3, 10, 10)
@@ -92,7 +92,7 @@ func FuzzParseCtMsg(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !ci.key.src.Addr().IsValid() || ci.key.src.Addr().Is4() != ci.key.dst.Addr().Is4() {
+		if !ci.key.src().Addr().IsValid() || ci.key.src().Addr().Is4() != ci.key.dst().Addr().Is4() {
 			t.Fatalf("accepted a broken tuple: %+v", ci)
 		}
 	})
@@ -112,7 +112,7 @@ func TestAccountantEvents(t *testing.T) {
 	gets := 0
 	get := func(k flowKey) (ctInfo, error) {
 		gets++
-		return parseCtMsg(ctMsg(k.src, k.dst, k.proto, MarkAllow, ctTCPTimeWait, 1_000_500, 2000))
+		return parseCtMsg(ctMsg(k.src(), k.dst(), k.proto, MarkAllow, ctTCPTimeWait, 1_000_500, 2000))
 	}
 	ev := func(b []byte, destroy bool) ctEvent {
 		ci, err := parseCtMsg(b)
@@ -219,8 +219,8 @@ func TestCtEventFilterInKernel(t *testing.T) {
 // the buffer held.
 func TestAppendGetRequest(t *testing.T) {
 	for _, k := range []flowKey{
-		{proto: unix.IPPROTO_TCP, src: netip.MustParseAddrPort("198.18.0.1:40000"), dst: netip.MustParseAddrPort("198.18.0.2:443")},
-		{proto: unix.IPPROTO_UDP, src: netip.MustParseAddrPort("[fd00::1]:5353"), dst: netip.MustParseAddrPort("[fd00::2]:53")},
+		newFlowKey(unix.IPPROTO_TCP, netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.0.2:443")),
+		newFlowKey(unix.IPPROTO_UDP, netip.MustParseAddrPort("[fd00::1]:5353"), netip.MustParseAddrPort("[fd00::2]:53")),
 	} {
 		want := getRequest(k, 77)
 		got := appendGetRequest([]byte("prefix"), k, 77)
@@ -235,7 +235,7 @@ func TestAppendGetRequest(t *testing.T) {
 // reference).
 func getRequest(k flowKey, seq uint32) []byte {
 	fam, srcType, dstType := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
-	if k.src.Addr().Is6() {
+	if k.src().Addr().Is6() {
 		fam, srcType, dstType = unix.AF_INET6, ctaIPv6Src, ctaIPv6Dst
 	}
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtGet, 0)
@@ -243,12 +243,12 @@ func getRequest(k flowKey, seq uint32) []byte {
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: fam, Version: nl.NFNETLINK_V0})
 	orig := nl.NewRtAttr(unix.NLA_F_NESTED|ctaTupleOrig, nil)
 	ip := orig.AddRtAttr(unix.NLA_F_NESTED|ctaTupleIP, nil)
-	ip.AddRtAttr(int(srcType), k.src.Addr().AsSlice())
-	ip.AddRtAttr(int(dstType), k.dst.Addr().AsSlice())
+	ip.AddRtAttr(int(srcType), k.src().Addr().AsSlice())
+	ip.AddRtAttr(int(dstType), k.dst().Addr().AsSlice())
 	proto := orig.AddRtAttr(unix.NLA_F_NESTED|ctaTupleProto, nil)
 	proto.AddRtAttr(ctaProtoNum, []byte{k.proto})
-	proto.AddRtAttr(ctaProtoSrcPort, nl.BEUint16Attr(k.src.Port()))
-	proto.AddRtAttr(ctaProtoDstPort, nl.BEUint16Attr(k.dst.Port()))
+	proto.AddRtAttr(ctaProtoSrcPort, nl.BEUint16Attr(k.src().Port()))
+	proto.AddRtAttr(ctaProtoDstPort, nl.BEUint16Attr(k.dst().Port()))
 	req.AddData(orig)
 	return req.Serialize()
 }

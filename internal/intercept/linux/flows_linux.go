@@ -3,6 +3,7 @@ package linux
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -15,27 +16,85 @@ import (
 )
 
 // flowKey is a flow as conntrack sees it: its original-direction tuple. ICMP flows
-// carry port 0.
+// carry port 0. It holds its addresses as bytes, not as netip.Addr (which points
+// at its zone): the tables keyed by it, the flow table and the accountant's, with
+// an entry per connection, are hashed and compared as one run of plain memory
+// and never scanned by the garbage collector. A zone is not kept (conntrack's
+// tuples have none). Make one with newFlowKey; src and dst read it back.
 type flowKey struct {
-	proto    uint8
-	src, dst netip.AddrPort
+	srcIP, dstIP [16]byte // netip.Addr.As16
+	sport, dport uint16
+	proto        uint8
+	// fam is the families of the two addresses, the source's in the low four
+	// bits, the destination's in the high: 0 none (the zero netip.Addr), 4, 6.
+	fam uint8
+}
+
+// newFlowKey is the flow key of protocol proto from src to dst.
+func newFlowKey(proto uint8, src, dst netip.AddrPort) flowKey {
+	k := flowKey{proto: proto, sport: src.Port(), dport: dst.Port()}
+	var sf, df uint8
+	k.srcIP, sf = packAddr(src.Addr())
+	k.dstIP, df = packAddr(dst.Addr())
+	k.fam = sf | df<<4
+	return k
+}
+
+// packAddr is a's 16 bytes and its family (flowKey.fam): 0 if a is the zero Addr.
+func packAddr(a netip.Addr) ([16]byte, uint8) {
+	switch {
+	case a.Is4():
+		return a.As16(), 4
+	case a.Is6():
+		return a.As16(), 6
+	}
+	return [16]byte{}, 0
+}
+
+// unpackAddr is packAddr's inverse (without a zone).
+func unpackAddr(b [16]byte, fam uint8) netip.Addr {
+	switch fam {
+	case 4:
+		return netip.AddrFrom4([4]byte(b[12:]))
+	case 6:
+		return netip.AddrFrom16(b)
+	}
+	return netip.Addr{}
+}
+
+// src is the flow's source address and port.
+func (k flowKey) src() netip.AddrPort {
+	return netip.AddrPortFrom(unpackAddr(k.srcIP, k.fam&0xf), k.sport)
+}
+
+// dst is the flow's destination address and port.
+func (k flowKey) dst() netip.AddrPort {
+	return netip.AddrPortFrom(unpackAddr(k.dstIP, k.fam>>4), k.dport)
+}
+
+// srcIs reports whether the flow's source is a (as newFlowKey keeps it: without
+// its zone).
+func (k flowKey) srcIs(a netip.AddrPort) bool {
+	b, fam := packAddr(a.Addr())
+	return b == k.srcIP && fam == k.fam&0xf && a.Port() == k.sport
 }
 
 func keyOf(req *engine.Request) flowKey {
-	k := flowKey{proto: uint8(req.Protocol), src: req.Local, dst: req.Remote}
 	if req.Direction == engine.Inbound {
-		k.src, k.dst = req.Remote, req.Local
+		return newFlowKey(uint8(req.Protocol), req.Remote, req.Local)
 	}
-	return k
+	return newFlowKey(uint8(req.Protocol), req.Local, req.Remote)
 }
 
 // String is k as "PROTO SRC -> DST" (protoName).
 func (k flowKey) String() string {
-	return protoName(k.proto) + " " + k.src.String() + " -> " + k.dst.String()
+	return protoName(k.proto) + " " + k.src().String() + " -> " + k.dst().String()
 }
 
 // reversed is k seen from its other end.
-func (k flowKey) reversed() flowKey { return flowKey{proto: k.proto, src: k.dst, dst: k.src} }
+func (k flowKey) reversed() flowKey {
+	return flowKey{srcIP: k.dstIP, dstIP: k.srcIP, sport: k.dport, dport: k.sport, proto: k.proto, fam: k.fam>>4 | k.fam<<4}
+}
 
 // replyKey is the other conntrack reading of an outbound request's flow: an outbound
 // datagram that was held in the conntrack direction reply (the peer spoke first, see
@@ -53,14 +112,17 @@ func replyKey(req *engine.Request) (flowKey, bool) {
 // counts what this host's end of req sent as its original direction (an outbound
 // flow this host opened), rather than as its reply direction (an inbound flow, or
 // an outbound one held in the reply direction): which counter is which.
-func localSentOriginal(k flowKey, req *engine.Request) bool { return k.src == req.Local }
+func localSentOriginal(k flowKey, req *engine.Request) bool { return k.srcIs(req.Local) }
 
 type flowEntry struct {
 	req *engine.Request
 	// id is req.ID, kept here: add compares it with a new request's without
 	// reading the old request (long out of the CPU's caches in a busy table).
-	id      engine.RequestID
-	expires time.Time
+	id engine.RequestID
+	// expires is when the entry expires, in nanoseconds since the table's
+	// epoch (flowTable.since): a time.Time took 24 bytes and a pointer (its
+	// location) in every entry of a table of tens of thousands.
+	expires int64
 	// prev is the request of the TCP flow this one replaced on the same tuple
 	// (a new connection from the same port), whose conntrack entry's destroy
 	// may still come (see accountant.event); nil if none.
@@ -76,23 +138,29 @@ type flowTable struct {
 	ttl time.Duration
 	// expiresFrom is at or before the earliest expiry of the flows in m: a full
 	// table looks for expired flows only once it passed (their search walks the
-	// whole table, and a flow allowed later expires later).
-	expiresFrom time.Time
+	// whole table, and a flow allowed later expires later). As expires.
+	expiresFrom int64
+	epoch       time.Time
 }
 
 func newFlowTable(max int, ttl time.Duration) *flowTable {
-	return &flowTable{m: make(map[flowKey]flowEntry), max: max, ttl: ttl}
+	return &flowTable{m: make(map[flowKey]flowEntry), max: max, ttl: ttl, expiresFrom: math.MinInt64, epoch: time.Now()}
 }
+
+// since is now in nanoseconds since the table's epoch (on the monotonic clock
+// when now has its reading, as time.Now's has).
+func (t *flowTable) since(now time.Time) int64 { return int64(now.Sub(t.epoch)) }
 
 func (t *flowTable) add(req *engine.Request, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.m) >= t.max && now.After(t.expiresFrom) {
-		next := now.Add(t.ttl)
+	at := t.since(now)
+	if len(t.m) >= t.max && at > t.expiresFrom {
+		next := at + int64(t.ttl)
 		for k, e := range t.m {
-			if now.After(e.expires) {
+			if at > e.expires {
 				delete(t.m, k)
-			} else if e.expires.Before(next) {
+			} else if e.expires < next {
 				next = e.expires
 			}
 		}
@@ -109,8 +177,8 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 		}
 	}
 	k := keyOf(req)
-	e := flowEntry{req: req, id: req.ID, expires: now.Add(t.ttl)}
-	if e.expires.Before(t.expiresFrom) {
+	e := flowEntry{req: req, id: req.ID, expires: at + int64(t.ttl)}
+	if e.expires < t.expiresFrom {
 		t.expiresFrom = e.expires
 	}
 	if old, ok := t.m[k]; ok && old.id != req.ID && k.proto == unix.IPPROTO_TCP {
@@ -133,8 +201,9 @@ func (t *flowTable) take(match func(*engine.Request) bool, now time.Time) map[fl
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	keys := make(map[flowKey]struct{})
+	at := t.since(now)
 	for k, e := range t.m {
-		if now.After(e.expires) {
+		if at > e.expires {
 			delete(t.m, k)
 			continue
 		}
@@ -198,16 +267,11 @@ func addrOf(ip net.IP) netip.Addr {
 // ctKey is flow's original tuple as a flowKey.
 func ctKey(flow *netlink.ConntrackFlow) flowKey {
 	t := flow.Forward
-	k := flowKey{proto: t.Protocol}
 	switch t.Protocol {
 	case unix.IPPROTO_TCP, unix.IPPROTO_UDP:
-		k.src = netip.AddrPortFrom(addrOf(t.SrcIP), t.SrcPort)
-		k.dst = netip.AddrPortFrom(addrOf(t.DstIP), t.DstPort)
-	default:
-		k.src = netip.AddrPortFrom(addrOf(t.SrcIP), 0)
-		k.dst = netip.AddrPortFrom(addrOf(t.DstIP), 0)
+		return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), t.SrcPort), netip.AddrPortFrom(addrOf(t.DstIP), t.DstPort))
 	}
-	return k
+	return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), 0), netip.AddrPortFrom(addrOf(t.DstIP), 0))
 }
 
 // MatchConntrackFlow implements netlink.CustomConntrackFilter.
@@ -227,8 +291,8 @@ func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	}
 	// Forgotten: whether this host opened the flow is not known either, so both
 	// readings are asked; unknown program and user match anything (engine.Affected).
-	out := engine.Request{Direction: engine.Outbound, Protocol: engine.Protocol(k.proto), Local: k.src, Remote: k.dst, UID: -1}
-	in := engine.Request{Direction: engine.Inbound, Protocol: engine.Protocol(k.proto), Local: k.dst, Remote: k.src, UID: -1}
+	out := engine.Request{Direction: engine.Outbound, Protocol: engine.Protocol(k.proto), Local: k.src(), Remote: k.dst(), UID: -1}
+	in := engine.Request{Direction: engine.Inbound, Protocol: engine.Protocol(k.proto), Local: k.dst(), Remote: k.src(), UID: -1}
 	return f.affected(&out) || f.affected(&in)
 }
 

@@ -21,8 +21,7 @@ func TestRedecideFilterReachesForgottenFlows(t *testing.T) {
 		}}
 	}
 	to443 := func(r *engine.Request) bool { return r.Remote.Port() == 443 || r.Local.Port() == 443 }
-	remembered := flowKey{proto: unix.IPPROTO_TCP,
-		src: netip.MustParseAddrPort("198.18.0.1:40001"), dst: netip.MustParseAddrPort("198.18.0.2:443")}
+	remembered := newFlowKey(unix.IPPROTO_TCP, netip.MustParseAddrPort("198.18.0.1:40001"), netip.MustParseAddrPort("198.18.0.2:443"))
 	f := ctFilter{affected: to443, remembered: func(k flowKey) bool { return k == remembered }}
 
 	if !f.MatchConntrackFlow(flow(40000, 443, MarkAllow)) {
@@ -54,7 +53,7 @@ func TestFlowTableFindsReplyDirectionFlows(t *testing.T) {
 	now := time.Now()
 	tbl.add(udp, now)
 	tbl.add(tcp, now)
-	peerFirst := flowKey{proto: unix.IPPROTO_UDP, src: remote, dst: local}
+	peerFirst := newFlowKey(unix.IPPROTO_UDP, remote, local)
 	if tbl.get(peerFirst) != udp || tbl.get(keyOf(udp)) != udp {
 		t.Error("an outbound UDP flow is not found under both conntrack readings")
 	}
@@ -139,5 +138,42 @@ func BenchmarkFlowTableFull(b *testing.B) {
 		now = now.Add(time.Microsecond)
 		tbl.add(reqs[i%len(reqs)], now)
 		i++
+	}
+}
+
+// TestFlowKeyRoundTrip: a flow key gives back the addresses and ports it was made
+// of, tells an IPv4 address from its IPv4-mapped IPv6 form and from no address,
+// and reversed swaps its ends.
+func TestFlowKeyRoundTrip(t *testing.T) {
+	addrs := []netip.AddrPort{
+		netip.MustParseAddrPort("198.18.0.1:40000"),
+		netip.MustParseAddrPort("[::ffff:198.18.0.1]:40000"),
+		netip.MustParseAddrPort("[fd00::1]:443"),
+		netip.MustParseAddrPort("[::]:443"),
+		netip.AddrPortFrom(netip.Addr{}, 443),
+		{},
+	}
+	seen := map[flowKey]string{}
+	for _, src := range addrs {
+		for _, dst := range addrs {
+			k := newFlowKey(unix.IPPROTO_TCP, src, dst)
+			if k.src() != src || k.dst() != dst {
+				t.Errorf("newFlowKey(%v, %v) gives back %v, %v", src, dst, k.src(), k.dst())
+			}
+			if !k.srcIs(src) {
+				t.Errorf("%v: srcIs(%v) is false", k, src)
+			}
+			if r := k.reversed(); r != newFlowKey(unix.IPPROTO_TCP, dst, src) || r.reversed() != k {
+				t.Errorf("%v reversed: %v", k, r)
+			}
+			was := src.String() + " " + dst.String()
+			if other, dup := seen[k]; dup {
+				t.Errorf("%s and %s make the same key", was, other)
+			}
+			seen[k] = was
+		}
+	}
+	if newFlowKey(unix.IPPROTO_TCP, addrs[0], addrs[2]) == newFlowKey(unix.IPPROTO_UDP, addrs[0], addrs[2]) {
+		t.Error("TCP and UDP flows on one tuple make the same key")
 	}
 }

@@ -32,7 +32,7 @@ func newLiveAcct(t *testing.T, flows *flowTable, t0 time.Time) *liveAcct {
 	}
 	l.a.sockets = func(fn func(local, remote netip.AddrPort, b SocketBytes)) error {
 		for k, b := range l.sockets {
-			fn(k.src, k.dst, b)
+			fn(k.src(), k.dst(), b)
 		}
 		return l.sockErr
 	}
@@ -74,7 +74,7 @@ func (l *liveAcct) end(k flowKey, b SocketBytes, at time.Duration) map[engine.Re
 	l.t.Helper()
 	rs, _, _ := l.a.drain(&l.dr, func(func(ctEvent)) (bool, int, error) { return false, 0, nil }, func() []flowKey { return nil },
 		func() []socketEnd {
-			return []socketEnd{{local: k.src, remote: k.dst, at: l.t0.Add(at), counted: true, counts: b}}
+			return []socketEnd{{local: k.src(), remote: k.dst(), at: l.t0.Add(at), counted: true, counts: b}}
 		},
 		func(keys []flowKey, fn func(flowKey, ctInfo, error)) {
 			for _, k := range keys {
@@ -115,7 +115,7 @@ func TestAccountantSocketCounts(t *testing.T) {
 	k1, k2, k3 := keyOf(r1), keyOf(r2), keyOf(r3)
 	l := newLiveAcct(t, flows, t0)
 	// A socket of a flow latch did not allow: ignored.
-	l.sockets[flowKey{proto: unix.IPPROTO_TCP, src: netip.MustParseAddrPort("198.18.0.1:40009"), dst: netip.MustParseAddrPort("198.18.0.2:443")}] = SocketBytes{Out: 1, In: 1}
+	l.sockets[newFlowKey(unix.IPPROTO_TCP, netip.MustParseAddrPort("198.18.0.1:40009"), netip.MustParseAddrPort("198.18.0.2:443"))] = SocketBytes{Out: 1, In: 1}
 	l.sockets[k1] = SocketBytes{Out: 100, In: 2000}
 	l.sockets[k2] = SocketBytes{Out: 50, In: 60}
 	l.sockets[k3] = SocketBytes{Out: 7, In: 8}

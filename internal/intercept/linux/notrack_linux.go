@@ -76,7 +76,7 @@ func (t *flowTable) tcpOutbound() [][2]netip.AddrPort {
 	var out [][2]netip.AddrPort
 	for k, e := range t.m {
 		if k.proto == unix.IPPROTO_TCP && e.req.Direction == engine.Outbound {
-			out = append(out, [2]netip.AddrPort{k.src, k.dst})
+			out = append(out, [2]netip.AddrPort{k.src(), k.dst()})
 		}
 	}
 	return out

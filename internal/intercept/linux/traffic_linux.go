@@ -178,7 +178,7 @@ func (a *accountant) forget(now time.Time) {
 // With endRead, it returns what it found of the flow too (endFlow), for
 // endCounted: each map is looked up once per socket end.
 func (a *accountant) socketEnded(e socketEnd, now time.Time) (endFlow, intercept.Traffic, int) {
-	k := flowKey{proto: unix.IPPROTO_TCP, src: e.local, dst: e.remote}
+	k := newFlowKey(unix.IPPROTO_TCP, e.local, e.remote)
 	for range 2 {
 		f, treq := a.m[k], a.flows.get(k)
 		if wantsEnd(f, treq) {
@@ -234,7 +234,7 @@ func (a *accountant) endCounted(ef endFlow, e socketEnd, now time.Time) (interce
 		return intercept.Traffic{}, false
 	}
 	ci := ctInfo{key: k, counters: true, origBytes: e.counts.Out, replBytes: e.counts.In}
-	if k.src != e.local {
+	if !k.srcIs(e.local) {
 		// The socket is the flow's reply side.
 		ci.origBytes, ci.replBytes = e.counts.In, e.counts.Out
 	}
@@ -389,7 +389,7 @@ func (a *accountant) poll(now time.Time, final bool) ([]intercept.Traffic, error
 // deleted) goes on from its socket's counts once they reach what was reported,
 // so that its totals never go down.
 func (a *accountant) observeSocket(local, remote netip.AddrPort, b SocketBytes, now time.Time, final bool) (intercept.Traffic, bool) {
-	k := flowKey{proto: unix.IPPROTO_TCP, src: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), dst: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())}
+	k := newFlowKey(unix.IPPROTO_TCP, netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()))
 	f := a.m[k]
 	if f != nil && f.gen == a.gen && !f.sock {
 		return intercept.Traffic{}, false // conntrack's
