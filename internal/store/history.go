@@ -139,7 +139,7 @@ type History struct {
 	db      atomic.Pointer[sql.DB]
 	path    string
 	maxRows int
-	queue   chan historyItem
+	queue   itemQueue
 	hold    time.Duration // historyHold, but for tests
 	run     int64         // this opening's start (ns): with a request ID, it names a row
 	// trafficTable: the traffic table exists (see trafficSchema).
@@ -148,12 +148,12 @@ type History struct {
 	// by an earlier version); new rows leave them empty unless tuning.inlineProcs.
 	inline  bool
 	flushes chan chan struct{}
-	kick    chan struct{} // Record: the queue is past half full, write now
-	done    chan struct{}
-	w       *rowWriter // the writer goroutine's connection; nil until needed
-
-	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
-	closed  bool
+	// wake: an idle writer has something to take (the queue was empty), or
+	// the history is closing.
+	wake chan struct{}
+	kick chan struct{} // Record: the queue is past half full, write now
+	done chan struct{}
+	w    *rowWriter // the writer goroutine's connection; nil until needed
 
 	// reports is rowHold.reports, for writeItems (writer goroutine only).
 	reports bool
@@ -545,7 +545,8 @@ func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration
 	h := &History{
 		path:    path,
 		maxRows: maxRows,
-		queue:   make(chan historyItem, queueLen),
+		queue:   itemQueue{max: queueLen},
+		wake:    make(chan struct{}, 1),
 		hold:    hold,
 		run:     time.Now().UnixNano(),
 		flushes: make(chan chan struct{}),
@@ -662,35 +663,85 @@ func (h *History) isDiskFull(err error) bool {
 // errHistoryNotOpen answers queries while the database could not be opened.
 var errHistoryNotOpen = errors.New("history: not open (the disk was full)")
 
+// itemQueue holds the items recorded and not yet taken by the writer, at most
+// max. Producers append under mu; the writer takes them all at once (take),
+// swapping in the slice it emptied before: a connection costs its producer one
+// uncontended lock and one copy of the item, where a channel cost a lock the
+// writer took too for every item it received (the runtime's, spinning when both
+// sides met), a copy into the channel and another out of it.
+type itemQueue struct {
+	mu     sync.Mutex
+	items  []historyItem
+	max    int
+	closed bool
+}
+
+// put appends an item set by fill to q, and reports how many items q holds then
+// (0: full, not added) and whether q is closed (nothing added).
+func (q *itemQueue) put(fill func(*historyItem)) (n int, closed bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, true
+	}
+	if len(q.items) >= q.max {
+		return 0, false
+	}
+	q.items = append(q.items, historyItem{})
+	fill(&q.items[len(q.items)-1])
+	return len(q.items), false
+}
+
+// take returns the items queued, and whether q was closed when they were taken:
+// then nothing comes after them. The items are the caller's until its next
+// take, which hands them back (spare: the slice the last take returned, which
+// the caller emptied) for q to append to.
+func (q *itemQueue) take(spare []historyItem) (items []historyItem, closed bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items, q.items = q.items, spare[:0]
+	return items, q.closed
+}
+
+// len is how many items q holds.
+func (q *itemQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+// close closes q, and reports whether it was open.
+func (q *itemQueue) close() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	was := !q.closed
+	q.closed = true
+	return was
+}
+
 // Record queues c for writing and returns at once. If the buffer is full the
 // connection is dropped, counted, and ErrHistoryFull returned: the decision path never
 // waits for the disk.
 func (h *History) Record(c Conn) error {
-	it := historyItem{conn: c}
-	return h.enqueueConn(&it)
+	return h.enqueue(func(it *historyItem) {
+		it.conn = c
+		if it.conn.Time.IsZero() {
+			it.conn.Time = time.Now()
+		}
+	})
 }
 
 // RecordDecision is Record of the connection req decided as v at time at (zero:
-// now): its row is built in place from *req, which the caller keeps, instead of
-// from a Conn copied on its way (the fast path records a row per connection, and
-// a Conn is some 400 bytes).
+// now): its row is built in place in the queue from *req, which the caller
+// keeps, instead of from a Conn copied on its way (the fast path records a row
+// per connection, and a Conn is some 400 bytes).
 func (h *History) RecordDecision(at time.Time, req *engine.Request, v engine.Verdict) error {
-	it := historyItem{conn: Conn{Time: at, Request: *req, Verdict: v}}
-	return h.enqueueConn(&it)
-}
-
-// enqueueConn is Record's and RecordDecision's: the connection's time is now
-// if it has none.
-func (h *History) enqueueConn(it *historyItem) error {
-	h.closeMu.RLock()
-	defer h.closeMu.RUnlock()
-	if h.closed {
-		return ErrHistoryClosed
+	if at.IsZero() {
+		at = time.Now()
 	}
-	if it.conn.Time.IsZero() {
-		it.conn.Time = time.Now()
-	}
-	return h.enqueue(it)
+	return h.enqueue(func(it *historyItem) {
+		it.conn.Time, it.conn.Request, it.conn.Verdict = at, *req, v
+	})
 }
 
 // RecordTraffic queues a report of a recorded connection's bytes and returns at
@@ -698,33 +749,37 @@ func (h *History) enqueueConn(it *historyItem) error {
 // this opening) gets the totals, and the bytes since its last report count for
 // its program in Top. A full buffer drops it as Record does.
 func (h *History) RecordTraffic(t Traffic) error {
-	h.closeMu.RLock()
-	defer h.closeMu.RUnlock()
-	if h.closed {
-		return ErrHistoryClosed
-	}
 	if t.Time.IsZero() {
 		t.Time = time.Now()
 	}
-	it := trafficItem(&t)
-	return h.enqueue(&it)
+	return h.enqueue(func(it *historyItem) { *it = trafficItem(&t) })
 }
 
-// enqueue hands *it to the writer (the queue's copy is the only one made);
-// closeMu is held for reading.
-func (h *History) enqueue(it *historyItem) error {
-	select {
-	case h.queue <- *it:
-		if len(h.queue) >= cap(h.queue)/2 {
-			select {
-			case h.kick <- struct{}{}:
-			default:
-			}
-		}
-		return nil
-	default:
+// enqueue queues an item set by fill for the writer (the queue's is the only
+// copy made), waking it if it was idle, and kicking it once the queue is half
+// full.
+func (h *History) enqueue(fill func(*historyItem)) error {
+	n, closed := h.queue.put(fill)
+	switch {
+	case closed:
+		return ErrHistoryClosed
+	case n == 0:
 		h.dropped.Add(1)
 		return ErrHistoryFull
+	case n == 1:
+		signal(h.wake)
+	}
+	if n >= h.queue.max/2 {
+		signal(h.kick)
+	}
+	return nil
+}
+
+// signal sends on c (of capacity 1) unless a signal is pending already.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 
@@ -803,18 +858,12 @@ func (h *History) LastError() string {
 
 // Close writes what is buffered and closes the database.
 func (h *History) Close() error {
-	h.closeMu.Lock()
-	if h.closed {
-		h.closeMu.Unlock()
+	if !h.queue.close() {
 		return nil
 	}
-	h.closed = true
-	close(h.queue)
-	h.closeMu.Unlock()
-	select {
-	case h.kick <- struct{}{}: // the writer writes what it holds now
-	default:
-	}
+	// The writer writes what it holds now, idle or not.
+	signal(h.wake)
+	signal(h.kick)
 	<-h.done
 	if db := h.db.Load(); db != nil {
 		return db.Close()
@@ -858,34 +907,17 @@ func (h *History) writer() {
 	timer.Stop()
 	var acks []chan struct{}
 	closed := false
-	var first []historyItem // the item that woke an idle writer
-	// in is the item take receives: one variable for them all, not a heap copy
-	// of each (hold.take's write keeps a pointer's value from being proved local).
-	var in historyItem
+	var items []historyItem // the queue's items taken last
 	// take takes what the queue holds now, writes the rows held long enough (all of
 	// them for a Flush or on Close) and the reports, and then acknowledges waiting
 	// Flushes.
 	take := func() {
 		now := time.Now()
-		for i := range first {
-			hold.take(&first[i], now, write, &h.totals)
+		items, closed = h.queue.take(items)
+		for i := range items {
+			hold.take(&items[i], now, write, &h.totals)
 		}
-		clear(first)
-		first = first[:0]
-	drain:
-		for !closed {
-			var ok bool
-			select {
-			case in, ok = <-h.queue:
-				if !ok {
-					closed = true
-					break drain
-				}
-				hold.take(&in, now, write, &h.totals)
-			default:
-				break drain
-			}
-		}
+		clear(items) // let the values go (the held rows are copies)
 		hold.release(now, closed || len(acks) > 0, write)
 		if len(batch) > 0 || h.totals.reports {
 			h.writeBatch(batch)
@@ -899,15 +931,10 @@ func (h *History) writer() {
 	}
 	for !closed {
 		if hold.len() == 0 {
-			// Idle: wait for the first connection of a batch, a Flush, or Close.
+			// Idle: wait for the first connection of a batch (or Close, which
+			// kicks too), or a Flush.
 			select {
-			case it, ok := <-h.queue:
-				if !ok {
-					closed = true
-					take()
-					return
-				}
-				first = append(first, it)
+			case <-h.wake:
 			case ack := <-h.flushes:
 				// Everything recorded before Flush was called is in the queue already.
 				acks = append(acks, ack)
