@@ -1625,21 +1625,28 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			for _, k := range kinds[:n] {
 				kind &= k
 			}
-			// The shared columns' values (the first row's), then each row's own.
+			same := sameColumns(cols, vals[:n*per], per)
+			// The shared columns' values, then the same set's (the first row's),
+			// then each row's own.
 			for i, col := range cols {
 				if col.shared {
+					w.args = append(w.args, driver.NamedValue{Value: vals[i]})
+				}
+			}
+			for i, col := range cols {
+				if col.same&same != 0 {
 					w.args = append(w.args, driver.NamedValue{Value: vals[i]})
 				}
 			}
 			for r := range n {
 				row := vals[r*per : (r+1)*per]
 				for i, col := range cols {
-					if !col.shared && col.group&kind == 0 {
+					if !col.shared && col.same&same == 0 && col.group&kind == 0 {
 						w.args = append(w.args, driver.NamedValue{Value: row[i]})
 					}
 				}
 			}
-			res, err := w.runArgs(insertConns(n, kind, w.shape))
+			res, err := w.runArgs(insertConns(n, kind, same, w.shape))
 			if err != nil {
 				return err
 			}
@@ -2012,8 +2019,9 @@ const (
 // column is a column of conns a row inserts. A text goes as NULL when empty and
 // is stored as an empty text (ifnull): the driver copies every text it binds into
 // memory of its own, which NULL spares. Binding a value costs the writer about
-// as much as SQLite's inserting it, so a statement binds only what differs from
-// row to row:
+// as much as SQLite's inserting it (the driver takes the connection's mutex
+// twice per value, and copies a text into memory of its own), so a statement
+// binds only what differs from row to row:
 //   - A column of a group (group) is empty (or 0) in most rows of some kind: the
 //     optional texts in most connections the kernel fast path records (groupTexts),
 //     the request ID in rows whose flow ended before they were written (groupReq),
@@ -2023,11 +2031,55 @@ const (
 //     them too.
 //   - A shared column has one value in every row the writer writes (run_ns, the
 //     opening): a statement binds it once, as its first parameter (?1).
+//   - A column that may be the same in all the rows of a statement (same: a bit
+//     of a statement's same set, see sameColumns) is bound once when it is, as
+//     a numbered parameter after the shared ones: the local address (a host
+//     has few), the remote address and port (a program's connections mostly go
+//     to a few servers) and the procs row (a process's connections come in
+//     runs). Fast-path rows of one program to one server bind 4 values each
+//     where they bound 8.
 type column struct {
 	name   string
 	text   bool
 	group  uint8 // 0: none
 	shared bool
+	same   uint8 // 0: none
+}
+
+// Columns that may be bound once per statement (column.same), bits of a
+// statement's same set.
+const (
+	sameLocalIP = 1 << iota
+	sameRemoteIP
+	sameRemotePort
+	sameProc
+)
+
+// sameColumns returns the same set of the rows vals (per values each) of
+// columns cols: the columns (of those that may be, column.same) whose value is
+// the same in every row. A single row has none: any would do, and one
+// statement serves all.
+func sameColumns(cols []column, vals []driver.Value, per int) uint8 {
+	if len(vals) <= per {
+		return 0
+	}
+	var same uint8
+	for i, col := range cols {
+		if col.same == 0 {
+			continue
+		}
+		v, all := vals[i], true
+		for r := i + per; r < len(vals); r += per {
+			if vals[r] != v {
+				all = false
+				break
+			}
+		}
+		if all {
+			same |= col.same
+		}
+	}
+	return same
 }
 
 // Column groups (column.group), bits of a row's kind.
@@ -2042,13 +2094,13 @@ const (
 // rowWriter.values: the connection's own, and its process's procs row.
 var connColumns = []column{
 	{name: "time_ns"},
-	{name: "local_ip", text: true}, {name: "local_port"},
-	{name: "remote_ip", text: true}, {name: "remote_port"},
+	{name: "local_ip", text: true, same: sameLocalIP}, {name: "local_port"},
+	{name: "remote_ip", text: true, same: sameRemoteIP}, {name: "remote_port", same: sameRemotePort},
 	{name: "host", text: true, group: groupTexts}, {name: "host_source", text: true, group: groupTexts},
 	{name: "note", text: true, group: groupTexts},
 	{name: "run_ns", shared: true}, {name: "req_id", group: groupReq},
 	{name: "bytes_in", group: groupBytes}, {name: "bytes_out", group: groupBytes},
-	{name: "proc"},
+	{name: "proc", same: sameProc},
 }
 
 // inlineColumns are the columns a row holding its process's columns inserts
@@ -2080,20 +2132,21 @@ const (
 // insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows of a shape and a kind (the
-// column groups it has as constants, see column). Its parameters are the shared
-// columns' values (?1...), then each row's values of the other columns, in the
-// order of the shape's columns. OR ROLLBACK: a row that breaks a constraint (none
+// insertConns returns an INSERT of n connection rows of a shape, a kind (the
+// column groups it has as constants, see column) and a same set (the columns
+// bound once, see sameColumns). Its parameters are the shared columns' values
+// (?1...), then those of the same set, in the order of the shape's columns,
+// then each row's values of the other columns, in that order. OR ROLLBACK: a row that breaks a constraint (none
 // can: every column gets a value) rolls the transaction back, which the writer
 // does anyway when a statement fails; with the default (ABORT) SQLite keeps a
 // statement journal to undo just the failed statement, a copy of every page a
 // multi-row INSERT changes first.
-func insertConns(n int, kind uint8, shape int) string {
+func insertConns(n int, kind, same uint8, shape int) string {
 	type key struct {
-		n, shape int
-		kind     uint8
+		n, shape   int
+		kind, same uint8
 	}
-	if q, ok := insertSQL.Load(key{n, shape, kind}); ok {
+	if q, ok := insertSQL.Load(key{n, shape, kind, same}); ok {
 		return q.(string)
 	}
 	cols := connColumns
@@ -2112,7 +2165,18 @@ func insertConns(n int, kind uint8, shape int) string {
 		}
 	}
 	for _, col := range cols {
-		if col.shared {
+		if col.same&same != 0 {
+			shared++
+			names = append(names, col.name)
+			if col.text {
+				row = append(row, fmt.Sprintf("ifnull(?%d, '')", shared))
+			} else {
+				row = append(row, fmt.Sprintf("?%d", shared))
+			}
+		}
+	}
+	for _, col := range cols {
+		if col.shared || col.same&same != 0 {
 			continue
 		}
 		names = append(names, col.name)
@@ -2143,7 +2207,7 @@ func insertConns(n int, kind uint8, shape int) string {
 		b.WriteString(values)
 	}
 	q := b.String()
-	insertSQL.Store(key{n, shape, kind}, q)
+	insertSQL.Store(key{n, shape, kind, same}, q)
 	return q
 }
 
