@@ -6,12 +6,9 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -575,54 +572,8 @@ func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration
 	return h, nil
 }
 
-// historyPageSize is the page size of a new history. The writer's commits write
-// their pages to the write-ahead log with two system calls each (the frame's
-// header, then the page), and a checkpoint reads and writes each again: with
-// pages of 16 KiB instead of SQLite's 4 KiB, a fast-path row cost the writer
-// about a quarter less CPU (BenchmarkHistoryWriteBatch), a row of the log a
-// third of the system calls. A history written with another page size keeps it
-// (changing it would rewrite the whole file). On a file system smaller than
-// smallHistoryFS a new history keeps SQLite's 4 KiB: its empty schema takes 9 pages,
-// which would be 144 KiB of a few hundred.
-const (
-	historyPageSize = 16384
-	smallHistoryFS  = 64 << 20
-)
-
-// walCheckpointBytes is how much log the writer lets commits write before it
-// checkpoints (wal_autocheckpoint, which counts pages): SQLite's default of
-// 1000 pages of 4 KiB, whatever the page size. With synchronous=NORMAL the log
-// is synced at a checkpoint, so this also bounds what a power loss can take of
-// the newest history: larger pages do not make it more.
-const walCheckpointBytes = 1000 * 4096
-
-// createHistoryFile creates the database at path with historyPageSize pages in
-// WAL mode if there is none and its file system is not small (smallHistoryFS): the
-// page size of a database is set when its first page is written, which the
-// DSN's journal_mode(WAL) would do first.
-func createHistoryFile(path string) error {
-	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 || err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil // there is one (or open will say what is wrong with it)
-	}
-	if _, total, err := diskSpace(filepath.Dir(path)); err != nil || total < smallHistoryFS {
-		return nil
-	}
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=page_size("+strconv.Itoa(historyPageSize)+")")
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	if _, err := db.Exec(`PRAGMA journal_mode=WAL`); err != nil {
-		return fmt.Errorf("creating it: %w", err)
-	}
-	return db.Close()
-}
-
 // open opens the database, creating or upgrading its schema, and applies the bound.
 func (h *History) open() error {
-	if err := createHistoryFile(h.path); err != nil {
-		return fmt.Errorf("history %s: %w", h.path, err)
-	}
 	// journal_size_limit: the write-ahead log gives its room back after a checkpoint
 	// instead of keeping its largest size for ever.
 	dsn := "file:" + h.path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_pragma=journal_size_limit(1048576)"
@@ -1299,16 +1250,6 @@ func newRowWriter(db *sql.DB, shape int) (*rowWriter, error) {
 	w := &rowWriter{conn: conn, stmts: map[string]driver.Stmt{}, rowids: map[engine.RequestID]int64{},
 		shape: shape, procs: map[procKey]*procRow{}}
 	w.per = len(w.columns())
-	// The writer's commits checkpoint after walCheckpointBytes of log.
-	var pageSize int
-	if err := conn.QueryRowContext(context.Background(), `PRAGMA page_size`).Scan(&pageSize); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("history: the page size: %w", err)
-	}
-	if _, err := conn.ExecContext(context.Background(), `PRAGMA wal_autocheckpoint = `+strconv.Itoa(max(1, walCheckpointBytes/pageSize))); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("history: setting the writer's checkpoints: %w", err)
-	}
 	if err := conn.QueryRowContext(context.Background(), `SELECT (SELECT ifnull(MAX(id), 0) FROM conns), (SELECT ifnull(MAX(id), 0) FROM procs)`).Scan(&w.maxConn, &w.nextProc); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("history: the writer's first ids: %w", err)

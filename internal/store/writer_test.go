@@ -1,8 +1,6 @@
 package store
 
 import (
-	"context"
-	"database/sql"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -218,56 +216,5 @@ func TestHistorySameColumnsRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(g, w) {
 			t.Fatalf("row %d:\n got %+v\nwant %+v", k, g, w)
 		}
-	}
-}
-
-// TestHistoryPageSize: a new history has pages of historyPageSize and its
-// writer checkpoints after walCheckpointBytes of log (wal_autocheckpoint in
-// pages); one written before with SQLite's 4 KiB pages keeps them, its writer
-// checkpointing after as much log (1000 pages), and both read back what was
-// written.
-func TestHistoryPageSize(t *testing.T) {
-	dir := t.TempDir()
-	old := filepath.Join(dir, "old.db")
-	db, err := sql.Open("sqlite", "file:"+old+"?_pragma=journal_mode(WAL)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(historySchema); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	for _, c := range []struct {
-		path        string
-		page, pages int
-	}{
-		{filepath.Join(dir, HistoryFileName), historyPageSize, walCheckpointBytes / historyPageSize},
-		{old, 4096, 1000},
-	} {
-		h, err := OpenHistory(c.path, 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range 100 {
-			h.Record(fastPathConn(i))
-		}
-		h.Flush()
-		w, err := newRowWriter(h.db.Load(), shapeProcs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var page, pages int
-		if err := w.conn.QueryRowContext(context.Background(), `PRAGMA page_size`).Scan(&page); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.conn.QueryRowContext(context.Background(), `PRAGMA wal_autocheckpoint`).Scan(&pages); err != nil {
-			t.Fatal(err)
-		}
-		w.conn.Close()
-		if n, err := h.Count(); page != c.page || pages != c.pages || n != 100 || err != nil {
-			t.Errorf("%s: page size %d, checkpoint every %d pages, %d rows (%v); want %d, %d, 100",
-				filepath.Base(c.path), page, pages, n, err, c.page, c.pages)
-		}
-		h.Close()
 	}
 }
