@@ -139,7 +139,7 @@ type History struct {
 	db      atomic.Pointer[sql.DB]
 	path    string
 	maxRows int
-	queue   chan historyItem
+	queue   itemQueue
 	hold    time.Duration // historyHold, but for tests
 	run     int64         // this opening's start (ns): with a request ID, it names a row
 	// trafficTable: the traffic table exists (see trafficSchema).
@@ -148,12 +148,12 @@ type History struct {
 	// by an earlier version); new rows leave them empty unless tuning.inlineProcs.
 	inline  bool
 	flushes chan chan struct{}
-	kick    chan struct{} // Record: the queue is past half full, write now
-	done    chan struct{}
-	w       *rowWriter // the writer goroutine's connection; nil until needed
-
-	closeMu sync.RWMutex // held for reading while sending to queue; Close takes it to close queue
-	closed  bool
+	// wake: an idle writer has something to take (the queue was empty), or
+	// the history is closing.
+	wake chan struct{}
+	kick chan struct{} // Record: the queue is past half full, write now
+	done chan struct{}
+	w    *rowWriter // the writer goroutine's connection; nil until needed
 
 	// reports is rowHold.reports, for writeItems (writer goroutine only).
 	reports bool
@@ -545,7 +545,8 @@ func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration
 	h := &History{
 		path:    path,
 		maxRows: maxRows,
-		queue:   make(chan historyItem, queueLen),
+		queue:   itemQueue{max: queueLen},
+		wake:    make(chan struct{}, 1),
 		hold:    hold,
 		run:     time.Now().UnixNano(),
 		flushes: make(chan chan struct{}),
@@ -662,35 +663,85 @@ func (h *History) isDiskFull(err error) bool {
 // errHistoryNotOpen answers queries while the database could not be opened.
 var errHistoryNotOpen = errors.New("history: not open (the disk was full)")
 
+// itemQueue holds the items recorded and not yet taken by the writer, at most
+// max. Producers append under mu; the writer takes them all at once (take),
+// swapping in the slice it emptied before: a connection costs its producer one
+// uncontended lock and one copy of the item, where a channel cost a lock the
+// writer took too for every item it received (the runtime's, spinning when both
+// sides met), a copy into the channel and another out of it.
+type itemQueue struct {
+	mu     sync.Mutex
+	items  []historyItem
+	max    int
+	closed bool
+}
+
+// put appends an item set by fill to q, and reports how many items q holds then
+// (0: full, not added) and whether q is closed (nothing added).
+func (q *itemQueue) put(fill func(*historyItem)) (n int, closed bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, true
+	}
+	if len(q.items) >= q.max {
+		return 0, false
+	}
+	q.items = append(q.items, historyItem{})
+	fill(&q.items[len(q.items)-1])
+	return len(q.items), false
+}
+
+// take returns the items queued, and whether q was closed when they were taken:
+// then nothing comes after them. The items are the caller's until its next
+// take, which hands them back (spare: the slice the last take returned, which
+// the caller emptied) for q to append to.
+func (q *itemQueue) take(spare []historyItem) (items []historyItem, closed bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items, q.items = q.items, spare[:0]
+	return items, q.closed
+}
+
+// len is how many items q holds.
+func (q *itemQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+// close closes q, and reports whether it was open.
+func (q *itemQueue) close() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	was := !q.closed
+	q.closed = true
+	return was
+}
+
 // Record queues c for writing and returns at once. If the buffer is full the
 // connection is dropped, counted, and ErrHistoryFull returned: the decision path never
 // waits for the disk.
 func (h *History) Record(c Conn) error {
-	it := historyItem{conn: c}
-	return h.enqueueConn(&it)
+	return h.enqueue(func(it *historyItem) {
+		it.conn = c
+		if it.conn.Time.IsZero() {
+			it.conn.Time = time.Now()
+		}
+	})
 }
 
 // RecordDecision is Record of the connection req decided as v at time at (zero:
-// now): its row is built in place from *req, which the caller keeps, instead of
-// from a Conn copied on its way (the fast path records a row per connection, and
-// a Conn is some 400 bytes).
+// now): its row is built in place in the queue from *req, which the caller
+// keeps, instead of from a Conn copied on its way (the fast path records a row
+// per connection, and a Conn is some 400 bytes).
 func (h *History) RecordDecision(at time.Time, req *engine.Request, v engine.Verdict) error {
-	it := historyItem{conn: Conn{Time: at, Request: *req, Verdict: v}}
-	return h.enqueueConn(&it)
-}
-
-// enqueueConn is Record's and RecordDecision's: the connection's time is now
-// if it has none.
-func (h *History) enqueueConn(it *historyItem) error {
-	h.closeMu.RLock()
-	defer h.closeMu.RUnlock()
-	if h.closed {
-		return ErrHistoryClosed
+	if at.IsZero() {
+		at = time.Now()
 	}
-	if it.conn.Time.IsZero() {
-		it.conn.Time = time.Now()
-	}
-	return h.enqueue(it)
+	return h.enqueue(func(it *historyItem) {
+		it.conn.Time, it.conn.Request, it.conn.Verdict = at, *req, v
+	})
 }
 
 // RecordTraffic queues a report of a recorded connection's bytes and returns at
@@ -698,33 +749,37 @@ func (h *History) enqueueConn(it *historyItem) error {
 // this opening) gets the totals, and the bytes since its last report count for
 // its program in Top. A full buffer drops it as Record does.
 func (h *History) RecordTraffic(t Traffic) error {
-	h.closeMu.RLock()
-	defer h.closeMu.RUnlock()
-	if h.closed {
-		return ErrHistoryClosed
-	}
 	if t.Time.IsZero() {
 		t.Time = time.Now()
 	}
-	it := trafficItem(&t)
-	return h.enqueue(&it)
+	return h.enqueue(func(it *historyItem) { *it = trafficItem(&t) })
 }
 
-// enqueue hands *it to the writer (the queue's copy is the only one made);
-// closeMu is held for reading.
-func (h *History) enqueue(it *historyItem) error {
-	select {
-	case h.queue <- *it:
-		if len(h.queue) >= cap(h.queue)/2 {
-			select {
-			case h.kick <- struct{}{}:
-			default:
-			}
-		}
-		return nil
-	default:
+// enqueue queues an item set by fill for the writer (the queue's is the only
+// copy made), waking it if it was idle, and kicking it once the queue is half
+// full.
+func (h *History) enqueue(fill func(*historyItem)) error {
+	n, closed := h.queue.put(fill)
+	switch {
+	case closed:
+		return ErrHistoryClosed
+	case n == 0:
 		h.dropped.Add(1)
 		return ErrHistoryFull
+	case n == 1:
+		signal(h.wake)
+	}
+	if n >= h.queue.max/2 {
+		signal(h.kick)
+	}
+	return nil
+}
+
+// signal sends on c (of capacity 1) unless a signal is pending already.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 
@@ -803,18 +858,12 @@ func (h *History) LastError() string {
 
 // Close writes what is buffered and closes the database.
 func (h *History) Close() error {
-	h.closeMu.Lock()
-	if h.closed {
-		h.closeMu.Unlock()
+	if !h.queue.close() {
 		return nil
 	}
-	h.closed = true
-	close(h.queue)
-	h.closeMu.Unlock()
-	select {
-	case h.kick <- struct{}{}: // the writer writes what it holds now
-	default:
-	}
+	// The writer writes what it holds now, idle or not.
+	signal(h.wake)
+	signal(h.kick)
 	<-h.done
 	if db := h.db.Load(); db != nil {
 		return db.Close()
@@ -858,33 +907,23 @@ func (h *History) writer() {
 	timer.Stop()
 	var acks []chan struct{}
 	closed := false
-	var first []historyItem // the item that woke an idle writer
-	// in is the item take receives: one variable for them all, not a heap copy
-	// of each (hold.take's write keeps a pointer's value from being proved local).
-	var in historyItem
+	var items []historyItem // the queue's items taken last
 	// take takes what the queue holds now, writes the rows held long enough (all of
 	// them for a Flush or on Close) and the reports, and then acknowledges waiting
 	// Flushes.
 	take := func() {
 		now := time.Now()
-		for i := range first {
-			hold.take(&first[i], now, write, &h.totals)
-		}
-		clear(first)
-		first = first[:0]
-	drain:
+		// Until the queue is empty: what came while the writer took the last
+		// items (a flood's) is taken too.
 		for !closed {
-			var ok bool
-			select {
-			case in, ok = <-h.queue:
-				if !ok {
-					closed = true
-					break drain
-				}
-				hold.take(&in, now, write, &h.totals)
-			default:
-				break drain
+			items, closed = h.queue.take(items)
+			if len(items) == 0 {
+				break
 			}
+			for i := range items {
+				hold.take(&items[i], now, write, &h.totals)
+			}
+			clear(items) // let the values go (the held rows are copies)
 		}
 		hold.release(now, closed || len(acks) > 0, write)
 		if len(batch) > 0 || h.totals.reports {
@@ -899,15 +938,10 @@ func (h *History) writer() {
 	}
 	for !closed {
 		if hold.len() == 0 {
-			// Idle: wait for the first connection of a batch, a Flush, or Close.
+			// Idle: wait for the first connection of a batch (or Close, which
+			// kicks too), or a Flush.
 			select {
-			case it, ok := <-h.queue:
-				if !ok {
-					closed = true
-					take()
-					return
-				}
-				first = append(first, it)
+			case <-h.wake:
 			case ack := <-h.flushes:
 				// Everything recorded before Flush was called is in the queue already.
 				acks = append(acks, ack)
@@ -1598,21 +1632,28 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			for _, k := range kinds[:n] {
 				kind &= k
 			}
-			// The shared columns' values (the first row's), then each row's own.
+			same := sameColumns(cols, vals[:n*per], per)
+			// The shared columns' values, then the same set's (the first row's),
+			// then each row's own.
 			for i, col := range cols {
 				if col.shared {
+					w.args = append(w.args, driver.NamedValue{Value: vals[i]})
+				}
+			}
+			for i, col := range cols {
+				if col.same&same != 0 {
 					w.args = append(w.args, driver.NamedValue{Value: vals[i]})
 				}
 			}
 			for r := range n {
 				row := vals[r*per : (r+1)*per]
 				for i, col := range cols {
-					if !col.shared && col.group&kind == 0 {
+					if !col.shared && col.same&same == 0 && col.group&kind == 0 {
 						w.args = append(w.args, driver.NamedValue{Value: row[i]})
 					}
 				}
 			}
-			res, err := w.runArgs(insertConns(n, kind, w.shape))
+			res, err := w.runArgs(insertConns(n, kind, same, w.shape))
 			if err != nil {
 				return err
 			}
@@ -1985,8 +2026,9 @@ const (
 // column is a column of conns a row inserts. A text goes as NULL when empty and
 // is stored as an empty text (ifnull): the driver copies every text it binds into
 // memory of its own, which NULL spares. Binding a value costs the writer about
-// as much as SQLite's inserting it, so a statement binds only what differs from
-// row to row:
+// as much as SQLite's inserting it (the driver takes the connection's mutex
+// twice per value, and copies a text into memory of its own), so a statement
+// binds only what differs from row to row:
 //   - A column of a group (group) is empty (or 0) in most rows of some kind: the
 //     optional texts in most connections the kernel fast path records (groupTexts),
 //     the request ID in rows whose flow ended before they were written (groupReq),
@@ -1996,11 +2038,55 @@ const (
 //     them too.
 //   - A shared column has one value in every row the writer writes (run_ns, the
 //     opening): a statement binds it once, as its first parameter (?1).
+//   - A column that may be the same in all the rows of a statement (same: a bit
+//     of a statement's same set, see sameColumns) is bound once when it is, as
+//     a numbered parameter after the shared ones: the local address (a host
+//     has few), the remote address and port (a program's connections mostly go
+//     to a few servers) and the procs row (a process's connections come in
+//     runs). Fast-path rows of one program to one server bind 4 values each
+//     where they bound 8.
 type column struct {
 	name   string
 	text   bool
 	group  uint8 // 0: none
 	shared bool
+	same   uint8 // 0: none
+}
+
+// Columns that may be bound once per statement (column.same), bits of a
+// statement's same set.
+const (
+	sameLocalIP = 1 << iota
+	sameRemoteIP
+	sameRemotePort
+	sameProc
+)
+
+// sameColumns returns the same set of the rows vals (per values each) of
+// columns cols: the columns (of those that may be, column.same) whose value is
+// the same in every row. A single row has none: any would do, and one
+// statement serves all.
+func sameColumns(cols []column, vals []driver.Value, per int) uint8 {
+	if len(vals) <= per {
+		return 0
+	}
+	var same uint8
+	for i, col := range cols {
+		if col.same == 0 {
+			continue
+		}
+		v, all := vals[i], true
+		for r := i + per; r < len(vals); r += per {
+			if vals[r] != v {
+				all = false
+				break
+			}
+		}
+		if all {
+			same |= col.same
+		}
+	}
+	return same
 }
 
 // Column groups (column.group), bits of a row's kind.
@@ -2015,13 +2101,13 @@ const (
 // rowWriter.values: the connection's own, and its process's procs row.
 var connColumns = []column{
 	{name: "time_ns"},
-	{name: "local_ip", text: true}, {name: "local_port"},
-	{name: "remote_ip", text: true}, {name: "remote_port"},
+	{name: "local_ip", text: true, same: sameLocalIP}, {name: "local_port"},
+	{name: "remote_ip", text: true, same: sameRemoteIP}, {name: "remote_port", same: sameRemotePort},
 	{name: "host", text: true, group: groupTexts}, {name: "host_source", text: true, group: groupTexts},
 	{name: "note", text: true, group: groupTexts},
 	{name: "run_ns", shared: true}, {name: "req_id", group: groupReq},
 	{name: "bytes_in", group: groupBytes}, {name: "bytes_out", group: groupBytes},
-	{name: "proc"},
+	{name: "proc", same: sameProc},
 }
 
 // inlineColumns are the columns a row holding its process's columns inserts
@@ -2053,20 +2139,21 @@ const (
 // insertSQL holds insertConns' statements by size and kind.
 var insertSQL sync.Map
 
-// insertConns returns an INSERT of n connection rows of a shape and a kind (the
-// column groups it has as constants, see column). Its parameters are the shared
-// columns' values (?1...), then each row's values of the other columns, in the
-// order of the shape's columns. OR ROLLBACK: a row that breaks a constraint (none
+// insertConns returns an INSERT of n connection rows of a shape, a kind (the
+// column groups it has as constants, see column) and a same set (the columns
+// bound once, see sameColumns). Its parameters are the shared columns' values
+// (?1...), then those of the same set, in the order of the shape's columns,
+// then each row's values of the other columns, in that order. OR ROLLBACK: a row that breaks a constraint (none
 // can: every column gets a value) rolls the transaction back, which the writer
 // does anyway when a statement fails; with the default (ABORT) SQLite keeps a
 // statement journal to undo just the failed statement, a copy of every page a
 // multi-row INSERT changes first.
-func insertConns(n int, kind uint8, shape int) string {
+func insertConns(n int, kind, same uint8, shape int) string {
 	type key struct {
-		n, shape int
-		kind     uint8
+		n, shape   int
+		kind, same uint8
 	}
-	if q, ok := insertSQL.Load(key{n, shape, kind}); ok {
+	if q, ok := insertSQL.Load(key{n, shape, kind, same}); ok {
 		return q.(string)
 	}
 	cols := connColumns
@@ -2085,7 +2172,18 @@ func insertConns(n int, kind uint8, shape int) string {
 		}
 	}
 	for _, col := range cols {
-		if col.shared {
+		if col.same&same != 0 {
+			shared++
+			names = append(names, col.name)
+			if col.text {
+				row = append(row, fmt.Sprintf("ifnull(?%d, '')", shared))
+			} else {
+				row = append(row, fmt.Sprintf("?%d", shared))
+			}
+		}
+	}
+	for _, col := range cols {
+		if col.shared || col.same&same != 0 {
 			continue
 		}
 		names = append(names, col.name)
@@ -2116,7 +2214,7 @@ func insertConns(n int, kind uint8, shape int) string {
 		b.WriteString(values)
 	}
 	q := b.String()
-	insertSQL.Store(key{n, shape, kind}, q)
+	insertSQL.Store(key{n, shape, kind, same}, q)
 	return q
 }
 

@@ -14,7 +14,7 @@ import (
 func waitTaken(t *testing.T, h *History) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(h.queue) > 0 {
+	for h.queue.len() > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the writer did not take the queued items in 10 s")
 		}

@@ -137,3 +137,84 @@ func TestHistoryWritesAfterAFailedBatch(t *testing.T) {
 		t.Fatalf("history holds %d rows, want %d: %+v %q", n, 3+80, h.Stats(), h.LastError())
 	}
 }
+
+// TestHistorySameColumnsRoundTrip: rows whose local address, remote address and
+// port and process are the same in all the rows of a statement (bound once, see
+// sameColumns) but for one row, at every place of a statement of every size
+// (one column differing at a time), and runs where they are all the same, read
+// back exactly as recorded, in order: no row takes another's value.
+func TestHistorySameColumnsRoundTrip(t *testing.T) {
+	h, err := OpenHistory(filepath.Join(t.TempDir(), HistoryFileName), 100_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	base := func(i int) Conn {
+		c := fastPathConn(i)
+		r := &c.Request
+		r.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, 2}), 9000)
+		r.PID, r.Exe = 2000, "/usr/bin/client0"
+		return c
+	}
+	// other changes one column of c (which: 0 the local address, 1 the remote
+	// address, 2 the remote port, 3 the process).
+	other := func(c *Conn, which int) {
+		r := &c.Request
+		switch which {
+		case 0:
+			r.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, 1}), r.Local.Port())
+		case 1:
+			r.Remote = netip.AddrPortFrom(netip.MustParseAddr("fd00::7"), r.Remote.Port())
+		case 2:
+			r.Remote = netip.AddrPortFrom(r.Remote.Addr(), 443)
+		case 3:
+			r.PID, r.Exe = 2001, "/usr/bin/client1"
+		}
+	}
+	var want []Conn
+	i := 0
+	record := func(c Conn) {
+		if err := h.Record(c); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, c)
+		i++
+	}
+	for _, n := range insertSizes {
+		for which := range 4 {
+			for odd := range n {
+				// Flushed before and after: the n rows are one statement.
+				h.Flush()
+				for k := range n {
+					c := base(i)
+					if k == odd {
+						other(&c, which)
+					}
+					record(c)
+				}
+				h.Flush()
+			}
+		}
+		for range 3 {
+			record(base(i))
+		}
+		h.Flush()
+	}
+	got, err := h.Recent(len(want)+10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("read back %d rows, want %d", len(got), len(want))
+	}
+	for k := range want {
+		w, g := want[k], got[k]
+		w.ID, g.ID = 0, 0
+		w.Request.ID = 0 // not read back
+		w.Time = time.Unix(0, w.Time.UnixNano())
+		w.Request.Time = w.Time
+		if !reflect.DeepEqual(g, w) {
+			t.Fatalf("row %d:\n got %+v\nwant %+v", k, g, w)
+		}
+	}
+}
