@@ -502,6 +502,17 @@ type Config struct {
 	// is then held (and dropped, fail-closed), and so is the first datagram
 	// of a UDP flow. Backend.FastLease says whether the ruleset has it.
 	FastLease string
+	// FastSocketPin is the pinned socket filter program of the kernel fast
+	// path's socket pin (internal/fastpath, FastPath.SocketPin); "": none.
+	// LATCH-OUT runs it (an xt_bpf match) on a UDP, UDP-Lite or ICMP echo
+	// packet back from an allow verdict (2: it records the packet's socket for
+	// the packet's tuple) and on such a packet of an allowed flow (7: it
+	// passes only if it comes from the socket recorded; otherwise the queue
+	// decides it for its own socket's program). Without it an allowed flow's
+	// conntrack mark outlives its socket: another program that binds the
+	// freed local port sends on the flow unasked. Backend.FastSocketPin says
+	// whether the ruleset has it. The iptables rulesets only.
+	FastSocketPin string
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to

@@ -54,6 +54,12 @@ type ruleSpec struct {
 	// SYN with MarkFastAllow passes (rule 4). Without it the mark is left over
 	// from an earlier daemon's fast path and the SYN is held.
 	fastTCP bool
+	// sockPin is the pinned socket filter program of the kernel fast path's
+	// socket pin (Config.FastSocketPin): LATCH-OUT records, for a UDP (UDP-Lite,
+	// ICMP echo) packet back from an allow verdict, its socket for its tuple,
+	// and returns a later packet of an allowed flow of those protocols only if
+	// it comes from that socket (7), else queues it; "": none.
+	sockPin string
 	// lease is the pinned socket filter program of the kernel fast path's
 	// lease (Config.FastLease): with fastTCP, a SYN passes by MarkFastAllow,
 	// and with fastUDP the UDP match runs, only while it matches, that is
@@ -381,7 +387,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// SYN conntrack puts on an allowed entry of the same 4-tuple is a new
 		// connection); a flow being decided again has MarkRedecide, not MarkAllow.
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
-		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
+		pinned := ""
+		if out && spec.sockPin != "" {
+			// Only from the socket the flow was allowed for (the socket pin,
+			// see Config.FastSocketPin): another socket on the same tuple
+			// (another program that bound the local port the allowed socket
+			// freed, or shares it with SO_REUSEPORT) is queued below.
+			pinned = " -m bpf --object-pinned " + spec.sockPin
+		}
+		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x%s -j RETURN\n", name, ctAllow, MarkReject, MarkMask, pinned)
 		if hook != "FORWARD" {
 			// A TCP packet conntrack cannot place (INVALID), but one with SYN
 			// set (with FIN, RST or ACK too: LATCH-IN drops a peer's, see
@@ -407,10 +421,24 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x%s -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
 				name, MarkMask, MarkMask, lease, spec.fastUDP, MarkAllow, MarkMask)
 		}
+		if pinned != "" {
+			// Back from an allow verdict (or the UDP match): the socket pin
+			// records the packet's socket for its tuple (a rule without a
+			// target: the match does the work).
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s%s\n", name, allow, pinned)
+		}
 		fmt.Fprintf(&b, "-A %s %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x\n", name, allow, MarkMask, MarkMask)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
 		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
 		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
+		if pinned != "" {
+			// A packet of an allowed flow that the socket pin did not
+			// return at 7 (another socket than the one the flow was allowed
+			// for, or a flow the pin does not know: allowed before this
+			// daemon, or forgotten by its LRU map): decided for its own
+			// socket's program, whose allow records that socket (2).
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s %s\n", name, ctAllow, q)
+		}
 		if out && spec.notrack {
 			// A packet of a fast socket a rule change marked for deciding again
 			// (Redecide), untracked: held and decided again, as a packet of a
@@ -1206,6 +1234,10 @@ func (spec ruleSpec) nftRules() string {
 }
 
 func (fw *nftFirewall) install(spec ruleSpec) error {
+	if spec.sockPin != "" {
+		// Not written for native nftables yet: Start installs without it.
+		return fmt.Errorf("%w: not with native nftables", errSocketPin)
+	}
 	rules := spec.nftRules()
 	if _, err := run("", "nft", "list", "table", "inet", nftTable); err == nil {
 		// Replace a stopped daemon's table in the same transaction, never leaving a

@@ -449,6 +449,23 @@ func runChild(mode string) int {
 	// LATCH_TEST_FAST_TCP: as with the kernel fast path deciding TCP connects
 	// (the tests mark their sockets as it would).
 	cfg.FastTCP = os.Getenv("LATCH_TEST_FAST_TCP") != ""
+	// LATCH_TEST_SOCKET_PIN=on: the kernel fast path's socket pin, loaded
+	// alone and pinned in a directory of the daemon's own.
+	if os.Getenv("LATCH_TEST_SOCKET_PIN") == "on" {
+		dir, err := os.MkdirTemp("", "latch-lt-pin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.Remove(dir)
+		sp, err := fastpath.OpenSocketPin(filepath.Join(dir, "bpf"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer sp.Close()
+		cfg.FastSocketPin = sp.Path()
+	}
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
 		var err error
@@ -611,6 +628,17 @@ func runChild(mode string) int {
 			for i := 0; i < 300; i++ {
 				if err := b.FastUDP(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
 					say("fast-udp %v", err)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	if cfg.FastSocketPin != "" {
+		go func() {
+			for i := 0; i < 300; i++ {
+				if err := b.FastSocketPin(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
+					say("socket-pin %v", err)
 					return
 				}
 				time.Sleep(20 * time.Millisecond)

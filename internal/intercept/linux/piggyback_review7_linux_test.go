@@ -53,28 +53,43 @@ func unprivilegedUDP() int {
 	return 0
 }
 
-// TestUDPFlowOutlivesItsSocket (review7, a known hole): a UDP flow is
-// decided once, for the socket that sent its first datagram, and its
-// conntrack entry (with the allow mark) lives on for 30 s after that socket
-// closes, renewed by every datagram. Another program, no rule allows (here:
-// user nobody, whom the test's decider denies), binds the freed local port
-// (any port over 1023; /proc/net/udp shows everyone's connected sockets) and
-// sends to the same destination: the same 5-tuple, passed by the allowed
-// flow's RETURN without a question, and recorded as the first program's.
-// Control: nobody's datagram from a port of its own is held and denied.
-// LATCH_TEST_KNOWN_HOLES=1 runs it; it fails on the current code (F received
-// nobody's datagrams).
-func TestUDPFlowOutlivesItsSocket(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("a known hole (see the comment); LATCH_TEST_KNOWN_HOLES=1 runs it")
+// heldCount counts the daemon's "held" lines in lines that name port (the
+// remote port of the requests).
+func heldCount(lines []string, remote string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "held ") && strings.Contains(l, " "+remote+" ") {
+			n++
+		}
 	}
+	return n
+}
+
+// TestUDPFlowOutlivesItsSocket (review7): a UDP flow is decided once, for
+// the socket that sent its first datagram, and its conntrack entry (with the
+// allow mark) lives on for 30 s after that socket closes, renewed by every
+// datagram. Another program, no rule allows (here: user nobody, whom the
+// test's decider denies), binds the freed local port (any port over 1023;
+// /proc/net/udp shows everyone's connected sockets) and sends to the same
+// destination: the same 5-tuple, which the allowed flow's RETURN passed
+// without a question, recorded as the first program's (it reached F on
+// 2a1af5a). With the socket pin (Config.FastSocketPin) the flow passes only
+// from the socket its allow was for: nobody's datagrams are held and denied.
+// Control: nobody's datagram from a port of its own is held and denied. Then:
+// the allowed program's datagrams pass with one question for the flow, and
+// the allowed program binding its port again after the close is asked once
+// and allowed (not dropped for ever).
+func TestUDPFlowOutlivesItsSocket(t *testing.T) {
 	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
 			atF := openRaw(t, tp.b, false, unix.IPPROTO_UDP, "").capture()
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534")
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on")
 			defer d.stop()
+			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
+				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
+			}
 			to := net.JoinHostPort(addrB, "9002")
 			nobody := func(port int, msgs string) {
 				t.Helper()
@@ -88,28 +103,54 @@ func TestUDPFlowOutlivesItsSocket(t *testing.T) {
 			if atF.waitSaw("latch-nobody-own", time.Second) {
 				t.Fatal("nobody's datagram from a port of its own reached F: the test's decider does not deny nobody")
 			}
-			// The allowed program (root) sends one datagram and closes.
-			if err := inNS(tp.a, func() error {
-				c, err := net.DialUDP("udp4", &net.UDPAddr{Port: 40300}, &net.UDPAddr{IP: net.ParseIP(addrB), Port: 9002})
-				if err != nil {
-					return err
+			// The allowed program (root) sends ten datagrams and closes.
+			root := func(prefix string) {
+				t.Helper()
+				if err := inNS(tp.a, func() error {
+					// Not connected: F's port unreachable would fail the
+					// next write.
+					c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 40300})
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					for i := range 10 {
+						if _, err := c.WriteToUDP([]byte(fmt.Sprintf("%s-%d", prefix, i)), &net.UDPAddr{IP: net.ParseIP(addrB), Port: 9002}); err != nil {
+							return err
+						}
+						time.Sleep(5 * time.Millisecond)
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
 				}
-				defer c.Close()
-				_, err = c.Write([]byte("latch-root"))
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			if !atF.waitSaw("latch-root", 2*time.Second) {
-				t.Fatal("the allowed program's datagram did not reach F")
+				for i := range 10 {
+					if !atF.waitSaw(fmt.Sprintf("%s-%d", prefix, i), 2*time.Second) {
+						t.Fatalf("the allowed program's datagram %s-%d did not reach F", prefix, i)
+					}
+				}
 			}
 			d.drain()
+			root("latch-root")
+			if n := heldCount(d.linesFor(200*time.Millisecond), to); n != 1 {
+				t.Errorf("the allowed program's flow of 10 datagrams was held %d times; want 1 (its first datagram)", n)
+			}
 			nobody(40300, "latch-piggyback-0 latch-piggyback-1 latch-piggyback-2")
 			if atF.waitSaw("latch-piggyback", time.Second) {
 				t.Errorf("a program no rule allows (nobody) reached F:9002 on the port a closed allowed socket left, without a question")
 			}
-			for _, l := range d.linesFor(200 * time.Millisecond) {
+			lines := d.linesFor(200 * time.Millisecond)
+			if n := heldCount(lines, to); n != 3 {
+				t.Errorf("nobody's 3 datagrams on the allowed flow were held %d times; want 3 (each decided for nobody, and denied)", n)
+			}
+			for _, l := range lines {
 				t.Logf("daemon: %s", l)
+			}
+			// The allowed program binds its port again: a new socket, asked
+			// once (its first datagram), allowed.
+			root("latch-again")
+			if n := heldCount(d.linesFor(200*time.Millisecond), to); n != 1 {
+				t.Errorf("the allowed program's new socket on its old flow was held %d times for 10 datagrams; want 1", n)
 			}
 		})
 	}
