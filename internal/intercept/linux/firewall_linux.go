@@ -37,6 +37,15 @@ const (
 	nftFastPass  = "fastpass"
 	// udplease runs the lease program and on a match goes to udpfast.
 	nftUDPLease = "udplease"
+	// Chains of table inet latch for the socket pin (Config.FastSocketPin):
+	// sockpin runs it (a rule added over netlink) on a packet of an allowed
+	// flow and on a match goes to sockpin_pass, which accepts; sockpin_rec
+	// runs it on a packet back from an allow verdict (which records the
+	// packet's socket) and goes to sockpin_rec_done, empty, which returns.
+	nftSockPin        = "sockpin"
+	nftSockPinPass    = "sockpin_pass"
+	nftSockPinRec     = "sockpin_rec"
+	nftSockPinRecDone = "sockpin_rec_done"
 )
 
 // ruleSpec is what the ruleset must do.
@@ -1065,12 +1074,27 @@ func (spec ruleSpec) nftRules() string {
 		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept\n", nftTable, nftFastPass, MarkMask, ^MarkMask, MarkAllow)
 		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == %#x accept\n", nftTable, nftFastPass, MarkMask, MarkAllow)
 	}
+	if spec.sockPin != "" {
+		for _, c := range []string{nftSockPin, nftSockPinPass, nftSockPinRec, nftSockPinRecDone} {
+			fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, c)
+		}
+		fmt.Fprintf(&b, "add rule inet %s %s accept\n", nftTable, nftSockPinPass)
+	}
 	if spec.fastUDP != "" {
 		// Decided as an allow from the queue is (the rule after "own mark").
 		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPFast)
 		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPFastAllow)
-		fmt.Fprintf(&b, "add rule inet %s %s meta mark set meta mark & %#x | %#x ct mark set ct mark & %#x | %#x accept\n",
-			nftTable, nftUDPFastAllow, ^MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+		if spec.sockPin != "" {
+			// The socket pin records the datagram's socket first (see
+			// iptablesRules: there the allow rule after the match does).
+			fmt.Fprintf(&b, "add rule inet %s %s meta mark set meta mark & %#x | %#x ct mark set ct mark & %#x | %#x\n",
+				nftTable, nftUDPFastAllow, ^MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+			fmt.Fprintf(&b, "add rule inet %s %s jump %s\n", nftTable, nftUDPFastAllow, nftSockPinRec)
+			fmt.Fprintf(&b, "add rule inet %s %s accept\n", nftTable, nftUDPFastAllow)
+		} else {
+			fmt.Fprintf(&b, "add rule inet %s %s meta mark set meta mark & %#x | %#x ct mark set ct mark & %#x | %#x accept\n",
+				nftTable, nftUDPFastAllow, ^MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+		}
 	}
 	chain := func(name, hook, lo string, out bool) {
 		// Priority filter - 1: before iptables-nft's filter chains, like the first
@@ -1124,7 +1148,15 @@ func (spec ruleSpec) nftRules() string {
 		// A packet of a flow already allowed, but a reset's or a SYN (see
 		// iptablesRules).
 		r("tcp flags & (fin|syn|rst|ack) != syn ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
-		r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
+		pinned := out && spec.sockPin != ""
+		if pinned {
+			// Only from the socket the flow was allowed for (see
+			// iptablesRules): sockpin accepts on the pin's match, else
+			// returns here.
+			r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x jump %s", MarkMask, MarkAllow, MarkMask, MarkReject, nftSockPin)
+		} else {
+			r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
+		}
 		if !fwd {
 			// TCP conntrack cannot place, but a SYN or a reset's (see
 			// iptablesRules).
@@ -1140,9 +1172,17 @@ func (spec ruleSpec) nftRules() string {
 			}
 			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, udp)
 		}
+		if pinned {
+			// Back from an allow verdict: the pin records the packet's socket.
+			r("meta l4proto != tcp meta mark & %#x == %#x jump %s", MarkMask, MarkAllow, nftSockPinRec)
+		}
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
+		if pinned {
+			// Not from the socket the flow was allowed for (see iptablesRules).
+			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
+		}
 		if out && spec.notrack {
 			// Held and decided again (see iptablesRules).
 			r("meta l4proto tcp ct state untracked meta mark & %#x == %#x %s", MarkMask, MarkFastRedecide, q)
@@ -1234,10 +1274,6 @@ func (spec ruleSpec) nftRules() string {
 }
 
 func (fw *nftFirewall) install(spec ruleSpec) error {
-	if spec.sockPin != "" {
-		// Not written for native nftables yet: Start installs without it.
-		return fmt.Errorf("%w: not with native nftables", errSocketPin)
-	}
 	rules := spec.nftRules()
 	if _, err := run("", "nft", "list", "table", "inet", nftTable); err == nil {
 		// Replace a stopped daemon's table in the same transaction, never leaving a
@@ -1256,6 +1292,16 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 		// decides them).
 		if err := addNftBPFMatch(nftTable, nftFastLease, nftFastPass, spec.lease); err != nil {
 			return fmt.Errorf("%w: %w", errFastLease, err)
+		}
+	}
+	if spec.sockPin != "" {
+		// Until these rules are in, every packet of an allowed UDP flow is
+		// queued (and decided again for its socket).
+		if err := addNftBPFMatch(nftTable, nftSockPin, nftSockPinPass, spec.sockPin); err != nil {
+			return fmt.Errorf("%w: %w", errSocketPin, err)
+		}
+		if err := addNftBPFMatch(nftTable, nftSockPinRec, nftSockPinRecDone, spec.sockPin); err != nil {
+			return fmt.Errorf("%w: %w", errSocketPin, err)
 		}
 	}
 	if spec.fastUDP != "" {

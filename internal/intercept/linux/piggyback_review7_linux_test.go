@@ -4,12 +4,16 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/latchfw/latch/internal/fastpath"
 	"golang.org/x/sys/unix"
 )
 
@@ -80,7 +84,7 @@ func heldCount(lines []string, remote string) int {
 // the allowed program binding its port again after the close is asked once
 // and allowed (not dropped for ever).
 func TestUDPFlowOutlivesItsSocket(t *testing.T) {
-	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
@@ -153,5 +157,75 @@ func TestUDPFlowOutlivesItsSocket(t *testing.T) {
 				t.Errorf("the allowed program's new socket on its old flow was held %d times for 10 datagrams; want 1", n)
 			}
 		})
+	}
+}
+
+// TestUDPFlowOutlivesItsSocketNft: TestUDPFlowOutlivesItsSocket's hole with
+// the native nftables ruleset, on kernels without nft_queue (as
+// nftAllowFirst: the queue statements drop, and the flow's first datagram
+// to B gets an allow verdict's mark): the socket pin's rules (added over
+// netlink) record the allowed socket and pass its datagrams; another user's
+// socket bound to the port the allowed socket freed sends on the flow's
+// conntrack entry and is held (dropped here), not passed.
+func TestUDPFlowOutlivesItsSocketNft(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skipf("needs nft: %v", err)
+	}
+	tp := newTopo(t)
+	atF := openRaw(t, tp.b, false, unix.IPPROTO_UDP, "").capture()
+	sp, err := fastpath.OpenSocketPin(filepath.Join(t.TempDir(), "bpf"))
+	if err != nil {
+		t.Skipf("cannot load the socket pin: %v", err)
+	}
+	defer sp.Close()
+	// The ruleset with its queue statements as drops, and before it a chain
+	// that gives root's first datagrams to B an allow verdict's mark (an
+	// unreplied UDP flow's datagrams are all conntrack NEW: nobody's too,
+	// which the daemon would deny).
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(ruleSpec{queue: testQueue, exemptLoopback: true, sockPin: sp.Path()}.nftRules(), "drop")
+	rules += "add table inet latchverdict\n"
+	rules += "add chain inet latchverdict output { type filter hook output priority filter - 2; }\n"
+	rules += fmt.Sprintf("add rule inet latchverdict output meta skuid 0 ct state new ip daddr %s meta mark set %#x\n", addrB, MarkAllow)
+	cmd := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+	}
+	if err := inNS(tp.a, func() error {
+		if err := addNftBPFMatch(nftTable, nftSockPin, nftSockPinPass, sp.Path()); err != nil {
+			return err
+		}
+		return addNftBPFMatch(nftTable, nftSockPinRec, nftSockPinRecDone, sp.Path())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	to := &net.UDPAddr{IP: net.ParseIP(addrB), Port: 9002}
+	if err := inNS(tp.a, func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 40300})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for i := range 5 {
+			if _, err := c.WriteToUDP([]byte(fmt.Sprintf("latch-root-%d", i)), to); err != nil {
+				return err
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if !atF.waitSaw(fmt.Sprintf("latch-root-%d", i), 2*time.Second) {
+			t.Fatalf("the allowed socket's datagram latch-root-%d did not reach F (the pin does not pass its own socket)", i)
+		}
+	}
+	c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PORT=40300", "LATCH_TEST_UDP_TO="+to.String(), "LATCH_TEST_UDP_MSGS=latch-piggyback-0 latch-piggyback-1")
+	if _, ok := c.waitLine("done", 10*time.Second); !ok {
+		t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
+	}
+	if atF.waitSaw("latch-piggyback", time.Second) {
+		t.Errorf("another user's socket on the port a closed allowed socket left reached F:9002 on the allowed flow's conntrack entry")
 	}
 }
