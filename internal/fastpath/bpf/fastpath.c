@@ -1644,6 +1644,10 @@ struct {
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_UDPLITE 136
 
+// The value of a pin recorded for an inbound flow (no local socket known
+// yet); no socket has this cookie (cookies count up from 1).
+#define PIN_ANY 0xffffffffffffffffULL
+
 // pin_key fills k from the packet's headers: 1 if the packet is one the pin
 // is about (UDP, UDP-Lite; ICMP or ICMPv6 echo or extended echo request),
 // 0 if not (every other protocol and ICMP type: the kernel's errors, echo
@@ -1712,7 +1716,9 @@ static __always_inline int pin_key(struct __sk_buff *skb, struct fp_pin_key *k)
 // flow whose conntrack mark says allowed (returns 1, and the packet passes,
 // only if its socket is the one recorded for its tuple: another socket on the
 // same tuple, such as another program's that bound the local port the allowed
-// socket freed, goes to the queue). A packet the pin is not about (another
+// socket freed, goes to the queue). In the input chain (Config.Inbound), a
+// peer's packet back from an allow verdict records the reversed tuple for the
+// first local socket that sends on it. A packet the pin is not about (another
 // protocol, an ICMP error or echo reply) returns 1; one whose headers cannot
 // be read, 0.
 SEC("socket")
@@ -1722,13 +1728,39 @@ int latch_fast_pin(struct __sk_buff *skb)
 	int r = pin_key(skb, &k);
 	if (r <= 0)
 		return r == 0;
+	if ((skb->mark & MARK_MASK) == MARK_ALLOW && skb->ingress_ifindex) {
+		// A peer's datagram back from an allow verdict in the input chain
+		// (Config.Inbound): the local socket that will receive it is not
+		// known here. The reversed tuple (what this host sends back) gets
+		// PIN_ANY: the first local socket to send on it claims it. Not ICMP:
+		// the kernel answers a peer's echo request itself (an echo reply,
+		// which the pin lets pass).
+		if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6)
+			return 1;
+		struct fp_pin_key r = k;
+		__builtin_memcpy(r.src, k.dst, 16);
+		__builtin_memcpy(r.dst, k.src, 16);
+		r.sport = k.dport;
+		r.dport = k.sport;
+		__u64 any = PIN_ANY;
+		bpf_map_update_elem(&pins, &r, &any, BPF_ANY);
+		return 1;
+	}
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	if ((skb->mark & MARK_MASK) == MARK_ALLOW) {
 		bpf_map_update_elem(&pins, &k, &cookie, BPF_ANY);
 		return 1;
 	}
 	__u64 *c = bpf_map_lookup_elem(&pins, &k);
-	return c && *c == cookie;
+	if (!c)
+		return 0;
+	if (*c == cookie)
+		return 1;
+	if (*c != PIN_ANY)
+		return 0;
+	// The first socket to answer an inbound flow claims it.
+	bpf_map_update_elem(&pins, &k, &cookie, BPF_EXIST);
+	return 1;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -435,6 +435,11 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// records the packet's socket for its tuple (a rule without a
 			// target: the match does the work).
 			fmt.Fprintf(&b, "-A %s ! -p tcp %s%s\n", name, allow, pinned)
+		} else if hook == "INPUT" && spec.sockPin != "" {
+			// A peer's packet back from an allow verdict (Config.Inbound):
+			// the socket pin records its reversed tuple for the first local
+			// socket that answers on it.
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s -m bpf --object-pinned %s\n", name, allow, spec.sockPin)
 		}
 		fmt.Fprintf(&b, "-A %s %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x\n", name, allow, MarkMask, MarkMask)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
@@ -1172,8 +1177,10 @@ func (spec ruleSpec) nftRules() string {
 			}
 			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, udp)
 		}
-		if pinned {
-			// Back from an allow verdict: the pin records the packet's socket.
+		if pinned || hook == "input" && spec.sockPin != "" {
+			// Back from an allow verdict: the pin records the packet's
+			// socket (input: its reversed tuple, for the first local socket
+			// that answers on it).
 			r("meta l4proto != tcp meta mark & %#x == %#x jump %s", MarkMask, MarkAllow, nftSockPinRec)
 		}
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)

@@ -3,6 +3,7 @@ package linux
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,12 +58,12 @@ func unprivilegedUDP() int {
 	return 0
 }
 
-// heldCount counts the daemon's "held" lines in lines that name port (the
-// remote port of the requests).
+// heldCount counts the daemon's "held out" lines (outbound requests) in
+// lines that name remote.
 func heldCount(lines []string, remote string) int {
 	n := 0
 	for _, l := range lines {
-		if strings.HasPrefix(l, "held ") && strings.Contains(l, " "+remote+" ") {
+		if strings.HasPrefix(l, "held out ") && strings.Contains(l, " "+remote+" ") {
 			n++
 		}
 	}
@@ -227,5 +228,59 @@ func TestUDPFlowOutlivesItsSocketNft(t *testing.T) {
 	}
 	if atF.waitSaw("latch-piggyback", time.Second) {
 		t.Errorf("another user's socket on the port a closed allowed socket left reached F:9002 on the allowed flow's conntrack entry")
+	}
+}
+
+// TestUDPServerReplyOutlivesItsSocket: the reply direction of the hole in
+// TestUDPFlowOutlivesItsSocket. With Config.Inbound a peer's datagram to a
+// local UDP server is decided on the way in, and its allow marks the flow:
+// the server's answers pass (asked nothing more: the first local socket to
+// answer claims the flow's pin). Once the server's socket closes, another
+// program no rule allows (nobody) that binds the server's port and sends to
+// the peer on the same flow is held and denied, not passed by the flow's
+// mark.
+func TestUDPServerReplyOutlivesItsSocket(t *testing.T) {
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_INBOUND=1")
+			defer d.stop()
+			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
+				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
+			}
+			peer := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9003"))
+			srvAddr := netip.MustParseAddrPort(addrA + ":40310")
+			srv := listenUDPIn(t, tp.a, srvAddr)
+			d.drain()
+			peer.send(t, srvAddr, "latch-question")
+			if !srv.receives("latch-question", 2*time.Second) {
+				t.Fatal("the peer's datagram did not reach the server (inbound allow)")
+			}
+			for i := range 5 {
+				srv.send(t, netip.MustParseAddrPort(addrB+":9003"), fmt.Sprintf("latch-answer-%d", i))
+				if !peer.receives(fmt.Sprintf("latch-answer-%d", i), 2*time.Second) {
+					t.Fatalf("the server's answer %d did not reach the peer", i)
+				}
+			}
+			lines := d.linesFor(200 * time.Millisecond)
+			for _, l := range lines {
+				t.Logf("daemon: %s", l)
+			}
+			if n := heldCount(lines, addrB+":9003"); n != 0 {
+				t.Errorf("the server's answers on its allowed inbound flow were held %d times; want 0", n)
+			}
+			srv.c.Close()
+			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PORT=40310", "LATCH_TEST_UDP_TO="+addrB+":9003", "LATCH_TEST_UDP_MSGS=latch-piggyback-0 latch-piggyback-1")
+			if _, ok := c.waitLine("done", 10*time.Second); !ok {
+				t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
+			}
+			if peer.receives("latch-piggyback-0", time.Second) || peer.receives("latch-piggyback-1", 100*time.Millisecond) {
+				t.Errorf("a program no rule allows (nobody) reached the peer on the port a closed server socket left, on its allowed inbound flow")
+			}
+			if n := heldCount(d.linesFor(200*time.Millisecond), addrB+":9003"); n != 2 {
+				t.Errorf("nobody's 2 datagrams were held %d times; want 2", n)
+			}
+		})
 	}
 }
