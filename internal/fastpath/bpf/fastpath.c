@@ -1635,7 +1635,7 @@ struct fp_pin_key {
 // was allowed for, by the tuple of the packet its allow verdict carried.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536); // a flow it forgot is decided again
 	__type(key, struct fp_pin_key);
 	__type(value, __u64);
 } pins SEC(".maps");

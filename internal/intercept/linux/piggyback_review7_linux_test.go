@@ -40,7 +40,14 @@ func unprivilegedUDP() int {
 	if err != nil {
 		return fail(err)
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	// LATCH_TEST_UDP_PROTO=icmp: a ping socket, bound to the echo
+	// identifier LATCH_TEST_UDP_PORT, sending echo requests.
+	icmp := os.Getenv("LATCH_TEST_UDP_PROTO") == "icmp"
+	proto := 0
+	if icmp {
+		proto = unix.IPPROTO_ICMP
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, proto)
 	if err != nil {
 		return fail(err)
 	}
@@ -50,7 +57,11 @@ func unprivilegedUDP() int {
 	sa := &unix.SockaddrInet4{Port: to.Port}
 	copy(sa.Addr[:], to.IP.To4())
 	for _, m := range strings.Fields(os.Getenv("LATCH_TEST_UDP_MSGS")) {
-		err := unix.Sendto(fd, []byte(m), 0, sa)
+		msg := []byte(m)
+		if icmp {
+			msg = icmpMsg(8, 0, 0, msg, true)
+		}
+		err := unix.Sendto(fd, msg, 0, sa)
 		fmt.Println("sent", m, err)
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -280,6 +291,74 @@ func TestUDPServerReplyOutlivesItsSocket(t *testing.T) {
 			}
 			if n := heldCount(d.linesFor(200*time.Millisecond), addrB+":9003"); n != 2 {
 				t.Errorf("nobody's 2 datagrams were held %d times; want 2", n)
+			}
+		})
+	}
+}
+
+// TestPingFlowOutlivesItsSocket: TestUDPFlowOutlivesItsSocket's hole with
+// ICMP echo: a ping socket's allowed flow (its echo identifier in place of
+// ports) keeps its allow conntrack mark after the socket closes; another
+// user's ping socket bound to the same identifier sends echo requests to the
+// same host. With the socket pin they are held (and denied), not passed.
+func TestPingFlowOutlivesItsSocket(t *testing.T) {
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			allowPingSockets(t, tp.a)
+			atB := openRaw(t, tp.b, false, unix.IPPROTO_ICMP, "").capture()
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on")
+			defer d.stop()
+			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
+				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
+			}
+			d.drain()
+			if err := inNS(tp.a, func() error {
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(fd)
+				if err := unix.Bind(fd, &unix.SockaddrInet4{Port: 40320}); err != nil {
+					return err
+				}
+				for i := range 5 {
+					if err := unix.Sendto(fd, icmpMsg(8, 0, 0, []byte(fmt.Sprintf("latch-ping-root-%d", i)), true), 0, sockaddr(addrB)); err != nil {
+						return err
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 5 {
+				if !atB.waitSaw(fmt.Sprintf("latch-ping-root-%d", i), 2*time.Second) {
+					t.Fatalf("the allowed ping socket's echo request %d did not reach B", i)
+				}
+			}
+			held := func() int {
+				n := 0
+				for _, l := range d.linesFor(200 * time.Millisecond) {
+					if strings.HasPrefix(l, "held out icmp ") {
+						n++
+					}
+				}
+				return n
+			}
+			if n := held(); n != 1 {
+				t.Errorf("the allowed ping socket's 5 echo requests were held %d times; want 1", n)
+			}
+			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PROTO=icmp", "LATCH_TEST_UDP_PORT=40320", "LATCH_TEST_UDP_TO="+addrB+":0", "LATCH_TEST_UDP_MSGS=latch-ping-nobody-0 latch-ping-nobody-1")
+			if _, ok := c.waitLine("done", 10*time.Second); !ok {
+				t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
+			}
+			if atB.waitSaw("latch-ping-nobody", time.Second) {
+				t.Errorf("nobody's ping socket, bound to the echo identifier of a closed allowed one, reached B unasked")
+			}
+			if n := held(); n != 2 {
+				t.Errorf("nobody's 2 echo requests were held %d times; want 2", n)
 			}
 		})
 	}
