@@ -51,6 +51,13 @@ func unprivilegedUDP() int {
 	if err != nil {
 		return fail(err)
 	}
+	if os.Getenv("LATCH_TEST_UDP_REUSE") != "" {
+		// Shares the port with a live socket that set it too (any user's:
+		// SO_REUSEPORT would want the same one).
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return fail(err)
+		}
+	}
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port}); err != nil {
 		return fail(fmt.Errorf("bind port %d: %w", port, err))
 	}
@@ -359,6 +366,75 @@ func TestPingFlowOutlivesItsSocket(t *testing.T) {
 			}
 			if n := held(); n != 2 {
 				t.Errorf("nobody's 2 echo requests were held %d times; want 2", n)
+			}
+		})
+	}
+}
+
+// TestUDPFlowSharedPort: the live-socket form of TestUDPFlowOutlivesItsSocket.
+// An allowed program's UDP socket set SO_REUSEADDR; another user's socket with
+// it too binds the same port while the first is open (UDP checks no owner
+// for SO_REUSEADDR) and sends to the same destination: the allowed flow's
+// tuple. With the socket pin its datagrams are held (and denied), and the
+// allowed socket's next datagrams still pass unasked.
+func TestUDPFlowSharedPort(t *testing.T) {
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			atF := openRaw(t, tp.b, false, unix.IPPROTO_UDP, "").capture()
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on")
+			defer d.stop()
+			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
+				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
+			}
+			to := net.JoinHostPort(addrB, "9004")
+			var fd int
+			if err := inNS(tp.a, func() error {
+				var err error
+				if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0); err != nil {
+					return err
+				}
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+					return err
+				}
+				return unix.Bind(fd, &unix.SockaddrInet4{Port: 40340})
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			rootSends := func(prefix string) {
+				t.Helper()
+				for i := range 3 {
+					if err := unix.Sendto(fd, []byte(fmt.Sprintf("%s-%d", prefix, i)), 0, &unix.SockaddrInet4{Port: 9004, Addr: netip.MustParseAddr(addrB).As4()}); err != nil {
+						t.Fatal(err)
+					}
+					if !atF.waitSaw(fmt.Sprintf("%s-%d", prefix, i), 2*time.Second) {
+						t.Fatalf("the allowed socket's datagram %s-%d did not reach F", prefix, i)
+					}
+				}
+			}
+			d.drain()
+			rootSends("latch-root")
+			if n := heldCount(d.linesFor(200*time.Millisecond), to); n != 1 {
+				t.Errorf("the allowed socket's 3 datagrams were held %d times; want 1", n)
+			}
+			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_PORT=40340", "LATCH_TEST_UDP_TO="+to, "LATCH_TEST_UDP_MSGS=latch-shared-0 latch-shared-1")
+			if l, ok := c.waitLine("sent latch-shared-0", 10*time.Second); !ok || l != "sent latch-shared-0 <nil>" {
+				t.Fatalf("nobody could not share the port: %q; stderr:\n%s", l, c.errors())
+			}
+			if _, ok := c.waitLine("done", 10*time.Second); !ok {
+				t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
+			}
+			if atF.waitSaw("latch-shared", time.Second) {
+				t.Errorf("nobody's socket sharing the allowed socket's port (SO_REUSEADDR) reached F:9004 unasked")
+			}
+			if n := heldCount(d.linesFor(200*time.Millisecond), to); n != 2 {
+				t.Errorf("nobody's 2 datagrams were held %d times; want 2", n)
+			}
+			rootSends("latch-root-again")
+			if n := heldCount(d.linesFor(200*time.Millisecond), to); n != 0 {
+				t.Errorf("the allowed socket's datagrams after nobody's were held %d times; want 0", n)
 			}
 		})
 	}
