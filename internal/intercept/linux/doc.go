@@ -53,6 +53,11 @@
 //     udplease goes to udpfast), so that 2 decides the flow as for an allow verdict;
 //  2. for a packet coming back from an allow verdict (mark MarkAllow, NF_REPEAT): saves
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
+//     with Config.FastSocketPin, first the socket pin (xt_bpf) records a UDP,
+//     UDP-Lite or ICMP echo request packet's socket (its cookie) for the
+//     packet's tuple (LATCH-IN: the reversed tuple, for the first local socket
+//     that answers on it), and LATCH-OUT then queues a packet of such a flow
+//     that 7 did not return (see 7);
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
 //     REJECT with a TCP reset, or ICMP port unreachable for other protocols (an
 //     untracked packet's reset too); with notrack, then queues an UNTRACKED TCP
@@ -73,7 +78,21 @@
 //     hits a stale conntrack entry is held too;
 //  6. queues the packets that the side that opened a flow sends (conntrack direction
 //     original) while its conntrack mark is MarkRedecide (see Redecide);
-//  7. returns for flows whose conntrack mark says they were allowed;
+//  7. returns for flows whose conntrack mark says they were allowed; with
+//     Config.FastSocketPin, LATCH-OUT returns a UDP, UDP-Lite or ICMP echo
+//     request packet of such a flow (at 1's early return) only if it comes
+//     from the socket its allow was for (the socket pin), so that another
+//     program that binds the local port an allowed socket freed, or shares it
+//     with SO_REUSEADDR, is not passed by the flow's mark: it is queued after
+//     3 and decided for its own program, like a flow marked MarkRedecide (an
+//     allow records its socket at 2; a deny drops the packet and the pin
+//     stays the first socket's). A flow the pin does not know (allowed before
+//     the daemon started, or forgotten by its LRU map) is queued once too.
+//     Other protocols, ICMP errors and echo replies pass by the mark as
+//     before. Native nftables: chains sockpin and sockpin_rec, whose xt_bpf
+//     rules are added over netlink like udpfast's. Without it (no kernel
+//     fast path) an allowed flow passes from any socket while its conntrack
+//     entry lives;
 //  8. queues the first packet of every other flow (conntrack NEW): TCP picked up
 //     mid-stream, UDP, and any other protocol; for UDP and other protocols also
 //     what conntrack cannot place (INVALID: a raw socket's datagram with a bad
