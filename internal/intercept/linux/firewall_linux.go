@@ -429,6 +429,17 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// (and would record nothing).
 			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x%s -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
 				name, MarkMask, MarkMask, lease, spec.fastUDP, MarkAllow, MarkMask)
+			if pinned != "" {
+				// A datagram of an allowed flow from another socket than
+				// the one its allow was for (the socket pin did not return
+				// it at 7): most often a new socket that got the local port
+				// of a closed one whose flow conntrack still remembers (a
+				// program that opens a socket per exchange). The UDP match
+				// decides it for its own socket's program as for a new
+				// flow; a match records the new socket (next rule).
+				fmt.Fprintf(&b, "-A %s -p udp %s -m mark --mark 0x0/%#x%s -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
+					name, ctAllow, MarkMask, lease, spec.fastUDP, MarkAllow, MarkMask)
+			}
 		}
 		if pinned != "" {
 			// Back from an allow verdict (or the UDP match): the socket pin
@@ -1176,6 +1187,10 @@ func (spec ruleSpec) nftRules() string {
 				udp = nftUDPLease
 			}
 			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, udp)
+			if pinned {
+				// Another socket on an allowed flow (see iptablesRules).
+				r("meta l4proto udp ct mark & %#x == %#x meta mark & %#x == 0 jump %s", MarkMask, MarkAllow, MarkMask, udp)
+			}
 		}
 		if pinned || hook == "input" && spec.sockPin != "" {
 			// Back from an allow verdict: the pin records the packet's

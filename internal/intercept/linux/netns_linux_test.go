@@ -593,6 +593,12 @@ func runChild(mode string) int {
 	if notrack != "" {
 		cfg.Ready = func() { say("ready"); say("notrack %v", b.Notrack()) }
 	}
+	if cfg.FastSocketPin != "" {
+		// Once the ruleset is installed, after "ready" (which startDaemon
+		// waits for, discarding the lines before it).
+		ready := cfg.Ready
+		cfg.Ready = func() { ready(); say("socket-pin %v", b.FastSocketPin()) }
+	}
 	var err error
 	b, err = New(cfg)
 	if err != nil {
@@ -628,17 +634,6 @@ func runChild(mode string) int {
 			for i := 0; i < 300; i++ {
 				if err := b.FastUDP(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
 					say("fast-udp %v", err)
-					return
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
-	}
-	if cfg.FastSocketPin != "" {
-		go func() {
-			for i := 0; i < 300; i++ {
-				if err := b.FastSocketPin(); err == nil || !strings.Contains(err.Error(), "not installed yet") {
-					say("socket-pin %v", err)
 					return
 				}
 				time.Sleep(20 * time.Millisecond)

@@ -439,3 +439,50 @@ func TestUDPFlowSharedPort(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPFlowSocketReusedFast: with the kernel fast path's UDP match, a new
+// socket on the tuple of an allowed flow conntrack still remembers (the
+// local port of a closed socket, as a program that opens a socket per
+// exchange soon gets) is decided by the UDP match for its own socket, as a
+// new flow would be, and passes unqueued; the socket pin then passes its
+// later datagrams.
+func TestUDPFlowSocketReusedFast(t *testing.T) {
+	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			srv := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9105"))
+			path := pinPortMatch(t, 9105)
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_FAST_UDP="+path, "LATCH_TEST_SOCKET_PIN=on")
+			defer d.stop()
+			if l, ok := d.waitLine("socket-pin ", 10*time.Second); !ok || l != "socket-pin <nil>" {
+				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
+			}
+			for s := range 3 {
+				if err := inNS(tp.a, func() error {
+					c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 40350})
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					for i := range 3 {
+						if _, err := c.WriteToUDP([]byte(fmt.Sprintf("latch-sock%d-%d", s, i)), &net.UDPAddr{IP: net.ParseIP(addrB), Port: 9105}); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				for i := range 3 {
+					if !srv.receives(fmt.Sprintf("latch-sock%d-%d", s, i), 2*time.Second) {
+						t.Fatalf("socket %d's datagram %d did not arrive", s, i)
+					}
+				}
+			}
+			if n := heldCount(d.linesFor(300*time.Millisecond), addrB+":9105"); n != 0 {
+				t.Errorf("3 sockets in turn on one tuple the UDP match allows were held %d times; want 0", n)
+			}
+		})
+	}
+}
