@@ -83,7 +83,10 @@
 //     request packet of such a flow (at 1's early return) only if it comes
 //     from the socket its allow was for (the socket pin), so that another
 //     program that binds the local port an allowed socket freed, or shares it
-//     with SO_REUSEADDR, is not passed by the flow's mark: it is queued after
+//     with SO_REUSEADDR, is not passed by the flow's mark: with
+//     Config.FastUDPMatch the UDP match (1) decides a UDP datagram of it for
+//     its own socket as for a new flow (a program that opens a socket per
+//     exchange soon reuses a closed one's local port), else it is queued after
 //     3 and decided for its own program, like a flow marked MarkRedecide (an
 //     allow records its socket at 2; a deny drops the packet and the pin
 //     stays the first socket's). A flow the pin does not know (allowed before
