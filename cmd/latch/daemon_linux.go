@@ -91,6 +91,9 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		// ... only while this daemon lives (the lease; see "The lease" in
 		// internal/fastpath).
 		cfg.FastLease = fp.Lease()
+		// An allowed UDP (ICMP echo) flow passes only from the socket it was
+		// allowed for (see "The socket pin" in internal/fastpath).
+		cfg.FastSocketPin = fp.SocketPin()
 		// The kernel reports the end of every TCP socket: the accountant needs
 		// no conntrack update events (which the kernel builds for each state
 		// change of every flow while anybody listens).
@@ -122,6 +125,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		if fp != nil {
 			fp.SetUDP(be.FastUDP())
 			fp.SetLease(be.FastLease())
+			fp.SetSocketPin(be.FastSocketPin())
 			fp.SetTCPRuleset(be.FastTCP())
 			if noNotrack != nil {
 				fp.SetNotrack(noNotrack)

@@ -95,6 +95,11 @@ func runStatus(ctx context.Context, args []string) error {
 			} else {
 				row("fast path udp", "off (UDP flows go through the queue): %s", textesc.Message(f.UDPWhy))
 			}
+			if f.SocketPin {
+				row("fast path socket pin", "on: an allowed UDP or ICMP echo flow passes only from the socket it was allowed for")
+			} else {
+				row("fast path socket pin", "off (an allowed UDP or ICMP echo flow passes from any socket while its conntrack entry lives: another program that binds the local port its socket freed sends on it unasked): %s", textesc.Message(f.SocketPinWhy))
+			}
 			if !f.TCPLocal {
 				row("fast path tcp", "off (every TCP connect goes through the queue: without the sock_ops program nothing checks a decision again when its SYN leaves): %s", textesc.Message(f.TCPLocalWhy))
 			}
@@ -138,6 +143,7 @@ func runStatus(ctx context.Context, args []string) error {
 			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
+			row("fast path socket pin", "off (an allowed UDP or ICMP echo flow passes from any socket while its conntrack entry lives: another program that binds the local port its socket freed sends on it unasked): the fast path is off")
 		}
 	}
 	if c := st.DriverCache; c != nil {

@@ -190,6 +190,27 @@
 // decision the same. Stats.UDP says whether the ruleset runs the match
 // (FastPath.SetUDP), Stats.UDPWhy why not.
 //
+// # The socket pin
+//
+// A UDP (UDP-Lite, ICMP echo) flow is decided for the socket that sent its
+// first packet, but the ruleset passes its later packets by the conntrack
+// mark, which outlives the socket (30 s after its last packet): another
+// program that binds the freed local port, or shares it with SO_REUSEADDR,
+// and sends to the same destination would pass by that mark. Open pins a
+// third socket filter, latch_fast_pin (PinDir, fast-pin-PID; FastPath.SocketPin,
+// or OpenSocketPin alone), which the ruleset's xt_bpf match runs
+// (internal/intercept/linux, Config.FastSocketPin): on a packet back from an
+// allow verdict (mark MarkAllow) it records the packet's own tuple (family,
+// protocol, addresses, ports or echo identifier) -> the cookie of the packet's
+// socket (bpf_get_socket_cookie; 0 for a packet without one) in an LRU hash
+// of 65536 flows; on a later packet of an allowed flow it matches only if the
+// packet's socket cookie is the one recorded, and a miss goes to the queue,
+// whose allow records the new socket. In the input chain (a peer's packet,
+// skb->ingress_ifindex set) it records the reversed tuple with a cookie no
+// socket has, which the first local socket to send on the flow claims. A
+// packet of another protocol, an ICMP error or echo reply always matches.
+// Stats.SocketPin says whether the ruleset runs it (FastPath.SetSocketPin).
+//
 // # Exactness
 //
 // The cache never changes what latch decides. Only a decision made by a rule

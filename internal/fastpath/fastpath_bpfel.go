@@ -84,6 +84,17 @@ type fastpathFpOwner struct {
 	Pad       uint32
 }
 
+type fastpathFpPinKey struct {
+	_      structs.HostLayout
+	Family uint8
+	Proto  uint8
+	Sport  uint16
+	Dport  uint16
+	Pad    uint16
+	Src    [16]uint8
+	Dst    [16]uint8
+}
+
 type fastpathFpSock struct {
 	_        structs.HostLayout
 	Pending  uint32
@@ -130,6 +141,7 @@ const (
 	fastpathMapKeep                 = "keep"
 	fastpathMapLease                = "lease"
 	fastpathMapOwners               = "owners"
+	fastpathMapPins                 = "pins"
 	fastpathMapRestore              = "restore"
 	fastpathMapSocks                = "socks"
 	fastpathMapStats                = "stats"
@@ -139,6 +151,7 @@ const (
 	fastpathProgLatchFastLease      = "latch_fast_lease"
 	fastpathProgLatchFastLive       = "latch_fast_live"
 	fastpathProgLatchFastLiveTcp    = "latch_fast_live_tcp"
+	fastpathProgLatchFastPin        = "latch_fast_pin"
 	fastpathProgLatchFastRedecide   = "latch_fast_redecide"
 	fastpathProgLatchFastRestore    = "latch_fast_restore"
 	fastpathProgLatchFastSkbEgress  = "latch_fast_skb_egress"
@@ -210,6 +223,7 @@ type fastpathProgramSpecs struct {
 	LatchFastLease      *ebpf.ProgramSpec `ebpf:"latch_fast_lease"`
 	LatchFastLive       *ebpf.ProgramSpec `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.ProgramSpec `ebpf:"latch_fast_live_tcp"`
+	LatchFastPin        *ebpf.ProgramSpec `ebpf:"latch_fast_pin"`
 	LatchFastRedecide   *ebpf.ProgramSpec `ebpf:"latch_fast_redecide"`
 	LatchFastRestore    *ebpf.ProgramSpec `ebpf:"latch_fast_restore"`
 	LatchFastSkbEgress  *ebpf.ProgramSpec `ebpf:"latch_fast_skb_egress"`
@@ -231,6 +245,7 @@ type fastpathMapSpecs struct {
 	Keep       *ebpf.MapSpec `ebpf:"keep"`
 	Lease      *ebpf.MapSpec `ebpf:"lease"`
 	Owners     *ebpf.MapSpec `ebpf:"owners"`
+	Pins       *ebpf.MapSpec `ebpf:"pins"`
 	Restore    *ebpf.MapSpec `ebpf:"restore"`
 	Socks      *ebpf.MapSpec `ebpf:"socks"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
@@ -284,6 +299,7 @@ type fastpathMaps struct {
 	Keep       *ebpf.Map `ebpf:"keep"`
 	Lease      *ebpf.Map `ebpf:"lease"`
 	Owners     *ebpf.Map `ebpf:"owners"`
+	Pins       *ebpf.Map `ebpf:"pins"`
 	Restore    *ebpf.Map `ebpf:"restore"`
 	Socks      *ebpf.Map `ebpf:"socks"`
 	Stats      *ebpf.Map `ebpf:"stats"`
@@ -299,6 +315,7 @@ func (m *fastpathMaps) Close() error {
 		m.Keep,
 		m.Lease,
 		m.Owners,
+		m.Pins,
 		m.Restore,
 		m.Socks,
 		m.Stats,
@@ -335,6 +352,7 @@ type fastpathPrograms struct {
 	LatchFastLease      *ebpf.Program `ebpf:"latch_fast_lease"`
 	LatchFastLive       *ebpf.Program `ebpf:"latch_fast_live"`
 	LatchFastLiveTcp    *ebpf.Program `ebpf:"latch_fast_live_tcp"`
+	LatchFastPin        *ebpf.Program `ebpf:"latch_fast_pin"`
 	LatchFastRedecide   *ebpf.Program `ebpf:"latch_fast_redecide"`
 	LatchFastRestore    *ebpf.Program `ebpf:"latch_fast_restore"`
 	LatchFastSkbEgress  *ebpf.Program `ebpf:"latch_fast_skb_egress"`
@@ -352,6 +370,7 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastLease,
 		p.LatchFastLive,
 		p.LatchFastLiveTcp,
+		p.LatchFastPin,
 		p.LatchFastRedecide,
 		p.LatchFastRestore,
 		p.LatchFastSkbEgress,

@@ -233,6 +233,9 @@ type FastPath struct {
 
 	udpPin     string       // where the UDP match program is pinned; "": none
 	leasePin   string       // where the lease program is pinned; "": none
+	sockPin    string       // where the socket pin program is pinned; "": none (see sockpin_linux.go)
+	sockPinOn  atomic.Bool  // the ruleset runs the socket pin
+	sockPinWhy atomic.Value // string: why not
 	leaseOn    atomic.Bool  // the ruleset checks the lease before a fast SYN passes
 	leaseWhy   atomic.Value // string: why not
 	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
@@ -590,14 +593,17 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	fp.notrackRuleWhy.Store("the ruleset does not keep fast TCP flows out of conntrack yet")
 	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
 	fp.leaseWhy.Store("the ruleset does not check the lease yet")
+	fp.sockPinWhy.Store("the ruleset does not run the socket pin yet")
 	if cfg.PinDir == "" {
 		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
 		fp.leaseWhy.Store("no BPF file system to pin the lease in")
+		fp.sockPinWhy.Store("no BPF file system to pin the socket pin in")
 	} else if err := fp.pin(cfg.PinDir); err != nil {
 		// TCP is served all the same (without the lease); UDP goes
 		// through the queue.
 		fp.udpWhy.Store(err.Error())
 		fp.leaseWhy.Store(err.Error())
+		fp.sockPinWhy.Store(err.Error())
 	}
 	if err := fp.raiseLease(); err != nil {
 		return fp, err
@@ -746,6 +752,7 @@ func (fp *FastPath) pin(dir string) error {
 	}{
 		{pinPrefixUDP, "the UDP match", fp.objs.LatchFastUdp, &fp.udpPin},
 		{pinPrefixLease, "the lease", fp.objs.LatchFastLease, &fp.leasePin},
+		{pinPrefixSock, "the socket pin", fp.objs.LatchFastPin, &fp.sockPin},
 	} {
 		path := filepath.Join(dir, fmt.Sprintf("%s%d", p.prefix, os.Getpid()))
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -846,6 +853,9 @@ func removePins(dir string, gone func(pid int) bool) (bool, error) {
 		if !ok {
 			rest, ok = strings.CutPrefix(e.Name(), pinPrefixLease)
 		}
+		if !ok {
+			rest, ok = strings.CutPrefix(e.Name(), pinPrefixSock)
+		}
 		pid, perr := strconv.Atoi(rest)
 		if !ok || perr != nil || !gone(pid) {
 			continue
@@ -873,7 +883,7 @@ func (fp *FastPath) UDPMatch() string { return fp.udpPin }
 // SetUDP says whether the ruleset runs the UDP match (err == nil) or why not. UDP
 // allows are stored only while it does.
 func (fp *FastPath) SetUDP(err error) {
-	if fp.udpPin != "" || fp.leasePin != "" {
+	if fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" {
 		// The ruleset no longer names the pins of daemons gone before: free
 		// their programs and maps.
 		removePins(fp.cfg.PinDir, func(pid int) bool { return pid != os.Getpid() && processGone(pid) })
@@ -936,7 +946,7 @@ func (fp *FastPath) Close() error {
 		fp.stopWorker = nil
 	}
 	var errs []error
-	pinned := fp.udpPin != "" || fp.leasePin != ""
+	pinned := fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != ""
 	// The lease first, before the hooks go (see "The lease" in doc.go).
 	if fp.objs.Lease != nil {
 		errs = append(errs, fp.objs.Lease.Close())
@@ -974,6 +984,12 @@ func (fp *FastPath) Close() error {
 			errs = append(errs, err)
 		}
 		fp.leasePin = ""
+	}
+	if fp.sockPin != "" && !fp.cfg.KeepPin {
+		if err := os.Remove(fp.sockPin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		fp.sockPin = ""
 	}
 	if fp.unmountPin && !fp.cfg.KeepPin {
 		unix.Unmount(fp.cfg.PinDir, unix.MNT_DETACH)
@@ -1760,6 +1776,7 @@ func (fp *FastPath) Stats() Stats {
 		s.LeaseWhy, _ = fp.leaseWhy.Load().(string)
 	}
 	s.TCPRulesetWhy, _ = fp.tcpRulesetWhy.Load().(string)
+	fp.sockPinStats(&s)
 	s.TCPNotrack = fp.notrackOn.Load()
 	if !s.TCPNotrack {
 		s.TCPNotrackWhy = fp.notrackWhy

@@ -69,6 +69,12 @@ func (*FastPath) Lease() string { return "" }
 // SetLease does nothing.
 func (*FastPath) SetLease(error) {}
 
+// SocketPin returns "": there is no socket pin program.
+func (*FastPath) SocketPin() string { return "" }
+
+// SetSocketPin does nothing.
+func (*FastPath) SetSocketPin(error) {}
+
 // ErrNoLiveBytes is SocketCounts' error where there are no live counts of sockets.
 var ErrNoLiveBytes = errors.New("fast path: no live counts of TCP sockets")
 

@@ -91,9 +91,19 @@ type Stats struct {
 	// lease" in the package doc); LeaseWhy says why not: then a socket whose
 	// SYN was on its way when the daemon died may connect again anywhere once
 	// it is gone.
-	Lease      bool   `json:"lease"`
-	LeaseWhy   string `json:"lease_why,omitempty"`
-	LeaseMatch string `json:"lease_match,omitempty"`
+	Lease bool `json:"lease"`
+	// SocketPin says whether the ruleset passes a packet of an allowed UDP,
+	// UDP-Lite or ICMP echo flow only from the socket the flow was allowed for
+	// (its xt_bpf match runs the program pinned at SocketPinMatch, see "The
+	// socket pin" in the package doc); SocketPinWhy says why not: then another
+	// program that binds the local port of an allowed flow's closed socket (or
+	// shares it with SO_REUSEPORT) sends on that flow unasked while its
+	// conntrack entry lives.
+	SocketPin      bool   `json:"socket_pin"`
+	SocketPinWhy   string `json:"socket_pin_why,omitempty"`
+	SocketPinMatch string `json:"socket_pin_match,omitempty"`
+	LeaseWhy       string `json:"lease_why,omitempty"`
+	LeaseMatch     string `json:"lease_match,omitempty"`
 	// LeaseSwept is how many sockets a daemon gone before left with
 	// MarkFastAllow (their SYN on its way when it died) Open moved to
 	// MarkFastRedecide, so that this daemon's lease does not let their next SYN

@@ -193,6 +193,8 @@ func TestFastPathUDP(t *testing.T) {
 	}
 	if out := d.MustCLI(t, "status"); !strings.Contains(out, "fast path udp") || !strings.Contains(out, "decided in the kernel too") {
 		t.Errorf("latch status does not say UDP is served:\n%s", out)
+	} else if !strings.Contains(out, "fast path socket pin") || !strings.Contains(out, "passes only from the socket it was allowed for") {
+		t.Errorf("latch status does not say allowed UDP flows are pinned to their socket:\n%s", out)
 	}
 }
 

@@ -33,6 +33,7 @@
 // MarkFastFlow, MarkFastRedecide). Every one is tested by its exact value under
 // MARK_MASK, never by a bit.
 #define MARK_MASK 0x70000000u
+#define MARK_ALLOW 0x10000000u
 #define MARK_REJECT 0x20000000u
 #define MARK_FAST_ALLOW 0x30000000u
 #define MARK_FAST_REDECIDE 0x50000000u
@@ -1613,6 +1614,153 @@ int latch_fast_lease(struct __sk_buff *skb)
 {
 	struct bpf_map *m = (struct bpf_map *)&lease;
 	return m->usercnt.counter > 0;
+}
+
+
+// ---- The socket pin (the ruleset's xt_bpf match on an allowed flow's packets) ----
+
+// A packet's own tuple, as this host sends it: the key of the socket pin.
+// ICMP echo (and extended echo) requests carry their identifier in sport.
+struct fp_pin_key {
+	__u8 family; // 4 or 6
+	__u8 proto;  // IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_ICMP or IPPROTO_ICMPV6
+	__u16 sport; // network order
+	__u16 dport; // network order
+	__u16 pad;
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+// The socket (cookie; 0: none) each allowed UDP, UDP-Lite or ICMP echo flow
+// was allowed for, by the tuple of the packet its allow verdict carried.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); // a flow it forgot is decided again
+	__type(key, struct fp_pin_key);
+	__type(value, __u64);
+} pins SEC(".maps");
+
+#define IPPROTO_ICMP 1
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_UDPLITE 136
+
+// The value of a pin recorded for an inbound flow (no local socket known
+// yet); no socket has this cookie (cookies count up from 1).
+#define PIN_ANY 0xffffffffffffffffULL
+
+// pin_key fills k from the packet's headers: 1 if the packet is one the pin
+// is about (UDP, UDP-Lite; ICMP or ICMPv6 echo or extended echo request),
+// 0 if not (every other protocol and ICMP type: the kernel's errors, echo
+// replies it sends for a peer's ping), -1 if the headers cannot be read.
+static __always_inline int pin_key(struct __sk_buff *skb, struct fp_pin_key *k)
+{
+	__u8 h[40];
+	__u32 l4;
+	if (bpf_skb_load_bytes_relative(skb, 0, h, 1, BPF_HDR_START_NET))
+		return -1;
+	if ((h[0] >> 4) == 4) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 20, BPF_HDR_START_NET))
+			return -1;
+		k->family = 4;
+		k->proto = h[9];
+		__builtin_memcpy(k->src, h + 12, 4);
+		__builtin_memcpy(k->dst, h + 16, 4);
+		l4 = (h[0] & 0xf) * 4;
+		if (((h[6] & 0x1f) | h[7]) != 0)
+			return k->proto == IPPROTO_ICMP ? 0 : 1; // a later fragment: no ports, key without
+	} else if ((h[0] >> 4) == 6) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 40, BPF_HDR_START_NET))
+			return -1;
+		k->family = 6;
+		k->proto = h[6];
+		__builtin_memcpy(k->src, h + 8, 16);
+		__builtin_memcpy(k->dst, h + 24, 16);
+		l4 = 40;
+	} else {
+		return -1;
+	}
+	__u8 p[6];
+	switch (k->proto) {
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+		if (bpf_skb_load_bytes_relative(skb, l4, p, 4, BPF_HDR_START_NET))
+			return -1;
+		__builtin_memcpy(&k->sport, p, 2);
+		__builtin_memcpy(&k->dport, p + 2, 2);
+		return 1;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		if ((k->proto == IPPROTO_ICMP) != (k->family == 4))
+			return 0;
+		if (bpf_skb_load_bytes_relative(skb, l4, p, 6, BPF_HDR_START_NET))
+			return -1;
+		// Echo request (8; ICMPv6 128) and extended echo request (42;
+		// ICMPv6 160): what a ping socket sends.
+		if (k->family == 4 ? (p[0] != 8 && p[0] != 42) : (p[0] != 128 && p[0] != 160))
+			return 0;
+		__builtin_memcpy(&k->sport, p + 4, 2);
+		return 1;
+	default:
+		// Another protocol after IPv6 extension headers (UDP among them)
+		// gets a key without ports: still per socket, but per address pair.
+		if (k->family == 6 && (k->proto == 0 || k->proto == 43 || k->proto == 44 || k->proto == 60))
+			return 1;
+		return 0;
+	}
+}
+
+// latch_fast_pin pins an allowed UDP (UDP-Lite, ICMP echo) flow to the socket
+// it was allowed for. The ruleset's output chain runs it (xt_bpf) at two
+// places: on a packet back from an allow verdict (mark MARK_ALLOW: recorded,
+// the packet's tuple -> its socket's cookie; returns 1), and on a packet of a
+// flow whose conntrack mark says allowed (returns 1, and the packet passes,
+// only if its socket is the one recorded for its tuple: another socket on the
+// same tuple, such as another program's that bound the local port the allowed
+// socket freed, goes to the queue). In the input chain (Config.Inbound), a
+// peer's packet back from an allow verdict records the reversed tuple for the
+// first local socket that sends on it. A packet the pin is not about (another
+// protocol, an ICMP error or echo reply) returns 1; one whose headers cannot
+// be read, 0.
+SEC("socket")
+int latch_fast_pin(struct __sk_buff *skb)
+{
+	struct fp_pin_key k = {};
+	int r = pin_key(skb, &k);
+	if (r <= 0)
+		return r == 0;
+	if ((skb->mark & MARK_MASK) == MARK_ALLOW && skb->ingress_ifindex) {
+		// A peer's datagram back from an allow verdict in the input chain
+		// (Config.Inbound): the local socket that will receive it is not
+		// known here. The reversed tuple (what this host sends back) gets
+		// PIN_ANY: the first local socket to send on it claims it. Not ICMP:
+		// the kernel answers a peer's echo request itself (an echo reply,
+		// which the pin lets pass).
+		if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6)
+			return 1;
+		struct fp_pin_key r = k;
+		__builtin_memcpy(r.src, k.dst, 16);
+		__builtin_memcpy(r.dst, k.src, 16);
+		r.sport = k.dport;
+		r.dport = k.sport;
+		__u64 any = PIN_ANY;
+		bpf_map_update_elem(&pins, &r, &any, BPF_ANY);
+		return 1;
+	}
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if ((skb->mark & MARK_MASK) == MARK_ALLOW) {
+		bpf_map_update_elem(&pins, &k, &cookie, BPF_ANY);
+		return 1;
+	}
+	__u64 *c = bpf_map_lookup_elem(&pins, &k);
+	if (!c)
+		return 0;
+	if (*c == cookie)
+		return 1;
+	if (*c != PIN_ANY)
+		return 0;
+	// The first socket to answer an inbound flow claims it.
+	bpf_map_update_elem(&pins, &k, &cookie, BPF_EXIST);
+	return 1;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -68,6 +68,7 @@ type Backend struct {
 
 	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
 	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastLease
+	sockPinErr atomic.Pointer[error] // the last install's error about Config.FastSocketPin
 	notrackErr atomic.Pointer[error] // the last install's error about notrack (Config.FastSockets)
 	fastTCPErr atomic.Pointer[error] // the last install's error about the fast path's TCP rules (Config.FastTCP)
 
@@ -297,6 +298,13 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		spec.fastUDP = ""
 	}
 	spec.notrack = b.cfg.FastSockets != nil
+	spec.sockPin = b.cfg.FastSocketPin
+	if spec.sockPin != "" && !safePinPath(spec.sockPin) {
+		perr := fmt.Errorf("%w: its pinned path %q has characters other than letters, digits and ._/+-", errSocketPin, spec.sockPin)
+		b.sockPinErr.Store(&perr)
+		b.cfg.Logf("%v; %s", perr, noSocketPin)
+		spec.sockPin = ""
+	}
 	if spec.fastTCP || spec.fastUDP != "" {
 		spec.lease = b.cfg.FastLease
 	}
@@ -350,6 +358,19 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		err = nil
 	}
 	err = b.fw.install(spec)
+	if err != nil && spec.sockPin != "" {
+		// The socket pin alone at fault? (No xt_bpf, or native nftables,
+		// which cannot name a pinned program.) Else keep it.
+		without := spec
+		without.sockPin = ""
+		if b.fw.install(without) == nil {
+			perr := fmt.Errorf("%w: %v", errSocketPin, err)
+			b.sockPinErr.Store(&perr)
+			b.cfg.Logf("%v; %s", perr, noSocketPin)
+			spec.sockPin = ""
+			err = nil
+		}
+	}
 	if err != nil {
 		noOptMatch()
 	}
@@ -401,6 +422,10 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	if err == nil && spec.lease != "" {
 		var none error
 		b.leaseErr.Store(&none)
+	}
+	if err == nil && spec.sockPin != "" {
+		var none error
+		b.sockPinErr.Store(&none)
 	}
 	if err == nil && spec.fastTCP {
 		var none error

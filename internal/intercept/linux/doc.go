@@ -53,6 +53,11 @@
 //     udplease goes to udpfast), so that 2 decides the flow as for an allow verdict;
 //  2. for a packet coming back from an allow verdict (mark MarkAllow, NF_REPEAT): saves
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
+//     with Config.FastSocketPin, first the socket pin (xt_bpf) records a UDP,
+//     UDP-Lite or ICMP echo request packet's socket (its cookie) for the
+//     packet's tuple (LATCH-IN: the reversed tuple, for the first local socket
+//     that answers on it), and LATCH-OUT then queues a packet of such a flow
+//     that 7 did not return (see 7);
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
 //     REJECT with a TCP reset, or ICMP port unreachable for other protocols (an
 //     untracked packet's reset too); with notrack, then queues an UNTRACKED TCP
@@ -73,7 +78,24 @@
 //     hits a stale conntrack entry is held too;
 //  6. queues the packets that the side that opened a flow sends (conntrack direction
 //     original) while its conntrack mark is MarkRedecide (see Redecide);
-//  7. returns for flows whose conntrack mark says they were allowed;
+//  7. returns for flows whose conntrack mark says they were allowed; with
+//     Config.FastSocketPin, LATCH-OUT returns a UDP, UDP-Lite or ICMP echo
+//     request packet of such a flow (at 1's early return) only if it comes
+//     from the socket its allow was for (the socket pin), so that another
+//     program that binds the local port an allowed socket freed, or shares it
+//     with SO_REUSEADDR, is not passed by the flow's mark: with
+//     Config.FastUDPMatch the UDP match (1) decides a UDP datagram of it for
+//     its own socket as for a new flow (a program that opens a socket per
+//     exchange soon reuses a closed one's local port), else it is queued after
+//     3 and decided for its own program, like a flow marked MarkRedecide (an
+//     allow records its socket at 2; a deny drops the packet and the pin
+//     stays the first socket's). A flow the pin does not know (allowed before
+//     the daemon started, or forgotten by its LRU map) is queued once too.
+//     Other protocols, ICMP errors and echo replies pass by the mark as
+//     before. Native nftables: chains sockpin and sockpin_rec, whose xt_bpf
+//     rules are added over netlink like udpfast's. Without it (no kernel
+//     fast path) an allowed flow passes from any socket while its conntrack
+//     entry lives;
 //  8. queues the first packet of every other flow (conntrack NEW): TCP picked up
 //     mid-stream, UDP, and any other protocol; for UDP and other protocols also
 //     what conntrack cannot place (INVALID: a raw socket's datagram with a bad
@@ -502,6 +524,17 @@ type Config struct {
 	// is then held (and dropped, fail-closed), and so is the first datagram
 	// of a UDP flow. Backend.FastLease says whether the ruleset has it.
 	FastLease string
+	// FastSocketPin is the pinned socket filter program of the kernel fast
+	// path's socket pin (internal/fastpath, FastPath.SocketPin); "": none.
+	// LATCH-OUT runs it (an xt_bpf match) on a UDP, UDP-Lite or ICMP echo
+	// packet back from an allow verdict (2: it records the packet's socket for
+	// the packet's tuple) and on such a packet of an allowed flow (7: it
+	// passes only if it comes from the socket recorded; otherwise the queue
+	// decides it for its own socket's program). Without it an allowed flow's
+	// conntrack mark outlives its socket: another program that binds the
+	// freed local port sends on the flow unasked. Backend.FastSocketPin says
+	// whether the ruleset has it. The iptables rulesets only.
+	FastSocketPin string
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to

@@ -37,6 +37,15 @@ const (
 	nftFastPass  = "fastpass"
 	// udplease runs the lease program and on a match goes to udpfast.
 	nftUDPLease = "udplease"
+	// Chains of table inet latch for the socket pin (Config.FastSocketPin):
+	// sockpin runs it (a rule added over netlink) on a packet of an allowed
+	// flow and on a match goes to sockpin_pass, which accepts; sockpin_rec
+	// runs it on a packet back from an allow verdict (which records the
+	// packet's socket) and goes to sockpin_rec_done, empty, which returns.
+	nftSockPin        = "sockpin"
+	nftSockPinPass    = "sockpin_pass"
+	nftSockPinRec     = "sockpin_rec"
+	nftSockPinRecDone = "sockpin_rec_done"
 )
 
 // ruleSpec is what the ruleset must do.
@@ -54,6 +63,12 @@ type ruleSpec struct {
 	// SYN with MarkFastAllow passes (rule 4). Without it the mark is left over
 	// from an earlier daemon's fast path and the SYN is held.
 	fastTCP bool
+	// sockPin is the pinned socket filter program of the kernel fast path's
+	// socket pin (Config.FastSocketPin): LATCH-OUT records, for a UDP (UDP-Lite,
+	// ICMP echo) packet back from an allow verdict, its socket for its tuple,
+	// and returns a later packet of an allowed flow of those protocols only if
+	// it comes from that socket (7), else queues it; "": none.
+	sockPin string
 	// lease is the pinned socket filter program of the kernel fast path's
 	// lease (Config.FastLease): with fastTCP, a SYN passes by MarkFastAllow,
 	// and with fastUDP the UDP match runs, only while it matches, that is
@@ -381,7 +396,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// SYN conntrack puts on an allowed entry of the same 4-tuple is a new
 		// connection); a flow being decided again has MarkRedecide, not MarkAllow.
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
-		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
+		pinned := ""
+		if out && spec.sockPin != "" {
+			// Only from the socket the flow was allowed for (the socket pin,
+			// see Config.FastSocketPin): another socket on the same tuple
+			// (another program that bound the local port the allowed socket
+			// freed, or shares it with SO_REUSEPORT) is queued below.
+			pinned = " -m bpf --object-pinned " + spec.sockPin
+		}
+		fmt.Fprintf(&b, "-A %s ! -p tcp %s -m mark ! --mark %#x/%#x%s -j RETURN\n", name, ctAllow, MarkReject, MarkMask, pinned)
 		if hook != "FORWARD" {
 			// A TCP packet conntrack cannot place (INVALID), but one with SYN
 			// set (with FIN, RST or ACK too: LATCH-IN drops a peer's, see
@@ -406,11 +429,41 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// (and would record nothing).
 			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m mark --mark 0x0/%#x%s -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
 				name, MarkMask, MarkMask, lease, spec.fastUDP, MarkAllow, MarkMask)
+			if pinned != "" {
+				// A datagram of an allowed flow from another socket than
+				// the one its allow was for (the socket pin did not return
+				// it at 7): most often a new socket that got the local port
+				// of a closed one whose flow conntrack still remembers (a
+				// program that opens a socket per exchange). The UDP match
+				// decides it for its own socket's program as for a new
+				// flow; a match records the new socket (next rule).
+				fmt.Fprintf(&b, "-A %s -p udp %s -m mark --mark 0x0/%#x%s -m bpf --object-pinned %s -j MARK --set-xmark %#x/%#x\n",
+					name, ctAllow, MarkMask, lease, spec.fastUDP, MarkAllow, MarkMask)
+			}
+		}
+		if pinned != "" {
+			// Back from an allow verdict (or the UDP match): the socket pin
+			// records the packet's socket for its tuple (a rule without a
+			// target: the match does the work).
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s%s\n", name, allow, pinned)
+		} else if hook == "INPUT" && spec.sockPin != "" {
+			// A peer's packet back from an allow verdict (Config.Inbound):
+			// the socket pin records its reversed tuple for the first local
+			// socket that answers on it.
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s -m bpf --object-pinned %s\n", name, allow, spec.sockPin)
 		}
 		fmt.Fprintf(&b, "-A %s %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x\n", name, allow, MarkMask, MarkMask)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
 		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
 		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
+		if pinned != "" {
+			// A packet of an allowed flow that the socket pin did not
+			// return at 7 (another socket than the one the flow was allowed
+			// for, or a flow the pin does not know: allowed before this
+			// daemon, or forgotten by its LRU map): decided for its own
+			// socket's program, whose allow records that socket (2).
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s %s\n", name, ctAllow, q)
+		}
 		if out && spec.notrack {
 			// A packet of a fast socket a rule change marked for deciding again
 			// (Redecide), untracked: held and decided again, as a packet of a
@@ -1037,12 +1090,27 @@ func (spec ruleSpec) nftRules() string {
 		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept\n", nftTable, nftFastPass, MarkMask, ^MarkMask, MarkAllow)
 		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == %#x accept\n", nftTable, nftFastPass, MarkMask, MarkAllow)
 	}
+	if spec.sockPin != "" {
+		for _, c := range []string{nftSockPin, nftSockPinPass, nftSockPinRec, nftSockPinRecDone} {
+			fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, c)
+		}
+		fmt.Fprintf(&b, "add rule inet %s %s accept\n", nftTable, nftSockPinPass)
+	}
 	if spec.fastUDP != "" {
 		// Decided as an allow from the queue is (the rule after "own mark").
 		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPFast)
 		fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, nftUDPFastAllow)
-		fmt.Fprintf(&b, "add rule inet %s %s meta mark set meta mark & %#x | %#x ct mark set ct mark & %#x | %#x accept\n",
-			nftTable, nftUDPFastAllow, ^MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+		if spec.sockPin != "" {
+			// The socket pin records the datagram's socket first (see
+			// iptablesRules: there the allow rule after the match does).
+			fmt.Fprintf(&b, "add rule inet %s %s meta mark set meta mark & %#x | %#x ct mark set ct mark & %#x | %#x\n",
+				nftTable, nftUDPFastAllow, ^MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+			fmt.Fprintf(&b, "add rule inet %s %s jump %s\n", nftTable, nftUDPFastAllow, nftSockPinRec)
+			fmt.Fprintf(&b, "add rule inet %s %s accept\n", nftTable, nftUDPFastAllow)
+		} else {
+			fmt.Fprintf(&b, "add rule inet %s %s meta mark set meta mark & %#x | %#x ct mark set ct mark & %#x | %#x accept\n",
+				nftTable, nftUDPFastAllow, ^MarkMask, MarkAllow, ^MarkMask, MarkAllow)
+		}
 	}
 	chain := func(name, hook, lo string, out bool) {
 		// Priority filter - 1: before iptables-nft's filter chains, like the first
@@ -1096,7 +1164,15 @@ func (spec ruleSpec) nftRules() string {
 		// A packet of a flow already allowed, but a reset's or a SYN (see
 		// iptablesRules).
 		r("tcp flags & (fin|syn|rst|ack) != syn ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
-		r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
+		pinned := out && spec.sockPin != ""
+		if pinned {
+			// Only from the socket the flow was allowed for (see
+			// iptablesRules): sockpin accepts on the pin's match, else
+			// returns here.
+			r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x jump %s", MarkMask, MarkAllow, MarkMask, MarkReject, nftSockPin)
+		} else {
+			r("meta l4proto != tcp ct mark & %#x == %#x meta mark & %#x != %#x accept", MarkMask, MarkAllow, MarkMask, MarkReject)
+		}
 		if !fwd {
 			// TCP conntrack cannot place, but a SYN or a reset's (see
 			// iptablesRules).
@@ -1111,10 +1187,24 @@ func (spec ruleSpec) nftRules() string {
 				udp = nftUDPLease
 			}
 			r("meta l4proto udp ct state new ct mark & %#x == 0 meta mark & %#x == 0 jump %s", MarkMask, MarkMask, udp)
+			if pinned {
+				// Another socket on an allowed flow (see iptablesRules).
+				r("meta l4proto udp ct mark & %#x == %#x meta mark & %#x == 0 jump %s", MarkMask, MarkAllow, MarkMask, udp)
+			}
+		}
+		if pinned || hook == "input" && spec.sockPin != "" {
+			// Back from an allow verdict: the pin records the packet's
+			// socket (input: its reversed tuple, for the first local socket
+			// that answers on it).
+			r("meta l4proto != tcp meta mark & %#x == %#x jump %s", MarkMask, MarkAllow, nftSockPinRec)
 		}
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
+		if pinned {
+			// Not from the socket the flow was allowed for (see iptablesRules).
+			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
+		}
 		if out && spec.notrack {
 			// Held and decided again (see iptablesRules).
 			r("meta l4proto tcp ct state untracked meta mark & %#x == %#x %s", MarkMask, MarkFastRedecide, q)
@@ -1224,6 +1314,16 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 		// decides them).
 		if err := addNftBPFMatch(nftTable, nftFastLease, nftFastPass, spec.lease); err != nil {
 			return fmt.Errorf("%w: %w", errFastLease, err)
+		}
+	}
+	if spec.sockPin != "" {
+		// Until these rules are in, every packet of an allowed UDP flow is
+		// queued (and decided again for its socket).
+		if err := addNftBPFMatch(nftTable, nftSockPin, nftSockPinPass, spec.sockPin); err != nil {
+			return fmt.Errorf("%w: %w", errSocketPin, err)
+		}
+		if err := addNftBPFMatch(nftTable, nftSockPinRec, nftSockPinRecDone, spec.sockPin); err != nil {
+			return fmt.Errorf("%w: %w", errSocketPin, err)
 		}
 	}
 	if spec.fastUDP != "" {

@@ -26,6 +26,10 @@ func TestNftRulesetSyntax(t *testing.T) {
 		{queue: 14, inbound: true, failOpen: true, notrack: true, dnsLogGroup: 4243},
 		{queue: 15, inbound: true, forward: true, fastTCP: true, notrack: true, lease: "/sys/fs/bpf/latch-lease"},
 		{queue: 16, exemptLoopback: true, fastTCP: true},
+		// The socket pin, with and without the UDP match (whose allow chain
+		// records before it accepts) and inbound (whose input chain records).
+		{queue: 17, exemptLoopback: true, sockPin: "/sys/fs/bpf/latch-pin"},
+		{queue: 18, inbound: true, fastUDP: "/sys/fs/bpf/latch-udp", lease: "/sys/fs/bpf/latch-lease", sockPin: "/sys/fs/bpf/latch-pin"},
 	} {
 		rules := spec.nftRules()
 		check := exec.Command("ip", "netns", "exec", tp.a, "nft", "-c", "-f", "-")

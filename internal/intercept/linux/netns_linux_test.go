@@ -449,6 +449,23 @@ func runChild(mode string) int {
 	// LATCH_TEST_FAST_TCP: as with the kernel fast path deciding TCP connects
 	// (the tests mark their sockets as it would).
 	cfg.FastTCP = os.Getenv("LATCH_TEST_FAST_TCP") != ""
+	// LATCH_TEST_SOCKET_PIN=on: the kernel fast path's socket pin, loaded
+	// alone and pinned in a directory of the daemon's own.
+	if os.Getenv("LATCH_TEST_SOCKET_PIN") == "on" {
+		dir, err := os.MkdirTemp("", "latch-lt-pin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.Remove(dir)
+		sp, err := fastpath.OpenSocketPin(filepath.Join(dir, "bpf"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer sp.Close()
+		cfg.FastSocketPin = sp.Path()
+	}
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
 		var err error
@@ -575,6 +592,12 @@ func runChild(mode string) int {
 	}
 	if notrack != "" {
 		cfg.Ready = func() { say("ready"); say("notrack %v", b.Notrack()) }
+	}
+	if cfg.FastSocketPin != "" {
+		// Once the ruleset is installed, after "ready" (which startDaemon
+		// waits for, discarding the lines before it).
+		ready := cfg.Ready
+		cfg.Ready = func() { ready(); say("socket-pin %v", b.FastSocketPin()) }
 	}
 	var err error
 	b, err = New(cfg)

@@ -1,0 +1,130 @@
+package fastpath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// pinPrefixSock starts the name of a pinned socket pin program, followed by
+// its daemon's pid.
+const pinPrefixSock = "fast-pin-"
+
+// SocketPin returns the path of the pinned socket filter program the
+// ruleset's xt_bpf match runs on the packets of allowed UDP, UDP-Lite and ICMP
+// echo flows this host sends (see "The socket pin" in doc.go): on a packet
+// back from an allow verdict it records the packet's socket for its tuple, and
+// on a later packet of the flow it matches only if the packet's socket is the
+// one recorded. "" if there is none. Call SetSocketPin once the ruleset runs
+// it or could not.
+func (fp *FastPath) SocketPin() string { return fp.sockPin }
+
+// SetSocketPin says whether the ruleset runs the socket pin (err == nil) or
+// why not.
+func (fp *FastPath) SetSocketPin(err error) {
+	if err != nil {
+		fp.sockPinOn.Store(false)
+		fp.sockPinWhy.Store(err.Error())
+		return
+	}
+	fp.sockPinWhy.Store("")
+	fp.sockPinOn.Store(true)
+}
+
+// sockPinStats fills the socket pin's part of s.
+func (fp *FastPath) sockPinStats(s *Stats) {
+	if s.SocketPin = fp.sockPinOn.Load(); s.SocketPin {
+		s.SocketPinMatch = fp.sockPin
+	} else {
+		s.SocketPinWhy, _ = fp.sockPinWhy.Load().(string)
+	}
+}
+
+// SocketPinOnly is the socket pin loaded alone, without the rest of the fast
+// path (OpenSocketPin): for a daemon whose fast path is off.
+type SocketPinOnly struct {
+	path string
+	prog *ebpf.Program
+	dir  string
+	umnt bool
+}
+
+// OpenSocketPin loads the socket pin program alone (with its map) and pins it
+// in dir (a directory on a BPF file system, mounted there if it is not), as
+// Open does with Config.PinDir. Path says where; Close unpins and frees it.
+func OpenSocketPin(dir string) (*SocketPinOnly, error) {
+	spec, err := loadFastpath()
+	if err != nil {
+		return nil, fmt.Errorf("fast path: load the socket pin's object: %w", err)
+	}
+	var objs struct {
+		Prog *ebpf.Program `ebpf:"latch_fast_pin"`
+	}
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return nil, fmt.Errorf("fast path: load the socket pin program: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		objs.Prog.Close()
+		return nil, fmt.Errorf("fast path: make the pin directory's parent: %w", err)
+	}
+	if err := ownDir(dir); err != nil {
+		objs.Prog.Close()
+		return nil, err
+	}
+	p := &SocketPinOnly{prog: objs.Prog, dir: dir}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("fast path: stat the pin directory %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		if err := unix.Mount("bpf", dir, "bpf", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700"); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("fast path: mount a BPF file system on %s: %w", dir, err)
+		}
+		p.umnt = true
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%s%d", pinPrefixSock, os.Getpid()))
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.Close()
+		return nil, fmt.Errorf("fast path: remove the old pin %s: %w", path, err)
+	}
+	if err := objs.Prog.Pin(path); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("fast path: pin the socket pin at %s: %w", path, err)
+	}
+	p.path = path
+	return p, nil
+}
+
+// Path returns where the socket pin program is pinned.
+func (p *SocketPinOnly) Path() string { return p.path }
+
+// Close unpins the program (unless keep: a ruleset kept on exit names it)
+// and frees it.
+func (p *SocketPinOnly) Close(keep ...bool) error {
+	k := len(keep) > 0 && keep[0]
+	var errs []error
+	if p.path != "" && !k {
+		if err := os.Remove(p.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		p.path = ""
+	}
+	if p.umnt && !k {
+		unix.Unmount(p.dir, unix.MNT_DETACH)
+		p.umnt = false
+	}
+	if !k {
+		os.Remove(p.dir) // if empty
+	}
+	if p.prog != nil {
+		errs = append(errs, p.prog.Close())
+		p.prog = nil
+	}
+	return errors.Join(errs...)
+}
