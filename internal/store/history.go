@@ -914,12 +914,22 @@ func (h *History) writer() {
 	take := func() {
 		now := time.Now()
 		// Until the queue is empty: what came while the writer took the last
-		// items (a flood's) is taken too.
-		for !closed {
+		// items (a flood's) is taken too. But not more than a full queue's worth
+		// at a time: under a load the writer cannot keep up with the queue is
+		// never empty, and waiting Flushes (and the held rows due) would wait
+		// for the load to end. What is left is taken next, at once (kick).
+		for taken := 0; !closed; {
+			if taken >= h.queue.max {
+				if h.queue.len() > 0 {
+					signal(h.kick)
+				}
+				break
+			}
 			items, closed = h.queue.take(items)
 			if len(items) == 0 {
 				break
 			}
+			taken += len(items)
 			for i := range items {
 				hold.take(&items[i], now, write, &h.totals)
 			}
