@@ -1742,8 +1742,11 @@ int latch_fast_pin(struct __sk_buff *skb)
 		__builtin_memcpy(r.dst, k.src, 16);
 		r.sport = k.dport;
 		r.dport = k.sport;
+		// Not over a record the daemon made before its verdict (the
+		// socket it found will receive the datagram: only that one
+		// claims the flow, see the daemon's pinInbound).
 		__u64 any = PIN_ANY;
-		bpf_map_update_elem(&pins, &r, &any, BPF_ANY);
+		bpf_map_update_elem(&pins, &r, &any, BPF_NOEXIST);
 		return 1;
 	}
 	__u64 cookie = bpf_get_socket_cookie(skb);

@@ -488,27 +488,23 @@ func TestUDPFlowSocketReusedFast(t *testing.T) {
 }
 
 // TestUDPServerUnansweredClaimedByAnother (review10): the wildcard claim of
-// TestUDPServerReplyOutlivesItsSocket goes to whichever local socket sends
+// TestUDPServerReplyOutlivesItsSocket went to whichever local socket sent
 // first on the reversed tuple, not to the socket the inbound verdict was
 // for. A peer (the attacker's own host) sends one datagram to a local UDP
 // server whose program a rule allows inbound; the server does not answer it
 // (an invalid request, a one-shot receiver) and its socket closes. Another
 // program no rule allows (nobody) binds the freed port and sends to the
-// peer: the flow's mark says allowed, the socket pin's PIN_ANY is still
-// unclaimed, and nobody's socket claims it: its datagrams reach the peer
-// without a question. Known open (see the review10 report): the claim
-// would need the receiving socket (a cgroup ingress hook or the daemon's
-// socket lookup), which socket filters cannot see; run with
-// LATCH_TEST_KNOWN_HOLES=1.
+// peer: the flow's mark says allowed and the pin was a wildcard nobody's
+// socket claimed, so its datagrams reached the peer without a question.
+// Now the daemon records, before its allow, the socket its Resolver found
+// for the inbound datagram (pinInbound), which the pin's rule in LATCH-IN
+// leaves in place: nobody's datagrams are held and denied.
 func TestUDPServerUnansweredClaimedByAnother(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known open hole (review10): set LATCH_TEST_KNOWN_HOLES=1 to run")
-	}
 	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
 		t.Run(fw, func(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_INBOUND=1")
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
 			defer d.stop()
 			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
 				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
@@ -536,6 +532,9 @@ func TestUDPServerUnansweredClaimedByAnother(t *testing.T) {
 			}
 			if peer.receives("latch-claim-0", time.Second) || peer.receives("latch-claim-1", 100*time.Millisecond) {
 				t.Errorf("a program no rule allows (nobody) claimed an unanswered inbound flow's pin on the port its server freed and reached the peer unasked")
+			}
+			if n := heldCount(d.linesFor(200*time.Millisecond), addrB+":9013"); n != 3 {
+				t.Errorf("nobody's 3 datagrams (1 from its own port, 2 on the freed one) were held %d times; want 3", n)
 			}
 		})
 	}
