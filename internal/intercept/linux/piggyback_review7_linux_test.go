@@ -258,11 +258,21 @@ func TestUDPFlowOutlivesItsSocketNft(t *testing.T) {
 // the peer on the same flow is held and denied, not passed by the flow's
 // mark.
 func TestUDPServerReplyOutlivesItsSocket(t *testing.T) {
-	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
-		t.Run(fw, func(t *testing.T) {
+	// Without a Resolver the pin's rule records a wildcard the first socket
+	// to answer claims; with one, the daemon records the socket it found
+	// (see TestUDPServerUnansweredClaimedByAnother).
+	for _, c := range []struct{ fw, attr string }{
+		{FirewallIptablesNft, ""}, {FirewallIptablesLegacy, ""}, {FirewallIptablesNft, "1"}, {FirewallIptablesLegacy, "1"},
+	} {
+		fw := c.fw
+		name := fw
+		if c.attr != "" {
+			name += "/resolver"
+		}
+		t.Run(name, func(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_INBOUND=1")
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE="+c.attr)
 			defer d.stop()
 			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
 				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
