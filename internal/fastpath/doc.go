@@ -207,8 +207,13 @@
 // packet's socket cookie is the one recorded, and a miss goes to the queue,
 // whose allow records the new socket. In the input chain (a peer's packet,
 // skb->ingress_ifindex set) it records the reversed tuple with a cookie no
-// socket has, which the first local socket to send on the flow claims. A
-// packet of another protocol, an ICMP error or echo reply always matches.
+// socket has, which the first local socket to send on the flow claims, unless
+// the daemon recorded the socket its Resolver found for the peer's datagram
+// before its verdict (then only that socket: review10, another program that
+// shared the server's port or bound it once the server closed unanswering
+// claimed the wildcard). SCTP and DCCP are keyed by ports and L2TP over IP by
+// the address pair, as UDP (any user's socket sends them). A packet of
+// another protocol, an ICMP error or echo reply always matches.
 // Stats.SocketPin says whether the ruleset runs it (FastPath.SetSocketPin).
 //
 // # Exactness

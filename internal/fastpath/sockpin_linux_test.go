@@ -60,3 +60,34 @@ func BenchmarkSocketPin(b *testing.B) {
 	}
 	b.ReportMetric(float64(d)/float64(time.Nanosecond), "ns/packet")
 }
+
+// TestSocketPinOtherSocketProtocols (review10): SCTP, DCCP and L2TP over IP
+// are protocols any user's socket sends (no CAP_NET_RAW), so another
+// program's socket on an allowed flow's conntrack entry (SCTP: the port a
+// closed association freed, whose entry lives on; L2TP over IP: the address
+// pair alone) must be the flow's own: the pin matches none of their packets
+// it has no record of (the ruleset then queues them). It used to let every
+// protocol but UDP, UDP-Lite and ICMP echo pass unrecorded. GRE, which only
+// the kernel's tunnels send, still passes (control).
+func TestSocketPinOtherSocketProtocols(t *testing.T) {
+	sp, err := OpenSocketPin(filepath.Join(t.TempDir(), "bpf"))
+	if err != nil {
+		t.Skipf("cannot load the socket pin: %v", err)
+	}
+	defer sp.Close()
+	for _, c := range []struct {
+		name  string
+		proto byte
+		want  uint32
+	}{{"SCTP", 132, 0}, {"DCCP", 33, 0}, {"L2TP over IP", 115, 0}, {"GRE", 47, 1}} {
+		pkt := udp4Packet(40300)
+		pkt[14+9] = c.proto
+		ret, _, err := sp.prog.Test(pkt)
+		if err != nil {
+			t.Skipf("BPF_PROG_TEST_RUN: %v", err)
+		}
+		if ret != c.want {
+			t.Errorf("%s (IP protocol %d) on a flow the pin never recorded: returned %d, want %d", c.name, c.proto, ret, c.want)
+		}
+	}
+}

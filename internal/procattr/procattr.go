@@ -110,6 +110,9 @@ type Process struct {
 	Parents       []string      `json:"parents,omitempty"`       // ancestors' executables, parent first; "" where not verified
 	ExeSHA256     string        `json:"exe_sha256,omitempty"`    // the executable's SHA-256 (hex); "" while it is being hashed
 	ExeFile       engine.FileID `json:"-"`                       // the executable file as the kernel names it; zero: unknown
+	// Cookie is the socket's cookie (sock_diag), whether or not its process
+	// was found; 0: no socket found.
+	Cookie uint64 `json:"-"`
 }
 
 // Options configure a Resolver. The zero value enables every method the kernel allows.

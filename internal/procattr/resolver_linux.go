@@ -154,6 +154,7 @@ func (r *Resolver) resolve(proto engine.Protocol, local, remote netip.AddrPort, 
 	owner := Process{UID: int32(si.UID), User: r.users.name(si.UID)}
 
 	p, err := r.attribute(si, owner)
+	p.Cookie = si.Cookie
 	if err != nil {
 		return p, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
 	}

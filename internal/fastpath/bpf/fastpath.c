@@ -1623,7 +1623,7 @@ int latch_fast_lease(struct __sk_buff *skb)
 // ICMP echo (and extended echo) requests carry their identifier in sport.
 struct fp_pin_key {
 	__u8 family; // 4 or 6
-	__u8 proto;  // IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_ICMP or IPPROTO_ICMPV6
+	__u8 proto;  // IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_DCCP, IPPROTO_L2TP, IPPROTO_ICMP or IPPROTO_ICMPV6
 	__u16 sport; // network order
 	__u16 dport; // network order
 	__u16 pad;
@@ -1643,13 +1643,17 @@ struct {
 #define IPPROTO_ICMP 1
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_UDPLITE 136
+#define IPPROTO_SCTP 132
+#define IPPROTO_DCCP 33
+#define IPPROTO_L2TP 115
 
 // The value of a pin recorded for an inbound flow (no local socket known
 // yet); no socket has this cookie (cookies count up from 1).
 #define PIN_ANY 0xffffffffffffffffULL
 
 // pin_key fills k from the packet's headers: 1 if the packet is one the pin
-// is about (UDP, UDP-Lite; ICMP or ICMPv6 echo or extended echo request),
+// is about (UDP, UDP-Lite, SCTP, DCCP, L2TP over IP; ICMP or ICMPv6 echo or
+// extended echo request),
 // 0 if not (every other protocol and ICMP type: the kernel's errors, echo
 // replies it sends for a peer's ping), -1 if the headers cannot be read.
 static __always_inline int pin_key(struct __sk_buff *skb, struct fp_pin_key *k)
@@ -1683,6 +1687,10 @@ static __always_inline int pin_key(struct __sk_buff *skb, struct fp_pin_key *k)
 	switch (k->proto) {
 	case IPPROTO_UDP:
 	case IPPROTO_UDPLITE:
+	// SCTP and DCCP: ports first too, and any user's socket may send them
+	// (review10: passed by an allowed flow's mark from any socket).
+	case IPPROTO_SCTP:
+	case IPPROTO_DCCP:
 		if (bpf_skb_load_bytes_relative(skb, l4, p, 4, BPF_HDR_START_NET))
 			return -1;
 		__builtin_memcpy(&k->sport, p, 2);
@@ -1704,6 +1712,10 @@ static __always_inline int pin_key(struct __sk_buff *skb, struct fp_pin_key *k)
 		// Another protocol after IPv6 extension headers (UDP among them)
 		// gets a key without ports: still per socket, but per address pair.
 		if (k->family == 6 && (k->proto == 0 || k->proto == 43 || k->proto == 44 || k->proto == 60))
+			return 1;
+		// L2TP over IP: any user's SOCK_DGRAM socket sends it, and
+		// conntrack keys it by the address pair alone (review10).
+		if (k->proto == IPPROTO_L2TP)
 			return 1;
 		return 0;
 	}
@@ -1742,8 +1754,11 @@ int latch_fast_pin(struct __sk_buff *skb)
 		__builtin_memcpy(r.dst, k.src, 16);
 		r.sport = k.dport;
 		r.dport = k.sport;
+		// Not over a record the daemon made before its verdict (the
+		// socket it found will receive the datagram: only that one
+		// claims the flow, see the daemon's pinInbound).
 		__u64 any = PIN_ANY;
-		bpf_map_update_elem(&pins, &r, &any, BPF_ANY);
+		bpf_map_update_elem(&pins, &r, &any, BPF_NOEXIST);
 		return 1;
 	}
 	__u64 cookie = bpf_get_socket_cookie(skb);

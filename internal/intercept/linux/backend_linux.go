@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
@@ -66,11 +67,12 @@ type Backend struct {
 	// burst, not one per flow or end).
 	acctKicked atomic.Bool
 
-	fastUDPErr atomic.Pointer[error] // the last install's error about Config.FastUDPMatch
-	leaseErr   atomic.Pointer[error] // the last install's error about Config.FastLease
-	sockPinErr atomic.Pointer[error] // the last install's error about Config.FastSocketPin
-	notrackErr atomic.Pointer[error] // the last install's error about notrack (Config.FastSockets)
-	fastTCPErr atomic.Pointer[error] // the last install's error about the fast path's TCP rules (Config.FastTCP)
+	fastUDPErr atomic.Pointer[error]    // the last install's error about Config.FastUDPMatch
+	leaseErr   atomic.Pointer[error]    // the last install's error about Config.FastLease
+	sockPinErr atomic.Pointer[error]    // the last install's error about Config.FastSocketPin
+	pinMap     atomic.Pointer[ebpf.Map] // the socket pin's map (Config.Inbound), see pinInbound
+	notrackErr atomic.Pointer[error]    // the last install's error about notrack (Config.FastSockets)
+	fastTCPErr atomic.Pointer[error]    // the last install's error about the fast path's TCP rules (Config.FastTCP)
 
 	// The fast sockets being decided again (MarkFastRedecide), by flow: see
 	// fastGroup. fastEpoch counts the rule changes (redecideSockets).
@@ -110,6 +112,9 @@ type hold struct {
 	// group's other packets), under groupKey; nil if none.
 	group    *fastGroup
 	groupKey flowKey
+	// cookie is, for an inbound packet, the cookie of the local socket that
+	// will receive it (the Resolver's lookup); 0: unknown.
+	cookie uint64
 }
 
 // New checks cfg, fills in defaults and detects the firewall mechanism. It changes
@@ -426,6 +431,16 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	if err == nil && spec.sockPin != "" {
 		var none error
 		b.sockPinErr.Store(&none)
+		if spec.inbound {
+			if m, perr := openPinMap(spec.sockPin); perr != nil {
+				// The pin's rule in LATCH-IN then records its wildcard
+				// alone (any local socket that answers first claims it).
+				b.cfg.Logf("socket pin: %v; an inbound UDP flow's pin is claimed by the first local socket that answers, not the one its allow was for", perr)
+			} else {
+				b.pinMap.Store(m)
+				defer func() { b.pinMap.Store(nil); m.Close() }()
+			}
+		}
 	}
 	if err == nil && spec.fastTCP {
 		var none error
@@ -761,7 +776,7 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		if req.Direction == engine.Inbound {
 			ifindex = p.InDev
 		}
-		b.attribute(req, int(ifindex))
+		h.cookie = b.attribute(req, int(ifindex))
 		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
 			// Before the verdict lets the query out, so before its answer can come
 			// back and the program close its socket.
@@ -800,7 +815,8 @@ func (b *Backend) malformedPacket(h *hold, err error) {
 // connection the socket that sent the packet, for an inbound one the socket that will
 // accept it (the packet carries no uid then: no local socket sent it).
 // ifindex is the interface the packet leaves (outbound) or arrived (inbound) by.
-func (b *Backend) attribute(req *engine.Request, ifindex int) {
+// It returns the socket's cookie (0: none found).
+func (b *Backend) attribute(req *engine.Request, ifindex int) uint64 {
 	var p procattr.Process
 	var err error
 	if req.Direction == engine.Inbound {
@@ -819,6 +835,7 @@ func (b *Backend) attribute(req *engine.Request, ifindex int) {
 	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}
+	return p.Cookie
 }
 
 // programOf is whose own names a connection's host is looked up in: the program
@@ -908,6 +925,11 @@ func (b *Backend) apply(h *hold, v engine.Verdict) {
 		// come for it. If this verdict is not the one that counts, the flow's
 		// conntrack entry will not carry MarkAllow and Redecide passes it by.
 		b.flows.add(h.req, time.Now())
+		if h.cookie != 0 && h.req.Direction == engine.Inbound && h.proto == packet.ProtoUDP {
+			// Before the verdict: the socket pin's rule in LATCH-IN then
+			// leaves this record alone (see pinInbound).
+			b.pinInbound(h.req, h.cookie)
+		}
 		if b.finish(h, nfq.Repeat, withMark(MarkAllow), true) {
 			b.allowed.Add(1)
 		}

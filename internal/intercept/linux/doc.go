@@ -55,8 +55,10 @@
 //     the mark to the conntrack mark and returns, so the rest of OUTPUT still applies;
 //     with Config.FastSocketPin, first the socket pin (xt_bpf) records a UDP,
 //     UDP-Lite or ICMP echo request packet's socket (its cookie) for the
-//     packet's tuple (LATCH-IN: the reversed tuple, for the first local socket
-//     that answers on it), and LATCH-OUT then queues a packet of such a flow
+//     packet's tuple (LATCH-IN: the reversed tuple, for the socket the
+//     Resolver found for the peer's datagram, which the daemon records before
+//     its verdict; with none found, for the first local socket that answers
+//     on it), and LATCH-OUT then queues a packet of such a flow
 //     that 7 did not return (see 7);
 //  3. for a packet coming back from a reject verdict (mark MarkReject, NF_REPEAT):
 //     REJECT with a TCP reset, or ICMP port unreachable for other protocols (an
@@ -91,8 +93,9 @@
 //     allow records its socket at 2; a deny drops the packet and the pin
 //     stays the first socket's). A flow the pin does not know (allowed before
 //     the daemon started, or forgotten by its LRU map) is queued once too.
-//     Other protocols, ICMP errors and echo replies pass by the mark as
-//     before. Native nftables: chains sockpin and sockpin_rec, whose xt_bpf
+//     SCTP, DCCP and L2TP over IP are pinned too (their sockets need no
+//     privilege). Other protocols, ICMP errors and echo replies pass by the
+//     mark as before. Native nftables: chains sockpin and sockpin_rec, whose xt_bpf
 //     rules are added over netlink like udpfast's. Without it (no kernel
 //     fast path) an allowed flow passes from any socket while its conntrack
 //     entry lives;

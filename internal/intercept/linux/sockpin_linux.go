@@ -1,6 +1,14 @@
 package linux
 
-import "errors"
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	"github.com/latchfw/latch/internal/engine"
+)
 
 // errSocketPin wraps install's error when the ruleset could not run the
 // kernel fast path's socket pin (Config.FastSocketPin).
@@ -21,4 +29,78 @@ func (b *Backend) FastSocketPin() error {
 		return errors.New("the ruleset is not installed yet")
 	}
 	return *p
+}
+
+// openPinMap opens the map of the socket pin program pinned at path (its
+// only map: the pins, see latch_fast_pin in internal/fastpath).
+func openPinMap(path string) (*ebpf.Map, error) {
+	prog, err := ebpf.LoadPinnedProgram(path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("open the socket pin program %s: %w", path, err)
+	}
+	defer prog.Close()
+	info, err := prog.Info()
+	if err != nil {
+		return nil, fmt.Errorf("the socket pin program %s: %w", path, err)
+	}
+	ids, ok := info.MapIDs()
+	if !ok || len(ids) != 1 {
+		return nil, fmt.Errorf("the socket pin program %s: want its one map, have %d", path, len(ids))
+	}
+	m, err := ebpf.NewMapFromID(ids[0])
+	if err != nil {
+		return nil, fmt.Errorf("the socket pin program %s: open its map: %w", path, err)
+	}
+	if m.KeySize() != pinKeySize || m.ValueSize() != 8 {
+		m.Close()
+		return nil, fmt.Errorf("the socket pin program %s: its map has keys of %d bytes and values of %d, want %d and 8", path, m.KeySize(), m.ValueSize(), pinKeySize)
+	}
+	return m, nil
+}
+
+// pinKeySize is the size of struct fp_pin_key (internal/fastpath's C).
+const pinKeySize = 40
+
+// pinKey is struct fp_pin_key for a packet local sends to remote (ports in
+// network order, IPv4 addresses in the first 4 bytes of 16).
+func pinKey(proto uint8, local, remote netip.AddrPort) []byte {
+	k := make([]byte, pinKeySize)
+	l, r := local.Addr().Unmap(), remote.Addr().Unmap()
+	k[0] = 6
+	if l.Is4() {
+		k[0] = 4
+	}
+	k[1] = proto
+	binary.BigEndian.PutUint16(k[2:], local.Port())
+	binary.BigEndian.PutUint16(k[4:], remote.Port())
+	if l.Is4() {
+		a, b := l.As4(), r.As4()
+		copy(k[8:], a[:])
+		copy(k[24:], b[:])
+	} else {
+		a, b := l.As16(), r.As16()
+		copy(k[8:], a[:])
+		copy(k[24:], b[:])
+	}
+	return k
+}
+
+// pinInbound records, before an allow verdict for req (an inbound UDP
+// datagram), the socket that will receive it (cookie, from the Resolver's
+// lookup) as the only one whose datagrams back to the peer the socket pin
+// passes on the flow. Without it the pin's rule in LATCH-IN records a
+// wildcard the first local socket to send on the reversed tuple claims:
+// another program that shares the server's port (SO_REUSEADDR), or binds it
+// once the server closed without answering, would claim it (review10). The
+// rule does not replace a record already there.
+func (b *Backend) pinInbound(req *engine.Request, cookie uint64) {
+	m := b.pinMap.Load()
+	if m == nil || req.Local.Addr().Unmap().Is4() != req.Remote.Addr().Unmap().Is4() {
+		return
+	}
+	v := make([]byte, 8)
+	binary.NativeEndian.PutUint64(v, cookie)
+	if err := m.Update(pinKey(uint8(req.Protocol), req.Local, req.Remote), v, ebpf.UpdateAny); err != nil {
+		b.cfg.Logf("socket pin: record %v -> %v for socket cookie %d: %v", req.Local, req.Remote, cookie, err)
+	}
 }
