@@ -151,12 +151,26 @@ func newFlowTable(max int, ttl time.Duration) *flowTable {
 // when now has its reading, as time.Now's has).
 func (t *flowTable) since(now time.Time) int64 { return int64(now.Sub(t.epoch)) }
 
+// expiry is when a flow added at at (as since) expires: at plus the TTL, held
+// at the ends of int64 (a TTL of math.MaxInt64, a caller's "never", would wrap
+// to the past and expire every flow at once; time.Time.Add did not wrap).
+func (t *flowTable) expiry(at int64) int64 {
+	ttl := int64(t.ttl)
+	switch {
+	case ttl > 0 && at > math.MaxInt64-ttl:
+		return math.MaxInt64
+	case ttl < 0 && at < math.MinInt64-ttl:
+		return math.MinInt64
+	}
+	return at + ttl
+}
+
 func (t *flowTable) add(req *engine.Request, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	at := t.since(now)
 	if len(t.m) >= t.max && at > t.expiresFrom {
-		next := at + int64(t.ttl)
+		next := t.expiry(at)
 		for k, e := range t.m {
 			if at > e.expires {
 				delete(t.m, k)
@@ -177,7 +191,7 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 		}
 	}
 	k := keyOf(req)
-	e := flowEntry{req: req, id: req.ID, expires: at + int64(t.ttl)}
+	e := flowEntry{req: req, id: req.ID, expires: t.expiry(at)}
 	if e.expires < t.expiresFrom {
 		t.expiresFrom = e.expires
 	}

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"math"
 	"net"
 	"net/netip"
 	"testing"
@@ -175,5 +176,34 @@ func TestFlowKeyRoundTrip(t *testing.T) {
 	}
 	if newFlowKey(unix.IPPROTO_TCP, addrs[0], addrs[2]) == newFlowKey(unix.IPPROTO_UDP, addrs[0], addrs[2]) {
 		t.Error("TCP and UDP flows on one tuple make the same key")
+	}
+}
+
+// TestFlowTableTTLBeyondItsClock: a TTL too long for a flow's expiry to be
+// counted in nanoseconds from the table's epoch (Config.FlowTTL of
+// math.MaxInt64, a caller's "never") keeps the flows as a time.Time expiry did
+// (it saturated): a rule change that affects none of them, or a full table's
+// search, forgets none as expired (each would lose its byte counts and its
+// program for Redecide).
+func TestFlowTableTTLBeyondItsClock(t *testing.T) {
+	tbl := newFlowTable(4, time.Duration(math.MaxInt64))
+	t0 := time.Now()
+	flow := func(port uint16) *engine.Request {
+		return &engine.Request{ID: engine.RequestID(port), Direction: engine.Outbound, Protocol: engine.TCP,
+			Local: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), port), Remote: netip.MustParseAddrPort("198.18.0.2:443")}
+	}
+	a := flow(1000)
+	tbl.add(a, t0.Add(time.Second))
+	tbl.take(func(*engine.Request) bool { return false }, t0.Add(time.Minute))
+	if tbl.get(keyOf(a)) != a {
+		t.Error("a flow of a table with TTL math.MaxInt64 is forgotten as expired a minute after it was added")
+	}
+	for p := range uint16(5) {
+		tbl.add(flow(2000+p), t0.Add(2*time.Minute))
+	}
+	// Full at the fifth: the search for expired flows finds none, and only
+	// arbitrary flows go to make room (down to 7/8 of 4), not all of them.
+	if n := tbl.len(); n < 3 {
+		t.Errorf("%d flows after a full table of 4 with TTL math.MaxInt64 took a fifth, want 3", n)
 	}
 }
