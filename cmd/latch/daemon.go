@@ -348,6 +348,9 @@ type platformBackend struct {
 	// fastPath is the kernel fast path (Linux), nil when off; fastPathOff says why.
 	fastPath    *fastpath.FastPath
 	fastPathOff string
+	// socketPin fills the socket pin's part of the status while the fast path
+	// is off (the pin loaded alone); nil where there is none.
+	socketPin func(*fastpath.Stats)
 	// socketEnded hands the backend's byte accountant the end of a TCP socket the
 	// fast path reported; nil where there is none.
 	socketEnded func(fastpath.End)
@@ -740,6 +743,9 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				st.FastPath = &api.FastPathStatus{On: true, Stats: fp.Stats()}
 			} else if be.fastPathOff != "" {
 				st.FastPath = &api.FastPathStatus{Reason: be.fastPathOff}
+				if be.socketPin != nil {
+					be.socketPin(&st.FastPath.Stats)
+				}
 			}
 			if be.cacheOff != nil {
 				why := be.cacheOff()

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
@@ -119,6 +120,27 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 			cfg.FastSockets = fp
 		}
 	}
+	// Without the fast path, its socket pin alone: an allowed UDP (ICMP echo)
+	// flow still passes only from the socket it was allowed for.
+	var pinOnly *fastpath.SocketPinOnly
+	var pinWhy atomic.Pointer[string] // why the socket pin is off; "" when on
+	setPinWhy := func(s string) { pinWhy.Store(&s) }
+	if fp == nil {
+		if pinOnly, err = fastpath.OpenSocketPin(fastpath.PinDir(o.StateDir)); err != nil {
+			logf("socket pin: %v; an allowed UDP flow passes from any socket while its conntrack entry lives", err)
+			setPinWhy(err.Error())
+			pinOnly = nil
+		} else {
+			cfg.FastSocketPin = pinOnly.Path()
+			setPinWhy("the ruleset is not installed yet")
+		}
+	}
+	closePin := func() {
+		if pinOnly != nil {
+			// A ruleset kept on exit still names the pinned program.
+			pinOnly.Close(o.KeepRules && !o.FailOpen)
+		}
+	}
 	ready := make(chan struct{})
 	var be *linux.Backend
 	cfg.Ready = sync.OnceFunc(func() {
@@ -132,6 +154,12 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 			} else {
 				fp.SetNotrack(be.Notrack())
 			}
+		} else if pinOnly != nil {
+			if err := be.FastSocketPin(); err != nil {
+				setPinWhy(err.Error())
+			} else {
+				setPinWhy("")
+			}
 		}
 		close(ready)
 	})
@@ -140,6 +168,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		if fp != nil {
 			fp.Close()
 		}
+		closePin()
 		res.Close()
 		return nil, err
 	}
@@ -190,8 +219,19 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		}
 		res.Close()
 	}
-	pb.close = closeRes
+	pb.close = func() { closePin(); closeRes() }
 	pb.fastPathOff = fastPathOff
+	if fp == nil {
+		path := cfg.FastSocketPin
+		pb.socketPin = func(s *fastpath.Stats) {
+			why := *pinWhy.Load()
+			if s.SocketPin = why == ""; s.SocketPin {
+				s.SocketPinMatch = path
+			} else {
+				s.SocketPinWhy = why
+			}
+		}
+	}
 	if fp != nil {
 		pb.fastPath = fp
 		pb.close = func() { fp.Close(); closeRes() }

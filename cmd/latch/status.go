@@ -95,11 +95,7 @@ func runStatus(ctx context.Context, args []string) error {
 			} else {
 				row("fast path udp", "off (UDP flows go through the queue): %s", textesc.Message(f.UDPWhy))
 			}
-			if f.SocketPin {
-				row("fast path socket pin", "on: an allowed UDP or ICMP echo flow passes only from the socket it was allowed for")
-			} else {
-				row("fast path socket pin", "off (an allowed UDP or ICMP echo flow passes from any socket while its conntrack entry lives: another program that binds the local port its socket freed sends on it unasked): %s", textesc.Message(f.SocketPinWhy))
-			}
+			socketPinRow(row, f.SocketPin, f.SocketPinWhy)
 			if !f.TCPLocal {
 				row("fast path tcp", "off (every TCP connect goes through the queue: without the sock_ops program nothing checks a decision again when its SYN leaves): %s", textesc.Message(f.TCPLocalWhy))
 			}
@@ -143,7 +139,11 @@ func runStatus(ctx context.Context, args []string) error {
 			}
 		} else {
 			row("fast path", "off: %s", f.Reason)
-			row("fast path socket pin", "off (an allowed UDP or ICMP echo flow passes from any socket while its conntrack entry lives: another program that binds the local port its socket freed sends on it unasked): the fast path is off")
+			why := f.SocketPinWhy
+			if !f.SocketPin && why == "" {
+				why = "the fast path is off"
+			}
+			socketPinRow(row, f.SocketPin, why)
 		}
 	}
 	if c := st.DriverCache; c != nil {
@@ -209,4 +209,14 @@ func counters(m map[string]uint64) string {
 		return "-"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// socketPinRow writes the status line of the socket pin (see "The socket pin"
+// in internal/fastpath): on, or off and why.
+func socketPinRow(row func(string, string, ...any), on bool, why string) {
+	if on {
+		row("fast path socket pin", "on: an allowed UDP or ICMP echo flow passes only from the socket it was allowed for")
+		return
+	}
+	row("fast path socket pin", "off (an allowed UDP or ICMP echo flow passes from any socket while its conntrack entry lives: another program that binds the local port its socket freed sends on it unasked): %s", textesc.Message(why))
 }

@@ -198,7 +198,8 @@
 // program that binds the freed local port, or shares it with SO_REUSEADDR,
 // and sends to the same destination would pass by that mark. Open pins a
 // third socket filter, latch_fast_pin (PinDir, fast-pin-PID; FastPath.SocketPin,
-// or OpenSocketPin alone), which the ruleset's xt_bpf match runs
+// or OpenSocketPin alone: the daemon loads it so when the fast path is off),
+// which the ruleset's xt_bpf match runs
 // (internal/intercept/linux, Config.FastSocketPin): on a packet back from an
 // allow verdict (mark MarkAllow) it records the packet's own tuple (family,
 // protocol, addresses, ports or echo identifier) -> the cookie of the packet's

@@ -422,6 +422,22 @@ func TestFastPathOff(t *testing.T) {
 	}
 	if out := d.MustCLI(t, "status"); !strings.Contains(out, "fast path:") || !strings.Contains(out, "off: --fast-path=false") {
 		t.Errorf("latch status:\n%s", out)
+	} else if !strings.Contains(out, "fast path socket pin") || !strings.Contains(out, "passes only from the socket it was allowed for") {
+		// The socket pin is loaded alone: an allowed UDP flow still passes
+		// only from the socket it was allowed for.
+		t.Errorf("latch status does not say allowed UDP flows are pinned to their socket without the fast path:\n%s", out)
+	}
+	var pin struct {
+		FastPath struct {
+			SocketPin      bool   `json:"socket_pin"`
+			SocketPinMatch string `json:"socket_pin_match"`
+		} `json:"fast_path"`
+	}
+	if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &pin); err != nil {
+		t.Fatal(err)
+	}
+	if !pin.FastPath.SocketPin || pin.FastPath.SocketPinMatch == "" {
+		t.Errorf("status fast_path %+v: want the socket pin on, with its program's path, without the fast path", pin.FastPath)
 	}
 }
 
