@@ -116,18 +116,12 @@ func TestUDPFlowOutlivesItsSocket(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
 			atF := openRaw(t, tp.b, false, unix.IPPROTO_UDP, "").capture()
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on")
+			d := startPinned(t, tp, 5*time.Second, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534")
 			defer d.stop()
-			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
-				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
-			}
 			to := net.JoinHostPort(addrB, "9002")
 			nobody := func(port int, msgs string) {
 				t.Helper()
-				c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+to, "LATCH_TEST_UDP_MSGS="+msgs)
-				if _, ok := c.waitLine("done", 10*time.Second); !ok {
-					t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
-				}
+				sendAsNobody(t, tp, "LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+to, "LATCH_TEST_UDP_MSGS="+msgs)
 			}
 			// Control: nobody's own flow is held and denied.
 			nobody(40301, "latch-nobody-own")
@@ -248,10 +242,7 @@ func TestUDPFlowOutlivesItsSocketNft(t *testing.T) {
 			t.Fatalf("the allowed socket's datagram latch-root-%d did not reach F (the pin does not pass its own socket)", i)
 		}
 	}
-	c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PORT=40300", "LATCH_TEST_UDP_TO="+to.String(), "LATCH_TEST_UDP_MSGS=latch-piggyback-0 latch-piggyback-1")
-	if _, ok := c.waitLine("done", 10*time.Second); !ok {
-		t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
-	}
+	sendAsNobody(t, tp, "LATCH_TEST_UDP_PORT=40300", "LATCH_TEST_UDP_TO="+to.String(), "LATCH_TEST_UDP_MSGS=latch-piggyback-0 latch-piggyback-1")
 	if atF.waitSaw("latch-piggyback", time.Second) {
 		t.Errorf("another user's socket on the port a closed allowed socket left reached F:9002 on the allowed flow's conntrack entry")
 	}
@@ -280,11 +271,8 @@ func TestUDPServerReplyOutlivesItsSocket(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE="+c.attr)
+			d := startPinned(t, tp, 5*time.Second, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE="+c.attr)
 			defer d.stop()
-			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
-				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
-			}
 			peer := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9003"))
 			srvAddr := netip.MustParseAddrPort(addrA + ":40310")
 			srv := listenUDPIn(t, tp.a, srvAddr)
@@ -307,10 +295,7 @@ func TestUDPServerReplyOutlivesItsSocket(t *testing.T) {
 				t.Errorf("the server's answers on its allowed inbound flow were held %d times; want 0", n)
 			}
 			srv.c.Close()
-			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PORT=40310", "LATCH_TEST_UDP_TO="+addrB+":9003", "LATCH_TEST_UDP_MSGS=latch-piggyback-0 latch-piggyback-1")
-			if _, ok := c.waitLine("done", 10*time.Second); !ok {
-				t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
-			}
+			sendAsNobody(t, tp, "LATCH_TEST_UDP_PORT=40310", "LATCH_TEST_UDP_TO="+addrB+":9003", "LATCH_TEST_UDP_MSGS=latch-piggyback-0 latch-piggyback-1")
 			if peer.receives("latch-piggyback-0", time.Second) || peer.receives("latch-piggyback-1", 100*time.Millisecond) {
 				t.Errorf("a program no rule allows (nobody) reached the peer on the port a closed server socket left, on its allowed inbound flow")
 			}
@@ -333,11 +318,8 @@ func TestPingFlowOutlivesItsSocket(t *testing.T) {
 			tp := newTopo(t)
 			allowPingSockets(t, tp.a)
 			atB := openRaw(t, tp.b, false, unix.IPPROTO_ICMP, "").capture()
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on")
+			d := startPinned(t, tp, 5*time.Second, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534")
 			defer d.stop()
-			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
-				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
-			}
 			d.drain()
 			if err := inNS(tp.a, func() error {
 				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP)
@@ -375,10 +357,7 @@ func TestPingFlowOutlivesItsSocket(t *testing.T) {
 			if n := held(); n != 1 {
 				t.Errorf("the allowed ping socket's 5 echo requests were held %d times; want 1", n)
 			}
-			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PROTO=icmp", "LATCH_TEST_UDP_PORT=40320", "LATCH_TEST_UDP_TO="+addrB+":0", "LATCH_TEST_UDP_MSGS=latch-ping-nobody-0 latch-ping-nobody-1")
-			if _, ok := c.waitLine("done", 10*time.Second); !ok {
-				t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
-			}
+			sendAsNobody(t, tp, "LATCH_TEST_UDP_PROTO=icmp", "LATCH_TEST_UDP_PORT=40320", "LATCH_TEST_UDP_TO="+addrB+":0", "LATCH_TEST_UDP_MSGS=latch-ping-nobody-0 latch-ping-nobody-1")
 			if atB.waitSaw("latch-ping-nobody", time.Second) {
 				t.Errorf("nobody's ping socket, bound to the echo identifier of a closed allowed one, reached B unasked")
 			}
@@ -401,11 +380,8 @@ func TestUDPFlowSharedPort(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
 			atF := openRaw(t, tp.b, false, unix.IPPROTO_UDP, "").capture()
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on")
+			d := startPinned(t, tp, 5*time.Second, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534")
 			defer d.stop()
-			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
-				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
-			}
 			to := net.JoinHostPort(addrB, "9004")
 			var fd int
 			if err := inNS(tp.a, func() error {
@@ -471,11 +447,8 @@ func TestUDPFlowSocketReusedFast(t *testing.T) {
 			tp := newTopo(t)
 			srv := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9105"))
 			path := pinPortMatch(t, 9105)
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_FAST_UDP="+path, "LATCH_TEST_SOCKET_PIN=on")
+			d := startPinned(t, tp, 10*time.Second, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_FAST_UDP="+path)
 			defer d.stop()
-			if l, ok := d.waitLine("socket-pin ", 10*time.Second); !ok || l != "socket-pin <nil>" {
-				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
-			}
 			for s := range 3 {
 				if err := inNS(tp.a, func() error {
 					c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 40350})
@@ -522,11 +495,8 @@ func TestUDPServerUnansweredClaimedByAnother(t *testing.T) {
 		t.Run(fw, func(t *testing.T) {
 			needFirewall(t, fw)
 			tp := newTopo(t)
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
+			d := startPinned(t, tp, 5*time.Second, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_DENY_UID=65534", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
 			defer d.stop()
-			if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
-				t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
-			}
 			peer := listenUDPIn(t, tp.b, netip.MustParseAddrPort(addrB+":9013"))
 			srvAddr := netip.MustParseAddrPort(addrA + ":40311")
 			srv := listenUDPIn(t, tp.a, srvAddr)
@@ -537,17 +507,11 @@ func TestUDPServerUnansweredClaimedByAnother(t *testing.T) {
 			}
 			srv.c.Close() // unanswered
 			// Control: nobody from a port of its own is held and denied.
-			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PORT=40312", "LATCH_TEST_UDP_TO="+addrB+":9013", "LATCH_TEST_UDP_MSGS=latch-own-0")
-			if _, ok := c.waitLine("done", 10*time.Second); !ok {
-				t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
-			}
+			sendAsNobody(t, tp, "LATCH_TEST_UDP_PORT=40312", "LATCH_TEST_UDP_TO="+addrB+":9013", "LATCH_TEST_UDP_MSGS=latch-own-0")
 			if peer.receives("latch-own-0", time.Second) {
 				t.Fatal("nobody's datagram from a port of its own reached the peer: the test's decider does not deny nobody")
 			}
-			c = spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_PORT=40311", "LATCH_TEST_UDP_TO="+addrB+":9013", "LATCH_TEST_UDP_MSGS=latch-claim-0 latch-claim-1")
-			if _, ok := c.waitLine("done", 10*time.Second); !ok {
-				t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
-			}
+			sendAsNobody(t, tp, "LATCH_TEST_UDP_PORT=40311", "LATCH_TEST_UDP_TO="+addrB+":9013", "LATCH_TEST_UDP_MSGS=latch-claim-0 latch-claim-1")
 			if peer.receives("latch-claim-0", time.Second) || peer.receives("latch-claim-1", 100*time.Millisecond) {
 				t.Errorf("a program no rule allows (nobody) claimed an unanswered inbound flow's pin on the port its server freed and reached the peer unasked")
 			}
@@ -574,11 +538,8 @@ func TestUDPSharedPortAttribution(t *testing.T) {
 	}
 	needFirewall(t, FirewallIptablesNft)
 	tp := newTopo(t)
-	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_FIREWALL="+FirewallIptablesNft, "LATCH_TEST_SOCKET_PIN=on", "LATCH_TEST_ATTRIBUTE=1")
+	d := startPinned(t, tp, 5*time.Second, "LATCH_TEST_FIREWALL="+FirewallIptablesNft, "LATCH_TEST_ATTRIBUTE=1")
 	defer d.stop()
-	if l, ok := d.waitLine("socket-pin ", 5*time.Second); !ok || l != "socket-pin <nil>" {
-		t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
-	}
 	to := net.JoinHostPort(addrB, "9006")
 	c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=700ms",
 		"LATCH_TEST_UDP_PORT=40360", "LATCH_TEST_UDP_TO="+to, "LATCH_TEST_UDP_MSGS=latch-shared-attr")
@@ -620,5 +581,28 @@ func TestUDPSharedPortAttribution(t *testing.T) {
 	}
 	if !strings.Contains(held, " pid="+childPID+" ") {
 		t.Errorf("the sender's (pid %s) datagram was held as %q: decided as another program's (this test's, pid %d, which shares its port)", childPID, held, os.Getpid())
+	}
+}
+
+// startPinned starts the test daemon allowing everything its decider allows
+// ("*=allow", env as startDaemon's) with the socket pin, and waits up to wait
+// for its ruleset to run the pin.
+func startPinned(t *testing.T, tp *topo, wait time.Duration, env ...string) *daemon {
+	t.Helper()
+	d := startDaemon(t, tp, "*=allow", append(env, "LATCH_TEST_SOCKET_PIN=on")...)
+	if l, ok := d.waitLine("socket-pin ", wait); !ok || l != "socket-pin <nil>" {
+		d.stop()
+		t.Fatalf("the ruleset does not run the socket pin: %q; stderr:\n%s", l, d.errors())
+	}
+	return d
+}
+
+// sendAsNobody runs the unprivileged sender (unprivilegedUDP, configured by
+// env) in A and waits for it to finish.
+func sendAsNobody(t *testing.T, tp *topo, env ...string) {
+	t.Helper()
+	c := spawnChild(t, tp, "unpriv-udp", "", env...)
+	if _, ok := c.waitLine("done", 10*time.Second); !ok {
+		t.Fatalf("the unprivileged sender did not finish; stderr:\n%s", c.errors())
 	}
 }
