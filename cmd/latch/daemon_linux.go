@@ -155,6 +155,10 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 				fp.SetNotrack(be.Notrack())
 			}
 		} else if pinOnly != nil {
+			// The ruleset no longer names the pins of daemons gone before
+			// (a crash, or a ruleset kept on exit): free their programs and
+			// maps, as fp.SetUDP does.
+			pinOnly.RulesetInstalled()
 			if err := be.FastSocketPin(); err != nil {
 				setPinWhy(err.Error())
 			} else {

@@ -101,6 +101,14 @@ func OpenSocketPin(dir string) (*SocketPinOnly, error) {
 	return p, nil
 }
 
+// RulesetInstalled says the daemon's ruleset is installed (whether or not it
+// runs the pin): the ruleset no longer names the pins of daemons gone before
+// (a crash, or a ruleset kept on exit), so it frees their programs and maps,
+// as FastPath.SetUDP does.
+func (p *SocketPinOnly) RulesetInstalled() {
+	removePins(p.dir, func(pid int) bool { return pid != os.Getpid() && processGone(pid) })
+}
+
 // Path returns where the socket pin program is pinned.
 func (p *SocketPinOnly) Path() string { return p.path }
 
