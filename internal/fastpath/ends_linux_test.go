@@ -236,11 +236,39 @@ func TestEndsDoNotCrowdOutDecisions(t *testing.T) {
 // TestEndAfterItsDecision: the decision of a connection the fast path allowed is
 // handed to Run's callback before the end of its socket, though the two come
 // through separate ring buffers (the byte accountant must know the flow to end
-// it), and the end's time is not before the decision's.
+// it), and the end's time is not before the decision's; nothing is lost, and
+// Close while both readers wait ends Run without an error. Both with the
+// mapped rings and with the ringbuf.Reader fallback for both (review8: its
+// wait must not drop the record it read; readEnds flushes the decisions'
+// reader, whose wait then returns).
 func TestEndAfterItsDecision(t *testing.T) {
+	for _, fallback := range []bool{false, true} {
+		name := "mapped"
+		if fallback {
+			name = "ringbuf.Reader"
+		}
+		t.Run(name, func(t *testing.T) { endsAfterDecisions(t, fallback) })
+	}
+}
+
+// readWithRingbufReader has fp's Run read both rings with ringbuf.Reader, as
+// where newRingWait failed (Open then leaves ringWait and endsWait nil).
+func readWithRingbufReader(fp *FastPath) {
+	for _, w := range []*ringWait{fp.ringWait, fp.endsWait} {
+		if w != nil {
+			w.close()
+		}
+	}
+	fp.ringWait, fp.endsWait = nil, nil
+}
+
+func endsAfterDecisions(t *testing.T, fallback bool) {
 	ownNetns(t)
 	cg, cgfd := testCgroup(t)
 	fp := openTest(t, cg, Config{})
+	if fallback {
+		readWithRingbufReader(fp)
+	}
 	if st := fp.Stats(); !st.TCPEnds || !st.TCPLocal {
 		t.Fatalf("stats %+v: want the sock_ops program and socket ends", st)
 	}
@@ -258,18 +286,24 @@ func TestEndAfterItsDecision(t *testing.T) {
 		e *End
 	}
 	records := make(chan record, 4096)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
+	done := make(chan error, 1)
 	go func() {
-		done <- fp.Run(ctx, func(d Decision) { records <- record{d: &d} }, func(e End) {
+		done <- fp.Run(context.Background(), func(d Decision) { records <- record{d: &d} }, func(e End) {
 			if e.Remote == dst {
 				records <- record{e: &e}
 			}
 		})
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			fp.Close()
+			<-done
+		}
+	})
+	waitReading(t, fp)
 	const n = 50
-	for i := 0; i < n; i++ {
+	for i := range n {
 		connectLocal(t, c, dst, i%2 == 0)
 	}
 	decided := map[netip.AddrPort]time.Time{}
@@ -292,6 +326,22 @@ func TestEndAfterItsDecision(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%d of %d ends read: %+v", ended, n, fp.Stats())
 		}
+	}
+	if st := fp.Stats(); st.RingLost != 0 || st.EndsLost != 0 {
+		t.Errorf("stats %+v: want nothing lost", st)
+	}
+	time.Sleep(20 * time.Millisecond) // into the waits for records
+	stopped = true
+	if err := fp.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run after Close: %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still running 5 s after Close")
 	}
 }
 
