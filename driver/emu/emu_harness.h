@@ -149,6 +149,9 @@ void emu_wait_reauth_idle(void);
 void emu_set_reauth_mode(int mode);
 /* Deferred reauthorizations wait ms before they classify (0 after emu_reset). */
 void emu_set_reauth_delay_ms(int ms);
+/* 1: deferred reauthorizations wait, however long, until it is set back to 0 (the
+   state a test measures stays put on a slow machine); 0 after emu_reset. */
+void emu_set_reauth_hold(int on);
 /* Injection completions (FwpsInjectTransportReceiveAsync0/SendAsync1): 0 inline, before
    the call returns; 1 deferred, from an emulation thread ms later (emu_set_inject_delay_ms,
    2 after emu_reset); 2 alternating (default; LATCH_EMU_INJECT pins it). */

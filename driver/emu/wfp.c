@@ -1777,8 +1777,16 @@ static pthread_t rqThread;
 static pthread_cond_t rqCond = PTHREAD_COND_INITIALIZER;
 
 static int reauthDelayMs;
+static int reauthHeld; /* deferred reauthorizations wait until released */
 void emu_set_reauth_mode(int mode) { reauthMode = mode; }
 void emu_set_reauth_delay_ms(int ms) { reauthDelayMs = ms; }
+void emu_set_reauth_hold(int on)
+{
+    pthread_mutex_lock(&wlock);
+    reauthHeld = on;
+    pthread_cond_broadcast(&rqCond);
+    pthread_mutex_unlock(&wlock);
+}
 
 static void reauthorize_now(emu_conn *c)
 {
@@ -1795,7 +1803,7 @@ static void *reauth_queue_main(void *arg)
     (void)arg;
     pthread_mutex_lock(&wlock);
     for (;;) {
-        while (rqHead == NULL && !rqStop) {
+        while ((rqHead == NULL || reauthHeld) && !rqStop) {
             pthread_cond_wait(&rqCond, &wlock);
         }
         if (rqHead == NULL) {
@@ -2069,8 +2077,11 @@ static void *reauth_thread(void *arg)
 
 void emu_wait_reauth_idle(void)
 {
-    /* Commit threads queue deferred reauthorizations: wait until neither runs. */
+    /* Commit threads queue deferred reauthorizations: wait until neither runs. Waiting
+       for held ones releases them (an unload after a failed check must not hang). */
     pthread_mutex_lock(&wlock);
+    reauthHeld = 0;
+    pthread_cond_broadcast(&rqCond);
     while (rqHead != NULL || rqBusy || reauthThreadsActive > 0) {
         pthread_cond_wait(&rqCond, &wlock);
     }
@@ -2204,6 +2215,7 @@ void emu_wfp_reset(void)
     injectMode = (imode != NULL && imode[0] >= '0' && imode[0] <= '2') ? imode[0] - '0' : 2;
     reauthCounter = 0;
     reauthDelayMs = 0;
+    reauthHeld = 0;
     const char *mode = getenv("LATCH_EMU_REAUTH");
     reauthMode = (mode != NULL && mode[0] >= '0' && mode[0] <= '2') ? mode[0] - '0' : 2;
     pthread_mutex_lock(&wlock);

@@ -1898,7 +1898,7 @@ static void test_dispatch_time_budget(void)
     emu_registry_set_dword("PendingTimeoutMs", 600000);
     REQUIRE(load(), "load");
     emu_set_reauth_mode(1);
-    emu_set_reauth_delay_ms(1500); /* the decided entries wait for their reauthorization pass */
+    emu_set_reauth_hold(1); /* the decided entries wait for their reauthorization pass */
     /* A client that never says HELLO: requests stay pending and are never sent. */
     client *c = client_connect(portPath, NULL);
     REQUIRE(c != NULL, "client");
@@ -1929,6 +1929,7 @@ static void test_dispatch_time_budget(void)
     }
     sleep_ms(850);
     /* the reauthorization passes of the decided entries, then the disconnect */
+    emu_set_reauth_hold(0);
     emu_wait_reauth_idle();
     client_close(c);
     emu_wait_reauth_idle();
