@@ -46,9 +46,29 @@ const (
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(childEnv); mode != "" {
+		systemCgroup2()
 		os.Exit(runChild(mode))
 	}
 	os.Exit(m.Run())
+}
+
+// systemCgroup2 mounts the cgroup v2 hierarchy on /sys/fs/cgroup in a child's own
+// mount namespace (`ip netns exec` gives it a /sys without one), so that
+// cgroup2.Find, which prefers /sys/fs/cgroup, names a mount that lasts as long as
+// the child. Else it would name the first other cgroup2 mount the child inherited,
+// such as another test package's in /tmp, which that package unmounts when its
+// test ends (seen in CI: the fast path's attach then found no cgroup).
+func systemCgroup2() {
+	self, err1 := os.Readlink("/proc/self/ns/mnt")
+	host, err2 := os.Readlink("/proc/1/ns/mnt")
+	if err1 != nil || err2 != nil || self == host {
+		return // the host's mounts are not the child's to change
+	}
+	if root, err := cgroup2.Find(); err == nil && (root == "/sys/fs/cgroup" || strings.HasPrefix(root, "/sys/fs/cgroup/")) {
+		return
+	}
+	// On failure the callers fall back as before (cgroup2.MountPrivate).
+	_ = unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
 }
 
 var nsCounter atomic.Int32
