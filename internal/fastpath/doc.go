@@ -496,4 +496,40 @@
 // without the statistics' share: at about 17 µs for a connect without a
 // firewall, the programs alone make most of the 1.13-1.4x the bench shows (the
 // ruleset's notrack rules add about 5%: its notrack scenario).
+//
+// Where the machine's time goes with 8 clients (December 2026, the same VM,
+// `perf record -a -g` during latch+fp rounds of `test/bench -bulk 0`, as a
+// share of the CPU time of the bench's clients and server plus the daemon;
+// two captures, other helpers' tests running alongside): the daemon 8-12%,
+// netfilter 5.3-5.4% (latch's ruleset, notrack included), eBPF about 6%: the
+// fast path's programs and their socket storage's allocations 2.6%, the
+// attribution hook (internal/procattr, its LRU update) 1.4-1.7%, the cgroup
+// hooks' dispatch 1.5%. Together 19-23%, which is what the bench's throughput
+// ratio (0.73-0.84) loses: the loss is CPU time, not waiting, so a cut shows
+// in throughput only as its share of that total (cutting the daemon by a
+// fifth is 2%, inside the bench's ±10% noise). The daemon's wakeups are not
+// the cost: 250-700 voluntary context switches a second at 8,500 connects a
+// second (0.03-0.08 a connect; the rings' WAKEUP_BYTES and the accountant's
+// kick already batch them), 0.09 page faults a connect. Its CPU profile
+// (steady state, startup left out): the history writer (SQLite) about 30%,
+// the decisions' reader 20% (half of it TrackFlow, whose flow-table lookup
+// misses the cache: ended flows stay in the 65,536-entry table until evicted;
+// a fifth the request's allocation), the byte accountant 10%, the garbage
+// collector 8-12% (GODEBUG=gctrace=1: about 150 ms of CPU a cycle at 46 MB
+// live, one cycle per some 65,000 connects: about 2 µs a connect), the
+// scheduler and netpoll about 10%. Of netfilter's share, 39-40% is the reset
+// a client sends as it closes with SO_LINGER 0 (the bench's -reset, on by
+// default): fast_closed clears the socket's mark at TCP_CLOSE, just before
+// tcp_send_active_reset builds it, so the reset is not kept out of conntrack
+// (an entry made and freed for it) and walks LATCH-OUT to its INVALID rules
+// (the options match's xt_u32 runs on it); 24% the SYN, 22% the packets in.
+// Keeping the reset out of conntrack means keeping the mark past TCP_CLOSE,
+// which TestFastMarkEndsWithItsConnect rules out. (xt_u32 ran three times on
+// every TCP packet out while the fast marks' options rules matched it before
+// the mark: 0.97% and 1.09% of the clients' CPU in two runs; 0.59% and 0.69%
+// since they match the mark first.)
+// (This VM is a PVM guest: a sample taken while interrupts are off lands on
+// pvm_irq_enable, where they come back on; its callers, not the symbol, say
+// where the time went: _raw_spin_unlock_irqrestore of the LRU, the ring or
+// the storage map.)
 package fastpath

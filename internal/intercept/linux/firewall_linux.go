@@ -641,8 +641,12 @@ func (spec ruleSpec) iptablesOptionsRules(name string, v6 bool) string {
 	}
 	match := optMatch(v6)
 	if spec.fastTCP || spec.notrack {
+		// The mark before the options: every TCP packet out walks these
+		// rules, and the mark (a load) rules out two of them for a fast
+		// socket's packet and all three for any other, where xt_u32 (a
+		// program interpreted per packet) ran in each.
 		for _, m := range fastMarks {
-			fmt.Fprintf(&b, "-A %s -p tcp %s -m mark --mark %#x/%#x -j REJECT --reject-with tcp-reset\n", name, match, m, MarkMask)
+			fmt.Fprintf(&b, "-A %s -p tcp -m mark --mark %#x/%#x %s -j REJECT --reject-with tcp-reset\n", name, m, MarkMask, match)
 		}
 	}
 	fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate INVALID %s -j REJECT --reject-with tcp-reset\n", name, match)
