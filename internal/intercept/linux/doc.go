@@ -538,6 +538,17 @@ type Config struct {
 	// freed local port sends on the flow unasked. Backend.FastSocketPin says
 	// whether the ruleset has it. The iptables rulesets only.
 	FastSocketPin string
+	// FastSenderStash is the pinned socket filter program of the kernel
+	// fast path's sender stash (internal/fastpath, FastPath.SenderStash);
+	// "": none. LATCH-OUT runs it (an xt_bpf match that never matches) just
+	// before each rule that queues a UDP datagram: it records the socket
+	// that sent the datagram, which the daemon takes as it reads the
+	// datagram and hands, with a Resolver that implements SenderResolver,
+	// to ResolveSender. Without it a datagram from a local port two sockets
+	// share (SO_REUSEADDR, SO_REUSEPORT) is attributed to the socket a
+	// lookup of its tuple finds, the last bound, which may be another
+	// program's. Backend.FastSenderStash says whether the ruleset has it.
+	FastSenderStash string
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to
