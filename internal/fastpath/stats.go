@@ -113,8 +113,8 @@ type Stats struct {
 	SenderStash      bool   `json:"sender_stash"`
 	SenderStashWhy   string `json:"sender_stash_why,omitempty"`
 	SenderStashMatch string `json:"sender_stash_match,omitempty"`
-	LeaseWhy       string `json:"lease_why,omitempty"`
-	LeaseMatch     string `json:"lease_match,omitempty"`
+	LeaseWhy         string `json:"lease_why,omitempty"`
+	LeaseMatch       string `json:"lease_match,omitempty"`
 	// LeaseSwept is how many sockets a daemon gone before left with
 	// MarkFastAllow (their SYN on its way when it died) Open moved to
 	// MarkFastRedecide, so that this daemon's lease does not let their next SYN
