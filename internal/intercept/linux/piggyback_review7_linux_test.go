@@ -40,9 +40,14 @@ func unprivilegedUDP() int {
 	if err != nil {
 		return fail(err)
 	}
-	to, err := net.ResolveUDPAddr("udp4", os.Getenv("LATCH_TEST_UDP_TO"))
+	to, err := net.ResolveUDPAddr("udp", os.Getenv("LATCH_TEST_UDP_TO"))
 	if err != nil {
 		return fail(err)
+	}
+	// An IPv6 destination: an IPv6 socket (UDP only).
+	family := unix.AF_INET
+	if to.IP.To4() == nil {
+		family = unix.AF_INET6
 	}
 	// LATCH_TEST_UDP_PROTO=icmp: a ping socket, bound to the echo
 	// identifier LATCH_TEST_UDP_PORT, sending echo requests.
@@ -51,7 +56,7 @@ func unprivilegedUDP() int {
 	if icmp {
 		proto = unix.IPPROTO_ICMP
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, proto)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM, proto)
 	if err != nil {
 		return fail(err)
 	}
@@ -62,15 +67,24 @@ func unprivilegedUDP() int {
 			return fail(err)
 		}
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port}); err != nil {
+	var local, sa unix.Sockaddr = &unix.SockaddrInet4{Port: port}, nil
+	if family == unix.AF_INET6 {
+		local = &unix.SockaddrInet6{Port: port}
+		sa6 := &unix.SockaddrInet6{Port: to.Port}
+		copy(sa6.Addr[:], to.IP.To16())
+		sa = sa6
+	} else {
+		sa4 := &unix.SockaddrInet4{Port: to.Port}
+		copy(sa4.Addr[:], to.IP.To4())
+		sa = sa4
+	}
+	if err := unix.Bind(fd, local); err != nil {
 		return fail(fmt.Errorf("bind port %d: %w", port, err))
 	}
 	fmt.Println("bound")
 	if d, err := time.ParseDuration(os.Getenv("LATCH_TEST_UDP_DELAY")); err == nil {
 		time.Sleep(d)
 	}
-	sa := &unix.SockaddrInet4{Port: to.Port}
-	copy(sa.Addr[:], to.IP.To4())
 	for _, m := range strings.Fields(os.Getenv("LATCH_TEST_UDP_MSGS")) {
 		msg := []byte(m)
 		if icmp {

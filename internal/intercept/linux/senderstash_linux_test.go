@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -165,6 +166,110 @@ func TestUDPSharedPortAttribution(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestUDPSharedPortAmbiguous: where the sender stash cannot tell which
+// socket sent a datagram (its record is ambiguous: another socket sent a
+// datagram with the same key while it was queued) and more than one socket
+// is bound to its local port, the datagram is attributed to no program: not
+// to the other program, whose socket the lookup by tuple finds (the last
+// bound), nor to the sender. The test records the ambiguity itself in the
+// stash's map for the datagram the sender will send: over IPv6, whose key
+// has no IPv4 id, it knows every byte of the key (the stash keeps the 0 it
+// finds for another cookie). Control: the same exchange without the record
+// is attributed to the sender.
+func TestUDPSharedPortAmbiguous(t *testing.T) {
+	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			for _, args := range [][]string{
+				{"-n", tp.a, "addr", "add", "fd00::1/64", "dev", tp.vethA, "nodad"},
+				{"-n", tp.b, "addr", "add", "fd00::2/64", "dev", tp.vethB, "nodad"},
+			} {
+				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+					t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+				}
+			}
+			d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw)
+			defer d.stop()
+			if stash == 0 {
+				t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+			}
+			m, err := ebpf.NewMapFromID(stash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			for i, ambiguous := range []bool{false, true} {
+				port := 40370 + i
+				to := netip.MustParseAddrPort("[fd00::2]:" + strconv.Itoa(9016+i))
+				msg := "latch-ambiguous-sender"
+				c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=700ms",
+					"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+to.String(), "LATCH_TEST_UDP_MSGS="+msg)
+				l, ok := c.waitLine("pid ", 10*time.Second)
+				if !ok {
+					t.Fatalf("the sender did not start; stderr:\n%s", c.errors())
+				}
+				child := strings.TrimPrefix(l, "pid ")
+				if _, ok := c.waitLine("bound", 5*time.Second); !ok {
+					t.Fatalf("the sender did not bind; stderr:\n%s", c.errors())
+				}
+				// The other program (this test's process) binds the port after.
+				if err := inNS(tp.a, func() error {
+					fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+					if err != nil {
+						return err
+					}
+					t.Cleanup(func() { unix.Close(fd) })
+					if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+						return err
+					}
+					return unix.Bind(fd, &unix.SockaddrInet6{Port: port})
+				}); err != nil {
+					t.Fatal(err)
+				}
+				if ambiguous {
+					k, ok := stashKey(udp6Packet(netip.MustParseAddrPort("[fd00::1]:"+strconv.Itoa(port)), to, []byte(msg)))
+					if !ok {
+						t.Fatal("no stash key for the test's packet")
+					}
+					if err := m.Put(k, make([]byte, 8)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				d.drain()
+				if _, ok := c.waitLine("done", 10*time.Second); !ok {
+					t.Fatalf("the sender did not finish; stderr:\n%s", c.errors())
+				}
+				held := heldLine(t, d, to.String())
+				want := child
+				if ambiguous {
+					want = "0"
+				}
+				if !strings.Contains(held, " pid="+want+" ") {
+					t.Errorf("ambiguous record %t: the datagram was held as %q, want pid %s (this test is pid %d, the sender %s)", ambiguous, held, want, os.Getpid(), child)
+				}
+			}
+		})
+	}
+}
+
+// udp6Packet returns an IPv6 UDP datagram from src to dst (checksum 0).
+func udp6Packet(src, dst netip.AddrPort, payload []byte) []byte {
+	p := make([]byte, 48+len(payload))
+	p[0] = 0x60
+	binary.BigEndian.PutUint16(p[4:], uint16(8+len(payload)))
+	p[6] = 17
+	p[7] = 64
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	copy(p[8:], s[:])
+	copy(p[24:], d[:])
+	binary.BigEndian.PutUint16(p[40:], src.Port())
+	binary.BigEndian.PutUint16(p[42:], dst.Port())
+	binary.BigEndian.PutUint16(p[44:], uint16(8+len(payload)))
+	copy(p[48:], payload)
+	return p
 }
 
 // udp4Packet returns an IPv4 UDP datagram from src to dst with IPv4 id id
