@@ -95,6 +95,9 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		// An allowed UDP (ICMP echo) flow passes only from the socket it was
 		// allowed for (see "The socket pin" in internal/fastpath).
 		cfg.FastSocketPin = fp.SocketPin()
+		// Each queued UDP datagram is attributed to the socket that sent it
+		// (see "The sender stash" in internal/fastpath).
+		cfg.FastSenderStash = fp.SenderStash()
 		// The kernel reports the end of every TCP socket: the accountant needs
 		// no conntrack update events (which the kernel builds for each state
 		// change of every flow while anybody listens).
@@ -125,14 +128,19 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	var pinOnly *fastpath.SocketPinOnly
 	var pinWhy atomic.Pointer[string] // why the socket pin is off; "" when on
 	setPinWhy := func(s string) { pinWhy.Store(&s) }
+	var stashWhy atomic.Pointer[string] // why the sender stash is off; "" when on
+	setStashWhy := func(s string) { stashWhy.Store(&s) }
 	if fp == nil {
 		if pinOnly, err = fastpath.OpenSocketPin(fastpath.PinDir(o.StateDir)); err != nil {
 			logf("socket pin: %v; an allowed UDP flow passes from any socket while its conntrack entry lives", err)
 			setPinWhy(err.Error())
+			setStashWhy(err.Error())
 			pinOnly = nil
 		} else {
 			cfg.FastSocketPin = pinOnly.Path()
+			cfg.FastSenderStash = pinOnly.StashPath()
 			setPinWhy("the ruleset is not installed yet")
+			setStashWhy("the ruleset is not installed yet")
 		}
 	}
 	closePin := func() {
@@ -148,6 +156,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 			fp.SetUDP(be.FastUDP())
 			fp.SetLease(be.FastLease())
 			fp.SetSocketPin(be.FastSocketPin())
+			fp.SetSenderStash(be.FastSenderStash())
 			fp.SetTCPRuleset(be.FastTCP())
 			if noNotrack != nil {
 				fp.SetNotrack(noNotrack)
@@ -163,6 +172,11 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 				setPinWhy(err.Error())
 			} else {
 				setPinWhy("")
+			}
+			if err := be.FastSenderStash(); err != nil {
+				setStashWhy(err.Error())
+			} else {
+				setStashWhy("")
 			}
 		}
 		close(ready)
@@ -226,13 +240,19 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	pb.close = func() { closePin(); closeRes() }
 	pb.fastPathOff = fastPathOff
 	if fp == nil {
-		path := cfg.FastSocketPin
+		path, stashPath := cfg.FastSocketPin, cfg.FastSenderStash
 		pb.socketPin = func(s *fastpath.Stats) {
 			why := *pinWhy.Load()
 			if s.SocketPin = why == ""; s.SocketPin {
 				s.SocketPinMatch = path
 			} else {
 				s.SocketPinWhy = why
+			}
+			why = *stashWhy.Load()
+			if s.SenderStash = why == ""; s.SenderStash {
+				s.SenderStashMatch = stashPath
+			} else {
+				s.SenderStashWhy = why
 			}
 		}
 	}

@@ -96,6 +96,7 @@ func runStatus(ctx context.Context, args []string) error {
 				row("fast path udp", "off (UDP flows go through the queue): %s", textesc.Message(f.UDPWhy))
 			}
 			socketPinRow(row, f.SocketPin, f.SocketPinWhy)
+			senderStashRow(row, f.SenderStash, f.SenderStashWhy)
 			if !f.TCPLocal {
 				row("fast path tcp", "off (every TCP connect goes through the queue: without the sock_ops program nothing checks a decision again when its SYN leaves): %s", textesc.Message(f.TCPLocalWhy))
 			}
@@ -144,6 +145,11 @@ func runStatus(ctx context.Context, args []string) error {
 				why = "the fast path is off"
 			}
 			socketPinRow(row, f.SocketPin, why)
+			why = f.SenderStashWhy
+			if !f.SenderStash && why == "" {
+				why = "the fast path is off"
+			}
+			senderStashRow(row, f.SenderStash, why)
 		}
 	}
 	if c := st.DriverCache; c != nil {
@@ -219,4 +225,14 @@ func socketPinRow(row func(string, string, ...any), on bool, why string) {
 		return
 	}
 	row("fast path socket pin", "off (an allowed UDP or ICMP echo flow passes from any socket while its conntrack entry lives: another program that binds the local port its socket freed sends on it unasked): %s", textesc.Message(why))
+}
+
+// senderStashRow writes the status line of the sender stash (see "The sender
+// stash" in internal/fastpath): on, or off and why.
+func senderStashRow(row func(string, string, ...any), on bool, why string) {
+	if on {
+		row("fast path sender stash", "on: a UDP datagram is attributed to the socket that sent it, also where two sockets share its local port")
+		return
+	}
+	row("fast path sender stash", "off (a UDP datagram from a local port two sockets share is attributed to the socket a lookup of its tuple finds, the last bound, which may be another program's): %s", textesc.Message(why))
 }

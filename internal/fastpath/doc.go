@@ -217,6 +217,28 @@
 // another protocol, an ICMP error or echo reply always matches.
 // Stats.SocketPin says whether the ruleset runs it (FastPath.SetSocketPin).
 //
+// # The sender stash
+//
+// The queue does not carry a packet's socket, and the daemon's Resolver finds
+// a UDP datagram's socket by a lookup of its tuple, which gives the socket the
+// kernel would deliver an answer to: where two sockets share the local port
+// (SO_REUSEADDR, which two users' UDP sockets may both set, or SO_REUSEPORT),
+// the last bound, whichever sent. latch_send_stash, pinned next to the socket
+// pin (FastPath.SenderStash; OpenSocketPin loads it too), is an xt_bpf match
+// the ruleset's LATCH-OUT runs, with their matches, just before each rule that
+// queues UDP, so on exactly the datagrams the queue gets; it never matches.
+// It records the datagram's socket cookie in an LRU hash (16384 entries)
+// under a key the daemon computes from the bytes the queue hands it: the
+// tuple, the IPv4 identification (0 for IPv6) and the first up to 32 bytes of
+// the payload, as many as the IP header's length says there are (not the UDP
+// length nor checksum, which a GSO packet has unfinished at OUTPUT). A key
+// already recorded for another socket becomes 0 (ambiguous). The daemon
+// takes (looks up and deletes) the entry of each datagram it reads and hands
+// the cookie to the Resolver (procattr's ResolveSender): the socket with that
+// cookie among those bound to the port; with none (no entry, an ambiguous
+// one) it attributes no program where more than one socket is bound to the
+// port.
+//
 // # Exactness
 //
 // The cache never changes what latch decides. Only a decision made by a rule

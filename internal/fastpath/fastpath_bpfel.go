@@ -110,6 +110,19 @@ type fastpathFpSock struct {
 	}
 }
 
+type fastpathFpStashKey struct {
+	_      structs.HostLayout
+	Family uint8
+	Proto  uint8
+	Sport  uint16
+	Dport  uint16
+	Ipid   uint16
+	Src    [16]uint8
+	Dst    [16]uint8
+	N      uint32
+	Data   [32]uint8
+}
+
 type fastpathFpTuple struct {
 	_          structs.HostLayout
 	Family     uint8
@@ -143,6 +156,7 @@ const (
 	fastpathMapOwners               = "owners"
 	fastpathMapPins                 = "pins"
 	fastpathMapRestore              = "restore"
+	fastpathMapSenderStash          = "sender_stash"
 	fastpathMapSocks                = "socks"
 	fastpathMapStats                = "stats"
 	fastpathMapVerdicts             = "verdicts"
@@ -160,6 +174,7 @@ const (
 	fastpathProgLatchFastSockops    = "latch_fast_sockops"
 	fastpathProgLatchFastSweep      = "latch_fast_sweep"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
+	fastpathProgLatchSendStash      = "latch_send_stash"
 	fastpathVarBytesOk              = "bytes_ok"
 	fastpathVarIterMoved            = "iter_moved"
 	fastpathVarIterSession          = "iter_session"
@@ -232,24 +247,26 @@ type fastpathProgramSpecs struct {
 	LatchFastSockops    *ebpf.ProgramSpec `ebpf:"latch_fast_sockops"`
 	LatchFastSweep      *ebpf.ProgramSpec `ebpf:"latch_fast_sweep"`
 	LatchFastUdp        *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
+	LatchSendStash      *ebpf.ProgramSpec `ebpf:"latch_send_stash"`
 }
 
 // fastpathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
-	Alive      *ebpf.MapSpec `ebpf:"alive"`
-	Ends       *ebpf.MapSpec `ebpf:"ends"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Generation *ebpf.MapSpec `ebpf:"generation"`
-	Keep       *ebpf.MapSpec `ebpf:"keep"`
-	Lease      *ebpf.MapSpec `ebpf:"lease"`
-	Owners     *ebpf.MapSpec `ebpf:"owners"`
-	Pins       *ebpf.MapSpec `ebpf:"pins"`
-	Restore    *ebpf.MapSpec `ebpf:"restore"`
-	Socks      *ebpf.MapSpec `ebpf:"socks"`
-	Stats      *ebpf.MapSpec `ebpf:"stats"`
-	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
+	Alive       *ebpf.MapSpec `ebpf:"alive"`
+	Ends        *ebpf.MapSpec `ebpf:"ends"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Generation  *ebpf.MapSpec `ebpf:"generation"`
+	Keep        *ebpf.MapSpec `ebpf:"keep"`
+	Lease       *ebpf.MapSpec `ebpf:"lease"`
+	Owners      *ebpf.MapSpec `ebpf:"owners"`
+	Pins        *ebpf.MapSpec `ebpf:"pins"`
+	Restore     *ebpf.MapSpec `ebpf:"restore"`
+	SenderStash *ebpf.MapSpec `ebpf:"sender_stash"`
+	Socks       *ebpf.MapSpec `ebpf:"socks"`
+	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -292,18 +309,19 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
-	Alive      *ebpf.Map `ebpf:"alive"`
-	Ends       *ebpf.Map `ebpf:"ends"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Generation *ebpf.Map `ebpf:"generation"`
-	Keep       *ebpf.Map `ebpf:"keep"`
-	Lease      *ebpf.Map `ebpf:"lease"`
-	Owners     *ebpf.Map `ebpf:"owners"`
-	Pins       *ebpf.Map `ebpf:"pins"`
-	Restore    *ebpf.Map `ebpf:"restore"`
-	Socks      *ebpf.Map `ebpf:"socks"`
-	Stats      *ebpf.Map `ebpf:"stats"`
-	Verdicts   *ebpf.Map `ebpf:"verdicts"`
+	Alive       *ebpf.Map `ebpf:"alive"`
+	Ends        *ebpf.Map `ebpf:"ends"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Generation  *ebpf.Map `ebpf:"generation"`
+	Keep        *ebpf.Map `ebpf:"keep"`
+	Lease       *ebpf.Map `ebpf:"lease"`
+	Owners      *ebpf.Map `ebpf:"owners"`
+	Pins        *ebpf.Map `ebpf:"pins"`
+	Restore     *ebpf.Map `ebpf:"restore"`
+	SenderStash *ebpf.Map `ebpf:"sender_stash"`
+	Socks       *ebpf.Map `ebpf:"socks"`
+	Stats       *ebpf.Map `ebpf:"stats"`
+	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
 
 func (m *fastpathMaps) Close() error {
@@ -317,6 +335,7 @@ func (m *fastpathMaps) Close() error {
 		m.Owners,
 		m.Pins,
 		m.Restore,
+		m.SenderStash,
 		m.Socks,
 		m.Stats,
 		m.Verdicts,
@@ -361,6 +380,7 @@ type fastpathPrograms struct {
 	LatchFastSockops    *ebpf.Program `ebpf:"latch_fast_sockops"`
 	LatchFastSweep      *ebpf.Program `ebpf:"latch_fast_sweep"`
 	LatchFastUdp        *ebpf.Program `ebpf:"latch_fast_udp"`
+	LatchSendStash      *ebpf.Program `ebpf:"latch_send_stash"`
 }
 
 func (p *fastpathPrograms) Close() error {
@@ -379,6 +399,7 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastSockops,
 		p.LatchFastSweep,
 		p.LatchFastUdp,
+		p.LatchSendStash,
 	)
 }
 

@@ -236,6 +236,9 @@ type FastPath struct {
 	sockPin    string       // where the socket pin program is pinned; "": none (see sockpin_linux.go)
 	sockPinOn  atomic.Bool  // the ruleset runs the socket pin
 	sockPinWhy atomic.Value // string: why not
+	stashPin   string       // where the sender stash program is pinned; "": none (see sockpin_linux.go)
+	stashOn    atomic.Bool  // the ruleset runs the sender stash
+	stashWhy   atomic.Value // string: why not
 	leaseOn    atomic.Bool  // the ruleset checks the lease before a fast SYN passes
 	leaseWhy   atomic.Value // string: why not
 	unmountPin bool         // Open mounted the BPF file system at cfg.PinDir
@@ -594,16 +597,19 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	fp.udpWhy.Store("the ruleset does not run the UDP match yet")
 	fp.leaseWhy.Store("the ruleset does not check the lease yet")
 	fp.sockPinWhy.Store("the ruleset does not run the socket pin yet")
+	fp.stashWhy.Store("the ruleset does not run the sender stash yet")
 	if cfg.PinDir == "" {
 		fp.udpWhy.Store("no BPF file system to pin the UDP match in")
 		fp.leaseWhy.Store("no BPF file system to pin the lease in")
 		fp.sockPinWhy.Store("no BPF file system to pin the socket pin in")
+		fp.stashWhy.Store("no BPF file system to pin the sender stash in")
 	} else if err := fp.pin(cfg.PinDir); err != nil {
 		// TCP is served all the same (without the lease); UDP goes
 		// through the queue.
 		fp.udpWhy.Store(err.Error())
 		fp.leaseWhy.Store(err.Error())
 		fp.sockPinWhy.Store(err.Error())
+		fp.stashWhy.Store(err.Error())
 	}
 	if err := fp.raiseLease(); err != nil {
 		return fp, err
@@ -753,6 +759,7 @@ func (fp *FastPath) pin(dir string) error {
 		{pinPrefixUDP, "the UDP match", fp.objs.LatchFastUdp, &fp.udpPin},
 		{pinPrefixLease, "the lease", fp.objs.LatchFastLease, &fp.leasePin},
 		{pinPrefixSock, "the socket pin", fp.objs.LatchFastPin, &fp.sockPin},
+		{pinPrefixStash, "the sender stash", fp.objs.LatchSendStash, &fp.stashPin},
 	} {
 		path := filepath.Join(dir, fmt.Sprintf("%s%d", p.prefix, os.Getpid()))
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -856,6 +863,9 @@ func removePins(dir string, gone func(pid int) bool) (bool, error) {
 		if !ok {
 			rest, ok = strings.CutPrefix(e.Name(), pinPrefixSock)
 		}
+		if !ok {
+			rest, ok = strings.CutPrefix(e.Name(), pinPrefixStash)
+		}
 		pid, perr := strconv.Atoi(rest)
 		if !ok || perr != nil || !gone(pid) {
 			continue
@@ -883,7 +893,7 @@ func (fp *FastPath) UDPMatch() string { return fp.udpPin }
 // SetUDP says whether the ruleset runs the UDP match (err == nil) or why not. UDP
 // allows are stored only while it does.
 func (fp *FastPath) SetUDP(err error) {
-	if fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" {
+	if fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" || fp.stashPin != "" {
 		// The ruleset no longer names the pins of daemons gone before: free
 		// their programs and maps.
 		removePins(fp.cfg.PinDir, func(pid int) bool { return pid != os.Getpid() && processGone(pid) })
@@ -946,7 +956,7 @@ func (fp *FastPath) Close() error {
 		fp.stopWorker = nil
 	}
 	var errs []error
-	pinned := fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != ""
+	pinned := fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" || fp.stashPin != ""
 	// The lease first, before the hooks go (see "The lease" in doc.go).
 	if fp.objs.Lease != nil {
 		errs = append(errs, fp.objs.Lease.Close())
@@ -990,6 +1000,12 @@ func (fp *FastPath) Close() error {
 			errs = append(errs, err)
 		}
 		fp.sockPin = ""
+	}
+	if fp.stashPin != "" && !fp.cfg.KeepPin {
+		if err := os.Remove(fp.stashPin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		fp.stashPin = ""
 	}
 	if fp.unmountPin && !fp.cfg.KeepPin {
 		unix.Unmount(fp.cfg.PinDir, unix.MNT_DETACH)
@@ -1777,6 +1793,7 @@ func (fp *FastPath) Stats() Stats {
 	}
 	s.TCPRulesetWhy, _ = fp.tcpRulesetWhy.Load().(string)
 	fp.sockPinStats(&s)
+	fp.stashStats(&s)
 	s.TCPNotrack = fp.notrackOn.Load()
 	if !s.TCPNotrack {
 		s.TCPNotrackWhy = fp.notrackWhy

@@ -75,6 +75,12 @@ func (*FastPath) SocketPin() string { return "" }
 // SetSocketPin does nothing.
 func (*FastPath) SetSocketPin(error) {}
 
+// SenderStash returns "": there is no sender stash program.
+func (*FastPath) SenderStash() string { return "" }
+
+// SetSenderStash does nothing.
+func (*FastPath) SetSenderStash(error) {}
+
 // ErrNoLiveBytes is SocketCounts' error where there are no live counts of sockets.
 var ErrNoLiveBytes = errors.New("fast path: no live counts of TCP sockets")
 

@@ -14,6 +14,38 @@ import (
 // its daemon's pid.
 const pinPrefixSock = "fast-pin-"
 
+// pinPrefixStash starts the name of a pinned sender stash program, followed
+// by its daemon's pid.
+const pinPrefixStash = "fast-stash-"
+
+// SenderStash returns the path of the pinned socket filter program the
+// ruleset's xt_bpf match runs on each UDP datagram this host sends just
+// before it is queued (see "The sender stash" in doc.go): it records the
+// datagram's socket for the daemon, which attributes the datagram to it. ""
+// if there is none. Call SetSenderStash once the ruleset runs it or could not.
+func (fp *FastPath) SenderStash() string { return fp.stashPin }
+
+// SetSenderStash says whether the ruleset runs the sender stash (err == nil)
+// or why not.
+func (fp *FastPath) SetSenderStash(err error) {
+	if err != nil {
+		fp.stashOn.Store(false)
+		fp.stashWhy.Store(err.Error())
+		return
+	}
+	fp.stashWhy.Store("")
+	fp.stashOn.Store(true)
+}
+
+// stashStats fills the sender stash's part of s.
+func (fp *FastPath) stashStats(s *Stats) {
+	if s.SenderStash = fp.stashOn.Load(); s.SenderStash {
+		s.SenderStashMatch = fp.stashPin
+	} else {
+		s.SenderStashWhy, _ = fp.stashWhy.Load().(string)
+	}
+}
+
 // SocketPin returns the path of the pinned socket filter program the
 // ruleset's xt_bpf match runs on the packets of allowed UDP, UDP-Lite and ICMP
 // echo flows this host sends (see "The socket pin" in doc.go): on a packet
@@ -45,37 +77,42 @@ func (fp *FastPath) sockPinStats(s *Stats) {
 }
 
 // SocketPinOnly is the socket pin loaded alone, without the rest of the fast
-// path (OpenSocketPin): for a daemon whose fast path is off.
+// path (OpenSocketPin): for a daemon whose fast path is off. The sender stash
+// comes with it.
 type SocketPinOnly struct {
-	path string
-	prog *ebpf.Program
-	dir  string
-	umnt bool
+	path      string
+	prog      *ebpf.Program
+	stashPath string
+	stash     *ebpf.Program
+	dir       string
+	umnt      bool
 }
 
 // OpenSocketPin loads the socket pin program alone (with its map) and pins it
 // in dir (a directory on a BPF file system, mounted there if it is not), as
-// Open does with Config.PinDir. Path says where; Close unpins and frees it.
+// Open does with Config.PinDir, and the sender stash with it. Path and
+// StashPath say where; Close unpins and frees them.
 func OpenSocketPin(dir string) (*SocketPinOnly, error) {
 	spec, err := loadFastpath()
 	if err != nil {
 		return nil, fmt.Errorf("fast path: load the socket pin's object: %w", err)
 	}
 	var objs struct {
-		Prog *ebpf.Program `ebpf:"latch_fast_pin"`
+		Prog  *ebpf.Program `ebpf:"latch_fast_pin"`
+		Stash *ebpf.Program `ebpf:"latch_send_stash"`
 	}
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return nil, fmt.Errorf("fast path: load the socket pin program: %w", err)
+		return nil, fmt.Errorf("fast path: load the socket pin and sender stash programs: %w", err)
 	}
+	p := &SocketPinOnly{prog: objs.Prog, stash: objs.Stash, dir: dir}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		objs.Prog.Close()
+		p.Close()
 		return nil, fmt.Errorf("fast path: make the pin directory's parent: %w", err)
 	}
 	if err := ownDir(dir); err != nil {
-		objs.Prog.Close()
+		p.Close()
 		return nil, err
 	}
-	p := &SocketPinOnly{prog: objs.Prog, dir: dir}
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		p.Close()
@@ -98,8 +135,21 @@ func OpenSocketPin(dir string) (*SocketPinOnly, error) {
 		return nil, fmt.Errorf("fast path: pin the socket pin at %s: %w", path, err)
 	}
 	p.path = path
+	spath := filepath.Join(dir, fmt.Sprintf("%s%d", pinPrefixStash, os.Getpid()))
+	if err := os.Remove(spath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.Close()
+		return nil, fmt.Errorf("fast path: remove the old pin %s: %w", spath, err)
+	}
+	if err := objs.Stash.Pin(spath); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("fast path: pin the sender stash at %s: %w", spath, err)
+	}
+	p.stashPath = spath
 	return p, nil
 }
+
+// StashPath returns where the sender stash program is pinned.
+func (p *SocketPinOnly) StashPath() string { return p.stashPath }
 
 // RulesetInstalled says the daemon's ruleset is installed (whether or not it
 // runs the pin): the ruleset no longer names the pins of daemons gone before
@@ -123,6 +173,12 @@ func (p *SocketPinOnly) Close(keep ...bool) error {
 		}
 		p.path = ""
 	}
+	if p.stashPath != "" && !k {
+		if err := os.Remove(p.stashPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		p.stashPath = ""
+	}
 	if p.umnt && !k {
 		unix.Unmount(p.dir, unix.MNT_DETACH)
 		p.umnt = false
@@ -133,6 +189,10 @@ func (p *SocketPinOnly) Close(keep ...bool) error {
 	if p.prog != nil {
 		errs = append(errs, p.prog.Close())
 		p.prog = nil
+	}
+	if p.stash != nil {
+		errs = append(errs, p.stash.Close())
+		p.stash = nil
 	}
 	return errors.Join(errs...)
 }

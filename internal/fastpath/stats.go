@@ -102,8 +102,19 @@ type Stats struct {
 	SocketPin      bool   `json:"socket_pin"`
 	SocketPinWhy   string `json:"socket_pin_why,omitempty"`
 	SocketPinMatch string `json:"socket_pin_match,omitempty"`
-	LeaseWhy       string `json:"lease_why,omitempty"`
-	LeaseMatch     string `json:"lease_match,omitempty"`
+	// SenderStash says whether the ruleset records, for each UDP datagram
+	// this host sends to the queue, the socket that sent it (its xt_bpf
+	// match runs the program pinned at SenderStashMatch, see "The sender
+	// stash" in the package doc), so that the daemon attributes a datagram
+	// to its sender where two sockets share its local port; SenderStashWhy
+	// says why not: then such a datagram is attributed to the socket a
+	// lookup of its tuple finds (the last bound), which may be another
+	// program's.
+	SenderStash      bool   `json:"sender_stash"`
+	SenderStashWhy   string `json:"sender_stash_why,omitempty"`
+	SenderStashMatch string `json:"sender_stash_match,omitempty"`
+	LeaseWhy         string `json:"lease_why,omitempty"`
+	LeaseMatch       string `json:"lease_match,omitempty"`
 	// LeaseSwept is how many sockets a daemon gone before left with
 	// MarkFastAllow (their SYN on its way when it died) Open moved to
 	// MarkFastRedecide, so that this daemon's lease does not let their next SYN

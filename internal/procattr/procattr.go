@@ -59,8 +59,13 @@
 //
 // Known limits: a socket bound to a device is found only when its interface index is
 // given (ResolveDev); a process that execs its own executable again keeps, until it
-// exits, the command line it had when first seen; UDP sockets sharing a port through
-// SO_REUSEPORT are told apart only as far as the kernel's own reply lookup does.
+// exits, the command line it had when first seen. UDP sockets sharing a port
+// (SO_REUSEADDR, SO_REUSEPORT) are told apart only by ResolveSender, given the
+// sending socket's cookie (latch's sender stash records it as the datagram
+// passes the ruleset): Resolve and ResolveDev find the socket the kernel would
+// deliver an answer to, the last bound, whichever sent; ResolveSender without a
+// cookie attributes no program where the port is shared. The DNS copies
+// (WatchDNSQueries aside) are attributed by tuple.
 package procattr
 
 import (

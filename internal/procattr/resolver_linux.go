@@ -124,6 +124,84 @@ func (r *Resolver) ResolveDev(proto engine.Protocol, local, remote netip.AddrPor
 	return r.resolve(proto, local, remote, uid, ifindex, false)
 }
 
+// ResolveSender is ResolveDev for a UDP datagram whose sending socket is known
+// by its cookie (latch's sender stash records it as the datagram passes the
+// ruleset, see internal/fastpath): when two sockets share the datagram's
+// local port (SO_REUSEADDR, SO_REUSEPORT), the lookup by tuple finds the one
+// the kernel would deliver an answer to, the last bound, which need not be
+// the sender. With cookie != 0 it attributes the socket with that cookie
+// among those bound to the local port (ErrNoSocket if it is gone); with
+// cookie 0 (the sender is not known: no record, or two sockets sent
+// datagrams alike) it attributes the socket the tuple finds only if no other
+// socket could have sent the datagram, else it returns ErrNoSocket: a
+// datagram of a shared port is never credited to a socket that may not have
+// sent it.
+func (r *Resolver) ResolveSender(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int, cookie uint64) (Process, error) {
+	if proto != engine.UDP {
+		return r.ResolveDev(proto, local, remote, uid, ifindex)
+	}
+	r.life.RLock()
+	defer r.life.RUnlock()
+	if r.closed {
+		return unknown(), errors.New("procattr: Resolve on a closed Resolver")
+	}
+	if ifindex < 0 {
+		return unknown(), fmt.Errorf("procattr: interface index %d: want 0 (unknown) or more", ifindex)
+	}
+	si, err := r.diag.lookup(proto, local, remote, uint32(ifindex), false)
+	if err == nil && cookie != 0 && si.Cookie == cookie {
+		// The sender is the socket the tuple finds: the common case, one
+		// lookup as in ResolveDev.
+		return r.resolveSocket(proto, local, remote, uid, si)
+	}
+	all, derr := r.diag.senders(local, remote)
+	if derr != nil {
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: list the sockets on local port %d: %w", proto, local, remote, local.Port(), derr)
+	}
+	if cookie != 0 {
+		for _, s := range all {
+			if s.Cookie == cookie {
+				return r.resolveSocket(proto, local, remote, uid, s)
+			}
+		}
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: the socket that sent it (cookie %d) is gone: %w", proto, local, remote, cookie, ErrNoSocket)
+	}
+	if len(all) > 1 {
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: %d sockets share local port %d and which one sent it is not known: %w",
+			proto, local, remote, len(all), local.Port(), ErrNoSocket)
+	}
+	if err != nil {
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
+	}
+	if len(all) == 1 && all[0].Cookie != si.Cookie {
+		// Bound or closed between the two looks: who sent it cannot be told.
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: the sockets on local port %d changed while they were looked up: %w", proto, local, remote, local.Port(), ErrNoSocket)
+	}
+	return r.resolveSocket(proto, local, remote, uid, si)
+}
+
+// resolveSocket attributes si, the socket found for a connection, as resolve
+// does: after the packet's uid check, to the process that owns it.
+func (r *Resolver) resolveSocket(proto engine.Protocol, local, remote netip.AddrPort, uid int32, si socketInfo) (Process, error) {
+	if uid >= 0 && uint32(uid) != si.UID {
+		r.noSocket.Add(1)
+		return unknown(), fmt.Errorf("procattr: %v %v -> %v: socket inode %d belongs to uid %d, packet to uid %d: %w",
+			proto, local, remote, si.Inode, si.UID, uid, ErrNoSocket)
+	}
+	owner := Process{UID: int32(si.UID), User: r.users.name(si.UID)}
+	p, err := r.attribute(si, owner)
+	p.Cookie = si.Cookie
+	if err != nil {
+		return p, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
+	}
+	return p, nil
+}
+
 // ResolveInbound returns the process that will accept an inbound connection from
 // remote to local (local is this host's end) that arrives by interface ifindex (0 if
 // unknown): the owner of the TCP socket listening on local, or of the UDP socket
@@ -146,19 +224,7 @@ func (r *Resolver) resolve(proto engine.Protocol, local, remote netip.AddrPort, 
 		r.noSocket.Add(1)
 		return unknown(), fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
 	}
-	if uid >= 0 && uint32(uid) != si.UID {
-		r.noSocket.Add(1)
-		return unknown(), fmt.Errorf("procattr: %v %v -> %v: socket inode %d belongs to uid %d, packet to uid %d: %w",
-			proto, local, remote, si.Inode, si.UID, uid, ErrNoSocket)
-	}
-	owner := Process{UID: int32(si.UID), User: r.users.name(si.UID)}
-
-	p, err := r.attribute(si, owner)
-	p.Cookie = si.Cookie
-	if err != nil {
-		return p, fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
-	}
-	return p, nil
+	return r.resolveSocket(proto, local, remote, uid, si)
 }
 
 // attribute finds the process that owns the socket si: by the eBPF record, else in

@@ -391,3 +391,101 @@ func (d *sockDiag) dump(family, ipproto uint8) (int, error) {
 		}
 	}
 }
+
+// portSockets lists the UDP sockets of one family bound to local port port
+// (a dump the kernel filters by the port, NLM_F_DUMP with idiag_sport set):
+// the sockets that may send from that port. It exists because a UDP lookup
+// by tuple finds one socket only (the one the kernel would deliver an answer
+// to), and checks a cookie only against that one.
+func (d *sockDiag) portSockets(family uint8, port uint16) ([]socketInfo, error) {
+	c := <-d.pool
+	defer func() { d.pool <- c }()
+	seq := d.seq.Add(1)
+	b := c.req[:]
+	clear(b)
+	ne := binary.NativeEndian
+	ne.PutUint32(b[0:], uint32(len(b)))
+	ne.PutUint16(b[4:], sockDiagByFamily)
+	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(b[8:], seq)
+	r := b[nlmsgHdrLen:]
+	r[0] = family
+	r[1] = unix.IPPROTO_UDP
+	ne.PutUint32(r[4:], ^uint32(0))
+	binary.BigEndian.PutUint16(r[sockIDOffset:], port)
+	ne.PutUint32(r[sockIDOffset+sockIDCookieOff:], inetDiagNoCookie)
+	ne.PutUint32(r[sockIDOffset+sockIDCookieOff+4:], inetDiagNoCookie)
+	if _, err := unix.Write(c.fd, b); err != nil {
+		return nil, fmt.Errorf("sock_diag dump of udp port %d: send: %w", port, err)
+	}
+	var out []socketInfo
+	for {
+		n, err := unix.Read(c.fd, c.buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag dump of udp port %d: receive: %w", port, err)
+		}
+		m := c.buf[:n]
+		for len(m) >= nlmsgHdrLen {
+			l := ne.Uint32(m[0:])
+			typ := ne.Uint16(m[4:])
+			if l < nlmsgHdrLen || int(l) > len(m) {
+				return nil, fmt.Errorf("sock_diag dump of udp port %d: truncated message", port)
+			}
+			mseq := ne.Uint32(m[8:])
+			body := m[nlmsgHdrLen:l]
+			m = m[min((int(l)+3)&^3, len(m)):]
+			if mseq != seq {
+				continue // a late reply to an earlier request
+			}
+			switch typ {
+			case unix.NLMSG_DONE:
+				return out, nil
+			case unix.NLMSG_ERROR:
+				if len(body) >= 4 {
+					if e := -int32(ne.Uint32(body)); e != 0 {
+						return nil, fmt.Errorf("sock_diag dump of udp port %d: kernel error: %w", port, unix.Errno(e))
+					}
+				}
+				return nil, fmt.Errorf("sock_diag dump of udp port %d: kernel error", port)
+			case sockDiagByFamily:
+				si, err := parseDiagMsg(body)
+				if err != nil {
+					return nil, err
+				}
+				if si.Local.Port() == port {
+					out = append(out, si)
+				}
+			}
+		}
+	}
+}
+
+// senders lists the UDP sockets that may have sent a datagram from local to
+// remote: bound to local's port, with a bound address and peer that are
+// local's and remote's or wildcards. For IPv4, IPv6 sockets too (one not
+// IPV6_V6ONLY sends IPv4 from its port; a V6ONLY one is listed as well,
+// which only makes the list longer).
+func (d *sockDiag) senders(local, remote netip.AddrPort) ([]socketInfo, error) {
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	fams := []uint8{unix.AF_INET6}
+	if local.Addr().Is4() {
+		fams = []uint8{unix.AF_INET, unix.AF_INET6}
+	}
+	var out []socketInfo
+	for _, f := range fams {
+		sis, err := d.portSockets(f, local.Port())
+		if err != nil {
+			return nil, err
+		}
+		for _, si := range sis {
+			if udpMatches(si, local, remote) {
+				out = append(out, si)
+			}
+		}
+	}
+	return out, nil
+}

@@ -426,11 +426,16 @@ func TestFastPathOff(t *testing.T) {
 		// The socket pin is loaded alone: an allowed UDP flow still passes
 		// only from the socket it was allowed for.
 		t.Errorf("latch status does not say allowed UDP flows are pinned to their socket without the fast path:\n%s", out)
+	} else if !strings.Contains(out, "fast path sender stash:") || !strings.Contains(out, "attributed to the socket that sent it") {
+		// The sender stash comes with it.
+		t.Errorf("latch status does not say UDP datagrams are attributed to their sending socket without the fast path:\n%s", out)
 	}
 	var pin struct {
 		FastPath struct {
-			SocketPin      bool   `json:"socket_pin"`
-			SocketPinMatch string `json:"socket_pin_match"`
+			SocketPin        bool   `json:"socket_pin"`
+			SocketPinMatch   string `json:"socket_pin_match"`
+			SenderStash      bool   `json:"sender_stash"`
+			SenderStashMatch string `json:"sender_stash_match"`
 		} `json:"fast_path"`
 	}
 	if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &pin); err != nil {
@@ -438,6 +443,9 @@ func TestFastPathOff(t *testing.T) {
 	}
 	if !pin.FastPath.SocketPin || pin.FastPath.SocketPinMatch == "" {
 		t.Errorf("status fast_path %+v: want the socket pin on, with its program's path, without the fast path", pin.FastPath)
+	}
+	if !pin.FastPath.SenderStash || pin.FastPath.SenderStashMatch == "" {
+		t.Errorf("status fast_path %+v: want the sender stash on, with its program's path, without the fast path", pin.FastPath)
 	}
 }
 

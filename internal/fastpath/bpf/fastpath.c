@@ -1778,4 +1778,130 @@ int latch_fast_pin(struct __sk_buff *skb)
 	return 1;
 }
 
+// ---- The sender stash (the ruleset's xt_bpf match before the queue's UDP rules) ----
+
+// What both this program and the daemon read from a UDP datagram this host
+// sends: its tuple, its IPv4 identification (0 for IPv6) and the first up to
+// STASH_DATA bytes of its payload (after the UDP header). Not the UDP length
+// nor its checksum: the queue may hand the daemon a GSO packet whose length
+// and checksum the kernel has not finished (and the daemon a segment, were
+// the packet segmented: the first segment's bytes are the same).
+#define STASH_DATA 32
+struct fp_stash_key {
+	__u8 family; // 4 or 6
+	__u8 proto;  // IPPROTO_UDP
+	__u16 sport; // network order
+	__u16 dport; // network order
+	__u16 ipid;  // network order; 0 for IPv6
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 n;     // payload bytes in data (the rest is zero)
+	__u8 data[STASH_DATA];
+};
+
+// The socket (cookie) that sent each UDP datagram on its way to the queue, by
+// its key; 0: more than one socket sent datagrams with that key (ambiguous).
+// The daemon takes (looks up and deletes) the entry of each datagram it reads.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384); // a datagram whose entry it forgot is one of an unknown sender
+	__type(key, struct fp_stash_key);
+	__type(value, __u64);
+} sender_stash SEC(".maps");
+
+// stash_key fills k from a UDP datagram's headers and payload: 1 if it did,
+// 0 if the packet is not a whole UDP datagram directly after the IP header
+// (another protocol, an IPv4 fragment, IPv6 extension headers) or cannot be
+// read.
+static __always_inline int stash_key(struct __sk_buff *skb, struct fp_stash_key *k)
+{
+	__u8 h[40];
+	__u32 l4, tot;
+	if (bpf_skb_load_bytes_relative(skb, 0, h, 1, BPF_HDR_START_NET))
+		return 0;
+	if ((h[0] >> 4) == 4) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 20, BPF_HDR_START_NET))
+			return 0;
+		if (h[9] != IPPROTO_UDP || (h[6] & 0x3f) | h[7]) // not UDP, or MF set or an offset
+			return 0;
+		k->family = 4;
+		__builtin_memcpy(&k->ipid, h + 4, 2);
+		__builtin_memcpy(k->src, h + 12, 4);
+		__builtin_memcpy(k->dst, h + 16, 4);
+		l4 = (h[0] & 0xf) * 4;
+		if (l4 < 20)
+			return 0;
+		tot = (__u32)h[2] << 8 | h[3];
+	} else if ((h[0] >> 4) == 6) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 40, BPF_HDR_START_NET))
+			return 0;
+		if (h[6] != IPPROTO_UDP)
+			return 0;
+		k->family = 6;
+		tot = 40 + ((__u32)h[4] << 8 | h[5]);
+		__builtin_memcpy(k->src, h + 8, 16);
+		__builtin_memcpy(k->dst, h + 24, 16);
+		l4 = 40;
+	} else {
+		return 0;
+	}
+	k->proto = IPPROTO_UDP;
+	__u8 p[4];
+	if (bpf_skb_load_bytes_relative(skb, l4, p, 4, BPF_HDR_START_NET))
+		return 0;
+	__builtin_memcpy(&k->sport, p, 2);
+	__builtin_memcpy(&k->dport, p + 2, 2);
+	// The payload: what the IP header says the packet has after the UDP
+	// header, up to STASH_DATA bytes.
+	__u32 off = l4 + 8;
+	if (tot < off)
+		return 0;
+	__u32 n = tot - off;
+	if (n > STASH_DATA)
+		n = STASH_DATA;
+	k->n = n;
+	if (n == STASH_DATA) {
+		if (bpf_skb_load_bytes_relative(skb, off, k->data, STASH_DATA, BPF_HDR_START_NET))
+			return 0;
+	} else if (n > 0) {
+		// The verifier wants a constant-bounded length.
+		n &= STASH_DATA - 1;
+		if (n == 0 || bpf_skb_load_bytes_relative(skb, off, k->data, n, BPF_HDR_START_NET))
+			return 0;
+	}
+	return 1;
+}
+
+// latch_send_stash records, for each UDP datagram this host sends on its way
+// to the queue, the socket that sent it (see "The sender stash" in doc.go):
+// the queue does not carry the packet's socket, and a lookup by the tuple
+// finds the socket the kernel would deliver an answer to, which is another
+// one when two sockets share the local port (SO_REUSEADDR, SO_REUSEPORT). A
+// key another socket recorded first becomes ambiguous (0): the daemon then
+// attributes the datagram to no program where its port is shared. The
+// ruleset's LATCH-OUT runs it (xt_bpf) just before each rule that queues
+// UDP; it never matches.
+SEC("socket")
+int latch_send_stash(struct __sk_buff *skb)
+{
+	struct fp_stash_key k = {};
+	if (!stash_key(skb, &k))
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if (!cookie)
+		return 0; // no socket: its datagram has no entry
+	for (int i = 0; i < 2; i++) {
+		if (!bpf_map_update_elem(&sender_stash, &k, &cookie, BPF_NOEXIST))
+			return 0;
+		__u64 *c = bpf_map_lookup_elem(&sender_stash, &k);
+		if (c) {
+			if (*c != cookie)
+				*c = 0;
+			return 0;
+		}
+		// Taken by the daemon between the two: try once more.
+	}
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -71,6 +71,8 @@ type Backend struct {
 	leaseErr   atomic.Pointer[error]    // the last install's error about Config.FastLease
 	sockPinErr atomic.Pointer[error]    // the last install's error about Config.FastSocketPin
 	pinMap     atomic.Pointer[ebpf.Map] // the socket pin's map (Config.Inbound), see pinInbound
+	stashErr   atomic.Pointer[error]    // the last install's error about Config.FastSenderStash
+	stashMap   atomic.Pointer[ebpf.Map] // the sender stash's map while the ruleset runs it, see takeSender
 	notrackErr atomic.Pointer[error]    // the last install's error about notrack (Config.FastSockets)
 	fastTCPErr atomic.Pointer[error]    // the last install's error about the fast path's TCP rules (Config.FastTCP)
 
@@ -310,6 +312,13 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		b.cfg.Logf("%v; %s", perr, noSocketPin)
 		spec.sockPin = ""
 	}
+	spec.stash = b.cfg.FastSenderStash
+	if spec.stash != "" && !safePinPath(spec.stash) {
+		perr := fmt.Errorf("%w: its pinned path %q has characters other than letters, digits and ._/+-", errSenderStash, spec.stash)
+		b.stashErr.Store(&perr)
+		b.cfg.Logf("%v; %s", perr, noSenderStash)
+		spec.stash = ""
+	}
 	if spec.fastTCP || spec.fastUDP != "" {
 		spec.lease = b.cfg.FastLease
 	}
@@ -363,16 +372,35 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 		err = nil
 	}
 	err = b.fw.install(spec)
+	if err != nil && spec.stash != "" {
+		// The sender stash alone at fault? Else keep it.
+		without := spec
+		without.stash = ""
+		if b.fw.install(without) == nil {
+			perr := fmt.Errorf("%w: %v", errSenderStash, err)
+			b.stashErr.Store(&perr)
+			b.cfg.Logf("%v; %s", perr, noSenderStash)
+			spec.stash = ""
+			err = nil
+		}
+	}
 	if err != nil && spec.sockPin != "" {
 		// The socket pin alone at fault? (No xt_bpf, or native nftables,
 		// which cannot name a pinned program.) Else keep it.
+		// (The sender stash, another xt_bpf match, goes with it.)
 		without := spec
-		without.sockPin = ""
+		without.sockPin, without.stash = "", ""
 		if b.fw.install(without) == nil {
 			perr := fmt.Errorf("%w: %v", errSocketPin, err)
 			b.sockPinErr.Store(&perr)
 			b.cfg.Logf("%v; %s", perr, noSocketPin)
 			spec.sockPin = ""
+			if spec.stash != "" {
+				serr := fmt.Errorf("%w: %v", errSenderStash, err)
+				b.stashErr.Store(&serr)
+				b.cfg.Logf("%v; %s", serr, noSenderStash)
+				spec.stash = ""
+			}
 			err = nil
 		}
 	}
@@ -440,6 +468,20 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 				b.pinMap.Store(m)
 				defer func() { b.pinMap.Store(nil); m.Close() }()
 			}
+		}
+	}
+	if err == nil && spec.stash != "" {
+		if m, serr := openStashMap(spec.stash); serr != nil {
+			// The ruleset records senders nobody reads: attribute by the
+			// tuple, as without it.
+			serr = fmt.Errorf("%w: %w", errSenderStash, serr)
+			b.stashErr.Store(&serr)
+			b.cfg.Logf("%v; %s", serr, noSenderStash)
+		} else {
+			var none error
+			b.stashErr.Store(&none)
+			b.stashMap.Store(m)
+			defer func() { b.stashMap.Store(nil); m.Close() }()
 		}
 	}
 	if err == nil && spec.fastTCP {
@@ -776,7 +818,14 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		if req.Direction == engine.Inbound {
 			ifindex = p.InDev
 		}
-		h.cookie = b.attribute(req, int(ifindex))
+		var sender *uint64
+		if m := b.stashMap.Load(); m != nil && req.Direction == engine.Outbound && pp.Protocol == packet.ProtoUDP {
+			// The socket that sent it, as the ruleset recorded it just
+			// before the queue (0: unknown or ambiguous).
+			c := b.takeSender(m, p.Payload)
+			sender = &c
+		}
+		h.cookie = b.attribute(req, int(ifindex), sender)
 		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
 			// Before the verdict lets the query out, so before its answer can come
 			// back and the program close its socket.
@@ -815,12 +864,17 @@ func (b *Backend) malformedPacket(h *hold, err error) {
 // connection the socket that sent the packet, for an inbound one the socket that will
 // accept it (the packet carries no uid then: no local socket sent it).
 // ifindex is the interface the packet leaves (outbound) or arrived (inbound) by.
-// It returns the socket's cookie (0: none found).
-func (b *Backend) attribute(req *engine.Request, ifindex int) uint64 {
+// sender, if not nil, is the cookie of the socket the sender stash recorded
+// for the datagram (0: none or ambiguous). It returns the socket's cookie
+// (0: none found).
+func (b *Backend) attribute(req *engine.Request, ifindex int, sender *uint64) uint64 {
 	var p procattr.Process
 	var err error
+	sr, isSR := b.cfg.Resolver.(SenderResolver)
 	if req.Direction == engine.Inbound {
 		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, ifindex)
+	} else if sender != nil && isSR {
+		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, *sender)
 	} else {
 		p, err = b.cfg.Resolver.ResolveDev(req.Protocol, req.Local, req.Remote, req.UID, ifindex)
 	}

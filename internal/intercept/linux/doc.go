@@ -111,6 +111,12 @@
 //  11. without Config.Inbound, queues the reply direction of every other protocol
 //     as in 9, but SCTP and DCCP.
 //
+// With Config.FastSenderStash, LATCH-OUT runs the sender stash (xt_bpf, a
+// match that never matches) just before each rule that queues UDP (7's queue,
+// 6, 8, 9), with that rule's matches: it records the socket that sent each
+// datagram the queue gets (native nftables: a jump to chain sendstash, whose
+// xt_bpf rule is added over netlink).
+//
 // LATCH-IN (Config.Inbound) is the same but for the daemon's sockets, the fast path
 // (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries
 // MarkFastAllow, MarkFastFlow or MarkFastRedecide, but queues one that is a SYN without
@@ -317,7 +323,12 @@
 // packet the owner of the socket that sent it (checked against the packet's uid), for
 // an inbound one the owner of the socket listening on, or bound to, the local
 // address. The interface the packet leaves or arrives by goes along, so sockets bound
-// to a device (SO_BINDTODEVICE: VPN clients, ping -I) are found too.
+// to a device (SO_BINDTODEVICE: VPN clients, ping -I) are found too. A UDP
+// datagram this host sends, with Config.FastSenderStash and a Resolver that
+// implements SenderResolver, is attributed to the socket the sender stash
+// recorded for it (the reader takes the record: one map lookup-and-delete), so
+// that two sockets sharing its local port are told apart; where the stash has
+// no record, or an ambiguous one, and the port is shared, to no program.
 //
 // # Readers
 //
@@ -538,6 +549,17 @@ type Config struct {
 	// freed local port sends on the flow unasked. Backend.FastSocketPin says
 	// whether the ruleset has it. The iptables rulesets only.
 	FastSocketPin string
+	// FastSenderStash is the pinned socket filter program of the kernel
+	// fast path's sender stash (internal/fastpath, FastPath.SenderStash);
+	// "": none. LATCH-OUT runs it (an xt_bpf match that never matches) just
+	// before each rule that queues a UDP datagram: it records the socket
+	// that sent the datagram, which the daemon takes as it reads the
+	// datagram and hands, with a Resolver that implements SenderResolver,
+	// to ResolveSender. Without it a datagram from a local port two sockets
+	// share (SO_REUSEADDR, SO_REUSEPORT) is attributed to the socket a
+	// lookup of its tuple finds, the last bound, which may be another
+	// program's. Backend.FastSenderStash says whether the ruleset has it.
+	FastSenderStash string
 	// SocketEnds says that the end of every local TCP socket of this network
 	// namespace is reported to Backend.SocketEnded (the kernel fast path's
 	// sock_ops program, fastpath.Stats.TCPEnds): byte accounting then listens to

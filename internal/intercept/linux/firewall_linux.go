@@ -37,6 +37,11 @@ const (
 	nftFastPass  = "fastpass"
 	// udplease runs the lease program and on a match goes to udpfast.
 	nftUDPLease = "udplease"
+	// Chains of table inet latch for the sender stash (Config.FastSenderStash):
+	// sendstash runs it (a rule added over netlink, which never matches: its
+	// goto to sendstash_done, empty, is never taken) and returns.
+	nftSendStash     = "sendstash"
+	nftSendStashDone = "sendstash_done"
 	// Chains of table inet latch for the socket pin (Config.FastSocketPin):
 	// sockpin runs it (a rule added over netlink) on a packet of an allowed
 	// flow and on a match goes to sockpin_pass, which accepts; sockpin_rec
@@ -69,6 +74,12 @@ type ruleSpec struct {
 	// and returns a later packet of an allowed flow of those protocols only if
 	// it comes from that socket (7), else queues it; "": none.
 	sockPin string
+	// stash is the pinned socket filter program of the kernel fast path's
+	// sender stash (Config.FastSenderStash): LATCH-OUT runs it (a match that
+	// never matches) just before each rule that queues a UDP datagram, with
+	// that rule's matches, so that it records the socket of exactly the
+	// datagrams the queue gets; "": none.
+	stash string
 	// lease is the pinned socket filter program of the kernel fast path's
 	// lease (Config.FastLease): with fastTCP, a SYN passes by MarkFastAllow,
 	// and with fastUDP the UDP match runs, only while it matches, that is
@@ -396,6 +407,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// SYN conntrack puts on an allowed entry of the same 4-tuple is a new
 		// connection); a flow being decided again has MarkRedecide, not MarkAllow.
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
+		// stashed runs the sender stash on the datagrams the next rule
+		// queues (its matches, UDP only): LATCH-OUT only.
+		stashed := func(matches string) {
+			if out && spec.stash != "" {
+				fmt.Fprintf(&b, "-A %s -p udp %s -m bpf --object-pinned %s\n", name, matches, spec.stash)
+			}
+		}
 		pinned := ""
 		if out && spec.sockPin != "" {
 			// Only from the socket the flow was allowed for (the socket pin,
@@ -462,6 +480,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// for, or a flow the pin does not know: allowed before this
 			// daemon, or forgotten by its LRU map): decided for its own
 			// socket's program, whose allow records that socket (2).
+			stashed(ctAllow)
 			fmt.Fprintf(&b, "-A %s ! -p tcp %s %s\n", name, ctAllow, q)
 		}
 		if out && spec.notrack {
@@ -492,6 +511,7 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// rules above take bare SYNs and SYN-ACKs of known flows first.
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN SYN -m conntrack --ctstate INVALID -j DROP\n", name)
 		}
+		stashed(fmt.Sprintf("-m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL", MarkRedecide, MarkMask))
 		fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL %s\n", name, MarkRedecide, MarkMask, q)
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
 		fwd := hook == "FORWARD"
@@ -506,11 +526,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		}
 		// UDP conntrack calls INVALID what it cannot parse (a raw socket's datagram
 		// with a bad length field): held too, never passed.
+		stashed("-m conntrack --ctstate NEW,INVALID,UNTRACKED")
 		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
 		if spec.holdReplies(out) {
 			// A datagram a local program sends on a flow the peer opened and nothing
 			// decided (allowed flows returned above): the program starts the talk,
 			// so it is held as its outbound connection.
+			stashed("-m conntrack --ctdir REPLY")
 			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctdir REPLY %s\n", name, q)
 		}
 		// The rest of TCP and UDP (replies, flows from before latch) passes here, so
@@ -1094,6 +1116,11 @@ func (spec ruleSpec) nftRules() string {
 		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == 0 ct mark set ct mark & %#x | %#x accept\n", nftTable, nftFastPass, MarkMask, ^MarkMask, MarkAllow)
 		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == %#x accept\n", nftTable, nftFastPass, MarkMask, MarkAllow)
 	}
+	if spec.stash != "" {
+		for _, c := range []string{nftSendStash, nftSendStashDone} {
+			fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, c)
+		}
+	}
 	if spec.sockPin != "" {
 		for _, c := range []string{nftSockPin, nftSockPinPass, nftSockPinRec, nftSockPinRecDone} {
 			fmt.Fprintf(&b, "add chain inet %s %s\n", nftTable, c)
@@ -1127,6 +1154,13 @@ func (spec ruleSpec) nftRules() string {
 			b.WriteByte('\n')
 		}
 		fwd := hook == "forward"
+		// stashed runs the sender stash on the datagrams the next rule
+		// queues (see iptablesRules): output only.
+		stashed := func(matches string) {
+			if out && spec.stash != "" {
+				r("meta l4proto udp %s jump %s", matches, nftSendStash)
+			}
+		}
 		if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)
 		}
@@ -1207,6 +1241,7 @@ func (spec ruleSpec) nftRules() string {
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
 		if pinned {
 			// Not from the socket the flow was allowed for (see iptablesRules).
+			stashed(fmt.Sprintf("ct mark & %#x == %#x", MarkMask, MarkAllow))
 			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
 		}
 		if out && spec.notrack {
@@ -1228,6 +1263,7 @@ func (spec ruleSpec) nftRules() string {
 			// A peer's SYN conntrack calls INVALID (see iptablesRules).
 			r("tcp flags & syn == syn ct state invalid drop")
 		}
+		stashed(fmt.Sprintf("ct mark & %#x == %#x ct direction original", MarkMask, MarkRedecide))
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
 		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
 		if out || fwd {
@@ -1236,9 +1272,11 @@ func (spec ruleSpec) nftRules() string {
 		if fwd {
 			r("meta l4proto tcp ct state invalid drop")
 		}
+		stashed("ct state { new, invalid, untracked }")
 		r("meta l4proto udp ct state { new, invalid, untracked } %s", q)
 		if spec.holdReplies(out) {
 			// Replies on a flow the peer opened and nothing decided (see iptablesRules).
+			stashed("ct direction reply")
 			r("meta l4proto udp ct direction reply %s", q)
 		}
 		r("meta l4proto { tcp, udp } accept")
@@ -1328,6 +1366,13 @@ func (fw *nftFirewall) install(spec ruleSpec) error {
 		}
 		if err := addNftBPFMatch(nftTable, nftSockPinRec, nftSockPinRecDone, spec.sockPin); err != nil {
 			return fmt.Errorf("%w: %w", errSocketPin, err)
+		}
+	}
+	if spec.stash != "" {
+		// Until this rule is in, a queued datagram has no sender recorded:
+		// where its port is shared it is attributed to no program.
+		if err := addNftBPFMatch(nftTable, nftSendStash, nftSendStashDone, spec.stash); err != nil {
+			return fmt.Errorf("%w: %w", errSenderStash, err)
 		}
 	}
 	if spec.fastUDP != "" {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/cilium/ebpf"
 	"io"
 	"net"
 	"net/netip"
@@ -485,6 +486,11 @@ func runChild(mode string) int {
 		}
 		defer sp.Close()
 		cfg.FastSocketPin = sp.Path()
+		// With the sender stash, unless LATCH_TEST_SENDER_STASH=off (the
+		// attribution by tuple alone, as before it).
+		if os.Getenv("LATCH_TEST_SENDER_STASH") != "off" {
+			cfg.FastSenderStash = sp.StashPath()
+		}
 	}
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
@@ -617,7 +623,21 @@ func runChild(mode string) int {
 		// Once the ruleset is installed, after "ready" (which startDaemon
 		// waits for, discarding the lines before it).
 		ready := cfg.Ready
-		cfg.Ready = func() { ready(); say("socket-pin %v", b.FastSocketPin()) }
+		cfg.Ready = func() {
+			ready()
+			if cfg.FastSenderStash != "" {
+				// With its map's id (the test opens it by id: the pin
+				// is in this process's mount namespace).
+				var id ebpf.MapID
+				if m := b.stashMap.Load(); m != nil {
+					if info, err := m.Info(); err == nil {
+						id, _ = info.ID()
+					}
+				}
+				say("sender-stash %v %d", b.FastSenderStash(), id)
+			}
+			say("socket-pin %v", b.FastSocketPin())
+		}
 	}
 	var err error
 	b, err = New(cfg)
