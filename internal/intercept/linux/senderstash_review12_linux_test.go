@@ -1,0 +1,115 @@
+package linux
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sendThenClose binds a UDP socket with SO_REUSEADDR to port in tp's A (as
+// this test's process), sends msg n times to to, and closes the socket at
+// once: the program that shares another's port and is gone before the
+// daemon looks at the sockets on it.
+func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg string, n int) {
+	t.Helper()
+	if err := inNS(tp.a, func() error {
+		family := unix.AF_INET6
+		var local, sa unix.Sockaddr = &unix.SockaddrInet6{Port: port}, &unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
+		if to.Addr().Is4() {
+			family = unix.AF_INET
+			local, sa = &unix.SockaddrInet4{Port: port}, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+		}
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, local); err != nil {
+			return err
+		}
+		for range n {
+			if err := unix.Sendto(fd, []byte(msg), 0, sa); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUDPSharedPortSendThenClose (review12): a program no rule allows
+// shares an allowed program's UDP port (same user, SO_REUSEADDR), sends a
+// few identical datagrams at once and closes its socket. Over IPv6 (no IPv4
+// id) identical datagrams of one socket share a sender stash key: the first
+// takes its one record, the rest find none; and by the time the daemon lists
+// the sockets on the port only the allowed program's is left. Attributing a
+// datagram with no record to the one socket bound "now" credits the allowed
+// program with the attacker's datagrams. Each datagram must be held as no
+// program's (or the sender's), never as the program that did not send it.
+// (IPv4: each datagram has its own id, so its own record: a control.)
+func TestUDPSharedPortSendThenClose(t *testing.T) {
+	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
+		t.Skip("known hole (review12): a datagram with no stash record is credited to the one socket left on its port; LATCH_TEST_KNOWN_HOLES=1 runs it")
+	}
+	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
+		for i, dst := range []string{addrB, addrB6} {
+			t.Run(fw+"/"+dst, func(t *testing.T) {
+				needFirewall(t, fw)
+				tp := newTopo(t)
+				addV6(t, tp)
+				d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_POLICY=*=allow@1s")
+				defer d.stop()
+				if stash == 0 {
+					t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+				}
+				port := 40380 + i
+				to := netip.MustParseAddrPort(net.JoinHostPort(dst, strconv.Itoa(9026+i)))
+				// The allowed program: bound first, stays bound, sends
+				// nothing to the attacker's destination.
+				c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=4s",
+					"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+net.JoinHostPort(dst, "9030"))
+				l, ok := c.waitLine("pid ", 10*time.Second)
+				if !ok {
+					t.Fatalf("the allowed program did not start; stderr:\n%s", c.errors())
+				}
+				allowed := strings.TrimPrefix(l, "pid ")
+				if _, ok := c.waitLine("bound", 5*time.Second); !ok {
+					t.Fatalf("the allowed program did not bind; stderr:\n%s", c.errors())
+				}
+				defer c.waitLine("done", 10*time.Second)
+				d.drain()
+				const n = 8
+				sendThenClose(t, tp, port, to, "latch-send-then-close", n)
+				var held []string
+				for _, l := range d.linesFor(1500 * time.Millisecond) {
+					if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
+						held = append(held, l)
+					}
+				}
+				if len(held) < 2 {
+					t.Fatalf("%d of the %d datagrams held (want them all queued while the first is decided): %q", len(held), n, held)
+				}
+				me := strconv.Itoa(os.Getpid())
+				bad := 0
+				for _, h := range held {
+					if strings.Contains(h, " pid="+allowed+" ") {
+						bad++
+					}
+				}
+				if bad > 0 {
+					t.Errorf("%d of the attacker's (pid %s) %d datagrams held were held as the allowed program's (pid %s): %q", bad, me, len(held), allowed, held)
+				}
+			})
+		}
+	}
+}
