@@ -158,6 +158,7 @@ const (
 	fastpathMapRestore              = "restore"
 	fastpathMapSenderStash          = "sender_stash"
 	fastpathMapSocks                = "socks"
+	fastpathMapStashPorts           = "stash_ports"
 	fastpathMapStats                = "stats"
 	fastpathMapVerdicts             = "verdicts"
 	fastpathProgLatchFastConnect4   = "latch_fast_connect4"
@@ -265,6 +266,7 @@ type fastpathMapSpecs struct {
 	Restore     *ebpf.MapSpec `ebpf:"restore"`
 	SenderStash *ebpf.MapSpec `ebpf:"sender_stash"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
+	StashPorts  *ebpf.MapSpec `ebpf:"stash_ports"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
 	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
@@ -320,6 +322,7 @@ type fastpathMaps struct {
 	Restore     *ebpf.Map `ebpf:"restore"`
 	SenderStash *ebpf.Map `ebpf:"sender_stash"`
 	Socks       *ebpf.Map `ebpf:"socks"`
+	StashPorts  *ebpf.Map `ebpf:"stash_ports"`
 	Stats       *ebpf.Map `ebpf:"stats"`
 	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
@@ -337,6 +340,7 @@ func (m *fastpathMaps) Close() error {
 		m.Restore,
 		m.SenderStash,
 		m.Socks,
+		m.StashPorts,
 		m.Stats,
 		m.Verdicts,
 	)

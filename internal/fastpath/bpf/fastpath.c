@@ -1809,6 +1809,25 @@ struct {
 	__type(value, __u64);
 } sender_stash SEC(".maps");
 
+// STASH_PORT_SHARED in stash_ports: more than one socket sent through the
+// stash from that local port.
+#define STASH_PORT_SHARED (~0ULL)
+
+// The socket (cookie) that sent UDP datagrams through the stash from each
+// local port (host order), or STASH_PORT_SHARED once another one did too:
+// sticky, never evicted (one entry per port at most, preallocated). The
+// daemon reads it for a datagram whose own record is gone or ambiguous
+// (identical datagrams of one socket share a key; the first takes the
+// record): the port's one sender if only one ever sent from it, else no
+// program's. Without it, the one socket left on a port a sender shared and
+// closed would be credited with the sender's datagrams (review12).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} stash_ports SEC(".maps");
+
 // stash_key fills k from a UDP datagram's headers and payload: 1 if it did,
 // 0 if the packet is not a whole UDP datagram directly after the IP header
 // (another protocol, an IPv4 fragment, IPv6 extension headers) or cannot be
@@ -1890,6 +1909,14 @@ int latch_send_stash(struct __sk_buff *skb)
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	if (!cookie)
 		return 0; // no socket: its datagram has no entry
+	// The port's senders first (an insert is atomic: of two sockets racing
+	// to be the first, the other finds the winner and marks the port shared).
+	__u32 port = bpf_ntohs(k.sport);
+	if (bpf_map_update_elem(&stash_ports, &port, &cookie, BPF_NOEXIST)) {
+		__u64 *pc = bpf_map_lookup_elem(&stash_ports, &port);
+		if (pc && *pc != cookie)
+			*pc = STASH_PORT_SHARED;
+	}
 	for (int i = 0; i < 2; i++) {
 		if (!bpf_map_update_elem(&sender_stash, &k, &cookie, BPF_NOEXIST))
 			return 0;

@@ -67,14 +67,14 @@ type Backend struct {
 	// burst, not one per flow or end).
 	acctKicked atomic.Bool
 
-	fastUDPErr atomic.Pointer[error]    // the last install's error about Config.FastUDPMatch
-	leaseErr   atomic.Pointer[error]    // the last install's error about Config.FastLease
-	sockPinErr atomic.Pointer[error]    // the last install's error about Config.FastSocketPin
-	pinMap     atomic.Pointer[ebpf.Map] // the socket pin's map (Config.Inbound), see pinInbound
-	stashErr   atomic.Pointer[error]    // the last install's error about Config.FastSenderStash
-	stashMap   atomic.Pointer[ebpf.Map] // the sender stash's map while the ruleset runs it, see takeSender
-	notrackErr atomic.Pointer[error]    // the last install's error about notrack (Config.FastSockets)
-	fastTCPErr atomic.Pointer[error]    // the last install's error about the fast path's TCP rules (Config.FastTCP)
+	fastUDPErr atomic.Pointer[error]     // the last install's error about Config.FastUDPMatch
+	leaseErr   atomic.Pointer[error]     // the last install's error about Config.FastLease
+	sockPinErr atomic.Pointer[error]     // the last install's error about Config.FastSocketPin
+	pinMap     atomic.Pointer[ebpf.Map]  // the socket pin's map (Config.Inbound), see pinInbound
+	stashErr   atomic.Pointer[error]     // the last install's error about Config.FastSenderStash
+	stashMap   atomic.Pointer[stashMaps] // the sender stash's maps while the ruleset runs it, see takeSender
+	notrackErr atomic.Pointer[error]     // the last install's error about notrack (Config.FastSockets)
+	fastTCPErr atomic.Pointer[error]     // the last install's error about the fast path's TCP rules (Config.FastTCP)
 
 	// The fast sockets being decided again (MarkFastRedecide), by flow: see
 	// fastGroup. fastEpoch counts the rule changes (redecideSockets).
@@ -822,8 +822,11 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		if m := b.stashMap.Load(); m != nil && req.Direction == engine.Outbound && pp.Protocol == packet.ProtoUDP {
 			// The socket that sent it, as the ruleset recorded it just
 			// before the queue (0: unknown or ambiguous).
-			c := b.takeSender(m, p.Payload)
+			c, none := b.takeSender(m, p.Payload)
 			sender = &c
+			if none {
+				sender = &noSender
+			}
 		}
 		h.cookie = b.attribute(req, int(ifindex), sender)
 		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
@@ -866,13 +869,18 @@ func (b *Backend) malformedPacket(h *hold, err error) {
 // ifindex is the interface the packet leaves (outbound) or arrived (inbound) by.
 // sender, if not nil, is the cookie of the socket the sender stash recorded
 // for the datagram (0: none or ambiguous). It returns the socket's cookie
-// (0: none found).
+// (0: none found). sender == &noSender: no socket is to be credited.
 func (b *Backend) attribute(req *engine.Request, ifindex int, sender *uint64) uint64 {
+	unknown := procattr.Process{UID: -1}
 	var p procattr.Process
 	var err error
 	sr, isSR := b.cfg.Resolver.(SenderResolver)
 	if req.Direction == engine.Inbound {
 		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, ifindex)
+	} else if sender == &noSender {
+		// The stash knows the datagram's port had more than one sender:
+		// which one sent it cannot be told, and none is credited.
+		p, err = unknown, errors.New("the sender stash cannot tell which of the sockets that sent from its local port sent it")
 	} else if sender != nil && isSR {
 		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, *sender)
 	} else {
@@ -891,6 +899,10 @@ func (b *Backend) attribute(req *engine.Request, ifindex int, sender *uint64) ui
 	}
 	return p.Cookie
 }
+
+// noSender is attribute's sender for a datagram whose sender the stash
+// knows cannot be told (see takeSender).
+var noSender uint64
 
 // programOf is whose own names a connection's host is looked up in: the program
 // attribution found, or none.

@@ -630,7 +630,7 @@ func runChild(mode string) int {
 				// is in this process's mount namespace).
 				var id ebpf.MapID
 				if m := b.stashMap.Load(); m != nil {
-					if info, err := m.Info(); err == nil {
+					if info, err := m.sent.Info(); err == nil {
 						id, _ = info.ID()
 					}
 				}

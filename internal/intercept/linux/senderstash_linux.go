@@ -51,9 +51,27 @@ const (
 	stashData    = 32
 )
 
-// openStashMap opens the map of the sender stash program pinned at path (its
-// only map, see latch_send_stash in internal/fastpath).
-func openStashMap(path string) (*ebpf.Map, error) {
+// stashMaps are the sender stash's maps (latch_send_stash in
+// internal/fastpath): sent, each queued datagram's sender by its key; ports,
+// the one socket that sent through the stash from each local port, or
+// stashPortShared.
+type stashMaps struct {
+	sent, ports *ebpf.Map
+}
+
+// stashPortShared in the stash's ports map: more than one socket sent
+// through the stash from that local port (STASH_PORT_SHARED).
+const stashPortShared = ^uint64(0)
+
+// Close closes both maps.
+func (s *stashMaps) Close() {
+	s.sent.Close()
+	s.ports.Close()
+}
+
+// openStashMap opens the maps of the sender stash program pinned at path
+// (sender_stash and stash_ports, see latch_send_stash in internal/fastpath).
+func openStashMap(path string) (*stashMaps, error) {
 	prog, err := ebpf.LoadPinnedProgram(path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open the sender stash program %s: %w", path, err)
@@ -64,18 +82,44 @@ func openStashMap(path string) (*ebpf.Map, error) {
 		return nil, fmt.Errorf("the sender stash program %s: %w", path, err)
 	}
 	ids, ok := info.MapIDs()
-	if !ok || len(ids) != 1 {
-		return nil, fmt.Errorf("the sender stash program %s: want its one map, have %d", path, len(ids))
+	if !ok || len(ids) != 2 {
+		return nil, fmt.Errorf("the sender stash program %s: want its two maps, have %d", path, len(ids))
 	}
-	m, err := ebpf.NewMapFromID(ids[0])
-	if err != nil {
-		return nil, fmt.Errorf("the sender stash program %s: open its map: %w", path, err)
+	var s stashMaps
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			s.closeSome()
+			return nil, fmt.Errorf("the sender stash program %s: open its map %d: %w", path, id, err)
+		}
+		mi, err := m.Info()
+		if err != nil {
+			m.Close()
+			s.closeSome()
+			return nil, fmt.Errorf("the sender stash program %s: its map %d: %w", path, id, err)
+		}
+		switch {
+		case mi.Name == "sender_stash" && m.KeySize() == stashKeySize && m.ValueSize() == 8 && s.sent == nil:
+			s.sent = m
+		case mi.Name == "stash_ports" && m.KeySize() == 4 && m.ValueSize() == 8 && s.ports == nil:
+			s.ports = m
+		default:
+			m.Close()
+			s.closeSome()
+			return nil, fmt.Errorf("the sender stash program %s: its map %d is %q with keys of %d bytes and values of %d, want sender_stash (%d and 8) and stash_ports (4 and 8)",
+				path, id, mi.Name, m.KeySize(), m.ValueSize(), stashKeySize)
+		}
 	}
-	if m.KeySize() != stashKeySize || m.ValueSize() != 8 {
-		m.Close()
-		return nil, fmt.Errorf("the sender stash program %s: its map has keys of %d bytes and values of %d, want %d and 8", path, m.KeySize(), m.ValueSize(), stashKeySize)
+	return &s, nil
+}
+
+// closeSome closes the maps opened so far.
+func (s *stashMaps) closeSome() {
+	for _, m := range []*ebpf.Map{s.sent, s.ports} {
+		if m != nil {
+			m.Close()
+		}
 	}
-	return m, nil
 }
 
 // stashKey returns struct fp_stash_key for the IP packet pkt (as the queue
@@ -139,16 +183,31 @@ func stashKey(pkt []byte) ([]byte, bool) {
 
 // takeSender returns the cookie of the socket the sender stash recorded for
 // the queued UDP datagram pkt, and deletes the record (a later datagram with
-// the same key is another's to record); 0 if there is none, or it is
-// ambiguous.
-func (b *Backend) takeSender(m *ebpf.Map, pkt []byte) uint64 {
+// the same key is another's to record). Without a record of one socket (none:
+// an earlier identical datagram took it, or the LRU forgot it; or an
+// ambiguous one) it returns the one socket that ever sent through the stash
+// from the datagram's local port, and none = true if more than one did (or
+// the stash has no sender of the port): then no socket is to be credited,
+// not even the only one bound to the port now (the sender may have shared it
+// and closed its socket since, review12). 0 and false: pkt has no key (not
+// a whole UDP datagram after its IP header), the stash never saw it.
+func (b *Backend) takeSender(s *stashMaps, pkt []byte) (cookie uint64, none bool) {
 	k, ok := stashKey(pkt)
 	if !ok {
-		return 0
+		return 0, false
 	}
 	v := make([]byte, 8)
-	if err := m.LookupAndDelete(k, v); err != nil {
-		return 0
+	if err := s.sent.LookupAndDelete(k, v); err == nil {
+		if c := binary.NativeEndian.Uint64(v); c != 0 {
+			return c, false
+		}
 	}
-	return binary.NativeEndian.Uint64(v)
+	port := uint32(binary.BigEndian.Uint16(k[2:4]))
+	if err := s.ports.Lookup(port, v); err != nil {
+		return 0, true
+	}
+	if c := binary.NativeEndian.Uint64(v); c != 0 && c != stashPortShared {
+		return c, false
+	}
+	return 0, true
 }

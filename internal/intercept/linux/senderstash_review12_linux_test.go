@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -14,9 +15,9 @@ import (
 
 // sendThenClose binds a UDP socket with SO_REUSEADDR to port in tp's A (as
 // this test's process), sends msg n times to to, and closes the socket at
-// once: the program that shares another's port and is gone before the
-// daemon looks at the sockets on it.
-func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg string, n int) {
+// once (keep: at the test's end): the program that shares another's port
+// and is gone before the daemon looks at the sockets on it.
+func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg string, n int, keep bool) {
 	t.Helper()
 	if err := inNS(tp.a, func() error {
 		family := unix.AF_INET6
@@ -29,7 +30,11 @@ func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg stri
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
+		if keep {
+			t.Cleanup(func() { unix.Close(fd) })
+		} else {
+			defer unix.Close(fd)
+		}
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return err
 		}
@@ -58,9 +63,6 @@ func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg stri
 // program's (or the sender's), never as the program that did not send it.
 // (IPv4: each datagram has its own id, so its own record: a control.)
 func TestUDPSharedPortSendThenClose(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review12): a datagram with no stash record is credited to the one socket left on its port; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
 		for i, dst := range []string{addrB, addrB6} {
 			t.Run(fw+"/"+dst, func(t *testing.T) {
@@ -89,7 +91,7 @@ func TestUDPSharedPortSendThenClose(t *testing.T) {
 				defer c.waitLine("done", 10*time.Second)
 				d.drain()
 				const n = 8
-				sendThenClose(t, tp, port, to, "latch-send-then-close", n)
+				sendThenClose(t, tp, port, to, "latch-send-then-close", n, false)
 				var held []string
 				for _, l := range d.linesFor(1500 * time.Millisecond) {
 					if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
@@ -110,6 +112,41 @@ func TestUDPSharedPortSendThenClose(t *testing.T) {
 					t.Errorf("%d of the attacker's (pid %s) %d datagrams held were held as the allowed program's (pid %s): %q", bad, me, len(held), allowed, held)
 				}
 			})
+		}
+	}
+}
+
+// TestUDPIdenticalDatagramsAttributed (review12), the control of
+// TestUDPSharedPortSendThenClose: identical datagrams of one socket, alone on
+// its port and still open, share one stash record; those that find it taken
+// are still the socket's (the only one that ever sent from the port), not no
+// program's.
+func TestUDPIdenticalDatagramsAttributed(t *testing.T) {
+	fw := FirewallIptablesNft
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	addV6(t, tp)
+	d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_POLICY=*=allow@1s")
+	defer d.stop()
+	if stash == 0 {
+		t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+	}
+	to := netip.MustParseAddrPort(net.JoinHostPort(addrB6, "9031"))
+	d.drain()
+	const n = 8
+	sendThenClose(t, tp, 40385, to, "latch-identical", n, true)
+	var held []string
+	for _, l := range d.linesFor(1500 * time.Millisecond) {
+		if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
+			held = append(held, l)
+		}
+	}
+	if len(held) < 2 {
+		t.Fatalf("%d of the %d datagrams held (want them all queued while the first is decided): %q", len(held), n, held)
+	}
+	for _, h := range held {
+		if !strings.Contains(h, fmt.Sprintf(" pid=%d ", os.Getpid())) {
+			t.Errorf("a datagram of this test's socket, alone on its port, held as %q, not as the test's (pid %d)", h, os.Getpid())
 		}
 	}
 }
