@@ -235,9 +235,18 @@
 // already recorded for another socket becomes 0 (ambiguous). The daemon
 // takes (looks up and deletes) the entry of each datagram it reads and hands
 // the cookie to the Resolver (procattr's ResolveSender): the socket with that
-// cookie among those bound to the port; with none (no entry, an ambiguous
-// one) it attributes no program where more than one socket is bound to the
-// port.
+// cookie among those bound to the port. It also records, per local port
+// (stash_ports, a preallocated hash of at most 65536 entries, never evicted),
+// the one socket that sent through it, or that more than one did (sticky).
+// A datagram whose entry is gone (an identical earlier datagram of its
+// socket took it, or the LRU forgot it) or ambiguous is the port's one
+// sender's, or no program's if the port had more than one: never the one
+// socket bound to the port when the daemon looks, which need not be the one
+// that sent (review12: a program shares an allowed program's port, sends
+// identical datagrams and closes its socket). A datagram without a key
+// (IPv6 extension headers, which need CAP_NET_RAW, or a routing header,
+// refused anyway) is attributed as before: no program where more than one
+// socket is bound to the port.
 //
 // # Exactness
 //

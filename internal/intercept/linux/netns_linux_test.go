@@ -626,15 +626,19 @@ func runChild(mode string) int {
 		cfg.Ready = func() {
 			ready()
 			if cfg.FastSenderStash != "" {
-				// With its map's id (the test opens it by id: the pin
-				// is in this process's mount namespace).
-				var id ebpf.MapID
+				// With its maps' ids, the datagrams' and the ports' (the
+				// test opens them by id: the pin is in this process's
+				// mount namespace).
+				var id, ports ebpf.MapID
 				if m := b.stashMap.Load(); m != nil {
 					if info, err := m.sent.Info(); err == nil {
 						id, _ = info.ID()
 					}
+					if info, err := m.ports.Info(); err == nil {
+						ports, _ = info.ID()
+					}
 				}
-				say("sender-stash %v %d", b.FastSenderStash(), id)
+				say("sender-stash %v %d %d", b.FastSenderStash(), id, ports)
 			}
 			say("socket-pin %v", b.FastSocketPin())
 		}
