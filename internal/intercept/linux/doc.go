@@ -328,7 +328,10 @@
 // implements SenderResolver, is attributed to the socket the sender stash
 // recorded for it (the reader takes the record: one map lookup-and-delete), so
 // that two sockets sharing its local port are told apart; where the stash has
-// no record, or an ambiguous one, and the port is shared, to no program.
+// no record, or an ambiguous one, to the one socket that ever sent from the
+// port through the stash, or to no program if more than one did (not to the
+// one bound when the reader looks: the sender may have shared the port and
+// closed its socket since, review12).
 //
 // # Readers
 //
