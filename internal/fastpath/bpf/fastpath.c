@@ -1907,11 +1907,17 @@ int latch_send_stash(struct __sk_buff *skb)
 	if (!stash_key(skb, &k))
 		return 0;
 	__u64 cookie = bpf_get_socket_cookie(skb);
-	if (!cookie)
-		return 0; // no socket: its datagram has no entry
+	__u32 port = bpf_ntohs(k.sport);
+	if (!cookie) {
+		// No socket (and no uid to check): its datagram has no entry, and
+		// its port is shared, lest the daemon credit the port's one
+		// sender with it.
+		__u64 shared = STASH_PORT_SHARED;
+		bpf_map_update_elem(&stash_ports, &port, &shared, BPF_ANY);
+		return 0;
+	}
 	// The port's senders first (an insert is atomic: of two sockets racing
 	// to be the first, the other finds the winner and marks the port shared).
-	__u32 port = bpf_ntohs(k.sport);
 	if (bpf_map_update_elem(&stash_ports, &port, &cookie, BPF_NOEXIST)) {
 		__u64 *pc = bpf_map_lookup_elem(&stash_ports, &port);
 		if (pc && *pc != cookie)
