@@ -13,11 +13,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sendThenClose binds a UDP socket with SO_REUSEADDR to port in tp's A (as
-// this test's process), sends msg n times to to, and closes the socket at
-// once (keep: at the test's end): the program that shares another's port
-// and is gone before the daemon looks at the sockets on it.
-func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg string, n int, keep bool) {
+// sendThenClose binds socks UDP sockets with SO_REUSEADDR to port in tp's
+// A (as this test's process), sends msg n times to to from each in turn
+// (all bound), and closes them at once (keep: at the test's end): the
+// program that shares another's port and is gone before the daemon looks at
+// the sockets on it.
+func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg string, n, socks int, keep bool) {
 	t.Helper()
 	if err := inNS(tp.a, func() error {
 		family := unix.AF_INET6
@@ -26,24 +27,34 @@ func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg stri
 			family = unix.AF_INET
 			local, sa = &unix.SockaddrInet4{Port: port}, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
 		}
-		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		if keep {
-			t.Cleanup(func() { unix.Close(fd) })
-		} else {
-			defer unix.Close(fd)
-		}
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			return err
-		}
-		if err := unix.Bind(fd, local); err != nil {
-			return err
-		}
-		for range n {
-			if err := unix.Sendto(fd, []byte(msg), 0, sa); err != nil {
+		var fds []int
+		defer func() {
+			for _, fd := range fds {
+				if keep {
+					t.Cleanup(func() { unix.Close(fd) })
+				} else {
+					unix.Close(fd)
+				}
+			}
+		}()
+		for range socks {
+			fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
 				return err
+			}
+			fds = append(fds, fd)
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
+			}
+			if err := unix.Bind(fd, local); err != nil {
+				return err
+			}
+		}
+		for _, fd := range fds {
+			for range n {
+				if err := unix.Sendto(fd, []byte(msg), 0, sa); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -61,11 +72,17 @@ func sendThenClose(t *testing.T, tp *topo, port int, to netip.AddrPort, msg stri
 // datagram with no record to the one socket bound "now" credits the allowed
 // program with the attacker's datagrams. Each datagram must be held as no
 // program's (or the sender's), never as the program that did not send it.
-// (IPv4: each datagram has its own id, so its own record: a control.)
+// (IPv4: each datagram has its own id, so its own record: a control.) With
+// two sockets of the attacker sending alike, the records are ambiguous (0)
+// and the same holds.
 func TestUDPSharedPortSendThenClose(t *testing.T) {
 	for _, fw := range []string{FirewallNftables, FirewallIptablesNft, FirewallIptablesLegacy} {
-		for i, dst := range []string{addrB, addrB6} {
-			t.Run(fw+"/"+dst, func(t *testing.T) {
+		for i, c := range []struct {
+			dst   string
+			socks int
+		}{{addrB, 1}, {addrB6, 1}, {addrB6, 2}} {
+			dst, socks := c.dst, c.socks
+			t.Run(fmt.Sprintf("%s/%s/%d-sockets", fw, dst, socks), func(t *testing.T) {
 				needFirewall(t, fw)
 				tp := newTopo(t)
 				addV6(t, tp)
@@ -91,7 +108,7 @@ func TestUDPSharedPortSendThenClose(t *testing.T) {
 				defer c.waitLine("done", 10*time.Second)
 				d.drain()
 				const n = 8
-				sendThenClose(t, tp, port, to, "latch-send-then-close", n, false)
+				sendThenClose(t, tp, port, to, "latch-send-then-close", n/socks, socks, false)
 				var held []string
 				for _, l := range d.linesFor(1500 * time.Millisecond) {
 					if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
@@ -134,7 +151,7 @@ func TestUDPIdenticalDatagramsAttributed(t *testing.T) {
 	to := netip.MustParseAddrPort(net.JoinHostPort(addrB6, "9031"))
 	d.drain()
 	const n = 8
-	sendThenClose(t, tp, 40385, to, "latch-identical", n, true)
+	sendThenClose(t, tp, 40385, to, "latch-identical", n, 1, true)
 	var held []string
 	for _, l := range d.linesFor(1500 * time.Millisecond) {
 		if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
