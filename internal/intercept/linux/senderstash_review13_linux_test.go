@@ -1,0 +1,129 @@
+package linux
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestUDPSharedPortExtHeaderSendThenClose (review13): as
+// TestUDPSharedPortSendThenClose, but the attacker's socket carries an IPv6
+// routing header (IPV6_RTHDR with a segment routing header of no segments
+// left: no privilege needed, and not source routing for the daemon). The
+// sender stash keys only a UDP header right after the IPv6 header, so the
+// attacker's datagrams get no record and do not mark the port shared in
+// stash_ports; the daemon cannot key them either and fell back to the socket
+// the tuple finds when only one is bound: the allowed program's, once the
+// attacker closed its socket. Each datagram must be held as no program's (or
+// the sender's), never as the program that did not send it.
+func TestUDPSharedPortExtHeaderSendThenClose(t *testing.T) {
+	for i, noOpt := range []bool{false, true} {
+		t.Run(fmt.Sprintf("no-option-matches=%v", noOpt), func(t *testing.T) {
+			fw := FirewallIptablesNft
+			needFirewall(t, fw)
+			env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_POLICY=*=allow@1s"}
+			if noOpt {
+				// A kernel without xt_ipv6header (and xt_u32), as in
+				// TestFastTCPWithoutU32: the ruleset without the option
+				// matches (spec.noOptMatch), which does not drop datagrams
+				// with a routing header.
+				real := "/usr/sbin/iptables-nft-restore"
+				if _, err := os.Stat(real); err != nil {
+					t.Skipf("needs %s: %v", real, err)
+				}
+				dir := t.TempDir()
+				script := "#!/bin/sh\nin=$(cat)\n" +
+					"case \"$in\" in *'-m u32'*|*'-m ipv6header'*) echo \"iptables-nft-restore: Couldn't load match \\`ipv6header':No such file or directory\" >&2; exit 2;; esac\n" +
+					"printf '%s\\n' \"$in\" | " + real + " \"$@\"\n"
+				if err := os.WriteFile(filepath.Join(dir, "iptables-nft-restore"), []byte(script), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				env = append(env, "PATH="+dir+":"+os.Getenv("PATH"))
+			}
+			tp := newTopo(t)
+			addV6(t, tp)
+			d, stash := startStashed(t, tp, env...)
+			defer d.stop()
+			if stash == 0 {
+				t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+			}
+			port := 40395 + i
+			to := netip.MustParseAddrPort(net.JoinHostPort(addrB6, strconv.Itoa(9045+i)))
+			// The allowed program: bound first, stays bound, and has sent
+			// through the stash from the port (its one sender).
+			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=4s",
+				"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+net.JoinHostPort(addrB6, "9050"))
+			l, ok := c.waitLine("pid ", 10*time.Second)
+			if !ok {
+				t.Fatalf("the allowed program did not start; stderr:\n%s", c.errors())
+			}
+			allowed := strings.TrimPrefix(l, "pid ")
+			if _, ok := c.waitLine("bound", 5*time.Second); !ok {
+				t.Fatalf("the allowed program did not bind; stderr:\n%s", c.errors())
+			}
+			defer c.waitLine("done", 10*time.Second)
+			d.drain()
+			const n = 4
+			if err := inNS(tp.a, func() error {
+				fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(fd)
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+					return err
+				}
+				if err := unix.Bind(fd, &unix.SockaddrInet6{Port: port}); err != nil {
+					return err
+				}
+				// Segment routing header (type 4): next header (the
+				// kernel's), length 2 (one segment), type 4, segments left
+				// 0, last entry 0, flags, tag; the segment (the kernel
+				// puts the destination there).
+				dst := to.Addr().As16()
+				srh := append([]byte{0, 2, 4, 0, 0, 0, 0, 0}, dst[:]...)
+				if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srh)); err != nil {
+					return fmt.Errorf("IPV6_RTHDR (segment routing header): %w", err)
+				}
+				sa := &unix.SockaddrInet6{Port: int(to.Port()), Addr: dst}
+				for j := range n {
+					if err := unix.Sendto(fd, []byte(fmt.Sprintf("latch-exthdr-%d", j)), 0, sa); err != nil {
+						if err == unix.EPERM && !noOpt {
+							return nil // dropped (iptablesRouteRules): none held, as it should
+						}
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			var held []string
+			for _, l := range d.linesFor(1500 * time.Millisecond) {
+				if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
+					held = append(held, l)
+				}
+			}
+			if len(held) == 0 && noOpt {
+				t.Fatalf("none of the %d datagrams held", n)
+			}
+			bad := 0
+			for _, h := range held {
+				if strings.Contains(h, " pid="+allowed+" ") {
+					bad++
+				}
+			}
+			if bad > 0 {
+				t.Errorf("%d of the attacker's (pid %d) %d datagrams held were held as the allowed program's (pid %s): %q", bad, os.Getpid(), len(held), allowed, held)
+			}
+		})
+	}
+}
