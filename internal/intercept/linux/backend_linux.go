@@ -878,9 +878,9 @@ func (b *Backend) attribute(req *engine.Request, ifindex int, sender *uint64) ui
 	if req.Direction == engine.Inbound {
 		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, ifindex)
 	} else if sender == &noSender {
-		// The stash knows the datagram's port had more than one sender:
+		// The stash knows the datagram's port had more than one sender (or could not key it):
 		// which one sent it cannot be told, and none is credited.
-		p, err = unknown, errors.New("the sender stash cannot tell which of the sockets that sent from its local port sent it")
+		p, err = unknown, errors.New("the sender stash cannot tell which socket sent it (its port had more than one sender, or the stash could not key it)")
 	} else if sender != nil && isSR {
 		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, *sender)
 	} else {

@@ -189,12 +189,16 @@ func stashKey(pkt []byte) ([]byte, bool) {
 // from the datagram's local port, and none = true if more than one did (or
 // the stash has no sender of the port): then no socket is to be credited,
 // not even the only one bound to the port now (the sender may have shared it
-// and closed its socket since, review12). 0 and false: pkt has no key (not
-// a whole UDP datagram after its IP header), the stash never saw it.
+// and closed its socket since, review12). A datagram with no key (UDP not
+// right after its IP header: an IPv6 routing header, which any program may
+// set where the ruleset lacks xt_ipv6header to drop it; an IPv4 fragment)
+// is none too: the stash kept no record of it and did not mark its port
+// shared, so the port's one sender or the one socket bound now may not be
+// the one that sent it (review13).
 func (b *Backend) takeSender(s *stashMaps, pkt []byte) (cookie uint64, none bool) {
 	k, ok := stashKey(pkt)
 	if !ok {
-		return 0, false
+		return 0, true
 	}
 	v := make([]byte, 8)
 	if err := s.sent.LookupAndDelete(k, v); err == nil {
