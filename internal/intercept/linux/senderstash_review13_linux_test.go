@@ -127,3 +127,101 @@ func TestUDPSharedPortExtHeaderSendThenClose(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPSharedPortPagedPayload (review13): the sender stash reads a
+// datagram with bpf_skb_load_bytes_relative, which reads only the packet's
+// linear part: a datagram whose payload the kernel put in pages (UDP_SEGMENT
+// set on the socket: any program may) is not keyed, gets no record and does
+// not mark its port shared. The daemon, reading the queue's linear copy,
+// keys it, finds no record and credits the port's one recorded sender: the
+// allowed program, which sent from the port first, while the attacker (same
+// user, SO_REUSEADDR on the allowed program's port, its socket still open)
+// sent the datagram. Each datagram must be held as the attacker's or no
+// program's, never as the allowed program's.
+func TestUDPSharedPortPagedPayload(t *testing.T) {
+	for i, dst := range []string{addrB, addrB6} {
+		t.Run(dst, func(t *testing.T) {
+			fw := FirewallIptablesNft
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			addV6(t, tp)
+			d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_POLICY=*=allow@1s")
+			defer d.stop()
+			if stash == 0 {
+				t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+			}
+			port := 40398 + i
+			to := netip.MustParseAddrPort(net.JoinHostPort(dst, strconv.Itoa(9055+i)))
+			// The allowed program: sends first (through the stash: the
+			// port's one sender), then lives on for about 3 s.
+			var msgs []string
+			for j := range 30 {
+				msgs = append(msgs, fmt.Sprintf("latch-allowed-%d", j))
+			}
+			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1",
+				"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+net.JoinHostPort(dst, "9060"),
+				"LATCH_TEST_UDP_MSGS="+strings.Join(msgs, " "))
+			l, ok := c.waitLine("pid ", 10*time.Second)
+			if !ok {
+				t.Fatalf("the allowed program did not start; stderr:\n%s", c.errors())
+			}
+			allowed := strings.TrimPrefix(l, "pid ")
+			if _, ok := c.waitLine("sent latch-allowed-1 ", 5*time.Second); !ok {
+				t.Fatalf("the allowed program did not send; stderr:\n%s", c.errors())
+			}
+			defer c.waitLine("done", 10*time.Second)
+			d.drain()
+			const n = 4
+			var fd int
+			if err := inNS(tp.a, func() error {
+				family := unix.AF_INET6
+				var local, sa unix.Sockaddr = &unix.SockaddrInet6{Port: port}, &unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
+				if to.Addr().Is4() {
+					family = unix.AF_INET
+					local, sa = &unix.SockaddrInet4{Port: port}, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+				}
+				var err error
+				if fd, err = unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+					return err
+				}
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+					return err
+				}
+				if err := unix.Bind(fd, local); err != nil {
+					return err
+				}
+				// UDP_SEGMENT: the payload goes to pages, not the linear part.
+				if err := unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_SEGMENT, 1200); err != nil {
+					return fmt.Errorf("UDP_SEGMENT: %w", err)
+				}
+				for j := range n {
+					if err := unix.Sendto(fd, []byte(fmt.Sprintf("latch-paged-%d-of-the-attacker-with-more-than-32-bytes", j)), 0, sa); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			var held []string
+			for _, l := range d.linesFor(1500 * time.Millisecond) {
+				if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
+					held = append(held, l)
+				}
+			}
+			if len(held) == 0 {
+				t.Fatalf("none of the %d datagrams held", n)
+			}
+			bad := 0
+			for _, h := range held {
+				if strings.Contains(h, " pid="+allowed+" ") {
+					bad++
+				}
+			}
+			if bad > 0 {
+				t.Errorf("%d of the attacker's (pid %d) %d datagrams held were held as the allowed program's (pid %s): %q", bad, os.Getpid(), len(held), allowed, held)
+			}
+		})
+	}
+}
