@@ -1831,7 +1831,15 @@ struct {
 // stash_key fills k from a UDP datagram's headers and payload: 1 if it did,
 // 0 if the packet is not a whole UDP datagram directly after the IP header
 // (another protocol, an IPv4 fragment, IPv6 extension headers) or cannot be
-// read.
+// read; -1 if its ports are in k but its payload cannot be read (the caller
+// marks the port shared: the daemon, which reads the queue's copy, may key
+// it). The headers are read with bpf_skb_load_bytes_relative (the linear
+// part, where the kernel puts them); the payload with bpf_skb_load_bytes,
+// which reads pages too: a socket with UDP_SEGMENT, MSG_MORE or
+// MSG_ZEROCOPY has its payload in pages, and its datagrams had no record and
+// no mark of their port, so the daemon credited the port's one sender
+// (review13). In xt_bpf at LOCAL_OUT the packet's data starts at its IP
+// header: the offsets are the same.
 static __always_inline int stash_key(struct __sk_buff *skb, struct fp_stash_key *k)
 {
 	__u8 h[40];
@@ -1874,19 +1882,19 @@ static __always_inline int stash_key(struct __sk_buff *skb, struct fp_stash_key 
 	// header, up to STASH_DATA bytes.
 	__u32 off = l4 + 8;
 	if (tot < off)
-		return 0;
+		return -1;
 	__u32 n = tot - off;
 	if (n > STASH_DATA)
 		n = STASH_DATA;
 	k->n = n;
 	if (n == STASH_DATA) {
-		if (bpf_skb_load_bytes_relative(skb, off, k->data, STASH_DATA, BPF_HDR_START_NET))
-			return 0;
+		if (bpf_skb_load_bytes(skb, off, k->data, STASH_DATA))
+			return -1;
 	} else if (n > 0) {
 		// The verifier wants a constant-bounded length.
 		n &= STASH_DATA - 1;
-		if (n == 0 || bpf_skb_load_bytes_relative(skb, off, k->data, n, BPF_HDR_START_NET))
-			return 0;
+		if (n == 0 || bpf_skb_load_bytes(skb, off, k->data, n))
+			return -1;
 	}
 	return 1;
 }
@@ -1904,14 +1912,15 @@ SEC("socket")
 int latch_send_stash(struct __sk_buff *skb)
 {
 	struct fp_stash_key k = {};
-	if (!stash_key(skb, &k))
+	int keyed = stash_key(skb, &k);
+	if (!keyed)
 		return 0;
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	__u32 port = bpf_ntohs(k.sport);
-	if (!cookie) {
-		// No socket (and no uid to check): its datagram has no entry, and
-		// its port is shared, lest the daemon credit the port's one
-		// sender with it.
+	if (!cookie || keyed < 0) {
+		// No socket (and no uid to check), or a payload it cannot read:
+		// its datagram has no entry, and its port is shared, lest the
+		// daemon credit the port's one sender with it.
 		__u64 shared = STASH_PORT_SHARED;
 		bpf_map_update_elem(&stash_ports, &port, &shared, BPF_ANY);
 		return 0;

@@ -222,6 +222,12 @@ func TestUDPSharedPortPagedPayload(t *testing.T) {
 			if bad > 0 {
 				t.Errorf("%d of the attacker's (pid %d) %d datagrams held were held as the allowed program's (pid %s): %q", bad, os.Getpid(), len(held), allowed, held)
 			}
+			// Its own: the stash reads its payload from pages, and records it.
+			for _, h := range held {
+				if !strings.Contains(h, fmt.Sprintf(" pid=%d ", os.Getpid())) {
+					t.Errorf("a datagram with its payload in pages held as %q, not as its sender's (pid %d)", h, os.Getpid())
+				}
+			}
 		})
 	}
 }
