@@ -231,3 +231,93 @@ func TestUDPSharedPortPagedPayload(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPSharedPortUnstashedDatagram (review13): a datagram that reaches the
+// queue without passing the sender stash has no record, and did not mark
+// its port shared: the daemon credited the port's one recorded sender, even
+// while the datagram's own sender is bound to the port too. Known ways there
+// (a payload in pages, an extension header) are closed; others remain
+// possible (the stash and the queue rule are two rules: a flow's connmark
+// another CPU's verdict changes between them, Redecide to Allow, sends a
+// datagram to the queue rule past a stash rule that did not match). Made
+// here by an ip6tables ruleset without the stash (an ip6tables-nft-restore
+// wrapper drops its rules): the allowed program (this test's process), a
+// dual-stack IPv6 socket, sends to an IPv4 address (through iptables, so
+// through the stash: the port's one sender); a same-user program binds the
+// port too (SO_REUSEADDR) and sends IPv6 (not through the stash), socket
+// open. Its datagrams must be held as its own or no program's, never as the
+// allowed program's: the port's one sender is credited only if it is also
+// the one socket that could have sent the datagram.
+func TestUDPSharedPortUnstashedDatagram(t *testing.T) {
+	fw := FirewallIptablesNft
+	needFirewall(t, fw)
+	real := "/usr/sbin/ip6tables-nft-restore"
+	if _, err := os.Stat(real); err != nil {
+		t.Skipf("needs %s: %v", real, err)
+	}
+	dir := t.TempDir()
+	script := "#!/bin/sh\ngrep -v -- 'fast-stash-' | " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "ip6tables-nft-restore"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tp := newTopo(t)
+	addV6(t, tp)
+	d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_POLICY=*=allow@1s", "PATH="+dir+":"+os.Getenv("PATH"))
+	defer d.stop()
+	if stash == 0 {
+		t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+	}
+	const port = 40400
+	to := netip.MustParseAddrPort(net.JoinHostPort(addrB6, "9065"))
+	var fd int
+	if err := inNS(tp.a, func() error {
+		var err error
+		if fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet6{Port: port}); err != nil {
+			return err
+		}
+		mapped := netip.AddrFrom16(netip.MustParseAddr(addrB).As16()).As16()
+		mapped[10], mapped[11] = 0xff, 0xff
+		return unix.Sendto(fd, []byte("latch-allowed-v4"), 0, &unix.SockaddrInet6{Port: 9066, Addr: mapped})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if l, ok := d.waitLine(fmt.Sprintf("held out udp %s:%d %s:9066 ", addrA, port, addrB), 3*time.Second); !ok || !strings.Contains(l, fmt.Sprintf(" pid=%d ", os.Getpid())) {
+		t.Fatalf("the allowed program's IPv4 datagram held as %q, want its own (pid %d)", l, os.Getpid())
+	}
+	d.drain()
+	c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1",
+		"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+to.String(),
+		"LATCH_TEST_UDP_MSGS=latch-unstashed-0 latch-unstashed-1 latch-unstashed-2")
+	l, ok := c.waitLine("pid ", 10*time.Second)
+	if !ok {
+		t.Fatalf("the other program did not start; stderr:\n%s", c.errors())
+	}
+	other := strings.TrimPrefix(l, "pid ")
+	if _, ok := c.waitLine("done", 10*time.Second); !ok {
+		t.Fatalf("the other program did not send; stderr:\n%s", c.errors())
+	}
+	var held []string
+	for _, l := range d.linesFor(time.Second) {
+		if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to.String()+" ") {
+			held = append(held, l)
+		}
+	}
+	if len(held) == 0 {
+		t.Fatal("none of the other program's datagrams held")
+	}
+	for _, h := range held {
+		if strings.Contains(h, fmt.Sprintf(" pid=%d ", os.Getpid())) {
+			t.Errorf("a datagram of the other program (pid %s) that did not pass the stash held as the allowed program's (pid %d): %q", other, os.Getpid(), h)
+		}
+	}
+}
