@@ -818,15 +818,12 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		if req.Direction == engine.Inbound {
 			ifindex = p.InDev
 		}
-		var sender *uint64
+		var sender *stashSender
 		if m := b.stashMap.Load(); m != nil && req.Direction == engine.Outbound && pp.Protocol == packet.ProtoUDP {
 			// The socket that sent it, as the ruleset recorded it just
 			// before the queue (0: unknown or ambiguous).
-			c, none := b.takeSender(m, p.Payload)
-			sender = &c
-			if none {
-				sender = &noSender
-			}
+			c, byPort, none := b.takeSender(m, p.Payload)
+			sender = &stashSender{cookie: c, byPort: byPort, none: none}
 		}
 		h.cookie = b.attribute(req, int(ifindex), sender)
 		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
@@ -867,22 +864,28 @@ func (b *Backend) malformedPacket(h *hold, err error) {
 // connection the socket that sent the packet, for an inbound one the socket that will
 // accept it (the packet carries no uid then: no local socket sent it).
 // ifindex is the interface the packet leaves (outbound) or arrived (inbound) by.
-// sender, if not nil, is the cookie of the socket the sender stash recorded
-// for the datagram (0: none or ambiguous). It returns the socket's cookie
-// (0: none found). sender == &noSender: no socket is to be credited.
-func (b *Backend) attribute(req *engine.Request, ifindex int, sender *uint64) uint64 {
+// sender, if not nil, is what the sender stash knows of the datagram's
+// socket (see takeSender). It returns the socket's cookie (0: none found).
+func (b *Backend) attribute(req *engine.Request, ifindex int, sender *stashSender) uint64 {
 	unknown := procattr.Process{UID: -1}
 	var p procattr.Process
 	var err error
 	sr, isSR := b.cfg.Resolver.(SenderResolver)
 	if req.Direction == engine.Inbound {
 		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, ifindex)
-	} else if sender == &noSender {
+	} else if sender != nil && sender.none {
 		// The stash knows the datagram's port had more than one sender (or could not key it):
 		// which one sent it cannot be told, and none is credited.
 		p, err = unknown, errors.New("the sender stash cannot tell which socket sent it (its port had more than one sender, or the stash could not key it)")
+	} else if sender != nil && sender.byPort && isSR {
+		// The port's one sender, not the datagram's own record: only if it
+		// is also the one socket that could have sent the datagram now.
+		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, 0)
+		if p.Cookie != sender.cookie {
+			p, err = unknown, fmt.Errorf("the one socket on local port %d (cookie %d) is not the one that sent through the sender stash from it (cookie %d)", req.Local.Port(), p.Cookie, sender.cookie)
+		}
 	} else if sender != nil && isSR {
-		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, *sender)
+		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, sender.cookie)
 	} else {
 		p, err = b.cfg.Resolver.ResolveDev(req.Protocol, req.Local, req.Remote, req.UID, ifindex)
 	}
@@ -900,9 +903,14 @@ func (b *Backend) attribute(req *engine.Request, ifindex int, sender *uint64) ui
 	return p.Cookie
 }
 
-// noSender is attribute's sender for a datagram whose sender the stash
-// knows cannot be told (see takeSender).
-var noSender uint64
+// stashSender is what the sender stash knows of a queued UDP datagram's
+// socket (takeSender's results): cookie, its own record's socket (0: none),
+// or with byPort the one socket that sent through the stash from its local
+// port; none: no socket is to be credited.
+type stashSender struct {
+	cookie       uint64
+	byPort, none bool
+}
 
 // programOf is whose own names a connection's host is looked up in: the program
 // attribution found, or none.

@@ -194,24 +194,28 @@ func stashKey(pkt []byte) ([]byte, bool) {
 // set where the ruleset lacks xt_ipv6header to drop it; an IPv4 fragment)
 // is none too: the stash kept no record of it and did not mark its port
 // shared, so the port's one sender or the one socket bound now may not be
-// the one that sent it (review13).
-func (b *Backend) takeSender(s *stashMaps, pkt []byte) (cookie uint64, none bool) {
+// the one that sent it (review13). byPort: cookie is the port's one sender,
+// not the datagram's own record; attribute credits it only if it is also the
+// one socket that could have sent the datagram now (a datagram that reached
+// the queue without passing the stash, by a way not known yet, is then
+// credited to no program while its sender's socket is open).
+func (b *Backend) takeSender(s *stashMaps, pkt []byte) (cookie uint64, byPort, none bool) {
 	k, ok := stashKey(pkt)
 	if !ok {
-		return 0, true
+		return 0, false, true
 	}
 	v := make([]byte, 8)
 	if err := s.sent.LookupAndDelete(k, v); err == nil {
 		if c := binary.NativeEndian.Uint64(v); c != 0 {
-			return c, false
+			return c, false, false
 		}
 	}
 	port := uint32(binary.BigEndian.Uint16(k[2:4]))
 	if err := s.ports.Lookup(port, v); err != nil {
-		return 0, true
+		return 0, false, true
 	}
 	if c := binary.NativeEndian.Uint64(v); c != 0 && c != stashPortShared {
-		return c, false
+		return c, true, false
 	}
-	return 0, true
+	return 0, false, true
 }
