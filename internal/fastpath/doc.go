@@ -240,13 +240,19 @@
 // the one socket that sent through it, or that more than one did (sticky).
 // A datagram whose entry is gone (an identical earlier datagram of its
 // socket took it, or the LRU forgot it) or ambiguous is the port's one
-// sender's, or no program's if the port had more than one: never the one
-// socket bound to the port when the daemon looks, which need not be the one
-// that sent (review12: a program shares an allowed program's port, sends
-// identical datagrams and closes its socket). A datagram without a key
-// (IPv6 extension headers, which need CAP_NET_RAW, or a routing header,
-// refused anyway) is attributed as before: no program where more than one
-// socket is bound to the port.
+// sender's if that is also the one socket bound to the port that could have
+// sent it, else no program's: never the one socket bound to the port when
+// the daemon looks alone, which need not be the one that sent (review12: a
+// program shares an allowed program's port, sends identical datagrams and
+// closes its socket), nor the port's one sender alone (review13: a datagram
+// that reached the queue without passing the stash). The stash reads the
+// payload with bpf_skb_load_bytes, pages too (UDP_SEGMENT, MSG_MORE and
+// MSG_ZEROCOPY put it there; the linear-only read left such datagrams
+// without a record and their port unmarked, review13), and marks the port
+// shared if it still cannot. A datagram without a key (IPv6 extension
+// headers: a routing header, which any program may set, is dropped by the
+// ruleset's route rules where the kernel has xt_ipv6header, and the others
+// need CAP_NET_RAW) is no program's.
 //
 // # Exactness
 //

@@ -1833,21 +1833,20 @@ struct {
 // (another protocol, an IPv4 fragment, IPv6 extension headers) or cannot be
 // read; -1 if its ports are in k but its payload cannot be read (the caller
 // marks the port shared: the daemon, which reads the queue's copy, may key
-// it). The headers are read with bpf_skb_load_bytes_relative (the linear
-// part, where the kernel puts them); the payload with bpf_skb_load_bytes,
-// which reads pages too: a socket with UDP_SEGMENT, MSG_MORE or
-// MSG_ZEROCOPY has its payload in pages, and its datagrams had no record and
-// no mark of their port, so the daemon credited the port's one sender
-// (review13). In xt_bpf at LOCAL_OUT the packet's data starts at its IP
-// header: the offsets are the same.
+// it). Read with bpf_skb_load_bytes, which reads pages too, not
+// bpf_skb_load_bytes_relative (the linear part only): a socket with
+// UDP_SEGMENT, MSG_MORE or MSG_ZEROCOPY has its payload in pages, and its
+// datagrams had no record and no mark of their port, so the daemon credited
+// the port's one sender (review13). In xt_bpf at LOCAL_OUT the packet's data
+// starts at its IP header, where the offsets count from.
 static __always_inline int stash_key(struct __sk_buff *skb, struct fp_stash_key *k)
 {
 	__u8 h[40];
 	__u32 l4, tot;
-	if (bpf_skb_load_bytes_relative(skb, 0, h, 1, BPF_HDR_START_NET))
+	if (bpf_skb_load_bytes(skb, 0, h, 1))
 		return 0;
 	if ((h[0] >> 4) == 4) {
-		if (bpf_skb_load_bytes_relative(skb, 0, h, 20, BPF_HDR_START_NET))
+		if (bpf_skb_load_bytes(skb, 0, h, 20))
 			return 0;
 		if (h[9] != IPPROTO_UDP || (h[6] & 0x3f) | h[7]) // not UDP, or MF set or an offset
 			return 0;
@@ -1860,7 +1859,7 @@ static __always_inline int stash_key(struct __sk_buff *skb, struct fp_stash_key 
 			return 0;
 		tot = (__u32)h[2] << 8 | h[3];
 	} else if ((h[0] >> 4) == 6) {
-		if (bpf_skb_load_bytes_relative(skb, 0, h, 40, BPF_HDR_START_NET))
+		if (bpf_skb_load_bytes(skb, 0, h, 40))
 			return 0;
 		if (h[6] != IPPROTO_UDP)
 			return 0;
@@ -1874,7 +1873,7 @@ static __always_inline int stash_key(struct __sk_buff *skb, struct fp_stash_key 
 	}
 	k->proto = IPPROTO_UDP;
 	__u8 p[4];
-	if (bpf_skb_load_bytes_relative(skb, l4, p, 4, BPF_HDR_START_NET))
+	if (bpf_skb_load_bytes(skb, l4, p, 4))
 		return 0;
 	__builtin_memcpy(&k->sport, p, 2);
 	__builtin_memcpy(&k->dport, p + 2, 2);

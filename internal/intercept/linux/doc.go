@@ -329,9 +329,12 @@
 // recorded for it (the reader takes the record: one map lookup-and-delete), so
 // that two sockets sharing its local port are told apart; where the stash has
 // no record, or an ambiguous one, to the one socket that ever sent from the
-// port through the stash, or to no program if more than one did (not to the
-// one bound when the reader looks: the sender may have shared the port and
-// closed its socket since, review12).
+// port through the stash if it is also the one socket on the port that could
+// have sent the datagram, else to no program (not to the one bound when the
+// reader looks alone: the sender may have shared the port and closed its
+// socket since, review12; nor to the port's one sender alone: the datagram
+// may not have passed the stash, review13). A datagram the stash cannot key
+// (IPv6 extension headers) is no program's.
 //
 // # Readers
 //
