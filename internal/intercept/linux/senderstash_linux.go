@@ -72,18 +72,9 @@ func (s *stashMaps) Close() {
 // openStashMap opens the maps of the sender stash program pinned at path
 // (sender_stash and stash_ports, see latch_send_stash in internal/fastpath).
 func openStashMap(path string) (*stashMaps, error) {
-	prog, err := ebpf.LoadPinnedProgram(path, nil)
+	ids, err := pinnedProgramMaps(path, "sender stash", 2)
 	if err != nil {
-		return nil, fmt.Errorf("open the sender stash program %s: %w", path, err)
-	}
-	defer prog.Close()
-	info, err := prog.Info()
-	if err != nil {
-		return nil, fmt.Errorf("the sender stash program %s: %w", path, err)
-	}
-	ids, ok := info.MapIDs()
-	if !ok || len(ids) != 2 {
-		return nil, fmt.Errorf("the sender stash program %s: want its two maps, have %d", path, len(ids))
+		return nil, err
 	}
 	var s stashMaps
 	for _, id := range ids {

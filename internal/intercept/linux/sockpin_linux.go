@@ -34,18 +34,9 @@ func (b *Backend) FastSocketPin() error {
 // openPinMap opens the map of the socket pin program pinned at path (its
 // only map: the pins, see latch_fast_pin in internal/fastpath).
 func openPinMap(path string) (*ebpf.Map, error) {
-	prog, err := ebpf.LoadPinnedProgram(path, nil)
+	ids, err := pinnedProgramMaps(path, "socket pin", 1)
 	if err != nil {
-		return nil, fmt.Errorf("open the socket pin program %s: %w", path, err)
-	}
-	defer prog.Close()
-	info, err := prog.Info()
-	if err != nil {
-		return nil, fmt.Errorf("the socket pin program %s: %w", path, err)
-	}
-	ids, ok := info.MapIDs()
-	if !ok || len(ids) != 1 {
-		return nil, fmt.Errorf("the socket pin program %s: want its one map, have %d", path, len(ids))
+		return nil, err
 	}
 	m, err := ebpf.NewMapFromID(ids[0])
 	if err != nil {
@@ -56,6 +47,25 @@ func openPinMap(path string) (*ebpf.Map, error) {
 		return nil, fmt.Errorf("the socket pin program %s: its map has keys of %d bytes and values of %d, want %d and 8", path, m.KeySize(), m.ValueSize(), pinKeySize)
 	}
 	return m, nil
+}
+
+// pinnedProgramMaps returns the ids of the maps of the program pinned at
+// path (what names it in errors), which must have want of them.
+func pinnedProgramMaps(path, what string, want int) ([]ebpf.MapID, error) {
+	prog, err := ebpf.LoadPinnedProgram(path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("open the %s program %s: %w", what, path, err)
+	}
+	defer prog.Close()
+	info, err := prog.Info()
+	if err != nil {
+		return nil, fmt.Errorf("the %s program %s: %w", what, path, err)
+	}
+	ids, ok := info.MapIDs()
+	if !ok || len(ids) != want {
+		return nil, fmt.Errorf("the %s program %s: want %d map(s), have %d", what, path, want, len(ids))
+	}
+	return ids, nil
 }
 
 // pinKeySize is the size of struct fp_pin_key (internal/fastpath's C).
