@@ -329,8 +329,9 @@
 // recorded for it (the reader takes the record: one map lookup-and-delete), so
 // that two sockets sharing its local port are told apart; where the stash has
 // no record, or an ambiguous one, to the one socket that ever sent from the
-// port through the stash if it is also the one socket on the port that could
-// have sent the datagram, else to no program (not to the one bound when the
+// port through the stash if it is also the one socket bound to the port
+// (whatever address the others are bound to or peer they are connected to:
+// IP_PKTINFO, sendto; review14), else to no program (not to the one bound when the
 // reader looks alone: the sender may have shared the port and closed its
 // socket since, review12; nor to the port's one sender alone: the datagram
 // may not have passed the stash, review13). A datagram the stash cannot key
