@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -116,6 +117,125 @@ func TestUDPSharedPortUnstashedElsewhere(t *testing.T) {
 			}
 			if bad > 0 {
 				t.Errorf("%d of the other program's (pid %s) %d datagrams, sent from a socket open on the port all along, held as the allowed program's (pid %d): %q", bad, other, len(held), os.Getpid(), held)
+			}
+		})
+	}
+}
+
+// TestUDPSharedPortStashSkippedByFlip (review14): LATCH-OUT ran the sender
+// stash in a rule of its own before each rule that queues UDP, with that
+// rule's matches, among them the flow's conntrack mark, which another CPU
+// changes at any time (a verdict's CONNMARK --save-mark: 0 or MarkRedecide
+// to MarkAllow; a rule change: to MarkRedecide). A datagram that saw the
+// mark change between the two rules matched the queue rule but not the stash
+// rule before it (measured on this kernel with two such rules and a second
+// CPU flipping the mark: 1 datagram in 257 flips at 54k datagrams/s), and
+// reached the daemon with no record and its port not marked shared: the
+// daemon credited the port's one sender if the datagram's own socket was
+// closed by then. The flip is made here at that very moment by a rule the
+// test inserts right after the first stash rule (CONNMARK to MarkAllow for
+// the datagram's destination port). The allowed program (a child, same
+// user) sends from the port through the stash and stays bound; this test's
+// process binds the port too (SO_REUSEADDR), sends one datagram and closes
+// its socket, four times. None may be held as the allowed program's.
+func TestUDPSharedPortStashSkippedByFlip(t *testing.T) {
+	// iptables-nft only: iptables-legacy cannot insert a rule into a table
+	// with the stash's xt_bpf match made by another process (ENOENT); the
+	// ruleset's text is the same for both.
+	for _, fw := range []string{FirewallIptablesNft} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_POLICY=*=allow@1s")
+			defer d.stop()
+			if stash == 0 {
+				t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+			}
+			const port = 40420
+			const flipPort = 9095
+			var msgs []string
+			for j := range 30 {
+				msgs = append(msgs, fmt.Sprintf("latch-allowed-%d", j))
+			}
+			c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1",
+				"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+net.JoinHostPort(addrB, "9096"),
+				"LATCH_TEST_UDP_MSGS="+strings.Join(msgs, " "))
+			l, ok := c.waitLine("pid ", 10*time.Second)
+			if !ok {
+				t.Fatalf("the allowed program did not start; stderr:\n%s", c.errors())
+			}
+			allowed := strings.TrimPrefix(l, "pid ")
+			if _, ok := c.waitLine("sent latch-allowed-1 ", 5*time.Second); !ok {
+				t.Fatalf("the allowed program did not send; stderr:\n%s", c.errors())
+			}
+			defer c.waitLine("done", 10*time.Second)
+			// The flip, right after the first stash rule.
+			const tool = "iptables-nft"
+			out, err := exec.Command("ip", "netns", "exec", tp.a, tool, "-S", chainOut).CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s -S %s: %v: %s", tool, chainOut, err, out)
+			}
+			pos := 0
+			for _, r := range strings.Split(string(out), "\n") {
+				if !strings.HasPrefix(r, "-A ") {
+					continue
+				}
+				pos++
+				if strings.Contains(r, "fast-stash-") {
+					break
+				}
+			}
+			if !strings.Contains(string(out), "fast-stash-") {
+				t.Fatalf("no sender stash rule in %s:\n%s", chainOut, out)
+			}
+			if out, err := exec.Command("ip", "netns", "exec", tp.a, tool, "-I", chainOut, strconv.Itoa(pos+1), "-p", "udp", "--dport", strconv.Itoa(flipPort),
+				"-j", "CONNMARK", "--set-xmark", fmt.Sprintf("%#x/%#x", MarkAllow, MarkMask)).CombinedOutput(); err != nil {
+				t.Fatalf("insert the flip rule at %d: %v: %s", pos+1, err, out)
+			}
+			d.drain()
+			const n = 4
+			if err := inNS(tp.a, func() error {
+				for j := range n {
+					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+					if err != nil {
+						return err
+					}
+					if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+						unix.Close(fd)
+						return err
+					}
+					if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port}); err != nil {
+						unix.Close(fd)
+						return err
+					}
+					err = unix.Sendto(fd, []byte(fmt.Sprintf("latch-flipped-%d", j)), 0, &unix.SockaddrInet4{Port: flipPort, Addr: netip.MustParseAddr(addrB).As4()})
+					unix.Close(fd)
+					if err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			to := net.JoinHostPort(addrB, strconv.Itoa(flipPort))
+			var held []string
+			for _, l := range d.linesFor(1500 * time.Millisecond) {
+				if strings.HasPrefix(l, "held out udp ") && strings.Contains(l, " "+to+" ") {
+					held = append(held, l)
+				}
+			}
+			if len(held) == 0 {
+				t.Fatalf("none of the %d datagrams held", n)
+			}
+			bad := 0
+			for _, h := range held {
+				if strings.Contains(h, " pid="+allowed+" ") {
+					bad++
+				}
+			}
+			if bad > 0 {
+				t.Errorf("%d of the %d datagrams of this test's process (pid %d), whose flow's mark changed between the stash rule and the queue rule, held as the allowed program's (pid %s): %q", bad, len(held), os.Getpid(), allowed, held)
 			}
 		})
 	}
