@@ -240,3 +240,70 @@ func TestUDPSharedPortStashSkippedByFlip(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPAllowedFlowReturnUnpinned (review14, known hole): with the socket
+// pin, LATCH-OUT returns a datagram of an allowed flow (conntrack mark
+// MarkAllow) at its top only if it comes from the socket the flow was
+// allowed for, and queues one from another socket ("! -p tcp" with the
+// allowed mark, the rule after the stash); but the later "allowed mark:
+// RETURN" rule (after the MarkRedecide queue rule) has no pin. A datagram
+// whose flow's mark another CPU sets to MarkAllow after it passed the queue
+// rule for another socket's datagrams and before that RETURN (a verdict's
+// CONNMARK for the flow's first datagram, the allowed program's, while
+// another socket on the same port and peer sends: SO_REUSEADDR, or
+// SO_REUSEPORT for the same user) leaves with no decision at all. The flip
+// is made here at that moment by a rule the test inserts after that queue
+// rule; every datagram is denied, so one that arrives was never decided.
+func TestUDPAllowedFlowReturnUnpinned(t *testing.T) {
+	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
+		t.Skip("known hole (review14): LATCH-OUT's RETURN of an allowed flow's datagrams after the Redecide queue rule has no socket pin; LATCH_TEST_KNOWN_HOLES=1 runs it")
+	}
+	fw := FirewallIptablesNft
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_POLICY=*=deny")
+	defer d.stop()
+	if stash == 0 {
+		t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+	}
+	const flipPort = 9097
+	const tool = "iptables-nft"
+	out, err := exec.Command("ip", "netns", "exec", tp.a, tool, "-S", chainOut).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s -S %s: %v: %s", tool, chainOut, err, out)
+	}
+	pos, found := 0, false
+	for _, r := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(r, "-A ") {
+			continue
+		}
+		pos++
+		if strings.Contains(r, "! -p tcp") && strings.Contains(r, "connmark") && strings.Contains(r, "NFQUEUE") {
+			found = true
+			break
+		}
+	}
+	if !found {
+		t.Fatalf("no queue rule for another socket's datagrams of an allowed flow in %s:\n%s", chainOut, out)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", tp.a, tool, "-I", chainOut, strconv.Itoa(pos+1), "-p", "udp", "--dport", strconv.Itoa(flipPort),
+		"-j", "CONNMARK", "--set-xmark", fmt.Sprintf("%#x/%#x", MarkAllow, MarkMask)).CombinedOutput(); err != nil {
+		t.Fatalf("insert the flip rule at %d: %v: %s", pos+1, err, out)
+	}
+	to := netip.MustParseAddrPort(net.JoinHostPort(addrB, strconv.Itoa(flipPort)))
+	peer := listenUDPIn(t, tp.b, to)
+	if err := inNS(tp.a, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, []byte("latch-unpinned"), 0, &unix.SockaddrInet4{Port: flipPort, Addr: to.Addr().As4()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if peer.receives("latch-unpinned", 1500*time.Millisecond) {
+		held := heldCount(d.linesFor(100*time.Millisecond), to.String())
+		t.Errorf("a datagram whose flow's mark became MarkAllow after the queue rule for other sockets left with no decision (every datagram is denied; held lines for it: %d)", held)
+	}
+}
