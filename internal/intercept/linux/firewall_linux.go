@@ -520,7 +520,19 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN SYN -m conntrack --ctstate INVALID -j DROP\n", name)
 		}
 		fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL %s\n", name, MarkRedecide, MarkMask, q)
-		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
+		if pinned != "" {
+			// Not TCP: only from the socket the flow was allowed for, as
+			// at 7, else held. Such a packet got here past the queue rule
+			// for other sockets' above only if another CPU set its flow's
+			// mark to MarkAllow since (a verdict's CONNMARK for the flow's
+			// first packet, while another socket on the same port sends to
+			// the same peer): it is not to leave undecided (review14).
+			fmt.Fprintf(&b, "-A %s -p tcp %s -j RETURN\n", name, ctAllow)
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s%s -j RETURN\n", name, ctAllow, pinned)
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s %s\n", name, ctAllow, q)
+		} else {
+			fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
+		}
 		fwd := hook == "FORWARD"
 		if out || fwd {
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate NEW %s\n", name, q)
@@ -1270,7 +1282,15 @@ func (spec ruleSpec) nftRules() string {
 			r("tcp flags & syn == syn ct state invalid drop")
 		}
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
-		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+		if pinned {
+			// Not TCP: only from the flow's socket, else held (see
+			// iptablesRules, review14).
+			r("meta l4proto tcp ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+			r("meta l4proto != tcp ct mark & %#x == %#x jump %s", MarkMask, MarkAllow, nftSockPin)
+			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
+		} else {
+			r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+		}
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)
 		}

@@ -241,7 +241,7 @@ func TestUDPSharedPortStashSkippedByFlip(t *testing.T) {
 	}
 }
 
-// TestUDPAllowedFlowReturnUnpinned (review14, known hole): with the socket
+// TestUDPAllowedFlowReturnUnpinned (review14): with the socket
 // pin, LATCH-OUT returns a datagram of an allowed flow (conntrack mark
 // MarkAllow) at its top only if it comes from the socket the flow was
 // allowed for, and queues one from another socket ("! -p tcp" with the
@@ -254,10 +254,8 @@ func TestUDPSharedPortStashSkippedByFlip(t *testing.T) {
 // SO_REUSEPORT for the same user) leaves with no decision at all. The flip
 // is made here at that moment by a rule the test inserts after that queue
 // rule; every datagram is denied, so one that arrives was never decided.
+// The RETURN now has the pin, and a queue rule after it.
 func TestUDPAllowedFlowReturnUnpinned(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review14): LATCH-OUT's RETURN of an allowed flow's datagrams after the Redecide queue rule has no socket pin; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	fw := FirewallIptablesNft
 	needFirewall(t, fw)
 	tp := newTopo(t)
