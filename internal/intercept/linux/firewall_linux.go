@@ -76,9 +76,9 @@ type ruleSpec struct {
 	sockPin string
 	// stash is the pinned socket filter program of the kernel fast path's
 	// sender stash (Config.FastSenderStash): LATCH-OUT runs it (a match that
-	// never matches) just before each rule that queues a UDP datagram, with
-	// that rule's matches, so that it records the socket of exactly the
-	// datagrams the queue gets; "": none.
+	// never matches) on every UDP datagram before the first rule that may
+	// queue one, so that it records the socket of every datagram the queue
+	// gets; "": none.
 	stash string
 	// lease is the pinned socket filter program of the kernel fast path's
 	// lease (Config.FastLease): with fastTCP, a SYN passes by MarkFastAllow,
