@@ -225,8 +225,10 @@
 // (SO_REUSEADDR, which two users' UDP sockets may both set, or SO_REUSEPORT),
 // the last bound, whichever sent. latch_send_stash, pinned next to the socket
 // pin (FastPath.SenderStash; OpenSocketPin loads it too), is an xt_bpf match
-// the ruleset's LATCH-OUT runs, with their matches, just before each rule that
-// queues UDP, so on exactly the datagrams the queue gets; it never matches.
+// the ruleset's LATCH-OUT runs on every UDP datagram before the first rule
+// that may queue one (by protocol alone: not by the queue rules' matches on a
+// flow's conntrack mark, which another CPU may change between two rules), so
+// on every datagram the queue gets; it never matches.
 // It records the datagram's socket cookie in an LRU hash (16384 entries)
 // under a key the daemon computes from the bytes the queue hands it: the
 // tuple, the IPv4 identification (0 for IPv6) and the first up to 32 bytes of

@@ -133,7 +133,10 @@ func (r *Resolver) ResolveDev(proto engine.Protocol, local, remote netip.AddrPor
 // among those bound to the local port (ErrNoSocket if it is gone); with
 // cookie 0 (the sender is not known: no record, or two sockets sent
 // datagrams alike) it attributes the socket the tuple finds only if no other
-// socket could have sent the datagram, else it returns ErrNoSocket: a
+// socket could have sent the datagram (none other is bound to its local
+// port, whatever address it is bound to or peer it is connected to: a
+// socket sends from any local address with IP_PKTINFO and to any peer with
+// sendto), else it returns ErrNoSocket: a
 // datagram of a shared port is never credited to a socket that may not have
 // sent it.
 func (r *Resolver) ResolveSender(proto engine.Protocol, local, remote netip.AddrPort, uid int32, ifindex int, cookie uint64) (Process, error) {

@@ -464,13 +464,15 @@ func (d *sockDiag) portSockets(family uint8, port uint16) ([]socketInfo, error) 
 }
 
 // senders lists the UDP sockets that may have sent a datagram from local to
-// remote: bound to local's port, with a bound address and peer that are
-// local's and remote's or wildcards. For IPv4, IPv6 sockets too (one not
-// IPV6_V6ONLY sends IPv4 from its port; a V6ONLY one is listed as well,
-// which only makes the list longer).
+// remote: every one bound to local's port, whatever address it is bound to
+// or peer it is connected to (review14): a socket bound to another local
+// address sends from any of this host's with IP_PKTINFO (IPV6_PKTINFO), and
+// a connected one sends anywhere with sendto, so neither is ruled out by its
+// addresses. For IPv4, IPv6 sockets too (one not IPV6_V6ONLY sends IPv4 from
+// its port; a V6ONLY one is listed as well, which only makes the list
+// longer). remote is not looked at.
 func (d *sockDiag) senders(local, remote netip.AddrPort) ([]socketInfo, error) {
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
-	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	fams := []uint8{unix.AF_INET6}
 	if local.Addr().Is4() {
 		fams = []uint8{unix.AF_INET, unix.AF_INET6}
@@ -481,11 +483,7 @@ func (d *sockDiag) senders(local, remote netip.AddrPort) ([]socketInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, si := range sis {
-			if udpMatches(si, local, remote) {
-				out = append(out, si)
-			}
-		}
+		out = append(out, sis...)
 	}
 	return out, nil
 }

@@ -1905,7 +1905,7 @@ static __always_inline int stash_key(struct __sk_buff *skb, struct fp_stash_key 
 // one when two sockets share the local port (SO_REUSEADDR, SO_REUSEPORT). A
 // key another socket recorded first becomes ambiguous (0): the daemon then
 // attributes the datagram to no program where its port is shared. The
-// ruleset's LATCH-OUT runs it (xt_bpf) just before each rule that queues
+// ruleset's LATCH-OUT runs it (xt_bpf) before the first rule that may queue
 // UDP; it never matches.
 SEC("socket")
 int latch_send_stash(struct __sk_buff *skb)

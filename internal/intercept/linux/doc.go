@@ -112,10 +112,15 @@
 //     as in 9, but SCTP and DCCP.
 //
 // With Config.FastSenderStash, LATCH-OUT runs the sender stash (xt_bpf, a
-// match that never matches) just before each rule that queues UDP (7's queue,
-// 6, 8, 9), with that rule's matches: it records the socket that sent each
-// datagram the queue gets (native nftables: a jump to chain sendstash, whose
-// xt_bpf rule is added over netlink).
+// match that never matches) once on every UDP datagram past 2 and 3, by
+// protocol alone, before the first rule that may queue one (7's queue, 6, 8,
+// 9): it records the socket that sent each datagram the queue gets (native
+// nftables: a jump to chain sendstash, whose xt_bpf rule is added over
+// netlink). Not with the queue rules' matches on the flow's conntrack mark,
+// which another CPU may change between two rules (review14). With the socket
+// pin, the allowed flow's return after 6 returns a packet other than TCP only
+// from the flow's socket and queues it else, as 7 does (its mark may have
+// become MarkAllow since 7's queue rule).
 //
 // LATCH-IN (Config.Inbound) is the same but for the daemon's sockets, the fast path
 // (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries
@@ -329,8 +334,9 @@
 // recorded for it (the reader takes the record: one map lookup-and-delete), so
 // that two sockets sharing its local port are told apart; where the stash has
 // no record, or an ambiguous one, to the one socket that ever sent from the
-// port through the stash if it is also the one socket on the port that could
-// have sent the datagram, else to no program (not to the one bound when the
+// port through the stash if it is also the one socket bound to the port
+// (whatever address the others are bound to or peer they are connected to:
+// IP_PKTINFO, sendto; review14), else to no program (not to the one bound when the
 // reader looks alone: the sender may have shared the port and closed its
 // socket since, review12; nor to the port's one sender alone: the datagram
 // may not have passed the stash, review13). A datagram the stash cannot key
@@ -557,8 +563,8 @@ type Config struct {
 	FastSocketPin string
 	// FastSenderStash is the pinned socket filter program of the kernel
 	// fast path's sender stash (internal/fastpath, FastPath.SenderStash);
-	// "": none. LATCH-OUT runs it (an xt_bpf match that never matches) just
-	// before each rule that queues a UDP datagram: it records the socket
+	// "": none. LATCH-OUT runs it (an xt_bpf match that never matches) on
+	// each UDP datagram before the first rule that may queue one: it records the socket
 	// that sent the datagram, which the daemon takes as it reads the
 	// datagram and hands, with a Resolver that implements SenderResolver,
 	// to ResolveSender. Without it a datagram from a local port two sockets

@@ -76,9 +76,9 @@ type ruleSpec struct {
 	sockPin string
 	// stash is the pinned socket filter program of the kernel fast path's
 	// sender stash (Config.FastSenderStash): LATCH-OUT runs it (a match that
-	// never matches) just before each rule that queues a UDP datagram, with
-	// that rule's matches, so that it records the socket of exactly the
-	// datagrams the queue gets; "": none.
+	// never matches) on every UDP datagram before the first rule that may
+	// queue one, so that it records the socket of every datagram the queue
+	// gets; "": none.
 	stash string
 	// lease is the pinned socket filter program of the kernel fast path's
 	// lease (Config.FastLease): with fastTCP, a SYN passes by MarkFastAllow,
@@ -407,11 +407,19 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		// SYN conntrack puts on an allowed entry of the same 4-tuple is a new
 		// connection); a flow being decided again has MarkRedecide, not MarkAllow.
 		fmt.Fprintf(&b, "-A %s -p tcp -m tcp ! --tcp-flags SYN,ACK,RST,FIN SYN %s -m mark ! --mark %#x/%#x -j RETURN\n", name, ctAllow, MarkReject, MarkMask)
-		// stashed runs the sender stash on the datagrams the next rule
-		// queues (its matches, UDP only): LATCH-OUT only.
-		stashed := func(matches string) {
+		// stashed runs the sender stash on every UDP datagram that gets
+		// this far (LATCH-OUT only), once, before the first rule below that
+		// may queue one: by protocol alone, not by the queue rules' matches
+		// on the flow's conntrack mark, which another CPU's verdict (or a
+		// rule change's MarkRedecide) may change between a stash rule and
+		// its queue rule, so that a datagram matched the queue rule but not
+		// the stash rule before it and reached the daemon with no record
+		// (review14: the daemon then credited the port's one sender). The
+		// datagrams it runs on and no rule queues (flows from before latch)
+		// leave records the LRU forgets.
+		stashed := func() {
 			if out && spec.stash != "" {
-				fmt.Fprintf(&b, "-A %s -p udp %s -m bpf --object-pinned %s\n", name, matches, spec.stash)
+				fmt.Fprintf(&b, "-A %s -p udp -m bpf --object-pinned %s\n", name, spec.stash)
 			}
 		}
 		pinned := ""
@@ -474,13 +482,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, allow)
 		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
 		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
+		stashed()
 		if pinned != "" {
 			// A packet of an allowed flow that the socket pin did not
 			// return at 7 (another socket than the one the flow was allowed
 			// for, or a flow the pin does not know: allowed before this
 			// daemon, or forgotten by its LRU map): decided for its own
 			// socket's program, whose allow records that socket (2).
-			stashed(ctAllow)
 			fmt.Fprintf(&b, "-A %s ! -p tcp %s %s\n", name, ctAllow, q)
 		}
 		if out && spec.notrack {
@@ -511,9 +519,20 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// rules above take bare SYNs and SYN-ACKs of known flows first.
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN SYN -m conntrack --ctstate INVALID -j DROP\n", name)
 		}
-		stashed(fmt.Sprintf("-m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL", MarkRedecide, MarkMask))
 		fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL %s\n", name, MarkRedecide, MarkMask, q)
-		fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
+		if pinned != "" {
+			// Not TCP: only from the socket the flow was allowed for, as
+			// at 7, else held. Such a packet got here past the queue rule
+			// for other sockets' above only if another CPU set its flow's
+			// mark to MarkAllow since (a verdict's CONNMARK for the flow's
+			// first packet, while another socket on the same port sends to
+			// the same peer): it is not to leave undecided (review14).
+			fmt.Fprintf(&b, "-A %s -p tcp %s -j RETURN\n", name, ctAllow)
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s%s -j RETURN\n", name, ctAllow, pinned)
+			fmt.Fprintf(&b, "-A %s ! -p tcp %s %s\n", name, ctAllow, q)
+		} else {
+			fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
+		}
 		fwd := hook == "FORWARD"
 		if out || fwd {
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate NEW %s\n", name, q)
@@ -526,13 +545,11 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		}
 		// UDP conntrack calls INVALID what it cannot parse (a raw socket's datagram
 		// with a bad length field): held too, never passed.
-		stashed("-m conntrack --ctstate NEW,INVALID,UNTRACKED")
 		fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctstate NEW,INVALID,UNTRACKED %s\n", name, q)
 		if spec.holdReplies(out) {
 			// A datagram a local program sends on a flow the peer opened and nothing
 			// decided (allowed flows returned above): the program starts the talk,
 			// so it is held as its outbound connection.
-			stashed("-m conntrack --ctdir REPLY")
 			fmt.Fprintf(&b, "-A %s -p udp -m conntrack --ctdir REPLY %s\n", name, q)
 		}
 		// The rest of TCP and UDP (replies, flows from before latch) passes here, so
@@ -1154,11 +1171,12 @@ func (spec ruleSpec) nftRules() string {
 			b.WriteByte('\n')
 		}
 		fwd := hook == "forward"
-		// stashed runs the sender stash on the datagrams the next rule
-		// queues (see iptablesRules): output only.
-		stashed := func(matches string) {
+		// stashed runs the sender stash on every UDP datagram that gets
+		// this far, once, before the first rule that may queue one (see
+		// iptablesRules): output only.
+		stashed := func() {
 			if out && spec.stash != "" {
-				r("meta l4proto udp %s jump %s", matches, nftSendStash)
+				r("meta l4proto udp jump %s", nftSendStash)
 			}
 		}
 		if spec.exemptLoopback {
@@ -1239,9 +1257,9 @@ func (spec ruleSpec) nftRules() string {
 		r("meta mark & %#x == %#x ct mark set ct mark & %#x | %#x accept", MarkMask, MarkAllow, ^MarkMask, MarkAllow)
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
+		stashed()
 		if pinned {
 			// Not from the socket the flow was allowed for (see iptablesRules).
-			stashed(fmt.Sprintf("ct mark & %#x == %#x", MarkMask, MarkAllow))
 			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
 		}
 		if out && spec.notrack {
@@ -1263,20 +1281,25 @@ func (spec ruleSpec) nftRules() string {
 			// A peer's SYN conntrack calls INVALID (see iptablesRules).
 			r("tcp flags & syn == syn ct state invalid drop")
 		}
-		stashed(fmt.Sprintf("ct mark & %#x == %#x ct direction original", MarkMask, MarkRedecide))
 		r("ct mark & %#x == %#x ct direction original %s", MarkMask, MarkRedecide, q)
-		r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+		if pinned {
+			// Not TCP: only from the flow's socket, else held (see
+			// iptablesRules, review14).
+			r("meta l4proto tcp ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+			r("meta l4proto != tcp ct mark & %#x == %#x jump %s", MarkMask, MarkAllow, nftSockPin)
+			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
+		} else {
+			r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+		}
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)
 		}
 		if fwd {
 			r("meta l4proto tcp ct state invalid drop")
 		}
-		stashed("ct state { new, invalid, untracked }")
 		r("meta l4proto udp ct state { new, invalid, untracked } %s", q)
 		if spec.holdReplies(out) {
 			// Replies on a flow the peer opened and nothing decided (see iptablesRules).
-			stashed("ct direction reply")
 			r("meta l4proto udp ct direction reply %s", q)
 		}
 		r("meta l4proto { tcp, udp } accept")

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -68,8 +69,16 @@ func unprivilegedUDP() int {
 		}
 	}
 	var local, sa unix.Sockaddr = &unix.SockaddrInet4{Port: port}, nil
+	// LATCH_TEST_UDP_BIND: the local address to bind (IPv6 only; else the
+	// wildcard).
+	bindAddr := netip.IPv6Unspecified()
+	if a := os.Getenv("LATCH_TEST_UDP_BIND"); a != "" {
+		if bindAddr, err = netip.ParseAddr(a); err != nil {
+			return fail(err)
+		}
+	}
 	if family == unix.AF_INET6 {
-		local = &unix.SockaddrInet6{Port: port}
+		local = &unix.SockaddrInet6{Port: port, Addr: bindAddr.As16()}
 		sa6 := &unix.SockaddrInet6{Port: to.Port}
 		copy(sa6.Addr[:], to.IP.To16())
 		sa = sa6
@@ -82,6 +91,32 @@ func unprivilegedUDP() int {
 		return fail(fmt.Errorf("bind port %d: %w", port, err))
 	}
 	fmt.Println("bound")
+	// LATCH_TEST_UDP_CONNECT (IPv6): connect the socket there, and still
+	// send to LATCH_TEST_UDP_TO (sendto on a connected UDP socket).
+	if c := os.Getenv("LATCH_TEST_UDP_CONNECT"); c != "" {
+		ap, err := netip.ParseAddrPort(c)
+		if err != nil {
+			return fail(err)
+		}
+		if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
+			return fail(fmt.Errorf("connect to %v: %w", ap, err))
+		}
+	}
+	// LATCH_TEST_UDP_SRC (IPv6): send from this source address
+	// (IPV6_PKTINFO), whatever address the socket is bound to.
+	var oob []byte
+	if a := os.Getenv("LATCH_TEST_UDP_SRC"); a != "" {
+		src, err := netip.ParseAddr(a)
+		if err != nil {
+			return fail(err)
+		}
+		oob = make([]byte, unix.CmsgSpace(unix.SizeofInet6Pktinfo))
+		binary.NativeEndian.PutUint64(oob[0:], uint64(unix.CmsgLen(unix.SizeofInet6Pktinfo)))
+		binary.NativeEndian.PutUint32(oob[8:], unix.IPPROTO_IPV6)
+		binary.NativeEndian.PutUint32(oob[12:], unix.IPV6_PKTINFO)
+		a16 := src.As16()
+		copy(oob[unix.CmsgLen(0):], a16[:])
+	}
 	if d, err := time.ParseDuration(os.Getenv("LATCH_TEST_UDP_DELAY")); err == nil {
 		time.Sleep(d)
 	}
@@ -90,7 +125,12 @@ func unprivilegedUDP() int {
 		if icmp {
 			msg = icmpMsg(8, 0, 0, msg, true)
 		}
-		err := unix.Sendto(fd, msg, 0, sa)
+		var err error
+		if oob != nil {
+			_, err = unix.SendmsgN(fd, msg, oob, sa, 0)
+		} else {
+			err = unix.Sendto(fd, msg, 0, sa)
+		}
 		fmt.Println("sent", m, err)
 		time.Sleep(100 * time.Millisecond)
 	}
