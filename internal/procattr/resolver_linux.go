@@ -180,7 +180,7 @@ func (r *Resolver) ResolveSender(proto engine.Protocol, local, remote netip.Addr
 		r.noSocket.Add(1)
 		return unknown(), fmt.Errorf("procattr: %v %v -> %v: %w", proto, local, remote, err)
 	}
-	if len(all) == 1 && all[0].Cookie != si.Cookie {
+	if len(all) != 1 || all[0].Cookie != si.Cookie {
 		// Bound or closed between the two looks: who sent it cannot be told.
 		r.noSocket.Add(1)
 		return unknown(), fmt.Errorf("procattr: %v %v -> %v: the sockets on local port %d changed while they were looked up: %w", proto, local, remote, local.Port(), ErrNoSocket)
