@@ -50,8 +50,16 @@ func TestMain(m *testing.M) {
 		systemCgroup2()
 		os.Exit(runChild(mode))
 	}
+	// The children inherit it: systemCgroup2 changes only a mount namespace
+	// that is not this one.
+	if ns, err := os.Readlink("/proc/self/ns/mnt"); err == nil {
+		os.Setenv(testMountNSEnv, ns)
+	}
 	os.Exit(m.Run())
 }
+
+// testMountNSEnv names the test process's mount namespace for its children.
+const testMountNSEnv = "LATCH_LINUX_TEST_MNTNS"
 
 // systemCgroup2 mounts the cgroup v2 hierarchy on /sys/fs/cgroup in a child's own
 // mount namespace (`ip netns exec` gives it a /sys without one), so that
@@ -60,10 +68,10 @@ func TestMain(m *testing.M) {
 // such as another test package's in /tmp, which that package unmounts when its
 // test ends (seen in CI: the fast path's attach then found no cgroup).
 func systemCgroup2() {
-	self, err1 := os.Readlink("/proc/self/ns/mnt")
-	host, err2 := os.Readlink("/proc/1/ns/mnt")
-	if err1 != nil || err2 != nil || self == host {
-		return // the host's mounts are not the child's to change
+	// Not /proc/1/ns/mnt: `ip netns exec`'s child may not read it (EACCES).
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if test := os.Getenv(testMountNSEnv); err != nil || test == "" || self == test {
+		return // the test's mounts are not the child's to change
 	}
 	if root, err := cgroup2.Find(); err == nil && (root == "/sys/fs/cgroup" || strings.HasPrefix(root, "/sys/fs/cgroup/")) {
 		return
