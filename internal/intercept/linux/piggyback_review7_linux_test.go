@@ -197,6 +197,12 @@ func TestUDPFlowOutlivesItsSocket(t *testing.T) {
 						if _, err := c.WriteToUDP([]byte(fmt.Sprintf("%s-%d", prefix, i)), &net.UDPAddr{IP: net.ParseIP(addrB), Port: 9002}); err != nil {
 							return err
 						}
+						if i == 0 {
+							// The rest after the first's verdict (a loaded
+							// machine may take longer than the 5 ms below):
+							// they are the flow's, passed by its mark and pin.
+							atF.waitSaw(prefix+"-0", 2*time.Second)
+						}
 						time.Sleep(5 * time.Millisecond)
 					}
 					return nil
@@ -387,6 +393,9 @@ func TestPingFlowOutlivesItsSocket(t *testing.T) {
 				for i := range 5 {
 					if err := unix.Sendto(fd, icmpMsg(8, 0, 0, []byte(fmt.Sprintf("latch-ping-root-%d", i)), true), 0, sockaddr(addrB)); err != nil {
 						return err
+					}
+					if i == 0 {
+						atB.waitSaw("latch-ping-root-0", 2*time.Second) // the rest after its verdict
 					}
 					time.Sleep(5 * time.Millisecond)
 				}
