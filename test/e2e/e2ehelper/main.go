@@ -35,7 +35,9 @@
 //	                                packet), then allow IPv4 on it and keep it as a
 //	                                connection, whatever the outcome; "simopen I PORT ADDR"
 //	                                disconnect it, bind it to PORT and connect it to ADDR;
-//	                                "srh I VIA" route its next packets via VIA (IPv6 SRH)
+//	                                "srh I VIA" route its next packets via VIA (IPv6 SRH);
+//	                                "connect-srh ADDR VIA" as e2ehelper connect-srh, from
+//	                                this process
 //	e2ehelper connect-srh ADDR VIA  connect to ADDR (IPv6) with a segment routing header
 //	                                whose next segment is VIA: the packets go to VIA first
 //	e2ehelper simopen-peer LOCAL ADDR  connect from LOCAL to ADDR every 200 ms for up to
@@ -1233,6 +1235,12 @@ func talk() {
 				fatal(fmt.Errorf("talk: line %q: want \"simopen I PORT ADDR\"", sc.Text()))
 			}
 			emit(reopen(conns[i].(*net.TCPConn), port, f[3], 5*time.Second))
+			continue
+		}
+		if len(f) == 3 && f[0] == "connect-srh" {
+			// "connect-srh ADDR VIA": as e2ehelper connect-srh, from this
+			// process (of this mount namespace: the fast path's key has it).
+			emit(connectSRH(f[1], f[2], 3*time.Second))
 			continue
 		}
 		if len(f) == 2 && f[0] == "pending" {
