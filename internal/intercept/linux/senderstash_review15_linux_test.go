@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -15,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestUDPRedecideDoubleFlip (review15, known hole, gated): with the socket
+// TestUDPRedecideDoubleFlip (review15): with the socket
 // pin, a datagram of a UDP flow that has seen a reply (conntrack ESTABLISHED,
 // direction original) leaves LATCH-OUT undecided, by the final "-p udp
 // RETURN" meant for flows from before latch (mark 0), if the flow's
@@ -33,13 +32,10 @@ import (
 // two CONNMARK rules the test inserts at those places; every datagram is
 // denied, so one that arrives was never decided. Control: without the
 // flip rules the datagram is held. The attacker cannot time a rule change,
-// so this is a theoretical hole (see the report of review 15); the fix
-// would be a last "non-TCP, direction original, any latch mark: queue"
-// before the final UDP RETURN (a mark is never set back to 0).
+// so this was a theoretical hole; LATCH-OUT now queues, after that queue
+// rule, a packet other than TCP of direction original with any of latch's
+// marks (no rule sets a mark back to 0).
 func TestUDPRedecideDoubleFlip(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review15): set LATCH_TEST_KNOWN_HOLES=1")
-	}
 	fw := FirewallIptablesNft
 	needFirewall(t, fw)
 	const tool = "iptables-nft"
