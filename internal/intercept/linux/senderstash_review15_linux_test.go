@@ -36,7 +36,12 @@ import (
 // rule, a packet other than TCP of direction original with any of latch's
 // marks (no rule sets a mark back to 0).
 func TestUDPRedecideDoubleFlip(t *testing.T) {
-	fw := FirewallIptablesNft
+	for _, fw := range []string{FirewallIptablesNft, FirewallNftables} {
+		t.Run(fw, func(t *testing.T) { testUDPRedecideDoubleFlip(t, fw) })
+	}
+}
+
+func testUDPRedecideDoubleFlip(t *testing.T, fw string) {
 	needFirewall(t, fw)
 	const tool = "iptables-nft"
 	tp := newTopo(t)
@@ -45,7 +50,7 @@ func TestUDPRedecideDoubleFlip(t *testing.T) {
 	if stash == 0 {
 		t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
 	}
-	ipt := func(args ...string) string {
+	run := func(tool string, args ...string) string {
 		t.Helper()
 		out, err := exec.Command("ip", append([]string{"netns", "exec", tp.a, tool}, args...)...).CombinedOutput()
 		if err != nil {
@@ -53,6 +58,8 @@ func TestUDPRedecideDoubleFlip(t *testing.T) {
 		}
 		return string(out)
 	}
+	ipt := func(args ...string) string { t.Helper(); return run(tool, args...) }
+	nft := func(args ...string) string { t.Helper(); return run("nft", args...) }
 	for i, flip := range []bool{false, true} {
 		name := "control"
 		if flip {
@@ -95,7 +102,39 @@ func TestUDPRedecideDoubleFlip(t *testing.T) {
 			}); err != nil {
 				t.Fatalf("mark the flow MarkRedecide: %v", err)
 			}
-			if flip {
+			if flip && fw == FirewallNftables {
+				// The same places in table inet latch's output chain, by
+				// handle: the flip rule goes right after each.
+				rules := strings.Split(nft("-a", "list", "chain", "inet", nftTable, "output"), "\n")
+				redecide := fmt.Sprintf("== %#x", MarkRedecide)
+				allowed := fmt.Sprintf("== %#x", MarkAllow)
+				other, after := "", ""
+				seenRedecide := false
+				for _, r := range rules {
+					i := strings.LastIndex(r, "# handle ")
+					if i < 0 {
+						continue
+					}
+					h := strings.TrimSpace(r[i+len("# handle "):])
+					switch {
+					case other == "" && strings.Contains(r, "l4proto != tcp") && strings.Contains(r, allowed) && strings.Contains(r, "queue") && !strings.Contains(r, "direction"):
+						other = h
+					case strings.Contains(r, redecide) && strings.Contains(r, "queue"):
+						seenRedecide = true
+					case seenRedecide && after == "" && strings.Contains(r, "l4proto != tcp") && strings.Contains(r, allowed) && strings.Contains(r, "jump "+nftSockPin):
+						after = h
+					}
+				}
+				if other == "" || after == "" {
+					t.Fatalf("no queue rule for other sockets (%q) or pinned allowed jump after the MarkRedecide queue rule (%q) in output:\n%s", other, after, strings.Join(rules, "\n"))
+				}
+				set := func(at string, mark uint32) {
+					nft("add", "rule", "inet", nftTable, "output", "position", at, "udp", "dport", dport,
+						"ct", "mark", "set", "ct", "mark", "and", fmt.Sprintf("%#x", ^MarkMask), "or", fmt.Sprintf("%#x", mark))
+				}
+				set(after, MarkRedecide)
+				set(other, MarkAllow)
+			} else if flip {
 				rules := strings.Split(ipt("-S", chainOut), "\n")
 				pos, other, after := 0, 0, 0
 				redecide := fmt.Sprintf("--mark %#x/%#x", MarkRedecide, MarkMask)
