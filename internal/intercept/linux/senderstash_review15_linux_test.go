@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -176,5 +177,101 @@ func testUDPRedecideDoubleFlip(t *testing.T, fw string) {
 				t.Errorf("control: the datagram neither arrived nor was held")
 			}
 		})
+	}
+}
+
+// TestUDPInboundRedecideReplyUnpinned (review15, known hole, gated): with
+// Config.Inbound and the socket pin, a UDP flow the peer opened and an allow
+// verdict marked MarkAllow passes what this host sends on it (conntrack
+// direction reply) only from the socket the pin recorded; another socket on
+// the port (SO_REUSEADDR; or one that bound the port the allowed socket
+// freed) is queued and decided for its own program. After a rule change
+// marks the flow MarkRedecide (simulated here with the same netlink update
+// Redecide makes), LATCH-OUT queues only the side that opened it (6:
+// direction original), and the reply direction leaves at the final "-p udp
+// RETURN" from any socket, with no decision and no pin: every datagram of
+// this host's on that flow passes until the peer's next one is decided
+// again, and for ever if that is denied (the mark stays MarkRedecide, and
+// this host's own datagrams keep the entry alive). Here another socket's
+// datagram to the peer, held and denied while the flow is MarkAllow
+// (control), arrives once it is MarkRedecide.
+func TestUDPInboundRedecideReplyUnpinned(t *testing.T) {
+	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
+		t.Skip("known hole (review15): set LATCH_TEST_KNOWN_HOLES=1")
+	}
+	fw := FirewallIptablesNft
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	const port = 40460
+	d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_INBOUND=1",
+		fmt.Sprintf("LATCH_TEST_POLICY=%d=allow,*=deny", port))
+	defer d.stop()
+	if stash == 0 {
+		t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
+	}
+	local := netip.MustParseAddrPort(net.JoinHostPort(addrA, strconv.Itoa(port)))
+	remote := netip.MustParseAddrPort(net.JoinHostPort(addrB, "9120"))
+	peer := listenUDPIn(t, tp.b, remote)
+	bound := func() int {
+		t.Helper()
+		var fd int
+		if err := inNS(tp.a, func() error {
+			var err error
+			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+				return err
+			}
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
+			}
+			return unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: local.Addr().As4()})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	send := func(fd int, msg string) {
+		t.Helper()
+		if err := inNS(tp.a, func() error {
+			return unix.Sendto(fd, []byte(msg), 0, &unix.SockaddrInet4{Port: int(remote.Port()), Addr: remote.Addr().As4()})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := bound()
+	defer unix.Close(server)
+	peer.send(t, local, "latch-hello")
+	buf := make([]byte, 64)
+	if err := inNS(tp.a, func() error {
+		tv := unix.Timeval{Sec: 3}
+		if err := unix.SetsockoptTimeval(server, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		_, _, err := unix.Recvfrom(server, buf, 0)
+		return err
+	}); err != nil {
+		t.Fatalf("the peer's datagram (inbound, allowed) did not arrive: %v", err)
+	}
+	send(server, "latch-answer")
+	if !peer.receives("latch-answer", 2*time.Second) {
+		t.Fatal("the allowed server's answer did not arrive")
+	}
+	other := bound()
+	defer unix.Close(other)
+	send(other, "latch-other-allowed-mark")
+	if peer.receives("latch-other-allowed-mark", 1500*time.Millisecond) {
+		t.Fatal("control: another socket's datagram on the allowed flow (MarkAllow) arrived; want it held and denied")
+	}
+	if err := inNS(tp.a, func() error {
+		return setConntrackMark(unix.AF_INET, netlink.IPTuple{Protocol: unix.IPPROTO_UDP,
+			SrcIP: net.IP(remote.Addr().AsSlice()), DstIP: net.IP(local.Addr().AsSlice()),
+			SrcPort: remote.Port(), DstPort: local.Port()}, MarkRedecide, MarkMask)
+	}); err != nil {
+		t.Fatalf("mark the flow MarkRedecide: %v", err)
+	}
+	d.drain()
+	send(other, "latch-other-redecide")
+	if peer.receives("latch-other-redecide", 1500*time.Millisecond) {
+		held := heldCount(d.linesFor(100*time.Millisecond), remote.String())
+		t.Errorf("another socket's datagram on a flow the peer opened, marked MarkRedecide, left with no decision (denied while the flow was MarkAllow; held lines for it now: %d)", held)
 	}
 }
