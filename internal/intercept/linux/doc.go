@@ -120,7 +120,12 @@
 // which another CPU may change between two rules (review14). With the socket
 // pin, the allowed flow's return after 6 returns a packet other than TCP only
 // from the flow's socket and queues it else, as 7 does (its mark may have
-// become MarkAllow since 7's queue rule).
+// become MarkAllow since 7's queue rule); then it queues a packet other than
+// TCP of direction original whose flow has any of latch's marks, which only
+// two changes of the mark during one walk bring there (MarkRedecide at 7's
+// queue, MarkAllow at 6 and that return, MarkRedecide again at the queue
+// after it), lest it leave by the return meant for flows from before latch
+// (review15; no rule sets a mark back to 0).
 //
 // LATCH-IN (Config.Inbound) is the same but for the daemon's sockets, the fast path
 // (4; with notrack, 1 returns an UNTRACKED TCP packet whose local socket carries

@@ -530,6 +530,17 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			fmt.Fprintf(&b, "-A %s -p tcp %s -j RETURN\n", name, ctAllow)
 			fmt.Fprintf(&b, "-A %s ! -p tcp %s%s -j RETURN\n", name, ctAllow, pinned)
 			fmt.Fprintf(&b, "-A %s ! -p tcp %s %s\n", name, ctAllow, q)
+			// Not TCP, from the side that opened the flow, with any of
+			// latch's marks: held. No packet gets here without a change of
+			// its flow's mark during this walk (the rules above queue or
+			// return every such packet of a flow marked MarkAllow or
+			// MarkRedecide), but two changes do it: MarkRedecide at 7's
+			// queue, MarkAllow (a verdict) at 6 and the RETURN above, and
+			// MarkRedecide again (a rule change) at the queue rule above;
+			// the datagram would leave at the protocol's RETURN below,
+			// meant for flows from before latch, while neither mark before
+			// nor after lets it (review15). No rule sets a mark back to 0.
+			fmt.Fprintf(&b, "-A %s ! -p tcp -m conntrack --ctdir ORIGINAL -m connmark ! --mark 0x0/%#x %s\n", name, MarkMask, q)
 		} else {
 			fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
 		}
@@ -1288,6 +1299,9 @@ func (spec ruleSpec) nftRules() string {
 			r("meta l4proto tcp ct mark & %#x == %#x accept", MarkMask, MarkAllow)
 			r("meta l4proto != tcp ct mark & %#x == %#x jump %s", MarkMask, MarkAllow, nftSockPin)
 			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
+			// Any of latch's marks, but only by two changes of it during
+			// this walk: held (see iptablesRules, review15).
+			r("meta l4proto != tcp ct direction original ct mark & %#x != 0 %s", MarkMask, q)
 		} else {
 			r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
 		}
