@@ -269,32 +269,8 @@ func TestUDPSharedPortUnstashedDatagram(t *testing.T) {
 	}
 	const port = 40400
 	to := netip.MustParseAddrPort(net.JoinHostPort(addrB6, "9065"))
-	var fd int
-	if err := inNS(tp.a, func() error {
-		var err error
-		if fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
-			return err
-		}
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			return err
-		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
-			return err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrInet6{Port: port}); err != nil {
-			return err
-		}
-		mapped := netip.AddrFrom16(netip.MustParseAddr(addrB).As16()).As16()
-		mapped[10], mapped[11] = 0xff, 0xff
-		return unix.Sendto(fd, []byte("latch-allowed-v4"), 0, &unix.SockaddrInet6{Port: 9066, Addr: mapped})
-	}); err != nil {
-		t.Fatal(err)
-	}
+	fd := allowedDualStackSender(t, tp, d, port, 9066)
 	defer unix.Close(fd)
-	if l, ok := d.waitLine(fmt.Sprintf("held out udp %s:%d %s:9066 ", addrA, port, addrB), 3*time.Second); !ok || !strings.Contains(l, fmt.Sprintf(" pid=%d ", os.Getpid())) {
-		t.Fatalf("the allowed program's IPv4 datagram held as %q, want its own (pid %d)", l, os.Getpid())
-	}
-	d.drain()
 	c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1",
 		"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+to.String(),
 		"LATCH_TEST_UDP_MSGS=latch-unstashed-0 latch-unstashed-1 latch-unstashed-2")
@@ -320,4 +296,40 @@ func TestUDPSharedPortUnstashedDatagram(t *testing.T) {
 			t.Errorf("a datagram of the other program (pid %s) that did not pass the stash held as the allowed program's (pid %d): %q", other, os.Getpid(), h)
 		}
 	}
+}
+
+// allowedDualStackSender makes the allowed program of the shared-port tests
+// (this test's process): a dual-stack socket on [::]:port with SO_REUSEADDR
+// in A, which sends one IPv4 datagram to B's peerPort through the stash (so
+// it is the port's one sender), and checks that the datagram was held as
+// this process's. It returns the socket; d is drained.
+func allowedDualStackSender(t *testing.T, tp *topo, d *daemon, port, peerPort int) int {
+	t.Helper()
+	var fd int
+	if err := inNS(tp.a, func() error {
+		var err error
+		if fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet6{Port: port}); err != nil {
+			return err
+		}
+		mapped := netip.AddrFrom16(netip.MustParseAddr(addrB).As16()).As16()
+		mapped[10], mapped[11] = 0xff, 0xff
+		return unix.Sendto(fd, []byte("latch-allowed-v4"), 0, &unix.SockaddrInet6{Port: peerPort, Addr: mapped})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := d.waitLine(fmt.Sprintf("held out udp %s:%d %s:%d ", addrA, port, addrB, peerPort), 3*time.Second); !ok || !strings.Contains(l, fmt.Sprintf(" pid=%d ", os.Getpid())) {
+		unix.Close(fd)
+		t.Fatalf("the allowed program's IPv4 datagram held as %q, want its own (pid %d)", l, os.Getpid())
+	}
+	d.drain()
+	return fd
 }

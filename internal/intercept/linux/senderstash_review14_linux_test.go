@@ -59,32 +59,8 @@ func TestUDPSharedPortUnstashedElsewhere(t *testing.T) {
 			// The allowed program (this test's process): a dual-stack
 			// socket on [::]:port that sends IPv4 through the stash (the
 			// port's one sender).
-			var fd int
-			if err := inNS(tp.a, func() error {
-				var err error
-				if fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
-					return err
-				}
-				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-					return err
-				}
-				if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
-					return err
-				}
-				if err := unix.Bind(fd, &unix.SockaddrInet6{Port: port}); err != nil {
-					return err
-				}
-				mapped := netip.AddrFrom16(netip.MustParseAddr(addrB).As16()).As16()
-				mapped[10], mapped[11] = 0xff, 0xff
-				return unix.Sendto(fd, []byte("latch-allowed-v4"), 0, &unix.SockaddrInet6{Port: 9086, Addr: mapped})
-			}); err != nil {
-				t.Fatal(err)
-			}
+			fd := allowedDualStackSender(t, tp, d, port, 9086)
 			defer unix.Close(fd)
-			if l, ok := d.waitLine(fmt.Sprintf("held out udp %s:%d %s:9086 ", addrA, port, addrB), 3*time.Second); !ok || !strings.Contains(l, fmt.Sprintf(" pid=%d ", os.Getpid())) {
-				t.Fatalf("the allowed program's IPv4 datagram held as %q, want its own (pid %d)", l, os.Getpid())
-			}
-			d.drain()
 			env := append([]string{"LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1",
 				"LATCH_TEST_UDP_PORT=" + strconv.Itoa(port), "LATCH_TEST_UDP_TO=" + to.String(),
 				"LATCH_TEST_UDP_MSGS=latch-elsewhere-0 latch-elsewhere-1 latch-elsewhere-2"}, tc.env...)
