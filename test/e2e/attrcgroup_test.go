@@ -121,7 +121,7 @@ func TestAttributionCgroup(t *testing.T) {
 	if verified != 2 {
 		t.Errorf("%d verified connections, want the 2 from inside DIR", verified)
 	}
-	if a := Accepted(srv); a != 2 {
+	if a := waitAccepted(srv, 2); a != 2 {
 		t.Errorf("server accepted %d, want 2", a)
 	}
 

@@ -114,8 +114,8 @@ func TestBootProtectHoldsUntilDaemonTakesOver(t *testing.T) {
 	if r := n.Connect(t, 8201, 10*time.Second); r.Outcome != "connected" {
 		t.Errorf("allowed connect after the daemon took over: %+v", r)
 	}
-	if Accepted(allowed) != 1 {
-		t.Errorf("allowed server accepted %d, want 1", Accepted(allowed))
+	if a := waitAccepted(allowed, 1); a != 1 {
+		t.Errorf("allowed server accepted %d, want 1", a)
 	}
 	// boot-protect while a daemon runs changes nothing.
 	running := n.Ruleset(t)
@@ -210,8 +210,8 @@ func TestRestartUnderFloodLetsNothingThrough(t *testing.T) {
 	if r := n.Connect(t, 8211, 10*time.Second); r.Outcome != "connected" {
 		t.Errorf("allowed connect after the restarts: %+v", r)
 	}
-	if Accepted(allowedSrv) != 2 {
-		t.Errorf("allowed server accepted %d, want 2", Accepted(allowedSrv))
+	if a := waitAccepted(allowedSrv, 2); a != 2 {
+		t.Errorf("allowed server accepted %d, want 2", a)
 	}
 	d.Signal(syscall.SIGTERM, 20*time.Second)
 

@@ -238,11 +238,8 @@ func TestFastPathDecidesRuledConnections(t *testing.T) {
 			t.Errorf("port %d: %d history rows, %d by the fast path; want %d, %d", port, len(rows), fast, want.n, hits[port])
 		}
 	}
-	if a := Accepted(srv); a != conns+1 {
-		time.Sleep(500 * time.Millisecond)
-		if a = Accepted(srv); a != conns+1 {
-			t.Errorf("server accepted %d, want %d", a, conns+1)
-		}
+	if a := waitAccepted(srv, conns+1); a != conns+1 {
+		t.Errorf("server accepted %d, want %d", a, conns+1)
 	}
 	if out := d.MustCLI(t, "status"); !strings.Contains(out, "fast path:") || !strings.Contains(out, fmt.Sprintf("%d allowed and %d refused in the kernel", fp.HitsAllow, fp.HitsReject)) {
 		t.Errorf("latch status does not show the fast path:\n%s", out)

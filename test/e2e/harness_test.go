@@ -323,6 +323,17 @@ func Accepted(p *Proc) int {
 	return strings.Count(p.Output(), "accepted ")
 }
 
+// waitAccepted waits up to 5 s for server p to report want accepted
+// connections (a client's connect returns before the server's line about it
+// is read) and returns how many it reported.
+func waitAccepted(p *Proc, want int) int {
+	a := Accepted(p)
+	for deadline := time.Now().Add(5 * time.Second); a < want && time.Now().Before(deadline); a = Accepted(p) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return a
+}
+
 // nftCounter is a counter's values in `nft list ruleset`.
 var nftCounter = regexp.MustCompile(`counter packets [0-9]+ bytes [0-9]+`)
 
