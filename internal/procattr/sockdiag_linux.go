@@ -345,17 +345,8 @@ func (d *sockDiag) dump(family, ipproto uint8) (int, error) {
 	c := <-d.pool
 	defer func() { d.pool <- c }()
 	seq := d.seq.Add(1)
-	b := c.req[:]
-	clear(b)
+	b := dumpRequest(c.req[:], seq, family, ipproto)
 	ne := binary.NativeEndian
-	ne.PutUint32(b[0:], uint32(len(b)))
-	ne.PutUint16(b[4:], sockDiagByFamily)
-	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	ne.PutUint32(b[8:], seq)
-	r := b[nlmsgHdrLen:]
-	r[0] = family
-	r[1] = ipproto
-	ne.PutUint32(r[4:], ^uint32(0))
 	if err := unix.Sendto(c.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return 0, fmt.Errorf("sock_diag dump: send: %w", err)
 	}
@@ -392,6 +383,22 @@ func (d *sockDiag) dump(family, ipproto uint8) (int, error) {
 	}
 }
 
+// dumpRequest fills b with a SOCK_DIAG_BY_FAMILY dump request (NLM_F_DUMP, every
+// state) for family and ipproto, and returns it.
+func dumpRequest(b []byte, seq uint32, family, ipproto uint8) []byte {
+	clear(b)
+	ne := binary.NativeEndian
+	ne.PutUint32(b[0:], uint32(len(b)))
+	ne.PutUint16(b[4:], sockDiagByFamily)
+	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(b[8:], seq)
+	r := b[nlmsgHdrLen:]
+	r[0] = family
+	r[1] = ipproto
+	ne.PutUint32(r[4:], ^uint32(0))
+	return b
+}
+
 // portSockets lists the UDP sockets of one family bound to local port port
 // (a dump the kernel filters by the port, NLM_F_DUMP with idiag_sport set):
 // the sockets that may send from that port. It exists because a UDP lookup
@@ -401,17 +408,9 @@ func (d *sockDiag) portSockets(family uint8, port uint16) ([]socketInfo, error) 
 	c := <-d.pool
 	defer func() { d.pool <- c }()
 	seq := d.seq.Add(1)
-	b := c.req[:]
-	clear(b)
+	b := dumpRequest(c.req[:], seq, family, unix.IPPROTO_UDP)
 	ne := binary.NativeEndian
-	ne.PutUint32(b[0:], uint32(len(b)))
-	ne.PutUint16(b[4:], sockDiagByFamily)
-	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	ne.PutUint32(b[8:], seq)
 	r := b[nlmsgHdrLen:]
-	r[0] = family
-	r[1] = unix.IPPROTO_UDP
-	ne.PutUint32(r[4:], ^uint32(0))
 	binary.BigEndian.PutUint16(r[sockIDOffset:], port)
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff:], inetDiagNoCookie)
 	ne.PutUint32(r[sockIDOffset+sockIDCookieOff+4:], inetDiagNoCookie)
