@@ -834,6 +834,15 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 			}
 		}
 	}
+	if req.Direction == engine.Outbound && p.Hook == hookLocalOut && h.mark&MarkMask == MarkRedecideReply && b.cfg.Inbound {
+		// This host's side of a flow the peer opened, which a rule change
+		// marked for deciding again (see MarkRedecideReply): decided as that
+		// inbound flow, for the program of the socket that sent it (found
+		// above as for any datagram this host sends), so that an allow (which
+		// marks the whole flow MarkAllow) comes from the rules for the flow
+		// the peer opened, not from the program's outbound rules.
+		req.Direction = engine.Inbound
+	}
 	if b.cfg.Hostnames != nil {
 		// After attribution, which gives the copy of the DNS answer the program just
 		// got time to arrive; LookupForWait waits only while such a copy is in flight.

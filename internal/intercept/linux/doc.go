@@ -411,6 +411,16 @@ const (
 	// under MarkMask is no other mark's: every rule tests latch's marks by
 	// their exact value under MarkMask (OwnMark too, whose bit it shares).
 	MarkFastRedecide uint32 = 0x50000000
+	// MarkRedecideReply is a packet mark only: with Config.Inbound, LATCH-OUT
+	// gives it to a packet this host sends on a flow the peer opened
+	// (conntrack direction reply) whose conntrack mark is one of latch's
+	// (MarkRedecide after a rule change; see Redecide), and queues it. The
+	// reader then decides it as the inbound flow it belongs to
+	// (Request.Direction inbound, local and remote as sent) for the
+	// program of the socket that sent it, and an allow marks the flow
+	// MarkAllow and pins it to that socket, as an allow of the peer's
+	// datagram does. Its value under MarkMask is no other mark's.
+	MarkRedecideReply uint32 = 0x70000000
 )
 
 // Firewall mechanisms for Config.Firewall.

@@ -544,6 +544,31 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		} else {
 			fmt.Fprintf(&b, "-A %s %s -j RETURN\n", name, ctAllow)
 		}
+		if out && spec.inbound {
+			// What this host sends on a flow the peer opened (conntrack
+			// direction reply, not an ICMP error: RELATED) that carries
+			// one of latch's marks here: MarkRedecide, a rule change's
+			// (allowed flows returned above; the socket pin's others were
+			// queued). 6 queues only the side that opened the flow, and
+			// such a packet left at the protocol's RETURN below from any
+			// socket, undecided and unpinned, until the peer's next one
+			// was decided, for ever if that was denied (review15). It is
+			// held too, and decided as the inbound flow it belongs to for
+			// the program of the socket that sent it (MarkRedecideReply
+			// tells the reader so): an allow marks the flow MarkAllow and
+			// pins it to that socket (2), as an allow of the peer's
+			// datagram does; a deny drops it (a reset for TCP) and the
+			// mark stays, so neither side's next packet passes undecided.
+			// Not decided as this host's outbound connection: an outbound
+			// allow of the program would mark the whole flow allowed, the
+			// peer's side too, which the rules may now deny. The packet
+			// mark is set and tested by the next rule alone (not again by
+			// the flow's mark, which another CPU may change in between).
+			// MarkAllow here (a verdict on another CPU since the rules
+			// above) is held too: decided once more.
+			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
+		}
 		fwd := hook == "FORWARD"
 		if out || fwd {
 			fmt.Fprintf(&b, "-A %s -p tcp -m conntrack --ctstate NEW %s\n", name, q)
@@ -1304,6 +1329,13 @@ func (spec ruleSpec) nftRules() string {
 			r("meta l4proto != tcp ct direction original ct mark & %#x != 0 %s", MarkMask, q)
 		} else {
 			r("ct mark & %#x == %#x accept", MarkMask, MarkAllow)
+		}
+		if out && spec.inbound {
+			// This host's side of a flow the peer opened with one of
+			// latch's marks (MarkRedecide): held and decided as the
+			// inbound flow for the sending socket (see iptablesRules,
+			// review15). One rule: the mark is set as it is queued.
+			r("ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s", MarkMask, ^MarkMask, MarkRedecideReply, q)
 		}
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)

@@ -708,6 +708,16 @@ func runChild(mode string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	// LATCH_TEST_POLICY_AFTER: the policy from the first SIGUSR1 on, set
+	// before that signal's Redecide (a rule change, then its Redecide).
+	var policyAfter map[int]policyAction
+	if s := os.Getenv("LATCH_TEST_POLICY_AFTER"); s != "" {
+		if policyAfter, err = parsePolicy(s); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+	}
+	var policyMu sync.Mutex
 	// LATCH_TEST_ADDR_POLICY decides by remote address first: "198.18.0.2=allow".
 	addrPolicy := map[netip.Addr]policyAction{}
 	for _, item := range strings.Split(os.Getenv("LATCH_TEST_ADDR_POLICY"), ",") {
@@ -743,11 +753,14 @@ func runChild(mode string) int {
 		if denyUID != "" && strconv.Itoa(int(req.UID)) == denyUID {
 			act, ok = policyAction{action: engine.Deny}, true
 		}
+		policyMu.Lock()
+		pol := policy
+		policyMu.Unlock()
 		if !ok {
-			act, ok = policy[int(port)]
+			act, ok = pol[int(port)]
 		}
 		if !ok {
-			act = policy[-1]
+			act = pol[-1]
 		}
 		if act.delay > 0 {
 			time.AfterFunc(act.delay, func() { verdict(engine.Verdict{Action: act.action, Reason: engine.ReasonRule}) })
@@ -762,6 +775,11 @@ func runChild(mode string) int {
 	redecidePort, _ := strconv.Atoi(os.Getenv("LATCH_TEST_REDECIDE_PORT"))
 	go func() {
 		for range usr1 {
+			if policyAfter != nil {
+				policyMu.Lock()
+				policy = policyAfter
+				policyMu.Unlock()
+			}
 			n, err := b.Redecide(func(r *engine.Request) bool {
 				return int(r.Remote.Port()) == redecidePort || int(r.Local.Port()) == redecidePort
 			})

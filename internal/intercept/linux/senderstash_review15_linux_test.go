@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -180,31 +179,31 @@ func testUDPRedecideDoubleFlip(t *testing.T, fw string) {
 	}
 }
 
-// TestUDPInboundRedecideReplyUnpinned (review15, known hole, gated): with
-// Config.Inbound and the socket pin, a UDP flow the peer opened and an allow
-// verdict marked MarkAllow passes what this host sends on it (conntrack
-// direction reply) only from the socket the pin recorded; another socket on
-// the port (SO_REUSEADDR; or one that bound the port the allowed socket
-// freed) is queued and decided for its own program. After a rule change
-// marks the flow MarkRedecide (simulated here with the same netlink update
-// Redecide makes), LATCH-OUT queues only the side that opened it (6:
-// direction original), and the reply direction leaves at the final "-p udp
-// RETURN" from any socket, with no decision and no pin: every datagram of
-// this host's on that flow passes until the peer's next one is decided
-// again, and for ever if that is denied (the mark stays MarkRedecide, and
-// this host's own datagrams keep the entry alive). Here another socket's
-// datagram to the peer, held and denied while the flow is MarkAllow
-// (control), arrives once it is MarkRedecide.
+// TestUDPInboundRedecideReplyUnpinned (review15): with Config.Inbound and
+// the socket pin, a UDP flow the peer opened and an allow verdict marked
+// MarkAllow passes what this host sends on it (conntrack direction reply)
+// only from the socket the pin recorded; another socket on the port
+// (SO_REUSEADDR, here another user's: nobody, whom the test's decider denies)
+// is queued and decided for its own program. After a rule change marks the
+// flow MarkRedecide (simulated here with the same netlink update Redecide
+// makes), LATCH-OUT queued only the side that opened it (6: direction
+// original), and the reply direction left at the final "-p udp RETURN" from
+// any socket, with no decision and no pin, until the peer's next datagram was
+// decided again, and for ever if that was denied: nobody's datagram, held and
+// denied while the flow was MarkAllow (control), arrived once it was
+// MarkRedecide. Now LATCH-OUT holds this host's side of such a flow too
+// (MarkRedecideReply) and it is decided as the inbound flow, for the program
+// of the socket that sent it: nobody's datagram is held (as inbound) and
+// denied; the server's own answer is held once, allowed (the rules allow the
+// flow) and arrives, and the flow is then MarkAllow and pinned to the server
+// again (its next answer passes unheld, nobody's is held and denied).
 func TestUDPInboundRedecideReplyUnpinned(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review15): set LATCH_TEST_KNOWN_HOLES=1")
-	}
 	fw := FirewallIptablesNft
 	needFirewall(t, fw)
 	tp := newTopo(t)
 	const port = 40460
 	d, stash := startStashed(t, tp, "LATCH_TEST_FIREWALL="+fw, "LATCH_TEST_INBOUND=1",
-		fmt.Sprintf("LATCH_TEST_POLICY=%d=allow,*=deny", port))
+		fmt.Sprintf("LATCH_TEST_POLICY=%d=allow,*=deny", port), "LATCH_TEST_DENY_UID=65534")
 	defer d.stop()
 	if stash == 0 {
 		t.Skip("no sender stash (LATCH_TEST_SENDER_STASH=off)")
@@ -212,33 +211,44 @@ func TestUDPInboundRedecideReplyUnpinned(t *testing.T) {
 	local := netip.MustParseAddrPort(net.JoinHostPort(addrA, strconv.Itoa(port)))
 	remote := netip.MustParseAddrPort(net.JoinHostPort(addrB, "9120"))
 	peer := listenUDPIn(t, tp.b, remote)
-	bound := func() int {
-		t.Helper()
-		var fd int
-		if err := inNS(tp.a, func() error {
-			var err error
-			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
-				return err
-			}
-			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-				return err
-			}
-			return unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: local.Addr().As4()})
-		}); err != nil {
-			t.Fatal(err)
+	var server int
+	if err := inNS(tp.a, func() error {
+		var err error
+		if server, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
 		}
-		return fd
-	}
-	send := func(fd int, msg string) {
-		t.Helper()
-		if err := inNS(tp.a, func() error {
-			return unix.Sendto(fd, []byte(msg), 0, &unix.SockaddrInet4{Port: int(remote.Port()), Addr: remote.Addr().As4()})
-		}); err != nil {
-			t.Fatal(err)
+		if err := unix.SetsockoptInt(server, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
 		}
+		return unix.Bind(server, &unix.SockaddrInet4{Port: port, Addr: local.Addr().As4()})
+	}); err != nil {
+		t.Fatal(err)
 	}
-	server := bound()
 	defer unix.Close(server)
+	answer := func(msg string) {
+		t.Helper()
+		if err := inNS(tp.a, func() error {
+			return unix.Sendto(server, []byte(msg), 0, &unix.SockaddrInet4{Port: int(remote.Port()), Addr: remote.Addr().As4()})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nobody := func(msg string) {
+		t.Helper()
+		sendAsNobody(t, tp, "LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+remote.String(),
+			"LATCH_TEST_UDP_MSGS="+msg, "LATCH_TEST_UDP_REUSE=1")
+	}
+	// heldIn counts the daemon's "held in" lines (inbound requests) for the
+	// flow with uid.
+	heldIn := func(lines []string, uid int) int {
+		n := 0
+		for _, l := range lines {
+			if strings.HasPrefix(l, fmt.Sprintf("held in udp %s %s uid=%d ", local, remote, uid)) {
+				n++
+			}
+		}
+		return n
+	}
 	peer.send(t, local, "latch-hello")
 	buf := make([]byte, 64)
 	if err := inNS(tp.a, func() error {
@@ -251,15 +261,14 @@ func TestUDPInboundRedecideReplyUnpinned(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the peer's datagram (inbound, allowed) did not arrive: %v", err)
 	}
-	send(server, "latch-answer")
+	answer("latch-answer")
 	if !peer.receives("latch-answer", 2*time.Second) {
 		t.Fatal("the allowed server's answer did not arrive")
 	}
-	other := bound()
-	defer unix.Close(other)
-	send(other, "latch-other-allowed-mark")
-	if peer.receives("latch-other-allowed-mark", 1500*time.Millisecond) {
-		t.Fatal("control: another socket's datagram on the allowed flow (MarkAllow) arrived; want it held and denied")
+	d.drain()
+	nobody("latch-nobody-allowed-mark")
+	if peer.receives("latch-nobody-allowed-mark", time.Second) {
+		t.Fatal("control: nobody's datagram on the allowed flow (MarkAllow) arrived; want it held and denied")
 	}
 	if err := inNS(tp.a, func() error {
 		return setConntrackMark(unix.AF_INET, netlink.IPTuple{Protocol: unix.IPPROTO_UDP,
@@ -269,9 +278,35 @@ func TestUDPInboundRedecideReplyUnpinned(t *testing.T) {
 		t.Fatalf("mark the flow MarkRedecide: %v", err)
 	}
 	d.drain()
-	send(other, "latch-other-redecide")
-	if peer.receives("latch-other-redecide", 1500*time.Millisecond) {
-		held := heldCount(d.linesFor(100*time.Millisecond), remote.String())
-		t.Errorf("another socket's datagram on a flow the peer opened, marked MarkRedecide, left with no decision (denied while the flow was MarkAllow; held lines for it now: %d)", held)
+	nobody("latch-nobody-redecide")
+	if peer.receives("latch-nobody-redecide", time.Second) {
+		t.Fatal("nobody's datagram on a flow the peer opened, marked MarkRedecide, left with no decision (denied while the flow was MarkAllow)")
+	}
+	if n := heldIn(d.linesFor(200*time.Millisecond), 65534); n != 1 {
+		t.Errorf("nobody's datagram on the flow marked MarkRedecide was held %d times as inbound; want 1 (decided as the flow the peer opened, and denied)", n)
+	}
+	answer("latch-answer-redecide")
+	if !peer.receives("latch-answer-redecide", 2*time.Second) {
+		t.Fatal("the server's answer on the flow marked MarkRedecide did not arrive; want it held once and allowed (the rules allow the flow)")
+	}
+	if n := heldIn(d.linesFor(200*time.Millisecond), 0); n != 1 {
+		t.Errorf("the server's answer on the flow marked MarkRedecide was held %d times as inbound; want 1", n)
+	}
+	answer("latch-answer-after")
+	if !peer.receives("latch-answer-after", 2*time.Second) {
+		t.Fatal("the server's answer after the flow was allowed again did not arrive")
+	}
+	nobody("latch-nobody-after")
+	if peer.receives("latch-nobody-after", time.Second) {
+		t.Error("nobody's datagram after the flow was allowed again for the server arrived; want it held and denied (the pin is the server's)")
+	}
+	lines := d.linesFor(200 * time.Millisecond)
+	if n := heldIn(lines, 0); n != 0 {
+		t.Errorf("the server's answer after the flow was allowed again was held %d times; want 0 (MarkAllow, pinned to it)", n)
+	}
+	if t.Failed() {
+		for _, l := range lines {
+			t.Logf("daemon: %s", l)
+		}
 	}
 }
