@@ -887,9 +887,10 @@ func TestRedecidePeerSpeaksFirst(t *testing.T) {
 	})
 }
 
-// TestRedecideInbound: after Redecide, an inbound flow is held again at the peer's
-// next packet, as an inbound request; this host's own packets on it (replies) are
-// not held.
+// TestRedecideInbound: after Redecide, an inbound flow is held again at the next
+// packet either side sends, as an inbound request: this host's own packets on
+// it (replies) are never held as outbound connections (review15: they are
+// decided as the inbound flow, see TestTCPInboundRedecideReply).
 func TestRedecideInbound(t *testing.T) {
 	tp := newTopo(t)
 	const port = 9104
@@ -938,7 +939,8 @@ func TestRedecideInbound(t *testing.T) {
 			t.Fatalf("read %q, %v; want %q", buf[:n], err, want)
 		}
 	}
-	// This host speaks first: its segment is not held; the peer's ACK of it is.
+	// This host speaks first: its segment is held as the inbound flow, and
+	// its allow lets the peer's answer pass.
 	if _, err := s.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
@@ -955,6 +957,6 @@ func TestRedecideInbound(t *testing.T) {
 		heldIn = heldIn || strings.HasPrefix(l, held)
 	}
 	if !heldIn {
-		t.Error("after Redecide, the peer's next segment was not held as inbound")
+		t.Error("after Redecide, the flow's next segment was not held as inbound")
 	}
 }

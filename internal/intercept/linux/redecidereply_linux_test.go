@@ -1,0 +1,249 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// heldInbound counts the daemon's "held in" lines (inbound requests) of
+// protocol proto from local to remote in lines.
+func heldInbound(lines []string, proto string, local, remote fmt.Stringer) int {
+	n := 0
+	prefix := fmt.Sprintf("held in %s %s %s ", proto, local, remote)
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// redecideAfterChange sends the daemon SIGUSR1: the test policy becomes
+// LATCH_TEST_POLICY_AFTER, then Redecide marks the flows of
+// LATCH_TEST_REDECIDE_PORT; want is how many entries it must mark.
+func redecideAfterChange(t *testing.T, d *daemon, want int) {
+	t.Helper()
+	d.drain()
+	if err := d.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := d.waitLine("redecided ", 5*time.Second); !ok || !strings.HasPrefix(l, fmt.Sprintf("redecided %d ", want)) {
+		t.Fatalf("Redecide: %q, want %d conntrack entries marked", l, want)
+	}
+}
+
+// TestUDPInboundRedecideReplyDenied (review15's neighbour): with
+// Config.Inbound, a rule change denies a UDP flow the peer opened (allowed
+// before). What the server sends on it next is held and decided under the new
+// rules as that inbound flow, and denied: it never reaches the peer (on the
+// old ruleset it left LATCH-OUT at the final "-p udp RETURN", undecided),
+// nor does the peer's next datagram reach the server, nor the server's
+// answer after that (the flow's mark stays MarkRedecide: every packet either
+// side sends is decided). With and without the socket pin (the ruleset's two
+// branches after the MarkRedecide queue rule: with the kernel fast path and
+// without).
+func TestUDPInboundRedecideReplyDenied(t *testing.T) {
+	for i, pin := range []bool{false, true} {
+		name := "no-pin"
+		if pin {
+			name = "pin"
+		}
+		t.Run(name, func(t *testing.T) {
+			tp := newTopo(t)
+			port := 40470 + i
+			env := []string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft, "LATCH_TEST_INBOUND=1",
+				fmt.Sprintf("LATCH_TEST_POLICY=%d=allow,*=deny", port), "LATCH_TEST_POLICY_AFTER=*=deny",
+				"LATCH_TEST_REDECIDE_PORT=" + strconv.Itoa(port)}
+			var d *daemon
+			if pin {
+				d = startPinned(t, tp, 5*time.Second, env...)
+			} else {
+				d = startDaemon(t, tp, "*=allow", env...)
+			}
+			defer d.stop()
+			local := netip.MustParseAddrPort(net.JoinHostPort(addrA, strconv.Itoa(port)))
+			remote := netip.MustParseAddrPort(net.JoinHostPort(addrB, strconv.Itoa(9130+i)))
+			peer := listenUDPIn(t, tp.b, remote)
+			var server *net.UDPConn
+			if err := inNS(tp.a, func() error {
+				var err error
+				server, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer server.Close()
+			got := make(chan string, 16)
+			go func() {
+				buf := make([]byte, 64)
+				for {
+					n, _, err := server.ReadFromUDP(buf)
+					if err != nil {
+						return
+					}
+					got <- string(buf[:n])
+				}
+			}()
+			serverGets := func(msg string, within time.Duration) bool {
+				deadline := time.After(within)
+				for {
+					select {
+					case m := <-got:
+						if m == msg {
+							return true
+						}
+					case <-deadline:
+						return false
+					}
+				}
+			}
+			answer := func(msg string) {
+				t.Helper()
+				if _, err := server.WriteToUDPAddrPort([]byte(msg), remote); err != nil {
+					t.Fatal(err)
+				}
+			}
+			peer.send(t, local, "latch-hello")
+			if !serverGets("latch-hello", 3*time.Second) {
+				t.Fatal("the peer's datagram (inbound, allowed) did not arrive")
+			}
+			answer("latch-answer")
+			if !peer.receives("latch-answer", 2*time.Second) {
+				t.Fatal("the allowed server's answer did not arrive")
+			}
+			redecideAfterChange(t, d, 1)
+			answer("latch-answer-denied")
+			if peer.receives("latch-answer-denied", 1500*time.Millisecond) {
+				t.Fatal("after a rule change denied the flow the peer opened, the server's answer on it reached the peer")
+			}
+			if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+				t.Errorf("the server's answer after the rule change was held %d times as the inbound flow; want 1", n)
+			}
+			peer.send(t, local, "latch-peer-denied")
+			if serverGets("latch-peer-denied", 1500*time.Millisecond) {
+				t.Error("after the rule change, the peer's datagram reached the server")
+			}
+			if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+				t.Errorf("the peer's datagram after the rule change was held %d times; want 1", n)
+			}
+			answer("latch-answer-denied-again")
+			if peer.receives("latch-answer-denied-again", 1500*time.Millisecond) {
+				t.Error("the server's second answer after the rule change reached the peer")
+			}
+			if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+				t.Errorf("the server's second answer after the rule change was held %d times; want 1", n)
+			}
+		})
+	}
+}
+
+// TestTCPInboundRedecideReply (review15's neighbour, TCP): with
+// Config.Inbound, after a rule change marks a TCP connection the peer opened
+// MarkRedecide, what this host sends on it is held and decided as that
+// inbound connection, as the peer's next segment is: whichever side sends
+// first. Denied by the new rules: the server's data never reaches the peer
+// (on the old ruleset it left LATCH-OUT at the final "-p tcp RETURN",
+// undecided, while the peer was silent), and the server's socket is reset.
+// Allowed: the server's segment is held once, passes, and marks the flow
+// allowed again (the peer's answer passes unheld). Without the socket pin
+// (TCP has none) and without the fast path's notrack (whose sockets are
+// decided again by their marks, TestNotrack).
+func TestTCPInboundRedecideReply(t *testing.T) {
+	for i, deny := range []bool{true, false} {
+		name := "allowed"
+		if deny {
+			name = "denied"
+		}
+		t.Run(name, func(t *testing.T) {
+			tp := newTopo(t)
+			port := 9140 + i
+			after := fmt.Sprintf("%d=allow,*=deny", port)
+			if deny {
+				after = "*=deny"
+			}
+			var ln net.Listener
+			if err := inNS(tp.a, func() error {
+				var err error
+				ln, err = net.Listen("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FIREWALL="+FirewallIptablesNft,
+				"LATCH_TEST_INBOUND=1", "LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+			defer d.stop()
+			var c net.Conn
+			if err := inNS(tp.b, func() error {
+				var err error
+				c, err = net.DialTimeout("tcp4", net.JoinHostPort(addrA, strconv.Itoa(port)), 3*time.Second)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			local := netip.MustParseAddrPort(s.LocalAddr().String())
+			remote := netip.MustParseAddrPort(s.RemoteAddr().String())
+			read := func(c net.Conn, within time.Duration) (string, error) {
+				c.SetReadDeadline(time.Now().Add(within))
+				buf := make([]byte, 64)
+				n, err := c.Read(buf)
+				return string(buf[:n]), err
+			}
+			if _, err := s.Write([]byte("latch-before")); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := read(c, 3*time.Second); m != "latch-before" {
+				t.Fatalf("before the rule change the peer read %q, %v; want the server's data", m, err)
+			}
+			redecideAfterChange(t, d, 1)
+			if _, err := s.Write([]byte("latch-after")); err != nil {
+				t.Fatal(err)
+			}
+			m, err := read(c, 1500*time.Millisecond)
+			lines := d.linesFor(200 * time.Millisecond)
+			held := heldInbound(lines, "tcp", local, remote)
+			if deny {
+				if m != "" {
+					t.Fatalf("after a rule change denied the connection the peer opened, the server's data reached the peer: %q", m)
+				}
+				if held < 1 {
+					t.Errorf("the server's segment after the rule change was not held as the inbound connection: %q", lines)
+				}
+				// The deny resets the server's socket (a reset from the
+				// ruleset, as for a denied connect).
+				if _, err := read(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("the server's socket after its segment was denied: read error %v, want a reset", err)
+				}
+				return
+			}
+			if m != "latch-after" {
+				t.Fatalf("after a rule change that still allows the connection the peer read %q, %v; want the server's data", m, err)
+			}
+			if held != 1 {
+				t.Errorf("the server's segment after the rule change was held %d times as the inbound connection; want 1: %q", held, lines)
+			}
+			if _, err := c.Write([]byte("latch-peer")); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := read(s, 3*time.Second); m != "latch-peer" {
+				t.Fatalf("the peer's data after the connection was allowed again: read %q, %v", m, err)
+			}
+			if n := heldInbound(d.linesFor(200*time.Millisecond), "tcp", local, remote); n != 0 {
+				t.Errorf("the peer's segment after the connection was allowed again was held %d times; want 0", n)
+			}
+		})
+	}
+}
