@@ -247,3 +247,98 @@ func TestTCPInboundRedecideReply(t *testing.T) {
 		})
 	}
 }
+
+// TestRedecideReplyHeldEveryRuleset (review15): in every ruleset latch can
+// install (each combination of the options that shape its chains, with and
+// without the sender stash; iptables IPv4 and IPv6, native nftables), with
+// Config.Inbound LATCH-OUT has exactly one rule that gives MarkRedecideReply
+// (to an ESTABLISHED packet of direction reply whose flow has any of latch's
+// marks), right followed by the one queue rule on that packet mark alone
+// (nft: one rule sets it and queues), after the MarkRedecide queue rule for
+// the side that opened the flow (6) and the allowed flow's returns after it,
+// and before the first rule that returns by protocol alone: this host's side
+// of a flow the peer opened and a rule change marked is never passed
+// undecided. Without Config.Inbound (a reply then is held by 9 and 11 as
+// this host's outbound connection) and in LATCH-IN and LATCH-FWD no rule
+// names the mark.
+func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
+	mark := fmt.Sprintf("%#x/%#x", MarkRedecideReply, MarkMask)
+	nftMark := fmt.Sprintf("meta mark set meta mark & %#x | %#x", ^MarkMask, MarkRedecideReply)
+	for _, stash := range []string{"", "/sys/fs/bpf/latch-fast-stash-test"} {
+		everyRuleSpec(t, ruleSpec{queue: 7, stash: stash}, func(spec ruleSpec, names []string) {
+			for _, v := range []struct {
+				name, out, markRule, queueRule, redecide, lastReturn string
+				rules                                                string
+			}{
+				{"iptables", "-A " + chainOut + " ",
+					"-A " + chainOut + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000 -j MARK --set-xmark " + mark,
+					"-A " + chainOut + " -m mark --mark " + mark + " -j NFQUEUE",
+					fmt.Sprintf("-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL -j NFQUEUE", chainOut, MarkRedecide, MarkMask),
+					"-A " + chainOut + " -p udp -j RETURN", spec.iptablesRules(false, nil, map[string]bool{})},
+				{"ip6tables", "-A " + chainOut + " ",
+					"-A " + chainOut + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000 -j MARK --set-xmark " + mark,
+					"-A " + chainOut + " -m mark --mark " + mark + " -j NFQUEUE",
+					fmt.Sprintf("-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL -j NFQUEUE", chainOut, MarkRedecide, MarkMask),
+					"-A " + chainOut + " -p udp -j RETURN", spec.iptablesRules(true, nil, map[string]bool{})},
+				{"nft", "add rule inet " + nftTable + " output ",
+					fmt.Sprintf("add rule inet %s output ct state established ct direction reply ct mark & %#x != 0 %s queue num 7", nftTable, MarkMask, nftMark),
+					"",
+					fmt.Sprintf("add rule inet %s output ct mark & %#x == %#x ct direction original queue num 7", nftTable, MarkMask, MarkRedecide),
+					"add rule inet " + nftTable + " output meta l4proto { tcp, udp } accept", spec.nftRules()},
+			} {
+				where := fmt.Sprintf("%s with %v, stash %q", v.name, names, stash)
+				var out []string
+				for _, l := range strings.Split(v.rules, "\n") {
+					switch {
+					case strings.HasPrefix(l, v.out):
+						out = append(out, l)
+					case strings.Contains(l, mark) || strings.Contains(l, nftMark):
+						t.Errorf("%s: a rule outside %s names MarkRedecideReply: %q", where, chainOut, l)
+					}
+				}
+				markAt, redecideAt, lastAllowAt, returnAt, n := -1, -1, -1, -1, 0
+				for i, l := range out {
+					if strings.Contains(l, mark) || strings.Contains(l, nftMark) {
+						n++
+						if strings.Contains(l, "MARK --set-xmark") || strings.Contains(l, "meta mark set") {
+							markAt = i
+						}
+					}
+					if strings.HasPrefix(l, v.redecide) {
+						redecideAt = i
+					}
+					if (strings.Contains(l, fmt.Sprintf("connmark --mark %#x/%#x", MarkAllow, MarkMask)) ||
+						strings.Contains(l, fmt.Sprintf("ct mark & %#x == %#x", MarkMask, MarkAllow))) && returnAt < 0 {
+						lastAllowAt = i
+					}
+					if l == v.lastReturn && returnAt < 0 {
+						returnAt = i
+					}
+				}
+				if !spec.inbound {
+					if n != 0 {
+						t.Errorf("%s: without inbound %d rules name MarkRedecideReply", where, n)
+					}
+					continue
+				}
+				want := 2
+				if v.queueRule == "" {
+					want = 1
+				}
+				switch {
+				case n != want || markAt < 0:
+					t.Errorf("%s: %d rules name MarkRedecideReply (setting it at %d), want %d:\n%s", where, n, markAt, want, strings.Join(out, "\n"))
+				case out[markAt] != v.markRule && !(v.queueRule == "" && strings.HasPrefix(out[markAt], v.markRule)):
+					t.Errorf("%s: %q, want %q", where, out[markAt], v.markRule)
+				case v.queueRule != "" && (markAt+1 >= len(out) || !strings.HasPrefix(out[markAt+1], v.queueRule)):
+					t.Errorf("%s: the rule after the one giving MarkRedecideReply is not its queue rule %q:\n%s", where, v.queueRule, strings.Join(out, "\n"))
+				case redecideAt < 0 || returnAt < 0:
+					t.Errorf("%s: no MarkRedecide queue rule (%d) or protocol return (%d):\n%s", where, redecideAt, returnAt, strings.Join(out, "\n"))
+				case markAt < redecideAt || markAt < lastAllowAt || markAt > returnAt:
+					t.Errorf("%s: MarkRedecideReply given at %d, want after the MarkRedecide queue rule (%d) and the allowed flow's rules (last at %d), before the protocols' return (%d):\n%s",
+						where, markAt, redecideAt, lastAllowAt, returnAt, strings.Join(out, "\n"))
+				}
+			}
+		})
+	}
+}

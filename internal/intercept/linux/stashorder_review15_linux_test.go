@@ -15,33 +15,8 @@ import (
 // queue gets from LATCH-OUT passed it. A second stash rule, a stash rule with
 // the queue rules' matches, or a queue rule moved above it fails here.
 func TestStashBeforeEveryQueueRule(t *testing.T) {
-	type opt struct {
-		name string
-		set  func(*ruleSpec)
-	}
-	opts := []opt{
-		{"inbound", func(s *ruleSpec) { s.inbound = true }},
-		{"failOpen", func(s *ruleSpec) { s.failOpen = true }},
-		{"exemptLoopback", func(s *ruleSpec) { s.exemptLoopback = true }},
-		{"dnsLog", func(s *ruleSpec) { s.dnsLogGroup = 4243 }},
-		{"forward", func(s *ruleSpec) { s.forward = true }},
-		{"fastUDP", func(s *ruleSpec) { s.fastUDP = "/sys/fs/bpf/latch-udp" }},
-		{"fastTCP", func(s *ruleSpec) { s.fastTCP = true }},
-		{"sockPin", func(s *ruleSpec) { s.sockPin = "/sys/fs/bpf/latch-pin" }},
-		{"lease", func(s *ruleSpec) { s.lease = "/sys/fs/bpf/latch-lease" }},
-		{"notrack", func(s *ruleSpec) { s.notrack = true }},
-		{"noOptMatch", func(s *ruleSpec) { s.noOptMatch = true }},
-	}
 	const stash = "/sys/fs/bpf/latch-fast-stash-test"
-	for m := 0; m < 1<<len(opts); m++ {
-		spec := ruleSpec{queue: 7, stash: stash}
-		var names []string
-		for i, o := range opts {
-			if m&(1<<i) != 0 {
-				o.set(&spec)
-				names = append(names, o.name)
-			}
-		}
+	everyRuleSpec(t, ruleSpec{queue: 7, stash: stash}, func(spec ruleSpec, names []string) {
 		for _, v := range []struct {
 			name, prefix, stashRule, queue string
 			rules                          string
@@ -77,6 +52,41 @@ func TestStashBeforeEveryQueueRule(t *testing.T) {
 				t.Errorf("%s: a queue rule (line %d) before the stash (line %d):\n%s", where, firstQueue, stashAt, v.rules)
 			}
 		}
+	})
+}
+
+// everyRuleSpec calls check with base changed by each combination (2048) of
+// the options that shape latch's chains, named in names, until a check
+// fails.
+func everyRuleSpec(t *testing.T, base ruleSpec, check func(spec ruleSpec, names []string)) {
+	t.Helper()
+	type opt struct {
+		name string
+		set  func(*ruleSpec)
+	}
+	opts := []opt{
+		{"inbound", func(s *ruleSpec) { s.inbound = true }},
+		{"failOpen", func(s *ruleSpec) { s.failOpen = true }},
+		{"exemptLoopback", func(s *ruleSpec) { s.exemptLoopback = true }},
+		{"dnsLog", func(s *ruleSpec) { s.dnsLogGroup = 4243 }},
+		{"forward", func(s *ruleSpec) { s.forward = true }},
+		{"fastUDP", func(s *ruleSpec) { s.fastUDP = "/sys/fs/bpf/latch-udp" }},
+		{"fastTCP", func(s *ruleSpec) { s.fastTCP = true }},
+		{"sockPin", func(s *ruleSpec) { s.sockPin = "/sys/fs/bpf/latch-pin" }},
+		{"lease", func(s *ruleSpec) { s.lease = "/sys/fs/bpf/latch-lease" }},
+		{"notrack", func(s *ruleSpec) { s.notrack = true }},
+		{"noOptMatch", func(s *ruleSpec) { s.noOptMatch = true }},
+	}
+	for m := 0; m < 1<<len(opts); m++ {
+		spec := base
+		var names []string
+		for i, o := range opts {
+			if m&(1<<i) != 0 {
+				o.set(&spec)
+				names = append(names, o.name)
+			}
+		}
+		check(spec, names)
 		if t.Failed() {
 			return
 		}
