@@ -79,7 +79,12 @@
 //  5. queues every other TCP SYN, matched by flags and not by conntrack state, so a SYN that
 //     hits a stale conntrack entry is held too;
 //  6. queues the packets that the side that opened a flow sends (conntrack direction
-//     original) while its conntrack mark is MarkRedecide (see Redecide);
+//     original) while its conntrack mark is MarkRedecide (see Redecide); with
+//     Config.Inbound, LATCH-OUT then, after 7's returns, gives what this host
+//     sends on a flow the peer opened (conntrack ESTABLISHED, direction reply)
+//     with any of latch's conntrack marks (MarkRedecide) MarkRedecideReply and
+//     queues it by that packet mark alone (native nftables: one rule sets
+//     and queues), before the returns by protocol (see Redecide);
 //  7. returns for flows whose conntrack mark says they were allowed; with
 //     Config.FastSocketPin, LATCH-OUT returns a UDP, UDP-Lite or ICMP echo
 //     request packet of such a flow (at 1's early return) only if it comes
@@ -246,7 +251,20 @@
 // Marking rather than deleting the entries keeps the flow's direction: after a
 // deletion, a peer that spoke first would make conntrack see the flow as a new
 // inbound one, and this host's packets as its replies, which are never held. The
-// other side's packets pass until then. ICMP entries are deleted instead (the
+// other side's packets pass until then, but on a flow the peer opened with
+// Config.Inbound: there what this host sends (conntrack direction reply) is
+// held too (MarkRedecideReply, see 6) and decided as the inbound flow, for the
+// program of the socket that sent it (found as for any packet this host
+// sends: the sender stash, the socket's tuple), so that the first packet
+// either side sends decides. An allow saves MarkAllow for the whole flow and
+// pins a UDP flow to that socket (pinInbound, then 2), as an allow of the
+// peer's datagram does; a deny drops the datagram (resets the local TCP
+// socket: MarkReject) and the mark stays, so every later packet of either
+// side is decided too. Decided as this host's outbound connection instead,
+// as without Config.Inbound (9), the program's outbound rules would mark
+// allowed a flow whose inbound rules now deny it, the peer's side too
+// (review15: this host's side left undecided from any socket on the port
+// until the peer's next packet was decided, for ever if that was denied). ICMP entries are deleted instead (the
 // flow's own host speaks first). With notrack, the fast path's TCP flows have no
 // conntrack entry: Redecide marks their sockets instead (see "Notrack").
 //
