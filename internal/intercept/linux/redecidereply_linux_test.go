@@ -48,99 +48,106 @@ func redecideAfterChange(t *testing.T, d *daemon, want int) {
 // answer after that (the flow's mark stays MarkRedecide: every packet either
 // side sends is decided). With and without the socket pin (the ruleset's two
 // branches after the MarkRedecide queue rule: with the kernel fast path and
-// without).
+// without), with each firewall mechanism this machine has.
 func TestUDPInboundRedecideReplyDenied(t *testing.T) {
-	for i, pin := range []bool{false, true} {
-		name := "no-pin"
-		if pin {
-			name = "pin"
-		}
-		t.Run(name, func(t *testing.T) {
-			tp := newTopo(t)
-			port := 40470 + i
-			env := []string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft, "LATCH_TEST_INBOUND=1",
-				fmt.Sprintf("LATCH_TEST_POLICY=%d=allow,*=deny", port), "LATCH_TEST_POLICY_AFTER=*=deny",
-				"LATCH_TEST_REDECIDE_PORT=" + strconv.Itoa(port)}
-			var d *daemon
+	i := 0
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		for _, pin := range []bool{false, true} {
+			name := fw + "/no-pin"
 			if pin {
-				d = startPinned(t, tp, 5*time.Second, env...)
-			} else {
-				d = startDaemon(t, tp, "*=allow", env...)
+				name = fw + "/pin"
 			}
-			defer d.stop()
-			local := netip.MustParseAddrPort(net.JoinHostPort(addrA, strconv.Itoa(port)))
-			remote := netip.MustParseAddrPort(net.JoinHostPort(addrB, strconv.Itoa(9130+i)))
-			peer := listenUDPIn(t, tp.b, remote)
-			var server *net.UDPConn
-			if err := inNS(tp.a, func() error {
-				var err error
-				server, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
-				return err
-			}); err != nil {
-				t.Fatal(err)
+			port := 40470 + i
+			i++
+			t.Run(name, func(t *testing.T) { testUDPInboundRedecideReplyDenied(t, fw, pin, port) })
+		}
+	}
+}
+
+func testUDPInboundRedecideReplyDenied(t *testing.T, fw string, pin bool, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_INBOUND=1",
+		fmt.Sprintf("LATCH_TEST_POLICY=%d=allow,*=deny", port), "LATCH_TEST_POLICY_AFTER=*=deny",
+		"LATCH_TEST_REDECIDE_PORT=" + strconv.Itoa(port)}
+	var d *daemon
+	if pin {
+		d = startPinned(t, tp, 5*time.Second, env...)
+	} else {
+		d = startDaemon(t, tp, "*=allow", env...)
+	}
+	defer d.stop()
+	local := netip.MustParseAddrPort(net.JoinHostPort(addrA, strconv.Itoa(port)))
+	remote := netip.MustParseAddrPort(net.JoinHostPort(addrB, strconv.Itoa(port-40470+9130)))
+	peer := listenUDPIn(t, tp.b, remote)
+	var server *net.UDPConn
+	if err := inNS(tp.a, func() error {
+		var err error
+		server, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	got := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, _, err := server.ReadFromUDP(buf)
+			if err != nil {
+				return
 			}
-			defer server.Close()
-			got := make(chan string, 16)
-			go func() {
-				buf := make([]byte, 64)
-				for {
-					n, _, err := server.ReadFromUDP(buf)
-					if err != nil {
-						return
-					}
-					got <- string(buf[:n])
+			got <- string(buf[:n])
+		}
+	}()
+	serverGets := func(msg string, within time.Duration) bool {
+		deadline := time.After(within)
+		for {
+			select {
+			case m := <-got:
+				if m == msg {
+					return true
 				}
-			}()
-			serverGets := func(msg string, within time.Duration) bool {
-				deadline := time.After(within)
-				for {
-					select {
-					case m := <-got:
-						if m == msg {
-							return true
-						}
-					case <-deadline:
-						return false
-					}
-				}
+			case <-deadline:
+				return false
 			}
-			answer := func(msg string) {
-				t.Helper()
-				if _, err := server.WriteToUDPAddrPort([]byte(msg), remote); err != nil {
-					t.Fatal(err)
-				}
-			}
-			peer.send(t, local, "latch-hello")
-			if !serverGets("latch-hello", 3*time.Second) {
-				t.Fatal("the peer's datagram (inbound, allowed) did not arrive")
-			}
-			answer("latch-answer")
-			if !peer.receives("latch-answer", 2*time.Second) {
-				t.Fatal("the allowed server's answer did not arrive")
-			}
-			redecideAfterChange(t, d, 1)
-			answer("latch-answer-denied")
-			if peer.receives("latch-answer-denied", 1500*time.Millisecond) {
-				t.Fatal("after a rule change denied the flow the peer opened, the server's answer on it reached the peer")
-			}
-			if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
-				t.Errorf("the server's answer after the rule change was held %d times as the inbound flow; want 1", n)
-			}
-			peer.send(t, local, "latch-peer-denied")
-			if serverGets("latch-peer-denied", 1500*time.Millisecond) {
-				t.Error("after the rule change, the peer's datagram reached the server")
-			}
-			if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
-				t.Errorf("the peer's datagram after the rule change was held %d times; want 1", n)
-			}
-			answer("latch-answer-denied-again")
-			if peer.receives("latch-answer-denied-again", 1500*time.Millisecond) {
-				t.Error("the server's second answer after the rule change reached the peer")
-			}
-			if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
-				t.Errorf("the server's second answer after the rule change was held %d times; want 1", n)
-			}
-		})
+		}
+	}
+	answer := func(msg string) {
+		t.Helper()
+		if _, err := server.WriteToUDPAddrPort([]byte(msg), remote); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peer.send(t, local, "latch-hello")
+	if !serverGets("latch-hello", 3*time.Second) {
+		t.Fatal("the peer's datagram (inbound, allowed) did not arrive")
+	}
+	answer("latch-answer")
+	if !peer.receives("latch-answer", 2*time.Second) {
+		t.Fatal("the allowed server's answer did not arrive")
+	}
+	redecideAfterChange(t, d, 1)
+	answer("latch-answer-denied")
+	if peer.receives("latch-answer-denied", 1500*time.Millisecond) {
+		t.Fatal("after a rule change denied the flow the peer opened, the server's answer on it reached the peer")
+	}
+	if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+		t.Errorf("the server's answer after the rule change was held %d times as the inbound flow; want 1", n)
+	}
+	peer.send(t, local, "latch-peer-denied")
+	if serverGets("latch-peer-denied", 1500*time.Millisecond) {
+		t.Error("after the rule change, the peer's datagram reached the server")
+	}
+	if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+		t.Errorf("the peer's datagram after the rule change was held %d times; want 1", n)
+	}
+	answer("latch-answer-denied-again")
+	if peer.receives("latch-answer-denied-again", 1500*time.Millisecond) {
+		t.Error("the server's second answer after the rule change reached the peer")
+	}
+	if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+		t.Errorf("the server's second answer after the rule change was held %d times; want 1", n)
 	}
 }
 
