@@ -437,7 +437,11 @@ const (
 	// (Request.Direction inbound, local and remote as sent) for the
 	// program of the socket that sent it, and an allow marks the flow
 	// MarkAllow and pins it to that socket, as an allow of the peer's
-	// datagram does. Its value under MarkMask is no other mark's.
+	// datagram does. Its value under MarkMask is no other mark's. (A program
+	// that gives its own socket latch's bits with SO_MARK, which needs
+	// CAP_NET_ADMIN, is beyond a per-program decision, as with OwnMark: with
+	// this value its packets may be held where they would pass, and decided
+	// as inbound.)
 	MarkRedecideReply uint32 = 0x70000000
 )
 
