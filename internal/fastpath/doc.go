@@ -45,7 +45,17 @@
 // turns the state callback on for a socket whose SYN leaves with MarkFastAllow, moves it to MarkFastFlow (0x60000000, the mark's
 // other bits kept) once its connection is established (ACTIVE_ESTABLISHED_CB), and
 // clears MarkFastAllow or MarkFastFlow when it moves to TCP_CLOSE (a refused or
-// timed-out connect, a reset, connect(AF_UNSPEC), its end). A connect its hook
+// timed-out connect, a reset, connect(AF_UNSPEC), its end). One socket keeps
+// MarkFastFlow past TCP_CLOSE: one that close(2) of its last file reference
+// moves there from ESTABLISHED or CLOSE_WAIT and then resets (SO_LINGER 0,
+// or unread data; the program tells it by SEND_SHUTDOWN, which close sets
+// first and which no other way to TCP_CLOSE from those states has), so that
+// the reset, built just after, is kept out of conntrack and passed by the
+// mark as the flow's other packets (a SYN never passes by MarkFastFlow). The
+// socket is destroyed right after: no program connects it again or reads its
+// mark (TestNotrackCloseResetUntracked in internal/intercept/linux). Where
+// sock_ops programs may not call bpf_skc_to_tcp_sock and
+// bpf_probe_read_kernel, it is cleared as at any end. A connect its hook
 // did not decide by a hit loses MarkFastAllow or MarkReject, and keeps
 // MarkFastFlow and MarkFastRedecide, which may be an application's own fwmark
 // under the mask (Mullvad's 0x6d6f6c65; TestAppMarkInsideHooksKept) and with

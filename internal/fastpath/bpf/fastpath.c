@@ -1020,7 +1020,9 @@ static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __
 //     either mark, but a SYN with MARK_FAST_FLOW only through the queue;
 //   - fast_closed clears MARK_FAST_ALLOW and MARK_FAST_FLOW when the socket moves
 //     to TCP_CLOSE (a refused or timed-out connect, a reset, connect(AF_UNSPEC),
-//     the end);
+//     the end), but MARK_FAST_FLOW inside close(2) of a socket that sends a
+//     reset there (closing_with_reset): that socket is destroyed just after,
+//     and the reset leaves untracked by the mark;
 //   - send_pending clears MARK_FAST_ALLOW (and MARK_REJECT) at TCP_CONNECT_CB of a
 //     connect no connect hook of this daemon decided (a gone daemon's mark the
 //     sweep missed).
