@@ -528,7 +528,11 @@
 //     more); the verdict lookup and identify about 0.15 µs each;
 //   - attribution's connect hook (internal/procattr, latch_sockaddr), 1.3-1.7
 //     µs, mostly its LRU update (a map that is not full costs the same: 4,096
-//     entries instead of 65,536 changed nothing);
+//     entries instead of 65,536 changed nothing; alone, 50,000 connects to
+//     loopback from a cgroup of their own: 1.22-1.27 µs a run, 0.43-0.46 µs
+//     without the update, so the update is about 0.8 µs; per-CPU LRU lists,
+//     BPF_F_NO_COMMON_LRU, 1.64 and 1.96 µs against 1.54 and 1.99 µs: no
+//     gain);
 //   - latch_fast_sockops, about 2 µs over 7 runs: TCP_CONNECT_CB 0.6-0.9 µs
 //     (send_pending: a ring buffer reservation, ~0.25 µs, its spin lock taken
 //     with interrupts off; the mark), the state change to TCP_CLOSE 1.1 µs
@@ -566,14 +570,23 @@
 // a fifth the request's allocation), the byte accountant 10%, the garbage
 // collector 8-12% (GODEBUG=gctrace=1: about 150 ms of CPU a cycle at 46 MB
 // live, one cycle per some 65,000 connects: about 2 µs a connect), the
-// scheduler and netpoll about 10%. Of netfilter's share, 39-40% is the reset
-// a client sends as it closes with SO_LINGER 0 (the bench's -reset, on by
-// default): fast_closed clears the socket's mark at TCP_CLOSE, just before
-// tcp_send_active_reset builds it, so the reset is not kept out of conntrack
-// (an entry made and freed for it) and walks LATCH-OUT to its INVALID rules
-// (the options match's xt_u32 runs on it); 24% the SYN, 22% the packets in.
-// Keeping the reset out of conntrack means keeping the mark past TCP_CLOSE,
-// which TestFastMarkEndsWithItsConnect rules out. (xt_u32 ran three times on
+// scheduler and netpoll about 10%. Of netfilter's share, 39-41% was the
+// reset a client sends as it closes with SO_LINGER 0 (the bench's -reset, on
+// by default) while fast_closed cleared every fast socket's mark at
+// TCP_CLOSE, just before tcp_send_active_reset builds the reset: conntrack
+// made (and freed) an entry for it, INVALID, and it walked LATCH-OUT to its
+// INVALID rules. Such a socket keeps MarkFastFlow for its reset now (see "A
+// mark for one connect"), and the reset leaves untracked by its mark; two
+// captures each, of latch+fp alone (-scenarios latch+fp -rounds 4), stacks
+// of the bench's clients and server and the daemon, base and this
+// alternating: netfilter (under nf_hook_slow) 5.28% and 5.38% before, 4.37%
+// and 4.53% after; under the reset's send 2.16% and 1.99% before, 1.27% and
+// 1.19% after, conntrack's part of it 0.84% and 0.79% before, 0.01% after;
+// the reset's whole send (tcp_send_active_reset) 4.65-4.67% before,
+// 3.49-3.58% after. What stays: under the SYN's send (tcp_connect, the
+// SYN-ACK's receipt in it) 2.07-2.25%, packets in (ip_rcv) 0.92-1.17%, the
+// connect hooks 2.40-2.72% (the attribution hook's LRU update 0.60-1.04%),
+// sock_ops 1.37-1.50%. (xt_u32 ran three times on
 // every TCP packet out while the fast marks' options rules matched it before
 // the mark: 0.97% and 1.09% of the clients' CPU in two runs; 0.59% and 0.69%
 // since they match the mark first.)
