@@ -53,7 +53,12 @@
 // the reset, built just after, is kept out of conntrack and passed by the
 // mark as the flow's other packets (a SYN never passes by MarkFastFlow). The
 // socket is destroyed right after: no program connects it again or reads its
-// mark (TestNotrackCloseResetUntracked in internal/intercept/linux). Where
+// mark (TestNotrackCloseResetUntracked in internal/intercept/linux). One
+// contrived way keeps it on a socket that lives on: shutdown(2) of a socket
+// not connected yet sets SEND_SHUTDOWN (ENOTCONN), which its connect keeps,
+// and connect(AF_UNSPEC) of that socket established then looks like close;
+// its next connect is then decided by the queue, as a socket with an
+// application's own MarkFastFlow, never passed by the mark. Where
 // sock_ops programs may not call bpf_skc_to_tcp_sock and
 // bpf_probe_read_kernel, it is cleared as at any end. A connect its hook
 // did not decide by a hit loses MarkFastAllow or MarkReject, and keeps

@@ -1082,7 +1082,10 @@ volatile const __u32 close_keep = 0;
 // timeout from them has it clear. __tcp_close sets it first thing, then
 // tcp_disconnect (or the unread data's branch) sets TCP_CLOSE and sends the
 // reset, and the socket is orphaned and destroyed: no program sees its mark
-// again, nor can it connect again.
+// again, nor can it connect again. (But for one contrived socket: shutdown(2)
+// before its connect sets the flag too, with ENOTCONN, and connect keeps it;
+// connect(AF_UNSPEC) once established then keeps MARK_FAST_FLOW, with which
+// its next SYN goes to the queue: see doc.go.)
 static __always_inline int closing_with_reset(struct bpf_sock_ops *ctx)
 {
 	if (!close_keep)
