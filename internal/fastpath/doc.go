@@ -45,7 +45,22 @@
 // turns the state callback on for a socket whose SYN leaves with MarkFastAllow, moves it to MarkFastFlow (0x60000000, the mark's
 // other bits kept) once its connection is established (ACTIVE_ESTABLISHED_CB), and
 // clears MarkFastAllow or MarkFastFlow when it moves to TCP_CLOSE (a refused or
-// timed-out connect, a reset, connect(AF_UNSPEC), its end). A connect its hook
+// timed-out connect, a reset, connect(AF_UNSPEC), its end). One socket keeps
+// MarkFastFlow past TCP_CLOSE: one that close(2) of its last file reference
+// moves there from ESTABLISHED or CLOSE_WAIT and then resets (SO_LINGER 0,
+// or unread data; the program tells it by SEND_SHUTDOWN, which close sets
+// first and which no other way to TCP_CLOSE from those states has), so that
+// the reset, built just after, is kept out of conntrack and passed by the
+// mark as the flow's other packets (a SYN never passes by MarkFastFlow). The
+// socket is destroyed right after: no program connects it again or reads its
+// mark (TestNotrackCloseResetUntracked in internal/intercept/linux). One
+// contrived way keeps it on a socket that lives on: shutdown(2) of a socket
+// not connected yet sets SEND_SHUTDOWN (ENOTCONN), which its connect keeps,
+// and connect(AF_UNSPEC) of that socket established then looks like close;
+// its next connect is then decided by the queue, as a socket with an
+// application's own MarkFastFlow, never passed by the mark. Where
+// sock_ops programs may not call bpf_skc_to_tcp_sock and
+// bpf_probe_read_kernel, it is cleared as at any end. A connect its hook
 // did not decide by a hit loses MarkFastAllow or MarkReject, and keeps
 // MarkFastFlow and MarkFastRedecide, which may be an application's own fwmark
 // under the mask (Mullvad's 0x6d6f6c65; TestAppMarkInsideHooksKept) and with
@@ -518,7 +533,11 @@
 //     more); the verdict lookup and identify about 0.15 µs each;
 //   - attribution's connect hook (internal/procattr, latch_sockaddr), 1.3-1.7
 //     µs, mostly its LRU update (a map that is not full costs the same: 4,096
-//     entries instead of 65,536 changed nothing);
+//     entries instead of 65,536 changed nothing; alone, 50,000 connects to
+//     loopback from a cgroup of their own: 1.22-1.27 µs a run, 0.43-0.46 µs
+//     without the update, so the update is about 0.8 µs; per-CPU LRU lists,
+//     BPF_F_NO_COMMON_LRU, 1.64 and 1.96 µs against 1.54 and 1.99 µs: no
+//     gain);
 //   - latch_fast_sockops, about 2 µs over 7 runs: TCP_CONNECT_CB 0.6-0.9 µs
 //     (send_pending: a ring buffer reservation, ~0.25 µs, its spin lock taken
 //     with interrupts off; the mark), the state change to TCP_CLOSE 1.1 µs
@@ -556,14 +575,23 @@
 // a fifth the request's allocation), the byte accountant 10%, the garbage
 // collector 8-12% (GODEBUG=gctrace=1: about 150 ms of CPU a cycle at 46 MB
 // live, one cycle per some 65,000 connects: about 2 µs a connect), the
-// scheduler and netpoll about 10%. Of netfilter's share, 39-40% is the reset
-// a client sends as it closes with SO_LINGER 0 (the bench's -reset, on by
-// default): fast_closed clears the socket's mark at TCP_CLOSE, just before
-// tcp_send_active_reset builds it, so the reset is not kept out of conntrack
-// (an entry made and freed for it) and walks LATCH-OUT to its INVALID rules
-// (the options match's xt_u32 runs on it); 24% the SYN, 22% the packets in.
-// Keeping the reset out of conntrack means keeping the mark past TCP_CLOSE,
-// which TestFastMarkEndsWithItsConnect rules out. (xt_u32 ran three times on
+// scheduler and netpoll about 10%. Of netfilter's share, 39-41% was the
+// reset a client sends as it closes with SO_LINGER 0 (the bench's -reset, on
+// by default) while fast_closed cleared every fast socket's mark at
+// TCP_CLOSE, just before tcp_send_active_reset builds the reset: conntrack
+// made (and freed) an entry for it, INVALID, and it walked LATCH-OUT to its
+// INVALID rules. Such a socket keeps MarkFastFlow for its reset now (see "A
+// mark for one connect"), and the reset leaves untracked by its mark; two
+// captures each, of latch+fp alone (-scenarios latch+fp -rounds 4), stacks
+// of the bench's clients and server and the daemon, base and this
+// alternating: netfilter (under nf_hook_slow) 5.28% and 5.38% before, 4.37%
+// and 4.53% after; under the reset's send 2.16% and 1.99% before, 1.27% and
+// 1.19% after, conntrack's part of it 0.84% and 0.79% before, 0.01% after;
+// the reset's whole send (tcp_send_active_reset) 4.65-4.67% before,
+// 3.49-3.58% after. What stays: under the SYN's send (tcp_connect, the
+// SYN-ACK's receipt in it) 2.07-2.25%, packets in (ip_rcv) 0.92-1.17%, the
+// connect hooks 2.40-2.72% (the attribution hook's LRU update 0.60-1.04%),
+// sock_ops 1.37-1.50%. (xt_u32 ran three times on
 // every TCP packet out while the fast marks' options rules matched it before
 // the mark: 0.97% and 1.09% of the clients' CPU in two runs; 0.59% and 0.69%
 // since they match the mark first.)

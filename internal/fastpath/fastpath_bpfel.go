@@ -177,6 +177,7 @@ const (
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
 	fastpathProgLatchSendStash      = "latch_send_stash"
 	fastpathVarBytesOk              = "bytes_ok"
+	fastpathVarCloseKeep            = "close_keep"
 	fastpathVarIterMoved            = "iter_moved"
 	fastpathVarIterSession          = "iter_session"
 	fastpathVarNetnsCookie          = "netns_cookie"
@@ -276,6 +277,7 @@ type fastpathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
 	BytesOk     *ebpf.VariableSpec `ebpf:"bytes_ok"`
+	CloseKeep   *ebpf.VariableSpec `ebpf:"close_keep"`
 	IterMoved   *ebpf.VariableSpec `ebpf:"iter_moved"`
 	IterSession *ebpf.VariableSpec `ebpf:"iter_session"`
 	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
@@ -351,6 +353,7 @@ func (m *fastpathMaps) Close() error {
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
 	BytesOk     *ebpf.Variable `ebpf:"bytes_ok"`
+	CloseKeep   *ebpf.Variable `ebpf:"close_keep"`
 	IterMoved   *ebpf.Variable `ebpf:"iter_moved"`
 	IterSession *ebpf.Variable `ebpf:"iter_session"`
 	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`

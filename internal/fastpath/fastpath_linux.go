@@ -391,6 +391,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// namespace only where its kernel lets cgroup_skb programs read a packet's
 	// namespace; elsewhere those of every namespace (see simultaneous_open).
 	skbNetns := features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnGetNetnsCookie) == nil
+	// A fast socket closed with a reset keeps MarkFastFlow for it where the
+	// sock_ops program may read the socket's shutdown flags (close_keep in
+	// fastpath.c); elsewhere its mark is cleared first, as at every other end.
+	closeKeep := features.HaveProgramHelper(ebpf.SockOps, asm.FnSkcToTcpSock) == nil &&
+		features.HaveProgramHelper(ebpf.SockOps, asm.FnProbeReadKernel) == nil
 	fp.taskBTF = useTaskBTF
 	load := func(bytes bool, live liveVia, iters bool) error {
 		spec, err := loadFastpath()
@@ -416,6 +421,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		if skbNetns {
 			if err := spec.Variables["skb_netns"].Set(uint32(1)); err != nil {
 				return fmt.Errorf("fast path: read the namespace of a packet's socket: %w", err)
+			}
+		}
+		if closeKeep {
+			if err := spec.Variables["close_keep"].Set(uint32(1)); err != nil {
+				return fmt.Errorf("fast path: keep the mark for a reset on close: %w", err)
 			}
 		}
 		if useTaskBTF {

@@ -63,7 +63,7 @@ struct file { struct path f_path; struct inode *f_inode; } __attribute__((preser
 struct mm_struct { struct file *exe_file; } __attribute__((preserve_access_index));
 struct task_struct { unsigned int flags; struct mm_struct *mm; } __attribute__((preserve_access_index));
 typedef struct { __u32 val; } kuid_t;
-struct sock { kuid_t sk_uid; } __attribute__((preserve_access_index));
+struct sock { kuid_t sk_uid; __u8 sk_shutdown; } __attribute__((preserve_access_index));
 
 struct fp_key {
 	__u64 ino;        // the executable's inode number
@@ -1020,7 +1020,9 @@ static __always_inline void replace_fast(struct bpf_sock_ops *ctx, __u32 cur, __
 //     either mark, but a SYN with MARK_FAST_FLOW only through the queue;
 //   - fast_closed clears MARK_FAST_ALLOW and MARK_FAST_FLOW when the socket moves
 //     to TCP_CLOSE (a refused or timed-out connect, a reset, connect(AF_UNSPEC),
-//     the end);
+//     the end), but MARK_FAST_FLOW inside close(2) of a socket that sends a
+//     reset there (closing_with_reset): that socket is destroyed just after,
+//     and the reset leaves untracked by the mark;
 //   - send_pending clears MARK_FAST_ALLOW (and MARK_REJECT) at TCP_CONNECT_CB of a
 //     connect no connect hook of this daemon decided (a gone daemon's mark the
 //     sweep missed).
@@ -1064,11 +1066,55 @@ static __always_inline void fast_established(struct bpf_sock_ops *ctx)
 		replace_fast(ctx, cur, MARK_FAST_FLOW);
 }
 
+// 1 if the loader found that sock_ops programs may call bpf_skc_to_tcp_sock
+// and bpf_probe_read_kernel (closing_with_reset); 0: never visited.
+volatile const __u32 close_keep = 0;
+
+// SEND_SHUTDOWN of sk_shutdown (include/net/sock.h).
+#define SEND_SHUTDOWN 2
+
+// closing_with_reset says whether the socket moves to TCP_CLOSE inside
+// close(2) of its last file reference (__tcp_close), just before the reset it
+// sends there (SO_LINGER 0, or unread data): from ESTABLISHED or CLOSE_WAIT
+// with SEND_SHUTDOWN already set. Nothing else makes that: shutdown(SHUT_WR)
+// leaves those states as it sets the flag (to FIN_WAIT1 or LAST_ACK, under
+// the same socket lock), and connect(AF_UNSPEC), a reset received or a
+// timeout from them has it clear. __tcp_close sets it first thing, then
+// tcp_disconnect (or the unread data's branch) sets TCP_CLOSE and sends the
+// reset, and the socket is orphaned and destroyed: no program sees its mark
+// again, nor can it connect again. (But for one contrived socket: shutdown(2)
+// before its connect sets the flag too, with ENOTCONN, and connect keeps it;
+// connect(AF_UNSPEC) once established then keeps MARK_FAST_FLOW, with which
+// its next SYN goes to the queue: see doc.go.)
+static __always_inline int closing_with_reset(struct bpf_sock_ops *ctx)
+{
+	if (!close_keep)
+		return 0;
+	__u32 old = ctx->args[0];
+	if (old != BPF_TCP_ESTABLISHED && old != BPF_TCP_CLOSE_WAIT)
+		return 0;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 0;
+	struct sock *ks = (struct sock *)bpf_skc_to_tcp_sock(sk);
+	if (!ks)
+		return 0;
+	return (BPF_CORE_READ_BITFIELD_PROBED(ks, sk_shutdown) & SEND_SHUTDOWN) != 0;
+}
+
+// A socket closed with a reset keeps MARK_FAST_FLOW for that reset (the last
+// packet it sends; its mark is never read again): the ruleset keeps it out of
+// conntrack and passes it by the mark (MARK_FAST_FLOW lets no SYN pass), as
+// the flow's other packets, instead of conntrack making an entry for it
+// (INVALID, freed at once) and LATCH-OUT walking it to its INVALID rules.
 static __always_inline void fast_closed(struct bpf_sock_ops *ctx, __u64 ns)
 {
 	__u32 cur, ours;
-	if (fast_mark(ctx, &cur, &ours) && (ours == MARK_FAST_ALLOW || ours == MARK_FAST_FLOW) && served_ns(ns))
-		replace_fast(ctx, cur, 0);
+	if (!fast_mark(ctx, &cur, &ours) || (ours != MARK_FAST_ALLOW && ours != MARK_FAST_FLOW) || !served_ns(ns))
+		return;
+	if (ours == MARK_FAST_FLOW && closing_with_reset(ctx))
+		return;
+	replace_fast(ctx, cur, 0);
 }
 
 // The cgroup's sock_ops program. At TCP_CONNECT_CB (an active open, just before

@@ -42,8 +42,10 @@
 //     marked MarkReject (most packets are of allowed flows, and 2 to 7 would only
 //     return them at 7, see iptablesRules); returns at once for a TCP packet
 //     conntrack cannot place (INVALID), but a SYN and one marked MarkReject,
-//     which the rest would only return at its end (a fast socket's reset as it
-//     closes with SO_LINGER 0, whose mark was cleared at TCP_CLOSE; not in
+//     which the rest would only return at its end (a reset a fast socket sends
+//     after its TCP_CLOSE cleared its mark, such as one after
+//     connect(AF_UNSPEC); the reset of close(2) with SO_LINGER 0 keeps
+//     MarkFastFlow and leaves untracked, see fastpath's doc; not in
 //     LATCH-FWD, which drops INVALID TCP); with Config.FastUDPMatch,
 //     gives the first datagram of a UDP flow (conntrack NEW, conntrack mark and
 //     packet mark without latch's bits) MarkAllow when the kernel fast path's UDP

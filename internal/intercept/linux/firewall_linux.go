@@ -439,9 +439,10 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// UNTRACKED, a SYN, MarkReject, or UDP) but the allow rules (2),
 			// whose CONNMARK changes nothing without an entry, and the TCP
 			// RETURN, so it would only walk them to the same end. Such is the
-			// reset a fast socket sends as it closes with SO_LINGER 0 (its
-			// mark is cleared at TCP_CLOSE, just before the reset is built):
-			// one such packet per connection of a program that closes so.
+			// reset a fast socket sends after its TCP_CLOSE cleared its mark
+			// (connect(AF_UNSPEC) of an established socket); the reset of
+			// close(2) with SO_LINGER 0 or unread data keeps MarkFastFlow
+			// (fastpath's fast_closed) and leaves untracked at 1 instead.
 			// (LATCH-FWD drops INVALID TCP instead, see 8.)
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN NONE -m conntrack --ctstate INVALID -m mark ! --mark %#x/%#x -j RETURN\n", name, MarkReject, MarkMask)
 		}
