@@ -81,7 +81,8 @@
 //  6. queues the packets that the side that opened a flow sends (conntrack direction
 //     original) while its conntrack mark is MarkRedecide (see Redecide); with
 //     Config.Inbound, LATCH-OUT then, after 7's returns, gives what this host
-//     sends on a flow the peer opened (conntrack ESTABLISHED, direction reply)
+//     sends on a flow the peer opened (conntrack ESTABLISHED, direction reply;
+//     not over loopback, whose opener is a local socket that 6 holds)
 //     with any of latch's conntrack marks (MarkRedecide) MarkRedecideReply and
 //     queues it by that packet mark alone (native nftables: one rule sets
 //     and queues), before the returns by protocol (see Redecide);

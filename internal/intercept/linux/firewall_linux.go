@@ -565,8 +565,14 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// mark is set and tested by the next rule alone (not again by
 			// the flow's mark, which another CPU may change in between).
 			// MarkAllow here (a verdict on another CPU since the rules
-			// above) is held too: decided once more.
-			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			// above) is held too: decided once more. Not over loopback
+			// (held with Config.ExemptLoopback off): there the peer is a
+			// local socket that opened the flow, whose own next packet 6
+			// holds and decides as its outbound connection; decided here
+			// as the other end's inbound one, an allow would mark the
+			// whole flow allowed by the server's inbound rules, the
+			// opener's side too, which its rules may now deny (review16).
+			fmt.Fprintf(&b, "-A %s ! -o lo -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		}
 		fwd := hook == "FORWARD"
@@ -1334,8 +1340,9 @@ func (spec ruleSpec) nftRules() string {
 			// This host's side of a flow the peer opened with one of
 			// latch's marks (MarkRedecide): held and decided as the
 			// inbound flow for the sending socket (see iptablesRules,
-			// review15). One rule: the mark is set as it is queued.
-			r("ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s", MarkMask, ^MarkMask, MarkRedecideReply, q)
+			// review15). One rule: the mark is set as it is queued. Not
+			// over loopback, whose opener is a local socket (review16).
+			r(`%s != "lo" ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s`, lo, MarkMask, ^MarkMask, MarkRedecideReply, q)
 		}
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)
