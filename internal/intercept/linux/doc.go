@@ -265,7 +265,11 @@
 // as without Config.Inbound (9), the program's outbound rules would mark
 // allowed a flow whose inbound rules now deny it, the peer's side too
 // (review15: this host's side left undecided from any socket on the port
-// until the peer's next packet was decided, for ever if that was denied). ICMP entries are deleted instead (the
+// until the peer's next packet was decided, for ever if that was denied). A
+// forwarded flow's other side is held the same way (LATCH-FWD, Config.Forward)
+// and decided as the flow, the request its opener's packet makes (review16:
+// a container's answers to an outside host passed until that host's next
+// packet was decided, for ever once it was denied). ICMP entries are deleted instead (the
 // flow's own host speaks first). With notrack, the fast path's TCP flows have no
 // conntrack entry: Redecide marks their sockets instead (see "Notrack").
 //
@@ -442,7 +446,12 @@ const (
 	// that gives its own socket latch's bits with SO_MARK, which needs
 	// CAP_NET_ADMIN, is beyond a per-program decision, as with OwnMark: with
 	// this value its packets may be held where they would pass, and decided
-	// as inbound.)
+	// as inbound.) Not over loopback, whose opener is a local socket (rule 6
+	// holds its next packet; review16). With Config.Forward, LATCH-FWD gives
+	// it to what the side that did not open a forwarded flow sends while the
+	// flow has one of latch's marks, and the reader decides it as the flow:
+	// the request its opener's packet makes (local and remote reversed),
+	// whose allow marks it MarkAllow again (review16).
 	MarkRedecideReply uint32 = 0x70000000
 )
 

@@ -574,6 +574,19 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// opener's side too, which its rules may now deny (review16).
 			fmt.Fprintf(&b, "-A %s ! -o lo -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
+		} else if hook == "FORWARD" {
+			// What the side that did not open a forwarded flow sends on
+			// it (a container's answers to a host outside, or the outside
+			// host's to a container) while the flow carries one of
+			// latch's marks (MarkRedecide): held too, and decided as the
+			// flow it belongs to, the same request its opener's next
+			// packet makes (the reader reads the tuple reversed:
+			// MarkRedecideReply tells it so). It passed undecided until
+			// the opener's next packet was decided, and for ever once
+			// that was denied (review16). The same two rules as in
+			// LATCH-OUT.
+			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		}
 		fwd := hook == "FORWARD"
 		if out || fwd {
@@ -1343,6 +1356,10 @@ func (spec ruleSpec) nftRules() string {
 			// review15). One rule: the mark is set as it is queued. Not
 			// over loopback, whose opener is a local socket (review16).
 			r(`%s != "lo" ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s`, lo, MarkMask, ^MarkMask, MarkRedecideReply, q)
+		} else if fwd {
+			// A forwarded flow's other side: decided as the flow (see
+			// iptablesRules, review16).
+			r("ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s", MarkMask, ^MarkMask, MarkRedecideReply, q)
 		}
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -97,5 +98,94 @@ func testLoopbackRedecideReply(t *testing.T, fw string, port int) {
 	}
 	if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), "held out tcp "+c.LocalAddr().String()); n < 1 {
 		t.Errorf("the client's segment after the rule change was not held as its outbound connection")
+	}
+}
+
+// TestForwardRedecideReply (review16, the forwarded neighbour of review15):
+// with Config.Forward, B opens a UDP flow to a namespace C that this host
+// routes to (allowed as B's forwarded connection). A rule change denies it.
+// What C sends on the flow next (conntrack direction reply in LATCH-FWD) was
+// passed undecided until B's next datagram was decided, and for ever once
+// that was denied (the mark stays MarkRedecide and C's datagrams keep the
+// entry alive): C talked on to B over a flow the rules deny. Now it is held
+// and decided as the flow it belongs to (B's forwarded connection to C: the
+// same request B's next datagram makes), so a deny drops it; an allow marks
+// the flow allowed again and B's next datagram passes unheld.
+func TestForwardRedecideReply(t *testing.T) {
+	i := 0
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		for _, deny := range []bool{true, false} {
+			name := fw + "/allowed"
+			if deny {
+				name = fw + "/denied"
+			}
+			port := 9170 + i
+			i++
+			t.Run(name, func(t *testing.T) { testForwardRedecideReply(t, fw, deny, port) })
+		}
+	}
+}
+
+func testForwardRedecideReply(t *testing.T, fw string, deny bool, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	c := addContainer(t, tp)
+	after := fmt.Sprintf("%d=allow,*=deny", port)
+	if deny {
+		after = "*=deny"
+	}
+	d := startDaemonOn(t, tp, fw, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FORWARD=1",
+		"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	server := netip.AddrPortFrom(netip.MustParseAddr(addrC), uint16(port))
+	client := netip.AddrPortFrom(netip.MustParseAddr(addrB), uint16(port-9170+9180))
+	srv := listenUDPIn(t, c, server)
+	peer := listenUDPIn(t, tp.b, client)
+	held := func(lines []string) int {
+		n := 0
+		for _, l := range lines {
+			if strings.HasPrefix(l, fmt.Sprintf("held out udp %s %s ", client, server)) {
+				n++
+			}
+		}
+		return n
+	}
+	peer.send(t, server, "latch-hello")
+	if !srv.receives("latch-hello", 3*time.Second) {
+		t.Fatal("B's datagram (forwarded, allowed) did not reach C")
+	}
+	srv.send(t, client, "latch-answer")
+	if !peer.receives("latch-answer", 2*time.Second) {
+		t.Fatal("C's answer on the allowed flow did not reach B")
+	}
+	redecideAfterChange(t, d, 1)
+	srv.send(t, client, "latch-answer-after")
+	got := peer.receives("latch-answer-after", 1500*time.Millisecond)
+	if n := held(d.linesFor(200 * time.Millisecond)); n != 1 {
+		t.Errorf("C's answer after the rule change was held %d times as B's forwarded flow; want 1", n)
+	}
+	if deny {
+		if got {
+			t.Fatal("after a rule change denied the forwarded flow B opened, C's answer on it reached B")
+		}
+		peer.send(t, server, "latch-peer-denied")
+		if srv.receives("latch-peer-denied", 1500*time.Millisecond) {
+			t.Error("after the rule change B's datagram reached C")
+		}
+		srv.send(t, client, "latch-answer-again")
+		if peer.receives("latch-answer-again", 1500*time.Millisecond) {
+			t.Error("C's second answer after the rule change (B's datagram denied in between) reached B")
+		}
+		return
+	}
+	if !got {
+		t.Fatal("after a rule change that still allows the forwarded flow, C's answer did not reach B")
+	}
+	peer.send(t, server, "latch-peer-after")
+	if !srv.receives("latch-peer-after", 2*time.Second) {
+		t.Fatal("B's datagram after the flow was allowed again did not reach C")
+	}
+	if n := held(d.linesFor(200 * time.Millisecond)); n != 0 {
+		t.Errorf("B's datagram after the flow was allowed again was held %d times; want 0", n)
 	}
 }
