@@ -444,7 +444,10 @@ const (
 	// MarkAllow and pins it to that socket, as an allow of the peer's
 	// datagram does. Its value under MarkMask is no other mark's. (A program
 	// that gives its own socket latch's bits with SO_MARK, which needs
-	// CAP_NET_ADMIN, is beyond a per-program decision, as with OwnMark: with
+	// CAP_NET_ADMIN or, since Linux 5.17, CAP_NET_RAW (checked on 6.18: an
+	// unprivileged process with only CAP_NET_RAW sets it; see "ICMP" for
+	// what CAP_NET_RAW may do anyway), is beyond a per-program decision, as
+	// with OwnMark: with
 	// this value its packets may be held where they would pass, and decided
 	// as inbound.) Not over loopback, whose opener is a local socket (rule 6
 	// holds its next packet; review16). With Config.Forward, LATCH-FWD gives
