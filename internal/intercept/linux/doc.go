@@ -44,7 +44,10 @@
 //     conntrack cannot place (INVALID), but a SYN and one marked MarkReject,
 //     which the rest would only return at its end (a fast socket's reset as it
 //     closes with SO_LINGER 0, whose mark was cleared at TCP_CLOSE; not in
-//     LATCH-FWD, which drops INVALID TCP); with Config.FastUDPMatch,
+//     LATCH-FWD, which drops INVALID TCP); returns for a TCP reset conntrack
+//     calls RELATED, a REJECT's (which no socket sends; held by 6 when the
+//     rejected segment was a reply direction's, it never reached its socket:
+//     review16; LATCH-IN too, for one over loopback); with Config.FastUDPMatch,
 //     gives the first datagram of a UDP flow (conntrack NEW, conntrack mark and
 //     packet mark without latch's bits) MarkAllow when the kernel fast path's UDP
 //     match (xt_bpf; for native nftables a rule in chain udpfast, added over

@@ -445,6 +445,25 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// (LATCH-FWD drops INVALID TCP instead, see 8.)
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN NONE -m conntrack --ctstate INVALID -m mark ! --mark %#x/%#x -j RETURN\n", name, MarkReject, MarkMask)
 		}
+		if hook != "FORWARD" {
+			// A reset conntrack calls RELATED: the one a REJECT sends
+			// (nf_send_reset attaches the rejected packet's entry, state
+			// RELATED, direction the other way), which no socket can send
+			// (its segments are looked up: ESTABLISHED, NEW or INVALID).
+			// When the rejected segment was the reply direction's (a
+			// forwarded flow's other side, or this host's side over
+			// loopback, decided after a rule change: MarkRedecideReply),
+			// the reset runs in the original direction on an entry still
+			// marked MarkRedecide, and 6 held it: decided as a packet of
+			// the flow, denied again, and the reject's reset never reached
+			// the socket it was for (review16). LATCH-IN too: over
+			// loopback (held with Config.ExemptLoopback off) the reset to
+			// a local socket arrives with that entry, and 6 held it there.
+			// A peer's reset is looked up (ESTABLISHED or INVALID); only
+			// the first packet of a connection a conntrack helper expects
+			// is RELATED too, which a reset cannot open.
+			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate RELATED -j RETURN\n", name)
+		}
 		if out && spec.fastUDP != "" {
 			// The first datagram of a UDP flow nothing decided yet, not back from a
 			// verdict: the kernel fast path's match (Config.FastUDPMatch) gives it
@@ -1288,6 +1307,10 @@ func (spec ruleSpec) nftRules() string {
 			// TCP conntrack cannot place, but a SYN or a reset's (see
 			// iptablesRules).
 			r("tcp flags & syn == 0 ct state invalid meta mark & %#x != %#x accept", MarkMask, MarkReject)
+		}
+		if !fwd {
+			// A REJECT's reset (see iptablesRules, review16).
+			r("tcp flags & rst == rst ct state related accept")
 		}
 		if out && spec.fastUDP != "" {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot

@@ -163,10 +163,19 @@ func testUDPInboundRedecideReplyDenied(t *testing.T, fw string, pin bool, port i
 // (TCP has none) and without the fast path's notrack (whose sockets are
 // decided again by their marks, TestNotrack).
 func TestTCPInboundRedecideReply(t *testing.T) {
-	for i, deny := range []bool{true, false} {
+	// holdLo: loopback held too (--exempt-loopback=false), which the
+	// reset to the server's socket takes (review16: held by 6 and denied
+	// again, it never reached the socket).
+	for i, c := range []struct{ deny, holdLo bool }{{true, false}, {false, false}, {true, true}} {
+		deny := c.deny
 		name := "allowed"
 		if deny {
 			name = "denied"
+		}
+		env := []string{"LATCH_TEST_INBOUND=1"}
+		if c.holdLo {
+			name += "/loopback-held"
+			env = append(env, "LATCH_TEST_HOLD_LOOPBACK=1")
 		}
 		t.Run(name, func(t *testing.T) {
 			tp := newTopo(t)
@@ -184,8 +193,8 @@ func TestTCPInboundRedecideReply(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FIREWALL="+FirewallIptablesNft,
-				"LATCH_TEST_INBOUND=1", "LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+			d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), append([]string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft,
+				"LATCH_TEST_POLICY_AFTER=" + after, "LATCH_TEST_REDECIDE_PORT=" + strconv.Itoa(port)}, env...)...)
 			defer d.stop()
 			var c net.Conn
 			if err := inNS(tp.b, func() error {

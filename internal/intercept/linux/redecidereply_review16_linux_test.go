@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -230,5 +231,102 @@ func TestOutboundRedecidePeerPushes(t *testing.T) {
 		if prog.receives(msg, time.Second) {
 			t.Fatalf("after a rule change denied the program's flow to B, B's datagram %d on it reached the program (the program sent nothing since)", i)
 		}
+	}
+}
+
+// TestForwardTCPRedecideReply is TestForwardRedecideReply for TCP: B
+// connects to C through this host (allowed); a rule change marks the
+// connection. C's next segment (its data) is held and decided as B's
+// forwarded connection: denied, it never reaches B and C's socket is reset
+// (the ruleset's reset goes to the segment's sender); allowed, it passes,
+// and B's answer passes unheld.
+func TestForwardTCPRedecideReply(t *testing.T) {
+	for i, deny := range []bool{true, false} {
+		name := "allowed"
+		if deny {
+			name = "denied"
+		}
+		port := 9185 + i
+		t.Run(name, func(t *testing.T) {
+			tp := newTopo(t)
+			c := addContainer(t, tp)
+			after := fmt.Sprintf("%d=allow,*=deny", port)
+			if deny {
+				after = "*=deny"
+			}
+			server := net.JoinHostPort(addrC, strconv.Itoa(port))
+			var ln net.Listener
+			if err := inNS(c, func() error {
+				var err error
+				ln, err = net.Listen("tcp4", server)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			d := startDaemonOn(t, tp, FirewallIptablesNft, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FORWARD=1",
+				"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+			defer d.stop()
+			var cl net.Conn
+			if err := inNS(tp.b, func() error {
+				var err error
+				cl, err = net.DialTimeout("tcp4", server, 3*time.Second)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			s, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			read := func(c net.Conn, within time.Duration) (string, error) {
+				c.SetReadDeadline(time.Now().Add(within))
+				buf := make([]byte, 64)
+				n, err := c.Read(buf)
+				return string(buf[:n]), err
+			}
+			if _, err := s.Write([]byte("latch-before")); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := read(cl, 3*time.Second); m != "latch-before" {
+				t.Fatalf("before the rule change B read %q, %v", m, err)
+			}
+			redecideAfterChange(t, d, 1)
+			if _, err := s.Write([]byte("latch-after")); err != nil {
+				t.Fatal(err)
+			}
+			m, err := read(cl, 1500*time.Millisecond)
+			heldLine := fmt.Sprintf("held out tcp %s %s ", cl.LocalAddr(), server)
+			held := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine)
+			if deny {
+				if m != "" {
+					t.Fatalf("after a rule change denied the forwarded connection B opened, C's data reached B: %q", m)
+				}
+				if held < 1 {
+					t.Error("C's segment after the rule change was not held as B's forwarded connection")
+				}
+				if _, err := read(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("C's socket after its segment was denied: read error %v, want a reset", err)
+				}
+				return
+			}
+			if m != "latch-after" {
+				t.Fatalf("after a rule change that still allows the connection B read %q, %v", m, err)
+			}
+			if held != 1 {
+				t.Errorf("C's segment after the rule change was held %d times as B's forwarded connection; want 1", held)
+			}
+			if _, err := cl.Write([]byte("latch-peer")); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := read(s, 3*time.Second); m != "latch-peer" {
+				t.Fatalf("B's data after the connection was allowed again: C read %q, %v", m, err)
+			}
+			if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine); n != 0 {
+				t.Errorf("B's segment after the connection was allowed again was held %d times; want 0", n)
+			}
+		})
 	}
 }
