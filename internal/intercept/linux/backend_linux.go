@@ -788,6 +788,12 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	}
 	if p.Hook == hookLocalIn {
 		req.Direction, req.Local, req.Remote = engine.Inbound, dst, src
+	} else if p.Hook == hookForward && h.mark&MarkMask == MarkRedecideReply {
+		// The side of a forwarded flow that did not open it, held after a
+		// rule change (see MarkRedecideReply): decided as the flow, the
+		// request its opener's packet makes, so the tuple reads reversed
+		// (and the opener is attributed, as for its own packets).
+		req.Direction, req.Local, req.Remote = engine.Outbound, dst, src
 	} else {
 		req.Direction, req.Local, req.Remote = engine.Outbound, src, dst
 	}

@@ -46,7 +46,10 @@
 //     after its TCP_CLOSE cleared its mark, such as one after
 //     connect(AF_UNSPEC); the reset of close(2) with SO_LINGER 0 keeps
 //     MarkFastFlow and leaves untracked, see fastpath's doc; not in
-//     LATCH-FWD, which drops INVALID TCP); with Config.FastUDPMatch,
+//     LATCH-FWD, which drops INVALID TCP); returns for a TCP reset conntrack
+//     calls RELATED, a REJECT's (which no socket sends; held by 6 when the
+//     rejected segment was a reply direction's, it never reached its socket:
+//     review16; LATCH-IN too, for one over loopback); with Config.FastUDPMatch,
 //     gives the first datagram of a UDP flow (conntrack NEW, conntrack mark and
 //     packet mark without latch's bits) MarkAllow when the kernel fast path's UDP
 //     match (xt_bpf; for native nftables a rule in chain udpfast, added over
@@ -83,7 +86,8 @@
 //  6. queues the packets that the side that opened a flow sends (conntrack direction
 //     original) while its conntrack mark is MarkRedecide (see Redecide); with
 //     Config.Inbound, LATCH-OUT then, after 7's returns, gives what this host
-//     sends on a flow the peer opened (conntrack ESTABLISHED, direction reply)
+//     sends on a flow the peer opened (conntrack ESTABLISHED, direction reply;
+//     not over loopback, whose opener is a local socket that 6 holds)
 //     with any of latch's conntrack marks (MarkRedecide) MarkRedecideReply and
 //     queues it by that packet mark alone (native nftables: one rule sets
 //     and queues), before the returns by protocol (see Redecide);
@@ -266,7 +270,11 @@
 // as without Config.Inbound (9), the program's outbound rules would mark
 // allowed a flow whose inbound rules now deny it, the peer's side too
 // (review15: this host's side left undecided from any socket on the port
-// until the peer's next packet was decided, for ever if that was denied). ICMP entries are deleted instead (the
+// until the peer's next packet was decided, for ever if that was denied). A
+// forwarded flow's other side is held the same way (LATCH-FWD, Config.Forward)
+// and decided as the flow, the request its opener's packet makes (review16:
+// a container's answers to an outside host passed until that host's next
+// packet was decided, for ever once it was denied). ICMP entries are deleted instead (the
 // flow's own host speaks first). With notrack, the fast path's TCP flows have no
 // conntrack entry: Redecide marks their sockets instead (see "Notrack").
 //
@@ -441,9 +449,17 @@ const (
 	// MarkAllow and pins it to that socket, as an allow of the peer's
 	// datagram does. Its value under MarkMask is no other mark's. (A program
 	// that gives its own socket latch's bits with SO_MARK, which needs
-	// CAP_NET_ADMIN, is beyond a per-program decision, as with OwnMark: with
+	// CAP_NET_ADMIN or, since Linux 5.17, CAP_NET_RAW (checked on 6.18: an
+	// unprivileged process with only CAP_NET_RAW sets it; see "ICMP" for
+	// what CAP_NET_RAW may do anyway), is beyond a per-program decision, as
+	// with OwnMark: with
 	// this value its packets may be held where they would pass, and decided
-	// as inbound.)
+	// as inbound.) Not over loopback, whose opener is a local socket (rule 6
+	// holds its next packet; review16). With Config.Forward, LATCH-FWD gives
+	// it to what the side that did not open a forwarded flow sends while the
+	// flow has one of latch's marks, and the reader decides it as the flow:
+	// the request its opener's packet makes (local and remote reversed),
+	// whose allow marks it MarkAllow again (review16).
 	MarkRedecideReply uint32 = 0x70000000
 )
 

@@ -446,6 +446,25 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// (LATCH-FWD drops INVALID TCP instead, see 8.)
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN NONE -m conntrack --ctstate INVALID -m mark ! --mark %#x/%#x -j RETURN\n", name, MarkReject, MarkMask)
 		}
+		if hook != "FORWARD" {
+			// A reset conntrack calls RELATED: the one a REJECT sends
+			// (nf_send_reset attaches the rejected packet's entry, state
+			// RELATED, direction the other way), which no socket can send
+			// (its segments are looked up: ESTABLISHED, NEW or INVALID).
+			// When the rejected segment was the reply direction's (a
+			// forwarded flow's other side, or this host's side over
+			// loopback, decided after a rule change: MarkRedecideReply),
+			// the reset runs in the original direction on an entry still
+			// marked MarkRedecide, and 6 held it: decided as a packet of
+			// the flow, denied again, and the reject's reset never reached
+			// the socket it was for (review16). LATCH-IN too: over
+			// loopback (held with Config.ExemptLoopback off) the reset to
+			// a local socket arrives with that entry, and 6 held it there.
+			// A peer's reset is looked up (ESTABLISHED or INVALID); only
+			// the first packet of a connection a conntrack helper expects
+			// is RELATED too, which a reset cannot open.
+			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate RELATED -j RETURN\n", name)
+		}
 		if out && spec.fastUDP != "" {
 			// The first datagram of a UDP flow nothing decided yet, not back from a
 			// verdict: the kernel fast path's match (Config.FastUDPMatch) gives it
@@ -566,7 +585,26 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// mark is set and tested by the next rule alone (not again by
 			// the flow's mark, which another CPU may change in between).
 			// MarkAllow here (a verdict on another CPU since the rules
-			// above) is held too: decided once more.
+			// above) is held too: decided once more. Not over loopback
+			// (held with Config.ExemptLoopback off): there the peer is a
+			// local socket that opened the flow, whose own next packet 6
+			// holds and decides as its outbound connection; decided here
+			// as the other end's inbound one, an allow would mark the
+			// whole flow allowed by the server's inbound rules, the
+			// opener's side too, which its rules may now deny (review16).
+			fmt.Fprintf(&b, "-A %s ! -o lo -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
+		} else if hook == "FORWARD" {
+			// What the side that did not open a forwarded flow sends on
+			// it (a container's answers to a host outside, or the outside
+			// host's to a container) while the flow carries one of
+			// latch's marks (MarkRedecide): held too, and decided as the
+			// flow it belongs to, the same request its opener's next
+			// packet makes (the reader reads the tuple reversed:
+			// MarkRedecideReply tells it so). It passed undecided until
+			// the opener's next packet was decided, and for ever once
+			// that was denied (review16). The same two rules as in
+			// LATCH-OUT.
 			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		}
@@ -1271,6 +1309,10 @@ func (spec ruleSpec) nftRules() string {
 			// iptablesRules).
 			r("tcp flags & syn == 0 ct state invalid meta mark & %#x != %#x accept", MarkMask, MarkReject)
 		}
+		if !fwd {
+			// A REJECT's reset (see iptablesRules, review16).
+			r("tcp flags & rst == rst ct state related accept")
+		}
 		if out && spec.fastUDP != "" {
 			// The kernel fast path's UDP match (see iptablesRules), which nft cannot
 			// write: chain udpfast gets it over netlink (addNftBPFMatch), with a goto
@@ -1335,7 +1377,12 @@ func (spec ruleSpec) nftRules() string {
 			// This host's side of a flow the peer opened with one of
 			// latch's marks (MarkRedecide): held and decided as the
 			// inbound flow for the sending socket (see iptablesRules,
-			// review15). One rule: the mark is set as it is queued.
+			// review15). One rule: the mark is set as it is queued. Not
+			// over loopback, whose opener is a local socket (review16).
+			r(`%s != "lo" ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s`, lo, MarkMask, ^MarkMask, MarkRedecideReply, q)
+		} else if fwd {
+			// A forwarded flow's other side: decided as the flow (see
+			// iptablesRules, review16).
 			r("ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s", MarkMask, ^MarkMask, MarkRedecideReply, q)
 		}
 		if out || fwd {

@@ -756,6 +756,9 @@ func runChild(mode string) int {
 		policyMu.Lock()
 		pol := policy
 		policyMu.Unlock()
+		if !ok && req.Direction == engine.Inbound {
+			act, ok = pol[int(port)|inboundOnly]
+		}
 		if !ok {
 			act, ok = pol[int(port)]
 		}
@@ -864,7 +867,12 @@ type policyAction struct {
 	delay  time.Duration
 }
 
-// parsePolicy parses "9001=allow,9002=reject,9004=allow@3s,*=deny" (port -1 is "*").
+// inboundOnly marks a policy key that applies to inbound requests only
+// ("in:9001=allow"), before the port's entry for both directions.
+const inboundOnly = 1 << 16
+
+// parsePolicy parses "9001=allow,9002=reject,9004=allow@3s,*=deny" (port -1 is
+// "*"); "in:9001=allow" decides only inbound requests to local port 9001.
 func parsePolicy(s string) (map[int]policyAction, error) {
 	p := map[int]policyAction{-1: {action: engine.Allow}}
 	for _, item := range strings.Split(s, ",") {
@@ -876,11 +884,17 @@ func parsePolicy(s string) (map[int]policyAction, error) {
 			return nil, fmt.Errorf("policy item %q: want PORT=ACTION", item)
 		}
 		port := -1
+		k, in := strings.CutPrefix(k, "in:")
 		if k != "*" {
 			var err error
-			if port, err = strconv.Atoi(k); err != nil {
-				return nil, fmt.Errorf("policy item %q: %w", item, err)
+			if port, err = strconv.Atoi(k); err != nil || port < 0 || port > 65535 {
+				return nil, fmt.Errorf("policy item %q: want a port: %v", item, err)
 			}
+			if in {
+				port |= inboundOnly
+			}
+		} else if in {
+			return nil, fmt.Errorf("policy item %q: in: wants a port", item)
 		}
 		var pa policyAction
 		name, delay, hasDelay := strings.Cut(v, "@")

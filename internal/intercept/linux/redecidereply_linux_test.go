@@ -163,10 +163,19 @@ func testUDPInboundRedecideReplyDenied(t *testing.T, fw string, pin bool, port i
 // (TCP has none) and without the fast path's notrack (whose sockets are
 // decided again by their marks, TestNotrack).
 func TestTCPInboundRedecideReply(t *testing.T) {
-	for i, deny := range []bool{true, false} {
+	// holdLo: loopback held too (--exempt-loopback=false), which the
+	// reset to the server's socket takes (review16: held by 6 and denied
+	// again, it never reached the socket).
+	for i, c := range []struct{ deny, holdLo bool }{{true, false}, {false, false}, {true, true}} {
+		deny := c.deny
 		name := "allowed"
 		if deny {
 			name = "denied"
+		}
+		env := []string{"LATCH_TEST_INBOUND=1"}
+		if c.holdLo {
+			name += "/loopback-held"
+			env = append(env, "LATCH_TEST_HOLD_LOOPBACK=1")
 		}
 		t.Run(name, func(t *testing.T) {
 			tp := newTopo(t)
@@ -184,8 +193,8 @@ func TestTCPInboundRedecideReply(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FIREWALL="+FirewallIptablesNft,
-				"LATCH_TEST_INBOUND=1", "LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+			d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), append([]string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft,
+				"LATCH_TEST_POLICY_AFTER=" + after, "LATCH_TEST_REDECIDE_PORT=" + strconv.Itoa(port)}, env...)...)
 			defer d.stop()
 			var c net.Conn
 			if err := inNS(tp.b, func() error {
@@ -260,90 +269,107 @@ func TestTCPInboundRedecideReply(t *testing.T) {
 // without the sender stash; iptables IPv4 and IPv6, native nftables), with
 // Config.Inbound LATCH-OUT has exactly one rule that gives MarkRedecideReply
 // (to an ESTABLISHED packet of direction reply whose flow has any of latch's
-// marks), right followed by the one queue rule on that packet mark alone
-// (nft: one rule sets it and queues), after the MarkRedecide queue rule for
-// the side that opened the flow (6) and the allowed flow's returns after it,
-// and before the first rule that returns by protocol alone: this host's side
-// of a flow the peer opened and a rule change marked is never passed
-// undecided. Without Config.Inbound (a reply then is held by 9 and 11 as
-// this host's outbound connection) and in LATCH-IN and LATCH-FWD no rule
-// names the mark.
+// marks, not over loopback: review16), right followed by the one queue rule
+// on that packet mark alone (nft: one rule sets it and queues), after the
+// MarkRedecide queue rule for the side that opened the flow (6) and the
+// allowed flow's returns after it, and before the first rule that returns by
+// protocol alone: this host's side of a flow the peer opened and a rule
+// change marked is never passed undecided. With Config.Forward LATCH-FWD has
+// the same (without the loopback exception: review16, a forwarded flow's
+// other side). Without Config.Inbound LATCH-OUT (a reply then is held by 9
+// and 11 as this host's outbound connection), and LATCH-IN always, have no
+// rule that names the mark.
 func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 	mark := fmt.Sprintf("%#x/%#x", MarkRedecideReply, MarkMask)
 	nftMark := fmt.Sprintf("meta mark set meta mark & %#x | %#x", ^MarkMask, MarkRedecideReply)
+	type chainWant struct {
+		out, markRule, queueRule, redecide, lastReturn string
+		want                                           bool
+	}
+	ipt := func(want bool, chain, lo string) chainWant {
+		return chainWant{"-A " + chain + " ",
+			"-A " + chain + lo + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000 -j MARK --set-xmark " + mark,
+			"-A " + chain + " -m mark --mark " + mark + " -j NFQUEUE",
+			fmt.Sprintf("-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL -j NFQUEUE", chain, MarkRedecide, MarkMask),
+			"-A " + chain + " -p udp -j RETURN", want}
+	}
+	nft := func(want bool, chain, lo string) chainWant {
+		return chainWant{"add rule inet " + nftTable + " " + chain + " ",
+			fmt.Sprintf("add rule inet %s %s%s ct state established ct direction reply ct mark & %#x != 0 %s queue num 7", nftTable, chain, lo, MarkMask, nftMark),
+			"",
+			fmt.Sprintf("add rule inet %s %s ct mark & %#x == %#x ct direction original queue num 7", nftTable, chain, MarkMask, MarkRedecide),
+			"add rule inet " + nftTable + " " + chain + " meta l4proto { tcp, udp } accept", want}
+	}
 	for _, stash := range []string{"", "/sys/fs/bpf/latch-fast-stash-test"} {
 		everyRuleSpec(t, ruleSpec{queue: 7, stash: stash}, func(spec ruleSpec, names []string) {
 			for _, v := range []struct {
-				name, out, markRule, queueRule, redecide, lastReturn string
-				rules                                                string
+				name   string
+				chains []chainWant
+				rules  string
 			}{
-				{"iptables", "-A " + chainOut + " ",
-					"-A " + chainOut + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000 -j MARK --set-xmark " + mark,
-					"-A " + chainOut + " -m mark --mark " + mark + " -j NFQUEUE",
-					fmt.Sprintf("-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL -j NFQUEUE", chainOut, MarkRedecide, MarkMask),
-					"-A " + chainOut + " -p udp -j RETURN", spec.iptablesRules(false, nil, map[string]bool{})},
-				{"ip6tables", "-A " + chainOut + " ",
-					"-A " + chainOut + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000 -j MARK --set-xmark " + mark,
-					"-A " + chainOut + " -m mark --mark " + mark + " -j NFQUEUE",
-					fmt.Sprintf("-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL -j NFQUEUE", chainOut, MarkRedecide, MarkMask),
-					"-A " + chainOut + " -p udp -j RETURN", spec.iptablesRules(true, nil, map[string]bool{})},
-				{"nft", "add rule inet " + nftTable + " output ",
-					fmt.Sprintf("add rule inet %s output ct state established ct direction reply ct mark & %#x != 0 %s queue num 7", nftTable, MarkMask, nftMark),
-					"",
-					fmt.Sprintf("add rule inet %s output ct mark & %#x == %#x ct direction original queue num 7", nftTable, MarkMask, MarkRedecide),
-					"add rule inet " + nftTable + " output meta l4proto { tcp, udp } accept", spec.nftRules()},
+				{"iptables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo"), ipt(spec.forward, chainFwd, "")}, spec.iptablesRules(false, nil, map[string]bool{})},
+				{"ip6tables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo"), ipt(spec.forward, chainFwd, "")}, spec.iptablesRules(true, nil, map[string]bool{})},
+				{"nft", []chainWant{nft(spec.inbound, "output", ` oifname != "lo"`), nft(spec.forward, "forward", "")}, spec.nftRules()},
 			} {
 				where := fmt.Sprintf("%s with %v, stash %q", v.name, names, stash)
-				var out []string
-				for _, l := range strings.Split(v.rules, "\n") {
-					switch {
-					case strings.HasPrefix(l, v.out):
-						out = append(out, l)
-					case strings.Contains(l, mark) || strings.Contains(l, nftMark):
-						t.Errorf("%s: a rule outside %s names MarkRedecideReply: %q", where, chainOut, l)
+				lines := strings.Split(v.rules, "\n")
+				for _, l := range lines {
+					if !strings.Contains(l, mark) && !strings.Contains(l, nftMark) {
+						continue
+					}
+					if !strings.HasPrefix(l, v.chains[0].out) && !strings.HasPrefix(l, v.chains[1].out) {
+						t.Errorf("%s: a rule outside %s and %s names MarkRedecideReply: %q", where, chainOut, chainFwd, l)
 					}
 				}
-				markAt, redecideAt, lastAllowAt, returnAt, n := -1, -1, -1, -1, 0
-				for i, l := range out {
-					if strings.Contains(l, mark) || strings.Contains(l, nftMark) {
-						n++
-						if strings.Contains(l, "MARK --set-xmark") || strings.Contains(l, "meta mark set") {
-							markAt = i
+				for _, c := range v.chains {
+					var out []string
+					for _, l := range lines {
+						if strings.HasPrefix(l, c.out) {
+							out = append(out, l)
 						}
 					}
-					if strings.HasPrefix(l, v.redecide) {
-						redecideAt = i
+					markAt, redecideAt, lastAllowAt, returnAt, n := -1, -1, -1, -1, 0
+					for i, l := range out {
+						if strings.Contains(l, mark) || strings.Contains(l, nftMark) {
+							n++
+							if strings.Contains(l, "MARK --set-xmark") || strings.Contains(l, "meta mark set") {
+								markAt = i
+							}
+						}
+						if strings.HasPrefix(l, c.redecide) {
+							redecideAt = i
+						}
+						if (strings.Contains(l, fmt.Sprintf("connmark --mark %#x/%#x", MarkAllow, MarkMask)) ||
+							strings.Contains(l, fmt.Sprintf("ct mark & %#x == %#x", MarkMask, MarkAllow))) && returnAt < 0 {
+							lastAllowAt = i
+						}
+						if l == c.lastReturn && returnAt < 0 {
+							returnAt = i
+						}
 					}
-					if (strings.Contains(l, fmt.Sprintf("connmark --mark %#x/%#x", MarkAllow, MarkMask)) ||
-						strings.Contains(l, fmt.Sprintf("ct mark & %#x == %#x", MarkMask, MarkAllow))) && returnAt < 0 {
-						lastAllowAt = i
+					if !c.want {
+						if n != 0 {
+							t.Errorf("%s: %d rules of %q name MarkRedecideReply; want none", where, n, c.out)
+						}
+						continue
 					}
-					if l == v.lastReturn && returnAt < 0 {
-						returnAt = i
+					want := 2
+					if c.queueRule == "" {
+						want = 1
 					}
-				}
-				if !spec.inbound {
-					if n != 0 {
-						t.Errorf("%s: without inbound %d rules name MarkRedecideReply", where, n)
+					switch {
+					case n != want || markAt < 0:
+						t.Errorf("%s: %d rules name MarkRedecideReply (setting it at %d), want %d:\n%s", where, n, markAt, want, strings.Join(out, "\n"))
+					case out[markAt] != c.markRule && !(c.queueRule == "" && strings.HasPrefix(out[markAt], c.markRule)):
+						t.Errorf("%s: %q, want %q", where, out[markAt], c.markRule)
+					case c.queueRule != "" && (markAt+1 >= len(out) || !strings.HasPrefix(out[markAt+1], c.queueRule)):
+						t.Errorf("%s: the rule after the one giving MarkRedecideReply is not its queue rule %q:\n%s", where, c.queueRule, strings.Join(out, "\n"))
+					case redecideAt < 0 || returnAt < 0:
+						t.Errorf("%s: no MarkRedecide queue rule (%d) or protocol return (%d):\n%s", where, redecideAt, returnAt, strings.Join(out, "\n"))
+					case markAt < redecideAt || markAt < lastAllowAt || markAt > returnAt:
+						t.Errorf("%s: MarkRedecideReply given at %d, want after the MarkRedecide queue rule (%d) and the allowed flow's rules (last at %d), before the protocols' return (%d):\n%s",
+							where, markAt, redecideAt, lastAllowAt, returnAt, strings.Join(out, "\n"))
 					}
-					continue
-				}
-				want := 2
-				if v.queueRule == "" {
-					want = 1
-				}
-				switch {
-				case n != want || markAt < 0:
-					t.Errorf("%s: %d rules name MarkRedecideReply (setting it at %d), want %d:\n%s", where, n, markAt, want, strings.Join(out, "\n"))
-				case out[markAt] != v.markRule && !(v.queueRule == "" && strings.HasPrefix(out[markAt], v.markRule)):
-					t.Errorf("%s: %q, want %q", where, out[markAt], v.markRule)
-				case v.queueRule != "" && (markAt+1 >= len(out) || !strings.HasPrefix(out[markAt+1], v.queueRule)):
-					t.Errorf("%s: the rule after the one giving MarkRedecideReply is not its queue rule %q:\n%s", where, v.queueRule, strings.Join(out, "\n"))
-				case redecideAt < 0 || returnAt < 0:
-					t.Errorf("%s: no MarkRedecide queue rule (%d) or protocol return (%d):\n%s", where, redecideAt, returnAt, strings.Join(out, "\n"))
-				case markAt < redecideAt || markAt < lastAllowAt || markAt > returnAt:
-					t.Errorf("%s: MarkRedecideReply given at %d, want after the MarkRedecide queue rule (%d) and the allowed flow's rules (last at %d), before the protocols' return (%d):\n%s",
-						where, markAt, redecideAt, lastAllowAt, returnAt, strings.Join(out, "\n"))
 				}
 			}
 		})

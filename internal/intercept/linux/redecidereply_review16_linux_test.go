@@ -1,0 +1,332 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestLoopbackRedecideReplyOpenerDecides (review16): with Config.Inbound and
+// loopback held (--exempt-loopback=false), a TCP connection over loopback is
+// opened by a local client, decided as its outbound connection. A rule
+// change now denies that (the client's outbound connections to the port)
+// while the server on the port may still take inbound ones. The server
+// pushes first: on the ruleset of e731c6b its segment (conntrack direction
+// reply in LATCH-OUT, as every answer over loopback is) was held as an
+// inbound connection of the server's program and allowed by the server's
+// inbound rules, which marked the whole flow allowed: the client's next
+// segment then passed unheld, and the connection its rules deny went on.
+// Over loopback the opener is always a local socket, whose next packet is
+// held (6) and decided by its own outbound rules; so the server's side is
+// not held there (it passes until then, as on any flow this host opened),
+// and the client's data never reaches the server.
+func TestLoopbackRedecideReplyOpenerDecides(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port := 9160 + i
+		t.Run(fw, func(t *testing.T) { testLoopbackRedecideReply(t, fw, port) })
+	}
+}
+
+func testLoopbackRedecideReply(t *testing.T, fw string, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	var ln net.Listener
+	if err := inNS(tp.a, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FIREWALL="+fw,
+		"LATCH_TEST_INBOUND=1", "LATCH_TEST_HOLD_LOOPBACK=1",
+		fmt.Sprintf("LATCH_TEST_POLICY_AFTER=in:%d=allow,*=deny", port), "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	var c net.Conn
+	if err := inNS(tp.a, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if l, ok := d.waitLine("held out tcp "+c.LocalAddr().String()+" "+addr, 3*time.Second); !ok {
+		t.Fatalf("the loopback connect was not held as the client's outbound connection (last %q)", l)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	read := func(c net.Conn, within time.Duration) (string, error) {
+		c.SetReadDeadline(time.Now().Add(within))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		return string(buf[:n]), err
+	}
+	if _, err := s.Write([]byte("latch-before")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := read(c, 3*time.Second); m != "latch-before" {
+		t.Fatalf("before the rule change the client read %q, %v", m, err)
+	}
+	redecideAfterChange(t, d, 1)
+	// The server pushes first.
+	if _, err := s.Write([]byte("latch-push")); err != nil {
+		t.Fatal(err)
+	}
+	read(c, 1500*time.Millisecond)
+	lines := d.linesFor(200 * time.Millisecond)
+	for _, l := range lines {
+		if strings.HasPrefix(l, "held in tcp ") {
+			t.Errorf("the server's segment on the client's loopback connection was held as an inbound connection: %q", l)
+		}
+	}
+	if _, err := c.Write([]byte("latch-client-after")); err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Logf("client write: %v", err)
+	}
+	if m, _ := read(s, 1500*time.Millisecond); strings.Contains(m, "latch-client-after") {
+		t.Errorf("after a rule change denied the client's loopback connection, its data reached the server (the server's inbound allow reopened it): %q", m)
+	}
+	if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), "held out tcp "+c.LocalAddr().String()); n < 1 {
+		t.Errorf("the client's segment after the rule change was not held as its outbound connection")
+	}
+}
+
+// TestForwardRedecideReply (review16, the forwarded neighbour of review15):
+// with Config.Forward, B opens a UDP flow to a namespace C that this host
+// routes to (allowed as B's forwarded connection). A rule change denies it.
+// What C sends on the flow next (conntrack direction reply in LATCH-FWD) was
+// passed undecided until B's next datagram was decided, and for ever once
+// that was denied (the mark stays MarkRedecide and C's datagrams keep the
+// entry alive): C talked on to B over a flow the rules deny. Now it is held
+// and decided as the flow it belongs to (B's forwarded connection to C: the
+// same request B's next datagram makes), so a deny drops it; an allow marks
+// the flow allowed again and B's next datagram passes unheld.
+func TestForwardRedecideReply(t *testing.T) {
+	i := 0
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		for _, deny := range []bool{true, false} {
+			name := fw + "/allowed"
+			if deny {
+				name = fw + "/denied"
+			}
+			port := 9170 + i
+			i++
+			t.Run(name, func(t *testing.T) { testForwardRedecideReply(t, fw, deny, port) })
+		}
+	}
+}
+
+func testForwardRedecideReply(t *testing.T, fw string, deny bool, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	c := addContainer(t, tp)
+	after := fmt.Sprintf("%d=allow,*=deny", port)
+	if deny {
+		after = "*=deny"
+	}
+	d := startDaemonOn(t, tp, fw, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FORWARD=1",
+		"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	server := netip.AddrPortFrom(netip.MustParseAddr(addrC), uint16(port))
+	client := netip.AddrPortFrom(netip.MustParseAddr(addrB), uint16(port-9170+9180))
+	srv := listenUDPIn(t, c, server)
+	peer := listenUDPIn(t, tp.b, client)
+	held := func(lines []string) int {
+		n := 0
+		for _, l := range lines {
+			if strings.HasPrefix(l, fmt.Sprintf("held out udp %s %s ", client, server)) {
+				n++
+			}
+		}
+		return n
+	}
+	peer.send(t, server, "latch-hello")
+	if !srv.receives("latch-hello", 3*time.Second) {
+		t.Fatal("B's datagram (forwarded, allowed) did not reach C")
+	}
+	srv.send(t, client, "latch-answer")
+	if !peer.receives("latch-answer", 2*time.Second) {
+		t.Fatal("C's answer on the allowed flow did not reach B")
+	}
+	redecideAfterChange(t, d, 1)
+	srv.send(t, client, "latch-answer-after")
+	got := peer.receives("latch-answer-after", 1500*time.Millisecond)
+	if n := held(d.linesFor(200 * time.Millisecond)); n != 1 {
+		t.Errorf("C's answer after the rule change was held %d times as B's forwarded flow; want 1", n)
+	}
+	if deny {
+		if got {
+			t.Fatal("after a rule change denied the forwarded flow B opened, C's answer on it reached B")
+		}
+		peer.send(t, server, "latch-peer-denied")
+		if srv.receives("latch-peer-denied", 1500*time.Millisecond) {
+			t.Error("after the rule change B's datagram reached C")
+		}
+		srv.send(t, client, "latch-answer-again")
+		if peer.receives("latch-answer-again", 1500*time.Millisecond) {
+			t.Error("C's second answer after the rule change (B's datagram denied in between) reached B")
+		}
+		return
+	}
+	if !got {
+		t.Fatal("after a rule change that still allows the forwarded flow, C's answer did not reach B")
+	}
+	peer.send(t, server, "latch-peer-after")
+	if !srv.receives("latch-peer-after", 2*time.Second) {
+		t.Fatal("B's datagram after the flow was allowed again did not reach C")
+	}
+	if n := held(d.linesFor(200 * time.Millisecond)); n != 0 {
+		t.Errorf("B's datagram after the flow was allowed again was held %d times; want 0", n)
+	}
+}
+
+// TestOutboundRedecidePeerPushes (review16, open: "What stays as before" in
+// the README): a local program opens a UDP flow to B (allowed), then only
+// listens; a rule change denies the flow. B's datagrams on it (conntrack
+// direction reply in LATCH-IN) pass until the program's next datagram is
+// held and decided, which a program that only receives never sends: B
+// pushes into it for as long as it keeps the conntrack entry alive. Nothing
+// leaves the program undecided (its next datagram is held and denied), and
+// TCP's ACKs are held at once; what stays is a stream in. A fix would hold
+// B's datagrams of such a flow too and decide them as the flow (the
+// program's outbound request, the tuple reversed, attributed to the socket
+// that receives it: a receive-side lookup, as for an inbound flow).
+func TestOutboundRedecidePeerPushes(t *testing.T) {
+	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
+		t.Skip("known hole (review16): after a rule change denies a UDP flow this host opened, the peer's datagrams reach the program until it sends again; LATCH_TEST_KNOWN_HOLES=1 runs it")
+	}
+	const port = 9190
+	tp := newTopo(t)
+	d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_INBOUND=1",
+		"LATCH_TEST_POLICY_AFTER=*=deny", "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	server := netip.AddrPortFrom(netip.MustParseAddr(addrB), port)
+	client := netip.AddrPortFrom(netip.MustParseAddr(addrA), 9191)
+	peer := listenUDPIn(t, tp.b, server)
+	prog := listenUDPIn(t, tp.a, client)
+	prog.send(t, server, "latch-subscribe")
+	if !peer.receives("latch-subscribe", 3*time.Second) {
+		t.Fatal("the program's allowed datagram did not reach B")
+	}
+	peer.send(t, client, "latch-push-before")
+	if !prog.receives("latch-push-before", 2*time.Second) {
+		t.Fatal("B's answer on the allowed flow did not reach the program")
+	}
+	redecideAfterChange(t, d, 1)
+	for i := 0; i < 3; i++ {
+		msg := fmt.Sprintf("latch-push-after-%d", i)
+		peer.send(t, client, msg)
+		if prog.receives(msg, time.Second) {
+			t.Fatalf("after a rule change denied the program's flow to B, B's datagram %d on it reached the program (the program sent nothing since)", i)
+		}
+	}
+}
+
+// TestForwardTCPRedecideReply is TestForwardRedecideReply for TCP: B
+// connects to C through this host (allowed); a rule change marks the
+// connection. C's next segment (its data) is held and decided as B's
+// forwarded connection: denied, it never reaches B and C's socket is reset
+// (the ruleset's reset goes to the segment's sender); allowed, it passes,
+// and B's answer passes unheld.
+func TestForwardTCPRedecideReply(t *testing.T) {
+	for i, deny := range []bool{true, false} {
+		name := "allowed"
+		if deny {
+			name = "denied"
+		}
+		port := 9185 + i
+		t.Run(name, func(t *testing.T) {
+			tp := newTopo(t)
+			c := addContainer(t, tp)
+			after := fmt.Sprintf("%d=allow,*=deny", port)
+			if deny {
+				after = "*=deny"
+			}
+			server := net.JoinHostPort(addrC, strconv.Itoa(port))
+			var ln net.Listener
+			if err := inNS(c, func() error {
+				var err error
+				ln, err = net.Listen("tcp4", server)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			d := startDaemonOn(t, tp, FirewallIptablesNft, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FORWARD=1",
+				"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+			defer d.stop()
+			var cl net.Conn
+			if err := inNS(tp.b, func() error {
+				var err error
+				cl, err = net.DialTimeout("tcp4", server, 3*time.Second)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			s, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			read := func(c net.Conn, within time.Duration) (string, error) {
+				c.SetReadDeadline(time.Now().Add(within))
+				buf := make([]byte, 64)
+				n, err := c.Read(buf)
+				return string(buf[:n]), err
+			}
+			if _, err := s.Write([]byte("latch-before")); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := read(cl, 3*time.Second); m != "latch-before" {
+				t.Fatalf("before the rule change B read %q, %v", m, err)
+			}
+			redecideAfterChange(t, d, 1)
+			if _, err := s.Write([]byte("latch-after")); err != nil {
+				t.Fatal(err)
+			}
+			m, err := read(cl, 1500*time.Millisecond)
+			heldLine := fmt.Sprintf("held out tcp %s %s ", cl.LocalAddr(), server)
+			held := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine)
+			if deny {
+				if m != "" {
+					t.Fatalf("after a rule change denied the forwarded connection B opened, C's data reached B: %q", m)
+				}
+				if held < 1 {
+					t.Error("C's segment after the rule change was not held as B's forwarded connection")
+				}
+				if _, err := read(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("C's socket after its segment was denied: read error %v, want a reset", err)
+				}
+				return
+			}
+			if m != "latch-after" {
+				t.Fatalf("after a rule change that still allows the connection B read %q, %v", m, err)
+			}
+			if held != 1 {
+				t.Errorf("C's segment after the rule change was held %d times as B's forwarded connection; want 1", held)
+			}
+			if _, err := cl.Write([]byte("latch-peer")); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := read(s, 3*time.Second); m != "latch-peer" {
+				t.Fatalf("B's data after the connection was allowed again: C read %q, %v", m, err)
+			}
+			if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine); n != 0 {
+				t.Errorf("B's segment after the connection was allowed again was held %d times; want 0", n)
+			}
+		})
+	}
+}
