@@ -571,11 +571,19 @@
 // kick already batch them), 0.09 page faults a connect. Its CPU profile
 // (steady state, startup left out): the history writer (SQLite) about 30%,
 // the decisions' reader 20% (half of it TrackFlow, whose flow-table lookup
-// misses the cache: ended flows stay in the 65,536-entry table until evicted;
-// a fifth the request's allocation), the byte accountant 10%, the garbage
-// collector 8-12% (GODEBUG=gctrace=1: about 150 ms of CPU a cycle at 46 MB
-// live, one cycle per some 65,000 connects: about 2 µs a connect), the
-// scheduler and netpoll about 10%. Of netfilter's share, 39-41% was the
+// missed the cache: ended flows stayed in the 65,536-entry table until
+// evicted; a fifth the request's allocation), the byte accountant 10%, the
+// garbage collector 8-12% (GODEBUG=gctrace=1: about 150 ms of CPU a cycle at
+// 46 MB live, one cycle per some 65,000 connects: about 2 µs a connect), the
+// scheduler and netpoll about 10%. Since notrack's flows are forgotten at
+// their socket's end (intercept/linux: flowEntry.untracked; the table holds
+// the flows that may go on, the accountant keeps none of them until its next
+// poll), the bench's "daemon CPU per connect" went from 10.6-14.9 µs (main,
+// six runs) to 8.8-13.1 µs (six runs, alternated with main's, other helpers'
+// tests alongside; medians 13.1 and 10.5), the decisions' reader from 2.2-3.2
+// to 1.4-2.2 µs a connect and the accountant's drain from 1.2-1.7 to 0.3-0.7
+// µs (CPU profiles of three runs each); the history writer, 3.5-5 µs a
+// connect, is now about 40% of it. Of netfilter's share, 39-41% was the
 // reset a client sends as it closes with SO_LINGER 0 (the bench's -reset, on
 // by default) while fast_closed cleared every fast socket's mark at
 // TCP_CLOSE, just before tcp_send_active_reset builds the reset: conntrack

@@ -342,6 +342,12 @@
 // The flows' ends come from their sockets (Config.SocketEnds, with their byte
 // counts): conntrack has no entry to end them or to read counts from along the
 // way, so periodic reports of a long notracked flow need the sockets' live counts.
+// A fast-path TCP flow registered while the ruleset notracks (TrackFlow; not to
+// or from port 53, which stays tracked with the DNS log) is forgotten once its
+// socket's end, with the socket's counts, has ended it: the flow table then
+// holds the flows that may still go on, not the tens of thousands a busy host
+// ended (no conntrack entry, event or mark of such a flow is to come, and its
+// socket is gone from those Redecide marks).
 //
 // A fast socket's mark lasts one connect (see MarkFastFlow and internal/fastpath,
 // "A mark for one connect"): established, it carries MarkFastFlow, which lets no

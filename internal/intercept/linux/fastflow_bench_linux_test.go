@@ -19,8 +19,31 @@ import (
 // ephemeral ports do, so that the flow table and the accountant hold tens of
 // thousands of flows, most of them ended; their decisions and ends come in
 // bursts of 32, as the fast path's ring buffers hand them over. Per op: one
-// connection.
+// connection. Sub-benchmarks: "tracked", the ruleset without notrack (the
+// table keeps the ended flows until it fills), and "notrack", with it (an
+// untracked flow is forgotten at its socket's end).
 func BenchmarkFastFlow(b *testing.B) {
+	b.Run("tracked", func(b *testing.B) { benchFastFlow(b, false) })
+	b.Run("notrack", func(b *testing.B) { benchFastFlow(b, true) })
+}
+
+// noSocketMarks is a SocketMarks that marks nothing (Backend.notrackOn asks only
+// that there is one).
+type noSocketMarks struct{}
+
+func (noSocketMarks) SyncDecisions() error                                   { return nil }
+func (noSocketMarks) RedecideSockets(keep [][2]netip.AddrPort) (int, error)  { return 0, nil }
+func (noSocketMarks) AllowSocket(local, remote netip.AddrPort) (bool, error) { return true, nil }
+
+// setNotrack has be's ruleset keep the fast path's TCP flows out of conntrack
+// (Backend.notrackOn), as an installed one with notrack does.
+func setNotrack(be *Backend) {
+	be.cfg.FastSockets = noSocketMarks{}
+	var none error
+	be.notrackErr.Store(&none)
+}
+
+func benchFastFlow(b *testing.B, notrack bool) {
 	reports := 0
 	be := &Backend{
 		cfg: Config{OnTraffic: func(rs []intercept.Traffic) {
@@ -35,6 +58,9 @@ func BenchmarkFastFlow(b *testing.B) {
 		acctKick: make(chan struct{}, 1),
 	}
 	be.running.Store(true)
+	if notrack {
+		setNotrack(be)
+	}
 	a := newAccountant(be.flows, 10*time.Second)
 	a.list = func(func(ctInfo)) error { return nil }
 	var dr drainer

@@ -127,6 +127,13 @@ type flowEntry struct {
 	// (a new connection from the same port), whose conntrack entry's destroy
 	// may still come (see accountant.event); nil if none.
 	prev *engine.Request
+	// untracked: a TCP flow the kernel's fast path allowed while the ruleset
+	// kept its packets out of conntrack (TrackFlow with notrack on). No
+	// conntrack entry, event or mark of it will ever come, so its socket's end
+	// with the socket's counts is all that is left of it: the accountant then
+	// forgets it (forgetEnded). Redecide has nothing to mark for it, and its
+	// socket is gone from the sockets RedecideSockets walks.
+	untracked bool
 }
 
 // flowTable remembers the requests of allowed flows so that Redecide can tell which
@@ -165,7 +172,10 @@ func (t *flowTable) expiry(at int64) int64 {
 	return at + ttl
 }
 
-func (t *flowTable) add(req *engine.Request, now time.Time) {
+func (t *flowTable) add(req *engine.Request, now time.Time) { t.addFlow(req, now, false) }
+
+// addFlow is add, the entry marked untracked (flowEntry.untracked) if untracked.
+func (t *flowTable) addFlow(req *engine.Request, now time.Time, untracked bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	at := t.since(now)
@@ -191,7 +201,7 @@ func (t *flowTable) add(req *engine.Request, now time.Time) {
 		}
 	}
 	k := keyOf(req)
-	e := flowEntry{req: req, id: req.ID, expires: t.expiry(at)}
+	e := flowEntry{req: req, id: req.ID, expires: t.expiry(at), untracked: untracked}
 	if e.expires < t.expiresFrom {
 		t.expiresFrom = e.expires
 	}
@@ -208,6 +218,32 @@ func (t *flowTable) getReplaced(k flowKey) (req, prev *engine.Request) {
 	defer t.mu.Unlock()
 	e := t.m[k]
 	return e.req, e.prev
+}
+
+// getEnd returns the request of the allowed flow k (as get, nil if none) and
+// whether its entry is untracked (flowEntry.untracked): what a socket's end
+// asks of the table.
+func (t *flowTable) getEnd(k flowKey) (*engine.Request, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.lookup(k); ok {
+		return e.req, e.untracked
+	}
+	return nil, false
+}
+
+// forgetEnded removes the untracked flow remembered under k if its request is
+// id (not a newer connection's on the same tuple), once its socket's end ended
+// it: the table then holds the flows that may still go on, a few hundred on a
+// host that opens thousands of short connections a second, instead of tens of
+// thousands that ended (each add and lookup missed the CPU's caches, and the
+// ended requests made most of the daemon's live heap).
+func (t *flowTable) forgetEnded(k flowKey, id engine.RequestID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.m[k]; ok && e.untracked && e.id == id {
+		delete(t.m, k)
+	}
 }
 
 // take removes and returns the flows whose request matches.

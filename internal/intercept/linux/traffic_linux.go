@@ -180,14 +180,15 @@ func (a *accountant) forget(now time.Time) {
 func (a *accountant) socketEnded(e socketEnd, now time.Time) (endFlow, intercept.Traffic, int) {
 	k := newFlowKey(unix.IPPROTO_TCP, e.local, e.remote)
 	for range 2 {
-		f, treq := a.m[k], a.flows.get(k)
+		f := a.m[k]
+		treq, untracked := a.flows.getEnd(k)
 		if wantsEnd(f, treq) {
 			req := treq
 			if req == nil && f != nil {
 				req = f.req
 			}
 			if e.at.IsZero() || req == nil || !e.at.Before(req.Time) {
-				return endFlow{k: k, f: f, req: treq}, intercept.Traffic{}, endRead
+				return endFlow{k: k, f: f, req: treq, untracked: untracked}, intercept.Traffic{}, endRead
 			}
 			// The end of an older socket on the tuple of req.
 			if f != nil && !f.ended && f.id != req.ID && !e.at.Before(f.req.Time) {
@@ -208,6 +209,8 @@ type endFlow struct {
 	k   flowKey
 	f   *acctFlow
 	req *engine.Request
+	// untracked: the table's entry is untracked (flowEntry.untracked).
+	untracked bool
 }
 
 // endCounted ends the flow k, whose socket's end e carries the socket's counters
@@ -239,6 +242,19 @@ func (a *accountant) endCounted(ef endFlow, e socketEnd, now time.Time) (interce
 		ci.origBytes, ci.replBytes = e.counts.In, e.counts.Out
 	}
 	fresh := f == nil || f.ended && req != nil && req.ID != f.id
+	if fresh && ef.untracked {
+		// Its end is all there is of it (no conntrack entry, no event to
+		// come): reported and forgotten at once, neither kept in a.m until the
+		// next poll nor in the flow table until it fills. A late socket end
+		// of it finds nothing (wantsEnd), as one of a flow a poll forgot.
+		var once acctFlow
+		once.reportedAt = now
+		once.setReq(req)
+		once.setCounters(ci)
+		once.ended = true
+		a.flows.forgetEnded(k, req.ID)
+		return once.report(now), true
+	}
 	if fresh {
 		// New, or a new connection on the tuple of one that ended (as observe).
 		f = a.newFlow(k, f, req, now)
@@ -257,6 +273,9 @@ func (a *accountant) endCounted(ef endFlow, e socketEnd, now time.Time) (interce
 	f.gen = a.gen
 	f.setCounters(ci)
 	f.ended = true
+	if ef.untracked && req != nil && f.id == req.ID {
+		a.flows.forgetEnded(k, req.ID)
+	}
 	return f.report(now), true
 }
 
@@ -900,7 +919,11 @@ func (b *Backend) TrackFlow(req *engine.Request) {
 	if req.Direction != engine.Outbound || !req.Local.IsValid() || !req.Remote.IsValid() || req.Local.Port() == 0 {
 		return
 	}
-	b.flows.add(req, time.Now())
+	// Untracked if the ruleset keeps the fast path's TCP flows out of
+	// conntrack (Notrack): its socket's end is then the last word on it. Not
+	// to or from port 53, which notrack leaves tracked with the DNS log.
+	untracked := req.Protocol == engine.TCP && req.Remote.Port() != 53 && req.Local.Port() != 53 && b.notrackOn()
+	b.flows.addFlow(req, time.Now(), untracked)
 	if b.cfg.OnTraffic == nil {
 		return
 	}
