@@ -140,8 +140,17 @@ func TestCloseDuringBurst(t *testing.T) {
 	for range producers {
 		<-started
 	}
-	for ok.Load() < 20_000 {
-		time.Sleep(time.Millisecond)
+	// Close once 20,000 are written, or sooner if the producers are done first
+	// (a loaded machine's writer may keep up with so few that the queue takes
+	// the rest as full: then the test skips below), and after 2 minutes at most.
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for deadline := time.Now().Add(2 * time.Minute); ok.Load() < 20_000 && time.Now().Before(deadline); {
+		select {
+		case <-done:
+			deadline = time.Now()
+		case <-time.After(time.Millisecond):
+		}
 	}
 	st0 := h.Stats()
 	if err := h.Close(); err != nil {
