@@ -71,6 +71,11 @@ type Backend struct {
 	leaseErr   atomic.Pointer[error]     // the last install's error about Config.FastLease
 	sockPinErr atomic.Pointer[error]     // the last install's error about Config.FastSocketPin
 	pinMap     atomic.Pointer[ebpf.Map]  // the socket pin's map (Config.Inbound), see pinInbound
+	// receivers: inbound UDP flows the socket pin's receive check saw the
+	// kernel deliver to another socket (flowKey -> that socket's cookie),
+	// decided again for it (see PinMoved); receiverMoves counts them.
+	receivers     sync.Map
+	receiverMoves atomic.Uint64
 	stashErr   atomic.Pointer[error]     // the last install's error about Config.FastSenderStash
 	stashMap   atomic.Pointer[stashMaps] // the sender stash's maps while the ruleset runs it, see takeSender
 	notrackErr atomic.Pointer[error]     // the last install's error about notrack (Config.FastSockets)
@@ -871,7 +876,11 @@ func (b *Backend) attribute(req *engine.Request, ifindex int, sender *stashSende
 	var p procattr.Process
 	var err error
 	sr, isSR := b.cfg.Resolver.(SenderResolver)
-	if req.Direction == engine.Inbound {
+	if c := b.takeReceiver(req); c != 0 && isSR {
+		// The socket the kernel delivers the flow's datagrams to now,
+		// which the receive check reported (see PinMoved).
+		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, c)
+	} else if req.Direction == engine.Inbound {
 		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, ifindex)
 	} else if sender != nil && sender.none {
 		// The stash knows the datagram's port had more than one sender (or could not key it):

@@ -181,11 +181,8 @@ func TestUDPIdenticalDatagramsAttributed(t *testing.T) {
 // receive-side hook (cgroup recvmsg) or pinning inbound flows to their
 // socket.
 func TestUDPInboundSharedPortLateJoin(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review12): a program that joins a port after its inbound flow was allowed receives the flow; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	tp := newTopo(t)
-	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_SOCKET_PIN=on")
 	defer d.stop()
 	const port = 40390
 	// The allowed program: bound first, as nobody.

@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // errSocketPin wraps install's error when the ruleset could not run the
@@ -114,3 +116,61 @@ func (b *Backend) pinInbound(req *engine.Request, cookie uint64) {
 		b.cfg.Logf("socket pin: record %v -> %v for socket cookie %d: %v", req.Local, req.Remote, cookie, err)
 	}
 }
+
+// PinMoved is told (from the socket pin's receive check, see "The receive
+// check" in internal/fastpath) that the kernel delivered a peer's packet of
+// the pinned flow local <-> remote (protocol proto) to socket cookie, not to
+// the socket the flow is pinned to, and that the check dropped it: a socket
+// that joined the flow's local port after the flow was decided
+// (SO_REUSEADDR, SO_REUSEPORT), took over a closed socket's port, or that a
+// reuseport program steers the flow to. The flow was never decided for that
+// socket's program. A UDP flow the peer opened (Config.Inbound) is decided
+// again: its conntrack entry gets MarkRedecide, so that LATCH-IN holds the
+// peer's next datagram, which is attributed to socket cookie (ResolveSender)
+// and, if allowed, pinned to it. A flow this host opened stays its sender's
+// (a reply the kernel gives another socket on the port is dropped), as does
+// one the daemon no longer knows (and UDP-Lite and echo flows, which are not
+// attributed).
+func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uint64) {
+	b.receiverMoves.Add(1)
+	if !b.cfg.Inbound || proto != unix.IPPROTO_UDP || cookie == 0 {
+		return
+	}
+	local, remote = netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if local.Addr().Is4() != remote.Addr().Is4() {
+		return
+	}
+	k := newFlowKey(proto, remote, local)
+	b.flows.mu.Lock()
+	e, ok := b.flows.m[k]
+	b.flows.mu.Unlock()
+	if !ok || e.req.Direction != engine.Inbound {
+		return
+	}
+	b.receivers.Store(k, cookie)
+	fam := netlink.InetFamily(unix.AF_INET)
+	if local.Addr().Is6() {
+		fam = unix.AF_INET6
+	}
+	t := netlink.IPTuple{Protocol: proto, SrcIP: remote.Addr().AsSlice(), DstIP: local.Addr().AsSlice(), SrcPort: remote.Port(), DstPort: local.Port()}
+	if err := setConntrackMark(fam, t, MarkRedecide, MarkMask); err != nil && !errors.Is(err, unix.ENOENT) {
+		b.cfg.Logf("socket pin: decide %v -> %v again for the socket it reached (cookie %d): %v", remote, local, cookie, err)
+	}
+}
+
+// takeReceiver returns (and forgets) the socket PinMoved recorded for req's
+// flow (an inbound UDP datagram), 0 if none.
+func (b *Backend) takeReceiver(req *engine.Request) uint64 {
+	if req.Direction != engine.Inbound || req.Protocol != engine.UDP {
+		return 0
+	}
+	v, ok := b.receivers.LoadAndDelete(keyOf(req))
+	if !ok {
+		return 0
+	}
+	return v.(uint64)
+}
+
+// ReceiverMoves counts the reports of the socket pin's receive check
+// (PinMoved calls).
+func (b *Backend) ReceiverMoves() uint64 { return b.receiverMoves.Load() }
