@@ -1,0 +1,162 @@
+package linux
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// joinPort binds a UDP socket of this test's process (root) in tp's A to
+// port (the wildcard of family's; SO_REUSEADDR, and SO_REUSEPORT with
+// reuseport), with a receive timeout of wait: the program that joins a port
+// another program's flow was decided for. Closed at the test's end.
+func joinPort(t *testing.T, tp *topo, v6 bool, port int, reuseport bool, wait time.Duration) int {
+	t.Helper()
+	var fd int
+	if err := inNS(tp.a, func() error {
+		family := unix.AF_INET
+		var local unix.Sockaddr = &unix.SockaddrInet4{Port: port}
+		if v6 {
+			family, local = unix.AF_INET6, &unix.SockaddrInet6{Port: port}
+		}
+		var err error
+		if fd, err = unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		opt := unix.SO_REUSEADDR
+		if reuseport {
+			opt = unix.SO_REUSEPORT
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 1); err != nil {
+			return err
+		}
+		tv := unix.NsecToTimeval(wait.Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		return unix.Bind(fd, local)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// recvOne reads one datagram from fd: its payload, or "" once the receive
+// timeout passed.
+func recvOne(fd int) string {
+	buf := make([]byte, 256)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
+}
+
+// TestUDPInboundLateJoinDecided: with --inbound and the socket pin, a
+// program that joins the local port of an inbound UDP flow decided for
+// another program (SO_REUSEADDR; the kernel now delivers the flow's
+// datagrams to it, the last bound) does not receive the peer's datagrams
+// unasked (TestUDPInboundSharedPortLateJoin): the receive check drops the
+// first and reports it, and the peer's next datagram is held and decided
+// for the program that joined, as for any other program: allowed, it
+// receives it; denied (LATCH_TEST_DENY_UID=0: the joiner is root), it
+// receives nothing. IPv4 and IPv6.
+func TestUDPInboundLateJoinDecided(t *testing.T) {
+	for i, c := range []struct {
+		v6   bool
+		deny bool
+	}{{false, false}, {false, true}, {true, false}, {true, true}} {
+		name := fmt.Sprintf("v6=%t/deny=%t", c.v6, c.deny)
+		t.Run(name, func(t *testing.T) {
+			tp := newTopo(t)
+			a, b := addrA, addrB
+			if c.v6 {
+				addV6(t, tp)
+				a, b = addrA6, addrB6
+			}
+			env := []string{"LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_SOCKET_PIN=on"}
+			if c.deny {
+				env = append(env, "LATCH_TEST_DENY_UID=0")
+			}
+			d := startDaemon(t, tp, "*=allow", env...)
+			defer d.stop()
+			port := 40400 + i
+			// The allowed program: bound first, as nobody.
+			ch := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=8s",
+				"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+net.JoinHostPort(b, "9040"))
+			l, ok := ch.waitLine("pid ", 10*time.Second)
+			if !ok {
+				t.Fatalf("the allowed program did not start; stderr:\n%s", ch.errors())
+			}
+			allowed := strings.TrimPrefix(l, "pid ")
+			if _, ok := ch.waitLine("bound", 5*time.Second); !ok {
+				t.Fatalf("the allowed program did not bind; stderr:\n%s", ch.errors())
+			}
+			defer ch.waitLine("done", 12*time.Second)
+			peerAddr := netip.AddrPortFrom(netip.MustParseAddr(b), 6100)
+			local := netip.AddrPortFrom(netip.MustParseAddr(a), uint16(port))
+			var peer *net.UDPConn
+			if err := inNS(tp.b, func() error {
+				var err error
+				peer, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(peerAddr), net.UDPAddrFromAddrPort(local))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			d.drain()
+			if _, err := peer.Write([]byte("latch-in-1")); err != nil {
+				t.Fatal(err)
+			}
+			l, ok = d.waitLine(fmt.Sprintf("held in udp %s %s ", local, peerAddr), 3*time.Second)
+			if !ok || !strings.Contains(l, " pid="+allowed+" ") {
+				t.Fatalf("the peer's first datagram was held as %q, want the allowed program's (pid %s)", l, allowed)
+			}
+			time.Sleep(200 * time.Millisecond) // its verdict in
+			fd := joinPort(t, tp, c.v6, port, false, time.Second)
+			d.drain()
+			if _, err := peer.Write([]byte("latch-in-2")); err != nil {
+				t.Fatal(err)
+			}
+			if got := recvOne(fd); got != "" {
+				t.Fatalf("the program that joined the port received the peer's datagram %q of a flow decided only for the allowed program (pid %s)", got, allowed)
+			}
+			if _, ok := d.waitLine(fmt.Sprintf("pin-moved 17 %s %s ", local, peerAddr), 2*time.Second); !ok {
+				t.Fatalf("the receive check did not report the datagram it dropped")
+			}
+			// The peer's next datagram: decided for the program that joined.
+			if _, err := peer.Write([]byte("latch-in-3")); err != nil {
+				t.Fatal(err)
+			}
+			me := strconv.Itoa(os.Getpid())
+			l, ok = d.waitLine(fmt.Sprintf("held in udp %s %s ", local, peerAddr), 3*time.Second)
+			if !ok || !strings.Contains(l, " pid="+me+" ") {
+				t.Fatalf("the peer's datagram after the join was held as %q, want the joined program's (pid %s)", l, me)
+			}
+			got := recvOne(fd)
+			switch {
+			case c.deny && got != "":
+				t.Errorf("the program that joined the port, denied, received the peer's datagram %q", got)
+			case !c.deny && got != "latch-in-3":
+				t.Errorf("the program that joined the port, allowed, received %q, want the peer's next datagram", got)
+			}
+			if !c.deny {
+				// Allowed for it: the peer's later datagrams reach it unheld.
+				if _, err := peer.Write([]byte("latch-in-4")); err != nil {
+					t.Fatal(err)
+				}
+				if got := recvOne(fd); got != "latch-in-4" {
+					t.Errorf("after its allow, the program that joined received %q, want the peer's datagram", got)
+				}
+			}
+		})
+	}
+}
