@@ -67,19 +67,20 @@ type Backend struct {
 	// burst, not one per flow or end).
 	acctKicked atomic.Bool
 
-	fastUDPErr atomic.Pointer[error]    // the last install's error about Config.FastUDPMatch
-	leaseErr   atomic.Pointer[error]    // the last install's error about Config.FastLease
-	sockPinErr atomic.Pointer[error]    // the last install's error about Config.FastSocketPin
-	pinMap     atomic.Pointer[ebpf.Map] // the socket pin's map (Config.Inbound), see pinInbound
 	// receivers: inbound UDP flows the socket pin's receive check saw the
 	// kernel deliver to another socket (flowKey -> that socket's cookie),
 	// decided again for it (see PinMoved); receiverMoves counts them.
 	receivers     sync.Map
 	receiverMoves atomic.Uint64
-	stashErr      atomic.Pointer[error]     // the last install's error about Config.FastSenderStash
-	stashMap      atomic.Pointer[stashMaps] // the sender stash's maps while the ruleset runs it, see takeSender
-	notrackErr    atomic.Pointer[error]     // the last install's error about notrack (Config.FastSockets)
-	fastTCPErr    atomic.Pointer[error]     // the last install's error about the fast path's TCP rules (Config.FastTCP)
+
+	fastUDPErr atomic.Pointer[error]     // the last install's error about Config.FastUDPMatch
+	leaseErr   atomic.Pointer[error]     // the last install's error about Config.FastLease
+	sockPinErr atomic.Pointer[error]     // the last install's error about Config.FastSocketPin
+	pinMap     atomic.Pointer[ebpf.Map]  // the socket pin's map (Config.Inbound), see pinInbound
+	stashErr   atomic.Pointer[error]     // the last install's error about Config.FastSenderStash
+	stashMap   atomic.Pointer[stashMaps] // the sender stash's maps while the ruleset runs it, see takeSender
+	notrackErr atomic.Pointer[error]     // the last install's error about notrack (Config.FastSockets)
+	fastTCPErr atomic.Pointer[error]     // the last install's error about the fast path's TCP rules (Config.FastTCP)
 
 	// The fast sockets being decided again (MarkFastRedecide), by flow: see
 	// fastGroup. fastEpoch counts the rule changes (redecideSockets).
