@@ -70,7 +70,8 @@ type Backend struct {
 	// receivers: inbound UDP flows the socket pin's receive check saw the
 	// kernel deliver to another socket (flowKey -> that socket's cookie),
 	// decided again for it (see PinMoved); receiverMoves counts them.
-	receivers     sync.Map
+	receiversMu   sync.Mutex
+	receivers     map[flowKey]uint64
 	receiverMoves atomic.Uint64
 
 	fastUDPErr atomic.Pointer[error]     // the last install's error about Config.FastUDPMatch

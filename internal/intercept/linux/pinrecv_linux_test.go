@@ -160,3 +160,73 @@ func TestUDPInboundLateJoinDecided(t *testing.T) {
 		})
 	}
 }
+
+// udpEcho serves a UDP echo on addr in tp's B (each datagram sent back to
+// its sender) until the test ends.
+func udpEcho(t *testing.T, tp *topo, addr netip.AddrPort) {
+	t.Helper()
+	var c *net.UDPConn
+	if err := inNS(tp.b, func() error {
+		var err error
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+}
+
+// TestUDPReplyLateJoinDropped: the receive check's neighbour on flows this
+// host opens (no --inbound). A program's UDP flow, allowed and pinned to its
+// socket, shares its local port (SO_REUSEADDR) with a socket that joins
+// after: the kernel gives the peer's answers to the joiner (the last bound),
+// which the firewall never allowed the flow for. The receive check drops
+// them (the flow stays its sender's: nothing is decided again); before it,
+// the joiner received them. IPv4 and IPv6.
+func TestUDPReplyLateJoinDropped(t *testing.T) {
+	for i, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%t", v6), func(t *testing.T) {
+			tp := newTopo(t)
+			b := addrB
+			if v6 {
+				addV6(t, tp)
+				b = addrB6
+			}
+			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_SOCKET_PIN=on")
+			defer d.stop()
+			echo := netip.AddrPortFrom(netip.MustParseAddr(b), uint16(9050+i))
+			udpEcho(t, tp, echo)
+			port := 40410 + i
+			// The allowed program's socket (this process's too: the
+			// receive check compares sockets, not programs).
+			fd := joinPort(t, tp, v6, port, false, time.Second)
+			var to unix.Sockaddr = &unix.SockaddrInet6{Port: int(echo.Port()), Addr: echo.Addr().As16()}
+			if !v6 {
+				to = &unix.SockaddrInet4{Port: int(echo.Port()), Addr: echo.Addr().As4()}
+			}
+			if err := unix.Sendto(fd, []byte("latch-out-1"), 0, to); err != nil {
+				t.Fatal(err)
+			}
+			if got := recvOne(fd); got != "latch-out-1" {
+				t.Fatalf("the allowed socket got %q back, want its echo", got)
+			}
+			joiner := joinPort(t, tp, v6, port, false, time.Second)
+			if err := unix.Sendto(fd, []byte("latch-out-2"), 0, to); err != nil {
+				t.Fatal(err)
+			}
+			if got := recvOne(joiner); got != "" {
+				t.Errorf("the socket that joined the port received the answer %q on a flow allowed for another socket", got)
+			}
+		})
+	}
+}

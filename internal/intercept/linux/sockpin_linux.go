@@ -147,7 +147,20 @@ func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uin
 	if !ok || e.req.Direction != engine.Inbound {
 		return
 	}
-	b.receivers.Store(k, cookie)
+	b.receiversMu.Lock()
+	if b.receivers == nil {
+		b.receivers = make(map[flowKey]uint64)
+	}
+	if len(b.receivers) >= maxReceivers {
+		// Flows whose peer never spoke again: one forgotten is decided
+		// for the socket the lookup finds, as any inbound datagram.
+		for k := range b.receivers {
+			delete(b.receivers, k)
+			break
+		}
+	}
+	b.receivers[k] = cookie
+	b.receiversMu.Unlock()
 	fam := netlink.InetFamily(unix.AF_INET)
 	if local.Addr().Is6() {
 		fam = unix.AF_INET6
@@ -164,12 +177,17 @@ func (b *Backend) takeReceiver(req *engine.Request) uint64 {
 	if req.Direction != engine.Inbound || req.Protocol != engine.UDP {
 		return 0
 	}
-	v, ok := b.receivers.LoadAndDelete(keyOf(req))
-	if !ok {
-		return 0
-	}
-	return v.(uint64)
+	k := keyOf(req)
+	b.receiversMu.Lock()
+	defer b.receiversMu.Unlock()
+	c := b.receivers[k]
+	delete(b.receivers, k)
+	return c
 }
+
+// maxReceivers bounds Backend.receivers (the receive check reports a flow
+// at most once a second).
+const maxReceivers = 4096
 
 // ReceiverMoves counts the reports of the socket pin's receive check
 // (PinMoved calls).
