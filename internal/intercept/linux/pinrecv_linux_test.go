@@ -230,3 +230,66 @@ func TestUDPReplyLateJoinDropped(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPInboundMulticastSharedPort: the receive check leaves multicast
+// alone. Two programs share UDP port 5353 (SO_REUSEADDR, mDNS's avahi and a
+// browser) in a group; with --inbound and the socket pin a peer's datagram
+// to the group is decided once, for one of them, and the kernel gives each
+// socket its copy: both still receive it (and the peer's next one), none
+// is dropped as another socket's.
+func TestUDPInboundMulticastSharedPort(t *testing.T) {
+	tp := newTopo(t)
+	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_SOCKET_PIN=on")
+	defer d.stop()
+	group := netip.MustParseAddr("224.0.0.251")
+	var fds []int
+	for range 2 {
+		fd := joinPort(t, tp, false, 5353, false, time.Second)
+		if err := inNS(tp.a, func() error {
+			ifi, err := net.InterfaceByName(tp.vethA)
+			if err != nil {
+				return err
+			}
+			return unix.SetsockoptIPMreqn(fd, unix.IPPROTO_IP, unix.IP_ADD_MEMBERSHIP,
+				&unix.IPMreqn{Multiaddr: group.As4(), Ifindex: int32(ifi.Index)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	var peer int
+	if err := inNS(tp.b, func() error {
+		var err error
+		if peer, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName(tp.vethB)
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptIPMreqn(peer, unix.IPPROTO_IP, unix.IP_MULTICAST_IF, &unix.IPMreqn{Ifindex: int32(ifi.Index)}); err != nil {
+			return err
+		}
+		return unix.Bind(peer, &unix.SockaddrInet4{Port: 5353, Addr: netip.MustParseAddr(addrB).As4()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(peer)
+	d.drain()
+	for i := 1; i <= 2; i++ {
+		msg := fmt.Sprintf("latch-mdns-%d", i)
+		if err := unix.Sendto(peer, []byte(msg), 0, &unix.SockaddrInet4{Port: 5353, Addr: group.As4()}); err != nil {
+			t.Fatal(err)
+		}
+		for j, fd := range fds {
+			if got := recvOne(fd); got != msg {
+				t.Errorf("socket %d of the two on port 5353 received %q, want the peer's datagram %q to the group", j, got, msg)
+			}
+		}
+	}
+	if held := d.linesFor(200 * time.Millisecond); !strings.Contains(strings.Join(held, "\n"), "pin-moved") {
+		t.Logf("daemon: %q", held)
+	} else {
+		t.Errorf("the receive check reported a datagram to the group as delivered to the wrong socket: %q", held)
+	}
+}
