@@ -82,11 +82,11 @@ func TestUDPInboundLateJoinDecided(t *testing.T) {
 				addV6(t, tp)
 				a, b = addrA6, addrB6
 			}
-			env := []string{"LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_SOCKET_PIN=on"}
+			env := []string{"LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1"}
 			if c.deny {
 				env = append(env, "LATCH_TEST_DENY_UID=0")
 			}
-			d := startDaemon(t, tp, "*=allow", env...)
+			d := startReceiveChecked(t, tp, env...)
 			defer d.stop()
 			port := 40400 + i
 			// The allowed program: bound first, as nobody.
@@ -202,7 +202,7 @@ func TestUDPReplyLateJoinDropped(t *testing.T) {
 				addV6(t, tp)
 				b = addrB6
 			}
-			d := startDaemon(t, tp, "*=allow", "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_SOCKET_PIN=on")
+			d := startReceiveChecked(t, tp, "LATCH_TEST_ATTRIBUTE=1")
 			defer d.stop()
 			echo := netip.AddrPortFrom(netip.MustParseAddr(b), uint16(9050+i))
 			udpEcho(t, tp, echo)
@@ -239,7 +239,7 @@ func TestUDPReplyLateJoinDropped(t *testing.T) {
 // is dropped as another socket's.
 func TestUDPInboundMulticastSharedPort(t *testing.T) {
 	tp := newTopo(t)
-	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_SOCKET_PIN=on")
+	d := startReceiveChecked(t, tp, "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
 	defer d.stop()
 	group := netip.MustParseAddr("224.0.0.251")
 	var fds []int
@@ -291,5 +291,71 @@ func TestUDPInboundMulticastSharedPort(t *testing.T) {
 		t.Logf("daemon: %q", held)
 	} else {
 		t.Errorf("the receive check reported a datagram to the group as delivered to the wrong socket: %q", held)
+	}
+}
+
+// startReceiveChecked starts the daemon (policy *=allow) with the socket pin
+// and its receive check, and fails the test unless the ruleset runs the pin
+// and the check is attached. LATCH_TEST_RECEIVE_CHECK_OFF=1 in the test's
+// environment starts it without the check (to see the test fail).
+func startReceiveChecked(t *testing.T, tp *topo, env ...string) *daemon {
+	t.Helper()
+	want := "receive-check true "
+	if os.Getenv("LATCH_TEST_RECEIVE_CHECK_OFF") != "" {
+		env, want = append(env, "LATCH_TEST_RECEIVE_CHECK=off"), "receive-check false test: off"
+	}
+	d := startPinned(t, tp, 5*time.Second, env...)
+	if l, ok := d.waitLine("receive-check ", 5*time.Second); !ok || l != want {
+		d.stop()
+		t.Fatalf("the socket pin's receive check: %q, want %q; stderr:\n%s", l, want, d.errors())
+	}
+	return d
+}
+
+// TestPingReplyLateJoinDropped: the receive check's neighbour on ICMP echo.
+// Ping sockets share an echo identifier with SO_REUSEADDR; the kernel gives
+// an echo reply to the last bound. A ping socket that joins the identifier
+// of an allowed, pinned echo flow gets none of the replies to the other's
+// requests (before the check, it received them).
+func TestPingReplyLateJoinDropped(t *testing.T) {
+	tp := newTopo(t)
+	allowPingSockets(t, tp.a)
+	d := startReceiveChecked(t, tp)
+	defer d.stop()
+	const ident = 40420
+	ping := func() int {
+		var fd int
+		if err := inNS(tp.a, func() error {
+			var err error
+			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP); err != nil {
+				return err
+			}
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
+			}
+			tv := unix.NsecToTimeval(int64(time.Second))
+			if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+				return err
+			}
+			return unix.Bind(fd, &unix.SockaddrInet4{Port: ident})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	allowed := ping()
+	if err := unix.Sendto(allowed, icmpMsg(8, 0, 0, []byte("latch-ping-1"), true), 0, sockaddr(addrB)); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOne(allowed); !strings.Contains(got, "latch-ping-1") {
+		t.Fatalf("the allowed ping socket got %q, want the reply to its echo request", got)
+	}
+	joiner := ping()
+	if err := unix.Sendto(allowed, icmpMsg(8, 0, 0, []byte("latch-ping-2"), true), 0, sockaddr(addrB)); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOne(joiner); got != "" {
+		t.Errorf("the ping socket that joined the echo identifier received %q, the reply to another socket's allowed echo request", got)
 	}
 }
