@@ -539,11 +539,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	fp.simOpenWhy = fp.attachIngress(ingressPath)
 	// The socket pin's receive check: at the root cgroup (every process's
 	// sockets; the served namespace's only), wherever the hooks are.
-	recvOff := cfg.NoReceiveCheck
-	if recvOff == "" && !skbNetns {
-		recvOff = receiveCheckKernel()
-	}
-	fp.recv.attach(fp.objs.LatchPinIngress, fp.objs.PinMoves, fp.objs.PinInStats, recvOff)
+	fp.recv.attach(fp.objs.LatchPinIngress, fp.objs.PinMoves, fp.objs.PinInStats, cfg.NoReceiveCheck)
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy

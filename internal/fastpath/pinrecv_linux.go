@@ -38,14 +38,11 @@ type receiveCheck struct {
 	why    string
 }
 
-// receiveCheckKernel says why this kernel cannot run the receive check, or "":
-// it must tell a packet's network namespace from a cgroup_skb program (a
-// socket of another namespace may receive a datagram of the same tuple).
-func receiveCheckKernel() string {
-	if err := features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnGetNetnsCookie); err != nil {
-		return fmt.Sprintf("the kernel's cgroup_skb programs cannot read a packet's network namespace (bpf_get_netns_cookie): %v", err)
-	}
-	return ""
+// skbNetnsCookie reports whether the kernel lets cgroup_skb programs read a
+// packet's network namespace (bpf_get_netns_cookie; 2025): the receive check
+// then serves this namespace's sockets only, else every namespace's.
+func skbNetnsCookie() bool {
+	return features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnGetNetnsCookie) == nil
 }
 
 // attach attaches prog (latch_pin_ingress, loaded with the pin's map) to the

@@ -108,11 +108,9 @@ func OpenSocketPin(dir string, noReceiveCheck ...string) (*SocketPinOnly, error)
 	if len(noReceiveCheck) > 0 {
 		off = noReceiveCheck[0]
 	}
-	if off == "" {
-		off = receiveCheckKernel()
-	}
-	if off == "" {
-		// The receive check serves the sockets of this namespace only.
+	if off == "" && skbNetnsCookie() {
+		// The receive check serves the sockets of this namespace only
+		// (where the kernel cannot tell, every namespace's).
 		cookie, err := netnsCookie()
 		if err != nil {
 			off = err.Error()

@@ -1913,7 +1913,10 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 // latch_pin_ingress is the socket pin's receive side, attached to the root
 // cgroup (cgroup_skb ingress: it runs as the packet is queued to the socket
 // the kernel chose for it, skb->sk, after the ruleset passed it), every
-// process's sockets, those of the served network namespace only. A peer's
+// process's sockets, those of the served network namespace only (of every
+// namespace on a kernel whose cgroup_skb programs cannot read it: a socket
+// of another namespace that receives a datagram of the very tuple of a flow
+// pinned here is checked against that pin too). A peer's
 // UDP or UDP-Lite datagram to a unicast address, or an echo reply to a ping
 // socket, of a flow the pin holds a socket for (the flow as this host sends
 // it, latch_fast_pin's key) reaches only that socket: one the kernel gives to
@@ -1929,8 +1932,6 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 SEC("cgroup_skb/ingress")
 int latch_pin_ingress(struct __sk_buff *skb)
 {
-	if (!skb_netns)
-		return 1; // the loader does not attach it
 	if (skb->pkt_type == PACKET_BROADCAST || skb->pkt_type == PACKET_MULTICAST)
 		return 1;
 	struct bpf_sock *sk = skb->sk;
@@ -1942,7 +1943,9 @@ int latch_pin_ingress(struct __sk_buff *skb)
 	__u8 want = sk->protocol;
 	if (want != IPPROTO_UDP && want != IPPROTO_UDPLITE && want != IPPROTO_ICMP && want != IPPROTO_ICMPV6)
 		return 1;
-	if (bpf_get_netns_cookie(skb) != netns_cookie)
+	// A kernel whose cgroup_skb programs cannot read the namespace
+	// (skb_netns 0): every namespace's sockets, as simultaneous_open.
+	if (skb_netns && bpf_get_netns_cookie(skb) != netns_cookie)
 		return 1;
 	struct fp_pin_key k = {};
 	if (pin_in_key(skb, &k, want) <= 0)
