@@ -268,3 +268,100 @@ func udpOnB(b *testing.B, addr netip.AddrPort) (int, uint16) {
 	}
 	return fd, uint16(sa.(*unix.SockaddrInet4).Port)
 }
+
+// TestReceiveCheckReuseportSteered: a reuseport group's BPF program (here a
+// classic one that any member may attach, SO_ATTACH_REUSEPORT_CBPF, steering
+// every datagram to the group's first socket) chooses the receiving socket
+// by the packet, which a lookup of the tuple (the daemon's) does not see.
+// The receive check compares the socket actually chosen: a datagram of a
+// flow pinned to the group's second socket, steered to the first, is
+// dropped and reported; pinned to the first, it is received.
+func TestReceiveCheckReuseportSteered(t *testing.T) {
+	sp, err := OpenSocketPin(filepath.Join(t.TempDir(), "bpf"))
+	if err != nil {
+		t.Skipf("cannot load the socket pin: %v", err)
+	}
+	defer sp.Close()
+	if st := sp.Stats(); !st.SocketPinReceive {
+		t.Fatalf("the receive check is off: %s", st.SocketPinReceiveWhy)
+	}
+	info, err := sp.prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := info.MapIDs()
+	pins, err := ebpf.NewMapFromID(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pins.Close()
+	moves := make(chan PinMove, 16)
+	go sp.ReadPinMoves(func(m PinMove) { moves <- m })
+	lo := netip.MustParseAddr("127.0.0.1")
+	group := func(port int) (int, uint16) {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			t.Fatal(err)
+		}
+		tv := unix.NsecToTimeval(int64(300 * time.Millisecond))
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: lo.As4()}); err != nil {
+			t.Fatal(err)
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fd, uint16(sa.(*unix.SockaddrInet4).Port)
+	}
+	first, port := group(0)
+	second, _ := group(int(port))
+	// ret #0: the group's socket 0, the first bound.
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	if err := unix.SetsockoptSockFprog(second, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &unix.SockFprog{Len: 1, Filter: &prog[0]}); err != nil {
+		t.Skipf("attach a reuseport program: %v", err)
+	}
+	peer, peerPort := udpOn(t, netip.AddrPortFrom(lo, 0))
+	local, remote := netip.AddrPortFrom(lo, port), netip.AddrPortFrom(lo, peerPort)
+	to := &unix.SockaddrInet4{Port: int(port), Addr: lo.As4()}
+	recv := func(fd int) string {
+		buf := make([]byte, 64)
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
+	}
+	if err := pins.Put(pinKeyBytes(local, remote), cookieOf(t, second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Sendto(peer, []byte("steered"), 0, to); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(first); got != "" {
+		t.Errorf("the socket the reuseport program steered to received %q of a flow pinned to the other", got)
+	}
+	select {
+	case m := <-moves:
+		if m.Cookie != cookieOf(t, first) || m.Pinned != cookieOf(t, second) {
+			t.Errorf("reported %+v, want the steered-to socket %d and the pinned %d", m, cookieOf(t, first), cookieOf(t, second))
+		}
+	case <-time.After(2 * time.Second):
+		t.Errorf("the dropped datagram was not reported")
+	}
+	if err := pins.Put(pinKeyBytes(local, remote), cookieOf(t, first)); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Sendto(peer, []byte("steered-pinned"), 0, to); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(first); got != "steered-pinned" {
+		t.Errorf("the steered-to socket, which the flow is pinned to, got %q", got)
+	}
+}
