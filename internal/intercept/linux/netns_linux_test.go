@@ -508,6 +508,9 @@ func runChild(mode string) int {
 		}
 	}
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
+	// LATCH_TEST_MAX_FLOWS: Config.MaxFlows (1: each allowed flow makes the
+	// daemon forget the others).
+	cfg.MaxFlows, _ = strconv.Atoi(os.Getenv("LATCH_TEST_MAX_FLOWS"))
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
 		var err error
 		if cfg.HoldTimeout, err = time.ParseDuration(v); err != nil {

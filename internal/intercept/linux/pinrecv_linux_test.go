@@ -71,10 +71,10 @@ func recvOne(fd int) string {
 // receives nothing. IPv4 and IPv6.
 func TestUDPInboundLateJoinDecided(t *testing.T) {
 	for i, c := range []struct {
-		v6   bool
-		deny bool
-	}{{false, false}, {false, true}, {true, false}, {true, true}} {
-		name := fmt.Sprintf("v6=%t/deny=%t", c.v6, c.deny)
+		v6, deny  bool
+		forgotten bool // the daemon forgot the flow before the join (LATCH_TEST_MAX_FLOWS=1)
+	}{{false, false, false}, {false, true, false}, {true, false, false}, {true, true, false}, {false, false, true}} {
+		name := fmt.Sprintf("v6=%t/deny=%t/forgotten=%t", c.v6, c.deny, c.forgotten)
 		t.Run(name, func(t *testing.T) {
 			tp := newTopo(t)
 			a, b := addrA, addrB
@@ -85,6 +85,9 @@ func TestUDPInboundLateJoinDecided(t *testing.T) {
 			env := []string{"LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1"}
 			if c.deny {
 				env = append(env, "LATCH_TEST_DENY_UID=0")
+			}
+			if c.forgotten {
+				env = append(env, "LATCH_TEST_MAX_FLOWS=1")
 			}
 			d := startReceiveChecked(t, tp, env...)
 			defer d.stop()
@@ -121,6 +124,25 @@ func TestUDPInboundLateJoinDecided(t *testing.T) {
 				t.Fatalf("the peer's first datagram was held as %q, want the allowed program's (pid %s)", l, allowed)
 			}
 			time.Sleep(200 * time.Millisecond) // its verdict in
+			if c.forgotten {
+				// Another flow allowed: the daemon's table of one forgets
+				// the first (its conntrack entry keeps the allow).
+				if err := inNS(tp.b, func() error {
+					other, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(peerAddr.Addr(), 6101)), net.UDPAddrFromAddrPort(local))
+					if err != nil {
+						return err
+					}
+					defer other.Close()
+					_, err = other.Write([]byte("latch-in-other"))
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				if _, ok := d.waitLine(fmt.Sprintf("held in udp %s %s:6101 ", local, b), 3*time.Second); !ok {
+					t.Fatal("the other flow's datagram was not held")
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
 			fd := joinPort(t, tp, c.v6, port, false, time.Second)
 			d.drain()
 			if _, err := peer.Write([]byte("latch-in-2")); err != nil {
@@ -139,7 +161,7 @@ func TestUDPInboundLateJoinDecided(t *testing.T) {
 			me := strconv.Itoa(os.Getpid())
 			l, ok = d.waitLine(fmt.Sprintf("held in udp %s %s ", local, peerAddr), 3*time.Second)
 			if !ok || !strings.Contains(l, " pid="+me+" ") {
-				t.Fatalf("the peer's datagram after the join was held as %q, want the joined program's (pid %s)", l, me)
+				t.Fatalf("the peer's datagram after the join was held as %q, want the joined program's (pid %s); %s", l, me, d.errors())
 			}
 			got := recvOne(fd)
 			switch {

@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,8 +145,27 @@ func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uin
 	b.flows.mu.Lock()
 	e, ok := b.flows.m[k]
 	b.flows.mu.Unlock()
-	if !ok || e.req.Direction != engine.Inbound {
+	fam := netlink.InetFamily(unix.AF_INET)
+	if local.Addr().Is6() {
+		fam = unix.AF_INET6
+	}
+	t := netlink.IPTuple{Protocol: proto, SrcIP: remote.Addr().AsSlice(), DstIP: local.Addr().AsSlice(), SrcPort: remote.Port(), DstPort: local.Port()}
+	switch {
+	case ok && e.req.Direction != engine.Inbound:
 		return
+	case !ok:
+		// Forgotten (a full table, its TTL): the conntrack entry says
+		// whether the peer opened the flow and latch allowed it.
+		ci, err := getConntrack(fam, t)
+		if err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				b.cfg.Logf("socket pin: read the conntrack entry of %v -> %v: %v", remote, local, err)
+			}
+			return
+		}
+		if ci.key != k || ci.mark&MarkMask != MarkAllow {
+			return
+		}
 	}
 	b.receiversMu.Lock()
 	if b.receivers == nil {
@@ -161,11 +181,6 @@ func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uin
 	}
 	b.receivers[k] = cookie
 	b.receiversMu.Unlock()
-	fam := netlink.InetFamily(unix.AF_INET)
-	if local.Addr().Is6() {
-		fam = unix.AF_INET6
-	}
-	t := netlink.IPTuple{Protocol: proto, SrcIP: remote.Addr().AsSlice(), DstIP: local.Addr().AsSlice(), SrcPort: remote.Port(), DstPort: local.Port()}
 	if err := setConntrackMark(fam, t, MarkRedecide, MarkMask); err != nil && !errors.Is(err, unix.ENOENT) {
 		b.cfg.Logf("socket pin: decide %v -> %v again for the socket it reached (cookie %d): %v", remote, local, cookie, err)
 	}
@@ -192,3 +207,36 @@ const maxReceivers = 4096
 // ReceiverMoves counts the reports of the socket pin's receive check
 // (PinMoved calls).
 func (b *Backend) ReceiverMoves() uint64 { return b.receiverMoves.Load() }
+
+// getConntrack reads the conntrack entry one of whose tuples is t (TCP or
+// UDP).
+func getConntrack(fam netlink.InetFamily, t netlink.IPTuple) (ctInfo, error) {
+	// With NLM_F_ACK: the entry comes flagged NLM_F_MULTI, and the ACK
+	// ends the reply.
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_GET, unix.NLM_F_ACK)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(fam), Version: nl.NFNETLINK_V0})
+	srcType, dstType, src, dst := uint16(nl.CTA_IP_V4_SRC), uint16(nl.CTA_IP_V4_DST), t.SrcIP.To4(), t.DstIP.To4()
+	if fam == unix.AF_INET6 {
+		srcType, dstType, src, dst = nl.CTA_IP_V6_SRC, nl.CTA_IP_V6_DST, t.SrcIP.To16(), t.DstIP.To16()
+	}
+	if src == nil || dst == nil {
+		return ctInfo{}, fmt.Errorf("addresses %v -> %v are not of family %d", t.SrcIP, t.DstIP, fam)
+	}
+	orig := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
+	ip := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_IP, nil)
+	ip.AddRtAttr(int(srcType), src)
+	ip.AddRtAttr(int(dstType), dst)
+	proto := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_PROTO, nil)
+	proto.AddRtAttr(nl.CTA_PROTO_NUM, []byte{t.Protocol})
+	proto.AddRtAttr(nl.CTA_PROTO_SRC_PORT, nl.BEUint16Attr(t.SrcPort))
+	proto.AddRtAttr(nl.CTA_PROTO_DST_PORT, nl.BEUint16Attr(t.DstPort))
+	req.AddData(orig)
+	msgs, err := req.Execute(unix.NETLINK_NETFILTER, 0)
+	if err != nil {
+		return ctInfo{}, err
+	}
+	if len(msgs) != 1 {
+		return ctInfo{}, fmt.Errorf("conntrack get: %d messages, want 1", len(msgs))
+	}
+	return parseCtMsg(msgs[0])
+}
