@@ -70,7 +70,8 @@ type Config struct {
 	// counters); "": the root of the cgroup2 hierarchy. Tests and benchmarks set it
 	// to keep latch's programs off other processes: the ends of the sockets of
 	// processes outside it are then not reported (conntrack's destroy events end
-	// the flows it tracks).
+	// the flows it tracks), and the socket pin's receive check serves its
+	// sockets only.
 	EndsCgroupPath string
 	// MaxEntries bounds the map (LRU); 0: DefaultMaxEntries.
 	MaxEntries int
@@ -538,8 +539,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	fp.simOpenWhy = fp.attachIngress(ingressPath)
 	// The socket pin's receive check: at the root cgroup (every process's
-	// sockets; the served namespace's only), wherever the hooks are.
-	fp.recv.attach(fp.objs.LatchPinIngress, fp.objs.PinMoves, fp.objs.PinInStats, cfg.NoReceiveCheck)
+	// sockets; the served namespace's only), wherever the hooks are; with
+	// Config.EndsCgroupPath (tests, benchmarks) where the sock_ops program is.
+	fp.recv.attach(fp.objs.LatchPinIngress, fp.objs.PinMoves, fp.objs.PinInStats, cfg.NoReceiveCheck, cfg.EndsCgroupPath)
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy

@@ -47,8 +47,10 @@ func skbNetnsCookie() bool {
 
 // attach attaches prog (latch_pin_ingress, loaded with the pin's map) to the
 // root cgroup and opens the ring of its reports; on failure it records why.
-// off, if not "", says why not to (tests).
-func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats *ebpf.Map, off string) {
+// off, if not "", says why not to (tests). cgroup, if not "", is where to
+// attach it instead of the root (Config.EndsCgroupPath: tests and
+// benchmarks keep it off the other processes' sockets).
+func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats *ebpf.Map, off, cgroup string) {
 	if off != "" {
 		rc.why = off
 		return
@@ -57,12 +59,16 @@ func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats *ebpf.Map, off s
 		rc.why = "not loaded"
 		return
 	}
-	path, unmount, err := rootCgroup()
-	if err != nil {
-		rc.why = err.Error()
-		return
+	path := cgroup
+	if path == "" {
+		var unmount func()
+		var err error
+		if path, unmount, err = rootCgroup(); err != nil {
+			rc.why = err.Error()
+			return
+		}
+		defer unmount()
 	}
-	defer unmount()
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupInetIngress, Program: prog})
 	if err != nil {
 		rc.why = fmt.Sprintf("attach the receive check to cgroup %s: %v", path, err)

@@ -145,7 +145,7 @@ func OpenSocketPin(dir string, noReceiveCheck ...string) (*SocketPinOnly, error)
 		}
 	}
 	p := &SocketPinOnly{prog: objs.Prog, stash: objs.Stash, ingress: in.Ingress, moves: in.Moves, inStats: in.Stats, dir: dir}
-	p.recv.attach(in.Ingress, in.Moves, in.Stats, off)
+	p.recv.attach(in.Ingress, in.Moves, in.Stats, off, "")
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("fast path: make the pin directory's parent: %w", err)
