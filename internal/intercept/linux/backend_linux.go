@@ -466,7 +466,9 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	if err == nil && spec.sockPin != "" {
 		var none error
 		b.sockPinErr.Store(&none)
-		if spec.inbound {
+		{
+			// Also without Config.Inbound: PinMoved forgets a peer-opened
+			// flow's pin.
 			if m, perr := openPinMap(spec.sockPin); perr != nil {
 				// The pin's rule in LATCH-IN then records its wildcard
 				// alone (any local socket that answers first claims it).

@@ -381,3 +381,61 @@ func TestPingReplyLateJoinDropped(t *testing.T) {
 		t.Errorf("the ping socket that joined the echo identifier received %q, the reply to another socket's allowed echo request", got)
 	}
 }
+
+// TestUDPServerRestartWithoutInbound: without --inbound nothing decides what
+// a peer sends first, and the socket pin pins a flow the peer opened to the
+// socket whose answer was allowed. A server restarted on its port (the
+// pinned socket closed, a new one bound) must still get the datagrams of a
+// peer that keeps sending on the same flow (whose conntrack entry never
+// expires): the receive check drops the first, and the daemon forgets the
+// flow's pin (PinMoved), so the next reaches the new socket, and its answer
+// is held and decided. Without that, the new server never received the
+// peer again.
+func TestUDPServerRestartWithoutInbound(t *testing.T) {
+	tp := newTopo(t)
+	d := startReceiveChecked(t, tp, "LATCH_TEST_ATTRIBUTE=1")
+	defer d.stop()
+	const port = 40430
+	old := joinPort(t, tp, false, port, false, time.Second)
+	local := netip.AddrPortFrom(netip.MustParseAddr(addrA), port)
+	peerAddr := netip.AddrPortFrom(netip.MustParseAddr(addrB), 6110)
+	var peer *net.UDPConn
+	if err := inNS(tp.b, func() error {
+		var err error
+		peer, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(peerAddr), net.UDPAddrFromAddrPort(local))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := peer.Write([]byte("latch-srv-1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOne(old); got != "latch-srv-1" {
+		t.Fatalf("the server got %q, want the peer's datagram", got)
+	}
+	// The server answers: held, allowed, pinned to its socket.
+	if err := unix.Sendto(old, []byte("answer-1"), 0, &unix.SockaddrInet4{Port: int(peerAddr.Port()), Addr: peerAddr.Addr().As4()}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if n, err := peer.Read(buf); err != nil || string(buf[:n]) != "answer-1" {
+		t.Fatalf("the peer got %q (%v), want the server's answer", buf[:n], err)
+	}
+	// The server restarts.
+	unix.Close(old)
+	srv := joinPort(t, tp, false, port, false, 500*time.Millisecond)
+	got := ""
+	for i := range 4 {
+		if _, err := peer.Write([]byte(fmt.Sprintf("latch-srv-again-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		if got = recvOne(srv); got != "" {
+			break
+		}
+	}
+	if got == "" {
+		t.Fatalf("the restarted server received none of 4 datagrams of the peer that kept sending on its flow")
+	}
+}

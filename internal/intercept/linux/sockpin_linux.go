@@ -128,13 +128,17 @@ func (b *Backend) pinInbound(req *engine.Request, cookie uint64) {
 // socket's program. A UDP flow the peer opened (Config.Inbound) is decided
 // again: its conntrack entry gets MarkRedecide, so that LATCH-IN holds the
 // peer's next datagram, which is attributed to socket cookie (ResolveSender)
-// and, if allowed, pinned to it. A flow this host opened stays its sender's
-// (a reply the kernel gives another socket on the port is dropped), as does
-// one the daemon no longer knows (and UDP-Lite and echo flows, which are not
-// attributed).
+// and, if allowed, pinned to it (a flow the daemon's table forgot is found
+// by its conntrack entry). Without Config.Inbound a UDP flow the peer opened
+// loses its pin instead (what a peer sends is nobody's to decide then; a
+// server restarted on its port would never get a peer that keeps sending):
+// its next answer is held and decided for its socket. A flow this host
+// opened stays its sender's (an answer the kernel gives another socket on
+// the port is dropped), as do UDP-Lite and echo flows, which are not
+// attributed.
 func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uint64) {
 	b.receiverMoves.Add(1)
-	if !b.cfg.Inbound || proto != unix.IPPROTO_UDP || cookie == 0 {
+	if proto != unix.IPPROTO_UDP || cookie == 0 {
 		return
 	}
 	local, remote = netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
@@ -142,14 +146,33 @@ func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uin
 		return
 	}
 	k := newFlowKey(proto, remote, local)
-	b.flows.mu.Lock()
-	e, ok := b.flows.m[k]
-	b.flows.mu.Unlock()
 	fam := netlink.InetFamily(unix.AF_INET)
 	if local.Addr().Is6() {
 		fam = unix.AF_INET6
 	}
 	t := netlink.IPTuple{Protocol: proto, SrcIP: remote.Addr().AsSlice(), DstIP: local.Addr().AsSlice(), SrcPort: remote.Port(), DstPort: local.Port()}
+	if !b.cfg.Inbound {
+		// Nothing decides what a peer sends first: a flow it opened
+		// (pinned by this host's answer, decided as outbound) is not the
+		// pinned socket's to receive alone (another program may bind any
+		// port and receive any peer's new flow), and a program that took
+		// over the port (a server restarted) would get none of a peer
+		// that keeps sending for ever. Its pin goes: the check passes the
+		// flow, and the pin in LATCH-OUT holds the next answer, from
+		// whichever socket, for a decision. A flow this host opened stays
+		// its sender's.
+		if ci, err := getConntrack(fam, t); err == nil && ci.key == k {
+			if m := b.pinMap.Load(); m != nil {
+				if err := m.Delete(pinKey(proto, local, remote)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					b.cfg.Logf("socket pin: forget %v -> %v: %v", local, remote, err)
+				}
+			}
+		}
+		return
+	}
+	b.flows.mu.Lock()
+	e, ok := b.flows.m[k]
+	b.flows.mu.Unlock()
 	switch {
 	case ok && e.req.Direction != engine.Inbound:
 		return
