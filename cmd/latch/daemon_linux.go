@@ -190,6 +190,16 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		res.Close()
 		return nil, err
 	}
+	// The socket pin's receive check reports a peer's datagram the kernel
+	// gave another socket than its flow's: the backend decides a flow the
+	// peer opened again for that socket (see "The receive check" in
+	// internal/fastpath). The reader stops when the fast path (pin) closes.
+	pinMoved := func(m fastpath.PinMove) { be.PinMoved(m.Protocol, m.Local, m.Remote, m.Cookie) }
+	if fp != nil {
+		go fp.ReadPinMoves(pinMoved)
+	} else if pinOnly != nil {
+		go pinOnly.ReadPinMoves(pinMoved)
+	}
 	attrStats := func() map[string]uint64 {
 		st := res.Stats()
 		return map[string]uint64{"ebpf": st.EBPF, "procfs": st.Procfs, "no_socket": st.NoSocket, "no_process": st.NoProcess}
@@ -247,6 +257,13 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 				s.SocketPinMatch = path
 			} else {
 				s.SocketPinWhy = why
+			}
+			if pinOnly != nil {
+				r := pinOnly.Stats()
+				s.SocketPinReceive, s.SocketPinReceiveWhy, s.SocketPinReceiveCgroup = r.SocketPinReceive, r.SocketPinReceiveWhy, r.SocketPinReceiveCgroup
+				s.SocketPinReceiveDropped, s.SocketPinReceiveClaimed, s.SocketPinReceiveLost = r.SocketPinReceiveDropped, r.SocketPinReceiveClaimed, r.SocketPinReceiveLost
+			} else {
+				s.SocketPinReceiveWhy = why
 			}
 			why = *stashWhy.Load()
 			if s.SenderStash = why == ""; s.SenderStash {

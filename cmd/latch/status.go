@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/textesc"
 )
@@ -96,6 +97,7 @@ func runStatus(ctx context.Context, args []string) error {
 				row("fast path udp", "off (UDP flows go through the queue): %s", textesc.Message(f.UDPWhy))
 			}
 			socketPinRow(row, f.SocketPin, f.SocketPinWhy)
+			receiveCheckRow(row, f)
 			senderStashRow(row, f.SenderStash, f.SenderStashWhy)
 			if !f.TCPLocal {
 				row("fast path tcp", "off (every TCP connect goes through the queue: without the sock_ops program nothing checks a decision again when its SYN leaves): %s", textesc.Message(f.TCPLocalWhy))
@@ -145,6 +147,7 @@ func runStatus(ctx context.Context, args []string) error {
 				why = "the fast path is off"
 			}
 			socketPinRow(row, f.SocketPin, why)
+			receiveCheckRow(row, f)
 			why = f.SenderStashWhy
 			if !f.SenderStash && why == "" {
 				why = "the fast path is off"
@@ -225,6 +228,25 @@ func socketPinRow(row func(string, string, ...any), on bool, why string) {
 		return
 	}
 	row("fast path socket pin", "off (an allowed UDP or ICMP echo flow passes from any socket while its conntrack entry lives: another program that binds the local port its socket freed sends on it unasked): %s", textesc.Message(why))
+}
+
+// receiveCheckRow writes the status line of the socket pin's receive check
+// (see "The receive check" in internal/fastpath): on (with the pin), or off
+// and why.
+func receiveCheckRow(row func(string, string, ...any), f *api.FastPathStatus) {
+	switch {
+	case f.SocketPinReceive && f.SocketPin:
+		row("fast path receive check", "on: a peer's datagram of an allowed UDP or ICMP echo flow reaches only the socket the flow was allowed for (%d dropped, %d reports lost; cgroup %s)",
+			f.SocketPinReceiveDropped, f.SocketPinReceiveLost, textesc.String(f.SocketPinReceiveCgroup))
+	case f.SocketPinReceive:
+		row("fast path receive check", "off (another program that joins an allowed UDP flow's local port, SO_REUSEADDR or SO_REUSEPORT, receives the flow's datagrams unasked): the socket pin is off")
+	default:
+		why := f.SocketPinReceiveWhy
+		if why == "" {
+			why = "not loaded"
+		}
+		row("fast path receive check", "off (another program that joins an allowed UDP flow's local port, SO_REUSEADDR or SO_REUSEPORT, receives the flow's datagrams unasked): %s", textesc.Message(why))
+	}
 }
 
 // senderStashRow writes the status line of the sender stash (see "The sender

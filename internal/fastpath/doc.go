@@ -232,6 +232,48 @@
 // another protocol, an ICMP error or echo reply always matches.
 // Stats.SocketPin says whether the ruleset runs it (FastPath.SetSocketPin).
 //
+// # The receive check
+//
+// The pin holds what a flow's sockets send; the kernel chooses the socket
+// that receives a peer's datagram as it arrives, after the ruleset passed
+// it by the flow's conntrack mark: a socket that joined the flow's local
+// port after the flow was decided (SO_REUSEADDR, any user's where the first
+// set it too; SO_REUSEPORT, the same user's; a reuseport program steering)
+// would receive the flow unasked (review12). latch_pin_ingress, a
+// cgroup_skb ingress program in the pin's object (sharing its map, pins),
+// attached to the root cgroup by Open and by OpenSocketPin
+// (Stats.SocketPinReceive, SocketPinReceiveWhy; Config.NoReceiveCheck and
+// OpenSocketPin's argument leave it off for tests), runs as the kernel
+// queues a packet to a socket (sk_filter, skb->sk the receiving socket):
+// for a full SOCK_DGRAM socket of UDP, UDP-Lite or a ping socket of the
+// served namespace (of every namespace where the kernel's cgroup_skb
+// programs cannot call bpf_get_netns_cookie), and a peer's UDP or UDP-Lite
+// datagram to a unicast address or an echo (extended echo) reply, it looks
+// the reversed tuple up in pins (the key latch_fast_pin records for what
+// this host sends). No record, a record of this socket or of none (0):
+// passes. PIN_ANY (an inbound flow whose socket the daemon did not find):
+// this socket claims the flow (PIN_IN_CLAIMED) and it passes. Another
+// socket's: dropped (SocketPinReceiveDropped) and reported through the ring
+// pin_moves (struct fp_pin_move: the key, this socket's and the pinned
+// socket's cookies) at most once a second per flow and socket (pin_moved,
+// an LRU of 4096; SocketPinReceiveLost counts reports the full ring lost).
+// ReadPinMoves hands the reports to the daemon, whose backend
+// (internal/intercept/linux, Backend.PinMoved) marks a UDP flow a peer
+// opened (--inbound) for deciding again and attributes the peer's next
+// datagram, held by LATCH-IN, to the receiving socket (procattr's
+// ResolveSender by its cookie); its allow pins the flow to it. A flow this
+// host opened stays its sender's. Multicast and broadcast (pkt_type, or a
+// destination in 224.0.0.0/3 or ff00::/8) pass to every socket on the port,
+// as do raw sockets and IPv6 datagrams whose UDP header lies beyond
+// MAX_EXT_HEADERS extension headers. Cost: BenchmarkReceiveCheck, a
+// datagram of a pinned flow to its own socket on loopback: about 250 ns of
+// the program's run time per datagram by the kernel's statistics (which
+// add their own clock reads), within the noise of a send and a receive
+// (7.3 to 13.5 µs, with and without the check alike); every other packet a
+// socket receives (TCP) costs the program's run up to its socket's type:
+// 44 ns a run, 4.3 runs (191 ns) per connect of the bench's latch+fp
+// scenario (test/bench -bpfstats, whose clock reads are in these numbers).
+//
 // # The sender stash
 //
 // The queue does not carry a packet's socket, and the daemon's Resolver finds

@@ -95,6 +95,19 @@ type fastpathFpPinKey struct {
 	Dst    [16]uint8
 }
 
+type fastpathFpPinMove struct {
+	_      structs.HostLayout
+	Key    fastpathFpPinKey
+	Cookie uint64
+	Pinned uint64
+}
+
+type fastpathFpPinSeen struct {
+	_      structs.HostLayout
+	Cookie uint64
+	At     uint64
+}
+
 type fastpathFpSock struct {
 	_        structs.HostLayout
 	Pending  uint32
@@ -154,6 +167,9 @@ const (
 	fastpathMapKeep                 = "keep"
 	fastpathMapLease                = "lease"
 	fastpathMapOwners               = "owners"
+	fastpathMapPinInStats           = "pin_in_stats"
+	fastpathMapPinMoved             = "pin_moved"
+	fastpathMapPinMoves             = "pin_moves"
 	fastpathMapPins                 = "pins"
 	fastpathMapRestore              = "restore"
 	fastpathMapSenderStash          = "sender_stash"
@@ -175,6 +191,7 @@ const (
 	fastpathProgLatchFastSockops    = "latch_fast_sockops"
 	fastpathProgLatchFastSweep      = "latch_fast_sweep"
 	fastpathProgLatchFastUdp        = "latch_fast_udp"
+	fastpathProgLatchPinIngress     = "latch_pin_ingress"
 	fastpathProgLatchSendStash      = "latch_send_stash"
 	fastpathVarBytesOk              = "bytes_ok"
 	fastpathVarCloseKeep            = "close_keep"
@@ -190,6 +207,7 @@ const (
 	fastpathVarUnusedEnd            = "unused_end"
 	fastpathVarUnusedEvent          = "unused_event"
 	fastpathVarUnusedLive           = "unused_live"
+	fastpathVarUnusedPinMove        = "unused_pin_move"
 	fastpathVarUnusedTuple          = "unused_tuple"
 )
 
@@ -249,6 +267,7 @@ type fastpathProgramSpecs struct {
 	LatchFastSockops    *ebpf.ProgramSpec `ebpf:"latch_fast_sockops"`
 	LatchFastSweep      *ebpf.ProgramSpec `ebpf:"latch_fast_sweep"`
 	LatchFastUdp        *ebpf.ProgramSpec `ebpf:"latch_fast_udp"`
+	LatchPinIngress     *ebpf.ProgramSpec `ebpf:"latch_pin_ingress"`
 	LatchSendStash      *ebpf.ProgramSpec `ebpf:"latch_send_stash"`
 }
 
@@ -263,6 +282,9 @@ type fastpathMapSpecs struct {
 	Keep        *ebpf.MapSpec `ebpf:"keep"`
 	Lease       *ebpf.MapSpec `ebpf:"lease"`
 	Owners      *ebpf.MapSpec `ebpf:"owners"`
+	PinInStats  *ebpf.MapSpec `ebpf:"pin_in_stats"`
+	PinMoved    *ebpf.MapSpec `ebpf:"pin_moved"`
+	PinMoves    *ebpf.MapSpec `ebpf:"pin_moves"`
 	Pins        *ebpf.MapSpec `ebpf:"pins"`
 	Restore     *ebpf.MapSpec `ebpf:"restore"`
 	SenderStash *ebpf.MapSpec `ebpf:"sender_stash"`
@@ -276,21 +298,22 @@ type fastpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathVariableSpecs struct {
-	BytesOk     *ebpf.VariableSpec `ebpf:"bytes_ok"`
-	CloseKeep   *ebpf.VariableSpec `ebpf:"close_keep"`
-	IterMoved   *ebpf.VariableSpec `ebpf:"iter_moved"`
-	IterSession *ebpf.VariableSpec `ebpf:"iter_session"`
-	NetnsCookie *ebpf.VariableSpec `ebpf:"netns_cookie"`
-	SkbNetns    *ebpf.VariableSpec `ebpf:"skb_netns"`
-	TaskBtf     *ebpf.VariableSpec `ebpf:"task_btf"`
-	TcpBytes    *ebpf.VariableSpec `ebpf:"tcp_bytes"`
-	TcpEnds     *ebpf.VariableSpec `ebpf:"tcp_ends"`
-	TcpLocal    *ebpf.VariableSpec `ebpf:"tcp_local"`
-	UdpCgroup   *ebpf.VariableSpec `ebpf:"udp_cgroup"`
-	UnusedEnd   *ebpf.VariableSpec `ebpf:"unused_end"`
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedLive  *ebpf.VariableSpec `ebpf:"unused_live"`
-	UnusedTuple *ebpf.VariableSpec `ebpf:"unused_tuple"`
+	BytesOk       *ebpf.VariableSpec `ebpf:"bytes_ok"`
+	CloseKeep     *ebpf.VariableSpec `ebpf:"close_keep"`
+	IterMoved     *ebpf.VariableSpec `ebpf:"iter_moved"`
+	IterSession   *ebpf.VariableSpec `ebpf:"iter_session"`
+	NetnsCookie   *ebpf.VariableSpec `ebpf:"netns_cookie"`
+	SkbNetns      *ebpf.VariableSpec `ebpf:"skb_netns"`
+	TaskBtf       *ebpf.VariableSpec `ebpf:"task_btf"`
+	TcpBytes      *ebpf.VariableSpec `ebpf:"tcp_bytes"`
+	TcpEnds       *ebpf.VariableSpec `ebpf:"tcp_ends"`
+	TcpLocal      *ebpf.VariableSpec `ebpf:"tcp_local"`
+	UdpCgroup     *ebpf.VariableSpec `ebpf:"udp_cgroup"`
+	UnusedEnd     *ebpf.VariableSpec `ebpf:"unused_end"`
+	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedLive    *ebpf.VariableSpec `ebpf:"unused_live"`
+	UnusedPinMove *ebpf.VariableSpec `ebpf:"unused_pin_move"`
+	UnusedTuple   *ebpf.VariableSpec `ebpf:"unused_tuple"`
 }
 
 // fastpathObjects contains all objects after they have been loaded into the kernel.
@@ -320,6 +343,9 @@ type fastpathMaps struct {
 	Keep        *ebpf.Map `ebpf:"keep"`
 	Lease       *ebpf.Map `ebpf:"lease"`
 	Owners      *ebpf.Map `ebpf:"owners"`
+	PinInStats  *ebpf.Map `ebpf:"pin_in_stats"`
+	PinMoved    *ebpf.Map `ebpf:"pin_moved"`
+	PinMoves    *ebpf.Map `ebpf:"pin_moves"`
 	Pins        *ebpf.Map `ebpf:"pins"`
 	Restore     *ebpf.Map `ebpf:"restore"`
 	SenderStash *ebpf.Map `ebpf:"sender_stash"`
@@ -338,6 +364,9 @@ func (m *fastpathMaps) Close() error {
 		m.Keep,
 		m.Lease,
 		m.Owners,
+		m.PinInStats,
+		m.PinMoved,
+		m.PinMoves,
 		m.Pins,
 		m.Restore,
 		m.SenderStash,
@@ -352,21 +381,22 @@ func (m *fastpathMaps) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathVariables struct {
-	BytesOk     *ebpf.Variable `ebpf:"bytes_ok"`
-	CloseKeep   *ebpf.Variable `ebpf:"close_keep"`
-	IterMoved   *ebpf.Variable `ebpf:"iter_moved"`
-	IterSession *ebpf.Variable `ebpf:"iter_session"`
-	NetnsCookie *ebpf.Variable `ebpf:"netns_cookie"`
-	SkbNetns    *ebpf.Variable `ebpf:"skb_netns"`
-	TaskBtf     *ebpf.Variable `ebpf:"task_btf"`
-	TcpBytes    *ebpf.Variable `ebpf:"tcp_bytes"`
-	TcpEnds     *ebpf.Variable `ebpf:"tcp_ends"`
-	TcpLocal    *ebpf.Variable `ebpf:"tcp_local"`
-	UdpCgroup   *ebpf.Variable `ebpf:"udp_cgroup"`
-	UnusedEnd   *ebpf.Variable `ebpf:"unused_end"`
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UnusedLive  *ebpf.Variable `ebpf:"unused_live"`
-	UnusedTuple *ebpf.Variable `ebpf:"unused_tuple"`
+	BytesOk       *ebpf.Variable `ebpf:"bytes_ok"`
+	CloseKeep     *ebpf.Variable `ebpf:"close_keep"`
+	IterMoved     *ebpf.Variable `ebpf:"iter_moved"`
+	IterSession   *ebpf.Variable `ebpf:"iter_session"`
+	NetnsCookie   *ebpf.Variable `ebpf:"netns_cookie"`
+	SkbNetns      *ebpf.Variable `ebpf:"skb_netns"`
+	TaskBtf       *ebpf.Variable `ebpf:"task_btf"`
+	TcpBytes      *ebpf.Variable `ebpf:"tcp_bytes"`
+	TcpEnds       *ebpf.Variable `ebpf:"tcp_ends"`
+	TcpLocal      *ebpf.Variable `ebpf:"tcp_local"`
+	UdpCgroup     *ebpf.Variable `ebpf:"udp_cgroup"`
+	UnusedEnd     *ebpf.Variable `ebpf:"unused_end"`
+	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	UnusedLive    *ebpf.Variable `ebpf:"unused_live"`
+	UnusedPinMove *ebpf.Variable `ebpf:"unused_pin_move"`
+	UnusedTuple   *ebpf.Variable `ebpf:"unused_tuple"`
 }
 
 // fastpathPrograms contains all programs after they have been loaded into the kernel.
@@ -387,6 +417,7 @@ type fastpathPrograms struct {
 	LatchFastSockops    *ebpf.Program `ebpf:"latch_fast_sockops"`
 	LatchFastSweep      *ebpf.Program `ebpf:"latch_fast_sweep"`
 	LatchFastUdp        *ebpf.Program `ebpf:"latch_fast_udp"`
+	LatchPinIngress     *ebpf.Program `ebpf:"latch_pin_ingress"`
 	LatchSendStash      *ebpf.Program `ebpf:"latch_send_stash"`
 }
 
@@ -406,6 +437,7 @@ func (p *fastpathPrograms) Close() error {
 		p.LatchFastSockops,
 		p.LatchFastSweep,
 		p.LatchFastUdp,
+		p.LatchPinIngress,
 		p.LatchSendStash,
 	)
 }

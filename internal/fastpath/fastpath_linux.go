@@ -70,7 +70,8 @@ type Config struct {
 	// counters); "": the root of the cgroup2 hierarchy. Tests and benchmarks set it
 	// to keep latch's programs off other processes: the ends of the sockets of
 	// processes outside it are then not reported (conntrack's destroy events end
-	// the flows it tracks).
+	// the flows it tracks), and the socket pin's receive check serves its
+	// sockets only.
 	EndsCgroupPath string
 	// MaxEntries bounds the map (LRU); 0: DefaultMaxEntries.
 	MaxEntries int
@@ -96,6 +97,10 @@ type Config struct {
 	// forwards, which keeps conntrack's update events (they end forwarded flows,
 	// which have no local socket, and local ones alike).
 	NoTCPEnds string
+	// NoReceiveCheck, if not "", says why the socket pin's receive check
+	// (latch_pin_ingress, see "The receive check" in doc.go) is not
+	// attached (tests); Stats.SocketPinReceiveWhy reports it.
+	NoReceiveCheck string
 
 	// noSockops leaves the sock_ops program unattached, as a kernel that refuses
 	// it does (tests).
@@ -249,9 +254,10 @@ type FastPath struct {
 	// its socket's mark (SetTCPRuleset); "" or unset: it does
 	tcpRulesetWhy atomic.Value // string
 
-	tcpLocalWhy string // why TCP decisions come without the local port; "": they have it
-	tcpEndsWhy  string // why TCP socket ends are not reported; "": they are
-	simOpenWhy  string // why the ingress program is not attached (no simultaneous open guard); "": it is
+	tcpLocalWhy string       // why TCP decisions come without the local port; "": they have it
+	tcpEndsWhy  string       // why TCP socket ends are not reported; "": they are
+	simOpenWhy  string       // why the ingress program is not attached (no simultaneous open guard); "": it is
+	recv        receiveCheck // the socket pin's receive check
 	// the cgroup the ingress program is attached to
 	simOpenCgroup string
 	// why TCP socket ends carry no counters of the socket's bytes; "": those of
@@ -542,6 +548,10 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		ingressPath = sockopsPath
 	}
 	fp.simOpenWhy = fp.attachIngress(ingressPath)
+	// The socket pin's receive check: at the root cgroup (every process's
+	// sockets; the served namespace's only), wherever the hooks are; with
+	// Config.EndsCgroupPath (tests, benchmarks) where the sock_ops program is.
+	fp.recv.attach(fp.objs.LatchPinIngress, fp.objs.PinMoves, fp.objs.PinInStats, cfg.NoReceiveCheck, cfg.EndsCgroupPath)
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy
@@ -975,6 +985,7 @@ func (fp *FastPath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	fp.links = nil
+	errs = append(errs, fp.recv.close())
 	for _, it := range []*link.Iter{fp.redecideIter, fp.restoreIter} {
 		if it != nil {
 			errs = append(errs, it.Close())
@@ -1803,6 +1814,7 @@ func (fp *FastPath) Stats() Stats {
 	}
 	s.TCPRulesetWhy, _ = fp.tcpRulesetWhy.Load().(string)
 	fp.sockPinStats(&s)
+	fp.recv.fill(&s)
 	fp.stashStats(&s)
 	s.TCPNotrack = fp.notrackOn.Load()
 	if !s.TCPNotrack {

@@ -84,6 +84,10 @@ type SocketPinOnly struct {
 	prog      *ebpf.Program
 	stashPath string
 	stash     *ebpf.Program
+	ingress   *ebpf.Program // the receive check (latch_pin_ingress), nil if not loaded
+	moves     *ebpf.Map
+	inStats   *ebpf.Map
+	recv      receiveCheck
 	dir       string
 	umnt      bool
 }
@@ -91,20 +95,57 @@ type SocketPinOnly struct {
 // OpenSocketPin loads the socket pin program alone (with its map) and pins it
 // in dir (a directory on a BPF file system, mounted there if it is not), as
 // Open does with Config.PinDir, and the sender stash with it. Path and
-// StashPath say where; Close unpins and frees them.
-func OpenSocketPin(dir string) (*SocketPinOnly, error) {
+// StashPath say where; Close unpins and frees them. It attaches the pin's
+// receive check to the root cgroup too (see "The receive check" in doc.go)
+// unless noReceiveCheck gives a reason not to (tests); Stats says whether
+// it runs.
+func OpenSocketPin(dir string, noReceiveCheck ...string) (*SocketPinOnly, error) {
 	spec, err := loadFastpath()
 	if err != nil {
 		return nil, fmt.Errorf("fast path: load the socket pin's object: %w", err)
+	}
+	off := ""
+	if len(noReceiveCheck) > 0 {
+		off = noReceiveCheck[0]
+	}
+	if off == "" && skbNetnsCookie() {
+		// The receive check serves the sockets of this namespace only
+		// (where the kernel cannot tell, every namespace's).
+		cookie, err := netnsCookie()
+		if err != nil {
+			off = err.Error()
+		} else if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
+			off = fmt.Sprintf("set the network namespace: %v", err)
+		} else if err := spec.Variables["skb_netns"].Set(uint32(1)); err != nil {
+			off = fmt.Sprintf("read the namespace of a packet's socket: %v", err)
+		}
 	}
 	var objs struct {
 		Prog  *ebpf.Program `ebpf:"latch_fast_pin"`
 		Stash *ebpf.Program `ebpf:"latch_send_stash"`
 	}
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return nil, fmt.Errorf("fast path: load the socket pin and sender stash programs: %w", err)
+	var in struct {
+		Prog    *ebpf.Program `ebpf:"latch_fast_pin"`
+		Stash   *ebpf.Program `ebpf:"latch_send_stash"`
+		Ingress *ebpf.Program `ebpf:"latch_pin_ingress"`
+		Moves   *ebpf.Map     `ebpf:"pin_moves"`
+		Stats   *ebpf.Map     `ebpf:"pin_in_stats"`
 	}
-	p := &SocketPinOnly{prog: objs.Prog, stash: objs.Stash, dir: dir}
+	if off == "" {
+		// With the receive check, sharing the pin's map.
+		if err := spec.LoadAndAssign(&in, nil); err != nil {
+			off = fmt.Sprintf("load the receive check: %v", err)
+		} else {
+			objs.Prog, objs.Stash = in.Prog, in.Stash
+		}
+	}
+	if objs.Prog == nil {
+		if err := spec.LoadAndAssign(&objs, nil); err != nil {
+			return nil, fmt.Errorf("fast path: load the socket pin and sender stash programs: %w", err)
+		}
+	}
+	p := &SocketPinOnly{prog: objs.Prog, stash: objs.Stash, ingress: in.Ingress, moves: in.Moves, inStats: in.Stats, dir: dir}
+	p.recv.attach(in.Ingress, in.Moves, in.Stats, off, "")
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("fast path: make the pin directory's parent: %w", err)
@@ -186,6 +227,17 @@ func (p *SocketPinOnly) Close(keep ...bool) error {
 	if !k {
 		os.Remove(p.dir) // if empty
 	}
+	errs = append(errs, p.recv.close())
+	if p.ingress != nil {
+		errs = append(errs, p.ingress.Close())
+		p.ingress = nil
+	}
+	for _, m := range []*ebpf.Map{p.moves, p.inStats} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	p.moves, p.inStats = nil, nil
 	if p.prog != nil {
 		errs = append(errs, p.prog.Close())
 		p.prog = nil

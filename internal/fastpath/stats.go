@@ -102,6 +102,22 @@ type Stats struct {
 	SocketPin      bool   `json:"socket_pin"`
 	SocketPinWhy   string `json:"socket_pin_why,omitempty"`
 	SocketPinMatch string `json:"socket_pin_match,omitempty"`
+	// SocketPinReceive says whether the socket pin's receive check is
+	// attached (to SocketPinReceiveCgroup, the root cgroup; see "The receive
+	// check" in the package doc): a peer's datagram (echo reply) of a pinned
+	// flow reaches only the socket the flow is pinned to. Without it a
+	// program that joins the local port of an allowed flow (SO_REUSEADDR,
+	// SO_REUSEPORT) receives the flow's datagrams unasked.
+	// SocketPinReceiveWhy says why not. SocketPinReceiveDropped counts the
+	// packets it dropped, SocketPinReceiveClaimed the inbound flows the first
+	// receiving socket claimed, SocketPinReceiveLost the reports of a drop
+	// the daemon did not get (its ring was full).
+	SocketPinReceive        bool   `json:"socket_pin_receive"`
+	SocketPinReceiveWhy     string `json:"socket_pin_receive_why,omitempty"`
+	SocketPinReceiveCgroup  string `json:"socket_pin_receive_cgroup,omitempty"`
+	SocketPinReceiveDropped uint64 `json:"socket_pin_receive_dropped"`
+	SocketPinReceiveClaimed uint64 `json:"socket_pin_receive_claimed"`
+	SocketPinReceiveLost    uint64 `json:"socket_pin_receive_lost"`
 	// SenderStash says whether the ruleset records, for each UDP datagram
 	// this host sends to the queue, the socket that sent it (its xt_bpf
 	// match runs the program pinned at SenderStashMatch, see "The sender

@@ -460,6 +460,9 @@ func TestFastPathOff(t *testing.T) {
 		// The socket pin is loaded alone: an allowed UDP flow still passes
 		// only from the socket it was allowed for.
 		t.Errorf("latch status does not say allowed UDP flows are pinned to their socket without the fast path:\n%s", out)
+	} else if !strings.Contains(out, "fast path receive check:") || !strings.Contains(out, "reaches only the socket the flow was allowed for") {
+		// The pin's receive check comes with it.
+		t.Errorf("latch status does not say an allowed flow's datagrams reach only its socket without the fast path:\n%s", out)
 	} else if !strings.Contains(out, "fast path sender stash:") || !strings.Contains(out, "attributed to the socket that sent it") {
 		// The sender stash comes with it.
 		t.Errorf("latch status does not say UDP datagrams are attributed to their sending socket without the fast path:\n%s", out)
@@ -468,6 +471,7 @@ func TestFastPathOff(t *testing.T) {
 		FastPath struct {
 			SocketPin        bool   `json:"socket_pin"`
 			SocketPinMatch   string `json:"socket_pin_match"`
+			SocketPinReceive bool   `json:"socket_pin_receive"`
 			SenderStash      bool   `json:"sender_stash"`
 			SenderStashMatch string `json:"sender_stash_match"`
 		} `json:"fast_path"`
@@ -480,6 +484,9 @@ func TestFastPathOff(t *testing.T) {
 	}
 	if !pin.FastPath.SenderStash || pin.FastPath.SenderStashMatch == "" {
 		t.Errorf("status fast_path %+v: want the sender stash on, with its program's path, without the fast path", pin.FastPath)
+	}
+	if !pin.FastPath.SocketPinReceive {
+		t.Errorf("status fast_path %+v: want the socket pin's receive check on without the fast path", pin.FastPath)
 	}
 }
 

@@ -195,6 +195,8 @@ func TestFastPathUDP(t *testing.T) {
 		t.Errorf("latch status does not say UDP is served:\n%s", out)
 	} else if !strings.Contains(out, "fast path socket pin") || !strings.Contains(out, "passes only from the socket it was allowed for") {
 		t.Errorf("latch status does not say allowed UDP flows are pinned to their socket:\n%s", out)
+	} else if !strings.Contains(out, "fast path receive check:") || !strings.Contains(out, "reaches only the socket the flow was allowed for") {
+		t.Errorf("latch status does not say an allowed flow's datagrams reach only its socket:\n%s", out)
 	} else if !strings.Contains(out, "fast path sender stash:") || !strings.Contains(out, "attributed to the socket that sent it") {
 		t.Errorf("latch status does not say UDP datagrams are attributed to their sending socket:\n%s", out)
 	}

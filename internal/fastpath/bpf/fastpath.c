@@ -1824,6 +1824,209 @@ int latch_fast_pin(struct __sk_buff *skb)
 	return 1;
 }
 
+// ---- The receive check (cgroup_skb ingress: a pinned flow's packets reach only its socket) ----
+
+// A packet of a pinned flow the kernel delivered to another socket than the
+// one the flow is pinned to (dropped by latch_pin_ingress), for the daemon:
+// it decides a flow a peer opened again, for the receiving socket.
+struct fp_pin_move {
+	struct fp_pin_key key; // the flow as this host sends it (the pin's key)
+	__u64 cookie;          // the socket the kernel delivered the packet to
+	__u64 pinned;          // the socket the flow is pinned to
+};
+
+// Keeps fp_pin_move in the object's BTF for bpf2go's -type.
+const struct fp_pin_move *unused_pin_move __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} pin_moves SEC(".maps");
+
+// When a flow's move to a socket was last reported (at most once a second
+// per flow and socket: a peer's flood costs one report).
+struct fp_pin_seen {
+	__u64 cookie;
+	__u64 at; // CLOCK_BOOTTIME, ns
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct fp_pin_key);
+	__type(value, struct fp_pin_seen);
+} pin_moved SEC(".maps");
+
+enum { PIN_IN_DROPPED, PIN_IN_CLAIMED, PIN_IN_LOST, PIN_IN_MAX };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PIN_IN_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} pin_in_stats SEC(".maps");
+
+static __always_inline void pin_in_count(__u32 i)
+{
+	__u64 *v = bpf_map_lookup_elem(&pin_in_stats, &i);
+	if (v)
+		*v += 1;
+}
+
+#define PACKET_BROADCAST 1
+#define PACKET_MULTICAST 2
+
+// pin_in_key fills k with the pin's key of the flow a peer's packet to a
+// local socket of protocol want belongs to (the tuple reversed: as this host
+// sends on the flow): 1 if the packet is one the check is about (UDP or
+// UDP-Lite to a unicast address; an ICMP or ICMPv6 echo or extended echo
+// reply), 0 if not (a multicast or broadcast destination, whose datagram the
+// kernel gives every socket bound to the port; another protocol; an IPv6
+// header chain longer than MAX_EXT_HEADERS), -1 if its headers cannot be read.
+static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *k, __u8 want)
+{
+	__u8 h[40];
+	__u32 l4;
+	__u8 proto;
+	if (bpf_skb_load_bytes_relative(skb, 0, h, 1, BPF_HDR_START_NET))
+		return -1;
+	if ((h[0] >> 4) == 4) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 20, BPF_HDR_START_NET))
+			return -1;
+		// 224.0.0.0/4 multicast, 240.0.0.0/4 with 255.255.255.255.
+		if (h[16] >= 224)
+			return 0;
+		k->family = 4;
+		proto = h[9];
+		__builtin_memcpy(k->src, h + 16, 4);
+		__builtin_memcpy(k->dst, h + 12, 4);
+		l4 = (h[0] & 0xf) * 4;
+	} else if ((h[0] >> 4) == 6) {
+		if (bpf_skb_load_bytes_relative(skb, 0, h, 40, BPF_HDR_START_NET))
+			return -1;
+		if (h[24] == 0xff)
+			return 0;
+		k->family = 6;
+		proto = h[6];
+		__builtin_memcpy(k->src, h + 24, 16);
+		__builtin_memcpy(k->dst, h + 8, 16);
+		l4 = 40;
+		// The extension headers before it (reassembly left no fragment
+		// header but the first's).
+		for (int i = 0; i < MAX_EXT_HEADERS && proto != want; i++) {
+			__u8 b[2];
+			if (proto == 0 || proto == 43 || proto == 60) {
+				if (bpf_skb_load_bytes_relative(skb, l4, b, 2, BPF_HDR_START_NET))
+					return -1;
+				proto = b[0];
+				l4 += (b[1] + 1) * 8;
+			} else if (proto == 51) {
+				if (bpf_skb_load_bytes_relative(skb, l4, b, 2, BPF_HDR_START_NET))
+					return -1;
+				proto = b[0];
+				l4 += (b[1] + 2) * 4;
+			} else if (proto == 44) {
+				if (bpf_skb_load_bytes_relative(skb, l4, b, 2, BPF_HDR_START_NET))
+					return -1;
+				proto = b[0];
+				l4 += 8;
+			} else {
+				return 0;
+			}
+		}
+	} else {
+		return -1;
+	}
+	if (proto != want)
+		return 0;
+	k->proto = proto;
+	__u8 p[6];
+	if (bpf_skb_load_bytes_relative(skb, l4 & 0x3ff, p, 6, BPF_HDR_START_NET))
+		return -1;
+	if (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE) {
+		__builtin_memcpy(&k->sport, p + 2, 2);
+		__builtin_memcpy(&k->dport, p, 2);
+		return 1;
+	}
+	// An echo (0; ICMPv6 129) or extended echo reply (43; ICMPv6 161): the
+	// pin keyed the request by its identifier, in sport.
+	if (k->family == 4 ? (p[0] != 0 && p[0] != 43) : (p[0] != 129 && p[0] != 161))
+		return 0;
+	__builtin_memcpy(&k->sport, p + 4, 2);
+	return 1;
+}
+
+// latch_pin_ingress is the socket pin's receive side, attached to the root
+// cgroup (cgroup_skb ingress: it runs as the packet is queued to the socket
+// the kernel chose for it, skb->sk, after the ruleset passed it), every
+// process's sockets, those of the served network namespace only (of every
+// namespace on a kernel whose cgroup_skb programs cannot read it: a socket
+// of another namespace that receives a datagram of the very tuple of a flow
+// pinned here is checked against that pin too). A peer's
+// UDP or UDP-Lite datagram to a unicast address, or an echo reply to a ping
+// socket, of a flow the pin holds a socket for (the flow as this host sends
+// it, latch_fast_pin's key) reaches only that socket: one the kernel gives to
+// another socket on the port (one that joined it after the flow was allowed,
+// SO_REUSEADDR or SO_REUSEPORT, or a reuseport program steering) is dropped,
+// counted, and reported to the daemon (pin_moves, at most once a second per
+// flow and socket), which decides a flow the peer opened again for the
+// receiving socket. A pin with no socket yet (PIN_ANY, an inbound flow whose
+// socket the daemon did not find) is claimed by the first socket that
+// receives on the flow. Anything else passes: a flow the pin does not know
+// (from before latch, forgotten), multicast and broadcast (every socket on
+// the port gets its copy), raw sockets, other protocols.
+SEC("cgroup_skb/ingress")
+int latch_pin_ingress(struct __sk_buff *skb)
+{
+	if (skb->pkt_type == PACKET_BROADCAST || skb->pkt_type == PACKET_MULTICAST)
+		return 1;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->type != SOCK_DGRAM)
+		return 1;
+	__u8 want = sk->protocol;
+	if (want != IPPROTO_UDP && want != IPPROTO_UDPLITE && want != IPPROTO_ICMP && want != IPPROTO_ICMPV6)
+		return 1;
+	// A kernel whose cgroup_skb programs cannot read the namespace
+	// (skb_netns 0): every namespace's sockets, as simultaneous_open.
+	if (skb_netns && bpf_get_netns_cookie(skb) != netns_cookie)
+		return 1;
+	struct fp_pin_key k = {};
+	if (pin_in_key(skb, &k, want) <= 0)
+		return 1;
+	__u64 *c = bpf_map_lookup_elem(&pins, &k);
+	if (!c)
+		return 1;
+	__u64 pinned = *c;
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if (pinned == cookie || pinned == 0)
+		return 1;
+	if (pinned == PIN_ANY) {
+		bpf_map_update_elem(&pins, &k, &cookie, BPF_EXIST);
+		pin_in_count(PIN_IN_CLAIMED);
+		return 1;
+	}
+	pin_in_count(PIN_IN_DROPPED);
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct fp_pin_seen *s = bpf_map_lookup_elem(&pin_moved, &k);
+	if (s && s->cookie == cookie && now - s->at < 1000000000ULL)
+		return 0;
+	struct fp_pin_seen seen = {.cookie = cookie, .at = now};
+	bpf_map_update_elem(&pin_moved, &k, &seen, BPF_ANY);
+	struct fp_pin_move *e = bpf_ringbuf_reserve(&pin_moves, sizeof(*e), 0);
+	if (!e) {
+		pin_in_count(PIN_IN_LOST);
+		return 0;
+	}
+	__builtin_memcpy(&e->key, &k, sizeof(k));
+	e->cookie = cookie;
+	e->pinned = pinned;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
 // ---- The sender stash (the ruleset's xt_bpf match before the queue's UDP rules) ----
 
 // What both this program and the daemon read from a UDP datagram this host

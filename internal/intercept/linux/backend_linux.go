@@ -67,6 +67,13 @@ type Backend struct {
 	// burst, not one per flow or end).
 	acctKicked atomic.Bool
 
+	// receivers: inbound UDP flows the socket pin's receive check saw the
+	// kernel deliver to another socket (flowKey -> that socket's cookie),
+	// decided again for it (see PinMoved); receiverMoves counts them.
+	receiversMu   sync.Mutex
+	receivers     map[flowKey]uint64
+	receiverMoves atomic.Uint64
+
 	fastUDPErr atomic.Pointer[error]     // the last install's error about Config.FastUDPMatch
 	leaseErr   atomic.Pointer[error]     // the last install's error about Config.FastLease
 	sockPinErr atomic.Pointer[error]     // the last install's error about Config.FastSocketPin
@@ -459,7 +466,9 @@ func (b *Backend) Run(ctx context.Context, d intercept.Decider) (err error) {
 	if err == nil && spec.sockPin != "" {
 		var none error
 		b.sockPinErr.Store(&none)
-		if spec.inbound {
+		{
+			// Also without Config.Inbound: PinMoved forgets a peer-opened
+			// flow's pin.
 			if m, perr := openPinMap(spec.sockPin); perr != nil {
 				// The pin's rule in LATCH-IN then records its wildcard
 				// alone (any local socket that answers first claims it).
@@ -886,7 +895,11 @@ func (b *Backend) attribute(req *engine.Request, ifindex int, sender *stashSende
 	var p procattr.Process
 	var err error
 	sr, isSR := b.cfg.Resolver.(SenderResolver)
-	if req.Direction == engine.Inbound {
+	if c := b.takeReceiver(req); c != 0 && isSR {
+		// The socket the kernel delivers the flow's datagrams to now,
+		// which the receive check reported (see PinMoved).
+		p, err = sr.ResolveSender(req.Protocol, req.Local, req.Remote, req.UID, ifindex, c)
+	} else if req.Direction == engine.Inbound {
 		p, err = b.cfg.Resolver.ResolveInbound(req.Protocol, req.Local, req.Remote, ifindex)
 	} else if sender != nil && sender.none {
 		// The stash knows the datagram's port had more than one sender (or could not key it):

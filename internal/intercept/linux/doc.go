@@ -620,7 +620,14 @@ type Config struct {
 	// decides it for its own socket's program). Without it an allowed flow's
 	// conntrack mark outlives its socket: another program that binds the
 	// freed local port sends on the flow unasked. Backend.FastSocketPin says
-	// whether the ruleset has it. The iptables rulesets only.
+	// whether the ruleset has it. The iptables rulesets only. The pin's
+	// receive check (internal/fastpath's latch_pin_ingress, not part of the
+	// ruleset) drops a peer's datagram of a pinned flow that the kernel gives
+	// another socket than the pinned one, and reports it to Backend.PinMoved
+	// (the daemon wires FastPath.ReadPinMoves to it), which decides a UDP
+	// flow the peer opened (Inbound) again for the receiving socket: its
+	// conntrack entry gets MarkRedecide, LATCH-IN holds the peer's next
+	// datagram, and attribution takes the receiving socket by its cookie.
 	FastSocketPin string
 	// FastSenderStash is the pinned socket filter program of the kernel
 	// fast path's sender stash (internal/fastpath, FastPath.SenderStash);

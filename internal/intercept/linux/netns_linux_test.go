@@ -478,6 +478,7 @@ func runChild(mode string) int {
 	// LATCH_TEST_FAST_TCP: as with the kernel fast path deciding TCP connects
 	// (the tests mark their sockets as it would).
 	cfg.FastTCP = os.Getenv("LATCH_TEST_FAST_TCP") != ""
+	var pinOnly *fastpath.SocketPinOnly
 	// LATCH_TEST_SOCKET_PIN=on: the kernel fast path's socket pin, loaded
 	// alone and pinned in a directory of the daemon's own.
 	if os.Getenv("LATCH_TEST_SOCKET_PIN") == "on" {
@@ -487,12 +488,18 @@ func runChild(mode string) int {
 			return 1
 		}
 		defer os.Remove(dir)
-		sp, err := fastpath.OpenSocketPin(filepath.Join(dir, "bpf"))
+		// LATCH_TEST_RECEIVE_CHECK=off: without the pin's receive check.
+		var noRecv []string
+		if os.Getenv("LATCH_TEST_RECEIVE_CHECK") == "off" {
+			noRecv = append(noRecv, "test: off")
+		}
+		sp, err := fastpath.OpenSocketPin(filepath.Join(dir, "bpf"), noRecv...)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer sp.Close()
+		pinOnly = sp
 		cfg.FastSocketPin = sp.Path()
 		// With the sender stash, unless LATCH_TEST_SENDER_STASH=off (the
 		// attribution by tuple alone, as before it).
@@ -501,6 +508,9 @@ func runChild(mode string) int {
 		}
 	}
 	cfg.ExemptLoopback = os.Getenv("LATCH_TEST_HOLD_LOOPBACK") == ""
+	// LATCH_TEST_MAX_FLOWS: Config.MaxFlows (1: each allowed flow makes the
+	// daemon forget the others).
+	cfg.MaxFlows, _ = strconv.Atoi(os.Getenv("LATCH_TEST_MAX_FLOWS"))
 	if v := os.Getenv("LATCH_TEST_HOLD_TIMEOUT"); v != "" {
 		var err error
 		if cfg.HoldTimeout, err = time.ParseDuration(v); err != nil {
@@ -649,6 +659,10 @@ func runChild(mode string) int {
 				say("sender-stash %v %d %d", b.FastSenderStash(), id, ports)
 			}
 			say("socket-pin %v", b.FastSocketPin())
+			if pinOnly != nil {
+				st := pinOnly.Stats()
+				say("receive-check %v %s", st.SocketPinReceive, st.SocketPinReceiveWhy)
+			}
 		}
 	}
 	var err error
@@ -678,6 +692,14 @@ func runChild(mode string) int {
 			})
 		}()
 		defer func() { stopFP(); <-fpDone }()
+	}
+	if pinOnly != nil {
+		// The receive check's reports, as the daemon wires them; each
+		// also said ("pin-moved PROTO LOCAL REMOTE COOKIE").
+		go pinOnly.ReadPinMoves(func(m fastpath.PinMove) {
+			say("pin-moved %d %s %s %d", m.Protocol, m.Local, m.Remote, m.Cookie)
+			b.PinMoved(m.Protocol, m.Local, m.Remote, m.Cookie)
+		})
 	}
 	say("backend %s", b.Name())
 	if cfg.FastUDPMatch != "" {

@@ -168,7 +168,7 @@ func TestUDPIdenticalDatagramsAttributed(t *testing.T) {
 	}
 }
 
-// TestUDPInboundSharedPortLateJoin (review12, known hole): an inbound UDP
+// TestUDPInboundSharedPortLateJoin (review12): an inbound UDP
 // flow is decided for the program whose socket the lookup of its tuple finds
 // on the local port (here the only one bound, the allowed program's). A
 // program that binds the same port after (SO_REUSEADDR, any user's where the
@@ -177,15 +177,13 @@ func TestUDPIdenticalDatagramsAttributed(t *testing.T) {
 // without asking anyone: the firewall never decided the flow for it. (The
 // same with SO_REUSEPORT and a reuseport BPF program steering to the
 // attacker, with no later join: the lookup, without the packet, selects by
-// hash.) Nothing at the queue can tell the receiving socket; a fix needs a
-// receive-side hook (cgroup recvmsg) or pinning inbound flows to their
-// socket.
+// hash.) Nothing at the queue can tell the receiving socket: the socket
+// pin's receive check (cgroup_skb ingress, see internal/fastpath) drops it
+// (TestUDPInboundLateJoinDecided: and the flow is decided again for the
+// joiner). LATCH_TEST_RECEIVE_CHECK_OFF=1 shows the hole.
 func TestUDPInboundSharedPortLateJoin(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review12): a program that joins a port after its inbound flow was allowed receives the flow; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	tp := newTopo(t)
-	d := startDaemon(t, tp, "*=allow", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
+	d := startReceiveChecked(t, tp, "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
 	defer d.stop()
 	const port = 40390
 	// The allowed program: bound first, as nobody.

@@ -8,6 +8,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // errSocketPin wraps install's error when the ruleset could not run the
@@ -113,4 +116,150 @@ func (b *Backend) pinInbound(req *engine.Request, cookie uint64) {
 	if err := m.Update(pinKey(uint8(req.Protocol), req.Local, req.Remote), v, ebpf.UpdateAny); err != nil {
 		b.cfg.Logf("socket pin: record %v -> %v for socket cookie %d: %v", req.Local, req.Remote, cookie, err)
 	}
+}
+
+// PinMoved is told (from the socket pin's receive check, see "The receive
+// check" in internal/fastpath) that the kernel delivered a peer's packet of
+// the pinned flow local <-> remote (protocol proto) to socket cookie, not to
+// the socket the flow is pinned to, and that the check dropped it: a socket
+// that joined the flow's local port after the flow was decided
+// (SO_REUSEADDR, SO_REUSEPORT), took over a closed socket's port, or that a
+// reuseport program steers the flow to. The flow was never decided for that
+// socket's program. A UDP flow the peer opened (Config.Inbound) is decided
+// again: its conntrack entry gets MarkRedecide, so that LATCH-IN holds the
+// peer's next datagram, which is attributed to socket cookie (ResolveSender)
+// and, if allowed, pinned to it (a flow the daemon's table forgot is found
+// by its conntrack entry). Without Config.Inbound a UDP flow the peer opened
+// loses its pin instead (what a peer sends is nobody's to decide then; a
+// server restarted on its port would never get a peer that keeps sending):
+// its next answer is held and decided for its socket. A flow this host
+// opened stays its sender's (an answer the kernel gives another socket on
+// the port is dropped), as do UDP-Lite and echo flows, which are not
+// attributed.
+func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uint64) {
+	b.receiverMoves.Add(1)
+	if proto != unix.IPPROTO_UDP || cookie == 0 {
+		return
+	}
+	local, remote = netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if local.Addr().Is4() != remote.Addr().Is4() {
+		return
+	}
+	k := newFlowKey(proto, remote, local)
+	fam := netlink.InetFamily(unix.AF_INET)
+	if local.Addr().Is6() {
+		fam = unix.AF_INET6
+	}
+	t := netlink.IPTuple{Protocol: proto, SrcIP: remote.Addr().AsSlice(), DstIP: local.Addr().AsSlice(), SrcPort: remote.Port(), DstPort: local.Port()}
+	if !b.cfg.Inbound {
+		// Nothing decides what a peer sends first: a flow it opened
+		// (pinned by this host's answer, decided as outbound) is not the
+		// pinned socket's to receive alone (another program may bind any
+		// port and receive any peer's new flow), and a program that took
+		// over the port (a server restarted) would get none of a peer
+		// that keeps sending for ever. Its pin goes: the check passes the
+		// flow, and the pin in LATCH-OUT holds the next answer, from
+		// whichever socket, for a decision. A flow this host opened stays
+		// its sender's.
+		if ci, err := getConntrack(fam, t); err == nil && ci.key == k {
+			if m := b.pinMap.Load(); m != nil {
+				if err := m.Delete(pinKey(proto, local, remote)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					b.cfg.Logf("socket pin: forget %v -> %v: %v", local, remote, err)
+				}
+			}
+		}
+		return
+	}
+	b.flows.mu.Lock()
+	e, ok := b.flows.m[k]
+	b.flows.mu.Unlock()
+	switch {
+	case ok && e.req.Direction != engine.Inbound:
+		return
+	case !ok:
+		// Forgotten (a full table, its TTL): the conntrack entry says
+		// whether the peer opened the flow and latch allowed it.
+		ci, err := getConntrack(fam, t)
+		if err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				b.cfg.Logf("socket pin: read the conntrack entry of %v -> %v: %v", remote, local, err)
+			}
+			return
+		}
+		if ci.key != k || ci.mark&MarkMask != MarkAllow {
+			return
+		}
+	}
+	b.receiversMu.Lock()
+	if b.receivers == nil {
+		b.receivers = make(map[flowKey]uint64)
+	}
+	if len(b.receivers) >= maxReceivers {
+		// Flows whose peer never spoke again: one forgotten is decided
+		// for the socket the lookup finds, as any inbound datagram.
+		for k := range b.receivers {
+			delete(b.receivers, k)
+			break
+		}
+	}
+	b.receivers[k] = cookie
+	b.receiversMu.Unlock()
+	if err := setConntrackMark(fam, t, MarkRedecide, MarkMask); err != nil && !errors.Is(err, unix.ENOENT) {
+		b.cfg.Logf("socket pin: decide %v -> %v again for the socket it reached (cookie %d): %v", remote, local, cookie, err)
+	}
+}
+
+// takeReceiver returns (and forgets) the socket PinMoved recorded for req's
+// flow (an inbound UDP datagram), 0 if none.
+func (b *Backend) takeReceiver(req *engine.Request) uint64 {
+	if req.Direction != engine.Inbound || req.Protocol != engine.UDP {
+		return 0
+	}
+	k := keyOf(req)
+	b.receiversMu.Lock()
+	defer b.receiversMu.Unlock()
+	c := b.receivers[k]
+	delete(b.receivers, k)
+	return c
+}
+
+// maxReceivers bounds Backend.receivers (the receive check reports a flow
+// at most once a second).
+const maxReceivers = 4096
+
+// ReceiverMoves counts the reports of the socket pin's receive check
+// (PinMoved calls).
+func (b *Backend) ReceiverMoves() uint64 { return b.receiverMoves.Load() }
+
+// getConntrack reads the conntrack entry one of whose tuples is t (TCP or
+// UDP).
+func getConntrack(fam netlink.InetFamily, t netlink.IPTuple) (ctInfo, error) {
+	// With NLM_F_ACK: the entry comes flagged NLM_F_MULTI, and the ACK
+	// ends the reply.
+	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_GET, unix.NLM_F_ACK)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(fam), Version: nl.NFNETLINK_V0})
+	srcType, dstType, src, dst := uint16(nl.CTA_IP_V4_SRC), uint16(nl.CTA_IP_V4_DST), t.SrcIP.To4(), t.DstIP.To4()
+	if fam == unix.AF_INET6 {
+		srcType, dstType, src, dst = nl.CTA_IP_V6_SRC, nl.CTA_IP_V6_DST, t.SrcIP.To16(), t.DstIP.To16()
+	}
+	if src == nil || dst == nil {
+		return ctInfo{}, fmt.Errorf("addresses %v -> %v are not of family %d", t.SrcIP, t.DstIP, fam)
+	}
+	orig := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
+	ip := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_IP, nil)
+	ip.AddRtAttr(int(srcType), src)
+	ip.AddRtAttr(int(dstType), dst)
+	proto := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_PROTO, nil)
+	proto.AddRtAttr(nl.CTA_PROTO_NUM, []byte{t.Protocol})
+	proto.AddRtAttr(nl.CTA_PROTO_SRC_PORT, nl.BEUint16Attr(t.SrcPort))
+	proto.AddRtAttr(nl.CTA_PROTO_DST_PORT, nl.BEUint16Attr(t.DstPort))
+	req.AddData(orig)
+	msgs, err := req.Execute(unix.NETLINK_NETFILTER, 0)
+	if err != nil {
+		return ctInfo{}, err
+	}
+	if len(msgs) != 1 {
+		return ctInfo{}, fmt.Errorf("conntrack get: %d messages, want 1", len(msgs))
+	}
+	return parseCtMsg(msgs[0])
 }

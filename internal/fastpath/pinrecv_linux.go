@@ -1,0 +1,175 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// PinMove is a peer's packet of a pinned flow that the kernel delivered to
+// another local socket than the one the flow is pinned to, which the socket
+// pin's receive check dropped (see "The receive check" in doc.go).
+type PinMove struct {
+	// Protocol is the IP protocol (17 UDP, 136 UDP-Lite, 1 ICMP, 58 ICMPv6).
+	Protocol uint8
+	// Local and Remote are the flow's ends (for ICMP, Local's port is the
+	// echo identifier and Remote's 0).
+	Local, Remote netip.AddrPort
+	// Cookie is the socket the kernel delivered the packet to; Pinned the
+	// socket the flow is pinned to.
+	Cookie, Pinned uint64
+}
+
+// receiveCheck is the socket pin's receive side: latch_pin_ingress attached
+// to the root cgroup, and the ring of its reports.
+type receiveCheck struct {
+	link   link.Link
+	ring   *ringbuf.Reader
+	stats  *ebpf.Map
+	cgroup string
+	why    string
+}
+
+// skbNetnsCookie reports whether the kernel lets cgroup_skb programs read a
+// packet's network namespace (bpf_get_netns_cookie; 2025): the receive check
+// then serves this namespace's sockets only, else every namespace's.
+func skbNetnsCookie() bool {
+	return features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnGetNetnsCookie) == nil
+}
+
+// attach attaches prog (latch_pin_ingress, loaded with the pin's map) to the
+// root cgroup and opens the ring of its reports; on failure it records why.
+// off, if not "", says why not to (tests). cgroup, if not "", is where to
+// attach it instead of the root (Config.EndsCgroupPath: tests and
+// benchmarks keep it off the other processes' sockets).
+func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats *ebpf.Map, off, cgroup string) {
+	if off != "" {
+		rc.why = off
+		return
+	}
+	if prog == nil {
+		rc.why = "not loaded"
+		return
+	}
+	path := cgroup
+	if path == "" {
+		var unmount func()
+		var err error
+		if path, unmount, err = rootCgroup(); err != nil {
+			rc.why = err.Error()
+			return
+		}
+		defer unmount()
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupInetIngress, Program: prog})
+	if err != nil {
+		rc.why = fmt.Sprintf("attach the receive check to cgroup %s: %v", path, err)
+		return
+	}
+	r, err := ringbuf.NewReader(moves)
+	if err != nil {
+		l.Close()
+		rc.why = fmt.Sprintf("open the receive check's ring buffer: %v", err)
+		return
+	}
+	rc.link, rc.ring, rc.stats, rc.cgroup = l, r, stats, path
+}
+
+// close detaches the program and closes the ring (ReadPinMoves returns).
+func (rc *receiveCheck) close() error {
+	var errs []error
+	if rc.link != nil {
+		errs = append(errs, rc.link.Close())
+		rc.link = nil
+	}
+	if rc.ring != nil {
+		errs = append(errs, rc.ring.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// read calls fn with each report until the ring is closed.
+func (rc *receiveCheck) read(fn func(PinMove)) error {
+	if rc.ring == nil {
+		return fmt.Errorf("no receive check: %s", rc.why)
+	}
+	for {
+		rec, err := rc.ring.Read()
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read the receive check's ring buffer: %w", err)
+		}
+		if m, ok := parsePinMove(rec.RawSample); ok {
+			fn(m)
+		}
+	}
+}
+
+// parsePinMove reads a struct fp_pin_move.
+func parsePinMove(b []byte) (PinMove, bool) {
+	if len(b) < 56 {
+		return PinMove{}, false
+	}
+	var m PinMove
+	fam, proto := b[0], b[1]
+	m.Protocol = proto
+	sport, dport := binary.BigEndian.Uint16(b[2:]), binary.BigEndian.Uint16(b[4:])
+	var src, dst netip.Addr
+	switch fam {
+	case 4:
+		src, dst = netip.AddrFrom4([4]byte(b[8:12])), netip.AddrFrom4([4]byte(b[24:28]))
+	case 6:
+		src, dst = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+	default:
+		return PinMove{}, false
+	}
+	m.Local, m.Remote = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
+	m.Cookie = binary.NativeEndian.Uint64(b[40:])
+	m.Pinned = binary.NativeEndian.Uint64(b[48:])
+	return m, true
+}
+
+// stats fills the receive check's part of s.
+func (rc *receiveCheck) fill(s *Stats) {
+	if s.SocketPinReceive = rc.link != nil; !s.SocketPinReceive {
+		s.SocketPinReceiveWhy = rc.why
+		return
+	}
+	s.SocketPinReceiveCgroup = rc.cgroup
+	for i, p := range []*uint64{&s.SocketPinReceiveDropped, &s.SocketPinReceiveClaimed, &s.SocketPinReceiveLost} {
+		var per []uint64
+		if err := rc.stats.Lookup(uint32(i), &per); err != nil {
+			continue
+		}
+		for _, v := range per {
+			*p += v
+		}
+	}
+}
+
+// ReadPinMoves calls fn with each peer's packet the socket pin's receive
+// check dropped because the kernel delivered it to another socket than the
+// one its flow is pinned to (at most once a second per flow and socket),
+// until Close. It returns at once with an error if the check is off.
+func (fp *FastPath) ReadPinMoves(fn func(PinMove)) error { return fp.recv.read(fn) }
+
+// ReadPinMoves is FastPath.ReadPinMoves for the socket pin loaded alone.
+func (p *SocketPinOnly) ReadPinMoves(fn func(PinMove)) error { return p.recv.read(fn) }
+
+// Stats returns the socket pin's receive check's part of Stats (the rest is
+// the daemon's to fill).
+func (p *SocketPinOnly) Stats() Stats {
+	var s Stats
+	p.recv.fill(&s)
+	return s
+}
