@@ -1,0 +1,219 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// sockMark reads fd's SO_MARK.
+func sockMark(c syscall.Conn) (uint32, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var m int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { m, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) }); err != nil {
+		return 0, err
+	}
+	return uint32(m), serr
+}
+
+// disconnect is connect(AF_UNSPEC) on c's socket.
+func disconnect(c syscall.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		var sa [16]byte // sa_family 0: AF_UNSPEC
+		_, _, e := unix.Syscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa[0])), uintptr(len(sa)))
+		if e != 0 {
+			serr = e
+		}
+	})
+	return errors.Join(err, serr)
+}
+
+// reconnect connects c's socket again, to addr:port, and waits up to wait
+// for the connect to end: nil once established. It returns the socket's local
+// address.
+func reconnect(c syscall.Conn, addr string, port int, wait time.Duration) (netip.AddrPort, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var local netip.AddrPort
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		var sa unix.Sockaddr
+		ip := netip.MustParseAddr(addr)
+		if ip.Is4() {
+			sa = &unix.SockaddrInet4{Port: port, Addr: ip.As4()}
+		} else {
+			sa = &unix.SockaddrInet6{Port: port, Addr: ip.As16()}
+		}
+		if e := unix.Connect(int(fd), sa); e != nil && e != unix.EINPROGRESS {
+			serr = fmt.Errorf("connect %s: %w", net.JoinHostPort(addr, strconv.Itoa(port)), e)
+			return
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, e := unix.Poll(pfd, int(wait/time.Millisecond))
+		if e != nil {
+			serr = e
+			return
+		}
+		if n == 0 {
+			serr = fmt.Errorf("connect %s: no answer within %v", net.JoinHostPort(addr, strconv.Itoa(port)), wait)
+			return
+		}
+		if v, e := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != nil {
+			serr = e
+			return
+		} else if v != 0 {
+			serr = fmt.Errorf("connect %s: %w", net.JoinHostPort(addr, strconv.Itoa(port)), syscall.Errno(v))
+			return
+		}
+		ls, e := unix.Getsockname(int(fd))
+		if e != nil {
+			serr = e
+			return
+		}
+		switch ls := ls.(type) {
+		case *unix.SockaddrInet4:
+			local = netip.AddrPortFrom(netip.AddrFrom4(ls.Addr), uint16(ls.Port))
+		case *unix.SockaddrInet6:
+			local = netip.AddrPortFrom(netip.AddrFrom16(ls.Addr), uint16(ls.Port))
+		}
+	})
+	return local, errors.Join(err, serr)
+}
+
+// dialCtl is fastHits.dial with ctl run on the socket before its connect.
+func (h *fastHits) dialCtl(t *testing.T, tp *topo, addr string, port int, ctl func(fd int) error) (net.Conn, error) {
+	t.Helper()
+	own, err := h.ownCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := moveTo(h.dir); err != nil {
+		t.Fatal(err)
+	}
+	var c net.Conn
+	err = inNS(tp.a, func() error {
+		d := net.Dialer{Timeout: 3 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = ctl(int(fd)) })
+			return errors.Join(err, serr)
+		}}
+		var err error
+		c, err = d.Dial("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
+		return err
+	})
+	if merr := moveTo(own); merr != nil {
+		t.Fatal(merr)
+	}
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// ctHasSport reports whether conntrack in ns has a TCP entry from local port
+// sport (IPv4 or IPv6).
+func ctHasSport(t *testing.T, ns string, v6 bool, sport uint16) bool {
+	t.Helper()
+	fam := "ipv4"
+	if v6 {
+		fam = "ipv6"
+	}
+	out, err := exec.Command("ip", "netns", "exec", ns, "conntrack", "-L", "-f", fam, "-p", "tcp", "--sport", strconv.Itoa(int(sport))).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "0 flow entries") {
+		t.Fatalf("conntrack -L in %s: %v: %s", ns, err, out)
+	}
+	return strings.Contains(string(out), "sport="+strconv.Itoa(int(sport))+" ")
+}
+
+// TestKeptFlowMarkGoesAtNextConnect (review17): a fast socket whose connect
+// followed shutdown(2) (SEND_SHUTDOWN, set with ENOTCONN, which the connect
+// keeps) looks, at connect(AF_UNSPEC) once established, like one closed with
+// a reset (closing_with_reset), and fast_closed kept MarkFastFlow on it; the
+// socket lives on. Its next connect, which the queue decides (allowed here),
+// then carried MarkFastFlow: the whole connection went untracked, out of
+// conntrack (no entry: nothing for the flow table, the byte accountant or a
+// rule change's conntrack walk to find), passed by the mark. The mark now goes
+// at that connect: the connection is tracked, its socket has no fast mark. A
+// connect to a denied port is refused either way. IPv4 and IPv6.
+func TestKeptFlowMarkGoesAtNextConnect(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skipf("needs conntrack: %v", err)
+	}
+	tp := newTopo(t)
+	addV6(t, tp)
+	for _, addr := range []string{addrB, addrB6} {
+		for _, p := range []int{9101, 9102} {
+			serveTCP(t, tp.b, net.JoinHostPort(addr, strconv.Itoa(p)), func(c net.Conn) {
+				c.Write([]byte("hi"))
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				io.Copy(io.Discard, c)
+				c.Close()
+			})
+		}
+	}
+	h := newFastHits(t, addrB+":9101", "["+addrB6+"]:9101")
+	d := startDaemon(t, tp, "9101=allow,*=deny", append([]string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft, "LATCH_TEST_NOTRACK=on"}, h.env...)...)
+	if l, ok := d.waitLine("notrack ", 5*time.Second); !ok || l != "notrack <nil>" {
+		t.Fatalf("notrack: %q; stderr:\n%s", l, d.errors())
+	}
+	for _, addr := range []string{addrB, addrB6} {
+		var shut error
+		c, err := h.dialCtl(t, tp, addr, 9101, func(fd int) error {
+			shut = unix.Shutdown(fd, unix.SHUT_WR)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: a fast connect: %v", addr, err)
+		}
+		if !errors.Is(shut, unix.ENOTCONN) {
+			t.Fatalf("%s: shutdown before connect: %v, want ENOTCONN", addr, shut)
+		}
+		if hits := hitFor(d.linesFor(300*time.Millisecond), c); hits != 1 {
+			t.Fatalf("%s: the fast path decided %v %d times, want 1", addr, c.LocalAddr(), hits)
+		}
+		if m, err := sockMark(c.(syscall.Conn)); err != nil || m&MarkMask != MarkFastFlow {
+			t.Fatalf("%s: established: mark %#x (%v), want MarkFastFlow", addr, m, err)
+		}
+		if err := disconnect(c.(syscall.Conn)); err != nil {
+			t.Fatalf("%s: connect(AF_UNSPEC): %v", addr, err)
+		}
+		local, err := reconnect(c.(syscall.Conn), addr, 9101, 3*time.Second)
+		if err != nil {
+			t.Fatalf("%s: connect again to the allowed port: %v", addr, err)
+		}
+		if m, err := sockMark(c.(syscall.Conn)); err != nil || m&MarkMask == MarkFastFlow {
+			t.Errorf("%s: connected again (decided by the queue): mark %#x (%v), want no MarkFastFlow", addr, m, err)
+		}
+		if !ctHasSport(t, tp.a, addr == addrB6, local.Port()) {
+			t.Errorf("%s: the connection the queue allowed from %v has no conntrack entry (untracked)", addr, local)
+		}
+		if err := disconnect(c.(syscall.Conn)); err != nil {
+			t.Fatalf("%s: connect(AF_UNSPEC): %v", addr, err)
+		}
+		if _, err := reconnect(c.(syscall.Conn), addr, 9102, 3*time.Second); err == nil {
+			t.Errorf("%s: a connect to the denied port succeeded", addr)
+		}
+	}
+}
