@@ -59,8 +59,7 @@
 // and connect(AF_UNSPEC) of that socket established then looks like close.
 // The program remembers in the socket's storage that it kept the mark, and
 // takes it off at the socket's next connect (TCP_CONNECT_CB, whose SYN then
-// goes to the queue tracked) or listen (TCP_LISTEN_CB, whose accepted sockets
-// would inherit it): before, the queue decided that connect but its whole
+// goes to the queue tracked): before, the queue decided that connect but its whole
 // connection went untracked, passed by the mark, out of conntrack
 // (TestKeptFlowMarkGoesAtNextConnect, review17). Where
 // sock_ops programs may not call bpf_skc_to_tcp_sock and

@@ -1101,7 +1101,7 @@ volatile const __u32 close_keep = 0;
 // before its connect sets the flag too, with ENOTCONN, and connect keeps it;
 // connect(AF_UNSPEC) once established then keeps MARK_FAST_FLOW: fast_closed
 // records that in the socket's storage (kept), and its next connect
-// (send_pending) or listen (unkeep) takes the mark off: see doc.go.)
+// (send_pending) takes the mark off: see doc.go.)
 static __always_inline int closing_with_reset(struct bpf_sock_ops *ctx)
 {
 	if (!close_keep)
@@ -1130,8 +1130,10 @@ static __always_inline void fast_closed(struct bpf_sock_ops *ctx, __u64 ns)
 		return;
 	if (ours == MARK_FAST_FLOW && closing_with_reset(ctx)) {
 		// Remembered, for the one socket that lives on (see
-		// closing_with_reset): its next connect (send_pending) or listen
-		// (unkeep) takes the mark off.
+		// closing_with_reset): its next connect takes the mark off
+		// (send_pending). listen(2) of it after connect(AF_UNSPEC)
+		// failed with EINVAL on Linux 6.18 (checked), so no listener
+		// inherits the mark there.
 		struct bpf_sock *sk = ctx->sk;
 		struct fp_sock *p = sk ? bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
 		if (p) {
@@ -1140,24 +1142,6 @@ static __always_inline void fast_closed(struct bpf_sock_ops *ctx, __u64 ns)
 		}
 	}
 	replace_fast(ctx, cur, 0);
-}
-
-// unkeep takes MARK_FAST_FLOW off a socket that listens after fast_closed kept
-// it (closing_with_reset's contrived socket), as send_pending does at its next
-// connect: its accepted sockets would inherit it and their flows pass
-// untracked by it.
-static __always_inline void unkeep(struct bpf_sock_ops *ctx)
-{
-	struct bpf_sock *sk = ctx->sk;
-	if (!sk)
-		return;
-	struct fp_sock *p = bpf_sk_storage_get(&socks, sk, 0, 0);
-	if (!p || !p->kept)
-		return;
-	p->kept = 0;
-	__u32 cur, ours;
-	if (fast_mark(ctx, &cur, &ours) && ours == MARK_FAST_FLOW)
-		replace_fast(ctx, cur, 0);
 }
 
 // The cgroup's sock_ops program. At TCP_CONNECT_CB (an active open, just before
@@ -1191,9 +1175,6 @@ int latch_fast_sockops(struct bpf_sock_ops *ctx)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		watch(ctx, bpf_get_netns_cookie(ctx));
 		fast_established(ctx);
-		break;
-	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		unkeep(ctx);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (ctx->args[1] == BPF_TCP_CLOSE) {

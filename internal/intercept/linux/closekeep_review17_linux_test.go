@@ -215,5 +215,6 @@ func TestKeptFlowMarkGoesAtNextConnect(t *testing.T) {
 		if _, err := reconnect(c.(syscall.Conn), addr, 9102, 3*time.Second); err == nil {
 			t.Errorf("%s: a connect to the denied port succeeded", addr)
 		}
+
 	}
 }
