@@ -156,7 +156,11 @@ func ctHasSport(t *testing.T, ns string, v6 bool, sport uint16) bool {
 // conntrack (no entry: nothing for the flow table, the byte accountant or a
 // rule change's conntrack walk to find), passed by the mark. The mark now goes
 // at that connect: the connection is tracked, its socket has no fast mark. A
-// connect to a denied port is refused either way. IPv4 and IPv6.
+// connect to a denied port is refused either way. The same with the peer's
+// reset in place of connect(AF_UNSPEC) (then connect(AF_UNSPEC) to connect
+// again). And a fast socket shut down for writing once established, then
+// reset by the peer, loses its mark (closing_with_reset does not take it). IPv4
+// and IPv6.
 func TestKeptFlowMarkGoesAtNextConnect(t *testing.T) {
 	if _, err := exec.LookPath("conntrack"); err != nil {
 		t.Skipf("needs conntrack: %v", err)
@@ -172,15 +176,36 @@ func TestKeptFlowMarkGoesAtNextConnect(t *testing.T) {
 				c.Close()
 			})
 		}
+		// 9103: resets the connection at once; 9104: once the client's
+		// FIN came.
+		serveTCP(t, tp.b, net.JoinHostPort(addr, "9103"), func(c net.Conn) {
+			time.Sleep(50 * time.Millisecond)
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		})
+		serveTCP(t, tp.b, net.JoinHostPort(addr, "9104"), func(c net.Conn) {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, c)
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		})
 	}
-	h := newFastHits(t, addrB+":9101", "["+addrB6+"]:9101")
-	d := startDaemon(t, tp, "9101=allow,*=deny", append([]string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft, "LATCH_TEST_NOTRACK=on"}, h.env...)...)
+	var remotes []string
+	for _, p := range []string{"9101", "9103", "9104"} {
+		remotes = append(remotes, net.JoinHostPort(addrB, p), net.JoinHostPort(addrB6, p))
+	}
+	h := newFastHits(t, remotes...)
+	d := startDaemon(t, tp, "9101=allow,9103=allow,9104=allow,*=deny", append([]string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft, "LATCH_TEST_NOTRACK=on"}, h.env...)...)
 	if l, ok := d.waitLine("notrack ", 5*time.Second); !ok || l != "notrack <nil>" {
 		t.Fatalf("notrack: %q; stderr:\n%s", l, d.errors())
 	}
-	for _, addr := range []string{addrB, addrB6} {
+	for _, tc := range []struct {
+		addr string
+		port int // 9103: the peer resets; else connect(AF_UNSPEC)
+	}{{addrB, 9101}, {addrB6, 9101}, {addrB, 9103}, {addrB6, 9103}} {
+		addr := tc.addr
 		var shut error
-		c, err := h.dialCtl(t, tp, addr, 9101, func(fd int) error {
+		c, err := h.dialCtl(t, tp, addr, tc.port, func(fd int) error {
 			shut = unix.Shutdown(fd, unix.SHUT_WR)
 			return nil
 		})
@@ -195,6 +220,14 @@ func TestKeptFlowMarkGoesAtNextConnect(t *testing.T) {
 		}
 		if m, err := sockMark(c.(syscall.Conn)); err != nil || m&MarkMask != MarkFastFlow {
 			t.Fatalf("%s: established: mark %#x (%v), want MarkFastFlow", addr, m, err)
+		}
+		if tc.port == 9103 {
+			// TCP_CLOSE from ESTABLISHED by the peer's reset, with
+			// SEND_SHUTDOWN set: kept as well.
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, err := io.Copy(io.Discard, c); !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("%s: read until the peer's reset: %v", addr, err)
+			}
 		}
 		if err := disconnect(c.(syscall.Conn)); err != nil {
 			t.Fatalf("%s: connect(AF_UNSPEC): %v", addr, err)
