@@ -251,3 +251,48 @@ func TestKeptFlowMarkGoesAtNextConnect(t *testing.T) {
 
 	}
 }
+
+// TestKeptFlowMarkDeadDaemon (review17): the contrived socket of
+// TestKeptFlowMarkGoesAtNextConnect, disconnected (connect(AF_UNSPEC)) with
+// MarkFastFlow kept, when the daemon dies (SIGKILL) before its next connect:
+// no program takes the mark off then, and that connect's SYN, with
+// MarkFastFlow, must still not pass by the mark (fail-closed: the queue has no
+// reader), even to a port the daemon allowed; a SYN of a socket without a fast
+// mark is held the same. IPv4 and IPv6.
+func TestKeptFlowMarkDeadDaemon(t *testing.T) {
+	tp := newTopo(t)
+	addV6(t, tp)
+	for _, addr := range []string{addrB, addrB6} {
+		serveTCP(t, tp.b, net.JoinHostPort(addr, "9101"), func(c net.Conn) {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, c)
+			c.Close()
+		})
+	}
+	h := newFastHits(t, addrB+":9101", "["+addrB6+"]:9101")
+	d := startDaemon(t, tp, "9101=allow,*=deny", append([]string{"LATCH_TEST_FIREWALL=" + FirewallIptablesNft, "LATCH_TEST_NOTRACK=on"}, h.env...)...)
+	if l, ok := d.waitLine("notrack ", 5*time.Second); !ok || l != "notrack <nil>" {
+		t.Fatalf("notrack: %q; stderr:\n%s", l, d.errors())
+	}
+	var conns []net.Conn
+	for _, addr := range []string{addrB, addrB6} {
+		c, err := h.dialCtl(t, tp, addr, 9101, func(fd int) error { unix.Shutdown(fd, unix.SHUT_WR); return nil })
+		if err != nil {
+			t.Fatalf("%s: a fast connect: %v", addr, err)
+		}
+		if err := disconnect(c.(syscall.Conn)); err != nil {
+			t.Fatalf("%s: connect(AF_UNSPEC): %v", addr, err)
+		}
+		if m, err := sockMark(c.(syscall.Conn)); err != nil || m&MarkMask != MarkFastFlow {
+			t.Fatalf("%s: disconnected: mark %#x (%v), want MarkFastFlow kept", addr, m, err)
+		}
+		conns = append(conns, c)
+	}
+	d.cmd.Process.Kill()
+	<-d.exited
+	for i, addr := range []string{addrB, addrB6} {
+		if _, err := reconnect(conns[i].(syscall.Conn), addr, 9101, time.Second); err == nil {
+			t.Errorf("%s: with the daemon dead, the socket that kept MarkFastFlow connected (its SYN passed by the mark)", addr)
+		}
+	}
+}
