@@ -291,7 +291,7 @@ func TestKeptFlowMarkDeadDaemon(t *testing.T) {
 	d.cmd.Process.Kill()
 	<-d.exited
 	for i, addr := range []string{addrB, addrB6} {
-		if _, err := reconnect(conns[i].(syscall.Conn), addr, 9101, time.Second); err == nil {
+		if _, err := reconnect(conns[i].(syscall.Conn), addr, 9101, 3*time.Second); err == nil {
 			t.Errorf("%s: with the daemon dead, the socket that kept MarkFastFlow connected (its SYN passed by the mark)", addr)
 		}
 	}
