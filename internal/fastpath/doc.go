@@ -56,9 +56,16 @@
 // mark (TestNotrackCloseResetUntracked in internal/intercept/linux). One
 // contrived way keeps it on a socket that lives on: shutdown(2) of a socket
 // not connected yet sets SEND_SHUTDOWN (ENOTCONN), which its connect keeps,
-// and connect(AF_UNSPEC) of that socket established then looks like close;
-// its next connect is then decided by the queue, as a socket with an
-// application's own MarkFastFlow, never passed by the mark. Where
+// and connect(AF_UNSPEC) of that socket established then looks like close.
+// The program remembers in the socket's storage that it kept the mark, and
+// takes it off at the socket's next connect (TCP_CONNECT_CB, whose SYN then
+// goes to the queue tracked): before, the queue decided that connect but its whole
+// connection went untracked, passed by the mark, out of conntrack
+// (TestKeptFlowMarkGoesAtNextConnect, review17). The record is this
+// daemon's (its socket storage map): a daemon started after the socket's
+// disconnect does not know it, and that connect is decided by the queue and
+// carried untracked as before; with no daemon the SYN is held
+// (TestKeptFlowMarkDeadDaemon). Where
 // sock_ops programs may not call bpf_skc_to_tcp_sock and
 // bpf_probe_read_kernel, it is cleared as at any end. A connect its hook
 // did not decide by a hit loses MarkFastAllow or MarkReject, and keeps

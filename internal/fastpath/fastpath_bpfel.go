@@ -112,6 +112,8 @@ type fastpathFpSock struct {
 	_        structs.HostLayout
 	Pending  uint32
 	Counting uint32
+	Kept     uint32
+	Pad      uint32
 	Gen      uint64
 	Ev       fastpathFpEvent
 	Bytes    struct {

@@ -219,6 +219,8 @@ struct bpf_map { struct latch_atomic64 usercnt; } __attribute__((preserve_access
 struct fp_sock {
 	__u32 pending;  // 1: ev waits to be sent; 0: nothing waits
 	__u32 counting; // 1: bytes counts the socket's packets
+	__u32 kept;     // 1: fast_closed kept MARK_FAST_FLOW (closing_with_reset)
+	__u32 pad;
 	__u64 gen;      // the rule generation ev was decided under
 	struct fp_event ev;
 	struct fp_bytes bytes;
@@ -636,6 +638,19 @@ static __always_inline void send_pending(struct bpf_sock_ops *ctx, struct fp_soc
 		return;
 	if (!p)
 		p = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (p && p->kept && !p->pending) {
+		// MARK_FAST_FLOW that fast_closed kept for a reset on close
+		// (closing_with_reset) on a socket that lived on (the contrived
+		// one: shutdown(2) before its connect, then connect(AF_UNSPEC)):
+		// this program's own mark, not an application's, goes now; the
+		// SYN goes to the queue tracked, as any connect no hook decided.
+		p->kept = 0;
+		__u32 cur = sk->mark;
+		if ((cur & MARK_MASK) == MARK_FAST_FLOW) {
+			int v = (int)(cur & ~MARK_MASK);
+			bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &v, sizeof(v));
+		}
+	}
 	if (!p || !p->pending) {
 		// Only the marks that decide a SYN by themselves: a SYN with
 		// MARK_FAST_FLOW or MARK_FAST_REDECIDE goes to the queue anyway, and
@@ -1084,8 +1099,9 @@ volatile const __u32 close_keep = 0;
 // reset, and the socket is orphaned and destroyed: no program sees its mark
 // again, nor can it connect again. (But for one contrived socket: shutdown(2)
 // before its connect sets the flag too, with ENOTCONN, and connect keeps it;
-// connect(AF_UNSPEC) once established then keeps MARK_FAST_FLOW, with which
-// its next SYN goes to the queue: see doc.go.)
+// connect(AF_UNSPEC) once established then keeps MARK_FAST_FLOW: fast_closed
+// records that in the socket's storage (kept), and its next connect
+// (send_pending) takes the mark off: see doc.go.)
 static __always_inline int closing_with_reset(struct bpf_sock_ops *ctx)
 {
 	if (!close_keep)
@@ -1112,8 +1128,19 @@ static __always_inline void fast_closed(struct bpf_sock_ops *ctx, __u64 ns)
 	__u32 cur, ours;
 	if (!fast_mark(ctx, &cur, &ours) || (ours != MARK_FAST_ALLOW && ours != MARK_FAST_FLOW) || !served_ns(ns))
 		return;
-	if (ours == MARK_FAST_FLOW && closing_with_reset(ctx))
-		return;
+	if (ours == MARK_FAST_FLOW && closing_with_reset(ctx)) {
+		// Remembered, for the one socket that lives on (see
+		// closing_with_reset): its next connect takes the mark off
+		// (send_pending). listen(2) of it after connect(AF_UNSPEC)
+		// failed with EINVAL on Linux 6.18 (checked), so no listener
+		// inherits the mark there.
+		struct bpf_sock *sk = ctx->sk;
+		struct fp_sock *p = sk ? bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+		if (p) {
+			p->kept = 1;
+			return;
+		}
+	}
 	replace_fast(ctx, cur, 0);
 }
 
