@@ -1,0 +1,139 @@
+package linux
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestLocalRedecideReplyNotViaLo (review18, review16's hole by another
+// way): with Config.Inbound and loopback held (--exempt-loopback=false), a
+// local client opens a UDP flow to a local server (both ends this host's
+// addresses; the client's datagrams go out lo), decided as the client's
+// outbound flow. A rule change denies that (the client's outbound flows to
+// the port) while the server's port may still take inbound ones. The server
+// then sends its answer out a non-loopback interface (IP_UNICAST_IF, which
+// any program may set; SO_BINDTODEVICE on an unbound socket or IP_PKTINFO do
+// the same): a route with an output interface set takes a local destination
+// that is not that interface's own address out of it. On the ruleset of
+// b0b6084 that datagram matched "! -o lo", was held as the server's inbound
+// flow and allowed by the server's inbound rules, which marked the whole
+// flow allowed: the client's next datagram passed unheld to the server,
+// though the client's rules now deny it. The opener of a flow whose other
+// end is one of this host's addresses is local whatever the interface: the
+// rule now also wants the destination not to be a local address.
+func TestLocalRedecideReplyNotViaLo(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port := 9180 + i
+		t.Run(fw, func(t *testing.T) { testLocalRedecideReplyNotViaLo(t, fw, port) })
+	}
+}
+
+func testLocalRedecideReplyNotViaLo(t *testing.T, fw string, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	// The client's address: this host's, on lo (a /32, so the veth's
+	// connected route still covers it for a lookup bound to the veth).
+	const clientIP = "198.18.0.77"
+	if out, err := exec.Command("ip", "-n", tp.a, "addr", "add", clientIP+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v: %s", err, out)
+	}
+	d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FIREWALL="+fw,
+		"LATCH_TEST_INBOUND=1", "LATCH_TEST_HOLD_LOOPBACK=1",
+		fmt.Sprintf("LATCH_TEST_POLICY_AFTER=in:%d=allow,*=deny", port), "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	serverAddr := netip.MustParseAddrPort(net.JoinHostPort(addrA, strconv.Itoa(port)))
+	var server, client *net.UDPConn
+	var vethIndex int
+	if err := inNS(tp.a, func() error {
+		ifi, err := net.InterfaceByName(tp.vethA)
+		if err != nil {
+			return err
+		}
+		vethIndex = ifi.Index
+		if server, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(serverAddr)); err != nil {
+			return err
+		}
+		client, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(clientIP)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	defer client.Close()
+	clientAddr := client.LocalAddr().(*net.UDPAddr).AddrPort()
+	serverGot := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, _, err := server.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			serverGot <- string(buf[:n])
+		}
+	}()
+	serverGets := func(msg string, within time.Duration) bool {
+		deadline := time.After(within)
+		for {
+			select {
+			case m := <-serverGot:
+				if m == msg {
+					return true
+				}
+			case <-deadline:
+				return false
+			}
+		}
+	}
+	if _, err := client.WriteToUDPAddrPort([]byte("latch-hello"), serverAddr); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := d.waitLine("held out udp "+clientAddr.String()+" "+serverAddr.String(), 3*time.Second); !ok {
+		t.Fatalf("the client's datagram was not held as its outbound flow (last %q)", l)
+	}
+	if !serverGets("latch-hello", 3*time.Second) {
+		t.Fatal("the client's allowed datagram did not reach the server")
+	}
+	redecideAfterChange(t, d, 1)
+	// The server answers out the veth (IP_UNICAST_IF: the ifindex in network
+	// byte order for IPv4), to the client's local address.
+	rc, err := server.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], uint32(vethIndex))
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_UNICAST_IF, int(binary.NativeEndian.Uint32(b[:])))
+	}); err != nil || serr != nil {
+		t.Fatalf("IP_UNICAST_IF: %v %v", err, serr)
+	}
+	if _, err := server.WriteToUDPAddrPort([]byte("latch-push"), clientAddr); err != nil {
+		t.Logf("server's answer out %s: %v", tp.vethA, err)
+	}
+	lines := d.linesFor(1 * time.Second)
+	for _, l := range lines {
+		if strings.HasPrefix(l, "held in udp ") {
+			t.Errorf("the server's answer on the client's local flow, sent out %s, was held as an inbound flow: %q", tp.vethA, l)
+		}
+	}
+	if _, err := client.WriteToUDPAddrPort([]byte("latch-client-after"), serverAddr); err != nil {
+		t.Logf("client write: %v", err)
+	}
+	if serverGets("latch-client-after", 1500*time.Millisecond) {
+		t.Error("after a rule change denied the client's local flow, its datagram reached the server (the server's inbound allow, from an answer sent out a non-loopback interface, reopened it)")
+	}
+	if n := strings.Count(strings.Join(append(lines, d.linesFor(200*time.Millisecond)...), "\n"), "held out udp "+clientAddr.String()); n < 1 {
+		t.Errorf("the client's datagram after the rule change was not held as its outbound flow")
+	}
+}
