@@ -460,9 +460,18 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// the socket it was for (review16). LATCH-IN too: over
 			// loopback (held with Config.ExemptLoopback off) the reset to
 			// a local socket arrives with that entry, and 6 held it there.
-			// A peer's reset is looked up (ESTABLISHED or INVALID); only
-			// the first packet of a connection a conntrack helper expects
-			// is RELATED too, which a reset cannot open.
+			// A peer's reset is looked up (ESTABLISHED or INVALID). The
+			// one other TCP conntrack calls RELATED: what the opener of a
+			// connection a conntrack helper expects (ftp, sip; only where
+			// a helper is assigned) sends before the first answer it sees
+			// (its SYN, held at 5; a reset cannot open one). Its socket
+			// sends a reset then only to an answer conntrack did not take
+			// (INVALID, such as an ACK to its SYN_SENT): that passes here
+			// undecided, as it passed before a rule change. A reset ends
+			// the connection and carries nothing a peer reads (Linux
+			// ignores a reset's payload; a socket never sends one, a raw
+			// socket needs CAP_NET_RAW, which may set latch's marks
+			// anyway) (review18).
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate RELATED -j RETURN\n", name)
 		}
 		if out && spec.fastUDP != "" {
