@@ -29,7 +29,10 @@ import (
 // flow allowed: the client's next datagram passed unheld to the server,
 // though the client's rules now deny it. The opener of a flow whose other
 // end is one of this host's addresses is local whatever the interface: the
-// rule now also wants the destination not to be a local address.
+// rule now also wants the destination not to be a local address. IPv4 only:
+// IPv6 routes a local destination by lo whenever the source is set (as it is
+// on a flow), whatever the output interface asked for (checked with
+// IPV6_UNICAST_IF and ip -6 route get ... from ... oif: dev lo).
 func TestLocalRedecideReplyNotViaLo(t *testing.T) {
 	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		port := 9180 + i
