@@ -140,3 +140,102 @@ func testLocalRedecideReplyNotViaLo(t *testing.T, fw string, port int) {
 		t.Errorf("the client's datagram after the rule change was not held as its outbound flow")
 	}
 }
+
+// TestForwardRedecideReplyNAT (review18, checks review16's reversed tuple
+// under NAT): B sends to a port of this host's own address, which A's nat
+// table forwards to C (DNAT) and masquerades on the way (SNAT): the
+// forwarded flow's two directions differ in both addresses. LATCH-FWD runs
+// between the two (DNAT in prerouting, SNAT in postrouting; for the reply the
+// reverse), so C's answer reads there reversed as B's request exactly (B to
+// C's port, not to this host's): after a rule change it is held once as that
+// request, denied with it, and allowed with it.
+func TestForwardRedecideReplyNAT(t *testing.T) {
+	i := 0
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		for _, deny := range []bool{false, true} {
+			name := fw + "/allowed"
+			if deny {
+				name = fw + "/denied"
+			}
+			port := 9190 + i
+			i++
+			t.Run(name, func(t *testing.T) { testForwardRedecideReplyNAT(t, fw, deny, port) })
+		}
+	}
+}
+
+func testForwardRedecideReplyNAT(t *testing.T, fw string, deny bool, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	c := addContainer(t, tp)
+	natPort := port + 1000
+	for _, rule := range [][]string{
+		{"-t", "nat", "-A", "PREROUTING", "-p", "udp", "-d", addrA, "--dport", strconv.Itoa(natPort), "-j", "DNAT", "--to-destination", net.JoinHostPort(addrC, strconv.Itoa(port))},
+		{"-t", "nat", "-A", "POSTROUTING", "-p", "udp", "-d", addrC, "-j", "MASQUERADE"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", tp.a, fw}, rule...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v: %s", fw, strings.Join(rule, " "), err, out)
+		}
+	}
+	after := fmt.Sprintf("%d=allow,*=deny", port)
+	if deny {
+		after = "*=deny"
+	}
+	d := startDaemonOn(t, tp, fw, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FORWARD=1",
+		"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	server := netip.AddrPortFrom(netip.MustParseAddr(addrC), uint16(port))
+	public := netip.AddrPortFrom(netip.MustParseAddr(addrA), uint16(natPort))
+	client := netip.AddrPortFrom(netip.MustParseAddr(addrB), uint16(port-9190+9200))
+	// Where C answers: the masqueraded B (MASQUERADE keeps a free port).
+	masq := netip.AddrPortFrom(netip.MustParseAddr(addrAC), client.Port())
+	srv := listenUDPIn(t, c, server)
+	peer := listenUDPIn(t, tp.b, client)
+	held := func(lines []string) (n, other int) {
+		for _, l := range lines {
+			if strings.HasPrefix(l, fmt.Sprintf("held out udp %s %s ", client, server)) {
+				n++
+			} else if strings.HasPrefix(l, "held ") {
+				other++
+			}
+		}
+		return n, other
+	}
+	peer.send(t, public, "latch-hello")
+	if !srv.receives("latch-hello", 3*time.Second) {
+		t.Fatal("B's datagram (forwarded by DNAT, allowed) did not reach C")
+	}
+	if n, _ := held(d.linesFor(200 * time.Millisecond)); n != 1 {
+		t.Fatalf("B's first datagram was held %d times as B's request to C's port; want 1", n)
+	}
+	srv.send(t, masq, "latch-answer")
+	if !peer.receives("latch-answer", 2*time.Second) {
+		t.Fatal("C's answer on the allowed flow did not reach B")
+	}
+	redecideAfterChange(t, d, 1)
+	srv.send(t, masq, "latch-answer-after")
+	got := peer.receives("latch-answer-after", 1500*time.Millisecond)
+	if n, other := held(d.linesFor(200 * time.Millisecond)); n != 1 || other != 0 {
+		t.Errorf("C's answer after the rule change was held %d times as B's request to C's port (want 1), %d times as another", n, other)
+	}
+	if deny {
+		if got {
+			t.Fatal("after a rule change denied the NATed forwarded flow B opened, C's answer on it reached B")
+		}
+		peer.send(t, public, "latch-peer-denied")
+		if srv.receives("latch-peer-denied", 1500*time.Millisecond) {
+			t.Error("after the rule change B's datagram reached C")
+		}
+		return
+	}
+	if !got {
+		t.Fatal("after a rule change that still allows the NATed forwarded flow, C's answer did not reach B")
+	}
+	peer.send(t, public, "latch-peer-after")
+	if !srv.receives("latch-peer-after", 2*time.Second) {
+		t.Fatal("B's datagram after the flow was allowed again did not reach C")
+	}
+	if n, _ := held(d.linesFor(200 * time.Millisecond)); n != 0 {
+		t.Errorf("B's datagram after the flow was allowed again was held %d times; want 0", n)
+	}
+}
