@@ -239,3 +239,51 @@ func testForwardRedecideReplyNAT(t *testing.T, fw string, deny bool, port int) {
 		t.Errorf("B's datagram after the flow was allowed again was held %d times; want 0", n)
 	}
 }
+
+// TestInboundRedecideRedirect (review18, Redecide behind DNAT on this host):
+// with Config.Inbound, B sends to one port of this host that the nat table
+// redirects to the server's port (REDIRECT: DNAT in prerouting). The flow is
+// decided as an inbound one to the server's port (LATCH-IN runs after it). A
+// rule change that denies it must find its conntrack entry, whose original
+// tuple names the port B sent to; before, it was looked for by that port,
+// which no rule names: nothing was marked, and B's datagrams kept reaching the
+// server by the old rules.
+func TestInboundRedecideRedirect(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		port := 9195 + i
+		t.Run(fw, func(t *testing.T) { testInboundRedecideRedirect(t, fw, port) })
+	}
+}
+
+func testInboundRedecideRedirect(t *testing.T, fw string, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	natPort := port + 1000
+	rule := []string{"-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", strconv.Itoa(natPort), "-j", "REDIRECT", "--to-ports", strconv.Itoa(port)}
+	if out, err := exec.Command("ip", append([]string{"netns", "exec", tp.a, fw}, rule...)...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v: %s", fw, strings.Join(rule, " "), err, out)
+	}
+	d := startDaemonOn(t, tp, fw, fmt.Sprintf("in:%d=allow,*=deny", port), "LATCH_TEST_INBOUND=1",
+		"LATCH_TEST_POLICY_AFTER=*=deny", "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	local := netip.AddrPortFrom(netip.MustParseAddr(addrA), uint16(port))
+	public := netip.AddrPortFrom(netip.MustParseAddr(addrA), uint16(natPort))
+	remote := netip.AddrPortFrom(netip.MustParseAddr(addrB), uint16(port-9195+9205))
+	srv := listenUDPIn(t, tp.a, local)
+	peer := listenUDPIn(t, tp.b, remote)
+	peer.send(t, public, "latch-hello")
+	if !srv.receives("latch-hello", 3*time.Second) {
+		t.Fatal("B's datagram (redirected, inbound, allowed) did not reach the server")
+	}
+	if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+		t.Fatalf("B's first datagram was held %d times as an inbound flow to the server's port; want 1", n)
+	}
+	redecideAfterChange(t, d, 1)
+	peer.send(t, public, "latch-denied")
+	if srv.receives("latch-denied", 1500*time.Millisecond) {
+		t.Error("after a rule change denied the redirected inbound flow, B's datagram reached the server")
+	}
+	if n := heldInbound(d.linesFor(200*time.Millisecond), "udp", local, remote); n != 1 {
+		t.Errorf("B's datagram after the rule change was held %d times as the inbound flow; want 1", n)
+	}
+}
