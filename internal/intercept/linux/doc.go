@@ -87,7 +87,8 @@
 //     original) while its conntrack mark is MarkRedecide (see Redecide); with
 //     Config.Inbound, LATCH-OUT then, after 7's returns, gives what this host
 //     sends on a flow the peer opened (conntrack ESTABLISHED, direction reply;
-//     not over loopback, whose opener is a local socket that 6 holds)
+//     not over loopback nor to one of this host's addresses out another
+//     interface, whose opener is a local socket that 6 holds)
 //     with any of latch's conntrack marks (MarkRedecide) MarkRedecideReply and
 //     queues it by that packet mark alone (native nftables: one rule sets
 //     and queues), before the returns by protocol (see Redecide);
@@ -461,7 +462,9 @@ const (
 	// with OwnMark: with
 	// this value its packets may be held where they would pass, and decided
 	// as inbound.) Not over loopback, whose opener is a local socket (rule 6
-	// holds its next packet; review16). With Config.Forward, LATCH-FWD gives
+	// holds its next packet; review16), nor to a local address out another
+	// interface (IP_UNICAST_IF and the like: the destination's address
+	// type, review18). With Config.Forward, LATCH-FWD gives
 	// it to what the side that did not open a forwarded flow sends while the
 	// flow has one of latch's marks, and the reader decides it as the flow:
 	// the request its opener's packet makes (local and remote reversed),

@@ -460,9 +460,18 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// the socket it was for (review16). LATCH-IN too: over
 			// loopback (held with Config.ExemptLoopback off) the reset to
 			// a local socket arrives with that entry, and 6 held it there.
-			// A peer's reset is looked up (ESTABLISHED or INVALID); only
-			// the first packet of a connection a conntrack helper expects
-			// is RELATED too, which a reset cannot open.
+			// A peer's reset is looked up (ESTABLISHED or INVALID). The
+			// one other TCP conntrack calls RELATED: what the opener of a
+			// connection a conntrack helper expects (ftp, sip; only where
+			// a helper is assigned) sends before the first answer it sees
+			// (its SYN, held at 5; a reset cannot open one). Its socket
+			// sends a reset then only to an answer conntrack did not take
+			// (INVALID, such as an ACK to its SYN_SENT): that passes here
+			// undecided, as it passed before a rule change. A reset ends
+			// the connection and carries nothing a peer reads (Linux
+			// ignores a reset's payload; a socket never sends one, a raw
+			// socket needs CAP_NET_RAW, which may set latch's marks
+			// anyway) (review18).
 			fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate RELATED -j RETURN\n", name)
 		}
 		if out && spec.fastUDP != "" {
@@ -592,7 +601,14 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// as the other end's inbound one, an allow would mark the
 			// whole flow allowed by the server's inbound rules, the
 			// opener's side too, which its rules may now deny (review16).
-			fmt.Fprintf(&b, "-A %s ! -o lo -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			// Nor to one of this host's addresses out another interface
+			// (review18): a program may send out any interface it names
+			// (IP_UNICAST_IF, IP_PKTINFO, SO_BINDTODEVICE on an unbound
+			// socket), and a route with an output interface takes a local
+			// address that is not that interface's own out of it; the
+			// opener is local all the same. The address type last: a
+			// route lookup, only for a packet the rest matched.
+			fmt.Fprintf(&b, "-A %s ! -o lo -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -m addrtype ! --dst-type LOCAL -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		} else if hook == "FORWARD" {
 			// What the side that did not open a forwarded flow sends on
@@ -1378,8 +1394,9 @@ func (spec ruleSpec) nftRules() string {
 			// latch's marks (MarkRedecide): held and decided as the
 			// inbound flow for the sending socket (see iptablesRules,
 			// review15). One rule: the mark is set as it is queued. Not
-			// over loopback, whose opener is a local socket (review16).
-			r(`%s != "lo" ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s`, lo, MarkMask, ^MarkMask, MarkRedecideReply, q)
+			// over loopback, whose opener is a local socket (review16),
+			// nor to a local address out another interface (review18).
+			r(`%s != "lo" ct state established ct direction reply ct mark & %#x != 0 fib daddr type != local meta mark set meta mark & %#x | %#x %s`, lo, MarkMask, ^MarkMask, MarkRedecideReply, q)
 		} else if fwd {
 			// A forwarded flow's other side: decided as the flow (see
 			// iptablesRules, review16).

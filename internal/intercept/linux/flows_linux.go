@@ -314,14 +314,28 @@ func addrOf(ip net.IP) netip.Addr {
 	return a.Unmap()
 }
 
-// ctKey is flow's original tuple as a flowKey.
+// ctKey is flow as the ruleset saw it and the flow table keeps it (keyOf of
+// the request it was decided as): from the original tuple's source to the
+// reply tuple's source. latch's chains run after destination NAT (nat
+// prerouting and output) and before source NAT (postrouting), so that is
+// where the opener's packets went, not the original tuple's destination: a
+// flow DNAT forwards (a published container port, a service address, a
+// REDIRECT) is known by its target there. Keyed by the original tuple, no
+// such flow matched the table's keys, and as a forgotten flow it was asked
+// about the address and port before DNAT, which rules about the target do
+// not name: a rule change never decided it again (review18). Without NAT
+// the two are the same.
 func ctKey(flow *netlink.ConntrackFlow) flowKey {
-	t := flow.Forward
+	t, r := flow.Forward, flow.Reverse
+	dstIP, dport := r.SrcIP, r.SrcPort
+	if len(dstIP) == 0 {
+		dstIP, dport = t.DstIP, t.DstPort
+	}
 	switch t.Protocol {
 	case unix.IPPROTO_TCP, unix.IPPROTO_UDP:
-		return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), t.SrcPort), netip.AddrPortFrom(addrOf(t.DstIP), t.DstPort))
+		return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), t.SrcPort), netip.AddrPortFrom(addrOf(dstIP), dport))
 	}
-	return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), 0), netip.AddrPortFrom(addrOf(t.DstIP), 0))
+	return newFlowKey(t.Protocol, netip.AddrPortFrom(addrOf(t.SrcIP), 0), netip.AddrPortFrom(addrOf(dstIP), 0))
 }
 
 // MatchConntrackFlow implements netlink.CustomConntrackFilter.

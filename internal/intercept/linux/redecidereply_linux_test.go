@@ -286,16 +286,18 @@ func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 		out, markRule, queueRule, redecide, lastReturn string
 		want                                           bool
 	}
-	ipt := func(want bool, chain, lo string) chainWant {
+	// lo: the loopback match (LATCH-OUT); local: the destination's
+	// (LATCH-OUT: not one of this host's addresses, review18).
+	ipt := func(want bool, chain, lo, local string) chainWant {
 		return chainWant{"-A " + chain + " ",
-			"-A " + chain + lo + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000 -j MARK --set-xmark " + mark,
+			"-A " + chain + lo + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000" + local + " -j MARK --set-xmark " + mark,
 			"-A " + chain + " -m mark --mark " + mark + " -j NFQUEUE",
 			fmt.Sprintf("-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL -j NFQUEUE", chain, MarkRedecide, MarkMask),
 			"-A " + chain + " -p udp -j RETURN", want}
 	}
-	nft := func(want bool, chain, lo string) chainWant {
+	nft := func(want bool, chain, lo, local string) chainWant {
 		return chainWant{"add rule inet " + nftTable + " " + chain + " ",
-			fmt.Sprintf("add rule inet %s %s%s ct state established ct direction reply ct mark & %#x != 0 %s queue num 7", nftTable, chain, lo, MarkMask, nftMark),
+			fmt.Sprintf("add rule inet %s %s%s ct state established ct direction reply ct mark & %#x != 0%s %s queue num 7", nftTable, chain, lo, MarkMask, local, nftMark),
 			"",
 			fmt.Sprintf("add rule inet %s %s ct mark & %#x == %#x ct direction original queue num 7", nftTable, chain, MarkMask, MarkRedecide),
 			"add rule inet " + nftTable + " " + chain + " meta l4proto { tcp, udp } accept", want}
@@ -307,9 +309,9 @@ func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 				chains []chainWant
 				rules  string
 			}{
-				{"iptables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo"), ipt(spec.forward, chainFwd, "")}, spec.iptablesRules(false, nil, map[string]bool{})},
-				{"ip6tables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo"), ipt(spec.forward, chainFwd, "")}, spec.iptablesRules(true, nil, map[string]bool{})},
-				{"nft", []chainWant{nft(spec.inbound, "output", ` oifname != "lo"`), nft(spec.forward, "forward", "")}, spec.nftRules()},
+				{"iptables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo", " -m addrtype ! --dst-type LOCAL"), ipt(spec.forward, chainFwd, "", "")}, spec.iptablesRules(false, nil, map[string]bool{})},
+				{"ip6tables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo", " -m addrtype ! --dst-type LOCAL"), ipt(spec.forward, chainFwd, "", "")}, spec.iptablesRules(true, nil, map[string]bool{})},
+				{"nft", []chainWant{nft(spec.inbound, "output", ` oifname != "lo"`, " fib daddr type != local"), nft(spec.forward, "forward", "", "")}, spec.nftRules()},
 			} {
 				where := fmt.Sprintf("%s with %v, stash %q", v.name, names, stash)
 				lines := strings.Split(v.rules, "\n")
