@@ -262,8 +262,11 @@
 // opened (--inbound) for deciding again and attributes the peer's next
 // datagram, held by LATCH-IN, to the receiving socket (procattr's
 // ResolveSender by its cookie); its allow pins the flow to it. A flow this
-// host opened stays its sender's. Multicast and broadcast (pkt_type, or a
-// destination in 224.0.0.0/3 or ff00::/8) pass to every socket on the port,
+// host opened stays its sender's. Multicast and broadcast (a destination in
+// 224.0.0.0/3 or ff00::/8; an IPv4 datagram in a broadcast frame, pkt_type:
+// a subnet's broadcast looks unicast) pass to every socket on the port: by
+// the address, not by a frame to a multicast MAC, which the peer chooses and
+// the kernel delivers to one socket like any unicast datagram (review19),
 // as do raw sockets and IPv6 datagrams whose UDP header lies beyond
 // MAX_EXT_HEADERS extension headers. Cost: BenchmarkReceiveCheck, a
 // datagram of a pinned flow to its own socket on loopback: about 250 ns of

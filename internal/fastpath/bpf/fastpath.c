@@ -1874,7 +1874,6 @@ static __always_inline void pin_in_count(__u32 i)
 }
 
 #define PACKET_BROADCAST 1
-#define PACKET_MULTICAST 2
 
 // pin_in_key fills k with the pin's key of the flow a peer's packet to a
 // local socket of protocol want belongs to (the tuple reversed: as this host
@@ -1978,8 +1977,6 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 SEC("cgroup_skb/ingress")
 int latch_pin_ingress(struct __sk_buff *skb)
 {
-	if (skb->pkt_type == PACKET_BROADCAST || skb->pkt_type == PACKET_MULTICAST)
-		return 1;
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return 1;
@@ -1995,6 +1992,14 @@ int latch_pin_ingress(struct __sk_buff *skb)
 		return 1;
 	struct fp_pin_key k = {};
 	if (pin_in_key(skb, &k, want) <= 0)
+		return 1;
+	// Multicast and broadcast go by the destination address (pin_in_key),
+	// not by the frame's (pkt_type), which the peer chooses: a datagram to
+	// this host's unicast address in a frame to a multicast or broadcast
+	// MAC is delivered to one socket like any other (review19). Except an
+	// IPv4 datagram in a broadcast frame: a subnet's broadcast address
+	// (every socket on the port gets a copy) looks unicast here.
+	if (k.family == 4 && skb->pkt_type == PACKET_BROADCAST)
 		return 1;
 	__u64 *c = bpf_map_lookup_elem(&pins, &k);
 	if (!c)
