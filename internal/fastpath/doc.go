@@ -267,8 +267,9 @@
 // a subnet's broadcast looks unicast) pass to every socket on the port: by
 // the address, not by a frame to a multicast MAC, which the peer chooses and
 // the kernel delivers to one socket like any unicast datagram (review19),
-// as do raw sockets and IPv6 datagrams whose UDP header lies beyond
-// MAX_EXT_HEADERS extension headers. Cost: BenchmarkReceiveCheck, a
+// as do raw sockets. An IPv6 datagram whose UDP header (echo reply) lies
+// beyond MAX_EXT_HEADERS extension headers is dropped (its flow cannot be
+// told; the kernel walks any number: review19). Cost: BenchmarkReceiveCheck, a
 // datagram of a pinned flow to its own socket on loopback: about 250 ns of
 // the program's run time per datagram by the kernel's statistics (which
 // add their own clock reads), within the noise of a send and a receive

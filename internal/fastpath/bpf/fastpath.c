@@ -1881,7 +1881,10 @@ static __always_inline void pin_in_count(__u32 i)
 // UDP-Lite to a unicast address; an ICMP or ICMPv6 echo or extended echo
 // reply), 0 if not (a multicast or broadcast destination, whose datagram the
 // kernel gives every socket bound to the port; another protocol; an IPv6
-// header chain longer than MAX_EXT_HEADERS), -1 if its headers cannot be read.
+// header chain no longer than MAX_EXT_HEADERS to another protocol), -1 if
+// its headers cannot be read, -2 if it is not to be passed for want of its
+// tuple (an IPv6 header chain longer than MAX_EXT_HEADERS, which the kernel
+// walks all of).
 static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *k, __u8 want)
 {
 	__u8 h[40];
@@ -1933,6 +1936,13 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 				return 0;
 			}
 		}
+		// A chain longer than that (the kernel and conntrack walk any
+		// number of headers, and deliver the datagram): which flow it is
+		// cannot be told, and it is dropped rather than passed to a socket
+		// it may not be for (review19: 9 destination options headers got
+		// a peer's datagram past the check).
+		if (proto == 0 || proto == 43 || proto == 44 || proto == 51 || proto == 60)
+			return -2;
 	} else {
 		return -1;
 	}
@@ -1940,7 +1950,11 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 		return 0;
 	k->proto = proto;
 	__u8 p[6];
-	if (bpf_skb_load_bytes_relative(skb, l4 & 0x3ff, p, 6, BPF_HDR_START_NET))
+	// Not masked to a bound: an offset beyond it (a 1 KiB destination
+	// options header) read other bytes as the ports and passed (review19).
+	if (l4 > 0xffff)
+		return -2;
+	if (bpf_skb_load_bytes_relative(skb, l4, p, 6, BPF_HDR_START_NET))
 		return -1;
 	if (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE) {
 		__builtin_memcpy(&k->sport, p + 2, 2);
@@ -1973,7 +1987,9 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 // socket the daemon did not find) is claimed by the first socket that
 // receives on the flow. Anything else passes: a flow the pin does not know
 // (from before latch, forgotten), multicast and broadcast (every socket on
-// the port gets its copy), raw sockets, other protocols.
+// the port gets its copy), raw sockets, other protocols. An IPv6 datagram
+// whose UDP header lies beyond MAX_EXT_HEADERS extension headers is dropped
+// (which flow it is cannot be told).
 SEC("cgroup_skb/ingress")
 int latch_pin_ingress(struct __sk_buff *skb)
 {
@@ -1991,7 +2007,12 @@ int latch_pin_ingress(struct __sk_buff *skb)
 	if (skb_netns && bpf_get_netns_cookie(skb) != netns_cookie)
 		return 1;
 	struct fp_pin_key k = {};
-	if (pin_in_key(skb, &k, want) <= 0)
+	int keyed = pin_in_key(skb, &k, want);
+	if (keyed == -2) {
+		pin_in_count(PIN_IN_DROPPED);
+		return 0;
+	}
+	if (keyed <= 0)
 		return 1;
 	// Multicast and broadcast go by the destination address (pin_in_key),
 	// not by the frame's (pkt_type), which the peer chooses: a datagram to
