@@ -255,7 +255,7 @@
 // this socket claims the flow (PIN_IN_CLAIMED) and it passes. Another
 // socket's: dropped (SocketPinReceiveDropped) and reported through the ring
 // pin_moves (struct fp_pin_move: the key, this socket's and the pinned
-// socket's cookies) at most once a second per flow and socket (pin_moved,
+// socket's cookies) at most once a second per flow, whichever socket (pin_moved,
 // an LRU of 4096; SocketPinReceiveLost counts reports the full ring lost).
 // ReadPinMoves hands the reports to the daemon, whose backend
 // (internal/intercept/linux, Backend.PinMoved) marks a UDP flow a peer

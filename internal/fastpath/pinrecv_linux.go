@@ -159,7 +159,7 @@ func (rc *receiveCheck) fill(s *Stats) {
 
 // ReadPinMoves calls fn with each peer's packet the socket pin's receive
 // check dropped because the kernel delivered it to another socket than the
-// one its flow is pinned to (at most once a second per flow and socket),
+// one its flow is pinned to (at most once a second per flow),
 // until Close. It returns at once with an error if the check is off.
 func (fp *FastPath) ReadPinMoves(fn func(PinMove)) error { return fp.recv.read(fn) }
 

@@ -1843,8 +1843,9 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } pin_moves SEC(".maps");
 
-// When a flow's move to a socket was last reported (at most once a second
-// per flow and socket: a peer's flood costs one report).
+// When a flow's move to a socket was last reported, and which socket's (at
+// most once a second per flow, whichever socket: a peer's flood costs one
+// report).
 struct fp_pin_seen {
 	__u64 cookie;
 	__u64 at; // CLOCK_BOOTTIME, ns
@@ -1982,7 +1983,7 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 // another socket on the port (one that joined it after the flow was allowed,
 // SO_REUSEADDR or SO_REUSEPORT, or a reuseport program steering) is dropped,
 // counted, and reported to the daemon (pin_moves, at most once a second per
-// flow and socket), which decides a flow the peer opened again for the
+// flow), which decides a flow the peer opened again for the
 // receiving socket. A pin with no socket yet (PIN_ANY, an inbound flow whose
 // socket the daemon did not find) is claimed by the first socket that
 // receives on the flow. Anything else passes: a flow the pin does not know
@@ -2037,7 +2038,10 @@ int latch_pin_ingress(struct __sk_buff *skb)
 	pin_in_count(PIN_IN_DROPPED);
 	__u64 now = bpf_ktime_get_boot_ns();
 	struct fp_pin_seen *s = bpf_map_lookup_elem(&pin_moved, &k);
-	if (s && s->cookie == cookie && now - s->at < 1000000000ULL)
+	// Once a second per flow, whichever socket: per flow and socket, a
+	// reuseport program steering a peer's datagrams to two sockets in turn
+	// made each a report, and a conntrack update by the daemon (review19).
+	if (s && now - s->at < 1000000000ULL)
 		return 0;
 	struct fp_pin_seen seen = {.cookie = cookie, .at = now};
 	bpf_map_update_elem(&pin_moved, &k, &seen, BPF_ANY);
