@@ -451,3 +451,37 @@ func TestReceiveCheckReportsOncePerFlow(t *testing.T) {
 		t.Errorf("the receive check reported none of the 20 datagrams it dropped")
 	}
 }
+
+// FuzzParsePinMove: whatever the ring hands over, parsePinMove never panics,
+// accepts only a whole record (56 bytes or more) of family 4 or 6, and gives
+// addresses of that family on both ends with the record's cookies.
+func FuzzParsePinMove(f *testing.F) {
+	rec := make([]byte, 56)
+	rec[0], rec[1] = 4, 17
+	copy(rec[8:], []byte{198, 18, 0, 1})
+	copy(rec[24:], []byte{198, 18, 0, 2})
+	f.Add(rec)
+	rec6 := append([]byte{}, rec...)
+	rec6[0] = 6
+	f.Add(rec6)
+	f.Add(rec[:55])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, ok := parsePinMove(b)
+		if !ok {
+			if m != (PinMove{}) {
+				t.Fatalf("rejected %x but gave %+v", b, m)
+			}
+			return
+		}
+		if len(b) < 56 || (b[0] != 4 && b[0] != 6) {
+			t.Fatalf("accepted %x (%d bytes, family %d)", b, len(b), b[0])
+		}
+		if m.Local.Addr().Is4() != (b[0] == 4) || m.Remote.Addr().Is4() != (b[0] == 4) || !m.Local.IsValid() || !m.Remote.IsValid() {
+			t.Fatalf("record %x of family %d gave %v -> %v", b, b[0], m.Local, m.Remote)
+		}
+		if m.Protocol != b[1] || m.Cookie != binary.NativeEndian.Uint64(b[40:]) || m.Pinned != binary.NativeEndian.Uint64(b[48:]) {
+			t.Fatalf("record %x gave %+v", b, m)
+		}
+	})
+}

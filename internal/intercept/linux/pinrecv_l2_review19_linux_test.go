@@ -328,3 +328,72 @@ func TestUDPReplyLateJoinExtHeaders(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPJoinerUnpinsThenSendsWithoutInbound (review19): without --inbound
+// the daemon forgets the pin of a flow the peer opened once the receive
+// check reports a datagram of it delivered to another socket (PinMoved;
+// TestUDPServerRestartWithoutInbound). A program that joins the port
+// (SO_REUSEADDR; user nobody, whom LATCH_TEST_DENY_UID=65534 denies) so
+// makes the flow unpinned: what it then sends on the flow must still be
+// held and decided for it (denied), not pass as the allowed flow's.
+func TestUDPJoinerUnpinsThenSendsWithoutInbound(t *testing.T) {
+	tp := newTopo(t)
+	d := startReceiveChecked(t, tp, "LATCH_TEST_ATTRIBUTE=1", "LATCH_TEST_DENY_UID=65534")
+	defer d.stop()
+	const port = 40480
+	server := joinPort(t, tp, false, port, false, time.Second)
+	peerAddr := netip.AddrPortFrom(netip.MustParseAddr(addrB), 6120)
+	local := netip.AddrPortFrom(netip.MustParseAddr(addrA), port)
+	var peer *net.UDPConn
+	if err := inNS(tp.b, func() error {
+		var err error
+		peer, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(peerAddr), net.UDPAddrFromAddrPort(local))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peerGot := func() string {
+		peer.SetReadDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 256)
+		n, err := peer.Read(buf)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
+	}
+	if _, err := peer.Write([]byte("latch-in-1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOne(server); got != "latch-in-1" {
+		t.Fatalf("the server received %q, want the peer's datagram", got)
+	}
+	to := &unix.SockaddrInet4{Port: int(peerAddr.Port()), Addr: peerAddr.Addr().As4()}
+	if err := unix.Sendto(server, []byte("latch-answer"), 0, to); err != nil {
+		t.Fatal(err)
+	}
+	if got := peerGot(); got != "latch-answer" {
+		t.Fatalf("the peer got %q, want the server's allowed answer", got)
+	}
+	ch := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=1500ms",
+		"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+peerAddr.String(), "LATCH_TEST_UDP_MSGS=latch-hijack")
+	if _, ok := ch.waitLine("bound", 10*time.Second); !ok {
+		t.Fatalf("the joiner did not bind; stderr:\n%s", ch.errors())
+	}
+	d.drain()
+	if _, err := peer.Write([]byte("latch-in-2")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := d.waitLine(fmt.Sprintf("pin-moved 17 %s %s ", local, peerAddr), 2*time.Second); !ok {
+		t.Fatalf("the receive check did not report the datagram the kernel gave the joiner")
+	}
+	if _, ok := ch.waitLine("sent latch-hijack", 5*time.Second); !ok {
+		t.Fatalf("the joiner did not send; stderr:\n%s", ch.errors())
+	}
+	if got := peerGot(); got != "" {
+		t.Errorf("the peer received %q from the joiner (nobody, denied) on the flow it unpinned", got)
+	}
+	if l, ok := d.waitLine(fmt.Sprintf("held out udp %s %s ", local, peerAddr), time.Second); !ok || !strings.Contains(l, " uid=65534 ") {
+		t.Errorf("the joiner's datagram was held as %q, want nobody's", l)
+	}
+}
