@@ -166,6 +166,7 @@ const (
 	fastpathMapGeneration           = "generation"
 	fastpathMapKeep                 = "keep"
 	fastpathMapLease                = "lease"
+	fastpathMapLocalBcast           = "local_bcast"
 	fastpathMapOwners               = "owners"
 	fastpathMapPinInStats           = "pin_in_stats"
 	fastpathMapPinMoved             = "pin_moved"
@@ -281,6 +282,7 @@ type fastpathMapSpecs struct {
 	Generation  *ebpf.MapSpec `ebpf:"generation"`
 	Keep        *ebpf.MapSpec `ebpf:"keep"`
 	Lease       *ebpf.MapSpec `ebpf:"lease"`
+	LocalBcast  *ebpf.MapSpec `ebpf:"local_bcast"`
 	Owners      *ebpf.MapSpec `ebpf:"owners"`
 	PinInStats  *ebpf.MapSpec `ebpf:"pin_in_stats"`
 	PinMoved    *ebpf.MapSpec `ebpf:"pin_moved"`
@@ -342,6 +344,7 @@ type fastpathMaps struct {
 	Generation  *ebpf.Map `ebpf:"generation"`
 	Keep        *ebpf.Map `ebpf:"keep"`
 	Lease       *ebpf.Map `ebpf:"lease"`
+	LocalBcast  *ebpf.Map `ebpf:"local_bcast"`
 	Owners      *ebpf.Map `ebpf:"owners"`
 	PinInStats  *ebpf.Map `ebpf:"pin_in_stats"`
 	PinMoved    *ebpf.Map `ebpf:"pin_moved"`
@@ -363,6 +366,7 @@ func (m *fastpathMaps) Close() error {
 		m.Generation,
 		m.Keep,
 		m.Lease,
+		m.LocalBcast,
 		m.Owners,
 		m.PinInStats,
 		m.PinMoved,

@@ -1858,6 +1858,18 @@ struct {
 	__type(value, struct fp_pin_seen);
 } pin_moved SEC(".maps");
 
+// The served namespace's IPv4 broadcast addresses (network order: the local
+// routing table's broadcast routes), kept by the loader (receiveCheck's
+// keepBroadcasts): a datagram to one of them goes to every socket on the
+// port. Key 0 while it cannot keep them (before its first listing, after its
+// subscription failed): then an IPv4 datagram in a broadcast frame passes.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} local_bcast SEC(".maps");
+
 enum { PIN_IN_DROPPED, PIN_IN_CLAIMED, PIN_IN_LOST, PIN_IN_MAX };
 
 struct {
@@ -2015,14 +2027,19 @@ int latch_pin_ingress(struct __sk_buff *skb)
 	}
 	if (keyed <= 0)
 		return 1;
-	// Multicast and broadcast go by the destination address (pin_in_key),
-	// not by the frame's (pkt_type), which the peer chooses: a datagram to
-	// this host's unicast address in a frame to a multicast or broadcast
-	// MAC is delivered to one socket like any other (review19). Except an
-	// IPv4 datagram in a broadcast frame: a subnet's broadcast address
-	// (every socket on the port gets a copy) looks unicast here.
-	if (k.family == 4 && skb->pkt_type == PACKET_BROADCAST)
-		return 1;
+	// Multicast and broadcast go by the destination address (pin_in_key;
+	// a subnet's broadcast address by local_bcast), not by the frame's
+	// (pkt_type), which the peer chooses: a datagram to this host's
+	// unicast address in a frame to a multicast or broadcast MAC is
+	// delivered to one socket like any other (review19).
+	if (k.family == 4) {
+		__u32 dst, unknown = 0;
+		__builtin_memcpy(&dst, k.src, 4);
+		if (bpf_map_lookup_elem(&local_bcast, &dst))
+			return 1;
+		if (skb->pkt_type == PACKET_BROADCAST && bpf_map_lookup_elem(&local_bcast, &unknown))
+			return 1;
+	}
 	__u64 *c = bpf_map_lookup_elem(&pins, &k);
 	if (!c)
 		return 1;

@@ -36,10 +36,10 @@ func TestUDPReplyLateJoinL2Multicast(t *testing.T) {
 		{false, "01:00:5e:00:00:01", false},
 		{true, "33:33:00:00:00:01", false},
 		{true, "ff:ff:ff:ff:ff:ff", false},
-		// IPv4's subnet broadcasts come in frames to ff:ff:ff:ff:ff:ff,
-		// and every socket on the port gets its copy: the check cannot
-		// tell one from a unicast datagram in such a frame.
-		{false, "ff:ff:ff:ff:ff:ff", true},
+		// IPv4's subnet broadcasts come in frames to ff:ff:ff:ff:ff:ff
+		// (every socket on the port gets its copy): the check knows them
+		// by the local routing table's broadcast routes, not the frame.
+		{false, "ff:ff:ff:ff:ff:ff", false},
 	} {
 		t.Run(fmt.Sprintf("v6=%t/mac=%s", c.v6, c.mac), func(t *testing.T) {
 			if c.open && os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
@@ -96,13 +96,33 @@ func TestUDPReplyLateJoinL2Multicast(t *testing.T) {
 // share a UDP port (SO_REUSEADDR, NetBIOS's nmbd and another); with
 // --inbound and the socket pin a peer's datagram to 198.18.0.255 is
 // decided once, and the kernel gives each socket its copy: both receive it
-// (and the peer's next one), none is dropped as another socket's.
+// (and the peer's next one), none is dropped as another socket's. Also on
+// a subnet added after the daemon started (198.19.0.0/24: the check learns
+// its broadcast address from the route the kernel adds).
 func TestUDPInboundSubnetBroadcastSharedPort(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("late=%t", late), func(t *testing.T) { subnetBroadcastSharedPort(t, late) })
+	}
+}
+
+func subnetBroadcastSharedPort(t *testing.T, late bool) {
 	tp := newTopo(t)
 	d := startReceiveChecked(t, tp, "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=1")
 	defer d.stop()
 	const port = 40450
-	bcast := netip.MustParseAddr("198.18.0.255")
+	bcast, from := netip.MustParseAddr("198.18.0.255"), addrB
+	if late {
+		bcast, from = netip.MustParseAddr("198.19.0.255"), "198.19.0.2"
+		for _, args := range [][]string{
+			{"-n", tp.a, "addr", "add", "198.19.0.1/24", "dev", tp.vethA},
+			{"-n", tp.b, "addr", "add", from + "/24", "dev", tp.vethB},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	fds := []int{joinPort(t, tp, false, port, false, time.Second), joinPort(t, tp, false, port, false, time.Second)}
 	var peer int
 	if err := inNS(tp.b, func() error {
@@ -113,7 +133,7 @@ func TestUDPInboundSubnetBroadcastSharedPort(t *testing.T) {
 		if err := unix.SetsockoptInt(peer, unix.SOL_SOCKET, unix.SO_BROADCAST, 1); err != nil {
 			return err
 		}
-		return unix.Bind(peer, &unix.SockaddrInet4{Port: port, Addr: netip.MustParseAddr(addrB).As4()})
+		return unix.Bind(peer, &unix.SockaddrInet4{Port: port, Addr: netip.MustParseAddr(from).As4()})
 	}); err != nil {
 		t.Fatal(err)
 	}
