@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -30,21 +29,16 @@ func TestUDPReplyLateJoinL2Multicast(t *testing.T) {
 	for i, c := range []struct {
 		v6  bool
 		mac string
-		// open: a hole left (LATCH_TEST_KNOWN_HOLES=1 runs it).
-		open bool
 	}{
-		{false, "01:00:5e:00:00:01", false},
-		{true, "33:33:00:00:00:01", false},
-		{true, "ff:ff:ff:ff:ff:ff", false},
+		{false, "01:00:5e:00:00:01"},
+		{true, "33:33:00:00:00:01"},
+		{true, "ff:ff:ff:ff:ff:ff"},
 		// IPv4's subnet broadcasts come in frames to ff:ff:ff:ff:ff:ff
 		// (every socket on the port gets its copy): the check knows them
 		// by the local routing table's broadcast routes, not the frame.
-		{false, "ff:ff:ff:ff:ff:ff", false},
+		{false, "ff:ff:ff:ff:ff:ff"},
 	} {
 		t.Run(fmt.Sprintf("v6=%t/mac=%s", c.v6, c.mac), func(t *testing.T) {
-			if c.open && os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-				t.Skip("known hole (README, Open): LATCH_TEST_KNOWN_HOLES=1 runs it")
-			}
 			tp := newTopo(t)
 			a, b := addrA, addrB
 			if c.v6 {
