@@ -262,17 +262,24 @@
 // this socket claims the flow (PIN_IN_CLAIMED) and it passes. Another
 // socket's: dropped (SocketPinReceiveDropped) and reported through the ring
 // pin_moves (struct fp_pin_move: the key, this socket's and the pinned
-// socket's cookies) at most once a second per flow and socket (pin_moved,
+// socket's cookies) at most once a second per flow, whichever socket (pin_moved,
 // an LRU of 4096; SocketPinReceiveLost counts reports the full ring lost).
 // ReadPinMoves hands the reports to the daemon, whose backend
 // (internal/intercept/linux, Backend.PinMoved) marks a UDP flow a peer
 // opened (--inbound) for deciding again and attributes the peer's next
 // datagram, held by LATCH-IN, to the receiving socket (procattr's
 // ResolveSender by its cookie); its allow pins the flow to it. A flow this
-// host opened stays its sender's. Multicast and broadcast (pkt_type, or a
-// destination in 224.0.0.0/3 or ff00::/8) pass to every socket on the port,
-// as do raw sockets and IPv6 datagrams whose UDP header lies beyond
-// MAX_EXT_HEADERS extension headers. Cost: BenchmarkReceiveCheck, a
+// host opened stays its sender's. Multicast and broadcast (a destination in
+// 224.0.0.0/3 or ff00::/8, or one of the local routing table's IPv4
+// broadcast routes, which the loader keeps in local_bcast as they change)
+// pass to every socket on the port: by the address, not by the frame's
+// multicast or broadcast MAC (pkt_type), which the peer chooses and the
+// kernel delivers to one socket like any unicast datagram (review19; an
+// IPv4 datagram in a broadcast frame passes while the loader cannot keep
+// the broadcast addresses),
+// as do raw sockets. An IPv6 datagram whose UDP header (echo reply) lies
+// beyond MAX_EXT_HEADERS extension headers is dropped (its flow cannot be
+// told; the kernel walks any number: review19). Cost: BenchmarkReceiveCheck, a
 // datagram of a pinned flow to its own socket on loopback: about 250 ns of
 // the program's run time per datagram by the kernel's statistics (which
 // add their own clock reads), within the noise of a send and a receive

@@ -168,6 +168,7 @@ const (
 	fastpathMapGeneration           = "generation"
 	fastpathMapKeep                 = "keep"
 	fastpathMapLease                = "lease"
+	fastpathMapLocalBcast           = "local_bcast"
 	fastpathMapOwners               = "owners"
 	fastpathMapPinInStats           = "pin_in_stats"
 	fastpathMapPinMoved             = "pin_moved"
@@ -283,6 +284,7 @@ type fastpathMapSpecs struct {
 	Generation  *ebpf.MapSpec `ebpf:"generation"`
 	Keep        *ebpf.MapSpec `ebpf:"keep"`
 	Lease       *ebpf.MapSpec `ebpf:"lease"`
+	LocalBcast  *ebpf.MapSpec `ebpf:"local_bcast"`
 	Owners      *ebpf.MapSpec `ebpf:"owners"`
 	PinInStats  *ebpf.MapSpec `ebpf:"pin_in_stats"`
 	PinMoved    *ebpf.MapSpec `ebpf:"pin_moved"`
@@ -344,6 +346,7 @@ type fastpathMaps struct {
 	Generation  *ebpf.Map `ebpf:"generation"`
 	Keep        *ebpf.Map `ebpf:"keep"`
 	Lease       *ebpf.Map `ebpf:"lease"`
+	LocalBcast  *ebpf.Map `ebpf:"local_bcast"`
 	Owners      *ebpf.Map `ebpf:"owners"`
 	PinInStats  *ebpf.Map `ebpf:"pin_in_stats"`
 	PinMoved    *ebpf.Map `ebpf:"pin_moved"`
@@ -365,6 +368,7 @@ func (m *fastpathMaps) Close() error {
 		m.Generation,
 		m.Keep,
 		m.Lease,
+		m.LocalBcast,
 		m.Owners,
 		m.PinInStats,
 		m.PinMoved,

@@ -551,7 +551,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	// The socket pin's receive check: at the root cgroup (every process's
 	// sockets; the served namespace's only), wherever the hooks are; with
 	// Config.EndsCgroupPath (tests, benchmarks) where the sock_ops program is.
-	fp.recv.attach(fp.objs.LatchPinIngress, fp.objs.PinMoves, fp.objs.PinInStats, cfg.NoReceiveCheck, cfg.EndsCgroupPath)
+	fp.recv.attach(fp.objs.LatchPinIngress, fp.objs.PinMoves, fp.objs.PinInStats, fp.objs.LocalBcast, cfg.NoReceiveCheck, cfg.EndsCgroupPath)
 	switch {
 	case fp.tcpLocalWhy != "":
 		fp.tcpEndsWhy = "no sock_ops program: " + fp.tcpLocalWhy

@@ -12,6 +12,8 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // PinMove is a peer's packet of a pinned flow that the kernel delivered to
@@ -36,6 +38,8 @@ type receiveCheck struct {
 	stats  *ebpf.Map
 	cgroup string
 	why    string
+	// stopBcast ends keepBroadcasts' subscription (nil: none).
+	stopBcast chan struct{}
 }
 
 // skbNetnsCookie reports whether the kernel lets cgroup_skb programs read a
@@ -50,7 +54,7 @@ func skbNetnsCookie() bool {
 // off, if not "", says why not to (tests). cgroup, if not "", is where to
 // attach it instead of the root (Config.EndsCgroupPath: tests and
 // benchmarks keep it off the other processes' sockets).
-func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats *ebpf.Map, off, cgroup string) {
+func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats, bcast *ebpf.Map, off, cgroup string) {
 	if off != "" {
 		rc.why = off
 		return
@@ -81,11 +85,90 @@ func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats *ebpf.Map, off, 
 		return
 	}
 	rc.link, rc.ring, rc.stats, rc.cgroup = l, r, stats, path
+	rc.keepBroadcasts(bcast)
+}
+
+// keepBroadcasts keeps the receive check's map local_bcast (see the C) equal
+// to this namespace's IPv4 broadcast addresses, the local routing table's
+// broadcast routes, until close: a datagram to one of them goes to every
+// socket on its port and passes the check. Key 0 stays in it until the
+// first listing, and comes back if the subscription to route changes ends:
+// the check then passes an IPv4 datagram in any broadcast frame, as before
+// review19 (a peer on the link could so reach a socket that joined a pinned
+// flow's port).
+func (rc *receiveCheck) keepBroadcasts(m *ebpf.Map) {
+	if m == nil {
+		return
+	}
+	unknown := func() { m.Put(uint32(0), uint8(1)) }
+	unknown()
+	updates := make(chan netlink.RouteUpdate, 64)
+	stop := make(chan struct{})
+	if err := netlink.RouteSubscribeWithOptions(updates, stop, netlink.RouteSubscribeOptions{}); err != nil {
+		return
+	}
+	rc.stopBcast = stop
+	sync := func() bool {
+		routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_BROADCAST}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
+		if err != nil {
+			return false
+		}
+		want := map[uint32]bool{}
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			if a, ok := netip.AddrFromSlice(r.Dst.IP.To4()); ok && a.Is4() && a != netip.IPv4Unspecified() {
+				b := a.As4()
+				want[binary.NativeEndian.Uint32(b[:])] = true
+			}
+		}
+		for k := range want {
+			if err := m.Put(k, uint8(1)); err != nil {
+				return false
+			}
+		}
+		var k uint32
+		var stale []uint32
+		it := m.Iterate()
+		var v uint8
+		for it.Next(&k, &v) {
+			if k != 0 && !want[k] {
+				stale = append(stale, k)
+			}
+		}
+		for _, k := range stale {
+			m.Delete(k)
+		}
+		return it.Err() == nil
+	}
+	if !sync() {
+		close(stop)
+		rc.stopBcast = nil
+		return
+	}
+	m.Delete(uint32(0))
+	go func() {
+		for u := range updates {
+			if u.Route.Type != unix.RTN_BROADCAST || u.Route.Table != unix.RT_TABLE_LOCAL {
+				continue
+			}
+			if !sync() {
+				unknown()
+			}
+		}
+		// The subscription ended (close, or an error).
+		unknown()
+	}()
 }
 
 // close detaches the program and closes the ring (ReadPinMoves returns).
 func (rc *receiveCheck) close() error {
 	var errs []error
+	if rc.stopBcast != nil {
+		close(rc.stopBcast)
+		rc.stopBcast = nil
+	}
 	if rc.link != nil {
 		errs = append(errs, rc.link.Close())
 		rc.link = nil
@@ -159,7 +242,7 @@ func (rc *receiveCheck) fill(s *Stats) {
 
 // ReadPinMoves calls fn with each peer's packet the socket pin's receive
 // check dropped because the kernel delivered it to another socket than the
-// one its flow is pinned to (at most once a second per flow and socket),
+// one its flow is pinned to (at most once a second per flow),
 // until Close. It returns at once with an error if the check is off.
 func (fp *FastPath) ReadPinMoves(fn func(PinMove)) error { return fp.recv.read(fn) }
 

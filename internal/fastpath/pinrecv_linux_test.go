@@ -365,3 +365,123 @@ func TestReceiveCheckReuseportSteered(t *testing.T) {
 		t.Errorf("the steered-to socket, which the flow is pinned to, got %q", got)
 	}
 }
+
+// TestReceiveCheckReportsOncePerFlow (review19): the receive check reports a
+// flow's drops at most once a second per flow, whichever socket received
+// them. Its rate limit was per flow and socket, and remembered one socket
+// per flow: a reuseport group's classic program (which any member may
+// attach) steering a peer's datagrams to two sockets in turn (by a payload
+// byte the peer chooses) made every datagram a report, and so a conntrack
+// update (or read) by the daemon per datagram. 20 datagrams in turn to two
+// sockets of a flow pinned to a third: at most 2 reports (a second may turn).
+func TestReceiveCheckReportsOncePerFlow(t *testing.T) {
+	sp, err := OpenSocketPin(filepath.Join(t.TempDir(), "bpf"))
+	if err != nil {
+		t.Skipf("cannot load the socket pin: %v", err)
+	}
+	defer sp.Close()
+	if st := sp.Stats(); !st.SocketPinReceive {
+		t.Fatalf("the receive check is off: %s", st.SocketPinReceiveWhy)
+	}
+	info, err := sp.prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := info.MapIDs()
+	pins, err := ebpf.NewMapFromID(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pins.Close()
+	moves := make(chan PinMove, 64)
+	go sp.ReadPinMoves(func(m PinMove) { moves <- m })
+	lo := netip.MustParseAddr("127.0.0.1")
+	group := func(port int) (int, uint16) {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: lo.As4()}); err != nil {
+			t.Fatal(err)
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fd, uint16(sa.(*unix.SockaddrInet4).Port)
+	}
+	j0, port := group(0)
+	j1, _ := group(int(port))
+	pinned, _ := group(int(port))
+	// The group's socket by the payload's first byte's low bit (the
+	// program sees the datagram from its payload on): 0 or 1.
+	prog := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 0},
+		{Code: unix.BPF_ALU | unix.BPF_AND | unix.BPF_K, K: 1},
+		{Code: unix.BPF_RET | unix.BPF_A},
+	}
+	if err := unix.SetsockoptSockFprog(j1, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err != nil {
+		t.Skipf("attach a reuseport program: %v", err)
+	}
+	peer, peerPort := udpOn(t, netip.AddrPortFrom(lo, 0))
+	local, remote := netip.AddrPortFrom(lo, port), netip.AddrPortFrom(lo, peerPort)
+	if err := pins.Put(pinKeyBytes(local, remote), cookieOf(t, pinned)); err != nil {
+		t.Fatal(err)
+	}
+	before := sp.Stats()
+	to := &unix.SockaddrInet4{Port: int(port), Addr: lo.As4()}
+	for i := range 20 {
+		if err := unix.Sendto(peer, []byte{'a' + byte(i%2)}, 0, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if st := sp.Stats(); st.SocketPinReceiveDropped != before.SocketPinReceiveDropped+20 {
+		t.Fatalf("dropped %d of the 20 datagrams, want all (steered to %d and %d, not the pinned socket)", st.SocketPinReceiveDropped-before.SocketPinReceiveDropped, cookieOf(t, j0), cookieOf(t, j1))
+	}
+	n := len(moves)
+	if n > 2 {
+		t.Errorf("the receive check reported %d of the 20 datagrams it dropped within a second, steered in turn to two sockets; want at most 2", n)
+	}
+	if n == 0 {
+		t.Errorf("the receive check reported none of the 20 datagrams it dropped")
+	}
+}
+
+// FuzzParsePinMove: whatever the ring hands over, parsePinMove never panics,
+// accepts only a whole record (56 bytes or more) of family 4 or 6, and gives
+// addresses of that family on both ends with the record's cookies.
+func FuzzParsePinMove(f *testing.F) {
+	rec := make([]byte, 56)
+	rec[0], rec[1] = 4, 17
+	copy(rec[8:], []byte{198, 18, 0, 1})
+	copy(rec[24:], []byte{198, 18, 0, 2})
+	f.Add(rec)
+	rec6 := append([]byte{}, rec...)
+	rec6[0] = 6
+	f.Add(rec6)
+	f.Add(rec[:55])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, ok := parsePinMove(b)
+		if !ok {
+			if m != (PinMove{}) {
+				t.Fatalf("rejected %x but gave %+v", b, m)
+			}
+			return
+		}
+		if len(b) < 56 || (b[0] != 4 && b[0] != 6) {
+			t.Fatalf("accepted %x (%d bytes, family %d)", b, len(b), b[0])
+		}
+		if m.Local.Addr().Is4() != (b[0] == 4) || m.Remote.Addr().Is4() != (b[0] == 4) || !m.Local.IsValid() || !m.Remote.IsValid() {
+			t.Fatalf("record %x of family %d gave %v -> %v", b, b[0], m.Local, m.Remote)
+		}
+		if m.Protocol != b[1] || m.Cookie != binary.NativeEndian.Uint64(b[40:]) || m.Pinned != binary.NativeEndian.Uint64(b[48:]) {
+			t.Fatalf("record %x gave %+v", b, m)
+		}
+	})
+}

@@ -87,6 +87,7 @@ type SocketPinOnly struct {
 	ingress   *ebpf.Program // the receive check (latch_pin_ingress), nil if not loaded
 	moves     *ebpf.Map
 	inStats   *ebpf.Map
+	bcast     *ebpf.Map // the receive check's local_bcast
 	recv      receiveCheck
 	dir       string
 	umnt      bool
@@ -130,6 +131,7 @@ func OpenSocketPin(dir string, noReceiveCheck ...string) (*SocketPinOnly, error)
 		Ingress *ebpf.Program `ebpf:"latch_pin_ingress"`
 		Moves   *ebpf.Map     `ebpf:"pin_moves"`
 		Stats   *ebpf.Map     `ebpf:"pin_in_stats"`
+		Bcast   *ebpf.Map     `ebpf:"local_bcast"`
 	}
 	if off == "" {
 		// With the receive check, sharing the pin's map.
@@ -144,8 +146,8 @@ func OpenSocketPin(dir string, noReceiveCheck ...string) (*SocketPinOnly, error)
 			return nil, fmt.Errorf("fast path: load the socket pin and sender stash programs: %w", err)
 		}
 	}
-	p := &SocketPinOnly{prog: objs.Prog, stash: objs.Stash, ingress: in.Ingress, moves: in.Moves, inStats: in.Stats, dir: dir}
-	p.recv.attach(in.Ingress, in.Moves, in.Stats, off, "")
+	p := &SocketPinOnly{prog: objs.Prog, stash: objs.Stash, ingress: in.Ingress, moves: in.Moves, inStats: in.Stats, bcast: in.Bcast, dir: dir}
+	p.recv.attach(in.Ingress, in.Moves, in.Stats, in.Bcast, off, "")
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("fast path: make the pin directory's parent: %w", err)
@@ -232,12 +234,12 @@ func (p *SocketPinOnly) Close(keep ...bool) error {
 		errs = append(errs, p.ingress.Close())
 		p.ingress = nil
 	}
-	for _, m := range []*ebpf.Map{p.moves, p.inStats} {
+	for _, m := range []*ebpf.Map{p.moves, p.inStats, p.bcast} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
 	}
-	p.moves, p.inStats = nil, nil
+	p.moves, p.inStats, p.bcast = nil, nil, nil
 	if p.prog != nil {
 		errs = append(errs, p.prog.Close())
 		p.prog = nil

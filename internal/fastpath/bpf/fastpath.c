@@ -1870,8 +1870,9 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } pin_moves SEC(".maps");
 
-// When a flow's move to a socket was last reported (at most once a second
-// per flow and socket: a peer's flood costs one report).
+// When a flow's move to a socket was last reported, and which socket's (at
+// most once a second per flow, whichever socket: a peer's flood costs one
+// report).
 struct fp_pin_seen {
 	__u64 cookie;
 	__u64 at; // CLOCK_BOOTTIME, ns
@@ -1883,6 +1884,18 @@ struct {
 	__type(key, struct fp_pin_key);
 	__type(value, struct fp_pin_seen);
 } pin_moved SEC(".maps");
+
+// The served namespace's IPv4 broadcast addresses (network order: the local
+// routing table's broadcast routes), kept by the loader (receiveCheck's
+// keepBroadcasts): a datagram to one of them goes to every socket on the
+// port. Key 0 while it cannot keep them (before its first listing, after its
+// subscription failed): then an IPv4 datagram in a broadcast frame passes.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} local_bcast SEC(".maps");
 
 enum { PIN_IN_DROPPED, PIN_IN_CLAIMED, PIN_IN_LOST, PIN_IN_MAX };
 
@@ -1901,7 +1914,6 @@ static __always_inline void pin_in_count(__u32 i)
 }
 
 #define PACKET_BROADCAST 1
-#define PACKET_MULTICAST 2
 
 // pin_in_key fills k with the pin's key of the flow a peer's packet to a
 // local socket of protocol want belongs to (the tuple reversed: as this host
@@ -1909,7 +1921,10 @@ static __always_inline void pin_in_count(__u32 i)
 // UDP-Lite to a unicast address; an ICMP or ICMPv6 echo or extended echo
 // reply), 0 if not (a multicast or broadcast destination, whose datagram the
 // kernel gives every socket bound to the port; another protocol; an IPv6
-// header chain longer than MAX_EXT_HEADERS), -1 if its headers cannot be read.
+// header chain no longer than MAX_EXT_HEADERS to another protocol), -1 if
+// its headers cannot be read, -2 if it is not to be passed for want of its
+// tuple (an IPv6 header chain longer than MAX_EXT_HEADERS, which the kernel
+// walks all of).
 static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *k, __u8 want)
 {
 	__u8 h[40];
@@ -1961,6 +1976,13 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 				return 0;
 			}
 		}
+		// A chain longer than that (the kernel and conntrack walk any
+		// number of headers, and deliver the datagram): which flow it is
+		// cannot be told, and it is dropped rather than passed to a socket
+		// it may not be for (review19: 9 destination options headers got
+		// a peer's datagram past the check).
+		if (proto == 0 || proto == 43 || proto == 44 || proto == 51 || proto == 60)
+			return -2;
 	} else {
 		return -1;
 	}
@@ -1968,7 +1990,11 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 		return 0;
 	k->proto = proto;
 	__u8 p[6];
-	if (bpf_skb_load_bytes_relative(skb, l4 & 0x3ff, p, 6, BPF_HDR_START_NET))
+	// Not masked to a bound: an offset beyond it (a 1 KiB destination
+	// options header) read other bytes as the ports and passed (review19).
+	if (l4 > 0xffff)
+		return -2;
+	if (bpf_skb_load_bytes_relative(skb, l4, p, 6, BPF_HDR_START_NET))
 		return -1;
 	if (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE) {
 		__builtin_memcpy(&k->sport, p + 2, 2);
@@ -1996,17 +2022,17 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 // another socket on the port (one that joined it after the flow was allowed,
 // SO_REUSEADDR or SO_REUSEPORT, or a reuseport program steering) is dropped,
 // counted, and reported to the daemon (pin_moves, at most once a second per
-// flow and socket), which decides a flow the peer opened again for the
+// flow), which decides a flow the peer opened again for the
 // receiving socket. A pin with no socket yet (PIN_ANY, an inbound flow whose
 // socket the daemon did not find) is claimed by the first socket that
 // receives on the flow. Anything else passes: a flow the pin does not know
 // (from before latch, forgotten), multicast and broadcast (every socket on
-// the port gets its copy), raw sockets, other protocols.
+// the port gets its copy), raw sockets, other protocols. An IPv6 datagram
+// whose UDP header lies beyond MAX_EXT_HEADERS extension headers is dropped
+// (which flow it is cannot be told).
 SEC("cgroup_skb/ingress")
 int latch_pin_ingress(struct __sk_buff *skb)
 {
-	if (skb->pkt_type == PACKET_BROADCAST || skb->pkt_type == PACKET_MULTICAST)
-		return 1;
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return 1;
@@ -2021,8 +2047,26 @@ int latch_pin_ingress(struct __sk_buff *skb)
 	if (skb_netns && bpf_get_netns_cookie(skb) != netns_cookie)
 		return 1;
 	struct fp_pin_key k = {};
-	if (pin_in_key(skb, &k, want) <= 0)
+	int keyed = pin_in_key(skb, &k, want);
+	if (keyed == -2) {
+		pin_in_count(PIN_IN_DROPPED);
+		return 0;
+	}
+	if (keyed <= 0)
 		return 1;
+	// Multicast and broadcast go by the destination address (pin_in_key;
+	// a subnet's broadcast address by local_bcast), not by the frame's
+	// (pkt_type), which the peer chooses: a datagram to this host's
+	// unicast address in a frame to a multicast or broadcast MAC is
+	// delivered to one socket like any other (review19).
+	if (k.family == 4) {
+		__u32 dst, unknown = 0;
+		__builtin_memcpy(&dst, k.src, 4);
+		if (bpf_map_lookup_elem(&local_bcast, &dst))
+			return 1;
+		if (skb->pkt_type == PACKET_BROADCAST && bpf_map_lookup_elem(&local_bcast, &unknown))
+			return 1;
+	}
 	__u64 *c = bpf_map_lookup_elem(&pins, &k);
 	if (!c)
 		return 1;
@@ -2038,7 +2082,10 @@ int latch_pin_ingress(struct __sk_buff *skb)
 	pin_in_count(PIN_IN_DROPPED);
 	__u64 now = bpf_ktime_get_boot_ns();
 	struct fp_pin_seen *s = bpf_map_lookup_elem(&pin_moved, &k);
-	if (s && s->cookie == cookie && now - s->at < 1000000000ULL)
+	// Once a second per flow, whichever socket: per flow and socket, a
+	// reuseport program steering a peer's datagrams to two sockets in turn
+	// made each a report, and a conntrack update by the daemon (review19).
+	if (s && now - s->at < 1000000000ULL)
 		return 0;
 	struct fp_pin_seen seen = {.cookie = cookie, .at = now};
 	bpf_map_update_elem(&pin_moved, &k, &seen, BPF_ANY);
