@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -92,22 +93,19 @@ func (rc *receiveCheck) attach(prog *ebpf.Program, moves, stats, bcast *ebpf.Map
 // to this namespace's IPv4 broadcast addresses, the local routing table's
 // broadcast routes, until close: a datagram to one of them goes to every
 // socket on its port and passes the check. Key 0 stays in it until the
-// first listing, and comes back if the subscription to route changes ends:
-// the check then passes an IPv4 datagram in any broadcast frame, as before
-// review19 (a peer on the link could so reach a socket that joined a pinned
-// flow's port).
+// first listing, and is back while the subscription to route changes is
+// lost: the check then passes an IPv4 datagram in any broadcast frame, as
+// before review19 (a peer on the link could so reach a socket that joined a
+// pinned flow's port). A subscription ends when its socket overflows
+// (ENOBUFS: a burst of route changes, a routing daemon's, while the routes
+// are listed again); keepBroadcasts then subscribes again and lists them
+// anew, within resubscribeMax (review20: it ended for good, and key 0 stayed).
 func (rc *receiveCheck) keepBroadcasts(m *ebpf.Map) {
 	if m == nil {
 		return
 	}
 	unknown := func() { m.Put(uint32(0), uint8(1)) }
 	unknown()
-	updates := make(chan netlink.RouteUpdate, 64)
-	stop := make(chan struct{})
-	if err := netlink.RouteSubscribeWithOptions(updates, stop, netlink.RouteSubscribeOptions{}); err != nil {
-		return
-	}
-	rc.stopBcast = stop
 	sync := func() bool {
 		routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_BROADCAST}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
 		if err != nil {
@@ -123,11 +121,7 @@ func (rc *receiveCheck) keepBroadcasts(m *ebpf.Map) {
 				want[binary.NativeEndian.Uint32(b[:])] = true
 			}
 		}
-		for k := range want {
-			if err := m.Put(k, uint8(1)); err != nil {
-				return false
-			}
-		}
+		// Stale ones first: a full map takes no new key.
 		var k uint32
 		var stale []uint32
 		it := m.Iterate()
@@ -140,26 +134,105 @@ func (rc *receiveCheck) keepBroadcasts(m *ebpf.Map) {
 		for _, k := range stale {
 			m.Delete(k)
 		}
-		return it.Err() == nil
+		if it.Err() != nil {
+			return false
+		}
+		for k := range want {
+			if err := m.Put(k, uint8(1)); err != nil {
+				return false
+			}
+		}
+		return true
 	}
-	if !sync() {
-		close(stop)
-		rc.stopBcast = nil
+	// subscribe subscribes to route changes and lists the broadcast routes
+	// (after subscribing: a change between the two is not lost): the
+	// updates and the channel that ends the subscription, or nil.
+	subscribe := func() (chan netlink.RouteUpdate, chan struct{}) {
+		updates := make(chan netlink.RouteUpdate, 256)
+		done := make(chan struct{})
+		if err := netlink.RouteSubscribeWithOptions(updates, done, netlink.RouteSubscribeOptions{ReceiveBufferSize: 1 << 20}); err != nil {
+			return nil, nil
+		}
+		if !sync() {
+			close(done)
+			for range updates {
+			}
+			return nil, nil
+		}
+		m.Delete(uint32(0))
+		return updates, done
+	}
+	updates, done := subscribe()
+	if updates == nil {
 		return
 	}
-	m.Delete(uint32(0))
+	stop := make(chan struct{})
+	rc.stopBcast = stop
 	go func() {
-		for u := range updates {
+		for {
+			if !keepSubscribed(updates, stop, sync, unknown) {
+				close(done)
+				for range updates {
+				}
+				unknown()
+				return
+			}
+			// The subscription ended (its socket overflowed, or another
+			// error): key 0 until subscribed again.
+			unknown()
+			close(done)
+			for wait := resubscribeMin; ; wait = min(2*wait, resubscribeMax) {
+				select {
+				case <-stop:
+					return
+				case <-time.After(wait):
+				}
+				if updates, done = subscribe(); updates != nil {
+					break
+				}
+			}
+		}
+	}()
+}
+
+// How long keepBroadcasts waits before it subscribes again to route changes
+// after the subscription ended, doubling up to resubscribeMax while it fails.
+const (
+	resubscribeMin = 50 * time.Millisecond
+	resubscribeMax = time.Second
+)
+
+// keepSubscribed lists the broadcast routes again (sync; unknown if that
+// failed) on each change of one, until stop is closed (false) or updates
+// ends (true). Changes that came together are listed once.
+func keepSubscribed(updates chan netlink.RouteUpdate, stop chan struct{}, sync func() bool, unknown func()) bool {
+	for {
+		select {
+		case <-stop:
+			return false
+		case u, ok := <-updates:
+			if !ok {
+				return true
+			}
 			if u.Route.Type != unix.RTN_BROADCAST || u.Route.Table != unix.RT_TABLE_LOCAL {
 				continue
+			}
+			// The changes already queued: one listing for them all.
+			for more := true; more; {
+				select {
+				case _, ok := <-updates:
+					if !ok {
+						more = false
+					}
+				default:
+					more = false
+				}
 			}
 			if !sync() {
 				unknown()
 			}
 		}
-		// The subscription ended (close, or an error).
-		unknown()
-	}()
+	}
 }
 
 // close detaches the program and closes the ring (ReadPinMoves returns).

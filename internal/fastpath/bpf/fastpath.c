@@ -1889,7 +1889,8 @@ struct {
 // routing table's broadcast routes), kept by the loader (receiveCheck's
 // keepBroadcasts): a datagram to one of them goes to every socket on the
 // port. Key 0 while it cannot keep them (before its first listing, after its
-// subscription failed): then an IPv4 datagram in a broadcast frame passes.
+// subscription was lost, until it subscribed again): then an IPv4 datagram
+// in a broadcast frame passes.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
