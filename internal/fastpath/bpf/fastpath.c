@@ -1936,8 +1936,12 @@ static __always_inline int pin_in_key(struct __sk_buff *skb, struct fp_pin_key *
 	if ((h[0] >> 4) == 4) {
 		if (bpf_skb_load_bytes_relative(skb, 0, h, 20, BPF_HDR_START_NET))
 			return -1;
-		// 224.0.0.0/4 multicast, 240.0.0.0/4 with 255.255.255.255.
-		if (h[16] >= 224)
+		// 224.0.0.0/4 multicast and 255.255.255.255. Not the rest of
+		// 240.0.0.0/4: Linux routes and delivers it as unicast (since
+		// 2.6.25; a host may have an address there), and its subnets'
+		// broadcasts are in local_bcast (review20: the check passed any
+		// datagram to an address in 240.0.0.0/4).
+		if ((h[16] & 0xf0) == 0xe0 || (h[16] == 255 && h[17] == 255 && h[18] == 255 && h[19] == 255))
 			return 0;
 		k->family = 4;
 		proto = h[9];
