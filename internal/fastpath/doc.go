@@ -270,13 +270,15 @@
 // datagram, held by LATCH-IN, to the receiving socket (procattr's
 // ResolveSender by its cookie); its allow pins the flow to it. A flow this
 // host opened stays its sender's. Multicast and broadcast (a destination in
-// 224.0.0.0/3 or ff00::/8, or one of the local routing table's IPv4
-// broadcast routes, which the loader keeps in local_bcast as they change)
+// 224.0.0.0/4, 255.255.255.255 or ff00::/8, or one of the local routing
+// table's IPv4 broadcast routes, which the loader keeps in local_bcast as
+// they change; the rest of 240.0.0.0/4 is unicast to Linux, review20)
 // pass to every socket on the port: by the address, not by the frame's
 // multicast or broadcast MAC (pkt_type), which the peer chooses and the
 // kernel delivers to one socket like any unicast datagram (review19; an
 // IPv4 datagram in a broadcast frame passes while the loader cannot keep
-// the broadcast addresses),
+// the broadcast addresses: before its first listing, and from a lost
+// subscription to route changes until it subscribed again),
 // as do raw sockets. An IPv6 datagram whose UDP header (echo reply) lies
 // beyond MAX_EXT_HEADERS extension headers is dropped (its flow cannot be
 // told; the kernel walks any number: review19). Cost: BenchmarkReceiveCheck, a
