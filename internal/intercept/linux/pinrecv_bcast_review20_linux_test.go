@@ -83,3 +83,46 @@ func TestUDPReplyLateJoinBroadcastFrameAfterRouteChurn(t *testing.T) {
 		t.Errorf("after route churn, the socket that joined the port received the answer %q (in a frame to ff:ff:ff:ff:ff:ff) on a flow allowed for another socket", got)
 	}
 }
+
+// TestUDPReplyLateJoinBroadcastFrameManySubnets (review20): local_bcast held
+// 1024 keys, key 0 among them. With more IPv4 subnets than that on the host
+// (1100 /28s here, a router's or a VPN server's), the loader's first listing
+// could not put them all, left key 0 in the map for good, and a peer's
+// unicast datagram in a frame to ff:ff:ff:ff:ff:ff reached a socket that
+// joined a pinned flow's port (review19's hole). The map now holds 16384
+// (allocated as filled).
+func TestUDPReplyLateJoinBroadcastFrameManySubnets(t *testing.T) {
+	tp := newTopo(t)
+	var b strings.Builder
+	for i := 0; i < 1100; i++ {
+		fmt.Fprintf(&b, "addr add 198.19.%d.%d/28 dev %s\n", i/16, i%16*16+1, tp.vethA)
+	}
+	cmd := exec.Command("ip", "-n", tp.a, "-batch", "-")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ip -batch (addr add): %v: %s", err, out)
+	}
+	d := startReceiveChecked(t, tp, "LATCH_TEST_ATTRIBUTE=1")
+	defer d.stop()
+	echo := netip.AddrPortFrom(netip.MustParseAddr(addrB), 9072)
+	udpEcho(t, tp, echo)
+	const port = 40462
+	fd := joinPort(t, tp, false, port, false, time.Second)
+	to := &unix.SockaddrInet4{Port: int(echo.Port()), Addr: echo.Addr().As4()}
+	if err := unix.Sendto(fd, []byte("latch-out-1"), 0, to); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOne(fd); got != "latch-out-1" {
+		t.Fatalf("the allowed socket got %q back, want its echo", got)
+	}
+	if out, err := exec.Command("ip", "-n", tp.b, "neigh", "replace", addrA, "lladdr", "ff:ff:ff:ff:ff:ff", "dev", tp.vethB, "nud", "permanent").CombinedOutput(); err != nil {
+		t.Fatalf("ip neigh replace: %v: %s", err, out)
+	}
+	joiner := joinPort(t, tp, false, port, false, time.Second)
+	if err := unix.Sendto(fd, []byte("latch-out-2"), 0, to); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOne(joiner); got != "" {
+		t.Errorf("with 1100 subnets, the socket that joined the port received the answer %q (in a frame to ff:ff:ff:ff:ff:ff) on a flow allowed for another socket", got)
+	}
+}
