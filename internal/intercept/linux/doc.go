@@ -470,6 +470,21 @@ const (
 	// the request its opener's packet makes (local and remote reversed),
 	// whose allow marks it MarkAllow again (review16).
 	MarkRedecideReply uint32 = 0x70000000
+	// MarkLoopbackForged is a conntrack mark only (the value of the packet
+	// mark MarkRedecideReply, which no rule tests as a conntrack mark): with
+	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose first
+	// packet leaves by lo from a source that is not one of this host's
+	// addresses (an IPV6_FREEBIND socket bound to a remote host's address,
+	// which needs no privilege), and LATCH-OUT and LATCH-IN drop every
+	// packet of such a flow that does not travel by lo. Such a flow seems
+	// opened by the remote host and nothing decided it (loopback is
+	// exempt): without the drop, what a local socket sends on it to that
+	// host was the reply direction of an undecided flow and passed as a
+	// flow from before latch does with Config.Inbound, and the host's
+	// answers with it (review18). The daemon's conntrack reads (Redecide,
+	// the accountant, the event filter) take only the exact values
+	// MarkAllow and MarkRedecide, so they skip it.
+	MarkLoopbackForged uint32 = 0x70000000
 )
 
 // Firewall mechanisms for Config.Firewall.

@@ -310,9 +310,6 @@ func testInboundRedecideRedirect(t *testing.T, fw string, port int) {
 // once each, and with loopback held an allow of F's loopback flow marks it
 // allowed, S's side too.
 func TestLoopbackForgedSourceReply(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("a known hole (see the comment); LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		port := 9197 + i*2
 		t.Run(fw, func(t *testing.T) { testLoopbackForgedSourceReply(t, fw, port) })
@@ -369,13 +366,22 @@ func testLoopbackForgedSourceReply(t *testing.T, fw string, port int) {
 	f.WriteToUDPAddrPort([]byte("latch-forged"), local)
 	s.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
 	buf := make([]byte, 64)
-	if n, from, err := s.ReadFromUDPAddrPort(buf); err == nil {
-		t.Logf("S got %q from %v over lo", buf[:n], from)
+	// Loopback stays exempt: what travels by lo alone (a transparent
+	// proxy's flow to a local backend with the client's address) passes.
+	if n, from, err := s.ReadFromUDPAddrPort(buf); err != nil || string(buf[:n]) != "latch-forged" {
+		t.Errorf("S got %q from %v over lo (%v); want %q: loopback is exempt", buf[:n], from, err, "latch-forged")
 	}
 	if _, err := s.WriteToUDPAddrPort([]byte("latch-exfil"), remote); err != nil {
 		t.Logf("S's datagram to B: %v", err)
 	}
 	if peer.receives("latch-exfil", 1500*time.Millisecond) {
 		t.Error("a datagram to B left undecided (every rule denies) on a flow the program forged over lo with B's address as its source")
+	}
+	// B's datagram to S is that flow's original direction (B seems to
+	// have opened it), arriving by B's interface: dropped too.
+	peer.send(t, local, "latch-infil")
+	s.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+	if n, from, err := s.ReadFromUDPAddrPort(buf); err == nil {
+		t.Errorf("S got %q from %v on the flow the program forged over lo (every rule denies)", buf[:n], from)
 	}
 }
