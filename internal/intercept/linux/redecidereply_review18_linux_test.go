@@ -385,3 +385,104 @@ func testLoopbackForgedSourceReply(t *testing.T, fw string, port int) {
 		t.Errorf("S got %q from %v on the flow the program forged over lo (every rule denies)", buf[:n], from)
 	}
 }
+
+// TestLoopbackForgedEveryRuleset checks, in every combination of options,
+// where the rules against a flow forged over lo stand (see
+// TestLoopbackForgedSourceReply): with loopback exempt, the conntrack mark
+// MarkLoopbackForged is given by the rule right before LATCH-OUT's loopback
+// return, and every chain but LATCH-FWD drops a packet of a flow carrying it
+// right after its loopback return, before any rule that passes or queues
+// (MarkRedecideReply's tests a conntrack mark other than 0, the protocols'
+// returns pass an undecided flow's reply direction). No other rule names the
+// conntrack mark; without the loopback exemption none does.
+func TestLoopbackForgedEveryRuleset(t *testing.T) {
+	forged := fmt.Sprintf("%#x/%#x", MarkLoopbackForged, MarkMask)
+	nftDrop := fmt.Sprintf("ct mark & %#x == %#x drop", MarkMask, MarkLoopbackForged)
+	nftSet := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackForged)
+	type chainWant struct{ prefix, set, loReturn, drop string }
+	ipt := func(chain, lo, set string) chainWant {
+		c := chainWant{"-A " + chain + " ", "", "-A " + chain + " " + lo + " lo -j RETURN", "-A " + chain + " -m connmark --mark " + forged + " -j DROP"}
+		if set != "" {
+			c.set = "-A " + chain + " -o lo -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark " + forged
+		}
+		return c
+	}
+	nft := func(chain, lo string, set bool) chainWant {
+		p := "add rule inet " + nftTable + " " + chain + " "
+		c := chainWant{p, "", p + lo + ` "lo" accept`, p + nftDrop}
+		if set {
+			c.set = p + `oifname "lo" ct state new fib saddr type != local ` + nftSet
+		}
+		return c
+	}
+	everyRuleSpec(t, ruleSpec{queue: 7}, func(spec ruleSpec, names []string) {
+		for _, v := range []struct {
+			name   string
+			chains []chainWant
+			rules  string
+		}{
+			{"iptables", []chainWant{ipt(chainOut, "-o", "set"), ipt(chainIn, "-i", "")}, spec.iptablesRules(false, nil, map[string]bool{})},
+			{"ip6tables", []chainWant{ipt(chainOut, "-o", "set"), ipt(chainIn, "-i", "")}, spec.iptablesRules(true, nil, map[string]bool{})},
+			{"nft", []chainWant{nft("output", "oifname", true), nft("input", "iifname", false)}, spec.nftRules()},
+		} {
+			where := fmt.Sprintf("%s with %v", v.name, names)
+			lines := strings.Split(v.rules, "\n")
+			seen := 0
+			for _, l := range lines {
+				if strings.Contains(l, "connmark --mark "+forged) || strings.Contains(l, "CONNMARK --set-xmark "+forged) || strings.Contains(l, nftDrop) || strings.Contains(l, nftSet) {
+					seen++
+				}
+			}
+			want := 0
+			if spec.exemptLoopback {
+				want = 2
+				if spec.inbound {
+					want = 3
+				}
+			}
+			if seen != want {
+				t.Errorf("%s: %d rules name MarkLoopbackForged as a conntrack mark, want %d:\n%s", where, seen, want, v.rules)
+				continue
+			}
+			if !spec.exemptLoopback {
+				continue
+			}
+			for i, c := range v.chains {
+				if i == 1 && !spec.inbound {
+					continue
+				}
+				var out []string
+				for _, l := range lines {
+					if strings.HasPrefix(l, c.prefix) {
+						out = append(out, l)
+					}
+				}
+				at := -1
+				for j, l := range out {
+					if l == c.loReturn {
+						at = j
+					}
+				}
+				switch {
+				case at < 0:
+					t.Errorf("%s: no loopback return %q:\n%s", where, c.loReturn, strings.Join(out, "\n"))
+				case c.set != "" && (at == 0 || out[at-1] != c.set):
+					t.Errorf("%s: the rule before the loopback return is not %q:\n%s", where, c.set, strings.Join(out, "\n"))
+				case at+1 >= len(out) || out[at+1] != c.drop:
+					t.Errorf("%s: the rule after the loopback return is not %q:\n%s", where, c.drop, strings.Join(out, "\n"))
+				}
+				// Before it only DNS copies (NFLOG, nft log), which never hold
+				// or pass a packet.
+				start := at - 1
+				if c.set == "" {
+					start = at
+				}
+				for _, l := range out[:max(start, 0)] {
+					if !strings.Contains(l, "NFLOG") && !strings.Contains(l, " log group ") {
+						t.Errorf("%s: %q comes before the rules against a forged loopback flow", where, l)
+					}
+				}
+			}
+		}
+	})
+}
