@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -348,6 +349,13 @@ func testLoopbackForgedSourceReply(t *testing.T, fw string, port int, holdLoopba
 	}
 	d := startDaemonOn(t, tp, fw, policy, env...)
 	defer d.stop()
+	forgedLoopbackExchange(t, tp, port)
+}
+
+// forgedLoopbackExchange forges the flow over lo in tp.a (see
+// TestLoopbackForgedSourceReply) and checks that its datagram over lo
+// arrives and that neither S's datagram to B nor B's to S does.
+func forgedLoopbackExchange(t *testing.T, tp *topo, port int) {
 	local := netip.AddrPortFrom(netip.MustParseAddr(addr6A), uint16(port))
 	remote := netip.AddrPortFrom(netip.MustParseAddr(addr6B), uint16(port+1))
 	peer := listenUDPIn(t, tp.b, remote)
@@ -504,4 +512,30 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestNftLoopbackForgedRuleset runs TestLoopbackForgedSourceReply's exchange
+// against the native nftables ruleset (Config.Inbound, loopback exempt) on a
+// kernel that cannot queue from nftables (these machines), its queue
+// statements made drops as by TestNftICMPRuleset: every rule denies.
+func TestNftLoopbackForgedRuleset(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp := newTopo(t)
+	for _, args := range [][]string{
+		{"-n", tp.a, "addr", "add", addr6A + "/64", "dev", tp.vethA, "nodad"},
+		{"-n", tp.b, "addr", "add", addr6B + "/64", "dev", tp.vethB, "nodad"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(ruleSpec{queue: testQueue, inbound: true, exemptLoopback: true}.nftRules(), "counter drop")
+	install := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+	install.Stdin = strings.NewReader(rules)
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
+	}
+	forgedLoopbackExchange(t, tp, 9231)
 }
