@@ -474,8 +474,9 @@ const (
 	// the request its opener's packet makes (local and remote reversed),
 	// whose allow marks it MarkAllow again (review16).
 	MarkRedecideReply uint32 = 0x70000000
-	// MarkLoopbackForged is a conntrack mark only (the value of the packet
-	// mark MarkRedecideReply, which no rule tests as a conntrack mark): with
+	// MarkLoopbackForged is a conntrack mark only (its value is the packet
+	// mark MarkRedecideReply's: no rule tests that one in the conntrack
+	// mark, nor this one in the packet mark): with
 	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose first
 	// packet leaves by lo from a source that is not one of this host's
 	// addresses (an IPV6_FREEBIND socket bound to a remote host's address,
@@ -491,9 +492,9 @@ const (
 	// The daemon's conntrack reads take only the exact values MarkAllow and
 	// MarkRedecide and skip it (Redecide's filter, the event filter; the
 	// accountant's dump selects by the bit those two share, which this
-	// value has too, and observe drops it). Without Config.ExemptLoopback
-	// not given: the flow's first packet is held, and an allow's
-	// CONNMARK save would overwrite it (see the README's Open note).
+	// value has too, and observe drops it). Not given without
+	// Config.ExemptLoopback: there the flow's first packet is held, and an
+	// allow's CONNMARK save would overwrite it (see the README's Open note).
 	MarkLoopbackForged uint32 = 0x70000000
 )
 
