@@ -12,7 +12,11 @@
 // and LATCH-IN every DNS response on a flow this host opened to the NFLOG group
 // DNSLogGroup. Then, in order, LATCH-OUT:
 //
-//  1. returns for loopback (Config.ExemptLoopback) and for the daemon's own sockets
+//  1. returns for loopback (Config.ExemptLoopback; first gives a flow whose
+//     first packet leaves by lo from a source that is not local the conntrack
+//     mark MarkLoopbackForged, and right after the return drops every packet
+//     of a flow with that mark, as LATCH-IN does after its own loopback
+//     return: see MarkLoopbackForged) and for the daemon's own sockets
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
 //     tested by its exact value under MarkMask, never by a bit; this rule comes
 //     after the fast path's, whose marks are others: most packets are a fast
@@ -470,6 +474,28 @@ const (
 	// the request its opener's packet makes (local and remote reversed),
 	// whose allow marks it MarkAllow again (review16).
 	MarkRedecideReply uint32 = 0x70000000
+	// MarkLoopbackForged is a conntrack mark only (its value is the packet
+	// mark MarkRedecideReply's: no rule tests that one in the conntrack
+	// mark, nor this one in the packet mark): with
+	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose first
+	// packet leaves by lo from a source that is not one of this host's
+	// addresses (an IPV6_FREEBIND socket bound to a remote host's address,
+	// which needs no privilege), and LATCH-OUT and LATCH-IN drop every
+	// packet of such a flow that does not travel by lo. Such a flow seems
+	// opened by the remote host and nothing decided it (loopback is
+	// exempt): without the drop, what a local socket sends on it to that
+	// host was the reply direction of an undecided flow and passed as a
+	// flow from before latch does with Config.Inbound, and the host's
+	// answers with it (review18). Everything of a loopback flow stays on lo
+	// and passes: a transparent proxy's flow to a local backend with the
+	// client's address, whose answers policy routing brings back to lo.
+	// The daemon's conntrack reads take only the exact values MarkAllow and
+	// MarkRedecide and skip it (Redecide's filter, the event filter; the
+	// accountant's dump selects by the bit those two share, which this
+	// value has too, and observe drops it). Not given without
+	// Config.ExemptLoopback: there the flow's first packet is held, and an
+	// allow's CONNMARK save would overwrite it (see the README's Open note).
+	MarkLoopbackForged uint32 = 0x70000000
 )
 
 // Firewall mechanisms for Config.Firewall.

@@ -341,8 +341,31 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		}
 	}
 	chain := func(name, hook, lo string, out bool) {
+		if spec.exemptLoopback && out {
+			// A flow born on lo from a source that is not this host's (an
+			// IPV6_FREEBIND socket needs no privilege to send from any
+			// IPv6 address) gets MarkLoopbackForged, before the loopback
+			// exemption passes it (review18): the flow seems opened by
+			// the remote host whose address the source is, and nothing
+			// decided it. The address type last: a route lookup, only for
+			// a new flow on lo.
+			fmt.Fprintf(&b, "-A %s -o lo -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkLoopbackForged, MarkMask)
+		}
 		if spec.exemptLoopback {
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
+		}
+		if spec.exemptLoopback && hook != "FORWARD" {
+			// Whatever of such a flow leaves or arrives by another
+			// interface (a local socket's datagrams to the remote host,
+			// the reply direction of a flow nothing decided, which the
+			// protocol's return below would pass with Config.Inbound;
+			// the remote host's answers) is dropped: everything of a
+			// loopback flow stays on lo (a transparent proxy's flow to a
+			// local backend with the client's address, whose answers
+			// policy routing brings back to lo). Before every rule that
+			// may pass or queue it (MarkRedecideReply's tests a conntrack
+			// mark other than 0).
+			fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -j DROP\n", name, MarkLoopbackForged, MarkMask)
 		}
 		own := func() {
 			if out {
@@ -1270,8 +1293,16 @@ func (spec ruleSpec) nftRules() string {
 				r("meta l4proto udp jump %s", nftSendStash)
 			}
 		}
+		if spec.exemptLoopback && out {
+			// A flow born on lo from a source that is not local (see
+			// iptablesRules).
+			r(`%s "lo" ct state new fib saddr type != local ct mark set ct mark & %#x | %#x`, lo, ^MarkMask, MarkLoopbackForged)
+		}
 		if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)
+		}
+		if spec.exemptLoopback && !fwd {
+			r("ct mark & %#x == %#x drop", MarkMask, MarkLoopbackForged)
 		}
 		if out {
 			// Source routes (see optionsRules).

@@ -315,8 +315,13 @@ func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 			} {
 				where := fmt.Sprintf("%s with %v, stash %q", v.name, names, stash)
 				lines := strings.Split(v.rules, "\n")
+				// The packet mark MarkRedecideReply, not the conntrack mark
+				// MarkLoopbackForged of the same value.
+				names := func(l string) bool {
+					return strings.Contains(l, "-m mark --mark "+mark) || strings.Contains(l, "-j MARK --set-xmark "+mark) || strings.Contains(l, nftMark)
+				}
 				for _, l := range lines {
-					if !strings.Contains(l, mark) && !strings.Contains(l, nftMark) {
+					if !names(l) {
 						continue
 					}
 					if !strings.HasPrefix(l, v.chains[0].out) && !strings.HasPrefix(l, v.chains[1].out) {
@@ -332,9 +337,9 @@ func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 					}
 					markAt, redecideAt, lastAllowAt, returnAt, n := -1, -1, -1, -1, 0
 					for i, l := range out {
-						if strings.Contains(l, mark) || strings.Contains(l, nftMark) {
+						if names(l) {
 							n++
-							if strings.Contains(l, "MARK --set-xmark") || strings.Contains(l, "meta mark set") {
+							if strings.Contains(l, "-j MARK --set-xmark") || strings.Contains(l, "meta mark set") {
 								markAt = i
 							}
 						}
