@@ -430,14 +430,29 @@ func protoName(p uint8) string {
 // original tuple is t (TCP or UDP) to mark, and nothing else in it. An entry that
 // no longer exists gives an error wrapping unix.ENOENT.
 func setConntrackMark(fam netlink.InetFamily, t netlink.IPTuple, mark, mask uint32) error {
+	orig, err := ctOrigTuple(fam, t)
+	if err != nil {
+		return err
+	}
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_NEW, unix.NLM_F_ACK)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(fam), Version: nl.NFNETLINK_V0})
+	req.AddData(orig)
+	// Without NLM_F_CREATE this changes an existing entry only; of it, only the mark.
+	req.AddData(nl.NewRtAttr(nl.CTA_MARK, nl.BEUint32Attr(mark)))
+	req.AddData(nl.NewRtAttr(ctaMarkMask, nl.BEUint32Attr(mask)))
+	_, err = req.Execute(unix.NETLINK_NETFILTER, 0)
+	return err
+}
+
+// ctOrigTuple is the CTA_TUPLE_ORIG attribute naming the conntrack entry whose
+// original tuple is t (TCP or UDP), for a request of family fam.
+func ctOrigTuple(fam netlink.InetFamily, t netlink.IPTuple) (*nl.RtAttr, error) {
 	srcType, dstType, src, dst := uint16(nl.CTA_IP_V4_SRC), uint16(nl.CTA_IP_V4_DST), t.SrcIP.To4(), t.DstIP.To4()
 	if fam == unix.AF_INET6 {
 		srcType, dstType, src, dst = nl.CTA_IP_V6_SRC, nl.CTA_IP_V6_DST, t.SrcIP.To16(), t.DstIP.To16()
 	}
 	if src == nil || dst == nil {
-		return fmt.Errorf("addresses %v -> %v are not of family %d", t.SrcIP, t.DstIP, fam)
+		return nil, fmt.Errorf("addresses %v -> %v are not of family %d", t.SrcIP, t.DstIP, fam)
 	}
 	orig := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
 	ip := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_IP, nil)
@@ -447,10 +462,5 @@ func setConntrackMark(fam netlink.InetFamily, t netlink.IPTuple, mark, mask uint
 	proto.AddRtAttr(nl.CTA_PROTO_NUM, []byte{t.Protocol})
 	proto.AddRtAttr(nl.CTA_PROTO_SRC_PORT, nl.BEUint16Attr(t.SrcPort))
 	proto.AddRtAttr(nl.CTA_PROTO_DST_PORT, nl.BEUint16Attr(t.DstPort))
-	req.AddData(orig)
-	// Without NLM_F_CREATE this changes an existing entry only; of it, only the mark.
-	req.AddData(nl.NewRtAttr(nl.CTA_MARK, nl.BEUint32Attr(mark)))
-	req.AddData(nl.NewRtAttr(ctaMarkMask, nl.BEUint32Attr(mask)))
-	_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
-	return err
+	return orig, nil
 }

@@ -234,25 +234,14 @@ func (b *Backend) ReceiverMoves() uint64 { return b.receiverMoves.Load() }
 // getConntrack reads the conntrack entry one of whose tuples is t (TCP or
 // UDP).
 func getConntrack(fam netlink.InetFamily, t netlink.IPTuple) (ctInfo, error) {
+	orig, err := ctOrigTuple(fam, t)
+	if err != nil {
+		return ctInfo{}, err
+	}
 	// With NLM_F_ACK: the entry comes flagged NLM_F_MULTI, and the ACK
 	// ends the reply.
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_GET, unix.NLM_F_ACK)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(fam), Version: nl.NFNETLINK_V0})
-	srcType, dstType, src, dst := uint16(nl.CTA_IP_V4_SRC), uint16(nl.CTA_IP_V4_DST), t.SrcIP.To4(), t.DstIP.To4()
-	if fam == unix.AF_INET6 {
-		srcType, dstType, src, dst = nl.CTA_IP_V6_SRC, nl.CTA_IP_V6_DST, t.SrcIP.To16(), t.DstIP.To16()
-	}
-	if src == nil || dst == nil {
-		return ctInfo{}, fmt.Errorf("addresses %v -> %v are not of family %d", t.SrcIP, t.DstIP, fam)
-	}
-	orig := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
-	ip := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_IP, nil)
-	ip.AddRtAttr(int(srcType), src)
-	ip.AddRtAttr(int(dstType), dst)
-	proto := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_PROTO, nil)
-	proto.AddRtAttr(nl.CTA_PROTO_NUM, []byte{t.Protocol})
-	proto.AddRtAttr(nl.CTA_PROTO_SRC_PORT, nl.BEUint16Attr(t.SrcPort))
-	proto.AddRtAttr(nl.CTA_PROTO_DST_PORT, nl.BEUint16Attr(t.DstPort))
 	req.AddData(orig)
 	msgs, err := req.Execute(unix.NETLINK_NETFILTER, 0)
 	if err != nil {
