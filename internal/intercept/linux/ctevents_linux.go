@@ -469,9 +469,10 @@ func appendGetRequest(b []byte, k flowKey, seq uint32) []byte {
 
 // ctDumpMark and ctDumpMarkMask select the entries the accountant reads: the bit
 // MarkAllow and MarkRedecide share under MarkMask (the accountant checks the exact
-// value). Entries of flows latch did not allow are never copied out of the kernel:
-// with CTA_MARK and CTA_MARK_MASK, a dump lists only entries whose mark, masked,
-// equals the mark.
+// value). Entries of flows latch did not allow are not copied out of the kernel,
+// but for MarkLoopbackForged's, which has the bit too (the accountant skips
+// them): with CTA_MARK and CTA_MARK_MASK, a dump lists only entries whose mark,
+// masked, equals the mark.
 const (
 	ctDumpMark     = MarkAllow & MarkRedecide
 	ctDumpMarkMask = ctDumpMark

@@ -348,8 +348,12 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// exemption passes it (review18): the flow seems opened by
 			// the remote host whose address the source is, and nothing
 			// decided it. The address type last: a route lookup, only for
-			// a new flow on lo.
-			fmt.Fprintf(&b, "-A %s -o lo -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkLoopbackForged, MarkMask)
+			// a new flow on lo. Only an entry without latch's mark
+			// (review21): UDP calls every datagram of the opener's side
+			// NEW until the other side answers, so a forged datagram
+			// with the tuple of an entry a verdict allowed would
+			// otherwise turn it into a forged flow.
+			fmt.Fprintf(&b, "-A %s -o lo -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackForged, MarkMask)
 		}
 		if spec.exemptLoopback {
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
@@ -1296,7 +1300,7 @@ func (spec ruleSpec) nftRules() string {
 		if spec.exemptLoopback && out {
 			// A flow born on lo from a source that is not local (see
 			// iptablesRules).
-			r(`%s "lo" ct state new fib saddr type != local ct mark set ct mark & %#x | %#x`, lo, ^MarkMask, MarkLoopbackForged)
+			r(`%s "lo" ct state new ct mark & %#x == 0 fib saddr type != local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackForged)
 		}
 		if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)

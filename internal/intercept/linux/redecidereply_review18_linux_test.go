@@ -430,7 +430,7 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 	ipt := func(chain, lo, set string) chainWant {
 		c := chainWant{"-A " + chain + " ", "", "-A " + chain + " " + lo + " lo -j RETURN", "-A " + chain + " -m connmark --mark " + forged + " -j DROP"}
 		if set != "" {
-			c.set = "-A " + chain + " -o lo -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark " + forged
+			c.set = "-A " + chain + " -o lo -m conntrack --ctstate NEW -m connmark --mark 0x0/0x70000000 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark " + forged
 		}
 		return c
 	}
@@ -438,7 +438,7 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 		p := "add rule inet " + nftTable + " " + chain + " "
 		c := chainWant{p, "", p + lo + ` "lo" accept`, p + nftDrop}
 		if set {
-			c.set = p + `oifname "lo" ct state new fib saddr type != local ` + nftSet
+			c.set = p + `oifname "lo" ct state new ct mark & 0x70000000 == 0 fib saddr type != local ` + nftSet
 		}
 		return c
 	}
