@@ -577,7 +577,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		if len(old)+len(new) >= trimRules {
 			trim.Reset(time.Second)
 		}
-		if n, err := be.Redecide(engine.Affected(old, new)); err != nil {
+		if n, err := be.Redecide(engine.AffectedAllowed(old, new)); err != nil {
 			logf("re-deciding flows after a rule change: %v", err)
 		} else if n > 0 {
 			logf("rule change: %d flows will be decided again", n)

@@ -10,7 +10,21 @@ package engine
 // them. A change of more than affectedCompileMax rules (an import) affects every
 // request: compiling them all again beside the new matcher would double the memory
 // the change needs, and such a change re-decides nearly everything anyway.
-func Affected(old, new []Rule) func(*Request) bool {
+func Affected(old, new []Rule) func(*Request) bool { return affected(old, new, false) }
+
+// AffectedAllowed is Affected for requests the old rule set allowed, which is all
+// a backend that re-decides only allowed flows asks about: an allow rule that
+// comes (added, or a rule's new version) and a deny, reject or drop rule that
+// goes (removed, or a rule's old version) cannot change an allow, so they affect
+// nothing. The new allow either wins, and allows, or loses to the rule that
+// allowed before; the rule that goes was not the one that allowed. So answering a
+// question with a rule ("allow, forever") decides no flow again: before, the
+// connection just answered was decided again and, if its program had closed it
+// meanwhile, its last packets (no socket left to attribute them to) became a
+// question about an unknown program.
+func AffectedAllowed(old, new []Rule) func(*Request) bool { return affected(old, new, true) }
+
+func affected(old, new []Rule, allowedOnly bool) func(*Request) bool {
 	before := make(map[RuleID]int, len(old)) // index in old
 	for i, r := range old {
 		before[r.ID] = i
@@ -22,10 +36,12 @@ func Affected(old, new []Rule) func(*Request) bool {
 			delete(before, r.ID)
 			continue
 		}
-		changed = append(changed, r)
+		if !allowedOnly || r.Action != Allow {
+			changed = append(changed, r)
+		}
 	}
 	for _, r := range old {
-		if _, gone := before[r.ID]; gone {
+		if _, gone := before[r.ID]; gone && (!allowedOnly || r.Action == Allow) {
 			changed = append(changed, r)
 		}
 	}

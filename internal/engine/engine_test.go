@@ -884,3 +884,41 @@ func TestStatsCountsLiveRules(t *testing.T) {
 		t.Errorf("Stats().Rules = %d, Rules() lists %d, want 2 after one expired", got, want)
 	}
 }
+
+// TestAffectedAllowed: for flows the old rules allowed, an allow rule that comes
+// and a deny, reject or drop rule that goes change nothing; an allow that goes
+// and a deny that comes do, and so does a rule whose action changed from allow.
+func TestAffectedAllowed(t *testing.T) {
+	curl := reqTo("/usr/bin/curl", "198.18.0.1:443")
+	base := []Rule{{ID: 1, App: "/usr/bin/curl", Action: Allow}, {ID: 2, Port: PortRange{443, 443}, Action: Deny}}
+	with := func(r Rule) []Rule { return append(append([]Rule(nil), base...), r) }
+	action := func(id RuleID, a Action) []Rule {
+		rs := append([]Rule(nil), base...)
+		for i := range rs {
+			if rs[i].ID == id {
+				rs[i].Action = a
+			}
+		}
+		return rs
+	}
+	for _, c := range []struct {
+		name     string
+		old, new []Rule
+		want     bool
+	}{
+		{"allow added", base, with(Rule{ID: 3, App: "/usr/bin/curl", Remote: netip.MustParsePrefix("198.18.0.1/32"), Action: Allow}), false},
+		{"deny added", base, with(Rule{ID: 3, App: "/usr/bin/curl", Remote: netip.MustParsePrefix("198.18.0.1/32"), Action: Deny}), true},
+		{"reject added", base, with(Rule{ID: 3, Remote: netip.MustParsePrefix("198.18.0.1/32"), Action: Reject}), true},
+		{"allow removed", base, base[1:], true},
+		{"deny removed", base, base[:1], false},
+		{"allow made deny", base, action(1, Deny), true},
+		{"deny made allow", base, action(2, Allow), false},
+	} {
+		if got := AffectedAllowed(c.old, c.new)(curl); got != c.want {
+			t.Errorf("%s: AffectedAllowed %v, want %v", c.name, got, c.want)
+		}
+		if !Affected(c.old, c.new)(curl) {
+			t.Errorf("%s: Affected false, want true (it is asked about denied flows too)", c.name)
+		}
+	}
+}

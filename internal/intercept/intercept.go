@@ -32,8 +32,10 @@ type Backend interface {
 	// asks to leave a drop rule in place). It returns an error if it cannot start.
 	Run(ctx context.Context, d Decider) error
 	// Redecide forgets earlier verdicts for flows whose request matches affected, so
-	// their next packets are held and decided again. nil means every flow. It returns
-	// how many flows were affected.
+	// their next packets are held and decided again. nil means every flow. Only
+	// flows latch allowed are decided again (a denied flow's packets got nowhere),
+	// so affected need be right only for requests the old rules allowed
+	// (engine.AffectedAllowed). It returns how many flows were affected.
 	Redecide(affected func(*engine.Request) bool) (int, error)
 	// Stats returns counters for `latch status`.
 	Stats() Stats
