@@ -38,7 +38,12 @@ func TestWebUI(t *testing.T) {
 	wait := func(expr string, timeout time.Duration) {
 		t.Helper()
 		if err := browser.WaitJS(ctx, expr, timeout); err != nil {
-			t.Fatal(err)
+			// What the page and the daemon showed, to tell a slow page from a wrong one.
+			page, _ := browser.Eval[string](ctx, `JSON.stringify({title: document.title,
+				state: (document.querySelector('nav.top .conn-state') || {}).className,
+				cards: [...document.querySelectorAll('.card')].map((c) => c.innerText)})`)
+			prompts, _ := d.CLI("prompts", "--json")
+			t.Fatalf("%v\npage: %s\nlatch prompts --json: %s", err, page, prompts)
 		}
 	}
 	eval := func(expr string) string {

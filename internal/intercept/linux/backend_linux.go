@@ -56,6 +56,10 @@ type Backend struct {
 	holds   map[uint32]*hold
 
 	flows *flowTable
+	// redecided remembers the requests of the flows Redecide took from flows,
+	// for a while: the program that opened one, when its socket is gone by the
+	// time the flow's next packet is held (see openerOf).
+	redecided *flowTable
 	// Flows TrackFlow registered and TCP socket ends SocketEnded reported, for
 	// the accountant.
 	tracked handover[flowKey]
@@ -92,6 +96,7 @@ type Backend struct {
 	held, allowed, denied, rejected, dropped   atomic.Uint64
 	overflows, errs, malformed, verdictErrors  atomic.Uint64
 	holdTimeouts, attributionFailed, duplicate atomic.Uint64
+	attributedOpener                           atomic.Uint64 // held packets credited to their flow's opener (openerOf)
 	trafficReports                             atomic.Uint64 // Traffic reports handed to Config.OnTraffic
 	trafficEventsLost                          atomic.Uint64 // conntrack event socket overflows
 	socketEnds, socketEndsLost                 atomic.Uint64 // SocketEnded calls taken, and dropped (the accountant's queue was full)
@@ -160,6 +165,7 @@ func New(cfg Config) (*Backend, error) {
 		holds:      make(map[uint32]*hold),
 		fastGroups: make(map[flowKey]*fastGroup),
 		flows:      newFlowTable(cfg.MaxFlows, cfg.FlowTTL),
+		redecided:  newFlowTable(cfg.MaxFlows, redecidedTTL),
 		acctKick:   make(chan struct{}, 1),
 	}
 	if cfg.Hostnames != nil {
@@ -858,6 +864,9 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		// the peer opened, not from the program's outbound rules.
 		req.Direction = engine.Inbound
 	}
+	if req.PID == 0 && pp.Protocol == packet.ProtoTCP && pp.TCPFlags&tcpFlagSYN == 0 {
+		b.openerOf(req)
+	}
 	if b.cfg.Hostnames != nil {
 		// After attribution, which gives the copy of the DNS answer the program just
 		// got time to arrive; LookupForWait waits only while such a copy is in flight.
@@ -930,6 +939,49 @@ func (b *Backend) attribute(req *engine.Request, ifindex int, sender *stashSende
 	}
 	return p.Cookie
 }
+
+// tcpFlagSYN is the SYN bit of a TCP header's flags.
+const tcpFlagSYN = 0x02
+
+// openerOf credits a held TCP packet (not a SYN) no program's socket was found
+// for to the program its flow was allowed for, if a rule change took that flow
+// from the flow table to decide it again (Redecide; the request is kept in
+// b.redecided): the flow's socket has no owner any more (the program closed it,
+// and the kernel still sends its last data, FIN or ACK, or answers the peer's)
+// or none at all (TIME_WAIT), and the packet is still that program's flow, to
+// be decided by the new rules for it. Without this it was a request of no
+// program: a question about an unknown program for a connection already closed
+// (answering a question "allow, forever" did that to the very connection
+// answered, if it closed quickly), or a rule about "any program" deciding it.
+// A SYN is never credited: it opens a new flow, and its socket, in SYN_SENT,
+// is always found. The packet's uid is the opener's too: what the queue tells
+// of one a TIME_WAIT socket answers is the kernel's socket's, root's.
+func (b *Backend) openerOf(req *engine.Request) {
+	t := b.redecided
+	t.mu.Lock()
+	e, ok := t.lookup(keyOf(req))
+	ok = ok && t.since(time.Now()) <= e.expires
+	t.mu.Unlock()
+	if !ok {
+		return
+	}
+	old := e.req
+	if old.Direction != req.Direction || old.Protocol != req.Protocol || old.PID == 0 {
+		return
+	}
+	b.attributedOpener.Add(1)
+	req.PID, req.Exe, req.User, req.Cmdline, req.Netns = old.PID, old.Exe, old.User, old.Cmdline, old.Netns
+	req.Identity, req.Container, req.IdentityNote = old.Identity, old.Container, old.IdentityNote
+	req.ContainerName = old.ContainerName
+	req.Unit, req.AppID, req.Parents = old.Unit, old.AppID, old.Parents
+	req.ExeSHA256, req.ExeFile = old.ExeSHA256, old.ExeFile
+	req.UID = old.UID
+}
+
+// redecidedTTL is how long Backend.redecided keeps a flow Redecide took: longer
+// than a closed TCP socket sends (FIN_WAIT and TIME_WAIT, 60 s each; an
+// orphan's retransmissions of what was left unsent).
+const redecidedTTL = 3 * time.Minute
 
 // stashSender is what the sender stash knows of a queued UDP datagram's
 // socket (takeSender's results): cookie, its own record's socket (0: none),
@@ -1198,7 +1250,12 @@ var redecideWait = func() { time.Sleep(redecideGrace) }
 // the flows the table does not know that affected may match.
 func (b *Backend) redecideOnce(affected, take func(*engine.Request) bool) (int, error) {
 	synced := b.syncFastDecisions()
-	n, err := markRedecide(ctFilter{affected: affected, keys: b.flows.take(take, time.Now()), remembered: b.flows.has})
+	now := time.Now()
+	keys := b.flows.take(take, now)
+	for _, req := range keys {
+		b.redecided.add(req, now)
+	}
+	n, err := markRedecide(ctFilter{affected: affected, keys: keys, remembered: b.flows.has})
 	// The fast path's untracked TCP flows: on their sockets (see "Notrack").
 	m, err2 := b.redecideSockets(synced)
 	return n + m, errors.Join(err, err2)
@@ -1222,6 +1279,7 @@ func (b *Backend) Stats() intercept.Stats {
 			"duplicate_verdicts":     b.duplicate.Load(),
 			"hold_timeouts":          b.holdTimeouts.Load(),
 			"attribution_failed":     b.attributionFailed.Load(),
+			"attribution_opener":     b.attributedOpener.Load(),
 			"flows_remembered":       uint64(b.flows.len()),
 			"traffic_reports":        b.trafficReports.Load(),
 			"traffic_events_lost":    b.trafficEventsLost.Load(),

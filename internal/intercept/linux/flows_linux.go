@@ -246,11 +246,12 @@ func (t *flowTable) forgetEnded(k flowKey, id engine.RequestID) {
 	}
 }
 
-// take removes and returns the flows whose request matches.
-func (t *flowTable) take(match func(*engine.Request) bool, now time.Time) map[flowKey]struct{} {
+// take removes and returns the flows whose request matches: their conntrack
+// keys (the reversed tuple too where replyKey has one) and requests.
+func (t *flowTable) take(match func(*engine.Request) bool, now time.Time) map[flowKey]*engine.Request {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	keys := make(map[flowKey]struct{})
+	keys := make(map[flowKey]*engine.Request)
 	at := t.since(now)
 	for k, e := range t.m {
 		if at > e.expires {
@@ -258,11 +259,11 @@ func (t *flowTable) take(match func(*engine.Request) bool, now time.Time) map[fl
 			continue
 		}
 		if match(e.req) {
-			keys[k] = struct{}{}
+			keys[k] = e.req
 			if rk, ok := replyKey(e.req); ok {
 				// Conntrack holds one entry for both readings of a tuple, so the
 				// reversed one is this flow if it exists.
-				keys[rk] = struct{}{}
+				keys[rk] = e.req
 			}
 			delete(t.m, k)
 		}
@@ -304,7 +305,7 @@ func (t *flowTable) len() int {
 // those the table has forgotten if affected matches them with only their tuple known.
 // With nil keys and nil affected it matches every entry latch allowed.
 type ctFilter struct {
-	keys       map[flowKey]struct{}
+	keys       map[flowKey]*engine.Request
 	remembered func(flowKey) bool // the table still knows the flow (and found it unaffected)
 	affected   func(*engine.Request) bool
 }

@@ -37,7 +37,7 @@ func TestRedecideFilterReachesForgottenFlows(t *testing.T) {
 	if f.MatchConntrackFlow(flow(40000, 443, 0)) {
 		t.Error("a flow latch did not allow is marked")
 	}
-	taken := ctFilter{keys: map[flowKey]struct{}{remembered: {}}, affected: to443, remembered: func(flowKey) bool { return false }}
+	taken := ctFilter{keys: map[flowKey]*engine.Request{remembered: nil}, affected: to443, remembered: func(flowKey) bool { return false }}
 	if !taken.MatchConntrackFlow(flow(40001, 443, MarkAllow)) {
 		t.Error("a remembered affected flow is not re-decided")
 	}

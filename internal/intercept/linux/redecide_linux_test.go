@@ -46,7 +46,7 @@ func TestRedecideMarksEntriesConfirmedLate(t *testing.T) {
 	// The change affects flows to port 9301 and those of uid; the tuple alone
 	// (a flow the table does not know) matches only the former.
 	affected := func(r *engine.Request) bool { return r.Remote.Port() == 9301 || r.UID == uid }
-	b := &Backend{flows: newFlowTable(100, time.Hour)}
+	b := &Backend{flows: newFlowTable(100, time.Hour), redecided: newFlowTable(100, redecidedTTL)}
 	var start time.Time
 	defer func(w func()) { redecideWait = w }(redecideWait)
 	redecideWait = func() {
