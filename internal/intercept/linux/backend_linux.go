@@ -60,6 +60,9 @@ type Backend struct {
 	// for a while: the program that opened one, when its socket is gone by the
 	// time the flow's next packet is held (see openerOf).
 	redecided *flowTable
+	// redecidedUntil is when (UnixNano) the last flow put in redecided expires:
+	// until then a flow allowed anew replaces what redecided knows of its tuple.
+	redecidedUntil atomic.Int64
 	// Flows TrackFlow registered and TCP socket ends SocketEnded reported, for
 	// the accountant.
 	tracked handover[flowKey]
@@ -978,6 +981,17 @@ func (b *Backend) openerOf(req *engine.Request) {
 	req.UID = old.UID
 }
 
+// rememberFlow puts the allowed flow req in the flow table (untracked: see
+// flowEntry). A flow of the same tuple a rule change took before (redecided)
+// is forgotten there: req is the tuple's flow now, and its packets are never
+// to be credited to the earlier one's program (see openerOf).
+func (b *Backend) rememberFlow(req *engine.Request, now time.Time, untracked bool) {
+	b.flows.addFlow(req, now, untracked)
+	if now.UnixNano() < b.redecidedUntil.Load() {
+		b.redecided.forget(keyOf(req))
+	}
+}
+
 // redecidedTTL is how long Backend.redecided keeps a flow Redecide took: longer
 // than a closed TCP socket sends (FIN_WAIT and TIME_WAIT, 60 s each; an
 // orphan's retransmissions of what was left unsent).
@@ -1078,7 +1092,7 @@ func (b *Backend) apply(h *hold, v engine.Verdict) {
 		// Remembered before the verdict: once the packet is on its way a Redecide may
 		// come for it. If this verdict is not the one that counts, the flow's
 		// conntrack entry will not carry MarkAllow and Redecide passes it by.
-		b.flows.add(h.req, time.Now())
+		b.rememberFlow(h.req, time.Now(), false)
 		if h.cookie != 0 && h.req.Direction == engine.Inbound && h.proto == packet.ProtoUDP {
 			// Before the verdict: the socket pin's rule in LATCH-IN then
 			// leaves this record alone (see pinInbound).
@@ -1252,6 +1266,9 @@ func (b *Backend) redecideOnce(affected, take func(*engine.Request) bool) (int, 
 	synced := b.syncFastDecisions()
 	now := time.Now()
 	keys := b.flows.take(take, now)
+	if len(keys) > 0 {
+		b.redecidedUntil.Store(now.Add(redecidedTTL).UnixNano())
+	}
 	for _, req := range keys {
 		b.redecided.add(req, now)
 	}

@@ -246,6 +246,13 @@ func (t *flowTable) forgetEnded(k flowKey, id engine.RequestID) {
 	}
 }
 
+// forget removes the flow remembered under k, if any.
+func (t *flowTable) forget(k flowKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.m, k)
+}
+
 // take removes and returns the flows whose request matches: their conntrack
 // keys (the reversed tuple too where replyKey has one) and requests.
 func (t *flowTable) take(match func(*engine.Request) bool, now time.Time) map[flowKey]*engine.Request {

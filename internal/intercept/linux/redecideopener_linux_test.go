@@ -3,12 +3,15 @@ package linux
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // TestRedecideClosedSocketCreditedToOpener: a TCP connection this host's program
@@ -79,5 +82,34 @@ func TestRedecideClosedSocketCreditedToOpener(t *testing.T) {
 	}
 	if !strings.HasSuffix(l, opener) {
 		t.Errorf("the closed socket's ACK was held as %q; want it credited to the program that opened the flow (%q)", l, opener)
+	}
+}
+
+// TestOpenerForgottenWhenTupleAllowedAgain: once a new flow on a redecided
+// flow's tuple is allowed (another program's connection from the same port),
+// a packet of that tuple no program's socket is found for is no longer
+// credited to the earlier flow's program.
+func TestOpenerForgottenWhenTupleAllowedAgain(t *testing.T) {
+	b := &Backend{flows: newFlowTable(100, time.Hour), redecided: newFlowTable(100, redecidedTTL)}
+	local, remote := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.0.2:443")
+	x := &engine.Request{ID: 1, Direction: engine.Outbound, Protocol: engine.TCP, Local: local, Remote: remote, PID: 100, Exe: "/usr/bin/x", UID: 1000}
+	now := time.Now()
+	b.rememberFlow(x, now, false)
+	for _, req := range b.flows.take(func(*engine.Request) bool { return true }, now) {
+		b.redecided.add(req, now)
+	}
+	b.redecidedUntil.Store(now.Add(redecidedTTL).UnixNano())
+	orphan := func() *engine.Request {
+		r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Local: local, Remote: remote, UID: -1}
+		b.openerOf(r)
+		return r
+	}
+	if r := orphan(); r.PID != 100 || r.Exe != "/usr/bin/x" || r.UID != 1000 {
+		t.Fatalf("a packet of the redecided flow with no program was credited to pid %d %q uid %d; want x's", r.PID, r.Exe, r.UID)
+	}
+	m := &engine.Request{ID: 2, Direction: engine.Outbound, Protocol: engine.TCP, Local: local, Remote: remote, PID: 200, Exe: "/usr/bin/m", UID: 1001}
+	b.rememberFlow(m, now.Add(time.Second), false)
+	if r := orphan(); r.PID != 0 || r.Exe != "" {
+		t.Errorf("after m's flow on the tuple was allowed, a packet with no program was credited to pid %d %q; want nobody", r.PID, r.Exe)
 	}
 }

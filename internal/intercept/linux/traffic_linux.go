@@ -923,7 +923,7 @@ func (b *Backend) TrackFlow(req *engine.Request) {
 	// conntrack (Notrack): its socket's end is then the last word on it. Not
 	// to or from port 53, which notrack leaves tracked with the DNS log.
 	untracked := req.Protocol == engine.TCP && req.Remote.Port() != 53 && req.Local.Port() != 53 && b.notrackOn()
-	b.flows.addFlow(req, time.Now(), untracked)
+	b.rememberFlow(req, time.Now(), untracked)
 	if b.cfg.OnTraffic == nil {
 		return
 	}
