@@ -1670,7 +1670,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	rows := 0 // rows whose values are in w.rowVals
 	cols, per := w.columns(), w.per
 	flushRows := func() error {
-		vals, kinds := w.rowVals, w.rowKinds
+		// reqs and procs are taken from the front as vals and kinds are, not
+		// w.rowReqs and w.rowProcs themselves: those keep their memory for the
+		// next rows (resliced from the front, they were allocated again every
+		// statement).
+		vals, kinds, reqs, procs := w.rowVals, w.rowKinds, w.rowReqs, w.rowProcs
 		for rows > 0 {
 			n := chunk(rows)
 			kind := uint8(groupsAll)
@@ -1712,14 +1716,14 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			w.span.maxID = last
 			w.spanN += n
 			w.maxConn = max(w.maxConn, last)
-			w.inserted(w.rowReqs[:n], last)
-			w.rowReqs = w.rowReqs[n:]
-			for k, p := range w.rowProcs[:n] {
+			w.inserted(reqs[:n], last)
+			reqs = reqs[n:]
+			for k, p := range procs[:n] {
 				if p != nil {
 					p.txLast = last - int64(n) + 1 + int64(k)
 				}
 			}
-			w.rowProcs = w.rowProcs[n:]
+			procs = procs[n:]
 			vals, kinds = vals[n*per:], kinds[n:]
 			rows -= n
 		}
