@@ -122,6 +122,13 @@ type historyTuning struct {
 	// timeIndex: the rows' times are indexed (conns_time), as versions before
 	// conns_batches did.
 	timeIndex bool
+	// rowidsOfEnded: the rowids of rows whose flow's end was merged into them
+	// are in rowWriter.rowids too (a map entry each), as versions before had
+	// them, not only in its ring.
+	rowidsOfEnded bool
+	// procsByValues: the procs rows' last_conn are set with one UPDATE ... FROM
+	// (VALUES ...) per chunk however few they are, as versions before did.
+	procsByValues bool
 }
 
 // DefaultMinFree is the free-space floor of the history on a file system of total
@@ -1121,6 +1128,7 @@ func (h *History) writeBatch(batch []historyItem) {
 			h.fail(conns, err)
 			return
 		}
+		w.procsByValues = h.tuning.procsByValues
 		h.w = w
 	}
 	err := h.w.conn.Raw(func(dc any) error {
@@ -1184,17 +1192,23 @@ type rowWriter struct {
 	rowVals  []driver.Value
 	rowKinds []uint8
 	// rowReqs are the request IDs of the rows whose arguments are in args (0: not
-	// to remember, see rowids).
-	rowReqs []engine.RequestID
+	// to remember, see rowids), and whether their flows ended (rowidOf.ended);
+	// their rowids are set once inserted.
+	rowReqs []rowidOf
 	// rowProcs are the processes of those rows (nil: none, shapeInline).
 	rowProcs []*procRow
 	// rowids finds recently written rows of allowed flows by request ID: an UPDATE by rowid is cheaper than one by
 	// request ID. ring holds them in the order written, to forget the oldest;
-	// staged, those of the open transaction.
+	// staged, those of the open transaction. The rows whose flows had ended
+	// when written are in ring only (ended: endedN of them), found by a look
+	// through it (endedRowids): no report is expected for them, and a map
+	// entry per short connection cost the writer a tenth of its CPU under a
+	// flood of them.
 	rowids   map[engine.RequestID]int64
 	ring     []rowidOf
 	ringNext int
 	staged   []rowidOf
+	endedN   int
 	last     [inlineCols]driver.Value // each column's last value (boxText)
 	// procs are the processes written (see proc); nextProc is the id the next
 	// new one takes, tx the number of the open transaction.
@@ -1212,6 +1226,8 @@ type rowWriter struct {
 	tx          uint64
 	// txProcs are the processes the open transaction's rows name.
 	txProcs []*procRow
+	// procsByValues is historyTuning.procsByValues.
+	procsByValues bool
 	// maxConn is the largest connection id written; cutoff, the largest one
 	// the bound deleted (prune): a procs row whose last_conn is at most cutoff
 	// is gone.
@@ -1236,8 +1252,9 @@ type itemsScratch struct {
 	pending map[engine.RequestID]int
 	applied []bool
 	updates []bytesUpdate
-	// byReq and byRow are updateBytes'.
+	// byReq and byRow are updateBytes', wanted endedRowids'.
 	byReq, byRow []bytesUpdate
+	wanted       map[engine.RequestID]int
 }
 
 // reset empties s for a batch of n items.
@@ -1378,6 +1395,20 @@ func (w *rowWriter) writeProcs() error {
 	}
 	for len(old) > 0 {
 		n := chunk(len(old))
+		if n < procsValuesMin && !w.procsByValues {
+			// A few rows: one plain UPDATE each. An UPDATE ... FROM (VALUES
+			// ...) fills a temporary table first (a temporary database opened
+			// and its pages allocated), which costs the writer some 100 µs per
+			// statement, more than the 1-15 rows a batch's few processes take
+			// one by one.
+			w.int(old[0].txLast)
+			w.int(old[0].id)
+			if _, err := w.runArgs(`UPDATE procs SET last_conn = ? WHERE id = ?`); err != nil {
+				return err
+			}
+			old = old[1:]
+			continue
+		}
 		for _, p := range old[:n] {
 			w.int(p.id)
 			w.int(p.txLast)
@@ -1389,6 +1420,10 @@ func (w *rowWriter) writeProcs() error {
 	}
 	return nil
 }
+
+// procsValuesMin is the fewest procs rows writeProcs updates with one UPDATE
+// ... FROM (VALUES ...) (see there).
+const procsValuesMin = 16
 
 // chunk is how many of n rows the next statement takes: the largest of
 // insertSizes that n reaches.
@@ -1635,7 +1670,11 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	rows := 0 // rows whose values are in w.rowVals
 	cols, per := w.columns(), w.per
 	flushRows := func() error {
-		vals, kinds := w.rowVals, w.rowKinds
+		// reqs and procs are taken from the front as vals and kinds are, not
+		// w.rowReqs and w.rowProcs themselves: those keep their memory for the
+		// next rows (resliced from the front, they were allocated again every
+		// statement).
+		vals, kinds, reqs, procs := w.rowVals, w.rowKinds, w.rowReqs, w.rowProcs
 		for rows > 0 {
 			n := chunk(rows)
 			kind := uint8(groupsAll)
@@ -1677,14 +1716,14 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 			w.span.maxID = last
 			w.spanN += n
 			w.maxConn = max(w.maxConn, last)
-			w.inserted(w.rowReqs[:n], last)
-			w.rowReqs = w.rowReqs[n:]
-			for k, p := range w.rowProcs[:n] {
+			w.inserted(reqs[:n], last)
+			reqs = reqs[n:]
+			for k, p := range procs[:n] {
 				if p != nil {
 					p.txLast = last - int64(n) + 1 + int64(k)
 				}
 			}
-			w.rowProcs = w.rowProcs[n:]
+			procs = procs[n:]
 			vals, kinds = vals[n*per:], kinds[n:]
 			rows -= n
 		}
@@ -1732,7 +1771,7 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 		if c.Verdict.Action != engine.Allow || !h.reports {
 			id = 0
 		}
-		w.rowReqs = append(w.rowReqs, id)
+		w.rowReqs = append(w.rowReqs, rowidOf{req: id, ended: it.ended && !h.tuning.rowidsOfEnded})
 		w.rowProcs = append(w.rowProcs, proc)
 		rows++
 		if rows == insertSizes[0] {
@@ -1823,6 +1862,7 @@ func (h *History) updateBytes(w *rowWriter, us []bytesUpdate) error {
 		u.id = engine.RequestID(rowid)
 		byRow = append(byRow, u)
 	}
+	byReq, byRow = w.endedRowids(byReq, byRow)
 	for _, byRowid := range []bool{true, false} {
 		us := byReq
 		if byRowid {
@@ -1895,17 +1935,63 @@ const rowidsMax = 32768
 type rowidOf struct {
 	req   engine.RequestID
 	rowid int64
+	// ended: the flow had ended when the row was written; its rowid is not in
+	// rowWriter.rowids (see there).
+	ended bool
 }
 
 // inserted notes the rows an INSERT wrote, the last with rowid last (a statement's
 // rows take consecutive rowids), by request ID (0: not to remember).
-func (w *rowWriter) inserted(reqs []engine.RequestID, last int64) {
+func (w *rowWriter) inserted(reqs []rowidOf, last int64) {
 	first := last - int64(len(reqs)) + 1
-	for k, id := range reqs {
-		if id != 0 {
-			w.staged = append(w.staged, rowidOf{id, first + int64(k)})
+	for k, r := range reqs {
+		if r.req != 0 {
+			r.rowid = first + int64(k)
+			w.staged = append(w.staged, r)
 		}
 	}
+}
+
+// endedRowids finds the rows of the reports by request ID (byReq) among the
+// remembered rows whose flows had ended when written (ring), with one look
+// through it, and moves those found to the reports by rowid (byRow). A report
+// that ends its flow again makes its row's rowid forgotten, as rowids does.
+func (w *rowWriter) endedRowids(byReq, byRow []bytesUpdate) (_, _ []bytesUpdate) {
+	if w.endedN == 0 || len(byReq) == 0 {
+		return byReq, byRow
+	}
+	want := w.scratch.wanted
+	if want == nil {
+		want = map[engine.RequestID]int{}
+		w.scratch.wanted = want
+	}
+	clear(want)
+	for i, u := range byReq {
+		want[u.id] = i
+	}
+	found := 0
+	for k := range w.ring {
+		r := &w.ring[k]
+		if !r.ended || r.req == 0 {
+			continue
+		}
+		i, ok := want[r.req]
+		if !ok {
+			continue
+		}
+		u := &byReq[i]
+		if u.ended {
+			r.req = 0 // no more reports
+		}
+		byRow = append(byRow, bytesUpdate{id: engine.RequestID(r.rowid), in: u.in, out: u.out, ended: u.ended})
+		u.id = 0 // found: not by request ID
+		found++
+		delete(want, r.req)
+	}
+	if found > 0 {
+		byReq = slices.DeleteFunc(byReq, func(u bytesUpdate) bool { return u.id == 0 })
+	}
+	return byReq, byRow
 }
 
 // begin starts the writer's account of a transaction.
@@ -1928,14 +2014,20 @@ func (w *rowWriter) committed() {
 		if len(w.ring) < rowidsMax {
 			w.ring = append(w.ring, r)
 		} else {
-			old := w.ring[w.ringNext]
-			if w.rowids[old.req] == old.rowid {
+			old := &w.ring[w.ringNext]
+			if old.ended {
+				w.endedN--
+			} else if w.rowids[old.req] == old.rowid {
 				delete(w.rowids, old.req)
 			}
-			w.ring[w.ringNext] = r
+			*old = r
 			w.ringNext = (w.ringNext + 1) % rowidsMax
 		}
-		w.rowids[r.req] = r.rowid
+		if r.ended {
+			w.endedN++
+		} else {
+			w.rowids[r.req] = r.rowid
+		}
 	}
 	w.staged = w.staged[:0]
 }

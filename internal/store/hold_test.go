@@ -258,3 +258,53 @@ func TestReportAfterAFailedBatch(t *testing.T) {
 			got[0].BytesIn, got[1].BytesIn, 100+a.Request.PID)
 	}
 }
+
+// TestReportsAfterTheEnd: reports about a row whose flow's end was in its INSERT
+// (the writer keeps its rowid in its ring, not its map) set its totals as
+// reports about other written rows do, until one ends the flow again: a report
+// after that changes nothing, as for a row found in the map.
+func TestReportsAfterTheEnd(t *testing.T) {
+	h, err := openHistory(filepath.Join(t.TempDir(), HistoryFileName), HistoryOptions{MaxRows: 1000}, historyQueueLen, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	c, other := fastPathConn(1), fastPathConn(2)
+	for _, c := range []Conn{c, other} {
+		if err := h.Record(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitTaken(t, h)
+	report := func(r engine.Request, in uint64, ended bool) {
+		t.Helper()
+		if err := h.RecordTraffic(Traffic{Request: r, BytesIn: in, BytesOut: 1, DeltaIn: 1, Ended: ended}); err != nil {
+			t.Fatal(err)
+		}
+		h.Flush()
+	}
+	report(c.Request, 100, true) // merged into the held row
+	if h.w.endedN != 1 {
+		t.Fatalf("%d rows of ended flows in the writer's ring; want 1", h.w.endedN)
+	}
+	check := func(want uint64) {
+		t.Helper()
+		got, err := h.Get(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.BytesIn != want {
+			t.Fatalf("row 1: %d bytes in; want %d", got.BytesIn, want)
+		}
+		if o, _ := h.Get(2); o.BytesIn != 0 {
+			t.Fatalf("row 2 (another flow): %d bytes in; want 0", o.BytesIn)
+		}
+	}
+	check(100)
+	report(c.Request, 200, false)
+	check(200)
+	report(c.Request, 300, true)
+	check(300)
+	report(c.Request, 400, false) // after the flow ended again: forgotten
+	check(300)
+}

@@ -81,3 +81,86 @@ func threadCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkHistoryWriteBatchDaemon measures the writer's transaction alone (as
+// BenchmarkHistoryWriteBatch) for the batches the daemon writes under test/bench:
+// daemonBatch rows of clientConn (one process, one server) whose ends were merged
+// before they were written, byte accounting on, into a history at its bound. It
+// writes them as before this change ("before": the rowids of ended rows in the
+// writer's map, the procs rows' last_conn set with UPDATE ... FROM VALUES) and as
+// now, into two histories, in interleaved rounds, and prints each round's CPU
+// time of the writing thread per row, their ratio (now/before), and the medians.
+// b.N is ignored.
+func BenchmarkHistoryWriteBatchDaemon(b *testing.B) {
+	variants := []struct {
+		name   string
+		tuning historyTuning
+	}{
+		{"before", historyTuning{rowidsOfEnded: true, procsByValues: true}},
+		{"now", historyTuning{}},
+	}
+	const rounds, batches, bound = 9, 100, 20_000
+	hs := make([]*History, len(variants))
+	next := make([]int, len(variants))
+	batch := make([]historyItem, daemonBatch)
+	t0 := time.Unix(1_900_000_000, 0)
+	fill := func(v int) {
+		for k := range batch {
+			i := next[v]
+			c := clientConn(i)
+			c.Request.ID = engine.RequestID(1<<40 + i)
+			c.Time = t0.Add(time.Duration(i) * time.Microsecond)
+			// No bytes: test/bench's client connects and closes.
+			batch[k] = historyItem{conn: c, ended: true}
+			next[v]++
+		}
+	}
+	for v := range variants {
+		h, err := openHistory(filepath.Join(b.TempDir(), HistoryFileName), HistoryOptions{MaxRows: bound, tuning: variants[v].tuning}, historyQueueLen, historyHold)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer h.Close()
+		h.reports = true // byte accounting is on
+		hs[v] = h
+		// The bound is reached before the measure starts.
+		for range bound/daemonBatch + 2 {
+			fill(v)
+			h.writeBatch(batch)
+		}
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cost := make([][]float64, len(variants))
+	var ratios []float64
+	for r := range rounds {
+		got := make([]float64, len(variants))
+		for k := range variants {
+			v := (r + k) % len(variants)
+			var cpu time.Duration
+			for range batches {
+				fill(v)
+				c0 := threadCPU(b)
+				hs[v].writeBatch(batch)
+				cpu += threadCPU(b) - c0
+			}
+			got[v] = float64(cpu.Nanoseconds()) / float64(batches*daemonBatch)
+			cost[v] = append(cost[v], got[v])
+		}
+		ratios = append(ratios, got[1]/got[0])
+		b.Logf("round %d: before %.0f ns/row, now %.0f ns/row, now/before %.3f", r+1, got[0], got[1], got[1]/got[0])
+	}
+	for v, h := range hs {
+		if st := h.Stats(); st.Failed != 0 {
+			b.Fatalf("%s: %+v: %s", variants[v].name, st, h.LastError())
+		}
+	}
+	b.Logf("median: before %.0f ns/row, now %.0f ns/row, now/before %.3f", median(cost[0]), median(cost[1]), median(ratios))
+	b.ReportMetric(median(cost[0]), "before-cpu-ns/row")
+	b.ReportMetric(median(cost[1]), "now-cpu-ns/row")
+	b.ReportMetric(median(ratios), "now/before")
+}
+
+// daemonBatch is about how many rows a batch of the daemon's writer holds under
+// test/bench (some 15,000 connections a second, a batch per historyFlushGap).
+const daemonBatch = 750

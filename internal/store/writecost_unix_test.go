@@ -4,6 +4,7 @@ package store
 
 import (
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -75,6 +76,12 @@ func rowCost(b *testing.B, kind string, full bool, n int, tuning historyTuning, 
 
 // rowCostIn is rowCost with the history at path (which may exist).
 func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning historyTuning, start func()) (cpuPerRow, updatesPerRow float64) {
+	return rowCostPaced(b, path, kind, full, n, tuning, 0, start)
+}
+
+// rowCostPaced is rowCostIn recording rate connections per second (0: as fast
+// as it can), in bursts of a millisecond's.
+func rowCostPaced(b *testing.B, path, kind string, full bool, n int, tuning historyTuning, rate int, start func()) (cpuPerRow, updatesPerRow float64) {
 	const bound = 20_000
 	h, err := openHistory(path, HistoryOptions{MaxRows: bound, tuning: tuning}, historyQueueLen, historyHold)
 	if err != nil {
@@ -87,6 +94,8 @@ func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning history
 		conn = testConn
 	case "attrs":
 		conn = attrsConn
+	case "client":
+		conn = clientConn
 	}
 	if full {
 		for i := range bound {
@@ -105,7 +114,11 @@ func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning history
 	runtime.GC()
 	cpu0 := processCPU(b)
 	start()
+	began := time.Now()
 	for i := 0; i < n; i++ {
+		if rate > 0 && i%max(rate/1000, 1) == 0 {
+			time.Sleep(time.Until(began.Add(time.Duration(i) * time.Second / time.Duration(rate))))
+		}
 		// Request IDs and times grow, as the daemon's do.
 		c := &rows[i%len(rows)]
 		c.Request.ID = engine.RequestID(1<<40 + i)
@@ -117,7 +130,7 @@ func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning history
 		if kind == "ended-late" {
 			lag = lateLag
 		}
-		if strings.HasPrefix(kind, "ended") && i >= lag {
+		if (strings.HasPrefix(kind, "ended") || kind == "client") && i >= lag {
 			r := rows[(i-lag)%len(rows)].Request
 			r.ID = engine.RequestID(1<<40 + i - lag)
 			t := Traffic{Request: r, BytesIn: 900, BytesOut: 120, DeltaIn: 900, DeltaOut: 120, Ended: true}
@@ -260,4 +273,56 @@ func BenchmarkHistoryRowCostProcs(b *testing.B) {
 			b.Log(line)
 		})
 	}
+}
+
+// clientConn is the i-th connection of the "client" rows: what the daemon
+// records for test/bench's client, one process making every connection to one
+// server from a new local port, decided by the fast path.
+func clientConn(i int) Conn {
+	c := fastPathConn(i)
+	r := &c.Request
+	r.PID, r.Exe, r.Remote = 4242, "/usr/local/bin/bench-client", netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, 2}), 9000)
+	return c
+}
+
+// daemonRate is the connections per second BenchmarkHistoryRowCostDaemon
+// records: about what test/bench's client makes with the fast path.
+const daemonRate = 15_000
+
+// BenchmarkHistoryRowCostDaemon measures the CPU per connection of the rows the
+// daemon records under test/bench (clientConn: one process, one server, each
+// flow's end reported reportLag connections later and merged into its row),
+// recorded at daemonRate connections per second as the daemon does, so that
+// the writer writes the batches of historyFlushGap it writes there (some 750
+// rows), not full ones, into a history at its bound. It runs the writer as
+// before this change ("before": the rowids of ended rows remembered, the procs
+// rows' last_conn set with UPDATE ... FROM VALUES) and as now, in interleaved
+// rounds, and prints each round's numbers, their ratio (now/before) and the
+// medians. b.N is ignored.
+func BenchmarkHistoryRowCostDaemon(b *testing.B) {
+	variants := []struct {
+		name   string
+		tuning historyTuning
+	}{
+		{"before", historyTuning{rowidsOfEnded: true, procsByValues: true}},
+		{"now", historyTuning{}},
+	}
+	const rounds, rows = 5, 30_000
+	cost := make([][]float64, len(variants))
+	var ratios []float64
+	for r := range rounds {
+		got := make([]float64, len(variants))
+		for k := range variants {
+			v := (r + k) % len(variants)
+			path := filepath.Join(b.TempDir(), HistoryFileName)
+			got[v], _ = rowCostPaced(b, path, "client", true, rows, variants[v].tuning, daemonRate, func() {})
+			cost[v] = append(cost[v], got[v])
+		}
+		ratios = append(ratios, got[1]/got[0])
+		b.Logf("round %d: before %.2f µs/row, now %.2f µs/row, now/before %.3f", r+1, got[0], got[1], got[1]/got[0])
+	}
+	b.Logf("median: before %.2f µs/row, now %.2f µs/row, now/before %.3f", median(cost[0]), median(cost[1]), median(ratios))
+	b.ReportMetric(median(cost[0]), "before-cpu-µs/row")
+	b.ReportMetric(median(cost[1]), "now-cpu-µs/row")
+	b.ReportMetric(median(ratios), "now/before")
 }
