@@ -37,31 +37,48 @@ func TestForwardRawSegmentNotCreditedToOpener(t *testing.T) {
 	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
 		t.Skip("known hole (review22): a forwarded raw segment on a redecided flow's tuple is credited to that flow's program; LATCH_TEST_KNOWN_HOLES=1 runs it")
 	}
-	const port, localPort = 9236, 41236
+	for i, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) { testForwardRawSegment(t, v6, uint16(9236+i), uint16(41236+i)) })
+	}
+}
+
+func testForwardRawSegment(t *testing.T, v6 bool, port, localPort uint16) {
 	fw := FirewallIptablesNft
 	needFirewall(t, fw)
 	tp := newTopo(t)
 	c := addContainer(t, tp)
+	src, dst := netip.MustParseAddr(addrC), netip.MustParseAddr(addrB)
+	network, fam := "tcp4", unix.AF_INET
+	if v6 {
+		src, dst = netip.MustParseAddr(addr6C), netip.MustParseAddr(addr6B)
+		network, fam = "tcp6", unix.AF_INET6
+	}
+	server := netip.AddrPortFrom(dst, port)
 	var ln net.Listener
 	if err := inNS(tp.b, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", net.JoinHostPort(addrB, strconv.Itoa(port)))
+		ln, err = net.Listen(network, server.String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	seen := openRaw(t, tp.b, false, unix.IPPROTO_TCP, "").capture()
-	raw := openRaw(t, c, false, unix.IPPROTO_TCP, addrC)
-	time.Sleep(300 * time.Millisecond) // routes settle
+	seen := openRaw(t, tp.b, v6, unix.IPPROTO_TCP, "").capture()
+	raw := openRaw(t, c, v6, unix.IPPROTO_TCP, src.String())
+	if v6 {
+		if err := unix.SetsockoptInt(raw.fd, unix.IPPROTO_IPV6, unix.IPV6_CHECKSUM, 16); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // IPv6 routes and neighbours settle
 	d := startDaemonOn(t, tp, fw, "*=allow", "LATCH_TEST_FORWARD=1", "LATCH_TEST_ATTRIBUTE=procfs",
-		"LATCH_TEST_DENY_UID=-1", "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+		"LATCH_TEST_DENY_UID=-1", "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(int(port)))
 	defer d.stop()
-	local := netip.AddrPortFrom(netip.MustParseAddr(addrC), localPort)
+	local := netip.AddrPortFrom(src, localPort)
 	var conn *net.TCPConn
 	if err := inNS(c, func() error {
 		dl := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(local)}
-		cn, err := dl.Dial("tcp4", net.JoinHostPort(addrB, strconv.Itoa(port)))
+		cn, err := dl.Dial(network, server.String())
 		if err == nil {
 			conn = cn.(*net.TCPConn)
 		}
@@ -69,7 +86,7 @@ func TestForwardRawSegmentNotCreditedToOpener(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the container program's connection to B: %v", err)
 	}
-	held := fmt.Sprintf("held out tcp %s %s:%d ", local, addrB, port)
+	held := fmt.Sprintf("held out tcp %s %s ", local, server)
 	l, ok := d.waitLine(held, 3*time.Second)
 	if !ok {
 		t.Fatal("the forwarded SYN was not held")
@@ -96,14 +113,13 @@ func TestForwardRawSegmentNotCreditedToOpener(t *testing.T) {
 	}
 	// The closed flow's conntrack entry expires (10 s in CLOSE): deleted here.
 	if err := inNS(tp.a, func() error {
-		_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, srcPortFilter(localPort))
+		_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(fam), srcPortFilter(localPort))
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	src, dst := netip.MustParseAddr(addrC), netip.MustParseAddr(addrB)
 	const ack, psh = 0x10, 0x08
-	raw.send(t, addrB, tcpSegment(src, dst, localPort, port, ack|psh, "latch-raw-spoof"), 0)
+	raw.send(t, dst.String(), tcpSegment(src, dst, localPort, port, ack|psh, "latch-raw-spoof"), 0)
 	l, ok = d.waitLine(held, 3*time.Second)
 	if !ok {
 		t.Fatal("the raw segment (mid-stream, NEW) was not held")
