@@ -16,10 +16,12 @@ func Affected(old, new []Rule) func(*Request) bool { return affected(old, new, f
 // a backend that re-decides only allowed flows asks about: an allow rule that
 // comes (added, or a rule's new version) and a deny, reject or drop rule that
 // goes (removed, or a rule's old version) cannot change an allow, so they affect
-// nothing; but an allow rule that comes naming no program (no app, no identity
-// field) does: winning over an app-less rule with an identity field, it leaves
-// the request to a blocklist that rule overrode (handsToList). The new allow either wins, and allows, or loses to the rule that
-// allowed before; the rule that goes was not the one that allowed. So answering a
+// nothing. The new allow either wins, and allows, or loses to the rule that
+// allowed before; the rule that goes was not the one that allowed. One
+// exception: an allow rule naming no program (no app, no identity field) that
+// wins over an app-less allow rule naming an identity field leaves the request
+// to a blocklist that rule overrode (handsToList), so such a rule counts while
+// such an identity rule was in force. So answering a
 // question with a rule ("allow, forever") decides no flow again: before, the
 // connection just answered was decided again and, if its program had closed it
 // meanwhile, its last packets (no socket left to attribute them to) became a
@@ -81,6 +83,7 @@ func affected(old, new []Rule, allowedOnly bool) func(*Request) bool {
 	}
 }
 
+// compileRules compiles each of rs.
 func compileRules(rs []Rule) []*compiledRule {
 	out := make([]*compiledRule, len(rs))
 	for i, r := range rs {
