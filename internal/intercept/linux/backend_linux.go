@@ -867,7 +867,7 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		// the peer opened, not from the program's outbound rules.
 		req.Direction = engine.Inbound
 	}
-	if req.PID == 0 && pp.Protocol == packet.ProtoTCP && pp.TCPFlags&tcpFlagSYN == 0 {
+	if req.PID == 0 && !p.HasUID && pp.Protocol == packet.ProtoTCP && pp.TCPFlags&tcpFlagSYN == 0 {
 		b.openerOf(req)
 	}
 	if b.cfg.Hostnames != nil {
@@ -957,8 +957,16 @@ const tcpFlagSYN = 0x02
 // (answering a question "allow, forever" did that to the very connection
 // answered, if it closed quickly), or a rule about "any program" deciding it.
 // A SYN is never credited: it opens a new flow, and its socket, in SYN_SENT,
-// is always found. The packet's uid is the opener's too: what the queue tells
-// of one a TIME_WAIT socket answers is the kernel's socket's, root's.
+// is always found; nor a packet the queue gives a uid, which comes from a
+// socket that still has a file (an orphan, a TIME_WAIT socket and the
+// kernel's own have none). And the packet must be of the very conntrack
+// entry the rule change marked (zone 0, mark MarkRedecide), which one GET
+// tells: a segment written without a handshake on the tuple (a raw socket,
+// which a container's root may have) is picked up by conntrack as a new
+// entry, not confirmed yet while it is held, and was credited to the earlier
+// flow's program and decided by its rules (review22). A flow behind NAT (its
+// original tuple is not the one decided) is not found that way and is not
+// credited. The packet's uid is the opener's.
 func (b *Backend) openerOf(req *engine.Request) {
 	t := b.redecided
 	t.mu.Lock()
@@ -970,6 +978,10 @@ func (b *Backend) openerOf(req *engine.Request) {
 	}
 	old := e.req
 	if old.Direction != req.Direction || old.Protocol != req.Protocol || old.PID == 0 {
+		return
+	}
+	k := keyOf(req)
+	if ci, err := getConntrack(k.ctTuple()); err != nil || ci.key != k || ci.mark&MarkMask != MarkRedecide {
 		return
 	}
 	b.attributedOpener.Add(1)

@@ -91,6 +91,16 @@ func (k flowKey) String() string {
 	return protoName(k.proto) + " " + k.src().String() + " -> " + k.dst().String()
 }
 
+// ctTuple is k as the original tuple of a conntrack request, with its family.
+func (k flowKey) ctTuple() (netlink.InetFamily, netlink.IPTuple) {
+	src, dst := k.src(), k.dst()
+	fam := netlink.InetFamily(unix.AF_INET)
+	if src.Addr().Is6() {
+		fam = unix.AF_INET6
+	}
+	return fam, netlink.IPTuple{Protocol: k.proto, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice(), SrcPort: src.Port(), DstPort: dst.Port()}
+}
+
 // reversed is k seen from its other end.
 func (k flowKey) reversed() flowKey {
 	return flowKey{srcIP: k.dstIP, dstIP: k.srcIP, sport: k.dport, dport: k.sport, proto: k.proto, fam: k.fam>>4 | k.fam<<4}

@@ -87,8 +87,8 @@ func TestRedecideClosedSocketCreditedToOpener(t *testing.T) {
 
 // TestOpenerForgottenWhenTupleAllowedAgain: once a new flow on a redecided
 // flow's tuple is allowed (another program's connection from the same port),
-// a packet of that tuple no program's socket is found for is no longer
-// credited to the earlier flow's program.
+// what Backend.redecided knew of the tuple is gone: a later packet of the tuple
+// with no program is not credited to the earlier flow's program.
 func TestOpenerForgottenWhenTupleAllowedAgain(t *testing.T) {
 	b := &Backend{flows: newFlowTable(100, time.Hour), redecided: newFlowTable(100, redecidedTTL)}
 	local, remote := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.0.2:443")
@@ -99,17 +99,16 @@ func TestOpenerForgottenWhenTupleAllowedAgain(t *testing.T) {
 		b.redecided.add(req, now)
 	}
 	b.redecidedUntil.Store(now.Add(redecidedTTL).UnixNano())
-	orphan := func() *engine.Request {
-		r := &engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, Local: local, Remote: remote, UID: -1}
-		b.openerOf(r)
-		return r
+	known := func() *engine.Request {
+		req, _ := b.redecided.getEnd(keyOf(x))
+		return req
 	}
-	if r := orphan(); r.PID != 100 || r.Exe != "/usr/bin/x" || r.UID != 1000 {
-		t.Fatalf("a packet of the redecided flow with no program was credited to pid %d %q uid %d; want x's", r.PID, r.Exe, r.UID)
+	if known() != x {
+		t.Fatal("the redecided flow is not remembered")
 	}
 	m := &engine.Request{ID: 2, Direction: engine.Outbound, Protocol: engine.TCP, Local: local, Remote: remote, PID: 200, Exe: "/usr/bin/m", UID: 1001}
 	b.rememberFlow(m, now.Add(time.Second), false)
-	if r := orphan(); r.PID != 0 || r.Exe != "" {
-		t.Errorf("after m's flow on the tuple was allowed, a packet with no program was credited to pid %d %q; want nobody", r.PID, r.Exe)
+	if r := known(); r != nil {
+		t.Errorf("after m's flow on the tuple was allowed, the redecided flow of %q is still remembered", r.Exe)
 	}
 }

@@ -21,7 +21,8 @@ func (f srcPortFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	return flow.Forward.SrcPort == uint16(f)
 }
 
-// TestForwardRawSegmentNotCreditedToOpener (review22, 71eb12b): a container
+// TestForwardRawSegmentNotCreditedToOpener (review22, 71eb12b; fixed: openerOf
+// credits only a packet of the conntrack entry the rule change marked): a container
 // program's forwarded TCP flow to B is allowed, then ends (its socket gone), and
 // a rule change takes it from the flow table (Backend.redecided keeps its
 // request for 3 min). A raw socket in the container (CAP_NET_RAW, Docker's
@@ -34,9 +35,6 @@ func (f srcPortFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 // that program used within 3 minutes. The policy here denies what no program
 // sent (uid -1) and allows the program (uid 0).
 func TestForwardRawSegmentNotCreditedToOpener(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review22): a forwarded raw segment on a redecided flow's tuple is credited to that flow's program; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	for i, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) { testForwardRawSegment(t, v6, uint16(9236+i), uint16(41236+i)) })
 	}
