@@ -355,7 +355,17 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// otherwise turn it into a forged flow.
 			fmt.Fprintf(&b, "-A %s -o lo -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackForged, MarkMask)
 		}
-		if spec.exemptLoopback {
+		if spec.exemptLoopback && out {
+			// What leaves by lo to an address of this host. -o is the
+			// interface of the route before the nat table's DNAT, which may
+			// send the packet elsewhere (a port forward, a NodePort, a
+			// container's published port reached by a local address):
+			// then it is held like any packet out (review23, it passed
+			// undecided). The address type only for DNAT'd packets (a
+			// route lookup): a REDIRECT to a local port stays exempt.
+			fmt.Fprintf(&b, "-A %s -o lo -m conntrack ! --ctstate DNAT -j RETURN\n", name)
+			fmt.Fprintf(&b, "-A %s -o lo -m addrtype --dst-type LOCAL -j RETURN\n", name)
+		} else if spec.exemptLoopback {
 			fmt.Fprintf(&b, "-A %s %s lo -j RETURN\n", name, lo)
 		}
 		if spec.exemptLoopback && hook != "FORWARD" {
@@ -1302,7 +1312,12 @@ func (spec ruleSpec) nftRules() string {
 			// iptablesRules).
 			r(`%s "lo" ct state new ct mark & %#x == 0 fib saddr type != local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackForged)
 		}
-		if spec.exemptLoopback {
+		if spec.exemptLoopback && out {
+			// To an address of this host only, as after DNAT (see
+			// iptablesRules).
+			r(`%s "lo" ct status & dnat == 0 accept`, lo)
+			r(`%s "lo" fib daddr type local accept`, lo)
+		} else if spec.exemptLoopback {
 			r(`%s "lo" accept`, lo)
 		}
 		if spec.exemptLoopback && !fwd {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strconv"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -426,9 +427,19 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 	forged := fmt.Sprintf("%#x/%#x", MarkLoopbackForged, MarkMask)
 	nftDrop := fmt.Sprintf("ct mark & %#x == %#x drop", MarkMask, MarkLoopbackForged)
 	nftSet := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackForged)
-	type chainWant struct{ prefix, set, loReturn, drop string }
+	// loReturn: the loopback return's rules, in a row (out: what leaves by
+	// lo to a local address, also after DNAT, review23).
+	type chainWant struct {
+		prefix, set string
+		loReturn    []string
+		drop        string
+	}
 	ipt := func(chain, lo, set string) chainWant {
-		c := chainWant{"-A " + chain + " ", "", "-A " + chain + " " + lo + " lo -j RETURN", "-A " + chain + " -m connmark --mark " + forged + " -j DROP"}
+		ret := []string{"-A " + chain + " " + lo + " lo -j RETURN"}
+		if lo == "-o" {
+			ret = []string{"-A " + chain + " -o lo -m conntrack ! --ctstate DNAT -j RETURN", "-A " + chain + " -o lo -m addrtype --dst-type LOCAL -j RETURN"}
+		}
+		c := chainWant{"-A " + chain + " ", "", ret, "-A " + chain + " -m connmark --mark " + forged + " -j DROP"}
 		if set != "" {
 			c.set = "-A " + chain + " -o lo -m conntrack --ctstate NEW -m connmark --mark 0x0/0x70000000 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark " + forged
 		}
@@ -436,7 +447,11 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 	}
 	nft := func(chain, lo string, set bool) chainWant {
 		p := "add rule inet " + nftTable + " " + chain + " "
-		c := chainWant{p, "", p + lo + ` "lo" accept`, p + nftDrop}
+		ret := []string{p + lo + ` "lo" accept`}
+		if lo == "oifname" {
+			ret = []string{p + `oifname "lo" ct status & dnat == 0 accept`, p + `oifname "lo" fib daddr type local accept`}
+		}
+		c := chainWant{p, "", ret, p + nftDrop}
 		if set {
 			c.set = p + `oifname "lo" ct state new ct mark & 0x70000000 == 0 fib saddr type != local ` + nftSet
 		}
@@ -485,17 +500,18 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 					}
 				}
 				at := -1
-				for j, l := range out {
-					if l == c.loReturn {
+				for j := range out {
+					if j+len(c.loReturn) <= len(out) && slices.Equal(out[j:j+len(c.loReturn)], c.loReturn) {
 						at = j
 					}
 				}
+				end := at + len(c.loReturn) - 1
 				switch {
 				case at < 0:
 					t.Errorf("%s: no loopback return %q:\n%s", where, c.loReturn, strings.Join(out, "\n"))
 				case c.set != "" && (at == 0 || out[at-1] != c.set):
 					t.Errorf("%s: the rule before the loopback return is not %q:\n%s", where, c.set, strings.Join(out, "\n"))
-				case at+1 >= len(out) || out[at+1] != c.drop:
+				case end+1 >= len(out) || out[end+1] != c.drop:
 					t.Errorf("%s: the rule after the loopback return is not %q:\n%s", where, c.drop, strings.Join(out, "\n"))
 				}
 				// Before it only DNS copies (NFLOG, nft log), which never hold
