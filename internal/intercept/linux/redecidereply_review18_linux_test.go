@@ -360,37 +360,16 @@ func forgedLoopbackExchange(t *testing.T, tp *topo, port int) {
 	local := netip.AddrPortFrom(netip.MustParseAddr(addr6A), uint16(port))
 	remote := netip.AddrPortFrom(netip.MustParseAddr(addr6B), uint16(port+1))
 	peer := listenUDPIn(t, tp.b, remote)
-	var s, f *net.UDPConn
+	var s *net.UDPConn
 	if err := inNS(tp.a, func() error {
 		var err error
-		if s, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(local)); err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
-		if err != nil {
-			return err
-		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("IPV6_FREEBIND: %w", err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: remote.Addr().As16(), Port: int(remote.Port())}); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("bind %v: %w", remote, err)
-		}
-		file := os.NewFile(uintptr(fd), "freebind")
-		defer file.Close()
-		c, err := net.FilePacketConn(file)
-		if err != nil {
-			return err
-		}
-		f = c.(*net.UDPConn)
-		return nil
+		s, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(local))
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	defer f.Close()
+	f := freebindConn(t, tp.a, remote)
 	f.WriteToUDPAddrPort([]byte("latch-forged"), local)
 	s.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
 	buf := make([]byte, 64)
