@@ -968,9 +968,9 @@ const tcpFlagSYN = 0x02
 // original tuple is not the one decided) is not found that way and is not
 // credited. The packet's uid is the opener's.
 func (b *Backend) openerOf(req *engine.Request) {
-	t := b.redecided
+	k, t := keyOf(req), b.redecided
 	t.mu.Lock()
-	e, ok := t.lookup(keyOf(req))
+	e, ok := t.lookup(k)
 	ok = ok && t.since(time.Now()) <= e.expires
 	t.mu.Unlock()
 	if !ok {
@@ -980,7 +980,6 @@ func (b *Backend) openerOf(req *engine.Request) {
 	if old.Direction != req.Direction || old.Protocol != req.Protocol || old.PID == 0 {
 		return
 	}
-	k := keyOf(req)
 	if ci, err := getConntrack(k.ctTuple()); err != nil || ci.key != k || ci.mark&MarkMask != MarkRedecide {
 		return
 	}
