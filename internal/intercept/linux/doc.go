@@ -258,7 +258,13 @@
 // segment or bare ACK, a UDP datagram; the peer for an inbound one, with
 // Config.Inbound; this host for a UDP flow the peer opened that was decided as
 // outbound, see above) is then held and decided again; an allow saves MarkAllow
-// again.
+// again. A held TCP packet of such a flow that no program's socket sent (the
+// program closed it: FIN_WAIT, TIME_WAIT) is decided as the flow of the program
+// it was allowed for, for 3 minutes after the change, if a conntrack GET finds
+// it in the entry the change marked (see Backend.openerOf); before, it was a
+// question about an unknown program. The daemon passes
+// engine.AffectedAllowed: a change that only adds allow rules or removes
+// deny, reject or drop rules marks nothing.
 // Marking rather than deleting the entries keeps the flow's direction: after a
 // deletion, a peer that spoke first would make conntrack see the flow as a new
 // inbound one, and this host's packets as its replies, which are never held. The
