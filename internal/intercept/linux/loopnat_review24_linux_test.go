@@ -187,3 +187,50 @@ func TestLoopbackExemptRerouteOut(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopbackExemptLocalhostDNATOut (review24, a guard for cd9160c in IPv4):
+// what Docker without its userland proxy and kube-proxy's NodePorts on
+// localhost do: route_localnet, an OUTPUT DNAT of 127.0.0.1's port to another
+// host and a MASQUERADE of 127.0.0.1 on the way out. A datagram to
+// 127.0.0.1 then goes to B; with every rule denying it is held (the conntrack
+// status is DNAT and B's address is not local). Fails with '-o lo -j RETURN'.
+func TestLoopbackExemptLocalhostDNATOut(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		port := uint16(9461 + i*2)
+		t.Run(fw, func(t *testing.T) {
+			tp, d, _ := forgedTCPTopo(t, fw, "*=deny")
+			defer d.stop()
+			ipt := "iptables-nft"
+			if fw == FirewallIptablesLegacy {
+				ipt = "iptables-legacy"
+			}
+			for _, args := range [][]string{
+				{"sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf." + tp.vethA + ".route_localnet=1"},
+				{ipt, "-w", "-t", "nat", "-A", "OUTPUT", "-d", "127.0.0.1", "-p", "udp", "--dport", fmt.Sprint(port), "-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", addrB, port)},
+				{ipt, "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "127.0.0.0/8", "-o", tp.vethA, "-j", "MASQUERADE"},
+			} {
+				if out, err := exec.Command("ip", append([]string{"netns", "exec", tp.a}, args...)...).CombinedOutput(); err != nil {
+					t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+				}
+			}
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(netip.MustParseAddr(addrB), port))
+			var c *net.UDPConn
+			if err := inNS(tp.a, func() error {
+				var err error
+				c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port) + 1})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			got := false
+			for i := 0; i < 3 && !got; i++ {
+				c.WriteToUDPAddrPort([]byte("latch-localhost-dnat"), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port))
+				got = peer.receives("latch-localhost-dnat", 700*time.Millisecond)
+			}
+			if got {
+				t.Error("a datagram to 127.0.0.1 that the host's OUTPUT DNAT sends to B reached B undecided (every rule denies)")
+			}
+		})
+	}
+}
