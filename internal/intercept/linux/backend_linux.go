@@ -868,7 +868,7 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 		req.Direction = engine.Inbound
 	}
 	if req.PID == 0 && !p.HasUID && pp.Protocol == packet.ProtoTCP && pp.TCPFlags&tcpFlagSYN == 0 {
-		b.openerOf(req)
+		b.openerOf(req, tcpHasPayload(p, &pp))
 	}
 	if b.cfg.Hostnames != nil {
 		// After attribution, which gives the copy of the DNS answer the program just
@@ -966,8 +966,11 @@ const tcpFlagSYN = 0x02
 // entry, not confirmed yet while it is held, and was credited to the earlier
 // flow's program and decided by its rules (review22). A flow behind NAT (its
 // original tuple is not the one decided) is not found that way and is not
-// credited. The packet's uid is the opener's.
-func (b *Backend) openerOf(req *engine.Request) {
+// credited. Nor a segment with data when the entry is in TIME_WAIT or CLOSE
+// (hasPayload): a socket there sends none, and a raw socket that saw the
+// flow's sequence numbers could write one into the entry (review24). The
+// packet's uid is the opener's.
+func (b *Backend) openerOf(req *engine.Request, hasPayload bool) {
 	k, t := keyOf(req), b.redecided
 	t.mu.Lock()
 	e, ok := t.lookup(k)
@@ -980,7 +983,9 @@ func (b *Backend) openerOf(req *engine.Request) {
 	if old.Direction != req.Direction || old.Protocol != req.Protocol || old.PID == 0 {
 		return
 	}
-	if ci, err := getConntrack(k.ctTuple()); err != nil || ci.key != k || ci.mark&MarkMask != MarkRedecide {
+	ci, err := getConntrack(k.ctTuple())
+	if err != nil || ci.key != k || ci.mark&MarkMask != MarkRedecide ||
+		hasPayload && ci.hasState && (ci.tcpState == ctTCPTimeWait || ci.tcpState == ctTCPClose) {
 		return
 	}
 	b.attributedOpener.Add(1)
@@ -990,6 +995,19 @@ func (b *Backend) openerOf(req *engine.Request) {
 	req.Unit, req.AppID, req.Parents = old.Unit, old.AppID, old.Parents
 	req.ExeSHA256, req.ExeFile = old.ExeSHA256, old.ExeFile
 	req.UID = old.UID
+}
+
+// tcpHasPayload reports whether the TCP segment p (parsed as pp) carries data:
+// its length (before the queue's copy range cut it) beyond the TCP header.
+func tcpHasPayload(p *nfq.Packet, pp *packet.Packet) bool {
+	n := len(p.Payload)
+	if p.CapLen > 0 {
+		n = int(p.CapLen)
+	}
+	if pp.L4Offset+13 > len(p.Payload) {
+		return true // not readable: counted as data, never credited in TIME_WAIT
+	}
+	return n > pp.L4Offset+int(p.Payload[pp.L4Offset+12]>>4)*4
 }
 
 // rememberFlow puts the allowed flow req in the flow table (untracked: see

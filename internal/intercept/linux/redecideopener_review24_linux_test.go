@@ -39,7 +39,8 @@ func lastFINFrom(r *rawSock, sport, dport uint16) (seq, ack uint32, ok bool) {
 	return
 }
 
-// TestForwardRawSegmentIntoTimeWaitCredited (review24, open, low): 73875a1
+// TestForwardRawSegmentIntoTimeWaitCredited (review24, low; fixed: a segment
+// with data in a TIME_WAIT or CLOSE entry is not credited): 73875a1
 // credits a held packet of no program to the opener of a flow a rule change
 // took only if a conntrack GET by its tuple finds an entry marked
 // MarkRedecide. That tells the tuple's entry exists, not that the packet was
@@ -58,9 +59,6 @@ func lastFINFrom(r *rawSock, sport, dport uint16) (seq, ack uint32, ok bool) {
 // The policy denies what no program sent (uid -1) and allows the program
 // (uid 0).
 func TestForwardRawSegmentIntoTimeWaitCredited(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review24, low): a raw segment in-window on a redecided flow's TIME_WAIT conntrack entry is credited to the flow's program; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	for i, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) { testForwardRawSegmentIntoTimeWait(t, v6, uint16(9246+i), uint16(41246+i)) })
 	}
