@@ -173,22 +173,24 @@ func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uin
 	b.flows.mu.Lock()
 	e, ok := b.flows.m[k]
 	b.flows.mu.Unlock()
-	switch {
-	case ok && e.req.Direction != engine.Inbound:
+	if ok && e.req.Direction != engine.Inbound {
 		return
-	case !ok:
-		// Forgotten (a full table, its TTL): the conntrack entry says
-		// whether the peer opened the flow and latch allowed it.
-		ci, err := getConntrack(fam, t)
-		if err != nil {
-			if !errors.Is(err, unix.ENOENT) {
-				b.cfg.Logf("socket pin: read the conntrack entry of %v -> %v: %v", remote, local, err)
-			}
-			return
+	}
+	// The conntrack entry, read also for a flow the table remembers
+	// (review21: its entry was re-marked unread; one another flow took
+	// since, a forged flow's MarkLoopbackForged, became MarkRedecide). A
+	// forgotten flow (a full table, its TTL): the entry says whether the
+	// peer opened the flow and latch allowed it. A remembered one being
+	// decided again (MarkRedecide) is still the flow.
+	ci, err := getConntrack(fam, t)
+	if err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			b.cfg.Logf("socket pin: read the conntrack entry of %v -> %v: %v", remote, local, err)
 		}
-		if ci.key != k || ci.mark&MarkMask != MarkAllow {
-			return
-		}
+		return
+	}
+	if m := ci.mark & MarkMask; ci.key != k || m != MarkAllow && (!ok || m != MarkRedecide) {
+		return
 	}
 	b.receiversMu.Lock()
 	if b.receivers == nil {
@@ -204,7 +206,13 @@ func (b *Backend) PinMoved(proto uint8, local, remote netip.AddrPort, cookie uin
 	}
 	b.receivers[k] = cookie
 	b.receiversMu.Unlock()
-	if err := setConntrackMark(fam, t, MarkRedecide, MarkMask); err != nil && !errors.Is(err, unix.ENOENT) {
+	// Only the bit MarkRedecide has and MarkAllow has not is set, none
+	// cleared (ctnetlink's update has no compare): whatever the entry
+	// became since the read, MarkAllow becomes MarkRedecide, MarkRedecide
+	// and MarkLoopbackForged stay, and 0 (a new entry on the tuple)
+	// becomes 0x20000000, which no rule passes a flow by that 0 does not.
+	const redecideBit = MarkRedecide &^ MarkAllow
+	if err := setConntrackMark(fam, t, redecideBit, redecideBit); err != nil && !errors.Is(err, unix.ENOENT) {
 		b.cfg.Logf("socket pin: decide %v -> %v again for the socket it reached (cookie %d): %v", remote, local, cookie, err)
 	}
 }
