@@ -12,7 +12,9 @@
 // and LATCH-IN every DNS response on a flow this host opened to the NFLOG group
 // DNSLogGroup. Then, in order, LATCH-OUT:
 //
-//  1. returns for loopback (Config.ExemptLoopback; first gives a flow whose
+//  1. returns for loopback (Config.ExemptLoopback: what leaves by lo, not
+//     DNAT'd or DNAT'd to a local address, since -o is the route's before
+//     DNAT and a host's OUTPUT DNAT may send it elsewhere; first gives a flow whose
 //     first packet leaves by lo from a source that is not local the conntrack
 //     mark MarkLoopbackForged, and right after the return drops every packet
 //     of a flow with that mark, as LATCH-IN does after its own loopback
@@ -566,8 +568,10 @@ type Config struct {
 	// dropped), so that a daemon started next replaces it atomically and nothing
 	// passes in between (a restart). Ignored when FailOpen.
 	KeepRulesOnExit bool
-	// ExemptLoopback: never hold traffic on the loopback interface (DefaultConfig sets
-	// it; a bool's zero value cannot default to true).
+	// ExemptLoopback: never hold traffic on the loopback interface that stays on
+	// this host (DefaultConfig sets it; a bool's zero value cannot default to
+	// true). A packet a host's DNAT sends from a local address to another host
+	// is held.
 	ExemptLoopback bool
 	// Firewall forces a mechanism: "" detects (nftables, else iptables-nft, else
 	// iptables-legacy), or one of the Firewall* constants.
