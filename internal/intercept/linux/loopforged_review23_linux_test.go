@@ -498,28 +498,7 @@ func TestNftLoopbackExemptDNATOut(t *testing.T) {
 	if out, err := install.CombinedOutput(); err != nil {
 		t.Fatalf("install the nftables ruleset: %v: %s\n%s", err, out, rules)
 	}
-	a, b := netip.MustParseAddr(addr6A), netip.MustParseAddr(addr6B)
-	peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(b, port))
-	var c *net.UDPConn
-	if err := inNS(tp.a, func() error {
-		var err error
-		c, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port+1)))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	// The ruleset holds (drops) the same datagram sent to B itself.
-	c.WriteToUDPAddrPort([]byte("latch-direct"), netip.AddrPortFrom(b, port))
-	if peer.receives("latch-direct", time.Second) {
-		t.Fatal("a datagram to B itself passed the ruleset (its queue made drop)")
-	}
-	got := false
-	for i := 0; i < 3 && !got; i++ {
-		c.WriteToUDPAddrPort([]byte("latch-dnat"), netip.AddrPortFrom(a, port))
-		got = peer.receives("latch-dnat", 700*time.Millisecond)
-	}
-	if got {
+	if sendsThroughLateDNAT(t, tp, port) {
 		t.Error("a datagram to A's own address that the host's OUTPUT DNAT sends to B reached B undecided (every rule denies)")
 	}
 }

@@ -30,7 +30,8 @@ func hostLateDNAT(t *testing.T, ns string, prio int, port uint16) {
 }
 
 // sendsThroughLateDNAT reports whether a datagram from a plain socket on A
-// to A's own address and port reaches B (the host's late DNAT sends it there).
+// to A's own address and port reaches B (the host's DNAT sends it there),
+// once a datagram to B itself did not (every rule denies).
 func sendsThroughLateDNAT(t *testing.T, tp *topo, port uint16) bool {
 	t.Helper()
 	a, b := netip.MustParseAddr(addr6A), netip.MustParseAddr(addr6B)
