@@ -109,6 +109,9 @@ func main() {
 		case "role-client":
 			roleClient(os.Args[2:])
 			return
+		case "role-paired":
+			rolePaired(os.Args[2:])
+			return
 		case "role-server":
 			roleServer(os.Args[2])
 			return
@@ -138,6 +141,12 @@ func main() {
 	reset := flag.Bool("reset", true, "close each connect with a reset (no TIME_WAIT); false: a normal close, whose TIME_WAIT sockets make the kernel's search for a free local port part of every connect")
 	flag.BoolVar(&bpfStats, "bpfstats", false, "turn the kernel's eBPF run-time statistics on for the run and report what each latch scenario's eBPF programs cost a connect (every program run then costs two clock readings more: use a run without it for the ratios)")
 	flag.StringVar(&cpuProfileDir, "cpuprofile", "", "write a CPU profile of each latch daemon to DIR/SCENARIO.pprof (LATCH_CPUPROFILE), when it stops")
+	paired := flag.Int("paired", 500, "pairs of lock-step slots of -paired-slot sequential connects of the -paired-scenarios, after the rounds (0: none)")
+	pairedSlot := flag.Int("paired-slot", 16, "sequential connects per lock-step slot (at least 2: the first of a slot is not counted)")
+	pairedBursts := flag.Int("paired-bursts", 100, "pairs of lock-step bursts of -paired-burst connects from -conc workers after the paired connects (0: none)")
+	pairedBurst := flag.Int("paired-burst", 200, "connects per lock-step burst")
+	pairedIdle := flag.Bool("paired-idle", false, "before each paired connect, wait until every latch daemon is idle (its work from the last slot done; the CPUs then idle too, and connects are slower than back to back)")
+	pairedSpec := flag.String("paired-scenarios", "none,latch+fp", "the scenarios measured in lock step, the reference first (those the run has; fewer than two: no paired measurement)")
 	udpN := flag.Int("udp", 0, "UDP exchanges (each a new flow) per phase, in the same rounds, for none, latch and latch+fp (0: none)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -187,6 +196,10 @@ func main() {
 	}
 	if *rounds < 1 || *n < 1 || *bulk < 0 || *bulkTime <= 0 {
 		fatalf("-rounds, -n and -bulk-time must be positive, -bulk not negative")
+	}
+	if *paired < 0 || *pairedBursts < 0 || *pairedBurst < 1 || *pairedSlot < 2 || *pairedSlot > 1000 ||
+		*paired*(*pairedSlot) > 1000000 || *pairedBursts*(*pairedBurst) > 1000000 {
+		fatalf("-paired and -paired-bursts must not be negative, -paired-burst must be positive, -paired-slot from 2 to 1000, and -paired times -paired-slot and -paired-bursts times -paired-burst at most 1000000")
 	}
 	cg, cgfd, err := benchCgroup(dir)
 	if err != nil {
@@ -261,6 +274,13 @@ func main() {
 		}
 	}
 	settleAll(targets, prev)
+	var pairedRes *pairedResult
+	if pt := pairedTargets(*pairedSpec, targets); pt != nil && (*paired > 0 || *pairedBursts > 0) {
+		if pairedRes, err = runPaired(pt, targets, client, *paired, *pairedSlot, *pairedBursts, *pairedBurst, *conc, *reset, *pairedIdle); err != nil {
+			fatalf("paired: %v", err)
+		}
+		settleAll(targets, nil)
+	}
 	checkBaselineHooks(filepath.Dir(cg), plain, tolerate, hooksBefore)
 	var results []Measurement
 	for _, tg := range targets {
@@ -268,6 +288,9 @@ func main() {
 	}
 	report(results, per**rounds, *conc, *nrules, *rounds)
 	reportRounds(targets, *udpN > 0)
+	if pairedRes != nil {
+		reportPaired(pairedRes)
+	}
 	reportAccounting(targets, *bulk, *bulkTime, per, *rounds)
 	for _, tg := range targets {
 		if tg.api != "" && strings.HasPrefix(tg.name, "latch+fp") {
@@ -279,8 +302,9 @@ func main() {
 			// takes from the clients on a machine with few cores.
 			if cpu, err := processCPU(tg.daemon.Process.Pid); err == nil && tg.conns > 0 {
 				cpu -= tg.cpuStart
+				k := len(tg.latency) + tg.conns + tg.pairedConns
 				fmt.Printf("%s: daemon CPU %.1f µs per connect (%.2f s for %d connects and %d UDP flows)\n",
-					tg.name, cpu.Seconds()*1e6/float64(len(tg.latency)+tg.conns+tg.udpFlows), cpu.Seconds(), len(tg.latency)+tg.conns, tg.udpFlows)
+					tg.name, cpu.Seconds()*1e6/float64(k+tg.udpFlows), cpu.Seconds(), k, tg.udpFlows)
 			}
 			if len(tg.settled) > 0 {
 				ms := make([]float64, len(tg.settled))
@@ -429,8 +453,10 @@ type target struct {
 	procs   []*exec.Cmd
 	latency []float64 // µs, every sequential connect
 	conns   int       // connects of the concurrent phases
-	seconds float64   // their wall time
-	failed  int
+	// connects of the paired measurement (-paired, -paired-bursts), in no other number
+	pairedConns int
+	seconds     float64 // their wall time
+	failed      int
 	// Per round for UDP (-udp; a new flow per exchange): the median sequential
 	// exchange (µs) and the concurrent phase's rate (TCP's are in rounds).
 	udpMedian, udpRate []float64

@@ -1,0 +1,522 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/test/nettest"
+)
+
+// The paired measurement (-paired, -paired-bursts) takes the scenarios' samples in
+// lock step: one client process per scenario (in the scenario's network namespace
+// and cgroup, as measure starts them) waits on its stdin for a command, runs a
+// slot of a few sequential connects (or one burst of connects from -conc
+// workers), times each itself and writes the times to its stdout; the bench then
+// hands the next slot to the next scenario. The handoff is outside the timed
+// region, and the first connect of a slot (the one after the handoff, on CPUs
+// that may have gone idle meanwhile) is not counted: the others run back to back
+// as in the rounds' sequential phases. The order is reversed every other pair
+// (A,B,B,A,...), so that each scenario's slots follow each scenario's alike
+// (what a latch daemon still does for its scenario's last connects, the fast
+// path's ring-buffer events, falls into the next slot: its own or the other's,
+// half and half). Before every burst the bench waits until every latch daemon
+// of the run is idle (its CPU clock stands still), and each burst is timed also
+// until its own daemon is idle. Each pair of slots is then taken within about a
+// millisecond, and a machine whose speed drifts over seconds (a shared VM)
+// shifts both alike: their ratio is what is compared.
+
+// Commands of the paired client role, one byte each on its stdin.
+const (
+	cmdConnect = 'c' // a slot of sequential connects; answer: their times (ns, uint64 LE), or failedNS
+	cmdBurst   = 'b' // one burst; answer: its time and its time with the daemon's catch-up
+)
+
+// failedNS answers a connect (or a burst with a failed connect) that failed.
+const failedNS = ^uint64(0)
+
+// pairedClient is one scenario's lock-step client process.
+type pairedClient struct {
+	tg  *target
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out io.ReadCloser
+}
+
+// startPaired starts tg's paired client: in tg's client namespace and cgroup, as
+// measure does. slot sequential connects make a slot; burst connects make one
+// burst, from conc workers. The client is told the pid of the scenario's latch
+// daemon (if any), whose catch-up after a burst it waits for and times as well.
+func (tg *target) startPaired(client string, slot, conc, burst int, reset bool) (*pairedClient, error) {
+	mode := "fin"
+	if reset {
+		mode = "reset"
+	}
+	pid := 0
+	if tg.daemon != nil && tg.daemon.Process != nil {
+		pid = tg.daemon.Process.Pid
+	}
+	cmd := nettest.Command(tg.pair.Client, client, "role-paired", tg.addr, fmt.Sprint(slot), fmt.Sprint(conc), fmt.Sprint(burst), mode, fmt.Sprint(pid))
+	tg.inCgroup(cmd)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("paired client: %v", err)
+	}
+	return &pairedClient{tg: tg, cmd: cmd, in: in, out: out}, nil
+}
+
+// ask sends one command and reads the k uint64 of its answer.
+func (pc *pairedClient) ask(c byte, k int) ([]uint64, error) {
+	if _, err := pc.in.Write([]byte{c}); err != nil {
+		return nil, fmt.Errorf("paired client of %s: send: %v", pc.tg.name, err)
+	}
+	buf := make([]byte, 8*k)
+	if _, err := io.ReadFull(pc.out, buf); err != nil {
+		return nil, fmt.Errorf("paired client of %s: answer: %v", pc.tg.name, err)
+	}
+	xs := make([]uint64, k)
+	for i := range xs {
+		xs[i] = binary.LittleEndian.Uint64(buf[8*i:])
+	}
+	return xs, nil
+}
+
+// close ends the client (EOF on its stdin) and waits for it.
+func (pc *pairedClient) close() {
+	pc.in.Close()
+	done := make(chan struct{})
+	go func() { pc.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		pc.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// pairedResult is what one paired run measured, per scenario in the order given
+// (the first is the reference).
+type pairedResult struct {
+	names []string
+	// lat[s]: scenario s's counted connects (µs), slot after slot, per slot the
+	// slot's connects but its first.
+	lat  [][]float64
+	slot int // connects per slot, the first not counted
+	// burst[s][i], catchup[s][i]: scenario s's burst i, seconds, without and with
+	// the daemon's catch-up.
+	burst, catchup [][]float64
+	burstSize      int
+	conc           int
+	// waits: how long the bench waited for the daemons to be idle before a slot
+	// that follows scenario s's (µs), per scenario.
+	waits [][]float64
+	// slotTime: the mean time from one slot's start to the next's.
+	slotTime time.Duration
+	idle     bool // waited for the daemons to be idle before each paired connect
+}
+
+// runPaired measures targets (the first is the reference) in lock step: pairs
+// slots of slot sequential connects, then bursts bursts of burstSize connects from conc workers
+// each (no bursts for bursts 0). The latch daemons of all (every target of the
+// run) are waited for before every burst, and before every slot of connects with
+// idle. Bounded: every connect has a 5 s
+// timeout, every idle wait 20 ms, every catch-up 100 ms.
+func runPaired(targets []*target, all []*target, client string, pairs, slot, bursts, burstSize, conc int, reset, idle bool) (*pairedResult, error) {
+	var pids []int
+	for _, t := range all {
+		if t.daemon != nil && t.daemon.Process != nil {
+			pids = append(pids, t.daemon.Process.Pid)
+		}
+	}
+	res := &pairedResult{burstSize: burstSize, conc: conc, idle: idle, slot: slot}
+	var clients []*pairedClient
+	defer func() {
+		for _, pc := range clients {
+			pc.close()
+		}
+	}()
+	for _, tg := range targets {
+		pc, err := tg.startPaired(client, slot, conc, burstSize, reset)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: %v", tg.name, err)
+		}
+		clients = append(clients, pc)
+		res.names = append(res.names, tg.name)
+		res.lat = append(res.lat, make([]float64, 0, pairs*(slot-1)))
+		res.burst = append(res.burst, make([]float64, 0, bursts))
+		res.catchup = append(res.catchup, make([]float64, 0, bursts))
+		res.waits = append(res.waits, nil)
+	}
+	order := func(i int) []int {
+		o := make([]int, len(clients))
+		for k := range o {
+			o[k] = k
+		}
+		if i%2 == 1 {
+			slices.Reverse(o)
+		}
+		return o
+	}
+	prev := -1
+	wait := func() {
+		w := waitIdle(pids)
+		if prev >= 0 {
+			res.waits[prev] = append(res.waits[prev], us(w))
+		}
+	}
+	start := time.Now()
+	for i := 0; i < pairs; i++ {
+		for _, s := range order(i) {
+			if idle {
+				wait()
+			}
+			a, err := clients[s].ask(cmdConnect, slot)
+			if err != nil {
+				return nil, err
+			}
+			if slices.Contains(a, failedNS) {
+				return nil, fmt.Errorf("scenario %s: a paired connect failed", res.names[s])
+			}
+			for _, ns := range a[1:] {
+				res.lat[s] = append(res.lat[s], float64(ns)/1000)
+			}
+			prev = s
+		}
+	}
+	if pairs > 0 {
+		res.slotTime = time.Since(start) / time.Duration(pairs*len(clients))
+	}
+	prev = -1
+	for i := 0; i < bursts; i++ {
+		for _, s := range order(i) {
+			wait()
+			a, err := clients[s].ask(cmdBurst, 2)
+			if err != nil {
+				return nil, err
+			}
+			if a[0] == failedNS {
+				return nil, fmt.Errorf("scenario %s: a connect of a paired burst failed", res.names[s])
+			}
+			res.burst[s] = append(res.burst[s], float64(a[0])/1e9)
+			res.catchup[s] = append(res.catchup[s], float64(a[1])/1e9)
+			prev = s
+		}
+	}
+	for _, tg := range targets {
+		tg.pairedConns += pairs*slot + bursts*burstSize
+	}
+	return res, nil
+}
+
+// cpuClock reads process pid's CPU clock (user and system time of all its
+// threads, in ns: clock_gettime on the process's CPU-time clock).
+func cpuClock(pid int) (time.Duration, error) {
+	var ts unix.Timespec
+	// MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+	if err := unix.ClockGettime(int32((^pid)<<3|2), &ts); err != nil {
+		return 0, fmt.Errorf("CPU clock of process %d: %w", pid, err)
+	}
+	return time.Duration(ts.Nano()), nil
+}
+
+// waitIdle waits until none of the processes pids used more than 10 µs of CPU
+// in a window of 200 µs, at most 20 ms, and returns how long it waited.
+func waitIdle(pids []int) time.Duration {
+	start := time.Now()
+	if len(pids) == 0 {
+		return 0
+	}
+	read := func() []time.Duration {
+		cs := make([]time.Duration, len(pids))
+		for i, p := range pids {
+			cs[i], _ = cpuClock(p)
+		}
+		return cs
+	}
+	last := read()
+	for time.Since(start) < 20*time.Millisecond {
+		time.Sleep(200 * time.Microsecond)
+		now := read()
+		quiet := true
+		for i := range now {
+			if now[i]-last[i] > 10*time.Microsecond {
+				quiet = false
+			}
+		}
+		if quiet {
+			break
+		}
+		last = now
+	}
+	return time.Since(start)
+}
+
+// rolePaired is the paired client: args are the server's address, the connects of
+// a slot, the workers and connects of a burst, the close mode (reset or fin) and the scenario's latch
+// daemon's pid (0: none). It answers each command on its stdin (cmdConnect,
+// cmdBurst) on its stdout until its stdin ends.
+func rolePaired(args []string) {
+	if len(args) != 6 {
+		fatalf("role-paired: want ADDR SLOT CONC BURST MODE DAEMON-PID, got %q", args)
+	}
+	addr := args[0]
+	var slot, conc, burst, pid int
+	fmt.Sscan(args[1], &slot)
+	fmt.Sscan(args[2], &conc)
+	fmt.Sscan(args[3], &burst)
+	fmt.Sscan(args[5], &pid)
+	if slot < 1 || conc < 1 || burst < 1 {
+		fatalf("role-paired: slot, workers and burst must be positive, got %q", args)
+	}
+	closeConn := closeReset
+	if args[4] == "fin" {
+		closeConn = func(c net.Conn) { c.Close() }
+	}
+	dial := func() bool {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return false
+		}
+		closeConn(c)
+		return true
+	}
+	// The burst's workers wait for a start token each.
+	var next, failed atomic.Int64
+	var wg sync.WaitGroup
+	startW := make(chan struct{})
+	for w := 0; w < conc; w++ {
+		go func() {
+			for range startW {
+				for next.Add(1) <= int64(burst) {
+					if !dial() {
+						failed.Add(1)
+					}
+				}
+				wg.Done()
+			}
+		}()
+	}
+	cmd := make([]byte, 1)
+	ans := make([]byte, 8*max(slot, 2))
+	ts := make([]uint64, slot)
+	answer := func(xs ...uint64) {
+		for i, x := range xs {
+			binary.LittleEndian.PutUint64(ans[8*i:], x)
+		}
+		if _, err := os.Stdout.Write(ans[:8*len(xs)]); err != nil {
+			fatalf("role-paired: %v", err)
+		}
+	}
+	for {
+		if _, err := os.Stdin.Read(cmd); err != nil {
+			return // EOF: done
+		}
+		switch cmd[0] {
+		case cmdConnect:
+			for i := range ts {
+				start := time.Now()
+				ok := dial()
+				d := time.Since(start)
+				ts[i] = uint64(d.Nanoseconds())
+				if !ok {
+					ts[i] = failedNS
+				}
+			}
+			answer(ts...)
+		case cmdBurst:
+			next.Store(0)
+			failed.Store(0)
+			wg.Add(conc)
+			start := time.Now()
+			for w := 0; w < conc; w++ {
+				startW <- struct{}{}
+			}
+			wg.Wait()
+			d := time.Since(start)
+			end := catchUp(pid, start.Add(d))
+			if failed.Load() > 0 {
+				answer(failedNS, failedNS)
+			} else {
+				answer(uint64(d.Nanoseconds()), uint64(end.Sub(start).Nanoseconds()))
+			}
+		default:
+			fatalf("role-paired: unknown command %q", cmd[0])
+		}
+	}
+}
+
+// catchUp waits until the latch daemon pid (0: none) is idle — its CPU clock
+// advanced by at most 5 µs in 1 ms of 100 µs polls — and returns when it was
+// last seen working, or done if it was not after done; at most 100 ms.
+func catchUp(pid int, done time.Time) time.Time {
+	if pid == 0 {
+		return done
+	}
+	last, err := cpuClock(pid)
+	if err != nil {
+		return done
+	}
+	busy := done
+	for time.Since(done) < 100*time.Millisecond && time.Since(busy) < time.Millisecond {
+		time.Sleep(100 * time.Microsecond)
+		now, err := cpuClock(pid)
+		if err != nil {
+			break
+		}
+		if now-last > 5*time.Microsecond {
+			busy = time.Now()
+		}
+		last = now
+	}
+	return busy
+}
+
+// reportPaired prints the paired run's numbers: for every scenario against the
+// reference (the first), the median connect of each over the same pairs of slots,
+// the ratio of the medians with a 95% bootstrap interval (resampling pairs of
+// slots), and the median and interquartile range of the per-pair ratios (of the
+// slots' medians); then the bursts' rates and their per-pair ratios.
+func reportPaired(r *pairedResult) {
+	within := func(ok bool) string {
+		if ok {
+			return "within"
+		}
+		return "OVER"
+	}
+	ref := r.lat[0]
+	block := r.slot - 1
+	n := len(ref) / max(block, 1)
+	for s := 1; s < len(r.names) && n > 0; s++ {
+		x := r.lat[s]
+		var blocks []float64
+		for b := 0; b+block <= len(ref); b += block {
+			if m := median(ref[b : b+block]); m > 0 {
+				blocks = append(blocks, median(x[b:b+block])/m)
+			}
+		}
+		mr, mx := median(ref), median(x)
+		ratio := mx / mr
+		lo, hi := bootstrapRatio(ref, x, block, 1000)
+		q1, q2, q3 := quartiles(blocks)
+		how := "slot after slot"
+		if r.idle {
+			how = "every daemon idle before each slot"
+		}
+		fmt.Printf("paired connect (lock-step, %d pairs of slots of %d connects, the first of each not counted, A,B,B,A order, %s, %.0f µs a slot): %s median %.1f µs, %s median %.1f µs, ratio of medians %.2fx (95%% CI %.2f-%.2f, bootstrap over pairs), median of %d per-pair ratios %.2fx (IQR %.2f-%.2f)\n",
+			n, r.slot, how, us(r.slotTime), r.names[0], mr, r.names[s], mx, ratio, lo, hi, len(blocks), q2, q1, q3)
+		if r.names[0] == "none" && r.names[s] == "latch+fp" {
+			fmt.Printf("fast path vs no firewall, paired: connect %.2fx (95%% CI %.2f-%.2f; target <= 1.2x: %s)\n", ratio, lo, hi, within(ratio <= 1.2))
+		}
+		if w := r.waits[s]; len(w) > 0 {
+			fmt.Printf("%s: paired, waited for the daemons to be idle after its slots: median %.0f µs, p90 %.0f µs\n", r.names[s], median(w), percentile(w, 0.9))
+		}
+	}
+	if len(r.burst[0]) == 0 {
+		return
+	}
+	rate := func(xs []float64) float64 {
+		t := 0.0
+		for _, x := range xs {
+			t += x
+		}
+		return float64(r.burstSize*len(xs)) / t
+	}
+	for s := 1; s < len(r.names); s++ {
+		var pr, pc []float64
+		for i := range min(len(r.burst[0]), len(r.burst[s])) {
+			pr = append(pr, r.burst[0][i]/r.burst[s][i])
+			pc = append(pc, r.catchup[0][i]/r.catchup[s][i])
+		}
+		q1, q2, q3 := quartiles(pr)
+		c1, c2, c3 := quartiles(pc)
+		fmt.Printf("paired throughput (lock-step bursts of %d connects from %d workers, %d pairs): %s %.0f conn/s, %s %.0f conn/s (%.0f counting its daemon's catch-up after each burst), median of per-pair ratios %.2fx (IQR %.2f-%.2f), counting the catch-up %.2fx (IQR %.2f-%.2f)\n",
+			r.burstSize, r.conc, len(pr), r.names[0], rate(r.burst[0]), r.names[s], rate(r.burst[s]), rate(r.catchup[s]), q2, q1, q3, c2, c1, c3)
+		if r.names[0] == "none" && r.names[s] == "latch+fp" {
+			fmt.Printf("fast path vs no firewall, paired: throughput %.2fx, counting the daemon's catch-up %.2fx (target >= 0.85x: %s)\n", q2, c2, within(c2 >= 0.85))
+		}
+	}
+}
+
+// quartiles returns the first quartile, median and third quartile of xs.
+func quartiles(xs []float64) (q1, q2, q3 float64) {
+	return percentile(xs, 0.25), median(xs), percentile(xs, 0.75)
+}
+
+// percentile returns the p-quantile of xs (linear interpolation), or 0 for none.
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	c := slices.Clone(xs)
+	slices.Sort(c)
+	pos := p * float64(len(c)-1)
+	i := int(pos)
+	if i+1 >= len(c) {
+		return c[len(c)-1]
+	}
+	return c[i] + (pos-float64(i))*(c[i+1]-c[i])
+}
+
+// bootstrapRatio returns a 95% interval of median(x)/median(ref) by resampling
+// whole blocks of block pairs (so a slow stretch stays whole and stays paired),
+// reps times, with a fixed seed.
+func bootstrapRatio(ref, x []float64, block, reps int) (lo, hi float64) {
+	nb := len(ref) / block
+	if nb < 2 {
+		return 0, 0
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	rs := make([]float64, 0, reps)
+	a := make([]float64, 0, nb*block)
+	b := make([]float64, 0, nb*block)
+	for range reps {
+		a, b = a[:0], b[:0]
+		for range nb {
+			k := rng.IntN(nb) * block
+			a = append(a, ref[k:k+block]...)
+			b = append(b, x[k:k+block]...)
+		}
+		if m := median(a); m > 0 {
+			rs = append(rs, median(b)/m)
+		}
+	}
+	return percentile(rs, 0.025), percentile(rs, 0.975)
+}
+
+// pairedTargets picks the targets of the scenarios listed in spec (comma-separated,
+// the reference first) that the run has; fewer than two: none.
+func pairedTargets(spec string, targets []*target) []*target {
+	var ts []*target
+	for _, name := range strings.Split(spec, ",") {
+		for _, tg := range targets {
+			if tg.name == strings.TrimSpace(name) && !slices.Contains(ts, tg) {
+				ts = append(ts, tg)
+			}
+		}
+	}
+	if len(ts) < 2 {
+		return nil
+	}
+	return ts
+}
