@@ -121,8 +121,9 @@ type pairedResult struct {
 	names []string
 	// lat[s]: scenario s's counted connects (µs), slot after slot, per slot the
 	// slot's connects but its first.
-	lat  [][]float64
-	slot int // connects per slot, the first not counted
+	lat   [][]float64
+	slot  int // connects per slot, the first not counted
+	cycle int // slots in one cycle of the order: each scenario's k of them
 	// burst[s][i], catchup[s][i]: scenario s's burst i, seconds, without and with
 	// the daemon's catch-up.
 	burst, catchup [][]float64
@@ -136,13 +137,14 @@ type pairedResult struct {
 	idle     bool // waited for the daemons to be idle before each paired connect
 }
 
-// runPaired measures targets (the first is the reference) in lock step: pairs
-// slots of slot sequential connects, then bursts bursts of burstSize connects from conc workers
-// each (no bursts for bursts 0). The latch daemons of all (every target of the
+// runPaired measures targets (the first is the reference) in lock step: slots
+// slots of slot sequential connects per scenario, then bursts bursts of
+// burstSize connects from conc workers (no bursts for bursts 0), both rounded
+// up to whole cycles of the order (deBruijn). The latch daemons of all (every target of the
 // run) are waited for before every burst, and before every slot of connects with
 // idle. Bounded: every connect has a 5 s
 // timeout, every idle wait 20 ms, every catch-up 100 ms.
-func runPaired(targets []*target, all []*target, client string, pairs, slot, bursts, burstSize, conc int, reset, idle bool) (*pairedResult, error) {
+func runPaired(targets []*target, all []*target, client string, slots, slot, bursts, burstSize, conc int, reset, idle bool) (*pairedResult, error) {
 	var pids []int
 	for _, t := range all {
 		if t.daemon != nil && t.daemon.Process != nil {
@@ -163,21 +165,14 @@ func runPaired(targets []*target, all []*target, client string, pairs, slot, bur
 		}
 		clients = append(clients, pc)
 		res.names = append(res.names, tg.name)
-		res.lat = append(res.lat, make([]float64, 0, pairs*(slot-1)))
+		res.lat = append(res.lat, make([]float64, 0, (slots+len(targets))*(slot-1)))
 		res.burst = append(res.burst, make([]float64, 0, bursts))
 		res.catchup = append(res.catchup, make([]float64, 0, bursts))
 		res.waits = append(res.waits, nil)
 	}
-	order := func(i int) []int {
-		o := make([]int, len(clients))
-		for k := range o {
-			o[k] = k
-		}
-		if i%2 == 1 {
-			slices.Reverse(o)
-		}
-		return o
-	}
+	order := deBruijn(len(clients))
+	res.cycle = len(order)
+	cycles := func(per int) int { return (per + len(clients) - 1) / len(clients) }
 	prev := -1
 	wait := func() {
 		w := waitIdle(pids)
@@ -186,8 +181,8 @@ func runPaired(targets []*target, all []*target, client string, pairs, slot, bur
 		}
 	}
 	start := time.Now()
-	for i := 0; i < pairs; i++ {
-		for _, s := range order(i) {
+	for range cycles(slots) {
+		for _, s := range order {
 			if idle {
 				wait()
 			}
@@ -204,12 +199,12 @@ func runPaired(targets []*target, all []*target, client string, pairs, slot, bur
 			prev = s
 		}
 	}
-	if pairs > 0 {
-		res.slotTime = time.Since(start) / time.Duration(pairs*len(clients))
+	if k := len(res.lat[0]) / (slot - 1); k > 0 {
+		res.slotTime = time.Since(start) / time.Duration(k*len(clients))
 	}
 	prev = -1
-	for i := 0; i < bursts; i++ {
-		for _, s := range order(i) {
+	for range cycles(bursts) {
+		for _, s := range order {
 			wait()
 			a, err := clients[s].ask(cmdBurst, 2)
 			if err != nil {
@@ -223,8 +218,8 @@ func runPaired(targets []*target, all []*target, client string, pairs, slot, bur
 			prev = s
 		}
 	}
-	for _, tg := range targets {
-		tg.pairedConns += pairs*slot + bursts*burstSize
+	for s, tg := range targets {
+		tg.pairedConns += len(res.lat[s])/(slot-1)*slot + len(res.burst[s])*burstSize
 	}
 	return res, nil
 }
@@ -393,10 +388,13 @@ func catchUp(pid int, done time.Time) time.Time {
 }
 
 // reportPaired prints the paired run's numbers: for every scenario against the
-// reference (the first), the median connect of each over the same pairs of slots,
-// the ratio of the medians with a 95% bootstrap interval (resampling pairs of
-// slots), and the median and interquartile range of the per-pair ratios (of the
-// slots' medians); then the bursts' rates and their per-pair ratios.
+// reference (the first), the median connect of each over the same cycles and
+// their ratio, and the median of the per-cycle ratios (of the medians of each
+// scenario's connects in one cycle), with a 95% bootstrap interval (resampling
+// cycles) and the interquartile range; then the same for the bursts' rates
+// (connects over time), without and with the daemon's catch-up. The per-cycle
+// median is the verdict: each ratio is taken within a few milliseconds, where
+// pooled medians mix what the machine did at different speeds.
 func reportPaired(r *pairedResult) {
 	within := func(ok bool) string {
 		if ok {
@@ -404,58 +402,87 @@ func reportPaired(r *pairedResult) {
 		}
 		return "OVER"
 	}
-	ref := r.lat[0]
-	block := r.slot - 1
-	n := len(ref) / max(block, 1)
-	for s := 1; s < len(r.names) && n > 0; s++ {
-		x := r.lat[s]
-		var blocks []float64
-		for b := 0; b+block <= len(ref); b += block {
-			if m := median(ref[b : b+block]); m > 0 {
-				blocks = append(blocks, median(x[b:b+block])/m)
+	debugPositions(r)
+	k := len(r.names)
+	how := "slot after slot"
+	if r.idle {
+		how = "every daemon idle before each slot"
+	}
+	// One cycle: k slots of each scenario, k*(slot-1) counted connects.
+	block := k * (r.slot - 1)
+	cycles := len(r.lat[0]) / block
+	for s := 1; s < k && cycles > 0; s++ {
+		ref, x := r.lat[0], r.lat[s]
+		ratio := func(idx []int) float64 {
+			var a, b []float64
+			for _, c := range idx {
+				a = append(a, ref[c*block:(c+1)*block]...)
+				b = append(b, x[c*block:(c+1)*block]...)
 			}
+			return median(b) / median(a)
+		}
+		var per []float64
+		for c := range cycles {
+			per = append(per, ratio([]int{c}))
 		}
 		mr, mx := median(ref), median(x)
-		ratio := mx / mr
-		lo, hi := bootstrapRatio(ref, x, block, 1000)
-		q1, q2, q3 := quartiles(blocks)
-		how := "slot after slot"
-		if r.idle {
-			how = "every daemon idle before each slot"
-		}
-		fmt.Printf("paired connect (lock-step, %d pairs of slots of %d connects, the first of each not counted, A,B,B,A order, %s, %.0f µs a slot): %s median %.1f µs, %s median %.1f µs, ratio of medians %.2fx (95%% CI %.2f-%.2f, bootstrap over pairs), median of %d per-pair ratios %.2fx (IQR %.2f-%.2f)\n",
-			n, r.slot, how, us(r.slotTime), r.names[0], mr, r.names[s], mx, ratio, lo, hi, len(blocks), q2, q1, q3)
+		q1, q2, q3 := quartiles(per)
+		lo, hi := bootstrap(cycles, func(idx []int) float64 { return medianOf(per, idx) })
+		fmt.Printf("paired connect (lock-step, %d cycles of %d slots of %d sequential connects, each scenario's slots after each's alike, the first connect of a slot not counted, %s, %.0f µs a slot): %s median %.1f µs, %s median %.1f µs, ratio of medians %.2fx; median of the per-cycle ratios %.2fx (95%% CI %.2f-%.2f, bootstrap over cycles; IQR %.2f-%.2f)\n",
+			cycles, r.cycle, r.slot, how, us(r.slotTime), r.names[0], mr, r.names[s], mx, mx/mr, q2, lo, hi, q1, q3)
 		if r.names[0] == "none" && r.names[s] == "latch+fp" {
-			fmt.Printf("fast path vs no firewall, paired: connect %.2fx (95%% CI %.2f-%.2f; target <= 1.2x: %s)\n", ratio, lo, hi, within(ratio <= 1.2))
+			fmt.Printf("fast path vs no firewall, paired: connect %.2fx (95%% CI %.2f-%.2f; target <= 1.2x: %s)\n", q2, lo, hi, within(q2 <= 1.2))
 		}
+	}
+	for s := 1; s < k; s++ {
 		if w := r.waits[s]; len(w) > 0 {
 			fmt.Printf("%s: paired, waited for the daemons to be idle after its slots: median %.0f µs, p90 %.0f µs\n", r.names[s], median(w), percentile(w, 0.9))
 		}
 	}
-	if len(r.burst[0]) == 0 {
+	bcycles := len(r.burst[0]) / k
+	if bcycles == 0 {
 		return
 	}
-	rate := func(xs []float64) float64 {
+	sum := func(xs []float64, idx []int) float64 {
 		t := 0.0
-		for _, x := range xs {
-			t += x
+		for _, c := range idx {
+			for _, x := range xs[c*k : (c+1)*k] {
+				t += x
+			}
 		}
-		return float64(r.burstSize*len(xs)) / t
+		return t
 	}
-	for s := 1; s < len(r.names); s++ {
-		var pr, pc []float64
-		for i := range min(len(r.burst[0]), len(r.burst[s])) {
-			pr = append(pr, r.burst[0][i]/r.burst[s][i])
-			pc = append(pc, r.catchup[0][i]/r.catchup[s][i])
+	all := make([]int, bcycles)
+	for c := range all {
+		all[c] = c
+	}
+	rate := func(xs []float64) float64 { return float64(r.burstSize*k*bcycles) / sum(xs, all) }
+	for s := 1; s < k; s++ {
+		plain := func(idx []int) float64 { return sum(r.burst[0], idx) / sum(r.burst[s], idx) }
+		caught := func(idx []int) float64 { return sum(r.burst[0], idx) / sum(r.catchup[s], idx) }
+		var pp, pc []float64
+		for c := range bcycles {
+			pp = append(pp, plain([]int{c}))
+			pc = append(pc, caught([]int{c}))
 		}
-		q1, q2, q3 := quartiles(pr)
-		c1, c2, c3 := quartiles(pc)
-		fmt.Printf("paired throughput (lock-step bursts of %d connects from %d workers, %d pairs): %s %.0f conn/s, %s %.0f conn/s (%.0f counting its daemon's catch-up after each burst), median of per-pair ratios %.2fx (IQR %.2f-%.2f), counting the catch-up %.2fx (IQR %.2f-%.2f)\n",
-			r.burstSize, r.conc, len(pr), r.names[0], rate(r.burst[0]), r.names[s], rate(r.burst[s]), rate(r.catchup[s]), q2, q1, q3, c2, c1, c3)
+		q1, q2, q3 := quartiles(pc)
+		lo, hi := bootstrap(bcycles, func(idx []int) float64 { return medianOf(pc, idx) })
+		fmt.Printf("paired throughput (lock-step, %d cycles of %d bursts of %d connects from %d workers, every daemon idle before each burst): %s %.0f conn/s, %s %.0f conn/s (ratio %.2fx, median of the per-cycle ratios %.2fx); counting %s's daemon's catch-up after each burst %.0f conn/s (ratio %.2fx), median of the per-cycle ratios %.2fx (95%% CI %.2f-%.2f, bootstrap over cycles; IQR %.2f-%.2f)\n",
+			bcycles, r.cycle, r.burstSize, r.conc, r.names[0], rate(r.burst[0]), r.names[s], rate(r.burst[s]), plain(all), median(pp),
+			r.names[s], rate(r.catchup[s]), caught(all), q2, lo, hi, q1, q3)
 		if r.names[0] == "none" && r.names[s] == "latch+fp" {
-			fmt.Printf("fast path vs no firewall, paired: throughput %.2fx, counting the daemon's catch-up %.2fx (target >= 0.85x: %s)\n", q2, c2, within(c2 >= 0.85))
+			fmt.Printf("fast path vs no firewall, paired: throughput %.2fx counting the daemon's catch-up (95%% CI %.2f-%.2f; target >= 0.85x: %s), %.2fx without\n", q2, lo, hi, within(q2 >= 0.85), median(pp))
 		}
 	}
+}
+
+// medianOf returns the median of xs[i] for the i in idx.
+func medianOf(xs []float64, idx []int) float64 {
+	ys := make([]float64, len(idx))
+	for j, i := range idx {
+		ys[j] = xs[i]
+	}
+	return median(ys)
 }
 
 // quartiles returns the first quartile, median and third quartile of xs.
@@ -478,30 +505,53 @@ func percentile(xs []float64, p float64) float64 {
 	return c[i] + (pos-float64(i))*(c[i+1]-c[i])
 }
 
-// bootstrapRatio returns a 95% interval of median(x)/median(ref) by resampling
-// whole blocks of block pairs (so a slow stretch stays whole and stays paired),
-// reps times, with a fixed seed.
-func bootstrapRatio(ref, x []float64, block, reps int) (lo, hi float64) {
-	nb := len(ref) / block
-	if nb < 2 {
+// bootstrap returns a 95% interval of stat over n cycles by resampling whole
+// cycles (each keeps its scenarios' samples together, taken side by side), 1000
+// times, with a fixed seed; 0, 0 for fewer than 2 cycles.
+func bootstrap(n int, stat func(cycles []int) float64) (lo, hi float64) {
+	if n < 2 {
 		return 0, 0
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	rs := make([]float64, 0, reps)
-	a := make([]float64, 0, nb*block)
-	b := make([]float64, 0, nb*block)
-	for range reps {
-		a, b = a[:0], b[:0]
-		for range nb {
-			k := rng.IntN(nb) * block
-			a = append(a, ref[k:k+block]...)
-			b = append(b, x[k:k+block]...)
+	rs := make([]float64, 0, 1000)
+	idx := make([]int, n)
+	for range 1000 {
+		for i := range idx {
+			idx[i] = rng.IntN(n)
 		}
-		if m := median(a); m > 0 {
-			rs = append(rs, median(b)/m)
-		}
+		rs = append(rs, stat(idx))
 	}
 	return percentile(rs, 0.025), percentile(rs, 0.975)
+}
+
+// deBruijn returns an order of k scenarios' slots in which every scenario follows
+// every scenario (itself too) exactly once, counting from the last slot of one
+// cycle to the first of the next (a de Bruijn sequence of order 2: 0,0,1,1 for
+// two, the A,A,B,B,A,A,... of interleaved rounds): what a scenario's slot leaves
+// behind (a daemon's pending work, warm caches) then falls on each scenario alike.
+func deBruijn(k int) []int {
+	if k == 1 {
+		return []int{0}
+	}
+	var seq []int
+	a := make([]int, 3)
+	var db func(t, p int)
+	db = func(t, p int) {
+		if t > 2 {
+			if 2%p == 0 {
+				seq = append(seq, a[1:p+1]...)
+			}
+			return
+		}
+		a[t] = a[t-p]
+		db(t+1, p)
+		for j := a[t-p] + 1; j < k; j++ {
+			a[t] = j
+			db(t+1, t)
+		}
+	}
+	db(1, 1)
+	return seq
 }
 
 // pairedTargets picks the targets of the scenarios listed in spec (comma-separated,
@@ -519,4 +569,22 @@ func pairedTargets(spec string, targets []*target) []*target {
 		return nil
 	}
 	return ts
+}
+
+func debugPositions(r *pairedResult) {
+	if os.Getenv("BENCH_DEBUG") == "" {
+		return
+	}
+	b := r.slot - 1
+	for s := range r.names {
+		fmt.Printf("debug %s by position:", r.names[s])
+		for p := 0; p < b; p++ {
+			var xs []float64
+			for i := p; i < len(r.lat[s]); i += b {
+				xs = append(xs, r.lat[s][i])
+			}
+			fmt.Printf(" %.0f", median(xs))
+		}
+		fmt.Println()
+	}
 }
