@@ -52,6 +52,35 @@
 //	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 12 -n 12000
 //
 //	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR] [-bpfstats]
+//	    [-paired 500] [-paired-slot 16] [-paired-bursts 100] [-paired-burst 200] [-paired-scenarios none,latch+fp] [-paired-idle]
+//
+// After the rounds, the scenarios of -paired-scenarios (default none,latch+fp, the
+// reference first; those the run has, at least two) are measured once more in
+// lock step, which a drifting machine cannot tilt: one client process per
+// scenario, started in its network namespace and cgroup like the rounds'
+// clients, runs a slot of -paired-slot sequential connects (default 16; the
+// first, after the handoff, not counted) when the bench tells it to, timing
+// each itself, and hands back; the slots follow a de Bruijn order (A,A,B,B,...
+// for two scenarios: every scenario's slot after every scenario's alike, so that
+// what a daemon still has to do after its slot falls on each equally), -paired
+// slots per scenario (default 500, rounded up to whole cycles; a cycle takes a
+// few milliseconds); -paired-idle waits for every latch daemon to be idle before
+// each slot too (the CPUs then idle as well, and connects are slower).
+// The verdict is the median of the per-cycle ratios (each scenario's median
+// connect within one cycle), with a 95% bootstrap interval over cycles and the
+// interquartile range ("paired connect ..." and "fast path vs no firewall,
+// paired: connect ..."). Then -paired-bursts bursts per scenario (default 100) of
+// -paired-burst connects (default 200) from -conc workers, in the same order,
+// each after every latch daemon is idle, timed without and with the scenario's
+// daemon's catch-up (until its CPU clock stands still: work it would do during
+// the next connects of a steady load); the verdict on throughput is the median
+// of the per-cycle ratios with the catch-up ("paired throughput ..."). A ratio
+// that changes with the machine's load (the fast path's daemon competes for the
+// CPUs) still differs from run to run; pairing takes out only the drift within
+// a run. -paired 0 -paired-bursts 0 turns it off; with -reset=false mind the
+// ephemeral ports (the paired connects count towards the 28,000).
+//
+//	sudo go run ./test/bench -scenarios none,latch+fp -rounds 6 -n 12000 -bulk 0
 //
 // -cpuprofile DIR has each latch daemon write a CPU profile of itself to
 // DIR/SCENARIO.pprof when it stops (`go tool pprof DIR/latch+fp.pprof`).
@@ -141,9 +170,9 @@ func main() {
 	reset := flag.Bool("reset", true, "close each connect with a reset (no TIME_WAIT); false: a normal close, whose TIME_WAIT sockets make the kernel's search for a free local port part of every connect")
 	flag.BoolVar(&bpfStats, "bpfstats", false, "turn the kernel's eBPF run-time statistics on for the run and report what each latch scenario's eBPF programs cost a connect (every program run then costs two clock readings more: use a run without it for the ratios)")
 	flag.StringVar(&cpuProfileDir, "cpuprofile", "", "write a CPU profile of each latch daemon to DIR/SCENARIO.pprof (LATCH_CPUPROFILE), when it stops")
-	paired := flag.Int("paired", 500, "pairs of lock-step slots of -paired-slot sequential connects of the -paired-scenarios, after the rounds (0: none)")
+	paired := flag.Int("paired", 500, "lock-step slots of -paired-slot sequential connects per scenario of -paired-scenarios, after the rounds (0: none)")
 	pairedSlot := flag.Int("paired-slot", 16, "sequential connects per lock-step slot (at least 2: the first of a slot is not counted)")
-	pairedBursts := flag.Int("paired-bursts", 100, "pairs of lock-step bursts of -paired-burst connects from -conc workers after the paired connects (0: none)")
+	pairedBursts := flag.Int("paired-bursts", 100, "lock-step bursts of -paired-burst connects from -conc workers per scenario of -paired-scenarios, after the paired slots (0: none)")
 	pairedBurst := flag.Int("paired-burst", 200, "connects per lock-step burst")
 	pairedIdle := flag.Bool("paired-idle", false, "before each paired connect, wait until every latch daemon is idle (its work from the last slot done; the CPUs then idle too, and connects are slower than back to back)")
 	pairedSpec := flag.String("paired-scenarios", "none,latch+fp", "the scenarios measured in lock step, the reference first (those the run has; fewer than two: no paired measurement)")

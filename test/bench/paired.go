@@ -436,7 +436,7 @@ func reportPaired(r *pairedResult) {
 	}
 	for s := 1; s < k; s++ {
 		if w := r.waits[s]; len(w) > 0 {
-			fmt.Printf("%s: paired, waited for the daemons to be idle after its slots: median %.0f µs, p90 %.0f µs\n", r.names[s], median(w), percentile(w, 0.9))
+			fmt.Printf("%s: paired, waited for the daemons to be idle after its bursts (and slots, with -paired-idle): median %.0f µs, p90 %.0f µs\n", r.names[s], median(w), percentile(w, 0.9))
 		}
 	}
 	bcycles := len(r.burst[0]) / k
