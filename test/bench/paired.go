@@ -135,6 +135,91 @@ type pairedResult struct {
 	// slotTime: the mean time from one slot's start to the next's.
 	slotTime time.Duration
 	idle     bool // waited for the daemons to be idle before each paired connect
+	// What else the machine did meanwhile (other programs: other benchmarks and
+	// tests), during the slots and during the bursts.
+	connLoad, burstLoad load
+}
+
+// loadSnap is the machine's CPU use so far, and the bench's own (this process,
+// every scenario's processes and cgroup).
+type loadSnap struct {
+	at               time.Time
+	busy, steal, own time.Duration
+	ok               bool
+}
+
+// load is what the machine's other programs used over an interval: CPUs (1.0 =
+// one CPU all the time), and the share of time the hypervisor gave no CPU (steal).
+type load struct {
+	others, steal float64
+	ok            bool
+}
+
+// takeLoad reads /proc/stat (all CPUs: busy time, steal) and the CPU time of the
+// bench itself, of every process of the targets (servers, daemons) and of their
+// cgroups (the clients).
+func takeLoad(targets []*target) loadSnap {
+	l := loadSnap{at: time.Now()}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return l
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return l
+	}
+	var v [8]int64
+	for i := range v {
+		fmt.Sscan(f[i+1], &v[i])
+	}
+	// user nice system idle iowait irq softirq steal, in 1/100 s
+	tick := 10 * time.Millisecond
+	l.busy = time.Duration(v[0]+v[1]+v[2]+v[5]+v[6]) * tick
+	l.steal = time.Duration(v[7]) * tick
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) == nil {
+		l.own += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	for _, t := range targets {
+		for _, p := range t.procs {
+			if p.Process != nil {
+				if c, err := cpuClock(p.Process.Pid); err == nil {
+					l.own += c
+				}
+			}
+		}
+		if st, err := os.ReadFile(t.cgPath + "/cpu.stat"); err == nil {
+			var usec int64
+			if _, rest, ok := strings.Cut(string(st), "usage_usec "); ok {
+				fmt.Sscan(rest, &usec)
+			}
+			l.own += time.Duration(usec) * time.Microsecond
+		}
+	}
+	l.ok = true
+	return l
+}
+
+// since is the load between snapshot a and l.
+func (l loadSnap) since(a loadSnap) load {
+	d := l.at.Sub(a.at)
+	if !l.ok || !a.ok || d <= 0 {
+		return load{}
+	}
+	return load{
+		others: max(float64(l.busy-a.busy-(l.own-a.own)), 0) / float64(d),
+		steal:  float64(l.steal-a.steal) / float64(d),
+		ok:     true,
+	}
+}
+
+// String tells the load for the report.
+func (l load) String() string {
+	if !l.ok {
+		return "other programs' load unknown"
+	}
+	return fmt.Sprintf("other programs' load %.2f CPUs, steal %.0f%% of a CPU", l.others, 100*l.steal)
 }
 
 // runPaired measures targets (the first is the reference) in lock step: slots
@@ -180,6 +265,7 @@ func runPaired(targets []*target, all []*target, client string, slots, slot, bur
 			res.waits[prev] = append(res.waits[prev], us(w))
 		}
 	}
+	l0 := takeLoad(all)
 	start := time.Now()
 	for range cycles(slots) {
 		for _, s := range order {
@@ -202,6 +288,8 @@ func runPaired(targets []*target, all []*target, client string, slots, slot, bur
 	if k := len(res.lat[0]) / (slot - 1); k > 0 {
 		res.slotTime = time.Since(start) / time.Duration(k*len(clients))
 	}
+	l1 := takeLoad(all)
+	res.connLoad = l1.since(l0)
 	prev = -1
 	for range cycles(bursts) {
 		for _, s := range order {
@@ -218,6 +306,7 @@ func runPaired(targets []*target, all []*target, client string, slots, slot, bur
 			prev = s
 		}
 	}
+	res.burstLoad = takeLoad(all).since(l1)
 	for s, tg := range targets {
 		tg.pairedConns += len(res.lat[s])/(slot-1)*slot + len(res.burst[s])*burstSize
 	}
@@ -428,8 +517,8 @@ func reportPaired(r *pairedResult) {
 		mr, mx := median(ref), median(x)
 		q1, q2, q3 := quartiles(per)
 		lo, hi := bootstrap(cycles, func(idx []int) float64 { return medianOf(per, idx) })
-		fmt.Printf("paired connect (lock-step, %d cycles of %d slots of %d sequential connects, each scenario's slots after each's alike, the first connect of a slot not counted, %s, %.0f µs a slot): %s median %.1f µs, %s median %.1f µs, ratio of medians %.2fx; median of the per-cycle ratios %.2fx (95%% CI %.2f-%.2f, bootstrap over cycles; IQR %.2f-%.2f)\n",
-			cycles, r.cycle, r.slot, how, us(r.slotTime), r.names[0], mr, r.names[s], mx, mx/mr, q2, lo, hi, q1, q3)
+		fmt.Printf("paired connect (lock-step, %d cycles of %d slots of %d sequential connects, each scenario's slots after each's alike, the first connect of a slot not counted, %s, %.0f µs a slot, %v): %s median %.1f µs, %s median %.1f µs, ratio of medians %.2fx; median of the per-cycle ratios %.2fx (95%% CI %.2f-%.2f, bootstrap over cycles; IQR %.2f-%.2f)\n",
+			cycles, r.cycle, r.slot, how, us(r.slotTime), r.connLoad, r.names[0], mr, r.names[s], mx, mx/mr, q2, lo, hi, q1, q3)
 		if r.names[0] == "none" && r.names[s] == "latch+fp" {
 			fmt.Printf("fast path vs no firewall, paired: connect %.2fx (95%% CI %.2f-%.2f; target <= 1.2x: %s)\n", q2, lo, hi, within(q2 <= 1.2))
 		}
@@ -467,8 +556,8 @@ func reportPaired(r *pairedResult) {
 		}
 		q1, q2, q3 := quartiles(pc)
 		lo, hi := bootstrap(bcycles, func(idx []int) float64 { return medianOf(pc, idx) })
-		fmt.Printf("paired throughput (lock-step, %d cycles of %d bursts of %d connects from %d workers, every daemon idle before each burst): %s %.0f conn/s, %s %.0f conn/s (ratio %.2fx, median of the per-cycle ratios %.2fx); counting %s's daemon's catch-up after each burst %.0f conn/s (ratio %.2fx), median of the per-cycle ratios %.2fx (95%% CI %.2f-%.2f, bootstrap over cycles; IQR %.2f-%.2f)\n",
-			bcycles, r.cycle, r.burstSize, r.conc, r.names[0], rate(r.burst[0]), r.names[s], rate(r.burst[s]), plain(all), median(pp),
+		fmt.Printf("paired throughput (lock-step, %d cycles of %d bursts of %d connects from %d workers, every daemon idle before each burst, %v): %s %.0f conn/s, %s %.0f conn/s (ratio %.2fx, median of the per-cycle ratios %.2fx); counting %s's daemon's catch-up after each burst %.0f conn/s (ratio %.2fx), median of the per-cycle ratios %.2fx (95%% CI %.2f-%.2f, bootstrap over cycles; IQR %.2f-%.2f)\n",
+			bcycles, r.cycle, r.burstSize, r.conc, r.burstLoad, r.names[0], rate(r.burst[0]), r.names[s], rate(r.burst[s]), plain(all), median(pp),
 			r.names[s], rate(r.catchup[s]), caught(all), q2, lo, hi, q1, q3)
 		if r.names[0] == "none" && r.names[s] == "latch+fp" {
 			fmt.Printf("fast path vs no firewall, paired: throughput %.2fx counting the daemon's catch-up (95%% CI %.2f-%.2f; target >= 0.85x: %s), %.2fx without\n", q2, lo, hi, within(q2 >= 0.85), median(pp))
