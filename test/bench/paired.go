@@ -519,6 +519,15 @@ func reportPaired(r *pairedResult) {
 		lo, hi := bootstrap(cycles, func(idx []int) float64 { return medianOf(per, idx) })
 		fmt.Printf("paired connect (lock-step, %d cycles of %d slots of %d sequential connects, each scenario's slots after each's alike, the first connect of a slot not counted, %s, %.0f µs a slot, %v): %s median %.1f µs, %s median %.1f µs, ratio of medians %.2fx; median of the per-cycle ratios %.2fx (95%% CI %.2f-%.2f, bootstrap over cycles; IQR %.2f-%.2f)\n",
 			cycles, r.cycle, r.slot, how, us(r.slotTime), r.connLoad, r.names[0], mr, r.names[s], mx, mx/mr, q2, lo, hi, q1, q3)
+		if cycles >= 10 {
+			// A stretch of the run that differs (a daemon busy with something
+			// else for a while) shows here.
+			fmt.Printf("paired connect %s / %s, median of the per-cycle ratios by tenth of the run:", r.names[s], r.names[0])
+			for t := range 10 {
+				fmt.Printf(" %.2f", median(per[t*cycles/10:(t+1)*cycles/10]))
+			}
+			fmt.Println()
+		}
 		if r.names[0] == "none" && r.names[s] == "latch+fp" {
 			fmt.Printf("fast path vs no firewall, paired: connect %.2fx (95%% CI %.2f-%.2f; target <= 1.2x: %s)\n", q2, lo, hi, within(q2 <= 1.2))
 		}
