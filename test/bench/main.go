@@ -76,8 +76,11 @@
 // the next connects of a steady load); the verdict on throughput is the median
 // of the per-cycle ratios with the catch-up ("paired throughput ..."). A ratio
 // that changes with the machine's load (the fast path's daemon competes for the
-// CPUs) still differs from run to run; pairing takes out only the drift within
-// a run. -paired 0 -paired-bursts 0 turns it off; with -reset=false mind the
+// CPUs) still differs from run to run, and so does the set-up: two scenarios with
+// the same binary (latch+fp and latch+fp@base with -latch-base the same) came
+// out 0.94x to 1.10x paired in four runs (0.74x to 1.35x per round). Pairing
+// takes out the drift within a run; the interval covers that, not the set-up:
+// compare several runs. -paired 0 -paired-bursts 0 turns it off; with -reset=false mind the
 // ephemeral ports (the paired connects count towards the 28,000).
 //
 //	sudo go run ./test/bench -scenarios none,latch+fp -rounds 6 -n 12000 -bulk 0
