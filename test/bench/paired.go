@@ -491,7 +491,6 @@ func reportPaired(r *pairedResult) {
 		}
 		return "OVER"
 	}
-	debugPositions(r)
 	k := len(r.names)
 	how := "slot after slot"
 	if r.idle {
@@ -667,22 +666,4 @@ func pairedTargets(spec string, targets []*target) []*target {
 		return nil
 	}
 	return ts
-}
-
-func debugPositions(r *pairedResult) {
-	if os.Getenv("BENCH_DEBUG") == "" {
-		return
-	}
-	b := r.slot - 1
-	for s := range r.names {
-		fmt.Printf("debug %s by position:", r.names[s])
-		for p := 0; p < b; p++ {
-			var xs []float64
-			for i := p; i < len(r.lat[s]); i += b {
-				xs = append(xs, r.lat[s][i])
-			}
-			fmt.Printf(" %.0f", median(xs))
-		}
-		fmt.Println()
-	}
 }
