@@ -1641,9 +1641,19 @@ func (h *History) writeItems(w *rowWriter, batch []historyItem) error {
 	totals := &h.totals
 	reports := totals.reports // the traffic table is needed
 	// A report about a connection of this same batch sets the row's totals before
-	// it is inserted: one statement fewer per short connection.
+	// it is inserted: one statement fewer per short connection. Only the rows
+	// before the batch's last report can be its connections: the daemon's
+	// batches mostly have none (rowHold merged them into their held rows), and
+	// a map entry per row cost the writer more than a look for the last one.
 	inBatch, applied := sc.inBatch, sc.applied
-	for i := range batch {
+	lastReport := -1
+	for i := len(batch) - 1; i >= 0; i-- {
+		if batch[i].report {
+			lastReport = i
+			break
+		}
+	}
+	for i := range lastReport + 1 {
 		t := &batch[i].conn
 		if !batch[i].report {
 			inBatch[t.Request.ID] = i
