@@ -55,6 +55,12 @@
 //
 // -cpuprofile DIR has each latch daemon write a CPU profile of itself to
 // DIR/SCENARIO.pprof when it stops (`go tool pprof DIR/latch+fp.pprof`).
+// That profile holds the daemon's start-up too (the rules' import, loading BTF),
+// which hides what a connect costs: -perf DIR instead samples each latch daemon
+// with `perf record -g` (Go keeps frame pointers) from after its rules were
+// imported to the end of the rounds, the phases the "daemon CPU per connect" line
+// counts, into DIR/SCENARIO.perf.data (`perf report -i DIR/latch+fp.perf.data
+// --no-children`; perf must be installed).
 // -bpfstats reports what each latch scenario's eBPF programs (those in force on
 // its clients' cgroup) cost a connect, by program, from the kernel's run-time
 // statistics, which it turns on for the run (they slow every program a little:
@@ -64,6 +70,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -74,6 +81,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,6 +100,10 @@ const benchPort = 9000
 
 // cpuProfileDir (-cpuprofile): where the daemons write their CPU profiles; "": none.
 var cpuProfileDir string
+
+// perfDir (-perf): where perf record writes the daemons' samples of the
+// measuring phases; "": none.
+var perfDir string
 
 // Measurement is one scenario's numbers, as the client role prints them.
 type Measurement struct {
@@ -138,6 +150,7 @@ func main() {
 	reset := flag.Bool("reset", true, "close each connect with a reset (no TIME_WAIT); false: a normal close, whose TIME_WAIT sockets make the kernel's search for a free local port part of every connect")
 	flag.BoolVar(&bpfStats, "bpfstats", false, "turn the kernel's eBPF run-time statistics on for the run and report what each latch scenario's eBPF programs cost a connect (every program run then costs two clock readings more: use a run without it for the ratios)")
 	flag.StringVar(&cpuProfileDir, "cpuprofile", "", "write a CPU profile of each latch daemon to DIR/SCENARIO.pprof (LATCH_CPUPROFILE), when it stops")
+	flag.StringVar(&perfDir, "perf", "", "sample each latch daemon with perf record -g from after its set-up to the end of the rounds, into DIR/SCENARIO.perf.data")
 	udpN := flag.Int("udp", 0, "UDP exchanges (each a new flow) per phase, in the same rounds, for none, latch and latch+fp (0: none)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -261,6 +274,9 @@ func main() {
 		}
 	}
 	settleAll(targets, prev)
+	for _, tg := range targets {
+		tg.stopPerf()
+	}
 	checkBaselineHooks(filepath.Dir(cg), plain, tolerate, hooksBefore)
 	var results []Measurement
 	for _, tg := range targets {
@@ -438,6 +454,7 @@ type target struct {
 
 	daemon   *exec.Cmd     // latch's daemon, if any
 	cpuStart time.Duration // its CPU time once set up (rules imported)
+	perf     *exec.Cmd     // perf record sampling the daemon (-perf), until stopPerf
 
 	sinkAddr    string
 	bulkBytes   int64
@@ -498,6 +515,20 @@ func (tg *target) close() {
 		unix.Close(tg.cgfd)
 		tg.cgfd = -1
 	}
+}
+
+// stopPerf stops the daemon's perf record (-perf), which then writes its file.
+func (tg *target) stopPerf() {
+	if tg.perf == nil {
+		return
+	}
+	tg.perf.Process.Signal(os.Interrupt)
+	// perf exits with the interrupt's status once it wrote the file.
+	if err := tg.perf.Wait(); err != nil && !errors.As(err, new(*exec.ExitError)) {
+		fmt.Fprintf(os.Stderr, "%s: perf record: %v\n", tg.name, err)
+	}
+	tg.procs = slices.DeleteFunc(tg.procs, func(c *exec.Cmd) bool { return c == tg.perf })
+	tg.perf = nil
 }
 
 // inCgroup has cmd start in the scenario's cgroup.
@@ -779,6 +810,17 @@ func setup(name, label, client, latchBin, dir string, nrules int, cg string, cgf
 			return tg, fmt.Errorf("latch rules import: %v: %s", err, out)
 		}
 		tg.cpuStart, _ = processCPU(d.Process.Pid)
+		if perfDir != "" {
+			// From now on: what the rounds cost the daemon, not its start-up.
+			rec := exec.Command("perf", "record", "-F", "2000", "-g", "-p", strconv.Itoa(d.Process.Pid),
+				"-o", filepath.Join(perfDir, label+".perf.data"))
+			rec.Stderr = os.Stderr
+			if err := rec.Start(); err != nil {
+				return tg, fmt.Errorf("-perf: %v", err)
+			}
+			tg.perf = rec
+			tg.procs = append(tg.procs, rec)
+		}
 		if name == "latch+sinks" {
 			follow := exec.Command(latchBin, "events", "--follow", "--json")
 			follow.Env = append(os.Environ(), "LATCH_API="+api)
