@@ -51,7 +51,7 @@
 //
 //	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 12 -n 12000
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR] [-bpfstats]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR] [-perf DIR] [-bpfstats]
 //
 // -cpuprofile DIR has each latch daemon write a CPU profile of itself to
 // DIR/SCENARIO.pprof when it stops (`go tool pprof DIR/latch+fp.pprof`).
