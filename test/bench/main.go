@@ -51,7 +51,7 @@
 //
 //	sudo go run ./test/bench -scenarios latch,latch-noacct -rounds 12 -n 12000
 //
-//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR] [-bpfstats]
+//	sudo go run ./test/bench [-n 2000] [-conc 8] [-rules 10000] [-rounds 5] [-bulk 1024] [-bulk-time 1s] [-udp 0] [-reset=true] [-scenarios a,b] [-latch-base BIN] [-cpuprofile DIR] [-perf DIR] [-bpfstats]
 //	    [-paired 500] [-paired-slot 16] [-paired-bursts 100] [-paired-burst 200] [-paired-scenarios none,latch+fp] [-paired-idle]
 //
 // After the rounds, the scenarios of -paired-scenarios (default none,latch+fp, the
@@ -87,6 +87,12 @@
 //
 // -cpuprofile DIR has each latch daemon write a CPU profile of itself to
 // DIR/SCENARIO.pprof when it stops (`go tool pprof DIR/latch+fp.pprof`).
+// That profile holds the daemon's start-up too (the rules' import, loading BTF),
+// which hides what a connect costs: -perf DIR instead samples each latch daemon
+// with `perf record -g` (Go keeps frame pointers) from after its rules were
+// imported to the end of the rounds, the phases the "daemon CPU per connect" line
+// counts, into DIR/SCENARIO.perf.data (`perf report -i DIR/latch+fp.perf.data
+// --no-children`; perf must be installed).
 // -bpfstats reports what each latch scenario's eBPF programs (those in force on
 // its clients' cgroup) cost a connect, by program, from the kernel's run-time
 // statistics, which it turns on for the run (they slow every program a little:
@@ -96,6 +102,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -106,6 +113,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,6 +132,10 @@ const benchPort = 9000
 
 // cpuProfileDir (-cpuprofile): where the daemons write their CPU profiles; "": none.
 var cpuProfileDir string
+
+// perfDir (-perf): where perf record writes the daemons' samples of the
+// measuring phases; "": none.
+var perfDir string
 
 // Measurement is one scenario's numbers, as the client role prints them.
 type Measurement struct {
@@ -179,6 +191,7 @@ func main() {
 	pairedBurst := flag.Int("paired-burst", 200, "connects per lock-step burst")
 	pairedIdle := flag.Bool("paired-idle", false, "before each paired connect, wait until every latch daemon is idle (its work from the last slot done; the CPUs then idle too, and connects are slower than back to back)")
 	pairedSpec := flag.String("paired-scenarios", "none,latch+fp", "the scenarios measured in lock step, the reference first (those the run has; fewer than two: no paired measurement)")
+	flag.StringVar(&perfDir, "perf", "", "sample each latch daemon with perf record -g from after its set-up to the end of the rounds, into DIR/SCENARIO.perf.data")
 	udpN := flag.Int("udp", 0, "UDP exchanges (each a new flow) per phase, in the same rounds, for none, latch and latch+fp (0: none)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -306,6 +319,9 @@ func main() {
 		}
 	}
 	settleAll(targets, prev)
+	for _, tg := range targets {
+		tg.stopPerf()
+	}
 	var pairedRes *pairedResult
 	if pt := pairedTargets(*pairedSpec, targets); pt != nil && (*paired > 0 || *pairedBursts > 0) {
 		if pairedRes, err = runPaired(pt, targets, client, *paired, *pairedSlot, *pairedBursts, *pairedBurst, *conc, *reset, *pairedIdle); err != nil {
@@ -496,6 +512,7 @@ type target struct {
 
 	daemon   *exec.Cmd     // latch's daemon, if any
 	cpuStart time.Duration // its CPU time once set up (rules imported)
+	perf     *exec.Cmd     // perf record sampling the daemon (-perf), until stopPerf
 
 	sinkAddr    string
 	bulkBytes   int64
@@ -556,6 +573,20 @@ func (tg *target) close() {
 		unix.Close(tg.cgfd)
 		tg.cgfd = -1
 	}
+}
+
+// stopPerf stops the daemon's perf record (-perf), which then writes its file.
+func (tg *target) stopPerf() {
+	if tg.perf == nil {
+		return
+	}
+	tg.perf.Process.Signal(os.Interrupt)
+	// perf exits with the interrupt's status once it wrote the file.
+	if err := tg.perf.Wait(); err != nil && !errors.As(err, new(*exec.ExitError)) {
+		fmt.Fprintf(os.Stderr, "%s: perf record: %v\n", tg.name, err)
+	}
+	tg.procs = slices.DeleteFunc(tg.procs, func(c *exec.Cmd) bool { return c == tg.perf })
+	tg.perf = nil
 }
 
 // inCgroup has cmd start in the scenario's cgroup.
@@ -837,6 +868,17 @@ func setup(name, label, client, latchBin, dir string, nrules int, cg string, cgf
 			return tg, fmt.Errorf("latch rules import: %v: %s", err, out)
 		}
 		tg.cpuStart, _ = processCPU(d.Process.Pid)
+		if perfDir != "" {
+			// From now on: what the rounds cost the daemon, not its start-up.
+			rec := exec.Command("perf", "record", "-F", "2000", "-g", "-p", strconv.Itoa(d.Process.Pid),
+				"-o", filepath.Join(perfDir, label+".perf.data"))
+			rec.Stderr = os.Stderr
+			if err := rec.Start(); err != nil {
+				return tg, fmt.Errorf("-perf: %v", err)
+			}
+			tg.perf = rec
+			tg.procs = append(tg.procs, rec)
+		}
 		if name == "latch+sinks" {
 			follow := exec.Command(latchBin, "events", "--follow", "--json")
 			follow.Env = append(os.Environ(), "LATCH_API="+api)

@@ -929,7 +929,16 @@ func (b *Backend) TrackFlow(req *engine.Request) {
 	}
 	// After the table: the accountant looks for an end it saw before this.
 	b.tracked.add(keyOf(req))
-	b.kickAccountant()
+	// A TCP flow whose socket's end is reported (SocketEnds, without
+	// conntrack's update events) needs no drain of its own: its end kicks the
+	// accountant, whose drain registers the flows queued before the ends it
+	// takes, and until then the drain every eventDrain registers it. A kick per
+	// burst of the fast path's decisions woke the accountant once more per
+	// burst, besides its ends' (a tenth of the daemon's CPU per fast-path
+	// connect went to waking and draining).
+	if req.Protocol != engine.TCP || b.ctUpdates.Load() {
+		b.kickAccountant()
+	}
 }
 
 // kickAccountant has the accountant drain within kickDrain, once for a burst of
