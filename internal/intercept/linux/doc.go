@@ -504,7 +504,33 @@ const (
 	// Config.ExemptLoopback: there the flow's first packet is held, and an
 	// allow's CONNMARK save would overwrite it (see the README's Open note).
 	MarkLoopbackForged uint32 = 0x70000000
+	// MarkLoopbackExempt is a conntrack mark only (its value is the packet
+	// mark MarkFastFlow's, which no rule tests in the conntrack mark): with
+	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose first packet
+	// the loopback return passes (a NEW entry without latch's mark, by the
+	// same conditions as the return), and a chain on the postrouting hook
+	// (LATCH-POST in the mangle table; table inet latch's postrouting
+	// chain) drops every packet of such a flow, or of a MarkLoopbackForged
+	// one, that leaves by another interface than lo (review24). The output
+	// interface the filter rules see (-o, oifname) is the nf_hook_state's,
+	// fixed when the output hook is called (the socket's route, lo); a
+	// host's policy routing by mark (an ip rule fwmark before the local
+	// table, the mark set in the mangle table or an nft route chain)
+	// reroutes the packet during the hook and it leaves by another
+	// interface, undecided. Only the postrouting hook sees that interface.
+	// The postrouting rule tests the two bits both loopback marks have
+	// (loopbackMarks): one rule, which no other conntrack mark of latch's
+	// matches (MarkAllow, MarkRedecide). A flow the queue decides (an allow
+	// saves MarkAllow over it) and a flow from before the ruleset (no mark)
+	// pass: only what nothing decided is dropped. The daemon's conntrack
+	// reads skip it (it lacks the bit MarkAllow and MarkRedecide share).
+	MarkLoopbackExempt uint32 = 0x60000000
 )
+
+// loopbackMarks is the conntrack mark bits MarkLoopbackExempt and
+// MarkLoopbackForged share and no other conntrack mark of latch's has both of:
+// the postrouting drop tests them (value and mask).
+const loopbackMarks = MarkLoopbackExempt & MarkLoopbackForged
 
 // Firewall mechanisms for Config.Firewall.
 const (

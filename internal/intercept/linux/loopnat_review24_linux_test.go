@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -106,84 +105,283 @@ func TestNftLoopbackExemptLateDNATOut(t *testing.T) {
 	}
 }
 
-// markReroute makes namespace A send UDP to its own address and port out the
-// veth to B (which has A's address on its loopback, so its socket there
-// receives it) when the packet has mark 0x24: policy routing before the local
-// table (moved after it), as setups that steer by mark do. mark is the rule
-// that gives the mark: an iptables mangle rule or an nftables route chain.
-func markReroute(t *testing.T, tp *topo, port uint16, mark func()) {
+// markReroute makes namespace A send to its own address (addr6A, or addrA
+// with v4) out the veth to B (which has that address on its loopback, so its
+// socket there receives it) when the packet has mark 0x24: policy routing
+// before the local table (moved after it), as setups that steer by mark do.
+// mark is the rule that gives the mark: an iptables mangle rule or an
+// nftables route chain.
+func markReroute(t *testing.T, tp *topo, v4 bool, mark func()) {
 	t.Helper()
-	for _, args := range [][]string{
-		{"-n", tp.a, "-6", "rule", "add", "pref", "1000", "lookup", "local"},
-		{"-n", tp.a, "-6", "rule", "del", "pref", "0", "lookup", "local"},
-		{"-n", tp.a, "-6", "rule", "add", "pref", "10", "fwmark", "0x24", "lookup", "124"},
-		{"-n", tp.a, "-6", "route", "add", "table", "124", addr6A + "/128", "via", addr6B, "dev", tp.vethA},
-		{"-n", tp.b, "addr", "add", addr6A + "/128", "dev", "lo"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	fam, self, peer, bits := "-6", addr6A, addr6B, "/128"
+	if v4 {
+		fam, self, peer, bits = "-4", addrA, addrB, "/32"
+	}
+	cmds := [][]string{
+		{"ip", "-n", tp.a, fam, "rule", "add", "pref", "1000", "lookup", "local"},
+		{"ip", "-n", tp.a, fam, "rule", "del", "pref", "0", "lookup", "local"},
+		{"ip", "-n", tp.a, fam, "rule", "add", "pref", "10", "fwmark", "0x24", "lookup", "124"},
+		{"ip", "-n", tp.a, fam, "route", "add", "table", "124", self + bits, "via", peer, "dev", tp.vethA},
+		{"ip", "-n", tp.b, "addr", "add", self + bits, "dev", "lo"},
+	}
+	if v4 {
+		// B takes a datagram whose source is one of its addresses (A's,
+		// on B's lo): accept_local, no reverse path filter.
+		cmds = append(cmds, []string{"ip", "netns", "exec", tp.b, "sysctl", "-qw",
+			"net.ipv4.conf.all.accept_local=1", "net.ipv4.conf." + tp.vethB + ".accept_local=1",
+			"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf." + tp.vethB + ".rp_filter=0"})
+	}
+	for _, args := range cmds {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
 	mark()
 }
 
-// TestLoopbackExemptRerouteOut (review24, open, low: it takes the host's own
+// nftIn runs the nft script in namespace ns.
+func nftIn(t *testing.T, ns, script string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft in %s: %v: %s\n%s", ns, err, out, script)
+	}
+}
+
+// installNftDrop installs in namespace ns the native nftables ruleset of
+// spec with its queue statements made drops (no native queue here): what it
+// would hold is dropped.
+func installNftDrop(t *testing.T, ns string, spec ruleSpec) {
+	t.Helper()
+	nftIn(t, ns, regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop"))
+}
+
+// rerouteCase is one way the host's mark reroutes a loopback packet
+// (TestLoopbackExemptRerouteOut).
+type rerouteCase struct {
+	fw   string
+	late bool // an nft route chain after the filter chains (10), else before them (mangle)
+	v4   bool
+}
+
+func (c rerouteCase) name() string {
+	n := c.fw + "/mangle"
+	if c.late {
+		n = c.fw + "/nft-route-after-filter"
+	}
+	if c.v4 {
+		return n + "/ipv4"
+	}
+	return n + "/ipv6"
+}
+
+// markRule gives mark 0x24 in namespace ns to UDP to addr and port: an
+// iptables mangle OUTPUT rule (the firewall's own variant; with nftables
+// a route chain at mangle priority) or, late, an nft route chain at priority
+// 10, after latch's filter chains.
+func (c rerouteCase) markRule(t *testing.T, ns string, addr netip.Addr, port uint16) {
+	t.Helper()
+	fam := "ip6"
+	if c.v4 {
+		fam = "ip"
+	}
+	if c.late || c.fw == FirewallNftables {
+		prio := "-150"
+		if c.late {
+			prio = "10"
+		}
+		nftIn(t, ns, fmt.Sprintf("add table %s r24route\nadd chain %s r24route out { type route hook output priority %s; }\n"+
+			"add rule %s r24route out %s daddr %s udp dport %d meta mark set 0x24\n", fam, fam, prio, fam, fam, addr, port))
+		return
+	}
+	ipt := "ip6tables-nft"
+	if c.v4 {
+		ipt = "iptables-nft"
+	}
+	if c.fw == FirewallIptablesLegacy {
+		ipt = strings.Replace(ipt, "-nft", "-legacy", 1)
+	}
+	args := []string{"netns", "exec", ns, ipt, "-w", "-t", "mangle", "-A", "OUTPUT", "-d", addr.String(), "-p", "udp", "--dport", fmt.Sprint(port), "-j", "MARK", "--set-mark", "0x24"}
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("mark rule: %v: %s", err, out)
+	}
+}
+
+// rerouteTopo is the network of a rerouteCase with every rule denying: a
+// daemon (Config.Inbound, loopback exempt) with iptables, or with nftables
+// its ruleset installed with drops for queues. env goes to the daemon.
+func (c rerouteCase) topo(t *testing.T, env ...string) (*topo, func()) {
+	t.Helper()
+	if c.fw != FirewallNftables {
+		tp, d, _ := forgedTCPTopo(t, c.fw, "*=deny", env...)
+		return tp, func() { d.stop() }
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp, _ := forgedTCPNet(t)
+	installNftDrop(t, tp.a, ruleSpec{queue: testQueue, inbound: true, exemptLoopback: true})
+	return tp, func() {}
+}
+
+// sendsRerouted reports whether a datagram from a socket on A's own address
+// (port+1) to A's own address and port reaches peer, in up to three tries.
+func sendsRerouted(t *testing.T, tp *topo, self netip.Addr, port uint16, peer *udpPeer) bool {
+	t.Helper()
+	var c *net.UDPConn
+	if err := inNS(tp.a, func() error {
+		var err error
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(self, port+1)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 3; i++ {
+		c.WriteToUDPAddrPort([]byte("latch-reroute"), netip.AddrPortFrom(self, port))
+		if peer.receives("latch-reroute", 700*time.Millisecond) {
+			return true
+		}
+	}
+	return false
+}
+
+// selfAddr is A's address of the family.
+func selfAddr(v4 bool) netip.Addr {
+	if v4 {
+		return netip.MustParseAddr(addrA)
+	}
+	return netip.MustParseAddr(addr6A)
+}
+
+// TestLoopbackExemptRerouteOut (review24, low: it takes the host's own
 // policy routing by mark of a local destination): a datagram to A's own
 // address whose mark policy routing steers out the veth to B, with every
-// rule denying, reaches B undecided. LATCH-OUT's '-o lo' (and nft's oifname)
-// is the nf_hook_state's output device, fixed when the LOCAL_OUT hook is
-// called (the socket's route, lo); a reroute during the hook does not change
-// it: the mangle table's (ip6t_mangle_out: ip6_route_me_harder on a mark
-// change, priority -150, before the filter table) as well as a route chain's
-// after it (priority 10 here). Only POSTROUTING sees the device the packet
-// leaves by. cd9160c closed this for DNAT (the conntrack status, then the
-// destination's type), not for a reroute by mark: the destination is still
-// local, so both loopback returns take it (the first one matched, counters).
+// rule denying, must not reach B undecided. LATCH-OUT's '-o lo' (and nft's
+// oifname) is the nf_hook_state's output device, fixed when the LOCAL_OUT
+// hook is called (the socket's route, lo); a reroute during the hook does
+// not change it: the mangle table's (ip6t_mangle_out: ip6_route_me_harder on
+// a mark change, priority -150, before the filter table) as well as a route
+// chain's after it (priority 10 here). Only POSTROUTING sees the device the
+// packet leaves by: the loopback return gives the flow MarkLoopbackExempt,
+// and LATCH-POST (nft: chain postrouting) drops what of it leaves by another
+// interface. It fails without them: the datagram reaches B, in every case
+// (checked on iptables-nft, iptables-legacy and nftables, IPv4 and IPv6).
 func TestLoopbackExemptRerouteOut(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review24, low): a loopback packet rerouted by mark during the output hook leaves by another interface undecided; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
-	for i, late := range []bool{false, true} {
-		port := uint16(9451 + i*2)
-		name := "mangle"
-		if late {
-			name = "nft-route-after-filter"
+	port := uint16(9451)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		for _, late := range []bool{false, true} {
+			for _, v4 := range []bool{false, true} {
+				c := rerouteCase{fw: fw, late: late, v4: v4}
+				port += 2
+				t.Run(c.name(), func(t *testing.T) {
+					tp, stop := c.topo(t)
+					defer stop()
+					self := selfAddr(v4)
+					markReroute(t, tp, v4, func() { c.markRule(t, tp.a, self, port) })
+					peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+					if sendsRerouted(t, tp, self, port, peer) {
+						t.Errorf("a datagram to A's own address that policy routing by mark (%s) sends out the veth reached B undecided (every rule denies)", c.name())
+					}
+				})
+			}
 		}
-		t.Run(name, func(t *testing.T) {
-			fw := FirewallIptablesNft
-			tp, d, _ := forgedTCPTopo(t, fw, "*=deny")
-			defer d.stop()
-			markReroute(t, tp, port, func() {
-				var cmd *exec.Cmd
-				if late {
-					cmd = exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
-					cmd.Stdin = strings.NewReader(fmt.Sprintf("add table ip6 r24route\nadd chain ip6 r24route out { type route hook output priority 10; }\n"+
-						"add rule ip6 r24route out ip6 daddr %s udp dport %d meta mark set 0x24\n", addr6A, port))
-				} else {
-					cmd = exec.Command("ip", "netns", "exec", tp.a, "ip6tables-nft", "-w", "-t", "mangle", "-A", "OUTPUT", "-d", addr6A, "-p", "udp", "--dport", fmt.Sprint(port), "-j", "MARK", "--set-mark", "0x24")
-				}
-				if out, err := cmd.CombinedOutput(); err != nil {
-					t.Fatalf("mark rule: %v: %s", err, out)
+	}
+}
+
+// TestLoopbackExemptDNATLocalRerouteOut (review24, a neighbour): the host's
+// OUTPUT DNAT sends A's own address and port to another local port (the
+// loopback return passes it: DNAT'd to a local address, the second return),
+// and a route chain after latch's filter chains marks it for policy routing
+// out the veth to B. With every rule denying it must not reach B: the
+// second return's flows get MarkLoopbackExempt too. Fails if only the first
+// return's (not DNAT'd) flows get it.
+func TestLoopbackExemptDNATLocalRerouteOut(t *testing.T) {
+	port := uint16(9481)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port += 4
+		c := rerouteCase{fw: fw, late: true}
+		t.Run(fw, func(t *testing.T) {
+			tp, stop := c.topo(t)
+			defer stop()
+			self := selfAddr(false)
+			to := port + 2
+			markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, to) })
+			nftIn(t, tp.a, fmt.Sprintf("add table ip6 r24nat\nadd chain ip6 r24nat out { type nat hook output priority -100; }\n"+
+				"add rule ip6 r24nat out ip6 daddr %s udp dport %d dnat to [%s]:%d\n", self, port, self, to))
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, to))
+			if sendsRerouted(t, tp, self, port, peer) {
+				t.Error("a datagram to A's own address, DNAT'd to another local port and rerouted by mark out the veth, reached B undecided (every rule denies)")
+			}
+		})
+	}
+}
+
+// TestLoopbackRerouteDecided (review24, a neighbour): what a verdict
+// decided keeps passing when the host's mark reroutes it. With loopback held
+// (--exempt-loopback=false: no loopback return, no postrouting chain) the
+// datagram to A's own address is decided: allowed it reaches B, denied it
+// does not. With loopback exempt, a flow the queue allowed (to B, MarkAllow)
+// keeps passing when its datagrams get a mark that policy routing takes
+// (a route chain after latch's filter chains): the postrouting drop takes
+// only flows the loopback return passed.
+func TestLoopbackRerouteDecided(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		for j, allow := range []bool{true, false} {
+			port := uint16(9501 + i*8 + j*2)
+			verdict := "deny"
+			if allow {
+				verdict = "allow"
+			}
+			t.Run(fw+"/held-loopback/"+verdict, func(t *testing.T) {
+				needFirewall(t, fw)
+				tp, _ := forgedTCPNet(t)
+				d := startDaemonOn(t, tp, fw, fmt.Sprintf("%d=%s,*=deny", port, verdict), "LATCH_TEST_INBOUND=1", "LATCH_TEST_HOLD_LOOPBACK=1")
+				defer d.stop()
+				time.Sleep(200 * time.Millisecond)
+				c := rerouteCase{fw: fw, late: true}
+				self := selfAddr(false)
+				markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, port) })
+				peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+				if got := sendsRerouted(t, tp, self, port, peer); got != allow {
+					t.Errorf("loopback held, the port's rule %s: the rerouted datagram reached B: %v, want %v", verdict, got, allow)
 				}
 			})
-			a := netip.MustParseAddr(addr6A)
-			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(a, port))
-			var c *net.UDPConn
+		}
+		port := uint16(9501 + i*8 + 4)
+		t.Run(fw+"/exempt/allowed-flow", func(t *testing.T) {
+			tp, d, _ := forgedTCPTopo(t, fw, fmt.Sprintf("%d=allow,*=deny", port))
+			defer d.stop()
+			b := netip.MustParseAddr(addr6B)
+			for _, args := range [][]string{
+				{"-n", tp.a, "-6", "rule", "add", "pref", "10", "fwmark", "0x24", "lookup", "124"},
+				{"-n", tp.a, "-6", "route", "add", "table", "124", addr6B + "/128", "dev", tp.vethA},
+			} {
+				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+					t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+				}
+			}
+			rerouteCase{fw: fw, late: true}.markRule(t, tp.a, b, port)
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(b, port))
+			var conn *net.UDPConn
 			if err := inNS(tp.a, func() error {
 				var err error
-				c, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port+1)))
+				conn, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(selfAddr(false), port+1)))
 				return err
 			}); err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			got := false
-			for i := 0; i < 3 && !got; i++ {
-				c.WriteToUDPAddrPort([]byte("latch-reroute"), netip.AddrPortFrom(a, port))
-				got = peer.receives("latch-reroute", 700*time.Millisecond)
-			}
-			if got {
-				t.Errorf("a datagram to A's own address that policy routing by mark (%s) sends out the veth reached B undecided (every rule denies)", name)
+			defer conn.Close()
+			for _, msg := range []string{"latch-allowed-1", "latch-allowed-2"} {
+				got := false
+				for i := 0; i < 3 && !got; i++ {
+					conn.WriteToUDPAddrPort([]byte(msg), netip.AddrPortFrom(b, port))
+					got = peer.receives(msg, 700*time.Millisecond)
+				}
+				if !got {
+					t.Errorf("%s of a flow the queue allowed, with a mark policy routing takes, did not reach B", msg)
+				}
 			}
 		})
 	}
