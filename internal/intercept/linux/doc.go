@@ -5,8 +5,9 @@
 // # Ruleset
 //
 // The backend installs its own chains, LATCH-OUT (jumped to from the first position
-// of the filter table's OUTPUT chain) and, with Config.Inbound, LATCH-IN (from INPUT),
-// for IPv4 and IPv6, with iptables-nft or iptables-legacy; or a table "inet latch"
+// of the filter table's OUTPUT chain), with Config.Inbound LATCH-IN (from INPUT) and,
+// with Config.ExemptLoopback, LATCH-POST (from the mangle table's POSTROUTING: see
+// MarkLoopbackExempt), for IPv4 and IPv6, with iptables-nft or iptables-legacy; or a table "inet latch"
 // where the kernel's nftables can queue natively. With Config.Hostnames, LATCH-OUT
 // first copies every DNS query (UDP and TCP to port 53, conntrack direction original)
 // and LATCH-IN every DNS response on a flow this host opened to the NFLOG group
@@ -18,7 +19,12 @@
 //     first packet leaves by lo from a source that is not local the conntrack
 //     mark MarkLoopbackForged, and right after the return drops every packet
 //     of a flow with that mark, as LATCH-IN does after its own loopback
-//     return: see MarkLoopbackForged) and for the daemon's own sockets
+//     return: see MarkLoopbackForged; gives a new flow the return passes
+//     the conntrack mark MarkLoopbackExempt, and LATCH-POST, first in the
+//     mangle table's POSTROUTING, drops a packet of a flow with either
+//     mark that leaves by another interface than lo: a host's reroute by
+//     mark during the output hook, which -o does not see, review24) and
+//     for the daemon's own sockets
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
 //     tested by its exact value under MarkMask, never by a bit; this rule comes
 //     after the fast path's, whose marks are others: most packets are a fast

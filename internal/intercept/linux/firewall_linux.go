@@ -1017,6 +1017,9 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 			if err := fw.removePost(i); err != nil {
 				return fmt.Errorf("remove the postrouting chain of an earlier ruleset: %w", err)
 			}
+			if fw.kind == FirewallIptablesNft {
+				nftTidyManglePost(fw.nftFam[i], created)
+			}
 		}
 		if !spec.input() {
 			if _, err := removeChain(cmd, chainIn, "INPUT"); err != nil {
@@ -1214,21 +1217,37 @@ func nftRawMissing(fam string) []string {
 func nftTidyRaw(fam string, created []string) {
 	for _, c := range created {
 		if hook, ok := strings.CutPrefix(c, "raw-chain-"); ok {
-			run("", "nft", "delete", "chain", fam, "raw", hook)
+			nftTidyChain(fam, "raw", hook)
 		}
 	}
 	if !slices.Contains(created, "raw-table") {
 		return
 	}
 	for _, h := range []string{"PREROUTING", "OUTPUT"} {
-		if out, err := run("", "nft", "list", "chain", fam, "raw", h); err == nil && !strings.Contains(out, "policy drop") {
-			run("", "nft", "delete", "chain", fam, "raw", h)
-		}
+		nftTidyChain(fam, "raw", h)
 	}
 	out, err := run("", "nft", "list", "table", fam, "raw")
 	if err == nil && !strings.Contains(out, "chain ") && !strings.Contains(out, "set ") && !strings.Contains(out, "map ") {
 		run("", "nft", "delete", "table", fam, "raw")
 	}
+}
+
+// nftTidyChain deletes the base chain hook of table "fam table" if it has no
+// rule and its policy is not drop: "nft delete chain" deletes a chain with its
+// rules (checked on 6.18), and the chain may have got someone else's since
+// iptables-nft created it for latch.
+func nftTidyChain(fam, table, hook string) {
+	out, err := run("", "nft", "list", "chain", fam, table, hook)
+	if err != nil || strings.Contains(out, "policy drop") {
+		return
+	}
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if l != "" && l != "}" && !strings.HasPrefix(l, "table ") && !strings.HasPrefix(l, "chain ") && !strings.HasPrefix(l, "type ") {
+			return // a rule
+		}
+	}
+	run("", "nft", "delete", "chain", fam, table, hook)
 }
 
 // nftManglePostMissing lists the nftables objects of table "fam mangle" that
@@ -1253,9 +1272,7 @@ func nftTidyManglePost(fam string, created []string) {
 	if !slices.Contains(created, "mangle-table") && !slices.Contains(created, "mangle-chain-POSTROUTING") {
 		return
 	}
-	if out, err := run("", "nft", "list", "chain", fam, "mangle", "POSTROUTING"); err == nil && !strings.Contains(out, "policy drop") {
-		run("", "nft", "delete", "chain", fam, "mangle", "POSTROUTING") // refused with rules in it
-	}
+	nftTidyChain(fam, "mangle", "POSTROUTING")
 	if !slices.Contains(created, "mangle-table") {
 		return
 	}
@@ -1265,13 +1282,13 @@ func nftTidyManglePost(fam string, created []string) {
 	}
 }
 
-// nftTidy deletes the objects iptables-nft created for latch, if they are empty:
-// "nft delete chain" refuses a chain with rules, and the table goes only when no chain
-// is left in it.
+// nftTidy deletes the objects iptables-nft created for latch, if they are empty
+// (nftTidyChain: a chain with rules stays), and the table only when no chain is
+// left in it.
 func nftTidy(fam string, created []string) {
 	for _, c := range created {
 		if hook, ok := strings.CutPrefix(c, "chain-"); ok {
-			run("", "nft", "delete", "chain", fam, "filter", hook)
+			nftTidyChain(fam, "filter", hook)
 		}
 	}
 	for _, c := range created {
@@ -1279,9 +1296,7 @@ func nftTidy(fam string, created []string) {
 			continue
 		}
 		for _, h := range []string{"INPUT", "FORWARD", "OUTPUT"} {
-			if out, err := run("", "nft", "list", "chain", fam, "filter", h); err == nil && !strings.Contains(out, "policy drop") {
-				run("", "nft", "delete", "chain", fam, "filter", h)
-			}
+			nftTidyChain(fam, "filter", h)
 		}
 		out, err := run("", "nft", "list", "table", fam, "filter")
 		if err == nil && !strings.Contains(out, "chain ") && !strings.Contains(out, "set ") && !strings.Contains(out, "map ") {

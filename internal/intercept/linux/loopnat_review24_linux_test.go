@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -431,5 +432,168 @@ func TestLoopbackExemptLocalhostDNATOut(t *testing.T) {
 				t.Error("a datagram to 127.0.0.1 that the host's OUTPUT DNAT sends to B reached B undecided (every rule denies)")
 			}
 		})
+	}
+}
+
+// postChains lists, for firewall fw in namespace ns, which of IPv4's and
+// IPv6's mangle tables hold LATCH-POST and which POSTROUTING jumps to it
+// ("ip:chain", "ip:jump", "ip6:chain", ...), and whether an nftables
+// table named mangle exists (iptables-nft creates one for it).
+func postChains(t *testing.T, ns, fw string) []string {
+	t.Helper()
+	var got []string
+	for _, fam := range []string{"ip", "ip6"} {
+		ipt := "iptables"
+		if fam == "ip6" {
+			ipt = "ip6tables"
+		}
+		if fw == FirewallIptablesLegacy {
+			ipt += "-legacy"
+		} else {
+			ipt += "-nft"
+		}
+		if err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "mangle", "-S", chainPost).Run(); err == nil {
+			got = append(got, fam+":chain")
+		}
+		if err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "mangle", "-C", "POSTROUTING", "-j", chainPost).Run(); err == nil {
+			got = append(got, fam+":jump")
+		}
+		if fw == FirewallIptablesNft {
+			if err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", fam, "mangle").Run(); err == nil {
+				got = append(got, fam+":nft-mangle")
+			}
+		}
+	}
+	return got
+}
+
+// TestLoopbackPostChainRemoved (review24): LATCH-POST, the mangle table's
+// chain of the postrouting drop, is installed with loopback exempt (with
+// the jump from POSTROUTING, both families), goes at a clean stop (SIGTERM)
+// and at Cleanup after a kill, with the mangle table iptables-nft created
+// for it, and an install with loopback held removes a stopped daemon's.
+func TestLoopbackPostChainRemoved(t *testing.T) {
+	want := map[string][]string{
+		FirewallIptablesNft:    {"ip:chain", "ip:jump", "ip:nft-mangle", "ip6:chain", "ip6:jump", "ip6:nft-mangle"},
+		FirewallIptablesLegacy: {"ip:chain", "ip:jump", "ip6:chain", "ip6:jump"},
+	}
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			before := ruleset(t, tp.a)
+			d := startDaemonOn(t, tp, fw, "*=allow")
+			if got := postChains(t, tp.a, fw); !slices.Equal(got, want[fw]) {
+				t.Fatalf("while running: %v, want %v", got, want[fw])
+			}
+			d.stop()
+			if got := postChains(t, tp.a, fw); len(got) != 0 {
+				t.Errorf("after SIGTERM: %v left", got)
+			}
+			// iptables-legacy's tables stay (the kernel module's), empty.
+			if after := ruleset(t, tp.a); fw == FirewallIptablesNft && after != before {
+				t.Errorf("ruleset after a clean exit differs.\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+
+			d = startDaemonOn(t, tp, fw, "*=allow")
+			d.cmd.Process.Kill()
+			<-d.exited
+			if got := postChains(t, tp.a, fw); !slices.Equal(got, want[fw]) {
+				t.Fatalf("after a kill: %v, want %v", got, want[fw])
+			}
+			d = startDaemonOn(t, tp, fw, "*=allow", "LATCH_TEST_HOLD_LOOPBACK=1")
+			if got := postChains(t, tp.a, fw); len(got) != 0 {
+				t.Errorf("loopback held, after a daemon with it exempt was killed: %v left", got)
+			}
+			d.cmd.Process.Kill()
+			<-d.exited
+
+			d = startDaemonOn(t, tp, fw, "*=allow")
+			d.cmd.Process.Kill()
+			<-d.exited
+			c := spawnChild(t, tp, "cleanup", "")
+			<-c.exited
+			if code := c.cmd.ProcessState.ExitCode(); code != 0 {
+				t.Fatalf("cleanup exited %d: %s", code, c.errors())
+			}
+			if got := postChains(t, tp.a, fw); len(got) != 0 {
+				t.Errorf("after Cleanup: %v left", got)
+			}
+			if fw == FirewallIptablesNft {
+				if after := ruleset(t, tp.a); after != before {
+					t.Errorf("ruleset after Cleanup differs.\nbefore:\n%s\nafter:\n%s", before, after)
+				}
+			}
+		})
+	}
+}
+
+// TestLoopbackPostEveryRuleset checks, in every combination of options, the
+// rules of the postrouting drop (review24): with loopback exempt, the
+// mangle table's LATCH-POST (iptables; table inet latch's postrouting chain
+// with nft) holds one rule, the drop of a loopback-marked flow's packet out
+// another interface, and exactly two rules give MarkLoopbackExempt (where,
+// TestLoopbackForgedEveryRuleset checks); without it none of them is there.
+func TestLoopbackPostEveryRuleset(t *testing.T) {
+	setIpt := fmt.Sprintf("CONNMARK --set-xmark %#x/%#x", MarkLoopbackExempt, MarkMask)
+	setNft := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackExempt)
+	post := "*mangle\n:LATCH-POST - [0:0]\n-I POSTROUTING 1 -j LATCH-POST\n-A LATCH-POST ! -o lo -m connmark --mark 0x60000000/0x60000000 -j DROP\nCOMMIT\n"
+	nftPostChain := "add chain inet latch postrouting { type filter hook postrouting priority filter; policy accept; }\n" +
+		"add rule inet latch postrouting ct mark & 0x60000000 == 0x60000000 oifname != \"lo\" drop\n"
+	everyRuleSpec(t, ruleSpec{queue: 7}, func(spec ruleSpec, names []string) {
+		for _, v := range []struct {
+			name, rules, set, post string
+		}{
+			{"iptables", spec.iptablesRules(false, nil, map[string]bool{}), setIpt, post},
+			{"ip6tables", spec.iptablesRules(true, nil, map[string]bool{}), setIpt, post},
+			{"nft", spec.nftRules(), setNft, nftPostChain},
+		} {
+			where := fmt.Sprintf("%s with %v", v.name, names)
+			sets, posts := strings.Count(v.rules, v.set), strings.Count(v.rules, "LATCH-POST")+strings.Count(v.rules, "postrouting")
+			switch {
+			case !spec.exemptLoopback && (sets != 0 || posts != 0):
+				t.Errorf("%s: loopback held, yet %d rules give MarkLoopbackExempt and %d lines name the postrouting chain:\n%s", where, sets, posts, v.rules)
+			case spec.exemptLoopback && sets != 2:
+				t.Errorf("%s: %d rules give MarkLoopbackExempt, want 2:\n%s", where, sets, v.rules)
+			case spec.exemptLoopback && (!strings.Contains(v.rules, v.post) || posts != strings.Count(v.post, "LATCH-POST")+strings.Count(v.post, "postrouting")):
+				t.Errorf("%s: the postrouting part is not\n%s\nin:\n%s", where, v.post, v.rules)
+			}
+		}
+	})
+	// With the jump in place (a stopped daemon's ruleset), none is added.
+	if r := (ruleSpec{queue: 7, exemptLoopback: true}).iptablesRules(false, nil, map[string]bool{chainPost: true}); strings.Contains(r, "-I POSTROUTING") {
+		t.Errorf("a second jump to LATCH-POST:\n%s", r)
+	}
+}
+
+// TestStopKeepsRulesAddedToCreatedChains (review24, a neighbour of
+// LATCH-POST's cleanup): iptables-nft creates the nftables tables and base
+// chains latch's jumps need (filter OUTPUT, mangle POSTROUTING) and latch
+// deletes them at its stop; a rule someone else added to them meanwhile
+// stays ("nft delete chain" deletes a chain with its rules: the chain is
+// left). Fails when the chains are deleted unlooked (the rules go with them).
+func TestStopKeepsRulesAddedToCreatedChains(t *testing.T) {
+	needFirewall(t, FirewallIptablesNft)
+	tp := newTopo(t)
+	d := startDaemonOn(t, tp, FirewallIptablesNft, "*=allow")
+	added := [][]string{
+		{"iptables-nft", "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", "7", "-j", "ACCEPT"},
+		{"ip6tables-nft", "-w", "-t", "mangle", "-A", "POSTROUTING", "-p", "udp", "--dport", "7", "-j", "ACCEPT"},
+	}
+	for _, args := range added {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", tp.a}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	d.stop()
+	for _, args := range added {
+		check := append([]string{"netns", "exec", tp.a}, args...)
+		check[slices.Index(check, "-A")] = "-C"
+		if out, err := exec.Command("ip", check...).CombinedOutput(); err != nil {
+			t.Errorf("after the stop, %v is gone: %v: %s", args, err, out)
+		}
+	}
+	if left := ruleset(t, tp.a); strings.Contains(left, "LATCH") {
+		t.Errorf("after the stop a LATCH chain is left:\n%s", left)
 	}
 }
