@@ -99,12 +99,17 @@ func BenchmarkLoopbackPost(b *testing.B) {
 			b.Fatalf("iptables-nft %v: %v: %s", args, err, out)
 		}
 	}
+	postIn := func() bool {
+		return exec.Command("ip", "netns", "exec", tp.a, "iptables-nft", "-w", "-t", "mangle", "-C", "POSTROUTING", "-j", chainPost).Run() == nil
+	}
 	with := func(jumped bool) {
-		post := exec.Command("ip", "netns", "exec", tp.a, "iptables-nft", "-w", "-t", "mangle", "-C", "POSTROUTING", "-j", chainPost).Run() == nil
-		restore(spec.iptablesRules(false, nil, map[string]bool{chainOut: jumped, chainPost: post}))
+		restore(spec.iptablesRules(false, nil, map[string]bool{chainOut: jumped, chainPost: postIn()}))
 	}
 	base := func() {
 		restore(withoutPost(spec.iptablesRules(false, nil, map[string]bool{chainOut: true})))
+		if !postIn() {
+			return
+		}
 		ipt("-t", "mangle", "-D", "POSTROUTING", "-j", chainPost)
 		ipt("-t", "mangle", "-F", chainPost)
 		ipt("-t", "mangle", "-X", chainPost)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // hostLateDNAT adds to namespace ns the host's own nftables NAT chain on the
@@ -595,5 +597,54 @@ func TestStopKeepsRulesAddedToCreatedChains(t *testing.T) {
 	}
 	if left := ruleset(t, tp.a); strings.Contains(left, "LATCH") {
 		t.Errorf("after the stop a LATCH chain is left:\n%s", left)
+	}
+}
+
+// TestLoopbackForgedRerouteOut (review24, a neighbour: review18's forged
+// flows): a datagram over lo to A's own address from an IPV6_FREEBIND
+// socket bound to B's address (no privilege) gets MarkLoopbackForged, not
+// MarkLoopbackExempt, and the loopback return passes it; rerouted by mark
+// out the veth it must not reach B either. The postrouting drop tests the
+// bits both loopback marks have; it fails when it takes MarkLoopbackExempt
+// alone.
+func TestLoopbackForgedRerouteOut(t *testing.T) {
+	port := uint16(9531)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port += 2
+		c := rerouteCase{fw: fw, late: true}
+		t.Run(fw, func(t *testing.T) {
+			tp, stop := c.topo(t)
+			defer stop()
+			self, b := selfAddr(false), netip.MustParseAddr(addr6B)
+			markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, port) })
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+			got := false
+			for i := 0; i < 3 && !got; i++ {
+				if err := inNS(tp.a, func() error {
+					fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+					if err != nil {
+						return err
+					}
+					defer unix.Close(fd)
+					if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
+						return err
+					}
+					if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: b.As16(), Port: int(port) + 1}); err != nil {
+						return err
+					}
+					// EPERM: a netfilter drop on the way out.
+					if err := unix.Sendto(fd, []byte("latch-forged-reroute"), 0, &unix.SockaddrInet6{Addr: self.As16(), Port: int(port)}); err != unix.EPERM {
+						return err
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				got = peer.receives("latch-forged-reroute", 700*time.Millisecond)
+			}
+			if got {
+				t.Error("a datagram over lo from B's address (IPV6_FREEBIND) to A's own address, rerouted by mark out the veth, reached B undecided (every rule denies)")
+			}
+		})
 	}
 }
