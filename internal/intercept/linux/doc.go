@@ -530,6 +530,8 @@ const (
 	// saves MarkAllow over it) and a flow from before the ruleset (no mark)
 	// pass: only what nothing decided is dropped. The daemon's conntrack
 	// reads skip it (it lacks the bit MarkAllow and MarkRedecide share).
+	// Open: an untracked loopback packet (the host's NOTRACK of lo) has no
+	// entry to mark, and passes rerouted (TestLoopbackExemptRerouteUntrackedOut).
 	MarkLoopbackExempt uint32 = 0x60000000
 )
 
