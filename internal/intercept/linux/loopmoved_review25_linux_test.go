@@ -201,3 +201,58 @@ func TestLoopbackExemptMarkSavedOver(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopbackExemptRerouteReplyOut (review25, a guard of review24's drop
+// for the reply direction): a TCP connection over lo to A's own address
+// (the client's SYN gives the flow MarkLoopbackExempt); the host's mark
+// (a route chain at mangle priority, on what the local server sends from
+// its port) reroutes the server's SYN-ACK out the veth to B (which has A's
+// address on its lo). With every rule denying, nothing of the flow may
+// reach B: the conntrack mark is the entry's, both directions', and
+// LATCH-POST drops the reply too. It fails without LATCH-POST (B counts the
+// SYN-ACK and its retransmissions).
+func TestLoopbackExemptRerouteReplyOut(t *testing.T) {
+	port := uint16(9661)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port += 2
+		t.Run(fw, func(t *testing.T) {
+			c := rerouteCase{fw: fw}
+			tp, stop := c.topo(t)
+			defer stop()
+			self := selfAddr(false)
+			markReroute(t, tp, false, func() {
+				nftIn(t, tp.a, fmt.Sprintf("add table ip6 r25reply\nadd chain ip6 r25reply out { type route hook output priority -150; }\n"+
+					"add rule ip6 r25reply out ip6 saddr %s tcp sport %d meta mark set 0x24\n", self, port))
+			})
+			nftIn(t, tp.b, fmt.Sprintf("add table ip6 r25count\nadd chain ip6 r25count in { type filter hook prerouting priority -300; }\n"+
+				"add rule ip6 r25count in tcp sport %d counter\n", port))
+			var ln net.Listener
+			if err := inNS(tp.a, func() error {
+				var err error
+				ln, err = net.Listen("tcp6", netip.AddrPortFrom(self, port).String())
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			var conn net.Conn
+			var derr error
+			if err := inNS(tp.a, func() error {
+				conn, derr = (&net.Dialer{Timeout: 2 * time.Second}).Dial("tcp6", netip.AddrPortFrom(self, port).String())
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if derr == nil {
+				conn.Close()
+			}
+			out, err := exec.Command("ip", "netns", "exec", tp.b, "nft", "list", "chain", "ip6", "r25count", "in").CombinedOutput()
+			if err != nil {
+				t.Fatalf("list B's counter: %v: %s", err, out)
+			}
+			if !strings.Contains(string(out), "packets 0 ") {
+				t.Errorf("the local server's answers on a loopback flow, rerouted by mark out the veth, reached B undecided (every rule denies; connect: %v):\n%s", derr, out)
+			}
+		})
+	}
+}
