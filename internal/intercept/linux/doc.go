@@ -19,7 +19,7 @@
 //     first packet leaves by lo from a source that is not local the conntrack
 //     mark MarkLoopbackForged, and right after the return drops every packet
 //     of a flow with that mark, as LATCH-IN does after its own loopback
-//     return: see MarkLoopbackForged; gives a new flow the return passes
+//     return: see MarkLoopbackForged; gives a flow the return passes
 //     the conntrack mark MarkLoopbackExempt, and LATCH-POST, first in the
 //     mangle table's POSTROUTING, drops a packet of a flow with either
 //     mark that leaves by another interface than lo: a host's reroute by
@@ -512,9 +512,13 @@ const (
 	MarkLoopbackForged uint32 = 0x70000000
 	// MarkLoopbackExempt is a conntrack mark only (its value is the packet
 	// mark MarkFastFlow's, which no rule tests in the conntrack mark): with
-	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose first packet
-	// the loopback return passes (a NEW entry without latch's mark, by the
-	// same conditions as the return), and a chain on the postrouting hook
+	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose packet the
+	// loopback return passes (any packet of an entry without latch's mark,
+	// not only a new one: a host's full-mask CONNMARK save erases it
+	// mid-flow, review25; by the same conditions as the return), holds a
+	// packet of such a flow that gets past the returns (it leaves by
+	// another interface now, its address moved: decided as any flow out,
+	// review25), and a chain on the postrouting hook
 	// (LATCH-POST in the mangle table; table inet latch's postrouting
 	// chain) drops every packet of such a flow, or of a MarkLoopbackForged
 	// one, that leaves by another interface than lo (review24). The output

@@ -375,9 +375,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// one the output hook was called with, and a reroute by
 			// mark during the hook (mangle, an nft route chain) sends
 			// the packet elsewhere; LATCH-POST drops it there (review24).
-			// The state first: only a flow's first packets walk further.
-			fmt.Fprintf(&b, "-A %s -o lo -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m conntrack ! --ctstate DNAT -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
-			fmt.Fprintf(&b, "-A %s -o lo -m conntrack --ctstate NEW -m connmark --mark 0x0/%#x -m addrtype --dst-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
+			// Any packet of a flow without one of latch's marks, not only
+			// a new one: a host that saves its packet mark into the
+			// conntrack mark with the full mask (CONNMARK --save-mark,
+			// nft `ct mark set meta mark`; routing by mark) erases it
+			// mid-flow, and its next packet, rerouted, would leave
+			// unmarked (review25, TestLoopbackExemptMarkSavedOver). Once
+			// marked, a flow's packets fail the mark test.
+			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m conntrack ! --ctstate DNAT -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
+			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --dst-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
 			fmt.Fprintf(&b, "-A %s -o lo -m conntrack ! --ctstate DNAT -j RETURN\n", name)
 			fmt.Fprintf(&b, "-A %s -o lo -m addrtype --dst-type LOCAL -j RETURN\n", name)
 		} else if spec.exemptLoopback {
@@ -564,6 +570,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
 		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
 		stashed()
+		if out && spec.exemptLoopback {
+			// A packet of a flow the loopback exemption passed that leaves
+			// by another interface now (its address moved to another host,
+			// a route changed): decided like a new flow, after the verdict
+			// rules, so that its allow (MarkAllow saved over the mark)
+			// returns above; before, LATCH-POST dropped it undecided
+			// (review25, TestLoopbackExemptMovedAddressDecided).
+			fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x %s\n", name, MarkLoopbackExempt, MarkMask, q)
+		}
 		if pinned != "" {
 			// A packet of an allowed flow that the socket pin did not
 			// return at 7 (another socket than the one the flow was allowed
@@ -1243,7 +1258,9 @@ func nftTidyChain(fam, table, hook string) {
 	}
 	for _, l := range strings.Split(out, "\n") {
 		l = strings.TrimSpace(l)
-		if l != "" && l != "}" && !strings.HasPrefix(l, "table ") && !strings.HasPrefix(l, "chain ") && !strings.HasPrefix(l, "type ") {
+		// Newer nft prints a comment line ("# Warning: table ip filter is
+		// managed by iptables-nft, do not touch!"): not a rule (review25).
+		if l != "" && l != "}" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "table ") && !strings.HasPrefix(l, "chain ") && !strings.HasPrefix(l, "type ") {
 			return // a rule
 		}
 	}
@@ -1437,8 +1454,9 @@ func (spec ruleSpec) nftRules() string {
 			// iptablesRules); a new flow they pass gets
 			// MarkLoopbackExempt first, for the postrouting chain
 			// (review24).
-			r(`ct state new %s "lo" ct mark & %#x == 0 ct status & dnat == 0 ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
-			r(`ct state new %s "lo" ct mark & %#x == 0 fib daddr type local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
+			// Any packet of an unmarked flow (see iptablesRules, review25).
+			r(`%s "lo" ct mark & %#x == 0 ct status & dnat == 0 ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
+			r(`%s "lo" ct mark & %#x == 0 fib daddr type local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
 			r(`%s "lo" ct status & dnat == 0 accept`, lo)
 			r(`%s "lo" fib daddr type local accept`, lo)
 		} else if spec.exemptLoopback {
@@ -1527,6 +1545,11 @@ func (spec ruleSpec) nftRules() string {
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
 		stashed()
+		if out && spec.exemptLoopback {
+			// A loopback-exempt flow leaving by another interface now
+			// (see iptablesRules, review25).
+			r("ct mark & %#x == %#x %s", MarkMask, MarkLoopbackExempt, q)
+		}
 		if pinned {
 			// Not from the socket the flow was allowed for (see iptablesRules).
 			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)

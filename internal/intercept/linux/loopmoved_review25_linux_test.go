@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -18,29 +17,21 @@ import (
 const movedAddr = "198.18.0.9"
 
 // TestLoopbackExemptMovedAddressDecided (review25, a regression of review24's
-// postrouting drop): a UDP flow from A to an address A had (over lo, the
-// loopback return passes it and gives it MarkLoopbackExempt) whose local
+// postrouting drop, fixed): a UDP flow from A to an address A had (over lo,
+// the loopback return passes it and gives it MarkLoopbackExempt) whose local
 // server answered (conntrack ESTABLISHED); then the address moves to B (a
-// failover) and A's next datagram on the same flow goes out the veth by
-// A's ordinary routing, not a mark reroute: LATCH-OUT sees the veth (-o) and
-// the flow is A's outbound flow to B like any other. It is to be decided:
-// with the port's rule allowing it must reach B, denied it must not. On the
-// branch LATCH-OUT passes it at the protocol's last RETURN (an ESTABLISHED
-// flow with a mark that is neither MarkAllow nor MarkRedecide is taken for
-// a flow from before latch) and LATCH-POST drops it: never asked, never
-// reaching B, for as long as the sender keeps the entry alive (every
-// datagram refreshes it, dropped or not). Before review24 it passed
-// undecided (the deny subtest fails there). Fix: in LATCH-OUT (and nft's
-// output chain), after the loopback returns, hold a packet of a flow marked
-// MarkLoopbackExempt that leaves by another interface (-m connmark --mark
-// MarkLoopbackExempt/MarkMask -j NFQUEUE): an allow saves MarkAllow over
-// the mark (LATCH-POST then passes it), a deny drops it; LATCH-POST is left
-// with what -o lo hid (the mark reroute).
+// failover: keepalived's VIP) and A's next datagram on the same flow goes
+// out the veth by A's ordinary routing. It is A's outbound flow to B like
+// any other and is decided: with the port's rule allowing it reaches B,
+// denied it does not. With review24's drop alone LATCH-OUT passed it at the
+// protocol's last RETURN (an ESTABLISHED flow with neither MarkAllow nor
+// MarkRedecide is taken for a flow from before latch) and LATCH-POST dropped
+// it, never asked (the allow subtests fail); before review24 it passed
+// undecided (the deny subtests fail). LATCH-OUT (nft's output chain) now
+// holds a packet of a MarkLoopbackExempt flow that gets past the loopback
+// returns: an allow saves MarkAllow over the mark, a deny drops it.
 func TestLoopbackExemptMovedAddressDecided(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known regression (review25, low): a loopback-exempt UDP flow whose address moves to another host is dropped by LATCH-POST undecided; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
-	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		for j, allow := range []bool{true, false} {
 			port := uint16(9601 + i*8 + j*2)
 			verdict := "deny"
@@ -105,32 +96,23 @@ func TestLoopbackExemptMovedAddressDecided(t *testing.T) {
 	}
 }
 
-// TestLoopbackExemptMarkSavedOver (review25, open, low: it takes the host's
+// TestLoopbackExemptMarkSavedOver (review25, low, fixed; it takes the host's
 // own policy routing by mark of a local destination, as review24's does): a
 // host that routes by mark commonly saves the packet mark into the
 // conntrack mark with the full mask (iptables' CONNMARK --save-mark, whose
-// masks default to 0xffffffff; nft 'ct mark set meta mark'), so that
-// --restore-mark gives a flow's later packets the same route. That save
+// masks default to 0xffffffff; nft 'ct mark set meta mark'). That save
 // overwrites MarkLoopbackExempt: here the host marks by DSCP (a traffic
 // class any program may set, IPV6_TCLASS) and saves the mark. A program's
 // first datagram over lo to A's own address (no class: not marked, the
 // loopback return gives the flow MarkLoopbackExempt), answered by its own
-// local server (ESTABLISHED: LATCH-OUT marks only NEW flows), then a
-// datagram with the class: marked 0x24, saved over the conntrack mark
-// (0x24: latch's bits gone), rerouted out the veth; LATCH-OUT saw lo and
-// LATCH-POST sees no loopback mark: it reaches B undecided (every rule
-// denies). Without the save (the "no-save" subtests, which pass) LATCH-POST
-// drops it. Fix: give the mark on every loopback packet of an entry
-// without latch's bits, not only a NEW one (drop '--ctstate NEW' from the
-// two CONNMARK rules before the loopback returns, nft likewise): a
-// save in the mangle OUTPUT chain (before LATCH-OUT) or in POSTROUTING
-// (after LATCH-POST) then never leaves a packet that LATCH-OUT passed by lo
-// without the mark at LATCH-POST; or keep the flag where hosts do not write
-// (a conntrack label).
+// local server, then a datagram with the class: marked 0x24, saved over the
+// conntrack mark (latch's bits gone), rerouted out the veth. When only a
+// NEW flow got the mark, LATCH-OUT saw lo and LATCH-POST no loopback mark:
+// it reached B undecided (the "save" subtests fail there). The mark is now
+// given to every loopback packet of an entry without latch's bits, so
+// LATCH-POST drops it; without the save (the "no-save" subtests) it is
+// dropped either way.
 func TestLoopbackExemptMarkSavedOver(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review25, low): the host's full-mask save of the packet mark into the conntrack mark erases MarkLoopbackExempt, and a later datagram rerouted by mark leaves undecided; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	port := uint16(9631)
 	for _, fw := range []string{FirewallIptablesNft, FirewallNftables} {
 		for _, save := range []bool{false, true} {
