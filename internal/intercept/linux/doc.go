@@ -5,8 +5,9 @@
 // # Ruleset
 //
 // The backend installs its own chains, LATCH-OUT (jumped to from the first position
-// of the filter table's OUTPUT chain) and, with Config.Inbound, LATCH-IN (from INPUT),
-// for IPv4 and IPv6, with iptables-nft or iptables-legacy; or a table "inet latch"
+// of the filter table's OUTPUT chain), with Config.Inbound LATCH-IN (from INPUT) and,
+// with Config.ExemptLoopback, LATCH-POST (from the mangle table's POSTROUTING: see
+// MarkLoopbackExempt), for IPv4 and IPv6, with iptables-nft or iptables-legacy; or a table "inet latch"
 // where the kernel's nftables can queue natively. With Config.Hostnames, LATCH-OUT
 // first copies every DNS query (UDP and TCP to port 53, conntrack direction original)
 // and LATCH-IN every DNS response on a flow this host opened to the NFLOG group
@@ -18,7 +19,12 @@
 //     first packet leaves by lo from a source that is not local the conntrack
 //     mark MarkLoopbackForged, and right after the return drops every packet
 //     of a flow with that mark, as LATCH-IN does after its own loopback
-//     return: see MarkLoopbackForged) and for the daemon's own sockets
+//     return: see MarkLoopbackForged; gives a flow the return passes
+//     the conntrack mark MarkLoopbackExempt, and LATCH-POST, first in the
+//     mangle table's POSTROUTING, drops a packet of a flow with either
+//     mark that leaves by another interface than lo: a host's reroute by
+//     mark during the output hook, which -o does not see, review24) and
+//     for the daemon's own sockets
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
 //     tested by its exact value under MarkMask, never by a bit; this rule comes
 //     after the fast path's, whose marks are others: most packets are a fast
@@ -504,7 +510,39 @@ const (
 	// Config.ExemptLoopback: there the flow's first packet is held, and an
 	// allow's CONNMARK save would overwrite it (see the README's Open note).
 	MarkLoopbackForged uint32 = 0x70000000
+	// MarkLoopbackExempt is a conntrack mark only (its value is the packet
+	// mark MarkFastFlow's, which no rule tests in the conntrack mark): with
+	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose packet the
+	// loopback return passes (any packet of an entry without latch's mark,
+	// not only a new one: a host's full-mask CONNMARK save erases it
+	// mid-flow, review25; by the same conditions as the return), holds a
+	// packet of such a flow that gets past the returns (it leaves by
+	// another interface now, its address moved: decided as any flow out,
+	// review25), and a chain on the postrouting hook
+	// (LATCH-POST in the mangle table; table inet latch's postrouting
+	// chain) drops every packet of such a flow, or of a MarkLoopbackForged
+	// one, that leaves by another interface than lo (review24). The output
+	// interface the filter rules see (-o, oifname) is the nf_hook_state's,
+	// fixed when the output hook is called (the socket's route, lo); a
+	// host's policy routing by mark (an ip rule fwmark before the local
+	// table, the mark set in the mangle table or an nft route chain)
+	// reroutes the packet during the hook and it leaves by another
+	// interface, undecided. Only the postrouting hook sees that interface.
+	// The postrouting rule tests the two bits both loopback marks have
+	// (loopbackMarks): one rule, which no other conntrack mark of latch's
+	// matches (MarkAllow, MarkRedecide). A flow the queue decides (an allow
+	// saves MarkAllow over it) and a flow from before the ruleset (no mark)
+	// pass: only what nothing decided is dropped. The daemon's conntrack
+	// reads skip it (it lacks the bit MarkAllow and MarkRedecide share).
+	// Open: an untracked loopback packet (the host's NOTRACK of lo) has no
+	// entry to mark, and passes rerouted (TestLoopbackExemptRerouteUntrackedOut).
+	MarkLoopbackExempt uint32 = 0x60000000
 )
+
+// loopbackMarks is the conntrack mark bits MarkLoopbackExempt and
+// MarkLoopbackForged share and no other conntrack mark of latch's has both of:
+// the postrouting drop tests them (value and mask).
+const loopbackMarks = MarkLoopbackExempt & MarkLoopbackForged
 
 // Firewall mechanisms for Config.Firewall.
 const (

@@ -17,6 +17,12 @@ const (
 	chainOut = "LATCH-OUT"
 	chainIn  = "LATCH-IN"
 	chainFwd = "LATCH-FWD"
+	// chainPost is the mangle table's chain of the postrouting hook (from
+	// POSTROUTING) that drops what the loopback return passed but leaves by
+	// another interface (see MarkLoopbackExempt); with Config.ExemptLoopback.
+	chainPost = "LATCH-POST"
+	// nftPost is table inet latch's chain of the postrouting hook (chainPost).
+	nftPost = "postrouting"
 	// Chains of the raw table for notrack (ruleSpec.notrack): from raw OUTPUT,
 	// from raw PREROUTING, and the one the latter jumps to for a packet whose
 	// local socket it found.
@@ -363,6 +369,21 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// then it is held like any packet out (review23, it passed
 			// undecided). The address type only for DNAT'd packets (a
 			// route lookup): a REDIRECT to a local port stays exempt.
+			//
+			// A new flow the returns pass (their conditions) gets
+			// MarkLoopbackExempt first: the interface -o sees is the
+			// one the output hook was called with, and a reroute by
+			// mark during the hook (mangle, an nft route chain) sends
+			// the packet elsewhere; LATCH-POST drops it there (review24).
+			// Any packet of a flow without one of latch's marks, not only
+			// a new one: a host that saves its packet mark into the
+			// conntrack mark with the full mask (CONNMARK --save-mark,
+			// nft `ct mark set meta mark`; routing by mark) erases it
+			// mid-flow, and its next packet, rerouted, would leave
+			// unmarked (review25, TestLoopbackExemptMarkSavedOver). Once
+			// marked, a flow's packets fail the mark test.
+			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m conntrack ! --ctstate DNAT -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
+			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --dst-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
 			fmt.Fprintf(&b, "-A %s -o lo -m conntrack ! --ctstate DNAT -j RETURN\n", name)
 			fmt.Fprintf(&b, "-A %s -o lo -m addrtype --dst-type LOCAL -j RETURN\n", name)
 		} else if spec.exemptLoopback {
@@ -549,6 +570,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 		fmt.Fprintf(&b, "-A %s -p tcp %s -j REJECT --reject-with tcp-reset\n", name, reject)
 		fmt.Fprintf(&b, "-A %s %s -j REJECT --reject-with %s\n", name, reject, unreach)
 		stashed()
+		if out && spec.exemptLoopback {
+			// A packet of a flow the loopback exemption passed that leaves
+			// by another interface now (its address moved to another host,
+			// a route changed): decided like a new flow, after the verdict
+			// rules, so that its allow (MarkAllow saved over the mark)
+			// returns above; before, LATCH-POST dropped it undecided
+			// (review25, TestLoopbackExemptMovedAddressDecided).
+			fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x %s\n", name, MarkLoopbackExempt, MarkMask, q)
+		}
 		if pinned != "" {
 			// A packet of an allowed flow that the socket pin did not
 			// return at 7 (another socket than the one the flow was allowed
@@ -750,7 +780,26 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 	if spec.notrack {
 		spec.iptablesRaw(&b, jumped)
 	}
+	if spec.exemptLoopback {
+		iptablesPost(&b, jumped)
+	}
 	return b.String()
+}
+
+// iptablesPost writes the mangle table's part of the ruleset (with
+// Config.ExemptLoopback): LATCH-POST, first in POSTROUTING, drops a packet of
+// a flow the loopback return passed (MarkLoopbackExempt, or
+// MarkLoopbackForged) that leaves by another interface than lo: rerouted by
+// mark after LATCH-OUT saw lo (review24). One rule for every packet out: -o
+// is tested in the rule's header, the conntrack mark is one load.
+func iptablesPost(b *strings.Builder, jumped map[string]bool) {
+	b.WriteString("*mangle\n")
+	fmt.Fprintf(b, ":%s - [0:0]\n", chainPost)
+	if !jumped[chainPost] {
+		fmt.Fprintf(b, "-I POSTROUTING 1 -j %s\n", chainPost)
+	}
+	fmt.Fprintf(b, "-A %s ! -o lo -m connmark --mark %#x/%#x -j DROP\n", chainPost, loopbackMarks, loopbackMarks)
+	b.WriteString("COMMIT\n")
 }
 
 // fastMarks are the socket marks whose TCP packets notrack keeps out of
@@ -940,6 +989,9 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 			if spec.notrack {
 				missing = append(missing, nftRawMissing(fw.nftFam[i])...)
 			}
+			if spec.exemptLoopback {
+				missing = append(missing, nftManglePostMissing(fw.nftFam[i])...)
+			}
 			for _, c := range missing {
 				if !slices.Contains(created, c) {
 					created = append(created, c)
@@ -959,6 +1011,11 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 				}
 			}
 		}
+		if spec.exemptLoopback {
+			if _, err := run("", cmd, "-w", "-t", "mangle", "-C", "POSTROUTING", "-j", chainPost); err == nil {
+				jumped[chainPost] = true
+			}
+		}
 		if _, err := run(spec.iptablesRules(v6, created, jumped), fw.restore[i], "-w", "--noflush"); err != nil {
 			fw.remove() // roll back whatever got in
 			if spec.notrack {
@@ -969,6 +1026,14 @@ func (fw *iptablesFirewall) install(spec ruleSpec) error {
 		if !spec.notrack {
 			if err := fw.removeRaw(i); err != nil {
 				return fmt.Errorf("remove the raw table chains of an earlier ruleset: %w", err)
+			}
+		}
+		if !spec.exemptLoopback {
+			if err := fw.removePost(i); err != nil {
+				return fmt.Errorf("remove the postrouting chain of an earlier ruleset: %w", err)
+			}
+			if fw.kind == FirewallIptablesNft {
+				nftTidyManglePost(fw.nftFam[i], created)
 			}
 		}
 		if !spec.input() {
@@ -1065,9 +1130,13 @@ func (fw *iptablesFirewall) removeFamily(i int) error {
 	if err := fw.removeRaw(i); err != nil {
 		errs = append(errs, err)
 	}
+	if err := fw.removePost(i); err != nil {
+		errs = append(errs, err)
+	}
 	if fw.kind == FirewallIptablesNft && len(created) > 0 {
 		nftTidy(fw.nftFam[i], created)
 		nftTidyRaw(fw.nftFam[i], created)
+		nftTidyManglePost(fw.nftFam[i], created)
 	}
 	return errors.Join(errs...)
 }
@@ -1086,6 +1155,17 @@ func (fw *iptablesFirewall) removeRaw(i int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removePost removes LATCH-POST (and the jump to it) of family i. With
+// iptables-legacy it looks only if the mangle table exists: listing it would
+// create it.
+func (fw *iptablesFirewall) removePost(i int) error {
+	if fw.kind == FirewallIptablesLegacy && !legacyTablePresent(i == 1, "mangle") {
+		return nil
+	}
+	_, err := removeTableChain(fw.save[i], "mangle", chainPost, "POSTROUTING")
+	return err
 }
 
 // legacyTablePresent reports whether the iptables-legacy table exists for IPv4
@@ -1152,16 +1232,14 @@ func nftRawMissing(fam string) []string {
 func nftTidyRaw(fam string, created []string) {
 	for _, c := range created {
 		if hook, ok := strings.CutPrefix(c, "raw-chain-"); ok {
-			run("", "nft", "delete", "chain", fam, "raw", hook)
+			nftTidyChain(fam, "raw", hook)
 		}
 	}
 	if !slices.Contains(created, "raw-table") {
 		return
 	}
 	for _, h := range []string{"PREROUTING", "OUTPUT"} {
-		if out, err := run("", "nft", "list", "chain", fam, "raw", h); err == nil && !strings.Contains(out, "policy drop") {
-			run("", "nft", "delete", "chain", fam, "raw", h)
-		}
+		nftTidyChain(fam, "raw", h)
 	}
 	out, err := run("", "nft", "list", "table", fam, "raw")
 	if err == nil && !strings.Contains(out, "chain ") && !strings.Contains(out, "set ") && !strings.Contains(out, "map ") {
@@ -1169,13 +1247,65 @@ func nftTidyRaw(fam string, created []string) {
 	}
 }
 
-// nftTidy deletes the objects iptables-nft created for latch, if they are empty:
-// "nft delete chain" refuses a chain with rules, and the table goes only when no chain
-// is left in it.
+// nftTidyChain deletes the base chain hook of table "fam table" if it has no
+// rule and its policy is not drop: "nft delete chain" deletes a chain with its
+// rules (checked on 6.18), and the chain may have got someone else's since
+// iptables-nft created it for latch.
+func nftTidyChain(fam, table, hook string) {
+	out, err := run("", "nft", "list", "chain", fam, table, hook)
+	if err != nil || strings.Contains(out, "policy drop") {
+		return
+	}
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		// Newer nft prints a comment line ("# Warning: table ip filter is
+		// managed by iptables-nft, do not touch!"): not a rule (review25).
+		if l != "" && l != "}" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "table ") && !strings.HasPrefix(l, "chain ") && !strings.HasPrefix(l, "type ") {
+			return // a rule
+		}
+	}
+	run("", "nft", "delete", "chain", fam, table, hook)
+}
+
+// nftManglePostMissing lists the nftables objects of table "fam mangle" that
+// LATCH-POST needs and that do not exist yet, as created marks
+// ("mangle-table", "mangle-chain-POSTROUTING").
+func nftManglePostMissing(fam string) []string {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return nil
+	}
+	if _, err := run("", "nft", "list", "table", fam, "mangle"); err != nil {
+		return []string{"mangle-table"}
+	}
+	if _, err := run("", "nft", "list", "chain", fam, "mangle", "POSTROUTING"); err != nil {
+		return []string{"mangle-chain-POSTROUTING"}
+	}
+	return nil
+}
+
+// nftTidyManglePost is nftTidy for the mangle table's objects iptables-nft
+// created for LATCH-POST.
+func nftTidyManglePost(fam string, created []string) {
+	if !slices.Contains(created, "mangle-table") && !slices.Contains(created, "mangle-chain-POSTROUTING") {
+		return
+	}
+	nftTidyChain(fam, "mangle", "POSTROUTING")
+	if !slices.Contains(created, "mangle-table") {
+		return
+	}
+	out, err := run("", "nft", "list", "table", fam, "mangle")
+	if err == nil && !strings.Contains(out, "chain ") && !strings.Contains(out, "set ") && !strings.Contains(out, "map ") {
+		run("", "nft", "delete", "table", fam, "mangle")
+	}
+}
+
+// nftTidy deletes the objects iptables-nft created for latch, if they are empty
+// (nftTidyChain: a chain with rules stays), and the table only when no chain is
+// left in it.
 func nftTidy(fam string, created []string) {
 	for _, c := range created {
 		if hook, ok := strings.CutPrefix(c, "chain-"); ok {
-			run("", "nft", "delete", "chain", fam, "filter", hook)
+			nftTidyChain(fam, "filter", hook)
 		}
 	}
 	for _, c := range created {
@@ -1183,9 +1313,7 @@ func nftTidy(fam string, created []string) {
 			continue
 		}
 		for _, h := range []string{"INPUT", "FORWARD", "OUTPUT"} {
-			if out, err := run("", "nft", "list", "chain", fam, "filter", h); err == nil && !strings.Contains(out, "policy drop") {
-				run("", "nft", "delete", "chain", fam, "filter", h)
-			}
+			nftTidyChain(fam, "filter", h)
 		}
 		out, err := run("", "nft", "list", "table", fam, "filter")
 		if err == nil && !strings.Contains(out, "chain ") && !strings.Contains(out, "set ") && !strings.Contains(out, "map ") {
@@ -1199,7 +1327,7 @@ var queueNumRE = regexp.MustCompile(`--queue-num (\d+)`)
 func (fw *iptablesFirewall) leftover() (bool, []uint16, error) {
 	exists := false
 	var queues []uint16
-	for _, cmd := range fw.save {
+	for i, cmd := range fw.save {
 		for _, chain := range []string{chainOut, chainIn, chainFwd} {
 			out, err := run("", cmd, "-w", "-t", "filter", "-S", chain)
 			if err != nil {
@@ -1207,6 +1335,15 @@ func (fw *iptablesFirewall) leftover() (bool, []uint16, error) {
 			}
 			exists = true
 			queues = appendQueues(queues, out)
+		}
+		// LATCH-POST alone (a crash while removing): no queue, but left
+		// for Cleanup to remove. Not listed where legacy has no mangle
+		// table (listing creates it).
+		if fw.kind == FirewallIptablesLegacy && !legacyTablePresent(i == 1, "mangle") {
+			continue
+		}
+		if _, err := run("", cmd, "-w", "-t", "mangle", "-S", chainPost); err == nil {
+			exists = true
 		}
 	}
 	return exists, queues, nil
@@ -1314,7 +1451,12 @@ func (spec ruleSpec) nftRules() string {
 		}
 		if spec.exemptLoopback && out {
 			// To an address of this host only, as after DNAT (see
-			// iptablesRules).
+			// iptablesRules); a new flow they pass gets
+			// MarkLoopbackExempt first, for the postrouting chain
+			// (review24).
+			// Any packet of an unmarked flow (see iptablesRules, review25).
+			r(`%s "lo" ct mark & %#x == 0 ct status & dnat == 0 ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
+			r(`%s "lo" ct mark & %#x == 0 fib daddr type local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
 			r(`%s "lo" ct status & dnat == 0 accept`, lo)
 			r(`%s "lo" fib daddr type local accept`, lo)
 		} else if spec.exemptLoopback {
@@ -1403,6 +1545,11 @@ func (spec ruleSpec) nftRules() string {
 		r("meta mark & %#x == %#x meta l4proto tcp reject with tcp reset", MarkMask, MarkReject)
 		r("meta mark & %#x == %#x reject with icmpx type port-unreachable", MarkMask, MarkReject)
 		stashed()
+		if out && spec.exemptLoopback {
+			// A loopback-exempt flow leaving by another interface now
+			// (see iptablesRules, review25).
+			r("ct mark & %#x == %#x %s", MarkMask, MarkLoopbackExempt, q)
+		}
 		if pinned {
 			// Not from the socket the flow was allowed for (see iptablesRules).
 			r("meta l4proto != tcp ct mark & %#x == %#x %s", MarkMask, MarkAllow, q)
@@ -1505,6 +1652,13 @@ func (spec ruleSpec) nftRules() string {
 		fmt.Fprintf(&b, "add rule inet %s %s meta l4proto tcp %sfib daddr type local socket mark & %#x %s notrack\n", nftTable, nftRawPre, dns, MarkMask, nftFastMarks())
 	}
 	chain("output", "output", "oifname", true)
+	if spec.exemptLoopback {
+		// What the loopback return passed, leaving by another interface
+		// (see iptablesPost, review24): the conntrack mark first, which
+		// rules out most packets in one load.
+		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook postrouting priority filter; policy accept; }\n", nftTable, nftPost)
+		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == %#x oifname != \"lo\" drop\n", nftTable, nftPost, loopbackMarks, loopbackMarks)
+	}
 	if spec.input() {
 		fmt.Fprintf(&b, "add chain inet %s input { type filter hook input priority filter - 1; policy accept; }\n", nftTable)
 	}

@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // hostLateDNAT adds to namespace ns the host's own nftables NAT chain on the
@@ -106,84 +109,283 @@ func TestNftLoopbackExemptLateDNATOut(t *testing.T) {
 	}
 }
 
-// markReroute makes namespace A send UDP to its own address and port out the
-// veth to B (which has A's address on its loopback, so its socket there
-// receives it) when the packet has mark 0x24: policy routing before the local
-// table (moved after it), as setups that steer by mark do. mark is the rule
-// that gives the mark: an iptables mangle rule or an nftables route chain.
-func markReroute(t *testing.T, tp *topo, port uint16, mark func()) {
+// markReroute makes namespace A send to its own address (addr6A, or addrA
+// with v4) out the veth to B (which has that address on its loopback, so its
+// socket there receives it) when the packet has mark 0x24: policy routing
+// before the local table (moved after it), as setups that steer by mark do.
+// mark is the rule that gives the mark: an iptables mangle rule or an
+// nftables route chain.
+func markReroute(t *testing.T, tp *topo, v4 bool, mark func()) {
 	t.Helper()
-	for _, args := range [][]string{
-		{"-n", tp.a, "-6", "rule", "add", "pref", "1000", "lookup", "local"},
-		{"-n", tp.a, "-6", "rule", "del", "pref", "0", "lookup", "local"},
-		{"-n", tp.a, "-6", "rule", "add", "pref", "10", "fwmark", "0x24", "lookup", "124"},
-		{"-n", tp.a, "-6", "route", "add", "table", "124", addr6A + "/128", "via", addr6B, "dev", tp.vethA},
-		{"-n", tp.b, "addr", "add", addr6A + "/128", "dev", "lo"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	fam, self, peer, bits := "-6", addr6A, addr6B, "/128"
+	if v4 {
+		fam, self, peer, bits = "-4", addrA, addrB, "/32"
+	}
+	cmds := [][]string{
+		{"ip", "-n", tp.a, fam, "rule", "add", "pref", "1000", "lookup", "local"},
+		{"ip", "-n", tp.a, fam, "rule", "del", "pref", "0", "lookup", "local"},
+		{"ip", "-n", tp.a, fam, "rule", "add", "pref", "10", "fwmark", "0x24", "lookup", "124"},
+		{"ip", "-n", tp.a, fam, "route", "add", "table", "124", self + bits, "via", peer, "dev", tp.vethA},
+		{"ip", "-n", tp.b, "addr", "add", self + bits, "dev", "lo"},
+	}
+	if v4 {
+		// B takes a datagram whose source is one of its addresses (A's,
+		// on B's lo): accept_local, no reverse path filter.
+		cmds = append(cmds, []string{"ip", "netns", "exec", tp.b, "sysctl", "-qw",
+			"net.ipv4.conf.all.accept_local=1", "net.ipv4.conf." + tp.vethB + ".accept_local=1",
+			"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf." + tp.vethB + ".rp_filter=0"})
+	}
+	for _, args := range cmds {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
 	mark()
 }
 
-// TestLoopbackExemptRerouteOut (review24, open, low: it takes the host's own
+// nftIn runs the nft script in namespace ns.
+func nftIn(t *testing.T, ns, script string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft in %s: %v: %s\n%s", ns, err, out, script)
+	}
+}
+
+// installNftDrop installs in namespace ns the native nftables ruleset of
+// spec with its queue statements made drops (no native queue here): what it
+// would hold is dropped.
+func installNftDrop(t *testing.T, ns string, spec ruleSpec) {
+	t.Helper()
+	nftIn(t, ns, regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop"))
+}
+
+// rerouteCase is one way the host's mark reroutes a loopback packet
+// (TestLoopbackExemptRerouteOut).
+type rerouteCase struct {
+	fw   string
+	late bool // an nft route chain after the filter chains (10), else before them (mangle)
+	v4   bool
+}
+
+func (c rerouteCase) name() string {
+	n := c.fw + "/mangle"
+	if c.late {
+		n = c.fw + "/nft-route-after-filter"
+	}
+	if c.v4 {
+		return n + "/ipv4"
+	}
+	return n + "/ipv6"
+}
+
+// markRule gives mark 0x24 in namespace ns to UDP to addr and port: an
+// iptables mangle OUTPUT rule (the firewall's own variant; with nftables
+// a route chain at mangle priority) or, late, an nft route chain at priority
+// 10, after latch's filter chains.
+func (c rerouteCase) markRule(t *testing.T, ns string, addr netip.Addr, port uint16) {
+	t.Helper()
+	fam := "ip6"
+	if c.v4 {
+		fam = "ip"
+	}
+	if c.late || c.fw == FirewallNftables {
+		prio := "-150"
+		if c.late {
+			prio = "10"
+		}
+		nftIn(t, ns, fmt.Sprintf("add table %s r24route\nadd chain %s r24route out { type route hook output priority %s; }\n"+
+			"add rule %s r24route out %s daddr %s udp dport %d meta mark set 0x24\n", fam, fam, prio, fam, fam, addr, port))
+		return
+	}
+	ipt := "ip6tables-nft"
+	if c.v4 {
+		ipt = "iptables-nft"
+	}
+	if c.fw == FirewallIptablesLegacy {
+		ipt = strings.Replace(ipt, "-nft", "-legacy", 1)
+	}
+	args := []string{"netns", "exec", ns, ipt, "-w", "-t", "mangle", "-A", "OUTPUT", "-d", addr.String(), "-p", "udp", "--dport", fmt.Sprint(port), "-j", "MARK", "--set-mark", "0x24"}
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("mark rule: %v: %s", err, out)
+	}
+}
+
+// rerouteTopo is the network of a rerouteCase with every rule denying: a
+// daemon (Config.Inbound, loopback exempt) with iptables, or with nftables
+// its ruleset installed with drops for queues. env goes to the daemon.
+func (c rerouteCase) topo(t *testing.T, env ...string) (*topo, func()) {
+	t.Helper()
+	if c.fw != FirewallNftables {
+		tp, d, _ := forgedTCPTopo(t, c.fw, "*=deny", env...)
+		return tp, func() { d.stop() }
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	tp, _ := forgedTCPNet(t)
+	installNftDrop(t, tp.a, ruleSpec{queue: testQueue, inbound: true, exemptLoopback: true})
+	return tp, func() {}
+}
+
+// sendsRerouted reports whether a datagram from a socket on A's own address
+// (port+1) to A's own address and port reaches peer, in up to three tries.
+func sendsRerouted(t *testing.T, tp *topo, self netip.Addr, port uint16, peer *udpPeer) bool {
+	t.Helper()
+	var c *net.UDPConn
+	if err := inNS(tp.a, func() error {
+		var err error
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(self, port+1)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 3; i++ {
+		c.WriteToUDPAddrPort([]byte("latch-reroute"), netip.AddrPortFrom(self, port))
+		if peer.receives("latch-reroute", 700*time.Millisecond) {
+			return true
+		}
+	}
+	return false
+}
+
+// selfAddr is A's address of the family.
+func selfAddr(v4 bool) netip.Addr {
+	if v4 {
+		return netip.MustParseAddr(addrA)
+	}
+	return netip.MustParseAddr(addr6A)
+}
+
+// TestLoopbackExemptRerouteOut (review24, low: it takes the host's own
 // policy routing by mark of a local destination): a datagram to A's own
 // address whose mark policy routing steers out the veth to B, with every
-// rule denying, reaches B undecided. LATCH-OUT's '-o lo' (and nft's oifname)
-// is the nf_hook_state's output device, fixed when the LOCAL_OUT hook is
-// called (the socket's route, lo); a reroute during the hook does not change
-// it: the mangle table's (ip6t_mangle_out: ip6_route_me_harder on a mark
-// change, priority -150, before the filter table) as well as a route chain's
-// after it (priority 10 here). Only POSTROUTING sees the device the packet
-// leaves by. cd9160c closed this for DNAT (the conntrack status, then the
-// destination's type), not for a reroute by mark: the destination is still
-// local, so both loopback returns take it (the first one matched, counters).
+// rule denying, must not reach B undecided. LATCH-OUT's '-o lo' (and nft's
+// oifname) is the nf_hook_state's output device, fixed when the LOCAL_OUT
+// hook is called (the socket's route, lo); a reroute during the hook does
+// not change it: the mangle table's (ip6t_mangle_out: ip6_route_me_harder on
+// a mark change, priority -150, before the filter table) as well as a route
+// chain's after it (priority 10 here). Only POSTROUTING sees the device the
+// packet leaves by: the loopback return gives the flow MarkLoopbackExempt,
+// and LATCH-POST (nft: chain postrouting) drops what of it leaves by another
+// interface. It fails without them: the datagram reaches B, in every case
+// (checked on iptables-nft, iptables-legacy and nftables, IPv4 and IPv6).
 func TestLoopbackExemptRerouteOut(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review24, low): a loopback packet rerouted by mark during the output hook leaves by another interface undecided; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
-	for i, late := range []bool{false, true} {
-		port := uint16(9451 + i*2)
-		name := "mangle"
-		if late {
-			name = "nft-route-after-filter"
+	port := uint16(9451)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		for _, late := range []bool{false, true} {
+			for _, v4 := range []bool{false, true} {
+				c := rerouteCase{fw: fw, late: late, v4: v4}
+				port += 2
+				t.Run(c.name(), func(t *testing.T) {
+					tp, stop := c.topo(t)
+					defer stop()
+					self := selfAddr(v4)
+					markReroute(t, tp, v4, func() { c.markRule(t, tp.a, self, port) })
+					peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+					if sendsRerouted(t, tp, self, port, peer) {
+						t.Errorf("a datagram to A's own address that policy routing by mark (%s) sends out the veth reached B undecided (every rule denies)", c.name())
+					}
+				})
+			}
 		}
-		t.Run(name, func(t *testing.T) {
-			fw := FirewallIptablesNft
-			tp, d, _ := forgedTCPTopo(t, fw, "*=deny")
-			defer d.stop()
-			markReroute(t, tp, port, func() {
-				var cmd *exec.Cmd
-				if late {
-					cmd = exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
-					cmd.Stdin = strings.NewReader(fmt.Sprintf("add table ip6 r24route\nadd chain ip6 r24route out { type route hook output priority 10; }\n"+
-						"add rule ip6 r24route out ip6 daddr %s udp dport %d meta mark set 0x24\n", addr6A, port))
-				} else {
-					cmd = exec.Command("ip", "netns", "exec", tp.a, "ip6tables-nft", "-w", "-t", "mangle", "-A", "OUTPUT", "-d", addr6A, "-p", "udp", "--dport", fmt.Sprint(port), "-j", "MARK", "--set-mark", "0x24")
-				}
-				if out, err := cmd.CombinedOutput(); err != nil {
-					t.Fatalf("mark rule: %v: %s", err, out)
+	}
+}
+
+// TestLoopbackExemptDNATLocalRerouteOut (review24, a neighbour): the host's
+// OUTPUT DNAT sends A's own address and port to another local port (the
+// loopback return passes it: DNAT'd to a local address, the second return),
+// and a route chain after latch's filter chains marks it for policy routing
+// out the veth to B. With every rule denying it must not reach B: the
+// second return's flows get MarkLoopbackExempt too. Fails if only the first
+// return's (not DNAT'd) flows get it.
+func TestLoopbackExemptDNATLocalRerouteOut(t *testing.T) {
+	port := uint16(9481)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port += 4
+		c := rerouteCase{fw: fw, late: true}
+		t.Run(fw, func(t *testing.T) {
+			tp, stop := c.topo(t)
+			defer stop()
+			self := selfAddr(false)
+			to := port + 2
+			markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, to) })
+			nftIn(t, tp.a, fmt.Sprintf("add table ip6 r24nat\nadd chain ip6 r24nat out { type nat hook output priority -100; }\n"+
+				"add rule ip6 r24nat out ip6 daddr %s udp dport %d dnat to [%s]:%d\n", self, port, self, to))
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, to))
+			if sendsRerouted(t, tp, self, port, peer) {
+				t.Error("a datagram to A's own address, DNAT'd to another local port and rerouted by mark out the veth, reached B undecided (every rule denies)")
+			}
+		})
+	}
+}
+
+// TestLoopbackRerouteDecided (review24, a neighbour): what a verdict
+// decided keeps passing when the host's mark reroutes it. With loopback held
+// (--exempt-loopback=false: no loopback return, no postrouting chain) the
+// datagram to A's own address is decided: allowed it reaches B, denied it
+// does not. With loopback exempt, a flow the queue allowed (to B, MarkAllow)
+// keeps passing when its datagrams get a mark that policy routing takes
+// (a route chain after latch's filter chains): the postrouting drop takes
+// only flows the loopback return passed.
+func TestLoopbackRerouteDecided(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		for j, allow := range []bool{true, false} {
+			port := uint16(9501 + i*8 + j*2)
+			verdict := "deny"
+			if allow {
+				verdict = "allow"
+			}
+			t.Run(fw+"/held-loopback/"+verdict, func(t *testing.T) {
+				needFirewall(t, fw)
+				tp, _ := forgedTCPNet(t)
+				d := startDaemonOn(t, tp, fw, fmt.Sprintf("%d=%s,*=deny", port, verdict), "LATCH_TEST_INBOUND=1", "LATCH_TEST_HOLD_LOOPBACK=1")
+				defer d.stop()
+				time.Sleep(200 * time.Millisecond)
+				c := rerouteCase{fw: fw, late: true}
+				self := selfAddr(false)
+				markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, port) })
+				peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+				if got := sendsRerouted(t, tp, self, port, peer); got != allow {
+					t.Errorf("loopback held, the port's rule %s: the rerouted datagram reached B: %v, want %v", verdict, got, allow)
 				}
 			})
-			a := netip.MustParseAddr(addr6A)
-			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(a, port))
-			var c *net.UDPConn
+		}
+		port := uint16(9501 + i*8 + 4)
+		t.Run(fw+"/exempt/allowed-flow", func(t *testing.T) {
+			tp, d, _ := forgedTCPTopo(t, fw, fmt.Sprintf("%d=allow,*=deny", port))
+			defer d.stop()
+			b := netip.MustParseAddr(addr6B)
+			for _, args := range [][]string{
+				{"-n", tp.a, "-6", "rule", "add", "pref", "10", "fwmark", "0x24", "lookup", "124"},
+				{"-n", tp.a, "-6", "route", "add", "table", "124", addr6B + "/128", "dev", tp.vethA},
+			} {
+				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+					t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+				}
+			}
+			rerouteCase{fw: fw, late: true}.markRule(t, tp.a, b, port)
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(b, port))
+			var conn *net.UDPConn
 			if err := inNS(tp.a, func() error {
 				var err error
-				c, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port+1)))
+				conn, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(selfAddr(false), port+1)))
 				return err
 			}); err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			got := false
-			for i := 0; i < 3 && !got; i++ {
-				c.WriteToUDPAddrPort([]byte("latch-reroute"), netip.AddrPortFrom(a, port))
-				got = peer.receives("latch-reroute", 700*time.Millisecond)
-			}
-			if got {
-				t.Errorf("a datagram to A's own address that policy routing by mark (%s) sends out the veth reached B undecided (every rule denies)", name)
+			defer conn.Close()
+			for _, msg := range []string{"latch-allowed-1", "latch-allowed-2"} {
+				got := false
+				for i := 0; i < 3 && !got; i++ {
+					conn.WriteToUDPAddrPort([]byte(msg), netip.AddrPortFrom(b, port))
+					got = peer.receives(msg, 700*time.Millisecond)
+				}
+				if !got {
+					t.Errorf("%s of a flow the queue allowed, with a mark policy routing takes, did not reach B", msg)
+				}
 			}
 		})
 	}
@@ -233,5 +435,245 @@ func TestLoopbackExemptLocalhostDNATOut(t *testing.T) {
 				t.Error("a datagram to 127.0.0.1 that the host's OUTPUT DNAT sends to B reached B undecided (every rule denies)")
 			}
 		})
+	}
+}
+
+// postChains lists, for firewall fw in namespace ns, which of IPv4's and
+// IPv6's mangle tables hold LATCH-POST and which POSTROUTING jumps to it
+// ("ip:chain", "ip:jump", "ip6:chain", ...), and whether an nftables
+// table named mangle exists (iptables-nft creates one for it).
+func postChains(t *testing.T, ns, fw string) []string {
+	t.Helper()
+	var got []string
+	for _, fam := range []string{"ip", "ip6"} {
+		ipt := "iptables"
+		if fam == "ip6" {
+			ipt = "ip6tables"
+		}
+		if fw == FirewallIptablesLegacy {
+			ipt += "-legacy"
+		} else {
+			ipt += "-nft"
+		}
+		if err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "mangle", "-S", chainPost).Run(); err == nil {
+			got = append(got, fam+":chain")
+		}
+		if err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "mangle", "-C", "POSTROUTING", "-j", chainPost).Run(); err == nil {
+			got = append(got, fam+":jump")
+		}
+		if fw == FirewallIptablesNft {
+			if err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", fam, "mangle").Run(); err == nil {
+				got = append(got, fam+":nft-mangle")
+			}
+		}
+	}
+	return got
+}
+
+// TestLoopbackPostChainRemoved (review24): LATCH-POST, the mangle table's
+// chain of the postrouting drop, is installed with loopback exempt (with
+// the jump from POSTROUTING, both families), goes at a clean stop (SIGTERM)
+// and at Cleanup after a kill, with the mangle table iptables-nft created
+// for it, and an install with loopback held removes a stopped daemon's.
+func TestLoopbackPostChainRemoved(t *testing.T) {
+	want := map[string][]string{
+		FirewallIptablesNft:    {"ip:chain", "ip:jump", "ip:nft-mangle", "ip6:chain", "ip6:jump", "ip6:nft-mangle"},
+		FirewallIptablesLegacy: {"ip:chain", "ip:jump", "ip6:chain", "ip6:jump"},
+	}
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		t.Run(fw, func(t *testing.T) {
+			needFirewall(t, fw)
+			tp := newTopo(t)
+			before := ruleset(t, tp.a)
+			d := startDaemonOn(t, tp, fw, "*=allow")
+			if got := postChains(t, tp.a, fw); !slices.Equal(got, want[fw]) {
+				t.Fatalf("while running: %v, want %v", got, want[fw])
+			}
+			d.stop()
+			if got := postChains(t, tp.a, fw); len(got) != 0 {
+				t.Errorf("after SIGTERM: %v left", got)
+			}
+			// iptables-legacy's tables stay (the kernel module's), empty.
+			if after := ruleset(t, tp.a); fw == FirewallIptablesNft && after != before {
+				t.Errorf("ruleset after a clean exit differs.\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+
+			d = startDaemonOn(t, tp, fw, "*=allow")
+			d.cmd.Process.Kill()
+			<-d.exited
+			if got := postChains(t, tp.a, fw); !slices.Equal(got, want[fw]) {
+				t.Fatalf("after a kill: %v, want %v", got, want[fw])
+			}
+			d = startDaemonOn(t, tp, fw, "*=allow", "LATCH_TEST_HOLD_LOOPBACK=1")
+			if got := postChains(t, tp.a, fw); len(got) != 0 {
+				t.Errorf("loopback held, after a daemon with it exempt was killed: %v left", got)
+			}
+			d.cmd.Process.Kill()
+			<-d.exited
+
+			d = startDaemonOn(t, tp, fw, "*=allow")
+			d.cmd.Process.Kill()
+			<-d.exited
+			c := spawnChild(t, tp, "cleanup", "")
+			<-c.exited
+			if code := c.cmd.ProcessState.ExitCode(); code != 0 {
+				t.Fatalf("cleanup exited %d: %s", code, c.errors())
+			}
+			if got := postChains(t, tp.a, fw); len(got) != 0 {
+				t.Errorf("after Cleanup: %v left", got)
+			}
+			if fw == FirewallIptablesNft {
+				if after := ruleset(t, tp.a); after != before {
+					t.Errorf("ruleset after Cleanup differs.\nbefore:\n%s\nafter:\n%s", before, after)
+				}
+			}
+		})
+	}
+}
+
+// TestLoopbackPostEveryRuleset checks, in every combination of options, the
+// rules of the postrouting drop (review24): with loopback exempt, the
+// mangle table's LATCH-POST (iptables; table inet latch's postrouting chain
+// with nft) holds one rule, the drop of a loopback-marked flow's packet out
+// another interface, and exactly two rules give MarkLoopbackExempt (where,
+// TestLoopbackForgedEveryRuleset checks); without it none of them is there.
+func TestLoopbackPostEveryRuleset(t *testing.T) {
+	setIpt := fmt.Sprintf("CONNMARK --set-xmark %#x/%#x", MarkLoopbackExempt, MarkMask)
+	setNft := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackExempt)
+	post := "*mangle\n:LATCH-POST - [0:0]\n-I POSTROUTING 1 -j LATCH-POST\n-A LATCH-POST ! -o lo -m connmark --mark 0x60000000/0x60000000 -j DROP\nCOMMIT\n"
+	nftPostChain := "add chain inet latch postrouting { type filter hook postrouting priority filter; policy accept; }\n" +
+		"add rule inet latch postrouting ct mark & 0x60000000 == 0x60000000 oifname != \"lo\" drop\n"
+	everyRuleSpec(t, ruleSpec{queue: 7}, func(spec ruleSpec, names []string) {
+		for _, v := range []struct {
+			name, rules, set, post string
+		}{
+			{"iptables", spec.iptablesRules(false, nil, map[string]bool{}), setIpt, post},
+			{"ip6tables", spec.iptablesRules(true, nil, map[string]bool{}), setIpt, post},
+			{"nft", spec.nftRules(), setNft, nftPostChain},
+		} {
+			where := fmt.Sprintf("%s with %v", v.name, names)
+			sets, posts := strings.Count(v.rules, v.set), strings.Count(v.rules, "LATCH-POST")+strings.Count(v.rules, "postrouting")
+			switch {
+			case !spec.exemptLoopback && (sets != 0 || posts != 0):
+				t.Errorf("%s: loopback held, yet %d rules give MarkLoopbackExempt and %d lines name the postrouting chain:\n%s", where, sets, posts, v.rules)
+			case spec.exemptLoopback && sets != 2:
+				t.Errorf("%s: %d rules give MarkLoopbackExempt, want 2:\n%s", where, sets, v.rules)
+			case spec.exemptLoopback && (!strings.Contains(v.rules, v.post) || posts != strings.Count(v.post, "LATCH-POST")+strings.Count(v.post, "postrouting")):
+				t.Errorf("%s: the postrouting part is not\n%s\nin:\n%s", where, v.post, v.rules)
+			}
+		}
+	})
+	// With the jump in place (a stopped daemon's ruleset), none is added.
+	if r := (ruleSpec{queue: 7, exemptLoopback: true}).iptablesRules(false, nil, map[string]bool{chainPost: true}); strings.Contains(r, "-I POSTROUTING") {
+		t.Errorf("a second jump to LATCH-POST:\n%s", r)
+	}
+}
+
+// TestStopKeepsRulesAddedToCreatedChains (review24, a neighbour of
+// LATCH-POST's cleanup): iptables-nft creates the nftables tables and base
+// chains latch's jumps need (filter OUTPUT, mangle POSTROUTING) and latch
+// deletes them at its stop; a rule someone else added to them meanwhile
+// stays ("nft delete chain" deletes a chain with its rules: the chain is
+// left). Fails when the chains are deleted unlooked (the rules go with them).
+func TestStopKeepsRulesAddedToCreatedChains(t *testing.T) {
+	needFirewall(t, FirewallIptablesNft)
+	tp := newTopo(t)
+	d := startDaemonOn(t, tp, FirewallIptablesNft, "*=allow")
+	added := [][]string{
+		{"iptables-nft", "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", "7", "-j", "ACCEPT"},
+		{"ip6tables-nft", "-w", "-t", "mangle", "-A", "POSTROUTING", "-p", "udp", "--dport", "7", "-j", "ACCEPT"},
+	}
+	for _, args := range added {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", tp.a}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	d.stop()
+	for _, args := range added {
+		check := append([]string{"netns", "exec", tp.a}, args...)
+		check[slices.Index(check, "-A")] = "-C"
+		if out, err := exec.Command("ip", check...).CombinedOutput(); err != nil {
+			t.Errorf("after the stop, %v is gone: %v: %s", args, err, out)
+		}
+	}
+	if left := ruleset(t, tp.a); strings.Contains(left, "LATCH") {
+		t.Errorf("after the stop a LATCH chain is left:\n%s", left)
+	}
+}
+
+// TestLoopbackForgedRerouteOut (review24, a neighbour: review18's forged
+// flows): a datagram over lo to A's own address from an IPV6_FREEBIND
+// socket bound to B's address (no privilege) gets MarkLoopbackForged, not
+// MarkLoopbackExempt, and the loopback return passes it; rerouted by mark
+// out the veth it must not reach B either. The postrouting drop tests the
+// bits both loopback marks have; it fails when it takes MarkLoopbackExempt
+// alone.
+func TestLoopbackForgedRerouteOut(t *testing.T) {
+	port := uint16(9531)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port += 2
+		c := rerouteCase{fw: fw, late: true}
+		t.Run(fw, func(t *testing.T) {
+			tp, stop := c.topo(t)
+			defer stop()
+			self, b := selfAddr(false), netip.MustParseAddr(addr6B)
+			markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, port) })
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+			got := false
+			for i := 0; i < 3 && !got; i++ {
+				if err := inNS(tp.a, func() error {
+					fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+					if err != nil {
+						return err
+					}
+					defer unix.Close(fd)
+					if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
+						return err
+					}
+					if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: b.As16(), Port: int(port) + 1}); err != nil {
+						return err
+					}
+					// EPERM: a netfilter drop on the way out.
+					if err := unix.Sendto(fd, []byte("latch-forged-reroute"), 0, &unix.SockaddrInet6{Addr: self.As16(), Port: int(port)}); err != unix.EPERM {
+						return err
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				got = peer.receives("latch-forged-reroute", 700*time.Millisecond)
+			}
+			if got {
+				t.Error("a datagram over lo from B's address (IPV6_FREEBIND) to A's own address, rerouted by mark out the veth, reached B undecided (every rule denies)")
+			}
+		})
+	}
+}
+
+// TestLoopbackExemptRerouteUntrackedOut (review24, open, low: it takes the
+// host's own NOTRACK of lo and its policy routing by mark of a local
+// destination): where the host keeps loopback out of conntrack (raw OUTPUT
+// '-o lo -j NOTRACK', for speed), a loopback packet has no conntrack entry
+// for the loopback return to mark, and LATCH-POST's drop, which tests the
+// entry's mark, does not see it: rerouted by mark out the veth it reaches B
+// undecided. Telling it in postrouting would take the destination's address
+// type for every untracked packet out (the fast path's notrack TCP flows
+// among them), a route lookup each.
+func TestLoopbackExemptRerouteUntrackedOut(t *testing.T) {
+	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
+		t.Skip("known hole (review24, low): an untracked loopback packet (the host's NOTRACK of lo) rerouted by mark leaves by another interface undecided; LATCH_TEST_KNOWN_HOLES=1 runs it")
+	}
+	const port = 9551
+	c := rerouteCase{fw: FirewallIptablesNft}
+	tp, stop := c.topo(t)
+	defer stop()
+	self := selfAddr(false)
+	markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, port) })
+	if out, err := exec.Command("ip", "netns", "exec", tp.a, "ip6tables-nft", "-w", "-t", "raw", "-A", "OUTPUT", "-o", "lo", "-j", "NOTRACK").CombinedOutput(); err != nil {
+		t.Fatalf("NOTRACK: %v: %s", err, out)
+	}
+	peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+	if sendsRerouted(t, tp, self, port, peer) {
+		t.Error("an untracked datagram to A's own address that policy routing by mark sends out the veth reached B undecided (every rule denies)")
 	}
 }

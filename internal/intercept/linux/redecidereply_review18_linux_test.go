@@ -407,7 +407,8 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 	nftDrop := fmt.Sprintf("ct mark & %#x == %#x drop", MarkMask, MarkLoopbackForged)
 	nftSet := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackForged)
 	// loReturn: the loopback return's rules, in a row (out: what leaves by
-	// lo to a local address, also after DNAT, review23).
+	// lo to a local address, also after DNAT, review23; after the rules
+	// that give such a flow MarkLoopbackExempt, review24).
 	type chainWant struct {
 		prefix, set string
 		loReturn    []string
@@ -416,7 +417,12 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 	ipt := func(chain, lo, set string) chainWant {
 		ret := []string{"-A " + chain + " " + lo + " lo -j RETURN"}
 		if lo == "-o" {
-			ret = []string{"-A " + chain + " -o lo -m conntrack ! --ctstate DNAT -j RETURN", "-A " + chain + " -o lo -m addrtype --dst-type LOCAL -j RETURN"}
+			// The two rules that give a flow the returns pass
+			// MarkLoopbackExempt first (review24).
+			ret = []string{
+				"-A " + chain + " -o lo -m connmark --mark 0x0/0x70000000 -m conntrack ! --ctstate DNAT -j CONNMARK --set-xmark 0x60000000/0x70000000",
+				"-A " + chain + " -o lo -m connmark --mark 0x0/0x70000000 -m addrtype --dst-type LOCAL -j CONNMARK --set-xmark 0x60000000/0x70000000",
+				"-A " + chain + " -o lo -m conntrack ! --ctstate DNAT -j RETURN", "-A " + chain + " -o lo -m addrtype --dst-type LOCAL -j RETURN"}
 		}
 		c := chainWant{"-A " + chain + " ", "", ret, "-A " + chain + " -m connmark --mark " + forged + " -j DROP"}
 		if set != "" {
@@ -428,7 +434,10 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 		p := "add rule inet " + nftTable + " " + chain + " "
 		ret := []string{p + lo + ` "lo" accept`}
 		if lo == "oifname" {
-			ret = []string{p + `oifname "lo" ct status & dnat == 0 accept`, p + `oifname "lo" fib daddr type local accept`}
+			ret = []string{
+				p + `oifname "lo" ct mark & 0x70000000 == 0 ct status & dnat == 0 ct mark set ct mark & 0x8fffffff | 0x60000000`,
+				p + `oifname "lo" ct mark & 0x70000000 == 0 fib daddr type local ct mark set ct mark & 0x8fffffff | 0x60000000`,
+				p + `oifname "lo" ct status & dnat == 0 accept`, p + `oifname "lo" fib daddr type local accept`}
 		}
 		c := chainWant{p, "", ret, p + nftDrop}
 		if set {
