@@ -132,6 +132,10 @@ type hold struct {
 	// cookie is, for an inbound packet, the cookie of the local socket that
 	// will receive it (the Resolver's lookup); 0: unknown.
 	cookie uint64
+	// replyIn: the packet is the peer's on a flow this host opened, held
+	// in LATCH-IN after a rule change (MarkRedecideReply) and decided as
+	// the flow (direction outbound); cookie is the receiving socket's.
+	replyIn bool
 }
 
 // New checks cfg, fills in defaults and detects the firewall mechanism. It changes
@@ -858,6 +862,17 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 			}
 		}
 	}
+	if p.Hook == hookLocalIn && h.mark&MarkMask == MarkRedecideReply && b.cfg.Inbound {
+		// The peer's side of a flow this host opened, which a rule change
+		// marked for deciding again (see MarkRedecideReply): decided as that
+		// flow, the local program's outbound request (local and remote as
+		// read above for the packet that arrives), for the program of the
+		// socket that receives it (found above as for any inbound packet:
+		// the socket the kernel delivers it to), so that an allow comes from
+		// the rules for the flow the program opened (review16).
+		req.Direction = engine.Outbound
+		h.replyIn = true
+	}
 	if req.Direction == engine.Outbound && p.Hook == hookLocalOut && h.mark&MarkMask == MarkRedecideReply && b.cfg.Inbound {
 		// This host's side of a flow the peer opened, which a rule change
 		// marked for deciding again (see MarkRedecideReply): decided as that
@@ -1122,9 +1137,11 @@ func (b *Backend) apply(h *hold, v engine.Verdict) {
 		// come for it. If this verdict is not the one that counts, the flow's
 		// conntrack entry will not carry MarkAllow and Redecide passes it by.
 		b.rememberFlow(h.req, time.Now(), false)
-		if h.cookie != 0 && h.req.Direction == engine.Inbound && h.proto == packet.ProtoUDP {
+		if h.cookie != 0 && (h.req.Direction == engine.Inbound || h.replyIn) && h.proto == packet.ProtoUDP {
 			// Before the verdict: the socket pin's rule in LATCH-IN then
-			// leaves this record alone (see pinInbound).
+			// leaves this record alone (see pinInbound). A peer's
+			// datagram on a flow this host opened (replyIn) pins the flow
+			// to the socket that receives it, for which it was decided.
 			b.pinInbound(h.req, h.cookie)
 		}
 		if b.finish(h, nfq.Repeat, withMark(MarkAllow), true) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -192,30 +191,93 @@ func testForwardRedecideReply(t *testing.T, fw string, deny bool, port int) {
 	}
 }
 
-// TestOutboundRedecidePeerPushes (review16, open: "What stays as before" in
-// the README): a local program opens a UDP flow to B (allowed), then only
-// listens; a rule change denies the flow. B's datagrams on it (conntrack
-// direction reply in LATCH-IN) pass until the program's next datagram is
-// held and decided, which a program that only receives never sends: B
-// pushes into it for as long as it keeps the conntrack entry alive. Nothing
-// leaves the program undecided (its next datagram is held and denied), and
-// TCP's ACKs are held at once; what stays is a stream in. A fix would hold
-// B's datagrams of such a flow too and decide them as the flow (the
-// program's outbound request, the tuple reversed, attributed to the socket
-// that receives it: a receive-side lookup, as for an inbound flow).
+// TestOutboundRedecidePeerPushes (review16): with Config.Inbound, a local
+// program opens a UDP flow to B (allowed), then only listens; a rule change
+// marks the flow. B's datagrams on it (conntrack direction reply in
+// LATCH-IN) passed until the program's next datagram was held and decided,
+// which a program that only receives never sends: B pushed into a flow the
+// rules deny for as long as it kept the conntrack entry alive. Now LATCH-IN
+// holds them too and the reader decides each as the flow (the program's
+// outbound request, the tuple reversed, for the socket that receives it):
+//
+//   - denied: B's pushes never reach the program, each is held as the
+//     program's outbound flow, and the program's own next datagram is still
+//     held and denied (the flow stays marked);
+//   - allowed (a rule change that still allows it): B's first push after the
+//     change is held once and passes, the ones after it pass unheld (a
+//     stream the rules still allow does not stall), and so does the
+//     program's next datagram;
+//   - denied, then allowed by a second rule change: the first push is
+//     dropped, the next one, decided under the second rules, passes, and
+//     the flow is allowed again.
+//
+// IPv4 and IPv6, with each firewall mechanism (iptables-nft, iptables-legacy,
+// native nftables), and with the socket pin (the allow pins the flow to the
+// receiving socket, whose answer then passes unheld).
 func TestOutboundRedecidePeerPushes(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review16): after a rule change denies a UDP flow this host opened, the peer's datagrams reach the program until it sends again; LATCH_TEST_KNOWN_HOLES=1 runs it")
+	type tc struct {
+		fw      string
+		v6, pin bool
+		mode    string // "denied", "allowed", "denied-then-allowed"
 	}
-	const port = 9190
+	var cases []tc
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		for _, v6 := range []bool{false, true} {
+			for _, mode := range []string{"denied", "allowed"} {
+				cases = append(cases, tc{fw: fw, v6: v6, mode: mode})
+			}
+		}
+		cases = append(cases, tc{fw: fw, mode: "denied-then-allowed"})
+	}
+	cases = append(cases, tc{fw: FirewallIptablesNft, pin: true, mode: "denied"}, tc{fw: FirewallIptablesNft, pin: true, mode: "allowed"},
+		tc{fw: FirewallNftables, v6: true, pin: true, mode: "allowed"})
+	for i, c := range cases {
+		name := fmt.Sprintf("%s/v6=%v/%s", c.fw, c.v6, c.mode)
+		if c.pin {
+			name += "/pin"
+		}
+		port := uint16(9200 + i)
+		t.Run(name, func(t *testing.T) { testOutboundRedecidePeerPushes(t, c.fw, c.v6, c.pin, c.mode, port) })
+	}
+}
+
+func testOutboundRedecidePeerPushes(t *testing.T, fw string, v6, pin bool, mode string, port uint16) {
+	needFirewall(t, fw)
 	tp := newTopo(t)
-	d := startDaemon(t, tp, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_INBOUND=1",
-		"LATCH_TEST_POLICY_AFTER=*=deny", "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	a, bAddr := netip.MustParseAddr(addrA), netip.MustParseAddr(addrB)
+	if v6 {
+		addSecondAddresses(t, tp)
+		a, bAddr = netip.MustParseAddr(addr6A), netip.MustParseAddr(addr6B)
+		time.Sleep(200 * time.Millisecond) // nodad: usable at once, but let the links settle
+	}
+	allow := fmt.Sprintf("%d=allow,*=deny", port)
+	env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_INBOUND=1", "LATCH_TEST_POLICY=" + allow,
+		"LATCH_TEST_REDECIDE_PORT=" + strconv.Itoa(int(port))}
+	switch mode {
+	case "denied":
+		env = append(env, "LATCH_TEST_POLICY_AFTER=*=deny")
+	case "allowed":
+		env = append(env, "LATCH_TEST_POLICY_AFTER="+allow)
+	case "denied-then-allowed":
+		env = append(env, "LATCH_TEST_POLICY_AFTER=*=deny", "LATCH_TEST_POLICY_AFTER2="+allow)
+	}
+	var d *daemon
+	if pin {
+		d = startPinned(t, tp, 5*time.Second, env...)
+	} else {
+		d = startDaemonOn(t, tp, fw, allow, env...)
+	}
 	defer d.stop()
-	server := netip.AddrPortFrom(netip.MustParseAddr(addrB), port)
-	client := netip.AddrPortFrom(netip.MustParseAddr(addrA), 9191)
+	server := netip.AddrPortFrom(bAddr, port)
+	client := netip.AddrPortFrom(a, port+100)
 	peer := listenUDPIn(t, tp.b, server)
 	prog := listenUDPIn(t, tp.a, client)
+	// held counts the daemon's lines deciding the program's outbound flow
+	// (what either side sends on it is decided as that flow).
+	heldLine := fmt.Sprintf("held out udp %s %s ", client, server)
+	held := func() int {
+		return strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine)
+	}
 	prog.send(t, server, "latch-subscribe")
 	if !peer.receives("latch-subscribe", 3*time.Second) {
 		t.Fatal("the program's allowed datagram did not reach B")
@@ -225,12 +287,75 @@ func TestOutboundRedecidePeerPushes(t *testing.T) {
 		t.Fatal("B's answer on the allowed flow did not reach the program")
 	}
 	redecideAfterChange(t, d, 1)
+	if mode == "allowed" {
+		peer.send(t, client, "latch-push-after-0")
+		if !prog.receives("latch-push-after-0", 2*time.Second) {
+			t.Fatal("after a rule change that still allows the program's flow, B's push did not reach it")
+		}
+		if n := held(); n != 1 {
+			t.Errorf("B's first push after the rule change was held %d times as the program's outbound flow; want 1", n)
+		}
+		for i := 1; i < 4; i++ {
+			msg := fmt.Sprintf("latch-push-after-%d", i)
+			peer.send(t, client, msg)
+			if !prog.receives(msg, 2*time.Second) {
+				t.Fatalf("B's push %d after the flow was allowed again did not reach the program", i)
+			}
+		}
+		prog.send(t, server, "latch-answer-after")
+		if !peer.receives("latch-answer-after", 2*time.Second) {
+			t.Fatal("the program's datagram after the flow was allowed again did not reach B")
+		}
+		if n := held(); n != 0 {
+			t.Errorf("after the flow was allowed again, B's pushes and the program's answer were held %d times; want 0", n)
+		}
+		return
+	}
 	for i := 0; i < 3; i++ {
-		msg := fmt.Sprintf("latch-push-after-%d", i)
+		msg := fmt.Sprintf("latch-push-denied-%d", i)
 		peer.send(t, client, msg)
 		if prog.receives(msg, time.Second) {
 			t.Fatalf("after a rule change denied the program's flow to B, B's datagram %d on it reached the program (the program sent nothing since)", i)
 		}
+		if n := held(); n != 1 {
+			t.Errorf("B's datagram %d after the rule change was held %d times as the program's outbound flow; want 1", i, n)
+		}
+	}
+	if mode == "denied" {
+		prog.send(t, server, "latch-answer-denied")
+		if peer.receives("latch-answer-denied", 1500*time.Millisecond) {
+			t.Error("after the rule change denied the flow, the program's datagram reached B")
+		}
+		if n := held(); n != 1 {
+			t.Errorf("the program's datagram after the rule change was held %d times; want 1", n)
+		}
+		peer.send(t, client, "latch-push-denied-again")
+		if prog.receives("latch-push-denied-again", time.Second) {
+			t.Error("B's datagram after the program's was denied reached the program")
+		}
+		return
+	}
+	// A second rule change allows the flow again: it is not in the daemon's
+	// flow table any more (the first change took it, and no allow put it
+	// back), so it marks nothing; the entry is still marked.
+	redecideAfterChange(t, d, 0)
+	peer.send(t, client, "latch-push-allowed")
+	if !prog.receives("latch-push-allowed", 2*time.Second) {
+		t.Fatal("after a second rule change allowed the flow again, B's push did not reach the program")
+	}
+	if n := held(); n != 1 {
+		t.Errorf("B's push after the second rule change was held %d times; want 1", n)
+	}
+	peer.send(t, client, "latch-push-allowed-2")
+	if !prog.receives("latch-push-allowed-2", 2*time.Second) {
+		t.Fatal("B's next push after the flow was allowed again did not reach the program")
+	}
+	prog.send(t, server, "latch-answer-allowed")
+	if !peer.receives("latch-answer-allowed", 2*time.Second) {
+		t.Fatal("the program's datagram after the flow was allowed again did not reach B")
+	}
+	if n := held(); n != 0 {
+		t.Errorf("after the flow was allowed again, B's push and the program's datagram were held %d times; want 0", n)
 	}
 }
 
