@@ -24,8 +24,11 @@ import (
 // segment then passed unheld, and the connection its rules deny went on.
 // Over loopback the opener is always a local socket, whose next packet is
 // held (6) and decided by its own outbound rules; so the server's side is
-// not held there (it passes until then, as on any flow this host opened),
-// and the client's data never reaches the server.
+// not held as it leaves, and the client's data never reaches the server.
+// The server's push is held as it arrives (LATCH-IN, review16's
+// TestOutboundRedecidePeerPushes) and decided as the client's connection:
+// denied, it never reaches the client (before, it passed until the
+// client's next segment was decided).
 func TestLoopbackRedecideReplyOpenerDecides(t *testing.T) {
 	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		port := 9160 + i
@@ -84,12 +87,18 @@ func testLoopbackRedecideReply(t *testing.T, fw string, port int) {
 	if _, err := s.Write([]byte("latch-push")); err != nil {
 		t.Fatal(err)
 	}
-	read(c, 1500*time.Millisecond)
+	if m, _ := read(c, 1500*time.Millisecond); m != "" {
+		t.Errorf("after a rule change denied the client's loopback connection, the server's push reached the client: %q", m)
+	}
 	lines := d.linesFor(200 * time.Millisecond)
 	for _, l := range lines {
 		if strings.HasPrefix(l, "held in tcp ") {
 			t.Errorf("the server's segment on the client's loopback connection was held as an inbound connection: %q", l)
 		}
+	}
+	// Held as it arrives (LATCH-IN), as the client's connection.
+	if n := strings.Count(strings.Join(lines, "\n"), "held out tcp "+c.LocalAddr().String()+" "+addr); n < 1 {
+		t.Errorf("the server's push after the rule change was not held as the client's outbound connection: %q", lines)
 	}
 	if _, err := c.Write([]byte("latch-client-after")); err != nil && !errors.Is(err, net.ErrClosed) {
 		t.Logf("client write: %v", err)
@@ -453,5 +462,118 @@ func TestForwardTCPRedecideReply(t *testing.T) {
 				t.Errorf("B's segment after the connection was allowed again was held %d times; want 0", n)
 			}
 		})
+	}
+}
+
+// TestOutboundTCPRedecidePeerPushes is TestOutboundRedecidePeerPushes for
+// TCP (review16's neighbour): a local program connects to B (allowed) and
+// only reads; a rule change marks the connection. Before, B's next segments
+// (direction reply in LATCH-IN) reached the program's socket undecided and
+// only the program's ACK of them was held (rule 6): denied, the ruleset's
+// reset ended the socket, but what B had pushed (up to a window) was in its
+// receive queue already, and the program read it. Now B's segment is held
+// and decided as the program's connection, for the socket that receives it:
+// denied, nothing B pushes reaches the program and B's socket is reset (the
+// ruleset's reset goes to the held segment's sender); the program's own next
+// segment is held and denied too (its socket is reset then). Allowed, B's
+// segment is held once and passes, and the program's answer passes unheld.
+func TestOutboundTCPRedecidePeerPushes(t *testing.T) {
+	for i, c := range []struct {
+		fw   string
+		deny bool
+	}{{FirewallIptablesNft, true}, {FirewallIptablesNft, false}, {FirewallIptablesLegacy, true}, {FirewallNftables, true}} {
+		name := c.fw + "/allowed"
+		if c.deny {
+			name = c.fw + "/denied"
+		}
+		port := 9240 + i
+		t.Run(name, func(t *testing.T) { testOutboundTCPRedecidePeerPushes(t, c.fw, c.deny, port) })
+	}
+}
+
+func testOutboundTCPRedecidePeerPushes(t *testing.T, fw string, deny bool, port int) {
+	needFirewall(t, fw)
+	tp := newTopo(t)
+	allow := fmt.Sprintf("%d=allow,*=deny", port)
+	after := allow
+	if deny {
+		after = "*=deny"
+	}
+	server := net.JoinHostPort(addrB, strconv.Itoa(port))
+	var ln net.Listener
+	if err := inNS(tp.b, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", server)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := startDaemonOn(t, tp, fw, allow, "LATCH_TEST_INBOUND=1",
+		"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
+	defer d.stop()
+	var c net.Conn
+	if err := inNS(tp.a, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", server, 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	read := func(c net.Conn, within time.Duration) (string, error) {
+		c.SetReadDeadline(time.Now().Add(within))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		return string(buf[:n]), err
+	}
+	if _, err := s.Write([]byte("latch-before")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := read(c, 3*time.Second); m != "latch-before" {
+		t.Fatalf("before the rule change the program read %q, %v", m, err)
+	}
+	redecideAfterChange(t, d, 1)
+	if _, err := s.Write([]byte("latch-push")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := read(c, 1500*time.Millisecond)
+	heldLine := fmt.Sprintf("held out tcp %s %s ", c.LocalAddr(), server)
+	held := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine)
+	if deny {
+		if m != "" {
+			t.Fatalf("after a rule change denied the program's connection to B, B's data reached the program: %q", m)
+		}
+		if held < 1 {
+			t.Error("B's segment after the rule change was not held as the program's connection")
+		}
+		if _, err := read(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("B's socket after its segment was denied: read error %v, want a reset", err)
+		}
+		c.Write([]byte("latch-program-after"))
+		if m, err := read(c, 3*time.Second); m != "" || !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("the program's socket after its own segment was denied: read %q, %v; want nothing and a reset", m, err)
+		}
+		return
+	}
+	if m != "latch-push" {
+		t.Fatalf("after a rule change that still allows the connection the program read %q, %v", m, err)
+	}
+	if held != 1 {
+		t.Errorf("B's segment after the rule change was held %d times as the program's connection; want 1", held)
+	}
+	if _, err := c.Write([]byte("latch-program")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := read(s, 3*time.Second); m != "latch-program" {
+		t.Fatalf("the program's data after the connection was allowed again: B read %q, %v", m, err)
+	}
+	if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine); n != 0 {
+		t.Errorf("after the connection was allowed again its segments were held %d times; want 0", n)
 	}
 }
