@@ -884,6 +884,14 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	}
 	if req.PID == 0 && !p.HasUID && pp.Protocol == packet.ProtoTCP && pp.TCPFlags&tcpFlagSYN == 0 {
 		b.openerOf(req, tcpHasPayload(p, &pp))
+	} else if req.PID == 0 && h.replyIn && pp.Protocol == packet.ProtoUDP && h.cookie == 0 {
+		// A peer's datagram on a flow this host opened that no local
+		// socket receives (the program closed it): no program gets it, and
+		// it is decided as the flow of the program it was allowed for, not
+		// as a question about an unknown program. Not when a socket was
+		// found whose program attribution failed (cookie set): that socket
+		// would receive it.
+		b.openerOf(req, true)
 	}
 	if b.cfg.Hostnames != nil {
 		// After attribution, which gives the copy of the DNS answer the program just
@@ -984,7 +992,11 @@ const tcpFlagSYN = 0x02
 // credited. Nor a segment with data when the entry is in TIME_WAIT or CLOSE
 // (hasPayload): a socket there sends none, and a raw socket that saw the
 // flow's sequence numbers could write one into the entry (review24). The
-// packet's uid is the opener's.
+// packet's uid is the opener's. With Config.Inbound, the peer's UDP datagram
+// on a flow this host opened, held after the change (MarkRedecideReply in
+// LATCH-IN), is credited the same way when no local socket receives it (the
+// program closed it; the kernel would answer port unreachable): no program
+// gets it, and a rule change made it a question about an unknown program.
 func (b *Backend) openerOf(req *engine.Request, hasPayload bool) {
 	k, t := keyOf(req), b.redecided
 	t.mu.Lock()

@@ -300,7 +300,10 @@
 // flow (and pins a UDP flow to that socket, pinInbound), so a stream the new
 // rules still allow is held once and flows on; a deny drops the datagram (a
 // TCP segment is answered with a reset to the peer; the local socket is reset
-// when its own next segment is denied) and the mark stays. Before, the
+// when its own next segment is denied) and the mark stays. A datagram no
+// local socket receives (the program closed it) is credited to the program
+// the flow was allowed for (Backend.openerOf), not decided as no program's.
+// Before, the
 // peer's packets passed until the program's next packet was decided, which a
 // program that only listens after its first datagram never sends: a peer
 // pushed into a flow the rules deny for as long as it kept the entry alive,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -220,8 +221,9 @@ func testForwardRedecideReply(t *testing.T, fw string, deny bool, port int) {
 //     dropped, the next one, decided under the second rules, passes, and
 //     the flow is allowed again.
 //
-// IPv4 and IPv6, with each firewall mechanism (iptables-nft, iptables-legacy,
-// native nftables), and with the socket pin (the allow pins the flow to the
+// Each held packet is attributed to the program (B's by the socket that
+// receives it). IPv4 and IPv6, with each firewall mechanism (iptables-nft,
+// iptables-legacy, native nftables), and with the socket pin (the allow pins the flow to the
 // receiving socket, whose answer then passes unheld).
 func TestOutboundRedecidePeerPushes(t *testing.T) {
 	type tc struct {
@@ -260,7 +262,7 @@ func testOutboundRedecidePeerPushes(t *testing.T, fw string, v6, pin bool, mode 
 		time.Sleep(200 * time.Millisecond) // nodad: usable at once, but let the links settle
 	}
 	allow := fmt.Sprintf("%d=allow,*=deny", port)
-	env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_INBOUND=1", "LATCH_TEST_POLICY=" + allow,
+	env := []string{"LATCH_TEST_FIREWALL=" + fw, "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=procfs", "LATCH_TEST_POLICY=" + allow,
 		"LATCH_TEST_REDECIDE_PORT=" + strconv.Itoa(int(port))}
 	switch mode {
 	case "denied":
@@ -284,8 +286,20 @@ func testOutboundRedecidePeerPushes(t *testing.T, fw string, v6, pin bool, mode 
 	// held counts the daemon's lines deciding the program's outbound flow
 	// (what either side sends on it is decided as that flow).
 	heldLine := fmt.Sprintf("held out udp %s %s ", client, server)
+	// Each is attributed to the program (this process: the socket that
+	// sends, or that receives B's datagram).
+	pid := fmt.Sprintf(" pid=%d ", os.Getpid())
 	held := func() int {
-		return strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine)
+		n := 0
+		for _, l := range d.linesFor(200 * time.Millisecond) {
+			if strings.HasPrefix(l, heldLine) {
+				n++
+				if !strings.Contains(l, pid) {
+					t.Errorf("held as %q, want it attributed to the program (%s)", l, pid)
+				}
+			}
+		}
+		return n
 	}
 	prog.send(t, server, "latch-subscribe")
 	if !peer.receives("latch-subscribe", 3*time.Second) {
@@ -575,5 +589,66 @@ func testOutboundTCPRedecidePeerPushes(t *testing.T, fw string, deny bool, port 
 	}
 	if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine); n != 0 {
 		t.Errorf("after the connection was allowed again its segments were held %d times; want 0", n)
+	}
+}
+
+// TestOutboundRedecidePeerPushesClosedSocket (the closed-socket neighbour
+// of TestOutboundRedecidePeerPushes, as TestRedecideClosedSocketCreditedToOpener
+// is for TCP): a program opens a UDP flow to B (allowed), a rule change
+// marks it, and the program closes its socket. B's next datagram is held
+// (LATCH-IN) and no local socket receives it: it is decided as the flow of
+// the program it was allowed for (its pid in the request), not as a request
+// of no program, which would ask about an unknown program for a datagram
+// no program gets.
+func TestOutboundRedecidePeerPushesClosedSocket(t *testing.T) {
+	for i, v6 := range []bool{false, true} {
+		port := uint16(9250 + i)
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			tp := newTopo(t)
+			a, bAddr := netip.MustParseAddr(addrA), netip.MustParseAddr(addrB)
+			if v6 {
+				addSecondAddresses(t, tp)
+				a, bAddr = netip.MustParseAddr(addr6A), netip.MustParseAddr(addr6B)
+				time.Sleep(200 * time.Millisecond)
+			}
+			allow := fmt.Sprintf("%d=allow,*=deny", port)
+			d := startDaemon(t, tp, allow, "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=procfs", "LATCH_TEST_POLICY_AFTER="+allow,
+				"LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(int(port)))
+			defer d.stop()
+			server := netip.AddrPortFrom(bAddr, port)
+			client := netip.AddrPortFrom(a, port+100)
+			peer := listenUDPIn(t, tp.b, server)
+			prog := listenUDPIn(t, tp.a, client)
+			heldLine := fmt.Sprintf("held out udp %s %s ", client, server)
+			prog.send(t, server, "latch-subscribe")
+			if !peer.receives("latch-subscribe", 3*time.Second) {
+				t.Fatal("the program's allowed datagram did not reach B")
+			}
+			first := ""
+			for _, l := range d.linesFor(200 * time.Millisecond) {
+				if strings.HasPrefix(l, heldLine) {
+					first = l
+				}
+			}
+			pid := fmt.Sprintf(" pid=%d ", os.Getpid())
+			if !strings.Contains(first, pid) {
+				t.Fatalf("the program's first datagram was held as %q, want it attributed to this process (%s)", first, pid)
+			}
+			redecideAfterChange(t, d, 1)
+			prog.c.Close()
+			peer.send(t, client, "latch-push-closed")
+			var held []string
+			for _, l := range d.linesFor(time.Second) {
+				if strings.HasPrefix(l, heldLine) {
+					held = append(held, l)
+				}
+			}
+			if len(held) != 1 {
+				t.Fatalf("B's datagram to the closed socket was held %d times as the program's flow: %q; want 1", len(held), held)
+			}
+			if !strings.Contains(held[0], pid) {
+				t.Errorf("B's datagram to the closed socket was held as %q; want it decided as the flow of the program it was allowed for (%s)", held[0], pid)
+			}
+		})
 	}
 }
