@@ -6,11 +6,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // TestLoopbackRedecideReplyOpenerDecides (review16): with Config.Inbound and
@@ -648,6 +653,84 @@ func TestOutboundRedecidePeerPushesClosedSocket(t *testing.T) {
 			}
 			if !strings.Contains(held[0], pid) {
 				t.Errorf("B's datagram to the closed socket was held as %q; want it decided as the flow of the program it was allowed for (%s)", held[0], pid)
+			}
+		})
+	}
+}
+
+// TestNftOutboundRedecidePeerPushRuleMatches runs the native nftables
+// ruleset's input chain rule of TestOutboundRedecidePeerPushes on the real
+// kernel, where it cannot queue from nftables: each queue statement becomes
+// "counter drop" (held and never answered). A helper chain before latch's
+// gives the program's datagrams to B the conntrack mark MarkAllow (as an
+// allow verdict would); B's answer passes. With the flow's mark MarkRedecide
+// (a rule change), B's next datagram is taken by the rule (counted) and
+// never reaches the program; with MarkAllow again it passes. IPv4 and IPv6.
+func TestNftOutboundRedecidePeerPushRuleMatches(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	for i, v6 := range []bool{false, true} {
+		port := uint16(9260 + i)
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			tp := newTopo(t)
+			a, bAddr := netip.MustParseAddr(addrA), netip.MustParseAddr(addrB)
+			fam := netlink.InetFamily(unix.AF_INET)
+			if v6 {
+				addSecondAddresses(t, tp)
+				a, bAddr = netip.MustParseAddr(addr6A), netip.MustParseAddr(addr6B)
+				fam = unix.AF_INET6
+				time.Sleep(200 * time.Millisecond)
+			}
+			spec := ruleSpec{queue: testQueue, exemptLoopback: true, inbound: true}
+			rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+			rules += "add table inet latchtest\n" +
+				"add chain inet latchtest out { type filter hook output priority filter - 2; policy accept; }\n" +
+				fmt.Sprintf("add rule inet latchtest out udp dport %d ct mark set %#x\n", port, MarkAllow)
+			load := exec.Command("ip", "netns", "exec", tp.a, "nft", "-f", "-")
+			load.Stdin = strings.NewReader(rules)
+			if out, err := load.CombinedOutput(); err != nil {
+				t.Fatalf("nft -f: %v: %s\n%s", err, out, rules)
+			}
+			server := netip.AddrPortFrom(bAddr, port)
+			client := netip.AddrPortFrom(a, port+100)
+			peer := listenUDPIn(t, tp.b, server)
+			prog := listenUDPIn(t, tp.a, client)
+			prog.send(t, server, "latch-subscribe")
+			if !peer.receives("latch-subscribe", 3*time.Second) {
+				t.Fatal("the program's datagram (its flow marked allowed) did not reach B")
+			}
+			peer.send(t, client, "latch-push-before")
+			if !prog.receives("latch-push-before", 2*time.Second) {
+				t.Fatal("B's answer on the allowed flow did not reach the program")
+			}
+			mark := func(m uint32) {
+				t.Helper()
+				tuple := netlink.IPTuple{Protocol: unix.IPPROTO_UDP, SrcIP: a.AsSlice(), DstIP: bAddr.AsSlice(), SrcPort: client.Port(), DstPort: server.Port()}
+				if err := inNS(tp.a, func() error { return setConntrackMark(fam, tuple, m, MarkMask) }); err != nil {
+					t.Fatalf("mark the flow %#x: %v", m, err)
+				}
+			}
+			counted := func() bool {
+				out, err := exec.Command("ip", "netns", "exec", tp.a, "nft", "list", "chain", "inet", nftTable, "input").CombinedOutput()
+				if err != nil {
+					t.Fatalf("nft list: %v: %s", err, out)
+				}
+				return regexp.MustCompile(`ct direction reply ct mark & 0x70000000 != 0x0+ meta mark set [^\n]* counter packets [1-9]`).Match(out)
+			}
+			mark(MarkRedecide)
+			peer.send(t, client, "latch-push-marked")
+			if prog.receives("latch-push-marked", time.Second) {
+				t.Error("nftables: B's datagram on the program's flow marked MarkRedecide passed the input chain")
+			}
+			if !counted() {
+				out, _ := exec.Command("ip", "netns", "exec", tp.a, "nft", "list", "chain", "inet", nftTable, "input").CombinedOutput()
+				t.Errorf("the input chain's rule for the peer's side of a marked flow did not take B's datagram:\n%s", out)
+			}
+			mark(MarkAllow)
+			peer.send(t, client, "latch-push-allowed")
+			if !prog.receives("latch-push-allowed", 2*time.Second) {
+				t.Error("nftables: B's datagram on the flow marked allowed again did not reach the program")
 			}
 		})
 	}
