@@ -132,6 +132,10 @@ type hold struct {
 	// cookie is, for an inbound packet, the cookie of the local socket that
 	// will receive it (the Resolver's lookup); 0: unknown.
 	cookie uint64
+	// replyIn: the packet is the peer's on a flow this host opened, held
+	// in LATCH-IN after a rule change (MarkRedecideReply) and decided as
+	// the flow (direction outbound); cookie is the receiving socket's.
+	replyIn bool
 }
 
 // New checks cfg, fills in defaults and detects the firewall mechanism. It changes
@@ -858,6 +862,17 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 			}
 		}
 	}
+	if p.Hook == hookLocalIn && h.mark&MarkMask == MarkRedecideReply && b.cfg.Inbound {
+		// The peer's side of a flow this host opened, which a rule change
+		// marked for deciding again (see MarkRedecideReply): decided as that
+		// flow, the local program's outbound request (local and remote as
+		// read above for the packet that arrives), for the program of the
+		// socket that receives it (found above as for any inbound packet:
+		// the socket the kernel delivers it to), so that an allow comes from
+		// the rules for the flow the program opened (review16).
+		req.Direction = engine.Outbound
+		h.replyIn = true
+	}
 	if req.Direction == engine.Outbound && p.Hook == hookLocalOut && h.mark&MarkMask == MarkRedecideReply && b.cfg.Inbound {
 		// This host's side of a flow the peer opened, which a rule change
 		// marked for deciding again (see MarkRedecideReply): decided as that
@@ -869,6 +884,14 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 	}
 	if req.PID == 0 && !p.HasUID && pp.Protocol == packet.ProtoTCP && pp.TCPFlags&tcpFlagSYN == 0 {
 		b.openerOf(req, tcpHasPayload(p, &pp))
+	} else if req.PID == 0 && h.replyIn && pp.Protocol == packet.ProtoUDP && h.cookie == 0 {
+		// A peer's datagram on a flow this host opened that no local
+		// socket receives (the program closed it): no program gets it, and
+		// it is decided as the flow of the program it was allowed for, not
+		// as a question about an unknown program. Not when a socket was
+		// found whose program attribution failed (cookie set): that socket
+		// would receive it.
+		b.openerOf(req, true)
 	}
 	if b.cfg.Hostnames != nil {
 		// After attribution, which gives the copy of the DNS answer the program just
@@ -969,7 +992,11 @@ const tcpFlagSYN = 0x02
 // credited. Nor a segment with data when the entry is in TIME_WAIT or CLOSE
 // (hasPayload): a socket there sends none, and a raw socket that saw the
 // flow's sequence numbers could write one into the entry (review24). The
-// packet's uid is the opener's.
+// packet's uid is the opener's. With Config.Inbound, the peer's UDP datagram
+// on a flow this host opened, held after the change (MarkRedecideReply in
+// LATCH-IN), is credited the same way when no local socket receives it (the
+// program closed it; the kernel would answer port unreachable): no program
+// gets it, and a rule change made it a question about an unknown program.
 func (b *Backend) openerOf(req *engine.Request, hasPayload bool) {
 	k, t := keyOf(req), b.redecided
 	t.mu.Lock()
@@ -1122,9 +1149,11 @@ func (b *Backend) apply(h *hold, v engine.Verdict) {
 		// come for it. If this verdict is not the one that counts, the flow's
 		// conntrack entry will not carry MarkAllow and Redecide passes it by.
 		b.rememberFlow(h.req, time.Now(), false)
-		if h.cookie != 0 && h.req.Direction == engine.Inbound && h.proto == packet.ProtoUDP {
+		if h.cookie != 0 && (h.req.Direction == engine.Inbound || h.replyIn) && h.proto == packet.ProtoUDP {
 			// Before the verdict: the socket pin's rule in LATCH-IN then
-			// leaves this record alone (see pinInbound).
+			// leaves this record alone (see pinInbound). A peer's
+			// datagram on a flow this host opened (replyIn) pins the flow
+			// to the socket that receives it, for which it was decided.
 			b.pinInbound(h.req, h.cookie)
 		}
 		if b.finish(h, nfq.Repeat, withMark(MarkAllow), true) {

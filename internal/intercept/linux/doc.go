@@ -103,7 +103,11 @@
 //     interface, whose opener is a local socket that 6 holds)
 //     with any of latch's conntrack marks (MarkRedecide) MarkRedecideReply and
 //     queues it by that packet mark alone (native nftables: one rule sets
-//     and queues), before the returns by protocol (see Redecide);
+//     and queues), before the returns by protocol (see Redecide); LATCH-IN
+//     does the same to what the peer sends on a flow this host opened
+//     (direction reply there; over loopback too, whose opener is a local
+//     socket decided by its own rules), which the reader decides as that
+//     flow, for the socket that receives it (review16);
 //  7. returns for flows whose conntrack mark says they were allowed; with
 //     Config.FastSocketPin, LATCH-OUT returns a UDP, UDP-Lite or ICMP echo
 //     request packet of such a flow (at 1's early return) only if it comes
@@ -275,9 +279,9 @@
 // deny, reject or drop rules marks nothing.
 // Marking rather than deleting the entries keeps the flow's direction: after a
 // deletion, a peer that spoke first would make conntrack see the flow as a new
-// inbound one, and this host's packets as its replies, which are never held. The
-// other side's packets pass until then, but on a flow the peer opened with
-// Config.Inbound: there what this host sends (conntrack direction reply) is
+// inbound one, and this host's packets as its replies, which are never held. Without
+// Config.Inbound the other side's packets pass until then. With it, on a flow
+// the peer opened, what this host sends (conntrack direction reply) is
 // held too (MarkRedecideReply, see 6) and decided as the inbound flow, for the
 // program of the socket that sent it (found as for any packet this host
 // sends: the sender stash, the socket's tuple), so that the first packet
@@ -293,7 +297,30 @@
 // forwarded flow's other side is held the same way (LATCH-FWD, Config.Forward)
 // and decided as the flow, the request its opener's packet makes (review16:
 // a container's answers to an outside host passed until that host's next
-// packet was decided, for ever once it was denied). ICMP entries are deleted instead (the
+// packet was decided, for ever once it was denied). With Config.Inbound, the
+// peer's side of a flow this host opened is held the same way (LATCH-IN, the
+// same two rules) and decided as that flow, the local program's outbound
+// request (local and remote read reversed from the packet that arrives),
+// for the program of the socket that receives it (the Resolver's receive
+// lookup, as for an inbound packet): an allow saves MarkAllow for the whole
+// flow (and pins a UDP flow to that socket, pinInbound), so a stream the new
+// rules still allow is held once and flows on; a deny drops the datagram (a
+// TCP segment is answered with a reset to the peer; the local socket is reset
+// when its own next segment is denied) and the mark stays. A datagram no
+// local socket receives (the program closed it) is credited to the program
+// the flow was allowed for (Backend.openerOf), not decided as no program's.
+// Before, the
+// peer's packets passed until the program's next packet was decided, which a
+// program that only listens after its first datagram never sends: a peer
+// pushed into a flow the rules deny for as long as it kept the entry alive,
+// and a TCP peer up to a window of data, which the socket had queued before
+// its ACK was held (review16, TestOutboundRedecidePeerPushes,
+// TestOutboundTCPRedecidePeerPushes). Only packets of marked flows reach
+// these rules: an allowed flow's packets return before them. With notrack,
+// the fast path's TCP flows are outside conntrack, and the peer's segments
+// of a socket marked MarkFastRedecide still pass (LATCH-IN returns them by
+// the socket's mark) until this host's next segment, its ACK, is held.
+// ICMP entries are deleted instead (the
 // flow's own host speaks first). With notrack, the fast path's TCP flows have no
 // conntrack entry: Redecide marks their sockets instead (see "Notrack").
 //
@@ -486,7 +513,15 @@ const (
 	// it to what the side that did not open a forwarded flow sends while the
 	// flow has one of latch's marks, and the reader decides it as the flow:
 	// the request its opener's packet makes (local and remote reversed),
-	// whose allow marks it MarkAllow again (review16).
+	// whose allow marks it MarkAllow again (review16). With Config.Inbound,
+	// LATCH-IN gives it to what the peer sends on a flow this host opened
+	// (conntrack direction reply there) while the flow has one of latch's
+	// marks, and the reader decides it as that flow (Request.Direction
+	// outbound, local and remote reversed) for the program of the socket
+	// that receives it; an allow marks the flow MarkAllow and pins a UDP
+	// flow to that socket (review16: the peer pushed into a flow the rules
+	// deny until the program sent again). Over loopback too: the opener is
+	// a local socket, and it is its own rules that decide.
 	MarkRedecideReply uint32 = 0x70000000
 	// MarkLoopbackForged is a conntrack mark only (its value is the packet
 	// mark MarkRedecideReply's: no rule tests that one in the conntrack

@@ -690,6 +690,29 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// LATCH-OUT.
 			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
+		} else if hook == "INPUT" {
+			// What the peer sends on a flow this host opened (conntrack
+			// direction reply in LATCH-IN; LATCH-IN exists with
+			// Config.Inbound only) while the flow carries one of latch's
+			// marks (MarkRedecide, a rule change's; allowed flows returned
+			// above): held too, and decided as the flow it belongs to,
+			// the local program's outbound flow (the reader reads the
+			// tuple reversed: MarkRedecideReply tells it so), for the
+			// socket that receives it. It passed undecided until the
+			// opener's next packet was decided, which a program that only
+			// listens never sends: a peer pushed into a flow the rules
+			// now deny for as long as it kept the entry alive (review16,
+			// TestOutboundRedecidePeerPushes). An allow marks the flow
+			// MarkAllow (and pins a UDP flow to that socket), so the
+			// next packets of a stream the rules still allow pass unheld
+			// at once; a deny drops it and the mark stays. Over loopback
+			// too (held with Config.ExemptLoopback off): the opener is a
+			// local socket, and its own rules decide, as for its own
+			// packets (6). Only packets of flows with latch's marks get
+			// here: the allowed flows' returned above. The same two
+			// rules as in LATCH-FWD.
+			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		}
 		fwd := hook == "FORWARD"
 		if out || fwd {
@@ -1594,9 +1617,10 @@ func (spec ruleSpec) nftRules() string {
 			// over loopback, whose opener is a local socket (review16),
 			// nor to a local address out another interface (review18).
 			r(`%s != "lo" ct state established ct direction reply ct mark & %#x != 0 fib daddr type != local meta mark set meta mark & %#x | %#x %s`, lo, MarkMask, ^MarkMask, MarkRedecideReply, q)
-		} else if fwd {
-			// A forwarded flow's other side: decided as the flow (see
-			// iptablesRules, review16).
+		} else if fwd || hook == "input" {
+			// A forwarded flow's other side, or the peer's side of a flow
+			// this host opened: decided as the flow (see iptablesRules,
+			// review16).
 			r("ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s", MarkMask, ^MarkMask, MarkRedecideReply, q)
 		}
 		if out || fwd {

@@ -739,6 +739,15 @@ func runChild(mode string) int {
 			return 2
 		}
 	}
+	// LATCH_TEST_POLICY_AFTER2: the policy from the second SIGUSR1 on (a
+	// second rule change).
+	var policyAfter2 map[int]policyAction
+	if s := os.Getenv("LATCH_TEST_POLICY_AFTER2"); s != "" {
+		if policyAfter2, err = parsePolicy(s); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+	}
 	var policyMu sync.Mutex
 	// LATCH_TEST_ADDR_POLICY decides by remote address first: "198.18.0.2=allow".
 	addrPolicy := map[netip.Addr]policyAction{}
@@ -799,10 +808,16 @@ func runChild(mode string) int {
 	signal.Notify(usr1, syscall.SIGUSR1)
 	redecidePort, _ := strconv.Atoi(os.Getenv("LATCH_TEST_REDECIDE_PORT"))
 	go func() {
+		changes := 0
 		for range usr1 {
-			if policyAfter != nil {
+			changes++
+			next := policyAfter
+			if changes > 1 && policyAfter2 != nil {
+				next = policyAfter2
+			}
+			if next != nil {
 				policyMu.Lock()
-				policy = policyAfter
+				policy = next
 				policyMu.Unlock()
 			}
 			n, err := b.Redecide(func(r *engine.Request) bool {

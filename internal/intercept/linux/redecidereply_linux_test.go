@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -276,9 +277,13 @@ func TestTCPInboundRedecideReply(t *testing.T) {
 // protocol alone: this host's side of a flow the peer opened and a rule
 // change marked is never passed undecided. With Config.Forward LATCH-FWD has
 // the same (without the loopback exception: review16, a forwarded flow's
-// other side). Without Config.Inbound LATCH-OUT (a reply then is held by 9
-// and 11 as this host's outbound connection), and LATCH-IN always, have no
-// rule that names the mark.
+// other side). With Config.Inbound LATCH-IN has the same too (the peer's
+// side of a flow this host opened, decided as that flow; over loopback too,
+// whose opener is a local socket decided by its own rules: review16,
+// TestOutboundRedecidePeerPushes). Without Config.Inbound LATCH-OUT (a
+// reply then is held by 9 and 11 as this host's outbound connection) has
+// no rule that names the mark, and there is no LATCH-IN to hold a peer's
+// packets.
 func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 	mark := fmt.Sprintf("%#x/%#x", MarkRedecideReply, MarkMask)
 	nftMark := fmt.Sprintf("meta mark set meta mark & %#x | %#x", ^MarkMask, MarkRedecideReply)
@@ -309,9 +314,9 @@ func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 				chains []chainWant
 				rules  string
 			}{
-				{"iptables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo", " -m addrtype ! --dst-type LOCAL"), ipt(spec.forward, chainFwd, "", "")}, spec.iptablesRules(false, nil, map[string]bool{})},
-				{"ip6tables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo", " -m addrtype ! --dst-type LOCAL"), ipt(spec.forward, chainFwd, "", "")}, spec.iptablesRules(true, nil, map[string]bool{})},
-				{"nft", []chainWant{nft(spec.inbound, "output", ` oifname != "lo"`, " fib daddr type != local"), nft(spec.forward, "forward", "", "")}, spec.nftRules()},
+				{"iptables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo", " -m addrtype ! --dst-type LOCAL"), ipt(spec.forward, chainFwd, "", ""), ipt(spec.inbound, chainIn, "", "")}, spec.iptablesRules(false, nil, map[string]bool{})},
+				{"ip6tables", []chainWant{ipt(spec.inbound, chainOut, " ! -o lo", " -m addrtype ! --dst-type LOCAL"), ipt(spec.forward, chainFwd, "", ""), ipt(spec.inbound, chainIn, "", "")}, spec.iptablesRules(true, nil, map[string]bool{})},
+				{"nft", []chainWant{nft(spec.inbound, "output", ` oifname != "lo"`, " fib daddr type != local"), nft(spec.forward, "forward", "", ""), nft(spec.inbound, "input", "", "")}, spec.nftRules()},
 			} {
 				where := fmt.Sprintf("%s with %v, stash %q", v.name, names, stash)
 				lines := strings.Split(v.rules, "\n")
@@ -324,8 +329,8 @@ func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 					if !names(l) {
 						continue
 					}
-					if !strings.HasPrefix(l, v.chains[0].out) && !strings.HasPrefix(l, v.chains[1].out) {
-						t.Errorf("%s: a rule outside %s and %s names MarkRedecideReply: %q", where, chainOut, chainFwd, l)
+					if !slices.ContainsFunc(v.chains, func(c chainWant) bool { return strings.HasPrefix(l, c.out) }) {
+						t.Errorf("%s: a rule outside %s, %s and %s names MarkRedecideReply: %q", where, chainOut, chainFwd, chainIn, l)
 					}
 				}
 				for _, c := range v.chains {
