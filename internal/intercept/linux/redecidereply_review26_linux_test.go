@@ -1,17 +1,21 @@
 package linux
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// knownHoles reports whether the tests of open holes run
-// (LATCH_TEST_KNOWN_HOLES=1).
+// review26Holes skips a test of an open hole unless LATCH_TEST_KNOWN_HOLES=1.
 func review26Holes(t *testing.T) {
 	t.Helper()
 	if os.Getenv("LATCH_TEST_KNOWN_HOLES") != "1" {
@@ -92,5 +96,125 @@ func TestLoopbackExemptSpoofedPeerIn(t *testing.T) {
 				t.Errorf("B's forged datagram turned the loopback flow's mark MarkLoopbackExempt into MarkAllow: %s", after)
 			}
 		})
+	}
+}
+
+// TestOutboundRedecidePeerPushNewSocketInbound (review26, open, a
+// regression of review16's peer-push fix, medium): with Config.Inbound and
+// the socket pin (its receive check on), a program's socket P opens a UDP
+// flow from A:C to B:S (allowed: the rule for B's port S) and gets B's
+// answer. Then another socket M gets B's datagrams to A:C: "closed", P
+// closed and M bound the port (a listener that never sends to B); "shared",
+// P is still open and M shares the port (both set SO_REUSEADDR, which UDP
+// allows any user's socket; the kernel delivers to the last bound). No rule
+// lets anything in to port C. While the flow is MarkAllow, B's datagrams
+// delivered to M are dropped by the receive check (the flow is pinned to P:
+// "a flow this host opened stays its sender's", PinMoved): the "no change"
+// subtests, a control, pass. After a rule change that changes nothing for
+// the flow (the same rules), review16's LATCH-IN rule holds B's next
+// datagram and decides it as an outbound flow of M's program to B:S (the
+// socket that receives it), under the rules for outbound connections, and
+// its allow pins the flow to M (pinInbound): B's datagrams reach a socket
+// that never sent to B, whose inbound rules deny them, and in "shared" what
+// B sends on P's live flow goes to M (another user's socket, where
+// SO_REUSEADDR is shared) until P's next datagram pins the flow back. Both
+// "after a change" subtests fail; on 33c875a (before review16's merge) they
+// pass: B's datagram passed LATCH-IN and the receive check dropped it.
+// The receiving socket is not the flow's sender: its datagram is an
+// inbound one for it (or dropped, as the receive check does).
+func TestOutboundRedecidePeerPushNewSocketInbound(t *testing.T) {
+	review26Holes(t)
+	i := 0
+	for _, mode := range []string{"closed", "shared"} {
+		for _, change := range []bool{false, true} {
+			name := mode + "/no change"
+			if change {
+				name = mode + "/after a change"
+			}
+			port := uint16(9720 + i*2)
+			i++
+			t.Run(name, func(t *testing.T) { testOutboundRedecidePeerPushNewSocket(t, mode, change, port) })
+		}
+	}
+}
+
+// listenUDPReuse is listenUDPIn for a socket with SO_REUSEADDR set.
+func listenUDPReuse(t *testing.T, ns string, addr netip.AddrPort) *udpPeer {
+	t.Helper()
+	p := &udpPeer{got: make(chan string, 16)}
+	if err := inNS(ns, func() error {
+		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) }); err != nil {
+				return err
+			}
+			return serr
+		}}
+		c, err := lc.ListenPacket(context.Background(), "udp4", addr.String())
+		if err != nil {
+			return err
+		}
+		p.c = c.(*net.UDPConn)
+		return nil
+	}); err != nil {
+		t.Fatalf("listen udp %v (SO_REUSEADDR) in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(func() { p.c.Close() })
+	go func() {
+		buf := make([]byte, 2000)
+		for {
+			n, _, err := p.c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			p.got <- string(buf[:n])
+		}
+	}()
+	return p
+}
+
+func testOutboundRedecidePeerPushNewSocket(t *testing.T, mode string, change bool, port uint16) {
+	tp := newTopo(t)
+	allow := fmt.Sprintf("%d=allow,*=deny", port)
+	d := startPinned(t, tp, 5*time.Second, "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=procfs", "LATCH_TEST_POLICY="+allow,
+		"LATCH_TEST_POLICY_AFTER="+allow, "LATCH_TEST_REDECIDE_PORT="+fmt.Sprint(port))
+	defer d.stop()
+	if l, ok := d.waitLine("receive-check ", 5*time.Second); !ok || !strings.HasPrefix(l, "receive-check true") {
+		t.Skipf("no receive check here: %q", l)
+	}
+	server := netip.AddrPortFrom(netip.MustParseAddr(addrB), port)
+	client := netip.AddrPortFrom(netip.MustParseAddr(addrA), port+100)
+	peer := listenUDPIn(t, tp.b, server)
+	prog := listenUDPReuse(t, tp.a, client)
+	prog.send(t, server, "latch-subscribe")
+	if !peer.receives("latch-subscribe", 3*time.Second) {
+		t.Fatal("the program's allowed datagram did not reach B")
+	}
+	peer.send(t, client, "latch-answer")
+	if !prog.receives("latch-answer", 2*time.Second) {
+		t.Fatal("B's answer did not reach the program")
+	}
+	if mode == "closed" {
+		prog.c.Close()
+		time.Sleep(100 * time.Millisecond)
+	}
+	m := listenUDPReuse(t, tp.a, client) // M: a listener on the port
+	if change {
+		redecideAfterChange(t, d, 1)
+	}
+	d.drain()
+	got := false
+	for k := 0; k < 3 && !got; k++ {
+		peer.send(t, client, "latch-unsolicited")
+		got = m.receives("latch-unsolicited", time.Second)
+	}
+	var held []string
+	for _, l := range d.linesFor(200 * time.Millisecond) {
+		if strings.HasPrefix(l, "held ") {
+			held = append(held, l)
+		}
+	}
+	if got {
+		t.Errorf("B's datagram reached M, a socket that never sent to B (no rule lets anything in to port %d; the flow is P's, %s); held as %q", port+100, mode, held)
 	}
 }
