@@ -218,3 +218,87 @@ func testOutboundRedecidePeerPushNewSocket(t *testing.T, mode string, change boo
 		t.Errorf("B's datagram reached M, a socket that never sent to B (no rule lets anything in to port %d; the flow is P's, %s); held as %q", port+100, mode, held)
 	}
 }
+
+// TestOwnFlowReplyMarkSaved (review26, open, low, a regression of
+// review16's peer-push rule): the daemon's own sockets (SO_MARK OwnMark,
+// Control: the DNS proxy's upstream queries) are never held. On a host that
+// saves the packet mark into the conntrack mark with the full mask
+// (CONNMARK --save-mark's default masks, nft 'ct mark set meta mark'; the
+// host's routing by mark, as in review25), such a flow's conntrack mark is
+// OwnMark (0x40000000, under MarkMask). review16's LATCH-IN rule takes any
+// conntrack mark under MarkMask but 0 for latch's own, so with --inbound
+// the upstream's answer is held and decided as an outbound flow of the
+// daemon's own program: with rules that do not name latch (here every
+// rule denies) the answer is dropped and the DNS proxy's upstream queries
+// never get one. Before, it passed (conntrack mark not MarkAllow, the
+// protocol's RETURN). The "no save" subtest (a control) passes; "save"
+// fails. The rule should take latch's redecide marks exactly
+// (MarkRedecide; MarkAllow for the race its comment names), not any value.
+func TestOwnFlowReplyMarkSaved(t *testing.T) {
+	review26Holes(t)
+	for i, save := range []bool{false, true} {
+		name := "no save"
+		if save {
+			name = "save"
+		}
+		port := uint16(9740 + i)
+		t.Run(name, func(t *testing.T) {
+			needFirewall(t, FirewallIptablesNft)
+			tp := newTopo(t)
+			if save {
+				if out, err := exec.Command("ip", "netns", "exec", tp.a, "iptables-nft", "-t", "mangle", "-A", "OUTPUT", "-j", "CONNMARK", "--save-mark").CombinedOutput(); err != nil {
+					t.Fatalf("the host's save of the packet mark: %v: %s", err, out)
+				}
+			}
+			d := startDaemonOn(t, tp, FirewallIptablesNft, "*=deny", "LATCH_TEST_INBOUND=1", "LATCH_TEST_ATTRIBUTE=procfs")
+			defer d.stop()
+			server := netip.AddrPortFrom(netip.MustParseAddr(addrB), port)
+			upstream := listenUDPIn(t, tp.b, server)
+			// The daemon's own socket (what Control makes).
+			own := &udpPeer{got: make(chan string, 16)}
+			if err := inNS(tp.a, func() error {
+				lc := net.ListenConfig{Control: Control}
+				c, err := lc.ListenPacket(context.Background(), "udp4", net.JoinHostPort(addrA, fmt.Sprint(port+100)))
+				if err != nil {
+					return err
+				}
+				own.c = c.(*net.UDPConn)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer own.c.Close()
+			go func() {
+				buf := make([]byte, 2000)
+				for {
+					n, _, err := own.c.ReadFromUDP(buf)
+					if err != nil {
+						return
+					}
+					own.got <- string(buf[:n])
+				}
+			}()
+			own.send(t, server, "latch-own-query")
+			if !upstream.receives("latch-own-query", 2*time.Second) {
+				t.Fatal("the daemon's own datagram did not reach B")
+			}
+			d.drain()
+			upstream.send(t, netip.AddrPortFrom(netip.MustParseAddr(addrA), port+100), "latch-own-answer")
+			got := own.receives("latch-own-answer", 2*time.Second)
+			var held []string
+			for _, l := range d.linesFor(200 * time.Millisecond) {
+				if strings.HasPrefix(l, "held ") {
+					held = append(held, l)
+				}
+			}
+			out, _ := exec.Command("ip", "netns", "exec", tp.a, "conntrack", "-L", "-p", "udp", "--dport", fmt.Sprint(port)).CombinedOutput()
+			t.Logf("the entry: %s", strings.TrimSpace(string(out)))
+			if !got {
+				t.Errorf("B's answer to the daemon's own socket did not reach it; held as %q", held)
+			}
+			if len(held) != 0 {
+				t.Errorf("B's answer to the daemon's own socket was held: %q", held)
+			}
+		})
+	}
+}
