@@ -401,6 +401,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// may pass or queue it (MarkRedecideReply's tests a conntrack
 			// mark other than 0).
 			fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -j DROP\n", name, MarkLoopbackForged, MarkMask)
+			if !out {
+				// A loopback-exempt flow's packet arriving by another
+				// interface is a forgery (IPv6 has no martian-source
+				// check: a host on the link sends from this host's
+				// address): dropped, never decided (review26,
+				// TestLoopbackExemptSpoofedPeerIn); decided, an allow
+				// would save MarkAllow over the loopback mark.
+				fmt.Fprintf(&b, "-A %s -m connmark --mark %#x/%#x -j DROP\n", name, MarkLoopbackExempt, MarkMask)
+			}
 		}
 		own := func() {
 			if out {
@@ -675,7 +684,8 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// address that is not that interface's own out of it; the
 			// opener is local all the same. The address type last: a
 			// route lookup, only for a packet the rest matched.
-			fmt.Fprintf(&b, "-A %s ! -o lo -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -m addrtype ! --dst-type LOCAL -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			// MarkRedecide or MarkAllow only, as in LATCH-IN (review26).
+			fmt.Fprintf(&b, "-A %s ! -o lo -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark --mark %#x/%#x -m addrtype ! --dst-type LOCAL -j MARK --set-xmark %#x/%#x\n", name, MarkAllow, MarkAllow|OwnMark, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		} else if hook == "FORWARD" {
 			// What the side that did not open a forwarded flow sends on
@@ -687,8 +697,10 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// MarkRedecideReply tells it so). It passed undecided until
 			// the opener's next packet was decided, and for ever once
 			// that was denied (review16). The same two rules as in
-			// LATCH-OUT.
-			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			// LATCH-OUT. MarkRedecide or MarkAllow only, as in LATCH-IN
+			// (review26): not a host's own bits a full-mask CONNMARK save
+			// put there.
+			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark --mark %#x/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkAllow, MarkAllow|OwnMark, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		} else if hook == "INPUT" {
 			// What the peer sends on a flow this host opened (conntrack
@@ -711,7 +723,12 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// packets (6). Only packets of flows with latch's marks get
 			// here: the allowed flows' returned above. The same two
 			// rules as in LATCH-FWD.
-			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkMask, MarkRedecideReply, MarkMask)
+			// MarkRedecide or MarkAllow only (MarkAllow's bit set,
+			// OwnMark's not: 0x10000000 under 0x50000000), not the
+			// daemon's own flows (OwnMark, whose conntrack mark a host's
+			// full-mask CONNMARK save sets) or a host's own bits
+			// (review26, TestOwnFlowReplyMarkSaved).
+			fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark --mark %#x/%#x -j MARK --set-xmark %#x/%#x\n", name, MarkAllow, MarkAllow|OwnMark, MarkRedecideReply, MarkMask)
 			fmt.Fprintf(&b, "-A %s -m mark --mark %#x/%#x %s\n", name, MarkRedecideReply, MarkMask, q)
 		}
 		fwd := hook == "FORWARD"
@@ -1487,6 +1504,9 @@ func (spec ruleSpec) nftRules() string {
 		}
 		if spec.exemptLoopback && !fwd {
 			r("ct mark & %#x == %#x drop", MarkMask, MarkLoopbackForged)
+			if !out {
+				r("ct mark & %#x == %#x drop", MarkMask, MarkLoopbackExempt)
+			}
 		}
 		if out {
 			// Source routes (see optionsRules).
@@ -1616,12 +1636,13 @@ func (spec ruleSpec) nftRules() string {
 			// review15). One rule: the mark is set as it is queued. Not
 			// over loopback, whose opener is a local socket (review16),
 			// nor to a local address out another interface (review18).
-			r(`%s != "lo" ct state established ct direction reply ct mark & %#x != 0 fib daddr type != local meta mark set meta mark & %#x | %#x %s`, lo, MarkMask, ^MarkMask, MarkRedecideReply, q)
+			r(`%s != "lo" ct state established ct direction reply ct mark & %#x == %#x fib daddr type != local meta mark set meta mark & %#x | %#x %s`, lo, MarkAllow|OwnMark, MarkAllow, ^MarkMask, MarkRedecideReply, q)
 		} else if fwd || hook == "input" {
 			// A forwarded flow's other side, or the peer's side of a flow
-			// this host opened: decided as the flow (see iptablesRules,
-			// review16).
-			r("ct state established ct direction reply ct mark & %#x != 0 meta mark set meta mark & %#x | %#x %s", MarkMask, ^MarkMask, MarkRedecideReply, q)
+			// this host opened, while it is marked MarkRedecide (or
+			// MarkAllow): decided as the flow (see iptablesRules,
+			// review16, review26).
+			r("ct state established ct direction reply ct mark & %#x == %#x meta mark set meta mark & %#x | %#x %s", MarkAllow|OwnMark, MarkAllow, ^MarkMask, MarkRedecideReply, q)
 		}
 		if out || fwd {
 			r("meta l4proto tcp ct state new %s", q)

@@ -269,8 +269,8 @@ func TestTCPInboundRedecideReply(t *testing.T) {
 // install (each combination of the options that shape its chains, with and
 // without the sender stash; iptables IPv4 and IPv6, native nftables), with
 // Config.Inbound LATCH-OUT has exactly one rule that gives MarkRedecideReply
-// (to an ESTABLISHED packet of direction reply whose flow has any of latch's
-// marks, not over loopback: review16), right followed by the one queue rule
+// (to an ESTABLISHED packet of direction reply whose flow is marked
+// MarkRedecide or MarkAllow, review26; not over loopback: review16), right followed by the one queue rule
 // on that packet mark alone (nft: one rule sets it and queues), after the
 // MarkRedecide queue rule for the side that opened the flow (6) and the
 // allowed flow's returns after it, and before the first rule that returns by
@@ -295,14 +295,14 @@ func TestRedecideReplyHeldEveryRuleset(t *testing.T) {
 	// (LATCH-OUT: not one of this host's addresses, review18).
 	ipt := func(want bool, chain, lo, local string) chainWant {
 		return chainWant{"-A " + chain + " ",
-			"-A " + chain + lo + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark ! --mark 0x0/0x70000000" + local + " -j MARK --set-xmark " + mark,
+			"-A " + chain + lo + " -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connmark --mark 0x10000000/0x50000000" + local + " -j MARK --set-xmark " + mark,
 			"-A " + chain + " -m mark --mark " + mark + " -j NFQUEUE",
 			fmt.Sprintf("-A %s -m connmark --mark %#x/%#x -m conntrack --ctdir ORIGINAL -j NFQUEUE", chain, MarkRedecide, MarkMask),
 			"-A " + chain + " -p udp -j RETURN", want}
 	}
 	nft := func(want bool, chain, lo, local string) chainWant {
 		return chainWant{"add rule inet " + nftTable + " " + chain + " ",
-			fmt.Sprintf("add rule inet %s %s%s ct state established ct direction reply ct mark & %#x != 0%s %s queue num 7", nftTable, chain, lo, MarkMask, local, nftMark),
+			fmt.Sprintf("add rule inet %s %s%s ct state established ct direction reply ct mark & %#x == %#x%s %s queue num 7", nftTable, chain, lo, MarkAllow|OwnMark, MarkAllow, local, nftMark),
 			"",
 			fmt.Sprintf("add rule inet %s %s ct mark & %#x == %#x ct direction original queue num 7", nftTable, chain, MarkMask, MarkRedecide),
 			"add rule inet " + nftTable + " " + chain + " meta l4proto { tcp, udp } accept", want}

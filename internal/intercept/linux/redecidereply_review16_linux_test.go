@@ -716,7 +716,7 @@ func TestNftOutboundRedecidePeerPushRuleMatches(t *testing.T) {
 				if err != nil {
 					t.Fatalf("nft list: %v: %s", err, out)
 				}
-				return regexp.MustCompile(`ct direction reply ct mark & 0x70000000 != 0x0+ meta mark set [^\n]* counter packets [1-9]`).Match(out)
+				return regexp.MustCompile(`ct direction reply ct mark & 0x50000000 == 0x10000000 meta mark set [^\n]* counter packets [1-9]`).Match(out)
 			}
 			mark(MarkRedecide)
 			peer.send(t, client, "latch-push-marked")

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -15,13 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// review26Holes skips a test of an open hole unless LATCH_TEST_KNOWN_HOLES=1.
-func review26Holes(t *testing.T) {
-	t.Helper()
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") != "1" {
-		t.Skip("an open hole (review26): run with LATCH_TEST_KNOWN_HOLES=1")
-	}
-}
 
 // TestLoopbackExemptSpoofedPeerIn (review26, open, low): with
 // Config.Inbound and the loopback exemption, two local programs talk over
@@ -42,7 +34,6 @@ func review26Holes(t *testing.T) {
 // of a loopback flow arrives by another interface but a forgery: it should
 // be dropped, as LATCH-IN drops a MarkLoopbackForged flow's packets.
 func TestLoopbackExemptSpoofedPeerIn(t *testing.T) {
-	review26Holes(t)
 	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		port := uint16(9700 + i*4)
 		t.Run(fw, func(t *testing.T) {
@@ -123,7 +114,6 @@ func TestLoopbackExemptSpoofedPeerIn(t *testing.T) {
 // The receiving socket is not the flow's sender: its datagram is an
 // inbound one for it (or dropped, as the receive check does).
 func TestOutboundRedecidePeerPushNewSocketInbound(t *testing.T) {
-	review26Holes(t)
 	i := 0
 	for _, mode := range []string{"closed", "shared"} {
 		for _, change := range []bool{false, true} {
@@ -235,7 +225,6 @@ func testOutboundRedecidePeerPushNewSocket(t *testing.T, mode string, change boo
 // fails. The rule should take latch's redecide marks exactly
 // (MarkRedecide; MarkAllow for the race its comment names), not any value.
 func TestOwnFlowReplyMarkSaved(t *testing.T) {
-	review26Holes(t)
 	for i, save := range []bool{false, true} {
 		name := "no save"
 		if save {
