@@ -408,49 +408,22 @@ func TestForwardTCPRedecideReply(t *testing.T) {
 				after = "*=deny"
 			}
 			server := net.JoinHostPort(addrC, strconv.Itoa(port))
-			var ln net.Listener
-			if err := inNS(c, func() error {
-				var err error
-				ln, err = net.Listen("tcp4", server)
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
+			ln := listenTCPIn(t, c, server)
 			d := startDaemonOn(t, tp, FirewallIptablesNft, fmt.Sprintf("%d=allow,*=deny", port), "LATCH_TEST_FORWARD=1",
 				"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
 			defer d.stop()
-			var cl net.Conn
-			if err := inNS(tp.b, func() error {
-				var err error
-				cl, err = net.DialTimeout("tcp4", server, 3*time.Second)
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer cl.Close()
-			s, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			read := func(c net.Conn, within time.Duration) (string, error) {
-				c.SetReadDeadline(time.Now().Add(within))
-				buf := make([]byte, 64)
-				n, err := c.Read(buf)
-				return string(buf[:n]), err
-			}
+			cl, s := dialTCPFrom(t, tp.b, ln, server)
 			if _, err := s.Write([]byte("latch-before")); err != nil {
 				t.Fatal(err)
 			}
-			if m, err := read(cl, 3*time.Second); m != "latch-before" {
+			if m, err := readWithin(cl, 3*time.Second); m != "latch-before" {
 				t.Fatalf("before the rule change B read %q, %v", m, err)
 			}
 			redecideAfterChange(t, d, 1)
 			if _, err := s.Write([]byte("latch-after")); err != nil {
 				t.Fatal(err)
 			}
-			m, err := read(cl, 1500*time.Millisecond)
+			m, err := readWithin(cl, 1500*time.Millisecond)
 			heldLine := fmt.Sprintf("held out tcp %s %s ", cl.LocalAddr(), server)
 			held := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine)
 			if deny {
@@ -460,7 +433,7 @@ func TestForwardTCPRedecideReply(t *testing.T) {
 				if held < 1 {
 					t.Error("C's segment after the rule change was not held as B's forwarded connection")
 				}
-				if _, err := read(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+				if _, err := readWithin(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 					t.Errorf("C's socket after its segment was denied: read error %v, want a reset", err)
 				}
 				return
@@ -474,7 +447,7 @@ func TestForwardTCPRedecideReply(t *testing.T) {
 			if _, err := cl.Write([]byte("latch-peer")); err != nil {
 				t.Fatal(err)
 			}
-			if m, err := read(s, 3*time.Second); m != "latch-peer" {
+			if m, err := readWithin(s, 3*time.Second); m != "latch-peer" {
 				t.Fatalf("B's data after the connection was allowed again: C read %q, %v", m, err)
 			}
 			if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine); n != 0 {
@@ -519,49 +492,22 @@ func testOutboundTCPRedecidePeerPushes(t *testing.T, fw string, deny bool, port 
 		after = "*=deny"
 	}
 	server := net.JoinHostPort(addrB, strconv.Itoa(port))
-	var ln net.Listener
-	if err := inNS(tp.b, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", server)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := listenTCPIn(t, tp.b, server)
 	d := startDaemonOn(t, tp, fw, allow, "LATCH_TEST_INBOUND=1",
 		"LATCH_TEST_POLICY_AFTER="+after, "LATCH_TEST_REDECIDE_PORT="+strconv.Itoa(port))
 	defer d.stop()
-	var c net.Conn
-	if err := inNS(tp.a, func() error {
-		var err error
-		c, err = net.DialTimeout("tcp4", server, 3*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	read := func(c net.Conn, within time.Duration) (string, error) {
-		c.SetReadDeadline(time.Now().Add(within))
-		buf := make([]byte, 64)
-		n, err := c.Read(buf)
-		return string(buf[:n]), err
-	}
+	c, s := dialTCPFrom(t, tp.a, ln, server)
 	if _, err := s.Write([]byte("latch-before")); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := read(c, 3*time.Second); m != "latch-before" {
+	if m, err := readWithin(c, 3*time.Second); m != "latch-before" {
 		t.Fatalf("before the rule change the program read %q, %v", m, err)
 	}
 	redecideAfterChange(t, d, 1)
 	if _, err := s.Write([]byte("latch-push")); err != nil {
 		t.Fatal(err)
 	}
-	m, err := read(c, 1500*time.Millisecond)
+	m, err := readWithin(c, 1500*time.Millisecond)
 	heldLine := fmt.Sprintf("held out tcp %s %s ", c.LocalAddr(), server)
 	held := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine)
 	if deny {
@@ -571,11 +517,11 @@ func testOutboundTCPRedecidePeerPushes(t *testing.T, fw string, deny bool, port 
 		if held < 1 {
 			t.Error("B's segment after the rule change was not held as the program's connection")
 		}
-		if _, err := read(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		if _, err := readWithin(s, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("B's socket after its segment was denied: read error %v, want a reset", err)
 		}
 		c.Write([]byte("latch-program-after"))
-		if m, err := read(c, 3*time.Second); m != "" || !errors.Is(err, syscall.ECONNRESET) {
+		if m, err := readWithin(c, 3*time.Second); m != "" || !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("the program's socket after its own segment was denied: read %q, %v; want nothing and a reset", m, err)
 		}
 		return
@@ -589,7 +535,7 @@ func testOutboundTCPRedecidePeerPushes(t *testing.T, fw string, deny bool, port 
 	if _, err := c.Write([]byte("latch-program")); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := read(s, 3*time.Second); m != "latch-program" {
+	if m, err := readWithin(s, 3*time.Second); m != "latch-program" {
 		t.Fatalf("the program's data after the connection was allowed again: B read %q, %v", m, err)
 	}
 	if n := strings.Count(strings.Join(d.linesFor(200*time.Millisecond), "\n"), heldLine); n != 0 {
@@ -734,4 +680,47 @@ func TestNftOutboundRedecidePeerPushRuleMatches(t *testing.T) {
 			}
 		})
 	}
+}
+
+// listenTCPIn listens on server (IPv4) in namespace ns, until the test ends.
+func listenTCPIn(t *testing.T, ns, server string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := inNS(ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", server)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// dialTCPFrom connects from namespace ns to ln at server and returns both
+// ends, the client's and the accepted one, closed when the test ends.
+func dialTCPFrom(t *testing.T, ns string, ln net.Listener, server string) (client, accepted net.Conn) {
+	t.Helper()
+	if err := inNS(ns, func() error {
+		var err error
+		client, err = net.DialTimeout("tcp4", server, 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	accepted, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accepted.Close() })
+	return client, accepted
+}
+
+// readWithin is what c receives within d (one read of up to 64 bytes).
+func readWithin(c net.Conn, d time.Duration) (string, error) {
+	c.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
 }
