@@ -15,7 +15,7 @@ import (
 )
 
 
-// TestLoopbackExemptSpoofedPeerIn (review26, open, low): with
+// TestLoopbackExemptSpoofedPeerIn (review26, low, fixed): with
 // Config.Inbound and the loopback exemption, two local programs talk over
 // lo on A's own IPv6 address (a client P to a local server S; S answered:
 // the entry is ESTABLISHED, conntrack mark MarkLoopbackExempt). Host B on
@@ -31,8 +31,8 @@ import (
 // the user answering what looks like a local connection) saves MarkAllow
 // over MarkLoopbackExempt: B's datagrams reach P from then on, and the
 // loopback flow lost the mark LATCH-POST drops rerouted packets by. Nothing
-// of a loopback flow arrives by another interface but a forgery: it should
-// be dropped, as LATCH-IN drops a MarkLoopbackForged flow's packets.
+// of a loopback flow arrives by another interface but a forgery: LATCH-IN
+// drops it now, as it drops a MarkLoopbackForged flow's packets.
 func TestLoopbackExemptSpoofedPeerIn(t *testing.T) {
 	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		port := uint16(9700 + i*4)
@@ -90,7 +90,7 @@ func TestLoopbackExemptSpoofedPeerIn(t *testing.T) {
 	}
 }
 
-// TestOutboundRedecidePeerPushNewSocketInbound (review26, open, a
+// TestOutboundRedecidePeerPushNewSocketInbound (review26, fixed, a
 // regression of review16's peer-push fix, medium): with Config.Inbound and
 // the socket pin (its receive check on), a program's socket P opens a UDP
 // flow from A:C to B:S (allowed: the rule for B's port S) and gets B's
@@ -111,8 +111,8 @@ func TestLoopbackExemptSpoofedPeerIn(t *testing.T) {
 // SO_REUSEADDR is shared) until P's next datagram pins the flow back. Both
 // "after a change" subtests fail; on 33c875a (before review16's merge) they
 // pass: B's datagram passed LATCH-IN and the receive check dropped it.
-// The receiving socket is not the flow's sender: its datagram is an
-// inbound one for it (or dropped, as the receive check does).
+// The receiving socket is not the flow's sender: its datagram is decided
+// as an inbound one for it now (pinnedElsewhere).
 func TestOutboundRedecidePeerPushNewSocketInbound(t *testing.T) {
 	i := 0
 	for _, mode := range []string{"closed", "shared"} {
@@ -209,7 +209,7 @@ func testOutboundRedecidePeerPushNewSocket(t *testing.T, mode string, change boo
 	}
 }
 
-// TestOwnFlowReplyMarkSaved (review26, open, low, a regression of
+// TestOwnFlowReplyMarkSaved (review26, low, fixed; a regression of
 // review16's peer-push rule): the daemon's own sockets (SO_MARK OwnMark,
 // Control: the DNS proxy's upstream queries) are never held. On a host that
 // saves the packet mark into the conntrack mark with the full mask
@@ -222,8 +222,8 @@ func testOutboundRedecidePeerPushNewSocket(t *testing.T, mode string, change boo
 // rule denies) the answer is dropped and the DNS proxy's upstream queries
 // never get one. Before, it passed (conntrack mark not MarkAllow, the
 // protocol's RETURN). The "no save" subtest (a control) passes; "save"
-// fails. The rule should take latch's redecide marks exactly
-// (MarkRedecide; MarkAllow for the race its comment names), not any value.
+// failed. The rule takes latch's redecide marks exactly now (MarkRedecide;
+// MarkAllow for the race its comment names), not any value.
 func TestOwnFlowReplyMarkSaved(t *testing.T) {
 	for i, save := range []bool{false, true} {
 		name := "no save"
