@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-
 // TestLoopbackExemptSpoofedPeerIn (review26, low, fixed): with
 // Config.Inbound and the loopback exemption, two local programs talk over
 // lo on A's own IPv6 address (a client P to a local server S; S answered:
