@@ -73,7 +73,7 @@ echo "== go test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-go test -count=1 -timeout 20m -v ./... >"$log" 2>&1 || status=$?
+go test -count=1 -timeout 25m -v ./... >"$log" 2>&1 || status=$?
 grep -E '^(ok|FAIL|---|panic:|\?)|^\s+--- FAIL|_test.go:[0-9]+:' "$log" | grep -v -- '--- PASS\|--- SKIP' || true
 if ((status)); then
 	echo "== go test failed; full log follows" >&2
