@@ -382,8 +382,15 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// mid-flow, and its next packet, rerouted, would leave
 			// unmarked (review25, TestLoopbackExemptMarkSavedOver). Once
 			// marked, a flow's packets fail the mark test.
-			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m conntrack ! --ctstate DNAT -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
-			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --dst-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
+			// And only a packet from a local address to a local address
+			// (after DNAT): any program may send one packet over lo with
+			// the tuple of a real flow of this host's (IPV6_FREEBIND,
+			// a peer's address as its source), which must not make that
+			// flow's entry a loopback flow's (review27: its next packet
+			// out the veth was then held and decided as a new flow, and
+			// denied: TestLoopbackExemptMarkedByForgedSYN). A real
+			// loopback flow has local addresses both ways.
+			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --src-type LOCAL --dst-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
 			fmt.Fprintf(&b, "-A %s -o lo -m conntrack ! --ctstate DNAT -j RETURN\n", name)
 			fmt.Fprintf(&b, "-A %s -o lo -m addrtype --dst-type LOCAL -j RETURN\n", name)
 		} else if spec.exemptLoopback {
@@ -1495,8 +1502,8 @@ func (spec ruleSpec) nftRules() string {
 			// MarkLoopbackExempt first, for the postrouting chain
 			// (review24).
 			// Any packet of an unmarked flow (see iptablesRules, review25).
-			r(`%s "lo" ct mark & %#x == 0 ct status & dnat == 0 ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
-			r(`%s "lo" ct mark & %#x == 0 fib daddr type local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
+			// From a local address to a local one only (review27).
+			r(`%s "lo" ct mark & %#x == 0 fib saddr type local fib daddr type local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
 			r(`%s "lo" ct status & dnat == 0 accept`, lo)
 			r(`%s "lo" fib daddr type local accept`, lo)
 		} else if spec.exemptLoopback {

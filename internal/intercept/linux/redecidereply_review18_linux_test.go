@@ -417,11 +417,10 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 	ipt := func(chain, lo, set string) chainWant {
 		ret := []string{"-A " + chain + " " + lo + " lo -j RETURN"}
 		if lo == "-o" {
-			// The two rules that give a flow the returns pass
-			// MarkLoopbackExempt first (review24).
+			// The rule that gives a flow the returns pass
+			// MarkLoopbackExempt first (review24, review27).
 			ret = []string{
-				"-A " + chain + " -o lo -m connmark --mark 0x0/0x70000000 -m conntrack ! --ctstate DNAT -j CONNMARK --set-xmark 0x60000000/0x70000000",
-				"-A " + chain + " -o lo -m connmark --mark 0x0/0x70000000 -m addrtype --dst-type LOCAL -j CONNMARK --set-xmark 0x60000000/0x70000000",
+				"-A " + chain + " -o lo -m connmark --mark 0x0/0x70000000 -m addrtype --src-type LOCAL --dst-type LOCAL -j CONNMARK --set-xmark 0x60000000/0x70000000",
 				"-A " + chain + " -o lo -m conntrack ! --ctstate DNAT -j RETURN", "-A " + chain + " -o lo -m addrtype --dst-type LOCAL -j RETURN"}
 		}
 		c := chainWant{"-A " + chain + " ", "", ret, "-A " + chain + " -m connmark --mark " + forged + " -j DROP"}
@@ -435,8 +434,7 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 		ret := []string{p + lo + ` "lo" accept`}
 		if lo == "oifname" {
 			ret = []string{
-				p + `oifname "lo" ct mark & 0x70000000 == 0 ct status & dnat == 0 ct mark set ct mark & 0x8fffffff | 0x60000000`,
-				p + `oifname "lo" ct mark & 0x70000000 == 0 fib daddr type local ct mark set ct mark & 0x8fffffff | 0x60000000`,
+				p + `oifname "lo" ct mark & 0x70000000 == 0 fib saddr type local fib daddr type local ct mark set ct mark & 0x8fffffff | 0x60000000`,
 				p + `oifname "lo" ct status & dnat == 0 accept`, p + `oifname "lo" fib daddr type local accept`}
 		}
 		c := chainWant{p, "", ret, p + nftDrop}
