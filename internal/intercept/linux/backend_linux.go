@@ -2,7 +2,6 @@ package linux
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -1457,21 +1456,4 @@ func Cleanup(queueNum uint16) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// pinnedElsewhere reports whether the socket pin holds req's flow (an
-// inbound UDP datagram's, tuple as read for it) for a socket other than
-// cookie, the one that receives it (review26): that socket did not send on
-// the flow, and what it gets is an inbound datagram to it.
-func (b *Backend) pinnedElsewhere(req *engine.Request, cookie uint64) bool {
-	m := b.pinMap.Load()
-	if m == nil || cookie == 0 || req.Protocol != engine.UDP || req.Local.Addr().Unmap().Is4() != req.Remote.Addr().Unmap().Is4() {
-		return false
-	}
-	v := make([]byte, 8)
-	if err := m.Lookup(pinKey(uint8(req.Protocol), req.Local, req.Remote), v); err != nil {
-		return false
-	}
-	c := binary.NativeEndian.Uint64(v)
-	return c != 0 && c != ^uint64(0) && c != cookie
 }

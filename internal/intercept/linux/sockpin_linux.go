@@ -108,14 +108,48 @@ func pinKey(proto uint8, local, remote netip.AddrPort) []byte {
 // rule does not replace a record already there.
 func (b *Backend) pinInbound(req *engine.Request, cookie uint64) {
 	m := b.pinMap.Load()
-	if m == nil || req.Local.Addr().Unmap().Is4() != req.Remote.Addr().Unmap().Is4() {
+	if m == nil {
+		return
+	}
+	k, ok := pinKeyOf(req)
+	if !ok {
 		return
 	}
 	v := make([]byte, 8)
 	binary.NativeEndian.PutUint64(v, cookie)
-	if err := m.Update(pinKey(uint8(req.Protocol), req.Local, req.Remote), v, ebpf.UpdateAny); err != nil {
+	if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
 		b.cfg.Logf("socket pin: record %v -> %v for socket cookie %d: %v", req.Local, req.Remote, cookie, err)
 	}
+}
+
+// pinnedElsewhere reports whether the socket pin holds req's flow (an
+// inbound UDP datagram's, tuple as read for it) for a socket other than
+// cookie, the one that receives it (review26): that socket did not send on
+// the flow, and what it gets is an inbound datagram to it.
+func (b *Backend) pinnedElsewhere(req *engine.Request, cookie uint64) bool {
+	m := b.pinMap.Load()
+	if m == nil || cookie == 0 || req.Protocol != engine.UDP {
+		return false
+	}
+	k, ok := pinKeyOf(req)
+	if !ok {
+		return false
+	}
+	v := make([]byte, 8)
+	if err := m.Lookup(k, v); err != nil {
+		return false
+	}
+	c := binary.NativeEndian.Uint64(v)
+	return c != 0 && c != ^uint64(0) && c != cookie
+}
+
+// pinKeyOf is pinKey for req's flow (local sends to remote); false if its
+// addresses are of two families, which the pin keys no flow by.
+func pinKeyOf(req *engine.Request) ([]byte, bool) {
+	if req.Local.Addr().Unmap().Is4() != req.Remote.Addr().Unmap().Is4() {
+		return nil, false
+	}
+	return pinKey(uint8(req.Protocol), req.Local, req.Remote), true
 }
 
 // PinMoved is told (from the socket pin's receive check, see "The receive
