@@ -682,8 +682,10 @@
 // submits 0.4%, bpf_setsockopt under 0.1%. The storage is needed for the
 // counters (count_bytes) whether or not a hit makes it; the attribution
 // record is needed for a fast flow the queue decides again (notrack's
-// MarkFastRedecide, a decision made void at TCP_CONNECT_CB), which Resolve
-// attributes through it; each ring record is one a reader needs. So what is
+// MarkFastRedecide, a decision made void at TCP_CONNECT_CB) and for its end
+// (ResolveEnded): without it procattr's viaEBPF has no record and the flow's
+// process is at best IdentityUnverified; each ring record is one a reader
+// needs. Skipping either would weaken attribution, not just save time. So what is
 // left in eBPF is about 1-1.5% of the bench's CPU at most, inside the
 // throughput ratio's noise; the daemon is the cost. (`-bpfstats`, base build,
 // three runs: latch_fast_sockops 1588-1932 ns a connect, latch_fast_connect4
