@@ -676,8 +676,9 @@
 // the cgroup hooks' dispatch with their programs 4.9%, of which making and
 // looking up the socket's storage (socks) 1.4% (allocate_slab, the memory
 // cgroup's charge, the map bucket's lock: most of latch_fast_connect4's
-// samples), freeing it with the socket 0.3% (and its part of rcu_do_batch,
-// 0.8% in all), latch_sockaddr's LRU update 0.8% (two thirds of that
+// samples), freeing it with the socket 0.3% (plus its deferred frees'
+// share of rcu_do_batch, 0.8% for every RCU callback), latch_sockaddr's LRU
+// update 0.8% (two thirds of that
 // program's samples, on the LRU's locks), the two rings' reservations and
 // submits 0.4%, bpf_setsockopt under 0.1%. The storage is needed for the
 // counters (count_bytes) whether or not a hit makes it; the attribution
