@@ -669,27 +669,32 @@
 // Where the eBPF share of a fast connect goes (December 2026, the same VM,
 // `perf record -a -g -F 999` over a whole `test/bench -scenarios latch+fp
 // -rounds 4 -n 30000 -bulk 0` run, other helpers' builds and tests running
-// alongside; 10,841 samples of the bench's client and the daemon): the
-// daemon 27% of that CPU, the programs 3.2% (latch_fast_connect4 1.0%,
+// alongside; 10,841 samples of the bench's client and the daemon): the daemon
+// 27% of that CPU, the programs 3.2% (latch_fast_connect4 1.0%,
 // latch_fast_sockops 1.0%, latch_sockaddr 0.8%, every other one under 0.1%).
 // Of the client's own CPU (softirqs included, 8,052 samples): netfilter 5.8%,
 // the cgroup hooks' dispatch with their programs 4.9%, of which making and
 // looking up the socket's storage (socks) 1.4% (allocate_slab, the memory
 // cgroup's charge, the map bucket's lock: most of latch_fast_connect4's
-// samples), freeing it with the socket 0.3% (plus its deferred frees'
-// share of rcu_do_batch, 0.8% for every RCU callback), latch_sockaddr's LRU
-// update 0.8% (two thirds of that
-// program's samples, on the LRU's locks), the two rings' reservations and
-// submits 0.4%, bpf_setsockopt under 0.1%. The storage is needed for the
-// counters (count_bytes) whether or not a hit makes it; the attribution
-// record is needed for a fast flow the queue decides again (notrack's
-// MarkFastRedecide, a decision made void at TCP_CONNECT_CB) and for its end
-// (ResolveEnded): without it procattr's viaEBPF has no record and the flow's
-// process is at best IdentityUnverified; each ring record is one a reader
-// needs. Skipping either would weaken attribution, not just save time. So what is
-// left in eBPF is about 1-1.5% of the bench's CPU at most, inside the
-// throughput ratio's noise; the daemon is the cost. (`-bpfstats`, base build,
-// three runs: latch_fast_sockops 1588-1932 ns a connect, latch_fast_connect4
-// 1319-1803, latch_sockaddr 1139-1415, the rest 560-770: 4.7-5.9 µs with the
-// statistics' own share; the spread is the shared machine's.)
+// samples), freeing it with the socket 0.3% (plus its deferred frees' share of
+// rcu_do_batch, 0.8% for every RCU callback), latch_sockaddr's LRU update 0.8%
+// (two thirds of that program's samples, on the LRU's locks), the two rings'
+// reservations and submits 0.4%, bpf_setsockopt under 0.1%. None of the three
+// big ones can go without a loss: the storage carries the counters (with byte
+// counting on, count_bytes makes it for every active open of the served
+// namespace, hit or not); the attribution record is what Resolve finds for a
+// fast flow the queue decides again (notrack's MarkFastRedecide, a decision
+// made void at TCP_CONNECT_CB) and ResolveEnded for its end, without which
+// procattr's viaEBPF has no record and the flow's process is at best
+// IdentityUnverified; each ring record is one a reader needs. The programs'
+// whole share bounds what any cut in them can give the bench's throughput
+// ratio, well inside its noise; the daemon is the cost. (`-bpfstats`, base
+// build, three runs: latch_fast_sockops 1588-1932 ns a connect,
+// latch_fast_connect4 1319-1803, latch_sockaddr 1139-1415, the rest 560-770:
+// 4.7-5.9 µs with the statistics' own share; the spread is the shared
+// machine's.) Reading a SYN-ACK's flags in latch_fast_skb_ingress with plain
+// loads of the linear data instead of two bpf_skb_load_bytes (and one
+// bpf_sk_fullsock fewer) saved about 30 ns a connect (157-226 against 197-231
+// ns a run, four in-run pairs with the slots swapped, one of them no better):
+// not worth the code.
 package fastpath
