@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -534,16 +533,21 @@ func TestLoopbackPostChainRemoved(t *testing.T) {
 // TestLoopbackPostEveryRuleset checks, in every combination of options, the
 // rules of the postrouting drop (review24): with loopback exempt, the
 // mangle table's LATCH-POST (iptables; table inet latch's postrouting chain
-// with nft) holds one rule, the drop of a loopback-marked flow's packet out
-// another interface, and exactly one rule gives MarkLoopbackExempt (where,
+// with nft) holds two rules, the drop of a loopback-marked flow's packet out
+// another interface and that of an untracked packet to a local address out
+// another interface (untrackedPost: the conntrack state and packet mark
+// before the address type, whose lookup only what passes them pays), and
+// exactly one rule gives MarkLoopbackExempt (where,
 // TestLoopbackForgedEveryRuleset checks; two before review27); without it
 // none of them is there.
 func TestLoopbackPostEveryRuleset(t *testing.T) {
 	setIpt := fmt.Sprintf("CONNMARK --set-xmark %#x/%#x", MarkLoopbackExempt, MarkMask)
 	setNft := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackExempt)
-	post := "*mangle\n:LATCH-POST - [0:0]\n-I POSTROUTING 1 -j LATCH-POST\n-A LATCH-POST ! -o lo -m connmark --mark 0x60000000/0x60000000 -j DROP\nCOMMIT\n"
+	post := "*mangle\n:LATCH-POST - [0:0]\n-I POSTROUTING 1 -j LATCH-POST\n-A LATCH-POST ! -o lo -m connmark --mark 0x60000000/0x60000000 -j DROP\n" +
+		"-A LATCH-POST ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/0x70000000 -m addrtype --dst-type LOCAL -j DROP\nCOMMIT\n"
 	nftPostChain := "add chain inet latch postrouting { type filter hook postrouting priority filter; policy accept; }\n" +
-		"add rule inet latch postrouting ct mark & 0x60000000 == 0x60000000 oifname != \"lo\" drop\n"
+		"add rule inet latch postrouting ct mark & 0x60000000 == 0x60000000 oifname != \"lo\" drop\n" +
+		"add rule inet latch postrouting ct state untracked oifname != \"lo\" meta mark & 0x70000000 == 0 fib daddr type local drop\n"
 	everyRuleSpec(t, ruleSpec{queue: 7}, func(spec ruleSpec, names []string) {
 		for _, v := range []struct {
 			name, rules, set, post string
@@ -651,30 +655,112 @@ func TestLoopbackForgedRerouteOut(t *testing.T) {
 	}
 }
 
-// TestLoopbackExemptRerouteUntrackedOut (review24, open, low: it takes the
-// host's own NOTRACK of lo and its policy routing by mark of a local
-// destination): where the host keeps loopback out of conntrack (raw OUTPUT
-// '-o lo -j NOTRACK', for speed), a loopback packet has no conntrack entry
-// for the loopback return to mark, and LATCH-POST's drop, which tests the
-// entry's mark, does not see it: rerouted by mark out the veth it reaches B
-// undecided. Telling it in postrouting would take the destination's address
-// type for every untracked packet out (the fast path's notrack TCP flows
-// among them), a route lookup each.
+// hostNotrackLo keeps loopback out of conntrack in namespace ns the way
+// the host's own rules would: raw OUTPUT '-o lo -j NOTRACK' with the
+// firewall's own iptables (both families), or with nftables a table of the
+// host's at priority raw.
+func hostNotrackLo(t *testing.T, ns, fw string) {
+	t.Helper()
+	if fw == FirewallNftables {
+		for _, fam := range []string{"ip", "ip6"} {
+			nftIn(t, ns, fmt.Sprintf("add table %s hostraw\nadd chain %s hostraw out { type filter hook output priority raw; }\n"+
+				"add rule %s hostraw out oifname \"lo\" notrack\n", fam, fam, fam))
+		}
+		return
+	}
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		if fw == FirewallIptablesLegacy {
+			ipt += "-legacy"
+		} else {
+			ipt += "-nft"
+		}
+		if out, err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "raw", "-A", "OUTPUT", "-o", "lo", "-j", "NOTRACK").CombinedOutput(); err != nil {
+			t.Fatalf("%s NOTRACK: %v: %s", ipt, err, out)
+		}
+	}
+}
+
+// TestLoopbackExemptRerouteUntrackedOut (review24, low: it takes the host's
+// own NOTRACK of lo and its policy routing by mark of a local destination):
+// where the host keeps loopback out of conntrack (raw OUTPUT '-o lo -j
+// NOTRACK', for speed), a loopback packet has no conntrack entry for the
+// loopback return to mark, and LATCH-POST's first drop, which tests the
+// entry's mark, does not see it. Rerouted by mark out the veth, with every
+// rule denying, it must not reach B: LATCH-POST's second rule drops an
+// untracked packet without latch's bits in its mark that leaves by another
+// interface than lo to a local address (untrackedPost). In every ruleset
+// (nftables: its ruleset with drops for queues), IPv4 and IPv6, the host's
+// mark from the mangle table (before latch's filter chains) and from a route
+// chain after them; and from a socket bound with IPV6_FREEBIND to B's
+// address (no privilege; the source is not what is tested). It failed
+// before that rule in every case (the datagram reached B).
 func TestLoopbackExemptRerouteUntrackedOut(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review24, low): an untracked loopback packet (the host's NOTRACK of lo) rerouted by mark leaves by another interface undecided; LATCH_TEST_KNOWN_HOLES=1 runs it")
+	port := uint16(9551)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		for _, late := range []bool{false, true} {
+			for _, v4 := range []bool{false, true} {
+				c := rerouteCase{fw: fw, late: late, v4: v4}
+				port += 2
+				t.Run(c.name(), func(t *testing.T) {
+					tp, stop := c.topo(t)
+					defer stop()
+					self := selfAddr(v4)
+					markReroute(t, tp, v4, func() { c.markRule(t, tp.a, self, port) })
+					hostNotrackLo(t, tp.a, c.fw)
+					peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+					if sendsRerouted(t, tp, self, port, peer) {
+						t.Errorf("an untracked datagram to A's own address that policy routing by mark (%s) sends out the veth reached B undecided (every rule denies)", c.name())
+					}
+				})
+			}
+		}
 	}
-	const port = 9551
-	c := rerouteCase{fw: FirewallIptablesNft}
-	tp, stop := c.topo(t)
-	defer stop()
-	self := selfAddr(false)
-	markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, port) })
-	if out, err := exec.Command("ip", "netns", "exec", tp.a, "ip6tables-nft", "-w", "-t", "raw", "-A", "OUTPUT", "-o", "lo", "-j", "NOTRACK").CombinedOutput(); err != nil {
-		t.Fatalf("NOTRACK: %v: %s", err, out)
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		c := rerouteCase{fw: fw, late: true}
+		port += 2
+		t.Run(fw+"/freebind", func(t *testing.T) {
+			tp, stop := c.topo(t)
+			defer stop()
+			self, b := selfAddr(false), netip.MustParseAddr(addr6B)
+			markReroute(t, tp, false, func() { c.markRule(t, tp.a, self, port) })
+			hostNotrackLo(t, tp.a, c.fw)
+			peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+			if sendsFreebind(t, tp, b, self, port, peer) {
+				t.Error("an untracked datagram over lo from B's address (IPV6_FREEBIND) to A's own address, rerouted by mark out the veth, reached B undecided (every rule denies)")
+			}
+		})
 	}
-	peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
-	if sendsRerouted(t, tp, self, port, peer) {
-		t.Error("an untracked datagram to A's own address that policy routing by mark sends out the veth reached B undecided (every rule denies)")
+}
+
+// sendsFreebind reports whether a datagram to A's address self and port,
+// sent from an IPV6_FREEBIND socket in A bound to from (port+1), reaches
+// peer, in up to three tries.
+func sendsFreebind(t *testing.T, tp *topo, from, self netip.Addr, port uint16, peer *udpPeer) bool {
+	t.Helper()
+	for i := 0; i < 3; i++ {
+		if err := inNS(tp.a, func() error {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
+				return err
+			}
+			if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: from.As16(), Port: int(port) + 1}); err != nil {
+				return err
+			}
+			// EPERM: a netfilter drop on the way out.
+			if err := unix.Sendto(fd, []byte("latch-freebind"), 0, &unix.SockaddrInet6{Addr: self.As16(), Port: int(port)}); err != unix.EPERM {
+				return err
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if peer.receives("latch-freebind", 700*time.Millisecond) {
+			return true
+		}
 	}
+	return false
 }
