@@ -764,3 +764,131 @@ func sendsFreebind(t *testing.T, tp *topo, from, self netip.Addr, port uint16, p
 	}
 	return false
 }
+
+// hostNotrackTCP keeps every TCP packet in namespace ns out of conntrack,
+// both ways, as a host does for speed: raw OUTPUT and PREROUTING '-p tcp -j
+// NOTRACK' with the firewall's own iptables (both families), or a table of
+// the host's with nftables.
+func hostNotrackTCP(t *testing.T, ns, fw string) {
+	t.Helper()
+	if fw == FirewallNftables {
+		nftIn(t, ns, "add table inet hostrawtcp\n"+
+			"add chain inet hostrawtcp out { type filter hook output priority raw; }\n"+
+			"add chain inet hostrawtcp pre { type filter hook prerouting priority raw; }\n"+
+			"add rule inet hostrawtcp out meta l4proto tcp notrack\n"+
+			"add rule inet hostrawtcp pre meta l4proto tcp notrack\n")
+		return
+	}
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		if fw == FirewallIptablesLegacy {
+			ipt += "-legacy"
+		} else {
+			ipt += "-nft"
+		}
+		for _, hook := range []string{"OUTPUT", "PREROUTING"} {
+			if out, err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "raw", "-A", hook, "-p", "tcp", "-j", "NOTRACK").CombinedOutput(); err != nil {
+				t.Fatalf("%s NOTRACK: %v: %s", ipt, err, out)
+			}
+		}
+	}
+}
+
+// TestUntrackedPostPassesLegit (review24, the neighbours of the untracked
+// drop, untrackedPost): what is untracked and was never loopback traffic
+// rerouted keeps passing. The host keeps TCP out of conntrack (both ways)
+// and lo too; TCP connections from A to B (IPv4, IPv6) opened before latch
+// (untracked: no SYN for the queue, no conntrack mark, no packet mark) carry
+// data both ways once latch is in, every rule denying (nftables: its
+// ruleset with drops for queues); and a datagram over lo to A's own address
+// (untracked, not rerouted) still reaches A's socket: loopback stays exempt.
+// It fails with the drop's address type taken out (the segments to B are
+// dropped) or its '! -o lo' (the datagram over lo is).
+func TestUntrackedPostPassesLegit(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
+		port := 9601 + i*4
+		t.Run(fw, func(t *testing.T) {
+			if fw == FirewallNftables {
+				if _, err := exec.LookPath("nft"); err != nil {
+					t.Skip("needs nft")
+				}
+			} else {
+				needFirewall(t, fw)
+			}
+			tp := newTopo(t)
+			addV6(t, tp)
+			hostNotrackTCP(t, tp.a, fw)
+			hostNotrackLo(t, tp.a, fw)
+			type pair struct {
+				name string
+				c    net.Conn
+				s    *pushConn
+			}
+			var pairs []pair
+			for _, a := range []struct{ name, addr string }{{"IPv4", addrB}, {"IPv6", addrB6}} {
+				srv := listenPush(t, tp, a.addr, port)
+				c := dialFast(t, tp, a.addr, port, 0)
+				pairs = append(pairs, pair{a.name, c, srv.conn(t, c)})
+			}
+			if fw == FirewallNftables {
+				installNftDrop(t, tp.a, ruleSpec{queue: testQueue, inbound: true, exemptLoopback: true})
+			} else {
+				d := startDaemonOn(t, tp, fw, "*=deny", "LATCH_TEST_INBOUND=1")
+				defer d.stop()
+			}
+			if n := untrackedDrops(t, tp.a, fw); n != 2 {
+				t.Fatalf("%d untracked drops in the postrouting chains, want 2 (IPv4's and IPv6's, or inet's twice)", n)
+			}
+			for _, p := range pairs {
+				p.c.Write(make([]byte, 100))
+				p.s.c.Write(make([]byte, 100))
+				if err := readN(p.c, 100); err != nil {
+					t.Errorf("%s: the peer's segment on an untracked connection to B: %v", p.name, err)
+				}
+				for deadline := time.Now().Add(3 * time.Second); p.s.got.Load() < 100 && time.Now().Before(deadline); {
+					time.Sleep(10 * time.Millisecond)
+				}
+				if got := p.s.got.Load(); got != 100 {
+					t.Errorf("%s: an untracked connection's segment to B (not local) did not get through: B has %d bytes, want 100", p.name, got)
+				}
+			}
+			for _, v4 := range []bool{true, false} {
+				self := selfAddr(v4)
+				if !v4 {
+					self = netip.MustParseAddr(addrA6)
+				}
+				peer := listenUDPIn(t, tp.a, netip.AddrPortFrom(self, uint16(port+2)))
+				if !sendsRerouted(t, tp, self, uint16(port+2), peer) {
+					t.Errorf("an untracked datagram over lo to A's own address %v (not rerouted) did not reach A's socket (loopback is exempt)", self)
+				}
+			}
+		})
+	}
+}
+
+// untrackedDrops counts the untracked drops (untrackedPost) in namespace
+// ns's postrouting chains of firewall fw: LATCH-POST of IPv4's and IPv6's
+// mangle tables, or table inet latch's postrouting chain (counted twice: it
+// takes both families).
+func untrackedDrops(t *testing.T, ns, fw string) int {
+	t.Helper()
+	if fw == FirewallNftables {
+		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "chain", "inet", nftTable, nftPost).CombinedOutput()
+		if err != nil {
+			return 0
+		}
+		return 2 * strings.Count(string(out), "ct state untracked")
+	}
+	n := 0
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		if fw == FirewallIptablesLegacy {
+			ipt += "-legacy"
+		} else {
+			ipt += "-nft"
+		}
+		out, err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "mangle", "-S", chainPost).CombinedOutput()
+		if err == nil {
+			n += strings.Count(string(out), "--ctstate UNTRACKED")
+		}
+	}
+	return n
+}
