@@ -471,8 +471,8 @@ func postChains(t *testing.T, ns, fw string) []string {
 
 // TestLoopbackPostChainRemoved (review24): LATCH-POST, the mangle table's
 // chain of the postrouting drop, is installed with loopback exempt (with
-// the jump from POSTROUTING, both families), goes at a clean stop (SIGTERM)
-// and at Cleanup after a kill, with the mangle table iptables-nft created
+// the jump from POSTROUTING, both families, with its untracked drop), goes
+// at a clean stop (SIGTERM) and at Cleanup after a kill, with the mangle table iptables-nft created
 // for it, and an install with loopback held removes a stopped daemon's.
 func TestLoopbackPostChainRemoved(t *testing.T) {
 	want := map[string][]string{
@@ -488,9 +488,15 @@ func TestLoopbackPostChainRemoved(t *testing.T) {
 			if got := postChains(t, tp.a, fw); !slices.Equal(got, want[fw]) {
 				t.Fatalf("while running: %v, want %v", got, want[fw])
 			}
+			if n := untrackedDrops(t, tp.a, fw); n != 2 {
+				t.Errorf("while running: %d untracked drops in LATCH-POST, want 2 (IPv4's and IPv6's)", n)
+			}
 			d.stop()
 			if got := postChains(t, tp.a, fw); len(got) != 0 {
 				t.Errorf("after SIGTERM: %v left", got)
+			}
+			if n := untrackedDrops(t, tp.a, fw); n != 0 {
+				t.Errorf("after SIGTERM: %d untracked drops left", n)
 			}
 			// iptables-legacy's tables stay (the kernel module's), empty.
 			if after := ruleset(t, tp.a); fw == FirewallIptablesNft && after != before {
@@ -891,4 +897,49 @@ func untrackedDrops(t *testing.T, ns, fw string) int {
 		}
 	}
 	return n
+}
+
+// TestUntrackedPostPassesDecided (review24, a neighbour of the untracked
+// drop): an untracked datagram to a local address that leaves by the veth
+// because of the socket's own route (the host's policy routing by
+// destination port ahead of the local table, no mark), which LATCH-OUT sees
+// leave by the veth, is decided (queued: UNTRACKED UDP) and, allowed, reaches
+// B: it carries MarkAllow from its verdict, which the drop's packet mark test
+// lets pass; denied it does not. Fails with the drop's mark test taken out
+// (the allowed datagram is dropped).
+func TestUntrackedPostPassesDecided(t *testing.T) {
+	for i, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy} {
+		for j, allow := range []bool{true, false} {
+			port := uint16(9641 + i*8 + j*2)
+			verdict := "deny"
+			if allow {
+				verdict = "allow"
+			}
+			t.Run(fw+"/"+verdict, func(t *testing.T) {
+				needFirewall(t, fw)
+				tp, _ := forgedTCPNet(t)
+				self := selfAddr(false)
+				markReroute(t, tp, false, func() {
+					if out, err := exec.Command("ip", "-n", tp.a, "-6", "rule", "add", "pref", "11", "ipproto", "udp", "dport", fmt.Sprint(port), "lookup", "124").CombinedOutput(); err != nil {
+						t.Fatalf("ip rule dport: %v: %s", err, out)
+					}
+				})
+				hostNotrackLo(t, tp.a, fw)
+				ipt := "ip6tables-nft"
+				if fw == FirewallIptablesLegacy {
+					ipt = "ip6tables-legacy"
+				}
+				if out, err := exec.Command("ip", "netns", "exec", tp.a, ipt, "-w", "-t", "raw", "-A", "OUTPUT", "-p", "udp", "-j", "NOTRACK").CombinedOutput(); err != nil {
+					t.Fatalf("NOTRACK udp: %v: %s", err, out)
+				}
+				d := startDaemonOn(t, tp, fw, fmt.Sprintf("%d=%s,*=deny", port, verdict), "LATCH_TEST_INBOUND=1")
+				defer d.stop()
+				time.Sleep(200 * time.Millisecond)
+				peer := listenUDPIn(t, tp.b, netip.AddrPortFrom(self, port))
+				if got := sendsRerouted(t, tp, self, port, peer); got != allow {
+					t.Errorf("an untracked datagram to A's own address routed out the veth by its port, the port's rule %s: reached B: %v, want %v", verdict, got, allow)
+				}
+			})
+		}
+	}
 }
