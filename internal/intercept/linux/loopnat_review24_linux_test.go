@@ -875,7 +875,7 @@ func TestUntrackedPostPassesLegit(t *testing.T) {
 // ns's postrouting chains of firewall fw: LATCH-POST of IPv4's and IPv6's
 // mangle tables, or table inet latch's postrouting chain (counted twice: it
 // takes both families).
-func untrackedDrops(t *testing.T, ns, fw string) int {
+func untrackedDrops(t testing.TB, ns, fw string) int {
 	t.Helper()
 	if fw == FirewallNftables {
 		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "chain", "inet", nftTable, nftPost).CombinedOutput()
