@@ -553,8 +553,10 @@ const (
 	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose packet the
 	// loopback return passes (any packet of an entry without latch's mark,
 	// not only a new one: a host's full-mask CONNMARK save erases it
-	// mid-flow, review25; from a local address to a local one, which a
-	// forged packet on a real flow's tuple is not, review27), holds a
+	// mid-flow, review25; from a local address to a local one, or to an
+	// anycast one (with IPv6 forwarding the host's own subnet-router
+	// anycast addresses are reached by lo), which a forged packet on a
+	// real flow's tuple is not, review27), holds a
 	// packet of such a flow that gets past the returns (it leaves by
 	// another interface now, its address moved: decided as any flow out,
 	// review25), and a chain on the postrouting hook

@@ -389,8 +389,14 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// flow's entry a loopback flow's (review27: its next packet
 			// out the veth was then held and decided as a new flow, and
 			// denied: TestLoopbackExemptMarkedByForgedSYN). A real
-			// loopback flow has local addresses both ways.
-			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --src-type LOCAL --dst-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
+			// loopback flow has local addresses both ways. Local or
+			// anycast as the destination: with IPv6 forwarding the
+			// host's own subnet-router anycast addresses are reached by
+			// lo too, and their type is ANYCAST (unmarked, such a flow
+			// rerouted by mark left undecided:
+			// TestLoopbackExemptRerouteAnycastOut); a packet that leaves
+			// by lo to an anycast address goes to this host.
+			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --src-type LOCAL --dst-type LOCAL,ANYCAST -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
 			fmt.Fprintf(&b, "-A %s -o lo -m conntrack ! --ctstate DNAT -j RETURN\n", name)
 			fmt.Fprintf(&b, "-A %s -o lo -m addrtype --dst-type LOCAL -j RETURN\n", name)
 		} else if spec.exemptLoopback {
@@ -1555,8 +1561,9 @@ func (spec ruleSpec) nftRules() string {
 			// MarkLoopbackExempt first, for the postrouting chain
 			// (review24).
 			// Any packet of an unmarked flow (see iptablesRules, review25).
-			// From a local address to a local one only (review27).
-			r(`%s "lo" ct mark & %#x == 0 fib saddr type local fib daddr type local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
+			// From a local address to a local (or this host's anycast,
+			// by lo) one only (review27).
+			r(`%s "lo" ct mark & %#x == 0 fib saddr type local fib daddr type { local, anycast } ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
 			r(`%s "lo" ct status & dnat == 0 accept`, lo)
 			r(`%s "lo" fib daddr type local accept`, lo)
 		} else if spec.exemptLoopback {
