@@ -23,7 +23,10 @@
 //     the conntrack mark MarkLoopbackExempt, and LATCH-POST, first in the
 //     mangle table's POSTROUTING, drops a packet of a flow with either
 //     mark that leaves by another interface than lo: a host's reroute by
-//     mark during the output hook, which -o does not see, review24) and
+//     mark during the output hook, which -o does not see, review24; and an
+//     untracked packet without latch's mark bits that leaves by another
+//     interface than lo to a local address: the host's NOTRACK of lo left
+//     no entry to mark, see untrackedPost in firewall_linux.go) and
 //     for the daemon's own sockets
 //     (skb mark OwnMark under MarkMask, set with SO_MARK by Control; every mark is
 //     tested by its exact value under MarkMask, never by a bit; this rule comes
@@ -550,8 +553,10 @@ const (
 	// Config.ExemptLoopback, LATCH-OUT gives it to a flow whose packet the
 	// loopback return passes (any packet of an entry without latch's mark,
 	// not only a new one: a host's full-mask CONNMARK save erases it
-	// mid-flow, review25; from a local address to a local one, which a
-	// forged packet on a real flow's tuple is not, review27), holds a
+	// mid-flow, review25; from a local address to a local one, or to an
+	// anycast one (with IPv6 forwarding the host's own subnet-router
+	// anycast addresses are reached by lo), which a forged packet on a
+	// real flow's tuple is not, review27), holds a
 	// packet of such a flow that gets past the returns (it leaves by
 	// another interface now, its address moved: decided as any flow out,
 	// review25), and a chain on the postrouting hook
@@ -570,8 +575,13 @@ const (
 	// saves MarkAllow over it) and a flow from before the ruleset (no mark)
 	// pass: only what nothing decided is dropped. The daemon's conntrack
 	// reads skip it (it lacks the bit MarkAllow and MarkRedecide share).
-	// Open: an untracked loopback packet (the host's NOTRACK of lo) has no
-	// entry to mark, and passes rerouted (TestLoopbackExemptRerouteUntrackedOut).
+	// An untracked loopback packet (the host's NOTRACK of lo) has no entry
+	// to mark: the postrouting chain's second rule drops an untracked
+	// packet without latch's bits in its packet mark that leaves by
+	// another interface than lo to one of this host's addresses, tested in
+	// that order so that only such a packet pays the address type's lookup
+	// (untrackedPost in firewall_linux.go;
+	// TestLoopbackExemptRerouteUntrackedOut).
 	MarkLoopbackExempt uint32 = 0x60000000
 )
 

@@ -389,8 +389,14 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 			// flow's entry a loopback flow's (review27: its next packet
 			// out the veth was then held and decided as a new flow, and
 			// denied: TestLoopbackExemptMarkedByForgedSYN). A real
-			// loopback flow has local addresses both ways.
-			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --src-type LOCAL --dst-type LOCAL -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
+			// loopback flow has local addresses both ways. Local or
+			// anycast as the destination: with IPv6 forwarding the
+			// host's own subnet-router anycast addresses are reached by
+			// lo too, and their type is ANYCAST (unmarked, such a flow
+			// rerouted by mark left undecided:
+			// TestLoopbackExemptRerouteAnycastOut); a packet that leaves
+			// by lo to an anycast address goes to this host.
+			fmt.Fprintf(&b, "-A %s -o lo -m connmark --mark 0x0/%#x -m addrtype --src-type LOCAL --dst-type LOCAL,ANYCAST -j CONNMARK --set-xmark %#x/%#x\n", name, MarkMask, MarkLoopbackExempt, MarkMask)
 			fmt.Fprintf(&b, "-A %s -o lo -m conntrack ! --ctstate DNAT -j RETURN\n", name)
 			fmt.Fprintf(&b, "-A %s -o lo -m addrtype --dst-type LOCAL -j RETURN\n", name)
 		} else if spec.exemptLoopback {
@@ -837,8 +843,13 @@ func (spec ruleSpec) iptablesRules(v6 bool, created []string, jumped map[string]
 // Config.ExemptLoopback): LATCH-POST, first in POSTROUTING, drops a packet of
 // a flow the loopback return passed (MarkLoopbackExempt, or
 // MarkLoopbackForged) that leaves by another interface than lo: rerouted by
-// mark after LATCH-OUT saw lo (review24). One rule for every packet out: -o
-// is tested in the rule's header, the conntrack mark is one load.
+// mark after LATCH-OUT saw lo (review24). -o is tested in the rule's header,
+// the conntrack mark is one load.
+//
+// Then it drops an untracked packet (the host's NOTRACK of lo: no conntrack
+// entry to carry the loopback mark) that leaves by another interface than
+// lo to one of this host's addresses, without any of latch's bits in its
+// packet mark (untrackedPost).
 func iptablesPost(b *strings.Builder, jumped map[string]bool) {
 	b.WriteString("*mangle\n")
 	fmt.Fprintf(b, ":%s - [0:0]\n", chainPost)
@@ -846,7 +857,55 @@ func iptablesPost(b *strings.Builder, jumped map[string]bool) {
 		fmt.Fprintf(b, "-I POSTROUTING 1 -j %s\n", chainPost)
 	}
 	fmt.Fprintf(b, "-A %s ! -o lo -m connmark --mark %#x/%#x -j DROP\n", chainPost, loopbackMarks, loopbackMarks)
+	fmt.Fprintf(b, "-A %s %s\n", chainPost, untrackedPost(false))
 	b.WriteString("COMMIT\n")
+}
+
+// untrackedPost is the second rule of LATCH-POST (iptablesPost) and of table
+// inet latch's postrouting chain (nft), without its chain. It closes the
+// rest of review24: where the host keeps lo out of conntrack (raw OUTPUT
+// `-o lo -j NOTRACK`, common advice), a
+// loopback packet has no conntrack entry for LATCH-OUT to give
+// MarkLoopbackExempt, and rerouted by the host's policy routing by mark out
+// another interface it left undecided (TestLoopbackExemptRerouteUntrackedOut).
+// Such a packet, in postrouting, is untracked, leaves by another interface
+// than lo, carries none of latch's bits in its packet mark (an unprivileged
+// socket has no mark; the host's full-mask MARK clears them), and its
+// destination is one of this host's addresses (the sender picks it, and the
+// local table routes such an address to lo; to another address the socket's
+// route is another interface, which LATCH-OUT sees and decides by). Its
+// source is not tested: a program may send from any address
+// (IPV6_FREEBIND).
+//
+// The matches run in order of cost, the address type (a local table lookup
+// for IPv4, a route lookup for IPv6) last, so that only an untracked packet
+// without latch's bits out another interface pays it:
+//
+//   - a tracked packet (every packet of the ordinary path) stops at the
+//     conntrack state, one test of the skb's conntrack pointer;
+//   - the fast path's notrack TCP flows (untracked by their socket's mark,
+//     MarkFastAllow, MarkFastFlow or MarkFastRedecide: see "Notrack") stop
+//     at the packet mark, as the daemon's own (OwnMark) and an untracked
+//     packet back from a verdict (MarkAllow: the queue decided it);
+//   - what is left is the host's own untracked traffic out (its NOTRACK
+//     rules for other interfaces), and the few ICMPv6 messages conntrack
+//     never tracks (neighbour discovery, MLD), to multicast or a
+//     neighbour: not local, they pass after the lookup.
+//
+// A fast socket's packet to a local address rerouted away passes: the fast
+// path decided its connect to that address, as a verdict decides a tracked
+// flow that keeps passing when rerouted (TestLoopbackRerouteDecided). What
+// this drops beyond the hole: a host that NOTRACKs traffic and routes one
+// of its own addresses out another interface by the socket's route (policy
+// routing by uid or port ahead of the local table): LATCH-OUT saw that
+// interface and decided the SYN, but the connection's later segments,
+// unmarked, are dropped here. Tracked, that flow passes by its conntrack
+// mark; untracked there is nothing to tell it by.
+func untrackedPost(nft bool) string {
+	if nft {
+		return fmt.Sprintf(`ct state untracked oifname != "lo" meta mark & %#x == 0 fib daddr type local drop`, MarkMask)
+	}
+	return fmt.Sprintf("! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/%#x -m addrtype --dst-type LOCAL -j DROP", MarkMask)
 }
 
 // fastMarks are the socket marks whose TCP packets notrack keeps out of
@@ -1502,8 +1561,9 @@ func (spec ruleSpec) nftRules() string {
 			// MarkLoopbackExempt first, for the postrouting chain
 			// (review24).
 			// Any packet of an unmarked flow (see iptablesRules, review25).
-			// From a local address to a local one only (review27).
-			r(`%s "lo" ct mark & %#x == 0 fib saddr type local fib daddr type local ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
+			// From a local address to a local (or this host's anycast,
+			// by lo) one only (review27).
+			r(`%s "lo" ct mark & %#x == 0 fib saddr type local fib daddr type { local, anycast } ct mark set ct mark & %#x | %#x`, lo, MarkMask, ^MarkMask, MarkLoopbackExempt)
 			r(`%s "lo" ct status & dnat == 0 accept`, lo)
 			r(`%s "lo" fib daddr type local accept`, lo)
 		} else if spec.exemptLoopback {
@@ -1710,6 +1770,11 @@ func (spec ruleSpec) nftRules() string {
 		// rules out most packets in one load.
 		fmt.Fprintf(&b, "add chain inet %s %s { type filter hook postrouting priority filter; policy accept; }\n", nftTable, nftPost)
 		fmt.Fprintf(&b, "add rule inet %s %s ct mark & %#x == %#x oifname != \"lo\" drop\n", nftTable, nftPost, loopbackMarks, loopbackMarks)
+		// An untracked packet (the host's NOTRACK of lo) to a local
+		// address out another interface, without latch's bits in its
+		// mark (see untrackedPost): the conntrack state first, the fib
+		// lookup last.
+		fmt.Fprintf(&b, "add rule inet %s %s %s\n", nftTable, nftPost, untrackedPost(true))
 	}
 	if spec.input() {
 		fmt.Fprintf(&b, "add chain inet %s input { type filter hook input priority filter - 1; policy accept; }\n", nftTable)

@@ -420,7 +420,7 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 			// The rule that gives a flow the returns pass
 			// MarkLoopbackExempt first (review24, review27).
 			ret = []string{
-				"-A " + chain + " -o lo -m connmark --mark 0x0/0x70000000 -m addrtype --src-type LOCAL --dst-type LOCAL -j CONNMARK --set-xmark 0x60000000/0x70000000",
+				"-A " + chain + " -o lo -m connmark --mark 0x0/0x70000000 -m addrtype --src-type LOCAL --dst-type LOCAL,ANYCAST -j CONNMARK --set-xmark 0x60000000/0x70000000",
 				"-A " + chain + " -o lo -m conntrack ! --ctstate DNAT -j RETURN", "-A " + chain + " -o lo -m addrtype --dst-type LOCAL -j RETURN"}
 		}
 		c := chainWant{"-A " + chain + " ", "", ret, "-A " + chain + " -m connmark --mark " + forged + " -j DROP"}
@@ -434,7 +434,7 @@ func TestLoopbackForgedEveryRuleset(t *testing.T) {
 		ret := []string{p + lo + ` "lo" accept`}
 		if lo == "oifname" {
 			ret = []string{
-				p + `oifname "lo" ct mark & 0x70000000 == 0 fib saddr type local fib daddr type local ct mark set ct mark & 0x8fffffff | 0x60000000`,
+				p + `oifname "lo" ct mark & 0x70000000 == 0 fib saddr type local fib daddr type { local, anycast } ct mark set ct mark & 0x8fffffff | 0x60000000`,
 				p + `oifname "lo" ct status & dnat == 0 accept`, p + `oifname "lo" fib daddr type local accept`}
 		}
 		c := chainWant{p, "", ret, p + nftDrop}
