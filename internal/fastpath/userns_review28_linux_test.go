@@ -1,0 +1,138 @@
+package fastpath
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// review28Uid is the unprivileged user the review28 tests run their clients as
+// (nobody on Debian): the hole needs no privilege.
+const review28Uid = 65534
+
+// knownHole28 skips a review28 test unless LATCH_TEST_KNOWN_HOLES is set.
+func knownHole28(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
+		t.Skip("open (review28): " + what + "; LATCH_TEST_KNOWN_HOLES=1 runs it")
+	}
+}
+
+// publicCopy copies the test binary to a directory every user may enter, so
+// that an unprivileged client can run it, and returns its path.
+func publicCopy(t *testing.T) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/" && d != "."; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(dir, "client")
+	if err := os.WriteFile(cp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+// startClientAs is startClient for argv (the client's executable last, run
+// with LATCH_FP_CLIENT set; argv may run it through unshare), as user uid.
+func startClientAs(t *testing.T, uid uint32, cgroupFD int, exe string, argv ...string) *testClient {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "LATCH_FP_CLIENT=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgroupFD,
+		Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start client %v: %v", argv, err)
+	}
+	c := &testClient{cmd: cmd, in: in, out: bufio.NewScanner(out), pid: int32(cmd.Process.Pid), exe: exe}
+	t.Cleanup(func() { in.Close(); cmd.Wait() })
+	if line := c.line(t); !strings.HasPrefix(line, "ready") {
+		t.Fatalf("client %v said %q", argv, line)
+	} else {
+		fmt.Sscan(strings.TrimPrefix(line, "ready "), &c.pid)
+	}
+	return c
+}
+
+// TestUserNamespaceHitsVerifiedEntry (review28, open, medium-low): the kernel
+// key is the executable file (inode, device, mount, directory), the socket's
+// uid and the destination; it does not say whether the connecting process is
+// in the initial user namespace. latch's attribution calls a process in a user
+// namespace of its own "unverified" even with the host's mounts and root
+// (internal/procattr verifyExe: "runs in a user namespace of its own, where it
+// may name another program as its executable": its root holds
+// CAP_CHECKPOINT_RESTORE there and points /proc/PID/exe, mm->exe_file, at any
+// program it may run with prctl(PR_SET_MM_MAP, exe_fd), or runs the host's
+// file through a descriptor under a chroot holding its own loader), and only
+// a verified program matches --app rules, so the queue asks about (or the mode
+// decides) such a connection. The README promises the fast path caches only
+// verified identities, "a program run in a user and mount namespace of its own
+// is asked through the queue every time". But unshare -U without a mount
+// namespace keeps the host's mount ids, so the process's key is the verified
+// program's, and its connect hits the entry the real program's allowed
+// connection left (any user can make that entry by running the program once):
+// it is allowed in the kernel, never asked. An unprivileged user thereby gets
+// code of their own decided as an allowed program (a setcap or static binary
+// under ptrace_scope >= 2, which LD_PRELOAD and ptrace cannot take over).
+func TestUserNamespaceHitsVerifiedEntry(t *testing.T) {
+	knownHole28(t, "a process in a user namespace of its own (host mounts) hits the entries of the verified program")
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare")
+	}
+	cg, cgfd := testCgroup(t)
+	exe := publicCopy(t)
+	ownNetns(t)
+	fp := openTest(t, cg, Config{})
+	if s := fp.Stats(); !s.TCPLocal {
+		t.Skipf("no TCP fast path: %+v", s)
+	}
+	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+
+	// The program itself, verified: its allowed connection is stored.
+	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+	r := req(prog, dst)
+	r.UID = review28Uid
+	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatalf("not stored: %v", err)
+	}
+	if got := prog.connect(t, dst); got != "ok 0x60000000" {
+		t.Fatalf("the verified program: %q, want a hit", got)
+	}
+
+	// The same user, the same file, run in a user namespace of its own (the
+	// host's mounts and root): what attribution calls unverified.
+	ns := startClientAs(t, review28Uid, cgfd, exe, "unshare", "-Ur", "--", exe)
+	self, err1 := os.Readlink("/proc/self/ns/user")
+	its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", ns.pid))
+	if err1 != nil || err2 != nil || self == its {
+		t.Fatalf("the client is not in a user namespace of its own: %q %v, %q %v", self, err1, its, err2)
+	}
+	if got := ns.connect(t, dst); got != "ok 0x0" {
+		t.Errorf("a process in a user namespace of its own: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
+	}
+}
