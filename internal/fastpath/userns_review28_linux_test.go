@@ -136,3 +136,53 @@ func TestUserNamespaceHitsVerifiedEntry(t *testing.T) {
 		t.Errorf("a process in a user namespace of its own: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
 	}
 }
+
+// TestReplacedExecutableHitsOldEntry (review28, open, low): attribution calls
+// a process whose executable was deleted or replaced since it started
+// unverified ("the executable was deleted or replaced since the process
+// started"; README: "not verified until it is restarted"), so no --app rule
+// matches it and the queue asks. The kernel's key is the running file's
+// inode, which a replace (a package upgrade renames a new file over the old)
+// does not change for a process started before: its entries keep hitting
+// until the TTL or the next rule change, though the same connection through
+// the queue would be asked about. It runs the code that was allowed, so the
+// gain is small; it is the class of TestUserNamespaceHitsVerifiedEntry (the
+// key does not tell what attribution would not verify).
+func TestReplacedExecutableHitsOldEntry(t *testing.T) {
+	knownHole28(t, "a process whose executable was replaced since it started hits the entries of its old file")
+	cg, cgfd := testCgroup(t)
+	exe := publicCopy(t)
+	ownNetns(t)
+	fp := openTest(t, cg, Config{})
+	if s := fp.Stats(); !s.TCPLocal {
+		t.Skipf("no TCP fast path: %+v", s)
+	}
+	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+	r := req(prog, dst)
+	r.UID = review28Uid
+	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatalf("not stored: %v", err)
+	}
+	if got := prog.connect(t, dst); got != "ok 0x60000000" {
+		t.Fatalf("before the replace: %q, want a hit", got)
+	}
+	// An upgrade: a new file renamed over the path.
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe+".new", append(b, 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(exe+".new", exe); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.pid)); err != nil || !strings.HasSuffix(l, " (deleted)") {
+		t.Fatalf("the client's executable: %q %v; want the deleted file", l, err)
+	}
+	if got := prog.connect(t, dst); got != "ok 0x0" {
+		t.Errorf("a process whose executable was replaced: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
+	}
+}
