@@ -22,7 +22,8 @@ import (
 // connect is cached, the same program in a user namespace of its own (here
 // run from the very mount namespace, as any user can) is allowed in the
 // kernel, at once, and the history records the fast path's decision instead
-// of the question's default. LATCH_TEST_KNOWN_HOLES=1 runs it.
+// of the question's default (identity "verified"). UDP alike: the UDP match
+// keys the sending task the same way. LATCH_TEST_KNOWN_HOLES=1 runs it.
 func TestFastPathUserNamespaceIsNotVerified(t *testing.T) {
 	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
 		t.Skip("open (review28): a process in a user namespace of its own hits the verified program's cached verdicts; LATCH_TEST_KNOWN_HOLES=1 runs it")
@@ -49,9 +50,12 @@ func userNamespaceNotVerified(t *testing.T, port int, flags ...string) {
 	}
 	n := NewNet(t)
 	n.Serve(t, port)
+	udpPort := port + 100
+	n.ServeUDP(t, udpPort)
 	cg, cgfd := fastPathCgroup(t)
 	d := n.StartDaemon(append([]string{"--default", "deny", "--prompt-timeout", "2s", "--fast-path-cgroup", cg}, flags...)...)
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", strconv.Itoa(port), "--action", "allow")
+	d.MustCLI(t, "rules", "add", "--app", helperBin, "--proto", "udp", "--port", strconv.Itoa(udpPort), "--action", "allow")
 	addr := fmt.Sprintf("%s:%d", n.ServerIP, port)
 
 	// The verified program: decided by the rule through the queue, stored.
@@ -83,5 +87,38 @@ func userNamespaceNotVerified(t *testing.T, port int, flags ...string) {
 	}
 	if len(rows) != 2 || rows[1]["reason"] != "timeout" || rows[1]["identity"] != "unverified" {
 		t.Errorf("history: %v; want the verified program's row, then the unverified one's, asked (timeout)", rows)
+	}
+
+	// UDP: the UDP match keys the sending task the same way. The verified
+	// program's exchange (in the talker's namespaces, the initial user
+	// namespace) is decided by the rule and stored; then the same program's
+	// in a user namespace of its own.
+	uaddr := fmt.Sprintf("%s:%d", n.ServerIP, udpPort)
+	udp := func(userns bool) Result {
+		t.Helper()
+		args := []string{"-t", strconv.Itoa(tk.cmd.Process.Pid), "-m", "-n", "--"}
+		if userns {
+			args = append(args, "unshare", "-Ur", "--")
+		}
+		cmd := exec.Command("nsenter", append(args, helperBin, "udp", uaddr, "5s")...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", cmd.Args, err, out)
+		}
+		return results(t, string(out))[0]
+	}
+	if r := udp(false); r.Outcome != "connected" {
+		t.Fatalf("the verified program's UDP exchange: %+v", r)
+	}
+	connsTo(t, d, udpPort, 1)
+	if len(flags) == 0 {
+		d.waitFastPathOffers(t)
+	}
+	if r := udp(true); r.Outcome == "connected" {
+		t.Errorf("the program in a user namespace of its own, UDP: %+v; want held for the question and refused", r)
+	}
+	if rows := connsTo(t, d, udpPort, 2); len(rows) != 2 || rows[1]["reason"] != "timeout" || rows[1]["identity"] != "unverified" {
+		t.Errorf("UDP history: %v; want the verified program's row, then the unverified one's, asked (timeout)", rows)
 	}
 }
