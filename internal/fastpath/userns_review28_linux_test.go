@@ -186,3 +186,82 @@ func TestReplacedExecutableHitsOldEntry(t *testing.T) {
 		t.Errorf("a process whose executable was replaced: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
 	}
 }
+
+// TestUserNamespaceMasqueradeHitsEntry (review28, open, medium-low): what
+// TestUserNamespaceHitsVerifiedEntry lets through is not only the allowed
+// program. An unprivileged user's own program (testdata/masquerade), in a user
+// namespace of its own with the host's mounts (unshare -Ur), names the allowed
+// program as its executable (prctl PR_SET_MM_MAP with exe_fd: mm->exe_file,
+// which the kernel key reads, is then the allowed file, through the host's
+// mount, in its directory) and connects: the kernel allows its connection by
+// the allowed program's cached verdict. Attribution calls it unverified ("runs
+// in a user namespace of its own, where it may name another program as its
+// executable"), so the queue would ask: the README's "Program identity" class
+// of tricks, which latch otherwise defeats, passes through the fast path. It
+// matters where code injection into the allowed program is barred otherwise
+// (a setcap or setuid program, or a static one under ptrace_scope >= 2:
+// LD_PRELOAD and ptrace do not reach them).
+func TestUserNamespaceMasqueradeHitsEntry(t *testing.T) {
+	knownHole28(t, "a program of the user's own, in a user namespace of its own, names the allowed program as its executable and hits its entries")
+	cc, err := exec.LookPath("gcc")
+	if err != nil {
+		if cc, err = exec.LookPath("cc"); err != nil {
+			t.Skip("no C compiler for testdata/masquerade")
+		}
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare")
+	}
+	cg, cgfd := testCgroup(t)
+	exe := publicCopy(t)
+	dir := filepath.Dir(exe)
+	src, _ := filepath.Abs("testdata/masquerade")
+	for _, args := range [][]string{
+		{"-O1", "-shared", "-fPIC", "-Wl,-z,now", "-o", filepath.Join(dir, "libmasq.so"), filepath.Join(src, "lib.c")},
+		{"-O1", "-Wl,-z,now", "-o", filepath.Join(dir, "masq"), filepath.Join(src, "main.c"), "-L" + dir, "-lmasq", "-Wl,-rpath,$ORIGIN"},
+	} {
+		if out, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", cc, args, err, out)
+		}
+	}
+	ownNetns(t)
+	fp := openTest(t, cg, Config{})
+	if s := fp.Stats(); !s.TCPLocal {
+		t.Skipf("no TCP fast path: %+v", s)
+	}
+	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+	r := req(prog, dst)
+	r.UID = review28Uid
+	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatalf("not stored: %v", err)
+	}
+	if got := prog.connect(t, dst); got != "ok 0x60000000" {
+		t.Fatalf("the verified program: %q, want a hit", got)
+	}
+	masq := func(userns bool) string {
+		t.Helper()
+		argv := []string{filepath.Join(dir, "masq"), exe, dst.Addr().String(), fmt.Sprint(dst.Port())}
+		if userns {
+			argv = append([]string{"unshare", "-Ur", "--"}, argv...)
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd,
+			Credential: &syscall.Credential{Uid: review28Uid, Gid: review28Uid}}
+		out, _ := cmd.CombinedOutput() // a refused step exits 1, saying which
+		return strings.TrimSpace(string(out))
+	}
+	// Outside a user namespace of its own the kernel refuses (no
+	// CAP_CHECKPOINT_RESTORE): the program stays itself.
+	if got := masq(false); !strings.HasPrefix(got, "err prctl 1") {
+		t.Fatalf("the masquerade outside a user namespace: %q, want refused (EPERM)", got)
+	}
+	got := masq(true)
+	if !strings.HasSuffix(got, " "+exe) {
+		t.Fatalf("the masquerade in a user namespace: %q, want its executable named %s", got, exe)
+	}
+	if !strings.HasPrefix(got, "ok 0x0 ") {
+		t.Errorf("a program of the user's own naming the allowed one as its executable: %q, want a miss (the queue decides it: not verified)", got)
+	}
+}
