@@ -17,14 +17,6 @@ import (
 // (nobody on Debian): the hole needs no privilege.
 const review28Uid = 65534
 
-// knownHole28 skips a review28 test unless LATCH_TEST_KNOWN_HOLES is set.
-func knownHole28(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review28): " + what + "; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
-}
-
 // publicCopy copies the test binary to a directory every user may enter, so
 // that an unprivileged client can run it, and returns its path.
 func publicCopy(t *testing.T) string {
@@ -78,7 +70,7 @@ func startClientAs(t *testing.T, uid uint32, cgroupFD int, exe string, argv ...s
 	return c
 }
 
-// TestUserNamespaceHitsVerifiedEntry (review28, open, medium-low): the kernel
+// TestUserNamespaceHitsVerifiedEntry (review28, fixed, medium-low): the kernel
 // key is the executable file (inode, device, mount, directory), the socket's
 // uid and the destination; it does not say whether the connecting process is
 // in the initial user namespace. latch's attribution calls a process in a user
@@ -99,45 +91,46 @@ func startClientAs(t *testing.T, uid uint32, cgroupFD int, exe string, argv ...s
 // code of their own decided as an allowed program (a setcap or static binary
 // under ptrace_scope >= 2, which LD_PRELOAD and ptrace cannot take over).
 func TestUserNamespaceHitsVerifiedEntry(t *testing.T) {
-	knownHole28(t, "a process in a user namespace of its own (host mounts) hits the entries of the verified program")
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("no unshare")
-	}
-	cg, cgfd := testCgroup(t)
-	exe := publicCopy(t)
-	ownNetns(t)
-	fp := openTest(t, cg, Config{})
-	if s := fp.Stats(); !s.TCPLocal {
-		t.Skipf("no TCP fast path: %+v", s)
-	}
-	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-	dst := listen(t, "tcp4", "127.0.0.1:0")
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		if _, err := exec.LookPath("unshare"); err != nil {
+			t.Skip("no unshare")
+		}
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
 
-	// The program itself, verified: its allowed connection is stored.
-	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-	r := req(prog, dst)
-	r.UID = review28Uid
-	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-		t.Fatalf("not stored: %v", err)
-	}
-	if got := prog.connect(t, dst); got != "ok 0x60000000" {
-		t.Fatalf("the verified program: %q, want a hit", got)
-	}
+		// The program itself, verified: its allowed connection is stored.
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("not stored: %v", err)
+		}
+		if got := prog.connect(t, dst); got != "ok 0x60000000" {
+			t.Fatalf("the verified program: %q, want a hit", got)
+		}
 
-	// The same user, the same file, run in a user namespace of its own (the
-	// host's mounts and root): what attribution calls unverified.
-	ns := startClientAs(t, review28Uid, cgfd, exe, "unshare", "-Ur", "--", exe)
-	self, err1 := os.Readlink("/proc/self/ns/user")
-	its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", ns.pid))
-	if err1 != nil || err2 != nil || self == its {
-		t.Fatalf("the client is not in a user namespace of its own: %q %v, %q %v", self, err1, its, err2)
-	}
-	if got := ns.connect(t, dst); got != "ok 0x0" {
-		t.Errorf("a process in a user namespace of its own: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
-	}
+		// The same user, the same file, run in a user namespace of its own (the
+		// host's mounts and root): what attribution calls unverified.
+		ns := startClientAs(t, review28Uid, cgfd, exe, "unshare", "-Ur", "--", exe)
+		self, err1 := os.Readlink("/proc/self/ns/user")
+		its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", ns.pid))
+		if err1 != nil || err2 != nil || self == its {
+			t.Fatalf("the client is not in a user namespace of its own: %q %v, %q %v", self, err1, its, err2)
+		}
+		if got := ns.connect(t, dst); got != "ok 0x0" {
+			t.Errorf("a process in a user namespace of its own: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
+		}
+	})
 }
 
-// TestReplacedExecutableHitsOldEntry (review28, open, low): attribution calls
+// TestReplacedExecutableHitsOldEntry (review28, fixed, low): attribution calls
 // a process whose executable was deleted or replaced since it started
 // unverified ("the executable was deleted or replaced since the process
 // started"; README: "not verified until it is restarted"), so no --app rule
@@ -149,45 +142,46 @@ func TestUserNamespaceHitsVerifiedEntry(t *testing.T) {
 // gain is small; it is the class of TestUserNamespaceHitsVerifiedEntry (the
 // key does not tell what attribution would not verify).
 func TestReplacedExecutableHitsOldEntry(t *testing.T) {
-	knownHole28(t, "a process whose executable was replaced since it started hits the entries of its old file")
-	cg, cgfd := testCgroup(t)
-	exe := publicCopy(t)
-	ownNetns(t)
-	fp := openTest(t, cg, Config{})
-	if s := fp.Stats(); !s.TCPLocal {
-		t.Skipf("no TCP fast path: %+v", s)
-	}
-	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-	dst := listen(t, "tcp4", "127.0.0.1:0")
-	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-	r := req(prog, dst)
-	r.UID = review28Uid
-	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-		t.Fatalf("not stored: %v", err)
-	}
-	if got := prog.connect(t, dst); got != "ok 0x60000000" {
-		t.Fatalf("before the replace: %q, want a hit", got)
-	}
-	// An upgrade: a new file renamed over the path.
-	b, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(exe+".new", append(b, 0), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(exe+".new", exe); err != nil {
-		t.Fatal(err)
-	}
-	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.pid)); err != nil || !strings.HasSuffix(l, " (deleted)") {
-		t.Fatalf("the client's executable: %q %v; want the deleted file", l, err)
-	}
-	if got := prog.connect(t, dst); got != "ok 0x0" {
-		t.Errorf("a process whose executable was replaced: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
-	}
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("not stored: %v", err)
+		}
+		if got := prog.connect(t, dst); got != "ok 0x60000000" {
+			t.Fatalf("before the replace: %q, want a hit", got)
+		}
+		// An upgrade: a new file renamed over the path.
+		b, err := os.ReadFile(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(exe+".new", append(b, 0), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(exe+".new", exe); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.pid)); err != nil || !strings.HasSuffix(l, " (deleted)") {
+			t.Fatalf("the client's executable: %q %v; want the deleted file", l, err)
+		}
+		if got := prog.connect(t, dst); got != "ok 0x0" {
+			t.Errorf("a process whose executable was replaced: %q, want a miss (the queue decides it: not verified, no --app rule matches it)", got)
+		}
+	})
 }
 
-// TestUserNamespaceMasqueradeHitsEntry (review28, open, medium-low): what
+// TestUserNamespaceMasqueradeHitsEntry (review28, fixed, medium-low): what
 // TestUserNamespaceHitsVerifiedEntry lets through is not only the allowed
 // program. An unprivileged user's own program (testdata/masquerade), in a user
 // namespace of its own with the host's mounts (unshare -Ur), names the allowed
@@ -202,66 +196,81 @@ func TestReplacedExecutableHitsOldEntry(t *testing.T) {
 // (a setcap or setuid program, or a static one under ptrace_scope >= 2:
 // LD_PRELOAD and ptrace do not reach them).
 func TestUserNamespaceMasqueradeHitsEntry(t *testing.T) {
-	knownHole28(t, "a program of the user's own, in a user namespace of its own, names the allowed program as its executable and hits its entries")
-	cc, err := exec.LookPath("gcc")
-	if err != nil {
-		if cc, err = exec.LookPath("cc"); err != nil {
-			t.Skip("no C compiler for testdata/masquerade")
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cc, err := exec.LookPath("gcc")
+		if err != nil {
+			if cc, err = exec.LookPath("cc"); err != nil {
+				t.Skip("no C compiler for testdata/masquerade")
+			}
 		}
-	}
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("no unshare")
-	}
-	cg, cgfd := testCgroup(t)
-	exe := publicCopy(t)
-	dir := filepath.Dir(exe)
-	src, _ := filepath.Abs("testdata/masquerade")
-	for _, args := range [][]string{
-		{"-O1", "-shared", "-fPIC", "-Wl,-z,now", "-o", filepath.Join(dir, "libmasq.so"), filepath.Join(src, "lib.c")},
-		{"-O1", "-Wl,-z,now", "-o", filepath.Join(dir, "masq"), filepath.Join(src, "main.c"), "-L" + dir, "-lmasq", "-Wl,-rpath,$ORIGIN"},
-	} {
-		if out, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
-			t.Fatalf("%s %v: %v\n%s", cc, args, err, out)
+		if _, err := exec.LookPath("unshare"); err != nil {
+			t.Skip("no unshare")
 		}
-	}
-	ownNetns(t)
-	fp := openTest(t, cg, Config{})
-	if s := fp.Stats(); !s.TCPLocal {
-		t.Skipf("no TCP fast path: %+v", s)
-	}
-	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-	dst := listen(t, "tcp4", "127.0.0.1:0")
-	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-	r := req(prog, dst)
-	r.UID = review28Uid
-	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-		t.Fatalf("not stored: %v", err)
-	}
-	if got := prog.connect(t, dst); got != "ok 0x60000000" {
-		t.Fatalf("the verified program: %q, want a hit", got)
-	}
-	masq := func(userns bool) string {
-		t.Helper()
-		argv := []string{filepath.Join(dir, "masq"), exe, dst.Addr().String(), fmt.Sprint(dst.Port())}
-		if userns {
-			argv = append([]string{"unshare", "-Ur", "--"}, argv...)
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		dir := filepath.Dir(exe)
+		src, _ := filepath.Abs("testdata/masquerade")
+		for _, args := range [][]string{
+			{"-O1", "-shared", "-fPIC", "-Wl,-z,now", "-o", filepath.Join(dir, "libmasq.so"), filepath.Join(src, "lib.c")},
+			{"-O1", "-Wl,-z,now", "-o", filepath.Join(dir, "masq"), filepath.Join(src, "main.c"), "-L" + dir, "-lmasq", "-Wl,-rpath,$ORIGIN"},
+		} {
+			if out, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
+				t.Fatalf("%s %v: %v\n%s", cc, args, err, out)
+			}
 		}
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd,
-			Credential: &syscall.Credential{Uid: review28Uid, Gid: review28Uid}}
-		out, _ := cmd.CombinedOutput() // a refused step exits 1, saying which
-		return strings.TrimSpace(string(out))
-	}
-	// Outside a user namespace of its own the kernel refuses (no
-	// CAP_CHECKPOINT_RESTORE): the program stays itself.
-	if got := masq(false); !strings.HasPrefix(got, "err prctl 1") {
-		t.Fatalf("the masquerade outside a user namespace: %q, want refused (EPERM)", got)
-	}
-	got := masq(true)
-	if !strings.HasSuffix(got, " "+exe) {
-		t.Fatalf("the masquerade in a user namespace: %q, want its executable named %s", got, exe)
-	}
-	if !strings.HasPrefix(got, "ok 0x0 ") {
-		t.Errorf("a program of the user's own naming the allowed one as its executable: %q, want a miss (the queue decides it: not verified)", got)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("not stored: %v", err)
+		}
+		if got := prog.connect(t, dst); got != "ok 0x60000000" {
+			t.Fatalf("the verified program: %q, want a hit", got)
+		}
+		masq := func(userns bool) string {
+			t.Helper()
+			argv := []string{filepath.Join(dir, "masq"), exe, dst.Addr().String(), fmt.Sprint(dst.Port())}
+			if userns {
+				argv = append([]string{"unshare", "-Ur", "--"}, argv...)
+			}
+			cmd := exec.Command(argv[0], argv[1:]...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd,
+				Credential: &syscall.Credential{Uid: review28Uid, Gid: review28Uid}}
+			out, _ := cmd.CombinedOutput() // a refused step exits 1, saying which
+			return strings.TrimSpace(string(out))
+		}
+		// Outside a user namespace of its own the kernel refuses (no
+		// CAP_CHECKPOINT_RESTORE): the program stays itself.
+		if got := masq(false); !strings.HasPrefix(got, "err prctl 1") {
+			t.Fatalf("the masquerade outside a user namespace: %q, want refused (EPERM)", got)
+		}
+		got := masq(true)
+		if !strings.HasSuffix(got, " "+exe) {
+			t.Fatalf("the masquerade in a user namespace: %q, want its executable named %s", got, exe)
+		}
+		if !strings.HasPrefix(got, "ok 0x0 ") {
+			t.Errorf("a program of the user's own naming the allowed one as its executable: %q, want a miss (the queue decides it: not verified)", got)
+		}
+	})
+}
+
+// eachTaskRead runs f with the programs reading the task through BTF pointers
+// (task_btf, where the kernel allows it) and through bpf_probe_read_kernel:
+// identify refuses the same tasks both ways.
+func eachTaskRead(t *testing.T, f func(t *testing.T, cfg Config)) {
+	for _, noTaskBTF := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noTaskBTF=%v", noTaskBTF), func(t *testing.T) {
+			if !noTaskBTF && !taskBTF() {
+				t.Skip("the kernel refuses bpf_get_current_task_btf in the fast path's programs")
+			}
+			f(t, Config{noTaskBTF: noTaskBTF})
+		})
 	}
 }

@@ -92,8 +92,8 @@ int masquerade(const char *target, const char *ip, int port)
 	getsockopt(s, SOL_SOCKET, SO_MARK, &mark, &ml);
 	n = readlink("/proc/self/exe", self, sizeof self - 1);
 	self[n > 0 ? n : 0] = 0;
-	if (r == 0) printf("ok %#x %s\n", mark, self);
-	else printf("err %d %#x %s\n", e, mark, self);
+	if (r == 0) printf("ok 0x%x %s\n", mark, self);
+	else printf("err %d 0x%x %s\n", e, mark, self);
 	fflush(stdout);
 	_exit(0);
 }
