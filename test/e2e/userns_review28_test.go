@@ -4,14 +4,13 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
 	"testing"
 )
 
-// TestFastPathUserNamespaceIsNotVerified (review28, open, medium-low): a
+// TestFastPathUserNamespaceIsNotVerified (review28, fixed, medium-low): a
 // program run in a user namespace of its own is not verified (README "Program
 // identity": its root may point /proc/PID/exe at any program with
 // prctl(PR_SET_MM_MAP, exe_fd) while running code of its own), so no --app rule
@@ -23,11 +22,10 @@ import (
 // run from the very mount namespace, as any user can) is allowed in the
 // kernel, at once, and the history records the fast path's decision instead
 // of the question's default (identity "verified"). UDP alike: the UDP match
-// keys the sending task the same way. LATCH_TEST_KNOWN_HOLES=1 runs it.
+// keys the sending task the same way. Fixed: the kernel gives a task in another
+// user namespace than the host's no identity (identify in fastpath.c), so the
+// queue decides it.
 func TestFastPathUserNamespaceIsNotVerified(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review28): a process in a user namespace of its own hits the verified program's cached verdicts; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	userNamespaceNotVerified(t, 8392)
 }
 
