@@ -628,9 +628,12 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			}
 		})
 		// A mode decides before the rules (block-all) or after them: a change of mode
-		// drops every cached decision too, before 'latch mode' returns.
+		// drops every cached decision too, before 'latch mode' returns. It keeps the
+		// rules and lists the install hook put in force: read here, outside the
+		// engine's rule lock, they could be older than a concurrent change's
+		// (review28).
 		eng.OnModeChanged(func(engine.ModeState) {
-			if err := fp.RulesChanged(eng.Rules(), listsOff()); err != nil {
+			if err := fp.ModeChanged(); err != nil {
 				logf("%v", err)
 			}
 		})

@@ -1084,6 +1084,21 @@ func (fp *FastPath) RulesChanged(rules []engine.Rule, off ...string) error {
 	return fp.publish(st)
 }
 
+// ModeChanged tells the fast path that the mode changed (a mode decides before
+// the rules or after them): every entry stored before misses from now on. It
+// keeps the rules and the blocklist flag the last RulesChanged put in force: a
+// mode hook that read them itself, outside the engine's rule lock, could publish
+// an older rule set's cacheability under a newer generation than the rule
+// change that replaced it (review28: cacheable with a host rule in force).
+// Call it synchronously with every change of mode.
+func (fp *FastPath) ModeChanged() error {
+	fp.genMu.Lock()
+	defer fp.genMu.Unlock()
+	st := *fp.cur.Load()
+	st.gen++
+	return fp.publish(&st)
+}
+
 // publish puts st in force, under genMu: the state first (a ticket of the new
 // generation stores entries that miss until the map has it too), then the map,
 // which makes every older entry miss.
