@@ -6,7 +6,11 @@
 // old one is mapped) and never returns to it. Built with -z now: a lazy
 // binding would read main's unmapped symbol tables. Usage: masq TARGET IPV4 PORT;
 // prints "ok MARK EXE" or "err ERRNO MARK EXE" after the connect, as the
-// fast path test client does, or "err WHAT ERRNO" if a step failed.
+// fast path test client does, or "err WHAT ERRNO" if a step failed. With
+// MASQ_CLONE_VM=1 in its environment the process stays in the initial user
+// namespace: a child it clones with CLONE_VM | CLONE_NEWUSER, sharing its
+// memory (mm, with mm->exe_file) and holding CAP_CHECKPOINT_RESTORE in a user
+// namespace of its own, makes the call for it.
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +25,24 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <linux/prctl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
 
 static void die(const char *what) { printf("err %s %d\n", what, errno); fflush(stdout); _exit(1); }
+
+static struct prctl_mm_map shared_map;
+static int child_err = -1;
+static char child_stack[65536] __attribute__((aligned(16)));
+
+// set_map runs in the CLONE_VM child: the prctl on the shared mm.
+static int set_map(void *unused)
+{
+	(void)unused;
+	child_err = prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&shared_map, sizeof shared_map, 0) != 0 ? errno : 0;
+	syscall(SYS_exit, 0);
+	return 0;
+}
 
 // masquerade points this process's executable (mm->exe_file) at target, as
 // CRIU restores a process: the maps of the file it runs go first.
@@ -84,7 +104,17 @@ int masquerade(const char *target, const char *ip, int port)
 	fclose(maps);
 	for (int j = 0; j < k; j++)
 		if (munmap((void *)lo[j], hi[j] - lo[j]) != 0) die("munmap");
-	if (prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0) != 0) die("prctl");
+	if (getenv("MASQ_CLONE_VM")) {
+		shared_map = m;
+		int pid = clone(set_map, child_stack + sizeof child_stack, CLONE_VM | CLONE_NEWUSER | SIGCHLD, 0);
+		if (pid < 0) die("clone");
+		int st;
+		waitpid(pid, &st, 0);
+		if (child_err != 0) {
+			errno = child_err;
+			die("prctl");
+		}
+	} else if (prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0) != 0) die("prctl");
 	int r = connect(s, (struct sockaddr *)&sa, sizeof sa);
 	int e = errno;
 	int mark = 0;
