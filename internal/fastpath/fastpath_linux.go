@@ -1090,7 +1090,8 @@ func (fp *FastPath) RulesChanged(rules []engine.Rule, off ...string) error {
 // mode hook that read them itself, outside the engine's rule lock, could publish
 // an older rule set's cacheability under a newer generation than the rule
 // change that replaced it (review28: cacheable with a host rule in force).
-// Call it synchronously with every change of mode.
+// Call it synchronously with every change of mode, and when the wall clock was
+// stepped (entries' deadlines were computed from rule expiries against it).
 func (fp *FastPath) ModeChanged() error {
 	fp.genMu.Lock()
 	defer fp.genMu.Unlock()
