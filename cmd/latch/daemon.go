@@ -628,9 +628,12 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 			}
 		})
 		// A mode decides before the rules (block-all) or after them: a change of mode
-		// drops every cached decision too, before 'latch mode' returns.
+		// drops every cached decision too, before 'latch mode' returns. It keeps the
+		// rules and lists the install hook put in force: read here, outside the
+		// engine's rule lock, they could be older than a concurrent change's
+		// (review28).
 		eng.OnModeChanged(func(engine.ModeState) {
-			if err := fp.RulesChanged(eng.Rules(), listsOff()); err != nil {
+			if err := fp.ModeChanged(); err != nil {
 				logf("%v", err)
 			}
 		})
@@ -669,6 +672,21 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		}()
 		defer func() { stopFP(); <-fpDone }()
 	}
+	// A step of the wall clock moves every rule's expiry against the engine's
+	// expiry timer and the fast path's deadlines (review28): check them again.
+	var bump generationBumper
+	if fp != nil {
+		bump = fp
+	}
+	stepCtx, stopSteps := context.WithCancel(ctx)
+	stepsDone := make(chan struct{})
+	go func() {
+		defer close(stepsDone)
+		if err := watchClockSteps(stepCtx, func() { clockStepped(eng, bump, logf) }); err != nil {
+			logf("%v", err)
+		}
+	}()
+	defer func() { stopSteps(); <-stepsDone }()
 	decider := intercept.DeciderFunc(func(req *engine.Request, verdict func(engine.Verdict)) {
 		// Flagged before deciding, so that the question shows it too.
 		if note, ok := o.EncryptedDNS.Match(req); ok && req.Note == "" {

@@ -657,11 +657,18 @@ func (e *Engine) ReplaceRules(rs []Rule) error {
 
 // PruneExpired drops expired rules from the set now, telling subscribers and
 // OnRulesChanged hooks. The engine also does this by itself when a rule expires.
+// With none expired it arms the expiry timer again from now: the timer runs on
+// the monotonic clock and a rule's expiry is a wall-clock time, so after the wall
+// clock was stepped back the timer fires before the rule expires (review28: it
+// was not armed again, and the rule outlived its expiry in the rule set, its
+// OnRulesChanged hooks never told). Call it also when the wall clock was
+// stepped.
 func (e *Engine) PruneExpired() {
 	now := e.now()
 	e.writeMu.Lock()
 	old := e.currentRules()
 	if !slices.ContainsFunc(old, func(r Rule) bool { return r.Expired(now) }) {
+		e.scheduleExpiry(old, now)
 		e.writeMu.Unlock()
 		return
 	}

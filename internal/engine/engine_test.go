@@ -922,3 +922,38 @@ func TestAffectedAllowed(t *testing.T) {
 		}
 	}
 }
+
+// TestExpiryAfterClockStepBack (review28): a rule's expiry is a wall-clock
+// time and the expiry timer runs on the monotonic clock, so after the wall
+// clock was stepped back the timer fires before the rule expires. The engine
+// must arm it again: the rule is pruned, and the hooks told, once it expires by
+// the stepped clock (it stayed in the rule set for good before). The clock is
+// injected (the test never steps the machine's), without a monotonic reading,
+// as a rule's expiry read from the rules file has none.
+func TestExpiryAfterClockStepBack(t *testing.T) {
+	var step atomic.Int64
+	now := func() time.Time { return time.Now().Round(0).Add(time.Duration(step.Load())) }
+	e := newEngine(t, Config{Now: now})
+	changes := make(chan []Rule, 10)
+	e.OnRulesChanged(func(old, new []Rule) {
+		if len(old) == 1 && len(new) == 0 {
+			changes <- old
+		}
+	})
+	r, err := e.AddRule(Rule{App: "/usr/bin/curl", Action: Allow, Expires: now().Add(50 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	step.Store(int64(-300 * time.Millisecond)) // the wall clock stepped back
+	select {
+	case old := <-changes:
+		if old[0].ID != r.ID {
+			t.Errorf("expired rule %v, want %d", old, r.ID)
+		}
+		if n := now(); n.Before(r.Expires) {
+			t.Errorf("pruned at %v, before its expiry %v", n, r.Expires)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the rule was not pruned after the clock stepped back (the expiry timer was not armed again)")
+	}
+}

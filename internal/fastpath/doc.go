@@ -345,11 +345,17 @@
 // the path the rule matched, so a copy at another path, or a replaced file, misses.
 // Because the file is the one attribution saw, a short-lived program's first
 // verdict is stored even when the process exited before the store worker ran.
+// The kernel's key says only which file a task runs, not whether attribution
+// would verify the task: so the hooks take no key (a miss, decided through the
+// queue) for a task in another user namespace than the host's (its root may name
+// any program as its executable, prctl PR_SET_MM_MAP) or whose executable was
+// deleted or replaced since it started (identify in bpf/fastpath.c; review28).
 //
 // Every rule change (add, remove, import, answer remembered as a rule, expiry) calls
 // RulesChanged synchronously, before the change's API call returns; it bumps the
 // generation in a BPF array, and every entry stored under an older generation
-// misses. Entries also expire at the earlier of Config.TTL and their rule's expiry
+// misses. A mode change, and a step of the wall clock, call ModeChanged, which
+// bumps it over the rules in force (it reads none of its own). Entries also expire at the earlier of Config.TTL and their rule's expiry
 // (CLOCK_BOOTTIME in the kernel). A decision is stored under the generation read
 // (Ticket) before the engine decided it, so a decision that raced with a change is
 // stored under the old generation and misses.

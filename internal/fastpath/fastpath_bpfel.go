@@ -198,6 +198,7 @@ const (
 	fastpathProgLatchSendStash      = "latch_send_stash"
 	fastpathVarBytesOk              = "bytes_ok"
 	fastpathVarCloseKeep            = "close_keep"
+	fastpathVarHostUserns           = "host_userns"
 	fastpathVarIterMoved            = "iter_moved"
 	fastpathVarIterSession          = "iter_session"
 	fastpathVarNetnsCookie          = "netns_cookie"
@@ -304,6 +305,7 @@ type fastpathMapSpecs struct {
 type fastpathVariableSpecs struct {
 	BytesOk       *ebpf.VariableSpec `ebpf:"bytes_ok"`
 	CloseKeep     *ebpf.VariableSpec `ebpf:"close_keep"`
+	HostUserns    *ebpf.VariableSpec `ebpf:"host_userns"`
 	IterMoved     *ebpf.VariableSpec `ebpf:"iter_moved"`
 	IterSession   *ebpf.VariableSpec `ebpf:"iter_session"`
 	NetnsCookie   *ebpf.VariableSpec `ebpf:"netns_cookie"`
@@ -389,6 +391,7 @@ func (m *fastpathMaps) Close() error {
 type fastpathVariables struct {
 	BytesOk       *ebpf.Variable `ebpf:"bytes_ok"`
 	CloseKeep     *ebpf.Variable `ebpf:"close_keep"`
+	HostUserns    *ebpf.Variable `ebpf:"host_userns"`
 	IterMoved     *ebpf.Variable `ebpf:"iter_moved"`
 	IterSession   *ebpf.Variable `ebpf:"iter_session"`
 	NetnsCookie   *ebpf.Variable `ebpf:"netns_cookie"`

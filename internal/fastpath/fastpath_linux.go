@@ -403,6 +403,10 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	closeKeep := features.HaveProgramHelper(ebpf.SockOps, asm.FnSkcToTcpSock) == nil &&
 		features.HaveProgramHelper(ebpf.SockOps, asm.FnProbeReadKernel) == nil
 	fp.taskBTF = useTaskBTF
+	userNS, err := hostUserNS()
+	if err != nil {
+		return nil, err
+	}
 	load := func(bytes bool, live liveVia, iters bool) error {
 		spec, err := loadFastpath()
 		if err != nil {
@@ -410,6 +414,11 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		}
 		if err := spec.Variables["netns_cookie"].Set(cookie); err != nil {
 			return fmt.Errorf("fast path: set the network namespace: %w", err)
+		}
+		// The user namespace attribution takes for the host's (review28):
+		// identify gives no identity to a task in another.
+		if err := spec.Variables["host_userns"].Set(userNS); err != nil {
+			return fmt.Errorf("fast path: set the host's user namespace: %w", err)
 		}
 		if udpCgroup != 0 {
 			if err := spec.Variables["udp_cgroup"].Set(udpCgroup); err != nil {
@@ -1073,6 +1082,22 @@ func (fp *FastPath) RulesChanged(rules []engine.Rule, off ...string) error {
 		}
 	}
 	return fp.publish(st)
+}
+
+// ModeChanged tells the fast path that the mode changed (a mode decides before
+// the rules or after them): every entry stored before misses from now on. It
+// keeps the rules and the blocklist flag the last RulesChanged put in force: a
+// mode hook that read them itself, outside the engine's rule lock, could publish
+// an older rule set's cacheability under a newer generation than the rule
+// change that replaced it (review28: cacheable with a host rule in force).
+// Call it synchronously with every change of mode, and when the wall clock was
+// stepped (entries' deadlines were computed from rule expiries against it).
+func (fp *FastPath) ModeChanged() error {
+	fp.genMu.Lock()
+	defer fp.genMu.Unlock()
+	st := *fp.cur.Load()
+	st.gen++
+	return fp.publish(&st)
 }
 
 // publish puts st in force, under genMu: the state first (a ticket of the new
@@ -1879,4 +1904,19 @@ func netnsCookie() (uint64, error) {
 		return 0, fmt.Errorf("getsockopt SO_NETNS_COOKIE (Linux 5.14+): %w", e)
 	}
 	return c, nil
+}
+
+// hostUserNS is the inode number of the user namespace latch's attribution
+// takes for the host's (internal/procattr's hostUserNS): process 1's, or where
+// its link cannot be read the daemon's own. The kernel hooks decide only tasks
+// in it (host_userns in fastpath.c, review28).
+func hostUserNS() (uint32, error) {
+	var st unix.Stat_t
+	err := unix.Stat("/proc/1/ns/user", &st)
+	if err != nil {
+		if err = unix.Stat("/proc/self/ns/user", &st); err != nil {
+			return 0, fmt.Errorf("fast path: stat /proc/self/ns/user: %w", err)
+		}
+	}
+	return uint32(st.Ino), nil
 }

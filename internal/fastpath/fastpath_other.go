@@ -42,6 +42,9 @@ func (*FastPath) Close() error { return nil }
 // RulesChanged does nothing.
 func (*FastPath) RulesChanged([]engine.Rule, ...string) error { return nil }
 
+// ModeChanged does nothing.
+func (*FastPath) ModeChanged() error { return nil }
+
 // Ticket returns the zero Ticket.
 func (*FastPath) Ticket() Ticket { return Ticket{} }
 

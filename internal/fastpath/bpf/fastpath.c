@@ -54,14 +54,23 @@ enum { STAT_HIT_ALLOW, STAT_HIT_REJECT, STAT_MISS, STAT_STALE, STAT_NO_IDENTITY,
 // Just the kernel members the program reads; CO-RE relocates them against the
 // running kernel's BTF.
 struct super_block { __u32 s_dev; } __attribute__((preserve_access_index));
-struct inode { unsigned long i_ino; struct super_block *i_sb; } __attribute__((preserve_access_index));
-struct dentry { struct dentry *d_parent; struct inode *d_inode; } __attribute__((preserve_access_index));
+struct inode { unsigned long i_ino; struct super_block *i_sb; unsigned int i_nlink; } __attribute__((preserve_access_index));
+struct hlist_bl_node { struct hlist_bl_node **pprev; } __attribute__((preserve_access_index));
+struct dentry { struct dentry *d_parent; struct inode *d_inode; struct hlist_bl_node d_hash; } __attribute__((preserve_access_index));
 struct vfsmount { struct dentry *mnt_root; } __attribute__((preserve_access_index));
 struct mount { struct vfsmount mnt; int mnt_id; } __attribute__((preserve_access_index));
 struct path { struct vfsmount *mnt; struct dentry *dentry; } __attribute__((preserve_access_index));
 struct file { struct path f_path; struct inode *f_inode; } __attribute__((preserve_access_index));
 struct mm_struct { struct file *exe_file; } __attribute__((preserve_access_index));
-struct task_struct { unsigned int flags; struct mm_struct *mm; } __attribute__((preserve_access_index));
+struct ns_common { unsigned int inum; } __attribute__((preserve_access_index));
+struct user_namespace { struct ns_common ns; } __attribute__((preserve_access_index));
+struct cred { struct user_namespace *user_ns; } __attribute__((preserve_access_index));
+struct task_struct {
+	unsigned int flags;
+	struct mm_struct *mm;
+	const struct cred *real_cred;
+	const struct cred *cred;
+} __attribute__((preserve_access_index));
 typedef struct { __u32 val; } kuid_t;
 struct sock { kuid_t sk_uid; __u8 sk_shutdown; } __attribute__((preserve_access_index));
 
@@ -321,8 +330,23 @@ static __always_inline void count(__u32 i)
 // constant of the frozen .rodata: the verifier never visits the branch not taken.
 volatile const __u32 task_btf = 0;
 
+// The inode number of the user namespace latch's attribution takes for the
+// host's (internal/procattr: process 1's); set by the loader. The initial user
+// namespace's (PROC_USER_INIT_INO) if it is not.
+volatile const __u32 host_userns = 0xEFFFFFFD;
+
 // identify fills in the executable of the current task. 0: no executable (a kernel
-// thread) or it could not be read.
+// thread) or it could not be read, or one that attribution does not verify, for
+// which the queue decides (review28):
+//   - a task in another user namespace than the host's (either credential, the
+//     objective one /proc/PID/ns/user shows and the subjective one it acts
+//     with): its root may name any program it may run as its executable (prctl
+//     PR_SET_MM_MAP with exe_fd) while running code of its own, with the
+//     host's mounts, so with the allowed program's key;
+//   - an executable deleted or replaced since the task started (no link left,
+//     or the name it was executed through gone from the dentry cache: a rename
+//     over it, as an upgrade does): attribution calls it unverified until it
+//     is restarted.
 static __always_inline int identify(struct fp_key *k)
 {
 	if (task_btf) {
@@ -331,13 +355,19 @@ static __always_inline int identify(struct fp_key *k)
 		// fills it); only the mount's id, in struct mount around the vfsmount,
 		// which no BTF pointer reaches, takes a helper call.
 		struct task_struct *t = bpf_get_current_task_btf();
+		if (t->real_cred->user_ns->ns.inum != host_userns ||
+		    t->cred->user_ns->ns.inum != host_userns)
+			return 0;
 		struct file *exe = t->mm->exe_file;
 		if (!exe)
 			return 0;
 		struct inode *in = exe->f_inode;
+		struct dentry *d = exe->f_path.dentry;
+		if (in->i_nlink == 0 || !d->d_hash.pprev)
+			return 0;
 		k->ino = in->i_ino;
 		k->dev = in->i_sb->s_dev;
-		k->parent_ino = exe->f_path.dentry->d_parent->d_inode->i_ino;
+		k->parent_ino = d->d_parent->d_inode->i_ino;
 		unsigned long vm = (unsigned long)exe->f_path.mnt;
 		struct mount *m = (struct mount *)(vm - bpf_core_field_offset(struct mount, mnt));
 		int id = 0;
@@ -346,13 +376,18 @@ static __always_inline int identify(struct fp_key *k)
 		return k->ino != 0;
 	}
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(t, real_cred, user_ns, ns.inum) != host_userns ||
+	    BPF_CORE_READ(t, cred, user_ns, ns.inum) != host_userns)
+		return 0;
 	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
 	if (!exe)
 		return 0;
 	struct inode *in = BPF_CORE_READ(exe, f_inode);
+	struct dentry *d = BPF_CORE_READ(exe, f_path.dentry);
+	if (BPF_CORE_READ(in, i_nlink) == 0 || !BPF_CORE_READ(d, d_hash.pprev))
+		return 0;
 	k->ino = BPF_CORE_READ(in, i_ino);
 	k->dev = BPF_CORE_READ(in, i_sb, s_dev);
-	struct dentry *d = BPF_CORE_READ(exe, f_path.dentry);
 	k->parent_ino = BPF_CORE_READ(d, d_parent, d_inode, i_ino);
 	struct vfsmount *vm = BPF_CORE_READ(exe, f_path.mnt);
 	struct mount *m = (struct mount *)((void *)vm - bpf_core_field_offset(struct mount, mnt));

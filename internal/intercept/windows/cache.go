@@ -25,7 +25,7 @@ import (
 //     is cached: such a rule can decide two connections with the same key
 //     differently (a pid reused by another user's copy of the program, a name that
 //     changes its address without a rule change).
-//   - Every change of the rule set or the mode calls RulesChanged before the call
+//   - Every change of the rule set or the mode calls RulesChanged (ModeChanged) before the call
 //     that changed them returns (FollowRules hooks the engine): it sends FLUSH (cache)
 //     and waits for the driver's ACK. The driver starts a new generation with it and
 //     never caches a verdict for a connection it held before that FLUSH, so a verdict
@@ -108,7 +108,7 @@ type cacheFollower struct {
 
 // RulesChanged tells the backend which rules are now in force, and empties the
 // driver's verdict cache before it returns: FLUSH (cache) is sent and acknowledged.
-// Call it synchronously with every change of the rule set or the mode, after the
+// Call it synchronously with every change of the rule set (ModeChanged: of the mode), after the
 // engine decides by the new rules and before the change is reported done
 // (engine.OnInstall; FollowRules does this). A non-empty off says why nothing may be
 // cached besides the rules (e.g. a blocklist in force). Not connected, there is
@@ -121,6 +121,24 @@ func (b *Backend) RulesChanged(rules []engine.Rule, off ...string) error {
 	// The state first, then the FLUSH: a verdict for a connection the driver holds
 	// from the FLUSH on is described by this state.
 	b.rules.Store(newRuleState(rules, off...))
+	return b.flushCache("a rule change")
+}
+
+// ModeChanged empties the driver's verdict cache before it returns, as
+// RulesChanged does, over the rules and blocklist flag the last RulesChanged put
+// in force. Call it synchronously with every change of the mode (FollowRules
+// does). It reads no rules: a mode hook that read them outside the engine's rule
+// lock could put an older set's state in force after a concurrent rule change's
+// (review28).
+func (b *Backend) ModeChanged() error {
+	b.follow.mu.Lock()
+	defer b.follow.mu.Unlock()
+	return b.flushCache("a mode change")
+}
+
+// flushCache sends FLUSH (cache) for RulesChanged and ModeChanged, after what;
+// call it with follow.mu held.
+func (b *Backend) flushCache(after string) error {
 	s := b.cur.Load()
 	if s == nil {
 		return nil
@@ -131,8 +149,8 @@ func (b *Backend) RulesChanged(rules []engine.Rule, off ...string) error {
 			return nil // the session ended: the driver emptied the cache at the disconnect
 		}
 		s.port.Close()
-		return fmt.Errorf("windows backend: empty the driver's verdict cache after a rule change: %w "+
-			"(closed the port: the driver empties it at the disconnect)", err)
+		return fmt.Errorf("windows backend: empty the driver's verdict cache after %s: %w "+
+			"(closed the port: the driver empties it at the disconnect)", after, err)
 	}
 	return nil
 }
@@ -155,7 +173,7 @@ func (b *Backend) flush(s *session, flags proto.FlushFlags) error {
 
 // FollowRules keeps the driver's verdict cache exact for eng: RulesChanged runs on
 // every change of eng's rules (engine.OnInstall: before the change returns, with the
-// blocklists in force counted) and of its mode. Errors go to Config.Logf. Call it once,
+// blocklists in force counted) and ModeChanged on every change of its mode. Errors go to Config.Logf. Call it once,
 // before Run.
 func (b *Backend) FollowRules(eng *engine.Engine) {
 	listsOff := func() string {
@@ -170,7 +188,7 @@ func (b *Backend) FollowRules(eng *engine.Engine) {
 		}
 	})
 	eng.OnModeChanged(func(engine.ModeState) {
-		if err := b.RulesChanged(eng.Rules(), listsOff()); err != nil {
+		if err := b.ModeChanged(); err != nil {
 			b.logf("%v", err)
 		}
 	})

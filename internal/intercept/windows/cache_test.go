@@ -208,3 +208,44 @@ func TestRulesChangedFlushRefused(t *testing.T) {
 		t.Error("the port stays open with the driver's cache not emptied")
 	}
 }
+
+// TestModeChangeKeepsRuleState (review28): a mode change flushes the cache over
+// the rule state in force and reads no rules of its own. The mode hook read
+// eng.Rules() outside the engine's rule lock, so a rule change landing between
+// that read and follow.mu had its state replaced by the older set's; here the
+// state a concurrent change put in force (one the engine's rules do not say:
+// a host rule) must survive the mode change.
+func TestModeChangeKeepsRuleState(t *testing.T) {
+	drv := newFakeDriver(t)
+	b, _, _ := startBackend(t, Config{Dial: drv.dial}, newRuleDecider())
+	drv.waitConnected(t)
+	eventually(t, "the session", func() bool { return b.cur.Load() != nil })
+	eng, err := engine.New(engine.Config{Default: engine.Deny}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	b.FollowRules(eng)
+	if _, err := eng.AddRule(engine.Rule{App: `C:\app.exe`, Port: engine.PortRange{Lo: 443, Hi: 443}, Action: engine.Allow}); err != nil {
+		t.Fatal(err)
+	}
+	// The state of a change the mode hook's read of the rules missed.
+	if err := b.RulesChanged([]engine.Rule{{ID: 9, App: `C:\app.exe`, Host: "example.com", Action: engine.Deny}}); err != nil {
+		t.Fatal(err)
+	}
+	drv.mu.Lock()
+	n := len(drv.flushes)
+	drv.mu.Unlock()
+	if err := eng.SetMode(engine.ModeState{Mode: engine.ModeBlockAll}); err != nil {
+		t.Fatal(err)
+	}
+	drv.mu.Lock()
+	got := len(drv.flushes)
+	drv.mu.Unlock()
+	if got != n+1 {
+		t.Errorf("after SetMode returned: %d FLUSHes, want %d", got, n+1)
+	}
+	if !strings.Contains(b.CacheOff(), "host-name") {
+		t.Errorf("after the mode change CacheOff = %q, want the host rule in force named (the mode hook put an older rule set in force)", b.CacheOff())
+	}
+}
