@@ -23,6 +23,10 @@ const (
 	chainPost = "LATCH-POST"
 	// nftPost is table inet latch's chain of the postrouting hook (chainPost).
 	nftPost = "postrouting"
+	// nftPostLocal is table inet latch's regular chain nftPost jumps to for
+	// an untracked packet to a local address out another interface (see
+	// untrackedPost): it drops the ones sent from this host.
+	nftPostLocal = "postrouting-local"
 	// Chains of the raw table for notrack (ruleSpec.notrack): from raw OUTPUT,
 	// from raw PREROUTING, and the one the latter jumps to for a packet whose
 	// local socket it found.
@@ -857,12 +861,12 @@ func iptablesPost(b *strings.Builder, jumped map[string]bool) {
 		fmt.Fprintf(b, "-I POSTROUTING 1 -j %s\n", chainPost)
 	}
 	fmt.Fprintf(b, "-A %s ! -o lo -m connmark --mark %#x/%#x -j DROP\n", chainPost, loopbackMarks, loopbackMarks)
-	fmt.Fprintf(b, "-A %s %s\n", chainPost, untrackedPost(false))
+	b.WriteString(untrackedPost(false))
 	b.WriteString("COMMIT\n")
 }
 
-// untrackedPost is the second rule of LATCH-POST (iptablesPost) and of table
-// inet latch's postrouting chain (nft), without its chain. It closes the
+// untrackedPost is the rest of LATCH-POST (iptablesPost) and of table inet
+// latch's postrouting chain (nft), after the loopback marks' drop. It closes the
 // rest of review24: where the host keeps lo out of conntrack (raw OUTPUT
 // `-o lo -j NOTRACK`, common advice), a
 // loopback packet has no conntrack entry for LATCH-OUT to give
@@ -901,11 +905,34 @@ func iptablesPost(b *strings.Builder, jumped map[string]bool) {
 // interface and decided the SYN, but the connection's later segments,
 // unmarked, are dropped here. Tracked, that flow passes by its conntrack
 // mark; untracked there is nothing to tell it by.
+//
+// Only what this host sends: postrouting sees forwarded packets too, and a
+// router that keeps what it forwards out of conntrack (raw PREROUTING
+// NOTRACK; IPVS does it by itself) may forward to an address that is local
+// here as well (an LVS direct-routing director keeps the service address,
+// local on the director, as the destination): that packet is none of the
+// loopback exemption's and passes (review30, TestUntrackedPostForwardedToLocal).
+// A packet this host sends has a socket or a local source (a program's
+// FREEBIND source comes with its socket); a forwarded one has neither. The
+// socket test (one pointer) before the source's address type, so that this
+// host's own untracked traffic pays one lookup, as before: iptables returns
+// a packet without a socket from a source that is not local, then drops;
+// nft, which cannot test for no socket (meta skuid stops the rule), jumps to
+// nftPostLocal for a packet to a local address and drops there one with a
+// socket, then one from a local source. Left: a TCP socket's segments after
+// its close (no socket then) from a FREEBIND source that is not local.
+//
+// It returns the rules' text: lines of iptables-restore for LATCH-POST, or
+// of nft -f for table inet latch (nftPostLocal too).
 func untrackedPost(nft bool) string {
 	if nft {
-		return fmt.Sprintf(`ct state untracked oifname != "lo" meta mark & %#x == 0 fib daddr type local drop`, MarkMask)
+		return fmt.Sprintf("add chain inet %[1]s %[3]s\n"+
+			"add rule inet %[1]s %[2]s ct state untracked oifname != \"lo\" meta mark & %#[4]x == 0 fib daddr type local jump %[3]s\n"+
+			"add rule inet %[1]s %[3]s meta skuid >= 0 drop\n"+
+			"add rule inet %[1]s %[3]s fib saddr type local drop\n", nftTable, nftPost, nftPostLocal, MarkMask)
 	}
-	return fmt.Sprintf("! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/%#x -m addrtype --dst-type LOCAL -j DROP", MarkMask)
+	return fmt.Sprintf("-A %[1]s ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/%#[2]x -m owner ! --socket-exists -m addrtype ! --src-type LOCAL -j RETURN\n"+
+		"-A %[1]s ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/%#[2]x -m addrtype --dst-type LOCAL -j DROP\n", chainPost, MarkMask)
 }
 
 // fastMarks are the socket marks whose TCP packets notrack keeps out of
@@ -1774,7 +1801,7 @@ func (spec ruleSpec) nftRules() string {
 		// address out another interface, without latch's bits in its
 		// mark (see untrackedPost): the conntrack state first, the fib
 		// lookup last.
-		fmt.Fprintf(&b, "add rule inet %s %s %s\n", nftTable, nftPost, untrackedPost(true))
+		b.WriteString(untrackedPost(true))
 	}
 	if spec.input() {
 		fmt.Fprintf(&b, "add chain inet %s input { type filter hook input priority filter - 1; policy accept; }\n", nftTable)

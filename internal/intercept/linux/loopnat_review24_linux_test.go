@@ -540,10 +540,11 @@ func TestLoopbackPostChainRemoved(t *testing.T) {
 // TestLoopbackPostEveryRuleset checks, in every combination of options, the
 // rules of the postrouting drop (review24): with loopback exempt, the
 // mangle table's LATCH-POST (iptables; table inet latch's postrouting chain
-// with nft) holds two rules, the drop of a loopback-marked flow's packet out
-// another interface and that of an untracked packet to a local address out
-// another interface (untrackedPost: the conntrack state and packet mark
-// before the address type, whose lookup only what passes them pays), and
+// with nft) holds the drop of a loopback-marked flow's packet out another
+// interface and that of an untracked packet this host sends to a local
+// address out another interface (untrackedPost: the conntrack state and
+// packet mark before the address type, whose lookup only what passes them
+// pays; a forwarded packet returns, review30), and
 // exactly one rule gives MarkLoopbackExempt (where,
 // TestLoopbackForgedEveryRuleset checks; two before review27); without it
 // none of them is there.
@@ -551,10 +552,14 @@ func TestLoopbackPostEveryRuleset(t *testing.T) {
 	setIpt := fmt.Sprintf("CONNMARK --set-xmark %#x/%#x", MarkLoopbackExempt, MarkMask)
 	setNft := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackExempt)
 	post := "*mangle\n:LATCH-POST - [0:0]\n-I POSTROUTING 1 -j LATCH-POST\n-A LATCH-POST ! -o lo -m connmark --mark 0x60000000/0x60000000 -j DROP\n" +
+		"-A LATCH-POST ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/0x70000000 -m owner ! --socket-exists -m addrtype ! --src-type LOCAL -j RETURN\n" +
 		"-A LATCH-POST ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/0x70000000 -m addrtype --dst-type LOCAL -j DROP\nCOMMIT\n"
 	nftPostChain := "add chain inet latch postrouting { type filter hook postrouting priority filter; policy accept; }\n" +
 		"add rule inet latch postrouting ct mark & 0x60000000 == 0x60000000 oifname != \"lo\" drop\n" +
-		"add rule inet latch postrouting ct state untracked oifname != \"lo\" meta mark & 0x70000000 == 0 fib daddr type local drop\n"
+		"add chain inet latch postrouting-local\n" +
+		"add rule inet latch postrouting ct state untracked oifname != \"lo\" meta mark & 0x70000000 == 0 fib daddr type local jump postrouting-local\n" +
+		"add rule inet latch postrouting-local meta skuid >= 0 drop\n" +
+		"add rule inet latch postrouting-local fib saddr type local drop\n"
 	everyRuleSpec(t, ruleSpec{queue: 7}, func(spec ruleSpec, names []string) {
 		for _, v := range []struct {
 			name, rules, set, post string
@@ -894,7 +899,11 @@ func untrackedDrops(t testing.TB, ns, fw string) int {
 		}
 		out, err := exec.Command("ip", "netns", "exec", ns, ipt, "-w", "-t", "mangle", "-S", chainPost).CombinedOutput()
 		if err == nil {
-			n += strings.Count(string(out), "--ctstate UNTRACKED")
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, "--ctstate UNTRACKED") && strings.HasSuffix(l, "-j DROP") {
+					n++
+				}
+			}
 		}
 	}
 	return n

@@ -15,7 +15,7 @@ import (
 // withoutUntrackedPost is an iptables ruleset text without the untracked
 // drop (untrackedPost): LATCH-POST as before it.
 func withoutUntrackedPost(rules string) string {
-	return strings.Replace(rules, fmt.Sprintf("-A %s %s\n", chainPost, untrackedPost(false)), "", 1)
+	return strings.Replace(rules, untrackedPost(false), "", 1)
 }
 
 // tcpPingPong runs n round trips of a 64-byte message on c (the peer echoes)

@@ -62,8 +62,8 @@ func TestUntrackedPostHostMarkInLatchBits(t *testing.T) {
 	}
 }
 
-// TestUntrackedPostForwardedToLocal (review30, open regression, gated
-// LATCH_TEST_KNOWN_HOLES=1): LATCH-POST (nft: chain postrouting) is on the
+// TestUntrackedPostForwardedToLocal (review30, a regression of the
+// untracked drop, fixed): LATCH-POST (nft: chain postrouting) is on the
 // postrouting hook, which forwarded packets pass too, and its untracked
 // drop tests only the destination's address type. A router that keeps
 // forwarded traffic out of conntrack (raw PREROUTING NOTRACK, for speed) and
@@ -76,11 +76,9 @@ func TestUntrackedPostHostMarkInLatchBits(t *testing.T) {
 // packet since the untracked drop: no loopback flow, no reroute by mark,
 // nothing of latch's to decide, every rule allowing. Here A forwards B's
 // datagram to 198.18.7.1 (fd00:7::1), on A's and B's lo, back out the veth
-// to B. Passes with the untracked drop taken out.
+// to B. Passes with the untracked drop taken out, failed with it before
+// the drop took only what this host sends.
 func TestUntrackedPostForwardedToLocal(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known regression (review30): an untracked forwarded packet to an address that is also local on this host is dropped by LATCH-POST's untracked drop; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	port := uint16(9721)
 	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		for _, v4 := range []bool{true, false} {
