@@ -159,10 +159,12 @@ func r31Count(t *testing.T, ns string) int {
 // datagram's payload, sent by the per-namespace ICMPv6 socket: a kernel
 // socket, with a struct socket but no file. Rerouted by the host's mark out
 // the veth, it must not reach B. The datagram is not loopback-exempt (an
-// anycast destination is not local): here a rule allows it (the nft
-// ruleset with an accept for it first; no queue), every other rule
-// denying. iptables should drop the error (--socket-exists sees the kernel
-// socket; not run here: its daemon denies the datagram); nft's
+// anycast destination is not local): here a rule allows it (nft: the
+// ruleset with an accept for it first, no queue, every other rule denying;
+// iptables: the daemon with every rule allowing, the error being the
+// untracked drop's alone). iptables drops the error (--socket-exists sees
+// the kernel socket: those subtests pass, A's counter showing the errors
+// were sent); nft's
 // postrouting-local does not ('meta skuid' needs a file, and `fib saddr
 // type local` does not take an anycast address), so the error, unmarked
 // (no fwmark_reflect), with the payload, reaches B, to which the program
@@ -173,15 +175,24 @@ func TestUntrackedPostAnycastICMPError(t *testing.T) {
 		t.Skip("known hole (review31, low): an ICMPv6 error from an anycast source passes nft's untracked drop; LATCH_TEST_KNOWN_HOLES=1 runs it")
 	}
 	port := uint16(9811)
-	for _, fw := range []string{FirewallNftables} {
+	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		c := rerouteCase{fw: fw, late: true}
 		port += 2
 		t.Run(fw, func(t *testing.T) {
-			tp, stop := c.topo(t)
-			defer stop()
-			// The program's datagram to the anycast address is decided
-			// and allowed (a rule for it; no queue here: an accept first).
-			nftIn(t, tp.a, fmt.Sprintf("insert rule inet %s output ip6 daddr %s udp dport %d accept\n", nftTable, anycastA, port))
+			var tp *topo
+			if fw == FirewallNftables {
+				tp, _ = c.topo(t)
+				// The program's datagram to the anycast address is decided
+				// and allowed (a rule for it; no queue here: an accept first).
+				nftIn(t, tp.a, fmt.Sprintf("insert rule inet %s output ip6 daddr %s udp dport %d accept\n", nftTable, anycastA, port))
+			} else {
+				// The daemon, every rule allowing: the datagram is allowed;
+				// the error, unmarked and over lo by its first route, is
+				// for the untracked drop alone.
+				var d *daemon
+				tp, d, _ = forgedTCPTopo(t, fw, "*=allow")
+				defer d.stop()
+			}
 			self := selfAddr(false)
 			if out, err := exec.Command("ip", "netns", "exec", tp.a, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1").CombinedOutput(); err != nil {
 				t.Fatalf("forwarding: %v: %s", err, out)
@@ -201,6 +212,8 @@ func TestUntrackedPostAnycastICMPError(t *testing.T) {
 			}
 			nftIn(t, tp.b, fmt.Sprintf("add table ip6 r31\nadd chain ip6 r31 pre { type filter hook prerouting priority -400; }\n"+
 				"add rule ip6 r31 pre ip6 saddr %s icmpv6 type destination-unreachable counter\n", anycastA))
+			nftIn(t, tp.a, fmt.Sprintf("add table ip6 r31\nadd chain ip6 r31 out { type filter hook output priority -400; }\n"+
+				"add rule ip6 r31 out ip6 saddr %s icmpv6 type destination-unreachable counter\n", anycastA))
 			var c6 *net.UDPConn
 			if err := inNS(tp.a, func() error {
 				var err error
@@ -213,6 +226,10 @@ func TestUntrackedPostAnycastICMPError(t *testing.T) {
 			for i := 0; i < 3; i++ {
 				c6.WriteToUDPAddrPort([]byte("latch-icmp-payload"), netip.AddrPortFrom(netip.MustParseAddr(anycastA), port))
 				time.Sleep(300 * time.Millisecond)
+			}
+			// The errors were sent (A counts them on its output hook).
+			if n := r31Count(t, tp.a); n == 0 {
+				t.Fatalf("no ICMPv6 error from [%s] left A's output hook: the test did not take place", anycastA)
 			}
 			if n := r31Count(t, tp.b); n != 0 {
 				t.Errorf("%d ICMPv6 errors from [%s] (anycast) to A's own address, carrying a program's datagram, untracked and rerouted by mark out the veth, reached B, to which the program is allowed nothing (every other rule denies)", n, anycastA)
