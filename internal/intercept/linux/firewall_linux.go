@@ -913,14 +913,18 @@ func iptablesPost(b *strings.Builder, jumped map[string]bool) {
 // local on the director, as the destination): that packet is none of the
 // loopback exemption's and passes (review30, TestUntrackedPostForwardedToLocal).
 // A packet this host sends has a socket or a local source (a program's
-// FREEBIND source comes with its socket); a forwarded one has neither. The
+// FREEBIND source comes with its socket; an IPv6 anycast address counts as
+// local here: it is delivered here, and an orphaned TCP socket's segments or
+// the kernel's ICMPv6 errors from one have no socket, review31); a forwarded
+// one has neither. The
 // socket test (one pointer) before the source's address type, so that this
 // host's own untracked traffic pays one lookup, as before: iptables returns
 // a packet without a socket from a source that is not local, then drops;
 // nft, which cannot test for no socket (meta skuid stops the rule), jumps to
 // nftPostLocal for a packet to a local address and drops there one with a
 // socket, then one from a local source. Left: a TCP socket's segments after
-// its close (no socket then) from a FREEBIND source that is not local.
+// its close (no socket then) from a FREEBIND source the host delivers here
+// without it being local or anycast (a TPROXY-style local route, a VRF).
 //
 // It returns the rules' text: lines of iptables-restore for LATCH-POST, or
 // of nft -f for table inet latch (nftPostLocal too).
@@ -929,9 +933,9 @@ func untrackedPost(nft bool) string {
 		return fmt.Sprintf("add chain inet %[1]s %[3]s\n"+
 			"add rule inet %[1]s %[2]s ct state untracked oifname != \"lo\" meta mark & %#[4]x == 0 fib daddr type local jump %[3]s\n"+
 			"add rule inet %[1]s %[3]s meta skuid >= 0 drop\n"+
-			"add rule inet %[1]s %[3]s fib saddr type local drop\n", nftTable, nftPost, nftPostLocal, MarkMask)
+			"add rule inet %[1]s %[3]s fib saddr type { local, anycast } drop\n", nftTable, nftPost, nftPostLocal, MarkMask)
 	}
-	return fmt.Sprintf("-A %[1]s ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/%#[2]x -m owner ! --socket-exists -m addrtype ! --src-type LOCAL -j RETURN\n"+
+	return fmt.Sprintf("-A %[1]s ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/%#[2]x -m owner ! --socket-exists -m addrtype ! --src-type LOCAL,ANYCAST -j RETURN\n"+
 		"-A %[1]s ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/%#[2]x -m addrtype --dst-type LOCAL -j DROP\n", chainPost, MarkMask)
 }
 

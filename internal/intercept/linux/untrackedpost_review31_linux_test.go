@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -22,7 +21,7 @@ import (
 // IPV6_FREEBIND (no privilege) gets its replies.
 const anycastA = "fd00::"
 
-// TestUntrackedPostOrphanAnycastSource (review31, open, low: it takes the
+// TestUntrackedPostOrphanAnycastSource (review31, low, fixed: it takes the
 // host's NOTRACK of lo, its policy routing by mark of a local destination
 // that starts while a connection is open, and IPv6 forwarding): the
 // untracked drop (untrackedPost) since review30 takes only a packet with a
@@ -38,11 +37,8 @@ const anycastA = "fd00::"
 // has no rule that takes them, and they reach B undecided, every rule
 // denying. The README's "Left" (a FREEBIND source that is not local) made
 // concrete: the anycast source is what lets the connection exist at all.
-// Gated: LATCH_TEST_KNOWN_HOLES=1.
+// Fixed: the source test takes an anycast address as this host's.
 func TestUntrackedPostOrphanAnycastSource(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review31, low): an orphaned TCP socket's segments from an anycast (FREEBIND) source pass the untracked drop; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	testOrphanAfterReroute(t, netip.MustParseAddr(anycastA), 9771)
 }
 
@@ -169,11 +165,9 @@ func r31Count(t *testing.T, ns string) int {
 // type local` does not take an anycast address), so the error, unmarked
 // (no fwmark_reflect), with the payload, reaches B, to which the program
 // was allowed nothing: the allowed datagram relayed by the kernel to
-// another destination. Gated: LATCH_TEST_KNOWN_HOLES=1.
+// another destination. Fixed: the source test takes an anycast address as
+// this host's (nft's postrouting-local drops it).
 func TestUntrackedPostAnycastICMPError(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("known hole (review31, low): an ICMPv6 error from an anycast source passes nft's untracked drop; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	port := uint16(9811)
 	for _, fw := range []string{FirewallIptablesNft, FirewallIptablesLegacy, FirewallNftables} {
 		c := rerouteCase{fw: fw, late: true}
