@@ -204,7 +204,7 @@ func TestUserNamespaceMasqueradeHitsEntry(t *testing.T) {
 	eachTaskRead(t, func(t *testing.T, cfg Config) { masquerade(t, cfg, false) })
 }
 
-// TestCloneVMMasqueradeHitsEntry (review28's neighbour, open, medium-low):
+// TestCloneVMMasqueradeHitsEntry (review28's neighbour, fixed, medium-low):
 // the masquerade of TestUserNamespaceMasqueradeHitsEntry without leaving the
 // initial user namespace. The program clones a child with CLONE_VM |
 // CLONE_NEWUSER (any user may, where unprivileged user namespaces are on): the
@@ -213,15 +213,10 @@ func TestUserNamespaceMasqueradeHitsEntry(t *testing.T) {
 // exe_fd) names the allowed program as the executable of the program itself,
 // which stays in the host's user namespace with the host's mounts and root.
 // Neither the kernel's user-namespace check (identify) nor attribution's
-// (procattr verifyExe reads the process's own ns/user) sees it: the queue
-// calls it verified too, so an --app rule of the allowed program matches it
-// there as well. Telling it needs a record of the exe_file change (a hook on
-// the kernel's replace_mm_exe_file, or an LSM's on prctl) that both consult.
-// LATCH_TEST_KNOWN_HOLES=1 runs it.
+// (procattr verifyExe reads the process's own ns/user) sees it. Fixed: fentry
+// on the kernel's replace_mm_exe_file records the mm (exe_replaced in
+// fastpath.c) and identify gives its tasks no identity, so the connect misses.
 func TestCloneVMMasqueradeHitsEntry(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review28's neighbour): a CLONE_VM child in a user namespace of its own names the allowed program as its parent's executable; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	eachTaskRead(t, func(t *testing.T, cfg Config) { masquerade(t, cfg, true) })
 }
 
