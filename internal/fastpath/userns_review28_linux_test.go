@@ -303,3 +303,41 @@ func eachTaskRead(t *testing.T, f func(t *testing.T, cfg Config)) {
 		})
 	}
 }
+
+// TestExecutedProgramStillHits: the guard of TestCloneVMMasqueradeHitsEntry's
+// fix. identify now refuses an executable file the kernel did not open for
+// an execve (no __FMODE_EXEC in its f_flags); a program started the ordinary
+// way (execve, here by an unprivileged user) must still be identified and
+// hit on every connect: 20 of 20, none counted as without identity.
+func TestExecutedProgramStillHits(t *testing.T) {
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("not stored: %v", err)
+		}
+		const n = 20
+		before := fp.Stats()
+		hits := 0
+		for range n {
+			if got := prog.connect(t, dst); got == "ok 0x60000000" {
+				hits++
+			}
+		}
+		after := fp.Stats()
+		if hits != n || after.HitsAllow-before.HitsAllow != n || after.NoIdentity != before.NoIdentity {
+			t.Errorf("an executed program: %d of %d connects hit (hits counted %d, without identity %d); want all", hits, n,
+				after.HitsAllow-before.HitsAllow, after.NoIdentity-before.NoIdentity)
+		}
+	})
+}
