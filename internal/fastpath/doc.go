@@ -364,7 +364,7 @@
 // of the program executed, opened for execve, and since Linux 6.7 any user may
 // register such an entry in a binfmt_misc instance of a user namespace of
 // their own; that descriptor, passed to the process in the host's namespace,
-// names the program with the flag (reasoned, not tested; open).
+// names the program with the flag (TestBinfmtExecFDMasqueradeHitsEntry; open).
 //
 // Every rule change (add, remove, import, answer remembered as a rule, expiry) calls
 // RulesChanged synchronously, before the change's API call returns; it bumps the
