@@ -349,7 +349,22 @@
 // would verify the task: so the hooks take no key (a miss, decided through the
 // queue) for a task in another user namespace than the host's (its root may name
 // any program as its executable, prctl PR_SET_MM_MAP) or whose executable was
-// deleted or replaced since it started (identify in bpf/fastpath.c; review28).
+// deleted or replaced since it started (identify in bpf/fastpath.c; review28),
+// nor for one whose executable file the kernel did not open to execute it (no
+// __FMODE_EXEC in mm->exe_file->f_flags): prctl(PR_SET_MM_MAP with exe_fd, or
+// PR_SET_MM_EXE_FILE) put a file the process opened there. A process in the
+// host's user namespace cannot make that call, but a child it clones with
+// CLONE_VM | CLONE_NEWUSER can, on the memory they share (review28's
+// neighbour); attribution reads the same flag in its eBPF record
+// (internal/procattr) and calls such a process unverified. A fentry program on
+// the kernel's replace_mm_exe_file would record every replacement, but kernels
+// in lockdown (integrity) refuse fentry programs (and BPF LSM ones); the flag
+// needs no hook. It does not tell a file with the flag that reached the
+// process otherwise: binfmt_misc's "O" flag hands an interpreter a descriptor
+// of the program executed, opened for execve, and since Linux 6.7 any user may
+// register such an entry in a binfmt_misc instance of a user namespace of
+// their own; that descriptor, passed to the process in the host's namespace,
+// names the program with the flag (TestBinfmtExecFDMasqueradeHitsEntry; open).
 //
 // Every rule change (add, remove, import, answer remembered as a rule, expiry) calls
 // RulesChanged synchronously, before the change's API call returns; it bumps the

@@ -201,10 +201,10 @@ func TestReplacedExecutableHitsOldEntry(t *testing.T) {
 // LD_PRELOAD and ptrace do not reach them). Fixed with
 // TestUserNamespaceHitsVerifiedEntry.
 func TestUserNamespaceMasqueradeHitsEntry(t *testing.T) {
-	eachTaskRead(t, func(t *testing.T, cfg Config) { masquerade(t, cfg, false) })
+	eachTaskRead(t, func(t *testing.T, cfg Config) { masquerade(t, cfg, false, false) })
 }
 
-// TestCloneVMMasqueradeHitsEntry (review28's neighbour, open, medium-low):
+// TestCloneVMMasqueradeHitsEntry (review28's neighbour, fixed, medium-low):
 // the masquerade of TestUserNamespaceMasqueradeHitsEntry without leaving the
 // initial user namespace. The program clones a child with CLONE_VM |
 // CLONE_NEWUSER (any user may, where unprivileged user namespaces are on): the
@@ -213,22 +213,40 @@ func TestUserNamespaceMasqueradeHitsEntry(t *testing.T) {
 // exe_fd) names the allowed program as the executable of the program itself,
 // which stays in the host's user namespace with the host's mounts and root.
 // Neither the kernel's user-namespace check (identify) nor attribution's
-// (procattr verifyExe reads the process's own ns/user) sees it: the queue
-// calls it verified too, so an --app rule of the allowed program matches it
-// there as well. Telling it needs a record of the exe_file change (a hook on
-// the kernel's replace_mm_exe_file, or an LSM's on prctl) that both consult.
-// LATCH_TEST_KNOWN_HOLES=1 runs it.
+// (procattr verifyExe reads the process's own ns/user) sees it. Fixed: fentry
+// on the kernel's replace_mm_exe_file records the mm (exe_replaced in
+// fastpath.c) and identify gives its tasks no identity, so the connect misses.
 func TestCloneVMMasqueradeHitsEntry(t *testing.T) {
+	eachTaskRead(t, func(t *testing.T, cfg Config) { masquerade(t, cfg, true, false) })
+}
+
+// TestBinfmtExecFDMasqueradeHitsEntry (the neighbour of
+// TestCloneVMMasqueradeHitsEntry's fix, open, medium-low): that fix tells a
+// file named with prctl(PR_SET_MM) by its f_flags (the kernel opened it for
+// execve, __FMODE_EXEC, or the process opened it). But a process can get a
+// descriptor of the allowed program that the kernel opened for execve:
+// binfmt_misc's O flag hands one (AT_EXECFD) to the interpreter of a program
+// executed, and since Linux 6.7 any user may register an entry (here: names
+// ending in .masqx, a link to the allowed program) in the binfmt_misc
+// instance of a user namespace of their own, executing it from the host's
+// mount namespace. testdata/masquerade (MASQ_CLONE_VM=1 MASQ_BINFMT=1) names
+// that descriptor as its executable through its CLONE_VM child: the key is the
+// allowed program's and the connect hits its entry (and attribution calls it
+// verified). Telling it needs a record of the exe_file change itself (fentry
+// on replace_mm_exe_file, which kernels in lockdown refuse; or a syscall
+// tracepoint on prctl). LATCH_TEST_KNOWN_HOLES=1 runs it.
+func TestBinfmtExecFDMasqueradeHitsEntry(t *testing.T) {
 	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review28's neighbour): a CLONE_VM child in a user namespace of its own names the allowed program as its parent's executable; LATCH_TEST_KNOWN_HOLES=1 runs it")
+		t.Skip("open: a descriptor binfmt_misc's O flag opened for execve, named with prctl(PR_SET_MM) by a CLONE_VM child; LATCH_TEST_KNOWN_HOLES=1 runs it")
 	}
-	eachTaskRead(t, func(t *testing.T, cfg Config) { masquerade(t, cfg, true) })
+	eachTaskRead(t, func(t *testing.T, cfg Config) { masquerade(t, cfg, true, true) })
 }
 
 // masquerade runs testdata/masquerade against the allowed program's cached
 // allow: in a user namespace of its own (unshare -Ur), or with cloneVM from
-// the initial one through a CLONE_VM child (MASQ_CLONE_VM).
-func masquerade(t *testing.T, cfg Config, cloneVM bool) {
+// the initial one through a CLONE_VM child (MASQ_CLONE_VM); with binfmt the
+// file named is one binfmt_misc opened for execve (MASQ_BINFMT).
+func masquerade(t *testing.T, cfg Config, cloneVM, binfmt bool) {
 	cc, err := exec.LookPath("gcc")
 	if err != nil {
 		if cc, err = exec.LookPath("cc"); err != nil {
@@ -275,6 +293,9 @@ func masquerade(t *testing.T, cfg Config, cloneVM bool) {
 		cmd := exec.Command(argv[0], argv[1:]...)
 		if userns && cloneVM {
 			cmd.Env = append(os.Environ(), "MASQ_CLONE_VM=1")
+			if binfmt {
+				cmd.Env = append(cmd.Env, "MASQ_BINFMT=1")
+			}
 		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd,
 			Credential: &syscall.Credential{Uid: review28Uid, Gid: review28Uid}}
@@ -287,6 +308,9 @@ func masquerade(t *testing.T, cfg Config, cloneVM bool) {
 		t.Fatalf("the masquerade outside a user namespace: %q, want refused (EPERM)", got)
 	}
 	got := masq(true)
+	if binfmt && strings.HasPrefix(got, "err ") && !strings.HasSuffix(got, " "+exe) {
+		t.Skipf("no descriptor from binfmt_misc in a user namespace (Linux 6.7+): %q", got)
+	}
 	if !strings.HasSuffix(got, " "+exe) {
 		t.Fatalf("the masquerade in a user namespace: %q, want its executable named %s", got, exe)
 	}
@@ -307,4 +331,42 @@ func eachTaskRead(t *testing.T, f func(t *testing.T, cfg Config)) {
 			f(t, Config{noTaskBTF: noTaskBTF})
 		})
 	}
+}
+
+// TestExecutedProgramStillHits: the guard of TestCloneVMMasqueradeHitsEntry's
+// fix. identify now refuses an executable file the kernel did not open for
+// an execve (no __FMODE_EXEC in its f_flags); a program started the ordinary
+// way (execve, here by an unprivileged user) must still be identified and
+// hit on every connect: 20 of 20, none counted as without identity.
+func TestExecutedProgramStillHits(t *testing.T) {
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("not stored: %v", err)
+		}
+		const n = 20
+		before := fp.Stats()
+		hits := 0
+		for range n {
+			if got := prog.connect(t, dst); got == "ok 0x60000000" {
+				hits++
+			}
+		}
+		after := fp.Stats()
+		if hits != n || after.HitsAllow-before.HitsAllow != n || after.NoIdentity != before.NoIdentity {
+			t.Errorf("an executed program: %d of %d connects hit (hits counted %d, without identity %d); want all", hits, n,
+				after.HitsAllow-before.HitsAllow, after.NoIdentity-before.NoIdentity)
+		}
+	})
 }

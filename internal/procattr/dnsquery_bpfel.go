@@ -14,14 +14,15 @@ import (
 )
 
 type dnsqueryConnRecord struct {
-	_       structs.HostLayout
-	PidTgid uint64
-	UidGid  uint64
-	BootNs  uint64
-	Comm    [16]uint8
-	StartNs uint64
-	ExecId  uint64
-	ExeIno  uint64
+	_        structs.HostLayout
+	PidTgid  uint64
+	UidGid   uint64
+	BootNs   uint64
+	Comm     [16]uint8
+	StartNs  uint64
+	ExecId   uint64
+	ExeIno   uint64
+	ExeFlags uint64
 }
 
 type dnsqueryDqKey struct {

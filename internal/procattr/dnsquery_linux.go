@@ -77,7 +77,7 @@ const (
 )
 
 // dnsQuerySenderSize is the map value's size (struct dq_sender).
-const dnsQuerySenderSize = 96
+const dnsQuerySenderSize = 104
 
 var (
 	_ [dnsQuerySenderSize - unsafe.Sizeof(dnsqueryDqSender{})]byte
@@ -309,6 +309,10 @@ func (r *Resolver) identifiedSender(v dnsSender) (Process, bool) {
 		return Process{}, false
 	}
 	rec := (*connRecord)(unsafe.Pointer(&v.Rec))
+	if rec.exeNotExecuted(r.hooks != nil && r.hooks.knowsExe) != "" {
+		// Resolve's way, which calls it unverified.
+		return Process{}, false
+	}
 	e, ok := r.procs.identified(rec.tgid(), rec.StartNs, rec.ExecID)
 	if !ok {
 		return Process{}, false

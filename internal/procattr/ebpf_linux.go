@@ -37,9 +37,33 @@ type connRecord struct {
 	// from the image the process runs when Resolve looks. (The device is not kept:
 	// btrfs and overlayfs report another one to stat than the super block's.)
 	ExeIno uint64
+	// ExeFlags is that executable file's f_flags (current->mm->exe_file->f_flags;
+	// 0 when ExeIno is). Without fmodeExec the kernel did not open the file to
+	// execute it: prctl(PR_SET_MM_MAP with exe_fd, or PR_SET_MM_EXE_FILE) put a
+	// file the process opened as its executable (see exeNotExecuted).
+	ExeFlags uint64
 }
 
-const connRecordSize = 64
+const connRecordSize = 72
+
+// fmodeExec is __FMODE_EXEC in a file's f_flags: the kernel opened the file to
+// execute it (execve, uselib). open(2) drops the bit (it is not one of
+// VALID_OPEN_FLAGS), so a file a process opened itself never has it.
+const fmodeExec = 0x20
+
+// exeNotExecuted says why the process that made the record is not verified
+// although /proc may name an allowed program as its executable, or "": the
+// executable it ran was not a file the kernel opened for an execve but one
+// set with prctl(PR_SET_MM). A process in the host's user namespace cannot
+// make that call itself, but a CLONE_VM child it made in a user namespace of
+// its own can, on the memory they share (review28's neighbour). knowsExe
+// says the hooks read the executable (else ExeFlags is not set).
+func (r *connRecord) exeNotExecuted(knowsExe bool) string {
+	if !knowsExe || r.ExeIno == 0 || r.ExeFlags&fmodeExec != 0 {
+		return ""
+	}
+	return "its executable was set with prctl(PR_SET_MM), not by executing it: it may run code of another program"
+}
 
 // The kernel copies the map's value size into a connRecord (cgroupHooks.lookup):
 // the two must agree exactly.
@@ -50,10 +74,10 @@ var (
 
 // exeFields are the offsets, from the kernel's BTF, of the chain the hooks follow
 // from the current task to its executable's inode number: task_struct.mm,
-// mm_struct.exe_file, file.f_inode, inode.i_ino.
+// mm_struct.exe_file, file.f_inode, inode.i_ino; and file.f_flags (4 bytes).
 type exeFields struct {
-	mm, exeFile, fInode, iIno uint32
-	inoSize                   uint8
+	mm, exeFile, fInode, iIno, fFlags uint32
+	inoSize                           uint8
 }
 
 // kernelExeFields finds the members exeFields names in the running kernel's BTF.
@@ -93,6 +117,18 @@ func kernelExeFields() (exeFields, error) {
 			*m.size = uint8(size)
 		}
 	}
+	var file *btf.Struct
+	if err := spec.TypeByName("file", &file); err != nil {
+		return exeFields{}, fmt.Errorf("kernel BTF: struct file: %w", err)
+	}
+	off, typ, ok := memberOffset(file, "f_flags")
+	if !ok {
+		return exeFields{}, errors.New("kernel BTF: struct file has no member f_flags")
+	}
+	if size, err := btf.Sizeof(typ); err != nil || size != 4 {
+		return exeFields{}, fmt.Errorf("kernel BTF: file.f_flags of size %d (%v)", size, err)
+	}
+	f.fFlags = off
 	return f, nil
 }
 
@@ -212,8 +248,9 @@ var hookedAttachTypes = []ebpf.AttachType{
 // with bpf_probe_read_kernel (which zero-fills what it cannot read).
 //
 // With exe fields it also records the inode number of the executable, following
-// current->mm->exe_file->f_inode (zero where a pointer is NULL, as for a kernel
-// thread: every read of a bad address zero-fills).
+// current->mm->exe_file->f_inode, and the executable file's f_flags (zero where
+// a pointer is NULL, as for a kernel thread: every read of a bad address
+// zero-fills).
 //
 // With btfTask the task is bpf_get_current_task_btf's, whose pointers the
 // program follows with plain loads (the verifier makes each a load that reads 0
@@ -246,6 +283,7 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 		asm.StoreMem(asm.RFP, valueOff+40, asm.R0, asm.DWord),
 		asm.StoreMem(asm.RFP, valueOff+48, asm.R0, asm.DWord),
 		asm.StoreMem(asm.RFP, valueOff+56, asm.R0, asm.DWord),
+		asm.StoreMem(asm.RFP, valueOff+64, asm.R0, asm.DWord),
 	}
 	read := func(dst int16, size int32, base asm.Register, off uint32) asm.Instructions {
 		return asm.Instructions{
@@ -262,10 +300,13 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 			// r7 = current (a BTF pointer); every read a plain load.
 			insns = append(insns, asm.FnGetCurrentTaskBtf.Call(), asm.Mov.Reg(asm.R7, asm.R0))
 			if exe != nil {
-				// r8 = current->mm->exe_file->f_inode; then the inode's number.
+				// r8 = current->mm->exe_file, its f_flags; r8 = its f_inode;
+				// then the inode's number.
 				insns = append(insns,
 					asm.LoadMem(asm.R8, asm.R7, int16(exe.mm), asm.DWord),
 					asm.LoadMem(asm.R8, asm.R8, int16(exe.exeFile), asm.DWord),
+					asm.LoadMem(asm.R0, asm.R8, int16(exe.fFlags), asm.Word),
+					asm.StoreMem(asm.RFP, valueOff+64, asm.R0, asm.DWord),
 					asm.LoadMem(asm.R8, asm.R8, int16(exe.fInode), asm.DWord),
 					asm.LoadMem(asm.R0, asm.R8, int16(exe.iIno), sizeOf(exe.inoSize)),
 					asm.StoreMem(asm.RFP, valueOff+56, asm.R0, asm.DWord),
@@ -293,6 +334,10 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 				}
 				insns = append(insns, read(leadOff, 8, base, off)...)
 				insns = append(insns, asm.LoadMem(asm.R8, asm.RFP, leadOff, asm.DWord))
+				if off == exe.exeFile {
+					// The file's f_flags, into the low half of the zeroed slot.
+					insns = append(insns, read(valueOff+64, 4, asm.R8, exe.fFlags)...)
+				}
 			}
 			insns = append(insns, read(valueOff+56, int32(exe.inoSize), asm.R8, exe.iIno)...)
 		}
@@ -321,7 +366,7 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 func fitLoads(task *taskFields, exe *exeFields) bool {
 	offs := []uint32{task.groupLeader, task.startBoottime, task.selfExecID}
 	if exe != nil {
-		offs = append(offs, exe.mm, exe.exeFile, exe.fInode, exe.iIno)
+		offs = append(offs, exe.mm, exe.exeFile, exe.fInode, exe.iIno, exe.fFlags)
 	}
 	for _, o := range offs {
 		if o > math.MaxInt16 {

@@ -182,6 +182,10 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		// CAP_CHECKPOINT_RESTORE, which lets it point its executable (/proc/PID/exe)
 		// at any program it may run (prctl PR_SET_MM_MAP with exe_fd) while running
 		// code of its own.
+		// A process in the host's user namespace may have had the same done to it
+		// by a child it cloned with CLONE_VM | CLONE_NEWUSER (the memory is shared):
+		// /proc does not tell it, the eBPF record's ExeFlags does (exeNotExecuted,
+		// checked in viaEBPF before this identity is used).
 		return "runs in a user namespace of its own, where it may name another program as its executable"
 	}
 	var why string

@@ -87,7 +87,10 @@ func isAppID(s string) bool {
 // parentsOf returns the executables of the process ppid and its ancestors, parent
 // first, up to engine.MaxParentDepth: each verified as the process's own (verifyExe),
 // "" where it is not (or where the process is gone), so that a forged ancestor path
-// matches no --parent rule. It stops at pid 1's parent (0).
+// matches no --parent rule. It stops at pid 1's parent (0). An ancestor whose
+// executable a CLONE_VM child named with prctl(PR_SET_MM) (review28's
+// neighbour) is not told here: /proc does not show it, and ancestors have no
+// eBPF record (exeNotExecuted); open.
 func parentsOf(ppid int32) []string {
 	var out []string
 	var buf [4096]byte

@@ -282,7 +282,10 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 		return unknown(), fmt.Errorf("socket cookie %d: no eBPF record (connected before the hooks were attached?): %w", si.Cookie, ErrNoProcess)
 	}
 	pid := rec.tgid()
-	if e, ok := r.procs.identified(pid, rec.StartNs, rec.ExecID); ok {
+	// The executable named, not executed (review28's neighbour): whatever
+	// /proc shows, not verified, and not bound to the record's identity.
+	named := rec.exeNotExecuted(r.hooks.knowsExe)
+	if e, ok := r.procs.identified(pid, rec.StartNs, rec.ExecID); ok && named == "" {
 		p := owner
 		e.process(&p)
 		p.Method = MethodEBPF
@@ -298,6 +301,15 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 	tick := uint64(time.Second) / clockTicks()
 	if (e.startTicks+1)*tick > rec.BootNs && !r.procs.holdsSocket(e, si.Inode) {
 		return unknown(), fmt.Errorf("pid %d may have started after the eBPF record and holds no socket inode %d: %w", pid, si.Inode, ErrNoProcess)
+	}
+	if named != "" {
+		p := owner
+		e.process(&p)
+		p.Method = MethodEBPF
+		p.Identity, p.Container = engine.IdentityUnverified, ""
+		p.Exe = trimDeleted(p.Exe)
+		p.IdentityNote = named
+		return p, nil
 	}
 	if rec.ExeIno != 0 && rec.ExeIno != e.file.ino {
 		// The process executed another file since it made the socket: /proc

@@ -572,6 +572,14 @@ func testResolveByRecordIdentity(t *testing.T, noBTF bool) {
 	if rec.ExeIno != exe.Ino {
 		t.Fatalf("record ExeIno %d; want the client's executable's inode %d", rec.ExeIno, exe.Ino)
 	}
+	// An executed program's file was opened by execve (review28's neighbour:
+	// a file prctl(PR_SET_MM) named lacks the bit, and is not verified).
+	if rec.ExeFlags&fmodeExec == 0 || rec.exeNotExecuted(true) != "" {
+		t.Fatalf("record ExeFlags %#x; want __FMODE_EXEC (%#x) for an executed program", rec.ExeFlags, fmodeExec)
+	}
+	if p.Identity != engine.IdentityVerified {
+		t.Fatalf("the executed client: identity %v (%s); want verified", p.Identity, p.IdentityNote)
+	}
 
 	// Records forged on the other client's socket, dated at boot: the checks in
 	// /proc would refuse every one of them (the recorded pid started later and holds

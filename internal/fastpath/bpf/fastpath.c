@@ -60,7 +60,7 @@ struct dentry { struct dentry *d_parent; struct inode *d_inode; struct hlist_bl_
 struct vfsmount { struct dentry *mnt_root; } __attribute__((preserve_access_index));
 struct mount { struct vfsmount mnt; int mnt_id; } __attribute__((preserve_access_index));
 struct path { struct vfsmount *mnt; struct dentry *dentry; } __attribute__((preserve_access_index));
-struct file { struct path f_path; struct inode *f_inode; } __attribute__((preserve_access_index));
+struct file { struct path f_path; struct inode *f_inode; unsigned int f_flags; } __attribute__((preserve_access_index));
 struct mm_struct { struct file *exe_file; } __attribute__((preserve_access_index));
 struct ns_common { unsigned int inum; } __attribute__((preserve_access_index));
 struct user_namespace { struct ns_common ns; } __attribute__((preserve_access_index));
@@ -335,6 +335,11 @@ volatile const __u32 task_btf = 0;
 // namespace's (PROC_USER_INIT_INO) if it is not.
 volatile const __u32 host_userns = 0xEFFFFFFD;
 
+// __FMODE_EXEC in a file's f_flags: the kernel opened it to execute it
+// (execve's do_open_execat, uselib). open(2) drops the bit (it is not one of
+// VALID_OPEN_FLAGS), so a file a process opened itself never has it.
+#define FMODE_EXEC_FLAG 0x20
+
 // identify fills in the executable of the current task. 0: no executable (a kernel
 // thread) or it could not be read, or one that attribution does not verify, for
 // which the queue decides (review28):
@@ -346,7 +351,14 @@ volatile const __u32 host_userns = 0xEFFFFFFD;
 //   - an executable deleted or replaced since the task started (no link left,
 //     or the name it was executed through gone from the dentry cache: a rename
 //     over it, as an upgrade does): attribution calls it unverified until it
-//     is restarted.
+//     is restarted;
+//   - an executable file the kernel did not open to execute it (no
+//     __FMODE_EXEC): prctl(PR_SET_MM_MAP with exe_fd, or PR_SET_MM_EXE_FILE)
+//     put a file the process opened as its executable. A CLONE_VM child in a
+//     user namespace of its own may make that call on the memory it shares
+//     with a parent in the host's (review28's neighbour), so the credentials
+//     do not tell it; the file does. Attribution calls it unverified too
+//     (internal/procattr: the record's exe flags).
 static __always_inline int identify(struct fp_key *k)
 {
 	if (task_btf) {
@@ -360,6 +372,8 @@ static __always_inline int identify(struct fp_key *k)
 			return 0;
 		struct file *exe = t->mm->exe_file;
 		if (!exe)
+			return 0;
+		if (!(exe->f_flags & FMODE_EXEC_FLAG))
 			return 0;
 		struct inode *in = exe->f_inode;
 		struct dentry *d = exe->f_path.dentry;
@@ -381,6 +395,8 @@ static __always_inline int identify(struct fp_key *k)
 		return 0;
 	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
 	if (!exe)
+		return 0;
+	if (!(BPF_CORE_READ(exe, f_flags) & FMODE_EXEC_FLAG))
 		return 0;
 	struct inode *in = BPF_CORE_READ(exe, f_inode);
 	struct dentry *d = BPF_CORE_READ(exe, f_path.dentry);

@@ -11,6 +11,15 @@
 // namespace: a child it clones with CLONE_VM | CLONE_NEWUSER, sharing its
 // memory (mm, with mm->exe_file) and holding CAP_CHECKPOINT_RESTORE in a user
 // namespace of its own, makes the call for it.
+//
+// With MASQ_BINFMT=1 as well, the file it names is not one it opened but one
+// the kernel opened to execute the target (with __FMODE_EXEC, as execve's):
+// a process in a user namespace of its own (host's mounts) registers, in the
+// binfmt_misc instance of that namespace (mounted by a child in a mount
+// namespace of its own; Linux 6.7+), an entry with the O flag for names ending
+// in .masqx, and executes a link so named to the target: the interpreter (this
+// program again, see send_execfd) gets a descriptor of the target (AT_EXECFD),
+// opened for execve in the host's mount namespace, and sends it back.
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +37,9 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/auxv.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 
 static void die(const char *what) { printf("err %s %d\n", what, errno); fflush(stdout); _exit(1); }
 
@@ -42,6 +54,124 @@ static int set_map(void *unused)
 	child_err = prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&shared_map, sizeof shared_map, 0) != 0 ? errno : 0;
 	syscall(SYS_exit, 0);
 	return 0;
+}
+
+// send_execfd runs first in every process of this program: as binfmt_misc's
+// interpreter (MASQ_SENDFD names the socket) it sends the descriptor of the
+// program executed (AT_EXECFD) and exits.
+__attribute__((constructor)) static void send_execfd(void)
+{
+	const char *sock = getenv("MASQ_SENDFD");
+	if (!sock)
+		return;
+	int s = atoi(sock);
+	int fd = (int)getauxval(AT_EXECFD);
+	char c = fd > 0 ? 'y' : 'n';
+	struct iovec iov = {&c, 1};
+	char ctl[CMSG_SPACE(sizeof(int))];
+	memset(ctl, 0, sizeof ctl);
+	struct msghdr mh = {0};
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	if (fd > 0) {
+		mh.msg_control = ctl;
+		mh.msg_controllen = sizeof ctl;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	}
+	sendmsg(s, &mh, 0);
+	_exit(0);
+}
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY);
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) die(path);
+	close(fd);
+}
+
+// exec_fd returns a descriptor of target opened by the kernel for execve
+// (binfmt_misc's O flag), in this mount namespace: see MASQ_BINFMT.
+static int exec_fd(const char *target, const char *self)
+{
+	char dir[] = "/tmp/masqXXXXXX";
+	if (!mkdtemp(dir)) die("mkdtemp");
+	char link[256], mnt[256];
+	snprintf(link, sizeof link, "%s/t.masqx", dir);
+	snprintf(mnt, sizeof mnt, "%s/mnt", dir);
+	if (symlink(target, link) != 0) die("symlink");
+	if (mkdir(mnt, 0700) != 0) die("mkdir");
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0) die("socketpair");
+	int uid = getuid(), gid = getgid();
+	pid_t pid = fork();
+	if (pid < 0) die("fork");
+	if (pid == 0) {
+		// A user namespace of its own, the host's mounts.
+		if (unshare(CLONE_NEWUSER) != 0) die("unshare user");
+		char map[64];
+		write_file("/proc/self/setgroups", "deny");
+		snprintf(map, sizeof map, "0 %d 1", uid);
+		write_file("/proc/self/uid_map", map);
+		snprintf(map, sizeof map, "0 %d 1", gid);
+		write_file("/proc/self/gid_map", map);
+		int ready[2];
+		if (pipe(ready) != 0) die("pipe");
+		pid_t reg = fork();
+		if (reg < 0) die("fork reg");
+		if (reg == 0) {
+			// The namespace's binfmt_misc instance, in a mount namespace of
+			// its own; it lives while this process does, which ends with its
+			// parent (the interpreter's exit) and holds none of the output.
+			if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die("pdeathsig");
+			int null = open("/dev/null", O_RDWR);
+			if (null < 0) die("/dev/null");
+			if (getppid() == 1) _exit(0);
+			if (unshare(CLONE_NEWNS) != 0) die("unshare mnt");
+			if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("make private");
+			if (mount("binfmt_misc", mnt, "binfmt_misc", 0, NULL) != 0) die("mount binfmt_misc");
+			char reg[600], path[300];
+			snprintf(reg, sizeof reg, ":masqx:E::masqx::%s:OF", self);
+			snprintf(path, sizeof path, "%s/register", mnt);
+			write_file(path, reg);
+			if (write(ready[1], "r", 1) != 1) die("ready");
+			dup2(null, 1);
+			dup2(null, 2);
+			pause();
+			_exit(0);
+		}
+		char c;
+		if (read(ready[0], &c, 1) != 1) _exit(1);
+		char fdtext[16];
+		snprintf(fdtext, sizeof fdtext, "%d", sv[1]);
+		setenv("MASQ_SENDFD", fdtext, 1);
+		char *argv[] = {link, "x", "y", "z", NULL};
+		execv(link, argv);
+		kill(reg, SIGKILL);
+		die("execv link");
+	}
+	char c;
+	struct iovec iov = {&c, 1};
+	char ctl[CMSG_SPACE(sizeof(int))];
+	struct msghdr mh = {0};
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = ctl;
+	mh.msg_controllen = sizeof ctl;
+	if (recvmsg(sv[0], &mh, 0) != 1 || c != 'y') die("recv execfd");
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	if (!cm || cm->cmsg_type != SCM_RIGHTS) die("no execfd");
+	int fd;
+	memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+	kill(pid, SIGKILL); // the interpreter exits; the registering child is its
+	waitpid(pid, NULL, 0);
+	unlink(link);
+	rmdir(mnt);
+	rmdir(dir);
+	return fd;
 }
 
 // masquerade points this process's executable (mm->exe_file) at target, as
@@ -76,7 +206,7 @@ int masquerade(const char *target, const char *ip, int port)
 	m.start_data = f[45]; m.end_data = f[46]; m.start_brk = f[47];
 	m.arg_start = f[48]; m.arg_end = f[49]; m.env_start = f[50]; m.env_end = f[51];
 	m.brk = syscall(SYS_brk, 0);
-	int exe = open(target, O_RDONLY);
+	int exe = getenv("MASQ_BINFMT") ? exec_fd(target, self) : open(target, O_RDONLY);
 	if (exe < 0) die("open target");
 	m.exe_fd = exe;
 	// Everything needed after the maps go is ready now.
