@@ -729,6 +729,10 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 	// be another 20 MB while the old and the new matcher both live.
 	live := rules[:0]
 	for _, r := range rules {
+		// An expiry is a wall-clock time: time.Now().Add(d) carries a monotonic
+		// reading, with which Before and Sub ignore a step of the wall clock
+		// (review29), so it is dropped.
+		r.Expires = r.Expires.Round(0)
 		if !r.Expired(now) {
 			live = append(live, r)
 		}
