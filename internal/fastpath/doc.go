@@ -350,6 +350,15 @@
 // queue) for a task in another user namespace than the host's (its root may name
 // any program as its executable, prctl PR_SET_MM_MAP) or whose executable was
 // deleted or replaced since it started (identify in bpf/fastpath.c; review28).
+// Nor does the key have the file's name: a running program renamed away within
+// its directory, or whose path another file is mounted over, keeps its key while
+// attribution names it otherwise. So a decision is stored only under an inotify
+// watch on its executable (IN_MOVE_SELF, IN_DELETE_SELF, IN_ATTRIB), and the
+// generation is bumped at such an event and at every change of the host's or the
+// daemon's mount table (POLLPRI on mountinfo; review29; exewatch_linux.go,
+// mountwatch_linux.go). Both are asynchronous: a connect between the rename or
+// mount and the daemon handling its event still hits. Without inotify or the
+// mount tables' watch nothing is stored (Stats.Why).
 //
 // Every rule change (add, remove, import, answer remembered as a rule, expiry) calls
 // RulesChanged synchronously, before the change's API call returns; it bumps the

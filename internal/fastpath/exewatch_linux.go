@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -124,6 +125,22 @@ func (w *exeWatch) drop(wd int32, rm bool) bool {
 		w.raw.Control(func(fd uintptr) { unix.InotifyRmWatch(int(fd), uint32(wd)) })
 	}
 	return true
+}
+
+// covers reports whether a mount at mountPoint is at or above the path of a
+// watched executable.
+func (w *exeWatch) covers(mountPoint string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if mountPoint == "/" {
+		return len(w.byPath) > 0
+	}
+	for p := range w.byPath {
+		if p == mountPoint || strings.HasPrefix(p, mountPoint) && p[len(mountPoint)] == '/' {
+			return true
+		}
+	}
+	return false
 }
 
 // dropAll forgets every watch.

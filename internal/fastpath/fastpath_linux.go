@@ -241,6 +241,10 @@ type FastPath struct {
 	exeWatch    *exeWatch
 	exeWatchWhy string
 	exeWatchRun chan struct{} // closed when exeWatch.run returned
+	// mountWatch bumps the generation when a mount table changes (see
+	// mountwatch_linux.go); nil: it could not, exeWatchWhy says why, and
+	// nothing is stored.
+	mountWatch *mountWatch
 
 	udpPin     string       // where the UDP match program is pinned; "": none
 	leasePin   string       // where the lease program is pinned; "": none
@@ -660,6 +664,17 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			})
 		}()
 	}
+	if fp.exeWatch == nil {
+		// Nothing is stored anyway.
+	} else if w, err := newMountWatch(fp.exeWatch.covers, func() {
+		if err := fp.ModeChanged(); err != nil {
+			fp.storeErrors.Add(1)
+		}
+	}); err != nil {
+		fp.exeWatchWhy = err.Error()
+	} else {
+		fp.mountWatch = w
+	}
 	if err := fp.raiseLease(); err != nil {
 		return fp, err
 	}
@@ -1010,6 +1025,10 @@ func (fp *FastPath) Close() error {
 		<-fp.exeWatchRun
 		fp.exeWatch = nil
 	}
+	if fp.mountWatch != nil {
+		errs = append(errs, fp.mountWatch.close())
+		fp.mountWatch = nil
+	}
 	pinned := fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" || fp.stashPin != ""
 	// The lease first, before the hooks go (see "The lease" in doc.go).
 	if fp.objs.Lease != nil {
@@ -1262,7 +1281,7 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	// The executable is watched before its identity is checked, so that a rename
 	// after the check is reported (see exewatch_linux.go); without a watch the
 	// decision is not stored.
-	if fp.exeWatch == nil {
+	if fp.exeWatch == nil || fp.mountWatch == nil || fp.mountWatch.dead.Load() {
 		fp.notStored.Add(1)
 		return false, nil
 	}
@@ -1871,6 +1890,8 @@ func (fp *FastPath) Stats() Stats {
 	}
 	if fp.exeWatchWhy != "" && s.Cacheable {
 		s.Cacheable, s.Why = false, fp.exeWatchWhy
+	} else if fp.mountWatch != nil && fp.mountWatch.dead.Load() && s.Cacheable {
+		s.Cacheable, s.Why = false, "fast path: the mount tables' watch failed"
 	}
 	if s.TCPLiveBytes {
 		s.TCPLiveBytesVia = fp.liveVia.String()

@@ -3,6 +3,8 @@ package fastpath
 import (
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,19 +98,18 @@ func TestRenamedAwayExecutableHitsOldEntry(t *testing.T) {
 	}
 }
 
-// TestOverMountedExecutableHitsOldEntry (review29, open, low): the same class
+// TestOverMountedExecutableHitsOldEntry (review29, fixed, low): the same class
 // as TestRenamedAwayExecutableHitsOldEntry without a rename: a file mounted
 // over the running program's path (a bind mount by root; a systemd-sysext or
 // ostree refresh that mounts a new /usr over the old) leaves the running
 // file's dentry hashed with its link, so identify keeps its key and it keeps
 // hitting, while attribution, which opens the path on the host, finds another
 // file there ("the host's file at this path is another file than the one the
-// process runs": unverified, no --app rule matches it). Needs root to mount;
-// LATCH_TEST_KNOWN_HOLES=1 runs it.
+// process runs": unverified, no --app rule matches it). Needs root to mount.
+// Fixed (mountwatch_linux.go): the fast path polls the host's and its own mount
+// tables (POLLPRI) and bumps the generation at each change; asynchronous, so the
+// test waits (bounded) for the change to be handled.
 func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review29): a running program whose path a mount covers keeps its kernel key; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	eachTaskRead(t, func(t *testing.T, cfg Config) {
 		cg, cgfd := testCgroup(t)
 		exe := publicCopy(t)
@@ -132,6 +133,10 @@ func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
 		if err := os.WriteFile(other, []byte("#!/bin/sh\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		var handled uint64
+		if fp.mountWatch != nil {
+			handled = fp.mountWatch.handled.Load()
+		}
 		if err := unix.Mount(other, exe, "", unix.MS_BIND, ""); err != nil {
 			t.Skipf("bind mount over the program: %v", err)
 		}
@@ -146,8 +151,56 @@ func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
 		if host.Ino == its.Ino && host.Dev == its.Dev {
 			t.Fatalf("the host's file at %s is still the one the client runs", exe)
 		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if fp.mountWatch != nil && fp.mountWatch.handled.Load() > handled {
+				break
+			}
+		}
 		if got := prog.connect(t, dst); got != "ok 0x0" {
 			t.Errorf("a process whose executable's path another file now covers: %q, want a miss (the queue decides it: attribution finds another file at %s, unverified)", got, exe)
 		}
 	})
+}
+
+// TestMountCoversWatchedExecutable: which mount changes bump the generation: a
+// mount at a stored executable's path or a directory above it (also the root, a
+// mount point with a space, as mountinfo escapes it), not one beside it (/tmp/xy
+// is not above /tmp/x/prog), nor one anywhere with no executable watched.
+func TestMountCoversWatchedExecutable(t *testing.T) {
+	w, err := newExeWatch(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	if w.covers("/") {
+		t.Errorf("the root covers an executable with none watched")
+	}
+	dir := t.TempDir()
+	sub := dir + "/a b"
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prog := sub + "/prog"
+	if err := os.WriteFile(prog, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.watch(prog); err != nil {
+		t.Fatal(err)
+	}
+	for mp, want := range map[string]bool{
+		"/": true, dir: true, sub: true, prog: true,
+		unescapeMountinfo(strings.ReplaceAll(sub, " ", `\040`)): true,
+		dir + "/a": false, sub + "/prog2": false, prog + "x": false, "/usr": false,
+	} {
+		if got := w.covers(mp); got != want {
+			t.Errorf("a mount at %q covers %s: %v, want %v", mp, prog, got, want)
+		}
+	}
+	old := map[string]struct{}{"1 /": {}, "2 /usr": {}, "3 " + sub: {}}
+	now := map[string]struct{}{"1 /": {}, "4 /usr": {}, "3 " + sub: {}, "5 " + prog: {}}
+	got := changedPoints(old, now)
+	slices.Sort(got)
+	if want := []string{prog, "/usr", "/usr"}; !slices.Equal(got, want) {
+		t.Errorf("changed mount points %q, want %q", got, want)
+	}
 }
