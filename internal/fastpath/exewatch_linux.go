@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,7 +21,8 @@ import (
 // (review29, TestRenamedAwayExecutableHitsOldEntry). So the fast path watches,
 // with inotify, every executable it stored decisions for, and when one is moved,
 // deleted, linked or unlinked, or has its attributes changed (IN_MOVE_SELF,
-// IN_DELETE_SELF, IN_ATTRIB; its file system unmounted, IN_UNMOUNT), bumps the
+// IN_DELETE_SELF, IN_ATTRIB; its file system unmounted, IN_UNMOUNT), or its
+// directory (whose inode the key has) is moved or deleted, bumps the
 // generation (as ModeChanged does): every stored decision misses from then on and
 // the next connections are decided through the queue, which stores them again
 // under a watch on the file then at the path. IN_MODIFY is not watched: a running
@@ -79,14 +81,32 @@ func newExeWatch(max int) (*exeWatch, error) {
 // errWatchesFull says that the watches reached their bound.
 var errWatchesFull = errors.New("fast path: the executable watches reached their bound")
 
-// watch makes sure the file at path is watched. It returns errWatchesFull at the
-// bound (the caller drops them all and bumps the generation), and an error when
-// inotify refuses (fs.inotify.max_user_watches reached, the path gone): then the
-// decision must not be stored.
+// watch makes sure the file at path, and its directory, are watched (the kernel's
+// key has the directory's inode, not its name: a running program whose directory
+// is renamed keeps it too). It returns errWatchesFull at the bound (the caller
+// drops them all and bumps the generation), and an error when inotify refuses
+// (fs.inotify.max_user_watches reached, the path gone): then the decision must not
+// be stored.
 func (w *exeWatch) watch(path string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.byPath[path]; ok {
+	if err := w.addLocked(path, path, exeWatchMask); err != nil {
+		return err
+	}
+	return w.addLocked(dirKey+filepath.Dir(path), filepath.Dir(path), dirWatchMask)
+}
+
+// dirKey marks a directory's key in byPath (a mount point starts with "/": covers
+// ignores them).
+const dirKey = "dir:"
+
+// dirWatchMask is what a watch on an executable's directory reports: the
+// directory itself moved or deleted, not its entries.
+const dirWatchMask = unix.IN_MOVE_SELF | unix.IN_DELETE_SELF | unix.IN_ONLYDIR
+
+// addLocked adds a watch on path under key unless there is one. Call with mu held.
+func (w *exeWatch) addLocked(key, path string, mask uint32) error {
+	if _, ok := w.byPath[key]; ok {
 		return nil
 	}
 	if len(w.byPath) >= w.max {
@@ -95,15 +115,17 @@ func (w *exeWatch) watch(path string) error {
 	var wd int
 	var werr error
 	if err := w.raw.Control(func(fd uintptr) {
-		wd, werr = unix.InotifyAddWatch(int(fd), path, exeWatchMask)
+		// IN_MASK_ADD: a directory that is also watched for another executable
+		// keeps its mask.
+		wd, werr = unix.InotifyAddWatch(int(fd), path, mask|unix.IN_MASK_ADD)
 	}); err != nil {
 		werr = err
 	}
 	if werr != nil {
-		return fmt.Errorf("fast path: watch the executable %s: inotify_add_watch: %w", path, werr)
+		return fmt.Errorf("fast path: watch %s: inotify_add_watch: %w", path, werr)
 	}
-	w.byPath[path] = int32(wd)
-	w.byWd[int32(wd)] = append(w.byWd[int32(wd)], path)
+	w.byPath[key] = int32(wd)
+	w.byWd[int32(wd)] = append(w.byWd[int32(wd)], key)
 	return nil
 }
 

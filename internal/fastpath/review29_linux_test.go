@@ -3,6 +3,7 @@ package fastpath
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -203,4 +204,50 @@ func TestMountCoversWatchedExecutable(t *testing.T) {
 	if want := []string{prog, "/usr", "/usr"}; !slices.Equal(got, want) {
 		t.Errorf("changed mount points %q, want %q", got, want)
 	}
+}
+
+// TestRenamedDirectoryMissesEntry (review29's neighbour): the kernel's key has
+// the executable's directory by its inode, which a rename of the directory
+// keeps ("app" -> "app.old", an upgrade that swaps directories), while
+// attribution names the program by its new path, which the --app rule does not
+// match. The fast path watches the directory too (IN_MOVE_SELF) and bumps the
+// generation; asynchronous, so the test waits (bounded) for the event.
+func TestRenamedDirectoryMissesEntry(t *testing.T) {
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("not stored: %v", err)
+		}
+		if got := prog.connect(t, dst); got != "ok 0x60000000" {
+			t.Fatalf("before the rename: %q, want a hit", got)
+		}
+		dir := filepath.Dir(exe)
+		if err := os.Rename(dir, dir+".old"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Rename(dir+".old", dir) })
+		want := filepath.Join(dir+".old", filepath.Base(exe))
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.pid)); err != nil || l != want {
+			t.Fatalf("the client's executable: %q %v; want %s", l, err, want)
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if fp.exeWatch != nil && fp.exeWatch.handled.Load() > 0 {
+				break
+			}
+		}
+		if got := prog.connect(t, dst); got != "ok 0x0" {
+			t.Errorf("a process whose executable's directory was renamed: %q, want a miss (attribution names it %s, which the --app rule for %s does not match)", got, want, exe)
+		}
+	})
 }
