@@ -36,8 +36,9 @@ import (
 // store worker stores in that window carries a ticket older than the bump and
 // misses after it.
 
-// maxExeWatches bounds the executables watched at once (each one inotify watch,
-// counted against the kernel's per-user fs.inotify.max_user_watches). At the
+// maxExeWatches bounds the watches at once (an executable takes one, and one
+// more for its directory unless another executable there has it; counted against
+// the kernel's per-user fs.inotify.max_user_watches), and twice Config.MaxEntries. At the
 // bound every watch is dropped and the generation bumped: decisions are then
 // stored again, each under a new watch.
 const maxExeWatches = 4096

@@ -650,8 +650,9 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		fp.sockPinWhy.Store(err.Error())
 		fp.stashWhy.Store(err.Error())
 	}
-	// Before raiseLease: the lease's descriptor must stay the highest.
-	if w, err := newExeWatch(min(maxExeWatches, cfg.MaxEntries)); err != nil {
+	// Before raiseLease: the lease's descriptor must stay the highest. Up to two
+	// watches per executable: its file and its directory.
+	if w, err := newExeWatch(min(maxExeWatches, 2*max(cfg.MaxEntries, 1))); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
 		fp.exeWatch, fp.exeWatchRun = w, make(chan struct{})

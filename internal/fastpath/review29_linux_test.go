@@ -1,6 +1,7 @@
 package fastpath
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -250,4 +251,37 @@ func TestRenamedDirectoryMissesEntry(t *testing.T) {
 			t.Errorf("a process whose executable's directory was renamed: %q, want a miss (attribution names it %s, which the --app rule for %s does not match)", got, want, exe)
 		}
 	})
+}
+
+// TestExeWatchBoundAndFailure: the executables' watch refuses past its bound
+// (errWatchesFull: Remember then drops every watch and bumps the generation) and
+// when inotify refuses (here a path that is gone): either way the decision is
+// not stored (fail closed), and a dropped watch is added again.
+func TestExeWatchBoundAndFailure(t *testing.T) {
+	w, err := newExeWatch(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.watch(filepath.Join(dir, "gone")); err == nil || errors.Is(err, errWatchesFull) {
+		t.Errorf("a watch on a path that is gone: %v, want inotify's error", err)
+	}
+	for _, n := range []string{"a", "b"} { // a and the directory, then b
+		if err := w.watch(filepath.Join(dir, n)); err != nil {
+			t.Fatalf("watch %s: %v", n, err)
+		}
+	}
+	if err := w.watch(filepath.Join(dir, "c")); !errors.Is(err, errWatchesFull) {
+		t.Errorf("a watch past the bound: %v, want %v", err, errWatchesFull)
+	}
+	w.dropAll()
+	if err := w.watch(filepath.Join(dir, "c")); err != nil {
+		t.Errorf("a watch after every one was dropped: %v", err)
+	}
 }
