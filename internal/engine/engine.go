@@ -915,6 +915,15 @@ func (e *Engine) Close() {
 		e.expiryTimer = nil
 	}
 	e.writeMu.Unlock()
+	// The timed mode's timer too (it arms itself again while the engine's clock
+	// has not reached the mode's end).
+	e.modeMu.Lock()
+	if e.modeTimer != nil {
+		e.modeTimer.Stop()
+		e.modeTimer = nil
+	}
+	e.modeSeq++ // a timer firing meanwhile is stale
+	e.modeMu.Unlock()
 
 	e.mu.Lock()
 	if e.closed {
