@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -9,7 +8,7 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 )
 
-// TestClockStepEndsTimedMode (review29, open, low): review28's item 4 left the
+// TestClockStepEndsTimedMode (review29, fixed, low): review28's item 4 left the
 // timed mode's end on the same two clocks. 'latch pause 10m' (or 'latch mode
 // X --for D') puts silent-allow (or X) in force until a wall-clock time and
 // arms a Go timer, which runs on the monotonic clock, for Until-now. After a
@@ -21,12 +20,12 @@ import (
 // daemon's Until, like an answered prompt's rule Expires (answer.go, now.Add),
 // also carries time.Now's monotonic reading, with which Before and Sub compare
 // monotonic time only: a fix checks the mode again at a step and strips it,
-// Until.Round(0), or compares Unix times.) Injected wall clock, as
-// TestClockStepPrunesAndDropsDecisions. LATCH_TEST_KNOWN_HOLES=1 runs it.
+// Until.Round(0), or compares Unix times.) Fixed: clockStepped calls
+// Engine.CheckModeEnd, which ends the mode whose end passed by the stepped
+// clock (and arms its timer again otherwise), and SetMode, the API and an
+// answer's rule drop the monotonic reading. Injected wall clock, as
+// TestClockStepPrunesAndDropsDecisions.
 func TestClockStepEndsTimedMode(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review29): a wall-clock step does not end a timed mode whose Until passed; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }

@@ -66,7 +66,7 @@ func parseModeRequest(data []byte, now time.Time, current engine.ModeState) (eng
 		if !current.Until.IsZero() {
 			then = current.Then
 		}
-		st.Until, st.Then = now.Add(d), then
+		st.Until, st.Then = now.Add(d).Round(0), then // a wall-clock time: no monotonic reading (review29)
 	}
 	return st, nil
 }

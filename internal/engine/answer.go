@@ -255,7 +255,7 @@ func ruleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) (Rule, e
 		r.Unit = req.Unit
 	}
 	if a.For > 0 {
-		r.Expires = now.Add(a.For)
+		r.Expires = now.Add(a.For).Round(0) // a wall-clock time (review29: no monotonic reading)
 	}
 	return r, nil
 }
@@ -288,7 +288,7 @@ func identityRuleFromAnswer(id PromptID, req *Request, a Answer, now time.Time) 
 		return Rule{}, false, nil
 	}
 	if a.For > 0 {
-		r.Expires = now.Add(a.For)
+		r.Expires = now.Add(a.For).Round(0) // a wall-clock time (review29: no monotonic reading)
 	}
 	if err := setLifetime(id, &r, req, a); err != nil {
 		return Rule{}, true, err

@@ -89,7 +89,11 @@
 // atomic read by Decide and is stored before SetMode returns, so the next Decide after
 // SetMode uses it; open questions the new mode decides are closed by it at once. A mode
 // may be set until a time (ModeState.Until), after which ModeState.Then returns by
-// itself. Every Verdict carries the mode it was given in.
+// itself. Until is a wall-clock time, reached by the engine's clock (Config.Now): the
+// timer that ends the mode runs on the monotonic clock and checks the wall clock when
+// it fires, and CheckModeEnd ends a mode whose end a step of the wall clock passed
+// (the daemon calls it at a step; review29). Every Verdict carries the mode it was
+// given in.
 //
 // # Questions
 //

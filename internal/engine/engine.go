@@ -729,6 +729,10 @@ func (e *Engine) installLocked(rules, old []Rule) []delivery {
 	// be another 20 MB while the old and the new matcher both live.
 	live := rules[:0]
 	for _, r := range rules {
+		// An expiry is a wall-clock time: time.Now().Add(d) carries a monotonic
+		// reading, with which Before and Sub ignore a step of the wall clock
+		// (review29), so it is dropped.
+		r.Expires = r.Expires.Round(0)
 		if !r.Expired(now) {
 			live = append(live, r)
 		}
@@ -911,6 +915,15 @@ func (e *Engine) Close() {
 		e.expiryTimer = nil
 	}
 	e.writeMu.Unlock()
+	// The timed mode's timer too (it arms itself again while the engine's clock
+	// has not reached the mode's end).
+	e.modeMu.Lock()
+	if e.modeTimer != nil {
+		e.modeTimer.Stop()
+		e.modeTimer = nil
+	}
+	e.modeSeq++ // a timer firing meanwhile is stale
+	e.modeMu.Unlock()
 
 	e.mu.Lock()
 	if e.closed {

@@ -81,25 +81,77 @@ func (e *Engine) ModeState() ModeState {
 }
 
 // SetMode puts s.Mode in force; if s.Until is set, s.Then follows at that time by
-// itself (a time already passed puts s.Then in force at once). When SetMode returns,
-// every later Decide uses the new mode: block-all denies the very next connection.
-// Open questions the new mode decides without asking (every one but loopback's in
-// block-all, every one in learn and silent-*) are decided at once (ReasonMode). Hooks
-// registered with OnModeChanged hear the new state.
+// itself (a time already passed puts s.Then in force at once). s.Until is a
+// wall-clock time: its monotonic reading, if any (time.Now().Add(d)), is dropped,
+// so that a step of the wall clock moves the mode's end (see CheckModeEnd). When
+// SetMode returns, every later Decide uses the new mode: block-all denies the very
+// next connection. Open questions the new mode decides without asking (every one
+// but loopback's in block-all, every one in learn and silent-*) are decided at once
+// (ReasonMode). Hooks registered with OnModeChanged hear the new state.
 func (e *Engine) SetMode(s ModeState) error {
 	for _, m := range []Mode{s.Mode, s.Then} {
 		if int(m) >= len(modeNames) {
 			return fmt.Errorf("mode %d: unknown", m)
 		}
 	}
+	e.modeMu.Lock()
+	e.setModeLocked(s)
+	return nil
+}
+
+// CheckModeEnd ends a timed mode (ModeState.Until set) whose end passed by the
+// engine's wall clock, putting its Then in force as SetMode does, and otherwise
+// arms the mode's timer again from that clock. The timer runs on the monotonic
+// clock, which a step of the wall clock (or a suspend) does not move, so without
+// this a 'latch pause' outlived its end by the size of a forward step (review29).
+// The daemon calls it when the wall clock was stepped; without a timed mode it
+// does nothing.
+func (e *Engine) CheckModeEnd() {
+	e.modeMu.Lock()
+	e.checkModeEndLocked(e.modeSeq)
+}
+
+// checkModeEndLocked is CheckModeEnd for the mode set as number seq (a timer of a
+// mode since replaced does nothing). Call with modeMu held; it releases it.
+func (e *Engine) checkModeEndLocked(seq uint64) {
+	s := e.modeState
+	if e.modeSeq != seq || s.Until.IsZero() {
+		e.modeMu.Unlock()
+		return
+	}
 	now := e.now()
+	if !now.Before(s.Until) {
+		e.setModeLocked(ModeState{Mode: s.Then})
+		return
+	}
+	e.armModeTimerLocked(s.Until.Sub(now), seq)
+	e.modeMu.Unlock()
+}
+
+// armModeTimerLocked (re)arms the timer that ends the mode set as number seq after
+// d (monotonic), when its end is checked against the wall clock again (before a
+// backward step the timer fires early and arms itself again). Call with modeMu held.
+func (e *Engine) armModeTimerLocked(d time.Duration, seq uint64) {
+	if e.modeTimer != nil {
+		e.modeTimer.Stop()
+	}
+	e.modeTimer = time.AfterFunc(d, func() {
+		e.modeMu.Lock()
+		e.checkModeEndLocked(seq)
+	})
+}
+
+// setModeLocked is SetMode after the check of the modes. Call with modeMu held; it
+// releases it.
+func (e *Engine) setModeLocked(s ModeState) {
+	now := e.now()
+	s.Until = s.Until.Round(0) // a wall-clock time: see SetMode
 	if !s.Until.IsZero() && !now.Before(s.Until) {
 		s = ModeState{Mode: s.Then}
 	}
 	if s.Until.IsZero() {
 		s.Then = ModeAsk
 	}
-	e.modeMu.Lock()
 	if e.modeTimer != nil {
 		e.modeTimer.Stop()
 		e.modeTimer = nil
@@ -108,14 +160,7 @@ func (e *Engine) SetMode(s ModeState) error {
 	seq := e.modeSeq
 	e.modeState = s
 	if !s.Until.IsZero() {
-		e.modeTimer = time.AfterFunc(s.Until.Sub(now), func() {
-			e.modeMu.Lock()
-			stale := e.modeSeq != seq
-			e.modeMu.Unlock()
-			if !stale {
-				e.SetMode(ModeState{Mode: s.Then})
-			}
-		})
+		e.armModeTimerLocked(s.Until.Sub(now), seq)
 	}
 	// Under mu, so that no question opens under the old mode after the sweep below.
 	e.mu.Lock()
@@ -138,7 +183,6 @@ func (e *Engine) SetMode(s ModeState) error {
 	for _, fn := range hooks {
 		fn(s)
 	}
-	return nil
 }
 
 // OnModeChanged registers fn to be called after every later mode change (by SetMode

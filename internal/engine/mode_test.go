@@ -2,6 +2,7 @@ package engine
 
 import (
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -212,5 +213,58 @@ func TestListPrecedence(t *testing.T) {
 	r.Host = "ads.example"
 	if v := decideNow(t, e, r); v.Reason != ReasonList {
 		t.Errorf("listed host, no rule: %+v", v)
+	}
+}
+
+// TestModeEndFollowsTheWallClock (review29): a timed mode ends at its Until by
+// the engine's wall clock, not by the monotonic timer alone. With the wall clock
+// (injected) stepped back, the timer that fires at Until's monotonic time finds
+// the end not reached and arms itself again: the pause still holds, as 'latch
+// mode' shows it; once the clock passes Until, the next firing ends it. And the
+// Until SetMode keeps has no monotonic reading (time.Now().Add(d) has one, with
+// which Before and Sub ignore a step of the wall clock).
+func TestModeEndFollowsTheWallClock(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	e := newEngine(t, Config{Now: clock})
+	changed := make(chan ModeState, 4)
+	e.OnModeChanged(func(s ModeState) { changed <- s })
+	e.SetMode(ModeState{Mode: ModeSilentAllow, Until: clock().Add(50 * time.Millisecond), Then: ModeSilentDeny})
+	<-changed
+	// The clock does not move (as after a step back): the timer fires and re-arms.
+	select {
+	case s := <-changed:
+		t.Fatalf("the timed mode ended by the monotonic timer before its end by the wall clock: %+v", s)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if m := e.Mode(); m != ModeSilentAllow {
+		t.Fatalf("mode %v before the end, want %v", m, ModeSilentAllow)
+	}
+	mu.Lock()
+	now = now.Add(time.Hour)
+	mu.Unlock()
+	select {
+	case s := <-changed:
+		if s.Mode != ModeSilentDeny || e.Mode() != ModeSilentDeny {
+			t.Errorf("after the end: %+v, mode %v", s, e.Mode())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the timed mode did not end after the wall clock passed its end")
+	}
+
+	e2 := newEngine(t, Config{})
+	e2.SetMode(ModeState{Mode: ModeSilentAllow, Until: time.Now().Add(time.Hour), Then: ModeAsk})
+	if u := e2.ModeState().Until; u != u.Round(0) {
+		t.Errorf("the mode's end %v keeps a monotonic reading", u)
+	}
+	r, err := e2.AddRule(Rule{App: "/usr/bin/curl", Action: Allow, Expires: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, got := range e2.Rules() {
+		if got.ID == r.ID && got.Expires != got.Expires.Round(0) {
+			t.Errorf("the rule's expiry %v keeps a monotonic reading", got.Expires)
+		}
 	}
 }

@@ -365,6 +365,16 @@
 // register such an entry in a binfmt_misc instance of a user namespace of
 // their own; that descriptor, passed to the process in the host's namespace,
 // names the program with the flag (TestBinfmtExecFDMasqueradeHitsEntry; open).
+// Nor does the key have the file's name: a running program renamed away within
+// its directory, or whose path another file is mounted over, keeps its key while
+// attribution names it otherwise. So a decision is stored only under an inotify
+// watch on its executable (IN_MOVE_SELF, IN_DELETE_SELF, IN_ATTRIB), and the
+// generation is bumped at such an event and at a change of the host's or the
+// daemon's mount table that mounts at or above a watched executable's path
+// (POLLPRI on mountinfo; review29; exewatch_linux.go,
+// mountwatch_linux.go). Both are asynchronous: a connect between the rename or
+// mount and the daemon handling its event still hits. Without inotify or the
+// mount tables' watch nothing is stored (Stats.Why).
 //
 // Every rule change (add, remove, import, answer remembered as a rule, expiry) calls
 // RulesChanged synchronously, before the change's API call returns; it bumps the

@@ -235,6 +235,16 @@ type FastPath struct {
 
 	exesMu sync.Mutex
 	exes   map[identity]string // executable identity → path, for history rows
+	// exeWatch watches the executables decisions were stored for (see
+	// exewatch_linux.go); nil: inotify failed, exeWatchWhy says why, and
+	// nothing is stored.
+	exeWatch    *exeWatch
+	exeWatchWhy string
+	exeWatchRun chan struct{} // closed when exeWatch.run returned
+	// mountWatch bumps the generation when a mount table changes (see
+	// mountwatch_linux.go); nil: it could not, exeWatchWhy says why, and
+	// nothing is stored.
+	mountWatch *mountWatch
 
 	udpPin     string       // where the UDP match program is pinned; "": none
 	leasePin   string       // where the lease program is pinned; "": none
@@ -640,6 +650,32 @@ func Open(cfg Config) (fp *FastPath, err error) {
 		fp.sockPinWhy.Store(err.Error())
 		fp.stashWhy.Store(err.Error())
 	}
+	// Before raiseLease: the lease's descriptor must stay the highest. Up to two
+	// watches per executable: its file and its directory.
+	if w, err := newExeWatch(min(maxExeWatches, 2*max(cfg.MaxEntries, 1))); err != nil {
+		fp.exeWatchWhy = err.Error()
+	} else {
+		fp.exeWatch, fp.exeWatchRun = w, make(chan struct{})
+		go func() {
+			defer close(fp.exeWatchRun)
+			w.run(func() {
+				if err := fp.ModeChanged(); err != nil {
+					fp.storeErrors.Add(1)
+				}
+			})
+		}()
+	}
+	if fp.exeWatch == nil {
+		// Nothing is stored anyway.
+	} else if w, err := newMountWatch(fp.exeWatch.covers, func() {
+		if err := fp.ModeChanged(); err != nil {
+			fp.storeErrors.Add(1)
+		}
+	}); err != nil {
+		fp.exeWatchWhy = err.Error()
+	} else {
+		fp.mountWatch = w
+	}
 	if err := fp.raiseLease(); err != nil {
 		return fp, err
 	}
@@ -985,6 +1021,15 @@ func (fp *FastPath) Close() error {
 		fp.stopWorker = nil
 	}
 	var errs []error
+	if fp.exeWatch != nil {
+		errs = append(errs, fp.exeWatch.close())
+		<-fp.exeWatchRun
+		fp.exeWatch = nil
+	}
+	if fp.mountWatch != nil {
+		errs = append(errs, fp.mountWatch.close())
+		fp.mountWatch = nil
+	}
 	pinned := fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" || fp.stashPin != ""
 	// The lease first, before the hooks go (see "The lease" in doc.go).
 	if fp.objs.Lease != nil {
@@ -1233,6 +1278,25 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 		// A rule of a later set: this ticket's generation is stale anyway.
 		fp.notStored.Add(1)
 		return false, nil
+	}
+	// The executable is watched before its identity is checked, so that a rename
+	// after the check is reported (see exewatch_linux.go); without a watch the
+	// decision is not stored.
+	if fp.exeWatch == nil || fp.mountWatch == nil || fp.mountWatch.dead.Load() {
+		fp.notStored.Add(1)
+		return false, nil
+	}
+	if err := fp.exeWatch.watch(req.Exe); err != nil {
+		fp.notStored.Add(1)
+		if errors.Is(err, errWatchesFull) {
+			// Every watch dropped, then every decision stored under one.
+			fp.exeWatch.dropAll()
+			if err := fp.ModeChanged(); err != nil {
+				return false, err
+			}
+			return false, nil
+		}
+		return false, err
 	}
 	id, err := exeIdentity(req.PID, req.Exe, req.ExeFile)
 	if err != nil {
@@ -1824,6 +1888,11 @@ func (fp *FastPath) Stats() Stats {
 		TCPEndBytes: fp.tcpEndBytesWhy == "", TCPEndBytesWhy: fp.tcpEndBytesWhy,
 		SimultaneousOpenGuard: fp.simOpenWhy == "", SimultaneousOpenGuardWhy: fp.simOpenWhy, SimultaneousOpenGuardCgroup: fp.simOpenCgroup,
 		TCPLiveBytes: fp.liveWhy == "", TCPLiveBytesWhy: fp.liveWhy,
+	}
+	if fp.exeWatchWhy != "" && s.Cacheable {
+		s.Cacheable, s.Why = false, fp.exeWatchWhy
+	} else if fp.mountWatch != nil && fp.mountWatch.dead.Load() && s.Cacheable {
+		s.Cacheable, s.Why = false, "fast path: the mount tables' watch failed"
 	}
 	if s.TCPLiveBytes {
 		s.TCPLiveBytesVia = fp.liveVia.String()

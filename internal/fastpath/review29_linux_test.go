@@ -1,15 +1,20 @@
 package fastpath
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/latchfw/latch/internal/engine"
 	"golang.org/x/sys/unix"
 )
 
-// TestRenamedAwayExecutableHitsOldEntry (review29, open, low): review28's
+// TestRenamedAwayExecutableHitsOldEntry (review29, fixed, low): review28's
 // replaced-executable check (identify: i_nlink 0 or the exe's dentry
 // unhashed) catches a new file renamed over the running one's path, but not
 // the other common upgrade pattern, the running file renamed away within its
@@ -25,11 +30,13 @@ import (
 // name in what identify compares (e.g. the dentry's d_name.hash_len, or the
 // dentry pointer, recorded with the entry through the kernel's own reading of
 // the connecting task, or a miss when it differs from the one of the task
-// the entry was stored for). LATCH_TEST_KNOWN_HOLES=1 runs it.
+// the entry was stored for). Fixed in Go instead (exewatch_linux.go): the fast
+// path watches each executable it stored decisions for with inotify and bumps
+// the generation when one is moved (IN_MOVE_SELF, which both renames give the
+// running file), deleted or linked. inotify is asynchronous, so the test waits
+// (bounded) for the event to be handled; a connect between the rename and then
+// still hits (the README says so).
 func TestRenamedAwayExecutableHitsOldEntry(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review29): a running program renamed away within its directory keeps its kernel key; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	for _, exchange := range []bool{false, true} {
 		t.Run(fmt.Sprintf("exchange=%v", exchange), func(t *testing.T) {
 			eachTaskRead(t, func(t *testing.T, cfg Config) {
@@ -79,6 +86,12 @@ func TestRenamedAwayExecutableHitsOldEntry(t *testing.T) {
 				if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.pid)); err != nil || l != want {
 					t.Fatalf("the client's executable: %q %v; want %s (not deleted: attribution verifies it under that name)", l, err, want)
 				}
+				// The event is read on the watch goroutine: wait for it (bounded).
+				for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+					if fp.exeWatch != nil && fp.exeWatch.handled.Load() > 0 {
+						break
+					}
+				}
 				if got := prog.connect(t, dst); got != "ok 0x0" {
 					t.Errorf("a process whose executable was renamed away from the allowed name: %q, want a miss (the queue decides it: attribution names it %s, which the --app rule for %s does not match)", got, want, exe)
 				}
@@ -87,19 +100,18 @@ func TestRenamedAwayExecutableHitsOldEntry(t *testing.T) {
 	}
 }
 
-// TestOverMountedExecutableHitsOldEntry (review29, open, low): the same class
+// TestOverMountedExecutableHitsOldEntry (review29, fixed, low): the same class
 // as TestRenamedAwayExecutableHitsOldEntry without a rename: a file mounted
 // over the running program's path (a bind mount by root; a systemd-sysext or
 // ostree refresh that mounts a new /usr over the old) leaves the running
 // file's dentry hashed with its link, so identify keeps its key and it keeps
 // hitting, while attribution, which opens the path on the host, finds another
 // file there ("the host's file at this path is another file than the one the
-// process runs": unverified, no --app rule matches it). Needs root to mount;
-// LATCH_TEST_KNOWN_HOLES=1 runs it.
+// process runs": unverified, no --app rule matches it). Needs root to mount.
+// Fixed (mountwatch_linux.go): the fast path polls the host's and its own mount
+// tables (POLLPRI) and bumps the generation at each change; asynchronous, so the
+// test waits (bounded) for the change to be handled.
 func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review29): a running program whose path a mount covers keeps its kernel key; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	eachTaskRead(t, func(t *testing.T, cfg Config) {
 		cg, cgfd := testCgroup(t)
 		exe := publicCopy(t)
@@ -123,6 +135,10 @@ func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
 		if err := os.WriteFile(other, []byte("#!/bin/sh\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		var handled uint64
+		if fp.mountWatch != nil {
+			handled = fp.mountWatch.handled.Load()
+		}
 		if err := unix.Mount(other, exe, "", unix.MS_BIND, ""); err != nil {
 			t.Skipf("bind mount over the program: %v", err)
 		}
@@ -137,8 +153,135 @@ func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
 		if host.Ino == its.Ino && host.Dev == its.Dev {
 			t.Fatalf("the host's file at %s is still the one the client runs", exe)
 		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if fp.mountWatch != nil && fp.mountWatch.handled.Load() > handled {
+				break
+			}
+		}
 		if got := prog.connect(t, dst); got != "ok 0x0" {
 			t.Errorf("a process whose executable's path another file now covers: %q, want a miss (the queue decides it: attribution finds another file at %s, unverified)", got, exe)
 		}
 	})
+}
+
+// TestMountCoversWatchedExecutable: which mount changes bump the generation: a
+// mount at a stored executable's path or a directory above it (also the root, a
+// mount point with a space, as mountinfo escapes it), not one beside it (/tmp/xy
+// is not above /tmp/x/prog), nor one anywhere with no executable watched.
+func TestMountCoversWatchedExecutable(t *testing.T) {
+	w, err := newExeWatch(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	if w.covers("/") {
+		t.Errorf("the root covers an executable with none watched")
+	}
+	dir := t.TempDir()
+	sub := dir + "/a b"
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prog := sub + "/prog"
+	if err := os.WriteFile(prog, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.watch(prog); err != nil {
+		t.Fatal(err)
+	}
+	for mp, want := range map[string]bool{
+		"/": true, dir: true, sub: true, prog: true,
+		unescapeMountinfo(strings.ReplaceAll(sub, " ", `\040`)): true,
+		dir + "/a": false, sub + "/prog2": false, prog + "x": false, "/usr": false,
+	} {
+		if got := w.covers(mp); got != want {
+			t.Errorf("a mount at %q covers %s: %v, want %v", mp, prog, got, want)
+		}
+	}
+	old := map[string]struct{}{"1 /": {}, "2 /usr": {}, "3 " + sub: {}}
+	now := map[string]struct{}{"1 /": {}, "4 /usr": {}, "3 " + sub: {}, "5 " + prog: {}}
+	got := changedPoints(old, now)
+	slices.Sort(got)
+	if want := []string{prog, "/usr", "/usr"}; !slices.Equal(got, want) {
+		t.Errorf("changed mount points %q, want %q", got, want)
+	}
+}
+
+// TestRenamedDirectoryMissesEntry (review29's neighbour): the kernel's key has
+// the executable's directory by its inode, which a rename of the directory
+// keeps ("app" -> "app.old", an upgrade that swaps directories), while
+// attribution names the program by its new path, which the --app rule does not
+// match. The fast path watches the directory too (IN_MOVE_SELF) and bumps the
+// generation; asynchronous, so the test waits (bounded) for the event.
+func TestRenamedDirectoryMissesEntry(t *testing.T) {
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("not stored: %v", err)
+		}
+		if got := prog.connect(t, dst); got != "ok 0x60000000" {
+			t.Fatalf("before the rename: %q, want a hit", got)
+		}
+		dir := filepath.Dir(exe)
+		if err := os.Rename(dir, dir+".old"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Rename(dir+".old", dir) })
+		want := filepath.Join(dir+".old", filepath.Base(exe))
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.pid)); err != nil || l != want {
+			t.Fatalf("the client's executable: %q %v; want %s", l, err, want)
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if fp.exeWatch != nil && fp.exeWatch.handled.Load() > 0 {
+				break
+			}
+		}
+		if got := prog.connect(t, dst); got != "ok 0x0" {
+			t.Errorf("a process whose executable's directory was renamed: %q, want a miss (attribution names it %s, which the --app rule for %s does not match)", got, want, exe)
+		}
+	})
+}
+
+// TestExeWatchBoundAndFailure: the executables' watch refuses past its bound
+// (errWatchesFull: Remember then drops every watch and bumps the generation) and
+// when inotify refuses (here a path that is gone): either way the decision is
+// not stored (fail closed), and a dropped watch is added again.
+func TestExeWatchBoundAndFailure(t *testing.T) {
+	w, err := newExeWatch(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.watch(filepath.Join(dir, "gone")); err == nil || errors.Is(err, errWatchesFull) {
+		t.Errorf("a watch on a path that is gone: %v, want inotify's error", err)
+	}
+	for _, n := range []string{"a", "b"} { // a and the directory, then b
+		if err := w.watch(filepath.Join(dir, n)); err != nil {
+			t.Fatalf("watch %s: %v", n, err)
+		}
+	}
+	if err := w.watch(filepath.Join(dir, "c")); !errors.Is(err, errWatchesFull) {
+		t.Errorf("a watch past the bound: %v, want %v", err, errWatchesFull)
+	}
+	w.dropAll()
+	if err := w.watch(filepath.Join(dir, "c")); err != nil {
+		t.Errorf("a watch after every one was dropped: %v", err)
+	}
 }
