@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/latchfw/latch/internal/engine"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,14 +46,7 @@ func TestRenamedAwayExecutableHitsOldEntry(t *testing.T) {
 				if s := fp.Stats(); !s.TCPLocal {
 					t.Skipf("no TCP fast path: %+v", s)
 				}
-				fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-				dst := listen(t, "tcp4", "127.0.0.1:0")
-				prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-				r := req(prog, dst)
-				r.UID = review28Uid
-				if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-					t.Fatalf("not stored: %v", err)
-				}
+				prog, dst := storeAllowed(t, fp, exe, cgfd)
 				if got := prog.connect(t, dst); got != "ok 0x60000000" {
 					t.Fatalf("before the upgrade: %q, want a hit", got)
 				}
@@ -120,14 +112,7 @@ func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
 		if s := fp.Stats(); !s.TCPLocal {
 			t.Skipf("no TCP fast path: %+v", s)
 		}
-		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-		dst := listen(t, "tcp4", "127.0.0.1:0")
-		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-		r := req(prog, dst)
-		r.UID = review28Uid
-		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-			t.Fatalf("not stored: %v", err)
-		}
+		prog, dst := storeAllowed(t, fp, exe, cgfd)
 		if got := prog.connect(t, dst); got != "ok 0x60000000" {
 			t.Fatalf("before the mount: %q, want a hit", got)
 		}
@@ -222,14 +207,7 @@ func TestRenamedDirectoryMissesEntry(t *testing.T) {
 		if s := fp.Stats(); !s.TCPLocal {
 			t.Skipf("no TCP fast path: %+v", s)
 		}
-		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-		dst := listen(t, "tcp4", "127.0.0.1:0")
-		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-		r := req(prog, dst)
-		r.UID = review28Uid
-		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-			t.Fatalf("not stored: %v", err)
-		}
+		prog, dst := storeAllowed(t, fp, exe, cgfd)
 		if got := prog.connect(t, dst); got != "ok 0x60000000" {
 			t.Fatalf("before the rename: %q, want a hit", got)
 		}

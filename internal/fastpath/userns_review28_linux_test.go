@@ -3,6 +3,7 @@ package fastpath
 import (
 	"bufio"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +39,22 @@ func publicCopy(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return cp
+}
+
+// storeAllowed makes rule 1 allow exe, starts exe as review28Uid in the
+// cgroup cgfd, and stores the rule's allow of its connects to a new TCP
+// listener, which it returns with the client.
+func storeAllowed(t *testing.T, fp *FastPath, exe string, cgfd int) (*testClient, netip.AddrPort) {
+	t.Helper()
+	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+	dst := listen(t, "tcp4", "127.0.0.1:0")
+	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+	r := req(prog, dst)
+	r.UID = review28Uid
+	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+		t.Fatalf("not stored: %v", err)
+	}
+	return prog, dst
 }
 
 // startClientAs is startClient for argv (the client's executable last, run
@@ -104,16 +121,8 @@ func TestUserNamespaceHitsVerifiedEntry(t *testing.T) {
 		if s := fp.Stats(); !s.TCPLocal {
 			t.Skipf("no TCP fast path: %+v", s)
 		}
-		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-		dst := listen(t, "tcp4", "127.0.0.1:0")
-
 		// The program itself, verified: its allowed connection is stored.
-		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-		r := req(prog, dst)
-		r.UID = review28Uid
-		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-			t.Fatalf("not stored: %v", err)
-		}
+		prog, dst := storeAllowed(t, fp, exe, cgfd)
 		if got := prog.connect(t, dst); got != "ok 0x60000000" {
 			t.Fatalf("the verified program: %q, want a hit", got)
 		}
@@ -154,14 +163,7 @@ func TestReplacedExecutableHitsOldEntry(t *testing.T) {
 		if s := fp.Stats(); !s.TCPLocal {
 			t.Skipf("no TCP fast path: %+v", s)
 		}
-		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-		dst := listen(t, "tcp4", "127.0.0.1:0")
-		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-		r := req(prog, dst)
-		r.UID = review28Uid
-		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-			t.Fatalf("not stored: %v", err)
-		}
+		prog, dst := storeAllowed(t, fp, exe, cgfd)
 		if got := prog.connect(t, dst); got != "ok 0x60000000" {
 			t.Fatalf("before the replace: %q, want a hit", got)
 		}
@@ -273,14 +275,7 @@ func masquerade(t *testing.T, cfg Config, cloneVM, binfmt bool) {
 	if s := fp.Stats(); !s.TCPLocal {
 		t.Skipf("no TCP fast path: %+v", s)
 	}
-	fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-	dst := listen(t, "tcp4", "127.0.0.1:0")
-	prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-	r := req(prog, dst)
-	r.UID = review28Uid
-	if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-		t.Fatalf("not stored: %v", err)
-	}
+	prog, dst := storeAllowed(t, fp, exe, cgfd)
 	if got := prog.connect(t, dst); got != "ok 0x60000000" {
 		t.Fatalf("the verified program: %q, want a hit", got)
 	}
@@ -347,14 +342,7 @@ func TestExecutedProgramStillHits(t *testing.T) {
 		if s := fp.Stats(); !s.TCPLocal {
 			t.Skipf("no TCP fast path: %+v", s)
 		}
-		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
-		dst := listen(t, "tcp4", "127.0.0.1:0")
-		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
-		r := req(prog, dst)
-		r.UID = review28Uid
-		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
-			t.Fatalf("not stored: %v", err)
-		}
+		prog, dst := storeAllowed(t, fp, exe, cgfd)
 		const n = 20
 		before := fp.Stats()
 		hits := 0
