@@ -23,6 +23,7 @@ type dnsqueryConnRecord struct {
 	ExecId   uint64
 	ExeIno   uint64
 	ExeFlags uint64
+	ExeMnt   uint64
 }
 
 type dnsqueryDqKey struct {

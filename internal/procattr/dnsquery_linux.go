@@ -77,7 +77,7 @@ const (
 )
 
 // dnsQuerySenderSize is the map value's size (struct dq_sender).
-const dnsQuerySenderSize = 104
+const dnsQuerySenderSize = 112
 
 var (
 	_ [dnsQuerySenderSize - unsafe.Sizeof(dnsqueryDqSender{})]byte

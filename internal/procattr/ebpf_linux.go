@@ -35,16 +35,23 @@ type connRecord struct {
 	// connected, sent or bound (current->mm->exe_file->f_inode->i_ino); 0 when the
 	// hooks could not read it (see exeFields). It tells a socket made by one image
 	// from the image the process runs when Resolve looks. (The device is not kept:
-	// btrfs and overlayfs report another one to stat than the super block's.)
+	// btrfs and overlayfs report another one to stat than the super block's; ExeMnt
+	// tells the file system instead.)
 	ExeIno uint64
 	// ExeFlags is that executable file's f_flags (current->mm->exe_file->f_flags;
 	// 0 when ExeIno is). Without fmodeExec the kernel did not open the file to
 	// execute it: prctl(PR_SET_MM_MAP with exe_fd, or PR_SET_MM_EXE_FILE) put a
 	// file the process opened as its executable (see exeNotExecuted).
 	ExeFlags uint64
+	// ExeMnt is the id of the mount the executable file was reached through
+	// (real_mount(exe_file->f_path.mnt)->mnt_id, the number statx's
+	// STATX_MNT_ID gives for /proc/PID/exe); 0 when ExeIno is. With ExeIno it
+	// tells the file from one with the same inode number on another file system
+	// (review32).
+	ExeMnt uint64
 }
 
-const connRecordSize = 72
+const connRecordSize = 80
 
 // fmodeExec is __FMODE_EXEC in a file's f_flags: the kernel opened the file to
 // execute it (execve, uselib). open(2) drops the bit (it is not one of
@@ -74,10 +81,14 @@ var (
 
 // exeFields are the offsets, from the kernel's BTF, of the chain the hooks follow
 // from the current task to its executable's inode number: task_struct.mm,
-// mm_struct.exe_file, file.f_inode, inode.i_ino; and file.f_flags (4 bytes).
+// mm_struct.exe_file, file.f_inode, inode.i_ino; file.f_flags (4 bytes); and
+// to the id of the mount the file was reached through: file.f_path.mnt (a
+// struct vfsmount inside a struct mount, at mount.mnt) and mount.mnt_id (4 bytes).
 type exeFields struct {
 	mm, exeFile, fInode, iIno, fFlags uint32
 	inoSize                           uint8
+	fPathMnt                          uint32 // file.f_path + path.mnt
+	mountMnt, mountID                 uint32 // mount.mnt, mount.mnt_id
 }
 
 // kernelExeFields finds the members exeFields names in the running kernel's BTF.
@@ -129,6 +140,29 @@ func kernelExeFields() (exeFields, error) {
 		return exeFields{}, fmt.Errorf("kernel BTF: file.f_flags of size %d (%v)", size, err)
 	}
 	f.fFlags = off
+	var path, mount *btf.Struct
+	if err := spec.TypeByName("path", &path); err != nil {
+		return exeFields{}, fmt.Errorf("kernel BTF: struct path: %w", err)
+	}
+	if err := spec.TypeByName("mount", &mount); err != nil {
+		return exeFields{}, fmt.Errorf("kernel BTF: struct mount: %w", err)
+	}
+	fPath, _, ok := memberOffset(file, "f_path")
+	if !ok {
+		return exeFields{}, errors.New("kernel BTF: struct file has no member f_path")
+	}
+	pathMnt, typ, ok := memberOffset(path, "mnt")
+	if size, err := btf.Sizeof(typ); !ok || err != nil || size != 8 {
+		return exeFields{}, fmt.Errorf("kernel BTF: path.mnt missing or of size %d (%v)", size, err)
+	}
+	f.fPathMnt = fPath + pathMnt
+	if f.mountMnt, _, ok = memberOffset(mount, "mnt"); !ok {
+		return exeFields{}, errors.New("kernel BTF: struct mount has no member mnt")
+	}
+	f.mountID, typ, ok = memberOffset(mount, "mnt_id")
+	if size, err := btf.Sizeof(typ); !ok || err != nil || size != 4 {
+		return exeFields{}, fmt.Errorf("kernel BTF: mount.mnt_id missing or of size %d (%v)", size, err)
+	}
 	return f, nil
 }
 
@@ -223,7 +257,7 @@ type cgroupHooks struct {
 	links []link.Link
 	// identifies: the records carry StartNs and ExecID.
 	identifies bool
-	// knowsExe: the records carry ExeDev and ExeIno.
+	// knowsExe: the records carry ExeIno, ExeFlags and ExeMnt.
 	knowsExe bool
 	// btfTask: the hooks read the task through bpf_get_current_task_btf's
 	// pointers (plain loads), not bpf_probe_read_kernel.
@@ -284,6 +318,7 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 		asm.StoreMem(asm.RFP, valueOff+48, asm.R0, asm.DWord),
 		asm.StoreMem(asm.RFP, valueOff+56, asm.R0, asm.DWord),
 		asm.StoreMem(asm.RFP, valueOff+64, asm.R0, asm.DWord),
+		asm.StoreMem(asm.RFP, valueOff+72, asm.R0, asm.DWord),
 	}
 	read := func(dst int16, size int32, base asm.Register, off uint32) asm.Instructions {
 		return asm.Instructions{
@@ -292,6 +327,20 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 			asm.Mov.Imm(asm.R2, size),
 			asm.Mov.Reg(asm.R3, base),
 			asm.Add.Imm(asm.R3, int32(off)),
+			asm.FnProbeReadKernel.Call(),
+		}
+	}
+	// mountID reads the mount id of the file at r8 into ExeMnt:
+	// real_mount(file->f_path.mnt)->mnt_id, the vfsmount's address less
+	// mount.mnt plus mount.mnt_id, through bpf_probe_read_kernel (the address
+	// lies outside the struct vfsmount a BTF pointer may load from).
+	// fPathMnt is the vfsmount pointer's address already loaded in R3.
+	mountID := func(exe *exeFields) asm.Instructions {
+		return asm.Instructions{
+			asm.Add.Imm(asm.R3, int32(exe.mountID)-int32(exe.mountMnt)),
+			asm.Mov.Reg(asm.R1, asm.RFP),
+			asm.Add.Imm(asm.R1, valueOff+72),
+			asm.Mov.Imm(asm.R2, 4),
 			asm.FnProbeReadKernel.Call(),
 		}
 	}
@@ -307,6 +356,10 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 					asm.LoadMem(asm.R8, asm.R8, int16(exe.exeFile), asm.DWord),
 					asm.LoadMem(asm.R0, asm.R8, int16(exe.fFlags), asm.Word),
 					asm.StoreMem(asm.RFP, valueOff+64, asm.R0, asm.DWord),
+					asm.LoadMem(asm.R3, asm.R8, int16(exe.fPathMnt), asm.DWord),
+				)
+				insns = append(insns, mountID(exe)...)
+				insns = append(insns,
 					asm.LoadMem(asm.R8, asm.R8, int16(exe.fInode), asm.DWord),
 					asm.LoadMem(asm.R0, asm.R8, int16(exe.iIno), sizeOf(exe.inoSize)),
 					asm.StoreMem(asm.RFP, valueOff+56, asm.R0, asm.DWord),
@@ -337,6 +390,11 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 				if off == exe.exeFile {
 					// The file's f_flags, into the low half of the zeroed slot.
 					insns = append(insns, read(valueOff+64, 4, asm.R8, exe.fFlags)...)
+					// The vfsmount's address, then its mount's id.
+					insns = append(insns, read(valueOff+72, 8, asm.R8, exe.fPathMnt)...)
+					insns = append(insns, asm.LoadMem(asm.R3, asm.RFP, valueOff+72, asm.DWord))
+					insns = append(insns, asm.Mov.Imm(asm.R0, 0), asm.StoreMem(asm.RFP, valueOff+72, asm.R0, asm.DWord))
+					insns = append(insns, mountID(exe)...)
 				}
 			}
 			insns = append(insns, read(valueOff+56, int32(exe.inoSize), asm.R8, exe.iIno)...)
@@ -366,7 +424,7 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 func fitLoads(task *taskFields, exe *exeFields) bool {
 	offs := []uint32{task.groupLeader, task.startBoottime, task.selfExecID}
 	if exe != nil {
-		offs = append(offs, exe.mm, exe.exeFile, exe.fInode, exe.iIno, exe.fFlags)
+		offs = append(offs, exe.mm, exe.exeFile, exe.fInode, exe.iIno, exe.fFlags, exe.fPathMnt)
 	}
 	for _, o := range offs {
 		if o > math.MaxInt16 {

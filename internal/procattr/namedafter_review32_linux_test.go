@@ -17,29 +17,23 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 )
 
-// TestNamedAfterConnectSameInodeVerified (review32, open, low): the record's
+// TestNamedAfterConnectSameInodeVerified (review32, fixed): the record's
 // ExeFlags (review28's neighbour) only tells a file named with prctl(PR_SET_MM)
 // when the naming came before the connect the record is of. A program that
 // connects first (the record: its own executable, opened by execve, so
 // __FMODE_EXEC) and names the allowed program as its executable afterwards
 // through a CLONE_VM | CLONE_NEWUSER child (it stays in the host's user
 // namespace) is judged by /proc, which names the allowed program, and by the
-// one remaining check, the record's inode number against /proc's: only the
-// number, not the device or mount (viaEBPF). Its own executable on another
-// file system with the allowed program's inode number (here two fresh
-// tmpfs, files made in the same order; an unprivileged user has FUSE through
+// record's executable against /proc's. Its own executable on another file
+// system with the allowed program's inode number (here two fresh tmpfs,
+// files made in the same order; an unprivileged user has FUSE through
 // fusermount, whose server picks any inode number, or a tmpfs of a user
 // namespace of its own, reached by descriptor, whose numbers it walks up to)
-// makes its connection attributed to the allowed program, verified, while
-// its own code runs and holds the socket. (The same number check is what
-// stands between a connect-then-exec and the allowed program; that older
-// case is described in viaEBPF's comment and untested.) Unlike that case the
-// program keeps running its own code after the naming. LATCH_TEST_KNOWN_HOLES=1
-// runs it.
+// made its connection attributed to the allowed program, verified, while its
+// own code ran and held the socket, when only the inode number was compared.
+// The record now carries the executable's mount id too (ExeMnt), and viaEBPF
+// calls the process unverified unless both match /proc/PID/exe's.
 func TestNamedAfterConnectSameInodeVerified(t *testing.T) {
-	if os.Getenv("LATCH_TEST_KNOWN_HOLES") == "" {
-		t.Skip("open (review32): an executable named after the connect, on a file with the allowed program's inode number, is verified; LATCH_TEST_KNOWN_HOLES=1 runs it")
-	}
 	requireRoot(t)
 	cc, err := exec.LookPath("gcc")
 	if err != nil {

@@ -311,21 +311,28 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 		p.IdentityNote = named
 		return p, nil
 	}
-	if rec.ExeIno != 0 && rec.ExeIno != e.file.ino {
-		// The process executed another file since it made the socket: /proc
-		// describes the image it runs now, not the one that connected, so the
-		// connection's program is not verified (and the entry is not bound to this
-		// record's identity).
+	if r.hooks.knowsExe && (rec.ExeIno == 0 || rec.ExeIno != e.file.ino || rec.ExeMnt != e.exeMnt) {
+		// The process runs another file than the one it ran when it made the
+		// socket (it executed another program, or a CLONE_VM child in a user
+		// namespace of its own renamed its executable with prctl(PR_SET_MM)):
+		// /proc describes the image it runs now, not the one that connected, so
+		// the connection's program is not verified (and the entry is not bound to
+		// this record's identity).
 		//
-		// Only the inode number is compared, not the device: the hooks read the
-		// super block's inode, and btrfs (per subvolume) and overlayfs report
-		// another device to stat than that super block's s_dev, so the device the
-		// hooks could read would not match /proc's for honest programs. A process
-		// that connects running a file with the same inode number as the allowed
-		// program on another file system (a tmpfs whose numbers it walks up to, a
-		// FUSE file system it serves) and then execs the allowed program is
-		// therefore credited to it. The exec id the record carries cannot be
-		// checked here either: /proc does not show self_exec_id.
+		// The file is the inode number and the id of the mount it was reached
+		// through, both as the hooks read them and as statx shows /proc/PID/exe:
+		// the inode number alone matched a file with the allowed program's number
+		// on another file system (a tmpfs whose numbers the attacker walks up to,
+		// a FUSE file system it serves; review32). The device is not compared:
+		// btrfs (per subvolume) and overlayfs report another one to stat than the
+		// super block's s_dev the hooks could read. An ExeIno of 0 is a record
+		// whose executable the hooks could not read (a task without an mm, a file
+		// system that numbers its inodes 0): it does not verify. A mount id of 0
+		// is the kernel's internal mounts' (a memfd's, on both sides; the checks
+		// below tell it), or, in the cache alone, a kernel whose statx does not
+		// tell it, which the record's non-zero id then does not match. The exec
+		// id the record carries cannot be checked here: /proc does not show
+		// self_exec_id.
 		p := owner
 		e.process(&p)
 		p.Method = MethodEBPF

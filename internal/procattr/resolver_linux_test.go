@@ -572,6 +572,15 @@ func testResolveByRecordIdentity(t *testing.T, noBTF bool) {
 	if rec.ExeIno != exe.Ino {
 		t.Fatalf("record ExeIno %d; want the client's executable's inode %d", rec.ExeIno, exe.Ino)
 	}
+	// And the mount it was reached through (review32: the inode number alone
+	// matches a file on another file system), as statx shows /proc/PID/exe.
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, fmt.Sprintf("/proc/%d/exe", c.pid()), 0, unix.STATX_MNT_ID, &stx); err != nil {
+		t.Fatal(err)
+	}
+	if stx.Mask&unix.STATX_MNT_ID == 0 || rec.ExeMnt == 0 || rec.ExeMnt != stx.Mnt_id {
+		t.Fatalf("record ExeMnt %d; want the client's executable's mount id %d (statx mask %#x)", rec.ExeMnt, stx.Mnt_id, stx.Mask)
+	}
 	// An executed program's file was opened by execve (review28's neighbour:
 	// a file prctl(PR_SET_MM) named lacks the bit, and is not verified).
 	if rec.ExeFlags&fmodeExec == 0 || rec.exeNotExecuted(true) != "" {

@@ -21,7 +21,7 @@
 #define ETH_P_IPV6 0x86DD
 
 // The record the connect/sendmsg/bind hooks write per socket cookie (connRecord in
-// ebpf_linux.go; 72 bytes).
+// ebpf_linux.go; 80 bytes).
 struct conn_record {
 	__u64 pid_tgid;
 	__u64 uid_gid;
@@ -31,6 +31,7 @@ struct conn_record {
 	__u64 exec_id;
 	__u64 exe_ino;
 	__u64 exe_flags;
+	__u64 exe_mnt;
 };
 
 // One query's key. Addresses are IPv6, IPv4 as IPv4-mapped (::ffff:a.b.c.d); ports
