@@ -652,26 +652,24 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	// Before raiseLease: the lease's descriptor must stay the highest. Up to two
 	// watches per executable: its file and its directory.
+	// What both watches do at a change: every stored decision misses.
+	bump := func() {
+		if err := fp.ModeChanged(); err != nil {
+			fp.storeErrors.Add(1)
+		}
+	}
 	if w, err := newExeWatch(min(maxExeWatches, 2*max(cfg.MaxEntries, 1))); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
 		fp.exeWatch, fp.exeWatchRun = w, make(chan struct{})
 		go func() {
 			defer close(fp.exeWatchRun)
-			w.run(func() {
-				if err := fp.ModeChanged(); err != nil {
-					fp.storeErrors.Add(1)
-				}
-			})
+			w.run(bump)
 		}()
 	}
 	if fp.exeWatch == nil {
 		// Nothing is stored anyway.
-	} else if w, err := newMountWatch(fp.exeWatch.covers, func() {
-		if err := fp.ModeChanged(); err != nil {
-			fp.storeErrors.Add(1)
-		}
-	}); err != nil {
+	} else if w, err := newMountWatch(fp.exeWatch.covers, bump); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
 		fp.mountWatch = w
