@@ -309,7 +309,7 @@ func (r *Resolver) identifiedSender(v dnsSender) (Process, bool) {
 		return Process{}, false
 	}
 	rec := (*connRecord)(unsafe.Pointer(&v.Rec))
-	if rec.exeNotExecuted(r.hooks != nil && r.hooks.knowsExe) != "" {
+	if r.hooks == nil || !r.hooks.knowsExe || rec.exeNotExecuted(true) != "" {
 		// Resolve's way, which calls it unverified.
 		return Process{}, false
 	}

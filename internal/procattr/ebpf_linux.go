@@ -257,8 +257,11 @@ type cgroupHooks struct {
 	links []link.Link
 	// identifies: the records carry StartNs and ExecID.
 	identifies bool
-	// knowsExe: the records carry ExeIno, ExeFlags and ExeMnt.
+	// knowsExe: the records carry ExeIno, ExeFlags and ExeMnt. Without it no
+	// connection the hooks attribute is verified (see Resolver.ExeCheck), and
+	// exeWhy says why the hooks do not read the executable.
 	knowsExe bool
+	exeWhy   string
 	// btfTask: the hooks read the task through bpf_get_current_task_btf's
 	// pointers (plain loads), not bpf_probe_read_kernel.
 	btfTask bool
@@ -446,6 +449,11 @@ func sizeOf(size uint8) asm.Size {
 // bpf_get_current_task_btf in them (tests).
 var noTaskBTF bool
 
+// exeLoadErr, when set, is the error attachCgroupHooks gets for every program
+// that reads the executable, as from a kernel whose verifier refuses it
+// (tests).
+var exeLoadErr error
+
 // attachCgroupHooks loads the map and programs and attaches them to cgroupPath ("" :
 // the cgroup2 mount). On error nothing stays loaded or attached.
 func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err error) {
@@ -482,9 +490,13 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 	// identity and Resolve checks the process in /proc instead.
 	var task *taskFields
 	var exe *exeFields
-	if f, err := kernelTaskFields(); err == nil {
+	if f, err := kernelTaskFields(); err != nil {
+		h.exeWhy = fmt.Sprintf("the hooks cannot read the process: %v", err)
+	} else {
 		task = &f
-		if e, err := kernelExeFields(); err == nil {
+		if e, err := kernelExeFields(); err != nil {
+			h.exeWhy = fmt.Sprintf("the hooks cannot read the executable: %v", err)
+		} else {
 			exe = &e
 		}
 	}
@@ -495,6 +507,9 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 		features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetCurrentTaskBtf) == nil
 	for _, at := range hookedAttachTypes {
 		load := func(task *taskFields, exe *exeFields) (*ebpf.Program, error) {
+			if exe != nil && exeLoadErr != nil {
+				return nil, exeLoadErr
+			}
 			return ebpf.NewProgram(&ebpf.ProgramSpec{
 				Name:         "latch_sockaddr",
 				Type:         ebpf.CGroupSockAddr,
@@ -509,10 +524,14 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 			prog, err = load(task, exe)
 		}
 		if err != nil && exe != nil && len(h.progs) == 0 {
+			h.exeWhy = fmt.Sprintf("the kernel refused the hooks' program that reads the executable: %v", err)
 			exe = nil
 			prog, err = load(task, nil)
 		}
 		if err != nil && task != nil && len(h.progs) == 0 {
+			if h.exeWhy == "" {
+				h.exeWhy = fmt.Sprintf("the kernel refused the hooks' program that reads the process: %v", err)
+			}
 			task = nil
 			prog, err = load(nil, nil)
 		}
@@ -522,6 +541,9 @@ func attachCgroupHooks(cgroupPath string, entries int) (h *cgroupHooks, err erro
 		h.identifies = task != nil
 		h.btfTask = btfTask
 		h.knowsExe = exe != nil
+		if h.knowsExe {
+			h.exeWhy = ""
+		}
 		h.progs = append(h.progs, prog)
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: at, Program: prog})
 		if err != nil {

@@ -90,6 +90,38 @@ func (r *Resolver) MethodErrors() map[string]error {
 	return out
 }
 
+// ExeCheck says why the executable check is off, or "" when it is on. The
+// check is the eBPF hooks' record, with each socket, of the executable the
+// process ran when it connected, sent or bound (inode number, mount id, and
+// whether execve opened it), against the one /proc/PID/exe names when the
+// connection is attributed: without it a program that connects and then
+// executes an allowed program (or has one named its executable) would pass for
+// that program. With the hooks loaded but the check off (a kernel whose BTF
+// lacks a field the hooks read, or whose verifier refuses the program that
+// reads them), no connection the hooks attribute is verified. Without the
+// hooks, connections are checked in /proc alone, which sees only the program
+// that runs when it looks.
+func (r *Resolver) ExeCheck() string {
+	switch {
+	case r.hooks == nil:
+		why := "the eBPF hooks are off"
+		if err := r.methodErrs[MethodEBPF]; err != nil {
+			why += " (" + err.Error() + ")"
+		}
+		if r.procfs == nil {
+			return why
+		}
+		return why + ": connections are checked in /proc alone, which sees only the program a process runs when it looks, not the one that connected"
+	case !r.hooks.knowsExe:
+		why := r.hooks.exeWhy
+		if why == "" {
+			why = "the hooks do not read the executable"
+		}
+		return why + ": no connection the eBPF hooks attribute is verified (rules naming a program do not match them)"
+	}
+	return ""
+}
+
 // Stats returns the Resolve outcome counters.
 func (r *Resolver) Stats() Stats {
 	var full uint64
@@ -285,6 +317,13 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 	// The executable named, not executed (review28's neighbour): whatever
 	// /proc shows, not verified, and not bound to the record's identity.
 	named := rec.exeNotExecuted(r.hooks.knowsExe)
+	if !r.hooks.knowsExe {
+		// The hooks do not read the executable (see ExeCheck): the program that
+		// made the socket cannot be told from the one the process runs now (it
+		// may have executed the allowed program since): not verified either
+		// (review 32: it was, as the process /proc shows).
+		named = "the program that made this connection is not known: the eBPF hooks do not record the executable (" + r.hooks.exeWhy + ")"
+	}
 	if e, ok := r.procs.identified(pid, rec.StartNs, rec.ExecID); ok && named == "" {
 		p := owner
 		e.process(&p)
