@@ -382,24 +382,23 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 		insns = append(insns, asm.FnGetCurrentTask.Call(), asm.Mov.Reg(asm.R7, asm.R0))
 		if exe != nil {
 			// r8 = current->mm->exe_file->f_inode, one pointer at a time through
-			// the scratch slot; then the inode's number.
-			for _, off := range []uint32{exe.mm, exe.exeFile, exe.fInode} {
-				base := asm.R8
-				if off == exe.mm {
-					base = asm.R7
-				}
-				insns = append(insns, read(leadOff, 8, base, off)...)
-				insns = append(insns, asm.LoadMem(asm.R8, asm.RFP, leadOff, asm.DWord))
-				if off == exe.exeFile {
-					// The file's f_flags, into the low half of the zeroed slot.
-					insns = append(insns, read(valueOff+64, 4, asm.R8, exe.fFlags)...)
-					// The vfsmount's address, then its mount's id.
-					insns = append(insns, read(valueOff+72, 8, asm.R8, exe.fPathMnt)...)
-					insns = append(insns, asm.LoadMem(asm.R3, asm.RFP, valueOff+72, asm.DWord))
-					insns = append(insns, asm.Mov.Imm(asm.R0, 0), asm.StoreMem(asm.RFP, valueOff+72, asm.R0, asm.DWord))
-					insns = append(insns, mountID(exe)...)
-				}
+			// the scratch slot; then the inode's number. The steps go in this
+			// order, each from the pointer the one before it read: an offset
+			// is where to read in its own struct, never which step it is (two
+			// structs may well have members at the same offset).
+			deref := func(base asm.Register, off uint32) asm.Instructions {
+				return append(read(leadOff, 8, base, off), asm.LoadMem(asm.R8, asm.RFP, leadOff, asm.DWord))
 			}
+			insns = append(insns, deref(asm.R7, exe.mm)...)      // r8 = current->mm
+			insns = append(insns, deref(asm.R8, exe.exeFile)...) // r8 = mm->exe_file
+			// The file's f_flags, into the low half of the zeroed slot.
+			insns = append(insns, read(valueOff+64, 4, asm.R8, exe.fFlags)...)
+			// The vfsmount's address, then its mount's id.
+			insns = append(insns, read(valueOff+72, 8, asm.R8, exe.fPathMnt)...)
+			insns = append(insns, asm.LoadMem(asm.R3, asm.RFP, valueOff+72, asm.DWord))
+			insns = append(insns, asm.Mov.Imm(asm.R0, 0), asm.StoreMem(asm.RFP, valueOff+72, asm.R0, asm.DWord))
+			insns = append(insns, mountID(exe)...)
+			insns = append(insns, deref(asm.R8, exe.fInode)...) // r8 = exe_file->f_inode
 			insns = append(insns, read(valueOff+56, int32(exe.inoSize), asm.R8, exe.iIno)...)
 		}
 		insns = append(insns, read(leadOff, 8, asm.R7, task.groupLeader)...)
