@@ -335,6 +335,9 @@ type platformBackend struct {
 	attrStats func() map[string]uint64
 	// warnings say what works less well than it could (reported as backend.degraded).
 	warnings []string
+	// exeCheck is process attribution's executable check (Linux), nil where
+	// there is none.
+	exeCheck *api.ExeCheckStatus
 	close    func() // releases what newBackend opened besides the backend
 	// ready is closed once Run holds connections; nil: as soon as Run is called.
 	ready <-chan struct{}
@@ -743,7 +746,7 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 				Version: latchVersion(), PID: os.Getpid(), Started: started,
 				Backend: be.Name(), Mode: mode, Default: o.Default, PromptTimeout: o.PromptTimeout.String(),
 				Inbound: o.Inbound, ExemptLoopback: o.ExemptLoopback, StateDir: o.StateDir,
-				Attribution: be.attribution(), Kernel: be.Stats(), Verdicts: counts.snapshot(),
+				Attribution: be.attribution(), AttributionExeCheck: be.exeCheck, Kernel: be.Stats(), Verdicts: counts.snapshot(),
 				RulesReserve: reserve.Stats(),
 				Events:       obs.eventStats(),
 			}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/dnsproxy"
 	"github.com/latchfw/latch/internal/engine"
@@ -36,6 +37,17 @@ func noTCPEnds(o *daemonOptions, accounting bool) string {
 	return ""
 }
 
+// exeCheckStatus is what status shows of the Resolver's executable check (see
+// procattr.Resolver.ExeCheck), and the warning the daemon logs when it is off
+// ("" when on).
+func exeCheckStatus(res *procattr.Resolver) (*api.ExeCheckStatus, string) {
+	why := res.ExeCheck()
+	if why == "" {
+		return &api.ExeCheckStatus{On: true}, ""
+	}
+	return &api.ExeCheckStatus{Why: why}, "process attribution: executable check off: " + why
+}
+
 // newBackend builds the NFQUEUE backend with process attribution.
 func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, error) {
 	res, err := procattr.NewResolver(procattr.Options{CgroupPath: o.AttributionCgroup})
@@ -46,6 +58,11 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 	for method, err := range res.MethodErrors() {
 		logf("process attribution: %s unavailable: %v", method, err)
 		warnings = append(warnings, fmt.Sprintf("process attribution: %s unavailable: %v", method, err))
+	}
+	exeCheck, warning := exeCheckStatus(res)
+	if warning != "" {
+		logf("%s", warning)
+		warnings = append(warnings, warning)
 	}
 	cfg := linux.DefaultConfig()
 	cfg.QueueNum = o.Queue
@@ -238,7 +255,7 @@ func newBackend(o *daemonOptions, logf func(string, ...any)) (*platformBackend, 
 		req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
 		return req
 	}
-	pb := &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings,
+	pb := &platformBackend{Backend: be, attribution: res.Methods, attrStats: attrStats, warnings: warnings, exeCheck: exeCheck,
 		dns: be.DNSStats, ready: ready,
 		names: names, identify: identify, control: linux.Control}
 	closeRes := func() {

@@ -59,6 +59,7 @@ type fixture struct {
 	stateDir    string                 // what status reports
 	kernel      intercept.Stats        // what status reports
 	driverCache *api.DriverCacheStatus // what status reports
+	exeCheck    *api.ExeCheckStatus    // what status reports
 	// anyUser makes every user name an account of this test system (the escaping
 	// tests give rules hostile user names); false: the system's accounts.
 	anyUser bool
@@ -93,7 +94,7 @@ func newFixture(t *testing.T) *fixture {
 		Status: func() api.Status {
 			return api.Status{Backend: "nfqueue/test", Mode: "fail-closed", Default: engine.Deny, PromptTimeout: "1m0s",
 				Attribution: []string{"sock_diag"}, Queue: 4242, StateDir: f.stateDir, Kernel: f.kernel,
-				DriverCache: f.driverCache}
+				DriverCache: f.driverCache, AttributionExeCheck: f.exeCheck}
 		},
 	})
 	l, err := api.Listen(f.sock)

@@ -22,7 +22,9 @@ fail-closed, the default verdict, the queue and decision counters, the questions
 pending, the bounds on open questions and how often each applied ("question caps":
 connections given the default unasked because their program, their user or the
 machine had its maximum of questions open; questions evicted to make room for a
-program holding fewer), the process attribution methods in use, the hostnames
+program holding fewer), the process attribution methods in use and whether they
+check the executable that made each connection ("attribution exe check": when
+off, it says why and what follows), the hostnames
 learned from DNS answers (and the answers ignored, by reason: unmatched, late,
 duplicate, mismatched_question, truncated, malformed, other_type) and the history's
 size.
@@ -67,6 +69,13 @@ func runStatus(ctx context.Context, args []string) error {
 	row("holding", "outbound%s; loopback %s", map[bool]string{true: " and inbound", false: " only"}[st.Inbound],
 		map[bool]string{true: "exempt", false: "held too"}[st.ExemptLoopback])
 	row("attribution", "%s", orDash(strings.Join(textesc.Strings(st.Attribution), ", ")))
+	if c := st.AttributionExeCheck; c != nil {
+		if c.On {
+			row("attribution exe check", "on: a connection is verified only if the program that made it is the one its process runs")
+		} else {
+			row("attribution exe check", "off: %s", textesc.Message(c.Why))
+		}
+	}
 	row("rules", "%d", st.Rules)
 	row("pending", "%s, %s held", plural(st.PendingPrompts, "question"), plural(st.HeldConnections, "connection"))
 	q := st.QuestionCaps

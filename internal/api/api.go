@@ -117,6 +117,12 @@ type Status struct {
 	// it caches the verdicts of rules now, and why not. Its hits are counted in
 	// Kernel.Extra["driver_cache_hits"].
 	DriverCache *DriverCacheStatus `json:"driver_cache,omitempty"`
+	// AttributionExeCheck is process attribution's executable check (Linux):
+	// whether a connection is verified only while the program that made it
+	// (the eBPF hooks' record of its executable) is the one its process runs,
+	// and why not (absent where attribution has no such check, e.g. Windows,
+	// whose driver names the image with each connection).
+	AttributionExeCheck *ExeCheckStatus `json:"attribution_exe_check,omitempty"`
 }
 
 // DriverCacheStatus says whether the Windows driver may decide a repeated connection
@@ -124,6 +130,13 @@ type Status struct {
 type DriverCacheStatus struct {
 	On  bool   `json:"on"`
 	Why string `json:"why,omitempty"` // why not, when off (e.g. a rule with a host name)
+}
+
+// ExeCheckStatus says whether process attribution checks the executable that
+// made each connection (see procattr.Resolver.ExeCheck).
+type ExeCheckStatus struct {
+	On  bool   `json:"on"`
+	Why string `json:"why,omitempty"` // why not, when off, and what follows
 }
 
 // EventSinkStats are one event sink's counters in Status.

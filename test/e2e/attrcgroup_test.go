@@ -83,12 +83,21 @@ func TestAttributionCgroup(t *testing.T) {
 			TCPEnds    bool   `json:"tcp_ends"`
 			TCPEndsWhy string `json:"tcp_ends_why"`
 		} `json:"fast_path"`
+		ExeCheck *struct {
+			On  bool   `json:"on"`
+			Why string `json:"why"`
+		} `json:"attribution_exe_check"`
 	}
 	if err := json.Unmarshal([]byte(d.MustCLI(t, "status", "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
 	if !st.FastPath.TCPEnds {
 		t.Errorf("fast path tcp_ends off (%s): the sock_ops program in DIR serves the fast path's processes", st.FastPath.TCPEndsWhy)
+	}
+	// The hooks in DIR read each connecting program's executable (review 32:
+	// status says so, and why not when they do not).
+	if st.ExeCheck == nil || !st.ExeCheck.On {
+		t.Errorf("status --json: attribution_exe_check %+v; want on", st.ExeCheck)
 	}
 
 	d.MustCLI(t, "rules", "add", "--app", helperBin, "--port", "8341", "--action", "allow")
