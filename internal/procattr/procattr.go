@@ -50,7 +50,9 @@
 // under the same name is seen), and the eBPF hooks record the inode of the
 // executable that made each socket, so a socket made before an exec is not credited
 // to the new image (the procfs method cannot tell: it sees only the image that runs
-// when it looks).
+// when it looks). Where the hooks load without reading the executable (the
+// kernel's BTF lacks a field, or its verifier refuses that program), no
+// connection they attribute is verified; Resolver.ExeCheck says why.
 //
 // Namespaces: sock_diag sees the sockets of the network namespace NewResolver was
 // called in; the hooks see every process on the host (they sit on the cgroup root)
