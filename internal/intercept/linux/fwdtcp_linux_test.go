@@ -28,7 +28,7 @@ func addContainer(t *testing.T, tp *topo) string {
 	t.Helper()
 	n := nsCounter.Add(1)
 	c := fmt.Sprintf("latch-lt%d-%d-c", os.Getpid(), n)
-	vc, va := fmt.Sprintf("ltc%d%d", os.Getpid()%100000, n), fmt.Sprintf("ltd%d%d", os.Getpid()%100000, n)
+	vc, va := fmt.Sprintf("ltc%d-%d", os.Getpid()%100000, n), fmt.Sprintf("ltd%d-%d", os.Getpid()%100000, n)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", c).Run() })
 	for _, args := range [][]string{
 		{"netns", "add", c},

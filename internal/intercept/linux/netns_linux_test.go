@@ -104,7 +104,7 @@ func newTopo(t testing.TB) *topo {
 		a: fmt.Sprintf("latch-lt%d-%d-a", os.Getpid(), n),
 		b: fmt.Sprintf("latch-lt%d-%d-b", os.Getpid(), n),
 	}
-	va, vb := fmt.Sprintf("lta%d%d", os.Getpid()%100000, n), fmt.Sprintf("ltb%d%d", os.Getpid()%100000, n)
+	va, vb := fmt.Sprintf("lta%d-%d", os.Getpid()%100000, n), fmt.Sprintf("ltb%d-%d", os.Getpid()%100000, n)
 	tp.vethA, tp.vethB = va, vb
 	t.Cleanup(func() {
 		exec.Command("ip", "netns", "del", tp.a).Run()
