@@ -40,6 +40,7 @@
 #include <sys/auxv.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <linux/stat.h>
 
 static void die(const char *what) { printf("err %s %d\n", what, errno); fflush(stdout); _exit(1); }
 
@@ -53,6 +54,65 @@ static int set_map(void *unused)
 	(void)unused;
 	child_err = prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&shared_map, sizeof shared_map, 0) != 0 ? errno : 0;
 	syscall(SYS_exit, 0);
+	return 0;
+}
+
+// MASQ_REUSE_MNT (review33): the mount id the hooks recorded for this
+// program's own executable is freed (the test unmounts its file system once the
+// executable is named away and its maps are gone) and given, lowest free id
+// first, to a bind mount of the target that a CLONE_VM | CLONE_NEWUSER |
+// CLONE_NEWNS child (made before the connect, so its namespace's copies of the
+// host's mounts are made then) makes in a mount namespace of its own; that
+// child names the target, reached through the bind mount, as the executable,
+// and keeps its namespace alive until this process ends.
+static struct prctl_mm_map reuse_map;
+static const char *reuse_target;
+static unsigned long long reuse_want, reuse_got;
+static int reuse_err = -1, reuse_go[2], reuse_done[2];
+static char reuse_stack[65536] __attribute__((aligned(16)));
+
+static unsigned long long mnt_id_of(const char *path)
+{
+	struct statx sx;
+	memset(&sx, 0, sizeof sx);
+	if (syscall(SYS_statx, AT_FDCWD, path, 0, STATX_MNT_ID, &sx) != 0 || !(sx.stx_mask & STATX_MNT_ID))
+		return 0;
+	return sx.stx_mnt_id;
+}
+
+static int reuse_child(void *unused)
+{
+	(void)unused;
+	char c;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (read(reuse_go[0], &c, 1) != 1)
+		syscall(SYS_exit, 0);
+	int err = 0;
+	// Bind mounts of the target over itself until the top one has the id
+	// wanted: every allocation takes the lowest free id, so one below it
+	// fills a hole and the next tries again; the freed id may take an RCU
+	// grace period to come back.
+	for (int i = 0; i < 400; i++) {
+		if (mount(reuse_target, reuse_target, NULL, MS_BIND, NULL) != 0) { err = errno; break; }
+		reuse_got = mnt_id_of(reuse_target);
+		if (reuse_got == reuse_want)
+			break;
+		if (reuse_got > reuse_want)
+			usleep(5000);
+	}
+	if (err == 0) {
+		int fd = open(reuse_target, O_RDONLY);
+		if (fd < 0) err = errno;
+		else {
+			reuse_map.exe_fd = fd;
+			if (prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&reuse_map, sizeof reuse_map, 0) != 0) err = errno;
+			close(fd);
+		}
+	}
+	reuse_err = err;
+	if (write(reuse_done[1], "d", 1) != 1) err = errno;
+	for (;;)
+		pause();
 	return 0;
 }
 
@@ -206,6 +266,16 @@ int masquerade(const char *target, const char *ip, int port)
 	m.start_data = f[45]; m.end_data = f[46]; m.start_brk = f[47];
 	m.arg_start = f[48]; m.arg_end = f[49]; m.env_start = f[50]; m.env_end = f[51];
 	m.brk = syscall(SYS_brk, 0);
+	int reuse = getenv("MASQ_REUSE_MNT") != NULL;
+	if (reuse) {
+		reuse_want = mnt_id_of("/proc/self/exe");
+		if (reuse_want == 0) die("statx own exe");
+		reuse_target = target;
+		reuse_map = m;
+		if (pipe(reuse_go) != 0 || pipe(reuse_done) != 0) die("pipe reuse");
+		int pid = clone(reuse_child, reuse_stack + sizeof reuse_stack, CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, 0);
+		if (pid < 0) die("clone reuse");
+	}
 	int exe = getenv("MASQ_BINFMT") ? exec_fd(target, self) : open(target, O_RDONLY);
 	if (exe < 0) die("open target");
 	m.exe_fd = exe;
@@ -267,6 +337,17 @@ int masquerade(const char *target, const char *ip, int port)
 		printf("ok %s:%d %s\n", ip4, ntohs(la.sin_port), self);
 		fflush(stdout);
 		char c;
+		if (reuse) {
+			close(exe);
+			// The test unmounts this program's file system, then says go.
+			if (read(0, &c, 1) != 1) _exit(0);
+			if (write(reuse_go[1], "g", 1) != 1) die("write go");
+			if (read(reuse_done[0], &c, 1) != 1) die("read done");
+			n = readlink("/proc/self/exe", self, sizeof self - 1);
+			self[n > 0 ? n : 0] = 0;
+			printf("reused %llu %llu %d %s\n", reuse_want, reuse_got, reuse_err, self);
+			fflush(stdout);
+		}
 		while (read(0, &c, 1) > 0)
 			;
 		_exit(0);
