@@ -28,16 +28,26 @@ import (
 // the allowed program as its executable through a CLONE_VM | CLONE_NEWUSER
 // child) gets past the new check too: once its executable is named away and
 // its maps are gone, nothing holds its file system's mount; that mount goes
-// (here the test unmounts it; an unprivileged user unmounts the tmpfs of its
-// own user and mount namespace, reached by descriptor) and its id is free;
-// a CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS child binds the allowed program over
-// itself in a mount namespace of its own (unprivileged), which takes that id,
-// and names the file reached through that bind mount as the shared mm's
-// executable. /proc/PID/exe: the allowed program's path (the bind mount is at
-// the same path in the child's namespace), the allowed program's device and
-// inode (verifyExe's host comparison holds), mount id equal to the record's; the
-// process itself stays in the host's user and mount namespaces. Attributed
-// verified, while its own code holds the socket. Fails on current main.
+// and its id is free; a CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS child binds the
+// allowed program over itself in a mount namespace of its own (unprivileged),
+// which takes that id, and names the file reached through that bind mount as
+// the shared mm's executable. /proc/PID/exe: the allowed program's path (the
+// bind mount is at the same path in the child's namespace), the allowed
+// program's device and inode (verifyExe's host comparison holds), mount id
+// equal to the record's; the process itself stays in the host's user and mount
+// namespaces. Attributed verified, while its own code holds the socket. Fails
+// on current main in both subtests: ownFS=false, the program's file system a
+// tmpfs the test mounts and unmounts (as review32's test); ownFS=true, every
+// step of the program's unprivileged (uid 65534): it mounts its tmpfs in a
+// user and mount namespace of its own, executes itself from there by
+// descriptor (execveat) and lets that namespace go. Only the allowed program
+// is on a fresh tmpfs for the inode number (a stand-in: on the host's file
+// system the attacker creates and deletes files in its tmpfs until the
+// number comes up, about 44 us a file on this machine, seconds to minutes
+// for a root file system's numbers). Through the queue the naming must come
+// before the first packet is decided: a UDP socket's connect() writes the
+// record and sends nothing (a connected socket's send runs no sendmsg hook),
+// so there is no race to win.
 //
 // Fix: record mount.mnt_id_unique (u64) in the hooks and compare it with
 // statx(STATX_MNT_ID_UNIQUE) of /proc/PID/exe; the fast path's key
@@ -66,7 +76,10 @@ func TestReview33MountIDReuseVerified(t *testing.T) {
 		t.Fatal(err)
 	}
 	src, _ := filepath.Abs("../fastpath/testdata/masquerade")
-	build := t.TempDir()
+	build := filepath.Join(base, "bin")
+	if err := os.Mkdir(build, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
 		{"-O1", "-shared", "-fPIC", "-Wl,-z,now", "-o", filepath.Join(lib, "libmasq.so"), filepath.Join(src, "lib.c")},
 		{"-O1", "-Wl,-z,now", "-o", filepath.Join(build, "masq"), filepath.Join(src, "main.c"), "-L" + lib, "-lmasq", "-Wl,-rpath," + lib},
@@ -83,30 +96,42 @@ func TestReview33MountIDReuseVerified(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Mount ids are shared by the whole machine: another test's mount may take
-	// the freed id first. A few tries.
-	const tries = 4
-	for try := 1; try <= tries; try++ {
-		verified, reused := mountIDReuseOnce(t, r, ns, base, try, masq, sleep)
-		if !reused {
-			t.Logf("try %d: the freed mount id went to another mount first", try)
-			continue
-		}
-		if verified {
-			t.Errorf("a program of the user's own that connected, then named the allowed program as its executable through a bind mount that took its own file system's freed mount id: verified; want unverified")
-		}
-		return
+	// ownFS: the program's own file system is a tmpfs it mounts in a user and
+	// mount namespace of its own and executes itself from by descriptor
+	// (testdata/masquerade MASQ_OWN_FS), every step unprivileged; otherwise
+	// the test mounts and unmounts it (root), as review32's test does.
+	for _, ownFS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ownFS=%v", ownFS), func(t *testing.T) {
+			// Mount ids are shared by the whole machine: another test's mount
+			// may take the freed id first. A few tries.
+			const tries = 4
+			for try := 1; try <= tries; try++ {
+				verified, reused := mountIDReuseOnce(t, r, ns, base, fmt.Sprintf("%v-%d", ownFS, try), build, ownFS, masq, sleep)
+				if !reused {
+					t.Logf("try %d: the freed mount id went to another mount first", try)
+					continue
+				}
+				if verified {
+					t.Errorf("a program of the user's own that connected, then named the allowed program as its executable through a bind mount that took its own file system's freed mount id: verified; want unverified")
+				}
+				return
+			}
+			t.Skipf("the freed mount id went to another mount in %d tries (a busy machine)", tries)
+		})
 	}
-	t.Skipf("the freed mount id went to another mount in %d tries (a busy machine)", tries)
 }
 
 // mountIDReuseOnce runs one attempt of TestReview33MountIDReuseVerified in
 // base/tryN: reused says whether the bind mount got the freed id, verified
 // whether Resolve then called the connection verified.
-func mountIDReuseOnce(t *testing.T, r *Resolver, ns, base string, try int, masq, sleep []byte) (verified, reused bool) {
-	dir := filepath.Join(base, fmt.Sprint("try", try))
+func mountIDReuseOnce(t *testing.T, r *Resolver, ns, base, try, build string, ownFS bool, masq, sleep []byte) (verified, reused bool) {
+	dir := filepath.Join(base, "try"+try)
 	own, allowed := filepath.Join(dir, "own"), filepath.Join(dir, "allowed")
-	for _, d := range []string{own, allowed} {
+	mounts := []string{own, allowed}
+	if ownFS {
+		mounts = mounts[1:]
+	}
+	for _, d := range mounts {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +141,7 @@ func mountIDReuseOnce(t *testing.T, r *Resolver, ns, base string, try int, masq,
 		t.Cleanup(func() { unix.Unmount(d, unix.MNT_DETACH) })
 	}
 	// Two fresh tmpfs, files made in the same order: the same inode numbers.
-	for _, f := range []struct {
+	files := []struct {
 		path string
 		data []byte
 	}{
@@ -124,21 +149,37 @@ func mountIDReuseOnce(t *testing.T, r *Resolver, ns, base string, try int, masq,
 		{filepath.Join(own, "masq"), masq},
 		{filepath.Join(allowed, "pad"), nil},
 		{filepath.Join(allowed, "prog"), sleep},
-	} {
+	}
+	if ownFS {
+		files = files[2:]
+	}
+	for _, f := range files {
 		if err := os.WriteFile(f.path, f.data, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	target := filepath.Join(allowed, "prog")
-	var a, x unix.Stat_t
-	if unix.Stat(filepath.Join(own, "masq"), &a) != nil || unix.Stat(target, &x) != nil || a.Ino != x.Ino {
-		t.Fatalf("tmpfs inode numbers: own program %d, allowed program %d; the test needs them equal", a.Ino, x.Ino)
+	var x unix.Stat_t
+	if err := unix.Stat(target, &x); err != nil {
+		t.Fatal(err)
+	}
+	if !ownFS {
+		var a unix.Stat_t
+		if unix.Stat(filepath.Join(own, "masq"), &a) != nil || a.Ino != x.Ino {
+			t.Fatalf("tmpfs inode numbers: own program %d, allowed program %d; the test needs them equal", a.Ino, x.Ino)
+		}
 	}
 
 	remote := netip.MustParseAddrPort("198.18.0.2:9")
-	cmd := exec.Command(filepath.Join(own, "masq"), target, remote.Addr().String(), fmt.Sprint(remote.Port()))
+	prog := filepath.Join(own, "masq")
+	env := []string{"MASQ_CLONE_VM=1", "MASQ_CONNECT_FIRST=1", "MASQ_REUSE_MNT=1"}
+	if ownFS {
+		prog = filepath.Join(build, "masq")
+		env = append(env, "MASQ_OWN_FS=1")
+	}
+	cmd := exec.Command(prog, target, remote.Addr().String(), fmt.Sprint(remote.Port()))
 	cmd.Dir = "/"
-	cmd.Env = append(os.Environ(), "MASQ_CLONE_VM=1", "MASQ_CONNECT_FIRST=1", "MASQ_REUSE_MNT=1")
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -173,9 +214,12 @@ func mountIDReuseOnce(t *testing.T, r *Resolver, ns, base string, try int, masq,
 	}
 	local := netip.MustParseAddrPort(f[1])
 	// Its executable is named away and its maps are gone: its file system's
-	// mount goes, and its id with it.
-	if err := unix.Unmount(own, unix.MNT_DETACH); err != nil {
-		t.Fatalf("unmount %s: %v", own, err)
+	// mount goes, and its id with it (with ownFS, its namespace went already:
+	// nothing holds the mount now).
+	if !ownFS {
+		if err := unix.Unmount(own, unix.MNT_DETACH); err != nil {
+			t.Fatalf("unmount %s: %v", own, err)
+		}
 	}
 	time.Sleep(50 * time.Millisecond)
 	if _, err := stdin.Write([]byte("g")); err != nil {
@@ -191,6 +235,13 @@ func mountIDReuseOnce(t *testing.T, r *Resolver, ns, base string, try int, masq,
 	}
 	if f[1] != f[2] {
 		return false, false
+	}
+	var am unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, allowed, 0, unix.STATX_MNT_ID, &am); err != nil {
+		t.Fatal(err)
+	}
+	if f[1] == fmt.Sprint(am.Mnt_id) {
+		t.Fatalf("the program's own executable was on the allowed program's mount (%s); want a file system of its own", f[1])
 	}
 	if f[4] != target {
 		t.Fatalf("the program's executable after the naming: %s; want %s", f[4], target)

@@ -234,10 +234,91 @@ static int exec_fd(const char *target, const char *self)
 	return fd;
 }
 
+// own_fs (MASQ_OWN_FS, review33) is what an unprivileged user does to run
+// this program from a file system of their own, in the host's user and mount
+// namespaces: a child makes a user and mount namespace, mounts a tmpfs there,
+// makes a file "pad" then a copy of this program "masq" in it (so the copy has
+// the inode number a fresh tmpfs gives its second file) and sends the
+// directory's descriptor back; this process then executes the copy through
+// it (execveat) with MASQ_OWN_FS taken out of the environment. The child
+// exits: its namespace goes, and the tmpfs's mount lives on only while this
+// process holds it (its executable, its maps). Returns only on failure.
+static void own_fs(char **argv)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0) die("socketpair own");
+	int uid = getuid(), gid = getgid();
+	pid_t pid = fork();
+	if (pid < 0) die("fork own");
+	if (pid == 0) {
+		if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) die("unshare own");
+		char map[64];
+		write_file("/proc/self/setgroups", "deny");
+		snprintf(map, sizeof map, "0 %d 1", uid);
+		write_file("/proc/self/uid_map", map);
+		snprintf(map, sizeof map, "0 %d 1", gid);
+		write_file("/proc/self/gid_map", map);
+		if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("make private own");
+		if (mount("tmpfs", "/tmp", "tmpfs", 0, "mode=0755") != 0) die("mount own tmpfs");
+		int d = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (d < 0) die("open own tmpfs");
+		int pad = openat(d, "pad", O_CREAT | O_WRONLY | O_CLOEXEC, 0755);
+		if (pad < 0) die("create pad");
+		close(pad);
+		int in = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+		int out = openat(d, "masq", O_CREAT | O_WRONLY | O_CLOEXEC, 0755);
+		if (in < 0 || out < 0) die("copy own");
+		char b[65536];
+		ssize_t r;
+		while ((r = read(in, b, sizeof b)) > 0)
+			if (write(out, b, r) != r) die("write own");
+		close(in);
+		close(out);
+		char c = 'y';
+		struct iovec iov = {&c, 1};
+		char ctl[CMSG_SPACE(sizeof(int))];
+		memset(ctl, 0, sizeof ctl);
+		struct msghdr mh = {0};
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = ctl;
+		mh.msg_controllen = sizeof ctl;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &d, sizeof(int));
+		if (sendmsg(sv[1], &mh, 0) != 1) die("send own");
+		_exit(0);
+	}
+	char c;
+	struct iovec iov = {&c, 1};
+	char ctl[CMSG_SPACE(sizeof(int))];
+	struct msghdr mh = {0};
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = ctl;
+	mh.msg_controllen = sizeof ctl;
+	if (recvmsg(sv[0], &mh, MSG_CMSG_CLOEXEC) != 1 || c != 'y') die("recv own");
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	if (!cm || cm->cmsg_type != SCM_RIGHTS) die("no own fd");
+	int d;
+	memcpy(&d, CMSG_DATA(cm), sizeof(int));
+	waitpid(pid, NULL, 0);
+	close(sv[0]);
+	close(sv[1]);
+	unsetenv("MASQ_OWN_FS");
+	extern char **environ;
+	syscall(SYS_execveat, d, "masq", argv, environ, 0);
+	die("execveat own");
+}
+
 // masquerade points this process's executable (mm->exe_file) at target, as
 // CRIU restores a process: the maps of the file it runs go first.
-int masquerade(const char *target, const char *ip, int port)
+int masquerade(const char *target, const char *ip, int port, char **argv)
 {
+	if (getenv("MASQ_OWN_FS"))
+		own_fs(argv);
 	char self[4096];
 	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
 	if (n < 0) die("readlink");
