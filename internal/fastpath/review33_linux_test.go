@@ -89,3 +89,71 @@ func TestReview33UserTouchDropsOthersEntries(t *testing.T) {
 		}
 	})
 }
+
+// TestReview33OverlayProgramHits (review33, open, low: performance): the
+// kernel's key has the executable's super block's device (i_sb->s_dev), the
+// stored entry the device statx gives for the file (exeIdentity). The two
+// differ where the file system reports another device to stat than its super
+// block's: an overlayfs whose layers are on different file systems (a live
+// system's squashfs under a tmpfs, an overlay over /usr with its upper
+// elsewhere) gives st_dev of the layer's pseudo device (here sb 0:42, statx
+// 0:44), and so does btrfs for a subvolume (not tested: no mkfs.btrfs here).
+// An allowed program there never hits: each connect goes through the queue
+// (fail-closed, nothing wrong is allowed). Fix: store the super block's
+// device, not stat's: read it where the kernel does (the decision's record
+// already carries the key identify made: the connect's own fp_key, which
+// the queue path could hand to Remember), or compare without the device and
+// keep the mount id (unique) and inode as the file's identity.
+func TestReview33OverlayProgramHits(t *testing.T) {
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cg, cgfd := testCgroup(t)
+		bin := publicCopy(t)
+		dir := filepath.Dir(bin)
+		lower, upper, merged := filepath.Join(dir, "lower"), filepath.Join(dir, "upper"), filepath.Join(dir, "merged")
+		for _, d := range []string{lower, upper, merged} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, d := range []string{lower, upper} {
+			if err := syscall.Mount("tmpfs", d, "tmpfs", 0, "mode=0755"); err != nil {
+				t.Skipf("mount tmpfs: %v", err)
+			}
+			t.Cleanup(func() { syscall.Unmount(d, syscall.MNT_DETACH) })
+		}
+		for _, d := range []string{filepath.Join(lower, "bin"), filepath.Join(upper, "up"), filepath.Join(upper, "work")} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(lower, "bin", "client"), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		opts := "lowerdir=" + lower + ",upperdir=" + filepath.Join(upper, "up") + ",workdir=" + filepath.Join(upper, "work")
+		if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+			t.Skipf("mount overlay: %v", err)
+		}
+		t.Cleanup(func() { syscall.Unmount(merged, syscall.MNT_DETACH) })
+		exe := filepath.Join(merged, "bin", "client")
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		prog, dst := storeAllowed(t, fp, exe, cgfd)
+		const n = 5
+		hits := 0
+		for range n {
+			if got := prog.connect(t, dst); got == "ok 0x60000000" {
+				hits++
+			}
+		}
+		if hits != n {
+			t.Errorf("an allowed program on an overlayfs over two file systems: %d of %d connects hit; want all (the stored key's device is stat's, the kernel's the super block's)", hits, n)
+		}
+	})
+}
