@@ -17,7 +17,8 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 )
 
-// TestReview33MountIDReuseVerified (review33, open, medium): review32's fix
+// TestReview33MountIDReuseVerified (review33, open, low as review32's finding,
+// which it re-opens through its fix): review32's fix
 // tells the program that connected from the one /proc names by the inode number
 // and the mount id (ExeMnt, statx's STATX_MNT_ID). That mount id is the kernel's
 // old, reusable one: a freed id goes to the next mount made anywhere, lowest
@@ -50,8 +51,13 @@ import (
 // so there is no race to win.
 //
 // Fix: record mount.mnt_id_unique (u64) in the hooks and compare it with
-// statx(STATX_MNT_ID_UNIQUE) of /proc/PID/exe; the fast path's key
-// (fp_key.mnt_id, the same reusable id) wants the same change.
+// statx(STATX_MNT_ID_UNIQUE) of /proc/PID/exe (where the kernel has both:
+// 6.8+; tried outside the tree: this test then passes, and
+// TestResolveByRecordIdentity needs its own statx to ask for the unique id).
+// The fast path's key (fp_key.mnt_id) has the same reusable id; no way to use
+// that was found (an entry's mount id is taken over only once its mount is
+// gone, which the mount watch sees in the tables it watches, and elsewhere the
+// key's uid and file still give the same rule's verdict).
 func TestReview33MountIDReuseVerified(t *testing.T) {
 	requireRoot(t)
 	cc, err := exec.LookPath("gcc")
