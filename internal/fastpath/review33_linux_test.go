@@ -1,6 +1,7 @@
 package fastpath
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,6 +155,90 @@ func TestReview33OverlayProgramHits(t *testing.T) {
 		}
 		if hits != n {
 			t.Errorf("an allowed program on an overlayfs over two file systems: %d of %d connects hit; want all (the stored key's device is stat's, the kernel's the super block's)", hits, n)
+		}
+	})
+}
+
+// TestReview33DirSwapThenRenameAwayHitsOldEntry (review33, open, low; review29's
+// class): the executables' watch keys its watches by path, and an event on a
+// directory drops only the directory's watch. After the stored program's
+// directory is renamed ("app" -> "app.old", then a new "app" put in its place:
+// the upgrade that swaps directories, which TestRenamedDirectoryMissesEntry
+// covers), the watch of the old file is still in byPath under the old path, so
+// when the new program at that path is stored, watch finds the path watched
+// and adds none for the new file. Renamed away later within its directory
+// ("prog" -> "prog.old", review29's upgrade step), the new program gives no
+// event (its directory's watch reports the directory's own moves only), keeps
+// its key, and keeps hitting the entries stored for "prog", where attribution
+// names it "prog.old", which the --app rule for "prog" does not match. Fails on
+// current main (a hit after the rename). Fix: at an event on a directory, drop
+// the watches of every path under it (or key the watches by inode: watch
+// always adds the watch, inotify_add_watch returns the same wd for a watched
+// inode, and byPath maps the path to the wd it got now).
+func TestReview33DirSwapThenRenameAwayHitsOldEntry(t *testing.T) {
+	eachTaskRead(t, func(t *testing.T, cfg Config) {
+		cg, cgfd := testCgroup(t)
+		exe := publicCopy(t)
+		ownNetns(t)
+		fp := openTest(t, cg, cfg)
+		if s := fp.Stats(); !s.TCPLocal {
+			t.Skipf("no TCP fast path: %+v", s)
+		}
+		old, dst := storeAllowed(t, fp, exe, cgfd)
+		if got := old.connect(t, dst); got != "ok 0x60000000" {
+			t.Fatalf("before the swap: %q, want a hit", got)
+		}
+		b, err := os.ReadFile(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The directory swapped: the old one moved aside, a new one in its place.
+		dir := filepath.Dir(exe)
+		if err := os.Rename(dir, dir+".old"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir + ".old") })
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(exe, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		waitHandled := func(after uint64) uint64 {
+			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				if h := fp.exeWatch.handled.Load(); h > after {
+					return h
+				}
+			}
+			return fp.exeWatch.handled.Load()
+		}
+		if fp.exeWatch == nil {
+			t.Fatal("no executables' watch")
+		}
+		h := waitHandled(0)
+		if h == 0 {
+			t.Fatal("the directory's rename was not handled in 2 s")
+		}
+		// The new program at the path, its decision stored under a fresh ticket.
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		if ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1)); !ok {
+			t.Fatalf("the new program's decision not stored: %v", err)
+		}
+		if got := prog.connect(t, dst); got != "ok 0x60000000" {
+			t.Fatalf("the new program: %q, want a hit", got)
+		}
+		// Renamed away within its directory.
+		if err := os.Rename(exe, exe+".old"); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.pid)); err != nil || l != exe+".old" {
+			t.Fatalf("the new program's executable: %q %v; want %s.old", l, err, exe)
+		}
+		waitHandled(h)
+		if got := prog.connect(t, dst); got != "ok 0x0" {
+			t.Errorf("the new program, renamed away from the allowed name after its directory was swapped: %q, want a miss (attribution names it %s.old, which the --app rule for %s does not match)", got, exe, exe)
 		}
 	})
 }
