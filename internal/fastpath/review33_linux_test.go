@@ -171,10 +171,14 @@ func TestReview33OverlayProgramHits(t *testing.T) {
 // event (its directory's watch reports the directory's own moves only), keeps
 // its key, and keeps hitting the entries stored for "prog", where attribution
 // names it "prog.old", which the --app rule for "prog" does not match. Fails on
-// current main (a hit after the rename). Fix: at an event on a directory, drop
-// the watches of every path under it (or key the watches by inode: watch
-// always adds the watch, inotify_add_watch returns the same wd for a watched
-// inode, and byPath maps the path to the wd it got now).
+// current main (a hit after the rename). The same stale path is left by a
+// mount over the directory or above it (a systemd-sysext or ostree refresh of
+// /usr): the mount watch bumps the generation but keeps every watch, so the
+// programs of the new /usr are stored unwatched (not tested: by reading).
+// Fix: watch always asks inotify (inotify_add_watch returns the watched
+// inode's wd, a new one for a new inode at the path) and maps the path to the
+// wd it got now; or drop every watch at a directory's event and at a mount
+// change, as at the bound. (Passes with the former, tried outside the tree.)
 func TestReview33DirSwapThenRenameAwayHitsOldEntry(t *testing.T) {
 	eachTaskRead(t, func(t *testing.T, cfg Config) {
 		cg, cgfd := testCgroup(t)
