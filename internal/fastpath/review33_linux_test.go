@@ -174,12 +174,22 @@ func TestReview33OverlayProgramHits(t *testing.T) {
 // current main (a hit after the rename). The same stale path is left by a
 // mount over the directory or above it (a systemd-sysext or ostree refresh of
 // /usr): the mount watch bumps the generation but keeps every watch, so the
-// programs of the new /usr are stored unwatched (not tested: by reading).
+// programs of the new /usr are stored unwatched (subtest mount=true: a tmpfs
+// mounted over the directory, root).
 // Fix: watch always asks inotify (inotify_add_watch returns the watched
 // inode's wd, a new one for a new inode at the path) and maps the path to the
 // wd it got now; or drop every watch at a directory's event and at a mount
 // change, as at the bound. (Passes with the former, tried outside the tree.)
 func TestReview33DirSwapThenRenameAwayHitsOldEntry(t *testing.T) {
+	for _, mount := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mount=%v", mount), func(t *testing.T) { dirSwapThenRenameAway(t, mount) })
+	}
+}
+
+// dirSwapThenRenameAway runs TestReview33DirSwapThenRenameAwayHitsOldEntry
+// with the directory swapped by a rename, or (mount) covered by a tmpfs
+// mounted over it.
+func dirSwapThenRenameAway(t *testing.T, mount bool) {
 	eachTaskRead(t, func(t *testing.T, cfg Config) {
 		cg, cgfd := testCgroup(t)
 		exe := publicCopy(t)
@@ -196,32 +206,42 @@ func TestReview33DirSwapThenRenameAwayHitsOldEntry(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The directory swapped: the old one moved aside, a new one in its place.
-		dir := filepath.Dir(exe)
-		if err := os.Rename(dir, dir+".old"); err != nil {
-			t.Fatal(err)
+		if fp.exeWatch == nil || fp.mountWatch == nil {
+			t.Fatal("no executables' or mount tables' watch")
 		}
-		t.Cleanup(func() { os.RemoveAll(dir + ".old") })
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatal(err)
+		handled := func() uint64 { return fp.exeWatch.handled.Load() + fp.mountWatch.handled.Load() }
+		waitHandled := func(after uint64) uint64 {
+			for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				if h := handled(); h > after {
+					return h
+				}
+			}
+			return handled()
+		}
+		h0 := handled()
+		dir := filepath.Dir(exe)
+		if mount {
+			// A new file system over the directory (root: a sysext refresh).
+			if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"); err != nil {
+				t.Skipf("mount tmpfs over %s: %v", dir, err)
+			}
+			t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+		} else {
+			// The directory swapped: the old one moved aside, a new one in its place.
+			if err := os.Rename(dir, dir+".old"); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir + ".old") })
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := os.WriteFile(exe, b, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		waitHandled := func(after uint64) uint64 {
-			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-				if h := fp.exeWatch.handled.Load(); h > after {
-					return h
-				}
-			}
-			return fp.exeWatch.handled.Load()
-		}
-		if fp.exeWatch == nil {
-			t.Fatal("no executables' watch")
-		}
-		h := waitHandled(0)
-		if h == 0 {
-			t.Fatal("the directory's rename was not handled in 2 s")
+		h := waitHandled(h0)
+		if h == h0 {
+			t.Fatal("the directory's change was not handled in 3 s")
 		}
 		// The new program at the path, its decision stored under a fresh ticket.
 		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
