@@ -17,8 +17,8 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 )
 
-// TestReview33MountIDReuseVerified (review33, open, low as review32's finding,
-// which it re-opens through its fix): review32's fix
+// TestReview33MountIDReuseVerified (review33, low as review32's finding, which
+// it re-opened through its fix; fixed on Linux 6.8+, see Fix below): review32's fix
 // tells the program that connected from the one /proc names by the inode number
 // and the mount id (ExeMnt, statx's STATX_MNT_ID). That mount id is the kernel's
 // old, reusable one: a freed id goes to the next mount made anywhere, lowest
@@ -50,10 +50,9 @@ import (
 // record and sends nothing (a connected socket's send runs no sendmsg hook),
 // so there is no race to win.
 //
-// Fix: record mount.mnt_id_unique (u64) in the hooks and compare it with
-// statx(STATX_MNT_ID_UNIQUE) of /proc/PID/exe (where the kernel has both:
-// 6.8+; tried outside the tree: this test then passes, and
-// TestResolveByRecordIdentity needs its own statx to ask for the unique id).
+// Fix: the hooks record mount.mnt_id_unique (u64) and Resolve compares it
+// with statx(STATX_MNT_ID_UNIQUE) of /proc/PID/exe, where the kernel has both
+// (uniqueMountIDs, 6.8+); older kernels compare the old id still (open there).
 // The fast path's key (fp_key.mnt_id) has the same reusable id; no way to use
 // that was found (an entry's mount id is taken over only once its mount is
 // gone, which the mount watch sees in the tables it watches, and elsewhere the
