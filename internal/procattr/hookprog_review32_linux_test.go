@@ -156,7 +156,7 @@ func TestHookProgramOffsets(t *testing.T) {
 			mountAddr  = 0x6_0000_0000
 			ino        = 0x1234_5678
 			flags      = fmodeExec | 0x8000 // __FMODE_EXEC | O_LARGEFILE
-			mntID      = 0x5_0000_004d // mnt_id_unique; mnt_id's 4 bytes give 77
+			mntID      = 0x5_0000_004d      // mnt_id_unique; mnt_id's 4 bytes give 77
 			startNs    = 555_000_000
 			execID     = 3
 		)
