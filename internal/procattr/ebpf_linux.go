@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -44,10 +45,13 @@ type connRecord struct {
 	// file the process opened as its executable (see exeNotExecuted).
 	ExeFlags uint64
 	// ExeMnt is the id of the mount the executable file was reached through
-	// (real_mount(exe_file->f_path.mnt)->mnt_id, the number statx's
-	// STATX_MNT_ID gives for /proc/PID/exe); 0 when ExeIno is. With ExeIno it
+	// (real_mount(exe_file->f_path.mnt)); 0 when ExeIno is. With ExeIno it
 	// tells the file from one with the same inode number on another file system
-	// (review32).
+	// (review32). Where uniqueMountIDs (Linux 6.8+) it is the mount's unique
+	// 64-bit id, mnt_id_unique, which statx's STATX_MNT_ID_UNIQUE gives for
+	// /proc/PID/exe and the kernel never gives another mount; else the old
+	// mnt_id (STATX_MNT_ID), which the next mount made takes once this one is
+	// gone (review33).
 	ExeMnt uint64
 }
 
@@ -83,13 +87,50 @@ var (
 // from the current task to its executable's inode number: task_struct.mm,
 // mm_struct.exe_file, file.f_inode, inode.i_ino; file.f_flags (4 bytes); and
 // to the id of the mount the file was reached through: file.f_path.mnt (a
-// struct vfsmount inside a struct mount, at mount.mnt) and mount.mnt_id (4 bytes).
+// struct vfsmount inside a struct mount, at mount.mnt) and mount.mnt_id_unique
+// (8 bytes) where uniqueMountIDs, else mount.mnt_id (4 bytes).
 type exeFields struct {
 	mm, exeFile, fInode, iIno, fFlags uint32
 	inoSize                           uint8
 	fPathMnt                          uint32 // file.f_path + path.mnt
-	mountMnt, mountID                 uint32 // mount.mnt, mount.mnt_id
+	mountMnt, mountID                 uint32 // mount.mnt, mount.mnt_id_unique or mnt_id
+	mountIDSize                       uint8  // 8 (mnt_id_unique) or 4 (mnt_id)
 }
+
+// statxUniqueMountID says whether the kernel's statx gives a mount's unique id
+// (STATX_MNT_ID_UNIQUE, Linux 6.8+; an older kernel ignores the request and
+// gives the old id, STATX_MNT_ID).
+var statxUniqueMountID = sync.OnceValue(func() bool {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, "/", 0, unix.STATX_MNT_ID_UNIQUE, &stx)
+	return err == nil && stx.Mask&unix.STATX_MNT_ID_UNIQUE != 0
+})
+
+// uniqueMountIDs says whether the hooks record, and Resolve compares, mounts'
+// unique ids (struct mount's mnt_id_unique, STATX_MNT_ID_UNIQUE; Linux 6.8+):
+// where statx gives them and the kernel's BTF has the member. Else both use
+// the old ids (mnt_id, STATX_MNT_ID), which the kernel gives again to the next
+// mount made once a mount is gone (review33: a program that connected from a
+// file system of its own, let its mount go and had a bind mount of the allowed
+// program take the freed id was verified): on those kernels that remains so.
+// One decision for both sides, so that a record's id and statx's are of one
+// kind.
+var uniqueMountIDs = sync.OnceValue(func() bool {
+	if !statxUniqueMountID() {
+		return false
+	}
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var mount *btf.Struct
+	if spec.TypeByName("mount", &mount) != nil {
+		return false
+	}
+	_, typ, ok := memberOffset(mount, "mnt_id_unique")
+	size, err := btf.Sizeof(typ)
+	return ok && err == nil && size == 8
+})
 
 // kernelExeFields finds the members exeFields names in the running kernel's BTF.
 func kernelExeFields() (exeFields, error) {
@@ -159,10 +200,15 @@ func kernelExeFields() (exeFields, error) {
 	if f.mountMnt, _, ok = memberOffset(mount, "mnt"); !ok {
 		return exeFields{}, errors.New("kernel BTF: struct mount has no member mnt")
 	}
-	f.mountID, typ, ok = memberOffset(mount, "mnt_id")
-	if size, err := btf.Sizeof(typ); !ok || err != nil || size != 4 {
-		return exeFields{}, fmt.Errorf("kernel BTF: mount.mnt_id missing or of size %d (%v)", size, err)
+	id, idSize := "mnt_id", 4
+	if uniqueMountIDs() {
+		id, idSize = "mnt_id_unique", 8
 	}
+	f.mountID, typ, ok = memberOffset(mount, id)
+	if size, err := btf.Sizeof(typ); !ok || err != nil || size != idSize {
+		return exeFields{}, fmt.Errorf("kernel BTF: mount.%s missing or of size %d (%v)", id, size, err)
+	}
+	f.mountIDSize = uint8(idSize)
 	return f, nil
 }
 
@@ -333,17 +379,17 @@ func hookProgram(conns *ebpf.Map, task *taskFields, exe *exeFields, btfTask bool
 			asm.FnProbeReadKernel.Call(),
 		}
 	}
-	// mountID reads the mount id of the file at r8 into ExeMnt:
-	// real_mount(file->f_path.mnt)->mnt_id, the vfsmount's address less
-	// mount.mnt plus mount.mnt_id, through bpf_probe_read_kernel (the address
-	// lies outside the struct vfsmount a BTF pointer may load from).
-	// fPathMnt is the vfsmount pointer's address already loaded in R3.
+	// mountID reads the mount id of the file at r8 into ExeMnt (zeroed):
+	// real_mount(file->f_path.mnt)->mnt_id_unique (or mnt_id), the vfsmount's
+	// address less mount.mnt plus the id's offset, through
+	// bpf_probe_read_kernel (the address lies outside the struct vfsmount a
+	// BTF pointer may load from). The vfsmount's address is in R3 already.
 	mountID := func(exe *exeFields) asm.Instructions {
 		return asm.Instructions{
 			asm.Add.Imm(asm.R3, int32(exe.mountID)-int32(exe.mountMnt)),
 			asm.Mov.Reg(asm.R1, asm.RFP),
 			asm.Add.Imm(asm.R1, valueOff+72),
-			asm.Mov.Imm(asm.R2, 4),
+			asm.Mov.Imm(asm.R2, int32(exe.mountIDSize)),
 			asm.FnProbeReadKernel.Call(),
 		}
 	}

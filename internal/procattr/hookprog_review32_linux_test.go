@@ -121,6 +121,10 @@ func (vm *hookVM) run(t *testing.T, insns asm.Instructions) {
 // wrong inode number and file flags. Both variants run here against structs
 // laid out with those offsets equal and apart; each must record the
 // executable's inode number, f_flags and mount id, and the task's identity.
+// The mount id is read both ways (review33): the 8-byte mnt_id_unique (Linux
+// 6.8+), whose high half must reach the record (an id past 2^32 is another
+// mount's than its low half), and the 4-byte mnt_id of older kernels, whose
+// neighbouring bytes must not.
 func TestHookProgramOffsets(t *testing.T) {
 	requireRoot(t)
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: connRecordSize, MaxEntries: 1})
@@ -134,9 +138,14 @@ func TestHookProgramOffsets(t *testing.T) {
 		exe  exeFields
 	}{
 		{"same offsets", taskFields{groupLeader: 0x48, startBoottime: 0x40, selfExecID: 0x50, execIDSize: 8},
-			exeFields{mm: 0x40, exeFile: 0x40, fInode: 0x40, iIno: 0x40, inoSize: 8, fFlags: 0x48, fPathMnt: 0x10, mountMnt: 0x20, mountID: 0x10}},
+			exeFields{mm: 0x40, exeFile: 0x40, fInode: 0x40, iIno: 0x40, inoSize: 8, fFlags: 0x48, fPathMnt: 0x10, mountMnt: 0x20, mountID: 0x10, mountIDSize: 4}},
 		{"apart", taskFields{groupLeader: 0x4f8, startBoottime: 0x6a0, selfExecID: 0x868, execIDSize: 4},
-			exeFields{mm: 0x570, exeFile: 0x3a8, fInode: 0x20, iIno: 0x40, inoSize: 4, fFlags: 0x34, fPathMnt: 0x40, mountMnt: 0x20, mountID: 0x11c}},
+			exeFields{mm: 0x570, exeFile: 0x3a8, fInode: 0x20, iIno: 0x40, inoSize: 4, fFlags: 0x34, fPathMnt: 0x40, mountMnt: 0x20, mountID: 0x11c, mountIDSize: 4}},
+		// mnt_id_unique: the u64 after mnt_id (6.18's layout, mnt_id at 0x11c).
+		{"same offsets/unique id", taskFields{groupLeader: 0x48, startBoottime: 0x40, selfExecID: 0x50, execIDSize: 8},
+			exeFields{mm: 0x40, exeFile: 0x40, fInode: 0x40, iIno: 0x40, inoSize: 8, fFlags: 0x48, fPathMnt: 0x10, mountMnt: 0x20, mountID: 0x10, mountIDSize: 8}},
+		{"apart/unique id", taskFields{groupLeader: 0x4f8, startBoottime: 0x6a0, selfExecID: 0x868, execIDSize: 4},
+			exeFields{mm: 0x570, exeFile: 0x3a8, fInode: 0x20, iIno: 0x40, inoSize: 4, fFlags: 0x34, fPathMnt: 0x40, mountMnt: 0x20, mountID: 0x120, mountIDSize: 8}},
 	} {
 		const (
 			taskAddr   = 0x1_0000_0000
@@ -147,7 +156,7 @@ func TestHookProgramOffsets(t *testing.T) {
 			mountAddr  = 0x6_0000_0000
 			ino        = 0x1234_5678
 			flags      = fmodeExec | 0x8000 // __FMODE_EXEC | O_LARGEFILE
-			mntID      = 77
+			mntID      = 0x5_0000_004d      // mnt_id_unique; mnt_id's 4 bytes give 77
 			startNs    = 555_000_000
 			execID     = 3
 		)
@@ -163,7 +172,14 @@ func TestHookProgramOffsets(t *testing.T) {
 				vm.put(fileAddr+uint64(ef.fInode), 8, inodeAddr)
 				vm.put(fileAddr+uint64(ef.fFlags), 4, flags)
 				vm.put(fileAddr+uint64(ef.fPathMnt), 8, mountAddr+uint64(ef.mountMnt))
-				vm.put(mountAddr+uint64(ef.mountID), 4, mntID)
+				// The id, then 0xff in the 4 bytes after it: a 4-byte mnt_id
+				// is followed by other members.
+				vm.put(mountAddr+uint64(ef.mountID), int(ef.mountIDSize), mntID)
+				vm.put(mountAddr+uint64(ef.mountID)+uint64(ef.mountIDSize), 4, 0xffff_ffff)
+				wantMnt := uint64(mntID)
+				if ef.mountIDSize == 4 {
+					wantMnt = mntID & 0xffff_ffff
+				}
 				vm.put(inodeAddr+uint64(ef.iIno), int(ef.inoSize), ino)
 				if btfTask && !fitLoads(&tf, &ef) {
 					t.Fatal("offsets too large for loads")
@@ -175,7 +191,7 @@ func TestHookProgramOffsets(t *testing.T) {
 				var rec connRecord
 				copy(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), connRecordSize), vm.record)
 				want := connRecord{PidTgid: 7<<32 | 8, UIDGid: 9<<32 | 10, BootNs: 11, Comm: [16]byte([]byte("hookhookhookhook")),
-					StartNs: startNs, ExecID: execID, ExeIno: ino, ExeFlags: flags, ExeMnt: mntID}
+					StartNs: startNs, ExecID: execID, ExeIno: ino, ExeFlags: flags, ExeMnt: wantMnt}
 				if rec != want {
 					t.Errorf("record %+v\nwant   %+v", rec, want)
 				}

@@ -22,10 +22,16 @@ type fileID struct{ dev, ino uint64 }
 // kernel follows it to the executable itself (mm->exe_file), whatever mount
 // namespace, root or name the process sees it under, and whether or not it is
 // still linked. nlink is 0 for a deleted file and for a memfd. mnt is the id of the
-// mount the process executed the file through (0 where the kernel does not tell).
+// mount the process executed the file through, of the kind the eBPF hooks record
+// (connRecord.ExeMnt): its unique id where uniqueMountIDs, else the old one; 0
+// where the kernel does not tell it.
 func (d procDir) exeFileID() (id fileID, nlink, mnt uint64, err error) {
 	var stx unix.Statx_t
-	err = unix.Statx(d.fd, "exe", 0, unix.STATX_INO|unix.STATX_NLINK|unix.STATX_MNT_ID, &stx)
+	mask, mntMask := uint32(unix.STATX_MNT_ID), uint32(unix.STATX_MNT_ID)
+	if uniqueMountIDs() {
+		mask, mntMask = unix.STATX_MNT_ID_UNIQUE, unix.STATX_MNT_ID_UNIQUE
+	}
+	err = unix.Statx(d.fd, "exe", 0, unix.STATX_INO|unix.STATX_NLINK|int(mask), &stx)
 	if errors.Is(err, unix.ENOSYS) {
 		var st unix.Stat_t
 		if err := unix.Fstatat(d.fd, "exe", &st, 0); err != nil {
@@ -36,10 +42,27 @@ func (d procDir) exeFileID() (id fileID, nlink, mnt uint64, err error) {
 	if err != nil {
 		return fileID{}, 0, 0, fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
 	}
-	if stx.Mask&unix.STATX_MNT_ID != 0 {
+	if stx.Mask&mntMask != 0 {
 		mnt = stx.Mnt_id
 	}
 	return fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}, uint64(stx.Nlink), mnt, nil
+}
+
+// exeOldMountID is the old, reusable id (STATX_MNT_ID) of the mount the
+// process executes file through, which the fast path's kernel program reads
+// (engine.FileID.Mnt); 0 where the kernel does not tell it or the process no
+// longer runs file. Where uniqueMountIDs exeFileID gives the unique id
+// instead; else it is mnt, and no statx is made.
+func (d procDir) exeOldMountID(file fileID, mnt uint64) uint64 {
+	if !uniqueMountIDs() {
+		return mnt
+	}
+	var stx unix.Statx_t
+	if unix.Statx(d.fd, "exe", 0, unix.STATX_INO|unix.STATX_MNT_ID, &stx) != nil ||
+		stx.Mask&unix.STATX_MNT_ID == 0 || (fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}) != file {
+		return 0
+	}
+	return stx.Mnt_id
 }
 
 // hostRoot is the host's file system: the root of process 1 (init, in the daemon's

@@ -19,6 +19,7 @@ type procEntry struct {
 	exe        string // as readlink gave it, " (deleted)" included
 	file       fileID // the file the process executes (see exeFileID)
 	exeMnt     uint64 // the mount it was executed through (see exeFileID)
+	exeOldMnt  uint64 // that mount's old id, for ExeFile (see exeOldMountID)
 	ident      identity
 	cmdline    string
 	comm       string
@@ -215,7 +216,8 @@ func readEntry(d procDir) (*procEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &procEntry{dir: d, startTicks: st.StartTime, comm: st.Comm, exe: string(exe), file: file, exeMnt: mnt}
+	e := &procEntry{dir: d, startTicks: st.StartTime, comm: st.Comm, exe: string(exe), file: file, exeMnt: mnt,
+		exeOldMnt: d.exeOldMountID(file, mnt)}
 	e.ident = verifyExe(d, e.exe, file, nlink)
 	cmd, err := d.readFile("cmdline", buf[:])
 	if err != nil {
@@ -250,7 +252,7 @@ func (e *procEntry) process(p *Process) {
 	p.Cmdline = e.cmdline
 	p.Unit, p.AppID, p.Parents = e.unit, e.appID, e.parents
 	p.ExeSHA256 = hashes.lookup(e.hashKey, e.dir.pid)
-	p.ExeFile = engine.FileID{Dev: e.file.dev, Ino: e.file.ino, Mnt: e.exeMnt}
+	p.ExeFile = engine.FileID{Dev: e.file.dev, Ino: e.file.ino, Mnt: e.exeOldMnt}
 	p.Comm = e.comm
 }
 

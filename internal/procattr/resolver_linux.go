@@ -362,9 +362,14 @@ func (r *Resolver) viaEBPF(si socketInfo, owner Process) (Process, error) {
 		// through, both as the hooks read them and as statx shows /proc/PID/exe:
 		// the inode number alone matched a file with the allowed program's number
 		// on another file system (a tmpfs whose numbers the attacker walks up to,
-		// a FUSE file system it serves; review32). The device is not compared:
-		// btrfs (per subvolume) and overlayfs report another one to stat than the
-		// super block's s_dev the hooks could read. An ExeIno of 0 is a record
+		// a FUSE file system it serves; review32). The mount id is the unique
+		// one where the kernel has it (uniqueMountIDs, Linux 6.8+): the old one
+		// goes to the next mount made once its mount is gone, and a bind mount
+		// of the allowed program took the freed id of the file system the
+		// program connected from (review33); on older kernels that remains.
+		// The device is not compared: btrfs (per subvolume) and overlayfs
+		// report another one to stat than the super block's s_dev the hooks
+		// could read. An ExeIno of 0 is a record
 		// whose executable the hooks could not read (a task without an mm, a file
 		// system that numbers its inodes 0): it does not verify. A mount id of 0
 		// is the kernel's internal mounts' (a memfd's, on both sides; the checks

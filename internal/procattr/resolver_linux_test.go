@@ -517,17 +517,27 @@ func TestResolveTimeWait(t *testing.T) {
 // pointers (plain loads, where the kernel allows them) and through
 // bpf_probe_read_kernel: both records must carry the same identity and
 // executable.
+//
+// oldMountIDs: as on a kernel without unique mount ids (before Linux 6.8), the
+// hooks record, and Resolve compares, the old mount id (review33's fallback).
 func TestResolveByRecordIdentity(t *testing.T) {
 	for _, noBTF := range []bool{false, true} {
-		t.Run(fmt.Sprintf("noTaskBTF=%v", noBTF), func(t *testing.T) {
-			noTaskBTF = noBTF
-			defer func() { noTaskBTF = false }()
-			testResolveByRecordIdentity(t, noBTF)
-		})
+		for _, oldIDs := range []bool{false, true} {
+			t.Run(fmt.Sprintf("noTaskBTF=%v/oldMountIDs=%v", noBTF, oldIDs), func(t *testing.T) {
+				noTaskBTF = noBTF
+				defer func() { noTaskBTF = false }()
+				if oldIDs {
+					saved := uniqueMountIDs
+					uniqueMountIDs = func() bool { return false }
+					defer func() { uniqueMountIDs = saved }()
+				}
+				testResolveByRecordIdentity(t, noBTF, oldIDs)
+			})
+		}
 	}
 }
 
-func testResolveByRecordIdentity(t *testing.T, noBTF bool) {
+func testResolveByRecordIdentity(t *testing.T, noBTF, oldIDs bool) {
 	requireRoot(t)
 	ns := newNetns(t)
 	r := newResolverIn(t, ns, Options{DisableProcfs: true})
@@ -573,13 +583,29 @@ func testResolveByRecordIdentity(t *testing.T, noBTF bool) {
 		t.Fatalf("record ExeIno %d; want the client's executable's inode %d", rec.ExeIno, exe.Ino)
 	}
 	// And the mount it was reached through (review32: the inode number alone
-	// matches a file on another file system), as statx shows /proc/PID/exe.
+	// matches a file on another file system), as statx shows /proc/PID/exe:
+	// its unique id where the kernel has one (review33: the old one is
+	// reused), which this kernel must.
 	var stx unix.Statx_t
+	mntMask := uint32(unix.STATX_MNT_ID)
+	if uniqueMountIDs() {
+		mntMask = unix.STATX_MNT_ID_UNIQUE
+	} else if !oldIDs && statxUniqueMountID() {
+		t.Fatal("statx gives unique mount ids, and the hooks do not read them (kernel BTF: no mount.mnt_id_unique)")
+	}
+	if err := unix.Statx(unix.AT_FDCWD, fmt.Sprintf("/proc/%d/exe", c.pid()), 0, int(mntMask), &stx); err != nil {
+		t.Fatal(err)
+	}
+	if stx.Mask&mntMask == 0 || rec.ExeMnt == 0 || rec.ExeMnt != stx.Mnt_id {
+		t.Fatalf("record ExeMnt %d; want the client's executable's mount id %d (statx mask %#x)", rec.ExeMnt, stx.Mnt_id, stx.Mask)
+	}
+	// The process's ExeFile keeps the old id either way: the fast path's
+	// kernel program reads that one (fp_key.mnt_id).
 	if err := unix.Statx(unix.AT_FDCWD, fmt.Sprintf("/proc/%d/exe", c.pid()), 0, unix.STATX_MNT_ID, &stx); err != nil {
 		t.Fatal(err)
 	}
-	if stx.Mask&unix.STATX_MNT_ID == 0 || rec.ExeMnt == 0 || rec.ExeMnt != stx.Mnt_id {
-		t.Fatalf("record ExeMnt %d; want the client's executable's mount id %d (statx mask %#x)", rec.ExeMnt, stx.Mnt_id, stx.Mask)
+	if p.ExeFile.Ino != exe.Ino || p.ExeFile.Mnt == 0 || p.ExeFile.Mnt != stx.Mnt_id {
+		t.Fatalf("ExeFile %+v; want inode %d, mount id %d (STATX_MNT_ID)", p.ExeFile, exe.Ino, stx.Mnt_id)
 	}
 	// An executed program's file was opened by execve (review28's neighbour:
 	// a file prctl(PR_SET_MM) named lacks the bit, and is not verified).
