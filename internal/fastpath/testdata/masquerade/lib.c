@@ -40,6 +40,7 @@
 #include <sys/auxv.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <linux/stat.h>
 
 static void die(const char *what) { printf("err %s %d\n", what, errno); fflush(stdout); _exit(1); }
 
@@ -53,6 +54,65 @@ static int set_map(void *unused)
 	(void)unused;
 	child_err = prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&shared_map, sizeof shared_map, 0) != 0 ? errno : 0;
 	syscall(SYS_exit, 0);
+	return 0;
+}
+
+// MASQ_REUSE_MNT (review33): the mount id the hooks recorded for this
+// program's own executable is freed (the test unmounts its file system once the
+// executable is named away and its maps are gone) and given, lowest free id
+// first, to a bind mount of the target that a CLONE_VM | CLONE_NEWUSER |
+// CLONE_NEWNS child (made before the connect, so its namespace's copies of the
+// host's mounts are made then) makes in a mount namespace of its own; that
+// child names the target, reached through the bind mount, as the executable,
+// and keeps its namespace alive until this process ends.
+static struct prctl_mm_map reuse_map;
+static const char *reuse_target;
+static unsigned long long reuse_want, reuse_got;
+static int reuse_err = -1, reuse_go[2], reuse_done[2];
+static char reuse_stack[65536] __attribute__((aligned(16)));
+
+static unsigned long long mnt_id_of(const char *path)
+{
+	struct statx sx;
+	memset(&sx, 0, sizeof sx);
+	if (syscall(SYS_statx, AT_FDCWD, path, 0, STATX_MNT_ID, &sx) != 0 || !(sx.stx_mask & STATX_MNT_ID))
+		return 0;
+	return sx.stx_mnt_id;
+}
+
+static int reuse_child(void *unused)
+{
+	(void)unused;
+	char c;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (read(reuse_go[0], &c, 1) != 1)
+		syscall(SYS_exit, 0);
+	int err = 0;
+	// Bind mounts of the target over itself until the top one has the id
+	// wanted: every allocation takes the lowest free id, so one below it
+	// fills a hole and the next tries again; the freed id may take an RCU
+	// grace period to come back.
+	for (int i = 0; i < 400; i++) {
+		if (mount(reuse_target, reuse_target, NULL, MS_BIND, NULL) != 0) { err = errno; break; }
+		reuse_got = mnt_id_of(reuse_target);
+		if (reuse_got == reuse_want)
+			break;
+		if (reuse_got > reuse_want)
+			usleep(5000);
+	}
+	if (err == 0) {
+		int fd = open(reuse_target, O_RDONLY);
+		if (fd < 0) err = errno;
+		else {
+			reuse_map.exe_fd = fd;
+			if (prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&reuse_map, sizeof reuse_map, 0) != 0) err = errno;
+			close(fd);
+		}
+	}
+	reuse_err = err;
+	if (write(reuse_done[1], "d", 1) != 1) err = errno;
+	for (;;)
+		pause();
 	return 0;
 }
 
@@ -174,10 +234,91 @@ static int exec_fd(const char *target, const char *self)
 	return fd;
 }
 
+// own_fs (MASQ_OWN_FS, review33) is what an unprivileged user does to run
+// this program from a file system of their own, in the host's user and mount
+// namespaces: a child makes a user and mount namespace, mounts a tmpfs there,
+// makes a file "pad" then a copy of this program "masq" in it (so the copy has
+// the inode number a fresh tmpfs gives its second file) and sends the
+// directory's descriptor back; this process then executes the copy through
+// it (execveat) with MASQ_OWN_FS taken out of the environment. The child
+// exits: its namespace goes, and the tmpfs's mount lives on only while this
+// process holds it (its executable, its maps). Returns only on failure.
+static void own_fs(char **argv)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0) die("socketpair own");
+	int uid = getuid(), gid = getgid();
+	pid_t pid = fork();
+	if (pid < 0) die("fork own");
+	if (pid == 0) {
+		if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) die("unshare own");
+		char map[64];
+		write_file("/proc/self/setgroups", "deny");
+		snprintf(map, sizeof map, "0 %d 1", uid);
+		write_file("/proc/self/uid_map", map);
+		snprintf(map, sizeof map, "0 %d 1", gid);
+		write_file("/proc/self/gid_map", map);
+		if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("make private own");
+		if (mount("tmpfs", "/tmp", "tmpfs", 0, "mode=0755") != 0) die("mount own tmpfs");
+		int d = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (d < 0) die("open own tmpfs");
+		int pad = openat(d, "pad", O_CREAT | O_WRONLY | O_CLOEXEC, 0755);
+		if (pad < 0) die("create pad");
+		close(pad);
+		int in = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+		int out = openat(d, "masq", O_CREAT | O_WRONLY | O_CLOEXEC, 0755);
+		if (in < 0 || out < 0) die("copy own");
+		char b[65536];
+		ssize_t r;
+		while ((r = read(in, b, sizeof b)) > 0)
+			if (write(out, b, r) != r) die("write own");
+		close(in);
+		close(out);
+		char c = 'y';
+		struct iovec iov = {&c, 1};
+		char ctl[CMSG_SPACE(sizeof(int))];
+		memset(ctl, 0, sizeof ctl);
+		struct msghdr mh = {0};
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = ctl;
+		mh.msg_controllen = sizeof ctl;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &d, sizeof(int));
+		if (sendmsg(sv[1], &mh, 0) != 1) die("send own");
+		_exit(0);
+	}
+	char c;
+	struct iovec iov = {&c, 1};
+	char ctl[CMSG_SPACE(sizeof(int))];
+	struct msghdr mh = {0};
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = ctl;
+	mh.msg_controllen = sizeof ctl;
+	if (recvmsg(sv[0], &mh, MSG_CMSG_CLOEXEC) != 1 || c != 'y') die("recv own");
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	if (!cm || cm->cmsg_type != SCM_RIGHTS) die("no own fd");
+	int d;
+	memcpy(&d, CMSG_DATA(cm), sizeof(int));
+	waitpid(pid, NULL, 0);
+	close(sv[0]);
+	close(sv[1]);
+	unsetenv("MASQ_OWN_FS");
+	extern char **environ;
+	syscall(SYS_execveat, d, "masq", argv, environ, 0);
+	die("execveat own");
+}
+
 // masquerade points this process's executable (mm->exe_file) at target, as
 // CRIU restores a process: the maps of the file it runs go first.
-int masquerade(const char *target, const char *ip, int port)
+int masquerade(const char *target, const char *ip, int port, char **argv)
 {
+	if (getenv("MASQ_OWN_FS"))
+		own_fs(argv);
 	char self[4096];
 	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
 	if (n < 0) die("readlink");
@@ -206,6 +347,16 @@ int masquerade(const char *target, const char *ip, int port)
 	m.start_data = f[45]; m.end_data = f[46]; m.start_brk = f[47];
 	m.arg_start = f[48]; m.arg_end = f[49]; m.env_start = f[50]; m.env_end = f[51];
 	m.brk = syscall(SYS_brk, 0);
+	int reuse = getenv("MASQ_REUSE_MNT") != NULL;
+	if (reuse) {
+		reuse_want = mnt_id_of("/proc/self/exe");
+		if (reuse_want == 0) die("statx own exe");
+		reuse_target = target;
+		reuse_map = m;
+		if (pipe(reuse_go) != 0 || pipe(reuse_done) != 0) die("pipe reuse");
+		int pid = clone(reuse_child, reuse_stack + sizeof reuse_stack, CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, 0);
+		if (pid < 0) die("clone reuse");
+	}
 	int exe = getenv("MASQ_BINFMT") ? exec_fd(target, self) : open(target, O_RDONLY);
 	if (exe < 0) die("open target");
 	m.exe_fd = exe;
@@ -267,6 +418,17 @@ int masquerade(const char *target, const char *ip, int port)
 		printf("ok %s:%d %s\n", ip4, ntohs(la.sin_port), self);
 		fflush(stdout);
 		char c;
+		if (reuse) {
+			close(exe);
+			// The test unmounts this program's file system, then says go.
+			if (read(0, &c, 1) != 1) _exit(0);
+			if (write(reuse_go[1], "g", 1) != 1) die("write go");
+			if (read(reuse_done[0], &c, 1) != 1) die("read done");
+			n = readlink("/proc/self/exe", self, sizeof self - 1);
+			self[n > 0 ? n : 0] = 0;
+			printf("reused %llu %llu %d %s\n", reuse_want, reuse_got, reuse_err, self);
+			fflush(stdout);
+		}
 		while (read(0, &c, 1) > 0)
 			;
 		_exit(0);
