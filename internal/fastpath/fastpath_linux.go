@@ -652,13 +652,16 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	// Before raiseLease: the lease's descriptor must stay the highest. Up to two
 	// watches per executable: its file and its directory.
-	// What both watches do at a change: every stored decision misses.
+	// What both watches do where they cannot tell which entries a change
+	// affects (a lost event, an unreadable mount table, an entry that could not
+	// be deleted): every stored decision misses.
 	bump := func() {
 		if err := fp.ModeChanged(); err != nil {
 			fp.storeErrors.Add(1)
 		}
 	}
-	if w, err := newExeWatch(min(maxExeWatches, 2*max(cfg.MaxEntries, 1))); err != nil {
+	del := func(k *fastpathFpKey) error { return fp.objs.Verdicts.Delete(k) }
+	if w, err := newExeWatch(min(maxExeWatches, 2*max(cfg.MaxEntries, 1)), 2*max(cfg.MaxEntries, 1), del); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
 		fp.exeWatch, fp.exeWatchRun = w, make(chan struct{})
@@ -669,7 +672,7 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	if fp.exeWatch == nil {
 		// Nothing is stored anyway.
-	} else if w, err := newMountWatch(fp.exeWatch.covers, bump); err != nil {
+	} else if w, err := newMountWatch(fp.exeWatch.dropUnder, bump); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
 		fp.mountWatch = w
@@ -1284,16 +1287,21 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 		fp.notStored.Add(1)
 		return false, nil
 	}
-	if err := fp.exeWatch.watch(req.Exe); err != nil {
+	full := func() (bool, error) {
+		// Every watch dropped, then every decision stored under one.
 		fp.notStored.Add(1)
-		if errors.Is(err, errWatchesFull) {
-			// Every watch dropped, then every decision stored under one.
-			fp.exeWatch.dropAll()
-			if err := fp.ModeChanged(); err != nil {
-				return false, err
-			}
-			return false, nil
+		fp.exeWatch.dropAll()
+		if err := fp.ModeChanged(); err != nil {
+			return false, err
 		}
+		return false, nil
+	}
+	w, err := fp.exeWatch.watch(req.Exe, uint32(req.UID))
+	if errors.Is(err, errWatchesFull) {
+		return full()
+	}
+	if err != nil {
+		fp.notStored.Add(1)
 		return false, err
 	}
 	id, err := exeIdentity(req.PID, req.Exe, req.ExeFile)
@@ -1322,8 +1330,19 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	}
 	fp.exes[id] = req.Exe
 	fp.exesMu.Unlock()
-	if err := fp.objs.Verdicts.Put(&key, &val); err != nil {
+	// Indexed under the watches and stored, unless an event on them (or a mount
+	// change) was handled since they were taken.
+	ok, err = fp.exeWatch.commit(w, id, req.Exe, key, func() error { return fp.objs.Verdicts.Put(&key, &val) })
+	if errors.Is(err, errWatchesFull) {
+		return full()
+	}
+	if err != nil {
+		fp.notStored.Add(1)
 		return false, fmt.Errorf("fast path: store the verdict for %s -> %v: %w", req.Exe, req.Remote, err)
+	}
+	if !ok {
+		fp.notStored.Add(1)
+		return false, nil
 	}
 	fp.stored.Add(1)
 	return true, nil
