@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/engine"
+	"golang.org/x/sys/unix"
 )
 
 // TestReview33UserTouchDropsOthersEntries (review33, open, low: availability):
@@ -91,39 +92,55 @@ func TestReview33UserTouchDropsOthersEntries(t *testing.T) {
 	})
 }
 
-// TestReview33OverlayProgramHits (review33, open, low: performance): the
-// kernel's key has the executable's super block's device (i_sb->s_dev), the
-// stored entry the device statx gives for the file (exeIdentity). The two
-// differ where the file system reports another device to stat than its super
-// block's: an overlayfs whose layers are on different file systems (a live
-// system's squashfs under a tmpfs, an overlay over /usr with its upper
-// elsewhere) gives st_dev of the layer's pseudo device (here sb 0:42, statx
-// 0:44), and so does btrfs for a subvolume (not tested: no mkfs.btrfs here).
-// An allowed program there never hits: each connect goes through the queue
-// (fail-closed, nothing wrong is allowed). Fix: store the super block's
-// device, not stat's: read it where the kernel does (the decision's record
-// already carries the key identify made: the connect's own fp_key, which
-// the queue path could hand to Remember), or compare without the device and
-// keep the mount id (unique) and inode as the file's identity.
+// TestReview33OverlayProgramHits (review33, low: performance; resolved as a
+// miss, not a hit): the kernel's key has the executable's super block's device
+// (i_sb->s_dev), the stored entry the device statx gives for the file
+// (exeIdentity). The two differ where the file system reports another device to
+// stat than its super block's: an overlayfs whose layers are on different file
+// systems, without xino (a live system's squashfs under a tmpfs; here sb 0:42,
+// statx 0:44), and btrfs for a subvolume. An allowed program there never hits.
+// The suggested fix (store the super block's device) would be wrong: there the
+// kernel gives each file the inode number of its layer's file, so two files in
+// one directory from different layers can have the same number, and so the same
+// key (overlayfs reports a pseudo device per layer to stat for exactly this
+// reason: "the pair {real st_ino; overlay st_dev} is not unique"); a program in
+// the upper layer would hit the decision stored for the lower layer's. So such
+// a file's decision is not stored (it never hit: a map entry and two watches
+// spent for nothing), and where stat's device is the super block's (both layers
+// on one file system, or xino) it is stored and hits, as before. Subtests:
+// samefs and xino hit (as on main); twofs: not stored (stored on main), and a
+// program of the upper layer with the lower one's inode number in the same
+// directory misses (it hits with the suggested fix: tried).
 func TestReview33OverlayProgramHits(t *testing.T) {
+	for _, layout := range []string{"samefs", "xino", "twofs"} {
+		t.Run(layout, func(t *testing.T) { overlayProgram(t, layout) })
+	}
+}
+
+// overlayProgram runs TestReview33OverlayProgramHits on an overlayfs with both
+// layers on one tmpfs (samefs), or on two (xino: with xino=on; twofs: without).
+func overlayProgram(t *testing.T, layout string) {
 	eachTaskRead(t, func(t *testing.T, cfg Config) {
 		cg, cgfd := testCgroup(t)
 		bin := publicCopy(t)
 		dir := filepath.Dir(bin)
 		lower, upper, merged := filepath.Join(dir, "lower"), filepath.Join(dir, "upper"), filepath.Join(dir, "merged")
-		for _, d := range []string{lower, upper, merged} {
-			if err := os.Mkdir(d, 0o755); err != nil {
+		mounts := []string{lower, upper}
+		if layout == "samefs" {
+			lower, upper = filepath.Join(dir, "fs", "lower"), filepath.Join(dir, "fs", "upper")
+			mounts = []string{filepath.Join(dir, "fs")}
+		}
+		for _, d := range mounts {
+			if err := os.MkdirAll(d, 0o755); err != nil {
 				t.Fatal(err)
 			}
-		}
-		for _, d := range []string{lower, upper} {
 			if err := syscall.Mount("tmpfs", d, "tmpfs", 0, "mode=0755"); err != nil {
 				t.Skipf("mount tmpfs: %v", err)
 			}
 			t.Cleanup(func() { syscall.Unmount(d, syscall.MNT_DETACH) })
 		}
-		for _, d := range []string{filepath.Join(lower, "bin"), filepath.Join(upper, "up"), filepath.Join(upper, "work")} {
-			if err := os.Mkdir(d, 0o755); err != nil {
+		for _, d := range []string{lower, upper, merged, filepath.Join(lower, "bin"), filepath.Join(upper, "up"), filepath.Join(upper, "work")} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -131,12 +148,22 @@ func TestReview33OverlayProgramHits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Files before the client in the lower layer: its inode number is
+		// then one the upper layer gives a new file a little later.
+		for i := range 16 {
+			if err := os.WriteFile(filepath.Join(lower, "bin", fmt.Sprintf("d%d", i)), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if err := os.WriteFile(filepath.Join(lower, "bin", "client"), b, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		opts := "lowerdir=" + lower + ",upperdir=" + filepath.Join(upper, "up") + ",workdir=" + filepath.Join(upper, "work")
+		if layout == "xino" {
+			opts += ",xino=on"
+		}
 		if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
-			t.Skipf("mount overlay: %v", err)
+			t.Skipf("mount overlay %s: %v", opts, err)
 		}
 		t.Cleanup(func() { syscall.Unmount(merged, syscall.MNT_DETACH) })
 		exe := filepath.Join(merged, "bin", "client")
@@ -145,16 +172,58 @@ func TestReview33OverlayProgramHits(t *testing.T) {
 		if s := fp.Stats(); !s.TCPLocal {
 			t.Skipf("no TCP fast path: %+v", s)
 		}
-		prog, dst := storeAllowed(t, fp, exe, cgfd)
-		const n = 5
-		hits := 0
-		for range n {
-			if got := prog.connect(t, dst); got == "ok 0x60000000" {
-				hits++
+		fp.RulesChanged([]engine.Rule{{ID: 1, App: exe, Action: engine.Allow}})
+		dst := listen(t, "tcp4", "127.0.0.1:0")
+		prog := startClientAs(t, review28Uid, cgfd, exe, exe)
+		r := req(prog, dst)
+		r.UID = review28Uid
+		ok, err := fp.Remember(fp.Ticket(), r, ruleVerdict(engine.Allow, 1))
+		if layout != "twofs" {
+			if !ok {
+				t.Fatalf("not stored: %v", err)
+			}
+			const n = 5
+			hits := 0
+			for range n {
+				if got := prog.connect(t, dst); got == "ok 0x60000000" {
+					hits++
+				}
+			}
+			if hits != n {
+				t.Errorf("an allowed program on an overlayfs (%s): %d of %d connects hit; want all", layout, hits, n)
+			}
+			return
+		}
+		if ok {
+			t.Errorf("an allowed program on an overlayfs over two file systems without xino: stored, want not stored (stat's device is a layer's pseudo device, never the kernel's: the entry could not hit, and the super block's device with the inode number does not tell the layers' files apart)")
+		}
+		// A program of the upper layer, in the same directory, with the
+		// lower client's inode number.
+		var want unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, exe, 0, unix.STATX_INO, &want); err != nil {
+			t.Fatal(err)
+		}
+		other := ""
+		for i := range 64 {
+			p := filepath.Join(merged, "bin", fmt.Sprintf("u%d", i))
+			if err := os.WriteFile(p, b, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var st unix.Statx_t
+			if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_INO, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Ino == want.Ino {
+				other = p
+				break
 			}
 		}
-		if hits != n {
-			t.Errorf("an allowed program on an overlayfs over two file systems: %d of %d connects hit; want all (the stored key's device is stat's, the kernel's the super block's)", hits, n)
+		if other == "" {
+			t.Skipf("no file of the upper layer got inode number %d", want.Ino)
+		}
+		up := startClientAs(t, review28Uid, cgfd, other, other)
+		if got := up.connect(t, dst); got != "ok 0x0" {
+			t.Errorf("%s, of the upper layer, with the allowed %s's inode number in the same directory: %q, want a miss (no rule allows it)", other, exe, got)
 		}
 	})
 }
