@@ -5,6 +5,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -334,4 +337,95 @@ func dirSwapThenRenameAway(t *testing.T, mount bool) {
 			t.Errorf("the new program, renamed away from the allowed name after its directory was swapped: %q, want a miss (attribution names it %s.old, which the --app rule for %s does not match)", got, exe, exe)
 		}
 	})
+}
+
+// TestExeWatchEventDeletesOnlyItsEntries: an event on a watched executable
+// deletes the entries stored under its watch, not the others' (review33), and
+// no generation bump is asked for; a decision whose watch saw an event between
+// watch and commit is not stored (the event may be its file's rename after its
+// identity was read), and one committed before the event is handled is deleted
+// by it.
+func TestExeWatchEventDeletesOnlyItsEntries(t *testing.T) {
+	var mu sync.Mutex
+	var deleted []uint64
+	w, err := newExeWatch(16, 100, func(k *fastpathFpKey) error {
+		mu.Lock()
+		deleted = append(deleted, k.Ino)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bumps atomic.Int32
+	done := make(chan struct{})
+	go func() { defer close(done); w.run(func() { bumps.Add(1) }) }()
+	defer func() { w.close(); <-done }()
+	dir, other := t.TempDir(), t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(other, "b")
+	for _, p := range []string{a, b} {
+		if err := os.WriteFile(p, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store := func(p string, ino uint64) (watched, func() (bool, error)) {
+		wt, err := w.watch(p, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return wt, func() (bool, error) {
+			return w.commit(wt, identity{ino: ino}, p, fastpathFpKey{Ino: ino, Uid: 1}, func() error { return nil })
+		}
+	}
+	waitHandled := func(h uint64) {
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && w.handled.Load() == h; time.Sleep(5 * time.Millisecond) {
+		}
+		if w.handled.Load() == h {
+			t.Fatal("the event was not handled in 3 s")
+		}
+	}
+	_, commitA := store(a, 1)
+	if ok, err := commitA(); !ok || err != nil {
+		t.Fatalf("commit a: %v %v", ok, err)
+	}
+	_, commitB := store(b, 2)
+	if ok, err := commitB(); !ok || err != nil {
+		t.Fatalf("commit b: %v %v", ok, err)
+	}
+	h := w.handled.Load()
+	if err := os.Chmod(a, 0o700); err != nil { // IN_ATTRIB, as touch
+		t.Fatal(err)
+	}
+	waitHandled(h)
+	mu.Lock()
+	if !slices.Equal(deleted, []uint64{1}) {
+		t.Errorf("entries deleted after a's attributes changed: %v, want a's only [1]", deleted)
+	}
+	deleted = nil
+	mu.Unlock()
+	if n := bumps.Load(); n != 0 {
+		t.Errorf("generation bumps: %d, want 0", n)
+	}
+	// An event between watch and commit: not stored.
+	_, commitA = store(a, 1)
+	h = w.handled.Load()
+	if err := os.Chmod(a, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	waitHandled(h)
+	if ok, err := commitA(); ok || err != nil {
+		t.Errorf("a commit after an event on its watch: %v %v, want not stored", ok, err)
+	}
+	// b, untouched, still indexed: its directory renamed deletes it.
+	h = w.handled.Load()
+	if err := os.Rename(other, other+".old"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Rename(other+".old", other) })
+	waitHandled(h)
+	mu.Lock()
+	if !slices.Equal(deleted, []uint64{2}) {
+		t.Errorf("entries deleted after b's directory was renamed: %v, want b's [2]", deleted)
+	}
+	mu.Unlock()
 }
