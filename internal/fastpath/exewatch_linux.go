@@ -213,11 +213,7 @@ func (w *exeWatch) rmLocked(wd int32) {
 // the most watches, which may be uid itself. It reports whether one was freed.
 func (w *exeWatch) makeRoomLocked(uid uint32) bool {
 	n := len(w.byWd)
-	for _, st := range w.byWd {
-		if len(st.ids) == 0 {
-			w.dropLocked(st, true)
-		}
-	}
+	w.dropIdleLocked()
 	if len(w.byWd) < n {
 		return true
 	}
@@ -243,7 +239,17 @@ func (w *exeWatch) makeRoomLocked(uid uint32) bool {
 		return false
 	}
 	w.dropUIDLocked(victim)
+	w.dropIdleLocked()
 	return len(w.byWd) < n
+}
+
+// dropIdleLocked drops the watches no decision is stored under.
+func (w *exeWatch) dropIdleLocked() {
+	for _, st := range w.byWd {
+		if len(st.ids) == 0 {
+			w.dropLocked(st, true)
+		}
+	}
 }
 
 // dropUIDLocked deletes every entry of uid, and the watches left with no entry.
@@ -262,6 +268,35 @@ func (w *exeWatch) dropUIDLocked(uid uint32) {
 	}
 }
 
+// dropMostKeysLocked deletes every entry of the uid with the most keys indexed.
+func (w *exeWatch) dropMostKeysLocked() {
+	n := make(map[uint32]int)
+	for _, s := range w.ids {
+		for k := range s.keys {
+			n[k.Uid]++
+		}
+	}
+	victim, most := uint32(0), 0
+	for u, c := range n {
+		if c > most {
+			victim, most = u, c
+		}
+	}
+	if most > 0 {
+		w.dropUIDLocked(victim)
+	}
+}
+
+// takeFailed reports whether an entry could not be deleted since the last
+// call (the caller bumps the generation).
+func (w *exeWatch) takeFailed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f := w.failed
+	w.failed = false
+	return f
+}
+
 // delKeyLocked deletes a map entry. A failure leaves it to hit: the caller of
 // the handler bumps the generation (failed).
 func (w *exeWatch) delKeyLocked(k *fastpathFpKey) {
@@ -271,12 +306,13 @@ func (w *exeWatch) delKeyLocked(k *fastpathFpKey) {
 }
 
 // forgetLocked unindexes id (its keys already deleted), and drops the watches
-// left with nothing stored under them and no path naming them.
+// left with nothing stored under them and no path naming them (one a path
+// names stays for the next store there, until the bound: makeRoomLocked).
 func (w *exeWatch) forgetLocked(id identity, s *storedExe) {
 	delete(w.ids, id)
 	for _, st := range []*watchState{s.file, s.dir} {
 		delete(st.ids, id)
-		if len(st.ids) == 0 && w.byWd[st.wd] == st {
+		if len(st.ids) == 0 && len(st.paths) == 0 && w.byWd[st.wd] == st {
 			w.dropLocked(st, true)
 		}
 	}
@@ -343,7 +379,15 @@ func (w *exeWatch) commit(t watched, id identity, path string, key fastpathFpKey
 		_, have = s.keys[key]
 	}
 	if !have && w.nkeys >= w.maxKeys {
-		return false, errWatchesFull
+		// The uid with the most keys indexed loses its entries (the LRU
+		// map forgot many of them), as at the watches' bound.
+		w.dropMostKeysLocked()
+		if w.nkeys >= w.maxKeys || w.byWd[t.file.wd] != t.file || w.byWd[t.dir.wd] != t.dir {
+			return false, errWatchesFull
+		}
+		if s = w.ids[id]; s != nil && (s.file != t.file || s.dir != t.dir) {
+			return false, nil
+		}
 	}
 	if s == nil {
 		s = &storedExe{path: path, file: t.file, dir: t.dir, keys: make(map[fastpathFpKey]struct{})}

@@ -675,13 +675,13 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			w.run(bump)
 		}()
 	}
-	if fp.exeWatch == nil {
+	if ew := fp.exeWatch; ew == nil {
 		// Nothing is stored anyway.
 	} else if w, err := newMountWatch(func(pts []string) (bool, bool) {
 		fp.sbMu.Lock()
 		fp.sbDevs = nil
 		fp.sbMu.Unlock()
-		return fp.exeWatch.dropUnder(pts)
+		return ew.dropUnder(pts)
 	}, bump); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
@@ -1032,14 +1032,15 @@ func (fp *FastPath) Close() error {
 		fp.stopWorker = nil
 	}
 	var errs []error
+	// The mount watch first: it deletes entries through the executables'.
+	if fp.mountWatch != nil {
+		errs = append(errs, fp.mountWatch.close())
+		fp.mountWatch = nil
+	}
 	if fp.exeWatch != nil {
 		errs = append(errs, fp.exeWatch.close())
 		<-fp.exeWatchRun
 		fp.exeWatch = nil
-	}
-	if fp.mountWatch != nil {
-		errs = append(errs, fp.mountWatch.close())
-		fp.mountWatch = nil
 	}
 	pinned := fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" || fp.stashPin != ""
 	// The lease first, before the hooks go (see "The lease" in doc.go).
@@ -1307,6 +1308,11 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 		return false, nil
 	}
 	w, err := fp.exeWatch.watch(req.Exe, uint32(req.UID))
+	if fp.exeWatch.takeFailed() {
+		if err := fp.ModeChanged(); err != nil {
+			return false, err
+		}
+	}
 	if errors.Is(err, errWatchesFull) {
 		return full()
 	}
@@ -1343,6 +1349,12 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	// Indexed under the watches and stored, unless an event on them (or a mount
 	// change) was handled since they were taken.
 	ok, err = fp.exeWatch.commit(w, id, req.Exe, key, func() error { return fp.objs.Verdicts.Put(&key, &val) })
+	if fp.exeWatch.takeFailed() {
+		// Making room deleted entries, and one could not be: every entry misses.
+		if err := fp.ModeChanged(); err != nil {
+			return false, err
+		}
+	}
 	if errors.Is(err, errWatchesFull) {
 		return full()
 	}

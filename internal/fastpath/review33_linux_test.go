@@ -429,3 +429,44 @@ func TestExeWatchEventDeletesOnlyItsEntries(t *testing.T) {
 	}
 	mu.Unlock()
 }
+
+// TestExeWatchKeyBoundEvictsTopUID: at the bound of keys indexed, the uid with
+// the most keys loses its entries, not the one storing (nor everyone).
+func TestExeWatchKeyBoundEvictsTopUID(t *testing.T) {
+	var deleted []fastpathFpKey
+	w, err := newExeWatch(16, 2, func(k *fastpathFpKey) error { deleted = append(deleted, *k); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store := func(n string, ino uint64, uid uint32, port uint16) error {
+		p := filepath.Join(dir, n)
+		wt, err := w.watch(p, uid)
+		if err != nil {
+			return err
+		}
+		ok, err := w.commit(wt, identity{ino: ino}, p, fastpathFpKey{Ino: ino, Uid: uid, Port: port}, func() error { return nil })
+		if err != nil || !ok {
+			return fmt.Errorf("commit %s for uid %d: %v %v", n, uid, ok, err)
+		}
+		return nil
+	}
+	for port := range uint16(2) {
+		if err := store("a", 1, 1, port); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store("b", 2, 2, 9); err != nil {
+		t.Errorf("uid 2's store past the keys' bound that uid 1 filled: %v", err)
+	}
+	slices.SortFunc(deleted, func(a, b fastpathFpKey) int { return int(a.Port) - int(b.Port) })
+	if want := []fastpathFpKey{{Ino: 1, Uid: 1, Port: 0}, {Ino: 1, Uid: 1, Port: 1}}; !slices.Equal(deleted, want) {
+		t.Errorf("entries deleted at the keys' bound: %+v, want uid 1's %+v", deleted, want)
+	}
+}
