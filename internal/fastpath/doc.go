@@ -369,10 +369,14 @@
 // its directory, or whose path another file is mounted over, keeps its key while
 // attribution names it otherwise. So a decision is stored only under an inotify
 // watch on its executable (IN_MOVE_SELF, IN_DELETE_SELF, IN_ATTRIB), and the
-// generation is bumped at such an event and at a change of the host's or the
-// daemon's mount table that mounts at or above a watched executable's path
-// (POLLPRI on mountinfo; review29; exewatch_linux.go,
-// mountwatch_linux.go). Both are asynchronous: a connect between the rename or
+// entries stored under a watch are deleted at such an event, those of the
+// executables at or under a mount point at a change of the host's or the
+// daemon's mount table there (POLLPRI on mountinfo; review29, review33;
+// exewatch_linux.go, mountwatch_linux.go). A file whose device, as stat gives
+// it, is not its super block's (overlayfs over several file systems without
+// xino, a btrfs subvolume) is not stored: the kernel's key, with the super
+// block's device, does not tell it from another layer's file with the same
+// inode number (review33). Both are asynchronous: a connect between the rename or
 // mount and the daemon handling its event still hits. Without inotify or the
 // mount tables' watch nothing is stored (Stats.Why).
 //

@@ -241,6 +241,11 @@ type FastPath struct {
 	exeWatch    *exeWatch
 	exeWatchWhy string
 	exeWatchRun chan struct{} // closed when exeWatch.run returned
+	// sbDevs: each mount's super block's device (mountinfo's major:minor),
+	// by mount id, as /proc/self/mountinfo last gave them (sbDev); cleared at
+	// each mount change.
+	sbMu   sync.Mutex
+	sbDevs map[uint64]uint64
 	// mountWatch bumps the generation when a mount table changes (see
 	// mountwatch_linux.go); nil: it could not, exeWatchWhy says why, and
 	// nothing is stored.
@@ -652,13 +657,16 @@ func Open(cfg Config) (fp *FastPath, err error) {
 	}
 	// Before raiseLease: the lease's descriptor must stay the highest. Up to two
 	// watches per executable: its file and its directory.
-	// What both watches do at a change: every stored decision misses.
+	// What both watches do where they cannot tell which entries a change
+	// affects (a lost event, an unreadable mount table, an entry that could not
+	// be deleted): every stored decision misses.
 	bump := func() {
 		if err := fp.ModeChanged(); err != nil {
 			fp.storeErrors.Add(1)
 		}
 	}
-	if w, err := newExeWatch(min(maxExeWatches, 2*max(cfg.MaxEntries, 1))); err != nil {
+	del := func(k *fastpathFpKey) error { return fp.objs.Verdicts.Delete(k) }
+	if w, err := newExeWatch(min(maxExeWatches, 2*max(cfg.MaxEntries, 1)), 2*max(cfg.MaxEntries, 1), del); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
 		fp.exeWatch, fp.exeWatchRun = w, make(chan struct{})
@@ -667,9 +675,14 @@ func Open(cfg Config) (fp *FastPath, err error) {
 			w.run(bump)
 		}()
 	}
-	if fp.exeWatch == nil {
+	if ew := fp.exeWatch; ew == nil {
 		// Nothing is stored anyway.
-	} else if w, err := newMountWatch(fp.exeWatch.covers, bump); err != nil {
+	} else if w, err := newMountWatch(func(pts []string) (bool, bool) {
+		fp.sbMu.Lock()
+		fp.sbDevs = nil
+		fp.sbMu.Unlock()
+		return ew.dropUnder(pts)
+	}, bump); err != nil {
 		fp.exeWatchWhy = err.Error()
 	} else {
 		fp.mountWatch = w
@@ -1019,14 +1032,15 @@ func (fp *FastPath) Close() error {
 		fp.stopWorker = nil
 	}
 	var errs []error
+	// The mount watch first: it deletes entries through the executables'.
+	if fp.mountWatch != nil {
+		errs = append(errs, fp.mountWatch.close())
+		fp.mountWatch = nil
+	}
 	if fp.exeWatch != nil {
 		errs = append(errs, fp.exeWatch.close())
 		<-fp.exeWatchRun
 		fp.exeWatch = nil
-	}
-	if fp.mountWatch != nil {
-		errs = append(errs, fp.mountWatch.close())
-		fp.mountWatch = nil
 	}
 	pinned := fp.udpPin != "" || fp.leasePin != "" || fp.sockPin != "" || fp.stashPin != ""
 	// The lease first, before the hooks go (see "The lease" in doc.go).
@@ -1284,19 +1298,29 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 		fp.notStored.Add(1)
 		return false, nil
 	}
-	if err := fp.exeWatch.watch(req.Exe); err != nil {
+	full := func() (bool, error) {
+		// Every watch dropped, then every decision stored under one.
 		fp.notStored.Add(1)
-		if errors.Is(err, errWatchesFull) {
-			// Every watch dropped, then every decision stored under one.
-			fp.exeWatch.dropAll()
-			if err := fp.ModeChanged(); err != nil {
-				return false, err
-			}
-			return false, nil
+		fp.exeWatch.dropAll()
+		if err := fp.ModeChanged(); err != nil {
+			return false, err
 		}
+		return false, nil
+	}
+	w, err := fp.exeWatch.watch(req.Exe, uint32(req.UID))
+	if fp.exeWatch.takeFailed() {
+		if err := fp.ModeChanged(); err != nil {
+			return false, err
+		}
+	}
+	if errors.Is(err, errWatchesFull) {
+		return full()
+	}
+	if err != nil {
+		fp.notStored.Add(1)
 		return false, err
 	}
-	id, err := exeIdentity(req.PID, req.Exe, req.ExeFile)
+	id, err := exeIdentity(req.PID, req.Exe, req.ExeFile, fp.sbDev)
 	if err != nil {
 		fp.notStored.Add(1)
 		return false, nil
@@ -1322,8 +1346,25 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	}
 	fp.exes[id] = req.Exe
 	fp.exesMu.Unlock()
-	if err := fp.objs.Verdicts.Put(&key, &val); err != nil {
+	// Indexed under the watches and stored, unless an event on them (or a mount
+	// change) was handled since they were taken.
+	ok, err = fp.exeWatch.commit(w, id, req.Exe, key, func() error { return fp.objs.Verdicts.Put(&key, &val) })
+	if fp.exeWatch.takeFailed() {
+		// Making room deleted entries, and one could not be: every entry misses.
+		if err := fp.ModeChanged(); err != nil {
+			return false, err
+		}
+	}
+	if errors.Is(err, errWatchesFull) {
+		return full()
+	}
+	if err != nil {
+		fp.notStored.Add(1)
 		return false, fmt.Errorf("fast path: store the verdict for %s -> %v: %w", req.Exe, req.Remote, err)
+	}
+	if !ok {
+		fp.notStored.Add(1)
+		return false, nil
 	}
 	fp.stored.Add(1)
 	return true, nil
@@ -1351,7 +1392,13 @@ func kernelDev(major, minor uint32) uint32 { return major<<20 | minor }
 // executable as attribution found it while the process was being identified, if it
 // says (Ino and Mnt set): then the process may have exited since (a short-lived
 // program whose first connection the queue decided), and /proc is not read.
-func exeIdentity(pid int32, path string, file engine.FileID) (identity, error) {
+// sbDev gives a mount's super block's device (the kernel's key has it): a file
+// whose device, as stat gives it, is another is refused (review33: an overlayfs
+// over several file systems without xino, a btrfs subvolume; there the inode
+// number is not unique under the super block's device, so the key the kernel
+// makes cannot tell the file from another, and the device stat gives is never
+// the kernel's: an entry stored with it could not hit).
+func exeIdentity(pid int32, path string, file engine.FileID, sbDev func(mnt uint64) (uint64, bool)) (identity, error) {
 	const mask = unix.STATX_INO | unix.STATX_MNT_ID
 	var named, dir unix.Statx_t
 	if file.Ino == 0 || file.Mnt == 0 {
@@ -1374,10 +1421,67 @@ func exeIdentity(pid int32, path string, file engine.FileID) (identity, error) {
 	if file.Ino != named.Ino || file.Dev != unix.Mkdev(named.Dev_major, named.Dev_minor) {
 		return identity{}, fmt.Errorf("pid %d runs another file than %s", pid, path)
 	}
+	// The same file (device and inode), so the same super block as the file
+	// at path in the daemon's mount namespace, whose mount table has it.
+	if named.Mask&unix.STATX_MNT_ID == 0 {
+		return identity{}, fmt.Errorf("stat %s: the kernel gives no mount id", path)
+	}
+	sb, ok := sbDev(named.Mnt_id)
+	if !ok {
+		return identity{}, fmt.Errorf("%s: mount %d is not in /proc/self/mountinfo", path, named.Mnt_id)
+	}
+	if sb != file.Dev {
+		return identity{}, fmt.Errorf("%s: its device %d:%d is not its file system's %d:%d (overlayfs over several file systems without xino, a btrfs subvolume): its inode number is not unique under the device the kernel's key has",
+			path, unix.Major(file.Dev), unix.Minor(file.Dev), unix.Major(sb), unix.Minor(sb))
+	}
 	if err := unix.Statx(unix.AT_FDCWD, filepath.Dir(path), 0, unix.STATX_INO, &dir); err != nil {
 		return identity{}, fmt.Errorf("stat the directory of %s: %w", path, err)
 	}
 	return identity{ino: file.Ino, parentIno: dir.Ino, dev: kernelDev(unix.Major(file.Dev), unix.Minor(file.Dev)), mntID: uint32(file.Mnt)}, nil
+}
+
+// sbDev returns the super block's device of mount mnt of the daemon's mount
+// namespace (mountinfo's major:minor, the kernel's sb->s_dev), reading
+// /proc/self/mountinfo when mnt is not known since the last mount change.
+func (fp *FastPath) sbDev(mnt uint64) (uint64, bool) {
+	fp.sbMu.Lock()
+	defer fp.sbMu.Unlock()
+	if d, ok := fp.sbDevs[mnt]; ok {
+		return d, true
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0, false
+	}
+	fp.sbDevs = parseSbDevs(b)
+	d, ok := fp.sbDevs[mnt]
+	return d, ok
+}
+
+// parseSbDevs reads mountinfo's mount ids and their major:minor.
+func parseSbDevs(b []byte) map[uint64]uint64 {
+	m := make(map[uint64]uint64)
+	for line := range strings.Lines(string(b)) {
+		fs := strings.Fields(line)
+		if len(fs) < 3 {
+			continue
+		}
+		id, err := strconv.ParseUint(fs[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		maj, mnr, ok := strings.Cut(fs[2], ":")
+		if !ok {
+			continue
+		}
+		a, err1 := strconv.ParseUint(maj, 10, 32)
+		c, err2 := strconv.ParseUint(mnr, 10, 32)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		m[id] = unix.Mkdev(uint32(a), uint32(c))
+	}
+	return m
 }
 
 // bootNow reads CLOCK_BOOTTIME. As a raw system call (it never blocks): the

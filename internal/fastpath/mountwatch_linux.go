@@ -20,10 +20,12 @@ import (
 // tables of the host (/proc/1/mountinfo, whose namespace attribution opens paths
 // in) and of the daemon (/proc/self/mountinfo, where the store checks them), which
 // the kernel marks with POLLPRI at every mount or unmount. At a change it reads
-// the table again and bumps the generation (every stored decision misses from then
-// on) if a mount that came or went is at, or above, the path of an executable
-// decisions were stored for (exeWatch): mounts elsewhere (a container's, a BPF
-// file system's) keep the cache. Like the executables' watch it is asynchronous:
+// the table again and deletes the entries of the executables decisions were
+// stored for (exeWatch.dropUnder) whose paths are at or under a mount that came
+// or went, and drops the watches there (review33: a tmpfs over the directory
+// left the path mapped to the old file's watch); mounts elsewhere (a
+// container's, a BPF file system's) keep the cache. A table it cannot read bumps
+// the generation (every stored decision misses from then on). Like the executables' watch it is asynchronous:
 // a connect between the mount and the goroutine's handling of it still hits.
 // POLLPRI does not come for every mount here (a bind mount over a file on 6.18
 // went unreported now and then; the unmount after it was): the tables are read
@@ -42,9 +44,11 @@ type mountWatch struct {
 }
 
 // newMountWatch opens the mount tables (those it can: /proc/1 may be hidden), reads
-// them and starts the goroutine that calls bump at each change of a mount covers
-// says a stored executable's path is at or under. It fails if it can read none.
-func newMountWatch(covers func(mountPoint string) bool, bump func()) (*mountWatch, error) {
+// them and starts the goroutine that calls changed with the mount points of the
+// mounts that came or went at each change (it reports whether it dropped entries,
+// and whether it failed to), and bump when it cannot tell what changed or changed
+// failed. It fails if it can read none.
+func newMountWatch(changed func(mountPoints []string) (dropped, failed bool), bump func()) (*mountWatch, error) {
 	w := &mountWatch{stop: -1, done: make(chan struct{})}
 	var errs []error
 	for _, p := range []string{"/proc/1/mountinfo", "/proc/self/mountinfo"} {
@@ -77,7 +81,7 @@ func newMountWatch(covers func(mountPoint string) bool, bump func()) (*mountWatc
 	}
 	// The first poll of a mount table reports nothing (the file's event count
 	// starts at the namespace's), so changes from here on are reported.
-	go w.run(fds, covers, bump)
+	go w.run(fds, changed, bump)
 	return w, nil
 }
 
@@ -148,7 +152,7 @@ func (w *mountWatch) closeFiles() {
 const rereadEvery = time.Second
 
 // run polls until the stop eventfd is written.
-func (w *mountWatch) run(fds []unix.PollFd, covers func(string) bool, bump func()) {
+func (w *mountWatch) run(fds []unix.PollFd, changed func([]string) (bool, bool), bump func()) {
 	defer close(w.done)
 	for {
 		for i := range fds {
@@ -165,7 +169,8 @@ func (w *mountWatch) run(fds []unix.PollFd, covers func(string) bool, bump func(
 		if fds[0].Revents != 0 {
 			return
 		}
-		changed := false
+		global := false
+		var pts []string
 		for i, pfd := range fds[1:] {
 			if n != 0 && pfd.Revents&(unix.POLLPRI|unix.POLLERR) == 0 {
 				continue
@@ -173,19 +178,22 @@ func (w *mountWatch) run(fds []unix.PollFd, covers func(string) bool, bump func(
 			m, err := readMounts(w.files[i])
 			if err != nil {
 				// Cannot tell what changed: every entry misses.
-				changed = true
+				global = true
 				continue
 			}
-			for _, p := range changedPoints(w.mounts[i], m) {
-				if covers(p) {
-					changed = true
-					break
-				}
-			}
+			pts = append(pts, changedPoints(w.mounts[i], m)...)
 			w.mounts[i] = m
 		}
-		if changed {
+		dropped := false
+		if len(pts) > 0 {
+			var failed bool
+			dropped, failed = changed(pts)
+			global = global || failed
+		}
+		if global {
 			bump()
+		}
+		if dropped || global {
 			w.handled.Add(1)
 		}
 	}

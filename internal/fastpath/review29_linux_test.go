@@ -154,7 +154,7 @@ func TestOverMountedExecutableHitsOldEntry(t *testing.T) {
 // mount point with a space, as mountinfo escapes it), not one beside it (/tmp/xy
 // is not above /tmp/x/prog), nor one anywhere with no executable watched.
 func TestMountCoversWatchedExecutable(t *testing.T) {
-	w, err := newExeWatch(8)
+	w, err := newExeWatch(8, 8, func(*fastpathFpKey) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestMountCoversWatchedExecutable(t *testing.T) {
 	if err := os.WriteFile(prog, nil, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.watch(prog); err != nil {
+	if _, err := w.watch(prog, 0); err != nil {
 		t.Fatal(err)
 	}
 	for mp, want := range map[string]bool{
@@ -231,12 +231,16 @@ func TestRenamedDirectoryMissesEntry(t *testing.T) {
 	})
 }
 
-// TestExeWatchBoundAndFailure: the executables' watch refuses past its bound
-// (errWatchesFull: Remember then drops every watch and bumps the generation) and
-// when inotify refuses (here a path that is gone): either way the decision is
-// not stored (fail closed), and a dropped watch is added again.
+// TestExeWatchBoundAndFailure: the executables' watch refuses when inotify
+// refuses (here a path that is gone): the decision is not stored (fail closed).
+// At its bound it frees the watches of the uid whose entries hold the most,
+// deleting that uid's entries (review33: one user's programs cannot crowd out
+// every other user's decisions), and refuses (errWatchesFull: Remember then
+// drops every watch and bumps the generation) only if that frees none; a
+// dropped watch is added again.
 func TestExeWatchBoundAndFailure(t *testing.T) {
-	w, err := newExeWatch(3)
+	var deleted []fastpathFpKey
+	w, err := newExeWatch(3, 100, func(k *fastpathFpKey) error { deleted = append(deleted, *k); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,19 +251,49 @@ func TestExeWatchBoundAndFailure(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := w.watch(filepath.Join(dir, "gone")); err == nil || errors.Is(err, errWatchesFull) {
+	if _, err := w.watch(filepath.Join(dir, "gone"), 1); err == nil || errors.Is(err, errWatchesFull) {
 		t.Errorf("a watch on a path that is gone: %v, want inotify's error", err)
 	}
-	for _, n := range []string{"a", "b"} { // a and the directory, then b
-		if err := w.watch(filepath.Join(dir, n)); err != nil {
-			t.Fatalf("watch %s: %v", n, err)
+	store := func(n string, ino uint64, uids ...uint32) error {
+		p := filepath.Join(dir, n)
+		wt, err := w.watch(p, uids[0])
+		if err != nil {
+			return err
+		}
+		for _, u := range uids {
+			ok, err := w.commit(wt, identity{ino: ino}, p, fastpathFpKey{Ino: ino, Uid: u}, func() error { return nil })
+			if err != nil || !ok {
+				return fmt.Errorf("commit %s for uid %d: %v %v", n, u, ok, err)
+			}
+		}
+		return nil
+	}
+	for i, n := range []string{"a", "b"} { // a and the directory, then b: uid 1's
+		if err := store(n, uint64(i+1), 1); err != nil {
+			t.Fatalf("store %s: %v", n, err)
 		}
 	}
-	if err := w.watch(filepath.Join(dir, "c")); !errors.Is(err, errWatchesFull) {
-		t.Errorf("a watch past the bound: %v, want %v", err, errWatchesFull)
+	// uid 2 past the bound: uid 1's entries go, not uid 2's decision.
+	if err := store("c", 3, 2); err != nil {
+		t.Errorf("uid 2's store past the bound that uid 1 filled: %v, want uid 1's watches freed", err)
+	}
+	slices.SortFunc(deleted, func(a, b fastpathFpKey) int { return int(a.Ino) - int(b.Ino) })
+	if want := []fastpathFpKey{{Ino: 1, Uid: 1}, {Ino: 2, Uid: 1}}; !slices.Equal(deleted, want) {
+		t.Errorf("entries deleted at the bound: %+v, want uid 1's %+v", deleted, want)
+	}
+	// Nothing to free: uid 2's and uid 3's entries share every watch.
+	w.dropAll()
+	if err := store("a", 1, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := store("b", 2, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.watch(filepath.Join(dir, "c"), 4); !errors.Is(err, errWatchesFull) {
+		t.Errorf("a watch past the bound with nothing to free: %v, want %v", err, errWatchesFull)
 	}
 	w.dropAll()
-	if err := w.watch(filepath.Join(dir, "c")); err != nil {
+	if _, err := w.watch(filepath.Join(dir, "c"), 4); err != nil {
 		t.Errorf("a watch after every one was dropped: %v", err)
 	}
 }
