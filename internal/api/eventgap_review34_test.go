@@ -15,13 +15,14 @@ import (
 
 // TestReview34EventStreamSaysWhenItMissed (review 34, low-medium): the engine drops
 // an event a subscriber has no room for (256 queued), and GET /v1/events goes on as
-// if nothing was lost. Any local user can raise a few hundred questions at once (up
-// to --max-questions-per-user, each with a 4 KB command line of control bytes, 24 KB
-// of JSON) while `latch notify` or `latch watch` is busy showing the first ones: the
-// question about another user's program that comes next is dropped from the stream,
-// never shown, and gets --default when it times out. A client that missed events
-// must learn it (a "gap" event, as the web UI's connection feed has) so that it can
-// list the open questions again.
+// if nothing was lost. Local users' programs can raise a few hundred questions at
+// once (--max-questions-per-user each; one user has many uids through its
+// subordinate ids: rootless containers, newuidmap), each with a 4 KB command line of
+// control bytes (24 KB of JSON), while `latch notify` or `latch watch` is busy with
+// the first ones: the question about another user's program that comes next is
+// dropped from the stream, never shown, and gets --default when it times out. A
+// client that missed events must learn it (a "gap" event, as the web UI's
+// connection feed has) so that it can list the open questions again.
 func TestReview34EventStreamSaysWhenItMissed(t *testing.T) {
 	f := newFixture(t)
 	c, cancel := context.WithTimeout(t.Context(), time.Minute)
