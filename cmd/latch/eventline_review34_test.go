@@ -1,0 +1,36 @@
+//go:build linux
+
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/latchfw/latch/internal/events"
+)
+
+// TestReview34EventLineQuotesSpaces (review 34, low): `latch events` text lines
+// showed the program's path and the host name escaped but not quoted, so a path
+// with spaces (any local user names its program) or a host name with spaces (DNS
+// answers hold any byte) could pass for other fields of the line: below, the line
+// reads as if /usr/bin/firefox's connection to 198.18.0.9 had been denied by rule 7.
+// README's rule for tables and watch's question line (a value holding a space or a
+// double quote is shown in double quotes) must hold here too.
+func TestReview34EventLineQuotesSpaces(t *testing.T) {
+	fake := "/usr/bin/firefox pid 4242 -> 198.18.0.9:443: deny (rule 7)  "
+	ev := &events.Event{
+		Event: events.ConnectionDecided, Time: time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC),
+		Connection: &events.Connection{Direction: "out", Protocol: "tcp", RemoteIP: "198.18.0.1", RemotePort: 443,
+			RemoteHost: "www.example.com (198.18.0.9):443: deny"},
+		Process:  &events.Process{PID: 31337, Executable: "/tmp/ " + fake, UID: 1000},
+		Decision: &events.Decision{Action: "allow", Reason: "rule", RuleID: 3},
+	}
+	line := eventLine(ev)
+	if !strings.Contains(line, `"/tmp/ `+fake+`"`) {
+		t.Errorf("program path with spaces not in double quotes:\n%s", line)
+	}
+	if !strings.Contains(line, `"www.example.com (198.18.0.9):443: deny"`) {
+		t.Errorf("host name with spaces not in double quotes:\n%s", line)
+	}
+}
