@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchfw/latch/internal/api"
+	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/events"
 )
 
@@ -32,5 +34,23 @@ func TestReview34EventLineQuotesSpaces(t *testing.T) {
 	}
 	if !strings.Contains(line, `"www.example.com (198.18.0.9):443: deny"`) {
 		t.Errorf("host name with spaces not in double quotes:\n%s", line)
+	}
+}
+
+// TestReview34ExplainQuotesSpaces (review 34, low): `latch explain --conn ID` shows a
+// past connection's program and host from the history the same way, escaped but not
+// quoted: a program's path can claim another user (below, "(user root)") and a host
+// name another destination.
+func TestReview34ExplainQuotesSpaces(t *testing.T) {
+	var b strings.Builder
+	printExplanation(&b, &api.Explanation{Request: api.ExplainedConn{
+		Direction: engine.Outbound, Proto: engine.TCP, RemoteIP: "198.18.0.1", RemotePort: 443,
+		Exe: "/tmp/ /usr/bin/apt (user root) -> deb.debian.org (198.18.0.9):443 ", UID: 1000, User: "mallory",
+		Host: "www.example.com (198.18.0.9):443 ",
+	}})
+	out := b.String()
+	if !strings.Contains(out, `"/tmp/ /usr/bin/apt (user root) -> deb.debian.org (198.18.0.9):443 "`) ||
+		!strings.Contains(out, `"www.example.com (198.18.0.9):443 "`) {
+		t.Errorf("program path or host name with spaces not in double quotes:\n%s", out)
 	}
 }
