@@ -54,3 +54,15 @@ func TestReview34ExplainQuotesSpaces(t *testing.T) {
 		t.Errorf("program path or host name with spaces not in double quotes:\n%s", out)
 	}
 }
+
+// TestReview34RuleSummaryQuotesSpaces (review 34, low): a rule made by answering a
+// question names the program's path, which any local user chooses. ruleSummary (the
+// rule in `latch explain` and in `latch events` lines) wrote it as app=PATH unquoted,
+// so a path can show match fields the rule does not have: below, an app-wide allow
+// reads as if it were bound to one address and port.
+func TestReview34RuleSummaryQuotesSpaces(t *testing.T) {
+	r := engine.Rule{ID: 5, App: "/tmp/x remote=198.18.0.9/32 port=443", Action: engine.Allow}
+	if s := ruleSummary(r); !strings.Contains(s, `app="/tmp/x remote=198.18.0.9/32 port=443"`) {
+		t.Errorf("ruleSummary: %s\nwant the app in double quotes", s)
+	}
+}
