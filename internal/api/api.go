@@ -2,8 +2,8 @@
 // (a named pipe on Windows), served by the daemon and used by the latch command line.
 // Only root (on Windows, SYSTEM and Administrators) is served, and on Linux the members
 // of Config.Group if set: the Linux server checks each connection's peer credentials
-// (SO_PEERCRED, and the peer's supplementary groups from /proc/PID/status), the
-// Windows pipe's security descriptor admits no one else.
+// (SO_PEERCRED, and the supplementary groups the peer had at connect from
+// SO_PEERGROUPS), the Windows pipe's security descriptor admits no one else.
 //
 // Endpoints (all under /v1, errors are {"error": "..."} with a 4xx or 5xx status):
 //
