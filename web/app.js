@@ -97,7 +97,7 @@ function App() {
     return stream((ev) => {
       switch (ev.kind) {
         case 'hello': reload(); break;
-        case 'gap': get('/api/v1/conns?n=1000').then((cs) => addConns(cs.conns)); break;
+        case 'gap': reload(); break; // events were lost: questions, rules and connections again
         case 'prompt':
           if (since) since.added.set(ev.prompt.id, ev.prompt);
           setPrompts((ps) => ps.some((p) => p.id === ev.prompt.id) ? ps : [...ps, ev.prompt]);

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/events"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const eventsHelp = `Usage: latch events --follow [--json]
@@ -71,16 +72,17 @@ func runEvents(ctx context.Context, args []string) error {
 	}
 }
 
-// eventLine is an event in one line of text, outside text escaped.
+// eventLine is an event in one line of text, outside text escaped and, where a value
+// could hold a space (a path, a host name), shown as a field (quoted then).
 func eventLine(ev *events.Event) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %-18s", ev.Time.Local().Format(time.DateTime), ev.Event)
 	if c, p := ev.Connection, ev.Process; c != nil && p != nil {
-		dest := c.RemoteIP
+		dest := textesc.String(c.RemoteIP)
 		if c.RemoteHost != "" {
-			dest = shown(c.RemoteHost) + " (" + c.RemoteIP + ")"
+			dest = field(c.RemoteHost) + " (" + dest + ")"
 		}
-		fmt.Fprintf(&b, " %s %s %s pid %d -> %s:%d", c.Direction, c.Protocol, shown(orDash(p.Executable)), p.PID, dest, c.RemotePort)
+		fmt.Fprintf(&b, " %s %s %s pid %d -> %s:%d", textesc.String(c.Direction), textesc.String(c.Protocol), field(p.Executable), p.PID, dest, c.RemotePort)
 	}
 	if q := ev.Question; q != nil {
 		fmt.Fprintf(&b, " question %d (%d held)", q.ID, q.Held)
@@ -96,13 +98,13 @@ func eventLine(ev *events.Event) string {
 		fmt.Fprintf(&b, " rule %d: %s %s", r.ID, r.Action, ruleSummary(*r))
 	}
 	if d := ev.Daemon; d != nil {
-		fmt.Fprintf(&b, " latch %s pid %d, %s, %s", shown(d.Version), d.PID, shown(d.Backend), d.Mode)
+		fmt.Fprintf(&b, " latch %s pid %d, %s, %s", field(d.Version), d.PID, field(d.Backend), textesc.String(d.Mode))
 		if d.Error != "" {
-			fmt.Fprintf(&b, ": %s", shown(d.Error))
+			fmt.Fprintf(&b, ": %s", textesc.Message(d.Error))
 		}
 	}
 	if be := ev.Backend; be != nil {
-		fmt.Fprintf(&b, " %s: %s", be.Condition, shown(be.Message))
+		fmt.Fprintf(&b, " %s: %s", textesc.String(be.Condition), textesc.Message(be.Message))
 	}
 	return b.String()
 }

@@ -9,11 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/textesc"
 )
 
 const explainHelp = `Usage:
@@ -84,22 +83,22 @@ func runExplain(ctx context.Context, args []string) error {
 
 func printExplanation(w io.Writer, ex *api.Explanation) {
 	r := ex.Request
-	who := shown(orDash(r.Exe))
+	who := field(r.Exe)
 	if r.User != "" {
-		who += " (user " + shown(r.User) + ")"
+		who += " (user " + field(r.User) + ")"
 	} else if r.UID >= 0 {
 		who += " (uid " + strconv.Itoa(int(r.UID)) + ")"
 	}
-	dest := r.RemoteIP
+	dest := textesc.String(r.RemoteIP)
 	if r.Host != "" {
-		dest = shown(r.Host) + " (" + r.RemoteIP + ")"
+		dest = field(r.Host) + " (" + dest + ")"
 	}
 	if r.RemotePort != 0 {
 		dest += ":" + strconv.Itoa(int(r.RemotePort))
 	}
 	fmt.Fprintf(w, "connection: %s %s %s -> %s\n", r.Direction, r.Proto, who, dest)
 	if r.Container != "" {
-		fmt.Fprintf(w, "container:  %s%s\n", shown(r.Container), containerNameTag(r.Container, r.ContainerName))
+		fmt.Fprintf(w, "container:  %s%s\n", field(r.Container), containerNameTag(r.Container, r.ContainerName))
 	}
 	if c := ex.Conn; c != nil {
 		then := fmt.Sprintf("%s (%s", c.Verdict, c.Reason)
@@ -119,7 +118,7 @@ func printExplanation(w io.Writer, ex *api.Explanation) {
 		fmt.Fprintf(w, "why:        it wins at step %d, %s\n", ex.Step, ex.Step.Why())
 	}
 	for _, n := range ex.Notes {
-		fmt.Fprintf(w, "note:       %s\n", shown(n))
+		fmt.Fprintf(w, "note:       %s\n", textesc.Message(n))
 	}
 	if len(ex.Losers) == 0 {
 		return
@@ -133,7 +132,7 @@ func printExplanation(w io.Writer, ex *api.Explanation) {
 // ruleSummary lists a rule's match fields, e.g. "app=/usr/bin/curl remote=198.18.0.0/15".
 func ruleSummary(r engine.Rule) string {
 	var parts []string
-	add := func(k, v string) { parts = append(parts, k+"="+shown(v)) }
+	add := func(k, v string) { parts = append(parts, k+"="+field(v)) }
 	if r.App != "" {
 		add("app", r.App)
 	}
@@ -155,6 +154,16 @@ func ruleSummary(r engine.Rule) string {
 	if r.Container != "" {
 		add("container", r.Container)
 	}
+	// The program's conditions beyond its path (rules add's flags): without them a
+	// narrow rule would read as one that matches every run of the program.
+	for _, f := range []struct{ k, v string }{{"cmdline", r.Cmdline}, {"parent", r.Parent}, {"unit", r.Unit}, {"app-id", r.AppID}} {
+		if f.v != "" {
+			add(f.k, f.v)
+		}
+	}
+	if r.SHA256 != "" {
+		add("pinned-sha256", r.SHA256[:min(12, len(r.SHA256))]+"…")
+	}
 	if !r.LocalPort.IsZero() {
 		add("local-port", r.LocalPort.String())
 	}
@@ -168,48 +177,4 @@ func ruleSummary(r engine.Rule) string {
 		return "(matches everything)"
 	}
 	return strings.Join(parts, " ")
-}
-
-// shown escapes text from outside (paths, names) for the terminal, by the project's
-// escaping rule (internal/textesc.String; this stand-in follows the same rule until
-// that package is merged): invalid UTF-8 and C0/DEL as \xNN, other deceptive runes as
-// \u{XXXX}, a backslash doubled before x, u, \ or an escaped character.
-func shown(s string) string {
-	var b strings.Builder
-	esc := func(i int) (string, int) { // the escape for the character at s[i], if any, and its size
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size <= 1:
-			return fmt.Sprintf(`\x%02x`, s[i]), 1
-		case r < 0x20 || r == 0x7f:
-			return fmt.Sprintf(`\x%02x`, r), size
-		case (r >= 0x80 && r <= 0x9f) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp, unicode.Co) ||
-			(unicode.Is(unicode.Zs, r) && r != ' ') || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S, unicode.Z, unicode.C):
-			return fmt.Sprintf(`\u{%04X}`, r), size
-		}
-		return "", size
-	}
-	for i := 0; i < len(s); {
-		e, size := esc(i)
-		if e != "" {
-			b.WriteString(e)
-			i += size
-			continue
-		}
-		if s[i] == '\\' && i+1 < len(s) {
-			if next := s[i+1]; next == 'x' || next == 'u' || next == '\\' {
-				b.WriteString(`\\`)
-				i++
-				continue
-			}
-			if e2, _ := esc(i + 1); e2 != "" {
-				b.WriteString(`\\`)
-				i++
-				continue
-			}
-		}
-		b.WriteString(s[i : i+size])
-		i += size
-	}
-	return b.String()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -163,26 +164,36 @@ func runSuggestions(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
+	return printSuggestions(os.Stdout, ss, stats)
+}
+
+// printSuggestions shows suggestions as text: each program's path on a line of its
+// own, then its suggestions, one a line. The path and the host name are fields (a
+// value with a space is in double quotes, see README "Text output"), and a host
+// named "any" is quoted too, apart from "any" for no destination.
+func printSuggestions(w io.Writer, ss []engine.Suggestion, stats engine.SuggestionStats) error {
 	if len(ss) == 0 {
-		fmt.Println("no suggestions (learn mode records them: latch mode learn)")
+		fmt.Fprintln(w, "no suggestions (learn mode records them: latch mode learn)")
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	app := ""
 	for i, s := range ss {
 		if i == 0 || s.Rule.App != app {
 			app = s.Rule.App
-			fmt.Fprintf(tw, "%s\n", textesc.String(app))
+			fmt.Fprintf(tw, "%s\n", exeOrUnknown(app))
 		}
 		r := s.Rule
-		dest := r.Host
-		if dest == "" && r.Remote.IsValid() {
+		dest := "any"
+		switch {
+		case r.Host == "any":
+			dest = textesc.Quote(r.Host)
+		case r.Host != "":
+			dest = field(r.Host)
+		case r.Remote.IsValid():
 			dest = r.Remote.String()
 		}
-		if dest == "" {
-			dest = "any"
-		}
 		fmt.Fprintf(tw, "  %d\t%s %s\t%s\tport %s\t%d connections\tlast %s\n", s.ID, r.Direction, r.Protocol,
-			textesc.String(dest), r.Port, s.Count, s.Last.Local().Format("2006-01-02 15:04:05"))
+			dest, r.Port, s.Count, s.Last.Local().Format("2006-01-02 15:04:05"))
 	}
 	if stats.Unnamed > 0 || stats.Dropped > 0 {
 		fmt.Fprintf(tw, "(%d connections of unverified programs and %d beyond %d suggestions were allowed without a suggestion)\n",

@@ -41,8 +41,8 @@ question shown last:  ACTION [FOR] [SCOPE]  or  ID ACTION [FOR] [SCOPE]
 input it goes on showing questions until interrupted.
 `
 
-// watchRefresh is how often watch re-reads the open questions, in case the event
-// stream lost some (a slow reader loses events rather than slow the daemon).
+// watchRefresh is how often watch re-reads the open questions, besides when the event
+// stream says it lost some (a slow reader loses events rather than slow the daemon).
 const watchRefresh = 2 * time.Second
 
 type watchStage int
@@ -148,6 +148,13 @@ func runWatch(ctx context.Context, args []string) error {
 			}
 			return err
 		case ev := <-events:
+			if ev.Kind == api.EventGap {
+				// The daemon lost events for this client: list the questions now.
+				if err := w.refresh(ctx); err != nil {
+					return err
+				}
+				continue
+			}
 			w.event(ev)
 		case <-tick.C:
 			if err := w.refresh(ctx); err != nil {

@@ -2,8 +2,8 @@
 // (a named pipe on Windows), served by the daemon and used by the latch command line.
 // Only root (on Windows, SYSTEM and Administrators) is served, and on Linux the members
 // of Config.Group if set: the Linux server checks each connection's peer credentials
-// (SO_PEERCRED, and the peer's supplementary groups from /proc/PID/status), the
-// Windows pipe's security descriptor admits no one else.
+// (SO_PEERCRED, and the supplementary groups the peer had at connect from
+// SO_PEERGROUPS), the Windows pipe's security descriptor admits no one else.
 //
 // Endpoints (all under /v1, errors are {"error": "..."} with a 4xx or 5xx status):
 //
@@ -17,7 +17,7 @@
 //	GET    /v1/prompts                {"prompts": [Prompt...]}
 //	POST   /v1/prompts/{id}/answer    AnswerRequest           -> {"rule": Rule|null}
 //	GET    /v1/conns?after=ID&n=N     {"conns": [Conn...]}, oldest first
-//	GET    /v1/events                 a stream of Event, one JSON object per line
+//	GET    /v1/events                 a stream of Event, one JSON object per line ("gap": some were lost, list again)
 //	GET    /v1/events/stream          latch.event/1 documents (docs/events.md), one per line
 //	POST   /v1/explain                ExplainRequest          -> Explanation
 //	GET    /v1/rules/hits             {"hits": [RuleHits...]}: connections each rule decided
@@ -268,6 +268,9 @@ const (
 	EventPrompt   EventKind = EventKind(engine.EventPrompt)
 	EventAnswered EventKind = EventKind(engine.EventAnswered)
 	EventRules    EventKind = EventKind(engine.EventRules)
+	// EventGap: the client was too slow and events were lost before this one; it
+	// should list the open questions (and rules) again, as after hello.
+	EventGap EventKind = EventKind(engine.EventGap)
 )
 
 // Event is one line of GET /v1/events.

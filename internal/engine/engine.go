@@ -66,6 +66,9 @@ const (
 	EventPrompt   EventKind = "prompt"   // a question was opened
 	EventAnswered EventKind = "answered" // a question was closed: answered, timed out, decided by a new rule, or the engine closed
 	EventRules    EventKind = "rules"    // the rule set changed
+	// EventGap says the subscriber was too slow and lost events before this one: it
+	// should list the open questions and the rules again.
+	EventGap EventKind = "gap"
 )
 
 // Event is something subscribers hear about. Receivers must not modify it.
@@ -949,12 +952,16 @@ func (e *Engine) Close() {
 
 type subscriber struct {
 	ch chan Event
+	// lastGap: the last event queued is a gap, so a later loss is covered by it
+	// (the subscriber has not read it yet if the queue is still full).
+	lastGap bool
 }
 
 // Subscribe returns a channel of events (prompts opened and closed, rule changes) and a
 // func that ends the subscription and closes the channel. The channel is buffered; a
-// subscriber that falls behind loses events and never slows the engine. Close closes
-// every subscription.
+// subscriber that falls behind loses events and never slows the engine, and then gets
+// an EventGap (the queue's last place is kept for it) so that it can list the state
+// again. Close closes every subscription.
 func (e *Engine) Subscribe() (events <-chan Event, cancel func()) {
 	s := &subscriber{ch: make(chan Event, subscriberBuffer)}
 	e.subMu.Lock()
@@ -977,10 +984,19 @@ func (e *Engine) Subscribe() (events <-chan Event, cancel func()) {
 func (e *Engine) publish(ev Event) {
 	e.subMu.Lock()
 	for s := range e.subs {
-		select {
-		case s.ch <- ev:
-		default:
-			e.dropped.Add(1)
+		// Only publish sends (under subMu), so the queue only shrinks meanwhile.
+		if len(s.ch) < cap(s.ch)-1 {
+			s.ch <- ev
+			s.lastGap = false
+			continue
+		}
+		e.dropped.Add(1)
+		if !s.lastGap {
+			select {
+			case s.ch <- Event{Kind: EventGap}:
+				s.lastGap = true
+			default:
+			}
 		}
 	}
 	e.subMu.Unlock()

@@ -3,6 +3,12 @@
 // Allow, Deny and Open actions, for `latch notify` in a user's desktop session. It
 // follows the daemon's event stream; when the daemon stops it closes its
 // notifications and waits for the daemon to come back.
+//
+// ActionInvoked and NotificationClosed are broadcast signals that any client of the
+// session bus may emit; notify acts only on those sent by the current owner of
+// org.freedesktop.Notifications (its unique name, followed through NameOwnerChanged),
+// and forgets the notifications of an owner that went away (showing the open
+// questions again with the new one).
 package notify
 
 import (
@@ -61,7 +67,16 @@ type notifier struct {
 	// once are the questions about programs whose identity is not verified: an
 	// answer to them is for that question only (no rule can name such a program).
 	once map[engine.PromptID]bool
+	// owner is the unique bus name that owns Service now ("" if none): only its
+	// signals are about the notifications in byID.
+	owner string
 }
+
+// Names of the bus itself, the sender of NameOwnerChanged.
+const (
+	busName      = "org.freedesktop.DBus"
+	busInterface = "org.freedesktop.DBus"
+)
 
 // Run shows notifications until ctx is done. It returns an error only if the
 // notification service cannot be used at all.
@@ -74,6 +89,23 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	n := &notifier{cfg: cfg, obj: cfg.Bus.Object(Service, Path),
 		byID: map[uint32]engine.PromptID{}, shown: map[engine.PromptID]uint32{}, once: map[engine.PromptID]bool{}}
+	// Signals are received from before the owner is asked for, so that no change
+	// of owner is missed.
+	signals := make(chan *dbus.Signal, 64)
+	cfg.Bus.Signal(signals)
+	defer cfg.Bus.RemoveSignal(signals)
+	if err := cfg.Bus.AddMatchSignalContext(ctx, dbus.WithMatchSender(busName), dbus.WithMatchInterface(busInterface),
+		dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, Service)); err != nil {
+		return fmt.Errorf("desktop notifications: subscribing to NameOwnerChanged of %s: %w", Service, err)
+	}
+	for _, member := range []string{"ActionInvoked", "NotificationClosed"} {
+		// The bus delivers only the owner's signals; notify checks again (signals
+		// matched for other subscriptions of this connection come here too).
+		if err := cfg.Bus.AddMatchSignalContext(ctx, dbus.WithMatchSender(Service), dbus.WithMatchInterface(Interface),
+			dbus.WithMatchMember(member), dbus.WithMatchObjectPath(Path)); err != nil {
+			return fmt.Errorf("desktop notifications: subscribing to %s: %w", member, err)
+		}
+	}
 	var caps []string
 	if err := n.obj.CallWithContext(ctx, Interface+".GetCapabilities", 0).Store(&caps); err != nil {
 		return fmt.Errorf("desktop notifications (%s on the session bus): %w", Service, err)
@@ -82,15 +114,11 @@ func Run(ctx context.Context, cfg Config) error {
 		n.markup = n.markup || c == "body-markup"
 		n.actions = n.actions || c == "actions"
 	}
-	for _, member := range []string{"ActionInvoked", "NotificationClosed"} {
-		if err := cfg.Bus.AddMatchSignalContext(ctx, dbus.WithMatchInterface(Interface), dbus.WithMatchMember(member),
-			dbus.WithMatchObjectPath(Path)); err != nil {
-			return fmt.Errorf("desktop notifications: subscribing to %s: %w", member, err)
-		}
+	// GetCapabilities started the service if the bus activates it; who owns it now.
+	if err := cfg.Bus.BusObject().CallWithContext(ctx, busInterface+".GetNameOwner", 0, Service).Store(&n.owner); err != nil {
+		cfg.Logf("desktop notifications: who owns %s: %v; waiting for an owner", Service, err)
+		n.owner = ""
 	}
-	signals := make(chan *dbus.Signal, 64)
-	cfg.Bus.Signal(signals)
-	defer cfg.Bus.RemoveSignal(signals)
 	defer n.closeAll()
 
 	away := false
@@ -132,7 +160,7 @@ func sleep(ctx context.Context, d time.Duration, signals chan *dbus.Signal, n *n
 		case <-t.C:
 			return true
 		case s := <-signals:
-			n.signal(ctx, s)
+			n.signal(ctx, s) // nothing is shown while the daemon is away
 		}
 	}
 }
@@ -161,21 +189,19 @@ func (n *notifier) follow(ctx context.Context, stream *api.EventStream, signals 
 		case <-ctx.Done():
 			return
 		case s := <-signals:
-			n.signal(ctx, s)
+			if n.signal(ctx, s) && n.owner != "" {
+				// A new notification service: it shows the open questions.
+				n.sync(ctx)
+			}
 		case ev, ok := <-events:
 			if !ok {
 				return
 			}
 			switch ev.Kind {
-			case api.EventHello:
-				// Questions opened before this stream started.
-				ps, err := n.cfg.API.Prompts(ctx)
-				if err != nil {
-					n.cfg.Logf("listing questions: %v", err)
-				}
-				for i := range ps {
-					n.show(ctx, &ps[i])
-				}
+			case api.EventHello, api.EventGap:
+				// Questions opened before this stream started, or events the
+				// daemon could not send (this client was too slow).
+				n.sync(ctx)
 			case api.EventPrompt:
 				if ev.Prompt != nil {
 					n.show(ctx, ev.Prompt)
@@ -186,6 +212,28 @@ func (n *notifier) follow(ctx context.Context, stream *api.EventStream, signals 
 				}
 			}
 		}
+	}
+}
+
+// sync lists the open questions: it shows those not shown and closes the
+// notifications of those no longer open.
+func (n *notifier) sync(ctx context.Context) {
+	ps, err := n.cfg.API.Prompts(ctx)
+	if err != nil {
+		n.cfg.Logf("listing questions: %v", err)
+		return
+	}
+	open := make(map[engine.PromptID]bool, len(ps))
+	for i := range ps {
+		open[ps[i].ID] = true
+	}
+	for pid := range n.shown {
+		if !open[pid] {
+			n.close(pid)
+		}
+	}
+	for i := range ps {
+		n.show(ctx, &ps[i])
 	}
 }
 
@@ -273,16 +321,54 @@ func (n *notifier) close(pid engine.PromptID) {
 	n.obj.Call(Interface+".CloseNotification", 0, id)
 }
 
+// forget drops every notification shown by old, the previous owner of Service; if it
+// is still on the bus, it is asked to close them (without waiting for it).
+func (n *notifier) forget(old string) {
+	if old != "" {
+		obj := n.cfg.Bus.Object(old, Path)
+		for id := range n.byID {
+			obj.Go(Interface+".CloseNotification", dbus.FlagNoReplyExpected, nil, id)
+		}
+	}
+	clear(n.byID)
+	clear(n.shown)
+	clear(n.once)
+}
+
 func (n *notifier) closeAll() {
 	for pid := range n.shown {
 		n.close(pid)
 	}
 }
 
-// signal handles the notification server's ActionInvoked and NotificationClosed.
-func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
-	if s == nil || s.Path != Path {
-		return
+// signal handles the bus's NameOwnerChanged for Service, and the notification
+// service's ActionInvoked and NotificationClosed if its current owner sent them. It
+// reports whether the owner changed (the notifications shown are forgotten then).
+func (n *notifier) signal(ctx context.Context, s *dbus.Signal) (ownerChanged bool) {
+	if s == nil {
+		return false
+	}
+	if s.Name == busInterface+".NameOwnerChanged" {
+		if s.Sender != busName || len(s.Body) < 3 {
+			return false
+		}
+		name, ok1 := s.Body[0].(string)
+		owner, ok2 := s.Body[2].(string)
+		if !ok1 || !ok2 || name != Service || owner == n.owner {
+			return false
+		}
+		if n.owner != "" || owner != "" {
+			n.cfg.Logf("desktop notifications: %s is now owned by %q (was %q)", Service, owner, n.owner)
+		}
+		old := n.owner
+		n.owner = owner
+		// The old owner's notifications: ids of another service, its signals
+		// no longer taken.
+		n.forget(old)
+		return true
+	}
+	if s.Path != Path || n.owner == "" || s.Sender != n.owner {
+		return false
 	}
 	switch s.Name {
 	case Interface + ".NotificationClosed":
@@ -297,13 +383,13 @@ func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
 		}
 	case Interface + ".ActionInvoked":
 		if len(s.Body) < 2 {
-			return
+			return false
 		}
 		id, ok1 := s.Body[0].(uint32)
 		key, ok2 := s.Body[1].(string)
 		pid, ok3 := n.byID[id]
 		if !ok1 || !ok2 || !ok3 {
-			return
+			return false
 		}
 		switch key {
 		case ActionAllow, ActionDeny:
@@ -317,7 +403,7 @@ func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
 			}
 		case ActionOpen, "default":
 			if n.cfg.Open == nil {
-				return
+				return false
 			}
 			u, err := n.cfg.API.WebLoginURL(ctx)
 			if err == nil {
@@ -328,4 +414,5 @@ func (n *notifier) signal(ctx context.Context, s *dbus.Signal) {
 			}
 		}
 	}
+	return false
 }

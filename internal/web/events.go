@@ -21,10 +21,11 @@ type Event struct {
 	Conns []api.Conn `json:"conns,omitempty"`
 }
 
-// Event kinds only the web stream has.
+// Event kinds of the web stream besides the API's. EventGap is the API's (the engine
+// lost questions or rules for this client) and also says that connections were lost.
 const (
 	EventConns api.EventKind = "conns"
-	EventGap   api.EventKind = "gap"
+	EventGap                 = api.EventGap
 )
 
 // Feed tuning: how often the history is read for new connections while someone
