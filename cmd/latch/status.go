@@ -12,6 +12,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/textesc"
 )
 
@@ -172,6 +173,8 @@ func runStatus(ctx context.Context, args []string) error {
 			row("driver cache", "off for now: %s", textesc.Message(c.Why))
 		}
 	}
+	listenerRow(row, "web UI", st.Web)
+	listenerRow(row, "metrics", st.Metrics)
 	row("verdicts", "%s", counters(st.Verdicts))
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History
@@ -266,4 +269,17 @@ func senderStashRow(row func(string, string, ...any), on bool, why string) {
 		return
 	}
 	row("fast path sender stash", "off (a UDP datagram from a local port two sockets share is attributed to the socket a lookup of its tuple finds, the last bound, which may be another program's): %s", textesc.Message(why))
+}
+
+// listenerRow shows whether the web UI's or the metrics' listener is up (nil: off).
+func listenerRow(row func(string, string, ...any), name string, st *localhttp.Status) {
+	if st == nil {
+		return
+	}
+	if st.Up {
+		row(name, "up at %s", field(st.Addr))
+		return
+	}
+	row(name, "DOWN since %s: %s; binding %s again in the background (%d retries)",
+		st.Since.Local().Format(time.DateTime), textesc.Message(st.Error), field(st.Addr), st.Retries)
 }
