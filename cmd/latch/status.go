@@ -280,6 +280,6 @@ func listenerRow(row func(string, string, ...any), name string, st *localhttp.St
 		row(name, "up at %s", field(st.Addr))
 		return
 	}
-	row(name, "DOWN since %s: %s; binding %s again in the background (%d retries)",
-		st.Since.Local().Format(time.DateTime), textesc.Message(st.Error), field(st.Addr), st.Retries)
+	row(name, "DOWN since %s: %s; binding %s again in the background (%d attempts so far)",
+		st.Since.Local().Format(time.DateTime), textesc.Message(st.Error), field(st.Addr), st.Retries+1)
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -76,7 +77,7 @@ func (s *Service) bound(l net.Listener, err error, first bool) {
 		} else {
 			s.st.Retries++
 		}
-		s.st.Error = err.Error()
+		s.st.Error = reason(err)
 	} else {
 		s.st = Status{Addr: s.addr, Up: true, Since: now}
 	}
@@ -84,7 +85,7 @@ func (s *Service) bound(l net.Listener, err error, first bool) {
 	s.mu.Unlock()
 	switch {
 	case err == nil && !first:
-		s.logf("%s: bound %s again after %d failed retries", s.name, s.addr, prev.Retries)
+		s.logf("%s: bound %s after %d failed attempts", s.name, s.addr, prev.Retries+1)
 	case err != nil && (first || prev.Up || prev.Error != st.Error):
 		s.logf("warning: %s off: %v; the daemon goes on deciding without it, retrying to bind %s (every %s at most)",
 			s.name, err, s.addr, maxRetry)
@@ -92,6 +93,19 @@ func (s *Service) bound(l net.Listener, err error, first bool) {
 	if s.onUp != nil && (first || (err == nil) != prev.Up) {
 		s.onUp(err == nil)
 	}
+}
+
+// reason is err without the addresses Status shows anyway.
+func reason(err error) string {
+	msg := err.Error()
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		msg = op.Err.Error()
+	}
+	if errors.Is(err, syscall.EADDRINUSE) {
+		msg += " (another program holds the address)"
+	}
+	return msg
 }
 
 func (s *Service) run(l net.Listener) {
