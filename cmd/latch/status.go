@@ -35,6 +35,10 @@ dropped before latch could hold them: "dropped by kernel N (queue full N, socket
 buffer full N)". Those never get through; a flood or a stalled daemon shows there.
 --json has it as kernel.kernel_dropped (and kernel.extra.queue_dropped,
 queue_user_dropped).
+
+With --web or --metrics, the "web UI" and "metrics" lines say whether their listener
+is up, or DOWN since when and why (e.g. another program holds the address; the daemon
+binds it again in the background). --json: web and metrics, with up and error.
 `
 
 func runStatus(ctx context.Context, args []string) error {
