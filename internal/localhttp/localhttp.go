@@ -146,11 +146,14 @@ func Timeouts(s *http.Server) {
 }
 
 // LoopbackHost reports whether a request's Host header names a loopback address or
-// localhost, with port (a DNS rebinding page names its own host).
-func LoopbackHost(host, port string) bool {
-	h, p, err := net.SplitHostPort(host)
-	if err != nil || p != port {
-		return false
+// localhost, with any port or none (a DNS rebinding page names its own host; the port
+// may differ from the listener's behind a tunnel, e.g. ssh -L).
+func LoopbackHost(host string) bool {
+	h := host
+	if sh, _, err := net.SplitHostPort(host); err == nil {
+		h = sh
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		h = host[1 : len(host)-1]
 	}
 	if strings.EqualFold(h, "localhost") {
 		return true

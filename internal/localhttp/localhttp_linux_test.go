@@ -139,11 +139,12 @@ func TestServiceRetriesTakenAddress(t *testing.T) {
 
 func TestLoopbackHost(t *testing.T) {
 	for host, want := range map[string]bool{
-		"127.0.0.1:9184": true, "localhost:9184": true, "LocalHost:9184": true, "[::1]:9184": true,
-		"127.0.0.2:9184": true, "127.0.0.1:80": false, "127.0.0.1": false, "evil.example:9184": false,
+		"127.0.0.1:9184": true, "localhost:9184": true, "LocalHost:19184": true, "[::1]:9184": true, "[::1]": true,
+		"127.0.0.2:9184": true, "127.0.0.1": true, "localhost": true, "evil.example:9184": false, "evil.example": false,
 		"10.0.0.1:9184": false, "[::ffff:127.0.0.1]:9184": true, "localhost.evil.example:9184": false, "": false,
+		"127.0.0.1.evil.example:9184": false, "[fe80::1%lo]:9184": false,
 	} {
-		if got := LoopbackHost(host, "9184"); got != want {
+		if got := LoopbackHost(host); got != want {
 			t.Errorf("LoopbackHost(%q) = %v, want %v", host, got, want)
 		}
 	}

@@ -197,8 +197,8 @@ func Listen(addr string, logf func(string, ...any)) (net.Listener, error) {
 
 // NewHTTPServer returns the server of m's metrics at /metrics, with the timeouts of
 // localhttp.Timeouts. Unless allowRemote, it answers only requests whose Host names
-// a loopback address or localhost with its port (a page of another site the
-// browser opens may rebind its name to 127.0.0.1, but it cannot change Host).
+// a loopback address or localhost (a page of another site the browser opens may
+// rebind its name to 127.0.0.1, but it cannot change Host).
 func NewHTTPServer(m *Metrics, allowRemote bool) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
@@ -208,12 +208,8 @@ func NewHTTPServer(m *Metrics, allowRemote bool) *http.Server {
 	h := http.Handler(mux)
 	if !allowRemote {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			var port string
-			if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-				_, port, _ = net.SplitHostPort(a.String())
-			}
-			if !localhttp.LoopbackHost(r.Host, port) {
-				http.Error(w, fmt.Sprintf("host %q: this server answers to a loopback address or localhost with port %s only", r.Host, port),
+			if !localhttp.LoopbackHost(r.Host) {
+				http.Error(w, fmt.Sprintf("host %q: this server answers requests naming a loopback address or localhost only", r.Host),
 					http.StatusForbidden)
 				return
 			}
