@@ -768,6 +768,8 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 					be.socketPin(&st.FastPath.Stats)
 				}
 			}
+			st.Web = webUI.status()
+			st.Metrics = obs.metricsStatus()
 			if be.cacheOff != nil {
 				why := be.cacheOff()
 				st.DriverCache = &api.DriverCacheStatus{On: why == "", Why: why}

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/events"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/metrics"
 	"github.com/latchfw/latch/internal/store"
 )
@@ -96,17 +100,20 @@ func parseSize(s string) (int64, error) {
 
 // observers are the daemon's metrics and event sinks.
 type observers struct {
-	metrics *metrics.Metrics // nil without --metrics
-	server  *metrics.Server
-	hub     *events.Hub // always there: API subscribers may come
-	stop    chan struct{}
-	done    chan struct{}
-	unsub   func()
-	daemon  events.Daemon
+	metrics *metrics.Metrics   // nil without --metrics
+	server  *localhttp.Service // nil without --metrics
+	// httpServer serves the metrics on server's listener.
+	httpServer *http.Server
+	hub        *events.Hub // always there: API subscribers may come
+	stop       chan struct{}
+	done       chan struct{}
+	unsub      func()
+	daemon     events.Daemon
 }
 
-// startObservers opens the sinks and the metrics listener; an error (a bad path, a
-// port in use) stops the daemon before it holds anything.
+// startObservers opens the sinks and the metrics listener; an error (a bad path)
+// stops the daemon before it holds anything. A metrics address in use does not: it is
+// retried in the background, and reported by metricsStatus.
 func startObservers(o *daemonOptions, eng *engine.Engine, hist *store.History, be *platformBackend, mode string, logf func(string, ...any)) (*observers, error) {
 	hostName, _ := os.Hostname()
 	hostID := o.HostID
@@ -138,12 +145,15 @@ func startObservers(o *daemonOptions, eng *engine.Engine, hist *store.History, b
 			Engine: eng.Stats, Kernel: be.Stats, History: hist.Stats, HistoryRows: hist.Count,
 			Attribution: be.attrStats, Events: ob.sinkStats, Version: latchVersion(),
 		})
-		srv, err := metrics.Serve(ob.metrics, o.Metrics, o.MetricsAllowRemote)
-		if err != nil {
-			ob.hub.Close(time.Second)
-			return nil, err
+		// A port another program holds (any local user may bind it first) does not
+		// stop the daemon: it decides without metrics and retries the bind.
+		hs := metrics.NewHTTPServer(ob.metrics, o.MetricsAllowRemote)
+		ob.server = localhttp.NewService("metrics", o.Metrics,
+			func() (net.Listener, error) { return metrics.Listen(o.Metrics, logf) }, hs.Serve, nil, logf)
+		ob.httpServer = hs
+		if ob.server.Start() {
+			logf("metrics at http://%s/metrics", o.Metrics)
 		}
-		ob.server = srv
 	}
 	evs, unsub := eng.Subscribe()
 	ob.unsub = unsub
@@ -246,13 +256,28 @@ func (ob *observers) eventStats() []api.EventSinkStats {
 	return out
 }
 
+// metricsStatus is the metrics listener's state; nil without --metrics.
+func (ob *observers) metricsStatus() *localhttp.Status {
+	if ob.server == nil {
+		return nil
+	}
+	st := ob.server.Status()
+	return &st
+}
+
 // close stops the metrics server and flushes the sinks (waiting up to 5s).
 func (ob *observers) close() {
 	ob.unsub()
 	close(ob.stop)
 	<-ob.done
 	if ob.server != nil {
-		ob.server.Close()
+		ob.server.Stop(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if ob.httpServer.Shutdown(ctx) != nil {
+				ob.httpServer.Close()
+			}
+		})
 	}
 	ob.hub.Close(5 * time.Second)
 }

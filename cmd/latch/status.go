@@ -12,6 +12,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/textesc"
 )
 
@@ -34,6 +35,10 @@ dropped before latch could hold them: "dropped by kernel N (queue full N, socket
 buffer full N)". Those never get through; a flood or a stalled daemon shows there.
 --json has it as kernel.kernel_dropped (and kernel.extra.queue_dropped,
 queue_user_dropped).
+
+With --web or --metrics, the "web UI" and "metrics" lines say whether their listener
+is up, or DOWN since when and why (e.g. another program holds the address; the daemon
+binds it again in the background). --json: web and metrics, with up and error.
 `
 
 func runStatus(ctx context.Context, args []string) error {
@@ -172,6 +177,8 @@ func runStatus(ctx context.Context, args []string) error {
 			row("driver cache", "off for now: %s", textesc.Message(c.Why))
 		}
 	}
+	listenerRow(row, "web UI", st.Web)
+	listenerRow(row, "metrics", st.Metrics)
 	row("verdicts", "%s", counters(st.Verdicts))
 	row("decided by", "%s", counters(st.Decisions))
 	h := st.History
@@ -266,4 +273,17 @@ func senderStashRow(row func(string, string, ...any), on bool, why string) {
 		return
 	}
 	row("fast path sender stash", "off (a UDP datagram from a local port two sockets share is attributed to the socket a lookup of its tuple finds, the last bound, which may be another program's): %s", textesc.Message(why))
+}
+
+// listenerRow shows whether the web UI's or the metrics' listener is up (nil: off).
+func listenerRow(row func(string, string, ...any), name string, st *localhttp.Status) {
+	if st == nil {
+		return
+	}
+	if st.Up {
+		row(name, "up at %s", field(st.Addr))
+		return
+	}
+	row(name, "DOWN since %s: %s; binding %s again in the background (%d attempts so far)",
+		st.Since.Local().Format(time.DateTime), textesc.Message(st.Error), field(st.Addr), st.Retries+1)
 }

@@ -3,14 +3,16 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
+	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/store"
 	iweb "github.com/latchfw/latch/internal/web"
 	"github.com/latchfw/latch/internal/weblaunch"
@@ -87,9 +89,12 @@ func checkWebFlags(o *daemonOptions) error {
 // webUI is the daemon's web UI, if --web started one.
 type webUI struct {
 	srv atomic.Pointer[iweb.Server]
+	svc atomic.Pointer[localhttp.Service]
 }
 
-// loginHandler serves POST /v1/web/login on the API socket.
+// loginHandler serves POST /v1/web/login on the API socket. While the listener is
+// not bound (another program holds the address), it hands out no login URL: the
+// program that answers there is not latch's.
 func (w *webUI) loginHandler() http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		s := w.srv.Load()
@@ -99,55 +104,76 @@ func (w *webUI) loginHandler() http.Handler {
 			fmt.Fprintln(rw, `{"error":"the web UI is off: start the daemon with --web 127.0.0.1:7654"}`)
 			return
 		}
+		if st := w.status(); st != nil && !st.Up {
+			rw.Header().Set("Content-Type", "application/json")
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			json.NewEncoder(rw).Encode(map[string]string{"error": fmt.Sprintf(
+				"the web UI is down: %s; the daemon retries binding %s (see 'latch status'); no login URL while another program may answer there",
+				st.Error, st.Addr)})
+			return
+		}
 		s.LoginHandler().ServeHTTP(rw, r)
 	})
 }
 
-// start serves the web UI on o.Web; the returned function stops it.
+// status is the web UI listener's state; nil without --web.
+func (w *webUI) status() *localhttp.Status {
+	svc := w.svc.Load()
+	if svc == nil {
+		return nil
+	}
+	st := svc.Status()
+	return &st
+}
+
+// start serves the web UI on o.Web; the returned function stops it. An address
+// another program holds does not stop the daemon: the UI is down, and the bind is
+// retried in the background (see localhttp.Service).
 func (w *webUI) start(o *daemonOptions, srv *api.Server, eng *engine.Engine, hist *store.History, logf func(string, ...any)) (func(), error) {
 	ws, err := iweb.New(iweb.Config{Addr: o.Web, TLS: o.WebCert != "", API: srv.Handler(), Engine: eng,
 		History: hist, Assets: assets.Assets(), Logf: logf})
 	if err != nil {
 		return nil, err
 	}
-	l, err := iweb.Listen(o.Web)
-	if err != nil {
-		ws.Close()
-		return nil, err
-	}
-	hs := &http.Server{Handler: ws, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: ws}
+	localhttp.Timeouts(hs)
 	if o.WebCert != "" {
 		cert, err := tls.LoadX509KeyPair(o.WebCert, o.WebKey)
 		if err != nil {
-			l.Close()
 			ws.Close()
 			return nil, fmt.Errorf("--web-cert %s, --web-key %s: %w", o.WebCert, o.WebKey, err)
 		}
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var err error
+	serve := func(l net.Listener) error {
 		if o.WebCert != "" {
-			err = hs.ServeTLS(l, "", "")
+			return hs.ServeTLS(l, "", "")
+		}
+		return hs.Serve(l)
+	}
+	up := func(up bool) {
+		if up {
+			logf("web UI at %s (log in with 'latch web open' or 'latch web url')", ws.Origin())
 		} else {
-			err = hs.Serve(l)
+			// Whoever binds the address next is sent the open tabs' cookies and keys.
+			ws.EndSessions()
 		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logf("web UI: %v", err)
-		}
-	}()
+	}
+	svc := localhttp.NewService("web UI", o.Web, func() (net.Listener, error) { return iweb.Listen(o.Web, logf) },
+		serve, up, logf)
 	w.srv.Store(ws)
-	logf("web UI at %s (log in with 'latch web open' or 'latch web url')", ws.Origin())
+	w.svc.Store(svc)
+	svc.Start()
 	return func() {
 		w.srv.Store(nil)
 		ws.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if hs.Shutdown(ctx) != nil {
-			hs.Close()
-		}
-		<-done
+		svc.Stop(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if hs.Shutdown(ctx) != nil {
+				hs.Close()
+			}
+		})
+		w.svc.Store(nil)
 	}, nil
 }

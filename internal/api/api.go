@@ -52,6 +52,7 @@ import (
 	"github.com/latchfw/latch/internal/dnsproxy"
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/store"
 )
 
@@ -123,6 +124,11 @@ type Status struct {
 	// and why not (absent where attribution has no such check, e.g. Windows,
 	// whose driver names the image with each connection).
 	AttributionExeCheck *ExeCheckStatus `json:"attribution_exe_check,omitempty"`
+	// Web and Metrics are the web UI's and the metrics' listeners (absent when off):
+	// up, or down and why (another program holds the address); a listener that
+	// is down is bound again in the background.
+	Web     *localhttp.Status `json:"web,omitempty"`
+	Metrics *localhttp.Status `json:"metrics,omitempty"`
 }
 
 // DriverCacheStatus says whether the Windows driver may decide a repeated connection

@@ -27,6 +27,7 @@ import (
 
 	"github.com/latchfw/latch/internal/engine"
 	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/store"
 )
 
@@ -180,22 +181,57 @@ type Server struct {
 	done chan error
 }
 
+// ConnLimit bounds the metrics listener's connections (see Listen): a scraper
+// needs one.
+var ConnLimit = localhttp.Limit{Total: 16, PerPeer: 4}
+
+// Listen binds addr for the metrics server, with ConnLimit; logf logs refused
+// connections (nil: not logged).
+func Listen(addr string, logf func(string, ...any)) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	return localhttp.LimitListener(l, "metrics "+addr, ConnLimit, logf), nil
+}
+
+// NewHTTPServer returns the server of m's metrics at /metrics, with the timeouts of
+// localhttp.Timeouts. Unless allowRemote, it answers only requests whose Host names
+// a loopback address or localhost (a page of another site the browser opens may
+// rebind its name to 127.0.0.1, but it cannot change Host).
+func NewHTTPServer(m *Metrics, allowRemote bool) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "latch serves /metrics only", http.StatusNotFound)
+	})
+	h := http.Handler(mux)
+	if !allowRemote {
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !localhttp.LoopbackHost(r.Host) {
+				http.Error(w, fmt.Sprintf("host %q: this server answers requests naming a loopback address or localhost only", r.Host),
+					http.StatusForbidden)
+				return
+			}
+			mux.ServeHTTP(w, r)
+		})
+	}
+	hs := &http.Server{Handler: h}
+	localhttp.Timeouts(hs)
+	return hs
+}
+
 // Serve listens on addr (see CheckAddress) and serves m's metrics at /metrics until
 // Close.
 func Serve(m *Metrics, addr string, allowRemote bool) (*Server, error) {
 	if err := CheckAddress(addr, allowRemote); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", addr)
+	l, err := Listen(addr, nil)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
+		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", m.Handler())
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "latch serves /metrics only", http.StatusNotFound)
-	})
-	s := &Server{l: l, done: make(chan error, 1), http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+	s := &Server{l: l, done: make(chan error, 1), http: NewHTTPServer(m, allowRemote)}
 	go func() { s.done <- s.http.Serve(l) }()
 	return s, nil
 }

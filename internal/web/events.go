@@ -34,6 +34,8 @@ const (
 	feedInterval = 200 * time.Millisecond
 	feedBatch    = 5000
 	keepAlive    = 15 * time.Second
+	// streamWriteTimeout bounds one write of the event stream.
+	streamWriteTimeout = 30 * time.Second
 )
 
 // connFeed reads newly recorded connections from the history while at least one
@@ -142,6 +144,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	defer cancelEvents()
 	conns, cancelConns := s.feed.subscribe()
 	defer cancelConns()
+	// The stream outlives the server's read and write timeouts (localhttp.Timeouts),
+	// which would end it: they are lifted for this connection, and each write gets
+	// its own deadline instead, so a client that stops reading is let go.
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Time{})
+	rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -151,6 +159,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
+		rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
 			return err
 		}
@@ -170,6 +179,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		case <-s.ctx.Done():
 			return
 		case <-ka.C:
+			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			_, err = io.WriteString(w, ": keep-alive\n\n")
 			flusher.Flush()
 		case ev, ok := <-evs:

@@ -38,6 +38,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/store"
 )
 
@@ -457,11 +458,26 @@ func (s *Server) callAPI(ctx context.Context, method, path string, body []byte) 
 	return rec
 }
 
-// Listen opens the web UI's TCP listener on addr.
-func Listen(addr string) (net.Listener, error) {
+// ConnLimit bounds the web UI listener's connections (see Listen). Anyone on this
+// host may connect before logging in; a browser uses 6 at most per server.
+var ConnLimit = localhttp.Limit{Total: 64, PerPeer: 16}
+
+// Listen opens the web UI's TCP listener on addr, with ConnLimit; logf logs refused
+// connections (nil: not logged).
+func Listen(addr string, logf func(string, ...any)) (net.Listener, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("web UI %s: %w", addr, err)
 	}
-	return l, nil
+	return localhttp.LimitListener(l, "web UI "+addr, ConnLimit, logf), nil
+}
+
+// EndSessions ends every session and forgets every login token: the daemon calls it
+// when its listener is gone, since whoever binds the address next is sent the
+// sessions' cookies and keys by the browsers that had the UI open.
+func (s *Server) EndSessions() {
+	s.mu.Lock()
+	clear(s.session)
+	clear(s.tokens)
+	s.mu.Unlock()
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/latchfw/latch/internal/api"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/localhttp"
 	"github.com/latchfw/latch/internal/store"
 	assets "github.com/latchfw/latch/web"
 )
@@ -37,7 +38,11 @@ type fixture struct {
 	verdict chan engine.Verdict
 }
 
-func newFixture(t testing.TB) *fixture {
+func newFixture(t testing.TB) *fixture { t.Helper(); return newFixtureServer(t, nil) }
+
+// newFixtureServer is newFixture with configure (if not nil) applied to the
+// http.Server before it serves.
+func newFixtureServer(t testing.TB, configure func(*http.Server)) *fixture {
 	t.Helper()
 	f := &fixture{t: t, now: time.Now()}
 	var err error
@@ -65,6 +70,9 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	hs := &http.Server{Handler: f.web}
+	if configure != nil {
+		configure(hs)
+	}
 	go hs.Serve(l)
 	t.Cleanup(func() { f.web.Close(); hs.Close() })
 	jar, _ := cookiejar.New(nil)
@@ -431,6 +439,46 @@ func TestEventStream(t *testing.T) {
 	}
 }
 
+// TestEventStreamOutlivesServerTimeouts: the server's read and write timeouts
+// (localhttp.Timeouts, which end a request that takes too long) do not end the live
+// event stream: a question raised after them still reaches the browser.
+func TestEventStreamOutlivesServerTimeouts(t *testing.T) {
+	f := newFixtureServer(t, func(hs *http.Server) {
+		localhttp.Timeouts(hs)
+		hs.ReadTimeout, hs.WriteTimeout, hs.IdleTimeout = 300*time.Millisecond, 300*time.Millisecond, 300*time.Millisecond
+	})
+	f.login()
+	req, _ := http.NewRequest("GET", f.base+"/api/events?"+KeyParam+"="+f.key, nil)
+	resp, err := f.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := make(chan string, 16)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				lines <- d
+			}
+		}
+	}()
+	if d := <-lines; !strings.Contains(d, `"hello"`) {
+		t.Fatalf("first event %s", d)
+	}
+	time.Sleep(time.Second) // past both timeouts
+	f.ask("/usr/bin/curl", 8443)
+	select {
+	case d, ok := <-lines:
+		if !ok || !strings.Contains(d, "/usr/bin/curl") {
+			t.Fatalf("after the server's timeouts: %q (stream open: %v), want the question", d, ok)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no question on the stream 5s after it was raised")
+	}
+}
+
 func TestCheckAddr(t *testing.T) {
 	for addr, remote := range map[string]bool{"127.0.0.1:7654": false, "[::1]:7654": false, "198.18.0.1:7654": true} {
 		if err := CheckAddr(addr, remote); err != nil {
@@ -541,5 +589,26 @@ func TestLoginByForm(t *testing.T) {
 	}
 	if code, _ := post("null", token); code != http.StatusUnauthorized {
 		t.Errorf("second post of the token: %d, want 401", code)
+	}
+}
+
+// TestEndSessions: after EndSessions (the daemon lost its listener, and whoever binds
+// the address next is sent the open tabs' cookies and keys), a session and an unused
+// login URL open nothing.
+func TestEndSessions(t *testing.T) {
+	f := newFixture(t)
+	f.login()
+	u := f.web.LoginURL()
+	f.web.EndSessions()
+	if code, _ := f.do("GET", "/api/v1/status", "", nil); code != http.StatusUnauthorized {
+		t.Errorf("status with an ended session: %d, want 401", code)
+	}
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("login URL made before EndSessions: %d, want 401", resp.StatusCode)
 	}
 }

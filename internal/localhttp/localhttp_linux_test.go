@@ -1,0 +1,151 @@
+package localhttp
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// holdAsNobody has user nobody open n connections to addr (or listen on it, with
+// n == 0) and keep them until the test ends.
+func holdAsNobody(t *testing.T, addr string, n int) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a process as nobody")
+	}
+	perl, err := exec.LookPath("perl")
+	if err != nil {
+		t.Skip("needs perl")
+	}
+	host, port, _ := strings.Cut(addr, ":")
+	script := `my @s; for (1..$ARGV[2]) { push @s, IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1]) } $| = 1; print "ok\n"; sleep 60;`
+	if n == 0 {
+		script = `my $s = IO::Socket::INET->new(LocalAddr => $ARGV[0], LocalPort => $ARGV[1], Listen => 5) or die "bind: $!"; $| = 1; print "ok\n"; sleep 60;`
+	}
+	cmd := exec.Command(perl, "-MIO::Socket::INET", "-e", script, host, port, fmt.Sprint(n))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ok\n" {
+		t.Fatalf("nobody's connections to %s: %q %v", addr, line, err)
+	}
+}
+
+func serveLimited(t *testing.T, lim Limit) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
+	Timeouts(hs)
+	go hs.Serve(LimitListener(l, "test", lim, t.Logf))
+	t.Cleanup(func() { hs.Close() })
+	return l.Addr().String()
+}
+
+// TestOneUserCannotLockOthersOut: a local user who holds connections to a limited
+// listener gets PerPeer of them; root's request is still answered at once.
+func TestOneUserCannotLockOthersOut(t *testing.T) {
+	addr := serveLimited(t, Limit{Total: 8, PerPeer: 2})
+	holdAsNobody(t, addr, 40)
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatalf("root's request while nobody holds 40 connections: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "hello" {
+		t.Fatalf("root's request: %q", b)
+	}
+}
+
+// TestTotalBound: connections beyond Total wait in the kernel's queue, and are
+// served once others close.
+func TestTotalBound(t *testing.T) {
+	addr := serveLimited(t, Limit{Total: 2, PerPeer: 2})
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	c := &http.Client{Timeout: 700 * time.Millisecond}
+	if _, err := c.Get("http://" + addr + "/"); err == nil {
+		t.Fatal("a third connection was served while two were held with Total 2")
+	}
+	held[0].Close()
+	c.Timeout = 3 * time.Second
+	if _, err := c.Get("http://" + addr + "/"); err != nil {
+		t.Fatalf("after one of two held connections closed: %v", err)
+	}
+}
+
+// TestServiceRetriesTakenAddress: a Service whose address another program holds is
+// down with the bind's error, and comes up by itself once the address is free.
+func TestServiceRetriesTakenAddress(t *testing.T) {
+	hold, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := hold.Addr().String()
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "latch") })}
+	s := NewService("test", addr, func() (net.Listener, error) { return net.Listen("tcp", addr) }, hs.Serve, nil, t.Logf)
+	if s.Start() {
+		t.Fatal("Start says bound while another listener holds the address")
+	}
+	defer s.Stop(func() { hs.Close() })
+	st := s.Status()
+	if st.Up || !strings.Contains(st.Error, "address already in use") {
+		t.Fatalf("status while taken: %+v", st)
+	}
+	hold.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !s.Status().Up {
+		if time.Now().After(deadline) {
+			t.Fatalf("not up 5s after the address was freed: %+v", s.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "latch" {
+		t.Fatalf("after rebinding: %q", b)
+	}
+	if errors.Is(err, net.ErrClosed) {
+		t.Fatal(err)
+	}
+}
+
+func TestLoopbackHost(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1:9184": true, "localhost:9184": true, "LocalHost:19184": true, "[::1]:9184": true, "[::1]": true,
+		"127.0.0.2:9184": true, "127.0.0.1": true, "localhost": true, "evil.example:9184": false, "evil.example": false,
+		"10.0.0.1:9184": false, "[::ffff:127.0.0.1]:9184": true, "localhost.evil.example:9184": false, "": false,
+		"127.0.0.1.evil.example:9184": false, "[fe80::1%lo]:9184": false,
+	} {
+		if got := LoopbackHost(host); got != want {
+			t.Errorf("LoopbackHost(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
