@@ -68,7 +68,7 @@ func runLists(ctx context.Context, args []string) error {
 		if infos, err = c.Lists(ctx); err != nil {
 			return err
 		}
-		var req api.ListsUpdate
+		req := api.ListsUpdate{Lists: []api.ListContents{}}
 		for _, in := range infos {
 			data, rerr := blocklist.ReadFile(in.Path)
 			if rerr != nil {

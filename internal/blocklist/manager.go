@@ -95,7 +95,7 @@ func Open(stateDir string, eng *engine.Engine, logf func(string, ...any)) (*Mana
 	if err := json.Unmarshal(data, &f); err != nil || f.Version != 1 {
 		return nil, fmt.Errorf("lists file %s: not a version 1 lists file (%v)", m.file, err)
 	}
-	m.srcs = f.Lists
+	m.srcs = slices.Clone(f.Lists)
 	migrated := false
 	for i, s := range m.srcs {
 		var data []byte
@@ -128,11 +128,35 @@ func Open(stateDir string, eng *engine.Engine, logf func(string, ...any)) (*Mana
 	}
 	if migrated {
 		if err := m.saveLocked(m.srcs); err != nil {
-			logf("lists: %v", err)
+			logf("lists: %v (the lists are in force; their files are read again at the next start)", err)
+			for i, s := range f.Lists {
+				if s.Copy == "" && m.srcs[i].Copy != "" {
+					m.removeCopy(m.srcs[i].Copy)
+					m.srcs[i].Copy = ""
+				}
+			}
 		}
 	}
+	m.removeStrayCopies()
 	m.applyLocked()
 	return m, nil
+}
+
+// removeStrayCopies removes the copies no list names (left by a crash between
+// writing a copy and saving the lists file).
+func (m *Manager) removeStrayCopies() {
+	ents, err := os.ReadDir(m.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".list") || !e.Type().IsRegular() {
+			continue
+		}
+		if !slices.ContainsFunc(m.srcs, func(s stored) bool { return s.Copy == e.Name() }) {
+			m.removeCopy(e.Name())
+		}
+	}
 }
 
 // readCopy reads the daemon's copy named c.

@@ -186,3 +186,22 @@ func TestReadFileRefusesNonRegular(t *testing.T) {
 		t.Errorf("ReadFile through a link (the user's own rights): %q %v", data, err)
 	}
 }
+
+// TestOpenRemovesStrayCopies: a copy no list names (a crash between writing it and
+// saving lists.json) is removed at the next start; the lists' own stay.
+func TestOpenRemovesStrayCopies(t *testing.T) {
+	state := t.TempDir()
+	m, _ := openManager(t, state)
+	if err := m.Add(Source{Name: "ads", Path: "/srv/ads.txt", Action: engine.Deny}, []byte("ads.example\n")); err != nil {
+		t.Fatal(err)
+	}
+	stray := filepath.Join(state, CopyDir, "ads-123.list")
+	os.WriteFile(stray, []byte("x.example\n"), 0o600)
+	m2, _ := openManager(t, state)
+	if _, err := os.Stat(stray); err == nil {
+		t.Error("a stray copy was kept")
+	}
+	if ls := m2.Lists(); len(ls) != 1 || ls[0].Error != "" || ls[0].Stats.Domains != 1 {
+		t.Errorf("lists: %+v", ls)
+	}
+}
