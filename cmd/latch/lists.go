@@ -23,7 +23,9 @@ hosts file lines (0.0.0.0 ads.example.com), plain domains, AdBlock ||domain^ rul
 addresses and CIDR prefixes. A domain also lists every name below it. A connection to
 a listed hostname (as the program resolved it) or address gets the list's action,
 after the rules that name a program (an app rule overrides a list) and before rules
-that name none. The daemon reads FILE; a bad line is an error and nothing changes.
+that name none. latch reads FILE, with your rights, and sends it to the daemon, which
+keeps a copy (FILE must be a regular file, at most 64 MiB); a bad line is an error and
+nothing changes. update reads each list's FILE again the same way.
 `
 
 func runLists(ctx context.Context, args []string) error {
@@ -49,14 +51,33 @@ func runLists(ctx context.Context, args []string) error {
 		if aerr != nil {
 			return aerr
 		}
-		infos, err = c.AddList(ctx, api.ListRequest{Name: pos[0], Path: path, Action: *action})
+		// Read here, with the rights of whoever runs this: the daemon reads no file a
+		// client names.
+		data, rerr := blocklist.ReadFile(path)
+		if rerr != nil {
+			return fmt.Errorf("lists add %s: %w", pos[0], rerr)
+		}
+		content := string(data)
+		infos, err = c.AddList(ctx, api.ListRequest{Name: pos[0], Path: path, Action: *action, Content: &content})
 	case "rm":
 		if len(args) != 2 {
 			return usagef("lists rm: want NAME")
 		}
 		infos, err = c.RemoveList(ctx, args[1])
 	case "update":
-		infos, err = c.UpdateLists(ctx)
+		if infos, err = c.Lists(ctx); err != nil {
+			return err
+		}
+		req := api.ListsUpdate{Lists: []api.ListContents{}}
+		for _, in := range infos {
+			data, rerr := blocklist.ReadFile(in.Path)
+			if rerr != nil {
+				return fmt.Errorf("lists update: list %s: %w (no list was updated)", in.Name, rerr)
+			}
+			content := string(data)
+			req.Lists = append(req.Lists, api.ListContents{Name: in.Name, Path: in.Path, Content: &content})
+		}
+		infos, err = c.UpdateLists(ctx, req)
 	default:
 		fs := newFlags("lists")
 		asJSON := fs.Bool("json", false, "")

@@ -30,9 +30,9 @@
 //	GET    /v1/suggestions            {"suggestions": [engine.Suggestion...], "stats": {...}}
 //	POST   /v1/suggestions/accept     SuggestionsAccept       -> {"rules": [Rule...]} added
 //	GET    /v1/lists                  {"lists": [blocklist.Info...]}
-//	POST   /v1/lists                  ListRequest             -> {"lists": [...]}
+//	POST   /v1/lists                  ListRequest (with the contents) -> {"lists": [...]}
 //	DELETE /v1/lists/{name}                                    -> {"lists": [...]}
-//	POST   /v1/lists/update           (reload every list file) -> {"lists": [...]}
+//	POST   /v1/lists/update           ListsUpdate (new contents) -> {"lists": [...]}
 //
 // Request bodies are decoded strictly (package strictjson, and for rules the one parser
 // engine.RuleFields.Parse that the command line uses too): unknown or misspelt keys,

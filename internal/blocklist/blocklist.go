@@ -15,6 +15,7 @@ package blocklist
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -46,7 +47,29 @@ var hostsOwnNames = map[string]bool{
 	"ip6-allnodes": true, "ip6-allrouters": true, "ip6-allhosts": true, "0.0.0.0": true,
 }
 
-// Parse reads a list. The error names the first bad line (1-based) and what is wrong.
+// ParseError is a bad line of a list.
+type ParseError struct {
+	Line int   // 1-based
+	Err  error // what is wrong, quoting the line
+}
+
+func (e *ParseError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.Err) }
+
+func (e *ParseError) Unwrap() error { return e.Err }
+
+// withoutText returns err without the text of the line it quotes, for a file whose
+// reader may not be the one who sees the error (the daemon reads its copies and, once,
+// an older latch's list files, and every member of the API group sees their errors).
+func withoutText(err error) error {
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("line %d: not a list entry or too long (the line is not shown)", pe.Line)
+	}
+	return err
+}
+
+// Parse reads a list. The error, a *ParseError, names the first bad line (1-based) and
+// what is wrong, quoting it.
 func Parse(r io.Reader) (*List, error) {
 	l := &List{prefixes: map[int]map[netip.Prefix]struct{}{}}
 	var names []string
@@ -57,7 +80,7 @@ func Parse(r io.Reader) (*List, error) {
 		line++
 		text := sc.Text()
 		if len(text) > MaxLineLen {
-			return nil, fmt.Errorf("line %d: longer than %d bytes", line, MaxLineLen)
+			return nil, &ParseError{line, fmt.Errorf("longer than %d bytes", MaxLineLen)}
 		}
 		if i := strings.IndexByte(text, '#'); i >= 0 {
 			text = text[:i]
@@ -72,11 +95,11 @@ func Parse(r io.Reader) (*List, error) {
 			}
 			d, ok := strings.CutSuffix(rest, "^")
 			if !ok {
-				return nil, fmt.Errorf("line %d: AdBlock rule %q: only domain rules ||domain^ are understood", line, text)
+				return nil, &ParseError{line, fmt.Errorf("AdBlock rule %q: only domain rules ||domain^ are understood", text)}
 			}
 			n, err := domain(d)
 			if err != nil {
-				return nil, fmt.Errorf("line %d: %v", line, err)
+				return nil, &ParseError{line, err}
 			}
 			names = append(names, n)
 			continue
@@ -90,18 +113,18 @@ func Parse(r io.Reader) (*List, error) {
 				}
 				n, err := domain(f)
 				if err != nil {
-					return nil, fmt.Errorf("line %d: %v", line, err)
+					return nil, &ParseError{line, err}
 				}
 				names = append(names, n)
 			}
 			continue
 		}
 		if len(fields) != 1 {
-			return nil, fmt.Errorf("line %d: %q: want a domain, an address or prefix, a hosts line or ||domain^", line, text)
+			return nil, &ParseError{line, fmt.Errorf("%q: want a domain, an address or prefix, a hosts line or ||domain^", text)}
 		}
 		if p, ok, err := prefix(fields[0]); ok {
 			if err != nil {
-				return nil, fmt.Errorf("line %d: %v", line, err)
+				return nil, &ParseError{line, err}
 			}
 			m := l.prefixes[p.Bits()]
 			if m == nil {
@@ -116,12 +139,12 @@ func Parse(r io.Reader) (*List, error) {
 		}
 		n, err := domain(fields[0])
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %v", line, err)
+			return nil, &ParseError{line, err}
 		}
 		names = append(names, n)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("line %d: %v", line+1, err)
+		return nil, &ParseError{line + 1, err}
 	}
 	l.domains = newDomainSet(names)
 	return l, nil

@@ -65,8 +65,8 @@ func (s *Sources) Line(name string) int {
 // set (the flags given on the command line, which win). A missing file is an error
 // wrapping fs.ErrNotExist; callers decide whether that matters.
 //
-// The file must be changeable by root (or the user running latch) only: see
-// fileperm.CheckTrusted.
+// The file, and every directory above it, must be changeable by root (or the user
+// running latch) only: see fileperm.CheckTrusted and fileperm.CheckParents.
 func ApplyFile(fs *flag.FlagSet, path string, set map[string]bool, reserved ...string) (*Sources, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -78,6 +78,9 @@ func ApplyFile(fs *flag.FlagSet, path string, set map[string]bool, reserved ...s
 		return nil, fmt.Errorf("config file: %w", err)
 	}
 	if err := fileperm.CheckFileInfo(path, st); err != nil {
+		return nil, fmt.Errorf("config file %w", err)
+	}
+	if err := fileperm.CheckParents(path); err != nil {
 		return nil, fmt.Errorf("config file %w", err)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))

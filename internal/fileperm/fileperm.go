@@ -1,6 +1,8 @@
 // Package fileperm checks that a file that steers the firewall (the configuration
 // file, a managed rule file) can be changed only by root, as sshd's StrictModes does:
-// otherwise a local user could write "fail = open" or an allow-everything rule.
+// otherwise a local user could write "fail = open" or an allow-everything rule. The
+// directories above it count too: whoever may rename an entry of one of them may put
+// another file or directory in the trusted one's place.
 package fileperm
 
 import (
@@ -27,3 +29,13 @@ func describe(path string, st os.FileInfo, why string) error {
 // CheckFileInfo is CheckTrusted for a file already opened and stat'ed (no race
 // between the check and the read).
 func CheckFileInfo(path string, st os.FileInfo) error { return checkInfo(path, st) }
+
+// CheckParents returns an error if a directory above path (every one up to /) may be
+// changed by someone other than root and the user running latch: it belongs to
+// another user, or group or others may write it and it is not a sticky directory of
+// root's (such as /tmp, where no one may rename another's entries). A symbolic link
+// on the way must belong to root or the user running latch, and the directories
+// above its target are checked too. path itself is not checked (CheckTrusted,
+// CheckFileInfo); it, and directories on the way, need not exist: nobody else can
+// create them where every existing directory is trusted.
+func CheckParents(path string) error { return checkParents(path) }

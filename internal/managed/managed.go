@@ -45,7 +45,14 @@ func (e *Error) Unwrap() error { return e.Err }
 // Source set to the file's path and no ID (the engine gives them one). A missing
 // directory is an empty set. Other files (editor backups, *.json~, dotfiles) are
 // ignored.
+//
+// Every directory above dir must be root's too (fileperm.CheckParents), even when dir
+// is missing: whoever may change one could rename dir away, taking the managed rules
+// with it, or put another directory in its place.
 func Load(dir string) ([]engine.Rule, error) {
+	if err := fileperm.CheckParents(dir); err != nil {
+		return nil, fmt.Errorf("managed rules: %w", err)
+	}
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

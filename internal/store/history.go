@@ -582,6 +582,9 @@ func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration
 
 // open opens the database, creating or upgrading its schema, and applies the bound.
 func (h *History) open() error {
+	if err := privateHistoryFiles(h.path); err != nil {
+		return err
+	}
 	// journal_size_limit: the write-ahead log gives its room back after a checkpoint
 	// instead of keeping its largest size for ever.
 	dsn := "file:" + h.path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_pragma=journal_size_limit(1048576)"
