@@ -132,6 +132,18 @@ func (h *exeHashes) lookup(k hashKey, pid int32) string {
 	return ""
 }
 
+// note says why the file of key k has no hash for good ("" if it may have one):
+// it is over maxHashBytes.
+func (h *exeHashes) note(k hashKey) string {
+	h.mu.Lock()
+	s, ok := h.done[k]
+	h.mu.Unlock()
+	if !ok || s != "" {
+		return ""
+	}
+	return fmt.Sprintf("%d bytes, over the %d latch hashes", k.size, int64(maxHashBytes))
+}
+
 // touch marks k as just used. Under mu.
 func (h *exeHashes) touch(k hashKey) {
 	if e, ok := h.used[k]; ok {

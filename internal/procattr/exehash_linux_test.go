@@ -5,6 +5,7 @@ package procattr
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,6 +138,9 @@ func TestExeHashOverCapNeverMatches(t *testing.T) {
 	h.mu.Unlock()
 	if !ok || s != "" || pending {
 		t.Fatalf("a file over the cap is not known as unhashable at once: cached %v %q, pending %v", ok, s, pending)
+	}
+	if n := h.note(k); n != fmt.Sprintf("%d bytes, over the %d latch hashes", maxHashBytes+1, maxHashBytes) {
+		t.Fatalf("note of a file over the cap: %q", n)
 	}
 }
 
