@@ -60,6 +60,9 @@ type exeHashes struct {
 	queues  map[uint32][]hashJob      // waiting files per account
 	ready   []uint32                  // accounts with waiting files and none being hashed, in turn
 	busy    map[uint32]bool           // accounts with a file being hashed (or stalled)
+
+	loggedAt time.Time // of the last "too large to hash" warning
+	unlogged int       // such files not logged since
 }
 
 type hashUse struct {
@@ -119,13 +122,21 @@ func (h *exeHashes) lookup(k hashKey, pid int32) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.done[k]; ok || h.pending[k] {
+		h.touch(k)
 		return h.done[k]
 	}
 	if k.size > maxHashBytes {
 		h.store(k, "", acct)
-		exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
-		slog.Warn("procattr: executable too large to hash: a rule pinned to a hash never matches it",
-			"exe", exe, "pid", pid, "size", k.size, "max", int64(maxHashBytes))
+		// Logged once per file, and at most once a second (a user can make such
+		// files as fast as exec runs them): the question says it anyway.
+		if now := time.Now(); now.Sub(h.loggedAt) >= time.Second {
+			exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
+			slog.Warn("procattr: executable too large to hash: a rule pinned to a hash never matches it",
+				"exe", exe, "pid", pid, "size", k.size, "max", int64(maxHashBytes), "not_logged_before", h.unlogged)
+			h.loggedAt, h.unlogged = now, 0
+		} else {
+			h.unlogged++
+		}
 		return ""
 	}
 	h.enqueue(hashJob{k: k, pid: pid, acct: acct})
