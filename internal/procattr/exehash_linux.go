@@ -1,7 +1,6 @@
 package procattr
 
 import (
-	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -44,8 +43,9 @@ type hashKey struct {
 //     files take the free slots in turn; an account queues at most maxQueuedPerAcct;
 //   - a hash that runs over hashTimeout (a stalled read) gives its slot back; its
 //     account's next file waits for it to end;
-//   - the cache evicts single entries, least recently used first, and an account
-//     holding maxHashedPerAcct entries evicts its own.
+//   - a full cache evicts one entry at random (a hit costs nothing more than the
+//     map lookup), and an account holding maxHashedPerAcct entries evicts one of
+//     its own.
 //
 // done, pending and sem must be set; the rest starts at its zero value.
 type exeHashes struct {
@@ -54,20 +54,14 @@ type exeHashes struct {
 	pending map[hashKey]bool   // queued or being hashed
 	sem     chan struct{}      // one token per file being hashed (within hashTimeout)
 
-	used    map[hashKey]*list.Element // of *hashUse, for every key in done
-	lru     list.List                 // front: most recently used
-	perAcct map[uint32]int            // entries in done by the account that hashed them
-	queues  map[uint32][]hashJob      // waiting files per account
-	ready   []uint32                  // accounts with waiting files and none being hashed, in turn
-	busy    map[uint32]bool           // accounts with a file being hashed (or stalled)
+	owner   map[hashKey]uint32   // the account that hashed each key in done
+	perAcct map[uint32]int       // entries in done per account
+	queues  map[uint32][]hashJob // waiting files per account
+	ready   []uint32             // accounts with waiting files and none being hashed, in turn
+	busy    map[uint32]bool      // accounts with a file being hashed (or stalled)
 
 	loggedAt time.Time // of the last "too large to hash" warning
 	unlogged int       // such files not logged since
-}
-
-type hashUse struct {
-	k    hashKey
-	acct uint32
 }
 
 type hashJob struct {
@@ -109,7 +103,6 @@ func keyOf(st *unix.Stat_t) hashKey {
 func (h *exeHashes) lookup(k hashKey, pid int32) string {
 	h.mu.Lock()
 	if s, ok := h.done[k]; ok {
-		h.touch(k)
 		h.mu.Unlock()
 		return s
 	}
@@ -122,7 +115,6 @@ func (h *exeHashes) lookup(k hashKey, pid int32) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.done[k]; ok || h.pending[k] {
-		h.touch(k)
 		return h.done[k]
 	}
 	if k.size > maxHashBytes {
@@ -155,47 +147,43 @@ func (h *exeHashes) note(k hashKey) string {
 	return fmt.Sprintf("%d bytes, over the %d latch hashes", k.size, int64(maxHashBytes))
 }
 
-// touch marks k as just used. Under mu.
-func (h *exeHashes) touch(k hashKey) {
-	if e, ok := h.used[k]; ok {
-		h.lru.MoveToFront(e)
-	}
-}
-
 // store caches sum as the hash of k, hashed for acct, evicting one entry if the
 // cache (or acct's part of it) is full. Under mu.
 func (h *exeHashes) store(k hashKey, sum string, acct uint32) {
-	if h.used == nil {
-		h.used, h.perAcct = map[hashKey]*list.Element{}, map[uint32]int{}
+	if h.owner == nil {
+		h.owner, h.perAcct = map[hashKey]uint32{}, map[uint32]int{}
 	}
 	if _, ok := h.done[k]; ok {
 		h.done[k] = sum
-		h.touch(k)
 		return
 	}
+	// A map's range starts at a random place: the first key it gives is the one
+	// evicted.
 	if h.perAcct[acct] >= maxHashedPerAcct {
-		for e := h.lru.Back(); e != nil; e = e.Prev() {
-			if e.Value.(*hashUse).acct == acct {
-				h.evict(e)
+		for ok, a := range h.owner {
+			if a == acct {
+				h.evict(ok)
 				break
 			}
 		}
 	} else if len(h.done) >= maxHashedExes {
-		if e := h.lru.Back(); e != nil {
-			h.evict(e)
+		for ok := range h.done {
+			h.evict(ok)
+			break
 		}
 	}
 	h.done[k] = sum
-	h.used[k] = h.lru.PushFront(&hashUse{k: k, acct: acct})
+	h.owner[k] = acct
 	h.perAcct[acct]++
 }
 
-func (h *exeHashes) evict(e *list.Element) {
-	u := h.lru.Remove(e).(*hashUse)
-	delete(h.done, u.k)
-	delete(h.used, u.k)
-	if h.perAcct[u.acct]--; h.perAcct[u.acct] <= 0 {
-		delete(h.perAcct, u.acct)
+func (h *exeHashes) evict(k hashKey) {
+	delete(h.done, k)
+	if a, ok := h.owner[k]; ok {
+		delete(h.owner, k)
+		if h.perAcct[a]--; h.perAcct[a] <= 0 {
+			delete(h.perAcct, a)
+		}
 	}
 }
 
