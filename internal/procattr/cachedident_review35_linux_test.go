@@ -36,7 +36,11 @@ import (
 // e.exe may have changed: cheapest, compare a statx of the host's path (the
 // hostFileID verifyExe made) with e.file at each Resolve, or keep the
 // verification's result for a short time only; the nlink==0 case is seen in
-// the statx of /proc/PID/exe live() already makes (ask STATX_NLINK).
+// the statx of /proc/PID/exe live() already makes (ask STATX_NLINK). Tried
+// outside the tree: live() and identified() re-checking, for a verified entry,
+// nlink != 0 and hostFileID(e.exe) == e.file (dropping the entry otherwise, so
+// that load verifies afresh) pass this test and the TestIdentity* tests; the
+// cost is one statx of the host's path per Resolve of a verified process.
 func TestReview35CachedIdentityAfterRenameVerified(t *testing.T) {
 	requireRoot(t)
 	ns := newNetns(t)
