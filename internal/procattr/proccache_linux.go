@@ -54,15 +54,17 @@ func newProcCache(max int) *procCache {
 // the same executable file through the same mount (device and inode: a name would
 // not do, since an exec of another file under the same name, in another mount
 // namespace, keeps the name; the mount, since the same file run again through a
-// mount of its own namespace may no longer verify). A dead entry, or one that
-// exec'd another file, is dropped.
+// mount of its own namespace may no longer verify), and, if the entry is
+// verified, the host's file at its path is still that file (see stillNamed). A
+// dead entry, one that exec'd another file, or one whose verification no longer
+// holds is dropped, so that load looks at the process afresh.
 func (c *procCache) live(pid int32) (*procEntry, bool) {
 	c.mu.RLock()
 	e, ok := c.byPID[pid]
 	alive := false
 	if ok {
-		id, _, mnt, err := e.dir.exeFileID()
-		alive = err == nil && id == e.file && mnt == e.exeMnt
+		id, nlink, mnt, err := e.dir.exeFileID()
+		alive = err == nil && id == e.file && mnt == e.exeMnt && (nlink != 0 || !e.verified()) && e.stillNamed()
 	}
 	c.mu.RUnlock()
 	if ok && !alive {
@@ -72,11 +74,12 @@ func (c *procCache) live(pid int32) (*procEntry, bool) {
 	return e, ok
 }
 
-// identified returns, without a system call, the cached entry bound (see bind) to
-// the process and image that pid, startNs and execID identify. A process's start
-// time never repeats with its pid, and its exec id changes with every execve, so
-// the entry describes exactly the process that made the record, whether or not it
-// is still alive.
+// identified returns the cached entry bound (see bind) to the process and image
+// that pid, startNs and execID identify. A process's start time never repeats
+// with its pid, and its exec id changes with every execve, so the entry
+// describes exactly the process that made the record, whether or not it is
+// still alive. A verified entry costs one look at its path (stillNamed); one
+// that no longer verifies is dropped.
 func (c *procCache) identified(pid int32, startNs, execID uint64) (*procEntry, bool) {
 	if startNs == 0 {
 		return nil, false
@@ -84,8 +87,33 @@ func (c *procCache) identified(pid int32, startNs, execID uint64) (*procEntry, b
 	c.mu.RLock()
 	e, ok := c.byPID[pid]
 	ok = ok && e.startNs == startNs && e.execID == execID
+	named := ok && e.stillNamed()
 	c.mu.RUnlock()
+	if ok && !named {
+		c.drop(e)
+		return nil, false
+	}
 	return e, ok
+}
+
+// verified reports whether e's executable was verified when e was loaded.
+func (e *procEntry) verified() bool { return e.ident.status == engine.IdentityVerified }
+
+// stillNamed reports whether e's identity still holds as far as its path goes:
+// for a verified entry, the host's file at e.exe is still the file e's process
+// runs (which is then still linked), as verifyExe found when e was loaded.
+// The file renamed away (a self-updater's prog -> prog.old) or deleted, and
+// perhaps another put at the path, the process is no longer the program at
+// that path (review 35: a cached entry kept being called verified at it). An
+// entry that is not verified cannot become so by a change on the host's file
+// system: it holds. The cost is one path lookup (hostFileID) per use of a
+// verified entry.
+func (e *procEntry) stillNamed() bool {
+	if !e.verified() {
+		return true
+	}
+	host, err := hostFileID(e.exe)
+	return err == nil && host == e.file
 }
 
 // bind ties e to the identity an eBPF record carries, once the record has been
@@ -116,7 +144,7 @@ func (c *procCache) load(pid int32) (*procEntry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.byPID[pid]; ok {
-		if old.startTicks == e.startTicks && old.exe == e.exe && old.file == e.file {
+		if old.startTicks == e.startTicks && old.exe == e.exe && old.file == e.file && old.ident == e.ident {
 			// Another Resolve loaded the same process meanwhile: keep its entry,
 			// which callers may hold.
 			d.close()
