@@ -9,7 +9,7 @@ import (
 	"github.com/latchfw/latch/internal/engine"
 )
 
-// TestReview35CachedIdentityAfterRenameVerified (review35, open, low; review
+// TestReview35CachedIdentityAfterRenameVerified (review35, fixed, low; review
 // 28/29's class, in attribution): the process cache verifies a process's
 // executable once, when it first loads the process (verifyExe: the host's
 // file at the path /proc/PID/exe names is the file it runs), and keeps that
@@ -30,8 +30,9 @@ import (
 //
 // Subtests: renamed (the file renamed away within its directory, another file
 // put at the path) and deleted (unlinked, another file at the path); each in
-// the three attribution modes. Fails on main: the second Resolve says the
-// old path, verified. Fix: let live() (and the identified() path) re-check
+// the three attribution modes. Failed before the fix: the second Resolve said
+// the old path, verified. Fixed (procCache.live, identified: stillNamed) as
+// tried below. Suggested: let live() (and the identified() path) re-check
 // what verifyExe checked when the file's link count or the host's file at
 // e.exe may have changed: cheapest, compare a statx of the host's path (the
 // hostFileID verifyExe made) with e.file at each Resolve, or keep the
