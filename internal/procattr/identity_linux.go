@@ -131,6 +131,43 @@ func hostFileID(path string) (fileID, error) {
 // fileIDIn is hostFileID in the file system whose root is the directory root
 // (AT_FDCWD: the daemon's own).
 func fileIDIn(root int, path string) (fileID, error) {
+	id, _, err := fileStatIn(root, path)
+	return id, err
+}
+
+// hostFileStat is hostFileID with the file's status change time (ns since the
+// epoch), as of the same look at it.
+func hostFileStat(path string) (id fileID, ctime int64, err error) {
+	root, _ := hostRoot()
+	return fileStatIn(root, path)
+}
+
+// hostFileQuick is hostFileStat in one system call, a statx of path from the
+// host's root that does not follow a symbolic link in the last component but
+// does in the others (and resolves an absolute one in the daemon's root, not
+// the host's): a cheaper look than hostFileID's, which only agrees with it where
+// no directory on the way is a symbolic link. See procEntry.stillNamed.
+func hostFileQuick(path string) (id fileID, ctime int64, err error) {
+	root, _ := hostRoot()
+	if root != unix.AT_FDCWD {
+		path = strings.TrimLeft(path, "/")
+		if path == "" {
+			path = "."
+		}
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(root, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_CTIME, &stx); err != nil {
+		return fileID{}, 0, err
+	}
+	if uint32(stx.Mode)&unix.S_IFMT != unix.S_IFREG {
+		return fileID{}, 0, fmt.Errorf("not a regular file (mode %o)", stx.Mode)
+	}
+	return fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}, stx.Ctime.Sec*1e9 + int64(stx.Ctime.Nsec), nil
+}
+
+// fileStatIn is hostFileStat in the file system whose root is the directory
+// root (see fileIDIn).
+func fileStatIn(root int, path string) (fileID, int64, error) {
 	how := unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
 		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
@@ -153,12 +190,12 @@ func fileIDIn(root int, path string) (fileID, error) {
 		err = unix.Lstat(path, &st)
 	}
 	if err != nil {
-		return fileID{}, err
+		return fileID{}, 0, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fileID{}, fmt.Errorf("not a regular file (mode %o)", st.Mode)
+		return fileID{}, 0, fmt.Errorf("not a regular file (mode %o)", st.Mode)
 	}
-	return fileID{uint64(st.Dev), st.Ino}, nil
+	return fileID{uint64(st.Dev), st.Ino}, st.Ctim.Sec*1e9 + st.Ctim.Nsec, nil
 }
 
 // identity is what verification found about a process's executable.

@@ -3,6 +3,7 @@ package procattr
 import (
 	"bytes"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,10 @@ type procEntry struct {
 	appID      string   // flatpak/snap app id (appIDOf)
 	parents    []string // ancestors' verified executables (parentsOf)
 	hashKey    hashKey  // the executable's content key (exehash_linux.go)
+	// namedCtime is the status change time of the host's file at exe when
+	// stillNamed last found it, with hostFileID's full check, to be the file
+	// the process runs; 0 before that.
+	namedCtime atomic.Int64
 	// startNs and execID, once bound (non-zero), are the identity an eBPF record of
 	// this process and image carries (connRecord.StartNs, ExecID). Guarded by the
 	// cache's mu.
@@ -54,15 +59,17 @@ func newProcCache(max int) *procCache {
 // the same executable file through the same mount (device and inode: a name would
 // not do, since an exec of another file under the same name, in another mount
 // namespace, keeps the name; the mount, since the same file run again through a
-// mount of its own namespace may no longer verify). A dead entry, or one that
-// exec'd another file, is dropped.
+// mount of its own namespace may no longer verify), and, if the entry is
+// verified, the host's file at its path is still that file (see stillNamed). A
+// dead entry, one that exec'd another file, or one whose verification no longer
+// holds is dropped, so that load looks at the process afresh.
 func (c *procCache) live(pid int32) (*procEntry, bool) {
 	c.mu.RLock()
 	e, ok := c.byPID[pid]
 	alive := false
 	if ok {
-		id, _, mnt, err := e.dir.exeFileID()
-		alive = err == nil && id == e.file && mnt == e.exeMnt
+		id, nlink, mnt, err := e.dir.exeFileID()
+		alive = err == nil && id == e.file && mnt == e.exeMnt && (nlink != 0 || !e.verified()) && e.stillNamed()
 	}
 	c.mu.RUnlock()
 	if ok && !alive {
@@ -72,11 +79,12 @@ func (c *procCache) live(pid int32) (*procEntry, bool) {
 	return e, ok
 }
 
-// identified returns, without a system call, the cached entry bound (see bind) to
-// the process and image that pid, startNs and execID identify. A process's start
-// time never repeats with its pid, and its exec id changes with every execve, so
-// the entry describes exactly the process that made the record, whether or not it
-// is still alive.
+// identified returns the cached entry bound (see bind) to the process and image
+// that pid, startNs and execID identify. A process's start time never repeats
+// with its pid, and its exec id changes with every execve, so the entry
+// describes exactly the process that made the record, whether or not it is
+// still alive. A verified entry costs one look at its path (stillNamed); one
+// that no longer verifies is dropped.
 func (c *procCache) identified(pid int32, startNs, execID uint64) (*procEntry, bool) {
 	if startNs == 0 {
 		return nil, false
@@ -84,8 +92,50 @@ func (c *procCache) identified(pid int32, startNs, execID uint64) (*procEntry, b
 	c.mu.RLock()
 	e, ok := c.byPID[pid]
 	ok = ok && e.startNs == startNs && e.execID == execID
+	named := ok && e.stillNamed()
 	c.mu.RUnlock()
+	if ok && !named {
+		c.drop(e)
+		return nil, false
+	}
 	return e, ok
+}
+
+// verified reports whether e's executable was verified when e was loaded.
+func (e *procEntry) verified() bool { return e.ident.status == engine.IdentityVerified }
+
+// stillNamed reports whether e's identity still holds as far as its path goes:
+// for a verified entry, the host's file at e.exe is still the file e's process
+// runs (which is then still linked), as verifyExe found when e was loaded.
+// The file renamed away (a self-updater's prog -> prog.old) or deleted, and
+// perhaps another put at the path, the process is no longer the program at
+// that path (review 35: a cached entry kept being called verified at it). An
+// entry that is not verified cannot become so by a change on the host's file
+// system: it holds.
+//
+// The full check (hostFileID: openat2, fstat, close) costs about as much as
+// the rest of an eBPF attribution, so once it has passed, a single statx of
+// the path (hostFileQuick) that finds the same file with the same status
+// change time stands for it: a rename, link or unlink of the file changes
+// that time, and another file at the path has another inode. What the quick
+// look does not see is a directory on the way replaced by a symbolic link to
+// where the same file is (the full check refuses any symbolic link): the path
+// still leads to the process's file then.
+func (e *procEntry) stillNamed() bool {
+	if !e.verified() {
+		return true
+	}
+	if c := e.namedCtime.Load(); c != 0 {
+		if host, ctime, err := hostFileQuick(e.exe); err == nil && host == e.file && ctime == c {
+			return true
+		}
+	}
+	host, ctime, err := hostFileStat(e.exe)
+	if err != nil || host != e.file {
+		return false
+	}
+	e.namedCtime.Store(ctime)
+	return true
 }
 
 // bind ties e to the identity an eBPF record carries, once the record has been
@@ -116,7 +166,7 @@ func (c *procCache) load(pid int32) (*procEntry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.byPID[pid]; ok {
-		if old.startTicks == e.startTicks && old.exe == e.exe && old.file == e.file {
+		if old.startTicks == e.startTicks && old.exe == e.exe && old.file == e.file && old.ident == e.ident {
 			// Another Resolve loaded the same process meanwhile: keep its entry,
 			// which callers may hold.
 			d.close()
