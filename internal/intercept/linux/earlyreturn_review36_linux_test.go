@@ -306,3 +306,187 @@ func TestReview36EarlyReturnsSameFate(t *testing.T) {
 		})
 	}
 }
+
+// review36Ext is an IPv6 extension header chain before a TCP segment: the
+// header numbers in order.
+type review36Ext []uint8
+
+// review36Packet6 is the IPv6 packet of a TCP segment from src to dst with
+// flags behind the extension headers exts (8 bytes each: hop-by-hop and
+// destination options padded with PadN, a routing header of type 0 with no
+// segments left, an atomic fragment header).
+func review36Packet6(src, dst netip.AddrPort, flags uint8, exts review36Ext) []byte {
+	seg := rawSegment(src, dst, 1000, 1, flags)
+	var chain []byte
+	for i, e := range exts {
+		next := uint8(unix.IPPROTO_TCP)
+		if i+1 < len(exts) {
+			next = exts[i+1]
+		}
+		h := make([]byte, 8)
+		h[0] = next
+		switch e {
+		case unix.IPPROTO_HOPOPTS, unix.IPPROTO_DSTOPTS:
+			h[2], h[3] = 1, 4 // PadN over the other 4
+		case unix.IPPROTO_ROUTING:
+			h[2], h[3] = 0, 0 // type 0, no segments left
+		case unix.IPPROTO_FRAGMENT:
+			h[1] = 0
+			binary.BigEndian.PutUint32(h[4:], 0x3600)
+		}
+		chain = append(chain, h...)
+	}
+	first := uint8(unix.IPPROTO_TCP)
+	if len(exts) > 0 {
+		first = exts[0]
+	}
+	h := make([]byte, 40)
+	h[0] = 0x60
+	binary.BigEndian.PutUint16(h[4:], uint16(len(chain)+len(seg)))
+	h[6], h[7] = first, 64
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	copy(h[8:], s[:])
+	copy(h[24:], d[:])
+	return append(append(h, chain...), seg...)
+}
+
+// review36Run6 is review36Run's outbound half over IPv6, with extension
+// headers: ip6tables' early returns take a packet only without a routing
+// header (xt_ipv6header ! --header ipv6-route --soft), wherever it is in
+// the chain.
+func review36Run6(t *testing.T, restore string, spec ruleSpec, early bool) (map[string]string, int) {
+	tp := newTopo(t)
+	for _, args := range [][]string{
+		{"-n", tp.a, "addr", "add", addrA6 + "/64", "dev", tp.vethA, "nodad"},
+		{"-n", tp.b, "addr", "add", addrB6 + "/64", "dev", tp.vethB, "nodad"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	r := spec.iptablesRules(true, nil, map[string]bool{})
+	if !early {
+		r = withoutEarlyReturns(spec, true, r)
+	}
+	r += "*mangle\n" +
+		"-A OUTPUT -p tcp -m tcp --sport 40000:41999 -j CONNMARK --set-xmark 0x10000000/0x70000000\n" +
+		"COMMIT\n"
+	c := exec.Command("ip", "netns", "exec", tp.a, strings.Replace(restore, "iptables", "ip6tables", 1), "-w", "--noflush")
+	c.Stdin = strings.NewReader(r)
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s\n%s", restore, err, out, r)
+	}
+	a, b := netip.MustParseAddr(addrA6), netip.MustParseAddr(addrB6)
+	var sink, raw int
+	if err := inNS(tp.b, func() error {
+		var err error
+		sink, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sink)
+	unix.SetsockoptInt(sink, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+	tv := unix.Timeval{Usec: 100000}
+	unix.SetsockoptTimeval(sink, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	if err := inNS(tp.a, func() error {
+		var err error
+		raw, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(raw)
+	type cs struct {
+		name string
+		port uint16
+	}
+	var cases []cs
+	sendErr := map[uint16]string{}
+	exts := []review36Ext{nil, {unix.IPPROTO_ROUTING}, {unix.IPPROTO_HOPOPTS}, {unix.IPPROTO_DSTOPTS},
+		{unix.IPPROTO_HOPOPTS, unix.IPPROTO_ROUTING}, {unix.IPPROTO_DSTOPTS, unix.IPPROTO_ROUTING},
+		{unix.IPPROTO_FRAGMENT}, {unix.IPPROTO_ROUTING, unix.IPPROTO_FRAGMENT}, {unix.IPPROTO_HOPOPTS, unix.IPPROTO_DSTOPTS, unix.IPPROTO_ROUTING}}
+	marks := []uint32{0, MarkAllow, MarkReject, MarkFastAllow, MarkFastRedecide, MarkFastFlow, 0x6d6f6c65}
+	flags := []uint8{tcpSYN, tcpSYN | tcpACK, tcpACK, tcpSYN | tcpFIN, tcpSYN | tcpRST, 0, tcpRST}
+	n := map[uint16]int{}
+	for _, base := range []uint16{50000, 40000} {
+		for _, m := range marks {
+			if err := unix.SetsockoptInt(raw, unix.SOL_SOCKET, unix.SO_MARK, int(m)); err != nil {
+				t.Fatal(err)
+			}
+			for _, dport := range []uint16{80, 53} {
+				for _, e := range exts {
+					for _, f := range flags {
+						sport := base + uint16(n[base])
+						n[base]++
+						name := fmt.Sprintf("v6 out base %d mark %#x dport %d exts %v flags %#x", base, m, dport, []uint8(e), f)
+						cases = append(cases, cs{name, sport})
+						pkt := review36Packet6(netip.AddrPortFrom(a, sport), netip.AddrPortFrom(b, dport), f, e)
+						if err := unix.Sendto(raw, pkt, 0, &unix.SockaddrInet6{Addr: b.As16()}); err != nil {
+							sendErr[sport] = err.Error()
+						}
+					}
+				}
+			}
+		}
+	}
+	// IPv6 raw sockets read from the transport header: the segment's
+	// source port is what arrived (from A: only A sends here).
+	got := map[uint16]bool{}
+	buf := make([]byte, 2000)
+	quiet := time.Now().Add(400 * time.Millisecond)
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(quiet) && time.Now().Before(end); {
+		k, from, err := unix.Recvfrom(sink, buf, 0)
+		if err != nil || k < 20 {
+			continue
+		}
+		if sa, ok := from.(*unix.SockaddrInet6); !ok || netip.AddrFrom16(sa.Addr) != a {
+			continue
+		}
+		quiet = time.Now().Add(400 * time.Millisecond)
+		got[binary.BigEndian.Uint16(buf[0:])] = true
+	}
+	fate := map[string]string{}
+	for _, c := range cases {
+		f := map[bool]string{true: "delivered", false: "stopped"}[got[c.port]]
+		if e := sendErr[c.port]; e != "" {
+			f += ", send: " + e
+		}
+		fate[c.name] = f
+	}
+	return fate, len(got)
+}
+
+// TestReview36EarlyReturnsSameFateIPv6: the same over IPv6 with extension
+// headers before the segment (ip6tables-nft, -legacy).
+func TestReview36EarlyReturnsSameFateIPv6(t *testing.T) {
+	spec := ruleSpec{queue: testQueue, exemptLoopback: true, dnsLogGroup: DefaultDNSLogGroup,
+		fastTCP: true, notrack: true, inbound: true}
+	for _, restore := range []string{"iptables-nft-restore", "iptables-legacy-restore"} {
+		t.Run(restore, func(t *testing.T) {
+			if _, err := exec.LookPath(restore); err != nil {
+				t.Skipf("needs %s", restore)
+			}
+			with, nw := review36Run6(t, restore, spec, true)
+			without, nwo := review36Run6(t, restore, spec, false)
+			if nw == 0 || nwo == 0 {
+				t.Fatalf("nothing delivered (%d with, %d without): the test sees nothing", nw, nwo)
+			}
+			var diffs []string
+			for name, f := range without {
+				if with[name] != f {
+					diffs = append(diffs, fmt.Sprintf("%s: %s before the early returns, %s with them", name, f, with[name]))
+				}
+			}
+			sort.Strings(diffs)
+			for _, d := range diffs {
+				t.Error(d)
+			}
+			count := map[string]int{}
+			for _, f := range with {
+				count[f]++
+			}
+			t.Logf("%d cases, fates with the early returns: %v", len(with), count)
+		})
+	}
+}
