@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -130,9 +131,15 @@ var review36Flags = []uint8{tcpSYN, tcpSYN | tcpACK, tcpACK, tcpSYN | tcpFIN, tc
 // with others) and 44000-45999 (MarkReject).
 func review36Install(t *testing.T, ns, restore string, spec ruleSpec, early bool) {
 	t.Helper()
-	r := spec.iptablesRules(false, nil, map[string]bool{})
-	if !early {
-		r = withoutEarlyReturns(spec, false, r)
+	var r string
+	if restore == "nft" {
+		review36Nft(t, ns, spec, early)
+		restore = "iptables-nft-restore"
+	} else {
+		r = spec.iptablesRules(false, nil, map[string]bool{})
+		if !early {
+			r = withoutEarlyReturns(spec, false, r)
+		}
 	}
 	r += "*mangle\n" +
 		"-A OUTPUT -p tcp -m tcp --sport 40000:41999 -j CONNMARK --set-xmark 0x10000000/0x70000000\n" +
@@ -299,7 +306,7 @@ func review36Run(t *testing.T, restore string, spec ruleSpec, early bool) (map[s
 func TestReview36EarlyReturnsSameFate(t *testing.T) {
 	spec := ruleSpec{queue: testQueue, exemptLoopback: true, dnsLogGroup: DefaultDNSLogGroup,
 		fastTCP: true, notrack: true, inbound: true}
-	for _, restore := range []string{"iptables-nft-restore", "iptables-legacy-restore"} {
+	for _, restore := range []string{"iptables-nft-restore", "iptables-legacy-restore", "nft"} {
 		t.Run(restore, func(t *testing.T) {
 			if _, err := exec.LookPath(restore); err != nil {
 				t.Skipf("needs %s", restore)
@@ -397,6 +404,10 @@ func review36Run6(t *testing.T, restore string, spec ruleSpec, early bool) (map[
 	if !early {
 		r = withoutEarlyReturns(spec, true, r)
 	}
+	if restore == "nft" {
+		review36Nft(t, tp.a, spec, early)
+		r, restore = "", "iptables-nft-restore"
+	}
 	r += "*mangle\n" +
 		"-A OUTPUT -p tcp -m tcp --sport 40000:41999 -j CONNMARK --set-xmark 0x10000000/0x70000000\n" +
 		"COMMIT\n"
@@ -491,7 +502,7 @@ func review36Run6(t *testing.T, restore string, spec ruleSpec, early bool) (map[
 func TestReview36EarlyReturnsSameFateIPv6(t *testing.T) {
 	spec := ruleSpec{queue: testQueue, exemptLoopback: true, dnsLogGroup: DefaultDNSLogGroup,
 		fastTCP: true, notrack: true, inbound: true}
-	for _, restore := range []string{"iptables-nft-restore", "iptables-legacy-restore"} {
+	for _, restore := range []string{"iptables-nft-restore", "iptables-legacy-restore", "nft"} {
 		t.Run(restore, func(t *testing.T) {
 			if _, err := exec.LookPath(restore); err != nil {
 				t.Skipf("needs %s", restore)
@@ -643,4 +654,37 @@ func review36CtMarks(t *testing.T, ns string) map[string]string {
 		t.Fatalf("no conntrack entries in %s: %s", ns, out)
 	}
 	return marks
+}
+
+// review36Nft puts spec's nftables ruleset into ns, its queue rules dropping
+// instead (this kernel has no nft_queue; a queue without a reader drops too),
+// without the early returns (nftEarlyReturns, nftEarlyReturnsIn: the
+// ruleset before them, which had nothing else of issue 9's) unless early.
+func review36Nft(t *testing.T, ns string, spec ruleSpec, early bool) {
+	t.Helper()
+	rules := regexp.MustCompile(`queue num \d+( bypass)?`).ReplaceAllString(spec.nftRules(), "counter drop")
+	if !early {
+		n := 0
+		for _, chain := range []struct {
+			name  string
+			rules []string
+		}{{"output", spec.nftEarlyReturns()}, {"input", spec.nftEarlyReturnsIn()}} {
+			for _, e := range chain.rules {
+				l := "add rule inet latch " + chain.name + " " + e + "\n"
+				if !strings.Contains(rules, l) {
+					t.Fatalf("no %q in the nft ruleset", l)
+				}
+				rules = strings.Replace(rules, l, "", 1)
+				n++
+			}
+		}
+		if n == 0 {
+			t.Fatal("no early returns to take out")
+		}
+	}
+	c := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	c.Stdin = strings.NewReader(rules)
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("nft -f: %v: %s\n%s", err, out, rules)
+	}
 }
