@@ -11,7 +11,14 @@
 // where the kernel's nftables can queue natively. With Config.Hostnames, LATCH-OUT
 // first copies every DNS query (UDP and TCP to port 53, conntrack direction original)
 // and LATCH-IN every DNS response on a flow this host opened to the NFLOG group
-// DNSLogGroup. Then, in order, LATCH-OUT:
+// DNSLogGroup. Then LATCH-OUT returns at once, in its first rules, what the
+// rules below would return unchanged, with no IPv4 options or IPv6 routing
+// header (the source-route rules below take no other): with notrack the fast
+// path's untracked TCP packets but SYNs (MarkFastFlow) and its SYN
+// (MarkFastAllow, with the lease), and a TCP packet but a SYN of a flow whose
+// conntrack mark says it was allowed, not marked MarkReject (iptablesEarlyReturns
+// in firewall_linux.go: why nothing below could act on them; most packets out
+// walk one to three rules). Then, in order, LATCH-OUT:
 //
 //  1. returns for loopback (Config.ExemptLoopback: what leaves by lo, not
 //     DNAT'd or DNAT'd to a local address, since -o is the route's before
@@ -351,7 +358,9 @@
 //     only a packet that carries no mark yet is looked at (one another program
 //     marked keeps its mark, and is tracked), and LATCH-RAW-SK puts the mark
 //     back to 0 unless the socket's is a fast one, in which case the packet
-//     keeps just latch's mark (its socket's other bits are dropped);
+//     keeps just latch's mark (its socket's other bits are dropped); a packet
+//     whose socket has no mark (mark 0 after the socket match) does not jump
+//     there at all;
 //   - with Config.Hostnames, TCP to and from port 53 stays tracked (the DNS
 //     log's rules follow conntrack's direction).
 //

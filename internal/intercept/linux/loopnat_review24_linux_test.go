@@ -551,9 +551,12 @@ func TestLoopbackPostChainRemoved(t *testing.T) {
 func TestLoopbackPostEveryRuleset(t *testing.T) {
 	setIpt := fmt.Sprintf("CONNMARK --set-xmark %#x/%#x", MarkLoopbackExempt, MarkMask)
 	setNft := fmt.Sprintf("ct mark set ct mark & %#x | %#x", ^MarkMask, MarkLoopbackExempt)
-	post := "*mangle\n:LATCH-POST - [0:0]\n-I POSTROUTING 1 -j LATCH-POST\n-A LATCH-POST ! -o lo -m connmark --mark 0x60000000/0x60000000 -j DROP\n" +
+	postRules := "-A LATCH-POST ! -o lo -m connmark --mark 0x60000000/0x60000000 -j DROP\n" +
 		"-A LATCH-POST ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/0x70000000 -m owner ! --socket-exists -m addrtype ! --src-type LOCAL,ANYCAST -j RETURN\n" +
 		"-A LATCH-POST ! -o lo -m conntrack --ctstate UNTRACKED -m mark --mark 0x0/0x70000000 -m addrtype --dst-type LOCAL -j DROP\nCOMMIT\n"
+	// With notrack, the fast path's untracked packets return first (issue 9).
+	postHead := "*mangle\n:LATCH-POST - [0:0]\n-I POSTROUTING 1 -j LATCH-POST\n"
+	postFast := "-A LATCH-POST -m conntrack --ctstate UNTRACKED -m mark ! --mark 0x0/0x70000000 -j RETURN\n"
 	nftPostChain := "add chain inet latch postrouting { type filter hook postrouting priority filter; policy accept; }\n" +
 		"add rule inet latch postrouting ct mark & 0x60000000 == 0x60000000 oifname != \"lo\" drop\n" +
 		"add chain inet latch postrouting-local\n" +
@@ -561,6 +564,10 @@ func TestLoopbackPostEveryRuleset(t *testing.T) {
 		"add rule inet latch postrouting-local meta skuid >= 0 drop\n" +
 		"add rule inet latch postrouting-local fib saddr type { local, anycast } drop\n"
 	everyRuleSpec(t, ruleSpec{queue: 7}, func(spec ruleSpec, names []string) {
+		post := postHead + postRules
+		if spec.notrack {
+			post = postHead + postFast + postRules
+		}
 		for _, v := range []struct {
 			name, rules, set, post string
 		}{
