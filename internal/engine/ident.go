@@ -268,7 +268,8 @@ func cmdlineMatch(pattern, s string) bool {
 }
 
 // pinNote says why no pinned rule for req's executable matched, for the question: the
-// file changed since it was pinned, or latch is still hashing it; "" if no pinned
+// file changed since it was pinned, latch is still hashing it or will not hash it
+// (Request.ExeHashNote); "" if no pinned
 // rule names the executable.
 func (m *matcher) pinNote(req *Request) string {
 	exe := req.appExe()
@@ -278,6 +279,9 @@ func (m *matcher) pinNote(req *Request) string {
 	for _, c := range m.pinned {
 		if c.SHA256 == "" || c.app == nil || c.app.glob || !c.app.match(exe) || c.SHA256 == req.ExeSHA256 {
 			continue
+		}
+		if req.ExeSHA256 == "" && req.ExeHashNote != "" {
+			return "latch does not hash the program at " + exe + " (" + req.ExeHashNote + "): its pinned rule cannot match it"
 		}
 		if req.ExeSHA256 == "" {
 			return "latch is still hashing the program at " + exe + " (it has a pinned rule): asking meanwhile"

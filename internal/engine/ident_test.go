@@ -240,6 +240,9 @@ func TestPinnedRule(t *testing.T) {
 	req := func(h string, port string) *Request {
 		r := reqTo("/home/a/bin/tool", "198.18.0.1:"+port)
 		r.ExeSHA256 = h
+		if h == "-" {
+			r.ExeSHA256, r.ExeHashNote = "", "2147483648 bytes, over the 1073741824 latch hashes"
+		}
 		return r
 	}
 	if v := decideNow(t, e, req(sum, "1")); v.Reason != ReasonRule {
@@ -248,6 +251,7 @@ func TestPinnedRule(t *testing.T) {
 	for _, c := range []struct{ hash, port, note string }{
 		{other, "2", "the program at /home/a/bin/tool changed since you allowed it"},
 		{"", "3", "latch is still hashing the program at /home/a/bin/tool (it has a pinned rule): asking meanwhile"},
+		{"-", "4", "latch does not hash the program at /home/a/bin/tool (2147483648 bytes, over the 1073741824 latch hashes): its pinned rule cannot match it"},
 	} {
 		e.Decide(req(c.hash, c.port), func(Verdict) {})
 		ps := e.Prompts()

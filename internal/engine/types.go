@@ -248,6 +248,9 @@ type Request struct {
 	// ExeSHA256 is the SHA-256 (lower-case hex) of the file the process executes,
 	// "" while latch is hashing it (a pinned rule then does not match).
 	ExeSHA256 string `json:"exe_sha256,omitempty"`
+	// ExeHashNote says why ExeSHA256 is "" for good (the file is too large to
+	// hash: a pinned rule never matches it); "" while latch is hashing it.
+	ExeHashNote string `json:"exe_hash_note,omitempty"`
 
 	// matchShared is Config.HostRulesMatchShared of the engine deciding the request,
 	// set by Decide.

@@ -116,6 +116,7 @@ type Process struct {
 	AppID         string        `json:"app_id,omitempty"`        // flatpak or snap app id (cgroup name)
 	Parents       []string      `json:"parents,omitempty"`       // ancestors' executables, parent first; "" where not verified
 	ExeSHA256     string        `json:"exe_sha256,omitempty"`    // the executable's SHA-256 (hex); "" while it is being hashed
+	ExeHashNote   string        `json:"exe_hash_note,omitempty"` // why ExeSHA256 is "" for good (too large to hash)
 	ExeFile       engine.FileID `json:"-"`                       // the executable file as the kernel names it; zero: unknown
 	// Cookie is the socket's cookie (sock_diag), whether or not its process
 	// was found; 0: no socket found.

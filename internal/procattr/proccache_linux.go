@@ -252,6 +252,9 @@ func (e *procEntry) process(p *Process) {
 	p.Cmdline = e.cmdline
 	p.Unit, p.AppID, p.Parents = e.unit, e.appID, e.parents
 	p.ExeSHA256 = hashes.lookup(e.hashKey, e.dir.pid)
+	if p.ExeSHA256 == "" {
+		p.ExeHashNote = hashes.note(e.hashKey)
+	}
 	p.ExeFile = engine.FileID{Dev: e.file.dev, Ino: e.file.ino, Mnt: e.exeOldMnt}
 	p.Comm = e.comm
 }

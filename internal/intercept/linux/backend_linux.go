@@ -961,7 +961,7 @@ func (b *Backend) attribute(req *engine.Request, ifindex int, sender *stashSende
 	req.Identity, req.Container, req.IdentityNote = p.Identity, p.Container, p.IdentityNote
 	req.ContainerName = p.ContainerName
 	req.Unit, req.AppID, req.Parents = p.Unit, p.AppID, p.Parents
-	req.ExeSHA256, req.ExeFile = p.ExeSHA256, p.ExeFile
+	req.ExeSHA256, req.ExeHashNote, req.ExeFile = p.ExeSHA256, p.ExeHashNote, p.ExeFile
 	if req.UID < 0 && p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}
@@ -1022,7 +1022,7 @@ func (b *Backend) openerOf(req *engine.Request, hasPayload bool) {
 	req.Identity, req.Container, req.IdentityNote = old.Identity, old.Container, old.IdentityNote
 	req.ContainerName = old.ContainerName
 	req.Unit, req.AppID, req.Parents = old.Unit, old.AppID, old.Parents
-	req.ExeSHA256, req.ExeFile = old.ExeSHA256, old.ExeFile
+	req.ExeSHA256, req.ExeHashNote, req.ExeFile = old.ExeSHA256, old.ExeHashNote, old.ExeFile
 	req.UID = old.UID
 }
 
@@ -1126,7 +1126,7 @@ func (b *Backend) attributeForwarded(fr ForwardResolver, req *engine.Request) {
 	// The rest of the identity too, as for a local socket: --unit, --parent,
 	// --app-id and pinned rules apply to forwarded connections alike.
 	req.Unit, req.AppID, req.Parents = p.Unit, p.AppID, p.Parents
-	req.ExeSHA256, req.ExeFile = p.ExeSHA256, p.ExeFile
+	req.ExeSHA256, req.ExeHashNote, req.ExeFile = p.ExeSHA256, p.ExeHashNote, p.ExeFile
 	if p.PID != 0 && p.UID >= 0 {
 		req.UID = p.UID
 	}
