@@ -26,7 +26,13 @@ type miniFUSE struct {
 	f     *os.File
 	attrT time.Time
 	data  atomic.Pointer[[]byte]
-	wg    sync.WaitGroup
+	// stall: GETATTR requests get no answer (until the file system is unmounted).
+	stall atomic.Bool
+	// stalled are the requests not answered (their unique ids), answered with EIO
+	// by unstall.
+	mu      sync.Mutex
+	stalled []uint64
+	wg      sync.WaitGroup
 }
 
 const (
@@ -60,13 +66,39 @@ func mountMiniFUSE(t *testing.T, dir string, prog []byte, attrT time.Time) *mini
 	m.wg.Add(1)
 	go m.serve()
 	t.Cleanup(func() {
+		// A request the server has read is waited for uninterruptibly (not even
+		// SIGKILL ends it): answer what was stalled, or this process never exits.
+		m.unstall()
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
 			t.Logf("unmount %s: %v", dir, err)
 		}
 		f.Close()
-		m.wg.Wait()
+		done := make(chan struct{})
+		go func() { m.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Logf("the FUSE server did not stop within 5 s")
+		}
 	})
 	return m
+}
+
+// unstall stops stalling GETATTR and answers the stalled requests with EIO.
+func (m *miniFUSE) unstall() {
+	m.stall.Store(false)
+	m.mu.Lock()
+	ids := m.stalled
+	m.stalled = nil
+	m.mu.Unlock()
+	for _, u := range ids {
+		hdr := make([]byte, 16)
+		binary.LittleEndian.PutUint32(hdr[0:], 16)
+		eio := -int32(syscall.EIO)
+		binary.LittleEndian.PutUint32(hdr[4:], uint32(eio))
+		binary.LittleEndian.PutUint64(hdr[8:], u)
+		m.f.Write(hdr)
+	}
 }
 
 func (m *miniFUSE) attr(b []byte, ino uint64) {
@@ -130,6 +162,12 @@ func (m *miniFUSE) serve() {
 			ne.PutUint64(out[0:], 2) // nodeid; entry and attr valid 0: asked each time
 			m.attr(out[40:], 2)
 		case fuseGetattr:
+			if m.stall.Load() {
+				m.mu.Lock()
+				m.stalled = append(m.stalled, unique)
+				m.mu.Unlock()
+				continue
+			}
 			out = make([]byte, 104)
 			m.attr(out[16:], node)
 		case fuseOpen, fuseOpendir:
@@ -249,4 +287,77 @@ func TestReview37FUSEKeepsHashForNewBytes(t *testing.T) {
 		t.Fatalf("a program on FUSE whose bytes hash to %x got the hash %s of the bytes the file held before (same stat key: %v): a rule pinned to that hash matches it",
 			osum, h1, k1 == k2)
 	}
+}
+
+// TestReview37FUSEStallsAttribution (review 37, high: any local user who may mount
+// FUSE stops every connection of the host): attribution stats the executable of the
+// process that made a connection (readEntry: statx of /proc/PID/exe in exeFileID,
+// exeOldMountID, verifyExe's path, exeHashKey), without AT_STATX_DONT_SYNC. For a
+// file on FUSE whose server gives its attributes no validity (attr_valid 0) every
+// statx is a GETATTR request to that server, and a server that never answers it
+// holds the daemon's thread in the kernel: once the server has read the request it
+// is waited for uninterruptibly, not even SIGKILL ends it, so the daemon cannot be
+// restarted either (its process stays a zombie, as this test's did before it
+// answered in its cleanup) until the server answers or root writes to
+// /sys/fs/fuse/connections/N/abort. The queue has 4 readers (maxReaders): four connections of
+// programs run from such a mount (fusermount3 is setuid root on desktops; an
+// unprivileged user namespace may mount FUSE itself, and /proc/PID/exe reaches the
+// file from the daemon's mount namespace) leave no reader, and every connection of
+// every user waits (fail-closed) for as long as the user likes. fix34d's hash
+// timeout covers the hashing read only, not these stats.
+//
+// Fails on main: readEntry of a process run from the stalling mount has not
+// returned after 3 s (it returns when the test unmounts).
+//
+// Fix: statx /proc/PID/exe with AT_STATX_DONT_SYNC (the kernel's cached attributes:
+// FUSE sends no request), take the file's identity from the eBPF hook's record of
+// exec, and do not read or stat on the packet path what a user's file system
+// serves (or do it in a bounded pool off the queue readers, with a deadline after
+// which the connection is decided as unattributed).
+func TestReview37FUSEStallsAttribution(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE")
+	}
+	orig, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	fs := mountMiniFUSE(t, dir, orig, time.Now().Add(-time.Hour))
+	cmd := exec.Command(filepath.Join(dir, "prog"), "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("exec on FUSE: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	fs.stall.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		d, err := openProcDir(int32(cmd.Process.Pid))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer d.close()
+		_, err = readEntry(d)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Logf("readEntry: %v", err)
+		return
+	case <-time.After(3 * time.Second):
+		t.Errorf("attribution of a process whose executable is on a FUSE mount that does not answer GETATTR has not returned after 3 s: a queue reader would be stuck (4 such connections stop the queue)")
+	}
+	// Let it go (answer the stalled requests), repeatedly: each stat of readEntry
+	// is another request.
+	fs.stall.Store(false)
+	for range 50 {
+		fs.unstall()
+		select {
+		case <-done:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Errorf("readEntry still stuck after the stalled requests were answered")
 }
