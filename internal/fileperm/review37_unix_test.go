@@ -5,6 +5,7 @@ package fileperm
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -45,5 +46,23 @@ func TestReview37ChainedSymlinkUnchecked(t *testing.T) {
 	}
 	if err := CheckParents(filepath.Join(etc, "latch", "config.toml")); err == nil {
 		t.Fatalf("a path through root's link to a link of uid 65534 in its own directory passed CheckParents: that user may retarget it")
+	}
+}
+
+// TestCheckParentsLinkLoop: a loop of symbolic links on the way is an error after
+// maxLinks hops, not a hang; a relative link in a trusted directory to a trusted
+// directory passes.
+func TestCheckParentsLinkLoop(t *testing.T) {
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	os.Symlink("b", filepath.Join(root, "a"))
+	os.Symlink("a", filepath.Join(root, "b"))
+	if err := CheckParents(filepath.Join(root, "a", "config.toml")); err == nil || !strings.Contains(err.Error(), "symbolic links") {
+		t.Errorf("a link loop: %v", err)
+	}
+	os.Mkdir(filepath.Join(root, "real"), 0o755)
+	os.Symlink("./real/../real", filepath.Join(root, "rel"))
+	if err := CheckParents(filepath.Join(root, "rel", "config.toml")); err != nil {
+		t.Errorf("a relative link to a trusted directory: %v", err)
 	}
 }
