@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
+
+	"github.com/latchfw/latch/internal/fileperm"
 )
 
 // MaxFileSize bounds a list: 64 MiB holds well over a million domains.
@@ -22,6 +24,22 @@ func ReadFile(path string) ([]byte, error) { return readRegular(path, clientOpen
 // too.
 func readOwn(path string) ([]byte, error) { return readRegular(path, daemonOpenFlags) }
 
+// readOlder reads a list file an older latch's lists file names, with the daemon's
+// (root's) rights, which a client may have named when the daemon still read its
+// files (review 37): only where nobody but root could have chosen what it is — no
+// symbolic link anywhere on the path, every directory root's and not open to
+// others' writes, the file root's (fileperm.OpenTrusted). Any other is not read, and
+// the error says to add the list again (the client then reads it with its user's
+// rights).
+func readOlder(path string) ([]byte, error) {
+	f, err := fileperm.OpenTrusted(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w; not read by the daemon: re-add the list with `latch lists add`", err)
+	}
+	defer f.Close()
+	return readOpen(path, f)
+}
+
 func readRegular(path string, flags int) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|flags, 0)
 	if errors.Is(err, syscall.ELOOP) && flags&noFollow != 0 {
@@ -31,6 +49,12 @@ func readRegular(path string, flags int) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return readOpen(path, f)
+}
+
+// readOpen reads the open file f (at path) if it is a regular file of at most
+// MaxFileSize bytes.
+func readOpen(path string, f *os.File) ([]byte, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err

@@ -78,7 +78,8 @@ type Manager struct {
 // A list that cannot be read or parsed now is kept (and shown with its error), not
 // applied; the daemon starts. A list of an older latch's lists file has no copy: its
 // file is read once (only a regular file, no symbolic link, no FIFO; an error does
-// not quote the file) and copied.
+// not quote the file) and copied, if nobody but root could have chosen the file
+// (readOlder); any other is not applied until a client adds it again.
 func Open(stateDir string, eng *engine.Engine, logf func(string, ...any)) (*Manager, error) {
 	m := &Manager{file: filepath.Join(stateDir, FileName), dir: filepath.Join(stateDir, CopyDir), eng: eng, lists: map[string]loaded{}}
 	data, err := readOwn(m.file)
@@ -103,7 +104,7 @@ func Open(stateDir string, eng *engine.Engine, logf func(string, ...any)) (*Mana
 		if s.Copy != "" {
 			data, err = m.readCopy(s.Copy)
 		} else {
-			data, err = readOwn(s.Path)
+			data, err = readOlder(s.Path)
 		}
 		var l *List
 		if err == nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/latchfw/latch/internal/engine"
@@ -58,5 +59,54 @@ func TestReview37MigrationFollowsMemberDirSymlink(t *testing.T) {
 	}
 	if ls[0].Error == "" || ls[0].Stats.Domains != 0 {
 		t.Fatalf("a member's older list through its directory, a symbolic link to root's 0700 directory, was read with root's rights and is in force: %+v", ls[0])
+	}
+}
+
+// TestOlderListsFileTrust: a list file of an older latch's lists file is read by the
+// daemon only where nobody but root could have chosen it. A root-owned file in root's
+// directories is copied as before; a file a member owns in root's directory, one
+// reached through a symbolic link anywhere on the path (even root's own) or through a
+// directory others may write is not read, and `latch lists` says to add it again.
+func TestOlderListsFileTrust(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	state := t.TempDir()
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	etc := filepath.Join(root, "etc")
+	os.Mkdir(etc, 0o755)
+	good := filepath.Join(etc, "good.txt")
+	os.WriteFile(good, []byte("good.example\n"), 0o644)
+	theirs := filepath.Join(etc, "theirs.txt")
+	os.WriteFile(theirs, []byte("theirs.example\n"), 0o644)
+	os.Chown(theirs, 65534, 65534)
+	os.Symlink(etc, filepath.Join(root, "etclink"))
+	open := filepath.Join(root, "open")
+	os.Mkdir(open, 0o755)
+	os.Chmod(open, 0o777)
+	os.WriteFile(filepath.Join(open, "l.txt"), []byte("open.example\n"), 0o644)
+	srcs := []Source{
+		{"good", good, engine.Deny},
+		{"theirs", theirs, engine.Deny},
+		{"vialink", filepath.Join(root, "etclink", "good.txt"), engine.Deny},
+		{"open", filepath.Join(open, "l.txt"), engine.Deny},
+		{"relative", "etc/good.txt", engine.Deny},
+	}
+	data, _ := json.Marshal(map[string]any{"version": 1, "lists": srcs})
+	os.WriteFile(filepath.Join(state, FileName), data, 0o600)
+	m, _ := openManager(t, state)
+	want := map[string]string{"good": "", "theirs": "uid 65534", "vialink": "symbolic link", "open": "group or others may write", "relative": "absolute"}
+	for _, in := range m.Lists() {
+		w := want[in.Name]
+		if w == "" {
+			if in.Error != "" || in.Stats.Domains != 1 {
+				t.Errorf("list %s: %+v, want it copied and in force", in.Name, in)
+			}
+			continue
+		}
+		if !strings.Contains(in.Error, w) || !strings.Contains(in.Error, "latch lists add") || in.Stats.Domains != 0 {
+			t.Errorf("list %s: %+v, want not applied, saying %q and to re-add it", in.Name, in, w)
+		}
 	}
 }

@@ -10,3 +10,6 @@ func checkInfo(path string, st os.FileInfo) error { return nil }
 
 // checkParents: as checkInfo, the ACL of %ProgramData%\latch is what protects it.
 func checkParents(path string) error { return nil }
+
+// openTrusted: as checkInfo, the ACL of %ProgramData%\latch is what protects it.
+func openTrusted(path string) (*os.File, error) { return os.Open(path) }
