@@ -73,8 +73,8 @@ func TestOneUserCannotLockOthersOut(t *testing.T) {
 	}
 }
 
-// TestTotalBound: connections beyond Total wait in the kernel's queue, and are
-// served once others close.
+// TestTotalBound: a connection beyond Total of a peer that holds them all is
+// refused (it may not close its own others), and served once one of them closes.
 func TestTotalBound(t *testing.T) {
 	addr := serveLimited(t, Limit{Total: 2, PerPeer: 2})
 	var held []net.Conn
@@ -86,14 +86,66 @@ func TestTotalBound(t *testing.T) {
 		defer c.Close()
 		held = append(held, c)
 	}
+	time.Sleep(100 * time.Millisecond) // both accepted
 	c := &http.Client{Timeout: 700 * time.Millisecond}
 	if _, err := c.Get("http://" + addr + "/"); err == nil {
 		t.Fatal("a third connection was served while two were held with Total 2")
 	}
 	held[0].Close()
-	c.Timeout = 3 * time.Second
-	if _, err := c.Get("http://" + addr + "/"); err != nil {
-		t.Fatalf("after one of two held connections closed: %v", err)
+	var err error
+	for range 30 { // the server sees the close when it reads EOF
+		time.Sleep(100 * time.Millisecond)
+		if _, err = c.Get("http://" + addr + "/"); err == nil {
+			return
+		}
+	}
+	t.Fatalf("after one of two held connections closed: %v", err)
+}
+
+// TestFewPeersCannotFillTotal: when peers holding most of Total fill it, a peer
+// holding none gets in at once, by the place of the least recently active
+// connection of the peer holding the most, not of its own kept-alive one. Fails on
+// the old code (the second connection waits for a slot until the client gives up).
+func TestFewPeersCannotFillTotal(t *testing.T) {
+	addr := serveLimited(t, Limit{Total: 4, PerPeer: 4})
+	holdAsNobody(t, addr, 3) // nobody (uid 65534): 3 silent connections, oldest first
+	// root: one kept-alive connection, used
+	mine, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	br := bufio.NewReader(mine)
+	get := func() error {
+		mine.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(mine, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	// Total is reached (3 + 1); a second root connection: root holds 1, nobody 3: in.
+	c := &http.Client{Timeout: 3 * time.Second}
+	began := time.Now()
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatalf("root's second connection while nobody holds 3 of Total 4: %v", err)
+	}
+	resp.Body.Close()
+	if d := time.Since(began); d > time.Second {
+		t.Fatalf("root's second connection served after %v", d)
+	}
+	c.CloseIdleConnections()
+	// root's kept-alive connection was not the one closed
+	if err := get(); err != nil {
+		t.Fatalf("root's first connection after its second got in: %v", err)
 	}
 }
 
