@@ -9,10 +9,15 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // holdAsNobody has user nobody open n connections to addr (or listen on it, with
@@ -200,4 +205,86 @@ func TestLoopbackHost(t *testing.T) {
 			t.Errorf("LoopbackHost(%q) = %v, want %v", host, got, want)
 		}
 	}
+}
+
+// dialAs opens a TCP connection to addr whose socket belongs to uid (its file's
+// credentials are the creating thread's fsuid), as if that user had opened it.
+func dialAs(uid int, addr string) (net.Conn, error) {
+	runtime.LockOSThread() // setfsuid is per thread: undo it before unlocking
+	defer runtime.UnlockOSThread()
+	unix.Setfsuid(uid)
+	defer unix.Setfsuid(0)
+	return net.DialTimeout("tcp", addr, time.Second)
+}
+
+// TestManyUidsChurnStillServeOthers: 40 uids (a user's subordinate uids) with one
+// connection each, against Total 8, reconnect at once whenever closed and send a
+// request every 200 ms, so each newcomer closes someone's connection: root's request
+// (an HTTP client retrying a failed connection, as a browser does) is still answered
+// within a few seconds.
+func TestManyUidsChurnStillServeOthers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for setfsuid")
+	}
+	addr := serveLimited(t, Limit{Total: 8, PerPeer: 2})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	var dials atomic.Int64
+	for u := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 2000; n++ { // bounded
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := dialAs(200000+u, addr)
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				dials.Add(1)
+				br := bufio.NewReader(c)
+				for {
+					c.SetDeadline(time.Now().Add(2 * time.Second))
+					if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+						break
+					}
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						break
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					select {
+					case <-stop:
+					case <-time.After(200 * time.Millisecond):
+						continue
+					}
+					break
+				}
+				c.Close()
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	c := &http.Client{Timeout: time.Second}
+	began := time.Now()
+	var err error
+	for try := 0; time.Since(began) < 5*time.Second; try++ {
+		var resp *http.Response
+		if resp, err = c.Get("http://" + addr + "/"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) == "hello" {
+				t.Logf("root served after %d tries, %v; the 40 uids dialled %d times", try+1, time.Since(began).Round(time.Millisecond), dials.Load())
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("root's request not answered within 5 s while 40 uids churn (%d dials): %v", dials.Load(), err)
 }
