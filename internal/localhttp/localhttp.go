@@ -214,7 +214,8 @@ func (c *limitConn) Close() error {
 }
 
 // peerKey names who is at the other end of c: "uid N" for a socket of this host
-// whose owner sock_diag tells (Linux), else "address IP".
+// whose owner sock_diag tells (Linux), N the user whose subordinate uid (/etc/subuid)
+// the owner is if it is one, else "address IP".
 func peerKey(c net.Conn) string {
 	ra, ok := c.RemoteAddr().(*net.TCPAddr)
 	la, lok := c.LocalAddr().(*net.TCPAddr)
@@ -222,7 +223,7 @@ func peerKey(c net.Conn) string {
 		return "peer " + c.RemoteAddr().String()
 	}
 	if uid, err := localPeerUID(la.AddrPort(), ra.AddrPort()); err == nil {
-		return fmt.Sprintf("uid %d", uid)
+		return fmt.Sprintf("uid %d", ownerUID(uid))
 	}
 	return "address " + ra.AddrPort().Addr().Unmap().String()
 }

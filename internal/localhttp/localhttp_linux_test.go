@@ -288,3 +288,46 @@ func TestManyUidsChurnStillServeOthers(t *testing.T) {
 	}
 	t.Fatalf("root's request not answered within 5 s while 40 uids churn (%d dials): %v", dials.Load(), err)
 }
+
+// TestSubuidsCountAsTheirOwner: the subordinate uids /etc/subuid gives a user count
+// as that user: 6 of them get PerPeer connections in all, not one each.
+func TestSubuidsCountAsTheirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for setfsuid")
+	}
+	f := t.TempDir() + "/subuid"
+	if err := os.WriteFile(f, []byte("# test\nnobody:300000:65536\n1234:400000:10\nbad line\nghost-user-x:500000:10\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := subuidFile
+	subuidFile = f
+	subuids.checked = time.Time{}
+	defer func() { subuidFile = old; subuids.checked = time.Time{} }()
+	for uid, want := range map[uint32]uint32{300000: 65534, 365535: 65534, 365536: 365536, 400009: 1234, 400010: 400010, 500001: 500001, 1000: 1000} {
+		if got := ownerUID(uid); got != want {
+			t.Errorf("ownerUID(%d) = %d, want %d", uid, got, want)
+		}
+	}
+	addr := serveLimited(t, Limit{Total: 8, PerPeer: 2})
+	var open []net.Conn
+	for i := range 6 {
+		c, err := dialAs(300000+i, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		open = append(open, c)
+	}
+	served := 0
+	for _, c := range open {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+			resp.Body.Close()
+			served++
+		}
+	}
+	if served != 2 {
+		t.Fatalf("%d of 6 connections of one user's subordinate uids served, want PerPeer 2", served)
+	}
+}
