@@ -299,10 +299,8 @@ func TestSubuidsCountAsTheirOwner(t *testing.T) {
 	if err := os.WriteFile(f, []byte("# test\nnobody:300000:65536\n1234:400000:10\nbad line\nghost-user-x:500000:10\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	old := subuidFile
-	subuidFile = f
-	subuids.checked = time.Time{}
-	defer func() { subuidFile = old; subuids.checked = time.Time{} }()
+	setSubuidFile(f)
+	defer setSubuidFile(subuidFile)
 	for uid, want := range map[uint32]uint32{300000: 65534, 365535: 65534, 365536: 365536, 400009: 1234, 400010: 400010, 500001: 500001, 1000: 1000} {
 		if got := ownerUID(uid); got != want {
 			t.Errorf("ownerUID(%d) = %d, want %d", uid, got, want)

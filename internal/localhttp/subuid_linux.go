@@ -14,7 +14,7 @@ import (
 // subuidFile lists each user's subordinate uids (shadow-utils' format), which
 // newuidmap lets that user map into a user namespace: a socket made there belongs to
 // one of them.
-var subuidFile = "/etc/subuid"
+const subuidFile = "/etc/subuid"
 
 // subuidRange is the uids [start, start+count) that owner may map.
 type subuidRange struct {
@@ -22,12 +22,20 @@ type subuidRange struct {
 	owner        uint32
 }
 
-var subuids struct {
+var subuids = struct {
 	mu      sync.Mutex
+	file    string
 	mtime   time.Time
 	size    int64
 	checked time.Time
 	ranges  []subuidRange
+}{file: subuidFile}
+
+// setSubuidFile makes ownerUID read file from now on (tests).
+func setSubuidFile(file string) {
+	subuids.mu.Lock()
+	subuids.file, subuids.checked = file, time.Time{}
+	subuids.mu.Unlock()
 }
 
 // parseSubuid reads subuid lines "USER:START:COUNT" (USER a name or a uid); lines it
@@ -71,7 +79,7 @@ func lookupUser(name string) (uint32, bool) {
 	return uint32(n), err == nil
 }
 
-// ownerUID is the user whose subordinate uid uid is (in subuidFile, read again when
+// ownerUID is the user whose subordinate uid uid is (in /etc/subuid, read again when
 // it changes, looked at once a second at most), else uid itself.
 func ownerUID(uid uint32) uint32 {
 	s := &subuids
@@ -79,13 +87,13 @@ func ownerUID(uid uint32) uint32 {
 	defer s.mu.Unlock()
 	if now := time.Now(); now.Sub(s.checked) >= time.Second {
 		s.checked = now
-		fi, err := os.Stat(subuidFile)
+		fi, err := os.Stat(s.file)
 		switch {
 		case err != nil:
 			s.ranges, s.mtime, s.size = nil, time.Time{}, 0
 		case !fi.ModTime().Equal(s.mtime) || fi.Size() != s.size:
 			s.mtime, s.size, s.ranges = fi.ModTime(), fi.Size(), nil
-			if data, err := os.ReadFile(subuidFile); err == nil && len(data) <= 1<<20 {
+			if data, err := os.ReadFile(s.file); err == nil && len(data) <= 1<<20 {
 				s.ranges = parseSubuid(data, lookupUser)
 			}
 		}
