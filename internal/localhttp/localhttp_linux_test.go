@@ -9,10 +9,15 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // holdAsNobody has user nobody open n connections to addr (or listen on it, with
@@ -73,8 +78,8 @@ func TestOneUserCannotLockOthersOut(t *testing.T) {
 	}
 }
 
-// TestTotalBound: connections beyond Total wait in the kernel's queue, and are
-// served once others close.
+// TestTotalBound: a connection beyond Total of a peer that holds them all is
+// refused (it may not close its own others), and served once one of them closes.
 func TestTotalBound(t *testing.T) {
 	addr := serveLimited(t, Limit{Total: 2, PerPeer: 2})
 	var held []net.Conn
@@ -86,14 +91,66 @@ func TestTotalBound(t *testing.T) {
 		defer c.Close()
 		held = append(held, c)
 	}
+	time.Sleep(100 * time.Millisecond) // both accepted
 	c := &http.Client{Timeout: 700 * time.Millisecond}
 	if _, err := c.Get("http://" + addr + "/"); err == nil {
 		t.Fatal("a third connection was served while two were held with Total 2")
 	}
 	held[0].Close()
-	c.Timeout = 3 * time.Second
-	if _, err := c.Get("http://" + addr + "/"); err != nil {
-		t.Fatalf("after one of two held connections closed: %v", err)
+	var err error
+	for range 30 { // the server sees the close when it reads EOF
+		time.Sleep(100 * time.Millisecond)
+		if _, err = c.Get("http://" + addr + "/"); err == nil {
+			return
+		}
+	}
+	t.Fatalf("after one of two held connections closed: %v", err)
+}
+
+// TestFewPeersCannotFillTotal: when peers holding most of Total fill it, a peer
+// holding none gets in at once, by the place of the least recently active
+// connection of the peer holding the most, not of its own kept-alive one. Fails on
+// the old code (the second connection waits for a slot until the client gives up).
+func TestFewPeersCannotFillTotal(t *testing.T) {
+	addr := serveLimited(t, Limit{Total: 4, PerPeer: 4})
+	holdAsNobody(t, addr, 3) // nobody (uid 65534): 3 silent connections, oldest first
+	// root: one kept-alive connection, used
+	mine, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	br := bufio.NewReader(mine)
+	get := func() error {
+		mine.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(mine, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	// Total is reached (3 + 1); a second root connection: root holds 1, nobody 3: in.
+	c := &http.Client{Timeout: 3 * time.Second}
+	began := time.Now()
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatalf("root's second connection while nobody holds 3 of Total 4: %v", err)
+	}
+	resp.Body.Close()
+	if d := time.Since(began); d > time.Second {
+		t.Fatalf("root's second connection served after %v", d)
+	}
+	c.CloseIdleConnections()
+	// root's kept-alive connection was not the one closed
+	if err := get(); err != nil {
+		t.Fatalf("root's first connection after its second got in: %v", err)
 	}
 }
 
@@ -147,5 +204,128 @@ func TestLoopbackHost(t *testing.T) {
 		if got := LoopbackHost(host); got != want {
 			t.Errorf("LoopbackHost(%q) = %v, want %v", host, got, want)
 		}
+	}
+}
+
+// dialAs opens a TCP connection to addr whose socket belongs to uid (its file's
+// credentials are the creating thread's fsuid), as if that user had opened it.
+func dialAs(uid int, addr string) (net.Conn, error) {
+	runtime.LockOSThread() // setfsuid is per thread: undo it before unlocking
+	defer runtime.UnlockOSThread()
+	unix.Setfsuid(uid)
+	defer unix.Setfsuid(0)
+	return net.DialTimeout("tcp", addr, time.Second)
+}
+
+// TestManyUidsChurnStillServeOthers: 40 uids (a user's subordinate uids) with one
+// connection each, against Total 8, reconnect at once whenever closed and send a
+// request every 200 ms, so each newcomer closes someone's connection: root's request
+// (an HTTP client retrying a failed connection, as a browser does) is still answered
+// within a few seconds.
+func TestManyUidsChurnStillServeOthers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for setfsuid")
+	}
+	addr := serveLimited(t, Limit{Total: 8, PerPeer: 2})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	var dials atomic.Int64
+	for u := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 2000; n++ { // bounded
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := dialAs(200000+u, addr)
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				dials.Add(1)
+				br := bufio.NewReader(c)
+				for {
+					c.SetDeadline(time.Now().Add(2 * time.Second))
+					if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+						break
+					}
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						break
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					select {
+					case <-stop:
+					case <-time.After(200 * time.Millisecond):
+						continue
+					}
+					break
+				}
+				c.Close()
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	c := &http.Client{Timeout: time.Second}
+	began := time.Now()
+	var err error
+	for try := 0; time.Since(began) < 5*time.Second; try++ {
+		var resp *http.Response
+		if resp, err = c.Get("http://" + addr + "/"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) == "hello" {
+				t.Logf("root served after %d tries, %v; the 40 uids dialled %d times", try+1, time.Since(began).Round(time.Millisecond), dials.Load())
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("root's request not answered within 5 s while 40 uids churn (%d dials): %v", dials.Load(), err)
+}
+
+// TestSubuidsCountAsTheirOwner: the subordinate uids /etc/subuid gives a user count
+// as that user: 6 of them get PerPeer connections in all, not one each.
+func TestSubuidsCountAsTheirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for setfsuid")
+	}
+	f := t.TempDir() + "/subuid"
+	if err := os.WriteFile(f, []byte("# test\nnobody:300000:65536\n1234:400000:10\nbad line\nghost-user-x:500000:10\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setSubuidFile(f)
+	defer setSubuidFile(subuidFile)
+	for uid, want := range map[uint32]uint32{300000: 65534, 365535: 65534, 365536: 365536, 400009: 1234, 400010: 400010, 500001: 500001, 1000: 1000} {
+		if got := ownerUID(uid); got != want {
+			t.Errorf("ownerUID(%d) = %d, want %d", uid, got, want)
+		}
+	}
+	addr := serveLimited(t, Limit{Total: 8, PerPeer: 2})
+	var open []net.Conn
+	for i := range 6 {
+		c, err := dialAs(300000+i, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		open = append(open, c)
+	}
+	served := 0
+	for _, c := range open {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+			resp.Body.Close()
+			served++
+		}
+	}
+	if served != 2 {
+		t.Fatalf("%d of 6 connections of one user's subordinate uids served, want PerPeer 2", served)
 	}
 }
