@@ -135,6 +135,12 @@ func unprivilegedUDP() int {
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Println("done")
+	// LATCH_TEST_UDP_LINGER: stay (the socket open) this long after the
+	// last datagram, so that the daemon finds its sender alive however late
+	// it reads the datagram (the test kills this child at its end).
+	if d, err := time.ParseDuration(os.Getenv("LATCH_TEST_UDP_LINGER")); err == nil {
+		time.Sleep(d)
+	}
 	return 0
 }
 

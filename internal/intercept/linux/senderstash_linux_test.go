@@ -84,14 +84,22 @@ func bindShared(t *testing.T, tp *topo, port int) int {
 // heldLine returns the daemon's last "held out" line for a datagram to to.
 func heldLine(t *testing.T, d *daemon, to string) string {
 	t.Helper()
-	var held string
-	for _, l := range d.linesFor(300 * time.Millisecond) {
-		if strings.HasPrefix(l, "held out ") && strings.Contains(l, " "+to+" ") {
+	// The first such line may come late on a loaded machine (CI runs the
+	// package in shards beside the others): wait up to 10 s for it, then
+	// 300 ms for any later one.
+	held := ""
+	for deadline := time.Now().Add(10 * time.Second); held == "" && time.Now().Before(deadline); {
+		if l, ok := d.waitLine("held out ", time.Until(deadline)); ok && strings.Contains(l, " "+to+" ") {
 			held = l
 		}
 	}
 	if held == "" {
 		t.Fatalf("the datagram to %s was not held", to)
+	}
+	for _, l := range d.linesFor(300 * time.Millisecond) {
+		if strings.HasPrefix(l, "held out ") && strings.Contains(l, " "+to+" ") {
+			held = l
+		}
 	}
 	return held
 }
@@ -114,7 +122,7 @@ func sharedPortSender(t *testing.T, fw string, nobody bool, sender string, port 
 	var want string
 	switch sender {
 	case "child":
-		c := spawnChild(t, tp, "unpriv-udp", "", append(env, "LATCH_TEST_UDP_DELAY=700ms", "LATCH_TEST_UDP_MSGS=latch-shared-attr")...)
+		c := spawnChild(t, tp, "unpriv-udp", "", append(env, "LATCH_TEST_UDP_DELAY=700ms", "LATCH_TEST_UDP_LINGER=20s", "LATCH_TEST_UDP_MSGS=latch-shared-attr")...)
 		l, ok := c.waitLine("pid ", 10*time.Second)
 		if !ok {
 			t.Fatalf("the sender did not start; stderr:\n%s", c.errors())
@@ -226,7 +234,7 @@ func TestUDPSharedPortAmbiguous(t *testing.T) {
 				port := 40370 + i
 				to := netip.MustParseAddrPort("[fd00::2]:" + strconv.Itoa(9016+i))
 				msg := "latch-ambiguous-sender"
-				c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=700ms",
+				c := spawnChild(t, tp, "unpriv-udp", "", "LATCH_TEST_UDP_KEEP_UID=1", "LATCH_TEST_UDP_REUSE=1", "LATCH_TEST_UDP_DELAY=700ms", "LATCH_TEST_UDP_LINGER=20s",
 					"LATCH_TEST_UDP_PORT="+strconv.Itoa(port), "LATCH_TEST_UDP_TO="+to.String(), "LATCH_TEST_UDP_MSGS="+msg)
 				l, ok := c.waitLine("pid ", 10*time.Second)
 				if !ok {
