@@ -53,10 +53,14 @@ const (
 
 func mountMiniFUSE(t *testing.T, dir string, prog []byte, attrT time.Time) *miniFUSE {
 	t.Helper()
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	// A blocking descriptor, read by a thread of its own: one os.OpenFile makes
+	// pollable fails reads with "not pollable" once the mount has taken it (f.Fd
+	// below), and the server stopped with the INIT request unanswered.
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Skipf("no /dev/fuse: %v", err)
 	}
+	f := os.NewFile(uintptr(fd), "/dev/fuse")
 	m := &miniFUSE{f: f, attrT: attrT}
 	m.data.Store(&prog)
 	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", f.Fd())
@@ -73,13 +77,18 @@ func mountMiniFUSE(t *testing.T, dir string, prog []byte, attrT time.Time) *mini
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
 			t.Logf("unmount %s: %v", dir, err)
 		}
-		f.Close()
+		// The server's read ends (ENODEV) once the connection is gone; only then
+		// close f: a close while a blocking read holds f is deferred to that read's
+		// end, and would then close whatever file the next test opened under the
+		// same number (the next test's /dev/fuse: its INIT never answered, its
+		// first exec waiting for ever).
 		done := make(chan struct{})
 		go func() { m.wg.Wait(); close(done) }()
 		select {
 		case <-done:
+			f.Close()
 		case <-time.After(5 * time.Second):
-			t.Logf("the FUSE server did not stop within 5 s")
+			t.Logf("the FUSE server did not stop within 5 s (its /dev/fuse left open)")
 		}
 	})
 	return m
@@ -200,6 +209,28 @@ func (m *miniFUSE) serve() {
 	}
 }
 
+// startOnFUSE runs prog (on a miniFUSE mount) with argument 30, executed by a
+// shell and not by this process: Go executes from a vfork child, during which the
+// parent's thread cannot be stopped, and a garbage collection that waits for it to
+// stop would never let the FUSE server, in this process, answer the exec's
+// requests. It returns once the process runs prog.
+func startOnFUSE(t *testing.T, prog string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", `exec "$0" 30`, prog)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("exec %s on FUSE: %v", prog, err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	link := fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if exe, err := os.Readlink(link); err == nil && exe == prog {
+			return cmd
+		}
+	}
+	t.Fatalf("the shell did not execute %s within 5 s", prog)
+	return nil
+}
+
 // TestReview37FUSEKeepsHashForNewBytes (review 37, medium for pinned rules: a
 // program's hash pin is latch's answer to "the same path, other bytes"): an
 // executable's hash is cached under its stat key (device, inode, mtime, size,
@@ -261,12 +292,7 @@ func TestReview37FUSEKeepsHashForNewBytes(t *testing.T) {
 		return k, ""
 	}
 	run := func() *exec.Cmd {
-		cmd := exec.Command(prog, "30")
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("exec %s on FUSE: %v", prog, err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		return cmd
+		return startOnFUSE(t, prog)
 	}
 
 	p1 := run()
@@ -340,11 +366,7 @@ func TestReview37FUSEStallsAttribution(t *testing.T) {
 	}
 	dir := t.TempDir()
 	fs := mountMiniFUSE(t, dir, orig, time.Now().Add(-time.Hour))
-	cmd := exec.Command(filepath.Join(dir, "prog"), "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("exec on FUSE: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cmd := startOnFUSE(t, filepath.Join(dir, "prog"))
 	fs.stall.Store(true)
 	done := make(chan error, 1)
 	go func() {
