@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // miniFUSE is the least FUSE server that serves one executable file "prog" whose
@@ -376,12 +378,17 @@ func TestReview37FUSEStallsAttribution(t *testing.T) {
 			return
 		}
 		defer d.close()
-		_, err = readEntry(d)
+		e, err := readEntry(d)
+		if err == nil && (e.ident.status != engine.IdentityUnverified || !strings.Contains(e.ident.note, "FUSE") || e.exe != filepath.Join(dir, "prog")) {
+			err = fmt.Errorf("a program on FUSE attributed as %q, %v (%q), want its path, unverified, with a note that says FUSE", e.exe, e.ident.status, e.ident.note)
+		}
 		done <- err
 	}()
 	select {
 	case err := <-done:
-		t.Logf("readEntry: %v", err)
+		if err != nil {
+			t.Error(err)
+		}
 		return
 	case <-time.After(3 * time.Second):
 		t.Errorf("attribution of a process whose executable is on a FUSE mount that does not answer GETATTR has not returned after 3 s: a queue reader would be stuck (4 such connections stop the queue)")
