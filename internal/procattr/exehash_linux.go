@@ -27,6 +27,11 @@ type hashKey struct {
 	mtimeNs  int64
 	size     int64
 	changeNs int64 // ctime too: touch -d can set mtime back, not ctime
+	// fs, if not "", is the type of the file system the file is on, one whose
+	// server chooses the file's attributes and bytes (untrustedFS: FUSE, NFS...):
+	// such a file is never hashed (review 37: a FUSE server can keep the key and
+	// serve other bytes, or never answer the read).
+	fs string
 }
 
 // exeHashes caches executables' SHA-256 by hashKey. A miss queues the file for
@@ -84,13 +89,29 @@ const (
 
 var hashes = &exeHashes{done: map[hashKey]string{}, pending: map[hashKey]bool{}, sem: make(chan struct{}, maxHashing)}
 
-// exeHashKey stats the file process d executes.
+// exeHashKey stats the file process d executes (with AT_STATX_DONT_SYNC: no
+// request to a FUSE or network file system's server). A file on a file system
+// untrustedFS names gets a key with fs set: it is unhashable.
 func (d procDir) exeHashKey() (hashKey, error) {
-	var st unix.Stat_t
-	if err := unix.Fstatat(d.fd, "exe", &st, 0); err != nil {
+	fstype, err := d.exeFS()
+	if err != nil {
 		return hashKey{}, err
 	}
-	return keyOf(&st), nil
+	var stx unix.Statx_t
+	const mask = unix.STATX_INO | unix.STATX_SIZE | unix.STATX_MTIME | unix.STATX_CTIME
+	if err := unix.Statx(d.fd, "exe", unix.AT_STATX_DONT_SYNC, mask, &stx); err != nil {
+		return hashKey{}, fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
+	}
+	k := hashKey{dev: unix.Mkdev(stx.Dev_major, stx.Dev_minor), ino: stx.Ino,
+		mtimeNs: stx.Mtime.Sec*1e9 + int64(stx.Mtime.Nsec), size: int64(stx.Size),
+		changeNs: stx.Ctime.Sec*1e9 + int64(stx.Ctime.Nsec)}
+	if untrustedFS(fstype) {
+		k.fs = fstype
+		if k.fs == "" {
+			k.fs = "?"
+		}
+	}
+	return k, nil
 }
 
 func keyOf(st *unix.Stat_t) hashKey {
@@ -101,6 +122,9 @@ func keyOf(st *unix.Stat_t) hashKey {
 // never will be: the file is over maxHashBytes); a miss queues the file process pid
 // executes for hashing.
 func (h *exeHashes) lookup(k hashKey, pid int32) string {
+	if k.fs != "" {
+		return "" // never hashed (see hashKey.fs)
+	}
 	h.mu.Lock()
 	if s, ok := h.done[k]; ok {
 		h.mu.Unlock()
@@ -136,8 +160,14 @@ func (h *exeHashes) lookup(k hashKey, pid int32) string {
 }
 
 // note says why the file of key k has no hash for good ("" if it may have one):
-// it is over maxHashBytes.
+// it is over maxHashBytes, or on a file system untrustedFS names.
 func (h *exeHashes) note(k hashKey) string {
+	if k.fs == "?" {
+		return fsNote("")
+	}
+	if k.fs != "" {
+		return fsNote(k.fs)
+	}
 	h.mu.Lock()
 	s, ok := h.done[k]
 	h.mu.Unlock()

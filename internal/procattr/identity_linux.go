@@ -31,7 +31,10 @@ func (d procDir) exeFileID() (id fileID, nlink, mnt uint64, err error) {
 	if uniqueMountIDs() {
 		mask, mntMask = unix.STATX_MNT_ID_UNIQUE, unix.STATX_MNT_ID_UNIQUE
 	}
-	err = unix.Statx(d.fd, "exe", 0, unix.STATX_INO|unix.STATX_NLINK|int(mask), &stx)
+	// AT_STATX_DONT_SYNC: the kernel's cached attributes; FUSE and NFS send their
+	// server no request for them (review 37: one that never answers would hold
+	// this thread). Local file systems give the same either way.
+	err = unix.Statx(d.fd, "exe", unix.AT_STATX_DONT_SYNC, unix.STATX_INO|unix.STATX_NLINK|int(mask), &stx)
 	if errors.Is(err, unix.ENOSYS) {
 		var st unix.Stat_t
 		if err := unix.Fstatat(d.fd, "exe", &st, 0); err != nil {
@@ -58,7 +61,7 @@ func (d procDir) exeOldMountID(file fileID, mnt uint64) uint64 {
 		return mnt
 	}
 	var stx unix.Statx_t
-	if unix.Statx(d.fd, "exe", 0, unix.STATX_INO|unix.STATX_MNT_ID, &stx) != nil ||
+	if unix.Statx(d.fd, "exe", unix.AT_STATX_DONT_SYNC, unix.STATX_INO|unix.STATX_MNT_ID, &stx) != nil ||
 		stx.Mask&unix.STATX_MNT_ID == 0 || (fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}) != file {
 		return 0
 	}
@@ -234,8 +237,10 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		if ownMounts {
 			return "runs in a user namespace with its own mounts: its libraries and loader may not be the host's"
 		}
-		var st unix.Stat_t
-		if err := unix.Fstatat(d.fd, "root", &st, 0); err != nil || (fileID{uint64(st.Dev), st.Ino}) != hostRootID() {
+		// DONT_SYNC: a root on FUSE is not asked either.
+		var stx unix.Statx_t
+		if err := unix.Statx(d.fd, "root", unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &stx); err != nil ||
+			(fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}) != hostRootID() {
 			return "runs in a user namespace with its own root: its libraries and loader may not be the host's"
 		}
 		// The host's mounts and root, but a user namespace of its own: there it holds
@@ -256,6 +261,9 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		why = "the executable was deleted or replaced since the process started"
 	case !strings.HasPrefix(exe, "/"):
 		why = "the executable has no path on the host"
+	case exeOnUntrustedFS(d, &why):
+		// Review 37: no path walk to a file a server outside the kernel serves
+		// (each lookup there is a request it may never answer).
 	default:
 		host, err := hostFileID(exe)
 		switch {
@@ -288,6 +296,21 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		}
 	}
 	return identity{status: engine.IdentityUnverified, note: why + " (the process runs in another mount namespace)"}
+}
+
+// exeOnUntrustedFS reports whether process d's executable is on a file system
+// latch does not ask (see untrustedFS), and if so sets *why to say so.
+func exeOnUntrustedFS(d procDir, why *string) bool {
+	fstype, err := d.exeFS()
+	if err != nil {
+		*why = fmt.Sprintf("the executable's file system cannot be told: %v", err)
+		return true
+	}
+	if !untrustedFS(fstype) {
+		return false
+	}
+	*why = fsNote(fstype)
+	return true
 }
 
 // inInitialUserNS reports whether the process is in the initial user namespace (see

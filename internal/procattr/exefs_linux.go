@@ -1,0 +1,219 @@
+package procattr
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Review 37: a file on FUSE (or on a network file system) is served by a process
+// (or a host) the daemon does not control. Its attributes (inode, times, size,
+// nlink) and bytes are whatever that server answers, and a server that never
+// answers holds the thread that asked in the kernel, uninterruptibly. So before
+// anything that could send such a server a request (a stat that revalidates, an
+// open, a path walk through its directories), latch asks the kernel, not the file
+// system, which file system the executable is on: a statx of /proc/PID/exe with
+// AT_STATX_DONT_SYNC (FUSE and NFS answer it from the kernel's cached attributes,
+// and a magic link's target is not revalidated) for the id of its mount, whose type
+// /proc/self/mountinfo (or the process's own, for a mount of another namespace)
+// names. On such a file system a program is attributed by the name readlink gives
+// (d_path: no request), unverified and unhashable.
+
+// serverFSNote is the identity note of a program on a file system whose server
+// latch does not ask (see untrustedFS).
+const serverFSNote = "on a FUSE file system latch does not verify or hash: its server chooses what the file is (and may never answer)"
+
+// untrustedFS reports whether fstype (a mountinfo type: "fuse.sshfs", "nfs4") is
+// a file system whose files' attributes and bytes a server outside the kernel
+// chooses, and which may stall whoever asks it: FUSE (any subtype, fuseblk) and
+// the network file systems. An empty type (a mount latch cannot name) counts as
+// such.
+func untrustedFS(fstype string) bool {
+	if fstype == "" {
+		return true
+	}
+	if fstype == "fuse" || fstype == "fuseblk" || strings.HasPrefix(fstype, "fuse.") || strings.HasPrefix(fstype, "fuseblk.") {
+		return true
+	}
+	switch fstype {
+	case "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "afs", "glusterfs", "lustre", "gfs2", "ocfs2", "davfs", "coda", "ncpfs":
+		return true
+	}
+	return false
+}
+
+// fsNote is the identity and hash note of a program on file system fstype.
+func fsNote(fstype string) string {
+	if fstype == "" {
+		return "on a file system latch cannot name (a mount not in the mount table): latch does not verify or hash it"
+	}
+	if fstype == "fuse" || fstype == "fuseblk" || strings.HasPrefix(fstype, "fuse.") || strings.HasPrefix(fstype, "fuseblk.") {
+		return serverFSNote + " (" + fstype + ")"
+	}
+	return "on a network file system (" + fstype + ") latch does not verify or hash: its server chooses what the file is (and may never answer)"
+}
+
+// mountTypes caches mount ids' file system types. Keyed by unique mount ids
+// (STATX_MNT_ID_UNIQUE, never given to another mount) where the kernel gives them;
+// with only the old, reusable ids nothing is cached (a later mount may take an id).
+var mountTypes struct {
+	sync.Mutex
+	byID map[uint64]string
+}
+
+const maxMountTypes = 4096
+
+// internalMounts are mounts no mountinfo lists but whose type latch knows: the
+// kernel's internal tmpfs mount that memfds are on (shm_mnt). Keys as mountTypes'.
+var internalMounts = sync.OnceValue(func() map[uint64]string {
+	m := map[uint64]string{}
+	fd, err := unix.MemfdCreate("latch-mnt", unix.MFD_CLOEXEC)
+	if err != nil {
+		return m
+	}
+	defer unix.Close(fd)
+	var stx unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) == nil && stx.Mask&unix.STATX_MNT_ID != 0 {
+		m[stx.Mnt_id] = "tmpfs"
+	}
+	if statxUniqueMountID() {
+		if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID_UNIQUE, &stx) == nil && stx.Mask&unix.STATX_MNT_ID_UNIQUE != 0 {
+			m[stx.Mnt_id] = "tmpfs"
+		}
+	}
+	return m
+})
+
+// exeFS returns the type of the file system of the file process d executes ("" if
+// no mount table names its mount), without a request to that file system.
+func (d procDir) exeFS() (string, error) {
+	const dontSync = unix.AT_STATX_DONT_SYNC
+	var stx unix.Statx_t
+	uniq := statxUniqueMountID()
+	var key uint64
+	var file fileID
+	if uniq {
+		if err := unix.Statx(d.fd, "exe", dontSync, unix.STATX_INO|unix.STATX_MNT_ID_UNIQUE, &stx); err != nil {
+			return "", fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
+		}
+		if stx.Mask&unix.STATX_MNT_ID_UNIQUE == 0 {
+			uniq = false
+		} else {
+			key, file = stx.Mnt_id, fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}
+			if t, ok := internalMounts()[key]; ok {
+				return t, nil
+			}
+			mountTypes.Lock()
+			t, ok := mountTypes.byID[key]
+			mountTypes.Unlock()
+			if ok {
+				return t, nil
+			}
+		}
+	}
+	// The old id, which mountinfo lists.
+	if err := unix.Statx(d.fd, "exe", dontSync, unix.STATX_INO|unix.STATX_MNT_ID, &stx); err != nil {
+		return "", fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
+	}
+	if stx.Mask&unix.STATX_MNT_ID == 0 {
+		return "", fmt.Errorf("stat /proc/%d/exe: the kernel gives no mount id", d.pid)
+	}
+	old := stx.Mnt_id
+	if uniq && (fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}) != file {
+		return "", fmt.Errorf("stat /proc/%d/exe: the process executed another file meanwhile", d.pid)
+	}
+	if !uniq {
+		if t, ok := internalMounts()[old]; ok {
+			return t, nil
+		}
+	}
+	t, ok := mountTypeIn(d, old)
+	if !ok {
+		return "", nil
+	}
+	if uniq {
+		// The process's executable holds its mount: the old id read above is
+		// still that mount's (it cannot have been freed and taken meanwhile).
+		mountTypes.Lock()
+		if mountTypes.byID == nil || len(mountTypes.byID) >= maxMountTypes {
+			mountTypes.byID = map[uint64]string{}
+		}
+		mountTypes.byID[key] = t
+		mountTypes.Unlock()
+	}
+	return t, nil
+}
+
+// mountTypeIn looks the old mount id up in the daemon's mount table, then in the
+// mount table of process d (a mount of another namespace).
+func mountTypeIn(d procDir, old uint64) (string, bool) {
+	if b, err := readAll(unix.AT_FDCWD, "/proc/self/mountinfo"); err == nil {
+		if t, ok := mountinfoType(b, old); ok {
+			return t, true
+		}
+	}
+	if b, err := readAll(d.fd, "mountinfo"); err == nil {
+		if t, ok := mountinfoType(b, old); ok {
+			return t, true
+		}
+	}
+	return "", false
+}
+
+// readAll reads a (proc) file, at most 16 MiB of it.
+func readAll(dir int, name string) ([]byte, error) {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 0, 16<<10)
+	for len(buf) < 16<<20 {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+	return nil, fmt.Errorf("%s: over 16 MiB", name)
+}
+
+// mountinfoType finds the line of mount id in a mountinfo ("36 35 98:0 /a /b rw
+// master:1 - ext4 /dev/root rw") and returns its file system type.
+func mountinfoType(b []byte, id uint64) (string, bool) {
+	want := strconv.FormatUint(id, 10) + " "
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if !bytes.HasPrefix(line, []byte(want)) {
+			continue
+		}
+		i := bytes.Index(line, []byte(" - "))
+		if i < 0 {
+			return "", false
+		}
+		f := bytes.Fields(line[i+3:])
+		if len(f) == 0 {
+			return "", false
+		}
+		return string(f[0]), true
+	}
+	return "", false
+}
