@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +28,7 @@ const (
 // between C and B, for IPv4 and IPv6. It returns C's name.
 func addContainer(t *testing.T, tp *topo) string {
 	t.Helper()
+	holdContainerLock(t)
 	n := nsCounter.Add(1)
 	c := fmt.Sprintf("latch-lt%d-%d-c", os.Getpid(), n)
 	vc, va := fmt.Sprintf("ltc%d-%d", os.Getpid()%100000, n), fmt.Sprintf("ltd%d-%d", os.Getpid()%100000, n)
@@ -124,4 +127,42 @@ func TestForwardTCPWithoutHandshake(t *testing.T) {
 			})
 		}
 	}
+}
+
+// containerLock serializes the tests that add a namespace C across test
+// processes (test.sh runs this package in shards at once): the daemon finds a
+// forwarded packet's namespace by its source address (addrC), and two tests'
+// C at once made it ambiguous, so the flow was no program's and denied.
+var containerLock struct {
+	sync.Mutex
+	f    *os.File
+	held int
+}
+
+// holdContainerLock takes containerLock until t ends (again within the
+// same process: counted).
+func holdContainerLock(t *testing.T) {
+	t.Helper()
+	containerLock.Lock()
+	defer containerLock.Unlock()
+	if containerLock.held == 0 {
+		f, err := os.OpenFile(filepath.Join(os.TempDir(), "latch-test-container.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+			f.Close()
+			t.Fatal(err)
+		}
+		containerLock.f = f
+	}
+	containerLock.held++
+	t.Cleanup(func() {
+		containerLock.Lock()
+		defer containerLock.Unlock()
+		if containerLock.held--; containerLock.held == 0 {
+			containerLock.f.Close() // releases the flock
+			containerLock.f = nil
+		}
+	})
 }
