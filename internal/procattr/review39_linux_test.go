@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/fileperm"
 )
 
 // review39Returns runs f and reports whether it returned within 3 s; if not, it
@@ -204,5 +207,72 @@ func TestReview39CachedVerifiedRecheckThroughFUSE(t *testing.T) {
 	}
 	if named {
 		t.Errorf("the re-check says the host's %s is still the process's file", prog)
+	}
+}
+
+// TestReview39OpenTrustedThroughUserFUSE (review 39, finding 3, medium: the daemon's
+// start hangs at a member's wish; placed here for the package's FUSE server):
+// fileperm.OpenTrusted (the lists migration's readOlder, run at every start for an
+// older lists.json entry that has no copy yet, which a refused one never gets)
+// trusts what fstat says of each directory and of the file. On a FUSE mount that
+// is the server's answer: a member mounts FUSE (fusermount3) on a directory of
+// theirs in a root-owned sticky directory (/tmp/m) and answers uid 0, mode 0755
+// for the mount's root and 0 for its files: OpenTrusted takes the member's file
+// for root's. Worse, each fstat is a GETATTR request, and a server that never
+// answers it holds the daemon's start (uninterruptibly: not even SIGKILL ends
+// it, so systemd cannot restart it) for as long as the member likes.
+//
+// Fails on the current code: OpenTrusted opens the member's file through the
+// FUSE mount, and with the server stalling it has not returned after 3 s.
+//
+// Suggested: in the walk, statx each opened directory with AT_STATX_DONT_SYNC and
+// STATX_MNT_ID and refuse any mount whose type untrustedFS names (as exeFS tells
+// it) before any request could reach its server (the openat of the mount's root
+// already is an OPENDIR: tell the type of the child mount from mountinfo by the
+// mount point before opening it, or open with O_PATH, which sends none).
+//
+// Run: go test -count=1 -run TestReview39OpenTrustedThroughUserFUSE ./internal/procattr/ (as root)
+func TestReview39OpenTrustedThroughUserFUSE(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE")
+	}
+	base := t.TempDir()
+	sticky := filepath.Join(base, "tmp")
+	if err := os.Mkdir(sticky, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(sticky, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	m := filepath.Join(sticky, "m")
+	if err := os.Mkdir(m, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(m, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	list := filepath.Join(m, "prog")
+	if f, err := fileperm.OpenTrusted(list); err == nil {
+		f.Close()
+		t.Fatalf("OpenTrusted opened %s under a directory of uid 1000 (no FUSE yet)", list)
+	}
+	fs := mountMiniFUSE(t, m, []byte("example.com\n"), time.Now().Add(-time.Hour))
+	var f *os.File
+	var oerr error
+	if !review39Returns(t, fs, func() { f, oerr = fileperm.OpenTrusted(list) }) {
+		t.Fatalf("never reached")
+	}
+	t.Logf("OpenTrusted through FUSE: %v", oerr)
+	if oerr == nil {
+		f.Close()
+		t.Errorf("OpenTrusted opened %s, a file of uid 1000's FUSE mount (its server says uid 0), as a file only root could have chosen", list)
+	}
+	fs.stall.Store(true)
+	if !review39Returns(t, fs, func() {
+		if f, err := fileperm.OpenTrusted(list); err == nil {
+			f.Close()
+		}
+	}) {
+		t.Errorf("OpenTrusted(%s) has not returned after 3 s: the member's FUSE server does not answer GETATTR; the daemon's start (the lists migration) waits uninterruptibly", list)
 	}
 }
