@@ -276,3 +276,67 @@ func TestReview39OpenTrustedThroughUserFUSE(t *testing.T) {
 		t.Errorf("OpenTrusted(%s) has not returned after 3 s: the member's FUSE server does not answer GETATTR; the daemon's start (the lists migration) waits uninterruptibly", list)
 	}
 }
+
+// TestReview39OvermountedExeDirThroughFUSE (review 39, finding 1 in its simplest
+// form: no namespace, no cache, only fusermount3): a user runs ~/d/prog (a file on
+// the home file system: exeFS says ext4, trusted), then mounts a FUSE file system
+// of theirs over ~/d (fusermount3 mounts over a directory the user owns, a
+// non-empty one too with libfuse 3). The kernel's name of the running file is
+// still ~/d/prog (d_path ignores what is mounted over its directory), but the
+// daemon's walk of that name on the host (verifyExe's hostFileID) now enters the
+// FUSE mount: a LOOKUP and a GETATTR to the user's server, which never answers
+// the GETATTR. The queue reader that attributes this process's connection waits
+// uninterruptibly; four such connections stop the queue.
+//
+// Fails on the current code: readEntry has not returned after 3 s.
+//
+// Run: go test -count=1 -run TestReview39OvermountedExeDirThroughFUSE ./internal/procattr/ (as root)
+func TestReview39OvermountedExeDirThroughFUSE(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE")
+	}
+	orig, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	d := filepath.Join(t.TempDir(), "d")
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prog := filepath.Join(d, "prog")
+	if err := os.WriteFile(prog, orig, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(prog, "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	link := fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if exe, err := os.Readlink(link); err == nil && exe == prog {
+			break
+		}
+	}
+	fs := mountMiniFUSE(t, d, orig, time.Now().Add(-time.Hour)) // over the running program's directory
+	fs.stall.Store(true)
+	var e *procEntry
+	var rerr error
+	if !review39Returns(t, fs, func() {
+		pd, err := openProcDir(int32(cmd.Process.Pid))
+		if err != nil {
+			rerr = err
+			return
+		}
+		defer pd.close()
+		e, rerr = readEntry(pd)
+	}) {
+		t.Fatalf("attribution of a process running %s (on the temporary directory's file system) has not returned after 3 s: its owner mounted FUSE over its directory and the daemon's walk of that name went into it; a queue reader would be stuck (4 such connections stop the queue)", prog)
+	}
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	if e.ident.status == engine.IdentityVerified {
+		t.Errorf("a process whose executable's name now leads into a FUSE mount verified as %s", e.exe)
+	}
+}
