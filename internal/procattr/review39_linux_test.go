@@ -16,6 +16,23 @@ import (
 	"github.com/latchfw/latch/internal/fileperm"
 )
 
+// review39Mount is mountMiniFUSE whose cleanup first stops stalling and answers,
+// for a while, whatever was stalled (a request read as the stall ended, or one of
+// another process walking the temporary directory), so that the server stops and
+// its /dev/fuse is closed before the next test opens its own.
+func review39Mount(t *testing.T, dir string, prog []byte) *miniFUSE {
+	t.Helper()
+	fs := mountMiniFUSE(t, dir, prog, time.Now().Add(-time.Hour))
+	t.Cleanup(func() {
+		fs.stall.Store(false)
+		for range 10 {
+			fs.unstall()
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	return fs
+}
+
 // review39Returns runs f and reports whether it returned within 3 s; if not, it
 // answers fs's stalled requests (repeatedly) so that f, and this test process,
 // can end.
@@ -97,7 +114,7 @@ func TestReview39OtherNamespacePathThroughFUSE(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	fs := mountMiniFUSE(t, h, orig, time.Now().Add(-time.Hour)) // the user's FUSE mount on the host
+	fs := review39Mount(t, h, orig) // the user's FUSE mount on the host
 	io.WriteString(in, "go\n")
 	prog := filepath.Join(h, "prog")
 	link := fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)
@@ -199,7 +216,7 @@ func TestReview39CachedVerifiedRecheckThroughFUSE(t *testing.T) {
 	if err := os.Mkdir(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	fs := mountMiniFUSE(t, bin, orig, time.Now().Add(-time.Hour))
+	fs := review39Mount(t, bin, orig)
 	fs.stall.Store(true)
 	var named bool
 	if !review39Returns(t, fs, func() { named = e.stillNamed() }) {
@@ -256,7 +273,7 @@ func TestReview39OpenTrustedThroughUserFUSE(t *testing.T) {
 		f.Close()
 		t.Fatalf("OpenTrusted opened %s under a directory of uid 1000 (no FUSE yet)", list)
 	}
-	fs := mountMiniFUSE(t, m, []byte("example.com\n"), time.Now().Add(-time.Hour))
+	fs := review39Mount(t, m, []byte("example.com\n"))
 	var f *os.File
 	var oerr error
 	if !review39Returns(t, fs, func() { f, oerr = fileperm.OpenTrusted(list) }) {
@@ -318,7 +335,7 @@ func TestReview39OvermountedExeDirThroughFUSE(t *testing.T) {
 			break
 		}
 	}
-	fs := mountMiniFUSE(t, d, orig, time.Now().Add(-time.Hour)) // over the running program's directory
+	fs := review39Mount(t, d, orig) // over the running program's directory
 	fs.stall.Store(true)
 	var e *procEntry
 	var rerr error
