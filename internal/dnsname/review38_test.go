@@ -85,4 +85,3 @@ func TestReview38NameFloodEvictsOtherUsersOwnNames(t *testing.T) {
 		t.Logf("machine-wide name for %v now %q (found %v)", bank, name, ok)
 	}
 }
-

@@ -1,0 +1,63 @@
+package dnsproxy
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/engine"
+)
+
+// Review 38, finding 2 (low): the local resolver learns names the packet learner
+// never would. dnsname's parser takes only names of letters, digits, '-' and '_'
+// ("anything else could not be shown safely or matched by a rule"), and rules are
+// checked against that form (engine.ParseHost); but the proxy labels answers with
+// miekg/dns's presentation form of the question (dnsname.Normalize of q.Name), which
+// keeps any byte, escaped. A question whose label holds a dot — wire labels
+// "evil.example" and "com", a name below com, not below example.com — is learned as
+// `evil\.example.com`, and the engine's wildcard matching, which splits names at
+// every '.', finds the suffix ".example.com" in it: `--host '*.example.com' --action
+// allow` lets the program reach whatever address that name's answer gave. (Whoever
+// answers for such a name — the com servers for a real resolver — decides the
+// address; a resolver with a local zone or a forwarder that answers it lets a
+// program that may only talk to it label an address of its choice.)
+//
+// Run: go test -count=1 -run TestReview38ProxyLearnsEscapedLabels ./internal/dnsproxy/
+func TestReview38ProxyLearnsEscapedLabels(t *testing.T) {
+	p, names, _ := newProxy(t, upstream(t))
+	prog := dnsname.Program{Exe: asker.Exe, Identity: uint8(asker.Identity), UID: asker.UID}
+
+	// Labels "evil.example" and "com" (the test upstream answers any A question with
+	// 198.18.0.1 behind a CNAME).
+	r := ask(p, `evil\.example.com.`, dns.TypeA)
+	if r == nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("answer: %v", r)
+	}
+	addr := netip.MustParseAddr("198.18.0.1")
+	name, own, ok := names.LookupFor(prog, addr)
+	if !ok {
+		return // learned nothing: what the packet learner does for such a name
+	}
+	if _, err := engine.ParseHost(name); err != nil || strings.ContainsAny(name, `\ `) {
+		t.Errorf("learned %q (own %v) for %v: not a hostname rules can name (ParseHost: %v); "+
+			"the packet learner learns nothing for such a question", name, own, addr, err)
+	}
+
+	// What it lets through: an allow rule for *.example.com matches that name.
+	e, err := engine.New(engine.Config{Default: engine.Deny}, []engine.Rule{
+		{ID: 1, App: asker.Exe, Host: "*.example.com", Action: engine.Allow},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	req := engine.Request{Direction: engine.Outbound, Protocol: engine.TCP, PID: asker.PID, Exe: asker.Exe,
+		UID: asker.UID, Identity: asker.Identity, Remote: netip.AddrPortFrom(addr, 443),
+		Local: netip.MustParseAddrPort("198.18.0.2:40000"), Host: name, HostSource: engine.HostOwn}
+	if rule, ok := e.RuleFor(&req); ok && rule.ID == 1 {
+		t.Errorf("a connection to %v labelled %q (a name below com, not below example.com) is allowed by %q", addr, name, rule.Host)
+	}
+}
