@@ -85,3 +85,40 @@ func TestReview38NameFloodEvictsOtherUsersOwnNames(t *testing.T) {
 		t.Logf("machine-wide name for %v now %q (found %v)", bank, name, ok)
 	}
 }
+
+// Review 38, finding 3 (low, DoS of names over TCP across users): the DNS-over-TCP
+// streams latch follows are bounded at 512 for the whole machine, the least recently
+// used dropped first, with no share per user. A SYN to any address's port 53 opens a
+// stream (its copy is taken first in LATCH-OUT, before latch decides the connection,
+// so even SYNs latch then drops count): one unprivileged user sending 512 SYNs (a
+// non-blocking connect loop to unreachable addresses) between another program's SYN
+// and its answer drops that program's streams, and its answer over TCP (what
+// resolvers fall back to for a truncated answer) teaches nothing: its host rules do
+// not match.
+//
+// Run: go test -count=1 -run TestReview38TCPStreamFloodDropsOtherUsersStream ./internal/dnsname/
+func TestReview38TCPStreamFloodDropsOtherUsersStream(t *testing.T) {
+	l, _ := newTestLearner()
+	client := netip.MustParseAddrPort("198.18.0.1:41000")
+	server := netip.MustParseAddrPort("198.18.0.2:53")
+	addr := netip.MustParseAddr("198.18.9.9")
+	const cseq, sseq = 1000, 5000
+	l.Segment(tcpPacket(client, server, cseq, tcpSYN, nil), 1000, true)
+	l.Segment(tcpPacket(server, client, sseq, tcpSYN|0x10, nil), -1, false)
+
+	// Another user's SYNs to 512 addresses (never answered).
+	far := netip.MustParseAddr("198.19.0.0")
+	for i := 0; i < maxTCPStreams; i++ {
+		far = far.Next()
+		src := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), uint16(50000+i))
+		l.Segment(tcpPacket(src, netip.AddrPortFrom(far, 53), 7, tcpSYN, nil), 1001, true)
+	}
+
+	q := framed(buildQuery(9, "tcp.example.com", typeA))
+	l.Segment(tcpPacket(client, server, cseq+1, 0x18, q), 1000, true)
+	answer := framed(buildResponse(9, 0, question("tcp.example.com", typeA), []testRR{rrA("tcp.example.com", addr.String(), 60)}))
+	if n := l.Segment(tcpPacket(server, client, sseq+1, 0x18, answer), -1, false); n != 1 {
+		t.Errorf("the answer over TCP taught %d addresses after another user's %d SYNs; want 1: "+
+			"one user's SYNs to port 53 end another user's DNS-over-TCP learning", n, maxTCPStreams)
+	}
+}
