@@ -122,3 +122,36 @@ func TestReview38TCPStreamFloodDropsOtherUsersStream(t *testing.T) {
 			"one user's SYNs to port 53 end another user's DNS-over-TCP learning", n, maxTCPStreams)
 	}
 }
+
+// Review 38, finding 5 (medium, DoS of every user's names): the pending-query table
+// (4,096) is shared out per user id, 512 each, on the reasoning that "eight users must
+// flood at once to fill the table". But one unprivileged user commonly owns many user
+// ids: the subordinate ranges of /etc/subuid (65,536 by default for every user adduser
+// and useradd create, for rootless containers); newuidmap maps them into a user
+// namespace that still shares the host's network namespace, so its sockets' queries
+// pass LATCH-OUT and carry those uids (NFLOG reports the kernel uid). Eight of them
+// fill the table; queries are copied before latch decides them, so they need not
+// even be allowed, and each waits AnswerWindow (5 s): about 820 queries a second keep
+// it full. Every other user's query is then `table_full`, its answer teaches nothing,
+// and no host rule matches for anyone.
+//
+// Run: go test -count=1 -run TestReview38SubordinateUIDsFillPendingTable ./internal/dnsname/
+func TestReview38SubordinateUIDsFillPendingTable(t *testing.T) {
+	l, _ := newTestLearner()
+	// The attacker's subordinate uids 100000-100007 (its own /etc/subuid range).
+	n := 0
+	for u := int64(100000); u < 100008; u++ {
+		for i := 0; i < MaxPendingPerClient; i++ {
+			client := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), uint16(10000+n))
+			if ok, why := l.Query(queryPkt(client, testServer, uint16(n), "flood.example.net", typeA), u); !ok {
+				t.Fatalf("flood query %d (uid %d) not tracked: %s", n, u, why)
+			}
+			n++
+		}
+	}
+	// Another user's query.
+	if ok, why := l.Query(queryPkt(testClient, testServer, 1, "bank.example.com", typeA), 1000); !ok {
+		t.Errorf("another user's query is not tracked (%s) once one user's %d subordinate uids have %d queries waiting: "+
+			"its answer teaches nothing and its host rules stop matching", why, 8, n)
+	}
+}
