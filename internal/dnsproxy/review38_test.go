@@ -1,9 +1,13 @@
 package dnsproxy
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -59,5 +63,62 @@ func TestReview38ProxyLearnsEscapedLabels(t *testing.T) {
 		Local: netip.MustParseAddrPort("198.18.0.2:40000"), Host: name, HostSource: engine.HostOwn}
 	if rule, ok := e.RuleFor(&req); ok && rule.ID == 1 {
 		t.Errorf("a connection to %v labelled %q (a name below com, not below example.com) is allowed by %q", addr, name, rule.Host)
+	}
+}
+
+// selectiveUpstream answers every question as upstream does, except names under
+// slow.test, which it never answers (an authoritative server that does not reply).
+func selectiveUpstream(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		if len(r.Question) != 1 || strings.HasSuffix(r.Question[0].Name, ".slow.test.") {
+			return
+		}
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(198, 18, 0, 1)})
+		w.WriteMsg(m)
+	})}
+	go s.ActivateAndServe()
+	t.Cleanup(func() { s.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// Review 38, finding 6 (medium with --fail closed, low otherwise; DoS of every user's
+// DNS): the local resolver bounds the upstream exchanges under way at 256 for the
+// whole machine (maxInflight), with no share per user or program, and each holds its
+// slot until the answer or the 2 s timeout. One unprivileged user asking 128 names a
+// second under a zone whose servers do not answer (a zone of its own) keeps every
+// slot taken: every other user's query waits behind them for seconds (glibc gives a
+// server 5 s, then, with --fail closed, has no other server). The test fills the
+// slots with 300 such queries and times another program's query for a name the
+// upstream answers at once.
+//
+// Run: go test -count=1 -run TestReview38SlowNamesStarveOtherQueries ./internal/dnsproxy/
+func TestReview38SlowNamesStarveOtherQueries(t *testing.T) {
+	p, _, _ := newProxy(t, selectiveUpstream(t))
+	if r := ask(p, "warm.example.test", dns.TypeA); r == nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("upstream does not answer: %v", r)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 300; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ask(p, fmt.Sprintf("n%d.slow.test", i), dns.TypeA)
+		}()
+	}
+	defer wg.Wait()
+	time.Sleep(300 * time.Millisecond) // the flood's queries are sent and wait
+	start := time.Now()
+	r := ask(p, "www.example.test", dns.TypeA)
+	took := time.Since(start)
+	if r == nil || r.Rcode != dns.RcodeSuccess || took > 500*time.Millisecond {
+		t.Errorf("another program's query for a name the upstream answers at once took %v (answer %v) while one user's "+
+			"300 queries for a silent zone were waiting: one user's queries starve every other user's DNS", took.Round(time.Millisecond), r != nil)
 	}
 }
