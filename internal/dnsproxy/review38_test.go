@@ -113,7 +113,13 @@ func TestReview38SlowNamesStarveOtherQueries(t *testing.T) {
 		}()
 	}
 	defer wg.Wait()
-	time.Sleep(300 * time.Millisecond) // the flood's queries are sent and wait
+	// Until the flood's queries hold every upstream slot (at most 1.5 s).
+	for deadline := time.Now().Add(1500 * time.Millisecond); len(p.inflight) < maxInflight && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(p.inflight) < maxInflight {
+		t.Fatalf("the flood holds %d upstream slots of %d", len(p.inflight), maxInflight)
+	}
 	start := time.Now()
 	r := ask(p, "www.example.test", dns.TypeA)
 	took := time.Since(start)
