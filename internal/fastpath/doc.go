@@ -730,9 +730,8 @@
 // alternated, and the paired throughput ratio with the daemon's catch-up not
 // measurably (0.85-0.86x against 0.71-0.85x; without it 0.89-0.90x against
 // 0.76-0.89x): the daemon's per-connect CPU is the history writer's above
-// all, then the
-// request's allocation (its first touch of fresh memory and its share of the
-// collections) and the scheduler's wakeups.
+// all, then the request's allocation (its first touch of fresh memory and its
+// share of the collections) and the scheduler's wakeups.
 //
 // Where the eBPF share of a fast connect goes (December 2026, the same VM,
 // `perf record -a -g -F 999` over a whole `test/bench -scenarios latch+fp
