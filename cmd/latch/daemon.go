@@ -429,16 +429,17 @@ func (c *verdictCounts) snapshot() map[string]uint64 {
 	}
 }
 
-// fastRequest fills req with the request of the fast path's decision d (id is
-// its own, user the name of d.UID).
+// fastRequest fills req, a zero request, with the request of the fast path's
+// decision d (id is its own, user the name of d.UID). Field by field: assigning
+// a whole Request built it on the stack and copied all of its 432 bytes over
+// the zeroed one with write barriers (a tenth of the decisions' reader).
 func fastRequest(req *engine.Request, id engine.RequestID, d *fastpath.Decision, user string) {
-	*req = engine.Request{
-		ID: id, Time: d.Time, Direction: engine.Outbound, Protocol: d.Protocol, Local: d.Local, Remote: d.Remote,
-		PID: d.PID, Exe: d.Exe, UID: d.UID, User: user,
-		// The kernel matched the file the rule's path verified (dev, inode),
-		// and only decisions of verified requests are cached.
-		Identity: engine.IdentityVerified,
-	}
+	req.ID, req.Time, req.Direction, req.Protocol = id, d.Time, engine.Outbound, d.Protocol
+	req.Local, req.Remote = d.Local, d.Remote
+	req.PID, req.Exe, req.UID, req.User = d.PID, d.Exe, d.UID, user
+	// The kernel matched the file the rule's path verified (dev, inode), and
+	// only decisions of verified requests are cached.
+	req.Identity = engine.IdentityVerified
 }
 
 // serveDaemon runs the daemon until ctx is done or the backend fails. ready, if not

@@ -1641,16 +1641,29 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 		return err
 	}
 	// The wall clock drifts from the boot clock (NTP): the conversion is taken
-	// again once per read that waited, or every wallEvery records, so that the
-	// times of records compare with time.Now() of the moment (a queued flow's);
-	// it changes only when the clocks moved apart (retakeWallAtBoot).
+	// again after a wait that ran out (readEvery), or every wallEvery records,
+	// so that the times of records compare with time.Now() of the moment (a
+	// queued flow's); it changes only when the clocks moved apart
+	// (retakeWallAtBoot).
 	records := 0
+	// waited: a wait ran out since the clocks were read. They are read again
+	// before the next time is converted (a decision's, or ends'), not at each
+	// read that finds the ring empty again: an idle reader read them every
+	// readEvery, eight tries of two system calls each on a VM.
+	waited := false
+	retake := func() {
+		if waited || records >= wallEvery {
+			wallAtBoot = retakeWallAtBoot(wallAtBoot)
+			waited, records = false, 0
+		}
+	}
 	var rec []byte // the record read last
 	var ends []rawEnd
 	var seen uint64 // the latest time of a decision read (boot clock)
 	fp.syncStart()
 	defer fp.syncStop()
 	handOver := func(n int) {
+		retake()
 		ends = q.take(n, ends[:0])
 		for _, r := range ends {
 			r.e.Time = wallAtBoot.Add(time.Duration(r.at))
@@ -1659,9 +1672,6 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 	}
 	r := fp.reader(fp.ring, fp.ringWait)
 	for {
-		if records++; records%wallEvery == 0 {
-			wallAtBoot = retakeWallAtBoot(wallAtBoot)
-		}
 		queued := 0
 		if fp.endsRing != nil {
 			queued = q.len()
@@ -1688,7 +1698,7 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			switch err := r.wait(readEvery); {
 			case err == nil:
 			case errors.Is(err, os.ErrDeadlineExceeded):
-				records = wallEvery - 1 // the clocks are read again at the next
+				waited = true // the clocks are read again before the next record
 			case readerClosed(ctx, err):
 				return nil
 			default:
@@ -1696,6 +1706,8 @@ func (fp *FastPath) readDecisions(ctx context.Context, q *endQueue, fn func(Deci
 			}
 			continue
 		}
+		records++
+		retake()
 		ev, err := decodeEvent(rec)
 		if err != nil {
 			fp.badEvents.Add(1)

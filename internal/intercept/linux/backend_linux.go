@@ -1044,9 +1044,14 @@ func tcpHasPayload(p *nfq.Packet, pp *packet.Packet) bool {
 // is forgotten there: req is the tuple's flow now, and its packets are never
 // to be credited to the earlier one's program (see openerOf).
 func (b *Backend) rememberFlow(req *engine.Request, now time.Time, untracked bool) {
-	b.flows.addFlow(req, now, untracked)
+	b.rememberFlowKey(keyOf(req), req, now, untracked)
+}
+
+// rememberFlowKey is rememberFlow with req's key k (keyOf(req)) already made.
+func (b *Backend) rememberFlowKey(k flowKey, req *engine.Request, now time.Time, untracked bool) {
+	b.flows.addFlowKey(k, req, now, untracked)
 	if now.UnixNano() < b.redecidedUntil.Load() {
-		b.redecided.forget(keyOf(req))
+		b.redecided.forget(k)
 	}
 }
 

@@ -186,6 +186,11 @@ func (t *flowTable) add(req *engine.Request, now time.Time) { t.addFlow(req, now
 
 // addFlow is add, the entry marked untracked (flowEntry.untracked) if untracked.
 func (t *flowTable) addFlow(req *engine.Request, now time.Time, untracked bool) {
+	t.addFlowKey(keyOf(req), req, now, untracked)
+}
+
+// addFlowKey is addFlow with req's key k (keyOf(req)) already made.
+func (t *flowTable) addFlowKey(k flowKey, req *engine.Request, now time.Time, untracked bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	at := t.since(now)
@@ -210,7 +215,6 @@ func (t *flowTable) addFlow(req *engine.Request, now time.Time, untracked bool) 
 			delete(t.m, k)
 		}
 	}
-	k := keyOf(req)
 	e := flowEntry{req: req, id: req.ID, expires: t.expiry(at), untracked: untracked}
 	if e.expires < t.expiresFrom {
 		t.expiresFrom = e.expires

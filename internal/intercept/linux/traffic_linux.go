@@ -923,12 +923,13 @@ func (b *Backend) TrackFlow(req *engine.Request) {
 	// conntrack (Notrack): its socket's end is then the last word on it. Not
 	// to or from port 53, which notrack leaves tracked with the DNS log.
 	untracked := req.Protocol == engine.TCP && req.Remote.Port() != 53 && req.Local.Port() != 53 && b.notrackOn()
-	b.rememberFlow(req, time.Now(), untracked)
+	k := keyOf(req) // once: the table's key and the accountant's
+	b.rememberFlowKey(k, req, time.Now(), untracked)
 	if b.cfg.OnTraffic == nil {
 		return
 	}
 	// After the table: the accountant looks for an end it saw before this.
-	b.tracked.add(keyOf(req))
+	b.tracked.add(k)
 	// A TCP flow whose socket's end is reported (SocketEnds, without
 	// conntrack's update events) needs no drain of its own: its end kicks the
 	// accountant, whose drain registers the flows queued before the ends it
