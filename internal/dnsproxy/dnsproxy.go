@@ -101,6 +101,7 @@ type Config struct {
 type Proxy struct {
 	cfg      Config
 	inflight chan struct{} // upstream UDP exchanges under way
+	shares   *userShares   // the same, per user (see fastLane)
 	serving  chan struct{} // UDP queries being answered
 	upstream atomic.Pointer[[]netip.AddrPort]
 	pool     *socketPool // sockets ready for the first upstream server
@@ -131,6 +132,10 @@ type Stats struct {
 	Mismatched uint64 `json:"upstream_mismatched"`
 	// Dropped counts UDP queries left unread because maxServing were being answered.
 	Dropped uint64 `json:"dropped"`
+	// Throttled counts UDP queries not answered because their user had its share of
+	// the upstream exchanges under way and enough of its queries waiting (see
+	// fastLane).
+	Throttled uint64 `json:"throttled"`
 }
 
 // New checks cfg.
@@ -168,7 +173,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.UpstreamCheck <= 0 {
 		cfg.UpstreamCheck = time.Second
 	}
-	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}
+	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), shares: newUserShares(), serving: make(chan struct{}, maxServing)}
 	p.upstream.Store(&ups)
 	p.pool = newSocketPool(poolSize, p.openUDP, cfg.Logf)
 	p.releaseFn = p.release
@@ -542,7 +547,8 @@ func (p *Proxy) refused(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name s
 // serveUDP forwards a query that came over UDP as packed bytes and hands the answer
 // back as it came (under the client's id). identified gives the asking program; it
 // is called once the query is sent, so that the program is identified while the
-// answer is on its way. Once the answer is in, the name is checked against the rules
+// answer is on its way, when the query gets a fast-lane slot, else before, so that
+// the query goes out within its user's share (see fastLane). Once the answer is in, the name is checked against the rules
 // for that program once more (they may have changed), then learned as its own.
 func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Question, name string, identified func() engine.Request) {
 	packed := raw
@@ -553,6 +559,15 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 			m.SetRcode(r, dns.RcodeFormatError)
 			w.WriteMsg(m)
 			return
+		}
+	}
+	var req engine.Request
+	fast := p.shares.tryFast()
+	if !fast {
+		req = identified()
+		if !p.shares.acquire(req.UID, p.cfg.Timeout) {
+			p.count(func(s *Stats) { s.Throttled++ })
+			return // not answered: the client asks again
 		}
 	}
 	var errs []error
@@ -570,7 +585,12 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 		return nil
 	}
 	pending := send()
-	req := identified()
+	if fast {
+		req = identified()
+		p.shares.charge(req.UID)
+		defer p.shares.endFast()
+	}
+	defer p.shares.release(req.UID)
 	bp := answerBufs.Get().(*[]byte)
 	defer answerBufs.Put(bp)
 	var answer []byte
