@@ -683,12 +683,16 @@ func (p *Proxy) learnPacked(req engine.Request, q dns.Question, a []byte) {
 
 // learn records the answer's addresses of the question's type, reached from the
 // question name directly or along its CNAME chain, as the asking program's names.
+// A question name the packet learner would not take (see learnable) teaches nothing.
 func (p *Proxy) learn(req engine.Request, q dns.Question, resp *dns.Msg) {
 	if p.cfg.Names == nil || resp.Rcode != dns.RcodeSuccess || q.Qclass != dns.ClassINET ||
 		(q.Qtype != dns.TypeA && q.Qtype != dns.TypeAAAA) {
 		return
 	}
 	qname := dnsname.Normalize(q.Name)
+	if !learnable(qname) {
+		return
+	}
 	chain := map[string]uint32{strings.ToLower(q.Name): ^uint32(0)}
 	for range 16 { // CNAME hops
 		grew := false
@@ -729,4 +733,32 @@ func (p *Proxy) learn(req engine.Request, q dns.Question, resp *dns.Msg) {
 		}
 		p.cfg.Names.AddFor(prog, a, qname, time.Duration(min(ttl, rr.Header().Ttl))*time.Second)
 	}
+}
+
+// learnable reports whether name, a question name in miekg/dns's presentation form
+// (dnsname.Normalize'd), is one the packet learner takes (package dnsname): labels of
+// letters, digits, '-' and '_', none empty, at most 253 characters. Any other byte in
+// a label is escaped in that form ('\.', '\\', '\DDD'): such a name could not be
+// named by a rule, and its escaped dots would be read as label ends by the rules'
+// wildcards (`evil\.example.com`, labels "evil.example" and "com", is no name below
+// example.com) — review 38.
+func learnable(name string) bool {
+	if name == "" || len(name) > 253 || name[0] == '.' || name[len(name)-1] == '.' {
+		return false
+	}
+	prev := byte(0)
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		case c == '.':
+			if prev == '.' {
+				return false
+			}
+		default:
+			return false
+		}
+		prev = c
+	}
+	return true
 }

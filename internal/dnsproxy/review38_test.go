@@ -146,3 +146,17 @@ func TestReview38SlowNamesStarveOtherQueries(t *testing.T) {
 			"300 queries for a silent zone were waiting: one user's queries starve every other user's DNS", took.Round(time.Millisecond), r != nil)
 	}
 }
+
+// TestLearnable: the question names the proxy learns are those the packet learner
+// takes (letters, digits, '-', '_'); any other byte is escaped in miekg/dns's form.
+func TestLearnable(t *testing.T) {
+	for name, want := range map[string]bool{
+		"www.example.com": true, "_dmarc.example.com": true, "x-1.example": true, "localhost": true,
+		`evil\.example.com`: false, `a\\b.example`: false, `a\032b.example`: false, "a b.example": false,
+		"": false, ".": false, "a..b": false, ".a": false, "a.": false, strings.Repeat("a.", 127) + "ab": false,
+	} {
+		if got := learnable(name); got != want {
+			t.Errorf("learnable(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
