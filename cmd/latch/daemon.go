@@ -77,9 +77,9 @@ exits; on SIGHUP it reads the managed rule files again.
   --dns-refuse nxdomain|zero
                            a refused name gets NXDOMAIN, or 0.0.0.0 / :: (default nxdomain)
   --host-rules-match-shared
-                           let host rules match a name another program resolved
-                           (host_source "shared"); by default they match only names
-                           the connecting program resolved itself ("own")
+                           let host rules and blocklists match a name another program
+                           resolved (host_source "shared"); by default they match only
+                           names the connecting program resolved itself ("own")
   --max-history N          connections kept in the history (default 100000)
   --max-questions N        questions open at once at most (default 1024)
   --max-questions-per-user N

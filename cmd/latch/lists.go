@@ -21,7 +21,8 @@ const listsHelp = `Usage:
 A list holds domains and addresses, in any of these formats, one entry a line:
 hosts file lines (0.0.0.0 ads.example.com), plain domains, AdBlock ||domain^ rules,
 addresses and CIDR prefixes. A domain also lists every name below it. A connection to
-a listed hostname (as the program resolved it) or address gets the list's action,
+a listed hostname (as the program resolved it itself, not a name another
+program's lookup gave the address) or address gets the list's action,
 after the rules that name a program (an app rule overrides a list) and before rules
 that name none. latch reads FILE, with your rights, and sends it to the daemon, which
 keeps a copy (FILE must be a regular file, at most 64 MiB); a bad line is an error and

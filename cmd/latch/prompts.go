@@ -117,7 +117,7 @@ func userOf(user string, uid int32) string {
 // the program resolved "www.example.com (198.18.5.5):443". The hostname comes from
 // DNS, where a label may hold any byte: it is escaped.
 // remoteOf is hostPort for a remote end, saying when its name is another program's
-// lookup (host_source "shared": host rules do not match it by default) and when the
+// lookup (host_source "shared": host rules and lists do not match it by default) and when the
 // connection goes to an encrypted DNS service.
 func remoteOf(ip string, port uint16, host, source, note string) string {
 	s := hostPort(ip, port, host)

@@ -311,7 +311,7 @@ func (w *watcher) next() {
 	fmt.Fprintf(w.out, "  wants %s %s to %s%s; %s in %s unless answered\n", p.Proto, p.Direction,
 		w.remote(p), held, def, max(time.Until(p.Expires), 0).Round(time.Second))
 	if p.Host != "" && p.HostSource == engine.HostShared {
-		fmt.Fprintf(w.out, "  the name is another program's lookup: host rules do not match it\n")
+		fmt.Fprintf(w.out, "  the name is another program's lookup: host rules and lists do not match it\n")
 	}
 	if p.Note != "" {
 		fmt.Fprintf(w.out, "  NOTE: %s\n", textesc.String(p.Note))

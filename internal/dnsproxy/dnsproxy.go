@@ -101,6 +101,7 @@ type Config struct {
 type Proxy struct {
 	cfg      Config
 	inflight chan struct{} // upstream UDP exchanges under way
+	shares   *userShares   // the same, per user (see fastLane)
 	serving  chan struct{} // UDP queries being answered
 	upstream atomic.Pointer[[]netip.AddrPort]
 	pool     *socketPool // sockets ready for the first upstream server
@@ -131,6 +132,10 @@ type Stats struct {
 	Mismatched uint64 `json:"upstream_mismatched"`
 	// Dropped counts UDP queries left unread because maxServing were being answered.
 	Dropped uint64 `json:"dropped"`
+	// Throttled counts UDP queries not answered because their user had its share of
+	// the upstream exchanges under way and enough of its queries waiting (see
+	// fastLane).
+	Throttled uint64 `json:"throttled"`
 }
 
 // New checks cfg.
@@ -168,7 +173,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.UpstreamCheck <= 0 {
 		cfg.UpstreamCheck = time.Second
 	}
-	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), serving: make(chan struct{}, maxServing)}
+	p := &Proxy{cfg: cfg, inflight: make(chan struct{}, maxInflight), shares: newUserShares(), serving: make(chan struct{}, maxServing)}
 	p.upstream.Store(&ups)
 	p.pool = newSocketPool(poolSize, p.openUDP, cfg.Logf)
 	p.releaseFn = p.release
@@ -542,7 +547,8 @@ func (p *Proxy) refused(w dns.ResponseWriter, r *dns.Msg, q dns.Question, name s
 // serveUDP forwards a query that came over UDP as packed bytes and hands the answer
 // back as it came (under the client's id). identified gives the asking program; it
 // is called once the query is sent, so that the program is identified while the
-// answer is on its way. Once the answer is in, the name is checked against the rules
+// answer is on its way, when the query gets a fast-lane slot, else before, so that
+// the query goes out within its user's share (see fastLane). Once the answer is in, the name is checked against the rules
 // for that program once more (they may have changed), then learned as its own.
 func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Question, name string, identified func() engine.Request) {
 	packed := raw
@@ -553,6 +559,15 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 			m.SetRcode(r, dns.RcodeFormatError)
 			w.WriteMsg(m)
 			return
+		}
+	}
+	var req engine.Request
+	fast := p.shares.tryFast()
+	if !fast {
+		req = identified()
+		if !p.shares.acquire(req.UID, p.cfg.Timeout) {
+			p.count(func(s *Stats) { s.Throttled++ })
+			return // not answered: the client asks again
 		}
 	}
 	var errs []error
@@ -570,7 +585,12 @@ func (p *Proxy) serveUDP(w dns.ResponseWriter, r *dns.Msg, raw []byte, q dns.Que
 		return nil
 	}
 	pending := send()
-	req := identified()
+	if fast {
+		req = identified()
+		p.shares.charge(req.UID)
+		defer p.shares.endFast()
+	}
+	defer p.shares.release(req.UID)
 	bp := answerBufs.Get().(*[]byte)
 	defer answerBufs.Put(bp)
 	var answer []byte
@@ -663,12 +683,16 @@ func (p *Proxy) learnPacked(req engine.Request, q dns.Question, a []byte) {
 
 // learn records the answer's addresses of the question's type, reached from the
 // question name directly or along its CNAME chain, as the asking program's names.
+// A question name the packet learner would not take (see learnable) teaches nothing.
 func (p *Proxy) learn(req engine.Request, q dns.Question, resp *dns.Msg) {
 	if p.cfg.Names == nil || resp.Rcode != dns.RcodeSuccess || q.Qclass != dns.ClassINET ||
 		(q.Qtype != dns.TypeA && q.Qtype != dns.TypeAAAA) {
 		return
 	}
 	qname := dnsname.Normalize(q.Name)
+	if !learnable(qname) {
+		return
+	}
 	chain := map[string]uint32{strings.ToLower(q.Name): ^uint32(0)}
 	for range 16 { // CNAME hops
 		grew := false
@@ -709,4 +733,32 @@ func (p *Proxy) learn(req engine.Request, q dns.Question, resp *dns.Msg) {
 		}
 		p.cfg.Names.AddFor(prog, a, qname, time.Duration(min(ttl, rr.Header().Ttl))*time.Second)
 	}
+}
+
+// learnable reports whether name, a question name in miekg/dns's presentation form
+// (dnsname.Normalize'd), is one the packet learner takes (package dnsname): labels of
+// letters, digits, '-' and '_', none empty, at most 253 characters. Any other byte in
+// a label is escaped in that form ('\.', '\\', '\DDD'): such a name could not be
+// named by a rule, and its escaped dots would be read as label ends by the rules'
+// wildcards (`evil\.example.com`, labels "evil.example" and "com", is no name below
+// example.com) — review 38.
+func learnable(name string) bool {
+	if name == "" || len(name) > 253 || name[0] == '.' || name[len(name)-1] == '.' {
+		return false
+	}
+	prev := byte(0)
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		case c == '.':
+			if prev == '.' {
+				return false
+			}
+		default:
+			return false
+		}
+		prev = c
+	}
+	return true
 }

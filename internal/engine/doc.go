@@ -74,7 +74,8 @@
 //
 // Blocklists (SetLists, package blocklist) come between the rules that name a program
 // and those that do not: when the winning rule names an app (or an identity field), it
-// decides; otherwise a list naming the request's hostname or address decides
+// decides; otherwise a list naming the request's hostname (the one host rules match:
+// not a shared one unless Config.HostRulesMatchShared) or address decides
 // (ReasonList); otherwise the winning app-less rule, if any.
 //
 // # Modes

@@ -43,14 +43,18 @@ func (e *Engine) SetLists(ls []BlockList) {
 }
 
 // listVerdict is the verdict of the first list that names req's hostname or remote
-// address.
+// address. The hostname is the one host rules match (ruleHost): the program's own
+// name for the address, not the machine-wide one another program's lookup set
+// (unless Config.HostRulesMatchShared), which any local user can set for any
+// address by asking a server of its own (review 38).
 func (e *Engine) listVerdict(req *Request) (Verdict, bool) {
 	ls := e.lists.Load()
 	if ls == nil {
 		return Verdict{}, false
 	}
+	host := req.ruleHost()
 	for _, l := range *ls {
-		if (req.Host != "" && l.List.MatchHost(req.Host)) || l.List.MatchAddr(req.Remote.Addr()) {
+		if (host != "" && l.List.MatchHost(host)) || l.List.MatchAddr(req.Remote.Addr()) {
 			return Verdict{Action: l.Action, Reason: ReasonList}, true
 		}
 	}

@@ -1085,8 +1085,21 @@ type endedResolver interface {
 }
 
 // queryProgram finds the program that sent a DNS query from client to server, as
-// attribute does for a held connection; the zero Program if none is found.
+// attribute does for a held connection; the zero Program if none is found. A query
+// the queue held is credited to the sender attribute found for it then (dnsSenders),
+// never to whichever socket holds its port when the copy is read: the sender may
+// have closed its socket and another program bound the port since, or share the
+// port with another socket (SO_REUSEPORT), which a lookup by tuple may find instead
+// (review 38).
 func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64) dnsname.Program {
+	if proto == engine.UDP && b.dnsSenders != nil {
+		if prog, ok := b.dnsSenders.get(q, time.Now()); ok {
+			if uid >= 0 && uid != int64(prog.UID) {
+				return dnsname.Program{} // the copy's sender is not the one the queue saw
+			}
+			return prog
+		}
+	}
 	client, server := q.Client, q.Server
 	req := engine.Request{Direction: engine.Outbound, Protocol: proto, Local: client, Remote: server, UID: -1}
 	if uid >= 0 && uid <= 1<<31-1 {
@@ -1102,13 +1115,6 @@ func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64
 		p, err = b.cfg.Resolver.ResolveDev(proto, client, server, req.UID, 0)
 	}
 	if err != nil || p.PID == 0 {
-		// The socket is gone (a quick resolver got its answer and closed it before
-		// this copy was read): who the queue saw sending the query, if it held it.
-		if proto == engine.UDP && b.dnsSenders != nil {
-			if prog, ok := b.dnsSenders.get(q, time.Now()); ok && (uid < 0 || uid == int64(prog.UID)) {
-				return prog
-			}
-		}
 		return dnsname.Program{}
 	}
 	req.PID, req.Exe, req.Identity, req.Container = p.PID, p.Exe, p.Identity, p.Container

@@ -11,12 +11,14 @@ import (
 // dnsSenders remembers, for a short while, which program sent the first datagram
 // of each UDP flow to port 53 that the queue decided: the program attribution found
 // while the datagram was held. The hostname learner reads its copy of that query on
-// another socket, possibly after the program got its answer and closed its socket,
-// when a socket lookup finds nothing; it then falls back to this record, so a quick
-// resolver (one query, one answer, close) still gets its own names. A record credits
-// only a copy of the very query the queue held (same sockets, id and question), so a
-// later program reusing the port on the still-open flow, whose datagrams the queue
-// does not see, is not credited with it; and a live socket is always asked first.
+// another socket, possibly after the program got its answer and closed its socket
+// (and another program bound the port); it credits the query to this record, not to
+// whatever socket a lookup finds on the port then, so a quick resolver (one query,
+// one answer, close) still gets its own names and no later taker of the port gets
+// them. A record credits only a copy of the very query the queue held (same sockets,
+// id and question), so a later program reusing the port on the still-open flow, whose
+// datagrams the queue does not see, is not credited with it; such a query is
+// credited to the socket a lookup finds.
 type dnsSenders struct {
 	mu   sync.Mutex
 	m    map[dnsFlow]dnsSender
