@@ -2,8 +2,10 @@ package store
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +20,15 @@ import (
 func BenchmarkHistoryWriteBatchTuning(b *testing.B) {
 	variants := tuningVariants(b)
 	rounds, batches, bound := benchRounds(9), 100, 20_000
+	size := daemonBatch
+	if n, err := strconv.Atoi(os.Getenv("LATCH_BENCH_BATCH")); err == nil && n > 0 {
+		// test/bench's paired bursts: 200 connects, a transaction each, into
+		// a history below its bound.
+		size, bound = n, 1_000_000
+	}
 	hs := make([]*History, len(variants))
 	next := make([]int, len(variants))
-	batch := make([]historyItem, daemonBatch)
+	batch := make([]historyItem, size)
 	t0 := time.Unix(1_900_000_000, 0)
 	fill := func(v int) {
 		for k := range batch {
@@ -40,7 +48,7 @@ func BenchmarkHistoryWriteBatchTuning(b *testing.B) {
 		defer h.Close()
 		h.reports = true // byte accounting is on
 		hs[v] = h
-		for range bound/daemonBatch + 2 {
+		for range min(bound/size+2, 20_000/size) {
 			fill(v)
 			h.writeBatch(batch)
 		}
@@ -58,7 +66,7 @@ func BenchmarkHistoryWriteBatchTuning(b *testing.B) {
 				hs[v].writeBatch(batch)
 				cpu += threadCPU(b) - c0
 			}
-			cost[v] = append(cost[v], float64(cpu.Nanoseconds())/float64(batches*daemonBatch))
+			cost[v] = append(cost[v], float64(cpu.Nanoseconds())/float64(batches*size))
 		}
 		var line strings.Builder
 		for v := range variants {

@@ -21,13 +21,20 @@ func BenchmarkHistoryRowCostTuning(b *testing.B) {
 	variants := tuningVariants(b)
 	rounds := benchRounds(5)
 	const rows = 30_000
+	full := true
+	if os.Getenv("LATCH_BENCH_BELOW") != "" {
+		// Below the bound, as test/bench's daemon writes (100,000 rows).
+		full = false
+		defer func(n int) { rowCostBound = n }(rowCostBound)
+		rowCostBound = DefaultMaxRows
+	}
 	cost := make([][]float64, len(variants))
 	for r := range rounds {
 		var line strings.Builder
 		for k := range variants {
 			v := (r + k) % len(variants)
 			path := filepath.Join(b.TempDir(), HistoryFileName)
-			got, _ := rowCostPaced(b, path, "client", true, rows, variants[v].tuning, daemonRate, func() {})
+			got, _ := rowCostPaced(b, path, "client", full, rows, variants[v].tuning, daemonRate, func() {})
 			cost[v] = append(cost[v], got)
 		}
 		for v := range variants {
@@ -50,10 +57,21 @@ type tuningVariant struct {
 }
 
 // tuningVariants are the writers the tuning benchmarks compare: as before this
-// change ("before": the bound deletes the oldest rows after a batch's are in)
-// and as now.
+// change ("before": the bound deletes the oldest rows after a batch's are in,
+// and the write-ahead log is cut back to 1 MiB after each checkpoint) and as
+// now; LATCH_BENCH_NOW_ONLY: now alone; LATCH_BENCH_WAL=1M or 6M: now with that
+// journal_size_limit alone (to compare under strace).
 func tuningVariants(b *testing.B) []tuningVariant {
-	return []tuningVariant{{"before", historyTuning{pruneAfter: true}}, {"now", historyTuning{}}}
+	switch os.Getenv("LATCH_BENCH_WAL") {
+	case "1M":
+		return []tuningVariant{{"limit1M", historyTuning{walLimit: 1 << 20}}}
+	case "6M":
+		return []tuningVariant{{"limit6M", historyTuning{walLimit: 6 << 20}}}
+	}
+	if nowOnly {
+		return []tuningVariant{{"now", historyTuning{}}}
+	}
+	return []tuningVariant{{"before", historyTuning{pruneAfter: true, walLimit: 1 << 20}}, {"now", historyTuning{}}}
 }
 
 // benchRounds is LATCH_BENCH_ROUNDS, or def.
@@ -63,3 +81,11 @@ func benchRounds(def int) int {
 	}
 	return def
 }
+
+func init() {
+	if os.Getenv("LATCH_BENCH_NOW_ONLY") != "" {
+		nowOnly = true
+	}
+}
+
+var nowOnly bool
