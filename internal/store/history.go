@@ -145,7 +145,7 @@ type historyTuning struct {
 // that (1 MiB before) had the log cut back after every checkpoint, and the
 // transactions after it write at its end again, growing the file a block at a
 // time: on ext4 such a write took 19 µs under strace, one over the log's old
-// pages 14 µs, and the commit's writes were a third of the writer's CPU for
+// pages 14 µs, and the commit's writes were two fifths of the writer's CPU for
 // test/bench's transactions of 200 rows (-25% CPU per row with this limit,
 // BenchmarkHistoryWriteBatchTuning). After a checkpoint the log keeps its
 // size (some 4 MiB) where it was cut to 1 MiB.
