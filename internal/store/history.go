@@ -129,7 +129,27 @@ type historyTuning struct {
 	// procsByValues: the procs rows' last_conn are set with one UPDATE ... FROM
 	// (VALUES ...) per chunk however few they are, as versions before did.
 	procsByValues bool
+	// pruneAfter: the bound deletes the oldest rows after a batch's rows are
+	// in, as versions before pruneAhead did.
+	pruneAfter bool
+	// walLimit is the write-ahead log's journal_size_limit (0:
+	// historyWALLimit); versions before had 1 MiB.
+	walLimit int
 }
+
+// historyWALLimit is the size the write-ahead log is cut back to after a
+// checkpoint (journal_size_limit), so that it gives back the room a flood (or
+// a long read holding back checkpoints) made it take. It is above the log's
+// own size between checkpoints (SQLite checkpoints once the log holds 1000
+// pages, 4 MiB of 4 KiB pages, and the last transaction's): a limit below
+// that (1 MiB before) had the log cut back after every checkpoint, and the
+// transactions after it write at its end again, growing the file a block at a
+// time: on ext4 such a write took 19 µs under strace, one over the log's old
+// pages 14 µs, and the commit's writes were two fifths of the writer's CPU for
+// test/bench's transactions of 200 rows (-25% CPU per row with this limit,
+// BenchmarkHistoryWriteBatchTuning). After a checkpoint the log keeps its
+// size (some 4 MiB) where it was cut to 1 MiB.
+const historyWALLimit = 6 << 20
 
 // DefaultMinFree is the free-space floor of the history on a file system of total
 // bytes: 1/32 of it, from 16 KiB to 256 MiB.
@@ -548,8 +568,6 @@ func openHistory(path string, o HistoryOptions, queueLen int, hold time.Duration
 		}
 		minFree = DefaultMinFree(total)
 	}
-	// journal_size_limit: the write-ahead log gives its room back after a checkpoint
-	// instead of keeping its largest size for ever.
 	h := &History{
 		path:    path,
 		maxRows: maxRows,
@@ -586,8 +604,12 @@ func (h *History) open() error {
 		return err
 	}
 	// journal_size_limit: the write-ahead log gives its room back after a checkpoint
-	// instead of keeping its largest size for ever.
-	dsn := "file:" + h.path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_pragma=journal_size_limit(1048576)"
+	// instead of keeping its largest size for ever (see historyWALLimit).
+	walLimit := historyWALLimit
+	if h.tuning.walLimit != 0 {
+		walLimit = h.tuning.walLimit
+	}
+	dsn := "file:" + h.path + fmt.Sprintf("?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_pragma=journal_size_limit(%d)", walLimit)
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return fmt.Errorf("history %s: %w", h.path, err)
@@ -1163,7 +1185,13 @@ func (h *History) writeBatch(batch []historyItem) {
 			return err
 		}
 		h.w.begin()
-		err := h.writeItems(h.w, batch)
+		var err error
+		if !h.tuning.pruneAfter {
+			err = h.pruneAhead(h.w, conns)
+		}
+		if err == nil {
+			err = h.writeItems(h.w, batch)
+		}
 		if err == nil {
 			err = h.prune(h.w)
 		}
@@ -1253,6 +1281,10 @@ type rowWriter struct {
 	// the bound deleted (prune): a procs row whose last_conn is at most cutoff
 	// is gone.
 	maxConn, cutoff int64
+	// connsCutoff is the largest connection id the bound deleted from conns:
+	// pruneAhead deletes a batch's share before its rows go in (cutoff moves
+	// only once they are).
+	connsCutoff int64
 	// span is the ids and times of the rows of the open transaction
 	// (conns_batches); spanN counts them.
 	span  batchSpan
@@ -2372,11 +2404,10 @@ func (h *History) ensureTrafficTable(w *rowWriter) error {
 // the connections', then the processes and batches no connection left refers to.
 func (h *History) prune(w *rowWriter) error {
 	cutoff := w.maxConn - int64(h.maxRows)
+	if err := h.pruneConns(w, cutoff); err != nil {
+		return err
+	}
 	if cutoff > w.cutoff {
-		w.int(cutoff)
-		if _, err := w.runArgs(`DELETE FROM conns WHERE id <= ?`); err != nil {
-			return fmt.Errorf("pruning history (conns): %w", err)
-		}
 		w.int(cutoff)
 		if _, err := w.runArgs(`DELETE FROM procs WHERE last_conn <= ?`); err != nil {
 			return fmt.Errorf("pruning history (procs): %w", err)
@@ -2395,6 +2426,32 @@ func (h *History) prune(w *rowWriter) error {
 			return fmt.Errorf("pruning history (traffic): %w", err)
 		}
 	}
+	return nil
+}
+
+// pruneAhead deletes, before a batch of n connections is inserted, the oldest
+// rows the bound will delete once they are in (their ids follow the largest
+// written, see prune, which deletes what is left beyond the bound if they do
+// not). The pages the rows leave go to the database's free list, and the
+// batch's rows fill them: a transaction writes each page once, where deleting
+// after inserting wrote the freed pages into the write-ahead log and the rows
+// into others (test/bench's batches: 21 pages where they wrote 33).
+func (h *History) pruneAhead(w *rowWriter, n int) error {
+	// Only rows written already: a batch larger than the bound deletes some of
+	// its own once they are in.
+	return h.pruneConns(w, min(w.maxConn+int64(n)-int64(h.maxRows), w.maxConn))
+}
+
+// pruneConns deletes the connections up to id cutoff, unless it did already.
+func (h *History) pruneConns(w *rowWriter, cutoff int64) error {
+	if cutoff <= w.connsCutoff {
+		return nil
+	}
+	w.int(cutoff)
+	if _, err := w.runArgs(`DELETE FROM conns WHERE id <= ?`); err != nil {
+		return fmt.Errorf("pruning history (conns): %w", err)
+	}
+	w.connsCutoff = cutoff
 	return nil
 }
 

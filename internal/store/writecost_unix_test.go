@@ -82,7 +82,7 @@ func rowCostIn(b *testing.B, path, kind string, full bool, n int, tuning history
 // rowCostPaced is rowCostIn recording rate connections per second (0: as fast
 // as it can), in bursts of a millisecond's.
 func rowCostPaced(b *testing.B, path, kind string, full bool, n int, tuning historyTuning, rate int, start func()) (cpuPerRow, updatesPerRow float64) {
-	const bound = 20_000
+	bound := rowCostBound
 	h, err := openHistory(path, HistoryOptions{MaxRows: bound, tuning: tuning}, historyQueueLen, historyHold)
 	if err != nil {
 		b.Fatal(err)
@@ -146,6 +146,9 @@ func rowCostPaced(b *testing.B, path, kind string, full bool, n int, tuning hist
 	}
 	return float64(cpu.Nanoseconds()) / 1000 / float64(n), float64(h.updates.Load()-updates) / float64(n)
 }
+
+// rowCostBound is the bound of the histories rowCostPaced writes.
+var rowCostBound = 20_000
 
 // attrsProcs are attrsConn's processes' attributes, the same texts and slices for
 // every connection of a process, as the daemon's process cache hands them.
