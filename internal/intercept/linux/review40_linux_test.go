@@ -20,8 +20,11 @@ import (
 // of its choosing (dig) sends ~820 queries a second, each a new flow to port 53 that
 // the queue holds (new source port or server address each time), keeps the table full,
 // then asks its server for bank.example.com and closes; the limited program that binds
-// the port (or shares it by SO_REUSEPORT) gets the answer as its own name. Any other
-// user can fill the table too (it is not per user): then every quick resolver's
+// the port (or shares it by SO_REUSEPORT) gets the answer as its own name. The
+// filling needs no DNS allowed: put runs while the datagram is held, before its
+// verdict, so denied queries (or ones waiting on a question: vary only the source port
+// and they share one) fill the table too. Any other user can fill it (it is not per
+// user): then every quick resolver's
 // queries (one query, one answer, close) lose their program and their names are
 // shared only. The table should not let one sender's records crowd out everyone's
 // (a per-user bound as the learner's 512, or evicting the oldest), and a query whose
