@@ -28,6 +28,7 @@ type stream struct {
 	buf    []byte // bytes not yet forming a whole message
 	broken bool   // a gap or an oversized message: ignore until the stream ends
 	seen   uint64 // when it was last used, for eviction
+	uid    int64  // the user whose socket sent the SYN (-1: unknown)
 }
 
 type tcpStreams struct {
@@ -103,7 +104,10 @@ func (l *Learner) Segment(pkt []byte, uid int64, outbound bool) int {
 		return 0
 	}
 	key := streamKey{keyAP(src), keyAP(dst)}
-	msgs := l.tcp.add(key, seq, flags, payload)
+	msgs, synUID := l.tcp.add(key, seq, flags, payload, uid)
+	if uid < 0 {
+		uid = synUID // data sent after its socket closed: the copy names no user
+	}
 	learned := 0
 	for _, m := range msgs {
 		if outbound {
@@ -126,8 +130,9 @@ func (l *Learner) Segment(pkt []byte, uid int64, outbound bool) int {
 	return learned
 }
 
-// add appends a segment to its stream and returns the whole messages it completes.
-func (t *tcpStreams) add(key streamKey, seq uint32, flags uint8, payload []byte) [][]byte {
+// add appends a segment of user uid (-1: unknown) to its stream and returns the whole
+// messages it completes, and the user whose SYN began the stream (-1: unknown).
+func (t *tcpStreams) add(key streamKey, seq uint32, flags uint8, payload []byte, uid int64) ([][]byte, int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.streams == nil {
@@ -144,11 +149,11 @@ func (t *tcpStreams) add(key streamKey, seq uint32, flags uint8, payload []byte)
 			t.streams[key] = s
 		}
 		if s.buf == nil || s.next != seq+1 { // a new SYN, or the same one again
-			*s = stream{next: seq + 1}
+			*s = stream{next: seq + 1, uid: uid}
 		}
 	}
 	if s == nil {
-		return nil // begun before latch saw it: message boundaries unknown
+		return nil, -1 // begun before latch saw it: message boundaries unknown
 	}
 	s.seen = t.tick
 	var msgs [][]byte
@@ -192,7 +197,7 @@ func (t *tcpStreams) add(key streamKey, seq uint32, flags uint8, payload []byte)
 	if flags&(tcpFIN|tcpRST) != 0 {
 		delete(t.streams, key)
 	}
-	return msgs
+	return msgs, s.uid
 }
 
 // evictOldest drops the stream used least recently. t.mu is held.
