@@ -47,3 +47,33 @@ func TestTCPQueryWithoutUserCountsAsSYNsUser(t *testing.T) {
 			s.Pending, s.QueriesNotTracked[NotTrackedClientLimit], MaxPendingPerClient)
 	}
 }
+
+// One user's SYNs to port 53 replace that user's streams, the least recently used
+// first; the table stays bounded and its per-user counts follow FIN and RST.
+func TestTCPStreamsSharedPerUser(t *testing.T) {
+	l, _ := newTestLearner()
+	useSubuid(t, "1001:100000:65536\n")
+	victim := netip.MustParseAddrPort("198.18.0.1:41000")
+	server := netip.MustParseAddrPort("198.18.0.2:53")
+	l.Segment(tcpPacket(victim, server, 1, tcpSYN, nil), 1000, true)
+	far := netip.MustParseAddr("198.19.0.0")
+	for i := 0; i < 3*maxTCPStreams; i++ {
+		far = far.Next()
+		src := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), uint16(20000+i))
+		l.Segment(tcpPacket(src, netip.AddrPortFrom(far, 53), 7, tcpSYN, nil), 100000+int64(i%50), true)
+	}
+	l.tcp.mu.Lock()
+	n, victims, attackers := len(l.tcp.streams), l.tcp.owners[1000], l.tcp.owners[1001]
+	l.tcp.mu.Unlock()
+	if n != maxTCPStreams || victims != 1 || attackers != maxTCPStreams-1 {
+		t.Errorf("after %d SYNs of one user's subordinate uids: %d streams (user 1000: %d, 1001: %d), want %d (1, %d)",
+			3*maxTCPStreams, n, victims, attackers, maxTCPStreams, maxTCPStreams-1)
+	}
+	l.Segment(tcpPacket(victim, server, 2, tcpFIN|0x10, nil), 1000, true)
+	l.tcp.mu.Lock()
+	_, left := l.tcp.owners[1000]
+	l.tcp.mu.Unlock()
+	if left {
+		t.Errorf("user 1000 still counted after its stream's FIN")
+	}
+}
