@@ -261,9 +261,10 @@ func (l *Learner) response(r *Response, err error, tcp bool) (int, string) {
 	l.expire(now)
 	e, matched := l.pending[key]
 	var prog Program
+	var client clientKey
 	if matched {
 		w := e.Value.(*waiting)
-		prog = w.prog
+		prog, client = w.prog, w.client
 		l.remove(w, true)
 	}
 	reason := ""
@@ -293,7 +294,7 @@ func (l *Learner) response(r *Response, err error, tcp bool) (int, string) {
 	}
 	l.answers.Add(1)
 	for _, a := range r.Answers {
-		l.cache.AddFor(prog, a.Addr, a.Name, time.Duration(a.TTL)*time.Second)
+		l.cache.addBy(client.uid, prog, a.Addr, a.Name, time.Duration(a.TTL)*time.Second)
 	}
 	l.learned.Add(uint64(len(r.Answers)))
 	return len(r.Answers), ""

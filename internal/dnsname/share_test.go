@@ -1,8 +1,10 @@
 package dnsname
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 // Queries whose copy names no user count as one client, whatever their source
@@ -76,4 +78,72 @@ func TestTCPStreamsSharedPerUser(t *testing.T) {
 	if left {
 		t.Errorf("user 1000 still counted after its stream's FIN")
 	}
+}
+
+// The per-user bookkeeping of a shard stays consistent through adds, replacements and
+// answers that move an address from one user to another; a user under its share gets
+// its names in, and the flooder holds the rest.
+func TestCacheSharesPerUser(t *testing.T) {
+	c, _ := newTestCache(1024) // 64 per shard
+	check := func(when string) {
+		t.Helper()
+		for _, tb := range []interface{ consistent() error }{&c.shared, &c.own} {
+			if err := tb.consistent(); err != nil {
+				t.Fatalf("%s: %v", when, err)
+			}
+		}
+	}
+	victim := Program{Exe: "/usr/bin/firefox", Identity: 1, UID: 1000}
+	for i := 0; i < 20000; i++ {
+		a := netip.AddrFrom4([4]byte{198, 19, byte(i >> 8 & 7), byte(i)}) // 2,048 addresses: later ones move between users
+		c.AddFor(Program{Exe: "/tmp/flood", Identity: 1, UID: int32(1001 + i%3)}, a, "x.example.net", time.Hour)
+		if i%397 == 0 {
+			c.AddFor(victim, a, "v.example.com", time.Hour)
+		}
+	}
+	check("after the flood")
+	victims := 0
+	for i := 0; i < 20000; i += 397 {
+		a := netip.AddrFrom4([4]byte{198, 19, byte(i >> 8 & 7), byte(i)})
+		if name, own, _ := c.LookupFor(victim, a); own && name == "v.example.com" {
+			victims++
+		}
+	}
+	if want := 20000/397 + 1; victims != want {
+		t.Errorf("the victim holds %d of its %d own names after 3 users' flood", victims, want)
+	}
+}
+
+// consistent checks every shard's per-user bookkeeping.
+func (t *table[K]) consistent() error {
+	for si := range t.shards {
+		s := &t.shards[si]
+		s.mu.RLock()
+		held := 0
+		for o, h := range s.owners {
+			if len(h.slots) == 0 {
+				s.mu.RUnlock()
+				return fmt.Errorf("shard %d: owner %d holds no slot but is listed", si, o)
+			}
+			for p, i := range h.slots {
+				if s.slots[i].owner != o || int(s.slots[i].pos) != p {
+					s.mu.RUnlock()
+					return fmt.Errorf("shard %d: slot %d listed for owner %d at %d, says owner %d at %d", si, i, o, p, s.slots[i].owner, s.slots[i].pos)
+				}
+			}
+			held += len(h.slots)
+		}
+		if held != len(s.slots) || len(s.index) != len(s.slots) || len(s.slots) > s.limit {
+			s.mu.RUnlock()
+			return fmt.Errorf("shard %d: %d slots, %d held by owners, %d indexed, limit %d", si, len(s.slots), held, len(s.index), s.limit)
+		}
+		for k, e := range s.index {
+			if s.slots[e.slot].key != k {
+				s.mu.RUnlock()
+				return fmt.Errorf("shard %d: index and slot %d disagree", si, e.slot)
+			}
+		}
+		s.mu.RUnlock()
+	}
+	return nil
 }
