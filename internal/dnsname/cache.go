@@ -102,13 +102,16 @@ type shard[K comparable] struct {
 	slots  []slotKey[K]    // which key each slot holds, and whose it is
 	used   []atomic.Uint32 // per slot: looked up since its owner's hand last passed; dense, so a lookup touches one small array
 	owners map[int64]*holder
+	list   []*holder // owners' values, for a quick walk
 	limit  int
 }
 
 // holder is the slots one user's entries take in a shard, with that user's clock hand.
 type holder struct {
+	owner int64
 	slots []int32
 	hand  int
+	at    int // where in the shard's list
 }
 
 // entry is what a lookup reads: held in the map itself, so a hit is one map probe.
@@ -121,8 +124,8 @@ type entry struct {
 type slotKey[K comparable] struct {
 	key     K
 	expires int64
-	owner   int64 // the user whose entry it is (-1: unknown)
-	pos     int32 // where in owners[owner].slots
+	h       *holder // the user whose entry it is
+	pos     int32   // where in h.slots
 }
 
 func (t *table[K]) init(per int) {
@@ -196,7 +199,7 @@ func (t *table[K]) add(shardIdx int, k K, owner int64, name string, now, expires
 		s.index[k] = entry{name, expires, e.slot}
 		s.slots[e.slot].expires = expires
 		s.used[e.slot].Store(1)
-		if s.slots[e.slot].owner != owner {
+		if s.slots[e.slot].h.owner != owner {
 			s.detach(e.slot)
 			s.attach(e.slot, owner)
 		}
@@ -211,16 +214,16 @@ func (t *table[K]) add(shardIdx int, k K, owner int64, name string, now, expires
 	}
 	// Full: replace an entry of the user holding the most here, the newcomer's own
 	// when it holds as many, so one user's answers replace only that user's names.
-	from, most := owner, 0
-	if h := s.owners[owner]; h != nil {
+	h := s.owners[owner]
+	most := 0
+	if h != nil {
 		most = len(h.slots)
 	}
-	for o, h := range s.owners {
-		if len(h.slots) > most {
-			from, most = o, len(h.slots)
+	for _, o := range s.list {
+		if len(o.slots) > most {
+			h, most = o, len(o.slots)
 		}
 	}
-	h := s.owners[from]
 	if h == nil {
 		return // nobody holds a slot: not while the shard is full
 	}
@@ -237,7 +240,7 @@ func (t *table[K]) add(shardIdx int, k K, owner int64, name string, now, expires
 		}
 		delete(s.index, s.slots[i].key)
 		s.slots[i].key, s.slots[i].expires = k, expires
-		if from != owner {
+		if h.owner != owner {
 			s.detach(i)
 			s.attach(i, owner)
 		}
@@ -251,23 +254,28 @@ func (t *table[K]) add(shardIdx int, k K, owner int64, name string, now, expires
 func (s *shard[K]) attach(i int32, owner int64) {
 	h := s.owners[owner]
 	if h == nil {
-		h = &holder{}
+		h = &holder{owner: owner, at: len(s.list)}
 		s.owners[owner] = h
+		s.list = append(s.list, h)
 	}
-	s.slots[i].owner, s.slots[i].pos = owner, int32(len(h.slots))
+	s.slots[i].h, s.slots[i].pos = h, int32(len(h.slots))
 	h.slots = append(h.slots, i)
 }
 
 // detach takes slot i from its owner's list. s.mu is held.
 func (s *shard[K]) detach(i int32) {
-	owner, pos := s.slots[i].owner, s.slots[i].pos
-	h := s.owners[owner]
+	h, pos := s.slots[i].h, s.slots[i].pos
 	last := h.slots[len(h.slots)-1]
 	h.slots[pos] = last
 	s.slots[last].pos = pos
 	h.slots = h.slots[:len(h.slots)-1]
+	s.slots[i].h = nil
 	if len(h.slots) == 0 {
-		delete(s.owners, owner)
+		delete(s.owners, h.owner)
+		end := s.list[len(s.list)-1]
+		s.list[h.at], end.at = end, h.at
+		s.list[len(s.list)-1] = nil
+		s.list = s.list[:len(s.list)-1]
 	}
 }
 

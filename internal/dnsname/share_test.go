@@ -120,15 +120,19 @@ func (t *table[K]) consistent() error {
 		s := &t.shards[si]
 		s.mu.RLock()
 		held := 0
+		if len(s.list) != len(s.owners) {
+			s.mu.RUnlock()
+			return fmt.Errorf("shard %d: %d owners, %d listed", si, len(s.owners), len(s.list))
+		}
 		for o, h := range s.owners {
-			if len(h.slots) == 0 {
+			if len(h.slots) == 0 || h.owner != o || s.list[h.at] != h {
 				s.mu.RUnlock()
-				return fmt.Errorf("shard %d: owner %d holds no slot but is listed", si, o)
+				return fmt.Errorf("shard %d: owner %d (%d) holds %d slots, listed at %d", si, o, h.owner, len(h.slots), h.at)
 			}
 			for p, i := range h.slots {
-				if s.slots[i].owner != o || int(s.slots[i].pos) != p {
+				if s.slots[i].h != h || int(s.slots[i].pos) != p {
 					s.mu.RUnlock()
-					return fmt.Errorf("shard %d: slot %d listed for owner %d at %d, says owner %d at %d", si, i, o, p, s.slots[i].owner, s.slots[i].pos)
+					return fmt.Errorf("shard %d: slot %d listed for owner %d at %d, says %d", si, i, o, p, s.slots[i].pos)
 				}
 			}
 			held += len(h.slots)
