@@ -23,10 +23,15 @@ const shardCount = 16
 // Cache maps IP addresses to the hostname a program asked for when it resolved them,
 // twice: per program (the names that program resolved itself, see Program) and
 // machine-wide (the latest name anyone resolved, the labelled fallback). Each map is
-// bounded: when a shard is full, an expired entry or one not looked up since the clock
-// hand last passed it is replaced (the CLOCK approximation of LRU, so a lookup never
-// takes a write lock). When several names resolve to one address, the latest answer
-// wins, within each map. A Cache is safe for concurrent use.
+// bounded and shared out per user: an entry belongs to the user whose query taught it
+// (a subordinate uid as its owner, see package subid; the latest answer for an
+// address makes the machine-wide entry that user's), and when a shard is full the new
+// entry replaces one of the user holding the most entries in that shard (the
+// newcomer's own when it holds as many): of that user's, an expired entry or one not
+// looked up since that user's clock hand last passed it (the CLOCK approximation of
+// LRU, so a lookup never takes a write lock). One user's flood of answers so replaces
+// only that user's names. When several names resolve to one address, the latest
+// answer wins, within each map. A Cache is safe for concurrent use.
 type Cache struct {
 	shared table[netip.Addr]
 	own    table[ownKey]
@@ -92,12 +97,21 @@ type table[K comparable] struct {
 }
 
 type shard[K comparable] struct {
-	mu    sync.RWMutex
-	index map[K]entry
-	slots []slotKey[K]    // for the clock hand: which key each slot holds
-	used  []atomic.Uint32 // per slot: looked up since the hand last passed; dense, so a lookup touches one small array
-	limit int
+	mu     sync.RWMutex
+	index  map[K]entry
+	slots  []slotKey[K]    // which key each slot holds, and whose it is
+	used   []atomic.Uint32 // per slot: looked up since its owner's hand last passed; dense, so a lookup touches one small array
+	owners map[int64]*holder
+	list   []*holder // owners' values, for a quick walk
+	limit  int
+}
+
+// holder is the slots one user's entries take in a shard, with that user's clock hand.
+type holder struct {
+	owner int64
+	slots []int32
 	hand  int
+	at    int // where in the shard's list
 }
 
 // entry is what a lookup reads: held in the map itself, so a hit is one map probe.
@@ -110,11 +124,14 @@ type entry struct {
 type slotKey[K comparable] struct {
 	key     K
 	expires int64
+	h       *holder // the user whose entry it is
+	pos     int32   // where in h.slots
 }
 
 func (t *table[K]) init(per int) {
 	for i := range t.shards {
 		t.shards[i].index = make(map[K]entry)
+		t.shards[i].owners = make(map[int64]*holder)
 		t.shards[i].used = make([]atomic.Uint32, per)
 		t.shards[i].limit = per
 	}
@@ -173,7 +190,8 @@ func (t *table[K]) lookup(shardIdx int, k K, now int64) (string, bool) {
 	return e.name, true
 }
 
-func (t *table[K]) add(shardIdx int, k K, name string, now, expires int64) {
+// add records k's name for owner (the user whose query taught it).
+func (t *table[K]) add(shardIdx int, k K, owner int64, name string, now, expires int64) {
 	s := &t.shards[shardIdx]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -181,26 +199,83 @@ func (t *table[K]) add(shardIdx int, k K, name string, now, expires int64) {
 		s.index[k] = entry{name, expires, e.slot}
 		s.slots[e.slot].expires = expires
 		s.used[e.slot].Store(1)
+		if s.slots[e.slot].h.owner != owner {
+			s.detach(e.slot)
+			s.attach(e.slot, owner)
+		}
 		return
 	}
 	if len(s.slots) < s.limit {
-		s.slots = append(s.slots, slotKey[K]{k, expires})
-		s.index[k] = entry{name, expires, int32(len(s.slots) - 1)}
+		i := int32(len(s.slots))
+		s.slots = append(s.slots, slotKey[K]{key: k, expires: expires})
+		s.attach(i, owner)
+		s.index[k] = entry{name, expires, i}
 		return
 	}
-	// Two sweeps at most: the first clears every used mark it passes.
-	for range 2 * len(s.slots) {
-		i := s.hand
-		s.hand = (s.hand + 1) % len(s.slots)
+	// Full: replace an entry of the user holding the most here, the newcomer's own
+	// when it holds as many, so one user's answers replace only that user's names.
+	h := s.owners[owner]
+	most := 0
+	if h != nil {
+		most = len(h.slots)
+	}
+	for _, o := range s.list {
+		if len(o.slots) > most {
+			h, most = o, len(o.slots)
+		}
+	}
+	if h == nil {
+		return // nobody holds a slot: not while the shard is full
+	}
+	// That user's clock: two sweeps at most, the first clears every used mark it passes.
+	for range 2 * len(h.slots) {
+		if h.hand >= len(h.slots) {
+			h.hand = 0
+		}
+		i := h.slots[h.hand]
+		h.hand++
 		if s.slots[i].expires > now && s.used[i].Load() != 0 {
 			s.used[i].Store(0)
 			continue
 		}
 		delete(s.index, s.slots[i].key)
-		s.slots[i] = slotKey[K]{k, expires}
+		s.slots[i].key, s.slots[i].expires = k, expires
+		if h.owner != owner {
+			s.detach(i)
+			s.attach(i, owner)
+		}
 		s.used[i].Store(0)
-		s.index[k] = entry{name, expires, int32(i)}
+		s.index[k] = entry{name, expires, i}
 		return
+	}
+}
+
+// attach makes slot i owner's. s.mu is held.
+func (s *shard[K]) attach(i int32, owner int64) {
+	h := s.owners[owner]
+	if h == nil {
+		h = &holder{owner: owner, at: len(s.list)}
+		s.owners[owner] = h
+		s.list = append(s.list, h)
+	}
+	s.slots[i].h, s.slots[i].pos = h, int32(len(h.slots))
+	h.slots = append(h.slots, i)
+}
+
+// detach takes slot i from its owner's list. s.mu is held.
+func (s *shard[K]) detach(i int32) {
+	h, pos := s.slots[i].h, s.slots[i].pos
+	last := h.slots[len(h.slots)-1]
+	h.slots[pos] = last
+	s.slots[last].pos = pos
+	h.slots = h.slots[:len(h.slots)-1]
+	s.slots[i].h = nil
+	if len(h.slots) == 0 {
+		delete(s.owners, h.owner)
+		end := s.list[len(s.list)-1]
+		s.list[h.at], end.at = end, h.at
+		s.list[len(s.list)-1] = nil
+		s.list = s.list[:len(s.list)-1]
 	}
 }
 
@@ -305,8 +380,18 @@ func (c *Cache) Add(addr netip.Addr, name string, ttl time.Duration) {
 }
 
 // AddFor records that prog resolved addr to name, for ttl clamped to MinTTL..MaxTTL:
-// in prog's own names if prog is known, and machine-wide.
+// in prog's own names if prog is known, and machine-wide. Both count against the
+// share of prog's user (an unknown program's against one share of all unknown ones).
 func (c *Cache) AddFor(prog Program, addr netip.Addr, name string, ttl time.Duration) {
+	owner := int64(-1)
+	if prog.Known() {
+		owner = clientOf(int64(prog.UID)).uid
+	}
+	c.addBy(owner, prog, addr, name, ttl)
+}
+
+// addBy is AddFor on the share of owner (a clientOf user, -1 for unknown).
+func (c *Cache) addBy(owner int64, prog Program, addr netip.Addr, name string, ttl time.Duration) {
 	if !addr.IsValid() || name == "" {
 		return
 	}
@@ -315,9 +400,9 @@ func (c *Cache) AddFor(prog Program, addr netip.Addr, name string, ttl time.Dura
 	expires := now + int64(ttl)
 	k := keyOf(addr)
 	if prog.Known() {
-		c.own.add(ownShardIndex(k, prog), ownKey{k, prog}, name, now, expires)
+		c.own.add(ownShardIndex(k, prog), ownKey{k, prog}, owner, name, now, expires)
 	}
-	c.shared.add(shardIndex(k), k, name, now, expires)
+	c.shared.add(shardIndex(k), k, owner, name, now, expires)
 }
 
 // AddResponse records every answer of r, without asking whether r answers a query

@@ -2,10 +2,13 @@ package dnsname
 
 import (
 	"container/list"
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/latchfw/latch/internal/subid"
 )
 
 // How long an answer may take, and how many queries wait for one. A stub resolver
@@ -18,9 +21,12 @@ import (
 // Stats.QueriesNotTracked): its answer then teaches nothing, and no query already
 // waiting is ever evicted, so a flood of queries costs the flooder its own names and
 // nobody else's. A client is the local user the query's socket belongs to (the NFLOG
-// copy says), or its source address when the copy names no user. With
-// MaxPendingPerClient = MaxPendingQueries/8, eight users must flood at once to fill the
-// table (programs of one user share that user's). Memory: at most MaxPendingQueries +
+// copy says; a subordinate uid of /etc/subuid counts as the user owning it, see package
+// subid; a query over TCP whose copy names no user, sent after its socket closed,
+// counts as the user whose SYN began the connection), and every query whose copy names
+// no user at all counts as one client. With MaxPendingPerClient = MaxPendingQueries/8,
+// eight users must flood at once to fill the table (programs of one user share that
+// user's). Memory: at most MaxPendingQueries +
 // recentKept entries (measured: 5.7 MiB with both full of 243-character names).
 const (
 	AnswerWindow        = 5 * time.Second
@@ -107,10 +113,19 @@ type queryKey struct {
 	q Question
 }
 
-// clientKey is whose share a query counts against: a user id, or (uid -1) an address.
+// clientKey is whose share a query counts against: a user id (the owner of a
+// subordinate one), or -1 for every query whose copy names no user.
 type clientKey struct {
-	uid  int64
-	addr netip.Addr
+	uid int64
+}
+
+// clientOf is the client a query sent by user uid (-1: unknown) counts as. Any source
+// address is not one: a user may send from any of 127.0.0.0/8.
+func clientOf(uid int64) clientKey {
+	if uid < 0 || uid > math.MaxUint32 {
+		return clientKey{uid: -1}
+	}
+	return clientKey{uid: int64(subid.Owner(uint32(uid)))}
 }
 
 type waiting struct {
@@ -191,10 +206,7 @@ func (l *Learner) query(q *Query, uid int64, tcp bool) (bool, string) {
 		return l.notTrack(NotTrackedOtherType)
 	}
 	key := queryKey{idKey{keyAP(q.Client), keyAP(q.Server), q.ID, tcp}, q.Question}
-	client := clientKey{uid: uid}
-	if uid < 0 {
-		client = clientKey{uid: -1, addr: key.client.Addr()}
-	}
+	client := clientOf(uid)
 	var prog Program
 	if fn := l.attribute.Load(); fn != nil {
 		prog = (*fn)(tcp, Query{Client: key.client, Server: key.server, ID: q.ID, Question: q.Question}, uid)
@@ -249,9 +261,10 @@ func (l *Learner) response(r *Response, err error, tcp bool) (int, string) {
 	l.expire(now)
 	e, matched := l.pending[key]
 	var prog Program
+	var client clientKey
 	if matched {
 		w := e.Value.(*waiting)
-		prog = w.prog
+		prog, client = w.prog, w.client
 		l.remove(w, true)
 	}
 	reason := ""
@@ -281,7 +294,7 @@ func (l *Learner) response(r *Response, err error, tcp bool) (int, string) {
 	}
 	l.answers.Add(1)
 	for _, a := range r.Answers {
-		l.cache.AddFor(prog, a.Addr, a.Name, time.Duration(a.TTL)*time.Second)
+		l.cache.addBy(client.uid, prog, a.Addr, a.Name, time.Duration(a.TTL)*time.Second)
 	}
 	l.learned.Add(uint64(len(r.Answers)))
 	return len(r.Answers), ""

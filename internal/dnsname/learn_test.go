@@ -183,16 +183,17 @@ func TestLearnerBounds(t *testing.T) {
 	if len(l.recent) > recentKept || len(l.ring) > recentKept {
 		t.Fatalf("recent queries: %d (ring %d), want at most %d", len(l.recent), len(l.ring), recentKept)
 	}
-	// Without a user, the client is its address.
+	// Without a user, every query is one client's, whatever its address (a user may
+	// send from any of 127.0.0.0/8).
 	l2, _ := newTestLearner()
 	for i := 0; i < MaxPendingPerClient; i++ {
 		l2.Query(queryPkt(netip.AddrPortFrom(testClient.Addr(), uint16(1000+i)), server, 1, "x.example.com", typeA), -1)
 	}
-	if ok, why := l2.Query(queryPkt(netip.MustParseAddrPort("198.18.0.5:1000"), server, 1, "x.example.com", typeA), -1); !ok {
-		t.Errorf("another address's query: %s", why)
+	if ok, _ := l2.Query(queryPkt(netip.MustParseAddrPort("198.18.0.5:1000"), server, 1, "x.example.com", typeA), -1); ok {
+		t.Errorf("another address's query naming no user got tracked over the share of queries naming none")
 	}
-	if ok, _ := l2.Query(queryPkt(netip.AddrPortFrom(testClient.Addr(), 999), server, 1, "x.example.com", typeA), -1); ok {
-		t.Errorf("an address over its share got a query tracked")
+	if ok, why := l2.Query(queryPkt(netip.MustParseAddrPort("198.18.0.5:1000"), server, 1, "x.example.com", typeA), 1000); !ok {
+		t.Errorf("a user's query: %s", why)
 	}
 }
 

@@ -68,23 +68,48 @@ func TestLearnerKeepsNamesPerProgram(t *testing.T) {
 }
 
 // TestOwnNamesBounded: the per-program map holds at most its size, however many
-// programs resolve, and recently used names survive a flood by another program.
+// programs resolve, and recently used names survive a flood by another program of the
+// same user (its names replace the user's least recently used), and names used or not
+// a flood by other users (their names replace their own).
 func TestOwnNamesBounded(t *testing.T) {
-	c, _ := newTestCache(1024)
-	hot := Program{Exe: "/usr/bin/hot", Identity: 1, UID: 0}
-	hotAddr := netip.MustParseAddr("198.18.0.1")
-	c.AddFor(hot, hotAddr, "hot.example.com", time.Hour)
-	a := netip.MustParseAddr("198.19.0.0")
-	for i := 0; i < 50000; i++ {
-		a = a.Next()
-		c.AddFor(Program{Exe: "/tmp/flood", Identity: 1, UID: int32(i % 100)}, a, "x.example.com", time.Hour)
-		if i%100 == 0 {
-			if _, own, _ := c.LookupFor(hot, hotAddr); !own {
-				t.Fatalf("a looked-up name was evicted after %d others", i)
+	for _, tc := range []struct {
+		what    string
+		users   int32
+		lookups bool
+	}{{"a program of the same user", 1, true}, {"programs of 10 other users", 10, false}} {
+		c, _ := newTestCache(1024)
+		hot := Program{Exe: "/usr/bin/hot", Identity: 1, UID: 0}
+		hotAddr := netip.MustParseAddr("198.18.0.1")
+		c.AddFor(hot, hotAddr, "hot.example.com", time.Hour)
+		a := netip.MustParseAddr("198.19.0.0")
+		for i := 0; i < 50000; i++ {
+			a = a.Next()
+			uid := int32(i) % tc.users
+			if tc.users > 1 {
+				uid++
+			}
+			c.AddFor(Program{Exe: "/tmp/flood", Identity: 1, UID: uid}, a, "x.example.com", time.Hour)
+			if i%100 == 0 {
+				if _, own, _ := c.own.lookupNoMark(hotAddr, hot, tc.lookups); !own {
+					t.Fatalf("flood by %s: a name was evicted after %d others", tc.what, i)
+				}
 			}
 		}
+		if n := c.OwnLen(); n > 1024 {
+			t.Errorf("flood by %s: own names %d, bound 1024", tc.what, n)
+		}
 	}
-	if n := c.OwnLen(); n > 1024 {
-		t.Errorf("own names %d, bound 1024", n)
+}
+
+// lookupNoMark is LookupFor's own-name lookup, marking the entry used only if mark.
+func (t *table[K]) lookupNoMark(addr netip.Addr, p Program, mark bool) (string, bool, bool) {
+	k := keyOf(addr)
+	s := &t.shards[ownShardIndex(k, p)]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.index[any(ownKey{k, p}).(K)]
+	if ok && mark {
+		s.used[e.slot].Store(1)
 	}
+	return e.name, ok, ok
 }

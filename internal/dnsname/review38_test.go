@@ -2,10 +2,24 @@ package dnsname
 
 import (
 	"net/netip"
+	"os"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/subid"
 )
+
+// useSubuid makes the learner read /etc/subuid lines from content for the test.
+func useSubuid(t *testing.T, content string) {
+	t.Helper()
+	f := t.TempDir() + "/subuid"
+	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	subid.SetFile(f)
+	t.Cleanup(func() { subid.SetFile(subid.DefaultFile) })
+}
 
 // Review 38, finding 1 (medium, DoS of host rules across users): the name cache
 // has no share per user or program. Pending queries are bounded per user so that
@@ -139,13 +153,14 @@ func TestReview38TCPStreamFloodDropsOtherUsersStream(t *testing.T) {
 func TestReview38SubordinateUIDsFillPendingTable(t *testing.T) {
 	l, _ := newTestLearner()
 	// The attacker's subordinate uids 100000-100007 (its own /etc/subuid range).
+	useSubuid(t, "1001:100000:65536\n")
+	// Whether the flood's queries are tracked is the flooder's loss, not checked here
+	// (with the fix, its uids share its 512).
 	n := 0
 	for u := int64(100000); u < 100008; u++ {
 		for i := 0; i < MaxPendingPerClient; i++ {
 			client := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), uint16(10000+n))
-			if ok, why := l.Query(queryPkt(client, testServer, uint16(n), "flood.example.net", typeA), u); !ok {
-				t.Fatalf("flood query %d (uid %d) not tracked: %s", n, u, why)
-			}
+			l.Query(queryPkt(client, testServer, uint16(n), "flood.example.net", typeA), u)
 			n++
 		}
 	}

@@ -14,8 +14,14 @@ import (
 // only as the first answer to a query sent on that connection). A gap (a lost copy),
 // a message longer than maxTCPMessage or a stream begun before latch saw its SYN ends
 // the stream's learning; so do FIN and RST.
+//
+// Streams are counted per user (the owner of the socket that sent the SYN, a
+// subordinate uid as its owner, see clientOf; a server's direction as its client's):
+// when maxTCPStreams are followed, a new SYN drops the least recently used stream of
+// the user following the most (its own when it ties), so one user's SYNs, even ones
+// latch then blocks, drop only that user's streams.
 const (
-	maxTCPStreams = 512      // streams followed at once (each direction is one); the oldest is dropped
+	maxTCPStreams = 512      // streams followed at once (each direction is one)
 	maxTCPMessage = 16 << 10 // longest DNS message reassembled; longer ones teach nothing
 )
 
@@ -28,11 +34,14 @@ type stream struct {
 	buf    []byte // bytes not yet forming a whole message
 	broken bool   // a gap or an oversized message: ignore until the stream ends
 	seen   uint64 // when it was last used, for eviction
+	uid    int64  // the user whose socket sent the SYN (-1: unknown)
+	owner  int64  // whose share the stream counts against (clientOf)
 }
 
 type tcpStreams struct {
 	mu      sync.Mutex
 	streams map[streamKey]*stream
+	owners  map[int64]int // streams per owner
 	tick    uint64
 }
 
@@ -103,7 +112,10 @@ func (l *Learner) Segment(pkt []byte, uid int64, outbound bool) int {
 		return 0
 	}
 	key := streamKey{keyAP(src), keyAP(dst)}
-	msgs := l.tcp.add(key, seq, flags, payload)
+	msgs, synUID := l.tcp.add(key, seq, flags, payload, uid)
+	if uid < 0 {
+		uid = synUID // data sent after its socket closed: the copy names no user
+	}
 	learned := 0
 	for _, m := range msgs {
 		if outbound {
@@ -126,29 +138,41 @@ func (l *Learner) Segment(pkt []byte, uid int64, outbound bool) int {
 	return learned
 }
 
-// add appends a segment to its stream and returns the whole messages it completes.
-func (t *tcpStreams) add(key streamKey, seq uint32, flags uint8, payload []byte) [][]byte {
+// add appends a segment of user uid (-1: unknown) to its stream and returns the whole
+// messages it completes, and the user whose SYN began the stream (-1: unknown).
+func (t *tcpStreams) add(key streamKey, seq uint32, flags uint8, payload []byte, uid int64) ([][]byte, int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.streams == nil {
 		t.streams = make(map[streamKey]*stream)
+		t.owners = make(map[int64]int)
 	}
 	t.tick++
 	s := t.streams[key]
 	if flags&tcpSYN != 0 {
-		if s == nil {
-			if len(t.streams) >= maxTCPStreams {
-				t.evictOldest()
+		if s == nil || s.buf == nil || s.next != seq+1 { // a new SYN, or the same one again
+			if uid < 0 {
+				// The server's SYN-ACK (the copy names no user) is its client's.
+				if c := t.streams[streamKey{key.dst, key.src}]; c != nil {
+					uid = c.uid
+				}
 			}
-			s = &stream{}
-			t.streams[key] = s
-		}
-		if s.buf == nil || s.next != seq+1 { // a new SYN, or the same one again
-			*s = stream{next: seq + 1}
+			owner := clientOf(uid).uid
+			if s == nil {
+				if len(t.streams) >= maxTCPStreams {
+					t.evict(owner)
+				}
+				s = &stream{}
+				t.streams[key] = s
+			} else {
+				t.release(s.owner)
+			}
+			*s = stream{next: seq + 1, uid: uid, owner: owner}
+			t.owners[owner]++
 		}
 	}
 	if s == nil {
-		return nil // begun before latch saw it: message boundaries unknown
+		return nil, -1 // begun before latch saw it: message boundaries unknown
 	}
 	s.seen = t.tick
 	var msgs [][]byte
@@ -191,18 +215,37 @@ func (t *tcpStreams) add(key streamKey, seq uint32, flags uint8, payload []byte)
 	}
 	if flags&(tcpFIN|tcpRST) != 0 {
 		delete(t.streams, key)
+		t.release(s.owner)
 	}
-	return msgs
+	return msgs, s.uid
 }
 
-// evictOldest drops the stream used least recently. t.mu is held.
-func (t *tcpStreams) evictOldest() {
+// release counts one stream of owner less. t.mu is held.
+func (t *tcpStreams) release(owner int64) {
+	if t.owners[owner]--; t.owners[owner] <= 0 {
+		delete(t.owners, owner)
+	}
+}
+
+// evict drops the least recently used stream of the owner following the most
+// streams: newcomer's own when newcomer follows as many. t.mu is held.
+func (t *tcpStreams) evict(newcomer int64) {
+	heaviest, most := newcomer, t.owners[newcomer]
+	for o, n := range t.owners {
+		if n > most {
+			heaviest, most = o, n
+		}
+	}
 	var oldest streamKey
 	var at uint64 = ^uint64(0)
 	for k, s := range t.streams {
-		if s.seen < at {
+		if s.owner == heaviest && s.seen < at {
 			oldest, at = k, s.seen
 		}
 	}
+	if at == ^uint64(0) {
+		return // nobody follows any stream: not while the table is full
+	}
 	delete(t.streams, oldest)
+	t.release(heaviest)
 }

@@ -1,0 +1,138 @@
+// Package subid tells whose subordinate user id a uid is. /etc/subuid (shadow-utils'
+// format) lists the uids each user may map into a user namespace with newuidmap: a
+// socket made there belongs to one of them, so anything shared out per user (the
+// local HTTP servers' connections, the DNS learner's tables) counts those uids as
+// their owner's, or one user with 65,536 subordinate uids would hold 65,537 shares.
+package subid
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultFile is the file Owner reads unless SetFile says otherwise.
+const DefaultFile = "/etc/subuid"
+
+// maxFileSize bounds what is read: a larger file is taken as listing no range.
+const maxFileSize = 1 << 20
+
+// Range is the uids [Start, Start+Count) that Owner may map.
+type Range struct {
+	Start, Count uint64
+	Owner        uint32
+}
+
+// snapshot is what Owner reads without a lock: replaced whole when the file is looked
+// at again.
+type snapshot struct {
+	ranges  []Range
+	checked int64 // Unix ns
+}
+
+var state = struct {
+	mu    sync.Mutex // held to look at the file again
+	file  string
+	mtime time.Time
+	size  int64
+	cur   atomic.Pointer[snapshot]
+}{file: DefaultFile}
+
+// SetFile makes Owner read file from now on (tests).
+func SetFile(file string) {
+	state.mu.Lock()
+	state.file, state.mtime, state.size = file, time.Time{}, -1
+	state.cur.Store(nil)
+	state.mu.Unlock()
+}
+
+// Parse reads subuid lines "USER:START:COUNT" (USER a name or a uid); lines it cannot
+// read, or whose user lookup does not know, are skipped.
+func Parse(data []byte, lookup func(string) (uint32, bool)) []Range {
+	var out []Range
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Split(line, ":")
+		if len(f) != 3 {
+			continue
+		}
+		start, err1 := strconv.ParseUint(f[1], 10, 32)
+		count, err2 := strconv.ParseUint(f[2], 10, 32)
+		if err1 != nil || err2 != nil || count == 0 {
+			continue
+		}
+		owner, ok := uint32(0), false
+		if n, err := strconv.ParseUint(f[0], 10, 32); err == nil {
+			owner, ok = uint32(n), true
+		} else {
+			owner, ok = lookup(f[0])
+		}
+		if ok {
+			out = append(out, Range{Start: start, Count: count, Owner: owner})
+		}
+	}
+	return out
+}
+
+// LookupUser is Parse's lookup of a user name in the system's user database.
+func LookupUser(name string) (uint32, bool) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(u.Uid, 10, 32)
+	return uint32(n), err == nil
+}
+
+// Owner is the user whose subordinate uid uid is (in /etc/subuid, read again when it
+// changes, looked at once a second at most), else uid itself. It takes no lock except
+// to look at the file again.
+func Owner(uid uint32) uint32 {
+	now := time.Now().UnixNano()
+	s := state.cur.Load()
+	if s == nil || now-s.checked >= int64(time.Second) {
+		s = refresh(now)
+	}
+	for _, r := range s.ranges {
+		if uint64(uid) >= r.Start && uint64(uid) < r.Start+r.Count {
+			return r.Owner
+		}
+	}
+	return uid
+}
+
+// refresh looks at the file again if no other caller did within the last second.
+func refresh(now int64) *snapshot {
+	state.mu.Lock()
+	defer state.mu.Unlock()
+	s := state.cur.Load()
+	if s != nil && now-s.checked < int64(time.Second) {
+		return s
+	}
+	next := &snapshot{checked: now}
+	if s != nil {
+		next.ranges = s.ranges
+	}
+	fi, err := os.Stat(state.file)
+	switch {
+	case err != nil:
+		next.ranges, state.mtime, state.size = nil, time.Time{}, -1
+	case !fi.ModTime().Equal(state.mtime) || fi.Size() != state.size:
+		state.mtime, state.size, next.ranges = fi.ModTime(), fi.Size(), nil
+		if data, err := os.ReadFile(state.file); err == nil && len(data) <= maxFileSize {
+			next.ranges = Parse(data, LookupUser)
+		}
+	}
+	state.cur.Store(next)
+	return next
+}

@@ -1,0 +1,34 @@
+package subid
+
+import (
+	"os"
+	"testing"
+)
+
+func TestOwner(t *testing.T) {
+	f := t.TempDir() + "/subuid"
+	if err := os.WriteFile(f, []byte("# test\nnobody:300000:65536\n1234:400000:10\nbad line\nghost-user-x:500000:10\n5:1:0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	SetFile(f)
+	defer SetFile(DefaultFile)
+	nobody, ok := LookupUser("nobody")
+	if !ok {
+		nobody = 300000
+	}
+	for uid, want := range map[uint32]uint32{300000: nobody, 365535: nobody, 365536: 365536, 400009: 1234, 400010: 400010, 500001: 500001, 1000: 1000, 1: 1} {
+		if got := Owner(uid); got != want {
+			t.Errorf("Owner(%d) = %d, want %d", uid, got, want)
+		}
+	}
+	SetFile(t.TempDir() + "/none")
+	if got := Owner(300000); got != 300000 {
+		t.Errorf("with no file Owner(300000) = %d, want 300000", got)
+	}
+}
+
+func BenchmarkOwner(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		Owner(uint32(i))
+	}
+}
