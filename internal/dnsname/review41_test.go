@@ -1,6 +1,7 @@
 package dnsname
 
 import (
+	"fmt"
 	"math/rand"
 	"net/netip"
 	"strconv"
@@ -180,6 +181,69 @@ func TestReview41CacheChurnStaysConsistent(t *testing.T) {
 				if err := tb.consistent(); err != nil {
 					t.Fatalf("step %d: %v", i, err)
 				}
+			}
+		}
+	}
+}
+
+// Not a finding: the per-user counts of followed TCP streams stay equal to the streams
+// each user follows, and the table stays bounded, under random SYNs (new, repeated,
+// with another sequence), SYN-ACKs with and without their client's stream, data,
+// FIN and RST, from several users and none. Passes on the current code.
+//
+// Run: go test -count=1 -run TestReview41TCPStreamChurnStaysConsistent ./internal/dnsname/
+func TestReview41TCPStreamChurnStaysConsistent(t *testing.T) {
+	l, _ := newTestLearner()
+	useSubuid(t, "1001:100000:65536\n")
+	rng := rand.New(rand.NewSource(41))
+	server := func() netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(rng.Intn(4))}), 53)
+	}
+	for i := 0; i < 100000; i++ {
+		client := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), uint16(1024+rng.Intn(700)))
+		srv := server()
+		uid := []int64{-1, 1000, 1001, 100000, 100001, 2000}[rng.Intn(6)]
+		var flags uint8
+		switch rng.Intn(6) {
+		case 0, 1:
+			flags = tcpSYN
+		case 2:
+			flags = tcpFIN | 0x10
+		case 3:
+			flags = tcpRST
+		default:
+			flags = 0x18
+		}
+		seq := uint32(rng.Intn(3))
+		if rng.Intn(2) == 0 {
+			l.Segment(tcpPacket(client, srv, seq, flags, nil), uid, true)
+		} else {
+			if flags == tcpSYN {
+				flags |= 0x10
+			}
+			in := int64(-1)
+			if rng.Intn(3) == 0 {
+				in = uid
+			}
+			l.Segment(tcpPacket(srv, client, seq, flags, nil), in, false)
+		}
+		if i%1000 == 0 {
+			l.tcp.mu.Lock()
+			counts := map[int64]int{}
+			for _, s := range l.tcp.streams {
+				counts[s.owner]++
+			}
+			n := len(l.tcp.streams)
+			bad := len(counts) != len(l.tcp.owners)
+			for o, c := range counts {
+				if l.tcp.owners[o] != c {
+					bad = true
+				}
+			}
+			owners := fmt.Sprint(l.tcp.owners)
+			l.tcp.mu.Unlock()
+			if bad || n > maxTCPStreams {
+				t.Fatalf("step %d: %d streams, counted per owner %v, followed per owner %v", i, n, owners, counts)
 			}
 		}
 	}
