@@ -113,10 +113,12 @@ type Loser struct {
 
 // Explain says which rule would decide req now, why, and which other rules match and
 // lose (and at which precedence step). The deciding rule is the one Decide would use:
-// it comes from the same compiled matcher; the other matching rules come from the
+// it comes from the same compiled matcher, the request readied alike (readyRequest),
+// so --host-rules-match-shared applies as in Decide; the other matching rules come from the
 // matcher's own per-rule test, and the steps from the comparison that orders the
 // matcher's rules. Explain changes nothing (rule-hit counters included).
 func (e *Engine) Explain(req *Request) Explanation {
+	e.readyRequest(req)
 	now := e.now()
 	m := e.matcher.Load()
 	win := m.match(req, now)
