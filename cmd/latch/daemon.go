@@ -729,6 +729,12 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 	if err != nil {
 		return err
 	}
+	// Lists match a program's own names only; through nss-resolve every name is shared.
+	lists.OnApply(func(withHosts []string) {
+		if w := sharedNamesWarning(withHosts, o.HostRulesMatchShared, nsswitchConf); w != "" {
+			logf("%s", w)
+		}
+	})
 	srv := api.NewServer(api.Config{
 		Lists:     lists,
 		Group:     group,

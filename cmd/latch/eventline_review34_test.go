@@ -66,3 +66,20 @@ func TestReview34RuleSummaryQuotesSpaces(t *testing.T) {
 		t.Errorf("ruleSummary: %s\nwant the app in double quotes", s)
 	}
 }
+
+// TestExplainPrintsList: a connection a blocklist decides is shown as decided by
+// that list, by name, with the rules it overrules.
+func TestExplainPrintsList(t *testing.T) {
+	var b strings.Builder
+	printExplanation(&b, &api.Explanation{Request: api.ExplainedConn{
+		Direction: engine.Outbound, Proto: engine.TCP, RemoteIP: "198.18.0.1", RemotePort: 443, Exe: "/usr/bin/wget", UID: 1000,
+	}, Explanation: engine.Explanation{Outcome: engine.OutcomeList, List: "ads", Action: engine.Deny,
+		Notes:  []string{`list "ads" names the host ads.example: lists decide after the rules that name a program, before those that name none`},
+		Losers: []engine.Loser{{Rule: engine.Rule{ID: 3, Port: engine.PortRange{Lo: 443, Hi: 443}, Action: engine.Allow}}}}})
+	out := b.String()
+	for _, want := range []string{"now:        deny by list ads\n", `list "ads" names the host ads.example`, "  rule 3: allow port=443\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explanation lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -107,6 +107,19 @@ func printExplanation(w io.Writer, ex *api.Explanation) {
 		}
 		fmt.Fprintf(w, "then:       %s) at %s, connection %d\n", then, c.Time.Local().Format(time.DateTime), c.ID)
 	}
+	if ex.Outcome == engine.OutcomeList {
+		fmt.Fprintf(w, "now:        %s by list %s\n", ex.Action, field(ex.List))
+		for _, n := range ex.Notes {
+			fmt.Fprintf(w, "why:        %s\n", textesc.Message(n))
+		}
+		if len(ex.Losers) > 0 {
+			fmt.Fprintf(w, "also match (and lose to the list, which comes before rules that name no program):\n")
+			for _, l := range ex.Losers {
+				fmt.Fprintf(w, "  rule %d: %s %s\n", l.Rule.ID, l.Rule.Action, ruleSummary(l.Rule))
+			}
+		}
+		return
+	}
 	if ex.Rule == nil {
 		fmt.Fprintf(w, "now:        no rule matches: it becomes a question (%s if nobody answers in time)\n", ex.Default)
 		return

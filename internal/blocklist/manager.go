@@ -72,6 +72,31 @@ type Manager struct {
 	eng   *engine.Engine
 	srcs  []stored
 	lists map[string]loaded
+	// onApply, if set, is told the lists with hostnames each time lists are put in
+	// force (see OnApply).
+	onApply func(withHosts []string)
+}
+
+// OnApply makes m call fn, now and each time it puts lists in force (a list added,
+// removed or updated), with the names of the lists in force that name hostnames (in
+// the order checked; none: empty). fn runs with m's lock held: it must not call m.
+func (m *Manager) OnApply(fn func(withHosts []string)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onApply = fn
+	if fn != nil {
+		fn(m.withHostsLocked())
+	}
+}
+
+func (m *Manager) withHostsLocked() []string {
+	var out []string
+	for _, s := range m.srcs {
+		if l := m.lists[s.Name].list; l != nil && l.Stats().Domains > 0 {
+			out = append(out, s.Name)
+		}
+	}
+	return out
 }
 
 // Open reads the lists file in stateDir and loads each list from the daemon's copy.
@@ -205,6 +230,9 @@ func (m *Manager) applyLocked() {
 		}
 	}
 	m.eng.SetLists(in)
+	if m.onApply != nil {
+		m.onApply(m.withHostsLocked())
+	}
 }
 
 func (m *Manager) saveLocked(srcs []stored) error {

@@ -67,7 +67,8 @@
 // the best other matching rule, and every other matching rule with the step at which
 // it lost. The losers are found with the matcher's own per-rule test and the steps
 // with the comparison that orders the matcher, so the explanation cannot drift from
-// the decision. Each rule also counts the connections it decided and when last
+// the decision. A list that decides (see Lists) is reported as such, by name
+// (OutcomeList), and the request is readied as Decide readies it (readyRequest). Each rule also counts the connections it decided and when last
 // (RuleHits): an atomic add on the decision path, kept across rule-set changes.
 //
 // # Lists

@@ -332,11 +332,17 @@ func (e *Engine) prepare(out []Rule) ([]Rule, error) {
 // only the program and the host (no address, port or protocol), so only rules that
 // constrain none of those can match.
 func (e *Engine) RuleFor(req *Request) (Rule, bool) {
-	req.matchShared = e.cfg.HostRulesMatchShared
+	e.readyRequest(req)
 	if c := e.matcher.Load().match(req, e.now()); c != nil {
 		return c.Rule, true
 	}
 	return Rule{}, false
+}
+
+// readyRequest readies req for matching against this engine's rules and lists: the one
+// step Decide, RuleFor and Explain all take first, so that they match alike.
+func (e *Engine) readyRequest(req *Request) {
+	req.matchShared = e.cfg.HostRulesMatchShared
 }
 
 // HostRefusable reports whether some rule that is not an allow rule names host, or a
@@ -355,7 +361,7 @@ func (e *Engine) HostRefusable(host string) bool {
 // closed, verdict is called for every request attached. Never blocks; verdict may be
 // called before Decide returns, or later from another goroutine, exactly once.
 func (e *Engine) Decide(req *Request, verdict func(Verdict)) {
-	req.matchShared = e.cfg.HostRulesMatchShared
+	e.readyRequest(req)
 	now := e.now()
 	mode := e.Mode()
 	if mode == ModeBlockAll && !isLoopback(req) {

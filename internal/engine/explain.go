@@ -83,22 +83,26 @@ type Outcome string
 const (
 	OutcomeRule     Outcome = "rule"     // a rule decides it at once
 	OutcomeQuestion Outcome = "question" // no rule matches: it becomes a question (Default if unanswered)
+	OutcomeList     Outcome = "list"     // a blocklist decides it at once (no rule naming a program matches)
 )
 
 // Explanation says how the engine would decide a request under the rules in force.
 type Explanation struct {
 	Outcome Outcome `json:"outcome"`
-	// Rule is the rule that would decide (nil for a question); Step is the precedence
-	// step at which it beat the best of the other matching rules (StepNone if it was
-	// the only one).
+	// Rule is the rule that would decide (nil for a question or a list); Step is the
+	// precedence step at which it beat the best of the other matching rules
+	// (StepNone if it was the only one).
 	Rule *Rule `json:"rule,omitempty"`
 	Step Step  `json:"step"`
-	// Action is what would happen: the rule's action, or for a question the default
-	// applied if nobody answers in time (Default).
+	// List is the name of the blocklist that would decide (OutcomeList).
+	List string `json:"list,omitempty"`
+	// Action is what would happen: the rule's or list's action, or for a question the
+	// default applied if nobody answers in time (Default).
 	Action  Action `json:"action"`
 	Default Action `json:"default"`
 	// Losers are the other rules that match, best first, each with the step at which
-	// the deciding rule beat it.
+	// the deciding rule beat it (StepNone when a list decides: a list comes before
+	// every rule that names no program).
 	Losers []Loser `json:"losers"`
 	// Notes say what a person should know about how the deciding rule matched, e.g.
 	// that its container matched by the name the runtime gives the container now.
@@ -111,16 +115,33 @@ type Loser struct {
 	Step Step `json:"step"` // the precedence step at which the deciding rule beat it
 }
 
-// Explain says which rule would decide req now, why, and which other rules match and
-// lose (and at which precedence step). The deciding rule is the one Decide would use:
-// it comes from the same compiled matcher; the other matching rules come from the
-// matcher's own per-rule test, and the steps from the comparison that orders the
-// matcher's rules. Explain changes nothing (rule-hit counters included).
+// Explain says which rule or list would decide req now, why, and which other rules
+// match and lose (and at which precedence step). The deciding rule is the one Decide
+// would use: it comes from the same compiled matcher, readied alike (readyRequest), and
+// the lists are consulted in the same place (after the rules that name a program,
+// before those that name none); the other matching rules come from the matcher's own
+// per-rule test, and the steps from the comparison that orders the matcher's rules.
+// Explain changes nothing (rule-hit counters included). The mode (block-all, learn,
+// ...) is not part of the explanation.
 func (e *Engine) Explain(req *Request) Explanation {
+	e.readyRequest(req)
 	now := e.now()
 	m := e.matcher.Load()
 	win := m.match(req, now)
 	ex := Explanation{Outcome: OutcomeQuestion, Action: e.cfg.Default, Default: e.cfg.Default, Losers: []Loser{}}
+	if l, byHost := e.listFor(req); l != nil {
+		what := "address " + req.Remote.Addr().String()
+		if byHost {
+			what = "host " + req.ruleHost()
+		}
+		if win == nil || (win.app == nil && !win.hasIdentity()) {
+			ex.Outcome, ex.List, ex.Action = OutcomeList, l.Name, l.Action
+			ex.Notes = append(ex.Notes, fmt.Sprintf("list %q names the %s: lists decide after the rules that name a program, before those that name none", l.Name, what))
+			win = nil
+		} else {
+			ex.Notes = append(ex.Notes, fmt.Sprintf("list %q names the %s, but a rule that names a program decides before lists", l.Name, what))
+		}
+	}
 	if win != nil {
 		r := win.Rule
 		ex.Outcome, ex.Rule, ex.Action = OutcomeRule, &r, win.Action

@@ -48,17 +48,31 @@ func (e *Engine) SetLists(ls []BlockList) {
 // (unless Config.HostRulesMatchShared), which any local user can set for any
 // address by asking a server of its own (review 38).
 func (e *Engine) listVerdict(req *Request) (Verdict, bool) {
-	ls := e.lists.Load()
-	if ls == nil {
-		return Verdict{}, false
-	}
-	host := req.ruleHost()
-	for _, l := range *ls {
-		if (host != "" && l.List.MatchHost(host)) || l.List.MatchAddr(req.Remote.Addr()) {
-			return Verdict{Action: l.Action, Reason: ReasonList}, true
-		}
+	if l, _ := e.listFor(req); l != nil {
+		return Verdict{Action: l.Action, Reason: ReasonList}, true
 	}
 	return Verdict{}, false
+}
+
+// listFor returns the first list in force naming req's hostname (the one rules
+// match: ruleHost) or remote address, and whether it named the hostname; nil if
+// none does.
+func (e *Engine) listFor(req *Request) (*BlockList, bool) {
+	ls := e.lists.Load()
+	if ls == nil {
+		return nil, false
+	}
+	host := req.ruleHost()
+	for i := range *ls {
+		l := &(*ls)[i]
+		if host != "" && l.List.MatchHost(host) {
+			return l, true
+		}
+		if l.List.MatchAddr(req.Remote.Addr()) {
+			return l, false
+		}
+	}
+	return nil, false
 }
 
 // HasLists says whether a blocklist is in force (safe to call from an OnInstall

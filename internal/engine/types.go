@@ -253,7 +253,7 @@ type Request struct {
 	ExeHashNote string `json:"exe_hash_note,omitempty"`
 
 	// matchShared is Config.HostRulesMatchShared of the engine deciding the request,
-	// set by Decide.
+	// set by readyRequest (Decide, RuleFor, Explain).
 	matchShared bool
 }
 

@@ -1090,7 +1090,9 @@ type endedResolver interface {
 // never to whichever socket holds its port when the copy is read: the sender may
 // have closed its socket and another program bound the port since, or share the
 // port with another socket (SO_REUSEPORT), which a lookup by tuple may find instead
-// (review 38).
+// (review 38). While the table is dropping records of the copy's user (full), a UDP
+// query not found in it is credited to nobody: it may be one held whose record was
+// dropped (review 40).
 func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64) dnsname.Program {
 	if proto == engine.UDP && b.dnsSenders != nil {
 		if prog, ok := b.dnsSenders.get(q, time.Now()); ok {
@@ -1098,6 +1100,11 @@ func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64
 				return dnsname.Program{} // the copy's sender is not the one the queue saw
 			}
 			return prog
+		}
+		if b.dnsSenders.lostFor(uid, time.Now()) {
+			// The queue may have held this very query and its record been
+			// dropped (a full table): the port's holder now may not be its sender.
+			return dnsname.Program{}
 		}
 	}
 	client, server := q.Client, q.Server

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"strings"
+)
+
+// nsswitchConf is the file hostsViaResolve reads.
+const nsswitchConf = "/etc/nsswitch.conf"
+
+// hostsViaResolve reports whether the hosts line of the nsswitch.conf at path names
+// the resolve service (systemd-resolved's nss-resolve, Fedora's default): programs
+// that resolve through it ask systemd-resolved over its socket, which sends the query
+// itself, so latch learns every name they use as shared, not as theirs. False if
+// the file cannot be read.
+func hostsViaResolve(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		db, services, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(db) != "hosts" {
+			continue
+		}
+		for _, f := range strings.Fields(services) {
+			if f == "resolve" {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}
+
+// sharedNamesWarning is the warning the daemon logs when lists naming hostnames
+// (withHosts) are in force, programs resolve through systemd-resolved (nsswitch.conf
+// at path) and shared names do not match (matchShared off); "" otherwise.
+func sharedNamesWarning(withHosts []string, matchShared bool, path string) string {
+	if len(withHosts) == 0 || matchShared || !hostsViaResolve(path) {
+		return ""
+	}
+	return "warning: lists " + strings.Join(withHosts, ", ") + " name hostnames, but the hosts line of " + path +
+		" has resolve (systemd-resolved): programs' names are then learned as shared, and lists match only a " +
+		"program's own names, so these lists match by address only; --host-rules-match-shared makes them (and host " +
+		"rules) match shared names, which any local user can set"
+}
