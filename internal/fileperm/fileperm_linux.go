@@ -75,7 +75,7 @@ func openTrusted(path string) (*os.File, error) {
 			// Not opened: opening a device acts (a watchdog starts, a tape
 			// rewinds, a terminal is allocated), a FIFO may block.
 			unix.Close(fd)
-			return nil, fmt.Errorf("%s: not a regular file (mode %o), not opened", path, st.Mode)
+			return nil, fmt.Errorf("%s: %s, not a regular file; not opened", path, kindOf(mode))
 		}
 		if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
 			unix.Close(fd)
@@ -129,4 +129,19 @@ func checkDirFd(orig, p string, fd int) error {
 		return fmt.Errorf("%s: directory %s above it (mode %04o): group or others may write it", orig, p, mode&0o777)
 	}
 	return nil
+}
+
+// kindOf names a file type (S_IFMT bits) for an error.
+func kindOf(mode uint32) string {
+	switch mode {
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "a device"
+	}
+	return "a special file"
 }
