@@ -210,14 +210,12 @@ var roots sync.Map // int -> struct{}
 // file system no request) where it crosses a mount point; a kernel without
 // openat2 steps through every component.
 func Open(root int, path string) (int, error) {
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	if len(parts) == 1 && parts[0] == "" {
-		parts = []string{"."}
+	rest := strings.TrimLeft(path, "/")
+	if rest == "" {
+		rest = "."
 	}
-	for _, p := range parts {
-		if p == ".." || p == "" {
-			return -1, fmt.Errorf("%s: %w (a path with an empty or \"..\" component)", path, unix.EINVAL)
-		}
+	if !plain(rest) {
+		return -1, fmt.Errorf("%s: %w (a path with an empty or \"..\" component)", path, unix.EINVAL)
 	}
 	dir := root
 	if root == unix.AT_FDCWD {
@@ -238,21 +236,20 @@ func Open(root int, path string) (int, error) {
 			unix.Close(dir)
 		}
 	}
-	at := ""
 	noOpenat2 := false
-	for i := 0; i < len(parts); {
+	for rest != "" {
 		if !noOpenat2 {
 			how := unix.OpenHow{
 				Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
 				Resolve: unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_BENEATH,
 			}
-			fd, err := unix.Openat2(dir, strings.Join(parts[i:], "/"), &how)
+			fd, err := unix.Openat2(dir, rest, &how)
 			switch {
 			case err == nil:
 				// All on dir's mount, which was checked.
 				closeDir()
 				return fd, nil
-			case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) && i == 0:
+			case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) && !own:
 				// No openat2 (Linux before 5.6, or a seccomp filter that
 				// refuses it): one component at a time.
 				noOpenat2 = true
@@ -264,15 +261,19 @@ func Open(root int, path string) (int, error) {
 				return -1, err
 			}
 		}
-		name := parts[i]
+		name := rest
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			name, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
 		fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		closeDir()
 		if err != nil {
 			return -1, err
 		}
 		dir, own = fd, true
-		at += "/" + name
-		i++
+		at := strings.TrimSuffix(path[:len(path)-len(rest)], "/")
 		var stx unix.Statx_t
 		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &stx); err != nil {
 			unix.Close(fd)
@@ -286,10 +287,29 @@ func Open(root int, path string) (int, error) {
 		case mode == unix.S_IFLNK:
 			unix.Close(fd)
 			return -1, unix.ELOOP
-		case mode != unix.S_IFDIR && i < len(parts):
+		case mode != unix.S_IFDIR && rest != "":
 			unix.Close(fd)
 			return -1, unix.ENOTDIR
 		}
 	}
 	return dir, nil
+}
+
+// plain reports whether the relative path p has no empty and no ".." component.
+func plain(p string) bool {
+	for p != "" {
+		name := p
+		if i := strings.IndexByte(p, '/'); i >= 0 {
+			name, p = p[:i], p[i+1:]
+			if p == "" {
+				return false // a trailing slash
+			}
+		} else {
+			p = ""
+		}
+		if name == "" || name == ".." {
+			return false
+		}
+	}
+	return true
 }

@@ -135,47 +135,26 @@ func hostFileID(path string) (fileID, error) {
 // fileIDIn is hostFileID in the file system whose root is the directory root
 // (AT_FDCWD: the daemon's own).
 func fileIDIn(root int, path string) (fileID, error) {
-	id, _, err := fileStatIn(root, path)
-	return id, err
-}
-
-// hostFileStat is hostFileID with the file's status change time (ns since the
-// epoch), as of the same look at it.
-func hostFileStat(path string) (id fileID, ctime int64, err error) {
-	root, _ := hostRoot()
-	return fileStatIn(root, path)
-}
-
-// hostFileQuick is stillNamed's look at path after a full check has passed:
-// since review 39 the same walk as hostFileStat's (mountinfo.Open: no symbolic
-// link followed, no FUSE or network mount entered), which a user who puts such a
-// mount on a directory of the path cannot make wait on its server.
-func hostFileQuick(path string) (id fileID, ctime int64, err error) {
-	return hostFileStat(path)
-}
-
-// fileStatIn is hostFileStat in the file system whose root is the directory
-// root (see fileIDIn). The walk (mountinfo.Open) follows no symbolic link and
-// enters no mount of a file system whose server latch does not control (review
-// 39: a user's FUSE mount over a directory of the path would otherwise hold the
-// daemon's thread on a request its server never answers): it fails with a
-// *mountinfo.UntrustedError there. The file is looked at with
-// AT_STATX_DONT_SYNC (its own mount was checked; a local file system answers the
-// same either way).
-func fileStatIn(root int, path string) (fileID, int64, error) {
+	// The walk (mountinfo.Open) follows no symbolic link and enters no mount of
+	// a file system whose server latch does not control (review 39: a user's
+	// FUSE mount over a directory of the path would otherwise hold the daemon's
+	// thread on a request its server never answers): it fails with a
+	// *mountinfo.UntrustedError there. The file is looked at with
+	// AT_STATX_DONT_SYNC (its own mount was checked; a local file system answers
+	// the same either way).
 	fd, err := mountinfo.Open(root, path)
 	if err != nil {
-		return fileID{}, 0, err
+		return fileID{}, err
 	}
 	defer unix.Close(fd)
 	var stx unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_CTIME, &stx); err != nil {
-		return fileID{}, 0, err
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE|unix.STATX_INO, &stx); err != nil {
+		return fileID{}, err
 	}
 	if uint32(stx.Mode)&unix.S_IFMT != unix.S_IFREG {
-		return fileID{}, 0, fmt.Errorf("not a regular file (mode %o)", stx.Mode)
+		return fileID{}, fmt.Errorf("not a regular file (mode %o)", stx.Mode)
 	}
-	return fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}, stx.Ctime.Sec*1e9 + int64(stx.Ctime.Nsec), nil
+	return fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}, nil
 }
 
 // identity is what verification found about a process's executable.
