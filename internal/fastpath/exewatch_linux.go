@@ -149,12 +149,12 @@ type watched struct {
 func (w *exeWatch) watch(path string, uid uint32) (watched, error) {
 	fd, err := mountinfo.Open(unix.AT_FDCWD, path)
 	if err != nil {
-		return watched{}, fmt.Errorf("fast path: watch %s: %w", path, err)
+		return watched{}, notWalkable(path, err)
 	}
 	defer unix.Close(fd)
 	dfd, err := mountinfo.Open(unix.AT_FDCWD, filepath.Dir(path))
 	if err != nil {
-		return watched{}, fmt.Errorf("fast path: watch %s: %w", filepath.Dir(path), err)
+		return watched{}, notWalkable(filepath.Dir(path), err)
 	}
 	defer unix.Close(dfd)
 	w.mu.Lock()
@@ -172,6 +172,21 @@ func (w *exeWatch) watch(path string, uid uint32) (watched, error) {
 		return watched{}, fmt.Errorf("fast path: watch %s: its watch was dropped to make room for its directory's", path)
 	}
 	return watched{file: file, dir: dir, epoch: w.epoch}, nil
+}
+
+// errNotWalkable says that the path goes through a symbolic link or a FUSE or
+// network mount (mountinfo.Open): no verified program's name does (verification
+// walks it the same way), so the decision is not stored, and that is no error.
+var errNotWalkable = errors.New("fast path: the executable's path goes through a symbolic link or a FUSE or network mount")
+
+// notWalkable wraps mountinfo.Open's error for path: errNotWalkable where it says
+// the path is not walked.
+func notWalkable(path string, err error) error {
+	var u *mountinfo.UntrustedError
+	if errors.Is(err, unix.ELOOP) || errors.As(err, &u) {
+		return fmt.Errorf("%w: %s: %w", errNotWalkable, path, err)
+	}
+	return fmt.Errorf("fast path: watch %s: %w", path, err)
 }
 
 // dirKey marks a directory's key in byPath (a mount point starts with "/").

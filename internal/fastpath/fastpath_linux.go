@@ -1316,6 +1316,10 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	if errors.Is(err, errWatchesFull) {
 		return full()
 	}
+	if errors.Is(err, errNotWalkable) {
+		fp.notStored.Add(1)
+		return false, nil
+	}
 	if err != nil {
 		fp.notStored.Add(1)
 		return false, err
@@ -1357,6 +1361,10 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	}
 	if errors.Is(err, errWatchesFull) {
 		return full()
+	}
+	if errors.Is(err, errNotWalkable) {
+		fp.notStored.Add(1)
+		return false, nil
 	}
 	if err != nil {
 		fp.notStored.Add(1)
