@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/mountinfo"
 )
 
 // The kernel's key for a program is its executable file, the file's directory and
@@ -138,14 +141,29 @@ type watched struct {
 // at the path now. It returns errWatchesFull at the bound (when nothing could be
 // freed for uid), and an error when inotify refuses (fs.inotify.max_user_watches
 // reached, the path gone): then the decision must not be stored.
+//
+// Review 39: the path is walked by mountinfo.Open (no symbolic link followed, no
+// FUSE or network mount entered: a user's FUSE mount over a directory of the
+// path would otherwise hold the daemon on a request its server never answers),
+// and inotify is given the descriptors it opened (/proc/self/fd/N: no lookup).
 func (w *exeWatch) watch(path string, uid uint32) (watched, error) {
+	fd, err := mountinfo.Open(unix.AT_FDCWD, path)
+	if err != nil {
+		return watched{}, notWalkable(path, err)
+	}
+	defer unix.Close(fd)
+	dfd, err := mountinfo.Open(unix.AT_FDCWD, filepath.Dir(path))
+	if err != nil {
+		return watched{}, notWalkable(filepath.Dir(path), err)
+	}
+	defer unix.Close(dfd)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	file, err := w.addLocked(path, path, exeWatchMask, uid)
+	file, err := w.addLocked(path, path, fd, exeWatchMask, uid)
 	if err != nil {
 		return watched{}, err
 	}
-	dir, err := w.addLocked(dirKey+filepath.Dir(path), filepath.Dir(path), dirWatchMask, uid)
+	dir, err := w.addLocked(dirKey+filepath.Dir(path), filepath.Dir(path), dfd, dirWatchMask, uid)
 	if err != nil {
 		return watched{}, err
 	}
@@ -156,6 +174,21 @@ func (w *exeWatch) watch(path string, uid uint32) (watched, error) {
 	return watched{file: file, dir: dir, epoch: w.epoch}, nil
 }
 
+// errNotWalkable says that the path goes through a symbolic link or a FUSE or
+// network mount (mountinfo.Open): no verified program's name does (verification
+// walks it the same way), so the decision is not stored, and that is no error.
+var errNotWalkable = errors.New("fast path: the executable's path goes through a symbolic link or a FUSE or network mount")
+
+// notWalkable wraps mountinfo.Open's error for path: errNotWalkable where it says
+// the path is not walked.
+func notWalkable(path string, err error) error {
+	var u *mountinfo.UntrustedError
+	if errors.Is(err, unix.ELOOP) || errors.As(err, &u) {
+		return fmt.Errorf("%w: %s: %w", errNotWalkable, path, err)
+	}
+	return fmt.Errorf("fast path: watch %s: %w", path, err)
+}
+
 // dirKey marks a directory's key in byPath (a mount point starts with "/").
 const dirKey = "dir:"
 
@@ -163,15 +196,15 @@ const dirKey = "dir:"
 // directory itself moved or deleted, not its entries.
 const dirWatchMask = unix.IN_MOVE_SELF | unix.IN_DELETE_SELF | unix.IN_ONLYDIR
 
-// addLocked adds (or finds) the watch of the inode at path now, and names it by
-// key. Call with mu held.
-func (w *exeWatch) addLocked(key, path string, mask uint32, uid uint32) (*watchState, error) {
+// addLocked adds (or finds) the watch of the inode at path now, open as target
+// (an O_PATH descriptor), and names it by key. Call with mu held.
+func (w *exeWatch) addLocked(key, path string, target int, mask uint32, uid uint32) (*watchState, error) {
 	var wd int
 	var werr error
 	if err := w.raw.Control(func(fd uintptr) {
 		// IN_MASK_ADD: an inode that is also watched in another role keeps
 		// its mask.
-		wd, werr = unix.InotifyAddWatch(int(fd), path, mask|unix.IN_MASK_ADD)
+		wd, werr = unix.InotifyAddWatch(int(fd), "/proc/self/fd/"+strconv.Itoa(target), mask|unix.IN_MASK_ADD)
 	}); err != nil {
 		werr = err
 	}
@@ -521,4 +554,19 @@ func (w *exeWatch) run(bump func()) {
 			w.handled.Add(1)
 		}
 	}
+}
+
+// statxSafe is statx of path in the daemon's file system, walked by
+// mountinfo.Open (no symbolic link followed, no FUSE or network mount entered:
+// review 39).
+func statxSafe(path string, mask int, stx *unix.Statx_t) error {
+	fd, err := mountinfo.Open(unix.AT_FDCWD, path)
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, mask, stx); err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	return nil
 }

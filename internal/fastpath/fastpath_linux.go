@@ -1316,6 +1316,10 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	if errors.Is(err, errWatchesFull) {
 		return full()
 	}
+	if errors.Is(err, errNotWalkable) {
+		fp.notStored.Add(1)
+		return false, nil
+	}
 	if err != nil {
 		fp.notStored.Add(1)
 		return false, err
@@ -1357,6 +1361,10 @@ func (fp *FastPath) Remember(t Ticket, req *engine.Request, v engine.Verdict) (b
 	}
 	if errors.Is(err, errWatchesFull) {
 		return full()
+	}
+	if errors.Is(err, errNotWalkable) {
+		fp.notStored.Add(1)
+		return false, nil
 	}
 	if err != nil {
 		fp.notStored.Add(1)
@@ -1403,7 +1411,7 @@ func exeIdentity(pid int32, path string, file engine.FileID, sbDev func(mnt uint
 	var named, dir unix.Statx_t
 	if file.Ino == 0 || file.Mnt == 0 {
 		var run unix.Statx_t
-		if err := unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.Itoa(int(pid))+"/exe", 0, mask, &run); err != nil {
+		if err := unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.Itoa(int(pid))+"/exe", unix.AT_STATX_DONT_SYNC, mask, &run); err != nil {
 			return identity{}, fmt.Errorf("stat the executable of pid %d: %w", pid, err)
 		}
 		if run.Mask&unix.STATX_MNT_ID == 0 {
@@ -1411,8 +1419,10 @@ func exeIdentity(pid int32, path string, file engine.FileID, sbDev func(mnt uint
 		}
 		file = engine.FileID{Dev: unix.Mkdev(run.Dev_major, run.Dev_minor), Ino: run.Ino, Mnt: run.Mnt_id}
 	}
-	if err := unix.Statx(unix.AT_FDCWD, path, 0, mask, &named); err != nil {
-		return identity{}, fmt.Errorf("stat %s: %w", path, err)
+	// Review 39: path and its directory are walked by mountinfo.Open (no
+	// symbolic link followed, no FUSE or network mount entered).
+	if err := statxSafe(path, mask, &named); err != nil {
+		return identity{}, err
 	}
 	// The mount ids differ when the process runs in another mount namespace (a
 	// service with a private /tmp, `ip netns exec`); the key has the mount the
@@ -1434,8 +1444,8 @@ func exeIdentity(pid int32, path string, file engine.FileID, sbDev func(mnt uint
 		return identity{}, fmt.Errorf("%s: its device %d:%d is not its file system's %d:%d (overlayfs over several file systems without xino, a btrfs subvolume): its inode number is not unique under the device the kernel's key has",
 			path, unix.Major(file.Dev), unix.Minor(file.Dev), unix.Major(sb), unix.Minor(sb))
 	}
-	if err := unix.Statx(unix.AT_FDCWD, filepath.Dir(path), 0, unix.STATX_INO, &dir); err != nil {
-		return identity{}, fmt.Errorf("stat the directory of %s: %w", path, err)
+	if err := statxSafe(filepath.Dir(path), unix.STATX_INO, &dir); err != nil {
+		return identity{}, fmt.Errorf("the directory of %s: %w", path, err)
 	}
 	return identity{ino: file.Ino, parentIno: dir.Ino, dev: kernelDev(unix.Major(file.Dev), unix.Minor(file.Dev)), mntID: uint32(file.Mnt)}, nil
 }

@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 func checkInfo(path string, st os.FileInfo) error {
@@ -130,76 +128,4 @@ func checkDirInfo(orig, p string, st os.FileInfo) error {
 
 func parentError(orig, dir string, st os.FileInfo, why string) error {
 	return fmt.Errorf("%s: directory %s above it (mode %04o): %s, so they may rename or replace what is below; refusing it, as it steers the firewall (chown root and chmod go-w it)", orig, dir, st.Mode().Perm(), why)
-}
-
-// openTrusted walks path from / with openat, never following a symbolic link, and
-// checks each directory it opens (fstat: what was checked is what is used).
-func openTrusted(path string) (*os.File, error) {
-	if !filepath.IsAbs(path) {
-		return nil, fmt.Errorf("%s: not an absolute path", path)
-	}
-	clean := filepath.Clean(path)
-	parts := splitPath(clean)
-	if clean == "/" {
-		return nil, fmt.Errorf("%s: a directory, not a file", path)
-	}
-	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	dir, err := unix.Open("/", dirFlags, 0)
-	if err != nil {
-		return nil, fmt.Errorf("%s: opening /: %w", path, err)
-	}
-	p := "/"
-	for i, name := range parts {
-		if err := checkDirFd(path, p, dir); err != nil {
-			unix.Close(dir)
-			return nil, err
-		}
-		next := filepath.Join(p, name)
-		last := i == len(parts)-1
-		flags := dirFlags
-		if last {
-			flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY
-		}
-		fd, err := unix.Openat(dir, name, flags, 0)
-		if err != nil {
-			var lst unix.Stat_t
-			if (errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR)) &&
-				unix.Fstatat(dir, name, &lst, unix.AT_SYMLINK_NOFOLLOW) == nil && lst.Mode&unix.S_IFMT == unix.S_IFLNK {
-				err = fmt.Errorf("%s is a symbolic link, which is not followed here", next)
-			}
-			unix.Close(dir)
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		unix.Close(dir)
-		if last {
-			var st unix.Stat_t
-			if err := unix.Fstat(fd, &st); err != nil {
-				unix.Close(fd)
-				return nil, fmt.Errorf("%s: %w", path, err)
-			}
-			if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
-				unix.Close(fd)
-				return nil, fmt.Errorf("%s: owned by uid %d, neither root nor the user running latch", path, st.Uid)
-			}
-			return os.NewFile(uintptr(fd), clean), nil
-		}
-		dir, p = fd, next
-	}
-	panic("unreachable")
-}
-
-// checkDirFd applies checkDirInfo's rule to the open directory fd (path p).
-func checkDirFd(orig, p string, fd int) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("%s: checking %s: %w", orig, p, err)
-	}
-	mode := st.Mode & 0o7777
-	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("%s: directory %s above it (mode %04o): owned by uid %d, neither root nor the user running latch", orig, p, mode&0o777, st.Uid)
-	}
-	if mode&0o022 != 0 && (mode&unix.S_ISVTX == 0 || st.Uid != 0) {
-		return fmt.Errorf("%s: directory %s above it (mode %04o): group or others may write it", orig, p, mode&0o777)
-	}
-	return nil
 }

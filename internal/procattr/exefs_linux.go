@@ -1,13 +1,12 @@
 package procattr
 
 import (
-	"bytes"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/mountinfo"
 )
 
 // Review 37: a file on FUSE (or on a network file system) is served by a process
@@ -32,26 +31,14 @@ const serverFSNote = "on a FUSE file system latch does not verify or hash: its s
 // chooses, and which may stall whoever asks it: FUSE (any subtype, fuseblk) and
 // the network file systems. An empty type (a mount latch cannot name) counts as
 // such.
-func untrustedFS(fstype string) bool {
-	if fstype == "" {
-		return true
-	}
-	if fstype == "fuse" || fstype == "fuseblk" || strings.HasPrefix(fstype, "fuse.") || strings.HasPrefix(fstype, "fuseblk.") {
-		return true
-	}
-	switch fstype {
-	case "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "afs", "glusterfs", "lustre", "gfs2", "ocfs2", "davfs", "coda", "ncpfs":
-		return true
-	}
-	return false
-}
+func untrustedFS(fstype string) bool { return mountinfo.Untrusted(fstype) }
 
 // fsNote is the identity and hash note of a program on file system fstype.
 func fsNote(fstype string) string {
 	if fstype == "" {
 		return "on a file system latch cannot name (a mount not in the mount table): latch does not verify or hash it"
 	}
-	if fstype == "fuse" || fstype == "fuseblk" || strings.HasPrefix(fstype, "fuse.") || strings.HasPrefix(fstype, "fuseblk.") {
+	if mountinfo.IsFUSE(fstype) {
 		return serverFSNote + " (" + fstype + ")"
 	}
 	return "on a network file system (" + fstype + ") latch does not verify or hash: its server chooses what the file is (and may never answer)"
@@ -191,29 +178,6 @@ func readAll(dir int, name string) ([]byte, error) {
 	return nil, fmt.Errorf("%s: over 16 MiB", name)
 }
 
-// mountinfoType finds the line of mount id in a mountinfo ("36 35 98:0 /a /b rw
-// master:1 - ext4 /dev/root rw") and returns its file system type.
-func mountinfoType(b []byte, id uint64) (string, bool) {
-	want := strconv.FormatUint(id, 10) + " "
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
-		if !bytes.HasPrefix(line, []byte(want)) {
-			continue
-		}
-		i := bytes.Index(line, []byte(" - "))
-		if i < 0 {
-			return "", false
-		}
-		f := bytes.Fields(line[i+3:])
-		if len(f) == 0 {
-			return "", false
-		}
-		return string(f[0]), true
-	}
-	return "", false
-}
+// mountinfoType finds the line of mount id in a mountinfo and returns its file
+// system type (see mountinfo.TypeOf).
+func mountinfoType(b []byte, id uint64) (string, bool) { return mountinfo.TypeOf(b, id) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/latchfw/latch/internal/containername"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/mountinfo"
 )
 
 // fileID is the identity of a file: device and inode.
@@ -134,71 +135,26 @@ func hostFileID(path string) (fileID, error) {
 // fileIDIn is hostFileID in the file system whose root is the directory root
 // (AT_FDCWD: the daemon's own).
 func fileIDIn(root int, path string) (fileID, error) {
-	id, _, err := fileStatIn(root, path)
-	return id, err
-}
-
-// hostFileStat is hostFileID with the file's status change time (ns since the
-// epoch), as of the same look at it.
-func hostFileStat(path string) (id fileID, ctime int64, err error) {
-	root, _ := hostRoot()
-	return fileStatIn(root, path)
-}
-
-// hostFileQuick is hostFileStat in one system call, a statx of path from the
-// host's root that does not follow a symbolic link in the last component but
-// does in the others (and resolves an absolute one in the daemon's root, not
-// the host's): a cheaper look than hostFileID's, which only agrees with it where
-// no directory on the way is a symbolic link. See procEntry.stillNamed.
-func hostFileQuick(path string) (id fileID, ctime int64, err error) {
-	root, _ := hostRoot()
-	if root != unix.AT_FDCWD {
-		path = strings.TrimLeft(path, "/")
-		if path == "" {
-			path = "."
-		}
+	// The walk (mountinfo.Open) follows no symbolic link and enters no mount of
+	// a file system whose server latch does not control (review 39: a user's
+	// FUSE mount over a directory of the path would otherwise hold the daemon's
+	// thread on a request its server never answers): it fails with a
+	// *mountinfo.UntrustedError there. The file is looked at with
+	// AT_STATX_DONT_SYNC (its own mount was checked; a local file system answers
+	// the same either way).
+	fd, err := mountinfo.Open(root, path)
+	if err != nil {
+		return fileID{}, err
 	}
+	defer unix.Close(fd)
 	var stx unix.Statx_t
-	if err := unix.Statx(root, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_CTIME, &stx); err != nil {
-		return fileID{}, 0, err
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE|unix.STATX_INO, &stx); err != nil {
+		return fileID{}, err
 	}
 	if uint32(stx.Mode)&unix.S_IFMT != unix.S_IFREG {
-		return fileID{}, 0, fmt.Errorf("not a regular file (mode %o)", stx.Mode)
+		return fileID{}, fmt.Errorf("not a regular file (mode %o)", stx.Mode)
 	}
-	return fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}, stx.Ctime.Sec*1e9 + int64(stx.Ctime.Nsec), nil
-}
-
-// fileStatIn is hostFileStat in the file system whose root is the directory
-// root (see fileIDIn).
-func fileStatIn(root int, path string) (fileID, int64, error) {
-	how := unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
-		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	}
-	if root != unix.AT_FDCWD {
-		how.Resolve |= unix.RESOLVE_IN_ROOT // "/" is process 1's root (AT_FDCWD would make it the cwd)
-	}
-	fd, err := unix.Openat2(root, path, &how)
-	var st unix.Stat_t
-	switch {
-	case err == nil:
-		defer unix.Close(fd)
-		err = unix.Fstat(fd, &st)
-	case errors.Is(err, unix.ENOSYS):
-		// Kernels before 5.6 (no openat2): the last component at least is not
-		// followed.
-		if root != unix.AT_FDCWD {
-			path = fmt.Sprintf("/proc/self/fd/%d%s", root, path)
-		}
-		err = unix.Lstat(path, &st)
-	}
-	if err != nil {
-		return fileID{}, 0, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fileID{}, 0, fmt.Errorf("not a regular file (mode %o)", st.Mode)
-	}
-	return fileID{uint64(st.Dev), st.Ino}, st.Ctim.Sec*1e9 + st.Ctim.Nsec, nil
+	return fileID{unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino}, nil
 }
 
 // identity is what verification found about a process's executable.
@@ -266,6 +222,7 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 		// (each lookup there is a request it may never answer).
 	default:
 		host, err := hostFileID(exe)
+		var untrusted *mountinfo.UntrustedError
 		switch {
 		case err == nil && host == id:
 			if why = userNSWhy(); why == "" {
@@ -277,6 +234,14 @@ func verifyExe(d procDir, exe string, id fileID, nlink uint64) identity {
 			why = "no file has this path on the host"
 		case errors.Is(err, unix.ELOOP):
 			why = "the path goes through a symbolic link on the host"
+		case errors.As(err, &untrusted):
+			// Review 39: a FUSE or network mount on the way (a user's over a
+			// directory of the path): not entered.
+			t := untrusted.FSType
+			if t == "" {
+				t = "a file system no mount table names"
+			}
+			why = "the path on the host goes through a FUSE or network file system (" + t + " at " + untrusted.At + "), which latch does not enter or verify: its server chooses what is there (and may never answer)"
 		default:
 			why = fmt.Sprintf("the host's file at this path cannot be checked: %v", err)
 		}

@@ -3,7 +3,6 @@ package procattr
 import (
 	"bytes"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,10 +27,6 @@ type procEntry struct {
 	appID      string   // flatpak/snap app id (appIDOf)
 	parents    []string // ancestors' verified executables (parentsOf)
 	hashKey    hashKey  // the executable's content key (exehash_linux.go)
-	// namedCtime is the status change time of the host's file at exe when
-	// stillNamed last found it, with hostFileID's full check, to be the file
-	// the process runs; 0 before that.
-	namedCtime atomic.Int64
 	// startNs and execID, once bound (non-zero), are the identity an eBPF record of
 	// this process and image carries (connRecord.StartNs, ExecID). Guarded by the
 	// cache's mu.
@@ -113,29 +108,17 @@ func (e *procEntry) verified() bool { return e.ident.status == engine.IdentityVe
 // entry that is not verified cannot become so by a change on the host's file
 // system: it holds.
 //
-// The full check (hostFileID: openat2, fstat, close) costs about as much as
-// the rest of an eBPF attribution, so once it has passed, a single statx of
-// the path (hostFileQuick) that finds the same file with the same status
-// change time stands for it: a rename, link or unlink of the file changes
-// that time, and another file at the path has another inode. What the quick
-// look does not see is a directory on the way replaced by a symbolic link to
-// where the same file is (the full check refuses any symbolic link): the path
-// still leads to the process's file then.
+// The check walks the path as verifyExe did (hostFileID: mountinfo.Open, one
+// openat2 where the path stays on one mount, a statx and a close): review 35's
+// cheaper single statx of the path walked into whatever was mounted on the
+// way, and a FUSE server a user mounted over a directory of the path held the
+// queue reader on a request it never answered (review 39).
 func (e *procEntry) stillNamed() bool {
 	if !e.verified() {
 		return true
 	}
-	if c := e.namedCtime.Load(); c != 0 {
-		if host, ctime, err := hostFileQuick(e.exe); err == nil && host == e.file && ctime == c {
-			return true
-		}
-	}
-	host, ctime, err := hostFileStat(e.exe)
-	if err != nil || host != e.file {
-		return false
-	}
-	e.namedCtime.Store(ctime)
-	return true
+	host, err := hostFileID(e.exe)
+	return err == nil && host == e.file
 }
 
 // bind ties e to the identity an eBPF record carries, once the record has been

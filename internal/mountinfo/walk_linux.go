@@ -1,0 +1,315 @@
+package mountinfo
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// UntrustedError says that a walk met a mount of a file system latch does not
+// enter (see Untrusted).
+type UntrustedError struct {
+	Path   string // the path walked
+	At     string // the directory (or file) on that mount, as far as the walk got
+	FSType string // its type ("" if no mount table names it)
+}
+
+func (e *UntrustedError) Error() string {
+	t := e.FSType
+	if t == "" {
+		t = "a file system no mount table names"
+	}
+	return fmt.Sprintf("%s: %s is on %s, whose server latch does not ask (it may never answer)", e.Path, e.At, t)
+}
+
+// uniqueIDs says whether statx gives mounts' unique ids (STATX_MNT_ID_UNIQUE,
+// Linux 6.8+), which no later mount takes.
+var uniqueIDs = sync.OnceValue(func() bool {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, "/", 0, unix.STATX_MNT_ID_UNIQUE, &stx)
+	return err == nil && stx.Mask&unix.STATX_MNT_ID_UNIQUE != 0
+})
+
+// types caches mounts' file system types: by unique id where the kernel gives
+// them (never reused); else by old id, forgotten at every change of the mount
+// tables watched (changed).
+var types struct {
+	sync.Mutex
+	byID    map[uint64]string
+	watched []int // /proc/self/mountinfo, /proc/1/mountinfo, open for poll
+	opened  bool
+}
+
+const maxTypes = 4096
+
+// changedLocked reports whether a watched mount table changed since the last
+// call (poll gives POLLPRI once per change). Call with types held.
+func changedLocked() bool {
+	if !types.opened {
+		types.opened = true
+		for _, p := range []string{"/proc/self/mountinfo", "/proc/1/mountinfo"} {
+			if fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+				types.watched = append(types.watched, fd)
+			}
+		}
+		return true
+	}
+	if len(types.watched) == 0 {
+		return true
+	}
+	fds := make([]unix.PollFd, len(types.watched))
+	for i, fd := range types.watched {
+		fds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLPRI}
+	}
+	n, err := unix.Poll(fds, 0)
+	return err != nil || n > 0
+}
+
+// FSType returns the type of the file system fd (any descriptor, O_PATH too) is
+// on, without a request to that file system: "" where no mount table (the
+// daemon's, then process 1's) names its mount.
+func FSType(fd int) (string, error) {
+	const flags = unix.AT_EMPTY_PATH | unix.AT_STATX_DONT_SYNC
+	var stx unix.Statx_t
+	var key uint64
+	uniq := uniqueIDs()
+	if uniq {
+		if err := unix.Statx(fd, "", flags, unix.STATX_MNT_ID_UNIQUE, &stx); err != nil {
+			return "", fmt.Errorf("statx: %w", err)
+		}
+		if stx.Mask&unix.STATX_MNT_ID_UNIQUE == 0 {
+			uniq = false
+		} else {
+			key = stx.Mnt_id
+			types.Lock()
+			t, ok := types.byID[key]
+			types.Unlock()
+			if ok {
+				return t, nil
+			}
+		}
+	}
+	// The old id, which mountinfo lists (the descriptor holds its mount: the id
+	// is that mount's between the two statx).
+	if err := unix.Statx(fd, "", flags, unix.STATX_MNT_ID, &stx); err != nil {
+		return "", fmt.Errorf("statx: %w", err)
+	}
+	if stx.Mask&unix.STATX_MNT_ID == 0 {
+		return "", errors.New("statx: the kernel gives no mount id")
+	}
+	old := stx.Mnt_id
+	if !uniq {
+		key = old
+	}
+	types.Lock()
+	defer types.Unlock()
+	if !uniq {
+		if changedLocked() {
+			types.byID = nil
+		} else if t, ok := types.byID[key]; ok {
+			return t, nil
+		}
+	}
+	t, ok := lookup(old)
+	if !ok {
+		return "", nil
+	}
+	if types.byID == nil || len(types.byID) >= maxTypes {
+		types.byID = map[uint64]string{}
+	}
+	types.byID[key] = t
+	return t, nil
+}
+
+// lookup finds the old mount id in the daemon's mount table, then in process
+// 1's (the host's, where the daemon runs in a mount namespace of its own).
+func lookup(old uint64) (string, bool) {
+	for _, p := range []string{"/proc/self/mountinfo", "/proc/1/mountinfo"} {
+		if b, err := readFile(p); err == nil {
+			if t, ok := TypeOf(b, old); ok {
+				return t, true
+			}
+		}
+	}
+	return "", false
+}
+
+// readFile reads a proc file, at most 16 MiB of it.
+func readFile(name string) ([]byte, error) {
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 0, 16<<10)
+	for len(buf) < 16<<20 {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+	return nil, fmt.Errorf("%s: over 16 MiB", name)
+}
+
+// checkFD returns an *UntrustedError if fd is on a file system latch does not
+// enter (or whose type cannot be told).
+func checkFD(fd int, path, at string) error {
+	t, err := FSType(fd)
+	if err != nil {
+		return fmt.Errorf("%s: the file system of %s: %w", path, at, err)
+	}
+	if Untrusted(t) {
+		return &UntrustedError{Path: path, At: at, FSType: t}
+	}
+	return nil
+}
+
+// slash is an O_PATH descriptor of the daemon's root directory, and whether its
+// file system is one latch enters (the descriptor holds the mount: it does not
+// change).
+var slash = sync.OnceValues(func() (int, error) {
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open /: %w", err)
+	}
+	if err := checkFD(fd, "/", "/"); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+})
+
+// roots remembers the root descriptors found on a trusted file system (a root
+// a caller keeps open for the life of the process, as procattr's host root).
+var roots sync.Map // int -> struct{}
+
+// Open opens path, relative to the directory root (AT_FDCWD: the daemon's root
+// directory; a path is taken as relative to root either way), with O_PATH and
+// without following any symbolic link (ELOOP), and without looking into any
+// directory on a file system Untrusted names (an *UntrustedError): each mount
+// the walk enters is told by its mount id (FSType) before anything is looked up
+// in it, and the file itself must be on such a mount too. No component may be
+// "..". root must stay open as long as the process runs (its check is
+// remembered) unless it is AT_FDCWD.
+//
+// The walk asks openat2 (RESOLVE_NO_XDEV) for as much of the path as stays on
+// one mount, and steps one component (openat O_PATH, which sends the mounted
+// file system no request) where it crosses a mount point; a kernel without
+// openat2 steps through every component.
+func Open(root int, path string) (int, error) {
+	rest := strings.TrimLeft(path, "/")
+	if rest == "" {
+		rest = "."
+	}
+	if !plain(rest) {
+		return -1, fmt.Errorf("%s: %w (a path with an empty or \"..\" component)", path, unix.EINVAL)
+	}
+	dir := root
+	if root == unix.AT_FDCWD {
+		fd, err := slash()
+		if err != nil {
+			return -1, err
+		}
+		dir = fd
+	} else if _, ok := roots.Load(root); !ok {
+		if err := checkFD(root, path, "the root it is walked from"); err != nil {
+			return -1, err
+		}
+		roots.Store(root, struct{}{})
+	}
+	own := false // dir is the walk's to close
+	closeDir := func() {
+		if own {
+			unix.Close(dir)
+		}
+	}
+	noOpenat2 := false
+	for rest != "" {
+		if !noOpenat2 {
+			how := unix.OpenHow{
+				Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+				Resolve: unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_BENEATH,
+			}
+			fd, err := unix.Openat2(dir, rest, &how)
+			switch {
+			case err == nil:
+				// All on dir's mount, which was checked.
+				closeDir()
+				return fd, nil
+			case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) && !own:
+				// No openat2 (Linux before 5.6, or a seccomp filter that
+				// refuses it): one component at a time.
+				noOpenat2 = true
+			case errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EAGAIN):
+				// A mount point on the way (or a rename raced the walk):
+				// step through the next component.
+			default:
+				closeDir()
+				return -1, err
+			}
+		}
+		name := rest
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			name, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
+		fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		closeDir()
+		if err != nil {
+			return -1, err
+		}
+		dir, own = fd, true
+		at := strings.TrimSuffix(path[:len(path)-len(rest)], "/")
+		var stx unix.Statx_t
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &stx); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: statx %s: %w", path, at, err)
+		}
+		if err := checkFD(fd, path, at); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		switch mode := uint32(stx.Mode) & unix.S_IFMT; {
+		case mode == unix.S_IFLNK:
+			unix.Close(fd)
+			return -1, unix.ELOOP
+		case mode != unix.S_IFDIR && rest != "":
+			unix.Close(fd)
+			return -1, unix.ENOTDIR
+		}
+	}
+	return dir, nil
+}
+
+// plain reports whether the relative path p has no empty and no ".." component.
+func plain(p string) bool {
+	for p != "" {
+		name := p
+		if i := strings.IndexByte(p, '/'); i >= 0 {
+			name, p = p[:i], p[i+1:]
+			if p == "" {
+				return false // a trailing slash
+			}
+		} else {
+			p = ""
+		}
+		if name == "" || name == ".." {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,144 @@
+package mountinfo
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func inode(t *testing.T, fd int) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// TestOpenAsLookup: Open finds what a lookup without symbolic links finds, across
+// mounts too, and refuses links, "..", and a file on the way.
+func TestOpenAsLookup(t *testing.T) {
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "a", "b")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(sub, "f")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(sub, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := Open(unix.AT_FDCWD, file)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", file, err)
+	}
+	if got := inode(t, fd); got != st.Ino {
+		t.Errorf("Open(%s) opened inode %d, want %d", file, got, st.Ino)
+	}
+	unix.Close(fd)
+	for _, c := range []struct {
+		path string
+		want error
+	}{
+		{filepath.Join(dir, "link", "f"), unix.ELOOP},
+		{filepath.Join(dir, "nothing", "f"), unix.ENOENT},
+		{filepath.Join(file, "x"), unix.ENOTDIR},
+		{filepath.Join(sub, "..", "b", "f"), unix.EINVAL},
+	} {
+		p := c.path
+		if c.want == unix.EINVAL {
+			p = sub + "/../b/f" // not cleaned
+		}
+		if fd, err := Open(unix.AT_FDCWD, p); !errors.Is(err, c.want) {
+			if err == nil {
+				unix.Close(fd)
+			}
+			t.Errorf("Open(%s) = %v, want %v", p, err, c.want)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	// A mount on the way (and a file bind-mounted over the last component).
+	mnt := filepath.Join(dir, "a")
+	if err := unix.Mount("t", mnt, "tmpfs", 0, ""); err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() {
+		unix.Unmount(filepath.Join(mnt, "x", "g"), unix.MNT_DETACH)
+		unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	inner := filepath.Join(mnt, "x", "g")
+	if err := os.MkdirAll(filepath.Dir(inner), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(inner, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(inner, &st); err != nil {
+		t.Fatal(err)
+	}
+	fd, err = Open(unix.AT_FDCWD, inner)
+	if err != nil {
+		t.Fatalf("Open(%s) across a tmpfs mount: %v", inner, err)
+	}
+	if got := inode(t, fd); got != st.Ino {
+		t.Errorf("Open(%s) opened inode %d, want %d", inner, got, st.Ino)
+	}
+	unix.Close(fd)
+	src := filepath.Join(dir, "src")
+	if err := os.WriteFile(src, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(src, inner, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(inner, &st); err != nil {
+		t.Fatal(err)
+	}
+	fd, err = Open(unix.AT_FDCWD, inner)
+	if err != nil {
+		t.Fatalf("Open(%s), a bind-mounted file: %v", inner, err)
+	}
+	if got := inode(t, fd); got != st.Ino {
+		t.Errorf("Open(%s) opened inode %d, want the bind-mounted file's %d", inner, got, st.Ino)
+	}
+	unix.Close(fd)
+}
+
+func TestFSType(t *testing.T) {
+	for _, c := range []struct{ path, want string }{{"/proc/self", "proc"}, {"/sys", "sysfs"}} {
+		fd, err := unix.Open(c.path, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Skip(err)
+		}
+		got, err := FSType(fd)
+		unix.Close(fd)
+		if err != nil || got != c.want {
+			t.Errorf("FSType(%s) = %q, %v; want %q", c.path, got, err, c.want)
+		}
+		// Cached the second time: the same answer.
+		fd, _ = unix.Open(c.path, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if again, _ := FSType(fd); again != got {
+			t.Errorf("FSType(%s) again = %q, want %q", c.path, again, got)
+		}
+		unix.Close(fd)
+	}
+	for _, c := range []struct {
+		fstype string
+		want   bool
+	}{{"fuse.sshfs", true}, {"fuseblk", true}, {"nfs4", true}, {"", true}, {"ext4", false}, {"tmpfs", false}, {"fusectl", false}} {
+		if got := Untrusted(c.fstype); got != c.want {
+			t.Errorf("Untrusted(%q) = %v, want %v", c.fstype, got, c.want)
+		}
+	}
+}
