@@ -1,17 +1,24 @@
 package linux
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
 	"github.com/latchfw/latch/internal/engine"
+	"github.com/latchfw/latch/internal/intercept"
+	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 	"github.com/latchfw/latch/internal/procattr"
 )
 
-// Review 42, finding 1 (low-medium): a held query whose copy is read more than the
+// Review 42, finding 1 (low: same user, two programs, as review 38 finding 4; the
+// lookup asks for the copy's uid, so another user's socket is not found): a held query whose copy is read more than the
 // table's keep (5 s) after the queue recorded its sender is credited to whichever
 // socket holds its port then. Records are stamped when the packet is held, before
 // the verdict, and holds last up to HoldTimeout (5 min): a query held 6 s (a slow
@@ -63,9 +70,10 @@ func TestReview42SubuidFloodMarksEveryoneLost(t *testing.T) {
 	}
 }
 
-// Review 42, finding 3 (low): a held query whose program has a pid but no readable
-// exe (programOf gives the zero Program, UID 0) is recorded under uid 0's share, not
-// its sender's uid. A user whose processes exit right after sending (exe no longer
+// Review 42, finding 3 (informational, latent: procattr returns PID 0 when it cannot
+// read the exe, so today's resolver should not reach it): a held query attributed to
+// a pid with no exe (programOf gives the zero Program, UID 0) is recorded under uid
+// 0's share, not under the uid of the packet (req.UID). A user whose processes exit right after sending (exe no longer
 // readable when attributed) thereby fills root's share: root becomes the biggest
 // holder, root's genuine records are evicted and root is marked lost, so root's own
 // record-less queries are credited to nobody — one user's flood evicting another
@@ -208,5 +216,62 @@ func check(t *testing.T, tab *dnsSenders, round, op int) {
 	}
 	if members != len(counts) || tab.top != top {
 		t.Fatalf("round %d op %d: %d bucket members for %d users; top %d, want %d", round, op, members, len(counts), tab.top, top)
+	}
+}
+
+// flipResolver finds no socket (the sender closed it: the attribution of the held
+// query fails) until taken, then finds the taker on every port.
+type flipResolver struct {
+	instantResolver
+	taken *atomic.Bool
+	taker procattr.Process
+}
+
+func (r flipResolver) ResolveDev(engine.Protocol, netip.AddrPort, netip.AddrPort, int32, int) (procattr.Process, error) {
+	if r.taken.Load() {
+		return r.taker, nil
+	}
+	return procattr.Process{UID: -1}, errors.New("no such socket")
+}
+
+// Review 42, finding 6 (low: same user, two programs, as finding 1): a held query whose attribution fails (PID 0:
+// the sender closed its socket before the daemon read the queued packet, e.g. a
+// backlog the attacker makes by flooding new flows; or the sender stash cannot
+// tell the sender) gets no record and marks nobody lost; when its copy is read, the
+// socket lookup credits it to whoever holds the port then. The queue did hold it,
+// so it should be credited to nobody (a record of "unknown sender", or marking the
+// packet's uid lost). Drives Backend.handle with the queued datagram. Fails on the
+// current code.
+func TestReview42HeldUnattributedCreditedToPortHolder(t *testing.T) {
+	var taken atomic.Bool
+	taker := procattr.Process{PID: 77, Exe: "/usr/bin/taker", Identity: engine.IdentityVerified, UID: 1000}
+	b, err := New(Config{Firewall: FirewallIptablesNft, Resolver: flipResolver{taken: &taken, taker: taker}, Hostnames: dnsname.NewCache(1000)})
+	if err != nil {
+		t.Skipf("backend: %v", err)
+	}
+	client, server := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.0.66:53")
+	msg := binary.BigEndian.AppendUint16(nil, 7)
+	msg = append(msg, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0)
+	for _, l := range []string{"bank", "example", "com"} {
+		msg = append(msg, byte(len(l)))
+		msg = append(msg, l...)
+	}
+	msg = append(msg, 0, 0, 1, 0, 1)
+	allow := intercept.DeciderFunc(func(_ *engine.Request, verdict func(engine.Verdict)) {
+		verdict(engine.Verdict{Action: engine.Allow, Reason: engine.ReasonRule})
+	})
+	p := nfq.Packet{ID: 1, HWProto: 0x0800, Hook: hookLocalOut, HasUID: true, UID: 1000, Payload: udp4Packet(client, server, 1, msg), Time: time.Now()}
+	b.handle(&p, allow)
+	for deadline := time.Now().Add(2 * time.Second); b.attributionFailed.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b.attributionFailed.Load() == 0 {
+		t.Fatal("the held query's attribution did not run (or did not fail) within 2 s")
+	}
+	time.Sleep(50 * time.Millisecond)
+	taken.Store(true) // another program of the user (or, by lookup without a uid, anyone) binds the port
+	q := dnsQuery(client.String(), server.String(), 7, "bank.example.com")
+	if pr := b.queryProgram(engine.UDP, q, 1000); pr.Exe == taker.Exe {
+		t.Errorf("a query the queue held (sender unknown then) is credited to %s, the port's holder when the copy is read", pr.Exe)
 	}
 }
