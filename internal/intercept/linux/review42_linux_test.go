@@ -275,3 +275,27 @@ func TestReview42HeldUnattributedCreditedToPortHolder(t *testing.T) {
 		t.Errorf("a query the queue held (sender unknown then) is credited to %s, the port's holder when the copy is read", pr.Exe)
 	}
 }
+
+// Review 42, finding 2b (low-medium, same cause as finding 2: one share per uid, and a
+// user with subordinate uids has thousands): with every share down to one record, an
+// eviction picks any one-record uid, the victim's included. A victim's held query
+// (one record) during another user's flood from 8,200 subuids is dropped and the
+// victim marked lost: the query is credited to nobody, its names not learned as the
+// program's own. Fails on the current code (almost surely: the victim survives
+// ~20,000 random picks among ~4,096 with probability ~e^-5 or less).
+func TestReview42SubuidFloodEvictsVictimRecord(t *testing.T) {
+	tab := newDNSSenders(4096, 5*time.Second)
+	now := time.Unix(1000, 0)
+	curl := dnsname.Program{Exe: "/usr/bin/curl", Identity: uint8(engine.IdentityVerified), UID: 1001}
+	mine := dnsQuery("198.18.0.1:30000", "198.18.0.66:53", 1, "bank.example.com")
+	tab.put(&mine, curl, now)
+	for i := range 20000 {
+		uid := int32(100000 + i%8200)
+		f := dnsQuery(fmt.Sprintf("198.18.%d.%d:%d", 1+i/250%250, 1+i%250, 20000+i%40000), "198.18.0.53:53", uint16(i), "x.test")
+		tab.put(&f, dnsname.Program{Exe: "/usr/bin/flood", UID: uid}, now.Add(time.Duration(i)*100*time.Microsecond))
+	}
+	at := now.Add(2 * time.Second)
+	if _, ok := tab.get(mine, at); !ok {
+		t.Errorf("uid 1001's only record was evicted by another user's subuid flood (uid 1001 lost: %v)", tab.lostFor(1001, at))
+	}
+}
