@@ -33,7 +33,21 @@ type Range struct {
 // at again.
 type snapshot struct {
 	ranges  []Range
-	checked int64 // Unix ns
+	checked int64 // monotonic ns (monoNow)
+}
+
+// start anchors monoNow: time.Since reads the monotonic clock, which a step of the
+// wall clock (NTP, date -s) does not move.
+var start = time.Now()
+
+// monoNow is the monotonic time in ns since the package was loaded.
+func monoNow() int64 { return int64(time.Since(start)) }
+
+// stale tells whether a snapshot checked at checked is to be looked at again at now:
+// a second later, or if checked lies ahead (it cannot on a monotonic clock; be safe).
+func stale(now, checked int64) bool {
+	d := now - checked
+	return d >= int64(time.Second) || d < 0
 }
 
 var state = struct {
@@ -98,9 +112,9 @@ func LookupUser(name string) (uint32, bool) {
 // changes, looked at once a second at most), else uid itself. It takes no lock except
 // to look at the file again.
 func Owner(uid uint32) uint32 {
-	now := time.Now().UnixNano()
+	now := monoNow()
 	s := state.cur.Load()
-	if s == nil || now-s.checked >= int64(time.Second) {
+	if s == nil || stale(now, s.checked) {
 		s = refresh(now)
 	}
 	for _, r := range s.ranges {
@@ -116,7 +130,7 @@ func refresh(now int64) *snapshot {
 	state.mu.Lock()
 	defer state.mu.Unlock()
 	s := state.cur.Load()
-	if s != nil && now-s.checked < int64(time.Second) {
+	if s != nil && !stale(now, s.checked) {
 		return s
 	}
 	next := &snapshot{checked: now}
