@@ -6,8 +6,10 @@
 package subid
 
 import (
-	"bufio"
 	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/user"
 	"strconv"
@@ -20,8 +22,12 @@ import (
 // DefaultFile is the file Owner reads unless SetFile says otherwise.
 const DefaultFile = "/etc/subuid"
 
-// maxFileSize bounds what is read: a larger file is taken as listing no range.
+// maxFileSize bounds what is read of the file: the lines past it are ignored (and
+// logged once a version of the file).
 const maxFileSize = 1 << 20
+
+// maxLine bounds a line: a longer one is skipped (no user name is that long).
+const maxLine = 4096
 
 // Range is the uids [Start, Start+Count) that Owner may map.
 type Range struct {
@@ -70,9 +76,13 @@ func SetFile(file string) {
 // read, or whose user lookup does not know, are skipped.
 func Parse(data []byte, lookup func(string) (uint32, bool)) []Range {
 	var out []Range
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
+	for len(data) > 0 {
+		var raw []byte
+		raw, data, _ = bytes.Cut(data, []byte{'\n'})
+		if len(raw) > maxLine {
+			continue
+		}
+		line := strings.TrimSpace(string(raw))
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -143,10 +153,33 @@ func refresh(now int64) *snapshot {
 		next.ranges, state.mtime, state.size = nil, time.Time{}, -1
 	case !fi.ModTime().Equal(state.mtime) || fi.Size() != state.size:
 		state.mtime, state.size, next.ranges = fi.ModTime(), fi.Size(), nil
-		if data, err := os.ReadFile(state.file); err == nil && len(data) <= maxFileSize {
+		if data, err := readCapped(state.file, maxFileSize); err == nil {
 			next.ranges = Parse(data, LookupUser)
 		}
 	}
 	state.cur.Store(next)
 	return next
+}
+
+// readCapped reads file up to max bytes; a longer file is cut after its last whole
+// line within them, and that is logged.
+func readCapped(file string, max int) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, int64(max)+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", file, err)
+	}
+	if len(data) > max {
+		data = data[:max]
+		if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+			data = data[:i+1]
+		}
+		slog.Warn("subid: file larger than the bound: the lines past it are ignored (their uids count as users of their own)",
+			"file", file, "bound_bytes", max)
+	}
+	return data, nil
 }

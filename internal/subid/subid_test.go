@@ -2,6 +2,7 @@ package subid
 
 import (
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -30,5 +31,14 @@ func TestOwner(t *testing.T) {
 func BenchmarkOwner(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		Owner(uint32(i))
+	}
+}
+
+// TestLongLineSkipped: a line longer than bufio.Scanner's 64 KiB does not stop the
+// lines after it from being read.
+func TestLongLineSkipped(t *testing.T) {
+	data := "1001:" + strings.Repeat("9", 70000) + ":1\n1002:200000:65536\n"
+	if got := Parse([]byte(data), LookupUser); len(got) != 1 || got[0].Start != 200000 || got[0].Owner != 1002 {
+		t.Fatalf("Parse of a 70,000-byte line then 1002:200000:65536 = %+v, want the second line's range", got)
 	}
 }
