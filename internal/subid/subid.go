@@ -29,17 +29,31 @@ const maxFileSize = 1 << 20
 // maxLine bounds a line: a longer one is skipped (no user name is that long).
 const maxLine = 4096
 
-// Range is the uids [Start, Start+Count) that Owner may map.
+// Range is the uids [Start, Start+Count) that Owner maps to Owner: the uid of the user
+// the line names, or Unknown(Start) when its name is not found.
 type Range struct {
 	Start, Count uint64
-	Owner        uint32
+	Owner        uint64
+	Unresolved   bool // the line's user name was not found (Owner is Unknown(Start))
 }
+
+// Unknown is the owner of the range starting at start whose user name is not found:
+// above every uid (uids are 32 bits), so all of that range's uids count as one user
+// that no other uid, nor another such range, counts as.
+func Unknown(start uint64) uint64 { return 1<<32 | start }
+
+// retryUnresolved is how often a file with a user name not found is parsed again
+// though it did not change (the name may be found later: sssd starting, a directory
+// reachable again).
+const retryUnresolved = 10 * time.Second
 
 // snapshot is what Owner reads without a lock: replaced whole when the file is looked
 // at again.
 type snapshot struct {
-	ranges  []Range
-	checked int64 // monotonic ns (monoNow)
+	ranges     []Range
+	checked    int64 // monotonic ns (monoNow)
+	parsed     int64 // monotonic ns of the last parse
+	unresolved bool  // a range's user name was not found
 }
 
 // start anchors monoNow: time.Since reads the monotonic clock, which a step of the
@@ -73,9 +87,11 @@ func SetFile(file string) {
 }
 
 // Parse reads subuid lines "USER:START:COUNT" (USER a name or a uid); lines it cannot
-// read, or whose user lookup does not know, are skipped.
+// read are skipped, and a range whose user name lookup does not find is owned by
+// Unknown(START). lookup is asked once a name.
 func Parse(data []byte, lookup func(string) (uint32, bool)) []Range {
 	var out []Range
+	names := map[string]uint64{}
 	for len(data) > 0 {
 		var raw []byte
 		raw, data, _ = bytes.Cut(data, []byte{'\n'})
@@ -87,7 +103,7 @@ func Parse(data []byte, lookup func(string) (uint32, bool)) []Range {
 			continue
 		}
 		f := strings.Split(line, ":")
-		if len(f) != 3 {
+		if len(f) != 3 || f[0] == "" {
 			continue
 		}
 		start, err1 := strconv.ParseUint(f[1], 10, 32)
@@ -95,15 +111,22 @@ func Parse(data []byte, lookup func(string) (uint32, bool)) []Range {
 		if err1 != nil || err2 != nil || count == 0 {
 			continue
 		}
-		owner, ok := uint32(0), false
+		r := Range{Start: start, Count: count}
 		if n, err := strconv.ParseUint(f[0], 10, 32); err == nil {
-			owner, ok = uint32(n), true
+			r.Owner = n
+		} else if uid, seen := names[f[0]]; seen {
+			r.Owner = uid
 		} else {
-			owner, ok = lookup(f[0])
+			r.Owner = 1 << 63 // not found
+			if n, ok := lookup(f[0]); ok {
+				r.Owner = uint64(n)
+			}
+			names[f[0]] = r.Owner
 		}
-		if ok {
-			out = append(out, Range{Start: start, Count: count, Owner: owner})
+		if r.Owner == 1<<63 {
+			r.Owner, r.Unresolved = Unknown(start), true
 		}
+		out = append(out, r)
 	}
 	return out
 }
@@ -118,10 +141,14 @@ func LookupUser(name string) (uint32, bool) {
 	return uint32(n), err == nil
 }
 
-// Owner is the user whose subordinate uid uid is (in /etc/subuid, read again when it
-// changes, looked at once a second at most), else uid itself. It takes no lock except
-// to look at the file again.
-func Owner(uid uint32) uint32 {
+// lookupName is refresh's lookup of a user name (tests replace it).
+var lookupName = LookupUser
+
+// Owner is whom uid counts as: the user whose subordinate uid it is (in /etc/subuid,
+// read again when it changes, looked at once a second at most), Unknown(start) if that
+// range's user name is not found (values above 32 bits), else uid itself. It takes no
+// lock except to look at the file again.
+func Owner(uid uint32) uint64 {
 	now := monoNow()
 	s := state.cur.Load()
 	if s == nil || stale(now, s.checked) {
@@ -132,7 +159,7 @@ func Owner(uid uint32) uint32 {
 			return r.Owner
 		}
 	}
-	return uid
+	return uint64(uid)
 }
 
 // refresh looks at the file again if no other caller did within the last second.
@@ -145,16 +172,21 @@ func refresh(now int64) *snapshot {
 	}
 	next := &snapshot{checked: now}
 	if s != nil {
-		next.ranges = s.ranges
+		*next = *s
+		next.checked = now
 	}
 	fi, err := os.Stat(state.file)
 	switch {
 	case err != nil:
-		next.ranges, state.mtime, state.size = nil, time.Time{}, -1
-	case !fi.ModTime().Equal(state.mtime) || fi.Size() != state.size:
-		state.mtime, state.size, next.ranges = fi.ModTime(), fi.Size(), nil
+		next.ranges, next.unresolved, state.mtime, state.size = nil, false, time.Time{}, -1
+	case !fi.ModTime().Equal(state.mtime) || fi.Size() != state.size ||
+		next.unresolved && now-next.parsed >= int64(retryUnresolved):
+		state.mtime, state.size, next.ranges, next.unresolved, next.parsed = fi.ModTime(), fi.Size(), nil, false, now
 		if data, err := readCapped(state.file, maxFileSize); err == nil {
-			next.ranges = Parse(data, LookupUser)
+			next.ranges = Parse(data, lookupName)
+			for _, r := range next.ranges {
+				next.unresolved = next.unresolved || r.Unresolved
+			}
 		}
 	}
 	state.cur.Store(next)
