@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"os"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/subid"
 )
 
 // review41Flood runs review 38's flood against a victim of uid victimUID by an
@@ -64,6 +67,23 @@ func review41Flood(t *testing.T, maxEntries int, victimUID int32, attackerUID fu
 	return l.Cache().LookupFor(victim, bank)
 }
 
+// useLoginUsers makes the learner read a passwd file listing root and users of the
+// uids given (login uids, as SSSD's or FreeIPA's directory users in /etc/passwd or
+// NSS are) for the test.
+func useLoginUsers(t *testing.T, uids ...int) {
+	t.Helper()
+	f := t.TempDir() + "/passwd"
+	content := "root:x:0:0:root:/root:/bin/sh\n"
+	for i, uid := range uids {
+		content += fmt.Sprintf("user%d:x:%d:%d::/home/user%d:/bin/sh\n", i, uid, uid, i)
+	}
+	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	subid.SetPasswdFile(f)
+	t.Cleanup(func() { subid.SetPasswdFile(subid.DefaultPasswdFile) })
+}
+
 // Review 41, finding 1 (medium, DoS of host rules across users, wherever
 // /etc/subuid has a large range): subid.Owner takes every uid inside any
 // /etc/subuid range as that range owner's, whether or not it is someone's login uid.
@@ -82,6 +102,7 @@ func review41Flood(t *testing.T, maxEntries int, victimUID int32, attackerUID fu
 func TestReview41SubuidRangeOverLoginUIDsMergesUsers(t *testing.T) {
 	useSubuid(t, "root:1000000:1000000000\n") // LXD / Incus install docs
 	const alice, mallory = 900000001, 900000002
+	useLoginUsers(t, alice, mallory)
 	name, own, ok := review41Flood(t, 0, alice, func(int) int64 { return mallory }, 160, 1000)
 	if !ok || !own || name != "bank.example.com" {
 		t.Errorf("after user %d's flood of answers user %d's own name is %q (own %v, found %v); want bank.example.com: "+
@@ -99,6 +120,7 @@ func TestReview41SubuidRangeOverLoginUIDsSharesPending(t *testing.T) {
 	l, _ := newTestLearner()
 	useSubuid(t, "root:1000000:1000000000\n")
 	const alice, mallory = 900000001, 900000002
+	useLoginUsers(t, alice, mallory)
 	for i := 0; i < MaxPendingPerClient; i++ {
 		client := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), uint16(10000+i))
 		l.Query(queryPkt(client, testServer, uint16(i), "flood.example.net", typeA), mallory)
