@@ -270,3 +270,28 @@ func TestReview41TCPStreamChurnStaysConsistent(t *testing.T) {
 		}
 	}
 }
+
+// Uids of 2^31 and above (Program.UID holds a uid's 32 bits as an int32, as dnsproxy
+// gives it) are users of their own for the names' shares, not the one share of unknown
+// programs: one of them flooding names leaves another's own names.
+func TestHighUIDsAreUsersOfTheirOwn(t *testing.T) {
+	useSubuid(t, "")
+	c, _ := newTestCache(256)
+	const alice, mallory = 3000000001, 3000000002
+	victim := Program{Exe: "/usr/bin/firefox", Identity: 1, UID: int32(-1294967295)} // uid 3,000,000,001
+	if uint32(victim.UID) != alice {
+		t.Fatal("test constant")
+	}
+	bank := netip.MustParseAddr("198.18.9.9")
+	c.AddFor(victim, bank, "bank.example.com", 300*time.Second)
+	attacker := Program{Exe: "/home/mallory/flood", Identity: 1, UID: int32(-1294967294)} // uid 3,000,000,002
+	next := netip.MustParseAddr("198.19.0.0")
+	for i := 0; i < 4000; i++ {
+		next = next.Next()
+		c.AddFor(attacker, next, "x"+strconv.Itoa(i)+".mallory.example.net", 300*time.Second)
+	}
+	if name, own, ok := c.LookupFor(victim, bank); !ok || !own || name != "bank.example.com" {
+		t.Errorf("after user %d's flood of names user %d's own name is %q (own %v, found %v); want bank.example.com: "+
+			"uids of 2^31 and above all count as the unknown programs' one share", mallory, alice, name, own, ok)
+	}
+}
