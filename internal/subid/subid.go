@@ -37,7 +37,7 @@ const maxFileSize = 1 << 20
 const maxLine = 4096
 
 // Range is the uids [Start, Start+Count) that Owner maps to Owner: the uid of the user
-// the line names, or Unknown(Start) when its name is not found.
+// the line names, or Unknown(START of that name's first line) when its name is not found.
 type Range struct {
 	Start, Count uint64
 	Owner        uint64
@@ -104,6 +104,8 @@ var state = struct {
 	mu             sync.Mutex // held to look at the files again
 	file, passwd   string
 	fileV, passwdV fileVersion
+	names          map[string]uint32   // of the passwd file as of passwdV
+	login          map[uint32]struct{} // its uids
 	cur            atomic.Pointer[snapshot]
 }{file: DefaultFile, passwd: DefaultPasswdFile}
 
@@ -134,11 +136,11 @@ func reset() {
 }
 
 // Parse reads subuid lines "USER:START:COUNT" (USER a name or a uid); lines it cannot
-// read are skipped, and a range whose user name lookup does not find is owned by
-// Unknown(START). lookup is asked once a name.
+// read are skipped, and the ranges of a user name lookup does not find are owned by
+// Unknown(START of its first line). lookup is asked once a name.
 func Parse(data []byte, lookup func(string) (uint32, bool)) []Range {
 	var out []Range
-	names := map[string]uint64{}
+	names := map[string]Range{} // by user name: its first line's (the owner)
 	for len(data) > 0 {
 		var raw []byte
 		raw, data, _ = bytes.Cut(data, []byte{'\n'})
@@ -161,17 +163,15 @@ func Parse(data []byte, lookup func(string) (uint32, bool)) []Range {
 		r := Range{Start: start, Count: count}
 		if n, err := strconv.ParseUint(f[0], 10, 32); err == nil {
 			r.Owner = n
-		} else if uid, seen := names[f[0]]; seen {
-			r.Owner = uid
+		} else if seen, ok := names[f[0]]; ok {
+			r = Range{Start: start, Count: count, Owner: seen.Owner, Unresolved: seen.Unresolved}
 		} else {
-			r.Owner = 1 << 63 // not found
 			if n, ok := lookup(f[0]); ok {
 				r.Owner = uint64(n)
+			} else {
+				r.Owner, r.Unresolved = Unknown(start), true
 			}
-			names[f[0]] = r.Owner
-		}
-		if r.Owner == 1<<63 {
-			r.Owner, r.Unresolved = Unknown(start), true
+			names[f[0]] = r
 		}
 		out = append(out, r)
 	}
@@ -254,10 +254,13 @@ func refresh(now int64) *snapshot {
 	}
 	if s == nil || fv != state.fileV || pv != state.passwdV ||
 		next.unresolved && now-next.parsed >= int64(retryUnresolved) {
+		if s == nil || pv != state.passwdV {
+			state.names, state.login = readPasswd(state.passwd)
+		}
+		logCut := s == nil || fv != state.fileV
 		state.fileV, state.passwdV = fv, pv
-		next.parsed, next.segs, next.unresolved = now, nil, false
-		names, login := readPasswd(state.passwd)
-		next.login = login
+		next.parsed, next.segs, next.unresolved, next.login = now, nil, false, state.login
+		names := state.names
 		left := maxNSSLookups
 		lookup := func(name string) (uint32, bool) {
 			if uid, ok := names[name]; ok {
@@ -269,7 +272,7 @@ func refresh(now int64) *snapshot {
 			left--
 			return nssLookup(name)
 		}
-		if data, err := readCapped(state.file, maxFileSize); err == nil {
+		if data, err := readCapped(state.file, maxFileSize, logCut); err == nil {
 			ranges := Parse(data, lookup)
 			for _, r := range ranges {
 				next.unresolved = next.unresolved || r.Unresolved
@@ -288,7 +291,7 @@ const maxPasswdSize = 16 << 20
 // if it cannot be read.
 func readPasswd(file string) (names map[string]uint32, uids map[uint32]struct{}) {
 	names, uids = map[string]uint32{}, map[uint32]struct{}{}
-	data, err := readCapped(file, maxPasswdSize)
+	data, err := readCapped(file, maxPasswdSize, true)
 	if err != nil {
 		return names, uids
 	}
@@ -372,8 +375,8 @@ func (h *indexHeap) Pop() any {
 }
 
 // readCapped reads file up to max bytes; a longer file is cut after its last whole
-// line within them, and that is logged.
-func readCapped(file string, max int) ([]byte, error) {
+// line within them, and that is logged if logCut.
+func readCapped(file string, max int, logCut bool) ([]byte, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
@@ -384,12 +387,14 @@ func readCapped(file string, max int) ([]byte, error) {
 		return nil, fmt.Errorf("reading %s: %w", file, err)
 	}
 	if len(data) > max {
+		if logCut {
+			slog.Warn("subid: file larger than the bound: the lines past it are ignored",
+				"file", file, "bound_bytes", max)
+		}
 		data = data[:max]
 		if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
 			data = data[:i+1]
 		}
-		slog.Warn("subid: file larger than the bound: the lines past it are ignored (their uids count as users of their own)",
-			"file", file, "bound_bytes", max)
 	}
 	return data, nil
 }

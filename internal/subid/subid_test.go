@@ -119,3 +119,12 @@ func BenchmarkOwnerManyRanges(b *testing.B) {
 		Owner(uint32(i * 7919))
 	}
 }
+
+// TestUnknownNameLinesAreOneOwner: two lines of one user name not found count as one
+// owner, another such name as another.
+func TestUnknownNameLinesAreOneOwner(t *testing.T) {
+	got := Parse([]byte("ghost-a:100000:10\nghost-b:200000:10\nghost-a:300000:10\n"), func(string) (uint32, bool) { return 0, false })
+	if len(got) != 3 || got[0].Owner != Unknown(100000) || got[2].Owner != Unknown(100000) || got[1].Owner != Unknown(200000) {
+		t.Fatalf("Parse = %+v, want owners Unknown(100000), Unknown(200000), Unknown(100000)", got)
+	}
+}
