@@ -384,8 +384,8 @@ func (c *Cache) Add(addr netip.Addr, name string, ttl time.Duration) {
 // share of prog's user (an unknown program's against one share of all unknown ones).
 func (c *Cache) AddFor(prog Program, addr netip.Addr, name string, ttl time.Duration) {
 	owner := int64(-1)
-	if prog.Known() {
-		owner = clientOf(int64(prog.UID)).uid
+	if prog.Known() && prog.UID != -1 { // else no user; UID holds a uid's 32 bits
+		owner = clientOf(int64(uint32(prog.UID))).uid
 	}
 	c.addBy(owner, prog, addr, name, ttl)
 }

@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"os"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/latchfw/latch/internal/subid"
 )
 
 // review41Flood runs review 38's flood against a victim of uid victimUID by an
@@ -64,6 +67,23 @@ func review41Flood(t *testing.T, maxEntries int, victimUID int32, attackerUID fu
 	return l.Cache().LookupFor(victim, bank)
 }
 
+// useLoginUsers makes the learner read a passwd file listing root and users of the
+// uids given (login uids, as SSSD's or FreeIPA's directory users in /etc/passwd or
+// NSS are) for the test.
+func useLoginUsers(t *testing.T, uids ...int) {
+	t.Helper()
+	f := t.TempDir() + "/passwd"
+	content := "root:x:0:0:root:/root:/bin/sh\n"
+	for i, uid := range uids {
+		content += fmt.Sprintf("user%d:x:%d:%d::/home/user%d:/bin/sh\n", i, uid, uid, i)
+	}
+	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	subid.SetPasswdFile(f)
+	t.Cleanup(func() { subid.SetPasswdFile(subid.DefaultPasswdFile) })
+}
+
 // Review 41, finding 1 (medium, DoS of host rules across users, wherever
 // /etc/subuid has a large range): subid.Owner takes every uid inside any
 // /etc/subuid range as that range owner's, whether or not it is someone's login uid.
@@ -82,6 +102,7 @@ func review41Flood(t *testing.T, maxEntries int, victimUID int32, attackerUID fu
 func TestReview41SubuidRangeOverLoginUIDsMergesUsers(t *testing.T) {
 	useSubuid(t, "root:1000000:1000000000\n") // LXD / Incus install docs
 	const alice, mallory = 900000001, 900000002
+	useLoginUsers(t, alice, mallory)
 	name, own, ok := review41Flood(t, 0, alice, func(int) int64 { return mallory }, 160, 1000)
 	if !ok || !own || name != "bank.example.com" {
 		t.Errorf("after user %d's flood of answers user %d's own name is %q (own %v, found %v); want bank.example.com: "+
@@ -99,6 +120,7 @@ func TestReview41SubuidRangeOverLoginUIDsSharesPending(t *testing.T) {
 	l, _ := newTestLearner()
 	useSubuid(t, "root:1000000:1000000000\n")
 	const alice, mallory = 900000001, 900000002
+	useLoginUsers(t, alice, mallory)
 	for i := 0; i < MaxPendingPerClient; i++ {
 		client := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), uint16(10000+i))
 		l.Query(queryPkt(client, testServer, uint16(i), "flood.example.net", typeA), mallory)
@@ -246,5 +268,30 @@ func TestReview41TCPStreamChurnStaysConsistent(t *testing.T) {
 				t.Fatalf("step %d: %d streams, counted per owner %v, followed per owner %v", i, n, owners, counts)
 			}
 		}
+	}
+}
+
+// Uids of 2^31 and above (Program.UID holds a uid's 32 bits as an int32, as dnsproxy
+// gives it) are users of their own for the names' shares, not the one share of unknown
+// programs: one of them flooding names leaves another's own names.
+func TestHighUIDsAreUsersOfTheirOwn(t *testing.T) {
+	useSubuid(t, "")
+	c, _ := newTestCache(256)
+	const alice, mallory = 3000000001, 3000000002
+	victim := Program{Exe: "/usr/bin/firefox", Identity: 1, UID: int32(-1294967295)} // uid 3,000,000,001
+	if uint32(victim.UID) != alice {
+		t.Fatal("test constant")
+	}
+	bank := netip.MustParseAddr("198.18.9.9")
+	c.AddFor(victim, bank, "bank.example.com", 300*time.Second)
+	attacker := Program{Exe: "/home/mallory/flood", Identity: 1, UID: int32(-1294967294)} // uid 3,000,000,002
+	next := netip.MustParseAddr("198.19.0.0")
+	for i := 0; i < 4000; i++ {
+		next = next.Next()
+		c.AddFor(attacker, next, "x"+strconv.Itoa(i)+".mallory.example.net", 300*time.Second)
+	}
+	if name, own, ok := c.LookupFor(victim, bank); !ok || !own || name != "bank.example.com" {
+		t.Errorf("after user %d's flood of names user %d's own name is %q (own %v, found %v); want bank.example.com: "+
+			"uids of 2^31 and above all count as the unknown programs' one share", mallory, alice, name, own, ok)
 	}
 }

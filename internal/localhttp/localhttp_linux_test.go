@@ -301,7 +301,7 @@ func TestSubuidsCountAsTheirOwner(t *testing.T) {
 	}
 	setSubuidFile(f)
 	defer setSubuidFile(subuidFile)
-	for uid, want := range map[uint32]uint32{300000: 65534, 365535: 65534, 365536: 365536, 400009: 1234, 400010: 400010, 500001: 500001, 1000: 1000} {
+	for uid, want := range map[uint32]uint64{300000: 65534, 365535: 65534, 365536: 365536, 400009: 1234, 400010: 400010, 500001: 1<<32 | 500000, 500010: 500010, 1000: 1000} {
 		if got := ownerUID(uid); got != want {
 			t.Errorf("ownerUID(%d) = %d, want %d", uid, got, want)
 		}
