@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/latchfw/latch/internal/containername"
 )
@@ -65,5 +66,69 @@ func TestReview43ContainerNameThroughUserFUSE(t *testing.T) {
 	fs.stall.Store(true)
 	if !review39Returns(t, fs, func() { r.Name("podman@4243:" + id) }) {
 		t.Errorf("the container name of a user's own podman container has not been looked up after 3 s: the daemon walked ~/.local/share/containers through the user's FUSE mount")
+	}
+}
+
+// TestReview43DeepPathMountWalkIsQuadratic (review 43, finding 2, medium: a
+// queue-reader time amplification any user can cause, new with the review 39
+// fix): mountinfo.Open asks openat2 (RESOLVE_NO_XDEV) for the whole rest of
+// the path, and on EXDEV steps ONE component and asks openat2 for the whole
+// rest again. A path whose only mount crossing is near its end is walked k
+// times over: O(k²) lookups for k components. A user makes ~/a/a/…/a (about
+// 1,900 levels, within PATH_MAX) on the host, mounts a FUSE file system of
+// theirs at the bottom (fusermount3; no allow_other needed: the walk pays
+// before any check), and runs programs in a mount namespace of their own whose
+// executable is named that path (review 39's scenario 1): every new process's
+// first connection makes verifyExe call hostFileID on it, which costs the
+// queue reader ~200 ms here instead of ~1 ms for the same path without the
+// mount (the pre-fix single openat2 was linear). A few new processes a second
+// keep every queue reader busy.
+//
+// Fails on the current code: the walk with the mount at the end costs over 40
+// times the walk of the same depth without one (measured 120-190x; a
+// component-by-component walk with a FSType per step measured ~16-20x).
+//
+// Suggested: on EXDEV do not restart from the same point for the whole rest:
+// walk the remainder component by component from there (openat O_PATH +
+// statx mount id, linear), or find the crossing once (e.g. compare the mount
+// id of each stepped component with the parent's and only call openat2 again
+// from the new mount's root); and bound the path's depth/length walked.
+//
+// Run: go test -count=1 -run TestReview43DeepPathMountWalkIsQuadratic ./internal/procattr/ (as root)
+func TestReview43DeepPathMountWalkIsQuadratic(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE")
+	}
+	base := t.TempDir()
+	rel := strings.Repeat("a/", 1900)
+	plainDir := filepath.Join(base, "p", rel)
+	mntDir := filepath.Join(base, "m", rel)
+	for _, d := range []string{plainDir, mntDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(plainDir, "prog"), []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	review39Mount(t, mntDir, []byte("x")) // the user's FUSE mount at the bottom
+	plain, mnt := time.Duration(1<<62), time.Duration(1<<62)
+	var mntErr error
+	for range 3 {
+		t0 := time.Now()
+		if _, err := hostFileID(filepath.Join(plainDir, "prog")); err != nil {
+			t.Fatalf("the path without a mount: %v", err)
+		}
+		plain = min(plain, time.Since(t0))
+		t0 = time.Now()
+		_, mntErr = hostFileID(filepath.Join(mntDir, "prog"))
+		mnt = min(mnt, time.Since(t0))
+	}
+	if mntErr == nil {
+		t.Fatalf("the path through the FUSE mount was walked")
+	}
+	t.Logf("1,900 levels: without a mount %v, with a FUSE mount at the end %v (%.0fx)", plain, mnt, float64(mnt)/float64(plain))
+	if mnt > 40*plain {
+		t.Errorf("hostFileID of a 1,900-level path with a user's mount at its end took %v, %.0f times the %v of the same depth without one: mountinfo.Open re-walks the whole rest with openat2 after each one-component step (quadratic); each new process named such a path costs a queue reader that much", mnt, float64(mnt)/float64(plain), plain)
 	}
 }
