@@ -1,13 +1,17 @@
 package procattr
 
 import (
+	"bufio"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/latchfw/latch/internal/containername"
+	"github.com/latchfw/latch/internal/engine"
 )
 
 // TestReview43ContainerNameThroughUserFUSE (review 43, finding 1, high: the
@@ -130,5 +134,117 @@ func TestReview43DeepPathMountWalkIsQuadratic(t *testing.T) {
 	t.Logf("1,900 levels: without a mount %v, with a FUSE mount at the end %v (%.0fx)", plain, mnt, float64(mnt)/float64(plain))
 	if mnt > 40*plain {
 		t.Errorf("hostFileID of a 1,900-level path with a user's mount at its end took %v, %.0f times the %v of the same depth without one: mountinfo.Open re-walks the whole rest with openat2 after each one-component step (quadratic); each new process named such a path costs a queue reader that much", mnt, float64(mnt)/float64(plain), plain)
+	}
+}
+
+// review43MountsPy makes, in the mount namespace it runs in, a tmpfs at a
+// directory about 3,800 characters deep under argv[1] and argv[2] tmpfs mounts
+// below it: a mount table of that many lines of ~3.8 KB each (an unprivileged
+// user may do the same in `unshare -Urm`: the default mount-max is 100,000).
+// It copies argv[3] to the first mount's "prog" and prints its path.
+const review43MountsPy = `
+import ctypes, os, shutil, sys
+libc = ctypes.CDLL(None, use_errno=True)
+base, n, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+d = base
+for i in range(15):
+    d = os.path.join(d, chr(97+i)*250)
+os.makedirs(d, exist_ok=True)
+if libc.mount(b"t", d.encode(), b"tmpfs", 0, None) != 0:
+    sys.exit("mount: %d" % ctypes.get_errno())
+for i in range(n):
+    p = os.path.join(d, "%05d" % i)
+    os.mkdir(p)
+    if libc.mount(b"t", p.encode(), b"tmpfs", 0, None) != 0:
+        sys.exit("mount %d: %d" % (i, ctypes.get_errno()))
+prog = os.path.join(d, "00000", "prog")
+shutil.copy(src, prog)
+print(prog, flush=True)
+`
+
+// TestReview43HugeOwnMountTableCostsEachProcess (review 43, finding 3, medium: a
+// queue-reader time amplification any user can cause; the question "FSType's
+// mountinfo read of a mount not in the daemon's namespace"): the file system of
+// a process's executable is told from its mount id looked up in a mount table
+// (exeFS: /proc/self/mountinfo, then the process's own /proc/PID/mountinfo;
+// mountinfo.FSType likewise reads whole tables). A process in a mount
+// namespace of its own (unshare -Urm) runs from a mount only that namespace has,
+// and the user makes that namespace's table ~16 MiB (4,500 mounts at a
+// 3,800-character path). Every resolution of a new such process reads the
+// whole table (twice: verifyExe and the hash key; nothing is cached when the
+// 16 MiB cap is hit, and a fresh bind mount per process defeats the cache by
+// unique id below it): hundreds of milliseconds of a queue reader per process
+// instead of about one.
+//
+// Fails on the current code: readEntry of such a process costs over 25 times
+// that of the same program in a namespace with a small table.
+//
+// Suggested: tell a mount's type without reading a whole table: statmount(2)
+// (Linux 6.8+, STATMOUNT_FS_TYPE by the unique mount id; mnt_ns_id for another
+// namespace) where the kernel has it; else do not read a table of a namespace
+// the daemon does not trust (a process in a user namespace of its own is never
+// verified anyway: call its file system unknown without looking), or cap the
+// bytes read far below 16 MiB.
+//
+// Run: go test -count=1 -run TestReview43HugeOwnMountTableCostsEachProcess ./internal/procattr/ (as root; needs python3 and unshare)
+func TestReview43HugeOwnMountTableCostsEachProcess(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a mount namespace")
+	}
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip(err)
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip(err)
+	}
+	start := func(n int) *exec.Cmd {
+		base := t.TempDir()
+		script := fmt.Sprintf(`p=$(%q -c "$0" %q %d /bin/sleep) || exit 1; echo ready; exec "$p" 30`, py, base, n)
+		cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script, review43MountsPy)
+		out, _ := cmd.StdoutPipe()
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Skip(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil || line != "ready\n" {
+			t.Fatalf("the namespace's program did not get ready: %q %v", line, err)
+		}
+		link := fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if exe, err := os.Readlink(link); err == nil && strings.HasSuffix(exe, "/prog") {
+				return cmd
+			}
+		}
+		t.Fatalf("the namespace's process did not execute its prog")
+		return nil
+	}
+	cost := func(cmd *exec.Cmd) time.Duration {
+		best := time.Duration(1 << 62)
+		for range 3 {
+			d, err := openProcDir(int32(cmd.Process.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			e, err := readEntry(d)
+			best = min(best, time.Since(t0))
+			d.close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.ident.status == engine.IdentityVerified {
+				t.Fatalf("a process of another mount namespace verified")
+			}
+		}
+		return best
+	}
+	small := cost(start(1))
+	big := cost(start(4500))
+	t.Logf("readEntry: own namespace with 2 mounts %v, with 4,500 long mounts %v (%.0fx)", small, big, float64(big)/float64(small))
+	if big > 25*small {
+		t.Errorf("attributing a process whose own mount namespace has a ~16 MiB mount table took %v, %.0f times the %v for one with a small table: the daemon reads the user's whole table for each new process; a user who starts a few such processes a second keeps the queue readers busy", big, float64(big)/float64(small), small)
 	}
 }
