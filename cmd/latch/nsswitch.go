@@ -3,24 +3,52 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"fmt"
+	"io"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // nsswitchConf is the file hostsViaResolve reads.
 const nsswitchConf = "/etc/nsswitch.conf"
 
+// nsswitchMax is the most of nsswitch.conf hostsViaResolve reads (real ones are a
+// few hundred bytes).
+const nsswitchMax = 1 << 20
+
+// readNsswitch reads the regular file at path, at most nsswitchMax bytes. Anything
+// but a regular file (a FIFO, a device: a read that blocks or never ends) is
+// refused; the open itself does not block (O_NONBLOCK: a FIFO with no writer). A
+// symbolic link is followed: nsswitch.conf is one on some systems.
+func readNsswitch(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%v)", path, fi.Mode().Type())
+	}
+	return io.ReadAll(io.LimitReader(f, nsswitchMax))
+}
+
 // hostsViaResolve reports whether the hosts line of the nsswitch.conf at path names
 // the resolve service (systemd-resolved's nss-resolve, Fedora's default): programs
 // that resolve through it ask systemd-resolved over its socket, which sends the query
 // itself, so latch learns every name they use as shared, not as theirs. False if
-// the file cannot be read.
+// the file cannot be read (or is not a regular file).
 func hostsViaResolve(path string) bool {
-	data, err := os.ReadFile(path)
+	data, err := readNsswitch(path)
 	if err != nil {
 		return false
 	}
 	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(nil, nsswitchMax)
 	for sc.Scan() {
 		line, _, _ := strings.Cut(sc.Text(), "#")
 		db, services, ok := strings.Cut(line, ":")
