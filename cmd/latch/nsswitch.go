@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -55,7 +56,7 @@ func hostsViaResolve(path string) bool {
 		if !ok || strings.TrimSpace(db) != "hosts" {
 			continue
 		}
-		for _, f := range strings.Fields(services) {
+		for _, f := range serviceNames(services) {
 			if f == "resolve" {
 				return true
 			}
@@ -63,6 +64,34 @@ func hostsViaResolve(path string) bool {
 		return false
 	}
 	return false
+}
+
+// serviceNames returns the service names of an nsswitch.conf database line (after
+// the colon), without the actions: as glibc's nss_parse_service_list, a name ends
+// at white space or '[', and an action list runs from '[' to ']'
+// ("resolve[!UNAVAIL=return]", "resolve [ !UNAVAIL = return ]").
+func serviceNames(services string) []string {
+	var names []string
+	for s := services; s != ""; {
+		switch c := s[0]; {
+		case c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f':
+			s = s[1:]
+		case c == '[':
+			if _, rest, ok := strings.Cut(s, "]"); ok {
+				s = rest
+			} else {
+				s = ""
+			}
+		default:
+			end := strings.IndexAny(s, " \t\r\n\v\f[")
+			if end < 0 {
+				end = len(s)
+			}
+			names = append(names, s[:end])
+			s = s[end:]
+		}
+	}
+	return names
 }
 
 // sharedNamesWarning is the warning the daemon logs when lists naming hostnames
@@ -76,4 +105,25 @@ func sharedNamesWarning(withHosts []string, matchShared bool, path string) strin
 		" has resolve (systemd-resolved): programs' names are then learned as shared, and lists match only a " +
 		"program's own names, so these lists match by address only; --host-rules-match-shared makes them (and host " +
 		"rules) match shared names, which any local user can set"
+}
+
+// onChange calls log with a message only when it differs from the one before
+// (the shared names warning after each list update: logged when it appears or its
+// lists change, not again for every update).
+type onChange struct {
+	mu   sync.Mutex
+	last string
+}
+
+// report logs msg (if not "") unless it is the message reported last.
+func (c *onChange) report(msg string, log func(string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if msg == c.last {
+		return
+	}
+	c.last = msg
+	if msg != "" {
+		log(msg)
+	}
 }
