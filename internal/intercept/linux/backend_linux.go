@@ -854,9 +854,12 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 			sender = &stashSender{cookie: c, byPort: byPort, none: none}
 		}
 		h.cookie = b.attribute(req, int(ifindex), sender)
-		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
+		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 {
 			// Before the verdict lets the query out, so before its answer can come
-			// back and the program close its socket.
+			// back and the program close its socket. A query whose sender was not
+			// found is recorded too, as sent by nobody, under the packet's uid: the
+			// queue held it, so its copy is not credited to whichever socket holds
+			// the port later.
 			if q, err := dnsname.ParseQueryPacket(p.Payload); err == nil {
 				b.dnsSenders.put(q, programOf(req), time.Now())
 			}
@@ -1070,10 +1073,11 @@ type stashSender struct {
 }
 
 // programOf is whose own names a connection's host is looked up in: the program
-// attribution found, or none.
+// attribution found, or none (Exe "", UID the request's: a held DNS query's record
+// is in its sender's share, not root's).
 func programOf(req *engine.Request) dnsname.Program {
 	if req.PID == 0 || req.Exe == "" {
-		return dnsname.Program{}
+		return dnsname.Program{UID: req.UID}
 	}
 	return dnsname.Program{Exe: req.Exe, Identity: uint8(req.Identity), Container: req.Container, UID: req.UID}
 }
@@ -1096,8 +1100,8 @@ type endedResolver interface {
 func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64) dnsname.Program {
 	if proto == engine.UDP && b.dnsSenders != nil {
 		if prog, ok := b.dnsSenders.get(q, time.Now()); ok {
-			if uid >= 0 && uid != int64(prog.UID) {
-				return dnsname.Program{} // the copy's sender is not the one the queue saw
+			if (uid >= 0 && uid != int64(prog.UID)) || !prog.Known() {
+				return dnsname.Program{} // the copy's sender is not the one the queue saw, or was not found
 			}
 			return prog
 		}

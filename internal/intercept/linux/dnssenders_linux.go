@@ -56,7 +56,7 @@ type dnsFlow struct {
 
 type dnsSender struct {
 	key      dnsFlow
-	prog     dnsname.Program
+	prog     dnsname.Program // Exe "": sent by a program not found (credits nobody)
 	question dnsname.Question
 	at       time.Time
 	// prev, next: the list of all records; uprev, unext: the user's.
