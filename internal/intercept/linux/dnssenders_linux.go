@@ -83,9 +83,13 @@ func newDNSSenders(max int, keep time.Duration) *dnsSenders {
 		byCount: make(map[int]map[int32]struct{}), lost: make(map[int32]time.Time), max: max, keep: keep}
 }
 
-// put records prog as the sender of query q (held by the queue) at now. Expired
-// records are dropped first; when the table is still full, the oldest record of the
-// user holding the most is dropped (and that user marked as having lost one).
+// put records prog as the sender of query q (held by the queue) at now: when the
+// queue holds it, and again when its verdict is given (the record is kept for keep
+// from then, however long the query was held). prog with Exe "" records a query whose
+// sender was not found (UID: the packet's, -1 if unknown): its copy is credited to
+// nobody. Expired records are dropped first; when the table is still full, the oldest
+// record of the user holding the most is dropped (and that user marked as having lost
+// one).
 func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -94,7 +98,7 @@ func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) 
 	}
 	k := flowOf(q)
 	if s := t.m[k]; s != nil {
-		t.remove(s) // the same query again (a retransmission): recorded anew
+		t.remove(s) // the same query again (a retransmission, or its verdict): recorded anew
 	}
 	if len(t.m) >= t.max && t.max > 0 {
 		var victim int32
@@ -226,14 +230,24 @@ func (t *dnsSenders) markLost(uid int32, now time.Time) {
 
 // get returns the program recorded for query q (same sockets, id and question), if
 // recorded within keep of now.
-func (t *dnsSenders) get(q dnsname.Query, now time.Time) (dnsname.Program, bool) {
+func (t *dnsSenders) get(q dnsname.Query, now time.Time) (prog dnsname.Program, ok bool) {
+	prog, ok, _ = t.lookup(q, now)
+	return prog, ok
+}
+
+// lookup is get, and whether a record of q is in the table at all (held): the queue
+// held that query, even if its record has outlived its window (not yet swept).
+func (t *dnsSenders) lookup(q dnsname.Query, now time.Time) (prog dnsname.Program, ok, held bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.m[flowOf(&q)]
-	if s == nil || s.question != q.Question || now.Sub(s.at) > t.keep || now.Before(s.at) {
-		return dnsname.Program{}, false
+	if s == nil || s.question != q.Question {
+		return dnsname.Program{}, false, false
 	}
-	return s.prog, true
+	if now.Sub(s.at) > t.keep || now.Before(s.at) {
+		return dnsname.Program{}, false, true
+	}
+	return s.prog, true, true
 }
 
 // lostFor reports whether a record of user uid (-1: unknown, any user) was dropped
