@@ -730,10 +730,10 @@ func serveDaemon(ctx context.Context, o *daemonOptions, ready func()) (err error
 		return err
 	}
 	// Lists match a program's own names only; through nss-resolve every name is shared.
+	// Logged when it appears or changes, not again on every list update.
+	var sharedWarned onChange
 	lists.OnApply(func(withHosts []string) {
-		if w := sharedNamesWarning(withHosts, o.HostRulesMatchShared, nsswitchConf); w != "" {
-			logf("%s", w)
-		}
+		sharedWarned.report(sharedNamesWarning(withHosts, o.HostRulesMatchShared, nsswitchConf), func(w string) { logf("%s", w) })
 	})
 	srv := api.NewServer(api.Config{
 		Lists:     lists,

@@ -40,3 +40,32 @@ func TestSharedNamesWarning(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedNamesWarningOnChange: the warning is logged when it appears or its
+// lists change, not again on every list update, and again after it went away.
+func TestSharedNamesWarningOnChange(t *testing.T) {
+	var c onChange
+	var got []string
+	log := func(s string) { got = append(got, s) }
+	for _, m := range []string{"", "w1", "w1", "w1", "w2", "w2", "", "", "w2"} {
+		c.report(m, log)
+	}
+	if strings.Join(got, ",") != "w1,w2,w2" {
+		t.Errorf("logged %q, want w1, w2, w2", got)
+	}
+}
+
+// TestServiceNames: service names end at white space or '['; actions are skipped.
+func TestServiceNames(t *testing.T) {
+	for in, want := range map[string]string{
+		" files myhostname resolve [!UNAVAIL=return] dns": "files,myhostname,resolve,dns",
+		"files resolve[!UNAVAIL=return] dns":              "files,resolve,dns",
+		"files [ NOTFOUND = return ]resolve":              "files,resolve",
+		"files [resolve":                                  "files",
+		"\tfiles\tdns ":                                   "files,dns",
+	} {
+		if got := strings.Join(serviceNames(in), ","); got != want {
+			t.Errorf("serviceNames(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -136,6 +136,16 @@ type hold struct {
 	// in LATCH-IN after a rule change (MarkRedecideReply) and decided as
 	// the flow (direction outbound); cookie is the receiving socket's.
 	replyIn bool
+	// dnsQuery is, for a DNS query the queue holds, the query and its sender
+	// (dnsSenders), recorded again when the verdict is given; nil if none.
+	dnsQuery *heldQuery
+}
+
+// heldQuery is a held DNS query and the program that sent it (Exe "": not found;
+// UID: the packet's).
+type heldQuery struct {
+	q    *dnsname.Query
+	prog dnsname.Program
 }
 
 // New checks cfg, fills in defaults and detects the firewall mechanism. It changes
@@ -854,11 +864,16 @@ func (b *Backend) handle(p *nfq.Packet, d intercept.Decider) {
 			sender = &stashSender{cookie: c, byPort: byPort, none: none}
 		}
 		h.cookie = b.attribute(req, int(ifindex), sender)
-		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 && req.PID != 0 {
-			// Before the verdict lets the query out, so before its answer can come
-			// back and the program close its socket.
+		if b.dnsSenders != nil && req.Direction == engine.Outbound && req.Protocol == engine.UDP && req.Remote.Port() == 53 {
+			// Recorded while held, and again when the verdict is given (finish),
+			// before it lets the query out, so before its answer can come back and
+			// the program close its socket. A query whose sender was not found is
+			// recorded too, as sent by nobody, under the packet's uid: the queue held
+			// it, so its copy is not credited to whichever socket holds the port later.
 			if q, err := dnsname.ParseQueryPacket(p.Payload); err == nil {
-				b.dnsSenders.put(q, programOf(req), time.Now())
+				prog := programOf(req)
+				h.dnsQuery = &heldQuery{q: q, prog: prog}
+				b.dnsSenders.put(q, prog, time.Now())
 			}
 		}
 	}
@@ -1070,10 +1085,11 @@ type stashSender struct {
 }
 
 // programOf is whose own names a connection's host is looked up in: the program
-// attribution found, or none.
+// attribution found, or none (Exe "", UID the request's: a held DNS query's record
+// is in its sender's share, not root's).
 func programOf(req *engine.Request) dnsname.Program {
 	if req.PID == 0 || req.Exe == "" {
-		return dnsname.Program{}
+		return dnsname.Program{UID: req.UID}
 	}
 	return dnsname.Program{Exe: req.Exe, Identity: uint8(req.Identity), Container: req.Container, UID: req.UID}
 }
@@ -1090,16 +1106,25 @@ type endedResolver interface {
 // never to whichever socket holds its port when the copy is read: the sender may
 // have closed its socket and another program bound the port since, or share the
 // port with another socket (SO_REUSEPORT), which a lookup by tuple may find instead
-// (review 38). While the table is dropping records of the copy's user (full), a UDP
+// (review 38). A record counts from the query's verdict, however long it was held;
+// a query held whose sender was not found, or whose record is past its window but
+// still in the table, is credited to nobody (review 42). While the table is dropping
+// records of the copy's user (full; a user's subordinate uids are that user's), a UDP
 // query not found in it is credited to nobody: it may be one held whose record was
 // dropped (review 40).
 func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64) dnsname.Program {
 	if proto == engine.UDP && b.dnsSenders != nil {
-		if prog, ok := b.dnsSenders.get(q, time.Now()); ok {
-			if uid >= 0 && uid != int64(prog.UID) {
-				return dnsname.Program{} // the copy's sender is not the one the queue saw
+		prog, ok, held := b.dnsSenders.lookup(q, time.Now())
+		if ok {
+			if (uid >= 0 && uid != int64(prog.UID)) || !prog.Known() {
+				return dnsname.Program{} // the copy's sender is not the one the queue saw, or was not found
 			}
 			return prog
+		}
+		if held {
+			// The queue held it, but its record is past its window: its sender
+			// is not known now, and the port's holder may not be it.
+			return dnsname.Program{}
 		}
 		if b.dnsSenders.lostFor(uid, time.Now()) {
 			// The queue may have held this very query and its record been
@@ -1219,6 +1244,11 @@ func (b *Backend) finish(h *hold, v nfq.Verdict, mark uint32, setMark bool) bool
 	b.holdsMu.Lock()
 	delete(b.holds, h.id)
 	b.holdsMu.Unlock()
+	if h.dnsQuery != nil && b.dnsSenders != nil {
+		// Its record is kept from the verdict, which lets the query out (a hold
+		// may last minutes: a question to the user).
+		b.dnsSenders.put(h.dnsQuery.q, h.dnsQuery.prog, time.Now())
+	}
 	q := b.q.Load()
 	if q == nil {
 		return false

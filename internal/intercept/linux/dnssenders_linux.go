@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/latchfw/latch/internal/dnsname"
+	"github.com/latchfw/latch/internal/subid"
 )
 
 // dnsSenders remembers, for a short while, which program sent the first datagram
@@ -20,16 +21,23 @@ import (
 // datagrams the queue does not see, is not credited with it; such a query is
 // credited to the socket a lookup finds.
 //
+// A record is made when the queue holds the query and made again when its verdict is
+// given (before the query leaves): it is kept for keep from the verdict, however long
+// the hold lasted (review 42). A query whose sender was not found is recorded too, as
+// sent by nobody (Exe ""), in the share of the packet's uid: the queue held it, so its
+// copy is credited to nobody, not to the port's later holder.
+//
 // The table is bounded (max records) and shared fairly among users (review 40): when
 // it is full, the record dropped is the oldest of the user holding the most records,
 // so one user's flood of held queries (denied ones too: records are made before the
-// verdict) evicts its own records, not other users'. The share is per uid: a user
-// with subordinate uids (rootless containers) gets one share per uid. A user whose
-// record was dropped before it expired is remembered for keep (lost): its queries
-// that find no record are then credited to nobody (lostFor), never to whichever
-// socket holds the port, since one of them may be the dropped one. Every operation
-// is O(1) (amortized for expiry): records are on one list in the order made, and on
-// one list per user.
+// verdict) evicts its own records, not other users'. A user's subordinate uids
+// (/etc/subuid: rootless containers) are that user's: one share (review 42). A user
+// whose record was dropped before it expired is remembered for keep (lost): its
+// queries that find no record are then credited to nobody (lostFor), never to
+// whichever socket holds the port, since one of them may be the dropped one. The
+// memory of losses is bounded (max users; the oldest mark is forgotten past that).
+// Every operation is O(1) (amortized for expiry): records are on one list in the
+// order made, and on one list per user; marks on one list in the order made.
 type dnsSenders struct {
 	mu    sync.Mutex
 	m     map[dnsFlow]*dnsSender
@@ -38,13 +46,23 @@ type dnsSenders struct {
 	byCount  map[int]map[int32]struct{}
 	top      int
 	old, new *dnsSender // all records, oldest first
-	// lost: when each user last had a record dropped before it expired;
-	// lostAny: when any user did (for copies whose user is unknown).
-	lost             map[int32]time.Time
-	lostAny, lostAll time.Time  // lostAll: the memory of losses overflowed
+	// lost: when each user last had a record dropped before it expired, on a
+	// list oldest first (lostOld, lostNew); lostAny: when any user did (for
+	// copies whose user is unknown).
+	lost             map[int32]*lostMark
+	lostOld, lostNew *lostMark
+	lostAny          time.Time
+	lostFree         *lostMark  // the last mark removed, reused by markLost
 	free             *dnsSender // the last record removed, reused by put
 	max              int
 	keep             time.Duration
+}
+
+// lostMark is when user owner last had a record dropped before it expired.
+type lostMark struct {
+	owner      int32
+	at         time.Time
+	prev, next *lostMark
 }
 
 // dnsFlow is one query's key: its sockets and id (a program may send several
@@ -56,8 +74,9 @@ type dnsFlow struct {
 
 type dnsSender struct {
 	key      dnsFlow
-	prog     dnsname.Program
+	prog     dnsname.Program // Exe "": sent by a program not found (credits nobody)
 	question dnsname.Question
+	owner    int32 // whose share the record is in (ownerOf prog.UID)
 	at       time.Time
 	// prev, next: the list of all records; uprev, unext: the user's.
 	prev, next, uprev, unext *dnsSender
@@ -80,13 +99,30 @@ func flowOf(q *dnsname.Query) dnsFlow {
 // newDNSSenders returns a table of at most max records, each kept for keep.
 func newDNSSenders(max int, keep time.Duration) *dnsSenders {
 	return &dnsSenders{m: make(map[dnsFlow]*dnsSender), users: make(map[int32]*senderUser),
-		byCount: make(map[int]map[int32]struct{}), lost: make(map[int32]time.Time), max: max, keep: keep}
+		byCount: make(map[int]map[int32]struct{}), lost: make(map[int32]*lostMark), max: max, keep: keep}
 }
 
-// put records prog as the sender of query q (held by the queue) at now. Expired
-// records are dropped first; when the table is still full, the oldest record of the
-// user holding the most is dropped (and that user marked as having lost one).
+// unknownOwner is the share of records whose sender's uid is not known.
+const unknownOwner = -1
+
+// ownerOf is the user whose share a record of uid is in: the user whose subordinate
+// uid it is (/etc/subuid), else uid itself; unknownOwner for an unknown uid (< 0).
+func ownerOf(uid int64) int32 {
+	if uid < 0 || uid > 1<<31-1 {
+		return unknownOwner
+	}
+	return int32(subid.Owner(uint32(uid)))
+}
+
+// put records prog as the sender of query q (held by the queue) at now: when the
+// queue holds it, and again when its verdict is given (the record is kept for keep
+// from then, however long the query was held). prog with Exe "" records a query whose
+// sender was not found (UID: the packet's, -1 if unknown): its copy is credited to
+// nobody. Expired records are dropped first; when the table is still full, the oldest
+// record of the user holding the most is dropped (and that user marked as having lost
+// one).
 func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) {
+	owner := ownerOf(int64(prog.UID))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for t.old != nil && now.Sub(t.old.at) > t.keep {
@@ -94,27 +130,27 @@ func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) 
 	}
 	k := flowOf(q)
 	if s := t.m[k]; s != nil {
-		t.remove(s) // the same query again (a retransmission): recorded anew
+		t.remove(s) // the same query again (a retransmission, or its verdict): recorded anew
 	}
 	if len(t.m) >= t.max && t.max > 0 {
 		var victim int32
-		for uid := range t.byCount[t.top] {
-			victim = uid
+		for o := range t.byCount[t.top] {
+			victim = o
 			break
 		}
 		t.remove(t.users[victim].old)
 		t.markLost(victim, now)
 	}
 	if t.max <= 0 {
-		t.markLost(prog.UID, now)
+		t.markLost(owner, now)
 		return
 	}
 	s := t.free
 	if s != nil {
 		t.free = nil
-		*s = dnsSender{key: k, prog: prog, question: q.Question, at: now}
+		*s = dnsSender{key: k, prog: prog, question: q.Question, owner: owner, at: now}
 	} else {
-		s = &dnsSender{key: k, prog: prog, question: q.Question, at: now}
+		s = &dnsSender{key: k, prog: prog, question: q.Question, owner: owner, at: now}
 	}
 	t.m[k] = s
 	s.prev = t.new
@@ -124,10 +160,10 @@ func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) 
 		t.old = s
 	}
 	t.new = s
-	u := t.users[prog.UID]
+	u := t.users[owner]
 	if u == nil {
 		u = &senderUser{}
-		t.users[prog.UID] = u
+		t.users[owner] = u
 	}
 	s.uprev = u.new
 	if u.new != nil {
@@ -136,7 +172,7 @@ func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) 
 		u.old = s
 	}
 	u.new = s
-	t.recount(prog.UID, u.n, u.n+1)
+	t.recount(owner, u.n, u.n+1)
 	u.n++
 }
 
@@ -153,7 +189,7 @@ func (t *dnsSenders) remove(s *dnsSender) {
 	} else {
 		t.new = s.prev
 	}
-	uid := s.prog.UID
+	uid := s.owner
 	u := t.users[uid]
 	if s.uprev != nil {
 		s.uprev.unext = s.unext
@@ -204,51 +240,85 @@ func (t *dnsSenders) recount(uid int32, from, to int) {
 	}
 }
 
-// markLost remembers that uid had a record dropped at now. The memory of losses is
-// bounded by the number of records: past that, expired entries are dropped, and if
-// none is, every user counts as having lost one (lostAll).
-func (t *dnsSenders) markLost(uid int32, now time.Time) {
+// markLost remembers that owner had a record dropped at now. The memory of losses
+// holds at most max users (one loss each per record dropped): past that, the
+// oldest mark is forgotten (expired ones go first, as they expire). No user can
+// make every other user count as lost: a user's subordinate uids are one owner.
+func (t *dnsSenders) markLost(owner int32, now time.Time) {
 	t.lostAny = now
-	if _, ok := t.lost[uid]; !ok && len(t.lost) >= t.max {
-		for u, at := range t.lost {
-			if now.Sub(at) > t.keep {
-				delete(t.lost, u)
-			}
-		}
-		if len(t.lost) >= t.max {
-			clear(t.lost)
-			t.lostAll = now
-			return
-		}
+	for t.lostOld != nil && now.Sub(t.lostOld.at) > t.keep {
+		t.unmark(t.lostOld)
 	}
-	t.lost[uid] = now
+	m := t.lost[owner]
+	if m != nil {
+		t.unmark(m) // marked anew: to the list's end
+	} else if len(t.lost) >= max(t.max, 1) {
+		t.unmark(t.lostOld)
+	}
+	m, t.lostFree = t.lostFree, nil
+	if m == nil {
+		m = &lostMark{}
+	}
+	*m = lostMark{owner: owner, at: now, prev: t.lostNew}
+	if t.lostNew != nil {
+		t.lostNew.next = m
+	} else {
+		t.lostOld = m
+	}
+	t.lostNew = m
+	t.lost[owner] = m
+}
+
+// unmark forgets mark m.
+func (t *dnsSenders) unmark(m *lostMark) {
+	delete(t.lost, m.owner)
+	if m.prev != nil {
+		m.prev.next = m.next
+	} else {
+		t.lostOld = m.next
+	}
+	if m.next != nil {
+		m.next.prev = m.prev
+	} else {
+		t.lostNew = m.prev
+	}
+	t.lostFree = m
 }
 
 // get returns the program recorded for query q (same sockets, id and question), if
 // recorded within keep of now.
-func (t *dnsSenders) get(q dnsname.Query, now time.Time) (dnsname.Program, bool) {
+func (t *dnsSenders) get(q dnsname.Query, now time.Time) (prog dnsname.Program, ok bool) {
+	prog, ok, _ = t.lookup(q, now)
+	return prog, ok
+}
+
+// lookup is get, and whether a record of q is in the table at all (held): the queue
+// held that query, even if its record has outlived its window (not yet swept).
+func (t *dnsSenders) lookup(q dnsname.Query, now time.Time) (prog dnsname.Program, ok, held bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.m[flowOf(&q)]
-	if s == nil || s.question != q.Question || now.Sub(s.at) > t.keep || now.Before(s.at) {
-		return dnsname.Program{}, false
+	if s == nil || s.question != q.Question {
+		return dnsname.Program{}, false, false
 	}
-	return s.prog, true
+	if now.Sub(s.at) > t.keep || now.Before(s.at) {
+		return dnsname.Program{}, false, true
+	}
+	return s.prog, true, true
 }
 
 // lostFor reports whether a record of user uid (-1: unknown, any user) was dropped
 // before it expired within keep of now: a query of that user not found may be one
-// the queue held whose record was not kept.
+// the queue held whose record was not kept. The subordinate uids of a user count as
+// that user's.
 func (t *dnsSenders) lostFor(uid int64, now time.Time) bool {
+	owner := ownerOf(uid)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	recent := func(at time.Time) bool { return !at.IsZero() && now.Sub(at) <= t.keep }
-	if uid < 0 || uid > 1<<31-1 {
+	if owner == unknownOwner {
 		return recent(t.lostAny)
 	}
-	if recent(t.lostAll) {
-		return true
-	}
-	at, ok := t.lost[int32(uid)]
-	return ok && recent(at)
+	m := t.lost[owner]
+	return m != nil && recent(m.at)
 }

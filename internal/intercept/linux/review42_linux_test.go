@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/latchfw/latch/internal/intercept"
 	"github.com/latchfw/latch/internal/intercept/linux/nfq"
 	"github.com/latchfw/latch/internal/procattr"
+	"github.com/latchfw/latch/internal/subid"
 )
 
 // Review 42, finding 1 (low: same user, two programs, as review 38 finding 4; the
@@ -284,6 +287,14 @@ func TestReview42HeldUnattributedCreditedToPortHolder(t *testing.T) {
 // program's own. Fails on the current code (almost surely: the victim survives
 // ~20,000 random picks among ~4,096 with probability ~e^-5 or less).
 func TestReview42SubuidFloodEvictsVictimRecord(t *testing.T) {
+	// uids 100000-165535 are uid 1002's subordinate uids (fix 42: the test's premise,
+	// which this machine's empty /etc/subuid does not give).
+	f := filepath.Join(t.TempDir(), "subuid")
+	if err := os.WriteFile(f, []byte("1002:100000:65536\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	subid.SetFile(f)
+	t.Cleanup(func() { subid.SetFile(subid.DefaultFile) })
 	tab := newDNSSenders(4096, 5*time.Second)
 	now := time.Unix(1000, 0)
 	curl := dnsname.Program{Exe: "/usr/bin/curl", Identity: uint8(engine.IdentityVerified), UID: 1001}
