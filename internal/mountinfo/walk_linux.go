@@ -313,3 +313,73 @@ func plain(p string) bool {
 	}
 	return true
 }
+
+// Walk opens path below the directory root (a path is taken as relative to root)
+// one component at a time with openat O_PATH|O_NOFOLLOW, and returns an O_PATH
+// descriptor of its last component. Before anything is asked of a component (a
+// stat, a lookup in it) the file system it is on is told without a request to it
+// (FSType): one Untrusted names is refused (an *UntrustedError), so the walk never
+// waits on a FUSE or network file system's server; root's is checked the same way.
+// visit is called for each component with its path so far, an fstat of it and
+// whether it is the last one; an error from it ends the walk (returned as is). A
+// symbolic link on the way is refused (ELOOP), as is a non-directory before the
+// end (ENOTDIR) and an empty, "." or ".." component (EINVAL).
+//
+// Walk is for callers that check every directory on the way (fileperm,
+// containername); Open is the cheaper walk that checks only file systems.
+func Walk(root int, path string, visit func(at string, st *unix.Stat_t, last bool) error) (int, error) {
+	rest := strings.Trim(path, "/")
+	if rest == "" || !plain(rest) || strings.Contains("/"+rest+"/", "/./") {
+		return -1, fmt.Errorf("%s: %w (not a plain path to a file)", path, unix.EINVAL)
+	}
+	if err := checkFD(root, path, "the root it is walked from"); err != nil {
+		return -1, err
+	}
+	dir, own := root, false
+	at := ""
+	for rest != "" {
+		name := rest
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			name, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
+		at += "/" + name
+		fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if own {
+			unix.Close(dir)
+		}
+		if err != nil {
+			return -1, fmt.Errorf("%s: %s: %w", path, at, err)
+		}
+		dir, own = fd, true
+		if err := checkFD(fd, path, at); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: stat %s: %w", path, at, err)
+		}
+		last := rest == ""
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: %s is a symbolic link, which is not followed here: %w", path, at, unix.ELOOP)
+		case unix.S_IFDIR:
+		default:
+			if !last {
+				unix.Close(fd)
+				return -1, fmt.Errorf("%s: %s: %w", path, at, unix.ENOTDIR)
+			}
+		}
+		if visit != nil {
+			if err := visit(at, &st, last); err != nil {
+				unix.Close(fd)
+				return -1, err
+			}
+		}
+	}
+	return dir, nil
+}
