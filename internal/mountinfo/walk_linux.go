@@ -237,6 +237,7 @@ func Open(root int, path string) (int, error) {
 		}
 	}
 	noOpenat2 := false
+	dirMnt, haveMnt := uint64(0), false // dir's mount id, once known
 	for rest != "" {
 		if !noOpenat2 {
 			how := unix.OpenHow{
@@ -255,44 +256,84 @@ func Open(root int, path string) (int, error) {
 				noOpenat2 = true
 			case errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EAGAIN):
 				// A mount point on the way (or a rename raced the walk):
-				// step through the next component.
+				// step through components up to the next mount crossed.
 			default:
 				closeDir()
 				return -1, err
 			}
 		}
-		name := rest
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			name, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
+		if !haveMnt {
+			var err error
+			if dirMnt, _, err = mountOf(dir); err != nil {
+				closeDir()
+				return -1, fmt.Errorf("%s: statx: %w", path, err)
+			}
+			haveMnt = true
 		}
-		fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		closeDir()
-		if err != nil {
-			return -1, err
-		}
-		dir, own = fd, true
-		at := strings.TrimSuffix(path[:len(path)-len(rest)], "/")
-		var stx unix.Statx_t
-		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &stx); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("%s: statx %s: %w", path, at, err)
-		}
-		if err := checkFD(fd, path, at); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
-		switch mode := uint32(stx.Mode) & unix.S_IFMT; {
-		case mode == unix.S_IFLNK:
-			unix.Close(fd)
-			return -1, unix.ELOOP
-		case mode != unix.S_IFDIR && rest != "":
-			unix.Close(fd)
-			return -1, unix.ENOTDIR
+		// Review 43: step one component at a time (openat O_PATH, which sends the
+		// mounted file system no request) until one is on another mount than its
+		// directory, whose type is checked; only then is openat2 asked for the
+		// rest again. Each component is looked up once per crossing at most: a
+		// walk is linear in the path's length however deep the mount is.
+		for rest != "" {
+			name := rest
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				name, rest = rest[:i], rest[i+1:]
+			} else {
+				rest = ""
+			}
+			fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			closeDir()
+			if err != nil {
+				return -1, err
+			}
+			dir, own = fd, true
+			at := strings.TrimSuffix(path[:len(path)-len(rest)], "/")
+			mnt, mode, err := mountOf(fd)
+			if err != nil {
+				unix.Close(fd)
+				return -1, fmt.Errorf("%s: statx %s: %w", path, at, err)
+			}
+			crossed := mnt != dirMnt
+			if crossed {
+				if err := checkFD(fd, path, at); err != nil {
+					unix.Close(fd)
+					return -1, err
+				}
+				dirMnt = mnt
+			}
+			switch {
+			case mode == unix.S_IFLNK:
+				unix.Close(fd)
+				return -1, unix.ELOOP
+			case mode != unix.S_IFDIR && rest != "":
+				unix.Close(fd)
+				return -1, unix.ENOTDIR
+			}
+			if crossed && !noOpenat2 {
+				break
+			}
 		}
 	}
 	return dir, nil
+}
+
+// mountOf returns the mount id of fd (the unique one where the kernel gives it)
+// and its file type (S_IFMT bits), from a statx with AT_STATX_DONT_SYNC (no
+// request to the file system).
+func mountOf(fd int) (uint64, uint32, error) {
+	mask := uint32(unix.STATX_TYPE | unix.STATX_MNT_ID)
+	if uniqueIDs() {
+		mask = unix.STATX_TYPE | unix.STATX_MNT_ID_UNIQUE
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, int(mask), &stx); err != nil {
+		return 0, 0, err
+	}
+	if stx.Mask&(unix.STATX_MNT_ID|unix.STATX_MNT_ID_UNIQUE) == 0 {
+		return 0, 0, errors.New("the kernel gives no mount id")
+	}
+	return stx.Mnt_id, uint32(stx.Mode) & unix.S_IFMT, nil
 }
 
 // plain reports whether the relative path p has no empty and no ".." component.
