@@ -92,6 +92,31 @@ func FSType(fd int) (string, error) {
 			}
 		}
 	}
+	if uniq {
+		// Review 43: the kernel names the type of a mount by its unique id
+		// (statmount, Linux 6.8+): no mount table is read, whatever its size.
+		// A mount of process 1's namespace (the daemon in one of its own) is
+		// asked of that namespace.
+		t, err := StatmountType(key, 0)
+		if errors.Is(err, unix.ENOENT) {
+			if ns, nerr := hostNamespace(); nerr == nil {
+				t, err = StatmountType(key, ns)
+			}
+		}
+		switch {
+		case err == nil:
+			types.Lock()
+			if types.byID == nil || len(types.byID) >= maxTypes {
+				types.byID = map[uint64]string{}
+			}
+			types.byID[key] = t
+			types.Unlock()
+			return t, nil
+		case errors.Is(err, unix.ENOENT):
+			return "", nil // in no namespace the daemon looks in
+		}
+		// No statmount (or a refused one): the mount tables.
+	}
 	// The old id, which mountinfo lists (the descriptor holds its mount: the id
 	// is that mount's between the two statx).
 	if err := unix.Statx(fd, "", flags, unix.STATX_MNT_ID, &stx); err != nil {
@@ -123,6 +148,16 @@ func FSType(fd int) (string, error) {
 	types.byID[key] = t
 	return t, nil
 }
+
+// hostNamespace is the id of process 1's mount namespace (see NamespaceID).
+var hostNamespace = sync.OnceValues(func() (uint64, error) {
+	fd, err := unix.Open("/proc/1/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	return NamespaceID(fd)
+})
 
 // lookup finds the old mount id in the daemon's mount table, then in process
 // 1's (the host's, where the daemon runs in a mount namespace of its own).
