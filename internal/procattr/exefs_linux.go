@@ -182,7 +182,7 @@ func statmountType(d procDir, mnt uint64) (string, error) {
 // the kernel cannot name a mount by id (before Linux 6.8, or 6.11 for another
 // namespace): a larger table is not read, and the program's file system is one
 // latch cannot name (unverified, unhashable), as a user who made it chose.
-const maxOwnTable = 1 << 20
+const maxOwnTable = 256 << 10
 
 // mountTypeIn looks the old mount id up in the daemon's mount table, then in the
 // mount table of process d (a mount of another namespace).
