@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/mountinfo"
 )
 
 // Options configure a Reader. The zero value reads the host's default locations.
@@ -333,44 +335,39 @@ func (r *Reader) refresh(path string, owner uint32, old fileID, parse func([]byt
 // by owner, writable by no one else, no larger than maxSize(owner); no symbolic link is
 // followed. On an error, id is still the version found (zero if none), so a file
 // refused once is not looked at again until it changes.
+//
+// Review 43: the walk is mountinfo.Walk's (as fileperm's): each component is opened
+// with O_PATH and its file system told from its mount id before anything is asked of
+// it, so a FUSE or network mount on the way (a user's own at ~/.local, whose server
+// may never answer) is refused without a request to it: no name from there. The
+// file is opened for reading (through /proc/self/fd) only once it is known to be a
+// regular file of the right size.
 func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error) {
-	comps := strings.Split(strings.Trim(path, "/"), "/")
-	for _, c := range comps {
+	for _, c := range strings.Split(strings.Trim(path, "/"), "/") {
 		if c == "" || c == "." || c == ".." {
 			return -1, fileID{}, fmt.Errorf("path %q: not a plain path", path)
 		}
 	}
-	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fileID{}, err
 	}
-	for _, c := range comps[:len(comps)-1] {
-		next, err := unix.Openat(dir, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		unix.Close(dir)
-		if err != nil {
-			return -1, fileID{}, err
-		}
-		dir = next
-		var st unix.Stat_t
-		if err := unix.Fstat(dir, &st); err != nil {
-			unix.Close(dir)
-			return -1, fileID{}, err
-		}
-		if st.Uid != 0 && st.Uid != owner || st.Mode&0o022 != 0 {
-			unix.Close(dir)
-			return -1, fileID{}, fmt.Errorf("directory %s (owner %d, mode %o): %w", c, st.Uid, st.Mode&0o7777, errUntrusted)
-		}
-	}
-	fd, err = unix.Openat(dir, comps[len(comps)-1], unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	unix.Close(dir)
-	if err != nil {
-		return -1, fileID{}, err
-	}
+	defer unix.Close(rfd)
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
+	pfd, err := mountinfo.Walk(rfd, path, func(at string, s *unix.Stat_t, last bool) error {
+		if !last {
+			if s.Uid != 0 && s.Uid != owner || s.Mode&0o022 != 0 {
+				return fmt.Errorf("directory %s (owner %d, mode %o): %w", at, s.Uid, s.Mode&0o7777, errUntrusted)
+			}
+			return nil
+		}
+		st = *s
+		return nil
+	})
+	if err != nil {
 		return -1, fileID{}, err
 	}
+	defer unix.Close(pfd)
 	id = fileID{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim, uid: st.Uid, mode: st.Mode}
 	switch {
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
@@ -383,7 +380,18 @@ func openTrusted(root, path string, owner uint32) (fd int, id fileID, err error)
 		err = fmt.Errorf("%d bytes, more than %d", st.Size, maxSize(owner))
 	}
 	if err != nil {
+		return -1, id, err
+	}
+	fd, err = unix.Open("/proc/self/fd/"+strconv.Itoa(pfd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, id, err
+	}
+	var rst unix.Stat_t
+	if err := unix.Fstat(fd, &rst); err != nil || rst.Dev != st.Dev || rst.Ino != st.Ino {
 		unix.Close(fd)
+		if err == nil {
+			err = errors.New("another file than the one checked")
+		}
 		return -1, id, err
 	}
 	return fd, id, nil

@@ -21,6 +21,10 @@
 // programs chose both): it is reported for the "RUNTIME@UID:ID" label only, which
 // no rule for a system container matches.
 //
+// No name is read through a FUSE or network mount (one a user put at ~/.local, say):
+// the walk tells each component's file system from its mount id before asking
+// anything of it (mountinfo.Walk), as such a server may never answer.
+//
 // The paths are read in the calling process's own view of the file system (Root):
 // in the daemon, its mount namespace, which the packaged unit leaves showing the
 // host's /var/lib and /home (read-only).

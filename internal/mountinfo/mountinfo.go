@@ -9,7 +9,8 @@
 // (fusermount3, or a user namespace), so the daemon must not walk a path a user
 // may change into one. The kernel answers a statx with AT_STATX_DONT_SYNC from
 // its cached attributes (FUSE and NFS send no request), and the mount id it
-// gives, looked up in /proc/self/mountinfo, names the file system type.
+// gives names the file system type: statmount(2) by the unique id (Linux 6.8+),
+// else its line in /proc/self/mountinfo.
 package mountinfo
 
 import (

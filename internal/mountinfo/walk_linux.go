@@ -92,6 +92,31 @@ func FSType(fd int) (string, error) {
 			}
 		}
 	}
+	if uniq {
+		// Review 43: the kernel names the type of a mount by its unique id
+		// (statmount, Linux 6.8+): no mount table is read, whatever its size.
+		// A mount of process 1's namespace (the daemon in one of its own) is
+		// asked of that namespace.
+		t, err := StatmountType(key, 0)
+		if errors.Is(err, unix.ENOENT) {
+			if ns, nerr := hostNamespace(); nerr == nil {
+				t, err = StatmountType(key, ns)
+			}
+		}
+		switch {
+		case err == nil:
+			types.Lock()
+			if types.byID == nil || len(types.byID) >= maxTypes {
+				types.byID = map[uint64]string{}
+			}
+			types.byID[key] = t
+			types.Unlock()
+			return t, nil
+		case errors.Is(err, unix.ENOENT):
+			return "", nil // in no namespace the daemon looks in
+		}
+		// No statmount (or a refused one): the mount tables.
+	}
 	// The old id, which mountinfo lists (the descriptor holds its mount: the id
 	// is that mount's between the two statx).
 	if err := unix.Statx(fd, "", flags, unix.STATX_MNT_ID, &stx); err != nil {
@@ -123,6 +148,16 @@ func FSType(fd int) (string, error) {
 	types.byID[key] = t
 	return t, nil
 }
+
+// hostNamespace is the id of process 1's mount namespace (see NamespaceID).
+var hostNamespace = sync.OnceValues(func() (uint64, error) {
+	fd, err := unix.Open("/proc/1/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	return NamespaceID(fd)
+})
 
 // lookup finds the old mount id in the daemon's mount table, then in process
 // 1's (the host's, where the daemon runs in a mount namespace of its own).
@@ -237,6 +272,7 @@ func Open(root int, path string) (int, error) {
 		}
 	}
 	noOpenat2 := false
+	dirMnt, haveMnt := uint64(0), false // dir's mount id, once known
 	for rest != "" {
 		if !noOpenat2 {
 			how := unix.OpenHow{
@@ -255,44 +291,84 @@ func Open(root int, path string) (int, error) {
 				noOpenat2 = true
 			case errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EAGAIN):
 				// A mount point on the way (or a rename raced the walk):
-				// step through the next component.
+				// step through components up to the next mount crossed.
 			default:
 				closeDir()
 				return -1, err
 			}
 		}
-		name := rest
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			name, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
+		if !haveMnt {
+			var err error
+			if dirMnt, _, err = mountOf(dir); err != nil {
+				closeDir()
+				return -1, fmt.Errorf("%s: statx: %w", path, err)
+			}
+			haveMnt = true
 		}
-		fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		closeDir()
-		if err != nil {
-			return -1, err
-		}
-		dir, own = fd, true
-		at := strings.TrimSuffix(path[:len(path)-len(rest)], "/")
-		var stx unix.Statx_t
-		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &stx); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("%s: statx %s: %w", path, at, err)
-		}
-		if err := checkFD(fd, path, at); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
-		switch mode := uint32(stx.Mode) & unix.S_IFMT; {
-		case mode == unix.S_IFLNK:
-			unix.Close(fd)
-			return -1, unix.ELOOP
-		case mode != unix.S_IFDIR && rest != "":
-			unix.Close(fd)
-			return -1, unix.ENOTDIR
+		// Review 43: step one component at a time (openat O_PATH, which sends the
+		// mounted file system no request) until one is on another mount than its
+		// directory, whose type is checked; only then is openat2 asked for the
+		// rest again. Each component is looked up once per crossing at most: a
+		// walk is linear in the path's length however deep the mount is.
+		for rest != "" {
+			name := rest
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				name, rest = rest[:i], rest[i+1:]
+			} else {
+				rest = ""
+			}
+			fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			closeDir()
+			if err != nil {
+				return -1, err
+			}
+			dir, own = fd, true
+			at := strings.TrimSuffix(path[:len(path)-len(rest)], "/")
+			mnt, mode, err := mountOf(fd)
+			if err != nil {
+				unix.Close(fd)
+				return -1, fmt.Errorf("%s: statx %s: %w", path, at, err)
+			}
+			crossed := mnt != dirMnt
+			if crossed {
+				if err := checkFD(fd, path, at); err != nil {
+					unix.Close(fd)
+					return -1, err
+				}
+				dirMnt = mnt
+			}
+			switch {
+			case mode == unix.S_IFLNK:
+				unix.Close(fd)
+				return -1, unix.ELOOP
+			case mode != unix.S_IFDIR && rest != "":
+				unix.Close(fd)
+				return -1, unix.ENOTDIR
+			}
+			if crossed && !noOpenat2 {
+				break
+			}
 		}
 	}
 	return dir, nil
+}
+
+// mountOf returns the mount id of fd (the unique one where the kernel gives it)
+// and its file type (S_IFMT bits), from a statx with AT_STATX_DONT_SYNC (no
+// request to the file system).
+func mountOf(fd int) (uint64, uint32, error) {
+	mask := uint32(unix.STATX_TYPE | unix.STATX_MNT_ID)
+	if uniqueIDs() {
+		mask = unix.STATX_TYPE | unix.STATX_MNT_ID_UNIQUE
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, int(mask), &stx); err != nil {
+		return 0, 0, err
+	}
+	if stx.Mask&(unix.STATX_MNT_ID|unix.STATX_MNT_ID_UNIQUE) == 0 {
+		return 0, 0, errors.New("the kernel gives no mount id")
+	}
+	return stx.Mnt_id, uint32(stx.Mode) & unix.S_IFMT, nil
 }
 
 // plain reports whether the relative path p has no empty and no ".." component.
@@ -312,4 +388,74 @@ func plain(p string) bool {
 		}
 	}
 	return true
+}
+
+// Walk opens path below the directory root (a path is taken as relative to root)
+// one component at a time with openat O_PATH|O_NOFOLLOW, and returns an O_PATH
+// descriptor of its last component. Before anything is asked of a component (a
+// stat, a lookup in it) the file system it is on is told without a request to it
+// (FSType): one Untrusted names is refused (an *UntrustedError), so the walk never
+// waits on a FUSE or network file system's server; root's is checked the same way.
+// visit is called for each component with its path so far, an fstat of it and
+// whether it is the last one; an error from it ends the walk (returned as is). A
+// symbolic link on the way is refused (ELOOP), as is a non-directory before the
+// end (ENOTDIR) and an empty, "." or ".." component (EINVAL).
+//
+// Walk is for callers that check every directory on the way (fileperm,
+// containername); Open is the cheaper walk that checks only file systems.
+func Walk(root int, path string, visit func(at string, st *unix.Stat_t, last bool) error) (int, error) {
+	rest := strings.Trim(path, "/")
+	if rest == "" || !plain(rest) || strings.Contains("/"+rest+"/", "/./") {
+		return -1, fmt.Errorf("%s: %w (not a plain path to a file)", path, unix.EINVAL)
+	}
+	if err := checkFD(root, path, "the root it is walked from"); err != nil {
+		return -1, err
+	}
+	dir, own := root, false
+	at := ""
+	for rest != "" {
+		name := rest
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			name, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
+		at += "/" + name
+		fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if own {
+			unix.Close(dir)
+		}
+		if err != nil {
+			return -1, fmt.Errorf("%s: %s: %w", path, at, err)
+		}
+		dir, own = fd, true
+		if err := checkFD(fd, path, at); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: stat %s: %w", path, at, err)
+		}
+		last := rest == ""
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: %s is a symbolic link, which is not followed here: %w", path, at, unix.ELOOP)
+		case unix.S_IFDIR:
+		default:
+			if !last {
+				unix.Close(fd)
+				return -1, fmt.Errorf("%s: %s: %w", path, at, unix.ENOTDIR)
+			}
+		}
+		if visit != nil {
+			if err := visit(at, &st, last); err != nil {
+				unix.Close(fd)
+				return -1, err
+			}
+		}
+	}
+	return dir, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -139,6 +140,125 @@ func TestFSType(t *testing.T) {
 	}{{"fuse.sshfs", true}, {"fuseblk", true}, {"nfs4", true}, {"", true}, {"ext4", false}, {"tmpfs", false}, {"fusectl", false}} {
 		if got := Untrusted(c.fstype); got != c.want {
 			t.Errorf("Untrusted(%q) = %v, want %v", c.fstype, got, c.want)
+		}
+	}
+}
+
+// TestOpenNestedMounts: Open steps to each mount crossed and on past it (review
+// 43's linear walk), however many components lie between the crossings.
+func TestOpenNestedMounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	m1 := filepath.Join(dir, "a", "b", "c")
+	if err := os.MkdirAll(m1, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("t", m1, "tmpfs", 0, ""); err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { unix.Unmount(m1, unix.MNT_DETACH) })
+	m2 := filepath.Join(m1, "d", "e", "f", "g")
+	if err := os.MkdirAll(m2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("t", m2, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(m2, unix.MNT_DETACH) })
+	file := filepath.Join(m2, "h", "i", "f")
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := Open(unix.AT_FDCWD, file)
+	if err != nil {
+		t.Fatalf("Open(%s) across two mounts: %v", file, err)
+	}
+	if got := inode(t, fd); got != st.Ino {
+		t.Errorf("Open(%s) opened inode %d, want %d", file, got, st.Ino)
+	}
+	unix.Close(fd)
+	if err := os.Symlink("i", filepath.Join(m2, "h", "l")); err != nil {
+		t.Fatal(err)
+	}
+	if fd, err := Open(unix.AT_FDCWD, filepath.Join(m2, "h", "l", "f")); !errors.Is(err, unix.ELOOP) {
+		if err == nil {
+			unix.Close(fd)
+		}
+		t.Errorf("Open of a link past two mounts: %v, want ELOOP", err)
+	}
+}
+
+// TestWalk: Walk visits each component with its stat, opens the last, and
+// refuses links, "." and "..", a file on the way, and what visit refuses.
+func TestWalk(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a", "b", "f")
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("b", filepath.Join(dir, "a", "l")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
+	var seen []string
+	fd, err := Walk(root, "a/b/f", func(at string, st *unix.Stat_t, last bool) error {
+		seen = append(seen, at)
+		if last != (at == "/a/b/f") || last && st.Mode&unix.S_IFMT != unix.S_IFREG {
+			t.Errorf("visit(%s, mode %o, last %v)", at, st.Mode, last)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Walk: %v", err)
+	}
+	var st unix.Stat_t
+	unix.Stat(file, &st)
+	if got := inode(t, fd); got != st.Ino {
+		t.Errorf("Walk opened inode %d, want %d", got, st.Ino)
+	}
+	unix.Close(fd)
+	if want := "/a /a/b /a/b/f"; strings.Join(seen, " ") != want {
+		t.Errorf("Walk visited %q, want %q", seen, want)
+	}
+	refused := errors.New("refused")
+	for _, c := range []struct {
+		path  string
+		visit func(string, *unix.Stat_t, bool) error
+		want  error
+	}{
+		{"a/l/f", nil, unix.ELOOP},
+		{"a/./b/f", nil, unix.EINVAL},
+		{"a/../a/b/f", nil, unix.EINVAL},
+		{"a/b/f/g", nil, unix.ENOTDIR},
+		{"a/b/nothing", nil, unix.ENOENT},
+		{"a/b/f", func(at string, _ *unix.Stat_t, _ bool) error {
+			if at == "/a/b" {
+				return refused
+			}
+			return nil
+		}, refused},
+	} {
+		if fd, err := Walk(root, c.path, c.visit); !errors.Is(err, c.want) {
+			if err == nil {
+				unix.Close(fd)
+			}
+			t.Errorf("Walk(%s) = %v, want %v", c.path, err, c.want)
 		}
 	}
 }

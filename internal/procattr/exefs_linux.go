@@ -1,6 +1,7 @@
 package procattr
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -18,8 +19,9 @@ import (
 // system, which file system the executable is on: a statx of /proc/PID/exe with
 // AT_STATX_DONT_SYNC (FUSE and NFS answer it from the kernel's cached attributes,
 // and a magic link's target is not revalidated) for the id of its mount, whose type
-// /proc/self/mountinfo (or the process's own, for a mount of another namespace)
-// names. On such a file system a program is attributed by the name readlink gives
+// the kernel names (statmount by the unique id, Linux 6.8+; review 43), or else
+// /proc/self/mountinfo (or the process's own, at most maxOwnTable of it, for a
+// mount of another namespace). On such a file system a program is attributed by the name readlink gives
 // (d_path: no request), unverified and unhashable.
 
 // serverFSNote is the identity note of a program on a file system whose server
@@ -102,6 +104,26 @@ func (d procDir) exeFS() (string, error) {
 			}
 		}
 	}
+	if uniq {
+		// Review 43: the kernel names the mount's type by its unique id
+		// (statmount, Linux 6.8+), in the daemon's namespace, else in the
+		// process's own: no mount table is read (a user may make their
+		// namespace's hundreds of MiB).
+		t, err := statmountType(d, key)
+		switch {
+		case err == nil:
+			mountTypes.Lock()
+			if mountTypes.byID == nil || len(mountTypes.byID) >= maxMountTypes {
+				mountTypes.byID = map[uint64]string{}
+			}
+			mountTypes.byID[key] = t
+			mountTypes.Unlock()
+			return t, nil
+		case errors.Is(err, unix.ENOENT):
+			return "", nil // in neither namespace (a detached mount)
+		}
+		// No statmount, or none across namespaces: the mount tables.
+	}
 	// The old id, which mountinfo lists.
 	if err := unix.Statx(d.fd, "exe", dontSync, unix.STATX_INO|unix.STATX_MNT_ID, &stx); err != nil {
 		return "", fmt.Errorf("stat /proc/%d/exe: %w", d.pid, err)
@@ -135,6 +157,33 @@ func (d procDir) exeFS() (string, error) {
 	return t, nil
 }
 
+// statmountType asks the kernel the type of the mount whose unique id is mnt: in
+// the daemon's namespace, then in process d's (an error wrapping ENOENT if in
+// neither; mountinfo.ErrNoStatmount, or the ioctl's error, where the kernel
+// cannot tell).
+func statmountType(d procDir, mnt uint64) (string, error) {
+	t, err := mountinfo.StatmountType(mnt, 0)
+	if !errors.Is(err, unix.ENOENT) {
+		return t, err
+	}
+	fd, err := unix.Openat(d.fd, "ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("/proc/%d/ns/mnt: %w", d.pid, err)
+	}
+	ns, err := mountinfo.NamespaceID(fd)
+	unix.Close(fd)
+	if err != nil {
+		return "", fmt.Errorf("/proc/%d/ns/mnt: %w", d.pid, err)
+	}
+	return mountinfo.StatmountType(mnt, ns)
+}
+
+// maxOwnTable bounds the mount table of a process's own namespace read where
+// the kernel cannot name a mount by id (before Linux 6.8, or 6.11 for another
+// namespace): a larger table is not read, and the program's file system is one
+// latch cannot name (unverified, unhashable), as a user who made it chose.
+const maxOwnTable = 256 << 10
+
 // mountTypeIn looks the old mount id up in the daemon's mount table, then in the
 // mount table of process d (a mount of another namespace).
 func mountTypeIn(d procDir, old uint64) (string, bool) {
@@ -143,7 +192,7 @@ func mountTypeIn(d procDir, old uint64) (string, bool) {
 			return t, true
 		}
 	}
-	if b, err := readAll(d.fd, "mountinfo"); err == nil {
+	if b, err := readMax(d.fd, "mountinfo", maxOwnTable); err == nil {
 		if t, ok := mountinfoType(b, old); ok {
 			return t, true
 		}
@@ -152,14 +201,17 @@ func mountTypeIn(d procDir, old uint64) (string, bool) {
 }
 
 // readAll reads a (proc) file, at most 16 MiB of it.
-func readAll(dir int, name string) ([]byte, error) {
+func readAll(dir int, name string) ([]byte, error) { return readMax(dir, name, 16<<20) }
+
+// readMax reads a (proc) file, at most max bytes of it (an error beyond).
+func readMax(dir int, name string, max int) ([]byte, error) {
 	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(fd)
 	buf := make([]byte, 0, 16<<10)
-	for len(buf) < 16<<20 {
+	for len(buf) <= max {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
@@ -175,7 +227,7 @@ func readAll(dir int, name string) ([]byte, error) {
 		}
 		buf = buf[:len(buf)+n]
 	}
-	return nil, fmt.Errorf("%s: over 16 MiB", name)
+	return nil, fmt.Errorf("%s: over %d bytes", name, max)
 }
 
 // mountinfoType finds the line of mount id in a mountinfo and returns its file
