@@ -197,6 +197,11 @@ func (m *miniFUSE) serve() {
 			out = d[off:min(off+size, uint64(len(d)))]
 		case fuseReaddir, fuseRelease, fuseReleasedir:
 			out = []byte{}
+		case 17: // FUSE_STATFS (review 44: overlayfs asks it of a lower layer at mount)
+			out = make([]byte, 80)
+			ne.PutUint32(out[40:], 4096) // bsize
+			ne.PutUint32(out[44:], 255)  // namelen
+			ne.PutUint32(out[48:], 4096) // frsize
 		default:
 			errno = -int32(syscall.ENOSYS)
 		}
