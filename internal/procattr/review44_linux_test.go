@@ -1,6 +1,8 @@
 package procattr
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -131,5 +133,69 @@ func TestReview44OverlayOverFUSEHashesServerBytes(t *testing.T) {
 	}
 	if hashes.note(k) == "" {
 		t.Errorf("a program on overlay over a user's FUSE mount is hashable (no note): its bytes are whatever the FUSE server serves the daemon; want it unhashable as on the FUSE mount itself")
+	}
+}
+
+// TestReview44OverlayOverFUSEKeepsHashForNewBytes (review 44, finding 1, the
+// whole review 37 attack through an overlay, which an unprivileged user can
+// mount in `unshare -Urm` over their own FUSE mount): the first program's bytes
+// are hashed, the FUSE server then serves other bytes of the same size under the
+// same attributes; overlay passes its lower layer's inode number and times
+// through, the key is the same, and the second program gets the first one's
+// hash: a rule pinned to that hash matches whatever the user's server serves.
+//
+// Fails on the current code: the second program gets the first program's hash.
+//
+// Run: go test -count=1 -run TestReview44OverlayOverFUSEKeepsHashForNewBytes ./internal/procattr/ (as root)
+func TestReview44OverlayOverFUSEKeepsHashForNewBytes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE and overlay")
+	}
+	orig, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	fs, prog := review44OverlayOnFUSE(t, orig)
+	hashOf := func(pid int) (hashKey, string) {
+		d, err := openProcDir(int32(pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.close()
+		k, err := d.exeHashKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hashes.note(k) != "" {
+			return k, hashes.lookup(k, int32(pid))
+		}
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if s := hashes.lookup(k, int32(pid)); s != "" {
+				return k, s
+			}
+		}
+		return k, ""
+	}
+	p1 := startOnFUSE(t, prog)
+	k1, h1 := hashOf(p1.Process.Pid)
+	p1.Process.Kill()
+	p1.Wait()
+
+	other := bytes.Clone(orig)
+	other[len(other)-1] ^= 0xff
+	fs.data.Store(&other)
+	osum := sha256.Sum256(other)
+	p2 := startOnFUSE(t, prog)
+	k2, h2 := hashOf(p2.Process.Pid)
+	exe, err := readAll(unix.AT_FDCWD, fmt.Sprintf("/proc/%d/exe", p2.Process.Pid))
+	if err != nil || !bytes.Equal(exe, other) {
+		t.Fatalf("the second program's file does not hold the new bytes (%v): the overlay kept the old ones", err)
+	}
+	t.Logf("keys equal: %v; hashes %q, %q", k1 == k2, h1, h2)
+	if h1 != "" && h2 == h1 {
+		t.Fatalf("a program on overlay over FUSE whose bytes hash to %x got the hash %s of the bytes the file held before: a rule pinned to that hash matches it", osum, h1)
+	}
+	if h1 != "" || h2 != "" {
+		t.Errorf("programs on overlay over FUSE got hashes %q and %q: the FUSE server chooses the bytes latch reads and the attributes it keys them by", h1, h2)
 	}
 }
