@@ -199,3 +199,42 @@ func TestReview44OverlayOverFUSEKeepsHashForNewBytes(t *testing.T) {
 		t.Errorf("programs on overlay over FUSE got hashes %q and %q: the FUSE server chooses the bytes latch reads and the attributes it keys them by", h1, h2)
 	}
 }
+
+// TestReview44WalkThroughOverlayOverFUSE (review 44, finding 1 in the host's
+// walks; low where only root can mount an overlay in the host's namespace, e.g.
+// a tool that overlays a user's directory, or ecryptfs's setuid
+// mount.ecryptfs_private over a user's FUSE directory, the same gap for another
+// stacking type): mountinfo.Walk checks each component's mount type, finds
+// "overlay", trusted, then fstats it, which overlay passes to its FUSE lower
+// layer as a GETATTR (no AT_STATX_DONT_SYNC in fstat): a server that never
+// answers holds the walker (fileperm's OpenTrusted, containername's Name)
+// uninterruptibly.
+//
+// Fails on the current code: Walk has not returned after 3 s.
+//
+// Run: go test -count=1 -run TestReview44WalkThroughOverlayOverFUSE ./internal/procattr/ (as root)
+func TestReview44WalkThroughOverlayOverFUSE(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE and overlay")
+	}
+	fs, prog := review44OverlayOnFUSE(t, []byte("example.com\n"))
+	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
+	fs.stall.Store(true)
+	var werr error
+	if !review39Returns(t, fs, func() {
+		var fd int
+		if fd, werr = mountinfo.Walk(root, prog, nil); werr == nil {
+			unix.Close(fd)
+		}
+	}) {
+		t.Errorf("mountinfo.Walk(%s) through an overlay over a FUSE mount whose server does not answer GETATTR has not returned after 3 s", prog)
+		return
+	}
+	if werr == nil {
+		t.Errorf("mountinfo.Walk(%s) walked into an overlay over FUSE: want an *UntrustedError", prog)
+	}
+}
