@@ -1111,12 +1111,14 @@ type endedResolver interface {
 // still in the table, is credited to nobody (review 42). While the table is dropping
 // records of the copy's user (full; a user's subordinate uids are that user's), a UDP
 // query not found in it is credited to nobody: it may be one held whose record was
-// dropped (review 40).
+// dropped (review 40). A copy found in no record is credited to the socket a lookup
+// finds only for its own uid (any uid below 2^32-1, those >= 2^31 too); a copy that
+// names no user is credited to nobody (review 45).
 func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64) dnsname.Program {
 	if proto == engine.UDP && b.dnsSenders != nil {
 		prog, ok, held := b.dnsSenders.lookup(q, time.Now())
 		if ok {
-			if (uid >= 0 && uid != int64(prog.UID)) || !prog.Known() {
+			if (uid >= 0 && uid != uidOf(prog.UID)) || !prog.Known() {
 				return dnsname.Program{} // the copy's sender is not the one the queue saw, or was not found
 			}
 			return prog
@@ -1132,27 +1134,33 @@ func (b *Backend) queryProgram(proto engine.Protocol, q dnsname.Query, uid int64
 			return dnsname.Program{}
 		}
 	}
+	if uid < 0 || uid >= noUID {
+		// The copy names no user (its socket had closed, or it was not sent
+		// from a local socket): a lookup for any uid would credit whichever
+		// user's socket holds the port now (review 45).
+		return dnsname.Program{}
+	}
 	client, server := q.Client, q.Server
-	req := engine.Request{Direction: engine.Outbound, Protocol: proto, Local: client, Remote: server, UID: -1}
-	if uid >= 0 && uid <= 1<<31-1 {
-		req.UID = int32(uid)
+	// The resolver takes a uid as int32, -1 for any: a uid >= 2^31 is looked up
+	// for any uid and the socket found must be its (review 45).
+	want := int32(-1)
+	if uid <= 1<<31-1 {
+		want = int32(uid)
 	}
 	var p procattr.Process
 	var err error
 	if re, ok := b.cfg.Resolver.(endedResolver); ok {
 		// The copy is read a little after the query was sent: a short TCP connection
 		// may be in TIME_WAIT by then.
-		p, err = re.ResolveEnded(proto, client, server, req.UID)
+		p, err = re.ResolveEnded(proto, client, server, want)
 	} else {
-		p, err = b.cfg.Resolver.ResolveDev(proto, client, server, req.UID, 0)
+		p, err = b.cfg.Resolver.ResolveDev(proto, client, server, want, 0)
 	}
-	if err != nil || p.PID == 0 {
+	if err != nil || p.PID == 0 || (want == -1 && uidOf(p.UID) != uid) {
 		return dnsname.Program{}
 	}
-	req.PID, req.Exe, req.Identity, req.Container = p.PID, p.Exe, p.Identity, p.Container
-	if req.UID < 0 {
-		req.UID = p.UID
-	}
+	req := engine.Request{Direction: engine.Outbound, Protocol: proto, Local: client, Remote: server,
+		UID: int32(uint32(uid)), PID: p.PID, Exe: p.Exe, Identity: p.Identity, Container: p.Container}
 	return programOf(&req)
 }
 

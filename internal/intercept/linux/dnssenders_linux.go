@@ -41,15 +41,15 @@ import (
 type dnsSenders struct {
 	mu    sync.Mutex
 	m     map[dnsFlow]*dnsSender
-	users map[int32]*senderUser
+	users map[int64]*senderUser
 	// byCount[n] holds the users with n records; top is the largest n in use.
-	byCount  map[int]map[int32]struct{}
+	byCount  map[int]map[int64]struct{}
 	top      int
 	old, new *dnsSender // all records, oldest first
 	// lost: when each user last had a record dropped before it expired, on a
 	// list oldest first (lostOld, lostNew); lostAny: when any user did (for
 	// copies whose user is unknown).
-	lost             map[int32]*lostMark
+	lost             map[int64]*lostMark
 	lostOld, lostNew *lostMark
 	lostAny          time.Time
 	lostFree         *lostMark  // the last mark removed, reused by markLost
@@ -60,7 +60,7 @@ type dnsSenders struct {
 
 // lostMark is when user owner last had a record dropped before it expired.
 type lostMark struct {
-	owner      int32
+	owner      int64
 	at         time.Time
 	prev, next *lostMark
 }
@@ -76,7 +76,7 @@ type dnsSender struct {
 	key      dnsFlow
 	prog     dnsname.Program // Exe "": sent by a program not found (credits nobody)
 	question dnsname.Question
-	owner    int32 // whose share the record is in (ownerOf prog.UID)
+	owner    int64 // whose share the record is in (ownerOf of prog.UID)
 	at       time.Time
 	// prev, next: the list of all records; uprev, unext: the user's.
 	prev, next, uprev, unext *dnsSender
@@ -98,20 +98,37 @@ func flowOf(q *dnsname.Query) dnsFlow {
 
 // newDNSSenders returns a table of at most max records, each kept for keep.
 func newDNSSenders(max int, keep time.Duration) *dnsSenders {
-	return &dnsSenders{m: make(map[dnsFlow]*dnsSender), users: make(map[int32]*senderUser),
-		byCount: make(map[int]map[int32]struct{}), lost: make(map[int32]*lostMark), max: max, keep: keep}
+	return &dnsSenders{m: make(map[dnsFlow]*dnsSender), users: make(map[int64]*senderUser),
+		byCount: make(map[int]map[int64]struct{}), lost: make(map[int64]*lostMark), max: max, keep: keep}
 }
 
-// unknownOwner is the share of records whose sender's uid is not known.
+// unknownOwner is the share of records whose sender's uid is not known. Owners are
+// subid.Owner's full values (a uid, or subid.Unknown(start) = 1<<32|start for a range
+// whose user is not found: above every uid), never truncated, so no two users share
+// a share or a loss mark (review 45); -1 is none of them.
 const unknownOwner = -1
 
+// noUID is the uid a copy or packet carries when it names no user: (uid_t)-1, which
+// no process has.
+const noUID = 1<<32 - 1
+
 // ownerOf is the user whose share a record of uid is in: the user whose subordinate
-// uid it is (/etc/subuid), else uid itself; unknownOwner for an unknown uid (< 0).
-func ownerOf(uid int64) int32 {
-	if uid < 0 || uid > 1<<31-1 {
+// uid it is (/etc/subuid), else uid itself; unknownOwner for an unknown uid (< 0, or
+// (uid_t)-1). Every uid below 2^32-1 is a user, those >= 2^31 too (review 45).
+func ownerOf(uid int64) int64 {
+	if uid < 0 || uid >= noUID {
 		return unknownOwner
 	}
-	return int32(subid.Owner(uint32(uid)))
+	return int64(subid.Owner(uint32(uid)))
+}
+
+// uidOf is the uid a Program's UID holds (its 32 bits: uids >= 2^31 are negative
+// int32s), -1 if it names no user.
+func uidOf(uid int32) int64 {
+	if uid == -1 {
+		return -1
+	}
+	return int64(uint32(uid))
 }
 
 // put records prog as the sender of query q (held by the queue) at now: when the
@@ -122,7 +139,7 @@ func ownerOf(uid int64) int32 {
 // record of the user holding the most is dropped (and that user marked as having lost
 // one).
 func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) {
-	owner := ownerOf(int64(prog.UID))
+	owner := ownerOf(uidOf(prog.UID))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for t.old != nil && now.Sub(t.old.at) > t.keep {
@@ -133,7 +150,7 @@ func (t *dnsSenders) put(q *dnsname.Query, prog dnsname.Program, now time.Time) 
 		t.remove(s) // the same query again (a retransmission, or its verdict): recorded anew
 	}
 	if len(t.m) >= t.max && t.max > 0 {
-		var victim int32
+		var victim int64
 		for o := range t.byCount[t.top] {
 			victim = o
 			break
@@ -211,8 +228,8 @@ func (t *dnsSenders) remove(s *dnsSender) {
 
 // recount moves uid from the users holding from records to those holding to (from
 // and to differ by one).
-func (t *dnsSenders) recount(uid int32, from, to int) {
-	var spare map[int32]struct{} // an emptied set, reused (one user: no allocation)
+func (t *dnsSenders) recount(uid int64, from, to int) {
+	var spare map[int64]struct{} // an emptied set, reused (one user: no allocation)
 	if from > 0 {
 		b := t.byCount[from]
 		delete(b, uid)
@@ -229,7 +246,7 @@ func (t *dnsSenders) recount(uid int32, from, to int) {
 		if b == nil {
 			b = spare
 			if b == nil {
-				b = make(map[int32]struct{})
+				b = make(map[int64]struct{})
 			}
 			t.byCount[to] = b
 		}
@@ -244,7 +261,7 @@ func (t *dnsSenders) recount(uid int32, from, to int) {
 // holds at most max users (one loss each per record dropped): past that, the
 // oldest mark is forgotten (expired ones go first, as they expire). No user can
 // make every other user count as lost: a user's subordinate uids are one owner.
-func (t *dnsSenders) markLost(owner int32, now time.Time) {
+func (t *dnsSenders) markLost(owner int64, now time.Time) {
 	t.lostAny = now
 	for t.lostOld != nil && now.Sub(t.lostOld.at) > t.keep {
 		t.unmark(t.lostOld)

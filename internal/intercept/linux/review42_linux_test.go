@@ -156,7 +156,7 @@ func check(t *testing.T, tab *dnsSenders, round, op int) {
 	if len(tab.m) > tab.max {
 		t.Errorf("round %d op %d: %d records over max %d", round, op, len(tab.m), tab.max)
 	}
-	counts := map[int32]int{}
+	counts := map[int64]int{} // by owner: the table's share keys
 	n := 0
 	var prev *dnsSender
 	for s := tab.old; s != nil; s = s.next {
@@ -169,7 +169,7 @@ func check(t *testing.T, tab *dnsSenders, round, op int) {
 		if prev != nil && s.at.Before(prev.at) {
 			t.Fatalf("round %d op %d: list not oldest first", round, op)
 		}
-		counts[s.prog.UID]++
+		counts[ownerOf(uidOf(s.prog.UID))]++
 		prev = s
 		n++
 		if n > len(tab.m)+1 {
@@ -191,7 +191,7 @@ func check(t *testing.T, tab *dnsSenders, round, op int) {
 		k := 0
 		var up *dnsSender
 		for s := u.old; s != nil; s = s.unext {
-			if s.uprev != up || s.prog.UID != uid {
+			if s.uprev != up || ownerOf(uidOf(s.prog.UID)) != uid {
 				t.Fatalf("round %d op %d: uid %d list broken", round, op, uid)
 			}
 			up = s
