@@ -48,7 +48,7 @@ func (r *Resolver) ResolveEnded(proto engine.Protocol, local, remote netip.AddrP
 		return p, err
 	}
 	recUID := int32(uint32(rec.UIDGid))
-	if uid >= 0 && uid != recUID {
+	if uid != -1 && uid != recUID {
 		return unknown(), fmt.Errorf("procattr: tcp %v -> %v (closed): the record's uid %d is not the packet's %d: %w", local, remote, recUID, uid, ErrNoSocket)
 	}
 	owner := Process{UID: recUID, User: r.users.name(uint32(recUID))}

@@ -139,7 +139,8 @@ func (r *Resolver) Stats() Stats {
 
 // Resolve returns the process that owns the local socket of a TCP or UDP connection
 // from local to remote (local is this host's end). uid is the socket owner the
-// packet carries (NFQUEUE's UID attribute), or -1; a socket with another owner is
+// packet carries (NFQUEUE's UID attribute, its 32 bits: 2^31 and above are negative),
+// or -1 (no uid: any owner); a socket with another owner is
 // not the one that sent the packet.
 //
 // When no process can be shown to own the socket, Resolve returns a Process with
@@ -223,7 +224,7 @@ func (r *Resolver) ResolveSender(proto engine.Protocol, local, remote netip.Addr
 // resolveSocket attributes si, the socket found for a connection, as resolve
 // does: after the packet's uid check, to the process that owns it.
 func (r *Resolver) resolveSocket(proto engine.Protocol, local, remote netip.AddrPort, uid int32, si socketInfo) (Process, error) {
-	if uid >= 0 && uint32(uid) != si.UID {
+	if uid != -1 && uint32(uid) != si.UID {
 		r.noSocket.Add(1)
 		return unknown(), fmt.Errorf("procattr: %v %v -> %v: socket inode %d belongs to uid %d, packet to uid %d: %w",
 			proto, local, remote, si.Inode, si.UID, uid, ErrNoSocket)

@@ -200,6 +200,11 @@ func TestResolveWrongUID(t *testing.T) {
 	c := startClient(t, ns, "tcp", remote)
 	p, err := r.Resolve(engine.TCP, c.Local, remote, 4242)
 	wantUnknown(t, p, err, ErrNoSocket)
+	// A uid of 2^31 or above (a subordinate range up there) is a user too, not
+	// "any user": only (uid_t)-1 is (review 45's note).
+	high := uint32(3_000_000_000)
+	p, err = r.Resolve(engine.TCP, c.Local, remote, int32(high))
+	wantUnknown(t, p, err, ErrNoSocket)
 }
 
 // TestResolveNoSuchSocket: tuples nobody uses, a listener's port with the wrong peer,
