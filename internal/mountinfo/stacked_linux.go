@@ -13,8 +13,8 @@ import (
 // whose lower layer is a FUSE mount is served by that FUSE server, and stalls
 // when it does not answer. Any user can build one (`unshare -Urm`: overlay and
 // FUSE both mount in a user namespace). So a stacking mount is trusted only
-//   - where its mount namespace belongs to the host's user namespace (root made
-//     it: Docker's overlay2, a live system's root), and
+//   - where its mount namespace belongs to the daemon's (the host's) user
+//     namespace (root made it: Docker's overlay2, a live system's root), and
 //   - each of its layers (overlay's lowerdir, upperdir, workdir, from statmount's
 //     mount options, Linux 6.11+) is found, by Open from the host's root, on a
 //     file system latch trusts (a nested stacking mount checked the same way,
@@ -67,10 +67,12 @@ var rootMounts = sync.OnceValue(func() map[uint64]bool {
 // daemon's or process 1's root directory.
 func RootMount(mnt uint64) bool { return rootMounts()[mnt] }
 
-// hostUserns is the inode of process 1's user namespace.
+// hostUserns is the inode of the daemon's user namespace (the host's: no user
+// without privilege there mounts in a mount namespace it owns, but FUSE through
+// fusermount3, which Untrusted names).
 var hostUserns = sync.OnceValues(func() (uint64, error) {
 	var st unix.Stat_t
-	if err := unix.Stat("/proc/1/ns/user", &st); err != nil {
+	if err := unix.Stat("/proc/self/ns/user", &st); err != nil {
 		return 0, err
 	}
 	return st.Ino, nil
@@ -84,8 +86,7 @@ func hostOwned(nsID uint64) bool {
 		return false
 	}
 	if nsID == 0 {
-		var st unix.Stat_t
-		return unix.Stat("/proc/self/ns/user", &st) == nil && st.Ino == host
+		return true
 	}
 	// A mount namespace is named by its id; its owner is found through a
 	// descriptor of it, which only a process in it gives: the caller passes
