@@ -23,9 +23,10 @@ import (
 // a file system whose files' attributes and bytes a server outside the kernel
 // chooses, and which may stall whoever asks it: FUSE (any subtype, fuseblk) and
 // the network file systems. An empty type (a mount latch cannot name) counts as
-// such.
+// such, as does a stacking type with why latch does not trust that mount
+// ("overlay over fuse.sshfs", see StackedType: a type with a space).
 func Untrusted(fstype string) bool {
-	if fstype == "" || IsFUSE(fstype) {
+	if fstype == "" || IsFUSE(fstype) || strings.Contains(fstype, " ") {
 		return true
 	}
 	switch fstype {

@@ -13,11 +13,13 @@ import (
 // wrap yet.
 const (
 	statmountFSType    = 0x20  // STATMOUNT_FS_TYPE
+	statmountMntOpts   = 0x80  // STATMOUNT_MNT_OPTS (Linux 6.11+)
 	statmountFSSubtype = 0x100 // STATMOUNT_FS_SUBTYPE (Linux 6.15+)
 	mntIDReqSize       = 32    // MNT_ID_REQ_SIZE_VER1: with mnt_ns_id (Linux 6.11+)
 	// nsGetMntnsID is NS_GET_MNTNS_ID, _IOR(0xb7, 5, __u64) (Linux 6.11+).
 	nsGetMntnsID = 0x8008b705
 	// Offsets in struct statmount.
+	smMntOpts   = 4
 	smMask      = 8
 	smFSType    = 36
 	smFSSubtype = 120
@@ -43,32 +45,54 @@ var ErrNoStatmount = errors.New("the kernel has no statmount")
 // table: its cost does not grow with the table. ErrNoStatmount where the kernel
 // has none; an error wrapping ENOENT where that namespace has no such mount.
 func StatmountType(mnt, nsID uint64) (string, error) {
+	t, _, err := statmount(mnt, nsID, false)
+	return t, err
+}
+
+// StatmountOpts returns the type and the mount options (comma separated,
+// escaped as in mountinfo) of the mount as StatmountType, or an error where the
+// kernel gives no options (before Linux 6.11).
+func StatmountOpts(mnt, nsID uint64) (string, string, error) {
+	return statmount(mnt, nsID, true)
+}
+
+func statmount(mnt, nsID uint64, opts bool) (string, string, error) {
 	req := mntIDReq{size: mntIDReqSize, mntID: mnt, param: statmountFSType | statmountFSSubtype, mntNsID: nsID}
-	var buf [1024]uint64 // 8 KiB, aligned: two short strings after the 512-byte header
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), len(buf)*8)
+	if opts {
+		req.param |= statmountMntOpts
+	}
+	buf := make([]uint64, 1024) // 8 KiB, aligned; more for long options
+	var b []byte
 	for {
+		b = unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), len(buf)*8)
 		_, _, e := unix.Syscall6(unix.SYS_STATMOUNT, uintptr(unsafe.Pointer(&req)), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(b)), 0, 0, 0)
 		switch e {
 		case 0:
 		case unix.EINTR:
 			continue
+		case unix.EOVERFLOW:
+			if len(buf) < 1<<17 { // at most 1 MiB
+				buf = make([]uint64, len(buf)*4)
+				continue
+			}
+			return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
 		case unix.ENOSYS:
-			return "", ErrNoStatmount
+			return "", "", ErrNoStatmount
 		case unix.EINVAL:
 			if req.param&statmountFSSubtype != 0 {
 				// A kernel that refuses the subtype it does not know.
 				req.param &^= statmountFSSubtype
 				continue
 			}
-			return "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
+			return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
 		default:
-			return "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
+			return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
 		}
 		break
 	}
 	mask := *(*uint64)(unsafe.Pointer(&b[smMask]))
 	if mask&statmountFSType == 0 {
-		return "", fmt.Errorf("statmount of mount %d: no file system type given", mnt)
+		return "", "", fmt.Errorf("statmount of mount %d: no file system type given", mnt)
 	}
 	str := func(field int) string {
 		off := smStr + int(*(*uint32)(unsafe.Pointer(&b[field])))
@@ -83,14 +107,22 @@ func StatmountType(mnt, nsID uint64) (string, error) {
 	}
 	t := str(smFSType)
 	if t == "" {
-		return "", fmt.Errorf("statmount of mount %d: an empty file system type", mnt)
+		return "", "", fmt.Errorf("statmount of mount %d: an empty file system type", mnt)
 	}
 	if mask&statmountFSSubtype != 0 {
 		if sub := str(smFSSubtype); sub != "" {
 			t += "." + sub
 		}
 	}
-	return t, nil
+	o := ""
+	if opts {
+		if mask&statmountMntOpts == 0 {
+			// Also a mount whose file system shows no options.
+			return t, "", fmt.Errorf("statmount of mount %d: no mount options given", mnt)
+		}
+		o = str(smMntOpts)
+	}
+	return t, o, nil
 }
 
 // NamespaceID returns the id of the mount namespace nsfd (an open

@@ -71,7 +71,11 @@ func changedLocked() bool {
 // FSType returns the type of the file system fd (any descriptor, O_PATH too) is
 // on, without a request to that file system: "" where no mount table (the
 // daemon's, then process 1's) names its mount.
-func FSType(fd int) (string, error) {
+func FSType(fd int) (string, error) { return fsType(fd, 0) }
+
+// fsType is FSType checking stacking mounts' layers (see StackedType) at
+// nesting depth depth.
+func fsType(fd, depth int) (string, error) {
 	const flags = unix.AT_EMPTY_PATH | unix.AT_STATX_DONT_SYNC
 	var stx unix.Statx_t
 	var key uint64
@@ -98,13 +102,22 @@ func FSType(fd int) (string, error) {
 		// A mount of process 1's namespace (the daemon in one of its own) is
 		// asked of that namespace.
 		t, err := StatmountType(key, 0)
+		var ns uint64
 		if errors.Is(err, unix.ENOENT) {
-			if ns, nerr := hostNamespace(); nerr == nil {
+			var nerr error
+			if ns, nerr = hostNamespace(); nerr == nil {
 				t, err = StatmountType(key, ns)
 			}
 		}
 		switch {
 		case err == nil:
+			if Stacking(t) {
+				// Review 44: an overlay is its layers.
+				t = stackedType(key, ns, t, depth)
+				if depth > 0 {
+					return t, nil
+				}
+			}
 			types.Lock()
 			if types.byID == nil || len(types.byID) >= maxTypes {
 				types.byID = map[uint64]string{}
@@ -142,6 +155,10 @@ func FSType(fd int) (string, error) {
 	if !ok {
 		return "", nil
 	}
+	if Stacking(t) && !RootMount(old) {
+		// Review 44: no statmount to tell its layers.
+		t += " over layers latch cannot tell"
+	}
 	if types.byID == nil || len(types.byID) >= maxTypes {
 		types.byID = map[uint64]string{}
 	}
@@ -156,7 +173,7 @@ var hostNamespace = sync.OnceValues(func() (uint64, error) {
 		return 0, err
 	}
 	defer unix.Close(fd)
-	return NamespaceID(fd)
+	return NoteNamespace(fd)
 })
 
 // lookup finds the old mount id in the daemon's mount table, then in process
@@ -201,8 +218,11 @@ func readFile(name string) ([]byte, error) {
 
 // checkFD returns an *UntrustedError if fd is on a file system latch does not
 // enter (or whose type cannot be told).
-func checkFD(fd int, path, at string) error {
-	t, err := FSType(fd)
+func checkFD(fd int, path, at string) error { return checkAt(fd, path, at, 0) }
+
+// checkAt is checkFD at stacking depth depth (see fsType).
+func checkAt(fd int, path, at string, depth int) error {
+	t, err := fsType(fd, depth)
 	if err != nil {
 		return fmt.Errorf("%s: the file system of %s: %w", path, at, err)
 	}
@@ -215,7 +235,11 @@ func checkFD(fd int, path, at string) error {
 // slash is an O_PATH descriptor of the daemon's root directory, and whether its
 // file system is one latch enters (the descriptor holds the mount: it does not
 // change).
-var slash = sync.OnceValues(func() (int, error) {
+var slash func() (int, error)
+
+func init() { slash = sync.OnceValues(openSlash) }
+
+func openSlash() (int, error) {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open /: %w", err)
@@ -225,7 +249,7 @@ var slash = sync.OnceValues(func() (int, error) {
 		return -1, err
 	}
 	return fd, nil
-})
+}
 
 // roots remembers the root descriptors found on a trusted file system (a root
 // a caller keeps open for the life of the process, as procattr's host root).
@@ -244,7 +268,11 @@ var roots sync.Map // int -> struct{}
 // one mount, and steps one component (openat O_PATH, which sends the mounted
 // file system no request) where it crosses a mount point; a kernel without
 // openat2 steps through every component.
-func Open(root int, path string) (int, error) {
+func Open(root int, path string) (int, error) { return open(root, path, 0) }
+
+// open is Open checking stacking mounts at depth depth (see fsType); at a depth
+// above 0 root is checked anew (it is not kept).
+func open(root int, path string, depth int) (int, error) {
 	rest := strings.TrimLeft(path, "/")
 	if rest == "" {
 		rest = "."
@@ -259,6 +287,10 @@ func Open(root int, path string) (int, error) {
 			return -1, err
 		}
 		dir = fd
+	} else if depth > 0 {
+		if err := checkAt(root, path, "the root it is walked from", depth); err != nil {
+			return -1, err
+		}
 	} else if _, ok := roots.Load(root); !ok {
 		if err := checkFD(root, path, "the root it is walked from"); err != nil {
 			return -1, err
@@ -331,7 +363,7 @@ func Open(root int, path string) (int, error) {
 			}
 			crossed := mnt != dirMnt
 			if crossed {
-				if err := checkFD(fd, path, at); err != nil {
+				if err := checkAt(fd, path, at, depth); err != nil {
 					unix.Close(fd)
 					return -1, err
 				}
@@ -433,8 +465,10 @@ func Walk(root int, path string, visit func(at string, st *unix.Stat_t, last boo
 			unix.Close(fd)
 			return -1, err
 		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
+		// Review 44: a statx with AT_STATX_DONT_SYNC, not fstat: a stacking
+		// file system checked above asks its layers nothing more for it.
+		st, err := statDontSync(fd)
+		if err != nil {
 			unix.Close(fd)
 			return -1, fmt.Errorf("%s: stat %s: %w", path, at, err)
 		}
@@ -451,7 +485,7 @@ func Walk(root int, path string, visit func(at string, st *unix.Stat_t, last boo
 			}
 		}
 		if visit != nil {
-			if err := visit(at, &st, last); err != nil {
+			if err := visit(at, st, last); err != nil {
 				unix.Close(fd)
 				return -1, err
 			}
@@ -459,3 +493,28 @@ func Walk(root int, path string, visit func(at string, st *unix.Stat_t, last boo
 	}
 	return dir, nil
 }
+
+// statDontSync stats fd (AT_EMPTY_PATH) with AT_STATX_DONT_SYNC, in a Stat_t.
+func statDontSync(fd int) (*unix.Stat_t, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_BASIC_STATS, &stx); err != nil {
+		return nil, err
+	}
+	st := &unix.Stat_t{
+		Ino:  stx.Ino,
+		Mode: uint32(stx.Mode),
+		Uid:  stx.Uid,
+		Gid:  stx.Gid,
+		Size: int64(stx.Size),
+		Atim: unix.NsecToTimespec(stx.Atime.Sec*1e9 + int64(stx.Atime.Nsec)),
+		Mtim: unix.NsecToTimespec(stx.Mtime.Sec*1e9 + int64(stx.Mtime.Nsec)),
+		Ctim: unix.NsecToTimespec(stx.Ctime.Sec*1e9 + int64(stx.Ctime.Nsec)),
+	}
+	// Field types that differ between architectures.
+	set(&st.Dev, unix.Mkdev(stx.Dev_major, stx.Dev_minor))
+	set(&st.Rdev, unix.Mkdev(stx.Rdev_major, stx.Rdev_minor))
+	set(&st.Nlink, uint64(stx.Nlink))
+	return st, nil
+}
+
+func set[T ~uint32 | ~uint64](dst *T, v uint64) { *dst = T(v) }

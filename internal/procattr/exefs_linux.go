@@ -3,6 +3,7 @@ package procattr
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +40,10 @@ func untrustedFS(fstype string) bool { return mountinfo.Untrusted(fstype) }
 func fsNote(fstype string) string {
 	if fstype == "" {
 		return "on a file system latch cannot name (a mount not in the mount table): latch does not verify or hash it"
+	}
+	if strings.Contains(fstype, " ") {
+		// Review 44: a stacking mount (see mountinfo.StackedType).
+		return "on a stacking file system (" + fstype + ") latch does not verify or hash: its layers may be on FUSE or a network file system, whose server chooses what the file is (and may never answer), or a user built it in a namespace of theirs"
 	}
 	if mountinfo.IsFUSE(fstype) {
 		return serverFSNote + " (" + fstype + ")"
@@ -144,6 +149,10 @@ func (d procDir) exeFS() (string, error) {
 	if !ok {
 		return "", nil
 	}
+	if mountinfo.Stacking(t) && !mountinfo.RootMount(old) {
+		// Review 44: no statmount to tell its layers.
+		t += " over layers latch cannot tell"
+	}
 	if uniq {
 		// The process's executable holds its mount: the old id read above is
 		// still that mount's (it cannot have been freed and taken meanwhile).
@@ -161,21 +170,31 @@ func (d procDir) exeFS() (string, error) {
 // the daemon's namespace, then in process d's (an error wrapping ENOENT if in
 // neither; mountinfo.ErrNoStatmount, or the ioctl's error, where the kernel
 // cannot tell).
+//
+// Review 44: a stacking mount (overlay) is named with why latch does not trust
+// it, if it does not (see mountinfo.StackedType).
 func statmountType(d procDir, mnt uint64) (string, error) {
 	t, err := mountinfo.StatmountType(mnt, 0)
 	if !errors.Is(err, unix.ENOENT) {
+		if err == nil && mountinfo.Stacking(t) {
+			t = mountinfo.StackedType(mnt, 0, t)
+		}
 		return t, err
 	}
 	fd, err := unix.Openat(d.fd, "ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", fmt.Errorf("/proc/%d/ns/mnt: %w", d.pid, err)
 	}
-	ns, err := mountinfo.NamespaceID(fd)
+	ns, err := mountinfo.NoteNamespace(fd)
 	unix.Close(fd)
 	if err != nil {
 		return "", fmt.Errorf("/proc/%d/ns/mnt: %w", d.pid, err)
 	}
-	return mountinfo.StatmountType(mnt, ns)
+	t, err = mountinfo.StatmountType(mnt, ns)
+	if err == nil && mountinfo.Stacking(t) {
+		t = mountinfo.StackedType(mnt, ns, t)
+	}
+	return t, err
 }
 
 // maxOwnTable bounds the mount table of a process's own namespace read where
