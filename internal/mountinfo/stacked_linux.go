@@ -1,6 +1,9 @@
 package mountinfo
 
 import (
+	"errors"
+	"fmt"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -149,7 +152,7 @@ func stackedType(mnt, nsID uint64, fstype string, depth int) string {
 	}
 	defer unix.Close(root)
 	for _, l := range layers {
-		fd, err := open(root, l, depth+1)
+		fd, err := openLayer(root, l, depth+1)
 		if err != nil {
 			if u, ok := err.(*UntrustedError); ok && u.FSType != "" {
 				return fstype + " over " + u.FSType
@@ -159,6 +162,45 @@ func stackedType(mnt, nsID uint64, fstype string, depth int) string {
 		unix.Close(fd)
 	}
 	return fstype
+}
+
+// maxLayerLinks bounds the symbolic links openLayer follows for one layer.
+const maxLayerLinks = 8
+
+// openLayer is open for an overlay layer path, which must be absolute (a
+// relative one is relative to the directory the mounter was in: latch cannot
+// tell which), following symbolic links (Docker's overlay2 and containers/storage
+// name layers by l/SHORTID links to ../ID/diff): the link is read on its
+// checked mount, its target resolved lexically against the link's directory,
+// and the walk starts over from root with the result, each walk checking every
+// mount it enters as open does; at most maxLayerLinks links, each path at most
+// PATH_MAX bytes.
+func openLayer(root int, layer string, depth int) (int, error) {
+	if !strings.HasPrefix(layer, "/") {
+		return -1, fmt.Errorf("%s: %w (a relative layer path)", layer, unix.EINVAL)
+	}
+	p := layer
+	for links := 0; ; links++ {
+		fd, err := openAt(root, p, depth, true)
+		var l *linkError
+		if !errors.As(err, &l) {
+			return fd, err
+		}
+		if links == maxLayerLinks {
+			return -1, fmt.Errorf("%s: over %d symbolic links: %w", layer, maxLayerLinks, unix.ELOOP)
+		}
+		next := l.Target
+		if !strings.HasPrefix(next, "/") {
+			next = path.Dir("/"+l.At) + "/" + next
+		}
+		if l.Rest != "" {
+			next += "/" + l.Rest
+		}
+		if len(next) > unix.PathMax {
+			return -1, fmt.Errorf("%s: %w", layer, unix.ENAMETOOLONG)
+		}
+		p = path.Clean(next)
+	}
 }
 
 // overlayLayers returns the layer paths an overlay's mount options name

@@ -273,6 +273,24 @@ func Open(root int, path string) (int, error) { return open(root, path, 0) }
 // open is Open checking stacking mounts at depth depth (see fsType); at a depth
 // above 0 root is checked anew (it is not kept).
 func open(root int, path string, depth int) (int, error) {
+	return openAt(root, path, depth, false)
+}
+
+// linkError is what openAt with follow returns for a symbolic link on the way:
+// At is the path up to and including the link (on a mount whose type was
+// checked), Rest what follows it, Target what the link says.
+type linkError struct {
+	At, Rest, Target string
+}
+
+func (e *linkError) Error() string {
+	return fmt.Sprintf("%s is a symbolic link to %s", e.At, e.Target)
+}
+
+// openAt is open; with follow, a symbolic link on the way (on a mount already
+// checked) is read through its O_PATH descriptor (readlinkat, no walk into
+// its target) and reported as a *linkError instead of ELOOP.
+func openAt(root int, path string, depth int, follow bool) (int, error) {
 	rest := strings.TrimLeft(path, "/")
 	if rest == "" {
 		rest = "."
@@ -316,12 +334,29 @@ func open(root int, path string, depth int) (int, error) {
 			case err == nil:
 				// All on dir's mount, which was checked.
 				closeDir()
+				if follow {
+					// O_PATH|O_NOFOLLOW opens a trailing link itself.
+					_, mode, err := mountOf(fd)
+					if err != nil {
+						unix.Close(fd)
+						return -1, fmt.Errorf("%s: statx: %w", path, err)
+					}
+					if mode == unix.S_IFLNK {
+						target, err := readlinkFD(fd)
+						unix.Close(fd)
+						if err != nil {
+							return -1, fmt.Errorf("%s: readlink: %w", path, err)
+						}
+						return -1, &linkError{At: strings.TrimSuffix(path, "/"), Target: target}
+					}
+				}
 				return fd, nil
 			case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) && !own:
 				// No openat2 (Linux before 5.6, or a seccomp filter that
 				// refuses it): one component at a time.
 				noOpenat2 = true
-			case errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EAGAIN):
+			case errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EAGAIN) ||
+				follow && errors.Is(err, unix.ELOOP):
 				// A mount point on the way (or a rename raced the walk):
 				// step through components up to the next mount crossed.
 			default:
@@ -370,6 +405,13 @@ func open(root int, path string, depth int) (int, error) {
 				dirMnt = mnt
 			}
 			switch {
+			case mode == unix.S_IFLNK && follow:
+				target, err := readlinkFD(fd)
+				unix.Close(fd)
+				if err != nil {
+					return -1, fmt.Errorf("%s: readlink %s: %w", path, at, err)
+				}
+				return -1, &linkError{At: at, Rest: rest, Target: target}
 			case mode == unix.S_IFLNK:
 				unix.Close(fd)
 				return -1, unix.ELOOP
@@ -383,6 +425,23 @@ func open(root int, path string, depth int) (int, error) {
 		}
 	}
 	return dir, nil
+}
+
+// readlinkFD returns the target of the symbolic link fd (an O_PATH descriptor
+// of the link itself), at most PATH_MAX bytes.
+func readlinkFD(fd int) (string, error) {
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(fd, "", buf)
+	if err != nil {
+		return "", err
+	}
+	if n >= len(buf) {
+		return "", unix.ENAMETOOLONG
+	}
+	if n == 0 {
+		return "", unix.ENOENT
+	}
+	return string(buf[:n]), nil
 }
 
 // mountOf returns the mount id of fd (the unique one where the kernel gives it)
