@@ -19,8 +19,8 @@ import (
 //   - where its mount namespace belongs to the daemon's (the host's) user
 //     namespace (root made it: Docker's overlay2, a live system's root), and
 //   - each of its layers (overlay's lowerdir, upperdir, workdir, from statmount's
-//     mount options, Linux 6.11+) is found, by Open from the host's root, on a
-//     file system latch trusts (a nested stacking mount checked the same way,
+//     mount options, Linux 6.11+) is found, by Open from the host's root
+//     following symbolic links (openLayer), on a file system latch trusts (a nested stacking mount checked the same way,
 //     to a depth of maxStackDepth);
 //   - or it is the mount of the daemon's or process 1's root directory.
 // Any other is refused: its type is given as "<type> <why>" (a type with a
