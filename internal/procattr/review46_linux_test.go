@@ -1,0 +1,130 @@
+package procattr
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/latchfw/latch/internal/mountinfo"
+)
+
+// review46ExeFSOverFUSE starts prog (a path on an overlay whose layer is the
+// FUSE mount fs), stalls the FUSE server and returns exeFS of the process,
+// failing the test if exeFS waited on the server.
+func review46ExeFSOverFUSE(t *testing.T, fs *miniFUSE, prog string) (string, error) {
+	t.Helper()
+	cmd := startOnFUSE(t, prog)
+	d, err := openProcDir(int32(cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	fs.stall.Store(true)
+	var typ string
+	if !review39Returns(t, fs, func() { typ, err = d.exeFS() }) {
+		t.Fatalf("exeFS of a program on an overlay over a stalled FUSE mount has not returned after 3 s")
+	}
+	return typ, err
+}
+
+// review46Overlay mounts an overlay at a new temporary directory with the
+// legacy mount data opts and returns the path of "prog" on it.
+func review46Overlay(t *testing.T, fs *miniFUSE, opts string) string {
+	t.Helper()
+	merged := t.TempDir()
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Skipf("mount overlay (%s): %v", opts, err)
+	}
+	t.Cleanup(func() {
+		fs.stall.Store(false)
+		fs.unstall()
+		unix.Unmount(merged, unix.MNT_DETACH)
+	})
+	return filepath.Join(merged, "prog")
+}
+
+// TestReview46DetachedLayerTrusted (review 46, finding 1, medium: the layer
+// check checks a path, not the layer): overlay's mount options name each layer
+// by the path string the mounter gave; the overlay holds the layer itself (its
+// mount and directory), whatever that path comes to name later. The FUSE mount
+// that is the lower layer is lazily unmounted after the overlay is made
+// (`fusermount3 -u -z`, which the FUSE mount's owner may do; an over-mount of
+// the layer path, or a rename of a directory on it, does the same): the layer
+// path now names the plain directory below, on a trusted file system, so
+// StackedType trusts "overlay" while every read of the program still goes to
+// the FUSE server.
+//
+// Fails on the current code: exeFS gives "overlay", trusted.
+//
+// Suggested: do not trust a layer by its path: compare what the path opens to
+// the overlay's layers some other way (e.g. require the opened layer's mount to
+// be older than the overlay, or the overlay's dev/ino of the lower root via
+// its xattrs/origin) or, simplest, trust only overlays whose layers and the
+// mounts on their paths were in the daemon's first mount table scan and are
+// unchanged (unique ids), else untrusted.
+//
+// Run: go test -count=1 -run TestReview46DetachedLayerTrusted ./internal/procattr/ (as root)
+func TestReview46DetachedLayerTrusted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE and overlay")
+	}
+	orig, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	fuseDir, empty := t.TempDir(), t.TempDir()
+	fs := review39Mount(t, fuseDir, orig)
+	prog := review46Overlay(t, fs, fmt.Sprintf("lowerdir=%s:%s", fuseDir, empty))
+	// The FUSE mount's owner detaches it: the overlay keeps it as its layer.
+	if err := unix.Unmount(fuseDir, unix.MNT_DETACH); err != nil {
+		t.Fatalf("lazy unmount of the FUSE layer: %v", err)
+	}
+	typ, err := review46ExeFSOverFUSE(t, fs, prog)
+	if err == nil && !mountinfo.Untrusted(typ) {
+		t.Errorf("exeFS of a program on an overlay whose (detached) lower layer is a FUSE mount: %q, trusted; want untrusted", typ)
+	}
+}
+
+// TestReview46EscapedColonLayerTrusted (review 46, finding 2, medium: the
+// layer list is misparsed): overlay's legacy lowerdir option takes a
+// backslash as an escape ("\:" a colon in a path, "\x" x), and the kernel shows
+// lowerdir as the string the mounter gave, octal-escaped ("\" as "\134").
+// overlayLayers splits at every ':' before it unescapes, and never undoes the
+// backslash escape, so the single layer "T/ev:/tmp" (given as "T/ev\:/tmp", a
+// FUSE mount) is read as the two layers "T/ev\" and "/tmp", both on trusted
+// file systems: the overlay over FUSE is trusted.
+//
+// Fails on the current code: exeFS gives "overlay", trusted.
+//
+// Suggested: split lowerdir the way overlay does (a backslash escapes the next
+// character, "::" starts the data-only layers), then drop the backslashes; or
+// refuse (untrusted) any layer with a backslash in it. STATMOUNT_OPT_ARRAY gives
+// the options unescaped but the lowerdir still as one string.
+//
+// Run: go test -count=1 -run TestReview46EscapedColonLayerTrusted ./internal/procattr/ (as root)
+func TestReview46EscapedColonLayerTrusted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE and overlay")
+	}
+	orig, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	base, empty := t.TempDir(), t.TempDir()
+	// The real layer: base/ev:/tmp, a FUSE mount. The decoy: base/ev\ (and /tmp).
+	fuseDir := filepath.Join(base, "ev:", "tmp")
+	for _, d := range []string{fuseDir, filepath.Join(base, `ev\`)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs := review39Mount(t, fuseDir, orig)
+	prog := review46Overlay(t, fs, fmt.Sprintf(`lowerdir=%s\:/tmp:%s`, filepath.Join(base, "ev"), empty))
+	typ, err := review46ExeFSOverFUSE(t, fs, prog)
+	if err == nil && !mountinfo.Untrusted(typ) {
+		t.Errorf("exeFS of a program on an overlay whose lower layer %s (given with an escaped colon) is a FUSE mount: %q, trusted; want untrusted", fuseDir, typ)
+	}
+}
