@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -128,3 +129,74 @@ func TestReview46EscapedColonLayerTrusted(t *testing.T) {
 		t.Errorf("exeFS of a program on an overlay whose lower layer %s (given with an escaped colon) is a FUSE mount: %q, trusted; want untrusted", fuseDir, typ)
 	}
 }
+
+// TestReview46FDLayerTrusted (review 46, finding 3, medium: a layer given by
+// descriptor is named by d_path from the mounter's root): with the new mount
+// API a layer may be given as a descriptor (fsconfig FSCONFIG_SET_FD
+// "lowerdir+", Linux 6.13+); overlay then names it by d_path of that
+// descriptor, from the mounter's root directory. A descriptor of a detached
+// mount (open_tree OPEN_TREE_CLONE of a FUSE mount, or a mount of another
+// namespace, or a mounter in a chroot) is named "/" (or a path that means
+// something else from the daemon's root): the check opens "/", trusted, and
+// trusts the overlay over FUSE.
+//
+// Fails on the current code: exeFS gives "overlay", trusted.
+//
+// Suggested: see finding 1; a layer path is no evidence of the layer.
+//
+// Run: go test -count=1 -run TestReview46FDLayerTrusted ./internal/procattr/ (as root)
+func TestReview46FDLayerTrusted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE and overlay")
+	}
+	orig, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	fuseDir, empty, merged := t.TempDir(), t.TempDir(), t.TempDir()
+	fs := review39Mount(t, fuseDir, orig)
+	tree, err := unix.OpenTree(unix.AT_FDCWD, fuseDir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		t.Skipf("open_tree %s: %v", fuseDir, err)
+	}
+	defer unix.Close(tree)
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		t.Skipf("fsopen overlay: %v", err)
+	}
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigSetFd(fsfd, "lowerdir+", tree); err != nil {
+		t.Skipf("fsconfig lowerdir+ by descriptor (Linux 6.13+): %v", err)
+	}
+	if err := unix.FsconfigSetString(fsfd, "lowerdir+", empty); err != nil {
+		t.Skipf("fsconfig lowerdir+ %s: %v", empty, err)
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		t.Skipf("fsconfig create: %v", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("fsmount: %v", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, merged, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		t.Skipf("move_mount to %s: %v", merged, err)
+	}
+	t.Cleanup(func() {
+		fs.stall.Store(false)
+		fs.unstall()
+		unix.Unmount(merged, unix.MNT_DETACH)
+	})
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, " "+merged+" ") {
+				t.Logf("mountinfo: %s", l)
+			}
+		}
+	}
+	typ, err := review46ExeFSOverFUSE(t, fs, filepath.Join(merged, "prog"))
+	if err == nil && !mountinfo.Untrusted(typ) {
+		t.Errorf("exeFS of a program on an overlay whose lower layer was given as a descriptor of a (detached) FUSE mount: %q, trusted; want untrusted", typ)
+	}
+}
+
