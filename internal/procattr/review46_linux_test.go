@@ -199,4 +199,3 @@ func TestReview46FDLayerTrusted(t *testing.T) {
 		t.Errorf("exeFS of a program on an overlay whose lower layer was given as a descriptor of a (detached) FUSE mount: %q, trusted; want untrusted", typ)
 	}
 }
-
