@@ -3,6 +3,7 @@ package procattr
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -197,5 +198,68 @@ func TestReview46FDLayerTrusted(t *testing.T) {
 	typ, err := review46ExeFSOverFUSE(t, fs, filepath.Join(merged, "prog"))
 	if err == nil && !mountinfo.Untrusted(typ) {
 		t.Errorf("exeFS of a program on an overlay whose lower layer was given as a descriptor of a (detached) FUSE mount: %q, trusted; want untrusted", typ)
+	}
+}
+
+// TestReview46LoopOverFUSETrusted (review 46, finding 4, medium-low, outside
+// the stacking types: a block device stacked on a file): an ext2 image that is
+// a file on a FUSE mount, attached to a loop device and mounted, is "ext2",
+// trusted, while every block the kernel reads of it (a lookup, a stat not in
+// cache, an exec's page) is a READ the FUSE server answers, or never does. No
+// root is needed on a desktop: udisks2 lets an active session's user set up a
+// loop device from a descriptor of theirs (udisksctl loop-setup -f FILE, the
+// file on their fusermount3 mount) and mounts its file system, as root in the
+// host's namespace, at /media/USER/...; nbd and ublk devices are served by a
+// process too.
+//
+// Fails on the current code: mountinfo.Open and FSType of a file there give
+// "ext2", trusted.
+//
+// Suggested: tell a block device's backing (a loop device's backing_file in
+// /sys/block/loopN/loop/, its mount found as for an overlay layer; nbd*, ublkb*
+// untrusted), or count a mount of a loop, nbd or ublk device untrusted unless
+// it was in the first mount table scan.
+//
+// Run: go test -count=1 -run TestReview46LoopOverFUSETrusted ./internal/procattr/ (as root)
+func TestReview46LoopOverFUSETrusted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE and a loop device")
+	}
+	src, work, fuseDir, mnt := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(work, "img")
+	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext2", "-d", src, img, "1024").CombinedOutput(); err != nil {
+		t.Skipf("mke2fs: %v: %s", err, out)
+	}
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := review39Mount(t, fuseDir, b)
+	out, err := exec.Command("losetup", "-r", "-f", "--show", filepath.Join(fuseDir, "prog")).CombinedOutput()
+	if err != nil {
+		t.Skipf("losetup of a file on FUSE: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	if err := unix.Mount(dev, mnt, "ext2", unix.MS_RDONLY, ""); err != nil {
+		t.Skipf("mount %s: %v", dev, err)
+	}
+	t.Cleanup(func() {
+		fs.stall.Store(false)
+		fs.unstall()
+		unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	fd, err := mountinfo.Open(unix.AT_FDCWD, filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Logf("Open: %v (refused)", err)
+		return
+	}
+	typ, err := mountinfo.FSType(fd)
+	unix.Close(fd)
+	if err == nil && !mountinfo.Untrusted(typ) {
+		t.Errorf("FSType of a file on an ext2 image on a loop device whose backing file is on FUSE: %q, trusted; want untrusted", typ)
 	}
 }
