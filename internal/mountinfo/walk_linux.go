@@ -190,14 +190,19 @@ func lookup(old uint64) (string, bool) {
 }
 
 // readFile reads a proc file, at most 16 MiB of it.
-func readFile(name string) ([]byte, error) {
-	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+func readFile(name string) ([]byte, error) { return ReadMax(unix.AT_FDCWD, name, 16<<20) }
+
+// ReadMax reads the file name (relative to the directory dir, or AT_FDCWD) with
+// plain reads, as proc files are read, and at most max bytes of it: a longer
+// file is an error.
+func ReadMax(dir int, name string, max int) ([]byte, error) {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(fd)
 	buf := make([]byte, 0, 16<<10)
-	for len(buf) < 16<<20 {
+	for len(buf) <= max {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
@@ -213,7 +218,7 @@ func readFile(name string) ([]byte, error) {
 		}
 		buf = buf[:len(buf)+n]
 	}
-	return nil, fmt.Errorf("%s: over 16 MiB", name)
+	return nil, fmt.Errorf("%s: over %d bytes", name, max)
 }
 
 // checkFD returns an *UntrustedError if fd is on a file system latch does not

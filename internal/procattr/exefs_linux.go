@@ -211,7 +211,7 @@ func mountTypeIn(d procDir, old uint64) (string, bool) {
 			return t, true
 		}
 	}
-	if b, err := readMax(d.fd, "mountinfo", maxOwnTable); err == nil {
+	if b, err := mountinfo.ReadMax(d.fd, "mountinfo", maxOwnTable); err == nil {
 		if t, ok := mountinfoType(b, old); ok {
 			return t, true
 		}
@@ -220,34 +220,7 @@ func mountTypeIn(d procDir, old uint64) (string, bool) {
 }
 
 // readAll reads a (proc) file, at most 16 MiB of it.
-func readAll(dir int, name string) ([]byte, error) { return readMax(dir, name, 16<<20) }
-
-// readMax reads a (proc) file, at most max bytes of it (an error beyond).
-func readMax(dir int, name string, max int) ([]byte, error) {
-	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	buf := make([]byte, 0, 16<<10)
-	for len(buf) <= max {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n == 0 {
-			return buf, nil
-		}
-		buf = buf[:len(buf)+n]
-	}
-	return nil, fmt.Errorf("%s: over %d bytes", name, max)
-}
+func readAll(dir int, name string) ([]byte, error) { return mountinfo.ReadMax(dir, name, 16<<20) }
 
 // mountinfoType finds the line of mount id in a mountinfo and returns its file
 // system type (see mountinfo.TypeOf).
