@@ -30,7 +30,8 @@ func Untrusted(fstype string) bool {
 		return true
 	}
 	switch fstype {
-	case "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "afs", "glusterfs", "lustre", "gfs2", "ocfs2", "davfs", "coda", "ncpfs":
+	case "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "afs", "glusterfs", "lustre", "gfs2", "ocfs2", "davfs", "coda", "ncpfs",
+		"virtiofs", "orangefs", "gpfs", "beegfs", "pvfs2", "cephfs", "ncp", "smb", "vboxsf", "vmhgfs", "prl_fs", "sshfs":
 		return true
 	}
 	return false

@@ -204,8 +204,16 @@ func openLayer(root int, layer string, depth int) (int, error) {
 }
 
 // overlayLayers returns the layer paths an overlay's mount options name
-// (lowerdir's, upperdir, workdir), unescaped; nil if an option is one latch
-// cannot read.
+// (lowerdir's, upperdir, workdir, datadir), unescaped; nil if an option is one
+// latch cannot read or trust:
+//   - a layer with a backslash in it (after the kernel's octal escapes are
+//     undone): overlay takes "\" as an escape of the next character ("\:" a
+//     colon inside a lowerdir path), which latch does not parse (review 46);
+//   - lowerdir+ and datadir+ (the new mount API, one layer each): a layer given
+//     there by descriptor (FSCONFIG_SET_FD) is shown as its path from the
+//     mounter's root ("/" for a detached clone of a FUSE mount), which the
+//     options do not tell from a layer given by path (review 46). The classic
+//     form "lowerdir=a:b" (containerd, Docker, podman) stays checked.
 func overlayLayers(opts string) []string {
 	var out []string
 	for _, o := range strings.Split(opts, ",") {
@@ -214,7 +222,9 @@ func overlayLayers(opts string) []string {
 			continue
 		}
 		switch k {
-		case "lowerdir", "upperdir", "workdir", "datadir", "lowerdir+", "datadir+":
+		case "lowerdir", "upperdir", "workdir", "datadir":
+		case "lowerdir+", "datadir+":
+			return nil
 		default:
 			continue
 		}
@@ -223,7 +233,7 @@ func overlayLayers(opts string) []string {
 				continue // "::" before data-only layers
 			}
 			u, ok := unescape(p)
-			if !ok {
+			if !ok || strings.Contains(u, `\`) {
 				return nil
 			}
 			out = append(out, u)

@@ -71,7 +71,7 @@ func statmount(mnt, nsID uint64, opts bool) (string, string, error) {
 		case unix.EINTR:
 			continue
 		case unix.EOVERFLOW:
-			if len(buf) < 1<<17 { // at most 1 MiB
+			if len(buf) < 1<<17 { // grows to at most 2 MiB
 				buf = make([]uint64, len(buf)*4)
 				continue
 			}
