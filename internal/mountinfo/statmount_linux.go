@@ -12,6 +12,7 @@ import (
 // statmount(2) (Linux 6.8+; include/uapi/linux/mount.h), which x/sys does not
 // wrap yet.
 const (
+	statmountSBBasic   = 0x1   // STATMOUNT_SB_BASIC: sb_dev_major, sb_dev_minor ...
 	statmountFSType    = 0x20  // STATMOUNT_FS_TYPE
 	statmountMntOpts   = 0x80  // STATMOUNT_MNT_OPTS (Linux 6.11+)
 	statmountFSSubtype = 0x100 // STATMOUNT_FS_SUBTYPE (Linux 6.15+)
@@ -21,6 +22,7 @@ const (
 	// Offsets in struct statmount.
 	smMntOpts   = 4
 	smMask      = 8
+	smSBDev     = 16 // sb_dev_major, sb_dev_minor
 	smFSType    = 36
 	smFSSubtype = 120
 	smStr       = 512 // str[]: the strings the fields above give offsets into
@@ -45,7 +47,7 @@ var ErrNoStatmount = errors.New("the kernel has no statmount")
 // table: its cost does not grow with the table. ErrNoStatmount where the kernel
 // has none; an error wrapping ENOENT where that namespace has no such mount.
 func StatmountType(mnt, nsID uint64) (string, error) {
-	t, _, err := statmount(mnt, nsID, false)
+	t, _, _, err := statmountDev(mnt, nsID, false)
 	return t, err
 }
 
@@ -57,72 +59,87 @@ func StatmountOpts(mnt, nsID uint64) (string, string, error) {
 }
 
 func statmount(mnt, nsID uint64, opts bool) (string, string, error) {
-	req := mntIDReq{size: mntIDReqSize, mntID: mnt, param: statmountFSType | statmountFSSubtype, mntNsID: nsID}
-	if opts {
-		req.param |= statmountMntOpts
-	}
-	buf := make([]uint64, 1024) // 8 KiB, aligned; more for long options
-	var b []byte
-	for {
-		b = unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), len(buf)*8)
-		_, _, e := unix.Syscall6(unix.SYS_STATMOUNT, uintptr(unsafe.Pointer(&req)), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(b)), 0, 0, 0)
-		switch e {
-		case 0:
-		case unix.EINTR:
-			continue
-		case unix.EOVERFLOW:
-			if len(buf) < 1<<17 { // grows to at most 2 MiB
-				buf = make([]uint64, len(buf)*4)
+	t, o, _, err := statmountDev(mnt, nsID, opts)
+	return t, o, err
+}
+
+// statmountDev is statmount giving also the device of the mount's super block
+// (its st_dev: major, minor), [0, 0] where the kernel gives none.
+func statmountDev(mnt, nsID uint64, opts bool) (string, string, [2]uint32, error) {
+	var dev [2]uint32
+	t, o, err := func() (string, string, error) {
+		req := mntIDReq{size: mntIDReqSize, mntID: mnt, param: statmountSBBasic | statmountFSType | statmountFSSubtype, mntNsID: nsID}
+		if opts {
+			req.param |= statmountMntOpts
+		}
+		buf := make([]uint64, 1024) // 8 KiB, aligned; more for long options
+		var b []byte
+		for {
+			b = unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), len(buf)*8)
+			_, _, e := unix.Syscall6(unix.SYS_STATMOUNT, uintptr(unsafe.Pointer(&req)), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(b)), 0, 0, 0)
+			switch e {
+			case 0:
+			case unix.EINTR:
 				continue
+			case unix.EOVERFLOW:
+				if len(buf) < 1<<17 { // grows to at most 2 MiB
+					buf = make([]uint64, len(buf)*4)
+					continue
+				}
+				return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
+			case unix.ENOSYS:
+				return "", "", ErrNoStatmount
+			case unix.EINVAL:
+				if req.param&statmountFSSubtype != 0 {
+					// A kernel that refuses the subtype it does not know.
+					req.param &^= statmountFSSubtype
+					continue
+				}
+				return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
+			default:
+				return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
 			}
-			return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
-		case unix.ENOSYS:
-			return "", "", ErrNoStatmount
-		case unix.EINVAL:
-			if req.param&statmountFSSubtype != 0 {
-				// A kernel that refuses the subtype it does not know.
-				req.param &^= statmountFSSubtype
-				continue
+			break
+		}
+		mask := *(*uint64)(unsafe.Pointer(&b[smMask]))
+		if mask&statmountFSType == 0 {
+			return "", "", fmt.Errorf("statmount of mount %d: no file system type given", mnt)
+		}
+		str := func(field int) string {
+			off := smStr + int(*(*uint32)(unsafe.Pointer(&b[field])))
+			if off >= len(b) {
+				return ""
 			}
-			return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
-		default:
-			return "", "", fmt.Errorf("statmount of mount %d: %w", mnt, e)
+			s := b[off:]
+			if i := bytes.IndexByte(s, 0); i >= 0 {
+				s = s[:i]
+			}
+			return string(s)
 		}
-		break
-	}
-	mask := *(*uint64)(unsafe.Pointer(&b[smMask]))
-	if mask&statmountFSType == 0 {
-		return "", "", fmt.Errorf("statmount of mount %d: no file system type given", mnt)
-	}
-	str := func(field int) string {
-		off := smStr + int(*(*uint32)(unsafe.Pointer(&b[field])))
-		if off >= len(b) {
-			return ""
+		t := str(smFSType)
+		if t == "" {
+			return "", "", fmt.Errorf("statmount of mount %d: an empty file system type", mnt)
 		}
-		s := b[off:]
-		if i := bytes.IndexByte(s, 0); i >= 0 {
-			s = s[:i]
+		if mask&statmountFSSubtype != 0 {
+			if sub := str(smFSSubtype); sub != "" {
+				t += "." + sub
+			}
 		}
-		return string(s)
-	}
-	t := str(smFSType)
-	if t == "" {
-		return "", "", fmt.Errorf("statmount of mount %d: an empty file system type", mnt)
-	}
-	if mask&statmountFSSubtype != 0 {
-		if sub := str(smFSSubtype); sub != "" {
-			t += "." + sub
+		o := ""
+		if opts {
+			if mask&statmountMntOpts == 0 {
+				// Also a mount whose file system shows no options.
+				return t, "", fmt.Errorf("statmount of mount %d: no mount options given", mnt)
+			}
+			o = str(smMntOpts)
 		}
-	}
-	o := ""
-	if opts {
-		if mask&statmountMntOpts == 0 {
-			// Also a mount whose file system shows no options.
-			return t, "", fmt.Errorf("statmount of mount %d: no mount options given", mnt)
+		if mask&statmountSBBasic != 0 {
+			dev[0] = *(*uint32)(unsafe.Pointer(&b[smSBDev]))
+			dev[1] = *(*uint32)(unsafe.Pointer(&b[smSBDev+4]))
 		}
-		o = str(smMntOpts)
-	}
-	return t, o, nil
+		return t, o, nil
+	}()
+	return t, o, dev, err
 }
 
 // NamespaceID returns the id of the mount namespace nsfd (an open

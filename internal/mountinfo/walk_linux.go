@@ -101,16 +101,20 @@ func fsType(fd, depth int) (string, error) {
 		// (statmount, Linux 6.8+): no mount table is read, whatever its size.
 		// A mount of process 1's namespace (the daemon in one of its own) is
 		// asked of that namespace.
-		t, err := StatmountType(key, 0)
+		t, _, dev, err := statmountDev(key, 0, false)
 		var ns uint64
 		if errors.Is(err, unix.ENOENT) {
 			var nerr error
 			if ns, nerr = hostNamespace(); nerr == nil {
-				t, err = StatmountType(key, ns)
+				t, _, dev, err = statmountDev(key, ns, false)
 			}
 		}
 		switch {
 		case err == nil:
+			if !Stacking(t) && !Untrusted(t) {
+				// Review 46: a block device over a file or a server.
+				t = blockType(dev[0], dev[1], t)
+			}
 			if Stacking(t) {
 				// Review 44: an overlay is its layers.
 				t = stackedType(key, ns, t, depth)
@@ -158,6 +162,10 @@ func fsType(fd, depth int) (string, error) {
 	if Stacking(t) && !RootMount(old) {
 		// Review 44: no statmount to tell its layers.
 		t += " over layers latch cannot tell"
+	} else if !Stacking(t) && !Untrusted(t) {
+		// Review 46: the file's device (a btrfs subvolume's is its own,
+		// anonymous: the device below is not checked there).
+		t = blockType(stx.Dev_major, stx.Dev_minor, t)
 	}
 	if types.byID == nil || len(types.byID) >= maxTypes {
 		types.byID = map[uint64]string{}
