@@ -1,7 +1,6 @@
 package mountinfo
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,16 +16,26 @@ import (
 // an nbd, ublk or rbd device, or a device-mapper or md device over one of
 // those. Each block read of such a mount's files (a lookup, a stat not in
 // cache, an exec's page) waits on that server. So a mount on a block device is
-// trusted only if its device is none of these: a loop device is asked for its
-// backing file's device (LOOP_GET_STATUS64's lo_device), and that device must
-// be a mount of a trusted type (found by its major:minor in the mount tables; a
-// loop device over a file on an ordinary disk, as snaps are, stays trusted);
+// trusted only if its device is none of these: a loop device's backing file (the
+// path sysfs gives) must be opened by Open, which enters no mount of a type
+// Untrusted names (a loop device over a file on an ordinary disk, as snaps are,
+// stays trusted);
 // device-mapper and md devices are checked through their slaves in sysfs, a
 // partition through its disk.
 
 // maxBlockDepth bounds the block devices followed below a mount's (loop over a
 // file on a loop device's mount, dm over loop ...).
 const maxBlockDepth = 4
+
+// BlockType returns fstype if the block device maj:min (the st_dev of a file on
+// a mount of type fstype) is none latch distrusts, else fstype with why ("ext2
+// on loop0 over fuse"), which Untrusted names (review 46: see blockType).
+func BlockType(maj, min uint32, fstype string) string {
+	if Stacking(fstype) || Untrusted(fstype) {
+		return fstype
+	}
+	return blockType(maj, min, fstype)
+}
 
 // blockType returns fstype if the device maj:min (a mount's st_dev) is not a
 // block device latch distrusts (see above), and otherwise fstype with why
@@ -101,78 +110,42 @@ func sysDev(dir string) (uint32, uint32, bool) {
 	return uint32(maj), uint32(min), true
 }
 
-// loopWhy asks the loop device dev (maj:min) for its backing file's device and
-// returns "" if that is a mount of a trusted type, else why not.
+// loopWhy checks the backing file of the loop device dev (maj:min) and returns
+// "" if it is on a mount of a trusted type, else why not. The file is found by
+// the path sysfs gives (backing_file, from the daemon's root), opened by Open,
+// which enters no mount Untrusted names. LOOP_GET_STATUS64 would give the
+// file's device, but the kernel stats the backing file for it: on FUSE a
+// request the server may never answer. Left open: a path that no longer leads
+// to the backing file (its FUSE mount lazily unmounted) checks another file,
+// as for an overlay's layers.
 func loopWhy(dev string, maj, min uint32, depth int) string {
-	fd, err := unix.Open("/dev/"+dev, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-	if err != nil {
-		return dev + ", a loop device latch cannot open"
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK || unix.Major(st.Rdev) != maj || unix.Minor(st.Rdev) != min {
-		return dev + ", a loop device latch cannot open"
-	}
-	info, err := unix.IoctlLoopGetStatus64(fd)
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/loop/backing_file", maj, min))
 	if err != nil {
 		return dev + ", a loop device latch cannot ask"
 	}
-	bmaj, bmin := unix.Major(info.Device), unix.Minor(info.Device)
-	t, id, ok := typeOfDev(bmaj, bmin)
-	switch {
-	case !ok:
-		return fmt.Sprintf("%s over a file on device %d:%d, in no mount table", dev, bmaj, bmin)
-	case Stacking(t) && !RootMount(id):
-		return dev + " over " + t
-	case Untrusted(t):
-		return dev + " over " + t
+	p := strings.TrimSuffix(string(b), "\n")
+	if !strings.HasPrefix(p, "/") || strings.HasSuffix(p, " (deleted)") {
+		return dev + " over a file latch cannot find (" + p + ")"
 	}
-	if bmaj != 0 {
-		if why := blockWhy(bmaj, bmin, depth+1); why != "" {
-			return dev + " over " + t + " on " + why
+	fd, err := Open(unix.AT_FDCWD, p)
+	if err != nil {
+		if u, ok := err.(*UntrustedError); ok && u.FSType != "" {
+			return dev + " over " + u.FSType
+		}
+		return dev + " over a file latch cannot find (" + p + ")"
+	}
+	defer unix.Close(fd)
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, 0, &stx); err != nil {
+		return dev + " over a file latch cannot stat (" + p + ")"
+	}
+	if stx.Mode&unix.S_IFMT != unix.S_IFREG && stx.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return dev + " over a file that is not one (" + p + ")"
+	}
+	if stx.Dev_major != 0 {
+		if why := blockWhy(stx.Dev_major, stx.Dev_minor, depth+1); why != "" {
+			return dev + " over " + why
 		}
 	}
 	return ""
-}
-
-// typeOfDev finds a mount of the device maj:min in the daemon's mount table,
-// then in process 1's, and returns its type and (old) mount id; a device with
-// mounts of more than one type gives the first Untrusted names.
-func typeOfDev(maj, min uint32) (string, uint64, bool) {
-	want := fmt.Sprintf("%d:%d", maj, min)
-	for _, p := range []string{"/proc/self/mountinfo", "/proc/1/mountinfo"} {
-		b, err := readFile(p)
-		if err != nil {
-			continue
-		}
-		var typ string
-		var mid uint64
-		found := false
-		for _, line := range bytes.Split(b, []byte("\n")) {
-			f := bytes.Fields(line)
-			if len(f) < 3 || string(f[2]) != want {
-				continue
-			}
-			i := bytes.Index(line, []byte(" - "))
-			if i < 0 {
-				continue
-			}
-			tf := bytes.Fields(line[i+3:])
-			if len(tf) == 0 {
-				continue
-			}
-			id, err := strconv.ParseUint(string(f[0]), 10, 64)
-			if err != nil {
-				continue
-			}
-			t := string(tf[0])
-			if !found || (Untrusted(t) && !Untrusted(typ)) || (Stacking(t) && !RootMount(id) && !Stacking(typ)) {
-				typ, mid, found = t, id, true
-			}
-		}
-		if found {
-			return typ, mid, true
-		}
-	}
-	return "", 0, false
 }

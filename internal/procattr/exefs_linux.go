@@ -117,6 +117,8 @@ func (d procDir) exeFS() (string, error) {
 		t, err := statmountType(d, key)
 		switch {
 		case err == nil:
+			// Review 46: a file system on a loop device over FUSE ...
+			t = mountinfo.BlockType(stx.Dev_major, stx.Dev_minor, t)
 			mountTypes.Lock()
 			if mountTypes.byID == nil || len(mountTypes.byID) >= maxMountTypes {
 				mountTypes.byID = map[uint64]string{}
@@ -153,6 +155,7 @@ func (d procDir) exeFS() (string, error) {
 		// Review 44: no statmount to tell its layers.
 		t += " over layers latch cannot tell"
 	}
+	t = mountinfo.BlockType(stx.Dev_major, stx.Dev_minor, t)
 	if uniq {
 		// The process's executable holds its mount: the old id read above is
 		// still that mount's (it cannot have been freed and taken meanwhile).

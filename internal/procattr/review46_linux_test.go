@@ -221,3 +221,49 @@ func TestReview46LoopOverFUSETrusted(t *testing.T) {
 		t.Errorf("FSType of a file on an ext2 image on a loop device whose backing file is on FUSE: %q, trusted; want untrusted", typ)
 	}
 }
+
+// TestReview46LoopOverFUSEExe: exeFS of a program on an ext2 image on a loop
+// device whose backing file is on FUSE is untrusted, and does not wait on the
+// (stalled) FUSE server.
+//
+// Run: go test -count=1 -run TestReview46LoopOverFUSEExe ./internal/procattr/ (as root)
+func TestReview46LoopOverFUSEExe(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE and a loop device")
+	}
+	orig, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	src, work, fuseDir, mnt := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "prog"), orig, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(work, "img")
+	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext2", "-d", src, img, "4096").CombinedOutput(); err != nil {
+		t.Skipf("mke2fs: %v: %s", err, out)
+	}
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := review39Mount(t, fuseDir, b)
+	out, err := exec.Command("losetup", "-r", "-f", "--show", filepath.Join(fuseDir, "prog")).CombinedOutput()
+	if err != nil {
+		t.Skipf("losetup of a file on FUSE: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	if err := unix.Mount(dev, mnt, "ext2", unix.MS_RDONLY, ""); err != nil {
+		t.Skipf("mount %s: %v", dev, err)
+	}
+	t.Cleanup(func() {
+		fs.stall.Store(false)
+		fs.unstall()
+		unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	typ, err := review46ExeFSOverFUSE(t, fs, filepath.Join(mnt, "prog"))
+	if err == nil && !mountinfo.Untrusted(typ) {
+		t.Errorf("exeFS of a program on an ext2 image on a loop device whose backing file is on FUSE: %q, trusted; want untrusted", typ)
+	}
+}
