@@ -300,6 +300,12 @@ func (e *linkError) Error() string {
 	return fmt.Sprintf("%s is a symbolic link to %s", e.At, e.Target)
 }
 
+// The lookups Open makes (a test counts the components they resolve).
+var (
+	openat2 = unix.Openat2
+	openat  = unix.Openat
+)
+
 // openAt is open; with follow, a symbolic link on the way (on a mount already
 // checked) is read through its O_PATH descriptor (readlinkat, no walk into
 // its target) and reported as a *linkError instead of ELOOP.
@@ -342,7 +348,7 @@ func openAt(root int, path string, depth int, follow bool) (int, error) {
 				Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
 				Resolve: unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_BENEATH,
 			}
-			fd, err := unix.Openat2(dir, rest, &how)
+			fd, err := openat2(dir, rest, &how)
 			switch {
 			case err == nil:
 				// All on dir's mount, which was checked.
@@ -397,7 +403,7 @@ func openAt(root int, path string, depth int, follow bool) (int, error) {
 			} else {
 				rest = ""
 			}
-			fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			fd, err := openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			closeDir()
 			if err != nil {
 				return -1, err

@@ -88,7 +88,7 @@ func TestReview43ContainerNameThroughUserFUSE(t *testing.T) {
 // mount (the pre-fix single openat2 was linear). A few new processes a second
 // keep every queue reader busy.
 //
-// Fails on the current code: the walk with the mount at the end costs over 40
+// Failed on the code before the fix: the walk with the mount at the end cost over 40
 // times the walk of the same depth without one (measured 120-190x; a
 // component-by-component walk with a FSType per step measured ~16-20x).
 //
@@ -132,9 +132,9 @@ func TestReview43DeepPathMountWalkIsQuadratic(t *testing.T) {
 		t.Fatalf("the path through the FUSE mount was walked")
 	}
 	t.Logf("1,900 levels: without a mount %v, with a FUSE mount at the end %v (%.0fx)", plain, mnt, float64(mnt)/float64(plain))
-	if mnt > 40*plain {
-		t.Errorf("hostFileID of a 1,900-level path with a user's mount at its end took %v, %.0f times the %v of the same depth without one: mountinfo.Open re-walks the whole rest with openat2 after each one-component step (quadratic); each new process named such a path costs a queue reader that much", mnt, float64(mnt)/float64(plain), plain)
-	}
+	// The linearity itself is asserted by counting lookups, not by this timing
+	// (a ratio of times failed under CI's load at 9-25x against a 40x bound):
+	// mountinfo's TestOpenLinearAfterMount.
 }
 
 // review43MountsPy makes, in the mount namespace it runs in, a tmpfs at a
