@@ -119,12 +119,7 @@ func (d procDir) exeFS() (string, error) {
 		case err == nil:
 			// Review 46: a file system on a loop device over FUSE ...
 			t = mountinfo.BlockType(stx.Dev_major, stx.Dev_minor, t)
-			mountTypes.Lock()
-			if mountTypes.byID == nil || len(mountTypes.byID) >= maxMountTypes {
-				mountTypes.byID = map[uint64]string{}
-			}
-			mountTypes.byID[key] = t
-			mountTypes.Unlock()
+			rememberMountType(key, t)
 			return t, nil
 		case errors.Is(err, unix.ENOENT):
 			return "", nil // in neither namespace (a detached mount)
@@ -159,14 +154,20 @@ func (d procDir) exeFS() (string, error) {
 	if uniq {
 		// The process's executable holds its mount: the old id read above is
 		// still that mount's (it cannot have been freed and taken meanwhile).
-		mountTypes.Lock()
-		if mountTypes.byID == nil || len(mountTypes.byID) >= maxMountTypes {
-			mountTypes.byID = map[uint64]string{}
-		}
-		mountTypes.byID[key] = t
-		mountTypes.Unlock()
+		rememberMountType(key, t)
 	}
 	return t, nil
+}
+
+// rememberMountType caches t as the type of the mount whose unique id is key
+// (the whole cache is dropped when full).
+func rememberMountType(key uint64, t string) {
+	mountTypes.Lock()
+	defer mountTypes.Unlock()
+	if mountTypes.byID == nil || len(mountTypes.byID) >= maxMountTypes {
+		mountTypes.byID = map[uint64]string{}
+	}
+	mountTypes.byID[key] = t
 }
 
 // statmountType asks the kernel the type of the mount whose unique id is mnt: in
